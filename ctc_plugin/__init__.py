@@ -1,0 +1,54 @@
+"""ctc-plugin: segment-level explanations for PyTorch image classifiers.
+
+The public API is re-exported here and imported lazily, so ``import ctc_plugin`` stays cheap
+and a subpackage's optional dependencies are only needed when that subpackage is used::
+
+    from ctc_plugin import CTC, CTCComposite, CTCAttributor, IntegrativeCAM
+    from ctc_plugin import Explainer, ExplainerAttribution
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "CTC": "ctc_plugin.ctc.attribution",
+    "FeatureScores": "ctc_plugin.ctc.attribution",
+    "UnsupportedOperationError": "ctc_plugin.ctc.errors",
+    "CTCComposite": "ctc_plugin.ctc.composite",
+    "CTCAttributor": "ctc_plugin.ctc.attributor",
+    "IntegrativeCAM": "ctc_plugin.cam.integrative",
+    "Explainer": "ctc_plugin.explainer.network",
+    "ExplainerAttribution": "ctc_plugin.explainer.attribution",
+}
+
+__all__ = sorted([*_EXPORTS, "zoo", "__version__"])
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from ctc_plugin import zoo
+    from ctc_plugin.cam.integrative import IntegrativeCAM
+    from ctc_plugin.ctc.attribution import CTC, FeatureScores
+    from ctc_plugin.ctc.attributor import CTCAttributor
+    from ctc_plugin.ctc.composite import CTCComposite
+    from ctc_plugin.ctc.errors import UnsupportedOperationError
+    from ctc_plugin.explainer.attribution import ExplainerAttribution
+    from ctc_plugin.explainer.network import Explainer
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use."""
+    if name == "zoo":
+        return importlib.import_module("ctc_plugin.zoo")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ctc_plugin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,1 @@
+"""Subcommands of the ``ctc-plugin`` command, one module each."""

@@ -1,0 +1,412 @@
+"""CTC as a Captum attribution: ``CTC(model).attribute(x, target, feature_mask=...)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, overload
+
+import torch
+from captum.attr import Attribution
+from captum.log import log_usage
+from tqdm.auto import tqdm
+
+from ctc_plugin.ctc.interception import CTCMode
+from ctc_plugin.ctc.layout import CopyLayout
+from ctc_plugin.ctc.masks import FeatureSet, masked_copies, prepare_features, spread_scores
+from ctc_plugin.ctc.rules import GatedPass
+from ctc_plugin.ctc.sharing import BiasSharingMode, make_sharing
+from ctc_plugin.targets import TargetType, resolve_targets, select_targets
+
+TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class FeatureScores:
+    """Per-feature CTC scores, returned beside the attributions on request.
+
+    Attributes:
+        scores: (N, K) score of each feature for each example (0 where a feature is absent).
+        ids: (K,) the feature ids, sorted, in the order of ``scores``' columns.
+        present: (N, K) whether each example has each feature.
+        baseline: (N,) the baseline's own share, or ``None`` when the baseline is zero.
+        output: (N,) the model's target output on the unmasked input (the target logit).
+        target: (N,) flat index of each example's target in the model's output.
+    """
+
+    scores: torch.Tensor
+    ids: torch.Tensor
+    present: torch.Tensor
+    baseline: torch.Tensor | None
+    output: torch.Tensor
+    target: torch.Tensor
+
+    def ranked(self, example: int = 0) -> list[tuple[int, float]]:
+        """The present features of one example as ``(id, score)``, highest score first."""
+        row = self.scores[example]
+        keep = self.present[example]
+        pairs = zip(self.ids[keep].tolist(), row[keep].tolist())
+        return sorted(pairs, key=lambda pair: pair[1], reverse=True)
+
+
+class CTC(Attribution):
+    r"""Contribution To Classification of complex features (Kalanovska et al., CVPRW 2025).
+
+    Each feature (an image region: a SAM segment, a superpixel, a grid cell, any integer
+    feature mask) is scored by a *scaled partial forward pass*: the input restricted to the
+    feature is propagated through the model with the gates of the original pass fixed
+    (ReLU patterns, max-pooling switches), and every bias is shared among the features. The
+    feature's score is the target output of its copy.
+
+    The gates come from the unmasked input travelling in the same batch as the masked copies,
+    so a call costs K + 1 forward-equivalents for K features, like Captum's
+    ``FeatureAblation`` (K + 2 in ``"reference"`` mode, which also propagates the whole input
+    with the published sharing to rescale the scores).
+
+    Args:
+        forward_func: The model, or any function of the inputs returning (N, classes) outputs.
+            Every torch operation it calls is intercepted; one without a CTC rule raises
+            :class:`~ctc_plugin.ctc.errors.UnsupportedOperationError` naming it.
+        segmenter: Makes the feature mask when ``attribute`` gets none: a callable taking
+            (N, 3, H, W) images and returning an (N, 1, H, W) integer mask. Defaults to
+            :class:`ctc_plugin.features.SuperpixelSegmenter` (offline, scikit-image).
+        bias_sharing: ``"reference"`` (the published formula with its quantisation and spread
+            capping, scores rescaled so the reference full copy gives the target output),
+            ``"proportional"`` (shares ``|z_k| / sum_j |z_j|``; scores over a partition add up
+            to the target output), or ``"none"`` (no bias: scores are gradient x input summed
+            per feature).
+
+    Example:
+        >>> ctc = CTC(model, bias_sharing="proportional")
+        >>> attributions = ctc.attribute(images, target=3, feature_mask=segments)
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., torch.Tensor],
+        segmenter: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        bias_sharing: BiasSharingMode = "reference",
+    ) -> None:
+        super().__init__(forward_func)
+        self.sharing = make_sharing(bias_sharing)
+        self.bias_sharing = bias_sharing
+        self.segmenter = segmenter
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """Scores are contributions of the input's values, not sensitivities."""
+        return True
+
+    def has_convergence_delta(self) -> bool:
+        """CTC reports no convergence delta."""
+        return False
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        feature_mask: TensorOrTuple | list | None = None,
+        baselines: float | TensorOrTuple | None = None,
+        additional_forward_args: Any = None,
+        perturbations_per_eval: int | None = None,
+        show_progress: bool = False,
+        return_feature_scores: Literal[False] = False,
+        within_feature: Any = None,
+    ) -> TensorOrTuple: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        feature_mask: TensorOrTuple | list | None = None,
+        baselines: float | TensorOrTuple | None = None,
+        additional_forward_args: Any = None,
+        perturbations_per_eval: int | None = None,
+        show_progress: bool = False,
+        *,
+        return_feature_scores: Literal[True],
+        within_feature: Any = None,
+    ) -> tuple[TensorOrTuple, FeatureScores]: ...
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        feature_mask: TensorOrTuple | list | None = None,
+        baselines: float | TensorOrTuple | None = None,
+        additional_forward_args: Any = None,
+        perturbations_per_eval: int | None = None,
+        show_progress: bool = False,
+        return_feature_scores: bool = False,
+        within_feature: Any = None,
+    ) -> TensorOrTuple | tuple[TensorOrTuple, FeatureScores]:
+        """Score every feature and return attributions shaped like ``inputs``.
+
+        Args:
+            inputs: A tensor (N, ...) or a tuple of tensors sharing dimension 0.
+            target: Any Captum target form; ``None`` means the predicted class.
+            feature_mask: Integer feature ids per input, broadcastable to it: (1, 1, H, W) for
+                the whole batch or (N, 1, H, W) per example; ids need not be contiguous. A list
+                of disjoint boolean (H, W) masks is accepted too. ``None``: the segmenter makes
+                one from ``inputs``.
+            baselines: Scalar or tensor(s) broadcastable to the inputs (default 0). Scores are
+                contributions of ``x - baseline``; the baseline's own share is reported in
+                :class:`FeatureScores` so that completeness still holds.
+            additional_forward_args: Extra arguments appended to ``forward_func``'s inputs;
+                tensors whose first dimension is N are repeated for every copy.
+            perturbations_per_eval: How many feature copies travel in one forward batch
+                (bounds memory). ``None`` (default) propagates all features at once.
+                ``"proportional"`` sharing needs every feature in one pass.
+            show_progress: Show a tqdm progress bar over the forward batches.
+            return_feature_scores: Also return the :class:`FeatureScores`.
+            within_feature: Distribute each feature's score over its elements in proportion to
+                a relevance map instead of repeating it on every element: a tensor (tuple)
+                shaped like the inputs, a Captum attribution instance, or a callable
+                ``f(inputs, target) -> relevance``. Per-feature sums then equal the scores.
+
+        Returns:
+            Attributions shaped like ``inputs`` (each element carries its feature's score, as
+            with Captum's ``FeatureAblation``), and the :class:`FeatureScores` on request.
+
+        Raises:
+            ValueError: inputs, masks, targets or options that do not fit, with what to fix.
+            UnsupportedOperationError: the model calls an operation without a CTC rule.
+        """
+        is_tuple = isinstance(inputs, tuple)
+        inputs_tuple = _check_inputs(inputs)
+        extra = _as_tuple(additional_forward_args)
+        if feature_mask is None:
+            feature_mask = self._segment(inputs_tuple)
+        features = prepare_features(inputs_tuple, feature_mask)
+        baselines_tuple = _check_baselines(baselines, inputs_tuple)
+        chunk = self._chunk_size(perturbations_per_eval, features.count)
+
+        scores, baseline_share, output, target_index = self._run(
+            inputs_tuple, baselines_tuple, features, extra, target, chunk, show_progress
+        )
+        scores = scores.masked_fill(~features.presence, 0.0)
+        attributions = tuple(
+            spread_scores(scores, features, i, x) for i, x in enumerate(inputs_tuple)
+        )
+        if within_feature is not None:
+            from ctc_plugin.ctc.within import distribute_within_features
+
+            attributions = distribute_within_features(
+                scores, features, inputs_tuple, within_feature, target
+            )
+        result: TensorOrTuple = attributions if is_tuple else attributions[0]
+        if not return_feature_scores:
+            return result
+        feature_scores = FeatureScores(
+            scores=scores,
+            ids=features.ids,
+            present=features.presence,
+            baseline=baseline_share,
+            output=output,
+            target=target_index,
+        )
+        return result, feature_scores
+
+    # ------------------------------------------------------------------ internals
+    def _segment(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if len(inputs) != 1 or inputs[0].dim() != 4:
+            raise ValueError(
+                "without a feature_mask, CTC segments the input with its segmenter, which needs "
+                "one image batch of shape (N, C, H, W); pass feature_mask for other inputs"
+            )
+        segmenter = self.segmenter
+        if segmenter is None:
+            from ctc_plugin.features import SuperpixelSegmenter
+
+            segmenter = self.segmenter = SuperpixelSegmenter()
+        return segmenter(inputs[0])
+
+    def _chunk_size(self, perturbations_per_eval: int | None, count: int) -> int:
+        if perturbations_per_eval is None:
+            return count
+        if isinstance(perturbations_per_eval, bool) or not isinstance(perturbations_per_eval, int):
+            raise ValueError("perturbations_per_eval must be a positive int or None")
+        if perturbations_per_eval < 1:
+            raise ValueError(f"perturbations_per_eval must be >= 1; got {perturbations_per_eval}")
+        if self.bias_sharing == "proportional" and perturbations_per_eval < count:
+            raise ValueError(
+                f"bias_sharing='proportional' divides each bias among all {count} features, so "
+                f"they must travel in one pass; perturbations_per_eval={perturbations_per_eval} "
+                "is too small. Use perturbations_per_eval=None, or 'reference'/'none' sharing "
+                "to bound memory"
+            )
+        return min(perturbations_per_eval, count)
+
+    def _chunks(self, features: FeatureSet, chunk: int, show_progress: bool) -> Iterator[slice]:
+        starts = range(0, features.count, chunk)
+        if show_progress:
+            starts = tqdm(starts, desc=f"CTC ({self.bias_sharing})", unit="batch")
+        for start in starts:
+            yield slice(start, min(start + chunk, features.count))
+
+    def _run(
+        self,
+        inputs: tuple[torch.Tensor, ...],
+        baselines: tuple[torch.Tensor, ...] | None,
+        features: FeatureSet,
+        extra: tuple,
+        target: TargetType,
+        chunk: int,
+        show_progress: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        n = inputs[0].shape[0]
+        reference = self.bias_sharing == "reference"
+        columns = []
+        baseline_score = full_score = output = indices = None
+        for part in self._chunks(features, chunk, show_progress):
+            with_baseline = baselines is not None and part.start == 0
+            layout = CopyLayout(
+                examples=n,
+                features=part.stop - part.start,
+                reference_full=reference,
+                baseline=with_baseline,
+                presence=_sharing_presence(features.presence[:, part], reference, with_baseline),
+            )
+            gated = GatedPass(layout=layout, sharing=self.sharing)
+            batch = tuple(
+                gated.tag(
+                    masked_copies(
+                        x,
+                        None if baselines is None else baselines[i],
+                        features.masks[i],
+                        features.ids[part],
+                        reference,
+                        baseline_copy=with_baseline,  # it travels with the first batch only
+                    )
+                )
+                for i, x in enumerate(inputs)
+            )
+            logits = self._forward(gated, batch, _repeat_extra(extra, n, layout.copies))
+            grouped = layout.group(logits)
+            if indices is None:
+                output_full = grouped[:, 0]
+                indices = resolve_targets(target, output_full)
+                output = select_targets(output_full, indices)
+            per_copy = _select_per_copy(grouped, indices)
+            first = layout.first_feature
+            columns.append(per_copy[:, first : first + layout.features])
+            if reference and full_score is None:
+                full_score = per_copy[:, 1]
+            if with_baseline:
+                baseline_score = per_copy[:, -1]
+        scores = torch.cat(columns, dim=1)
+        if reference:
+            scale = _safe_ratio(output, full_score)
+            scores = scores * scale.unsqueeze(1)
+            if baseline_score is not None:
+                baseline_score = baseline_score * scale
+        return scores, baseline_score, output, indices
+
+    def _forward(self, gated: GatedPass, batch: tuple, extra: tuple) -> torch.Tensor:
+        with torch.no_grad(), CTCMode(gated):
+            logits = self.forward_func(*batch, *extra)
+        if not isinstance(logits, torch.Tensor):
+            raise ValueError(
+                f"forward_func must return a tensor of outputs; got {type(logits).__name__}"
+            )
+        if logits.shape[0] != gated.layout.batch:
+            raise ValueError(
+                f"forward_func returned {logits.shape[0]} rows for a batch of "
+                f"{gated.layout.batch}; its output must keep the batch dimension first"
+            )
+        return logits
+
+
+# ---------------------------------------------------------------------------- helpers
+def _as_tuple(value: Any) -> tuple:
+    if value is None:
+        return ()
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _check_inputs(inputs: TensorOrTuple) -> tuple[torch.Tensor, ...]:
+    inputs_tuple = inputs if isinstance(inputs, tuple) else (inputs,)
+    if not inputs_tuple:
+        raise ValueError("inputs is an empty tuple; give at least one tensor")
+    n = None
+    for i, x in enumerate(inputs_tuple):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise ValueError(
+                f"input {i} must be a floating-point tensor; got "
+                f"{getattr(x, 'dtype', type(x).__name__)}"
+            )
+        if x.dim() == 0:
+            raise ValueError(f"input {i} needs a batch dimension; got a scalar")
+        if n is not None and x.shape[0] != n:
+            raise ValueError(
+                f"all inputs must share dimension 0 (the batch); got {n} and {x.shape[0]}"
+            )
+        n = x.shape[0]
+        if not torch.isfinite(x).all():
+            raise ValueError(f"input {i} contains NaN or infinite values; clean the input first")
+    return inputs_tuple
+
+
+def _check_baselines(
+    baselines: float | TensorOrTuple | None, inputs: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...] | None:
+    """Baselines as tensors broadcast to the inputs, or None when they are all zero."""
+    if baselines is None:
+        return None
+    values = baselines if isinstance(baselines, tuple) else (baselines,) * len(inputs)
+    if len(values) != len(inputs):
+        raise ValueError(f"got {len(values)} baselines for {len(inputs)} inputs")
+    out = []
+    for i, (b, x) in enumerate(zip(values, inputs)):
+        b = torch.as_tensor(b, dtype=x.dtype, device=x.device)
+        try:
+            b = b.expand(x.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"baseline {i} of shape {tuple(b.shape)} does not broadcast to its input of "
+                f"shape {tuple(x.shape)}"
+            ) from None
+        if not torch.isfinite(b).all():
+            raise ValueError(f"baseline {i} contains NaN or infinite values")
+        out.append(b)
+    if all(not b.any() for b in out):
+        return None
+    return tuple(out)
+
+
+def _sharing_presence(features: torch.Tensor, reference: bool, baseline: bool) -> torch.Tensor:
+    """(N, S) presence of the sharing copies: reference full copy, features, baseline copy."""
+    n = features.shape[0]
+    ones = [
+        torch.ones(n, int(flag), dtype=torch.bool, device=features.device)
+        for flag in (reference, baseline)
+    ]
+    return torch.cat([ones[0], features, ones[1]], dim=1)
+
+
+def _repeat_extra(extra: tuple, n: int, copies: int) -> tuple:
+    return tuple(
+        a.repeat_interleave(copies, dim=0)
+        if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n
+        else a
+        for a in extra
+    )
+
+
+def _select_per_copy(grouped: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """(N, C, *out) outputs -> (N, C) target values."""
+    if grouped.dim() == 2:
+        return grouped
+    flat = grouped.flatten(2)
+    return flat.gather(2, indices.view(-1, 1, 1).expand(-1, flat.shape[1], 1)).squeeze(2)
+
+
+def _safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator``, 1 where the denominator is 0 (nothing to rescale)."""
+    zero = denominator == 0
+    return torch.where(
+        zero, torch.ones_like(numerator), numerator / denominator.masked_fill(zero, 1)
+    )

@@ -1,0 +1,25 @@
+"""Errors raised by the CTC pass."""
+
+from __future__ import annotations
+
+
+class UnsupportedOperationError(TypeError):
+    """The model called an operation the CTC rules do not know.
+
+    CTC propagates every feature copy through the model with the gates of the original pass
+    fixed. That is only defined for operations that are linear in the input, affine with a bias
+    the rules can share, or a gate the rules know (ReLU-like activations, max-pooling switches,
+    elementwise smooth activations as rescale gates). Anything else is refused by name instead
+    of giving silently wrong numbers.
+    """
+
+    def __init__(self, operation: str, reason: str) -> None:
+        self.operation = operation
+        self.reason = reason
+        super().__init__(
+            f"CTC cannot propagate feature copies through {operation}: {reason}. "
+            "Supported: convolutions, linear layers, BatchNorm in eval mode, ReLU/LeakyReLU, "
+            "smooth elementwise activations (rescale gates), max/avg pooling, residual adds, "
+            "concatenation, reshaping and dropout in eval mode. See the docs page "
+            "'How CTC works' for the full list."
+        )

@@ -1,0 +1,158 @@
+"""Feature masks in Captum's convention, and the masked copies CTC propagates.
+
+A feature mask assigns every input element an integer feature id, exactly as Captum's
+``FeatureAblation`` expects: one integer tensor per input, broadcastable to it, with a first
+dimension of 1 (shared by the batch) or N (per example). Ids need not be contiguous; the same
+id in two inputs of a tuple is one feature. A Python list of disjoint boolean masks (the form
+SAM and ``captum.attr.ImageMaskInput`` use) is accepted too; pixels no mask covers become one
+more feature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Validated feature masks with their ids.
+
+    Attributes:
+        masks: One int64 mask per input, broadcastable to it.
+        ids: (K,) sorted feature ids found in any mask.
+        presence: (N, K) whether each example has each feature.
+    """
+
+    masks: tuple[torch.Tensor, ...]
+    ids: torch.Tensor
+    presence: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        """Number of features K."""
+        return int(self.ids.numel())
+
+
+def masks_from_boolean_list(masks: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """Turn a list of disjoint boolean (H, W) masks into a (1, 1, H, W) integer feature mask.
+
+    Mask ``i`` becomes feature ``i``; pixels no mask covers become feature ``len(masks)``.
+
+    Raises:
+        ValueError: an empty mask, overlapping masks, or masks of the wrong shape.
+    """
+    spatial = tuple(like.shape[-2:])
+    label = torch.full(spatial, -1, dtype=torch.long, device=like.device)
+    for i, mask in enumerate(masks):
+        mask = torch.as_tensor(mask, device=like.device)
+        if mask.dtype != torch.bool or tuple(mask.shape) != spatial:
+            raise ValueError(
+                f"mask {i} of the list must be a boolean tensor of shape {spatial}; got "
+                f"{mask.dtype} {tuple(mask.shape)}"
+            )
+        if not mask.any():
+            raise ValueError(f"mask {i} of the list is empty: every feature needs a pixel")
+        if (label[mask] >= 0).any():
+            raise ValueError(
+                f"mask {i} overlaps an earlier mask; CTC needs a partition. Resolve overlaps "
+                "with ctc_plugin.features.to_partition(masks) first"
+            )
+        label[mask] = i
+    label[label < 0] = len(masks)
+    return label.view(1, 1, *spatial)
+
+
+def prepare_features(
+    inputs: tuple[torch.Tensor, ...],
+    feature_mask: torch.Tensor | tuple[torch.Tensor, ...] | list,
+) -> FeatureSet:
+    """Validate feature masks against the inputs and collect the feature ids.
+
+    Raises:
+        ValueError: with what was wrong and how to fix it (count, dtype, shape, negative ids).
+    """
+    if isinstance(feature_mask, list):
+        if len(inputs) != 1:
+            raise ValueError("a list of boolean masks is only accepted for a single input")
+        feature_mask = masks_from_boolean_list(feature_mask, inputs[0])
+    masks = feature_mask if isinstance(feature_mask, tuple) else (feature_mask,)
+    if len(masks) != len(inputs):
+        raise ValueError(
+            f"got {len(masks)} feature masks for {len(inputs)} inputs; give one mask per input"
+        )
+    n = inputs[0].shape[0]
+    checked = []
+    for i, (mask, x) in enumerate(zip(masks, inputs)):
+        if not isinstance(mask, torch.Tensor):
+            raise ValueError(f"feature_mask {i} must be a torch.Tensor, got {type(mask).__name__}")
+        if mask.is_floating_point() or mask.is_complex() or mask.dtype == torch.bool:
+            raise ValueError(
+                f"feature_mask {i} must hold integer feature ids; got dtype {mask.dtype}. "
+                "Cast a label map with .long(); turn boolean masks into ids first"
+            )
+        if mask.dim() > x.dim():
+            raise ValueError(
+                f"feature_mask {i} has shape {tuple(mask.shape)}, more dimensions than its "
+                f"input {tuple(x.shape)}"
+            )
+        try:
+            broadcast = torch.broadcast_shapes(mask.shape, x.shape)
+        except RuntimeError:
+            broadcast = None
+        if broadcast != x.shape:
+            raise ValueError(
+                f"feature_mask {i} of shape {tuple(mask.shape)} does not broadcast to its input "
+                f"of shape {tuple(x.shape)}: each dimension must be 1 or equal to the input's, "
+                "e.g. (1, 1, H, W) for all examples or (N, 1, H, W) per example"
+            )
+        if mask.numel() and int(mask.min()) < 0:
+            raise ValueError(f"feature_mask {i} has negative ids; feature ids must be >= 0")
+        checked.append(mask.to(device=x.device, dtype=torch.long))
+    ids = torch.unique(torch.cat([m.flatten() for m in checked]))
+    presence = torch.zeros(n, ids.numel(), dtype=torch.bool, device=ids.device)
+    for mask, x in zip(checked, inputs):
+        per_example = mask.expand(x.shape).reshape(n, -1) if mask.dim() == x.dim() else None
+        if per_example is None:
+            presence |= torch.isin(ids, mask).unsqueeze(0)
+        else:
+            for row in range(n):
+                presence[row] |= torch.isin(ids, per_example[row])
+    return FeatureSet(masks=tuple(checked), ids=ids, presence=presence)
+
+
+def masked_copies(
+    x: torch.Tensor,
+    baseline: torch.Tensor | None,
+    mask: torch.Tensor,
+    chunk_ids: torch.Tensor,
+    reference_full: bool,
+    baseline_copy: bool,
+) -> torch.Tensor:
+    """The copies of every example of one input, flat as (N*C, ...).
+
+    Order per example: the input itself (gate copy), ``x - baseline`` (reference full copy,
+    optional), ``(x - baseline)`` restricted to each feature of ``chunk_ids``, the baseline
+    (when ``baseline_copy``).
+    """
+    difference = x if baseline is None else x - baseline
+    mask = mask.expand(x.shape)
+    selection = mask.unsqueeze(1) == chunk_ids.view(1, -1, *([1] * (x.dim() - 1)))
+    parts = [x.unsqueeze(1)]
+    if reference_full:
+        parts.append(difference.unsqueeze(1))
+    parts.append(difference.unsqueeze(1) * selection)
+    if baseline_copy and baseline is not None:
+        parts.append(baseline.expand(x.shape).unsqueeze(1))
+    return torch.cat(parts, dim=1).flatten(0, 1)
+
+
+def spread_scores(
+    scores: torch.Tensor, features: FeatureSet, index: int, x: torch.Tensor
+) -> torch.Tensor:
+    """Attribution for one input: each element carries its feature's score (N, K) -> x.shape."""
+    mask = features.masks[index].expand(x.shape)
+    positions = torch.searchsorted(features.ids, mask.reshape(x.shape[0], -1))
+    return scores.gather(1, positions).view(x.shape)

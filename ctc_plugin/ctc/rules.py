@@ -1,0 +1,163 @@
+"""The per-operation CTC rules, shared by the Captum class and the Zennit composite.
+
+A :class:`GatedPass` holds what one CTC pass needs: the :class:`CopyLayout` of the batch and
+the :class:`BiasSharing` strategy. Its methods take and return *flat* propagated tensors
+(N*C, ...) and implement one rule each:
+
+- :meth:`GatedPass.affine`: a bias-free result plus the bias shared among the copies
+  (convolutions, linear layers, BatchNorm's shift, constants added to the signal);
+- :meth:`GatedPass.fold_batch_norm`: BatchNorm after a biased layer, folded into it so the pair
+  shares one bias;
+- :meth:`GatedPass.relu_gate`, :meth:`GatedPass.leaky_relu_gate`: the original pass's
+  activation pattern applied to every copy;
+- :meth:`GatedPass.rescale_gate`: smooth elementwise activations as the ratio ``y / x`` of the
+  original pass (exact for the gate copy, zero where the original input is zero);
+- :meth:`GatedPass.max_pool_switches`: every copy routed through the original argmax positions.
+
+The gate copy (copy 0 of each example) always goes through the model's real operation, so
+the gates of every later layer come from the original forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ctc_plugin.ctc.layout import CopyLayout
+from ctc_plugin.ctc.sharing import BiasSharing
+
+#: Attribute set on a propagated tensor that came out of a biased affine rule, holding
+#: ``(bias_free, bias)`` so a following BatchNorm can fold itself into that layer.
+FOLD_ATTRIBUTE = "_ctc_affine_parts"
+
+
+class BatchDimensionError(ValueError):
+    """An operation's result lost the batch dimension that carries the copies."""
+
+
+@dataclass
+class GatedPass:
+    """State and rules of one CTC pass over a batch of copies.
+
+    Attributes:
+        layout: Where each copy sits in the batch.
+        sharing: How biases are shared among the copies.
+        token: An object identifying this pass; tensors it propagates are tagged with it.
+    """
+
+    layout: CopyLayout
+    sharing: BiasSharing
+    token: object = field(default_factory=object)
+
+    # ------------------------------------------------------------------ tagging
+    def tag(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Mark a tensor as carrying copies of this pass; return it."""
+        if tensor.dim() == 0 or tensor.shape[0] != self.layout.batch:
+            raise BatchDimensionError(
+                f"its result has shape {tuple(tensor.shape)} but must keep the batch of copies "
+                f"(size {self.layout.batch}) as dimension 0; CTC needs models whose operations "
+                "keep dimension 0 as the batch dimension"
+            )
+        tensor._ctc_pass = self.token  # type: ignore[attr-defined]
+        # Any operation producing this object (an in-place one too) ends a pending BatchNorm fold.
+        if hasattr(tensor, FOLD_ATTRIBUTE):
+            delattr(tensor, FOLD_ATTRIBUTE)
+        return tensor
+
+    def is_propagated(self, value: Any) -> bool:
+        """Whether ``value`` is a tensor carrying copies of this pass."""
+        return isinstance(value, torch.Tensor) and getattr(value, "_ctc_pass", None) is self.token
+
+    # ------------------------------------------------------------------ affine rules
+    def affine(
+        self, bias_free: torch.Tensor, bias: torch.Tensor | None, foldable: bool = False
+    ) -> torch.Tensor:
+        """Return ``bias_free`` plus the bias shared among the copies (in place on a new tensor).
+
+        Args:
+            bias_free: (N*C, *rest) result of the operation without its bias.
+            bias: Bias broadcastable to ``rest`` (aligned to its trailing dims), or to the
+                grouped (N, C, *rest) shape; ``None`` for no bias.
+            foldable: Record the parts so a following BatchNorm can fold itself in.
+        """
+        if bias is None:
+            return self.tag(bias_free)
+        out = bias_free.clone() if foldable else bias_free
+        self.sharing.add_bias(self.layout.group(out), bias.to(out.dtype), self.layout)
+        self.tag(out)
+        if foldable and self.sharing.name != "none":
+            setattr(out, FOLD_ATTRIBUTE, (bias_free, bias))
+        return out
+
+    def fold_batch_norm(
+        self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+    ) -> torch.Tensor:
+        """Apply an eval-mode BatchNorm ``x * scale + shift`` (both aligned to ``x``'s rest).
+
+        When ``x`` came from a biased layer, the BatchNorm is folded into it: the pair acts as
+        one layer with weight ``scale * W`` and bias ``scale * b + shift``, sharing one bias.
+        """
+        parts = getattr(x, FOLD_ATTRIBUTE, None)
+        if parts is not None:
+            bias_free, bias = parts
+            folded_bias = bias * scale + shift
+            return self.affine(bias_free * scale, folded_bias)
+        return self.affine(x * scale, shift)
+
+    # ------------------------------------------------------------------ gates
+    def _apply_gate(self, x: torch.Tensor, gate: torch.Tensor, inplace: bool) -> torch.Tensor:
+        grouped = self.layout.group(x)
+        if inplace:
+            grouped.mul_(gate)
+            return self.tag(x)
+        return self.tag((grouped * gate).flatten(0, 1))
+
+    def relu_gate(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """ReLU: every copy passes where the original pre-activation was positive."""
+        gate = self.layout.group(x)[:, :1] > 0
+        return self._apply_gate(x, gate, inplace)
+
+    def leaky_relu_gate(
+        self, x: torch.Tensor, negative_slope: float, inplace: bool = False
+    ) -> torch.Tensor:
+        """LeakyReLU: slope 1 where the original was positive, ``negative_slope`` elsewhere."""
+        original = self.layout.group(x)[:, :1]
+        gate = torch.where(original > 0, 1.0, negative_slope).to(x.dtype)
+        return self._apply_gate(x, gate, inplace)
+
+    def rescale_gate(
+        self, x: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """Smooth elementwise activation as the rescale gate ``y / x`` of the original pass.
+
+        The gate copy gets the activation's exact output; other copies are multiplied by
+        ``y / x`` (0 where the original input is exactly 0).
+        """
+        original = self.layout.group(x)[:, 0]
+        y = activation(original)
+        nonzero = original != 0
+        gate = torch.where(nonzero, y / torch.where(nonzero, original, 1.0), 0.0)
+        out = self.layout.group(x) * gate.unsqueeze(1)
+        out[:, 0] = y
+        return self.tag(out.flatten(0, 1))
+
+    def max_pool_switches(
+        self, x: torch.Tensor, pool_with_indices: Callable[[torch.Tensor], Any]
+    ) -> torch.Tensor:
+        """Max pooling: every copy takes the values at the original pass's argmax positions.
+
+        Args:
+            x: (N*C, channels, *spatial) propagated input.
+            pool_with_indices: The pooling operation with ``return_indices=True`` bound, taking
+                an (N, channels, *spatial) tensor and returning ``(values, indices)``.
+        """
+        grouped = self.layout.group(x)
+        spatial = grouped.dim() - 3
+        _, indices = pool_with_indices(grouped[:, 0])
+        flat = grouped.flatten(3) if spatial > 0 else grouped.unsqueeze(-1)
+        index = indices.flatten(2).unsqueeze(1).expand(-1, grouped.shape[1], -1, -1)
+        pooled = flat.gather(3, index).reshape(*grouped.shape[:3], *indices.shape[2:])
+        return self.tag(pooled.flatten(0, 1))

@@ -1,0 +1,211 @@
+"""Bias sharing: how each bias is divided among the copies of an example.
+
+A layer with a bias computes ``z + b``. In the CTC pass each copy ``k`` computes its bias-free
+part ``z_k`` and receives ``b * s_k``; the gate copy always receives the whole bias (it is the
+model's real forward pass). The three modes differ in ``s_k``:
+
+- ``"none"``: ``s_k = 0``. The pass is the network linearised at the input with its gates
+  fixed, so a feature's score is gradient x input summed over the feature.
+- ``"proportional"``: ``s_k = |z_k| / sum_j |z_j|`` per unit over the sharing copies (an equal
+  split among the present copies where every ``z_j`` is zero). Shares sum to one, so over a
+  partition the scores add up to the target logit (conservative).
+- ``"reference"``: the published formula (quantisation, log-ratios, spread capping); see
+  :class:`ReferenceSharing`.
+
+Every mode adds the shares in place into the grouped tensor ``z`` of shape (N, C, *rest).
+``bias`` is broadcastable to (N, C, *rest): either aligned with ``rest`` (a layer's bias) or
+carrying the (N, C) leading dimensions (a per-example constant).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import torch
+
+from ctc_plugin.ctc.layout import CopyLayout
+
+BiasSharingMode = Literal["reference", "proportional", "none"]
+BIAS_SHARING_MODES: tuple[str, ...] = ("reference", "proportional", "none")
+
+
+class BiasSharing(Protocol):
+    """Adds shares of a bias to the copies of a grouped pre-activation, in place."""
+
+    name: str
+
+    def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
+        """Add ``bias`` to the gate copy and the shares of ``bias`` to the sharing copies."""
+
+
+def _copy_part(bias: torch.Tensor, z: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
+    """The slice of a bias that belongs to copies ``start:stop`` (or the bias itself)."""
+    if bias.dim() == z.dim() and bias.shape[1] != 1:
+        return bias[:, start:stop]
+    return bias
+
+
+class NoSharing:
+    """``"none"``: feature copies get no bias; the pass is gradient x input per feature."""
+
+    name = "none"
+
+    def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
+        """Add the bias to the gate copy only."""
+        z[:, :1].add_(_copy_part(bias, z, 0, 1))
+
+
+class ProportionalSharing:
+    """``"proportional"``: each unit's bias split by ``|z_k| / sum_j |z_j|`` (conservative)."""
+
+    name = "proportional"
+
+    def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
+        """Add the bias to the gate copy and proportional shares to the sharing copies."""
+        sharing = z[:, 1:]
+        shares = sharing.abs()
+        total = shares.sum(dim=1, keepdim=True)
+        shares.div_(total)
+        # Where every copy has z = 0 (0/0), split equally among the copies present.
+        fallback = self._fallback(layout, z)
+        shares = torch.where(total > 0, shares, fallback)
+        sharing.addcmul_(shares, _copy_part(bias, z, 1, None))
+        z[:, :1].add_(_copy_part(bias, z, 0, 1))
+
+    @staticmethod
+    def _fallback(layout: CopyLayout, z: torch.Tensor) -> torch.Tensor:
+        """Equal shares among the present sharing copies, shaped to broadcast against z."""
+        if layout.presence is None:
+            return z.new_full((), 1.0 / max(layout.sharing, 1))
+        presence = layout.presence.to(z.dtype)
+        weights = presence / presence.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return weights.view(*weights.shape, *([1] * (z.dim() - 2)))
+
+
+class ReferenceSharing:
+    """``"reference"``: the published scaling mechanism of CTC, with its quantisation.
+
+    With ``q(u) = ceil(10u)/10`` and ``z_F`` the reference full copy's pre-activation:
+
+    - ``rho_k = ceil(1000 |q(z_k) / q(z_F)|) / 1000`` (0 where ``q(z_F) = 0``),
+    - ``l_k = log10(rho_k)`` (0 where ``rho_k = 0``),
+    - reference spread ``sigma = std(log10 r)`` with ``n = q(z_F) + b`` and
+      ``r = ceil(1000 |n / mean(n)|) / 1000`` (entries with ``r = 0`` left out),
+    - ``mu_k, std_k`` = mean and std of ``l_k`` over the units where ``z_k != 0`` or ``z_F = 0``,
+    - ``l'_k = mu_k + (l_k - mu_k) sigma / std_k`` where ``std_k > sigma``, else ``l_k``,
+    - ``s_k = 10 ** l'_k`` (0 where ``rho_k = 0``).
+
+    Statistics run per channel over positions when the bias is per channel (convolutions,
+    BatchNorm) and over all units when the bias differs per unit (dense layers). Standard
+    deviations are population (ddof = 0) ones, as in NumPy.
+    """
+
+    name = "reference"
+    quantum = 10.0
+    ratio_quantum = 1000.0
+
+    def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
+        """Add the bias to the gate copy and the reference shares to the sharing copies."""
+        if not layout.reference_full:
+            raise ValueError("reference sharing needs the reference full copy in the layout")
+        shares = reference_shares(z[:, 1:], z[:, 1:2], _copy_part(bias, z, 1, 2), bias, z.dim())
+        z[:, 1:].addcmul_(shares, _copy_part(bias, z, 1, None))
+        z[:, :1].add_(_copy_part(bias, z, 0, 1))
+
+
+def _quantise(u: torch.Tensor, quantum: float) -> torch.Tensor:
+    return torch.ceil(u * quantum) / quantum
+
+
+def _statistic_dims(bias: torch.Tensor, rank: int) -> tuple[int, ...]:
+    """Dims of a grouped (N, C, *rest) tensor over which the reference statistics run.
+
+    Positions over which the bias is constant (its broadcast dims); all units of ``rest`` when
+    the bias differs per unit.
+    """
+    rest = rank - 2
+    trailing = list(bias.shape[-rest:]) if bias.dim() else []
+    trailing = [1] * (rest - len(trailing)) + trailing
+    dims = tuple(2 + i for i, size in enumerate(trailing) if size == 1)
+    return dims if dims and len(dims) < rest else tuple(range(2, rank))
+
+
+def _masked_mean_std(
+    values: torch.Tensor, valid: torch.Tensor, dims: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    weight = valid.to(values.dtype)
+    count = weight.sum(dim=dims, keepdim=True).clamp_min(1.0)
+    mean = (values * weight).sum(dim=dims, keepdim=True) / count
+    var = (((values - mean) ** 2) * weight).sum(dim=dims, keepdim=True) / count
+    return mean, var.sqrt()
+
+
+def reference_shares(
+    z_sharing: torch.Tensor,
+    z_full: torch.Tensor,
+    bias_full: torch.Tensor,
+    bias: torch.Tensor,
+    rank: int,
+) -> torch.Tensor:
+    """The published shares ``s_k`` for the sharing copies (see :class:`ReferenceSharing`).
+
+    Args:
+        z_sharing: (N, S, *rest) bias-free pre-activations of the sharing copies.
+        z_full: (N, 1, *rest) bias-free pre-activation of the reference full copy.
+        bias_full: The bias as seen by the reference full copy (broadcastable).
+        bias: The bias as given to :meth:`ReferenceSharing.add_bias` (for its shape).
+        rank: Rank of the grouped tensor, ``2 + len(rest)``.
+
+    Returns:
+        (N, S, *rest) shares.
+    """
+    dims = _statistic_dims(bias, rank)
+    q_full = _quantise(z_full, ReferenceSharing.quantum)
+    q_copy = _quantise(z_sharing, ReferenceSharing.quantum)
+    full_zero = q_full == 0
+    ratio = torch.where(
+        full_zero, torch.zeros_like(q_copy), q_copy / q_full.masked_fill(full_zero, 1)
+    )
+    rho = _quantise(ratio.abs(), ReferenceSharing.ratio_quantum)
+    positive = rho > 0
+    ell = torch.where(positive, torch.log10(rho.masked_fill(~positive, 1.0)), torch.zeros_like(rho))
+
+    valid = (z_sharing != 0) | (z_full == 0)
+    mu, std = _masked_mean_std(ell, valid, dims)
+
+    spread = q_full + bias_full
+    spread_mean = spread.mean(dim=dims, keepdim=True)
+    r = _quantise((spread / spread_mean).abs(), ReferenceSharing.ratio_quantum)
+    usable = torch.isfinite(r) & (r > 0)
+    log_r = torch.log10(torch.where(usable, r, torch.ones_like(r)))
+    _, sigma = _masked_mean_std(log_r, usable, dims)
+
+    capped = mu + (ell - mu) * sigma / std.clamp_min(torch.finfo(std.dtype).tiny)
+    ell = torch.where(std > sigma, capped, ell)
+    return torch.where(positive, torch.pow(10.0, ell), torch.zeros_like(ell))
+
+
+def make_sharing(mode: str) -> BiasSharing:
+    """Return the bias-sharing strategy for a mode name, or raise a clear error."""
+    strategies = {
+        "reference": ReferenceSharing,
+        "proportional": ProportionalSharing,
+        "none": NoSharing,
+    }
+    if mode not in strategies:
+        raise ValueError(
+            f"bias_sharing must be one of {', '.join(map(repr, BIAS_SHARING_MODES))}; got {mode!r}"
+        )
+    return strategies[mode]()
+
+
+__all__ = [
+    "BIAS_SHARING_MODES",
+    "BiasSharing",
+    "BiasSharingMode",
+    "NoSharing",
+    "ProportionalSharing",
+    "ReferenceSharing",
+    "make_sharing",
+    "reference_shares",
+]

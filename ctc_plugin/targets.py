@@ -1,0 +1,85 @@
+"""Captum's ``target`` argument, in every form Captum accepts, turned into per-example indices.
+
+Captum methods accept ``target`` as ``None``, an ``int``, a ``tuple`` (an index into outputs
+with more than two dimensions), a scalar or (N,) ``Tensor``, or a ``list`` of ints or tuples
+(one per example). Captum's own helper for this is private and has moved between releases,
+so the project resolves targets here, in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+TargetType = None | int | tuple | torch.Tensor | Sequence[int | tuple]
+
+
+def _flat_index(index: tuple[int, ...], shape: torch.Size, example: int) -> int:
+    if len(index) != len(shape):
+        raise ValueError(
+            f"target {index} for example {example} has {len(index)} indices but the model's "
+            f"output has {len(shape)} dimensions per example (shape {tuple(shape)})"
+        )
+    flat = 0
+    for i, (value, size) in enumerate(zip(index, shape)):
+        if not -size <= value < size:
+            raise ValueError(
+                f"target {index} for example {example} is out of range in output dimension "
+                f"{i + 1} of size {size}; valid classes are 0..{size - 1}"
+            )
+        flat = flat * size + (value % size)
+    return flat
+
+
+def resolve_targets(target: TargetType, output: torch.Tensor) -> torch.Tensor:
+    """Return the flat output index of every example's target, shape (N,).
+
+    Args:
+        target: Any Captum target form; ``None`` means the predicted class (argmax), or the
+            single output for models that return one value per example.
+        output: The model's output for the N examples, shape (N, *out).
+
+    Raises:
+        ValueError: a target out of range, of the wrong length, or of an unknown form.
+    """
+    n = output.shape[0]
+    per_example = output.shape[1:]
+    if target is None:
+        if output.dim() == 1 or per_example.numel() == 1:
+            return torch.zeros(n, dtype=torch.long, device=output.device)
+        return output.flatten(1).argmax(dim=1)
+    if output.dim() == 1:
+        raise ValueError("the model returns one value per example: pass target=None")
+    if isinstance(target, torch.Tensor):
+        if target.numel() == 1:
+            target = int(target.item())
+        elif target.dim() == 1 and target.numel() == n:
+            target = [int(t) for t in target.tolist()]
+        else:
+            raise ValueError(
+                f"a target tensor must hold one class or one per example ({n}); "
+                f"got shape {tuple(target.shape)}"
+            )
+    if isinstance(target, bool):
+        raise ValueError(f"target must be a class index, not {target!r}")
+    if isinstance(target, int):
+        target = [target] * n
+    elif isinstance(target, tuple):
+        target = [target] * n
+    if not isinstance(target, Sequence) or isinstance(target, str):
+        raise ValueError(f"unsupported target of type {type(target).__name__}")
+    if len(target) != n:
+        raise ValueError(f"got {len(target)} targets for {n} examples; give one per example")
+    flat = [
+        _flat_index(t if isinstance(t, tuple) else (int(t),), per_example, i)
+        for i, t in enumerate(target)
+    ]
+    return torch.tensor(flat, dtype=torch.long, device=output.device)
+
+
+def select_targets(output: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Pick each example's target value from (N, *out) outputs given flat indices (N,)."""
+    if output.dim() == 1:
+        return output
+    return output.flatten(1).gather(1, indices.view(-1, 1)).squeeze(1)
