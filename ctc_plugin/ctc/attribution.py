@@ -8,9 +8,13 @@ from typing import Any, Literal, overload
 
 import torch
 from captum.attr import Attribution
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
 from captum.log import log_usage
 from tqdm.auto import tqdm
 
+from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.interception import CTCMode
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.masks import FeatureSet, masked_copies, prepare_features, spread_scores
@@ -176,6 +180,7 @@ class CTC(Attribution):
             UnsupportedOperationError: the model calls an operation without a CTC rule.
         """
         is_tuple = isinstance(inputs, tuple)
+        _check_eval_mode(self.forward_func)
         inputs_tuple = _check_inputs(inputs)
         extra = _as_tuple(additional_forward_args)
         if feature_mask is None:
@@ -325,6 +330,22 @@ def _as_tuple(value: Any) -> tuple:
     if value is None:
         return ()
     return value if isinstance(value, tuple) else (value,)
+
+
+def _check_eval_mode(forward_func: Callable[..., Any]) -> None:
+    """Refuse training-mode BatchNorm/Dropout before running (they would change the model)."""
+    model = forward_func if isinstance(forward_func, nn.Module) else None
+    if model is None and isinstance(getattr(forward_func, "__self__", None), nn.Module):
+        model = forward_func.__self__  # a bound method such as model.forward
+    if model is None:
+        return
+    for name, module in model.named_modules():
+        if module.training and isinstance(module, (_BatchNorm, _DropoutNd)):
+            raise UnsupportedOperationError(
+                f"{type(module).__name__} {name or '(the model)'!r}",
+                "it is in training mode (batch statistics or random dropout); "
+                "call model.eval() first",
+            )
 
 
 def _check_inputs(inputs: TensorOrTuple) -> tuple[torch.Tensor, ...]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-class UnsupportedOperationError(TypeError):
+class UnsupportedOperationError(RuntimeError):
     """The model called an operation the CTC rules do not know.
 
     CTC propagates every feature copy through the model with the gates of the original pass

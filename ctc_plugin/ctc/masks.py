@@ -154,5 +154,5 @@ def spread_scores(
 ) -> torch.Tensor:
     """Attribution for one input: each element carries its feature's score (N, K) -> x.shape."""
     mask = features.masks[index].expand(x.shape)
-    positions = torch.searchsorted(features.ids, mask.reshape(x.shape[0], -1))
+    positions = torch.searchsorted(features.ids, mask.reshape(x.shape[0], -1).contiguous())
     return scores.gather(1, positions).view(x.shape)

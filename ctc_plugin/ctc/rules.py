@@ -125,7 +125,7 @@ class GatedPass:
     ) -> torch.Tensor:
         """LeakyReLU: slope 1 where the original was positive, ``negative_slope`` elsewhere."""
         original = self.layout.group(x)[:, :1]
-        gate = torch.where(original > 0, 1.0, negative_slope).to(x.dtype)
+        gate = torch.where(original > 0, 1.0, original.new_tensor(negative_slope))
         return self._apply_gate(x, gate, inplace)
 
     def rescale_gate(

@@ -1,0 +1,254 @@
+"""CTC in Zennit's attributor style: ``output, relevance = attributor(x, attr_output)``.
+
+:class:`CTCAttributor` builds the same batch of feature copies as the Captum class
+:class:`~ctc_plugin.ctc.attribution.CTC` and propagates it through the model with the hooks of
+a :class:`~ctc_plugin.ctc.composite.CTCComposite` (a guard routes the operations outside
+hooked modules to the same rules). ``relevance`` equals what ``CTC.attribute`` returns for the
+same target and features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from zennit.attribution import Attributor
+from zennit.core import Composite
+
+from ctc_plugin.ctc.attribution import CTC, FeatureScores
+from ctc_plugin.ctc.composite import (
+    FUNCTIONAL_POLICIES,
+    CTCComposite,
+    FunctionalPolicy,
+    find_ctc_composites,
+    hooked_pass,
+)
+from ctc_plugin.ctc.rules import GatedPass
+
+AttrOutput = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+
+
+class CTCAttributor(Attributor):
+    """CTC as a Zennit attributor.
+
+    ``attr_output`` follows Zennit: a tensor shaped like the model's output, or a function of
+    the output returning one. It weights the outputs: a feature's score is
+    ``sum_c attr_output[c] * f_c(copy of the feature)``, so a one-hot ``attr_output`` scores
+    that class exactly as ``CTC.attribute(target=class)`` does. With no ``attr_output`` (unlike
+    Zennit's gradient attributors, whose default is the whole output) the predicted class is
+    scored, as ``CTC.attribute(target=None)`` does.
+
+    Example:
+        >>> composite = CTCComposite(bias_sharing="proportional")
+        >>> with CTCAttributor(model, composite, feature_mask=segments) as attributor:
+        ...     output, relevance = attributor(images, torch.eye(10)[[3]])
+
+    Args:
+        model: The classifier (a ``torch.nn.Module``).
+        composite: A :class:`~ctc_plugin.ctc.composite.CTCComposite`, or a Zennit composite
+            containing exactly one (e.g. a ``MixedComposite``). Default: ``CTCComposite()``.
+        attr_output: Default output weighting (see above).
+        feature_mask: Feature ids in Captum's convention; overrides the composite's.
+        segmenter: Makes the feature mask when neither the call, the attributor nor the
+            composite gives one (default: superpixels, as in ``CTC``).
+        baselines: As in ``CTC.attribute``.
+        within_feature: Pixel-level CTC: distribute each feature's score over its elements in
+            proportion to a relevance (a tensor, a Zennit composite, a Captum attribution or a
+            callable ``f(inputs, target)``); see :mod:`ctc_plugin.ctc.within`.
+        functional: What happens to operations that need a CTC rule but run outside every
+            module with a CTC hook (``F.relu`` in a ``forward``, ``(x - mean) / std``):
+            ``"intercept"`` (default) applies the same rules to them; ``"raise"`` refuses them
+            by name.
+
+    Raises:
+        ValueError: A composite without a ``CTCComposite``, or an unknown ``functional``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        composite: Composite | None = None,
+        attr_output: AttrOutput | None = None,
+        feature_mask: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+        segmenter: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        baselines: float | torch.Tensor | None = None,
+        within_feature: Any = None,
+        functional: FunctionalPolicy = "intercept",
+    ) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(
+                f"model must be a torch.nn.Module (hooks attach to modules); got "
+                f"{type(model).__name__}. For any forward function use ctc_plugin.CTC"
+            )
+        composite = CTCComposite() if composite is None else composite
+        found = find_ctc_composites(composite)
+        if len(found) != 1:
+            raise ValueError(
+                f"the composite must contain exactly one CTCComposite; found {len(found)} in "
+                f"{type(composite).__name__}. Pass CTCComposite(...) or "
+                "MixedComposite([CTCComposite(...), ...])"
+            )
+        if functional not in FUNCTIONAL_POLICIES:
+            raise ValueError(
+                f"functional must be one of {', '.join(map(repr, FUNCTIONAL_POLICIES))}; "
+                f"got {functional!r}"
+            )
+        super().__init__(model=model, composite=composite, attr_output=None)
+        self.default_attr_output = attr_output
+        self.ctc_composite = found[0]
+        self.feature_mask = feature_mask
+        self.segmenter = segmenter
+        self.baselines = baselines
+        self.within_feature = within_feature
+        self.functional = functional
+        self.feature_scores: FeatureScores | None = None
+
+    def __call__(
+        self,
+        input: torch.Tensor,
+        attr_output: AttrOutput | None = None,
+        feature_mask: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score the features of ``input``; return the model output and the relevance.
+
+        The composite is registered for the call when it is not yet (Zennit's behaviour), and
+        removed afterwards, also on an exception.
+
+        Args:
+            input: (N, ...) batch.
+            attr_output: Output weighting for this call (default: the attributor's).
+            feature_mask: Feature ids for this call (default: the attributor's, then the
+                composite's, then the segmenter).
+
+        Returns:
+            ``(output, relevance)``: the model's output on ``input`` and the CTC attribution
+            shaped like ``input``. The per-feature scores of the call are kept in
+            :attr:`feature_scores`.
+        """
+        self._call_mask = feature_mask
+        weighting = self.default_attr_output if attr_output is None else attr_output
+        return super().__call__(input, weighting if weighting is not None else _predicted)
+
+    def forward(
+        self, input: torch.Tensor, attr_output_fn: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the CTC pass with the registered composite (Zennit's ``Attributor.forward``)."""
+        if not isinstance(input, torch.Tensor):
+            raise ValueError(f"input must be a tensor; got {type(input).__name__}")
+        mask = self._call_mask
+        if mask is None:
+            mask = self.feature_mask if self.feature_mask is not None else None
+        if mask is None:
+            mask = self.ctc_composite.feature_mask
+        engine = _HookedCTC(
+            self.model,
+            self.segmenter,
+            self.ctc_composite.bias_sharing,
+            attr_output_fn,
+            self.functional,
+        )
+        x = input.detach()
+        within = self.within_feature
+        if within is not None:
+            within = self._within_relevance(x, engine, within)
+        relevance, scores = engine.attribute(
+            x,
+            target=None,
+            feature_mask=mask,
+            baselines=self.baselines,
+            return_feature_scores=True,
+            within_feature=within,
+        )
+        self.feature_scores = scores
+        assert engine.model_output is not None
+        return engine.model_output, relevance
+
+    def _within_relevance(self, x: torch.Tensor, engine: _HookedCTC, within: Any) -> Any:
+        """The within-feature relevance for the attributor's output weighting.
+
+        A Zennit composite is run with the same ``attr_output`` (the CTC composite taken off
+        the model meanwhile); other forms get the class the weighting selects.
+        """
+        from ctc_plugin.ctc.within import composite_relevance, resolve_relevance
+
+        with torch.no_grad():
+            output = self.model(x)
+        weights = engine.weights_for(output)
+        registered = bool(self.composite.handles)
+        if isinstance(within, Composite):
+            if registered:
+                self.composite.remove()
+            try:
+                return composite_relevance(self.model, within, x, weights)
+            finally:
+                if registered:
+                    self.composite.register(self.model)
+        nonzero = (weights.flatten(1) != 0).sum(dim=1)
+        if not bool((nonzero == 1).all()):
+            raise ValueError(
+                "within_feature as a Captum method or callable needs one class per example; "
+                "give a one-hot attr_output, or a Zennit composite or a relevance tensor"
+            )
+        target = weights.flatten(1).argmax(dim=1)
+        return resolve_relevance(within, (x,), target, self.model)
+
+
+def _predicted(output: torch.Tensor) -> torch.Tensor:
+    """One-hot of the predicted class of each example (the default output weighting)."""
+    flat = output.flatten(1)
+    return torch.zeros_like(flat).scatter_(1, flat.argmax(dim=1, keepdim=True), 1.0).view_as(output)
+
+
+class _HookedCTC(CTC):
+    """The CTC engine with the hooks of a composite as its rule dispatch.
+
+    The model's output is reduced to one value per copy, ``sum_c w_c f_c``, with the weights
+    ``w`` computed from the gate copies' output (the model's real output).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        segmenter: Callable[[torch.Tensor], torch.Tensor] | None,
+        bias_sharing: Any,
+        attr_output_fn: Callable[[torch.Tensor], torch.Tensor],
+        functional: FunctionalPolicy,
+    ) -> None:
+        super().__init__(model, segmenter=segmenter, bias_sharing=bias_sharing)
+        self.attr_output_fn = attr_output_fn
+        self.functional = functional
+        self.model_output: torch.Tensor | None = None
+        self.hooked_calls = 0
+
+    def weights_for(self, output: torch.Tensor) -> torch.Tensor:
+        """The output weighting for the model's ``output``, checked against its shape."""
+        weights = torch.as_tensor(self.attr_output_fn(output))
+        try:
+            weights = weights.to(output.dtype).expand_as(output)
+        except RuntimeError:
+            raise ValueError(
+                f"attr_output of shape {tuple(weights.shape)} does not fit the model output of "
+                f"shape {tuple(output.shape)}; give a one-hot tensor shaped like the output or "
+                "a function of the output returning one"
+            ) from None
+        return weights
+
+    def _forward(self, gated: GatedPass, batch: tuple, extra: tuple) -> torch.Tensor:
+        with torch.no_grad(), hooked_pass(gated, self.functional) as state:
+            logits = self.forward_func(*batch, *extra)
+        self.hooked_calls += state.hooked_calls
+        if not isinstance(logits, torch.Tensor) or logits.dim() == 0:
+            raise ValueError("the model must return a tensor of outputs with a batch dimension")
+        if logits.shape[0] != gated.layout.batch:
+            raise ValueError(
+                f"the model returned {logits.shape[0]} rows for a batch of {gated.layout.batch}; "
+                "its output must keep the batch dimension first"
+            )
+        grouped = gated.layout.group(logits)
+        output = grouped[:, 0]
+        if self.model_output is None:
+            self.model_output = output.clone()
+        weights = self.weights_for(output)
+        weighted = (grouped * weights.unsqueeze(1)).flatten(2).sum(dim=2)
+        return weighted.flatten(0, 1).unsqueeze(1)

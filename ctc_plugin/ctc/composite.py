@@ -1,0 +1,521 @@
+"""CTC as a Zennit composite: the per-operation rules of :mod:`ctc_plugin.ctc.rules` as hooks.
+
+Each hook is a thin adapter: it finds the module's propagated input, calls the matching method
+of the running :class:`~ctc_plugin.ctc.rules.GatedPass` (the same methods the Captum class
+reaches through :class:`~ctc_plugin.ctc.interception.CTCMode`) and hands the result on as the
+module's output:
+
+- :class:`AffineRule` (convolutions, transposed convolutions, ``Linear``): the module runs
+  without its bias, then :meth:`GatedPass.affine` adds the bias shared among the copies;
+- :class:`BatchNormRule`: :meth:`GatedPass.fold_batch_norm` (eval mode only);
+- :class:`ReLURule`, :class:`LeakyReLURule`: :meth:`GatedPass.relu_gate` and
+  :meth:`GatedPass.leaky_relu_gate`, computed before the module runs so that in-place
+  activations cannot destroy the pre-activation;
+- :class:`RescaleRule`: smooth activations (SiLU, GELU, Tanh, ...) as rescale gates;
+- :class:`MaxPoolRule`: :meth:`GatedPass.max_pool_switches`.
+
+The hooks only act while a CTC pass runs (:func:`hooked_pass`, used by
+:class:`~ctc_plugin.ctc.attributor.CTCAttributor`) and only on tensors carrying that pass's
+copies; at any other time a model inside ``composite.context(model)`` computes exactly what it
+computes without the composite. Operations that happen outside every hooked module (residual
+additions, ``torch.cat``, reshaping, a functional ``F.relu`` in a ``forward``, a normalisation
+written as ``(x - mean) / std``) are seen by a guard (a :class:`~torch.overrides.TorchFunctionMode`)
+that routes them to the same rules, or, with ``functional="raise"``, refuses every one that needs
+a rule by name.
+
+Importing this module registers the composite in Zennit's registry as ``"ctc"``:
+``zennit.composites.COMPOSITES["ctc"]``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from zennit.canonizers import Canonizer
+from zennit.composites import LayerMapComposite, register_composite
+from zennit.core import Hook, RemovableHandleList
+
+from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.ctc.interception import CTCMode, operation_name
+from ctc_plugin.ctc.rules import GatedPass
+from ctc_plugin.ctc.sharing import BiasSharingMode, make_sharing
+
+FunctionalPolicy = Literal["intercept", "raise"]
+FUNCTIONAL_POLICIES: tuple[str, ...] = ("intercept", "raise")
+
+_MISSING = object()
+
+
+# ---------------------------------------------------------------------------- pass state
+@dataclass
+class _PassState:
+    """What the hooks need while one CTC pass runs.
+
+    Attributes:
+        gated: The rules and state of the pass.
+        depth: How many hooked modules are running (the guard leaves their insides alone).
+        pending: Results prepared before a module ran, per hook (a stack per call).
+        removed_biases: ``(module, previous)`` for every bias taken off a module; restored after
+            the module ran, and at the latest when the pass ends.
+        hooked_calls: Number of module calls a CTC hook handled (for diagnostics and tests).
+    """
+
+    gated: GatedPass
+    depth: int = 0
+    pending: dict[int, list[Any]] = field(default_factory=dict)
+    removed_biases: list[tuple[nn.Module, Any]] = field(default_factory=list)
+    hooked_calls: int = 0
+
+    def remove_bias(self, module: nn.Module) -> Any:
+        """Run ``module`` without its bias until :meth:`restore_bias`; return the bias.
+
+        The bias is shadowed in the instance dict (``object.__setattr__``), which works whether
+        it is a registered parameter or a tensor a Zennit 1.x canonizer put there.
+        """
+        previous = module.__dict__.get("bias", _MISSING)
+        bias = getattr(module, "bias", None)
+        object.__setattr__(module, "bias", None)
+        self.removed_biases.append((module, previous))
+        return bias
+
+    def restore_bias(self, module: nn.Module) -> None:
+        """Undo the latest :meth:`remove_bias` of ``module``."""
+        for index in range(len(self.removed_biases) - 1, -1, -1):
+            if self.removed_biases[index][0] is module:
+                _, previous = self.removed_biases.pop(index)
+                _put_back(module, previous)
+                return
+
+    def restore_all(self) -> None:
+        """Put every removed bias back (the pass ended, maybe by an exception)."""
+        while self.removed_biases:
+            module, previous = self.removed_biases.pop()
+            _put_back(module, previous)
+
+
+def _put_back(module: nn.Module, previous: Any) -> None:
+    if previous is _MISSING:
+        del module.__dict__["bias"]
+    else:
+        object.__setattr__(module, "bias", previous)
+
+
+_ACTIVE: ContextVar[_PassState | None] = ContextVar("ctc_hooked_pass", default=None)
+
+
+# ---------------------------------------------------------------------------- hooks
+class CTCHook(Hook):
+    """Base class of the CTC rules as Zennit hooks.
+
+    A rule acts only while a CTC pass runs and the module's first input carries that pass's
+    copies; otherwise the module computes what it always computes. Subclasses implement
+    :meth:`before` (runs before the module, on its untouched input) and/or :meth:`after`
+    (returns the module's output in the CTC pass). Rules take no arguments: everything a pass
+    needs is bound per call, so ``copy()`` returns a fresh instance of the same class.
+
+    Works with Zennit 0.5.1 and 1.x: the hook implements the three-argument ``forward`` and adds
+    one forward pre-hook in :meth:`register`; ``pre_forward``/``post_forward`` are Zennit's own.
+    """
+
+    def register(self, module: nn.Module) -> RemovableHandleList:
+        """Register Zennit's hooks plus the pre-hook that prepares the rule; return the handles."""
+        handles = super().register(module)
+        handles.append(module.register_forward_pre_hook(self._before_module))
+        return handles
+
+    def copy(self) -> CTCHook:
+        """Return a fresh instance of the same rule (rules hold no arguments)."""
+        return type(self)()
+
+    # -- the two halves of a module call
+    def _before_module(self, module: nn.Module, args: tuple) -> None:
+        state = _ACTIVE.get()
+        if state is None or not args or not state.gated.is_propagated(args[0]):
+            return None
+        state.depth += 1
+        state.hooked_calls += 1
+        try:
+            prepared = self.before(state, module, args[0])
+        except BaseException:
+            state.depth -= 1
+            raise
+        state.pending.setdefault(id(self), []).append(prepared)
+        return None
+
+    def forward(self, module: nn.Module, input: tuple, output: Any) -> Any:
+        """Zennit's forward hook: return the module's output in the CTC pass (else ``None``)."""
+        state = _ACTIVE.get()
+        stack = None if state is None else state.pending.get(id(self))
+        if not stack or not input or not state.gated.is_propagated(input[0]):
+            return None
+        prepared = stack.pop()
+        try:
+            return self.after(state, module, input[0], output, prepared)
+        finally:
+            state.depth -= 1
+
+    # -- what subclasses implement
+    def before(self, state: _PassState, module: nn.Module, x: torch.Tensor) -> Any:
+        """Prepare the rule before the module runs; the return value reaches :meth:`after`."""
+        return None
+
+    def after(
+        self, state: _PassState, module: nn.Module, x: torch.Tensor, output: Any, prepared: Any
+    ) -> torch.Tensor:
+        """Return the module's output in the CTC pass."""
+        raise NotImplementedError
+
+
+class AffineRule(CTCHook):
+    """Convolutions, transposed convolutions and ``Linear``: bias-free result plus shared bias.
+
+    The module runs with its bias taken off (so its own operation computes the bias-free part),
+    then :meth:`GatedPass.affine` adds the bias: whole to the gate copy, shared among the others.
+    """
+
+    def before(self, state: _PassState, module: nn.Module, x: torch.Tensor) -> Any:
+        """Take the bias off the module for this call; return it."""
+        return state.remove_bias(module)
+
+    def after(
+        self, state: _PassState, module: nn.Module, x: torch.Tensor, output: Any, prepared: Any
+    ) -> torch.Tensor:
+        """Put the bias back and share it among the copies."""
+        state.restore_bias(module)
+        bias = prepared
+        if bias is not None and not isinstance(module, nn.Linear):  # (C,) -> (C, 1, ...)
+            bias = bias.reshape(-1, *([1] * (output.dim() - 2)))
+        return state.gated.affine(output, bias, foldable=True)
+
+
+class BatchNormRule(CTCHook):
+    """BatchNorm in eval mode, folded into a preceding biased layer (:meth:`fold_batch_norm`)."""
+
+    def after(
+        self, state: _PassState, module: nn.Module, x: torch.Tensor, output: Any, prepared: Any
+    ) -> torch.Tensor:
+        """Apply ``x * scale + shift`` with the module's running statistics."""
+        scale, shift = _batch_norm_affine(module)
+        shape = (-1, *([1] * (x.dim() - 2)))
+        return state.gated.fold_batch_norm(x, scale.view(shape), shift.view(shape))
+
+
+def _batch_norm_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` with ``batch_norm(x) = x * scale + shift`` for an eval-mode module."""
+    mean = getattr(module, "running_mean", None)
+    var = getattr(module, "running_var", None)
+    if module.training or mean is None or var is None:
+        raise UnsupportedOperationError(
+            type(module).__name__,
+            "it normalises with batch statistics (training mode or no running statistics); "
+            "call model.eval() first",
+        )
+    scale = torch.rsqrt(var + module.eps)
+    if module.weight is not None:
+        scale = scale * module.weight
+    shift = -mean * scale
+    if module.bias is not None:
+        shift = shift + module.bias
+    return scale, shift
+
+
+class _GateRule(CTCHook):
+    """Gates computed from the untouched input before the module runs (in-place safe)."""
+
+    def before(self, state: _PassState, module: nn.Module, x: torch.Tensor) -> Any:
+        """Compute the gated copies from the pre-activation."""
+        return self.gate(state.gated, module, x)
+
+    def after(
+        self, state: _PassState, module: nn.Module, x: torch.Tensor, output: Any, prepared: Any
+    ) -> torch.Tensor:
+        """Hand on the gated copies; an in-place module's input receives them too."""
+        if isinstance(output, torch.Tensor) and output.data_ptr() == x.data_ptr():
+            output.copy_(prepared)
+            return state.gated.tag(output)
+        return prepared
+
+    def gate(self, gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Apply the gate rule to ``x``."""
+        raise NotImplementedError
+
+
+class ReLURule(_GateRule):
+    """ReLU: every copy passes where the original pre-activation was positive."""
+
+    def gate(self, gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`GatedPass.relu_gate` on a new tensor."""
+        return gated.relu_gate(x)
+
+
+class LeakyReLURule(_GateRule):
+    """LeakyReLU: slope 1 where the original was positive, the module's slope elsewhere."""
+
+    def gate(self, gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`GatedPass.leaky_relu_gate` with the module's ``negative_slope``."""
+        return gated.leaky_relu_gate(x, float(module.negative_slope))
+
+
+class RescaleRule(_GateRule):
+    """Smooth elementwise activations as rescale gates ``y / x`` of the original pass."""
+
+    def gate(self, gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`GatedPass.rescale_gate` with the module's own activation (on a clone)."""
+        return gated.rescale_gate(x, lambda t: module.forward(t.clone()))
+
+
+class MaxPoolRule(CTCHook):
+    """Max pooling: every copy takes the values at the original pass's argmax positions."""
+
+    def after(
+        self, state: _PassState, module: nn.Module, x: torch.Tensor, output: Any, prepared: Any
+    ) -> torch.Tensor:
+        """:meth:`GatedPass.max_pool_switches` with the module's pooling settings."""
+        if getattr(module, "return_indices", False):
+            raise UnsupportedOperationError(
+                type(module).__name__, "returning pooling indices to the model is not supported"
+            )
+        with_indices = copy.copy(module)  # shallow: same settings, no hooks are called
+        with_indices.return_indices = True
+        return state.gated.max_pool_switches(x, with_indices.forward)
+
+
+AFFINE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+BATCH_NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+MAX_POOL_TYPES: tuple[type[nn.Module], ...] = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
+RESCALE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Mish,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.Softplus,
+    nn.Hardtanh,  # ReLU6 too
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+)
+
+
+def ctc_layer_map() -> list[tuple[tuple[type[nn.Module], ...], Hook]]:
+    """The module types of the CTC composite and their rules (a Zennit layer map)."""
+    return [
+        (AFFINE_TYPES, AffineRule()),
+        (BATCH_NORM_TYPES, BatchNormRule()),
+        ((nn.ReLU,), ReLURule()),
+        ((nn.LeakyReLU,), LeakyReLURule()),
+        (RESCALE_TYPES, RescaleRule()),
+        (MAX_POOL_TYPES, MaxPoolRule()),
+    ]
+
+
+# ---------------------------------------------------------------------------- composite
+@register_composite("ctc")
+class CTCComposite(LayerMapComposite):
+    """The CTC rules as a Zennit composite.
+
+    Use it with Zennit's canonizers and :class:`~zennit.composites.MixedComposite`, and run it
+    with :class:`~ctc_plugin.ctc.attributor.CTCAttributor`, which builds the batch of feature
+    copies CTC propagates::
+
+        composite = CTCComposite(bias_sharing="proportional",
+                                 canonizers=[SequentialMergeBatchNorm()])
+        with CTCAttributor(model, composite, feature_mask=segments) as attributor:
+            output, relevance = attributor(images, one_hot)
+
+    While the composite is registered and no CTC pass runs, the model computes exactly what it
+    computes without it. Registered in Zennit's registry as ``"ctc"``.
+
+    Args:
+        feature_mask: Default feature mask for attributors using this composite (Captum's
+            convention: integer ids broadcastable to the input, e.g. (1, 1, H, W)).
+        bias_sharing: ``"reference"``, ``"proportional"`` or ``"none"``, as in
+            :class:`~ctc_plugin.ctc.attribution.CTC`.
+        canonizers: Zennit canonizers applied before the hooks are registered.
+        layer_map: Extra ``(module types, hook)`` pairs matched before the CTC rules.
+
+    Raises:
+        ValueError: An unknown ``bias_sharing``.
+    """
+
+    def __init__(
+        self,
+        feature_mask: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+        bias_sharing: BiasSharingMode = "reference",
+        canonizers: Sequence[Canonizer] | None = None,
+        layer_map: Sequence[tuple[tuple[type[nn.Module], ...], Hook]] | None = None,
+    ) -> None:
+        make_sharing(bias_sharing)  # validates the name
+        self.feature_mask = feature_mask
+        self.bias_sharing = bias_sharing
+        super().__init__(
+            layer_map=[*(layer_map or []), *ctc_layer_map()],
+            canonizers=list(canonizers) if canonizers is not None else None,
+        )
+
+
+def find_ctc_composites(composite: Any) -> list[CTCComposite]:
+    """Every :class:`CTCComposite` in ``composite`` (itself, or inside a ``MixedComposite``)."""
+    if isinstance(composite, CTCComposite):
+        return [composite]
+    found: list[CTCComposite] = []
+    for inner in getattr(composite, "composites", ()) or ():
+        found.extend(find_ctc_composites(inner))
+    return found
+
+
+# ---------------------------------------------------------------------------- guard
+class _Refused(Exception):
+    """Raised by :class:`_LinearOnlyPass` when an operation needs a rule."""
+
+
+@dataclass
+class _LinearOnlyPass(GatedPass):
+    """A view of a pass that allows operations linear in the signal and refuses rules."""
+
+    def affine(
+        self, bias_free: torch.Tensor, bias: torch.Tensor | None, foldable: bool = False
+    ) -> torch.Tensor:
+        """Tag a bias-free result; refuse a bias."""
+        if bias is None:
+            return super().affine(bias_free, None)
+        raise _Refused("it adds a bias or constant that CTC shares among the features")
+
+    def fold_batch_norm(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Refuse."""
+        raise _Refused("it is a BatchNorm, an affine map whose shift CTC shares")
+
+    def _refuse_gate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise _Refused("it is a nonlinearity that CTC replaces by a gate of the original pass")
+
+    relu_gate = leaky_relu_gate = rescale_gate = max_pool_switches = _refuse_gate
+
+
+class GuardMode(CTCMode):
+    """Watches the operations of a hooked CTC pass that happen outside every hooked module.
+
+    Inside a module that has a CTC hook nothing is touched (its hook applies the rule).
+    Outside, operations linear in the signal (additions of propagated tensors, concatenation,
+    reshaping, average pooling, ...) are applied and their results tagged. Operations that need
+    a rule (a functional ``F.relu``, a convolution of a module without a CTC hook, a constant
+    added to the signal, ...) are routed to the same rules as in
+    :class:`~ctc_plugin.ctc.interception.CTCMode` with ``functional="intercept"``, or raise
+    :class:`~ctc_plugin.ctc.errors.UnsupportedOperationError` naming them with
+    ``functional="raise"``.
+
+    Args:
+        state: The pass state the hooks share.
+        functional: ``"intercept"`` or ``"raise"``.
+    """
+
+    def __init__(self, state: _PassState, functional: FunctionalPolicy = "intercept") -> None:
+        if functional not in FUNCTIONAL_POLICIES:
+            raise ValueError(
+                f"functional must be one of {', '.join(map(repr, FUNCTIONAL_POLICIES))}; "
+                f"got {functional!r}"
+            )
+        super().__init__(state.gated)
+        self.state = state
+        self.functional = functional
+        self._linear_only = _LinearOnlyPass(
+            layout=state.gated.layout, sharing=state.gated.sharing, token=state.gated.token
+        )
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple = (),
+        kwargs: dict | None = None,
+    ) -> Any:
+        """Leave hooked modules alone; route or refuse everything else."""
+        kwargs = kwargs or {}
+        if self.state.depth > 0:
+            return func(*args, **kwargs)
+        if self.functional == "intercept":
+            return super().__torch_function__(func, types, args, kwargs)
+        self.gated_pass = self._linear_only
+        try:
+            return super().__torch_function__(func, types, args, kwargs)
+        except _Refused as refusal:
+            raise UnsupportedOperationError(
+                operation_name(func),
+                f"{refusal} and it runs outside every module with a CTC hook. Use "
+                "CTCAttributor(..., functional='intercept') or the Captum entry point "
+                "ctc_plugin.CTC, which route functional calls to the CTC rules, or replace the "
+                "call by a module (a canonizer such as zennit.torchvision.ResNetCanonizer, or "
+                "nn.ReLU instead of F.relu)",
+            ) from None
+        finally:
+            self.gated_pass = self.state.gated
+
+
+@contextmanager
+def hooked_pass(gated: GatedPass, functional: FunctionalPolicy = "intercept") -> Iterator[Any]:
+    """Run a CTC pass through the CTC hooks registered on a model.
+
+    Inside the context, a forward of a model carrying :class:`CTCComposite` hooks on a batch
+    tagged by ``gated`` is a CTC pass. Biases taken off modules are put back when the context
+    ends, also on an exception.
+
+    Args:
+        gated: The rules and state of the pass.
+        functional: What the guard does with rule-needing operations outside hooked modules.
+
+    Yields:
+        The pass state (``hooked_calls`` counts the module calls the hooks handled).
+    """
+    state = _PassState(gated=gated)
+    guard = GuardMode(state, functional)
+    token = _ACTIVE.set(state)
+    try:
+        with guard:
+            yield state
+    finally:
+        _ACTIVE.reset(token)
+        state.restore_all()
+
+
+__all__ = [
+    "AFFINE_TYPES",
+    "BATCH_NORM_TYPES",
+    "FUNCTIONAL_POLICIES",
+    "MAX_POOL_TYPES",
+    "RESCALE_TYPES",
+    "AffineRule",
+    "BatchNormRule",
+    "CTCComposite",
+    "CTCHook",
+    "GuardMode",
+    "LeakyReLURule",
+    "MaxPoolRule",
+    "ReLURule",
+    "RescaleRule",
+    "ctc_layer_map",
+    "find_ctc_composites",
+    "hooked_pass",
+]

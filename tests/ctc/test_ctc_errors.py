@@ -1,0 +1,137 @@
+"""Bad input gets a clear error, and a failed call leaves the model exactly as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ctc_plugin import CTC, UnsupportedOperationError
+from ctc_plugin.testing import CNNSpec, RandomCNN, random_partition
+
+
+def _state(model: nn.Module):
+    hooks = [
+        (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+        for m in model.modules()
+    ]
+    return hooks, torch._C._len_torch_function_stack()
+
+
+@pytest.fixture
+def setting():
+    model = RandomCNN(CNNSpec(residual=True, concat=True, normalise=True), seed=1)
+    x = torch.rand(2, 3, 8, 8)
+    mask = random_partition(8, 8, 4)
+    return model, x, mask
+
+
+def _assert_untouched(model, x, before_output, before_state):
+    assert _state(model) == before_state
+    assert torch.equal(model(x), before_output)  # bit-identical forward after the failure
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda x, m: (x, m[..., :4]), "does not broadcast"),
+        (lambda x, m: (x, m.float()), "integer feature ids"),
+        (lambda x, m: (x, m - 5), "negative ids"),
+        (lambda x, m: (x, m.bool()), "integer feature ids"),
+        (lambda x, m: (x, (m, m)), "2 feature masks for 1 inputs"),
+        (lambda x, m: (x.masked_fill(x > 0.9, float("nan")), m), "NaN"),
+        (lambda x, m: (x.long(), m), "floating-point"),
+        (lambda x, m: (x, [m[0, 0] == 1, m[0, 0] == 1]), "overlaps"),
+        (lambda x, m: (x, [m[0, 0] == 1, torch.zeros(8, 8, dtype=torch.bool)]), "empty"),
+    ],
+)
+def test_bad_masks_and_inputs_are_clear_errors(setting, change, message):
+    model, x, mask = setting
+    before = model(x), _state(model)
+    bad_x, bad_mask = change(x, mask)
+    with pytest.raises(ValueError, match=message):
+        CTC(model).attribute(bad_x, target=0, feature_mask=bad_mask)
+    _assert_untouched(model, x, *before)
+
+
+@pytest.mark.parametrize("target", [4, -7, [0], (0, 1), torch.tensor([0, 1, 2])])
+def test_bad_targets_are_clear_errors(setting, target):
+    model, x, mask = setting
+    before = model(x), _state(model)
+    with pytest.raises(ValueError, match="target"):
+        CTC(model).attribute(x, target=target, feature_mask=mask)
+    _assert_untouched(model, x, *before)
+
+
+class _Gated(nn.Module):
+    """x * sigmoid(x): a product of two input-dependent tensors (not linear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = h * torch.sigmoid(h)
+        return self.head(h.mean(dim=(2, 3)))
+
+
+class _LayerNormed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(3 * 8 * 8, 2)
+
+    def forward(self, x):
+        return self.head(self.norm(x).flatten(1))
+
+
+class _BatchMixer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3 * 8 * 8, 2)
+
+    def forward(self, x):
+        return self.head(x.reshape(1, -1).repeat(x.shape[0], 1)[:, : 3 * 8 * 8])
+
+
+@pytest.mark.parametrize(
+    ("model", "operation"),
+    [
+        (_Gated(), "torch.Tensor.mul"),
+        (_LayerNormed(), "layer_norm"),
+        (_BatchMixer(), "reshape"),
+    ],
+)
+def test_unsupported_operations_are_named(model, operation):
+    model.eval()
+    x = torch.rand(2, 3, 8, 8)
+    before = model(x), _state(model)
+    with pytest.raises(UnsupportedOperationError, match=operation):
+        CTC(model).attribute(x, target=0, feature_mask=random_partition(8, 8, 3))
+    _assert_untouched(model, x, *before)
+
+
+def test_training_mode_batch_norm_is_refused_without_touching_statistics():
+    model = RandomCNN(CNNSpec(batch_norm=True), seed=2).train()
+    x = torch.rand(2, 3, 8, 8)
+    stats = [b.clone() for b in model.buffers()]
+    with pytest.raises(UnsupportedOperationError, match="model.eval"):
+        CTC(model).attribute(x, target=0, feature_mask=random_partition(8, 8, 3))
+    assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
+    assert torch._C._len_torch_function_stack() == 0
+
+
+def test_bad_options_are_clear_errors(setting):
+    model, x, mask = setting
+    with pytest.raises(ValueError, match="bias_sharing"):
+        CTC(model, bias_sharing="proportionate")
+    with pytest.raises(ValueError, match="perturbations_per_eval"):
+        CTC(model, bias_sharing="proportional").attribute(
+            x, target=0, feature_mask=mask, perturbations_per_eval=2
+        )
+    with pytest.raises(ValueError, match="perturbations_per_eval"):
+        CTC(model).attribute(x, target=0, feature_mask=mask, perturbations_per_eval=0)
+    with pytest.raises(ValueError, match="baseline"):
+        CTC(model).attribute(x, target=0, feature_mask=mask, baselines=torch.zeros(5))

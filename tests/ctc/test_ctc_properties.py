@@ -1,0 +1,126 @@
+"""Properties of CTC that hold for any model and any partition (hypothesis)."""
+
+from __future__ import annotations
+
+import torch
+from captum.attr import InputXGradient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ctc_plugin import CTC
+
+from .conftest import cases
+
+SETTINGS = settings(max_examples=25, deadline=None)
+MODES = ["reference", "proportional", "none"]
+
+
+def gradient_x_input_per_feature(model, x, mask, target, ids):
+    attribution = InputXGradient(model).attribute(x.clone().requires_grad_(True), target=target)
+    mask = mask.expand(x.shape)
+    return torch.stack([(attribution * (mask == i)).flatten(1).sum(1) for i in ids.tolist()], 1)
+
+
+@SETTINGS
+@given(cases())
+def test_none_equals_gradient_times_input_per_feature(case):
+    model, x, mask, target = case
+    _, scores = CTC(model, bias_sharing="none").attribute(
+        x, target=target, feature_mask=mask, return_feature_scores=True
+    )
+    expected = gradient_x_input_per_feature(model, x, mask, target, scores.ids)
+    expected = expected.masked_fill(~scores.present, 0.0)
+    torch.testing.assert_close(scores.scores, expected.detach(), rtol=1e-9, atol=1e-10)
+
+
+@SETTINGS
+@given(cases(), st.booleans())
+def test_proportional_scores_add_up_to_the_target_logit(case, with_baseline):
+    model, x, mask, target = case
+    baselines = 0.3 * torch.ones_like(x[:1]) if with_baseline else None
+    _, scores = CTC(model, bias_sharing="proportional").attribute(
+        x, target=target, feature_mask=mask, baselines=baselines, return_feature_scores=True
+    )
+    logits = model(x)[:, target]
+    total = scores.scores.sum(1)
+    if with_baseline:
+        total = total + scores.baseline
+    torch.testing.assert_close(total, logits.detach(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(scores.output, logits.detach())
+
+
+@SETTINGS
+@given(cases(), st.sampled_from(MODES), st.randoms(use_true_random=False))
+def test_relabelling_feature_ids_permutes_scores(case, mode, rng):
+    model, x, mask, target = case
+    ctc = CTC(model, bias_sharing=mode)
+    attr, scores = ctc.attribute(x, target=target, feature_mask=mask, return_feature_scores=True)
+    ids = scores.ids.tolist()
+    new_ids = rng.sample(range(100), len(ids))
+    relabelled = mask.clone()
+    for old, new in zip(ids, new_ids):
+        relabelled[mask == old] = new
+    attr2, scores2 = ctc.attribute(
+        x, target=target, feature_mask=relabelled, return_feature_scores=True
+    )
+    torch.testing.assert_close(attr2, attr)
+    for column, new in enumerate(new_ids):
+        moved = scores2.ids.tolist().index(new)
+        torch.testing.assert_close(scores2.scores[:, moved], scores.scores[:, column])
+
+
+@SETTINGS
+@given(cases(), st.sampled_from(MODES))
+def test_an_example_does_not_depend_on_its_batch(case, mode):
+    model, x, mask, target = case
+    ctc = CTC(model, bias_sharing=mode)
+    together = ctc.attribute(x, target=target, feature_mask=mask)
+    for i in range(x.shape[0]):
+        alone = ctc.attribute(
+            x[i : i + 1], target=target, feature_mask=mask[i : i + 1] if mask.shape[0] > 1 else mask
+        )
+        torch.testing.assert_close(alone, together[i : i + 1], rtol=1e-9, atol=1e-10)
+
+
+@SETTINGS
+@given(cases(), st.sampled_from(["reference", "none"]), st.integers(1, 4))
+def test_result_does_not_depend_on_perturbations_per_eval(case, mode, per_eval):
+    model, x, mask, target = case
+    ctc = CTC(model, bias_sharing=mode)
+    once = ctc.attribute(x, target=target, feature_mask=mask)
+    chunked = ctc.attribute(x, target=target, feature_mask=mask, perturbations_per_eval=per_eval)
+    torch.testing.assert_close(chunked, once, rtol=1e-9, atol=1e-10)
+
+
+@settings(max_examples=15, deadline=None)
+@given(cases(dtype=torch.float64), st.sampled_from(MODES))
+def test_float32_agrees_with_float64(case, mode):
+    model, x, mask, target = case
+    a64 = CTC(model, bias_sharing=mode).attribute(x, target=target, feature_mask=mask)
+    a32 = CTC(model.float(), bias_sharing=mode).attribute(
+        x.float(), target=target, feature_mask=mask
+    )
+    scale = a64.abs().max().clamp_min(1.0)
+    if mode == "reference":
+        # ceil-quantisation may flip where 10*z lies within float32 rounding of an integer;
+        # compare feature scores with a tolerance relative to the largest score.
+        torch.testing.assert_close(a32.double() / scale, a64 / scale, rtol=0, atol=2e-3)
+    else:
+        torch.testing.assert_close(a32.double() / scale, a64 / scale, rtol=0, atol=1e-4)
+
+
+def test_target_none_is_the_predicted_class():
+    from ctc_plugin.testing import RandomCNN, random_partition
+
+    model = RandomCNN(seed=3).double()
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    mask = random_partition(8, 8, 4)
+    ctc = CTC(model, bias_sharing="proportional")
+    _, scores = ctc.attribute(x, feature_mask=mask, return_feature_scores=True)
+    predicted = model(x).argmax(1)
+    assert torch.equal(scores.target, predicted)
+    by_tensor = ctc.attribute(x, target=predicted, feature_mask=mask)
+    by_list = ctc.attribute(x, target=predicted.tolist(), feature_mask=mask)
+    default = ctc.attribute(x, feature_mask=mask)
+    torch.testing.assert_close(by_tensor, default)
+    torch.testing.assert_close(by_list, default)

@@ -1,0 +1,173 @@
+"""The "reference" bias sharing against an independent NumPy re-implementation and by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctc_plugin import CTC
+
+
+def _q(u):
+    return np.ceil(u * 10.0) / 10.0
+
+
+def _shares(z_copy: np.ndarray, z_full: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Research note section 2, written out literally for one group of units (NumPy, loops)."""
+    qf, qk = _q(z_full), _q(z_copy)
+    rho = np.zeros_like(z_copy)
+    for i in np.ndindex(z_copy.shape):
+        if qf[i] != 0:
+            rho[i] = math.ceil(1000.0 * abs(qk[i] / qf[i])) / 1000.0
+    ell = np.where(rho > 0, np.log10(np.where(rho > 0, rho, 1.0)), 0.0)
+    n = qf + bias
+    r = np.ceil(1000.0 * np.abs(n / n.mean())) / 1000.0
+    sigma = np.log10(r[r > 0]).std()
+    valid = (z_copy != 0) | (z_full == 0)
+    mu = ell[valid].mean() if valid.any() else 0.0
+    std = ell[valid].std() if valid.any() else 0.0
+    if std > sigma:
+        ell = mu + (ell - mu) * sigma / std
+    return np.where(rho > 0, 10.0**ell, 0.0)
+
+
+def numpy_reference_ctc(model: nn.Sequential, x: torch.Tensor, masks: list, target: int):
+    """Scores of CTC 'reference' for a Sequential of Conv2d/ReLU/MaxPool2d/Flatten/Linear."""
+    copies = [x[0].numpy()] + [(x[0] * m).numpy() for m in masks]  # copy 0 = M_F
+    original = x
+    for layer in model:
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            bias = layer.bias.detach().numpy()
+            zs = []
+            for a in copies:
+                t = torch.from_numpy(a).unsqueeze(0)
+                z = (layer(t) - layer.bias.view(-1, *([1] * (t.dim() - 2)))).detach()[0].numpy()
+                zs.append(z)
+            new = []
+            for z in zs:
+                out = np.empty_like(z)
+                if isinstance(layer, nn.Conv2d):
+                    for c in range(z.shape[0]):  # per channel over positions
+                        out[c] = z[c] + bias[c] * _shares(z[c], zs[0][c], bias[c])
+                else:  # over all units
+                    out = z + bias * _shares(z, zs[0], bias)
+                new.append(out)
+            copies = new
+        elif isinstance(layer, nn.ReLU):
+            gate = (original[0] > 0).numpy()
+            copies = [a * gate for a in copies]
+        elif isinstance(layer, nn.MaxPool2d):
+            _, idx = F.max_pool2d(original, layer.kernel_size, layer.stride, return_indices=True)
+            idx = idx[0].numpy()
+            copies = [
+                np.take_along_axis(
+                    a.reshape(a.shape[0], -1), idx.reshape(idx.shape[0], -1), 1
+                ).reshape(idx.shape)
+                for a in copies
+            ]
+        elif isinstance(layer, nn.Flatten):
+            copies = [a.reshape(-1) for a in copies]
+        else:
+            raise TypeError(layer)
+        original = layer(original)
+    y = original[0, target].item()
+    full = copies[0][target]
+    return np.array([y * c[target] / full for c in copies[1:]])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reference_matches_an_independent_numpy_implementation(seed):
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(5 * 4 * 4, 6),
+        nn.ReLU(),
+        nn.Linear(6, 3),
+    ).double()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64) * 2
+    labels = torch.randint(0, 4, (1, 1, 8, 8))
+    masks = [(labels[0, 0] == k).double() for k in range(4)]
+    target = seed % 3
+    _, scores = CTC(model, bias_sharing="reference").attribute(
+        x, target=target, feature_mask=labels, return_feature_scores=True
+    )
+    expected = numpy_reference_ctc(model, x, masks, target)
+    np.testing.assert_allclose(scores.scores[0].numpy(), expected, rtol=1e-7, atol=1e-9)
+
+
+def _two_layer_net() -> nn.Sequential:
+    first, second = nn.Linear(2, 2), nn.Linear(2, 1)
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[1.0, 1.0], [1.0, -1.0]]))
+        first.bias.copy_(torch.tensor([0.5, 0.5]))
+        second.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        second.bias.copy_(torch.tensor([0.2]))
+    return nn.Sequential(first, nn.ReLU(), second).double()
+
+
+X = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+FEATURES = torch.tensor([[0, 1]])  # feature 0 = x0 = 1, feature 1 = x1 = 2
+
+
+def _scores(mode: str) -> torch.Tensor:
+    _, scores = CTC(_two_layer_net(), bias_sharing=mode).attribute(
+        X, target=0, feature_mask=FEATURES, return_feature_scores=True
+    )
+    return scores.scores[0]
+
+
+def test_two_layer_example_by_hand_none():
+    # z1 = W1 x: feature 0 -> (1, 1), feature 1 -> (2, -2); original pre-activation (3.5, -0.5)
+    # gates (1, 0); output = z of unit 0 only.
+    torch.testing.assert_close(_scores("none"), torch.tensor([1.0, 2.0], dtype=torch.float64))
+
+
+def test_two_layer_example_by_hand_proportional():
+    # unit 0: shares 1/3, 2/3 of b=0.5 -> 1 + 1/6, 2 + 1/3 (unit 1 is gated off)
+    # output layer: z = 7/6, 7/3 -> shares 1/3, 2/3 of 0.2
+    expected = torch.tensor([7 / 6 + 0.2 / 3, 7 / 3 + 0.4 / 3], dtype=torch.float64)
+    torch.testing.assert_close(_scores("proportional"), expected)
+    assert _scores("proportional").sum().item() == pytest.approx(3.7)
+
+
+def test_two_layer_example_by_hand_reference():
+    # Layer 1, full copy z_F = (3, -1); q(z_F) = (3, -1); n = q(z_F) + b = (3.5, -0.5),
+    # mean(n) = 1.5, r = ceil(1000 |n / 1.5|) / 1000 = (2.334, 0.334),
+    # sigma = std(log10 r) = (log10 2.334 - log10 0.334) / 2.
+    sigma = (math.log10(2.334) - math.log10(0.334)) / 2
+    # feature 0: z = (1, 1): rho = (ceil(333.33)/1000, 1) = (0.334, 1), l = (log10 .334, 0)
+    l0 = [math.log10(0.334), 0.0]
+    std0 = abs(l0[0]) / 2
+    assert std0 < sigma  # no capping: s = rho
+    unit0_f0 = 1 + 0.5 * 0.334
+    # feature 1: z = (2, -2): rho = (ceil(666.67)/1000, 2) = (0.667, 2)
+    l1 = [math.log10(0.667), math.log10(2.0)]
+    std1 = abs(l1[1] - l1[0]) / 2
+    assert std1 < sigma
+    unit0_f1 = 2 + 0.5 * 0.667
+    # the full copy: rho = 1 everywhere -> s = 1: unit 0 = 3.5 (unit 1 gated off)
+    full0 = 3.5
+
+    # Layer 2 (dense, one unit): z_F = 3.5, b = 0.2; n = 3.7, r = 1, sigma = 0
+    # feature k: rho = ceil(1000 |q(z_k) / 3.5|) / 1000, a single unit -> std 0, no capping
+    def out(z):
+        q = math.ceil(10 * z) / 10
+        rho = math.ceil(1000 * abs(q / 3.5)) / 1000
+        return z + 0.2 * rho
+
+    full = out(full0)  # = 3.7
+    y = 3.7  # the model's real output
+    expected = torch.tensor(
+        [y * out(unit0_f0) / full, y * out(unit0_f1) / full], dtype=torch.float64
+    )
+    torch.testing.assert_close(_scores("reference"), expected)
