@@ -8,10 +8,10 @@ from typing import Any, Literal, overload
 
 import torch
 from captum.attr import Attribution
+from captum.log import log_usage
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
-from captum.log import log_usage
 from tqdm.auto import tqdm
 
 from ctc_plugin.ctc.errors import UnsupportedOperationError
@@ -200,7 +200,7 @@ class CTC(Attribution):
             from ctc_plugin.ctc.within import distribute_within_features
 
             attributions = distribute_within_features(
-                scores, features, inputs_tuple, within_feature, target
+                scores, features, inputs_tuple, within_feature, target, model=self.forward_func
             )
         result: TensorOrTuple = attributions if is_tuple else attributions[0]
         if not return_feature_scores:

@@ -63,23 +63,37 @@ class ProportionalSharing:
     def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
         """Add the bias to the gate copy and proportional shares to the sharing copies."""
         sharing = z[:, 1:]
-        shares = sharing.abs()
-        total = shares.sum(dim=1, keepdim=True)
-        shares.div_(total)
-        # Where every copy has z = 0 (0/0), split equally among the copies present.
-        fallback = self._fallback(layout, z)
-        shares = torch.where(total > 0, shares, fallback)
-        sharing.addcmul_(shares, _copy_part(bias, z, 1, None))
+        bias_sharing = _copy_part(bias, z, 1, None)
+        # z_k + b |z_k| / D with D = sum_j |z_j|: the per-unit factor b / D is one copy's size,
+        # so the full-size work is one reduction, one abs and one fused multiply-add.
+        magnitude = sharing.abs()
+        total = magnitude.sum(dim=1, keepdim=True)
+        empty = total == 0
+        factor = bias_sharing / total.masked_fill(empty, 1.0)
+        sharing.addcmul_(magnitude, factor)
+        if bool(empty.any()):  # every copy has z = 0 here: split equally among those present
+            self._add_fallback(sharing, bias_sharing, empty, layout)
         z[:, :1].add_(_copy_part(bias, z, 0, 1))
 
     @staticmethod
-    def _fallback(layout: CopyLayout, z: torch.Tensor) -> torch.Tensor:
-        """Equal shares among the present sharing copies, shaped to broadcast against z."""
+    def _add_fallback(
+        sharing: torch.Tensor, bias: torch.Tensor, empty: torch.Tensor, layout: CopyLayout
+    ) -> None:
+        """Add equal shares of the bias at the units where all sharing copies are zero.
+
+        Such units are few, so the work is indexed to them instead of a full-size pass.
+        """
+        example, *unit = empty[:, 0].nonzero(as_tuple=True)
+        copies = sharing.shape[1]
+        bias = bias.view(*([1] * (sharing.dim() - bias.dim())), *bias.shape)
+        bias = bias.expand(sharing.shape[0], -1, *sharing.shape[2:])
+        bias_at = bias[(example, slice(None), *unit)]  # (M, 1) or (M, S)
         if layout.presence is None:
-            return z.new_full((), 1.0 / max(layout.sharing, 1))
-        presence = layout.presence.to(z.dtype)
-        weights = presence / presence.sum(dim=1, keepdim=True).clamp_min(1.0)
-        return weights.view(*weights.shape, *([1] * (z.dim() - 2)))
+            weights = sharing.new_full((1, copies), 1.0 / max(copies, 1))
+        else:
+            presence = layout.presence.to(sharing.dtype)[example]
+            weights = presence / presence.sum(dim=1, keepdim=True).clamp_min(1.0)
+        sharing[(example, slice(None), *unit)] += bias_at * weights
 
 
 class ReferenceSharing:

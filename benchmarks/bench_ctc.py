@@ -1,0 +1,99 @@
+"""CTC speed against Captum FeatureAblation and plain forward passes, in the same run.
+
+ResNet-18 (torchvision, random weights, eval mode) at 224x224 on the CPU, K = 16 grid features,
+the same feature_mask and perturbations_per_eval for both methods. Prints the median time of
+each method over repeated, interleaved runs and the ratios the project holds CTC to:
+
+- CTC / FeatureAblation            (goal <= 1.15)
+- CTC / (K + 1 plain forward passes in one batch)   (goal <= 1.2)
+
+Run: ``python benchmarks/bench_ctc.py [--quick] [--size 224] [--features 16] [--threads 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torchvision
+from captum.attr import FeatureAblation
+
+from ctc_plugin import CTC
+
+
+def grid_mask(size: int, features: int) -> torch.Tensor:
+    side = int(round(features**0.5))
+    if side * side != features:
+        raise SystemExit("--features must be a square number for the grid")
+    cell = -(-size // side)
+    rows = torch.arange(size) // cell
+    return (rows.view(-1, 1) * side + rows.view(1, -1)).view(1, 1, size, size)
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, 112x112")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--features", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    if args.quick:
+        args.size, args.repeats = 112, 3
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.rand(1, 3, args.size, args.size)
+    mask = grid_mask(args.size, args.features)
+    k = args.features
+    target = int(model(x).argmax())
+    batch = x.repeat(k + 1, 1, 1, 1)
+
+    def plain():
+        with torch.no_grad():
+            model(batch)
+
+    feature_ablation = FeatureAblation(model)
+
+    def ablation():
+        with torch.no_grad():
+            feature_ablation.attribute(
+                x, target=target, feature_mask=mask, perturbations_per_eval=k
+            )
+
+    runs = {"plain forward x (K+1)": plain, "captum FeatureAblation": ablation}
+    for mode in ("none", "proportional", "reference"):
+        ctc = CTC(model, bias_sharing=mode)
+        runs[f"CTC {mode}"] = lambda ctc=ctc: ctc.attribute(
+            x, target=target, feature_mask=mask, perturbations_per_eval=k
+        )
+    for fn in runs.values():  # warm-up
+        fn()
+    timings = {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved so machine load affects all alike
+        for name, fn in runs.items():
+            timings[name].append(median_time(fn, 1))
+    medians = {name: statistics.median(t) for name, t in timings.items()}
+    fa, plain_t = medians["captum FeatureAblation"], medians["plain forward x (K+1)"]
+    print(
+        f"ResNet-18, {args.size}x{args.size}, K={k}, threads={args.threads}, "
+        f"repeats={args.repeats}, torch {torch.__version__}"
+    )
+    print(f"{'method':28s} {'median s':>9s} {'/ FeatureAblation':>18s} {'/ (K+1) forwards':>17s}")
+    for name, t in medians.items():
+        print(f"{name:28s} {t:9.3f} {t / fa:18.2f} {t / plain_t:17.2f}")
+
+
+if __name__ == "__main__":
+    main()
