@@ -1,4 +1,6 @@
-"""Every Python code block in docs/tutorials/ runs, in page order, in one namespace per page.
+"""Every Python code block of the tutorials, the quickstart and the README runs.
+
+Blocks run in page order, in one namespace per page.
 
 A tutorial that stops working fails the suite. Blocks fenced as ```python run; ```text, ```bash
 and others are shown only.
@@ -15,7 +17,8 @@ import pytest
 
 matplotlib.use("Agg")
 
-TUTORIALS = Path(__file__).resolve().parent.parent / "docs" / "tutorials"
+ROOT = Path(__file__).resolve().parent.parent
+TUTORIALS = ROOT / "docs" / "tutorials"
 BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
@@ -24,7 +27,7 @@ def python_blocks(page: Path) -> list[str]:
     return BLOCK.findall(page.read_text(encoding="utf-8"))
 
 
-PAGES = sorted(TUTORIALS.glob("*.md"))
+PAGES = sorted(TUTORIALS.glob("*.md")) + [ROOT / "docs" / "quickstart.md", ROOT / "README.md"]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
