@@ -95,6 +95,11 @@ class CTC(Attribution):
         self.sharing = make_sharing(bias_sharing)
         self.bias_sharing = bias_sharing
         self.segmenter = segmenter
+        #: In ``"none"`` mode, compute the scores as gradient x input (one forward and one
+        #: backward pass) instead of K + 1 forward-equivalents; identical results. Networks with
+        #: smooth activations take the full pass regardless (their rescale gates are not
+        #: derivatives).
+        self.gradient_fast_path = True
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -189,9 +194,14 @@ class CTC(Attribution):
         baselines_tuple = _check_baselines(baselines, inputs_tuple)
         chunk = self._chunk_size(perturbations_per_eval, features.count)
 
-        scores, baseline_share, output, target_index = self._run(
-            inputs_tuple, baselines_tuple, features, extra, target, chunk, show_progress
-        )
+        fast = None
+        if self.bias_sharing == "none" and self.gradient_fast_path:
+            fast = self._run_gradient(inputs_tuple, baselines_tuple, features, extra, target)
+        if fast is None:
+            fast = self._run(
+                inputs_tuple, baselines_tuple, features, extra, target, chunk, show_progress
+            )
+        scores, baseline_share, output, target_index = fast
         scores = scores.masked_fill(~features.presence, 0.0)
         attributions = tuple(
             spread_scores(scores, features, i, x) for i, x in enumerate(inputs_tuple)
@@ -309,6 +319,49 @@ class CTC(Attribution):
             if baseline_score is not None:
                 baseline_score = baseline_score * scale
         return scores, baseline_score, output, indices
+
+    def _run_gradient(
+        self,
+        inputs: tuple[torch.Tensor, ...],
+        baselines: tuple[torch.Tensor, ...] | None,
+        features: FeatureSet,
+        extra: tuple,
+        target: TargetType,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor] | None:
+        """``"none"`` sharing in one forward and one backward pass (the fast path).
+
+        Without biases the CTC pass is the network linearised at the input, so a feature's
+        score is gradient x input summed over it. The forward runs under the same rules as the
+        full pass (so unsupported operations are still refused by name); when a smooth
+        activation is met, whose rescale gate differs from its derivative, this returns
+        ``None`` and the caller runs the full pass.
+        """
+        n = inputs[0].shape[0]
+        layout = CopyLayout(examples=n, features=0, reference_full=False, baseline=False)
+        gated = GatedPass(layout=layout, sharing=self.sharing)
+        leaves = tuple(x.detach().requires_grad_(True) for x in inputs)
+        with torch.enable_grad():
+            with CTCMode(gated):
+                logits = self.forward_func(
+                    *(gated.tag(leaf.view_as(leaf)) for leaf in leaves), *extra
+                )
+            if gated.used_rescale_gate:
+                return None
+            indices = resolve_targets(target, logits.detach())
+            selected = select_targets(logits, indices)
+            gradients = torch.autograd.grad(selected.sum(), leaves, allow_unused=True)
+        scores = inputs[0].new_zeros(n, features.count)
+        baseline_share = None if baselines is None else inputs[0].new_zeros(n)
+        for i, (x, gradient) in enumerate(zip(inputs, gradients)):
+            if gradient is None:
+                continue
+            difference = x if baselines is None else x - baselines[i]
+            contribution = (gradient * difference).reshape(n, -1)
+            mask = features.masks[i].expand(x.shape).reshape(n, -1).contiguous()
+            scores.scatter_add_(1, torch.searchsorted(features.ids, mask), contribution)
+            if baselines is not None:
+                baseline_share += (gradient * baselines[i]).reshape(n, -1).sum(1)
+        return scores, baseline_share, selected.detach(), indices
 
     def _forward(self, gated: GatedPass, batch: tuple, extra: tuple) -> torch.Tensor:
         with torch.no_grad(), CTCMode(gated):

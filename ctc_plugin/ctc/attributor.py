@@ -103,6 +103,7 @@ class CTCAttributor(Attributor):
         self.within_feature = within_feature
         self.functional = functional
         self.feature_scores: FeatureScores | None = None
+        self._call_mask: torch.Tensor | tuple[torch.Tensor, ...] | None = None
 
     def __call__(
         self,
@@ -136,11 +137,10 @@ class CTCAttributor(Attributor):
         """Run the CTC pass with the registered composite (Zennit's ``Attributor.forward``)."""
         if not isinstance(input, torch.Tensor):
             raise ValueError(f"input must be a tensor; got {type(input).__name__}")
-        mask = self._call_mask
-        if mask is None:
-            mask = self.feature_mask if self.feature_mask is not None else None
-        if mask is None:
-            mask = self.ctc_composite.feature_mask
+        mask = next(
+            (m for m in (self._call_mask, self.feature_mask) if m is not None),
+            self.ctc_composite.feature_mask,
+        )
         engine = _HookedCTC(
             self.model,
             self.segmenter,
@@ -161,8 +161,8 @@ class CTCAttributor(Attributor):
             within_feature=within,
         )
         self.feature_scores = scores
-        assert engine.model_output is not None
-        return engine.model_output, relevance
+        output = engine.model_output if engine.model_output is not None else self.model(x)
+        return output, relevance
 
     def _within_relevance(self, x: torch.Tensor, engine: _HookedCTC, within: Any) -> Any:
         """The within-feature relevance for the attributor's output weighting.
@@ -233,6 +233,10 @@ class _HookedCTC(CTC):
                 "a function of the output returning one"
             ) from None
         return weights
+
+    def _run_gradient(self, *args: Any, **kwargs: Any) -> None:
+        """No gradient shortcut: every mode runs the copies through the composite's hooks."""
+        return None
 
     def _forward(self, gated: GatedPass, batch: tuple, extra: tuple) -> torch.Tensor:
         with torch.no_grad(), hooked_pass(gated, self.functional) as state:

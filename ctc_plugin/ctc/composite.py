@@ -321,6 +321,30 @@ RESCALE_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
+_STANDARD_FORWARDS = frozenset(
+    cls.forward
+    for cls in (
+        *AFFINE_TYPES,
+        *BATCH_NORM_TYPES,
+        *MAX_POOL_TYPES,
+        *RESCALE_TYPES,
+        nn.ReLU,
+        nn.ReLU6,
+        nn.LeakyReLU,
+    )
+)
+
+
+def has_standard_forward(module: nn.Module) -> bool:
+    """Whether ``module`` computes what its PyTorch base class computes.
+
+    A subclass that overrides ``forward`` (or an instance given its own ``forward``) may do
+    more than its base class; a CTC rule for the base class would then be wrong for it, so the
+    composite leaves such modules to the guard, which sees every operation they call.
+    """
+    return "forward" not in module.__dict__ and type(module).forward in _STANDARD_FORWARDS
+
+
 def ctc_layer_map() -> list[tuple[tuple[type[nn.Module], ...], Hook]]:
     """The module types of the CTC composite and their rules (a Zennit layer map)."""
     return [
@@ -376,6 +400,13 @@ class CTCComposite(LayerMapComposite):
             layer_map=[*(layer_map or []), *ctc_layer_map()],
             canonizers=list(canonizers) if canonizers is not None else None,
         )
+
+    def mapping(self, ctx: dict, name: str, module: nn.Module) -> Hook | None:
+        """The hook for ``module``: the first matching entry; no CTC rule for custom forwards."""
+        hook = super().mapping(ctx, name, module)
+        if isinstance(hook, CTCHook) and not has_standard_forward(module):
+            return None
+        return hook
 
 
 def find_ctc_composites(composite: Any) -> list[CTCComposite]:
@@ -517,5 +548,6 @@ __all__ = [
     "RescaleRule",
     "ctc_layer_map",
     "find_ctc_composites",
+    "has_standard_forward",
     "hooked_pass",
 ]

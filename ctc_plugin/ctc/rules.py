@@ -46,11 +46,13 @@ class GatedPass:
         layout: Where each copy sits in the batch.
         sharing: How biases are shared among the copies.
         token: An object identifying this pass; tensors it propagates are tagged with it.
+        used_rescale_gate: Set once a smooth activation went through :meth:`rescale_gate`.
     """
 
     layout: CopyLayout
     sharing: BiasSharing
     token: object = field(default_factory=object)
+    used_rescale_gate: bool = False
 
     # ------------------------------------------------------------------ tagging
     def tag(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -136,6 +138,7 @@ class GatedPass:
         The gate copy gets the activation's exact output; other copies are multiplied by
         ``y / x`` (0 where the original input is exactly 0).
         """
+        self.used_rescale_gate = True
         original = self.layout.group(x)[:, 0]
         y = activation(original)
         nonzero = original != 0

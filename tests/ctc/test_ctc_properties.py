@@ -22,12 +22,12 @@ def gradient_x_input_per_feature(model, x, mask, target, ids):
 
 
 @SETTINGS
-@given(cases())
-def test_none_equals_gradient_times_input_per_feature(case):
+@given(cases(), st.booleans())
+def test_none_equals_gradient_times_input_per_feature(case, fast_path):
     model, x, mask, target = case
-    _, scores = CTC(model, bias_sharing="none").attribute(
-        x, target=target, feature_mask=mask, return_feature_scores=True
-    )
+    ctc = CTC(model, bias_sharing="none")
+    ctc.gradient_fast_path = fast_path  # the gated pass itself, or its gradient shortcut
+    _, scores = ctc.attribute(x, target=target, feature_mask=mask, return_feature_scores=True)
     expected = gradient_x_input_per_feature(model, x, mask, target, scores.ids)
     expected = expected.masked_fill(~scores.present, 0.0)
     torch.testing.assert_close(scores.scores, expected.detach(), rtol=1e-9, atol=1e-10)
@@ -124,3 +124,23 @@ def test_target_none_is_the_predicted_class():
     default = ctc.attribute(x, feature_mask=mask)
     torch.testing.assert_close(by_tensor, default)
     torch.testing.assert_close(by_list, default)
+
+
+def test_smooth_activations_take_the_full_pass_with_rescale_gates():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.SiLU(), torch.nn.Flatten(), torch.nn.Linear(64, 3)
+    ).double()
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    mask = torch.arange(36).view(1, 1, 6, 6) // 9
+    fast = CTC(model, bias_sharing="none")
+    full = CTC(model, bias_sharing="none")
+    full.gradient_fast_path = False
+    torch.testing.assert_close(
+        fast.attribute(x, target=0, feature_mask=mask),
+        full.attribute(x, target=0, feature_mask=mask),
+    )
+    # rescale gates keep completeness of the proportional mode
+    _, scores = CTC(model, bias_sharing="proportional").attribute(
+        x, target=0, feature_mask=mask, return_feature_scores=True
+    )
+    torch.testing.assert_close(scores.scores.sum(1), model(x)[:, 0].detach())
