@@ -175,17 +175,21 @@ def reference_shares(
     """
     dims = _statistic_dims(bias, rank)
     q_full = _quantise(z_full, ReferenceSharing.quantum)
-    q_copy = _quantise(z_sharing, ReferenceSharing.quantum)
     full_zero = q_full == 0
-    ratio = torch.where(
-        full_zero, torch.zeros_like(q_copy), q_copy / q_full.masked_fill(full_zero, 1)
-    )
-    rho = _quantise(ratio.abs(), ReferenceSharing.ratio_quantum)
-    positive = rho > 0
-    ell = torch.where(positive, torch.log10(rho.masked_fill(~positive, 1.0)), torch.zeros_like(rho))
+    # rho_k = ceil(1000 |q(z_k) / q(z_F)|) / 1000, built in place on one full-size buffer.
+    rho = z_sharing * ReferenceSharing.quantum
+    rho.ceil_().div_(ReferenceSharing.quantum)
+    rho.div_(q_full.masked_fill(full_zero, 1.0)).masked_fill_(full_zero, 0.0)
+    rho.abs_().mul_(ReferenceSharing.ratio_quantum).ceil_().div_(ReferenceSharing.ratio_quantum)
 
+    # l_k = log10 rho_k (0 where rho_k = 0), counted where z_k != 0 or z_F = 0.
     valid = (z_sharing != 0) | (z_full == 0)
-    mu, std = _masked_mean_std(ell, valid, dims)
+    ell = torch.where(rho > 0, rho, 1.0).log10_().mul_(valid)
+    count = valid.sum(dim=dims, keepdim=True).clamp_min(1).to(rho.dtype)
+    mu = ell.sum(dim=dims, keepdim=True) / count
+    second = torch.linalg.vector_norm(ell, 2, dim=dims, keepdim=True).square_() / count
+    std = (second - mu.square()).clamp_min_(0.0).sqrt_()
+    del ell
 
     spread = q_full + bias_full
     spread_mean = spread.mean(dim=dims, keepdim=True)
@@ -194,9 +198,14 @@ def reference_shares(
     log_r = torch.log10(torch.where(usable, r, torch.ones_like(r)))
     _, sigma = _masked_mean_std(log_r, usable, dims)
 
-    capped = mu + (ell - mu) * sigma / std.clamp_min(torch.finfo(std.dtype).tiny)
-    ell = torch.where(std > sigma, capped, ell)
-    return torch.where(positive, torch.pow(10.0, ell), torch.zeros_like(ell))
+    # Capping l' = mu + (l - mu) c with c = sigma / std is, in shares,
+    # s = 10 ** l' = rho ** c * 10 ** (mu (1 - c)): per-channel constants on rho.
+    capped = std > sigma
+    if bool(capped.any()):
+        c = torch.where(capped, sigma / std.clamp_min(torch.finfo(std.dtype).tiny), 1.0)
+        rho.pow_(c.clamp_min(torch.finfo(c.dtype).tiny))  # keeps rho = 0 at 0
+        rho.mul_(torch.pow(10.0, mu * (1.0 - c)))
+    return rho
 
 
 def make_sharing(mode: str) -> BiasSharing:
