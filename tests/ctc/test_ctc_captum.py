@@ -151,3 +151,20 @@ def test_torchvision_models(name, size):
     torch.testing.assert_close(plain.scores[0], per_feature)
     _, reference = CTC(model).attribute(x, target=1, feature_mask=mask, return_feature_scores=True)
     assert torch.isfinite(reference.scores).all()
+
+
+def test_without_a_mask_the_segmenter_makes_one(model):
+    from ctc_plugin.features import GridSegmenter, SuperpixelSegmenter
+
+    x = torch.rand(2, 3, 16, 16)
+    default = CTC(model).attribute(x, target=0)
+    explicit = CTC(model).attribute(x, target=0, feature_mask=SuperpixelSegmenter()(x))
+    torch.testing.assert_close(default, explicit)
+    calls = []
+
+    def segmenter(images):
+        calls.append(images.shape)
+        return GridSegmenter(2)(images)
+
+    CTC(model, segmenter=segmenter).attribute(x, target=0)
+    assert calls == [x.shape]
