@@ -1,0 +1,75 @@
+"""MobileSAM as a segmenter (optional: the ``mobile_sam`` package).
+
+MobileSAM keeps segment-anything's interface with a small ViT-T image encoder (about 10 M
+parameters, several times faster on a CPU). ``MobileSAMSegmenter`` is
+[`SAMSegmenter`][ctc_plugin.adapters.sam.SAMSegmenter] with MobileSAM's model registry and mask
+generator; the ``mobile_sam`` package is imported only when one is built. MobileSAM is not
+published on PyPI under its own name: install it from its repository
+(``pip install git+https://github.com/ChaoningZhang/MobileSAM``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from ctc_plugin.adapters._optional import require
+from ctc_plugin.adapters.sam import SAMSegmenter, load_sam
+
+__all__ = ["MobileSAMSegmenter"]
+
+_PURPOSE = "MobileSAMSegmenter"
+_PIP = "git+https://github.com/ChaoningZhang/MobileSAM"
+
+
+class MobileSAMSegmenter(SAMSegmenter):
+    """MobileSAM's automatic masks as features.
+
+    Args:
+        checkpoint: Path to ``mobile_sam.pt``.
+        model_type: ``"vit_t"``.
+        model: An already built MobileSAM ``Sam`` (instead of a checkpoint).
+        device: Where MobileSAM runs.
+        image_size: Longer side of the image MobileSAM is given (aspect ratio kept).
+        cache: As for ``SAMSegmenter``.
+        **options: Partition, normalisation and mask generator options, as for ``SAMSegmenter``.
+
+    Raises:
+        ImportError: If the ``mobile_sam`` package is not installed (the message says how).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike[str] | None = None,
+        model_type: str = "vit_t",
+        model: Any = None,
+        device: str | torch.device | None = None,
+        image_size: int | None = None,
+        cache: Any = True,
+        **options: Any,
+    ) -> None:
+        require("mobile_sam", _PIP, _PURPOSE)
+        super().__init__(
+            checkpoint=checkpoint,
+            model_type=model_type,
+            model=model,
+            device=device,
+            image_size=image_size,
+            cache=cache,
+            **options,
+        )
+
+    def _check_model(self, model: Any) -> None:
+        sam_class = require("mobile_sam.modeling", _PIP, _PURPOSE).Sam
+        if not isinstance(model, sam_class):
+            raise TypeError(f"model must be a mobile_sam Sam, got {type(model).__name__}")
+
+    def _load_model(self, checkpoint: str | os.PathLike[str] | None, model_type: str) -> Any:
+        registry = require("mobile_sam", _PIP, _PURPOSE).sam_model_registry
+        return load_sam(checkpoint, model_type, registry=registry)
+
+    def _make_generator(self, model: Any, options: dict[str, Any]) -> Any:
+        generator_class = require("mobile_sam", _PIP, _PURPOSE).SamAutomaticMaskGenerator
+        return generator_class(model, **options)

@@ -1,0 +1,354 @@
+"""Segment Anything as a segmenter: ``SAMSegmenter`` on the real ``segment-anything`` package.
+
+The image is handed to SAM as RGB ``uint8`` (the reference code fed BGR by mistake), optionally
+resized so that its longer side is ``image_size`` with the aspect ratio kept (the reference
+squashed images to 224 x 224); the automatic mask generator's masks are mapped back to the
+classifier's input grid by nearest-neighbour resizing and turned into a partition with
+[`to_partition`][ctc_plugin.features.partition.to_partition]. Results are cached on disk by image
+content and settings, so explaining the same image twice runs SAM once.
+
+Checkpoints are loaded with ``torch.load(..., weights_only=True)``; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+
+from ctc_plugin.features.base import FeatureTable, Segmenter, feature_table
+from ctc_plugin.features.cache import MaskCache
+from ctc_plugin.features.partition import to_partition
+
+__all__ = ["SAM_MODEL_TYPES", "SAMSegmenter", "build_tiny_sam", "load_sam"]
+
+CHECKPOINT_HINT = (
+    "pass checkpoint=PATH to SAMSegmenter (command line: --sam-checkpoint PATH); the official "
+    "checkpoints are sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth and sam_vit_h_4b8939.pth from "
+    "the segment-anything project"
+)
+
+_SAM_SCORES = ("predicted_iou", "stability_score")
+
+
+def build_tiny_sam(
+    img_size: int = 64,
+    patch_size: int = 8,
+    embed_dim: int = 16,
+    prompt_dim: int = 16,
+    mask_gain: float = 20.0,
+    seed: int | None = 0,
+) -> Sam:
+    """Build a tiny, randomly initialised SAM from ``segment_anything.modeling`` (for tests).
+
+    It has the real SAM architecture (ViT image encoder, prompt encoder, two-way transformer mask
+    decoder) at a toy size: about 16k parameters, and a full automatic mask generation with
+    ``points_per_side=4`` takes a few tens of milliseconds on a CPU. Its masks are random shapes,
+    not objects, and its quality scores are low: run it with ``pred_iou_thresh=0`` and
+    ``stability_score_thresh=0`` to keep them. It exists so that tests, tutorials and benchmarks
+    can run the real SAM code path without a 375 MB checkpoint.
+    ``SAMSegmenter(model_type="tiny")`` builds this architecture.
+
+    Args:
+        img_size: Input side of the image encoder (images are resized to it, longest side).
+        patch_size: ViT patch size; ``img_size / patch_size`` is the embedding grid.
+        embed_dim: Width of the image encoder.
+        prompt_dim: Width of the prompt encoder and mask decoder (a multiple of 8).
+        mask_gain: Factor on the last layer of the decoder's hypernetwork MLPs. At random
+            initialisation the mask logits are tiny and nearly the same for every prompt; the gain
+            makes them vary between prompts, so that the generator finds several masks.
+        seed: Seed for the random initialisation (``None``: do not seed).
+    """
+    if seed is not None:
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+    try:
+        grid = img_size // patch_size
+        sam = Sam(
+            image_encoder=ImageEncoderViT(
+                img_size=img_size,
+                patch_size=patch_size,
+                embed_dim=embed_dim,
+                depth=1,
+                num_heads=2,
+                mlp_ratio=2.0,
+                out_chans=prompt_dim,
+                qkv_bias=True,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                use_rel_pos=False,
+                window_size=0,
+                global_attn_indexes=(),
+            ),
+            prompt_encoder=PromptEncoder(
+                embed_dim=prompt_dim,
+                image_embedding_size=(grid, grid),
+                input_image_size=(img_size, img_size),
+                mask_in_chans=4,
+            ),
+            mask_decoder=MaskDecoder(
+                transformer_dim=prompt_dim,
+                transformer=TwoWayTransformer(
+                    depth=1, embedding_dim=prompt_dim, mlp_dim=2 * prompt_dim, num_heads=2
+                ),
+                num_multimask_outputs=3,
+                iou_head_depth=2,
+                iou_head_hidden_dim=prompt_dim,
+            ),
+            pixel_mean=[123.675, 116.28, 103.53],
+            pixel_std=[58.395, 57.12, 57.375],
+        )
+    finally:
+        if seed is not None:
+            torch.random.set_rng_state(generator_state)
+    with torch.no_grad():
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(mask_gain)
+    return sam.eval()
+
+
+SAM_MODEL_TYPES: dict[str, Callable[..., Sam]] = {
+    **{name: builder for name, builder in sam_model_registry.items()},
+    "tiny": lambda checkpoint=None: build_tiny_sam(),
+}
+"""Architectures ``model_type`` can name: segment-anything's registry plus ``"tiny"``."""
+
+
+def load_sam(
+    checkpoint: str | os.PathLike[str] | None,
+    model_type: str = "vit_b",
+    registry: Mapping[str, Callable[..., torch.nn.Module]] | None = None,
+) -> Sam:
+    """Build a SAM architecture and load a checkpoint into it safely.
+
+    Args:
+        checkpoint: Path to a state-dict checkpoint (``.pth``).
+        model_type: ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` (``"default"`` is ``"vit_h"``) or
+            ``"tiny"`` (see [`build_tiny_sam`][ctc_plugin.adapters.sam.build_tiny_sam]).
+        registry: Builders by ``model_type``, each called as ``builder(checkpoint=None)``
+            (default: [`SAM_MODEL_TYPES`][ctc_plugin.adapters.sam.SAM_MODEL_TYPES]; the MobileSAM
+            adapter passes its own).
+
+    Raises:
+        ValueError: Without a checkpoint, for an unknown ``model_type``, an unreadable file, or a
+            checkpoint that does not match ``model_type``.
+        FileNotFoundError: If the checkpoint file does not exist.
+    """
+    registry = SAM_MODEL_TYPES if registry is None else registry
+    if model_type not in registry:
+        raise ValueError(f"model_type must be one of {sorted(registry)}, got {model_type!r}")
+    if checkpoint is None:
+        raise ValueError(f"SAMSegmenter needs a SAM checkpoint: {CHECKPOINT_HINT}")
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"SAM checkpoint {str(path)!r} does not exist: {CHECKPOINT_HINT}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise ValueError(
+            f"SAM checkpoint {str(path)!r} could not be read as a weights-only state dict "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            "is the file complete and a segment-anything checkpoint?"
+        ) from error
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"SAM checkpoint {str(path)!r} does not hold a state dict of tensors")
+    sam = registry[model_type](checkpoint=None)
+    try:
+        sam.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        detail = str(error).splitlines()
+        raise ValueError(
+            f"SAM checkpoint {str(path)!r} does not match model_type={model_type!r} "
+            f"({detail[1].strip() if len(detail) > 1 else detail[0]} ...); pass the model_type "
+            "the checkpoint was trained as (the file name usually says: vit_b, vit_l or vit_h)"
+        ) from error
+    return sam.eval()
+
+
+def _file_identity(path: Path) -> str:
+    """Identify a checkpoint file cheaply (hashing a 2.5 GB ViT-H file would take seconds)."""
+    stat = path.stat()
+    return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _fingerprint_model(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+class SAMSegmenter(Segmenter):
+    """Segment Anything's automatic masks as features.
+
+    Args:
+        checkpoint: Path to a segment-anything checkpoint (needed unless ``model`` is given).
+        model_type: Architecture of the checkpoint: ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` or
+            ``"tiny"`` (tests).
+        model: An already built ``segment_anything.modeling.Sam`` (instead of a checkpoint).
+        device: Where SAM runs (default: where the model's parameters are, CPU for checkpoints).
+        image_size: Longer side, in pixels, of the image SAM is given (aspect ratio kept; SAM
+            itself then resizes to its encoder's 1024). ``None``: the classifier's resolution.
+        cache: ``True`` (default) for the default cache folder, a folder path, a
+            [`MaskCache`][ctc_plugin.features.cache.MaskCache], or ``None``/``False`` for none.
+        dilation: Dilation of the masks before they become a partition (``"auto"``:
+            ``ceil(W / 100)`` at the classifier's width).
+        min_area: Smallest remainder component kept as a feature (see ``to_partition``).
+        remainder: ``"components"`` or ``"single"`` (see ``to_partition``).
+        value_range: Range of the (un-normalised) pixel values, or ``"auto"``.
+        mean: Per-channel mean the images were normalised with, if any.
+        std: Per-channel standard deviation the images were normalised with, if any.
+        **generator_options: Passed to ``SamAutomaticMaskGenerator`` (``points_per_side``,
+            ``pred_iou_thresh``, ``stability_score_thresh``, ``box_nms_thresh``, ...). The
+            published method used the defaults.
+
+    Raises:
+        ValueError: Without checkpoint or model (the message names ``checkpoint=`` and
+            ``--sam-checkpoint``), or with a checkpoint that does not load.
+
+    Example:
+        ```python
+        segmenter = SAMSegmenter(checkpoint="~/models/sam_vit_b_01ec64.pth", model_type="vit_b")
+        feature_mask = segmenter(images)  # (N, 1, H, W), for captum or CTC
+        ```
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike[str] | None = None,
+        model_type: Literal["vit_b", "vit_l", "vit_h", "default", "tiny"] | str = "vit_b",
+        model: Sam | None = None,
+        device: str | torch.device | None = None,
+        image_size: int | None = None,
+        cache: MaskCache | str | bool | None = True,
+        *,
+        dilation: int | Literal["auto"] = "auto",
+        min_area: float = 0.001,
+        remainder: Literal["components", "single"] = "components",
+        value_range: tuple[float, float] | Literal["auto"] = (0.0, 1.0),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        **generator_options: Any,
+    ) -> None:
+        super().__init__(value_range=value_range, mean=mean, std=std, cache=cache)
+        if image_size is not None and image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        if model is not None:
+            self._check_model(model)
+            self.model_source = f"model:{_fingerprint_model(model)}"
+        else:
+            model = self._load_model(checkpoint, model_type)
+            self.model_source = _file_identity(Path(checkpoint).expanduser())  # type: ignore[arg-type]
+        if device is not None:
+            model = model.to(device)
+        self.model = model.eval()
+        self.model_type = model_type
+        self.image_size = image_size
+        self.partition_options = {
+            "dilation": dilation,
+            "min_area": min_area,
+            "remainder": remainder,
+        }
+        self.generator_options = dict(generator_options)
+        self.generator = self._make_generator(self.model, self.generator_options)
+
+    def _check_model(self, model: Any) -> None:
+        """Raise a TypeError unless ``model`` is a SAM model (adapters override this)."""
+        if not isinstance(model, Sam):
+            raise TypeError(
+                f"model must be a segment_anything.modeling.Sam, got {type(model).__name__}"
+            )
+
+    def _load_model(self, checkpoint: str | os.PathLike[str] | None, model_type: str) -> Any:
+        """Build the architecture and load the checkpoint (adapters override this)."""
+        return load_sam(checkpoint, model_type)
+
+    def _make_generator(self, model: Any, options: dict[str, Any]) -> Any:
+        """Build the automatic mask generator (adapters for SAM variants override this)."""
+        try:
+            return SamAutomaticMaskGenerator(model, **options)
+        except TypeError as error:
+            raise TypeError(f"invalid SamAutomaticMaskGenerator option: {error}") from error
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model_type={self.model_type!r}, image_size={self.image_size}, "
+            f"cache={self.cache!r})"
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """Return every option that changes the result (the cache key)."""
+        return {
+            "model": self.model_source,
+            "image_size": self.image_size,
+            "generator": self.generator_options,
+            "partition": self.partition_options,
+        }
+
+    def sam_input(self, image: np.ndarray) -> np.ndarray:
+        """Resize an RGB ``uint8`` image so its longer side is ``image_size`` (aspect kept)."""
+        if self.image_size is None:
+            return image
+        height, width = image.shape[:2]
+        scale = self.image_size / max(height, width)
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        if size == (height, width):
+            return image
+        tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        resized = torch.nn.functional.interpolate(
+            tensor, size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+        return resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+    def raw_masks(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Run the automatic mask generator on one RGB ``uint8`` image at SAM's input size."""
+        with torch.no_grad():
+            return self.generator.generate(np.ascontiguousarray(self.sam_input(image)))
+
+    def segment_image(self, image: np.ndarray) -> tuple[np.ndarray, FeatureTable]:
+        """Segment one RGB ``uint8`` image ``(H, W, 3)`` with SAM and make it a partition."""
+        height, width = image.shape[:2]
+        records = self.raw_masks(image)
+        if records:
+            stack = np.stack([np.asarray(r["segmentation"], dtype=bool) for r in records])
+            if stack.shape[1:] != (height, width):
+                resized = torch.nn.functional.interpolate(
+                    torch.from_numpy(stack)[:, None].float(),
+                    size=(height, width),
+                    mode="nearest-exact",
+                )
+                stack = resized[:, 0].numpy() > 0.5
+        else:
+            stack = np.zeros((0, height, width), dtype=bool)
+        labels, sources = to_partition(
+            stack, shape=(height, width), return_sources=True, **self.partition_options
+        )
+        scores = {
+            name: np.array(
+                [
+                    float(records[s][name]) if s >= 0 and name in records[s] else np.nan
+                    for s in sources
+                ]
+            )
+            for name in _SAM_SCORES
+        }
+        label_map = labels.numpy()
+        return label_map, feature_table(label_map, source=sources, scores=scores)

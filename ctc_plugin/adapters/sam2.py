@@ -1,0 +1,99 @@
+"""SAM 2 as a segmenter (optional: ``pip install sam2``).
+
+``SAM2Segmenter`` runs SAM 2's automatic mask generator and post-processes its masks exactly like
+[`SAMSegmenter`][ctc_plugin.adapters.sam.SAMSegmenter] (RGB ``uint8`` input, aspect ratio kept,
+nearest-neighbour back to the classifier grid, ``to_partition``, on-disk cache). The ``sam2``
+package is imported only when a ``SAM2Segmenter`` is built.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ctc_plugin.adapters._optional import require
+from ctc_plugin.adapters.sam import SAMSegmenter
+
+__all__ = ["SAM2Segmenter"]
+
+_PURPOSE = "SAM2Segmenter"
+
+
+class SAM2Segmenter(SAMSegmenter):
+    """Segment Anything 2's automatic masks as features.
+
+    Args:
+        checkpoint: Path to a SAM 2 checkpoint (e.g. ``sam2.1_hiera_tiny.pt``).
+        model_type: The SAM 2 config the checkpoint belongs to, e.g.
+            ``"configs/sam2.1/sam2.1_hiera_t.yaml"``.
+        model: An already built ``sam2.modeling.sam2_base.SAM2Base`` (instead of a checkpoint).
+        device: Where SAM 2 runs (default CPU).
+        image_size: Longer side of the image SAM 2 is given (aspect ratio kept).
+        cache: As for ``SAMSegmenter``.
+        **options: Partition, normalisation and ``SAM2AutomaticMaskGenerator`` options, as for
+            ``SAMSegmenter``.
+
+    Raises:
+        ImportError: If the ``sam2`` package is not installed (the message names it).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike[str] | None = None,
+        model_type: str = "configs/sam2.1/sam2.1_hiera_t.yaml",
+        model: Any = None,
+        device: str | torch.device | None = None,
+        image_size: int | None = None,
+        cache: Any = True,
+        **options: Any,
+    ) -> None:
+        require("sam2", "sam2", _PURPOSE)
+        self._device = torch.device(device) if device is not None else torch.device("cpu")
+        super().__init__(
+            checkpoint=checkpoint,
+            model_type=model_type,
+            model=model,
+            device=device,
+            image_size=image_size,
+            cache=cache,
+            **options,
+        )
+
+    def _check_model(self, model: Any) -> None:
+        base = require("sam2.modeling.sam2_base", "sam2", _PURPOSE).SAM2Base
+        if not isinstance(model, base):
+            raise TypeError(f"model must be a sam2 SAM2Base, got {type(model).__name__}")
+
+    def _load_model(self, checkpoint: str | os.PathLike[str] | None, model_type: str) -> Any:
+        from ctc_plugin.adapters.sam import CHECKPOINT_HINT
+
+        build_sam2 = require("sam2.build_sam", "sam2", _PURPOSE).build_sam2
+        if checkpoint is None:
+            raise ValueError(f"SAM2Segmenter needs a SAM 2 checkpoint: {CHECKPOINT_HINT}")
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"SAM 2 checkpoint {str(path)!r} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(
+                f"SAM 2 checkpoint {str(path)!r} could not be read: {error}"
+            ) from error
+        state = state.get("model", state) if isinstance(state, dict) else state
+        model = build_sam2(model_type, ckpt_path=None, device=str(self._device), mode="eval")
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ValueError(
+                f"SAM 2 checkpoint {str(path)!r} does not match config {model_type!r}"
+            ) from error
+        return model
+
+    def _make_generator(self, model: Any, options: dict[str, Any]) -> Any:
+        module = require("sam2.automatic_mask_generator", "sam2", _PURPOSE)
+        return module.SAM2AutomaticMaskGenerator(model, **options)

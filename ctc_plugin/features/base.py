@@ -1,0 +1,305 @@
+"""The segmenter protocol, the declared image normalisation and per-feature metadata.
+
+Every segmenter in ctc-plugin follows one small protocol:
+
+* ``segmenter(images)`` takes a float batch ``(N, 3, H, W)`` and returns a ``LongTensor``
+  ``(N, 1, H, W)`` of feature ids, usable as Captum's ``feature_mask``;
+* ``segmenter.segment(images)`` returns the same mask plus a
+  [`FeatureTable`][ctc_plugin.features.base.FeatureTable] per image (area, bounding box, source
+  mask index and any scores the segmenter has).
+
+Segmenters see images the way the classifier does, so they must be told how the pixel values map
+to colours: [`ImageNormalisation`][ctc_plugin.features.base.ImageNormalisation] (a
+``value_range`` and optionally the ``mean``/``std`` used to normalise the images). Out-of-range
+values are an error, never silently clipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from ctc_plugin.features.cache import MaskCache, resolve_cache
+
+__all__ = [
+    "FeatureTable",
+    "ImageNormalisation",
+    "Segmentation",
+    "Segmenter",
+    "SegmenterProtocol",
+    "feature_table",
+]
+
+_RANGE_TOLERANCE = 1e-3
+
+
+@runtime_checkable
+class SegmenterProtocol(Protocol):
+    """What `CTC` needs from a segmenter: a callable from images to a feature mask."""
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Return a ``LongTensor`` ``(N, 1, H, W)`` of feature ids for images ``(N, 3, H, W)``."""
+        ...
+
+
+@dataclass(frozen=True)
+class ImageNormalisation:
+    """How a float image batch maps to RGB colours.
+
+    The images are first un-normalised with ``x * std + mean`` (per channel) when ``mean`` and
+    ``std`` are given, and the result is expected to lie in ``value_range``. With
+    ``value_range="auto"`` each image is min-max scaled instead (use it only when the scale is
+    truly unknown: colours then depend on the image's own extremes).
+
+    Args:
+        value_range: ``(low, high)`` of the (un-normalised) pixel values, or ``"auto"``.
+        mean: Per-channel mean that was subtracted from the images, e.g. ImageNet's
+            ``(0.485, 0.456, 0.406)``.
+        std: Per-channel standard deviation the images were divided by.
+    """
+
+    value_range: tuple[float, float] | Literal["auto"] = (0.0, 1.0)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean= and std= (the normalisation applied), or neither")
+        if self.value_range != "auto":
+            low, high = self.value_range
+            if not high > low:
+                raise ValueError(
+                    f"value_range must be (low, high) with high > low, got {self.value_range}"
+                )
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    def to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        """Map a float batch ``(N, 3, H, W)`` to RGB in ``[0, 1]``.
+
+        Raises:
+            ValueError: If the images do not have 3 channels, or their values fall outside the
+                declared range (the message says which option to set).
+        """
+        check_images(images)
+        x = images.detach().to(torch.float32)
+        if not torch.isfinite(x).all():
+            raise ValueError("images contain NaN or infinite values")
+        if self.mean is not None and self.std is not None:
+            mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            x = x * std + mean
+        if self.value_range == "auto":
+            low = x.amin(dim=(1, 2, 3), keepdim=True)
+            high = x.amax(dim=(1, 2, 3), keepdim=True)
+            return ((x - low) / (high - low).clamp_min(1e-12)).clamp(0.0, 1.0)
+        low, high = self.value_range
+        span = high - low
+        found_low, found_high = float(x.min()), float(x.max())
+        if found_low < low - _RANGE_TOLERANCE * span or found_high > high + _RANGE_TOLERANCE * span:
+            raise ValueError(
+                f"image values lie in [{found_low:.3g}, {found_high:.3g}] but the segmenter "
+                f"was told value_range={self.value_range}"
+                + ("" if self.mean is None else f" after undoing mean={self.mean}, std={self.std}")
+                + "; declare how the images were normalised (value_range=(0, 255), "
+                "mean=/std= for normalised inputs, or value_range='auto')"
+            )
+        return ((x - low) / span).clamp(0.0, 1.0)
+
+    def to_uint8(self, images: torch.Tensor) -> np.ndarray:
+        """Map a float batch ``(N, 3, H, W)`` to RGB ``uint8`` images ``(N, H, W, 3)``."""
+        unit = self.to_unit(images)
+        return (unit * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    def settings(self) -> dict[str, Any]:
+        """Return the options as plain JSON-able values (part of cache keys)."""
+        return {"value_range": self.value_range, "mean": self.mean, "std": self.std}
+
+
+def check_images(images: torch.Tensor) -> None:
+    """Raise a clear error unless ``images`` is a float tensor ``(N, 3, H, W)``."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor (N, 3, H, W), got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"images must be a float tensor, got {images.dtype}; convert uint8 images with "
+            ".float() and declare value_range=(0, 255)"
+        )
+
+
+@dataclass
+class FeatureTable:
+    """Per-feature metadata of one image's partition (row ``k`` describes feature id ``k``).
+
+    Attributes:
+        area: Pixels per feature, ``(K,)`` int64.
+        bbox: Bounding boxes ``(K, 4)`` as ``x, y, width, height`` (SAM's convention), int64.
+        source: Index of the segmenter's raw mask each feature came from, ``(K,)`` int64;
+            ``-1`` for features made from the uncovered remainder.
+        scores: Extra per-feature numbers, e.g. SAM's ``predicted_iou`` and ``stability_score``
+            (``NaN`` for remainder features).
+    """
+
+    area: np.ndarray
+    bbox: np.ndarray
+    source: np.ndarray
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.area.shape[0])
+
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """Flatten to named arrays (for ``.npz`` files)."""
+        arrays = {f"{prefix}area": self.area, f"{prefix}bbox": self.bbox}
+        arrays[f"{prefix}source"] = self.source
+        arrays.update({f"{prefix}score_{name}": value for name, value in self.scores.items()})
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str = "") -> FeatureTable:
+        """Rebuild a table from the arrays ``to_arrays`` wrote."""
+        score_prefix = f"{prefix}score_"
+        scores = {
+            name[len(score_prefix) :]: np.asarray(value)
+            for name, value in arrays.items()
+            if name.startswith(score_prefix)
+        }
+        return cls(
+            area=np.asarray(arrays[f"{prefix}area"], dtype=np.int64),
+            bbox=np.asarray(arrays[f"{prefix}bbox"], dtype=np.int64).reshape(-1, 4),
+            source=np.asarray(arrays[f"{prefix}source"], dtype=np.int64),
+            scores=scores,
+        )
+
+
+def feature_table(
+    labels: np.ndarray,
+    source: Sequence[int] | np.ndarray | None = None,
+    scores: Mapping[str, Sequence[float] | np.ndarray] | None = None,
+) -> FeatureTable:
+    """Compute area and bounding boxes of a contiguous label map ``(H, W)`` with ids ``0..K-1``.
+
+    Args:
+        labels: Integer label map with contiguous ids from 0.
+        source: Source mask index per feature (default: ``0..K-1``).
+        scores: Extra per-feature scores, each of length ``K``.
+    """
+    labels = np.asarray(labels)
+    count = int(labels.max()) + 1 if labels.size else 0
+    area = np.bincount(labels.ravel(), minlength=count).astype(np.int64)
+    bbox = np.zeros((count, 4), dtype=np.int64)
+    rows, cols = np.indices(labels.shape)
+    flat = labels.ravel()
+    for coords, index in ((cols.ravel(), 0), (rows.ravel(), 1)):
+        low = np.full(count, np.iinfo(np.int64).max)
+        high = np.full(count, -1)
+        np.minimum.at(low, flat, coords)
+        np.maximum.at(high, flat, coords)
+        bbox[:, index] = low
+        bbox[:, index + 2] = high - low + 1
+    source_array = np.arange(count) if source is None else np.asarray(source, dtype=np.int64)
+    score_arrays = {k: np.asarray(v, dtype=np.float64) for k, v in (scores or {}).items()}
+    return FeatureTable(area=area, bbox=bbox, source=source_array, scores=score_arrays)
+
+
+@dataclass
+class Segmentation:
+    """The result of [`Segmenter.segment`][ctc_plugin.features.base.Segmenter.segment].
+
+    Attributes:
+        mask: ``LongTensor`` ``(N, 1, H, W)``; per image, ids are contiguous from 0.
+        features: One [`FeatureTable`][ctc_plugin.features.base.FeatureTable] per image.
+    """
+
+    mask: torch.Tensor
+    features: list[FeatureTable]
+
+
+class Segmenter(ABC):
+    """Base class of the segmenters: normalisation, batching, caching and the protocol.
+
+    Subclasses implement [`segment_image`][ctc_plugin.features.base.Segmenter.segment_image] on one
+    RGB ``uint8`` image and [`settings`][ctc_plugin.features.base.Segmenter.settings] (everything
+    that changes the result, used in cache keys).
+
+    Args:
+        value_range: Range of the (un-normalised) pixel values, or ``"auto"``.
+        mean: Per-channel mean the images were normalised with, if any.
+        std: Per-channel standard deviation the images were normalised with, if any.
+        cache: ``None``/``False`` for no cache, ``True`` for the default location, a folder
+            path, or a [`MaskCache`][ctc_plugin.features.cache.MaskCache].
+    """
+
+    def __init__(
+        self,
+        *,
+        value_range: tuple[float, float] | Literal["auto"] = (0.0, 1.0),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        cache: MaskCache | str | bool | None = None,
+    ) -> None:
+        self.normalisation = ImageNormalisation(
+            value_range=value_range if value_range == "auto" else tuple(value_range),
+            mean=None if mean is None else tuple(float(m) for m in mean),
+            std=None if std is None else tuple(float(s) for s in std),
+        )
+        self.cache = resolve_cache(cache)
+
+    @abstractmethod
+    def segment_image(self, image: np.ndarray) -> tuple[np.ndarray, FeatureTable]:
+        """Segment one RGB ``uint8`` image ``(H, W, 3)`` into a label map and its metadata.
+
+        Returns:
+            A contiguous integer label map ``(H, W)`` (ids ``0..K-1``) and its feature table.
+        """
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """Return every option that changes the result, as JSON-able values."""
+
+    def settings_key(self) -> str:
+        """Return a stable hash of the class name and settings.
+
+        The normalisation is not part of it: the cache is keyed by the RGB ``uint8`` image the
+        segmenter actually sees.
+        """
+        payload = {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "settings": self.settings(),
+        }
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+    def segment(self, images: torch.Tensor) -> Segmentation:
+        """Segment a batch ``(N, 3, H, W)``: the feature mask plus per-feature metadata."""
+        if images.shape[0] == 0:
+            raise ValueError("images is an empty batch (N = 0)")
+        rgb = self.normalisation.to_uint8(images)
+        key = self.settings_key() if self.cache is not None else ""
+        labels: list[np.ndarray] = []
+        tables: list[FeatureTable] = []
+        for image in rgb:
+            cached = self.cache.load(image, key) if self.cache is not None else None
+            if cached is None:
+                label_map, table = self.segment_image(image)
+                if self.cache is not None:
+                    self.cache.store(image, key, label_map, table)
+            else:
+                label_map, table = cached
+            labels.append(label_map)
+            tables.append(table)
+        mask = torch.from_numpy(np.stack(labels).astype(np.int64)).unsqueeze(1)
+        return Segmentation(mask=mask.to(images.device), features=tables)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the feature mask ``LongTensor`` ``(N, 1, H, W)`` for ``images``."""
+        return self.segment(images).mask

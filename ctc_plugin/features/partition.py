@@ -1,0 +1,289 @@
+"""Overlapping masks to a partition, and user masks in every common form to a feature mask.
+
+[`to_partition`][ctc_plugin.features.partition.to_partition] is the published post-processing of
+Segment Anything's masks (see the reference notes, section 1), with the reference's defects removed:
+
+1. masks are sorted by area, largest first (ties broken by content, so the result does not depend
+   on the order the masks come in);
+2. each mask is dilated once with a ``ceil(W / 100)`` square kernel;
+3. finer masks win: each pixel goes to the smallest (dilated) mask covering it, so a parent
+   becomes "parent minus children"; features left empty are dropped (the reference kept them);
+4. the pixels no mask covers are split into connected components; components of at least
+   ``min_area`` (default 0.1 % of the image) become features. Smaller fragments join the nearest
+   feature, so that every pixel belongs to exactly one feature (in the reference they belonged to
+   none, which a Captum ``feature_mask`` cannot express);
+5. ids are contiguous from 0: mask features first (largest mask first), then remainder components.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, overload
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.segmentation import relabel_sequential
+
+__all__ = ["as_feature_mask", "mask_stack", "to_partition"]
+
+MaskInput = (
+    np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor] | Sequence[Mapping[str, Any]]
+)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _decode_sam_record(record: Mapping[str, Any]) -> np.ndarray:
+    if "segmentation" not in record:
+        raise ValueError(
+            "a mask given as a dict must have a 'segmentation' entry (SAM's output format)"
+        )
+    segmentation = record["segmentation"]
+    if isinstance(segmentation, Mapping):  # SAM output_mode="uncompressed_rle"
+        from segment_anything.utils.amg import rle_to_mask
+
+        if not isinstance(segmentation.get("counts"), list):
+            raise ValueError(
+                "compressed COCO RLE masks are not supported: run SamAutomaticMaskGenerator with "
+                "output_mode='binary_mask' or 'uncompressed_rle'"
+            )
+        return rle_to_mask(dict(segmentation))
+    return _to_numpy(segmentation)
+
+
+def mask_stack(masks: MaskInput, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Convert masks in any supported form to a boolean stack ``(M, H, W)``.
+
+    Accepted: an ``(M, H, W)`` array or tensor (bool or 0/1), a single ``(H, W)`` mask, a list of
+    ``(H, W)`` arrays or tensors, or SAM's list of dicts (``"segmentation"`` as a binary mask or
+    uncompressed RLE).
+
+    Args:
+        masks: The masks.
+        shape: ``(H, W)`` to use when ``masks`` is empty.
+
+    Raises:
+        ValueError: On masks of different shapes, non-binary values or an empty input without
+            ``shape``.
+    """
+    if isinstance(masks, (np.ndarray, torch.Tensor)):
+        array = _to_numpy(masks)
+        if array.ndim == 2:
+            array = array[None]
+        if array.ndim != 3:
+            raise ValueError(f"a mask stack must be (M, H, W), got shape {array.shape}")
+        items = list(array)
+    else:
+        items = [
+            _decode_sam_record(item) if isinstance(item, Mapping) else _to_numpy(item)
+            for item in masks
+        ]
+    if not items:
+        if shape is None:
+            raise ValueError("no masks were given and no shape= to build a partition of")
+        return np.zeros((0, *shape), dtype=bool)
+    shapes = {item.shape for item in items}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"every mask must be 2-D (H, W) of one shape, got shapes {sorted(shapes)}")
+    if shape is not None and next(iter(shapes)) != tuple(shape):
+        raise ValueError(
+            f"masks have shape {next(iter(shapes))} but shape={tuple(shape)} was given"
+        )
+    stack = np.stack(items)
+    if stack.dtype != bool:
+        if not np.isin(stack, (0, 1)).all():
+            raise ValueError(
+                "masks must be boolean (or 0/1); for an integer label map use as_feature_mask()"
+            )
+        stack = stack.astype(bool)
+    return stack
+
+
+def _content_order(stack: np.ndarray) -> np.ndarray:
+    """Return the painting order: area descending, then packed bits; duplicates: first wins."""
+    areas = stack.sum(axis=(1, 2))
+    packed = [np.packbits(mask).tobytes() for mask in stack]
+    return np.asarray(sorted(range(len(stack)), key=lambda i: (-int(areas[i]), packed[i], -i)), int)
+
+
+@overload
+def to_partition(
+    masks: MaskInput,
+    *,
+    shape: tuple[int, int] | None = ...,
+    dilation: int | Literal["auto"] = ...,
+    min_area: float = ...,
+    remainder: Literal["components", "single"] = ...,
+    return_sources: Literal[False] = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def to_partition(
+    masks: MaskInput,
+    *,
+    shape: tuple[int, int] | None = ...,
+    dilation: int | Literal["auto"] = ...,
+    min_area: float = ...,
+    remainder: Literal["components", "single"] = ...,
+    return_sources: Literal[True],
+) -> tuple[torch.Tensor, np.ndarray]: ...
+
+
+def to_partition(
+    masks: MaskInput,
+    *,
+    shape: tuple[int, int] | None = None,
+    dilation: int | Literal["auto"] = "auto",
+    min_area: float = 0.001,
+    remainder: Literal["components", "single"] = "components",
+    return_sources: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
+    """Turn possibly overlapping boolean masks into a partition of the image.
+
+    Args:
+        masks: A list of ``(H, W)`` arrays or tensors, an ``(M, H, W)`` stack, or SAM's list of
+            dicts. An empty list needs ``shape``.
+        shape: ``(H, W)`` of the image (checked against the masks when both are given).
+        dilation: Side of the square dilation kernel; ``"auto"`` is the published
+            ``ceil(W / 100)``; ``0`` or ``1`` means no dilation.
+        min_area: Smallest remainder component kept as its own feature: a fraction of the image
+            when below 1 (published default 0.001), else a pixel count. Smaller fragments join
+            the nearest feature.
+        remainder: ``"components"`` (published) splits the uncovered pixels into connected
+            components; ``"single"`` keeps them as one "rest of image" feature.
+        return_sources: Also return, per feature, the index of the input mask it came from
+            (``-1`` for remainder features).
+
+    Returns:
+        A ``LongTensor`` ``(H, W)`` with ids contiguous from 0 (and the sources when asked).
+
+    Raises:
+        ValueError: On invalid masks or options.
+    """
+    stack = mask_stack(masks, shape)
+    height, width = stack.shape[1:]
+    if dilation == "auto":
+        kernel = math.ceil(width / 100)
+    elif isinstance(dilation, (int, np.integer)) and dilation >= 0:
+        kernel = int(dilation)
+    else:
+        raise ValueError(f"dilation must be 'auto' or a non-negative int, got {dilation!r}")
+    if remainder not in ("components", "single"):
+        raise ValueError(f"remainder must be 'components' or 'single', got {remainder!r}")
+    if min_area < 0:
+        raise ValueError(f"min_area must be non-negative, got {min_area}")
+    min_pixels = min_area * height * width if min_area < 1 else min_area
+
+    order = _content_order(stack)
+    structure = np.ones((kernel, kernel), dtype=bool) if kernel > 1 else None
+    painted = np.full((height, width), -1, dtype=np.int64)
+    for index in order:  # largest first, so finer masks painted later win
+        mask = stack[index]
+        if structure is not None:
+            mask = ndimage.binary_dilation(mask, structure=structure)
+        painted[mask] = index
+
+    # Mask features in painting order; empty ones (fully covered by finer masks) vanish.
+    present = np.zeros(len(stack), dtype=bool)
+    present[np.unique(painted[painted >= 0])] = True
+    sources = [int(i) for i in order if present[i]]
+    labels = np.full((height, width), -1, dtype=np.int64)
+    lookup = np.full(len(stack), -1, dtype=np.int64)
+    lookup[sources] = np.arange(len(sources))
+    covered = painted >= 0
+    labels[covered] = lookup[painted[covered]]
+
+    uncovered = ~covered
+    if uncovered.any():
+        if remainder == "single":
+            labels[uncovered] = len(sources)
+            sources.append(-1)
+        else:
+            components, count = ndimage.label(uncovered, structure=np.ones((3, 3), bool))
+            sizes = np.bincount(components.ravel(), minlength=count + 1)
+            keep = [c for c in range(1, count + 1) if sizes[c] >= min_pixels]
+            if not keep and not sources:  # nothing else exists: the largest piece stays
+                keep = [int(np.argmax(sizes[1:])) + 1]
+            for component in keep:
+                labels[components == component] = len(sources)
+                sources.append(-1)
+            orphans = labels < 0
+            if orphans.any():  # small fragments join the nearest feature
+                _, (rows, cols) = ndimage.distance_transform_edt(orphans, return_indices=True)
+                labels[orphans] = labels[rows[orphans], cols[orphans]]
+    result = torch.from_numpy(labels)
+    if return_sources:
+        return result, np.asarray(sources, dtype=np.int64)
+    return result
+
+
+def as_feature_mask(
+    masks: Any, shape: tuple[int, int] | None = None, **options: Any
+) -> torch.Tensor:
+    """Turn user-supplied masks in any common form into a Captum ``feature_mask``.
+
+    Accepted forms:
+
+    * an integer label map ``(H, W)``, ``(N, H, W)`` or ``(N, 1, H, W)`` (ids are made
+      contiguous per image; a label map already is a partition);
+    * a boolean stack ``(M, H, W)`` or a list of boolean ``(H, W)`` masks (possibly overlapping);
+    * SAM's list of dicts;
+    * a Captum ``ImageMaskInput`` (its ``mask_list`` or ``mask``);
+    * a list with one of the above per image.
+
+    Overlapping masks go through [`to_partition`][ctc_plugin.features.partition.to_partition] with
+    ``options``.
+
+    Args:
+        masks: The masks.
+        shape: ``(H, W)`` of the images (checked when given).
+        **options: Passed to ``to_partition`` (``dilation``, ``min_area``, ``remainder``).
+
+    Returns:
+        A ``LongTensor`` ``(N, 1, H, W)``.
+    """
+    if hasattr(masks, "mask_list") and hasattr(masks, "mask"):  # captum ImageMaskInput
+        if shape is None and hasattr(masks, "image") and hasattr(masks.image, "size"):
+            shape = (masks.image.size[1], masks.image.size[0])
+        # captum keeps an empty placeholder in whichever of the two was not given
+        masks = masks.mask_list if len(masks.mask_list) else masks.mask
+    if isinstance(masks, (np.ndarray, torch.Tensor)):
+        array = _to_numpy(masks)
+        if array.dtype == bool:  # a mask stack (or one mask)
+            return to_partition(array, shape=shape, **options)[None, None]
+        if not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(f"a label map must have an integer dtype, got {array.dtype}")
+        if array.ndim == 2:
+            array = array[None, None]
+        elif array.ndim == 3:
+            array = array[:, None]
+        if array.ndim != 4 or array.shape[1] != 1:
+            raise ValueError(
+                f"a label map must be (H, W), (N, H, W) or (N, 1, H, W), got {array.shape}"
+            )
+        if shape is not None and array.shape[2:] != tuple(shape):
+            raise ValueError(f"label map has shape {array.shape[2:]} but the images are {shape}")
+        relabelled = [relabel_sequential(item - item.min())[0] for item in array]
+        return torch.from_numpy(np.stack(relabelled).astype(np.int64))
+    if isinstance(masks, Sequence) and masks and _is_per_image(masks[0]):
+        return torch.cat([as_feature_mask(item, shape, **options) for item in masks])
+    return to_partition(masks, shape=shape, **options)[None, None]
+
+
+def _is_per_image(item: Any) -> bool:
+    """Whether ``item`` is one image's masks (rather than one mask) in a per-image list."""
+    if isinstance(item, Mapping):
+        return False
+    if hasattr(item, "mask_list"):
+        return True
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        array = _to_numpy(item)
+        return array.ndim == 3 or (array.ndim == 2 and array.dtype != bool and array.max() > 1)
+    return isinstance(item, Sequence)

@@ -1,0 +1,164 @@
+"""Relevance heatmaps that guide feature selection: Zennit LRP by default, any method accepted.
+
+The published selection step uses an LRP-alpha1-beta0 heatmap of the classifier.
+[`lrp_alpha1beta0`][ctc_plugin.features.relevance.lrp_alpha1beta0] builds it as a Zennit
+composite (``AlphaBeta(alpha=1, beta=0)`` on convolutions and linear layers; Zennit's own
+``EpsilonAlpha2Beta1`` is a different rule), and
+[`zennit_relevance`][ctc_plugin.features.relevance.zennit_relevance] hands any Zennit composite's
+result over as a plain heatmap.
+[`relevance_heatmap`][ctc_plugin.features.relevance.relevance_heatmap] accepts a Zennit
+composite, a Captum attribution object or any callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from zennit.attribution import Gradient
+from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
+from zennit.composites import LayerMapComposite, layer_map_base
+from zennit.core import Composite
+from zennit.rules import AlphaBeta
+from zennit.types import Convolution
+
+__all__ = ["lrp_alpha1beta0", "relevance_heatmap", "resolve_target", "zennit_relevance"]
+
+RelevanceMethod = Composite | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | Any
+
+
+def lrp_alpha1beta0(
+    canonizers: Sequence[Canonizer] | None = None, stabilizer: float = 1e-6
+) -> LayerMapComposite:
+    """Return a Zennit composite for LRP-alpha1-beta0 (the published selection heatmap).
+
+    Convolutions and linear layers use ``AlphaBeta(alpha=1, beta=0)``; activations pass,
+    average pools and sums are normalised (Zennit's base layer map).
+
+    Args:
+        canonizers: Zennit canonizers to apply first. Default: ``SequentialMergeBatchNorm()``,
+            which folds BatchNorm layers into the convolution before them. Give
+            ``zennit.torchvision.ResNetCanonizer()`` and friends for torchvision models.
+        stabilizer: Added to denominators.
+    """
+    layer_map = layer_map_base(stabilizer) + [
+        (Convolution, AlphaBeta(alpha=1.0, beta=0.0, stabilizer=stabilizer)),
+        (torch.nn.Linear, AlphaBeta(alpha=1.0, beta=0.0, stabilizer=stabilizer)),
+    ]
+    chosen = [SequentialMergeBatchNorm()] if canonizers is None else list(canonizers)
+    return LayerMapComposite(layer_map=layer_map, canonizers=chosen)
+
+
+def resolve_target(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    target: int | Sequence[int] | torch.Tensor | None,
+) -> torch.Tensor:
+    """Return a ``LongTensor`` ``(N,)`` of target classes (``None``: the predicted class)."""
+    if target is None:
+        with torch.no_grad():
+            return model(images).argmax(dim=1)
+    target_tensor = torch.as_tensor(target, dtype=torch.long, device=images.device).flatten()
+    if target_tensor.numel() == 1:
+        target_tensor = target_tensor.expand(images.shape[0])
+    if target_tensor.numel() != images.shape[0]:
+        raise ValueError(
+            f"target must be one class or one per image ({images.shape[0]}), "
+            f"got {target_tensor.numel()}"
+        )
+    return target_tensor
+
+
+def zennit_relevance(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    target: int | Sequence[int] | torch.Tensor | None = None,
+    composite: Composite | None = None,
+) -> torch.Tensor:
+    """Run a Zennit composite on the classifier and return the relevance heatmap.
+
+    The composite's hooks and canonizers are removed when the call ends, also on error, so the
+    model is left as it was. The model's train/eval mode is not changed: pass it in eval mode.
+
+    Args:
+        model: The classifier.
+        images: Input batch ``(N, C, H, W)`` as the model takes it.
+        target: Class per image, one class for all, or ``None`` for the predicted class.
+        composite: Any Zennit composite; default
+            [`lrp_alpha1beta0()`][ctc_plugin.features.relevance.lrp_alpha1beta0].
+
+    Returns:
+        Relevance summed over channels, ``(N, H, W)``.
+    """
+    composite = lrp_alpha1beta0() if composite is None else composite
+    targets = resolve_target(model, images, target)
+    with Gradient(model=model, composite=composite) as attributor:
+
+        def one_hot(output: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.one_hot(targets, output.shape[1]).to(output.dtype)
+
+        _, attribution = attributor(images.detach(), one_hot)
+    return attribution.detach().sum(dim=1)
+
+
+def relevance_heatmap(
+    method: RelevanceMethod | None,
+    model: Callable[[torch.Tensor], torch.Tensor] | None,
+    images: torch.Tensor,
+    target: int | Sequence[int] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Compute a relevance heatmap ``(N, H, W)`` with whatever method the user passed.
+
+    Args:
+        method: ``None`` (LRP-alpha1-beta0 through Zennit), a Zennit ``Composite``, a Captum
+            attribution object (anything with ``.attribute(inputs, target=...)``, e.g.
+            ``captum.attr.LRP(model)`` or ``IntegratedGradients(model)``), or a callable
+            ``method(images, target) -> Tensor``.
+        model: The classifier (needed for ``None``, composites and ``target=None``).
+        images: Input batch ``(N, C, H, W)`` as the model takes it.
+        target: Class per image, one class for all, or ``None`` for the predicted class.
+
+    Returns:
+        The attribution summed over channels when it has them, ``(N, H, W)``.
+    """
+    if method is None or isinstance(method, Composite):
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(
+                "a Zennit composite needs the classifier: pass model=<torch.nn.Module>"
+            )
+        return zennit_relevance(model, images, target, method)
+    targets = resolve_target(model, images, target) if model is not None else target
+    if hasattr(method, "attribute"):
+        result = method.attribute(images, target=targets)
+    elif callable(method):
+        result = method(images, targets)
+    else:
+        raise TypeError(
+            "relevance must be None, a Zennit composite, a Captum attribution, a callable "
+            f"(images, target) -> Tensor, or a heatmap tensor; got {type(method).__name__}"
+        )
+    return as_heatmap(torch.as_tensor(result), images)
+
+
+def as_heatmap(relevance: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Bring a relevance tensor to ``(N, H, W)``, summing over channels.
+
+    Raises:
+        ValueError: If its shape does not match the images.
+    """
+    n, _, height, width = images.shape
+    result = relevance.detach().to(torch.float32)
+    if result.ndim == 2:
+        result = result[None]
+    if result.ndim == 4:
+        result = result.sum(dim=1)
+    if result.ndim == 3 and result.shape[0] == 1 and n > 1:
+        raise ValueError(f"one heatmap was given for {n} images")
+    if tuple(result.shape) != (n, height, width):
+        raise ValueError(
+            f"relevance of shape {tuple(relevance.shape)} does not fit images "
+            f"{tuple(images.shape)}: "
+            "expected (N, H, W), (N, 1, H, W) or (N, C, H, W)"
+        )
+    return result

@@ -1,0 +1,174 @@
+"""Offline segmenters: scikit-image superpixels and a regular grid.
+
+Neither needs a checkpoint or a network connection.
+[`SuperpixelSegmenter`][ctc_plugin.features.superpixel.SuperpixelSegmenter] with its defaults is
+the segmenter `CTC` uses when it is given neither a ``feature_mask`` nor a segmenter; the
+defaults give 10 to 30 segments (mostly 15 to 25) on 96 x 96 and 224 x 224 natural images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from skimage import color, filters, segmentation
+
+from ctc_plugin.features.base import FeatureTable, Segmenter, feature_table
+from ctc_plugin.features.cache import MaskCache
+from ctc_plugin.features.partition import to_partition
+
+__all__ = ["GridSegmenter", "SuperpixelSegmenter"]
+
+SuperpixelMethod = Literal["slic", "felzenszwalb", "quickshift", "watershed"]
+
+_METHODS: tuple[str, ...] = ("slic", "felzenszwalb", "quickshift", "watershed")
+
+
+def _method_defaults(method: str, n_segments: int) -> dict[str, Any]:
+    """Per-method options tuned for about ``n_segments`` segments on small images."""
+    if method == "slic":
+        return {"n_segments": n_segments, "compactness": 30.0, "sigma": 1.0}
+    if method == "felzenszwalb":
+        return {"scale": 300.0, "sigma": 0.8}
+    if method == "quickshift":  # kernel_size and max_dist follow the image size (see below)
+        return {"ratio": 0.5}
+    return {"markers": n_segments, "compactness": 0.001}
+
+
+class SuperpixelSegmenter(Segmenter):
+    """Superpixels from scikit-image as features.
+
+    Args:
+        method: ``"slic"`` (default), ``"felzenszwalb"``, ``"quickshift"`` or ``"watershed"``
+            (compact watershed on the Sobel gradient of the grey image).
+        n_segments: Target number of segments (used by ``slic`` and ``watershed``; the other
+            methods are steered by their own options).
+        min_area: Segments smaller than this (fraction of the image when below 1, else pixels)
+            are merged into their nearest neighbour. ``felzenszwalb`` defaults its ``min_size``
+            to the same area.
+        value_range: Range of the (un-normalised) pixel values, or ``"auto"``.
+        mean: Per-channel mean the images were normalised with, if any.
+        std: Per-channel standard deviation the images were normalised with, if any.
+        cache: See [`Segmenter`][ctc_plugin.features.base.Segmenter]; off by default (superpixels
+            are cheap).
+        **method_options: Passed to the scikit-image function (override the defaults).
+
+    Example:
+        >>> import torch
+        >>> segmenter = SuperpixelSegmenter()
+        >>> mask = segmenter(torch.rand(2, 3, 96, 96))
+        >>> mask.shape, mask.dtype
+        (torch.Size([2, 1, 96, 96]), torch.int64)
+    """
+
+    def __init__(
+        self,
+        method: SuperpixelMethod = "slic",
+        n_segments: int = 25,
+        *,
+        min_area: float = 0.005,
+        value_range: tuple[float, float] | Literal["auto"] = (0.0, 1.0),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        cache: MaskCache | str | bool | None = None,
+        **method_options: Any,
+    ) -> None:
+        super().__init__(value_range=value_range, mean=mean, std=std, cache=cache)
+        if method not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        if n_segments < 1:
+            raise ValueError(f"n_segments must be at least 1, got {n_segments}")
+        self.method = method
+        self.n_segments = int(n_segments)
+        self.min_area = float(min_area)
+        self.method_options = {**_method_defaults(method, self.n_segments), **method_options}
+
+    def __repr__(self) -> str:
+        return f"SuperpixelSegmenter(method={self.method!r}, n_segments={self.n_segments})"
+
+    def settings(self) -> dict[str, Any]:
+        """Return every option that changes the result."""
+        return {
+            "method": self.method,
+            "min_area": self.min_area,
+            "options": self.method_options,
+        }
+
+    def _raw_labels(self, image: np.ndarray) -> np.ndarray:
+        options = self.method_options
+        if self.method == "slic":
+            return segmentation.slic(image, start_label=0, channel_axis=-1, **options)
+        if self.method == "felzenszwalb":
+            area = self.min_area * image.shape[0] * image.shape[1]
+            options = {"min_size": int(area if self.min_area < 1 else self.min_area), **options}
+            return segmentation.felzenszwalb(image, channel_axis=-1, **options)
+        if self.method == "quickshift":
+            kernel = max(3.0, max(image.shape[:2]) / 45)  # 3 at 96 px, 5 at 224 px
+            options = {"kernel_size": kernel, "max_dist": 8 * kernel, **options}
+            return segmentation.quickshift(image, channel_axis=-1, **options)
+        gradient = filters.sobel(color.rgb2gray(image))
+        return segmentation.watershed(gradient, **options)
+
+    def segment_image(self, image: np.ndarray) -> tuple[np.ndarray, FeatureTable]:
+        """Segment one RGB ``uint8`` image ``(H, W, 3)``."""
+        raw = self._raw_labels(image)
+        ids, areas = np.unique(raw, return_counts=True)
+        min_pixels = self.min_area * raw.size if self.min_area < 1 else self.min_area
+        # Superpixels below min_area are left out; to_partition turns what they covered into
+        # remainder features (or merges it into the nearest superpixel) and makes ids contiguous.
+        kept = ids[areas >= min_pixels]
+        labels, sources = to_partition(
+            raw[None] == kept[:, None, None],
+            shape=raw.shape,
+            dilation=0,
+            min_area=self.min_area,
+            return_sources=True,
+        )
+        raw_ids = np.full(sources.shape, -1, dtype=np.int64)
+        raw_ids[sources >= 0] = kept[sources[sources >= 0]]
+        return labels.numpy(), feature_table(labels.numpy(), source=raw_ids)
+
+
+class GridSegmenter(Segmenter):
+    """A regular grid of rectangular cells as features (the simplest offline baseline).
+
+    Args:
+        cells: Number of cells per side, or ``(rows, columns)``. Cells differ in size by at most
+            one pixel when the image does not divide evenly.
+        value_range: Range of the (un-normalised) pixel values, or ``"auto"`` (only checked).
+        mean: Per-channel mean the images were normalised with, if any.
+        std: Per-channel standard deviation the images were normalised with, if any.
+    """
+
+    def __init__(
+        self,
+        cells: int | tuple[int, int] = 4,
+        *,
+        value_range: tuple[float, float] | Literal["auto"] = (0.0, 1.0),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(value_range=value_range, mean=mean, std=std, cache=None)
+        rows, cols = (cells, cells) if isinstance(cells, int) else tuple(cells)
+        if rows < 1 or cols < 1:
+            raise ValueError(f"cells must be positive, got {cells!r}")
+        self.cells = (int(rows), int(cols))
+
+    def __repr__(self) -> str:
+        return f"GridSegmenter(cells={self.cells})"
+
+    def settings(self) -> dict[str, Any]:
+        """Return every option that changes the result."""
+        return {"cells": self.cells}
+
+    def segment_image(self, image: np.ndarray) -> tuple[np.ndarray, FeatureTable]:
+        """Cut one image ``(H, W, 3)`` into the grid (row-major ids)."""
+        height, width = image.shape[:2]
+        rows, cols = self.cells
+        if rows > height or cols > width:
+            raise ValueError(f"a {rows}x{cols} grid does not fit a {height}x{width} image")
+        row_ids = np.arange(height) * rows // height
+        col_ids = np.arange(width) * cols // width
+        labels = row_ids[:, None] * cols + col_ids[None, :]
+        return labels, feature_table(labels)
