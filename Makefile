@@ -3,6 +3,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# zennit 1.0.0 beside the 0.5.1 of .venv: the Zennit tests run against both releases.
+ZENNIT1 := .zennit1
+ZENNIT1_STAMP := $(ZENNIT1)/zennit/__init__.py
+ZENNIT1_TESTS := tests/ctc/test_composite.py tests/ctc/test_within.py
 
 .PHONY: setup demo test test-slow docs bench lint clean
 
@@ -13,18 +17,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,docs,bench]'
 	touch $(STAMP)
 
+$(ZENNIT1_STAMP): $(STAMP)
+	$(BIN)/pip install -q --no-deps --ignore-requires-python --target $(ZENNIT1) zennit==1.0.0
+
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ctc-plugin demo --out out/demo.png
 
-test: $(STAMP)
+test: $(STAMP) $(ZENNIT1_STAMP)
 	$(BIN)/ruff check ctc_plugin tests benchmarks
 	$(BIN)/python -m pytest -n 2 -q
+	CTC_EXPECT_ZENNIT=1.0.0 PYTHONPATH=$(ZENNIT1) $(BIN)/python -m pytest -n 2 -q $(ZENNIT1_TESTS)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(ZENNIT1_STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m slow
+	CTC_EXPECT_ZENNIT=1.0.0 PYTHONPATH=$(ZENNIT1) $(BIN)/python -m pytest -n 2 -q -m slow $(ZENNIT1_TESTS)
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
@@ -37,4 +46,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check ctc_plugin tests benchmarks
 
 clean:
-	rm -rf $(VENV) site out
+	rm -rf $(VENV) $(ZENNIT1) site out

@@ -173,8 +173,10 @@ class CTC(Attribution):
             return_feature_scores: Also return the :class:`FeatureScores`.
             within_feature: Distribute each feature's score over its elements in proportion to
                 a relevance map instead of repeating it on every element: a tensor (tuple)
-                shaped like the inputs, a Captum attribution instance, or a callable
-                ``f(inputs, target) -> relevance``. Per-feature sums then equal the scores.
+                shaped like the inputs, a Captum attribution instance, a callable
+                ``f(inputs, target) -> relevance``, or a Zennit composite (the model must then
+                be a ``torch.nn.Module``). Weights are ``|R_i| / sum_j |R_j|`` within each
+                feature (evenly where all are zero), so per-feature sums equal the scores.
 
         Returns:
             Attributions shaped like ``inputs`` (each element carries its feature's score, as

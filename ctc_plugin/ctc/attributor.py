@@ -216,10 +216,10 @@ class _HookedCTC(CTC):
         functional: FunctionalPolicy,
     ) -> None:
         super().__init__(model, segmenter=segmenter, bias_sharing=bias_sharing)
+        self.gradient_fast_path = False  # every mode runs the copies through the hooks
         self.attr_output_fn = attr_output_fn
         self.functional = functional
         self.model_output: torch.Tensor | None = None
-        self.hooked_calls = 0
 
     def weights_for(self, output: torch.Tensor) -> torch.Tensor:
         """The output weighting for the model's ``output``, checked against its shape."""
@@ -234,14 +234,9 @@ class _HookedCTC(CTC):
             ) from None
         return weights
 
-    def _run_gradient(self, *args: Any, **kwargs: Any) -> None:
-        """No gradient shortcut: every mode runs the copies through the composite's hooks."""
-        return None
-
     def _forward(self, gated: GatedPass, batch: tuple, extra: tuple) -> torch.Tensor:
-        with torch.no_grad(), hooked_pass(gated, self.functional) as state:
+        with torch.no_grad(), hooked_pass(gated, self.functional):
             logits = self.forward_func(*batch, *extra)
-        self.hooked_calls += state.hooked_calls
         if not isinstance(logits, torch.Tensor) or logits.dim() == 0:
             raise ValueError("the model must return a tensor of outputs with a batch dimension")
         if logits.shape[0] != gated.layout.batch:

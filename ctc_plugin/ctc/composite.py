@@ -3,14 +3,15 @@
 Each hook is a thin adapter: it finds the module's propagated input, calls the matching method
 of the running :class:`~ctc_plugin.ctc.rules.GatedPass` (the same methods the Captum class
 reaches through :class:`~ctc_plugin.ctc.interception.CTCMode`) and hands the result on as the
-module's output:
+module's output. Every rule but the affine one is applied in a forward pre-hook, on the
+module's untouched input (in-place activations cannot destroy the pre-activation), and the
+module itself then runs on an empty batch so that no work is done twice:
 
 - :class:`AffineRule` (convolutions, transposed convolutions, ``Linear``): the module runs
   without its bias, then :meth:`GatedPass.affine` adds the bias shared among the copies;
 - :class:`BatchNormRule`: :meth:`GatedPass.fold_batch_norm` (eval mode only);
 - :class:`ReLURule`, :class:`LeakyReLURule`: :meth:`GatedPass.relu_gate` and
-  :meth:`GatedPass.leaky_relu_gate`, computed before the module runs so that in-place
-  activations cannot destroy the pre-activation;
+  :meth:`GatedPass.leaky_relu_gate`;
 - :class:`RescaleRule`: smooth activations (SiLU, GELU, Tanh, ...) as rescale gates;
 - :class:`MaxPoolRule`: :meth:`GatedPass.max_pool_switches`.
 
@@ -44,7 +45,7 @@ from zennit.core import Hook, RemovableHandleList
 
 from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.interception import CTCMode, operation_name
-from ctc_plugin.ctc.rules import GatedPass
+from ctc_plugin.ctc.rules import GatedPass, batch_norm_affine
 from ctc_plugin.ctc.sharing import BiasSharingMode, make_sharing
 
 FunctionalPolicy = Literal["intercept", "raise"]
@@ -116,9 +117,11 @@ class CTCHook(Hook):
 
     A rule acts only while a CTC pass runs and the module's first input carries that pass's
     copies; otherwise the module computes what it always computes. Subclasses implement
-    :meth:`before` (runs before the module, on its untouched input) and/or :meth:`after`
-    (returns the module's output in the CTC pass). Rules take no arguments: everything a pass
-    needs is bound per call, so ``copy()`` returns a fresh instance of the same class.
+    :meth:`before`, which runs in a forward pre-hook on the module's untouched input (so an
+    in-place module cannot destroy it) and usually computes the whole result; the module itself
+    then runs on an empty batch, and :meth:`after` (the forward hook) hands the result on.
+    Rules take no arguments: everything a pass needs is bound per call, so ``copy()`` returns a
+    fresh instance of the same class.
 
     Works with Zennit 0.5.1 and 1.x: the hook implements the three-argument ``forward`` and adds
     one forward pre-hook in :meth:`register`; ``pre_forward``/``post_forward`` are Zennit's own.
@@ -134,43 +137,62 @@ class CTCHook(Hook):
         """Return a fresh instance of the same rule (rules hold no arguments)."""
         return type(self)()
 
+    #: Whether :meth:`before` computes the whole result. The module then runs on an empty batch
+    #: (its own work would be thrown away) and :meth:`after` only hands the result on.
+    computes_before: bool = True
+
     # -- the two halves of a module call
-    def _before_module(self, module: nn.Module, args: tuple) -> None:
+    def _before_module(self, module: nn.Module, args: tuple) -> tuple | None:
         state = _ACTIVE.get()
-        if state is None or not args or not state.gated.is_propagated(args[0]):
+        if state is None:
             return None
+        stack = state.pending.setdefault(id(self), [])
+        if not args or not state.gated.is_propagated(args[0]):
+            stack.append(None)  # a call this rule leaves alone
+            return None
+        x = args[0]
         state.depth += 1
         state.hooked_calls += 1
         try:
-            prepared = self.before(state, module, args[0])
+            prepared = self.before(state, module, x)
         except BaseException:
             state.depth -= 1
             raise
-        state.pending.setdefault(id(self), []).append(prepared)
-        return None
+        stack.append((x, prepared))
+        return (x[:0], *args[1:]) if self.computes_before else None
 
     def forward(self, module: nn.Module, input: tuple, output: Any) -> Any:
         """Zennit's forward hook: return the module's output in the CTC pass (else ``None``)."""
         state = _ACTIVE.get()
         stack = None if state is None else state.pending.get(id(self))
-        if not stack or not input or not state.gated.is_propagated(input[0]):
+        entry = stack.pop() if stack else None
+        if entry is None:
             return None
-        prepared = stack.pop()
+        x, prepared = entry
         try:
-            return self.after(state, module, input[0], output, prepared)
+            return self.after(state, module, x, output, prepared)
         finally:
             state.depth -= 1
 
     # -- what subclasses implement
     def before(self, state: _PassState, module: nn.Module, x: torch.Tensor) -> Any:
-        """Prepare the rule before the module runs; the return value reaches :meth:`after`."""
-        return None
+        """Apply the rule (or prepare it) before the module runs, on its untouched input ``x``.
+
+        The return value reaches :meth:`after`.
+        """
+        raise NotImplementedError
 
     def after(
         self, state: _PassState, module: nn.Module, x: torch.Tensor, output: Any, prepared: Any
     ) -> torch.Tensor:
-        """Return the module's output in the CTC pass."""
-        raise NotImplementedError
+        """Return the module's output in the CTC pass (default: what :meth:`before` computed).
+
+        An in-place module's input receives the result too, as the module would have written it.
+        """
+        if getattr(module, "inplace", False):
+            x.copy_(prepared)
+            return state.gated.tag(x)
+        return prepared
 
 
 class AffineRule(CTCHook):
@@ -179,6 +201,8 @@ class AffineRule(CTCHook):
     The module runs with its bias taken off (so its own operation computes the bias-free part),
     then :meth:`GatedPass.affine` adds the bias: whole to the gate copy, shared among the others.
     """
+
+    computes_before = False
 
     def before(self, state: _PassState, module: nn.Module, x: torch.Tensor) -> Any:
         """Take the bias off the module for this call; return it."""
@@ -198,9 +222,7 @@ class AffineRule(CTCHook):
 class BatchNormRule(CTCHook):
     """BatchNorm in eval mode, folded into a preceding biased layer (:meth:`fold_batch_norm`)."""
 
-    def after(
-        self, state: _PassState, module: nn.Module, x: torch.Tensor, output: Any, prepared: Any
-    ) -> torch.Tensor:
+    def before(self, state: _PassState, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Apply ``x * scale + shift`` with the module's running statistics."""
         scale, shift = _batch_norm_affine(module)
         shape = (-1, *([1] * (x.dim() - 2)))
@@ -217,30 +239,15 @@ def _batch_norm_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
             "it normalises with batch statistics (training mode or no running statistics); "
             "call model.eval() first",
         )
-    scale = torch.rsqrt(var + module.eps)
-    if module.weight is not None:
-        scale = scale * module.weight
-    shift = -mean * scale
-    if module.bias is not None:
-        shift = shift + module.bias
-    return scale, shift
+    return batch_norm_affine(mean, var, module.weight, module.bias, module.eps)
 
 
 class _GateRule(CTCHook):
-    """Gates computed from the untouched input before the module runs (in-place safe)."""
+    """Gates computed from the pre-activation before the module runs (in-place safe)."""
 
-    def before(self, state: _PassState, module: nn.Module, x: torch.Tensor) -> Any:
+    def before(self, state: _PassState, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Compute the gated copies from the pre-activation."""
         return self.gate(state.gated, module, x)
-
-    def after(
-        self, state: _PassState, module: nn.Module, x: torch.Tensor, output: Any, prepared: Any
-    ) -> torch.Tensor:
-        """Hand on the gated copies; an in-place module's input receives them too."""
-        if isinstance(output, torch.Tensor) and output.data_ptr() == x.data_ptr():
-            output.copy_(prepared)
-            return state.gated.tag(output)
-        return prepared
 
     def gate(self, gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Apply the gate rule to ``x``."""
@@ -274,9 +281,7 @@ class RescaleRule(_GateRule):
 class MaxPoolRule(CTCHook):
     """Max pooling: every copy takes the values at the original pass's argmax positions."""
 
-    def after(
-        self, state: _PassState, module: nn.Module, x: torch.Tensor, output: Any, prepared: Any
-    ) -> torch.Tensor:
+    def before(self, state: _PassState, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """:meth:`GatedPass.max_pool_switches` with the module's pooling settings."""
         if getattr(module, "return_indices", False):
             raise UnsupportedOperationError(

@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ctc_plugin.ctc.errors import UnsupportedOperationError
-from ctc_plugin.ctc.rules import BatchDimensionError, GatedPass
+from ctc_plugin.ctc.rules import BatchDimensionError, GatedPass, batch_norm_affine
 
 Handler = Callable[[GatedPass, Callable[..., Any], tuple, dict], Any]
 
@@ -96,12 +96,7 @@ def _batch_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> to
             "it normalises with batch statistics (training mode or no running statistics); "
             "call model.eval() first",
         )
-    scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias
+    scale, shift = batch_norm_affine(mean, var, weight, bias, eps)
     shape = (-1, *([1] * (x.dim() - 2)))
     return ctx.fold_batch_norm(x, scale.view(shape), shift.view(shape))
 

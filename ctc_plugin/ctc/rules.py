@@ -34,6 +34,23 @@ from ctc_plugin.ctc.sharing import BiasSharing
 FOLD_ATTRIBUTE = "_ctc_affine_parts"
 
 
+def batch_norm_affine(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` such that eval-mode ``batch_norm(x) = x * scale + shift``."""
+    scale = torch.rsqrt(running_var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -running_mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
+
+
 class BatchDimensionError(ValueError):
     """An operation's result lost the batch dimension that carries the copies."""
 

@@ -1,0 +1,473 @@
+"""CTCComposite and CTCAttributor: the Zennit entry point against CTC and plain torch."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+import zennit
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.composites import COMPOSITES, EpsilonPlusFlat, MixedComposite
+from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+from ctc_plugin.ctc.attribution import CTC
+from ctc_plugin.ctc.attributor import CTCAttributor
+from ctc_plugin.ctc.composite import (
+    AffineRule,
+    BatchNormRule,
+    CTCComposite,
+    CTCHook,
+    LeakyReLURule,
+    MaxPoolRule,
+    ReLURule,
+    RescaleRule,
+    hooked_pass,
+)
+from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.ctc.layout import CopyLayout
+from ctc_plugin.ctc.rules import GatedPass
+from ctc_plugin.ctc.sharing import BIAS_SHARING_MODES, make_sharing
+from ctc_plugin.testing import CNNSpec, RandomCNN
+
+from .conftest import cases
+
+MODES = list(BIAS_SHARING_MODES)
+TOL = {"rtol": 1e-9, "atol": 1e-12}
+
+
+def one_hot(target: int, classes: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    return torch.eye(classes, dtype=dtype)[[target]]
+
+
+def module_net(seed: int = 0, inplace: bool = True) -> nn.Module:
+    """A CNN made of modules only, so every rule runs in a hook (no functional calls)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=inplace),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3, padding=1, bias=False),
+        nn.BatchNorm2d(5),
+        nn.LeakyReLU(0.2, inplace=inplace),
+        nn.AdaptiveMaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(20, 6),
+        nn.SiLU(),
+        nn.Linear(6, 3),
+    ).double()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def grid_mask(size: int, cells: int) -> torch.Tensor:
+    step = size // cells
+    rows = (torch.arange(size) // step).clamp_max(cells - 1)
+    return (rows.view(1, 1, -1, 1) * cells + rows.view(1, 1, 1, -1)) * 2 + 5
+
+
+def ctc_and_attributor(model, x, mask, target, mode, **attributor_args):
+    expected = CTC(model, bias_sharing=mode).attribute(x, target=target, feature_mask=mask)
+    classes = model(x).shape[1]
+    with CTCAttributor(model, CTCComposite(bias_sharing=mode), **attributor_args) as attributor:
+        output, relevance = attributor(x, one_hot(target, classes), feature_mask=mask)
+    return expected, output, relevance, attributor
+
+
+# ---------------------------------------------------------------------------- agreement
+@settings(max_examples=15, deadline=None)
+@given(case=cases(), mode=st.sampled_from(MODES))
+def test_attributor_equals_ctc_on_random_cnns(case, mode: str) -> None:
+    model, x, mask, target = case
+    expected, output, relevance, _ = ctc_and_attributor(model, x, mask, target, mode)
+    torch.testing.assert_close(relevance, expected, **TOL)
+    torch.testing.assert_close(output, model(x), **TOL)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_hooks_alone_carry_a_module_only_net(mode: str, inplace: bool) -> None:
+    """functional='raise' refuses every rule outside hooks: the hooks must do all the work."""
+    model = module_net(inplace=inplace)
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    mask = grid_mask(8, 3)
+    expected, _, relevance, attributor = ctc_and_attributor(
+        model, x, mask, 1, mode, functional="raise"
+    )
+    torch.testing.assert_close(relevance, expected, **TOL)
+
+
+def test_functional_raise_names_the_operation() -> None:
+    model = RandomCNN(CNNSpec(functional=True), seed=1).double()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    attributor = CTCAttributor(model, functional="raise", feature_mask=grid_mask(8, 2))
+    with pytest.raises(UnsupportedOperationError, match="relu.*outside every module"):
+        attributor(x)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_zoo_resnet_with_functional_relu_and_normalisation(mode: str) -> None:
+    from ctc_plugin import zoo
+
+    model = zoo.build("resnet", 6).double().eval()
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    expected, _, relevance, _ = ctc_and_attributor(model, x, grid_mask(16, 2), 2, mode)
+    torch.testing.assert_close(relevance, expected, **TOL)
+
+
+def randomise_batch_norm(model: nn.Module) -> nn.Module:
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                size = module.num_features
+                module.running_mean.copy_(torch.rand(size, generator=generator) * 0.4 - 0.2)
+                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
+                module.bias.copy_(torch.rand(size, generator=generator) * 0.4 - 0.2)
+    return model.double().eval()
+
+
+def ctc_on_canonized(model, canonizer, x, mask, target, mode):
+    if canonizer is None:
+        return CTC(model, bias_sharing=mode).attribute(x, target=target, feature_mask=mask)
+    handles = canonizer.apply(model)
+    try:
+        return CTC(model, bias_sharing=mode).attribute(x, target=target, feature_mask=mask)
+    finally:
+        for handle in reversed(handles):
+            handle.remove()
+
+
+TORCHVISION = [
+    pytest.param(
+        "resnet18",
+        lambda: torchvision.models.resnet18(num_classes=5),
+        ResNetCanonizer,
+    ),
+    pytest.param(  # 138M parameters in float64: about 15 s
+        "vgg16_bn",
+        lambda: torchvision.models.vgg16_bn(num_classes=5),
+        VGGCanonizer,
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(  # F.relu and torch.cat in forward: the guard applies the rules to them
+        "densenet121",
+        lambda: torchvision.models.densenet121(num_classes=5),
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "build", "canonizer"), TORCHVISION)
+def test_torchvision_with_canonizers(name, build, canonizer) -> None:
+    torch.manual_seed(0)
+    model = randomise_batch_norm(build())
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    mask = grid_mask(32, 2)
+    before = model(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for mode in MODES:
+        canonizers = [] if canonizer is None else [canonizer()]
+        expected = ctc_on_canonized(model, canonizer and canonizer(), x, mask, 3, mode)
+        composite = CTCComposite(bias_sharing=mode, canonizers=canonizers)
+        with CTCAttributor(model, composite, feature_mask=mask) as attributor:
+            _, relevance = attributor(x, one_hot(3, 5))
+            assert attributor.composite.handles  # registered for the whole block
+        torch.testing.assert_close(relevance, expected, **TOL)
+        if mode != "reference":  # canonizing changes the float rounding only
+            plain = CTC(model, bias_sharing=mode).attribute(x, target=3, feature_mask=mask)
+            torch.testing.assert_close(relevance, plain, rtol=1e-3, atol=1e-6)
+    assert torch.equal(model(x), before)
+    # zennit 1.0.0's canonizers leave a zero `bias` entry behind on bias-free convolutions
+    # (their own bug, with or without CTC), so compare the entries the model had before
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items())
+
+
+# ---------------------------------------------------------------------------- zennit plumbing
+def test_registry_name_ctc() -> None:
+    assert COMPOSITES["ctc"] is CTCComposite
+    model = module_net()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    composite = COMPOSITES["ctc"](bias_sharing="none", feature_mask=grid_mask(8, 2))
+    _, relevance = CTCAttributor(model, composite)(x, one_hot(0, 3))
+    expected = CTC(model, bias_sharing="none").attribute(x, 0, feature_mask=grid_mask(8, 2))
+    torch.testing.assert_close(relevance, expected, **TOL)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_mixed_composite(mode: str) -> None:
+    model = module_net()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    mask = grid_mask(8, 2)
+    mixed = MixedComposite(
+        [
+            CTCComposite(bias_sharing=mode, canonizers=[SequentialMergeBatchNorm()]),
+            EpsilonPlusFlat(),
+        ]
+    )
+    with CTCAttributor(model, mixed, feature_mask=mask, functional="raise") as attributor:
+        _, relevance = attributor(x, one_hot(2, 3))
+    expected = ctc_on_canonized(model, SequentialMergeBatchNorm(), x, mask, 2, mode)
+    torch.testing.assert_close(relevance, expected, **TOL)
+
+
+def test_composite_without_ctc_is_refused() -> None:
+    with pytest.raises(ValueError, match="exactly one CTCComposite"):
+        CTCAttributor(module_net(), EpsilonPlusFlat())
+
+
+def test_unknown_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="bias_sharing"):
+        CTCComposite(bias_sharing="equal")
+    with pytest.raises(ValueError, match="functional"):
+        CTCAttributor(module_net(), functional="ignore")
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [AffineRule(), BatchNormRule(), ReLURule(), LeakyReLURule(), RescaleRule(), MaxPoolRule()],
+)
+def test_copy_keeps_class_and_shares_no_state(rule: CTCHook) -> None:
+    duplicate = rule.copy()
+    assert type(duplicate) is type(rule) and duplicate is not rule
+    assert vars(duplicate).keys() == vars(rule).keys()  # every attribute the rule holds
+    assert duplicate.stored_tensors is not rule.stored_tensors
+
+
+def test_plain_forward_unchanged_inside_context() -> None:
+    model = module_net()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    before = model(x)
+    with CTCComposite(bias_sharing="proportional").context(model) as modified:
+        assert torch.equal(modified(x), before)
+    assert torch.equal(model(x), before)
+
+
+def hook_counts(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def explode_in_ctc_pass(module: nn.Module, args: tuple) -> None:
+    """A forward pre-hook that fails inside the CTC pass (after the CTC hook took the bias off)."""
+    if args[0].shape[0] > 1:
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("where", ["module", "unsupported"])
+def test_hooks_and_parameters_restored_on_exception(where: str) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 2, 3, padding=1)
+    middle = nn.ReLU() if where == "module" else nn.Softmax2d()
+    model = nn.Sequential(conv, middle, nn.Flatten(), nn.Linear(2 * 36, 3)).double().eval()
+    x = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    before, bias, hooks = model(x), conv.bias, hook_counts(model)
+    composite = CTCComposite(bias_sharing="proportional", canonizers=[SequentialMergeBatchNorm()])
+    expected = RuntimeError if where == "module" else UnsupportedOperationError
+    handles = []
+    with pytest.raises(expected):
+        with CTCAttributor(model, composite, feature_mask=grid_mask(6, 2)) as attributor:
+            if where == "module":  # registered after the CTC hook's pre-hook, so it runs later
+                handles.append(conv.register_forward_pre_hook(explode_in_ctc_pass))
+            attributor(x)
+    for handle in handles:
+        handle.remove()
+    assert conv.bias is bias and "bias" not in conv.__dict__
+    assert hook_counts(model) == hooks and not composite.handles
+    assert torch.equal(model(x), before)
+
+
+class DoubledConv(nn.Conv2d):
+    """A convolution subclass that does more than a convolution."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(super().forward(x)) * 2.0
+
+
+def test_custom_forward_gets_no_rule_and_is_seen_by_the_guard() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(DoubledConv(3, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 36, 3))
+    model = model.double().eval()
+    x = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    mask = grid_mask(6, 2)
+    expected = CTC(model, bias_sharing="proportional").attribute(x, 1, feature_mask=mask)
+    composite = CTCComposite(bias_sharing="proportional")
+    _, relevance = CTCAttributor(model, composite, feature_mask=mask)(x, one_hot(1, 3))
+    torch.testing.assert_close(relevance, expected, **TOL)
+    strict = CTCAttributor(model, composite, feature_mask=mask, functional="raise")
+    with pytest.raises(UnsupportedOperationError, match="conv2d"):
+        strict(x, one_hot(1, 3))
+
+
+# ---------------------------------------------------------------------------- attr_output
+def test_attr_output_forms_and_default() -> None:
+    model = module_net()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    mask = grid_mask(8, 2)
+    predicted = model(x).argmax(dim=1).tolist()
+    expected = CTC(model, bias_sharing="reference").attribute(x, None, feature_mask=mask)
+    attributor = CTCAttributor(model, feature_mask=mask)
+    _, default = attributor(x)
+    weights = torch.zeros(2, 3, dtype=torch.float64)
+    weights[range(2), predicted] = 1.0
+    _, as_tensor = attributor(x, weights)
+    _, as_function = attributor(x, lambda out: F.one_hot(out.argmax(1), 3).to(out.dtype))
+    for relevance in (default, as_tensor, as_function):
+        torch.testing.assert_close(relevance, expected, **TOL)
+    assert attributor.feature_scores is not None
+    assert attributor.feature_scores.scores.shape == (2, 4)
+
+
+def test_weighted_attr_output_is_linear_without_bias_sharing() -> None:
+    """With no bias sharing the pass is linear in the output weighting (independent check)."""
+    model = module_net()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    mask = grid_mask(8, 2)
+    attributor = CTCAttributor(model, CTCComposite(bias_sharing="none"), feature_mask=mask)
+    _, mixed = attributor(x, torch.tensor([[0.5, -2.0, 0.0]], dtype=torch.float64))
+    first = CTC(model, bias_sharing="none").attribute(x, 0, feature_mask=mask)
+    second = CTC(model, bias_sharing="none").attribute(x, 1, feature_mask=mask)
+    torch.testing.assert_close(mixed, 0.5 * first - 2.0 * second, **TOL)
+
+
+def test_attr_output_of_wrong_shape() -> None:
+    attributor = CTCAttributor(module_net(), feature_mask=grid_mask(8, 2))
+    with pytest.raises(ValueError, match="attr_output"):
+        attributor(torch.rand(1, 3, 8, 8, dtype=torch.float64), torch.ones(1, 7))
+
+
+# ---------------------------------------------------------------------------- rules in plain torch
+def run_rule(module: nn.Module, copies: torch.Tensor, mode: str) -> torch.Tensor:
+    """Propagate (N*C, ...) copies (gate copy first) through one module with its CTC hook."""
+    layout = CopyLayout(
+        examples=1, features=copies.shape[0] - 1, reference_full=False, baseline=False
+    )
+    gated = GatedPass(layout=layout, sharing=make_sharing(mode))
+    with CTCComposite(bias_sharing=mode).context(module), torch.no_grad():
+        with hooked_pass(gated, functional="raise") as state:
+            out = module(gated.tag(copies.clone()))
+    leaves = [m for m in module.modules() if not list(m.children())]
+    assert state.hooked_calls == len(leaves)  # every layer ran through its hook
+    return out
+
+
+def proportional_bias(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Plain torch: gate copy gets the bias, copies k >= 1 get |z_k| / sum_j |z_j| of it."""
+    out = z.clone()
+    out[0] += bias
+    magnitude = z[1:].abs()
+    total = magnitude.sum(dim=0, keepdim=True)
+    share = torch.where(total > 0, magnitude / total.clamp_min(1e-300), 1.0 / (z.shape[0] - 1))
+    out[1:] += share * bias
+    return out
+
+
+def random_copies(shape: tuple[int, ...], copies: int = 4) -> torch.Tensor:
+    x = torch.randn(copies, *shape, dtype=torch.float64)
+    x[0] = x[1:].sum(dim=0)  # the gate copy is the whole input
+    return x
+
+
+@pytest.mark.parametrize("mode", ["none", "proportional"])
+@pytest.mark.parametrize("kind", ["conv", "linear", "conv_bn", "bn"])
+def test_affine_rules_match_plain_torch(kind: str, mode: str) -> None:
+    torch.manual_seed(1)
+    if kind == "linear":
+        module, x = nn.Linear(5, 3).double(), random_copies((5,))
+    else:
+        x = random_copies((2, 4, 4))
+        layers = {
+            "conv": [nn.Conv2d(2, 3, 3, padding=1)],
+            "conv_bn": [nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)],
+            "bn": [nn.BatchNorm2d(2)],
+        }[kind]
+        module = nn.Sequential(*layers).double().eval()
+    with torch.no_grad():
+        for sub in module.modules():
+            if isinstance(sub, nn.BatchNorm2d):
+                sub.running_mean.uniform_(-1, 1)
+                sub.running_var.uniform_(0.5, 2)
+                sub.bias.uniform_(-1, 1)
+        # plain torch: one affine map W' x + b' per layer stack, its bias shared once
+        weight_only = module(torch.zeros_like(x[:1]))  # b' (BatchNorm folded into the conv)
+        z = module(x) - weight_only
+    expected = proportional_bias(z, weight_only[0]) if mode == "proportional" else z.clone()
+    if mode == "none":
+        expected[0] += weight_only[0]
+    torch.testing.assert_close(run_rule(module, x, mode), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("module", "gate"),
+    [
+        (nn.ReLU(), lambda g: (g > 0).double()),
+        (nn.ReLU(inplace=True), lambda g: (g > 0).double()),
+        (nn.LeakyReLU(0.3), lambda g: torch.where(g > 0, 1.0, 0.3).double()),
+        (nn.LeakyReLU(0.3, inplace=True), lambda g: torch.where(g > 0, 1.0, 0.3).double()),
+        (nn.Tanh(), lambda g: torch.tanh(g) / g),
+        (nn.SiLU(inplace=True), lambda g: torch.sigmoid(g)),
+    ],
+    ids=["relu", "relu_inplace", "leaky", "leaky_inplace", "tanh", "silu_inplace"],
+)
+def test_gate_rules_match_plain_torch(module: nn.Module, gate) -> None:
+    x = random_copies((3, 5))
+    g = gate(x[0])
+    expected = x * g
+    expected[0] = module.__class__(*([0.3] if isinstance(module, nn.LeakyReLU) else []))(x[0])
+    torch.testing.assert_close(run_rule(module, x, "proportional"), expected)
+
+
+@pytest.mark.parametrize(
+    "module", [nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2, padding=1), nn.AdaptiveMaxPool2d(2)]
+)
+def test_max_pool_switches_match_plain_torch(module: nn.Module) -> None:
+    x = random_copies((2, 6, 6))
+    reference = module.__class__(**_pool_args(module), return_indices=True)
+    _, indices = reference(x[:1])
+    flat = x.flatten(2)
+    expected = flat.gather(2, indices.flatten(2).expand(x.shape[0], -1, -1)).view(
+        x.shape[0], *indices.shape[1:]
+    )
+    torch.testing.assert_close(run_rule(module, x, "none"), expected)
+
+
+def _pool_args(module: nn.Module) -> dict:
+    if isinstance(module, nn.AdaptiveMaxPool2d):
+        return {"output_size": module.output_size}
+    return {"kernel_size": module.kernel_size, "stride": module.stride, "padding": module.padding}
+
+
+def test_zennit_version_is_the_expected_one() -> None:
+    """CI runs this file with zennit 0.5.1 and again with 1.0.0 (``PYTHONPATH=.zennit1``).
+
+    ``CTC_EXPECT_ZENNIT=1.0.0`` makes the run prove which zennit it imported.
+    """
+    installed = version_of_imported_zennit()
+    assert installed.split(".")[0] in ("0", "1")
+    expected = os.environ.get("CTC_EXPECT_ZENNIT")
+    if expected:
+        assert installed == expected, f"imported zennit {installed} from {zennit.__file__}"
+
+
+def version_of_imported_zennit() -> str:
+    """The version in the dist-info next to the zennit package that was imported."""
+    package = Path(zennit.__file__).resolve().parent
+    for distribution in importlib.metadata.distributions(path=[str(package.parent)]):
+        if distribution.metadata["Name"].lower() == "zennit":
+            return distribution.version
+    raise AssertionError(f"no zennit dist-info next to {package}")
