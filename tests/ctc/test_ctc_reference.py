@@ -171,3 +171,15 @@ def test_two_layer_example_by_hand_reference():
         [y * out(unit0_f0) / full, y * out(unit0_f1) / full], dtype=torch.float64
     )
     torch.testing.assert_close(_scores("reference"), expected)
+
+
+@pytest.mark.slow
+def test_compiled_reference_sharing_agrees_with_eager():
+    from ctc_plugin.testing import CNNSpec, RandomCNN, random_partition
+
+    model = RandomCNN(CNNSpec(residual=True, concat=True), seed=5).double()
+    x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
+    mask = random_partition(12, 12, 6)
+    eager = CTC(model).attribute(x, target=1, feature_mask=mask)
+    fused = CTC(model, compile=True).attribute(x, target=1, feature_mask=mask)
+    torch.testing.assert_close(fused, eager, rtol=1e-6, atol=1e-8)
