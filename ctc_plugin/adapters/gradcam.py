@@ -1,0 +1,88 @@
+"""Integrative CAM with pytorch-grad-cam's face: its targets, ``show_cam_on_image`` and metrics.
+
+Needs the optional ``grad-cam`` distribution (``pip install grad-cam``); importing this module
+without it raises an ImportError that says so. The rest of ``ctc_plugin`` does not import it.
+
+Example:
+    >>> from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    >>> from ctc_plugin.adapters.gradcam import IntegrativeGradCAM
+    >>> with IntegrativeGradCAM(model) as cam:
+    ...     maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(3)] * len(images))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ctc_plugin.cam.alpha import Phi
+from ctc_plugin.cam.integrative import IntegrativeCAM, LayerScore
+
+try:
+    from pytorch_grad_cam.base_cam import BaseCAM
+except ImportError as error:  # pragma: no cover - exercised only without the optional extra
+    raise ImportError(
+        "ctc_plugin.adapters.gradcam needs pytorch-grad-cam; install it with `pip install grad-cam`"
+    ) from error
+
+
+class IntegrativeGradCAM(BaseCAM):
+    """Integrative CAM as a pytorch-grad-cam method (a ``BaseCAM`` subclass).
+
+    Called like every pytorch-grad-cam method, ``cam(input_tensor, targets)``, it returns a
+    float32 NumPy array (N, H, W) in [0, 1]. ``targets`` are pytorch-grad-cam targets (e.g.
+    ``ClassifierOutputTarget``), one per example, or None for the predicted classes;
+    ``aug_smooth=True`` works as for the other methods.
+
+    As every pytorch-grad-cam method does, the constructor puts the model in eval mode.
+
+    Args:
+        model: The classifier.
+        target_layers: Modules to explain; None (the default) uses every convolutional stage.
+        phi: See :class:`~ctc_plugin.cam.integrative.IntegrativeCAM`.
+        bias: See :class:`~ctc_plugin.cam.integrative.IntegrativeCAM`.
+        layer_weights: See :class:`~ctc_plugin.cam.integrative.IntegrativeCAM`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[nn.Module] | None = None,
+        phi: str | Phi | Callable[[Tensor], Tensor] = "exp",
+        bias: bool = True,
+        layer_weights: Literal["adaptive", "uniform"] | LayerScore = "adaptive",
+    ) -> None:
+        # pytorch-grad-cam's own activation hooks are not used: pass no layers to BaseCAM.
+        super().__init__(model, target_layers=[], uses_gradients=True)
+        self.target_layers = list(target_layers) if target_layers is not None else []
+        self.integrative = IntegrativeCAM(
+            model, layers=target_layers, phi=phi, bias=bias, layer_weights=layer_weights
+        )
+
+    def forward(
+        self,
+        input_tensor: Tensor,
+        targets: Sequence[Callable[[Tensor], Tensor]] | None,
+        eigen_smooth: bool = False,
+    ) -> np.ndarray:
+        """Return the maps of a batch as a float32 array (N, H, W) in [0, 1].
+
+        Args:
+            input_tensor: Images (N, C, H, W).
+            targets: One pytorch-grad-cam target per example, or None for the predicted class.
+            eigen_smooth: Not supported (the fused map has no channel dimension to project).
+
+        Raises:
+            ValueError: If ``eigen_smooth`` is set.
+        """
+        if eigen_smooth:
+            raise ValueError("IntegrativeGradCAM does not support eigen_smooth")
+        input_tensor = input_tensor.to(self.device)
+        target = None if targets is None else list(targets)
+        maps = self.integrative.attribute(input_tensor, target=target)
+        with torch.no_grad():
+            return maps[:, 0].detach().cpu().numpy().astype(np.float32)

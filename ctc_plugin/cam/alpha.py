@@ -1,0 +1,231 @@
+"""The generalised Grad-CAM++ alpha: channel weights for a smooth function of the class score.
+
+Grad-CAM++ explains ``Y = exp(S)`` rather than the score ``S``. For any smooth ``phi`` and a
+piecewise-linear network (second derivatives of ``S`` vanish almost everywhere), the derivatives
+of ``Y = phi(S)`` with respect to a feature map ``A`` are ``phi' g``, ``phi'' g**2`` and
+``phi''' g**3`` with ``g = dS/dA``, so the Grad-CAM++ closed form becomes::
+
+    alpha_ij^k = phi'' g_ij^2 / (2 phi'' g_ij^2 + phi''' g_ij^3 sum_ab A_ab^k)
+    w_k        = sum_ij alpha_ij^k relu(phi' g_ij)
+
+``phi = exp`` gives Grad-CAM++ exactly (``phi' = phi'' = phi'''`` cancels). With ``phi`` the
+identity, ``phi'' = phi''' = 0`` and alpha is ``0/0``: the weights fall back to Grad-CAM's
+``w_k = mean_ij g_ij``.
+
+The derivatives enter alpha only through their ratio, and
+``relu(phi' g) = |phi'| relu(sign(phi') g)`` only scales every map of one example by the same
+positive number, which the per-layer min-max normalisation removes. So each example is
+described by three numbers (:class:`AlphaTerms`): ``sign(phi')`` and ``(phi'', phi''')``
+divided by ``max(|phi''|, |phi'''|)``, which cannot overflow even where ``exp(S)`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+#: Added to the alpha denominator, as pytorch-grad-cam's ``GradCAMPlusPlus`` does.
+ALPHA_EPS = 1e-6
+
+ScalarFn = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Phi:
+    """A smooth function of the class score with its first three derivatives.
+
+    Each callable maps a tensor of scores to a tensor of the same shape, elementwise.
+
+    Attributes:
+        d1: First derivative ``phi'``.
+        d2: Second derivative ``phi''``.
+        d3: Third derivative ``phi'''``.
+        name: A label for error messages and reprs.
+    """
+
+    d1: ScalarFn
+    d2: ScalarFn
+    d3: ScalarFn
+    name: str = "custom"
+
+
+def _sigmoid_terms(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    p = torch.sigmoid(s)
+    q = p * (1 - p)
+    return q, q * (1 - 2 * p), q * (1 - 6 * p + 6 * p * p)
+
+
+#: The built-in choices of ``phi``.
+BUILTIN_PHI: dict[str, Phi] = {
+    "exp": Phi(torch.exp, torch.exp, torch.exp, "exp"),
+    "softplus": Phi(
+        torch.sigmoid,
+        lambda s: torch.sigmoid(s) * (1 - torch.sigmoid(s)),
+        lambda s: _sigmoid_terms(s)[1],
+        "softplus",
+    ),
+    "sigmoid": Phi(
+        lambda s: _sigmoid_terms(s)[0],
+        lambda s: _sigmoid_terms(s)[1],
+        lambda s: _sigmoid_terms(s)[2],
+        "sigmoid",
+    ),
+    "identity": Phi(
+        torch.ones_like,
+        torch.zeros_like,
+        torch.zeros_like,
+        "identity",
+    ),
+}
+
+
+def _derivatives_by_autodiff(fn: ScalarFn) -> Phi:
+    """Return ``fn`` with its derivatives taken by ``torch.func`` (elementwise, via vmap)."""
+    d1 = torch.func.grad(fn)
+    d2 = torch.func.grad(d1)
+    d3 = torch.func.grad(d2)
+    name = getattr(fn, "__name__", "callable")
+    return Phi(torch.func.vmap(d1), torch.func.vmap(d2), torch.func.vmap(d3), name)
+
+
+def resolve_phi(phi: str | Phi | ScalarFn) -> Phi:
+    """Turn the user's ``phi`` argument into a :class:`Phi`.
+
+    Args:
+        phi: ``"exp"`` (Grad-CAM++), ``"softplus"``, ``"sigmoid"``, ``"identity"`` (Grad-CAM
+            weights), a :class:`Phi` with explicit derivatives, or a scalar function of a 0-d
+            tensor (written with torch operations) whose derivatives are then taken by
+            ``torch.func``.
+
+    Raises:
+        ValueError: For an unknown name.
+        TypeError: For anything else that is not callable.
+    """
+    if isinstance(phi, Phi):
+        return phi
+    if isinstance(phi, str):
+        if phi not in BUILTIN_PHI:
+            raise ValueError(f"unknown phi {phi!r}; expected one of {sorted(BUILTIN_PHI)}")
+        return BUILTIN_PHI[phi]
+    if callable(phi):
+        return _derivatives_by_autodiff(phi)
+    raise TypeError(f"phi must be a name, a Phi or a callable, got {type(phi).__name__}")
+
+
+@dataclass(frozen=True)
+class AlphaTerms:
+    """Per-example constants of the generalised alpha, shaped (N, 1, 1, 1) for broadcasting.
+
+    Attributes:
+        sign: ``sign(phi'(S))``; it decides which gradients count as positive evidence.
+        p2: ``phi''(S)`` divided by ``max(|phi''|, |phi'''|)``.
+        p3: ``phi'''(S)`` divided by the same number.
+        gradcam: True (per example) where ``phi'' = phi''' = 0``: Grad-CAM weights are used.
+        all_positive: Whether ``sign`` is +1 for every example.
+        all_gradcam: Whether every example uses Grad-CAM weights.
+        any_gradcam: Whether some example does.
+    """
+
+    sign: Tensor
+    p2: Tensor
+    p3: Tensor
+    gradcam: Tensor
+    all_positive: bool = field(init=False)
+    all_gradcam: bool = field(init=False)
+    any_gradcam: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Summaries read by every layer's hook, computed once per call.
+        object.__setattr__(self, "all_positive", bool((self.sign > 0).all()))
+        object.__setattr__(self, "all_gradcam", bool(self.gradcam.all()))
+        object.__setattr__(self, "any_gradcam", bool(self.gradcam.any()))
+
+
+def alpha_terms(phi: Phi, scores: Tensor) -> AlphaTerms:
+    """Evaluate ``phi``'s derivatives at the class scores and normalise them.
+
+    Args:
+        phi: The function.
+        scores: The target scores ``S``, shape (N,).
+
+    Raises:
+        ValueError: If a derivative is not finite or has the wrong shape.
+    """
+    s = scores.detach().double()  # exp(S) overflows float32 for logits above ~88
+    d1, d2, d3 = phi.d1(s), phi.d2(s), phi.d3(s)
+    for label, value in (("phi'", d1), ("phi''", d2), ("phi'''", d3)):
+        if value.shape != s.shape:
+            raise ValueError(
+                f"{phi.name}: {label} returned shape {tuple(value.shape)}, "
+                f"expected {tuple(s.shape)} (one value per example)"
+            )
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{phi.name}: {label} is not finite at scores {s.tolist()}")
+    scale = torch.maximum(d2.abs(), d3.abs())
+    gradcam = scale == 0
+    safe = torch.where(gradcam, torch.ones_like(scale), scale)
+    shape, dtype = (-1, 1, 1, 1), scores.dtype
+    return AlphaTerms(
+        sign=torch.sign(d1).to(dtype).reshape(shape),
+        p2=(d2 / safe).to(dtype).reshape(shape),
+        p3=(d3 / safe).to(dtype).reshape(shape),
+        gradcam=gradcam.reshape(shape),
+    )
+
+
+def gradcam_weights(grad: Tensor) -> Tensor:
+    """Grad-CAM channel weights: the spatial mean of the gradient, shape (N, C)."""
+    return grad.mean(dim=(2, 3))
+
+
+def positive_part(grad: Tensor, terms: AlphaTerms) -> Tensor:
+    """Return ``relu(sign(phi') * grad)``, the gradients that count as positive evidence."""
+    return torch.relu(grad) if terms.all_positive else torch.relu(terms.sign * grad)
+
+
+def gradcampp_weights(
+    grad: Tensor, act: Tensor, terms: AlphaTerms, positive: Tensor | None = None
+) -> Tensor:
+    """Generalised Grad-CAM++ channel weights, shape (N, C).
+
+    Computed as ``p2 * sum_ij relu(sign g) g^2 / (g^2 (2 p2 + p3 sum(A) g) + eps)``, the same
+    number as ``sum_ij alpha_ij relu(sign g_ij)`` with two temporary tensors and seven passes over
+    the feature map (where ``g = 0`` the ReLU factor is 0, which is why pytorch-grad-cam's
+    ``where(g != 0, ...)`` is not needed).
+
+    Args:
+        grad: ``dS/dA``, shape (N, C, H, W).
+        act: The feature map ``A``, same shape.
+        terms: The per-example constants from :func:`alpha_terms`.
+        positive: :func:`positive_part` of ``grad`` if already computed; it is overwritten.
+    """
+    numerator = positive_part(grad, terms) if positive is None else positive
+    numerator.mul_(grad).mul_(grad)
+    denominator = torch.mul(grad, terms.p3 * act.sum(dim=(2, 3), keepdim=True))
+    denominator.add_(2 * terms.p2).mul_(grad).mul_(grad).add_(ALPHA_EPS)
+    return terms.p2.reshape(-1, 1) * numerator.div_(denominator).sum(dim=(2, 3))
+
+
+def channel_weights(
+    grad: Tensor, act: Tensor, terms: AlphaTerms, positive: Tensor | None = None
+) -> Tensor:
+    """Channel weights of one layer: generalised alpha, or Grad-CAM where alpha is 0/0.
+
+    Args:
+        grad: ``dS/dA``, shape (N, C, H, W).
+        act: The feature map ``A``, same shape.
+        terms: The per-example constants from :func:`alpha_terms`.
+        positive: :func:`positive_part` of ``grad`` if already computed; it may be overwritten.
+
+    Returns:
+        Weights of shape (N, C).
+    """
+    if terms.all_gradcam:
+        return gradcam_weights(grad)
+    weights = gradcampp_weights(grad, act, terms, positive)
+    if terms.any_gradcam:
+        weights = torch.where(terms.gradcam.reshape(-1, 1), gradcam_weights(grad), weights)
+    return weights

@@ -1,0 +1,376 @@
+"""Integrative CAM: class activation maps of every convolutional stage, fused into one map.
+
+Reconstructed from the abstract of Singh et al., "Integrative CAM" (arXiv 2412.01354); the
+choices and their reasons are listed in ``docs/integrative-cam-decisions.md``. For each stage
+``l`` with feature map ``A`` and gradient ``g = dS/dA`` of the target score ``S``::
+
+    L_l = ReLU(c sum_k w_k A_k + B_l)          w from the generalised alpha (see alpha.py)
+    B_l = sign(phi'(S)) sum_c b_c dS/dZ_c      the FullGrad bias map (see bias.py)
+    c   = |sum(g * A) - sum(B_l)| / |sum(sum_k w_k A_k)|   both terms in score units (calibrate)
+    M   = minmax( sum_l s_l Up(minmax(L_l)) / sum_l s_l )
+    s_l = mean(ReLU(g) * A)   ("adaptive")   or 1   ("uniform")
+
+One forward and one backward pass serve every stage: each stage's map is computed inside a
+gradient hook the moment its gradient arrives, added to a running sum, and its tensors released,
+so memory does not grow with the number of stages. The backward pass stops as soon as the last
+stage's gradient has arrived (no weight gradients, no gradient for the image itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal, overload
+
+import torch
+from captum.attr import Attribution
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from ctc_plugin.cam.alpha import AlphaTerms, Phi, alpha_terms, channel_weights, resolve_phi
+from ctc_plugin.cam.bias import bias_map
+from ctc_plugin.cam.fusion import RunningFusion, minmax
+from ctc_plugin.cam.layers import BATCHNORM_TYPES, Stage, StageTracer, module_names
+from ctc_plugin.cam.targets import Target, select_scores
+
+#: A layer score: ``score(grad, act) -> (N,)`` tensor of non-negative weights.
+LayerScore = Callable[[Tensor, Tensor], Tensor]
+TensorOrTuple = Tensor | tuple[Tensor, ...]
+
+
+def adaptive_layer_score(grad: Tensor, act: Tensor) -> Tensor:
+    """The default layer score: ``mean over (C, H, W) of ReLU(grad) * act``, shape (N,).
+
+    It is large for layers whose units are both active and pushing the target score up.
+    """
+    return _dot(torch.relu(grad), act) / act[0].numel()
+
+
+def calibrate(channel_map: Tensor, contribution: Tensor) -> Tensor:
+    """Rescale each example's channel map so that its sum is ``|contribution|``.
+
+    The Grad-CAM++ channel term has no fixed unit (its alpha divides by ``sum(A)``), while a
+    FullGrad bias map is a share of the score. Before the two are added, the channel map is
+    scaled to carry the rest of the stage's share of the score: ``sum(g * A)`` (what flows
+    through the stage's units) minus the bias map's sum, in absolute value. Channel map plus bias
+    map then sum to ``sum(g * A)``. A map summing to zero is kept as it is.
+
+    Args:
+        channel_map: ``sum_k w_k A_k``, shape (N, H, W).
+        contribution: ``sum(g * A)`` per example, shape (N,).
+    """
+    total = channel_map.sum(dim=(1, 2))
+    safe = torch.where(total == 0, torch.ones_like(total), total.abs())
+    scale = torch.where(total == 0, torch.ones_like(total), contribution.abs() / safe)
+    return channel_map * scale.reshape(-1, 1, 1)
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-example dot product of two (N, ...) tensors, without a temporary product tensor."""
+    n = a.shape[0]
+    return torch.bmm(a.reshape(n, 1, -1), b.reshape(n, -1, 1)).reshape(n)
+
+
+@dataclass
+class LayerMaps:
+    """The per-layer maps behind a fused Integrative CAM.
+
+    Attributes:
+        names: The stages' names, in forward order.
+        steps: The operations of each stage, e.g. ``("conv", "bn", "relu")`` or ``("layer",)``.
+        maps: Each stage's normalised map at input resolution, shape (N, L, H, W) (zeros for a
+            stage that received no gradient).
+        weights: The weight each example gave each stage, shape (N, L); rows sum to 1.
+    """
+
+    names: list[str]
+    steps: list[tuple[str, ...]]
+    maps: Tensor
+    weights: Tensor
+
+
+def _record_layer(
+    tracer: StageTracer, name: str, module: nn.Module, _inputs: Any, output: Any
+) -> None:
+    """Forward hook of a chosen layer: make its output a stage."""
+    tracer.add_layer_output(name, output, module)
+
+
+class _BackwardDone(Exception):
+    """Raised by the last stage hook to stop the backward pass early."""
+
+
+class IntegrativeCAM(Attribution):
+    """Class activation maps fused across all convolutional stages (a Captum attribution).
+
+    Args:
+        forward_func: The model, or any function of the inputs returning scores batch first.
+        layers: Modules whose outputs to explain; ``None`` finds every convolutional stage
+            (convolution, folded BatchNorm, ReLU) in the forward pass, functional calls included.
+        phi: The smooth function of the score whose derivatives set the channel weights:
+            ``"exp"`` (Grad-CAM++), ``"softplus"``, ``"sigmoid"``, ``"identity"`` (Grad-CAM
+            weights), a :class:`~ctc_plugin.cam.alpha.Phi` with explicit derivatives, or a scalar
+            torch function (derivatives by ``torch.func``).
+        bias: Add each stage's FullGrad bias map before its ReLU.
+        layer_weights: ``"adaptive"`` (:func:`adaptive_layer_score`), ``"uniform"``, or a callable
+            ``score(grad, act) -> (N,)`` of non-negative scores.
+
+    Example:
+        >>> cam = IntegrativeCAM(model)
+        >>> maps = cam.attribute(images, target=labels)        # (N, 1, H, W) in [0, 1]
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        layers: Sequence[nn.Module] | None = None,
+        phi: str | Phi | Callable[[Tensor], Tensor] = "exp",
+        bias: bool = True,
+        layer_weights: Literal["adaptive", "uniform"] | LayerScore = "adaptive",
+    ) -> None:
+        super().__init__(forward_func)
+        if layers is not None:
+            layers = list(layers)
+            if not layers:
+                raise ValueError("layers is empty; pass None to use every convolutional stage")
+            bad = [type(m).__name__ for m in layers if not isinstance(m, nn.Module)]
+            if bad:
+                raise TypeError(f"layers must be torch.nn.Module instances, got {bad}")
+        self.layers = layers
+        self.phi = resolve_phi(phi)
+        self.bias = bool(bias)
+        if isinstance(layer_weights, str) and layer_weights not in ("adaptive", "uniform"):
+            raise ValueError(
+                f"layer_weights must be 'adaptive', 'uniform' or a callable, got {layer_weights!r}"
+            )
+        if not isinstance(layer_weights, str) and not callable(layer_weights):
+            raise TypeError("layer_weights must be 'adaptive', 'uniform' or a callable")
+        self.layer_weights = layer_weights
+
+    def _score_fn(self) -> LayerScore | None:
+        if self.layer_weights == "uniform":
+            return None
+        if self.layer_weights == "adaptive":
+            return adaptive_layer_score
+        return self.layer_weights  # type: ignore[return-value]
+
+    def _names(self) -> dict[int, str]:
+        return module_names(self.forward_func) if isinstance(self.forward_func, nn.Module) else {}
+
+    def _layer_name(self, module: nn.Module) -> str:
+        if isinstance(self.forward_func, nn.Module):
+            for name, candidate in self.forward_func.named_modules():
+                if candidate is module:
+                    return name or type(module).__name__
+        return type(module).__name__
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: Target = None,
+        additional_forward_args: Any = None,
+        return_layer_maps: Literal[False] = False,
+    ) -> Tensor: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: Target = None,
+        additional_forward_args: Any = None,
+        *,
+        return_layer_maps: Literal[True],
+    ) -> tuple[Tensor, LayerMaps]: ...
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: Target = None,
+        additional_forward_args: Any = None,
+        return_layer_maps: bool = False,
+    ) -> Tensor | tuple[Tensor, LayerMaps]:
+        """Return the fused map of each example at input resolution, shape (N, 1, H, W).
+
+        Args:
+            inputs: A batch of images (N, C, H, W), or a tuple of tensors whose first sets the
+                output size.
+            target: Which score to explain: ``None`` (each example's predicted class), an int,
+                a tuple, a tensor, or a list of ints, tuples or callables (one per example;
+                callables such as pytorch-grad-cam's ``ClassifierOutputTarget`` receive the
+                example's output row).
+            additional_forward_args: Extra positional arguments of ``forward_func``.
+            return_layer_maps: Also return the per-stage maps and weights (:class:`LayerMaps`).
+
+        Returns:
+            Maps in [0, 1], one per example; with ``return_layer_maps`` a tuple
+            ``(maps, LayerMaps)``.
+
+        Raises:
+            ValueError: For a model without convolutional stages (or chosen layers that never
+                ran), an output that is not differentiable, or a target that does not fit.
+        """
+        inputs_tuple = inputs if isinstance(inputs, tuple) else (inputs,)
+        if not inputs_tuple or not all(isinstance(t, Tensor) for t in inputs_tuple):
+            raise TypeError("inputs must be a tensor or a tuple of tensors")
+        if inputs_tuple[0].dim() < 3:
+            raise ValueError(
+                f"inputs must be images (N, C, H, W), got shape {tuple(inputs_tuple[0].shape)}"
+            )
+        size = (int(inputs_tuple[0].shape[-2]), int(inputs_tuple[0].shape[-1]))
+        self._check_batchnorm_mode()
+        extra = additional_forward_args
+        extra = () if extra is None else extra if isinstance(extra, tuple) else (extra,)
+        leaves = tuple(
+            t.detach().requires_grad_(True) if t.is_floating_point() else t for t in inputs_tuple
+        )
+        run = _Run(self, size, return_layer_maps)
+        tracer = StageTracer(
+            run.on_grad, discover=self.layers is None, fold_bias=self.bias, names=self._names()
+        )
+        handles = []
+        try:
+            for module in self.layers or []:
+                name = self._layer_name(module)
+                handles.append(module.register_forward_hook(partial(_record_layer, tracer, name)))
+            with torch.enable_grad():
+                with tracer:
+                    output = self.forward_func(*leaves, *extra)
+                tracer.finish()
+                for handle in handles:
+                    handle.remove()
+                handles.clear()
+                scores = self._scores(output, target)
+                self._check_stages(tracer)
+                run.start(tracer.stages, alpha_terms(self.phi, scores))
+                differentiate = [t for t in leaves if t.requires_grad] or [
+                    s.tensor for s in tracer.stages if s.handle is not None
+                ]
+                try:
+                    torch.autograd.grad(scores.sum(), differentiate, allow_unused=True)
+                except _BackwardDone:
+                    pass
+            if run.fusion.count == 0:
+                raise ValueError(
+                    "no gradient of the target score reached any stage: the target does not "
+                    "depend on the explained layers"
+                )
+            result = run.fusion.result()
+            if not return_layer_maps:
+                return result
+            return result, run.layer_maps(tracer.stages, len(scores))
+        finally:
+            for handle in handles:
+                handle.remove()
+            for stage in tracer.stages:
+                stage.release()
+
+    def _check_batchnorm_mode(self) -> None:
+        """Refuse training-mode BatchNorm before the forward pass can update its statistics."""
+        if not self.bias or not isinstance(self.forward_func, nn.Module):
+            return  # a plain function is checked call by call by the tracer
+        for name, module in self.forward_func.named_modules():
+            if isinstance(module, BATCHNORM_TYPES) and module.training:
+                raise ValueError(
+                    f"BatchNorm {name!r} is in training mode, so it cannot be folded into a "
+                    "bias; call model.eval() first, or pass bias=False"
+                )
+
+    @staticmethod
+    def _scores(output: Any, target: Target) -> Tensor:
+        if not isinstance(output, Tensor):
+            raise ValueError(
+                f"forward_func returned {type(output).__name__}; it must return a tensor of scores"
+            )
+        if not output.is_floating_point() or not output.requires_grad:
+            raise ValueError(
+                "the output of forward_func is not differentiable (it was computed under "
+                "torch.no_grad(), detached, or is an integer such as an arg-max); IntegrativeCAM "
+                "needs the gradient of the target score"
+            )
+        scores = select_scores(output, target)
+        if scores.dim() != 1 or scores.shape[0] != output.shape[0]:
+            raise ValueError(
+                f"the target selects shape {tuple(scores.shape)} from an output of shape "
+                f"{tuple(output.shape)}; it must select one score per example"
+            )
+        return scores
+
+    def _check_stages(self, tracer: StageTracer) -> None:
+        stages = tracer.stages
+        if self.layers is None and not stages:
+            raise ValueError(
+                f"no convolution ran in the forward pass of {type(self.forward_func).__name__}; "
+                "IntegrativeCAM explains 2-D convolutional feature maps (pass layers=[...] to "
+                "choose modules with (N, C, H, W) outputs)"
+            )
+        if self.layers is not None:
+            ran = {id(module) for module in tracer.modules}
+            missing = [self._layer_name(m) for m in self.layers if id(m) not in ran]
+            if missing:
+                raise ValueError(f"layers {missing} were not called by the forward pass")
+        if not any(stage.handle is not None for stage in stages):
+            raise ValueError(
+                "no stage's output requires grad, so no gradient can reach it; do not run the "
+                "model under torch.no_grad() or with detached activations"
+            )
+
+
+class _Run:
+    """The state of one ``attribute`` call: the backward hooks' shared context."""
+
+    def __init__(self, cam: IntegrativeCAM, size: tuple[int, int], keep_maps: bool) -> None:
+        self.cam = cam
+        self.size = size
+        self.score = cam._score_fn()
+        self.fusion = RunningFusion(size, keep_maps=keep_maps)
+        self.terms: AlphaTerms | None = None
+        self.stages: list[Stage] = []
+        self.pending = 0
+
+    def start(self, stages: list[Stage], terms: AlphaTerms) -> None:
+        self.terms = terms
+        self.stages = stages
+        self.pending = sum(stage.handle is not None for stage in stages)
+
+    def on_grad(self, stage: Stage, grad: Tensor) -> None:
+        """Compute one stage's map as its gradient arrives, add it to the fusion, free it."""
+        terms = self.terms
+        if terms is None:  # a backward pass run by the model itself during the forward
+            return
+        act = stage.value()
+        with torch.no_grad():
+            positive, score = None, None
+            if self.score is adaptive_layer_score and terms.all_positive:
+                positive = torch.relu(grad)  # shared by the score and the alpha numerator
+                score = _dot(positive, act) / act[0].numel()
+            elif self.score is not None:
+                score = self.score(grad, act).reshape(-1)
+            weights = channel_weights(grad, act, terms, positive)
+            cam = torch.einsum("nc,nchw->nhw", weights, act)
+            if self.cam.bias and stage.bias is not None:
+                relu_output = act if stage.relu else None
+                bias = bias_map(grad, stage.bias, relu_output)
+                rest = _dot(grad, act) - bias.sum(dim=(1, 2))  # the stage's score minus its bias
+                cam = calibrate(cam, rest) + terms.sign.reshape(-1, 1, 1) * bias
+            layer_map = minmax(torch.relu(cam).unsqueeze(1))
+            self.fusion.add(stage.index, layer_map, score)
+        stage.release()
+        self.pending -= 1
+        if self.pending == 0:
+            raise _BackwardDone
+
+    def layer_maps(self, stages: list[Stage], n: int) -> LayerMaps:
+        """Collect the kept per-stage maps and weights in forward order."""
+        indices = [stage.index for stage in stages]
+        template = self.fusion.result()
+        maps = [self.fusion.layer_map(i) for i in indices]
+        maps = [torch.zeros_like(template) if m is None else m for m in maps]
+        return LayerMaps(
+            names=[stage.name for stage in stages],
+            steps=[stage.steps for stage in stages],
+            maps=torch.cat(maps, dim=1),
+            weights=self.fusion.layer_weights(indices, n),
+        )

@@ -1,0 +1,351 @@
+"""Find the feature maps Integrative CAM explains, during the model's own forward pass.
+
+A :class:`StageTracer` is a :class:`torch.overrides.TorchFunctionMode`: it sees every torch
+function the forward pass calls, functional ones included (``F.relu`` in a ``forward`` method is
+as visible as an ``nn.ReLU`` module). It groups the calls into *stages*:
+
+- a 2-D convolution starts a stage; a BatchNorm that is the first consumer of the stage's output
+  is folded into it; a ReLU that is the next consumer ends it. The stage's feature map ``A`` is
+  the last tensor of that chain (post-activation where there is a ReLU), and its bias is the
+  convolution's bias with the BatchNorm folded in;
+- a BatchNorm that does not directly follow a convolution starts a stage of its own;
+- chains whose maps are 1x1 (squeeze-and-excitation convolutions) are not stages: after min-max
+  normalisation such a map is constant and carries no location.
+
+With explicit layers, each call of a chosen module is a stage whose feature map is the module's
+output (as in Captum's and pytorch-grad-cam's layer methods); its bias is that of the chain
+ending in that output, if any.
+
+No tensor is cloned. The tracer keeps a reference to each stage's tensor and watches in-place
+operations: before an in-place call overwrites a stage's tensor (``out += identity``, an in-place
+ReLU after an explicitly chosen conv), it copies the value; the gradient hook registered earlier
+on the tensor still receives the gradient of that earlier version. A modification it cannot see
+(through a view) is detected by the tensor's version counter and reported as an error, never used.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
+
+from ctc_plugin.cam.bias import batchnorm_affine, fold_batchnorm
+
+_INPLACE_DUNDERS = frozenset(
+    f"__i{op}__"
+    for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor")
+) | {"__setitem__"}
+#: Calls that read metadata or register hooks: they neither consume nor modify a tensor.
+_NEUTRAL = frozenset(
+    {"__get__", "dim", "size", "numel", "register_hook", "is_contiguous", "stride", "__len__"}
+)
+
+
+@dataclass(eq=False)
+class Stage:
+    """One feature map to explain, with what the backward pass needs to know about it.
+
+    Attributes:
+        index: Position in forward order.
+        name: The module name (qualified, from ``named_modules``) or a generated label.
+        steps: The operations of the chain, e.g. ``("conv", "bn", "relu")``.
+        tensor: The feature map as the model produced it (released once used).
+        version: ``tensor._version`` when the stage last changed.
+        bias: The stage's per-channel bias (BatchNorm folded), or None.
+        relu: Whether a ReLU lies between the biased pre-activation and ``tensor``.
+        extendable: Whether a following BatchNorm or ReLU may still join the chain.
+        snapshot: A copy taken before an in-place operation overwrote ``tensor``.
+        handle: The gradient hook on ``tensor``.
+    """
+
+    index: int
+    name: str
+    steps: tuple[str, ...]
+    tensor: Tensor | None
+    version: int
+    bias: Tensor | None = None
+    relu: bool = False
+    extendable: bool = True
+    snapshot: Tensor | None = None
+    handle: RemovableHandle | None = field(default=None, repr=False)
+
+    def value(self) -> Tensor:
+        """Return the feature map's value as it was when the stage was recorded.
+
+        Raises:
+            RuntimeError: If the tensor was modified in place in a way the tracer could not see.
+        """
+        if self.snapshot is not None:
+            return self.snapshot
+        if self.tensor is None:
+            raise RuntimeError(f"stage {self.name!r} was already released")
+        if self.tensor._version != self.version:
+            raise RuntimeError(
+                f"the output of {self.name!r} was modified in place (through a view) after it "
+                "was recorded, so its value is no longer available; choose another layer, or "
+                "make that operation out-of-place"
+            )
+        return self.tensor
+
+    def release(self) -> None:
+        """Drop the references to the feature map and its gradient hook."""
+        if self.handle is not None:
+            self.handle.remove()
+        self.tensor = self.snapshot = self.handle = None
+
+
+@functools.cache
+def _inplace_position(func: Callable[..., Any]) -> int | None:
+    """Return the position of a function's ``inplace`` parameter, or None."""
+    try:
+        params = list(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return None
+    return params.index("inplace") if "inplace" in params else None
+
+
+def _is_inplace(func: Callable[..., Any], name: str, args: tuple, kwargs: dict) -> bool:
+    if name.endswith("_") and not name.endswith("__"):
+        return True
+    if name in _INPLACE_DUNDERS or "out" in kwargs or kwargs.get("inplace") is True:
+        return True
+    position = _inplace_position(func)
+    return position is not None and len(args) > position and args[position] is True
+
+
+def _tensors(args: tuple, kwargs: dict) -> Iterator[Tensor]:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from (item for item in value if isinstance(item, Tensor))
+
+
+_BATCHNORM_PARAMETERS = (
+    "input",
+    "running_mean",
+    "running_var",
+    "weight",
+    "bias",
+    "training",
+    "momentum",
+    "eps",
+)
+_BATCHNORM_DEFAULTS = {
+    "weight": None,
+    "bias": None,
+    "training": False,
+    "momentum": 0.1,
+    "eps": 1e-5,
+}
+
+
+def _batchnorm_arguments(args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Name the arguments of an ``F.batch_norm`` call (cheaper than ``inspect.bind``)."""
+    return {**_BATCHNORM_DEFAULTS, **dict(zip(_BATCHNORM_PARAMETERS, args)), **kwargs}
+
+
+class StageTracer(TorchFunctionMode):
+    """Record the stages of one forward pass and hook their gradients.
+
+    Args:
+        on_grad: Called as ``on_grad(stage, grad)`` when a stage's gradient arrives.
+        discover: Make every convolution chain a stage (``layers=None``). When False, chains
+            are still followed (for their biases) but only :meth:`add_layer_output` adds stages.
+        fold_bias: Fold BatchNorm statistics into biases; a BatchNorm in training mode is then an
+            error, raised before it runs (so its running statistics are not updated).
+        names: Module names by ``id`` of their weight or running-mean tensor.
+    """
+
+    def __init__(
+        self,
+        on_grad: Callable[[Stage, Tensor], None],
+        discover: bool,
+        fold_bias: bool,
+        names: dict[int, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.on_grad = on_grad
+        self.discover = discover
+        self.fold_bias = fold_bias
+        self.names = names or {}
+        self.stages: list[Stage] = []
+        self._chains: list[Stage] = []
+        self._by_tensor: dict[int, list[Stage]] = {}
+        self._counts: dict[str, int] = {}
+        #: The chosen modules that ran, in call order.
+        self.modules: list[nn.Module] = []
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _label(self, key: Tensor | None, kind: str) -> str:
+        if key is not None and id(key) in self.names:
+            return self.names[id(key)]
+        self._counts[kind] = self._counts.get(kind, 0) + 1
+        return f"{kind}#{self._counts[kind]}"
+
+    def _track(self, stage: Stage, tensor: Tensor) -> None:
+        stage.tensor, stage.version = tensor, tensor._version
+        self._by_tensor.setdefault(id(tensor), []).append(stage)
+
+    def _untrack(self, stage: Stage) -> None:
+        if stage.tensor is None:
+            return
+        group = self._by_tensor.get(id(stage.tensor), [])
+        if stage in group:
+            group.remove(stage)
+        if not group:
+            self._by_tensor.pop(id(stage.tensor), None)
+
+    def _hook(self, stage: Stage) -> None:
+        if stage.tensor is not None and stage.tensor.requires_grad:
+            stage.handle = stage.tensor.register_hook(functools.partial(self.on_grad, stage))
+
+    def _new_chain(self, out: Tensor, name: str, step: str, bias: Tensor) -> None:
+        if not (self.discover or self.fold_bias):
+            return  # chains only matter as stages or for the biases of chosen layers
+        stage = Stage(index=len(self._chains), name=name, steps=(step,), tensor=None, version=0)
+        stage.bias = bias
+        self._track(stage, out)
+        self._chains.append(stage)
+        if self.discover and out.shape[-2] * out.shape[-1] > 1:  # a 1x1 map has no "where"
+            stage.index = len(self.stages)
+            self.stages.append(stage)
+
+    def _extend(self, stage: Stage, out: Tensor, step: str) -> None:
+        self._untrack(stage)
+        self._track(stage, out)
+        stage.steps = (*stage.steps, step)
+        if step == "relu":
+            stage.relu = True
+            stage.extendable = False
+
+    def add_layer_output(self, name: str, output: Any, module: nn.Module | None = None) -> None:
+        """Make the output of a chosen module a stage (called from a module forward hook).
+
+        Args:
+            name: The stage's name.
+            output: The module's output.
+            module: The module, recorded in :attr:`modules`.
+
+        Raises:
+            ValueError: If the output is not a 4-D tensor (N, C, H, W).
+        """
+        if not isinstance(output, Tensor) or output.dim() != 4:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"layer {name!r} returned {shape}; IntegrativeCAM needs a 4-D feature map "
+                "(N, C, H, W) from each layer"
+            )
+        if module is not None:
+            self.modules.append(module)
+        chain = next((s for s in self._by_tensor.get(id(output), []) if s in self._chains), None)
+        stage = Stage(index=len(self.stages), name=name, steps=("layer",), tensor=None, version=0)
+        stage.extendable = False
+        if chain is not None and chain.version == output._version:
+            stage.bias, stage.relu = chain.bias, chain.relu
+        self._track(stage, output)
+        self.stages.append(stage)
+
+    def finish(self) -> None:
+        """Hook the gradient of every stage not hooked yet; call once the forward pass is done.
+
+        Hooks are registered as late as possible so that a stage extended by an in-place ReLU is
+        hooked once, on its final version; a stage about to be overwritten in place was hooked
+        just before (see ``__torch_function__``).
+        """
+        for stage in self.stages:
+            if stage.handle is None:
+                self._hook(stage)
+
+    # -- the mode ----------------------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in _NEUTRAL:
+            return func(*args, **kwargs)
+        tracked = [t for t in _tensors(args, kwargs) if id(t) in self._by_tensor]
+        kind = "conv" if name == "conv2d" else "bn" if func is F.batch_norm else None
+        if name in ("relu", "relu_"):
+            kind = "relu"
+        if not tracked and kind is None:
+            return func(*args, **kwargs)
+
+        first = args[0] if args and isinstance(args[0], Tensor) else None
+        extending = None
+        if kind in ("bn", "relu") and first is not None:
+            wanted = ("conv",) if kind == "bn" else ("conv", "bn")
+            extending = next(
+                (
+                    s
+                    for s in self._by_tensor.get(id(first), [])
+                    if s.extendable and s.steps[-1] in wanted and s.version == first._version
+                ),
+                None,
+            )
+        bn_args = _batchnorm_arguments(args, kwargs) if kind == "bn" else None
+        if bn_args is not None and self.fold_bias and bn_args["training"]:
+            raise ValueError(
+                f"BatchNorm {self._label(bn_args['running_mean'], 'batch_norm')!r} "
+                "runs in training mode (or keeps no running statistics), so it cannot be folded "
+                "into a bias; call model.eval() first, or pass bias=False"
+            )
+
+        inplace = _is_inplace(func, name, args, kwargs)
+        written = kwargs.get("out", first) if inplace else None
+        for tensor in tracked:
+            for stage in self._by_tensor.get(id(tensor), []):
+                if stage is extending:
+                    continue
+                stage.extendable = False
+                if tensor is written and stage.snapshot is None:
+                    if stage.handle is None and stage in self.stages:
+                        self._hook(stage)  # receives the gradient of the version kept here
+                    stage.snapshot = tensor.detach().clone()
+
+        out = func(*args, **kwargs)
+
+        if extending is not None and isinstance(out, Tensor):
+            if kind == "bn" and self.fold_bias:
+                scale, shift = self._bn_affine(bn_args)
+                extending.bias = fold_batchnorm(extending.bias, scale, shift)
+            self._extend(extending, out, kind)
+        elif kind == "conv" and isinstance(out, Tensor) and out.dim() == 4:
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            bias = torch.zeros(out.shape[1], dtype=out.dtype) if bias is None else bias.detach()
+            self._new_chain(out, self._label(weight, "conv2d"), "conv", bias.to(out.device))
+        elif kind == "bn" and isinstance(out, Tensor) and out.dim() == 4:
+            shift = torch.zeros(out.shape[1], dtype=out.dtype, device=out.device)
+            if self.fold_bias:
+                shift = self._bn_affine(bn_args)[1]
+            self._new_chain(out, self._label(bn_args["running_mean"], "batch_norm"), "bn", shift)
+        return out
+
+    @staticmethod
+    def _bn_affine(a: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        return batchnorm_affine(
+            a["running_mean"], a["running_var"], a["weight"], a["bias"], a["eps"]
+        )
+
+
+#: The BatchNorm module types (their running means name the stages they start).
+BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def module_names(model: nn.Module) -> dict[int, str]:
+    """Map the ``id`` of each conv weight and BatchNorm running mean to its module's name."""
+    names: dict[int, str] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            names[id(module.weight)] = name
+        elif isinstance(module, BATCHNORM_TYPES) and module.running_mean is not None:
+            names[id(module.running_mean)] = name
+    return names
