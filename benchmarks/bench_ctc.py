@@ -97,7 +97,7 @@ def main() -> None:
         f"ResNet-18, {args.size}x{args.size}, K={k}, threads={args.threads}, "
         f"repeats={args.repeats}, torch {torch.__version__}"
     )
-    print(f"{"method":32s} {'median s':>9s} {'/ FeatureAblation':>18s} {'/ (K+1) forwards':>17s}")
+    print(f"{'method':32s} {'median s':>9s} {'/ FeatureAblation':>18s} {'/ (K+1) forwards':>17s}")
     for name, t in medians.items():
         print(f"{name:32s} {t:9.3f} {t / fa:18.2f} {t / plain_t:17.2f}")
 
