@@ -25,7 +25,18 @@ _EXPORTS = {
     "ExplainerAttribution": "ctc_plugin.explainer.attribution",
 }
 
-__all__ = sorted([*_EXPORTS, "zoo", "__version__"])
+__all__ = [
+    "CTC",
+    "CTCAttributor",
+    "CTCComposite",
+    "Explainer",
+    "ExplainerAttribution",
+    "FeatureScores",
+    "IntegrativeCAM",
+    "UnsupportedOperationError",
+    "__version__",
+    "zoo",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ctc_plugin import zoo

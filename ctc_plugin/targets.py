@@ -3,16 +3,24 @@
 Captum methods accept ``target`` as ``None``, an ``int``, a ``tuple`` (an index into outputs
 with more than two dimensions), a scalar or (N,) ``Tensor``, or a ``list`` of ints or tuples
 (one per example). Captum's own helper for this is private and has moved between releases,
-so the project resolves targets here, in one place.
+so the project resolves targets here, in one place. :func:`target_scores` also accepts
+pytorch-grad-cam's targets: a list of callables, one per example, each applied to that
+example's output row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-TargetType = None | int | tuple | torch.Tensor | Sequence[int | tuple]
+TargetType = (
+    None
+    | int
+    | tuple
+    | torch.Tensor
+    | Sequence[int | tuple | Callable[[torch.Tensor], torch.Tensor]]
+)
 
 
 def _flat_index(index: tuple[int, ...], shape: torch.Size, example: int) -> int:
@@ -83,3 +91,29 @@ def select_targets(output: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     if output.dim() == 1:
         return output
     return output.flatten(1).gather(1, indices.view(-1, 1)).squeeze(1)
+
+
+def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
+    """Each example's target score, shape (N,), differentiable with respect to ``output``.
+
+    Args:
+        output: The model's output, (N, *out).
+        target: Any Captum target form, or a list of callables (pytorch-grad-cam's
+            ``ClassifierOutputTarget`` and friends), one per example, each mapping that
+            example's output row to a scalar.
+
+    Raises:
+        ValueError: a target that does not fit the output.
+    """
+    if (
+        isinstance(target, Sequence)
+        and not isinstance(target, (str, tuple))
+        and len(target) > 0
+        and all(callable(t) for t in target)
+    ):
+        if len(target) != output.shape[0]:
+            raise ValueError(
+                f"got {len(target)} targets for {output.shape[0]} examples; give one per example"
+            )
+        return torch.stack([torch.as_tensor(t(row)).reshape(()) for t, row in zip(target, output)])
+    return select_targets(output, resolve_targets(target, output.detach()))

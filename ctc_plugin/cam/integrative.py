@@ -32,7 +32,8 @@ from ctc_plugin.cam.alpha import AlphaTerms, Phi, alpha_terms, channel_weights, 
 from ctc_plugin.cam.bias import bias_map
 from ctc_plugin.cam.fusion import RunningFusion, minmax
 from ctc_plugin.cam.layers import BATCHNORM_TYPES, Stage, StageTracer, module_names
-from ctc_plugin.cam.targets import Target, select_scores
+from ctc_plugin.targets import TargetType as Target
+from ctc_plugin.targets import target_scores as select_scores
 
 #: A layer score: ``score(grad, act) -> (N,)`` tensor of non-negative weights.
 LayerScore = Callable[[Tensor, Tensor], Tensor]

@@ -1,4 +1,4 @@
-"""Target selection against Captum's own (private) selector, form by form."""
+"""Target resolution against Captum's own (private) selector, form by form."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from captum._utils.common import _select_targets
 
-from ctc_plugin.cam.targets import select_scores
+from ctc_plugin.targets import target_scores as select_scores
 
 OUTPUT_2D = torch.randn(3, 5)
 OUTPUT_3D = torch.randn(3, 4, 2)
