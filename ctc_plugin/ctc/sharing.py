@@ -206,11 +206,11 @@ def reference_shares(
     # Capping l' = mu + (l - mu) c with c = sigma / std is, in shares,
     # s = 10 ** l' = rho ** c * 10 ** (mu (1 - c)): per-channel constants on rho.
     capped = std > sigma
-    if bool(capped.any()):
-        c = torch.where(capped, sigma / std.clamp_min(torch.finfo(std.dtype).tiny), 1.0)
-        rho.pow_(c.clamp_min(torch.finfo(c.dtype).tiny))  # keeps rho = 0 at 0
-        rho.mul_(torch.pow(10.0, mu * (1.0 - c)))
-    return rho
+    if not torch.compiler.is_compiling() and not bool(capped.any()):
+        return rho  # eager shortcut; a compiled graph stays branch-free
+    c = torch.where(capped, sigma / std.clamp_min(torch.finfo(std.dtype).tiny), 1.0)
+    rho.pow_(c.clamp_min(torch.finfo(c.dtype).tiny))  # keeps rho = 0 at 0
+    return rho.mul_(torch.pow(10.0, mu * (1.0 - c)))
 
 
 _COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
