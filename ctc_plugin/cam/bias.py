@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ctc_plugin.ctc.rules import batch_norm_affine
+
 
 def batchnorm_affine(
     running_mean: Tensor,
@@ -33,12 +35,7 @@ def batchnorm_affine(
         bias: The affine bias (beta), or None.
         eps: The BatchNorm's epsilon.
     """
-    scale = torch.rsqrt(running_var + eps)
-    if weight is not None:
-        scale = scale * weight
-    shift = -running_mean * scale
-    if bias is not None:
-        shift = shift + bias
+    scale, shift = batch_norm_affine(running_mean, running_var, weight, bias, eps)
     return scale.detach(), shift.detach()
 
 

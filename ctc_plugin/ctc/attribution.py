@@ -17,7 +17,13 @@ from tqdm.auto import tqdm
 from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.interception import CTCMode
 from ctc_plugin.ctc.layout import CopyLayout
-from ctc_plugin.ctc.masks import FeatureSet, masked_copies, prepare_features, spread_scores
+from ctc_plugin.ctc.masks import (
+    FeatureSet,
+    broadcast_to_inputs,
+    masked_copies,
+    prepare_features,
+    spread_scores,
+)
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import BiasSharingMode, make_sharing
 from ctc_plugin.targets import TargetType, resolve_targets, select_targets
@@ -437,22 +443,7 @@ def _check_baselines(
     """Baselines as tensors broadcast to the inputs, or None when they are all zero."""
     if baselines is None:
         return None
-    values = baselines if isinstance(baselines, tuple) else (baselines,) * len(inputs)
-    if len(values) != len(inputs):
-        raise ValueError(f"got {len(values)} baselines for {len(inputs)} inputs")
-    out = []
-    for i, (b, x) in enumerate(zip(values, inputs)):
-        b = torch.as_tensor(b, dtype=x.dtype, device=x.device)
-        try:
-            b = b.expand(x.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"baseline {i} of shape {tuple(b.shape)} does not broadcast to its input of "
-                f"shape {tuple(x.shape)}"
-            ) from None
-        if not torch.isfinite(b).all():
-            raise ValueError(f"baseline {i} contains NaN or infinite values")
-        out.append(b)
+    out = broadcast_to_inputs(baselines, inputs, "baseline")
     if all(not b.any() for b in out):
         return None
     return tuple(out)

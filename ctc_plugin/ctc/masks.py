@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -156,3 +157,35 @@ def spread_scores(
     mask = features.masks[index].expand(x.shape)
     positions = torch.searchsorted(features.ids, mask.reshape(x.shape[0], -1).contiguous())
     return scores.gather(1, positions).view(x.shape)
+
+
+def broadcast_to_inputs(
+    values: Any, inputs: tuple[torch.Tensor, ...], what: str
+) -> tuple[torch.Tensor, ...]:
+    """One finite tensor per input, broadcast to that input's shape, dtype and device.
+
+    Args:
+        values: A tensor or number (used for every input), or a tuple with one per input.
+        inputs: The inputs.
+        what: What the values are, for error messages (e.g. ``"baseline"``).
+
+    Raises:
+        ValueError: a wrong count, a shape that does not broadcast, or NaN/infinite values.
+    """
+    values = values if isinstance(values, tuple) else (values,) * len(inputs)
+    if len(values) != len(inputs):
+        raise ValueError(f"got {len(values)} {what}s for {len(inputs)} inputs; give one per input")
+    out = []
+    for i, (value, x) in enumerate(zip(values, inputs)):
+        value = torch.as_tensor(value).detach().to(device=x.device, dtype=x.dtype)
+        try:
+            value = value.expand(x.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{what} {i} of shape {tuple(value.shape)} does not broadcast to its input of "
+                f"shape {tuple(x.shape)}"
+            ) from None
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{what} {i} contains NaN or infinite values")
+        out.append(value)
+    return tuple(out)

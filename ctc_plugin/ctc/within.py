@@ -27,7 +27,7 @@ import torch
 from zennit.attribution import Gradient
 from zennit.core import Composite
 
-from ctc_plugin.ctc.masks import FeatureSet
+from ctc_plugin.ctc.masks import FeatureSet, broadcast_to_inputs
 from ctc_plugin.targets import resolve_targets
 
 WithinFeature = (
@@ -114,23 +114,9 @@ def resolve_relevance(
 
 
 def _check_relevance(relevance: Any, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    values = relevance if isinstance(relevance, tuple) else (relevance,)
-    if len(values) != len(inputs):
-        raise ValueError(f"got {len(values)} relevance tensors for {len(inputs)} inputs")
-    checked = []
-    for i, (r, x) in enumerate(zip(values, inputs)):
-        r = torch.as_tensor(r).detach().to(device=x.device, dtype=x.dtype)
-        try:
-            r = r.expand(x.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"within-feature relevance {i} of shape {tuple(r.shape)} does not fit its input "
-                f"of shape {tuple(x.shape)}"
-            ) from None
-        if not torch.isfinite(r).all():
-            raise ValueError(f"within-feature relevance {i} has NaN or infinite values")
-        checked.append(r)
-    return tuple(checked)
+    if isinstance(relevance, tuple) and len(relevance) != len(inputs):
+        raise ValueError(f"got {len(relevance)} relevance tensors for {len(inputs)} inputs")
+    return broadcast_to_inputs(relevance, inputs, "within-feature relevance")
 
 
 def distribute_within_features(

@@ -142,7 +142,7 @@ def test_bad_relevance_is_refused() -> None:
     x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
     mask = random_partition(8, 8, 2, seed=7)
     ctc = CTC(model, bias_sharing="none")
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="does not broadcast"):
         ctc.attribute(x, 0, feature_mask=mask, within_feature=torch.ones(1, 3, 4, 4))
     with pytest.raises(ValueError, match="NaN"):
         ctc.attribute(x, 0, feature_mask=mask, within_feature=torch.full_like(x, float("nan")))
