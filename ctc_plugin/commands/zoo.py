@@ -20,16 +20,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train = actions.add_parser(
         "train", help="train a zoo model (the defaults reproduce the shipped weight file)"
     )
-    train.add_argument("families", nargs="+", choices=FAMILIES, metavar="FAMILY",
-                       help=f"model families to train: {', '.join(FAMILIES)}")
+    train.add_argument(
+        "families",
+        nargs="+",
+        choices=FAMILIES,
+        metavar="FAMILY",
+        help=f"model families to train: {', '.join(FAMILIES)}",
+    )
     train.add_argument("--split", choices=("shapes", "composite"), default="shapes")
     train.add_argument("--seed", type=int, default=defaults.seed, help="training seed")
     train.add_argument("--size", type=int, default=defaults.size, help="training images")
     train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--threads", type=int, default=1,
-                       help="torch threads (results are bitwise reproducible per thread count)")
-    train.add_argument("--out", type=Path, default=None,
-                       help="output folder (default: the package's shipped weights folder)")
+    train.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (results are bitwise reproducible per thread count)",
+    )
+    train.add_argument(
+        "--eval-size", type=int, default=500, help="test images (seed 1) measured after training"
+    )
+    train.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: the package's shipped weights folder)",
+    )
     train.set_defaults(func=run_train)
 
     evaluate = actions.add_parser("eval", help="measure test accuracy on a fresh sample")
@@ -43,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train each requested family and save its float32 state dict."""
-    from ctc_plugin.zoo import TrainConfig, build, train, weights_path
+    from ctc_plugin.zoo import TrainConfig, train_family, weights_path
     from ctc_plugin.zoo.training import evaluate
 
     torch.set_num_threads(args.threads)
@@ -54,17 +70,18 @@ def run_train(args: argparse.Namespace) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             out = args.out / out.name
         start = time.perf_counter()
-        model = build(family, 6 if args.split == "shapes" else 2)
-        train(model, args.split, config)
+        model = train_family(family, args.split, config)
         elapsed = time.perf_counter() - start
         state = {
             k: v.detach().float() if v.is_floating_point() else v.detach()
             for k, v in model.state_dict().items()
         }
         torch.save(state, out)
-        accuracy = evaluate(model, args.split)
-        print(f"{family}-{args.split}: trained in {elapsed:.0f} s, test accuracy "
-              f"{accuracy:.1%} (500 images, seed 1) -> {out}")
+        accuracy = evaluate(model, args.split, size=args.eval_size)
+        print(
+            f"{family}-{args.split}: trained in {elapsed:.0f} s, test accuracy "
+            f"{accuracy:.1%} ({args.eval_size} images, seed 1) -> {out}"
+        )
     return 0
 
 

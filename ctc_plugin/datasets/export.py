@@ -1,0 +1,89 @@
+"""Writing a split to disk (PNG images and masks) and the bundled sample images."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ctc_plugin.datasets.dataset import ShapesDataset
+
+#: Where the bundled samples live.
+SAMPLES_DIR = Path(__file__).parent / "samples"
+#: The data-set item each bundled sample is: split -> (seed, index).
+SAMPLES: dict[str, tuple[int, int]] = {"shapes": (7, 3), "composite": (7, 0)}
+
+
+def _to_png(array: np.ndarray, path: Path) -> None:
+    Image.fromarray(array).save(path)
+
+
+def write_split(dataset: ShapesDataset, directory: str | Path, show_progress: bool = True) -> Path:
+    """Write every item of ``dataset`` to ``directory`` as PNG files.
+
+    Layout: ``images/00000.png`` (RGB), ``evidence/00000.png`` (0 or 255),
+    ``instances/00000.png`` (8-bit ids, 0 = background) and ``labels.csv``
+    (columns ``index,label,class``).
+
+    Args:
+        dataset: The data set to write.
+        directory: Output folder; created when missing.
+        show_progress: Show a tqdm progress bar.
+
+    Returns:
+        The output folder.
+    """
+    from tqdm.auto import tqdm
+
+    root = Path(directory)
+    for name in ("images", "evidence", "instances"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    with open(root / "labels.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "label", "class"])
+        for i in tqdm(range(len(dataset)), desc="writing", disable=not show_progress):
+            item = dataset[i]
+            stem = f"{i:05d}.png"
+            image = (item["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            _to_png(image, root / "images" / stem)
+            _to_png(item["evidence"].numpy().astype(np.uint8) * 255, root / "evidence" / stem)
+            _to_png(item["instances"].numpy().astype(np.uint8), root / "instances" / stem)
+            writer.writerow([i, item["label"], dataset.classes[item["label"]]])
+    return root
+
+
+def sample_item(split: str = "shapes") -> dict:
+    """Return the data-set item the bundled sample of ``split`` was drawn from."""
+    seed, index = SAMPLES[split]
+    return ShapesDataset(split, size=index + 1, seed=seed)[index]
+
+
+def sample_path(split: str = "shapes", kind: str = "image") -> Path:
+    """Return the path of a bundled sample file.
+
+    Args:
+        split: ``"shapes"`` or ``"composite"``.
+        kind: ``"image"`` (the RGB PNG) or ``"evidence"`` (its ground-truth mask, 0 or 255).
+
+    Returns:
+        The path inside the installed package.
+
+    Raises:
+        ValueError: For an unknown split or kind.
+    """
+    if split not in SAMPLES or kind not in ("image", "evidence"):
+        raise ValueError(f"no bundled sample for split={split!r}, kind={kind!r}")
+    return SAMPLES_DIR / (f"{split}.png" if kind == "image" else f"{split}-evidence.png")
+
+
+def write_samples(directory: str | Path = SAMPLES_DIR) -> None:
+    """(Re)write the bundled samples of both splits into ``directory``."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    for split in SAMPLES:
+        item = sample_item(split)
+        image = (item["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        _to_png(image, root / f"{split}.png")
+        _to_png(item["evidence"].numpy().astype(np.uint8) * 255, root / f"{split}-evidence.png")

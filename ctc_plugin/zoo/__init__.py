@@ -1,0 +1,31 @@
+"""Small classifiers with shipped weights, trained on :class:`~ctc_plugin.datasets.ShapesDataset`.
+
+>>> from ctc_plugin import zoo
+>>> model = zoo.load("resnet")            # eval mode, takes images in [0, 1], returns logits
+
+Families: ``"vgg"``, ``"resnet"``, ``"densenet"``, ``"inception"``; splits ``"shapes"`` and
+``"composite"``. :func:`load_torchvision` loads a real torchvision architecture from local weights.
+"""
+
+from ctc_plugin.zoo.loading import (
+    FAMILIES,
+    build,
+    load,
+    load_explainer,
+    load_torchvision,
+    weights_path,
+)
+from ctc_plugin.zoo.training import TrainConfig, evaluate, train, train_family
+
+__all__ = [
+    "FAMILIES",
+    "TrainConfig",
+    "build",
+    "evaluate",
+    "load",
+    "load_explainer",
+    "load_torchvision",
+    "train",
+    "train_family",
+    "weights_path",
+]

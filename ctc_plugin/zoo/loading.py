@@ -1,0 +1,145 @@
+"""Building zoo models, loading the shipped weights, and loading torchvision weights from disk."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ctc_plugin.datasets.scene import check_split
+from ctc_plugin.zoo.models import ARCHITECTURES
+
+#: The model families, in the order the CTC paper lists them.
+FAMILIES: tuple[str, ...] = ("vgg", "resnet", "densenet", "inception")
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def _check_family(family: str) -> None:
+    if family not in ARCHITECTURES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {list(FAMILIES)}")
+
+
+def build(family: str, num_classes: int) -> nn.Module:
+    """Return an untrained model of ``family``.
+
+    Args:
+        family: One of :data:`FAMILIES`.
+        num_classes: Number of output logits.
+
+    Raises:
+        ValueError: For an unknown family or a non-positive class count.
+    """
+    _check_family(family)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    return ARCHITECTURES[family](num_classes)
+
+
+def weights_path(family: str, split: str = "shapes") -> Path:
+    """Return the path of the shipped weight file of ``family`` trained on ``split``."""
+    _check_family(family)
+    check_split(split)
+    return WEIGHTS_DIR / f"{family}-{split}.pt"
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict saved with ``torch.save``, as data only (``weights_only=True``).
+
+    Args:
+        path: The file.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If it is not a readable state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt or foreign file
+        raise ValueError(f"cannot read weights from {path}: {error}") from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return state
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"weights in {path} do not fit the model: {error}") from error
+    return model.eval()
+
+
+def load(family: str, split: str = "shapes", weights: str | Path | None = None) -> nn.Module:
+    """Return a trained zoo model in eval mode.
+
+    Args:
+        family: One of :data:`FAMILIES`.
+        split: The data set the model was trained on, ``"shapes"`` or ``"composite"``.
+        weights: A weight file to use instead of the shipped one.
+
+    Returns:
+        The model; it takes ``ShapesDataset`` images as they are and returns logits.
+
+    Raises:
+        ValueError: For an unknown family or split, or weights that do not fit.
+        FileNotFoundError: When the weight file is missing (train it with
+            ``ctc-plugin zoo train FAMILY --split SPLIT``).
+    """
+    num_classes = len(check_split(split))
+    path = Path(weights) if weights is not None else weights_path(family, split)
+    model = build(family, num_classes)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights file not found: {path}; train it with "
+            f"`ctc-plugin zoo train {family} --split {split}` or pass --weights PATH"
+        )
+    return _load_into(model, read_state_dict(path), path)
+
+
+def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.Module:
+    """Build a torchvision architecture and load its weights from a local file.
+
+    No download happens: the architecture is built with ``weights=None`` and the state dict is
+    read with ``torch.load(..., weights_only=True)``. The model expects images normalised the way
+    its weights were trained (for ImageNet weights, torchvision's mean/std).
+
+    Args:
+        arch: A torchvision classification builder name, e.g. ``"resnet18"`` or ``"vgg16_bn"``.
+        weights_path: The ``.pth`` file holding the state dict (as torchvision publishes them).
+        **kwargs: Passed to the builder (e.g. ``num_classes``; for Inception-v3 use
+            ``aux_logits=True, init_weights=False`` to match the published file).
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        ValueError: For an unknown architecture or weights that do not fit.
+        FileNotFoundError: If the weights file does not exist.
+    """
+    import torchvision.models
+
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise ValueError(
+            f"unknown torchvision architecture {arch!r}; see torchvision.models.list_models()"
+        )
+    path = Path(weights_path)
+    state = read_state_dict(path)
+    model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    return _load_into(model, state, path)
+
+
+def load_explainer(family: str, split: str = "shapes") -> nn.Module:
+    """Return the shipped Explainer trained for the zoo model ``family`` on ``split``.
+
+    A thin forwarder to :func:`ctc_plugin.explainer.shipped.load_explainer`.
+    """
+    shipped = importlib.import_module("ctc_plugin.explainer.shipped")
+    return shipped.load_explainer(family, split)

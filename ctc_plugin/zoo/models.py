@@ -1,0 +1,244 @@
+"""Small classifiers in the style of the four families the CTC paper evaluates.
+
+Every model normalises its input itself (``(x - mean) / std`` with registered buffers), so it
+takes :class:`~ctc_plugin.datasets.ShapesDataset` images as they are, and returns logits. The
+models use only Conv2d, Linear, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
+Flatten, Dropout, residual additions and ``torch.cat``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` with the statistics stored as buffers."""
+
+    def __init__(self, mean: tuple[float, ...] = (0.5,) * 3, std: tuple[float, ...] = (0.25,) * 3):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x``."""
+        return (x - self.mean) / self.std
+
+
+def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    """Return Conv2d (no bias) -> BatchNorm2d -> ReLU, padded to keep the size at stride 1."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _head(channels: int, num_classes: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1), nn.Linear(channels, num_classes)
+    )
+
+
+class SmallVGG(nn.Module):
+    """VGG-BN style: stacks of 3x3 conv / BatchNorm / ReLU with max-pooling, then an MLP head.
+
+    Args:
+        num_classes: Number of output logits.
+    """
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.normalize = Normalize()
+        self.features = nn.Sequential(
+            conv_bn(3, 16),
+            nn.MaxPool2d(2),
+            conv_bn(16, 32),
+            nn.MaxPool2d(2),
+            conv_bn(32, 48),
+            conv_bn(48, 48),
+            nn.MaxPool2d(2),
+            conv_bn(48, 96),
+            conv_bn(96, 96),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(96, 64),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.1),
+            nn.Linear(64, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the logits of a batch of images in [0, 1]."""
+        return self.classifier(self.features(self.normalize(x)))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv/BN, a residual addition, a final ReLU.
+
+    Args:
+        c_in: Input channels.
+        c_out: Output channels.
+        stride: Stride of the first convolution (and of the 1x1 projection shortcut).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block."""
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + identity)
+
+
+class SmallResNet(nn.Module):
+    """ResNet style: a conv stem with max-pooling, four stages of basic blocks, average pooling.
+
+    Args:
+        num_classes: Number of output logits.
+    """
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.normalize = Normalize()
+        self.stem = nn.Sequential(conv_bn(3, 16), nn.MaxPool2d(2))
+        self.layer1 = BasicBlock(16, 16)
+        self.layer2 = BasicBlock(16, 32, stride=2)
+        self.layer3 = BasicBlock(32, 64, stride=2)
+        self.layer4 = BasicBlock(64, 128, stride=2)
+        self.head = _head(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the logits of a batch of images in [0, 1]."""
+        x = self.stem(self.normalize(x))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.head(x)
+
+
+class DenseLayer(nn.Module):
+    """DenseNet layer: BN -> ReLU -> 3x3 conv, output concatenated to its input.
+
+    Args:
+        c_in: Input channels.
+        growth: Channels the layer adds.
+    """
+
+    def __init__(self, c_in: int, growth: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(c_in)
+        self.conv = nn.Conv2d(c_in, growth, 3, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``cat([x, conv(relu(norm(x)))])``."""
+        return torch.cat([x, self.conv(F.relu(self.norm(x)))], dim=1)
+
+
+def _transition(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.BatchNorm2d(c_in),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_in, c_out, 1, bias=False),
+        nn.AvgPool2d(2),
+    )
+
+
+class SmallDenseNet(nn.Module):
+    """DenseNet style: dense blocks (concatenation, BatchNorm) joined by transition layers.
+
+    Args:
+        num_classes: Number of output logits.
+        growth: Channels each dense layer adds.
+    """
+
+    def __init__(self, num_classes: int, growth: int = 12):
+        super().__init__()
+        self.normalize = Normalize()
+        self.stem = nn.Sequential(conv_bn(3, 16), nn.MaxPool2d(2), conv_bn(16, 24), nn.MaxPool2d(2))
+        layers: list[nn.Module] = []
+        channels = 24
+        for block, n_layers in enumerate((4, 4, 4)):
+            for _ in range(n_layers):
+                layers.append(DenseLayer(channels, growth))
+                channels += growth
+            if block < 2:
+                layers.append(_transition(channels, channels // 2))
+                channels //= 2
+        layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.head = _head(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the logits of a batch of images in [0, 1]."""
+        return self.head(self.features(self.stem(self.normalize(x))))
+
+
+class InceptionModule(nn.Module):
+    """Inception module: 1x1, 1x1->3x3, 1x1->3x3->3x3 and pool->1x1 branches, concatenated.
+
+    Args:
+        c_in: Input channels.
+        width: Output channels of each branch (the module outputs ``4 * width``).
+    """
+
+    def __init__(self, c_in: int, width: int):
+        super().__init__()
+        self.branch1 = conv_bn(c_in, width, 1)
+        self.branch3 = nn.Sequential(conv_bn(c_in, width, 1), conv_bn(width, width))
+        self.branch5 = nn.Sequential(
+            conv_bn(c_in, width, 1), conv_bn(width, width), conv_bn(width, width)
+        )
+        self.branch_pool = nn.Sequential(nn.MaxPool2d(3, 1, 1), conv_bn(c_in, width, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the concatenated branch outputs."""
+        branches = (self.branch1, self.branch3, self.branch5, self.branch_pool)
+        return torch.cat([branch(x) for branch in branches], dim=1)
+
+
+class SmallInception(nn.Module):
+    """Inception style: a conv stem, then inception modules separated by max-pooling.
+
+    Args:
+        num_classes: Number of output logits.
+    """
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.normalize = Normalize()
+        self.stem = nn.Sequential(conv_bn(3, 16), nn.MaxPool2d(2), conv_bn(16, 32), nn.MaxPool2d(2))
+        self.mixed1 = InceptionModule(32, 16)
+        self.pool = nn.MaxPool2d(2)
+        self.mixed2 = InceptionModule(64, 24)
+        self.pool2 = nn.MaxPool2d(2)
+        self.mixed3 = InceptionModule(96, 32)
+        self.head = _head(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the logits of a batch of images in [0, 1]."""
+        x = self.mixed1(self.stem(self.normalize(x)))
+        x = self.mixed3(self.pool2(self.mixed2(self.pool(x))))
+        return self.head(x)
+
+
+#: Model classes by family name.
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "vgg": SmallVGG,
+    "resnet": SmallResNet,
+    "densenet": SmallDenseNet,
+    "inception": SmallInception,
+}

@@ -1,0 +1,159 @@
+"""Training the zoo models on the synthetic data sets, reproducibly from a seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctc_plugin.datasets import TRAIN_SEED, ShapesDataset
+from ctc_plugin.datasets.scene import check_split
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (the defaults reproduce the shipped weights).
+
+    Attributes:
+        size: Number of training images (drawn with ``seed=TRAIN_SEED``).
+        epochs: Passes over the training images.
+        batch_size: Images per step.
+        lr: Peak learning rate of the one-cycle schedule (Adam).
+        weight_decay: Adam weight decay.
+        seed: Seed of the initialisation, the shuffling and the flips.
+        image_size: Side of the training images.
+    """
+
+    size: int = 5000
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    image_size: int = 96
+
+
+def train_family(
+    family: str,
+    split: str = "shapes",
+    config: TrainConfig | None = None,
+    show_progress: bool = True,
+) -> nn.Module:
+    """Build ``family`` with its initialisation seeded by ``config.seed``, then :func:`train` it.
+
+    This is how every shipped weight file was made (``ctc-plugin zoo train`` calls it).
+
+    Args:
+        family: One of :data:`~ctc_plugin.zoo.FAMILIES`.
+        split: ``"shapes"`` or ``"composite"``.
+        config: Training settings; the defaults reproduce the shipped files.
+        show_progress: Show tqdm progress bars.
+
+    Returns:
+        The trained model, in eval mode.
+    """
+    from ctc_plugin.zoo.loading import build
+
+    config = config or TrainConfig()
+    torch.manual_seed(config.seed)
+    model = build(family, len(check_split(split)))
+    return train(model, split, config, show_progress)
+
+
+def train(
+    model: nn.Module,
+    split: str = "shapes",
+    config: TrainConfig | None = None,
+    show_progress: bool = True,
+) -> nn.Module:
+    """Train ``model`` on ``split`` and return it in eval mode.
+
+    The shuffling and flips are seeded by ``config.seed``; the initialisation is the caller's
+    (:func:`train_family` seeds it too). With the same config, initial weights, torch version and
+    thread count, the result is the same bit for bit.
+
+    Args:
+        model: An untrained model from :func:`ctc_plugin.zoo.build`.
+        split: ``"shapes"`` or ``"composite"``.
+        config: Training settings; the defaults reproduce the shipped files.
+        show_progress: Show tqdm progress bars (data generation and training steps).
+
+    Returns:
+        The trained model (the same object), in eval mode.
+    """
+    from tqdm.auto import tqdm
+
+    config = config or TrainConfig()
+    if min(config.size, config.epochs, config.batch_size) < 1:
+        raise ValueError(
+            f"size, epochs and batch_size must be positive, got {config.size}, "
+            f"{config.epochs}, {config.batch_size}"
+        )
+    data = ShapesDataset(split, size=config.size, seed=TRAIN_SEED, image_size=config.image_size)
+    images, labels = data.tensors(show_progress=show_progress)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    steps_per_epoch = -(-config.size // config.batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
+    )
+    model.train()
+    progress = tqdm(
+        total=config.epochs * steps_per_epoch, desc=f"training {split}", disable=not show_progress
+    )
+    for _ in range(config.epochs):
+        order = torch.randperm(config.size, generator=generator)
+        for start in range(0, config.size, config.batch_size):
+            batch = order[start : start + config.batch_size]
+            x = images[batch]
+            flip = torch.rand(len(batch), generator=generator) < 0.5
+            x[flip] = x[flip].flip(-1)  # mirror images keep their label in both splits
+            loss = F.cross_entropy(model(x), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            progress.update()
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+    progress.close()
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    split: str = "shapes",
+    size: int = 500,
+    seed: int = 1,
+    batch_size: int = 100,
+    show_progress: bool = False,
+) -> float:
+    """Return the accuracy of ``model`` on a fresh sample of ``split``.
+
+    Args:
+        model: A classifier taking data-set images and returning logits.
+        split: ``"shapes"`` or ``"composite"``.
+        size: Number of test images.
+        seed: Seed of the test sample; must differ from the training seed.
+        batch_size: Images per forward pass.
+        show_progress: Show a tqdm progress bar while rendering.
+
+    Raises:
+        ValueError: If ``seed`` is the zoo's training seed.
+    """
+    if seed == TRAIN_SEED:
+        raise ValueError(f"seed {TRAIN_SEED} is the training sample; evaluate with another seed")
+    images, labels = ShapesDataset(split, size=size, seed=seed).tensors(show_progress)
+    was_training = model.training
+    model.eval()
+    try:
+        correct = sum(
+            (model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum()
+            for i in range(0, size, batch_size)
+        )
+    finally:
+        model.train(was_training)
+    return float(correct) / size

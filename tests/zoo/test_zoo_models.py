@@ -1,0 +1,190 @@
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ctc_plugin import zoo
+from ctc_plugin.zoo.loading import read_state_dict
+
+ALLOWED_MODULES = (
+    nn.Conv2d,
+    nn.Linear,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Sequential,
+)
+# Tensor-level operations a forward pass may call: the layers above, normalisation arithmetic,
+# residual additions and concatenation.
+ALLOWED_FUNCTIONS = {
+    "conv2d",
+    "linear",
+    "batch_norm",
+    "relu",
+    "relu_",
+    "max_pool2d",
+    "avg_pool2d",
+    "adaptive_avg_pool2d",
+    "flatten",
+    "dropout",
+    "cat",
+    "add",
+    "__add__",
+    "__iadd__",
+    "sub",
+    "__sub__",
+    "div",
+    "__truediv__",
+    "view",
+    "reshape",
+    "dim",
+    "size",
+    "__get__",
+    "shape",
+}
+
+
+class RecordFunctions(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.add(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("family", zoo.FAMILIES)
+def test_architecture_uses_only_the_allowed_operations(family):
+    model = zoo.build(family, 6).eval()
+    own = [m for m in model.modules() if type(m).__module__ != "ctc_plugin.zoo.models"]
+    assert all(isinstance(m, ALLOWED_MODULES) for m in own), {type(m).__name__ for m in own}
+    images = torch.rand(2, 3, 96, 96)
+    recorder = RecordFunctions()
+    with torch.no_grad(), recorder:
+        out = model(images)
+    assert out.shape == (2, 6)
+    assert recorder.names <= ALLOWED_FUNCTIONS, recorder.names - ALLOWED_FUNCTIONS
+    assert {"mean", "std"} <= {name.split(".")[-1] for name, _ in model.named_buffers()}
+
+
+@pytest.mark.parametrize("family", zoo.FAMILIES)
+@pytest.mark.parametrize("split", ["shapes", "composite"])
+def test_shipped_weights_load_as_float32_data_under_3_mb(family, split):
+    path = zoo.weights_path(family, split)
+    state = read_state_dict(path)
+    assert path.stat().st_size < 3 * 2**20
+    assert all(v.dtype == torch.float32 for k, v in state.items() if v.is_floating_point())
+    model = zoo.load(family, split)
+    assert not model.training
+    # The file is the model: the loaded parameters are exactly the stored ones.
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name])
+    logits = model(torch.rand(2, 3, 96, 96))
+    assert logits.shape == (2, 6 if split == "shapes" else 2)
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    """Fresh test samples; seed 2 is disjoint from the training seed 0."""
+    return {
+        split: zoo.training.ShapesDataset(split, size=300, seed=2).tensors()
+        for split in ("shapes", "composite")
+    }
+
+
+@pytest.mark.parametrize("family", zoo.FAMILIES)
+@pytest.mark.parametrize(("split", "bar"), [("shapes", 0.95), ("composite", 0.90)])
+def test_shipped_models_meet_the_accuracy_bar(family, split, bar, test_images):
+    images, labels = test_images[split]
+    model = zoo.load(family, split)
+    with torch.no_grad():
+        predictions = torch.cat([model(images[i : i + 100]).argmax(1) for i in range(0, 300, 100)])
+    accuracy = (predictions == labels).float().mean().item()
+    assert accuracy >= bar, f"{family}-{split}: {accuracy:.3f} < {bar}"
+
+
+def test_evaluate_counts_correct_predictions(test_images):
+    model = zoo.load("vgg", "composite")
+    images, labels = test_images["composite"]
+    with torch.no_grad():
+        expected = (model(images[:40]).argmax(1) == labels[:40]).float().mean().item()
+    assert zoo.evaluate(model, "composite", size=40, seed=2, batch_size=16) == pytest.approx(
+        expected
+    )
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="unknown model family"):
+        zoo.load("alexnet")
+    with pytest.raises(ValueError, match="unknown split"):
+        zoo.load("resnet", "digits")
+    with pytest.raises(FileNotFoundError, match="zoo train resnet"):
+        zoo.load("resnet", weights=tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read weights"):
+        zoo.load("resnet", weights=corrupt)
+    wrong = tmp_path / "wrong.pt"
+    torch.save(zoo.build("vgg", 6).state_dict(), wrong)
+    with pytest.raises(ValueError, match="do not fit"):
+        zoo.load("resnet", weights=wrong)
+    with pytest.raises(ValueError, match="num_classes"):
+        zoo.build("vgg", 0)
+
+
+def test_load_torchvision_reads_a_local_state_dict(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = zoo.load_torchvision("resnet18", path, num_classes=10)
+    assert not model.training
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        zoo.load_torchvision("resnet18", tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="unknown torchvision architecture"):
+        zoo.load_torchvision("resnet19", path)
+    with pytest.raises(ValueError, match="do not fit"):
+        zoo.load_torchvision("resnet18", path)  # 1000 classes by default
+
+
+def test_training_is_reproducible_from_its_seed():
+    config = zoo.TrainConfig(size=48, epochs=1, batch_size=16, seed=5, image_size=32)
+    first = zoo.train_family("inception", "composite", config, show_progress=False)
+    again = zoo.train_family("inception", "composite", config, show_progress=False)
+    other_config = zoo.TrainConfig(**{**vars(config), "seed": 6})
+    other = zoo.train_family("inception", "composite", other_config, show_progress=False)
+    assert not first.training
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, c) for a, c in zip(first.parameters(), other.parameters()))
+
+
+def test_evaluate_refuses_the_training_seed():
+    with pytest.raises(ValueError, match="training sample"):
+        zoo.evaluate(zoo.build("vgg", 6), "shapes", size=10, seed=0)
+
+
+def test_load_explainer_forwards_to_the_shipped_module(monkeypatch):
+    calls = []
+    fake = types.ModuleType("ctc_plugin.explainer.shipped")
+    fake.load_explainer = lambda family, split: calls.append((family, split)) or "explainer"
+    monkeypatch.setitem(sys.modules, "ctc_plugin.explainer.shipped", fake)
+    assert zoo.load_explainer("vgg", "composite") == "explainer"
+    assert calls == [("vgg", "composite")]
+
+
+def test_training_rejects_empty_settings():
+    with pytest.raises(ValueError, match="must be positive"):
+        zoo.train(zoo.build("vgg", 6), "shapes", zoo.TrainConfig(size=0), show_progress=False)
