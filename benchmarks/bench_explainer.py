@@ -1,0 +1,158 @@
+"""Shipped explainers: per-image speed against CTC, localisation against Grad-CAM.
+
+Run: ``python benchmarks/bench_explainer.py [--quick] [--families vgg resnet ...]``.
+
+Speed:
+For each zoo model with a shipped explainer, every method explains the same images one at a
+time (batch of 1, the target being the true class), on one CPU thread; the table gives the
+median milliseconds per image and how many times faster the explainer is. CTC uses a 4x4 grid
+feature mask (16 features); when ``ctc_plugin.CTC`` is not available, only Captum's
+FeatureAblation with the same mask is measured, and the table says so.
+
+Quality: mean IoU of the thresholded maps (>= 0.5 x the map's maximum, the same rule for both)
+with the evidence masks on fresh images (seed 2024), against pytorch-grad-cam's GradCAM on the
+model's last convolution; and the class-specific table on two-object images (seed 2025).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from captum.attr import FeatureAblation
+
+from ctc_plugin import zoo
+from ctc_plugin.datasets import ShapesDataset
+from ctc_plugin.evaluation.localisation import binarize, iou
+from ctc_plugin.explainer.attribution import ExplainerAttribution
+from ctc_plugin.explainer.shipped import load_explainer, shipped_explainers
+from ctc_plugin.explainer.specificity import specificity_table, two_object_images
+
+
+def grid_mask(size: int, cells: int = 4) -> torch.Tensor:
+    """A ``(1, 1, size, size)`` feature mask of ``cells x cells`` square features."""
+    rows = torch.arange(size) * cells // size
+    return (rows[:, None] * cells + rows[None, :])[None, None]
+
+
+def per_image_ms(
+    explain: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch: int,
+    repeats: int = 1,
+) -> float:
+    """Median wall-clock milliseconds per image, explaining ``batch`` images per call."""
+    explain(images[:batch], labels[:batch])  # warm-up
+    times = []
+    for _ in range(repeats):
+        for begin in range(0, len(images), batch):
+            x, t = images[begin : begin + batch], labels[begin : begin + batch]
+            start = time.perf_counter()
+            explain(x, t)
+            times.append(1000 * (time.perf_counter() - start) / len(x))
+    return statistics.median(times)
+
+
+def ctc_class():
+    """Return ``ctc_plugin.CTC`` if it has landed, else None."""
+    try:
+        from ctc_plugin.ctc.attribution import CTC
+    except ImportError:
+        return None
+    return CTC
+
+
+def localisation(families: list[str], count: int) -> None:
+    """Print the mean IoU with the evidence of the explainer and of Grad-CAM."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    data = ShapesDataset("shapes", size=count, seed=2024)
+    items = [data[i] for i in range(count)]
+    images = torch.stack([item["image"] for item in items])
+    labels = torch.tensor([item["label"] for item in items])
+    evidence = torch.stack([item["evidence"] for item in items])
+    print(f"\nmean IoU with the evidence masks, {count} images (seed 2024)")
+    header = f"{'model':<10} {'explainer':>10} {'Grad-CAM':>10} {'difference':>11}"
+    print(header + "\n" + "-" * len(header))
+    for family in families:
+        model = zoo.load(family, "shapes")
+        masks = ExplainerAttribution(model, load_explainer(family, "shapes")).attribute(
+            images, labels
+        )
+        layer = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        with GradCAM(model, [layer]) as cam:
+            maps = cam(images, targets=[ClassifierOutputTarget(int(c)) for c in labels])
+        ours = iou(binarize(masks[:, 0], 0.5), evidence).nanmean().item()
+        theirs = iou(binarize(torch.from_numpy(maps), 0.5), evidence).nanmean().item()
+        print(f"{family:<10} {ours:>10.3f} {theirs:>10.3f} {ours - theirs:>+11.3f}")
+
+
+def specificity(families: list[str], count: int) -> None:
+    """Print the class-specific table of each model on two-object images."""
+    data = ShapesDataset("shapes", size=8 * count, seed=2025)
+    images, pairs = two_object_images(data, count)
+    for family in families:
+        table = specificity_table(
+            zoo.load(family, "shapes"), load_explainer(family, "shapes"), images, pairs,
+            data.classes,
+        )  # fmt: skip
+        print(f"\n{family}: class probability in % on {count} two-object images (seed 2025)")
+        print(table.markdown())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="8 images instead of 32")
+    parser.add_argument("--families", nargs="*", help="zoo families (default: all shipped)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    count = 8 if args.quick else 32
+    data = ShapesDataset("shapes", size=count, seed=4242)
+    images, labels = data.tensors()
+    mask = grid_mask(data.image_size)
+    families = args.families or [f for f, s in shipped_explainers() if s == "shapes"]
+    ctc = ctc_class()
+    print(f"{count} images of {data.image_size}x{data.image_size}, 1 thread")
+    print(f"CTC available: {'yes' if ctc else 'no (FeatureAblation measured instead)'}")
+    print("ms per image; batch = images per attribute call")
+    header = (
+        f"{'model':<10} {'batch':>5} {'explainer ms':>13} {'peer':<18} {'peer ms':>9} {'ratio':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    speed(families, images, labels, mask, ctc)
+    localisation(families, 50 if args.quick else 200)
+    specificity(families, 40 if args.quick else 100)
+
+
+def speed(families, images, labels, mask, ctc) -> None:
+    """Print the per-image timing table, one image per call and the whole batch per call."""
+    for family in families:
+        model = zoo.load(family, "shapes")
+        attribution = ExplainerAttribution(model, load_explainer(family, "shapes"))
+        peers: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+        if ctc is not None:
+            peers["CTC (16 feat.)"] = partial(ctc(model).attribute, feature_mask=mask)
+        peers["FeatureAbl. (16)"] = partial(FeatureAblation(model).attribute, feature_mask=mask)
+        for batch, repeats in ((1, 1), (len(images), 3)):
+            fast = per_image_ms(
+                lambda x, t, a=attribution: a.attribute(x, target=t), images, labels, batch, repeats
+            )
+            for name, explain in peers.items():
+                slow = per_image_ms(
+                    lambda x, t, f=explain: f(x, target=t), images, labels, batch, repeats
+                )
+                print(
+                    f"{family:<10} {batch:>5} {fast:>13.2f} {name:<18} {slow:>9.2f} "
+                    f"{slow / fast:>7.1f}x"
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Explainer / Explanandum: a trained mask network that explains a frozen classifier."""

@@ -1,0 +1,311 @@
+"""The Explainer: a segmentation network with one mask per class of a frozen classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ctc_plugin.explainer.presets import ExplainerHyperparameters
+    from ctc_plugin.explainer.training import FitResult
+
+#: Names accepted as ``backbone`` besides an ``nn.Module``.
+BACKBONES = ("unet-small", "deeplabv3_resnet50", "lraspp_mobilenet_v3")
+
+#: Tag stored in files written by :meth:`Explainer.save`.
+FILE_FORMAT = "ctc-plugin-explainer/1"
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Two 3x3 convolutions, each followed by GroupNorm and ReLU."""
+    groups = min(4, out_channels)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        nn.GroupNorm(groups, out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        nn.GroupNorm(groups, out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallUNet(nn.Module):
+    """A small U-Net: three resolutions, ``width``, ``2*width``, ``4*width`` channels.
+
+    Any input size works (the decoder resizes to each skip connection), and the output has
+    the input's resolution.
+
+    Args:
+        in_channels: Channels of the input images.
+        num_classes: Output maps.
+        width: Channels at full resolution.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 8) -> None:
+        super().__init__()
+        self.enc1 = _conv_block(in_channels, width)
+        self.enc2 = _conv_block(width, 2 * width)
+        self.enc3 = _conv_block(2 * width, 4 * width)
+        self.dec2 = _conv_block(6 * width, 2 * width)
+        self.dec1 = _conv_block(3 * width, width)
+        self.head = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return ``(N, num_classes, H, W)`` logits."""
+        e1 = self.enc1(x)
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        e3 = self.enc3(F.max_pool2d(e2, 2))
+        up = F.interpolate(e3, size=e2.shape[-2:], mode="bilinear", align_corners=False)
+        d2 = self.dec2(torch.cat([up, e2], dim=1))
+        up = F.interpolate(d2, size=e1.shape[-2:], mode="bilinear", align_corners=False)
+        d1 = self.dec1(torch.cat([up, e1], dim=1))
+        return self.head(d1)
+
+
+def _load_state(path: str | Path, what: str) -> dict[str, Tensor]:
+    """Load a state dict (data only) from a local file, with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{what} file {str(path)!r} does not exist; give the path of a local file "
+            "(nothing is downloaded)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any parse failure becomes one clear error
+        raise ValueError(f"could not read {what} file {str(path)!r}: {error}") from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{what} file {str(path)!r} does not hold a state dict of tensors")
+    return state
+
+
+def _torchvision_backbone(
+    name: str, num_classes: int, backbone_weights: str | Path | None
+) -> nn.Module:
+    """Build a torchvision segmentation model, randomly initialised or from a local file."""
+    from torchvision.models import segmentation
+
+    if name == "deeplabv3_resnet50":
+        model = segmentation.deeplabv3_resnet50(
+            weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False
+        )
+        prefix = ""
+    else:
+        model = segmentation.lraspp_mobilenet_v3_large(
+            weights=None, weights_backbone=None, num_classes=num_classes
+        )
+        prefix = "features."
+    if backbone_weights is not None:
+        state = _load_state(backbone_weights, "backbone weights")
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
+        wanted = model.backbone.state_dict()
+        missing = sorted(set(wanted) - set(state))
+        if missing:
+            raise ValueError(
+                f"backbone weights {str(backbone_weights)!r} do not fit {name}'s encoder: "
+                f"{len(missing)} tensors missing (e.g. {missing[:3]}); give the torchvision "
+                f"ImageNet classification weights of {name.split('_', 1)[1]}"
+            )
+        model.backbone.load_state_dict({k: state[k] for k in wanted})
+    return model
+
+
+class Explainer(nn.Module):
+    """A mask network: one logit map per class at input resolution; masks are their sigmoid.
+
+    Stalder et al. (NeurIPS 2022) train a segmentation network against a frozen classifier
+    so that the mask of class ``c`` keeps exactly the evidence the classifier uses for ``c``.
+    Train it with :meth:`fit`; use it from Captum code through
+    :class:`~ctc_plugin.explainer.attribution.ExplainerAttribution`.
+
+    Args:
+        num_classes: Classes of the classifier to explain.
+        backbone: ``"unet-small"`` (default, a few thousand parameters), the torchvision
+            segmentation models ``"deeplabv3_resnet50"`` (the original's) or
+            ``"lraspp_mobilenet_v3"``, or any ``nn.Module`` mapping ``(N, in_channels, H, W)``
+            to ``(N, num_classes, h, w)`` (a tensor or a dict with ``"out"``); smaller outputs
+            are resized bilinearly to ``(H, W)``.
+        in_channels: Channels of the images (``"unet-small"`` only; torchvision models take 3).
+        width: Channels at full resolution of ``"unet-small"``.
+        backbone_weights: Local file with the ImageNet classification weights of the
+            torchvision backbone's encoder (ResNet-50 or MobileNetV3-Large state dict). ``None``
+            initialises randomly. Nothing is ever downloaded.
+
+    Raises:
+        ValueError: For an unknown backbone name or unusable settings.
+        FileNotFoundError: If ``backbone_weights`` names a missing file.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str | nn.Module = "unet-small",
+        *,
+        in_channels: int = 3,
+        width: int = 8,
+        backbone_weights: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.width = width
+        #: Plain data stored with the weights by :meth:`save` (e.g. how it was trained).
+        self.metadata: dict[str, Any] = {}
+        if isinstance(backbone, nn.Module):
+            self.backbone_name = None
+            self.backbone = backbone
+        elif backbone == "unet-small":
+            if backbone_weights is not None:
+                raise ValueError("backbone_weights applies to torchvision backbones only")
+            if width < 1:
+                raise ValueError(f"width must be >= 1, got {width}")
+            self.backbone_name = backbone
+            self.backbone = SmallUNet(in_channels, num_classes, width)
+        elif backbone in BACKBONES:
+            if in_channels != 3:
+                raise ValueError(
+                    f"{backbone} takes 3-channel images, got in_channels={in_channels}"
+                )
+            self.backbone_name = backbone
+            self.backbone = _torchvision_backbone(backbone, num_classes, backbone_weights)
+        else:
+            raise ValueError(
+                f"unknown Explainer backbone {backbone!r}; use one of {BACKBONES} or an nn.Module"
+            )
+        # Persisted with the weights: how many optimisation steps trained it, and on which size.
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("image_size", torch.zeros(2, dtype=torch.long))
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether :meth:`fit` (or loaded weights) has trained this explainer."""
+        return bool(self.trained_steps.item() > 0)
+
+    @property
+    def trained_image_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the images it was trained on, or ``None`` when unknown."""
+        h, w = (int(v) for v in self.image_size.tolist())
+        return (h, w) if h > 0 else None
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Return the class logit maps ``(N, num_classes, H, W)`` at the input resolution."""
+        if images.dim() != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(
+                f"the explainer takes images shaped (N, {self.in_channels}, H, W), "
+                f"got {tuple(images.shape)}"
+            )
+        out = self.backbone(images)
+        if isinstance(out, dict):
+            out = out["out"]
+        if out.dim() != 4 or out.shape[1] != self.num_classes:
+            raise ValueError(
+                f"the backbone must return (N, {self.num_classes}, h, w) maps, "
+                f"got {tuple(out.shape)}"
+            )
+        if out.shape[-2:] != images.shape[-2:]:
+            out = F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return out
+
+    def masks(self, images: Tensor) -> Tensor:
+        """Return the class masks ``sigmoid(forward(images))``, ``(N, num_classes, H, W)``."""
+        return self(images).sigmoid()
+
+    def fit(
+        self,
+        classifier: nn.Module,
+        train_loader: Iterable[Any],
+        val_loader: Iterable[Any] | None = None,
+        **options: Any,
+    ) -> FitResult:
+        """Train the explainer against a frozen classifier; see :func:`.training.fit_explainer`.
+
+        Args:
+            classifier: The model to explain (kept frozen, in eval mode, restored afterwards).
+            train_loader: Batches of dicts with ``"image"`` and ``"label"`` (like
+                :class:`ctc_plugin.datasets.ShapesDataset` items) or ``(image, label)`` tuples.
+            val_loader: Optional batches for early stopping (the training loss otherwise).
+            **options: Keyword options of :func:`~ctc_plugin.explainer.training.fit_explainer`
+                (``preset``, ``lr``, the loss weights, ``a_min``, ``a_max``, ``epochs``,
+                ``patience``, ``seed``, ``checkpoint``, ``resume``, ...).
+
+        Returns:
+            The per-epoch history and where training stopped.
+        """
+        from ctc_plugin.explainer.training import fit_explainer
+
+        return fit_explainer(self, classifier, train_loader, val_loader, **options)
+
+    def config(self) -> dict[str, Any]:
+        """Return the constructor arguments needed to rebuild this explainer."""
+        if self.backbone_name is None:
+            raise ValueError("an explainer with a custom nn.Module backbone has no saveable config")
+        return {
+            "num_classes": self.num_classes,
+            "backbone": self.backbone_name,
+            "in_channels": self.in_channels,
+            "width": self.width,
+        }
+
+    def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Write the configuration, the weights and optional metadata to ``path``.
+
+        Args:
+            path: File to write (parent folders are created).
+            metadata: Plain data (numbers, strings, lists, dicts) stored alongside, e.g. how
+                the explainer was trained.
+
+        Returns:
+            The path written.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+        payload = {
+            "format": FILE_FORMAT,
+            "config": self.config(),
+            "state_dict": state,
+            "metadata": metadata or {},
+        }
+        torch.save(payload, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Explainer:
+        """Rebuild an explainer written by :meth:`save` (data-only loading).
+
+        Raises:
+            FileNotFoundError: If the file does not exist.
+            ValueError: If the file is not an explainer written by :meth:`save`.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"explainer file {str(path)!r} does not exist")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001
+            raise ValueError(f"could not read explainer file {str(path)!r}: {error}") from error
+        if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
+            raise ValueError(
+                f"{str(path)!r} is not an explainer file written by Explainer.save "
+                f"(expected format {FILE_FORMAT!r})"
+            )
+        explainer = cls(**payload["config"])
+        explainer.load_state_dict(payload["state_dict"])
+        explainer.metadata = dict(payload.get("metadata", {}))
+        return explainer.eval()
+
+    def hyperparameters(self) -> ExplainerHyperparameters | None:
+        """Return the hyper-parameters it was trained with, when loaded from a file."""
+        from ctc_plugin.explainer.presets import ExplainerHyperparameters
+
+        values = getattr(self, "metadata", {}).get("hyperparameters")
+        return ExplainerHyperparameters(**values) if values else None

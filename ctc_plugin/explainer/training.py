@@ -1,0 +1,434 @@
+"""The training loop of the Explainer: Adam, early stopping, checkpoint and resume."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ctc_plugin.explainer import losses
+from ctc_plugin.explainer.network import Explainer
+from ctc_plugin.explainer.presets import ExplainerHyperparameters, get_preset
+
+#: Tag stored in checkpoints written during :func:`fit_explainer`.
+CHECKPOINT_FORMAT = "ctc-plugin-explainer-checkpoint/1"
+
+#: Names of the unweighted loss terms recorded in the history and shown by the progress bar.
+TERMS = ("classification", "entropy", "tv", "area", "target_area", "nontarget_area")
+
+#: Short names of the terms in the progress bar.
+SHORT = {
+    "classification": "cls",
+    "entropy": "ent",
+    "tv": "tv",
+    "area": "area",
+    "target_area": "m",
+    "nontarget_area": "n",
+    "loss": "loss",
+}
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_explainer` did.
+
+    Attributes:
+        history: One dictionary per epoch: ``epoch``, the mean of each unweighted loss term and
+            of the weighted ``loss`` over the training batches, and ``val_loss`` when a
+            validation loader was given.
+        best_epoch: The epoch (1-based) whose weights the explainer holds at the end.
+        best_loss: Its monitored loss (validation loss, or training loss without validation).
+        stopped_early: Whether early stopping ended training before ``epochs``.
+        steps: Optimisation steps taken in total (resumed runs included).
+        hyperparameters: The values used.
+    """
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_loss: float = math.inf
+    stopped_early: bool = False
+    steps: int = 0
+    hyperparameters: ExplainerHyperparameters = field(default_factory=ExplainerHyperparameters)
+
+
+def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
+    """Return ``(images, labels)`` from a dict batch (``"image"``, ``"label"``) or a tuple.
+
+    Raises:
+        ValueError: If the batch has neither form.
+    """
+    if isinstance(batch, Mapping):
+        if "image" not in batch or "label" not in batch:
+            raise ValueError(
+                f"dict batches need 'image' and 'label' entries, got keys {sorted(batch)}"
+            )
+        return batch["image"], batch["label"]
+    if isinstance(batch, list | tuple) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise ValueError(
+        "batches must be dicts with 'image' and 'label' (like ShapesDataset items) or "
+        f"(image, label) tuples, got {type(batch).__name__}"
+    )
+
+
+def multi_hot(labels: Tensor, num_classes: int) -> tuple[Tensor, bool]:
+    """Return multi-hot float targets ``(N, C)`` and whether the labels were multi-label.
+
+    Args:
+        labels: Class indices ``(N,)`` (single-label) or multi-hot ``(N, C)`` (multi-label).
+        num_classes: ``C``.
+
+    Raises:
+        ValueError: For labels out of range or of the wrong shape.
+    """
+    if labels.dim() == 1 and not labels.is_floating_point():
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(
+                f"labels must be class indices in [0, {num_classes}), got values "
+                f"from {int(labels.min())} to {int(labels.max())}"
+            )
+        return torch.nn.functional.one_hot(labels.long(), num_classes).float(), False
+    if labels.dim() == 2 and labels.shape[1] == num_classes:
+        targets = labels.float()
+        if not ((targets == 0) | (targets == 1)).all():
+            raise ValueError("multi-label targets must be 0/1 (multi-hot)")
+        return targets, True
+    raise ValueError(
+        f"labels must be class indices (N,) or multi-hot (N, {num_classes}), "
+        f"got shape {tuple(labels.shape)} ({labels.dtype})"
+    )
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode with ``requires_grad=False``; restore both on exit."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        model.eval()
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+
+
+def objective(
+    explainer: Explainer,
+    classifier: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    multilabel: bool,
+    hp: ExplainerHyperparameters,
+    baseline: float | Tensor = 0.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Compute the weighted Explainer loss of one batch and its unweighted terms.
+
+    The classifier sees the masked and the inverse-masked images in one batched call.
+
+    Returns:
+        ``(loss, terms)`` with ``terms`` keyed by :data:`TERMS`.
+    """
+    logits = explainer(images)
+    m, n = losses.target_masks(logits, targets)
+    both = torch.cat(
+        [losses.apply_mask(images, m, baseline), losses.apply_mask(images, 1 - m, baseline)]
+    )
+    scores = classifier(both)
+    if scores.dim() != 2 or scores.shape[1] != explainer.num_classes:
+        raise ValueError(
+            f"class-count mismatch: the explainer has {explainer.num_classes} classes but the "
+            f"classifier returns outputs shaped {tuple(scores.shape)}; build the Explainer with "
+            "num_classes equal to the classifier's number of outputs"
+        )
+    masked, inverse = scores.chunk(2)
+    terms = {
+        "classification": losses.classification_loss(masked, targets, multilabel),
+        "entropy": losses.entropy_loss(inverse),
+        "tv": losses.total_variation(m) + losses.total_variation(n),
+        "area": losses.area_loss(logits, targets, hp.a_min, hp.a_max),
+        "target_area": losses.mean_area(m),
+        "nontarget_area": losses.mean_area(n),
+    }
+    loss = (
+        terms["classification"]
+        + hp.entropy_weight * terms["entropy"]
+        + hp.tv_weight * terms["tv"]
+        + hp.area_weight * terms["area"]
+        + hp.target_area_weight * terms["target_area"]
+        + hp.nontarget_area_weight * terms["nontarget_area"]
+    )
+    return loss, terms
+
+
+def _to_device(
+    batch: Any, explainer: Explainer, multilabel: bool | None
+) -> tuple[Tensor, Tensor, bool]:
+    """Split a batch and return ``(images, targets, multilabel)`` on the explainer's device."""
+    images, labels = split_batch(batch)
+    device = next(explainer.parameters()).device
+    targets, is_multi = multi_hot(torch.as_tensor(labels), explainer.num_classes)
+    if multilabel is not None and multilabel != is_multi:
+        raise ValueError(
+            f"multilabel={multilabel} but the loader yields "
+            f"{'multi-hot' if is_multi else 'class-index'} labels"
+        )
+    return images.to(device).float(), targets.to(device), is_multi
+
+
+def _evaluate(
+    explainer: Explainer,
+    classifier: nn.Module,
+    loader: Iterable[Any],
+    hp: ExplainerHyperparameters,
+    multilabel: bool | None,
+    baseline: float | Tensor,
+) -> float:
+    """Mean weighted loss over a loader, without gradients."""
+    explainer.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            images, targets, multi = _to_device(batch, explainer, multilabel)
+            loss, _ = objective(explainer, classifier, images, targets, multi, hp, baseline)
+            total += float(loss) * len(images)
+            count += len(images)
+    if count == 0:
+        raise ValueError("the validation loader yielded no batches")
+    return total / count
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (write to a temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`fit_explainer` (data-only loading).
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If it is not such a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(f"could not read checkpoint {str(path)!r}: {error}") from error
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{str(path)!r} is not an explainer training checkpoint")
+    return state
+
+
+def fit_explainer(
+    explainer: Explainer,
+    classifier: nn.Module,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None = None,
+    *,
+    preset: str | ExplainerHyperparameters = "default",
+    lr: float | None = None,
+    entropy_weight: float | None = None,
+    tv_weight: float | None = None,
+    area_weight: float | None = None,
+    target_area_weight: float | None = None,
+    nontarget_area_weight: float | None = None,
+    a_min: float | None = None,
+    a_max: float | None = None,
+    epochs: int = 10,
+    max_steps_per_epoch: int | None = None,
+    patience: int = 3,
+    min_delta: float = 0.0,
+    seed: int | None = None,
+    checkpoint: str | Path | None = None,
+    resume: str | Path | None = None,
+    baseline: float | Tensor = 0.0,
+    multilabel: bool | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``explainer`` against the frozen ``classifier`` (Stalder et al., NeurIPS 2022).
+
+    Each weight defaults to the chosen preset's value; with the default preset these are the
+    published defaults: ``lr=1e-5``, ``entropy_weight=1``, ``tv_weight=1``, ``area_weight=1``,
+    ``target_area_weight=0.1``, ``nontarget_area_weight=0.3``, ``a_min=0.05``, ``a_max=0.3``
+    (see :mod:`ctc_plugin.explainer.presets`).
+
+    The classifier is put in eval mode with ``requires_grad=False`` for the duration and
+    restored afterwards, also when training fails; only the explainer's parameters are given to
+    Adam. The images are used as they come (masking blends towards ``baseline``).
+
+    Args:
+        explainer: The explainer to train (in place).
+        classifier: The model to explain, on the explainer's device, returning ``(N, C)``
+            logits.
+        train_loader: Batches of dicts with ``"image"`` ``(N, 3, H, W)`` and ``"label"``, or
+            ``(image, label)`` tuples. Labels are class indices ``(N,)`` (single-label,
+            cross-entropy) or multi-hot ``(N, C)`` (multi-label, binary cross-entropy).
+        val_loader: Batches monitored for early stopping; the training loss is monitored
+            without it.
+        preset: Name of a published setting (``"default"``, ``"vgg16-voc"``,
+            ``"resnet50-voc"``, ``"vgg16-coco"``, ``"resnet50-coco"``) or hyper-parameters.
+        lr: Adam learning rate (``None``: the preset's).
+        entropy_weight: ``lambda_e`` (``None``: the preset's).
+        tv_weight: ``lambda_tv`` (``None``: the preset's).
+        area_weight: ``lambda_a`` (``None``: the preset's).
+        target_area_weight: ``lambda_t`` (``None``: the preset's).
+        nontarget_area_weight: ``lambda_nc`` (``None``: the preset's).
+        a_min: Smallest class-mask area, fraction of the actual ``H * W`` (``None``: preset).
+        a_max: Largest class-mask area, fraction of the actual ``H * W`` (``None``: preset).
+        epochs: Largest number of epochs (counted over a resumed run too).
+        max_steps_per_epoch: Stop each epoch after this many batches (``None``: all).
+        patience: Epochs without an improvement larger than ``min_delta`` before stopping.
+        min_delta: Smallest decrease of the monitored loss that counts as an improvement.
+        seed: Seeds torch's random generator before training, so a run (initialisation
+            excluded: seed before building the explainer) and a loader that shuffles with
+            torch's default generator repeat exactly.
+        checkpoint: File written after every epoch (weights, optimiser, RNG, history).
+        resume: Checkpoint to continue from; it must have the same hyper-parameters.
+        baseline: Value the masked-out pixels blend towards (0, as the original).
+        multilabel: Force single- (False) or multi-label (True) targets; ``None`` infers it
+            from the labels' shape.
+        progress: Show a tqdm bar with the loss terms.
+
+    Returns:
+        The history and the epoch whose weights the explainer holds (the best one).
+
+    Raises:
+        ValueError: For a class-count mismatch, bad labels or settings, or a checkpoint made
+            with other hyper-parameters.
+    """
+    hp = get_preset(preset).updated(
+        lr=lr,
+        entropy_weight=entropy_weight,
+        tv_weight=tv_weight,
+        area_weight=area_weight,
+        target_area_weight=target_area_weight,
+        nontarget_area_weight=nontarget_area_weight,
+        a_min=a_min,
+        a_max=a_max,
+    )
+    if epochs < 1 or patience < 1:
+        raise ValueError(f"epochs and patience must be >= 1, got {epochs} and {patience}")
+    optimizer = torch.optim.Adam(explainer.parameters(), lr=hp.lr)
+    result = FitResult(hyperparameters=hp)
+    start_epoch, bad_epochs = 0, 0
+    best_state = copy.deepcopy(explainer.state_dict())
+    if resume is not None:
+        state = load_checkpoint(resume)
+        if state["hyperparameters"] != hp.as_dict():
+            differ = sorted(
+                k for k, v in hp.as_dict().items() if state["hyperparameters"].get(k) != v
+            )
+            raise ValueError(
+                f"checkpoint {str(resume)!r} was trained with other hyper-parameters "
+                f"({', '.join(differ)}); resume with the same settings"
+            )
+        explainer.load_state_dict(state["explainer"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        best_state = state["best_state"]
+        start_epoch, bad_epochs = int(state["epoch"]), int(state["bad_epochs"])
+        result.history = list(state["history"])
+        result.best_epoch, result.best_loss = int(state["best_epoch"]), float(state["best_loss"])
+    elif seed is not None:
+        torch.manual_seed(seed)
+
+    with frozen(classifier):
+        for epoch in range(start_epoch, epochs):
+            if bad_epochs >= patience:
+                result.stopped_early = True
+                break
+            record = _train_epoch(
+                explainer, classifier, train_loader, optimizer, hp, epoch, epochs,
+                max_steps_per_epoch, baseline, multilabel, progress,
+            )  # fmt: skip
+            if val_loader is not None:
+                record["val_loss"] = _evaluate(
+                    explainer, classifier, val_loader, hp, multilabel, baseline
+                )
+            monitored = record.get("val_loss", record["loss"])
+            result.history.append(record)
+            if monitored < result.best_loss - min_delta:
+                result.best_loss, result.best_epoch, bad_epochs = monitored, epoch + 1, 0
+                best_state = copy.deepcopy(explainer.state_dict())
+            else:
+                bad_epochs += 1
+            if checkpoint is not None:
+                _save_checkpoint(
+                    Path(checkpoint),
+                    {
+                        "epoch": epoch + 1,
+                        "explainer": explainer.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "best_state": best_state,
+                        "best_epoch": result.best_epoch,
+                        "best_loss": result.best_loss,
+                        "bad_epochs": bad_epochs,
+                        "history": result.history,
+                        "hyperparameters": hp.as_dict(),
+                    },
+                )
+    optimizer.zero_grad(set_to_none=True)
+    steps = int(explainer.trained_steps)
+    explainer.load_state_dict(best_state)
+    explainer.trained_steps.fill_(max(steps, int(explainer.trained_steps)))
+    result.steps = int(explainer.trained_steps)
+    explainer.eval()
+    return result
+
+
+def _train_epoch(
+    explainer: Explainer,
+    classifier: nn.Module,
+    loader: Iterable[Any],
+    optimizer: torch.optim.Optimizer,
+    hp: ExplainerHyperparameters,
+    epoch: int,
+    epochs: int,
+    max_steps: int | None,
+    baseline: float | Tensor,
+    multilabel: bool | None,
+    progress: bool,
+) -> dict[str, float]:
+    """Run one epoch of Adam steps; return the epoch's mean loss terms."""
+    explainer.train()
+    sums = dict.fromkeys((*TERMS, "loss"), 0.0)
+    count = 0
+    bar = tqdm(loader, desc=f"explainer epoch {epoch + 1}/{epochs}", disable=not progress)
+    for step, batch in enumerate(bar):
+        if max_steps is not None and step >= max_steps:
+            break
+        images, targets, multi = _to_device(batch, explainer, multilabel)
+        loss, terms = objective(explainer, classifier, images, targets, multi, hp, baseline)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        explainer.trained_steps += 1
+        explainer.image_size.copy_(torch.tensor(images.shape[-2:]))
+        n = len(images)
+        count += n
+        sums["loss"] += loss.item() * n
+        for key, value in terms.items():
+            sums[key] += value.item() * n
+        bar.set_postfix({SHORT[k]: f"{v / count:.3g}" for k, v in sums.items()}, refresh=False)
+    bar.close()
+    if count == 0:
+        raise ValueError("the training loader yielded no batches")
+    return {"epoch": float(epoch + 1), **{k: v / count for k, v in sums.items()}}

@@ -1,0 +1,47 @@
+"""``ctc-plugin explainer train``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctc_plugin.cli import main
+from ctc_plugin.explainer.network import Explainer
+from ctc_plugin.explainer.training import load_checkpoint
+from ctc_plugin.zoo import weights_path
+
+SMALL = ["--train-size", "8", "--val-size", "4", "--batch-size", "4", "--width", "2"]
+needs_zoo = pytest.mark.skipif(
+    not weights_path("resnet", "shapes").is_file(), reason="zoo weights for resnet/shapes missing"
+)
+
+
+@needs_zoo
+def test_train_writes_a_loadable_explainer_and_resumes(tmp_path, capsys):
+    out = tmp_path / "e.pt"
+    argv = ["explainer", "train", "--model", "resnet", "--no-progress", *SMALL, "--out", str(out)]
+    assert main([*argv, "--epochs", "1", "--seed", "3"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    explainer = Explainer.load(out)
+    assert explainer.is_trained and explainer.num_classes == 6
+    assert "--seed 3" in explainer.metadata["command"]
+    ckpt = tmp_path / "e.pt.ckpt"
+    assert load_checkpoint(ckpt)["epoch"] == 1
+    assert main([*argv, "--epochs", "2", "--seed", "3", "--resume", str(ckpt)]) == 0
+    assert len(Explainer.load(out).metadata["history"]) == 2
+    again = tmp_path / "again.pt"
+    assert main([*argv[:-1], str(again), "--epochs", "2", "--seed", "3"]) == 0
+    for key, value in Explainer.load(out).state_dict().items():
+        torch.testing.assert_close(value, Explainer.load(again).state_dict()[key])
+
+
+def test_missing_classifier_weights_is_one_clean_line(tmp_path, capsys):
+    argv = ["explainer", "train", "--model", "resnet", "--weights", str(tmp_path / "none.pt")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "none.pt" in err and "Traceback" not in err
+
+
+def test_unknown_model_is_a_clean_error(capsys):
+    assert main(["explainer", "train", "--model", "alexnet"]) == 2
+    assert "alexnet" in capsys.readouterr().err

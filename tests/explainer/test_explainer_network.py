@@ -1,0 +1,94 @@
+"""The Explainer network: backbones, local weights only, save / load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ctc_plugin.explainer.network import Explainer
+from ctc_plugin.explainer.shipped import load_explainer
+
+
+def test_unet_small_any_size_at_input_resolution():
+    explainer = Explainer(5, width=2).eval()
+    out = explainer(torch.rand(2, 3, 37, 45))
+    assert out.shape == (2, 5, 37, 45)
+    masks = explainer.masks(torch.rand(1, 3, 37, 45))
+    assert ((masks >= 0) & (masks <= 1)).all()
+    assert not explainer.is_trained and explainer.trained_image_size is None
+
+
+@pytest.fixture
+def no_downloads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3", "deeplabv3_resnet50"])
+def test_torchvision_backbones_random_init(name, no_downloads):
+    explainer = Explainer(4, backbone=name).eval()
+    with torch.no_grad():
+        assert explainer(torch.rand(1, 3, 40, 48)).shape == (1, 4, 40, 48)
+
+
+def test_torchvision_backbone_weights_from_a_local_file(tmp_path, no_downloads):
+    from torchvision.models import mobilenet_v3_large
+
+    torch.manual_seed(0)
+    source = mobilenet_v3_large(weights=None)
+    path = tmp_path / "mobilenet.pt"
+    torch.save(source.state_dict(), path)
+    explainer = Explainer(4, backbone="lraspp_mobilenet_v3", backbone_weights=path)
+    torch.testing.assert_close(
+        explainer.backbone.backbone["0"][0].weight, source.features[0][0].weight
+    )
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        Explainer(4, backbone="lraspp_mobilenet_v3", backbone_weights=tmp_path / "missing.pt")
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="do not fit"):
+        Explainer(4, backbone="lraspp_mobilenet_v3", backbone_weights=tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_text("junk")
+    with pytest.raises(ValueError, match="could not read"):
+        Explainer(4, backbone="lraspp_mobilenet_v3", backbone_weights=tmp_path / "junk.pt")
+
+
+def test_custom_module_backbone_is_resized_and_checked():
+    small = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1))
+    assert Explainer(4, backbone=small)(torch.rand(1, 3, 32, 32)).shape == (1, 4, 32, 32)
+    with pytest.raises(ValueError, match=r"\(N, 5, h, w\)"):
+        Explainer(5, backbone=small)(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="saveable"):
+        Explainer(4, backbone=small).save("never.pt")
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="unknown Explainer backbone"):
+        Explainer(3, backbone="vit")
+    with pytest.raises(ValueError, match="num_classes"):
+        Explainer(1)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    explainer = Explainer(3, width=2)
+    explainer.trained_steps.fill_(4)
+    explainer.image_size.copy_(torch.tensor([16, 16]))
+    path = explainer.save(tmp_path / "e.pt", metadata={"seed": 1})
+    loaded = Explainer.load(path)
+    assert loaded.metadata == {"seed": 1} and loaded.is_trained
+    assert loaded.trained_image_size == (16, 16)
+    x = torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(loaded(x), explainer.eval()(x))
+    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an explainer file"):
+        Explainer.load(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError):
+        Explainer.load(tmp_path / "missing.pt")
+
+
+def test_missing_shipped_explainer_names_the_command():
+    with pytest.raises(FileNotFoundError, match="ctc-plugin explainer train --model nosuch"):
+        load_explainer("nosuch", "shapes")

@@ -1,0 +1,96 @@
+"""Shipped explainers: small files, better localisation than Grad-CAM, class specificity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from ctc_plugin import zoo
+from ctc_plugin.datasets import ShapesDataset
+from ctc_plugin.evaluation.localisation import binarize, iou
+from ctc_plugin.explainer.attribution import ExplainerAttribution
+from ctc_plugin.explainer.shipped import explainer_path, load_explainer, shipped_explainers
+from ctc_plugin.explainer.specificity import specificity_table, two_object_images
+
+SHIPPED = [pair for pair in shipped_explainers() if pair[1] == "shapes"]
+TEST_SEED = 2024  # neither the training (0) nor the validation (1000) seed
+MARGIN = 0.1
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    data = ShapesDataset("shapes", size=50, seed=TEST_SEED)
+    items = [data[i] for i in range(len(data))]
+    images = torch.stack([item["image"] for item in items])
+    labels = torch.tensor([item["label"] for item in items])
+    evidence = torch.stack([item["evidence"] for item in items])
+    return images, labels, evidence
+
+
+def last_conv(model: torch.nn.Module) -> torch.nn.Module:
+    return [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+
+
+def test_at_least_one_explainer_is_shipped():
+    assert SHIPPED, "no shipped explainer found in ctc_plugin/zoo/weights"
+
+
+@pytest.mark.parametrize(("family", "split"), SHIPPED)
+def test_shipped_file_is_small_and_documents_its_command(family, split):
+    assert explainer_path(family, split).stat().st_size < 2_000_000
+    explainer = zoo.load_explainer(family, split)
+    assert explainer.is_trained and explainer.trained_image_size == (96, 96)
+    assert explainer.metadata["command"].startswith(f"ctc-plugin explainer train --model {family}")
+
+
+@pytest.mark.parametrize(("family", "split"), SHIPPED)
+def test_localises_the_evidence_better_than_grad_cam(family, split, test_split):
+    images, labels, evidence = test_split
+    model = zoo.load(family, split)
+    masks = ExplainerAttribution(model, load_explainer(family, split)).attribute(images, labels)
+    with GradCAM(model, [last_conv(model)]) as cam:
+        grad_cam = cam(images, targets=[ClassifierOutputTarget(int(c)) for c in labels])
+    ours = iou(binarize(masks[:, 0], 0.5), evidence).nanmean().item()
+    theirs = iou(binarize(torch.from_numpy(grad_cam), 0.5), evidence).nanmean().item()
+    assert ours > theirs + MARGIN, f"explainer IoU {ours:.3f} vs Grad-CAM {theirs:.3f}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured: after a few hundred steps the shipped explainers' absent-class maps still "
+    "cover the object (non-target area = target area), so masks are not yet class-specific; "
+    "see docs/explainer.md",
+)
+@pytest.mark.parametrize(("family", "split"), SHIPPED[:1])
+def test_class_specificity_on_two_object_images(family, split):
+    data = ShapesDataset("shapes", size=200, seed=TEST_SEED + 1)
+    images, pairs = two_object_images(data, 40)
+    table = specificity_table(
+        zoo.load(family, split), load_explainer(family, split), images, pairs, data.classes
+    )
+    seen = table.counts > 0
+    # the class's own mask keeps its probability; the other object's mask removes most of it
+    assert (table.own_mask[seen] >= 0.8 * table.unmasked[seen]).all()
+    assert table.other_mask[seen].mean() < 0.5 * table.own_mask[seen].mean()
+
+
+def test_two_object_images_hold_both_objects():
+    data = ShapesDataset("shapes", size=60, seed=TEST_SEED + 1)
+    images, pairs = two_object_images(data, 5)
+    assert images.shape == (5, 3, 96, 96) and (pairs[:, 0] != pairs[:, 1]).all()
+    index = 0
+    for i in range(0, 59, 2):  # the first combinable pair is the first image
+        a, b = data[i], data[i + 1]
+        if a["label"] != b["label"]:
+            near = torch.nn.functional.max_pool2d(a["evidence"][None, None].float(), 7, 1, 3)[0, 0]
+            if not ((near > 0) & b["evidence"]).any():
+                torch.testing.assert_close(
+                    images[index][:, b["evidence"]], b["image"][:, b["evidence"]]
+                )
+                torch.testing.assert_close(
+                    images[index][:, a["evidence"]], a["image"][:, a["evidence"]]
+                )
+                assert pairs[index].tolist() == [a["label"], b["label"]]
+                break
