@@ -1,0 +1,27 @@
+"""Run every ``benchmarks/bench_*.py`` script in turn (``--quick`` is passed on).
+
+python benchmarks/run_all.py [--quick]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    here = Path(__file__).resolve().parent
+    failed = []
+    for script in sorted(here.glob("bench_*.py")):
+        print(f"=== {script.name} {' '.join(argv)}", flush=True)
+        if subprocess.run([sys.executable, str(script), *argv], check=False).returncode:
+            failed.append(script.name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,112 @@
+"""Run Quantus metrics on ctc-plugin's methods (and on every method of the benchmark registry).
+
+Quantus calls ``explain_func(model=..., inputs=..., targets=..., **explain_func_kwargs)`` with
+NumPy batches and expects a NumPy array back. `explain_func` is that function for every method in
+`ctc_plugin.evaluation.methods.registry`::
+
+    import quantus
+    from ctc_plugin.adapters.quantus import explain_func
+
+    metric = quantus.MaxSensitivity(nr_samples=5, disable_warnings=True)
+    scores = metric(
+        model=model, x_batch=x, y_batch=y, explain_func=explain_func,
+        explain_func_kwargs={"method": "CTC-proportional"},
+    )
+
+Feature-based methods (CTC, FeatureAblation, Lime, KernelShap) need features: pass
+``feature_mask`` (used for every batch, so only with a fixed batch) or a ``segmenter`` that
+segments each batch Quantus sends (the default is
+`ctc_plugin.features.SuperpixelSegmenter`, so perturbed inputs are re-segmented).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["explain_func"]
+
+#: Keyword arguments Quantus itself may add to ``explain_func_kwargs``; they are accepted and
+#: ignored (the batch's device is the model's).
+_QUANTUS_KEYS = frozenset({"device", "channel_first", "softmax"})
+
+
+def _tensor(value: Any, name: str, dtype: torch.dtype, device: torch.device) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.to(device=device, dtype=dtype)
+    try:
+        return torch.as_tensor(np.asarray(value), dtype=dtype, device=device)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be an array or tensor, got {type(value).__name__}") from error
+
+
+def explain_func(
+    model: nn.Module,
+    inputs: np.ndarray | Tensor,
+    targets: np.ndarray | Tensor | int,
+    method: str = "CTC-proportional",
+    feature_mask: np.ndarray | Tensor | None = None,
+    segmenter: Callable[[Tensor], Tensor] | None = None,
+    explainer: nn.Module | None = None,
+    n_samples: int = 100,
+    **kwargs: Any,
+) -> np.ndarray:
+    """Explain a batch for Quantus and return ``(N, 1, H, W)`` float32 maps.
+
+    Args:
+        model: The PyTorch classifier (Quantus passes the unwrapped module).
+        inputs: Images ``(N, C, H, W)`` as the model takes them.
+        targets: Class per image (or one int for all).
+        method: A name from `ctc_plugin.evaluation.methods.registry`, e.g. ``"CTC-reference"``,
+            ``"IntegrativeCAM"``, ``"Explainer"`` (needs ``explainer``) or a peer such as
+            ``"IntegratedGradients"``.
+        feature_mask: Fixed features ``(N or 1, 1, H, W)`` for feature-based methods.
+        segmenter: Makes features for each batch when no ``feature_mask`` is given; default
+            `ctc_plugin.features.SuperpixelSegmenter()`.
+        explainer: The trained Explainer of ``model`` for ``method="Explainer"``.
+        n_samples: Samples for Lime and KernelShap.
+        **kwargs: Keys Quantus adds itself (``device``, ``channel_first``, ``softmax``) are
+            ignored; any other key is an error.
+
+    Returns:
+        NumPy array ``(N, 1, H, W)``, float32.
+
+    Raises:
+        ValueError: For an unknown method or keyword, or a method that needs what is missing.
+    """
+    from ctc_plugin.evaluation.methods import registry
+
+    unknown = set(kwargs) - _QUANTUS_KEYS
+    if unknown:
+        raise ValueError(f"explain_func got unknown keyword arguments {sorted(unknown)}")
+    methods = registry(explainer=explainer, n_samples=n_samples)
+    if method not in methods:
+        hint = " (pass explainer=...)" if method == "Explainer" else ""
+        raise ValueError(f"unknown method {method!r}{hint}; choose one of {sorted(methods)}")
+    spec = methods[method]
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    images = _tensor(inputs, "inputs", torch.float32, device)
+    if images.dim() != 4:
+        raise ValueError(f"inputs must be (N, C, H, W) channels-first, got {tuple(images.shape)}")
+    labels = _tensor(targets, "targets", torch.long, device).reshape(-1)
+    if labels.numel() == 1:
+        labels = labels.expand(len(images))
+    mask = None
+    if spec.uses_features:
+        if feature_mask is not None:
+            mask = _tensor(feature_mask, "feature_mask", torch.long, device)
+        else:
+            if segmenter is None:
+                from ctc_plugin.features import SuperpixelSegmenter
+
+                segmenter = SuperpixelSegmenter()
+            mask = segmenter(images).to(device)
+    maps = spec.fn(model, images, labels, mask)
+    return maps.detach().float().cpu().numpy()

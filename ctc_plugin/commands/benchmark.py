@@ -1,0 +1,80 @@
+"""``ctc-plugin benchmark``: every method side by side on the zoo models and both data splits."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+DEFAULT_OUT = "out/benchmark"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``ctc-plugin benchmark``."""
+    parser = subparsers.add_parser(
+        "benchmark",
+        help="compare every explanation method on the zoo models (CSV, Markdown table, plots)",
+        description="Explain the same held-out ShapesDataset images with CTC, Integrative CAM, "
+        "the Explainer and the established Captum / Zennit / pytorch-grad-cam methods; score "
+        "localisation, faithfulness, invariance, sensitivity, time and memory.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a small run (one model, a few images; minutes)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(DEFAULT_OUT), help=f"output folder ({DEFAULT_OUT})"
+    )
+    parser.add_argument("--images", type=int, help="images per split (full run: 200)")
+    parser.add_argument(
+        "--robustness-images", type=int, help="images that also get the robustness metrics"
+    )
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        metavar="FAMILY",
+        help="zoo families (vgg resnet densenet inception)",
+    )
+    parser.add_argument("--splits", nargs="+", metavar="SPLIT", help="shapes and/or composite")
+    parser.add_argument(
+        "--features",
+        nargs="+",
+        metavar="SOURCE",
+        help="feature sources for feature-based methods: oracle superpixel selected",
+    )
+    parser.add_argument("--methods", nargs="+", metavar="NAME", help="method names to run")
+    parser.add_argument("--lime-samples", type=int, help="samples for Lime and KernelShap")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print where the results are."""
+    import torch
+
+    from ctc_plugin.evaluation.benchmark import BenchmarkConfig, run_benchmark
+
+    config = BenchmarkConfig.quick() if args.quick else BenchmarkConfig()
+    overrides = {
+        "images": args.images,
+        "robustness_images": args.robustness_images,
+        "families": tuple(args.families) if args.families else None,
+        "splits": tuple(args.splits) if args.splits else None,
+        "feature_sources": tuple(args.features) if args.features else None,
+        "methods": tuple(args.methods) if args.methods else None,
+        "lime_samples": args.lime_samples,
+    }
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    if "images" in changes and "robustness_images" not in changes:
+        changes["robustness_images"] = min(config.robustness_images, changes["images"])
+    config = replace(config, **changes)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
+    run_benchmark(config, args.out, show_progress=not args.no_progress)
+    print(
+        f"wrote {args.out}/results.md, results.csv, per_image.csv, curves.png, "
+        "invariance_sensitivity.png"
+    )
+    return 0

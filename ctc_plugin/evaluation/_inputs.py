@@ -1,0 +1,124 @@
+"""Shape checks shared by the evaluation metrics (one place, one set of error messages)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+def as_tensor(value: Tensor | np.ndarray, name: str) -> Tensor:
+    """Return ``value`` as a tensor (NumPy arrays are converted without copying when possible)."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    if isinstance(value, Tensor):
+        return value
+    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
+
+
+def as_maps(attributions: Tensor | np.ndarray, name: str = "attributions") -> Tensor:
+    """Return attribution maps as a float ``(N, H, W)`` tensor.
+
+    Accepts ``(N, H, W)``, ``(N, 1, H, W)`` or ``(N, C, H, W)`` (channels are summed, as Captum's
+    and Quantus' image visualisations do).
+
+    Raises:
+        ValueError: for any other shape, or for maps that contain NaN or infinity.
+    """
+    maps = as_tensor(attributions, name).detach()
+    if maps.dim() == 4:
+        maps = maps.sum(dim=1)
+    if maps.dim() != 3:
+        raise ValueError(
+            f"{name} must have shape (N, H, W), (N, 1, H, W) or (N, C, H, W); "
+            f"got {tuple(maps.shape)}"
+        )
+    maps = maps.to(torch.float64)
+    if not torch.isfinite(maps).all():
+        raise ValueError(f"{name} contain NaN or infinite values; fix the explanation first")
+    return maps
+
+
+def as_masks(masks: Tensor | np.ndarray, shape: torch.Size, name: str = "masks") -> Tensor:
+    """Return ground-truth masks as a bool ``(N, H, W)`` tensor matching ``shape``.
+
+    Accepts ``(N, H, W)`` or ``(N, 1, H, W)``, any dtype (non-zero means inside).
+
+    Raises:
+        ValueError: when the masks do not match the maps' ``(N, H, W)`` shape.
+    """
+    out = as_tensor(masks, name).detach()
+    if out.dim() == 4 and out.shape[1] == 1:
+        out = out[:, 0]
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} must have shape {tuple(shape)} (N, H, W) to match the attributions; "
+            f"got {tuple(out.shape)}"
+        )
+    return out != 0
+
+
+def check_images(images: Tensor, name: str = "images") -> Tensor:
+    """Check that ``images`` is a float ``(N, C, H, W)`` tensor and return it.
+
+    Raises:
+        ValueError: when the shape or dtype is wrong.
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"{name} must have shape (N, C, H, W); got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{name} must be a floating-point tensor in [0, 1]; got dtype {images.dtype} "
+            "(convert with images.float() / 255)"
+        )
+    return images
+
+
+def as_targets(targets: Tensor | int | list[int] | np.ndarray, n: int) -> Tensor:
+    """Return class targets as a long ``(N,)`` tensor (an int is repeated for every image).
+
+    Raises:
+        ValueError: when the number of targets does not match the number of images.
+    """
+    if isinstance(targets, int):
+        return torch.full((n,), targets, dtype=torch.long)
+    out = torch.as_tensor(np.asarray(targets) if isinstance(targets, list) else targets)
+    out = out.reshape(-1).long()
+    if out.numel() != n:
+        raise ValueError(f"expected {n} targets (one per image), got {out.numel()}")
+    return out
+
+
+#: An explanation method as the evaluation sees it: ``method(model, images, targets,
+#: feature_mask) -> (N, 1, H, W)`` maps (``feature_mask`` may be ``None`` for methods that do not
+#: use features). See `ctc_plugin.evaluation.methods` for the registry of such functions.
+Method = Callable[[nn.Module, Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+def predict(model: nn.Module, images: Tensor, batch_size: int = 64) -> Tensor:
+    """Return the model's predicted classes ``(N,)`` (argmax of the logits, no gradients)."""
+    with torch.no_grad():
+        return torch.cat([model(chunk).argmax(dim=1) for chunk in images.split(batch_size)])
+
+
+def explain(
+    method: Method, model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+) -> Tensor:
+    """Call ``method`` and check that it returned ``(N, 1, H, W)`` finite maps.
+
+    Raises:
+        ValueError: naming the wrong shape, so a broken method fails loudly, not silently.
+    """
+    maps = method(model, images, targets, feature_mask)
+    n, _, height, width = images.shape
+    if not isinstance(maps, Tensor) or tuple(maps.shape) != (n, 1, height, width):
+        shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(
+            f"explanation method {getattr(method, '__name__', method)!r} must return a tensor "
+            f"of shape {(n, 1, height, width)}, got {shape}"
+        )
+    return maps.detach()

@@ -1,0 +1,195 @@
+"""Input invariance (Kindermans et al., 2019): explanations under a compensated constant shift.
+
+`shifted_model` copies a classifier and changes its first layer so that
+``shifted(x + shift) == model(x)`` exactly: the first layer's bias absorbs ``W @ shift``. A
+zero-padded first convolution would see the shift inside the image but not in its padding, so its
+padding moves into a `ShiftPad2d` that pads with the shift value, keeping the equality exact at
+the borders too. A per-channel affine preprocessing before the first layer (the zoo models'
+``(x - mean) / std``) is allowed: the shift the layer sees is measured. The two models compute
+the same function of the image content; a method is input-invariant when it explains both the
+same way.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctc_plugin.evaluation._inputs import Method, as_targets, explain, predict
+
+__all__ = [
+    "InvarianceResult",
+    "ShiftPad2d",
+    "first_layer_shift",
+    "shifted_model",
+    "input_invariance",
+]
+
+
+def _first_layer_input(model: nn.Module, example: Tensor) -> tuple[str, Tensor]:
+    """Name and input of the first ``Conv2d`` or ``Linear`` module the model calls."""
+    calls: list[tuple[str, Tensor]] = []
+
+    def record(name: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            calls.append((name, inputs[0].detach().clone()))
+
+        return hook
+
+    handles = [
+        module.register_forward_pre_hook(record(name))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d | nn.Linear)
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not calls:
+        raise ValueError("the model calls no nn.Conv2d or nn.Linear; cannot build a shifted copy")
+    return calls[0]
+
+
+def first_layer_shift(model: nn.Module, shift: float, example: Tensor) -> tuple[str, Tensor]:
+    """Find the first layer and the constant shift its input sees when the model's input shifts.
+
+    A model may preprocess its input before the first layer (the zoo models normalise with
+    ``(x - mean) / std``); an affine per-channel preprocessing turns the input shift into a
+    per-channel constant, which is measured here.
+
+    Returns:
+        The layer's name and its per-channel input shift ``(C,)`` (``(features,)`` for Linear).
+
+    Raises:
+        ValueError: when the shift does not reach the first layer as a per-channel constant.
+    """
+    name, plain = _first_layer_input(model, example)
+    name_shifted, moved = _first_layer_input(model, example + shift)
+    delta = moved - plain
+    per_channel = delta.transpose(0, 1).flatten(1)
+    if name_shifted != name or not torch.allclose(
+        per_channel, per_channel[:, :1].expand_as(per_channel), atol=1e-5, rtol=1e-4
+    ):
+        raise ValueError(
+            f"a constant input shift does not reach the first layer {name!r} as a per-channel "
+            "constant (the model preprocesses its input non-affinely); input invariance cannot "
+            "be tested on this model"
+        )
+    return name, per_channel[:, 0]
+
+
+class ShiftPad2d(nn.Module):
+    """Zero-pad ``x - value`` and add ``value`` back: pads each channel with its own constant.
+
+    Args:
+        padding: ``(left, right, top, bottom)`` as for `torch.nn.functional.pad`.
+        value: ``(C,)`` padding value per channel.
+    """
+
+    def __init__(self, padding: tuple[int, int, int, int], value: Tensor) -> None:
+        super().__init__()
+        self.padding = padding
+        self.register_buffer("value", value.detach().clone().view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pad ``x`` with the per-channel values."""
+        return F.pad(x - self.value, self.padding) + self.value
+
+
+def shifted_model(model: nn.Module, shift: float, example: Tensor) -> nn.Module:
+    """Return a copy of ``model`` with ``copy(x + shift) == model(x)`` for every input ``x``.
+
+    Args:
+        model: Classifier whose first layer is an ``nn.Conv2d`` (zeros padding, integer
+            padding) or ``nn.Linear``, reached by the input through at most a per-channel
+            affine preprocessing.
+        shift: Constant added to every input value.
+        example: An input batch used to find the first layer.
+
+    Returns:
+        A new module (same train/eval mode); ``model`` is not modified.
+    """
+    name, delta = first_layer_shift(model, shift, example)
+    shifted = copy.deepcopy(model)
+    layer = shifted.get_submodule(name)
+    with torch.no_grad():
+        weight = layer.weight
+        shape = (1, -1) + (1,) * (weight.dim() - 2)
+        total = (weight * delta.to(weight).view(shape)).sum(dim=tuple(range(1, weight.dim())))
+        bias = layer.bias.clone() if layer.bias is not None else torch.zeros_like(total)
+        layer.bias = nn.Parameter(bias - total)
+    if isinstance(layer, nn.Conv2d) and any(p != 0 for p in _padding(layer)):
+        if layer.padding_mode != "zeros":
+            raise ValueError(f"first layer {name!r} uses padding_mode={layer.padding_mode!r}")
+        top, left = _padding(layer)
+        layer.padding = (0, 0)
+        replacement = nn.Sequential(ShiftPad2d((left, left, top, top), delta), layer)
+        parent_name, _, child = name.rpartition(".")
+        setattr(shifted.get_submodule(parent_name) if parent_name else shifted, child, replacement)
+    return shifted
+
+
+def _padding(layer: nn.Conv2d) -> tuple[int, int]:
+    if isinstance(layer.padding, str):
+        if layer.padding == "valid":
+            return (0, 0)
+        raise ValueError(
+            "first convolution uses padding='same'; give it explicit integer padding to build "
+            "a shifted copy"
+        )
+    return (int(layer.padding[0]), int(layer.padding[1]))
+
+
+@dataclass(frozen=True)
+class InvarianceResult:
+    """Outcome of the input-invariance test.
+
+    Attributes:
+        differences: ``(N,)`` relative L1 change ``sum|a - a'| / sum|a|`` between the explanation
+            of ``model`` at ``x`` and of the shifted copy at ``x + shift`` (0 = invariant).
+        model_gap: Largest absolute logit difference between the two models (should be ~1e-6;
+            anything larger means the copy is not equivalent and the test is void).
+    """
+
+    differences: Tensor
+    model_gap: float
+
+
+def input_invariance(
+    method: Method,
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor | int | list[int] | None = None,
+    feature_mask: Tensor | None = None,
+    shift: float = -0.5,
+) -> InvarianceResult:
+    """Explain ``model`` at ``images`` and its shifted copy at ``images + shift``; compare.
+
+    Args:
+        method: ``method(model, images, targets, feature_mask) -> (N, 1, H, W)``.
+        model: The classifier.
+        images: ``(N, C, H, W)`` inputs.
+        targets: Classes to explain; ``None`` = predicted classes.
+        feature_mask: Features, reused for the shifted input (the segments are the same).
+        shift: The constant input shift (Kindermans et al. used -1 on [0, 1] MNIST).
+
+    Returns:
+        An `InvarianceResult`.
+    """
+    labels = predict(model, images) if targets is None else as_targets(targets, len(images))
+    other = shifted_model(model, shift, images)
+    moved = images + shift
+    with torch.no_grad():
+        gap = float((model(images) - other(moved)).abs().max())
+    original = explain(method, model, images, labels, feature_mask).double()
+    compensated = explain(method, other, moved, labels, feature_mask).double()
+    scale = original.flatten(1).abs().sum(dim=1)
+    change = (original - compensated).flatten(1).abs().sum(dim=1)
+    return InvarianceResult(differences=change / scale.where(scale != 0, 1.0), model_gap=gap)

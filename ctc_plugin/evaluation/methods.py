@@ -1,0 +1,365 @@
+"""The explanation methods the benchmark compares, behind one signature.
+
+Every entry is a function ``method(model, images, targets, feature_mask) -> (N, 1, H, W)``.
+Peers are the real library calls (Captum, Zennit, pytorch-grad-cam), not re-implementations;
+feature-based methods (Captum's FeatureAblation, Lime, KernelShap and CTC) receive the same
+``feature_mask``. Methods that return one value per input channel are reduced to one map:
+gradient magnitudes by the maximum over channels (Simonyan et al.), signed relevances by the sum.
+
+Our methods join the registry when their modules are importable: CTC in each bias-sharing mode,
+Integrative CAM and, for zoo models with a shipped Explainer, the Explainer
+(`explainer_method`).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctc_plugin.evaluation._inputs import Method
+
+__all__ = [
+    "MethodSpec",
+    "peer_methods",
+    "our_methods",
+    "explainer_method",
+    "registry",
+    "last_spatial_layer",
+]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of the benchmark.
+
+    Attributes:
+        name: Display name, e.g. ``"Captum IntegratedGradients"``.
+        source: Where the implementation comes from (``"captum"``, ``"zennit"``,
+            ``"pytorch-grad-cam"``, ``"ctc-plugin"``).
+        uses_features: True when the method reads ``feature_mask`` (it then runs once per
+            feature source).
+        fn: ``fn(model, images, targets, feature_mask) -> (N, 1, H, W)``.
+    """
+
+    name: str
+    source: str
+    uses_features: bool
+    fn: Method
+
+
+def _leaf(images: Tensor) -> Tensor:
+    return images.detach().clone().requires_grad_(True)
+
+
+def _require_mask(feature_mask: Tensor | None, name: str) -> Tensor:
+    if feature_mask is None:
+        raise ValueError(f"{name} needs a feature_mask (N, 1, H, W)")
+    return feature_mask
+
+
+def _first_channel(attributions: Tensor) -> Tensor:
+    """Feature methods write the feature's score into every channel: keep one."""
+    return attributions[:, :1].detach()
+
+
+def _captum_gradient(cls_name: str, reduce: str, **options: object) -> Method:
+    def method(
+        model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+    ) -> Tensor:
+        from captum import attr
+
+        explainer = getattr(attr, cls_name)(model)
+        out = explainer.attribute(_leaf(images), target=targets, **options).detach()
+        if reduce == "max":
+            return out.abs().amax(dim=1, keepdim=True)
+        return out.sum(dim=1, keepdim=True)
+
+    method.__name__ = cls_name
+    return method
+
+
+def _captum_features(cls_name: str, per_image: bool, **options: object) -> Method:
+    def method(
+        model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+    ) -> Tensor:
+        from captum import attr
+
+        mask = _require_mask(feature_mask, cls_name).expand(len(images), -1, -1, -1)
+        explainer = getattr(attr, cls_name)(model)
+        if not per_image:
+            out = explainer.attribute(
+                images, target=targets, feature_mask=mask, baselines=0.0, **options
+            )
+            return _first_channel(out)
+        maps = [
+            explainer.attribute(
+                images[i : i + 1],
+                target=int(targets[i]),
+                feature_mask=mask[i : i + 1],
+                baselines=0.0,
+                **options,
+            )
+            for i in range(len(images))
+        ]
+        return _first_channel(torch.cat(maps))
+
+    method.__name__ = cls_name
+    return method
+
+
+def _zennit(composite_factory: Callable[[list], object], name: str) -> Method:
+    """A Zennit method that canonizes BatchNorm only where that keeps the model's function.
+
+    Zennit's ``SequentialMergeBatchNorm`` merges every BatchNorm into the module registered just
+    before it, which is wrong for pre-activation blocks (DenseNet: the next layer's BatchNorm
+    follows the previous layer's convolution in registration order but not in the data flow).
+    The composite runs on a copy of the model; if merging fails or changes the logits, the
+    method runs again without canonizers (BatchNorm then passes relevance as a linear layer)
+    and warns once.
+    """
+
+    def method(
+        model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+    ) -> Tensor:
+        from zennit.attribution import Gradient
+        from zennit.canonizers import SequentialMergeBatchNorm
+
+        with torch.no_grad():
+            expected = model(images)
+        one_hot = F.one_hot(targets, expected.shape[1]).to(expected.dtype)
+        for canonizers in ([SequentialMergeBatchNorm()], []):
+            working = copy.deepcopy(model)  # a failed canonizer must not touch the caller's model
+            try:
+                with Gradient(model=working, composite=composite_factory(canonizers)) as run:
+                    output, relevance = run(images.detach(), one_hot)
+            except RuntimeError:
+                continue
+            scale = float(expected.abs().max()) + 1.0  # float32 merge error grows with logits
+            if float((output.detach() - expected).abs().max()) <= 1e-3 * scale:
+                if not canonizers:
+                    _warn_once(f"{name}: BatchNorm merging changed the model; ran without it")
+                return relevance.detach().sum(dim=1, keepdim=True)
+        raise RuntimeError(f"{name}: Zennit could not explain this model")
+
+    method.__name__ = name
+    return method
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _epsilon_plus_flat(canonizers: list) -> object:
+    from zennit.composites import EpsilonPlusFlat
+
+    return EpsilonPlusFlat(canonizers=canonizers)
+
+
+def _alpha1beta0(canonizers: list) -> object:
+    from ctc_plugin.features import lrp_alpha1beta0
+
+    return lrp_alpha1beta0(canonizers=canonizers)
+
+
+def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
+    """Return the module whose output is the last feature map with more than one position.
+
+    This is the layer Grad-CAM conventionally explains (the last convolutional stage, e.g.
+    ``layer4`` of a ResNet): among the model's submodules, in the order their forward calls
+    finish, the last one returning an ``(N, C, H, W)`` tensor with ``H * W > 1``.
+
+    Raises:
+        ValueError: when no submodule returns such a tensor.
+    """
+    finished: list[nn.Module] = []
+
+    def hook(module: nn.Module, inputs: object, output: object) -> None:
+        if (
+            isinstance(output, Tensor)
+            and output.dim() == 4
+            and output.shape[2] * output.shape[3] > 1
+        ):
+            finished.append(module)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not finished:
+        raise ValueError("the model has no submodule returning a spatial (N, C, H, W) map")
+    return finished[-1]
+
+
+def _grad_cam(cls_name: str) -> Method:
+    def method(
+        model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+    ) -> Tensor:
+        import pytorch_grad_cam
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        layer = last_spatial_layer(model, images)
+        was_training = model.training
+        try:
+            with getattr(pytorch_grad_cam, cls_name)(model=model, target_layers=[layer]) as cam:
+                maps = cam(
+                    input_tensor=images,
+                    targets=[ClassifierOutputTarget(int(t)) for t in targets],
+                )
+        finally:
+            model.train(was_training)
+        return torch.from_numpy(maps).to(images)[:, None]
+
+    method.__name__ = cls_name
+    return method
+
+
+def peer_methods(n_samples: int = 100, ig_steps: int = 32) -> list[MethodSpec]:
+    """Return the established methods, each a real call into its library.
+
+    Args:
+        n_samples: Samples for Captum's Lime and KernelShap.
+        ig_steps: Integration steps of Captum's IntegratedGradients.
+    """
+    return [
+        MethodSpec("Saliency", "captum", False, _captum_gradient("Saliency", "max", abs=True)),
+        MethodSpec("InputXGradient", "captum", False, _captum_gradient("InputXGradient", "sum")),
+        MethodSpec(
+            "IntegratedGradients",
+            "captum",
+            False,
+            _captum_gradient(
+                "IntegratedGradients", "sum", n_steps=ig_steps, internal_batch_size=ig_steps * 4
+            ),
+        ),
+        MethodSpec(
+            "FeatureAblation",
+            "captum",
+            True,
+            _captum_features("FeatureAblation", per_image=False, perturbations_per_eval=16),
+        ),
+        MethodSpec(
+            "Lime",
+            "captum",
+            True,
+            _captum_features(
+                "Lime", per_image=True, n_samples=n_samples, perturbations_per_eval=32
+            ),
+        ),
+        MethodSpec(
+            "KernelShap",
+            "captum",
+            True,
+            _captum_features(
+                "KernelShap", per_image=True, n_samples=n_samples, perturbations_per_eval=32
+            ),
+        ),
+        MethodSpec(
+            "LRP-EpsilonPlusFlat",
+            "zennit",
+            False,
+            _zennit(_epsilon_plus_flat, "LRP-EpsilonPlusFlat"),
+        ),
+        MethodSpec("LRP-alpha1beta0", "zennit", False, _zennit(_alpha1beta0, "LRP-alpha1beta0")),
+        MethodSpec("GradCAM", "pytorch-grad-cam", False, _grad_cam("GradCAM")),
+        MethodSpec("GradCAM++", "pytorch-grad-cam", False, _grad_cam("GradCAMPlusPlus")),
+        MethodSpec("LayerCAM", "pytorch-grad-cam", False, _grad_cam("LayerCAM")),
+    ]
+
+
+def _available(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name is not None and module.startswith(error.name):
+            return False
+        raise
+    return True
+
+
+def _ctc(mode: str) -> Method:
+    def method(
+        model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+    ) -> Tensor:
+        from ctc_plugin.ctc.attribution import CTC
+
+        mask = _require_mask(feature_mask, "CTC")
+        out = CTC(model, bias_sharing=mode).attribute(images, target=targets, feature_mask=mask)
+        return _first_channel(out)
+
+    method.__name__ = f"CTC_{mode}"
+    return method
+
+
+def _integrative_cam(
+    model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+) -> Tensor:
+    from ctc_plugin.cam.integrative import IntegrativeCAM
+
+    return IntegrativeCAM(model).attribute(images, target=targets).detach()
+
+
+def explainer_method(explainer: nn.Module) -> Method:
+    """Wrap a trained Explainer network (e.g. ``zoo.load_explainer(family, split)``).
+
+    The Explainer belongs to one classifier, so this method is built per model.
+    """
+
+    def method(
+        model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+    ) -> Tensor:
+        from ctc_plugin.explainer.attribution import ExplainerAttribution
+
+        maps = ExplainerAttribution(model, explainer).attribute(images, target=targets)
+        return maps[:, :1].detach()
+
+    method.__name__ = "Explainer"
+    return method
+
+
+def our_methods(explainer: nn.Module | None = None) -> list[MethodSpec]:
+    """Return ctc-plugin's methods whose modules exist in this installation.
+
+    Args:
+        explainer: A trained Explainer for the model under test; without one the Explainer is
+            left out.
+    """
+    specs = []
+    if _available("ctc_plugin.ctc.attribution"):
+        specs += [
+            MethodSpec(f"CTC-{mode}", "ctc-plugin", True, _ctc(mode))
+            for mode in ("reference", "proportional", "none")
+        ]
+    if _available("ctc_plugin.cam.integrative"):
+        specs.append(MethodSpec("IntegrativeCAM", "ctc-plugin", False, _integrative_cam))
+    if explainer is not None and _available("ctc_plugin.explainer.attribution"):
+        specs.append(MethodSpec("Explainer", "ctc-plugin", False, explainer_method(explainer)))
+    return specs
+
+
+def registry(
+    explainer: nn.Module | None = None, n_samples: int = 100, ig_steps: int = 32
+) -> dict[str, MethodSpec]:
+    """Return every available method by name: ours first, then the peers.
+
+    Args:
+        explainer: Trained Explainer for the model under test (optional).
+        n_samples: Samples for Lime and KernelShap.
+        ig_steps: Steps of IntegratedGradients.
+    """
+    specs = our_methods(explainer) + peer_methods(n_samples=n_samples, ig_steps=ig_steps)
+    return {spec.name: spec for spec in specs}

@@ -1,0 +1,108 @@
+"""Image perturbations for the invariance/sensitivity protocol, done correctly.
+
+The reference CTC evaluation perturbed 8-bit images and let uniform noise wrap around (a dark
+pixel plus negative noise became bright) and scaled its Gaussian noise so that "small" noise was
+nearly a no-op and "big" noise a brightness shift. Here every perturbation works on float images
+in [0, 1] and clips the result back into [0, 1]. Noise is drawn from an explicit
+``torch.Generator`` so runs repeat exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from ctc_plugin.evaluation._inputs import check_images
+
+__all__ = ["SEVERITIES", "gaussian_blur", "gaussian_noise", "uniform_noise", "perturb"]
+
+Kind = Literal["blur", "gaussian", "uniform"]
+
+#: Named severity levels: blur sigma in pixels, Gaussian noise standard deviation, uniform noise
+#: half-width (all in units of the [0, 1] intensity range). ``blur/small`` is the reference's
+#: 5x5 OpenCV blur (sigma 1.1); ``uniform`` small/big are the reference's +-2% and +-30%.
+SEVERITIES: dict[str, dict[str, float]] = {
+    "blur": {"small": 1.1, "big": 2.5},
+    "gaussian": {"small": 0.02, "big": 0.15},
+    "uniform": {"small": 0.02, "big": 0.30},
+}
+
+
+def _check_unit_range(images: Tensor) -> Tensor:
+    images = check_images(images)
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise ValueError(
+            "perturbations work on images in [0, 1]; got values in "
+            f"[{float(images.min()):.3g}, {float(images.max()):.3g}]. Perturb before normalising."
+        )
+    return images
+
+
+def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Blur with a Gaussian kernel of standard deviation ``sigma`` pixels (size 2*ceil(3 sigma)+1).
+
+    Borders are reflected, so the image keeps its mean brightness.
+    """
+    images = _check_unit_range(images)
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    size = 2 * math.ceil(3 * sigma) + 1
+    return TF.gaussian_blur(images, kernel_size=[size, size], sigma=[sigma, sigma]).clamp(0, 1)
+
+
+def gaussian_noise(images: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
+    """Add i.i.d. Gaussian noise of standard deviation ``std`` and clip to [0, 1]."""
+    images = _check_unit_range(images)
+    if std < 0:
+        raise ValueError(f"std must be >= 0, got {std}")
+    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype)
+    return (images + std * noise.to(images.device)).clamp(0, 1)
+
+
+def uniform_noise(
+    images: Tensor, amplitude: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """Add i.i.d. noise uniform in [-amplitude, amplitude] and clip to [0, 1] (no wrap-around)."""
+    images = _check_unit_range(images)
+    if amplitude < 0:
+        raise ValueError(f"amplitude must be >= 0, got {amplitude}")
+    noise = torch.rand(images.shape, generator=generator, dtype=images.dtype) * 2 - 1
+    return (images + amplitude * noise.to(images.device)).clamp(0, 1)
+
+
+def perturb(
+    images: Tensor,
+    kind: Kind,
+    severity: str | float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Apply one perturbation at a named (`SEVERITIES`) or numeric severity.
+
+    Args:
+        images: ``(N, C, H, W)`` float images in [0, 1].
+        kind: ``"blur"``, ``"gaussian"`` or ``"uniform"``.
+        severity: A level name from `SEVERITIES` (``"small"``, ``"big"``) or the parameter
+            itself (sigma, standard deviation or half-width).
+        generator: Random generator for the noise kinds.
+
+    Returns:
+        The perturbed images, float, in [0, 1].
+    """
+    if kind not in SEVERITIES:
+        raise ValueError(f"kind must be one of {sorted(SEVERITIES)}, got {kind!r}")
+    if isinstance(severity, str):
+        levels = SEVERITIES[kind]
+        if severity not in levels:
+            raise ValueError(f"severity for {kind!r} must be one of {sorted(levels)} or a number")
+        value = levels[severity]
+    else:
+        value = float(severity)
+    if kind == "blur":
+        return gaussian_blur(images, value)
+    if kind == "gaussian":
+        return gaussian_noise(images, value, generator)
+    return uniform_noise(images, value, generator)

@@ -1,0 +1,163 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from ctc_plugin.evaluation.faithfulness import perturbation_curve, resolve_baseline
+
+
+class Linear(nn.Module):
+    """logit_0 = sum(w * x); logit_1 = 0."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x):
+        first = (x * self.weight).flatten(1).sum(1, keepdim=True)
+        return torch.cat([first, torch.zeros_like(first)], dim=1)
+
+
+def naive_pixel_curve(weight, image, relevance, steps, baseline, mode, descending):
+    order = np.argsort(-relevance.ravel() if descending else relevance.ravel(), kind="stable")
+    contributions_image = (weight * image).sum(0).ravel()
+    contributions_base = (weight * baseline).sum(0).ravel()
+    p = relevance.size
+    out = []
+    for s in range(steps + 1):
+        k = int(round(s * p / steps))
+        moved = np.zeros(p, dtype=bool)
+        moved[order[:k]] = True
+        if mode == "deletion":
+            out.append(np.where(moved, contributions_base, contributions_image).sum())
+        else:
+            out.append(np.where(moved, contributions_image, contributions_base).sum())
+    return np.array(out)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    mode=st.sampled_from(["deletion", "insertion"]),
+    order=st.sampled_from(["morf", "lerf"]),
+    steps=st.integers(1, 12),
+    baseline=st.floats(-1.0, 1.0),
+)
+def test_pixel_curve_matches_naive(seed, mode, order, steps, baseline):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(1, 2, 4, 5, generator=g, dtype=torch.float64)
+    images = torch.rand(2, 2, 4, 5, generator=g, dtype=torch.float64)
+    relevance = torch.rand(2, 1, 4, 5, generator=g, dtype=torch.float64)  # distinct: no ties
+    curve = perturbation_curve(
+        Linear(weight),
+        images,
+        0,
+        relevance,
+        mode,
+        order,
+        baseline=baseline,
+        steps=steps,
+        output="logit",
+    )
+    for i in range(2):
+        expected = naive_pixel_curve(
+            weight[0].numpy(),
+            images[i].numpy(),
+            relevance[i, 0].numpy(),
+            steps,
+            np.full_like(images[i].numpy(), baseline),
+            mode,
+            order == "morf",
+        )
+        np.testing.assert_allclose(curve.scores[i].numpy(), expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(curve.fractions.numpy(), np.linspace(0, 1, steps + 1))
+
+
+def test_segment_curve_hand_made():
+    # four quadrant features with known contributions 4, 3, 2, 1 (via the weights)
+    weight = torch.zeros(1, 1, 4, 4)
+    weight[..., :2, :2], weight[..., :2, 2:], weight[..., 2:, :2], weight[..., 2:, 2:] = (
+        1.0,
+        0.75,
+        0.5,
+        0.25,
+    )
+    image = torch.ones(1, 1, 4, 4)
+    features = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])[None, None]
+    relevance = weight[0] * image[0]  # exact relevance
+    curve = perturbation_curve(
+        Linear(weight),
+        image,
+        0,
+        relevance,
+        "deletion",
+        "morf",
+        feature_mask=features,
+        steps=4,
+        output="logit",
+    )
+    np.testing.assert_allclose(curve.scores[0].numpy(), [10, 6, 3, 1, 0])
+    assert curve.auc().item() == pytest.approx(np.trapezoid([10, 6, 3, 1, 0], dx=0.25))
+    lerf = perturbation_curve(
+        Linear(weight),
+        image,
+        0,
+        relevance,
+        "deletion",
+        "lerf",
+        feature_mask=features,
+        steps=4,
+        output="logit",
+    )
+    np.testing.assert_allclose(lerf.scores[0].numpy(), [10, 9, 7, 4, 0])
+    insertion = perturbation_curve(
+        Linear(weight),
+        image,
+        0,
+        relevance,
+        "insertion",
+        "morf",
+        feature_mask=features,
+        steps=8,
+        output="logit",
+    )
+    # measured at 0, .25, .5, .75, 1 and linearly interpolated in between
+    np.testing.assert_allclose(insertion.scores[0].numpy(), [0, 2, 4, 5.5, 7, 8, 9, 9.5, 10])
+
+
+def test_probability_output_and_good_beats_bad():
+    weight = torch.randn(1, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(3, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    model = Linear(weight)
+    good = (weight * images).sum(1, keepdim=True)
+    bad = -good
+    kwargs = {"mode": "deletion", "order": "morf", "steps": 10}
+    good_auc = perturbation_curve(model, images, 0, good, **kwargs).auc()
+    bad_auc = perturbation_curve(model, images, 0, bad, **kwargs).auc()
+    assert (good_auc < bad_auc).all()
+    curve = perturbation_curve(model, images, 0, good, **kwargs)
+    assert ((curve.scores >= 0) & (curve.scores <= 1)).all()
+
+
+def test_callable_and_tensor_baselines():
+    images = torch.rand(2, 3, 4, 4)
+    assert torch.equal(
+        resolve_baseline(lambda x: x * 0 + 0.5, images), torch.full_like(images, 0.5)
+    )
+    per_channel = torch.tensor([0.1, 0.2, 0.3])[:, None, None]
+    assert resolve_baseline(per_channel, images)[1, 2, 3, 3].item() == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        resolve_baseline(torch.zeros(5, 4, 4), images)
+
+
+def test_bad_arguments():
+    model = Linear(torch.ones(1, 1, 3, 3))
+    images = torch.rand(1, 1, 3, 3)
+    with pytest.raises(ValueError, match="attributions must match"):
+        perturbation_curve(model, images, 0, torch.rand(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="mode must be"):
+        perturbation_curve(model, images, 0, torch.rand(1, 1, 3, 3), mode="removal")
+    with pytest.raises(ValueError, match="feature_mask must have shape"):
+        perturbation_curve(model, images, 0, torch.rand(1, 1, 3, 3), feature_mask=torch.zeros(3, 3))

@@ -1,0 +1,81 @@
+import pytest
+import torch
+from captum.attr import InputXGradient, Saliency
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from ctc_plugin.evaluation.invariance import input_invariance, shifted_model
+
+
+class Normalised(nn.Module):
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1))
+        self.body = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.head = nn.Linear(conv.out_channels * 4, 3)
+
+    def forward(self, x):
+        return self.head(self.body((x - self.mean) / self.std))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    shift=st.floats(-1.0, 1.0),
+    padding=st.integers(0, 2),
+    bias=st.booleans(),
+    stride=st.integers(1, 2),
+    normalise=st.booleans(),
+)
+def test_shifted_copy_is_exact(shift, padding, bias, stride, normalise):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, stride=stride, padding=padding, bias=bias)
+    model = Normalised(conv) if normalise else nn.Sequential(conv, nn.ReLU(), nn.Flatten())
+    x = torch.rand(2, 3, 9, 9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copy = shifted_model(model, shift, x)
+    torch.testing.assert_close(copy(x + shift), model(x), atol=1e-5, rtol=1e-5)
+    for key, value in model.state_dict().items():  # the original is untouched
+        assert torch.equal(value, before[key])
+
+
+def test_linear_first_layer():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x = torch.rand(4, 3, 2, 2)
+    torch.testing.assert_close(shifted_model(model, 0.7, x)(x + 0.7), model(x))
+
+
+def captum_method(cls):
+    def method(model, images, targets, feature_mask):
+        return (
+            cls(model)
+            .attribute(images.clone().requires_grad_(), target=targets)
+            .sum(1, keepdim=True)
+        )
+
+    return method
+
+
+def test_gradient_is_invariant_input_x_gradient_is_not():
+    torch.manual_seed(0)
+    model = Normalised(nn.Conv2d(3, 4, 3, padding=1)).eval()
+    x = torch.rand(3, 3, 8, 8)
+    saliency = input_invariance(captum_method(Saliency), model, x, shift=-0.5)
+    ixg = input_invariance(captum_method(InputXGradient), model, x, shift=-0.5)
+    assert saliency.model_gap < 1e-4
+    assert saliency.differences.max() < 1e-4
+    assert ixg.differences.min() > 0.05
+
+
+def test_preprocessing_that_is_not_affine_is_rejected():
+    class Squares(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x**2).flatten(1)
+
+    with pytest.raises(ValueError, match="per-channel constant"):
+        shifted_model(Squares(), 0.5, torch.rand(1, 3, 5, 5))

@@ -1,0 +1,66 @@
+import warnings
+
+import pytest
+import torch
+from captum.attr import FeatureAblation
+
+from ctc_plugin import zoo
+from ctc_plugin.evaluation.methods import registry
+
+
+def grid_mask(size=32, cell=8):
+    ids = torch.arange(size // cell).repeat_interleave(cell)
+    return (ids[:, None] * (size // cell) + ids[None, :])[None, None]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = zoo.build("resnet", 3).eval()
+    images = torch.rand(2, 3, 32, 32)
+    return model, images, torch.tensor([0, 2]), grid_mask().expand(2, 1, 32, 32)
+
+
+def test_every_method_returns_finite_maps(setup):
+    model, images, targets, mask = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for name, spec in registry(n_samples=20, ig_steps=4).items():
+        maps = spec.fn(model, images, targets, mask if spec.uses_features else None)
+        assert maps.shape == (2, 1, 32, 32), name
+        assert torch.isfinite(maps).all(), name
+        if spec.uses_features:  # one value per feature: constant inside every grid cell
+            cells = maps.unfold(2, 8, 8).unfold(3, 8, 8)
+            assert torch.allclose(cells.amax((-1, -2)), cells.amin((-1, -2)), atol=1e-6), name
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_feature_ablation_entry_is_captums(setup):
+    model, images, targets, mask = setup
+    ours = registry()["FeatureAblation"].fn(model, images, targets, mask)
+    theirs = FeatureAblation(model).attribute(images, target=targets, feature_mask=mask)
+    torch.testing.assert_close(ours, theirs[:, :1])
+
+
+def test_zennit_on_preactivation_densenet_falls_back_and_leaves_model_alone():
+    torch.manual_seed(0)
+    model = zoo.build("densenet", 3).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(1, 3, 32, 32)
+    import ctc_plugin.evaluation.methods as methods
+
+    methods._WARNED.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        maps = registry()["LRP-EpsilonPlusFlat"].fn(model, x, torch.tensor([1]), None)
+    assert any("BatchNorm merging changed the model" in str(w.message) for w in caught)
+    assert maps.shape == (1, 1, 32, 32) and torch.isfinite(maps).all()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in zoo.build("densenet", 3).parameters()
+    )

@@ -1,0 +1,87 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ctc_plugin.evaluation.protocol import (
+    ProtocolResult,
+    explanation_distance,
+    normalise_explanations,
+    run_protocol,
+    welch_test,
+)
+
+
+def test_normalisation_is_per_explanation():
+    maps = torch.stack([torch.ones(1, 2, 2), 100 * torch.ones(1, 2, 2)])
+    out = normalise_explanations(maps)
+    assert torch.allclose(out[0], out[1])  # scale of one map does not leak into another
+    signed = torch.tensor([[[1.0, -1.0], [2.0, -2.0]]])
+    assert normalise_explanations(signed).abs().sum().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="sums to zero"):
+        normalise_explanations(signed, mode="sum")
+    assert torch.equal(normalise_explanations(torch.zeros(1, 2, 2)), torch.zeros(1, 2, 2).double())
+
+
+def test_distance_hand_made():
+    a = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    b = torch.tensor([[[0.0, 0.0], [0.0, 3.0]]])
+    assert explanation_distance(a, b).item() == pytest.approx(math.sqrt(2))
+    assert explanation_distance(a, 5 * a).item() == pytest.approx(0.0)
+
+
+def test_welch_matches_formula():
+    rng = np.random.default_rng(0)
+    kept, changed = rng.normal(0, 1, 30), rng.normal(1, 2, 12)
+    results = [
+        ProtocolResult("blur", "small", torch.tensor(kept), torch.ones(30, dtype=torch.bool)),
+        ProtocolResult("uniform", "big", torch.tensor(changed), torch.zeros(12, dtype=torch.bool)),
+    ]
+    out = welch_test(results)
+    va, vb = changed.var(ddof=1) / 12, kept.var(ddof=1) / 30
+    assert out.statistic == pytest.approx((changed.mean() - kept.mean()) / math.sqrt(va + vb))
+    assert (out.n_kept, out.n_changed) == (30, 12)
+    empty = welch_test(results[:1])
+    assert math.isnan(empty.statistic) and math.isnan(empty.mean_changed)
+
+
+class Threshold(nn.Module):
+    """Class 1 when the mean brightness is above 0.5."""
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3))[:, None]
+        return torch.cat([0.5 - m, m - 0.5], dim=1) * 100
+
+
+def identity_method(model, images, targets, feature_mask):
+    return images.mean(1, keepdim=True)
+
+
+def test_protocol_groups_and_resegmentation():
+    images = torch.cat([torch.full((2, 3, 8, 8), 0.2), torch.full((2, 3, 8, 8), 0.505)])
+    calls = []
+
+    def segmenter(x):
+        calls.append(x.shape)
+        return torch.zeros(len(x), 1, 8, 8, dtype=torch.long)
+
+    results = run_protocol(
+        identity_method,
+        Threshold(),
+        images,
+        perturbations=[("blur", "small"), ("uniform", 0.3)],
+        segmenter=segmenter,
+    )
+    assert len(results) == 2 and len(calls) == 2
+    # blur keeps constant images constant: distance 0, prediction kept
+    assert torch.allclose(results[0].distances, torch.zeros(4).double(), atol=1e-6)
+    assert results[0].kept.all()
+    # big uniform noise changes maps and flips some near-threshold images
+    assert (results[1].distances > 0).all()
+
+
+def test_protocol_rejects_wrong_method_output():
+    with pytest.raises(ValueError, match="must return a tensor of shape"):
+        run_protocol(lambda m, x, t, f: x, Threshold(), torch.rand(2, 3, 8, 8))

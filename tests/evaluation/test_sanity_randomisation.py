@@ -1,0 +1,70 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import Saliency
+from scipy import stats
+from torch import nn
+
+from ctc_plugin.evaluation.sanity import cascading_randomisation, parameter_layers, rank_correlation
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 3),
+    ).eval()
+
+
+def edge_method(model, images, targets, feature_mask):
+    """Ignores the model: an edge detector."""
+    diff = (images[..., 1:, :] - images[..., :-1, :]).abs().sum(1, keepdim=True)
+    return torch.nn.functional.pad(diff, (0, 0, 0, 1))
+
+
+def input_method(model, images, targets, feature_mask):
+    return images.sum(1, keepdim=True)
+
+
+def saliency(model, images, targets, feature_mask):
+    return (
+        Saliency(model)
+        .attribute(images.clone().requires_grad_(), target=targets)
+        .sum(1, keepdim=True)
+    )
+
+
+def test_layers_in_call_order():
+    assert parameter_layers(tiny_model(), torch.rand(1, 3, 6, 6)) == ["0", "2", "5"]
+
+
+def test_model_independent_method_stays_correlated():
+    model, x = tiny_model(), torch.rand(2, 3, 6, 6)
+    steps = cascading_randomisation(input_method, model, x)
+    assert [s.layer for s in steps] == ["5", "2", "0"]
+    for step in steps:
+        assert torch.allclose(step.correlation, torch.ones(2, dtype=torch.float64))
+
+
+def test_gradient_decorrelates_and_model_is_untouched():
+    model, x = tiny_model(), torch.rand(2, 3, 6, 6)
+    before = [p.clone() for p in model.parameters()]
+    steps = cascading_randomisation(saliency, model, x, max_steps=2)
+    assert len(steps) == 2 and steps[-1].layer == "0"
+    assert (steps[-1].correlation < 0.9).all()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_rank_correlation_matches_scipy_and_constant_is_nan():
+    a, b = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    ours = rank_correlation(a, b, absolute=False)
+    expected = stats.spearmanr(a[1].ravel().numpy(), b[1].ravel().numpy()).statistic
+    assert ours[1].item() == pytest.approx(expected)
+    assert math.isnan(rank_correlation(torch.ones(1, 1, 2, 2), a[:1, :, :2, :2])[0].item())
+    assert np.isfinite(ours[0].item())
