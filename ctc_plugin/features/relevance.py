@@ -12,6 +12,8 @@ composite, a Captum attribution object or any callable.
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -86,20 +88,50 @@ def zennit_relevance(
         images: Input batch ``(N, C, H, W)`` as the model takes it.
         target: Class per image, one class for all, or ``None`` for the predicted class.
         composite: Any Zennit composite; default
-            [`lrp_alpha1beta0()`][ctc_plugin.features.relevance.lrp_alpha1beta0].
+            [`lrp_alpha1beta0()`][ctc_plugin.features.relevance.lrp_alpha1beta0], whose
+            BatchNorm merging is checked on a copy of the model: where it changes the logits
+            (pre-activation blocks such as DenseNet's) the relevance is computed without
+            canonizers and a ``RuntimeWarning`` says so.
 
     Returns:
         Relevance summed over channels, ``(N, H, W)``.
     """
-    composite = lrp_alpha1beta0() if composite is None else composite
     targets = resolve_target(model, images, target)
+    if composite is not None:
+        return _run_composite(model, images, targets, composite)[1]
+    # The default merges BatchNorm into the layer registered before it, which changes the
+    # function of pre-activation blocks (DenseNet: BatchNorm -> ReLU -> conv). Merge on a copy,
+    # keep the result only if the logits are unchanged, else run without merging and say so.
+    with torch.no_grad():
+        expected = model(images)
+    try:
+        output, relevance = _run_composite(copy.deepcopy(model), images, targets, lrp_alpha1beta0())
+        tolerance = 1e-3 * (float(expected.abs().max()) + 1.0)
+        if float((output - expected).abs().max()) <= tolerance:
+            return relevance
+    except RuntimeError:
+        pass
+    warnings.warn(
+        "merging BatchNorm into the preceding layer (zennit SequentialMergeBatchNorm) changes "
+        "this model's function, as in pre-activation blocks; LRP-alpha1-beta0 ran without "
+        "canonizers (BatchNorm passes relevance as a linear layer)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return _run_composite(model, images, targets, lrp_alpha1beta0(canonizers=[]))[1]
+
+
+def _run_composite(
+    model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, composite: Composite
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(output, relevance summed over channels)`` of one Zennit Gradient run."""
     with Gradient(model=model, composite=composite) as attributor:
 
         def one_hot(output: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.one_hot(targets, output.shape[1]).to(output.dtype)
 
-        _, attribution = attributor(images.detach(), one_hot)
-    return attribution.detach().sum(dim=1)
+        output, attribution = attributor(images.detach(), one_hot)
+    return output.detach(), attribution.detach().sum(dim=1)
 
 
 def relevance_heatmap(

@@ -79,3 +79,20 @@ def test_any_composite_and_any_callable_are_accepted():
     assert torch.equal(constant, torch.ones(2, 8, 8))
     with pytest.raises(TypeError, match="relevance must be"):
         relevance_heatmap(42, model, images)
+
+
+def test_default_lrp_falls_back_when_batchnorm_merging_changes_the_model():
+    import warnings
+
+    from ctc_plugin import zoo
+    from ctc_plugin.features import zennit_relevance
+
+    model = zoo.load("densenet")  # pre-activation blocks: merging BatchNorm is wrong here
+    images = torch.rand(2, 3, 96, 96)
+    before = [p.clone() for p in model.state_dict().values()]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        relevance = zennit_relevance(model, images, target=1)
+    assert relevance.shape == (2, 96, 96) and torch.isfinite(relevance).all()
+    assert any("SequentialMergeBatchNorm" in str(w.message) for w in caught)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))
