@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
+
+# A reproducible suite: the same examples on every run and machine (CI never flakes on a new
+# draw); set HYPOTHESIS_PROFILE=explore locally to search with fresh random examples.
+settings.register_profile("reproducible", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
 
 
 @pytest.fixture(autouse=True)
