@@ -67,24 +67,22 @@ def ctc_class():
     return CTC
 
 
-def localisation(families: list[str], count: int) -> None:
+def localisation(families: list[str], count: int, split: str = "shapes") -> None:
     """Print the mean IoU with the evidence of the explainer and of Grad-CAM."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    data = ShapesDataset("shapes", size=count, seed=2024)
+    data = ShapesDataset(split, size=count, seed=2024)
     items = [data[i] for i in range(count)]
     images = torch.stack([item["image"] for item in items])
     labels = torch.tensor([item["label"] for item in items])
     evidence = torch.stack([item["evidence"] for item in items])
-    print(f"\nmean IoU with the evidence masks, {count} images (seed 2024)")
+    print(f"\nmean IoU with the evidence masks, {split} split, {count} images (seed 2024)")
     header = f"{'model':<10} {'explainer':>10} {'Grad-CAM':>10} {'difference':>11}"
     print(header + "\n" + "-" * len(header))
     for family in families:
-        model = zoo.load(family, "shapes")
-        masks = ExplainerAttribution(model, load_explainer(family, "shapes")).attribute(
-            images, labels
-        )
+        model = zoo.load(family, split)
+        masks = ExplainerAttribution(model, load_explainer(family, split)).attribute(images, labels)
         layer = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
         with GradCAM(model, [layer]) as cam:
             maps = cam(images, targets=[ClassifierOutputTarget(int(c)) for c in labels])
@@ -128,6 +126,8 @@ def main() -> None:
     print("-" * len(header))
     speed(families, images, labels, mask, ctc)
     localisation(families, 50 if args.quick else 200)
+    composite = [f for f, s in shipped_explainers() if s == "composite" and f in families]
+    localisation(composite, 50 if args.quick else 200, split="composite")
     specificity(families, 40 if args.quick else 100)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from pytorch_grad_cam import GradCAM
@@ -14,14 +16,15 @@ from ctc_plugin.explainer.attribution import ExplainerAttribution
 from ctc_plugin.explainer.shipped import explainer_path, load_explainer, shipped_explainers
 from ctc_plugin.explainer.specificity import specificity_table, two_object_images
 
-SHIPPED = [pair for pair in shipped_explainers() if pair[1] == "shapes"]
+SHIPPED = shipped_explainers()  # every (family, split) file in the zoo
+SHIPPED_SHAPES = [pair for pair in SHIPPED if pair[1] == "shapes"]
 TEST_SEED = 2024  # neither the training (0) nor the validation (1000) seed
 MARGIN = 0.1
 
 
-@pytest.fixture(scope="module")
-def test_split():
-    data = ShapesDataset("shapes", size=50, seed=TEST_SEED)
+@functools.cache
+def split_data(split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    data = ShapesDataset(split, size=50, seed=TEST_SEED)
     items = [data[i] for i in range(len(data))]
     images = torch.stack([item["image"] for item in items])
     labels = torch.tensor([item["label"] for item in items])
@@ -34,7 +37,7 @@ def last_conv(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def test_at_least_one_explainer_is_shipped():
-    assert SHIPPED, "no shipped explainer found in ctc_plugin/zoo/weights"
+    assert SHIPPED_SHAPES, "no shipped explainer for the shapes split in ctc_plugin/zoo/weights"
 
 
 @pytest.mark.parametrize(("family", "split"), SHIPPED)
@@ -46,8 +49,8 @@ def test_shipped_file_is_small_and_documents_its_command(family, split):
 
 
 @pytest.mark.parametrize(("family", "split"), SHIPPED)
-def test_localises_the_evidence_better_than_grad_cam(family, split, test_split):
-    images, labels, evidence = test_split
+def test_localises_the_evidence_better_than_grad_cam(family, split):
+    images, labels, evidence = split_data(split)
     model = zoo.load(family, split)
     masks = ExplainerAttribution(model, load_explainer(family, split)).attribute(images, labels)
     with GradCAM(model, [last_conv(model)]) as cam:
@@ -63,7 +66,7 @@ def test_localises_the_evidence_better_than_grad_cam(family, split, test_split):
     "cover the object (non-target area = target area), so masks are not yet class-specific; "
     "see docs/explainer.md",
 )
-@pytest.mark.parametrize(("family", "split"), SHIPPED[:1])
+@pytest.mark.parametrize(("family", "split"), SHIPPED_SHAPES[:1])
 def test_class_specificity_on_two_object_images(family, split):
     data = ShapesDataset("shapes", size=200, seed=TEST_SEED + 1)
     images, pairs = two_object_images(data, 40)
