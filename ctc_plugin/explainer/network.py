@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctc_plugin.zoo.loading import read_state_dict
+
 if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.explainer.presets import ExplainerHyperparameters
     from ctc_plugin.explainer.training import FitResult
@@ -67,25 +69,6 @@ class SmallUNet(nn.Module):
         return self.head(d1)
 
 
-def _load_state(path: str | Path, what: str) -> dict[str, Tensor]:
-    """Load a state dict (data only) from a local file, with clear errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{what} file {str(path)!r} does not exist; give the path of a local file "
-            "(nothing is downloaded)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any parse failure becomes one clear error
-        raise ValueError(f"could not read {what} file {str(path)!r}: {error}") from error
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{what} file {str(path)!r} does not hold a state dict of tensors")
-    return state
-
-
 def _torchvision_backbone(
     name: str, num_classes: int, backbone_weights: str | Path | None
 ) -> nn.Module:
@@ -103,7 +86,7 @@ def _torchvision_backbone(
         )
         prefix = "features."
     if backbone_weights is not None:
-        state = _load_state(backbone_weights, "backbone weights")
+        state = read_state_dict(backbone_weights, "backbone weights")
         state = {k.removeprefix(prefix): v for k, v in state.items()}
         wanted = model.backbone.state_dict()
         missing = sorted(set(wanted) - set(state))

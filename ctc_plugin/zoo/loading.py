@@ -45,23 +45,28 @@ def weights_path(family: str, split: str = "shapes") -> Path:
     return WEIGHTS_DIR / f"{family}-{split}.pt"
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
     """Read a state dict saved with ``torch.save``, as data only (``weights_only=True``).
+
+    A checkpoint dict holding the state dict under ``"state_dict"`` is accepted too.
 
     Args:
         path: The file.
+        what: What the file is, for error messages (e.g. ``"backbone weights"``).
 
     Raises:
         FileNotFoundError: If the file does not exist.
         ValueError: If it is not a readable state dict.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise FileNotFoundError(
+            f"{what} file not found: {path}; give the path of a local file (nothing is downloaded)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a corrupt or foreign file
-        raise ValueError(f"cannot read weights from {path}: {error}") from error
+        raise ValueError(f"could not read {what} from {path}: {error}") from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -130,7 +130,7 @@ def test_load_errors_name_the_problem(tmp_path):
         zoo.load("resnet", weights=tmp_path / "missing.pt")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read weights"):
+    with pytest.raises(ValueError, match="could not read weights"):
         zoo.load("resnet", weights=corrupt)
     wrong = tmp_path / "wrong.pt"
     torch.save(zoo.build("vgg", 6).state_dict(), wrong)
