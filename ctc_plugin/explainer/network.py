@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctc_plugin.zoo.loading import read_state_dict
+from ctc_plugin.zoo.loading import read_data_file, read_state_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.explainer.presets import ExplainerHyperparameters
@@ -269,13 +269,7 @@ class Explainer(nn.Module):
             FileNotFoundError: If the file does not exist.
             ValueError: If the file is not an explainer written by :meth:`save`.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"explainer file {str(path)!r} does not exist")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001
-            raise ValueError(f"could not read explainer file {str(path)!r}: {error}") from error
+        payload = read_data_file(path, "explainer file")
         if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
             raise ValueError(
                 f"{str(path)!r} is not an explainer file written by Explainer.save "

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ctc_plugin.explainer import losses
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.presets import ExplainerHyperparameters, get_preset
+from ctc_plugin.zoo.loading import read_data_file
 
 #: Tag stored in checkpoints written during :func:`fit_explainer`.
 CHECKPOINT_FORMAT = "ctc-plugin-explainer-checkpoint/1"
@@ -224,13 +225,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         FileNotFoundError: If the file does not exist.
         ValueError: If it is not such a checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001
-        raise ValueError(f"could not read checkpoint {str(path)!r}: {error}") from error
+    state = read_data_file(path, "training checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(path)!r} is not an explainer training checkpoint")
     return state

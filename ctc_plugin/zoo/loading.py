@@ -45,6 +45,28 @@ def weights_path(family: str, split: str = "shapes") -> Path:
     return WEIGHTS_DIR / f"{family}-{split}.pt"
 
 
+def read_data_file(path: str | Path, what: str) -> Any:
+    """Load a ``torch.save`` file as data only (``weights_only=True``), with clear errors.
+
+    Args:
+        path: The file.
+        what: What the file is, for error messages (e.g. ``"explainer file"``).
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If torch cannot read it as data.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{what} not found: {path}; give the path of a local file (nothing is downloaded)"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt or foreign file
+        raise ValueError(f"could not read {what} from {path}: {error}") from error
+
+
 def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
     """Read a state dict saved with ``torch.save``, as data only (``weights_only=True``).
 
@@ -58,15 +80,7 @@ def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, torch.
         FileNotFoundError: If the file does not exist.
         ValueError: If it is not a readable state dict.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{what} file not found: {path}; give the path of a local file (nothing is downloaded)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a corrupt or foreign file
-        raise ValueError(f"could not read {what} from {path}: {error}") from error
+    state = read_data_file(path, what)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
