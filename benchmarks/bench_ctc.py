@@ -8,7 +8,7 @@ each method over repeated, interleaved runs and the ratios the project holds CTC
 - CTC / (K + 1 plain forward passes in one batch)   (goal <= 1.2)
 
 Run: ``python benchmarks/bench_ctc.py [--quick] [--size 224] [--features 16] [--threads 2]``
-(``--no-compile`` skips the ``compile=True`` variant, whose first call compiles for ~40 s).
+(``--profile reference`` also prints where one call of that mode spends its time, by operation).
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
-        "--no-compile", action="store_true", help="skip the torch.compile variant (~40 s)"
+        "--profile",
+        choices=("none", "proportional", "reference"),
+        help="also print a torch.profiler table of one call in this bias-sharing mode",
     )
     args = parser.parse_args()
     if args.quick:
@@ -77,15 +79,12 @@ def main() -> None:
             )
 
     runs = {"plain forward x (K+1)": plain, "captum FeatureAblation": ablation}
-    variants = [("none", False), ("proportional", False), ("reference", False)]
-    if not args.no_compile:
-        variants.append(("reference", True))
-    for mode, compiled in variants:
-        ctc = CTC(model, bias_sharing=mode, compile=compiled)
-        runs[f"CTC {mode}{' (compiled)' if compiled else ''}"] = lambda ctc=ctc: ctc.attribute(
+    for mode in ("none", "proportional", "reference"):
+        ctc = CTC(model, bias_sharing=mode)
+        runs[f"CTC {mode}"] = lambda ctc=ctc: ctc.attribute(
             x, target=target, feature_mask=mask, perturbations_per_eval=k
         )
-    for fn in runs.values():  # warm-up (and the one-time compilation)
+    for fn in runs.values():  # warm-up
         fn()
     timings = {name: [] for name in runs}
     for _ in range(args.repeats):  # interleaved so machine load affects all alike
@@ -100,6 +99,10 @@ def main() -> None:
     print(f"{'method':32s} {'median s':>9s} {'/ FeatureAblation':>18s} {'/ (K+1) forwards':>17s}")
     for name, t in medians.items():
         print(f"{name:32s} {t:9.3f} {t / fa:18.2f} {t / plain_t:17.2f}")
+    if args.profile:
+        with torch.profiler.profile() as profile:
+            runs[f"CTC {args.profile}"]()
+        print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 if __name__ == "__main__":

@@ -85,10 +85,6 @@ class CTC(Attribution):
             ``"proportional"`` (shares ``|z_k| / sum_j |z_j|``; scores over a partition add up
             to the target output), or ``"none"`` (no bias: scores are gradient x input summed
             per feature).
-        compile: Fuse the ``"reference"`` share arithmetic with ``torch.compile``: about twice
-            as fast once compiled, at a one-time cost of tens of seconds per process (cached
-            on disk by Inductor; needs a C++ compiler). Results agree with the eager
-            formula up to float rounding.
 
     Example:
         >>> ctc = CTC(model, bias_sharing="proportional")
@@ -100,10 +96,9 @@ class CTC(Attribution):
         forward_func: Callable[..., torch.Tensor],
         segmenter: Callable[[torch.Tensor], torch.Tensor] | None = None,
         bias_sharing: BiasSharingMode = "reference",
-        compile: bool = False,
     ) -> None:
         super().__init__(forward_func)
-        self.sharing = make_sharing(bias_sharing, compiled=compile)
+        self.sharing = make_sharing(bias_sharing)
         self.bias_sharing = bias_sharing
         self.segmenter = segmenter
         #: In ``"none"`` mode, compute the scores as gradient x input (one forward and one

@@ -19,7 +19,8 @@ carrying the (N, C) leading dimensions (a per-example constant).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
@@ -43,6 +44,13 @@ def _copy_part(bias: torch.Tensor, z: torch.Tensor, start: int, stop: int | None
     """The slice of a bias that belongs to copies ``start:stop`` (or the bias itself)."""
     if bias.dim() == z.dim() and bias.shape[1] != 1:
         return bias[:, start:stop]
+    return bias
+
+
+def _example_part(bias: torch.Tensor, z: torch.Tensor, example: int) -> torch.Tensor:
+    """The slice of a bias that belongs to one example (or the bias itself)."""
+    if bias.dim() == z.dim() and bias.shape[0] != 1:
+        return bias[example : example + 1]
     return bias
 
 
@@ -118,18 +126,44 @@ class ReferenceSharing:
     name = "reference"
     quantum = 10.0
     ratio_quantum = 1000.0
+    #: Values per block of the blockwise computation on a CPU (4 MiB in float32).
+    block_elements = 1 << 20
 
-    def __init__(self, compiled: bool = False) -> None:
-        self.compiled = compiled
+    def __init__(self) -> None:
+        self.workspace = Workspace()
 
     def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
         """Add the bias to the gate copy and the reference shares to the sharing copies."""
         if not layout.reference_full:
             raise ValueError("reference sharing needs the reference full copy in the layout")
-        shares_of = compiled_reference_shares() if self.compiled else reference_shares
-        shares = shares_of(z[:, 1:], z[:, 1:2], _copy_part(bias, z, 1, 2), bias, z.dim())
-        z[:, 1:].addcmul_(shares, _copy_part(bias, z, 1, None))
+        self._add_shares_in_blocks(z, bias)
         z[:, :1].add_(_copy_part(bias, z, 0, 1))
+
+    def _add_shares_in_blocks(self, z: torch.Tensor, bias: torch.Tensor) -> None:
+        """Add the shares block by block: one example, a few copies at a time.
+
+        The formula is some twenty elementwise steps; on a CPU, blocks of about
+        ``block_elements`` values keep them in the cache instead of streaming the whole layer
+        from memory each time. Statistics are per copy, so blocks of whole copies give exactly
+        the values of the whole-layer computation. On other devices (many small kernel
+        launches cost more there than memory traffic) each example is one block.
+        """
+        dims = _statistic_dims(bias, z.dim())
+        if z.device.type == "cpu":
+            per_copy = max(1, self.block_elements // max(1, z[0, 0].numel()))
+        else:
+            per_copy = z.shape[1]
+        for n in range(z.shape[0]):
+            example = z[n : n + 1]
+            example_bias = _example_part(bias, z, n)
+            full = full_copy_statistics(
+                example[:, 1:2], _copy_part(example_bias, example, 1, 2), dims
+            )
+            for start in range(1, example.shape[1], per_copy):
+                stop = min(start + per_copy, example.shape[1])
+                block = example[:, start:stop]
+                shares = copy_shares(block, full, dims, self.workspace)
+                block.addcmul_(shares, _copy_part(example_bias, example, start, stop))
 
 
 def _quantise(u: torch.Tensor, quantum: float) -> torch.Tensor:
@@ -159,6 +193,125 @@ def _masked_mean_std(
     return mean, var.sqrt()
 
 
+class Workspace:
+    """Reusable scratch buffers for :func:`copy_shares`, one set per thread.
+
+    The reference formula needs two temporaries the size of a block of copies. Fresh large
+    tensors cost a page fault per 4 KiB on first touch (on a CPU as much as several elementwise
+    passes), so the buffers are kept and reused across layers and calls; they grow to the
+    largest block seen and are released with the workspace's owner.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def buffers(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two uninitialised tensors shaped, typed and placed like ``like`` (contiguous)."""
+        held = getattr(self._local, "flat", None)
+        numel = like.numel()
+        if (
+            held is None
+            or held.dtype != like.dtype
+            or held.device != like.device
+            or (held.shape[1] < numel)
+        ):
+            held = torch.empty(2, numel, dtype=like.dtype, device=like.device)
+            self._local.flat = held
+        return held[0, :numel].view(like.shape), held[1, :numel].view(like.shape)
+
+
+@dataclass(frozen=True)
+class FullCopyStatistics:
+    """What the reference formula takes from the reference full copy of one layer.
+
+    Attributes:
+        q_full: ``q(z_F)``, with ``+inf`` where ``q(z_F) = 0`` (dividing by it then gives the
+            formula's ``rho = 0`` there).
+        exact_zero: Where ``z_F = 0`` (as 0/1 values), or ``None`` when it is nowhere zero.
+        sigma: The reference spread ``std(log10 r)``, with size 1 along the statistic dims.
+    """
+
+    q_full: torch.Tensor
+    exact_zero: torch.Tensor | None
+    sigma: torch.Tensor
+
+
+def full_copy_statistics(
+    z_full: torch.Tensor, bias_full: torch.Tensor, dims: tuple[int, ...]
+) -> FullCopyStatistics:
+    """The reference full copy's part of the formula (see :class:`ReferenceSharing`).
+
+    Args:
+        z_full: (N, 1, *rest) bias-free pre-activation of the reference full copy.
+        bias_full: The bias as seen by the reference full copy (broadcastable).
+        dims: The statistic dims (see :func:`_statistic_dims`).
+    """
+    q_full = _quantise(z_full, ReferenceSharing.quantum)
+    spread = q_full + bias_full
+    spread_mean = spread.mean(dim=dims, keepdim=True)
+    r = _quantise((spread / spread_mean).abs(), ReferenceSharing.ratio_quantum)
+    usable = torch.isfinite(r) & (r > 0)
+    log_r = torch.log10(torch.where(usable, r, torch.ones_like(r)))
+    _, sigma = _masked_mean_std(log_r, usable, dims)
+    exact_zero = z_full == 0
+    return FullCopyStatistics(
+        q_full=q_full.masked_fill(q_full == 0, float("inf")),
+        exact_zero=exact_zero.to(z_full.dtype) if bool(exact_zero.any()) else None,
+        sigma=sigma,
+    )
+
+
+def copy_shares(
+    z_copies: torch.Tensor,
+    full: FullCopyStatistics,
+    dims: tuple[int, ...],
+    workspace: Workspace | None = None,
+) -> torch.Tensor:
+    """The published shares ``s_k`` of some sharing copies (see :class:`ReferenceSharing`).
+
+    Args:
+        z_copies: (N, S, *rest) bias-free pre-activations of the copies.
+        full: :func:`full_copy_statistics` of the same examples.
+        dims: The statistic dims.
+        workspace: Scratch buffers to reuse; the result then lives in the workspace and is
+            valid until its next use. ``None`` allocates.
+
+    Returns:
+        (N, S, *rest) shares.
+    """
+    if workspace is None:
+        rho, scratch = torch.empty_like(z_copies), torch.empty_like(z_copies)
+    else:
+        rho, scratch = workspace.buffers(z_copies)
+    # Every full-size step is in place on one of two buffers (no full-size allocation, no
+    # boolean intermediates); quantisation steps keep the formula's literal order.
+    # rho_k = ceil(1000 |q(z_k) / q(z_F)|) / 1000 (q(z_F) = +inf where the formula gives 0)
+    torch.mul(z_copies, ReferenceSharing.quantum, out=rho)
+    rho.ceil_().div_(ReferenceSharing.quantum).div_(full.q_full)
+    rho.abs_().mul_(ReferenceSharing.ratio_quantum).ceil_().div_(ReferenceSharing.ratio_quantum)
+
+    # mu_k, std_k of l_k = log10 rho_k (0 where rho_k = 0) over the valid units, where
+    # z_k != 0 or z_F = 0. l_k is 0 wherever z_k = 0, so its sums need no mask; only the count.
+    count = torch.ne(z_copies, 0, out=scratch).sum(dim=dims, keepdim=True)
+    if full.exact_zero is not None:
+        torch.eq(z_copies, 0, out=scratch).mul_(full.exact_zero)
+        count += scratch.sum(dim=dims, keepdim=True)
+    count.clamp_min_(1.0)
+    torch.eq(rho, 0, out=scratch).add_(rho).log10_()  # log10 of 1 where rho = 0: exactly 0
+    mu = scratch.sum(dim=dims, keepdim=True).div_(count)
+    second = torch.linalg.vector_norm(scratch, 2, dim=dims, keepdim=True).square_().div_(count)
+    std = (second - mu.square()).clamp_min_(0.0).sqrt_()
+
+    # Capping l' = mu + (l - mu) c with c = sigma / std is, in shares,
+    # s = 10 ** l' = rho ** c * 10 ** (mu (1 - c)): per-channel constants on rho.
+    capped = std > full.sigma
+    c = torch.where(capped, full.sigma / std.clamp_min(torch.finfo(std.dtype).tiny), 1.0)
+    c.clamp_min_(torch.finfo(c.dtype).tiny)  # rho ** c keeps rho = 0 at 0
+    factor = torch.pow(10.0, mu * (1.0 - c))
+    _cap_rows(rho, capped, c, factor, dims)
+    return rho
+
+
 def reference_shares(
     z_sharing: torch.Tensor,
     z_full: torch.Tensor,
@@ -166,7 +319,9 @@ def reference_shares(
     bias: torch.Tensor,
     rank: int,
 ) -> torch.Tensor:
-    """The published shares ``s_k`` for the sharing copies (see :class:`ReferenceSharing`).
+    """The published shares ``s_k`` of all sharing copies of a layer in one computation.
+
+    The eager path computes the same values block by block (:class:`ReferenceSharing`).
 
     Args:
         z_sharing: (N, S, *rest) bias-free pre-activations of the sharing copies.
@@ -179,69 +334,47 @@ def reference_shares(
         (N, S, *rest) shares.
     """
     dims = _statistic_dims(bias, rank)
-    q_full = _quantise(z_full, ReferenceSharing.quantum)
-    full_zero = q_full == 0
-    # rho_k = ceil(1000 |q(z_k) / q(z_F)|) / 1000, built in place on one full-size buffer.
-    rho = z_sharing * ReferenceSharing.quantum
-    rho.ceil_().div_(ReferenceSharing.quantum)
-    rho.div_(q_full.masked_fill(full_zero, 1.0)).masked_fill_(full_zero, 0.0)
-    rho.abs_().mul_(ReferenceSharing.ratio_quantum).ceil_().div_(ReferenceSharing.ratio_quantum)
-
-    # l_k = log10 rho_k (0 where rho_k = 0), counted where z_k != 0 or z_F = 0.
-    valid = (z_sharing != 0) | (z_full == 0)
-    ell = torch.where(rho > 0, rho, 1.0).log10_().mul_(valid)
-    count = valid.sum(dim=dims, keepdim=True).clamp_min(1).to(rho.dtype)
-    mu = ell.sum(dim=dims, keepdim=True) / count
-    second = torch.linalg.vector_norm(ell, 2, dim=dims, keepdim=True).square_() / count
-    std = (second - mu.square()).clamp_min_(0.0).sqrt_()
-    del ell
-
-    spread = q_full + bias_full
-    spread_mean = spread.mean(dim=dims, keepdim=True)
-    r = _quantise((spread / spread_mean).abs(), ReferenceSharing.ratio_quantum)
-    usable = torch.isfinite(r) & (r > 0)
-    log_r = torch.log10(torch.where(usable, r, torch.ones_like(r)))
-    _, sigma = _masked_mean_std(log_r, usable, dims)
-
-    # Capping l' = mu + (l - mu) c with c = sigma / std is, in shares,
-    # s = 10 ** l' = rho ** c * 10 ** (mu (1 - c)): per-channel constants on rho.
-    capped = std > sigma
-    if not torch.compiler.is_compiling() and not bool(capped.any()):
-        return rho  # eager shortcut; a compiled graph stays branch-free
-    c = torch.where(capped, sigma / std.clamp_min(torch.finfo(std.dtype).tiny), 1.0)
-    rho.pow_(c.clamp_min(torch.finfo(c.dtype).tiny))  # keeps rho = 0 at 0
-    return rho.mul_(torch.pow(10.0, mu * (1.0 - c)))
+    return copy_shares(z_sharing, full_copy_statistics(z_full, bias_full, dims), dims)
 
 
-_COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
+def _cap_rows(
+    rho: torch.Tensor,
+    capped: torch.Tensor,
+    exponent: torch.Tensor,
+    factor: torch.Tensor,
+    dims: tuple[int, ...],
+) -> None:
+    """``rho <- rho ** exponent * factor`` in place, only where a statistic group is capped.
 
-
-def compiled_reference_shares() -> Callable[..., torch.Tensor]:
-    """:func:`reference_shares` fused by ``torch.compile`` (built once per process).
-
-    The published formula is some twenty elementwise steps per unit; fused, they cost about
-    as much as one. The first call compiles (tens of seconds; Inductor caches the result on
-    disk for later processes) and needs a C++ compiler on the machine.
+    ``capped``, ``exponent`` and ``factor`` have size 1 along ``dims``. When ``dims`` are the
+    trailing dims of the contiguous ``rho``, each group is one row of a 2-D view and only the
+    capped rows are touched (often few in the first layers, the largest ones).
     """
-    if "reference" not in _COMPILED:
-        _COMPILED["reference"] = torch.compile(reference_shares, dynamic=True)
-    return _COMPILED["reference"]
+    rows = capped.flatten().nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return
+    trailing = dims == tuple(range(rho.dim() - len(dims), rho.dim()))
+    if not (trailing and rho.is_contiguous()) or rows.numel() == capped.numel():
+        rho.pow_(exponent).mul_(factor)
+        return
+    table = rho.view(capped.numel(), -1)
+    part = table.index_select(0, rows)
+    part.pow_(exponent.flatten()[rows].unsqueeze(1)).mul_(factor.flatten()[rows].unsqueeze(1))
+    table.index_copy_(0, rows, part)
 
 
-def make_sharing(mode: str, compiled: bool = False) -> BiasSharing:
+def make_sharing(mode: str) -> BiasSharing:
     """Return the bias-sharing strategy for a mode name, or raise a clear error.
 
     Args:
         mode: ``"reference"``, ``"proportional"`` or ``"none"``.
-        compiled: Fuse the reference formula with ``torch.compile`` (``"reference"`` only;
-            the other modes are already a few fused operations).
     """
     if mode not in BIAS_SHARING_MODES:
         raise ValueError(
             f"bias_sharing must be one of {', '.join(map(repr, BIAS_SHARING_MODES))}; got {mode!r}"
         )
     if mode == "reference":
-        return ReferenceSharing(compiled=compiled)
+        return ReferenceSharing()
     return ProportionalSharing() if mode == "proportional" else NoSharing()
 
 
@@ -249,7 +382,10 @@ __all__ = [
     "BIAS_SHARING_MODES",
     "BiasSharing",
     "BiasSharingMode",
-    "compiled_reference_shares",
+    "copy_shares",
+    "FullCopyStatistics",
+    "full_copy_statistics",
+    "Workspace",
     "NoSharing",
     "ProportionalSharing",
     "ReferenceSharing",

@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from ctc_plugin import CTC
+from ctc_plugin.ctc.layout import CopyLayout
+from ctc_plugin.ctc.sharing import ReferenceSharing, reference_shares
+
+from .conftest import cases
 
 
 def _q(u):
@@ -80,8 +86,9 @@ def numpy_reference_ctc(model: nn.Sequential, x: torch.Tensor, masks: list, targ
     return np.array([y * c[target] / full for c in copies[1:]])
 
 
+@pytest.mark.parametrize("block_elements", [1, 1 << 20])
 @pytest.mark.parametrize("seed", range(6))
-def test_reference_matches_an_independent_numpy_implementation(seed):
+def test_reference_matches_an_independent_numpy_implementation(seed, block_elements):
     torch.manual_seed(seed)
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1),
@@ -98,9 +105,9 @@ def test_reference_matches_an_independent_numpy_implementation(seed):
     labels = torch.randint(0, 4, (1, 1, 8, 8))
     masks = [(labels[0, 0] == k).double() for k in range(4)]
     target = seed % 3
-    _, scores = CTC(model, bias_sharing="reference").attribute(
-        x, target=target, feature_mask=labels, return_feature_scores=True
-    )
+    ctc = CTC(model, bias_sharing="reference")
+    ctc.sharing.block_elements = block_elements  # 1: every copy is its own block
+    _, scores = ctc.attribute(x, target=target, feature_mask=labels, return_feature_scores=True)
     expected = numpy_reference_ctc(model, x, masks, target)
     np.testing.assert_allclose(scores.scores[0].numpy(), expected, rtol=1e-7, atol=1e-9)
 
@@ -173,13 +180,33 @@ def test_two_layer_example_by_hand_reference():
     torch.testing.assert_close(_scores("reference"), expected)
 
 
-@pytest.mark.slow
-def test_compiled_reference_sharing_agrees_with_eager():
-    from ctc_plugin.testing import CNNSpec, RandomCNN, random_partition
+@settings(max_examples=20, deadline=None)
+@given(cases(), st.integers(1, 3), st.booleans())
+def test_blockwise_shares_equal_the_whole_layer_computation(case, copies_per_block, baseline):
+    """Blocks of a few copies (the eager path) give the values of one whole-layer computation."""
+    model, x, mask, target = case
+    baselines = 0.2 * torch.ones_like(x[:1]) if baseline else None
+    whole, blocks = CTC(model), CTC(model)
+    whole.sharing.block_elements = 1 << 62
+    blocks.sharing.block_elements = copies_per_block * x[0].numel()  # about that many copies
+    expected = whole.attribute(x, target=target, feature_mask=mask, baselines=baselines)
+    actual = blocks.attribute(x, target=target, feature_mask=mask, baselines=baselines)
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
 
-    model = RandomCNN(CNNSpec(residual=True, concat=True), seed=5).double()
-    x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
-    mask = random_partition(12, 12, 6)
-    eager = CTC(model).attribute(x, target=1, feature_mask=mask)
-    fused = CTC(model, compile=True).attribute(x, target=1, feature_mask=mask)
-    torch.testing.assert_close(fused, eager, rtol=1e-6, atol=1e-8)
+
+def test_blockwise_shares_equal_the_all_copies_function():
+    """``reference_shares`` on a whole grouped layer equals the blocks the eager path uses."""
+    torch.manual_seed(0)
+    z = torch.randn(2, 7, 3, 5, 5, dtype=torch.float64)
+    z[0, 3, 1] = 0.0  # a copy with an empty channel
+    z[1, 0, 2, :2] = 0.0  # the full copy exactly zero somewhere
+    bias = torch.randn(3, 1, 1, dtype=torch.float64)
+    grouped = torch.cat([torch.zeros_like(z[:, :1]), z], 1)  # gate copy first
+    expected = grouped.clone()
+    expected[:, 1:] += reference_shares(z, z[:, :1], bias, bias, 5) * bias
+    expected[:, :1] += bias
+    sharing = ReferenceSharing()
+    sharing.block_elements = 2 * z[0, 0].numel()
+    layout = CopyLayout(examples=2, features=6, reference_full=True, baseline=False)
+    sharing.add_bias(grouped, bias, layout)
+    torch.testing.assert_close(grouped, expected, rtol=1e-12, atol=1e-12)
