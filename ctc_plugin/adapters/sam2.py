@@ -1,5 +1,9 @@
 """SAM 2 as a segmenter (optional: ``pip install sam2``).
 
+The ``sam2`` package builds from source against the installed torch; without a GPU toolchain,
+``SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2`` avoids both the CUDA extension and a
+second torch download.
+
 ``SAM2Segmenter`` runs SAM 2's automatic mask generator and post-processes its masks exactly like
 [`SAMSegmenter`][ctc_plugin.adapters.sam.SAMSegmenter] (RGB ``uint8`` input, aspect ratio kept,
 nearest-neighbour back to the classifier grid, ``to_partition``, on-disk cache). The ``sam2``
@@ -9,15 +13,12 @@ package is imported only when a ``SAM2Segmenter`` is built.
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ctc_plugin.adapters._optional import require
-from ctc_plugin.adapters.sam import SAMSegmenter
+from ctc_plugin.adapters.sam import SAMSegmenter, load_sam
 
 __all__ = ["SAM2Segmenter"]
 
@@ -70,29 +71,12 @@ class SAM2Segmenter(SAMSegmenter):
             raise TypeError(f"model must be a sam2 SAM2Base, got {type(model).__name__}")
 
     def _load_model(self, checkpoint: str | os.PathLike[str] | None, model_type: str) -> Any:
-        from ctc_plugin.adapters.sam import CHECKPOINT_HINT
-
         build_sam2 = require("sam2.build_sam", "sam2", _PURPOSE).build_sam2
-        if checkpoint is None:
-            raise ValueError(f"SAM2Segmenter needs a SAM 2 checkpoint: {CHECKPOINT_HINT}")
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"SAM 2 checkpoint {str(path)!r} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(
-                f"SAM 2 checkpoint {str(path)!r} could not be read: {error}"
-            ) from error
-        state = state.get("model", state) if isinstance(state, dict) else state
-        model = build_sam2(model_type, ckpt_path=None, device=str(self._device), mode="eval")
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            raise ValueError(
-                f"SAM 2 checkpoint {str(path)!r} does not match config {model_type!r}"
-            ) from error
-        return model
+
+        def build(checkpoint: None = None) -> Any:  # the config names the architecture
+            return build_sam2(model_type, ckpt_path=None, device=str(self._device), mode="eval")
+
+        return load_sam(checkpoint, model_type, registry={model_type: build})
 
     def _make_generator(self, model: Any, options: dict[str, Any]) -> Any:
         module = require("sam2.automatic_mask_generator", "sam2", _PURPOSE)

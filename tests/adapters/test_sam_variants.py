@@ -38,3 +38,37 @@ def test_mobile_sam_needs_a_checkpoint():  # pragma: no cover - only where mobil
 
     with pytest.raises(ValueError, match="checkpoint="):
         MobileSAMSegmenter()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("sam2") is None, reason="sam2 is not installed")
+def test_sam2_segments_with_a_checkpoint_the_test_writes(tmp_path):  # pragma: no cover
+    """A randomly initialised SAM 2 (hiera tiny) saved, loaded and run end to end (~10 s)."""
+    import torch
+    from sam2.build_sam import build_sam2
+
+    from ctc_plugin.adapters.sam import build_tiny_sam
+    from ctc_plugin.adapters.sam2 import SAM2Segmenter
+
+    config = "configs/sam2.1/sam2.1_hiera_t.yaml"
+    torch.manual_seed(0)
+    path = tmp_path / "sam2_random.pt"
+    torch.save({"model": build_sam2(config, None, device="cpu").state_dict()}, path)
+    segmenter = SAM2Segmenter(
+        checkpoint=path,
+        model_type=config,
+        cache=False,
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+    )
+    images = torch.rand(1, 3, 48, 64)
+    partition = segmenter(images)
+    assert partition.shape == (1, 1, 48, 64) and partition.dtype == torch.long
+    ids = partition.unique()
+    assert torch.equal(ids, torch.arange(len(ids)))  # every pixel in exactly one feature
+
+    wrong = tmp_path / "segment_anything_tiny.pt"
+    torch.save(build_tiny_sam().state_dict(), wrong)
+    with pytest.raises(ValueError, match="does not match"):
+        SAM2Segmenter(checkpoint=wrong, model_type=config)
