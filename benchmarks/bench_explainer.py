@@ -3,11 +3,11 @@
 Run: ``python benchmarks/bench_explainer.py [--quick] [--families vgg resnet ...]``.
 
 Speed:
-For each zoo model with a shipped explainer, every method explains the same images one at a
-time (batch of 1, the target being the true class), on one CPU thread; the table gives the
-median milliseconds per image and how many times faster the explainer is. CTC uses a 4x4 grid
-feature mask (16 features); when ``ctc_plugin.CTC`` is not available, only Captum's
-FeatureAblation with the same mask is measured, and the table says so.
+For each zoo model with a shipped explainer, every method explains the same images (the target
+being the true class), one image per call and then all images in one call, on one CPU thread;
+the table gives the median milliseconds per image and how many times faster the explainer is.
+CTC (default "reference" sharing) and Captum's FeatureAblation use the same 4x4 grid feature
+mask (16 features).
 
 Quality: mean IoU of the thresholded maps (>= 0.5 x the map's maximum, the same rule for both)
 with the evidence masks on fresh images (seed 2024), against pytorch-grad-cam's GradCAM on the
@@ -25,7 +25,7 @@ from functools import partial
 import torch
 from captum.attr import FeatureAblation
 
-from ctc_plugin import zoo
+from ctc_plugin import CTC, zoo
 from ctc_plugin.datasets import ShapesDataset
 from ctc_plugin.evaluation.localisation import binarize, iou
 from ctc_plugin.explainer.attribution import ExplainerAttribution
@@ -56,15 +56,6 @@ def per_image_ms(
             explain(x, t)
             times.append(1000 * (time.perf_counter() - start) / len(x))
     return statistics.median(times)
-
-
-def ctc_class():
-    """Return ``ctc_plugin.CTC`` if it has landed, else None."""
-    try:
-        from ctc_plugin.ctc.attribution import CTC
-    except ImportError:
-        return None
-    return CTC
 
 
 def localisation(families: list[str], count: int, split: str = "shapes") -> None:
@@ -115,31 +106,29 @@ def main() -> None:
     images, labels = data.tensors()
     mask = grid_mask(data.image_size)
     families = args.families or [f for f, s in shipped_explainers() if s == "shapes"]
-    ctc = ctc_class()
     print(f"{count} images of {data.image_size}x{data.image_size}, 1 thread")
-    print(f"CTC available: {'yes' if ctc else 'no (FeatureAblation measured instead)'}")
     print("ms per image; batch = images per attribute call")
     header = (
         f"{'model':<10} {'batch':>5} {'explainer ms':>13} {'peer':<18} {'peer ms':>9} {'ratio':>8}"
     )
     print(header)
     print("-" * len(header))
-    speed(families, images, labels, mask, ctc)
+    speed(families, images, labels, mask)
     localisation(families, 50 if args.quick else 200)
     composite = [f for f, s in shipped_explainers() if s == "composite" and f in families]
     localisation(composite, 50 if args.quick else 200, split="composite")
     specificity(families, 40 if args.quick else 100)
 
 
-def speed(families, images, labels, mask, ctc) -> None:
+def speed(families, images, labels, mask) -> None:
     """Print the per-image timing table, one image per call and the whole batch per call."""
     for family in families:
         model = zoo.load(family, "shapes")
         attribution = ExplainerAttribution(model, load_explainer(family, "shapes"))
-        peers: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
-        if ctc is not None:
-            peers["CTC (16 feat.)"] = partial(ctc(model).attribute, feature_mask=mask)
-        peers["FeatureAbl. (16)"] = partial(FeatureAblation(model).attribute, feature_mask=mask)
+        peers: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+            "CTC (16 feat.)": partial(CTC(model).attribute, feature_mask=mask),
+            "FeatureAbl. (16)": partial(FeatureAblation(model).attribute, feature_mask=mask),
+        }
         for batch, repeats in ((1, 1), (len(images), 3)):
             fast = per_image_ms(
                 lambda x, t, a=attribution: a.attribute(x, target=t), images, labels, batch, repeats
