@@ -86,6 +86,30 @@ def resolve_targets(target: TargetType, output: torch.Tensor) -> torch.Tensor:
     return torch.tensor(flat, dtype=torch.long, device=output.device)
 
 
+def slice_targets(target: TargetType, n: int, part: slice) -> TargetType:
+    """The targets of examples ``part`` of a batch of ``n``, in the form ``target`` was given.
+
+    Per-example forms (a list, an (N,) tensor) are sliced; forms shared by every example pass
+    through unchanged.
+
+    Raises:
+        ValueError: a per-example form whose length is not ``n``.
+    """
+    if isinstance(target, torch.Tensor):
+        if target.numel() == 1 or target.dim() != 1:
+            return target  # one class for all, or a shape resolve_targets will explain
+        per_example = target
+    elif target is None or isinstance(target, (int, tuple, str)):
+        return target
+    elif isinstance(target, Sequence):
+        per_example = target
+    else:
+        return target  # resolve_targets names the unsupported type
+    if len(per_example) != n:
+        raise ValueError(f"got {len(per_example)} targets for {n} examples; give one per example")
+    return per_example[part]
+
+
 def select_targets(output: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Pick each example's target value from (N, *out) outputs given flat indices (N,)."""
     if output.dim() == 1:

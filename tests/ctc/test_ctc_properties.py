@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from captum.attr import InputXGradient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctc_plugin import CTC
+from ctc_plugin.testing import CNNSpec, RandomCNN, random_partition
 
 from .conftest import cases
 
@@ -144,3 +146,62 @@ def test_smooth_activations_take_the_full_pass_with_rescale_gates():
         x, target=0, feature_mask=mask, return_feature_scores=True
     )
     torch.testing.assert_close(scores.scores.sum(1), model(x)[:, 0].detach())
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    cases(),
+    st.sampled_from(MODES),
+    st.sampled_from(["int", "list", "tensor"]),
+    st.booleans(),
+    st.sampled_from([None, 2]),
+)
+def test_explaining_examples_in_groups_changes_nothing(
+    case, mode, target_form, with_baseline, per_eval
+):
+    """Groups of examples per pass (max_copies_per_pass) give the one-pass results exactly."""
+    model, x, mask, target = case
+    n = x.shape[0]
+    classes = model(x).shape[1]
+    targets = {
+        "int": target,
+        "list": [(target + i) % classes for i in range(n)],
+        "tensor": torch.tensor([(target + 2 * i) % classes for i in range(n)]),
+    }[target_form]
+    scale = torch.linspace(0.5, 1.5, n, dtype=x.dtype).view(n, 1)  # a per-example extra argument
+    baselines = 0.25 * torch.rand_like(x) if with_baseline else None
+    per_eval = None if mode == "proportional" else per_eval
+
+    def forward(inputs, factor):
+        return model(inputs) * factor
+
+    results = []
+    for copies in (1, 10**9):  # one example per pass, or the whole batch in one pass
+        ctc = CTC(forward, bias_sharing=mode)
+        ctc.max_copies_per_pass = copies
+        results.append(
+            ctc.attribute(
+                x,
+                target=targets,
+                feature_mask=mask,
+                baselines=baselines,
+                additional_forward_args=(scale,),
+                perturbations_per_eval=per_eval,
+                return_feature_scores=True,
+            )
+        )
+    (grouped, grouped_scores), (whole, whole_scores) = results
+    torch.testing.assert_close(grouped, whole, rtol=1e-12, atol=1e-12)
+    for name in ("scores", "output", "target"):
+        torch.testing.assert_close(getattr(grouped_scores, name), getattr(whole_scores, name))
+    if with_baseline:
+        torch.testing.assert_close(grouped_scores.baseline, whole_scores.baseline)
+
+
+def test_per_example_targets_of_the_wrong_length_name_the_batch_size():
+    model = RandomCNN(CNNSpec(), seed=0)
+    x = torch.rand(4, 3, 8, 8)
+    ctc = CTC(model)
+    ctc.max_copies_per_pass = 1
+    with pytest.raises(ValueError, match="3 targets for 4 examples"):
+        ctc.attribute(x, target=[0, 1, 0], feature_mask=random_partition(8, 8, 3))
