@@ -8,7 +8,9 @@ each method over repeated, interleaved runs and the ratios the project holds CTC
 - CTC / (K + 1 plain forward passes in one batch)   (goal <= 1.2)
 
 Run: ``python benchmarks/bench_ctc.py [--quick] [--size 224] [--features 16] [--threads 2]``
-(``--profile reference`` also prints where one call of that mode spends its time, by operation).
+(``--profile reference`` also prints where one call of that mode spends its time, by operation;
+``--batch 8`` explains 8 images per call and adds CTC with the whole batch in one pass, i.e.
+without grouping the examples by ``max_copies_per_pass``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=1, help="images per attribute call")
     parser.add_argument(
         "--profile",
         choices=("none", "proportional", "reference"),
@@ -60,10 +63,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
-    x = torch.rand(1, 3, args.size, args.size)
+    x = torch.rand(args.batch, 3, args.size, args.size)
     mask = grid_mask(args.size, args.features)
     k = args.features
-    target = int(model(x).argmax())
+    target = int(model(x[:1]).argmax())
     batch = x.repeat(k + 1, 1, 1, 1)
 
     def plain():
@@ -84,6 +87,12 @@ def main() -> None:
         runs[f"CTC {mode}"] = lambda ctc=ctc: ctc.attribute(
             x, target=target, feature_mask=mask, perturbations_per_eval=k
         )
+    if args.batch > 1:
+        one_pass = CTC(model)
+        one_pass.max_copies_per_pass = 10**9
+        runs["CTC reference, one pass"] = lambda: one_pass.attribute(
+            x, target=target, feature_mask=mask, perturbations_per_eval=k
+        )
     for fn in runs.values():  # warm-up
         fn()
     timings = {name: [] for name in runs}
@@ -93,8 +102,8 @@ def main() -> None:
     medians = {name: statistics.median(t) for name, t in timings.items()}
     fa, plain_t = medians["captum FeatureAblation"], medians["plain forward x (K+1)"]
     print(
-        f"ResNet-18, {args.size}x{args.size}, K={k}, threads={args.threads}, "
-        f"repeats={args.repeats}, torch {torch.__version__}"
+        f"ResNet-18, {args.batch} image(s) of {args.size}x{args.size}, K={k}, "
+        f"threads={args.threads}, repeats={args.repeats}, torch {torch.__version__}"
     )
     print(f"{'method':32s} {'median s':>9s} {'/ FeatureAblation':>18s} {'/ (K+1) forwards':>17s}")
     for name, t in medians.items():
