@@ -2,7 +2,9 @@
 
     python benchmarks/bench_methods.py [--quick] [--out DIR] [any `ctc-plugin benchmark` flag]
 
-Prints the Markdown table of means; time per image is also given as a ratio to Captum's
+Without ``--out`` each run writes to a fresh ``out/bench_methods-<time>`` folder (the benchmark
+resumes a folder that holds finished pieces, which would print old timings). Prints the Markdown
+table of means; time per image is also given as a ratio to Captum's
 FeatureAblation on the same features, measured in the same run (the peer CTC's cost is held to:
 K + 1 forward passes). Methods without features are compared with the first FeatureAblation row.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import time
 from pathlib import Path
 
 from ctc_plugin.cli import main as cli_main
@@ -33,7 +36,7 @@ def cost_ratios(results_csv: Path) -> list[tuple[str, float, float]]:
 
 
 def main(argv: list[str]) -> int:
-    out = Path("out/bench_methods")
+    out = Path(time.strftime("out/bench_methods-%Y%m%d-%H%M%S"))
     if "--out" in argv:
         out = Path(argv[argv.index("--out") + 1])
     else:

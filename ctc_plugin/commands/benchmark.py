@@ -5,8 +5,23 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ctc_plugin.evaluation.benchmark import BenchmarkConfig
 
 DEFAULT_OUT = "out/benchmark"
+
+#: Configuration fields and the options that set them (for error messages).
+OPTIONS = {
+    "images": "--images",
+    "robustness_images": "--robustness-images",
+    "families": "--families",
+    "splits": "--splits",
+    "feature_sources": "--features",
+    "methods": "--methods",
+    "lime_samples": "--lime-samples",
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,7 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="compare every explanation method on the zoo models (CSV, Markdown table, plots)",
         description="Explain the same held-out ShapesDataset images with CTC, Integrative CAM, "
         "the Explainer and the established Captum / Zennit / pytorch-grad-cam methods; score "
-        "localisation, faithfulness, invariance, sensitivity, time and memory.",
+        "localisation, faithfulness, invariance, sensitivity, time and memory. Each finished "
+        "method variant is stored under --out: the same command run again resumes where it "
+        "stopped.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a small run (one model, a few images; minutes)"
@@ -45,14 +62,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lime-samples", type=int, help="samples for Lime and KernelShap")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="compute nothing: write results.md/csv and plots under --out from the pieces "
+        "finished so far (labelled partial while the run is incomplete)",
+    )
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark and print where the results are."""
-    import torch
-
-    from ctc_plugin.evaluation.benchmark import BenchmarkConfig, run_benchmark
+def _config(args: argparse.Namespace) -> BenchmarkConfig:
+    from ctc_plugin.evaluation.benchmark import BenchmarkConfig
 
     config = BenchmarkConfig.quick() if args.quick else BenchmarkConfig()
     overrides = {
@@ -67,12 +87,54 @@ def run(args: argparse.Namespace) -> int:
     changes = {key: value for key, value in overrides.items() if value is not None}
     if "images" in changes and "robustness_images" not in changes:
         changes["robustness_images"] = min(config.robustness_images, changes["images"])
-    config = replace(config, **changes)
+    return replace(config, **changes)
+
+
+def _report_only(args: argparse.Namespace) -> int:
+    from ctc_plugin.cli import CLIError
+    from ctc_plugin.evaluation.report import write_stored_report
+
+    given = [OPTIONS[key] for key in OPTIONS if getattr(args, _attribute(key)) is not None]
+    given += ["--quick"] if args.quick else []
+    if given:
+        raise CLIError(
+            f"--report-only uses the configuration stored in {args.out}; drop {' '.join(given)}"
+        )
+    write_stored_report(args.out)
+    print(f"wrote {args.out}/results.md, results.csv, per_image.csv and plots")
+    return 0
+
+
+def _attribute(field: str) -> str:
+    return OPTIONS[field].removeprefix("--").replace("-", "_")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run (or resume) the benchmark, or write the report so far, and print where it is."""
+    import torch
+
+    from ctc_plugin.cli import CLIError
+    from ctc_plugin.evaluation.benchmark import run_benchmark
+    from ctc_plugin.evaluation.store import ConfigMismatchError
+
+    if args.report_only:
+        return _report_only(args)
+    config = _config(args)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
-    run_benchmark(config, args.out, show_progress=not args.no_progress)
+    try:
+        run_benchmark(config, args.out, show_progress=not args.no_progress)
+    except ConfigMismatchError as error:
+        listed = "; ".join(
+            f"{OPTIONS.get(key, key)}: {old!r} there, {new!r} now"
+            for key, old, new in error.differences
+        )
+        raise CLIError(
+            f"{args.out} holds a benchmark run with other options ({listed}); run the same "
+            "command as before to resume it, or choose a fresh --out"
+        ) from error
     print(
         f"wrote {args.out}/results.md, results.csv, per_image.csv, curves.png, "
         "invariance_sensitivity.png"

@@ -1,8 +1,11 @@
 """The side-by-side benchmark: every method, on the zoo models and both data splits.
 
 `run_benchmark` explains the same images with every method of `ctc_plugin.evaluation.methods`
-(feature-based methods once per feature source), scores them with this package's metrics and
-writes, under an output folder:
+(feature-based methods once per feature source) and scores them with this package's metrics.
+Each finished piece (one method variant on one model) is stored under the output folder
+(`ctc_plugin.evaluation.store`), so a run that stops resumes where it stopped; the report is
+written from the stored pieces (`ctc_plugin.evaluation.report.write_stored_report`, also for a
+partial run):
 
 * ``per_image.csv``: one row per image, model and method (localisation, faithfulness, cost);
 * ``results.csv``: one row per model, split and method, with means and the robustness metrics
@@ -22,10 +25,13 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import sys
 import time
+import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ctc_plugin.evaluation._inputs import predict
+from ctc_plugin.evaluation._inputs import Method, predict
 from ctc_plugin.evaluation.faithfulness import PerturbationCurve, perturbation_curve
 from ctc_plugin.evaluation.invariance import input_invariance
 from ctc_plugin.evaluation.localisation import (
@@ -47,11 +53,18 @@ from ctc_plugin.evaluation.localisation import (
 )
 from ctc_plugin.evaluation.methods import MethodSpec, peer_methods, registry
 from ctc_plugin.evaluation.protocol import DEFAULT_PERTURBATIONS, run_protocol, welch_test
-from ctc_plugin.evaluation.report import COLUMNS, ModelRun, finite_mean, write_report
+from ctc_plugin.evaluation.report import COLUMNS, finite_mean, write_stored_report
 from ctc_plugin.evaluation.sanity import cascading_randomisation
 from ctc_plugin.evaluation.sensitivity import max_sensitivity, measure_cost
+from ctc_plugin.evaluation.store import ModelInfo, Piece, RunStore, run_order
+from ctc_plugin.features.cache import image_digest
 
-__all__ = ["BenchmarkConfig", "Variant", "run_benchmark", "machine_description"]
+__all__ = [
+    "BenchmarkConfig",
+    "Variant",
+    "run_benchmark",
+    "machine_description",
+]
 
 FEATURE_SOURCES = ("oracle", "superpixel", "selected")
 
@@ -179,7 +192,26 @@ def _feature_makers(model: nn.Module) -> dict[str, Callable[..., Tensor]]:
         relevance = lrp(model, images, targets, None)
         return select_features(superpixels(images), images, relevance, target=targets)
 
-    return {"superpixel": superpixels, "selected": selected}
+    return {"superpixel": _by_content(superpixels), "selected": _by_content(selected)}
+
+
+def _by_content(segmenter: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``segmenter`` remembering its answers by the bytes of its inputs.
+
+    The protocol re-segments the same perturbed images (its noise is seeded) for every
+    variant that uses the same features; each is segmented once per model this way.
+    """
+    answers: dict[str, Tensor] = {}
+
+    def segment(images: Tensor, targets: Tensor | None = None) -> Tensor:
+        key = image_digest(images.detach().cpu().numpy())
+        if targets is not None:
+            key += "/" + ",".join(str(int(t)) for t in targets)
+        if key not in answers:
+            answers[key] = segmenter(images) if targets is None else segmenter(images, targets)
+        return answers[key].clone()
+
+    return segment
 
 
 def _localisation(maps: Tensor, evidence: Tensor) -> dict[str, Tensor]:
@@ -211,6 +243,41 @@ def _faithfulness(
     return scores, {"deletion": deletion.scores.numpy(), "insertion": insertion.scores.numpy()}
 
 
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Add the wall-clock seconds of the block to ``timings[key]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - started
+
+
+def _reusing(
+    fn: Method, model: nn.Module, images: Tensor, labels: Tensor, mask: Tensor | None, maps: Tensor
+) -> Method:
+    """``fn``, except that explaining ``images`` for ``model`` again returns ``maps``.
+
+    Every robustness metric first explains the unperturbed images with the original model;
+    the per-image pass already did exactly that, so those calls reuse its maps.
+    """
+
+    def method(
+        candidate: nn.Module, inputs: Tensor, targets: Tensor, feature_mask: Tensor | None
+    ) -> Tensor:
+        same = (
+            candidate is model
+            and inputs.shape == images.shape
+            and torch.equal(inputs, images)
+            and torch.equal(targets.long(), labels.long())
+            and (feature_mask is mask or (mask is not None and torch.equal(feature_mask, mask)))
+        )
+        return maps.clone() if same else fn(candidate, inputs, targets, feature_mask)
+
+    method.__name__ = getattr(fn, "__name__", "method")
+    return method
+
+
 def _robustness(
     variant: Variant,
     model: nn.Module,
@@ -218,23 +285,31 @@ def _robustness(
     features: Tensor | None,
     makers: dict[str, Callable[[Tensor], Tensor]],
     config: BenchmarkConfig,
+    maps: Tensor,
+    timings: dict[str, float],
 ) -> dict[str, float]:
     n = config.robustness_images
     images, labels = data["images"][:n], data["labels"][:n]
     mask = None if features is None else features[:n]
-    fn = variant.spec.fn
+    fn = _reusing(variant.spec.fn, model, images, labels, mask, maps[:n])
     segmenter = None
     if config.resegment and variant.features in makers:
         segmenter = makers[variant.features]
-    results = run_protocol(
-        fn, model, images, labels, mask, config.perturbations, segmenter=segmenter
-    )
+    with _timed(timings, "protocol"):
+        results = run_protocol(
+            fn, model, images, labels, mask, config.perturbations, segmenter=segmenter
+        )
     protocol = welch_test(results)
-    invariance = input_invariance(fn, model, images, labels, mask, shift=config.input_shift)
-    sensitivity = max_sensitivity(
-        fn, model, images, labels, mask, n_samples=config.sensitivity_samples
-    )
-    sanity = cascading_randomisation(fn, model, images, labels, mask, max_steps=config.sanity_steps)
+    with _timed(timings, "invariance"):
+        invariance = input_invariance(fn, model, images, labels, mask, shift=config.input_shift)
+    with _timed(timings, "sensitivity"):
+        sensitivity = max_sensitivity(
+            fn, model, images, labels, mask, n_samples=config.sensitivity_samples
+        )
+    with _timed(timings, "sanity"):
+        sanity = cascading_randomisation(
+            fn, model, images, labels, mask, max_steps=config.sanity_steps
+        )
     return {
         "dist_kept": protocol.mean_kept,
         "dist_changed": protocol.mean_changed,
@@ -253,24 +328,35 @@ def _run_variant(
     segments: Tensor,
     makers: dict[str, Callable[[Tensor], Tensor]],
     config: BenchmarkConfig,
-    run: ModelRun,
     bar: tqdm,
-) -> None:
+    timings: dict[str, float],
+) -> tuple[list[dict[str, float]], dict[str, float], dict[str, np.ndarray]]:
+    """Explain and score every image, then the robustness subset: rows, summary, curves.
+
+    ``timings`` receives the seconds spent per stage (warm-up, explanations, localisation,
+    curves, and each robustness metric).
+    """
     n = len(data["images"])
     per_image: dict[str, list[np.ndarray]] = defaultdict(list)
     curves: dict[str, list[np.ndarray]] = defaultdict(list)
+    explanations: list[Tensor] = []
     # warm-up on one image: imports, caches and first-call allocations are not the method's cost
     first_mask = None if features is None else features[:1]
-    variant.spec.fn(model, data["images"][:1], data["labels"][:1], first_mask)
+    with _timed(timings, "warmup"):
+        variant.spec.fn(model, data["images"][:1], data["labels"][:1], first_mask)
     for start in range(0, n, config.batch_size):
         part = slice(start, start + config.batch_size)
         images, labels = data["images"][part], data["labels"][part]
         mask = None if features is None else features[part]
-        maps, cost = measure_cost(variant.spec.fn, model, images, labels, mask)
-        scores = _localisation(maps, data["evidence"][part])
-        faithful, batch_curves = _faithfulness(
-            model, images, labels, maps, segments[part], config.curve_steps
-        )
+        with _timed(timings, "explain"):
+            maps, cost = measure_cost(variant.spec.fn, model, images, labels, mask)
+        explanations.append(maps)
+        with _timed(timings, "localisation"):
+            scores = _localisation(maps, data["evidence"][part])
+        with _timed(timings, "curves"):
+            faithful, batch_curves = _faithfulness(
+                model, images, labels, maps, segments[part], config.curve_steps
+            )
         scores.update(faithful)
         scores["seconds"] = torch.full((len(images),), cost.seconds_per_image)
         scores["memory_mib"] = torch.full((len(images),), cost.peak_memory_mib)
@@ -280,16 +366,68 @@ def _run_variant(
             curves[key].append(value)
         bar.update(len(images))
     columns = {key: np.concatenate(values) for key, values in per_image.items()}
-    for i in range(n):
-        row = {"family": run.family, "split": run.split, "method": variant.label, "image": i}
-        row.update({key: float(columns[key][i]) for key in PER_IMAGE})
-        run.rows.append(row)
-    summary = {"family": run.family, "split": run.split, "method": variant.label}
-    summary.update({key: finite_mean(columns[key]) for key in PER_IMAGE})
+    rows = [{"image": i, **{key: float(columns[key][i]) for key in PER_IMAGE}} for i in range(n)]
+    summary = {key: finite_mean(columns[key]) for key in PER_IMAGE}
     if config.robustness_images:
-        summary.update(_robustness(variant, model, data, features, makers, config))
-    run.summary.append(summary)
-    run.curves[variant.label] = {k: np.concatenate(v) for k, v in curves.items()}
+        maps = torch.cat(explanations)
+        summary.update(_robustness(variant, model, data, features, makers, config, maps, timings))
+    return rows, summary, {k: np.concatenate(v) for k, v in curves.items()}
+
+
+def _seed_piece(config: BenchmarkConfig, family: str, split: str, label: str) -> None:
+    """Seed every generator from the piece's name, so a resumed run equals an uninterrupted one."""
+    seed = zlib.crc32(f"{config.seed}/{family}/{split}/{label}".encode())
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _compute_piece(
+    variant: Variant,
+    family: str,
+    split: str,
+    model: nn.Module,
+    data: dict[str, Tensor],
+    sources: dict[str, Tensor],
+    makers: dict[str, Callable[[Tensor], Tensor]],
+    config: BenchmarkConfig,
+    bar: tqdm,
+) -> Piece:
+    """Run one variant on one model; a method that raises gives a piece holding its error."""
+    _seed_piece(config, family, split, variant.label)
+    features = None if variant.features is None else sources[variant.features]
+    piece = Piece(family, split, variant.label, machine=machine_description())
+    timings = piece.timings
+    started = time.perf_counter()
+    try:
+        rows, summary, curves = _run_variant(
+            variant, model, data, features, sources["superpixel"], makers, config, bar, timings
+        )
+    except Exception as error:  # a failing method is reported, not hidden
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        piece.error = f"{family}/{split} {variant.label}: {type(error).__name__}: {first_line}"
+    else:
+        piece.rows, piece.curves = rows, curves
+        piece.summary = {"family": family, "split": split, "method": variant.label, **summary}
+    piece.seconds = time.perf_counter() - started
+    return piece
+
+
+def _prepare_model(
+    model: nn.Module,
+    data: dict[str, Tensor],
+    variants: list[Variant],
+) -> tuple[float, dict[str, Callable[..., Tensor]], dict[str, Tensor]]:
+    """The model's accuracy, its feature makers and the features its variants need."""
+    model.eval()
+    with torch.no_grad():
+        predicted = model(data["images"]).argmax(dim=1)
+    accuracy = float((predicted == data["labels"]).double().mean())
+    makers = _feature_makers(model)
+    sources = {"oracle": data["instances"], "superpixel": makers["superpixel"](data["images"])}
+    if any(variant.features == "selected" for variant in variants):
+        sources["selected"] = makers["selected"](data["images"], data["labels"])
+    return accuracy, makers, sources
 
 
 def _model_and_explainer(family: str, split: str) -> tuple[nn.Module, nn.Module | None]:
@@ -303,13 +441,37 @@ def _model_and_explainer(family: str, split: str) -> tuple[nn.Module, nn.Module 
     return model, explainer
 
 
+def _plan(
+    config: BenchmarkConfig, family: str, split: str, explainer: nn.Module | None
+) -> tuple[list[Variant], list[str]]:
+    """The variants to run on one model, in report order, and notes for the report."""
+    methods = registry(explainer, n_samples=config.lime_samples, ig_steps=config.ig_steps)
+    notes = []
+    if config.methods is not None:
+        missing = set(config.methods) - set(methods)
+        if missing - {"Explainer"}:
+            raise ValueError(f"unknown methods {sorted(missing)}; available: {list(methods)}")
+        if missing:
+            notes.append(f"{family}/{split} Explainer: no trained Explainer found")
+        methods = {name: methods[name] for name in config.methods if name in methods}
+    return _variants(methods.values(), config.feature_sources), notes
+
+
 def run_benchmark(
     config: BenchmarkConfig,
     out_dir: str | Path,
     models: Mapping[tuple[str, str], nn.Module] | None = None,
     show_progress: bool = True,
 ) -> list[dict[str, object]]:
-    """Run the benchmark and write its CSV files, Markdown tables and plots to ``out_dir``.
+    """Run the benchmark (or resume it) and write its CSV files, tables and plots to ``out_dir``.
+
+    Every finished piece (one method variant on one model) is stored under ``out_dir`` as it
+    completes (see `ctc_plugin.evaluation.store`). Running again with the same configuration
+    skips the stored pieces and computes the rest; the report is always written from the
+    stored pieces, so an interrupted and resumed run reports the same as an uninterrupted one
+    (up to the measured times and memory). Models run one after another, each with all its
+    variants, so `ctc_plugin.evaluation.report.write_stored_report` can report whole models
+    while a run is under way.
 
     Args:
         config: What to run.
@@ -322,17 +484,15 @@ def run_benchmark(
         The summary rows (one per model, split and method), as written to ``results.csv``.
 
     Raises:
+        ConfigMismatchError: When ``out_dir`` holds a run with another configuration.
         FileNotFoundError: When no model can be loaded. A single missing zoo weight file only
             skips that model, with a warning and a line under "Failures" in ``results.md``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    store = RunStore(out_dir, config)
     torch.manual_seed(config.seed)
-    started = time.perf_counter()
-    runs: list[ModelRun] = []
-    skipped: list[str] = []
+    skipped: dict[str, str] = {}
     datasets: dict[str, dict[str, Tensor]] = {}
-    pairs = [(family, split) for split in config.splits for family in config.families]
+    pairs = run_order(config.families, config.splits)
     for family, split in tqdm(pairs, desc="models", disable=not show_progress):
         if models is not None:
             model, explainer = models[(family, split)], None
@@ -340,52 +500,38 @@ def run_benchmark(
             try:
                 model, explainer = _model_and_explainer(family, split)
             except FileNotFoundError as error:  # reported in results.md and on stderr
-                skipped.append(f"{family}/{split}: model skipped: {error}")
-                print(f"warning: {skipped[-1]}", file=sys.stderr)
+                skipped[f"{family}/{split}"] = f"model skipped: {error}"
+                print(f"warning: {family}/{split}: model skipped: {error}", file=sys.stderr)
                 continue
-        model.eval()
+        variants, notes = _plan(config, family, split, explainer)
+        pending = [v for v in variants if not store.has(family, split, v.label)]
+        if not pending:
+            continue
+        started = time.perf_counter()
         if split not in datasets:
             datasets[split] = _load_data(split, config)
         data = datasets[split]
-        with torch.no_grad():
-            predicted = model(data["images"]).argmax(dim=1)
-        run = ModelRun(family, split, float((predicted == data["labels"]).double().mean()))
-        makers = _feature_makers(model)
-        segments = makers["superpixel"](data["images"])
-        sources = {"oracle": data["instances"], "superpixel": segments}
-        if "selected" in config.feature_sources:
-            sources["selected"] = makers["selected"](data["images"], data["labels"])
-        methods = registry(explainer, n_samples=config.lime_samples, ig_steps=config.ig_steps)
-        if config.methods is not None:
-            missing = set(config.methods) - set(methods)
-            if missing - {"Explainer"}:
-                raise ValueError(f"unknown methods {sorted(missing)}; available: {list(methods)}")
-            if missing:
-                run.errors.append(f"{family}/{split} Explainer: no trained Explainer found")
-            methods = {name: methods[name] for name in config.methods if name in methods}
-        variants = _variants(methods.values(), config.feature_sources)
+        _seed_piece(config, family, split, "(model preparation)")
+        accuracy, makers, sources = _prepare_model(model, data, pending)
+        labels = [variant.label for variant in variants]
+        info = ModelInfo(accuracy, labels, notes, time.perf_counter() - started)
+        store.start_model(family, split, info)
         bar = tqdm(
-            total=len(variants) * config.images,
+            total=len(pending) * config.images,
             desc=f"{family}/{split}",
             leave=False,
             disable=not show_progress,
         )
-        for variant in variants:
+        for variant in pending:
             bar.set_postfix_str(variant.label)
-            features = None if variant.features is None else sources[variant.features]
-            try:
-                _run_variant(variant, model, data, features, segments, makers, config, run, bar)
-            except Exception as error:  # a failing method is reported, not hidden
-                first_line = str(error).splitlines()[0] if str(error) else ""
-                run.errors.append(
-                    f"{family}/{split} {variant.label}: {type(error).__name__}: {first_line}"
-                )
+            piece = _compute_piece(
+                variant, family, split, model, data, sources, makers, config, bar
+            )
+            store.save(piece)
         bar.close()
-        runs.append(run)
-    if not runs:
-        raise FileNotFoundError("no model could be loaded: " + "; ".join(skipped))
-    elapsed = time.perf_counter() - started
-    return write_report(runs, config, out, elapsed, machine_description(), skipped)
+    if len(skipped) == len(pairs):
+        raise FileNotFoundError("no model could be loaded: " + "; ".join(skipped.values()))
+    return write_stored_report(store, skipped)
 
 
 def machine_description() -> str:

@@ -1,17 +1,28 @@
-"""Writing the benchmark's results: CSV files, Markdown tables and plots."""
+"""Writing the benchmark's results (CSV files, Markdown tables, plots) from its stored pieces."""
 
 from __future__ import annotations
 
 import csv
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["COLUMNS", "ModelRun", "finite_mean", "write_report", "markdown_table"]
+from ctc_plugin.evaluation.store import Piece, RunStore, run_order
+
+__all__ = [
+    "COLUMNS",
+    "Coverage",
+    "ModelRun",
+    "finite_mean",
+    "write_report",
+    "write_stored_report",
+    "markdown_table",
+]
 
 #: Result columns: name -> (description, which direction is better).
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -56,6 +67,83 @@ class ModelRun:
     summary: list[dict[str, Any]] = field(default_factory=list)
     curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of one model's planned work is finished.
+
+    Attributes:
+        family: Zoo family.
+        split: Data split.
+        finished: Method variants finished (computed or failed).
+        planned: Method variants planned; ``None`` when the model's run has not started.
+        skipped: Why the model was skipped (e.g. no weights), or ``None``.
+    """
+
+    family: str
+    split: str
+    finished: int
+    planned: int | None
+    skipped: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """True when every planned variant is finished (a skipped model counts as done)."""
+        return self.skipped is not None or (
+            self.planned is not None and self.finished == self.planned
+        )
+
+    @property
+    def status(self) -> str:
+        """``"complete"``, ``"skipped"``, ``"not started"`` or ``"k of m variants"``."""
+        if self.skipped is not None:
+            return "skipped"
+        if self.planned is None:
+            return "not started"
+        if self.complete:
+            return "complete"
+        return f"in progress: {self.finished} of {self.planned} variants"
+
+
+def _completeness(coverage: list[Coverage], settings: Mapping[str, Any]) -> list[str]:
+    images = settings.get("images")
+    robust = settings.get("robustness_images")
+    done = sum(c.complete and c.skipped is None for c in coverage)
+    lines = ["## Completeness", ""]
+    if all(c.complete for c in coverage):
+        lines.append(
+            f"Complete: {done} models, every planned method variant on all {images} images "
+            f"(robustness metrics on the first {robust})."
+        )
+    else:
+        lines.append(
+            f"**Partial report.** {done} of {len(coverage)} models are complete; the mean tables "
+            "cover the complete models only, and each model still in progress has a table of "
+            f"its finished variants. Every finished variant covers all {images} images "
+            f"(robustness metrics on the first {robust}). Resume the run to complete it."
+        )
+    lines += ["", "| model | split | status |", "|---|---|---|"]
+    lines += [f"| {c.family} | {c.split} | {c.status} |" for c in coverage]
+    return lines + [""]
+
+
+def _cost_table(costs: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Cost of the run",
+        "",
+        "Wall-clock seconds of the whole benchmark pipeline per method variant, mean over the "
+        "models it finished on: per image (explanation, localisation, deletion and insertion "
+        "curves) and per robustness image (protocol with re-segmentation, input invariance, "
+        "max-sensitivity, sanity check), and minutes per model (everything, warm-up included).",
+        "",
+        "| method | models | s per image | s per robustness image | min per model |",
+        "|---|---|---|---|---|",
+    ]
+    for row in costs:
+        cells = [_format(row[key]) for key in ("per_image", "per_robustness_image", "minutes")]
+        lines.append(f"| {row['method']} | {row['models']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -151,7 +239,8 @@ def _plot_curves(runs: list[ModelRun], path: Path, steps: int) -> None:
         axis.set_xlabel("fraction of pixels")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("target probability")
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if merged:
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -188,55 +277,174 @@ def write_report(
     elapsed: float,
     machine: str,
     notes: list[str] | None = None,
+    coverage: list[Coverage] | None = None,
+    costs: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Write ``per_image.csv``, ``results.csv``, ``results.md`` and the two plots.
 
     Args:
-        runs: One `ModelRun` per model and split.
-        config: The benchmark configuration (a dataclass), recorded in the Markdown file.
+        runs: One `ModelRun` per model and split (with the variants finished so far).
+        config: The benchmark configuration (a dataclass or a mapping), recorded in the
+            Markdown file.
         out: Output folder.
-        elapsed: Wall-clock seconds of the run.
-        machine: One line describing the machine.
+        elapsed: Compute seconds of the run.
+        machine: One line describing the machine(s).
         notes: Extra lines for the "Failures" section (e.g. models that were skipped).
+        coverage: What is finished per model. When a model is incomplete the report is
+            labelled partial, its mean tables and plots cover the complete models only and every
+            incomplete model gets a table of its own.
+        costs: Rows with ``method``, ``models``, ``per_image`` and ``per_robustness_image``
+            seconds and ``minutes`` per piece, for the "Cost of the run" section.
 
     Returns:
         The summary rows written to ``results.csv``.
     """
+    settings = asdict(config) if is_dataclass(config) else dict(config)
     summary = [row | {"accuracy": run.accuracy} for run in runs for row in run.summary]
     _write_csv(out / "per_image.csv", [row for run in runs for row in run.rows])
     _write_csv(out / "results.csv", summary)
-    means = _means(summary)
-    settings = ", ".join(f"{k}={v}" for k, v in asdict(config).items())
+    complete = {(c.family, c.split) for c in coverage or [] if c.complete}
+    partial = coverage is not None and not all(c.complete for c in coverage)
+    whole = [run for run in runs if not partial or (run.family, run.split) in complete]
+    whole_summary = [row | {"accuracy": run.accuracy} for run in whole for row in run.summary]
+    means = _means(whole_summary)
     parts = [
-        "# Benchmark results",
+        "# Benchmark results" + (" (partial)" if partial else ""),
         "",
-        f"Machine: {machine}. Wall-clock time: {elapsed / 60:.1f} min.",
+        f"Machine: {machine}. Compute time: {elapsed / 60:.1f} min.",
         "",
-        f"Configuration: {settings}.",
+        "Configuration: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".",
         "",
+        *(_completeness(coverage, settings) if coverage is not None else []),
         "## Models",
         "",
         "| model | split | accuracy on the benchmark images |",
         "|---|---|---|",
         *[f"| {run.family} | {run.split} | {run.accuracy:.3f} |" for run in runs],
         "",
-        "## Mean over all models and splits",
-        "",
-        markdown_table(means),
-        "",
     ]
-    for split in dict.fromkeys(run.split for run in runs):
-        parts += [
-            f"## Split `{split}` (mean over families)",
-            "",
-            markdown_table(_means([row for row in summary if row["split"] == split])),
-            "",
-        ]
+    scope = f"the {len(whole)} complete models" if partial else "all models and splits"
+    if whole:
+        parts += [f"## Mean over {scope}", "", markdown_table(means), ""]
+        for split in dict.fromkeys(run.split for run in whole):
+            rows = [row for row in whole_summary if row["split"] == split]
+            parts += [f"## Split `{split}` (mean over families)", "", markdown_table(_means(rows))]
+            parts.append("")
+    else:
+        parts += ["## Mean over the complete models", "", "No model is complete yet.", ""]
+    for run in runs:
+        if partial and (run.family, run.split) not in complete and run.summary:
+            parts += [
+                f"## In progress: {run.family}/{run.split} (finished variants only)",
+                "",
+                markdown_table(_means(run.summary)),
+                "",
+            ]
+    if costs:
+        parts += _cost_table(costs)
     parts += ["## Columns", ""]
     parts += [f"- `{key}`: {text} ({better} is better)" for key, (text, better) in COLUMNS.items()]
     errors = list(notes or []) + [line for run in runs for line in run.errors]
     parts += ["", "## Failures", ""] + ([f"- {line}" for line in errors] or ["None."])
     (out / "results.md").write_text("\n".join(parts) + "\n")
-    _plot_curves(runs, out / "curves.png", getattr(config, "curve_steps", 20))
+    _plot_curves(whole or runs, out / "curves.png", int(settings.get("curve_steps", 20)))
     _plot_scatter(means, out / "invariance_sensitivity.png")
     return summary
+
+
+def write_stored_report(
+    store: RunStore | str | Path, skipped: Mapping[str, str] | None = None
+) -> list[dict[str, object]]:
+    """Write the report from the pieces stored so far; partial runs are labelled as such.
+
+    Works while a run is still under way (in another process) and after it stopped: the
+    configuration stored with the pieces is used. In a partial report the mean tables cover the
+    complete models only, each model still in progress gets a table of its finished variants,
+    and ``results.md`` lists what is finished; ``results.csv`` and ``per_image.csv`` hold every
+    finished piece.
+
+    Args:
+        store: The run (or its output folder).
+        skipped: ``{"family/split": reason}`` for models that could not be loaded.
+
+    Returns:
+        The summary rows written to ``results.csv``.
+
+    Raises:
+        FileNotFoundError: When the folder holds no run.
+        ValueError: When no piece is finished yet, or a stored file does not parse.
+    """
+    if not isinstance(store, RunStore):
+        store = RunStore.open(store)
+    skipped = dict(skipped or {})
+    settings = store.config
+    runs: list[ModelRun] = []
+    coverage: list[Coverage] = []
+    seconds = 0.0
+    machines: list[str] = []
+    costs: dict[str, list[Piece]] = defaultdict(list)
+    preparation: list[float] = []
+    for family, split in run_order(settings["families"], settings["splits"]):
+        name = f"{family}/{split}"
+        info = store.model_info(family, split)
+        if name in skipped or info is None:
+            coverage.append(Coverage(family, split, 0, None, skipped.get(name)))
+            continue
+        run = ModelRun(family, split, info.accuracy, errors=list(info.notes))
+        seconds += info.seconds
+        preparation.append(info.seconds)
+        finished = 0
+        for label in info.planned:
+            if not store.has(family, split, label):
+                continue
+            piece = store.load(family, split, label)
+            finished += 1
+            seconds += piece.seconds
+            machines.append(piece.machine)
+            if piece.error is not None:
+                run.errors.append(piece.error)
+                continue
+            costs[label].append(piece)
+            meta = {"family": family, "split": split, "method": label}
+            run.rows += [meta | row for row in piece.rows]
+            run.summary.append(piece.summary)
+            run.curves[label] = piece.curves
+        coverage.append(Coverage(family, split, finished, len(info.planned)))
+        if finished:
+            runs.append(run)
+    if not runs:
+        raise ValueError(f"no benchmark piece is finished yet under {store.root}")
+    notes = [f"{name}: {reason}" for name, reason in skipped.items()]
+    machine = "; ".join(dict.fromkeys(machines))
+    cost_rows = [_cost_row(label, pieces, settings) for label, pieces in costs.items()]
+    prepared = float(np.mean(preparation))
+    cost_rows.append(
+        {
+            "method": "(model preparation: data, superpixels, selected features)",
+            "models": len(preparation),
+            "per_image": prepared / int(settings["images"]),
+            "per_robustness_image": math.nan,
+            "minutes": prepared / 60,
+        }
+    )
+    return write_report(runs, settings, store.root, seconds, machine, notes, coverage, cost_rows)
+
+
+PER_IMAGE_STAGES = ("explain", "localisation", "curves")
+ROBUSTNESS_STAGES = ("protocol", "invariance", "sensitivity", "sanity")
+
+
+def _cost_row(label: str, pieces: list[Piece], settings: Mapping[str, object]) -> dict[str, object]:
+    """Where one variant's time went, mean over the models it finished on."""
+
+    def mean(stages: Sequence[str]) -> float:
+        return float(np.mean([sum(p.timings.get(s, 0.0) for s in stages) for p in pieces]))
+
+    robust = int(settings.get("robustness_images", 0) or 0)
+    return {
+        "method": label,
+        "models": len(pieces),
+        "per_image": mean(PER_IMAGE_STAGES) / int(settings["images"]),
+        "per_robustness_image": mean(ROBUSTNESS_STAGES) / robust if robust else math.nan,
+        "minutes": float(np.mean([p.seconds for p in pieces])) / 60,
+    }
