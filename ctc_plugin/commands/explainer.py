@@ -10,6 +10,9 @@ from typing import Any
 #: Seed of the validation images (the training images use ``TRAIN_SEED``; tests use others).
 VAL_SEED = 1000
 
+#: Seed of the images the two-object training images are composed from.
+TWO_OBJECT_SEED = 3000
+
 #: Defaults of this command (the shipped explainers' commands are stored in their files).
 DEFAULTS: dict[str, Any] = {
     "train_size": 1200,
@@ -18,6 +21,8 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 4,
     "lr": 1e-2,
     "width": 8,
+    "depth": 3,
+    "two_object_fraction": 0.0,
     "baseline": 0.5,
     "patience": 2,
     "seed": 0,
@@ -46,7 +51,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train an explainer for a zoo model",
         description="Train a small U-Net explainer against a frozen zoo model on ShapesDataset "
-        "images (seed 0 for training, seed 1000 for early stopping). Each shipped explainer "
+        "images (seed 0 for training, seed 1000 for early stopping, seed 3000 for the optional "
+        "two-object images). Each shipped explainer "
         "stores the exact command that made it in its metadata['command'].",
     )
     train.add_argument(
@@ -66,6 +72,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             f"--{name.replace('_', '-')}", type=float, help=f"{name} (default: the preset's)"
         )
     train.add_argument("--width", type=int, default=DEFAULTS["width"], help="U-Net channels")
+    train.add_argument(
+        "--depth", type=int, default=DEFAULTS["depth"], help="U-Net resolutions (default 3)"
+    )
+    train.add_argument(
+        "--two-object-fraction",
+        type=float,
+        default=DEFAULTS["two_object_fraction"],
+        help="add this fraction of --train-size images holding two shapes of different classes, "
+        "with multi-label targets (shapes split only; default 0)",
+    )
     train.add_argument("--train-size", type=int, default=DEFAULTS["train_size"])
     train.add_argument("--val-size", type=int, default=DEFAULTS["val_size"])
     train.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
@@ -83,9 +99,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _command_line(args: argparse.Namespace) -> str:
     """Return the full command that reproduces this run (every setting spelled out)."""
     words = ["ctc-plugin", "explainer", "train", "--model", args.model, "--split", args.split]
-    for name in ("epochs", "seed", "preset", "lr", "width", "train_size", "val_size"):
+    for name in ("epochs", "seed", "preset", "lr", "width", "depth", "train_size", "val_size"):
         words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    for name in ("batch_size", "patience", "baseline"):
+    for name in ("two_object_fraction", "batch_size", "patience", "baseline"):
         words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     for name in WEIGHTS:
         if getattr(args, name) is not None:
@@ -101,9 +117,16 @@ def run(args: argparse.Namespace) -> int:
     from ctc_plugin import zoo
     from ctc_plugin.datasets import TRAIN_SEED, ShapesDataset
     from ctc_plugin.explainer.network import Explainer
+    from ctc_plugin.explainer.specificity import two_object_training_data
 
     if min(args.train_size, args.val_size, args.batch_size, args.epochs, args.width) < 1:
         raise ValueError("sizes, --epochs and --width must be positive")
+    if args.depth < 2:
+        raise ValueError(f"--depth must be at least 2, got {args.depth}")
+    if args.two_object_fraction < 0:
+        raise ValueError(f"--two-object-fraction must be >= 0, got {args.two_object_fraction}")
+    if args.two_object_fraction > 0 and args.split != "shapes":
+        raise ValueError("--two-object-fraction composes shapes images: use it with --split shapes")
     out = args.out or Path(f"explainer-{args.model}-{args.split}.pt")
     checkpoint = args.checkpoint or out.with_name(out.name + ".ckpt")
     classifier = zoo.load(args.model, args.split, weights=args.weights)
@@ -112,8 +135,15 @@ def run(args: argparse.Namespace) -> int:
     val = ShapesDataset(args.split, size=args.val_size, seed=VAL_SEED)
     train_images, train_labels = train.tensors(show_progress=progress)
     val_images, val_labels = val.tensors(show_progress=progress)
+    count = round(args.two_object_fraction * args.train_size)
+    if count > 0:  # multi-label targets for every image, one-hot for the single-object ones
+        extra_images, extra_labels = two_object_training_data(count, TWO_OBJECT_SEED)
+        train_images = torch.cat([train_images, extra_images])
+        one_hot = torch.nn.functional.one_hot
+        train_labels = torch.cat([one_hot(train_labels, train.num_classes).float(), extra_labels])
+        val_labels = one_hot(val_labels, train.num_classes).float()
     torch.manual_seed(args.seed)
-    explainer = Explainer(train.num_classes, width=args.width)
+    explainer = Explainer(train.num_classes, width=args.width, depth=args.depth)
     result = explainer.fit(
         classifier,
         DataLoader(TensorDataset(train_images, train_labels), args.batch_size, shuffle=True),
@@ -136,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "train_size": args.train_size,
         "val_size": args.val_size,
+        "two_object_images": count,
         "batch_size": args.batch_size,
         "baseline": args.baseline,
         "preset": args.preset,

@@ -37,36 +37,49 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class SmallUNet(nn.Module):
-    """A small U-Net: three resolutions, ``width``, ``2*width``, ``4*width`` channels.
+    """A small U-Net: ``depth`` resolutions with ``width``, ``2*width``, ... channels.
 
     Any input size works (the decoder resizes to each skip connection), and the output has
-    the input's resolution.
+    the input's resolution. Each extra level doubles the receptive field of the deepest
+    features (about 32 pixels at ``depth=3``, 70 at ``depth=4``).
 
     Args:
         in_channels: Channels of the input images.
         num_classes: Output maps.
         width: Channels at full resolution.
+        depth: Number of resolutions (at least 2).
+
+    Raises:
+        ValueError: If ``depth`` is below 2.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 8) -> None:
+    def __init__(self, in_channels: int, num_classes: int, width: int = 8, depth: int = 3) -> None:
         super().__init__()
-        self.enc1 = _conv_block(in_channels, width)
-        self.enc2 = _conv_block(width, 2 * width)
-        self.enc3 = _conv_block(2 * width, 4 * width)
-        self.dec2 = _conv_block(6 * width, 2 * width)
-        self.dec1 = _conv_block(3 * width, width)
+        if depth < 2:
+            raise ValueError(f"depth must be >= 2, got {depth}")
+        self.depth = depth
+        channels = [width * 2**level for level in range(depth)]
+        # Modules are named enc1.., dec1.. (the names of the original three-level network).
+        for level, out in enumerate(channels, start=1):
+            self.add_module(
+                f"enc{level}", _conv_block(channels[level - 2] if level > 1 else in_channels, out)
+            )
+        for level in range(depth - 1, 0, -1):
+            out = channels[level - 1]
+            self.add_module(f"dec{level}", _conv_block(channels[level] + out, out))
         self.head = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Return ``(N, num_classes, H, W)`` logits."""
-        e1 = self.enc1(x)
-        e2 = self.enc2(F.max_pool2d(e1, 2))
-        e3 = self.enc3(F.max_pool2d(e2, 2))
-        up = F.interpolate(e3, size=e2.shape[-2:], mode="bilinear", align_corners=False)
-        d2 = self.dec2(torch.cat([up, e2], dim=1))
-        up = F.interpolate(d2, size=e1.shape[-2:], mode="bilinear", align_corners=False)
-        d1 = self.dec1(torch.cat([up, e1], dim=1))
-        return self.head(d1)
+        skips = []
+        for level in range(1, self.depth + 1):
+            x = self.get_submodule(f"enc{level}")(F.max_pool2d(x, 2) if level > 1 else x)
+            skips.append(x)
+        for level in range(self.depth - 1, 0, -1):
+            skip = skips[level - 1]
+            up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = self.get_submodule(f"dec{level}")(torch.cat([up, skip], dim=1))
+        return self.head(x)
 
 
 def _torchvision_backbone(
@@ -117,6 +130,8 @@ class Explainer(nn.Module):
             are resized bilinearly to ``(H, W)``.
         in_channels: Channels of the images (``"unet-small"`` only; torchvision models take 3).
         width: Channels at full resolution of ``"unet-small"``.
+        depth: Resolutions of ``"unet-small"`` (3: receptive field about 32 pixels; 4: about
+            70, for objects larger than that).
         backbone_weights: Local file with the ImageNet classification weights of the
             torchvision backbone's encoder (ResNet-50 or MobileNetV3-Large state dict). ``None``
             initialises randomly. Nothing is ever downloaded.
@@ -133,6 +148,7 @@ class Explainer(nn.Module):
         *,
         in_channels: int = 3,
         width: int = 8,
+        depth: int = 3,
         backbone_weights: str | Path | None = None,
     ) -> None:
         super().__init__()
@@ -141,6 +157,7 @@ class Explainer(nn.Module):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.width = width
+        self.depth = depth
         #: Plain data stored with the weights by :meth:`save` (e.g. how it was trained).
         self.metadata: dict[str, Any] = {}
         if isinstance(backbone, nn.Module):
@@ -152,7 +169,7 @@ class Explainer(nn.Module):
             if width < 1:
                 raise ValueError(f"width must be >= 1, got {width}")
             self.backbone_name = backbone
-            self.backbone = SmallUNet(in_channels, num_classes, width)
+            self.backbone = SmallUNet(in_channels, num_classes, width, depth)
         elif backbone in BACKBONES:
             if in_channels != 3:
                 raise ValueError(
@@ -236,6 +253,7 @@ class Explainer(nn.Module):
             "backbone": self.backbone_name,
             "in_channels": self.in_channels,
             "width": self.width,
+            "depth": self.depth,
         }
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:

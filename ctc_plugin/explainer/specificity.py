@@ -52,6 +52,34 @@ def two_object_images(dataset: object, count: int, gap: int = 3) -> tuple[Tensor
     raise ValueError(f"found only {len(images)} two-object images in {size} items; use more items")
 
 
+def two_object_training_data(count: int, seed: int, image_size: int = 96) -> tuple[Tensor, Tensor]:
+    """Two-object ``"shapes"`` images with multi-hot labels, for multi-label training.
+
+    Built by :func:`two_object_images` from ``ShapesDataset("shapes", seed=seed)``.
+
+    Args:
+        count: Number of images.
+        seed: Seed of the single-object images they are composed from.
+        image_size: Side of the images in pixels.
+
+    Returns:
+        ``(images, labels)``: ``(count, 3, H, W)`` images and ``(count, 6)`` multi-hot float
+        labels with the two present classes set.
+
+    Raises:
+        ValueError: If ``count`` is not positive.
+    """
+    from ctc_plugin.datasets import ShapesDataset
+
+    if count < 1:
+        raise ValueError(f"count must be positive, got {count}")
+    # about one consecutive pair in three combines: eight items per image is ample
+    source = ShapesDataset("shapes", size=8 * count + 16, seed=seed, image_size=image_size)
+    images, pairs = two_object_images(source, count)
+    labels = torch.zeros(count, source.num_classes).scatter_(1, pairs, 1.0)
+    return images, labels
+
+
 @dataclass
 class SpecificityTable:
     """Mean class probabilities (in %) on two-object images, per class.

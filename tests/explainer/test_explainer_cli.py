@@ -45,3 +45,28 @@ def test_missing_classifier_weights_is_one_clean_line(tmp_path, capsys):
 def test_unknown_model_is_a_clean_error(capsys):
     assert main(["explainer", "train", "--model", "alexnet"]) == 2
     assert "alexnet" in capsys.readouterr().err
+
+
+@needs_zoo
+def test_two_object_images_and_depth_are_used_and_recorded(tmp_path):
+    out = tmp_path / "e.pt"
+    argv = ["explainer", "train", "--model", "resnet", "--no-progress", *SMALL, "--out", str(out)]
+    assert main([*argv, "--epochs", "1", "--depth", "4", "--two-object-fraction", "0.5"]) == 0
+    explainer = Explainer.load(out)
+    assert explainer.depth == 4 and explainer.metadata["two_object_images"] == 4
+    command = explainer.metadata["command"]
+    assert "--depth 4" in command and "--two-object-fraction 0.5" in command
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--split", "composite", "--two-object-fraction", "0.5"], "--split shapes"),
+        (["--two-object-fraction", "-1"], ">= 0"),
+        (["--depth", "1"], "--depth"),
+    ],
+)
+def test_bad_two_object_or_depth_options_are_clean_errors(options, message, capsys):
+    assert main(["explainer", "train", "--model", "resnet", *SMALL, *options]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

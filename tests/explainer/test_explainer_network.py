@@ -19,6 +19,24 @@ def test_unet_small_any_size_at_input_resolution():
     assert not explainer.is_trained and explainer.trained_image_size is None
 
 
+@pytest.mark.parametrize("depth", [2, 4])
+def test_unet_small_depth_adds_resolutions(depth):
+    explainer = Explainer(3, width=2, depth=depth).eval()
+    assert explainer(torch.rand(1, 3, 41, 35)).shape == (1, 3, 41, 35)
+    convs = [m for m in explainer.modules() if isinstance(m, nn.Conv2d)]
+    # two convolutions per encoder and decoder level, and the 1x1 head
+    assert len(convs) == 2 * depth + 2 * (depth - 1) + 1
+    assert max(c.out_channels for c in convs) == 2 * 2 ** (depth - 1)
+
+
+def test_depth_is_saved_and_checked(tmp_path):
+    explainer = Explainer(3, width=2, depth=4)
+    loaded = Explainer.load(explainer.save(tmp_path / "e.pt"))
+    assert loaded.depth == 4 and loaded.config()["depth"] == 4
+    with pytest.raises(ValueError, match="depth"):
+        Explainer(3, depth=1)
+
+
 @pytest.fixture
 def no_downloads(monkeypatch):
     def refuse(*args, **kwargs):
