@@ -192,9 +192,9 @@ def gradcampp_weights(
     """Generalised Grad-CAM++ channel weights, shape (N, C).
 
     Computed as ``p2 * sum_ij relu(sign g) g^2 / (g^2 (2 p2 + p3 sum(A) g) + eps)``, the same
-    number as ``sum_ij alpha_ij relu(sign g_ij)`` with two temporary tensors and seven passes over
-    the feature map (where ``g = 0`` the ReLU factor is 0, which is why pytorch-grad-cam's
-    ``where(g != 0, ...)`` is not needed).
+    number as ``sum_ij alpha_ij relu(sign g_ij)`` with two temporary tensors; terms whose
+    numerator is 0 count 0 even where the denominator vanishes (it can, for negative gradients,
+    where ``2 p2 + p3 sum(A) g`` changes sign).
 
     Args:
         grad: ``dS/dA``, shape (N, C, H, W).
@@ -206,6 +206,9 @@ def gradcampp_weights(
     numerator.mul_(grad).mul_(grad)
     denominator = torch.mul(grad, terms.p3 * act.sum(dim=(2, 3), keepdim=True))
     denominator.add_(2 * terms.p2).mul_(grad).mul_(grad).add_(ALPHA_EPS)
+    # Where the numerator is 0 (no positive gradient) the term is 0, whatever the denominator:
+    # for negative gradients it can cancel to exactly 0 in float32 (0/0 would be NaN).
+    denominator.masked_fill_(numerator == 0, 1.0)
     return terms.p2.reshape(-1, 1) * numerator.div_(denominator).sum(dim=(2, 3))
 
 

@@ -98,3 +98,32 @@ def test_bad_phi() -> None:
         resolve_phi("tanh")
     with pytest.raises(TypeError):
         resolve_phi(3)
+
+
+def test_a_vanishing_denominator_under_a_negative_gradient_gives_a_finite_weight(monkeypatch):
+    """g = -1, p2 = p3 = 1, sum(A) = 2: g^2 (2 p2 + p3 sum(A) g) = 0, and the ReLU numerator is 0.
+
+    Found on a zoo ResNet image, where float32 rounding made ``g^2(...) + eps`` exactly 0 and the
+    channel weight NaN. The term must count 0; the positive gradient's term is kept.
+    """
+    monkeypatch.setattr(alpha, "ALPHA_EPS", 0.0)  # make the cancellation exact
+    terms = alpha_terms(resolve_phi("exp"), torch.zeros(1))
+    grad = torch.tensor([[[[-1.0, 0.5]]]])
+    act = torch.tensor([[[[1.0, 1.0]]]])  # sum(A) = 2
+    weights = channel_weights(grad, act, terms)
+    p2, p3 = terms.p2.item(), terms.p3.item()
+    alpha_positive = p2 * 0.5**2 / (0.5**2 * (2 * p2 + p3 * 2.0 * 0.5))
+    expected = alpha_positive * 0.5  # w = sum alpha relu(g): the positive term only
+    torch.testing.assert_close(weights, torch.tensor([[expected]]))
+
+
+def test_integrative_cam_is_finite_on_the_image_that_was_nan():
+    """The benchmark's zoo ResNet image that produced a NaN map before the fix above."""
+    from ctc_plugin import IntegrativeCAM, zoo
+    from ctc_plugin.datasets import ShapesDataset
+
+    item = ShapesDataset("shapes", size=124, seed=2026)[123]
+    maps = IntegrativeCAM(zoo.load("resnet", "shapes")).attribute(
+        item["image"][None], target=int(item["label"])
+    )
+    assert torch.isfinite(maps).all()
