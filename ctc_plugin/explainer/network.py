@@ -132,6 +132,9 @@ class Explainer(nn.Module):
         width: Channels at full resolution of ``"unet-small"``.
         depth: Resolutions of ``"unet-small"`` (3: receptive field about 32 pixels; 4: about
             70, for objects larger than that).
+        input_scale: Factor in (0, 1] by which images are resized (bilinearly) before the
+            backbone; the maps are resized back to the input's size. 0.25 makes the small U-Net
+            about 5x cheaper at coarser mask boundaries.
         backbone_weights: Local file with the ImageNet classification weights of the
             torchvision backbone's encoder (ResNet-50 or MobileNetV3-Large state dict). ``None``
             initialises randomly. Nothing is ever downloaded.
@@ -149,15 +152,19 @@ class Explainer(nn.Module):
         in_channels: int = 3,
         width: int = 8,
         depth: int = 3,
+        input_scale: float = 1.0,
         backbone_weights: str | Path | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        if not 0 < input_scale <= 1:
+            raise ValueError(f"input_scale must lie in (0, 1], got {input_scale!r}")
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.width = width
         self.depth = depth
+        self.input_scale = float(input_scale)
         #: Plain data stored with the weights by :meth:`save` (e.g. how it was trained).
         self.metadata: dict[str, Any] = {}
         if isinstance(backbone, nn.Module):
@@ -203,7 +210,12 @@ class Explainer(nn.Module):
                 f"the explainer takes images shaped (N, {self.in_channels}, H, W), "
                 f"got {tuple(images.shape)}"
             )
-        out = self.backbone(images)
+        small = images
+        if self.input_scale != 1.0:
+            small = F.interpolate(
+                images, scale_factor=self.input_scale, mode="bilinear", align_corners=False
+            )
+        out = self.backbone(small)
         if isinstance(out, dict):
             out = out["out"]
         if out.dim() != 4 or out.shape[1] != self.num_classes:
@@ -254,6 +266,7 @@ class Explainer(nn.Module):
             "in_channels": self.in_channels,
             "width": self.width,
             "depth": self.depth,
+            "input_scale": self.input_scale,
         }
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:

@@ -64,6 +64,7 @@ def test_two_object_images_and_depth_are_used_and_recorded(tmp_path):
         (["--split", "composite", "--two-object-fraction", "0.5"], "--split shapes"),
         (["--two-object-fraction", "-1"], ">= 0"),
         (["--depth", "1"], "--depth"),
+        (["--input-scale", "0"], "--input-scale"),
     ],
 )
 def test_bad_two_object_or_depth_options_are_clean_errors(options, message, capsys):

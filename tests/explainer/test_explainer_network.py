@@ -37,6 +37,26 @@ def test_depth_is_saved_and_checked(tmp_path):
         Explainer(3, depth=1)
 
 
+def test_input_scale_runs_the_backbone_on_smaller_images(tmp_path):
+    seen = []
+    explainer = Explainer(3, width=2, input_scale=0.25).eval()
+    explainer.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape))
+    assert explainer(torch.rand(2, 3, 96, 64)).shape == (2, 3, 96, 64)  # maps at input size
+    assert seen == [(2, 3, 24, 16)]
+    loaded = Explainer.load(explainer.save(tmp_path / "e.pt"))
+    assert loaded.input_scale == 0.25
+    images = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(loaded(images), explainer(images))
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="input_scale"):
+            Explainer(3, input_scale=bad)
+
+
+def test_files_without_input_scale_load_at_full_resolution():
+    explainer = load_explainer("vgg", "shapes")  # shipped before input_scale existed
+    assert explainer.input_scale == 1.0
+
+
 @pytest.fixture
 def no_downloads(monkeypatch):
     def refuse(*args, **kwargs):
