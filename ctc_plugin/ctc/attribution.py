@@ -501,11 +501,14 @@ def _sharing_presence(features: torch.Tensor, reference: bool, baseline: bool) -
     return torch.cat([ones[0], features, ones[1]], dim=1)
 
 
+def _per_example(value: Any, n: int) -> bool:
+    """Whether ``value`` holds one row per example: a tensor whose first dimension is ``n``."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n
+
+
 def _rows(value: Any, n: int, part: slice) -> Any:
-    """Examples ``part`` of a per-example tensor (first dimension ``n``); anything else as is."""
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
-        return value[part]
-    return value
+    """Examples ``part`` of a per-example tensor; anything else as is."""
+    return value[part] if _per_example(value, n) else value
 
 
 def _feature_rows(features: FeatureSet, n: int, part: slice) -> FeatureSet:
@@ -518,12 +521,7 @@ def _feature_rows(features: FeatureSet, n: int, part: slice) -> FeatureSet:
 
 
 def _repeat_extra(extra: tuple, n: int, copies: int) -> tuple:
-    return tuple(
-        a.repeat_interleave(copies, dim=0)
-        if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n
-        else a
-        for a in extra
-    )
+    return tuple(a.repeat_interleave(copies, dim=0) if _per_example(a, n) else a for a in extra)
 
 
 def _select_per_copy(grouped: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -312,31 +312,6 @@ def copy_shares(
     return rho
 
 
-def reference_shares(
-    z_sharing: torch.Tensor,
-    z_full: torch.Tensor,
-    bias_full: torch.Tensor,
-    bias: torch.Tensor,
-    rank: int,
-) -> torch.Tensor:
-    """The published shares ``s_k`` of all sharing copies of a layer in one computation.
-
-    The eager path computes the same values block by block (:class:`ReferenceSharing`).
-
-    Args:
-        z_sharing: (N, S, *rest) bias-free pre-activations of the sharing copies.
-        z_full: (N, 1, *rest) bias-free pre-activation of the reference full copy.
-        bias_full: The bias as seen by the reference full copy (broadcastable).
-        bias: The bias as given to :meth:`ReferenceSharing.add_bias` (for its shape).
-        rank: Rank of the grouped tensor, ``2 + len(rest)``.
-
-    Returns:
-        (N, S, *rest) shares.
-    """
-    dims = _statistic_dims(bias, rank)
-    return copy_shares(z_sharing, full_copy_statistics(z_full, bias_full, dims), dims)
-
-
 def _cap_rows(
     rho: torch.Tensor,
     capped: torch.Tensor,
@@ -390,5 +365,4 @@ __all__ = [
     "ProportionalSharing",
     "ReferenceSharing",
     "make_sharing",
-    "reference_shares",
 ]

@@ -14,7 +14,7 @@ from torch import nn
 
 from ctc_plugin import CTC
 from ctc_plugin.ctc.layout import CopyLayout
-from ctc_plugin.ctc.sharing import ReferenceSharing, reference_shares
+from ctc_plugin.ctc.sharing import ReferenceSharing, copy_shares, full_copy_statistics
 
 from .conftest import cases
 
@@ -195,7 +195,7 @@ def test_blockwise_shares_equal_the_whole_layer_computation(case, copies_per_blo
 
 
 def test_blockwise_shares_equal_the_all_copies_function():
-    """``reference_shares`` on a whole grouped layer equals the blocks the eager path uses."""
+    """The shares computed on a whole grouped layer equal the blocks the eager path uses."""
     torch.manual_seed(0)
     z = torch.randn(2, 7, 3, 5, 5, dtype=torch.float64)
     z[0, 3, 1] = 0.0  # a copy with an empty channel
@@ -203,7 +203,8 @@ def test_blockwise_shares_equal_the_all_copies_function():
     bias = torch.randn(3, 1, 1, dtype=torch.float64)
     grouped = torch.cat([torch.zeros_like(z[:, :1]), z], 1)  # gate copy first
     expected = grouped.clone()
-    expected[:, 1:] += reference_shares(z, z[:, :1], bias, bias, 5) * bias
+    dims = (3, 4)  # per channel over positions
+    expected[:, 1:] += copy_shares(z, full_copy_statistics(z[:, :1], bias, dims), dims) * bias
     expected[:, :1] += bias
     sharing = ReferenceSharing()
     sharing.block_elements = 2 * z[0, 0].numel()
