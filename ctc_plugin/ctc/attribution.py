@@ -109,10 +109,9 @@ class CTC(Attribution):
         #: On a CPU, the examples of a batch are explained in groups so that one forward pass
         #: carries at most about this many copies (one group at least holds one example, with
         #: all its copies of a ``perturbations_per_eval`` chunk). Larger passes run slower
-        #: per copy there, their activations no longer fitting the caches (measured with the
-        #: zoo's ResNet, 96 x 96, 18 copies per image: 65 ms per image in groups of 2-4
-        #: images, 86 ms with all 32 in one pass). On other devices the whole batch is one
-        #: group. Results do not depend on it.
+        #: per copy there, their activations no longer fitting the caches (``python
+        #: benchmarks/bench_ctc.py --batch 8`` compares with one pass). On other devices the
+        #: whole batch is one group. Results do not depend on it.
         self.max_copies_per_pass = 64
 
     @property
