@@ -1,6 +1,7 @@
 """Shipped explainers: per-image speed against CTC, localisation against Grad-CAM.
 
-Run: ``python benchmarks/bench_explainer.py [--quick] [--families vgg resnet ...]``.
+Run: ``python benchmarks/bench_explainer.py [--quick] [--families vgg resnet ...]
+[--kind default|class-specific]``.
 
 Speed:
 For each zoo model with a shipped explainer, every method explains the same images (the target
@@ -29,7 +30,7 @@ from ctc_plugin import CTC, zoo
 from ctc_plugin.datasets import ShapesDataset
 from ctc_plugin.evaluation.localisation import binarize, iou
 from ctc_plugin.explainer.attribution import ExplainerAttribution
-from ctc_plugin.explainer.shipped import load_explainer, shipped_explainers
+from ctc_plugin.explainer.shipped import KINDS, load_explainer, shipped_explainers
 from ctc_plugin.explainer.specificity import specificity_table, two_object_images
 
 
@@ -58,8 +59,10 @@ def per_image_ms(
     return statistics.median(times)
 
 
-def localisation(families: list[str], count: int, split: str = "shapes") -> None:
-    """Print the mean IoU with the evidence of the explainer and of Grad-CAM."""
+def localisation(
+    families: list[str], count: int, split: str = "shapes", kind: str = "default"
+) -> None:
+    """Print the mean IoU with the evidence of the explainer (of ``kind``) and of Grad-CAM."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -68,12 +71,16 @@ def localisation(families: list[str], count: int, split: str = "shapes") -> None
     images = torch.stack([item["image"] for item in items])
     labels = torch.tensor([item["label"] for item in items])
     evidence = torch.stack([item["evidence"] for item in items])
-    print(f"\nmean IoU with the evidence masks, {split} split, {count} images (seed 2024)")
+    print(
+        f"\nmean IoU with the evidence masks, {split} split, {count} images (seed 2024), "
+        f"{kind} explainers"
+    )
     header = f"{'model':<10} {'explainer':>10} {'Grad-CAM':>10} {'difference':>11}"
     print(header + "\n" + "-" * len(header))
     for family in families:
         model = zoo.load(family, split)
-        masks = ExplainerAttribution(model, load_explainer(family, split)).attribute(images, labels)
+        explainer = load_explainer(family, split, kind)
+        masks = ExplainerAttribution(model, explainer).attribute(images, labels)
         layer = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
         with GradCAM(model, [layer]) as cam:
             maps = cam(images, targets=[ClassifierOutputTarget(int(c)) for c in labels])
@@ -82,16 +89,19 @@ def localisation(families: list[str], count: int, split: str = "shapes") -> None
         print(f"{family:<10} {ours:>10.3f} {theirs:>10.3f} {ours - theirs:>+11.3f}")
 
 
-def specificity(families: list[str], count: int) -> None:
-    """Print the class-specific table of each model on two-object images."""
+def specificity(families: list[str], count: int, kind: str = "default") -> None:
+    """Print the class-specific table of each model's ``kind`` explainer on two-object images."""
     data = ShapesDataset("shapes", size=8 * count, seed=2025)
     images, pairs = two_object_images(data, count)
     for family in families:
         table = specificity_table(
-            zoo.load(family, "shapes"), load_explainer(family, "shapes"), images, pairs,
+            zoo.load(family, "shapes"), load_explainer(family, "shapes", kind), images, pairs,
             data.classes,
         )  # fmt: skip
-        print(f"\n{family}: class probability in % on {count} two-object images (seed 2025)")
+        print(
+            f"\n{family} ({kind} explainer): class probability in % on {count} two-object "
+            "images (seed 2025)"
+        )
         print(table.markdown())
 
 
@@ -99,32 +109,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 images instead of 32")
     parser.add_argument("--families", nargs="*", help="zoo families (default: all shipped)")
+    parser.add_argument(
+        "--kind", choices=KINDS, default="default", help="which shipped explainers (default: fast)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     count = 8 if args.quick else 32
     data = ShapesDataset("shapes", size=count, seed=4242)
     images, labels = data.tensors()
     mask = grid_mask(data.image_size)
-    families = args.families or [f for f, s in shipped_explainers() if s == "shapes"]
-    print(f"{count} images of {data.image_size}x{data.image_size}, 1 thread")
+    kind = args.kind
+    families = args.families or [f for f, s in shipped_explainers(kind) if s == "shapes"]
+    print(f"{count} images of {data.image_size}x{data.image_size}, 1 thread, {kind} explainers")
     print("ms per image; batch = images per attribute call")
     header = (
         f"{'model':<10} {'batch':>5} {'explainer ms':>13} {'peer':<18} {'peer ms':>9} {'ratio':>8}"
     )
     print(header)
     print("-" * len(header))
-    speed(families, images, labels, mask)
-    localisation(families, 50 if args.quick else 200)
-    composite = [f for f, s in shipped_explainers() if s == "composite" and f in families]
-    localisation(composite, 50 if args.quick else 200, split="composite")
-    specificity(families, 40 if args.quick else 100)
+    speed(families, images, labels, mask, kind)
+    localisation(families, 50 if args.quick else 200, kind=kind)
+    composite = [f for f, s in shipped_explainers(kind) if s == "composite" and f in families]
+    if composite:
+        localisation(composite, 50 if args.quick else 200, split="composite", kind=kind)
+    specificity(families, 40 if args.quick else 100, kind)
 
 
-def speed(families, images, labels, mask) -> None:
+def speed(families, images, labels, mask, kind: str = "default") -> None:
     """Print the per-image timing table, one image per call and the whole batch per call."""
     for family in families:
         model = zoo.load(family, "shapes")
-        attribution = ExplainerAttribution(model, load_explainer(family, "shapes"))
+        attribution = ExplainerAttribution(model, load_explainer(family, "shapes", kind))
         peers: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
             "CTC (16 feat.)": partial(CTC(model).attribute, feature_mask=mask),
             "FeatureAbl. (16)": partial(FeatureAblation(model).attribute, feature_mask=mask),

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 
 def _numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -36,7 +40,7 @@ def plot_explanation(
     evidence: torch.Tensor | None = None,
     title: str = "",
     top_k: int = 10,
-):
+) -> Figure:
     """Draw a four-panel explanation figure.
 
     Panels: the image (with the ground-truth evidence contour when given), the segments with the

@@ -51,9 +51,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train = actions.add_parser(
         "train",
         help="train an explainer for a zoo model",
-        description="Train a small U-Net explainer against a frozen zoo model on ShapesDataset "
-        "images (seed 0 for training, seed 1000 for early stopping, seed 3000 for the optional "
-        "two-object images). Each shipped explainer "
+        description="Train an explainer (a small U-Net, or with --backbone classifier a "
+        "fine-tuned copy of the classifier plus a small U-Net) against a frozen zoo model on "
+        "ShapesDataset images (seed 0 for training, seed 1000 for early stopping, seed 3000 for "
+        "the optional two-object images). Each shipped explainer "
         "stores the exact command that made it in its metadata['command'].",
     )
     train.add_argument(
@@ -72,6 +73,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         train.add_argument(
             f"--{name.replace('_', '-')}", type=float, help=f"{name} (default: the preset's)"
         )
+    train.add_argument(
+        "--backbone",
+        choices=("unet-small", "classifier"),
+        default="unet-small",
+        help="unet-small (fast) or classifier (class-specific masks: a trainable copy of the "
+        "model with its head applied per position, refined by a small U-Net)",
+    )
     train.add_argument("--width", type=int, default=DEFAULTS["width"], help="U-Net channels")
     train.add_argument(
         "--depth", type=int, default=DEFAULTS["depth"], help="U-Net resolutions (default 3)"
@@ -106,6 +114,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _command_line(args: argparse.Namespace) -> str:
     """Return the full command that reproduces this run (every setting spelled out)."""
     words = ["ctc-plugin", "explainer", "train", "--model", args.model, "--split", args.split]
+    if args.backbone != "unet-small":
+        words += ["--backbone", args.backbone]
     for name in (
         "epochs",
         "seed",
@@ -162,8 +172,16 @@ def run(args: argparse.Namespace) -> int:
         train_labels = torch.cat([one_hot(train_labels, train.num_classes).float(), extra_labels])
         val_labels = one_hot(val_labels, train.num_classes).float()
     torch.manual_seed(args.seed)
+    backbone_options = {}
+    if args.backbone == "classifier":
+        backbone_options = {"classifier": classifier, "head": zoo.HEADS[args.model]}
     explainer = Explainer(
-        train.num_classes, width=args.width, depth=args.depth, input_scale=args.input_scale
+        train.num_classes,
+        backbone=args.backbone,
+        width=args.width,
+        depth=args.depth,
+        input_scale=args.input_scale,
+        **backbone_options,
     )
     result = explainer.fit(
         classifier,
@@ -184,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         "command": _command_line(args),
         "model": args.model,
         "split": args.split,
+        "backbone": args.backbone,
         "seed": args.seed,
         "train_size": args.train_size,
         "val_size": args.val_size,

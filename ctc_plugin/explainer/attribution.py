@@ -157,10 +157,7 @@ class ExplainerAttribution(Attribution):
                 indices = targets_to_indices(target, len(images), self.explainer.num_classes)
                 # channels-last runs thin convolutions and bilinear upsampling faster on CPU
                 fast = images.contiguous(memory_format=torch.channels_last)
-                logits = self.explainer(fast).contiguous()
-                index = indices.to(logits.device)[:, None, None, None]
-                index = index.expand(-1, 1, *logits.shape[-2:])
-                masks = logits.gather(1, index).sigmoid()
+                masks = self.explainer.target_logits(fast, indices).sigmoid()
         finally:
             self.explainer.train(was_training)
         result = masks.expand_as(images).to(images.dtype).contiguous()

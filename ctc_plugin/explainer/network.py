@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.explainer.training import FitResult
 
 #: Names accepted as ``backbone`` besides an ``nn.Module``.
-BACKBONES = ("unet-small", "deeplabv3_resnet50", "lraspp_mobilenet_v3")
+BACKBONES = ("unet-small", "classifier", "deeplabv3_resnet50", "lraspp_mobilenet_v3")
 
 #: Tag stored in files written by :meth:`Explainer.save`.
 FILE_FORMAT = "ctc-plugin-explainer/1"
@@ -123,14 +123,18 @@ class Explainer(nn.Module):
 
     Args:
         num_classes: Classes of the classifier to explain.
-        backbone: ``"unet-small"`` (default, a few thousand parameters), the torchvision
-            segmentation models ``"deeplabv3_resnet50"`` (the original's) or
+        backbone: ``"unet-small"`` (default, a few thousand parameters), ``"classifier"`` (a
+            trainable copy of the classifier with its head applied per position, plus a small
+            U-Net: class-specific masks, see
+            :class:`~ctc_plugin.explainer.classifier_backbone.ClassifierBackbone`), the
+            torchvision segmentation models ``"deeplabv3_resnet50"`` (the original's) or
             ``"lraspp_mobilenet_v3"``, or any ``nn.Module`` mapping ``(N, in_channels, H, W)``
             to ``(N, num_classes, h, w)`` (a tensor or a dict with ``"out"``); smaller outputs
             are resized bilinearly to ``(H, W)``.
         in_channels: Channels of the images (``"unet-small"`` only; torchvision models take 3).
-        width: Channels at full resolution of ``"unet-small"``.
-        depth: Resolutions of ``"unet-small"`` (3: receptive field about 32 pixels; 4: about
+        width: Channels at full resolution of the small U-Net (``"unet-small"`` and the
+            refining U-Net of ``"classifier"``).
+        depth: Resolutions of that U-Net (3: receptive field about 32 pixels; 4: about
             70, for objects larger than that).
         input_scale: Factor in (0, 1] by which images are resized (bilinearly) before the
             backbone; the maps are resized back to the input's size. 0.25 makes the small U-Net
@@ -138,6 +142,8 @@ class Explainer(nn.Module):
         backbone_weights: Local file with the ImageNet classification weights of the
             torchvision backbone's encoder (ResNet-50 or MobileNetV3-Large state dict). ``None``
             initialises randomly. Nothing is ever downloaded.
+        classifier: The classifier to explain (``backbone="classifier"`` only; copied).
+        head: Name of the classifier's head submodule (``backbone="classifier"`` only).
 
     Raises:
         ValueError: For an unknown backbone name or unusable settings.
@@ -154,6 +160,8 @@ class Explainer(nn.Module):
         depth: int = 3,
         input_scale: float = 1.0,
         backbone_weights: str | Path | None = None,
+        classifier: nn.Module | None = None,
+        head: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -165,18 +173,34 @@ class Explainer(nn.Module):
         self.width = width
         self.depth = depth
         self.input_scale = float(input_scale)
+        #: Name of the classifier's head module (``backbone="classifier"`` only).
+        self.classifier_head = head
         #: Plain data stored with the weights by :meth:`save` (e.g. how it was trained).
         self.metadata: dict[str, Any] = {}
+        wants_classifier = isinstance(backbone, str) and backbone == "classifier"
+        if (classifier is not None, head is not None) != (wants_classifier, wants_classifier):
+            raise ValueError(
+                'backbone="classifier" needs classifier= (the model to explain) and head= (the '
+                "name of its head module); other backbones take neither"
+            )
         if isinstance(backbone, nn.Module):
             self.backbone_name = None
             self.backbone = backbone
-        elif backbone == "unet-small":
+        elif backbone in ("unet-small", "classifier"):
             if backbone_weights is not None:
                 raise ValueError("backbone_weights applies to torchvision backbones only")
             if width < 1:
                 raise ValueError(f"width must be >= 1, got {width}")
             self.backbone_name = backbone
-            self.backbone = SmallUNet(in_channels, num_classes, width, depth)
+            if backbone == "unet-small":
+                self.backbone = SmallUNet(in_channels, num_classes, width, depth)
+            else:
+                from ctc_plugin.explainer.classifier_backbone import ClassifierBackbone
+
+                assert classifier is not None and head is not None
+                self.backbone = ClassifierBackbone(
+                    classifier, head, num_classes, width, depth, in_channels
+                )
         elif backbone in BACKBONES:
             if in_channels != 3:
                 raise ValueError(
@@ -205,6 +229,25 @@ class Explainer(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """Return the class logit maps ``(N, num_classes, H, W)`` at the input resolution."""
+        return self._to_input_size(self._backbone_maps(images), images)
+
+    def target_logits(self, images: Tensor, target: Tensor) -> Tensor:
+        """Return the logit map of one class per image, ``(N, 1, H, W)``.
+
+        The same values as ``forward(images)[range(N), target]``, but only the selected maps
+        are resized to the input (the resizing acts on each map alone), which saves most of the
+        resizing when the backbone works at a reduced resolution.
+
+        Args:
+            images: ``(N, in_channels, H, W)`` images.
+            target: ``(N,)`` class indices.
+        """
+        maps = self._backbone_maps(images)
+        index = target.to(maps.device).view(-1, 1, 1, 1).expand(-1, 1, *maps.shape[-2:])
+        return self._to_input_size(maps.gather(1, index), images)
+
+    def _backbone_maps(self, images: Tensor) -> Tensor:
+        """Check the images, resize them by ``input_scale``, and return the backbone's maps."""
         if images.dim() != 4 or images.shape[1] != self.in_channels:
             raise ValueError(
                 f"the explainer takes images shaped (N, {self.in_channels}, H, W), "
@@ -223,9 +266,14 @@ class Explainer(nn.Module):
                 f"the backbone must return (N, {self.num_classes}, h, w) maps, "
                 f"got {tuple(out.shape)}"
             )
-        if out.shape[-2:] != images.shape[-2:]:
-            out = F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return out
+
+    @staticmethod
+    def _to_input_size(maps: Tensor, images: Tensor) -> Tensor:
+        """Resize maps bilinearly to the images' height and width (when they differ)."""
+        if maps.shape[-2:] != images.shape[-2:]:
+            maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return maps
 
     def masks(self, images: Tensor) -> Tensor:
         """Return the class masks ``sigmoid(forward(images))``, ``(N, num_classes, H, W)``."""
@@ -260,7 +308,7 @@ class Explainer(nn.Module):
         """Return the constructor arguments needed to rebuild this explainer."""
         if self.backbone_name is None:
             raise ValueError("an explainer with a custom nn.Module backbone has no saveable config")
-        return {
+        config = {
             "num_classes": self.num_classes,
             "backbone": self.backbone_name,
             "in_channels": self.in_channels,
@@ -268,6 +316,9 @@ class Explainer(nn.Module):
             "depth": self.depth,
             "input_scale": self.input_scale,
         }
+        if self.classifier_head is not None:
+            config["head"] = self.classifier_head
+        return config
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write the configuration, the weights and optional metadata to ``path``.
@@ -293,12 +344,19 @@ class Explainer(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Explainer:
+    def load(cls, path: str | Path, classifier: nn.Module | None = None) -> Explainer:
         """Rebuild an explainer written by :meth:`save` (data-only loading).
+
+        Args:
+            path: The file.
+            classifier: For ``backbone="classifier"`` files: a model of the explained
+                classifier's architecture (its weights do not matter, the file holds the
+                trained copy's). Ignored by other files.
 
         Raises:
             FileNotFoundError: If the file does not exist.
-            ValueError: If the file is not an explainer written by :meth:`save`.
+            ValueError: If the file is not an explainer written by :meth:`save`, or needs a
+                classifier and none was given.
         """
         payload = read_data_file(path, "explainer file")
         if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
@@ -306,7 +364,15 @@ class Explainer(nn.Module):
                 f"{str(path)!r} is not an explainer file written by Explainer.save "
                 f"(expected format {FILE_FORMAT!r})"
             )
-        explainer = cls(**payload["config"])
+        config = dict(payload["config"])
+        if config["backbone"] == "classifier":
+            if classifier is None:
+                raise ValueError(
+                    f"{str(path)!r} holds a copy of its classifier: pass classifier= (a model of "
+                    "the explained architecture, e.g. ctc_plugin.zoo.build(family, num_classes))"
+                )
+            config["classifier"] = classifier
+        explainer = cls(**config)
         explainer.load_state_dict(payload["state_dict"])
         explainer.metadata = dict(payload.get("metadata", {}))
         return explainer.eval()

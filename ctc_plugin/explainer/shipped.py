@@ -9,27 +9,46 @@ from ctc_plugin.explainer.network import Explainer
 #: Folder holding the zoo weights and the shipped explainers.
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "zoo" / "weights"
 
+#: Kinds of shipped explainer: ``"default"`` (small U-Net, fast) and ``"class-specific"``
+#: (``backbone="classifier"``: masks of absent classes stay dark, several times slower).
+KINDS = ("default", "class-specific")
 
-def explainer_path(family: str, split: str = "shapes") -> Path:
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown explainer kind {kind!r}; expected one of {KINDS}")
+
+
+def explainer_path(family: str, split: str = "shapes", kind: str = "default") -> Path:
     """Return where the shipped explainer of a zoo model lives (whether or not it exists)."""
-    return WEIGHTS_DIR / f"explainer-{family}-{split}.pt"
+    _check_kind(kind)
+    suffix = "" if kind == "default" else f"-{kind}"
+    return WEIGHTS_DIR / f"explainer-{family}-{split}{suffix}.pt"
 
 
-def shipped_explainers() -> list[tuple[str, str]]:
-    """Return the ``(family, split)`` pairs that have a shipped explainer file."""
+def shipped_explainers(kind: str = "default") -> list[tuple[str, str]]:
+    """Return the ``(family, split)`` pairs that have a shipped explainer file of ``kind``."""
+    _check_kind(kind)
     pairs = []
-    for path in sorted(WEIGHTS_DIR.glob("explainer-*-*.pt")):
-        family, split = path.stem.removeprefix("explainer-").rsplit("-", 1)
+    for path in sorted(WEIGHTS_DIR.glob("explainer-*.pt")):
+        name = path.stem.removeprefix("explainer-")
+        file_kind = next((k for k in KINDS[1:] if name.endswith(f"-{k}")), "default")
+        if file_kind != kind:
+            continue
+        family, split = name.removesuffix(f"-{kind}").rsplit("-", 1)
         pairs.append((family, split))
     return pairs
 
 
-def load_explainer(family: str, split: str = "shapes") -> Explainer:
+def load_explainer(family: str, split: str = "shapes", kind: str = "default") -> Explainer:
     """Load the shipped explainer of the zoo model ``family`` trained on ``split``.
 
     Args:
         family: Zoo family (``"vgg"``, ``"resnet"``, ``"densenet"``, ``"inception"``).
         split: Data split the zoo model was trained on.
+        kind: ``"default"`` (small U-Net, the fast one) or ``"class-specific"`` (its encoder is
+            a fine-tuned copy of the classifier; the mask of a class absent from the image stays
+            dark, at several times the cost).
 
     Returns:
         The trained :class:`~ctc_plugin.explainer.network.Explainer`, in eval mode, with the
@@ -38,14 +57,22 @@ def load_explainer(family: str, split: str = "shapes") -> Explainer:
     Raises:
         FileNotFoundError: If no explainer is shipped for that model, naming the command that
             trains one.
+        ValueError: For an unknown kind.
     """
-    path = explainer_path(family, split)
+    path = explainer_path(family, split, kind)
     if not path.is_file():
-        available = ", ".join(f"{f}/{s}" for f, s in shipped_explainers()) or "none"
+        available = ", ".join(f"{f}/{s}" for f, s in shipped_explainers(kind)) or "none"
+        backbone, loading = "", "Explainer.load(PATH)"
+        if kind != "default":
+            backbone, loading = " --backbone classifier", "Explainer.load(PATH, classifier=model)"
         raise FileNotFoundError(
-            f"no shipped explainer for zoo model {family!r} on split {split!r} "
+            f"no shipped {kind} explainer for zoo model {family!r} on split {split!r} "
             f"(shipped: {available}); train one with "
-            f"`ctc-plugin explainer train --model {family} --split {split} --out PATH` "
-            "and load it with Explainer.load(PATH)"
+            f"`ctc-plugin explainer train --model {family} --split {split}{backbone} --out PATH` "
+            f"and load it with {loading}"
         )
-    return Explainer.load(path)
+    if kind == "default":
+        return Explainer.load(path)
+    from ctc_plugin import zoo
+
+    return Explainer.load(path, classifier=zoo.load(family, split))

@@ -15,10 +15,12 @@ from ctc_plugin.zoo.loading import (
     load_torchvision,
     weights_path,
 )
+from ctc_plugin.zoo.models import HEADS
 from ctc_plugin.zoo.training import TrainConfig, evaluate, train, train_family
 
 __all__ = [
     "FAMILIES",
+    "HEADS",
     "TrainConfig",
     "build",
     "evaluate",

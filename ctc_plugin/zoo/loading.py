@@ -155,10 +155,11 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
     return _load_into(model, state, path)
 
 
-def load_explainer(family: str, split: str = "shapes") -> nn.Module:
+def load_explainer(family: str, split: str = "shapes", kind: str = "default") -> nn.Module:
     """Return the shipped Explainer trained for the zoo model ``family`` on ``split``.
 
-    A thin forwarder to :func:`ctc_plugin.explainer.shipped.load_explainer`.
+    A thin forwarder to :func:`ctc_plugin.explainer.shipped.load_explainer` (``kind``:
+    ``"default"``, the fast one, or ``"class-specific"``).
     """
     shipped = importlib.import_module("ctc_plugin.explainer.shipped")
-    return shipped.load_explainer(family, split)
+    return shipped.load_explainer(family, split, kind)

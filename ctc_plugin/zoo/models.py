@@ -242,3 +242,12 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "densenet": SmallDenseNet,
     "inception": SmallInception,
 }
+
+#: Name of each family's head (global pooling, flatten, linear layers): what its ``forward``
+#: ends with; the class-specific explainer applies it per position.
+HEADS: dict[str, str] = {
+    "vgg": "classifier",
+    "resnet": "head",
+    "densenet": "head",
+    "inception": "head",
+}

@@ -71,3 +71,19 @@ def test_bad_two_object_or_depth_options_are_clean_errors(options, message, caps
     assert main(["explainer", "train", "--model", "resnet", *SMALL, *options]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@needs_zoo
+def test_classifier_backbone_is_trained_recorded_and_loadable(tmp_path):
+    from ctc_plugin import zoo
+
+    out = tmp_path / "cs.pt"
+    argv = ["explainer", "train", "--model", "resnet", "--no-progress", *SMALL, "--out", str(out)]
+    assert main([*argv, "--epochs", "1", "--backbone", "classifier"]) == 0
+    classifier = zoo.load("resnet")
+    explainer = Explainer.load(out, classifier=classifier)
+    assert explainer.config()["backbone"] == "classifier" and explainer.config()["head"] == "head"
+    assert "--backbone classifier" in explainer.metadata["command"]
+    # the shipped classifier is untouched by training its copy
+    for key, value in zoo.load("resnet").state_dict().items():
+        torch.testing.assert_close(classifier.state_dict()[key], value)

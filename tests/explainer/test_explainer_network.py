@@ -53,8 +53,8 @@ def test_input_scale_runs_the_backbone_on_smaller_images(tmp_path):
 
 
 def test_files_without_input_scale_load_at_full_resolution():
-    explainer = load_explainer("vgg", "shapes")  # shipped before input_scale existed
-    assert explainer.input_scale == 1.0
+    explainer = load_explainer("vgg", "composite")  # shipped before input_scale existed
+    assert explainer.input_scale == 1.0 and explainer.depth == 3
 
 
 @pytest.fixture
@@ -130,3 +130,15 @@ def test_save_and_load_round_trip(tmp_path):
 def test_missing_shipped_explainer_names_the_command():
     with pytest.raises(FileNotFoundError, match="ctc-plugin explainer train --model nosuch"):
         load_explainer("nosuch", "shapes")
+
+
+@pytest.mark.parametrize("input_scale", [1.0, 0.5])
+def test_target_logits_equal_the_selected_maps_of_forward(input_scale):
+    torch.manual_seed(0)
+    explainer = Explainer(4, width=2, input_scale=input_scale).eval()
+    x = torch.rand(3, 3, 20, 20)
+    target = torch.tensor([2, 0, 3])
+    expected = explainer(x)[torch.arange(3), target].unsqueeze(1)
+    torch.testing.assert_close(explainer.target_logits(x, target), expected)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        explainer.target_logits(torch.rand(3, 20, 20), target)

@@ -179,10 +179,11 @@ def test_evaluate_refuses_the_training_seed():
 def test_load_explainer_forwards_to_the_shipped_module(monkeypatch):
     calls = []
     fake = types.ModuleType("ctc_plugin.explainer.shipped")
-    fake.load_explainer = lambda family, split: calls.append((family, split)) or "explainer"
+    fake.load_explainer = lambda *args: calls.append(args) or "explainer"
     monkeypatch.setitem(sys.modules, "ctc_plugin.explainer.shipped", fake)
     assert zoo.load_explainer("vgg", "composite") == "explainer"
-    assert calls == [("vgg", "composite")]
+    assert zoo.load_explainer("resnet", kind="class-specific") == "explainer"
+    assert calls == [("vgg", "composite", "default"), ("resnet", "shapes", "class-specific")]
 
 
 def test_training_rejects_empty_settings():

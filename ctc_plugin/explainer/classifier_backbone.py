@@ -1,0 +1,149 @@
+"""An explainer backbone whose encoder starts as a copy of the explained classifier.
+
+The small U-Net learns *where* the object is but, in a short training, not *which* class it is
+(docs/explainer.md). The classifier's own features already separate the classes: applying its
+head at every position of its last feature map gives class activation maps that are
+class-specific from the first step. :class:`ClassifierBackbone` starts from exactly that and
+adds a small U-Net for sharp boundaries; the explainer objective then fine-tunes both. The copy
+is trained, the classifier itself stays frozen and untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: Modules a classifier head may hold (after its global pooling and flattening).
+PER_POSITION_MODULES = (nn.Linear, nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Identity)
+GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+class PerPositionHead(nn.Module):
+    """A classifier head applied at every position of a feature map instead of once per image.
+
+    The head must be an ``nn.Sequential`` (or a single module) of a global pooling to 1x1,
+    ``nn.Flatten``, then linear layers, ReLUs and dropouts. Its linear layers become 1x1
+    convolutions with the same weights, so for a head of global average pooling and one linear
+    layer the mean of the per-position maps is exactly the classifier's logits (the class
+    activation map of Zhou et al., 2016).
+
+    Args:
+        head: The classifier's head module (copied, not shared).
+
+    Raises:
+        TypeError: If the head holds a module that cannot be applied per position.
+    """
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        modules = list(head) if isinstance(head, nn.Sequential) else [head]
+        layers: list[nn.Module] = []
+        for index, module in enumerate(modules):
+            if isinstance(module, GLOBAL_POOLS):
+                if module.output_size not in (1, (1, 1)):
+                    raise TypeError(f"head module {index} pools to {module.output_size}, not 1x1")
+                continue
+            if isinstance(module, nn.Flatten):
+                continue
+            if isinstance(module, nn.Linear):
+                conv = nn.Conv2d(module.in_features, module.out_features, 1, bias=True)
+                conv.weight.data.copy_(module.weight.detach()[:, :, None, None])
+                if module.bias is not None:
+                    conv.bias.data.copy_(module.bias.detach())
+                else:
+                    conv.bias.data.zero_()
+                layers.append(conv)
+            elif isinstance(module, PER_POSITION_MODULES):
+                layers.append(copy.deepcopy(module))
+            else:
+                raise TypeError(
+                    f"head module {index} ({type(module).__name__}) cannot be applied per "
+                    "position; the head must be global pooling, Flatten, then Linear/ReLU/"
+                    "Dropout layers (give the name of such a module as `head`)"
+                )
+        if not any(isinstance(layer, nn.Conv2d) for layer in layers):
+            raise TypeError("the head holds no Linear layer: nothing maps features to classes")
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Map ``(N, C, h, w)`` features to ``(N, num_classes, h, w)`` per-position logits."""
+        if features.dim() != 4:
+            raise ValueError(
+                f"the head's input must be a feature map (N, C, h, w), got {tuple(features.shape)}"
+            )
+        return self.layers(features)
+
+
+class ClassifierBackbone(nn.Module):
+    """Class maps from a trainable copy of the classifier, refined by a small U-Net.
+
+    Output: ``scale * CAM + offset`` (the copied classifier with its head applied per position,
+    resized to the input) plus the logits of a :class:`~ctc_plugin.explainer.network.SmallUNet`
+    on the image. ``scale`` and the per-class ``offset`` are learnt. The whole copy is
+    fine-tuned, BatchNorm statistics included (measured: freezing them trained worse).
+
+    Args:
+        classifier: The classifier to explain; deep-copied, never modified.
+        head: Name of the submodule that the classifier's ``forward`` ends with
+            (``"head"`` for the zoo's resnet, densenet and inception, ``"classifier"`` for
+            vgg and torchvision's VGG/DenseNet); see :class:`PerPositionHead`.
+        num_classes: Classes of the classifier (checked against the head).
+        width: Channels at full resolution of the refining U-Net.
+        depth: Resolutions of the refining U-Net.
+        in_channels: Channels of the images.
+
+    Raises:
+        ValueError: If the classifier has no such submodule or its head does not output
+            ``num_classes`` classes.
+        TypeError: If the head cannot be applied per position.
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        head: str,
+        num_classes: int,
+        width: int = 8,
+        depth: int = 3,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        from ctc_plugin.explainer.network import SmallUNet
+
+        try:
+            original_head = classifier.get_submodule(head)
+        except AttributeError as error:
+            names = [name for name, _ in classifier.named_children()]
+            raise ValueError(
+                f"the classifier has no submodule {head!r} (its children: {names}); give the "
+                "name of the head its forward ends with"
+            ) from error
+        per_position = PerPositionHead(original_head)
+        outputs = [m for m in per_position.layers if isinstance(m, nn.Conv2d)][-1].out_channels
+        if outputs != num_classes:
+            raise ValueError(
+                f"the classifier's head outputs {outputs} classes, the explainer has {num_classes}"
+            )
+        encoder = copy.deepcopy(classifier).requires_grad_(True)  # even if the model is frozen
+        encoder.set_submodule(head, per_position)
+        self.encoder = encoder
+        self.head_name = head
+        self.scale = nn.Parameter(torch.ones(()))
+        self.offset = nn.Parameter(torch.zeros(num_classes))
+        self.refine = SmallUNet(in_channels, num_classes, width, depth)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Return ``(N, num_classes, H, W)`` class logit maps."""
+        maps = self.encoder(images)
+        if not isinstance(maps, Tensor) or maps.dim() != 4:
+            raise ValueError(
+                f"the classifier copy returned {type(maps).__name__} "
+                f"{tuple(getattr(maps, 'shape', ()))}, not class maps: its forward must end with "
+                f"the head {self.head_name!r}"
+            )
+        maps = maps * self.scale + self.offset[None, :, None, None]
+        maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return maps + self.refine(images)

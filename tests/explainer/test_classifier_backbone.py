@@ -1,0 +1,143 @@
+"""The class-specific backbone: a trainable copy of the classifier with its head per position."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from ctc_plugin.explainer.classifier_backbone import ClassifierBackbone, PerPositionHead
+from ctc_plugin.explainer.network import Explainer
+
+from .helpers import NUM_CLASSES, SIZE, tuple_loader
+
+
+def classifier_with_head(mlp: bool = False, seed: int = 0) -> nn.Module:
+    """A small CNN whose forward ends with a module named ``head`` (one or two linear layers)."""
+    torch.manual_seed(seed)
+    layers = [nn.Linear(6, 5), nn.ReLU(), nn.Dropout(0.2), nn.Linear(5, NUM_CLASSES)]
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5))
+    head.extend(layers if mlp else [nn.Linear(6, NUM_CLASSES)])
+    model = nn.Sequential(
+        OrderedDict(
+            features=nn.Sequential(
+                nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2)
+            ),
+            head=head,
+        )
+    )
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        model.features[1].running_mean.uniform_(-0.5, 0.5)
+        model.features[1].running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_linear_head_per_position_averages_to_the_logits():
+    model = classifier_with_head()
+    features = model.features(torch.rand(4, 3, SIZE, SIZE))
+    maps = PerPositionHead(model.head)(features)
+    assert maps.shape == (4, NUM_CLASSES, SIZE // 2, SIZE // 2)
+    torch.testing.assert_close(maps.mean(dim=(2, 3)), model.head(features))
+
+
+def test_mlp_head_per_position_equals_the_head_at_each_position():
+    model = classifier_with_head(mlp=True)
+    features = model.features(torch.rand(2, 3, SIZE, SIZE))
+    maps = PerPositionHead(model.head)(features)
+    # at one position the head sees exactly that position's feature vector
+    one_position = features[:, :, 3:4, 5:6]
+    torch.testing.assert_close(maps[:, :, 3, 5], model.head(one_position))
+
+
+def test_heads_that_cannot_run_per_position_are_errors():
+    with pytest.raises(TypeError, match=r"head module 2 \(BatchNorm1d\)"):
+        PerPositionHead(
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(4), nn.Linear(4, 2))
+        )
+    with pytest.raises(TypeError, match="not 1x1"):
+        PerPositionHead(nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 2)))
+    with pytest.raises(TypeError, match="no Linear layer"):
+        PerPositionHead(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    with pytest.raises(ValueError, match="feature map"):
+        PerPositionHead(nn.Linear(4, 2))(torch.rand(3, 4))
+
+
+def test_backbone_starts_from_the_class_activation_maps_and_keeps_the_classifier():
+    model = classifier_with_head()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    backbone = ClassifierBackbone(model, "head", NUM_CLASSES, width=2, depth=2)
+    assert backbone.encoder is not model and backbone.encoder.features is not model.features
+    x = torch.rand(2, 3, SIZE, SIZE)
+    cam = PerPositionHead(model.head)(model.features(x))
+    cam = nn.functional.interpolate(cam, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    backbone.eval()
+    torch.testing.assert_close(backbone(x), cam + backbone.refine(x))
+    # training the copy moves neither the classifier's weights nor its BatchNorm statistics
+    backbone.train()
+    backbone(x).sum().backward()
+    torch.optim.SGD(backbone.parameters(), lr=0.1).step()
+    backbone(x)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], msg=name)
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.training
+
+
+def test_a_frozen_classifier_still_gives_a_trainable_copy():
+    model = classifier_with_head().requires_grad_(False)
+    backbone = ClassifierBackbone(model, "head", NUM_CLASSES)
+    assert all(p.requires_grad for p in backbone.parameters())
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_backbone_errors_name_the_problem():
+    model = classifier_with_head()
+    with pytest.raises(ValueError, match=r"no submodule 'fc'.*\['features', 'head'\]"):
+        ClassifierBackbone(model, "fc", NUM_CLASSES)
+    with pytest.raises(ValueError, match="outputs 3 classes, the explainer has 5"):
+        ClassifierBackbone(model, "head", 5)
+
+    class Reshaped(nn.Module):  # its forward does more after the head
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = classifier_with_head()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x).flatten(1)
+
+    with pytest.raises(ValueError, match="not class maps"):
+        ClassifierBackbone(Reshaped(), "inner.head", NUM_CLASSES)(torch.rand(1, 3, SIZE, SIZE))
+
+
+def test_explainer_with_classifier_backbone_trains_saves_and_loads(tmp_path):
+    model = classifier_with_head()
+    torch.manual_seed(0)
+    explainer = Explainer(NUM_CLASSES, backbone="classifier", classifier=model, head="head")
+    explainer.fit(model, tuple_loader(8), epochs=1, progress=False)
+    path = explainer.save(tmp_path / "cs.pt")
+    assert Explainer.load(path, classifier=model).config()["head"] == "head"
+    other_weights = classifier_with_head(seed=7)  # only the architecture is taken from it
+    x = torch.rand(2, 3, SIZE, SIZE)
+    torch.testing.assert_close(Explainer.load(path, classifier=other_weights)(x), explainer(x))
+    with pytest.raises(ValueError, match="pass classifier="):
+        Explainer.load(path)
+
+
+def test_classifier_backbone_needs_its_classifier_and_only_it_takes_one():
+    model = classifier_with_head()
+    with pytest.raises(ValueError, match="needs classifier="):
+        Explainer(NUM_CLASSES, backbone="classifier")
+    with pytest.raises(ValueError, match="needs classifier="):
+        Explainer(NUM_CLASSES, backbone="classifier", classifier=model)
+    with pytest.raises(ValueError, match="other backbones take neither"):
+        Explainer(NUM_CLASSES, classifier=model, head="head")
+    with pytest.raises(ValueError, match="backbone_weights"):
+        Explainer(
+            NUM_CLASSES,
+            backbone="classifier",
+            classifier=model,
+            head="head",
+            backbone_weights="x.pt",
+        )
