@@ -51,7 +51,7 @@ from ctc_plugin.evaluation.localisation import (
     relevance_mass_accuracy,
     relevance_rank_accuracy,
 )
-from ctc_plugin.evaluation.methods import MethodSpec, peer_methods, registry
+from ctc_plugin.evaluation.methods import EXPLAINER_METHODS, MethodSpec, peer_methods, registry
 from ctc_plugin.evaluation.protocol import DEFAULT_PERTURBATIONS, run_protocol, welch_test
 from ctc_plugin.evaluation.report import COLUMNS, finite_mean, write_stored_report
 from ctc_plugin.evaluation.sanity import cascading_randomisation
@@ -430,29 +430,37 @@ def _prepare_model(
     return accuracy, makers, sources
 
 
-def _model_and_explainer(family: str, split: str) -> tuple[nn.Module, nn.Module | None]:
+def _model_and_explainers(family: str, split: str) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """The zoo model and its shipped explainers by kind (the kinds that are shipped)."""
     from ctc_plugin import zoo
 
     model = zoo.load(family, split)
-    try:
-        explainer = zoo.load_explainer(family, split)
-    except (FileNotFoundError, ValueError, ImportError):
-        explainer = None
-    return model, explainer
+    explainers = {}
+    for kind in EXPLAINER_METHODS:
+        try:
+            explainers[kind] = zoo.load_explainer(family, split, kind)
+        except (FileNotFoundError, ValueError, ImportError):
+            continue
+    return model, explainers
 
 
 def _plan(
-    config: BenchmarkConfig, family: str, split: str, explainer: nn.Module | None
+    config: BenchmarkConfig, family: str, split: str, explainers: dict[str, nn.Module]
 ) -> tuple[list[Variant], list[str]]:
     """The variants to run on one model, in report order, and notes for the report."""
-    methods = registry(explainer, n_samples=config.lime_samples, ig_steps=config.ig_steps)
+    methods = registry(
+        explainers.get("default"),
+        n_samples=config.lime_samples,
+        ig_steps=config.ig_steps,
+        class_specific_explainer=explainers.get("class-specific"),
+    )
     notes = []
     if config.methods is not None:
         missing = set(config.methods) - set(methods)
-        if missing - {"Explainer"}:
+        if missing - set(EXPLAINER_METHODS.values()):
             raise ValueError(f"unknown methods {sorted(missing)}; available: {list(methods)}")
-        if missing:
-            notes.append(f"{family}/{split} Explainer: no trained Explainer found")
+        for name in sorted(missing):
+            notes.append(f"{family}/{split} {name}: no trained explainer of that kind shipped")
         methods = {name: methods[name] for name in config.methods if name in methods}
     return _variants(methods.values(), config.feature_sources), notes
 
@@ -495,15 +503,15 @@ def run_benchmark(
     pairs = run_order(config.families, config.splits)
     for family, split in tqdm(pairs, desc="models", disable=not show_progress):
         if models is not None:
-            model, explainer = models[(family, split)], None
+            model, explainers = models[(family, split)], {}
         else:
             try:
-                model, explainer = _model_and_explainer(family, split)
+                model, explainers = _model_and_explainers(family, split)
             except FileNotFoundError as error:  # reported in results.md and on stderr
                 skipped[f"{family}/{split}"] = f"model skipped: {error}"
                 print(f"warning: {family}/{split}: model skipped: {error}", file=sys.stderr)
                 continue
-        variants, notes = _plan(config, family, split, explainer)
+        variants, notes = _plan(config, family, split, explainers)
         pending = [v for v in variants if not store.has(family, split, v.label)]
         if not pending:
             continue

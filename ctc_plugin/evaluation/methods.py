@@ -313,7 +313,7 @@ def _integrative_cam(
     return IntegrativeCAM(model).attribute(images, target=targets).detach()
 
 
-def explainer_method(explainer: nn.Module) -> Method:
+def explainer_method(explainer: nn.Module, name: str = "Explainer") -> Method:
     """Wrap a trained Explainer network (e.g. ``zoo.load_explainer(family, split)``).
 
     The Explainer belongs to one classifier, so this method is built per model.
@@ -327,16 +327,24 @@ def explainer_method(explainer: nn.Module) -> Method:
         maps = ExplainerAttribution(model, explainer).attribute(images, target=targets)
         return maps[:, :1].detach()
 
-    method.__name__ = "Explainer"
+    method.__name__ = name
     return method
 
 
-def our_methods(explainer: nn.Module | None = None) -> list[MethodSpec]:
+#: Method names of the two kinds of shipped Explainer.
+EXPLAINER_METHODS = {"default": "Explainer", "class-specific": "Explainer-class-specific"}
+
+
+def our_methods(
+    explainer: nn.Module | None = None, class_specific_explainer: nn.Module | None = None
+) -> list[MethodSpec]:
     """Return ctc-plugin's methods whose modules exist in this installation.
 
     Args:
         explainer: A trained Explainer for the model under test; without one the Explainer is
             left out.
+        class_specific_explainer: A trained class-specific Explainer
+            (``backbone="classifier"``) for the model; without one that method is left out.
     """
     specs = []
     if _available("ctc_plugin.ctc.attribution"):
@@ -346,13 +354,19 @@ def our_methods(explainer: nn.Module | None = None) -> list[MethodSpec]:
         ]
     if _available("ctc_plugin.cam.integrative"):
         specs.append(MethodSpec("IntegrativeCAM", "ctc-plugin", False, _integrative_cam))
-    if explainer is not None and _available("ctc_plugin.explainer.attribution"):
-        specs.append(MethodSpec("Explainer", "ctc-plugin", False, explainer_method(explainer)))
+    explainers = {"default": explainer, "class-specific": class_specific_explainer}
+    for kind, trained in explainers.items():
+        if trained is not None and _available("ctc_plugin.explainer.attribution"):
+            name = EXPLAINER_METHODS[kind]
+            specs.append(MethodSpec(name, "ctc-plugin", False, explainer_method(trained, name)))
     return specs
 
 
 def registry(
-    explainer: nn.Module | None = None, n_samples: int = 100, ig_steps: int = 32
+    explainer: nn.Module | None = None,
+    n_samples: int = 100,
+    ig_steps: int = 32,
+    class_specific_explainer: nn.Module | None = None,
 ) -> dict[str, MethodSpec]:
     """Return every available method by name: ours first, then the peers.
 
@@ -360,6 +374,8 @@ def registry(
         explainer: Trained Explainer for the model under test (optional).
         n_samples: Samples for Lime and KernelShap.
         ig_steps: Steps of IntegratedGradients.
+        class_specific_explainer: Trained class-specific Explainer for the model (optional).
     """
-    specs = our_methods(explainer) + peer_methods(n_samples=n_samples, ig_steps=ig_steps)
+    ours = our_methods(explainer, class_specific_explainer)
+    specs = ours + peer_methods(n_samples=n_samples, ig_steps=ig_steps)
     return {spec.name: spec for spec in specs}

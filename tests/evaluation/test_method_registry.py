@@ -64,3 +64,20 @@ def test_zennit_on_preactivation_densenet_falls_back_and_leaves_model_alone():
     assert sum(p.numel() for p in model.parameters()) == sum(
         p.numel() for p in zoo.build("densenet", 3).parameters()
     )
+
+
+def test_both_kinds_of_explainer_join_the_registry_when_given():
+    from ctc_plugin.explainer.attribution import ExplainerAttribution
+
+    model = zoo.load("resnet")
+    default, specific = (
+        zoo.load_explainer("resnet"),
+        zoo.load_explainer("resnet", kind="class-specific"),
+    )
+    assert "Explainer" not in registry() and "Explainer-class-specific" not in registry()
+    methods = registry(default, class_specific_explainer=specific)
+    images, targets = torch.rand(2, 3, 96, 96), torch.tensor([1, 4])
+    for name, explainer in (("Explainer", default), ("Explainer-class-specific", specific)):
+        maps = methods[name].fn(model, images, targets, None)
+        expected = ExplainerAttribution(model, explainer).attribute(images, target=targets)
+        torch.testing.assert_close(maps, expected[:, :1])
