@@ -19,6 +19,7 @@ carrying the (N, C) leading dimensions (a per-example constant).
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -302,39 +303,46 @@ def copy_shares(
     second = torch.linalg.vector_norm(scratch, 2, dim=dims, keepdim=True).square_().div_(count)
     std = (second - mu.square()).clamp_min_(0.0).sqrt_()
 
-    # Capping l' = mu + (l - mu) c with c = sigma / std is, in shares,
-    # s = 10 ** l' = rho ** c * 10 ** (mu (1 - c)): per-channel constants on rho.
+    # Capping: l' = mu + (l - mu) c with c = sigma / std, and s = 10 ** l'
+    # = 2 ** (l c log2(10) + mu (1 - c) log2(10)) where rho > 0 (s = 0 where rho = 0). The
+    # log-ratios l are still in `scratch`; exp2 costs a fraction of a power of rho.
     capped = std > full.sigma
     c = torch.where(capped, full.sigma / std.clamp_min(torch.finfo(std.dtype).tiny), 1.0)
-    c.clamp_min_(torch.finfo(c.dtype).tiny)  # rho ** c keeps rho = 0 at 0
-    factor = torch.pow(10.0, mu * (1.0 - c))
-    _cap_rows(rho, capped, c, factor, dims)
+    _cap_rows(rho, scratch, capped, c * LOG2_10, mu * (1.0 - c) * LOG2_10, dims)
     return rho
+
+
+#: log2(10): converts base-10 exponents to base 2.
+LOG2_10 = math.log2(10.0)
 
 
 def _cap_rows(
     rho: torch.Tensor,
+    log_rho: torch.Tensor,
     capped: torch.Tensor,
-    exponent: torch.Tensor,
-    factor: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
     dims: tuple[int, ...],
 ) -> None:
-    """``rho <- rho ** exponent * factor`` in place, only where a statistic group is capped.
+    """``rho <- 2 ** (log_rho * scale + shift)`` where ``rho > 0``, only in capped groups.
 
-    ``capped``, ``exponent`` and ``factor`` have size 1 along ``dims``. When ``dims`` are the
-    trailing dims of the contiguous ``rho``, each group is one row of a 2-D view and only the
-    capped rows are touched (often few in the first layers, the largest ones).
+    ``capped``, ``scale`` and ``shift`` have size 1 along ``dims``; ``log_rho`` is overwritten.
+    When ``dims`` are the trailing dims of the contiguous ``rho``, each group is one row of a
+    2-D view and only the capped rows are touched (often few in the first layers, the largest
+    ones).
     """
     rows = capped.flatten().nonzero().squeeze(1)
     if rows.numel() == 0:
         return
     trailing = dims == tuple(range(rho.dim() - len(dims), rho.dim()))
     if not (trailing and rho.is_contiguous()) or rows.numel() == capped.numel():
-        rho.pow_(exponent).mul_(factor)
+        log_rho.mul_(scale).add_(shift).exp2_()
+        rho.ne_(0).mul_(log_rho)  # 0 where rho = 0, the capped share elsewhere
         return
-    table = rho.view(capped.numel(), -1)
-    part = table.index_select(0, rows)
-    part.pow_(exponent.flatten()[rows].unsqueeze(1)).mul_(factor.flatten()[rows].unsqueeze(1))
+    table, logs = rho.view(capped.numel(), -1), log_rho.view(capped.numel(), -1)
+    part = logs.index_select(0, rows)
+    part.mul_(scale.flatten()[rows].unsqueeze(1)).add_(shift.flatten()[rows].unsqueeze(1))
+    part.exp2_().mul_(table.index_select(0, rows).ne_(0))
     table.index_copy_(0, rows, part)
 
 

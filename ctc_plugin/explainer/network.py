@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +25,8 @@ FILE_FORMAT = "ctc-plugin-explainer/1"
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Two 3x3 convolutions, each followed by GroupNorm and ReLU."""
-    groups = min(4, out_channels)
+    """Two 3x3 convolutions, each followed by GroupNorm (up to 4 groups) and ReLU."""
+    groups = math.gcd(4, out_channels)  # 4 groups when the width allows, fewer otherwise
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1),
         nn.GroupNorm(groups, out_channels),

@@ -142,3 +142,9 @@ def test_target_logits_equal_the_selected_maps_of_forward(input_scale):
     torch.testing.assert_close(explainer.target_logits(x, target), expected)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         explainer.target_logits(torch.rand(3, 20, 20), target)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 6, 8])
+def test_any_width_builds(width):
+    explainer = Explainer(3, width=width)
+    assert explainer(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
