@@ -148,3 +148,10 @@ def test_target_logits_equal_the_selected_maps_of_forward(input_scale):
 def test_any_width_builds(width):
     explainer = Explainer(3, width=width)
     assert explainer(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+
+
+def test_missing_class_specific_explainer_names_its_command_and_loading():
+    with pytest.raises(FileNotFoundError) as error:
+        load_explainer("vgg", "shapes", "class-specific")
+    message = str(error.value)
+    assert "--backbone classifier" in message and "classifier=model" in message
