@@ -1,4 +1,8 @@
-"""``ctc-plugin explainer train``: train an Explainer for a zoo model, reproducibly."""
+"""``ctc-plugin explainer train`` / ``gate``: build Explainers for zoo models, reproducibly.
+
+``train`` trains one; ``gate`` turns a trained default explainer into a class-specific one by
+gating its masks with the classifier's own class maps (no training).
+"""
 
 from __future__ import annotations
 
@@ -109,6 +113,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     train.set_defaults(func=run)
+
+    gate = actions.add_parser(
+        "gate",
+        help="make a class-specific explainer from a trained default one (no training)",
+        description="Gate a trained default explainer's masks with the zoo model's class maps "
+        "(its head applied per position): mask_c = sigmoid(S_c) * sigmoid(a (CAM_c / max CAM_c "
+        "- t)). Writes an Explainer with backbone 'classifier-gated'; load it with "
+        "Explainer.load(PATH, classifier=model) or zoo.load_explainer(family, "
+        "kind='class-specific') once shipped.",
+    )
+    gate.add_argument("--model", required=True, help="zoo family: vgg, resnet, densenet, inception")
+    gate.add_argument("--split", default="shapes", help="data split (default: shapes)")
+    gate.add_argument(
+        "--mask-explainer", type=Path, help="default explainer file (default: the shipped one)"
+    )
+    gate.add_argument("--sharpness", type=float, default=10.0, help="gate sharpness a (10)")
+    gate.add_argument("--threshold", type=float, default=0.3, help="gate threshold t (0.3)")
+    gate.add_argument(
+        "--out", type=Path, help="output file (default explainer-MODEL-SPLIT-gated.pt)"
+    )
+    gate.set_defaults(func=run_gate)
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -223,4 +248,58 @@ def run(args: argparse.Namespace) -> int:
         f"{len(result.history)}, val loss {result.best_loss:.4f}, "
         f"masked-classification loss {last['classification']:.4f}"
     )
+    return 0
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    """Build, save and report one gated class-specific explainer; return the exit status."""
+    import torch
+
+    from ctc_plugin import zoo
+    from ctc_plugin.explainer.network import Explainer
+
+    classifier = zoo.load(args.model, args.split)
+    if args.mask_explainer is not None:
+        default = Explainer.load(args.mask_explainer)
+    else:
+        default = zoo.load_explainer(args.model, args.split)
+    if default.backbone_name != "unet-small":
+        raise ValueError(
+            f"the mask explainer must have the 'unet-small' backbone, got {default.backbone_name!r}"
+        )
+    if not default.is_trained:
+        raise ValueError("the mask explainer is untrained; train it with `explainer train` first")
+    gated = Explainer(
+        default.num_classes,
+        backbone="classifier-gated",
+        in_channels=default.in_channels,
+        width=default.width,
+        depth=default.depth,
+        classifier=classifier,
+        head=zoo.HEADS[args.model],
+        mask_scale=default.input_scale,
+    )
+    with torch.no_grad():
+        gated.backbone.mask.load_state_dict(default.backbone.state_dict())
+        gated.backbone.sharpness.fill_(args.sharpness)
+        gated.backbone.threshold.fill_(args.threshold)
+        gated.trained_steps.copy_(default.trained_steps)  # its masks are the default's training
+        gated.image_size.copy_(default.image_size)
+    words = ["ctc-plugin", "explainer", "gate", "--model", args.model, "--split", args.split]
+    if args.mask_explainer is not None:
+        words += ["--mask-explainer", str(args.mask_explainer)]
+    words += ["--sharpness", str(args.sharpness), "--threshold", str(args.threshold)]
+    metadata = {
+        "command": shlex.join(words),
+        "model": args.model,
+        "split": args.split,
+        "backbone": "classifier-gated",
+        "mask_explainer_command": default.metadata.get("command"),
+        "sharpness": args.sharpness,
+        "threshold": args.threshold,
+        "torch": str(torch.__version__),
+    }
+    out = args.out or Path(f"explainer-{args.model}-{args.split}-gated.pt")
+    gated.save(out, metadata)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0

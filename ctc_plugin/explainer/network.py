@@ -18,7 +18,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.explainer.training import FitResult
 
 #: Names accepted as ``backbone`` besides an ``nn.Module``.
-BACKBONES = ("unet-small", "classifier", "deeplabv3_resnet50", "lraspp_mobilenet_v3")
+BACKBONES = (
+    "unet-small",
+    "classifier",
+    "classifier-gated",
+    "deeplabv3_resnet50",
+    "lraspp_mobilenet_v3",
+)
+
+#: Backbones built from (a copy of) the explained classifier.
+CLASSIFIER_BACKBONES = ("classifier", "classifier-gated")
 
 #: Tag stored in files written by :meth:`Explainer.save`.
 FILE_FORMAT = "ctc-plugin-explainer/1"
@@ -127,7 +136,9 @@ class Explainer(nn.Module):
         backbone: ``"unet-small"`` (default, a few thousand parameters), ``"classifier"`` (a
             trainable copy of the classifier with its head applied per position, plus a small
             U-Net: class-specific masks, see
-            :class:`~ctc_plugin.explainer.classifier_backbone.ClassifierBackbone`), the
+            :class:`~ctc_plugin.explainer.classifier_backbone.ClassifierBackbone`),
+            ``"classifier-gated"`` (a small U-Net's masks gated by the classifier's class maps,
+            see :class:`~ctc_plugin.explainer.classifier_backbone.GatedMaskBackbone`), the
             torchvision segmentation models ``"deeplabv3_resnet50"`` (the original's) or
             ``"lraspp_mobilenet_v3"``, or any ``nn.Module`` mapping ``(N, in_channels, H, W)``
             to ``(N, num_classes, h, w)`` (a tensor or a dict with ``"out"``); smaller outputs
@@ -143,8 +154,11 @@ class Explainer(nn.Module):
         backbone_weights: Local file with the ImageNet classification weights of the
             torchvision backbone's encoder (ResNet-50 or MobileNetV3-Large state dict). ``None``
             initialises randomly. Nothing is ever downloaded.
-        classifier: The classifier to explain (``backbone="classifier"`` only; copied).
-        head: Name of the classifier's head submodule (``backbone="classifier"`` only).
+        classifier: The classifier to explain (``"classifier"`` and ``"classifier-gated"``
+            backbones only; copied).
+        head: Name of the classifier's head submodule (those backbones only).
+        mask_scale: Factor in (0, 1] by which the ``"classifier-gated"`` backbone resizes the
+            images before its U-Net (its class maps always see the full image).
 
     Raises:
         ValueError: For an unknown backbone name or unusable settings.
@@ -163,6 +177,7 @@ class Explainer(nn.Module):
         backbone_weights: str | Path | None = None,
         classifier: nn.Module | None = None,
         head: str | None = None,
+        mask_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -176,18 +191,21 @@ class Explainer(nn.Module):
         self.input_scale = float(input_scale)
         #: Name of the classifier's head module (``backbone="classifier"`` only).
         self.classifier_head = head
+        self.mask_scale = float(mask_scale)
         #: Plain data stored with the weights by :meth:`save` (e.g. how it was trained).
         self.metadata: dict[str, Any] = {}
-        wants_classifier = isinstance(backbone, str) and backbone == "classifier"
+        wants_classifier = isinstance(backbone, str) and backbone in CLASSIFIER_BACKBONES
         if (classifier is not None, head is not None) != (wants_classifier, wants_classifier):
             raise ValueError(
-                'backbone="classifier" needs classifier= (the model to explain) and head= (the '
-                "name of its head module); other backbones take neither"
+                f"backbones {CLASSIFIER_BACKBONES} need classifier= (the model to explain) and "
+                "head= (the name of its head module); other backbones take neither"
             )
+        if mask_scale != 1.0 and backbone != "classifier-gated":
+            raise ValueError('mask_scale applies to backbone="classifier-gated" only')
         if isinstance(backbone, nn.Module):
             self.backbone_name = None
             self.backbone = backbone
-        elif backbone in ("unet-small", "classifier"):
+        elif backbone in ("unet-small", *CLASSIFIER_BACKBONES):
             if backbone_weights is not None:
                 raise ValueError("backbone_weights applies to torchvision backbones only")
             if width < 1:
@@ -195,12 +213,19 @@ class Explainer(nn.Module):
             self.backbone_name = backbone
             if backbone == "unet-small":
                 self.backbone = SmallUNet(in_channels, num_classes, width, depth)
-            else:
+            elif backbone == "classifier":
                 from ctc_plugin.explainer.classifier_backbone import ClassifierBackbone
 
                 assert classifier is not None and head is not None
                 self.backbone = ClassifierBackbone(
                     classifier, head, num_classes, width, depth, in_channels
+                )
+            else:
+                from ctc_plugin.explainer.classifier_backbone import GatedMaskBackbone
+
+                assert classifier is not None and head is not None
+                self.backbone = GatedMaskBackbone(
+                    classifier, head, num_classes, width, depth, in_channels, mask_scale
                 )
         elif backbone in BACKBONES:
             if in_channels != 3:
@@ -319,6 +344,8 @@ class Explainer(nn.Module):
         }
         if self.classifier_head is not None:
             config["head"] = self.classifier_head
+        if self.backbone_name == "classifier-gated":
+            config["mask_scale"] = self.mask_scale
         return config
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
@@ -350,7 +377,7 @@ class Explainer(nn.Module):
 
         Args:
             path: The file.
-            classifier: For ``backbone="classifier"`` files: a model of the explained
+            classifier: For files of a classifier backbone: a model of the explained
                 classifier's architecture (its weights do not matter, the file holds the
                 trained copy's). Ignored by other files.
 
@@ -366,7 +393,7 @@ class Explainer(nn.Module):
                 f"(expected format {FILE_FORMAT!r})"
             )
         config = dict(payload["config"])
-        if config["backbone"] == "classifier":
+        if config["backbone"] in CLASSIFIER_BACKBONES:
             if classifier is None:
                 raise ValueError(
                     f"{str(path)!r} holds a copy of its classifier: pass classifier= (a model of "

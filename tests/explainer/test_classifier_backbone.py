@@ -127,9 +127,9 @@ def test_explainer_with_classifier_backbone_trains_saves_and_loads(tmp_path):
 
 def test_classifier_backbone_needs_its_classifier_and_only_it_takes_one():
     model = classifier_with_head()
-    with pytest.raises(ValueError, match="needs classifier="):
+    with pytest.raises(ValueError, match="need classifier="):
         Explainer(NUM_CLASSES, backbone="classifier")
-    with pytest.raises(ValueError, match="needs classifier="):
+    with pytest.raises(ValueError, match="need classifier="):
         Explainer(NUM_CLASSES, backbone="classifier", classifier=model)
     with pytest.raises(ValueError, match="other backbones take neither"):
         Explainer(NUM_CLASSES, classifier=model, head="head")
@@ -141,3 +141,41 @@ def test_classifier_backbone_needs_its_classifier_and_only_it_takes_one():
             head="head",
             backbone_weights="x.pt",
         )
+
+
+def test_gated_masks_are_the_unet_mask_times_the_class_map_gate():
+    from ctc_plugin.explainer.classifier_backbone import GatedMaskBackbone
+
+    model = classifier_with_head()
+    torch.manual_seed(0)
+    gated = GatedMaskBackbone(model, "head", NUM_CLASSES, width=2, depth=2, mask_scale=0.5).eval()
+    x = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        cam = PerPositionHead(model.head)(model.features(x))
+        cam = nn.functional.interpolate(cam, size=(SIZE, SIZE), mode="bilinear")
+        peak = cam.amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(cam.dtype).eps)
+        gate = torch.sigmoid(10.0 * (cam / peak - 0.3))
+        small = nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear")
+        unet = nn.functional.interpolate(gated.mask(small), size=(SIZE, SIZE), mode="bilinear")
+        expected = torch.sigmoid(unet) * gate
+        torch.testing.assert_close(gated(x).sigmoid(), expected, atol=1e-5, rtol=1e-4)
+        # a class whose map is negative everywhere gets an empty mask
+        model.head[-1].bias.data[0] = -1e3
+        empty = GatedMaskBackbone(model, "head", NUM_CLASSES, width=2, depth=2).eval()
+        assert empty(x).sigmoid()[:, 0].max() < 1e-3
+    with pytest.raises(ValueError, match="mask_scale"):
+        GatedMaskBackbone(model, "head", NUM_CLASSES, mask_scale=0.0)
+
+
+def test_gated_explainer_saves_and_loads_and_only_it_takes_mask_scale(tmp_path):
+    model = classifier_with_head()
+    explainer = Explainer(
+        NUM_CLASSES, backbone="classifier-gated", classifier=model, head="head", mask_scale=0.5
+    ).eval()
+    path = explainer.save(tmp_path / "gated.pt")
+    loaded = Explainer.load(path, classifier=classifier_with_head(seed=3))
+    assert loaded.config()["mask_scale"] == 0.5
+    x = torch.rand(2, 3, SIZE, SIZE)
+    torch.testing.assert_close(loaded(x), explainer(x))
+    with pytest.raises(ValueError, match="mask_scale applies"):
+        Explainer(NUM_CLASSES, mask_scale=0.5)

@@ -87,3 +87,27 @@ def test_classifier_backbone_is_trained_recorded_and_loadable(tmp_path):
     # the shipped classifier is untouched by training its copy
     for key, value in zoo.load("resnet").state_dict().items():
         torch.testing.assert_close(classifier.state_dict()[key], value)
+
+
+@needs_zoo
+def test_gate_builds_a_class_specific_explainer_from_a_default_one(tmp_path, capsys):
+    from ctc_plugin import zoo
+
+    default_path, out = tmp_path / "default.pt", tmp_path / "gated.pt"
+    argv = ["explainer", "train", "--model", "resnet", "--no-progress", *SMALL, "--epochs", "1"]
+    assert main([*argv, "--input-scale", "0.5", "--out", str(default_path)]) == 0
+    gate = ["explainer", "gate", "--model", "resnet", "--mask-explainer", str(default_path)]
+    assert main([*gate, "--sharpness", "20", "--out", str(out)]) == 0
+    gated = Explainer.load(out, classifier=zoo.load("resnet"))
+    default = Explainer.load(default_path)
+    assert gated.backbone_name == "classifier-gated" and gated.is_trained
+    assert gated.metadata["command"].endswith("--sharpness 20.0 --threshold 0.3")
+    # the gate only removes: every gated mask lies below the default explainer's mask
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        assert (gated.masks(x) <= default.masks(x) + 1e-5).all()
+    untrained = tmp_path / "untrained.pt"
+    Explainer(6).save(untrained)
+    assert main(["explainer", "gate", "--model", "resnet", "--mask-explainer", str(untrained)]) == 2
+    err = capsys.readouterr().err
+    assert "untrained" in err and "Traceback" not in err

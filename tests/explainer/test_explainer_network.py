@@ -152,6 +152,6 @@ def test_any_width_builds(width):
 
 def test_missing_class_specific_explainer_names_its_command_and_loading():
     with pytest.raises(FileNotFoundError) as error:
-        load_explainer("vgg", "shapes", "class-specific")
+        load_explainer("nosuch", "shapes", "class-specific")
     message = str(error.value)
     assert "--backbone classifier" in message and "classifier=model" in message

@@ -48,9 +48,8 @@ def test_at_least_one_explainer_is_shipped():
     assert SHIPPED_SHAPES, "no shipped explainer for the shapes split in ctc_plugin/zoo/weights"
 
 
-def test_class_specific_explainers_are_shipped():
-    # resnet, densenet, inception; vgg's stayed below the localisation bar (docs/explainer.md)
-    assert len([f for f, s in CLASS_SPECIFIC if s == "shapes"]) >= 3
+def test_every_zoo_family_has_a_class_specific_explainer():
+    assert sorted(f for f, s in CLASS_SPECIFIC if s == "shapes") == sorted(zoo.FAMILIES)
 
 
 @pytest.mark.parametrize(("family", "split", "kind"), EVERY_KIND)
@@ -59,8 +58,11 @@ def test_shipped_file_is_small_and_documents_its_command(family, split, kind):
     explainer = zoo.load_explainer(family, split, kind)
     assert explainer.is_trained and explainer.trained_image_size == (96, 96)
     command = explainer.metadata["command"]
-    assert command.startswith(f"ctc-plugin explainer train --model {family}")
-    assert ("--backbone classifier" in command) == (kind == "class-specific")
+    if explainer.backbone_name == "classifier-gated":  # built from the default explainer
+        assert command.startswith(f"ctc-plugin explainer gate --model {family} --split {split}")
+    else:
+        assert command.startswith(f"ctc-plugin explainer train --model {family}")
+    assert (explainer.backbone_name != "unet-small") == (kind == "class-specific")
 
 
 @pytest.mark.parametrize(("family", "split", "kind"), EVERY_KIND)
