@@ -148,7 +148,8 @@ class ExplainerAttribution(Attribution):
         self._check_inputs(images)
         was_training = self.explainer.training
         try:
-            self.explainer.eval()
+            if was_training:  # switching modes walks every submodule: only when needed
+                self.explainer.eval()
             with torch.no_grad():
                 if target is None:
                     target = self._classify(images, additional_forward_args).argmax(dim=1)
@@ -159,6 +160,7 @@ class ExplainerAttribution(Attribution):
                 fast = images.contiguous(memory_format=torch.channels_last)
                 masks = self.explainer.target_logits(fast, indices).sigmoid()
         finally:
-            self.explainer.train(was_training)
+            if was_training:
+                self.explainer.train()
         result = masks.expand_as(images).to(images.dtype).contiguous()
         return (result,) if as_tuple else result

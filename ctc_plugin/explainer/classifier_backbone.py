@@ -11,11 +11,11 @@ is trained, the classifier itself stays frozen and untouched.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ctc_plugin.explainer.maps import resize_maps
 
 #: Modules a classifier head may hold (after its global pooling and flattening).
 PER_POSITION_MODULES = (nn.Linear, nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Identity)
@@ -105,16 +105,18 @@ def class_map_encoder(classifier: nn.Module, head: str, num_classes: int) -> nn.
     return encoder
 
 
-def _class_maps(encoder: nn.Module, images: Tensor, head: str) -> Tensor:
-    """Run a :func:`class_map_encoder` and resize its class maps to the images."""
-    maps = encoder(images)
-    if not isinstance(maps, Tensor) or maps.dim() != 4:
+def checked_class_maps(maps: object, num_classes: int, source: str) -> Tensor:
+    """Return ``maps`` if they are ``(N, num_classes, h, w)`` class maps.
+
+    Raises:
+        ValueError: Naming ``source`` (what produced them), for anything else.
+    """
+    if not isinstance(maps, Tensor) or maps.dim() != 4 or maps.shape[1] != num_classes:
         raise ValueError(
-            f"the classifier copy returned {type(maps).__name__} "
-            f"{tuple(getattr(maps, 'shape', ()))}, not class maps: its forward must end with "
-            f"the head {head!r}"
+            f"{source} returned {type(maps).__name__} {tuple(getattr(maps, 'shape', ()))}, not "
+            f"(N, {num_classes}, h, w) class maps"
         )
-    return F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return maps
 
 
 class ClassifierBackbone(nn.Module):
@@ -161,72 +163,7 @@ class ClassifierBackbone(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """Return ``(N, num_classes, H, W)`` class logit maps."""
-        maps = _class_maps(self.encoder, images, self.head_name)
+        source = f"the classifier copy (its forward must end with the head {self.head_name!r})"
+        maps = checked_class_maps(self.encoder(images), len(self.offset), source)
+        maps = resize_maps(maps, images.shape[-2:])
         return maps * self.scale + self.offset[None, :, None, None] + self.refine(images)
-
-
-class GatedMaskBackbone(nn.Module):
-    """A class-agnostic mask network gated by the classifier's own class maps.
-
-    ``mask_c = sigmoid(S_c) * sigmoid(a * (CAM_c / max CAM_c - t))``: ``S`` are the logits of a
-    small U-Net (typically a trained default explainer's, run on the image resized by
-    ``mask_scale``), ``CAM_c`` the classifier's head applied per position (a copy, see
-    :func:`class_map_encoder`) with its maximum over the image, ``a`` (sharpness) and ``t``
-    (threshold) learnable scalars. The U-Net says *where* an object is, the gate *which* class
-    may claim it; a class with no positive class map anywhere gets an empty mask. Returns the
-    logits of ``mask_c``.
-
-    Args:
-        classifier: The classifier to explain; deep-copied, never modified.
-        head: Name of its head submodule (see :class:`ClassifierBackbone`).
-        num_classes: Classes of the classifier.
-        width: Channels at full resolution of the U-Net.
-        depth: Resolutions of the U-Net.
-        in_channels: Channels of the images.
-        mask_scale: Factor in (0, 1] by which images are resized before the U-Net.
-        sharpness: Initial ``a``.
-        threshold: Initial ``t``.
-
-    Raises:
-        ValueError: As :func:`class_map_encoder`, or for a ``mask_scale`` outside (0, 1].
-    """
-
-    def __init__(
-        self,
-        classifier: nn.Module,
-        head: str,
-        num_classes: int,
-        width: int = 8,
-        depth: int = 3,
-        in_channels: int = 3,
-        mask_scale: float = 1.0,
-        sharpness: float = 10.0,
-        threshold: float = 0.3,
-    ) -> None:
-        super().__init__()
-        from ctc_plugin.explainer.network import SmallUNet
-
-        if not 0 < mask_scale <= 1:
-            raise ValueError(f"mask_scale must lie in (0, 1], got {mask_scale!r}")
-        self.encoder = class_map_encoder(classifier, head, num_classes)
-        self.head_name = head
-        self.mask = SmallUNet(in_channels, num_classes, width, depth)
-        self.mask_scale = float(mask_scale)
-        self.sharpness = nn.Parameter(torch.tensor(float(sharpness)))
-        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
-
-    def forward(self, images: Tensor) -> Tensor:
-        """Return ``(N, num_classes, H, W)`` logits of the gated masks."""
-        cam = _class_maps(self.encoder, images, self.head_name)
-        peak = cam.amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(cam.dtype).eps)
-        gate = F.logsigmoid(self.sharpness * (cam / peak - self.threshold))
-        small = images
-        if self.mask_scale != 1.0:
-            small = F.interpolate(
-                images, scale_factor=self.mask_scale, mode="bilinear", align_corners=False
-            )
-        mask = F.interpolate(
-            self.mask(small), size=images.shape[-2:], mode="bilinear", align_corners=False
-        )
-        log_mask = (F.logsigmoid(mask) + gate).clamp_max(math.log1p(-1e-6))
-        return log_mask - torch.log1p(-log_mask.exp())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctc_plugin.explainer.maps import check_scale, resize_maps, run_at_scale, select_maps
 from ctc_plugin.zoo.loading import read_data_file, read_state_dict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,12 +24,16 @@ BACKBONES = (
     "unet-small",
     "classifier",
     "classifier-gated",
+    "student-gated",
     "deeplabv3_resnet50",
     "lraspp_mobilenet_v3",
 )
 
 #: Backbones built from (a copy of) the explained classifier.
 CLASSIFIER_BACKBONES = ("classifier", "classifier-gated")
+
+#: Backbones whose small U-Net masks are gated by class maps (they take ``mask_scale``).
+GATED_BACKBONES = ("classifier-gated", "student-gated")
 
 #: Tag stored in files written by :meth:`Explainer.save`.
 FILE_FORMAT = "ctc-plugin-explainer/1"
@@ -138,7 +144,10 @@ class Explainer(nn.Module):
             U-Net: class-specific masks, see
             :class:`~ctc_plugin.explainer.classifier_backbone.ClassifierBackbone`),
             ``"classifier-gated"`` (a small U-Net's masks gated by the classifier's class maps,
-            see :class:`~ctc_plugin.explainer.classifier_backbone.GatedMaskBackbone`), the
+            see :class:`~ctc_plugin.explainer.gated.GatedMaskBackbone`), ``"student-gated"``
+            (the same gate from a small student distilled from the classifier's class maps,
+            :class:`~ctc_plugin.explainer.student.ClassMapStudent`: class-specific at about the
+            cost of ``"unet-small"``), the
             torchvision segmentation models ``"deeplabv3_resnet50"`` (the original's) or
             ``"lraspp_mobilenet_v3"``, or any ``nn.Module`` mapping ``(N, in_channels, H, W)``
             to ``(N, num_classes, h, w)`` (a tensor or a dict with ``"out"``); smaller outputs
@@ -157,8 +166,10 @@ class Explainer(nn.Module):
         classifier: The classifier to explain (``"classifier"`` and ``"classifier-gated"``
             backbones only; copied).
         head: Name of the classifier's head submodule (those backbones only).
-        mask_scale: Factor in (0, 1] by which the ``"classifier-gated"`` backbone resizes the
-            images before its U-Net (its class maps always see the full image).
+        mask_scale: Factor in (0, 1] by which the gated backbones resize the images before
+            their U-Net (their class maps always see the full image).
+        student_width: Channels of the first block of the ``"student-gated"`` backbone's
+            student.
 
     Raises:
         ValueError: For an unknown backbone name or unusable settings.
@@ -178,20 +189,20 @@ class Explainer(nn.Module):
         classifier: nn.Module | None = None,
         head: str | None = None,
         mask_scale: float = 1.0,
+        student_width: int = 16,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        if not 0 < input_scale <= 1:
-            raise ValueError(f"input_scale must lie in (0, 1], got {input_scale!r}")
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.width = width
         self.depth = depth
-        self.input_scale = float(input_scale)
+        self.input_scale = check_scale("input_scale", input_scale)
         #: Name of the classifier's head module (``backbone="classifier"`` only).
         self.classifier_head = head
         self.mask_scale = float(mask_scale)
+        self.student_width = student_width
         #: Plain data stored with the weights by :meth:`save` (e.g. how it was trained).
         self.metadata: dict[str, Any] = {}
         wants_classifier = isinstance(backbone, str) and backbone in CLASSIFIER_BACKBONES
@@ -200,12 +211,14 @@ class Explainer(nn.Module):
                 f"backbones {CLASSIFIER_BACKBONES} need classifier= (the model to explain) and "
                 "head= (the name of its head module); other backbones take neither"
             )
-        if mask_scale != 1.0 and backbone != "classifier-gated":
-            raise ValueError('mask_scale applies to backbone="classifier-gated" only')
+        if mask_scale != 1.0 and backbone not in GATED_BACKBONES:
+            raise ValueError(f"mask_scale applies to the backbones {GATED_BACKBONES} only")
+        if student_width != 16 and backbone != "student-gated":
+            raise ValueError('student_width applies to backbone="student-gated" only')
         if isinstance(backbone, nn.Module):
             self.backbone_name = None
             self.backbone = backbone
-        elif backbone in ("unet-small", *CLASSIFIER_BACKBONES):
+        elif backbone in ("unet-small", *CLASSIFIER_BACKBONES, *GATED_BACKBONES):
             if backbone_weights is not None:
                 raise ValueError("backbone_weights applies to torchvision backbones only")
             if width < 1:
@@ -221,11 +234,8 @@ class Explainer(nn.Module):
                     classifier, head, num_classes, width, depth, in_channels
                 )
             else:
-                from ctc_plugin.explainer.classifier_backbone import GatedMaskBackbone
-
-                assert classifier is not None and head is not None
-                self.backbone = GatedMaskBackbone(
-                    classifier, head, num_classes, width, depth, in_channels, mask_scale
+                self.backbone = self._gated_backbone(
+                    backbone, classifier, head, mask_scale, student_width
                 )
         elif backbone in BACKBONES:
             if in_channels != 3:
@@ -242,6 +252,28 @@ class Explainer(nn.Module):
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("image_size", torch.zeros(2, dtype=torch.long))
 
+    def _gated_backbone(
+        self,
+        backbone: str,
+        classifier: nn.Module | None,
+        head: str | None,
+        mask_scale: float,
+        student_width: int,
+    ) -> nn.Module:
+        """Build a gated backbone: class maps from a classifier copy or from a student."""
+        from ctc_plugin.explainer.classifier_backbone import class_map_encoder
+        from ctc_plugin.explainer.gated import GatedMaskBackbone
+        from ctc_plugin.explainer.student import ClassMapStudent
+
+        if backbone == "classifier-gated":
+            assert classifier is not None and head is not None
+            class_maps = class_map_encoder(classifier, head, self.num_classes)
+        else:
+            class_maps = ClassMapStudent(self.num_classes, student_width, self.in_channels)
+        return GatedMaskBackbone(
+            class_maps, self.num_classes, self.width, self.depth, self.in_channels, mask_scale
+        )
+
     @property
     def is_trained(self) -> bool:
         """Whether :meth:`fit` (or loaded weights) has trained this explainer."""
@@ -255,36 +287,37 @@ class Explainer(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """Return the class logit maps ``(N, num_classes, H, W)`` at the input resolution."""
-        return self._to_input_size(self._backbone_maps(images), images)
+        return resize_maps(self._backbone_maps(images), images.shape[-2:])
 
     def target_logits(self, images: Tensor, target: Tensor) -> Tensor:
         """Return the logit map of one class per image, ``(N, 1, H, W)``.
 
         The same values as ``forward(images)[range(N), target]``, but only the selected maps
         are resized to the input (the resizing acts on each map alone), which saves most of the
-        resizing when the backbone works at a reduced resolution.
+        resizing when the backbone works at a reduced resolution. A backbone with its own
+        ``target_logits(images, target)`` method (the gated backbones) computes only the
+        selected maps.
 
         Args:
             images: ``(N, in_channels, H, W)`` images.
             target: ``(N,)`` class indices.
         """
-        maps = self._backbone_maps(images)
-        index = target.to(maps.device).view(-1, 1, 1, 1).expand(-1, 1, *maps.shape[-2:])
-        return self._to_input_size(maps.gather(1, index), images)
+        return resize_maps(self._backbone_maps(images, target), images.shape[-2:])
 
-    def _backbone_maps(self, images: Tensor) -> Tensor:
-        """Check the images, resize them by ``input_scale``, and return the backbone's maps."""
+    def _backbone_maps(self, images: Tensor, target: Tensor | None = None) -> Tensor:
+        """Check the images and return the backbone's maps (of ``target`` only, if given).
+
+        The backbone sees the images resized by ``input_scale``; the maps keep its resolution.
+        """
         if images.dim() != 4 or images.shape[1] != self.in_channels:
             raise ValueError(
                 f"the explainer takes images shaped (N, {self.in_channels}, H, W), "
                 f"got {tuple(images.shape)}"
             )
-        small = images
-        if self.input_scale != 1.0:
-            small = F.interpolate(
-                images, scale_factor=self.input_scale, mode="bilinear", align_corners=False
-            )
-        out = self.backbone(small)
+        selective = getattr(self.backbone, "target_logits", None)
+        if target is not None and callable(selective):
+            return run_at_scale(partial(selective, target=target), images, self.input_scale)
+        out = run_at_scale(self.backbone, images, self.input_scale)
         if isinstance(out, dict):
             out = out["out"]
         if out.dim() != 4 or out.shape[1] != self.num_classes:
@@ -292,14 +325,7 @@ class Explainer(nn.Module):
                 f"the backbone must return (N, {self.num_classes}, h, w) maps, "
                 f"got {tuple(out.shape)}"
             )
-        return out
-
-    @staticmethod
-    def _to_input_size(maps: Tensor, images: Tensor) -> Tensor:
-        """Resize maps bilinearly to the images' height and width (when they differ)."""
-        if maps.shape[-2:] != images.shape[-2:]:
-            maps = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return maps
+        return out if target is None else select_maps(out, target)
 
     def masks(self, images: Tensor) -> Tensor:
         """Return the class masks ``sigmoid(forward(images))``, ``(N, num_classes, H, W)``."""
@@ -344,8 +370,10 @@ class Explainer(nn.Module):
         }
         if self.classifier_head is not None:
             config["head"] = self.classifier_head
-        if self.backbone_name == "classifier-gated":
+        if self.backbone_name in GATED_BACKBONES:
             config["mask_scale"] = self.mask_scale
+        if self.backbone_name == "student-gated":
+            config["student_width"] = self.student_width
         return config
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:

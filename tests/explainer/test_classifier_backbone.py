@@ -107,7 +107,7 @@ def test_backbone_errors_name_the_problem():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.inner(x).flatten(1)
 
-    with pytest.raises(ValueError, match="not class maps"):
+    with pytest.raises(ValueError, match="not \(N, 3, h, w\) class maps"):
         ClassifierBackbone(Reshaped(), "inner.head", NUM_CLASSES)(torch.rand(1, 3, SIZE, SIZE))
 
 
@@ -143,12 +143,18 @@ def test_classifier_backbone_needs_its_classifier_and_only_it_takes_one():
         )
 
 
-def test_gated_masks_are_the_unet_mask_times_the_class_map_gate():
-    from ctc_plugin.explainer.classifier_backbone import GatedMaskBackbone
+def gated_backbone(model: nn.Module, **options: float) -> nn.Module:
+    from ctc_plugin.explainer.classifier_backbone import class_map_encoder
+    from ctc_plugin.explainer.gated import GatedMaskBackbone
 
+    encoder = class_map_encoder(model, "head", NUM_CLASSES)
+    return GatedMaskBackbone(encoder, NUM_CLASSES, width=2, depth=2, **options).eval()
+
+
+def test_gated_masks_are_the_unet_mask_times_the_class_map_gate():
     model = classifier_with_head()
     torch.manual_seed(0)
-    gated = GatedMaskBackbone(model, "head", NUM_CLASSES, width=2, depth=2, mask_scale=0.5).eval()
+    gated = gated_backbone(model, mask_scale=0.5)
     x = torch.rand(2, 3, SIZE, SIZE)
     with torch.no_grad():
         cam = PerPositionHead(model.head)(model.features(x))
@@ -159,12 +165,26 @@ def test_gated_masks_are_the_unet_mask_times_the_class_map_gate():
         unet = nn.functional.interpolate(gated.mask(small), size=(SIZE, SIZE), mode="bilinear")
         expected = torch.sigmoid(unet) * gate
         torch.testing.assert_close(gated(x).sigmoid(), expected, atol=1e-5, rtol=1e-4)
+        # computing only the target's maps gives the same values
+        target = torch.tensor([2, 0])
+        torch.testing.assert_close(gated.target_logits(x, target), gated(x)[[0, 1], target][:, None])
         # a class whose map is negative everywhere gets an empty mask
         model.head[-1].bias.data[0] = -1e3
-        empty = GatedMaskBackbone(model, "head", NUM_CLASSES, width=2, depth=2).eval()
-        assert empty(x).sigmoid()[:, 0].max() < 1e-3
-    with pytest.raises(ValueError, match="mask_scale"):
-        GatedMaskBackbone(model, "head", NUM_CLASSES, mask_scale=0.0)
+        assert gated_backbone(model)(x).sigmoid()[:, 0].max() < 1e-3
+    with pytest.raises(ValueError, match="mask_scale must lie in"):
+        gated_backbone(model, mask_scale=0.0)
+
+
+def test_product_logits_is_the_logit_of_the_product_without_overflow():
+    from ctc_plugin.explainer.gated import product_logits
+
+    # up to 12: beyond it logit(product) itself loses digits in 1 - product
+    a = torch.linspace(-30, 12, 43, dtype=torch.float64)[:, None]
+    b = torch.linspace(-30, 12, 43, dtype=torch.float64)[None, :]
+    product = torch.sigmoid(a) * torch.sigmoid(b)
+    torch.testing.assert_close(product_logits(a, b), torch.logit(product), rtol=1e-9, atol=1e-9)
+    extreme = product_logits(torch.tensor([1e4, -1e4]), torch.tensor([1e4, 5.0]))
+    assert torch.isfinite(extreme).all() and extreme[0] > 35 and extreme[1] < -35
 
 
 def test_gated_explainer_saves_and_loads_and_only_it_takes_mask_scale(tmp_path):

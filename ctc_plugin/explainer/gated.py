@@ -1,0 +1,100 @@
+"""Class-agnostic masks gated by class maps: the U-Net says *where*, the class maps *which*.
+
+A small U-Net trained as a default explainer outlines the objects but, measured on our data,
+not which class each object is (docs/explainer.md). Multiplying its mask by a gate from class
+activation maps makes the masks class-specific without further training. The class maps come
+from a copy of the classifier (``backbone="classifier-gated"``) or from a small student network
+distilled from them (``backbone="student-gated"``, :mod:`ctc_plugin.explainer.student`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ctc_plugin.explainer.classifier_backbone import checked_class_maps
+from ctc_plugin.explainer.maps import check_scale, resize_maps, run_at_scale, select_maps
+
+#: Both logits are clamped to +-LOGIT_BOUND before they are combined: probabilities beyond it
+#: (below 4e-18) carry nothing, and exp() of larger magnitudes yields float32 denormals, which
+#: are slow on CPUs.
+LOGIT_BOUND = 40.0
+
+
+def product_logits(first: Tensor, second: Tensor) -> Tensor:
+    """Return ``logit(sigmoid(first) * sigmoid(second))``, elementwise.
+
+    Computed as ``a + b - log(1 + e^a + e^b)`` with ``a``, ``b`` the logits clamped to
+    ``+-LOGIT_BOUND``: no ``logsigmoid`` (which torch does not vectorise on CPU) and no
+    denormals.
+    """
+    a = first.clamp(-LOGIT_BOUND, LOGIT_BOUND)
+    b = second.clamp(-LOGIT_BOUND, LOGIT_BOUND)
+    return a + b - torch.log1p(a.exp() + b.exp())
+
+
+class GatedMaskBackbone(nn.Module):
+    """A class-agnostic mask network gated by class activation maps.
+
+    ``mask_c = sigmoid(S_c) * sigmoid(a * (CAM_c / max CAM_c - t))``: ``S`` are the logits of a
+    small U-Net (typically a trained default explainer's, run on the image resized by
+    ``mask_scale``), ``CAM_c`` the class maps resized to the image with their maximum over the
+    image, ``a`` (sharpness) and ``t`` (threshold) learnable scalars. A class with no positive
+    class map anywhere gets an empty mask. Returns the logits of ``mask_c``.
+
+    Args:
+        class_maps: Module mapping images ``(N, C, H, W)`` to class maps
+            ``(N, num_classes, h, w)``: a
+            :func:`~ctc_plugin.explainer.classifier_backbone.class_map_encoder` (the
+            classifier's head applied per position) or a
+            :class:`~ctc_plugin.explainer.student.ClassMapStudent`. Held, not copied.
+        num_classes: Classes of the classifier.
+        width: Channels at full resolution of the U-Net.
+        depth: Resolutions of the U-Net.
+        in_channels: Channels of the images.
+        mask_scale: Factor in (0, 1] by which images are resized before the U-Net.
+        sharpness: Initial ``a``.
+        threshold: Initial ``t``.
+
+    Raises:
+        ValueError: For a ``mask_scale`` outside (0, 1].
+    """
+
+    def __init__(
+        self,
+        class_maps: nn.Module,
+        num_classes: int,
+        width: int = 8,
+        depth: int = 3,
+        in_channels: int = 3,
+        mask_scale: float = 1.0,
+        sharpness: float = 10.0,
+        threshold: float = 0.3,
+    ) -> None:
+        super().__init__()
+        from ctc_plugin.explainer.network import SmallUNet
+
+        self.mask_scale = check_scale("mask_scale", mask_scale)
+        self.num_classes = num_classes
+        self.encoder = class_maps
+        self.mask = SmallUNet(in_channels, num_classes, width, depth)
+        self.sharpness = nn.Parameter(torch.tensor(float(sharpness)))
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Return ``(N, num_classes, H, W)`` logits of the gated masks."""
+        return self._gated_logits(images, None)
+
+    def target_logits(self, images: Tensor, target: Tensor) -> Tensor:
+        """Return ``forward(images)[range(N), target]`` (``(N, 1, H, W)``), computing only it."""
+        return self._gated_logits(images, target)
+
+    def _gated_logits(self, images: Tensor, target: Tensor | None) -> Tensor:
+        cam = checked_class_maps(self.encoder(images), self.num_classes, "the class-map network")
+        mask = run_at_scale(self.mask, images, self.mask_scale)
+        if target is not None:
+            cam, mask = select_maps(cam, target), select_maps(mask, target)
+        cam = resize_maps(cam, images.shape[-2:])
+        mask = resize_maps(mask, images.shape[-2:])
+        peak = cam.amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(cam.dtype).eps)
+        return product_logits(mask, self.sharpness * (cam / peak - self.threshold))

@@ -1,0 +1,143 @@
+"""A small student network distilled from a classifier's class activation maps.
+
+The gate of :class:`~ctc_plugin.explainer.gated.GatedMaskBackbone` needs the classifier's class
+maps (its head applied per position). Running a copy of the classifier costs about one forward
+pass per explanation; a student a few layers deep, trained to reproduce those maps, gives the
+gate at a fraction of that (``backbone="student-gated"``). The student learns the explained
+classifier's maps, not the data's labels, so the gate stays an account of that model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctc_plugin.explainer.classifier_backbone import class_map_encoder
+from ctc_plugin.explainer.maps import resize_maps
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class ClassMapStudent(nn.Module):
+    """A small CNN mapping images to per-class maps at ``1 / 2**stages`` of their resolution.
+
+    ``stages`` stride-2 blocks (3x3 convolution, BatchNorm, ReLU) with ``width``, ``2 width``,
+    then ``4 width`` channels, one stride-1 block, and a 1x1 convolution to the classes. With the
+    defaults a 96x96 image gives 6x6 maps (the zoo classifiers' class-map size) for about 60
+    thousand parameters. Train it with :func:`distil_class_maps`.
+
+    Args:
+        num_classes: Classes (output maps).
+        width: Channels of the first block.
+        in_channels: Channels of the images.
+        stages: Stride-2 blocks (the output stride is ``2**stages``).
+
+    Raises:
+        ValueError: If ``width`` or ``stages`` is below 1.
+    """
+
+    def __init__(
+        self, num_classes: int, width: int = 16, in_channels: int = 3, stages: int = 4
+    ) -> None:
+        super().__init__()
+        if width < 1 or stages < 1:
+            raise ValueError(f"width and stages must be >= 1, got {width} and {stages}")
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for stage in range(stages):
+            out = width * 2 ** min(stage, 2)
+            layers += _conv_bn_relu(channels, out, stride=2)
+            channels = out
+        layers += _conv_bn_relu(channels, channels, stride=1)
+        self.features = nn.Sequential(*layers)
+        self.classes = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Return ``(N, num_classes, h, w)`` class maps."""
+        return self.classes(self.features(images))
+
+
+def distil_class_maps(
+    student: nn.Module,
+    classifier: nn.Module,
+    head: str,
+    images: Tensor,
+    *,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> list[float]:
+    """Train ``student`` to reproduce the classifier's class maps on ``images``.
+
+    The teacher is the classifier's head applied per position (a copy, see
+    :func:`~ctc_plugin.explainer.classifier_backbone.class_map_encoder`; the classifier itself is
+    not touched), resized to the student's map size. The loss is the mean squared difference of
+    the maps divided by the teacher maps' variance (so 1.0 is what predicting their mean
+    scores); Adam with a one-cycle learning rate, batches drawn with ``seed``. The student is
+    left in eval mode.
+
+    Args:
+        student: Network mapping images to ``(N, num_classes, h, w)`` maps.
+        classifier: The explained model.
+        head: Name of its head submodule (global pooling, then linear layers).
+        images: ``(M, C, H, W)`` training images.
+        epochs: Passes over the images.
+        batch_size: Images per step.
+        lr: Peak learning rate.
+        seed: Seed of the batch order.
+        show_progress: Draw a tqdm bar with the loss.
+
+    Returns:
+        The mean loss of each epoch.
+
+    Raises:
+        ValueError: For fewer images than one batch, non-positive epochs, or a student with
+            another class count than the classifier's head (from
+            :func:`~ctc_plugin.explainer.classifier_backbone.class_map_encoder`).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if len(images) < batch_size:
+        raise ValueError(f"distillation needs at least one batch ({batch_size}) of images")
+    with torch.no_grad():
+        probe = student.eval()(images[:1])
+        teacher = class_map_encoder(classifier, head, probe.shape[1]).eval()
+        targets = torch.cat(
+            [resize_maps(teacher(chunk), probe.shape[-2:]) for chunk in images.split(256)]
+        )
+    variance = targets.var().clamp_min(torch.finfo(targets.dtype).eps)
+    optimiser = torch.optim.Adam(student.parameters(), lr=lr)
+    steps_per_epoch = len(images) // batch_size
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, lr, total_steps=epochs * steps_per_epoch
+    )
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(epochs), desc="distil class maps", disable=not show_progress)
+    student.train()
+    for _ in bar:
+        order = torch.randperm(len(images), generator=generator)
+        total = 0.0
+        for step in range(steps_per_epoch):
+            batch = order[step * batch_size : (step + 1) * batch_size]
+            loss = F.mse_loss(student(images[batch]), targets[batch]) / variance
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += loss.item()
+        history.append(total / steps_per_epoch)
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+    student.eval()
+    return history
