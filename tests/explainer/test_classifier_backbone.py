@@ -107,7 +107,7 @@ def test_backbone_errors_name_the_problem():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.inner(x).flatten(1)
 
-    with pytest.raises(ValueError, match="not \(N, 3, h, w\) class maps"):
+    with pytest.raises(ValueError, match=r"not \(N, 3, h, w\) class maps"):
         ClassifierBackbone(Reshaped(), "inner.head", NUM_CLASSES)(torch.rand(1, 3, SIZE, SIZE))
 
 
@@ -167,7 +167,8 @@ def test_gated_masks_are_the_unet_mask_times_the_class_map_gate():
         torch.testing.assert_close(gated(x).sigmoid(), expected, atol=1e-5, rtol=1e-4)
         # computing only the target's maps gives the same values
         target = torch.tensor([2, 0])
-        torch.testing.assert_close(gated.target_logits(x, target), gated(x)[[0, 1], target][:, None])
+        selected = gated(x)[[0, 1], target][:, None]
+        torch.testing.assert_close(gated.target_logits(x, target), selected)
         # a class whose map is negative everywhere gets an empty mask
         model.head[-1].bias.data[0] = -1e3
         assert gated_backbone(model)(x).sigmoid()[:, 0].max() < 1e-3
