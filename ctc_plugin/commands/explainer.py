@@ -1,7 +1,8 @@
 """``ctc-plugin explainer train`` / ``gate``: build Explainers for zoo models, reproducibly.
 
 ``train`` trains one; ``gate`` turns a trained default explainer into a class-specific one by
-gating its masks with the classifier's own class maps (no training).
+gating its masks with class maps: the classifier's own (a copy of it, no training) or those of
+a small student distilled from them (``--gate student``, a few seconds of training).
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import argparse
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
 
 #: Seed of the validation images (the training images use ``TRAIN_SEED``; tests use others).
 VAL_SEED = 1000
@@ -116,12 +120,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     gate = actions.add_parser(
         "gate",
-        help="make a class-specific explainer from a trained default one (no training)",
+        help="make a class-specific explainer from a trained default one",
         description="Gate a trained default explainer's masks with the zoo model's class maps "
         "(its head applied per position): mask_c = sigmoid(S_c) * sigmoid(a (CAM_c / max CAM_c "
-        "- t)). Writes an Explainer with backbone 'classifier-gated'; load it with "
-        "Explainer.load(PATH, classifier=model) or zoo.load_explainer(family, "
-        "kind='class-specific') once shipped.",
+        "- t)). --gate classifier (default) holds a copy of the classifier (backbone "
+        "'classifier-gated'; load with Explainer.load(PATH, classifier=model)); --gate student "
+        "distils the class maps into a small student network first (backbone 'student-gated', "
+        "about as fast as the default explainer; load with Explainer.load(PATH)).",
     )
     gate.add_argument("--model", required=True, help="zoo family: vgg, resnet, densenet, inception")
     gate.add_argument("--split", default="shapes", help="data split (default: shapes)")
@@ -130,6 +135,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     gate.add_argument("--sharpness", type=float, default=10.0, help="gate sharpness a (10)")
     gate.add_argument("--threshold", type=float, default=0.3, help="gate threshold t (0.3)")
+    gate.add_argument(
+        "--mask-offset",
+        type=float,
+        default=0.0,
+        help="added to the mask logits S (0): larger values give larger masks",
+    )
+    gate.add_argument(
+        "--gate",
+        choices=("classifier", "student"),
+        default="classifier",
+        help="where the class maps come from: a copy of the classifier, or a distilled student",
+    )
+    student = gate.add_argument_group("student (--gate student)")
+    student.add_argument("--student-width", type=int, default=8, help="student width (8)")
+    student.add_argument("--student-epochs", type=int, default=10, help="distillation epochs (10)")
+    student.add_argument(
+        "--student-images",
+        type=int,
+        default=3000,
+        help="single-object training images (3000; shapes adds half as many two-object ones)",
+    )
+    student.add_argument("--seed", type=int, default=0, help="seed of the student (0)")
+    student.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     gate.add_argument(
         "--out", type=Path, help="output file (default explainer-MODEL-SPLIT-gated.pt)"
     )
@@ -269,18 +297,46 @@ def run_gate(args: argparse.Namespace) -> int:
         )
     if not default.is_trained:
         raise ValueError("the mask explainer is untrained; train it with `explainer train` first")
-    gated = Explainer(
-        default.num_classes,
-        backbone="classifier-gated",
-        in_channels=default.in_channels,
-        width=default.width,
-        depth=default.depth,
-        classifier=classifier,
-        head=zoo.HEADS[args.model],
-        mask_scale=default.input_scale,
-    )
+    options = {
+        "in_channels": default.in_channels,
+        "width": default.width,
+        "depth": default.depth,
+        "mask_scale": default.input_scale,
+    }
+    head = zoo.HEADS[args.model]
+    history: list[float] = []
+    if args.gate == "student":
+        from ctc_plugin.explainer.student import distil_class_maps
+
+        if min(args.student_width, args.student_epochs, args.student_images) < 1:
+            raise ValueError("--student-width, --student-epochs and --student-images must be >= 1")
+        torch.manual_seed(args.seed)
+        gated = Explainer(
+            default.num_classes,
+            backbone="student-gated",
+            student_width=args.student_width,
+            **options,
+        )
+        history = distil_class_maps(
+            gated.backbone.encoder,
+            classifier,
+            head,
+            distillation_images(args.split, args.student_images),
+            epochs=args.student_epochs,
+            seed=args.seed,
+            show_progress=not args.no_progress,
+        )
+    else:
+        gated = Explainer(
+            default.num_classes,
+            backbone="classifier-gated",
+            classifier=classifier,
+            head=head,
+            **options,
+        )
     with torch.no_grad():
         gated.backbone.mask.load_state_dict(default.backbone.state_dict())
+        gated.backbone.mask.head.bias += args.mask_offset
         gated.backbone.sharpness.fill_(args.sharpness)
         gated.backbone.threshold.fill_(args.threshold)
         gated.trained_steps.copy_(default.trained_steps)  # its masks are the default's training
@@ -289,17 +345,41 @@ def run_gate(args: argparse.Namespace) -> int:
     if args.mask_explainer is not None:
         words += ["--mask-explainer", str(args.mask_explainer)]
     words += ["--sharpness", str(args.sharpness), "--threshold", str(args.threshold)]
+    words += ["--mask-offset", str(args.mask_offset), "--gate", args.gate]
+    if args.gate == "student":
+        for name in ("student_width", "student_epochs", "student_images", "seed"):
+            words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     metadata = {
         "command": shlex.join(words),
         "model": args.model,
         "split": args.split,
-        "backbone": "classifier-gated",
+        "backbone": gated.backbone_name,
         "mask_explainer_command": default.metadata.get("command"),
         "sharpness": args.sharpness,
         "threshold": args.threshold,
+        "mask_offset": args.mask_offset,
+        "distillation_loss": history,
         "torch": str(torch.__version__),
     }
     out = args.out or Path(f"explainer-{args.model}-{args.split}-gated.pt")
     gated.save(out, metadata)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    losses = f"; distillation loss {history[0]:.3f} -> {history[-1]:.3f}" if history else ""
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB){losses}")
     return 0
+
+
+def distillation_images(split: str, count: int) -> Tensor:
+    """Return the student's training images.
+
+    ``count`` training images of the split, plus ``count // 2`` two-object images on the
+    ``"shapes"`` split (where a class map must pick one of two objects).
+    """
+    import torch
+
+    from ctc_plugin.datasets import TRAIN_SEED, ShapesDataset
+    from ctc_plugin.explainer.specificity import two_object_training_data
+
+    images, _ = ShapesDataset(split, size=count, seed=TRAIN_SEED).tensors()
+    if split == "shapes" and count >= 2:
+        images = torch.cat([images, two_object_training_data(count // 2, TWO_OBJECT_SEED)[0]])
+    return images

@@ -452,7 +452,7 @@ def _plan(
         explainers.get("default"),
         n_samples=config.lime_samples,
         ig_steps=config.ig_steps,
-        class_specific_explainer=explainers.get("class-specific"),
+        explainers={kind: e for kind, e in explainers.items() if kind != "default"},
     )
     notes = []
     if config.methods is not None:

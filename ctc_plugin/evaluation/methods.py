@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import importlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -331,20 +331,27 @@ def explainer_method(explainer: nn.Module, name: str = "Explainer") -> Method:
     return method
 
 
-#: Method names of the two kinds of shipped Explainer.
-EXPLAINER_METHODS = {"default": "Explainer", "class-specific": "Explainer-class-specific"}
+#: Method names of the kinds of shipped Explainer (see ``ctc_plugin.explainer.shipped.KINDS``).
+EXPLAINER_METHODS = {
+    "default": "Explainer",
+    "class-specific": "Explainer-class-specific",
+    "distilled": "Explainer-distilled",
+}
 
 
 def our_methods(
-    explainer: nn.Module | None = None, class_specific_explainer: nn.Module | None = None
+    explainer: nn.Module | None = None, explainers: Mapping[str, nn.Module] | None = None
 ) -> list[MethodSpec]:
     """Return ctc-plugin's methods whose modules exist in this installation.
 
     Args:
-        explainer: A trained Explainer for the model under test; without one the Explainer is
-            left out.
-        class_specific_explainer: A trained class-specific Explainer
-            (``backbone="classifier"``) for the model; without one that method is left out.
+        explainer: A trained Explainer for the model under test (the ``"default"`` kind);
+            without one the Explainer is left out.
+        explainers: Trained Explainers of other kinds by kind (``"class-specific"``,
+            ``"distilled"``); each becomes the method ``EXPLAINER_METHODS[kind]``.
+
+    Raises:
+        ValueError: For a kind not in ``EXPLAINER_METHODS``.
     """
     specs = []
     if _available("ctc_plugin.ctc.attribution"):
@@ -354,8 +361,12 @@ def our_methods(
         ]
     if _available("ctc_plugin.cam.integrative"):
         specs.append(MethodSpec("IntegrativeCAM", "ctc-plugin", False, _integrative_cam))
-    explainers = {"default": explainer, "class-specific": class_specific_explainer}
-    for kind, trained in explainers.items():
+    by_kind = {"default": explainer, **(explainers or {})}
+    unknown = set(by_kind) - set(EXPLAINER_METHODS)
+    if unknown:
+        kinds = list(EXPLAINER_METHODS)
+        raise ValueError(f"unknown explainer kinds {sorted(unknown)}; use {kinds}")
+    for kind, trained in by_kind.items():
         if trained is not None and _available("ctc_plugin.explainer.attribution"):
             name = EXPLAINER_METHODS[kind]
             specs.append(MethodSpec(name, "ctc-plugin", False, explainer_method(trained, name)))
@@ -366,7 +377,7 @@ def registry(
     explainer: nn.Module | None = None,
     n_samples: int = 100,
     ig_steps: int = 32,
-    class_specific_explainer: nn.Module | None = None,
+    explainers: Mapping[str, nn.Module] | None = None,
 ) -> dict[str, MethodSpec]:
     """Return every available method by name: ours first, then the peers.
 
@@ -374,8 +385,9 @@ def registry(
         explainer: Trained Explainer for the model under test (optional).
         n_samples: Samples for Lime and KernelShap.
         ig_steps: Steps of IntegratedGradients.
-        class_specific_explainer: Trained class-specific Explainer for the model (optional).
+        explainers: Trained Explainers of other kinds by kind (optional, see
+            :func:`our_methods`).
     """
-    ours = our_methods(explainer, class_specific_explainer)
+    ours = our_methods(explainer, explainers)
     specs = ours + peer_methods(n_samples=n_samples, ig_steps=ig_steps)
     return {spec.name: spec for spec in specs}

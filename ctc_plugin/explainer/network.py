@@ -189,7 +189,7 @@ class Explainer(nn.Module):
         classifier: nn.Module | None = None,
         head: str | None = None,
         mask_scale: float = 1.0,
-        student_width: int = 16,
+        student_width: int = 8,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -213,7 +213,7 @@ class Explainer(nn.Module):
             )
         if mask_scale != 1.0 and backbone not in GATED_BACKBONES:
             raise ValueError(f"mask_scale applies to the backbones {GATED_BACKBONES} only")
-        if student_width != 16 and backbone != "student-gated":
+        if student_width != 8 and backbone != "student-gated":
             raise ValueError('student_width applies to backbone="student-gated" only')
         if isinstance(backbone, nn.Module):
             self.backbone_name = None

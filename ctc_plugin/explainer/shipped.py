@@ -9,9 +9,20 @@ from ctc_plugin.explainer.network import Explainer
 #: Folder holding the zoo weights and the shipped explainers.
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "zoo" / "weights"
 
-#: Kinds of shipped explainer: ``"default"`` (small U-Net, fast) and ``"class-specific"``
-#: (``backbone="classifier"``: masks of absent classes stay dark, several times slower).
-KINDS = ("default", "class-specific")
+#: Kinds of shipped explainer: ``"default"`` (small U-Net, fast), ``"class-specific"``
+#: (a copy of the classifier gives the class maps: masks of absent classes stay dark, several
+#: times slower) and ``"distilled"`` (``backbone="student-gated"``: class-specific through a
+#: small student of the classifier's class maps, about twice the default's cost).
+KINDS = ("default", "class-specific", "distilled")
+
+#: How to build each kind (for the error when a file is missing).
+BUILD_COMMANDS = {
+    "default": "ctc-plugin explainer train --model {family} --split {split} --out PATH",
+    "class-specific": "ctc-plugin explainer train --model {family} --split {split} "
+    "--backbone classifier --out PATH",
+    "distilled": "ctc-plugin explainer gate --model {family} --split {split} --gate student "
+    "--out PATH",
+}
 
 
 def _check_kind(kind: str) -> None:
@@ -46,9 +57,10 @@ def load_explainer(family: str, split: str = "shapes", kind: str = "default") ->
     Args:
         family: Zoo family (``"vgg"``, ``"resnet"``, ``"densenet"``, ``"inception"``).
         split: Data split the zoo model was trained on.
-        kind: ``"default"`` (small U-Net, the fast one) or ``"class-specific"`` (its encoder is
-            a fine-tuned copy of the classifier; the mask of a class absent from the image stays
-            dark, at several times the cost).
+        kind: ``"default"`` (small U-Net, the fast one), ``"class-specific"`` (its class maps
+            come from a copy of the classifier; the mask of a class absent from the image stays
+            dark, at several times the cost) or ``"distilled"`` (class-specific through a small
+            student distilled from the classifier's class maps, about twice the default's cost).
 
     Returns:
         The trained :class:`~ctc_plugin.explainer.network.Explainer`, in eval mode, with the
@@ -62,17 +74,20 @@ def load_explainer(family: str, split: str = "shapes", kind: str = "default") ->
     path = explainer_path(family, split, kind)
     if not path.is_file():
         available = ", ".join(f"{f}/{s}" for f, s in shipped_explainers(kind)) or "none"
-        backbone, loading = "", "Explainer.load(PATH)"
-        if kind != "default":
-            backbone, loading = " --backbone classifier", "Explainer.load(PATH, classifier=model)"
+        loading = "Explainer.load(PATH" + (", classifier=model)" if holds_classifier(kind) else ")")
         raise FileNotFoundError(
             f"no shipped {kind} explainer for zoo model {family!r} on split {split!r} "
-            f"(shipped: {available}); train one with "
-            f"`ctc-plugin explainer train --model {family} --split {split}{backbone} --out PATH` "
+            f"(shipped: {available}); build one with "
+            f"`{BUILD_COMMANDS[kind].format(family=family, split=split)}` "
             f"and load it with {loading}"
         )
-    if kind == "default":
-        return Explainer.load(path)
-    from ctc_plugin import zoo
+    if holds_classifier(kind):
+        from ctc_plugin import zoo
 
-    return Explainer.load(path, classifier=zoo.load(family, split))
+        return Explainer.load(path, classifier=zoo.load(family, split))
+    return Explainer.load(path)
+
+
+def holds_classifier(kind: str) -> bool:
+    """Whether files of ``kind`` hold a copy of the classifier (loading needs its architecture)."""
+    return kind == "class-specific"

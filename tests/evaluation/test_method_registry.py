@@ -75,7 +75,7 @@ def test_both_kinds_of_explainer_join_the_registry_when_given():
         zoo.load_explainer("resnet", kind="class-specific"),
     )
     assert "Explainer" not in registry() and "Explainer-class-specific" not in registry()
-    methods = registry(default, class_specific_explainer=specific)
+    methods = registry(default, explainers={"class-specific": specific})
     images, targets = torch.rand(2, 3, 96, 96), torch.tensor([1, 4])
     for name, explainer in (("Explainer", default), ("Explainer-class-specific", specific)):
         maps = methods[name].fn(model, images, targets, None)

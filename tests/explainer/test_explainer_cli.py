@@ -101,7 +101,9 @@ def test_gate_builds_a_class_specific_explainer_from_a_default_one(tmp_path, cap
     gated = Explainer.load(out, classifier=zoo.load("resnet"))
     default = Explainer.load(default_path)
     assert gated.backbone_name == "classifier-gated" and gated.is_trained
-    assert gated.metadata["command"].endswith("--sharpness 20.0 --threshold 0.3")
+    assert gated.metadata["command"].endswith(
+        "--sharpness 20.0 --threshold 0.3 --mask-offset 0.0 --gate classifier"
+    )
     # the gate only removes: every gated mask lies below the default explainer's mask
     x = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
@@ -111,3 +113,26 @@ def test_gate_builds_a_class_specific_explainer_from_a_default_one(tmp_path, cap
     assert main(["explainer", "gate", "--model", "resnet", "--mask-explainer", str(untrained)]) == 2
     err = capsys.readouterr().err
     assert "untrained" in err and "Traceback" not in err
+
+
+@needs_zoo
+def test_gate_with_a_student_distils_the_class_maps_and_needs_no_classifier(tmp_path, capsys):
+    default_path, out = tmp_path / "default.pt", tmp_path / "student.pt"
+    argv = ["explainer", "train", "--model", "resnet", "--no-progress", *SMALL, "--epochs", "1"]
+    assert main([*argv, "--input-scale", "0.5", "--out", str(default_path)]) == 0
+    gate = ["explainer", "gate", "--model", "resnet", "--mask-explainer", str(default_path)]
+    student = ["--gate", "student", "--student-images", "64", "--student-epochs", "2"]
+    assert main([*gate, *student, "--mask-offset", "1", "--no-progress", "--out", str(out)]) == 0
+    assert "distillation loss" in capsys.readouterr().out
+    gated = Explainer.load(out)  # the file holds the student, not the classifier
+    default = Explainer.load(default_path)
+    assert gated.backbone_name == "student-gated" and gated.config()["student_width"] == 8
+    assert gated.metadata["command"].endswith(
+        "--mask-offset 1.0 --gate student --student-width 8 --student-epochs 2 "
+        "--student-images 64 --seed 0"
+    )
+    assert len(gated.metadata["distillation_loss"]) == 2
+    # the mask offset shifts the copied U-Net's logits
+    torch.testing.assert_close(gated.backbone.mask.head.bias, default.backbone.head.bias + 1.0)
+    assert main([*gate, "--gate", "student", "--student-epochs", "0"]) == 2
+    assert "--student-epochs" in capsys.readouterr().err

@@ -155,3 +155,8 @@ def test_missing_class_specific_explainer_names_its_command_and_loading():
         load_explainer("nosuch", "shapes", "class-specific")
     message = str(error.value)
     assert "--backbone classifier" in message and "classifier=model" in message
+    with pytest.raises(FileNotFoundError) as error:
+        load_explainer("nosuch", "shapes", "distilled")
+    message = str(error.value)
+    assert "explainer gate --model nosuch --split shapes --gate student" in message
+    assert "Explainer.load(PATH)" in message

@@ -13,7 +13,12 @@ from ctc_plugin import zoo
 from ctc_plugin.datasets import ShapesDataset
 from ctc_plugin.evaluation.localisation import binarize, iou
 from ctc_plugin.explainer.attribution import ExplainerAttribution
-from ctc_plugin.explainer.shipped import explainer_path, load_explainer, shipped_explainers
+from ctc_plugin.explainer.shipped import (
+    KINDS,
+    explainer_path,
+    load_explainer,
+    shipped_explainers,
+)
 from ctc_plugin.explainer.specificity import (
     specificity_table,
     two_object_images,
@@ -23,8 +28,9 @@ from ctc_plugin.explainer.specificity import (
 SHIPPED = shipped_explainers()  # every (family, split) file of the default kind in the zoo
 SHIPPED_SHAPES = [pair for pair in SHIPPED if pair[1] == "shapes"]
 CLASS_SPECIFIC = shipped_explainers("class-specific")
-EVERY_KIND = [(f, s, "default") for f, s in SHIPPED] + [
-    (f, s, "class-specific") for f, s in CLASS_SPECIFIC
+DISTILLED = shipped_explainers("distilled")
+EVERY_KIND = [(f, s, kind) for kind in KINDS for f, s in (SHIPPED if kind == "default" else [])] + [
+    (f, s, kind) for kind in KINDS[1:] for f, s in shipped_explainers(kind)
 ]
 TEST_SEED = 2024  # neither the training (0) nor the validation (1000) seed
 MARGIN = 0.1
@@ -58,11 +64,12 @@ def test_shipped_file_is_small_and_documents_its_command(family, split, kind):
     explainer = zoo.load_explainer(family, split, kind)
     assert explainer.is_trained and explainer.trained_image_size == (96, 96)
     command = explainer.metadata["command"]
-    if explainer.backbone_name == "classifier-gated":  # built from the default explainer
+    if explainer.backbone_name.endswith("-gated"):  # built from the default explainer
         assert command.startswith(f"ctc-plugin explainer gate --model {family} --split {split}")
     else:
         assert command.startswith(f"ctc-plugin explainer train --model {family}")
-    assert (explainer.backbone_name != "unet-small") == (kind == "class-specific")
+    assert (explainer.backbone_name != "unet-small") == (kind != "default")
+    assert (explainer.backbone_name == "student-gated") == (kind == "distilled")
 
 
 @pytest.mark.parametrize(("family", "split", "kind"), EVERY_KIND)
@@ -90,9 +97,13 @@ def specificity_holds(family: str, kind: str) -> None:
     assert table.other_mask[seen].mean() < 0.5 * table.own_mask[seen].mean(), table.markdown()
 
 
-@pytest.mark.parametrize("family", [f for f, s in CLASS_SPECIFIC if s == "shapes"])
-def test_class_specific_explainers_are_class_specific_on_two_object_images(family):
-    specificity_holds(family, "class-specific")
+@pytest.mark.parametrize(
+    ("family", "kind"),
+    [(f, "class-specific") for f, s in CLASS_SPECIFIC if s == "shapes"]
+    + [(f, "distilled") for f, s in DISTILLED if s == "shapes"],
+)
+def test_class_specific_explainers_are_class_specific_on_two_object_images(family, kind):
+    specificity_holds(family, kind)
 
 
 @pytest.mark.xfail(
