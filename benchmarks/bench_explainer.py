@@ -1,7 +1,7 @@
 """Shipped explainers: per-image speed against CTC, localisation against Grad-CAM.
 
 Run: ``python benchmarks/bench_explainer.py [--quick] [--families vgg resnet ...]
-[--kind default|class-specific]``.
+[--kind default|class-specific|distilled]``.
 
 Speed:
 For each zoo model with a shipped explainer, every method explains the same images (the target
@@ -48,7 +48,8 @@ def per_image_ms(
     repeats: int = 1,
 ) -> float:
     """Median wall-clock milliseconds per image, explaining ``batch`` images per call."""
-    explain(images[:batch], labels[:batch])  # warm-up
+    for _ in range(3):  # warm-up: the first calls after another model's run are slower
+        explain(images[:batch], labels[:batch])
     times = []
     for _ in range(repeats):
         for begin in range(0, len(images), batch):
@@ -145,8 +146,8 @@ def speed(families, images, labels, mask, kind: str = "default") -> None:
             "FeatureAbl. (16)": partial(FeatureAblation(model).attribute, feature_mask=mask),
         }
         for batch, repeats in ((1, 1), (len(images), 3)):
-            fast = per_image_ms(
-                lambda x, t, a=attribution: a.attribute(x, target=t), images, labels, batch, repeats
+            fast = per_image_ms(  # a few ms a call: five passes steady the median
+                lambda x, t, a=attribution: a.attribute(x, target=t), images, labels, batch, 5
             )
             for name, explain in peers.items():
                 slow = per_image_ms(

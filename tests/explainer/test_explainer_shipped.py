@@ -111,7 +111,7 @@ def test_class_specific_explainers_are_class_specific_on_two_object_images(famil
     reason="measured: the small U-Net's absent-class maps cover the object as much as the "
     "present class's, and 570-step, deeper-U-Net and lambda_nc=20 runs did not change that "
     "(docs/explainer.md, 'Attempts to make the masks class-specific'); the class-specific "
-    "kind is the answer",
+    "and distilled kinds are the answer",
 )
 def test_default_explainers_are_not_class_specific():
     specificity_holds(SHIPPED_SHAPES[0][0], "default")
