@@ -146,8 +146,8 @@ class Explainer(nn.Module):
             ``"classifier-gated"`` (a small U-Net's masks gated by the classifier's class maps,
             see :class:`~ctc_plugin.explainer.gated.GatedMaskBackbone`), ``"student-gated"``
             (the same gate from a small student distilled from the classifier's class maps,
-            :class:`~ctc_plugin.explainer.student.ClassMapStudent`: class-specific at about the
-            cost of ``"unet-small"``), the
+            :class:`~ctc_plugin.explainer.student.ClassMapStudent`: class-specific at under
+            twice the cost of ``"unet-small"``), the
             torchvision segmentation models ``"deeplabv3_resnet50"`` (the original's) or
             ``"lraspp_mobilenet_v3"``, or any ``nn.Module`` mapping ``(N, in_channels, H, W)``
             to ``(N, num_classes, h, w)`` (a tensor or a dict with ``"out"``); smaller outputs
