@@ -21,6 +21,18 @@ VAL_SEED = 1000
 #: Seed of the images the two-object training images are composed from.
 TWO_OBJECT_SEED = 3000
 
+#: Options of ``gate --gate student``: flag, default, help (an error with another gate).
+STUDENT_OPTIONS = (
+    ("--student-width", 8, "channels of the student's first block"),
+    ("--student-epochs", 10, "distillation epochs"),
+    (
+        "--student-images",
+        3000,
+        "single-object training images; shapes adds half as many two-object ones",
+    ),
+    ("--seed", 0, "seed of the student and its batches"),
+)
+
 #: Defaults of this command (the shipped explainers' commands are stored in their files).
 DEFAULTS: dict[str, Any] = {
     "train_size": 1200,
@@ -147,16 +159,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="classifier",
         help="where the class maps come from: a copy of the classifier, or a distilled student",
     )
-    student = gate.add_argument_group("student (--gate student)")
-    student.add_argument("--student-width", type=int, default=8, help="student width (8)")
-    student.add_argument("--student-epochs", type=int, default=10, help="distillation epochs (10)")
-    student.add_argument(
-        "--student-images",
-        type=int,
-        default=3000,
-        help="single-object training images (3000; shapes adds half as many two-object ones)",
-    )
-    student.add_argument("--seed", type=int, default=0, help="seed of the student (0)")
+    student = gate.add_argument_group("student (--gate student only)")
+    for flag, default, text in STUDENT_OPTIONS:
+        student.add_argument(flag, type=int, help=f"{text} ({default})")
     student.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     gate.add_argument(
         "--out", type=Path, help="output file (default explainer-MODEL-SPLIT-gated.pt)"
@@ -305,6 +310,12 @@ def run_gate(args: argparse.Namespace) -> int:
     }
     head = zoo.HEADS[args.model]
     history: list[float] = []
+    given = [flag for flag, _, _ in STUDENT_OPTIONS if getattr(args, _dest(flag)) is not None]
+    if args.gate != "student" and given:
+        raise ValueError(f"{', '.join(given)} apply to --gate student only")
+    for flag, fallback, _ in STUDENT_OPTIONS:
+        if getattr(args, _dest(flag)) is None:
+            setattr(args, _dest(flag), fallback)
     if args.gate == "student":
         from ctc_plugin.explainer.student import distil_class_maps
 
@@ -347,8 +358,8 @@ def run_gate(args: argparse.Namespace) -> int:
     words += ["--sharpness", str(args.sharpness), "--threshold", str(args.threshold)]
     words += ["--mask-offset", str(args.mask_offset), "--gate", args.gate]
     if args.gate == "student":
-        for name in ("student_width", "student_epochs", "student_images", "seed"):
-            words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        for flag, _, _ in STUDENT_OPTIONS:
+            words += [flag, str(getattr(args, _dest(flag)))]
     metadata = {
         "command": shlex.join(words),
         "model": args.model,
@@ -366,6 +377,11 @@ def run_gate(args: argparse.Namespace) -> int:
     losses = f"; distillation loss {history[0]:.3f} -> {history[-1]:.3f}" if history else ""
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB){losses}")
     return 0
+
+
+def _dest(flag: str) -> str:
+    """The argparse attribute of a ``--long-flag``."""
+    return flag.removeprefix("--").replace("-", "_")
 
 
 def distillation_images(split: str, count: int) -> Tensor:

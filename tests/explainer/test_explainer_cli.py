@@ -136,3 +136,5 @@ def test_gate_with_a_student_distils_the_class_maps_and_needs_no_classifier(tmp_
     torch.testing.assert_close(gated.backbone.mask.head.bias, default.backbone.head.bias + 1.0)
     assert main([*gate, "--gate", "student", "--student-epochs", "0"]) == 2
     assert "--student-epochs" in capsys.readouterr().err
+    assert main([*gate, "--student-width", "4", "--seed", "1"]) == 2  # the classifier gate
+    assert "--student-width, --seed apply to --gate student only" in capsys.readouterr().err
