@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from torch import Tensor
+    from torch import Tensor, nn
+
+    from ctc_plugin.explainer.network import Explainer
 
 #: Seed of the validation images (the training images use ``TRAIN_SEED``; tests use others).
 VAL_SEED = 1000
@@ -138,7 +140,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "- t)). --gate classifier (default) holds a copy of the classifier (backbone "
         "'classifier-gated'; load with Explainer.load(PATH, classifier=model)); --gate student "
         "distils the class maps into a small student network first (backbone 'student-gated', "
-        "about as fast as the default explainer; load with Explainer.load(PATH)).",
+        "under twice the default explainer's cost; load with Explainer.load(PATH)).",
     )
     gate.add_argument("--model", required=True, help="zoo family: vgg, resnet, densenet, inception")
     gate.add_argument("--split", default="shapes", help="data split (default: shapes)")
@@ -302,6 +304,53 @@ def run_gate(args: argparse.Namespace) -> int:
         )
     if not default.is_trained:
         raise ValueError("the mask explainer is untrained; train it with `explainer train` first")
+    gated, history = _gated_explainer(args, default, classifier)
+    with torch.no_grad():
+        gated.backbone.mask.load_state_dict(default.backbone.state_dict())
+        gated.backbone.mask.head.bias += args.mask_offset
+        gated.backbone.sharpness.fill_(args.sharpness)
+        gated.backbone.threshold.fill_(args.threshold)
+        gated.trained_steps.copy_(default.trained_steps)  # its masks are the default's training
+        gated.image_size.copy_(default.image_size)
+    words = ["ctc-plugin", "explainer", "gate", "--model", args.model, "--split", args.split]
+    if args.mask_explainer is not None:
+        words += ["--mask-explainer", str(args.mask_explainer)]
+    words += ["--sharpness", str(args.sharpness), "--threshold", str(args.threshold)]
+    words += ["--mask-offset", str(args.mask_offset), "--gate", args.gate]
+    if args.gate == "student":
+        for flag, _, _ in STUDENT_OPTIONS:
+            words += [flag, str(getattr(args, _dest(flag)))]
+    metadata = {
+        "command": shlex.join(words),
+        "model": args.model,
+        "split": args.split,
+        "backbone": gated.backbone_name,
+        "mask_explainer_command": default.metadata.get("command"),
+        "sharpness": args.sharpness,
+        "threshold": args.threshold,
+        "mask_offset": args.mask_offset,
+        "distillation_loss": history,
+        "torch": str(torch.__version__),
+    }
+    out = args.out or Path(f"explainer-{args.model}-{args.split}-gated.pt")
+    gated.save(out, metadata)
+    losses = f"; distillation loss {history[0]:.3f} -> {history[-1]:.3f}" if history else ""
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB){losses}")
+    return 0
+
+
+def _gated_explainer(
+    args: argparse.Namespace, default: Explainer, classifier: nn.Module
+) -> tuple[Explainer, list[float]]:
+    """An untrained gated explainer shaped like ``default``; the student distilled if asked.
+
+    Returns the explainer and the distillation losses per epoch (empty for the classifier gate).
+    """
+    import torch
+
+    from ctc_plugin import zoo
+    from ctc_plugin.explainer.network import Explainer
+
     options = {
         "in_channels": default.in_channels,
         "width": default.width,
@@ -345,38 +394,7 @@ def run_gate(args: argparse.Namespace) -> int:
             head=head,
             **options,
         )
-    with torch.no_grad():
-        gated.backbone.mask.load_state_dict(default.backbone.state_dict())
-        gated.backbone.mask.head.bias += args.mask_offset
-        gated.backbone.sharpness.fill_(args.sharpness)
-        gated.backbone.threshold.fill_(args.threshold)
-        gated.trained_steps.copy_(default.trained_steps)  # its masks are the default's training
-        gated.image_size.copy_(default.image_size)
-    words = ["ctc-plugin", "explainer", "gate", "--model", args.model, "--split", args.split]
-    if args.mask_explainer is not None:
-        words += ["--mask-explainer", str(args.mask_explainer)]
-    words += ["--sharpness", str(args.sharpness), "--threshold", str(args.threshold)]
-    words += ["--mask-offset", str(args.mask_offset), "--gate", args.gate]
-    if args.gate == "student":
-        for flag, _, _ in STUDENT_OPTIONS:
-            words += [flag, str(getattr(args, _dest(flag)))]
-    metadata = {
-        "command": shlex.join(words),
-        "model": args.model,
-        "split": args.split,
-        "backbone": gated.backbone_name,
-        "mask_explainer_command": default.metadata.get("command"),
-        "sharpness": args.sharpness,
-        "threshold": args.threshold,
-        "mask_offset": args.mask_offset,
-        "distillation_loss": history,
-        "torch": str(torch.__version__),
-    }
-    out = args.out or Path(f"explainer-{args.model}-{args.split}-gated.pt")
-    gated.save(out, metadata)
-    losses = f"; distillation loss {history[0]:.3f} -> {history[-1]:.3f}" if history else ""
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB){losses}")
-    return 0
+    return gated, history
 
 
 def _dest(flag: str) -> str:
