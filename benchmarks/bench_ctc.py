@@ -7,7 +7,8 @@ each method over repeated, interleaved runs and the ratios the project holds CTC
 - CTC / FeatureAblation            (goal <= 1.15)
 - CTC / (K + 1 plain forward passes in one batch)   (goal <= 1.2)
 
-Run: ``python benchmarks/bench_ctc.py [--quick] [--size 224] [--features 16] [--threads 2]``
+Run: ``python benchmarks/bench_ctc.py [--quick] [--size 224] [--features 16] [--threads 2]
+[--device cuda]``
 (``--profile reference`` also prints where one call of that mode spends its time, by operation;
 ``--batch 8`` explains 8 images per call and adds CTC with the whole batch in one pass, i.e.
 without grouping the examples by ``max_copies_per_pass``).
@@ -35,11 +36,14 @@ def grid_mask(size: int, features: int) -> torch.Tensor:
     return (rows.view(-1, 1) * side + rows.view(1, -1)).view(1, 1, size, size)
 
 
-def median_time(fn, repeats: int) -> float:
+def median_time(fn, repeats: int, device: torch.device | None = None) -> float:
+    """Median wall-clock seconds of ``fn()``, waiting for the device's queued work."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -52,6 +56,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=1, help="images per attribute call")
+    parser.add_argument("--device", default="cpu", help="cpu (the goal's setting) or cuda")
     parser.add_argument(
         "--profile",
         choices=("none", "proportional", "reference"),
@@ -62,9 +67,10 @@ def main() -> None:
         args.size, args.repeats = 112, 3
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None).eval()
-    x = torch.rand(args.batch, 3, args.size, args.size)
-    mask = grid_mask(args.size, args.features)
+    device = torch.device(args.device)
+    model = torchvision.models.resnet18(weights=None).eval().to(device)
+    x = torch.rand(args.batch, 3, args.size, args.size).to(device)
+    mask = grid_mask(args.size, args.features).to(device)
     k = args.features
     target = int(model(x[:1]).argmax())
     batch = x.repeat(k + 1, 1, 1, 1)
@@ -98,12 +104,13 @@ def main() -> None:
     timings = {name: [] for name in runs}
     for _ in range(args.repeats):  # interleaved so machine load affects all alike
         for name, fn in runs.items():
-            timings[name].append(median_time(fn, 1))
+            timings[name].append(median_time(fn, 1, device))
     medians = {name: statistics.median(t) for name, t in timings.items()}
     fa, plain_t = medians["captum FeatureAblation"], medians["plain forward x (K+1)"]
     print(
         f"ResNet-18, {args.batch} image(s) of {args.size}x{args.size}, K={k}, "
-        f"threads={args.threads}, repeats={args.repeats}, torch {torch.__version__}"
+        f"threads={args.threads}, repeats={args.repeats}, torch {torch.__version__}, "
+        f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
     )
     print(f"{'method':32s} {'median s':>9s} {'/ FeatureAblation':>18s} {'/ (K+1) forwards':>17s}")
     for name, t in medians.items():

@@ -147,13 +147,16 @@ class ReferenceSharing:
         ``block_elements`` values keep them in the cache instead of streaming the whole layer
         from memory each time. Statistics are per copy, so blocks of whole copies give exactly
         the values of the whole-layer computation. On other devices (many small kernel
-        launches cost more there than memory traffic) each example is one block.
+        launches and host synchronisations cost more there than memory traffic) the whole layer
+        is one block.
         """
         dims = _statistic_dims(bias, z.dim())
-        if z.device.type == "cpu":
-            per_copy = max(1, self.block_elements // max(1, z[0, 0].numel()))
-        else:
-            per_copy = z.shape[1]
+        if z.device.type != "cpu":  # one block: the statistics are per example and copy anyway
+            full = full_copy_statistics(z[:, 1:2], _copy_part(bias, z, 1, 2), dims)
+            shares = copy_shares(z[:, 1:], full, dims, self.workspace)
+            z[:, 1:].addcmul_(shares, _copy_part(bias, z, 1, None))
+            return
+        per_copy = max(1, self.block_elements // max(1, z[0, 0].numel()))
         for n in range(z.shape[0]):
             example = z[n : n + 1]
             example_bias = _example_part(bias, z, n)
@@ -255,9 +258,12 @@ def full_copy_statistics(
     log_r = torch.log10(torch.where(usable, r, torch.ones_like(r)))
     _, sigma = _masked_mean_std(log_r, usable, dims)
     exact_zero = z_full == 0
+    # on a CPU, skipping the mask where z_F has no zero saves passes; elsewhere asking would
+    # wait for the device
+    needed = z_full.device.type != "cpu" or bool(exact_zero.any())
     return FullCopyStatistics(
         q_full=q_full.masked_fill(q_full == 0, float("inf")),
-        exact_zero=exact_zero.to(z_full.dtype) if bool(exact_zero.any()) else None,
+        exact_zero=exact_zero.to(z_full.dtype) if needed else None,
         sigma=sigma,
     )
 
@@ -331,6 +337,10 @@ def _cap_rows(
     2-D view and only the capped rows are touched (often few in the first layers, the largest
     ones).
     """
+    if rho.device.type != "cpu":  # selecting the capped rows would wait for the device
+        capped_share = log_rho.mul_(scale).add_(shift).exp2_().mul_(rho.ne(0))
+        torch.where(capped, capped_share, rho, out=rho)
+        return
     rows = capped.flatten().nonzero().squeeze(1)
     if rows.numel() == 0:
         return

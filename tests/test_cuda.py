@@ -1,0 +1,128 @@
+"""On a CUDA device every method runs there and gives the CPU's values (skipped without one).
+
+The comparisons run in float64 with TF32 off, so that the devices differ only in the order of
+float sums; ``"reference"`` sharing quantises ratios, which such differences can move across a
+quantisation step, so its tolerance is wider.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from ctc_plugin import CTC, CTCAttributor, CTCComposite, IntegrativeCAM, zoo
+from ctc_plugin.explainer.attribution import ExplainerAttribution
+from ctc_plugin.explainer.shipped import KINDS, shipped_explainers
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+CUDA = torch.device("cuda")
+TOLERANCE = {"none": 1e-6, "proportional": 1e-6, "reference": 2e-2}
+
+
+@pytest.fixture(autouse=True)
+def _exact_cuda_arithmetic():
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def grid_mask(size: int, cells: int = 4) -> torch.Tensor:
+    rows = torch.arange(size) * cells // size
+    return (rows[:, None] * cells + rows[None, :])[None, None]
+
+
+def torchvision_model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    options = {"aux_logits": False, "init_weights": True} if name == "inception_v3" else {}
+    return torchvision.models.get_model(name, weights=None, num_classes=10, **options).eval()
+
+
+def assert_same_on_both(cpu: torch.Tensor, gpu: torch.Tensor, relative: float) -> None:
+    assert gpu.device.type == "cuda"
+    scale = cpu.abs().max().clamp_min(1e-12)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=relative, atol=relative * scale.item())
+
+
+@pytest.mark.parametrize("mode", ["reference", "proportional", "none"])
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        ("resnet18", 64),
+        ("resnet50", 64),
+        ("vgg16_bn", 64),
+        ("densenet121", 64),
+        ("inception_v3", 96),
+    ],
+)
+def test_ctc_on_cuda_gives_the_cpu_scores(name, size, mode):
+    model = torchvision_model(name).double()
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1)).double()
+    target, mask = torch.tensor([3, 7]), grid_mask(size)
+    options = {"target": target, "feature_mask": mask, "return_feature_scores": True}
+    _, cpu = CTC(model, bias_sharing=mode).attribute(x, **options)
+    model.to(CUDA)
+    options.update(target=target.to(CUDA), feature_mask=mask.to(CUDA))
+    result, gpu = CTC(model, bias_sharing=mode).attribute(x.to(CUDA), **options)
+    assert result.device.type == "cuda" and gpu.scores.device.type == "cuda"
+    assert_same_on_both(cpu.scores, gpu.scores, TOLERANCE[mode])
+    if mode == "proportional":  # completeness holds on the GPU too
+        logits = model(x.to(CUDA)).gather(1, target.to(CUDA)[:, None])[:, 0]
+        torch.testing.assert_close(gpu.scores.sum(1), logits, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("family", zoo.FAMILIES)
+def test_ctc_and_integrative_cam_on_cuda_for_the_zoo(family):
+    model = zoo.load(family).double()
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(2)).double()
+    target, mask = torch.tensor([0, 4]), grid_mask(96)
+    ctc_cpu = CTC(model).attribute(x, target=target, feature_mask=mask)
+    cam_cpu = IntegrativeCAM(model).attribute(x, target=target)
+    model.to(CUDA)
+    ctc_gpu = CTC(model).attribute(x.to(CUDA), target=target.to(CUDA), feature_mask=mask.to(CUDA))
+    cam_gpu = IntegrativeCAM(model).attribute(x.to(CUDA), target=target.to(CUDA))
+    assert_same_on_both(ctc_cpu, ctc_gpu, TOLERANCE["reference"])
+    assert_same_on_both(cam_cpu, cam_gpu, 1e-6)
+
+
+def test_zennit_composite_on_cuda_gives_the_cpu_relevance():
+    model = zoo.load("resnet").double()
+    x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(3)).double()
+    one_hot, mask = torch.eye(6, dtype=torch.float64)[[2]], grid_mask(96)
+    composite = CTCComposite(bias_sharing="proportional")
+    with CTCAttributor(model, composite, feature_mask=mask) as attributor:
+        _, cpu = attributor(x, one_hot)
+    model.to(CUDA)
+    with CTCAttributor(model, composite, feature_mask=mask.to(CUDA)) as attributor:
+        _, gpu = attributor(x.to(CUDA), one_hot.to(CUDA))
+    assert_same_on_both(cpu, gpu, 1e-6)
+
+
+@pytest.mark.parametrize(
+    ("family", "kind"),
+    [(f, kind) for kind in KINDS for f, s in shipped_explainers(kind) if s == "shapes"],
+)
+def test_shipped_explainers_on_cuda_give_the_cpu_masks(family, kind):
+    model = zoo.load(family)
+    explainer = zoo.load_explainer(family, kind=kind)
+    x = torch.rand(4, 3, 96, 96, generator=torch.Generator().manual_seed(4))
+    target = torch.tensor([0, 1, 2, 5])
+    cpu = ExplainerAttribution(model, explainer).attribute(x, target=target)
+    model.to(CUDA), explainer.to(CUDA)
+    gpu = ExplainerAttribution(model, explainer).attribute(x.to(CUDA), target=target.to(CUDA))
+    assert_same_on_both(cpu, gpu, 1e-4)
+
+
+def test_sam_segmenter_on_cuda_gives_the_cpu_segments():
+    from ctc_plugin.adapters.sam import SAMSegmenter, build_tiny_sam
+
+    images = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(5))
+    options = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    cpu = SAMSegmenter(model=build_tiny_sam(), cache=None, **options)(images)
+    segmenter = SAMSegmenter(model=build_tiny_sam(), cache=None, device="cuda", **options)
+    assert next(segmenter.generator.predictor.model.parameters()).device.type == "cuda"
+    gpu = segmenter(images.to(CUDA))
+    assert gpu.shape == cpu.shape and (cpu > 0).any()
+    assert (gpu.cpu() == cpu).float().mean() > 0.99  # float sums may flip a border pixel
