@@ -27,6 +27,7 @@ import torch
 from zennit.attribution import Gradient
 from zennit.core import Composite
 
+from ctc_plugin.ctc.canonizers import tensors_restored
 from ctc_plugin.ctc.masks import FeatureSet, broadcast_to_inputs
 from ctc_plugin.targets import resolve_targets
 
@@ -55,7 +56,7 @@ def composite_relevance(
     Returns:
         Relevance shaped like ``x``.
     """
-    with Gradient(model=model, composite=composite) as attributor:
+    with tensors_restored(model), Gradient(model=model, composite=composite) as attributor:
         _, relevance = attributor(x.detach(), attr_output.detach())
     return relevance.detach()
 

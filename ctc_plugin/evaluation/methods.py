@@ -129,12 +129,13 @@ def _zennit(composite_factory: Callable[[list], object], name: str) -> Method:
         model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
     ) -> Tensor:
         from zennit.attribution import Gradient
-        from zennit.canonizers import SequentialMergeBatchNorm
+
+        from ctc_plugin.ctc.canonizers import PositiveEpsMergeBatchNorm
 
         with torch.no_grad():
             expected = model(images)
         one_hot = F.one_hot(targets, expected.shape[1]).to(expected.dtype)
-        for canonizers in ([SequentialMergeBatchNorm()], []):
+        for canonizers in ([PositiveEpsMergeBatchNorm()], []):
             working = copy.deepcopy(model)  # a failed canonizer must not touch the caller's model
             try:
                 with Gradient(model=working, composite=composite_factory(canonizers)) as run:

@@ -19,11 +19,13 @@ from typing import Any
 
 import torch
 from zennit.attribution import Gradient
-from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
+from zennit.canonizers import Canonizer
 from zennit.composites import LayerMapComposite, layer_map_base
 from zennit.core import Composite
 from zennit.rules import AlphaBeta
 from zennit.types import Convolution
+
+from ctc_plugin.ctc.canonizers import PositiveEpsMergeBatchNorm, tensors_restored
 
 __all__ = ["lrp_alpha1beta0", "relevance_heatmap", "resolve_target", "zennit_relevance"]
 
@@ -39,8 +41,10 @@ def lrp_alpha1beta0(
     average pools and sums are normalised (Zennit's base layer map).
 
     Args:
-        canonizers: Zennit canonizers to apply first. Default: ``SequentialMergeBatchNorm()``,
-            which folds BatchNorm layers into the convolution before them. Give
+        canonizers: Zennit canonizers to apply first. Default: Zennit's
+            ``SequentialMergeBatchNorm`` (as
+            :class:`~ctc_plugin.ctc.canonizers.PositiveEpsMergeBatchNorm`, which also works on
+            torch 2.11), which folds BatchNorm layers into the convolution before them. Give
             ``zennit.torchvision.ResNetCanonizer()`` and friends for torchvision models.
         stabilizer: Added to denominators.
     """
@@ -48,7 +52,7 @@ def lrp_alpha1beta0(
         (Convolution, AlphaBeta(alpha=1.0, beta=0.0, stabilizer=stabilizer)),
         (torch.nn.Linear, AlphaBeta(alpha=1.0, beta=0.0, stabilizer=stabilizer)),
     ]
-    chosen = [SequentialMergeBatchNorm()] if canonizers is None else list(canonizers)
+    chosen = [PositiveEpsMergeBatchNorm()] if canonizers is None else list(canonizers)
     return LayerMapComposite(layer_map=layer_map, canonizers=chosen)
 
 
@@ -125,7 +129,7 @@ def _run_composite(
     model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, composite: Composite
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(output, relevance summed over channels)`` of one Zennit Gradient run."""
-    with Gradient(model=model, composite=composite) as attributor:
+    with tensors_restored(model), Gradient(model=model, composite=composite) as attributor:
 
         def one_hot(output: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.one_hot(targets, output.shape[1]).to(output.dtype)

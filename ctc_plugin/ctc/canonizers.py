@@ -1,0 +1,63 @@
+"""Zennit canonizers and composites that work with every supported zennit and torch version.
+
+- zennit 1.0 turns a BatchNorm merged into the preceding layer into the identity by setting its
+  ``eps`` to 0; torch 2.11 rejects ``eps = 0`` in ``batch_norm`` even in eval mode ("batch_norm
+  eps must be positive"), so the merged model fails there (torch 2.14 rejects it only in
+  training, and zennit 0.5 leaves ``eps`` alone): :class:`PositiveEpsMergeBatchNorm`.
+- zennit 1.0 swaps a module's tensors with ``object.__setattr__`` (an instance attribute that
+  shadows the registered parameter); with a rule that modifies parameters (``AlphaBeta``) on a
+  merged layer, the merged weights stay registered after the canonizer is removed, so the
+  model's ``state_dict`` and ``parameters()`` are no longer its own: :func:`tensors_restored`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+from zennit.canonizers import SequentialMergeBatchNorm
+
+#: The merged BatchNorm's ``eps`` instead of 0: ``1 + TINY_EPS`` is exactly 1 in float16, 32
+#: and 64, so the BatchNorm stays exactly the identity, and torch accepts it.
+TINY_EPS = 1e-30
+
+
+class PositiveEpsMergeBatchNorm(SequentialMergeBatchNorm):
+    """Zennit's ``SequentialMergeBatchNorm`` that never leaves a BatchNorm with ``eps = 0``.
+
+    Merges exactly as Zennit does; where Zennit set the merged BatchNorm's ``eps`` to 0 it is
+    set to :data:`TINY_EPS` instead (the same identity, accepted by every torch version).
+    ``remove()`` restores the original ``eps`` as before.
+    """
+
+    def register(self, linears, batch_norm) -> None:  # noqa: ANN001 (zennit's signature)
+        """Merge ``batch_norm`` into ``linears`` (Zennit's merge) with a positive ``eps``."""
+        super().register(linears, batch_norm)
+        if batch_norm.eps == 0:  # zennit >= 1.0; its remove() restores the original eps
+            object.__setattr__(batch_norm, "eps", TINY_EPS)
+
+
+@contextmanager
+def tensors_restored(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every parameter and buffer of ``model`` back as registered on entry, on exit.
+
+    The same tensor objects are registered again under their names and any instance attribute
+    that shadows them is dropped, whatever a composite or canonizer did in between (also when
+    the block raises). Attributes that are not tensors (such as ``eps``) are not touched.
+    """
+    saved = [
+        (module, dict(module._parameters), dict(module._buffers)) for module in model.modules()
+    ]
+    try:
+        yield model
+    finally:
+        for module, parameters, buffers in saved:
+            for registry, originals in (
+                (module._parameters, parameters),
+                (module._buffers, buffers),
+            ):
+                for name in set(registry) | set(originals):
+                    module.__dict__.pop(name, None)
+                registry.clear()
+                registry.update(originals)
