@@ -17,6 +17,7 @@ from zennit.attribution import Attributor
 from zennit.core import Composite
 
 from ctc_plugin.ctc.attribution import CTC, FeatureScores
+from ctc_plugin.ctc.canonizers import keep_batch_norms_valid
 from ctc_plugin.ctc.composite import (
     FUNCTIONAL_POLICIES,
     CTCComposite,
@@ -137,6 +138,7 @@ class CTCAttributor(Attributor):
         """Run the CTC pass with the registered composite (Zennit's ``Attributor.forward``)."""
         if not isinstance(input, torch.Tensor):
             raise ValueError(f"input must be a tensor; got {type(input).__name__}")
+        keep_batch_norms_valid(self.model)  # canonizers of any composite (MixedComposite too)
         mask = next(
             (m for m in (self._call_mask, self.feature_mask) if m is not None),
             self.ctc_composite.feature_mask,

@@ -34,8 +34,23 @@ class PositiveEpsMergeBatchNorm(SequentialMergeBatchNorm):
     def register(self, linears, batch_norm) -> None:  # noqa: ANN001 (zennit's signature)
         """Merge ``batch_norm`` into ``linears`` (Zennit's merge) with a positive ``eps``."""
         super().register(linears, batch_norm)
-        if batch_norm.eps == 0:  # zennit >= 1.0; its remove() restores the original eps
-            object.__setattr__(batch_norm, "eps", TINY_EPS)
+        _positive_eps(batch_norm)
+
+
+def keep_batch_norms_valid(model: nn.Module) -> None:
+    """Give every BatchNorm of ``model`` that a canonizer left with ``eps = 0`` :data:`TINY_EPS`.
+
+    For canonizers applied by others (a composite's): zennit >= 1.0's ``remove()`` restores the
+    original ``eps`` from what it saved before merging.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            _positive_eps(module)
+
+
+def _positive_eps(batch_norm: nn.Module) -> None:
+    if batch_norm.eps == 0:  # zennit >= 1.0; its remove() restores the original eps
+        object.__setattr__(batch_norm, "eps", TINY_EPS)
 
 
 @contextmanager

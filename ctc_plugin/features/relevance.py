@@ -25,7 +25,11 @@ from zennit.core import Composite
 from zennit.rules import AlphaBeta
 from zennit.types import Convolution
 
-from ctc_plugin.ctc.canonizers import PositiveEpsMergeBatchNorm, tensors_restored
+from ctc_plugin.ctc.canonizers import (
+    PositiveEpsMergeBatchNorm,
+    keep_batch_norms_valid,
+    tensors_restored,
+)
 
 __all__ = ["lrp_alpha1beta0", "relevance_heatmap", "resolve_target", "zennit_relevance"]
 
@@ -130,6 +134,7 @@ def _run_composite(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(output, relevance summed over channels)`` of one Zennit Gradient run."""
     with tensors_restored(model), Gradient(model=model, composite=composite) as attributor:
+        keep_batch_norms_valid(model)  # the composite's canonizers are applied by now
 
         def one_hot(output: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.one_hot(targets, output.shape[1]).to(output.dtype)

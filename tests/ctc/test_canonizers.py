@@ -71,3 +71,14 @@ def test_tensors_restored_undoes_shadowing_and_re_registration_also_on_error():
     assert conv._parameters["weight"] is weight and bn.running_var is running_var
     x = torch.rand(1, 3, 8, 8)
     torch.testing.assert_close(model(x), conv_bn_model()(x), rtol=0, atol=0)
+
+
+def test_ctc_composite_leaves_no_batch_norm_with_zero_eps_and_restores_it():
+    from ctc_plugin import CTCComposite
+
+    model = conv_bn_model()
+    composite = CTCComposite(bias_sharing="proportional", canonizers=[SequentialMergeBatchNorm()])
+    composite.register(model)
+    assert model[1].eps > 0  # zennit >= 1.0 merged it to 0; ours made it TINY_EPS
+    composite.remove()
+    assert model[1].eps == 1e-5
