@@ -17,7 +17,7 @@ from zennit.attribution import Attributor
 from zennit.core import Composite
 
 from ctc_plugin.ctc.attribution import CTC, FeatureScores
-from ctc_plugin.ctc.canonizers import keep_batch_norms_valid
+from ctc_plugin.ctc.canonizers import batch_norms_valid
 from ctc_plugin.ctc.composite import (
     FUNCTIONAL_POLICIES,
     CTCComposite,
@@ -138,7 +138,6 @@ class CTCAttributor(Attributor):
         """Run the CTC pass with the registered composite (Zennit's ``Attributor.forward``)."""
         if not isinstance(input, torch.Tensor):
             raise ValueError(f"input must be a tensor; got {type(input).__name__}")
-        keep_batch_norms_valid(self.model)  # canonizers of any composite (MixedComposite too)
         mask = next(
             (m for m in (self._call_mask, self.feature_mask) if m is not None),
             self.ctc_composite.feature_mask,
@@ -154,16 +153,19 @@ class CTCAttributor(Attributor):
         within = self.within_feature
         if within is not None:
             within = self._within_relevance(x, engine, within)
-        relevance, scores = engine.attribute(
-            x,
-            target=None,
-            feature_mask=mask,
-            baselines=self.baselines,
-            return_feature_scores=True,
-            within_feature=within,
-        )
+        # a BatchNorm that any composite's canonizer left with eps 0 (zennit >= 1.0) gets a
+        # positive one while the model runs
+        with batch_norms_valid(self.model):
+            relevance, scores = engine.attribute(
+                x,
+                target=None,
+                feature_mask=mask,
+                baselines=self.baselines,
+                return_feature_scores=True,
+                within_feature=within,
+            )
+            output = engine.model_output if engine.model_output is not None else self.model(x)
         self.feature_scores = scores
-        output = engine.model_output if engine.model_output is not None else self.model(x)
         return output, relevance
 
     def _within_relevance(self, x: torch.Tensor, engine: _HookedCTC, within: Any) -> Any:
@@ -174,7 +176,7 @@ class CTCAttributor(Attributor):
         """
         from ctc_plugin.ctc.within import composite_relevance, resolve_relevance
 
-        with torch.no_grad():
+        with torch.no_grad(), batch_norms_valid(self.model):
             output = self.model(x)
         weights = engine.weights_for(output)
         registered = bool(self.composite.handles)
@@ -193,7 +195,8 @@ class CTCAttributor(Attributor):
                 "give a one-hot attr_output, or a Zennit composite or a relevance tensor"
             )
         target = weights.flatten(1).argmax(dim=1)
-        return resolve_relevance(within, (x,), target, self.model)
+        with batch_norms_valid(self.model):
+            return resolve_relevance(within, (x,), target, self.model)
 
 
 def _predicted(output: torch.Tensor) -> torch.Tensor:

@@ -37,15 +37,26 @@ class PositiveEpsMergeBatchNorm(SequentialMergeBatchNorm):
         _positive_eps(batch_norm)
 
 
-def keep_batch_norms_valid(model: nn.Module) -> None:
-    """Give every BatchNorm of ``model`` that a canonizer left with ``eps = 0`` :data:`TINY_EPS`.
+@contextmanager
+def batch_norms_valid(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every BatchNorm of ``model`` with ``eps = 0`` has :data:`TINY_EPS`.
 
-    For canonizers applied by others (a composite's): zennit >= 1.0's ``remove()`` restores the
-    original ``eps`` from what it saved before merging.
+    For canonizers applied by others (a composite's, when the block starts). On exit the
+    BatchNorms changed get ``eps = 0`` back; removing a zennit >= 1.0 canonizer afterwards then
+    restores the original ``eps`` as before.
     """
-    for module in model.modules():
-        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-            _positive_eps(module)
+    changed = [
+        module
+        for module in model.modules()
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and module.eps == 0
+    ]
+    for module in changed:
+        _positive_eps(module)
+    try:
+        yield model
+    finally:
+        for module in changed:
+            object.__setattr__(module, "eps", 0.0)
 
 
 def _positive_eps(batch_norm: nn.Module) -> None:

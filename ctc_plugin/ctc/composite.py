@@ -43,7 +43,6 @@ from zennit.canonizers import Canonizer
 from zennit.composites import LayerMapComposite, register_composite
 from zennit.core import Hook, RemovableHandleList
 
-from ctc_plugin.ctc.canonizers import keep_batch_norms_valid
 from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.interception import CTCMode, operation_name
 from ctc_plugin.ctc.rules import GatedPass, batch_norm_affine
@@ -406,16 +405,6 @@ class CTCComposite(LayerMapComposite):
             layer_map=[*(layer_map or []), *ctc_layer_map()],
             canonizers=list(canonizers) if canonizers is not None else None,
         )
-
-    def register(self, module: nn.Module) -> None:
-        """Apply the canonizers and register the hooks (Zennit's ``register``).
-
-        A BatchNorm that a zennit >= 1.0 canonizer merged is left with ``eps = 0``, which some
-        torch versions reject; it gets :data:`~ctc_plugin.ctc.canonizers.TINY_EPS` instead (the
-        same identity). Removing the canonizers restores the original ``eps`` as before.
-        """
-        super().register(module)
-        keep_batch_norms_valid(module)
 
     def mapping(self, ctx: dict, name: str, module: nn.Module) -> Hook | None:
         """The hook for ``module``: the first matching entry; no CTC rule for custom forwards."""

@@ -27,7 +27,7 @@ import torch
 from zennit.attribution import Gradient
 from zennit.core import Composite
 
-from ctc_plugin.ctc.canonizers import keep_batch_norms_valid, tensors_restored
+from ctc_plugin.ctc.canonizers import batch_norms_valid, tensors_restored
 from ctc_plugin.ctc.masks import FeatureSet, broadcast_to_inputs
 from ctc_plugin.targets import resolve_targets
 
@@ -57,8 +57,8 @@ def composite_relevance(
         Relevance shaped like ``x``.
     """
     with tensors_restored(model), Gradient(model=model, composite=composite) as attributor:
-        keep_batch_norms_valid(model)
-        _, relevance = attributor(x.detach(), attr_output.detach())
+        with batch_norms_valid(model):  # the composite's canonizers are applied by now
+            _, relevance = attributor(x.detach(), attr_output.detach())
     return relevance.detach()
 
 

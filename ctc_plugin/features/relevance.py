@@ -27,7 +27,7 @@ from zennit.types import Convolution
 
 from ctc_plugin.ctc.canonizers import (
     PositiveEpsMergeBatchNorm,
-    keep_batch_norms_valid,
+    batch_norms_valid,
     tensors_restored,
 )
 
@@ -134,12 +134,12 @@ def _run_composite(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(output, relevance summed over channels)`` of one Zennit Gradient run."""
     with tensors_restored(model), Gradient(model=model, composite=composite) as attributor:
-        keep_batch_norms_valid(model)  # the composite's canonizers are applied by now
 
         def one_hot(output: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.one_hot(targets, output.shape[1]).to(output.dtype)
 
-        output, attribution = attributor(images.detach(), one_hot)
+        with batch_norms_valid(model):  # the composite's canonizers are applied by now
+            output, attribution = attributor(images.detach(), one_hot)
     return output.detach(), attribution.detach().sum(dim=1)
 
 

@@ -73,12 +73,23 @@ def test_tensors_restored_undoes_shadowing_and_re_registration_also_on_error():
     torch.testing.assert_close(model(x), conv_bn_model()(x), rtol=0, atol=0)
 
 
-def test_ctc_composite_leaves_no_batch_norm_with_zero_eps_and_restores_it():
-    from ctc_plugin import CTCComposite
+def test_batch_norms_valid_gives_zero_eps_a_tiny_one_for_the_block_only():
+    from ctc_plugin.ctc.canonizers import batch_norms_valid
 
     model = conv_bn_model()
-    composite = CTCComposite(bias_sharing="proportional", canonizers=[SequentialMergeBatchNorm()])
-    composite.register(model)
-    assert model[1].eps > 0  # zennit >= 1.0 merged it to 0; ours made it TINY_EPS
-    composite.remove()
+    handles = SequentialMergeBatchNorm().apply(model)
+    merged_eps = model[1].eps  # 0 with zennit >= 1.0, 1e-5 with 0.5
+    x = torch.rand(1, 3, 8, 8)
+    with batch_norms_valid(model):
+        assert model[1].eps > 0
+        inside = model(x)
+    assert model[1].eps == merged_eps
+    for handle in handles:
+        handle.remove()
     assert model[1].eps == 1e-5
+    torch.testing.assert_close(inside, model(x), rtol=1e-5, atol=1e-5)
+    untouched = conv_bn_model()
+    object.__setattr__(untouched[1], "eps", 0.0)  # a model's own eps 0 comes back as 0 too
+    with batch_norms_valid(untouched):
+        assert untouched[1].eps == TINY_EPS
+    assert untouched[1].eps == 0.0
