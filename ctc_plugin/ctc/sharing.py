@@ -141,7 +141,7 @@ class ReferenceSharing:
         z[:, :1].add_(_copy_part(bias, z, 0, 1))
 
     def _add_shares_in_blocks(self, z: torch.Tensor, bias: torch.Tensor) -> None:
-        """Add the shares block by block: one example, a few copies at a time.
+        """Add the shares block by block: on a CPU one example, a few copies at a time.
 
         The formula is some twenty elementwise steps; on a CPU, blocks of about
         ``block_elements`` values keep them in the cache instead of streaming the whole layer
@@ -151,23 +151,18 @@ class ReferenceSharing:
         is one block.
         """
         dims = _statistic_dims(bias, z.dim())
-        if z.device.type != "cpu":  # one block: the statistics are per example and copy anyway
-            full = full_copy_statistics(z[:, 1:2], _copy_part(bias, z, 1, 2), dims)
-            shares = copy_shares(z[:, 1:], full, dims, self.workspace)
-            z[:, 1:].addcmul_(shares, _copy_part(bias, z, 1, None))
-            return
-        per_copy = max(1, self.block_elements // max(1, z[0, 0].numel()))
-        for n in range(z.shape[0]):
-            example = z[n : n + 1]
-            example_bias = _example_part(bias, z, n)
-            full = full_copy_statistics(
-                example[:, 1:2], _copy_part(example_bias, example, 1, 2), dims
-            )
-            for start in range(1, example.shape[1], per_copy):
-                stop = min(start + per_copy, example.shape[1])
-                block = example[:, start:stop]
+        if z.device.type == "cpu":
+            per_copy = max(1, self.block_elements // max(1, z[0, 0].numel()))
+            groups = [(z[n : n + 1], _example_part(bias, z, n)) for n in range(z.shape[0])]
+        else:  # one block: the statistics are per example and copy anyway
+            per_copy, groups = z.shape[1], [(z, bias)]
+        for group, group_bias in groups:
+            full = full_copy_statistics(group[:, 1:2], _copy_part(group_bias, group, 1, 2), dims)
+            for start in range(1, group.shape[1], per_copy):
+                stop = min(start + per_copy, group.shape[1])
+                block = group[:, start:stop]
                 shares = copy_shares(block, full, dims, self.workspace)
-                block.addcmul_(shares, _copy_part(example_bias, example, start, stop))
+                block.addcmul_(shares, _copy_part(group_bias, group, start, stop))
 
 
 def _quantise(u: torch.Tensor, quantum: float) -> torch.Tensor:
