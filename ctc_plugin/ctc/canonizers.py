@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from torch import nn
+from zennit.attribution import Gradient
 from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.core import Composite
 
 #: The merged BatchNorm's ``eps`` instead of 0: ``1 + TINY_EPS`` is exactly 1 in float16, 32
 #: and 64, so the BatchNorm stays exactly the identity, and torch accepts it.
@@ -87,3 +89,19 @@ def tensors_restored(model: nn.Module) -> Iterator[nn.Module]:
                     module.__dict__.pop(name, None)
                 registry.clear()
                 registry.update(originals)
+
+
+@contextmanager
+def gradient_attributor(model: nn.Module, composite: Composite) -> Iterator[Gradient]:
+    """Zennit's ``Gradient`` attributor on ``model`` under ``composite``, safe on zennit 1.0.
+
+    Inside the block the composite is registered and every BatchNorm its canonizers left with
+    ``eps = 0`` has :data:`TINY_EPS` (:func:`batch_norms_valid`); on exit the composite is
+    removed and every parameter and buffer is back as registered (:func:`tensors_restored`).
+    """
+    with (
+        tensors_restored(model),
+        Gradient(model=model, composite=composite) as attributor,
+        batch_norms_valid(model),
+    ):
+        yield attributor

@@ -24,10 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from zennit.attribution import Gradient
 from zennit.core import Composite
 
-from ctc_plugin.ctc.canonizers import batch_norms_valid, tensors_restored
+from ctc_plugin.ctc.canonizers import gradient_attributor
 from ctc_plugin.ctc.masks import FeatureSet, broadcast_to_inputs
 from ctc_plugin.targets import resolve_targets
 
@@ -56,9 +55,8 @@ def composite_relevance(
     Returns:
         Relevance shaped like ``x``.
     """
-    with tensors_restored(model), Gradient(model=model, composite=composite) as attributor:
-        with batch_norms_valid(model):  # the composite's canonizers are applied by now
-            _, relevance = attributor(x.detach(), attr_output.detach())
+    with gradient_attributor(model, composite) as attributor:
+        _, relevance = attributor(x.detach(), attr_output.detach())
     return relevance.detach()
 
 

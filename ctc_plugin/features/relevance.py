@@ -18,18 +18,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from zennit.attribution import Gradient
 from zennit.canonizers import Canonizer
 from zennit.composites import LayerMapComposite, layer_map_base
 from zennit.core import Composite
 from zennit.rules import AlphaBeta
 from zennit.types import Convolution
 
-from ctc_plugin.ctc.canonizers import (
-    PositiveEpsMergeBatchNorm,
-    batch_norms_valid,
-    tensors_restored,
-)
+from ctc_plugin.ctc.canonizers import PositiveEpsMergeBatchNorm, gradient_attributor
 
 __all__ = ["lrp_alpha1beta0", "relevance_heatmap", "resolve_target", "zennit_relevance"]
 
@@ -133,13 +128,12 @@ def _run_composite(
     model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, composite: Composite
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(output, relevance summed over channels)`` of one Zennit Gradient run."""
-    with tensors_restored(model), Gradient(model=model, composite=composite) as attributor:
+    with gradient_attributor(model, composite) as attributor:
 
         def one_hot(output: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.one_hot(targets, output.shape[1]).to(output.dtype)
 
-        with batch_norms_valid(model):  # the composite's canonizers are applied by now
-            output, attribution = attributor(images.detach(), one_hot)
+        output, attribution = attributor(images.detach(), one_hot)
     return output.detach(), attribution.detach().sum(dim=1)
 
 
