@@ -89,13 +89,20 @@ def test_classifier_backbone_is_trained_recorded_and_loadable(tmp_path):
         torch.testing.assert_close(classifier.state_dict()[key], value)
 
 
+@pytest.fixture(scope="module")
+def default_path(tmp_path_factory):
+    """A small default resnet explainer at half resolution, trained once for the gate tests."""
+    path = tmp_path_factory.mktemp("default") / "default.pt"
+    argv = ["explainer", "train", "--model", "resnet", "--no-progress", *SMALL, "--epochs", "1"]
+    assert main([*argv, "--input-scale", "0.5", "--out", str(path)]) == 0
+    return path
+
+
 @needs_zoo
-def test_gate_builds_a_class_specific_explainer_from_a_default_one(tmp_path, capsys):
+def test_gate_builds_a_class_specific_explainer_from_a_default_one(default_path, tmp_path, capsys):
     from ctc_plugin import zoo
 
-    default_path, out = tmp_path / "default.pt", tmp_path / "gated.pt"
-    argv = ["explainer", "train", "--model", "resnet", "--no-progress", *SMALL, "--epochs", "1"]
-    assert main([*argv, "--input-scale", "0.5", "--out", str(default_path)]) == 0
+    out = tmp_path / "gated.pt"
     gate = ["explainer", "gate", "--model", "resnet", "--mask-explainer", str(default_path)]
     assert main([*gate, "--sharpness", "20", "--out", str(out)]) == 0
     gated = Explainer.load(out, classifier=zoo.load("resnet"))
@@ -116,10 +123,10 @@ def test_gate_builds_a_class_specific_explainer_from_a_default_one(tmp_path, cap
 
 
 @needs_zoo
-def test_gate_with_a_student_distils_the_class_maps_and_needs_no_classifier(tmp_path, capsys):
-    default_path, out = tmp_path / "default.pt", tmp_path / "student.pt"
-    argv = ["explainer", "train", "--model", "resnet", "--no-progress", *SMALL, "--epochs", "1"]
-    assert main([*argv, "--input-scale", "0.5", "--out", str(default_path)]) == 0
+def test_gate_with_a_student_distils_the_class_maps_and_needs_no_classifier(
+    default_path, tmp_path, capsys
+):
+    out = tmp_path / "student.pt"
     gate = ["explainer", "gate", "--model", "resnet", "--mask-explainer", str(default_path)]
     student = ["--gate", "student", "--student-images", "64", "--student-epochs", "2"]
     assert main([*gate, *student, "--mask-offset", "1", "--no-progress", "--out", str(out)]) == 0
