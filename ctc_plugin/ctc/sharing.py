@@ -121,7 +121,10 @@ class ReferenceSharing:
 
     Statistics run per channel over positions when the bias is per channel (convolutions,
     BatchNorm) and over all units when the bias differs per unit (dense layers). Standard
-    deviations are population (ddof = 0) ones, as in NumPy.
+    deviations are population (ddof = 0) ones, as in NumPy. ``rho_k`` is computed as
+    ``ceil(1000 |a| / |b|) / 1000`` with the whole numbers ``a = ceil(10 z_k)`` and
+    ``b = ceil(10 z_F)``, so that a ratio which is a multiple of 1/1000 gives exactly that
+    value (dividing the rounded ``q`` values first can step over it).
     """
 
     name = "reference"
@@ -129,6 +132,9 @@ class ReferenceSharing:
     ratio_quantum = 1000.0
     #: Values per block of the blockwise computation on a CPU (4 MiB in float32).
     block_elements = 1 << 20
+    #: On a CPU, when the boxes around the copies' nonzero values cover at most this fraction of
+    #: a layer, each copy is computed on its box alone.
+    crop_fraction = 0.5
 
     def __init__(self) -> None:
         self.workspace = Workspace()
@@ -141,32 +147,103 @@ class ReferenceSharing:
         z[:, :1].add_(_copy_part(bias, z, 0, 1))
 
     def _add_shares_in_blocks(self, z: torch.Tensor, bias: torch.Tensor) -> None:
-        """Add the shares block by block: on a CPU one example, a few copies at a time.
+        """Add the shares of the sharing copies, on a CPU one example and a block at a time.
 
-        The formula is some twenty elementwise steps; on a CPU, blocks of about
+        The reference full copy's own shares need no formula: its ``rho`` is 1 wherever
+        ``q(z_F) != 0`` and its log-ratios have no spread, so ``s_F = [q(z_F) != 0]``.
+
+        The formula is some twenty elementwise steps per value. On a CPU, blocks of about
         ``block_elements`` values keep them in the cache instead of streaming the whole layer
-        from memory each time. Statistics are per copy, so blocks of whole copies give exactly
-        the values of the whole-layer computation. On other devices (many small kernel
-        launches and host synchronisations cost more there than memory traffic) the whole layer
-        is one block.
+        from memory each time, and where the copies' supports are small (a feature's copy is
+        zero outside its receptive field, which in the first layers is a small part of the
+        image) each copy is computed on the box around its nonzero values only: values outside
+        it are zero, get no share and add nothing to the statistics. Statistics are per copy,
+        so neither changes a value. On other devices (many small kernel launches and host
+        synchronisations cost more there than memory traffic) the whole layer is one block.
         """
         dims = _statistic_dims(bias, z.dim())
-        if z.device.type == "cpu":
-            per_copy = max(1, self.block_elements // max(1, z[0, 0].numel()))
+        on_cpu = z.device.type == "cpu"
+        if on_cpu:
             groups = [(z[n : n + 1], _example_part(bias, z, n)) for n in range(z.shape[0])]
         else:  # one block: the statistics are per example and copy anyway
-            per_copy, groups = z.shape[1], [(z, bias)]
+            groups = [(z, bias)]
         for group, group_bias in groups:
-            full = full_copy_statistics(group[:, 1:2], _copy_part(group_bias, group, 1, 2), dims)
-            for start in range(1, group.shape[1], per_copy):
-                stop = min(start + per_copy, group.shape[1])
-                block = group[:, start:stop]
-                shares = copy_shares(block, full, dims, self.workspace)
-                block.addcmul_(shares, _copy_part(group_bias, group, start, stop))
+            full_bias = _copy_part(group_bias, group, 1, 2)
+            full = full_copy_statistics(group[:, 1:2], full_bias, dims, self.workspace)
+            (scratch,) = self.workspace.buffers(full.ceil_full, 1)
+            own_share = torch.ne(full.ceil_full, math.inf, out=scratch)  # inf where q(z_F) = 0
+            group[:, 1:2].addcmul_(own_share, full_bias)
+            for start, stop, region in self._blocks(group, dims, full, on_cpu):
+                block, stats = group[:, start:stop], full
+                if region is not None:
+                    block, stats = block[region], full.cropped(region)
+                unit_part, group_part = share_factors(block, stats, dims, self.workspace)
+                block.addcmul_(unit_part, group_part * _copy_part(group_bias, group, start, stop))
+
+    def _blocks(
+        self, group: torch.Tensor, dims: tuple[int, ...], full: FullCopyStatistics, on_cpu: bool
+    ) -> list[tuple[int, int, tuple[slice, ...] | None]]:
+        """The feature (and baseline) copies of a group as ``(start, stop, region)`` blocks.
+
+        ``region`` indexes the box of a single copy (``None``: the block's whole layer).
+        """
+        first, copies = 2, group.shape[1]
+        if not on_cpu:
+            return [(first, copies, None)]
+        if full.exact_zero is None and dims == tuple(range(3, group.dim())) and dims:
+            copies_values = group[:, first:]
+            limit = self.crop_fraction * math.prod(group.shape[d] for d in dims)
+            # the boxes of the first channel lie inside the copies' boxes: when they are already
+            # too large, the whole search is skipped (deeper layers, large receptive fields)
+            probe = support_boxes(copies_values[:, :, :1], dims)
+            if _volume(probe) <= limit * len(probe):
+                boxes = support_boxes(copies_values, dims)
+                if _volume(boxes) <= limit * len(boxes):
+                    lead = (slice(None),) * dims[0]
+                    return [
+                        (first + i, first + i + 1, lead + box)
+                        for i, box in enumerate(boxes)
+                        if box is not None  # a copy that is zero everywhere gets no share
+                    ]
+        per_copy = max(1, self.block_elements // max(1, group[0, 0].numel()))
+        return [
+            (start, min(start + per_copy, copies), None) for start in range(first, copies, per_copy)
+        ]
 
 
-def _quantise(u: torch.Tensor, quantum: float) -> torch.Tensor:
-    return torch.ceil(u * quantum) / quantum
+def _volume(boxes: list[tuple[slice, ...] | None]) -> int:
+    """Number of positions in all the boxes together (``None``: an empty box)."""
+    return sum(math.prod(s.stop - s.start for s in box) for box in boxes if box is not None)
+
+
+def support_boxes(copies: torch.Tensor, dims: tuple[int, ...]) -> list[tuple[slice, ...] | None]:
+    """For each copy, the smallest box along ``dims`` that holds all its nonzero values.
+
+    Args:
+        copies: (1, S, C, *spatial) values of S copies of one example.
+        dims: The spatial dims (the trailing ones, after the channel dim 2).
+
+    Returns:
+        One tuple of slices along ``dims`` per copy, ``None`` for a copy without any nonzero
+        value.
+    """
+    # a position is occupied when some channel is nonzero there (max and min over channels
+    # cannot both be 0 then; a sum could cancel)
+    occupied = (copies.amax(dim=2) != 0) | (copies.amin(dim=2) != 0)  # (1, S, *spatial)
+    occupied = occupied[0]
+    firsts, lasts = [], []
+    for axis in range(1, occupied.dim()):
+        others = tuple(a for a in range(1, occupied.dim()) if a != axis)
+        present = occupied.any(dim=others) if others else occupied  # (S, size)
+        positions = torch.arange(present.shape[1], device=present.device)
+        firsts.append(torch.where(present, positions, present.shape[1]).amin(dim=1))
+        lasts.append(torch.where(present, positions, -1).amax(dim=1))
+    starts = torch.stack(firsts, 1).tolist()
+    stops = (torch.stack(lasts, 1) + 1).tolist()
+    return [
+        tuple(slice(a, b) for a, b in zip(start, stop)) if stop[0] > 0 else None
+        for start, stop in zip(starts, stops)
+    ]
 
 
 def _statistic_dims(bias: torch.Tensor, rank: int) -> tuple[int, ...]:
@@ -182,41 +259,38 @@ def _statistic_dims(bias: torch.Tensor, rank: int) -> tuple[int, ...]:
     return dims if dims and len(dims) < rest else tuple(range(2, rank))
 
 
-def _masked_mean_std(
-    values: torch.Tensor, valid: torch.Tensor, dims: tuple[int, ...]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    weight = valid.to(values.dtype)
-    count = weight.sum(dim=dims, keepdim=True).clamp_min(1.0)
-    mean = (values * weight).sum(dim=dims, keepdim=True) / count
-    var = (((values - mean) ** 2) * weight).sum(dim=dims, keepdim=True) / count
-    return mean, var.sqrt()
-
-
 class Workspace:
-    """Reusable scratch buffers for :func:`copy_shares`, one set per thread.
+    """Reusable scratch buffers for the reference formula, one set per thread.
 
-    The reference formula needs two temporaries the size of a block of copies. Fresh large
-    tensors cost a page fault per 4 KiB on first touch (on a CPU as much as several elementwise
-    passes), so the buffers are kept and reused across layers and calls; they grow to the
-    largest block seen and are released with the workspace's owner.
+    The formula needs temporaries the size of a block of copies (:func:`copy_shares`) and of
+    the reference full copy (:func:`full_copy_statistics`). Fresh large tensors cost a page
+    fault per 4 KiB on first touch (on a CPU as much as several elementwise passes), so the
+    buffers are kept and reused across layers and calls in named slots; each slot grows to the
+    largest request seen and is released with the workspace's owner.
     """
 
     def __init__(self) -> None:
         self._local = threading.local()
 
-    def buffers(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two uninitialised tensors shaped, typed and placed like ``like`` (contiguous)."""
-        held = getattr(self._local, "flat", None)
+    def buffers(
+        self, like: torch.Tensor, count: int = 2, slot: str = "copies"
+    ) -> tuple[torch.Tensor, ...]:
+        """``count`` uninitialised contiguous tensors shaped, typed and placed like ``like``.
+
+        Buffers of one slot are reused by the next request for that slot; requests for
+        different slots never share memory.
+        """
+        slots = getattr(self._local, "slots", None)
+        if slots is None:
+            slots = self._local.slots = {}
+        held = slots.get(slot)
         numel = like.numel()
-        if (
-            held is None
-            or held.dtype != like.dtype
-            or held.device != like.device
-            or (held.shape[1] < numel)
-        ):
-            held = torch.empty(2, numel, dtype=like.dtype, device=like.device)
-            self._local.flat = held
-        return held[0, :numel].view(like.shape), held[1, :numel].view(like.shape)
+        if held is None or held.dtype != like.dtype or held.device != like.device:
+            held = slots[slot] = torch.empty(count, numel, dtype=like.dtype, device=like.device)
+        elif held.shape[0] < count or held.shape[1] < numel:  # grow, never shrink
+            rows, columns = max(count, held.shape[0]), max(numel, held.shape[1])
+            held = slots[slot] = torch.empty(rows, columns, dtype=like.dtype, device=like.device)
+        return tuple(held[i, :numel].view(like.shape) for i in range(count))
 
 
 @dataclass(frozen=True)
@@ -224,19 +298,30 @@ class FullCopyStatistics:
     """What the reference formula takes from the reference full copy of one layer.
 
     Attributes:
-        q_full: ``q(z_F)``, with ``+inf`` where ``q(z_F) = 0`` (dividing by it then gives the
-            formula's ``rho = 0`` there).
+        ceil_full: ``ceil(10 z_F) = 10 q(z_F)`` (whole numbers), with ``+inf`` where it is 0
+            (dividing by it then gives the formula's ``rho = 0`` there).
         exact_zero: Where ``z_F = 0`` (as 0/1 values), or ``None`` when it is nowhere zero.
         sigma: The reference spread ``std(log10 r)``, with size 1 along the statistic dims.
     """
 
-    q_full: torch.Tensor
+    ceil_full: torch.Tensor
     exact_zero: torch.Tensor | None
     sigma: torch.Tensor
 
+    def cropped(self, region: tuple[slice, ...]) -> FullCopyStatistics:
+        """The statistics for the values of ``region`` (an index into a grouped tensor)."""
+        return FullCopyStatistics(
+            ceil_full=self.ceil_full[region],
+            exact_zero=None if self.exact_zero is None else self.exact_zero[region],
+            sigma=self.sigma,
+        )
+
 
 def full_copy_statistics(
-    z_full: torch.Tensor, bias_full: torch.Tensor, dims: tuple[int, ...]
+    z_full: torch.Tensor,
+    bias_full: torch.Tensor,
+    dims: tuple[int, ...],
+    workspace: Workspace | None = None,
 ) -> FullCopyStatistics:
     """The reference full copy's part of the formula (see :class:`ReferenceSharing`).
 
@@ -244,23 +329,64 @@ def full_copy_statistics(
         z_full: (N, 1, *rest) bias-free pre-activation of the reference full copy.
         bias_full: The bias as seen by the reference full copy (broadcastable).
         dims: The statistic dims (see :func:`_statistic_dims`).
+        workspace: Scratch buffers to reuse; ``ceil_full`` then lives in the workspace's
+            ``"full"`` slot and is valid until the next call. ``None`` allocates.
     """
-    q_full = _quantise(z_full, ReferenceSharing.quantum)
-    spread = q_full + bias_full
+    if workspace is None:
+        ceil_full, spread, scratch = (torch.empty_like(z_full) for _ in range(3))
+    else:
+        (ceil_full,) = workspace.buffers(z_full, 1, slot="full")
+        spread, scratch = workspace.buffers(z_full, 2)
+    # n = q(z_F) + b and r = ceil(1000 |n / mean(n)|) / 1000, in place
+    torch.mul(z_full, ReferenceSharing.quantum, out=ceil_full).ceil_()
+    torch.div(ceil_full, ReferenceSharing.quantum, out=spread).add_(bias_full)
     spread_mean = spread.mean(dim=dims, keepdim=True)
-    r = _quantise((spread / spread_mean).abs(), ReferenceSharing.ratio_quantum)
-    usable = torch.isfinite(r) & (r > 0)
-    log_r = torch.log10(torch.where(usable, r, torch.ones_like(r)))
-    _, sigma = _masked_mean_std(log_r, usable, dims)
-    exact_zero = z_full == 0
+    no_mean = spread_mean == 0  # r is not finite in such a group: no usable entry, sigma = 0
+    spread.div_(spread_mean.masked_fill(no_mean, 1.0)).abs_()
+    r = spread.mul_(ReferenceSharing.ratio_quantum).ceil_().div_(ReferenceSharing.ratio_quantum)
+    # sigma = std of log10 r over the entries with r > 0; log10 of 1 (exactly 0) elsewhere, so
+    # sums need no mask, only the count
+    unusable = torch.eq(r, 0, out=scratch)
+    count = _group_size(r, dims) - unusable.sum(dim=dims, keepdim=True)
+    log_r = unusable.add_(r).log10_()
+    _, sigma = _mean_std_of_counted(log_r, count, dims)
+    sigma.masked_fill_(no_mean, 0.0)
+    exact_zero = torch.eq(z_full, 0, out=scratch)
     # on a CPU, skipping the mask where z_F has no zero saves passes; elsewhere asking would
     # wait for the device
     needed = z_full.device.type != "cpu" or bool(exact_zero.any())
+    exact_zero = exact_zero.clone() if needed else None  # the scratch buffer is reused below
     return FullCopyStatistics(
-        q_full=q_full.masked_fill(q_full == 0, float("inf")),
-        exact_zero=exact_zero.to(z_full.dtype) if needed else None,
-        sigma=sigma,
+        ceil_full=_infinite_where_zero(ceil_full, scratch), exact_zero=exact_zero, sigma=sigma
     )
+
+
+def _infinite_where_zero(u: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """``u`` with ``+inf`` where it is 0, in place (float arithmetic; a boolean mask costs more).
+
+    ``scratch`` is a buffer shaped like ``u`` that is overwritten.
+    """
+    # 1 / [u != 0] - 1 is 0 where u != 0 and +inf where u = 0
+    return u.add_(torch.ne(u, 0, out=scratch).reciprocal_().sub_(1.0))
+
+
+def _group_size(values: torch.Tensor, dims: tuple[int, ...]) -> int:
+    """Number of entries per statistic group (the product of the sizes along ``dims``)."""
+    return math.prod(values.shape[d] for d in dims)
+
+
+def _mean_std_of_counted(
+    values: torch.Tensor, count: torch.Tensor, dims: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population std over ``dims`` of the counted entries; the others must hold 0.
+
+    ``count`` (size 1 along ``dims``) is how many entries count; groups without any get 0.
+    Two reductions over ``values``, no full-size temporary.
+    """
+    count = count.clamp_min(1.0)
+    mean = values.sum(dim=dims, keepdim=True).div_(count)
+    second = torch.linalg.vector_norm(values, 2, dim=dims, keepdim=True).square_().div_(count)
+    return mean, (second - mean.square()).clamp_min_(0.0).sqrt_()
 
 
 def copy_shares(
@@ -281,74 +407,55 @@ def copy_shares(
     Returns:
         (N, S, *rest) shares.
     """
+    unit_part, group_part = share_factors(z_copies, full, dims, workspace)
+    return unit_part.mul_(group_part)
+
+
+def share_factors(
+    z_copies: torch.Tensor,
+    full: FullCopyStatistics,
+    dims: tuple[int, ...],
+    workspace: Workspace | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shares of :func:`copy_shares` as ``unit_part * group_part``.
+
+    ``unit_part`` has the shape of ``z_copies`` (in the workspace when one is given);
+    ``group_part`` has size 1 along ``dims``, so it can be multiplied into the bias before the
+    one full-size multiply-add that adds the shares.
+    """
     if workspace is None:
         rho, scratch = torch.empty_like(z_copies), torch.empty_like(z_copies)
     else:
         rho, scratch = workspace.buffers(z_copies)
     # Every full-size step is in place on one of two buffers (no full-size allocation, no
-    # boolean intermediates); quantisation steps keep the formula's literal order.
-    # rho_k = ceil(1000 |q(z_k) / q(z_F)|) / 1000 (q(z_F) = +inf where the formula gives 0)
+    # boolean intermediates). z_copies (perhaps a strided box of a larger tensor) is read once:
+    # 10 z_k is nonzero exactly where z_k is, so the count of the valid units comes from it.
     torch.mul(z_copies, ReferenceSharing.quantum, out=rho)
-    rho.ceil_().div_(ReferenceSharing.quantum).div_(full.q_full)
-    rho.abs_().mul_(ReferenceSharing.ratio_quantum).ceil_().div_(ReferenceSharing.ratio_quantum)
-
     # mu_k, std_k of l_k = log10 rho_k (0 where rho_k = 0) over the valid units, where
     # z_k != 0 or z_F = 0. l_k is 0 wherever z_k = 0, so its sums need no mask; only the count.
-    count = torch.ne(z_copies, 0, out=scratch).sum(dim=dims, keepdim=True)
+    count = torch.ne(rho, 0, out=scratch).sum(dim=dims, keepdim=True)
     if full.exact_zero is not None:
-        torch.eq(z_copies, 0, out=scratch).mul_(full.exact_zero)
+        torch.eq(rho, 0, out=scratch).mul_(full.exact_zero)
         count += scratch.sum(dim=dims, keepdim=True)
-    count.clamp_min_(1.0)
-    torch.eq(rho, 0, out=scratch).add_(rho).log10_()  # log10 of 1 where rho = 0: exactly 0
-    mu = scratch.sum(dim=dims, keepdim=True).div_(count)
-    second = torch.linalg.vector_norm(scratch, 2, dim=dims, keepdim=True).square_().div_(count)
-    std = (second - mu.square()).clamp_min_(0.0).sqrt_()
+    # rho_k = ceil(1000 |q(z_k) / q(z_F)|) / 1000 = ceil(1000 |a| / |b|) / 1000 with the whole
+    # numbers a = ceil(10 z_k), b = ceil(10 z_F): one rounding (the division), so a ratio that
+    # is a multiple of 1/1000 is met exactly (b = +inf where the formula gives 0)
+    rho.ceil_().mul_(ReferenceSharing.ratio_quantum).div_(full.ceil_full).abs_()
+    rho.ceil_().div_(ReferenceSharing.ratio_quantum)
+    # l = log10 of 1 where rho = 0: exactly 0 (log10 of 0 takes several times longer)
+    log_ratio = torch.eq(rho, 0, out=scratch).add_(rho).log10_()
+    mu, std = _mean_std_of_counted(log_ratio, count, dims)
 
-    # Capping: l' = mu + (l - mu) c with c = sigma / std, and s = 10 ** l'
-    # = 2 ** (l c log2(10) + mu (1 - c) log2(10)) where rho > 0 (s = 0 where rho = 0). The
-    # log-ratios l are still in `scratch`; exp2 costs a fraction of a power of rho.
-    capped = std > full.sigma
-    c = torch.where(capped, full.sigma / std.clamp_min(torch.finfo(std.dtype).tiny), 1.0)
-    _cap_rows(rho, scratch, capped, c * LOG2_10, mu * (1.0 - c) * LOG2_10, dims)
-    return rho
+    # Capping: l' = mu + (l - mu) c with c = sigma / std where std > sigma, else l' = l, and
+    # s = 10 ** l' = 2 ** (l c log2(10)) * 2 ** (mu (1 - c) log2(10)) where rho > 0, s = 0
+    # where rho = 0. exp2 costs a fraction of a power.
+    c = torch.where(std > full.sigma, full.sigma / std.clamp_min(torch.finfo(std.dtype).tiny), 1.0)
+    unit_part = rho.ne_(0).mul_(log_ratio.mul_(c * LOG2_10).exp2_())
+    return unit_part, torch.exp2(mu * (1.0 - c) * LOG2_10)
 
 
 #: log2(10): converts base-10 exponents to base 2.
 LOG2_10 = math.log2(10.0)
-
-
-def _cap_rows(
-    rho: torch.Tensor,
-    log_rho: torch.Tensor,
-    capped: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    dims: tuple[int, ...],
-) -> None:
-    """``rho <- 2 ** (log_rho * scale + shift)`` where ``rho > 0``, only in capped groups.
-
-    ``capped``, ``scale`` and ``shift`` have size 1 along ``dims``; ``log_rho`` is overwritten.
-    When ``dims`` are the trailing dims of the contiguous ``rho``, each group is one row of a
-    2-D view and only the capped rows are touched (often few in the first layers, the largest
-    ones).
-    """
-    if rho.device.type != "cpu":  # selecting the capped rows would wait for the device
-        capped_share = log_rho.mul_(scale).add_(shift).exp2_().mul_(rho.ne(0))
-        torch.where(capped, capped_share, rho, out=rho)
-        return
-    rows = capped.flatten().nonzero().squeeze(1)
-    if rows.numel() == 0:
-        return
-    trailing = dims == tuple(range(rho.dim() - len(dims), rho.dim()))
-    if not (trailing and rho.is_contiguous()) or rows.numel() == capped.numel():
-        log_rho.mul_(scale).add_(shift).exp2_()
-        rho.ne_(0).mul_(log_rho)  # 0 where rho = 0, the capped share elsewhere
-        return
-    table, logs = rho.view(capped.numel(), -1), log_rho.view(capped.numel(), -1)
-    part = logs.index_select(0, rows)
-    part.mul_(scale.flatten()[rows].unsqueeze(1)).add_(shift.flatten()[rows].unsqueeze(1))
-    part.exp2_().mul_(table.index_select(0, rows).ne_(0))
-    table.index_copy_(0, rows, part)
 
 
 def make_sharing(mode: str) -> BiasSharing:
@@ -371,6 +478,8 @@ __all__ = [
     "BiasSharing",
     "BiasSharingMode",
     "copy_shares",
+    "share_factors",
+    "support_boxes",
     "FullCopyStatistics",
     "full_copy_statistics",
     "Workspace",

@@ -14,7 +14,12 @@ from torch import nn
 
 from ctc_plugin import CTC
 from ctc_plugin.ctc.layout import CopyLayout
-from ctc_plugin.ctc.sharing import ReferenceSharing, copy_shares, full_copy_statistics
+from ctc_plugin.ctc.sharing import (
+    ReferenceSharing,
+    copy_shares,
+    full_copy_statistics,
+    support_boxes,
+)
 
 from .conftest import cases
 
@@ -25,11 +30,13 @@ def _q(u):
 
 def _shares(z_copy: np.ndarray, z_full: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """Research note section 2, written out literally for one group of units (NumPy, loops)."""
-    qf, qk = _q(z_full), _q(z_copy)
+    qf = _q(z_full)
     rho = np.zeros_like(z_copy)
     for i in np.ndindex(z_copy.shape):
-        if qf[i] != 0:
-            rho[i] = math.ceil(1000.0 * abs(qk[i] / qf[i])) / 1000.0
+        # q(z_k) / q(z_F) = a / b with whole numbers a, b; ceil(1000 |a / b|) in exact arithmetic
+        a, b = math.ceil(10.0 * z_copy[i]), math.ceil(10.0 * z_full[i])
+        if b != 0:
+            rho[i] = -(-1000 * abs(a) // abs(b)) / 1000.0
     ell = np.where(rho > 0, np.log10(np.where(rho > 0, rho, 1.0)), 0.0)
     n = qf + bias
     r = np.ceil(1000.0 * np.abs(n / n.mean())) / 1000.0
@@ -86,9 +93,15 @@ def numpy_reference_ctc(model: nn.Sequential, x: torch.Tensor, masks: list, targ
     return np.array([y * c[target] / full for c in copies[1:]])
 
 
-@pytest.mark.parametrize("block_elements", [1, 1 << 20])
+def _quadrants(size: int) -> torch.Tensor:
+    """Four compact features (the image's quadrants) as a (1, 1, size, size) label map."""
+    half = torch.arange(size) >= size // 2
+    return (half.view(-1, 1).long() * 2 + half.view(1, -1).long()).view(1, 1, size, size)
+
+
+@pytest.mark.parametrize("block_elements, compact", [(1, False), (1 << 20, False), (1 << 20, True)])
 @pytest.mark.parametrize("seed", range(6))
-def test_reference_matches_an_independent_numpy_implementation(seed, block_elements):
+def test_reference_matches_an_independent_numpy_implementation(seed, block_elements, compact):
     torch.manual_seed(seed)
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1),
@@ -102,11 +115,13 @@ def test_reference_matches_an_independent_numpy_implementation(seed, block_eleme
         nn.Linear(6, 3),
     ).double()
     x = torch.rand(1, 3, 8, 8, dtype=torch.float64) * 2
-    labels = torch.randint(0, 4, (1, 1, 8, 8))
+    # scattered features, or compact ones whose copies are computed on their boxes
+    labels = _quadrants(8) if compact else torch.randint(0, 4, (1, 1, 8, 8))
     masks = [(labels[0, 0] == k).double() for k in range(4)]
     target = seed % 3
     ctc = CTC(model, bias_sharing="reference")
     ctc.sharing.block_elements = block_elements  # 1: every copy is its own block
+    ctc.sharing.crop_fraction = 1.0 if compact else 0.0
     _, scores = ctc.attribute(x, target=target, feature_mask=labels, return_feature_scores=True)
     expected = numpy_reference_ctc(model, x, masks, target)
     np.testing.assert_allclose(scores.scores[0].numpy(), expected, rtol=1e-7, atol=1e-9)
@@ -211,3 +226,52 @@ def test_blockwise_shares_equal_the_all_copies_function():
     layout = CopyLayout(examples=2, features=6, reference_full=True, baseline=False)
     sharing.add_bias(grouped, bias, layout)
     torch.testing.assert_close(grouped, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_support_boxes_are_the_smallest_boxes_around_the_nonzero_values():
+    torch.manual_seed(0)
+    copies = torch.zeros(1, 4, 3, 6, 7, dtype=torch.float64)
+    copies[0, 0, 1, 2:4, 3:6] = torch.rand(2, 3) + 0.5
+    copies[0, 1, 0, 5, 0] = 1e-300  # a single tiny value in one channel
+    copies[0, 2, 0, 1, 1], copies[0, 2, 1, 1, 1] = 1.0, -1.0  # cancels in a channel sum
+    # copy 3 stays zero everywhere
+    boxes = support_boxes(copies, (3, 4))
+    assert boxes == [
+        (slice(2, 4), slice(3, 6)),
+        (slice(5, 6), slice(0, 1)),
+        (slice(1, 2), slice(1, 2)),
+        None,
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_copies_computed_on_their_boxes_give_the_whole_layer_values(dtype):
+    """Compact features take the boxed path in the first layers; the scores do not change."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    )
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].bias.uniform_(-0.5, 0.5)
+    model = model.eval().to(dtype)
+    x = torch.rand(2, 3, 32, 32, dtype=dtype)
+    grid = (torch.arange(32) // 8).view(-1, 1) * 4 + (torch.arange(32) // 8).view(1, -1)
+    mask = grid.view(1, 1, 32, 32)  # 16 compact features
+    boxed, whole = CTC(model), CTC(model)
+    boxed.sharing.crop_fraction, whole.sharing.crop_fraction = 1.0, 0.0
+    regions = []
+    blocks = boxed.sharing._blocks
+    boxed.sharing._blocks = lambda *a: regions.extend(r for *_, r in blocks(*a)) or blocks(*a)
+    _, expected = whole.attribute(x, target=1, feature_mask=mask, return_feature_scores=True)
+    _, actual = boxed.attribute(x, target=1, feature_mask=mask, return_feature_scores=True)
+    assert any(region is not None for region in regions), "the boxed path did not run"
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(actual.scores, expected.scores, rtol=tolerance, atol=tolerance)
