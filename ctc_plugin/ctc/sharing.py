@@ -156,10 +156,11 @@ class ReferenceSharing:
         ``block_elements`` values keep them in the cache instead of streaming the whole layer
         from memory each time, and where the copies' supports are small (a feature's copy is
         zero outside its receptive field, which in the first layers is a small part of the
-        image) each copy is computed on the box around its nonzero values only: values outside
-        it are zero, get no share and add nothing to the statistics. Statistics are per copy,
-        so neither changes a value. On other devices (many small kernel launches and host
-        synchronisations cost more there than memory traffic) the whole layer is one block.
+        image) only the boxes around the copies' nonzero values are computed, packed into one
+        block (:meth:`_add_packed_shares`). Values outside a box are zero, get no share and add
+        nothing to the statistics. Statistics are per copy, so neither changes a value. On other
+        devices (many small kernel launches and host synchronisations cost more there than
+        memory traffic) the whole layer is one block.
         """
         dims = _statistic_dims(bias, z.dim())
         on_cpu = z.device.type == "cpu"
@@ -173,47 +174,95 @@ class ReferenceSharing:
             (scratch,) = self.workspace.buffers(full.ceil_full, 1)
             own_share = torch.ne(full.ceil_full, math.inf, out=scratch)  # inf where q(z_F) = 0
             group[:, 1:2].addcmul_(own_share, full_bias)
-            for start, stop, region in self._blocks(group, dims, full, on_cpu):
-                block, stats = group[:, start:stop], full
-                if region is not None:
-                    block, stats = block[region], full.cropped(region)
-                unit_part, group_part = share_factors(block, stats, dims, self.workspace)
+            boxes = self._small_boxes(group, dims, full) if on_cpu else None
+            if boxes is not None:
+                self._add_packed_shares(group, group_bias, boxes, dims, full)
+                continue
+            copies = group.shape[1]
+            per_copy = max(1, self.block_elements // max(1, group[0, 0].numel()))
+            for start in range(FIRST_FEATURE, copies, per_copy if on_cpu else copies):
+                stop = min(start + per_copy, copies) if on_cpu else copies
+                block = group[:, start:stop]
+                unit_part, group_part = share_factors(block, full, dims, self.workspace)
                 block.addcmul_(unit_part, group_part * _copy_part(group_bias, group, start, stop))
 
-    def _blocks(
-        self, group: torch.Tensor, dims: tuple[int, ...], full: FullCopyStatistics, on_cpu: bool
-    ) -> list[tuple[int, int, tuple[slice, ...] | None]]:
-        """The feature (and baseline) copies of a group as ``(start, stop, region)`` blocks.
+    def _small_boxes(
+        self, group: torch.Tensor, dims: tuple[int, ...], full: FullCopyStatistics
+    ) -> list[tuple[int, tuple[slice, ...]]] | None:
+        """``(copy, box)`` for the copies with a nonzero value, or ``None``: compute whole.
 
-        ``region`` indexes the box of a single copy (``None``: the block's whole layer).
+        Boxes are used where their packed block (every box at the largest box's size) takes at
+        most ``crop_fraction`` of the layer, the values are per channel over positions and the
+        full copy has no exact zeros (those enter the statistics outside the boxes).
         """
-        first, copies = 2, group.shape[1]
-        if not on_cpu:
-            return [(first, copies, None)]
-        if full.exact_zero is None and dims == tuple(range(3, group.dim())) and dims:
-            copies_values = group[:, first:]
-            limit = self.crop_fraction * math.prod(group.shape[d] for d in dims)
-            # the boxes of the first channel lie inside the copies' boxes: when they are already
-            # too large, the whole search is skipped (deeper layers, large receptive fields)
-            probe = support_boxes(copies_values[:, :, :1], dims)
-            if _volume(probe) <= limit * len(probe):
-                boxes = support_boxes(copies_values, dims)
-                if _volume(boxes) <= limit * len(boxes):
-                    lead = (slice(None),) * dims[0]
-                    return [
-                        (first + i, first + i + 1, lead + box)
-                        for i, box in enumerate(boxes)
-                        if box is not None  # a copy that is zero everywhere gets no share
-                    ]
-        per_copy = max(1, self.block_elements // max(1, group[0, 0].numel()))
-        return [
-            (start, min(start + per_copy, copies), None) for start in range(first, copies, per_copy)
-        ]
+        if full.exact_zero is not None or not dims or dims != tuple(range(3, group.dim())):
+            return None
+        copies_values = group[:, FIRST_FEATURE:]
+        limit = self.crop_fraction * copies_values.shape[1] * math.prod(group.shape[3:])
+        # the first channel's boxes lie inside the copies' boxes: when they are already too
+        # large, the whole search is skipped (deeper layers, large receptive fields)
+        if _packed_volume(support_boxes(copies_values[:, :, :1], dims)) > limit:
+            return None
+        boxes = support_boxes(copies_values, dims)
+        if _packed_volume(boxes) > limit:
+            return None
+        return [(FIRST_FEATURE + i, box) for i, box in enumerate(boxes) if box is not None]
+
+    def _add_packed_shares(
+        self,
+        group: torch.Tensor,
+        group_bias: torch.Tensor,
+        boxes: list[tuple[int, tuple[slice, ...]]],
+        dims: tuple[int, ...],
+        full: FullCopyStatistics,
+    ) -> None:
+        """Add the shares of the copies' boxes, computed as one packed block.
+
+        Every box goes to the corner of its slot in a (1, boxes, C, *largest box) block whose
+        other values are 0 (the full copy's divisor there is +inf): zeros get no share and do
+        not count, so each slot's statistics are its copy's.
+        """
+        if not boxes:  # no copy has a nonzero value here
+            return
+        sizes = [max(box[a].stop - box[a].start for _, box in boxes) for a in range(len(dims))]
+        shape = (1, len(boxes), group.shape[2], *sizes)
+        values, divisor = self.workspace.buffers(group, 2, slot="boxes", shape=shape)
+        values.zero_()
+        divisor.fill_(math.inf)
+        corners = [tuple(slice(0, b.stop - b.start) for b in box) for _, box in boxes]
+        for slot, ((copy, box), corner) in enumerate(zip(boxes, corners)):
+            values[(0, slot, slice(None), *corner)].copy_(group[(0, copy, slice(None), *box)])
+            divisor[(0, slot, slice(None), *corner)].copy_(
+                full.ceil_full[(0, 0, slice(None), *box)]
+            )
+        stats = FullCopyStatistics(ceil_full=divisor, exact_zero=None, sigma=full.sigma)
+        unit_part, group_part = share_factors(values, stats, dims, self.workspace)
+        bias = _copy_part(group_bias, group, FIRST_FEATURE, None)
+        if bias.dim() == group.dim() and bias.shape[1] != 1:  # a bias per copy
+            bias = bias[:, [copy - FIRST_FEATURE for copy, _ in boxes]]
+        factor = (group_part * bias)[0]  # (boxes, C, 1, ...)
+        for slot, ((copy, box), corner) in enumerate(zip(boxes, corners)):
+            group[(0, copy, slice(None), *box)].addcmul_(
+                unit_part[(0, slot, slice(None), *corner)], factor[slot]
+            )
 
 
-def _volume(boxes: list[tuple[slice, ...] | None]) -> int:
-    """Number of positions in all the boxes together (``None``: an empty box)."""
-    return sum(math.prod(s.stop - s.start for s in box) for box in boxes if box is not None)
+#: Index of the first feature copy in a group of the reference mode (after the gate copy and
+#: the reference full copy).
+FIRST_FEATURE = 2
+
+
+def _packed_volume(boxes: list[tuple[slice, ...] | None]) -> int:
+    """Positions of the packed block of the nonempty boxes (each at the largest box's size)."""
+    present = [box for box in boxes if box is not None]
+    if not present:
+        return 0
+    sizes = [max(box[a].stop - box[a].start for box in present) for a in range(len(present[0]))]
+    return len(present) * math.prod(sizes)
+
+
+#: Signed integer dtypes by element size, to read floating-point values as their bits.
+_SAME_SIZE_INTEGER = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def support_boxes(copies: torch.Tensor, dims: tuple[int, ...]) -> list[tuple[slice, ...] | None]:
@@ -227,9 +276,13 @@ def support_boxes(copies: torch.Tensor, dims: tuple[int, ...]) -> list[tuple[sli
         One tuple of slices along ``dims`` per copy, ``None`` for a copy without any nonzero
         value.
     """
-    # a position is occupied when some channel is nonzero there (max and min over channels
-    # cannot both be 0 then; a sum could cancel)
-    occupied = (copies.amax(dim=2) != 0) | (copies.amin(dim=2) != 0)  # (1, S, *spatial)
+    # A position is occupied when some channel is nonzero there. On the values' bits read as
+    # signed integers (several times faster to reduce than floats), a positive value is a
+    # positive integer and a negative one a negative integer, so the maximum over channels is
+    # positive or the minimum negative; -0.0 counts as occupied, which only widens a box. (A
+    # sum over channels could cancel.)
+    bits = copies.view(_SAME_SIZE_INTEGER[copies.element_size()])
+    occupied = (bits.amax(dim=2) > 0) | (bits.amin(dim=2) < 0)  # (1, S, *spatial)
     occupied = occupied[0]
     firsts, lasts = [], []
     for axis in range(1, occupied.dim()):
@@ -273,24 +326,29 @@ class Workspace:
         self._local = threading.local()
 
     def buffers(
-        self, like: torch.Tensor, count: int = 2, slot: str = "copies"
+        self,
+        like: torch.Tensor,
+        count: int = 2,
+        slot: str = "copies",
+        shape: tuple[int, ...] | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """``count`` uninitialised contiguous tensors shaped, typed and placed like ``like``.
 
-        Buffers of one slot are reused by the next request for that slot; requests for
-        different slots never share memory.
+        ``shape`` overrides the shape. Buffers of one slot are reused by the next request for
+        that slot; requests for different slots never share memory.
         """
         slots = getattr(self._local, "slots", None)
         if slots is None:
             slots = self._local.slots = {}
         held = slots.get(slot)
-        numel = like.numel()
+        shape = tuple(like.shape) if shape is None else tuple(shape)
+        numel = math.prod(shape)
         if held is None or held.dtype != like.dtype or held.device != like.device:
             held = slots[slot] = torch.empty(count, numel, dtype=like.dtype, device=like.device)
         elif held.shape[0] < count or held.shape[1] < numel:  # grow, never shrink
             rows, columns = max(count, held.shape[0]), max(numel, held.shape[1])
             held = slots[slot] = torch.empty(rows, columns, dtype=like.dtype, device=like.device)
-        return tuple(held[i, :numel].view(like.shape) for i in range(count))
+        return tuple(held[i, :numel].view(shape) for i in range(count))
 
 
 @dataclass(frozen=True)
@@ -307,14 +365,6 @@ class FullCopyStatistics:
     ceil_full: torch.Tensor
     exact_zero: torch.Tensor | None
     sigma: torch.Tensor
-
-    def cropped(self, region: tuple[slice, ...]) -> FullCopyStatistics:
-        """The statistics for the values of ``region`` (an index into a grouped tensor)."""
-        return FullCopyStatistics(
-            ceil_full=self.ceil_full[region],
-            exact_zero=None if self.exact_zero is None else self.exact_zero[region],
-            sigma=self.sigma,
-        )
 
 
 def full_copy_statistics(

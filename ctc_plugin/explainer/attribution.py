@@ -156,8 +156,7 @@ class ExplainerAttribution(Attribution):
                 elif not self._classes_checked:
                     self._classify(images[:1], additional_forward_args)
                 indices = targets_to_indices(target, len(images), self.explainer.num_classes)
-                # channels-last runs thin convolutions and bilinear upsampling faster on CPU
-                fast = images.contiguous(memory_format=torch.channels_last)
+                fast = images.contiguous(memory_format=self.explainer.input_memory_format)
                 masks = self.explainer.target_logits(fast, indices).sigmoid()
         finally:
             if was_training:

@@ -69,6 +69,10 @@ class SmallUNet(nn.Module):
         ValueError: If ``depth`` is below 2.
     """
 
+    #: Memory format its inputs run fastest in on a CPU: its thin convolutions run the plain
+    #: (contiguous) kernels faster than channels-last ones (``Explainer.input_memory_format``).
+    input_memory_format = torch.contiguous_format
+
     def __init__(self, in_channels: int, num_classes: int, width: int = 8, depth: int = 3) -> None:
         super().__init__()
         if depth < 2:
@@ -278,6 +282,17 @@ class Explainer(nn.Module):
     def is_trained(self) -> bool:
         """Whether :meth:`fit` (or loaded weights) has trained this explainer."""
         return bool(self.trained_steps.item() > 0)
+
+    @property
+    def input_memory_format(self) -> torch.memory_format:
+        """The memory format the backbone's inputs run fastest in (channels-last by default).
+
+        On this project's CPU, channels-last inputs took the classifier-based backbones of the
+        shipped class-specific explainers 0.52-0.76 of the time of contiguous ones, while the
+        small U-Net (``"unet-small"``) ran 6-9 % faster on contiguous inputs. A backbone states
+        its own with an ``input_memory_format`` attribute.
+        """
+        return getattr(self.backbone, "input_memory_format", torch.channels_last)
 
     @property
     def trained_image_size(self) -> tuple[int, int] | None:

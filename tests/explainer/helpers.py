@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -24,6 +26,26 @@ def tiny_classifier(num_classes: int = NUM_CLASSES, seed: int = 0) -> nn.Module:
         nn.Dropout(0.5),
         nn.Linear(4, num_classes),
     )
+
+
+def classifier_with_head(mlp: bool = False, seed: int = 0) -> nn.Module:
+    """A small CNN whose forward ends with a module named ``head`` (one or two linear layers)."""
+    torch.manual_seed(seed)
+    layers = [nn.Linear(6, 5), nn.ReLU(), nn.Dropout(0.2), nn.Linear(5, NUM_CLASSES)]
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5))
+    head.extend(layers if mlp else [nn.Linear(6, NUM_CLASSES)])
+    model = nn.Sequential(
+        OrderedDict(
+            features=nn.Sequential(
+                nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2)
+            ),
+            head=head,
+        )
+    )
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        model.features[1].running_mean.uniform_(-0.5, 0.5)
+        model.features[1].running_var.uniform_(0.5, 2.0)
+    return model.eval()
 
 
 def tiny_explainer(num_classes: int = NUM_CLASSES, seed: int = 0) -> Explainer:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import pytest
 import torch
 from torch import nn
@@ -11,27 +9,7 @@ from torch import nn
 from ctc_plugin.explainer.classifier_backbone import ClassifierBackbone, PerPositionHead
 from ctc_plugin.explainer.network import Explainer
 
-from .helpers import NUM_CLASSES, SIZE, tuple_loader
-
-
-def classifier_with_head(mlp: bool = False, seed: int = 0) -> nn.Module:
-    """A small CNN whose forward ends with a module named ``head`` (one or two linear layers)."""
-    torch.manual_seed(seed)
-    layers = [nn.Linear(6, 5), nn.ReLU(), nn.Dropout(0.2), nn.Linear(5, NUM_CLASSES)]
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5))
-    head.extend(layers if mlp else [nn.Linear(6, NUM_CLASSES)])
-    model = nn.Sequential(
-        OrderedDict(
-            features=nn.Sequential(
-                nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2)
-            ),
-            head=head,
-        )
-    )
-    with torch.no_grad():  # non-trivial BatchNorm statistics
-        model.features[1].running_mean.uniform_(-0.5, 0.5)
-        model.features[1].running_var.uniform_(0.5, 2.0)
-    return model.eval()
+from .helpers import NUM_CLASSES, SIZE, classifier_with_head, tuple_loader
 
 
 def test_linear_head_per_position_averages_to_the_logits():

@@ -11,8 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctc_plugin.explainer.attribution import ExplainerAttribution
+from ctc_plugin.explainer.network import Explainer
 
-from .helpers import NUM_CLASSES, data, tiny_classifier, tiny_explainer, tuple_loader
+from .helpers import (
+    NUM_CLASSES,
+    classifier_with_head,
+    data,
+    tiny_classifier,
+    tiny_explainer,
+    tuple_loader,
+)
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +145,30 @@ def test_independent_of_batch_composition(trained, order, keep):
     index = torch.tensor(order[:keep])
     part = attr.attribute(images[index], target=classes[index])
     torch.testing.assert_close(part, full[index], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["unet-small", "classifier"])
+def test_inputs_run_in_the_backbones_memory_format_with_the_same_masks(trained, backbone):
+    """The U-Net takes contiguous inputs, classifier backbones channels-last; masks agree."""
+    classifier, explainer = trained
+    if backbone == "classifier":
+        classifier = classifier_with_head().eval()
+        torch.manual_seed(0)
+        explainer = Explainer(
+            NUM_CLASSES, backbone="classifier", classifier=classifier, head="head"
+        )
+        explainer.trained_steps.fill_(1)  # counts as trained: no warning
+        explainer.eval()
+    expected_format = {"unet-small": torch.contiguous_format, "classifier": torch.channels_last}
+    assert explainer.input_memory_format == expected_format[backbone]
+    seen = []
+    hook = explainer.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    images = data(4, seed=3)[0]
+    try:
+        masks = ExplainerAttribution(classifier, explainer).attribute(images, target=1)
+    finally:
+        hook.remove()
+    assert seen[0].is_contiguous(memory_format=expected_format[backbone])
+    with torch.no_grad():
+        direct = explainer.target_logits(images, torch.ones(4, dtype=torch.long)).sigmoid()
+    torch.testing.assert_close(masks, direct.expand_as(images), rtol=1e-5, atol=1e-6)

@@ -9,8 +9,7 @@ from ctc_plugin.explainer.classifier_backbone import class_map_encoder
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.student import ClassMapStudent, distil_class_maps
 
-from .helpers import NUM_CLASSES, SIZE
-from .test_classifier_backbone import classifier_with_head
+from .helpers import NUM_CLASSES, SIZE, classifier_with_head
 
 
 def test_student_maps_have_the_classes_at_the_output_stride():
