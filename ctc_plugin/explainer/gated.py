@@ -82,6 +82,15 @@ class GatedMaskBackbone(nn.Module):
         self.sharpness = nn.Parameter(torch.tensor(float(sharpness)))
         self.threshold = nn.Parameter(torch.tensor(float(threshold)))
 
+    @property
+    def input_memory_format(self) -> torch.memory_format:
+        """The class-map network's preferred input memory format (channels-last by default).
+
+        A classifier copy runs fastest on channels-last inputs; a student (and the U-Net) on
+        contiguous ones.
+        """
+        return getattr(self.encoder, "input_memory_format", torch.channels_last)
+
     def forward(self, images: Tensor) -> Tensor:
         """Return ``(N, num_classes, H, W)`` logits of the gated masks."""
         return self._gated_logits(images, None)

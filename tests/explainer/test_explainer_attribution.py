@@ -147,22 +147,28 @@ def test_independent_of_batch_composition(trained, order, keep):
     torch.testing.assert_close(part, full[index], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backbone", ["unet-small", "classifier"])
+@pytest.mark.parametrize("backbone", ["unet-small", "student-gated", "classifier"])
 def test_inputs_run_in_the_backbones_memory_format_with_the_same_masks(trained, backbone):
-    """The U-Net takes contiguous inputs, classifier backbones channels-last; masks agree."""
+    """Small networks take contiguous inputs, classifier backbones channels-last; masks agree."""
     classifier, explainer = trained
-    if backbone == "classifier":
+    if backbone != "unet-small":
         classifier = classifier_with_head().eval()
         torch.manual_seed(0)
-        explainer = Explainer(
-            NUM_CLASSES, backbone="classifier", classifier=classifier, head="head"
-        )
+        needs_classifier = {"classifier": classifier, "head": "head"}
+        options = needs_classifier if backbone == "classifier" else {}
+        explainer = Explainer(NUM_CLASSES, backbone=backbone, **options)
         explainer.trained_steps.fill_(1)  # counts as trained: no warning
         explainer.eval()
-    expected_format = {"unet-small": torch.contiguous_format, "classifier": torch.channels_last}
+    expected_format = {
+        "unet-small": torch.contiguous_format,
+        "student-gated": torch.contiguous_format,
+        "classifier": torch.channels_last,
+    }
     assert explainer.input_memory_format == expected_format[backbone]
     seen = []
-    hook = explainer.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    # the gated backbone's class-map network is the first to see the images
+    first = getattr(explainer.backbone, "encoder", explainer.backbone)
+    hook = first.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
     images = data(4, seed=3)[0]
     try:
         masks = ExplainerAttribution(classifier, explainer).attribute(images, target=1)
