@@ -132,8 +132,8 @@ class ReferenceSharing:
     ratio_quantum = 1000.0
     #: Values per block of the blockwise computation on a CPU (4 MiB in float32).
     block_elements = 1 << 20
-    #: On a CPU, when the boxes around the copies' nonzero values cover at most this fraction of
-    #: a layer, each copy is computed on its box alone.
+    #: On a CPU, when the boxes around the copies' nonzero values, packed at the largest box's
+    #: size, take at most this fraction of a layer, only they are computed.
     crop_fraction = 0.5
 
     def __init__(self) -> None:
@@ -143,11 +143,14 @@ class ReferenceSharing:
         """Add the bias to the gate copy and the reference shares to the sharing copies."""
         if not layout.reference_full:
             raise ValueError("reference sharing needs the reference full copy in the layout")
-        self._add_shares_in_blocks(z, bias)
+        self._add_shares_in_blocks(z, bias, layout.first_feature)
         z[:, :1].add_(_copy_part(bias, z, 0, 1))
 
-    def _add_shares_in_blocks(self, z: torch.Tensor, bias: torch.Tensor) -> None:
+    def _add_shares_in_blocks(self, z: torch.Tensor, bias: torch.Tensor, first: int) -> None:
         """Add the shares of the sharing copies, on a CPU one example and a block at a time.
+
+        Copy 1 of each group is the reference full copy, copies from ``first`` on are the
+        feature (and baseline) copies.
 
         The reference full copy's own shares need no formula: its ``rho`` is 1 wherever
         ``q(z_F) != 0`` and its log-ratios have no spread, so ``s_F = [q(z_F) != 0]``.
@@ -163,7 +166,7 @@ class ReferenceSharing:
         memory traffic) the whole layer is one block.
         """
         dims = _statistic_dims(bias, z.dim())
-        on_cpu = z.device.type == "cpu"
+        on_cpu = self._blocks_per_example(z)
         if on_cpu:
             groups = [(z[n : n + 1], _example_part(bias, z, n)) for n in range(z.shape[0])]
         else:  # one block: the statistics are per example and copy anyway
@@ -174,20 +177,25 @@ class ReferenceSharing:
             (scratch,) = self.workspace.buffers(full.ceil_full, 1)
             own_share = torch.ne(full.ceil_full, math.inf, out=scratch)  # inf where q(z_F) = 0
             group[:, 1:2].addcmul_(own_share, full_bias)
-            boxes = self._small_boxes(group, dims, full) if on_cpu else None
+            boxes = self._small_boxes(group, dims, full, first) if on_cpu else None
             if boxes is not None:
-                self._add_packed_shares(group, group_bias, boxes, dims, full)
+                self._add_packed_shares(group, group_bias, boxes, dims, full, first)
                 continue
             copies = group.shape[1]
             per_copy = max(1, self.block_elements // max(1, group[0, 0].numel()))
-            for start in range(FIRST_FEATURE, copies, per_copy if on_cpu else copies):
+            for start in range(first, copies, per_copy if on_cpu else copies):
                 stop = min(start + per_copy, copies) if on_cpu else copies
                 block = group[:, start:stop]
                 unit_part, group_part = share_factors(block, full, dims, self.workspace)
                 block.addcmul_(unit_part, group_part * _copy_part(group_bias, group, start, stop))
 
+    @staticmethod
+    def _blocks_per_example(z: torch.Tensor) -> bool:
+        """Whether to work one example and a block at a time (on a CPU) or in one block."""
+        return z.device.type == "cpu"
+
     def _small_boxes(
-        self, group: torch.Tensor, dims: tuple[int, ...], full: FullCopyStatistics
+        self, group: torch.Tensor, dims: tuple[int, ...], full: FullCopyStatistics, first: int
     ) -> list[tuple[int, tuple[slice, ...]]] | None:
         """``(copy, box)`` for the copies with a nonzero value, or ``None``: compute whole.
 
@@ -197,7 +205,7 @@ class ReferenceSharing:
         """
         if full.exact_zero is not None or not dims or dims != tuple(range(3, group.dim())):
             return None
-        copies_values = group[:, FIRST_FEATURE:]
+        copies_values = group[:, first:]
         limit = self.crop_fraction * copies_values.shape[1] * math.prod(group.shape[3:])
         # the first channel's boxes lie inside the copies' boxes: when they are already too
         # large, the whole search is skipped (deeper layers, large receptive fields)
@@ -206,7 +214,7 @@ class ReferenceSharing:
         boxes = support_boxes(copies_values, dims)
         if _packed_volume(boxes) > limit:
             return None
-        return [(FIRST_FEATURE + i, box) for i, box in enumerate(boxes) if box is not None]
+        return [(first + i, box) for i, box in enumerate(boxes) if box is not None]
 
     def _add_packed_shares(
         self,
@@ -215,6 +223,7 @@ class ReferenceSharing:
         boxes: list[tuple[int, tuple[slice, ...]]],
         dims: tuple[int, ...],
         full: FullCopyStatistics,
+        first: int,
     ) -> None:
         """Add the shares of the copies' boxes, computed as one packed block.
 
@@ -237,19 +246,14 @@ class ReferenceSharing:
             )
         stats = FullCopyStatistics(ceil_full=divisor, exact_zero=None, sigma=full.sigma)
         unit_part, group_part = share_factors(values, stats, dims, self.workspace)
-        bias = _copy_part(group_bias, group, FIRST_FEATURE, None)
+        bias = _copy_part(group_bias, group, first, None)
         if bias.dim() == group.dim() and bias.shape[1] != 1:  # a bias per copy
-            bias = bias[:, [copy - FIRST_FEATURE for copy, _ in boxes]]
+            bias = bias[:, [copy - first for copy, _ in boxes]]
         factor = (group_part * bias)[0]  # (boxes, C, 1, ...)
         for slot, ((copy, box), corner) in enumerate(zip(boxes, corners)):
             group[(0, copy, slice(None), *box)].addcmul_(
                 unit_part[(0, slot, slice(None), *corner)], factor[slot]
             )
-
-
-#: Index of the first feature copy in a group of the reference mode (after the gate copy and
-#: the reference full copy).
-FIRST_FEATURE = 2
 
 
 def _packed_volume(boxes: list[tuple[slice, ...] | None]) -> int:

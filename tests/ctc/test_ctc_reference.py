@@ -209,6 +209,18 @@ def test_blockwise_shares_equal_the_whole_layer_computation(case, copies_per_blo
     torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
 
 
+@settings(max_examples=10, deadline=None)
+@given(cases())
+def test_the_one_block_path_of_other_devices_gives_the_cpu_values(case):
+    """The GPU path (the whole layer as one block, no boxes), run on the CPU here."""
+    model, x, mask, target = case
+    cpu_path, one_block = CTC(model), CTC(model)
+    one_block.sharing._blocks_per_example = lambda z: False
+    expected = cpu_path.attribute(x, target=target, feature_mask=mask)
+    actual = one_block.attribute(x, target=target, feature_mask=mask)
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)
+
+
 def test_blockwise_shares_equal_the_all_copies_function():
     """The shares computed on a whole grouped layer equal the blocks the eager path uses."""
     torch.manual_seed(0)
