@@ -11,7 +11,8 @@ Run: ``python benchmarks/bench_ctc.py [--quick] [--size 224] [--features 16] [--
 [--device cuda]``
 (``--profile reference`` also prints where one call of that mode spends its time, by operation;
 ``--batch 8`` explains 8 images per call and adds CTC with the whole batch in one pass, i.e.
-without grouping the examples by ``max_copies_per_pass``).
+without grouping the examples by ``max_copies_per_pass``; ``--channels-last`` puts the model and
+the images in channels-last memory format for every method).
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="images per attribute call")
     parser.add_argument("--device", default="cpu", help="cpu (the goal's setting) or cuda")
     parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="model and images in channels-last memory format (for every method alike)",
+    )
+    parser.add_argument(
         "--profile",
         choices=("none", "proportional", "reference"),
         help="also print a torch.profiler table of one call in this bias-sharing mode",
@@ -70,10 +76,15 @@ def main() -> None:
     device = torch.device(args.device)
     model = torchvision.models.resnet18(weights=None).eval().to(device)
     x = torch.rand(args.batch, 3, args.size, args.size).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     mask = grid_mask(args.size, args.features).to(device)
     k = args.features
     target = int(model(x[:1]).argmax())
     batch = x.repeat(k + 1, 1, 1, 1)
+    if args.channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
 
     def plain():
         with torch.no_grad():
@@ -108,7 +119,8 @@ def main() -> None:
     medians = {name: statistics.median(t) for name, t in timings.items()}
     fa, plain_t = medians["captum FeatureAblation"], medians["plain forward x (K+1)"]
     print(
-        f"ResNet-18, {args.batch} image(s) of {args.size}x{args.size}, K={k}, "
+        f"ResNet-18{' (channels-last)' if args.channels_last else ''}, "
+        f"{args.batch} image(s) of {args.size}x{args.size}, K={k}, "
         f"threads={args.threads}, repeats={args.repeats}, torch {torch.__version__}, "
         f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
     )
