@@ -209,6 +209,19 @@ def test_blockwise_shares_equal_the_whole_layer_computation(case, copies_per_blo
     torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
 
 
+@settings(max_examples=15, deadline=None)
+@given(cases())
+def test_boxed_path_gives_the_whole_layer_values_on_random_architectures(case):
+    """Compact features (quadrants) through BatchNorm, residual and concatenating nets."""
+    model, x, _, target = case
+    mask = _quadrants(x.shape[-1])
+    boxed, whole = CTC(model), CTC(model)
+    boxed.sharing.crop_fraction, whole.sharing.crop_fraction = 1.0, 0.0
+    expected = whole.attribute(x, target=target, feature_mask=mask)
+    actual = boxed.attribute(x, target=target, feature_mask=mask)
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)
+
+
 @settings(max_examples=10, deadline=None)
 @given(cases())
 def test_the_one_block_path_of_other_devices_gives_the_cpu_values(case):
