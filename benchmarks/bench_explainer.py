@@ -60,18 +60,39 @@ def per_image_ms(
     return statistics.median(times)
 
 
-def localisation(
-    families: list[str], count: int, split: str = "shapes", kind: str = "default"
-) -> None:
-    """Print the mean IoU with the evidence of the explainer (of ``kind``) and of Grad-CAM."""
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    data = ShapesDataset(split, size=count, seed=2024)
+def evidence_images(split: str, count: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """``(images, labels, evidence)`` of ``count`` fresh images of ``split`` (seed ``seed``)."""
+    data = ShapesDataset(split, size=count, seed=seed)
     items = [data[i] for i in range(count)]
     images = torch.stack([item["image"] for item in items])
     labels = torch.tensor([item["label"] for item in items])
     evidence = torch.stack([item["evidence"] for item in items])
+    return images, labels, evidence
+
+
+def mask_iou(masks: torch.Tensor, evidence: torch.Tensor) -> float:
+    """Mean IoU with the evidence of maps thresholded at half their maximum (NaN images out)."""
+    return iou(binarize(masks, 0.5), evidence).nanmean().item()
+
+
+def grad_cam_iou(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, evidence: torch.Tensor
+) -> float:
+    """:func:`mask_iou` of pytorch-grad-cam's GradCAM on the model's last convolution."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    layer = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with GradCAM(model, [layer]) as cam:
+        maps = cam(images, targets=[ClassifierOutputTarget(int(c)) for c in labels])
+    return mask_iou(torch.from_numpy(maps), evidence)
+
+
+def localisation(
+    families: list[str], count: int, split: str = "shapes", kind: str = "default"
+) -> None:
+    """Print the mean IoU with the evidence of the explainer (of ``kind``) and of Grad-CAM."""
+    images, labels, evidence = evidence_images(split, count, seed=2024)
     print(
         f"\nmean IoU with the evidence masks, {split} split, {count} images (seed 2024), "
         f"{kind} explainers"
@@ -82,11 +103,8 @@ def localisation(
         model = zoo.load(family, split)
         explainer = load_explainer(family, split, kind)
         masks = ExplainerAttribution(model, explainer).attribute(images, labels)
-        layer = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-        with GradCAM(model, [layer]) as cam:
-            maps = cam(images, targets=[ClassifierOutputTarget(int(c)) for c in labels])
-        ours = iou(binarize(masks[:, 0], 0.5), evidence).nanmean().item()
-        theirs = iou(binarize(torch.from_numpy(maps), 0.5), evidence).nanmean().item()
+        ours = mask_iou(masks[:, 0], evidence)
+        theirs = grad_cam_iou(model, images, labels, evidence)
         print(f"{family:<10} {ours:>10.3f} {theirs:>10.3f} {ours - theirs:>+11.3f}")
 
 

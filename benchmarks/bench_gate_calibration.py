@@ -1,6 +1,7 @@
 """How the distilled explainers' gate threshold and mask offset were chosen, on validation images.
 
-Run: ``python benchmarks/bench_gate_calibration.py [--families vgg resnet densenet inception]``.
+Run: ``python benchmarks/bench_gate_calibration.py [--families vgg resnet densenet inception]``
+(it shares the IoU helpers of ``bench_explainer.py`` beside it).
 
 For each family the distilled explainer (the shipped file, or one built with the shipped
 file's command for a family without one) is evaluated with its gate threshold ``t`` and mask
@@ -20,13 +21,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from bench_explainer import evidence_images, grad_cam_iou, mask_iou
 
 from ctc_plugin import zoo
 from ctc_plugin.cli import main as cli
 from ctc_plugin.datasets import ShapesDataset
-from ctc_plugin.evaluation.localisation import binarize, iou
 from ctc_plugin.explainer.attribution import ExplainerAttribution
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.shipped import explainer_path
@@ -50,15 +49,8 @@ def distilled_file(family: str, folder: Path) -> Path:
 def evaluate(family: str, path: Path, count: int = 200, pair_count: int = 100) -> None:
     """Print one row per grid setting (IoU on ``count`` images, the table on ``pair_count``)."""
     model = zoo.load(family)
-    data = ShapesDataset("shapes", size=count, seed=5000)
-    items = [data[i] for i in range(len(data))]
-    images = torch.stack([item["image"] for item in items])
-    labels = torch.tensor([item["label"] for item in items])
-    evidence = torch.stack([item["evidence"] for item in items])
-    layer = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-    with GradCAM(model, [layer]) as cam:
-        maps = cam(images, targets=[ClassifierOutputTarget(int(c)) for c in labels])
-    grad_cam = iou(binarize(torch.from_numpy(maps), 0.5), evidence).nanmean().item()
+    images, labels, evidence = evidence_images("shapes", count, seed=5000)
+    grad_cam = grad_cam_iou(model, images, labels, evidence)
     pairs_data = ShapesDataset("shapes", size=8 * pair_count, seed=5001)
     pair_images, pairs = two_object_images(pairs_data, pair_count)
     for threshold, offset in GRID:
@@ -68,7 +60,7 @@ def evaluate(family: str, path: Path, count: int = 200, pair_count: int = 100) -
             explainer.backbone.mask.head.bias += offset - SHIPPED_OFFSET
             masks = ExplainerAttribution(model, explainer).attribute(images, labels)
             table = specificity_table(model, explainer, pair_images, pairs, pairs_data.classes)
-        ours = iou(binarize(masks[:, 0], 0.5), evidence).nanmean().item()
+        ours = mask_iou(masks[:, 0], evidence)
         seen = table.counts > 0
         own_ratio = (table.own_mask[seen] / table.unmasked[seen]).min().item()
         other_ratio = (table.other_mask[seen].mean() / table.own_mask[seen].mean()).item()
