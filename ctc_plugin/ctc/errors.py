@@ -23,3 +23,17 @@ class UnsupportedOperationError(RuntimeError):
             "concatenation, reshaping and dropout in eval mode. See the docs page "
             "'How CTC works' for the full list."
         )
+
+
+class RetiredTensorError(RuntimeError):
+    """The model read a tensor whose memory a BatchNorm of the pass had scaled in place.
+
+    Raised inside the pass only; :class:`~ctc_plugin.ctc.attribution.CTC` then runs the pass
+    again without in-place scaling, so users never see it.
+    """
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+        super().__init__(
+            f"{operation} read a tensor that a BatchNorm of the CTC pass had scaled in place"
+        )

@@ -13,6 +13,9 @@ of :class:`~ctc_plugin.ctc.rules.GatedPass`:
 
 Calls whose arguments carry no copies run untouched. Anything else that would return a
 propagated tensor raises :class:`~ctc_plugin.ctc.errors.UnsupportedOperationError` naming it.
+A call that reads a tensor retired by the pass (its memory scaled in place by a BatchNorm, see
+:meth:`~ctc_plugin.ctc.rules.GatedPass.fold_batch_norm`) raises
+:class:`~ctc_plugin.ctc.errors.RetiredTensorError`.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.ctc.errors import RetiredTensorError, UnsupportedOperationError
 from ctc_plugin.ctc.rules import BatchDimensionError, GatedPass, batch_norm_affine
 
 Handler = Callable[[GatedPass, Callable[..., Any], tuple, dict], Any]
@@ -375,7 +379,10 @@ class CTCMode(TorchFunctionMode):
         kwargs = kwargs or {}
         ctx = self.gated_pass
         leaves, _ = tree_flatten((args, kwargs))
-        if not any(ctx.is_propagated(leaf) for leaf in leaves):
+        tags = [getattr(leaf, "_ctc_pass", None) for leaf in leaves if isinstance(leaf, Tensor)]
+        if ctx.retired_token in tags:
+            raise RetiredTensorError(operation_name(func))
+        if ctx.token not in tags:
             return func(*args, **kwargs)
         handler = _TABLE.get(func)
         if handler is not None:

@@ -34,6 +34,31 @@ from ctc_plugin.ctc.sharing import BiasSharing
 FOLD_ATTRIBUTE = "_ctc_affine_parts"
 
 
+def _storage_use_count(tensor: torch.Tensor) -> int:
+    """How many tensors share ``tensor``'s memory (including it), as torch counts them."""
+    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
+try:  # torch's count of tensors on one storage (a private API: without it, no in-place scaling)
+    _SOLE_USE_COUNT: int | None = _storage_use_count(torch.empty(1))
+except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
+    _SOLE_USE_COUNT = None
+
+
+def sole_holder(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is no view and no other tensor shares its memory.
+
+    Python references to ``tensor`` itself are not counted: a pass that changes such a tensor
+    in place must retire it (:meth:`GatedPass.retire`).
+    """
+    return (
+        _SOLE_USE_COUNT is not None
+        and tensor._base is None
+        and not tensor.requires_grad
+        and _storage_use_count(tensor) == _SOLE_USE_COUNT
+    )
+
+
 def batch_norm_affine(
     running_mean: torch.Tensor,
     running_var: torch.Tensor,
@@ -64,12 +89,21 @@ class GatedPass:
         sharing: How biases are shared among the copies.
         token: An object identifying this pass; tensors it propagates are tagged with it.
         used_rescale_gate: Set once a smooth activation went through :meth:`rescale_gate`.
+        scale_in_place: Let :meth:`fold_batch_norm` scale a tensor no other tensor shares in
+            place (one pass over the copies fewer) and retire it. Only for a caller that
+            refuses every later use of a retired tensor (:class:`~ctc_plugin.ctc.interception.
+            CTCMode` raises :class:`~ctc_plugin.ctc.errors.RetiredTensorError`).
+        retired_token: The tag of tensors retired by this pass.
+        scaled_in_place: How many BatchNorms scaled their input in place (for diagnostics).
     """
 
     layout: CopyLayout
     sharing: BiasSharing
     token: object = field(default_factory=object)
     used_rescale_gate: bool = False
+    scale_in_place: bool = False
+    retired_token: object = field(default_factory=object)
+    scaled_in_place: int = 0
 
     # ------------------------------------------------------------------ tagging
     def tag(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -89,6 +123,10 @@ class GatedPass:
     def is_propagated(self, value: Any) -> bool:
         """Whether ``value`` is a tensor carrying copies of this pass."""
         return isinstance(value, torch.Tensor) and getattr(value, "_ctc_pass", None) is self.token
+
+    def retire(self, tensor: torch.Tensor) -> None:
+        """Mark a propagated tensor whose memory now holds another result: it must not be read."""
+        tensor._ctc_pass = self.retired_token  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ affine rules
     def affine(
@@ -118,12 +156,20 @@ class GatedPass:
 
         When ``x`` came from a biased layer, the BatchNorm is folded into it: the pair acts as
         one layer with weight ``scale * W`` and bias ``scale * b + shift``, sharing one bias.
+        Otherwise, with :attr:`scale_in_place` and no other tensor on ``x``'s memory (typically
+        a bias-free convolution's output), ``x`` is scaled in place and retired: the result is
+        another tensor object on the same memory, and any later use of ``x`` is refused.
         """
         parts = getattr(x, FOLD_ATTRIBUTE, None)
         if parts is not None:
             bias_free, bias = parts
             folded_bias = bias * scale + shift
             return self.affine(bias_free * scale, folded_bias)
+        if self.scale_in_place and scale.dtype == x.dtype and sole_holder(x):
+            scaled = x.detach()  # the same memory under a new tensor object
+            self.retire(x)
+            self.scaled_in_place += 1
+            return self.affine(scaled.mul_(scale), shift)
         return self.affine(x * scale, shift)
 
     # ------------------------------------------------------------------ gates
