@@ -15,6 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 from tqdm.auto import tqdm
 
+from ctc_plugin.ctc.boxes import batch_boxes
 from ctc_plugin.ctc.errors import RetiredTensorError, UnsupportedOperationError
 from ctc_plugin.ctc.interception import CTCMode
 from ctc_plugin.ctc.layout import CopyLayout
@@ -120,6 +121,11 @@ class CTC(Attribution):
         #: input again, the pass is run again without it and this turns False. Results do not
         #: depend on it.
         self.scale_in_place = True
+        #: In ``"reference"`` mode on a CPU, find the boxes around each input copy's nonzero
+        #: values once and carry them through convolutions, poolings, gates and sums, instead of
+        #: searching every layer for them (:mod:`ctc_plugin.ctc.boxes`). Results do not depend
+        #: on it.
+        self.track_boxes = True
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -428,13 +434,15 @@ class CTC(Attribution):
         a model that reads such a tensor again (:class:`RetiredTensorError`) gets the pass
         again without it, and so does every later call of this instance.
         """
+        track_boxes = self.track_boxes and self.bias_sharing == "reference"
+        options = {"layout": layout, "sharing": self.sharing, "track_boxes": track_boxes}
         if self.scale_in_place:
-            gated = GatedPass(layout=layout, sharing=self.sharing, scale_in_place=True)
+            gated = GatedPass(**options, scale_in_place=True)
             try:
                 return self._forward(gated, copies(gated), extra)
             except RetiredTensorError:
                 self.scale_in_place = False
-        gated = GatedPass(layout=layout, sharing=self.sharing)
+        gated = GatedPass(**options)
         return self._forward(gated, copies(gated), extra)
 
     def _forward(self, gated: GatedPass, batch: tuple, extra: tuple) -> torch.Tensor:
@@ -462,8 +470,8 @@ def _tagged_copies(
     reference: bool,
     baseline_copy: bool,
 ) -> tuple[torch.Tensor, ...]:
-    """The batch of copies of every input for one pass, tagged as that pass's."""
-    return tuple(
+    """The batch of copies of every input for one pass, tagged as that pass's (with boxes)."""
+    batch = tuple(
         gated.tag(
             masked_copies(
                 x,
@@ -476,6 +484,11 @@ def _tagged_copies(
         )
         for i, x in enumerate(inputs)
     )
+    if gated.track_boxes:
+        for copies in batch:
+            if copies.device.type == "cpu":  # the sharing uses boxes on a CPU only
+                gated.set_boxes(copies, batch_boxes(copies, gated.layout.copies))
+    return batch
 
 
 def _as_tuple(value: Any) -> tuple:

@@ -43,6 +43,7 @@ from zennit.canonizers import Canonizer
 from zennit.composites import LayerMapComposite, register_composite
 from zennit.core import Hook, RemovableHandleList
 
+from ctc_plugin.ctc.boxes import Box
 from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.interception import CTCMode, operation_name
 from ctc_plugin.ctc.rules import GatedPass, batch_norm_affine
@@ -434,11 +435,15 @@ class _LinearOnlyPass(GatedPass):
     """A view of a pass that allows operations linear in the signal and refuses rules."""
 
     def affine(
-        self, bias_free: torch.Tensor, bias: torch.Tensor | None, foldable: bool = False
+        self,
+        bias_free: torch.Tensor,
+        bias: torch.Tensor | None,
+        foldable: bool = False,
+        boxes: list[Box] | None = None,
     ) -> torch.Tensor:
         """Tag a bias-free result; refuse a bias."""
         if bias is None:
-            return super().affine(bias_free, None)
+            return super().affine(bias_free, None, boxes=boxes)
         raise _Refused("it adds a bias or constant that CTC shares among the features")
 
     def fold_batch_norm(self, *args: Any, **kwargs: Any) -> torch.Tensor:

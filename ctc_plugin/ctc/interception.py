@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
+from ctc_plugin.ctc.boxes import Window, union_boxes
 from ctc_plugin.ctc.errors import RetiredTensorError, UnsupportedOperationError
 from ctc_plugin.ctc.rules import BatchDimensionError, GatedPass, batch_norm_affine
 
@@ -69,11 +70,15 @@ def operation_name(func: Callable[..., Any]) -> str:
 
 
 # ---------------------------------------------------------------------------- affine handlers
-def _conv_like(bias_index: int, channels_first: bool) -> Handler:
-    """Convolutions (channels first) and ``linear`` (features last): bias-free, then shared."""
+def _conv_like(bias_index: int, channels_first: bool, sliding: bool = False) -> Handler:
+    """Convolutions (channels first) and ``linear`` (features last): bias-free, then shared.
+
+    ``sliding``: a convolution whose output ``o`` reads a window of inputs around
+    ``o * stride - padding`` (not a transposed one); it carries the input's boxes over.
+    """
 
     def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-        weight = _arg(args, kwargs, 1, "weight")
+        x, weight = args[0], _arg(args, kwargs, 1, "weight")
         if ctx.is_propagated(weight):
             raise UnsupportedOperationError(operation_name(func), "its weight depends on the input")
         bias = _arg(args, kwargs, bias_index, "bias")
@@ -81,7 +86,17 @@ def _conv_like(bias_index: int, channels_first: bool) -> Handler:
         bias_free = func(*args, **kwargs)
         if bias is not None and channels_first:  # align (C,) to (C, 1, ...)
             bias = bias.view(-1, *([1] * (bias_free.dim() - 2)))
-        return ctx.affine(bias_free, bias, foldable=True)
+        boxes = None
+        if sliding and ctx.boxes(x) is not None:
+            window = Window.of(
+                tuple(weight.shape[2:]),
+                _arg(args, kwargs, 3, "stride", 1),
+                _arg(args, kwargs, 4, "padding", 0),
+                _arg(args, kwargs, 5, "dilation", 1),
+                weight.dim() - 2,
+            )
+            boxes = ctx.boxes(ctx.window_boxes(x, window, bias_free))
+        return ctx.affine(bias_free, bias, foldable=True, boxes=boxes)
 
     return handle
 
@@ -112,7 +127,8 @@ def _add_sub(sign_other: float, reverse: bool = False) -> Handler:
         first, second = args[0], _arg(args, kwargs, 1, "other")
         alpha = kwargs.get("alpha", 1)
         if ctx.is_propagated(first) and ctx.is_propagated(second):
-            return ctx.tag(func(*args, **kwargs))
+            boxes = _union(ctx, first, second)  # read before an in-place sum drops them
+            return ctx.set_boxes(ctx.tag(func(*args, **kwargs)), boxes)
         inplace = getattr(func, "__name__", "").endswith("_") or "__i" in getattr(
             func, "__name__", ""
         )
@@ -130,13 +146,23 @@ def _add_sub(sign_other: float, reverse: bool = False) -> Handler:
         else:
             sign_signal, sign_constant = sign_other * alpha, 1.0
         bias = _as_bias(ctx, constant, signal, operation_name(func)) * sign_constant
+        boxes = ctx.boxes(signal)
         if inplace:
             if sign_signal != 1.0:
                 signal.mul_(sign_signal)
-            return ctx.affine(signal, bias)
-        return ctx.affine(signal * sign_signal if sign_signal != 1.0 else signal.clone(), bias)
+            return ctx.affine(signal, bias, boxes=boxes)
+        signal = signal * sign_signal if sign_signal != 1.0 else signal.clone()
+        return ctx.affine(signal, bias, boxes=boxes)
 
     return handle
+
+
+def _union(ctx: GatedPass, first: torch.Tensor, second: torch.Tensor) -> list | None:
+    """The boxes of the sum of two propagated tensors of one shape (``None`` if unknown)."""
+    a, b = ctx.boxes(first), ctx.boxes(second)
+    if a is None or b is None or first.shape != second.shape:
+        return None
+    return union_boxes(a, b)
 
 
 def _as_bias(ctx: GatedPass, constant: Any, signal: torch.Tensor, name: str) -> torch.Tensor:
@@ -212,7 +238,16 @@ def _max_pool(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
         wants_indices = wants_indices or bool(args[2])
         args = args[:2]
     with_indices = functools.partial(_POOL_WITH_INDICES[_pool_kind(func, args[0])], **kwargs)
-    out = ctx.max_pool_switches(args[0], lambda t: with_indices(t, *args[1:]))
+    window = None
+    if "adaptive" not in name:
+        window = Window.of(
+            _arg(args, kwargs, 1, "kernel_size"),
+            _arg(args, kwargs, 2, "stride", None),
+            _arg(args, kwargs, 3, "padding", 0),
+            _arg(args, kwargs, 4, "dilation", 1),
+            args[0].dim() - 2,
+        )
+    out = ctx.max_pool_switches(args[0], lambda t: with_indices(t, *args[1:]), window)
     if wants_indices:
         raise UnsupportedOperationError(
             operation_name(func), "returning pooling indices to the model is not supported"
@@ -297,7 +332,9 @@ def _build_table() -> dict[Any, Handler]:
         for f in funcs:
             table[f] = handler
 
-    put(_conv_like(2, channels_first=True), torch.conv1d, torch.conv2d, torch.conv3d)
+    put(
+        _conv_like(2, channels_first=True, sliding=True), torch.conv1d, torch.conv2d, torch.conv3d
+    )
     put(
         _conv_like(2, channels_first=True),
         torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d,

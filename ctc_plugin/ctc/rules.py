@@ -26,12 +26,17 @@ from typing import Any
 
 import torch
 
+from ctc_plugin.ctc.boxes import Box, Window, window_boxes
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.sharing import BiasSharing
 
 #: Attribute set on a propagated tensor that came out of a biased affine rule, holding
 #: ``(bias_free, bias)`` so a following BatchNorm can fold itself into that layer.
 FOLD_ATTRIBUTE = "_ctc_affine_parts"
+
+#: Attribute set on a propagated tensor whose copies' nonzero values are known to lie in boxes
+#: (:mod:`ctc_plugin.ctc.boxes`), one per row.
+BOXES_ATTRIBUTE = "_ctc_boxes"
 
 
 def _storage_use_count(tensor: torch.Tensor) -> int:
@@ -95,6 +100,9 @@ class GatedPass:
             CTCMode` raises :class:`~ctc_plugin.ctc.errors.RetiredTensorError`).
         retired_token: The tag of tensors retired by this pass.
         scaled_in_place: How many BatchNorms scaled their input in place (for diagnostics).
+        track_boxes: Carry the boxes around each copy's nonzero values from layer to layer
+            (:mod:`ctc_plugin.ctc.boxes`) and hand them to the sharing; the caller puts the
+            input batch's boxes on it (:meth:`set_boxes`).
     """
 
     layout: CopyLayout
@@ -104,6 +112,7 @@ class GatedPass:
     scale_in_place: bool = False
     retired_token: object = field(default_factory=object)
     scaled_in_place: int = 0
+    track_boxes: bool = False
 
     # ------------------------------------------------------------------ tagging
     def tag(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -115,10 +124,31 @@ class GatedPass:
                 "keep dimension 0 as the batch dimension"
             )
         tensor._ctc_pass = self.token  # type: ignore[attr-defined]
-        # Any operation producing this object (an in-place one too) ends a pending BatchNorm fold.
-        if hasattr(tensor, FOLD_ATTRIBUTE):
-            delattr(tensor, FOLD_ATTRIBUTE)
+        # Any operation producing this object (an in-place one too) ends a pending BatchNorm
+        # fold, and its boxes hold only where the operation's rule carries them on.
+        for attribute in (FOLD_ATTRIBUTE, BOXES_ATTRIBUTE):
+            if hasattr(tensor, attribute):
+                delattr(tensor, attribute)
         return tensor
+
+    def boxes(self, tensor: torch.Tensor) -> list[Box] | None:
+        """The boxes around the nonzero values of each row of a propagated tensor, if known."""
+        return getattr(tensor, BOXES_ATTRIBUTE, None)
+
+    def set_boxes(self, tensor: torch.Tensor, boxes: list[Box] | None) -> torch.Tensor:
+        """Record (when tracking boxes) that each row's nonzero values lie in its box."""
+        if self.track_boxes and boxes is not None:
+            setattr(tensor, BOXES_ATTRIBUTE, boxes)
+        return tensor
+
+    def window_boxes(
+        self, x: torch.Tensor, window: Window | None, out: torch.Tensor
+    ) -> torch.Tensor:
+        """Put on ``out`` the boxes of the window operation (``window``) that made it from ``x``."""
+        boxes = self.boxes(x)
+        if boxes is None or window is None:
+            return out
+        return self.set_boxes(out, window_boxes(boxes, window, tuple(out.shape[2:])))
 
     def is_propagated(self, value: Any) -> bool:
         """Whether ``value`` is a tensor carrying copies of this pass."""
@@ -130,7 +160,11 @@ class GatedPass:
 
     # ------------------------------------------------------------------ affine rules
     def affine(
-        self, bias_free: torch.Tensor, bias: torch.Tensor | None, foldable: bool = False
+        self,
+        bias_free: torch.Tensor,
+        bias: torch.Tensor | None,
+        foldable: bool = False,
+        boxes: list[Box] | None = None,
     ) -> torch.Tensor:
         """Return ``bias_free`` plus the bias shared among the copies (in place on a new tensor).
 
@@ -139,12 +173,16 @@ class GatedPass:
             bias: Bias broadcastable to ``rest`` (aligned to its trailing dims), or to the
                 grouped (N, C, *rest) shape; ``None`` for no bias.
             foldable: Record the parts so a following BatchNorm can fold itself in.
+            boxes: Boxes holding every nonzero value of each row of ``bias_free``. The shares
+                are 0 where a copy is 0, so the result keeps them.
         """
         if bias is None:
-            return self.tag(bias_free)
+            return self.set_boxes(self.tag(bias_free), boxes)
         out = bias_free.clone() if foldable else bias_free
-        self.sharing.add_bias(self.layout.group(out), bias.to(out.dtype), self.layout)
-        self.tag(out)
+        self.sharing.add_bias(
+            self.layout.group(out), bias.to(out.dtype), self.layout, boxes=boxes
+        )
+        self.set_boxes(self.tag(out), boxes)
         if foldable and self.sharing.name != "none":
             setattr(out, FOLD_ATTRIBUTE, (bias_free, bias))
         return out
@@ -161,24 +199,25 @@ class GatedPass:
         another tensor object on the same memory, and any later use of ``x`` is refused.
         """
         parts = getattr(x, FOLD_ATTRIBUTE, None)
+        boxes = self.boxes(x)
         if parts is not None:
             bias_free, bias = parts
             folded_bias = bias * scale + shift
-            return self.affine(bias_free * scale, folded_bias)
+            return self.affine(bias_free * scale, folded_bias, boxes=boxes)
         if self.scale_in_place and scale.dtype == x.dtype and sole_holder(x):
             scaled = x.detach()  # the same memory under a new tensor object
             self.retire(x)
             self.scaled_in_place += 1
-            return self.affine(scaled.mul_(scale), shift)
-        return self.affine(x * scale, shift)
+            return self.affine(scaled.mul_(scale), shift, boxes=boxes)
+        return self.affine(x * scale, shift, boxes=boxes)
 
     # ------------------------------------------------------------------ gates
     def _apply_gate(self, x: torch.Tensor, gate: torch.Tensor, inplace: bool) -> torch.Tensor:
-        grouped = self.layout.group(x)
+        grouped, boxes = self.layout.group(x), self.boxes(x)  # a gate keeps zeros
         if inplace:
             grouped.mul_(gate)
-            return self.tag(x)
-        return self.tag((grouped * gate).flatten(0, 1))
+            return self.set_boxes(self.tag(x), boxes)
+        return self.set_boxes(self.tag((grouped * gate).flatten(0, 1)), boxes)
 
     def relu_gate(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """ReLU: every copy passes where the original pre-activation was positive."""
@@ -208,10 +247,13 @@ class GatedPass:
         gate = torch.where(nonzero, y / torch.where(nonzero, original, 1.0), 0.0)
         out = self.layout.group(x) * gate.unsqueeze(1)
         out[:, 0] = y
-        return self.tag(out.flatten(0, 1))
+        return self.set_boxes(self.tag(out.flatten(0, 1)), self.boxes(x))
 
     def max_pool_switches(
-        self, x: torch.Tensor, pool_with_indices: Callable[[torch.Tensor], Any]
+        self,
+        x: torch.Tensor,
+        pool_with_indices: Callable[[torch.Tensor], Any],
+        window: Window | None = None,
     ) -> torch.Tensor:
         """Max pooling: every copy takes the values at the original pass's argmax positions.
 
@@ -219,11 +261,38 @@ class GatedPass:
             x: (N*C, channels, *spatial) propagated input.
             pool_with_indices: The pooling operation with ``return_indices=True`` bound, taking
                 an (N, channels, *spatial) tensor and returning ``(values, indices)``.
+            window: The pooling window, to carry the boxes of ``x`` over (``None``: drop them).
+                With boxes, each copy is gathered only inside its output box (the rest is 0).
         """
         grouped = self.layout.group(x)
         spatial = grouped.dim() - 3
         _, indices = pool_with_indices(grouped[:, 0])
         flat = grouped.flatten(3) if spatial > 0 else grouped.unsqueeze(-1)
+        boxes = self.boxes(x)
+        if boxes is not None and window is not None and spatial > 0:
+            boxes = window_boxes(boxes, window, tuple(indices.shape[2:]))
+            pooled = _gather_in_boxes(flat, indices, boxes)
+            return self.set_boxes(self.tag(pooled.flatten(0, 1)), boxes)
         index = indices.flatten(2).unsqueeze(1).expand(-1, grouped.shape[1], -1, -1)
         pooled = flat.gather(3, index).reshape(*grouped.shape[:3], *indices.shape[2:])
         return self.tag(pooled.flatten(0, 1))
+
+
+def _gather_in_boxes(flat: torch.Tensor, indices: torch.Tensor, boxes: list[Box]) -> torch.Tensor:
+    """Pooled copies: each copy's values at ``indices`` inside its box, 0 elsewhere.
+
+    Args:
+        flat: (N, C, channels, positions) grouped copies with flattened spatial dims.
+        indices: (N, channels, *out) argmax positions of the gate copy's pooling.
+        boxes: One output box per copy (N*C), holding all its nonzero outputs.
+    """
+    examples, copies = flat.shape[:2]
+    pooled = flat.new_zeros(examples, copies, *indices.shape[1:])
+    for row, box in enumerate(boxes):
+        if box is None:
+            continue
+        n, c = divmod(row, copies)
+        where = (slice(None), *box)
+        index = indices[n][where]
+        pooled[n, c][where] = flat[n, c].gather(1, index.flatten(1)).view(index.shape)
+    return pooled

@@ -26,6 +26,7 @@ from typing import Literal, Protocol
 
 import torch
 
+from ctc_plugin.ctc.boxes import Box, packed_volume, support_boxes
 from ctc_plugin.ctc.layout import CopyLayout
 
 BiasSharingMode = Literal["reference", "proportional", "none"]
@@ -37,8 +38,18 @@ class BiasSharing(Protocol):
 
     name: str
 
-    def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
-        """Add ``bias`` to the gate copy and the shares of ``bias`` to the sharing copies."""
+    def add_bias(
+        self,
+        z: torch.Tensor,
+        bias: torch.Tensor,
+        layout: CopyLayout,
+        boxes: list[Box] | None = None,
+    ) -> None:
+        """Add ``bias`` to the gate copy and the shares of ``bias`` to the sharing copies.
+
+        ``boxes`` (one per copy of the flat batch, see :mod:`ctc_plugin.ctc.boxes`), when
+        given, hold every nonzero value of their copy; a mode may use them to skip zeros.
+        """
 
 
 def _copy_part(bias: torch.Tensor, z: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
@@ -60,7 +71,13 @@ class NoSharing:
 
     name = "none"
 
-    def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
+    def add_bias(
+        self,
+        z: torch.Tensor,
+        bias: torch.Tensor,
+        layout: CopyLayout,
+        boxes: list[Box] | None = None,
+    ) -> None:
         """Add the bias to the gate copy only."""
         z[:, :1].add_(_copy_part(bias, z, 0, 1))
 
@@ -70,7 +87,13 @@ class ProportionalSharing:
 
     name = "proportional"
 
-    def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
+    def add_bias(
+        self,
+        z: torch.Tensor,
+        bias: torch.Tensor,
+        layout: CopyLayout,
+        boxes: list[Box] | None = None,
+    ) -> None:
         """Add the bias to the gate copy and proportional shares to the sharing copies."""
         sharing = z[:, 1:]
         bias_sharing = _copy_part(bias, z, 1, None)
@@ -139,14 +162,25 @@ class ReferenceSharing:
     def __init__(self) -> None:
         self.workspace = Workspace()
 
-    def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
-        """Add the bias to the gate copy and the reference shares to the sharing copies."""
+    def add_bias(
+        self,
+        z: torch.Tensor,
+        bias: torch.Tensor,
+        layout: CopyLayout,
+        boxes: list[Box] | None = None,
+    ) -> None:
+        """Add the bias to the gate copy and the reference shares to the sharing copies.
+
+        ``boxes`` spare the search for the boxes around the copies' nonzero values.
+        """
         if not layout.reference_full:
             raise ValueError("reference sharing needs the reference full copy in the layout")
-        self._add_shares_in_blocks(z, bias, layout.first_feature)
+        self._add_shares_in_blocks(z, bias, layout.first_feature, boxes)
         z[:, :1].add_(_copy_part(bias, z, 0, 1))
 
-    def _add_shares_in_blocks(self, z: torch.Tensor, bias: torch.Tensor, first: int) -> None:
+    def _add_shares_in_blocks(
+        self, z: torch.Tensor, bias: torch.Tensor, first: int, boxes: list[Box] | None = None
+    ) -> None:
         """Add the shares of the sharing copies, on a CPU one example and a block at a time.
 
         Copy 1 of each group is the reference full copy, copies from ``first`` on are the
@@ -171,17 +205,18 @@ class ReferenceSharing:
             groups = [(z[n : n + 1], _example_part(bias, z, n)) for n in range(z.shape[0])]
         else:  # one block: the statistics are per example and copy anyway
             groups = [(z, bias)]
-        for group, group_bias in groups:
+        copies = z.shape[1]
+        for n, (group, group_bias) in enumerate(groups):
             full_bias = _copy_part(group_bias, group, 1, 2)
             full = full_copy_statistics(group[:, 1:2], full_bias, dims, self.workspace)
             (scratch,) = self.workspace.buffers(full.ceil_full, 1)
             own_share = torch.ne(full.ceil_full, math.inf, out=scratch)  # inf where q(z_F) = 0
             group[:, 1:2].addcmul_(own_share, full_bias)
-            boxes = self._small_boxes(group, dims, full, first) if on_cpu else None
-            if boxes is not None:
-                self._add_packed_shares(group, group_bias, boxes, dims, full, first)
+            known = None if boxes is None else boxes[n * copies : (n + 1) * copies]
+            small = self._small_boxes(group, dims, full, first, known) if on_cpu else None
+            if small is not None:
+                self._add_packed_shares(group, group_bias, small, dims, full, first)
                 continue
-            copies = group.shape[1]
             per_copy = max(1, self.block_elements // max(1, group[0, 0].numel()))
             for start in range(first, copies, per_copy if on_cpu else copies):
                 stop = min(start + per_copy, copies) if on_cpu else copies
@@ -195,24 +230,33 @@ class ReferenceSharing:
         return z.device.type == "cpu"
 
     def _small_boxes(
-        self, group: torch.Tensor, dims: tuple[int, ...], full: FullCopyStatistics, first: int
+        self,
+        group: torch.Tensor,
+        dims: tuple[int, ...],
+        full: FullCopyStatistics,
+        first: int,
+        known: list[Box] | None = None,
     ) -> list[tuple[int, tuple[slice, ...]]] | None:
         """``(copy, box)`` for the copies with a nonzero value, or ``None``: compute whole.
 
         Boxes are used where their packed block (every box at the largest box's size) takes at
         most ``crop_fraction`` of the layer, the values are per channel over positions and the
-        full copy has no exact zeros (those enter the statistics outside the boxes).
+        full copy has no exact zeros (those enter the statistics outside the boxes). ``known``
+        boxes of the group's copies (carried through the pass) replace the search.
         """
         if full.exact_zero is not None or not dims or dims != tuple(range(3, group.dim())):
             return None
         copies_values = group[:, first:]
         limit = self.crop_fraction * copies_values.shape[1] * math.prod(group.shape[3:])
+        if known is not None:
+            boxes = known[first:]
         # the first channel's boxes lie inside the copies' boxes: when they are already too
         # large, the whole search is skipped (deeper layers, large receptive fields)
-        if _packed_volume(support_boxes(copies_values[:, :, :1], dims)) > limit:
+        elif packed_volume(support_boxes(copies_values[:, :, :1], dims)) > limit:
             return None
-        boxes = support_boxes(copies_values, dims)
-        if _packed_volume(boxes) > limit:
+        else:
+            boxes = support_boxes(copies_values, dims)
+        if packed_volume(boxes) > limit:
             return None
         return [(first + i, box) for i, box in enumerate(boxes) if box is not None]
 
@@ -254,53 +298,6 @@ class ReferenceSharing:
             group[(0, copy, slice(None), *box)].addcmul_(
                 unit_part[(0, slot, slice(None), *corner)], factor[slot]
             )
-
-
-def _packed_volume(boxes: list[tuple[slice, ...] | None]) -> int:
-    """Positions of the packed block of the nonempty boxes (each at the largest box's size)."""
-    present = [box for box in boxes if box is not None]
-    if not present:
-        return 0
-    sizes = [max(box[a].stop - box[a].start for box in present) for a in range(len(present[0]))]
-    return len(present) * math.prod(sizes)
-
-
-#: Signed integer dtypes by element size, to read floating-point values as their bits.
-_SAME_SIZE_INTEGER = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def support_boxes(copies: torch.Tensor, dims: tuple[int, ...]) -> list[tuple[slice, ...] | None]:
-    """For each copy, the smallest box along ``dims`` that holds all its nonzero values.
-
-    Args:
-        copies: (1, S, C, *spatial) values of S copies of one example.
-        dims: The spatial dims (the trailing ones, after the channel dim 2).
-
-    Returns:
-        One tuple of slices along ``dims`` per copy, ``None`` for a copy without any nonzero
-        value.
-    """
-    # A position is occupied when some channel is nonzero there. On the values' bits read as
-    # signed integers (several times faster to reduce than floats), a positive value is a
-    # positive integer and a negative one a negative integer, so the maximum over channels is
-    # positive or the minimum negative; -0.0 counts as occupied, which only widens a box. (A
-    # sum over channels could cancel.)
-    bits = copies.view(_SAME_SIZE_INTEGER[copies.element_size()])
-    occupied = (bits.amax(dim=2) > 0) | (bits.amin(dim=2) < 0)  # (1, S, *spatial)
-    occupied = occupied[0]
-    firsts, lasts = [], []
-    for axis in range(1, occupied.dim()):
-        others = tuple(a for a in range(1, occupied.dim()) if a != axis)
-        present = occupied.any(dim=others) if others else occupied  # (S, size)
-        positions = torch.arange(present.shape[1], device=present.device)
-        firsts.append(torch.where(present, positions, present.shape[1]).amin(dim=1))
-        lasts.append(torch.where(present, positions, -1).amax(dim=1))
-    starts = torch.stack(firsts, 1).tolist()
-    stops = (torch.stack(lasts, 1) + 1).tolist()
-    return [
-        tuple(slice(a, b) for a, b in zip(start, stop)) if stop[0] > 0 else None
-        for start, stop in zip(starts, stops)
-    ]
 
 
 def _statistic_dims(bias: torch.Tensor, rank: int) -> tuple[int, ...]:
@@ -533,7 +530,6 @@ __all__ = [
     "BiasSharingMode",
     "copy_shares",
     "share_factors",
-    "support_boxes",
     "FullCopyStatistics",
     "full_copy_statistics",
     "Workspace",

@@ -13,13 +13,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ctc_plugin import CTC
+from ctc_plugin.ctc.boxes import support_boxes
 from ctc_plugin.ctc.layout import CopyLayout
-from ctc_plugin.ctc.sharing import (
-    ReferenceSharing,
-    copy_shares,
-    full_copy_statistics,
-    support_boxes,
-)
+from ctc_plugin.ctc.sharing import ReferenceSharing, copy_shares, full_copy_statistics
 
 from .conftest import cases
 
