@@ -78,7 +78,7 @@ def _conv_like(bias_index: int, channels_first: bool, sliding: bool = False) -> 
     """
 
     def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-        x, weight = args[0], _arg(args, kwargs, 1, "weight")
+        x, weight = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
         if ctx.is_propagated(weight):
             raise UnsupportedOperationError(operation_name(func), "its weight depends on the input")
         bias = _arg(args, kwargs, bias_index, "bias")

@@ -137,3 +137,29 @@ def test_only_the_reference_sharing_carries_boxes(mode):
     finally:
         type(ctc.sharing).add_bias = original
     assert seen and all(boxes is None for boxes in seen)
+
+
+def test_a_functional_convolution_called_with_keywords_carries_the_boxes():
+    weight, bias, head = torch.randn(4, 3, 3, 3), torch.ones(4), torch.randn(2, 4)
+
+    def forward(x):
+        out = F.relu(torch.conv2d(input=x, weight=weight, bias=bias, padding=1))
+        return F.linear(out.mean(dim=(2, 3)), head)
+
+    x, mask = torch.rand(1, 3, 8, 8), _grid(8, 2)
+    seen = []
+    original = ReferenceSharing.add_bias
+
+    def recording(self, z, bias, layout, boxes=None):
+        seen.append(boxes)
+        return original(self, z, bias, layout, boxes)
+
+    carried, searched = CTC(forward), CTC(forward)
+    searched.track_boxes = False
+    ReferenceSharing.add_bias = recording
+    try:
+        actual = carried.attribute(x, target=0, feature_mask=mask)
+    finally:
+        ReferenceSharing.add_bias = original
+    assert seen[0] is not None  # the convolution's output got boxes
+    torch.testing.assert_close(actual, searched.attribute(x, target=0, feature_mask=mask))
