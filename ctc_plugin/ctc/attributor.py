@@ -222,6 +222,8 @@ class _HookedCTC(CTC):
     ) -> None:
         super().__init__(model, segmenter=segmenter, bias_sharing=bias_sharing)
         self.gradient_fast_path = False  # every mode runs the copies through the hooks
+        # hooks apply the rules directly, where no interception refuses a retired tensor
+        self.scale_in_place = False
         self.attr_output_fn = attr_output_fn
         self.functional = functional
         self.model_output: torch.Tensor | None = None

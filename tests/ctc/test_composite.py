@@ -471,3 +471,33 @@ def version_of_imported_zennit() -> str:
         if distribution.metadata["Name"].lower() == "zennit":
             return distribution.version
     raise AssertionError(f"no zennit dist-info next to {package}")
+
+
+class _ReadsItsConvolutionAfterTheBatchNorm(nn.Module):
+    """``y = conv(x)`` goes to a BatchNorm and, after it, to a ReLU module of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu, self.relu_again = nn.ReLU(), nn.ReLU()
+        self.pool, self.flatten, self.head = nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 1.5)
+            self.bn.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        z = self.relu(self.bn(y))
+        return self.head(self.flatten(self.pool(z + self.relu_again(y))))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_convolution_output_read_after_its_batch_norm_by_a_hooked_module(mode: str) -> None:
+    """Hooks apply the rules directly, so the BatchNorm must not scale its input in place."""
+    torch.manual_seed(0)
+    model = _ReadsItsConvolutionAfterTheBatchNorm().eval().double()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    expected, _, relevance, _ = ctc_and_attributor(model, x, grid_mask(8, 2), 1, mode)
+    torch.testing.assert_close(relevance, expected, **TOL)
