@@ -117,9 +117,9 @@ class CTC(Attribution):
         self.max_copies_per_pass = 64
         #: A BatchNorm whose input no other tensor shares (typically a bias-free convolution's
         #: output) scales it in place instead of writing a new tensor: one pass over all copies
-        #: fewer per BatchNorm (ResNet-18: about 5 % of a call). Should the model read that
-        #: input again, the pass is run again without it and this turns False. Results do not
-        #: depend on it.
+        #: fewer per BatchNorm (ResNet-18: 3–10 % of a call in ``benchmarks/bench_ctc.py``
+        #: runs). Should the model read that input again, the pass is run again without it and
+        #: this turns False. Results do not depend on it.
         self.scale_in_place = True
         #: In ``"reference"`` mode on a CPU, find the boxes around each input copy's nonzero
         #: values once and carry them through convolutions, poolings, gates and sums, instead of

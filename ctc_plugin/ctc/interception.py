@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ctc_plugin.ctc.boxes import Window, union_boxes
+from ctc_plugin.ctc.boxes import Window, union_boxes, window_boxes
 from ctc_plugin.ctc.errors import RetiredTensorError, UnsupportedOperationError
 from ctc_plugin.ctc.rules import BatchDimensionError, GatedPass, batch_norm_affine
 
@@ -95,7 +95,8 @@ def _conv_like(bias_index: int, channels_first: bool, sliding: bool = False) -> 
                 _arg(args, kwargs, 5, "dilation", 1),
                 weight.dim() - 2,
             )
-            boxes = ctx.boxes(ctx.window_boxes(x, window, bias_free))
+            if window is not None:
+                boxes = window_boxes(ctx.boxes(x), window, tuple(bias_free.shape[2:]))
         return ctx.affine(bias_free, bias, foldable=True, boxes=boxes)
 
     return handle

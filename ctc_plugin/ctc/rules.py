@@ -141,15 +141,6 @@ class GatedPass:
             setattr(tensor, BOXES_ATTRIBUTE, boxes)
         return tensor
 
-    def window_boxes(
-        self, x: torch.Tensor, window: Window | None, out: torch.Tensor
-    ) -> torch.Tensor:
-        """Put on ``out`` the boxes of the window operation (``window``) that made it from ``x``."""
-        boxes = self.boxes(x)
-        if boxes is None or window is None:
-            return out
-        return self.set_boxes(out, window_boxes(boxes, window, tuple(out.shape[2:])))
-
     def is_propagated(self, value: Any) -> bool:
         """Whether ``value`` is a tensor carrying copies of this pass."""
         return isinstance(value, torch.Tensor) and getattr(value, "_ctc_pass", None) is self.token
