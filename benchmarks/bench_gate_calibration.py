@@ -5,7 +5,7 @@ Run: ``python benchmarks/bench_gate_calibration.py [--families vgg resnet densen
 
 For each family the distilled explainer (the shipped file, or one built with the shipped
 file's command for a family without one) is evaluated with its gate threshold ``t`` and mask
-offset ``b`` (added to the U-Net's logits; the shipped files hold ``b = 0.5``) set to each
+offset ``b`` (added to the mask logits; the shipped files hold ``b = 0.5``) set to each
 setting of a small grid: the mean IoU with the evidence on 200 images (seed 5000) against
 Grad-CAM's, and on 100 two-object images (composed from seed 5001) the smallest ratio over the
 classes of the probability under the class's own mask to the unmasked one, and the other
@@ -41,7 +41,7 @@ def distilled_file(family: str, folder: Path) -> Path:
     if path.is_file():
         return path
     out = folder / f"{family}.pt"
-    gate = ["explainer", "gate", "--model", family, "--gate", "student"]
+    gate = ["explainer", "gate", "--model", family, "--gate", "student-unet"]
     cli([*gate, "--mask-offset", str(SHIPPED_OFFSET), "--no-progress", "--out", str(out)])
     return out
 
@@ -57,7 +57,8 @@ def evaluate(family: str, path: Path, count: int = 200, pair_count: int = 100) -
         explainer = Explainer.load(path)
         with torch.no_grad():
             explainer.backbone.threshold.fill_(threshold)
-            explainer.backbone.mask.head.bias += offset - SHIPPED_OFFSET
+            mask_head = getattr(explainer.backbone, "mask", explainer.backbone).head
+            mask_head.bias += offset - SHIPPED_OFFSET
             masks = ExplainerAttribution(model, explainer).attribute(images, labels)
             table = specificity_table(model, explainer, pair_images, pairs, pairs_data.classes)
         ours = mask_iou(masks[:, 0], evidence)

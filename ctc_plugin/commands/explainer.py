@@ -2,13 +2,16 @@
 
 ``train`` trains one; ``gate`` turns a trained default explainer into a class-specific one by
 gating its masks with class maps: the classifier's own (a copy of it, no training) or those of
-a small student distilled from them (``--gate student``, a few seconds of training).
+a small student distilled from them (``--gate student``, a few seconds of training); or it
+distils both the class maps and the default explainer's masks into one small network
+(``--gate student-unet``, a few minutes on one core), as fast as the default explainer.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +26,10 @@ VAL_SEED = 1000
 #: Seed of the images the two-object training images are composed from.
 TWO_OBJECT_SEED = 3000
 
-#: Options of ``gate --gate student``: flag, default, help (an error with another gate).
+#: Gates that train a student network (they take ``STUDENT_OPTIONS``).
+STUDENT_GATES = ("student", "student-unet")
+
+#: Options of the student gates: flag, default, help (an error with another gate).
 STUDENT_OPTIONS = (
     ("--student-width", 8, "channels of the student's first block"),
     ("--student-epochs", 10, "distillation epochs"),
@@ -140,7 +146,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "- t)). --gate classifier (default) holds a copy of the classifier (backbone "
         "'classifier-gated'; load with Explainer.load(PATH, classifier=model)); --gate student "
         "distils the class maps into a small student network first (backbone 'student-gated', "
-        "under twice the default explainer's cost; load with Explainer.load(PATH)).",
+        "under twice the default explainer's cost; load with Explainer.load(PATH)); --gate "
+        "student-unet distils the class maps and the default explainer's masks into one small "
+        "network (backbone 'student-unet', about the default explainer's cost; load with "
+        "Explainer.load(PATH)).",
     )
     gate.add_argument("--model", required=True, help="zoo family: vgg, resnet, densenet, inception")
     gate.add_argument("--split", default="shapes", help="data split (default: shapes)")
@@ -157,11 +166,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     gate.add_argument(
         "--gate",
-        choices=("classifier", "student"),
+        choices=("classifier", *STUDENT_GATES),
         default="classifier",
-        help="where the class maps come from: a copy of the classifier, or a distilled student",
+        help="where the class maps come from: a copy of the classifier, a distilled student, "
+        "or one distilled network for class maps and masks",
     )
-    student = gate.add_argument_group("student (--gate student only)")
+    student = gate.add_argument_group("students (--gate student and student-unet only)")
     for flag, default, text in STUDENT_OPTIONS:
         student.add_argument(flag, type=int, help=f"{text} ({default})")
     student.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -306,8 +316,12 @@ def run_gate(args: argparse.Namespace) -> int:
         raise ValueError("the mask explainer is untrained; train it with `explainer train` first")
     gated, history = _gated_explainer(args, default, classifier)
     with torch.no_grad():
-        gated.backbone.mask.load_state_dict(default.backbone.state_dict())
-        gated.backbone.mask.head.bias += args.mask_offset
+        if args.gate == "student-unet":  # its masks were distilled from the default's
+            mask_head = gated.backbone.head
+        else:
+            gated.backbone.mask.load_state_dict(default.backbone.state_dict())
+            mask_head = gated.backbone.mask.head
+        mask_head.bias += args.mask_offset
         gated.backbone.sharpness.fill_(args.sharpness)
         gated.backbone.threshold.fill_(args.threshold)
         gated.trained_steps.copy_(default.trained_steps)  # its masks are the default's training
@@ -317,7 +331,7 @@ def run_gate(args: argparse.Namespace) -> int:
         words += ["--mask-explainer", str(args.mask_explainer)]
     words += ["--sharpness", str(args.sharpness), "--threshold", str(args.threshold)]
     words += ["--mask-offset", str(args.mask_offset), "--gate", args.gate]
-    if args.gate == "student":
+    if args.gate in STUDENT_GATES:
         for flag, _, _ in STUDENT_OPTIONS:
             words += [flag, str(getattr(args, _dest(flag)))]
     metadata = {
@@ -342,9 +356,11 @@ def run_gate(args: argparse.Namespace) -> int:
 def _gated_explainer(
     args: argparse.Namespace, default: Explainer, classifier: nn.Module
 ) -> tuple[Explainer, list[float]]:
-    """An untrained gated explainer shaped like ``default``; the student distilled if asked.
+    """A gated explainer for ``default``'s classes; a student gate's network distilled.
 
-    Returns the explainer and the distillation losses per epoch (empty for the classifier gate).
+    Its masks still have to be set (the U-Net's from ``default``, except for
+    ``--gate student-unet``, whose masks are distilled from ``default``'s). Returns the
+    explainer and the distillation losses per epoch (empty for the classifier gate).
     """
     import torch
 
@@ -360,27 +376,38 @@ def _gated_explainer(
     head = zoo.HEADS[args.model]
     history: list[float] = []
     given = [flag for flag, _, _ in STUDENT_OPTIONS if getattr(args, _dest(flag)) is not None]
-    if args.gate != "student" and given:
-        raise ValueError(f"{', '.join(given)} apply to --gate student only")
+    if args.gate not in STUDENT_GATES and given:
+        raise ValueError(f"{', '.join(given)} apply to --gate {' and '.join(STUDENT_GATES)} only")
     for flag, fallback, _ in STUDENT_OPTIONS:
         if getattr(args, _dest(flag)) is None:
             setattr(args, _dest(flag), fallback)
-    if args.gate == "student":
+    if (
+        args.gate in STUDENT_GATES
+        and min(args.student_width, args.student_epochs, args.student_images) < 1
+    ):
+        raise ValueError("--student-width, --student-epochs and --student-images must be >= 1")
+    if args.gate in STUDENT_GATES:
         from ctc_plugin.explainer.student import distil_class_maps
+        from ctc_plugin.explainer.student_unet import distil_student_unet
 
-        if min(args.student_width, args.student_epochs, args.student_images) < 1:
-            raise ValueError("--student-width, --student-epochs and --student-images must be >= 1")
         torch.manual_seed(args.seed)
-        gated = Explainer(
-            default.num_classes,
-            backbone="student-gated",
-            student_width=args.student_width,
-            **options,
-        )
-        history = distil_class_maps(
-            gated.backbone.encoder,
-            classifier,
-            head,
+        if args.gate == "student-unet":  # one network: class maps and masks from the default's
+            gated = Explainer(
+                default.num_classes,
+                backbone="student-unet",
+                in_channels=default.in_channels,
+                width=args.student_width,
+            )
+            distil = partial(distil_student_unet, gated.backbone, classifier, head, default)
+        else:  # a student of the class maps gates a copy of the default's U-Net
+            gated = Explainer(
+                default.num_classes,
+                backbone="student-gated",
+                student_width=args.student_width,
+                **options,
+            )
+            distil = partial(distil_class_maps, gated.backbone.encoder, classifier, head)
+        history = distil(
             distillation_images(args.split, args.student_images),
             epochs=args.student_epochs,
             seed=args.seed,

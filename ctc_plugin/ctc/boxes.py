@@ -130,9 +130,7 @@ class Window:
         return cls(kernels, strides, paddings, dilations)
 
 
-def window_boxes(
-    boxes: list[Box], window: Window, output_sizes: tuple[int, ...]
-) -> list[Box]:
+def window_boxes(boxes: list[Box], window: Window, output_sizes: tuple[int, ...]) -> list[Box]:
     """The boxes of a window operation's output: every output whose window meets the box."""
 
     def widen(box: Box) -> Box:

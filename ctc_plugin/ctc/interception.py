@@ -333,9 +333,7 @@ def _build_table() -> dict[Any, Handler]:
         for f in funcs:
             table[f] = handler
 
-    put(
-        _conv_like(2, channels_first=True, sliding=True), torch.conv1d, torch.conv2d, torch.conv3d
-    )
+    put(_conv_like(2, channels_first=True, sliding=True), torch.conv1d, torch.conv2d, torch.conv3d)
     put(
         _conv_like(2, channels_first=True),
         torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d,

@@ -170,9 +170,7 @@ class GatedPass:
         if bias is None:
             return self.set_boxes(self.tag(bias_free), boxes)
         out = bias_free.clone() if foldable else bias_free
-        self.sharing.add_bias(
-            self.layout.group(out), bias.to(out.dtype), self.layout, boxes=boxes
-        )
+        self.sharing.add_bias(self.layout.group(out), bias.to(out.dtype), self.layout, boxes=boxes)
         self.set_boxes(self.tag(out), boxes)
         if foldable and self.sharing.name != "none":
             setattr(out, FOLD_ATTRIBUTE, (bias_free, bias))

@@ -4,7 +4,8 @@ A small U-Net trained as a default explainer outlines the objects but, measured 
 not which class each object is (docs/explainer.md). Multiplying its mask by a gate from class
 activation maps makes the masks class-specific without further training. The class maps come
 from a copy of the classifier (``backbone="classifier-gated"``) or from a small student network
-distilled from them (``backbone="student-gated"``, :mod:`ctc_plugin.explainer.student`).
+distilled from them (``backbone="student-gated"``, :mod:`ctc_plugin.explainer.student`);
+:mod:`ctc_plugin.explainer.student_unet` puts both halves into one network.
 """
 
 from __future__ import annotations
@@ -32,6 +33,36 @@ def product_logits(first: Tensor, second: Tensor) -> Tensor:
     a = first.clamp(-LOGIT_BOUND, LOGIT_BOUND)
     b = second.clamp(-LOGIT_BOUND, LOGIT_BOUND)
     return a + b - torch.log(1 + a.exp() + b.exp())
+
+
+def gate_logits(
+    cam: Tensor,
+    mask: Tensor,
+    target: Tensor | None,
+    size: tuple[int, ...],
+    sharpness: Tensor,
+    threshold: Tensor,
+) -> Tensor:
+    """Gate mask logits by class maps: ``logit(sigmoid(mask) * sigmoid(a (cam / max cam - t)))``.
+
+    Args:
+        cam: ``(N, K, h, w)`` class maps.
+        mask: ``(N, K, h', w')`` mask logits.
+        target: ``(N,)`` classes to keep one map of per image, or ``None`` for all ``K``.
+        size: ``(H, W)`` both are resized to (bilinearly) before they are combined; each class
+            map's maximum is taken there.
+        sharpness: ``a``.
+        threshold: ``t``.
+
+    Returns:
+        ``(N, K or 1, H, W)`` logits. A class map with no positive value gives an empty mask.
+    """
+    if target is not None:
+        cam, mask = select_maps(cam, target), select_maps(mask, target)
+    cam = resize_maps(cam, size)
+    mask = resize_maps(mask, size)
+    peak = cam.amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(cam.dtype).eps)
+    return product_logits(mask, sharpness * (cam / peak - threshold))
 
 
 class GatedMaskBackbone(nn.Module):
@@ -102,9 +133,4 @@ class GatedMaskBackbone(nn.Module):
     def _gated_logits(self, images: Tensor, target: Tensor | None) -> Tensor:
         cam = checked_class_maps(self.encoder(images), self.num_classes, "the class-map network")
         mask = run_at_scale(self.mask, images, self.mask_scale)
-        if target is not None:
-            cam, mask = select_maps(cam, target), select_maps(mask, target)
-        cam = resize_maps(cam, images.shape[-2:])
-        mask = resize_maps(mask, images.shape[-2:])
-        peak = cam.amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(cam.dtype).eps)
-        return product_logits(mask, self.sharpness * (cam / peak - self.threshold))
+        return gate_logits(cam, mask, target, images.shape[-2:], self.sharpness, self.threshold)

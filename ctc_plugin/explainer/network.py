@@ -25,6 +25,7 @@ BACKBONES = (
     "classifier",
     "classifier-gated",
     "student-gated",
+    "student-unet",
     "deeplabv3_resnet50",
     "lraspp_mobilenet_v3",
 )
@@ -151,14 +152,18 @@ class Explainer(nn.Module):
             see :class:`~ctc_plugin.explainer.gated.GatedMaskBackbone`), ``"student-gated"``
             (the same gate from a small student distilled from the classifier's class maps,
             :class:`~ctc_plugin.explainer.student.ClassMapStudent`: class-specific at under
-            twice the cost of ``"unet-small"``), the
+            twice the cost of ``"unet-small"``), ``"student-unet"`` (the class maps and the masks
+            from one small network trained from both teachers,
+            :class:`~ctc_plugin.explainer.student_unet.StudentUNet`: class-specific at about the
+            cost of ``"unet-small"``), the
             torchvision segmentation models ``"deeplabv3_resnet50"`` (the original's) or
             ``"lraspp_mobilenet_v3"``, or any ``nn.Module`` mapping ``(N, in_channels, H, W)``
             to ``(N, num_classes, h, w)`` (a tensor or a dict with ``"out"``); smaller outputs
             are resized bilinearly to ``(H, W)``.
         in_channels: Channels of the images (``"unet-small"`` only; torchvision models take 3).
-        width: Channels at full resolution of the small U-Net (``"unet-small"`` and the
-            refining U-Net of ``"classifier"``).
+        width: Channels at full resolution of the small U-Net (``"unet-small"``, the
+            refining U-Net of ``"classifier"`` and the gated backbones' U-Net), or of the first
+            block of ``"student-unet"``.
         depth: Resolutions of that U-Net (3: receptive field about 32 pixels; 4: about
             70, for objects larger than that).
         input_scale: Factor in (0, 1] by which images are resized (bilinearly) before the
@@ -217,12 +222,14 @@ class Explainer(nn.Module):
             )
         if mask_scale != 1.0 and backbone not in GATED_BACKBONES:
             raise ValueError(f"mask_scale applies to the backbones {GATED_BACKBONES} only")
+        if depth != 3 and backbone == "student-unet":
+            raise ValueError('depth does not apply to backbone="student-unet" (a fixed depth)')
         if student_width != 8 and backbone != "student-gated":
             raise ValueError('student_width applies to backbone="student-gated" only')
         if isinstance(backbone, nn.Module):
             self.backbone_name = None
             self.backbone = backbone
-        elif backbone in ("unet-small", *CLASSIFIER_BACKBONES, *GATED_BACKBONES):
+        elif backbone in ("unet-small", "student-unet", *CLASSIFIER_BACKBONES, *GATED_BACKBONES):
             if backbone_weights is not None:
                 raise ValueError("backbone_weights applies to torchvision backbones only")
             if width < 1:
@@ -230,6 +237,10 @@ class Explainer(nn.Module):
             self.backbone_name = backbone
             if backbone == "unet-small":
                 self.backbone = SmallUNet(in_channels, num_classes, width, depth)
+            elif backbone == "student-unet":
+                from ctc_plugin.explainer.student_unet import StudentUNet
+
+                self.backbone = StudentUNet(num_classes, width, in_channels)
             elif backbone == "classifier":
                 from ctc_plugin.explainer.classifier_backbone import ClassifierBackbone
 

@@ -11,8 +11,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "zoo" / "weights"
 
 #: Kinds of shipped explainer: ``"default"`` (small U-Net, fast), ``"class-specific"``
 #: (a copy of the classifier gives the class maps: masks of absent classes stay dark, several
-#: times slower) and ``"distilled"`` (``backbone="student-gated"``: class-specific through a
-#: small student of the classifier's class maps, about twice the default's cost).
+#: times slower) and ``"distilled"`` (``backbone="student-unet"``: class-specific through one
+#: small network distilled from the classifier's class maps and the default explainer's masks,
+#: at about the default's cost).
 KINDS = ("default", "class-specific", "distilled")
 
 #: How to build each kind (for the error when a file is missing).
@@ -20,8 +21,8 @@ BUILD_COMMANDS = {
     "default": "ctc-plugin explainer train --model {family} --split {split} --out PATH",
     "class-specific": "ctc-plugin explainer train --model {family} --split {split} "
     "--backbone classifier --out PATH",
-    "distilled": "ctc-plugin explainer gate --model {family} --split {split} --gate student "
-    "--out PATH",
+    "distilled": "ctc-plugin explainer gate --model {family} --split {split} --gate student-unet "
+    "--mask-offset 0.5 --out PATH",
 }
 
 
@@ -59,8 +60,9 @@ def load_explainer(family: str, split: str = "shapes", kind: str = "default") ->
         split: Data split the zoo model was trained on.
         kind: ``"default"`` (small U-Net, the fast one), ``"class-specific"`` (its class maps
             come from a copy of the classifier; the mask of a class absent from the image stays
-            dark, at several times the cost) or ``"distilled"`` (class-specific through a small
-            student distilled from the classifier's class maps, about twice the default's cost).
+            dark, at several times the cost) or ``"distilled"`` (class-specific through one
+            small network distilled from the classifier's class maps and the default
+            explainer's masks, at about the default's cost).
 
     Returns:
         The trained :class:`~ctc_plugin.explainer.network.Explainer`, in eval mode, with the

@@ -9,6 +9,8 @@ classifier's maps, not the data's labels, so the gate stays an account of that m
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,7 +19,8 @@ from ctc_plugin.explainer.classifier_backbone import class_map_encoder
 from ctc_plugin.explainer.maps import resize_maps
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
+def conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
+    """A 3x3 convolution (no bias), BatchNorm and ReLU: the students' building block."""
     return [
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -57,9 +60,9 @@ class ClassMapStudent(nn.Module):
         channels = in_channels
         for stage in range(stages):
             out = width * 2 ** min(stage, 2)
-            layers += _conv_bn_relu(channels, out, stride=2)
+            layers += conv_bn_relu(channels, out, stride=2)
             channels = out
-        layers += _conv_bn_relu(channels, channels, stride=1)
+        layers += conv_bn_relu(channels, channels, stride=1)
         self.features = nn.Sequential(*layers)
         self.classes = nn.Conv2d(channels, num_classes, 1)
 
@@ -108,40 +111,98 @@ def distil_class_maps(
             another class count than the classifier's head (from
             :func:`~ctc_plugin.explainer.classifier_backbone.class_map_encoder`).
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if len(images) < batch_size:
-        raise ValueError(f"distillation needs at least one batch ({batch_size}) of images")
+    check_schedule(epochs, batch_size, len(images))
     with torch.no_grad():
         probe = student.eval()(images[:1])
-        teacher = class_map_encoder(classifier, head, probe.shape[1]).eval()
-        targets = torch.cat(
-            [resize_maps(teacher(chunk), probe.shape[-2:]) for chunk in images.split(256)]
-        )
+        targets = class_map_targets(classifier, head, images, probe.shape[1], probe.shape[-2:])
     variance = targets.var().clamp_min(torch.finfo(targets.dtype).eps)
-    optimiser = torch.optim.Adam(student.parameters(), lr=lr)
-    steps_per_epoch = len(images) // batch_size
+
+    def loss(batch: Tensor) -> Tensor:
+        return F.mse_loss(student(images[batch]), targets[batch]) / variance
+
+    return fit_to_teachers(
+        student,
+        loss,
+        len(images),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        show_progress=show_progress,
+        description="distil class maps",
+    )
+
+
+def class_map_targets(
+    classifier: nn.Module, head: str, images: Tensor, num_classes: int, size: tuple[int, ...]
+) -> Tensor:
+    """Return the classifier's class maps of ``images``, resized to ``size``: a student's targets.
+
+    The maps are its head applied per position, computed on a copy
+    (:func:`~ctc_plugin.explainer.classifier_backbone.class_map_encoder`, which raises a
+    ``ValueError`` when the head has another class count than ``num_classes``), 256 images at
+    a time, without gradients.
+    """
+    teacher = class_map_encoder(classifier, head, num_classes).eval()
+    with torch.no_grad():
+        return torch.cat([resize_maps(teacher(chunk), size) for chunk in images.split(256)])
+
+
+def check_schedule(epochs: int, batch_size: int, count: int) -> None:
+    """Raise a clear error unless ``count`` images give at least one batch for ``epochs >= 1``."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if count < batch_size:
+        raise ValueError(f"distillation needs at least one batch ({batch_size}) of images")
+
+
+def fit_to_teachers(
+    network: nn.Module,
+    loss: Callable[[Tensor], Tensor],
+    count: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    show_progress: bool,
+    description: str,
+) -> list[float]:
+    """Minimise ``loss(batch indices)`` over ``count`` examples: the distillations' loop.
+
+    Adam with a one-cycle learning rate peaking at ``lr``; each epoch visits the examples in
+    an order drawn with ``seed``, in ``count // batch_size`` full batches. ``network`` trains in
+    train mode and is left in eval mode.
+
+    Returns:
+        The mean loss of each epoch.
+
+    Raises:
+        ValueError: From :func:`check_schedule`.
+    """
+    from tqdm.auto import tqdm
+
+    check_schedule(epochs, batch_size, count)
+    optimiser = torch.optim.Adam(network.parameters(), lr=lr)
+    steps_per_epoch = count // batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, lr, total_steps=epochs * steps_per_epoch
     )
     generator = torch.Generator().manual_seed(seed)
     history = []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(range(epochs), desc="distil class maps", disable=not show_progress)
-    student.train()
+    bar = tqdm(range(epochs), desc=description, disable=not show_progress)
+    network.train()
     for _ in bar:
-        order = torch.randperm(len(images), generator=generator)
+        order = torch.randperm(count, generator=generator)
         total = 0.0
         for step in range(steps_per_epoch):
-            batch = order[step * batch_size : (step + 1) * batch_size]
-            loss = F.mse_loss(student(images[batch]), targets[batch]) / variance
+            value = loss(order[step * batch_size : (step + 1) * batch_size])
             optimiser.zero_grad()
-            loss.backward()
+            value.backward()
             optimiser.step()
             schedule.step()
-            total += loss.item()
+            total += value.item()
         history.append(total / steps_per_epoch)
         bar.set_postfix(loss=f"{history[-1]:.4f}")
-    student.eval()
+    network.eval()
     return history

@@ -147,9 +147,9 @@ def test_independent_of_batch_composition(trained, order, keep):
     torch.testing.assert_close(part, full[index], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backbone", ["unet-small", "student-gated", "classifier"])
+@pytest.mark.parametrize("backbone", ["unet-small", "student-gated", "student-unet", "classifier"])
 def test_inputs_run_in_the_backbones_memory_format_with_the_same_masks(trained, backbone):
-    """Small networks take contiguous inputs, classifier backbones channels-last; masks agree."""
+    """Each backbone gets its inputs in its measured fastest memory format; masks agree."""
     classifier, explainer = trained
     if backbone != "unet-small":
         classifier = classifier_with_head().eval()
@@ -162,12 +162,14 @@ def test_inputs_run_in_the_backbones_memory_format_with_the_same_masks(trained, 
     expected_format = {
         "unet-small": torch.contiguous_format,
         "student-gated": torch.contiguous_format,
+        "student-unet": torch.channels_last,
         "classifier": torch.channels_last,
     }
     assert explainer.input_memory_format == expected_format[backbone]
     seen = []
-    # the gated backbone's class-map network is the first to see the images
+    # the gated backbone's class-map network (the student-unet's first block) sees them first
     first = getattr(explainer.backbone, "encoder", explainer.backbone)
+    first = first[0] if backbone == "student-unet" else first
     hook = first.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
     images = data(4, seed=3)[0]
     try:

@@ -144,4 +144,34 @@ def test_gate_with_a_student_distils_the_class_maps_and_needs_no_classifier(
     assert main([*gate, "--gate", "student", "--student-epochs", "0"]) == 2
     assert "--student-epochs" in capsys.readouterr().err
     assert main([*gate, "--student-width", "4", "--seed", "1"]) == 2  # the classifier gate
-    assert "--student-width, --seed apply to --gate student only" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--student-width, --seed apply to --gate student and student-unet only" in err
+
+
+@needs_zoo
+def test_gate_student_unet_distils_class_maps_and_masks_into_one_network(
+    default_path, tmp_path, capsys
+):
+    out = tmp_path / "student-unet.pt"
+    gate = ["explainer", "gate", "--model", "resnet", "--mask-explainer", str(default_path)]
+    student = ["--gate", "student-unet", "--student-images", "64", "--student-epochs", "2"]
+    args = [*gate, *student, "--student-width", "4", "--mask-offset", "1", "--no-progress"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert "distillation loss" in capsys.readouterr().out
+    gated = Explainer.load(out)  # no classifier needed
+    assert gated.backbone_name == "student-unet" and gated.config()["width"] == 4
+    assert gated.is_trained and gated.trained_image_size == (96, 96)
+    assert gated.metadata["command"].endswith(
+        "--mask-offset 1.0 --gate student-unet --student-width 4 --student-epochs 2 "
+        "--student-images 64 --seed 0"
+    )
+    assert len(gated.metadata["distillation_loss"]) == 2
+    # the same command again gives the same network; the offset went to the mask head
+    again = tmp_path / "again.pt"
+    assert main([*args, "--mask-offset", "0", "--out", str(again)]) == 0
+    unshifted = Explainer.load(again)
+    for key, value in unshifted.state_dict().items():
+        expected = value + 1.0 if key == "backbone.head.bias" else value
+        torch.testing.assert_close(gated.state_dict()[key], expected, rtol=0, atol=1e-6)
+    assert main([*gate, "--gate", "student-unet", "--student-width", "0"]) == 2
+    assert "--student-width" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from ctc_plugin import zoo
 from ctc_plugin.datasets import ShapesDataset
 from ctc_plugin.evaluation.localisation import binarize, iou
 from ctc_plugin.explainer.attribution import ExplainerAttribution
+from ctc_plugin.explainer.network import GATED_BACKBONES
 from ctc_plugin.explainer.shipped import (
     KINDS,
     explainer_path,
@@ -64,12 +65,12 @@ def test_shipped_file_is_small_and_documents_its_command(family, split, kind):
     explainer = zoo.load_explainer(family, split, kind)
     assert explainer.is_trained and explainer.trained_image_size == (96, 96)
     command = explainer.metadata["command"]
-    if explainer.backbone_name.endswith("-gated"):  # built from the default explainer
+    if explainer.backbone_name in (*GATED_BACKBONES, "student-unet"):  # from the default one
         assert command.startswith(f"ctc-plugin explainer gate --model {family} --split {split}")
     else:
         assert command.startswith(f"ctc-plugin explainer train --model {family}")
     assert (explainer.backbone_name != "unet-small") == (kind != "default")
-    assert (explainer.backbone_name == "student-gated") == (kind == "distilled")
+    assert (explainer.backbone_name == "student-unet") == (kind == "distilled")
 
 
 @pytest.mark.parametrize(("family", "split", "kind"), EVERY_KIND)
