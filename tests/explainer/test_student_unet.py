@@ -10,7 +10,7 @@ from ctc_plugin.explainer.gated import product_logits
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.student_unet import StudentUNet, distil_student_unet
 
-from .helpers import NUM_CLASSES, SIZE, classifier_with_head
+from .helpers import NUM_CLASSES, SIZE, classifier_with_head, tiny_classifier, tuple_loader
 
 IMAGES = 64
 
@@ -128,3 +128,13 @@ def test_distillation_errors_name_the_problem():
     other = Explainer(NUM_CLASSES + 1, width=2)
     with pytest.raises(ValueError, match="the mask explainer returned"):
         distil_student_unet(StudentUNet(NUM_CLASSES), model, "head", other, few, batch_size=4)
+
+
+def test_the_published_objective_fine_tunes_every_part_of_a_student_unet_explainer():
+    torch.manual_seed(0)
+    explainer = Explainer(NUM_CLASSES, backbone="student-unet", width=2)
+    before = {k: v.clone() for k, v in explainer.state_dict().items()}
+    explainer.fit(tiny_classifier(), tuple_loader(), epochs=1, lr=1e-2, progress=False)
+    assert explainer.is_trained and explainer.trained_image_size == (SIZE, SIZE)
+    for name, parameter in explainer.named_parameters():  # encoder, both heads, gate scalars
+        assert not torch.equal(parameter, before[name]), name
