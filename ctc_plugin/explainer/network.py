@@ -160,7 +160,7 @@ class Explainer(nn.Module):
             ``"lraspp_mobilenet_v3"``, or any ``nn.Module`` mapping ``(N, in_channels, H, W)``
             to ``(N, num_classes, h, w)`` (a tensor or a dict with ``"out"``); smaller outputs
             are resized bilinearly to ``(H, W)``.
-        in_channels: Channels of the images (``"unet-small"`` only; torchvision models take 3).
+        in_channels: Channels of the images (the small networks; torchvision models take 3).
         width: Channels at full resolution of the small U-Net (``"unet-small"``, the
             refining U-Net of ``"classifier"`` and the gated backbones' U-Net), or of the first
             block of ``"student-unet"``.
