@@ -59,6 +59,8 @@ def test_explainer_with_the_student_unet_saves_loads_and_selects_targets(tmp_pat
         target = torch.tensor([1, 2])
         selected = logits[[0, 1], target][:, None]
         torch.testing.assert_close(explainer.target_logits(x, target), selected)
+        odd = torch.rand(1, 3, 37, 53)  # sizes the strides do not divide: still the input's
+        assert explainer(odd).shape == (1, NUM_CLASSES, 37, 53)
     with pytest.raises(ValueError, match="depth does not apply"):
         Explainer(NUM_CLASSES, backbone="student-unet", depth=4)
     with pytest.raises(ValueError, match="student_width applies"):
