@@ -7,6 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ctc_plugin.commands import add_threads_option, set_threads
+
 if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.evaluation.benchmark import BenchmarkConfig
 
@@ -60,7 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--methods", nargs="+", metavar="NAME", help="method names to run")
     parser.add_argument("--lime-samples", type=int, help="samples for Lime and KernelShap")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads_option(parser, None, "torch CPU threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument(
         "--report-only",
@@ -111,8 +113,6 @@ def _attribute(field: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) the benchmark, or write the report so far, and print where it is."""
-    import torch
-
     from ctc_plugin.cli import CLIError
     from ctc_plugin.evaluation.benchmark import run_benchmark
     from ctc_plugin.evaluation.store import ConfigMismatchError
@@ -120,10 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report_only:
         return _report_only(args)
     config = _config(args)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError("--threads must be at least 1")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     try:
         run_benchmark(config, args.out, show_progress=not args.no_progress)
     except ConfigMismatchError as error:

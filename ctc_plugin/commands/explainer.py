@@ -4,7 +4,9 @@
 gating its masks with class maps: the classifier's own (a copy of it, no training) or those of
 a small student distilled from them (``--gate student``, a few seconds of training); or it
 distils both the class maps and the default explainer's masks into one small network
-(``--gate student-unet``, a few minutes on one core), as fast as the default explainer.
+(``--gate student-unet``, about a minute), as fast as the default explainer. Training
+runs on the CPU with PyTorch's thread count, which the files record: the same command gives
+the same weights at the same count (other counts sum in other orders).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import shlex
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ctc_plugin.commands import add_threads_option, set_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
@@ -28,6 +32,9 @@ TWO_OBJECT_SEED = 3000
 
 #: Gates that train a student network (they take ``STUDENT_OPTIONS``).
 STUDENT_GATES = ("student", "student-unet")
+
+#: Images per distillation step of the student gates.
+STUDENT_BATCH = 64
 
 #: Options of the student gates: flag, default, help (an error with another gate).
 STUDENT_OPTIONS = (
@@ -57,6 +64,12 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
 }
 
+
+#: Help of ``--threads``: training sums run in an order that depends on the thread count.
+THREADS_HELP = (
+    "torch CPU threads (default: torch's, the number of cores); the same command at the same "
+    "count gives the same weights, so the stored command names it"
+)
 
 #: Loss weights and area bounds settable on the command line (``None``: the preset's value).
 WEIGHTS = (
@@ -135,6 +148,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULTS["baseline"],
         help="value masked-out pixels take (0.5: the zoo models' normalisation mean)",
     )
+    add_threads_option(train, None, THREADS_HELP)
     train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     train.set_defaults(func=run)
 
@@ -175,6 +189,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for flag, default, text in STUDENT_OPTIONS:
         student.add_argument(flag, type=int, help=f"{text} ({default})")
     student.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_threads_option(gate, None, THREADS_HELP)
     gate.add_argument(
         "--out", type=Path, help="output file (default explainer-MODEL-SPLIT-gated.pt)"
     )
@@ -198,7 +213,7 @@ def _command_line(args: argparse.Namespace) -> str:
         "val_size",
     ):
         words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    for name in ("two_object_fraction", "batch_size", "patience", "baseline"):
+    for name in ("two_object_fraction", "batch_size", "patience", "baseline", "threads"):
         words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     for name in WEIGHTS:
         if getattr(args, name) is not None:
@@ -216,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
     from ctc_plugin.explainer.network import Explainer
     from ctc_plugin.explainer.specificity import two_object_training_data
 
+    args.threads = set_threads(args.threads)
     if min(args.train_size, args.val_size, args.batch_size, args.epochs, args.width) < 1:
         raise ValueError("sizes, --epochs and --width must be positive")
     if args.depth < 2:
@@ -285,6 +301,7 @@ def run(args: argparse.Namespace) -> int:
         "steps": result.steps,
         "history": result.history,
         "torch": str(torch.__version__),
+        "threads": args.threads,
     }
     explainer.save(out, metadata)
     last = result.history[-1]
@@ -303,6 +320,7 @@ def run_gate(args: argparse.Namespace) -> int:
     from ctc_plugin import zoo
     from ctc_plugin.explainer.network import Explainer
 
+    args.threads = set_threads(args.threads)
     classifier = zoo.load(args.model, args.split)
     if args.mask_explainer is not None:
         default = Explainer.load(args.mask_explainer)
@@ -324,7 +342,9 @@ def run_gate(args: argparse.Namespace) -> int:
         mask_head.bias += args.mask_offset
         gated.backbone.sharpness.fill_(args.sharpness)
         gated.backbone.threshold.fill_(args.threshold)
-        gated.trained_steps.copy_(default.trained_steps)  # its masks are the default's training
+        # the masks are the default explainer's training (copied, or distilled from it): the
+        # file counts as trained with its steps; the distillation is in the metadata
+        gated.trained_steps.copy_(default.trained_steps)
         gated.image_size.copy_(default.image_size)
     words = ["ctc-plugin", "explainer", "gate", "--model", args.model, "--split", args.split]
     if args.mask_explainer is not None:
@@ -334,6 +354,7 @@ def run_gate(args: argparse.Namespace) -> int:
     if args.gate in STUDENT_GATES:
         for flag, _, _ in STUDENT_OPTIONS:
             words += [flag, str(getattr(args, _dest(flag)))]
+    words += ["--threads", str(args.threads)]
     metadata = {
         "command": shlex.join(words),
         "model": args.model,
@@ -345,6 +366,7 @@ def run_gate(args: argparse.Namespace) -> int:
         "mask_offset": args.mask_offset,
         "distillation_loss": history,
         "torch": str(torch.__version__),
+        "threads": args.threads,
     }
     out = args.out or Path(f"explainer-{args.model}-{args.split}-gated.pt")
     gated.save(out, metadata)
@@ -407,9 +429,16 @@ def _gated_explainer(
                 **options,
             )
             distil = partial(distil_class_maps, gated.backbone.encoder, classifier, head)
+        images = distillation_images(args.split, args.student_images)
+        if len(images) < STUDENT_BATCH:
+            raise ValueError(
+                f"--student-images {args.student_images} gives {len(images)} distillation "
+                f"images, fewer than one batch ({STUDENT_BATCH}): use more --student-images"
+            )
         history = distil(
-            distillation_images(args.split, args.student_images),
+            images,
             epochs=args.student_epochs,
+            batch_size=STUDENT_BATCH,
             seed=args.seed,
             show_progress=not args.no_progress,
         )

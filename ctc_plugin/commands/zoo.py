@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ctc_plugin.commands import add_threads_option, set_threads
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``ctc-plugin zoo train`` and ``ctc-plugin zoo eval``."""
@@ -31,11 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=defaults.seed, help="training seed")
     train.add_argument("--size", type=int, default=defaults.size, help="training images")
     train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (results are bitwise reproducible per thread count)",
+    add_threads_option(
+        train, 1, "torch threads (results are bitwise reproducible per thread count)"
     )
     train.add_argument(
         "--eval-size", type=int, default=500, help="test images (seed 1) measured after training"
@@ -62,7 +61,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ctc_plugin.zoo import TrainConfig, train_family, weights_path
     from ctc_plugin.zoo.training import evaluate
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     config = TrainConfig(size=args.size, epochs=args.epochs, seed=args.seed)
     for family in args.families:
         out = weights_path(family, args.split)

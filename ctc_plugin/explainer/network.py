@@ -165,7 +165,8 @@ class Explainer(nn.Module):
             refining U-Net of ``"classifier"`` and the gated backbones' U-Net), or of the first
             block of ``"student-unet"``.
         depth: Resolutions of that U-Net (3: receptive field about 32 pixels; 4: about
-            70, for objects larger than that).
+            70, for objects larger than that). ``"student-unet"`` has a fixed depth and
+            refuses another value.
         input_scale: Factor in (0, 1] by which images are resized (bilinearly) before the
             backbone; the maps are resized back to the input's size. 0.25 makes the small U-Net
             about 5x cheaper at coarser mask boundaries.
@@ -178,7 +179,7 @@ class Explainer(nn.Module):
         mask_scale: Factor in (0, 1] by which the gated backbones resize the images before
             their U-Net (their class maps always see the full image).
         student_width: Channels of the first block of the ``"student-gated"`` backbone's
-            student.
+            student (``"student-unet"`` takes its first block's channels as ``width``).
 
     Raises:
         ValueError: For an unknown backbone name or unusable settings.
@@ -225,7 +226,8 @@ class Explainer(nn.Module):
         if depth != 3 and backbone == "student-unet":
             raise ValueError('depth does not apply to backbone="student-unet" (a fixed depth)')
         if student_width != 8 and backbone != "student-gated":
-            raise ValueError('student_width applies to backbone="student-gated" only')
+            hint = ' (backbone="student-unet" takes width=)' if backbone == "student-unet" else ""
+            raise ValueError(f'student_width applies to backbone="student-gated" only{hint}')
         if isinstance(backbone, nn.Module):
             self.backbone_name = None
             self.backbone = backbone

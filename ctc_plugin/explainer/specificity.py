@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ctc_plugin.explainer.losses import apply_mask
 from ctc_plugin.explainer.network import Explainer
+from ctc_plugin.explainer.training import frozen
 
 
 def two_object_images(dataset: object, count: int, gap: int = 3) -> tuple[Tensor, Tensor]:
@@ -133,24 +134,25 @@ def specificity_table(
         baseline: Value the masked-out pixels take (as in training).
 
     Returns:
-        The table; classes that never occur get NaN.
+        The table; classes that never occur get NaN. Both models keep their modes.
     """
-    classifier.eval()
-    explainer.eval()
-    masks = explainer(images).sigmoid()
-    unmasked = classifier(images).softmax(dim=1)
-    rows = torch.arange(len(images))
-    num = len(classes)
-    sums = {k: torch.zeros(num) for k in ("unmasked", "own", "other")}
-    counts = torch.zeros(num)
-    for side in (0, 1):
-        k, other = pairs[:, side], pairs[:, 1 - side]
-        own_probs = classifier(apply_mask(images, masks[rows, k], baseline)).softmax(dim=1)
-        other_probs = classifier(apply_mask(images, masks[rows, other], baseline)).softmax(dim=1)
-        sums["unmasked"].index_add_(0, k, unmasked[rows, k])
-        sums["own"].index_add_(0, k, own_probs[rows, k])
-        sums["other"].index_add_(0, k, other_probs[rows, k])
-        counts.index_add_(0, k, torch.ones(len(k)))
+    with frozen(classifier), frozen(explainer):
+        masks = explainer(images).sigmoid()
+        unmasked = classifier(images).softmax(dim=1)
+        rows = torch.arange(len(images))
+        num = len(classes)
+        sums = {k: torch.zeros(num) for k in ("unmasked", "own", "other")}
+        counts = torch.zeros(num)
+        for side in (0, 1):
+            k, other = pairs[:, side], pairs[:, 1 - side]
+            own_probs = classifier(apply_mask(images, masks[rows, k], baseline)).softmax(dim=1)
+            other_probs = classifier(apply_mask(images, masks[rows, other], baseline)).softmax(
+                dim=1
+            )
+            sums["unmasked"].index_add_(0, k, unmasked[rows, k])
+            sums["own"].index_add_(0, k, own_probs[rows, k])
+            sums["other"].index_add_(0, k, other_probs[rows, k])
+            counts.index_add_(0, k, torch.ones(len(k)))
     scale = 100.0 / counts
     return SpecificityTable(
         classes=list(classes),

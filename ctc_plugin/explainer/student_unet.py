@@ -25,6 +25,7 @@ from ctc_plugin.explainer.student import (
     conv_bn_relu,
     fit_to_teachers,
 )
+from ctc_plugin.explainer.training import frozen
 
 #: Stride-2 blocks of the encoder: a 96x96 image gives 6x6 class maps (the zoo classifiers').
 STAGES = 4
@@ -44,7 +45,8 @@ class StudentUNet(nn.Module):
     resolution) and concatenated with it, one block, and a 1x1 convolution to mask logits ``S``.
     The output is ``logit(sigmoid(S_c) * sigmoid(a * (CAM_c / max CAM_c - t)))`` at the masks'
     resolution, as in :class:`~ctc_plugin.explainer.gated.GatedMaskBackbone` (``a`` sharpness,
-    ``t`` threshold, learnable scalars). With the defaults: 32 thousand parameters.
+    ``t`` threshold, learnable scalars). With the defaults: 32 thousand parameters (31,894 for
+    6 classes). Each stride-2 block rounds odd sizes up (a 37-pixel side gives 19, then 10).
 
     Args:
         num_classes: Classes of the classifier.
@@ -88,7 +90,10 @@ class StudentUNet(nn.Module):
         self.threshold = nn.Parameter(torch.tensor(float(threshold)))
 
     def maps(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Return the class maps ``(N, K, H/16, W/16)`` and mask logits ``(N, K, H/4, W/4)``."""
+        """Return the class maps ``(N, K, H/16, W/16)`` and mask logits ``(N, K, H/4, W/4)``.
+
+        Sizes rounded up at each stride-2 block (see the class docstring).
+        """
         x = images
         skip = None
         for stage, block in enumerate(self.encoder, start=1):
@@ -133,7 +138,8 @@ def distil_student_unet(
     teacher maps' variance); and the masks ``sigmoid`` of ``mask_explainer(images)`` (a trained
     :class:`~ctc_plugin.explainer.network.Explainer`, typically the default kind), area-averaged
     to the masks' size, with binary cross-entropy. The loss is their sum; Adam with a one-cycle
-    learning rate, batches drawn with ``seed``. Leaves ``network`` in eval mode.
+    learning rate, batches drawn with ``seed``. Leaves ``network`` in eval mode; the classifier
+    and ``mask_explainer`` keep their modes and parameters.
 
     Args:
         network: The :class:`StudentUNet` to train.
@@ -160,14 +166,7 @@ def distil_student_unet(
         class_maps = class_map_targets(
             classifier, head, images, network.num_classes, probe_cam.shape[-2:]
         )
-        mask_explainer.eval()
-        mask_targets = []
-        for chunk in images.split(256):
-            logits = checked_class_maps(
-                mask_explainer(chunk), network.num_classes, "the mask explainer"
-            )
-            mask_targets.append(F.adaptive_avg_pool2d(logits.sigmoid(), probe_mask.shape[-2:]))
-        masks = torch.cat(mask_targets)
+        masks = _mask_targets(mask_explainer, images, network.num_classes, probe_mask.shape[-2:])
     variance = class_maps.var().clamp_min(torch.finfo(class_maps.dtype).eps)
 
     def loss(batch: Tensor) -> Tensor:
@@ -186,3 +185,18 @@ def distil_student_unet(
         show_progress=show_progress,
         description="distil class maps and masks",
     )
+
+
+def _mask_targets(
+    mask_explainer: nn.Module, images: Tensor, num_classes: int, size: tuple[int, ...]
+) -> Tensor:
+    """Return ``sigmoid(mask_explainer(images))`` area-averaged to ``size``, 256 images at a time.
+
+    The explainer runs in eval mode and is given back in the modes it came in.
+    """
+    with frozen(mask_explainer), torch.no_grad():
+        masks = []
+        for chunk in images.split(256):
+            logits = checked_class_maps(mask_explainer(chunk), num_classes, "the mask explainer")
+            masks.append(F.adaptive_avg_pool2d(logits.sigmoid(), size))
+    return torch.cat(masks)

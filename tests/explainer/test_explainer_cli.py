@@ -25,6 +25,7 @@ def test_train_writes_a_loadable_explainer_and_resumes(tmp_path, capsys):
     explainer = Explainer.load(out)
     assert explainer.is_trained and explainer.num_classes == 6
     assert "--seed 3" in explainer.metadata["command"]
+    assert explainer.metadata["threads"] == 1 and "--threads 1" in explainer.metadata["command"]
     ckpt = tmp_path / "e.pt.ckpt"
     assert load_checkpoint(ckpt)["epoch"] == 1
     assert main([*argv, "--epochs", "2", "--seed", "3", "--resume", str(ckpt)]) == 0
@@ -109,8 +110,8 @@ def test_gate_builds_a_class_specific_explainer_from_a_default_one(default_path,
     default = Explainer.load(default_path)
     assert gated.backbone_name == "classifier-gated" and gated.is_trained
     assert gated.metadata["command"].endswith(
-        "--sharpness 20.0 --threshold 0.3 --mask-offset 0.0 --gate classifier"
-    )
+        "--sharpness 20.0 --threshold 0.3 --mask-offset 0.0 --gate classifier --threads 1"
+    )  # the tests run on one thread: the count the weights were computed with
     # the gate only removes: every gated mask lies below the default explainer's mask
     x = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
@@ -136,7 +137,7 @@ def test_gate_with_a_student_distils_the_class_maps_and_needs_no_classifier(
     assert gated.backbone_name == "student-gated" and gated.config()["student_width"] == 8
     assert gated.metadata["command"].endswith(
         "--mask-offset 1.0 --gate student --student-width 8 --student-epochs 2 "
-        "--student-images 64 --seed 0"
+        "--student-images 64 --seed 0 --threads 1"
     )
     assert len(gated.metadata["distillation_loss"]) == 2
     # the mask offset shifts the copied U-Net's logits
@@ -163,7 +164,7 @@ def test_gate_student_unet_distils_class_maps_and_masks_into_one_network(
     assert gated.is_trained and gated.trained_image_size == (96, 96)
     assert gated.metadata["command"].endswith(
         "--mask-offset 1.0 --gate student-unet --student-width 4 --student-epochs 2 "
-        "--student-images 64 --seed 0"
+        "--student-images 64 --seed 0 --threads 1"
     )
     assert len(gated.metadata["distillation_loss"]) == 2
     # the same command again gives the same network; the offset went to the mask head
@@ -173,5 +174,11 @@ def test_gate_student_unet_distils_class_maps_and_masks_into_one_network(
     for key, value in unshifted.state_dict().items():
         expected = value + 1.0 if key == "backbone.head.bias" else value
         torch.testing.assert_close(gated.state_dict()[key], expected, rtol=0, atol=1e-6)
+    assert gated.metadata["threads"] == 1
     assert main([*gate, "--gate", "student-unet", "--student-width", "0"]) == 2
     assert "--student-width" in capsys.readouterr().err
+    assert main([*gate, "--gate", "student-unet", "--student-images", "42"]) == 2
+    err = capsys.readouterr().err  # 42 + 21 two-object images: one short of a batch
+    assert "--student-images 42 gives 63 distillation images" in err and "(64)" in err
+    assert main([*gate, "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err

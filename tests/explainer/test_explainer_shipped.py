@@ -55,8 +55,11 @@ def test_at_least_one_explainer_is_shipped():
     assert SHIPPED_SHAPES, "no shipped explainer for the shapes split in ctc_plugin/zoo/weights"
 
 
-def test_every_zoo_family_has_a_class_specific_explainer():
-    assert sorted(f for f, s in CLASS_SPECIFIC if s == "shapes") == sorted(zoo.FAMILIES)
+@pytest.mark.parametrize(
+    ("kind", "shipped"), [("class-specific", CLASS_SPECIFIC), ("distilled", DISTILLED)]
+)
+def test_every_zoo_family_has_a_class_specific_explainer(kind, shipped):
+    assert sorted(f for f, s in shipped if s == "shapes") == sorted(zoo.FAMILIES), kind
 
 
 @pytest.mark.parametrize(("family", "split", "kind"), EVERY_KIND)
@@ -71,6 +74,9 @@ def test_shipped_file_is_small_and_documents_its_command(family, split, kind):
         assert command.startswith(f"ctc-plugin explainer train --model {family}")
     assert (explainer.backbone_name != "unet-small") == (kind != "default")
     assert (explainer.backbone_name == "student-unet") == (kind == "distilled")
+    if "threads" in explainer.metadata:  # files built since the count is recorded name it
+        assert command.endswith(f"--threads {explainer.metadata['threads']}")
+    assert kind != "distilled" or "threads" in explainer.metadata  # rebuilt in session 8
 
 
 @pytest.mark.parametrize(("family", "split", "kind"), EVERY_KIND)
@@ -116,6 +122,20 @@ def test_class_specific_explainers_are_class_specific_on_two_object_images(famil
 )
 def test_default_explainers_are_not_class_specific():
     specificity_holds(SHIPPED_SHAPES[0][0], "default")
+
+
+def test_the_class_specific_table_gives_both_models_back_in_their_modes():
+    data = ShapesDataset("shapes", size=40, seed=TEST_SEED + 1)
+    images, pairs = two_object_images(data, 4)
+    classifier, explainer = zoo.load("resnet").train(), load_explainer("resnet", "shapes")
+    explainer.train()
+    table = specificity_table(classifier, explainer, images, pairs, data.classes)
+    assert classifier.training and explainer.training
+    assert all(p.requires_grad for m in (classifier, explainer) for p in m.parameters())
+    assert table.counts.sum() == 2 * len(images)
+    with torch.no_grad():  # measured in eval mode: the same table as with eval-mode models
+        again = specificity_table(classifier.eval(), explainer.eval(), images, pairs, data.classes)
+    torch.testing.assert_close(table.own_mask, again.own_mask, equal_nan=True)
 
 
 def test_unknown_kind_is_an_error():

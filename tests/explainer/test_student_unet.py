@@ -63,7 +63,7 @@ def test_explainer_with_the_student_unet_saves_loads_and_selects_targets(tmp_pat
         assert explainer(odd).shape == (1, NUM_CLASSES, 37, 53)
     with pytest.raises(ValueError, match="depth does not apply"):
         Explainer(NUM_CLASSES, backbone="student-unet", depth=4)
-    with pytest.raises(ValueError, match="student_width applies"):
+    with pytest.raises(ValueError, match=r"student_width applies.*takes width="):
         Explainer(NUM_CLASSES, backbone="student-unet", student_width=4)
 
 
@@ -96,6 +96,7 @@ def test_distillation_learns_both_teachers_and_leaves_them_alone():
         )
 
     start = errors()
+    model.train(), teacher_masks.train()  # both keep the modes they came in
     history = distil_student_unet(
         network, model, "head", teacher_masks, images(), epochs=30, batch_size=16, lr=1e-2
     )
@@ -108,7 +109,8 @@ def test_distillation_learns_both_teachers_and_leaves_them_alone():
     for module, state in zip((model, teacher_masks), before, strict=True):
         for key, value in module.state_dict().items():
             torch.testing.assert_close(value, state[key])
-        assert all(p.grad is None for p in module.parameters()) and not module.training
+        assert all(p.grad is None for p in module.parameters()) and module.training
+        assert all(p.requires_grad for p in module.parameters())
 
 
 def test_distillation_is_deterministic_with_a_seed():
