@@ -24,6 +24,7 @@ from ctc_plugin.explainer.shipped import KINDS, holds_classifier, load_explainer
 
 
 def main() -> None:
+    """Load both files, print how far apart their weights and masks are."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("file", type=Path, help="the rebuilt explainer file")
     parser.add_argument("--family", required=True, choices=zoo.FAMILIES, help="its zoo model")
@@ -35,18 +36,23 @@ def main() -> None:
     rebuilt = Explainer.load(
         args.file, **({"classifier": model} if holds_classifier(args.kind) else {})
     )
-    if rebuilt.state_dict().keys() != shipped.state_dict().keys():
-        raise SystemExit(f"{args.file} is another architecture than the shipped {args.kind} file")
-    pairs = [
-        (value, rebuilt.state_dict()[key])
-        for key, value in shipped.state_dict().items()
-        if value.is_floating_point()
+    if rebuilt.config() != shipped.config():
+        raise SystemExit(
+            f"{args.file} is another network than the shipped {args.kind} file: "
+            f"{rebuilt.config()} against {shipped.config()}"
+        )
+    old, new = shipped.state_dict(), rebuilt.state_dict()
+    floats = [key for key, value in old.items() if value.is_floating_point()]
+    differing = [
+        (old[k] - new[k]).abs().max().item() for k in floats if not torch.equal(old[k], new[k])
     ]
-    differing = [(a - b).abs().max().item() for a, b in pairs if not torch.equal(a, b)]
     print(
-        f"weight tensors differing: {len(differing)} of {len(pairs)}"
+        f"weight tensors differing: {len(differing)} of {len(floats)}"
         + (f", largest absolute difference {max(differing):.4g}" if differing else "")
     )
+    counters = [key for key in old if key not in floats and not torch.equal(old[key], new[key])]
+    for key in counters:  # e.g. trained_steps: another training length
+        print(f"{key}: {old[key].tolist()} shipped, {new[key].tolist()} rebuilt")
     images, labels, evidence = evidence_images("shapes", 200, seed=2024)
     masks = {}
     for name, explainer in (("shipped", shipped), ("rebuilt", rebuilt)):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def add_threads_option(parser: argparse.ArgumentParser, default: int | None, text: str) -> None:
@@ -10,16 +12,24 @@ def add_threads_option(parser: argparse.ArgumentParser, default: int | None, tex
     parser.add_argument("--threads", type=int, default=default, help=text)
 
 
-def set_threads(count: int | None) -> int:
-    """Run torch on ``count`` CPU threads (``None``: keep the current count); return the count.
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[int]:
+    """Run the block on ``count`` torch CPU threads (``None``: the current count).
+
+    Yields the count in use; the previous count is restored afterwards, also after an error,
+    so a command called in-process (tests, notebooks) changes nothing around it.
 
     Raises:
-        ValueError: If ``count`` is below 1.
+        ValueError: If ``count`` is below 1 (before anything changes).
     """
     import torch
 
-    if count is not None:
-        if count < 1:
-            raise ValueError(f"--threads must be at least 1, got {count}")
-        torch.set_num_threads(count)
-    return torch.get_num_threads()
+    if count is not None and count < 1:
+        raise ValueError(f"--threads must be at least 1, got {count}")
+    previous = torch.get_num_threads()
+    try:
+        if count is not None:
+            torch.set_num_threads(count)
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ctc_plugin.commands import add_threads_option, set_threads
+from ctc_plugin.commands import add_threads_option, torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.evaluation.benchmark import BenchmarkConfig
@@ -120,9 +120,9 @@ def run(args: argparse.Namespace) -> int:
     if args.report_only:
         return _report_only(args)
     config = _config(args)
-    set_threads(args.threads)
     try:
-        run_benchmark(config, args.out, show_progress=not args.no_progress)
+        with torch_threads(args.threads):
+            run_benchmark(config, args.out, show_progress=not args.no_progress)
     except ConfigMismatchError as error:
         listed = "; ".join(
             f"{OPTIONS.get(key, key)}: {old!r} there, {new!r} now"

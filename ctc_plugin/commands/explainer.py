@@ -2,7 +2,7 @@
 
 ``train`` trains one; ``gate`` turns a trained default explainer into a class-specific one by
 gating its masks with class maps: the classifier's own (a copy of it, no training) or those of
-a small student distilled from them (``--gate student``, a few seconds of training); or it
+a small student distilled from them (``--gate student``, about 20 s of training); or it
 distils both the class maps and the default explainer's masks into one small network
 (``--gate student-unet``, about a minute), as fast as the default explainer. Training
 runs on the CPU with PyTorch's thread count, which the files record: the same command gives
@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctc_plugin.commands import add_threads_option, set_threads
+from ctc_plugin.commands import add_threads_option, torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
@@ -43,7 +43,8 @@ STUDENT_OPTIONS = (
     (
         "--student-images",
         3000,
-        "single-object training images; shapes adds half as many two-object ones",
+        "single-object training images; shapes adds half as many two-object ones (at least "
+        "one batch of 64 in all: 43 on shapes)",
     ),
     ("--seed", 0, "seed of the student and its batches"),
 )
@@ -67,8 +68,8 @@ DEFAULTS: dict[str, Any] = {
 
 #: Help of ``--threads``: training sums run in an order that depends on the thread count.
 THREADS_HELP = (
-    "torch CPU threads (default: torch's, the number of cores); the same command at the same "
-    "count gives the same weights, so the stored command names it"
+    "torch CPU threads (default: torch.get_num_threads(), which OMP_NUM_THREADS sets); the "
+    "same command at the same count gives the same weights, so the stored command names it"
 )
 
 #: Loss weights and area bounds settable on the command line (``None``: the preset's value).
@@ -213,15 +214,21 @@ def _command_line(args: argparse.Namespace) -> str:
         "val_size",
     ):
         words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    for name in ("two_object_fraction", "batch_size", "patience", "baseline", "threads"):
+    for name in ("two_object_fraction", "batch_size", "patience", "baseline"):
         words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     for name in WEIGHTS:
         if getattr(args, name) is not None:
             words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    return shlex.join(words)
+    return shlex.join([*words, "--threads", str(args.threads)])
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train, save and report one explainer on ``--threads``; return the exit status."""
+    with torch_threads(args.threads) as args.threads:
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     """Train, save and report one explainer; return the exit status."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -231,7 +238,6 @@ def run(args: argparse.Namespace) -> int:
     from ctc_plugin.explainer.network import Explainer
     from ctc_plugin.explainer.specificity import two_object_training_data
 
-    args.threads = set_threads(args.threads)
     if min(args.train_size, args.val_size, args.batch_size, args.epochs, args.width) < 1:
         raise ValueError("sizes, --epochs and --width must be positive")
     if args.depth < 2:
@@ -314,13 +320,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_gate(args: argparse.Namespace) -> int:
+    """Build, save and report one gated explainer on ``--threads``; return the exit status."""
+    with torch_threads(args.threads) as args.threads:
+        return _gate(args)
+
+
+def _gate(args: argparse.Namespace) -> int:
     """Build, save and report one gated class-specific explainer; return the exit status."""
     import torch
 
     from ctc_plugin import zoo
     from ctc_plugin.explainer.network import Explainer
 
-    args.threads = set_threads(args.threads)
+    _check_student_options(args)
     classifier = zoo.load(args.model, args.split)
     if args.mask_explainer is not None:
         default = Explainer.load(args.mask_explainer)
@@ -354,8 +366,8 @@ def run_gate(args: argparse.Namespace) -> int:
     if args.gate in STUDENT_GATES:
         for flag, _, _ in STUDENT_OPTIONS:
             words += [flag, str(getattr(args, _dest(flag)))]
-    words += ["--threads", str(args.threads)]
-    metadata = {
+        words += ["--threads", str(args.threads)]  # only training depends on the count
+    metadata: dict[str, Any] = {
         "command": shlex.join(words),
         "model": args.model,
         "split": args.split,
@@ -366,8 +378,9 @@ def run_gate(args: argparse.Namespace) -> int:
         "mask_offset": args.mask_offset,
         "distillation_loss": history,
         "torch": str(torch.__version__),
-        "threads": args.threads,
     }
+    if args.gate in STUDENT_GATES:
+        metadata["threads"] = args.threads
     out = args.out or Path(f"explainer-{args.model}-{args.split}-gated.pt")
     gated.save(out, metadata)
     losses = f"; distillation loss {history[0]:.3f} -> {history[-1]:.3f}" if history else ""
@@ -397,17 +410,6 @@ def _gated_explainer(
     }
     head = zoo.HEADS[args.model]
     history: list[float] = []
-    given = [flag for flag, _, _ in STUDENT_OPTIONS if getattr(args, _dest(flag)) is not None]
-    if args.gate not in STUDENT_GATES and given:
-        raise ValueError(f"{', '.join(given)} apply to --gate {' and '.join(STUDENT_GATES)} only")
-    for flag, fallback, _ in STUDENT_OPTIONS:
-        if getattr(args, _dest(flag)) is None:
-            setattr(args, _dest(flag), fallback)
-    if (
-        args.gate in STUDENT_GATES
-        and min(args.student_width, args.student_epochs, args.student_images) < 1
-    ):
-        raise ValueError("--student-width, --student-epochs and --student-images must be >= 1")
     if args.gate in STUDENT_GATES:
         from ctc_plugin.explainer.student import distil_class_maps
         from ctc_plugin.explainer.student_unet import distil_student_unet
@@ -429,14 +431,8 @@ def _gated_explainer(
                 **options,
             )
             distil = partial(distil_class_maps, gated.backbone.encoder, classifier, head)
-        images = distillation_images(args.split, args.student_images)
-        if len(images) < STUDENT_BATCH:
-            raise ValueError(
-                f"--student-images {args.student_images} gives {len(images)} distillation "
-                f"images, fewer than one batch ({STUDENT_BATCH}): use more --student-images"
-            )
         history = distil(
-            images,
+            distillation_images(args.split, args.student_images),
             epochs=args.student_epochs,
             batch_size=STUDENT_BATCH,
             seed=args.seed,
@@ -453,9 +449,35 @@ def _gated_explainer(
     return gated, history
 
 
+def _check_student_options(args: argparse.Namespace) -> None:
+    """Refuse unusable student options before anything is loaded; fill in their defaults."""
+    given = [flag for flag, _, _ in STUDENT_OPTIONS if getattr(args, _dest(flag)) is not None]
+    if args.gate not in STUDENT_GATES:
+        if given:
+            gates = " and ".join(STUDENT_GATES)
+            raise ValueError(f"{', '.join(given)} apply to --gate {gates} only")
+        return
+    for flag, fallback, _ in STUDENT_OPTIONS:
+        if getattr(args, _dest(flag)) is None:
+            setattr(args, _dest(flag), fallback)
+    if min(args.student_width, args.student_epochs, args.student_images) < 1:
+        raise ValueError("--student-width, --student-epochs and --student-images must be >= 1")
+    count = distillation_image_count(args.split, args.student_images)
+    if count < STUDENT_BATCH:
+        raise ValueError(
+            f"--student-images {args.student_images} gives {count} distillation images on "
+            f"split {args.split!r}, fewer than one batch ({STUDENT_BATCH}): use more"
+        )
+
+
 def _dest(flag: str) -> str:
     """The argparse attribute of a ``--long-flag``."""
     return flag.removeprefix("--").replace("-", "_")
+
+
+def distillation_image_count(split: str, count: int) -> int:
+    """How many images :func:`distillation_images` returns for ``count`` training images."""
+    return count + (count // 2 if split == "shapes" else 0)
 
 
 def distillation_images(split: str, count: int) -> Tensor:
@@ -470,6 +492,7 @@ def distillation_images(split: str, count: int) -> Tensor:
     from ctc_plugin.explainer.specificity import two_object_training_data
 
     images, _ = ShapesDataset(split, size=count, seed=TRAIN_SEED).tensors()
-    if split == "shapes" and count >= 2:
-        images = torch.cat([images, two_object_training_data(count // 2, TWO_OBJECT_SEED)[0]])
+    extra = distillation_image_count(split, count) - count
+    if extra:
+        images = torch.cat([images, two_object_training_data(extra, TWO_OBJECT_SEED)[0]])
     return images

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ctc_plugin.commands import add_threads_option, set_threads
+from ctc_plugin.commands import add_threads_option, torch_threads
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -57,11 +57,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train each requested family on ``--threads``; return the exit status."""
+    with torch_threads(args.threads):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     """Train each requested family and save its float32 state dict."""
     from ctc_plugin.zoo import TrainConfig, train_family, weights_path
     from ctc_plugin.zoo.training import evaluate
 
-    set_threads(args.threads)
     config = TrainConfig(size=args.size, epochs=args.epochs, seed=args.seed)
     for family in args.families:
         out = weights_path(family, args.split)

@@ -52,6 +52,13 @@ def test_backbone_starts_from_the_class_activation_maps_and_keeps_the_classifier
     cam = nn.functional.interpolate(cam, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
     backbone.eval()
     torch.testing.assert_close(backbone(x), cam + backbone.refine(x))
+    with torch.no_grad():  # scale and offset act on the class maps before they are resized:
+        backbone.scale.fill_(1.7)  # bit for bit the arithmetic the shipped files trained with
+        backbone.offset.copy_(torch.linspace(-1.0, 1.0, NUM_CLASSES))
+        cam = PerPositionHead(model.head)(model.features(x))
+        cam = cam * backbone.scale + backbone.offset[None, :, None, None]
+        cam = nn.functional.interpolate(cam, size=(SIZE, SIZE), mode="bilinear")
+        torch.testing.assert_close(backbone(x), cam + backbone.refine(x), rtol=0, atol=0)
     # training the copy moves neither the classifier's weights nor its BatchNorm statistics
     backbone.train()
     backbone(x).sum().backward()

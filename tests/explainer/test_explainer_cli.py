@@ -110,8 +110,9 @@ def test_gate_builds_a_class_specific_explainer_from_a_default_one(default_path,
     default = Explainer.load(default_path)
     assert gated.backbone_name == "classifier-gated" and gated.is_trained
     assert gated.metadata["command"].endswith(
-        "--sharpness 20.0 --threshold 0.3 --mask-offset 0.0 --gate classifier --threads 1"
-    )  # the tests run on one thread: the count the weights were computed with
+        "--sharpness 20.0 --threshold 0.3 --mask-offset 0.0 --gate classifier"
+    )  # no --threads: nothing is trained, the count changes nothing
+    assert "threads" not in gated.metadata
     # the gate only removes: every gated mask lies below the default explainer's mask
     x = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
@@ -179,6 +180,10 @@ def test_gate_student_unet_distils_class_maps_and_masks_into_one_network(
     assert "--student-width" in capsys.readouterr().err
     assert main([*gate, "--gate", "student-unet", "--student-images", "42"]) == 2
     err = capsys.readouterr().err  # 42 + 21 two-object images: one short of a batch
-    assert "--student-images 42 gives 63 distillation images" in err and "(64)" in err
+    assert "--student-images 42 gives 63 distillation images on split 'shapes'" in err
+    assert "(64)" in err
+    missing = ["explainer", "gate", "--model", "resnet", "--mask-explainer", "missing.pt"]
+    assert main([*missing, "--gate", "student-unet", "--student-images", "42"]) == 2
+    assert "--student-images 42" in capsys.readouterr().err  # checked before loading anything
     assert main([*gate, "--threads", "0"]) == 2
     assert "--threads must be at least 1, got 0" in capsys.readouterr().err

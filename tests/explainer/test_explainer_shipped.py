@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 
 import pytest
 import torch
@@ -10,10 +11,11 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ctc_plugin import zoo
+from ctc_plugin.cli import main
 from ctc_plugin.datasets import ShapesDataset
 from ctc_plugin.evaluation.localisation import binarize, iou
 from ctc_plugin.explainer.attribution import ExplainerAttribution
-from ctc_plugin.explainer.network import GATED_BACKBONES
+from ctc_plugin.explainer.network import GATED_BACKBONES, Explainer
 from ctc_plugin.explainer.shipped import (
     KINDS,
     explainer_path,
@@ -58,7 +60,7 @@ def test_at_least_one_explainer_is_shipped():
 @pytest.mark.parametrize(
     ("kind", "shipped"), [("class-specific", CLASS_SPECIFIC), ("distilled", DISTILLED)]
 )
-def test_every_zoo_family_has_a_class_specific_explainer(kind, shipped):
+def test_every_zoo_family_has_explainers_of_both_class_specific_kinds(kind, shipped):
     assert sorted(f for f, s in shipped if s == "shapes") == sorted(zoo.FAMILIES), kind
 
 
@@ -74,9 +76,23 @@ def test_shipped_file_is_small_and_documents_its_command(family, split, kind):
         assert command.startswith(f"ctc-plugin explainer train --model {family}")
     assert (explainer.backbone_name != "unet-small") == (kind != "default")
     assert (explainer.backbone_name == "student-unet") == (kind == "distilled")
-    if "threads" in explainer.metadata:  # files built since the count is recorded name it
-        assert command.endswith(f"--threads {explainer.metadata['threads']}")
-    assert kind != "distilled" or "threads" in explainer.metadata  # rebuilt in session 8
+    # every trained file names the thread count its command reproduces it at (the classifier
+    # gate trains nothing)
+    trained = not command.endswith("--gate classifier")
+    assert ("threads" in explainer.metadata) == trained
+    assert not trained or command.endswith(f"--threads {explainer.metadata['threads']}")
+
+
+@pytest.mark.slow
+def test_a_stored_command_gives_the_shipped_weights_again(tmp_path):
+    """Rerun the resnet class-specific file's command (the kind most sensitive to rounding)."""
+    shipped = load_explainer("resnet", "shapes", "class-specific")
+    argv = shlex.split(shipped.metadata["command"])[1:]  # it names its thread count
+    out = tmp_path / "rebuilt.pt"
+    assert main([*argv, "--no-progress", "--out", str(out)]) == 0
+    rebuilt = Explainer.load(out, classifier=zoo.load("resnet"))
+    for key, value in shipped.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key
 
 
 @pytest.mark.parametrize(("family", "split", "kind"), EVERY_KIND)
@@ -129,9 +145,16 @@ def test_the_class_specific_table_gives_both_models_back_in_their_modes():
     images, pairs = two_object_images(data, 4)
     classifier, explainer = zoo.load("resnet").train(), load_explainer("resnet", "shapes")
     explainer.train()
+    classifier.get_submodule(zoo.HEADS["resnet"]).requires_grad_(False)  # mixed flags
+    flags = [p.requires_grad for m in (classifier, explainer) for p in m.parameters()]
     table = specificity_table(classifier, explainer, images, pairs, data.classes)
     assert classifier.training and explainer.training
-    assert all(p.requires_grad for m in (classifier, explainer) for p in m.parameters())
+    assert [p.requires_grad for m in (classifier, explainer) for p in m.parameters()] == flags
+    assert not all(flags) and any(flags)
+    with pytest.raises(IndexError):  # a failed call too
+        specificity_table(classifier, explainer, images, pairs + 10, data.classes)
+    assert classifier.training and explainer.training
+    assert [p.requires_grad for m in (classifier, explainer) for p in m.parameters()] == flags
     assert table.counts.sum() == 2 * len(images)
     with torch.no_grad():  # measured in eval mode: the same table as with eval-mode models
         again = specificity_table(classifier.eval(), explainer.eval(), images, pairs, data.classes)
