@@ -98,6 +98,7 @@ def _report_only(args: argparse.Namespace) -> int:
 
     given = [OPTIONS[key] for key in OPTIONS if getattr(args, _attribute(key)) is not None]
     given += ["--quick"] if args.quick else []
+    given += ["--threads"] if args.threads is not None else []  # it computes nothing
     if given:
         raise CLIError(
             f"--report-only uses the configuration stored in {args.out}; drop {' '.join(given)}"

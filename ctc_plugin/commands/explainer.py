@@ -190,7 +190,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for flag, default, text in STUDENT_OPTIONS:
         student.add_argument(flag, type=int, help=f"{text} ({default})")
     student.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_threads_option(gate, None, THREADS_HELP)
+    add_threads_option(
+        gate,
+        None,
+        "torch CPU threads for the student gates' distillation (default: "
+        "torch.get_num_threads()); recorded in their stored command, since the same command "
+        "at the same count gives the same weights",
+    )
     gate.add_argument(
         "--out", type=Path, help="output file (default explainer-MODEL-SPLIT-gated.pt)"
     )
@@ -200,6 +206,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _command_line(args: argparse.Namespace) -> str:
     """Return the full command that reproduces this run (every setting spelled out)."""
     words = ["ctc-plugin", "explainer", "train", "--model", args.model, "--split", args.split]
+    if args.weights is not None:  # another classifier than the shipped one
+        words += ["--weights", str(args.weights)]
     if args.backbone != "unet-small":
         words += ["--backbone", args.backbone]
     for name in (

@@ -295,7 +295,8 @@ def fit_explainer(
             excluded: seed before building the explainer) and a loader that shuffles with
             torch's default generator repeat exactly.
         checkpoint: File written after every epoch (weights, optimiser, RNG, history).
-        resume: Checkpoint to continue from; it must have the same hyper-parameters.
+        resume: Checkpoint to continue from; it must have the same hyper-parameters and
+            thread count (``torch.get_num_threads()``), the two things the result depends on.
         baseline: Value the masked-out pixels blend towards (0, as the original).
         multilabel: Force single- (False) or multi-label (True) targets; ``None`` infers it
             from the labels' shape.
@@ -333,6 +334,13 @@ def fit_explainer(
             raise ValueError(
                 f"checkpoint {str(resume)!r} was trained with other hyper-parameters "
                 f"({', '.join(differ)}); resume with the same settings"
+            )
+        threads = state.get("threads", torch.get_num_threads())  # older checkpoints: unknown
+        if threads != torch.get_num_threads():
+            raise ValueError(
+                f"checkpoint {str(resume)!r} was trained on {threads} CPU threads, this run has "
+                f"{torch.get_num_threads()}: resume on {threads} (torch.set_num_threads, "
+                "--threads) so that the result equals an uninterrupted run"
             )
         explainer.load_state_dict(state["explainer"])
         optimizer.load_state_dict(state["optimizer"])
@@ -378,6 +386,7 @@ def fit_explainer(
                         "bad_epochs": bad_epochs,
                         "history": result.history,
                         "hyperparameters": hp.as_dict(),
+                        "threads": torch.get_num_threads(),  # the sums' order depends on it
                     },
                 )
     optimizer.zero_grad(set_to_none=True)

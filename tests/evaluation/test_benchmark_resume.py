@@ -166,6 +166,8 @@ def test_report_only_command_writes_the_stored_report(uninterrupted, capsys):
     before = _table(reference / "results.csv", drop=set())
     assert main(["benchmark", "--report-only", "--out", str(reference)]) == 0
     assert _table(reference / "results.csv", drop=set()) == before  # timings come from disk too
+    assert main(["benchmark", "--report-only", "--threads", "2", "--out", str(reference)]) == 2
+    assert "drop --threads" in capsys.readouterr().err  # it computes nothing
 
 
 def test_failed_piece_is_stored_reported_and_not_retried(tmp_path, monkeypatch):

@@ -187,3 +187,11 @@ def test_gate_student_unet_distils_class_maps_and_masks_into_one_network(
     assert "--student-images 42" in capsys.readouterr().err  # checked before loading anything
     assert main([*gate, "--threads", "0"]) == 2
     assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+
+
+@needs_zoo
+def test_train_with_other_classifier_weights_records_them_in_the_command(tmp_path):
+    out, weights = tmp_path / "e.pt", weights_path("resnet", "shapes")
+    argv = ["explainer", "train", "--model", "resnet", "--weights", str(weights), *SMALL]
+    assert main([*argv, "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    assert f"--weights {weights}" in Explainer.load(out).metadata["command"]

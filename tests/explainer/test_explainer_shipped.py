@@ -87,6 +87,9 @@ def test_shipped_file_is_small_and_documents_its_command(family, split, kind):
 def test_a_stored_command_gives_the_shipped_weights_again(tmp_path):
     """Rerun the resnet class-specific file's command (the kind most sensitive to rounding)."""
     shipped = load_explainer("resnet", "shapes", "class-specific")
+    built_with = shipped.metadata["torch"]
+    if built_with != torch.__version__:
+        pytest.skip(f"bit for bit only with the torch it was built with ({built_with})")
     argv = shlex.split(shipped.metadata["command"])[1:]  # it names its thread count
     out = tmp_path / "rebuilt.pt"
     assert main([*argv, "--no-progress", "--out", str(out)]) == 0

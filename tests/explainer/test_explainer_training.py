@@ -104,6 +104,17 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     tiny_explainer().fit(tiny_classifier(), tuple_loader(), epochs=1, checkpoint=ckpt, **FAST)
     with pytest.raises(ValueError, match="tv_weight"):
         tiny_explainer().fit(tiny_classifier(), tuple_loader(), resume=ckpt, tv_weight=5.0, **FAST)
+    threads = torch.get_num_threads()
+    explainer = tiny_explainer()
+    before = {k: v.clone() for k, v in explainer.state_dict().items()}
+    try:
+        torch.set_num_threads(threads + 1)
+        with pytest.raises(ValueError, match=f"trained on {threads} CPU threads, this run has"):
+            explainer.fit(tiny_classifier(), tuple_loader(), resume=ckpt, **FAST)
+    finally:
+        torch.set_num_threads(threads)
+    for key, value in explainer.state_dict().items():  # the refused call changed nothing
+        assert torch.equal(value, before[key]), key
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="could not read"):
         tiny_explainer().fit(
