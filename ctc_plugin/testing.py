@@ -8,6 +8,8 @@ in-place or not, and an input normalisation written as plain tensor arithmetic.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -125,6 +127,16 @@ def _randomise(model: nn.Module, generator: torch.Generator) -> None:
                 )
                 module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
                 module.weight.add_(1.0)
+            elif isinstance(module, _NORMS) and getattr(module, "weight", None) is not None:
+                module.weight.add_(1.0)
+
+
+_NORMS = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm2d,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
 
 
 def random_partition(
@@ -145,3 +157,220 @@ def random_partition(
         )
         masks.append(labels.view(1, height, width))
     return torch.stack(masks) * spread + 1
+
+
+@dataclass(frozen=True)
+class ModernSpec:
+    """The switches of a :class:`RandomModernCNN` (EfficientNet / ConvNeXt / RegNetY parts).
+
+    Attributes:
+        width: Channels between blocks.
+        expansion: Channel factor of each block's inverted bottleneck.
+        blocks: Number of blocks.
+        norm: ``"batch"``, ``"layer"`` (over channels, on a channels-last permute, as in
+            ConvNeXt), ``"group"``, ``"instance"`` or ``"rms"`` (channels-last).
+        activation: ``"silu"``, ``"gelu"``, ``"hardswish"``, ``"relu"`` or ``"swish-by-hand"``
+            (``x * torch.sigmoid(x)`` written out).
+        squeeze: Squeeze-excitation gate: ``"none"``, ``"sigmoid"`` or ``"hardsigmoid"``.
+        layer_scale: Multiply each block's branch by a learned per-channel scale.
+        functional: Call normalisations and activations as ``torch.nn.functional`` functions.
+        head_norm: A LayerNorm on the pooled features before the classifier (ConvNeXt).
+        classes: Number of outputs.
+    """
+
+    width: int = 4
+    expansion: int = 2
+    blocks: int = 2
+    norm: str = "layer"
+    activation: str = "silu"
+    squeeze: str = "sigmoid"
+    layer_scale: bool = True
+    functional: bool = False
+    head_norm: bool = False
+    classes: int = 4
+
+
+class _Linearisable(nn.Module):
+    """A part with two forwards: the model's, and its plain-torch linearisation at its gates.
+
+    With ``linearised`` on, every gate (activation ratio, normalisation statistics,
+    squeeze-excitation scale) is computed from the input and detached, so autograd gives the
+    derivative of the network linearised at its gates: an independent re-implementation of
+    what CTC's ``"none"`` mode computes.
+    """
+
+    linearised = False
+
+
+class _Norm(_Linearisable):
+    def __init__(self, kind: str, channels: int, functional: bool) -> None:
+        super().__init__()
+        self.kind, self.functional = kind, functional
+        if kind == "batch":
+            self.module: nn.Module = nn.BatchNorm2d(channels)
+        elif kind == "layer":
+            self.module = nn.LayerNorm(channels)
+        elif kind == "group":
+            self.module = nn.GroupNorm(2 if channels % 2 == 0 else 1, channels)
+        elif kind == "instance":
+            self.module = nn.InstanceNorm2d(channels, affine=True)
+        elif kind == "rms":
+            self.module = nn.RMSNorm(channels, eps=1e-5)
+        else:
+            raise ValueError(f"unknown norm {kind!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        channels_last = self.kind in ("layer", "rms") and x.dim() == 4
+        if channels_last:
+            x = x.permute(0, 2, 3, 1)
+        if self.linearised:
+            y = self._linearised(x)
+        elif not self.functional or self.kind == "batch":
+            y = m(x)
+        elif self.kind == "layer":
+            y = F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
+        elif self.kind == "group":
+            y = F.group_norm(x, m.num_groups, m.weight, m.bias, m.eps)
+        elif self.kind == "instance":
+            y = F.instance_norm(x, weight=m.weight, bias=m.bias, eps=m.eps)
+        else:
+            y = F.rms_norm(x, m.normalized_shape, m.weight, m.eps)
+        return y.permute(0, 3, 1, 2) if channels_last else y
+
+    def _linearised(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        if self.kind == "batch":
+            return m(x)
+        if self.kind in ("layer", "rms"):
+            dims, shape, groups = (-1,), (-1,), x
+        elif self.kind == "group":
+            groups = x.unflatten(1, (m.num_groups, -1))
+            dims, shape = (2, 3, 4), (-1, 1, 1)
+        else:
+            dims, shape, groups = (2, 3), (-1, 1, 1), x
+        if self.kind == "rms":
+            centred = groups
+            spread = groups.square().mean(dim=dims, keepdim=True)
+        else:
+            centred = groups - groups.mean(dim=dims, keepdim=True)
+            spread = groups.var(dim=dims, correction=0, keepdim=True)
+        y = (centred / torch.sqrt(spread + m.eps).detach()).reshape(x.shape)
+        y = y * m.weight.view(shape)
+        bias = getattr(m, "bias", None)
+        return y if bias is None else y + bias.view(shape)
+
+
+class _Activation(_Linearisable):
+    _MODULES = {"silu": nn.SiLU, "gelu": nn.GELU, "hardswish": nn.Hardswish, "relu": nn.ReLU}
+    _FUNCTIONS = {"silu": F.silu, "gelu": F.gelu, "hardswish": F.hardswish, "relu": F.relu}
+
+    def __init__(self, kind: str, functional: bool) -> None:
+        super().__init__()
+        if kind not in (*self._MODULES, "swish-by-hand"):
+            raise ValueError(f"unknown activation {kind!r}")
+        self.kind, self.functional = kind, functional
+        self.module = self._MODULES[kind]() if kind in self._MODULES else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "swish-by-hand":
+            return x * (torch.sigmoid(x).detach() if self.linearised else torch.sigmoid(x))
+        if self.linearised:  # the rescale gate y / x (0 where x = 0), held fixed
+            y = self._FUNCTIONS[self.kind](x)
+            nonzero = x != 0
+            return x * torch.where(nonzero, y / torch.where(nonzero, x, 1.0), 0.0).detach()
+        return self._FUNCTIONS[self.kind](x) if self.functional else self.module(x)
+
+
+class _SqueezeExcite(_Linearisable):
+    def __init__(self, channels: int, gate: str) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, max(1, channels // 2), 1)
+        self.expand = nn.Conv2d(max(1, channels // 2), channels, 1)
+        self.gate = nn.Sigmoid() if gate == "sigmoid" else nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.gate(self.expand(F.relu(self.reduce(F.adaptive_avg_pool2d(x, 1)))))
+        return x * (scale.detach() if self.linearised else scale)
+
+
+class _ModernBlock(nn.Module):
+    def __init__(self, spec: ModernSpec) -> None:
+        super().__init__()
+        from torchvision.ops import StochasticDepth
+
+        hidden = spec.width * spec.expansion
+        self.expand = nn.Conv2d(spec.width, hidden, 1)
+        self.norm1 = _Norm(spec.norm, hidden, spec.functional)
+        self.act1 = _Activation(spec.activation, spec.functional)
+        self.depthwise = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.act2 = _Activation(spec.activation, spec.functional)
+        self.squeeze = None if spec.squeeze == "none" else _SqueezeExcite(hidden, spec.squeeze)
+        self.project = nn.Conv2d(hidden, spec.width, 1, bias=False)
+        self.norm2 = _Norm(spec.norm, spec.width, spec.functional)
+        self.scale = nn.Parameter(torch.ones(spec.width, 1, 1)) if spec.layer_scale else None
+        self.drop_path = StochasticDepth(0.2, "row")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act2(self.depthwise(self.act1(self.norm1(self.expand(x)))))
+        if self.squeeze is not None:
+            h = self.squeeze(h)
+        h = self.norm2(self.project(h))
+        if self.scale is not None:
+            h = self.scale * h
+        return x + self.drop_path(h)
+
+
+class RandomModernCNN(nn.Module):
+    """A small modern CNN with random weights, in eval mode: the parts CTC's newer gates cover.
+
+    Inverted-residual blocks (1x1 expansion, depthwise 3x3, squeeze-excitation, 1x1
+    projection) with a choice of normalisation and activation, layer scale and stochastic depth
+    (the identity in eval mode), in the style of EfficientNet, RegNetY and ConvNeXt. Every
+    normalisation's affine parameters and running statistics are random, so biases matter.
+
+    :meth:`linearised` switches the model to a plain-torch re-implementation of the network
+    linearised at its gates (every gate computed and detached), whose gradient x input is what
+    CTC's ``"none"`` mode must give.
+
+    Args:
+        spec: The switches.
+        seed: Seed of the random weights.
+        in_channels: Input channels.
+    """
+
+    def __init__(self, spec: ModernSpec | None = None, seed: int = 0, in_channels: int = 3):
+        super().__init__()
+        self.spec = spec or ModernSpec()
+        generator = torch.Generator().manual_seed(seed)
+        self.stem = nn.Conv2d(in_channels, self.spec.width, 3, padding=1)
+        self.stem_norm = _Norm(self.spec.norm, self.spec.width, self.spec.functional)
+        self.stem_act = _Activation(self.spec.activation, self.spec.functional)
+        self.blocks = nn.Sequential(*[_ModernBlock(self.spec) for _ in range(self.spec.blocks)])
+        self.head_norm = (
+            _Norm("layer", self.spec.width, self.spec.functional) if self.spec.head_norm else None
+        )
+        self.dropout = nn.Dropout(0.2)
+        self.head = nn.Linear(self.spec.width, self.spec.classes)
+        _randomise(self, generator)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits (N, classes)."""
+        x = self.blocks(self.stem_act(self.stem_norm(self.stem(x))))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        if self.head_norm is not None:
+            x = self.head_norm(x)
+        return self.head(self.dropout(x))
+
+    @contextmanager
+    def linearised(self) -> Iterator[RandomModernCNN]:
+        """Run the plain-torch linearisation at the gates inside the context."""
+        parts = [m for m in self.modules() if isinstance(m, _Linearisable)]
+        for part in parts:
+            part.linearised = True
+        try:
+            yield self
+        finally:
+            for part in parts:
+                part.linearised = False

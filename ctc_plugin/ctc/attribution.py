@@ -13,6 +13,7 @@ from captum.log import log_usage
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
+from torch.nn.modules.instancenorm import _InstanceNorm
 from tqdm.auto import tqdm
 
 from ctc_plugin.ctc.boxes import batch_boxes
@@ -392,23 +393,23 @@ class CTC(Attribution):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor] | None:
         """``"none"`` sharing in one forward and one backward pass (the fast path).
 
-        Without biases the CTC pass is the network linearised at the input, so a feature's
-        score is gradient x input summed over it. The forward runs under the same rules as the
-        full pass (so unsupported operations are still refused by name); when a smooth
-        activation is met, whose rescale gate differs from its derivative, this returns
-        ``None`` and the caller runs the full pass.
+        Without biases the CTC pass is the network linearised at its gates (ReLU patterns,
+        pooling switches, rescale ratios, normalisation statistics, gate tensors), so a
+        feature's score is the linearised network's gradient x input summed over it. The
+        forward runs under the same rules as the full pass, which hold every gate fixed, so
+        its gradient is the linearised network's and unsupported operations are still
+        refused by name.
         """
         n = inputs[0].shape[0]
         layout = CopyLayout(examples=n, features=0, reference_full=False, baseline=False)
         gated = GatedPass(layout=layout, sharing=self.sharing)
         leaves = tuple(x.detach().requires_grad_(True) for x in inputs)
         with torch.enable_grad():
-            with CTCMode(gated):
+            with CTCMode(gated, self.forward_func):
                 logits = self.forward_func(
                     *(gated.tag(leaf.view_as(leaf)) for leaf in leaves), *extra
                 )
-            if gated.used_rescale_gate:
-                return None
+            check_pass_output(gated, logits)
             indices = resolve_targets(target, logits.detach())
             selected = select_targets(logits, indices)
             gradients = torch.autograd.grad(selected.sum(), leaves, allow_unused=True)
@@ -446,21 +447,34 @@ class CTC(Attribution):
         return self._forward(gated, copies(gated), extra)
 
     def _forward(self, gated: GatedPass, batch: tuple, extra: tuple) -> torch.Tensor:
-        with torch.no_grad(), CTCMode(gated):
+        with torch.no_grad(), CTCMode(gated, self.forward_func):
             logits = self.forward_func(*batch, *extra)
-        if not isinstance(logits, torch.Tensor):
-            raise ValueError(
-                f"forward_func must return a tensor of outputs; got {type(logits).__name__}"
-            )
-        if logits.shape[0] != gated.layout.batch:
-            raise ValueError(
-                f"forward_func returned {logits.shape[0]} rows for a batch of "
-                f"{gated.layout.batch}; its output must keep the batch dimension first"
-            )
+        check_pass_output(gated, logits)
         return logits
 
 
 # ---------------------------------------------------------------------------- helpers
+def check_pass_output(gated: GatedPass, logits: Any) -> None:
+    """Refuse a pass's output that is no tensor of per-copy values (with what to change)."""
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError(
+            f"forward_func must return a tensor of outputs; got {type(logits).__name__}"
+        )
+    if logits.dim() == 0 or logits.shape[0] != gated.layout.batch:
+        raise ValueError(
+            f"forward_func returned {tuple(logits.shape)} for a batch of "
+            f"{gated.layout.batch}; its output must keep the batch dimension first"
+        )
+    mark = gated.gate_mark(logits)
+    if mark is not None and mark.only:
+        raise UnsupportedOperationError(
+            mark.origin,
+            "the model's output comes out of it, so it holds the full pass's values for every "
+            "copy, not contributions; explain the logits before the softmax (for example "
+            "with a forward function that leaves the softmax out)",
+        )
+
+
 def _tagged_copies(
     gated: GatedPass,
     inputs: tuple[torch.Tensor, ...],
@@ -505,7 +519,10 @@ def _check_eval_mode(forward_func: Callable[..., Any]) -> None:
     if model is None:
         return
     for name, module in model.named_modules():
-        if module.training and isinstance(module, (_BatchNorm, _DropoutNd)):
+        stateful = isinstance(module, (_BatchNorm, _DropoutNd)) or (
+            isinstance(module, _InstanceNorm) and module.track_running_stats
+        )
+        if module.training and stateful:
             raise UnsupportedOperationError(
                 f"{type(module).__name__} {name or '(the model)'!r}",
                 "it is in training mode (batch statistics or random dropout); "

@@ -16,7 +16,7 @@ import torch
 from zennit.attribution import Attributor
 from zennit.core import Composite
 
-from ctc_plugin.ctc.attribution import CTC, FeatureScores
+from ctc_plugin.ctc.attribution import CTC, FeatureScores, check_pass_output
 from ctc_plugin.ctc.canonizers import batch_norms_valid
 from ctc_plugin.ctc.composite import (
     FUNCTIONAL_POLICIES,
@@ -242,15 +242,9 @@ class _HookedCTC(CTC):
         return weights
 
     def _forward(self, gated: GatedPass, batch: tuple, extra: tuple) -> torch.Tensor:
-        with torch.no_grad(), hooked_pass(gated, self.functional):
+        with torch.no_grad(), hooked_pass(gated, self.functional, self.forward_func):
             logits = self.forward_func(*batch, *extra)
-        if not isinstance(logits, torch.Tensor) or logits.dim() == 0:
-            raise ValueError("the model must return a tensor of outputs with a batch dimension")
-        if logits.shape[0] != gated.layout.batch:
-            raise ValueError(
-                f"the model returned {logits.shape[0]} rows for a batch of {gated.layout.batch}; "
-                "its output must keep the batch dimension first"
-            )
+        check_pass_output(gated, logits)
         grouped = gated.layout.group(logits)
         output = grouped[:, 0]
         if self.model_output is None:

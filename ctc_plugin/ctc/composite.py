@@ -13,7 +13,9 @@ module itself then runs on an empty batch so that no work is done twice:
 - :class:`ReLURule`, :class:`LeakyReLURule`: :meth:`GatedPass.relu_gate` and
   :meth:`GatedPass.leaky_relu_gate`;
 - :class:`RescaleRule`: smooth activations (SiLU, GELU, Tanh, ...) as rescale gates;
-- :class:`MaxPoolRule`: :meth:`GatedPass.max_pool_switches`.
+- :class:`MaxPoolRule`: :meth:`GatedPass.max_pool_switches`;
+- :class:`NormRule`: LayerNorm, GroupNorm, InstanceNorm and RMSNorm with their statistics as
+  gates (:meth:`GatedPass.layer_norm` and its siblings).
 
 The hooks only act while a CTC pass runs (:func:`hooked_pass`, used by
 :class:`~ctc_plugin.ctc.attributor.CTCAttributor`) and only on tensors carrying that pass's
@@ -160,7 +162,7 @@ class CTCHook(Hook):
             state.depth -= 1
             raise
         stack.append((x, prepared))
-        return (x[:0], *args[1:]) if self.computes_before else None
+        return (self.placeholder(x), *args[1:]) if self.computes_before else None
 
     def forward(self, module: nn.Module, input: tuple, output: Any) -> Any:
         """Zennit's forward hook: return the module's output in the CTC pass (else ``None``)."""
@@ -170,10 +172,18 @@ class CTCHook(Hook):
         if entry is None:
             return None
         x, prepared = entry
+        mark = state.gated.gate_mark(x)  # read first: an in-place module's rule re-tags x
         try:
-            return self.after(state, module, x, output, prepared)
+            out = self.after(state, module, x, output, prepared)
         finally:
             state.depth -= 1
+        if mark is not None and mark.only:  # as CTCMode: what a gate-only tensor makes is one
+            state.gated.mark_gate(out, mark.origin, only=True)
+        return out
+
+    def placeholder(self, x: torch.Tensor) -> torch.Tensor:
+        """What the module runs on when :meth:`before` computed its result: an empty batch."""
+        return x[:0]
 
     # -- what subclasses implement
     def before(self, state: _PassState, module: nn.Module, x: torch.Tensor) -> Any:
@@ -272,11 +282,56 @@ class LeakyReLURule(_GateRule):
 
 
 class RescaleRule(_GateRule):
-    """Smooth elementwise activations as rescale gates ``y / x`` of the original pass."""
+    """Smooth elementwise activations as rescale gates ``y / x`` of the original pass.
+
+    The outputs of squashing activations (:data:`SQUASHING_TYPES`) are also gate tensors that
+    may multiply the signal (squeeze-excitation).
+    """
 
     def gate(self, gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """:meth:`GatedPass.rescale_gate` with the module's own activation (on a clone)."""
-        return gated.rescale_gate(x, lambda t: module.forward(t.clone()))
+        origin = type(module).__name__ if isinstance(module, SQUASHING_TYPES) else None
+        return gated.rescale_gate(x, lambda t: module.forward(t.clone()), origin)
+
+
+class NormRule(_GateRule):
+    """LayerNorm, GroupNorm, InstanceNorm and RMSNorm: normalisation statistics as gates.
+
+    Each copy is centred on its own mean and divided by the gate copy's standard deviation
+    (:meth:`GatedPass.layer_norm`, :meth:`GatedPass.group_norm`,
+    :meth:`GatedPass.instance_norm`); an InstanceNorm with running statistics in eval mode is
+    an affine map like BatchNorm.
+    """
+
+    def placeholder(self, x: torch.Tensor) -> torch.Tensor:
+        """One row: InstanceNorm cannot run on an empty batch."""
+        return x[:1]
+
+    def gate(self, gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Apply the module's normalisation rule."""
+        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+        if isinstance(module, nn.LayerNorm):
+            return gated.layer_norm(x, tuple(module.normalized_shape), weight, bias, module.eps)
+        if isinstance(module, nn.GroupNorm):
+            return gated.group_norm(x, module.num_groups, weight, bias, module.eps)
+        if isinstance(module, RMS_NORM_TYPES):
+            eps = torch.finfo(x.dtype).eps if module.eps is None else module.eps
+            return gated.layer_norm(
+                x, tuple(module.normalized_shape), weight, None, eps, centre=False
+            )
+        if module.track_running_stats:  # InstanceNorm
+            if module.training:
+                raise UnsupportedOperationError(
+                    type(module).__name__,
+                    "it would update its running statistics in training mode; call "
+                    "model.eval() first",
+                )
+            scale, shift = batch_norm_affine(
+                module.running_mean, module.running_var, weight, bias, module.eps
+            )
+            shape = (-1, *([1] * (x.dim() - 2)))
+            return gated.fold_batch_norm(x, scale.view(shape), shift.view(shape))
+        return gated.instance_norm(x, weight, bias, module.eps)
 
 
 class MaxPoolRule(CTCHook):
@@ -311,6 +366,17 @@ MAX_POOL_TYPES: tuple[type[nn.Module], ...] = (
     nn.AdaptiveMaxPool2d,
     nn.AdaptiveMaxPool3d,
 )
+#: Squashing activations: their outputs are gate tensors that may multiply the signal.
+SQUASHING_TYPES: tuple[type[nn.Module], ...] = (nn.Hardtanh, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh)
+RMS_NORM_TYPES: tuple[type[nn.Module], ...] = (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    *RMS_NORM_TYPES,
+)
 RESCALE_TYPES: tuple[type[nn.Module], ...] = (
     nn.SiLU,
     nn.GELU,
@@ -334,6 +400,7 @@ _STANDARD_FORWARDS = frozenset(
         *BATCH_NORM_TYPES,
         *MAX_POOL_TYPES,
         *RESCALE_TYPES,
+        *NORM_TYPES,
         nn.ReLU,
         nn.ReLU6,
         nn.LeakyReLU,
@@ -360,6 +427,7 @@ def ctc_layer_map() -> list[tuple[tuple[type[nn.Module], ...], Hook]]:
         ((nn.LeakyReLU,), LeakyReLURule()),
         (RESCALE_TYPES, RescaleRule()),
         (MAX_POOL_TYPES, MaxPoolRule()),
+        (NORM_TYPES, NormRule()),
     ]
 
 
@@ -454,6 +522,7 @@ class _LinearOnlyPass(GatedPass):
         raise _Refused("it is a nonlinearity that CTC replaces by a gate of the original pass")
 
     relu_gate = leaky_relu_gate = rescale_gate = max_pool_switches = _refuse_gate
+    normalise = gate_product = full_pass_gate = _refuse_gate
 
 
 class GuardMode(CTCMode):
@@ -471,15 +540,18 @@ class GuardMode(CTCMode):
     Args:
         state: The pass state the hooks share.
         functional: ``"intercept"`` or ``"raise"``.
+        model: The model, to name modules in errors.
     """
 
-    def __init__(self, state: _PassState, functional: FunctionalPolicy = "intercept") -> None:
+    def __init__(
+        self, state: _PassState, functional: FunctionalPolicy = "intercept", model: Any = None
+    ) -> None:
         if functional not in FUNCTIONAL_POLICIES:
             raise ValueError(
                 f"functional must be one of {', '.join(map(repr, FUNCTIONAL_POLICIES))}; "
                 f"got {functional!r}"
             )
-        super().__init__(state.gated)
+        super().__init__(state.gated, model)
         self.state = state
         self.functional = functional
         self._linear_only = _LinearOnlyPass(
@@ -516,7 +588,9 @@ class GuardMode(CTCMode):
 
 
 @contextmanager
-def hooked_pass(gated: GatedPass, functional: FunctionalPolicy = "intercept") -> Iterator[Any]:
+def hooked_pass(
+    gated: GatedPass, functional: FunctionalPolicy = "intercept", model: Any = None
+) -> Iterator[Any]:
     """Run a CTC pass through the CTC hooks registered on a model.
 
     Inside the context, a forward of a model carrying :class:`CTCComposite` hooks on a batch
@@ -526,12 +600,13 @@ def hooked_pass(gated: GatedPass, functional: FunctionalPolicy = "intercept") ->
     Args:
         gated: The rules and state of the pass.
         functional: What the guard does with rule-needing operations outside hooked modules.
+        model: The model, to name modules in errors.
 
     Yields:
         The pass state (``hooked_calls`` counts the module calls the hooks handled).
     """
     state = _PassState(gated=gated)
-    guard = GuardMode(state, functional)
+    guard = GuardMode(state, functional, model)
     token = _ACTIVE.set(state)
     try:
         with guard:
@@ -546,7 +621,9 @@ __all__ = [
     "BATCH_NORM_TYPES",
     "FUNCTIONAL_POLICIES",
     "MAX_POOL_TYPES",
+    "NORM_TYPES",
     "RESCALE_TYPES",
+    "SQUASHING_TYPES",
     "AffineRule",
     "BatchNormRule",
     "CTCComposite",
@@ -554,6 +631,7 @@ __all__ = [
     "GuardMode",
     "LeakyReLURule",
     "MaxPoolRule",
+    "NormRule",
     "ReLURule",
     "RescaleRule",
     "ctc_layer_map",

@@ -9,20 +9,33 @@ class UnsupportedOperationError(RuntimeError):
     CTC propagates every feature copy through the model with the gates of the original pass
     fixed. That is only defined for operations that are linear in the input, affine with a bias
     the rules can share, or a gate the rules know (ReLU-like activations, max-pooling switches,
-    elementwise smooth activations as rescale gates). Anything else is refused by name instead
-    of giving silently wrong numbers.
+    normalisation statistics, elementwise smooth activations as rescale gates, products with
+    the output of a squashing activation). Anything else is refused by name, with the module
+    that called it, instead of giving silently wrong numbers. The list of what is supported
+    comes from the operation -> rule table (:mod:`ctc_plugin.ctc.operations`).
+
+    Attributes:
+        operation: The torch function.
+        reason: Why CTC cannot propagate copies through it.
+        module: ``"path (Type)"`` of the module that called it, when known.
     """
 
-    def __init__(self, operation: str, reason: str) -> None:
+    def __init__(self, operation: str, reason: str, module: str | None = None) -> None:
+        from ctc_plugin.ctc.operations import supported_summary  # the table imports this module
+
         self.operation = operation
         self.reason = reason
+        self.module = module
+        where = f" in {module}" if module else ""
         super().__init__(
-            f"CTC cannot propagate feature copies through {operation}: {reason}. "
-            "Supported: convolutions, linear layers, BatchNorm in eval mode, ReLU/LeakyReLU, "
-            "smooth elementwise activations (rescale gates), max/avg pooling, residual adds, "
-            "concatenation, reshaping and dropout in eval mode. See the docs page "
-            "'How CTC works' for the full list."
+            f"CTC cannot propagate feature copies through {operation}{where}: {reason}. "
+            f"Supported: {supported_summary()}. See the docs page 'How CTC works' for the "
+            "full table."
         )
+
+    def in_module(self, module: str | None) -> UnsupportedOperationError:
+        """The same error, saying which module called the operation."""
+        return UnsupportedOperationError(self.operation, self.reason, module)
 
 
 class RetiredTensorError(RuntimeError):

@@ -2,7 +2,9 @@
 
 A :class:`GatedPass` holds what one CTC pass needs: the :class:`CopyLayout` of the batch and
 the :class:`BiasSharing` strategy. Its methods take and return *flat* propagated tensors
-(N*C, ...) and implement one rule each:
+(N*C, ...) and implement one rule each. CTC's principle decides every rule: *whatever the full
+input decided nonlinearly is a gate taken from the gate copy; everything else is linear in the
+copies, and input-independent terms are biases shared among them.*
 
 - :meth:`GatedPass.affine`: a bias-free result plus the bias shared among the copies
   (convolutions, linear layers, BatchNorm's shift, constants added to the signal);
@@ -12,10 +14,19 @@ the :class:`BiasSharing` strategy. Its methods take and return *flat* propagated
   activation pattern applied to every copy;
 - :meth:`GatedPass.rescale_gate`: smooth elementwise activations as the ratio ``y / x`` of the
   original pass (exact for the gate copy, zero where the original input is zero);
-- :meth:`GatedPass.max_pool_switches`: every copy routed through the original argmax positions.
+- :meth:`GatedPass.max_pool_switches`: every copy routed through the original argmax positions;
+- :meth:`GatedPass.layer_norm`, :meth:`GatedPass.group_norm`,
+  :meth:`GatedPass.instance_norm`: normalisation statistics as gates (each copy centred on its
+  own mean, divided by the gate copy's standard deviation, scaled by the weight; the shift is
+  a shared bias);
+- :meth:`GatedPass.gate_product`: a product of the signal with a *gate tensor* (one that comes
+  out of a squashing activation of the full pass, such as a squeeze-excitation scale): every
+  copy of the signal times the gate copy's factor.
 
-The gate copy (copy 0 of each example) always goes through the model's real operation, so
-the gates of every later layer come from the original forward pass.
+The gate copy (copy 0 of each example) always computes the model's value, so the gates of
+every later layer come from the original forward pass. Every gate is held fixed (detached), so
+when the pass runs with autograd (the ``"none"`` gradient path) its derivative is that of the
+network linearised at its gates.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from typing import Any
 import torch
 
 from ctc_plugin.ctc.boxes import Box, Window, window_boxes
+from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.sharing import BiasSharing
 
@@ -37,6 +49,41 @@ FOLD_ATTRIBUTE = "_ctc_affine_parts"
 #: Attribute set on a propagated tensor whose copies' nonzero values are known to lie in boxes
 #: (:mod:`ctc_plugin.ctc.boxes`), one per row.
 BOXES_ATTRIBUTE = "_ctc_boxes"
+
+#: Attribute set on a propagated tensor that is a *gate tensor*, holding its :class:`GateMark`.
+GATE_ATTRIBUTE = "_ctc_gate"
+
+
+@dataclass(frozen=True)
+class GateMark:
+    """Why a propagated tensor is a gate tensor: the full pass decided it nonlinearly.
+
+    A gate tensor comes out of a squashing activation (sigmoid, hardsigmoid, tanh, softmax) or
+    is computed from gate tensors and constants only. Multiplying the signal by it is a gate:
+    every copy of the signal is multiplied by the gate copy's value
+    (:meth:`GatedPass.gate_product`).
+
+    Attributes:
+        origin: The operation that made it a gate tensor (named in error messages).
+        only: Only its gate copy means anything (a softmax, a product of gate tensors): its other
+            rows are no copies of a signal, so it may serve as a gate and as nothing else.
+    """
+
+    origin: str
+    only: bool = False
+
+
+def exact_with_linear_gradient(exact: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
+    """``exact``'s value with ``linear``'s derivative (``exact`` itself when none is needed).
+
+    The gate copy carries the model's exact value, but when the pass runs with autograd (the
+    ``"none"`` gradient path) its derivative must be that of the linearised network, whose
+    gates are fixed. ``linear - linear.detach()`` is exactly zero, so the value is ``exact``'s
+    bit for bit.
+    """
+    if not linear.requires_grad:
+        return exact
+    return exact.detach() + (linear - linear.detach())
 
 
 def _storage_use_count(tensor: torch.Tensor) -> int:
@@ -93,7 +140,6 @@ class GatedPass:
         layout: Where each copy sits in the batch.
         sharing: How biases are shared among the copies.
         token: An object identifying this pass; tensors it propagates are tagged with it.
-        used_rescale_gate: Set once a smooth activation went through :meth:`rescale_gate`.
         scale_in_place: Let :meth:`fold_batch_norm` scale a tensor no other tensor shares in
             place (one pass over the copies fewer) and retire it. Only for a caller that
             refuses every later use of a retired tensor (:class:`~ctc_plugin.ctc.interception.
@@ -108,7 +154,6 @@ class GatedPass:
     layout: CopyLayout
     sharing: BiasSharing
     token: object = field(default_factory=object)
-    used_rescale_gate: bool = False
     scale_in_place: bool = False
     retired_token: object = field(default_factory=object)
     scaled_in_place: int = 0
@@ -125,8 +170,8 @@ class GatedPass:
             )
         tensor._ctc_pass = self.token  # type: ignore[attr-defined]
         # Any operation producing this object (an in-place one too) ends a pending BatchNorm
-        # fold, and its boxes hold only where the operation's rule carries them on.
-        for attribute in (FOLD_ATTRIBUTE, BOXES_ATTRIBUTE):
+        # fold, and its boxes and gate mark hold only where the operation's rule sets them.
+        for attribute in (FOLD_ATTRIBUTE, BOXES_ATTRIBUTE, GATE_ATTRIBUTE):
             if hasattr(tensor, attribute):
                 delattr(tensor, attribute)
         return tensor
@@ -144,6 +189,17 @@ class GatedPass:
     def is_propagated(self, value: Any) -> bool:
         """Whether ``value`` is a tensor carrying copies of this pass."""
         return isinstance(value, torch.Tensor) and getattr(value, "_ctc_pass", None) is self.token
+
+    def gate_mark(self, value: Any) -> GateMark | None:
+        """The :class:`GateMark` of a propagated gate tensor, ``None`` for any other value."""
+        if not self.is_propagated(value):
+            return None
+        return getattr(value, GATE_ATTRIBUTE, None)
+
+    def mark_gate(self, tensor: torch.Tensor, origin: str, only: bool = False) -> torch.Tensor:
+        """Record that a propagated tensor is a gate tensor (see :class:`GateMark`); return it."""
+        setattr(tensor, GATE_ATTRIBUTE, GateMark(origin=origin, only=only))
+        return tensor
 
     def retire(self, tensor: torch.Tensor) -> None:
         """Mark a propagated tensor whose memory now holds another result: it must not be read."""
@@ -222,21 +278,151 @@ class GatedPass:
         return self._apply_gate(x, gate, inplace)
 
     def rescale_gate(
-        self, x: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor]
+        self,
+        x: torch.Tensor,
+        activation: Callable[[torch.Tensor], torch.Tensor],
+        gate_origin: str | None = None,
     ) -> torch.Tensor:
         """Smooth elementwise activation as the rescale gate ``y / x`` of the original pass.
 
         The gate copy gets the activation's exact output; other copies are multiplied by
         ``y / x`` (0 where the original input is exactly 0).
+
+        Args:
+            x: The propagated pre-activation.
+            activation: The activation, applied to the gate copy.
+            gate_origin: For a squashing activation (sigmoid, tanh, ...), its name: the result
+                is then also a gate tensor that may multiply the signal
+                (:meth:`gate_product`).
         """
-        self.used_rescale_gate = True
-        original = self.layout.group(x)[:, 0]
+        grouped = self.layout.group(x)
+        original = grouped[:, 0]
         y = activation(original)
         nonzero = original != 0
-        gate = torch.where(nonzero, y / torch.where(nonzero, original, 1.0), 0.0)
-        out = self.layout.group(x) * gate.unsqueeze(1)
-        out[:, 0] = y
-        return self.set_boxes(self.tag(out.flatten(0, 1)), self.boxes(x))
+        gate = torch.where(nonzero, y / torch.where(nonzero, original, 1.0), 0.0).detach()
+        out = grouped * gate.unsqueeze(1)
+        out[:, 0] = exact_with_linear_gradient(y, out[:, 0])
+        out = self.set_boxes(self.tag(out.flatten(0, 1)), self.boxes(x))
+        return out if gate_origin is None else self.mark_gate(out, gate_origin)
+
+    def gate_product(
+        self, signal: torch.Tensor, gate: torch.Tensor, divide: bool = False, inplace: bool = False
+    ) -> torch.Tensor:
+        """A product of the signal with a gate tensor: each copy times the gate copy's factor.
+
+        Squeeze-excitation (``x * sigmoid(fc(pool(x)))``), gated units and ``x * sigmoid(x)``
+        written out: the full pass decided the factor, so every copy of ``signal`` is
+        multiplied by the value the gate copy of ``gate`` holds (divided by it with
+        ``divide``). The result is linear in the copies and keeps their zeros.
+
+        Args:
+            signal: The propagated signal.
+            gate: A propagated gate tensor (:meth:`gate_mark`), broadcastable to ``signal``.
+            divide: ``signal / gate`` instead of ``signal * gate``.
+            inplace: Write the result into ``signal`` (``signal.mul_(gate)``).
+        """
+        grouped, factor = self.layout.group(signal), self.layout.group(gate)[:, :1].detach()
+        if factor.dim() != grouped.dim():
+            raise UnsupportedOperationError(
+                "a product with a gate tensor",
+                f"the gate of shape {tuple(gate.shape)} and the signal of shape "
+                f"{tuple(signal.shape)} do not share the batch dimension",
+            )
+        boxes = self.boxes(signal)
+        if inplace:
+            grouped.div_(factor) if divide else grouped.mul_(factor)
+            return self.set_boxes(self.tag(signal), boxes)
+        out = grouped / factor if divide else grouped * factor
+        return self.set_boxes(self.tag(out.flatten(0, 1)), boxes)
+
+    def full_pass_gate(
+        self, x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor], origin: str
+    ) -> torch.Tensor:
+        """A gate-only tensor: ``compute`` of the gate copy, the same for every copy.
+
+        For operations whose outputs are no linear copies of anything (a softmax of attention
+        scores): the result may only serve as a gate (:meth:`gate_product`).
+        """
+        gate = self.layout.group(x)[:, 0].detach()
+        out = compute(gate).unsqueeze(1)
+        out = out.expand(-1, self.layout.copies, *out.shape[2:]).flatten(0, 1)
+        return self.mark_gate(self.tag(out), origin, only=True)
+
+    # ------------------------------------------------------------------ normalisations
+    def normalise(self, x: torch.Tensor, dims: tuple[int, ...], eps: float, centre: bool = True):
+        """Normalisation statistics as gates, over the (negative) ``dims`` of every copy.
+
+        Subtracting the mean is linear, so each copy is centred on its own mean; the standard
+        deviation ``sqrt(var + eps)`` (the root mean square when ``centre`` is off) is the gate
+        copy's, so dividing by it is a gate. Summed over a partition's copies, the result is the
+        gate copy's, which is the model's normalised value. No weight or shift is applied.
+
+        Args:
+            x: The propagated input.
+            dims: The dims the statistics run over, counted from the end (negative).
+            eps: Added to the variance, as the model's normalisation does.
+            centre: Subtract the mean (LayerNorm, GroupNorm, InstanceNorm); off for RMSNorm.
+        """
+        if any(d >= 0 for d in dims):
+            raise ValueError(f"normalise takes dims counted from the end; got {dims}")
+        grouped = self.layout.group(x)
+        gate = grouped[:, :1]
+        if centre:
+            variance = gate.var(dim=dims, correction=0, keepdim=True)
+            grouped = grouped - grouped.mean(dim=dims, keepdim=True)
+        else:
+            variance = gate.square().mean(dim=dims, keepdim=True)
+        scale = torch.rsqrt(variance + eps).detach()
+        return self.tag((grouped * scale).flatten(0, 1))
+
+    def layer_norm(
+        self,
+        x: torch.Tensor,
+        normalized_shape: tuple[int, ...],
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+        centre: bool = True,
+    ) -> torch.Tensor:
+        """``layer_norm`` (``rms_norm`` with ``centre`` off) over the trailing dims.
+
+        The weight multiplies every copy; the shift is a bias shared among the copies.
+        """
+        dims = tuple(range(-len(normalized_shape), 0))
+        out = self.normalise(x, dims, eps, centre)
+        return self._scale_and_shift(out, weight, bias)
+
+    def group_norm(
+        self,
+        x: torch.Tensor,
+        num_groups: int,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+    ) -> torch.Tensor:
+        """``group_norm`` of a (N*C, channels, *spatial) tensor, with per-channel affine."""
+        grouped = x.unflatten(1, (num_groups, x.shape[1] // num_groups)).flatten(2)
+        out = self.normalise(grouped, (-1,), eps).view(x.shape)
+        return self._scale_and_shift(out, *_per_channel(weight, bias, x))
+
+    def instance_norm(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+    ) -> torch.Tensor:
+        """``instance_norm`` with the input's statistics, per channel over the spatial dims."""
+        out = self.normalise(x, tuple(range(2 - x.dim(), 0)), eps)
+        return self._scale_and_shift(out, *_per_channel(weight, bias, x))
+
+    def _scale_and_shift(
+        self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """A normalisation's affine part: weight on every copy, the shift as a shared bias."""
+        if weight is not None:
+            x = x * weight
+        return self.affine(x, bias)
 
     def max_pool_switches(
         self,
@@ -265,6 +451,17 @@ class GatedPass:
         index = indices.flatten(2).unsqueeze(1).expand(-1, grouped.shape[1], -1, -1)
         pooled = flat.gather(3, index).reshape(*grouped.shape[:3], *indices.shape[2:])
         return self.tag(pooled.flatten(0, 1))
+
+
+def _per_channel(
+    weight: torch.Tensor | None, bias: torch.Tensor | None, x: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Per-channel (C,) weight and bias aligned to a (N*C, C, *spatial) tensor."""
+    shape = (-1, *([1] * (x.dim() - 2)))
+    return (
+        None if weight is None else weight.view(shape),
+        None if bias is None else bias.view(shape),
+    )
 
 
 def _gather_in_boxes(flat: torch.Tensor, indices: torch.Tensor, boxes: list[Box]) -> torch.Tensor:

@@ -20,14 +20,14 @@ def tiny_model() -> nn.Module:
     )
 
 
-def sigmoid_model() -> nn.Module:
+def bilinear_model() -> nn.Module:
     """A model with an operation CTC has no rule for (a product of two input-dependent terms)."""
 
-    class Gated(nn.Module):
+    class Bilinear(nn.Module):
         def forward(self, x):
-            return (x * torch.sigmoid(x)).mean((2, 3))
+            return (x * x).mean((2, 3))
 
-    return Gated()
+    return Bilinear()
 
 
 def read_png(path) -> Image.Image:
@@ -199,7 +199,7 @@ def test_error_messages_name_what_to_fix(tmp_path, capsys, images):
     unsupported = [
         "explain",
         "--model",
-        "tests.cli.test_explain_cli:sigmoid_model",
+        "tests.cli.test_explain_cli:bilinear_model",
         "--segmenter",
         "grid",
         "--target",

@@ -63,8 +63,8 @@ def test_bad_targets_are_clear_errors(setting, target):
     _assert_untouched(model, x, *before)
 
 
-class _Gated(nn.Module):
-    """x * sigmoid(x): a product of two input-dependent tensors (not linear)."""
+class _Bilinear(nn.Module):
+    """h * h: a product of two input-dependent tensors, neither a gate (not linear)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -73,18 +73,40 @@ class _Gated(nn.Module):
 
     def forward(self, x):
         h = self.conv(x)
-        h = h * torch.sigmoid(h)
+        h = h * self.conv(x)
         return self.head(h.mean(dim=(2, 3)))
 
 
-class _LayerNormed(nn.Module):
+class _Block(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(8)
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return torch.exp(self.conv(x))
+
+
+class _Nested(nn.Module):
+    """An operation without a rule deep inside a module tree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stages = nn.Sequential(nn.Identity(), nn.Sequential(_Block()))
         self.head = nn.Linear(3 * 8 * 8, 2)
 
     def forward(self, x):
-        return self.head(self.norm(x).flatten(1))
+        return self.head(self.stages(x).flatten(1))
+
+
+class _SoftmaxAsSignal(nn.Module):
+    """A softmax (a gate of the full pass) added to the signal: refused where it meets it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3 * 8 * 8, 2)
+
+    def forward(self, x):
+        return self.head((x + x.softmax(dim=-1)).flatten(1))
 
 
 class _BatchMixer(nn.Module):
@@ -99,8 +121,9 @@ class _BatchMixer(nn.Module):
 @pytest.mark.parametrize(
     ("model", "operation"),
     [
-        (_Gated(), "torch.Tensor.mul"),
-        (_LayerNormed(), "layer_norm"),
+        (_Bilinear(), r"torch.Tensor.mul in the model \(_Bilinear\): .*neither is a gate"),
+        (_Nested(), r"torch.exp in stages.1.0 \(_Block\): no CTC rule"),
+        (_SoftmaxAsSignal(), r"torch.Tensor.add .*reads the output of torch.Tensor.softmax"),
         (_BatchMixer(), "reshape"),
     ],
 )

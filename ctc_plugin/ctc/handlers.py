@@ -1,0 +1,437 @@
+"""The handlers of the operation -> rule table: from a torch call's arguments to a CTC rule.
+
+Each handler takes ``(gated_pass, func, args, kwargs)`` for a call whose arguments carry copies
+of the pass, reads the call's arguments the way torch does (by position or keyword), and applies
+the matching rule of :class:`~ctc_plugin.ctc.rules.GatedPass` (or the operation itself, for
+operations linear in the signal). :mod:`ctc_plugin.ctc.operations` says which torch functions
+each handler serves; :class:`~ctc_plugin.ctc.interception.CTCMode` dispatches to them.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils._pytree import tree_map
+
+from ctc_plugin.ctc.boxes import Window, union_boxes, window_boxes
+from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.ctc.rules import GatedPass, batch_norm_affine
+
+Handler = Callable[[GatedPass, Callable[..., Any], tuple, dict], Any]
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
+    """A call's argument by position or keyword."""
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def _with_arg(args: tuple, kwargs: dict, index: int, name: str, value: Any) -> tuple[tuple, dict]:
+    """The call's arguments with one argument replaced (by position or keyword)."""
+    if len(args) > index:
+        args = (*args[:index], value, *args[index + 1 :])
+    else:
+        kwargs = {**kwargs, name: value}
+    return args, kwargs
+
+
+def operation_name(func: Callable[..., Any]) -> str:
+    """A readable name for a torch function or tensor method."""
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    module = getattr(func, "__module__", None)
+    if name.startswith(("TensorBase.", "Tensor.")):
+        return "torch.Tensor." + name.split(".", 1)[1]
+    if name.startswith("_VariableFunctionsClass."):
+        return "torch." + name.split(".", 1)[1]
+    if "boolean_dispatch" in name:
+        return f"torch.nn.functional.{getattr(func, '__name__', 'max_pool')}"
+    if module in (None, "torch._C._nn"):
+        return f"torch.nn.functional.{name}"
+    return f"{module}.{name}"
+
+
+def is_inplace(func: Callable[..., Any]) -> bool:
+    """Whether a torch function writes its result into its first argument (``add_``, ``+=``)."""
+    name = getattr(func, "__name__", "")
+    if name.startswith("__i") and name.endswith("__"):  # __iadd__, not __invert__
+        return hasattr(torch.Tensor, "__" + name[3:])
+    return name.endswith("_") and not name.endswith("__")
+
+
+# ---------------------------------------------------------------------------- affine handlers
+def conv_like(bias_index: int, channels_first: bool, sliding: bool = False) -> Handler:
+    """Convolutions (channels first) and ``linear`` (features last): bias-free, then shared.
+
+    ``sliding``: a convolution whose output ``o`` reads a window of inputs around
+    ``o * stride - padding`` (not a transposed one); it carries the input's boxes over.
+    """
+
+    def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+        x, weight = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
+        if ctx.is_propagated(weight):
+            raise UnsupportedOperationError(operation_name(func), "its weight depends on the input")
+        bias = _arg(args, kwargs, bias_index, "bias")
+        args, kwargs = _with_arg(args, kwargs, bias_index, "bias", None)
+        bias_free = func(*args, **kwargs)
+        if bias is not None and channels_first:  # align (C,) to (C, 1, ...)
+            bias = bias.view(-1, *([1] * (bias_free.dim() - 2)))
+        boxes = None
+        if sliding and ctx.boxes(x) is not None:
+            window = Window.of(
+                tuple(weight.shape[2:]),
+                _arg(args, kwargs, 3, "stride", 1),
+                _arg(args, kwargs, 4, "padding", 0),
+                _arg(args, kwargs, 5, "dilation", 1),
+                weight.dim() - 2,
+            )
+            if window is not None:
+                boxes = window_boxes(ctx.boxes(x), window, tuple(bias_free.shape[2:]))
+        return ctx.affine(bias_free, bias, foldable=True, boxes=boxes)
+
+    return handle
+
+
+def batch_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Eval-mode ``batch_norm``: the affine map ``x * scale + shift``, folded when it can be."""
+    x = args[0]
+    mean = _arg(args, kwargs, 1, "running_mean")
+    var = _arg(args, kwargs, 2, "running_var")
+    weight = _arg(args, kwargs, 3, "weight")
+    bias = _arg(args, kwargs, 4, "bias")
+    training = _arg(args, kwargs, 5, "training", False)
+    eps = _arg(args, kwargs, 7, "eps", 1e-5)
+    if training or mean is None or var is None:
+        raise UnsupportedOperationError(
+            "torch.nn.functional.batch_norm",
+            "it normalises with batch statistics (training mode or no running statistics); "
+            "call model.eval() first",
+        )
+    scale, shift = batch_norm_affine(mean, var, weight, bias, eps)
+    shape = (-1, *([1] * (x.dim() - 2)))
+    return ctx.fold_batch_norm(x, scale.view(shape), shift.view(shape))
+
+
+def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
+    """``a + alpha*b`` / ``a - alpha*b`` (and reversed): linear, or affine with a constant."""
+
+    def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+        first, second = args[0], _arg(args, kwargs, 1, "other")
+        alpha = kwargs.get("alpha", 1)
+        if ctx.is_propagated(first) and ctx.is_propagated(second):
+            boxes = _union(ctx, first, second)  # read before an in-place sum drops them
+            return ctx.set_boxes(ctx.tag(func(*args, **kwargs)), boxes)
+        inplace = is_inplace(func)
+        signal_first = ctx.is_propagated(first)
+        if inplace and not signal_first:
+            raise UnsupportedOperationError(
+                operation_name(func), "it writes the input-dependent signal into a constant"
+            )
+        signal, constant = (first, second) if signal_first else (second, first)
+        # result = sign_signal * signal + sign_constant * constant
+        if reverse:  # rsub: other - alpha * self, with self = first
+            sign_signal, sign_constant = (-alpha, 1.0) if signal_first else (1.0, -alpha)
+        elif signal_first:
+            sign_signal, sign_constant = 1.0, sign_other * alpha
+        else:
+            sign_signal, sign_constant = sign_other * alpha, 1.0
+        bias = _as_bias(ctx, constant, signal, operation_name(func)) * sign_constant
+        boxes = ctx.boxes(signal)
+        if inplace:
+            if sign_signal != 1.0:
+                signal.mul_(sign_signal)
+            return ctx.affine(signal, bias, boxes=boxes)
+        signal = signal * sign_signal if sign_signal != 1.0 else signal.clone()
+        return ctx.affine(signal, bias, boxes=boxes)
+
+    return handle
+
+
+def _union(ctx: GatedPass, first: torch.Tensor, second: torch.Tensor) -> list | None:
+    """The boxes of the sum of two propagated tensors of one shape (``None`` if unknown)."""
+    a, b = ctx.boxes(first), ctx.boxes(second)
+    if a is None or b is None or first.shape != second.shape:
+        return None
+    return union_boxes(a, b)
+
+
+def _as_bias(ctx: GatedPass, constant: Any, signal: torch.Tensor, name: str) -> torch.Tensor:
+    """A constant operand as a bias broadcastable to the grouped (N, C, *rest) signal."""
+    if isinstance(constant, numbers.Number):
+        return signal.new_tensor(constant)
+    if not isinstance(constant, torch.Tensor):
+        raise UnsupportedOperationError(name, f"an operand of type {type(constant).__name__}")
+    if constant.dim() == signal.dim() and constant.shape[0] == ctx.layout.batch:
+        return ctx.layout.group(constant)
+    if constant.dim() == signal.dim() and constant.shape[0] == 1:
+        return constant[0]
+    if constant.dim() < signal.dim():
+        return constant
+    raise UnsupportedOperationError(
+        name, f"a constant of shape {tuple(constant.shape)} that does not broadcast per example"
+    )
+
+
+def multiply_or_divide(divide: bool) -> Handler:
+    """Products and quotients: linear with a constant, a gate with a gate tensor.
+
+    A product of two propagated tensors is linear in the copies only when one factor is a gate
+    tensor (it came out of a squashing activation of the full pass, see
+    :class:`~ctc_plugin.ctc.rules.GateMark`): each copy of the other factor is multiplied by
+    the gate copy's value. A product of two gate tensors is itself a gate tensor (of the full
+    pass only). Anything else is refused.
+    """
+
+    def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+        first, second = args[0], _arg(args, kwargs, 1, "other")
+        name = operation_name(func)
+        if ctx.is_propagated(first) and ctx.is_propagated(second):
+            first_gate, second_gate = ctx.gate_mark(first), ctx.gate_mark(second)
+            if first_gate is not None and second_gate is not None:
+                return ctx.mark_gate(ctx.tag(func(*args, **kwargs)), name, only=True)
+            if second_gate is not None:
+                return ctx.gate_product(first, second, divide=divide, inplace=is_inplace(func))
+            if first_gate is not None and not divide and not is_inplace(func):
+                return ctx.gate_product(second, first)
+            raise UnsupportedOperationError(name, _product_refusal(first_gate, divide))
+        if divide and not ctx.is_propagated(first):
+            raise UnsupportedOperationError(
+                name, "it divides by an input-dependent tensor (not linear)"
+            )
+        return ctx.tag(func(*args, **kwargs))
+
+    return handle
+
+
+def _product_refusal(first_gate: Any, divide: bool) -> str:
+    if divide:
+        return "it divides by an input-dependent tensor that is no gate tensor (not linear)"
+    if first_gate is not None:
+        return "it writes a product with the signal into a gate tensor in place"
+    return (
+        "it multiplies two input-dependent tensors and neither is a gate tensor (one that "
+        "comes out of a squashing activation such as sigmoid, hardsigmoid, tanh or softmax, "
+        "whose value CTC takes from the full pass), so the product is not linear in the copies"
+    )
+
+
+# ---------------------------------------------------------------------------- gate handlers
+def relu(inplace_default: bool = False) -> Handler:
+    """``relu``: the gate copy's activation pattern on every copy."""
+
+    def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+        inplace = bool(_arg(args, kwargs, 1, "inplace", inplace_default)) or inplace_default
+        return ctx.relu_gate(args[0], inplace=inplace)
+
+    return handle
+
+
+def leaky_relu(inplace_default: bool = False) -> Handler:
+    """``leaky_relu``: slope 1 where the gate copy was positive, the negative slope elsewhere."""
+
+    def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+        slope = _arg(args, kwargs, 1, "negative_slope", 0.01)
+        inplace = bool(_arg(args, kwargs, 2, "inplace", inplace_default)) or inplace_default
+        return ctx.leaky_relu_gate(args[0], float(slope), inplace=inplace)
+
+    return handle
+
+
+def rescale(gate: bool = False) -> Handler:
+    """Smooth elementwise activations as rescale gates ``y / x`` of the gate copy.
+
+    With ``gate``, a squashing activation (sigmoid, hardsigmoid, tanh, hardtanh): its output
+    is also a gate tensor that may multiply the signal (squeeze-excitation).
+    """
+
+    def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+        x, rest = args[0], args[1:]
+        inplace = bool(kwargs.get("inplace", False)) or any(a is True for a in rest)
+        # The activation runs on a clone: an in-place variant must not overwrite the signal.
+        origin = operation_name(func) if gate else None
+        out = ctx.rescale_gate(x, lambda t: func(t.clone(), *rest, **kwargs), origin)
+        if not inplace:
+            return out
+        x = ctx.tag(x.copy_(out))
+        return x if origin is None else ctx.mark_gate(x, origin)
+
+    return handle
+
+
+def softmax(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``softmax``: a gate tensor of the full pass (attention probabilities, soft gates).
+
+    Its copies would be no linear copies of anything, so it is computed for the gate copy only
+    and may serve as a gate only (:meth:`~ctc_plugin.ctc.rules.GatedPass.gate_product`).
+    """
+    return ctx.full_pass_gate(
+        args[0], lambda gate: func(gate, *args[1:], **kwargs), operation_name(func)
+    )
+
+
+# ---------------------------------------------------------------------------- normalisations
+def layer_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``layer_norm``: each copy centred on its own mean, divided by the gate copy's spread."""
+    shape = _arg(args, kwargs, 1, "normalized_shape")
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    return ctx.layer_norm(
+        args[0],
+        shape,
+        _arg(args, kwargs, 2, "weight"),
+        _arg(args, kwargs, 3, "bias"),
+        float(_arg(args, kwargs, 4, "eps", 1e-5)),
+    )
+
+
+def rms_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``rms_norm``: each copy divided by the gate copy's root mean square."""
+    x = args[0]
+    shape = _arg(args, kwargs, 1, "normalized_shape")
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    eps = _arg(args, kwargs, 3, "eps", None)
+    eps = torch.finfo(x.dtype).eps if eps is None else float(eps)
+    return ctx.layer_norm(x, shape, _arg(args, kwargs, 2, "weight"), None, eps, centre=False)
+
+
+def group_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``group_norm``: per copy and group centred, divided by the gate copy's spread."""
+    return ctx.group_norm(
+        args[0],
+        int(_arg(args, kwargs, 1, "num_groups")),
+        _arg(args, kwargs, 2, "weight"),
+        _arg(args, kwargs, 3, "bias"),
+        float(_arg(args, kwargs, 4, "eps", 1e-5)),
+    )
+
+
+def instance_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``instance_norm``: with running statistics an affine map, else statistics as gates."""
+    x = args[0]
+    mean = _arg(args, kwargs, 1, "running_mean")
+    var = _arg(args, kwargs, 2, "running_var")
+    weight = _arg(args, kwargs, 3, "weight")
+    bias = _arg(args, kwargs, 4, "bias")
+    use_input_stats = _arg(args, kwargs, 5, "use_input_stats", True)
+    eps = float(_arg(args, kwargs, 7, "eps", 1e-5))
+    if not use_input_stats:
+        if mean is None or var is None:
+            raise UnsupportedOperationError(
+                operation_name(func), "use_input_stats=False needs running statistics"
+            )
+        scale, shift = batch_norm_affine(mean, var, weight, bias, eps)
+        shape = (-1, *([1] * (x.dim() - 2)))
+        return ctx.fold_batch_norm(x, scale.view(shape), shift.view(shape))
+    if mean is not None or var is not None:
+        raise UnsupportedOperationError(
+            operation_name(func),
+            "it would update its running statistics (InstanceNorm with "
+            "track_running_stats=True in training mode); call model.eval() first",
+        )
+    return ctx.instance_norm(x, weight, bias, eps)
+
+
+def max_pool(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Max pooling: every copy gathered at the gate copy's argmax positions."""
+    wants_indices = bool(kwargs.pop("return_indices", False))
+    name = getattr(func, "__name__", "")
+    if len(args) > 6 and "adaptive" not in name:
+        wants_indices = wants_indices or bool(args[6])
+        args = args[:6]
+    if "adaptive" in name and len(args) > 2:
+        wants_indices = wants_indices or bool(args[2])
+        args = args[:2]
+    with_indices = functools.partial(_POOL_WITH_INDICES[_pool_kind(func, args[0])], **kwargs)
+    window = None
+    if "adaptive" not in name:
+        window = Window.of(
+            _arg(args, kwargs, 1, "kernel_size"),
+            _arg(args, kwargs, 2, "stride", None),
+            _arg(args, kwargs, 3, "padding", 0),
+            _arg(args, kwargs, 4, "dilation", 1),
+            args[0].dim() - 2,
+        )
+    out = ctx.max_pool_switches(args[0], lambda t: with_indices(t, *args[1:]), window)
+    if wants_indices:
+        raise UnsupportedOperationError(
+            operation_name(func), "returning pooling indices to the model is not supported"
+        )
+    return out
+
+
+def _pool_kind(func: Callable, x: torch.Tensor) -> str:
+    adaptive = "adaptive" in getattr(func, "__name__", "")
+    return f"{'adaptive_' if adaptive else ''}{x.dim() - 2}d"
+
+
+_POOL_WITH_INDICES: dict[str, Callable[..., Any]] = {
+    "1d": functools.partial(F.max_pool1d, return_indices=True),
+    "2d": functools.partial(F.max_pool2d, return_indices=True),
+    "3d": functools.partial(F.max_pool3d, return_indices=True),
+    "adaptive_1d": functools.partial(F.adaptive_max_pool1d, return_indices=True),
+    "adaptive_2d": functools.partial(F.adaptive_max_pool2d, return_indices=True),
+    "adaptive_3d": functools.partial(F.adaptive_max_pool3d, return_indices=True),
+}
+
+
+# ---------------------------------------------------------------------------- linear handlers
+def apply_linear(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """An operation linear in the signal, applied as it is to all copies at once."""
+    out = func(*args, **kwargs)
+    return tree_map(lambda t: ctx.tag(t) if isinstance(t, torch.Tensor) else t, out)
+
+
+def dropout(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Dropout in eval mode is the identity; in training mode it is refused."""
+    if _arg(args, kwargs, 2, "training", True):
+        raise UnsupportedOperationError(
+            operation_name(func), "dropout is random in training mode; call model.eval() first"
+        )
+    return args[0]
+
+
+def zero_pad(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Padding: linear with zeros (and reflect/replicate modes); another constant is refused."""
+    mode = _arg(args, kwargs, 2, "mode", "constant")
+    value = _arg(args, kwargs, 3, "value", None)
+    if mode == "constant" and value not in (None, 0, 0.0):
+        raise UnsupportedOperationError(
+            operation_name(func), f"padding with the constant {value} (only 0 is linear)"
+        )
+    return ctx.tag(func(*args, **kwargs))
+
+
+def interpolate(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Resizing by a linear interpolation mode."""
+    mode = _arg(args, kwargs, 3, "mode", "nearest")
+    if mode not in (
+        "nearest",
+        "nearest-exact",
+        "linear",
+        "bilinear",
+        "bicubic",
+        "trilinear",
+        "area",
+    ):
+        raise UnsupportedOperationError(operation_name(func), f"interpolation mode {mode!r}")
+    return ctx.tag(func(*args, **kwargs))
+
+
+def make_constant(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Factories that only read a shape, dtype or device make constants, not signals."""
+    return func(*args, **kwargs)
+
+
+def set_item(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> None:
+    """``x[i] = v`` of two propagated tensors (linear); a constant written in is refused."""
+    target, value = args[0], args[2]
+    if not (ctx.is_propagated(target) and ctx.is_propagated(value)):
+        raise UnsupportedOperationError(
+            operation_name(func), "it mixes a constant and the input-dependent signal in place"
+        )
+    func(*args, **kwargs)
+    ctx.tag(target)

@@ -1,0 +1,346 @@
+"""The operation -> rule table: the one place where CTC supports a torch operation.
+
+Every torch function a model calls during a CTC pass with copies among its arguments is looked
+up here (:func:`rule_for`). Each :class:`OperationRule` row names the functions it serves, the
+handler (:mod:`ctc_plugin.ctc.handlers`) that reads their arguments and applies a rule of
+:class:`~ctc_plugin.ctc.rules.GatedPass`, and what the rule does, in words. The error for an
+operation without a row (:class:`~ctc_plugin.ctc.errors.UnsupportedOperationError`) lists the
+kinds of this table (:func:`supported_summary`), and the table on the docs page "How CTC works"
+is :func:`rules_table_markdown` (a test keeps them equal; ``python -m
+ctc_plugin.ctc.operations`` prints it).
+
+To support a new operation: write a handler (or reuse one) and add its functions to a row, or a
+new row, in :func:`_rows`; then regenerate the docs table.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ctc_plugin.ctc import handlers as h
+from ctc_plugin.ctc.handlers import Handler, operation_name
+
+
+@dataclass(frozen=True)
+class OperationRule:
+    """One row of the table: torch functions that share a CTC rule.
+
+    Attributes:
+        kind: The kind of rule (rows of one kind are listed together in error messages).
+        rule: What the rule does to the copies, in one sentence (Markdown, for the docs).
+        handler: Reads a call's arguments and applies the rule.
+        functions: The torch functions and tensor methods the row serves.
+        takes_gate_only: The handler accepts a gate-only tensor (a softmax output, see
+            :class:`~ctc_plugin.ctc.rules.GateMark`) among its operands and uses it as a gate.
+        keeps_gate: Applied to gate tensors (and constants) only, the result is a gate tensor
+            too: reshaping, pooling, products with and sums of constants. Rows that mix a gate
+            into the signal path (convolutions, normalisations, activations) make signals.
+    """
+
+    kind: str
+    rule: str
+    handler: Handler
+    functions: tuple[Any, ...]
+    takes_gate_only: bool = False
+    keeps_gate: bool = False
+
+    @property
+    def names(self) -> list[str]:
+        """Short names of the functions (``conv2d``, ``+``, ``x[i]``), without repeats."""
+        return list(dict.fromkeys(short_name(f) for f in self.functions))
+
+
+#: Kinds of rules, in table order, with the phrase the error message lists them by.
+KINDS: dict[str, str] = {
+    "affine": "convolutions, linear layers and BatchNorm in eval mode (biases shared)",
+    "normalisation": "LayerNorm, GroupNorm, InstanceNorm and RMSNorm (statistics as gates)",
+    "gate": "ReLU/LeakyReLU and max pooling (gates of the full pass)",
+    "rescale": "smooth elementwise activations (rescale gates)",
+    "gate tensor": (
+        "products with a gate tensor: sigmoid, hardsigmoid, tanh or softmax outputs "
+        "(squeeze-excitation, gated units)"
+    ),
+    "linear": (
+        "residual adds, average pooling, concatenation, reshaping, products with constants "
+        "and dropout in eval mode"
+    ),
+}
+
+
+_T = torch.Tensor
+_MAX_POOLS = (
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.max_pool1d,
+    torch.max_pool2d, torch.max_pool3d,
+)  # fmt: skip
+_SQUASHING = (
+    F.relu6, F.hardtanh, F.hardsigmoid, torch.sigmoid, _T.sigmoid, F.sigmoid,
+    torch.tanh, _T.tanh, F.tanh,
+)  # fmt: skip
+_LINEAR_OPERATIONS = (
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.flatten, _T.flatten, _T.view,
+    _T.reshape, torch.reshape, _T.contiguous, _T.permute, torch.permute, _T.transpose,
+    torch.transpose, _T.squeeze, torch.squeeze, _T.unsqueeze, torch.unsqueeze,
+    _T.__getitem__, torch.cat, torch.concat, torch.concatenate, torch.stack, _T.clone,
+    torch.clone, _T.to, _T.float, _T.double, _T.mean, torch.mean, _T.sum, torch.sum,
+    _T.__neg__, torch.neg, _T.neg, _T.chunk, torch.chunk, _T.split, torch.split,
+    _T.unbind, torch.unbind, _T.expand, _T.expand_as, _T.view_as, _T.reshape_as,
+    _T.unflatten, torch.unflatten, _T.movedim, torch.movedim, _T.narrow, torch.narrow,
+    F.pixel_shuffle, F.pixel_unshuffle, _T.type_as, _T.detach, _T.cpu, _T.cuda,
+)  # fmt: skip
+_CONSTANT_FACTORIES = (
+    _T.new_zeros, _T.new_ones, _T.new_full, _T.new_empty, _T.new_tensor, torch.zeros_like,
+    torch.ones_like, torch.empty_like, torch.full_like,
+)  # fmt: skip
+
+
+def _rows() -> list[OperationRule]:
+    T = torch.Tensor
+    return [
+        OperationRule(
+            "affine",
+            "bias-free result + the bias shared among the copies",
+            h.conv_like(2, channels_first=True, sliding=True),
+            (torch.conv1d, torch.conv2d, torch.conv3d),
+        ),
+        OperationRule(
+            "affine",
+            "bias-free result + the bias shared among the copies",
+            h.conv_like(2, channels_first=True),
+            (torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d),
+        ),
+        OperationRule(
+            "affine",
+            "bias-free result + the bias shared among the copies",
+            h.conv_like(2, channels_first=False),
+            (F.linear,),
+        ),
+        OperationRule(
+            "affine",
+            "`x · scale + shift` from the running statistics; the shift is a shared bias, "
+            "folded into a preceding biased layer (training mode is refused)",
+            h.batch_norm,
+            (F.batch_norm,),
+        ),
+        OperationRule(
+            "affine",
+            "sums of propagated tensors are linear (residual adds); a constant added to the "
+            "signal is a bias shared among the copies (e.g. `(x - mean) / std` in the model)",
+            h.add_or_subtract(1.0),
+            (torch.add, T.add, T.__add__, T.__radd__, T.add_, T.__iadd__),
+            keeps_gate=True,
+        ),
+        OperationRule(
+            "affine",
+            "as `+`",
+            h.add_or_subtract(-1.0),
+            (torch.sub, T.sub, T.__sub__, T.sub_, T.__isub__, torch.subtract),
+            keeps_gate=True,
+        ),
+        OperationRule(
+            "affine",
+            "as `+`",
+            h.add_or_subtract(-1.0, reverse=True),
+            (torch.rsub, T.__rsub__),
+            keeps_gate=True,
+        ),
+        OperationRule(
+            "normalisation",
+            "each copy centred on its own mean, divided by the gate copy's standard deviation "
+            "and multiplied by the weight; the shift is a shared bias",
+            h.layer_norm,
+            (F.layer_norm, torch.layer_norm),
+        ),
+        OperationRule(
+            "normalisation",
+            "as `layer_norm`, per group of channels",
+            h.group_norm,
+            (F.group_norm, torch.group_norm),
+        ),
+        OperationRule(
+            "normalisation",
+            "as `layer_norm`, per channel over positions; with running statistics (eval mode) "
+            "as `batch_norm`",
+            h.instance_norm,
+            (F.instance_norm,),
+        ),
+        *(
+            [
+                OperationRule(
+                    "normalisation",
+                    "each copy divided by the gate copy's root mean square, times the weight",
+                    h.rms_norm,
+                    (F.rms_norm,),
+                )
+            ]
+            if hasattr(F, "rms_norm")
+            else []
+        ),
+        OperationRule(
+            "gate",
+            "the gate copy's activation pattern `1[x > 0]` on every copy",
+            h.relu(),
+            (F.relu, torch.relu, T.relu),
+        ),
+        OperationRule(
+            "gate",
+            "the gate copy's activation pattern, in place",
+            h.relu(inplace_default=True),
+            (F.relu_, torch.relu_, T.relu_),
+        ),
+        OperationRule(
+            "gate",
+            "slope 1 where the gate copy is positive, the negative slope elsewhere",
+            h.leaky_relu(),
+            (F.leaky_relu,),
+        ),
+        OperationRule(
+            "gate",
+            "as `leaky_relu`, in place",
+            h.leaky_relu(inplace_default=True),
+            (F.leaky_relu_,),
+        ),
+        OperationRule(
+            "gate",
+            "every copy gathered at the gate copy's argmax positions (switches)",
+            h.max_pool,
+            _MAX_POOLS,
+        ),
+        OperationRule(
+            "rescale",
+            "every copy multiplied by `y / x` of the gate copy (0 where `x = 0`); the gate copy "
+            "gets the exact activation",
+            h.rescale(),
+            (F.silu, F.gelu, F.hardswish, F.mish, F.elu, F.selu, F.celu, F.softplus),
+        ),
+        OperationRule(
+            "gate tensor",
+            "rescale gates, and the output is a *gate tensor* that may multiply the signal",
+            h.rescale(gate=True),
+            _SQUASHING,
+        ),
+        OperationRule(
+            "gate tensor",
+            "a gate tensor of the full pass only: it may multiply the signal and nothing else",
+            h.softmax,
+            (F.softmax, torch.softmax, T.softmax),
+        ),
+        OperationRule(
+            "gate tensor",
+            "with a constant: linear; with a gate tensor: every copy of the signal times the "
+            "gate copy's value (squeeze-excitation, `x * sigmoid(x)`); two input-dependent "
+            "factors of which neither is a gate tensor are refused",
+            h.multiply_or_divide(divide=False),
+            (torch.mul, T.mul, T.__mul__, T.__rmul__, T.mul_, T.__imul__, torch.multiply),
+            takes_gate_only=True,
+            keeps_gate=True,
+        ),
+        OperationRule(
+            "gate tensor",
+            "by a constant or a gate tensor, as `*`",
+            h.multiply_or_divide(divide=True),
+            (torch.div, T.div, T.__truediv__, T.div_, T.__itruediv__, torch.true_divide),
+            takes_gate_only=True,
+            keeps_gate=True,
+        ),
+        OperationRule(
+            "linear",
+            "applied as it is",
+            h.apply_linear,
+            _LINEAR_OPERATIONS,
+            keeps_gate=True,
+        ),
+        OperationRule(
+            "linear",
+            "the identity in eval mode (refused in training mode: random)",
+            h.dropout,
+            (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout),
+            keeps_gate=True,
+        ),
+        OperationRule(
+            "linear",
+            "padding with zeros (another constant is refused)",
+            h.zero_pad,
+            (F.pad,),
+            keeps_gate=True,
+        ),
+        OperationRule(
+            "linear",
+            "nearest, linear, bilinear, bicubic, trilinear and area modes",
+            h.interpolate,
+            (F.interpolate,),
+            keeps_gate=True,
+        ),
+        OperationRule(
+            "linear",
+            "writing one propagated tensor into another (a constant written in is refused)",
+            h.set_item,
+            (T.__setitem__,),
+        ),
+        OperationRule(
+            "linear",
+            "constants shaped like the signal (not signals themselves)",
+            h.make_constant,
+            _CONSTANT_FACTORIES,
+        ),
+    ]
+
+
+#: Torch functions that draw random numbers: refused during a pass whatever their arguments
+#: (stochastic depth in training mode multiplies the signal by such numbers, a constant).
+RANDOM_FUNCTIONS: frozenset[Any] = frozenset(
+    (
+        torch.rand, torch.rand_like, torch.randn, torch.randn_like, torch.randint,
+        torch.randint_like, torch.randperm, torch.bernoulli, torch.Tensor.bernoulli,
+        torch.Tensor.bernoulli_, torch.Tensor.uniform_, torch.Tensor.normal_, torch.normal,
+        torch.multinomial, torch.Tensor.random_, torch.Tensor.exponential_, torch.poisson,
+    )
+)  # fmt: skip
+
+ROWS: tuple[OperationRule, ...] = tuple(_rows())
+_BY_FUNCTION: dict[Any, OperationRule] = {f: row for row in ROWS for f in row.functions}
+
+
+def rule_for(func: Callable[..., Any]) -> OperationRule | None:
+    """The row serving a torch function, or ``None`` when CTC has no rule for it."""
+    return _BY_FUNCTION.get(func)
+
+
+_OPERATORS = {
+    "__add__": "+", "__radd__": "+", "__iadd__": "+=", "__sub__": "-", "__rsub__": "-",
+    "__isub__": "-=", "__mul__": "*", "__rmul__": "*", "__imul__": "*=", "__truediv__": "/",
+    "__itruediv__": "/=", "__neg__": "-x", "__getitem__": "x[i]", "__setitem__": "x[i] = v",
+    "__matmul__": "@", "__rmatmul__": "@",
+}  # fmt: skip
+
+
+def short_name(func: Callable[..., Any]) -> str:
+    """A function's name as the docs table shows it: ``conv2d``, ``+``, ``x[i]``."""
+    name = operation_name(func).rsplit(".", 1)[-1]
+    return _OPERATORS.get(name, name)
+
+
+@functools.cache
+def supported_summary() -> str:
+    """The kinds of operations CTC supports, as the error message lists them."""
+    return "; ".join(KINDS.values())
+
+
+def rules_table_markdown() -> str:
+    """The table on the docs page "How CTC works", generated from :data:`ROWS`."""
+    lines = ["| kind | operations | rule |", "|---|---|---|"]
+    for row in ROWS:
+        operations = ", ".join(f"`{name}`" for name in row.names)
+        lines.append(f"| {row.kind} | {operations} | {row.rule} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - prints the docs table
+    print(rules_table_markdown(), end="")
