@@ -1,14 +1,15 @@
 """CTC speed against Captum FeatureAblation and plain forward passes, in the same run.
 
-ResNet-18 (torchvision, random weights, eval mode) at 224x224 on the CPU, K = 16 grid features,
-the same feature_mask and perturbations_per_eval for both methods. Prints the median time of
+A torchvision model (``--model``, any classification builder; default ResNet-18; random
+weights, eval mode) at 224x224 on the CPU, K = 16 grid features, the same feature_mask and
+perturbations_per_eval for both methods. Prints the median time of
 each method over repeated, interleaved runs and the ratios the project holds CTC to:
 
 - CTC / FeatureAblation            (goal <= 1.15)
 - CTC / (K + 1 plain forward passes in one batch)   (goal <= 1.2)
 
-Run: ``python benchmarks/bench_ctc.py [--quick] [--size 224] [--features 16] [--threads 2]
-[--device cuda]``
+Run: ``python benchmarks/bench_ctc.py [--model resnet18] [--quick] [--size 224] [--features 16]
+[--threads 2] [--device cuda]``
 (``--profile reference`` also prints where one call of that mode spends its time, by operation;
 ``--batch 8`` explains 8 images per call and adds CTC with the whole batch in one pass, i.e.
 without grouping the examples by ``max_copies_per_pass``; ``--channels-last`` puts the model and
@@ -51,6 +52,13 @@ def median_time(fn, repeats: int, device: torch.device | None = None) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        default="resnet18",
+        choices=torchvision.models.list_models(module=torchvision.models),
+        metavar="NAME",
+        help="a torchvision classification builder (random weights), e.g. efficientnet_b0",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 112x112")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--features", type=int, default=16)
@@ -74,7 +82,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = torchvision.models.resnet18(weights=None).eval().to(device)
+    model = torchvision.models.get_model(args.model, weights=None).eval().to(device)
     x = torch.rand(args.batch, 3, args.size, args.size).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -126,7 +134,7 @@ def main() -> None:
     medians = {name: statistics.median(t) for name, t in timings.items()}
     fa, plain_t = medians["captum FeatureAblation"], medians["plain forward x (K+1)"]
     print(
-        f"ResNet-18{' (channels-last)' if args.channels_last else ''}, "
+        f"{args.model}{' (channels-last)' if args.channels_last else ''}, "
         f"{args.batch} image(s) of {args.size}x{args.size}, K={k}, "
         f"threads={args.threads}, repeats={args.repeats}, torch {torch.__version__}, "
         f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"

@@ -28,6 +28,8 @@ OPTIONS = {
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``ctc-plugin benchmark``."""
+    from ctc_plugin.zoo.loading import FAMILIES
+
     parser = subparsers.add_parser(
         "benchmark",
         help="compare every explanation method on the zoo models (CSV, Markdown table, plots)",
@@ -51,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--families",
         nargs="+",
         metavar="FAMILY",
-        help="zoo families (vgg resnet densenet inception)",
+        help=f"zoo families ({' '.join(FAMILIES)})",
     )
     parser.add_argument("--splits", nargs="+", metavar="SPLIT", help="shapes and/or composite")
     parser.add_argument(

@@ -70,10 +70,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
+    from ctc_plugin.zoo.loading import FAMILIES
+
     parser.add_argument(
         "--model",
         default="resnet",
-        help="a zoo family (vgg, resnet, densenet, inception; add -composite for the composite "
+        help=f"a zoo family ({', '.join(FAMILIES)}; add -composite for the composite "
         "weights, e.g. resnet-composite), a torchvision architecture (e.g. resnet18, needs "
         "--weights) or module:callable returning an nn.Module (default: resnet)",
     )

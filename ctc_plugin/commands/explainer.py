@@ -86,6 +86,8 @@ WEIGHTS = (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``explainer train``."""
+    from ctc_plugin.zoo.loading import FAMILIES
+
     parser = subparsers.add_parser(
         "explainer", help="train Explainer mask networks for zoo models", description=__doc__
     )
@@ -99,9 +101,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "the optional two-object images). Each shipped explainer "
         "stores the exact command that made it in its metadata['command'].",
     )
-    train.add_argument(
-        "--model", required=True, help="zoo family: vgg, resnet, densenet, inception"
-    )
+    train.add_argument("--model", required=True, help=f"zoo family: {', '.join(FAMILIES)}")
     train.add_argument("--split", default="shapes", help="data split (default: shapes)")
     train.add_argument("--weights", type=Path, help="classifier weights instead of the shipped")
     train.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="most epochs")
@@ -166,7 +166,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "network (backbone 'student-unet', about the default explainer's cost; load with "
         "Explainer.load(PATH)).",
     )
-    gate.add_argument("--model", required=True, help="zoo family: vgg, resnet, densenet, inception")
+    gate.add_argument("--model", required=True, help=f"zoo family: {', '.join(FAMILIES)}")
     gate.add_argument("--split", default="shapes", help="data split (default: shapes)")
     gate.add_argument(
         "--mask-explainer", type=Path, help="default explainer file (default: the shipped one)"

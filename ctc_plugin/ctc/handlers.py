@@ -81,6 +81,8 @@ def conv_like(bias_index: int, channels_first: bool, sliding: bool = False) -> H
         bias_free = func(*args, **kwargs)
         if bias is not None and channels_first:  # align (C,) to (C, 1, ...)
             bias = bias.view(-1, *([1] * (bias_free.dim() - 2)))
+        # a BatchNorm can only follow (and fold in) where the features are dim 1
+        foldable = channels_first or bias_free.dim() == 2
         boxes = None
         if sliding and ctx.boxes(x) is not None:
             window = Window.of(
@@ -92,7 +94,7 @@ def conv_like(bias_index: int, channels_first: bool, sliding: bool = False) -> H
             )
             if window is not None:
                 boxes = window_boxes(ctx.boxes(x), window, tuple(bias_free.shape[2:]))
-        return ctx.affine(bias_free, bias, foldable=True, boxes=boxes)
+        return ctx.affine(bias_free, bias, foldable=foldable, boxes=boxes)
 
     return handle
 
@@ -254,11 +256,9 @@ def rescale(gate: bool = False) -> Handler:
         inplace = bool(kwargs.get("inplace", False)) or any(a is True for a in rest)
         # The activation runs on a clone: an in-place variant must not overwrite the signal.
         origin = operation_name(func) if gate else None
-        out = ctx.rescale_gate(x, lambda t: func(t.clone(), *rest, **kwargs), origin)
-        if not inplace:
-            return out
-        x = ctx.tag(x.copy_(out))
-        return x if origin is None else ctx.mark_gate(x, origin)
+        return ctx.rescale_gate(
+            x, lambda t: func(t.clone(), *rest, **kwargs), origin, inplace=inplace
+        )
 
     return handle
 

@@ -90,7 +90,7 @@ _LINEAR_OPERATIONS = (
     torch.transpose, _T.squeeze, torch.squeeze, _T.unsqueeze, torch.unsqueeze,
     _T.__getitem__, torch.cat, torch.concat, torch.concatenate, torch.stack, _T.clone,
     torch.clone, _T.to, _T.float, _T.double, _T.mean, torch.mean, _T.sum, torch.sum,
-    _T.__neg__, torch.neg, _T.neg, _T.chunk, torch.chunk, _T.split, torch.split,
+    torch.neg, _T.neg, _T.chunk, torch.chunk, _T.split, torch.split,
     _T.unbind, torch.unbind, _T.expand, _T.expand_as, _T.view_as, _T.reshape_as,
     _T.unflatten, torch.unflatten, _T.movedim, torch.movedim, _T.narrow, torch.narrow,
     F.pixel_shuffle, F.pixel_unshuffle, _T.type_as, _T.detach, _T.cpu, _T.cuda,
@@ -99,6 +99,12 @@ _CONSTANT_FACTORIES = (
     _T.new_zeros, _T.new_ones, _T.new_full, _T.new_empty, _T.new_tensor, torch.zeros_like,
     torch.ones_like, torch.empty_like, torch.full_like,
 )  # fmt: skip
+
+
+_SUMS = (
+    "sums of propagated tensors are linear (residual adds); a constant added to the signal is a "
+    "bias shared among the copies (e.g. `(x - mean) / std` in the model)"
+)
 
 
 def _rows() -> list[OperationRule]:
@@ -131,22 +137,21 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "affine",
-            "sums of propagated tensors are linear (residual adds); a constant added to the "
-            "signal is a bias shared among the copies (e.g. `(x - mean) / std` in the model)",
+            _SUMS,
             h.add_or_subtract(1.0),
             (torch.add, T.add, T.__add__, T.__radd__, T.add_, T.__iadd__),
             keeps_gate=True,
         ),
         OperationRule(
             "affine",
-            "as `+`",
+            _SUMS,
             h.add_or_subtract(-1.0),
             (torch.sub, T.sub, T.__sub__, T.sub_, T.__isub__, torch.subtract),
             keeps_gate=True,
         ),
         OperationRule(
             "affine",
-            "as `+`",
+            _SUMS,
             h.add_or_subtract(-1.0, reverse=True),
             (torch.rsub, T.__rsub__),
             keeps_gate=True,
@@ -191,9 +196,9 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "gate",
-            "the gate copy's activation pattern, in place",
+            "the gate copy's activation pattern `1[x > 0]` on every copy",
             h.relu(inplace_default=True),
-            (F.relu_, torch.relu_, T.relu_),
+            (F.relu_, T.relu_),  # torch.relu_ is F.relu_
         ),
         OperationRule(
             "gate",
@@ -203,7 +208,7 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "gate",
-            "as `leaky_relu`, in place",
+            "slope 1 where the gate copy is positive, the negative slope elsewhere",
             h.leaky_relu(inplace_default=True),
             (F.leaky_relu_,),
         ),
@@ -316,8 +321,8 @@ def rule_for(func: Callable[..., Any]) -> OperationRule | None:
 _OPERATORS = {
     "__add__": "+", "__radd__": "+", "__iadd__": "+=", "__sub__": "-", "__rsub__": "-",
     "__isub__": "-=", "__mul__": "*", "__rmul__": "*", "__imul__": "*=", "__truediv__": "/",
-    "__itruediv__": "/=", "__neg__": "-x", "__getitem__": "x[i]", "__setitem__": "x[i] = v",
-    "__matmul__": "@", "__rmatmul__": "@",
+    "__itruediv__": "/=", "__idiv__": "/=", "__neg__": "-x", "__getitem__": "x[i]",
+    "__setitem__": "x[i] = v", "__matmul__": "@", "__rmatmul__": "@",
 }  # fmt: skip
 
 
@@ -335,10 +340,15 @@ def supported_summary() -> str:
 
 def rules_table_markdown() -> str:
     """The table on the docs page "How CTC works", generated from :data:`ROWS`."""
-    lines = ["| kind | operations | rule |", "|---|---|---|"]
+    merged: list[tuple[str, str, list[str]]] = []  # consecutive rows of one kind and rule
     for row in ROWS:
-        operations = ", ".join(f"`{name}`" for name in row.names)
-        lines.append(f"| {row.kind} | {operations} | {row.rule} |")
+        if merged and merged[-1][:2] == (row.kind, row.rule):
+            merged[-1][2].extend(n for n in row.names if n not in merged[-1][2])
+        else:
+            merged.append((row.kind, row.rule, row.names))
+    lines = ["| kind | operations | rule |", "|---|---|---|"]
+    for kind, rule, names in merged:
+        lines.append(f"| {kind} | {', '.join(f'`{name}`' for name in names)} | {rule} |")
     return "\n".join(lines) + "\n"
 
 

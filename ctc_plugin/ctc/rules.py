@@ -249,11 +249,8 @@ class GatedPass:
             bias_free, bias = parts
             folded_bias = bias * scale + shift
             return self.affine(bias_free * scale, folded_bias, boxes=boxes)
-        if self.scale_in_place and scale.dtype == x.dtype and sole_holder(x):
-            scaled = x.detach()  # the same memory under a new tensor object
-            self.retire(x)
-            self.scaled_in_place += 1
-            return self.affine(scaled.mul_(scale), shift, boxes=boxes)
+        if scale.dtype == x.dtype and self._may_overwrite(x):
+            return self.affine(self._take_over(x).mul_(scale), shift, boxes=boxes)
         return self.affine(x * scale, shift, boxes=boxes)
 
     # ------------------------------------------------------------------ gates
@@ -282,6 +279,7 @@ class GatedPass:
         x: torch.Tensor,
         activation: Callable[[torch.Tensor], torch.Tensor],
         gate_origin: str | None = None,
+        inplace: bool = False,
     ) -> torch.Tensor:
         """Smooth elementwise activation as the rescale gate ``y / x`` of the original pass.
 
@@ -290,139 +288,40 @@ class GatedPass:
 
         Args:
             x: The propagated pre-activation.
-            activation: The activation, applied to the gate copy.
+            activation: The activation, applied to (a view of) the gate copy; it must not
+                change its argument.
             gate_origin: For a squashing activation (sigmoid, tanh, ...), its name: the result
                 is then also a gate tensor that may multiply the signal
                 (:meth:`gate_product`).
+            inplace: Write the result into ``x`` (an in-place activation of the model). Without
+                it, with :attr:`scale_in_place` and no other tensor on ``x``'s memory, ``x`` is
+                overwritten and retired all the same (see :meth:`fold_batch_norm`).
         """
-        grouped = self.layout.group(x)
+        grouped, boxes = self.layout.group(x), self.boxes(x)  # a gate keeps zeros
         original = grouped[:, 0]
         y = activation(original)
         nonzero = original != 0
         gate = torch.where(nonzero, y / torch.where(nonzero, original, 1.0), 0.0).detach()
-        out = grouped * gate.unsqueeze(1)
-        out[:, 0] = exact_with_linear_gradient(y, out[:, 0])
-        out = self.set_boxes(self.tag(out.flatten(0, 1)), self.boxes(x))
+        if inplace or self._may_overwrite(x):
+            out = x if inplace else self._take_over(x)
+            scaled = self.layout.group(out).mul_(gate.unsqueeze(1))
+        else:
+            scaled = grouped * gate.unsqueeze(1)
+            out = scaled.flatten(0, 1)
+        scaled[:, 0] = exact_with_linear_gradient(y, scaled[:, 0])
+        out = self.set_boxes(self.tag(out), boxes)
         return out if gate_origin is None else self.mark_gate(out, gate_origin)
 
-    def gate_product(
-        self, signal: torch.Tensor, gate: torch.Tensor, divide: bool = False, inplace: bool = False
-    ) -> torch.Tensor:
-        """A product of the signal with a gate tensor: each copy times the gate copy's factor.
+    def _may_overwrite(self, x: torch.Tensor) -> bool:
+        """Whether a rule may write its result into ``x`` (then retiring it)."""
+        return self.scale_in_place and sole_holder(x)
 
-        Squeeze-excitation (``x * sigmoid(fc(pool(x)))``), gated units and ``x * sigmoid(x)``
-        written out: the full pass decided the factor, so every copy of ``signal`` is
-        multiplied by the value the gate copy of ``gate`` holds (divided by it with
-        ``divide``). The result is linear in the copies and keeps their zeros.
-
-        Args:
-            signal: The propagated signal.
-            gate: A propagated gate tensor (:meth:`gate_mark`), broadcastable to ``signal``.
-            divide: ``signal / gate`` instead of ``signal * gate``.
-            inplace: Write the result into ``signal`` (``signal.mul_(gate)``).
-        """
-        grouped, factor = self.layout.group(signal), self.layout.group(gate)[:, :1].detach()
-        if factor.dim() != grouped.dim():
-            raise UnsupportedOperationError(
-                "a product with a gate tensor",
-                f"the gate of shape {tuple(gate.shape)} and the signal of shape "
-                f"{tuple(signal.shape)} do not share the batch dimension",
-            )
-        boxes = self.boxes(signal)
-        if inplace:
-            grouped.div_(factor) if divide else grouped.mul_(factor)
-            return self.set_boxes(self.tag(signal), boxes)
-        out = grouped / factor if divide else grouped * factor
-        return self.set_boxes(self.tag(out.flatten(0, 1)), boxes)
-
-    def full_pass_gate(
-        self, x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor], origin: str
-    ) -> torch.Tensor:
-        """A gate-only tensor: ``compute`` of the gate copy, the same for every copy.
-
-        For operations whose outputs are no linear copies of anything (a softmax of attention
-        scores): the result may only serve as a gate (:meth:`gate_product`).
-        """
-        gate = self.layout.group(x)[:, 0].detach()
-        out = compute(gate).unsqueeze(1)
-        out = out.expand(-1, self.layout.copies, *out.shape[2:]).flatten(0, 1)
-        return self.mark_gate(self.tag(out), origin, only=True)
-
-    # ------------------------------------------------------------------ normalisations
-    def normalise(self, x: torch.Tensor, dims: tuple[int, ...], eps: float, centre: bool = True):
-        """Normalisation statistics as gates, over the (negative) ``dims`` of every copy.
-
-        Subtracting the mean is linear, so each copy is centred on its own mean; the standard
-        deviation ``sqrt(var + eps)`` (the root mean square when ``centre`` is off) is the gate
-        copy's, so dividing by it is a gate. Summed over a partition's copies, the result is the
-        gate copy's, which is the model's normalised value. No weight or shift is applied.
-
-        Args:
-            x: The propagated input.
-            dims: The dims the statistics run over, counted from the end (negative).
-            eps: Added to the variance, as the model's normalisation does.
-            centre: Subtract the mean (LayerNorm, GroupNorm, InstanceNorm); off for RMSNorm.
-        """
-        if any(d >= 0 for d in dims):
-            raise ValueError(f"normalise takes dims counted from the end; got {dims}")
-        grouped = self.layout.group(x)
-        gate = grouped[:, :1]
-        if centre:
-            variance = gate.var(dim=dims, correction=0, keepdim=True)
-            grouped = grouped - grouped.mean(dim=dims, keepdim=True)
-        else:
-            variance = gate.square().mean(dim=dims, keepdim=True)
-        scale = torch.rsqrt(variance + eps).detach()
-        return self.tag((grouped * scale).flatten(0, 1))
-
-    def layer_norm(
-        self,
-        x: torch.Tensor,
-        normalized_shape: tuple[int, ...],
-        weight: torch.Tensor | None,
-        bias: torch.Tensor | None,
-        eps: float,
-        centre: bool = True,
-    ) -> torch.Tensor:
-        """``layer_norm`` (``rms_norm`` with ``centre`` off) over the trailing dims.
-
-        The weight multiplies every copy; the shift is a bias shared among the copies.
-        """
-        dims = tuple(range(-len(normalized_shape), 0))
-        out = self.normalise(x, dims, eps, centre)
-        return self._scale_and_shift(out, weight, bias)
-
-    def group_norm(
-        self,
-        x: torch.Tensor,
-        num_groups: int,
-        weight: torch.Tensor | None,
-        bias: torch.Tensor | None,
-        eps: float,
-    ) -> torch.Tensor:
-        """``group_norm`` of a (N*C, channels, *spatial) tensor, with per-channel affine."""
-        grouped = x.unflatten(1, (num_groups, x.shape[1] // num_groups)).flatten(2)
-        out = self.normalise(grouped, (-1,), eps).view(x.shape)
-        return self._scale_and_shift(out, *_per_channel(weight, bias, x))
-
-    def instance_norm(
-        self,
-        x: torch.Tensor,
-        weight: torch.Tensor | None,
-        bias: torch.Tensor | None,
-        eps: float,
-    ) -> torch.Tensor:
-        """``instance_norm`` with the input's statistics, per channel over the spatial dims."""
-        out = self.normalise(x, tuple(range(2 - x.dim(), 0)), eps)
-        return self._scale_and_shift(out, *_per_channel(weight, bias, x))
-
-    def _scale_and_shift(
-        self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
-    ) -> torch.Tensor:
-        """A normalisation's affine part: weight on every copy, the shift as a shared bias."""
-        if weight is not None:
-            x = x * weight
-        return self.affine(x, bias)
+    def _take_over(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``'s memory under a new tensor object; ``x`` itself is retired (must not be read)."""
+        taken = x.detach()
+        self.retire(x)
+        self.scaled_in_place += 1
+        return taken
 
     def max_pool_switches(
         self,
@@ -451,6 +350,146 @@ class GatedPass:
         index = indices.flatten(2).unsqueeze(1).expand(-1, grouped.shape[1], -1, -1)
         pooled = flat.gather(3, index).reshape(*grouped.shape[:3], *indices.shape[2:])
         return self.tag(pooled.flatten(0, 1))
+
+    def gate_product(
+        self, signal: torch.Tensor, gate: torch.Tensor, divide: bool = False, inplace: bool = False
+    ) -> torch.Tensor:
+        """A product of the signal with a gate tensor: each copy times the gate copy's factor.
+
+        Squeeze-excitation (``x * sigmoid(fc(pool(x)))``), gated units and ``x * sigmoid(x)``
+        written out: the full pass decided the factor, so every copy of ``signal`` is
+        multiplied by the value the gate copy of ``gate`` holds (divided by it with
+        ``divide``). The result is linear in the copies and keeps their zeros.
+
+        Args:
+            signal: The propagated signal.
+            gate: A propagated gate tensor (:meth:`gate_mark`), broadcastable to ``signal``.
+            divide: ``signal / gate`` instead of ``signal * gate``.
+            inplace: Write the result into ``signal`` (``signal.mul_(gate)``).
+        """
+        grouped, factor = self.layout.group(signal), self.layout.group(gate)[:, :1].detach()
+        if factor.dim() != grouped.dim():
+            raise UnsupportedOperationError(
+                "a product with a gate tensor",
+                f"the gate of shape {tuple(gate.shape)} and the signal of shape "
+                f"{tuple(signal.shape)} do not share the batch dimension",
+            )
+        boxes = self.boxes(signal)
+        if inplace:
+            (grouped.div_ if divide else grouped.mul_)(factor)
+            return self.set_boxes(self.tag(signal), boxes)
+        out = grouped / factor if divide else grouped * factor
+        return self.set_boxes(self.tag(out.flatten(0, 1)), boxes)
+
+    def full_pass_gate(
+        self, x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor], origin: str
+    ) -> torch.Tensor:
+        """A gate-only tensor: ``compute`` of the gate copy, the same for every copy.
+
+        For operations whose outputs are no linear copies of anything (a softmax of attention
+        scores): the result may only serve as a gate (:meth:`gate_product`).
+        """
+        gate = self.layout.group(x)[:, 0].detach()
+        out = compute(gate).unsqueeze(1)
+        out = out.expand(-1, self.layout.copies, *out.shape[2:]).flatten(0, 1)
+        return self.mark_gate(self.tag(out), origin, only=True)
+
+    # ------------------------------------------------------------------ normalisations
+    def normalise(
+        self,
+        x: torch.Tensor,
+        dims: tuple[int, ...],
+        eps: float,
+        centre: bool = True,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Normalisation statistics as gates, over the (negative) ``dims`` of every copy.
+
+        Subtracting the mean is linear, so each copy is centred on its own mean; the standard
+        deviation ``sqrt(var + eps)`` (the root mean square when ``centre`` is off) is the gate
+        copy's, so dividing by it is a gate. Summed over a partition's copies, the result is the
+        gate copy's, which is the model's normalised value. The result is contiguous, as
+        torch's normalisations return it.
+
+        Args:
+            x: The propagated input.
+            dims: The dims the statistics run over, counted from the end (negative).
+            eps: Added to the variance, as the model's normalisation does.
+            centre: Subtract the mean (LayerNorm, GroupNorm, InstanceNorm); off for RMSNorm.
+            weight: The normalisation's weight, broadcastable to ``x`` (aligned to its trailing
+                dims), applied with the statistics; ``None`` for none.
+        """
+        if any(d >= 0 for d in dims):
+            raise ValueError(f"normalise takes dims counted from the end; got {dims}")
+        grouped = self.layout.group(x)
+        gate = grouped[:, :1]
+        if centre:
+            variance = gate.var(dim=dims, correction=0, keepdim=True)
+        else:
+            variance = gate.square().mean(dim=dims, keepdim=True)
+        factor = torch.rsqrt(variance + eps).detach()
+        if weight is not None:
+            factor = factor * weight
+        mean = grouped.mean(dim=dims, keepdim=True) if centre else None
+        if grouped.requires_grad:  # the gradient path: no out= arguments
+            out = (grouped - mean if centre else grouped) * factor
+        else:  # two passes over the copies, into a contiguous result
+            out = torch.empty(grouped.shape, dtype=grouped.dtype, device=grouped.device)
+            if centre:
+                torch.sub(grouped, mean, out=out).mul_(factor)
+            else:
+                torch.mul(grouped, factor, out=out)
+        return self.tag(out.flatten(0, 1))
+
+    def layer_norm(
+        self,
+        x: torch.Tensor,
+        normalized_shape: tuple[int, ...],
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+        centre: bool = True,
+    ) -> torch.Tensor:
+        """``layer_norm`` (``rms_norm`` with ``centre`` off) over the trailing dims.
+
+        The weight multiplies every copy; the shift is a bias shared among the copies.
+        """
+        dims = tuple(range(-len(normalized_shape), 0))
+        return self.affine(self.normalise(x, dims, eps, centre, weight), bias)
+
+    def group_norm(
+        self,
+        x: torch.Tensor,
+        num_groups: int,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+    ) -> torch.Tensor:
+        """``group_norm`` of a (N*C, channels, *spatial) tensor, with per-channel affine."""
+        grouped = x.unflatten(1, (num_groups, x.shape[1] // num_groups)).flatten(2)
+        out = self.normalise(grouped, (-1,), eps).view(x.shape)
+        return self._scale_and_shift(out, *_per_channel(weight, bias, x))
+
+    def instance_norm(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+    ) -> torch.Tensor:
+        """``instance_norm`` with the input's statistics, per channel over the spatial dims."""
+        weight, bias = _per_channel(weight, bias, x)
+        return self.affine(
+            self.normalise(x, tuple(range(2 - x.dim(), 0)), eps, weight=weight), bias
+        )
+
+    def _scale_and_shift(
+        self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """A normalisation's affine part: weight on every copy, the shift as a shared bias."""
+        if weight is not None:
+            x = x * weight
+        return self.affine(x, bias)
 
 
 def _per_channel(

@@ -59,6 +59,14 @@ def _copy_part(bias: torch.Tensor, z: torch.Tensor, start: int, stop: int | None
     return bias
 
 
+def _unit_rows(bias: torch.Tensor, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """The part of a bias broadcastable to ``z`` that belongs to ``z[:, :, start:stop]``."""
+    axis = bias.dim() - (z.dim() - 2)  # the bias dim aligned with z's dim 2
+    if axis < 0 or bias.shape[axis] == 1:
+        return bias
+    return bias.narrow(axis, start, stop - start)
+
+
 def _example_part(bias: torch.Tensor, z: torch.Tensor, example: int) -> torch.Tensor:
     """The slice of a bias that belongs to one example (or the bias itself)."""
     if bias.dim() == z.dim() and bias.shape[0] != 1:
@@ -86,6 +94,12 @@ class ProportionalSharing:
     """``"proportional"``: each unit's bias split by ``|z_k| / sum_j |z_j|`` (conservative)."""
 
     name = "proportional"
+    #: Values per block on a CPU (4 MiB in float32): a block's ``|z|`` is read back from the
+    #: cache by the sum and the multiply-add instead of from memory.
+    block_elements = 1 << 20
+
+    def __init__(self) -> None:
+        self.workspace = Workspace()
 
     def add_bias(
         self,
@@ -94,19 +108,35 @@ class ProportionalSharing:
         layout: CopyLayout,
         boxes: list[Box] | None = None,
     ) -> None:
-        """Add the bias to the gate copy and proportional shares to the sharing copies."""
-        sharing = z[:, 1:]
-        bias_sharing = _copy_part(bias, z, 1, None)
-        # z_k + b |z_k| / D with D = sum_j |z_j|: the per-unit factor b / D is one copy's size,
-        # so the full-size work is one reduction, one abs and one fused multiply-add.
-        magnitude = sharing.abs()
+        """Add the bias to the gate copy and proportional shares to the sharing copies.
+
+        On a CPU the layer is worked through in blocks of about :attr:`block_elements` values
+        along its first unit dim (shares are per unit, so blocks change nothing).
+        """
+        z[:, :1].add_(_copy_part(bias, z, 0, 1))
+        rows = z.shape[2] if z.dim() > 2 else 1
+        per_block = rows
+        if z.device.type == "cpu" and z.dim() > 2:
+            per_row = z.shape[0] * z.shape[1] * math.prod(z.shape[3:])
+            per_block = max(1, self.block_elements // max(1, per_row))
+        for start in range(0, rows, per_block):
+            stop = min(start + per_block, rows)
+            block = z if per_block >= rows else z[:, :, start:stop]
+            block_bias = bias if per_block >= rows else _unit_rows(bias, z, start, stop)
+            self._add_shares(block[:, 1:], _copy_part(block_bias, block, 1, None), layout)
+
+    def _add_shares(self, sharing: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
+        """Add ``bias * |z_k| / sum_j |z_j|`` to the sharing copies ``sharing`` in place."""
+        # the per-unit factor b / D is one copy's size, so the full-size work is one abs (into
+        # a reused buffer: a fresh one costs a page fault per 4 KiB on first touch), one
+        # reduction and one fused multiply-add
+        (magnitude,) = self.workspace.buffers(sharing, 1)
+        torch.abs(sharing, out=magnitude)
         total = magnitude.sum(dim=1, keepdim=True)
         empty = total == 0
-        factor = bias_sharing / total.masked_fill(empty, 1.0)
-        sharing.addcmul_(magnitude, factor)
+        sharing.addcmul_(magnitude, bias / total.masked_fill(empty, 1.0))
         if bool(empty.any()):  # every copy has z = 0 here: split equally among those present
-            self._add_fallback(sharing, bias_sharing, empty, layout)
-        z[:, :1].add_(_copy_part(bias, z, 0, 1))
+            self._add_fallback(sharing, bias, empty, layout)
 
     @staticmethod
     def _add_fallback(

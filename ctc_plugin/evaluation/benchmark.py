@@ -58,6 +58,7 @@ from ctc_plugin.evaluation.sanity import cascading_randomisation
 from ctc_plugin.evaluation.sensitivity import max_sensitivity, measure_cost
 from ctc_plugin.evaluation.store import ModelInfo, Piece, RunStore, run_order
 from ctc_plugin.features.cache import image_digest
+from ctc_plugin.zoo.loading import FAMILIES
 
 __all__ = [
     "BenchmarkConfig",
@@ -97,7 +98,7 @@ class BenchmarkConfig:
         perturbations: ``(kind, severity)`` pairs of the CTC protocol.
     """
 
-    families: tuple[str, ...] = ("vgg", "resnet", "densenet", "inception")
+    families: tuple[str, ...] = FAMILIES
     splits: tuple[str, ...] = ("shapes", "composite")
     images: int = 200
     robustness_images: int = 24

@@ -1,9 +1,11 @@
-"""Small classifiers in the style of the four families the CTC paper evaluates.
+"""Small classifiers in the style of the four families the CTC paper evaluates, and a modern one.
 
 Every model normalises its input itself (``(x - mean) / std`` with registered buffers), so it
 takes :class:`~ctc_plugin.datasets.ShapesDataset` images as they are, and returns logits. The
-models use only Conv2d, Linear, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
-Flatten, Dropout, residual additions and ``torch.cat``.
+four paper families use only Conv2d, Linear, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d,
+AdaptiveAvgPool2d, Flatten, Dropout, residual additions and ``torch.cat``. The fifth,
+:class:`SmallEfficientNet`, is built from the parts of the last five years' CNNs:
+squeeze-excitation, GroupNorm and LayerNorm, SiLU and GELU, layer scale and stochastic depth.
 """
 
 from __future__ import annotations
@@ -235,12 +237,104 @@ class SmallInception(nn.Module):
         return self.head(x)
 
 
+class MBConv(nn.Module):
+    """EfficientNet's inverted residual block with squeeze-excitation, on GroupNorm.
+
+    1x1 expansion, depthwise 3x3 (carrying the stride), squeeze-excitation (torchvision's
+    :class:`~torchvision.ops.SqueezeExcitation`: SiLU inside, a sigmoid gate), 1x1 projection.
+    Each convolution is followed by a GroupNorm; the first two by SiLU. When the block keeps
+    its size, its branch is scaled per channel (layer scale, as in ConvNeXt), passed through
+    stochastic depth and added to its input.
+
+    Args:
+        c_in: Input channels.
+        c_out: Output channels.
+        stride: Stride of the depthwise convolution.
+        expansion: Channel factor of the inverted bottleneck.
+        drop: Stochastic depth probability (training only).
+    """
+
+    def __init__(
+        self, c_in: int, c_out: int, stride: int = 1, expansion: int = 4, drop: float = 0.05
+    ):
+        super().__init__()
+        from torchvision.ops import SqueezeExcitation, StochasticDepth
+
+        hidden = c_in * expansion
+        self.block = nn.Sequential(
+            nn.Conv2d(c_in, hidden, 1, bias=False),
+            group_norm(hidden),
+            nn.SiLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            group_norm(hidden),
+            nn.SiLU(inplace=True),
+            SqueezeExcitation(hidden, max(4, c_in // 4), activation=nn.SiLU),
+            nn.Conv2d(hidden, c_out, 1, bias=False),
+            group_norm(c_out),
+        )
+        self.residual = stride == 1 and c_in == c_out
+        self.layer_scale = nn.Parameter(torch.full((c_out, 1, 1), 0.5)) if self.residual else None
+        self.drop_path = StochasticDepth(drop, "row")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block."""
+        out = self.block(x)
+        if self.layer_scale is None:
+            return out
+        return x + self.drop_path(self.layer_scale * out)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with groups of (at most) four channels."""
+    return nn.GroupNorm(max(1, channels // 4), channels)
+
+
+class SmallEfficientNet(nn.Module):
+    """EfficientNet / ConvNeXt style: MBConv blocks with squeeze-excitation on GroupNorm.
+
+    A stride-2 stem (conv, GroupNorm, SiLU), seven :class:`MBConv` blocks in four stages (16,
+    24, 40, 80 channels, each stage but the first halving the size), a 1x1 convolution to 128
+    channels with ConvNeXt's channels-last LayerNorm and GELU, then global average pooling and
+    a linear classifier.
+
+    Args:
+        num_classes: Number of output logits.
+    """
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        from torchvision.models.convnext import LayerNorm2d
+
+        self.normalize = Normalize()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1, bias=False),
+            group_norm(16),
+            nn.SiLU(inplace=True),
+            MBConv(16, 16, expansion=1),
+            MBConv(16, 24, stride=2),
+            MBConv(24, 24),
+            MBConv(24, 40, stride=2),
+            MBConv(40, 40),
+            MBConv(40, 80, stride=2),
+            MBConv(80, 80),
+            nn.Conv2d(80, 128, 1),
+            LayerNorm2d(128),
+            nn.GELU(),
+        )
+        self.head = _head(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the logits of a batch of images in [0, 1]."""
+        return self.head(self.features(self.normalize(x)))
+
+
 #: Model classes by family name.
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "vgg": SmallVGG,
     "resnet": SmallResNet,
     "densenet": SmallDenseNet,
     "inception": SmallInception,
+    "efficientnet": SmallEfficientNet,
 }
 
 #: Name of each family's head (global pooling, flatten, linear layers): what its ``forward``
@@ -250,4 +344,5 @@ HEADS: dict[str, str] = {
     "resnet": "head",
     "densenet": "head",
     "inception": "head",
+    "efficientnet": "head",
 }

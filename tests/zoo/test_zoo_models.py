@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torchvision.ops import SqueezeExcitation, StochasticDepth
 
 from ctc_plugin import zoo
 from ctc_plugin.zoo.loading import read_state_dict
@@ -51,6 +52,30 @@ ALLOWED_FUNCTIONS = {
 }
 
 
+# The fifth family is built from the parts of modern CNNs (torchvision's squeeze-excitation and
+# stochastic depth, ConvNeXt's channels-last LayerNorm) on top of those.
+MODERN_MODULES = (
+    *ALLOWED_MODULES,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.SiLU,
+    nn.GELU,
+    nn.Sigmoid,
+    SqueezeExcitation,
+    StochasticDepth,
+)
+MODERN_FUNCTIONS = ALLOWED_FUNCTIONS | {
+    "group_norm",
+    "layer_norm",
+    "silu",
+    "gelu",
+    "sigmoid",
+    "mul",
+    "permute",
+}
+PAPER_FAMILIES = ("vgg", "resnet", "densenet", "inception")
+
+
 class RecordFunctions(TorchFunctionMode):
     def __init__(self):
         super().__init__()
@@ -61,17 +86,24 @@ class RecordFunctions(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def test_the_families_are_the_papers_four_and_a_modern_one():
+    assert zoo.FAMILIES == (*PAPER_FAMILIES, "efficientnet")
+
+
 @pytest.mark.parametrize("family", zoo.FAMILIES)
 def test_architecture_uses_only_the_allowed_operations(family):
+    modern = family not in PAPER_FAMILIES
+    modules = MODERN_MODULES if modern else ALLOWED_MODULES
+    functions = MODERN_FUNCTIONS if modern else ALLOWED_FUNCTIONS
     model = zoo.build(family, 6).eval()
     own = [m for m in model.modules() if type(m).__module__ != "ctc_plugin.zoo.models"]
-    assert all(isinstance(m, ALLOWED_MODULES) for m in own), {type(m).__name__ for m in own}
+    assert all(isinstance(m, modules) for m in own), {type(m).__name__ for m in own}
     images = torch.rand(2, 3, 96, 96)
     recorder = RecordFunctions()
     with torch.no_grad(), recorder:
         out = model(images)
     assert out.shape == (2, 6)
-    assert recorder.names <= ALLOWED_FUNCTIONS, recorder.names - ALLOWED_FUNCTIONS
+    assert recorder.names <= functions, recorder.names - functions
     assert {"mean", "std"} <= {name.split(".")[-1] for name, _ in model.named_buffers()}
 
 
