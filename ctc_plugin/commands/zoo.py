@@ -32,12 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--split", choices=("shapes", "composite"), default="shapes")
     train.add_argument("--seed", type=int, default=defaults.seed, help="training seed")
     train.add_argument("--size", type=int, default=defaults.size, help="training images")
-    train.add_argument(
-        "--epochs",
-        type=int,
-        default=defaults.epochs,
-        help="passes over the training images (default: the family's own, 4; efficientnet 8)",
-    )
+    train.add_argument("--epochs", type=int, default=defaults.epochs)
     add_threads_option(
         train, 1, "torch threads (results are bitwise reproducible per thread count)"
     )

@@ -68,8 +68,9 @@ class CTC(Attribution):
     Each feature (an image region: a SAM segment, a superpixel, a grid cell, any integer
     feature mask) is scored by a *scaled partial forward pass*: the input restricted to the
     feature is propagated through the model with the gates of the original pass fixed
-    (ReLU patterns, max-pooling switches), and every bias is shared among the features. The
-    feature's score is the target output of its copy.
+    (ReLU patterns, max-pooling switches, normalisation statistics, squeeze-excitation
+    scales: see :mod:`ctc_plugin.ctc.operations`), and every bias is shared among the
+    features. The feature's score is the target output of its copy.
 
     The gates come from the unmasked input travelling in the same batch as the masked copies,
     so a call costs K + 1 forward-equivalents for K features, like Captum's
@@ -86,8 +87,8 @@ class CTC(Attribution):
         bias_sharing: ``"reference"`` (the published formula with its quantisation and spread
             capping, scores rescaled so the reference full copy gives the target output),
             ``"proportional"`` (shares ``|z_k| / sum_j |z_j|``; scores over a partition add up
-            to the target output), or ``"none"`` (no bias: scores are gradient x input summed
-            per feature).
+            to the target output), or ``"none"`` (no bias: scores are gradient x input of the
+            network linearised at its gates, summed per feature).
 
     Example:
         >>> ctc = CTC(model, bias_sharing="proportional")
@@ -104,10 +105,9 @@ class CTC(Attribution):
         self.sharing = make_sharing(bias_sharing)
         self.bias_sharing = bias_sharing
         self.segmenter = segmenter
-        #: In ``"none"`` mode, compute the scores as gradient x input (one forward and one
-        #: backward pass) instead of K + 1 forward-equivalents; identical results. Networks with
-        #: smooth activations take the full pass regardless (their rescale gates are not
-        #: derivatives).
+        #: In ``"none"`` mode, compute the scores as gradient x input of the network linearised
+        #: at its gates (one forward and one backward pass, every gate held fixed) instead of
+        #: K + 1 forward-equivalents; the same results.
         self.gradient_fast_path = True
         #: On a CPU, the examples of a batch are explained in groups so that one forward pass
         #: carries at most about this many copies (one group at least holds one example, with

@@ -3,7 +3,8 @@
 Every example of the user's batch travels as a group of consecutive copies:
 
 - copy 0, the *gate copy*: the unmasked input, propagated with the model's real operations.
-  Its activations fix the gates (ReLU patterns, max-pooling switches) for the other copies.
+  Its activations fix the gates (ReLU patterns, max-pooling switches, normalisation
+  statistics, squeeze-excitation scales) for the other copies.
 - in ``"reference"`` bias sharing only, copy 1, the *reference full copy* (``M_F = 1``):
   the whole input propagated with the published sharing formula, used to rescale the scores.
 - the *feature copies*: the input restricted to one feature each.

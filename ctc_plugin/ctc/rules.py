@@ -297,12 +297,13 @@ class GatedPass:
                 it, with :attr:`scale_in_place` and no other tensor on ``x``'s memory, ``x`` is
                 overwritten and retired all the same (see :meth:`fold_batch_norm`).
         """
+        overwrite = inplace or self._may_overwrite(x)  # asked before views of x exist
         grouped, boxes = self.layout.group(x), self.boxes(x)  # a gate keeps zeros
         original = grouped[:, 0]
         y = activation(original)
         nonzero = original != 0
         gate = torch.where(nonzero, y / torch.where(nonzero, original, 1.0), 0.0).detach()
-        if inplace or self._may_overwrite(x):
+        if overwrite:
             out = x if inplace else self._take_over(x)
             scaled = self.layout.group(out).mul_(gate.unsqueeze(1))
         else:

@@ -5,7 +5,7 @@ takes :class:`~ctc_plugin.datasets.ShapesDataset` images as they are, and return
 four paper families use only Conv2d, Linear, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d,
 AdaptiveAvgPool2d, Flatten, Dropout, residual additions and ``torch.cat``. The fifth,
 :class:`SmallEfficientNet`, is built from the parts of the last five years' CNNs:
-squeeze-excitation, GroupNorm and LayerNorm, SiLU and GELU, layer scale and stochastic depth.
+squeeze-excitation, LayerNorm, SiLU and GELU, layer scale and stochastic depth.
 """
 
 from __future__ import annotations
@@ -238,11 +238,11 @@ class SmallInception(nn.Module):
 
 
 class MBConv(nn.Module):
-    """EfficientNet's inverted residual block with squeeze-excitation, on GroupNorm.
+    """EfficientNet's inverted residual block with squeeze-excitation.
 
     1x1 expansion, depthwise 3x3 (carrying the stride), squeeze-excitation (torchvision's
     :class:`~torchvision.ops.SqueezeExcitation`: SiLU inside, a sigmoid gate), 1x1 projection.
-    Each convolution is followed by a GroupNorm; the first two by SiLU. When the block keeps
+    Each convolution is followed by a BatchNorm; the first two by SiLU. When the block keeps
     its size, its branch is scaled per channel (layer scale, as in ConvNeXt), passed through
     stochastic depth and added to its input.
 
@@ -263,14 +263,14 @@ class MBConv(nn.Module):
         hidden = c_in * expansion
         self.block = nn.Sequential(
             nn.Conv2d(c_in, hidden, 1, bias=False),
-            group_norm(hidden),
+            nn.BatchNorm2d(hidden),
             nn.SiLU(inplace=True),
             nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
-            group_norm(hidden),
+            nn.BatchNorm2d(hidden),
             nn.SiLU(inplace=True),
             SqueezeExcitation(hidden, max(4, c_in // 4), activation=nn.SiLU),
             nn.Conv2d(hidden, c_out, 1, bias=False),
-            group_norm(c_out),
+            nn.BatchNorm2d(c_out),
         )
         self.residual = stride == 1 and c_in == c_out
         self.layer_scale = nn.Parameter(torch.full((c_out, 1, 1), 0.5)) if self.residual else None
@@ -284,15 +284,10 @@ class MBConv(nn.Module):
         return x + self.drop_path(self.layer_scale * out)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with groups of (at most) four channels."""
-    return nn.GroupNorm(max(1, channels // 4), channels)
-
-
 class SmallEfficientNet(nn.Module):
-    """EfficientNet / ConvNeXt style: MBConv blocks with squeeze-excitation on GroupNorm.
+    """EfficientNet / ConvNeXt style: MBConv blocks with squeeze-excitation, a LayerNorm end.
 
-    A stride-2 stem (conv, GroupNorm, SiLU), seven :class:`MBConv` blocks in four stages (16,
+    A stride-2 stem (conv, BatchNorm, SiLU), seven :class:`MBConv` blocks in four stages (16,
     24, 40, 80 channels, each stage but the first halving the size), a 1x1 convolution to 128
     channels with ConvNeXt's channels-last LayerNorm and GELU, then global average pooling and
     a linear classifier.
@@ -308,7 +303,7 @@ class SmallEfficientNet(nn.Module):
         self.normalize = Normalize()
         self.features = nn.Sequential(
             nn.Conv2d(3, 16, 3, 2, 1, bias=False),
-            group_norm(16),
+            nn.BatchNorm2d(16),
             nn.SiLU(inplace=True),
             MBConv(16, 16, expansion=1),
             MBConv(16, 24, stride=2),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -11,11 +11,6 @@ from torch import nn
 from ctc_plugin.datasets import TRAIN_SEED, ShapesDataset
 from ctc_plugin.datasets.scene import check_split
 
-#: Epochs each zoo family trains for by default: the EfficientNet-style family (GroupNorm,
-#: squeeze-excitation) reached 88 % test accuracy on shapes after 4 epochs, 99.6 % after 8.
-FAMILY_EPOCHS: dict[str, int] = {"efficientnet": 8}
-DEFAULT_EPOCHS = 4
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -23,8 +18,7 @@ class TrainConfig:
 
     Attributes:
         size: Number of training images (drawn with ``seed=TRAIN_SEED``).
-        epochs: Passes over the training images; ``None``: the family's own count
-            (:data:`FAMILY_EPOCHS`), 4 for a model that is no zoo family.
+        epochs: Passes over the training images.
         batch_size: Images per step.
         lr: Peak learning rate of the one-cycle schedule (Adam).
         weight_decay: Adam weight decay.
@@ -33,7 +27,7 @@ class TrainConfig:
     """
 
     size: int = 5000
-    epochs: int | None = None
+    epochs: int = 4
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -63,8 +57,6 @@ def train_family(
     from ctc_plugin.zoo.loading import build
 
     config = config or TrainConfig()
-    if config.epochs is None:
-        config = replace(config, epochs=FAMILY_EPOCHS.get(family, DEFAULT_EPOCHS))
     torch.manual_seed(config.seed)
     model = build(family, len(check_split(split)))
     return train(model, split, config, show_progress)
@@ -94,8 +86,6 @@ def train(
     from tqdm.auto import tqdm
 
     config = config or TrainConfig()
-    if config.epochs is None:
-        config = replace(config, epochs=DEFAULT_EPOCHS)
     if min(config.size, config.epochs, config.batch_size) < 1:
         raise ValueError(
             f"size, epochs and batch_size must be positive, got {config.size}, "

@@ -3,8 +3,7 @@
 Wall-clock times of ``ctc-plugin zoo train`` depend on what else runs on the machine; the CPU
 time of one process does much less. This script measures, with one torch thread, the CPU
 seconds to render training images and to run training steps, and extrapolates to the default
-run (5,000 images, each family's epochs (4; efficientnet 8) of batch 64).
-Run: ``python docs/scripts/time_training.py``.
+run (5,000 images, 4 epochs of batch 64). Run: ``python docs/scripts/time_training.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import torch.nn.functional as F
 
 from ctc_plugin.datasets import ShapesDataset
 from ctc_plugin.zoo import FAMILIES, TrainConfig, build
-from ctc_plugin.zoo.training import DEFAULT_EPOCHS, FAMILY_EPOCHS
 
 
 def cpu_seconds(function, repeats: int) -> float:
@@ -32,7 +30,7 @@ def main() -> None:
     """Print the estimated training time of every family."""
     torch.set_num_threads(1)
     config = TrainConfig()
-    steps_per_epoch = -(-config.size // config.batch_size)
+    steps = config.epochs * -(-config.size // config.batch_size)
     data = ShapesDataset("shapes", size=200, seed=0)
     render = cpu_seconds(lambda: data.tensors(), 1) / 200 * config.size
     images, labels = data.tensors()
@@ -51,7 +49,6 @@ def main() -> None:
             optimizer.step()
 
         per_step = cpu_seconds(step, 10)
-        steps = FAMILY_EPOCHS.get(family, DEFAULT_EPOCHS) * steps_per_epoch
         print(f"| {family} | {per_step:.2f} | {render + steps * per_step:.0f} |")
 
 

@@ -1,5 +1,5 @@
-"""BatchNorm scaling in place (``CTC.scale_in_place``): same results, and safe when a model
-reads a BatchNorm's input again or holds another view of it."""
+"""BatchNorm scaling and rescale gates in place (``CTC.scale_in_place``): same results, and
+safe when a model reads a BatchNorm's or an activation's input again or holds another view."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import nn
 from ctc_plugin import CTC
 from ctc_plugin.ctc import rules
 from ctc_plugin.ctc.rules import sole_holder
-from ctc_plugin.testing import random_partition
+from ctc_plugin.testing import ModernSpec, RandomModernCNN, random_partition
 
 from .conftest import cases
 
@@ -134,3 +134,50 @@ def test_sole_holder():
     assert not sole_holder(fresh)
     del alias
     assert not sole_holder(torch.rand(2, requires_grad=True))
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu", "hardswish"])
+@pytest.mark.parametrize("mode", MODES)
+def test_rescale_gates_in_place_give_identical_results(activation, mode, monkeypatch):
+    spec = ModernSpec(norm="batch", activation=activation, squeeze="sigmoid", head_norm=True)
+    model = RandomModernCNN(spec, seed=3).double()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    mask = random_partition(8, 8, 5)
+    overwritten = []
+    take_over = rules.GatedPass._take_over
+
+    def counting(self, tensor):
+        overwritten.append(tuple(tensor.shape))
+        return take_over(self, tensor)
+
+    monkeypatch.setattr(rules.GatedPass, "_take_over", counting)
+    ctc, attribution, scores = _scores(model, x, mask, 1, mode, in_place=True)
+    assert len(overwritten) >= 2 * spec.blocks  # the blocks' activations at least
+    _, expected, expected_scores = _scores(model, x, mask, 1, mode, in_place=False)
+    assert torch.equal(attribution, expected)
+    assert torch.equal(scores.scores, expected_scores.scores)
+    assert ctc.scale_in_place
+
+
+class _ReadsItsPreActivation(nn.Module):
+    """``h`` is read again after ``silu(h)``: overwriting ``h`` in place would be wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        return self.head((nn.functional.silu(h) + h).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_model_reading_a_pre_activation_again_gets_the_pass_again(mode):
+    model = _ReadsItsPreActivation().eval().double()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    mask = random_partition(8, 8, 4)
+    ctc, attribution, _ = _scores(model, x, mask, 2, mode, in_place=True)
+    _, expected, _ = _scores(model, x, mask, 2, mode, in_place=False)
+    assert torch.equal(attribution, expected)
+    assert not ctc.scale_in_place

@@ -56,7 +56,6 @@ ALLOWED_FUNCTIONS = {
 # stochastic depth, ConvNeXt's channels-last LayerNorm) on top of those.
 MODERN_MODULES = (
     *ALLOWED_MODULES,
-    nn.GroupNorm,
     nn.LayerNorm,
     nn.SiLU,
     nn.GELU,
@@ -65,7 +64,6 @@ MODERN_MODULES = (
     StochasticDepth,
 )
 MODERN_FUNCTIONS = ALLOWED_FUNCTIONS | {
-    "group_norm",
     "layer_norm",
     "silu",
     "gelu",
