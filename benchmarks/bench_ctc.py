@@ -5,7 +5,7 @@ weights, eval mode) at 224x224 on the CPU, K = 16 grid features, the same featur
 perturbations_per_eval for both methods. Prints the median time of
 each method over repeated, interleaved runs and the ratios the project holds CTC to:
 
-- CTC / FeatureAblation            (goal <= 1.15)
+- CTC / FeatureAblation            (goal <= 1.15; on modern CNNs, proportional <= 1.2)
 - CTC / (K + 1 plain forward passes in one batch)   (goal <= 1.2)
 
 Run: ``python benchmarks/bench_ctc.py [--model resnet18] [--quick] [--size 224] [--features 16]
@@ -13,7 +13,9 @@ Run: ``python benchmarks/bench_ctc.py [--model resnet18] [--quick] [--size 224] 
 (``--profile reference`` also prints where one call of that mode spends its time, by operation;
 ``--batch 8`` explains 8 images per call and adds CTC with the whole batch in one pass, i.e.
 without grouping the examples by ``max_copies_per_pass``; ``--channels-last`` puts the model and
-the images in channels-last memory format for every method).
+the images in channels-last memory format for every method; ``--no-variants`` leaves out the
+rows of the reference pass without one of its speed-ups). The last column is the median of each
+repeat's own ratio to FeatureAblation, which a slow spell of a shared machine moves less.
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ def main() -> None:
         help="model and images in channels-last memory format (for every method alike)",
     )
     parser.add_argument(
+        "--no-variants",
+        action="store_true",
+        help="leave out the rows of the reference pass without one of its speed-ups",
+    )
+    parser.add_argument(
         "--profile",
         choices=("none", "proportional", "reference"),
         help="also print a torch.profiler table of one call in this bias-sharing mode",
@@ -113,7 +120,10 @@ def main() -> None:
             x, target=target, feature_mask=mask, perturbations_per_eval=k
         )
     # the same "reference" pass without one of its speed-ups, to measure each in the same run
+    variants = () if args.no_variants else ("scale_in_place", "track_boxes")
     for label, option in (("BN not in place", "scale_in_place"), ("boxes searched", "track_boxes")):
+        if option not in variants:
+            continue
         without = CTC(model)
         setattr(without, option, False)
         runs[f"CTC reference, {label}"] = lambda ctc=without: ctc.attribute(
@@ -139,9 +149,18 @@ def main() -> None:
         f"threads={args.threads}, repeats={args.repeats}, torch {torch.__version__}, "
         f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
     )
-    print(f"{'method':32s} {'median s':>9s} {'/ FeatureAblation':>18s} {'/ (K+1) forwards':>17s}")
+    # the median over repeats of each repeat's own ratio: a slow spell of the machine slows
+    # both methods of a repeat alike, so these ratios move less than the medians' ratio
+    paired = {
+        name: statistics.median(a / b for a, b in zip(t, timings["captum FeatureAblation"]))
+        for name, t in timings.items()
+    }
+    print(
+        f"{'method':32s} {'median s':>9s} {'/ FeatureAblation':>18s} {'/ (K+1) forwards':>17s} "
+        f"{'paired / FA':>12s}"
+    )
     for name, t in medians.items():
-        print(f"{name:32s} {t:9.3f} {t / fa:18.2f} {t / plain_t:17.2f}")
+        print(f"{name:32s} {t:9.3f} {t / fa:18.2f} {t / plain_t:17.2f} {paired[name]:12.2f}")
     if args.profile:
         with torch.profiler.profile() as profile:
             runs[f"CTC {args.profile}"]()
