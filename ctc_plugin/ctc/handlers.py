@@ -277,11 +277,9 @@ def softmax(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.
 # ---------------------------------------------------------------------------- normalisations
 def layer_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     """``layer_norm``: each copy centred on its own mean, divided by the gate copy's spread."""
-    shape = _arg(args, kwargs, 1, "normalized_shape")
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
     return ctx.layer_norm(
         args[0],
-        shape,
+        _normalized_shape(args, kwargs),
         _arg(args, kwargs, 2, "weight"),
         _arg(args, kwargs, 3, "bias"),
         float(_arg(args, kwargs, 4, "eps", 1e-5)),
@@ -291,11 +289,16 @@ def layer_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> tor
 def rms_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     """``rms_norm``: each copy divided by the gate copy's root mean square."""
     x = args[0]
-    shape = _arg(args, kwargs, 1, "normalized_shape")
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
     eps = _arg(args, kwargs, 3, "eps", None)
     eps = torch.finfo(x.dtype).eps if eps is None else float(eps)
-    return ctx.layer_norm(x, shape, _arg(args, kwargs, 2, "weight"), None, eps, centre=False)
+    weight = _arg(args, kwargs, 2, "weight")
+    return ctx.layer_norm(x, _normalized_shape(args, kwargs), weight, None, eps, centre=False)
+
+
+def _normalized_shape(args: tuple, kwargs: dict) -> tuple[int, ...]:
+    """``layer_norm``'s and ``rms_norm``'s ``normalized_shape`` argument as a tuple."""
+    shape = _arg(args, kwargs, 1, "normalized_shape")
+    return (shape,) if isinstance(shape, int) else tuple(shape)
 
 
 def group_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:

@@ -12,6 +12,11 @@ from ctc_plugin import CTC
 from ctc_plugin.testing import CNNSpec, RandomCNN, random_partition
 
 from .conftest import cases
+from .properties import (
+    assert_chunks_change_nothing,
+    assert_examples_independent_of_their_batch,
+    assert_relabelling_permutes_scores,
+)
 
 SETTINGS = settings(max_examples=25, deadline=None)
 MODES = ["reference", "proportional", "none"]
@@ -55,43 +60,21 @@ def test_proportional_scores_add_up_to_the_target_logit(case, with_baseline):
 @given(cases(), st.sampled_from(MODES), st.randoms(use_true_random=False))
 def test_relabelling_feature_ids_permutes_scores(case, mode, rng):
     model, x, mask, target = case
-    ctc = CTC(model, bias_sharing=mode)
-    attr, scores = ctc.attribute(x, target=target, feature_mask=mask, return_feature_scores=True)
-    ids = scores.ids.tolist()
-    new_ids = rng.sample(range(100), len(ids))
-    relabelled = mask.clone()
-    for old, new in zip(ids, new_ids):
-        relabelled[mask == old] = new
-    attr2, scores2 = ctc.attribute(
-        x, target=target, feature_mask=relabelled, return_feature_scores=True
-    )
-    torch.testing.assert_close(attr2, attr)
-    for column, new in enumerate(new_ids):
-        moved = scores2.ids.tolist().index(new)
-        torch.testing.assert_close(scores2.scores[:, moved], scores.scores[:, column])
+    assert_relabelling_permutes_scores(CTC(model, bias_sharing=mode), x, mask, target, rng)
 
 
 @SETTINGS
 @given(cases(), st.sampled_from(MODES))
 def test_an_example_does_not_depend_on_its_batch(case, mode):
     model, x, mask, target = case
-    ctc = CTC(model, bias_sharing=mode)
-    together = ctc.attribute(x, target=target, feature_mask=mask)
-    for i in range(x.shape[0]):
-        alone = ctc.attribute(
-            x[i : i + 1], target=target, feature_mask=mask[i : i + 1] if mask.shape[0] > 1 else mask
-        )
-        torch.testing.assert_close(alone, together[i : i + 1], rtol=1e-9, atol=1e-10)
+    assert_examples_independent_of_their_batch(CTC(model, bias_sharing=mode), x, mask, target)
 
 
 @SETTINGS
 @given(cases(), st.sampled_from(["reference", "none"]), st.integers(1, 4))
 def test_result_does_not_depend_on_perturbations_per_eval(case, mode, per_eval):
     model, x, mask, target = case
-    ctc = CTC(model, bias_sharing=mode)
-    once = ctc.attribute(x, target=target, feature_mask=mask)
-    chunked = ctc.attribute(x, target=target, feature_mask=mask, perturbations_per_eval=per_eval)
-    torch.testing.assert_close(chunked, once, rtol=1e-9, atol=1e-10)
+    assert_chunks_change_nothing(CTC(model, bias_sharing=mode), x, mask, target, per_eval)
 
 
 @settings(max_examples=15, deadline=None)

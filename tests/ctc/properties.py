@@ -1,0 +1,45 @@
+"""Properties every CTC pass must have, whatever the model: shared by the property tests."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ctc_plugin import CTC
+
+TIGHT = {"rtol": 1e-9, "atol": 1e-10}
+
+
+def assert_examples_independent_of_their_batch(ctc: CTC, x, mask, target) -> None:
+    """Each example explained alone gives its row of the batch's explanation."""
+    together = ctc.attribute(x, target=target, feature_mask=mask)
+    for i in range(x.shape[0]):
+        alone = ctc.attribute(
+            x[i : i + 1], target=target, feature_mask=mask[i : i + 1] if mask.shape[0] > 1 else mask
+        )
+        torch.testing.assert_close(alone, together[i : i + 1], **TIGHT)
+
+
+def assert_chunks_change_nothing(ctc: CTC, x, mask, target, per_eval: int) -> None:
+    """Features in chunks of ``per_eval`` copies give the one-pass explanation."""
+    once = ctc.attribute(x, target=target, feature_mask=mask)
+    chunked = ctc.attribute(x, target=target, feature_mask=mask, perturbations_per_eval=per_eval)
+    torch.testing.assert_close(chunked, once, **TIGHT)
+
+
+def assert_relabelling_permutes_scores(ctc: CTC, x, mask, target, rng: random.Random) -> None:
+    """New feature ids give the same attributions and the scores in the new ids' columns."""
+    attr, scores = ctc.attribute(x, target=target, feature_mask=mask, return_feature_scores=True)
+    ids = scores.ids.tolist()
+    new_ids = rng.sample(range(100), len(ids))
+    relabelled = mask.clone()
+    for old, new in zip(ids, new_ids):
+        relabelled[mask == old] = new
+    attr2, scores2 = ctc.attribute(
+        x, target=target, feature_mask=relabelled, return_feature_scores=True
+    )
+    torch.testing.assert_close(attr2, attr)
+    for column, new in enumerate(new_ids):
+        moved = scores2.ids.tolist().index(new)
+        torch.testing.assert_close(scores2.scores[:, moved], scores.scores[:, column])
