@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ctc_plugin.ctc.boxes import Window, union_boxes, window_boxes
+from ctc_plugin.ctc.copy_axis import follow_copy_axis
 from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.rules import GatedPass, batch_norm_affine
 
@@ -386,6 +387,52 @@ def apply_linear(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> A
     """An operation linear in the signal, applied as it is to all copies at once."""
     out = func(*args, **kwargs)
     return tree_map(lambda t: ctx.tag(t) if isinstance(t, torch.Tensor) else t, out)
+
+
+def reshape_copies(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """A shape operation: applied as it is; the copies are followed to wherever they lie."""
+    x = args[0]
+    axis = ctx.copy_axis(x)
+    out = func(*args, **kwargs)
+    for leaf in tree_flatten(out)[0]:
+        if isinstance(leaf, torch.Tensor):
+            ctx.tag(leaf, follow_copy_axis(func, args, kwargs, x, axis, leaf, ctx.layout.batch))
+    return out
+
+
+def concatenate(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``cat``/``stack``: linear in the propagated parts; constant parts are shared biases.
+
+    A constant concatenated to the signal (a vision transformer's class token) would otherwise
+    sit whole in every copy; it is a bias like any constant added to the signal, so the result
+    is the concatenation with zeros in its place plus that bias, shared among the copies.
+    """
+    parts, rest = list(args[0]), args[1:]
+    propagated = [t for t in parts if ctx.is_propagated(t)]
+    source = propagated[0]
+    axis = ctx.copy_axis(source)
+    if any(ctx.copy_axis(t) != axis for t in propagated):
+        raise UnsupportedOperationError(
+            operation_name(func), "its tensors hold the copies along different dims"
+        )
+    constants = [t for t in parts if not ctx.is_propagated(t)]
+    if constants and axis != 0:
+        raise UnsupportedOperationError(
+            operation_name(func), "it concatenates a constant where the copies are not along dim 0"
+        )
+    if not constants:
+        out = func(parts, *rest, **kwargs)
+        return ctx.tag(
+            out, follow_copy_axis(func, args, kwargs, source, axis, out, ctx.layout.batch)
+        )
+    signal = func(
+        [t if ctx.is_propagated(t) else torch.zeros_like(t) for t in parts], *rest, **kwargs
+    )
+    bias = func(
+        [torch.zeros_like(t) if ctx.is_propagated(t) else t for t in parts], *rest, **kwargs
+    )
+    follow_copy_axis(func, args, kwargs, source, axis, signal, ctx.layout.batch)  # refuses dim 0
+    return ctx.affine(signal, ctx.layout.group(bias))
 
 
 def dropout(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:

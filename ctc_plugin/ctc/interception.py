@@ -95,7 +95,16 @@ class CTCMode(TorchFunctionMode):
         if ctx.token not in tags:
             return func(*args, **kwargs)
         row = rule_for(func)
-        marks = [ctx.gate_mark(t) for t in tensors if ctx.is_propagated(t)]
+        propagated = [t for t in tensors if ctx.is_propagated(t)]
+        moved = next((ctx.copy_axis(t) for t in propagated if ctx.copy_axis(t)), 0)
+        if moved and not (row and row.follows_copies):
+            raise UnsupportedOperationError(
+                operation_name(func),
+                f"its input holds the copies along dim {moved}, where a permute or transpose "
+                "moved them; CTC applies its rules with the copies along dim 0 (shape "
+                "operations may move them and back)",
+            )
+        marks = [ctx.gate_mark(t) for t in propagated]
         all_gates = all(mark is not None for mark in marks)
         gate_only = next((m for m in marks if m is not None and m.only), None)
         if gate_only is not None and not all_gates and not (row and row.takes_gate_only):

@@ -12,6 +12,11 @@ Every example of the user's batch travels as a group of consecutive copies:
   plus the baseline's own share add up to the model's output.
 
 Copies other than the gate copy are the *sharing copies*: they receive shares of every bias.
+
+A propagated tensor holds the copies along dim 0, one row per copy (N*C rows), or, after a
+reshape that merges dim 0 with the following ones (a vision transformer's windows), ``m``
+consecutive rows per copy (N*C*m rows, copy-major): :meth:`CopyLayout.group` views both as
+(N, C, ...), the second as (N, C, m, ...).
 """
 
 from __future__ import annotations
@@ -61,5 +66,16 @@ class CopyLayout:
         return 1 + int(self.reference_full)
 
     def group(self, tensor: torch.Tensor) -> torch.Tensor:
-        """View a propagated tensor (N*C, ...) as (N, C, ...); always a view, never a copy."""
-        return tensor.unflatten(0, (self.examples, self.copies))
+        """View a propagated tensor (N*C, ...) as (N, C, ...); always a view, never a copy.
+
+        A tensor of N*C*m rows (each copy's rows merged with another dim) is viewed as
+        (N, C, m, ...).
+        """
+        if tensor.shape[0] == self.batch:
+            return tensor.unflatten(0, (self.examples, self.copies))
+        return tensor.unflatten(0, (self.examples, self.copies, -1))
+
+    @staticmethod
+    def ungroup(grouped: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The flat form of a grouped tensor, with the rows of ``like`` (the rule's input)."""
+        return grouped.reshape(-1, *grouped.shape[3 if grouped.dim() > like.dim() + 1 else 2 :])

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ctc_plugin.ctc import attention as a
 from ctc_plugin.ctc import handlers as h
 from ctc_plugin.ctc.handlers import Handler, operation_name
 
@@ -41,6 +42,8 @@ class OperationRule:
         keeps_gate: Applied to gate tensors (and constants) only, the result is a gate tensor
             too: reshaping, pooling, products with and sums of constants. Rows that mix a gate
             into the signal path (convolutions, normalisations, activations) make signals.
+        follows_copies: A shape operation that follows the copies wherever they lie
+            (:mod:`ctc_plugin.ctc.copy_axis`); every other operation needs them along dim 0.
     """
 
     kind: str
@@ -49,6 +52,7 @@ class OperationRule:
     functions: tuple[Any, ...]
     takes_gate_only: bool = False
     keeps_gate: bool = False
+    follows_copies: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -66,10 +70,12 @@ KINDS: dict[str, str] = {
         "products with a gate tensor: sigmoid, hardsigmoid, tanh or softmax outputs "
         "(squeeze-excitation, gated units)"
     ),
-    "linear": (
-        "residual adds, average pooling, concatenation, reshaping, products with constants "
-        "and dropout in eval mode"
+    "attention": (
+        "attention (scaled_dot_product_attention, nn.MultiheadAttention, matmul/einsum of "
+        "queries and keys: the full pass's probabilities applied to every copy's values)"
     ),
+    "linear": "residual adds, average pooling, products with constants and dropout in eval mode",
+    "reshaping": "reshaping, permuting, indexing and concatenation that keep the copies apart",
 }
 
 
@@ -85,16 +91,20 @@ _SQUASHING = (
 )  # fmt: skip
 _LINEAR_OPERATIONS = (
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.flatten, _T.flatten, _T.view,
-    _T.reshape, torch.reshape, _T.contiguous, _T.permute, torch.permute, _T.transpose,
-    torch.transpose, _T.squeeze, torch.squeeze, _T.unsqueeze, torch.unsqueeze,
-    _T.__getitem__, torch.cat, torch.concat, torch.concatenate, torch.stack, _T.clone,
-    torch.clone, _T.to, _T.float, _T.double, _T.mean, torch.mean, _T.sum, torch.sum,
-    torch.neg, _T.neg, _T.chunk, torch.chunk, _T.split, torch.split,
-    _T.unbind, torch.unbind, _T.expand, _T.expand_as, _T.view_as, _T.reshape_as,
-    _T.unflatten, torch.unflatten, _T.movedim, torch.movedim, _T.narrow, torch.narrow,
-    F.pixel_shuffle, F.pixel_unshuffle, _T.type_as, _T.detach, _T.cpu, _T.cuda,
+    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, _T.mean, torch.mean, _T.sum, torch.sum,
+    torch.neg, _T.neg, F.pixel_shuffle, F.pixel_unshuffle,
 )  # fmt: skip
+_SHAPE_OPERATIONS = (
+    torch.flatten, _T.flatten, _T.view, _T.reshape, torch.reshape, _T.contiguous, _T.permute,
+    torch.permute, _T.transpose, torch.transpose, _T.swapaxes, torch.swapaxes, _T.swapdims,
+    torch.swapdims, _T.squeeze, torch.squeeze, _T.unsqueeze, torch.unsqueeze, _T.__getitem__,
+    _T.clone, torch.clone, _T.to, _T.float, _T.double, _T.chunk, torch.chunk, _T.split,
+    torch.split, _T.unbind, torch.unbind, _T.expand, _T.expand_as, _T.view_as, _T.reshape_as,
+    _T.unflatten, torch.unflatten, _T.movedim, torch.movedim, _T.moveaxis, torch.moveaxis,
+    _T.narrow, torch.narrow, _T.roll, torch.roll, _T.flip, torch.flip, _T.type_as, _T.detach,
+    _T.cpu, _T.cuda,
+)  # fmt: skip
+_CONCATENATIONS = (torch.cat, torch.concat, torch.concatenate, torch.stack)
 _CONSTANT_FACTORIES = (
     _T.new_zeros, _T.new_ones, _T.new_full, _T.new_empty, _T.new_tensor, torch.zeros_like,
     torch.ones_like, torch.empty_like, torch.full_like,
@@ -256,11 +266,68 @@ def _rows() -> list[OperationRule]:
             keeps_gate=True,
         ),
         OperationRule(
+            "attention",
+            "with a constant or a gate tensor: linear in the signal (`attention @ values`); of "
+            "two signals (`queries @ keys^T`): a gate-only tensor computed for the gate copy; "
+            "a product over the copies' dimension is refused",
+            a.matrix_product,
+            (torch.matmul, _T.matmul, _T.__matmul__, _T.__rmatmul__, torch.bmm, _T.bmm),
+            takes_gate_only=True,
+        ),
+        OperationRule(
+            "attention",
+            "as `matmul`; the signal's first index must lead the output",
+            a.einsum,
+            (torch.einsum,),
+            takes_gate_only=True,
+        ),
+        OperationRule(
+            "attention",
+            "`softmax(q k^T * scale + mask)` of the gate copy (a gate) times every copy's "
+            "values; dropout is refused",
+            a.scaled_dot_product_attention,
+            (F.scaled_dot_product_attention,),
+            takes_gate_only=True,
+        ),
+        OperationRule(
+            "attention",
+            "decomposed into `linear` (biases shared), reshapes and "
+            "`scaled_dot_product_attention`; the attention weights it returns are gate-only",
+            a.multi_head_attention,
+            (F.multi_head_attention_forward,),
+            follows_copies=True,  # its inputs are sequence-first: the copies along dim 1
+        ),
+        OperationRule(
+            "attention",
+            "not linear: a gate-only tensor of the gate copy (cosine attention's queries and keys)",
+            a.normalize,
+            (F.normalize,),
+        ),
+        OperationRule(
             "linear",
             "applied as it is",
             h.apply_linear,
             _LINEAR_OPERATIONS,
             keeps_gate=True,
+        ),
+        OperationRule(
+            "reshaping",
+            "applied as it is; the copies may move from dim 0 or merge with the next dims "
+            "(window partitions) and are followed there, but an operation that would select, "
+            "slice, split or reorder them is refused",
+            h.reshape_copies,
+            _SHAPE_OPERATIONS,
+            keeps_gate=True,
+            follows_copies=True,
+        ),
+        OperationRule(
+            "reshaping",
+            "concatenation of propagated tensors; a constant among them (a class token) is a "
+            "bias shared among the copies",
+            h.concatenate,
+            _CONCATENATIONS,
+            keeps_gate=True,
+            follows_copies=True,
         ),
         OperationRule(
             "linear",

@@ -50,6 +50,9 @@ FOLD_ATTRIBUTE = "_ctc_affine_parts"
 #: (:mod:`ctc_plugin.ctc.boxes`), one per row.
 BOXES_ATTRIBUTE = "_ctc_boxes"
 
+#: Attribute set on a propagated tensor whose copies lie along another dim than 0 (its index).
+AXIS_ATTRIBUTE = "_ctc_axis"
+
 #: Attribute set on a propagated tensor that is a *gate tensor*, holding its :class:`GateMark`.
 GATE_ATTRIBUTE = "_ctc_gate"
 
@@ -160,21 +163,33 @@ class GatedPass:
     track_boxes: bool = False
 
     # ------------------------------------------------------------------ tagging
-    def tag(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Mark a tensor as carrying copies of this pass; return it."""
-        if tensor.dim() == 0 or tensor.shape[0] != self.layout.batch:
+    def tag(self, tensor: torch.Tensor, axis: int = 0) -> torch.Tensor:
+        """Mark a tensor as carrying copies of this pass along dim ``axis``; return it.
+
+        The copies lie along dim 0 wherever a rule applies; a reshaping may move them to
+        another dim for a while (:mod:`ctc_plugin.ctc.copy_axis`). That dim holds N*C rows, or
+        N*C*m (copy-major: ``m`` rows per copy).
+        """
+        if tensor.dim() <= axis or tensor.shape[axis] % self.layout.batch != 0:
             raise BatchDimensionError(
                 f"its result has shape {tuple(tensor.shape)} but must keep the batch of copies "
-                f"(size {self.layout.batch}) as dimension 0; CTC needs models whose operations "
-                "keep dimension 0 as the batch dimension"
+                f"(size {self.layout.batch}) as dimension {axis}; CTC needs models whose "
+                "operations keep the batch dimension (a reshape may merge it with the next "
+                "dimensions, as vision transformers' windows do)"
             )
         tensor._ctc_pass = self.token  # type: ignore[attr-defined]
         # Any operation producing this object (an in-place one too) ends a pending BatchNorm
         # fold, and its boxes and gate mark hold only where the operation's rule sets them.
-        for attribute in (FOLD_ATTRIBUTE, BOXES_ATTRIBUTE, GATE_ATTRIBUTE):
+        for attribute in (FOLD_ATTRIBUTE, BOXES_ATTRIBUTE, GATE_ATTRIBUTE, AXIS_ATTRIBUTE):
             if hasattr(tensor, attribute):
                 delattr(tensor, attribute)
+        if axis:
+            setattr(tensor, AXIS_ATTRIBUTE, axis)
         return tensor
+
+    def copy_axis(self, tensor: torch.Tensor) -> int:
+        """The dim of a propagated tensor that holds the copies (0 unless a reshape moved it)."""
+        return getattr(tensor, AXIS_ATTRIBUTE, 0)
 
     def boxes(self, tensor: torch.Tensor) -> list[Box] | None:
         """The boxes around the nonzero values of each row of a propagated tensor, if known."""
@@ -259,7 +274,7 @@ class GatedPass:
         if inplace:
             grouped.mul_(gate)
             return self.set_boxes(self.tag(x), boxes)
-        return self.set_boxes(self.tag((grouped * gate).flatten(0, 1)), boxes)
+        return self.set_boxes(self.tag(self.layout.ungroup(grouped * gate, x)), boxes)
 
     def relu_gate(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """ReLU: every copy passes where the original pre-activation was positive."""
@@ -308,7 +323,7 @@ class GatedPass:
             scaled = self.layout.group(out).mul_(gate.unsqueeze(1))
         else:
             scaled = grouped * gate.unsqueeze(1)
-            out = scaled.flatten(0, 1)
+            out = self.layout.ungroup(scaled, x)
         scaled[:, 0] = exact_with_linear_gradient(y, scaled[:, 0])
         out = self.set_boxes(self.tag(out), boxes)
         return out if gate_origin is None else self.mark_gate(out, gate_origin)
@@ -339,6 +354,10 @@ class GatedPass:
             window: The pooling window, to carry the boxes of ``x`` over (``None``: drop them).
                 With boxes, each copy is gathered only inside its output box (the rest is 0).
         """
+        if x.shape[0] != self.layout.batch:
+            raise UnsupportedOperationError(
+                "max pooling", "its input merges the copies with another dimension"
+            )
         grouped = self.layout.group(x)
         spatial = grouped.dim() - 3
         _, indices = pool_with_indices(grouped[:, 0])
@@ -380,20 +399,37 @@ class GatedPass:
             (grouped.div_ if divide else grouped.mul_)(factor)
             return self.set_boxes(self.tag(signal), boxes)
         out = grouped / factor if divide else grouped * factor
-        return self.set_boxes(self.tag(out.flatten(0, 1)), boxes)
+        return self.set_boxes(self.tag(self.layout.ungroup(out, signal)), boxes)
+
+    def gate_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate copy's rows of a propagated tensor, detached: (N, ...) or (N*m, ...)."""
+        grouped = self.layout.group(x)
+        rows = grouped[:, 0]
+        if grouped.dim() > x.dim() + 1:  # N*C*m rows: the gate copy's m rows of each example
+            rows = rows.flatten(0, 1)
+        return rows.detach()
+
+    def broadcast_gate(self, value: torch.Tensor, origin: str) -> torch.Tensor:
+        """A gate-only tensor: ``value`` (the gate copy's rows) given to every copy.
+
+        Its copies hold the full pass's value, so a linear operation of a gate-only tensor and
+        the signal (``attention @ values``) applies the full pass's gate to every copy. Built
+        in memory, not as a broadcast view: the model may reshape it or write into it.
+        """
+        examples, copies = self.layout.examples, self.layout.copies
+        grouped = value.reshape(examples, 1, -1, *value.shape[1:])
+        full = grouped.expand(examples, copies, *grouped.shape[2:]).reshape(-1, *value.shape[1:])
+        return self.mark_gate(self.tag(full), origin, only=True)
 
     def full_pass_gate(
         self, x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor], origin: str
     ) -> torch.Tensor:
-        """A gate-only tensor: ``compute`` of the gate copy, the same for every copy.
+        """A gate-only tensor: ``compute`` of the gate copy's rows, given to every copy.
 
         For operations whose outputs are no linear copies of anything (a softmax of attention
-        scores): the result may only serve as a gate (:meth:`gate_product`).
+        scores, the product of queries and keys): the result may only serve as a gate.
         """
-        gate = self.layout.group(x)[:, 0].detach()
-        out = compute(gate).unsqueeze(1)
-        out = out.expand(-1, self.layout.copies, *out.shape[2:]).flatten(0, 1)
-        return self.mark_gate(self.tag(out), origin, only=True)
+        return self.broadcast_gate(compute(self.gate_rows(x)), origin)
 
     # ------------------------------------------------------------------ normalisations
     def normalise(
@@ -440,7 +476,7 @@ class GatedPass:
                 torch.sub(grouped, mean, out=out).mul_(factor)
             else:
                 torch.mul(grouped, factor, out=out)
-        return self.tag(out.flatten(0, 1))
+        return self.tag(self.layout.ungroup(out, x))
 
     def layer_norm(
         self,

@@ -124,7 +124,10 @@ class _BatchMixer(nn.Module):
         (_Bilinear(), r"torch.Tensor.mul in the model \(_Bilinear\): .*neither is a gate"),
         (_Nested(), r"torch.exp in stages.1.0 \(_Block\): no CTC rule"),
         (_SoftmaxAsSignal(), r"torch.Tensor.add .*reads the output of torch.Tensor.softmax"),
-        (_BatchMixer(), "reshape"),
+        (
+            _BatchMixer(),
+            r"repeat in the model \(_BatchMixer\): its input holds the copies along dim 1",
+        ),
     ],
 )
 def test_unsupported_operations_are_named(model, operation):

@@ -1,0 +1,249 @@
+"""Handlers for products of tensors and attention: the attention probabilities are gates.
+
+In attention, ``softmax(q k^T / sqrt(d)) v``, the queries and keys decide *how* the values are
+mixed: CTC takes that decision from the full input, as it takes ReLU patterns. The product of
+two input-dependent tensors of which neither is a gate (``q @ k^T``) is computed for the gate
+copy only and becomes a *gate-only* tensor (:class:`~ctc_plugin.ctc.rules.GateMark`); what is
+computed from it alone (the scaled, biased, masked scores, their softmax) stays gate-only; and
+its product with the signal (``attention @ v``) applies the full pass's probabilities to every
+copy of the values. A gate-only tensor that meets the signal any other way is refused.
+
+Handlers here: ``matmul``/``bmm``/``@``/``einsum`` (:func:`matrix_product`, :func:`einsum`),
+``scaled_dot_product_attention`` (:func:`scaled_dot_product_attention`), ``nn.MultiheadAttention``'s
+``multi_head_attention_forward`` (:func:`multi_head_attention`, decomposed into the operations
+above so that its projections' biases are shared like any other) and ``F.normalize``
+(:func:`normalize`: Swin v2's cosine attention normalises queries and keys).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.ctc.handlers import _arg, operation_name
+from ctc_plugin.ctc.rules import GatedPass
+
+
+def _as_full_pass(ctx: GatedPass, tensor: torch.Tensor) -> torch.Tensor:
+    """A gate tensor with the gate copy's value in every copy (gate-only ones already are)."""
+    mark = ctx.gate_mark(tensor)
+    if mark is None or mark.only:
+        return tensor
+    return ctx.broadcast_gate(ctx.gate_rows(tensor), mark.origin)
+
+
+def _product(
+    ctx: GatedPass,
+    func: Callable,
+    operands: list[Any],
+    call: Callable[[list[Any]], torch.Tensor],
+    check_linear: Callable[[int], None],
+) -> torch.Tensor:
+    """A product of ``operands`` (two for matmul, any number for einsum).
+
+    - one propagated signal, the rest constants or gate tensors: linear in the copies (gate
+      tensors enter with the full pass's value);
+    - only gate tensors, or two or more signals of which none is a gate (queries and keys):
+      a gate-only tensor, computed for the gate copy.
+    """
+    name = operation_name(func)
+    signals = [i for i, t in enumerate(operands) if ctx.is_propagated(t) and not ctx.gate_mark(t)]
+    if len(signals) == 1:
+        check_linear(signals[0])
+        ready = [_as_full_pass(ctx, t) if ctx.gate_mark(t) else t for t in operands]
+        return ctx.tag(call(ready))
+    gate_rows = [ctx.gate_rows(t) if ctx.is_propagated(t) else t for t in operands]
+    return ctx.broadcast_gate(call(gate_rows), name)
+
+
+def matrix_product(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``matmul``/``bmm``/``@``: linear with constants and gate tensors; of signals, a gate."""
+    first, second = args[0], _arg(args, kwargs, 1, "other", _arg(args, kwargs, 1, "mat2"))
+    if getattr(func, "__name__", "") == "__rmatmul__":
+        first, second = second, first
+
+    def check_linear(index: int) -> None:
+        signal = (first, second)[index]
+        if index == 1 and signal.dim() <= 2:  # (..., k) @ (k, n): the copies would be summed
+            raise UnsupportedOperationError(
+                operation_name(func), "it multiplies over the dimension that holds the copies"
+            )
+        if index == 0 and signal.dim() == 1:
+            raise UnsupportedOperationError(
+                operation_name(func), "it multiplies over the dimension that holds the copies"
+            )
+
+    return _product(ctx, func, [first, second], lambda ops: torch.matmul(*ops), check_linear)
+
+
+def einsum(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``einsum``: as :func:`matrix_product`; the signal's first index must lead the output."""
+    equation, operands = args[0], list(args[1:])
+    if len(operands) == 1 and isinstance(operands[0], list | tuple):
+        operands = list(operands[0])
+    inputs, _, output = equation.replace(" ", "").partition("->")
+    subscripts = inputs.split(",")
+
+    def check_linear(index: int) -> None:
+        letters = subscripts[index]
+        if not output or letters[:1] != output[:1] or letters.startswith("."):
+            raise UnsupportedOperationError(
+                operation_name(func),
+                f"the copies' index {letters[:1]!r} of operand {index} does not lead the "
+                f"output {output!r} (give the output explicitly, batch index first)",
+            )
+
+    if not output:
+        check_linear(0)  # an implicit output is refused: CTC cannot tell where the copies go
+    return _product(ctx, func, operands, lambda ops: torch.einsum(equation, *ops), check_linear)
+
+
+def scaled_dot_product_attention(
+    ctx: GatedPass, func: Callable, args: tuple, kwargs: dict
+) -> torch.Tensor:
+    """``scaled_dot_product_attention``: the full pass's probabilities applied to each copy."""
+    query, key, value = args[0], _arg(args, kwargs, 1, "key"), _arg(args, kwargs, 2, "value")
+    mask = _arg(args, kwargs, 3, "attn_mask")
+    dropout = _arg(args, kwargs, 4, "dropout_p", 0.0)
+    causal = _arg(args, kwargs, 5, "is_causal", False)
+    scale = kwargs.get("scale")
+    if dropout:
+        raise UnsupportedOperationError(
+            operation_name(func), "attention dropout is random; call model.eval() first"
+        )
+    if kwargs.get("enable_gqa", False):
+        raise UnsupportedOperationError(operation_name(func), "grouped-query attention")
+    name = operation_name(func)
+    if mask is not None and mask.dim() == query.dim() and mask.shape[0] == query.shape[0] > 1:
+        mask = ctx.gate_rows(mask)  # a mask per copy (they are all alike): the gate copy's
+    probabilities = ctx.full_pass_gate(
+        query,
+        lambda q: _attention_probabilities(q, _rows(ctx, key), mask, causal, scale),
+        name,
+    )
+    if not ctx.is_propagated(value):
+        return ctx.broadcast_gate(torch.matmul(ctx.gate_rows(probabilities), value), name)
+    return ctx.tag(torch.matmul(probabilities, _as_full_pass(ctx, value)))
+
+
+def _rows(ctx: GatedPass, tensor: torch.Tensor) -> torch.Tensor:
+    return ctx.gate_rows(tensor) if ctx.is_propagated(tensor) else tensor
+
+
+def _attention_probabilities(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    scale: float | None,
+) -> torch.Tensor:
+    """``softmax(q k^T * scale + mask)`` as ``scaled_dot_product_attention`` computes it."""
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scale
+    if causal:
+        length, source = scores.shape[-2:]
+        allowed = torch.ones(length, source, dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask
+    return torch.softmax(scores, dim=-1)
+
+
+def normalize(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``F.normalize``: not linear, so a gate-only tensor (cosine attention's queries and keys)."""
+    return ctx.full_pass_gate(
+        args[0], lambda rows: func(rows, *args[1:], **kwargs), operation_name(func)
+    )
+
+
+def multi_head_attention(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """``nn.MultiheadAttention`` (``F.multi_head_attention_forward``), decomposed.
+
+    The projections run as ``F.linear`` calls (their biases shared like any other), the
+    attention as :func:`scaled_dot_product_attention`, all through the same rules: the
+    decomposition runs inside a CTC mode of this pass. Returns the output in the
+    sequence-first layout of the torch function, and the attention weights (a gate-only
+    tensor) when asked for.
+    """
+    from ctc_plugin.ctc.interception import CTCMode  # the mode dispatches to this module
+
+    names = (
+        "query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight",
+        "in_proj_bias", "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight",
+        "out_proj_bias",
+    )  # fmt: skip
+    call = {**dict(zip(names, args)), **kwargs}
+    unsupported = [
+        option
+        for option in ("bias_k", "bias_v", "static_k", "static_v")
+        if call.get(option) is not None
+    ] + [option for option in ("add_zero_attn",) if call.get(option)]
+    if unsupported:
+        raise UnsupportedOperationError(
+            operation_name(func), f"the options {', '.join(unsupported)} are not supported"
+        )
+    if call.get("training", True) and call.get("dropout_p", 0.0):
+        raise UnsupportedOperationError(
+            operation_name(func), "attention dropout is random; call model.eval() first"
+        )
+    with CTCMode(ctx):
+        return _decomposed_attention(call)
+
+
+def _decomposed_attention(call: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Multi-head attention from ``F.linear``, reshapes and ``scaled_dot_product_attention``."""
+    heads = call["num_heads"]
+    query, key, value = (call[n].transpose(0, 1) for n in ("query", "key", "value"))
+    if call.get("use_separate_proj_weight", False):
+        weights = (call["q_proj_weight"], call["k_proj_weight"], call["v_proj_weight"])
+    else:
+        weights = call["in_proj_weight"].chunk(3)
+    biases = (None,) * 3 if call["in_proj_bias"] is None else call["in_proj_bias"].chunk(3)
+    q, k, v = (
+        F.linear(x, w, b).unflatten(-1, (heads, -1)).transpose(1, 2)
+        for x, w, b in zip((query, key, value), weights, biases)
+    )
+    mask = _attention_mask(call, q)
+    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
+    out = F.linear(
+        attended.transpose(1, 2).flatten(2), call["out_proj_weight"], call["out_proj_bias"]
+    )
+    weights_out = None
+    if call.get("need_weights", True):
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+        if mask is not None:
+            scores = scores + mask
+        weights_out = torch.softmax(scores, dim=-1)
+        if call.get("average_attn_weights", True):
+            weights_out = weights_out.mean(dim=1)
+    return out.transpose(0, 1), weights_out
+
+
+def _attention_mask(call: dict, q: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask and key padding mask as one additive float mask (or ``None``)."""
+    mask = call.get("attn_mask")
+    padding = call.get("key_padding_mask")
+    if call.get("is_causal", False) and mask is None:
+        raise UnsupportedOperationError(
+            "torch.nn.functional.multi_head_attention_forward",
+            "is_causal without an attn_mask",
+        )
+    total = None
+    for part, shape in ((mask, None), (padding, "padding")):
+        if part is None:
+            continue
+        if part.dtype == torch.bool:
+            part = torch.zeros(part.shape, dtype=q.dtype).masked_fill(part, float("-inf"))
+        if shape == "padding":  # (N, S) -> (N, 1, 1, S)
+            part = part[:, None, None, :]
+        total = part if total is None else total + part
+    return total
