@@ -374,3 +374,214 @@ class RandomModernCNN(nn.Module):
         finally:
             for part in parts:
                 part.linearised = False
+
+
+@dataclass(frozen=True)
+class TransformerSpec:
+    """The switches of a :class:`RandomTransformer` (ViT / Swin parts).
+
+    Attributes:
+        dim: Token width.
+        heads: Attention heads.
+        depth: Number of blocks.
+        patch: Side of the square patches the convolutional stem cuts.
+        pre_norm: LayerNorm before attention and MLP (ViT); off: after the residual (post-norm).
+        class_token: Prepend a learned class token and classify from it (else: mean token).
+        attention: ``"sdpa"`` (``scaled_dot_product_attention`` on q, k, v split by a permute,
+            as Swin splits them), ``"mha"`` (``nn.MultiheadAttention``, batch first),
+            ``"explicit"`` (``q @ k^T``, ``softmax``, ``@ v`` written out, q, k, v by
+            ``chunk``), ``"einsum"`` (the same with ``einsum``, as MaxViT) or ``"window"``
+            (Swin's shifted windows: ``roll``, window partition, relative position bias and
+            the shifted-window mask; needs no class token).
+        mlp_ratio: MLP width factor.
+        classes: Number of outputs.
+    """
+
+    dim: int = 8
+    heads: int = 2
+    depth: int = 2
+    patch: int = 2
+    pre_norm: bool = True
+    class_token: bool = True
+    attention: str = "sdpa"
+    mlp_ratio: int = 2
+    classes: int = 4
+
+
+class _Attention(_Linearisable):
+    def __init__(self, spec: TransformerSpec, window: int = 2, shift: int = 0) -> None:
+        super().__init__()
+        self.spec, self.window, self.shift = spec, window, shift
+        if spec.attention == "mha":
+            self.mha = nn.MultiheadAttention(spec.dim, spec.heads, batch_first=True)
+        else:
+            self.qkv = nn.Linear(spec.dim, 3 * spec.dim)
+            self.proj = nn.Linear(spec.dim, spec.dim)
+        if spec.attention == "window":
+            self.relative_bias = nn.Parameter(torch.zeros(spec.heads, window**2, window**2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kind = self.spec.attention
+        if kind == "mha":
+            if not self.linearised:
+                return self.mha(x, x, x, need_weights=False)[0]
+            return self._mha_linearised(x)
+        if kind == "window":
+            return self._windowed(x)
+        batch, tokens, dim = x.shape
+        heads = self.spec.heads
+        if kind == "sdpa":
+            qkv = self.qkv(x).reshape(batch, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            if self.linearised:
+                out = self._probabilities(q, k) @ v
+            else:
+                out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            q, k, v = (
+                t.reshape(batch, tokens, heads, dim // heads).transpose(1, 2)
+                for t in self.qkv(x).chunk(3, dim=-1)
+            )
+            out = self._attend(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+    def _probabilities(
+        self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.spec.attention == "einsum":
+            scores = torch.einsum("bhid,bhjd->bhij", q, k) / q.shape[-1] ** 0.5
+        else:
+            scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+        if bias is not None:
+            scores = scores + bias
+        probabilities = scores.softmax(dim=-1)
+        return probabilities.detach() if self.linearised else probabilities
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        probabilities = self._probabilities(q, k, bias)
+        if self.spec.attention == "einsum":
+            return torch.einsum("bhij,bhjd->bhid", probabilities, v)
+        return probabilities @ v
+
+    def _mha_linearised(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        heads, mha = self.spec.heads, self.mha
+        q, k, v = (
+            t.reshape(batch, tokens, heads, dim // heads).transpose(1, 2)
+            for t in F.linear(x, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+        )
+        out = (self._probabilities(q, k) @ v).transpose(1, 2).reshape(batch, tokens, dim)
+        return mha.out_proj(out)
+
+    def _windowed(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        side, w, heads = int(tokens**0.5), self.window, self.spec.heads
+        grid = x.view(batch, side, side, dim)
+        if self.shift:
+            grid = torch.roll(grid, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        windows = grid.view(batch, side // w, w, side // w, w, dim).permute(0, 1, 3, 2, 4, 5)
+        windows = windows.reshape(-1, w * w, dim)  # (batch * windows, tokens per window, dim)
+        qkv = self.qkv(windows).reshape(windows.shape[0], w * w, 3, heads, dim // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5 + self.relative_bias
+        if self.shift:  # tokens that wrapped around attend only to their own side
+            windows_per_image = (side // w) ** 2
+            scores = scores.view(batch, windows_per_image, heads, w * w, w * w)
+            scores = scores + self._shift_mask(side).to(x.dtype)[None, :, None]
+            scores = scores.view(-1, heads, w * w, w * w)
+        probabilities = scores.softmax(dim=-1)
+        if self.linearised:
+            probabilities = probabilities.detach()
+        out = (probabilities @ v).transpose(1, 2).reshape(-1, w * w, dim)
+        out = self.proj(out).view(batch, side // w, side // w, w, w, dim)
+        grid = out.permute(0, 1, 3, 2, 4, 5).reshape(batch, side, side, dim)
+        if self.shift:
+            grid = torch.roll(grid, shifts=(self.shift, self.shift), dims=(1, 2))
+        return grid.reshape(batch, tokens, dim)
+
+    def _shift_mask(self, side: int) -> torch.Tensor:
+        """(windows, t, t): -100 between tokens of a window that came from different sides."""
+        w = self.window
+        region = torch.zeros(side, side)
+        edge = side - self.shift
+        region[edge:, :] += 1
+        region[:, edge:] += 2
+        windows = region.view(side // w, w, side // w, w).permute(0, 2, 1, 3).reshape(-1, w * w)
+        return (windows[:, :, None] != windows[:, None, :]).float() * -100.0
+
+
+class _TransformerBlock(nn.Module):
+    def __init__(self, spec: TransformerSpec, shift: int = 0) -> None:
+        super().__init__()
+        self.spec = spec
+        self.norm1 = _Norm("layer", spec.dim, functional=False)
+        self.attention = _Attention(spec, shift=shift)
+        self.norm2 = _Norm("layer", spec.dim, functional=True)
+        self.fc1 = nn.Linear(spec.dim, spec.mlp_ratio * spec.dim)
+        self.act = _Activation("gelu", functional=False)
+        self.fc2 = nn.Linear(spec.mlp_ratio * spec.dim, spec.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mlp = lambda t: self.fc2(self.act(self.fc1(t)))  # noqa: E731
+        if self.spec.pre_norm:
+            x = x + self.attention(self.norm1(x))
+            return x + mlp(self.norm2(x))
+        x = self.norm1(x + self.attention(x))
+        return self.norm2(x + mlp(x))
+
+
+class RandomTransformer(nn.Module):
+    """A small vision transformer with random weights, in eval mode.
+
+    A convolutional patch embedding, an optional class token, learned position embeddings,
+    pre- or post-norm blocks of attention (written five ways, see :class:`TransformerSpec`) and
+    a GELU MLP, a final LayerNorm and a linear head. :meth:`linearised` switches it to its
+    plain-torch linearisation at its gates (attention probabilities, LayerNorm statistics and
+    GELU ratios computed and detached), whose gradient x input CTC's ``"none"`` mode must give.
+
+    Args:
+        spec: The switches.
+        seed: Seed of the random weights.
+        size: Side of the (square) input images.
+        in_channels: Input channels.
+    """
+
+    def __init__(
+        self,
+        spec: TransformerSpec | None = None,
+        seed: int = 0,
+        size: int = 8,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        self.spec = spec = spec or TransformerSpec()
+        if spec.attention == "window" and spec.class_token:
+            raise ValueError("windowed attention needs class_token=False")
+        generator = torch.Generator().manual_seed(seed)
+        tokens = (size // spec.patch) ** 2
+        self.embed = nn.Conv2d(in_channels, spec.dim, spec.patch, spec.patch)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, spec.dim)) if spec.class_token else None
+        self.position = nn.Parameter(torch.zeros(1, tokens + int(spec.class_token), spec.dim))
+        self.blocks = nn.Sequential(
+            *[
+                _TransformerBlock(spec, shift=1 if spec.attention == "window" and i % 2 else 0)
+                for i in range(spec.depth)
+            ]
+        )
+        self.norm = _Norm("layer", spec.dim, functional=False)
+        self.head = nn.Linear(spec.dim, spec.classes)
+        _randomise(self, generator)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits (N, classes)."""
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        if self.class_token is not None:
+            tokens = torch.cat([self.class_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        tokens = self.norm(self.blocks(tokens + self.position))
+        pooled = tokens[:, 0] if self.class_token is not None else tokens.mean(dim=1)
+        return self.head(pooled)
+
+    linearised = RandomModernCNN.linearised

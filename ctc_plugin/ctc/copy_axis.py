@@ -95,6 +95,8 @@ def follow_copy_axis(
         return axis + out.dim() - rank
     if name == "__getitem__":
         return _through_index(args[1], x, axis, refusal)
+    if name == "__iter__":  # iterating a tensor unbinds its dim 0
+        return _along_other_dims("unbind", (x, 0), {}, x, axis, refusal)
     if name in ("chunk", "split", "unbind", "narrow", "roll", "flip", "repeat"):
         return _along_other_dims(name, args, kwargs, x, axis, refusal)
     if name in ("cat", "concat", "concatenate", "stack"):

@@ -97,7 +97,7 @@ class CTCMode(TorchFunctionMode):
         row = rule_for(func)
         propagated = [t for t in tensors if ctx.is_propagated(t)]
         moved = next((ctx.copy_axis(t) for t in propagated if ctx.copy_axis(t)), 0)
-        if moved and not (row and row.follows_copies):
+        if moved and row is not None and not row.follows_copies:
             raise UnsupportedOperationError(
                 operation_name(func),
                 f"its input holds the copies along dim {moved}, where a permute or transpose "

@@ -1,0 +1,274 @@
+"""CTC through vision transformers: attention probabilities, LayerNorm statistics and GELU as
+gates; class tokens and position embeddings as shared biases.
+
+Random transformers (:class:`~ctc_plugin.testing.RandomTransformer`) write attention five ways
+(``scaled_dot_product_attention`` after Swin's permute, ``nn.MultiheadAttention``, explicit
+``q @ k^T``, ``einsum`` as in MaxViT, and Swin's shifted windows with ``roll``), pre- and
+post-norm, with and without a class token. The oracle for ``"none"`` is the model's own
+plain-torch linearisation at its gates. torchvision's ViT, Swin v1/v2 and MaxViT are checked
+for completeness.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from ctc_plugin import CTC
+from ctc_plugin.ctc.attributor import CTCAttributor
+from ctc_plugin.ctc.composite import CTCComposite
+from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.testing import RandomTransformer, TransformerSpec, random_partition
+
+from .properties import (
+    assert_chunks_change_nothing,
+    assert_examples_independent_of_their_batch,
+    assert_relabelling_permutes_scores,
+)
+from .test_modern_gates import linearised_gradient_x_input, per_feature
+
+MODES = ["reference", "proportional", "none"]
+SETTINGS = settings(max_examples=20, deadline=None)
+ATTENTION = ["sdpa", "mha", "explicit", "einsum", "window"]
+
+
+@st.composite
+def transformer_cases(draw: st.DrawFn, dtype: torch.dtype = torch.float64):
+    """(model, inputs, feature_mask, target) with a random transformer, batch and partition."""
+    attention = draw(st.sampled_from(ATTENTION))
+    spec = TransformerSpec(
+        dim=draw(st.sampled_from([4, 8])),
+        heads=2,
+        depth=draw(st.integers(1, 2)),
+        patch=2,
+        pre_norm=draw(st.booleans()),
+        class_token=attention != "window" and draw(st.booleans()),
+        attention=attention,
+        mlp_ratio=draw(st.integers(1, 2)),
+    )
+    seed = draw(st.integers(0, 10_000))
+    batch = draw(st.integers(1, 3))
+    features = draw(st.integers(1, 6))
+    model = RandomTransformer(spec, seed=seed, size=8).to(dtype)
+    x = torch.rand(batch, 3, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    per_example = draw(st.booleans())
+    mask = random_partition(8, 8, features, seed=seed, batch=batch if per_example else 1)
+    return model, x, mask, draw(st.integers(0, spec.classes - 1))
+
+
+@SETTINGS
+@given(transformer_cases(), st.booleans())
+def test_proportional_scores_add_up_to_the_target_logit(case, with_baseline):
+    model, x, mask, target = case
+    baselines = 0.3 * torch.ones_like(x[:1]) if with_baseline else None
+    _, scores = CTC(model, bias_sharing="proportional").attribute(
+        x, target, feature_mask=mask, baselines=baselines, return_feature_scores=True
+    )
+    total = scores.scores.sum(1) + (scores.baseline if with_baseline else 0)
+    torch.testing.assert_close(total, model(x)[:, target].detach(), rtol=1e-9, atol=1e-9)
+
+
+@SETTINGS
+@given(transformer_cases(), st.booleans())
+def test_none_is_gradient_x_input_of_the_transformer_linearised_at_its_gates(case, fast_path):
+    model, x, mask, target = case
+    ctc = CTC(model, bias_sharing="none")
+    ctc.gradient_fast_path = fast_path
+    _, scores = ctc.attribute(x, target, feature_mask=mask, return_feature_scores=True)
+    expected = per_feature(linearised_gradient_x_input(model, x, target), mask, scores.ids)
+    expected = expected.masked_fill(~scores.present, 0.0)
+    torch.testing.assert_close(scores.scores, expected, rtol=1e-9, atol=1e-10)
+
+
+@SETTINGS
+@given(transformer_cases(), st.sampled_from(MODES))
+def test_an_example_does_not_depend_on_its_batch(case, mode):
+    model, x, mask, target = case
+    assert_examples_independent_of_their_batch(CTC(model, bias_sharing=mode), x, mask, target)
+
+
+@SETTINGS
+@given(transformer_cases(), st.sampled_from(["reference", "none"]), st.integers(1, 4))
+def test_chunks_of_features_change_nothing(case, mode, per_eval):
+    model, x, mask, target = case
+    ctc = CTC(model, bias_sharing=mode)
+    ctc.gradient_fast_path = False
+    assert_chunks_change_nothing(ctc, x, mask, target, per_eval)
+
+
+@settings(max_examples=10, deadline=None)
+@given(transformer_cases(), st.sampled_from(MODES), st.randoms(use_true_random=False))
+def test_relabelling_feature_ids_permutes_scores(case, mode, rng):
+    model, x, mask, target = case
+    assert_relabelling_permutes_scores(CTC(model, bias_sharing=mode), x, mask, target, rng)
+
+
+@settings(max_examples=15, deadline=None)
+@given(transformer_cases(), st.sampled_from(MODES))
+def test_zennit_attributor_equals_the_captum_class(case, mode):
+    model, x, mask, target = case
+    expected = CTC(model, bias_sharing=mode).attribute(x, target, feature_mask=mask)
+    one_hot = torch.eye(model.spec.classes, dtype=x.dtype)[[target]]
+    with CTCAttributor(model, CTCComposite(bias_sharing=mode), feature_mask=mask) as attributor:
+        output, relevance = attributor(x, one_hot)
+    torch.testing.assert_close(relevance, expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(output, model(x), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("attention", ATTENTION)
+def test_the_linearised_oracle_is_not_the_plain_gradient(attention):
+    """Attention probabilities held fixed differ from autograd: the test above can fail."""
+    spec = TransformerSpec(attention=attention, class_token=attention != "window")
+    model = RandomTransformer(spec, seed=2).double()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    linear = linearised_gradient_x_input(model, x, 0)
+    leaf = x.clone().requires_grad_(True)
+    (plain,) = torch.autograd.grad(model(leaf)[:, 0].sum(), leaf)
+    assert (linear - plain * x).abs().max() > 1e-3 * linear.abs().max()
+
+
+# ---------------------------------------------------------------------------- torchvision
+def randomised(model: nn.Module) -> nn.Module:
+    """Random normalisation parameters, biases and zero-initialised matrices (heads)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if name == "weight" and param.dim() == 2 and not param.any():
+                    param.normal_(0.0, 0.05, generator=generator)
+                if name == "bias" or (name == "weight" and param.dim() == 1):
+                    noise = torch.rand(param.shape, generator=generator) * 0.4 - 0.2
+                    param.copy_(noise + (1.0 if name == "weight" else 0.0))
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                size = module.num_features
+                module.running_mean.copy_(torch.rand(size, generator=generator) * 0.4 - 0.2)
+                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+    return model.eval()
+
+
+def small_maxvit() -> nn.Module:
+    """torchvision's MaxViT class at 32x32 with two small stages (maxvit_t needs 224x224)."""
+    return torchvision.models.maxvit.MaxVit(
+        input_size=(32, 32),
+        stem_channels=8,
+        partition_size=2,
+        block_channels=[8, 16],
+        block_layers=[1, 1],
+        head_dim=4,
+        stochastic_depth_prob=0.0,
+        num_classes=10,
+    )
+
+
+BUILDERS = {
+    "vit_b_16": (lambda: torchvision.models.vit_b_16(image_size=32), 32),
+    "swin_t": (torchvision.models.swin_t, 64),
+    "swin_v2_t": (torchvision.models.swin_v2_t, 64),
+    "maxvit (small)": (small_maxvit, 32),
+}
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+def grid(size: int, cells: int) -> torch.Tensor:
+    rows = torch.arange(size) * cells // size
+    return (rows.view(1, 1, -1, 1) * cells + rows.view(1, 1, 1, -1)) + 1
+
+
+def _completeness(model: nn.Module, size: int, dtype: torch.dtype) -> None:
+    model = randomised(model).to(dtype)
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    _, scores = CTC(model, bias_sharing="proportional").attribute(
+        x, 3, feature_mask=grid(size, 2), return_feature_scores=True
+    )
+    with torch.no_grad():
+        logits = model(x)[:, 3]
+    assert logits.abs().min() > 1e-3  # the check below is relative to a real logit
+    relative = (scores.scores.sum(1) - logits).abs() / logits.abs()
+    assert relative.max() < TOLERANCE[dtype], relative
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_torchvision_transformers_add_up_to_their_logits(builder: str, dtype: torch.dtype):
+    make, size = BUILDERS[builder]
+    torch.manual_seed(0)
+    _completeness(make(), size, dtype)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_maxvit_t_adds_up_to_its_logits(dtype: torch.dtype):
+    torch.manual_seed(0)
+    _completeness(torchvision.models.maxvit_t(), 224, dtype)
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_reference_runs_and_the_attributor_agrees_on_torchvision(builder: str):
+    make, size = BUILDERS[builder]
+    torch.manual_seed(0)
+    model = randomised(make()).double()
+    generator = torch.Generator().manual_seed(3)
+    x = torch.rand(1, 3, size, size, generator=generator, dtype=torch.float64)
+    mask = grid(size, 2)
+    expected = CTC(model, bias_sharing="reference").attribute(x, 3, feature_mask=mask)
+    assert torch.isfinite(expected).all() and expected.abs().sum() > 0
+    classes = model(x).shape[1]
+    with CTCAttributor(model, CTCComposite(bias_sharing="reference"), feature_mask=mask) as attr:
+        _, relevance = attr(x, torch.eye(classes, dtype=torch.float64)[[3]])
+    torch.testing.assert_close(relevance, expected, rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------- refusals
+class _ScoresAsSignal(nn.Module):
+    """Adds the attention scores ``q @ k^T`` (a gate of the full pass) to the signal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 4, 2, 2)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (N, 16, 4)
+        scores = tokens @ tokens.transpose(1, 2)  # (N, 16, 16)
+        return self.head((scores[:, :, :4] + tokens).mean(1))
+
+
+class _Probabilities(nn.Module):
+    """Returns softmax probabilities: CTC explains logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.head(x.flatten(1)).softmax(dim=-1)
+
+
+class _MixesCopies(nn.Module):
+    """Multiplies over the batch dimension (a matrix product with the batch contracted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(5, 2))
+
+    def forward(self, x):
+        return self.weight.T @ x.flatten(1)[:5].T @ torch.ones(3 * 8 * 8, 1)
+
+
+@pytest.mark.parametrize(
+    ("model", "pattern"),
+    [
+        (_ScoresAsSignal(), r"add in the model .* reads the output of torch.Tensor.matmul"),
+        (_Probabilities(), r"the model's output comes out of it"),
+        (_MixesCopies(), r"selects or slices copies"),
+    ],
+)
+def test_what_cannot_be_propagated_is_refused_by_name(model, pattern):
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(UnsupportedOperationError, match=pattern):
+        CTC(model.eval()).attribute(x, 0, feature_mask=random_partition(8, 8, 3))
+    assert torch._C._len_torch_function_stack() == 0
