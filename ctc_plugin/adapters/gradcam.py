@@ -46,6 +46,9 @@ class IntegrativeGradCAM(BaseCAM):
         phi: See :class:`~ctc_plugin.cam.integrative.IntegrativeCAM`.
         bias: See :class:`~ctc_plugin.cam.integrative.IntegrativeCAM`.
         layer_weights: See :class:`~ctc_plugin.cam.integrative.IntegrativeCAM`.
+        reshape_transform: As in pytorch-grad-cam: turns each target layer's output (and its
+            gradient) into an (N, C, H, W) map, e.g. for a vision transformer's token maps
+            (:func:`~ctc_plugin.cam.transformers.tokens_to_grid`).
     """
 
     def __init__(
@@ -55,13 +58,20 @@ class IntegrativeGradCAM(BaseCAM):
         phi: str | Phi | Callable[[Tensor], Tensor] = "exp",
         bias: bool = True,
         layer_weights: Literal["adaptive", "uniform"] | LayerScore = "adaptive",
+        reshape_transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         # pytorch-grad-cam's own activation hooks are not used: pass no layers to BaseCAM.
         super().__init__(model, target_layers=[], uses_gradients=True)
         self.target_layers = list(target_layers) if target_layers is not None else []
         self.integrative = IntegrativeCAM(
-            model, layers=target_layers, phi=phi, bias=bias, layer_weights=layer_weights
+            model,
+            layers=target_layers,
+            phi=phi,
+            bias=bias,
+            layer_weights=layer_weights,
+            reshape_transform=reshape_transform,
         )
+        self.reshape_transform = reshape_transform
 
     def forward(
         self,

@@ -1,9 +1,23 @@
 """Integrative CAM: class activation maps fused across all layers.
 
->>> from ctc_plugin.cam import IntegrativeCAM, Phi
+>>> from ctc_plugin.cam import IntegrativeCAM, Phi, tokens_to_grid
 """
 
 from ctc_plugin.cam.alpha import Phi
 from ctc_plugin.cam.integrative import IntegrativeCAM, LayerMaps
+from ctc_plugin.cam.transformers import (
+    BLOCK_RESHAPES,
+    channels_last_to_grid,
+    tokens_to_grid,
+    transformer_stages,
+)
 
-__all__ = ["IntegrativeCAM", "LayerMaps", "Phi"]
+__all__ = [
+    "BLOCK_RESHAPES",
+    "IntegrativeCAM",
+    "LayerMaps",
+    "Phi",
+    "channels_last_to_grid",
+    "tokens_to_grid",
+    "transformer_stages",
+]

@@ -32,6 +32,7 @@ from ctc_plugin.cam.alpha import AlphaTerms, Phi, alpha_terms, channel_weights, 
 from ctc_plugin.cam.bias import bias_map
 from ctc_plugin.cam.fusion import RunningFusion, minmax
 from ctc_plugin.cam.layers import BATCHNORM_TYPES, Stage, StageTracer, module_names
+from ctc_plugin.cam.transformers import Reshape, transformer_stages
 from ctc_plugin.targets import TargetType as Target
 from ctc_plugin.targets import target_scores as select_scores
 
@@ -92,10 +93,15 @@ class LayerMaps:
 
 
 def _record_layer(
-    tracer: StageTracer, name: str, module: nn.Module, _inputs: Any, output: Any
+    tracer: StageTracer,
+    name: str,
+    reshape: Reshape | None,
+    module: nn.Module,
+    _inputs: Any,
+    output: Any,
 ) -> None:
     """Forward hook of a chosen layer: make its output a stage."""
-    tracer.add_layer_output(name, output, module)
+    tracer.add_layer_output(name, output, module, reshape)
 
 
 class _BackwardDone(Exception):
@@ -103,12 +109,20 @@ class _BackwardDone(Exception):
 
 
 class IntegrativeCAM(Attribution):
-    """Class activation maps fused across all convolutional stages (a Captum attribution).
+    """Class activation maps fused across all stages of a model (a Captum attribution).
+
+    The stages of a CNN are its convolutional stages; those of a vision transformer are its
+    blocks' token maps, reshaped to the patch grid (class token dropped, Swin's windows
+    merged), as pytorch-grad-cam's ``reshape_transform`` does.
 
     Args:
         forward_func: The model, or any function of the inputs returning scores batch first.
-        layers: Modules whose outputs to explain; ``None`` finds every convolutional stage
-            (convolution, folded BatchNorm, ReLU) in the forward pass, functional calls included.
+        layers: Modules whose outputs to explain; ``None`` finds them: the blocks of a known
+            vision transformer (torchvision's ViT, Swin v1/v2, MaxViT, the zoo's ViT; see
+            :func:`~ctc_plugin.cam.transformers.transformer_stages`), otherwise every
+            convolutional stage (convolution, folded BatchNorm, ReLU) in the forward pass,
+            functional calls included. A model that computes attention but whose blocks are
+            of no known type is refused rather than explained by its patch embedding alone.
         phi: The smooth function of the score whose derivatives set the channel weights:
             ``"exp"`` (Grad-CAM++), ``"softplus"``, ``"sigmoid"``, ``"identity"`` (Grad-CAM
             weights), a :class:`~ctc_plugin.cam.alpha.Phi` with explicit derivatives, or a scalar
@@ -116,6 +130,10 @@ class IntegrativeCAM(Attribution):
         bias: Add each stage's FullGrad bias map before its ReLU.
         layer_weights: ``"adaptive"`` (:func:`adaptive_layer_score`), ``"uniform"``, or a callable
             ``score(grad, act) -> (N,)`` of non-negative scores.
+        reshape_transform: Turns each chosen layer's output (and its gradient) into an
+            (N, C, H, W) map, e.g. :func:`~ctc_plugin.cam.transformers.tokens_to_grid` for
+            (N, T, D) token maps; ``None``: the outputs are such maps (or, for known
+            transformer blocks, their own reshape).
 
     Example:
         >>> cam = IntegrativeCAM(model)
@@ -129,8 +147,12 @@ class IntegrativeCAM(Attribution):
         phi: str | Phi | Callable[[Tensor], Tensor] = "exp",
         bias: bool = True,
         layer_weights: Literal["adaptive", "uniform"] | LayerScore = "adaptive",
+        reshape_transform: Reshape | None = None,
     ) -> None:
         super().__init__(forward_func)
+        if reshape_transform is not None and not callable(reshape_transform):
+            raise TypeError("reshape_transform must be a callable (N, ...) -> (N, C, H, W)")
+        self.reshape_transform = reshape_transform
         if layers is not None:
             layers = list(layers)
             if not layers:
@@ -228,14 +250,16 @@ class IntegrativeCAM(Attribution):
             t.detach().requires_grad_(True) if t.is_floating_point() else t for t in inputs_tuple
         )
         run = _Run(self, size, return_layer_maps)
+        chosen = self._chosen_layers()
         tracer = StageTracer(
-            run.on_grad, discover=self.layers is None, fold_bias=self.bias, names=self._names()
+            run.on_grad, discover=chosen is None, fold_bias=self.bias, names=self._names()
         )
         handles = []
         try:
-            for module in self.layers or []:
+            for module, reshape in chosen or []:
                 name = self._layer_name(module)
-                handles.append(module.register_forward_hook(partial(_record_layer, tracer, name)))
+                hook = partial(_record_layer, tracer, name, reshape)
+                handles.append(module.register_forward_hook(hook))
             with torch.enable_grad():
                 with tracer:
                     output = self.forward_func(*leaves, *extra)
@@ -244,7 +268,7 @@ class IntegrativeCAM(Attribution):
                     handle.remove()
                 handles.clear()
                 scores = self._scores(output, target)
-                self._check_stages(tracer)
+                self._check_stages(tracer, chosen)
                 run.start(tracer.stages, alpha_terms(self.phi, scores))
                 differentiate = [t for t in leaves if t.requires_grad] or [
                     s.tensor for s in tracer.stages if s.handle is not None
@@ -299,17 +323,40 @@ class IntegrativeCAM(Attribution):
             )
         return scores
 
-    def _check_stages(self, tracer: StageTracer) -> None:
-        stages = tracer.stages
-        if self.layers is None and not stages:
-            raise ValueError(
-                f"no convolution ran in the forward pass of {type(self.forward_func).__name__}; "
-                "IntegrativeCAM explains 2-D convolutional feature maps (pass layers=[...] to "
-                "choose modules with (N, C, H, W) outputs)"
-            )
+    def _chosen_layers(self) -> list[tuple[nn.Module, Reshape | None]] | None:
+        """The layers to explain with their reshapes; ``None``: find the convolutional stages."""
         if self.layers is not None:
+            return [(module, self.reshape_transform) for module in self.layers]
+        if not isinstance(self.forward_func, nn.Module):
+            return None
+        found = transformer_stages(self.forward_func)
+        if not found:
+            return None
+        return [(module, self.reshape_transform or reshape) for module, reshape in found]
+
+    def _check_stages(
+        self, tracer: StageTracer, chosen: list[tuple[nn.Module, Reshape | None]] | None
+    ) -> None:
+        stages = tracer.stages
+        model = type(self.forward_func).__name__
+        if chosen is None and tracer.saw_attention:
+            raise ValueError(
+                f"the forward pass of {model} computes attention, but none of its modules is a "
+                "transformer block IntegrativeCAM knows (torchvision's ViT, Swin, MaxViT, the "
+                "zoo's ViT), so its convolutional stages alone would be a partial map; pass "
+                "layers=[the blocks] and reshape_transform=ctc_plugin.cam.tokens_to_grid (or "
+                "your own), or register the block type in "
+                "ctc_plugin.cam.transformers.BLOCK_RESHAPES"
+            )
+        if chosen is None and not stages:
+            raise ValueError(
+                f"no convolution ran in the forward pass of {model}; IntegrativeCAM explains "
+                "2-D convolutional feature maps (pass layers=[...] to choose modules with "
+                "(N, C, H, W) outputs, and reshape_transform=... for other outputs)"
+            )
+        if chosen is not None:
             ran = {id(module) for module in tracer.modules}
-            missing = [self._layer_name(m) for m in self.layers if id(m) not in ran]
+            missing = [self._layer_name(m) for m, _ in chosen if id(m) not in ran]
             if missing:
                 raise ValueError(f"layers {missing} were not called by the forward pass")
         if not any(stage.handle is not None for stage in stages):
@@ -342,6 +389,7 @@ class _Run:
         if terms is None:  # a backward pass run by the model itself during the forward
             return
         act = stage.value()
+        grad = stage.shaped(grad)
         with torch.no_grad():
             positive, score = None, None
             if self.score is adaptive_layer_score and terms.all_positive:

@@ -64,6 +64,8 @@ class Stage:
         extendable: Whether a following BatchNorm or ReLU may still join the chain.
         snapshot: A copy taken before an in-place operation overwrote ``tensor``.
         handle: The gradient hook on ``tensor``.
+        reshape: Turns ``tensor`` and its gradient into an (N, C, H, W) map (a transformer
+            block's token map), or None when ``tensor`` is one.
     """
 
     index: int
@@ -76,6 +78,7 @@ class Stage:
     extendable: bool = True
     snapshot: Tensor | None = None
     handle: RemovableHandle | None = field(default=None, repr=False)
+    reshape: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
 
     def value(self) -> Tensor:
         """Return the feature map's value as it was when the stage was recorded.
@@ -84,7 +87,7 @@ class Stage:
             RuntimeError: If the tensor was modified in place in a way the tracer could not see.
         """
         if self.snapshot is not None:
-            return self.snapshot
+            return self.shaped(self.snapshot)
         if self.tensor is None:
             raise RuntimeError(f"stage {self.name!r} was already released")
         if self.tensor._version != self.version:
@@ -93,7 +96,11 @@ class Stage:
                 "was recorded, so its value is no longer available; choose another layer, or "
                 "make that operation out-of-place"
             )
-        return self.tensor
+        return self.shaped(self.tensor)
+
+    def shaped(self, tensor: Tensor) -> Tensor:
+        """``tensor`` (the stage's output or its gradient) as an (N, C, H, W) map."""
+        return tensor if self.reshape is None else self.reshape(tensor)
 
     def release(self) -> None:
         """Drop the references to the feature map and its gradient hook."""
@@ -119,6 +126,15 @@ def _is_inplace(func: Callable[..., Any], name: str, args: tuple, kwargs: dict) 
         return True
     position = _inplace_position(func)
     return position is not None and len(args) > position and args[position] is True
+
+
+_ATTENTION = frozenset({F.scaled_dot_product_attention, F.multi_head_attention_forward})
+
+
+def _attention_scores(args: tuple) -> bool:
+    """Whether a softmax's input looks like attention scores (..., tokens, tokens)."""
+    scores = args[0] if args and isinstance(args[0], Tensor) else None
+    return scores is not None and scores.dim() >= 3 and scores.shape[-1] == scores.shape[-2] > 1
 
 
 def _tensors(args: tuple, kwargs: dict) -> Iterator[Tensor]:
@@ -183,6 +199,8 @@ class StageTracer(TorchFunctionMode):
         self._counts: dict[str, int] = {}
         #: The chosen modules that ran, in call order.
         self.modules: list[nn.Module] = []
+        #: Whether the forward pass computed attention (a model whose stages are no convolutions).
+        self.saw_attention = False
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _label(self, key: Tensor | None, kind: str) -> str:
@@ -227,28 +245,43 @@ class StageTracer(TorchFunctionMode):
             stage.relu = True
             stage.extendable = False
 
-    def add_layer_output(self, name: str, output: Any, module: nn.Module | None = None) -> None:
+    def add_layer_output(
+        self,
+        name: str,
+        output: Any,
+        module: nn.Module | None = None,
+        reshape: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         """Make the output of a chosen module a stage (called from a module forward hook).
 
         Args:
             name: The stage's name.
             output: The module's output.
             module: The module, recorded in :attr:`modules`.
+            reshape: Turns the output (and its gradient) into an (N, C, H, W) map, as
+                pytorch-grad-cam's ``reshape_transform`` does; None: the output is one.
 
         Raises:
-            ValueError: If the output is not a 4-D tensor (N, C, H, W).
+            ValueError: If the output (reshaped) is not a 4-D tensor (N, C, H, W).
         """
-        if not isinstance(output, Tensor) or output.dim() != 4:
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        shaped = output if reshape is None or not isinstance(output, Tensor) else reshape(output)
+        if not isinstance(shaped, Tensor) or shaped.dim() != 4:
+            shape = tuple(shaped.shape) if isinstance(shaped, Tensor) else type(shaped).__name__
+            advice = (
+                "give a reshape_transform that returns one"
+                if reshape is not None
+                else "give a reshape_transform for token maps (N, T, D) or channels-last maps"
+            )
             raise ValueError(
                 f"layer {name!r} returned {shape}; IntegrativeCAM needs a 4-D feature map "
-                "(N, C, H, W) from each layer"
+                f"(N, C, H, W) from each layer: {advice}"
             )
         if module is not None:
             self.modules.append(module)
         chain = next((s for s in self._by_tensor.get(id(output), []) if s in self._chains), None)
         stage = Stage(index=len(self.stages), name=name, steps=("layer",), tensor=None, version=0)
         stage.extendable = False
+        stage.reshape = reshape
         if chain is not None and chain.version == output._version:
             stage.bias, stage.relu = chain.bias, chain.relu
         self._track(stage, output)
@@ -271,6 +304,8 @@ class StageTracer(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in _NEUTRAL:
             return func(*args, **kwargs)
+        if func in _ATTENTION or (name == "softmax" and _attention_scores(args)):
+            self.saw_attention = True
         tracked = [t for t in _tensors(args, kwargs) if id(t) in self._by_tensor]
         kind = "conv" if name == "conv2d" else "bn" if func is F.batch_norm else None
         if name in ("relu", "relu_"):
