@@ -446,7 +446,11 @@ def _model_and_explainers(family: str, split: str) -> tuple[nn.Module, dict[str,
 
 
 def _plan(
-    config: BenchmarkConfig, family: str, split: str, explainers: dict[str, nn.Module]
+    config: BenchmarkConfig,
+    family: str,
+    split: str,
+    explainers: dict[str, nn.Module],
+    model: nn.Module | None = None,
 ) -> tuple[list[Variant], list[str]]:
     """The variants to run on one model, in report order, and notes for the report."""
     methods = registry(
@@ -455,6 +459,12 @@ def _plan(
         ig_steps=config.ig_steps,
         explainers={kind: e for kind, e in explainers.items() if kind != "default"},
     )
+    if model is not None:  # methods for other kinds of model (AttnLRP: transformers) are left out
+        methods = {
+            name: spec
+            for name, spec in methods.items()
+            if spec.applies_to is None or spec.applies_to(model)
+        }
     notes = []
     if config.methods is not None:
         missing = set(config.methods) - set(methods)
@@ -512,7 +522,7 @@ def run_benchmark(
                 skipped[f"{family}/{split}"] = f"model skipped: {error}"
                 print(f"warning: {family}/{split}: model skipped: {error}", file=sys.stderr)
                 continue
-        variants, notes = _plan(config, family, split, explainers)
+        variants, notes = _plan(config, family, split, explainers, model)
         pending = [v for v in variants if not store.has(family, split, v.label)]
         if not pending:
             continue

@@ -46,12 +46,15 @@ class MethodSpec:
         uses_features: True when the method reads ``feature_mask`` (it then runs once per
             feature source).
         fn: ``fn(model, images, targets, feature_mask) -> (N, 1, H, W)``.
+        applies_to: Whether the method explains a given model (``None``: every model); a
+            method for transformers only is left out of a CNN's run, not reported as failed.
     """
 
     name: str
     source: str
     uses_features: bool
     fn: Method
+    applies_to: Callable[[nn.Module], bool] | None = None
 
 
 def _leaf(images: Tensor) -> Tensor:
@@ -207,16 +210,29 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
 
 
 def _grad_cam(cls_name: str) -> Method:
+    """A pytorch-grad-cam method on the model's last feature map.
+
+    For a vision transformer (blocks of a type :func:`~ctc_plugin.cam.transformers.
+    transformer_stages` knows) that is its last block, with pytorch-grad-cam's
+    ``reshape_transform`` turning its tokens into a map, as its documentation does for ViTs;
+    otherwise :func:`last_spatial_layer`.
+    """
+
     def method(
         model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
     ) -> Tensor:
         import pytorch_grad_cam
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        layer = last_spatial_layer(model, images)
+        from ctc_plugin.cam.transformers import transformer_stages
+
+        blocks = transformer_stages(model)
+        layer, reshape = blocks[-1] if blocks else (last_spatial_layer(model, images), None)
         was_training = model.training
         try:
-            with getattr(pytorch_grad_cam, cls_name)(model=model, target_layers=[layer]) as cam:
+            with getattr(pytorch_grad_cam, cls_name)(
+                model=model, target_layers=[layer], reshape_transform=reshape
+            ) as cam:
                 maps = cam(
                     input_tensor=images,
                     targets=[ClassifierOutputTarget(int(t)) for t in targets],
@@ -227,6 +243,43 @@ def _grad_cam(cls_name: str) -> Method:
 
     method.__name__ = cls_name
     return method
+
+
+def _has_vit_blocks(model: nn.Module) -> bool:
+    from torchvision.models.vision_transformer import EncoderBlock
+
+    return any(isinstance(m, EncoderBlock) for m in model.modules())
+
+
+def _attn_lrp(
+    model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+) -> Tensor:
+    """AttnLRP (Achtibat et al., ICML 2024) through ``lxt`` on torchvision's ViT blocks.
+
+    ``lxt`` patches the ``forward`` of torch's ``GELU``, ``LayerNorm`` and
+    ``MultiheadAttention`` classes (its CP-LRP map for torchvision's ViT): the relevance is
+    then gradient x input. The patch is process-wide, so the classes' methods are restored
+    after the call; other methods never see it.
+    """
+    from lxt.efficient import monkey_patch
+    from lxt.efficient.models.vit_torch import cp_LRP
+    from torchvision.models import vision_transformer
+
+    saved = {cls: dict(vars(cls)) for cls in cp_LRP}
+    try:
+        monkey_patch(vision_transformer, cp_LRP)
+        leaf = _leaf(images)
+        with torch.enable_grad():
+            selected = model(leaf).gather(1, targets.view(-1, 1)).sum()
+            (gradient,) = torch.autograd.grad(selected, leaf)
+        return (gradient * leaf).sum(dim=1, keepdim=True).detach()
+    finally:
+        for cls, attributes in saved.items():
+            for name in set(vars(cls)) - set(attributes):
+                delattr(cls, name)
+            for name, value in attributes.items():
+                if vars(cls).get(name) is not value:
+                    setattr(cls, name, value)
 
 
 def peer_methods(n_samples: int = 100, ig_steps: int = 32) -> list[MethodSpec]:
@@ -279,6 +332,11 @@ def peer_methods(n_samples: int = 100, ig_steps: int = 32) -> list[MethodSpec]:
         MethodSpec("GradCAM", "pytorch-grad-cam", False, _grad_cam("GradCAM")),
         MethodSpec("GradCAM++", "pytorch-grad-cam", False, _grad_cam("GradCAMPlusPlus")),
         MethodSpec("LayerCAM", "pytorch-grad-cam", False, _grad_cam("LayerCAM")),
+        *(
+            [MethodSpec("AttnLRP", "lxt", False, _attn_lrp, applies_to=_has_vit_blocks)]
+            if _available("lxt")
+            else []
+        ),
     ]
 
 

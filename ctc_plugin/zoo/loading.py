@@ -12,8 +12,9 @@ from torch import nn
 from ctc_plugin.datasets.scene import check_split
 from ctc_plugin.zoo.models import ARCHITECTURES
 
-#: The model families: the four the CTC paper evaluates, in its order, then a modern CNN.
-FAMILIES: tuple[str, ...] = ("vgg", "resnet", "densenet", "inception", "efficientnet")
+#: The model families: the four the CTC paper evaluates, in its order, then a modern CNN and a
+#: vision transformer.
+FAMILIES: tuple[str, ...] = ("vgg", "resnet", "densenet", "inception", "efficientnet", "vit")
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 

@@ -5,10 +5,13 @@ takes :class:`~ctc_plugin.datasets.ShapesDataset` images as they are, and return
 four paper families use only Conv2d, Linear, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d,
 AdaptiveAvgPool2d, Flatten, Dropout, residual additions and ``torch.cat``. The fifth,
 :class:`SmallEfficientNet`, is built from the parts of the last five years' CNNs:
-squeeze-excitation, LayerNorm, SiLU and GELU, layer scale and stochastic depth.
+squeeze-excitation, LayerNorm, SiLU and GELU, layer scale and stochastic depth. The sixth,
+:class:`SmallViT`, is a vision transformer.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -323,6 +326,72 @@ class SmallEfficientNet(nn.Module):
         return self.head(self.features(self.normalize(x)))
 
 
+class TokensToGrid(nn.Module):
+    """(N, 1 + s*s, D) tokens -> (N, D, s, s): the patch tokens on their grid, the first dropped."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Drop the class token and put the patch tokens back on the square grid."""
+        patches = tokens[:, 1:]
+        side = math.isqrt(patches.shape[1])
+        return patches.transpose(1, 2).unflatten(2, (side, side))
+
+
+class SmallViT(nn.Module):
+    """Vision transformer style: 8x8 patches, a class token, six pre-norm encoder blocks.
+
+    A convolutional patch embedding (8x8 patches of the 96x96 image: a 12x12 grid of 64-d
+    tokens), a learned class token prepended and learned position embeddings added (both are
+    constants the CTC pass shares as biases), six of torchvision's ViT encoder blocks
+    (:class:`~torchvision.models.vision_transformer.EncoderBlock`: LayerNorm,
+    ``nn.MultiheadAttention`` with four heads, LayerNorm, a GELU MLP of width 128) and a final
+    LayerNorm. The class token takes part in attention as a register; the head classifies the
+    patch tokens by global average pooling, like the CNN families' heads (so the class-specific
+    explainers can apply it per position).
+
+    Args:
+        num_classes: Number of output logits.
+        image_size: Side of the input images.
+        patch: Side of the patches.
+        dim: Token width.
+        depth: Number of encoder blocks.
+        heads: Attention heads.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 96,
+        patch: int = 8,
+        dim: int = 64,
+        depth: int = 6,
+        heads: int = 4,
+    ):
+        super().__init__()
+        from torchvision.models.vision_transformer import EncoderBlock
+
+        tokens = (image_size // patch) ** 2
+        self.normalize = Normalize()
+        self.patches = nn.Conv2d(3, dim, patch, patch)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.position = nn.Parameter(torch.empty(1, tokens + 1, dim).normal_(std=0.02))
+        self.blocks = nn.Sequential(
+            *[
+                EncoderBlock(heads, dim, 2 * dim, dropout=0.0, attention_dropout=0.0)
+                for _ in range(depth)
+            ]
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.to_grid = TokensToGrid()
+        self.head = _head(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the logits of a batch of images in [0, 1]."""
+        tokens = self.patches(self.normalize(x)).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.class_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        tokens = self.norm(self.blocks(tokens + self.position))
+        return self.head(self.to_grid(tokens))
+
+
 #: Model classes by family name.
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "vgg": SmallVGG,
@@ -330,6 +399,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "densenet": SmallDenseNet,
     "inception": SmallInception,
     "efficientnet": SmallEfficientNet,
+    "vit": SmallViT,
 }
 
 #: Name of each family's head (global pooling, flatten, linear layers): what its ``forward``
@@ -340,4 +410,5 @@ HEADS: dict[str, str] = {
     "densenet": "head",
     "inception": "head",
     "efficientnet": "head",
+    "vit": "head",
 }

@@ -25,6 +25,8 @@ def test_every_method_returns_finite_maps(setup):
     model, images, targets, mask = setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for name, spec in registry(n_samples=20, ig_steps=4).items():
+        if spec.applies_to is not None and not spec.applies_to(model):
+            continue
         maps = spec.fn(model, images, targets, mask if spec.uses_features else None)
         assert maps.shape == (2, 1, 32, 32), name
         assert torch.isfinite(maps).all(), name
@@ -81,3 +83,38 @@ def test_both_kinds_of_explainer_join_the_registry_when_given():
         maps = methods[name].fn(model, images, targets, None)
         expected = ExplainerAttribution(model, explainer).attribute(images, target=targets)
         torch.testing.assert_close(maps, expected[:, :1])
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    model = zoo.build("vit", 3).eval()
+    return model, torch.rand(2, 3, 96, 96), torch.tensor([0, 2])
+
+
+def test_attn_lrp_is_lxts_and_leaves_torch_classes_as_they_were(vit):
+    pytest.importorskip("lxt", reason="AttnLRP needs the optional lxt package")
+    model, images, targets = vit
+    spec = registry()["AttnLRP"]
+    assert spec.source == "lxt" and spec.applies_to(model)
+    assert not spec.applies_to(zoo.build("resnet", 3))
+    classes = (torch.nn.LayerNorm, torch.nn.GELU, torch.nn.MultiheadAttention)
+    before = [dict(vars(cls)) for cls in classes]
+    maps = spec.fn(model, images, targets, None)
+    assert [dict(vars(cls)) for cls in classes] == before
+    assert maps.shape == (2, 1, 96, 96) and torch.isfinite(maps).all()
+    plain = registry()["InputXGradient"].fn(model, images, targets, None)
+    assert not torch.allclose(maps, plain)  # the AttnLRP rules changed the relevance
+
+
+def test_grad_cam_on_a_transformer_uses_its_last_block_with_a_reshape(vit):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from ctc_plugin.cam import tokens_to_grid
+
+    model, images, targets = vit
+    ours = registry()["GradCAM"].fn(model, images, targets, None)
+    with GradCAM(model, [model.blocks[-1]], reshape_transform=tokens_to_grid) as cam:
+        theirs = cam(images, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    torch.testing.assert_close(ours[:, 0], torch.from_numpy(theirs))

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torchvision.models.vision_transformer import EncoderBlock
 from torchvision.ops import SqueezeExcitation, StochasticDepth
 
 from ctc_plugin import zoo
@@ -71,6 +72,17 @@ MODERN_FUNCTIONS = ALLOWED_FUNCTIONS | {
     "mul",
     "permute",
 }
+# The vision transformer: torchvision's encoder blocks (LayerNorm, multi-head attention, GELU
+# MLP), a class token and position embeddings.
+TRANSFORMER_MODULES = (*MODERN_MODULES, EncoderBlock, nn.MultiheadAttention)
+TRANSFORMER_FUNCTIONS = MODERN_FUNCTIONS | {
+    "multi_head_attention_forward",
+    "expand",
+    "transpose",
+    "unflatten",
+    "__getitem__",
+    "_assert",
+}
 PAPER_FAMILIES = ("vgg", "resnet", "densenet", "inception")
 
 
@@ -84,15 +96,20 @@ class RecordFunctions(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_the_families_are_the_papers_four_and_a_modern_one():
-    assert zoo.FAMILIES == (*PAPER_FAMILIES, "efficientnet")
+def test_the_families_are_the_papers_four_a_modern_cnn_and_a_vision_transformer():
+    assert zoo.FAMILIES == (*PAPER_FAMILIES, "efficientnet", "vit")
+
+
+ALLOWED = {
+    **{family: (ALLOWED_MODULES, ALLOWED_FUNCTIONS) for family in PAPER_FAMILIES},
+    "efficientnet": (MODERN_MODULES, MODERN_FUNCTIONS),
+    "vit": (TRANSFORMER_MODULES, TRANSFORMER_FUNCTIONS),
+}
 
 
 @pytest.mark.parametrize("family", zoo.FAMILIES)
 def test_architecture_uses_only_the_allowed_operations(family):
-    modern = family not in PAPER_FAMILIES
-    modules = MODERN_MODULES if modern else ALLOWED_MODULES
-    functions = MODERN_FUNCTIONS if modern else ALLOWED_FUNCTIONS
+    modules, functions = ALLOWED[family]
     model = zoo.build(family, 6).eval()
     own = [m for m in model.modules() if type(m).__module__ != "ctc_plugin.zoo.models"]
     assert all(isinstance(m, modules) for m in own), {type(m).__name__ for m in own}
