@@ -48,7 +48,7 @@ from zennit.core import Hook, RemovableHandleList
 from ctc_plugin.ctc.boxes import Box
 from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.interception import CTCMode, operation_name
-from ctc_plugin.ctc.rules import GatedPass, batch_norm_affine
+from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import BiasSharingMode, make_sharing
 
 FunctionalPolicy = Literal["intercept", "raise"]
@@ -235,13 +235,11 @@ class BatchNormRule(CTCHook):
 
     def before(self, state: _PassState, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Apply ``x * scale + shift`` with the module's running statistics."""
-        scale, shift = _batch_norm_affine(module)
-        shape = (-1, *([1] * (x.dim() - 2)))
-        return state.gated.fold_batch_norm(x, scale.view(shape), shift.view(shape))
+        return _running_norm(state.gated, module, x)
 
 
-def _batch_norm_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scale, shift)`` with ``batch_norm(x) = x * scale + shift`` for an eval-mode module."""
+def _running_norm(gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A BatchNorm or InstanceNorm module with running statistics, in eval mode only."""
     mean = getattr(module, "running_mean", None)
     var = getattr(module, "running_var", None)
     if module.training or mean is None or var is None:
@@ -250,7 +248,7 @@ def _batch_norm_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
             "it normalises with batch statistics (training mode or no running statistics); "
             "call model.eval() first",
         )
-    return batch_norm_affine(mean, var, module.weight, module.bias, module.eps)
+    return gated.running_norm(x, mean, var, module.weight, module.bias, module.eps)
 
 
 class _GateRule(CTCHook):
@@ -319,18 +317,8 @@ class NormRule(_GateRule):
             return gated.layer_norm(
                 x, tuple(module.normalized_shape), weight, None, eps, centre=False
             )
-        if module.track_running_stats:  # InstanceNorm
-            if module.training:
-                raise UnsupportedOperationError(
-                    type(module).__name__,
-                    "it would update its running statistics in training mode; call "
-                    "model.eval() first",
-                )
-            scale, shift = batch_norm_affine(
-                module.running_mean, module.running_var, weight, bias, module.eps
-            )
-            shape = (-1, *([1] * (x.dim() - 2)))
-            return gated.fold_batch_norm(x, scale.view(shape), shift.view(shape))
+        if module.track_running_stats:  # InstanceNorm with running statistics
+            return _running_norm(gated, module, x)
         return gated.instance_norm(x, weight, bias, module.eps)
 
 
@@ -522,7 +510,7 @@ class _LinearOnlyPass(GatedPass):
         raise _Refused("it is a nonlinearity that CTC replaces by a gate of the original pass")
 
     relu_gate = leaky_relu_gate = rescale_gate = max_pool_switches = _refuse_gate
-    normalise = gate_product = full_pass_gate = _refuse_gate
+    normalise = gate_product = full_pass_gate = broadcast_gate = _refuse_gate
 
 
 class GuardMode(CTCMode):

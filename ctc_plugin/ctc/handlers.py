@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from ctc_plugin.ctc.boxes import Window, union_boxes, window_boxes
 from ctc_plugin.ctc.copy_axis import follow_copy_axis
 from ctc_plugin.ctc.errors import UnsupportedOperationError
-from ctc_plugin.ctc.rules import GatedPass, batch_norm_affine
+from ctc_plugin.ctc.rules import GatedPass
 
 Handler = Callable[[GatedPass, Callable[..., Any], tuple, dict], Any]
 
@@ -115,9 +115,7 @@ def batch_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> tor
             "it normalises with batch statistics (training mode or no running statistics); "
             "call model.eval() first",
         )
-    scale, shift = batch_norm_affine(mean, var, weight, bias, eps)
-    shape = (-1, *([1] * (x.dim() - 2)))
-    return ctx.fold_batch_norm(x, scale.view(shape), shift.view(shape))
+    return ctx.running_norm(x, mean, var, weight, bias, eps)
 
 
 def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
@@ -327,9 +325,7 @@ def instance_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> 
             raise UnsupportedOperationError(
                 operation_name(func), "use_input_stats=False needs running statistics"
             )
-        scale, shift = batch_norm_affine(mean, var, weight, bias, eps)
-        shape = (-1, *([1] * (x.dim() - 2)))
-        return ctx.fold_batch_norm(x, scale.view(shape), shift.view(shape))
+        return ctx.running_norm(x, mean, var, weight, bias, eps)
     if mean is not None or var is not None:
         raise UnsupportedOperationError(
             operation_name(func),

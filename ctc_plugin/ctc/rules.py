@@ -268,6 +268,23 @@ class GatedPass:
             return self.affine(self._take_over(x).mul_(scale), shift, boxes=boxes)
         return self.affine(x * scale, shift, boxes=boxes)
 
+    def running_norm(
+        self,
+        x: torch.Tensor,
+        running_mean: torch.Tensor,
+        running_var: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        eps: float,
+    ) -> torch.Tensor:
+        """BatchNorm (or InstanceNorm) with running statistics, through :meth:`fold_batch_norm`.
+
+        The affine map of :func:`batch_norm_affine`, per channel (dim 1).
+        """
+        scale, shift = batch_norm_affine(running_mean, running_var, weight, bias, eps)
+        shape = (-1, *([1] * (x.dim() - 2)))
+        return self.fold_batch_norm(x, scale.view(shape), shift.view(shape))
+
     # ------------------------------------------------------------------ gates
     def _apply_gate(self, x: torch.Tensor, gate: torch.Tensor, inplace: bool) -> torch.Tensor:
         grouped, boxes = self.layout.group(x), self.boxes(x)  # a gate keeps zeros

@@ -3,8 +3,10 @@
 >>> from ctc_plugin import zoo
 >>> model = zoo.load("resnet")            # eval mode, takes images in [0, 1], returns logits
 
-Families: ``"vgg"``, ``"resnet"``, ``"densenet"``, ``"inception"``; splits ``"shapes"`` and
-``"composite"``. :func:`load_torchvision` loads a real torchvision architecture from local weights.
+Families: ``"vgg"``, ``"resnet"``, ``"densenet"``, ``"inception"`` (the CTC paper's four),
+``"efficientnet"`` (squeeze-excitation, LayerNorm, SiLU/GELU) and ``"vit"`` (a vision
+transformer); splits ``"shapes"`` and ``"composite"``. :func:`load_torchvision` loads a real
+torchvision architecture from local weights.
 """
 
 from ctc_plugin.zoo.loading import (
