@@ -154,6 +154,14 @@ class CTCHook(Hook):
             stack.append(None)  # a call this rule leaves alone
             return None
         x = args[0]
+        axis = state.gated.copy_axis(x)
+        if axis:  # as CTCMode refuses every rule there
+            stack.append(None)
+            raise UnsupportedOperationError(
+                type(module).__name__,
+                f"its input holds the copies along dim {axis}, where a permute or transpose "
+                "moved them; CTC applies its rules with the copies along dim 0",
+            )
         state.depth += 1
         state.hooked_calls += 1
         try:

@@ -272,3 +272,30 @@ def test_what_cannot_be_propagated_is_refused_by_name(model, pattern):
     with pytest.raises(UnsupportedOperationError, match=pattern):
         CTC(model.eval()).attribute(x, 0, feature_mask=random_partition(8, 8, 3))
     assert torch._C._len_torch_function_stack() == 0
+
+
+class _SequenceFirst(nn.Module):
+    """A linear layer applied to sequence-first tokens (the copies along dim 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 4, 2, 2)
+        self.mix = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).permute(2, 0, 1)  # (T, N, D)
+        return self.head(self.mix(tokens).mean(0))
+
+
+@pytest.mark.parametrize("entry", ["captum", "zennit"])
+def test_a_rule_where_the_copies_are_off_dim_0_is_refused_by_both_entry_points(entry):
+    model, x = _SequenceFirst().eval(), torch.rand(2, 3, 8, 8)
+    mask = random_partition(8, 8, 3)
+    with pytest.raises(UnsupportedOperationError, match="copies along dim 1"):
+        if entry == "captum":
+            CTC(model).attribute(x, 0, feature_mask=mask)
+        else:
+            CTCAttributor(model, CTCComposite(), feature_mask=mask)(x)
+    assert torch._C._len_torch_function_stack() == 0
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
