@@ -8,6 +8,7 @@ from ctc_plugin.cam.integrative import IntegrativeCAM, LayerMaps
 from ctc_plugin.cam.transformers import (
     BLOCK_RESHAPES,
     channels_last_to_grid,
+    grad_cam_layer,
     tokens_to_grid,
     transformer_stages,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "LayerMaps",
     "Phi",
     "channels_last_to_grid",
+    "grad_cam_layer",
     "tokens_to_grid",
     "transformer_stages",
 ]

@@ -84,9 +84,29 @@ def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, Reshape]]:
     return stages
 
 
+def grad_cam_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
+    """The layer Grad-CAM conventionally explains, with the reshape pytorch-grad-cam needs.
+
+    A vision transformer's last block (see :func:`transformer_stages`) with its token reshape,
+    as pytorch-grad-cam's ViT tutorial does; otherwise the model's last ``nn.Conv2d`` and
+    ``None``.
+
+    Raises:
+        ValueError: If the model has neither known transformer blocks nor a ``Conv2d``.
+    """
+    blocks = transformer_stages(model)
+    if blocks:
+        return blocks[-1]
+    convolutions = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convolutions:
+        raise ValueError("the model has no Conv2d and no known transformer block for Grad-CAM")
+    return convolutions[-1], None
+
+
 __all__ = [
     "BLOCK_RESHAPES",
     "channels_last_to_grid",
+    "grad_cam_layer",
     "tokens_to_grid",
     "transformer_stages",
 ]

@@ -14,6 +14,7 @@ from ctc_plugin.commands import add_threads_option, torch_threads
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``ctc-plugin zoo train`` and ``ctc-plugin zoo eval``."""
     from ctc_plugin.zoo import FAMILIES, TrainConfig
+    from ctc_plugin.zoo.training import FAMILY_TRAINING
 
     defaults = TrainConfig()
     parser = subparsers.add_parser("zoo", help="train or evaluate the small model zoo")
@@ -32,7 +33,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--split", choices=("shapes", "composite"), default="shapes")
     train.add_argument("--seed", type=int, default=defaults.seed, help="training seed")
     train.add_argument("--size", type=int, default=defaults.size, help="training images")
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    shipped = ", ".join(
+        f"{family} {values['epochs']}" for family, values in FAMILY_TRAINING.items()
+    )
+    train.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"passes over the training images (default: the family's shipped setting, "
+        f"{defaults.epochs}; {shipped})",
+    )
     add_threads_option(
         train, 1, "torch threads (results are bitwise reproducible per thread count)"
     )
@@ -64,11 +74,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     """Train each requested family and save its float32 state dict."""
-    from ctc_plugin.zoo import TrainConfig, train_family, weights_path
-    from ctc_plugin.zoo.training import evaluate
+    from ctc_plugin.zoo import train_family, weights_path
+    from ctc_plugin.zoo.training import evaluate, training_config
 
-    config = TrainConfig(size=args.size, epochs=args.epochs, seed=args.seed)
     for family in args.families:
+        config = training_config(family, size=args.size, epochs=args.epochs, seed=args.seed)
         out = weights_path(family, args.split)
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,8 @@ def follow_copy_axis(
         if isinstance(dims, int):
             dims = args[1:]
         return [_normalised(d, rank) for d in _dims(dims)].index(axis)
+    if name == "t":  # the transpose of a matrix; vectors stay as they are
+        return 1 - axis if rank == 2 else axis
     if name in ("transpose", "swapaxes", "swapdims"):
         first = _normalised(_argument(args, kwargs, 1, "dim0", "axis0"), rank)
         second = _normalised(_argument(args, kwargs, 2, "dim1", "axis1"), rank)

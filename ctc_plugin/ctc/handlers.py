@@ -100,15 +100,25 @@ def conv_like(bias_index: int, channels_first: bool, sliding: bool = False) -> H
     return handle
 
 
+def _running_norm_args(args: tuple, kwargs: dict, flag: str, default: bool) -> tuple:
+    """(mean, var, weight, bias, flag, eps) of ``batch_norm``/``instance_norm``'s arguments.
+
+    Both share one signature: input, running mean and variance, weight, bias, a flag
+    (``training`` or ``use_input_stats``), momentum, eps.
+    """
+    names = ("running_mean", "running_var", "weight", "bias")
+    values = [_arg(args, kwargs, position, name) for position, name in enumerate(names, 1)]
+    return (
+        *values,
+        _arg(args, kwargs, 5, flag, default),
+        float(_arg(args, kwargs, 7, "eps", 1e-5)),
+    )
+
+
 def batch_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     """Eval-mode ``batch_norm``: the affine map ``x * scale + shift``, folded when it can be."""
     x = args[0]
-    mean = _arg(args, kwargs, 1, "running_mean")
-    var = _arg(args, kwargs, 2, "running_var")
-    weight = _arg(args, kwargs, 3, "weight")
-    bias = _arg(args, kwargs, 4, "bias")
-    training = _arg(args, kwargs, 5, "training", False)
-    eps = _arg(args, kwargs, 7, "eps", 1e-5)
+    mean, var, weight, bias, training, eps = _running_norm_args(args, kwargs, "training", False)
     if training or mean is None or var is None:
         raise UnsupportedOperationError(
             "torch.nn.functional.batch_norm",
@@ -314,12 +324,9 @@ def group_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> tor
 def instance_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     """``instance_norm``: with running statistics an affine map, else statistics as gates."""
     x = args[0]
-    mean = _arg(args, kwargs, 1, "running_mean")
-    var = _arg(args, kwargs, 2, "running_var")
-    weight = _arg(args, kwargs, 3, "weight")
-    bias = _arg(args, kwargs, 4, "bias")
-    use_input_stats = _arg(args, kwargs, 5, "use_input_stats", True)
-    eps = float(_arg(args, kwargs, 7, "eps", 1e-5))
+    mean, var, weight, bias, use_input_stats, eps = _running_norm_args(
+        args, kwargs, "use_input_stats", True
+    )
     if not use_input_stats:
         if mean is None or var is None:
             raise UnsupportedOperationError(

@@ -180,12 +180,22 @@ def _feature_makers(model: nn.Module) -> dict[str, Callable[..., Tensor]]:
     """Superpixels, and the published relevance-guided selection on top of them.
 
     The selection's LRP-alpha1-beta0 heatmap comes from the registry's Zennit entry, which runs
-    on a copy of the model and checks its BatchNorm canonization (see `methods`).
+    on a copy of the model and checks its BatchNorm canonization (see `methods`); a
+    transformer's comes from AttnLRP (Zennit has no rule for attention).
     """
     from ctc_plugin.features import SuperpixelSegmenter, select_features
 
     superpixels = SuperpixelSegmenter()
-    lrp = {spec.name: spec for spec in peer_methods()}["LRP-alpha1beta0"].fn
+    peers = {spec.name: spec for spec in peer_methods()}
+    lrp = peers["LRP-alpha1beta0"]
+    if not lrp.applies_to(model):  # a transformer: its LRP is AttnLRP
+        if "AttnLRP" not in peers:
+            raise ValueError(
+                "the 'selected' features of a transformer need AttnLRP relevance: install lxt "
+                "(pip install 'ctc-plugin[bench]'), or leave 'selected' out of --features"
+            )
+        lrp = peers["AttnLRP"]
+    lrp = lrp.fn
 
     def selected(images: Tensor, targets: Tensor | None = None) -> Tensor:
         if targets is None:  # perturbed images: explain the predicted class
@@ -459,12 +469,6 @@ def _plan(
         ig_steps=config.ig_steps,
         explainers={kind: e for kind, e in explainers.items() if kind != "default"},
     )
-    if model is not None:  # methods for other kinds of model (AttnLRP: transformers) are left out
-        methods = {
-            name: spec
-            for name, spec in methods.items()
-            if spec.applies_to is None or spec.applies_to(model)
-        }
     notes = []
     if config.methods is not None:
         missing = set(config.methods) - set(methods)
@@ -473,6 +477,12 @@ def _plan(
         for name in sorted(missing):
             notes.append(f"{family}/{split} {name}: no trained explainer of that kind shipped")
         methods = {name: methods[name] for name in config.methods if name in methods}
+    if model is not None:  # methods for other kinds of model (AttnLRP: transformers) are left out
+        for name, spec in list(methods.items()):
+            if spec.applies_to is not None and not spec.applies_to(model):
+                del methods[name]
+                if config.methods is not None:
+                    notes.append(f"{family}/{split} {name}: does not apply to this model")
     return _variants(methods.values(), config.feature_sources), notes
 
 

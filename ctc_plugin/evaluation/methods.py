@@ -251,6 +251,20 @@ def _has_vit_blocks(model: nn.Module) -> bool:
     return any(isinstance(m, EncoderBlock) for m in model.modules())
 
 
+def _without_attention(model: nn.Module) -> bool:
+    """Zennit's composites have no rule for attention: its LRP methods are for CNNs.
+
+    On ``nn.MultiheadAttention`` its hooks fail in the backward pass; on other transformer
+    blocks the attention would pass relevance as a plain gradient. AttnLRP (``lxt``) is the
+    LRP of transformers.
+    """
+    from ctc_plugin.cam.transformers import transformer_stages
+
+    return not transformer_stages(model) and not any(
+        isinstance(m, nn.MultiheadAttention) for m in model.modules()
+    )
+
+
 def _attn_lrp(
     model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
 ) -> Tensor:
@@ -327,8 +341,15 @@ def peer_methods(n_samples: int = 100, ig_steps: int = 32) -> list[MethodSpec]:
             "zennit",
             False,
             _zennit(_epsilon_plus_flat, "LRP-EpsilonPlusFlat"),
+            applies_to=_without_attention,
         ),
-        MethodSpec("LRP-alpha1beta0", "zennit", False, _zennit(_alpha1beta0, "LRP-alpha1beta0")),
+        MethodSpec(
+            "LRP-alpha1beta0",
+            "zennit",
+            False,
+            _zennit(_alpha1beta0, "LRP-alpha1beta0"),
+            applies_to=_without_attention,
+        ),
         MethodSpec("GradCAM", "pytorch-grad-cam", False, _grad_cam("GradCAM")),
         MethodSpec("GradCAM++", "pytorch-grad-cam", False, _grad_cam("GradCAMPlusPlus")),
         MethodSpec("LayerCAM", "pytorch-grad-cam", False, _grad_cam("LayerCAM")),

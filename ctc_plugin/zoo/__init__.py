@@ -18,7 +18,13 @@ from ctc_plugin.zoo.loading import (
     weights_path,
 )
 from ctc_plugin.zoo.models import HEADS
-from ctc_plugin.zoo.training import TrainConfig, evaluate, train, train_family
+from ctc_plugin.zoo.training import (
+    TrainConfig,
+    evaluate,
+    train,
+    train_family,
+    training_config,
+)
 
 __all__ = [
     "FAMILIES",
@@ -31,5 +37,6 @@ __all__ = [
     "load_torchvision",
     "train",
     "train_family",
+    "training_config",
     "weights_path",
 ]

@@ -336,22 +336,33 @@ class TokensToGrid(nn.Module):
         return patches.transpose(1, 2).unflatten(2, (side, side))
 
 
-class SmallViT(nn.Module):
-    """Vision transformer style: 8x8 patches, a class token, six pre-norm encoder blocks.
+def _stride_two_conv(in_channels: int, out_channels: int) -> list[nn.Module]:
+    """A 3x3 stride-2 convolution with BatchNorm and ReLU (one step of the ViT's stem)."""
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
-    A convolutional patch embedding (8x8 patches of the 96x96 image: a 12x12 grid of 64-d
-    tokens), a learned class token prepended and learned position embeddings added (both are
-    constants the CTC pass shares as biases), six of torchvision's ViT encoder blocks
-    (:class:`~torchvision.models.vision_transformer.EncoderBlock`: LayerNorm,
-    ``nn.MultiheadAttention`` with four heads, LayerNorm, a GELU MLP of width 128) and a final
-    LayerNorm. The class token takes part in attention as a register; the head classifies the
-    patch tokens by global average pooling, like the CNN families' heads (so the class-specific
-    explainers can apply it per position).
+
+class SmallViT(nn.Module):
+    """Vision transformer: a convolutional stem, a class token, four pre-norm encoder blocks.
+
+    The patch embedding is a convolutional stem (Xiao et al., 2021, "Early convolutions help
+    transformers see better"): three 3x3 stride-2 convolutions with BatchNorm and ReLU, then a
+    1x1 convolution to the token width, so each token stands for an 8x8 patch of the 96x96
+    image. A learned class token is prepended and learned position embeddings are added (both
+    are constants the CTC pass shares as biases); then ``depth`` of torchvision's ViT encoder
+    blocks (:class:`~torchvision.models.vision_transformer.EncoderBlock`: LayerNorm,
+    ``nn.MultiheadAttention``, LayerNorm, a GELU MLP of twice the width) and a final LayerNorm.
+    The class token takes part in attention as a register; the head classifies the patch tokens
+    by global average pooling, like the CNN families' heads (so the class-specific explainers
+    can apply it per position). A plain 8x8 patch projection reached 63% on ``shapes`` after 12
+    epochs; the stem reaches the zoo's bar in 16.
 
     Args:
         num_classes: Number of output logits.
-        image_size: Side of the input images.
-        patch: Side of the patches.
+        image_size: Side of the input images (a multiple of 8).
         dim: Token width.
         depth: Number of encoder blocks.
         heads: Attention heads.
@@ -361,17 +372,21 @@ class SmallViT(nn.Module):
         self,
         num_classes: int,
         image_size: int = 96,
-        patch: int = 8,
         dim: int = 64,
-        depth: int = 6,
+        depth: int = 4,
         heads: int = 4,
     ):
         super().__init__()
         from torchvision.models.vision_transformer import EncoderBlock
 
-        tokens = (image_size // patch) ** 2
+        tokens = (image_size // 8) ** 2
         self.normalize = Normalize()
-        self.patches = nn.Conv2d(3, dim, patch, patch)
+        self.patches = nn.Sequential(
+            *_stride_two_conv(3, 24),
+            *_stride_two_conv(24, 48),
+            *_stride_two_conv(48, dim),
+            nn.Conv2d(dim, dim, 1),
+        )
         self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.position = nn.Parameter(torch.empty(1, tokens + 1, dim).normal_(std=0.02))
         self.blocks = nn.Sequential(

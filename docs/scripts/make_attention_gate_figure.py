@@ -1,9 +1,10 @@
 """Draw ``docs/img/attention-gate.png``: CTC's attention gate on the zoo's ViT.
 
-Left: the full image's attention probabilities of head 0 of the first block (what the gate
-copy's queries and keys decide). Middle: one feature's copy, as the magnitude of its patch
-embedding per token (zero outside the feature's patches). Right: those magnitudes mixed by the
-full image's probabilities, as every copy's values are mixed in the CTC pass.
+From the left: the image with one superpixel feature; the full image's
+attention probabilities of head 0 of the first block (what the gate copy's queries and keys
+decide); the feature's copy, as the magnitude of its token per patch (the convolutional stem
+with the full image's ReLU gates, biases left out); those magnitudes mixed by the full image's
+probabilities, as every copy's values are mixed in the CTC pass.
 
 Run: ``python docs/scripts/make_attention_gate_figure.py``.
 """
@@ -27,6 +28,22 @@ from ctc_plugin.features import SuperpixelSegmenter  # noqa: E402
 OUT = Path(__file__).resolve().parents[1] / "img" / "attention-gate.png"
 
 
+def stem_copy(stem: torch.nn.Sequential, full: torch.Tensor, copy: torch.Tensor) -> torch.Tensor:
+    """One feature's copy through the ViT's convolutional stem, biases left out (CTC's "none").
+
+    Each conv/BatchNorm/ReLU step is linear in the copy: the convolution without its bias, the
+    BatchNorm's scale, and the full image's ReLU pattern as the gate.
+    """
+    layers = list(stem)
+    for conv, norm, _ in zip(layers[0:-1:3], layers[1:-1:3], layers[2:-1:3]):
+        before = norm(conv(full))
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        copy = F.conv2d(copy, conv.weight, stride=conv.stride, padding=conv.padding)
+        copy = copy * scale[:, None, None] * (before > 0)
+        full = before.clamp(min=0)
+    return F.conv2d(copy, layers[-1].weight)
+
+
 def main() -> None:
     """Draw and save the figure."""
     model = zoo.load("vit")
@@ -45,7 +62,7 @@ def main() -> None:
         ids, counts = segments[item["evidence"]].unique(return_counts=True)
         feature = ids[counts.argmax()]  # the superpixel most inside the evidence
         copy = model.normalize(x) * (segments == feature)
-        embedded = F.conv2d(copy, model.patches.weight, stride=model.patches.stride)
+        embedded = stem_copy(model.patches, model.normalize(x), copy)
         energy = embedded.flatten(2).norm(dim=1)[0]  # (tokens,)
         mixed = probabilities @ energy
     side = int(energy.numel() ** 0.5)
@@ -56,7 +73,7 @@ def main() -> None:
     axes[1].imshow(probabilities, cmap="viridis")
     axes[1].set_title("full image's probabilities\n(gate, 144 x 144 tokens)")
     axes[2].imshow(energy.view(side, side), cmap="magma")
-    axes[2].set_title("the feature's copy:\n|patch embedding| per token")
+    axes[2].set_title("the feature's copy:\n|its token| after the stem")
     axes[3].imshow(mixed.view(side, side), cmap="magma")
     axes[3].set_title("copy after the gate:\nprobabilities @ copy")
     for axis in axes:

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ctc_plugin.datasets import ShapesDataset
-from ctc_plugin.zoo import FAMILIES, TrainConfig, build
+from ctc_plugin.zoo import FAMILIES, build
+from ctc_plugin.zoo.training import training_config
 
 
 def cpu_seconds(function, repeats: int) -> float:
@@ -29,8 +30,7 @@ def cpu_seconds(function, repeats: int) -> float:
 def main() -> None:
     """Print the estimated training time of every family."""
     torch.set_num_threads(1)
-    config = TrainConfig()
-    steps = config.epochs * -(-config.size // config.batch_size)
+    config = training_config(FAMILIES[0])
     data = ShapesDataset("shapes", size=200, seed=0)
     render = cpu_seconds(lambda: data.tensors(), 1) / 200 * config.size
     images, labels = data.tensors()
@@ -49,6 +49,8 @@ def main() -> None:
             optimizer.step()
 
         per_step = cpu_seconds(step, 10)
+        family_config = training_config(family)
+        steps = family_config.epochs * -(-family_config.size // family_config.batch_size)
         print(f"| {family} | {per_step:.2f} | {render + steps * per_step:.0f} |")
 
 

@@ -7,7 +7,12 @@ import torch
 import torchvision
 
 from ctc_plugin import IntegrativeCAM
-from ctc_plugin.cam import BLOCK_RESHAPES, channels_last_to_grid, tokens_to_grid
+from ctc_plugin.cam import (
+    BLOCK_RESHAPES,
+    channels_last_to_grid,
+    grad_cam_layer,
+    tokens_to_grid,
+)
 from ctc_plugin.cam.fusion import minmax, upsample
 from ctc_plugin.testing import RandomTransformer, TransformerSpec
 
@@ -105,3 +110,17 @@ def test_integrative_grad_cam_takes_a_reshape_transform():
         model, layers=list(model.blocks), reshape_transform=tokens_to_grid
     ).attribute(x, target=[1, 1])
     torch.testing.assert_close(torch.from_numpy(maps), expected[:, 0].float())
+
+
+def test_grad_cam_layer_is_a_transformers_last_block_or_a_cnns_last_conv():
+    from ctc_plugin import zoo
+
+    vit = zoo.build("vit", 6)
+    layer, reshape = grad_cam_layer(vit)
+    assert layer is vit.blocks[-1] and reshape is tokens_to_grid
+    cnn = zoo.build("resnet", 6)
+    layer, reshape = grad_cam_layer(cnn)
+    assert layer is [m for m in cnn.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    assert reshape is None
+    with pytest.raises(ValueError, match="no Conv2d"):
+        grad_cam_layer(torch.nn.Linear(2, 2))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from ctc_plugin.testing import CNNSpec, RandomCNN, random_partition
+from ctc_plugin.testing import CNNSpec, RandomCNN
+
+from .properties import draw_case
 
 
 @st.composite
@@ -30,14 +32,4 @@ def cnn_specs(draw: st.DrawFn) -> CNNSpec:
 def cases(draw: st.DrawFn, dtype: torch.dtype = torch.float64):
     """(model, inputs, feature_mask, target) with a random net, batch and partition."""
     spec = draw(cnn_specs())
-    seed = draw(st.integers(0, 10_000))
-    batch = draw(st.integers(1, 3))
-    size = draw(st.sampled_from([6, 8]))
-    features = draw(st.integers(1, 6))
-    per_example = draw(st.booleans())
-    model = RandomCNN(spec, seed=seed).to(dtype)
-    generator = torch.Generator().manual_seed(seed + 1)
-    x = torch.rand(batch, 3, size, size, generator=generator, dtype=dtype)
-    mask = random_partition(size, size, features, seed=seed, batch=batch if per_example else 1)
-    target = draw(st.integers(0, spec.classes - 1))
-    return model, x, mask, target
+    return draw_case(draw, lambda seed, size: RandomCNN(spec, seed=seed), spec.classes, dtype)

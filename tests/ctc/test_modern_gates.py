@@ -24,6 +24,7 @@ from .properties import (
     assert_chunks_change_nothing,
     assert_examples_independent_of_their_batch,
     assert_relabelling_permutes_scores,
+    draw_case,
 )
 
 MODES = ["reference", "proportional", "none"]
@@ -50,17 +51,7 @@ def modern_specs(draw: st.DrawFn) -> ModernSpec:
 def modern_cases(draw: st.DrawFn, dtype: torch.dtype = torch.float64):
     """(model, inputs, feature_mask, target) with a random modern net, batch and partition."""
     spec = draw(modern_specs())
-    seed = draw(st.integers(0, 10_000))
-    batch = draw(st.integers(1, 3))
-    size = draw(st.sampled_from([6, 8]))
-    features = draw(st.integers(1, 6))
-    per_example = draw(st.booleans())
-    model = RandomModernCNN(spec, seed=seed).to(dtype)
-    generator = torch.Generator().manual_seed(seed + 1)
-    x = torch.rand(batch, 3, size, size, generator=generator, dtype=dtype)
-    mask = random_partition(size, size, features, seed=seed, batch=batch if per_example else 1)
-    target = draw(st.integers(0, spec.classes - 1))
-    return model, x, mask, target
+    return draw_case(draw, lambda seed, size: RandomModernCNN(spec, seed=seed), spec.classes, dtype)
 
 
 def per_feature(values: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

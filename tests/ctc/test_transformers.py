@@ -28,6 +28,7 @@ from .properties import (
     assert_chunks_change_nothing,
     assert_examples_independent_of_their_batch,
     assert_relabelling_permutes_scores,
+    draw_case,
 )
 from .test_modern_gates import linearised_gradient_x_input, per_feature
 
@@ -50,14 +51,13 @@ def transformer_cases(draw: st.DrawFn, dtype: torch.dtype = torch.float64):
         attention=attention,
         mlp_ratio=draw(st.integers(1, 2)),
     )
-    seed = draw(st.integers(0, 10_000))
-    batch = draw(st.integers(1, 3))
-    features = draw(st.integers(1, 6))
-    model = RandomTransformer(spec, seed=seed, size=8).to(dtype)
-    x = torch.rand(batch, 3, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    per_example = draw(st.booleans())
-    mask = random_partition(8, 8, features, seed=seed, batch=batch if per_example else 1)
-    return model, x, mask, draw(st.integers(0, spec.classes - 1))
+    return draw_case(
+        draw,
+        lambda seed, size: RandomTransformer(spec, seed=seed, size=size),
+        spec.classes,
+        dtype,
+        sizes=(8,),
+    )
 
 
 @SETTINGS

@@ -118,3 +118,37 @@ def test_grad_cam_on_a_transformer_uses_its_last_block_with_a_reshape(vit):
     with GradCAM(model, [model.blocks[-1]], reshape_transform=tokens_to_grid) as cam:
         theirs = cam(images, targets=[ClassifierOutputTarget(int(t)) for t in targets])
     torch.testing.assert_close(ours[:, 0], torch.from_numpy(theirs))
+
+
+def test_zennit_lrp_is_for_cnns_and_attn_lrp_selects_a_transformers_features(vit, monkeypatch):
+    from ctc_plugin.evaluation import benchmark
+    from ctc_plugin.evaluation.benchmark import BenchmarkConfig
+
+    model, images, targets = vit
+    for name in ("LRP-EpsilonPlusFlat", "LRP-alpha1beta0"):
+        assert not registry()[name].applies_to(model), name
+        assert registry()[name].applies_to(zoo.build("resnet", 3)), name
+    config = BenchmarkConfig(methods=("CTC-none", "LRP-alpha1beta0"))
+    variants, notes = benchmark._plan(config, "vit", "shapes", {}, model)
+    assert all(v.label.startswith("CTC-none") for v in variants)
+    assert notes == ["vit/shapes LRP-alpha1beta0: does not apply to this model"]
+    pytest.importorskip("lxt", reason="AttnLRP needs the optional lxt package")
+    calls = []
+    attn_lrp = registry()["AttnLRP"].fn
+
+    def recording(*args):
+        calls.append(args[2])
+        return attn_lrp(*args)
+
+    monkeypatch.setattr(
+        benchmark,
+        "peer_methods",
+        lambda: [
+            spec if spec.name != "AttnLRP" else type(spec)(**{**vars(spec), "fn": recording})
+            for spec in registry().values()
+            if spec.source in ("captum", "zennit", "pytorch-grad-cam", "lxt")
+        ],
+    )
+    masks = benchmark._feature_makers(model)["selected"](images, targets)
+    assert calls and torch.equal(calls[0], targets)
+    assert masks.shape == (2, 1, 96, 96)

@@ -11,6 +11,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ctc_plugin import zoo
+from ctc_plugin.cam.transformers import grad_cam_layer
 from ctc_plugin.cli import main
 from ctc_plugin.datasets import ShapesDataset
 from ctc_plugin.evaluation.localisation import binarize, iou
@@ -47,10 +48,6 @@ def split_data(split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     labels = torch.tensor([item["label"] for item in items])
     evidence = torch.stack([item["evidence"] for item in items])
     return images, labels, evidence
-
-
-def last_conv(model: torch.nn.Module) -> torch.nn.Module:
-    return [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
 
 
 def test_at_least_one_explainer_is_shipped():
@@ -104,7 +101,8 @@ def test_localises_the_evidence_better_than_grad_cam(family, split, kind):
     model = zoo.load(family, split)
     explainer = load_explainer(family, split, kind)
     masks = ExplainerAttribution(model, explainer).attribute(images, labels)
-    with GradCAM(model, [last_conv(model)]) as cam:
+    layer, reshape = grad_cam_layer(model)
+    with GradCAM(model, [layer], reshape_transform=reshape) as cam:
         grad_cam = cam(images, targets=[ClassifierOutputTarget(int(c)) for c in labels])
     ours = iou(binarize(masks[:, 0], 0.5), evidence).nanmean().item()
     theirs = iou(binarize(torch.from_numpy(grad_cam), 0.5), evidence).nanmean().item()

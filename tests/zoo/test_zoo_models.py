@@ -236,3 +236,29 @@ def test_load_explainer_forwards_to_the_shipped_module(monkeypatch):
 def test_training_rejects_empty_settings():
     with pytest.raises(ValueError, match="must be positive"):
         zoo.train(zoo.build("vgg", 6), "shapes", zoo.TrainConfig(size=0), show_progress=False)
+
+
+def test_training_config_gives_each_family_its_shipped_settings():
+    assert zoo.training_config("resnet") == zoo.TrainConfig()
+    vit = zoo.training_config("vit")
+    assert vit.epochs > zoo.TrainConfig().epochs
+    assert zoo.training_config("vit", epochs=2, seed=None).epochs == 2
+    assert zoo.training_config("vit", seed=3).epochs == vit.epochs
+
+
+def test_zoo_train_command_uses_the_family_settings(monkeypatch, tmp_path):
+    from ctc_plugin import cli
+
+    seen = {}
+
+    def fake_train_family(family, split, config, show_progress=True):
+        seen[family] = config
+        return zoo.build(family, 6)
+
+    monkeypatch.setattr(zoo, "train_family", fake_train_family)
+    monkeypatch.setattr("ctc_plugin.zoo.training.evaluate", lambda *args, **kwargs: 0.5)
+    cli.main(["zoo", "train", "vit", "resnet", "--out", str(tmp_path)])
+    assert seen["vit"].epochs == zoo.training_config("vit").epochs
+    assert seen["resnet"] == zoo.TrainConfig()
+    cli.main(["zoo", "train", "vit", "--epochs", "1", "--out", str(tmp_path)])
+    assert seen["vit"].epochs == 1
