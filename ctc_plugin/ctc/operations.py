@@ -102,7 +102,7 @@ _SHAPE_OPERATIONS = (
     torch.split, _T.unbind, torch.unbind, _T.expand, _T.expand_as, _T.view_as, _T.reshape_as,
     _T.unflatten, torch.unflatten, _T.movedim, torch.movedim, _T.moveaxis, torch.moveaxis,
     _T.narrow, torch.narrow, _T.roll, torch.roll, _T.flip, torch.flip, _T.type_as, _T.detach,
-    _T.cpu, _T.cuda, _T.__iter__, _T.t, torch.t,
+    _T.cpu, _T.cuda, _T.__iter__, _T.t, torch.t, _T.repeat,
 )  # fmt: skip
 _CONCATENATIONS = (torch.cat, torch.concat, torch.concatenate, torch.stack)
 _CONSTANT_FACTORIES = (

@@ -25,6 +25,7 @@ from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.testing import RandomTransformer, TransformerSpec, random_partition
 
 from .properties import (
+    TIGHT,
     assert_chunks_change_nothing,
     assert_examples_independent_of_their_batch,
     assert_relabelling_permutes_scores,
@@ -299,3 +300,33 @@ def test_a_rule_where_the_copies_are_off_dim_0_is_refused_by_both_entry_points(e
             CTCAttributor(model, CTCComposite(), feature_mask=mask)(x)
     assert torch._C._len_torch_function_stack() == 0
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+class _RepeatsAndTransposes(nn.Module):
+    """Repeats channels (``Tensor.repeat``) and transposes a matrix (``Tensor.t``) of tokens."""
+
+    def __init__(self, repeat_copies: bool = False) -> None:
+        super().__init__()
+        self.repeat_copies = repeat_copies
+        self.embed = nn.Conv2d(6, 4, 2, 2)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        doubled = x.repeat(2 if self.repeat_copies else 1, 2, 1, 1)  # (N, 6, 8, 8)
+        tokens = torch.relu(self.embed(doubled)).flatten(1)  # (N, 64)
+        flipped = tokens.t().contiguous().t()  # the copies to dim 1 and back
+        return self.head(flipped.view(-1, 4, 16).mean(1))
+
+
+def test_repeat_and_t_keep_the_copies_apart_and_repeating_the_copies_is_refused():
+    torch.manual_seed(0)
+    model, x = _RepeatsAndTransposes().double().eval(), torch.rand(2, 3, 8, 8).double()
+    mask = random_partition(8, 8, 4)
+    _, scores = CTC(model, bias_sharing="proportional").attribute(
+        x, 1, feature_mask=mask, return_feature_scores=True
+    )
+    torch.testing.assert_close(scores.scores.sum(1), model(x)[:, 1], **TIGHT)
+    with pytest.raises(UnsupportedOperationError, match="repeats the copies"):
+        CTC(_RepeatsAndTransposes(repeat_copies=True).eval()).attribute(
+            x.float(), 0, feature_mask=mask
+        )
