@@ -75,3 +75,17 @@ def assert_relabelling_permutes_scores(ctc: CTC, x, mask, target, rng: random.Ra
     for column, new in enumerate(new_ids):
         moved = scores2.ids.tolist().index(new)
         torch.testing.assert_close(scores2.scores[:, moved], scores.scores[:, column])
+
+
+def per_feature(values: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(N, K) sums of per-element values over each feature."""
+    mask = mask.expand(values.shape)
+    return torch.stack([(values * (mask == i)).flatten(1).sum(1) for i in ids.tolist()], 1)
+
+
+def linearised_gradient_x_input(model, x, target):
+    """Gradient x input of the model's plain-torch linearisation at its gates (the oracle)."""
+    leaf = x.clone().requires_grad_(True)
+    with model.linearised():
+        (gradient,) = torch.autograd.grad(model(leaf)[:, target].sum(), leaf)
+    return gradient * x

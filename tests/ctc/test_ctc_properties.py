@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from captum.attr import InputXGradient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,69 +11,9 @@ from ctc_plugin import CTC
 from ctc_plugin.testing import CNNSpec, RandomCNN, random_partition
 
 from .conftest import cases
-from .properties import (
-    assert_chunks_change_nothing,
-    assert_examples_independent_of_their_batch,
-    assert_relabelling_permutes_scores,
-)
 
 SETTINGS = settings(max_examples=25, deadline=None)
 MODES = ["reference", "proportional", "none"]
-
-
-def gradient_x_input_per_feature(model, x, mask, target, ids):
-    attribution = InputXGradient(model).attribute(x.clone().requires_grad_(True), target=target)
-    mask = mask.expand(x.shape)
-    return torch.stack([(attribution * (mask == i)).flatten(1).sum(1) for i in ids.tolist()], 1)
-
-
-@SETTINGS
-@given(cases(), st.booleans())
-def test_none_equals_gradient_times_input_per_feature(case, fast_path):
-    model, x, mask, target = case
-    ctc = CTC(model, bias_sharing="none")
-    ctc.gradient_fast_path = fast_path  # the gated pass itself, or its gradient shortcut
-    _, scores = ctc.attribute(x, target=target, feature_mask=mask, return_feature_scores=True)
-    expected = gradient_x_input_per_feature(model, x, mask, target, scores.ids)
-    expected = expected.masked_fill(~scores.present, 0.0)
-    torch.testing.assert_close(scores.scores, expected.detach(), rtol=1e-9, atol=1e-10)
-
-
-@SETTINGS
-@given(cases(), st.booleans())
-def test_proportional_scores_add_up_to_the_target_logit(case, with_baseline):
-    model, x, mask, target = case
-    baselines = 0.3 * torch.ones_like(x[:1]) if with_baseline else None
-    _, scores = CTC(model, bias_sharing="proportional").attribute(
-        x, target=target, feature_mask=mask, baselines=baselines, return_feature_scores=True
-    )
-    logits = model(x)[:, target]
-    total = scores.scores.sum(1)
-    if with_baseline:
-        total = total + scores.baseline
-    torch.testing.assert_close(total, logits.detach(), rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(scores.output, logits.detach())
-
-
-@SETTINGS
-@given(cases(), st.sampled_from(MODES), st.randoms(use_true_random=False))
-def test_relabelling_feature_ids_permutes_scores(case, mode, rng):
-    model, x, mask, target = case
-    assert_relabelling_permutes_scores(CTC(model, bias_sharing=mode), x, mask, target, rng)
-
-
-@SETTINGS
-@given(cases(), st.sampled_from(MODES))
-def test_an_example_does_not_depend_on_its_batch(case, mode):
-    model, x, mask, target = case
-    assert_examples_independent_of_their_batch(CTC(model, bias_sharing=mode), x, mask, target)
-
-
-@SETTINGS
-@given(cases(), st.sampled_from(["reference", "none"]), st.integers(1, 4))
-def test_result_does_not_depend_on_perturbations_per_eval(case, mode, per_eval):
-    model, x, mask, target = case
-    assert_chunks_change_nothing(CTC(model, bias_sharing=mode), x, mask, target, per_eval)
 
 
 @settings(max_examples=15, deadline=None)

@@ -26,12 +26,9 @@ from ctc_plugin.testing import RandomTransformer, TransformerSpec, random_partit
 
 from .properties import (
     TIGHT,
-    assert_chunks_change_nothing,
-    assert_examples_independent_of_their_batch,
-    assert_relabelling_permutes_scores,
     draw_case,
+    linearised_gradient_x_input,
 )
-from .test_modern_gates import linearised_gradient_x_input, per_feature
 
 MODES = ["reference", "proportional", "none"]
 SETTINGS = settings(max_examples=20, deadline=None)
@@ -59,53 +56,6 @@ def transformer_cases(draw: st.DrawFn, dtype: torch.dtype = torch.float64):
         dtype,
         sizes=(8,),
     )
-
-
-@SETTINGS
-@given(transformer_cases(), st.booleans())
-def test_proportional_scores_add_up_to_the_target_logit(case, with_baseline):
-    model, x, mask, target = case
-    baselines = 0.3 * torch.ones_like(x[:1]) if with_baseline else None
-    _, scores = CTC(model, bias_sharing="proportional").attribute(
-        x, target, feature_mask=mask, baselines=baselines, return_feature_scores=True
-    )
-    total = scores.scores.sum(1) + (scores.baseline if with_baseline else 0)
-    torch.testing.assert_close(total, model(x)[:, target].detach(), rtol=1e-9, atol=1e-9)
-
-
-@SETTINGS
-@given(transformer_cases(), st.booleans())
-def test_none_is_gradient_x_input_of_the_transformer_linearised_at_its_gates(case, fast_path):
-    model, x, mask, target = case
-    ctc = CTC(model, bias_sharing="none")
-    ctc.gradient_fast_path = fast_path
-    _, scores = ctc.attribute(x, target, feature_mask=mask, return_feature_scores=True)
-    expected = per_feature(linearised_gradient_x_input(model, x, target), mask, scores.ids)
-    expected = expected.masked_fill(~scores.present, 0.0)
-    torch.testing.assert_close(scores.scores, expected, rtol=1e-9, atol=1e-10)
-
-
-@SETTINGS
-@given(transformer_cases(), st.sampled_from(MODES))
-def test_an_example_does_not_depend_on_its_batch(case, mode):
-    model, x, mask, target = case
-    assert_examples_independent_of_their_batch(CTC(model, bias_sharing=mode), x, mask, target)
-
-
-@SETTINGS
-@given(transformer_cases(), st.sampled_from(["reference", "none"]), st.integers(1, 4))
-def test_chunks_of_features_change_nothing(case, mode, per_eval):
-    model, x, mask, target = case
-    ctc = CTC(model, bias_sharing=mode)
-    ctc.gradient_fast_path = False
-    assert_chunks_change_nothing(ctc, x, mask, target, per_eval)
-
-
-@settings(max_examples=10, deadline=None)
-@given(transformer_cases(), st.sampled_from(MODES), st.randoms(use_true_random=False))
-def test_relabelling_feature_ids_permutes_scores(case, mode, rng):
-    model, x, mask, target = case
-    assert_relabelling_permutes_scores(CTC(model, bias_sharing=mode), x, mask, target, rng)
 
 
 @settings(max_examples=15, deadline=None)
