@@ -47,7 +47,7 @@ from zennit.core import Hook, RemovableHandleList
 
 from ctc_plugin.ctc.boxes import Box
 from ctc_plugin.ctc.errors import UnsupportedOperationError
-from ctc_plugin.ctc.interception import CTCMode, operation_name
+from ctc_plugin.ctc.interception import CTCMode, copies_off_dim_zero, operation_name
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import BiasSharingMode, make_sharing
 
@@ -157,11 +157,7 @@ class CTCHook(Hook):
         axis = state.gated.copy_axis(x)
         if axis:  # as CTCMode refuses every rule there
             stack.append(None)
-            raise UnsupportedOperationError(
-                type(module).__name__,
-                f"its input holds the copies along dim {axis}, where a permute or transpose "
-                "moved them; CTC applies its rules with the copies along dim 0",
-            )
+            raise copies_off_dim_zero(type(module).__name__, axis)
         state.depth += 1
         state.hooked_calls += 1
         try:

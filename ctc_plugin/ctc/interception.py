@@ -37,6 +37,16 @@ from ctc_plugin.ctc.rules import BatchDimensionError, GatedPass
 __all__ = ["CTCMode", "operation_name", "running_module"]
 
 
+def copies_off_dim_zero(operation: str, axis: int) -> UnsupportedOperationError:
+    """The error for a rule asked to run while a shape operation holds the copies off dim 0."""
+    return UnsupportedOperationError(
+        operation,
+        f"its input holds the copies along dim {axis}, where a permute or transpose moved "
+        "them; CTC applies its rules with the copies along dim 0 (shape operations may move "
+        "them and back)",
+    )
+
+
 class CTCMode(TorchFunctionMode):
     """A torch function mode that turns a model's forward into a CTC pass.
 
@@ -98,12 +108,7 @@ class CTCMode(TorchFunctionMode):
         propagated = [t for t in tensors if ctx.is_propagated(t)]
         moved = next((ctx.copy_axis(t) for t in propagated if ctx.copy_axis(t)), 0)
         if moved and row is not None and not row.follows_copies:
-            raise UnsupportedOperationError(
-                operation_name(func),
-                f"its input holds the copies along dim {moved}, where a permute or transpose "
-                "moved them; CTC applies its rules with the copies along dim 0 (shape "
-                "operations may move them and back)",
-            )
+            raise copies_off_dim_zero(operation_name(func), moved)
         marks = [ctx.gate_mark(t) for t in propagated]
         all_gates = all(mark is not None for mark in marks)
         gate_only = next((m for m in marks if m is not None and m.only), None)

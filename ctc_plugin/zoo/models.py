@@ -11,11 +11,11 @@ squeeze-excitation, LayerNorm, SiLU and GELU, layer scale and stochastic depth. 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ctc_plugin.cam.transformers import tokens_to_grid
 
 
 class Normalize(nn.Module):
@@ -327,13 +327,14 @@ class SmallEfficientNet(nn.Module):
 
 
 class TokensToGrid(nn.Module):
-    """(N, 1 + s*s, D) tokens -> (N, D, s, s): the patch tokens on their grid, the first dropped."""
+    """(N, 1 + s*s, D) tokens -> (N, D, s, s): the patch tokens on their grid, the first dropped.
+
+    :func:`~ctc_plugin.cam.transformers.tokens_to_grid` as a module.
+    """
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Drop the class token and put the patch tokens back on the square grid."""
-        patches = tokens[:, 1:]
-        side = math.isqrt(patches.shape[1])
-        return patches.transpose(1, 2).unflatten(2, (side, side))
+        return tokens_to_grid(tokens)
 
 
 def _stride_two_conv(in_channels: int, out_channels: int) -> list[nn.Module]:
