@@ -2,9 +2,29 @@
 
 Segment Anything takes seconds to minutes per image on a CPU, and explaining the same image twice
 (another target class, another bias-sharing mode, a perturbation study reusing the masks) should
-not run it again. Each entry is one ``.npz`` file (read with ``allow_pickle=False``) holding the
-label map and its [`FeatureTable`][ctc_plugin.features.base.FeatureTable]. The folder is kept
-under a size cap by removing the least recently used entries.
+not run it again. The cache is a [diskcache](https://grantjenks.com/docs/diskcache/) folder: an
+SQLite index ``cache.db`` (with its ``-wal``/``-shm`` companions) and one file per entry in
+two-level hexadecimal subfolders (``ab/cd/<28 hex digits>.val``). Each entry holds the label map
+and its [`FeatureTable`][ctc_plugin.features.base.FeatureTable] as ``.npz`` bytes, read back with
+``allow_pickle=False``; nothing in the folder is ever unpickled.
+
+Behaviour:
+
+- **Only its own entries.** Eviction and [`clear`][ctc_plugin.features.cache.MaskCache.clear]
+  remove only files the index lists, and only names of the entry pattern above; other files in
+  the folder (your own ``.npz`` files, notes, subfolders) are never read, changed or removed. A
+  folder whose ``cache.db`` is not a mask-cache index is refused rather than written to.
+- **Size cap.** The folder (index plus entries) is kept under ``max_bytes`` by removing the least
+  recently used entries; the index itself takes a few tens of KiB.
+- **Shared use.** Several threads and processes may use one folder at the same time; an entry
+  that another process evicts while it is being read is a miss.
+- **Damaged entries.** An entry that cannot be decoded (empty, truncated, not an ``.npz``, wrong
+  arrays, a folder in place of its file) is a miss with a
+  [`CorruptCacheEntryWarning`][ctc_plugin.features.cache.CorruptCacheEntryWarning] naming it; it
+  is removed, and a segmenter recomputes and stores it again.
+- **Unusable folder.** A cache path that is a file, a folder that cannot be created or written,
+  or a foreign ``cache.db`` raise one
+  [`MaskCacheError`][ctc_plugin.features.cache.MaskCacheError] naming the path and what to do.
 
 The default folder is ``$CTC_PLUGIN_CACHE`` when set, else ``$XDG_CACHE_HOME/ctc-plugin/masks``,
 else ``~/.cache/ctc-plugin/masks``.
@@ -12,21 +32,54 @@ else ``~/.cache/ctc-plugin/masks``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
-import tempfile
-import zipfile
+import re
+import sqlite3
+import threading
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
+import diskcache
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.features.base import FeatureTable
 
-__all__ = ["MaskCache", "default_cache_dir", "image_digest", "resolve_cache"]
+__all__ = [
+    "CorruptCacheEntryWarning",
+    "MaskCache",
+    "MaskCacheError",
+    "default_cache_dir",
+    "image_digest",
+    "resolve_cache",
+]
 
 _FORMAT_VERSION = 1
+_INDEX_NAME = diskcache.core.DBNAME
+#: Tables and settings a diskcache index holds; a ``cache.db`` with anything else is not ours.
+_INDEX_TABLES = frozenset({"Settings", "Cache"})
+_INDEX_SETTINGS = frozenset(diskcache.core.DEFAULT_SETTINGS) | frozenset(diskcache.core.METADATA)
+#: The file names diskcache's ``Disk.filename`` gives entries (relative to the folder).
+_ENTRY_FILE = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
+#: Seconds a process waits for another one's write lock before the folder counts as unusable.
+_LOCK_TIMEOUT = 60.0
+
+
+class MaskCacheError(OSError):
+    """The cache folder cannot be used; the message names the path and what to do."""
+
+
+class CorruptCacheEntryWarning(UserWarning):
+    """A cache entry could not be decoded; it was removed and counts as a miss."""
+
+
+class _CorruptEntry(Exception):
+    """Raised inside the disk layer for an entry that is not raw bytes in an entry file."""
 
 
 def default_cache_dir() -> Path:
@@ -46,14 +99,109 @@ def image_digest(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def _own_file(filename: object) -> bool:
+    return isinstance(filename, str) and _ENTRY_FILE.fullmatch(filename) is not None
+
+
+class _EntryDisk(diskcache.Disk):
+    """diskcache's file layer restricted to ``str`` keys and ``bytes`` values.
+
+    It never unpickles (an index from an untrusted folder cannot make it run code), reads only
+    entry files of diskcache's own naming pattern and removes nothing else.
+    """
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        if type(key) is not str:
+            raise TypeError(f"mask cache keys are str, got {type(key).__name__}")
+        return super().put(key)
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise _CorruptEntry("its key is pickled")
+        return super().get(key, raw)
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
+        if type(value) is not bytes:
+            raise TypeError(f"mask cache values are bytes, got {type(value).__name__}")
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_RAW and isinstance(value, bytes):
+            return bytes(value)
+        if mode != diskcache.core.MODE_BINARY or read or not _own_file(filename):
+            raise _CorruptEntry(f"it is not stored as bytes in an entry file (mode {mode})")
+        try:
+            return super().fetch(mode, filename, value, read)
+        except FileNotFoundError:
+            raise  # evicted by another process since the lookup: diskcache reports a miss
+        except OSError as error:
+            raise _CorruptEntry(f"its file {filename} cannot be read ({error})") from error
+
+    def remove(self, file_path: Any) -> None:
+        if not _own_file(file_path):
+            return
+        full_path = os.path.join(self._directory, file_path)
+        with contextlib.suppress(OSError):  # another process may have removed it already
+            if os.path.isfile(full_path) and not os.path.islink(full_path):
+                os.remove(full_path)
+        # the two hexadecimal levels go when empty (rmdir refuses non-empty folders)
+        inner = os.path.dirname(full_path)
+        for folder in (inner, os.path.dirname(inner)):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
+def _encode(labels: np.ndarray, table: FeatureTable) -> bytes:
+    dtype = np.int16 if labels.max(initial=0) < np.iinfo(np.int16).max else np.int32
+    arrays = dict(table.to_arrays())
+    arrays["labels"] = np.asarray(labels).astype(dtype)
+    arrays["format_version"] = np.asarray(_FORMAT_VERSION)
+    stream = io.BytesIO()
+    np.savez_compressed(stream, **arrays)
+    return stream.getvalue()
+
+
+def _decode(data: bytes, shape: tuple[int, ...]) -> tuple[np.ndarray, FeatureTable] | None:
+    """Decode an entry; ``None`` for another format version. Raises on anything malformed."""
+    from ctc_plugin.features.base import FeatureTable
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    if int(arrays.pop("format_version")) != _FORMAT_VERSION:
+        return None
+    labels = arrays.pop("labels")
+    table = FeatureTable.from_arrays(arrays)
+    count = len(table)
+    if labels.shape != tuple(shape) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"label map of shape {labels.shape} ({labels.dtype}), expected {shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= count):
+        raise ValueError(f"label ids outside 0..{count - 1}")
+    lengths = {len(table.bbox), len(table.source), *(len(s) for s in table.scores.values())}
+    if lengths - {count}:
+        raise ValueError("feature table columns of different lengths")
+    return labels.astype(np.int64), table
+
+
 class MaskCache:
-    """A folder of ``.npz`` segmentations with a size cap.
+    """A folder of segmentations with a size cap, safe to share between threads and processes.
+
+    The folder is created and its index opened on first use; constructing a ``MaskCache``
+    writes nothing. See the module docstring for what the folder holds and how damaged entries
+    and unusable folders are handled.
 
     Args:
-        directory: Where the entries live (created on first write). Default:
+        directory: The cache folder. Default:
             [`default_cache_dir`][ctc_plugin.features.cache.default_cache_dir].
-        max_bytes: Size cap of the folder; the least recently used entries are removed when a new
-            entry would exceed it. Default 512 MiB.
+        max_bytes: Size cap of the folder (index plus entries); the least recently used entries
+            are removed when a new entry would exceed it. Default 512 MiB.
+
+    Attributes:
+        hits: Loads answered from the cache (by this object).
+        misses: Loads that found nothing usable (by this object).
+
+    Raises:
+        ValueError: If ``max_bytes`` is not positive.
+        MaskCacheError: If ``directory`` exists and is not a folder.
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, max_bytes: int = 512 << 20):
@@ -63,89 +211,204 @@ class MaskCache:
         self.max_bytes = int(max_bytes)
         self.hits = 0
         self.misses = 0
+        self._lock = threading.Lock()
+        self._index: diskcache.Cache | None = None
+        self._check_not_a_file()
 
     def __repr__(self) -> str:
         return f"MaskCache(directory={str(self.directory)!r}, max_bytes={self.max_bytes})"
 
-    def path_for(self, image: np.ndarray, settings_key: str) -> Path:
-        """Return the entry path for an image under a segmenter's settings key."""
-        return self.directory / f"{image_digest(image)[:40]}-{settings_key}.npz"
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_lock"] = None
+        state["_index"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def key_for(self, image: np.ndarray, settings_key: str) -> str:
+        """Return the entry key of an image under a segmenter's settings key."""
+        return f"{image_digest(image)[:40]}-{settings_key}"
 
     def load(self, image: np.ndarray, settings_key: str) -> tuple[np.ndarray, FeatureTable] | None:
         """Return the cached ``(label_map, table)`` or ``None`` on a miss.
 
-        Raises:
-            ValueError: If the entry exists but is not a cache file this version wrote (the
-                message names the file to delete).
-        """
-        from ctc_plugin.features.base import FeatureTable
+        A damaged entry is a miss: it is removed and a
+        [`CorruptCacheEntryWarning`][ctc_plugin.features.cache.CorruptCacheEntryWarning] names
+        it. An entry of another format version is a silent miss (the next store replaces it).
 
-        path = self.path_for(image, settings_key)
-        if not path.is_file():
-            self.misses += 1
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-            version = int(arrays.pop("format_version"))
-            labels = arrays.pop("labels")
-            table = FeatureTable.from_arrays(arrays)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-            raise ValueError(
-                f"mask cache entry {path} is not readable ({error}); delete it or the cache folder"
-            ) from error
-        if version != _FORMAT_VERSION or labels.shape != image.shape[:2]:
-            self.misses += 1
-            return None
-        os.utime(path)  # mark as recently used
-        self.hits += 1
-        return labels.astype(np.int64), table
+        Raises:
+            MaskCacheError: If the folder cannot be used (the message names it).
+        """
+        index = self._open(create=False)
+        key = self.key_for(image, settings_key)
+        data = None
+        if index is not None:
+            try:
+                data = index.get(key)
+            except _CorruptEntry as error:
+                self._discard(index, key, str(error))
+            except (diskcache.Timeout, sqlite3.Error, OSError) as error:
+                raise self._unusable(error) from error
+        result = None
+        if data is not None:
+            try:
+                result = _decode(data, image.shape[:2])
+            except Exception as error:  # anything a malformed archive raises: a damaged entry
+                self._discard(index, key, f"{type(error).__name__}: {error}")
+        with self._lock:
+            if result is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+        return result
 
     def store(
         self, image: np.ndarray, settings_key: str, labels: np.ndarray, table: FeatureTable
-    ) -> Path:
-        """Write an entry atomically, then enforce the size cap. Returns the entry path."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.path_for(image, settings_key)
-        dtype = np.int16 if labels.max(initial=0) < np.iinfo(np.int16).max else np.int32
-        arrays = dict(table.to_arrays())
-        arrays["labels"] = labels.astype(dtype)
-        arrays["format_version"] = np.asarray(_FORMAT_VERSION)
-        handle, temporary = tempfile.mkstemp(dir=self.directory, suffix=".npz.tmp")
+    ) -> str:
+        """Write an entry (replacing one under the same key), then enforce the size cap.
+
+        Readers in other threads and processes see either the old entry, the new one or none.
+        With a cap smaller than the index and the entry, the entry is evicted at once.
+
+        Returns:
+            The entry key.
+
+        Raises:
+            MaskCacheError: If the folder cannot be used (the message names it).
+        """
+        data = _encode(labels, table)
+        index = self._open(create=True)
+        key = self.key_for(image, settings_key)
         try:
-            with os.fdopen(handle, "wb") as stream:
-                np.savez_compressed(stream, **arrays)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-        self._enforce_cap(keep=path)
-        return path
+            index.set(key, data)
+            if index.volume() > self.max_bytes:
+                index.cull()
+        except (diskcache.Timeout, sqlite3.Error, OSError) as error:
+            raise self._unusable(error) from error
+        return key
 
     def size_bytes(self) -> int:
-        """Return the total size of the cache entries."""
-        return sum(entry.stat().st_size for entry in self._entries())
+        """Return the size of the cache on disk (index plus entries); 0 before first use."""
+        index = self._open(create=False)
+        if index is None:
+            return 0
+        try:
+            return int(index.volume())
+        except (diskcache.Timeout, sqlite3.Error, OSError) as error:
+            raise self._unusable(error) from error
 
     def clear(self) -> None:
-        """Remove every cache entry (the folder itself stays)."""
-        for entry in self._entries():
-            entry.unlink(missing_ok=True)
+        """Remove every entry of this cache; other files and the folder itself stay."""
+        index = self._open(create=False)
+        if index is None:
+            return
+        try:
+            index.clear()
+        except (diskcache.Timeout, sqlite3.Error, OSError) as error:
+            raise self._unusable(error) from error
 
-    def _entries(self) -> list[Path]:
-        if not self.directory.is_dir():
-            return []
-        return [p for p in self.directory.glob("*.npz") if p.is_file()]
+    def close(self) -> None:
+        """Close this thread's connection to the index (it reopens on next use)."""
+        if self._index is not None:
+            self._index.close()
 
-    def _enforce_cap(self, keep: Path) -> None:
-        entries = sorted(self._entries(), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in entries)
-        for entry in entries:
-            if total <= self.max_bytes:
-                break
-            if entry == keep:
-                continue
-            total -= entry.stat().st_size
-            entry.unlink(missing_ok=True)
+    # -- internals ---------------------------------------------------------------------------
+
+    def _unusable(self, error: BaseException, what: str | None = None) -> MaskCacheError:
+        reason = what or f"it could not be used ({type(error).__name__}: {error})"
+        return MaskCacheError(
+            f"mask cache folder {self.directory}: {reason}. Pass a folder you can write to as "
+            "cache= (or set CTC_PLUGIN_CACHE), or cache=None to work without a cache"
+        )
+
+    def _check_not_a_file(self) -> None:
+        if self.directory.exists() and not self.directory.is_dir():
+            raise self._unusable(
+                FileExistsError(), "the path exists and is not a folder (is it a file?)"
+            )
+
+    def _open(self, create: bool) -> diskcache.Cache | None:
+        """Return the open index; ``None`` when ``create`` is false and the folder is absent."""
+        if self._index is not None:
+            return self._index
+        with self._lock:
+            if self._index is not None:
+                return self._index
+            self._check_not_a_file()
+            if not self.directory.exists():
+                if not create:
+                    return None
+                try:
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                except OSError as error:
+                    raise self._unusable(error, f"it cannot be created ({error})") from error
+            if not os.access(self.directory, os.W_OK | os.X_OK):
+                raise self._unusable(PermissionError(), "the folder is not writable")
+            self._check_index()
+            try:
+                self._index = diskcache.Cache(
+                    str(self.directory),
+                    timeout=_LOCK_TIMEOUT,
+                    disk=_EntryDisk,
+                    size_limit=self.max_bytes,
+                    eviction_policy="least-recently-used",
+                    cull_limit=1,
+                    disk_min_file_size=0,
+                    statistics=0,
+                    tag_index=0,
+                    **{
+                        name: value
+                        for name, value in diskcache.core.DEFAULT_SETTINGS.items()
+                        if name.startswith("sqlite_")
+                    },
+                )
+            except (diskcache.Timeout, sqlite3.Error, OSError) as error:
+                raise self._unusable(error) from error
+            return self._index
+
+    def _check_index(self) -> None:
+        """Refuse a ``cache.db`` that is not a mask-cache index (it is never written to)."""
+        path = self.directory / _INDEX_NAME
+        if not path.exists():
+            return
+        foreign = (
+            f"its {_INDEX_NAME} is not a mask cache index, and is left alone; choose another "
+            "folder for the cache"
+        )
+        if not path.is_file():
+            raise self._unusable(IsADirectoryError(), foreign)
+        try:
+            uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=_LOCK_TIMEOUT)) as db:
+                tables = {
+                    row[0]
+                    for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                }
+                settings = (
+                    {row[0] for row in db.execute("SELECT key FROM Settings")}
+                    if "Settings" in tables
+                    else set()
+                )
+        except sqlite3.DatabaseError as error:
+            if isinstance(error, sqlite3.OperationalError) and "not a database" not in str(error):
+                raise self._unusable(error) from error
+            raise self._unusable(error, foreign) from error
+        if tables - _INDEX_TABLES or settings - _INDEX_SETTINGS:
+            raise self._unusable(ValueError(), foreign)
+
+    def _discard(self, index: diskcache.Cache | None, key: str, reason: str) -> None:
+        warnings.warn(
+            f"mask cache entry {key!r} in {self.directory} is damaged ({reason}); it was "
+            "removed and counts as a miss (a segmenter recomputes and stores it again)",
+            CorruptCacheEntryWarning,
+            stacklevel=3,
+        )
+        if index is not None:
+            with contextlib.suppress(diskcache.Timeout, sqlite3.Error, OSError, _CorruptEntry):
+                index.delete(key)
 
 
 def resolve_cache(cache: MaskCache | str | os.PathLike[str] | bool | None) -> MaskCache | None:
