@@ -17,18 +17,25 @@ from ctc_plugin.features.base import (
     SegmenterProtocol,
     feature_table,
 )
-from ctc_plugin.features.cache import MaskCache, default_cache_dir
+from ctc_plugin.features.cache import (
+    CorruptCacheEntryWarning,
+    MaskCache,
+    MaskCacheError,
+    default_cache_dir,
+)
 from ctc_plugin.features.partition import as_feature_mask, mask_stack, to_partition
 from ctc_plugin.features.relevance import lrp_alpha1beta0, relevance_heatmap, zennit_relevance
 from ctc_plugin.features.selection import FeatureSelection, SelectionConfig, select_features
 from ctc_plugin.features.superpixel import GridSegmenter, SuperpixelSegmenter
 
 __all__ = [
+    "CorruptCacheEntryWarning",
     "FeatureSelection",
     "FeatureTable",
     "GridSegmenter",
     "ImageNormalisation",
     "MaskCache",
+    "MaskCacheError",
     "SelectionConfig",
     "Segmentation",
     "Segmenter",

@@ -1,8 +1,13 @@
-"""The on-disk mask cache: keys, round trips, size cap, opt-out and unreadable entries."""
+"""The on-disk mask cache: keys, round trips, size cap, opt-out and damaged entries.
+
+The robustness side (other files, shared use, damage, unusable folders) is in
+tests/robustness/test_mask_cache.py.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-from ctc_plugin.features import FeatureTable, MaskCache, Segmenter, default_cache_dir, feature_table
+from ctc_plugin.features import (
+    CorruptCacheEntryWarning,
+    FeatureTable,
+    MaskCache,
+    Segmenter,
+    default_cache_dir,
+    feature_table,
+)
+
+
+def entries(folder: Path) -> list[Path]:
+    """The cache's entry files (``ab/cd/<hex>.val``)."""
+    return sorted(folder.glob("*/*/*.val"))
 
 
 class CountingSegmenter(Segmenter):
@@ -51,7 +68,7 @@ def test_second_call_on_the_same_image_does_not_segment_again(tmp_path: Path):
     segmenter(images.flip(-1))
     assert segmenter.calls == 4
     CountingSegmenter(cells=3, cache=cache)(images)
-    assert len(list(tmp_path.glob("*.npz"))) == 6
+    assert len(entries(tmp_path)) == 6
 
 
 def test_cache_is_keyed_by_what_the_segmenter_sees(tmp_path: Path):
@@ -78,34 +95,58 @@ def test_size_cap_removes_least_recently_used(tmp_path: Path):
     cache = MaskCache(tmp_path, max_bytes=1)
     segmenter = CountingSegmenter(cache=cache)
     images = torch.rand(3, 3, 8, 8)
-    for index in range(3):
-        segmenter(images[index : index + 1])
-    # every entry is larger than one byte: only the newest survives
-    assert len(list(tmp_path.glob("*.npz"))) == 1
-    cache = MaskCache(tmp_path, max_bytes=10_000)
-    segmenter = CountingSegmenter(cache=cache)
     segmenter(images)
-    assert cache.size_bytes() <= 10_000
+    # the index alone is over one byte: nothing is kept, every call segments
+    assert entries(tmp_path) == []
+    segmenter(images)
+    assert segmenter.calls == 6 and cache.hits == 0
+    cache = MaskCache(tmp_path, max_bytes=40_000)
+    segmenter = CountingSegmenter(cache=cache)
+    empty = cache.size_bytes()
+    images = torch.rand(40, 3, 8, 8)
+    segmenter(images[:1])
+    for index in range(1, 40):
+        segmenter(images[index : index + 1])
+        segmenter(images[:1])  # image 0 stays the most recently used
+    assert cache.size_bytes() <= 40_000
+    assert 1 < len(entries(tmp_path)) < 40
+    assert segmenter.calls == 40 and cache.hits == 39
+    segmenter(images[1:2])  # the least recently used went first
+    assert segmenter.calls == 41
     cache.clear()
-    assert cache.size_bytes() == 0
+    assert entries(tmp_path) == [] and cache.size_bytes() <= empty
 
 
-def test_unreadable_entry_is_a_clear_error(tmp_path: Path):
+def test_damaged_entry_is_recomputed_with_a_warning(tmp_path: Path):
     cache = MaskCache(tmp_path)
     segmenter = CountingSegmenter(cache=cache)
     images = torch.rand(1, 3, 8, 8)
-    segmenter(images)
-    (entry,) = tmp_path.glob("*.npz")
+    first = segmenter(images)
+    (entry,) = entries(tmp_path)
     entry.write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match="delete it"):
-        segmenter(images)
+    with pytest.warns(CorruptCacheEntryWarning, match="damaged"):
+        assert torch.equal(segmenter(images), first)
+    assert segmenter.calls == 2
+    segmenter(images)
+    assert segmenter.calls == 2 and cache.hits == 1
 
 
 def test_entries_hold_no_pickles(tmp_path: Path):
     CountingSegmenter(cache=tmp_path)(torch.rand(1, 3, 8, 8))
-    (entry,) = tmp_path.glob("*.npz")
+    (entry,) = entries(tmp_path)
     with np.load(entry, allow_pickle=False) as archive:
         assert {"labels", "area", "bbox", "source", "score_quality"} <= set(archive.files)
+
+
+def test_cache_pickles_and_keeps_working(tmp_path: Path):
+    cache = MaskCache(tmp_path, max_bytes=100_000)
+    segmenter = CountingSegmenter(cache=cache)
+    images = torch.rand(1, 3, 8, 8)
+    segmenter(images)
+    copy = pickle.loads(pickle.dumps(segmenter))
+    assert copy.cache.directory == tmp_path and copy.cache.max_bytes == 100_000
+    copy(images)
+    assert copy.calls == 1 and copy.cache.hits == 1
 
 
 def test_default_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
