@@ -7,15 +7,14 @@ classifier's input grid by nearest-neighbour resizing and turned into a partitio
 [`to_partition`][ctc_plugin.features.partition.to_partition]. Results are cached on disk by image
 content and settings, so explaining the same image twice runs SAM once.
 
-Checkpoints are loaded with ``torch.load(..., weights_only=True)``; nothing is downloaded.
+Checkpoints are read as data only by [`read_data_file`][ctc_plugin.files.read_data_file] (an
+empty, truncated or corrupt file is one clear error naming it); nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -35,6 +34,7 @@ from segment_anything.modeling import (
 from ctc_plugin.features.base import FeatureTable, Segmenter, feature_table
 from ctc_plugin.features.cache import MaskCache
 from ctc_plugin.features.partition import to_partition
+from ctc_plugin.files import read_data_file
 
 __all__ = ["SAM_MODEL_TYPES", "SAMSegmenter", "build_tiny_sam", "load_sam"]
 
@@ -145,8 +145,10 @@ def load_sam(
             adapter passes its own).
 
     Raises:
-        ValueError: Without a checkpoint, for an unknown ``model_type``, an unreadable file, or a
-            checkpoint that does not match ``model_type``.
+        ValueError: Without a checkpoint, for an unknown ``model_type``, an unreadable file (the
+            message of :func:`ctc_plugin.files.read_data_file`: empty, truncated or corrupt,
+            not a ``torch.save`` file, objects other than tensors, a folder), or a checkpoint
+            that does not match ``model_type``.
         FileNotFoundError: If the checkpoint file does not exist.
     """
     registry = SAM_MODEL_TYPES if registry is None else registry
@@ -155,16 +157,9 @@ def load_sam(
     if checkpoint is None:
         raise ValueError(f"SAMSegmenter needs a SAM checkpoint: {CHECKPOINT_HINT}")
     path = Path(checkpoint).expanduser()
-    if not path.is_file():
+    if not path.exists():  # a folder or a damaged file gets read_data_file's message
         raise FileNotFoundError(f"SAM checkpoint {str(path)!r} does not exist: {CHECKPOINT_HINT}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise ValueError(
-            f"SAM checkpoint {str(path)!r} could not be read as a weights-only state dict "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-            "is the file complete and a segment-anything checkpoint?"
-        ) from error
+    state = read_data_file(path, "SAM checkpoint")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

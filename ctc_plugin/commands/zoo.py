@@ -1,4 +1,4 @@
-"""``ctc-plugin zoo``: train (reproduce) and evaluate the zoo's models."""
+"""``ctc-plugin zoo``: train (reproduce) and evaluate the zoo's models, rewrite the manifest."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ctc_plugin.commands import add_threads_option, torch_threads
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``ctc-plugin zoo train`` and ``ctc-plugin zoo eval``."""
+    """Register ``ctc-plugin zoo train``, ``eval`` and ``manifest``."""
     from ctc_plugin.zoo import FAMILIES, TrainConfig
     from ctc_plugin.zoo.training import FAMILY_TRAINING
 
@@ -65,6 +65,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--weights", type=Path, default=None, help="a weight file to evaluate")
     evaluate.set_defaults(func=run_eval)
 
+    manifest = actions.add_parser(
+        "manifest",
+        help="rewrite the sha256 manifest (SHA256SUMS) of the shipped weights folder from the "
+        "files on disk (after replacing weight files by hand; zoo train and explainer "
+        "train/gate update it themselves)",
+    )
+    manifest.add_argument(
+        "--folder",
+        type=Path,
+        default=None,
+        help="folder of .pt files (default: the package's shipped weights folder)",
+    )
+    manifest.set_defaults(func=run_manifest)
+
 
 def run_train(args: argparse.Namespace) -> int:
     """Train each requested family on ``--threads``; return the exit status."""
@@ -73,7 +87,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """Train each requested family and save its float32 state dict."""
+    """Train each requested family and save its float32 state dict.
+
+    A file written into the shipped weights folder gets its manifest entry updated.
+    """
+    from ctc_plugin.files import record_in_manifest
     from ctc_plugin.zoo import train_family, weights_path
     from ctc_plugin.zoo.training import evaluate, training_config
 
@@ -91,6 +109,7 @@ def _train(args: argparse.Namespace) -> int:
             for k, v in model.state_dict().items()
         }
         torch.save(state, out)
+        record_in_manifest(out)  # keeps the shipped weights' manifest in step with the file
         accuracy = evaluate(model, args.split, size=args.eval_size)
         print(
             f"{family}-{args.split}: trained in {elapsed:.0f} s, test accuracy "
@@ -109,4 +128,13 @@ def run_eval(args: argparse.Namespace) -> int:
         model = load(family, args.split, weights=args.weights)
         accuracy = evaluate(model, args.split, size=args.size, seed=args.seed, show_progress=True)
         print(f"{family}-{args.split}: {accuracy:.1%} ({args.size} images, seed {args.seed})")
+    return 0
+
+
+def run_manifest(args: argparse.Namespace) -> int:
+    """Rewrite the sha256 manifest of the weights folder; print where and how many files."""
+    from ctc_plugin.files import read_manifest, write_manifest
+
+    path = write_manifest(args.folder)
+    print(f"wrote {path} ({len(read_manifest(path.parent))} files)")
     return 0

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctc_plugin.explainer.maps import check_scale, resize_maps, run_at_scale, select_maps
-from ctc_plugin.zoo.loading import read_data_file, read_state_dict
+from ctc_plugin.files import read_data_file, record_in_manifest
+from ctc_plugin.zoo.loading import read_state_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.explainer.presets import ExplainerHyperparameters
@@ -407,6 +408,9 @@ class Explainer(nn.Module):
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write the configuration, the weights and optional metadata to ``path``.
 
+        A file written into the shipped weights folder (``ctc_plugin/zoo/weights``) gets its
+        entry in the weights manifest updated, so loading it later passes the digest check.
+
         Args:
             path: File to write (parent folders are created).
             metadata: Plain data (numbers, strings, lists, dicts) stored alongside, e.g. how
@@ -425,11 +429,16 @@ class Explainer(nn.Module):
             "metadata": metadata or {},
         }
         torch.save(payload, path)
+        record_in_manifest(path)  # a file written into the shipped weights folder stays listed
         return path
 
     @classmethod
     def load(cls, path: str | Path, classifier: nn.Module | None = None) -> Explainer:
         """Rebuild an explainer written by :meth:`save` (data-only loading).
+
+        The file is read by :func:`ctc_plugin.files.read_data_file` (a shipped file is checked
+        against the weights manifest; an empty, truncated, corrupt or foreign file is one clear
+        error naming the path and what is wrong).
 
         Args:
             path: The file.
@@ -439,8 +448,9 @@ class Explainer(nn.Module):
 
         Raises:
             FileNotFoundError: If the file does not exist.
-            ValueError: If the file is not an explainer written by :meth:`save`, or needs a
-                classifier and none was given.
+            ValueError: If the file is unreadable, is not an explainer written by :meth:`save`,
+                lacks entries (the message names them), holds a state dict that does not fit
+                its config, or needs a classifier and none was given.
         """
         payload = read_data_file(path, "explainer file")
         if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
@@ -448,7 +458,15 @@ class Explainer(nn.Module):
                 f"{str(path)!r} is not an explainer file written by Explainer.save "
                 f"(expected format {FILE_FORMAT!r})"
             )
-        config = dict(payload["config"])
+        missing = [k for k in ("config", "state_dict") if not isinstance(payload.get(k), dict)]
+        config = {} if "config" in missing else dict(payload["config"])
+        if "config" not in missing:
+            missing += [f"config[{k!r}]" for k in ("num_classes", "backbone") if k not in config]
+        if missing:
+            raise ValueError(
+                f"explainer file {str(path)!r} is incomplete: it lacks {', '.join(missing)}; "
+                "write it again with Explainer.save (or the command that trained it)"
+            )
         if config["backbone"] in CLASSIFIER_BACKBONES:
             if classifier is None:
                 raise ValueError(
@@ -456,8 +474,22 @@ class Explainer(nn.Module):
                     "the explained architecture, e.g. ctc_plugin.zoo.build(family, num_classes))"
                 )
             config["classifier"] = classifier
-        explainer = cls(**config)
-        explainer.load_state_dict(payload["state_dict"])
+        try:
+            explainer = cls(**config)
+        except TypeError as error:
+            raise ValueError(
+                f"explainer file {str(path)!r} has a config this version cannot build ({error}); "
+                "write it again with Explainer.save"
+            ) from error
+        try:
+            explainer.load_state_dict(payload["state_dict"])
+        except RuntimeError as error:
+            shown = {k: v for k, v in config.items() if k != "classifier"}
+            detail = " ".join(line.strip() for line in str(error).splitlines()[1:4])
+            raise ValueError(
+                f"the state dict in explainer file {str(path)!r} does not fit its config "
+                f"{shown}: {detail or error}"
+            ) from error
         explainer.metadata = dict(payload.get("metadata", {}))
         return explainer.eval()
 

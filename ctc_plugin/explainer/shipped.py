@@ -1,13 +1,15 @@
-"""Explainers shipped with the zoo models, trained by ``ctc-plugin explainer train``."""
+"""Explainers shipped with the zoo models, trained by ``ctc-plugin explainer train``.
+
+They live beside the zoo weights, in :data:`ctc_plugin.zoo.loading.WEIGHTS_DIR`, and are checked
+against its sha256 manifest when loaded (see :mod:`ctc_plugin.files`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ctc_plugin.explainer.network import Explainer
-
-#: Folder holding the zoo weights and the shipped explainers.
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "zoo" / "weights"
+from ctc_plugin.zoo import loading
 
 #: Kinds of shipped explainer: ``"default"`` (small U-Net, fast), ``"class-specific"``
 #: (a copy of the classifier gives the class maps: masks of absent classes stay dark, several
@@ -35,14 +37,14 @@ def explainer_path(family: str, split: str = "shapes", kind: str = "default") ->
     """Return where the shipped explainer of a zoo model lives (whether or not it exists)."""
     _check_kind(kind)
     suffix = "" if kind == "default" else f"-{kind}"
-    return WEIGHTS_DIR / f"explainer-{family}-{split}{suffix}.pt"
+    return Path(loading.WEIGHTS_DIR) / f"explainer-{family}-{split}{suffix}.pt"
 
 
 def shipped_explainers(kind: str = "default") -> list[tuple[str, str]]:
     """Return the ``(family, split)`` pairs that have a shipped explainer file of ``kind``."""
     _check_kind(kind)
     pairs = []
-    for path in sorted(WEIGHTS_DIR.glob("explainer-*.pt")):
+    for path in sorted(Path(loading.WEIGHTS_DIR).glob("explainer-*.pt")):
         name = path.stem.removeprefix("explainer-")
         file_kind = next((k for k in KINDS[1:] if name.endswith(f"-{k}")), "default")
         if file_kind != kind:
@@ -71,7 +73,8 @@ def load_explainer(family: str, split: str = "shapes", kind: str = "default") ->
     Raises:
         FileNotFoundError: If no explainer is shipped for that model, naming the command that
             trains one.
-        ValueError: For an unknown kind.
+        ValueError: For an unknown kind, or a file that differs from the weights manifest
+            (damaged: the message gives both digests and says to reinstall).
     """
     path = explainer_path(family, split, kind)
     if not path.is_file():

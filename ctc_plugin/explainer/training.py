@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ctc_plugin.explainer import losses
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.presets import ExplainerHyperparameters, get_preset
-from ctc_plugin.zoo.loading import read_data_file
+from ctc_plugin.files import read_data_file
 
 #: Tag stored in checkpoints written during :func:`fit_explainer`.
 CHECKPOINT_FORMAT = "ctc-plugin-explainer-checkpoint/1"

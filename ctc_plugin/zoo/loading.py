@@ -10,11 +10,14 @@ import torch
 from torch import nn
 
 from ctc_plugin.datasets.scene import check_split
+from ctc_plugin.files import read_data_file
 from ctc_plugin.zoo.models import ARCHITECTURES
 
 #: The model families: the four the CTC paper evaluates, in its order, then a modern CNN and a
 #: vision transformer.
 FAMILIES: tuple[str, ...] = ("vgg", "resnet", "densenet", "inception", "efficientnet", "vit")
+#: Folder of the shipped weight files (zoo classifiers and explainers) and of their sha256
+#: manifest ``SHA256SUMS``, checked whenever one of them is loaded (:mod:`ctc_plugin.files`).
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
@@ -46,32 +49,12 @@ def weights_path(family: str, split: str = "shapes") -> Path:
     return WEIGHTS_DIR / f"{family}-{split}.pt"
 
 
-def read_data_file(path: str | Path, what: str) -> Any:
-    """Load a ``torch.save`` file as data only (``weights_only=True``), with clear errors.
-
-    Args:
-        path: The file.
-        what: What the file is, for error messages (e.g. ``"explainer file"``).
-
-    Raises:
-        FileNotFoundError: If the file does not exist.
-        ValueError: If torch cannot read it as data.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{what} not found: {path}; give the path of a local file (nothing is downloaded)"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a corrupt or foreign file
-        raise ValueError(f"could not read {what} from {path}: {error}") from error
-
-
 def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
     """Read a state dict saved with ``torch.save``, as data only (``weights_only=True``).
 
-    A checkpoint dict holding the state dict under ``"state_dict"`` is accepted too.
+    A checkpoint dict holding the state dict under ``"state_dict"`` is accepted too. The file is
+    read by :func:`ctc_plugin.files.read_data_file`: a shipped file is checked against the
+    weights manifest, any other one for truncation and corruption, each with one clear message.
 
     Args:
         path: The file.
@@ -79,7 +62,9 @@ def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, torch.
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If it is not a readable state dict.
+        ValueError: If it is not a readable state dict (the message names the path and what is
+            wrong: empty, truncated or corrupt, not a ``torch.save`` file, objects other than
+            tensors, a folder, or a shipped file that differs from the manifest).
     """
     state = read_data_file(path, what)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -109,14 +94,17 @@ def load(family: str, split: str = "shapes", weights: str | Path | None = None) 
         The model; it takes ``ShapesDataset`` images as they are and returns logits.
 
     Raises:
-        ValueError: For an unknown family or split, or weights that do not fit.
+        ValueError: For an unknown family or split, weights that do not fit, an unreadable
+            file (empty, truncated or corrupt, not a ``torch.save`` file, objects other than
+            tensors), or a shipped file whose sha256 differs from the manifest (damaged: the
+            message gives both digests and says to reinstall the package).
         FileNotFoundError: When the weight file is missing (train it with
             ``ctc-plugin zoo train FAMILY --split SPLIT``).
     """
     num_classes = len(check_split(split))
-    path = Path(weights) if weights is not None else weights_path(family, split)
+    path = Path(weights).expanduser() if weights is not None else weights_path(family, split)
     model = build(family, num_classes)
-    if not path.is_file():
+    if not path.exists():  # a folder or a damaged file gets read_state_dict's message
         raise FileNotFoundError(
             f"weights file not found: {path}; train it with "
             f"`ctc-plugin zoo train {family} --split {split}` or pass --weights PATH"
@@ -141,7 +129,8 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
         The model in eval mode.
 
     Raises:
-        ValueError: For an unknown architecture or weights that do not fit.
+        ValueError: For an unknown architecture, weights that do not fit or an unreadable file
+            (see :func:`read_state_dict`).
         FileNotFoundError: If the weights file does not exist.
     """
     import torchvision.models

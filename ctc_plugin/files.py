@@ -1,0 +1,332 @@
+"""Reading ``torch.save`` files as data, and the sha256 manifest of the shipped weights.
+
+Every loader of the package (:func:`ctc_plugin.zoo.load`, :func:`ctc_plugin.zoo.load_torchvision`,
+:meth:`ctc_plugin.explainer.Explainer.load`, training checkpoints, SAM checkpoints) reads its file
+through :func:`read_data_file`, so a damaged file gives the same kind of message everywhere:
+``could not read <what> from <path>: <what is wrong>``. The reasons are: a missing file, a folder,
+an empty file, a truncated or corrupt archive (the CRC-32 of every record of a zip archive is
+checked, so flipped bytes inside the tensors are caught too), a file that ``torch.save`` did not
+write, and objects other than tensors and plain data (a data-only load refuses them; the message
+names the first such object). No message advises an unsafe load.
+
+Files in the shipped weights folder (:data:`ctc_plugin.zoo.loading.WEIGHTS_DIR`) are checked
+against its manifest :data:`MANIFEST_NAME` (one ``<sha256>  <file name>`` line per file, the
+format of ``sha256sum``): a file whose digest differs is refused with the expected and actual
+digest. Each file is hashed once per process (again only when its size or modification time
+changes). ``ctc-plugin zoo train`` and :meth:`~ctc_plugin.explainer.Explainer.save` update the
+manifest entry of a file they write into that folder; ``ctc-plugin zoo manifest`` (or
+:func:`write_manifest`) rewrites the whole manifest after weights were replaced by other means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: Name of the manifest file inside the shipped weights folder.
+MANIFEST_NAME = "SHA256SUMS"
+
+#: The command that rewrites the manifest from the files on disk.
+MANIFEST_COMMAND = "ctc-plugin zoo manifest"
+
+#: The first bytes of a ``torch.save`` file: a zip archive (torch >= 1.6) or the legacy format
+#: (a pickle protocol-2 header followed by torch's magic number).
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+#: Digests and checks already done in this process, keyed by :func:`_identity`.
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+_INTACT: set[tuple[str, int, int, int]] = set()
+_MANIFESTS: dict[tuple[str, int, int, int], dict[str, str]] = {}
+
+
+def _identity(path: Path) -> tuple[str, int, int, int]:
+    """Resolved path, size, modification time and inode: a changed file gets a new key."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+def weights_dir() -> Path:
+    """Return the shipped weights folder (:data:`ctc_plugin.zoo.loading.WEIGHTS_DIR`)."""
+    from ctc_plugin.zoo import loading
+
+    return Path(loading.WEIGHTS_DIR)
+
+
+def is_shipped(path: str | Path) -> bool:
+    """Whether ``path`` lies directly in the shipped weights folder (manifest-checked)."""
+    return Path(path).expanduser().resolve().parent == weights_dir().resolve()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Return the hex sha256 digest of a file (cached per path, size and modification time)."""
+    path = Path(path)
+    key = _identity(path)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def read_manifest(folder: str | Path | None = None) -> dict[str, str]:
+    """Return the manifest of ``folder`` (default: the shipped weights) as ``{name: sha256}``.
+
+    Raises:
+        FileNotFoundError: If the folder has no manifest.
+        ValueError: If a line of it is not ``<64 hex digits>  <file name>``.
+    """
+    path = Path(folder if folder is not None else weights_dir()) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the weights manifest {path} is missing; reinstall ctc-plugin "
+            f"(pip install --force-reinstall ctc-plugin) or, if you (re)trained the weights in "
+            f"this folder, regenerate it with `{MANIFEST_COMMAND}`"
+        )
+    key = _identity(path)
+    if key not in _MANIFESTS:
+        entries = {}
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            match = re.fullmatch(r"([0-9a-f]{64}) [ *](\S.*)", line.strip())
+            if match is None:
+                raise ValueError(
+                    f"line {number} of the weights manifest {path} is not '<sha256>  <name>'; "
+                    f"regenerate it with `{MANIFEST_COMMAND}`"
+                )
+            entries[match[2]] = match[1]
+        _MANIFESTS[key] = entries
+    return dict(_MANIFESTS[key])
+
+
+def _write_entries(folder: Path, entries: dict[str, str]) -> Path:
+    path = folder / MANIFEST_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(entries.items())))
+    tmp.replace(path)
+    return path
+
+
+def write_manifest(folder: str | Path | None = None) -> Path:
+    """Rewrite the manifest of ``folder`` (default: the shipped weights) from its ``.pt`` files.
+
+    This is what ``ctc-plugin zoo manifest`` runs; call it after replacing weight files by
+    other means than ``ctc-plugin zoo train`` or ``Explainer.save`` (which keep their entry up
+    to date). It records the files as they are, so only run it on files you trust.
+
+    Returns:
+        The path of the manifest.
+    """
+    folder = Path(folder if folder is not None else weights_dir())
+    entries = {path.name: file_sha256(path) for path in sorted(folder.glob("*.pt"))}
+    return _write_entries(folder, entries)
+
+
+def record_in_manifest(path: str | Path) -> bool:
+    """Update the manifest entry of ``path`` if it lies in the shipped weights folder.
+
+    Only that entry changes (a damaged neighbour is not blessed). Writers of weight files call
+    this after writing; a file elsewhere is left alone.
+
+    Returns:
+        Whether the manifest was updated.
+    """
+    path = Path(path).expanduser()
+    if not is_shipped(path):
+        return False
+    folder = path.resolve().parent
+    try:
+        entries = read_manifest(folder)
+    except FileNotFoundError:
+        entries = {}
+    entries[path.name] = file_sha256(path)
+    _write_entries(folder, entries)
+    return True
+
+
+def verify_shipped(path: str | Path) -> None:
+    """Check a file of the shipped weights folder against the manifest (once per process).
+
+    Raises:
+        ValueError: If the file's sha256 differs from the manifest or it is not listed, naming
+            the file, the expected and actual digests and the fix.
+        FileNotFoundError: If the manifest is missing.
+    """
+    path = Path(path).expanduser()
+    manifest = read_manifest(path.resolve().parent)
+    actual = file_sha256(path)
+    expected = manifest.get(path.name)
+    if expected is None:
+        raise ValueError(
+            f"shipped weight file {path} is not listed in the weights manifest "
+            f"{MANIFEST_NAME}; if you wrote it there on purpose, record it with "
+            f"`{MANIFEST_COMMAND}`, otherwise reinstall ctc-plugin "
+            f"(pip install --force-reinstall ctc-plugin)"
+        )
+    if actual != expected:
+        raise ValueError(
+            f"shipped weight file {path} is damaged: its sha256 is {actual}, the manifest "
+            f"{MANIFEST_NAME} expects {expected}; reinstall ctc-plugin "
+            f"(pip install --force-reinstall ctc-plugin), or if you retrained it on purpose, "
+            f"regenerate the manifest with `{MANIFEST_COMMAND}`"
+        )
+
+
+def _check_archive(path: Path) -> str | None:
+    """Return what is wrong with a zip archive's structure or CRC-32s (``None``: intact).
+
+    Records stored with a CRC-32 of 0 (``torch.save`` with CRC computation switched off) cannot
+    be checked and are skipped.
+    """
+    key = _identity(path)
+    if key in _INTACT:
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0 or info.is_dir():
+                    continue
+                with archive.open(info) as record:
+                    while record.read(1 << 20):
+                        pass
+    except zipfile.BadZipFile as error:
+        if "CRC" in str(error):
+            name = str(error).rsplit(" ", 1)[-1]
+            return (
+                f"it is corrupt: the record {name} fails its CRC-32 check (bytes changed after "
+                "it was written); copy or download it again"
+            )
+        return (
+            f"it is a truncated or corrupt zip archive ({error}); the copy or download was "
+            "probably incomplete, copy it again"
+        )
+    except (EOFError, OSError, UnicodeDecodeError, ValueError, NotImplementedError) as error:
+        return (
+            f"it is a truncated or corrupt zip archive ({type(error).__name__}: {error}); "
+            "copy it again"
+        )
+    _INTACT.add(key)
+    return None
+
+
+def _refused_object(error: BaseException) -> str | None:
+    """The first object a data-only ``torch.load`` refused, if that is why it failed."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(error))
+    return match[1] if match else None
+
+
+def _names_a_loaded_object(name: str) -> bool:
+    """Whether ``module.attribute`` names an object of an already imported module (no import).
+
+    A truncated legacy file can stop inside a name (``torch._ut``); a real refused object has a
+    complete name. Nothing is imported to find out.
+    """
+    module, _, attribute = name.rpartition(".")
+    return bool(attribute) and hasattr(sys.modules.get(module), attribute)
+
+
+def describe_load_failure(path: str | Path, error: BaseException) -> str:
+    """Say what is wrong with a file that ``torch.load(..., weights_only=True)`` failed on.
+
+    The one place where torch's failures are classified: it looks at the file (its first bytes)
+    and at the error, and returns a sentence for the user that never repeats torch's advice to
+    load without ``weights_only``.
+    """
+    path = Path(path)
+    magics = (_ZIP_MAGIC, _LEGACY_MAGIC)
+    if isinstance(error, IsADirectoryError) or path.is_dir():
+        return "it is a folder, not a file; give the path of the file inside it"
+    if isinstance(error, FileNotFoundError) or not path.exists():
+        return "the file does not exist"
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(_LEGACY_MAGIC))
+    except OSError as failure:
+        return f"it cannot be opened ({failure.strerror or type(failure).__name__})"
+    if not head:
+        return "the file is empty (0 bytes); the save or copy that wrote it did not finish"
+    if len(head) < len(_LEGACY_MAGIC) and any(m.startswith(head) for m in magics):
+        return f"it is truncated: it holds only {len(head)} byte{'s' * (len(head) > 1)}"
+    legacy = head.startswith(_LEGACY_MAGIC)
+    refused = _refused_object(error)
+    if refused is not None and (not legacy or _names_a_loaded_object(refused)):
+        # zip archives passed their CRC-32 check; a legacy file is believed when the name is
+        # complete (a truncated one stops inside a name)
+        return (
+            f"it holds Python objects other than tensors and plain data (the first is "
+            f"{refused}), which this package does not load because unpickling them can run "
+            f"code; save a state dict of tensors instead (torch.save(model.state_dict(), path))"
+        )
+    if head.startswith(_ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
+        problem = _check_archive(path)
+        if problem is not None:
+            return problem
+        if "PytorchStreamReader" in str(error) or isinstance(error, EOFError):
+            return "it is a truncated or corrupt torch.save archive; copy it again"
+        return "it is a zip archive, but not one written by torch.save"
+    if legacy:
+        return (
+            "it is a truncated or corrupt torch.save file (legacy format); copy it again, or "
+            "save it again with a current torch"
+        )
+    for magic in magics:  # one changed byte in the signature: damage, not a foreign file
+        if len(head) >= len(magic) and sum(a != b for a, b in zip(head, magic)) == 1:
+            return (
+                f"it is a corrupt torch.save file: its signature is damaged (starts with "
+                f"{head[: len(magic)]!r} instead of {magic!r}); copy it again"
+            )
+    if head.startswith(b"\x80"):
+        return "it is a plain pickle, not a file written by torch.save"
+    return f"it is not a file written by torch.save (it starts with {head[:8]!r})"
+
+
+def read_data_file(path: str | Path, what: str) -> Any:
+    """Load a ``torch.save`` file as data only (``weights_only=True``), with clear errors.
+
+    A file of the shipped weights folder is first checked against the manifest; any other zip
+    archive has the CRC-32 of each record checked (once per process per file version), so a
+    flipped byte is an error instead of silently different weights.
+
+    Args:
+        path: The file.
+        what: What the file is, for error messages (e.g. ``"explainer file"``).
+
+    Raises:
+        FileNotFoundError: If the file (or, for a shipped file, the manifest) does not exist.
+        ValueError: ``could not read <what> from <path>: <reason>`` for a folder, an empty,
+            truncated or corrupt file, a file not written by ``torch.save``, or one holding
+            objects other than tensors and plain data; for a shipped file whose digest differs
+            from the manifest, the expected and actual sha256 and the fix.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{what} not found: {path}; give the path of a local file (nothing is downloaded)"
+        )
+    if path.is_file() and is_shipped(path):
+        verify_shipped(path)  # before anything else: even an empty shipped file is a mismatch
+    elif path.is_file() and path.stat().st_size > 0:
+        with path.open("rb") as handle:
+            zipped = handle.read(4) == _ZIP_MAGIC
+        problem = _check_archive(path) if zipped else None
+        if problem is not None:
+            raise ValueError(f"could not read {what} from {path}: {problem}")
+    if path.is_file() and path.stat().st_size > 0:
+        try:
+            with warnings.catch_warnings():  # torch's note on a foreign pickle protocol
+                warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many types for a corrupt or foreign file
+            raise ValueError(
+                f"could not read {what} from {path}: {describe_load_failure(path, error)}"
+            ) from None
+    reason = describe_load_failure(path, IsADirectoryError() if path.is_dir() else EOFError())
+    raise ValueError(f"could not read {what} from {path}: {reason}")
