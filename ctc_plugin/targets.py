@@ -124,10 +124,11 @@ def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
         output: The model's output, (N, *out).
         target: Any Captum target form, or a list of callables (pytorch-grad-cam's
             ``ClassifierOutputTarget`` and friends), one per example, each mapping that
-            example's output row to a scalar.
+            example's output row to a scalar (a one-element result counts as one).
 
     Raises:
-        ValueError: a target that does not fit the output.
+        ValueError: a target that does not fit the output; a callable that fails on its row
+            or returns more than one value (named in the message).
     """
     if (
         isinstance(target, Sequence)
@@ -139,5 +140,38 @@ def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
             raise ValueError(
                 f"got {len(target)} targets for {output.shape[0]} examples; give one per example"
             )
-        return torch.stack([torch.as_tensor(t(row)).reshape(()) for t, row in zip(target, output)])
+        return torch.stack(
+            [_callable_score(t, row, i) for i, (t, row) in enumerate(zip(target, output))]
+        )
     return select_targets(output, resolve_targets(target, output.detach()))
+
+
+def _callable_score(
+    target: Callable[[torch.Tensor], torch.Tensor], row: torch.Tensor, i: int
+) -> torch.Tensor:
+    """Apply a pytorch-grad-cam style target to example ``i``'s output row; one score, shape ().
+
+    As in pytorch-grad-cam, the target must reduce the row to a single value: a result with one
+    element (``RawScoresOutputTarget`` or ``BinaryClassifierOutputTarget`` on a model with one
+    output per example) is that score; a result with more elements cannot be explained.
+
+    Raises:
+        ValueError: The target failed on the row, or returned more (or fewer) than one value.
+    """
+    name = type(target).__name__
+    try:
+        score = target(row)
+    except (IndexError, RuntimeError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"target {name} failed on example {i}'s output of shape {tuple(row.shape)}: {error}"
+        ) from error
+    score = torch.as_tensor(score)
+    if score.numel() != 1:
+        raise ValueError(
+            f"target {name} returned shape {tuple(score.shape)} for example {i}'s output of "
+            f"shape {tuple(row.shape)}; a target must reduce each example's output to one score. "
+            "RawScoresOutputTarget and BinaryClassifierOutputTarget fit models with one output "
+            "per example; for a multi-class model use ClassifierOutputTarget(class) or "
+            "ClassifierOutputSoftmaxTarget(class)"
+        )
+    return score.reshape(())

@@ -34,8 +34,15 @@ class IntegrativeGradCAM(BaseCAM):
     """Integrative CAM as a pytorch-grad-cam method (a ``BaseCAM`` subclass).
 
     Called like every pytorch-grad-cam method, ``cam(input_tensor, targets)``, it returns a
-    float32 NumPy array (N, H, W) in [0, 1]. ``targets`` are pytorch-grad-cam targets (e.g.
-    ``ClassifierOutputTarget``), one per example, or None for the predicted classes;
+    float32 NumPy array (N, H, W) in [0, 1], and afterwards ``cam.outputs`` holds the model's
+    output on the batch (detached), as ``BaseCAM.forward`` sets it. ``targets`` follow
+    pytorch-grad-cam: one callable per example, applied to that example's output row and
+    returning one score (``ClassifierOutputTarget``, ``ClassifierOutputSoftmaxTarget``,
+    ``ClassifierOutputReST``, your own function; ``RawScoresOutputTarget`` and
+    ``BinaryClassifierOutputTarget`` on a model with one output per example), or None for each
+    example's top-scoring class. A target that returns more than one value (e.g.
+    ``RawScoresOutputTarget`` on a multi-class model, where pytorch-grad-cam's own backward
+    fails too) or fails on the output row raises a ``ValueError`` naming it.
     ``aug_smooth=True`` works as for the other methods.
 
     As every pytorch-grad-cam method does, the constructor puts the model in eval mode.
@@ -49,6 +56,9 @@ class IntegrativeGradCAM(BaseCAM):
         reshape_transform: As in pytorch-grad-cam: turns each target layer's output (and its
             gradient) into an (N, C, H, W) map, e.g. for a vision transformer's token maps
             (:func:`~ctc_plugin.cam.transformers.tokens_to_grid`).
+
+    Attributes:
+        outputs: The model's output on the last batch, (N, classes), or None before any call.
     """
 
     def __init__(
@@ -72,6 +82,7 @@ class IntegrativeGradCAM(BaseCAM):
             reshape_transform=reshape_transform,
         )
         self.reshape_transform = reshape_transform
+        self.outputs: Tensor | None = None
 
     def forward(
         self,
@@ -79,20 +90,38 @@ class IntegrativeGradCAM(BaseCAM):
         targets: Sequence[Callable[[Tensor], Tensor]] | None,
         eigen_smooth: bool = False,
     ) -> np.ndarray:
-        """Return the maps of a batch as a float32 array (N, H, W) in [0, 1].
+        """Return the maps of a batch as a float32 array (N, H, W) in [0, 1]; set ``outputs``.
 
         Args:
             input_tensor: Images (N, C, H, W).
-            targets: One pytorch-grad-cam target per example, or None for the predicted class.
+            targets: One pytorch-grad-cam target per example (a callable of the example's
+                output row returning one score), or None for each example's top class.
             eigen_smooth: Not supported (the fused map has no channel dimension to project).
 
         Raises:
-            ValueError: If ``eigen_smooth`` is set.
+            ValueError: If ``eigen_smooth`` is set, ``targets`` does not give one target per
+                example, or a target fails on its output row or returns more than one value.
         """
         if eigen_smooth:
             raise ValueError("IntegrativeGradCAM does not support eigen_smooth")
         input_tensor = input_tensor.to(self.device)
         target = None if targets is None else list(targets)
-        maps = self.integrative.attribute(input_tensor, target=target)
+        if target is not None and len(target) != len(input_tensor):
+            raise ValueError(
+                f"got {len(target)} targets for {len(input_tensor)} images; give one "
+                "pytorch-grad-cam target per image, or targets=None for the top class"
+            )
+        seen: list[Tensor] = []
+
+        def record(module: nn.Module, args: tuple, output: Tensor) -> None:
+            if isinstance(output, Tensor):
+                seen.append(output.detach())
+
+        handle = self.model.register_forward_hook(record)
+        try:
+            maps = self.integrative.attribute(input_tensor, target=target)
+        finally:
+            handle.remove()
+        self.outputs = seen[-1] if seen else None
         with torch.no_grad():
             return maps[:, 0].detach().cpu().numpy().astype(np.float32)

@@ -2,21 +2,24 @@
 
 Quantus calls ``explain_func(model=..., inputs=..., targets=..., **explain_func_kwargs)`` with
 NumPy batches and expects a NumPy array back. `explain_func` is that function for every method in
-`ctc_plugin.evaluation.methods.registry`::
+`ctc_plugin.evaluation.methods.registry` (the same call as on the docs page "Evaluation")::
 
     import quantus
     from ctc_plugin.adapters.quantus import explain_func
 
     metric = quantus.MaxSensitivity(nr_samples=5, disable_warnings=True)
-    scores = metric(
-        model=model, x_batch=x, y_batch=y, explain_func=explain_func,
-        explain_func_kwargs={"method": "CTC-proportional"},
-    )
+    scores = metric(model=model, x_batch=x, y_batch=y, explain_func=explain_func,
+                    explain_func_kwargs={"method": "CTC-proportional"})
 
 Feature-based methods (CTC, FeatureAblation, Lime, KernelShap) need features: pass
 ``feature_mask`` (used for every batch, so only with a fixed batch) or a ``segmenter`` that
-segments each batch Quantus sends (the default is
-`ctc_plugin.features.SuperpixelSegmenter`, so perturbed inputs are re-segmented).
+segments each batch Quantus sends. The default,
+``SuperpixelSegmenter(value_range="auto")``, re-segments every batch, perturbed ones included,
+reading each image's colours from its own minimum and maximum: Quantus does not say how its
+inputs are normalised, and the noise of its robustness metrics (``MaxSensitivity``,
+``AvgSensitivity``, ...) pushes pixels out of any declared range, which a segmenter with a
+fixed ``value_range`` refuses. Pass a segmenter with the declared ``value_range``/``mean``/``std``
+to control the colours, or `ctc_plugin.features.GridSegmenter`, which reads only the shape.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def explain_func(
             ``"IntegratedGradients"``.
         feature_mask: Fixed features ``(N or 1, 1, H, W)`` for feature-based methods.
         segmenter: Makes features for each batch when no ``feature_mask`` is given; default
-            `ctc_plugin.features.SuperpixelSegmenter()`.
+            ``SuperpixelSegmenter(value_range="auto")`` (see the module docstring).
         explainer: The trained Explainer of ``model`` for ``method="Explainer"``.
         n_samples: Samples for Lime and KernelShap.
         **kwargs: Keys Quantus adds itself (``device``, ``channel_first``, ``softmax``) are
@@ -106,7 +109,7 @@ def explain_func(
             if segmenter is None:
                 from ctc_plugin.features import SuperpixelSegmenter
 
-                segmenter = SuperpixelSegmenter()
+                segmenter = SuperpixelSegmenter(value_range="auto")
             mask = segmenter(images).to(device)
     maps = spec.fn(model, images, labels, mask)
     return maps.detach().float().cpu().numpy()

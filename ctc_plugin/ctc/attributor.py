@@ -171,8 +171,9 @@ class CTCAttributor(Attributor):
     def _within_relevance(self, x: torch.Tensor, engine: _HookedCTC, within: Any) -> Any:
         """The within-feature relevance for the attributor's output weighting.
 
-        A Zennit composite is run with the same ``attr_output`` (the CTC composite taken off
-        the model meanwhile); other forms get the class the weighting selects.
+        It is computed with the CTC composite taken off the model (its rules refuse
+        gradients): a Zennit composite is run with the same ``attr_output``; other forms get
+        the class the weighting selects.
         """
         from ctc_plugin.ctc.within import composite_relevance, resolve_relevance
 
@@ -180,23 +181,23 @@ class CTCAttributor(Attributor):
             output = self.model(x)
         weights = engine.weights_for(output)
         registered = bool(self.composite.handles)
-        if isinstance(within, Composite):
-            if registered:
-                self.composite.remove()
-            try:
+        if registered:
+            self.composite.remove()
+        try:
+            if isinstance(within, Composite):
                 return composite_relevance(self.model, within, x, weights)
-            finally:
-                if registered:
-                    self.composite.register(self.model)
-        nonzero = (weights.flatten(1) != 0).sum(dim=1)
-        if not bool((nonzero == 1).all()):
-            raise ValueError(
-                "within_feature as a Captum method or callable needs one class per example; "
-                "give a one-hot attr_output, or a Zennit composite or a relevance tensor"
-            )
-        target = weights.flatten(1).argmax(dim=1)
-        with batch_norms_valid(self.model):
-            return resolve_relevance(within, (x,), target, self.model)
+            nonzero = (weights.flatten(1) != 0).sum(dim=1)
+            if not bool((nonzero == 1).all()):
+                raise ValueError(
+                    "within_feature as a Captum method or callable needs one class per example; "
+                    "give a one-hot attr_output, or a Zennit composite or a relevance tensor"
+                )
+            target = weights.flatten(1).argmax(dim=1)
+            with batch_norms_valid(self.model):
+                return resolve_relevance(within, (x,), target, self.model)
+        finally:
+            if registered:
+                self.composite.register(self.model)
 
 
 def _predicted(output: torch.Tensor) -> torch.Tensor:

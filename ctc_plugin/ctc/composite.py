@@ -20,10 +20,14 @@ module itself then runs on an empty batch so that no work is done twice:
 The hooks only act while a CTC pass runs (:func:`hooked_pass`, used by
 :class:`~ctc_plugin.ctc.attributor.CTCAttributor`) and only on tensors carrying that pass's
 copies; at any other time a model inside ``composite.context(model)`` computes exactly what it
-computes without the composite. Operations that happen outside every hooked module (residual
-additions, ``torch.cat``, reshaping, a functional ``F.relu`` in a ``forward``, a normalisation
-written as ``(x - mean) / std``) are seen by a guard (a :class:`~torch.overrides.TorchFunctionMode`)
-that routes them to the same rules, or, with ``functional="raise"``, refuses every one that needs
+computes without the composite, and a gradient through a hooked module raises
+:class:`~ctc_plugin.ctc.errors.CompositeOutsideAttributorError` (Zennit's gradient attributors
+would otherwise return the plain gradient).
+
+Operations that happen outside every hooked module (residual additions, ``torch.cat``,
+reshaping, a functional ``F.relu`` in a ``forward``, a normalisation written as
+``(x - mean) / std``) are seen by a guard (a :class:`~torch.overrides.TorchFunctionMode`) that
+routes them to the same rules, or, with ``functional="raise"``, refuses every one that needs
 a rule by name.
 
 Importing this module registers the composite in Zennit's registry as ``"ctc"``:
@@ -46,7 +50,7 @@ from zennit.composites import LayerMapComposite, register_composite
 from zennit.core import Hook, RemovableHandleList
 
 from ctc_plugin.ctc.boxes import Box
-from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
 from ctc_plugin.ctc.interception import CTCMode, copies_off_dim_zero, operation_name
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import BiasSharingMode, make_sharing
@@ -184,6 +188,19 @@ class CTCHook(Hook):
         if mark is not None and mark.only:  # as CTCMode: what a gate-only tensor makes is one
             state.gated.mark_gate(out, mark.origin, only=True)
         return out
+
+    def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> Any:
+        """Zennit's backward hook: refuse, since CTC relevance is not a modified gradient.
+
+        A CTC pass runs without gradients, so this is reached only when a gradient runs through
+        the hooked model outside :class:`~ctc_plugin.ctc.attributor.CTCAttributor` (Zennit's
+        ``Gradient``, ``SmoothGrad``, ``IntegratedGradients``, or ``output.backward()`` inside
+        ``composite.context(model)``), which would otherwise return the plain gradient.
+
+        Raises:
+            CompositeOutsideAttributorError: Always; the message names what to use instead.
+        """
+        raise CompositeOutsideAttributorError(type(module).__name__)
 
     def placeholder(self, x: torch.Tensor) -> torch.Tensor:
         """What the module runs on when :meth:`before` computed its result: an empty batch."""
@@ -437,8 +454,13 @@ class CTCComposite(LayerMapComposite):
         with CTCAttributor(model, composite, feature_mask=segments) as attributor:
             output, relevance = attributor(images, one_hot)
 
-    While the composite is registered and no CTC pass runs, the model computes exactly what it
-    computes without it. Registered in Zennit's registry as ``"ctc"``.
+    While the composite is registered and no CTC pass runs, the model's forward computes
+    exactly what it computes without it. CTC relevance is not a modified gradient, so a
+    gradient through the hooked model (Zennit's ``Gradient``, ``SmoothGrad``,
+    ``IntegratedGradients``, or ``output.backward()`` inside ``composite.context(model)``)
+    raises :class:`~ctc_plugin.ctc.errors.CompositeOutsideAttributorError` instead of
+    returning the plain gradient; Zennit's ``Occlusion`` ignores composites, this one included.
+    Registered in Zennit's registry as ``"ctc"``.
 
     Args:
         feature_mask: Default feature mask for attributors using this composite (Captum's

@@ -50,3 +50,32 @@ class RetiredTensorError(RuntimeError):
         super().__init__(
             f"{operation} read a tensor that a BatchNorm of the CTC pass had scaled in place"
         )
+
+
+class CompositeOutsideAttributorError(RuntimeError):
+    """A gradient ran through a model carrying :class:`~ctc_plugin.ctc.composite.CTCComposite`.
+
+    Zennit's gradient attributors (``zennit.attribution.Gradient``, ``SmoothGrad``,
+    ``IntegratedGradients``) and the manual idiom ``with composite.context(model): ...
+    output.backward(...)`` compute a modified gradient. CTC is not a modified gradient: its
+    scores come from a forward pass of one scaled copy of the input per feature, which only
+    :class:`~ctc_plugin.ctc.attributor.CTCAttributor` (or the Captum class
+    :class:`~ctc_plugin.ctc.attribution.CTC`) sets up. The composite's rules leave the
+    gradient untouched, so these idioms would return the plain gradient; the first CTC rule the
+    backward pass reaches raises this error instead.
+
+    Attributes:
+        module: The type name of the module whose CTC rule the gradient reached.
+    """
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        super().__init__(
+            f"a gradient ran through {module}, which carries a CTCComposite rule: CTC is not a "
+            "modified gradient, so zennit.attribution.Gradient, SmoothGrad or "
+            "IntegratedGradients with CTCComposite (or output.backward() inside "
+            "composite.context(model)) would return the plain gradient. Use "
+            "ctc_plugin.CTCAttributor(model, composite, feature_mask=...) — "
+            "`output, relevance = attributor(x, attr_output)` — or ctc_plugin.CTC(model)"
+            ".attribute(x, target, feature_mask=...)"
+        )

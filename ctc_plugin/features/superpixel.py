@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from skimage import color, filters, segmentation
 
-from ctc_plugin.features.base import FeatureTable, Segmenter, feature_table
+from ctc_plugin.features.base import FeatureTable, Segmentation, Segmenter, feature_table
 from ctc_plugin.features.cache import MaskCache
 from ctc_plugin.features.partition import to_partition
 
@@ -133,12 +134,21 @@ class SuperpixelSegmenter(Segmenter):
 class GridSegmenter(Segmenter):
     """A regular grid of rectangular cells as features (the simplest offline baseline).
 
+    The grid depends only on the image shape, never on the pixel values: any float or integer
+    batch ``(N, C, H, W)`` with any number of channels and any value range (normalised images,
+    ``[0, 255]``, the slightly out-of-range noisy copies Quantus makes, even NaN) gets the same
+    cells. That makes it the segmenter to use when the inputs' normalisation is unknown.
+
     Args:
         cells: Number of cells per side, or ``(rows, columns)``. Cells differ in size by at most
             one pixel when the image does not divide evenly.
-        value_range: Range of the (un-normalised) pixel values, or ``"auto"`` (only checked).
-        mean: Per-channel mean the images were normalised with, if any.
-        std: Per-channel standard deviation the images were normalised with, if any.
+        value_range: Accepted for the same signature as the other segmenters; ignored.
+        mean: Accepted for the same signature as the other segmenters; ignored.
+        std: Accepted for the same signature as the other segmenters; ignored.
+
+    Raises:
+        ValueError: ``cells`` below 1 (at construction); at call time a batch that is not
+            ``(N, C, H, W)``, an empty batch, or a grid finer than the image.
     """
 
     def __init__(
@@ -162,13 +172,42 @@ class GridSegmenter(Segmenter):
         """Return every option that changes the result."""
         return {"cells": self.cells}
 
-    def segment_image(self, image: np.ndarray) -> tuple[np.ndarray, FeatureTable]:
-        """Cut one image ``(H, W, 3)`` into the grid (row-major ids)."""
-        height, width = image.shape[:2]
+    def grid(self, height: int, width: int) -> np.ndarray:
+        """The label map ``(height, width)`` of the grid (row-major ids ``0..rows*cols-1``).
+
+        Raises:
+            ValueError: If the grid has more rows or columns than the image has pixels.
+        """
         rows, cols = self.cells
         if rows > height or cols > width:
             raise ValueError(f"a {rows}x{cols} grid does not fit a {height}x{width} image")
         row_ids = np.arange(height) * rows // height
         col_ids = np.arange(width) * cols // width
-        labels = row_ids[:, None] * cols + col_ids[None, :]
+        return row_ids[:, None] * cols + col_ids[None, :]
+
+    def segment_image(self, image: np.ndarray) -> tuple[np.ndarray, FeatureTable]:
+        """Cut one image ``(H, W, ...)`` into the grid (row-major ids); only its shape is read."""
+        labels = self.grid(*image.shape[:2])
         return labels, feature_table(labels)
+
+    def segment(self, images: torch.Tensor) -> Segmentation:
+        """The grid for a batch ``(N, C, H, W)``; the pixel values are not read.
+
+        Raises:
+            TypeError: If ``images`` is not a tensor.
+            ValueError: A batch that is not 4-dimensional, an empty batch, or a grid finer than
+                the image.
+        """
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(
+                f"images must be a torch.Tensor (N, C, H, W), got {type(images).__name__}"
+            )
+        if images.ndim != 4:
+            raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError("images is an empty batch (N = 0)")
+        count, _, height, width = images.shape
+        labels = self.grid(int(height), int(width))
+        mask = torch.from_numpy(labels.astype(np.int64)).to(images.device)
+        mask = mask.expand(count, 1, height, width).clone()
+        return Segmentation(mask=mask, features=[feature_table(labels) for _ in range(count)])
