@@ -3,6 +3,14 @@
 Each subcommand lives beside the code it drives and registers itself through a small
 ``add_parser(subparsers)`` function; this module only assembles them and maps errors to a
 clean message and exit status.
+
+Every user error (a bad option value, a missing or unreadable file, an output path that cannot
+be written, an image that is no image, ...) ends the command with exit status 2 and one line on
+stderr, ``ctc-plugin COMMAND: error: MESSAGE``, argparse's own style, without a usage block or
+a traceback. Mistakes argparse can see are found while parsing (the option types of
+:mod:`ctc_plugin.commands.arguments`); the rest are :class:`CLIError` (or the ``ValueError`` /
+``FileNotFoundError`` the library raises for bad input) while the command runs. Anything else is
+a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -26,9 +34,37 @@ class CLIError(Exception):
     """An error the command reports as one line, with exit status 2 (bad input or set-up)."""
 
 
+class UsageError(CLIError):
+    """A command-line mistake found while parsing, reported under the parser's ``prog``."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line: ``PROG: error: MESSAGE`` and status 2.
+
+    ``error`` raises :class:`UsageError` instead of printing the usage block and exiting;
+    :func:`main` prints it. Subcommand parsers are made of this class too, and each parser
+    that sets ``func`` also records its ``prog`` (``ctc-plugin zoo train``), the name that
+    errors raised while the command runs are reported under.
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        """Raise :class:`UsageError` (argparse would print the usage block and exit)."""
+        raise UsageError(self.prog, message)
+
+    def set_defaults(self, **kwargs) -> None:
+        """Set defaults; with ``func``, also ``prog``: the name errors are reported under."""
+        if "func" in kwargs:
+            kwargs.setdefault("prog", self.prog)
+        super().set_defaults(**kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every available subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ctc-plugin",
         description="Segment-level explanations (CTC, Explainer, Integrative CAM) for "
         "PyTorch image classifiers.",
@@ -46,17 +82,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status.
+
+    A user error returns 2 after one line on stderr, ``ctc-plugin COMMAND: error: MESSAGE``
+    (also with no COMMAND, and for arguments no command knows). ``--help`` still exits
+    through ``SystemExit(0)``, as argparse does.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        args, extra = parser.parse_known_args(argv)
+        if not getattr(args, "func", None):
+            commands = ", ".join(_command_names(parser))
+            raise UsageError(
+                parser.prog, f"choose a COMMAND ({commands}); `ctc-plugin --help` describes them"
+            )
+        if extra:
+            raise UsageError(args.prog, f"unrecognized arguments: {' '.join(extra)}")
         return int(args.func(args) or 0)
+    except UsageError as error:
+        return _report(error.prog, error)
     except (CLIError, FileNotFoundError, ValueError) as error:
-        print(f"ctc-plugin {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _report(args.prog, error)
+
+
+def _report(prog: str, error: Exception) -> int:
+    """Print ``error`` as the one line of a user error; return the exit status 2."""
+    message = " ".join(str(error).split())  # one line, whatever the message holds
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _command_names(parser: argparse.ArgumentParser) -> list[str]:
+    """The subcommands registered on ``parser``."""
+    return [
+        name
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name in action.choices
+    ]
 
 
 if __name__ == "__main__":  # pragma: no cover

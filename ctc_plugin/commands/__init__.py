@@ -8,8 +8,10 @@ from contextlib import contextmanager
 
 
 def add_threads_option(parser: argparse.ArgumentParser, default: int | None, text: str) -> None:
-    """Add ``--threads N`` (torch CPU threads) to ``parser``; ``None`` keeps torch's count."""
-    parser.add_argument("--threads", type=int, default=default, help=text)
+    """Add ``--threads N`` (torch CPU threads, 1 or more) to ``parser``; ``None`` keeps torch's."""
+    from ctc_plugin.commands.arguments import positive_int
+
+    parser.add_argument("--threads", type=positive_int, default=default, help=text)
 
 
 @contextmanager

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ctc_plugin.commands import add_threads_option, torch_threads
+from ctc_plugin.commands.arguments import non_negative_int, output_folder, positive_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.evaluation.benchmark import BenchmarkConfig
@@ -28,6 +28,7 @@ OPTIONS = {
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``ctc-plugin benchmark``."""
+    from ctc_plugin.datasets.scene import SPLITS
     from ctc_plugin.zoo.loading import FAMILIES
 
     parser = subparsers.add_parser(
@@ -43,19 +44,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--quick", action="store_true", help="a small run (one model, a few images; minutes)"
     )
     parser.add_argument(
-        "--out", type=Path, default=Path(DEFAULT_OUT), help=f"output folder ({DEFAULT_OUT})"
+        "--out", type=output_folder, default=DEFAULT_OUT, help=f"output folder ({DEFAULT_OUT})"
     )
-    parser.add_argument("--images", type=int, help="images per split (full run: 200)")
+    parser.add_argument("--images", type=positive_int, help="images per split (full run: 200)")
     parser.add_argument(
-        "--robustness-images", type=int, help="images that also get the robustness metrics"
+        "--robustness-images",
+        type=non_negative_int,
+        help="images that also get the robustness metrics (at most --images)",
     )
     parser.add_argument(
         "--families",
         nargs="+",
+        choices=FAMILIES,
         metavar="FAMILY",
         help=f"zoo families ({' '.join(FAMILIES)})",
     )
-    parser.add_argument("--splits", nargs="+", metavar="SPLIT", help="shapes and/or composite")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        choices=tuple(SPLITS),
+        metavar="SPLIT",
+        help="shapes and/or composite",
+    )
     parser.add_argument(
         "--features",
         nargs="+",
@@ -63,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="feature sources for feature-based methods: oracle superpixel selected",
     )
     parser.add_argument("--methods", nargs="+", metavar="NAME", help="method names to run")
-    parser.add_argument("--lime-samples", type=int, help="samples for Lime and KernelShap")
+    parser.add_argument("--lime-samples", type=positive_int, help="samples for Lime and KernelShap")
     add_threads_option(parser, None, "torch CPU threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument(

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctc_plugin.cli import CLIError
+from ctc_plugin.commands.arguments import input_file, output_file, positive_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,9 +49,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     explain.add_argument(
         "image",
         nargs="?",
-        type=Path,
+        type=input_file,
         default=None,
-        help="RGB image file (PNG, JPEG, ...); default: a bundled synthetic sample",
+        metavar="IMAGE",
+        help="image file (PNG, JPEG, ...; palette, grayscale, 16-bit and CMYK images are read "
+        "as RGB, transparent pixels composited on white); default: a bundled synthetic sample",
     )
     _add_options(explain, default_out="explanation.png")
     explain.set_defaults(func=run_explain)
@@ -81,13 +84,13 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     )
     parser.add_argument(
         "--weights",
-        type=Path,
+        type=input_file,
         default=None,
         help="state-dict file (torch.save) to load into the model",
     )
     parser.add_argument(
         "--input-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="side the image is resized to (default: the model's own)",
     )
@@ -104,13 +107,13 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     )
     parser.add_argument(
         "--segments",
-        type=int,
+        type=positive_int,
         default=25,
         help="about how many segments: superpixels, or grid cells (rounded to a square grid)",
     )
     parser.add_argument(
         "--sam-checkpoint",
-        type=Path,
+        type=input_file,
         default=None,
         help="segment-anything checkpoint (.pth), needed by --segmenter sam",
     )
@@ -125,8 +128,10 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
         default="reference",
         help="how CTC shares biases among the features",
     )
-    parser.add_argument("--top", type=int, default=10, help="features to list and plot")
-    parser.add_argument("--out", type=Path, default=Path(default_out), help="figure (PNG)")
+    parser.add_argument("--top", type=positive_int, default=10, help="features to list and plot")
+    parser.add_argument(
+        "--out", type=output_file, default=default_out, help=f"figure (PNG; {default_out})"
+    )
 
 
 # ---------------------------------------------------------------------- models
@@ -140,8 +145,6 @@ def _zoo_model(name: str, weights: Path | None) -> LoadedModel:
         raise CLIError(
             f"--model {name!r}: unknown split {split!r}; use {family} or {family}-composite"
         )
-    if weights is not None and not weights.is_file():
-        raise CLIError(f"--weights: file not found: {weights}")
     try:
         model = zoo.load(family, split, weights=weights)
     except FileNotFoundError as error:
@@ -158,8 +161,6 @@ def _torchvision_model(name: str, weights: Path | None) -> LoadedModel:
             f"--model {name} is a torchvision architecture: give its weights with "
             "--weights PATH (a state-dict .pth file; nothing is downloaded)"
         )
-    if not weights.is_file():
-        raise CLIError(f"--weights: file not found: {weights}")
     extra = {"aux_logits": True, "init_weights": False} if name == "inception_v3" else {}
     network = zoo.load_torchvision(name, weights, **extra)
     model = nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), network).eval()
@@ -183,8 +184,6 @@ def _callable_model(spec: str, weights: Path | None) -> LoadedModel:
             f"got {type(model).__name__}"
         )
     if weights is not None:
-        if not weights.is_file():
-            raise CLIError(f"--weights: file not found: {weights}")
         model.load_state_dict(read_state_dict(weights))
     return LoadedModel(model.eval(), spec, 224, None)
 
@@ -192,8 +191,10 @@ def _callable_model(spec: str, weights: Path | None) -> LoadedModel:
 def load_model(name: str, weights: Path | None) -> LoadedModel:
     """Resolve ``--model`` / ``--weights`` into a model taking images in [0, 1].
 
+    ``weights`` is a readable file (``--weights`` checks it while parsing).
+
     Raises:
-        CLIError: Unknown model names and missing weight files, naming the flag to fix.
+        CLIError: Unknown model names and missing zoo weights, naming the flag to fix.
     """
     import torchvision.models
 
@@ -212,37 +213,84 @@ def load_model(name: str, weights: Path | None) -> LoadedModel:
 
 
 # ---------------------------------------------------------------------- images
+#: Modes holding an alpha channel (``P`` images may too: a ``transparency`` entry).
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+#: Integer grayscale modes read as 16-bit values (16-bit PNGs open as ``I;16``, or ``I`` in
+#: older Pillow versions).
+WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
 def load_image(path: Path, size: int) -> torch.Tensor:
-    """Read an RGB image file as a ``(1, 3, size, size)`` float tensor in [0, 1].
+    """Read an image file as a ``(1, 3, size, size)`` float tensor in [0, 1].
+
+    Every colour or gray image is read as the RGB image it shows (:func:`to_rgb`): palette
+    and CMYK images are converted, grayscale ones (8- and 16-bit) repeat their one channel
+    three times, and transparent pixels are composited on white. The image is then resized
+    to ``size x size``.
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        CLIError: If it is not a readable image or does not have 3 (RGB) channels.
+        CLIError: If it is not a readable image, or an image with no RGB reading.
     """
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path} (give the path of an RGB image)")
+        raise FileNotFoundError(f"image file not found: {path} (give the path of an image)")
     try:
         with Image.open(path) as opened:
             opened.load()
             image = opened.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise CLIError(
             f"cannot read {path} as an image ({error}); is the file complete and a PNG/JPEG?"
         ) from error
-    bands = image.getbands()
-    if len(bands) != 3:
-        raise CLIError(
-            f"{path} has {len(bands)} channel(s) (mode {image.mode}); the models take "
-            "3-channel RGB images: convert it to RGB first"
-        )
-    image = image.convert("RGB")
+    if image.mode != "RGB":
+        print(f"reading {path.name} (mode {image.mode}) as RGB")
+    image = to_rgb(image, path)
     if image.size != (size, size):
         print(f"resizing {image.size[0]}x{image.size[1]} -> {size}x{size} (the model's input)")
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array.transpose(2, 0, 1).copy()).unsqueeze(0)
+
+
+def to_rgb(image, path: Path):
+    """Return the PIL image ``image`` as the 8-bit RGB image it shows.
+
+    - palette (``P``, ``PA``), CMYK, YCbCr and other colour modes: Pillow's conversion;
+    - grayscale (``1``, ``L``): the gray value in all three channels;
+    - 16-bit grayscale (``I;16`` and ``I``): scaled from 0..65535 to 0..255, then as ``L``;
+    - with transparency (``RGBA``, ``LA``, ``PA``, a ``P`` image's transparent colour):
+      composited on a white background, so transparent pixels are white (the colour they are
+      usually shown on) rather than whatever colour the file stores under them.
+
+    Raises:
+        CLIError: For floating-point images (mode ``F``: no fixed range) and modes Pillow
+            cannot convert.
+    """
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode == "F":
+        raise CLIError(
+            f"{path} is a floating-point image (mode F), which has no fixed range: save it "
+            "as an 8- or 16-bit image first"
+        )
+    if image.mode in WIDE_MODES:
+        wide = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8))
+    try:
+        if image.mode in ALPHA_MODES or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return image.convert("RGB")
+    except ValueError as error:
+        raise CLIError(
+            f"{path}: cannot read mode {image.mode} as RGB ({error}); convert it to RGB first"
+        ) from error
 
 
 def make_segmenter(args: argparse.Namespace):
@@ -258,11 +306,40 @@ def make_segmenter(args: argparse.Namespace):
             "--segmenter sam needs a segment-anything checkpoint: pass "
             "--sam-checkpoint PATH (e.g. sam_vit_b_01ec64.pth, with --sam-model-type)"
         )
-    if not args.sam_checkpoint.is_file():
-        raise CLIError(f"--sam-checkpoint: file not found: {args.sam_checkpoint}")
     from ctc_plugin.adapters.sam import SAMSegmenter
 
     return SAMSegmenter(checkpoint=args.sam_checkpoint, model_type=args.sam_model_type)
+
+
+def _check_input_channels(loaded: LoadedModel) -> None:
+    """Refuse a model whose first convolution does not take the 3 channels of an RGB image."""
+    first = next((m for m in loaded.model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first.in_channels != 3:
+        raise CLIError(
+            f"--model {loaded.name} takes {first.in_channels}-channel images; explain reads "
+            "every image as 3-channel RGB"
+        )
+
+
+def _logits(loaded: LoadedModel, image: torch.Tensor, resized: bool) -> torch.Tensor:
+    """The model's logits for ``image``; a size the model cannot take is a user error.
+
+    Raises:
+        CLIError: If ``--input-size`` changed the model's input size and the model fails on
+            it (a RuntimeError from its layers); at its own size a failure stays a traceback.
+    """
+    try:
+        with torch.no_grad():
+            return loaded.model(image)[0]
+    except RuntimeError as error:
+        if not resized:
+            raise
+        size = image.shape[-1]
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CLIError(
+            f"--input-size {size}: {loaded.name} cannot take {size}x{size} images ({first}); "
+            f"its own size is {loaded.input_size}"
+        ) from error
 
 
 def _target(spec: str | None, loaded: LoadedModel, logits: torch.Tensor) -> int:
@@ -290,14 +367,14 @@ def explain(args: argparse.Namespace, evidence: torch.Tensor | None = None) -> i
 
     split = getattr(args, "split", "shapes")
     loaded = load_model(args.model, args.weights)
+    _check_input_channels(loaded)
     size = args.input_size or loaded.input_size
     image_path = args.image or _sample_path(split, "image")
     image = load_image(image_path, size)
     if evidence is not None and evidence.shape != (size, size):
         resized = F.interpolate(evidence[None, None].float(), size=(size, size), mode="nearest")
         evidence = resized[0, 0] > 0.5
-    with torch.no_grad():
-        logits = loaded.model(image)[0]
+    logits = _logits(loaded, image, resized=size != loaded.input_size)
     target = _target(args.target, loaded, logits)
     segmenter = make_segmenter(args)
     with tqdm(total=3, desc="explaining", unit="step") as steps:

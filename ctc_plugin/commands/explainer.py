@@ -14,10 +14,22 @@ from __future__ import annotations
 import argparse
 import shlex
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctc_plugin.commands import add_threads_option, torch_threads
+from ctc_plugin.commands.arguments import (
+    checked,
+    finite_float,
+    fraction,
+    input_file,
+    integer,
+    non_negative_float,
+    output_file,
+    positive_float,
+    positive_int,
+    real,
+    seed,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
@@ -36,17 +48,18 @@ STUDENT_GATES = ("student", "student-unet")
 #: Images per distillation step of the student gates.
 STUDENT_BATCH = 64
 
-#: Options of the student gates: flag, default, help (an error with another gate).
+#: Options of the student gates: flag, default, option type, help (an error with another gate).
 STUDENT_OPTIONS = (
-    ("--student-width", 8, "channels of the student's first block"),
-    ("--student-epochs", 10, "distillation epochs"),
+    ("--student-width", 8, positive_int, "channels of the student's first block"),
+    ("--student-epochs", 10, positive_int, "distillation epochs"),
     (
         "--student-images",
         3000,
+        positive_int,
         "single-object training images; shapes adds half as many two-object ones (at least "
         "one batch of 64 in all: 43 on shapes)",
     ),
-    ("--seed", 0, "seed of the student and its batches"),
+    ("--seed", 0, seed, "seed of the student and its batches"),
 )
 
 #: Defaults of this command (the shipped explainers' commands are stored in their files).
@@ -83,9 +96,13 @@ WEIGHTS = (
     "a_max",
 )
 
+#: The option type of each of ``WEIGHTS``: weights are 0 or more, area bounds fractions.
+WEIGHT_TYPES = {name: fraction if name.startswith("a_") else non_negative_float for name in WEIGHTS}
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``explainer train``."""
+    """Register ``explainer train`` and ``explainer gate``."""
+    from ctc_plugin.datasets.scene import SPLITS
     from ctc_plugin.zoo.loading import FAMILIES
 
     parser = subparsers.add_parser(
@@ -101,19 +118,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "the optional two-object images). Each shipped explainer "
         "stores the exact command that made it in its metadata['command'].",
     )
-    train.add_argument("--model", required=True, help=f"zoo family: {', '.join(FAMILIES)}")
-    train.add_argument("--split", default="shapes", help="data split (default: shapes)")
-    train.add_argument("--weights", type=Path, help="classifier weights instead of the shipped")
-    train.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="most epochs")
-    train.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed")
-    train.add_argument("--out", type=Path, help="output file (default explainer-MODEL-SPLIT.pt)")
-    train.add_argument("--resume", type=Path, help="checkpoint to continue from")
-    train.add_argument("--checkpoint", type=Path, help="checkpoint file (default OUT.ckpt)")
+    train.add_argument(
+        "--model",
+        required=True,
+        choices=FAMILIES,
+        metavar="FAMILY",
+        help=f"zoo family: {', '.join(FAMILIES)}",
+    )
+    train.add_argument(
+        "--split", default="shapes", choices=tuple(SPLITS), help="data split (default: shapes)"
+    )
+    train.add_argument(
+        "--weights", type=input_file, help="classifier weights instead of the shipped"
+    )
+    train.add_argument(
+        "--epochs", type=positive_int, default=DEFAULTS["epochs"], help="most epochs"
+    )
+    train.add_argument("--seed", type=seed, default=DEFAULTS["seed"], help="random seed")
+    train.add_argument(
+        "--out", type=output_file, help="output file (default explainer-MODEL-SPLIT.pt)"
+    )
+    train.add_argument("--resume", type=input_file, help="checkpoint to continue from")
+    train.add_argument("--checkpoint", type=output_file, help="checkpoint file (default OUT.ckpt)")
     train.add_argument("--preset", default="default", help="published loss weights by name")
-    train.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
+    train.add_argument(
+        "--lr", type=positive_float, default=DEFAULTS["lr"], help="Adam learning rate"
+    )
     for name in WEIGHTS:
         train.add_argument(
-            f"--{name.replace('_', '-')}", type=float, help=f"{name} (default: the preset's)"
+            f"--{name.replace('_', '-')}",
+            type=WEIGHT_TYPES[name],
+            help=f"{name} (default: the preset's)",
         )
     train.add_argument(
         "--backbone",
@@ -122,30 +157,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="unet-small (fast) or classifier (class-specific masks: a trainable copy of the "
         "model with its head applied per position, refined by a small U-Net)",
     )
-    train.add_argument("--width", type=int, default=DEFAULTS["width"], help="U-Net channels")
     train.add_argument(
-        "--depth", type=int, default=DEFAULTS["depth"], help="U-Net resolutions (default 3)"
+        "--width", type=positive_int, default=DEFAULTS["width"], help="U-Net channels"
+    )
+    train.add_argument(
+        "--depth",
+        type=integer(2),
+        default=DEFAULTS["depth"],
+        help="U-Net resolutions, 2 or more (default 3)",
     )
     train.add_argument(
         "--input-scale",
-        type=float,
+        type=real(0.0, 1.0, positive=True),
         default=DEFAULTS["input_scale"],
         help="resize images by this factor in (0, 1] before the U-Net (0.25: ~5x faster)",
     )
     train.add_argument(
         "--two-object-fraction",
-        type=float,
+        type=non_negative_float,
         default=DEFAULTS["two_object_fraction"],
         help="add this fraction of --train-size images holding two shapes of different classes, "
         "with multi-label targets (shapes split only; default 0)",
     )
-    train.add_argument("--train-size", type=int, default=DEFAULTS["train_size"])
-    train.add_argument("--val-size", type=int, default=DEFAULTS["val_size"])
-    train.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    train.add_argument("--patience", type=int, default=DEFAULTS["patience"])
+    train.add_argument("--train-size", type=positive_int, default=DEFAULTS["train_size"])
+    train.add_argument("--val-size", type=positive_int, default=DEFAULTS["val_size"])
+    train.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])
+    train.add_argument("--patience", type=positive_int, default=DEFAULTS["patience"])
     train.add_argument(
         "--baseline",
-        type=float,
+        type=finite_float,
         default=DEFAULTS["baseline"],
         help="value masked-out pixels take (0.5: the zoo models' normalisation mean)",
     )
@@ -166,16 +206,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "network (backbone 'student-unet', about the default explainer's cost; load with "
         "Explainer.load(PATH)).",
     )
-    gate.add_argument("--model", required=True, help=f"zoo family: {', '.join(FAMILIES)}")
-    gate.add_argument("--split", default="shapes", help="data split (default: shapes)")
     gate.add_argument(
-        "--mask-explainer", type=Path, help="default explainer file (default: the shipped one)"
+        "--model",
+        required=True,
+        choices=FAMILIES,
+        metavar="FAMILY",
+        help=f"zoo family: {', '.join(FAMILIES)}",
     )
-    gate.add_argument("--sharpness", type=float, default=10.0, help="gate sharpness a (10)")
-    gate.add_argument("--threshold", type=float, default=0.3, help="gate threshold t (0.3)")
+    gate.add_argument(
+        "--split", default="shapes", choices=tuple(SPLITS), help="data split (default: shapes)"
+    )
+    gate.add_argument(
+        "--mask-explainer",
+        type=input_file,
+        help="default explainer file (default: the shipped one)",
+    )
+    gate.add_argument(
+        "--sharpness", type=positive_float, default=10.0, help="gate sharpness a (10)"
+    )
+    gate.add_argument("--threshold", type=finite_float, default=0.3, help="gate threshold t (0.3)")
     gate.add_argument(
         "--mask-offset",
-        type=float,
+        type=finite_float,
         default=0.0,
         help="added to the mask logits S (0): larger values give larger masks",
     )
@@ -187,8 +239,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "or one distilled network for class maps and masks",
     )
     student = gate.add_argument_group("students (--gate student and student-unet only)")
-    for flag, default, text in STUDENT_OPTIONS:
-        student.add_argument(flag, type=int, help=f"{text} ({default})")
+    for flag, default, kind, text in STUDENT_OPTIONS:
+        student.add_argument(flag, type=kind, help=f"{text} ({default})")
     student.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_threads_option(
         gate,
@@ -198,7 +250,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "at the same count gives the same weights",
     )
     gate.add_argument(
-        "--out", type=Path, help="output file (default explainer-MODEL-SPLIT-gated.pt)"
+        "--out", type=output_file, help="output file (default explainer-MODEL-SPLIT-gated.pt)"
     )
     gate.set_defaults(func=run_gate)
 
@@ -246,18 +298,10 @@ def _train(args: argparse.Namespace) -> int:
     from ctc_plugin.explainer.network import Explainer
     from ctc_plugin.explainer.specificity import two_object_training_data
 
-    if min(args.train_size, args.val_size, args.batch_size, args.epochs, args.width) < 1:
-        raise ValueError("sizes, --epochs and --width must be positive")
-    if args.depth < 2:
-        raise ValueError(f"--depth must be at least 2, got {args.depth}")
-    if not 0 < args.input_scale <= 1:
-        raise ValueError(f"--input-scale must lie in (0, 1], got {args.input_scale}")
-    if args.two_object_fraction < 0:
-        raise ValueError(f"--two-object-fraction must be >= 0, got {args.two_object_fraction}")
     if args.two_object_fraction > 0 and args.split != "shapes":
         raise ValueError("--two-object-fraction composes shapes images: use it with --split shapes")
-    out = args.out or Path(f"explainer-{args.model}-{args.split}.pt")
-    checkpoint = args.checkpoint or out.with_name(out.name + ".ckpt")
+    out = args.out or checked("--out", output_file, f"explainer-{args.model}-{args.split}.pt")
+    checkpoint = args.checkpoint or checked("--checkpoint", output_file, f"{out}.ckpt")
     classifier = zoo.load(args.model, args.split, weights=args.weights)
     progress = not args.no_progress
     train = ShapesDataset(args.split, size=args.train_size, seed=TRAIN_SEED)
@@ -372,7 +416,7 @@ def _gate(args: argparse.Namespace) -> int:
     words += ["--sharpness", str(args.sharpness), "--threshold", str(args.threshold)]
     words += ["--mask-offset", str(args.mask_offset), "--gate", args.gate]
     if args.gate in STUDENT_GATES:
-        for flag, _, _ in STUDENT_OPTIONS:
+        for flag, *_ in STUDENT_OPTIONS:
             words += [flag, str(getattr(args, _dest(flag)))]
         words += ["--threads", str(args.threads)]  # only training depends on the count
     metadata: dict[str, Any] = {
@@ -389,7 +433,7 @@ def _gate(args: argparse.Namespace) -> int:
     }
     if args.gate in STUDENT_GATES:
         metadata["threads"] = args.threads
-    out = args.out or Path(f"explainer-{args.model}-{args.split}-gated.pt")
+    out = args.out or checked("--out", output_file, f"explainer-{args.model}-{args.split}-gated.pt")
     gated.save(out, metadata)
     losses = f"; distillation loss {history[0]:.3f} -> {history[-1]:.3f}" if history else ""
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB){losses}")
@@ -459,17 +503,15 @@ def _gated_explainer(
 
 def _check_student_options(args: argparse.Namespace) -> None:
     """Refuse unusable student options before anything is loaded; fill in their defaults."""
-    given = [flag for flag, _, _ in STUDENT_OPTIONS if getattr(args, _dest(flag)) is not None]
+    given = [flag for flag, *_ in STUDENT_OPTIONS if getattr(args, _dest(flag)) is not None]
     if args.gate not in STUDENT_GATES:
         if given:
             gates = " and ".join(STUDENT_GATES)
             raise ValueError(f"{', '.join(given)} apply to --gate {gates} only")
         return
-    for flag, fallback, _ in STUDENT_OPTIONS:
+    for flag, fallback, *_ in STUDENT_OPTIONS:
         if getattr(args, _dest(flag)) is None:
             setattr(args, _dest(flag), fallback)
-    if min(args.student_width, args.student_epochs, args.student_images) < 1:
-        raise ValueError("--student-width, --student-epochs and --student-images must be >= 1")
     count = distillation_image_count(args.split, args.student_images)
     if count < STUDENT_BATCH:
         raise ValueError(

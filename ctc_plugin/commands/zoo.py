@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
 from ctc_plugin.commands import add_threads_option, torch_threads
+from ctc_plugin.commands.arguments import input_file, output_folder, positive_int, seed
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,14 +31,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"model families to train: {', '.join(FAMILIES)}",
     )
     train.add_argument("--split", choices=("shapes", "composite"), default="shapes")
-    train.add_argument("--seed", type=int, default=defaults.seed, help="training seed")
-    train.add_argument("--size", type=int, default=defaults.size, help="training images")
+    train.add_argument("--seed", type=seed, default=defaults.seed, help="training seed")
+    train.add_argument("--size", type=positive_int, default=defaults.size, help="training images")
     shipped = ", ".join(
         f"{family} {values['epochs']}" for family, values in FAMILY_TRAINING.items()
     )
     train.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         default=None,
         help=f"passes over the training images (default: the family's shipped setting, "
         f"{defaults.epochs}; {shipped})",
@@ -47,11 +47,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         train, 1, "torch threads (results are bitwise reproducible per thread count)"
     )
     train.add_argument(
-        "--eval-size", type=int, default=500, help="test images (seed 1) measured after training"
+        "--eval-size",
+        type=positive_int,
+        default=500,
+        help="test images (seed 1) measured after training",
     )
     train.add_argument(
         "--out",
-        type=Path,
+        type=output_folder,
         default=None,
         help="output folder (default: the package's shipped weights folder)",
     )
@@ -60,9 +63,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate = actions.add_parser("eval", help="measure test accuracy on a fresh sample")
     evaluate.add_argument("families", nargs="+", choices=FAMILIES, metavar="FAMILY")
     evaluate.add_argument("--split", choices=("shapes", "composite"), default="shapes")
-    evaluate.add_argument("--size", type=int, default=500, help="test images")
-    evaluate.add_argument("--seed", type=int, default=1, help="test seed (not 0, the training one)")
-    evaluate.add_argument("--weights", type=Path, default=None, help="a weight file to evaluate")
+    evaluate.add_argument("--size", type=positive_int, default=500, help="test images")
+    evaluate.add_argument(
+        "--seed", type=seed, default=1, help="test seed (not 0, the training one)"
+    )
+    evaluate.add_argument(
+        "--weights", type=input_file, default=None, help="a weight file to evaluate"
+    )
     evaluate.set_defaults(func=run_eval)
 
     manifest = actions.add_parser(

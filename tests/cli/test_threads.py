@@ -37,7 +37,7 @@ def test_torch_threads_sets_the_count_inside_and_restores_it_after():
 def test_every_training_and_benchmark_command_checks_threads(command, tmp_path, capsys):
     assert main([*command, "--threads", "0", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "--threads must be at least 1, got 0" in err and "Traceback" not in err
+    assert "argument --threads: must be at least 1, got 0" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # refused before any work
 
 

@@ -63,7 +63,7 @@ def test_two_object_images_and_depth_are_used_and_recorded(tmp_path):
     ("options", "message"),
     [
         (["--split", "composite", "--two-object-fraction", "0.5"], "--split shapes"),
-        (["--two-object-fraction", "-1"], ">= 0"),
+        (["--two-object-fraction", "-1"], "--two-object-fraction: must be at least 0"),
         (["--depth", "1"], "--depth"),
         (["--input-scale", "0"], "--input-scale"),
     ],
@@ -182,11 +182,13 @@ def test_gate_student_unet_distils_class_maps_and_masks_into_one_network(
     err = capsys.readouterr().err  # 42 + 21 two-object images: one short of a batch
     assert "--student-images 42 gives 63 distillation images on split 'shapes'" in err
     assert "(64)" in err
-    missing = ["explainer", "gate", "--model", "resnet", "--mask-explainer", "missing.pt"]
-    assert main([*missing, "--gate", "student-unet", "--student-images", "42"]) == 2
+    unreadable = tmp_path / "not-an-explainer.pt"
+    unreadable.write_bytes(b"not a torch file")
+    garbage = ["explainer", "gate", "--model", "resnet", "--mask-explainer", str(unreadable)]
+    assert main([*garbage, "--gate", "student-unet", "--student-images", "42"]) == 2
     assert "--student-images 42" in capsys.readouterr().err  # checked before loading anything
     assert main([*gate, "--threads", "0"]) == 2
-    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+    assert "argument --threads: must be at least 1, got 0" in capsys.readouterr().err
 
 
 @needs_zoo

@@ -1,0 +1,157 @@
+"""Option types shared by every subcommand: numbers in range, files to read, paths to write.
+
+Each is an argparse ``type``: it turns the option's text into a value or raises
+``argparse.ArgumentTypeError``, which argparse reports as one line,
+``ctc-plugin COMMAND: error: argument --flag: MESSAGE`` (see :mod:`ctc_plugin.cli`), before
+anything is loaded or computed. String defaults go through the same check.
+
+The path checks look at the file system as it is when the command starts; they catch the
+usual mistakes (a typo, a folder given for a file, a file in the way of a folder, a read-only
+place), not a race with another process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+#: Largest seed: every random generator the commands seed (torch, NumPy) takes 32 bits.
+MAX_SEED = 2**32 - 1
+
+
+def integer(minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:
+    """An option type for whole numbers from ``minimum`` to ``maximum`` (inclusive)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def real(
+    minimum: float | None = None, maximum: float | None = None, *, positive: bool = False
+) -> Callable[[str], float]:
+    """An option type for finite numbers in ``[minimum, maximum]`` (``> 0`` if ``positive``).
+
+    ``nan`` and ``inf``, which ``float`` accepts, are refused.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if positive and value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:g}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+#: Counts, sizes, epochs, threads: 1 or more.
+positive_int = integer(1)
+#: Counts that may be zero.
+non_negative_int = integer(0)
+#: Random seeds: 0 to 2**32 - 1.
+seed = integer(0, MAX_SEED)
+#: Any finite number.
+finite_float = real()
+#: Rates, scales: finite and above 0.
+positive_float = real(positive=True)
+#: Loss weights, fractions that may exceed 1: finite and 0 or more.
+non_negative_float = real(0.0)
+#: Fractions of a whole: 0 to 1.
+fraction = real(0.0, 1.0)
+
+
+def input_file(text: str) -> Path:
+    """An option type for a file to read: it must exist, be a file and be readable."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"file not found: {text}")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"cannot read {text} (permission denied)")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """An option type for a file to write (missing folders above it are created).
+
+    Refused: a path that is an existing folder, an existing file that cannot be written, and
+    a path under an existing file or under a folder that cannot be written.
+    """
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text} (permission denied)")
+    _check_parent(path, text)
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """An option type for a folder to write into (created with its parents if missing).
+
+    Refused: an existing file, an existing folder that cannot be written, and a path under an
+    existing file or under a folder that cannot be written.
+    """
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(f"cannot write into {text} (permission denied)")
+        return path
+    _check_parent(path, text)
+    return path
+
+
+def _check_parent(path: Path, text: str) -> None:
+    """Refuse ``path`` if its nearest existing ancestor is no folder or cannot be written."""
+    for ancestor in path.absolute().parents:
+        if not ancestor.exists():
+            continue
+        if not ancestor.is_dir():
+            raise argparse.ArgumentTypeError(
+                f"cannot create {text}: {ancestor} is a file, not a folder"
+            )
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(
+                f"cannot create {text}: no permission to write into {ancestor}"
+            )
+        return
+
+
+def checked(flag: str, check: Callable[[str], Path], text: str) -> Path:
+    """Apply an option type to a value chosen while the command runs (a derived default).
+
+    Raises:
+        CLIError: What argparse would have reported for ``flag``.
+    """
+    from ctc_plugin.cli import CLIError
+
+    try:
+        return check(text)
+    except argparse.ArgumentTypeError as error:
+        raise CLIError(f"argument {flag}: {error}") from error
