@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ctc_plugin.cam.alpha import Phi
 from ctc_plugin.cam.integrative import IntegrativeCAM, LayerScore
+from ctc_plugin.concurrency import CallScope, PerThread, exclusive, shared
 
 try:
     from pytorch_grad_cam.base_cam import BaseCAM
@@ -45,7 +46,13 @@ class IntegrativeGradCAM(BaseCAM):
     fails too) or fails on the output row raises a ``ValueError`` naming it.
     ``aug_smooth=True`` works as for the other methods.
 
-    As every pytorch-grad-cam method does, the constructor puts the model in eval mode.
+    As every pytorch-grad-cam method does, the constructor puts the model in eval mode (holding
+    it exclusively meanwhile, so no call of this package on it sees the switch).
+
+    Threads: one instance and one model may serve several threads at once; each call gives
+    exactly what it gives alone, calls run concurrently as those of
+    :class:`~ctc_plugin.cam.integrative.IntegrativeCAM` do, and ``cam.outputs`` holds the output
+    of the calling thread's last call.
 
     Args:
         model: The classifier.
@@ -58,8 +65,11 @@ class IntegrativeGradCAM(BaseCAM):
             (:func:`~ctc_plugin.cam.transformers.tokens_to_grid`).
 
     Attributes:
-        outputs: The model's output on the last batch, (N, classes), or None before any call.
+        outputs: The model's output on this thread's last batch, (N, classes), or None before
+            any call.
     """
+
+    outputs = PerThread()
 
     def __init__(
         self,
@@ -71,7 +81,8 @@ class IntegrativeGradCAM(BaseCAM):
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         # pytorch-grad-cam's own activation hooks are not used: pass no layers to BaseCAM.
-        super().__init__(model, target_layers=[], uses_gradients=True)
+        with exclusive(model):  # BaseCAM switches the model to eval mode
+            super().__init__(model, target_layers=[], uses_gradients=True)
         self.target_layers = list(target_layers) if target_layers is not None else []
         self.integrative = IntegrativeCAM(
             model,
@@ -82,7 +93,6 @@ class IntegrativeGradCAM(BaseCAM):
             reshape_transform=reshape_transform,
         )
         self.reshape_transform = reshape_transform
-        self.outputs: Tensor | None = None
 
     def forward(
         self,
@@ -117,11 +127,14 @@ class IntegrativeGradCAM(BaseCAM):
             if isinstance(output, Tensor):
                 seen.append(output.detach())
 
-        handle = self.model.register_forward_hook(record)
-        try:
-            maps = self.integrative.attribute(input_tensor, target=target)
-        finally:
-            handle.remove()
+        scope = CallScope()  # record this call's forward pass, not other threads' passes
+        with shared(self.model):
+            handle = self.model.register_forward_hook(scope.only(record))
+            try:
+                with scope:
+                    maps = self.integrative.attribute(input_tensor, target=target)
+            finally:
+                handle.remove()
         self.outputs = seen[-1] if seen else None
         with torch.no_grad():
             return maps[:, 0].detach().cpu().numpy().astype(np.float32)

@@ -33,6 +33,7 @@ from ctc_plugin.cam.bias import bias_map
 from ctc_plugin.cam.fusion import RunningFusion, minmax
 from ctc_plugin.cam.layers import BATCHNORM_TYPES, Stage, StageTracer, module_names
 from ctc_plugin.cam.transformers import Reshape, transformer_stages
+from ctc_plugin.concurrency import CallScope, holds_model
 from ctc_plugin.targets import TargetType as Target
 from ctc_plugin.targets import target_scores as select_scores
 
@@ -135,6 +136,13 @@ class IntegrativeCAM(Attribution):
             (N, T, D) token maps; ``None``: the outputs are such maps (or, for known
             transformer blocks, their own reshape).
 
+    Threads: one instance and one model may serve several threads at once; each call gives
+    exactly what it gives alone. A call only reads the model: the layer hooks it registers
+    record its own forward pass and ignore other threads' passes through the same modules, so
+    calls run concurrently, and wait while a call that changes the model (a
+    :class:`~ctc_plugin.ctc.attributor.CTCAttributor` pass) runs on it (see
+    :mod:`ctc_plugin.concurrency`).
+
     Example:
         >>> cam = IntegrativeCAM(model)
         >>> maps = cam.attribute(images, target=labels)        # (N, 1, H, W) in [0, 1]
@@ -208,6 +216,7 @@ class IntegrativeCAM(Attribution):
     ) -> tuple[Tensor, LayerMaps]: ...
 
     @log_usage()
+    @holds_model()
     def attribute(
         self,
         inputs: TensorOrTuple,
@@ -255,13 +264,14 @@ class IntegrativeCAM(Attribution):
             run.on_grad, discover=chosen is None, fold_bias=self.bias, names=self._names()
         )
         handles = []
+        scope = CallScope()  # the layer hooks record this call's forward pass only
         try:
             for module, reshape in chosen or []:
                 name = self._layer_name(module)
-                hook = partial(_record_layer, tracer, name, reshape)
+                hook = scope.only(partial(_record_layer, tracer, name, reshape))
                 handles.append(module.register_forward_hook(hook))
             with torch.enable_grad():
-                with tracer:
+                with tracer, scope:
                     output = self.forward_func(*leaves, *extra)
                 tracer.finish()
                 for handle in handles:

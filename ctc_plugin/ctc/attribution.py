@@ -10,12 +10,12 @@ from typing import Any, Literal, overload
 import torch
 from captum.attr import Attribution
 from captum.log import log_usage
-from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 from tqdm.auto import tqdm
 
+from ctc_plugin.concurrency import holds_model, model_of
 from ctc_plugin.ctc.boxes import batch_boxes
 from ctc_plugin.ctc.errors import RetiredTensorError, UnsupportedOperationError
 from ctc_plugin.ctc.interception import CTCMode
@@ -89,6 +89,13 @@ class CTC(Attribution):
             ``"proportional"`` (shares ``|z_k| / sum_j |z_j|``; scores over a partition add up
             to the target output), or ``"none"`` (no bias: scores are gradient x input of the
             network linearised at its gates, summed per feature).
+
+    Threads: one instance and one model may serve several threads at once; each call gives
+    exactly what it gives alone. A call only reads the model (the interception is per thread),
+    so calls run concurrently; they wait while a call that changes the model (a
+    :class:`~ctc_plugin.ctc.attributor.CTCAttributor` pass) runs on it, and a call whose
+    ``within_feature`` runs a method on the model holds the model exclusively. See
+    :mod:`ctc_plugin.concurrency` and the documentation's "Threads" page.
 
     Example:
         >>> ctc = CTC(model, bias_sharing="proportional")
@@ -167,6 +174,7 @@ class CTC(Attribution):
     ) -> tuple[TensorOrTuple, FeatureScores]: ...
 
     @log_usage()
+    @holds_model(exclusive_if=lambda arguments: _runs_on_model(arguments["within_feature"]))
     def attribute(
         self,
         inputs: TensorOrTuple,
@@ -511,11 +519,17 @@ def _as_tuple(value: Any) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
 
+def _runs_on_model(within_feature: Any) -> bool:
+    """Whether within-feature relevance runs a method on the model (which may change it).
+
+    A Zennit composite registers hooks and canonizers on the model; so do some Captum methods.
+    """
+    return within_feature is not None and not isinstance(within_feature, (torch.Tensor, tuple))
+
+
 def _check_eval_mode(forward_func: Callable[..., Any]) -> None:
     """Refuse training-mode BatchNorm/Dropout before running (they would change the model)."""
-    model = forward_func if isinstance(forward_func, nn.Module) else None
-    if model is None and isinstance(getattr(forward_func, "__self__", None), nn.Module):
-        model = forward_func.__self__  # a bound method such as model.forward
+    model = model_of(forward_func)  # the model, or the owner of a bound method (model.forward)
     if model is None:
         return
     for name, module in model.named_modules():

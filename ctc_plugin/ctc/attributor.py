@@ -16,7 +16,8 @@ import torch
 from zennit.attribution import Attributor
 from zennit.core import Composite
 
-from ctc_plugin.ctc.attribution import CTC, FeatureScores, check_pass_output
+from ctc_plugin.concurrency import PerThread, exclusive
+from ctc_plugin.ctc.attribution import CTC, check_pass_output
 from ctc_plugin.ctc.canonizers import batch_norms_valid
 from ctc_plugin.ctc.composite import (
     FUNCTIONAL_POLICIES,
@@ -39,6 +40,17 @@ class CTCAttributor(Attributor):
     that class exactly as ``CTC.attribute(target=class)`` does. With no ``attr_output`` (unlike
     Zennit's gradient attributors, whose default is the whole output) the predicted class is
     scored, as ``CTC.attribute(target=None)`` does.
+
+    Threads: one attributor, or several, may serve several threads on one model; each call
+    gives exactly what it gives alone. A call changes the model while it runs (it registers the
+    composite when it is not registered yet, and takes biases off affine modules during the
+    pass), so it holds the model and the composite exclusively: calls of this package on that
+    model wait for it (see :mod:`ctc_plugin.concurrency`). :attr:`feature_scores` is kept per
+    thread. Registering the composite for a ``with`` block waits for running calls, but from
+    then on until the block ends the model carries the composite's hooks and canonizers for
+    every thread; when other threads use the model, call the attributor without ``with``.
+    Code outside this package that runs the model meanwhile (a plain ``model(x)``) is not
+    coordinated.
 
     Example:
         >>> composite = CTCComposite(bias_sharing="proportional")
@@ -65,6 +77,10 @@ class CTCAttributor(Attributor):
     Raises:
         ValueError: A composite without a ``CTCComposite``, or an unknown ``functional``.
     """
+
+    #: The per-feature scores of this thread's last call (:class:`FeatureScores`), or None.
+    feature_scores = PerThread()
+    _call_mask = PerThread()
 
     def __init__(
         self,
@@ -103,8 +119,6 @@ class CTCAttributor(Attributor):
         self.baselines = baselines
         self.within_feature = within_feature
         self.functional = functional
-        self.feature_scores: FeatureScores | None = None
-        self._call_mask: torch.Tensor | tuple[torch.Tensor, ...] | None = None
 
     def __call__(
         self,
@@ -128,9 +142,23 @@ class CTCAttributor(Attributor):
             shaped like ``input``. The per-feature scores of the call are kept in
             :attr:`feature_scores`.
         """
-        self._call_mask = feature_mask
         weighting = self.default_attr_output if attr_output is None else attr_output
-        return super().__call__(input, weighting if weighting is not None else _predicted)
+        with exclusive(self.model), exclusive(self.composite):
+            self._call_mask = feature_mask
+            try:
+                return super().__call__(input, weighting if weighting is not None else _predicted)
+            finally:
+                self._call_mask = None
+
+    def __enter__(self) -> CTCAttributor:
+        """Register the composite (once no other call of this package uses the model)."""
+        with exclusive(self.model), exclusive(self.composite):
+            return super().__enter__()
+
+    def __exit__(self, *exc_info: object) -> bool:
+        """Remove the composite (once no other call of this package uses the model)."""
+        with exclusive(self.model), exclusive(self.composite):
+            return super().__exit__(*exc_info)
 
     def forward(
         self, input: torch.Tensor, attr_output_fn: Callable[[torch.Tensor], torch.Tensor]

@@ -20,6 +20,8 @@ from zennit.attribution import Gradient
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.core import Composite
 
+from ctc_plugin.concurrency import exclusive
+
 #: The merged BatchNorm's ``eps`` instead of 0: ``1 + TINY_EPS`` is exactly 1 in float16, 32
 #: and 64, so the BatchNorm stays exactly the identity, and torch accepts it.
 TINY_EPS = 1e-30
@@ -98,8 +100,13 @@ def gradient_attributor(model: nn.Module, composite: Composite) -> Iterator[Grad
     Inside the block the composite is registered and every BatchNorm its canonizers left with
     ``eps = 0`` has :data:`TINY_EPS` (:func:`batch_norms_valid`); on exit the composite is
     removed and every parameter and buffer is back as registered (:func:`tensors_restored`).
+    The model and the composite are held exclusively meanwhile
+    (:func:`ctc_plugin.concurrency.exclusive`): other threads' calls of this package wait
+    instead of seeing the composite on the model, or removing it from under this call.
     """
     with (
+        exclusive(model),
+        exclusive(composite),
         tensors_restored(model),
         Gradient(model=model, composite=composite) as attributor,
         batch_norms_valid(model),

@@ -11,6 +11,7 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from ctc_plugin.concurrency import eval_mode, holds_model
 from ctc_plugin.explainer.network import Explainer
 
 TargetType = int | tuple[int, ...] | Tensor | Sequence[int | tuple[int, ...]] | None
@@ -60,6 +61,12 @@ class ExplainerAttribution(Attribution):
     (not only the predicted one) is ``sigmoid`` of that class's logit map, broadcast over the
     input's channels. The explainer is fed a channels-last copy of the images (faster thin
     convolutions and bilinear upsampling on CPU; the same values up to float rounding).
+
+    Threads: one instance, classifier and explainer may serve several threads at once; each
+    call gives exactly what it gives alone. Calls only read the classifier and run
+    concurrently. An explainer in eval mode is only read too; one in training mode is switched
+    to eval mode for the call and back, holding it exclusively, so such calls take turns (see
+    :mod:`ctc_plugin.concurrency`).
 
     Args:
         classifier: The model the explainer was trained for (used to find the predicted class
@@ -119,6 +126,7 @@ class ExplainerAttribution(Attribution):
         return scores
 
     @log_usage()
+    @holds_model()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor],
@@ -146,10 +154,7 @@ class ExplainerAttribution(Attribution):
             raise ValueError(f"ExplainerAttribution takes one input tensor, got {len(inputs)}")
         images = inputs[0] if as_tuple else inputs
         self._check_inputs(images)
-        was_training = self.explainer.training
-        try:
-            if was_training:  # switching modes walks every submodule: only when needed
-                self.explainer.eval()
+        with eval_mode(self.explainer):  # switched (and held exclusively) only when needed
             with torch.no_grad():
                 if target is None:
                     target = self._classify(images, additional_forward_args).argmax(dim=1)
@@ -158,8 +163,5 @@ class ExplainerAttribution(Attribution):
                 indices = targets_to_indices(target, len(images), self.explainer.num_classes)
                 fast = images.contiguous(memory_format=self.explainer.input_memory_format)
                 masks = self.explainer.target_logits(fast, indices).sigmoid()
-        finally:
-            if was_training:
-                self.explainer.train()
         result = masks.expand_as(images).to(images.dtype).contiguous()
         return (result,) if as_tuple else result

@@ -24,6 +24,7 @@ from zennit.core import Composite
 from zennit.rules import AlphaBeta
 from zennit.types import Convolution
 
+from ctc_plugin.concurrency import exclusive
 from ctc_plugin.ctc.canonizers import PositiveEpsMergeBatchNorm, gradient_attributor
 
 __all__ = ["lrp_alpha1beta0", "relevance_heatmap", "resolve_target", "zennit_relevance"]
@@ -99,29 +100,32 @@ def zennit_relevance(
     Returns:
         Relevance summed over channels, ``(N, H, W)``.
     """
-    targets = resolve_target(model, images, target)
-    if composite is not None:
-        return _run_composite(model, images, targets, composite)[1]
-    # The default merges BatchNorm into the layer registered before it, which changes the
-    # function of pre-activation blocks (DenseNet: BatchNorm -> ReLU -> conv). Merge on a copy,
-    # keep the result only if the logits are unchanged, else run without merging and say so.
-    with torch.no_grad():
-        expected = model(images)
-    try:
-        output, relevance = _run_composite(copy.deepcopy(model), images, targets, lrp_alpha1beta0())
-        tolerance = 1e-3 * (float(expected.abs().max()) + 1.0)
-        if float((output - expected).abs().max()) <= tolerance:
-            return relevance
-    except RuntimeError:
-        pass
-    warnings.warn(
-        "merging BatchNorm into the preceding layer (zennit SequentialMergeBatchNorm) changes "
-        "this model's function, as in pre-activation blocks; LRP-alpha1-beta0 ran without "
-        "canonizers (BatchNorm passes relevance as a linear layer)",
-        RuntimeWarning,
-        stacklevel=2,
-    )
-    return _run_composite(model, images, targets, lrp_alpha1beta0(canonizers=[]))[1]
+    with exclusive(model):  # its composites change the model; other calls wait
+        targets = resolve_target(model, images, target)
+        if composite is not None:
+            return _run_composite(model, images, targets, composite)[1]
+        # The default merges BatchNorm into the layer registered before it, which changes the
+        # function of pre-activation blocks (DenseNet: BatchNorm -> ReLU -> conv). Merge on a copy,
+        # keep the result only if the logits are unchanged, else run without merging and say so.
+        with torch.no_grad():
+            expected = model(images)
+        try:
+            output, relevance = _run_composite(
+                copy.deepcopy(model), images, targets, lrp_alpha1beta0()
+            )
+            tolerance = 1e-3 * (float(expected.abs().max()) + 1.0)
+            if float((output - expected).abs().max()) <= tolerance:
+                return relevance
+        except RuntimeError:
+            pass
+        warnings.warn(
+            "merging BatchNorm into the preceding layer (zennit SequentialMergeBatchNorm) changes "
+            "this model's function, as in pre-activation blocks; LRP-alpha1-beta0 ran without "
+            "canonizers (BatchNorm passes relevance as a linear layer)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return _run_composite(model, images, targets, lrp_alpha1beta0(canonizers=[]))[1]
 
 
 def _run_composite(
