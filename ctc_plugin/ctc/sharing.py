@@ -390,7 +390,8 @@ class FullCopyStatistics:
         ceil_full: ``ceil(10 z_F) = 10 q(z_F)`` (whole numbers), with ``+inf`` where it is 0
             (dividing by it then gives the formula's ``rho = 0`` there).
         exact_zero: Where ``z_F = 0`` (as 0/1 values), or ``None`` when it is nowhere zero.
-        sigma: The reference spread ``std(log10 r)``, with size 1 along the statistic dims.
+        sigma: The reference spread ``std(log10 r)``, with size 1 along the statistic dims, in
+            :func:`statistics_dtype`.
     """
 
     ceil_full: torch.Tensor
@@ -462,12 +463,24 @@ def _mean_std_of_counted(
     """Mean and population std over ``dims`` of the counted entries; the others must hold 0.
 
     ``count`` (size 1 along ``dims``) is how many entries count; groups without any get 0.
-    Two reductions over ``values``, no full-size temporary.
+
+    The sums run in float64 (:func:`statistics_dtype`) and the results stay in it: a float32
+    sum depends on the order of its terms, and that order on how the copies are laid out
+    (blocks, packed boxes, how many copies travel together), so a float32 statistic would
+    change by an ulp with ``perturbations_per_eval``, which the quantisation of the next layer
+    can turn into a visible difference. In float64 the rounding of the sum is some 1e-16 of it,
+    far below what reaches a float32 result.
     """
-    count = count.clamp_min(1.0)
-    mean = values.sum(dim=dims, keepdim=True).div_(count)
-    second = torch.linalg.vector_norm(values, 2, dim=dims, keepdim=True).square_().div_(count)
+    wide = values.to(statistics_dtype(values))
+    count = count.to(wide.dtype).clamp_min(1.0)
+    mean = wide.sum(dim=dims, keepdim=True).div_(count)
+    second = wide.square_().sum(dim=dims, keepdim=True).div_(count)
     return mean, (second - mean.square()).clamp_min_(0.0).sqrt_()
+
+
+def statistics_dtype(values: torch.Tensor) -> torch.dtype:
+    """The dtype the reference statistics are computed in: float64 where the device has it."""
+    return values.dtype if values.device.type == "mps" else torch.float64
 
 
 def copy_shares(
@@ -530,9 +543,12 @@ def share_factors(
     # Capping: l' = mu + (l - mu) c with c = sigma / std where std > sigma, else l' = l, and
     # s = 10 ** l' = 2 ** (l c log2(10)) * 2 ** (mu (1 - c) log2(10)) where rho > 0, s = 0
     # where rho = 0. exp2 costs a fraction of a power.
-    c = torch.where(std > full.sigma, full.sigma / std.clamp_min(torch.finfo(std.dtype).tiny), 1.0)
-    unit_part = rho.ne_(0).mul_(log_ratio.mul_(c * LOG2_10).exp2_())
-    return unit_part, torch.exp2(mu * (1.0 - c) * LOG2_10)
+    # c and the per-group factor in the statistics' dtype, each rounded once to the copies'
+    sigma = full.sigma.to(std.dtype)
+    c = torch.where(std > sigma, sigma / std.clamp_min(torch.finfo(std.dtype).tiny), 1.0)
+    dtype = z_copies.dtype
+    unit_part = rho.ne_(0).mul_(log_ratio.mul_((c * LOG2_10).to(dtype)).exp2_())
+    return unit_part, torch.exp2(mu * (1.0 - c) * LOG2_10).to(dtype)
 
 
 #: log2(10): converts base-10 exponents to base 2.
