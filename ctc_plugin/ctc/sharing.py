@@ -471,7 +471,7 @@ def _mean_std_of_counted(
     can turn into a visible difference. In float64 the rounding of the sum is some 1e-16 of it,
     far below what reaches a float32 result.
     """
-    wide = values.to(statistics_dtype(values))
+    wide = values.to(statistics_dtype(values), copy=True)  # squared in place below
     count = count.to(wide.dtype).clamp_min(1.0)
     mean = wide.sum(dim=dims, keepdim=True).div_(count)
     second = wide.square_().sum(dim=dims, keepdim=True).div_(count)
