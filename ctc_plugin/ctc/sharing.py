@@ -362,23 +362,25 @@ class Workspace:
         count: int = 2,
         slot: str = "copies",
         shape: tuple[int, ...] | None = None,
+        dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """``count`` uninitialised contiguous tensors shaped, typed and placed like ``like``.
 
-        ``shape`` overrides the shape. Buffers of one slot are reused by the next request for
-        that slot; requests for different slots never share memory.
+        ``shape`` and ``dtype`` override the shape and dtype. Buffers of one slot are reused by
+        the next request for that slot; requests for different slots never share memory.
         """
         slots = getattr(self._local, "slots", None)
         if slots is None:
             slots = self._local.slots = {}
         held = slots.get(slot)
         shape = tuple(like.shape) if shape is None else tuple(shape)
+        dtype = like.dtype if dtype is None else dtype
         numel = math.prod(shape)
-        if held is None or held.dtype != like.dtype or held.device != like.device:
-            held = slots[slot] = torch.empty(count, numel, dtype=like.dtype, device=like.device)
+        if held is None or held.dtype != dtype or held.device != like.device:
+            held = slots[slot] = torch.empty(count, numel, dtype=dtype, device=like.device)
         elif held.shape[0] < count or held.shape[1] < numel:  # grow, never shrink
             rows, columns = max(count, held.shape[0]), max(numel, held.shape[1])
-            held = slots[slot] = torch.empty(rows, columns, dtype=like.dtype, device=like.device)
+            held = slots[slot] = torch.empty(rows, columns, dtype=dtype, device=like.device)
         return tuple(held[i, :numel].view(shape) for i in range(count))
 
 
@@ -431,7 +433,7 @@ def full_copy_statistics(
     unusable = torch.eq(r, 0, out=scratch)
     count = _group_size(r, dims) - unusable.sum(dim=dims, keepdim=True)
     log_r = unusable.add_(r).log10_()
-    _, sigma = _mean_std_of_counted(log_r, count, dims)
+    _, sigma = _mean_std_of_counted(log_r, count, dims, workspace)
     sigma.masked_fill_(no_mean, 0.0)
     exact_zero = torch.eq(z_full, 0, out=scratch)
     # on a CPU, skipping the mask where z_F has no zero saves passes; elsewhere asking would
@@ -458,7 +460,10 @@ def _group_size(values: torch.Tensor, dims: tuple[int, ...]) -> int:
 
 
 def _mean_std_of_counted(
-    values: torch.Tensor, count: torch.Tensor, dims: tuple[int, ...]
+    values: torch.Tensor,
+    count: torch.Tensor,
+    dims: tuple[int, ...],
+    workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population std over ``dims`` of the counted entries; the others must hold 0.
 
@@ -469,12 +474,18 @@ def _mean_std_of_counted(
     (blocks, packed boxes, how many copies travel together), so a float32 statistic would
     change by an ulp with ``perturbations_per_eval``, which the quantisation of the next layer
     can turn into a visible difference. In float64 the rounding of the sum is some 1e-16 of it,
-    far below what reaches a float32 result.
+    far below what reaches a float32 result. ``workspace`` keeps the wide copy of ``values``
+    (its ``"wide"`` slot) instead of allocating it.
     """
-    wide = values.to(statistics_dtype(values), copy=True)  # squared in place below
+    dtype = statistics_dtype(values)
+    if workspace is None:
+        wide = values.to(dtype, copy=True)
+    else:
+        (wide,) = workspace.buffers(values, 1, slot="wide", dtype=dtype)
+        wide.copy_(values)
     count = count.to(wide.dtype).clamp_min(1.0)
     mean = wide.sum(dim=dims, keepdim=True).div_(count)
-    second = wide.square_().sum(dim=dims, keepdim=True).div_(count)
+    second = wide.mul_(wide).sum(dim=dims, keepdim=True).div_(count)  # the copy, squared
     return mean, (second - mean.square()).clamp_min_(0.0).sqrt_()
 
 
@@ -538,7 +549,7 @@ def share_factors(
     rho.ceil_().div_(ReferenceSharing.ratio_quantum)
     # l = log10 of 1 where rho = 0: exactly 0 (log10 of 0 takes several times longer)
     log_ratio = torch.eq(rho, 0, out=scratch).add_(rho).log10_()
-    mu, std = _mean_std_of_counted(log_ratio, count, dims)
+    mu, std = _mean_std_of_counted(log_ratio, count, dims, workspace)
 
     # Capping: l' = mu + (l - mu) c with c = sigma / std where std > sigma, else l' = l, and
     # s = 10 ** l' = 2 ** (l c log2(10)) * 2 ** (mu (1 - c) log2(10)) where rho > 0, s = 0
