@@ -1,4 +1,4 @@
-"""Every Python code block of the tutorials, the quickstart and the README runs.
+"""Every Python code block of the tutorials, the quickstart, the inputs page and the README runs.
 
 Blocks run in page order, in one namespace per page.
 
@@ -27,7 +27,11 @@ def python_blocks(page: Path) -> list[str]:
     return BLOCK.findall(page.read_text(encoding="utf-8"))
 
 
-PAGES = sorted(TUTORIALS.glob("*.md")) + [ROOT / "docs" / "quickstart.md", ROOT / "README.md"]
+PAGES = sorted(TUTORIALS.glob("*.md")) + [
+    ROOT / "docs" / "quickstart.md",
+    ROOT / "docs" / "inputs.md",
+    ROOT / "README.md",
+]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])

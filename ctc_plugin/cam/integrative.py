@@ -31,9 +31,9 @@ from torch import Tensor, nn
 from ctc_plugin.cam.alpha import AlphaTerms, Phi, alpha_terms, channel_weights, resolve_phi
 from ctc_plugin.cam.bias import bias_map
 from ctc_plugin.cam.fusion import RunningFusion, minmax
-from ctc_plugin.cam.layers import BATCHNORM_TYPES, Stage, StageTracer, module_names
+from ctc_plugin.cam.layers import Stage, StageTracer, module_names
 from ctc_plugin.cam.transformers import Reshape, transformer_stages
-from ctc_plugin.inputs import TrainingModeError, check_inputs
+from ctc_plugin.inputs import check_eval_mode, check_inputs
 from ctc_plugin.targets import TargetType as Target
 from ctc_plugin.targets import check_target
 from ctc_plugin.targets import target_scores as select_scores
@@ -240,9 +240,12 @@ class IntegrativeCAM(Attribution):
                 convolutional stages (or chosen layers that never ran), an output that is not
                 differentiable, or a target that does not fit (not integer class indices, out
                 of range, or of the wrong length).
+            TrainingModeError: The model has BatchNorm or dropout in training mode (its
+                statistics would change, and a BatchNorm cannot be folded into a bias); nothing
+                has run (call ``model.eval()``).
         """
         inputs_tuple = check_inputs(inputs, images=True)
-        self._check_batchnorm_mode()
+        check_eval_mode(self.forward_func)  # before the forward pass can update statistics
         check_target(target, inputs_tuple[0].shape[0])  # the form; the range after the pass
         size = (int(inputs_tuple[0].shape[-2]), int(inputs_tuple[0].shape[-1]))
         extra = additional_forward_args
@@ -290,17 +293,6 @@ class IntegrativeCAM(Attribution):
                 handle.remove()
             for stage in tracer.stages:
                 stage.release()
-
-    def _check_batchnorm_mode(self) -> None:
-        """Refuse training-mode BatchNorm before the forward pass can update its statistics."""
-        if not self.bias or not isinstance(self.forward_func, nn.Module):
-            return  # a plain function is checked call by call by the tracer
-        for name, module in self.forward_func.named_modules():
-            if isinstance(module, BATCHNORM_TYPES) and module.training:
-                raise TrainingModeError(
-                    f"BatchNorm {name!r} is in training mode, so it cannot be folded into a "
-                    "bias; call model.eval() first, or pass bias=False"
-                )
 
     @staticmethod
     def _scores(output: Any, target: Target) -> Tensor:

@@ -88,9 +88,10 @@ def as_targets(targets: Tensor | int | list[int] | np.ndarray, n: int) -> Tensor
     """
     if isinstance(targets, np.ndarray):
         targets = torch.from_numpy(targets)
+    device = targets.device if isinstance(targets, Tensor) else None
     if isinstance(targets, Tensor) and targets.numel() == n:
         targets = targets.reshape(-1)
-    return class_indices(targets, n)
+    return class_indices(targets, n, device=device)
 
 
 #: An explanation method as the evaluation sees it: ``method(model, images, targets,
