@@ -18,6 +18,7 @@ _EXPORTS = {
     "CTC": "ctc_plugin.ctc.attribution",
     "FeatureScores": "ctc_plugin.ctc.attribution",
     "UnsupportedOperationError": "ctc_plugin.ctc.errors",
+    "TrainingModeError": "ctc_plugin.inputs",
     "CTCComposite": "ctc_plugin.ctc.composite",
     "CTCAttributor": "ctc_plugin.ctc.attributor",
     "IntegrativeCAM": "ctc_plugin.cam.integrative",
@@ -33,6 +34,7 @@ __all__ = [
     "ExplainerAttribution",
     "FeatureScores",
     "IntegrativeCAM",
+    "TrainingModeError",
     "UnsupportedOperationError",
     "__version__",
     "zoo",
@@ -47,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ctc_plugin.ctc.errors import UnsupportedOperationError
     from ctc_plugin.explainer.attribution import ExplainerAttribution
     from ctc_plugin.explainer.network import Explainer
+    from ctc_plugin.inputs import TrainingModeError
 
 
 def __getattr__(name: str) -> Any:

@@ -10,8 +10,11 @@ example's output row.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
 TargetType = (
@@ -23,7 +26,167 @@ TargetType = (
 )
 
 
-def _flat_index(index: tuple[int, ...], shape: torch.Size, example: int) -> int:
+def _show(value: Any, limit: int = 60) -> str:
+    """A short repr of a target for messages."""
+    text = repr(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _integer_suggestion(value: Any) -> str:
+    """The integer form of a float or bool target, to show the expected form (not a guess)."""
+    if isinstance(value, torch.Tensor):
+        converted = value.detach().cpu()
+        if converted.is_complex():
+            converted = converted.real
+        if converted.is_floating_point():
+            converted = converted.nan_to_num(0.0, 0.0, 0.0)
+        return _show(converted.long())
+    if isinstance(value, (list, tuple)):
+        items = [_integer_suggestion(v) for v in value]
+        return (
+            f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+            if isinstance(value, tuple)
+            else f"[{', '.join(items)}]"
+        )
+    try:
+        return str(int(value.real if isinstance(value, complex) else value))
+    except (OverflowError, TypeError, ValueError):  # NaN, inf, or not a number at all
+        return "0"
+
+
+def _not_integer(target: Any, item: Any, example: int | None) -> ValueError:
+    """The error for a target that is not made of integer class indices."""
+    if isinstance(item, torch.Tensor):
+        what = f"{_show(item)} of dtype {item.dtype}"
+    else:
+        what = f"{_show(item)} (a {type(item).__name__})"
+    where = ""
+    if example is not None:
+        where = f" for example {example} in {_show(target)}"
+    return ValueError(
+        f"target must be integer class indices, got {what}{where}; pass ints or an integer "
+        f"tensor, e.g. target={_integer_suggestion(target)} (a class is a whole number: "
+        "convert on purpose, e.g. target.round().long() or int(t))"
+    )
+
+
+def _as_int(value: Any, target: Any, example: int | None) -> int:
+    """One integer index (an int, a NumPy integer or a one-element integer tensor)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"target {_show(target)} holds a tensor of shape {tuple(value.shape)} where one "
+                "class index belongs; give one index per example"
+            )
+        if value.dtype == torch.bool or value.is_floating_point() or value.is_complex():
+            raise _not_integer(target, value, example)
+        return int(value.item())
+    if isinstance(value, (bool, np.bool_)) or (
+        isinstance(value, numbers.Number) and not isinstance(value, numbers.Integral)
+    ):
+        raise _not_integer(target, value, example)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    raise ValueError(
+        f"target {_show(target)} holds {type(value).__name__} {_show(value)} where a class "
+        "index belongs; give ints, or tuples of ints for outputs with more dimensions"
+    )
+
+
+def _as_index(value: Any, target: Any, example: int | None) -> tuple[int, ...]:
+    """One example's target as an index tuple into its output (an int is a 1-tuple)."""
+    if isinstance(value, tuple):
+        return tuple(_as_int(v, target, example) for v in value)
+    return (_as_int(value, target, example),)
+
+
+def example_targets(target: TargetType, n: int) -> list[tuple[int, ...]] | None:
+    """Check a Captum target's form and spell it out as one index tuple per example.
+
+    Every form Captum accepts is turned into ``n`` tuples (an int ``c`` is ``(c,)``); ``None``
+    stays ``None``. Only the form is checked here; whether the indices fit the model's output
+    is checked by :func:`resolve_targets` (negative indices count from the end, as in Captum).
+
+    Args:
+        target: ``None``, an int, a tuple of ints, an integer tensor of one element or of ``n``,
+            or a list of ``n`` ints or tuples.
+        n: The number of examples.
+
+    Raises:
+        ValueError: A float, bool or complex target (tensor or item), a tensor of another
+            shape, a list of the wrong length, or an unsupported type; each with what to pass.
+    """
+    if target is None:
+        return None
+    if isinstance(target, torch.Tensor):
+        if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+            raise _not_integer(target, target, None)
+        if target.numel() == 1:
+            return [(int(target.item()),)] * n
+        if target.dim() == 1:
+            if target.numel() != n:
+                raise ValueError(
+                    f"got {target.numel()} targets for {n} examples; give one per example"
+                )
+            return [(int(t),) for t in target.tolist()]
+        raise ValueError(
+            f"a target tensor must hold one class or one per example ({n}); "
+            f"got shape {tuple(target.shape)}"
+        )
+    if isinstance(target, tuple):
+        return [_as_index(target, target, None)] * n
+    if isinstance(target, list):
+        if len(target) != n:
+            raise ValueError(f"got {len(target)} targets for {n} examples; give one per example")
+        return [_as_index(t, target, i) for i, t in enumerate(target)]
+    if isinstance(target, np.ndarray):
+        raise ValueError(
+            f"target is a numpy array {_show(target)}; pass torch.as_tensor(target) (Captum "
+            "takes tensors, ints, tuples and lists)"
+        )
+    if isinstance(target, str) or not isinstance(target, (numbers.Number, np.generic)):
+        raise ValueError(
+            f"unsupported target of type {type(target).__name__}: give None, an int, a tuple "
+            "of ints, an integer tensor, or a list with one int or tuple per example"
+        )
+    return [_as_index(target, target, None)] * n
+
+
+def class_indices(
+    target: TargetType,
+    n: int,
+    num_classes: int | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """One class index per example, shape (N,), for a model with (N, C) outputs.
+
+    The Captum forms :func:`example_targets` accepts (a tuple must hold one index here). With
+    ``num_classes``, a negative index counts from the end (``-1`` is the last class, as in
+    Captum) and an index out of range is refused; without, the indices are returned as given.
+
+    Raises:
+        ValueError: ``None``, a form :func:`example_targets` refuses, a tuple of more than one
+            index, or a class out of range (the message gives the valid range).
+    """
+    if target is None:
+        raise ValueError("target is None; give the class of each example")
+    indices = example_targets(target, n)
+    assert indices is not None
+    if num_classes is not None:
+        flat = [_flat_index(index, (num_classes,), i) for i, index in enumerate(indices)]
+    else:
+        for i, index in enumerate(indices):
+            if len(index) != 1:
+                raise ValueError(
+                    f"target {index} for example {i} has {len(index)} indices but the model "
+                    "has one output dimension per example; give one class index"
+                )
+        flat = [index[0] for index in indices]
+    return torch.tensor(flat, dtype=torch.long, device=device)
+
+
+def _flat_index(index: tuple[int, ...], shape: tuple[int, ...] | torch.Size, example: int) -> int:
     if len(index) != len(shape):
         raise ValueError(
             f"target {index} for example {example} has {len(index)} indices but the model's "
@@ -32,24 +195,33 @@ def _flat_index(index: tuple[int, ...], shape: torch.Size, example: int) -> int:
     flat = 0
     for i, (value, size) in enumerate(zip(index, shape)):
         if not -size <= value < size:
+            shown = value if len(index) == 1 else index
+            where = "" if len(shape) == 1 else f" in output dimension {i + 1}"
             raise ValueError(
-                f"target {index} for example {example} is out of range in output dimension "
-                f"{i + 1} of size {size}; valid classes are 0..{size - 1}"
+                f"target {shown} for example {example} is out of range{where}: the model has "
+                f"{size} {'classes' if len(shape) == 1 else 'outputs there'}; valid indices "
+                f"are 0..{size - 1}, or -{size}..-1 counting from the end"
             )
         flat = flat * size + (value % size)
     return flat
 
 
-def resolve_targets(target: TargetType, output: torch.Tensor) -> torch.Tensor:
+def resolve_targets(
+    target: TargetType, output: torch.Tensor, first_example: int = 0
+) -> torch.Tensor:
     """Return the flat output index of every example's target, shape (N,).
 
     Args:
         target: Any Captum target form; ``None`` means the predicted class (argmax), or the
-            single output for models that return one value per example.
+            single output for models that return one value per example. Negative indices count
+            from the end, as in Captum.
         output: The model's output for the N examples, shape (N, *out).
+        first_example: The position of the first of these examples in the user's batch (for
+            the messages, when a batch is explained in parts).
 
     Raises:
-        ValueError: a target out of range, of the wrong length, or of an unknown form.
+        ValueError: a target out of range, of the wrong length, not made of integers, or of an
+            unknown form.
     """
     n = output.shape[0]
     per_example = output.shape[1:]
@@ -57,32 +229,11 @@ def resolve_targets(target: TargetType, output: torch.Tensor) -> torch.Tensor:
         if output.dim() == 1 or per_example.numel() == 1:
             return torch.zeros(n, dtype=torch.long, device=output.device)
         return output.flatten(1).argmax(dim=1)
+    indices = example_targets(target, n)
     if output.dim() == 1:
         raise ValueError("the model returns one value per example: pass target=None")
-    if isinstance(target, torch.Tensor):
-        if target.numel() == 1:
-            target = int(target.item())
-        elif target.dim() == 1 and target.numel() == n:
-            target = [int(t) for t in target.tolist()]
-        else:
-            raise ValueError(
-                f"a target tensor must hold one class or one per example ({n}); "
-                f"got shape {tuple(target.shape)}"
-            )
-    if isinstance(target, bool):
-        raise ValueError(f"target must be a class index, not {target!r}")
-    if isinstance(target, int):
-        target = [target] * n
-    elif isinstance(target, tuple):
-        target = [target] * n
-    if not isinstance(target, Sequence) or isinstance(target, str):
-        raise ValueError(f"unsupported target of type {type(target).__name__}")
-    if len(target) != n:
-        raise ValueError(f"got {len(target)} targets for {n} examples; give one per example")
-    flat = [
-        _flat_index(t if isinstance(t, tuple) else (int(t),), per_example, i)
-        for i, t in enumerate(target)
-    ]
+    assert indices is not None
+    flat = [_flat_index(index, per_example, first_example + i) for i, index in enumerate(indices)]
     return torch.tensor(flat, dtype=torch.long, device=output.device)
 
 
@@ -101,7 +252,7 @@ def slice_targets(target: TargetType, n: int, part: slice) -> TargetType:
         per_example = target
     elif target is None or isinstance(target, (int, tuple, str)):
         return target
-    elif isinstance(target, Sequence):
+    elif isinstance(target, list):
         per_example = target
     else:
         return target  # resolve_targets names the unsupported type
@@ -130,20 +281,38 @@ def target_scores(output: torch.Tensor, target: TargetType) -> torch.Tensor:
         ValueError: a target that does not fit the output; a callable that fails on its row
             or returns more than one value (named in the message).
     """
-    if (
-        isinstance(target, Sequence)
-        and not isinstance(target, (str, tuple))
-        and len(target) > 0
-        and all(callable(t) for t in target)
-    ):
-        if len(target) != output.shape[0]:
-            raise ValueError(
-                f"got {len(target)} targets for {output.shape[0]} examples; give one per example"
-            )
+    if _callables(target):
+        check_target(target, output.shape[0])
         return torch.stack(
             [_callable_score(t, row, i) for i, (t, row) in enumerate(zip(target, output))]
         )
     return select_targets(output, resolve_targets(target, output.detach()))
+
+
+def _callables(target: TargetType) -> bool:
+    """Whether ``target`` is a list of callables (pytorch-grad-cam's targets)."""
+    return (
+        isinstance(target, Sequence)
+        and not isinstance(target, (str, tuple))
+        and len(target) > 0
+        and all(callable(t) for t in target)
+    )
+
+
+def check_target(target: TargetType, n: int) -> None:
+    """Check a target's form for ``n`` examples before anything runs (as :func:`target_scores`).
+
+    Any Captum form (see :func:`example_targets`) or a list of ``n`` callables; whether the
+    indices fit the model's output is known only once it has run.
+
+    Raises:
+        ValueError: As :func:`example_targets`; a list of callables of the wrong length.
+    """
+    if _callables(target):
+        if len(target) != n:
+            raise ValueError(f"got {len(target)} targets for {n} examples; give one per example")
+        return
+    example_targets(target, n)
 
 
 def _callable_score(

@@ -1,4 +1,5 @@
-"""Every Python code block of the tutorials, the quickstart, the threads page and the README runs.
+"""Every Python code block of the tutorials, the quickstart, the inputs and threads pages and the
+README runs.
 
 Blocks run in page order, in one namespace per page.
 
@@ -29,6 +30,7 @@ def python_blocks(page: Path) -> list[str]:
 
 PAGES = sorted(TUTORIALS.glob("*.md")) + [
     ROOT / "docs" / "quickstart.md",
+    ROOT / "docs" / "inputs.md",
     ROOT / "docs" / "threads.md",
     ROOT / "README.md",
 ]

@@ -63,7 +63,8 @@ def explain_func(
     Args:
         model: The PyTorch classifier (Quantus passes the unwrapped module).
         inputs: Images ``(N, C, H, W)`` as the model takes them.
-        targets: Class per image (or one int for all).
+        targets: Class per image (or one int for all): integers, as in Quantus' ``y_batch``;
+            float labels are refused rather than truncated.
         method: A name from `ctc_plugin.evaluation.methods.registry`, e.g. ``"CTC-reference"``,
             ``"IntegrativeCAM"``, ``"Explainer"`` (needs ``explainer``) or a peer such as
             ``"IntegratedGradients"``.
@@ -79,8 +80,10 @@ def explain_func(
         NumPy array ``(N, 1, H, W)``, float32.
 
     Raises:
-        ValueError: For an unknown method or keyword, or a method that needs what is missing.
+        ValueError: For an unknown method or keyword, a method that needs what is missing, or
+            targets that are not one integer class per image.
     """
+    from ctc_plugin.evaluation._inputs import as_targets
     from ctc_plugin.evaluation.methods import registry
 
     unknown = set(kwargs) - _QUANTUS_KEYS
@@ -98,9 +101,7 @@ def explain_func(
     images = _tensor(inputs, "inputs", torch.float32, device)
     if images.dim() != 4:
         raise ValueError(f"inputs must be (N, C, H, W) channels-first, got {tuple(images.shape)}")
-    labels = _tensor(targets, "targets", torch.long, device).reshape(-1)
-    if labels.numel() == 1:
-        labels = labels.expand(len(images))
+    labels = as_targets(targets, len(images)).to(device)  # integers only, never truncated
     mask = None
     if spec.uses_features:
         if feature_mask is not None:

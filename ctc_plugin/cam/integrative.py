@@ -31,10 +31,12 @@ from torch import Tensor, nn
 from ctc_plugin.cam.alpha import AlphaTerms, Phi, alpha_terms, channel_weights, resolve_phi
 from ctc_plugin.cam.bias import bias_map
 from ctc_plugin.cam.fusion import RunningFusion, minmax
-from ctc_plugin.cam.layers import BATCHNORM_TYPES, Stage, StageTracer, module_names
+from ctc_plugin.cam.layers import Stage, StageTracer, module_names
 from ctc_plugin.cam.transformers import Reshape, transformer_stages
 from ctc_plugin.concurrency import CallScope, holds_model
+from ctc_plugin.inputs import check_eval_mode, check_inputs
 from ctc_plugin.targets import TargetType as Target
+from ctc_plugin.targets import check_target
 from ctc_plugin.targets import target_scores as select_scores
 
 #: A layer score: ``score(grad, act) -> (N,)`` tensor of non-negative weights.
@@ -227,8 +229,9 @@ class IntegrativeCAM(Attribution):
         """Return the fused map of each example at input resolution, shape (N, 1, H, W).
 
         Args:
-            inputs: A batch of images (N, C, H, W), or a tuple of tensors whose first sets the
-                output size.
+            inputs: A finite floating-point batch of images (N, C, H, W), N >= 1, or a tuple
+                of such tensors sharing dimension 0 whose first sets the output size (integer
+                arguments belong in ``additional_forward_args``).
             target: Which score to explain: ``None`` (each example's predicted class), an int,
                 a tuple, a tensor, or a list of ints, tuples or callables (one per example;
                 callables such as pytorch-grad-cam's ``ClassifierOutputTarget`` receive the
@@ -241,23 +244,22 @@ class IntegrativeCAM(Attribution):
             ``(maps, LayerMaps)``.
 
         Raises:
-            ValueError: For a model without convolutional stages (or chosen layers that never
-                ran), an output that is not differentiable, or a target that does not fit.
+            TypeError: Inputs that are not tensors (see :func:`ctc_plugin.inputs.check_inputs`).
+            ValueError: Inputs that are not a finite float image batch, a model without
+                convolutional stages (or chosen layers that never ran), an output that is not
+                differentiable, or a target that does not fit (not integer class indices, out
+                of range, or of the wrong length).
+            TrainingModeError: The model has BatchNorm or dropout in training mode (its
+                statistics would change, and a BatchNorm cannot be folded into a bias); nothing
+                has run (call ``model.eval()``).
         """
-        inputs_tuple = inputs if isinstance(inputs, tuple) else (inputs,)
-        if not inputs_tuple or not all(isinstance(t, Tensor) for t in inputs_tuple):
-            raise TypeError("inputs must be a tensor or a tuple of tensors")
-        if inputs_tuple[0].dim() < 3:
-            raise ValueError(
-                f"inputs must be images (N, C, H, W), got shape {tuple(inputs_tuple[0].shape)}"
-            )
+        inputs_tuple = check_inputs(inputs, images=True)
+        check_eval_mode(self.forward_func)  # before the forward pass can update statistics
+        check_target(target, inputs_tuple[0].shape[0])  # the form; the range after the pass
         size = (int(inputs_tuple[0].shape[-2]), int(inputs_tuple[0].shape[-1]))
-        self._check_batchnorm_mode()
         extra = additional_forward_args
         extra = () if extra is None else extra if isinstance(extra, tuple) else (extra,)
-        leaves = tuple(
-            t.detach().requires_grad_(True) if t.is_floating_point() else t for t in inputs_tuple
-        )
+        leaves = tuple(t.detach().requires_grad_(True) for t in inputs_tuple)
         run = _Run(self, size, return_layer_maps)
         chosen = self._chosen_layers()
         tracer = StageTracer(
@@ -301,17 +303,6 @@ class IntegrativeCAM(Attribution):
                 handle.remove()
             for stage in tracer.stages:
                 stage.release()
-
-    def _check_batchnorm_mode(self) -> None:
-        """Refuse training-mode BatchNorm before the forward pass can update its statistics."""
-        if not self.bias or not isinstance(self.forward_func, nn.Module):
-            return  # a plain function is checked call by call by the tracer
-        for name, module in self.forward_func.named_modules():
-            if isinstance(module, BATCHNORM_TYPES) and module.training:
-                raise ValueError(
-                    f"BatchNorm {name!r} is in training mode, so it cannot be folded into a "
-                    "bias; call model.eval() first, or pass bias=False"
-                )
 
     @staticmethod
     def _scores(output: Any, target: Target) -> Tensor:

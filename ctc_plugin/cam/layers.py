@@ -38,6 +38,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from ctc_plugin.cam.bias import batchnorm_affine, fold_batchnorm
+from ctc_plugin.inputs import TrainingModeError
 
 _INPLACE_DUNDERS = frozenset(
     f"__i{op}__"
@@ -327,7 +328,7 @@ class StageTracer(TorchFunctionMode):
             )
         bn_args = _batchnorm_arguments(args, kwargs) if kind == "bn" else None
         if bn_args is not None and self.fold_bias and bn_args["training"]:
-            raise ValueError(
+            raise TrainingModeError(
                 f"BatchNorm {self._label(bn_args['running_mean'], 'batch_norm')!r} "
                 "runs in training mode (or keeps no running statistics), so it cannot be folded "
                 "into a bias; call model.eval() first, or pass bias=False"

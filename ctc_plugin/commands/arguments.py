@@ -127,6 +127,18 @@ def output_folder(text: str) -> Path:
     return path
 
 
+def existing_folder(text: str) -> Path:
+    """An option type for an existing folder whose files are read and rewritten in place."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"folder not found: {text}")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write into {text} (permission denied)")
+    return path
+
+
 def _check_parent(path: Path, text: str) -> None:
     """Refuse ``path`` if its nearest existing ancestor is no folder or cannot be written."""
     for ancestor in path.absolute().parents:

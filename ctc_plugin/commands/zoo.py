@@ -8,7 +8,13 @@ import time
 import torch
 
 from ctc_plugin.commands import add_threads_option, torch_threads
-from ctc_plugin.commands.arguments import input_file, output_folder, positive_int, seed
+from ctc_plugin.commands.arguments import (
+    existing_folder,
+    input_file,
+    output_folder,
+    positive_int,
+    seed,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -80,7 +86,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     manifest.add_argument(
         "--folder",
-        type=Path,
+        type=existing_folder,
         default=None,
         help="folder of .pt files (default: the package's shipped weights folder)",
     )

@@ -10,12 +10,9 @@ from typing import Any, Literal, overload
 import torch
 from captum.attr import Attribution
 from captum.log import log_usage
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.dropout import _DropoutNd
-from torch.nn.modules.instancenorm import _InstanceNorm
 from tqdm.auto import tqdm
 
-from ctc_plugin.concurrency import holds_model, model_of
+from ctc_plugin.concurrency import holds_model
 from ctc_plugin.ctc.boxes import batch_boxes
 from ctc_plugin.ctc.errors import RetiredTensorError, UnsupportedOperationError
 from ctc_plugin.ctc.interception import CTCMode
@@ -29,7 +26,14 @@ from ctc_plugin.ctc.masks import (
 )
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import BiasSharingMode, make_sharing
-from ctc_plugin.targets import TargetType, resolve_targets, select_targets, slice_targets
+from ctc_plugin.inputs import check_eval_mode, check_inputs
+from ctc_plugin.targets import (
+    TargetType,
+    example_targets,
+    resolve_targets,
+    select_targets,
+    slice_targets,
+)
 
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -190,8 +194,11 @@ class CTC(Attribution):
         """Score every feature and return attributions shaped like ``inputs``.
 
         Args:
-            inputs: A tensor (N, ...) or a tuple of tensors sharing dimension 0.
-            target: Any Captum target form; ``None`` means the predicted class.
+            inputs: A finite floating-point tensor (N, ...) or a tuple of them sharing
+                dimension 0 (N >= 1); image batches (N, C, H, W) when no ``feature_mask`` is
+                given.
+            target: Any Captum target form (integer class indices; negative ones count from
+                the end); ``None`` means the predicted class.
             feature_mask: Integer feature ids per input, broadcastable to it: (1, 1, H, W) for
                 the whole batch or (N, 1, H, W) per example; ids need not be contiguous. A list
                 of disjoint boolean (H, W) masks is accepted too. ``None``: the segmenter makes
@@ -202,8 +209,10 @@ class CTC(Attribution):
             additional_forward_args: Extra arguments appended to ``forward_func``'s inputs;
                 tensors whose first dimension is N are repeated for every copy.
             perturbations_per_eval: How many feature copies travel in one forward batch
-                (bounds memory). ``None`` (default) propagates all features at once.
-                ``"proportional"`` sharing needs every feature in one pass.
+                (bounds memory). ``None`` (default) propagates all features at once. It
+                changes memory and speed only: the scores equal the one-pass scores up to
+                float rounding (a few ulps), in every sharing mode. ``"proportional"`` sharing
+                needs every feature in one pass.
             show_progress: Show a tqdm progress bar over the forward batches.
             return_feature_scores: Also return the :class:`FeatureScores`.
             within_feature: Distribute each feature's score over its elements in proportion to
@@ -218,12 +227,16 @@ class CTC(Attribution):
             with Captum's ``FeatureAblation``), and the :class:`FeatureScores` on request.
 
         Raises:
+            TypeError: inputs that are not tensors (see :func:`ctc_plugin.inputs.check_inputs`).
             ValueError: inputs, masks, targets or options that do not fit, with what to fix.
+            TrainingModeError: the model has BatchNorm or dropout in training mode; nothing
+                has run (call ``model.eval()``).
             UnsupportedOperationError: the model calls an operation without a CTC rule.
         """
         is_tuple = isinstance(inputs, tuple)
-        _check_eval_mode(self.forward_func)
-        inputs_tuple = _check_inputs(inputs)
+        inputs_tuple = check_inputs(inputs)
+        check_eval_mode(self.forward_func)
+        example_targets(target, inputs_tuple[0].shape[0])  # the form; the range after the pass
         extra = _as_tuple(additional_forward_args)
         if feature_mask is None:
             feature_mask = self._segment(inputs_tuple)
@@ -264,11 +277,21 @@ class CTC(Attribution):
 
     # ------------------------------------------------------------------ internals
     def _segment(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        if len(inputs) != 1 or inputs[0].dim() != 4:
+        if len(inputs) != 1:
             raise ValueError(
-                "without a feature_mask, CTC segments the input with its segmenter, which needs "
-                "one image batch of shape (N, C, H, W); pass feature_mask for other inputs"
+                f"without a feature_mask, CTC segments the input with its segmenter, which needs "
+                f"one image batch (N, C, H, W), not a tuple of {len(inputs)} inputs; pass "
+                "feature_mask for them"
             )
+        check_inputs(
+            inputs[0],
+            images=True,
+            finite=False,  # checked already
+            context=(
+                " (without a feature_mask, CTC segments the images with its segmenter; pass "
+                "feature_mask for inputs that are not images)"
+            ),
+        )
         segmenter = self.segmenter
         if segmenter is None:
             from ctc_plugin.features import SuperpixelSegmenter
@@ -325,6 +348,7 @@ class CTC(Attribution):
                     slice_targets(target, n, part),
                     chunks,
                     progress,
+                    first_example=part.start,
                 )
                 for part in groups
             ]
@@ -344,8 +368,9 @@ class CTC(Attribution):
         target: TargetType,
         chunks: list[slice],
         progress: tqdm | None,
+        first_example: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """The CTC passes of one group of examples, one per chunk of features."""
+        """The CTC passes of one group of examples (from ``first_example`` on), one per chunk."""
         n = inputs[0].shape[0]
         reference = self.bias_sharing == "reference"
         columns = []
@@ -372,7 +397,7 @@ class CTC(Attribution):
             grouped = layout.group(logits)
             if indices is None:
                 output_full = grouped[:, 0]
-                indices = resolve_targets(target, output_full)
+                indices = resolve_targets(target, output_full, first_example)
                 output = select_targets(output_full, indices)
             per_copy = _select_per_copy(grouped, indices)
             first = layout.first_feature
@@ -525,46 +550,6 @@ def _runs_on_model(within_feature: Any) -> bool:
     A Zennit composite registers hooks and canonizers on the model; so do some Captum methods.
     """
     return within_feature is not None and not isinstance(within_feature, (torch.Tensor, tuple))
-
-
-def _check_eval_mode(forward_func: Callable[..., Any]) -> None:
-    """Refuse training-mode BatchNorm/Dropout before running (they would change the model)."""
-    model = model_of(forward_func)  # the model, or the owner of a bound method (model.forward)
-    if model is None:
-        return
-    for name, module in model.named_modules():
-        stateful = isinstance(module, (_BatchNorm, _DropoutNd)) or (
-            isinstance(module, _InstanceNorm) and module.track_running_stats
-        )
-        if module.training and stateful:
-            raise UnsupportedOperationError(
-                f"{type(module).__name__} {name or '(the model)'!r}",
-                "it is in training mode (batch statistics or random dropout); "
-                "call model.eval() first",
-            )
-
-
-def _check_inputs(inputs: TensorOrTuple) -> tuple[torch.Tensor, ...]:
-    inputs_tuple = inputs if isinstance(inputs, tuple) else (inputs,)
-    if not inputs_tuple:
-        raise ValueError("inputs is an empty tuple; give at least one tensor")
-    n = None
-    for i, x in enumerate(inputs_tuple):
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise ValueError(
-                f"input {i} must be a floating-point tensor; got "
-                f"{getattr(x, 'dtype', type(x).__name__)}"
-            )
-        if x.dim() == 0:
-            raise ValueError(f"input {i} needs a batch dimension; got a scalar")
-        if n is not None and x.shape[0] != n:
-            raise ValueError(
-                f"all inputs must share dimension 0 (the batch); got {n} and {x.shape[0]}"
-            )
-        n = x.shape[0]
-        if not torch.isfinite(x).all():
-            raise ValueError(f"input {i} contains NaN or infinite values; clean the input first")
-    return inputs_tuple
 
 
 def _check_baselines(

@@ -27,6 +27,7 @@ from ctc_plugin.ctc.composite import (
     hooked_pass,
 )
 from ctc_plugin.ctc.rules import GatedPass
+from ctc_plugin.inputs import check_eval_mode, check_inputs
 
 AttrOutput = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
@@ -132,7 +133,8 @@ class CTCAttributor(Attributor):
         removed afterwards, also on an exception.
 
         Args:
-            input: (N, ...) batch.
+            input: (N, ...) finite floating-point batch, N >= 1; (N, C, H, W) images when the
+                features come from the segmenter.
             attr_output: Output weighting for this call (default: the attributor's).
             feature_mask: Feature ids for this call (default: the attributor's, then the
                 composite's, then the segmenter).
@@ -141,6 +143,12 @@ class CTCAttributor(Attributor):
             ``(output, relevance)``: the model's output on ``input`` and the CTC attribution
             shaped like ``input``. The per-feature scores of the call are kept in
             :attr:`feature_scores`.
+
+        Raises:
+            TypeError: ``input`` is not one tensor.
+            ValueError: ``input`` is not a finite float batch (see
+                :func:`ctc_plugin.inputs.check_inputs`), or as ``CTC.attribute``.
+            TrainingModeError: The model has BatchNorm or dropout in training mode.
         """
         weighting = self.default_attr_output if attr_output is None else attr_output
         with exclusive(self.model), exclusive(self.composite):
@@ -164,8 +172,8 @@ class CTCAttributor(Attributor):
         self, input: torch.Tensor, attr_output_fn: Callable[[torch.Tensor], torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the CTC pass with the registered composite (Zennit's ``Attributor.forward``)."""
-        if not isinstance(input, torch.Tensor):
-            raise ValueError(f"input must be a tensor; got {type(input).__name__}")
+        check_inputs(input, name="input", tuples=False)
+        check_eval_mode(self.model)  # before the within-feature relevance runs the model
         mask = next(
             (m for m in (self._call_mask, self.feature_mask) if m is not None),
             self.ctc_composite.feature_mask,

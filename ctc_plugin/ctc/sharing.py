@@ -362,23 +362,25 @@ class Workspace:
         count: int = 2,
         slot: str = "copies",
         shape: tuple[int, ...] | None = None,
+        dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """``count`` uninitialised contiguous tensors shaped, typed and placed like ``like``.
 
-        ``shape`` overrides the shape. Buffers of one slot are reused by the next request for
-        that slot; requests for different slots never share memory.
+        ``shape`` and ``dtype`` override the shape and dtype. Buffers of one slot are reused by
+        the next request for that slot; requests for different slots never share memory.
         """
         slots = getattr(self._local, "slots", None)
         if slots is None:
             slots = self._local.slots = {}
         held = slots.get(slot)
         shape = tuple(like.shape) if shape is None else tuple(shape)
+        dtype = like.dtype if dtype is None else dtype
         numel = math.prod(shape)
-        if held is None or held.dtype != like.dtype or held.device != like.device:
-            held = slots[slot] = torch.empty(count, numel, dtype=like.dtype, device=like.device)
+        if held is None or held.dtype != dtype or held.device != like.device:
+            held = slots[slot] = torch.empty(count, numel, dtype=dtype, device=like.device)
         elif held.shape[0] < count or held.shape[1] < numel:  # grow, never shrink
             rows, columns = max(count, held.shape[0]), max(numel, held.shape[1])
-            held = slots[slot] = torch.empty(rows, columns, dtype=like.dtype, device=like.device)
+            held = slots[slot] = torch.empty(rows, columns, dtype=dtype, device=like.device)
         return tuple(held[i, :numel].view(shape) for i in range(count))
 
 
@@ -390,7 +392,8 @@ class FullCopyStatistics:
         ceil_full: ``ceil(10 z_F) = 10 q(z_F)`` (whole numbers), with ``+inf`` where it is 0
             (dividing by it then gives the formula's ``rho = 0`` there).
         exact_zero: Where ``z_F = 0`` (as 0/1 values), or ``None`` when it is nowhere zero.
-        sigma: The reference spread ``std(log10 r)``, with size 1 along the statistic dims.
+        sigma: The reference spread ``std(log10 r)``, with size 1 along the statistic dims, in
+            :func:`statistics_dtype`.
     """
 
     ceil_full: torch.Tensor
@@ -430,7 +433,7 @@ def full_copy_statistics(
     unusable = torch.eq(r, 0, out=scratch)
     count = _group_size(r, dims) - unusable.sum(dim=dims, keepdim=True)
     log_r = unusable.add_(r).log10_()
-    _, sigma = _mean_std_of_counted(log_r, count, dims)
+    _, sigma = _mean_std_of_counted(log_r, count, dims, workspace)
     sigma.masked_fill_(no_mean, 0.0)
     exact_zero = torch.eq(z_full, 0, out=scratch)
     # on a CPU, skipping the mask where z_F has no zero saves passes; elsewhere asking would
@@ -457,17 +460,38 @@ def _group_size(values: torch.Tensor, dims: tuple[int, ...]) -> int:
 
 
 def _mean_std_of_counted(
-    values: torch.Tensor, count: torch.Tensor, dims: tuple[int, ...]
+    values: torch.Tensor,
+    count: torch.Tensor,
+    dims: tuple[int, ...],
+    workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population std over ``dims`` of the counted entries; the others must hold 0.
 
     ``count`` (size 1 along ``dims``) is how many entries count; groups without any get 0.
-    Two reductions over ``values``, no full-size temporary.
+
+    The sums run in float64 (:func:`statistics_dtype`) and the results stay in it: a float32
+    sum depends on the order of its terms, and that order on how the copies are laid out
+    (blocks, packed boxes, how many copies travel together), so a float32 statistic would
+    change by an ulp with ``perturbations_per_eval``, which the quantisation of the next layer
+    can turn into a visible difference. In float64 the rounding of the sum is some 1e-16 of it,
+    far below what reaches a float32 result. ``workspace`` keeps the wide copy of ``values``
+    (its ``"wide"`` slot) instead of allocating it.
     """
-    count = count.clamp_min(1.0)
-    mean = values.sum(dim=dims, keepdim=True).div_(count)
-    second = torch.linalg.vector_norm(values, 2, dim=dims, keepdim=True).square_().div_(count)
+    dtype = statistics_dtype(values)
+    if workspace is None:
+        wide = values.to(dtype, copy=True)
+    else:
+        (wide,) = workspace.buffers(values, 1, slot="wide", dtype=dtype)
+        wide.copy_(values)
+    count = count.to(wide.dtype).clamp_min(1.0)
+    mean = wide.sum(dim=dims, keepdim=True).div_(count)
+    second = wide.mul_(wide).sum(dim=dims, keepdim=True).div_(count)  # the copy, squared
     return mean, (second - mean.square()).clamp_min_(0.0).sqrt_()
+
+
+def statistics_dtype(values: torch.Tensor) -> torch.dtype:
+    """The dtype the reference statistics are computed in: float64 where the device has it."""
+    return values.dtype if values.device.type == "mps" else torch.float64
 
 
 def copy_shares(
@@ -525,14 +549,17 @@ def share_factors(
     rho.ceil_().div_(ReferenceSharing.ratio_quantum)
     # l = log10 of 1 where rho = 0: exactly 0 (log10 of 0 takes several times longer)
     log_ratio = torch.eq(rho, 0, out=scratch).add_(rho).log10_()
-    mu, std = _mean_std_of_counted(log_ratio, count, dims)
+    mu, std = _mean_std_of_counted(log_ratio, count, dims, workspace)
 
     # Capping: l' = mu + (l - mu) c with c = sigma / std where std > sigma, else l' = l, and
     # s = 10 ** l' = 2 ** (l c log2(10)) * 2 ** (mu (1 - c) log2(10)) where rho > 0, s = 0
     # where rho = 0. exp2 costs a fraction of a power.
-    c = torch.where(std > full.sigma, full.sigma / std.clamp_min(torch.finfo(std.dtype).tiny), 1.0)
-    unit_part = rho.ne_(0).mul_(log_ratio.mul_(c * LOG2_10).exp2_())
-    return unit_part, torch.exp2(mu * (1.0 - c) * LOG2_10)
+    # c and the per-group factor in the statistics' dtype, each rounded once to the copies'
+    sigma = full.sigma.to(std.dtype)
+    c = torch.where(std > sigma, sigma / std.clamp_min(torch.finfo(std.dtype).tiny), 1.0)
+    dtype = z_copies.dtype
+    unit_part = rho.ne_(0).mul_(log_ratio.mul_((c * LOG2_10).to(dtype)).exp2_())
+    return unit_part, torch.exp2(mu * (1.0 - c) * LOG2_10).to(dtype)
 
 
 #: log2(10): converts base-10 exponents to base 2.

@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ctc_plugin.inputs import check_images as shared_check_images
+from ctc_plugin.targets import class_indices
+
 
 def as_tensor(value: Tensor | np.ndarray, name: str) -> Tensor:
     """Return ``value`` as a tensor (NumPy arrays are converted without copying when possible)."""
@@ -61,36 +64,34 @@ def as_masks(masks: Tensor | np.ndarray, shape: torch.Size, name: str = "masks")
 
 
 def check_images(images: Tensor, name: str = "images") -> Tensor:
-    """Check that ``images`` is a float ``(N, C, H, W)`` tensor and return it.
+    """Check that ``images`` is a finite float ``(N, C, H, W)`` batch and return it.
+
+    The same check, and the same messages, as every attribution method
+    (:func:`ctc_plugin.inputs.check_images`).
 
     Raises:
-        ValueError: when the shape or dtype is wrong.
+        TypeError: when ``images`` is not a tensor.
+        ValueError: when the shape, dtype or values are wrong.
     """
-    if not isinstance(images, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"{name} must have shape (N, C, H, W); got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(
-            f"{name} must be a floating-point tensor in [0, 1]; got dtype {images.dtype} "
-            "(convert with images.float() / 255)"
-        )
-    return images
+    return shared_check_images(images, name=name)
 
 
 def as_targets(targets: Tensor | int | list[int] | np.ndarray, n: int) -> Tensor:
-    """Return class targets as a long ``(N,)`` tensor (an int is repeated for every image).
+    """Return class targets as a long ``(N,)`` tensor (one class is repeated for every image).
+
+    Any Captum target form (:func:`ctc_plugin.targets.class_indices`), and NumPy arrays; a
+    tensor or array of ``N`` classes may have any shape (it is flattened).
 
     Raises:
-        ValueError: when the number of targets does not match the number of images.
+        ValueError: when the targets are not integer class indices, or their number does not
+            match the number of images.
     """
-    if isinstance(targets, int):
-        return torch.full((n,), targets, dtype=torch.long)
-    out = torch.as_tensor(np.asarray(targets) if isinstance(targets, list) else targets)
-    out = out.reshape(-1).long()
-    if out.numel() != n:
-        raise ValueError(f"expected {n} targets (one per image), got {out.numel()}")
-    return out
+    if isinstance(targets, np.ndarray):
+        targets = torch.from_numpy(targets)
+    device = targets.device if isinstance(targets, Tensor) else None
+    if isinstance(targets, Tensor) and targets.numel() == n:
+        targets = targets.reshape(-1)
+    return class_indices(targets, n, device=device)
 
 
 #: An explanation method as the evaluation sees it: ``method(model, images, targets,

@@ -51,7 +51,13 @@ from ctc_plugin.evaluation.localisation import (
     relevance_mass_accuracy,
     relevance_rank_accuracy,
 )
-from ctc_plugin.evaluation.methods import EXPLAINER_METHODS, MethodSpec, peer_methods, registry
+from ctc_plugin.evaluation.methods import (
+    EXPLAINER_METHODS,
+    MethodSpec,
+    method_names,
+    peer_methods,
+    registry,
+)
 from ctc_plugin.evaluation.protocol import DEFAULT_PERTURBATIONS, run_protocol, welch_test
 from ctc_plugin.evaluation.report import COLUMNS, finite_mean, write_stored_report
 from ctc_plugin.evaluation.sanity import cascading_randomisation
@@ -134,6 +140,11 @@ class BenchmarkConfig:
         unknown = set(self.feature_sources) - set(FEATURE_SOURCES)
         if unknown:
             raise ValueError(f"unknown feature sources {sorted(unknown)}; use {FEATURE_SOURCES}")
+        if self.methods is not None:
+            known = method_names()
+            unknown = sorted(set(self.methods) - set(known))
+            if unknown:
+                raise ValueError(f"unknown methods {unknown}; available: {known}")
         if self.images < 1 or self.batch_size < 1:
             raise ValueError("images and batch_size must be positive")
         if not 0 <= self.robustness_images <= self.images:

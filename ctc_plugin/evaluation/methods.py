@@ -31,6 +31,7 @@ __all__ = [
     "our_methods",
     "explainer_method",
     "registry",
+    "method_names",
     "last_spatial_layer",
 ]
 
@@ -471,3 +472,9 @@ def registry(
     ours = our_methods(explainer, explainers)
     specs = ours + peer_methods(n_samples=n_samples, ig_steps=ig_steps)
     return {spec.name: spec for spec in specs}
+
+
+def method_names() -> list[str]:
+    """Every method name the benchmark knows, in report order (Explainer kinds included)."""
+    names = list(registry())
+    return names + [name for name in EXPLAINER_METHODS.values() if name not in names]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -13,45 +12,8 @@ from torch import Tensor, nn
 
 from ctc_plugin.concurrency import eval_mode, holds_model
 from ctc_plugin.explainer.network import Explainer
-
-TargetType = int | tuple[int, ...] | Tensor | Sequence[int | tuple[int, ...]] | None
-
-
-def targets_to_indices(target: TargetType, num_examples: int, num_classes: int) -> Tensor:
-    """Turn any Captum target form into one class index per example.
-
-    Accepted (as in Captum for ``(N, C)`` outputs): an int; a 1-tuple ``(c,)``; a 0-d tensor;
-    a 1-d tensor of length 1 or ``N``; a list of ``N`` ints or 1-tuples.
-
-    Raises:
-        ValueError: For another form, a wrong length or a class out of range.
-    """
-    if isinstance(target, tuple):
-        if len(target) != 1:
-            raise ValueError(
-                f"a tuple target indexes the (N, C) output with one class, got {target!r}"
-            )
-        target = target[0]
-    if isinstance(target, Tensor):
-        indices = target.detach().reshape(-1).long().cpu()
-    elif isinstance(target, int):
-        indices = torch.tensor([target])
-    elif isinstance(target, list):
-        flat = [t[0] if isinstance(t, tuple) and len(t) == 1 else t for t in target]
-        if not all(isinstance(t, int) for t in flat):
-            raise ValueError(f"a list target must hold ints or 1-tuples, got {target!r}")
-        indices = torch.tensor(flat, dtype=torch.long)
-    else:
-        raise ValueError(
-            f"unsupported target {target!r}: give None, an int, a (c,) tuple, a tensor or a list"
-        )
-    if indices.numel() == 1:
-        indices = indices.expand(num_examples)
-    if indices.numel() != num_examples:
-        raise ValueError(f"got {indices.numel()} targets for {num_examples} inputs")
-    if indices.numel() and (indices.min() < 0 or indices.max() >= num_classes):
-        raise ValueError(f"target classes must lie in [0, {num_classes}), got {indices.tolist()}")
-    return indices
+from ctc_plugin.inputs import check_eval_mode, check_inputs
+from ctc_plugin.targets import TargetType, class_indices
 
 
 class ExplainerAttribution(Attribution):
@@ -70,7 +32,9 @@ class ExplainerAttribution(Attribution):
 
     Args:
         classifier: The model the explainer was trained for (used to find the predicted class
-            when ``target`` is None, and to check the class count).
+            when ``target`` is None, and to check the class count), in eval mode: one with
+            BatchNorm or dropout in training mode is refused, as :class:`~ctc_plugin.CTC` does,
+            so that explaining never changes it.
         explainer: A trained :class:`~ctc_plugin.explainer.network.Explainer`.
 
     Raises:
@@ -89,13 +53,8 @@ class ExplainerAttribution(Attribution):
         """Return False: the masks have no convergence delta."""
         return False
 
-    def _check_inputs(self, images: Tensor) -> None:
-        """Raise a clear error for inputs the explainer cannot take."""
-        expected = self.explainer.in_channels
-        if images.dim() != 4 or images.shape[1] != expected:
-            raise ValueError(
-                f"inputs must be images shaped (N, {expected}, H, W), got {tuple(images.shape)}"
-            )
+    def _check_fits(self, images: Tensor) -> None:
+        """Raise a clear error for images of another size than the explainer was trained on."""
         size = self.explainer.trained_image_size
         if size is not None and tuple(images.shape[-2:]) != size:
             raise ValueError(
@@ -147,20 +106,29 @@ class ExplainerAttribution(Attribution):
             Masks in ``[0, 1]`` broadcast to the input's shape (a 1-tuple if the input was).
 
         Raises:
-            ValueError: For a class-count mismatch, a wrong input shape or size, or a bad target.
+            TypeError: Inputs that are not a tensor (see :func:`ctc_plugin.inputs.check_inputs`).
+            ValueError: Inputs that are not a finite float image batch of the explainer's
+                channels and size, a class-count mismatch, or a target that is not integer class
+                indices in range (negative ones count from the end, as in Captum).
+            TrainingModeError: The classifier has BatchNorm or dropout in training mode; nothing
+                has run (call ``classifier.eval()``).
         """
         as_tuple = isinstance(inputs, tuple)
-        if as_tuple and len(inputs) != 1:
+        if as_tuple and len(inputs) > 1:
             raise ValueError(f"ExplainerAttribution takes one input tensor, got {len(inputs)}")
-        images = inputs[0] if as_tuple else inputs
-        self._check_inputs(images)
+        (images,) = check_inputs(inputs, images=True, channels=self.explainer.in_channels)
+        check_eval_mode(self.classifier)
+        self._check_fits(images)
+        n, num_classes = len(images), self.explainer.num_classes
+        indices = None
+        if target is not None:  # checked before anything runs
+            indices = class_indices(target, n, num_classes, device=images.device)
         with eval_mode(self.explainer):  # switched (and held exclusively) only when needed
             with torch.no_grad():
-                if target is None:
-                    target = self._classify(images, additional_forward_args).argmax(dim=1)
+                if indices is None:
+                    indices = self._classify(images, additional_forward_args).argmax(dim=1)
                 elif not self._classes_checked:
                     self._classify(images[:1], additional_forward_args)
-                indices = targets_to_indices(target, len(images), self.explainer.num_classes)
                 fast = images.contiguous(memory_format=self.explainer.input_memory_format)
                 masks = self.explainer.target_logits(fast, indices).sigmoid()
         result = masks.expand_as(images).to(images.dtype).contiguous()

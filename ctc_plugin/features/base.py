@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ctc_plugin.features.cache import MaskCache, resolve_cache
+from ctc_plugin.inputs import check_images
 
 __all__ = [
     "FeatureTable",
@@ -85,13 +86,12 @@ class ImageNormalisation:
         """Map a float batch ``(N, 3, H, W)`` to RGB in ``[0, 1]``.
 
         Raises:
-            ValueError: If the images do not have 3 channels, or their values fall outside the
-                declared range (the message says which option to set).
+            TypeError: If ``images`` is not a tensor.
+            ValueError: If the images are not a finite float batch ``(N, 3, H, W)``, or their
+                values fall outside the declared range (the message says which option to set).
         """
-        check_images(images)
+        check_images(images, channels=3)
         x = images.detach().to(torch.float32)
-        if not torch.isfinite(x).all():
-            raise ValueError("images contain NaN or infinite values")
         if self.mean is not None and self.std is not None:
             mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
             std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -121,19 +121,6 @@ class ImageNormalisation:
     def settings(self) -> dict[str, Any]:
         """Return the options as plain JSON-able values (part of cache keys)."""
         return {"value_range": self.value_range, "mean": self.mean, "std": self.std}
-
-
-def check_images(images: torch.Tensor) -> None:
-    """Raise a clear error unless ``images`` is a float tensor ``(N, 3, H, W)``."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor (N, 3, H, W), got {type(images).__name__}")
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(
-            f"images must be a float tensor, got {images.dtype}; convert uint8 images with "
-            ".float() and declare value_range=(0, 255)"
-        )
 
 
 @dataclass
@@ -280,9 +267,15 @@ class Segmenter(ABC):
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
     def segment(self, images: torch.Tensor) -> Segmentation:
-        """Segment a batch ``(N, 3, H, W)``: the feature mask plus per-feature metadata."""
-        if images.shape[0] == 0:
-            raise ValueError("images is an empty batch (N = 0)")
+        """Segment a batch ``(N, 3, H, W)``: the feature mask plus per-feature metadata.
+
+        Raises:
+            TypeError: ``images`` is not a tensor.
+            ValueError: Not a finite float batch ``(N, 3, H, W)`` with N >= 1 (the same
+                messages as every attribution method, see :func:`ctc_plugin.inputs.check_inputs`),
+                or values outside the declared range.
+        """
+        check_images(images, channels=3)
         rgb = self.normalisation.to_uint8(images)
         key = self.settings_key() if self.cache is not None else ""
         labels: list[np.ndarray] = []

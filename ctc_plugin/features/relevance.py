@@ -26,6 +26,7 @@ from zennit.types import Convolution
 
 from ctc_plugin.concurrency import exclusive
 from ctc_plugin.ctc.canonizers import PositiveEpsMergeBatchNorm, gradient_attributor
+from ctc_plugin.targets import class_indices, resolve_targets
 
 __all__ = ["lrp_alpha1beta0", "relevance_heatmap", "resolve_target", "zennit_relevance"]
 
@@ -61,19 +62,19 @@ def resolve_target(
     images: torch.Tensor,
     target: int | Sequence[int] | torch.Tensor | None,
 ) -> torch.Tensor:
-    """Return a ``LongTensor`` ``(N,)`` of target classes (``None``: the predicted class)."""
+    """Return a ``LongTensor`` ``(N,)`` of target classes (``None``: the predicted class).
+
+    ``target`` takes Captum's forms (:func:`ctc_plugin.targets.class_indices`); negative
+    classes are kept as given (they count from the end where the classes are known).
+
+    Raises:
+        ValueError: A target that is not integer class indices, or not one class or one per
+            image.
+    """
     if target is None:
         with torch.no_grad():
             return model(images).argmax(dim=1)
-    target_tensor = torch.as_tensor(target, dtype=torch.long, device=images.device).flatten()
-    if target_tensor.numel() == 1:
-        target_tensor = target_tensor.expand(images.shape[0])
-    if target_tensor.numel() != images.shape[0]:
-        raise ValueError(
-            f"target must be one class or one per image ({images.shape[0]}), "
-            f"got {target_tensor.numel()}"
-        )
-    return target_tensor
+    return class_indices(target, images.shape[0], device=images.device)
 
 
 def zennit_relevance(
@@ -135,7 +136,8 @@ def _run_composite(
     with gradient_attributor(model, composite) as attributor:
 
         def one_hot(output: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.one_hot(targets, output.shape[1]).to(output.dtype)
+            classes = resolve_targets(targets, output.detach())  # range checked, -1 is the last
+            return torch.nn.functional.one_hot(classes, output.shape[1]).to(output.dtype)
 
         output, attribution = attributor(images.detach(), one_hot)
     return output.detach(), attribution.detach().sum(dim=1)

@@ -18,6 +18,7 @@ from skimage import color, filters, segmentation
 from ctc_plugin.features.base import FeatureTable, Segmentation, Segmenter, feature_table
 from ctc_plugin.features.cache import MaskCache
 from ctc_plugin.features.partition import to_partition
+from ctc_plugin.inputs import check_images
 
 __all__ = ["GridSegmenter", "SuperpixelSegmenter"]
 
@@ -198,14 +199,7 @@ class GridSegmenter(Segmenter):
             ValueError: A batch that is not 4-dimensional, an empty batch, or a grid finer than
                 the image.
         """
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(
-                f"images must be a torch.Tensor (N, C, H, W), got {type(images).__name__}"
-            )
-        if images.ndim != 4:
-            raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
-        if images.shape[0] == 0:
-            raise ValueError("images is an empty batch (N = 0)")
+        check_images(images, floating=False, finite=False)  # the values are not read
         count, _, height, width = images.shape
         labels = self.grid(int(height), int(width))
         mask = torch.from_numpy(labels.astype(np.int64)).to(images.device)

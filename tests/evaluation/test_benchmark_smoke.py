@@ -88,4 +88,4 @@ def test_command_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["benchmark", "--features", "sam", "--out", str(tmp_path)]) == 2
     assert "unknown feature sources" in capsys.readouterr().err
     assert main(["benchmark", "--families", "alexnet", "--out", str(tmp_path)]) == 2
-    assert "unknown model family" in capsys.readouterr().err
+    assert "--families: invalid choice: 'alexnet'" in capsys.readouterr().err

@@ -104,10 +104,22 @@ def test_wrong_input_size_and_shape(trained):
         attr.attribute(torch.rand(1, 1, 16, 16), target=0)
 
 
-@pytest.mark.parametrize("target", [3, -1, [0, 1], (0, 1), "cat"])
+@pytest.mark.parametrize("target", [3, -4, [0, 1], (0, 1), "cat", 1.0, torch.tensor([2.0])])
 def test_bad_targets(trained, target):
     with pytest.raises(ValueError):
         ExplainerAttribution(*trained).attribute(data(3)[0], target=target)
+
+
+def test_negative_targets_count_from_the_end_as_in_captum(trained):
+    clf, explainer = trained
+    images, _ = data(3, seed=4)
+    attr = ExplainerAttribution(clf, explainer)
+    torch.testing.assert_close(
+        attr.attribute(images, target=-1), _expected(explainer, images, [2, 2, 2])
+    )
+    torch.testing.assert_close(
+        attr.attribute(images, target=[-3, -2, -1]), _expected(explainer, images, [0, 1, 2])
+    )
 
 
 def test_untrained_explainer_warns(trained):

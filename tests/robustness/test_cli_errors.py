@@ -439,3 +439,12 @@ def test_explain_runs_on_every_image_mode(kind, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "as RGB" in text and "figure written" in text
     assert Image.open(out).format == "PNG"
+
+
+@pytest.mark.parametrize("methods", [["Nope"], ["CTC-reference", "gradcam"], ["ctc-reference"]])
+def test_unknown_benchmark_methods_are_refused_before_anything_is_written(tmp_path, methods):
+    out = tmp_path / "run"
+    assert_one_line_error(
+        "benchmark", ["benchmark", "--methods", *methods, "--out", str(out)], "unknown methods"
+    )
+    assert not out.exists()

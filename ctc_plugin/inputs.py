@@ -1,0 +1,267 @@
+"""The checks every attribution method runs on its inputs and model, with one message per mistake.
+
+:class:`~ctc_plugin.CTC`, :class:`~ctc_plugin.CTCAttributor`,
+:class:`~ctc_plugin.IntegrativeCAM`, :class:`~ctc_plugin.ExplainerAttribution` and the
+segmenters of :mod:`ctc_plugin.features` call these functions before they run the model, so the
+same bad input gets the same error everywhere, and a refused call changes nothing:
+
+- not a tensor (a NumPy array, a PIL image, a list): ``TypeError`` saying how to convert it,
+  e.g. ``torch.from_numpy(x).permute(0, 3, 1, 2)``;
+- an empty tuple of inputs: ``ValueError``;
+- a dtype that is not floating point (``uint8``, ``long``, ``bool``, complex): ``ValueError``
+  (``x.float() / 255`` for 8-bit images);
+- a scalar, or, for a method that takes images, one image ``(C, H, W)`` or ``(H, W)``:
+  ``ValueError`` saying which dimension to add (``x.unsqueeze(0)``);
+- a batch of size 0, or tuple members with different batch sizes: ``ValueError``;
+- NaN or infinite values: ``ValueError`` with how many and in which examples;
+- BatchNorm, dropout or tracked InstanceNorm in training mode: :class:`TrainingModeError`
+  naming the module (``model.eval()``).
+
+Targets are checked by :mod:`ctc_plugin.targets`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+from ctc_plugin.concurrency import model_of
+
+__all__ = ["TrainingModeError", "check_eval_mode", "check_images", "check_inputs"]
+
+#: The channel counts that make a trailing dimension look like channels (channels-last layout).
+_CHANNEL_COUNTS = (1, 3, 4)
+
+
+class TrainingModeError(ValueError):
+    """The model has a module in training mode whose forward pass would change it or the result.
+
+    BatchNorm (and InstanceNorm with running statistics) in training mode update their running
+    statistics on every forward pass and normalise with the batch's own statistics; dropout
+    drops units at random. An attribution method refuses such a model before running it, so the
+    model is left exactly as it was. Call ``model.eval()`` first.
+    """
+
+
+def check_inputs(
+    inputs: Any,
+    *,
+    name: str = "inputs",
+    images: bool = False,
+    channels: int | None = None,
+    tuples: bool = True,
+    floating: bool = True,
+    finite: bool = True,
+    context: str = "",
+) -> tuple[torch.Tensor, ...]:
+    """Check the inputs of an attribution method; return them as a tuple of tensors.
+
+    Checks, in this order, each with its own message: that ``inputs`` is a tensor (or, with
+    ``tuples``, a non-empty tuple of tensors); that each is floating point; that each has a batch
+    dimension; with ``images``, that the first is an image batch ``(N, C, H, W)`` (with
+    ``channels`` channels, when given); that the batch is not empty and every tensor of a tuple
+    has the same batch size; and that no value is NaN or infinite.
+
+    Args:
+        inputs: What the user passed.
+        name: The argument's name in the messages (``inputs``, ``input``, ``images``).
+        images: Require the first tensor to be an image batch ``(N, C, H, W)``.
+        channels: With ``images``, the number of channels required.
+        tuples: Accept a tuple of tensors (Captum's convention); otherwise one tensor only.
+        floating: Require a floating-point dtype.
+        finite: Refuse NaN and infinite values.
+        context: Appended to the image-shape message (what the method needs images for).
+
+    Returns:
+        The inputs as a tuple of tensors (a 1-tuple for a single tensor).
+
+    Raises:
+        TypeError: Not a tensor (nor, with ``tuples``, a tuple); the message says how to convert.
+        ValueError: An empty tuple, a dtype that is not floating point, no batch dimension, not
+            an image batch, an empty batch, batch sizes that differ, NaN or infinite values.
+    """
+    is_tuple = isinstance(inputs, tuple)
+    if is_tuple and not tuples:
+        raise TypeError(
+            f"{name} must be one torch.Tensor, got a tuple of {len(inputs)}; this method takes "
+            "a single input tensor"
+        )
+    members: tuple[Any, ...] = inputs if is_tuple else (inputs,)
+    if not members:
+        raise ValueError(f"{name} is an empty tuple; give at least one tensor")
+    names = [f"{name}[{i}]" if is_tuple else name for i in range(len(members))]
+    for label, x in zip(names, members):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{label} must be a torch.Tensor, got {_describe_object(x)}")
+    for label, x in zip(names, members):
+        if floating and not x.is_floating_point():
+            raise ValueError(
+                f"{label} must be a floating-point tensor, got dtype {x.dtype}; "
+                f"{_dtype_hint(x.dtype)}"
+            )
+        if x.dim() == 0:
+            raise ValueError(
+                f"{label} is a scalar (a 0-d tensor) but needs a batch dimension first, shape "
+                f"(N, ...); add it with x.reshape(1, -1) or x.unsqueeze(0)"
+            )
+    if images:
+        _check_image_shape(members[0], names[0], channels, context)
+    sizes = [x.shape[0] for x in members]
+    if sizes[0] == 0:
+        raise ValueError(f"{names[0]} is an empty batch (N = 0); give at least one example")
+    for label, size in zip(names[1:], sizes[1:]):
+        if size != sizes[0]:
+            raise ValueError(
+                f"all inputs must share dimension 0 (the batch): {names[0]} has {sizes[0]} "
+                f"examples but {label} has {size}"
+            )
+    if finite:
+        for label, x in zip(names, members):
+            _check_finite(x, label)
+    return members
+
+
+def check_images(
+    images: Any,
+    *,
+    name: str = "images",
+    channels: int | None = None,
+    floating: bool = True,
+    finite: bool = True,
+) -> torch.Tensor:
+    """Check one image batch ``(N, C, H, W)``, as :func:`check_inputs` does; return it.
+
+    Args:
+        images: What the user passed.
+        name: The argument's name in the messages.
+        channels: The number of channels required, if any.
+        floating: Require a floating-point dtype.
+        finite: Refuse NaN and infinite values.
+
+    Raises:
+        TypeError: Not a tensor.
+        ValueError: As :func:`check_inputs` with ``images=True``.
+    """
+    (checked,) = check_inputs(
+        images,
+        name=name,
+        images=True,
+        channels=channels,
+        tuples=False,
+        floating=floating,
+        finite=finite,
+    )
+    return checked
+
+
+def check_eval_mode(forward_func: Callable[..., Any]) -> None:
+    """Refuse a model with BatchNorm, dropout or tracked InstanceNorm in training mode.
+
+    Their forward pass in training mode updates running statistics (the model changes) or is
+    random, so an explanation would change the model or not be reproducible. ``forward_func``
+    may be an ``nn.Module`` or one of its bound methods (``model.forward``); any other function
+    is not inspected.
+
+    Raises:
+        TrainingModeError: Naming the first such module; nothing has run yet.
+    """
+    model = model_of(forward_func)  # the model, or the owner of a bound method (model.forward)
+    if model is None:
+        return
+    for name, module in model.named_modules():
+        stateful = isinstance(module, (_BatchNorm, _DropoutNd)) or (
+            isinstance(module, _InstanceNorm) and module.track_running_stats
+        )
+        if module.training and stateful:
+            raise TrainingModeError(
+                f"{type(module).__name__} {name or '(the model)'!r} is in training mode: "
+                "running it would update its statistics or drop units at random, changing "
+                "the model or the result; call model.eval() first"
+            )
+
+
+# ---------------------------------------------------------------------------- helpers
+def _check_image_shape(x: torch.Tensor, name: str, channels: int | None, context: str) -> None:
+    """Refuse anything but ``(N, C, H, W)`` (with ``channels`` channels), with the fix."""
+    c = "C" if channels is None else str(channels)
+    wanted = f"a batch of images (N, {c}, H, W)"
+    shape = tuple(x.shape)
+    hint = ""
+    if x.dim() == 4 and (channels is None or shape[1] == channels):
+        return
+    if x.dim() == 4 and shape[-1] == channels:
+        hint = "; it looks channels-last: x.permute(0, 3, 1, 2)"
+    elif x.dim() == 3 and (shape[0] == channels or shape[0] in _CHANNEL_COUNTS):
+        hint = "; add the batch dimension: x.unsqueeze(0)"
+    elif x.dim() == 3 and channels in (None, 1):
+        hint = (
+            "; add the batch dimension: x.unsqueeze(0) for one image (C, H, W), or the "
+            "channel dimension: x.unsqueeze(1) for a batch of one-channel images (N, H, W)"
+        )
+    elif x.dim() == 3 and shape[-1] == channels:
+        hint = "; it looks like one channels-last image: x.permute(2, 0, 1).unsqueeze(0)"
+    elif x.dim() == 2 and channels in (None, 1):
+        hint = "; add the batch and channel dimensions: x[None, None]"
+    raise ValueError(f"{name} must be {wanted}, got shape {shape}{hint}{context}")
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    """Refuse NaN and infinite values, saying how many and in which examples."""
+    if not (x.is_floating_point() or x.is_complex()) or bool(torch.isfinite(x).all()):
+        return
+    bad = ~torch.isfinite(x.detach())
+    count = int(bad.sum())
+    examples = bad.reshape(x.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
+    shown = ", ".join(map(str, examples[:5])) + (", ..." if len(examples) > 5 else "")
+    where = f"example {shown}" if len(examples) == 1 else f"examples {shown}"
+    raise ValueError(
+        f"{name} contains {count} NaN or infinite value{'s' if count != 1 else ''} (in {where}); "
+        "an explanation of them is undefined: clean the input first "
+        "((~torch.isfinite(x)).nonzero() lists them)"
+    )
+
+
+def _dtype_hint(dtype: torch.dtype) -> str:
+    if dtype == torch.uint8:
+        return "convert 8-bit images with x.float() / 255 (or as the model expects them)"
+    if dtype.is_complex:
+        return "attributions are defined for real inputs; pass x.real or x.abs()"
+    if dtype == torch.bool:
+        return "convert it with x.float()"
+    return "convert it with x.float() (integer token ids belong in additional_forward_args)"
+
+
+def _describe_object(value: Any) -> str:
+    """Name what was passed instead of a tensor, and how to convert it."""
+    if isinstance(value, np.ndarray):
+        expression = "torch.from_numpy(x)"
+        shape = value.shape
+        if value.ndim == 4 and shape[-1] in _CHANNEL_COUNTS and shape[1] not in _CHANNEL_COUNTS:
+            expression += ".permute(0, 3, 1, 2)"  # (N, H, W, C) -> (N, C, H, W)
+        elif value.ndim == 3 and shape[-1] in _CHANNEL_COUNTS and shape[0] not in _CHANNEL_COUNTS:
+            expression += ".permute(2, 0, 1).unsqueeze(0)"  # one (H, W, C) image
+        if value.dtype == np.uint8:
+            expression += ".float() / 255"
+        elif not np.issubdtype(value.dtype, np.floating):
+            expression += ".float()"
+        return (
+            f"a numpy array of shape {shape} and dtype {value.dtype}; convert it with {expression}"
+        )
+    module = type(value).__module__
+    if module.startswith("PIL"):
+        return (
+            "a PIL image; convert it with "
+            "torchvision.transforms.functional.to_tensor(image).unsqueeze(0)"
+        )
+    if isinstance(value, list):
+        return (
+            f"a list of {len(value)}; batch a list of tensors with torch.stack(x), or pass a "
+            "tuple of tensors for several inputs"
+        )
+    return f"{type(value).__name__}"
