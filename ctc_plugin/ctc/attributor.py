@@ -10,6 +10,7 @@ same target and features.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from zennit.core import Composite
 
 from ctc_plugin.concurrency import PerThread, exclusive
 from ctc_plugin.ctc.attribution import CTC, check_pass_output
-from ctc_plugin.ctc.canonizers import batch_norms_valid
+from ctc_plugin.ctc.canonizers import batch_norms_valid, tensors_restored
 from ctc_plugin.ctc.composite import (
     FUNCTIONAL_POLICIES,
     CTCComposite,
@@ -152,21 +153,36 @@ class CTCAttributor(Attributor):
         """
         weighting = self.default_attr_output if attr_output is None else attr_output
         with exclusive(self.model), exclusive(self.composite):
+            # registered for this call only: zennit 1.0's canonizers leave instance attributes
+            # shadowing the parameters after remove(); the model gets its own tensors back
+            restored = nullcontext() if self.composite.handles else tensors_restored(self.model)
             self._call_mask = feature_mask
             try:
-                return super().__call__(input, weighting if weighting is not None else _predicted)
+                with restored:
+                    return super().__call__(
+                        input, weighting if weighting is not None else _predicted
+                    )
             finally:
                 self._call_mask = None
 
     def __enter__(self) -> CTCAttributor:
         """Register the composite (once no other call of this package uses the model)."""
         with exclusive(self.model), exclusive(self.composite):
-            return super().__enter__()
+            restored = ExitStack()
+            restored.enter_context(tensors_restored(self.model))
+            result = super().__enter__()
+            self._restored = restored
+            return result
 
     def __exit__(self, *exc_info: object) -> bool:
-        """Remove the composite (once no other call of this package uses the model)."""
+        """Remove the composite and put the model's own tensors back (see ``__call__``)."""
         with exclusive(self.model), exclusive(self.composite):
-            return super().__exit__(*exc_info)
+            restored, self._restored = getattr(self, "_restored", None), None
+            try:
+                return super().__exit__(*exc_info)
+            finally:
+                if restored is not None:
+                    restored.close()
 
     def forward(
         self, input: torch.Tensor, attr_output_fn: Callable[[torch.Tensor], torch.Tensor]

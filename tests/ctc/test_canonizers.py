@@ -93,3 +93,39 @@ def test_batch_norms_valid_gives_zero_eps_a_tiny_one_for_the_block_only():
     with batch_norms_valid(untouched):
         assert untouched[1].eps == TINY_EPS
     assert untouched[1].eps == 0.0
+
+
+def _tensor_layout(model: nn.Module) -> list:
+    """Per module: the registered tensors (by identity) and any instance attribute named so."""
+    return [
+        (
+            name,
+            {
+                key: id(value)
+                for key, value in [*module._parameters.items(), *module._buffers.items()]
+            },
+            sorted(
+                key for key in vars(module) if key in module._parameters or key in module._buffers
+            ),
+        )
+        for name, module in model.named_modules()
+    ]
+
+
+def test_ctc_attributor_with_a_canonizer_leaves_the_tensors_as_registered():
+    from ctc_plugin import CTCAttributor, CTCComposite
+
+    model = nn.Sequential(
+        conv_bn_model()[:3], nn.Conv2d(4, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    model.eval()
+    x = torch.rand(2, 3, 10, 10)
+    mask = (torch.arange(100).view(1, 1, 10, 10) // 25).expand(2, 1, 10, 10)
+    before = _tensor_layout(model)
+    composite = CTCComposite(canonizers=[SequentialMergeBatchNorm()])
+    attributor = CTCAttributor(model, composite, feature_mask=mask)
+    attributor(x)  # registered for the call only
+    assert _tensor_layout(model) == before
+    with attributor:  # registered for the block
+        attributor(x)
+    assert _tensor_layout(model) == before
