@@ -18,6 +18,7 @@ _EXPORTS = {
     "CTC": "ctc_plugin.ctc.attribution",
     "FeatureScores": "ctc_plugin.ctc.attribution",
     "UnsupportedOperationError": "ctc_plugin.ctc.errors",
+    "UntracedOutputError": "ctc_plugin.ctc.errors",
     "CTCComposite": "ctc_plugin.ctc.composite",
     "CTCAttributor": "ctc_plugin.ctc.attributor",
     "IntegrativeCAM": "ctc_plugin.cam.integrative",
@@ -34,6 +35,7 @@ __all__ = [
     "FeatureScores",
     "IntegrativeCAM",
     "UnsupportedOperationError",
+    "UntracedOutputError",
     "__version__",
     "zoo",
 ]
@@ -44,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ctc_plugin.ctc.attribution import CTC, FeatureScores
     from ctc_plugin.ctc.attributor import CTCAttributor
     from ctc_plugin.ctc.composite import CTCComposite
-    from ctc_plugin.ctc.errors import UnsupportedOperationError
+    from ctc_plugin.ctc.errors import UnsupportedOperationError, UntracedOutputError
     from ctc_plugin.explainer.attribution import ExplainerAttribution
     from ctc_plugin.explainer.network import Explainer
 
