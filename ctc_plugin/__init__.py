@@ -19,6 +19,7 @@ _EXPORTS = {
     "FeatureScores": "ctc_plugin.ctc.attribution",
     "UnsupportedOperationError": "ctc_plugin.ctc.errors",
     "TrainingModeError": "ctc_plugin.inputs",
+    "UntracedOutputError": "ctc_plugin.ctc.errors",
     "CTCComposite": "ctc_plugin.ctc.composite",
     "CTCAttributor": "ctc_plugin.ctc.attributor",
     "IntegrativeCAM": "ctc_plugin.cam.integrative",
@@ -36,6 +37,7 @@ __all__ = [
     "IntegrativeCAM",
     "TrainingModeError",
     "UnsupportedOperationError",
+    "UntracedOutputError",
     "__version__",
     "zoo",
 ]
@@ -46,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ctc_plugin.ctc.attribution import CTC, FeatureScores
     from ctc_plugin.ctc.attributor import CTCAttributor
     from ctc_plugin.ctc.composite import CTCComposite
-    from ctc_plugin.ctc.errors import UnsupportedOperationError
+    from ctc_plugin.ctc.errors import UnsupportedOperationError, UntracedOutputError
     from ctc_plugin.explainer.attribution import ExplainerAttribution
     from ctc_plugin.explainer.network import Explainer
     from ctc_plugin.inputs import TrainingModeError

@@ -43,8 +43,13 @@ def _product(
     operands: list[Any],
     call: Callable[[list[Any]], torch.Tensor],
     check_linear: Callable[[int], None],
+    aligned: Callable[[Any, torch.Tensor], bool],
 ) -> torch.Tensor:
     """A product of ``operands`` (two for matmul, any number for einsum).
+
+    ``aligned(constant, signal)`` tells whether a constant operand's dim 0 meets the signal's
+    copies (then its rows must be the same for every copy of an example, see
+    :meth:`~ctc_plugin.ctc.rules.GatedPass.check_constant`).
 
     - one propagated signal, the rest constants or gate tensors: linear in the copies (gate
       tensors enter with the full pass's value);
@@ -55,6 +60,10 @@ def _product(
     signals = [i for i, t in enumerate(operands) if ctx.is_propagated(t) and not ctx.gate_mark(t)]
     if len(signals) == 1:
         check_linear(signals[0])
+        signal = operands[signals[0]]
+        for constant in operands:
+            if aligned(constant, signal):
+                ctx.check_constant(constant, signal, name)
         ready = [_as_full_pass(ctx, t) if ctx.gate_mark(t) else t for t in operands]
         return ctx.tag(call(ready))
     gate_rows = [ctx.gate_rows(t) if ctx.is_propagated(t) else t for t in operands]
@@ -78,7 +87,12 @@ def matrix_product(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) ->
                 operation_name(func), "it multiplies over the dimension that holds the copies"
             )
 
-    return _product(ctx, func, [first, second], lambda ops: torch.matmul(*ops), check_linear)
+    def aligned(constant: Any, signal: torch.Tensor) -> bool:  # batched, same batch dims
+        return isinstance(constant, torch.Tensor) and constant.dim() == signal.dim() > 2
+
+    return _product(
+        ctx, func, [first, second], lambda ops: torch.matmul(*ops), check_linear, aligned
+    )
 
 
 def einsum(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -98,9 +112,16 @@ def einsum(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.T
                 f"output {output!r} (give the output explicitly, batch index first)",
             )
 
+    def aligned(constant: Any, signal: torch.Tensor) -> bool:  # the copies' index leads both
+        index = next(i for i, t in enumerate(operands) if t is signal)
+        mine = next((i for i, t in enumerate(operands) if t is constant), None)
+        return mine is not None and subscripts[mine][:1] == subscripts[index][:1] != "."
+
     if not output:
         check_linear(0)  # an implicit output is refused: CTC cannot tell where the copies go
-    return _product(ctx, func, operands, lambda ops: torch.einsum(equation, *ops), check_linear)
+    return _product(
+        ctx, func, operands, lambda ops: torch.einsum(equation, *ops), check_linear, aligned
+    )
 
 
 def scaled_dot_product_attention(

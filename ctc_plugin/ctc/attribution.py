@@ -14,7 +14,12 @@ from tqdm.auto import tqdm
 
 from ctc_plugin.concurrency import holds_model
 from ctc_plugin.ctc.boxes import batch_boxes
-from ctc_plugin.ctc.errors import RetiredTensorError, UnsupportedOperationError
+from ctc_plugin.ctc.errors import (
+    GraphCutError,
+    RetiredTensorError,
+    UnsupportedOperationError,
+    UntracedOutputError,
+)
 from ctc_plugin.ctc.interception import CTCMode
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.masks import (
@@ -84,7 +89,12 @@ class CTC(Attribution):
     Args:
         forward_func: The model, or any function of the inputs returning (N, classes) outputs.
             Every torch operation it calls is intercepted; one without a CTC rule raises
-            :class:`~ctc_plugin.ctc.errors.UnsupportedOperationError` naming it.
+            :class:`~ctc_plugin.ctc.errors.UnsupportedOperationError` naming it. CTC calls it
+            on a batch of feature copies and reads each copy's output, so it must compute its
+            output from its arguments with torch operations (lambdas, ``functools.partial``,
+            wrappers that slice the logits are fine); an output that was not, because it went
+            through numpy or Python numbers, ignores the argument, or comes from a tensor
+            captured from outside, raises :class:`~ctc_plugin.ctc.errors.UntracedOutputError`.
         segmenter: Makes the feature mask when ``attribute`` gets none: a callable taking
             (N, 3, H, W) images and returning an (N, 1, H, W) integer mask. Defaults to
             :class:`ctc_plugin.features.SuperpixelSegmenter` (offline, scikit-image).
@@ -232,6 +242,8 @@ class CTC(Attribution):
             TrainingModeError: the model has BatchNorm or dropout in training mode; nothing
                 has run (call ``model.eval()``).
             UnsupportedOperationError: the model calls an operation without a CTC rule.
+            UntracedOutputError: forward_func's output was not computed from the copies it was
+                given by torch operations (a numpy round trip, an ignored argument, ...).
         """
         is_tuple = isinstance(inputs, tuple)
         inputs_tuple = check_inputs(inputs)
@@ -432,16 +444,24 @@ class CTC(Attribution):
         forward runs under the same rules as the full pass, which hold every gate fixed, so
         its gradient is the linearised network's and unsupported operations are still
         refused by name.
+
+        Returns ``None`` when the gradient cannot follow the forward function (it detaches the
+        copies, runs under ``torch.no_grad()`` or takes their values out of torch: see
+        :class:`~ctc_plugin.ctc.errors.GraphCutError`); the caller then runs the forward pass
+        of the copies, which gives the same scores or refuses what it cannot follow.
         """
         n = inputs[0].shape[0]
         layout = CopyLayout(examples=n, features=0, reference_full=False, baseline=False)
-        gated = GatedPass(layout=layout, sharing=self.sharing)
+        gated = GatedPass(layout=layout, sharing=self.sharing, gradient=True)
         leaves = tuple(x.detach().requires_grad_(True) for x in inputs)
         with torch.enable_grad():
-            with CTCMode(gated, self.forward_func):
-                logits = self.forward_func(
-                    *(gated.tag(leaf.view_as(leaf)) for leaf in leaves), *extra
-                )
+            try:
+                with CTCMode(gated, self.forward_func):
+                    logits = self.forward_func(
+                        *(gated.tag(leaf.view_as(leaf)) for leaf in leaves), *extra
+                    )
+            except GraphCutError:
+                return None  # the forward pass of the copies gives the same scores
             check_pass_output(gated, logits)
             indices = resolve_targets(target, logits.detach())
             selected = select_targets(logits, indices)
@@ -488,14 +508,31 @@ class CTC(Attribution):
 
 # ---------------------------------------------------------------------------- helpers
 def check_pass_output(gated: GatedPass, logits: Any) -> None:
-    """Refuse a pass's output that is no tensor of per-copy values (with what to change)."""
+    """Refuse a pass's output that is no tensor of per-copy values (with what to change).
+
+    The output must have come out of the operations the pass followed on the copies (it carries
+    the pass's tag): otherwise it was computed outside torch, from something else than the
+    copies, or by code the pass could not see, and holds no feature's contribution.
+
+    Raises:
+        ValueError: No tensor, or the batch dimension is not first.
+        UntracedOutputError: The output was not computed from the copies.
+        UnsupportedOperationError: The output is a gate tensor of the full pass (a softmax).
+        RetiredTensorError: The output is a tensor scaled in place by the pass (retried).
+    """
     if not isinstance(logits, torch.Tensor):
         raise ValueError(
             f"forward_func must return a tensor of outputs; got {type(logits).__name__}"
         )
-    if logits.dim() == 0 or logits.shape[0] != gated.layout.batch:
+    if getattr(logits, "_ctc_pass", None) is gated.retired_token:
+        raise RetiredTensorError("the forward function's return")  # read after in-place scaling
+    if not gated.is_propagated(logits):
+        raise UntracedOutputError(_untraced_reason(gated, logits))
+    axis = gated.copy_axis(logits)
+    if axis or logits.shape[0] != gated.layout.batch:
+        where = f" (the copies along dim {axis})" if axis else ""
         raise ValueError(
-            f"forward_func returned {tuple(logits.shape)} for a batch of "
+            f"forward_func returned {tuple(logits.shape)}{where} for a batch of "
             f"{gated.layout.batch}; its output must keep the batch dimension first"
         )
     mark = gated.gate_mark(logits)
@@ -506,6 +543,31 @@ def check_pass_output(gated: GatedPass, logits: Any) -> None:
             "copy, not contributions; explain the logits before the softmax (for example "
             "with a forward function that leaves the softmax out)",
         )
+
+
+def _untraced_reason(gated: GatedPass, logits: torch.Tensor) -> str:
+    """Why a pass's output that carries no tag of the pass was not traced, in words."""
+    batch = gated.layout.batch
+    rows = logits.shape[0] if logits.dim() else 0
+    if gated.exits:
+        return (
+            "the forward function's output was not computed from the feature copies it was given: "
+            f"{gated.exits[0]} took their values out of torch and the output was rebuilt "
+            "from them"
+        )
+    if rows != batch:
+        return (
+            f"the forward function's output has {rows} row{'s' * (rows != 1)} where the batch of "
+            f"feature copies it was given has {batch}: it was not computed from its argument "
+            "(an output computed before the call, or from a tensor captured in a closure such "
+            "as a clone of the input)"
+        )
+    return (
+        f"the forward function's output (shape {tuple(logits.shape)}) was not computed from "
+        "the feature copies it was given: it ignores its argument (a constant, "
+        "model(torch.zeros_like(x))), uses a tensor captured from outside, or runs code CTC "
+        "cannot see (TorchScript)"
+    )
 
 
 def _tagged_copies(

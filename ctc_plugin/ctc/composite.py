@@ -569,7 +569,10 @@ class GuardMode(CTCMode):
         self.state = state
         self.functional = functional
         self._linear_only = _LinearOnlyPass(
-            layout=state.gated.layout, sharing=state.gated.sharing, token=state.gated.token
+            layout=state.gated.layout,
+            sharing=state.gated.sharing,
+            token=state.gated.token,
+            exits=state.gated.exits,  # calls leaving torch are named from the real pass
         )
 
     def __torch_function__(

@@ -79,3 +79,60 @@ class CompositeOutsideAttributorError(RuntimeError):
             "`output, relevance = attributor(x, attr_output)` — or ctc_plugin.CTC(model)"
             ".attribute(x, target, feature_mask=...)"
         )
+
+
+class UntracedOutputError(ValueError):
+    """The forward function's output was not computed from the feature copies CTC gave it.
+
+    CTC calls the forward function once on a batch holding one copy of the input per feature
+    (plus the gate copy) and follows every torch operation on those copies, applying its rules;
+    each copy's output is that feature's score. An output that did not come out of those
+    operations holds no feature's contribution, and the scores would not add up to the output.
+    This happens when the forward function
+
+    - takes the values out of torch and back: a numpy round trip (``torch.from_numpy(
+      t.numpy())``), ``torch.tensor(t.tolist())``, ``.item()`` or Python floats;
+    - ignores its argument: returns a constant or an output computed before the call, runs the
+      model on ``torch.zeros_like(x)`` or on a tensor captured from outside (a clone of the
+      input);
+    - runs code whose operations CTC cannot see (a TorchScript model).
+
+    The same holds inside the model: a tensor that differs between the copies of one example
+    but was not computed from them by traced operations (an activation taken through numpy and
+    back, then added to or multiplied with the signal) is refused where it meets the signal.
+
+    Attributes:
+        reason: What was wrong, in words.
+        module: ``"path (Type)"`` of the module where it was found, when known.
+    """
+
+    def __init__(self, reason: str, module: str | None = None) -> None:
+        self.reason = reason
+        self.module = module
+        where = f" (in {module})" if module else ""
+        super().__init__(
+            f"{reason}{where}. CTC runs the forward function (the model, or Captum's "
+            "forward_func) once on a batch of feature copies of the input and reads each copy's "
+            "output by following the torch operations on them, so it must compute its output "
+            "from its argument with torch operations: no numpy, .tolist(), .item() or "
+            "torch.tensor(...) round trips, no tensors captured from outside, no TorchScript. "
+            "Return model(x), or a torch function of it such as "
+            "model(x)[:, :10], and convert the attributions afterwards"
+        )
+
+    def in_module(self, module: str | None) -> UntracedOutputError:
+        """The same error, saying in which module it was found."""
+        return UntracedOutputError(self.reason, module)
+
+
+class GraphCutError(RuntimeError):
+    """The gradient of a ``"none"`` pass could not follow the forward function.
+
+    Raised inside that pass only (``.detach()``, ``torch.no_grad()``, ``.numpy()`` or
+    ``.item()`` on the copies); :class:`~ctc_plugin.ctc.attribution.CTC` then computes the same
+    scores with the forward pass of the copies, so users never see it.
+    """
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+        super().__init__(f"{operation} cut the gradient of the CTC pass")

@@ -178,6 +178,7 @@ def _as_bias(ctx: GatedPass, constant: Any, signal: torch.Tensor, name: str) -> 
     if not isinstance(constant, torch.Tensor):
         raise UnsupportedOperationError(name, f"an operand of type {type(constant).__name__}")
     if constant.dim() == signal.dim() and constant.shape[0] == ctx.layout.batch:
+        ctx.check_constant(constant, signal, name)
         return ctx.layout.group(constant)
     if constant.dim() == signal.dim() and constant.shape[0] == 1:
         return constant[0]
@@ -214,6 +215,8 @@ def multiply_or_divide(divide: bool) -> Handler:
             raise UnsupportedOperationError(
                 name, "it divides by an input-dependent tensor (not linear)"
             )
+        signal, constant = (first, second) if ctx.is_propagated(first) else (second, first)
+        ctx.check_constant(constant, signal, name)
         return ctx.tag(func(*args, **kwargs))
 
     return handle
@@ -419,6 +422,8 @@ def concatenate(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> to
             operation_name(func), "its tensors hold the copies along different dims"
         )
     constants = [t for t in parts if not ctx.is_propagated(t)]
+    for constant in constants:
+        ctx.check_constant(constant, source, operation_name(func))
     if constants and axis != 0:
         raise UnsupportedOperationError(
             operation_name(func), "it concatenates a constant where the copies are not along dim 0"

@@ -13,6 +13,9 @@ of :class:`~ctc_plugin.ctc.rules.GatedPass`:
 
 Calls whose arguments carry no copies run untouched. Anything else that would return a
 propagated tensor raises :class:`~ctc_plugin.ctc.errors.UnsupportedOperationError` naming it.
+Calls that take the copies' values out of torch (``numpy``, ``tolist``, ``item``) are recorded,
+to be named should the output not be traced (:func:`~ctc_plugin.ctc.attribution.
+check_pass_output`).
 A call that reads a tensor retired by the pass (its memory scaled in place by a BatchNorm, see
 :meth:`~ctc_plugin.ctc.rules.GatedPass.fold_batch_norm`) raises
 :class:`~ctc_plugin.ctc.errors.RetiredTensorError`.
@@ -29,9 +32,13 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from ctc_plugin.ctc.errors import RetiredTensorError, UnsupportedOperationError
+from ctc_plugin.ctc.errors import (
+    RetiredTensorError,
+    UnsupportedOperationError,
+    UntracedOutputError,
+)
 from ctc_plugin.ctc.handlers import operation_name
-from ctc_plugin.ctc.operations import RANDOM_FUNCTIONS, rule_for
+from ctc_plugin.ctc.operations import EXIT_FUNCTIONS, RANDOM_FUNCTIONS, rule_for
 from ctc_plugin.ctc.rules import BatchDimensionError, GatedPass
 
 __all__ = ["CTCMode", "operation_name", "running_module"]
@@ -82,7 +89,7 @@ class CTCMode(TorchFunctionMode):
         """Route a call to its CTC rule when its arguments carry copies of the pass."""
         try:
             return self._route(func, args, kwargs or {})
-        except UnsupportedOperationError as error:
+        except (UnsupportedOperationError, UntracedOutputError) as error:
             module = None if error.module is not None else running_module(self.model)
             if module is None:
                 raise
@@ -103,6 +110,9 @@ class CTCMode(TorchFunctionMode):
         if ctx.retired_token in tags:
             raise RetiredTensorError(operation_name(func))
         if ctx.token not in tags:
+            return func(*args, **kwargs)
+        if func in EXIT_FUNCTIONS:
+            ctx.left_torch(operation_name(func))
             return func(*args, **kwargs)
         row = rule_for(func)
         propagated = [t for t in tensors if ctx.is_propagated(t)]
@@ -127,6 +137,8 @@ class CTCMode(TorchFunctionMode):
             out = row.handler(ctx, func, args, kwargs)
         except BatchDimensionError as error:
             raise UnsupportedOperationError(operation_name(func), str(error)) from None
+        if ctx.gradient:
+            ctx.check_gradient(operation_name(func), propagated, tree_flatten(out)[0])
         if all_gates and (gate_only is not None or row.keeps_gate):
             origin = next(mark.origin for mark in marks if mark is not None)
             for leaf in tree_flatten(out)[0]:

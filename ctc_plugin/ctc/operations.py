@@ -376,6 +376,17 @@ RANDOM_FUNCTIONS: frozenset[Any] = frozenset(
     )
 )  # fmt: skip
 
+#: Tensor methods that take a tensor's values out of torch (to numpy, Python lists or numbers).
+#: Called on the copies they are recorded (and named should the output not be traced); a
+#: gradient pass cannot follow them (:meth:`~ctc_plugin.ctc.rules.GatedPass.left_torch`).
+EXIT_FUNCTIONS: frozenset[Any] = frozenset(
+    (
+        torch.Tensor.numpy, torch.Tensor.__array__, torch.Tensor.tolist, torch.Tensor.item,
+        torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__index__,
+        torch.Tensor.__complex__, torch.Tensor.__bool__,
+    )
+)  # fmt: skip
+
 ROWS: tuple[OperationRule, ...] = tuple(_rows())
 _BY_FUNCTION: dict[Any, OperationRule] = {f: row for row in ROWS for f in row.functions}
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from ctc_plugin.ctc.boxes import Box, Window, window_boxes
-from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.ctc.errors import GraphCutError, UnsupportedOperationError, UntracedOutputError
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.sharing import BiasSharing
 
@@ -152,6 +152,12 @@ class GatedPass:
         track_boxes: Carry the boxes around each copy's nonzero values from layer to layer
             (:mod:`ctc_plugin.ctc.boxes`) and hand them to the sharing; the caller puts the
             input batch's boxes on it (:meth:`set_boxes`).
+        gradient: The pass runs with autograd and its gradient is the result (the ``"none"``
+            fast path): an operation that cuts the gradient off the copies raises
+            :class:`~ctc_plugin.ctc.errors.GraphCutError` (:meth:`left_torch`,
+            :meth:`check_gradient`).
+        exits: The calls that took the copies' values out of torch (``numpy``, ``tolist``,
+            ``item``, ...), in order; named when the output turns out not to be traced.
     """
 
     layout: CopyLayout
@@ -161,6 +167,8 @@ class GatedPass:
     retired_token: object = field(default_factory=object)
     scaled_in_place: int = 0
     track_boxes: bool = False
+    gradient: bool = False
+    exits: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ tagging
     def tag(self, tensor: torch.Tensor, axis: int = 0) -> torch.Tensor:
@@ -215,6 +223,80 @@ class GatedPass:
         """Record that a propagated tensor is a gate tensor (see :class:`GateMark`); return it."""
         setattr(tensor, GATE_ATTRIBUTE, GateMark(origin=origin, only=only))
         return tensor
+
+    # ------------------------------------------------------------------ provenance
+    def left_torch(self, operation: str) -> None:
+        """Record a call that takes the copies' values out of torch (``numpy``, ``item``, ...).
+
+        Such values come back, if at all, as constants that no rule can follow; the call is
+        named if the output turns out not to be traced. A gradient pass cannot follow them and
+        raises :class:`~ctc_plugin.ctc.errors.GraphCutError`.
+        """
+        self.exits.append(operation)
+        if self.gradient:
+            raise GraphCutError(operation)
+
+    def check_gradient(
+        self, operation: str, propagated: list[torch.Tensor], outputs: list[Any]
+    ) -> None:
+        """In a gradient pass, refuse an operation whose result lost the copies' gradient.
+
+        ``.detach()``, ``torch.no_grad()`` inside the forward function, a conversion to an
+        integer dtype: the gradient would miss what follows, and the scores with it. Gate-only
+        tensors are held fixed on purpose and are not checked.
+
+        Raises:
+            GraphCutError: A propagated input needs a gradient and a propagated result has none.
+        """
+        if not any(t.requires_grad for t in propagated):
+            return
+        for leaf in outputs:
+            if not self.is_propagated(leaf) or leaf.requires_grad:
+                continue
+            mark = self.gate_mark(leaf)
+            if mark is None or not mark.only:
+                raise GraphCutError(operation)
+
+    def check_constant(self, constant: Any, signal: torch.Tensor, operation: str) -> None:
+        """Refuse a constant operand with one row per copy whose rows differ within an example.
+
+        The constants a model meets hold the same rows for every copy of an example: CTC
+        repeats per-example arguments for every copy, and what the model makes itself (an
+        expanded class token, ``zeros_like``) does not depend on the copies. Rows that differ
+        were computed from the copies by something the pass did not see (a numpy round trip
+        of an activation); used as a bias or factor they would give each copy a value no rule
+        accounts for. Checked only where the constant's dim 0 meets the signal's copies (same
+        rank, same leading size); a constant expanded along dim 0 is accepted without reading.
+
+        Raises:
+            UntracedOutputError: The rows differ by more than rounding.
+        """
+        if (
+            not isinstance(constant, torch.Tensor)
+            or self.is_propagated(constant)
+            or self.layout.copies == 1
+            or not constant.is_floating_point()
+            or constant.dim() != signal.dim()
+            or constant.numel() == 0
+            or constant.shape[0] != signal.shape[0]
+            or constant.shape[0] % self.layout.batch
+            or constant.stride(0) == 0
+            or self.copy_axis(signal) != 0
+        ):
+            return
+        grouped = self.layout.group(constant.detach())
+        first = grouped[:, :1]
+        spread = (grouped - first).abs().amax()
+        tolerance = 100 * torch.finfo(constant.dtype).eps * first.abs().amax()
+        if bool(spread > tolerance):
+            how = f"{self.exits[0]} took" if self.exits else "something took"
+            raise UntracedOutputError(
+                "the forward function's output was not computed from the feature copies it was "
+                f"given alone: {operation} combines them with a tensor that differs between the "
+                "copies of one example but was not computed from them by torch operations "
+                f"({how} their values out of torch and back, as an activation taken through "
+                "numpy does)"
+            )
 
     def retire(self, tensor: torch.Tensor) -> None:
         """Mark a propagated tensor whose memory now holds another result: it must not be read."""
