@@ -11,8 +11,8 @@ import pickle
 import re
 import sqlite3
 import tempfile
-import threading
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -186,86 +186,80 @@ KEYS = 10
 CAP = 44_000  # the index and about eight entries: eviction happens all the time
 
 
-def churn(folder: str, seed: int, operations: int) -> tuple[int, int, list[str]]:
-    """Random store/load/clear on a shared folder; returns hits, misses and problems."""
+def random_operation(cache: MaskCache, rng: np.random.Generator, outcome: Counter) -> None:
+    """One random store (45 %), load (53 %) or clear (2 %), its outcome counted.
+
+    ``outcome`` counts ``"hit"``, ``"miss"`` and the problems by message.
+    """
+    index = int(rng.integers(KEYS))
+    action = rng.random()
+    try:
+        if action < 0.45:
+            cache.store(image_of(index), "settings", *entry_of(index))
+        elif action < 0.98:
+            loaded = cache.load(image_of(index), "settings")
+            if loaded is None:
+                outcome["miss"] += 1
+            elif same_entry(loaded, index):
+                outcome["hit"] += 1
+            else:
+                outcome[f"wrong arrays for image {index}"] += 1
+        else:
+            cache.clear()
+            cache.size_bytes()
+    except Exception as error:  # noqa: BLE001 - reported to the test
+        outcome[f"{type(error).__name__}: {error}"] += 1
+
+
+def problems_of(outcome: Counter) -> list[str]:
+    """The outcomes that are neither hits nor misses."""
+    return [message for message in outcome if message not in ("hit", "miss")]
+
+
+def churn(folder: str, seed: int, operations: int) -> Counter:
+    """Random store/load/clear on a shared folder; returns the outcomes, warnings as problems."""
     rng = np.random.default_rng(seed)
     cache = MaskCache(folder, max_bytes=CAP)
-    problems: list[str] = []
-    hits = misses = 0
+    outcome: Counter = Counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(operations):
-            index = int(rng.integers(KEYS))
-            action = rng.random()
-            try:
-                if action < 0.45:
-                    labels, table = entry_of(index)
-                    cache.store(image_of(index), "settings", labels, table)
-                elif action < 0.98:
-                    loaded = cache.load(image_of(index), "settings")
-                    if loaded is None:
-                        misses += 1
-                    elif same_entry(loaded, index):
-                        hits += 1
-                    else:
-                        problems.append(f"wrong arrays for image {index}")
-                else:
-                    cache.clear()
-                    cache.size_bytes()
-            except Exception as error:  # noqa: BLE001 - reported to the parent
-                problems.append(f"{type(error).__name__}: {error}")
-    problems.extend(f"warning: {w.message}" for w in caught)
-    return hits, misses, problems
+            random_operation(cache, rng, outcome)
+    outcome.update(f"warning: {w.message}" for w in caught)
+    return outcome
 
 
 def test_processes_share_a_folder(tmp_path: Path):
     context = multiprocessing.get_context("fork")
     with context.Pool(4) as pool:
-        results = pool.starmap(churn, [(str(tmp_path), seed, 150) for seed in range(4)])
-    problems = [problem for _, _, found in results for problem in found]
-    assert problems == []
-    assert sum(hits for hits, _, _ in results) > 0
-    assert sum(misses for _, misses, _ in results) > 0
+        outcomes = pool.starmap(churn, [(str(tmp_path), seed, 150) for seed in range(4)])
+    total = sum(outcomes, Counter())
+    assert problems_of(total) == []
+    assert total["hit"] > 0
+    assert total["miss"] > 0
     assert MaskCache(tmp_path, max_bytes=CAP).size_bytes() <= CAP
 
 
 def test_threads_share_a_cache_object_and_a_folder(tmp_path: Path):
     shared = MaskCache(tmp_path, max_bytes=CAP)
-    results: list[tuple[int, int, list[str]]] = []
-    lock = threading.Lock()
+    outcomes: list[Counter] = []
 
     def work(seed: int) -> None:
         rng = np.random.default_rng(seed)
         # half the threads share one object, the others open their own on the same folder
         cache = shared if seed % 2 else MaskCache(tmp_path, max_bytes=CAP)
-        problems: list[str] = []
-        hits = misses = 0
+        outcome: Counter = Counter()
         for _ in range(80):
-            index = int(rng.integers(KEYS))
-            try:
-                if rng.random() < 0.45:
-                    cache.store(image_of(index), "settings", *entry_of(index))
-                elif rng.random() < 0.97:
-                    loaded = cache.load(image_of(index), "settings")
-                    if loaded is None:
-                        misses += 1
-                    elif same_entry(loaded, index):
-                        hits += 1
-                    else:
-                        problems.append(f"wrong arrays for image {index}")
-                else:
-                    cache.clear()
-            except Exception as error:  # noqa: BLE001
-                problems.append(f"{type(error).__name__}: {error}")
-        with lock:
-            results.append((hits, misses, problems))
+            random_operation(cache, rng, outcome)
+        outcomes.append(outcome)  # list.append is atomic
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", CorruptCacheEntryWarning)
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(work, range(4)))
-    assert [p for _, _, found in results for p in found] == []
-    assert sum(hits for hits, _, _ in results) > 0
+    total = sum(outcomes, Counter())
+    assert problems_of(total) == []
+    assert total["hit"] > 0
     assert shared.hits + shared.misses > 0
 
 
