@@ -30,8 +30,9 @@
   }
   for (const table of document.querySelectorAll("table")) {
     const box = table.closest(".md-typeset__scrollwrap") || table.parentElement;
-    if (table.scrollWidth > box.clientWidth + 1) {
-      problems.push([`table wider than the page (${table.scrollWidth} > ${box.clientWidth} px)`,
+    const width = Math.max(table.scrollWidth, box.scrollWidth);
+    if (width > box.clientWidth + 1) {
+      problems.push([`table wider than the page (${width} > ${box.clientWidth} px)`,
         table.rows[0].innerText.replace(/\s+/g, " ").trim().slice(0, 160)]);
     }
   }
