@@ -9,7 +9,7 @@ ZENNIT1_STAMP := $(ZENNIT1)/zennit/__init__.py
 ZENNIT1_TESTS := tests/ctc/test_composite.py tests/ctc/test_within.py tests/ctc/test_canonizers.py \
 	tests/features/test_relevance.py
 
-.PHONY: setup demo test test-slow docs bench lint clean
+.PHONY: setup chromium demo test test-slow docs bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,16 +21,25 @@ $(STAMP): pyproject.toml
 $(ZENNIT1_STAMP): $(STAMP)
 	$(BIN)/pip install -q --no-deps --ignore-requires-python --target $(ZENNIT1) zennit==1.0.0
 
-setup: $(STAMP)
+# Debian's Chromium for the browser test of the docs site (tests/docs); without it that test is
+# skipped with a message saying so.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	echo "chromium could not be installed (needs root and apt-get): the browser docs test will be skipped"
+
+setup: $(STAMP) chromium
 
 demo: $(STAMP)
 	$(BIN)/ctc-plugin demo --out out/demo.png
 
-test: $(STAMP) $(ZENNIT1_STAMP)
+# The site is built first: tests/docs/test_site_renders.py opens that build (CTC_DOCS_SITE).
+test: $(STAMP) $(ZENNIT1_STAMP) chromium
 	$(BIN)/ruff check ctc_plugin tests benchmarks
-	$(BIN)/python -m pytest -n 2 -q
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -d site
+	CTC_DOCS_SITE=site $(BIN)/python -m pytest -n 2 -q
 	CTC_EXPECT_ZENNIT=1.0.0 PYTHONPATH=$(ZENNIT1) $(BIN)/python -m pytest -n 2 -q $(ZENNIT1_TESTS)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
 
 test-slow: $(STAMP) $(ZENNIT1_STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m slow

@@ -1,7 +1,7 @@
 """ctc-plugin: segment-level explanations for PyTorch image classifiers.
 
 The public API is re-exported here and imported lazily, so ``import ctc_plugin`` stays cheap
-and a subpackage's optional dependencies are only needed when that subpackage is used::
+and a subpackage's optional dependencies are only needed when that subpackage is used:
 
     from ctc_plugin import CTC, CTCComposite, CTCAttributor, IntegrativeCAM
     from ctc_plugin import Explainer, ExplainerAttribution

@@ -8,7 +8,7 @@ Every user error (a bad option value, a missing or unreadable file, an output pa
 be written, an image that is no image, ...) ends the command with exit status 2 and one line on
 stderr, ``ctc-plugin COMMAND: error: MESSAGE``, argparse's own style, without a usage block or
 a traceback. Mistakes argparse can see are found while parsing (the option types of
-:mod:`ctc_plugin.commands.arguments`); the rest are :class:`CLIError` (or the ``ValueError`` /
+`ctc_plugin.commands.arguments`); the rest are `CLIError` (or the ``ValueError`` /
 ``FileNotFoundError`` the library raises for bad input) while the command runs. Anything else is
 a bug and keeps its traceback.
 """
@@ -45,14 +45,14 @@ class UsageError(CLIError):
 class Parser(argparse.ArgumentParser):
     """argparse's parser, whose errors are one line: ``PROG: error: MESSAGE`` and status 2.
 
-    ``error`` raises :class:`UsageError` instead of printing the usage block and exiting;
-    :func:`main` prints it. Subcommand parsers are made of this class too, and each parser
+    ``error`` raises `UsageError` instead of printing the usage block and exiting;
+    `main` prints it. Subcommand parsers are made of this class too, and each parser
     that sets ``func`` also records its ``prog`` (``ctc-plugin zoo train``), the name that
     errors raised while the command runs are reported under.
     """
 
     def error(self, message: str):  # type: ignore[override]
-        """Raise :class:`UsageError` (argparse would print the usage block and exit)."""
+        """Raise `UsageError` (argparse would print the usage block and exit)."""
         raise UsageError(self.prog, message)
 
     def set_defaults(self, **kwargs) -> None:

@@ -1,20 +1,19 @@
 """One model, several threads: which calls may overlap, and what keeps their results exact.
 
-Most attribution calls only *read* the model: :class:`~ctc_plugin.ctc.attribution.CTC` (its
-rules run in a :class:`~torch.overrides.TorchFunctionMode`, which PyTorch keeps per thread),
-:class:`~ctc_plugin.cam.integrative.IntegrativeCAM` and its pytorch-grad-cam face (their module
-hooks record only the passes of the call that registered them: :class:`CallScope`), and
-:class:`~ctc_plugin.explainer.attribution.ExplainerAttribution` with an explainer in eval mode.
-Other calls must *change* the model while they run:
-:class:`~ctc_plugin.ctc.attributor.CTCAttributor` (Zennit hooks and canonizers, biases taken off
-affine modules during the pass), a Zennit composite as within-feature relevance, an explainer
-switched from training to eval mode.
+Most attribution calls only *read* the model: [`CTC`][ctc_plugin.CTC] (its rules run in a
+`TorchFunctionMode`, which PyTorch keeps per thread), [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM]
+and its pytorch-grad-cam face (their module hooks record only the passes of the call that registered
+them: [`CallScope`][ctc_plugin.concurrency.CallScope]), and
+[`ExplainerAttribution`][ctc_plugin.ExplainerAttribution] with an explainer in eval mode. Other
+calls must *change* the model while they run: [`CTCAttributor`][ctc_plugin.CTCAttributor] (Zennit
+hooks and canonizers, biases taken off affine modules during the pass), a Zennit composite as
+within-feature relevance, an explainer switched from training to eval mode.
 
-Each model gets a readers-writer lock (:func:`lock_for`): calls that read hold it shared and run
-at the same time; calls that change the model hold it exclusively, so no other call of this
-package sees the model half changed. Both are re-entrant within a thread (a call that changes
-the model may run one that reads it). The result of every call then equals its result in some
-sequential order of the calls.
+Each model gets a readers-writer lock ([`lock_for`][ctc_plugin.concurrency.lock_for]): calls that
+read hold it shared and run at the same time; calls that change the model hold it exclusively, so no
+other call of this package sees the model half changed. Both are re-entrant within a thread (a call
+that changes the model may run one that reads it). The result of every call then equals its result
+in some sequential order of the calls.
 
 What the lock cannot cover: code outside this package that runs the model (a plain
 ``model(x)`` in another thread) takes no lock, and a composite registered outside a call
@@ -94,7 +93,7 @@ class ModelLock:
             self._readers[me] = self._readers.get(me, 0) + 1
 
     def release_shared(self) -> None:
-        """Give back one :meth:`acquire_shared` of this thread."""
+        """Give back one `acquire_shared` of this thread."""
         me = threading.get_ident()
         with self._condition:
             depth = self._readers.get(me, 0)
@@ -132,7 +131,7 @@ class ModelLock:
             self._suspended_reads = reads
 
     def release_exclusive(self) -> None:
-        """Give back one :meth:`acquire_exclusive` of this thread."""
+        """Give back one `acquire_exclusive` of this thread."""
         with self._condition:
             if self._writer != threading.get_ident():
                 raise RuntimeError(f"this thread does not hold {self.name} exclusively")
@@ -168,7 +167,7 @@ _LOCKS_GUARD = threading.Lock()
 
 
 def lock_for(obj: Any) -> ModelLock:
-    """The one :class:`ModelLock` of ``obj`` (made on first use, dropped with ``obj``).
+    """The one `ModelLock` of ``obj`` (made on first use, dropped with ``obj``).
 
     ``obj`` is usually a model; any object that supports weak references works (a composite).
     The lock lives beside the object, not in it, so copying or pickling the model is unaffected.
@@ -205,8 +204,8 @@ def exclusive(obj: Any) -> Iterator[None]:
 def holds_model(exclusive_if: Callable[[dict[str, Any]], bool] | None = None) -> Callable[[F], F]:
     """Decorate an attribution method to hold the model of ``self.forward_func`` while it runs.
 
-    The model (see :func:`model_of`) is held shared, or exclusively where ``exclusive_if``
-    returns True for the call's arguments (by parameter name, defaults included).
+    The model (see [`model_of`][ctc_plugin.inputs.model_of]) is held shared, or exclusively where
+    ``exclusive_if`` returns True for the call's arguments (by parameter name, defaults included).
 
     Args:
         exclusive_if: ``f(arguments) -> bool``; None: always shared.
@@ -267,11 +266,12 @@ _SCOPES: ContextVar[tuple[CallScope, ...]] = ContextVar("ctc_plugin_call_scopes"
 class CallScope:
     """Marks the forward passes of one call, so that its module hooks ignore everyone else's.
 
-    A module hook registered on a shared model is called for every forward through that module,
-    from every thread. Wrapped with :meth:`only`, it runs only for passes made inside this scope
-    (``with scope:``) in this thread or context; other passes go through untouched.
+    A module hook registered on a shared model is called for every forward through that module, from
+    every thread. Wrapped with [`only`][ctc_plugin.concurrency.CallScope.only], it runs only for
+    passes made inside this scope (``with scope:``) in this thread or context; other passes go
+    through untouched.
 
-    Example:
+    Examples:
         >>> scope = CallScope()
         >>> handle = layer.register_forward_hook(scope.only(record))
         >>> with scope:

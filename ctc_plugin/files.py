@@ -1,21 +1,23 @@
 """Reading ``torch.save`` files as data, and the sha256 manifest of the shipped weights.
 
-Every loader of the package (:func:`ctc_plugin.zoo.load`, :func:`ctc_plugin.zoo.load_torchvision`,
-:meth:`ctc_plugin.explainer.Explainer.load`, training checkpoints, SAM checkpoints) reads its file
-through :func:`read_data_file`, so a damaged file gives the same kind of message everywhere:
-``could not read <what> from <path>: <what is wrong>``. The reasons are: a missing file, a folder,
-an empty file, a truncated or corrupt archive (the CRC-32 of every record of a zip archive is
-checked, so flipped bytes inside the tensors are caught too), a file that ``torch.save`` did not
-write, and objects other than tensors and plain data (a data-only load refuses them; the message
-names the first such object). No message advises an unsafe load.
+Every loader of the package ([`ctc_plugin.zoo.load`][ctc_plugin.zoo.load],
+[`ctc_plugin.zoo.load_torchvision`][ctc_plugin.zoo.load_torchvision],
+`ctc_plugin.explainer.Explainer.load`, training checkpoints, SAM checkpoints) reads its file through
+[`read_data_file`][ctc_plugin.files.read_data_file], so a damaged file gives the same kind of
+message everywhere: ``could not read <what> from <path>: <what is wrong>``. The reasons are: a
+missing file, a folder, an empty file, a truncated or corrupt archive (the CRC-32 of every record of
+a zip archive is checked, so flipped bytes inside the tensors are caught too), a file that
+``torch.save`` did not write, and objects other than tensors and plain data (a data-only load
+refuses them; the message names the first such object). No message advises an unsafe load.
 
-Files in the shipped weights folder (:data:`ctc_plugin.zoo.loading.WEIGHTS_DIR`) are checked
-against its manifest :data:`MANIFEST_NAME` (one ``<sha256>  <file name>`` line per file, the
-format of ``sha256sum``): a file whose digest differs is refused with the expected and actual
-digest. Each file is hashed once per process (again only when its size or modification time
-changes). ``ctc-plugin zoo train`` and :meth:`~ctc_plugin.explainer.Explainer.save` update the
-manifest entry of a file they write into that folder; ``ctc-plugin zoo manifest`` (or
-:func:`write_manifest`) rewrites the whole manifest after weights were replaced by other means.
+Files in the shipped weights folder
+([`ctc_plugin.zoo.loading.WEIGHTS_DIR`][ctc_plugin.zoo.loading.WEIGHTS_DIR]) are checked against its
+manifest [`MANIFEST_NAME`][ctc_plugin.files.MANIFEST_NAME] (one ``<sha256> <file name>`` line per
+file, the format of ``sha256sum``): a file whose digest differs is refused with the expected and
+actual digest. Each file is hashed once per process (again only when its size or modification time
+changes). ``ctc-plugin zoo train`` and `save` update the manifest entry of a file they write into
+that folder; ``ctc-plugin zoo manifest`` (or [`write_manifest`][ctc_plugin.files.write_manifest])
+rewrites the whole manifest after weights were replaced by other means.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ MANIFEST_COMMAND = "ctc-plugin zoo manifest"
 _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
-#: Digests and checks already done in this process, keyed by :func:`_identity`.
+#: Digests and checks already done in this process, keyed by `_identity`.
 _DIGESTS: dict[tuple[str, int, int, int], str] = {}
 _INTACT: set[tuple[str, int, int, int]] = set()
 _MANIFESTS: dict[tuple[str, int, int, int], dict[str, str]] = {}
@@ -54,7 +56,7 @@ def _identity(path: Path) -> tuple[str, int, int, int]:
 
 
 def weights_dir() -> Path:
-    """Return the shipped weights folder (:data:`ctc_plugin.zoo.loading.WEIGHTS_DIR`)."""
+    """Return the shipped weights folder (`ctc_plugin.zoo.loading.WEIGHTS_DIR`)."""
     from ctc_plugin.zoo import loading
 
     return Path(loading.WEIGHTS_DIR)

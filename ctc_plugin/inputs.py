@@ -1,9 +1,10 @@
 """The checks every attribution method runs on its inputs and model, with one message per mistake.
 
-:class:`~ctc_plugin.CTC`, :class:`~ctc_plugin.CTCAttributor`,
-:class:`~ctc_plugin.IntegrativeCAM`, :class:`~ctc_plugin.ExplainerAttribution` and the
-segmenters of :mod:`ctc_plugin.features` call these functions before they run the model, so the
-same bad input gets the same error everywhere, and a refused call changes nothing:
+[`CTC`][ctc_plugin.CTC], [`CTCAttributor`][ctc_plugin.CTCAttributor],
+[`IntegrativeCAM`][ctc_plugin.IntegrativeCAM],
+[`ExplainerAttribution`][ctc_plugin.ExplainerAttribution] and the segmenters of
+`ctc_plugin.features` call these functions before they run the model, so the same bad input gets the
+same error everywhere, and a refused call changes nothing:
 
 - not a tensor (a NumPy array, a PIL image, a list): ``TypeError`` saying how to convert it,
   e.g. ``torch.from_numpy(x).permute(0, 3, 1, 2)``;
@@ -14,10 +15,10 @@ same bad input gets the same error everywhere, and a refused call changes nothin
   ``ValueError`` saying which dimension to add (``x.unsqueeze(0)``);
 - a batch of size 0, or tuple members with different batch sizes: ``ValueError``;
 - NaN or infinite values: ``ValueError`` with how many and in which examples;
-- BatchNorm, dropout or tracked InstanceNorm in training mode: :class:`TrainingModeError`
-  naming the module (``model.eval()``).
+- BatchNorm, dropout or tracked InstanceNorm in training mode:
+  [`TrainingModeError`][ctc_plugin.TrainingModeError] naming the module (``model.eval()``).
 
-Targets are checked by :mod:`ctc_plugin.targets`.
+Targets are checked by [`ctc_plugin.targets`][ctc_plugin.targets].
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def check_images(
     floating: bool = True,
     finite: bool = True,
 ) -> torch.Tensor:
-    """Check one image batch ``(N, C, H, W)``, as :func:`check_inputs` does; return it.
+    """Check one image batch ``(N, C, H, W)``, as `check_inputs` does; return it.
 
     Args:
         images: What the user passed.
@@ -146,7 +147,7 @@ def check_images(
 
     Raises:
         TypeError: Not a tensor.
-        ValueError: As :func:`check_inputs` with ``images=True``.
+        ValueError: As [`check_inputs`][ctc_plugin.inputs.check_inputs] with ``images=True``.
     """
     (checked,) = check_inputs(
         images,

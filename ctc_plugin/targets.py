@@ -1,10 +1,10 @@
 """Captum's ``target`` argument, in every form Captum accepts, turned into per-example indices.
 
-Captum methods accept ``target`` as ``None``, an ``int``, a ``tuple`` (an index into outputs
-with more than two dimensions), a scalar or (N,) ``Tensor``, or a ``list`` of ints or tuples
-(one per example). Captum's own helper for this is private and has moved between releases,
-so the project resolves targets here, in one place. :func:`target_scores` also accepts
-pytorch-grad-cam's targets: a list of callables, one per example, each applied to that
+Captum methods accept ``target`` as ``None``, an ``int``, a ``tuple`` (an index into outputs with
+more than two dimensions), a scalar or (N,) ``Tensor``, or a ``list`` of ints or tuples (one per
+example). Captum's own helper for this is private and has moved between releases, so the project
+resolves targets here, in one place. [`target_scores`][ctc_plugin.targets.target_scores] also
+accepts pytorch-grad-cam's targets: a list of callables, one per example, each applied to that
 example's output row.
 """
 
@@ -104,9 +104,10 @@ def _as_index(value: Any, target: Any, example: int | None) -> tuple[int, ...]:
 def example_targets(target: TargetType, n: int) -> list[tuple[int, ...]] | None:
     """Check a Captum target's form and spell it out as one index tuple per example.
 
-    Every form Captum accepts is turned into ``n`` tuples (an int ``c`` is ``(c,)``); ``None``
-    stays ``None``. Only the form is checked here; whether the indices fit the model's output
-    is checked by :func:`resolve_targets` (negative indices count from the end, as in Captum).
+    Every form Captum accepts is turned into ``n`` tuples (an int ``c`` is ``(c,)``); ``None`` stays
+    ``None``. Only the form is checked here; whether the indices fit the model's output is checked
+    by [`resolve_targets`][ctc_plugin.targets.resolve_targets] (negative indices count from the end,
+    as in Captum).
 
     Args:
         target: ``None``, an int, a tuple of ints, an integer tensor of one element or of ``n``,
@@ -161,13 +162,15 @@ def class_indices(
 ) -> torch.Tensor:
     """One class index per example, shape (N,), for a model with (N, C) outputs.
 
-    The Captum forms :func:`example_targets` accepts (a tuple must hold one index here). With
-    ``num_classes``, a negative index counts from the end (``-1`` is the last class, as in
-    Captum) and an index out of range is refused; without, the indices are returned as given.
+    The Captum forms [`example_targets`][ctc_plugin.targets.example_targets] accepts (a tuple must
+    hold one index here). With ``num_classes``, a negative index counts from the end (``-1`` is the
+    last class, as in Captum) and an index out of range is refused; without, the indices are
+    returned as given.
 
     Raises:
-        ValueError: ``None``, a form :func:`example_targets` refuses, a tuple of more than one
-            index, or a class out of range (the message gives the valid range).
+        ValueError: ``None``, a form [`example_targets`][ctc_plugin.targets.example_targets]
+            refuses, a tuple of more than one index, or a class out of range (the message gives the
+            valid range).
     """
     if target is None:
         raise ValueError("target is None; give the class of each example")
@@ -300,13 +303,14 @@ def _callables(target: TargetType) -> bool:
 
 
 def check_target(target: TargetType, n: int) -> None:
-    """Check a target's form for ``n`` examples before anything runs (as :func:`target_scores`).
+    """Check a target's form for ``n`` examples before anything runs (as `target_scores`).
 
-    Any Captum form (see :func:`example_targets`) or a list of ``n`` callables; whether the
-    indices fit the model's output is known only once it has run.
+    Any Captum form (see [`example_targets`][ctc_plugin.targets.example_targets]) or a list of ``n``
+    callables; whether the indices fit the model's output is known only once it has run.
 
     Raises:
-        ValueError: As :func:`example_targets`; a list of callables of the wrong length.
+        ValueError: As [`example_targets`][ctc_plugin.targets.example_targets]; a list of callables
+            of the wrong length.
     """
     if _callables(target):
         if len(target) != n:

@@ -1,9 +1,9 @@
 """Small models and masks for tests, tutorials and benchmarks (like ``captum.testing``).
 
-:class:`RandomCNN` builds a small convolutional network from a few switches covering the
-operations CTC must handle: BatchNorm with random running statistics, residual adds,
-concatenation, max or average pooling, ReLU or LeakyReLU as modules or functional calls,
-in-place or not, and an input normalisation written as plain tensor arithmetic.
+[`RandomCNN`][ctc_plugin.testing.RandomCNN] builds a small convolutional network from a few switches
+covering the operations CTC must handle: BatchNorm with random running statistics, residual adds,
+concatenation, max or average pooling, ReLU or LeakyReLU as modules or functional calls, in-place or
+not, and an input normalisation written as plain tensor arithmetic.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class CNNSpec:
-    """The switches of a :class:`RandomCNN`.
+    """The switches of a [`RandomCNN`][ctc_plugin.testing.RandomCNN].
 
     Attributes:
         width: Channels of every convolution.
@@ -161,7 +161,7 @@ def random_partition(
 
 @dataclass(frozen=True)
 class ModernSpec:
-    """The switches of a :class:`RandomModernCNN` (EfficientNet / ConvNeXt / RegNetY parts).
+    """The switches of a `RandomModernCNN` (EfficientNet / ConvNeXt / RegNetY parts).
 
     Attributes:
         width: Channels between blocks.
@@ -329,9 +329,9 @@ class RandomModernCNN(nn.Module):
     (the identity in eval mode), in the style of EfficientNet, RegNetY and ConvNeXt. Every
     normalisation's affine parameters and running statistics are random, so biases matter.
 
-    :meth:`linearised` switches the model to a plain-torch re-implementation of the network
-    linearised at its gates (every gate computed and detached), whose gradient x input is what
-    CTC's ``"none"`` mode must give.
+    [`linearised`][ctc_plugin.testing.RandomModernCNN.linearised] switches the model to a
+    plain-torch re-implementation of the network linearised at its gates (every gate computed and
+    detached), whose gradient x input is what CTC's ``"none"`` mode must give.
 
     Args:
         spec: The switches.
@@ -378,7 +378,7 @@ class RandomModernCNN(nn.Module):
 
 @dataclass(frozen=True)
 class TransformerSpec:
-    """The switches of a :class:`RandomTransformer` (ViT / Swin parts).
+    """The switches of a `RandomTransformer` (ViT / Swin parts).
 
     Attributes:
         dim: Token width.
@@ -535,11 +535,12 @@ class _TransformerBlock(nn.Module):
 class RandomTransformer(nn.Module):
     """A small vision transformer with random weights, in eval mode.
 
-    A convolutional patch embedding, an optional class token, learned position embeddings,
-    pre- or post-norm blocks of attention (written five ways, see :class:`TransformerSpec`) and
-    a GELU MLP, a final LayerNorm and a linear head. :meth:`linearised` switches it to its
-    plain-torch linearisation at its gates (attention probabilities, LayerNorm statistics and
-    GELU ratios computed and detached), whose gradient x input CTC's ``"none"`` mode must give.
+    A convolutional patch embedding, an optional class token, learned position embeddings, pre- or
+    post-norm blocks of attention (written five ways, see
+    [`TransformerSpec`][ctc_plugin.testing.TransformerSpec]) and a GELU MLP, a final LayerNorm and a
+    linear head. `linearised` switches it to its plain-torch linearisation at its gates (attention
+    probabilities, LayerNorm statistics and GELU ratios computed and detached), whose gradient x
+    input CTC's ``"none"`` mode must give.
 
     Args:
         spec: The switches.

@@ -3,7 +3,7 @@
 Needs the optional ``grad-cam`` distribution (``pip install grad-cam``); importing this module
 without it raises an ImportError that says so. The rest of ``ctc_plugin`` does not import it.
 
-Example:
+Examples:
     >>> from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     >>> from ctc_plugin.adapters.gradcam import IntegrativeGradCAM
     >>> with IntegrativeGradCAM(model) as cam:
@@ -51,18 +51,18 @@ class IntegrativeGradCAM(BaseCAM):
 
     Threads: one instance and one model may serve several threads at once; each call gives
     exactly what it gives alone, calls run concurrently as those of
-    :class:`~ctc_plugin.cam.integrative.IntegrativeCAM` do, and ``cam.outputs`` holds the output
+    [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM] do, and ``cam.outputs`` holds the output
     of the calling thread's last call.
 
     Args:
         model: The classifier.
         target_layers: Modules to explain; None (the default) uses every convolutional stage.
-        phi: See :class:`~ctc_plugin.cam.integrative.IntegrativeCAM`.
-        bias: See :class:`~ctc_plugin.cam.integrative.IntegrativeCAM`.
-        layer_weights: See :class:`~ctc_plugin.cam.integrative.IntegrativeCAM`.
+        phi: See [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM].
+        bias: See [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM].
+        layer_weights: See [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM].
         reshape_transform: As in pytorch-grad-cam: turns each target layer's output (and its
             gradient) into an (N, C, H, W) map, e.g. for a vision transformer's token maps
-            (:func:`~ctc_plugin.cam.transformers.tokens_to_grid`).
+            ([`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid]).
 
     Attributes:
         outputs: The model's output on this thread's last batch, (N, classes), or None before

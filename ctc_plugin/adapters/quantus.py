@@ -2,7 +2,7 @@
 
 Quantus calls ``explain_func(model=..., inputs=..., targets=..., **explain_func_kwargs)`` with
 NumPy batches and expects a NumPy array back. `explain_func` is that function for every method in
-`ctc_plugin.evaluation.methods.registry` (the same call as on the docs page "Evaluation")::
+`ctc_plugin.evaluation.methods.registry` (the same call as on the docs page "Evaluation"):
 
     import quantus
     from ctc_plugin.adapters.quantus import explain_func

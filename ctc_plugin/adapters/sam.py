@@ -146,9 +146,9 @@ def load_sam(
 
     Raises:
         ValueError: Without a checkpoint, for an unknown ``model_type``, an unreadable file (the
-            message of :func:`ctc_plugin.files.read_data_file`: empty, truncated or corrupt,
-            not a ``torch.save`` file, objects other than tensors, a folder), or a checkpoint
-            that does not match ``model_type``.
+            message of [`ctc_plugin.files.read_data_file`][ctc_plugin.files.read_data_file]: empty,
+            truncated or corrupt, not a ``torch.save`` file, objects other than tensors, a folder),
+            or a checkpoint that does not match ``model_type``.
         FileNotFoundError: If the checkpoint file does not exist.
     """
     registry = SAM_MODEL_TYPES if registry is None else registry
@@ -219,7 +219,7 @@ class SAMSegmenter(Segmenter):
         ValueError: Without checkpoint or model (the message names ``checkpoint=`` and
             ``--sam-checkpoint``), or with a checkpoint that does not load.
 
-    Example:
+    Examples:
         ```python
         segmenter = SAMSegmenter(checkpoint="~/models/sam_vit_b_01ec64.pth", model_type="vit_b")
         feature_mask = segmenter(images)  # (N, 1, H, W), for captum or CTC

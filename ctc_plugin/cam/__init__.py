@@ -1,6 +1,8 @@
 """Integrative CAM: class activation maps fused across all layers.
 
+```pycon
 >>> from ctc_plugin.cam import IntegrativeCAM, Phi, tokens_to_grid
+```
 """
 
 from ctc_plugin.cam.alpha import Phi

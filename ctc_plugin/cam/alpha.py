@@ -3,7 +3,7 @@
 Grad-CAM++ explains ``Y = exp(S)`` rather than the score ``S``. For any smooth ``phi`` and a
 piecewise-linear network (second derivatives of ``S`` vanish almost everywhere), the derivatives
 of ``Y = phi(S)`` with respect to a feature map ``A`` are ``phi' g``, ``phi'' g**2`` and
-``phi''' g**3`` with ``g = dS/dA``, so the Grad-CAM++ closed form becomes::
+``phi''' g**3`` with ``g = dS/dA``, so the Grad-CAM++ closed form becomes:
 
     alpha_ij^k = phi'' g_ij^2 / (2 phi'' g_ij^2 + phi''' g_ij^3 sum_ab A_ab^k)
     w_k        = sum_ij alpha_ij^k relu(phi' g_ij)
@@ -12,11 +12,11 @@ of ``Y = phi(S)`` with respect to a feature map ``A`` are ``phi' g``, ``phi'' g*
 identity, ``phi'' = phi''' = 0`` and alpha is ``0/0``: the weights fall back to Grad-CAM's
 ``w_k = mean_ij g_ij``.
 
-The derivatives enter alpha only through their ratio, and
-``relu(phi' g) = |phi'| relu(sign(phi') g)`` only scales every map of one example by the same
-positive number, which the per-layer min-max normalisation removes. So each example is
-described by three numbers (:class:`AlphaTerms`): ``sign(phi')`` and ``(phi'', phi''')``
-divided by ``max(|phi''|, |phi'''|)``, which cannot overflow even where ``exp(S)`` does.
+The derivatives enter alpha only through their ratio, and ``relu(phi' g) = |phi'| relu(sign(phi')
+g)`` only scales every map of one example by the same positive number, which the per-layer min-max
+normalisation removes. So each example is described by three numbers
+([`AlphaTerms`][ctc_plugin.cam.alpha.AlphaTerms]): ``sign(phi')`` and ``(phi'', phi''')`` divided by
+``max(|phi''|, |phi'''|)``, which cannot overflow even where ``exp(S)`` does.
 """
 
 from __future__ import annotations
@@ -92,12 +92,12 @@ def _derivatives_by_autodiff(fn: ScalarFn) -> Phi:
 
 
 def resolve_phi(phi: str | Phi | ScalarFn) -> Phi:
-    """Turn the user's ``phi`` argument into a :class:`Phi`.
+    """Turn the user's ``phi`` argument into a [`Phi`][ctc_plugin.cam.Phi].
 
     Args:
         phi: ``"exp"`` (Grad-CAM++), ``"softplus"``, ``"sigmoid"``, ``"identity"`` (Grad-CAM
-            weights), a :class:`Phi` with explicit derivatives, or a scalar function of a 0-d
-            tensor (written with torch operations) whose derivatives are then taken by
+            weights), a [`Phi`][ctc_plugin.cam.Phi] with explicit derivatives, or a scalar function
+            of a 0-d tensor (written with torch operations) whose derivatives are then taken by
             ``torch.func``.
 
     Raises:
@@ -199,8 +199,9 @@ def gradcampp_weights(
     Args:
         grad: ``dS/dA``, shape (N, C, H, W).
         act: The feature map ``A``, same shape.
-        terms: The per-example constants from :func:`alpha_terms`.
-        positive: :func:`positive_part` of ``grad`` if already computed; it is overwritten.
+        terms: The per-example constants from [`alpha_terms`][ctc_plugin.cam.alpha.alpha_terms].
+        positive: [`positive_part`][ctc_plugin.cam.alpha.positive_part] of ``grad`` if already
+            computed; it is overwritten.
     """
     numerator = positive_part(grad, terms) if positive is None else positive
     numerator.mul_(grad).mul_(grad)
@@ -220,8 +221,9 @@ def channel_weights(
     Args:
         grad: ``dS/dA``, shape (N, C, H, W).
         act: The feature map ``A``, same shape.
-        terms: The per-example constants from :func:`alpha_terms`.
-        positive: :func:`positive_part` of ``grad`` if already computed; it may be overwritten.
+        terms: The per-example constants from [`alpha_terms`][ctc_plugin.cam.alpha.alpha_terms].
+        positive: [`positive_part`][ctc_plugin.cam.alpha.positive_part] of ``grad`` if already
+            computed; it may be overwritten.
 
     Returns:
         Weights of shape (N, C).

@@ -1,7 +1,7 @@
 """FullGrad-style bias maps, with BatchNorm folded into the preceding convolution's bias.
 
 For a ReLU network with biases, the class score splits exactly into the input term and one term
-per bias (FullGrad's completeness, Srinivas & Fleuret 2019)::
+per bias (FullGrad's completeness, Srinivas & Fleuret 2019):
 
     S(x) = sum(dS/dx * x) + sum_l sum_ij B_l(i, j),   B_l(i, j) = sum_c b_c^l dS/dZ_c^l(i, j)
 

@@ -2,7 +2,7 @@
 
 Reconstructed from the abstract of Singh et al., "Integrative CAM" (arXiv 2412.01354); the
 choices and their reasons are listed in ``docs/integrative-cam-decisions.md``. For each stage
-``l`` with feature map ``A`` and gradient ``g = dS/dA`` of the target score ``S``::
+``l`` with feature map ``A`` and gradient ``g = dS/dA`` of the target score ``S``:
 
     L_l = ReLU(c sum_k w_k A_k + B_l)          w from the generalised alpha (see alpha.py)
     B_l = sign(phi'(S)) sum_c b_c dS/dZ_c      the FullGrad bias map (see bias.py)
@@ -122,19 +122,20 @@ class IntegrativeCAM(Attribution):
         forward_func: The model, or any function of the inputs returning scores batch first.
         layers: Modules whose outputs to explain; ``None`` finds them: the blocks of a known
             vision transformer (torchvision's ViT, Swin v1/v2, MaxViT, the zoo's ViT; see
-            :func:`~ctc_plugin.cam.transformers.transformer_stages`), otherwise every
+            [`transformer_stages`][ctc_plugin.cam.transformer_stages]), otherwise every
             convolutional stage (convolution, folded BatchNorm, ReLU) in the forward pass,
             functional calls included. A model that computes attention but whose blocks are
             of no known type is refused rather than explained by its patch embedding alone.
         phi: The smooth function of the score whose derivatives set the channel weights:
             ``"exp"`` (Grad-CAM++), ``"softplus"``, ``"sigmoid"``, ``"identity"`` (Grad-CAM
-            weights), a :class:`~ctc_plugin.cam.alpha.Phi` with explicit derivatives, or a scalar
+            weights), a [`Phi`][ctc_plugin.cam.Phi] with explicit derivatives, or a scalar
             torch function (derivatives by ``torch.func``).
         bias: Add each stage's FullGrad bias map before its ReLU.
-        layer_weights: ``"adaptive"`` (:func:`adaptive_layer_score`), ``"uniform"``, or a callable
-            ``score(grad, act) -> (N,)`` of non-negative scores.
+        layer_weights: ``"adaptive"``
+            ([`adaptive_layer_score`][ctc_plugin.cam.integrative.adaptive_layer_score]),
+            ``"uniform"``, or a callable ``score(grad, act) -> (N,)`` of non-negative scores.
         reshape_transform: Turns each chosen layer's output (and its gradient) into an
-            (N, C, H, W) map, e.g. :func:`~ctc_plugin.cam.transformers.tokens_to_grid` for
+            (N, C, H, W) map, e.g. [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] for
             (N, T, D) token maps; ``None``: the outputs are such maps (or, for known
             transformer blocks, their own reshape).
 
@@ -142,10 +143,10 @@ class IntegrativeCAM(Attribution):
     exactly what it gives alone. A call only reads the model: the layer hooks it registers
     record its own forward pass and ignore other threads' passes through the same modules, so
     calls run concurrently, and wait while a call that changes the model (a
-    :class:`~ctc_plugin.ctc.attributor.CTCAttributor` pass) runs on it (see
-    :mod:`ctc_plugin.concurrency`).
+    [`CTCAttributor`][ctc_plugin.CTCAttributor] pass) runs on it (see
+    [`ctc_plugin.concurrency`][ctc_plugin.concurrency]).
 
-    Example:
+    Examples:
         >>> cam = IntegrativeCAM(model)
         >>> maps = cam.attribute(images, target=labels)        # (N, 1, H, W) in [0, 1]
     """
@@ -237,14 +238,16 @@ class IntegrativeCAM(Attribution):
                 callables such as pytorch-grad-cam's ``ClassifierOutputTarget`` receive the
                 example's output row).
             additional_forward_args: Extra positional arguments of ``forward_func``.
-            return_layer_maps: Also return the per-stage maps and weights (:class:`LayerMaps`).
+            return_layer_maps: Also return the per-stage maps and weights
+                ([`LayerMaps`][ctc_plugin.cam.LayerMaps]).
 
         Returns:
             Maps in [0, 1], one per example; with ``return_layer_maps`` a tuple
             ``(maps, LayerMaps)``.
 
         Raises:
-            TypeError: Inputs that are not tensors (see :func:`ctc_plugin.inputs.check_inputs`).
+            TypeError: Inputs that are not tensors (see
+                [`ctc_plugin.inputs.check_inputs`][ctc_plugin.inputs.check_inputs]).
             ValueError: Inputs that are not a finite float image batch, a model without
                 convolutional stages (or chosen layers that never ran), an output that is not
                 differentiable, or a target that does not fit (not integer class indices, out

@@ -1,8 +1,8 @@
 """Find the feature maps Integrative CAM explains, during the model's own forward pass.
 
-A :class:`StageTracer` is a :class:`torch.overrides.TorchFunctionMode`: it sees every torch
-function the forward pass calls, functional ones included (``F.relu`` in a ``forward`` method is
-as visible as an ``nn.ReLU`` module). It groups the calls into *stages*:
+A [`StageTracer`][ctc_plugin.cam.layers.StageTracer] is a `torch.overrides.TorchFunctionMode`: it
+sees every torch function the forward pass calls, functional ones included (``F.relu`` in a
+``forward`` method is as visible as an ``nn.ReLU`` module). It groups the calls into *stages*:
 
 - a 2-D convolution starts a stage; a BatchNorm that is the first consumer of the stage's output
   is folded into it; a ReLU that is the next consumer ends it. The stage's feature map ``A`` is
@@ -175,8 +175,9 @@ class StageTracer(TorchFunctionMode):
 
     Args:
         on_grad: Called as ``on_grad(stage, grad)`` when a stage's gradient arrives.
-        discover: Make every convolution chain a stage (``layers=None``). When False, chains
-            are still followed (for their biases) but only :meth:`add_layer_output` adds stages.
+        discover: Make every convolution chain a stage (``layers=None``). When False, chains are
+            still followed (for their biases) but only
+            [`add_layer_output`][ctc_plugin.cam.layers.StageTracer.add_layer_output] adds stages.
         fold_bias: Fold BatchNorm statistics into biases; a BatchNorm in training mode is then an
             error, raised before it runs (so its running statistics are not updated).
         names: Module names by ``id`` of their weight or running-mean tensor.
@@ -258,7 +259,7 @@ class StageTracer(TorchFunctionMode):
         Args:
             name: The stage's name.
             output: The module's output.
-            module: The module, recorded in :attr:`modules`.
+            module: The module, recorded in [`modules`][ctc_plugin.cam.layers.StageTracer.modules].
             reshape: Turns the output (and its gradient) into an (N, C, H, W) map, as
                 pytorch-grad-cam's ``reshape_transform`` does; None: the output is one.
 

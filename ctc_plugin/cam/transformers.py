@@ -4,14 +4,15 @@ A vision transformer has one convolution (its patch embedding); its feature maps
 maps its blocks output. As pytorch-grad-cam's ``reshape_transform`` does, each block's output
 is turned into an (N, C, H, W) map:
 
-- :func:`tokens_to_grid`: (N, T, D) tokens (ViT), the leading extra tokens (class token,
-  registers) dropped, the rest reshaped to the square patch grid;
-- :func:`channels_last_to_grid`: (N, H, W, C) maps (Swin's blocks, which merge their windows
-  back into the grid before they return);
+- [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid]: (N, T, D) tokens (ViT), the leading extra
+  tokens (class token, registers) dropped, the rest reshaped to the square patch grid;
+- [`channels_last_to_grid`][ctc_plugin.cam.channels_last_to_grid]: (N, H, W, C) maps (Swin's blocks,
+  which merge their windows back into the grid before they return);
 - MaxViT's layers return (N, C, H, W) maps already.
 
-:func:`transformer_stages` finds the blocks of torchvision's ViT, Swin (v1 and v2) and MaxViT, of
-the zoo's ViT and of any model whose blocks are of a type registered in :data:`BLOCK_RESHAPES`.
+[`transformer_stages`][ctc_plugin.cam.transformer_stages] finds the blocks of torchvision's ViT,
+Swin (v1 and v2) and MaxViT, of the zoo's ViT and of any model whose blocks are of a type registered
+in [`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES].
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, Reshape]]:
 
     Empty for a model without blocks of a known type (torchvision's ViT ``EncoderBlock``, Swin
     ``SwinTransformerBlock``/``SwinTransformerBlockV2``, MaxViT ``MaxVitLayer``, and the types in
-    :data:`BLOCK_RESHAPES`).
+    [`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES]).
     """
     known = {**_known_blocks(), **BLOCK_RESHAPES}
     stages = []
@@ -87,9 +88,9 @@ def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, Reshape]]:
 def grad_cam_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
     """The layer Grad-CAM conventionally explains, with the reshape pytorch-grad-cam needs.
 
-    A vision transformer's last block (see :func:`transformer_stages`) with its token reshape,
-    as pytorch-grad-cam's ViT tutorial does; otherwise the model's last ``nn.Conv2d`` and
-    ``None``.
+    A vision transformer's last block (see
+    [`transformer_stages`][ctc_plugin.cam.transformer_stages]) with its token reshape, as
+    pytorch-grad-cam's ViT tutorial does; otherwise the model's last ``nn.Conv2d`` and ``None``.
 
     Raises:
         ValueError: If the model has neither known transformer blocks nor a ``Conv2d``.

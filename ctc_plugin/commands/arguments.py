@@ -2,7 +2,7 @@
 
 Each is an argparse ``type``: it turns the option's text into a value or raises
 ``argparse.ArgumentTypeError``, which argparse reports as one line,
-``ctc-plugin COMMAND: error: argument --flag: MESSAGE`` (see :mod:`ctc_plugin.cli`), before
+``ctc-plugin COMMAND: error: argument --flag: MESSAGE`` (see `ctc_plugin.cli`), before
 anything is loaded or computed. String defaults go through the same check.
 
 The path checks look at the file system as it is when the command starts; they catch the

@@ -224,7 +224,7 @@ WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 def load_image(path: Path, size: int) -> torch.Tensor:
     """Read an image file as a ``(1, 3, size, size)`` float tensor in [0, 1].
 
-    Every colour or gray image is read as the RGB image it shows (:func:`to_rgb`): palette
+    Every colour or gray image is read as the RGB image it shows (`to_rgb`): palette
     and CMYK images are converted, grayscale ones (8- and 16-bit) repeat their one channel
     three times, and transparent pixels are composited on white. The image is then resized
     to ``size x size``.

@@ -526,7 +526,7 @@ def _dest(flag: str) -> str:
 
 
 def distillation_image_count(split: str, count: int) -> int:
-    """How many images :func:`distillation_images` returns for ``count`` training images."""
+    """How many images `distillation_images` returns for ``count`` training images."""
     return count + (count // 2 if split == "shapes" else 0)
 
 

@@ -3,16 +3,20 @@
 In attention, ``softmax(q k^T / sqrt(d)) v``, the queries and keys decide *how* the values are
 mixed: CTC takes that decision from the full input, as it takes ReLU patterns. The product of
 two input-dependent tensors of which neither is a gate (``q @ k^T``) is computed for the gate
-copy only and becomes a *gate-only* tensor (:class:`~ctc_plugin.ctc.rules.GateMark`); what is
+copy only and becomes a *gate-only* tensor ([`GateMark`][ctc_plugin.ctc.rules.GateMark]); what is
 computed from it alone (the scaled, biased, masked scores, their softmax) stays gate-only; and
 its product with the signal (``attention @ v``) applies the full pass's probabilities to every
 copy of the values. A gate-only tensor that meets the signal any other way is refused.
 
-Handlers here: ``matmul``/``bmm``/``@``/``einsum`` (:func:`matrix_product`, :func:`einsum`),
-``scaled_dot_product_attention`` (:func:`scaled_dot_product_attention`), ``nn.MultiheadAttention``'s
-``multi_head_attention_forward`` (:func:`multi_head_attention`, decomposed into the operations
-above so that its projections' biases are shared like any other) and ``F.normalize``
-(:func:`normalize`: Swin v2's cosine attention normalises queries and keys).
+Handlers here: ``matmul``/``bmm``/``@``/``einsum``
+([`matrix_product`][ctc_plugin.ctc.attention.matrix_product],
+[`einsum`][ctc_plugin.ctc.attention.einsum]), ``scaled_dot_product_attention``
+([`scaled_dot_product_attention`][ctc_plugin.ctc.attention.scaled_dot_product_attention]),
+``nn.MultiheadAttention``'s ``multi_head_attention_forward``
+([`multi_head_attention`][ctc_plugin.ctc.attention.multi_head_attention], decomposed into the
+operations above so that its projections' biases are shared like any other) and ``F.normalize``
+([`normalize`][ctc_plugin.ctc.attention.normalize]: Swin v2's cosine attention normalises queries
+and keys).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def _product(
 
     ``aligned(constant, signal)`` tells whether a constant operand's dim 0 meets the signal's
     copies (then its rows must be the same for every copy of an example, see
-    :meth:`~ctc_plugin.ctc.rules.GatedPass.check_constant`).
+    [`check_constant`][ctc_plugin.ctc.rules.GatedPass.check_constant]).
 
     - one propagated signal, the rest constants or gate tensors: linear in the copies (gate
       tensors enter with the full pass's value);
@@ -96,7 +100,7 @@ def matrix_product(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) ->
 
 
 def einsum(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    """``einsum``: as :func:`matrix_product`; the signal's first index must lead the output."""
+    """``einsum``: as `matrix_product`; the signal's first index must lead the output."""
     equation, operands = args[0], list(args[1:])
     if len(operands) == 1 and isinstance(operands[0], list | tuple):
         operands = list(operands[0])
@@ -188,11 +192,11 @@ def normalize(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torc
 def multi_head_attention(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
     """``nn.MultiheadAttention`` (``F.multi_head_attention_forward``), decomposed.
 
-    The projections run as ``F.linear`` calls (their biases shared like any other), the
-    attention as :func:`scaled_dot_product_attention`, all through the same rules: the
-    decomposition runs inside a CTC mode of this pass. Returns the output in the
-    sequence-first layout of the torch function, and the attention weights (a gate-only
-    tensor) when asked for.
+    The projections run as ``F.linear`` calls (their biases shared like any other), the attention as
+    [`scaled_dot_product_attention`][ctc_plugin.ctc.attention.scaled_dot_product_attention], all
+    through the same rules: the decomposition runs inside a CTC mode of this pass. Returns the
+    output in the sequence-first layout of the torch function, and the attention weights (a
+    gate-only tensor) when asked for.
     """
     from ctc_plugin.ctc.interception import CTCMode  # the mode dispatches to this module
 

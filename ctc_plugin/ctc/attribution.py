@@ -78,8 +78,8 @@ class CTC(Attribution):
     feature mask) is scored by a *scaled partial forward pass*: the input restricted to the
     feature is propagated through the model with the gates of the original pass fixed
     (ReLU patterns, max-pooling switches, normalisation statistics, squeeze-excitation
-    scales: see :mod:`ctc_plugin.ctc.operations`), and every bias is shared among the
-    features. The feature's score is the target output of its copy.
+    scales: see [`ctc_plugin.ctc.operations`][ctc_plugin.ctc.operations]), and every bias is shared
+    among the features. The feature's score is the target output of its copy.
 
     The gates come from the unmasked input travelling in the same batch as the masked copies,
     so a call costs K + 1 forward-equivalents for K features, like Captum's
@@ -87,17 +87,18 @@ class CTC(Attribution):
     with the published sharing to rescale the scores).
 
     Args:
-        forward_func: The model, or any function of the inputs returning (N, classes) outputs.
-            Every torch operation it calls is intercepted; one without a CTC rule raises
-            :class:`~ctc_plugin.ctc.errors.UnsupportedOperationError` naming it. CTC calls it
-            on a batch of feature copies and reads each copy's output, so it must compute its
+        forward_func: The model, or any function of the inputs returning (N, classes) outputs. Every
+            torch operation it calls is intercepted; one without a CTC rule raises
+            [`UnsupportedOperationError`][ctc_plugin.UnsupportedOperationError] naming it. CTC calls
+            it on a batch of feature copies and reads each copy's output, so it must compute its
             output from its arguments with torch operations (lambdas, ``functools.partial``,
             wrappers that slice the logits are fine); an output that was not, because it went
-            through numpy or Python numbers, ignores the argument, or comes from a tensor
-            captured from outside, raises :class:`~ctc_plugin.ctc.errors.UntracedOutputError`.
-        segmenter: Makes the feature mask when ``attribute`` gets none: a callable taking
-            (N, 3, H, W) images and returning an (N, 1, H, W) integer mask. Defaults to
-            :class:`ctc_plugin.features.SuperpixelSegmenter` (offline, scikit-image).
+            through numpy or Python numbers, ignores the argument, or comes from a tensor captured
+            from outside, raises `UntracedOutputError`.
+        segmenter: Makes the feature mask when ``attribute`` gets none: a callable taking (N, 3, H,
+            W) images and returning an (N, 1, H, W) integer mask. Defaults to
+            [`ctc_plugin.features.SuperpixelSegmenter`][ctc_plugin.features.SuperpixelSegmenter]
+            (offline, scikit-image).
         bias_sharing: ``"reference"`` (the published formula with its quantisation and spread
             capping, scores rescaled so the reference full copy gives the target output),
             ``"proportional"`` (shares ``|z_k| / sum_j |z_j|``; scores over a partition add up
@@ -107,11 +108,11 @@ class CTC(Attribution):
     Threads: one instance and one model may serve several threads at once; each call gives
     exactly what it gives alone. A call only reads the model (the interception is per thread),
     so calls run concurrently; they wait while a call that changes the model (a
-    :class:`~ctc_plugin.ctc.attributor.CTCAttributor` pass) runs on it, and a call whose
+    [`CTCAttributor`][ctc_plugin.CTCAttributor] pass) runs on it, and a call whose
     ``within_feature`` runs a method on the model holds the model exclusively. See
-    :mod:`ctc_plugin.concurrency` and the documentation's "Threads" page.
+    [`ctc_plugin.concurrency`][ctc_plugin.concurrency] and the documentation's "Threads" page.
 
-    Example:
+    Examples:
         >>> ctc = CTC(model, bias_sharing="proportional")
         >>> attributions = ctc.attribute(images, target=3, feature_mask=segments)
     """
@@ -143,10 +144,10 @@ class CTC(Attribution):
         #: runs). Should the model read that input again, the pass is run again without it and
         #: this turns False. Results do not depend on it.
         self.scale_in_place = True
-        #: In ``"reference"`` mode on a CPU, find the boxes around each input copy's nonzero
-        #: values once and carry them through convolutions, poolings, gates and sums, instead of
-        #: searching every layer for them (:mod:`ctc_plugin.ctc.boxes`). Results do not depend
-        #: on it.
+        #: In ``"reference"`` mode on a CPU, find the boxes around each input copy's nonzero values
+        #: once and carry them through convolutions, poolings, gates and sums, instead of searching
+        #: every layer for them ([`ctc_plugin.ctc.boxes`][ctc_plugin.ctc.boxes]). Results do not
+        #: depend on it.
         self.track_boxes = True
 
     @property
@@ -215,7 +216,7 @@ class CTC(Attribution):
                 one from ``inputs``.
             baselines: Scalar or tensor(s) broadcastable to the inputs (default 0). Scores are
                 contributions of ``x - baseline``; the baseline's own share is reported in
-                :class:`FeatureScores` so that completeness still holds.
+                [`FeatureScores`][ctc_plugin.FeatureScores] so that completeness still holds.
             additional_forward_args: Extra arguments appended to ``forward_func``'s inputs;
                 tensors whose first dimension is N are repeated for every copy.
             perturbations_per_eval: How many feature copies travel in one forward batch
@@ -224,7 +225,7 @@ class CTC(Attribution):
                 float rounding (a few ulps), in every sharing mode. ``"proportional"`` sharing
                 needs every feature in one pass.
             show_progress: Show a tqdm progress bar over the forward batches.
-            return_feature_scores: Also return the :class:`FeatureScores`.
+            return_feature_scores: Also return the [`FeatureScores`][ctc_plugin.FeatureScores].
             within_feature: Distribute each feature's score over its elements in proportion to
                 a relevance map instead of repeating it on every element: a tensor (tuple)
                 shaped like the inputs, a Captum attribution instance, a callable
@@ -233,11 +234,13 @@ class CTC(Attribution):
                 feature (evenly where all are zero), so per-feature sums equal the scores.
 
         Returns:
-            Attributions shaped like ``inputs`` (each element carries its feature's score, as
-            with Captum's ``FeatureAblation``), and the :class:`FeatureScores` on request.
+            Attributions shaped like ``inputs`` (each element carries its feature's score, as with
+            Captum's ``FeatureAblation``), and the [`FeatureScores`][ctc_plugin.FeatureScores] on
+            request.
 
         Raises:
-            TypeError: inputs that are not tensors (see :func:`ctc_plugin.inputs.check_inputs`).
+            TypeError: inputs that are not tensors (see
+                [`ctc_plugin.inputs.check_inputs`][ctc_plugin.inputs.check_inputs]).
             ValueError: inputs, masks, targets or options that do not fit, with what to fix.
             TrainingModeError: the model has BatchNorm or dropout in training mode; nothing
                 has run (call ``model.eval()``).
@@ -447,7 +450,7 @@ class CTC(Attribution):
 
         Returns ``None`` when the gradient cannot follow the forward function (it detaches the
         copies, runs under ``torch.no_grad()`` or takes their values out of torch: see
-        :class:`~ctc_plugin.ctc.errors.GraphCutError`); the caller then runs the forward pass
+        `GraphCutError`); the caller then runs the forward pass
         of the copies, which gives the same scores or refuses what it cannot follow.
         """
         n = inputs[0].shape[0]
@@ -484,9 +487,10 @@ class CTC(Attribution):
     ) -> torch.Tensor:
         """One CTC pass over the batch ``copies`` builds; return the model's outputs.
 
-        With :attr:`scale_in_place`, BatchNorms scale tensors that nothing else shares in place;
-        a model that reads such a tensor again (:class:`RetiredTensorError`) gets the pass
-        again without it, and so does every later call of this instance.
+        With [`scale_in_place`][ctc_plugin.CTC.scale_in_place], BatchNorms scale tensors that
+        nothing else shares in place; a model that reads such a tensor again
+        ([`RetiredTensorError`][ctc_plugin.ctc.errors.RetiredTensorError]) gets the pass again
+        without it, and so does every later call of this instance.
         """
         track_boxes = self.track_boxes and self.bias_sharing == "reference"
         options = {"layout": layout, "sharing": self.sharing, "track_boxes": track_boxes}

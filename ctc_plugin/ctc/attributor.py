@@ -1,10 +1,10 @@
 """CTC in Zennit's attributor style: ``output, relevance = attributor(x, attr_output)``.
 
-:class:`CTCAttributor` builds the same batch of feature copies as the Captum class
-:class:`~ctc_plugin.ctc.attribution.CTC` and propagates it through the model with the hooks of
-a :class:`~ctc_plugin.ctc.composite.CTCComposite` (a guard routes the operations outside
-hooked modules to the same rules). ``relevance`` equals what ``CTC.attribute`` returns for the
-same target and features.
+[`CTCAttributor`][ctc_plugin.CTCAttributor] builds the same batch of feature copies as the Captum
+class [`CTC`][ctc_plugin.CTC] and propagates it through the model with the hooks of a
+[`CTCComposite`][ctc_plugin.CTCComposite] (a guard routes the operations outside hooked modules to
+the same rules). ``relevance`` equals what ``CTC.attribute`` returns for the same target and
+features.
 """
 
 from __future__ import annotations
@@ -43,25 +43,25 @@ class CTCAttributor(Attributor):
     Zennit's gradient attributors, whose default is the whole output) the predicted class is
     scored, as ``CTC.attribute(target=None)`` does.
 
-    Threads: one attributor, or several, may serve several threads on one model; each call
-    gives exactly what it gives alone. A call changes the model while it runs (it registers the
-    composite when it is not registered yet, and takes biases off affine modules during the
-    pass), so it holds the model and the composite exclusively: calls of this package on that
-    model wait for it (see :mod:`ctc_plugin.concurrency`). :attr:`feature_scores` is kept per
-    thread. Registering the composite for a ``with`` block waits for running calls, but from
-    then on until the block ends the model carries the composite's hooks and canonizers for
-    every thread; when other threads use the model, call the attributor without ``with``.
-    Code outside this package that runs the model meanwhile (a plain ``model(x)``) is not
-    coordinated.
+    Threads: one attributor, or several, may serve several threads on one model; each call gives
+    exactly what it gives alone. A call changes the model while it runs (it registers the composite
+    when it is not registered yet, and takes biases off affine modules during the pass), so it holds
+    the model and the composite exclusively: calls of this package on that model wait for it (see
+    [`ctc_plugin.concurrency`][ctc_plugin.concurrency]).
+    [`feature_scores`][ctc_plugin.CTCAttributor.feature_scores] is kept per thread. Registering the
+    composite for a ``with`` block waits for running calls, but from then on until the block ends
+    the model carries the composite's hooks and canonizers for every thread; when other threads use
+    the model, call the attributor without ``with``. Code outside this package that runs the model
+    meanwhile (a plain ``model(x)``) is not coordinated.
 
-    Example:
+    Examples:
         >>> composite = CTCComposite(bias_sharing="proportional")
         >>> with CTCAttributor(model, composite, feature_mask=segments) as attributor:
         ...     output, relevance = attributor(images, torch.eye(10)[[3]])
 
     Args:
         model: The classifier (a ``torch.nn.Module``).
-        composite: A :class:`~ctc_plugin.ctc.composite.CTCComposite`, or a Zennit composite
+        composite: A [`CTCComposite`][ctc_plugin.CTCComposite], or a Zennit composite
             containing exactly one (e.g. a ``MixedComposite``). Default: ``CTCComposite()``.
         attr_output: Default output weighting (see above).
         feature_mask: Feature ids in Captum's convention; overrides the composite's.
@@ -70,7 +70,7 @@ class CTCAttributor(Attributor):
         baselines: As in ``CTC.attribute``.
         within_feature: Pixel-level CTC: distribute each feature's score over its elements in
             proportion to a relevance (a tensor, a Zennit composite, a Captum attribution or a
-            callable ``f(inputs, target)``); see :mod:`ctc_plugin.ctc.within`.
+            callable ``f(inputs, target)``); see [`ctc_plugin.ctc.within`][ctc_plugin.ctc.within].
         functional: What happens to operations that need a CTC rule but run outside every
             module with a CTC hook (``F.relu`` in a ``forward``, ``(x - mean) / std``):
             ``"intercept"`` (default) applies the same rules to them; ``"raise"`` refuses them
@@ -80,7 +80,7 @@ class CTCAttributor(Attributor):
         ValueError: A composite without a ``CTCComposite``, or an unknown ``functional``.
     """
 
-    #: The per-feature scores of this thread's last call (:class:`FeatureScores`), or None.
+    #: The per-feature scores of this thread's last call (`FeatureScores`), or None.
     feature_scores = PerThread()
     _call_mask = PerThread()
 
@@ -143,12 +143,13 @@ class CTCAttributor(Attributor):
         Returns:
             ``(output, relevance)``: the model's output on ``input`` and the CTC attribution
             shaped like ``input``. The per-feature scores of the call are kept in
-            :attr:`feature_scores`.
+            [`feature_scores`][ctc_plugin.CTCAttributor.feature_scores].
 
         Raises:
             TypeError: ``input`` is not one tensor.
             ValueError: ``input`` is not a finite float batch (see
-                :func:`ctc_plugin.inputs.check_inputs`), or as ``CTC.attribute``.
+                [`ctc_plugin.inputs.check_inputs`][ctc_plugin.inputs.check_inputs]), or as
+                ``CTC.attribute``.
             TrainingModeError: The model has BatchNorm or dropout in training mode.
         """
         weighting = self.default_attr_output if attr_output is None else attr_output

@@ -1,15 +1,17 @@
 """Boxes around the nonzero values of each copy, found once and carried through the pass.
 
 A feature's copy is zero outside the receptive field of the feature, which in a network's first
-layers is a small part of the image. The ``"reference"`` sharing computes its formula only on
-boxes holding every nonzero value of a copy (:class:`~ctc_plugin.ctc.sharing.ReferenceSharing`).
-Instead of searching each layer for them, the boxes of the input copies are found once
-(:func:`support_boxes`) and carried from layer to layer: a window operation (convolution,
-pooling) widens a box to the outputs whose window meets it (:func:`window_boxes`), elementwise
-gates and the bias shares keep it (the shares are 0 where a copy is 0), a sum of two copies
-takes the smallest box around both (:func:`union_boxes`). Every carried box holds all of its
-copy's nonzero values, and perhaps some zeros, which the formula ignores. Operations without a
-rule here drop the boxes; the sharing then searches the layer as before.
+layers is a small part of the image. The ``"reference"`` sharing computes its formula only on boxes
+holding every nonzero value of a copy
+([`ReferenceSharing`][ctc_plugin.ctc.sharing.ReferenceSharing]). Instead of searching each layer for
+them, the boxes of the input copies are found once
+([`support_boxes`][ctc_plugin.ctc.boxes.support_boxes]) and carried from layer to layer: a window
+operation (convolution, pooling) widens a box to the outputs whose window meets it
+([`window_boxes`][ctc_plugin.ctc.boxes.window_boxes]), elementwise gates and the bias shares keep it
+(the shares are 0 where a copy is 0), a sum of two copies takes the smallest box around both
+([`union_boxes`][ctc_plugin.ctc.boxes.union_boxes]). Every carried box holds all of its copy's
+nonzero values, and perhaps some zeros, which the formula ignores. Operations without a rule here
+drop the boxes; the sharing then searches the layer as before.
 
 A *box* is a tuple of slices along the spatial dims (the dims after the channel dim of a
 propagated ``(N*C, channels, *spatial)`` tensor), or ``None`` for a copy without any nonzero

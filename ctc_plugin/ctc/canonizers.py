@@ -1,13 +1,15 @@
 """Zennit canonizers and composites that work with every supported zennit and torch version.
 
 - zennit 1.0 turns a BatchNorm merged into the preceding layer into the identity by setting its
-  ``eps`` to 0; torch 2.11 rejects ``eps = 0`` in ``batch_norm`` even in eval mode ("batch_norm
-  eps must be positive"), so the merged model fails there (torch 2.14 rejects it only in
-  training, and zennit 0.5 leaves ``eps`` alone): :class:`PositiveEpsMergeBatchNorm`.
+  ``eps`` to 0; torch 2.11 rejects ``eps = 0`` in ``batch_norm`` even in eval mode ("batch_norm eps
+  must be positive"), so the merged model fails there (torch 2.14 rejects it only in training, and
+  zennit 0.5 leaves ``eps`` alone):
+  [`PositiveEpsMergeBatchNorm`][ctc_plugin.ctc.canonizers.PositiveEpsMergeBatchNorm].
 - zennit 1.0 swaps a module's tensors with ``object.__setattr__`` (an instance attribute that
   shadows the registered parameter); with a rule that modifies parameters (``AlphaBeta``) on a
-  merged layer, the merged weights stay registered after the canonizer is removed, so the
-  model's ``state_dict`` and ``parameters()`` are no longer its own: :func:`tensors_restored`.
+  merged layer, the merged weights stay registered after the canonizer is removed, so the model's
+  ``state_dict`` and ``parameters()`` are no longer its own:
+  [`tensors_restored`][ctc_plugin.ctc.canonizers.tensors_restored].
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ TINY_EPS = 1e-30
 class PositiveEpsMergeBatchNorm(SequentialMergeBatchNorm):
     """Zennit's ``SequentialMergeBatchNorm`` that never leaves a BatchNorm with ``eps = 0``.
 
-    Merges exactly as Zennit does; where Zennit set the merged BatchNorm's ``eps`` to 0 it is
-    set to :data:`TINY_EPS` instead (the same identity, accepted by every torch version).
-    ``remove()`` restores the original ``eps`` as before.
+    Merges exactly as Zennit does; where Zennit set the merged BatchNorm's ``eps`` to 0 it is set to
+    [`TINY_EPS`][ctc_plugin.ctc.canonizers.TINY_EPS] instead (the same identity, accepted by every
+    torch version). ``remove()`` restores the original ``eps`` as before.
     """
 
     def register(self, linears, batch_norm) -> None:  # noqa: ANN001 (zennit's signature)
@@ -43,7 +45,7 @@ class PositiveEpsMergeBatchNorm(SequentialMergeBatchNorm):
 
 @contextmanager
 def batch_norms_valid(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, every BatchNorm of ``model`` with ``eps = 0`` has :data:`TINY_EPS`.
+    """Within the block, every BatchNorm of ``model`` with ``eps = 0`` has `TINY_EPS`.
 
     For canonizers applied by others (a composite's, when the block starts). On exit the
     BatchNorms changed get ``eps = 0`` back; removing a zennit >= 1.0 canonizer afterwards then
@@ -97,12 +99,15 @@ def tensors_restored(model: nn.Module) -> Iterator[nn.Module]:
 def gradient_attributor(model: nn.Module, composite: Composite) -> Iterator[Gradient]:
     """Zennit's ``Gradient`` attributor on ``model`` under ``composite``, safe on zennit 1.0.
 
-    Inside the block the composite is registered and every BatchNorm its canonizers left with
-    ``eps = 0`` has :data:`TINY_EPS` (:func:`batch_norms_valid`); on exit the composite is
-    removed and every parameter and buffer is back as registered (:func:`tensors_restored`).
-    The model and the composite are held exclusively meanwhile
-    (:func:`ctc_plugin.concurrency.exclusive`): other threads' calls of this package wait
-    instead of seeing the composite on the model, or removing it from under this call.
+    Inside the block the composite is registered and every BatchNorm its canonizers left with ``eps
+    = 0`` has [`TINY_EPS`][ctc_plugin.ctc.canonizers.TINY_EPS]
+    ([`batch_norms_valid`][ctc_plugin.ctc.canonizers.batch_norms_valid]); on exit the composite is
+    removed and every parameter and buffer is back as registered
+    ([`tensors_restored`][ctc_plugin.ctc.canonizers.tensors_restored]). The model and the composite
+    are held exclusively meanwhile
+    ([`ctc_plugin.concurrency.exclusive`][ctc_plugin.concurrency.exclusive]): other threads' calls
+    of this package wait instead of seeing the composite on the model, or removing it from under
+    this call.
     """
     with (
         exclusive(model),

@@ -1,32 +1,39 @@
-"""CTC as a Zennit composite: the per-operation rules of :mod:`ctc_plugin.ctc.rules` as hooks.
+"""CTC as a Zennit composite: the per-operation rules of `ctc_plugin.ctc.rules` as hooks.
 
 Each hook is a thin adapter: it finds the module's propagated input, calls the matching method
-of the running :class:`~ctc_plugin.ctc.rules.GatedPass` (the same methods the Captum class
-reaches through :class:`~ctc_plugin.ctc.interception.CTCMode`) and hands the result on as the
+of the running [`GatedPass`][ctc_plugin.ctc.rules.GatedPass] (the same methods the Captum class
+reaches through [`CTCMode`][ctc_plugin.ctc.attribution.CTCMode]) and hands the result on as the
 module's output. Every rule but the affine one is applied in a forward pre-hook, on the
 module's untouched input (in-place activations cannot destroy the pre-activation), and the
 module itself then runs on an empty batch so that no work is done twice:
 
-- :class:`AffineRule` (convolutions, transposed convolutions, ``Linear``): the module runs
-  without its bias, then :meth:`GatedPass.affine` adds the bias shared among the copies;
-- :class:`BatchNormRule`: :meth:`GatedPass.fold_batch_norm` (eval mode only);
-- :class:`ReLURule`, :class:`LeakyReLURule`: :meth:`GatedPass.relu_gate` and
-  :meth:`GatedPass.leaky_relu_gate`;
-- :class:`RescaleRule`: smooth activations (SiLU, GELU, Tanh, ...) as rescale gates;
-- :class:`MaxPoolRule`: :meth:`GatedPass.max_pool_switches`;
-- :class:`NormRule`: LayerNorm, GroupNorm, InstanceNorm and RMSNorm with their statistics as
-  gates (:meth:`GatedPass.layer_norm` and its siblings).
+- [`AffineRule`][ctc_plugin.ctc.composite.AffineRule] (convolutions, transposed convolutions,
+  ``Linear``): the module runs without its bias, then
+  [`GatedPass.affine`][ctc_plugin.ctc.rules.GatedPass.affine] adds the bias shared among the copies;
+- [`BatchNormRule`][ctc_plugin.ctc.composite.BatchNormRule]:
+  [`GatedPass.fold_batch_norm`][ctc_plugin.ctc.rules.GatedPass.fold_batch_norm] (eval mode only);
+- [`ReLURule`][ctc_plugin.ctc.composite.ReLURule],
+  [`LeakyReLURule`][ctc_plugin.ctc.composite.LeakyReLURule]:
+  [`GatedPass.relu_gate`][ctc_plugin.ctc.rules.GatedPass.relu_gate] and
+  [`GatedPass.leaky_relu_gate`][ctc_plugin.ctc.rules.GatedPass.leaky_relu_gate];
+- [`RescaleRule`][ctc_plugin.ctc.composite.RescaleRule]: smooth activations (SiLU, GELU, Tanh, ...)
+  as rescale gates;
+- [`MaxPoolRule`][ctc_plugin.ctc.composite.MaxPoolRule]:
+  [`GatedPass.max_pool_switches`][ctc_plugin.ctc.rules.GatedPass.max_pool_switches];
+- [`NormRule`][ctc_plugin.ctc.composite.NormRule]: LayerNorm, GroupNorm, InstanceNorm and RMSNorm
+  with their statistics as gates
+  ([`GatedPass.layer_norm`][ctc_plugin.ctc.rules.GatedPass.layer_norm] and its siblings).
 
-The hooks only act while a CTC pass runs (:func:`hooked_pass`, used by
-:class:`~ctc_plugin.ctc.attributor.CTCAttributor`) and only on tensors carrying that pass's
+The hooks only act while a CTC pass runs ([`hooked_pass`][ctc_plugin.ctc.composite.hooked_pass],
+used by [`CTCAttributor`][ctc_plugin.CTCAttributor]) and only on tensors carrying that pass's
 copies; at any other time a model inside ``composite.context(model)`` computes exactly what it
 computes without the composite, and a gradient through a hooked module raises
-:class:`~ctc_plugin.ctc.errors.CompositeOutsideAttributorError` (Zennit's gradient attributors
-would otherwise return the plain gradient).
+[`CompositeOutsideAttributorError`][ctc_plugin.ctc.errors.CompositeOutsideAttributorError] (Zennit's
+gradient attributors would otherwise return the plain gradient).
 
 Operations that happen outside every hooked module (residual additions, ``torch.cat``,
 reshaping, a functional ``F.relu`` in a ``forward``, a normalisation written as
-``(x - mean) / std``) are seen by a guard (a :class:`~torch.overrides.TorchFunctionMode`) that
+``(x - mean) / std``) are seen by a guard (a `TorchFunctionMode`) that
 routes them to the same rules, or, with ``functional="raise"``, refuses every one that needs
 a rule by name.
 
@@ -82,7 +89,7 @@ class _PassState:
     hooked_calls: int = 0
 
     def remove_bias(self, module: nn.Module) -> Any:
-        """Run ``module`` without its bias until :meth:`restore_bias`; return the bias.
+        """Run ``module`` without its bias until `restore_bias`; return the bias.
 
         The bias is shadowed in the instance dict (``object.__setattr__``), which works whether
         it is a registered parameter or a tensor a Zennit 1.x canonizer put there.
@@ -94,7 +101,7 @@ class _PassState:
         return bias
 
     def restore_bias(self, module: nn.Module) -> None:
-        """Undo the latest :meth:`remove_bias` of ``module``."""
+        """Undo the latest `remove_bias` of ``module``."""
         for index in range(len(self.removed_biases) - 1, -1, -1):
             if self.removed_biases[index][0] is module:
                 _, previous = self.removed_biases.pop(index)
@@ -122,16 +129,18 @@ _ACTIVE: ContextVar[_PassState | None] = ContextVar("ctc_hooked_pass", default=N
 class CTCHook(Hook):
     """Base class of the CTC rules as Zennit hooks.
 
-    A rule acts only while a CTC pass runs and the module's first input carries that pass's
-    copies; otherwise the module computes what it always computes. Subclasses implement
-    :meth:`before`, which runs in a forward pre-hook on the module's untouched input (so an
-    in-place module cannot destroy it) and usually computes the whole result; the module itself
-    then runs on an empty batch, and :meth:`after` (the forward hook) hands the result on.
-    Rules take no arguments: everything a pass needs is bound per call, so ``copy()`` returns a
-    fresh instance of the same class.
+    A rule acts only while a CTC pass runs and the module's first input carries that pass's copies;
+    otherwise the module computes what it always computes. Subclasses implement
+    [`before`][ctc_plugin.ctc.composite.CTCHook.before], which runs in a forward pre-hook on the
+    module's untouched input (so an in-place module cannot destroy it) and usually computes the
+    whole result; the module itself then runs on an empty batch, and
+    [`after`][ctc_plugin.ctc.composite.CTCHook.after] (the forward hook) hands the result on. Rules
+    take no arguments: everything a pass needs is bound per call, so ``copy()`` returns a fresh
+    instance of the same class.
 
-    Works with Zennit 0.5.1 and 1.x: the hook implements the three-argument ``forward`` and adds
-    one forward pre-hook in :meth:`register`; ``pre_forward``/``post_forward`` are Zennit's own.
+    Works with Zennit 0.5.1 and 1.x: the hook implements the three-argument ``forward`` and adds one
+    forward pre-hook in [`register`][ctc_plugin.ctc.composite.CTCHook.register];
+    ``pre_forward``/``post_forward`` are Zennit's own.
     """
 
     def register(self, module: nn.Module) -> RemovableHandleList:
@@ -144,8 +153,9 @@ class CTCHook(Hook):
         """Return a fresh instance of the same rule (rules hold no arguments)."""
         return type(self)()
 
-    #: Whether :meth:`before` computes the whole result. The module then runs on an empty batch
-    #: (its own work would be thrown away) and :meth:`after` only hands the result on.
+    #: Whether [`before`][ctc_plugin.ctc.composite.CTCHook.before] computes the whole result. The
+    #: module then runs on an empty batch (its own work would be thrown away) and
+    #: [`after`][ctc_plugin.ctc.composite.CTCHook.after] only hands the result on.
     computes_before: bool = True
 
     # -- the two halves of a module call
@@ -193,7 +203,7 @@ class CTCHook(Hook):
         """Zennit's backward hook: refuse, since CTC relevance is not a modified gradient.
 
         A CTC pass runs without gradients, so this is reached only when a gradient runs through
-        the hooked model outside :class:`~ctc_plugin.ctc.attributor.CTCAttributor` (Zennit's
+        the hooked model outside [`CTCAttributor`][ctc_plugin.CTCAttributor] (Zennit's
         ``Gradient``, ``SmoothGrad``, ``IntegratedGradients``, or ``output.backward()`` inside
         ``composite.context(model)``), which would otherwise return the plain gradient.
 
@@ -203,21 +213,21 @@ class CTCHook(Hook):
         raise CompositeOutsideAttributorError(type(module).__name__)
 
     def placeholder(self, x: torch.Tensor) -> torch.Tensor:
-        """What the module runs on when :meth:`before` computed its result: an empty batch."""
+        """What the module runs on when `before` computed its result: an empty batch."""
         return x[:0]
 
     # -- what subclasses implement
     def before(self, state: _PassState, module: nn.Module, x: torch.Tensor) -> Any:
         """Apply the rule (or prepare it) before the module runs, on its untouched input ``x``.
 
-        The return value reaches :meth:`after`.
+        The return value reaches [`after`][ctc_plugin.ctc.composite.CTCHook.after].
         """
         raise NotImplementedError
 
     def after(
         self, state: _PassState, module: nn.Module, x: torch.Tensor, output: Any, prepared: Any
     ) -> torch.Tensor:
-        """Return the module's output in the CTC pass (default: what :meth:`before` computed).
+        """Return the module's output in the CTC pass (default: what `before` computed).
 
         An in-place module's input receives the result too, as the module would have written it.
         """
@@ -230,8 +240,9 @@ class CTCHook(Hook):
 class AffineRule(CTCHook):
     """Convolutions, transposed convolutions and ``Linear``: bias-free result plus shared bias.
 
-    The module runs with its bias taken off (so its own operation computes the bias-free part),
-    then :meth:`GatedPass.affine` adds the bias: whole to the gate copy, shared among the others.
+    The module runs with its bias taken off (so its own operation computes the bias-free part), then
+    [`GatedPass.affine`][ctc_plugin.ctc.rules.GatedPass.affine] adds the bias: whole to the gate
+    copy, shared among the others.
     """
 
     computes_before = False
@@ -252,7 +263,7 @@ class AffineRule(CTCHook):
 
 
 class BatchNormRule(CTCHook):
-    """BatchNorm in eval mode, folded into a preceding biased layer (:meth:`fold_batch_norm`)."""
+    """BatchNorm in eval mode, folded into a preceding biased layer (`fold_batch_norm`)."""
 
     def before(self, state: _PassState, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Apply ``x * scale + shift`` with the module's running statistics."""
@@ -288,7 +299,7 @@ class ReLURule(_GateRule):
     """ReLU: every copy passes where the original pre-activation was positive."""
 
     def gate(self, gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`GatedPass.relu_gate` on a new tensor."""
+        """[`GatedPass.relu_gate`][ctc_plugin.ctc.rules.GatedPass.relu_gate] on a new tensor."""
         return gated.relu_gate(x)
 
 
@@ -296,19 +307,20 @@ class LeakyReLURule(_GateRule):
     """LeakyReLU: slope 1 where the original was positive, the module's slope elsewhere."""
 
     def gate(self, gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`GatedPass.leaky_relu_gate` with the module's ``negative_slope``."""
+        """`GatedPass.leaky_relu_gate` with the module's ``negative_slope``."""
         return gated.leaky_relu_gate(x, float(module.negative_slope))
 
 
 class RescaleRule(_GateRule):
     """Smooth elementwise activations as rescale gates ``y / x`` of the original pass.
 
-    The outputs of squashing activations (:data:`SQUASHING_TYPES`) are also gate tensors that
-    may multiply the signal (squeeze-excitation).
+    The outputs of squashing activations
+    ([`SQUASHING_TYPES`][ctc_plugin.ctc.composite.SQUASHING_TYPES]) are also gate tensors that may
+    multiply the signal (squeeze-excitation).
     """
 
     def gate(self, gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`GatedPass.rescale_gate` with the module's own activation (on a clone)."""
+        """`GatedPass.rescale_gate` with the module's own activation (on a clone)."""
         origin = type(module).__name__ if isinstance(module, SQUASHING_TYPES) else None
         return gated.rescale_gate(x, lambda t: module.forward(t.clone()), origin)
 
@@ -317,9 +329,10 @@ class NormRule(_GateRule):
     """LayerNorm, GroupNorm, InstanceNorm and RMSNorm: normalisation statistics as gates.
 
     Each copy is centred on its own mean and divided by the gate copy's standard deviation
-    (:meth:`GatedPass.layer_norm`, :meth:`GatedPass.group_norm`,
-    :meth:`GatedPass.instance_norm`); an InstanceNorm with running statistics in eval mode is
-    an affine map like BatchNorm.
+    ([`GatedPass.layer_norm`][ctc_plugin.ctc.rules.GatedPass.layer_norm],
+    [`GatedPass.group_norm`][ctc_plugin.ctc.rules.GatedPass.group_norm],
+    [`GatedPass.instance_norm`][ctc_plugin.ctc.rules.GatedPass.instance_norm]); an InstanceNorm with
+    running statistics in eval mode is an affine map like BatchNorm.
     """
 
     def placeholder(self, x: torch.Tensor) -> torch.Tensor:
@@ -347,7 +360,7 @@ class MaxPoolRule(CTCHook):
     """Max pooling: every copy takes the values at the original pass's argmax positions."""
 
     def before(self, state: _PassState, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`GatedPass.max_pool_switches` with the module's pooling settings."""
+        """`GatedPass.max_pool_switches` with the module's pooling settings."""
         if getattr(module, "return_indices", False):
             raise UnsupportedOperationError(
                 type(module).__name__, "returning pooling indices to the model is not supported"
@@ -445,28 +458,28 @@ def ctc_layer_map() -> list[tuple[tuple[type[nn.Module], ...], Hook]]:
 class CTCComposite(LayerMapComposite):
     """The CTC rules as a Zennit composite.
 
-    Use it with Zennit's canonizers and :class:`~zennit.composites.MixedComposite`, and run it
-    with :class:`~ctc_plugin.ctc.attributor.CTCAttributor`, which builds the batch of feature
-    copies CTC propagates::
+    Use it with Zennit's canonizers and `MixedComposite`, and run it
+    with [`CTCAttributor`][ctc_plugin.CTCAttributor], which builds the batch of feature
+    copies CTC propagates:
 
         composite = CTCComposite(bias_sharing="proportional",
                                  canonizers=[SequentialMergeBatchNorm()])
         with CTCAttributor(model, composite, feature_mask=segments) as attributor:
             output, relevance = attributor(images, one_hot)
 
-    While the composite is registered and no CTC pass runs, the model's forward computes
-    exactly what it computes without it. CTC relevance is not a modified gradient, so a
-    gradient through the hooked model (Zennit's ``Gradient``, ``SmoothGrad``,
-    ``IntegratedGradients``, or ``output.backward()`` inside ``composite.context(model)``)
-    raises :class:`~ctc_plugin.ctc.errors.CompositeOutsideAttributorError` instead of
-    returning the plain gradient; Zennit's ``Occlusion`` ignores composites, this one included.
-    Registered in Zennit's registry as ``"ctc"``.
+    While the composite is registered and no CTC pass runs, the model's forward computes exactly
+    what it computes without it. CTC relevance is not a modified gradient, so a gradient through the
+    hooked model (Zennit's ``Gradient``, ``SmoothGrad``, ``IntegratedGradients``, or
+    ``output.backward()`` inside ``composite.context(model)``) raises
+    [`CompositeOutsideAttributorError`][ctc_plugin.ctc.errors.CompositeOutsideAttributorError]
+    instead of returning the plain gradient; Zennit's ``Occlusion`` ignores composites, this one
+    included. Registered in Zennit's registry as ``"ctc"``.
 
     Args:
         feature_mask: Default feature mask for attributors using this composite (Captum's
             convention: integer ids broadcastable to the input, e.g. (1, 1, H, W)).
         bias_sharing: ``"reference"``, ``"proportional"`` or ``"none"``, as in
-            :class:`~ctc_plugin.ctc.attribution.CTC`.
+            [`CTC`][ctc_plugin.CTC].
         canonizers: Zennit canonizers applied before the hooks are registered.
         layer_map: Extra ``(module types, hook)`` pairs matched before the CTC rules.
 
@@ -498,7 +511,7 @@ class CTCComposite(LayerMapComposite):
 
 
 def find_ctc_composites(composite: Any) -> list[CTCComposite]:
-    """Every :class:`CTCComposite` in ``composite`` (itself, or inside a ``MixedComposite``)."""
+    """Every `CTCComposite` in ``composite`` (itself, or inside a ``MixedComposite``)."""
     if isinstance(composite, CTCComposite):
         return [composite]
     found: list[CTCComposite] = []
@@ -509,7 +522,7 @@ def find_ctc_composites(composite: Any) -> list[CTCComposite]:
 
 # ---------------------------------------------------------------------------- guard
 class _Refused(Exception):
-    """Raised by :class:`_LinearOnlyPass` when an operation needs a rule."""
+    """Raised by `_LinearOnlyPass` when an operation needs a rule."""
 
 
 @dataclass
@@ -547,8 +560,8 @@ class GuardMode(CTCMode):
     reshaping, average pooling, ...) are applied and their results tagged. Operations that need
     a rule (a functional ``F.relu``, a convolution of a module without a CTC hook, a constant
     added to the signal, ...) are routed to the same rules as in
-    :class:`~ctc_plugin.ctc.interception.CTCMode` with ``functional="intercept"``, or raise
-    :class:`~ctc_plugin.ctc.errors.UnsupportedOperationError` naming them with
+    [`CTCMode`][ctc_plugin.ctc.attribution.CTCMode] with ``functional="intercept"``, or raise
+    [`UnsupportedOperationError`][ctc_plugin.UnsupportedOperationError] naming them with
     ``functional="raise"``.
 
     Args:
@@ -610,9 +623,9 @@ def hooked_pass(
 ) -> Iterator[Any]:
     """Run a CTC pass through the CTC hooks registered on a model.
 
-    Inside the context, a forward of a model carrying :class:`CTCComposite` hooks on a batch
-    tagged by ``gated`` is a CTC pass. Biases taken off modules are put back when the context
-    ends, also on an exception.
+    Inside the context, a forward of a model carrying [`CTCComposite`][ctc_plugin.CTCComposite]
+    hooks on a batch tagged by ``gated`` is a CTC pass. Biases taken off modules are put back when
+    the context ends, also on an exception.
 
     Args:
         gated: The rules and state of the pass.

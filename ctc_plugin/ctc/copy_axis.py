@@ -1,13 +1,13 @@
 """Where the copies lie after a reshaping: follow the copy axis through shape operations.
 
-The copies of a CTC pass travel along dim 0 of every propagated tensor. Vision transformers
-move it for a moment: Swin splits ``qkv`` with ``reshape(...).permute(2, 0, 3, 1, 4)`` and
-selects ``qkv[0]``; window partitions merge the batch with the windows
-(``reshape(B * windows, ...)``). :func:`follow_copy_axis` tells where the copies are in the
-result of such a shape operation, or refuses an operation that would mix them (selecting or
-slicing copies, merging the batch with a dim before it, concatenating along it). Rules apply
-only while the copies lie along dim 0; :class:`~ctc_plugin.ctc.interception.CTCMode` refuses any
-other operation on a tensor whose copies lie elsewhere.
+The copies of a CTC pass travel along dim 0 of every propagated tensor. Vision transformers move it
+for a moment: Swin splits ``qkv`` with ``reshape(...).permute(2, 0, 3, 1, 4)`` and selects
+``qkv[0]``; window partitions merge the batch with the windows (``reshape(B * windows, ...)``).
+[`follow_copy_axis`][ctc_plugin.ctc.handlers.follow_copy_axis] tells where the copies are in the
+result of such a shape operation, or refuses an operation that would mix them (selecting or slicing
+copies, merging the batch with a dim before it, concatenating along it). Rules apply only while the
+copies lie along dim 0; [`CTCMode`][ctc_plugin.ctc.attribution.CTCMode] refuses any other operation
+on a tensor whose copies lie elsewhere.
 """
 
 from __future__ import annotations

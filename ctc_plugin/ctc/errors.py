@@ -6,13 +6,13 @@ from __future__ import annotations
 class UnsupportedOperationError(RuntimeError):
     """The model called an operation the CTC rules do not know.
 
-    CTC propagates every feature copy through the model with the gates of the original pass
-    fixed. That is only defined for operations that are linear in the input, affine with a bias
-    the rules can share, or a gate the rules know (ReLU-like activations, max-pooling switches,
-    normalisation statistics, elementwise smooth activations as rescale gates, products with
-    the output of a squashing activation). Anything else is refused by name, with the module
-    that called it, instead of giving silently wrong numbers. The list of what is supported
-    comes from the operation -> rule table (:mod:`ctc_plugin.ctc.operations`).
+    CTC propagates every feature copy through the model with the gates of the original pass fixed.
+    That is only defined for operations that are linear in the input, affine with a bias the rules
+    can share, or a gate the rules know (ReLU-like activations, max-pooling switches, normalisation
+    statistics, elementwise smooth activations as rescale gates, products with the output of a
+    squashing activation). Anything else is refused by name, with the module that called it, instead
+    of giving silently wrong numbers. The list of what is supported comes from the operation -> rule
+    table ([`ctc_plugin.ctc.operations`][ctc_plugin.ctc.operations]).
 
     Attributes:
         operation: The torch function.
@@ -41,7 +41,7 @@ class UnsupportedOperationError(RuntimeError):
 class RetiredTensorError(RuntimeError):
     """The model read a tensor whose memory a BatchNorm of the pass had scaled in place.
 
-    Raised inside the pass only; :class:`~ctc_plugin.ctc.attribution.CTC` then runs the pass
+    Raised inside the pass only; [`CTC`][ctc_plugin.CTC] then runs the pass
     again without in-place scaling, so users never see it.
     """
 
@@ -53,14 +53,14 @@ class RetiredTensorError(RuntimeError):
 
 
 class CompositeOutsideAttributorError(RuntimeError):
-    """A gradient ran through a model carrying :class:`~ctc_plugin.ctc.composite.CTCComposite`.
+    """A gradient ran through a model carrying [`CTCComposite`][ctc_plugin.CTCComposite].
 
     Zennit's gradient attributors (``zennit.attribution.Gradient``, ``SmoothGrad``,
     ``IntegratedGradients``) and the manual idiom ``with composite.context(model): ...
     output.backward(...)`` compute a modified gradient. CTC is not a modified gradient: its
     scores come from a forward pass of one scaled copy of the input per feature, which only
-    :class:`~ctc_plugin.ctc.attributor.CTCAttributor` (or the Captum class
-    :class:`~ctc_plugin.ctc.attribution.CTC`) sets up. The composite's rules leave the
+    [`CTCAttributor`][ctc_plugin.CTCAttributor] (or the Captum class
+    [`CTC`][ctc_plugin.CTC]) sets up. The composite's rules leave the
     gradient untouched, so these idioms would return the plain gradient; the first CTC rule the
     backward pass reaches raises this error instead.
 
@@ -129,7 +129,7 @@ class GraphCutError(RuntimeError):
     """The gradient of a ``"none"`` pass could not follow the forward function.
 
     Raised inside that pass only (``.detach()``, ``torch.no_grad()``, ``.numpy()`` or
-    ``.item()`` on the copies); :class:`~ctc_plugin.ctc.attribution.CTC` then computes the same
+    ``.item()`` on the copies); [`CTC`][ctc_plugin.CTC] then computes the same
     scores with the forward pass of the copies, so users never see it.
     """
 

@@ -1,10 +1,11 @@
 """The handlers of the operation -> rule table: from a torch call's arguments to a CTC rule.
 
-Each handler takes ``(gated_pass, func, args, kwargs)`` for a call whose arguments carry copies
-of the pass, reads the call's arguments the way torch does (by position or keyword), and applies
-the matching rule of :class:`~ctc_plugin.ctc.rules.GatedPass` (or the operation itself, for
-operations linear in the signal). :mod:`ctc_plugin.ctc.operations` says which torch functions
-each handler serves; :class:`~ctc_plugin.ctc.interception.CTCMode` dispatches to them.
+Each handler takes ``(gated_pass, func, args, kwargs)`` for a call whose arguments carry copies of
+the pass, reads the call's arguments the way torch does (by position or keyword), and applies the
+matching rule of [`GatedPass`][ctc_plugin.ctc.rules.GatedPass] (or the operation itself, for
+operations linear in the signal). [`ctc_plugin.ctc.operations`][ctc_plugin.ctc.operations] says
+which torch functions each handler serves; [`CTCMode`][ctc_plugin.ctc.attribution.CTCMode]
+dispatches to them.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def multiply_or_divide(divide: bool) -> Handler:
 
     A product of two propagated tensors is linear in the copies only when one factor is a gate
     tensor (it came out of a squashing activation of the full pass, see
-    :class:`~ctc_plugin.ctc.rules.GateMark`): each copy of the other factor is multiplied by
+    [`GateMark`][ctc_plugin.ctc.rules.GateMark]): each copy of the other factor is multiplied by
     the gate copy's value. A product of two gate tensors is itself a gate tensor (of the full
     pass only). Anything else is refused.
     """
@@ -279,7 +280,7 @@ def softmax(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.
     """``softmax``: a gate tensor of the full pass (attention probabilities, soft gates).
 
     Its copies would be no linear copies of anything, so it is computed for the gate copy only
-    and may serve as a gate only (:meth:`~ctc_plugin.ctc.rules.GatedPass.gate_product`).
+    and may serve as a gate only ([`gate_product`][ctc_plugin.ctc.rules.GatedPass.gate_product]).
     """
     return ctx.full_pass_gate(
         args[0], lambda gate: func(gate, *args[1:], **kwargs), operation_name(func)

@@ -1,9 +1,9 @@
 """Run any forward function as a CTC pass by intercepting the torch functions it calls.
 
-Module hooks miss the functional calls that torchvision's DenseNet and Inception make
-(``F.relu`` inside ``forward``); a :class:`~torch.overrides.TorchFunctionMode` sees every call.
-:class:`CTCMode` routes each call whose arguments carry copies of the pass to the matching rule
-of :class:`~ctc_plugin.ctc.rules.GatedPass`:
+Module hooks miss the functional calls that torchvision's DenseNet and Inception make (``F.relu``
+inside ``forward``); a `TorchFunctionMode` sees every call.
+[`CTCMode`][ctc_plugin.ctc.attribution.CTCMode] routes each call whose arguments carry copies of the
+pass to the matching rule of [`GatedPass`][ctc_plugin.ctc.rules.GatedPass]:
 
 - affine operations with a bias (convolutions, ``linear``, ``batch_norm`` in eval mode, a
   constant added to or subtracted from the signal): the bias-free result plus shared bias;
@@ -11,14 +11,14 @@ of :class:`~ctc_plugin.ctc.rules.GatedPass`:
 - operations linear in the signal (pooling by averaging, reshaping, concatenation, sums of
   propagated tensors, products with constants, dropout in eval mode, ...): applied as they are.
 
-Calls whose arguments carry no copies run untouched. Anything else that would return a
-propagated tensor raises :class:`~ctc_plugin.ctc.errors.UnsupportedOperationError` naming it.
-Calls that take the copies' values out of torch (``numpy``, ``tolist``, ``item``) are recorded,
-to be named should the output not be traced (:func:`~ctc_plugin.ctc.attribution.
-check_pass_output`).
-A call that reads a tensor retired by the pass (its memory scaled in place by a BatchNorm, see
-:meth:`~ctc_plugin.ctc.rules.GatedPass.fold_batch_norm`) raises
-:class:`~ctc_plugin.ctc.errors.RetiredTensorError`.
+Calls whose arguments carry no copies run untouched. Anything else that would return a propagated
+tensor raises [`UnsupportedOperationError`][ctc_plugin.UnsupportedOperationError] naming it. Calls
+that take the copies' values out of torch (``numpy``, ``tolist``, ``item``) are recorded, to be
+named should the output not be traced
+([`check_pass_output`][ctc_plugin.ctc.attribution.check_pass_output]). A call that reads a tensor
+retired by the pass (its memory scaled in place by a BatchNorm, see
+[`fold_batch_norm`][ctc_plugin.ctc.rules.GatedPass.fold_batch_norm]) raises
+[`RetiredTensorError`][ctc_plugin.ctc.errors.RetiredTensorError].
 """
 
 from __future__ import annotations
@@ -57,17 +57,18 @@ def copies_off_dim_zero(operation: str, axis: int) -> UnsupportedOperationError:
 class CTCMode(TorchFunctionMode):
     """A torch function mode that turns a model's forward into a CTC pass.
 
-    Use it around a forward call on a batch whose copies were built by the CTC class::
+    Use it around a forward call on a batch whose copies were built by the CTC class:
 
         with CTCMode(gated_pass, model):
             logits = model(gated_pass.tag(batch))
 
-    Every call is looked up in the operation -> rule table (:mod:`ctc_plugin.ctc.operations`).
-    Gate tensors (:class:`~ctc_plugin.ctc.rules.GateMark`) are followed: reshaping a gate
-    tensor, or combining it with constants, makes a gate tensor (rows with ``keeps_gate``); any
-    operation on gate-only tensors (a softmax) makes a gate-only tensor, and a gate-only tensor
-    met by the signal is refused unless it multiplies it as a gate. Random draws are refused
-    whatever their arguments. A refusal names the module whose code made the call.
+    Every call is looked up in the operation -> rule table
+    ([`ctc_plugin.ctc.operations`][ctc_plugin.ctc.operations]). Gate tensors
+    ([`GateMark`][ctc_plugin.ctc.rules.GateMark]) are followed: reshaping a gate tensor, or
+    combining it with constants, makes a gate tensor (rows with ``keeps_gate``); any operation on
+    gate-only tensors (a softmax) makes a gate-only tensor, and a gate-only tensor met by the signal
+    is refused unless it multiplies it as a gate. Random draws are refused whatever their arguments.
+    A refusal names the module whose code made the call.
 
     Args:
         gated_pass: The rules and state of the pass.

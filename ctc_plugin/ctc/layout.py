@@ -13,10 +13,10 @@ Every example of the user's batch travels as a group of consecutive copies:
 
 Copies other than the gate copy are the *sharing copies*: they receive shares of every bias.
 
-A propagated tensor holds the copies along dim 0, one row per copy (N*C rows), or, after a
-reshape that merges dim 0 with the following ones (a vision transformer's windows), ``m``
-consecutive rows per copy (N*C*m rows, copy-major): :meth:`CopyLayout.group` views both as
-(N, C, ...), the second as (N, C, m, ...).
+A propagated tensor holds the copies along dim 0, one row per copy (N*C rows), or, after a reshape
+that merges dim 0 with the following ones (a vision transformer's windows), ``m`` consecutive rows
+per copy (N*C*m rows, copy-major): [`CopyLayout.group`][ctc_plugin.ctc.layout.CopyLayout.group]
+views both as (N, C, ...), the second as (N, C, m, ...).
 """
 
 from __future__ import annotations

@@ -1,16 +1,18 @@
 """The operation -> rule table: the one place where CTC supports a torch operation.
 
-Every torch function a model calls during a CTC pass with copies among its arguments is looked
-up here (:func:`rule_for`). Each :class:`OperationRule` row names the functions it serves, the
-handler (:mod:`ctc_plugin.ctc.handlers`) that reads their arguments and applies a rule of
-:class:`~ctc_plugin.ctc.rules.GatedPass`, and what the rule does, in words. The error for an
-operation without a row (:class:`~ctc_plugin.ctc.errors.UnsupportedOperationError`) lists the
-kinds of this table (:func:`supported_summary`), and the table on the docs page "How CTC works"
-is :func:`rules_table_markdown` (a test keeps them equal; ``python -m
-ctc_plugin.ctc.operations`` prints it).
+Every torch function a model calls during a CTC pass with copies among its arguments is looked up
+here ([`rule_for`][ctc_plugin.ctc.operations.rule_for]). Each
+[`OperationRule`][ctc_plugin.ctc.operations.OperationRule] row names the functions it serves, the
+handler ([`ctc_plugin.ctc.handlers`][ctc_plugin.ctc.handlers]) that reads their arguments and
+applies a rule of [`GatedPass`][ctc_plugin.ctc.rules.GatedPass], and what the rule does, in words.
+The error for an operation without a row
+([`UnsupportedOperationError`][ctc_plugin.UnsupportedOperationError]) lists the kinds of this table
+([`supported_summary`][ctc_plugin.ctc.operations.supported_summary]), and the table on the docs page
+"How CTC works" is [`rules_table_markdown`][ctc_plugin.ctc.operations.rules_table_markdown] (a test
+keeps them equal; ``python -m ctc_plugin.ctc.operations`` prints it).
 
 To support a new operation: write a handler (or reuse one) and add its functions to a row, or a
-new row, in :func:`_rows`; then regenerate the docs table.
+new row, in `_rows`; then regenerate the docs table.
 """
 
 from __future__ import annotations
@@ -38,12 +40,13 @@ class OperationRule:
         handler: Reads a call's arguments and applies the rule.
         functions: The torch functions and tensor methods the row serves.
         takes_gate_only: The handler accepts a gate-only tensor (a softmax output, see
-            :class:`~ctc_plugin.ctc.rules.GateMark`) among its operands and uses it as a gate.
+            [`GateMark`][ctc_plugin.ctc.rules.GateMark]) among its operands and uses it as a gate.
         keeps_gate: Applied to gate tensors (and constants) only, the result is a gate tensor
             too: reshaping, pooling, products with and sums of constants. Rows that mix a gate
             into the signal path (convolutions, normalisations, activations) make signals.
         follows_copies: A shape operation that follows the copies wherever they lie
-            (:mod:`ctc_plugin.ctc.copy_axis`); every other operation needs them along dim 0.
+            ([`ctc_plugin.ctc.copy_axis`][ctc_plugin.ctc.copy_axis]); every other operation needs
+            them along dim 0.
     """
 
     kind: str
@@ -378,7 +381,7 @@ RANDOM_FUNCTIONS: frozenset[Any] = frozenset(
 
 #: Tensor methods that take a tensor's values out of torch (to numpy, Python lists or numbers).
 #: Called on the copies they are recorded (and named should the output not be traced); a
-#: gradient pass cannot follow them (:meth:`~ctc_plugin.ctc.rules.GatedPass.left_torch`).
+#: gradient pass cannot follow them ([`left_torch`][ctc_plugin.ctc.rules.GatedPass.left_torch]).
 EXIT_FUNCTIONS: frozenset[Any] = frozenset(
     (
         torch.Tensor.numpy, torch.Tensor.__array__, torch.Tensor.tolist, torch.Tensor.item,
@@ -417,7 +420,7 @@ def supported_summary() -> str:
 
 
 def rules_table_markdown() -> str:
-    """The table on the docs page "How CTC works", generated from :data:`ROWS`."""
+    """The table on the docs page "How CTC works", generated from `ROWS`."""
     merged: list[tuple[str, str, list[str]]] = []  # consecutive rows of one kind and rule
     for row in ROWS:
         if merged and merged[-1][:2] == (row.kind, row.rule):

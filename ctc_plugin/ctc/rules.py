@@ -1,27 +1,33 @@
 """The per-operation CTC rules, shared by the Captum class and the Zennit composite.
 
-A :class:`GatedPass` holds what one CTC pass needs: the :class:`CopyLayout` of the batch and
-the :class:`BiasSharing` strategy. Its methods take and return *flat* propagated tensors
-(N*C, ...) and implement one rule each. CTC's principle decides every rule: *whatever the full
-input decided nonlinearly is a gate taken from the gate copy; everything else is linear in the
-copies, and input-independent terms are biases shared among them.*
+A [`GatedPass`][ctc_plugin.ctc.rules.GatedPass] holds what one CTC pass needs: the
+[`CopyLayout`][ctc_plugin.ctc.layout.CopyLayout] of the batch and the
+[`BiasSharing`][ctc_plugin.ctc.sharing.BiasSharing] strategy. Its methods take and return *flat*
+propagated tensors (N*C, ...) and implement one rule each. CTC's principle decides every rule:
+*whatever the full input decided nonlinearly is a gate taken from the gate copy; everything else is
+linear in the copies, and input-independent terms are biases shared among them.*
 
-- :meth:`GatedPass.affine`: a bias-free result plus the bias shared among the copies
-  (convolutions, linear layers, BatchNorm's shift, constants added to the signal);
-- :meth:`GatedPass.fold_batch_norm`: BatchNorm after a biased layer, folded into it so the pair
-  shares one bias;
-- :meth:`GatedPass.relu_gate`, :meth:`GatedPass.leaky_relu_gate`: the original pass's
+- [`GatedPass.affine`][ctc_plugin.ctc.rules.GatedPass.affine]: a bias-free result plus the bias
+  shared among the copies (convolutions, linear layers, BatchNorm's shift, constants added to the
+  signal);
+- [`GatedPass.fold_batch_norm`][ctc_plugin.ctc.rules.GatedPass.fold_batch_norm]: BatchNorm after a
+  biased layer, folded into it so the pair shares one bias;
+- [`GatedPass.relu_gate`][ctc_plugin.ctc.rules.GatedPass.relu_gate],
+  [`GatedPass.leaky_relu_gate`][ctc_plugin.ctc.rules.GatedPass.leaky_relu_gate]: the original pass's
   activation pattern applied to every copy;
-- :meth:`GatedPass.rescale_gate`: smooth elementwise activations as the ratio ``y / x`` of the
-  original pass (exact for the gate copy, zero where the original input is zero);
-- :meth:`GatedPass.max_pool_switches`: every copy routed through the original argmax positions;
-- :meth:`GatedPass.layer_norm`, :meth:`GatedPass.group_norm`,
-  :meth:`GatedPass.instance_norm`: normalisation statistics as gates (each copy centred on its
-  own mean, divided by the gate copy's standard deviation, scaled by the weight; the shift is
-  a shared bias);
-- :meth:`GatedPass.gate_product`: a product of the signal with a *gate tensor* (one that comes
-  out of a squashing activation of the full pass, such as a squeeze-excitation scale): every
-  copy of the signal times the gate copy's factor.
+- [`GatedPass.rescale_gate`][ctc_plugin.ctc.rules.GatedPass.rescale_gate]: smooth elementwise
+  activations as the ratio ``y / x`` of the original pass (exact for the gate copy, zero where the
+  original input is zero);
+- [`GatedPass.max_pool_switches`][ctc_plugin.ctc.rules.GatedPass.max_pool_switches]: every copy
+  routed through the original argmax positions;
+- [`GatedPass.layer_norm`][ctc_plugin.ctc.rules.GatedPass.layer_norm],
+  [`GatedPass.group_norm`][ctc_plugin.ctc.rules.GatedPass.group_norm],
+  [`GatedPass.instance_norm`][ctc_plugin.ctc.rules.GatedPass.instance_norm]: normalisation
+  statistics as gates (each copy centred on its own mean, divided by the gate copy's standard
+  deviation, scaled by the weight; the shift is a shared bias);
+- [`GatedPass.gate_product`][ctc_plugin.ctc.rules.GatedPass.gate_product]: a product of the signal
+  with a *gate tensor* (one that comes out of a squashing activation of the full pass, such as a
+  squeeze-excitation scale): every copy of the signal times the gate copy's factor.
 
 The gate copy (copy 0 of each example) always computes the model's value, so the gates of
 every later layer come from the original forward pass. Every gate is held fixed (detached), so
@@ -47,13 +53,14 @@ from ctc_plugin.ctc.sharing import BiasSharing
 FOLD_ATTRIBUTE = "_ctc_affine_parts"
 
 #: Attribute set on a propagated tensor whose copies' nonzero values are known to lie in boxes
-#: (:mod:`ctc_plugin.ctc.boxes`), one per row.
+#: ([`ctc_plugin.ctc.boxes`][ctc_plugin.ctc.boxes]), one per row.
 BOXES_ATTRIBUTE = "_ctc_boxes"
 
 #: Attribute set on a propagated tensor whose copies lie along another dim than 0 (its index).
 AXIS_ATTRIBUTE = "_ctc_axis"
 
-#: Attribute set on a propagated tensor that is a *gate tensor*, holding its :class:`GateMark`.
+#: Attribute set on a propagated tensor that is a *gate tensor*, holding its
+#: [`GateMark`][ctc_plugin.ctc.rules.GateMark].
 GATE_ATTRIBUTE = "_ctc_gate"
 
 
@@ -64,7 +71,7 @@ class GateMark:
     A gate tensor comes out of a squashing activation (sigmoid, hardsigmoid, tanh, softmax) or
     is computed from gate tensors and constants only. Multiplying the signal by it is a gate:
     every copy of the signal is multiplied by the gate copy's value
-    (:meth:`GatedPass.gate_product`).
+    ([`GatedPass.gate_product`][ctc_plugin.ctc.rules.GatedPass.gate_product]).
 
     Attributes:
         origin: The operation that made it a gate tensor (named in error messages).
@@ -104,7 +111,7 @@ def sole_holder(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` is no view and no other tensor shares its memory.
 
     Python references to ``tensor`` itself are not counted: a pass that changes such a tensor
-    in place must retire it (:meth:`GatedPass.retire`).
+    in place must retire it ([`GatedPass.retire`][ctc_plugin.ctc.rules.GatedPass.retire]).
     """
     return (
         _SOLE_USE_COUNT is not None
@@ -143,19 +150,21 @@ class GatedPass:
         layout: Where each copy sits in the batch.
         sharing: How biases are shared among the copies.
         token: An object identifying this pass; tensors it propagates are tagged with it.
-        scale_in_place: Let :meth:`fold_batch_norm` scale a tensor no other tensor shares in
-            place (one pass over the copies fewer) and retire it. Only for a caller that
-            refuses every later use of a retired tensor (:class:`~ctc_plugin.ctc.interception.
-            CTCMode` raises :class:`~ctc_plugin.ctc.errors.RetiredTensorError`).
+        scale_in_place: Let [`fold_batch_norm`][ctc_plugin.ctc.rules.GatedPass.fold_batch_norm]
+            scale a tensor no other tensor shares in place (one pass over the copies fewer) and
+            retire it. Only for a caller that refuses every later use of a retired tensor
+            ([`CTCMode`][ctc_plugin.ctc.attribution.CTCMode] raises
+            [`RetiredTensorError`][ctc_plugin.ctc.errors.RetiredTensorError]).
         retired_token: The tag of tensors retired by this pass.
         scaled_in_place: How many BatchNorms scaled their input in place (for diagnostics).
         track_boxes: Carry the boxes around each copy's nonzero values from layer to layer
-            (:mod:`ctc_plugin.ctc.boxes`) and hand them to the sharing; the caller puts the
-            input batch's boxes on it (:meth:`set_boxes`).
+            ([`ctc_plugin.ctc.boxes`][ctc_plugin.ctc.boxes]) and hand them to the sharing; the
+            caller puts the input batch's boxes on it
+            ([`set_boxes`][ctc_plugin.ctc.rules.GatedPass.set_boxes]).
         gradient: The pass runs with autograd and its gradient is the result (the ``"none"``
             fast path): an operation that cuts the gradient off the copies raises
-            :class:`~ctc_plugin.ctc.errors.GraphCutError` (:meth:`left_torch`,
-            :meth:`check_gradient`).
+            `GraphCutError` ([`left_torch`][ctc_plugin.ctc.rules.GatedPass.left_torch],
+            [`check_gradient`][ctc_plugin.ctc.rules.GatedPass.check_gradient]).
         exits: The calls that took the copies' values out of torch (``numpy``, ``tolist``,
             ``item``, ...), in order; named when the output turns out not to be traced.
     """
@@ -174,9 +183,9 @@ class GatedPass:
     def tag(self, tensor: torch.Tensor, axis: int = 0) -> torch.Tensor:
         """Mark a tensor as carrying copies of this pass along dim ``axis``; return it.
 
-        The copies lie along dim 0 wherever a rule applies; a reshaping may move them to
-        another dim for a while (:mod:`ctc_plugin.ctc.copy_axis`). That dim holds N*C rows, or
-        N*C*m (copy-major: ``m`` rows per copy).
+        The copies lie along dim 0 wherever a rule applies; a reshaping may move them to another dim
+        for a while ([`ctc_plugin.ctc.copy_axis`][ctc_plugin.ctc.copy_axis]). That dim holds N*C
+        rows, or N*C*m (copy-major: ``m`` rows per copy).
         """
         if tensor.dim() <= axis or tensor.shape[axis] % self.layout.batch != 0:
             raise BatchDimensionError(
@@ -214,13 +223,13 @@ class GatedPass:
         return isinstance(value, torch.Tensor) and getattr(value, "_ctc_pass", None) is self.token
 
     def gate_mark(self, value: Any) -> GateMark | None:
-        """The :class:`GateMark` of a propagated gate tensor, ``None`` for any other value."""
+        """The `GateMark` of a propagated gate tensor, ``None`` for any other value."""
         if not self.is_propagated(value):
             return None
         return getattr(value, GATE_ATTRIBUTE, None)
 
     def mark_gate(self, tensor: torch.Tensor, origin: str, only: bool = False) -> torch.Tensor:
-        """Record that a propagated tensor is a gate tensor (see :class:`GateMark`); return it."""
+        """Record that a propagated tensor is a gate tensor (see `GateMark`); return it."""
         setattr(tensor, GATE_ATTRIBUTE, GateMark(origin=origin, only=only))
         return tensor
 
@@ -230,7 +239,7 @@ class GatedPass:
 
         Such values come back, if at all, as constants that no rule can follow; the call is
         named if the output turns out not to be traced. A gradient pass cannot follow them and
-        raises :class:`~ctc_plugin.ctc.errors.GraphCutError`.
+        raises `GraphCutError`.
         """
         self.exits.append(operation)
         if self.gradient:
@@ -336,7 +345,7 @@ class GatedPass:
 
         When ``x`` came from a biased layer, the BatchNorm is folded into it: the pair acts as
         one layer with weight ``scale * W`` and bias ``scale * b + shift``, sharing one bias.
-        Otherwise, with :attr:`scale_in_place` and no other tensor on ``x``'s memory (typically
+        Otherwise, with `scale_in_place` and no other tensor on ``x``'s memory (typically
         a bias-free convolution's output), ``x`` is scaled in place and retired: the result is
         another tensor object on the same memory, and any later use of ``x`` is refused.
         """
@@ -359,9 +368,10 @@ class GatedPass:
         bias: torch.Tensor | None,
         eps: float,
     ) -> torch.Tensor:
-        """BatchNorm (or InstanceNorm) with running statistics, through :meth:`fold_batch_norm`.
+        """BatchNorm (or InstanceNorm) with running statistics, through `fold_batch_norm`.
 
-        The affine map of :func:`batch_norm_affine`, per channel (dim 1).
+        The affine map of [`batch_norm_affine`][ctc_plugin.ctc.rules.batch_norm_affine], per channel
+        (dim 1).
         """
         scale, shift = batch_norm_affine(running_mean, running_var, weight, bias, eps)
         shape = (-1, *([1] * (x.dim() - 2)))
@@ -406,10 +416,11 @@ class GatedPass:
                 change its argument.
             gate_origin: For a squashing activation (sigmoid, tanh, ...), its name: the result
                 is then also a gate tensor that may multiply the signal
-                (:meth:`gate_product`).
-            inplace: Write the result into ``x`` (an in-place activation of the model). Without
-                it, with :attr:`scale_in_place` and no other tensor on ``x``'s memory, ``x`` is
-                overwritten and retired all the same (see :meth:`fold_batch_norm`).
+                ([`gate_product`][ctc_plugin.ctc.rules.GatedPass.gate_product]).
+            inplace: Write the result into ``x`` (an in-place activation of the model). Without it,
+                with `scale_in_place` and no other tensor on ``x``'s memory, ``x`` is overwritten
+                and retired all the same (see
+                [`fold_batch_norm`][ctc_plugin.ctc.rules.GatedPass.fold_batch_norm]).
         """
         overwrite = inplace or self._may_overwrite(x)  # asked before views of x exist
         grouped, boxes = self.layout.group(x), self.boxes(x)  # a gate keeps zeros
@@ -482,7 +493,9 @@ class GatedPass:
 
         Args:
             signal: The propagated signal.
-            gate: A propagated gate tensor (:meth:`gate_mark`), broadcastable to ``signal``.
+            gate: A propagated gate tensor
+                ([`gate_mark`][ctc_plugin.ctc.rules.GatedPass.gate_mark]), broadcastable to
+                ``signal``.
             divide: ``signal / gate`` instead of ``signal * gate``.
             inplace: Write the result into ``signal`` (``signal.mul_(gate)``).
         """

@@ -10,7 +10,7 @@ model's real forward pass). The three modes differ in ``s_k``:
   split among the present copies where every ``z_j`` is zero). Shares sum to one, so over a
   partition the scores add up to the target logit (conservative).
 - ``"reference"``: the published formula (quantisation, log-ratios, spread capping); see
-  :class:`ReferenceSharing`.
+  [`ReferenceSharing`][ctc_plugin.ctc.sharing.ReferenceSharing].
 
 Every mode adds the shares in place into the grouped tensor ``z`` of shape (N, C, *rest).
 ``bias`` is broadcastable to (N, C, *rest): either aligned with ``rest`` (a layer's bias) or
@@ -47,8 +47,9 @@ class BiasSharing(Protocol):
     ) -> None:
         """Add ``bias`` to the gate copy and the shares of ``bias`` to the sharing copies.
 
-        ``boxes`` (one per copy of the flat batch, see :mod:`ctc_plugin.ctc.boxes`), when
-        given, hold every nonzero value of their copy; a mode may use them to skip zeros.
+        ``boxes`` (one per copy of the flat batch, see
+        [`ctc_plugin.ctc.boxes`][ctc_plugin.ctc.boxes]), when given, hold every nonzero value of
+        their copy; a mode may use them to skip zeros.
         """
 
 
@@ -110,8 +111,9 @@ class ProportionalSharing:
     ) -> None:
         """Add the bias to the gate copy and proportional shares to the sharing copies.
 
-        On a CPU the layer is worked through in blocks of about :attr:`block_elements` values
-        along its first unit dim (shares are per unit, so blocks change nothing).
+        On a CPU the layer is worked through in blocks of about
+        [`block_elements`][ctc_plugin.ctc.sharing.ProportionalSharing.block_elements] values along
+        its first unit dim (shares are per unit, so blocks change nothing).
         """
         z[:, :1].add_(_copy_part(bias, z, 0, 1))
         rows = z.shape[2] if z.dim() > 2 else 1
@@ -224,7 +226,7 @@ class ReferenceSharing:
         from memory each time, and where the copies' supports are small (a feature's copy is
         zero outside its receptive field, which in the first layers is a small part of the
         image) only the boxes around the copies' nonzero values are computed, packed into one
-        block (:meth:`_add_packed_shares`). Values outside a box are zero, get no share and add
+        block (`_add_packed_shares`). Values outside a box are zero, get no share and add
         nothing to the statistics. Statistics are per copy, so neither changes a value. On other
         devices (many small kernel launches and host synchronisations cost more there than
         memory traffic) the whole layer is one block.
@@ -346,10 +348,11 @@ def _statistic_dims(bias: torch.Tensor, rank: int) -> tuple[int, ...]:
 class Workspace:
     """Reusable scratch buffers for the reference formula, one set per thread.
 
-    The formula needs temporaries the size of a block of copies (:func:`copy_shares`) and of
-    the reference full copy (:func:`full_copy_statistics`). Fresh large tensors cost a page
-    fault per 4 KiB on first touch (on a CPU as much as several elementwise passes), so the
-    buffers are kept and reused across layers and calls in named slots; each slot grows to the
+    The formula needs temporaries the size of a block of copies
+    ([`copy_shares`][ctc_plugin.ctc.sharing.copy_shares]) and of the reference full copy
+    ([`full_copy_statistics`][ctc_plugin.ctc.sharing.full_copy_statistics]). Fresh large tensors
+    cost a page fault per 4 KiB on first touch (on a CPU as much as several elementwise passes), so
+    the buffers are kept and reused across layers and calls in named slots; each slot grows to the
     largest request seen and is released with the workspace's owner.
     """
 
@@ -393,7 +396,7 @@ class FullCopyStatistics:
             (dividing by it then gives the formula's ``rho = 0`` there).
         exact_zero: Where ``z_F = 0`` (as 0/1 values), or ``None`` when it is nowhere zero.
         sigma: The reference spread ``std(log10 r)``, with size 1 along the statistic dims, in
-            :func:`statistics_dtype`.
+            `statistics_dtype`.
     """
 
     ceil_full: torch.Tensor
@@ -407,12 +410,12 @@ def full_copy_statistics(
     dims: tuple[int, ...],
     workspace: Workspace | None = None,
 ) -> FullCopyStatistics:
-    """The reference full copy's part of the formula (see :class:`ReferenceSharing`).
+    """The reference full copy's part of the formula (see `ReferenceSharing`).
 
     Args:
         z_full: (N, 1, *rest) bias-free pre-activation of the reference full copy.
         bias_full: The bias as seen by the reference full copy (broadcastable).
-        dims: The statistic dims (see :func:`_statistic_dims`).
+        dims: The statistic dims (see `_statistic_dims`).
         workspace: Scratch buffers to reuse; ``ceil_full`` then lives in the workspace's
             ``"full"`` slot and is valid until the next call. ``None`` allocates.
     """
@@ -469,7 +472,7 @@ def _mean_std_of_counted(
 
     ``count`` (size 1 along ``dims``) is how many entries count; groups without any get 0.
 
-    The sums run in float64 (:func:`statistics_dtype`) and the results stay in it: a float32
+    The sums run in float64 (`statistics_dtype`) and the results stay in it: a float32
     sum depends on the order of its terms, and that order on how the copies are laid out
     (blocks, packed boxes, how many copies travel together), so a float32 statistic would
     change by an ulp with ``perturbations_per_eval``, which the quantisation of the next layer
@@ -500,11 +503,12 @@ def copy_shares(
     dims: tuple[int, ...],
     workspace: Workspace | None = None,
 ) -> torch.Tensor:
-    """The published shares ``s_k`` of some sharing copies (see :class:`ReferenceSharing`).
+    """The published shares ``s_k`` of some sharing copies (see `ReferenceSharing`).
 
     Args:
         z_copies: (N, S, *rest) bias-free pre-activations of the copies.
-        full: :func:`full_copy_statistics` of the same examples.
+        full: [`full_copy_statistics`][ctc_plugin.ctc.sharing.full_copy_statistics] of the same
+            examples.
         dims: The statistic dims.
         workspace: Scratch buffers to reuse; the result then lives in the workspace and is
             valid until its next use. ``None`` allocates.
@@ -522,7 +526,7 @@ def share_factors(
     dims: tuple[int, ...],
     workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shares of :func:`copy_shares` as ``unit_part * group_part``.
+    """The shares of `copy_shares` as ``unit_part * group_part``.
 
     ``unit_part`` has the shape of ``z_copies`` (in the workspace when one is given);
     ``group_part`` has size 1 along ``dims``, so it can be multiplied into the bias before the

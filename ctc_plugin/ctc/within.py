@@ -133,7 +133,8 @@ def distribute_within_features(
         scores: (N, K) CTC scores (0 for absent features).
         features: The features the scores belong to.
         inputs: The inputs, one tensor per feature mask.
-        within_feature: The relevance (see :func:`resolve_relevance`).
+        within_feature: The relevance (see
+            [`resolve_relevance`][ctc_plugin.ctc.within.resolve_relevance]).
         target: The CTC call's target, handed to the relevance method.
         model: The classifier (needed for Zennit composites).
 

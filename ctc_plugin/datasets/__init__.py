@@ -1,7 +1,8 @@
 """Synthetic images with exact ground truth: which pixels decide the class.
 
 ``ShapesDataset(split="shapes"|"composite", size=N, seed=S, image_size=96)`` is a seeded
-``torch.utils.data.Dataset``; :func:`write_split` stores a split on disk as PNG files and masks.
+``torch.utils.data.Dataset``; [`write_split`][ctc_plugin.datasets.write_split] stores a split on
+disk as PNG files and masks.
 """
 
 from ctc_plugin.datasets.dataset import TRAIN_SEED, ShapesDataset

@@ -1,4 +1,4 @@
-"""The :class:`ShapesDataset`: seeded synthetic images with ground-truth evidence masks."""
+"""The `ShapesDataset`: seeded synthetic images with ground-truth evidence masks."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class ShapesDataset(Dataset):
     one to three distractors (thin bars or ellipses, in any colour), each drawn with an exact mask.
 
     * ``split="shapes"``: six classes, the shape of the one evidence object
-      (:attr:`classes` = circle, square, triangle, star, cross, ring).
+      (`classes` = circle, square, triangle, star, cross, ring).
     * ``split="composite"``: two classes decided by a spatial relation between two evidence
       objects, a hollow container (a hoop or a square frame) and a small filled shape:
       ``"inside"`` (the shape lies within the container's outline) or ``"outside"`` (beside it).

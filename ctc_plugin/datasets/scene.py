@@ -1,9 +1,10 @@
 """Scenes: what an image contains, how it is sampled from a seed, and how it is drawn.
 
-A :class:`Scene` is a full description of one image (background and objects). The label and the
-ground-truth evidence are computed from the scene by :func:`label_of` and :func:`render`, never
-stored beside it, so a test can change the distractors of a scene and check that the label and
-evidence do not move.
+A [`Scene`][ctc_plugin.datasets.Scene] is a full description of one image (background and objects).
+The label and the ground-truth evidence are computed from the scene by
+[`label_of`][ctc_plugin.datasets.label_of] and [`render`][ctc_plugin.datasets.render], never stored
+beside it, so a test can change the distractors of a scene and check that the label and evidence do
+not move.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ class SceneObject:
     """One object of a scene.
 
     Attributes:
-        kind: Shape name (see :mod:`ctc_plugin.datasets.geometry`).
+        kind: Shape name (see [`ctc_plugin.datasets.geometry`][ctc_plugin.datasets.geometry]).
         cy: Row of the centre.
         cx: Column of the centre.
         size: Radius of the bounding circle.
         angle: Rotation in radians.
-        colour: Index into :data:`PALETTE`.
-        pattern: Texture, one of :data:`PATTERNS`.
+        colour: Index into [`PALETTE`][ctc_plugin.datasets.scene.PALETTE].
+        pattern: Texture, one of [`PATTERNS`][ctc_plugin.datasets.scene.PATTERNS].
         depth: How much the texture darkens the colour, in [0, 0.4].
         period: Period of the texture in pixels.
         pattern_angle: Orientation of the texture in radians.
@@ -110,9 +111,9 @@ def label_of(scene: Scene) -> int:
 
     Returns:
         For ``"shapes"`` the index of the evidence object's shape in
-        :data:`~ctc_plugin.datasets.geometry.CLASS_SHAPES`; for ``"composite"`` 0 (``"inside"``)
-        when the second evidence object lies entirely within the outline of the first (the
-        container) and 1 (``"outside"``) otherwise.
+        [`CLASS_SHAPES`][ctc_plugin.datasets.scene.CLASS_SHAPES]; for ``"composite"`` 0
+        (``"inside"``) when the second evidence object lies entirely within the outline of the first
+        (the container) and 1 (``"outside"``) otherwise.
     """
     evidence = [obj for obj in scene.objects if obj.evidence]
     if scene.split == "shapes":

@@ -67,7 +67,7 @@ def check_images(images: Tensor, name: str = "images") -> Tensor:
     """Check that ``images`` is a finite float ``(N, C, H, W)`` batch and return it.
 
     The same check, and the same messages, as every attribution method
-    (:func:`ctc_plugin.inputs.check_images`).
+    ([`ctc_plugin.inputs.check_images`][ctc_plugin.inputs.check_images]).
 
     Raises:
         TypeError: when ``images`` is not a tensor.
@@ -79,8 +79,8 @@ def check_images(images: Tensor, name: str = "images") -> Tensor:
 def as_targets(targets: Tensor | int | list[int] | np.ndarray, n: int) -> Tensor:
     """Return class targets as a long ``(N,)`` tensor (one class is repeated for every image).
 
-    Any Captum target form (:func:`ctc_plugin.targets.class_indices`), and NumPy arrays; a
-    tensor or array of ``N`` classes may have any shape (it is flattened).
+    Any Captum target form ([`ctc_plugin.targets.class_indices`][ctc_plugin.targets.class_indices]),
+    and NumPy arrays; a tensor or array of ``N`` classes may have any shape (it is flattened).
 
     Raises:
         ValueError: when the targets are not integer class indices, or their number does not

@@ -213,10 +213,11 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
 def _grad_cam(cls_name: str) -> Method:
     """A pytorch-grad-cam method on the model's last feature map.
 
-    For a vision transformer (blocks of a type :func:`~ctc_plugin.cam.transformers.
-    transformer_stages` knows) that is its last block, with pytorch-grad-cam's
-    ``reshape_transform`` turning its tokens into a map, as its documentation does for ViTs;
-    otherwise :func:`last_spatial_layer`.
+    For a vision transformer (blocks of a type
+    [`transformer_stages`][ctc_plugin.cam.transformer_stages] knows) that is its last block, with
+    pytorch-grad-cam's ``reshape_transform`` turning its tokens into a map, as its documentation
+    does for ViTs; otherwise
+    [`last_spatial_layer`][ctc_plugin.evaluation.methods.last_spatial_layer].
     """
 
     def method(
@@ -467,7 +468,7 @@ def registry(
         n_samples: Samples for Lime and KernelShap.
         ig_steps: Steps of IntegratedGradients.
         explainers: Trained Explainers of other kinds by kind (optional, see
-            :func:`our_methods`).
+            [`our_methods`][ctc_plugin.evaluation.methods.our_methods]).
     """
     ours = our_methods(explainer, explainers)
     specs = ours + peer_methods(n_samples=n_samples, ig_steps=ig_steps)

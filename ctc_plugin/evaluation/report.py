@@ -214,6 +214,24 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None)
     return "\n".join(lines)
 
 
+def _method_styles(labels: list[str]) -> dict[str, tuple[Any, str]]:
+    """Colour and line style of each method label, for plots with many variants.
+
+    Colour by method, line style by feature source (``[oracle]`` solid, ``[superpixel]`` dashed,
+    ``[selected]`` dotted): 28 variants stay apart with 14 colours.
+    """
+    import matplotlib.pyplot as plt
+
+    colours = plt.get_cmap("tab20")
+    bases = list(dict.fromkeys(label.split(" [")[0] for label in labels))
+    dashes = {"oracle": "-", "superpixel": "--", "selected": ":"}
+    styles = {}
+    for label in labels:
+        base, _, source = label.partition(" [")
+        styles[label] = (colours(bases.index(base) % 20), dashes.get(source.rstrip("]"), "-"))
+    return styles
+
+
 def _plot_curves(runs: list[ModelRun], path: Path, steps: int) -> None:
     import matplotlib
 
@@ -226,24 +244,54 @@ def _plot_curves(runs: list[ModelRun], path: Path, steps: int) -> None:
             for kind, values in curves.items():
                 merged[label][kind].append(values)
     grid = np.linspace(0, 1, steps + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    colours = plt.get_cmap("tab20")
-    for index, (label, curves) in enumerate(merged.items()):
-        style = "-" if index < 20 else "--"
+    # legible at a docs page's width (about 900 px): big type, the legend below both panels
+    fig, axes = plt.subplots(1, 2, figsize=(11, 7.5), sharey=True)
+    styles = _method_styles(list(merged))
+    for label, curves in merged.items():
+        colour, style = styles[label]
         for axis, kind in zip(axes, ("deletion", "insertion")):
             if curves.get(kind):
                 mean = np.concatenate(curves[kind]).mean(axis=0)
-                axis.plot(grid, mean, style, color=colours(index % 20), label=label, lw=1.4)
+                axis.plot(grid, mean, style, color=colour, label=label, lw=1.6)
     for axis, kind in zip(axes, ("deletion (MoRF)", "insertion (MoRF)")):
-        axis.set_title(f"Pixel {kind}, mean over images and models")
-        axis.set_xlabel("fraction of pixels")
+        axis.set_title(f"Pixel {kind}", fontsize=13)
+        axis.set_xlabel("fraction of pixels", fontsize=11)
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("target probability")
+    axes[0].set_ylabel("target probability, mean over images and models", fontsize=11)
     if merged:
-        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=10, frameon=False)
+        rows = -(-len(labels) // 3)
+        fig.tight_layout(rect=(0, min(0.6, 0.03 * rows + 0.01), 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _separate_labels(fig: Any, labels: list[Any], steps: int = 40) -> None:
+    """Move point labels down or up in small steps until none overlaps another one.
+
+    A moved label keeps a thin line to its point. Labels are placed from the top of the plot
+    down, each taking the free position closest to its point.
+    """
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+
+    def text_box(label: Any) -> Any:  # the text alone, not the line to the point
+        label.update_positions(renderer)
+        return Text.get_window_extent(label, renderer)
+
+    placed: list[Any] = []
+    for label in sorted(labels, key=lambda text: -text.xy[1]):
+        points = text_box(label).height * 0.9 * 72 / fig.dpi
+        for step in range(steps):
+            shift = (step + 1) // 2 * (-1 if step % 2 else 1) * points
+            label.set_position((5, 3 + shift))
+            if not any(text_box(label).overlaps(other) for other in placed):
+                break
+        placed.append(text_box(label))
 
 
 def _plot_scatter(means: list[dict[str, Any]], path: Path) -> None:
@@ -252,20 +300,34 @@ def _plot_scatter(means: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axis = plt.subplots(figsize=(8, 6))
+    fig, axis = plt.subplots(figsize=(10, 7.5))
+    styles = _method_styles([str(row["method"]) for row in means])
+    labels = []
     for row in means:
         x, y = row.get("dist_kept", math.nan), row.get("dist_changed", math.nan)
         if math.isfinite(x) and math.isfinite(y):
             ours = str(row["method"]).startswith(("CTC", "IntegrativeCAM", "Explainer"))
-            axis.scatter(x, y, marker="*" if ours else "o", s=90 if ours else 40)
-            axis.annotate(
-                row["method"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            colour, _ = styles[str(row["method"])]
+            axis.scatter(
+                x, y, marker="*" if ours else "o", s=140 if ours else 50, color=colour, zorder=2
+            )
+            labels.append(
+                axis.annotate(
+                    row["method"],
+                    (x, y),
+                    fontsize=9,
+                    xytext=(5, 3),
+                    textcoords="offset points",
+                    # drawn when _separate_labels moves the label away from its point
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.6", "shrinkB": 4},
+                )
             )
     axis.set_xlabel("L2 distance when the prediction is kept (invariance: lower is better)")
     axis.set_ylabel("L2 distance when the prediction changes (sensitivity: higher is better)")
     axis.set_title("CTC protocol (fixed): invariance vs sensitivity, mean over models")
     axis.grid(alpha=0.3)
     fig.tight_layout()
+    _separate_labels(fig, labels)  # after the layout: it moves the points on the canvas
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

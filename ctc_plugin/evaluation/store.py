@@ -2,7 +2,7 @@
 
 A *piece* is one method variant (e.g. ``"CTC-reference [superpixel]"``) on one model (family and
 split): its per-image rows, its mean deletion/insertion curves' data, its summary row with the
-robustness metrics, or the error it raised. Everything is plain data, never pickle::
+robustness metrics, or the error it raised. Everything is plain data, never pickle:
 
     DIR/config.json                           the run's configuration
     DIR/pieces/<family>--<split>/model.json   accuracy, planned variants, notes

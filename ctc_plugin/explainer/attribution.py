@@ -28,17 +28,17 @@ class ExplainerAttribution(Attribution):
     call gives exactly what it gives alone. Calls only read the classifier and run
     concurrently. An explainer in eval mode is only read too; one in training mode is switched
     to eval mode for the call and back, holding it exclusively, so such calls take turns (see
-    :mod:`ctc_plugin.concurrency`).
+    [`ctc_plugin.concurrency`][ctc_plugin.concurrency]).
 
     Args:
         classifier: The model the explainer was trained for (used to find the predicted class
             when ``target`` is None, and to check the class count), in eval mode: one with
-            BatchNorm or dropout in training mode is refused, as :class:`~ctc_plugin.CTC` does,
+            BatchNorm or dropout in training mode is refused, as [`CTC`][ctc_plugin.CTC] does,
             so that explaining never changes it.
-        explainer: A trained :class:`~ctc_plugin.explainer.network.Explainer`.
+        explainer: A trained [`Explainer`][ctc_plugin.Explainer].
 
     Raises:
-        TypeError: If ``explainer`` is not an :class:`Explainer`.
+        TypeError: If ``explainer`` is not an [`Explainer`][ctc_plugin.Explainer].
     """
 
     def __init__(self, classifier: nn.Module, explainer: Explainer) -> None:
@@ -106,7 +106,8 @@ class ExplainerAttribution(Attribution):
             Masks in ``[0, 1]`` broadcast to the input's shape (a 1-tuple if the input was).
 
         Raises:
-            TypeError: Inputs that are not a tensor (see :func:`ctc_plugin.inputs.check_inputs`).
+            TypeError: Inputs that are not a tensor (see
+                [`ctc_plugin.inputs.check_inputs`][ctc_plugin.inputs.check_inputs]).
             ValueError: Inputs that are not a finite float image batch of the explainer's
                 channels and size, a class-count mismatch, or a target that is not integer class
                 indices in range (negative ones count from the end, as in Captum).

@@ -1,11 +1,11 @@
 """An explainer backbone whose encoder starts as a copy of the explained classifier.
 
 The small U-Net learns *where* the object is but, in a short training, not *which* class it is
-(docs/explainer.md). The classifier's own features already separate the classes: applying its
-head at every position of its last feature map gives class activation maps that are
-class-specific from the first step. :class:`ClassifierBackbone` starts from exactly that and
-adds a small U-Net for sharp boundaries; the explainer objective then fine-tunes both. The copy
-is trained, the classifier itself stays frozen and untouched.
+(docs/explainer.md). The classifier's own features already separate the classes: applying its head
+at every position of its last feature map gives class activation maps that are class-specific from
+the first step. [`ClassifierBackbone`][ctc_plugin.explainer.classifier_backbone.ClassifierBackbone]
+starts from exactly that and adds a small U-Net for sharp boundaries; the explainer objective then
+fine-tunes both. The copy is trained, the classifier itself stays frozen and untouched.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def class_map_encoder(classifier: nn.Module, head: str, num_classes: int) -> nn.
     Raises:
         ValueError: If the classifier has no submodule ``head`` or the head does not output
             ``num_classes`` classes.
-        TypeError: If the head cannot be applied per position (see :class:`PerPositionHead`).
+        TypeError: If the head cannot be applied per position (see
+            [`PerPositionHead`][ctc_plugin.explainer.classifier_backbone.PerPositionHead]).
     """
     try:
         original_head = classifier.get_submodule(head)
@@ -123,15 +124,16 @@ class ClassifierBackbone(nn.Module):
     """Class maps from a trainable copy of the classifier, refined by a small U-Net.
 
     Output: ``scale * CAM + offset`` (the copied classifier with its head applied per position,
-    resized to the input) plus the logits of a :class:`~ctc_plugin.explainer.network.SmallUNet`
+    resized to the input) plus the logits of a [`SmallUNet`][ctc_plugin.explainer.network.SmallUNet]
     on the image. ``scale`` and the per-class ``offset`` are learnt. The whole copy is
     fine-tuned, BatchNorm statistics included (measured: freezing them trained worse).
 
     Args:
         classifier: The classifier to explain; deep-copied, never modified.
-        head: Name of the submodule that the classifier's ``forward`` ends with
-            (``"head"`` for the zoo's resnet, densenet and inception, ``"classifier"`` for
-            vgg and torchvision's VGG/DenseNet); see :class:`PerPositionHead`.
+        head: Name of the submodule that the classifier's ``forward`` ends with (``"head"`` for the
+            zoo's resnet, densenet and inception, ``"classifier"`` for vgg and torchvision's
+            VGG/DenseNet); see
+            [`PerPositionHead`][ctc_plugin.explainer.classifier_backbone.PerPositionHead].
         num_classes: Classes of the classifier (checked against the head).
         width: Channels at full resolution of the refining U-Net.
         depth: Resolutions of the refining U-Net.

@@ -1,11 +1,12 @@
 """Class-agnostic masks gated by class maps: the U-Net says *where*, the class maps *which*.
 
-A small U-Net trained as a default explainer outlines the objects but, measured on our data,
-not which class each object is (docs/explainer.md). Multiplying its mask by a gate from class
-activation maps makes the masks class-specific without further training. The class maps come
-from a copy of the classifier (``backbone="classifier-gated"``) or from a small student network
-distilled from them (``backbone="student-gated"``, :mod:`ctc_plugin.explainer.student`);
-:mod:`ctc_plugin.explainer.student_unet` puts both halves into one network.
+A small U-Net trained as a default explainer outlines the objects but, measured on our data, not
+which class each object is (docs/explainer.md). Multiplying its mask by a gate from class activation
+maps makes the masks class-specific without further training. The class maps come from a copy of the
+classifier (``backbone="classifier-gated"``) or from a small student network distilled from them
+(``backbone="student-gated"``, [`ctc_plugin.explainer.student`][ctc_plugin.explainer.student]);
+[`ctc_plugin.explainer.student_unet`][ctc_plugin.explainer.student_unet] puts both halves into one
+network.
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ class GatedMaskBackbone(nn.Module):
     Args:
         class_maps: Module mapping images ``(N, C, H, W)`` to class maps
             ``(N, num_classes, h, w)``: a
-            :func:`~ctc_plugin.explainer.classifier_backbone.class_map_encoder` (the
+            [`class_map_encoder`][ctc_plugin.explainer.classifier_backbone.class_map_encoder] (the
             classifier's head applied per position) or a
-            :class:`~ctc_plugin.explainer.student.ClassMapStudent`. Held, not copied.
+            [`ClassMapStudent`][ctc_plugin.explainer.student.ClassMapStudent]. Held, not copied.
         num_classes: Classes of the classifier.
         width: Channels at full resolution of the U-Net.
         depth: Resolutions of the U-Net.

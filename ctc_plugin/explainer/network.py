@@ -37,7 +37,7 @@ CLASSIFIER_BACKBONES = ("classifier", "classifier-gated")
 #: Backbones whose small U-Net masks are gated by class maps (they take ``mask_scale``).
 GATED_BACKBONES = ("classifier-gated", "student-gated")
 
-#: Tag stored in files written by :meth:`Explainer.save`.
+#: Tag stored in files written by [`Explainer.save`][ctc_plugin.Explainer.save].
 FILE_FORMAT = "ctc-plugin-explainer/1"
 
 
@@ -140,27 +140,26 @@ class Explainer(nn.Module):
 
     Stalder et al. (NeurIPS 2022) train a segmentation network against a frozen classifier
     so that the mask of class ``c`` keeps exactly the evidence the classifier uses for ``c``.
-    Train it with :meth:`fit`; use it from Captum code through
-    :class:`~ctc_plugin.explainer.attribution.ExplainerAttribution`.
+    Train it with [`fit`][ctc_plugin.Explainer.fit]; use it from Captum code through
+    [`ExplainerAttribution`][ctc_plugin.ExplainerAttribution].
 
     Args:
         num_classes: Classes of the classifier to explain.
         backbone: ``"unet-small"`` (default, a few thousand parameters), ``"classifier"`` (a
-            trainable copy of the classifier with its head applied per position, plus a small
-            U-Net: class-specific masks, see
-            :class:`~ctc_plugin.explainer.classifier_backbone.ClassifierBackbone`),
-            ``"classifier-gated"`` (a small U-Net's masks gated by the classifier's class maps,
-            see :class:`~ctc_plugin.explainer.gated.GatedMaskBackbone`), ``"student-gated"``
-            (the same gate from a small student distilled from the classifier's class maps,
-            :class:`~ctc_plugin.explainer.student.ClassMapStudent`: class-specific at under
-            twice the cost of ``"unet-small"``), ``"student-unet"`` (the class maps and the masks
-            from one small network trained from both teachers,
-            :class:`~ctc_plugin.explainer.student_unet.StudentUNet`: class-specific at about the
-            cost of ``"unet-small"``), the
-            torchvision segmentation models ``"deeplabv3_resnet50"`` (the original's) or
-            ``"lraspp_mobilenet_v3"``, or any ``nn.Module`` mapping ``(N, in_channels, H, W)``
-            to ``(N, num_classes, h, w)`` (a tensor or a dict with ``"out"``); smaller outputs
-            are resized bilinearly to ``(H, W)``.
+            trainable copy of the classifier with its head applied per position, plus a small U-Net:
+            class-specific masks, see
+            [`ClassifierBackbone`][ctc_plugin.explainer.classifier_backbone.ClassifierBackbone]),
+            ``"classifier-gated"`` (a small U-Net's masks gated by the classifier's class maps, see
+            [`GatedMaskBackbone`][ctc_plugin.explainer.gated.GatedMaskBackbone]),
+            ``"student-gated"`` (the same gate from a small student distilled from the classifier's
+            class maps, [`ClassMapStudent`][ctc_plugin.explainer.student.ClassMapStudent]:
+            class-specific at under twice the cost of ``"unet-small"``), ``"student-unet"`` (the
+            class maps and the masks from one small network trained from both teachers,
+            [`StudentUNet`][ctc_plugin.explainer.student_unet.StudentUNet]: class-specific at about
+            the cost of ``"unet-small"``), the torchvision segmentation models
+            ``"deeplabv3_resnet50"`` (the original's) or ``"lraspp_mobilenet_v3"``, or any
+            ``nn.Module`` mapping ``(N, in_channels, H, W)`` to ``(N, num_classes, h, w)`` (a tensor
+            or a dict with ``"out"``); smaller outputs are resized bilinearly to ``(H, W)``.
         in_channels: Channels of the images (the small networks; torchvision models take 3).
         width: Channels at full resolution of the small U-Net (``"unet-small"``, the
             refining U-Net of ``"classifier"`` and the gated backbones' U-Net), or of the first
@@ -214,7 +213,8 @@ class Explainer(nn.Module):
         self.classifier_head = head
         self.mask_scale = float(mask_scale)
         self.student_width = student_width
-        #: Plain data stored with the weights by :meth:`save` (e.g. how it was trained).
+        #: Plain data stored with the weights by [`save`][ctc_plugin.Explainer.save] (e.g. how it
+        #: was trained).
         self.metadata: dict[str, Any] = {}
         wants_classifier = isinstance(backbone, str) and backbone in CLASSIFIER_BACKBONES
         if (classifier is not None, head is not None) != (wants_classifier, wants_classifier):
@@ -294,7 +294,7 @@ class Explainer(nn.Module):
 
     @property
     def is_trained(self) -> bool:
-        """Whether :meth:`fit` (or loaded weights) has trained this explainer."""
+        """Whether `fit` (or loaded weights) has trained this explainer."""
         return bool(self.trained_steps.item() > 0)
 
     @property
@@ -367,16 +367,18 @@ class Explainer(nn.Module):
         val_loader: Iterable[Any] | None = None,
         **options: Any,
     ) -> FitResult:
-        """Train the explainer against a frozen classifier; see :func:`.training.fit_explainer`.
+        """Train the explainer against a frozen classifier; see `.training.fit_explainer`.
 
         Args:
             classifier: The model to explain (kept frozen, in eval mode, restored afterwards).
             train_loader: Batches of dicts with ``"image"`` and ``"label"`` (like
-                :class:`ctc_plugin.datasets.ShapesDataset` items) or ``(image, label)`` tuples.
+                [`ctc_plugin.datasets.ShapesDataset`][ctc_plugin.datasets.ShapesDataset] items) or
+                ``(image, label)`` tuples.
             val_loader: Optional batches for early stopping (the training loss otherwise).
-            **options: Keyword options of :func:`~ctc_plugin.explainer.training.fit_explainer`
-                (``preset``, ``lr``, the loss weights, ``a_min``, ``a_max``, ``epochs``,
-                ``patience``, ``seed``, ``checkpoint``, ``resume``, ...).
+            **options: Keyword options of
+                [`fit_explainer`][ctc_plugin.explainer.training.fit_explainer] (``preset``, ``lr``,
+                the loss weights, ``a_min``, ``a_max``, ``epochs``, ``patience``, ``seed``,
+                ``checkpoint``, ``resume``, ...).
 
         Returns:
             The per-epoch history and where training stopped.
@@ -434,11 +436,11 @@ class Explainer(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, classifier: nn.Module | None = None) -> Explainer:
-        """Rebuild an explainer written by :meth:`save` (data-only loading).
+        """Rebuild an explainer written by [`save`][ctc_plugin.Explainer.save] (data-only loading).
 
-        The file is read by :func:`ctc_plugin.files.read_data_file` (a shipped file is checked
-        against the weights manifest; an empty, truncated, corrupt or foreign file is one clear
-        error naming the path and what is wrong).
+        The file is read by [`ctc_plugin.files.read_data_file`][ctc_plugin.files.read_data_file] (a
+        shipped file is checked against the weights manifest; an empty, truncated, corrupt or
+        foreign file is one clear error naming the path and what is wrong).
 
         Args:
             path: The file.
@@ -448,9 +450,9 @@ class Explainer(nn.Module):
 
         Raises:
             FileNotFoundError: If the file does not exist.
-            ValueError: If the file is unreadable, is not an explainer written by :meth:`save`,
-                lacks entries (the message names them), holds a state dict that does not fit
-                its config, or needs a classifier and none was given.
+            ValueError: If the file is unreadable, is not an explainer written by
+                [`save`][ctc_plugin.Explainer.save], lacks entries (the message names them), holds a
+                state dict that does not fit its config, or needs a classifier and none was given.
         """
         payload = read_data_file(path, "explainer file")
         if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:

@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass, fields, replace
 class ExplainerHyperparameters:
     """Learning rate, loss weights and area bounds of the Explainer objective.
 
-    The total loss is::
+    The total loss is:
 
         L = L_class(f(m*x), y) + entropy_weight * L_entropy(f((1-m)*x))
             + tv_weight * (TV(m) + TV(n)) + area_weight * L_area
             + target_area_weight * mean(m) + nontarget_area_weight * mean(n)
 
     where ``m`` is the target mask and ``n`` the non-target mask
-    (see :mod:`ctc_plugin.explainer.losses`).
+    (see [`ctc_plugin.explainer.losses`][ctc_plugin.explainer.losses]).
 
     Attributes:
         lr: Adam learning rate.
@@ -110,7 +110,8 @@ def get_preset(name: str | ExplainerHyperparameters) -> ExplainerHyperparameters
     Args:
         name: ``"default"``, ``"vgg16-voc"``, ``"resnet50-voc"``, ``"vgg16-coco"`` or
             ``"resnet50-coco"`` (case and ``_``/``-`` are ignored), or an
-            :class:`ExplainerHyperparameters`, returned unchanged.
+            [`ExplainerHyperparameters`][ctc_plugin.explainer.presets.ExplainerHyperparameters],
+            returned unchanged.
 
     Returns:
         The hyper-parameters.
@@ -127,5 +128,5 @@ def get_preset(name: str | ExplainerHyperparameters) -> ExplainerHyperparameters
 
 
 def preset_names() -> list[str]:
-    """Return the names accepted by :func:`get_preset`."""
+    """Return the names accepted by [`get_preset`][ctc_plugin.explainer.presets.get_preset]."""
     return sorted(PRESETS)

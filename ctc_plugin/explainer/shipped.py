@@ -1,7 +1,8 @@
 """Explainers shipped with the zoo models, trained by ``ctc-plugin explainer train``.
 
-They live beside the zoo weights, in :data:`ctc_plugin.zoo.loading.WEIGHTS_DIR`, and are checked
-against its sha256 manifest when loaded (see :mod:`ctc_plugin.files`).
+They live beside the zoo weights, in
+[`ctc_plugin.zoo.loading.WEIGHTS_DIR`][ctc_plugin.zoo.loading.WEIGHTS_DIR], and are checked against
+its sha256 manifest when loaded (see [`ctc_plugin.files`][ctc_plugin.files]).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def load_explainer(family: str, split: str = "shapes", kind: str = "default") ->
             explainer's masks, at about the default's cost).
 
     Returns:
-        The trained :class:`~ctc_plugin.explainer.network.Explainer`, in eval mode, with the
+        The trained [`Explainer`][ctc_plugin.Explainer], in eval mode, with the
         training command and settings in its ``metadata``.
 
     Raises:

@@ -2,7 +2,7 @@
 
 Stalder et al. show that masking an image with the mask of class ``k`` keeps the classifier's
 probability of ``k`` and removes the other classes' (their class-specific table). This module
-builds two-object images from :class:`~ctc_plugin.datasets.ShapesDataset` and measures that
+builds two-object images from [`ShapesDataset`][ctc_plugin.datasets.ShapesDataset] and measures that
 table for any classifier and explainer.
 """
 
@@ -27,7 +27,7 @@ def two_object_images(dataset: object, count: int, gap: int = 3) -> tuple[Tensor
     both objects (``i``'s background and distractors).
 
     Args:
-        dataset: A :class:`~ctc_plugin.datasets.ShapesDataset` (``split="shapes"``).
+        dataset: A [`ShapesDataset`][ctc_plugin.datasets.ShapesDataset] (``split="shapes"``).
         count: Number of two-object images wanted.
         gap: Smallest distance in pixels between the two objects.
 
@@ -56,7 +56,8 @@ def two_object_images(dataset: object, count: int, gap: int = 3) -> tuple[Tensor
 def two_object_training_data(count: int, seed: int, image_size: int = 96) -> tuple[Tensor, Tensor]:
     """Two-object ``"shapes"`` images with multi-hot labels, for multi-label training.
 
-    Built by :func:`two_object_images` from ``ShapesDataset("shapes", seed=seed)``.
+    Built by [`two_object_images`][ctc_plugin.explainer.specificity.two_object_images] from
+    ``ShapesDataset("shapes", seed=seed)``.
 
     Args:
         count: Number of images.

@@ -1,10 +1,10 @@
 """A small student network distilled from a classifier's class activation maps.
 
-The gate of :class:`~ctc_plugin.explainer.gated.GatedMaskBackbone` needs the classifier's class
-maps (its head applied per position). Running a copy of the classifier costs about one forward
-pass per explanation; a student a few layers deep, trained to reproduce those maps, gives the
-gate at a fraction of that (``backbone="student-gated"``). The student learns the explained
-classifier's maps, not the data's labels, so the gate stays an account of that model.
+The gate of [`GatedMaskBackbone`][ctc_plugin.explainer.gated.GatedMaskBackbone] needs the
+classifier's class maps (its head applied per position). Running a copy of the classifier costs
+about one forward pass per explanation; a student a few layers deep, trained to reproduce those
+maps, gives the gate at a fraction of that (``backbone="student-gated"``). The student learns the
+explained classifier's maps, not the data's labels, so the gate stays an account of that model.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class ClassMapStudent(nn.Module):
     ``stages`` stride-2 blocks (3x3 convolution, BatchNorm, ReLU) with ``width``, ``2 width``,
     then ``4 width`` channels, one stride-1 block, and a 1x1 convolution to the classes. With the
     defaults a 96x96 image gives 6x6 maps (the zoo classifiers' class-map size) for 25 thousand
-    parameters. Train it with :func:`distil_class_maps`.
+    parameters. Train it with [`distil_class_maps`][ctc_plugin.explainer.student.distil_class_maps].
 
     Args:
         num_classes: Classes (output maps).
@@ -86,11 +86,11 @@ def distil_class_maps(
     """Train ``student`` to reproduce the classifier's class maps on ``images``.
 
     The teacher is the classifier's head applied per position (a copy, see
-    :func:`~ctc_plugin.explainer.classifier_backbone.class_map_encoder`; the classifier itself is
-    not touched), resized to the student's map size. The loss is the mean squared difference of
-    the maps divided by the teacher maps' variance (so 1.0 is what predicting their mean
-    scores); Adam with a one-cycle learning rate, batches drawn with ``seed``. The student is
-    left in eval mode.
+    [`class_map_encoder`][ctc_plugin.explainer.classifier_backbone.class_map_encoder]; the
+    classifier itself is not touched), resized to the student's map size. The loss is the mean
+    squared difference of the maps divided by the teacher maps' variance (so 1.0 is what predicting
+    their mean scores); Adam with a one-cycle learning rate, batches drawn with ``seed``. The
+    student is left in eval mode.
 
     Args:
         student: Network mapping images to ``(N, num_classes, h, w)`` maps.
@@ -109,7 +109,7 @@ def distil_class_maps(
     Raises:
         ValueError: For fewer images than one batch, non-positive epochs, or a student with
             another class count than the classifier's head (from
-            :func:`~ctc_plugin.explainer.classifier_backbone.class_map_encoder`).
+            [`class_map_encoder`][ctc_plugin.explainer.classifier_backbone.class_map_encoder]).
     """
     check_schedule(epochs, batch_size, len(images))
     with torch.no_grad():
@@ -139,9 +139,9 @@ def class_map_targets(
     """Return the classifier's class maps of ``images``, resized to ``size``: a student's targets.
 
     The maps are its head applied per position, computed on a copy
-    (:func:`~ctc_plugin.explainer.classifier_backbone.class_map_encoder`, which raises a
-    ``ValueError`` when the head has another class count than ``num_classes``), 256 images at
-    a time, without gradients.
+    ([`class_map_encoder`][ctc_plugin.explainer.classifier_backbone.class_map_encoder], which raises
+    a ``ValueError`` when the head has another class count than ``num_classes``), 256 images at a
+    time, without gradients.
     """
     teacher = class_map_encoder(classifier, head, num_classes).eval()
     with torch.no_grad():
@@ -178,7 +178,7 @@ def fit_to_teachers(
         The mean loss of each epoch.
 
     Raises:
-        ValueError: From :func:`check_schedule`.
+        ValueError: From [`check_schedule`][ctc_plugin.explainer.student.check_schedule].
     """
     from tqdm.auto import tqdm
 

@@ -1,13 +1,15 @@
 """One small network that gives both halves of the gate: class maps (*which*) and masks (*where*).
 
-The ``"student-gated"`` backbone runs two networks per explanation: a small U-Net for the masks
-and a student of the classifier's class maps for the gate. :class:`StudentUNet` shares one
-encoder between them: its deepest features give the class maps, a one-step decoder back to a
-quarter of the input's resolution gives the masks, and the same gate as
-:class:`~ctc_plugin.explainer.gated.GatedMaskBackbone` combines them
-(``backbone="student-unet"``). :func:`distil_student_unet` trains it from two teachers: the
-classifier's class maps and a trained default explainer's masks. Both remain accounts of the
-explained model: the class maps are the classifier's, the masks those the published objective
+The ``"student-gated"`` backbone runs two networks per explanation: a small U-Net for the masks and
+a student of the classifier's class maps for the gate.
+[`StudentUNet`][ctc_plugin.explainer.student_unet.StudentUNet] shares one encoder between them: its
+deepest features give the class maps, a one-step decoder back to a quarter of the input's resolution
+gives the masks, and the same gate as
+[`GatedMaskBackbone`][ctc_plugin.explainer.gated.GatedMaskBackbone] combines them
+(``backbone="student-unet"``).
+[`distil_student_unet`][ctc_plugin.explainer.student_unet.distil_student_unet] trains it from two
+teachers: the classifier's class maps and a trained default explainer's masks. Both remain accounts
+of the explained model: the class maps are the classifier's, the masks those the published objective
 trained against it.
 """
 
@@ -38,15 +40,15 @@ MASK_STAGE = 2
 class StudentUNet(nn.Module):
     """Class maps and class masks from one small CNN, gated into class-specific masks.
 
-    Encoder: ``STAGES`` stride-2 blocks (3x3 convolution, BatchNorm, ReLU) with ``width``,
-    ``2 width``, then ``4 width`` channels and one stride-1 block; a 1x1 convolution turns its
-    output into class maps ``CAM`` at ``1 / 2**STAGES`` of the input's resolution. Decoder: those
-    features resized bilinearly to the output of block ``MASK_STAGE`` (``1/4`` of the input's
-    resolution) and concatenated with it, one block, and a 1x1 convolution to mask logits ``S``.
-    The output is ``logit(sigmoid(S_c) * sigmoid(a * (CAM_c / max CAM_c - t)))`` at the masks'
-    resolution, as in :class:`~ctc_plugin.explainer.gated.GatedMaskBackbone` (``a`` sharpness,
-    ``t`` threshold, learnable scalars). With the defaults: 32 thousand parameters (31,894 for
-    6 classes). Each stride-2 block rounds odd sizes up (a 37-pixel side gives 19, then 10).
+    Encoder: ``STAGES`` stride-2 blocks (3x3 convolution, BatchNorm, ReLU) with ``width``, ``2
+    width``, then ``4 width`` channels and one stride-1 block; a 1x1 convolution turns its output
+    into class maps ``CAM`` at ``1 / 2**STAGES`` of the input's resolution. Decoder: those features
+    resized bilinearly to the output of block ``MASK_STAGE`` (``1/4`` of the input's resolution) and
+    concatenated with it, one block, and a 1x1 convolution to mask logits ``S``. The output is
+    ``logit(sigmoid(S_c) * sigmoid(a * (CAM_c / max CAM_c - t)))`` at the masks' resolution, as in
+    [`GatedMaskBackbone`][ctc_plugin.explainer.gated.GatedMaskBackbone] (``a`` sharpness, ``t``
+    threshold, learnable scalars). With the defaults: 32 thousand parameters (31,894 for 6 classes).
+    Each stride-2 block rounds odd sizes up (a 37-pixel side gives 19, then 10).
 
     Args:
         num_classes: Classes of the classifier.
@@ -131,18 +133,18 @@ def distil_student_unet(
 ) -> list[float]:
     """Train ``network``'s class maps on the classifier's and its masks on ``mask_explainer``'s.
 
-    Two teachers, one pass over the data per epoch: the classifier's head applied per position
-    (a copy, see :func:`~ctc_plugin.explainer.classifier_backbone.class_map_encoder`; the
+    Two teachers, one pass over the data per epoch: the classifier's head applied per position (a
+    copy, see [`class_map_encoder`][ctc_plugin.explainer.classifier_backbone.class_map_encoder]; the
     classifier is not touched), resized to the class maps' size, with the loss of
-    :func:`~ctc_plugin.explainer.student.distil_class_maps` (mean squared difference over the
-    teacher maps' variance); and the masks ``sigmoid`` of ``mask_explainer(images)`` (a trained
-    :class:`~ctc_plugin.explainer.network.Explainer`, typically the default kind), area-averaged
-    to the masks' size, with binary cross-entropy. The loss is their sum; Adam with a one-cycle
-    learning rate, batches drawn with ``seed``. Leaves ``network`` in eval mode; the classifier
-    and ``mask_explainer`` keep their modes and parameters.
+    [`distil_class_maps`][ctc_plugin.explainer.student.distil_class_maps] (mean squared difference
+    over the teacher maps' variance); and the masks ``sigmoid`` of ``mask_explainer(images)`` (a
+    trained [`Explainer`][ctc_plugin.Explainer], typically the default kind), area-averaged to the
+    masks' size, with binary cross-entropy. The loss is their sum; Adam with a one-cycle learning
+    rate, batches drawn with ``seed``. Leaves ``network`` in eval mode; the classifier and
+    ``mask_explainer`` keep their modes and parameters.
 
     Args:
-        network: The :class:`StudentUNet` to train.
+        network: The [`StudentUNet`][ctc_plugin.explainer.student_unet.StudentUNet] to train.
         classifier: The explained model.
         head: Name of its head submodule (global pooling, then linear layers).
         mask_explainer: Module mapping images to ``(N, num_classes, H, W)`` mask logits.

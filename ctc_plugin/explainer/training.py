@@ -19,7 +19,8 @@ from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.presets import ExplainerHyperparameters, get_preset
 from ctc_plugin.files import read_data_file
 
-#: Tag stored in checkpoints written during :func:`fit_explainer`.
+#: Tag stored in checkpoints written during
+#: [`fit_explainer`][ctc_plugin.explainer.training.fit_explainer].
 CHECKPOINT_FORMAT = "ctc-plugin-explainer-checkpoint/1"
 
 #: Names of the unweighted loss terms recorded in the history and shown by the progress bar.
@@ -39,7 +40,7 @@ SHORT = {
 
 @dataclass
 class FitResult:
-    """What :func:`fit_explainer` did.
+    """What [`fit_explainer`][ctc_plugin.explainer.training.fit_explainer] did.
 
     Attributes:
         history: One dictionary per epoch: ``epoch``, the mean of each unweighted loss term and
@@ -139,7 +140,7 @@ def objective(
     The classifier sees the masked and the inverse-masked images in one batched call.
 
     Returns:
-        ``(loss, terms)`` with ``terms`` keyed by :data:`TERMS`.
+        ``(loss, terms)`` with ``terms`` keyed by [`TERMS`][ctc_plugin.explainer.training.TERMS].
     """
     logits = explainer(images)
     m, n = losses.target_masks(logits, targets)
@@ -219,7 +220,7 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`fit_explainer` (data-only loading).
+    """Read a checkpoint written by `fit_explainer` (data-only loading).
 
     Raises:
         FileNotFoundError: If the file does not exist.
@@ -262,7 +263,7 @@ def fit_explainer(
     Each weight defaults to the chosen preset's value; with the default preset these are the
     published defaults: ``lr=1e-5``, ``entropy_weight=1``, ``tv_weight=1``, ``area_weight=1``,
     ``target_area_weight=0.1``, ``nontarget_area_weight=0.3``, ``a_min=0.05``, ``a_max=0.3``
-    (see :mod:`ctc_plugin.explainer.presets`).
+    (see [`ctc_plugin.explainer.presets`][ctc_plugin.explainer.presets]).
 
     The classifier is put in eval mode with ``requires_grad=False`` for the duration and
     restored afterwards, also when training fails; only the explainer's parameters are given to

@@ -271,9 +271,10 @@ class Segmenter(ABC):
 
         Raises:
             TypeError: ``images`` is not a tensor.
-            ValueError: Not a finite float batch ``(N, 3, H, W)`` with N >= 1 (the same
-                messages as every attribution method, see :func:`ctc_plugin.inputs.check_inputs`),
-                or values outside the declared range.
+            ValueError: Not a finite float batch ``(N, 3, H, W)`` with N >= 1 (the same messages as
+                every attribution method, see
+                [`ctc_plugin.inputs.check_inputs`][ctc_plugin.inputs.check_inputs]), or values
+                outside the declared range.
         """
         check_images(images, channels=3)
         rgb = self.normalisation.to_uint8(images)

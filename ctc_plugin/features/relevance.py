@@ -42,11 +42,11 @@ def lrp_alpha1beta0(
     average pools and sums are normalised (Zennit's base layer map).
 
     Args:
-        canonizers: Zennit canonizers to apply first. Default: Zennit's
-            ``SequentialMergeBatchNorm`` (as
-            :class:`~ctc_plugin.ctc.canonizers.PositiveEpsMergeBatchNorm`, which also works on
-            torch 2.11), which folds BatchNorm layers into the convolution before them. Give
-            ``zennit.torchvision.ResNetCanonizer()`` and friends for torchvision models.
+        canonizers: Zennit canonizers to apply first. Default: Zennit's ``SequentialMergeBatchNorm``
+            (as [`PositiveEpsMergeBatchNorm`][ctc_plugin.ctc.canonizers.PositiveEpsMergeBatchNorm],
+            which also works on torch 2.11), which folds BatchNorm layers into the convolution
+            before them. Give ``zennit.torchvision.ResNetCanonizer()`` and friends for torchvision
+            models.
         stabilizer: Added to denominators.
     """
     layer_map = layer_map_base(stabilizer) + [
@@ -64,8 +64,9 @@ def resolve_target(
 ) -> torch.Tensor:
     """Return a ``LongTensor`` ``(N,)`` of target classes (``None``: the predicted class).
 
-    ``target`` takes Captum's forms (:func:`ctc_plugin.targets.class_indices`); negative
-    classes are kept as given (they count from the end where the classes are known).
+    ``target`` takes Captum's forms
+    ([`ctc_plugin.targets.class_indices`][ctc_plugin.targets.class_indices]); negative classes are
+    kept as given (they count from the end where the classes are known).
 
     Raises:
         ValueError: A target that is not integer class indices, or not one class or one per

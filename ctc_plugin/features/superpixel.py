@@ -56,7 +56,7 @@ class SuperpixelSegmenter(Segmenter):
             are cheap).
         **method_options: Passed to the scikit-image function (override the defaults).
 
-    Example:
+    Examples:
         >>> import torch
         >>> segmenter = SuperpixelSegmenter()
         >>> mask = segmenter(torch.rand(2, 3, 96, 96))

@@ -1,12 +1,14 @@
-"""Small classifiers with shipped weights, trained on :class:`~ctc_plugin.datasets.ShapesDataset`.
+"""Small classifiers with shipped weights, trained on `ShapesDataset`.
 
+```pycon
 >>> from ctc_plugin import zoo
 >>> model = zoo.load("resnet")            # eval mode, takes images in [0, 1], returns logits
+```
 
 Families: ``"vgg"``, ``"resnet"``, ``"densenet"``, ``"inception"`` (the CTC paper's four),
-``"efficientnet"`` (squeeze-excitation, LayerNorm, SiLU/GELU) and ``"vit"`` (a vision
-transformer); splits ``"shapes"`` and ``"composite"``. :func:`load_torchvision` loads a real
-torchvision architecture from local weights.
+``"efficientnet"`` (squeeze-excitation, LayerNorm, SiLU/GELU) and ``"vit"`` (a vision transformer);
+splits ``"shapes"`` and ``"composite"``. [`load_torchvision`][ctc_plugin.zoo.load_torchvision] loads
+a real torchvision architecture from local weights.
 """
 
 from ctc_plugin.zoo.loading import (

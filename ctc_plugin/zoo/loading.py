@@ -16,8 +16,8 @@ from ctc_plugin.zoo.models import ARCHITECTURES
 #: The model families: the four the CTC paper evaluates, in its order, then a modern CNN and a
 #: vision transformer.
 FAMILIES: tuple[str, ...] = ("vgg", "resnet", "densenet", "inception", "efficientnet", "vit")
-#: Folder of the shipped weight files (zoo classifiers and explainers) and of their sha256
-#: manifest ``SHA256SUMS``, checked whenever one of them is loaded (:mod:`ctc_plugin.files`).
+#: Folder of the shipped weight files (zoo classifiers and explainers) and of their sha256 manifest
+#: ``SHA256SUMS``, checked whenever one of them is loaded ([`ctc_plugin.files`][ctc_plugin.files]).
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
@@ -30,7 +30,7 @@ def build(family: str, num_classes: int) -> nn.Module:
     """Return an untrained model of ``family``.
 
     Args:
-        family: One of :data:`FAMILIES`.
+        family: One of [`FAMILIES`][ctc_plugin.zoo.FAMILIES].
         num_classes: Number of output logits.
 
     Raises:
@@ -53,8 +53,9 @@ def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, torch.
     """Read a state dict saved with ``torch.save``, as data only (``weights_only=True``).
 
     A checkpoint dict holding the state dict under ``"state_dict"`` is accepted too. The file is
-    read by :func:`ctc_plugin.files.read_data_file`: a shipped file is checked against the
-    weights manifest, any other one for truncation and corruption, each with one clear message.
+    read by [`ctc_plugin.files.read_data_file`][ctc_plugin.files.read_data_file]: a shipped file is
+    checked against the weights manifest, any other one for truncation and corruption, each with one
+    clear message.
 
     Args:
         path: The file.
@@ -86,7 +87,7 @@ def load(family: str, split: str = "shapes", weights: str | Path | None = None) 
     """Return a trained zoo model in eval mode.
 
     Args:
-        family: One of :data:`FAMILIES`.
+        family: One of [`FAMILIES`][ctc_plugin.zoo.FAMILIES].
         split: The data set the model was trained on, ``"shapes"`` or ``"composite"``.
         weights: A weight file to use instead of the shipped one.
 
@@ -130,7 +131,7 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
 
     Raises:
         ValueError: For an unknown architecture, weights that do not fit or an unreadable file
-            (see :func:`read_state_dict`).
+            (see [`read_state_dict`][ctc_plugin.zoo.loading.read_state_dict]).
         FileNotFoundError: If the weights file does not exist.
     """
     import torchvision.models
@@ -148,8 +149,9 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
 def load_explainer(family: str, split: str = "shapes", kind: str = "default") -> nn.Module:
     """Return the shipped Explainer trained for the zoo model ``family`` on ``split``.
 
-    A thin forwarder to :func:`ctc_plugin.explainer.shipped.load_explainer` (``kind``:
-    ``"default"``, the fast one, or ``"class-specific"``).
+    A thin forwarder to
+    [`ctc_plugin.explainer.shipped.load_explainer`][ctc_plugin.explainer.shipped.load_explainer]
+    (``kind``: ``"default"``, the fast one, or ``"class-specific"``).
     """
     shipped = importlib.import_module("ctc_plugin.explainer.shipped")
     return shipped.load_explainer(family, split, kind)

@@ -1,12 +1,12 @@
 """Small classifiers in the style of the four families the CTC paper evaluates, and a modern one.
 
-Every model normalises its input itself (``(x - mean) / std`` with registered buffers), so it
-takes :class:`~ctc_plugin.datasets.ShapesDataset` images as they are, and returns logits. The
+Every model normalises its input itself (``(x - mean) / std`` with registered buffers), so it takes
+[`ShapesDataset`][ctc_plugin.datasets.ShapesDataset] images as they are, and returns logits. The
 four paper families use only Conv2d, Linear, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d,
 AdaptiveAvgPool2d, Flatten, Dropout, residual additions and ``torch.cat``. The fifth,
-:class:`SmallEfficientNet`, is built from the parts of the last five years' CNNs:
-squeeze-excitation, LayerNorm, SiLU and GELU, layer scale and stochastic depth. The sixth,
-:class:`SmallViT`, is a vision transformer.
+[`SmallEfficientNet`][ctc_plugin.zoo.models.SmallEfficientNet], is built from the parts of the last
+five years' CNNs: squeeze-excitation, LayerNorm, SiLU and GELU, layer scale and stochastic depth.
+The sixth, [`SmallViT`][ctc_plugin.zoo.models.SmallViT], is a vision transformer.
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ class MBConv(nn.Module):
     """EfficientNet's inverted residual block with squeeze-excitation.
 
     1x1 expansion, depthwise 3x3 (carrying the stride), squeeze-excitation (torchvision's
-    :class:`~torchvision.ops.SqueezeExcitation`: SiLU inside, a sigmoid gate), 1x1 projection.
+    `SqueezeExcitation`: SiLU inside, a sigmoid gate), 1x1 projection.
     Each convolution is followed by a BatchNorm; the first two by SiLU. When the block keeps
     its size, its branch is scaled per channel (layer scale, as in ConvNeXt), passed through
     stochastic depth and added to its input.
@@ -290,10 +290,10 @@ class MBConv(nn.Module):
 class SmallEfficientNet(nn.Module):
     """EfficientNet / ConvNeXt style: MBConv blocks with squeeze-excitation, a LayerNorm end.
 
-    A stride-2 stem (conv, BatchNorm, SiLU), seven :class:`MBConv` blocks in four stages (16,
-    24, 40, 80 channels, each stage but the first halving the size), a 1x1 convolution to 128
-    channels with ConvNeXt's channels-last LayerNorm and GELU, then global average pooling and
-    a linear classifier.
+    A stride-2 stem (conv, BatchNorm, SiLU), seven [`MBConv`][ctc_plugin.zoo.models.MBConv] blocks
+    in four stages (16, 24, 40, 80 channels, each stage but the first halving the size), a 1x1
+    convolution to 128 channels with ConvNeXt's channels-last LayerNorm and GELU, then global
+    average pooling and a linear classifier.
 
     Args:
         num_classes: Number of output logits.
@@ -329,7 +329,7 @@ class SmallEfficientNet(nn.Module):
 class TokensToGrid(nn.Module):
     """(N, 1 + s*s, D) tokens -> (N, D, s, s): the patch tokens on their grid, the first dropped.
 
-    :func:`~ctc_plugin.cam.transformers.tokens_to_grid` as a module.
+    [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] as a module.
     """
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -354,7 +354,7 @@ class SmallViT(nn.Module):
     1x1 convolution to the token width, so each token stands for an 8x8 patch of the 96x96
     image. A learned class token is prepended and learned position embeddings are added (both
     are constants the CTC pass shares as biases); then ``depth`` of torchvision's ViT encoder
-    blocks (:class:`~torchvision.models.vision_transformer.EncoderBlock`: LayerNorm,
+    blocks (`EncoderBlock`: LayerNorm,
     ``nn.MultiheadAttention``, LayerNorm, a GELU MLP of twice the width) and a final LayerNorm.
     The class token takes part in attention as a register; the head classifies the patch tokens
     by global average pooling, like the CNN families' heads (so the class-specific explainers

@@ -35,8 +35,9 @@ class TrainConfig:
     image_size: int = 96
 
 
-#: Families whose shipped files were trained with settings other than :class:`TrainConfig`'s
-#: defaults (a transformer needs more passes over the small training set than a CNN).
+#: Families whose shipped files were trained with settings other than
+#: [`TrainConfig`][ctc_plugin.zoo.TrainConfig]'s defaults (a transformer needs more passes over the
+#: small training set than a CNN).
 FAMILY_TRAINING: dict[str, dict[str, int | float]] = {"vit": {"epochs": 16, "lr": 2e-3}}
 
 
@@ -45,7 +46,8 @@ def training_config(family: str, **overrides: float | None) -> TrainConfig:
 
     Args:
         family: A zoo family.
-        **overrides: :class:`TrainConfig` fields to replace; ``None`` values are ignored.
+        **overrides: [`TrainConfig`][ctc_plugin.zoo.TrainConfig] fields to replace; ``None`` values
+            are ignored.
     """
     values = {**FAMILY_TRAINING.get(family, {})}
     values.update({name: value for name, value in overrides.items() if value is not None})
@@ -58,15 +60,15 @@ def train_family(
     config: TrainConfig | None = None,
     show_progress: bool = True,
 ) -> nn.Module:
-    """Build ``family`` with its initialisation seeded by ``config.seed``, then :func:`train` it.
+    """Build ``family`` with its initialisation seeded by ``config.seed``, then `train` it.
 
     This is how every shipped weight file was made (``ctc-plugin zoo train`` calls it).
 
     Args:
-        family: One of :data:`~ctc_plugin.zoo.FAMILIES`.
+        family: One of [`FAMILIES`][ctc_plugin.zoo.FAMILIES].
         split: ``"shapes"`` or ``"composite"``.
-        config: Training settings; ``None`` takes :func:`training_config` (``family``'s
-            shipped settings).
+        config: Training settings; ``None`` takes
+            [`training_config`][ctc_plugin.zoo.training_config] (``family``'s shipped settings).
         show_progress: Show tqdm progress bars.
 
     Returns:
@@ -89,11 +91,11 @@ def train(
     """Train ``model`` on ``split`` and return it in eval mode.
 
     The shuffling and flips are seeded by ``config.seed``; the initialisation is the caller's
-    (:func:`train_family` seeds it too). With the same config, initial weights, torch version and
-    thread count, the result is the same bit for bit.
+    ([`train_family`][ctc_plugin.zoo.train_family] seeds it too). With the same config, initial
+    weights, torch version and thread count, the result is the same bit for bit.
 
     Args:
-        model: An untrained model from :func:`ctc_plugin.zoo.build`.
+        model: An untrained model from [`ctc_plugin.zoo.build`][ctc_plugin.zoo.build].
         split: ``"shapes"`` or ``"composite"``.
         config: Training settings; the defaults reproduce the shipped files.
         show_progress: Show tqdm progress bars (data generation and training steps).

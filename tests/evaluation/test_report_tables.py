@@ -19,3 +19,43 @@ def test_best_value_per_column_is_bold_in_the_right_direction():
 def test_finite_mean_ignores_nan_and_empty_is_nan():
     assert finite_mean([1.0, math.nan, 3.0]) == 2.0
     assert math.isnan(finite_mean([math.nan]))
+
+
+def test_scatter_labels_do_not_overlap(tmp_path) -> None:
+    """Points close together get labels moved apart (the benchmark's invariance plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from ctc_plugin.evaluation.report import _separate_labels
+
+    for cluster in (1, 3, 12):
+        fig, axis = plt.subplots(figsize=(8, 6))
+        labels = []
+        for index in range(cluster):
+            x, y = 0.5 + 1e-3 * index, 0.5 - 1e-3 * (index % 2)
+            axis.scatter(x, y)
+            labels.append(
+                axis.annotate(
+                    f"method number {index} [superpixel]",
+                    (x, y),
+                    xytext=(5, 3),
+                    textcoords="offset points",
+                    arrowprops={"arrowstyle": "-"},
+                )
+            )
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        fig.tight_layout()
+        _separate_labels(fig, labels)
+        renderer = fig.canvas.get_renderer()
+        boxes = []
+        for label in labels:
+            label.update_positions(renderer)
+            boxes.append(Text.get_window_extent(label, renderer))
+        plt.close(fig)
+        for i, first in enumerate(boxes):
+            for second in boxes[i + 1 :]:
+                assert not first.overlaps(second), (cluster, first, second)
