@@ -67,6 +67,16 @@ ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 
 
+class _Unset:
+    """The default of an argument that was not given (``None`` means something there)."""
+
+    def __repr__(self) -> str:
+        return "<the weights' own, else None>"
+
+
+UNSET = _Unset()
+
+
 class Normalize(nn.Module):
     """Per-channel ``(x - mean) / std`` with the statistics stored as buffers.
 
@@ -229,13 +239,28 @@ class ImagePreprocessing:
             "std": tuple(transform.std),
             "interpolation": transform.interpolation.value,
         }
-        unknown = set(overrides) - {field.name for field in dataclasses.fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown preprocessing fields {sorted(unknown)}")
-        return cls(**{**values, **overrides})
+        return cls(**values).replace(**overrides)
 
     def replace(self, **changes: Any) -> ImagePreprocessing:
-        """A copy with some fields changed (checked again)."""
+        """A copy with some fields changed (and checked again).
+
+        A new ``resize`` without a new ``crop`` keeps the crop where it fits and shrinks it to
+        ``resize`` where it does not (``resize=64`` on a 224 crop gives a 64 crop).
+
+        Raises:
+            TypeError: For a name that is no field.
+            ValueError: For settings that do not fit (see the class).
+        """
+        unknown = set(changes) - {field.name for field in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown preprocessing fields {sorted(unknown)}")
+        resize = changes.get("resize")
+        if resize is not None and "crop" not in changes and self.crop is not None:
+            height, width = self._crop_size()
+            if max(height, width) > resize:
+                scale = resize / max(height, width)
+                shrunk = (max(1, int(height * scale)), max(1, int(width * scale)))
+                changes["crop"] = shrunk[0] if isinstance(self.crop, int) else shrunk
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------ the model side
@@ -345,8 +370,8 @@ class ImagePreprocessing:
 
 def load_image(
     path: str | Path,
-    size: int | None = None,
-    crop: int | tuple[int, int] | None = None,
+    size: int | None | _Unset = UNSET,
+    crop: int | tuple[int, int] | None | _Unset = UNSET,
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -357,13 +382,15 @@ def load_image(
     A shortcut for ``ImagePreprocessing(resize=size, crop=crop, mean=mean, std=std)(path)``.
     With ``weights`` (a torchvision weights enum member or its name), the resize, crop and
     normalisation come from ``weights.transforms()``; ``size``, ``crop``, ``mean`` and ``std``
-    given as well replace those.
+    given as well replace those (``crop=None``: no crop; see
+    :meth:`ImagePreprocessing.replace` for a ``size`` alone).
 
     Args:
         path: The image file (PNG, JPEG, WebP, TIFF, BMP, GIF, ...; any mode, see :func:`to_rgb`).
         size: Length of the shorter side after resizing (the aspect ratio is kept); ``None``
-            keeps the size.
-        crop: Side (or ``(height, width)``) of the centre crop; ``None``: no crop.
+            keeps the size. Default: ``None``, or the weights' own.
+        crop: Side (or ``(height, width)``) of the centre crop; ``None``: no crop. Default:
+            ``None``, or the weights' own.
         mean: The model's normalisation mean (3 values); with ``std``.
         std: The model's normalisation standard deviation (3 values); with ``mean``.
         weights: A torchvision weights enum whose ``transforms()`` describe the preprocessing.
@@ -376,14 +403,15 @@ def load_image(
         ValueError: If it is no readable image, or the sizes do not fit (see
             :class:`ImagePreprocessing`).
     """
-    given: dict[str, Any] = {"resize": size, "crop": crop}
+    given: dict[str, Any] = {
+        name: value for name, value in (("resize", size), ("crop", crop)) if value is not UNSET
+    }
     if mean is not None or std is not None:
         given.update(
             mean=None if mean is None else tuple(mean), std=None if std is None else tuple(std)
         )
     if weights is not None:
-        overrides = {key: value for key, value in given.items() if value is not None}
-        preprocessing = ImagePreprocessing.from_weights(weights, **overrides)
+        preprocessing = ImagePreprocessing.from_weights(weights, **given)
     else:
         preprocessing = ImagePreprocessing(**given)
     return preprocessing(path)

@@ -53,10 +53,13 @@ def plot_segment_scores(
             ``PreparedImage.pixels``.
         feature_mask: ``(H, W)`` integer segment ids (``(1, H, W)`` and ``(1, 1, H, W)`` too).
         scores: One method's result or ``{panel title: result}`` for several. A result is
-            ``FeatureScores`` (CTC's, first example), a mapping ``{segment id: score}``, a 1-D
+            ``FeatureScores`` (CTC's, first example), a mapping ``{segment id: score}``, a pair
+            ``(ids, scores)`` (what :func:`~ctc_plugin.features.segment_means` returns), a 1-D
             sequence of scores aligned with ``ids`` (default: the mask's sorted ids), or a
             per-pixel map ``(H, W)`` (``(1, H, W)``, ``(1, 1, H, W)``, or ``(C, H, W)`` whose
-            channels are summed), drawn as it is; its segments are ranked by their mean.
+            channels are summed, as Captum's visualisation does), drawn as it is; its segments
+            are ranked by their mean. Feature methods (CTC, ``FeatureAblation``, ``Lime``)
+            repeat each score in every channel: pass one channel, ``attributions[0, 0]``.
         ids: The segment id of each score when ``scores`` holds 1-D sequences.
         top_k: How many of each panel's highest segments get their rank written (0: none).
         evidence: Optional ``(H, W)`` boolean ground truth, drawn as a contour on the image.
@@ -194,6 +197,10 @@ def _is_panel_mapping(scores: Any) -> bool:
     return isinstance(scores, Mapping) and all(isinstance(key, str) for key in scores)
 
 
+def _to_list(value: Any) -> Any:
+    return value.detach().cpu().tolist() if isinstance(value, torch.Tensor) else value
+
+
 def _paint(value: Any, segments: np.ndarray, ids: Any, name: str) -> tuple[np.ndarray, list[int]]:
     """A panel's per-pixel values and its segments ranked best first."""
     from ctc_plugin.features.partition import segment_means
@@ -208,6 +215,11 @@ def _paint(value: Any, segments: np.ndarray, ids: Any, name: str) -> tuple[np.nd
         by_id = dict(zip(feature_ids.tolist(), feature_scores.tolist()))
     elif isinstance(value, Mapping):
         by_id = {int(k): float(v) for k, v in value.items()}
+    elif isinstance(value, tuple) and len(value) == 2:  # (ids, scores), as segment_means gives
+        keys, values = (np.asarray(_to_list(part), dtype=float) for part in value)
+        if keys.ndim != 1 or keys.shape != values.shape:
+            raise ValueError(f"{name}: (ids, scores) must be two 1-D sequences of one length")
+        by_id = dict(zip(keys.astype(np.int64).tolist(), values.tolist()))
     else:
         array = (
             value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)

@@ -385,7 +385,7 @@ def preprocessing_for(args: argparse.Namespace, loaded: LoadedModel) -> ImagePre
     """The model's own preprocessing with ``--resize``, ``--crop``, ``--mean``, ``--std``.
 
     Given ``--resize`` without ``--crop``, the model's crop is kept where it fits and shrinks
-    to ``--resize`` where it does not.
+    to ``--resize`` where it does not (:meth:`ImagePreprocessing.replace`).
 
     Raises:
         CLIError: For ``--mean`` without ``--std`` (or the reverse) and a crop that does not
@@ -395,9 +395,6 @@ def preprocessing_for(args: argparse.Namespace, loaded: LoadedModel) -> ImagePre
     changes: dict[str, Any] = {}
     if args.resize is not None:
         changes["resize"] = args.resize
-        if args.crop is None and own.crop is not None:
-            side = max(own.crop) if isinstance(own.crop, tuple) else own.crop
-            changes["crop"] = own.crop if side <= args.resize else args.resize
     if args.crop is not None:
         changes["crop"] = None if args.crop == "none" else args.crop
     if (args.mean is None) != (args.std is None):

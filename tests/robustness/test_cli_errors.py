@@ -111,6 +111,7 @@ INPUT_FILES = [
 #: File options written by each subcommand.
 OUTPUT_FILES = [
     ("explain", "--out"),
+    ("explain", "--save"),
     ("demo", "--out"),
     ("explainer train", "--out"),
     ("explainer train", "--checkpoint"),
@@ -280,6 +281,15 @@ def test_default_output_paths_are_checked_too(tmp_path, monkeypatch):
     ("command", "argv", "fragment"),
     [
         ("explain", ["explain", "--segmenter", "slic"], "invalid choice: 'slic'"),
+        ("explain", ["explain", "--method", "ctc", "shap"], "invalid choice: 'shap'"),
+        ("explain", ["explain", "--method"], "expected at least one argument"),
+        ("explain", ["explain", "--device", "cuda!"], "argument --device: expected a device"),
+        ("explain", ["explain", "--device", "CUDA"], "argument --device: expected a device"),
+        ("explain", ["explain", "--save", "out.png"], "argument --save: give a file name"),
+        ("explain", ["explain", "--crop", "all"], "argument --crop: expected a whole number"),
+        ("explain", ["explain", "--mean", "0.5", "0.5"], "argument --mean: expected 3"),
+        ("explain", ["explain", "--std", "0.2", "0", "0.2"], "must be greater than 0"),
+        ("explain", ["explain", "--mean", "nan", "0", "0"], "must be a finite number"),
         ("demo", ["demo", "--split", "cats"], "invalid choice: 'cats'"),
         ("explain", ["explain", "--bogus"], "unrecognized arguments: --bogus"),
         ("explain", ["explain", SAMPLE, "b.png"], "argument IMAGE: file not found: b.png"),
@@ -338,6 +348,28 @@ def test_files_that_are_no_image_are_one_line(tmp_path):
 def test_an_input_size_the_model_cannot_take_is_one_line(tmp_path):
     argv = ["explain", "--resize", "1", "--crop", "1", *FAST, "--out", str(tmp_path / "f.png")]
     assert_one_line_error("explain", argv, "resnet cannot take 1x1 images", "--crop 96")
+
+
+@pytest.mark.parametrize(
+    ("words", "fragment"),
+    [
+        (["--mean", "0.5", "0.5", "0.5"], "give both --mean and --std"),
+        (["--std", "0.2", "0.2", "0.2"], "give both --mean and --std"),
+        (["--resize", "50", "--crop", "64"], "argument --crop: crop 64 does not fit"),
+        (["--device", "nonsense"], "argument --device:"),
+        (["--device", "cuda:7"], "argument --device: cuda:7"),
+    ],
+)
+def test_option_values_found_wrong_when_the_command_starts_are_one_line(tmp_path, words, fragment):
+    out = tmp_path / "f.png"
+    assert_one_line_error("explain", ["explain", *words, *FAST, "--out", str(out)], fragment)
+    assert not out.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_a_device_this_machine_lacks_is_one_line(tmp_path):
+    argv = ["explain", "--device", "cuda", *FAST, "--out", str(tmp_path / "f.png")]
+    assert_one_line_error("explain", argv, "--device: cuda is not available on this machine")
 
 
 def tiny_gray_model():
