@@ -301,7 +301,8 @@ def segment_means(
 
     Args:
         values: ``(H, W)`` map; ``(1, H, W)``, ``(1, 1, H, W)`` and ``(C, H, W)`` are accepted
-            too (channels are summed).
+            too (channels are summed: for a feature method, whose attributions repeat the
+            score in every channel, pass one channel, ``attributions[0, 0]``).
         feature_mask: ``(H, W)`` integer feature ids (or ``(1, H, W)`` / ``(1, 1, H, W)``).
 
     Returns:

@@ -51,8 +51,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ctc_plugin.zoo.training import evaluate, train, train_family
 
 
+#: Submodules, reachable as attributes as an eagerly imported package's would be.
+_SUBMODULES = ("loading", "models", "settings", "training")
+
+
 def __getattr__(name: str) -> Any:
-    """Import a public name on first use."""
+    """Import a public name (or a submodule) on first use."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'ctc_plugin.zoo' has no attribute {name!r}")
