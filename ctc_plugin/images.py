@@ -274,7 +274,8 @@ class ImagePreprocessing:
         """``nn.Sequential(Normalize(mean, std), model)``: a model that takes pixels in [0, 1].
 
         Returns ``model`` itself when there is no normalisation. The normalisation follows the
-        model's device and dtype (taken from its first parameter or buffer) and its mode.
+        model's device and dtype (taken from its first parameter or buffer) and its mode; the
+        model's own modules keep theirs.
         """
         if self.mean is None:
             return model
@@ -283,7 +284,9 @@ class ImagePreprocessing:
         if reference is not None:
             normalize = normalize.to(device=reference.device, dtype=reference.dtype)
         wrapped = nn.Sequential(normalize, model)
-        return wrapped.train(model.training)
+        wrapped.training = model.training  # the model's own modes stay as they are
+        normalize.train(model.training)
+        return wrapped
 
     def normalize(self, pixels: Tensor) -> Tensor:
         """``(pixels - mean) / std`` per channel (``pixels`` itself without a normalisation)."""

@@ -81,6 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``explain`` and ``demo`` subcommands."""
     explain = subparsers.add_parser(
         "explain",
+        usage="%(prog)s [IMAGE ...] [--method METHOD [METHOD ...]] [options]",
         help="explain images: segments ranked by each method's score, figure and data",
         description="Read each IMAGE keeping its aspect ratio (the model's own resize, centre "
         "crop and normalisation), segment it, explain the target class with every --method, "
@@ -123,7 +124,7 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
         "--method",
         dest="methods",
         nargs="+",
-        choices=tuple(METHODS),
+        type=_method,
         default=["ctc"],
         metavar="METHOD",
         help=f"one or more methods, drawn side by side (default: ctc). {methods}",
@@ -247,6 +248,21 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
 
 
 # ---------------------------------------------------------------------- option types
+def _method(text: str) -> str:
+    """``--method``: a name of :data:`METHODS` (an image path there gets a hint)."""
+    if text in METHODS:
+        return text
+    hint = ""
+    if Path(text).suffix or Path(text).exists():
+        hint = "; give the images before --method (explain IMAGE ... --method M ...)"
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose from {', '.join(METHODS)}){hint}"
+    )
+
+
+_method.__name__ = "method"
+
+
 def _crop(text: str) -> int | str:
     """``--crop``: a positive side or ``none``."""
     if text.strip().lower() == "none":

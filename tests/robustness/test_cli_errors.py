@@ -283,6 +283,7 @@ def test_default_output_paths_are_checked_too(tmp_path, monkeypatch):
         ("explain", ["explain", "--segmenter", "slic"], "invalid choice: 'slic'"),
         ("explain", ["explain", "--method", "ctc", "shap"], "invalid choice: 'shap'"),
         ("explain", ["explain", "--method"], "expected at least one argument"),
+        ("explain", ["explain", "--method", "ctc", SAMPLE], "give the images before --method"),
         ("explain", ["explain", "--device", "cuda!"], "argument --device: expected a device"),
         ("explain", ["explain", "--device", "CUDA"], "argument --device: expected a device"),
         ("explain", ["explain", "--save", "out.png"], "argument --save: give a file name"),
