@@ -11,6 +11,10 @@ a traceback. Mistakes argparse can see are found while parsing (the option types
 `ctc_plugin.commands.arguments`); the rest are `CLIError` (or the ``ValueError`` /
 ``FileNotFoundError`` the library raises for bad input) while the command runs. Anything else is
 a bug and keeps its traceback.
+
+Building the parser imports no heavy module (torch, torchvision, captum, zennit): the command
+modules import them inside the functions that run a command, so ``ctc-plugin --help``,
+``ctc-plugin COMMAND --help`` and ``--version`` answer at once.
 """
 
 from __future__ import annotations
@@ -64,11 +68,14 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every available subcommand registered."""
+    from ctc_plugin import __version__
+
     parser = Parser(
         prog="ctc-plugin",
         description="Segment-level explanations (CTC, Explainer, Integrative CAM) for "
         "PyTorch image classifiers.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         try:

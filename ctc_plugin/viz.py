@@ -1,63 +1,86 @@
-"""Figures of segment-level explanations: image, segments, ranked contributions, heatmap."""
+"""Figures: segment scores on an image, several methods side by side.
+
+[`plot_segment_scores`][ctc_plugin.viz.plot_segment_scores] draws the image with its segments,
+then one panel per method: each segment painted with its score (or a method's per-pixel map),
+on a diverging colour map whose range is symmetric around zero (``vmin = -vmax``), so white is
+always 0, red positive and blue negative, and the colour bar is in the method's own units.
+
+Captum's ``visualize_image_attr`` and Zennit's ``imgify`` were considered: both rescale the map
+(Captum to its 98th percentile, Zennit to its extremes) and so cannot show a colour bar in the
+scores' units, which is what tells CTC's additive scores apart from a [0, 1] mask. The overlay
+here is plain matplotlib; the segment outlines are scikit-image's ``mark_boundaries``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-
-def _numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Return an ``(H, W, 3)`` float array in [0, 1] from a ``(3, H, W)`` tensor or array."""
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.ndim != 3 or array.shape[0] != 3:
-        raise ValueError(f"expected an image shaped (3, H, W), got {tuple(array.shape)}")
-    return np.clip(array.transpose(1, 2, 0), 0.0, 1.0)
+__all__ = ["plot_segment_scores", "save_figure"]
 
 
-def _numpy_map(values: torch.Tensor | np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
-    array = (
-        values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    )
-    array = np.squeeze(array)
-    if array.ndim == 3:  # (C, H, W) attributions: sum the channels
-        array = array.sum(0)
-    if array.shape != shape:
-        raise ValueError(f"{name} must be shaped {shape} (or (1, ...) of it), got {array.shape}")
-    return array
-
-
-def plot_explanation(
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    ranked: list[tuple[int, float]],
-    attribution: torch.Tensor,
-    evidence: torch.Tensor | None = None,
-    title: str = "",
-    top_k: int = 10,
+def plot_segment_scores(
+    image: torch.Tensor | np.ndarray,
+    feature_mask: torch.Tensor | np.ndarray,
+    scores: Any,
+    *,
+    ids: Sequence[int] | torch.Tensor | np.ndarray | None = None,
+    top_k: int = 5,
+    evidence: torch.Tensor | np.ndarray | None = None,
+    title: str | None = None,
+    cmap: str = "bwr",
+    alpha: float = 0.7,
+    axes: Sequence[Axes] | None = None,
 ) -> Figure:
-    """Draw a four-panel explanation figure.
+    """Draw segment scores over an image; several methods side by side.
 
-    Panels: the image (with the ground-truth evidence contour when given), the segments with the
-    ``top_k`` strongest numbered, the ranked contributions as a bar chart, and the attribution
-    heatmap over the image.
+    The first panel is the image with the segment outlines (and the ``evidence`` contour when
+    given). Then one panel per method: the grayscale image under the method's values, on
+    ``cmap`` with a symmetric range ``[-m, m]`` (``m`` the largest absolute value of that
+    panel), with a colour bar in the values' units and the ranks of the ``top_k`` highest
+    scoring segments written on them.
 
     Args:
-        image: ``(3, H, W)`` image in [0, 1].
-        mask: ``(H, W)`` feature ids (a ``(1, H, W)`` tensor works too).
-        ranked: ``(feature id, score)`` pairs, best first (``FeatureScores.ranked()``).
-        attribution: ``(H, W)`` or ``(C, H, W)`` per-pixel attribution (channels are summed).
-        evidence: Optional ``(H, W)`` bool ground-truth evidence mask, drawn as a contour.
-        title: Figure title.
-        top_k: How many features the bar chart and the numbering show.
+        image: ``(3, H, W)`` (or ``(1, 3, H, W)``) RGB in [0, 1]: what the segmenter saw, e.g.
+            ``PreparedImage.pixels``.
+        feature_mask: ``(H, W)`` integer segment ids (``(1, H, W)`` and ``(1, 1, H, W)`` too).
+        scores: One method's result or ``{panel title: result}`` for several. A result is
+            ``FeatureScores`` (CTC's, first example), a mapping ``{segment id: score}``, a pair
+            ``(ids, scores)`` (what `segment_means` returns), a 1-D
+            sequence of scores aligned with ``ids`` (default: the mask's sorted ids), or a
+            per-pixel map ``(H, W)`` (``(1, H, W)``, ``(1, 1, H, W)``, or ``(C, H, W)`` whose
+            channels are summed, as Captum's visualisation does), drawn as it is; its segments
+            are ranked by their mean. Feature methods (CTC, ``FeatureAblation``, ``Lime``)
+            repeat each score in every channel: pass one channel, ``attributions[0, 0]``.
+        ids: The segment id of each score when ``scores`` holds 1-D sequences.
+        top_k: How many of each panel's highest segments get their rank written (0: none).
+        evidence: Optional ``(H, W)`` boolean ground truth, drawn as a contour on the image.
+        title: Figure title (ignored when drawing into given ``axes``).
+        cmap: A diverging matplotlib colour map.
+        alpha: Opacity of the scores over the grayscale image.
+        axes: Draw into these axes (one for the image, then one per method) instead of a new
+            figure, e.g. a row of a larger grid.
 
     Returns:
-        The matplotlib figure (close it with ``matplotlib.pyplot.close`` when done).
+        The matplotlib figure (close it with ``matplotlib.pyplot.close``, or
+        [`save_figure`][ctc_plugin.viz.save_figure], when done).
+
+    Raises:
+        ValueError: If the shapes do not fit together, or ``axes`` has the wrong length.
+
+    Examples:
+        >>> from ctc_plugin.viz import plot_segment_scores, save_figure
+        >>> figure = plot_segment_scores(image.pixels[0], mask[0, 0],
+        ...                              {"CTC": scores, "Grad-CAM": gradcam_map[0, 0]})
+        >>> save_figure(figure, "explanation.png")
     """
     import matplotlib
 
@@ -67,58 +90,68 @@ def plot_explanation(
 
     rgb = _numpy_image(image)
     shape = rgb.shape[:2]
-    ids = _numpy_map(mask, shape, "mask").astype(np.int64)
-    heat = _numpy_map(attribution, shape, "attribution").astype(np.float64)
-    shown = ranked[:top_k]
+    segments = _numpy_map(feature_mask, shape, "feature_mask").astype(np.int64)
+    panels = dict(scores) if _is_panel_mapping(scores) else {"scores": scores}
+    painted = {name: _paint(value, segments, ids, name) for name, value in panels.items()}
 
-    figure, axes = plt.subplots(1, 4, figsize=(16, 4.4))
-    axes[0].imshow(rgb)
-    axes[0].set_title("image" + (" + ground-truth evidence" if evidence is not None else ""))
+    own_figure = axes is None
+    if axes is None:
+        height, width = shape
+        side = 3.6
+        figure, created = plt.subplots(
+            1,
+            1 + len(panels),
+            figsize=(side * (1 + len(panels)) * max(width / height, 0.6) + 0.6, side + 0.6),
+            squeeze=False,
+        )
+        axes = list(created[0])
+    else:
+        axes = list(axes)
+        figure = axes[0].figure
+    if len(axes) != 1 + len(panels):
+        raise ValueError(f"axes must hold {1 + len(panels)} axes (image + one per method)")
+
+    outlined = mark_boundaries(rgb, segments, color=(1, 1, 0), mode="inner")
+    axes[0].imshow(outlined)
+    axes[0].set_title(
+        f"{len(np.unique(segments))} segments" + (" + evidence" if evidence is not None else "")
+    )
     if evidence is not None:
-        gt = _numpy_map(evidence, shape, "evidence").astype(float)
-        axes[0].contour(gt, levels=[0.5], colors="white", linewidths=2.0)
-        axes[0].contour(gt, levels=[0.5], colors="black", linewidths=0.8, linestyles="--")
+        truth = _numpy_map(evidence, shape, "evidence").astype(float)
+        axes[0].contour(truth, levels=[0.5], colors="white", linewidths=2.0)
+        axes[0].contour(truth, levels=[0.5], colors="black", linewidths=0.8, linestyles="--")
 
-    axes[1].imshow(mark_boundaries(rgb, ids, color=(1, 1, 0), mode="inner"))
-    axes[1].set_title(f"{len(ranked)} segments (top {len(shown)} numbered)")
-    for rank, (feature, _) in enumerate(shown, start=1):
-        rows, cols = np.nonzero(ids == feature)
-        if len(rows):
-            axes[1].text(
+    gray = rgb.mean(2)
+    for axis, (name, (heat, ranking)) in zip(axes[1:], painted.items()):
+        limit = float(np.nanmax(np.abs(heat))) if np.isfinite(heat).any() else 0.0
+        limit = limit or 1.0
+        axis.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0)
+        shown = axis.imshow(heat, cmap=cmap, vmin=-limit, vmax=limit, alpha=alpha)
+        figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03)
+        axis.set_title(name)
+        for rank, feature in enumerate(ranking[:top_k], start=1):
+            rows, cols = np.nonzero(segments == feature)
+            axis.text(
                 cols.mean(),
                 rows.mean(),
                 str(rank),
                 color="black",
-                fontsize=9,
+                fontsize=8,
                 ha="center",
                 va="center",
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8},
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.8, "lw": 0},
             )
-
-    values = [score for _, score in shown]
-    positions = np.arange(len(shown))
-    axes[2].barh(positions, values, color=["tab:red" if v >= 0 else "tab:blue" for v in values])
-    axes[2].set_yticks(positions, [f"#{r} (id {f})" for r, (f, _) in enumerate(shown, 1)])
-    axes[2].invert_yaxis()
-    axes[2].axvline(0, color="black", linewidth=0.8)
-    axes[2].set_title("contribution to the class")
-
-    limit = float(np.abs(heat).max()) or 1.0
-    axes[3].imshow(rgb.mean(2), cmap="gray", alpha=1.0)
-    shown_heat = axes[3].imshow(heat, cmap="bwr", vmin=-limit, vmax=limit, alpha=0.65)
-    figure.colorbar(shown_heat, ax=axes[3], fraction=0.046, pad=0.04)
-    axes[3].set_title("attribution heatmap")
-
-    for axis in (axes[0], axes[1], axes[3]):
+    for axis in axes:
         axis.set_xticks([])
         axis.set_yticks([])
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
+    if own_figure:
+        if title:
+            figure.suptitle(title)
+        figure.tight_layout()
     return figure
 
 
-def save_figure(figure, path: str | Path, dpi: int = 100) -> Path:
+def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
     """Save ``figure`` as PNG at ``path`` (creating the folder) and close it.
 
     Returns:
@@ -133,3 +166,83 @@ def save_figure(figure, path: str | Path, dpi: int = 100) -> Path:
     finally:
         plt.close(figure)
     return path
+
+
+# ---------------------------------------------------------------------- helpers
+def _numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Return an ``(H, W, 3)`` float array in [0, 1] from a ``(3, H, W)`` tensor or array."""
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3 or array.shape[0] != 3:
+        raise ValueError(f"expected an image shaped (3, H, W), got {tuple(array.shape)}")
+    return np.clip(array.transpose(1, 2, 0).astype(np.float64), 0.0, 1.0)
+
+
+def _numpy_map(values: Any, shape: tuple[int, int], name: str) -> np.ndarray:
+    array = (
+        values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    )
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3:  # (C, H, W) attributions: sum the channels
+        array = array.sum(0)
+    if array.shape != shape:
+        raise ValueError(f"{name} must be shaped {shape} (or (1, ...) of it), got {array.shape}")
+    return array
+
+
+def _is_panel_mapping(scores: Any) -> bool:
+    """``{title: result}`` rather than one ``{segment id: score}`` mapping."""
+    return isinstance(scores, Mapping) and all(isinstance(key, str) for key in scores)
+
+
+def _to_list(value: Any) -> Any:
+    return value.detach().cpu().tolist() if isinstance(value, torch.Tensor) else value
+
+
+def _paint(value: Any, segments: np.ndarray, ids: Any, name: str) -> tuple[np.ndarray, list[int]]:
+    """A panel's per-pixel values and its segments ranked best first."""
+    from ctc_plugin.features.partition import segment_means
+
+    present = np.unique(segments)
+    if hasattr(value, "scores") and hasattr(value, "ids"):  # FeatureScores
+        keep = value.present[0] if getattr(value, "present", None) is not None else None
+        feature_ids = value.ids if keep is None else value.ids[keep.cpu()]
+        feature_scores = (
+            value.scores[0] if keep is None else value.scores[0][keep.to(value.scores.device)]
+        )
+        by_id = dict(zip(feature_ids.tolist(), feature_scores.tolist()))
+    elif isinstance(value, Mapping):
+        by_id = {int(k): float(v) for k, v in value.items()}
+    elif isinstance(value, tuple) and len(value) == 2:  # (ids, scores), as segment_means gives
+        keys, values = (np.asarray(_to_list(part), dtype=float) for part in value)
+        if keys.ndim != 1 or keys.shape != values.shape:
+            raise ValueError(f"{name}: (ids, scores) must be two 1-D sequences of one length")
+        by_id = dict(zip(keys.astype(np.int64).tolist(), values.tolist()))
+    else:
+        array = (
+            value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        )
+        if array.ndim == 1:
+            keys = (
+                present
+                if ids is None
+                else np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids)
+            )
+            if len(keys) != len(array):
+                raise ValueError(
+                    f"{name}: {len(array)} scores for {len(keys)} segments; pass ids= to say "
+                    "which segment each score belongs to"
+                )
+            by_id = dict(zip(np.asarray(keys).tolist(), array.astype(float).tolist()))
+        else:
+            heat = _numpy_map(array, segments.shape, name).astype(np.float64)
+            means_ids, means = segment_means(heat, segments)
+            order = torch.argsort(means, descending=True, stable=True)
+            return heat, means_ids[order].tolist()
+    heat = np.full(segments.shape, np.nan)
+    for feature, score in by_id.items():
+        heat[segments == feature] = score
+    ranking = sorted((f for f in by_id if f in set(present.tolist())), key=lambda f: -by_id[f])
+    return heat, ranking

@@ -28,8 +28,8 @@ OPTIONS = {
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``ctc-plugin benchmark``."""
-    from ctc_plugin.datasets.scene import SPLITS
-    from ctc_plugin.zoo.loading import FAMILIES
+    from ctc_plugin.datasets.splits import SPLITS
+    from ctc_plugin.zoo.settings import FAMILIES
 
     parser = subparsers.add_parser(
         "benchmark",

@@ -102,8 +102,8 @@ WEIGHT_TYPES = {name: fraction if name.startswith("a_") else non_negative_float 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``explainer train`` and ``explainer gate``."""
-    from ctc_plugin.datasets.scene import SPLITS
-    from ctc_plugin.zoo.loading import FAMILIES
+    from ctc_plugin.datasets.splits import SPLITS
+    from ctc_plugin.zoo.settings import FAMILIES
 
     parser = subparsers.add_parser(
         "explainer", help="train Explainer mask networks for zoo models", description=__doc__

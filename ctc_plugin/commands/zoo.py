@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 from ctc_plugin.commands import add_threads_option, torch_threads
 from ctc_plugin.commands.arguments import (
     existing_folder,
@@ -19,8 +17,8 @@ from ctc_plugin.commands.arguments import (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``ctc-plugin zoo train``, ``eval`` and ``manifest``."""
-    from ctc_plugin.zoo import FAMILIES, TrainConfig
-    from ctc_plugin.zoo.training import FAMILY_TRAINING
+    from ctc_plugin.datasets.splits import SPLITS
+    from ctc_plugin.zoo.settings import FAMILIES, FAMILY_TRAINING, TrainConfig
 
     defaults = TrainConfig()
     parser = subparsers.add_parser("zoo", help="train or evaluate the small model zoo")
@@ -36,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="FAMILY",
         help=f"model families to train: {', '.join(FAMILIES)}",
     )
-    train.add_argument("--split", choices=("shapes", "composite"), default="shapes")
+    train.add_argument("--split", choices=tuple(SPLITS), default="shapes")
     train.add_argument("--seed", type=seed, default=defaults.seed, help="training seed")
     train.add_argument("--size", type=positive_int, default=defaults.size, help="training images")
     shipped = ", ".join(
@@ -68,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     evaluate = actions.add_parser("eval", help="measure test accuracy on a fresh sample")
     evaluate.add_argument("families", nargs="+", choices=FAMILIES, metavar="FAMILY")
-    evaluate.add_argument("--split", choices=("shapes", "composite"), default="shapes")
+    evaluate.add_argument("--split", choices=tuple(SPLITS), default="shapes")
     evaluate.add_argument("--size", type=positive_int, default=500, help="test images")
     evaluate.add_argument(
         "--seed", type=seed, default=1, help="test seed (not 0, the training one)"
@@ -104,6 +102,8 @@ def _train(args: argparse.Namespace) -> int:
 
     A file written into the shipped weights folder gets its manifest entry updated.
     """
+    import torch
+
     from ctc_plugin.files import record_in_manifest
     from ctc_plugin.zoo import train_family, weights_path
     from ctc_plugin.zoo.training import evaluate, training_config

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from skimage.draw import polygon2mask
 
-#: Shapes that can decide a class.
-CLASS_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
+from ctc_plugin.datasets.splits import CLASS_SHAPES as CLASS_SHAPES
+
 #: Shapes used only for distractors; none of them can be mistaken for a class shape.
 DISTRACTOR_SHAPES: tuple[str, ...] = ("bar", "ellipse")
 #: Hollow containers of the composite split, and the filled shape each one's outline bounds.

@@ -21,6 +21,8 @@ from ctc_plugin.datasets.geometry import (
     HOLE,
     shape_mask,
 )
+from ctc_plugin.datasets.splits import SPLITS as SPLITS
+from ctc_plugin.datasets.splits import check_split as check_split
 
 #: Saturated object colours (RGB in [0, 1]); backgrounds are kept far less saturated.
 PALETTE: tuple[tuple[float, float, float], ...] = (
@@ -32,10 +34,6 @@ PALETTE: tuple[tuple[float, float, float], ...] = (
     (0.10, 0.82, 0.86),  # cyan
 )
 PATTERNS: tuple[str, ...] = ("solid", "stripes", "checker", "gradient")
-SPLITS: dict[str, tuple[str, ...]] = {
-    "shapes": CLASS_SHAPES,
-    "composite": ("inside", "outside"),
-}
 #: Small filled shapes that go inside (or beside) a container in the composite split.
 CONTENT_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 _MARGIN = 3.0  # minimum gap, in pixels, between the bounding circles of two objects
@@ -129,13 +127,6 @@ def label_of(scene: Scene) -> int:
         container.angle,
     )
     return 0 if not np.any(content.mask(shape) & ~hull) else 1
-
-
-def check_split(split: str) -> tuple[str, ...]:
-    """Return the class names of ``split``; raise ValueError naming the valid splits otherwise."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
-    return SPLITS[split]
 
 
 def _free(obj_size: float, cy: float, cx: float, placed: list[SceneObject]) -> bool:

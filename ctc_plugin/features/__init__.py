@@ -23,7 +23,12 @@ from ctc_plugin.features.cache import (
     MaskCacheError,
     default_cache_dir,
 )
-from ctc_plugin.features.partition import as_feature_mask, mask_stack, to_partition
+from ctc_plugin.features.partition import (
+    as_feature_mask,
+    mask_stack,
+    segment_means,
+    to_partition,
+)
 from ctc_plugin.features.relevance import lrp_alpha1beta0, relevance_heatmap, zennit_relevance
 from ctc_plugin.features.selection import FeatureSelection, SelectionConfig, select_features
 from ctc_plugin.features.superpixel import GridSegmenter, SuperpixelSegmenter
@@ -47,6 +52,7 @@ __all__ = [
     "lrp_alpha1beta0",
     "mask_stack",
     "relevance_heatmap",
+    "segment_means",
     "select_features",
     "to_partition",
     "zennit_relevance",

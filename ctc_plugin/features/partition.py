@@ -26,7 +26,7 @@ import torch
 from scipy import ndimage
 from skimage.segmentation import relabel_sequential
 
-__all__ = ["as_feature_mask", "mask_stack", "to_partition"]
+__all__ = ["as_feature_mask", "mask_stack", "segment_means", "to_partition"]
 
 MaskInput = (
     np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor] | Sequence[Mapping[str, Any]]
@@ -287,3 +287,43 @@ def _is_per_image(item: Any) -> bool:
         array = _to_numpy(item)
         return array.ndim == 3 or (array.ndim == 2 and array.dtype != bool and array.max() > 1)
     return isinstance(item, Sequence)
+
+
+def segment_means(
+    values: torch.Tensor | np.ndarray, feature_mask: torch.Tensor | np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of a per-pixel map over each feature: one score per segment.
+
+    For the attributions of a feature method (CTC, Captum's ``FeatureAblation``, ``Lime``), which
+    repeat each feature's score on its pixels, this gives the scores back; for a pixel map
+    (Grad-CAM, Integrative CAM, an Explainer mask) it is the map's average over each segment,
+    which ranks segments on the same footing.
+
+    Args:
+        values: ``(H, W)`` map; ``(1, H, W)``, ``(1, 1, H, W)`` and ``(C, H, W)`` are accepted
+            too (channels are summed: for a feature method, whose attributions repeat the
+            score in every channel, pass one channel, ``attributions[0, 0]``).
+        feature_mask: ``(H, W)`` integer feature ids (or ``(1, H, W)`` / ``(1, 1, H, W)``).
+
+    Returns:
+        ``(ids, means)``: the sorted feature ids present in the mask, and the float64 mean of
+        ``values`` over each.
+
+    Raises:
+        ValueError: If the map and the mask do not have the same height and width.
+    """
+    mask = torch.as_tensor(_to_numpy(feature_mask)).squeeze()
+    array = torch.as_tensor(_to_numpy(values), dtype=torch.float64).squeeze()
+    if array.dim() == 3:
+        array = array.sum(0)
+    if mask.dim() != 2 or array.shape != mask.shape:
+        raise ValueError(
+            f"values {tuple(array.shape)} and feature_mask {tuple(mask.shape)} must both be "
+            "(H, W) maps of the same size"
+        )
+    ids, inverse = torch.unique(mask.to(torch.int64), return_inverse=True)
+    sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(
+        0, inverse.flatten(), array.flatten()
+    )
+    counts = torch.bincount(inverse.flatten(), minlength=len(ids)).to(torch.float64)
+    return ids, sums / counts

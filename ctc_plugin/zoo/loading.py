@@ -12,10 +12,8 @@ from torch import nn
 from ctc_plugin.datasets.scene import check_split
 from ctc_plugin.files import read_data_file
 from ctc_plugin.zoo.models import ARCHITECTURES
+from ctc_plugin.zoo.settings import FAMILIES as FAMILIES
 
-#: The model families: the four the CTC paper evaluates, in its order, then a modern CNN and a
-#: vision transformer.
-FAMILIES: tuple[str, ...] = ("vgg", "resnet", "densenet", "inception", "efficientnet", "vit")
 #: Folder of the shipped weight files (zoo classifiers and explainers) and of their sha256 manifest
 #: ``SHA256SUMS``, checked whenever one of them is loaded ([`ctc_plugin.files`][ctc_plugin.files]).
 WEIGHTS_DIR = Path(__file__).parent / "weights"

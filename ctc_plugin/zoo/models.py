@@ -16,19 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctc_plugin.cam.transformers import tokens_to_grid
-
-
-class Normalize(nn.Module):
-    """Per-channel ``(x - mean) / std`` with the statistics stored as buffers."""
-
-    def __init__(self, mean: tuple[float, ...] = (0.5,) * 3, std: tuple[float, ...] = (0.25,) * 3):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x``."""
-        return (x - self.mean) / self.std
+from ctc_plugin.images import Normalize
 
 
 def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:

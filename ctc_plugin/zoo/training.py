@@ -2,56 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ctc_plugin.datasets import TRAIN_SEED, ShapesDataset
 from ctc_plugin.datasets.scene import check_split
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of one training run (the defaults reproduce the shipped weights).
-
-    Attributes:
-        size: Number of training images (drawn with ``seed=TRAIN_SEED``).
-        epochs: Passes over the training images.
-        batch_size: Images per step.
-        lr: Peak learning rate of the one-cycle schedule (Adam).
-        weight_decay: Adam weight decay.
-        seed: Seed of the initialisation, the shuffling and the flips.
-        image_size: Side of the training images.
-    """
-
-    size: int = 5000
-    epochs: int = 4
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    image_size: int = 96
-
-
-#: Families whose shipped files were trained with settings other than
-#: [`TrainConfig`][ctc_plugin.zoo.TrainConfig]'s defaults (a transformer needs more passes over the
-#: small training set than a CNN).
-FAMILY_TRAINING: dict[str, dict[str, int | float]] = {"vit": {"epochs": 16, "lr": 2e-3}}
-
-
-def training_config(family: str, **overrides: float | None) -> TrainConfig:
-    """Return the settings that reproduce ``family``'s shipped files, with ``overrides`` applied.
-
-    Args:
-        family: A zoo family.
-        **overrides: [`TrainConfig`][ctc_plugin.zoo.TrainConfig] fields to replace; ``None`` values
-            are ignored.
-    """
-    values = {**FAMILY_TRAINING.get(family, {})}
-    values.update({name: value for name, value in overrides.items() if value is not None})
-    return TrainConfig(**values)
+from ctc_plugin.zoo.settings import FAMILY_TRAINING as FAMILY_TRAINING
+from ctc_plugin.zoo.settings import TrainConfig, training_config
 
 
 def train_family(

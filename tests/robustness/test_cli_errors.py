@@ -24,6 +24,7 @@ from PIL import Image
 from ctc_plugin.cli import main
 from ctc_plugin.commands import arguments, benchmark, explain, explainer, zoo
 from ctc_plugin.datasets import sample_path
+from ctc_plugin.images import read_image
 
 SAMPLE = str(sample_path("shapes", "image"))
 
@@ -40,8 +41,15 @@ COMMANDS = {
 
 #: Integer options of each subcommand, with their smallest allowed value.
 INTEGERS = {
-    "explain": {"--input-size": 1, "--segments": 1, "--top": 1},
-    "demo": {"--input-size": 1, "--segments": 1, "--top": 1},
+    "explain": {
+        "--resize": 1,
+        "--crop": 1,
+        "--segments": 1,
+        "--top": 1,
+        "--lime-samples": 1,
+        "--perturbations-per-eval": 1,
+    },
+    "demo": {"--resize": 1, "--crop": 1, "--segments": 1, "--top": 1},
     "zoo train": {"--size": 1, "--epochs": 1, "--eval-size": 1, "--threads": 1, "--seed": 0},
     "zoo eval": {"--size": 1, "--seed": 0},
     "explainer train": {
@@ -103,6 +111,7 @@ INPUT_FILES = [
 #: File options written by each subcommand.
 OUTPUT_FILES = [
     ("explain", "--out"),
+    ("explain", "--save"),
     ("demo", "--out"),
     ("explainer train", "--out"),
     ("explainer train", "--checkpoint"),
@@ -272,9 +281,19 @@ def test_default_output_paths_are_checked_too(tmp_path, monkeypatch):
     ("command", "argv", "fragment"),
     [
         ("explain", ["explain", "--segmenter", "slic"], "invalid choice: 'slic'"),
+        ("explain", ["explain", "--method", "ctc", "shap"], "invalid choice: 'shap'"),
+        ("explain", ["explain", "--method"], "expected at least one argument"),
+        ("explain", ["explain", "--method", "ctc", SAMPLE], "give the images before --method"),
+        ("explain", ["explain", "--device", "cuda!"], "argument --device: expected a device"),
+        ("explain", ["explain", "--device", "CUDA"], "argument --device: expected a device"),
+        ("explain", ["explain", "--save", "out.png"], "argument --save: give a file name"),
+        ("explain", ["explain", "--crop", "all"], "argument --crop: expected a whole number"),
+        ("explain", ["explain", "--mean", "0.5", "0.5"], "argument --mean: expected 3"),
+        ("explain", ["explain", "--std", "0.2", "0", "0.2"], "must be greater than 0"),
+        ("explain", ["explain", "--mean", "nan", "0", "0"], "must be a finite number"),
         ("demo", ["demo", "--split", "cats"], "invalid choice: 'cats'"),
         ("explain", ["explain", "--bogus"], "unrecognized arguments: --bogus"),
-        ("explain", ["explain", SAMPLE, "b.png"], "unrecognized arguments: b.png"),
+        ("explain", ["explain", SAMPLE, "b.png"], "argument IMAGE: file not found: b.png"),
         ("zoo", ["zoo"], "required: ACTION"),
         ("zoo", ["zoo", "fit"], "invalid choice: 'fit'"),
         ("zoo train", ["zoo", "train"], "required: FAMILY"),
@@ -302,7 +321,7 @@ def test_no_command_is_one_line_naming_the_commands():
 def test_help_still_prints_and_exits_with_status_0(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["explain", "--help"])
-    assert exit_.value.code == 0 and "--input-size" in capsys.readouterr().out
+    assert exit_.value.code == 0 and "--resize" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------- errors while running
@@ -328,8 +347,30 @@ def test_files_that_are_no_image_are_one_line(tmp_path):
 
 
 def test_an_input_size_the_model_cannot_take_is_one_line(tmp_path):
-    argv = ["explain", "--input-size", "1", *FAST, "--out", str(tmp_path / "f.png")]
-    assert_one_line_error("explain", argv, "--input-size 1: resnet cannot take 1x1 images")
+    argv = ["explain", "--resize", "1", "--crop", "1", *FAST, "--out", str(tmp_path / "f.png")]
+    assert_one_line_error("explain", argv, "resnet cannot take 1x1 images", "--crop 96")
+
+
+@pytest.mark.parametrize(
+    ("words", "fragment"),
+    [
+        (["--mean", "0.5", "0.5", "0.5"], "give both --mean and --std"),
+        (["--std", "0.2", "0.2", "0.2"], "give both --mean and --std"),
+        (["--resize", "50", "--crop", "64"], "argument --crop: crop 64 does not fit"),
+        (["--device", "nonsense"], "argument --device:"),
+        (["--device", "cuda:7"], "argument --device: cuda:7"),
+    ],
+)
+def test_option_values_found_wrong_when_the_command_starts_are_one_line(tmp_path, words, fragment):
+    out = tmp_path / "f.png"
+    assert_one_line_error("explain", ["explain", *words, *FAST, "--out", str(out)], fragment)
+    assert not out.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_a_device_this_machine_lacks_is_one_line(tmp_path):
+    argv = ["explain", "--device", "cuda", *FAST, "--out", str(tmp_path / "f.png")]
+    assert_one_line_error("explain", argv, "--device: cuda is not available on this machine")
 
 
 def tiny_gray_model():
@@ -413,8 +454,7 @@ MODES = ["P", "P-transparent", "L", "1", "LA", "RGBA", "I;16", "CMYK", "L-jpeg"]
 @pytest.mark.parametrize("kind", MODES)
 def test_every_image_mode_is_read_as_the_image_it_shows(kind, tmp_path):
     path = write(kind, tmp_path)
-    with contextlib.redirect_stdout(io.StringIO()):
-        pixels = explain.load_image(path, 48)[0].permute(1, 2, 0).numpy() * 255
+    pixels = read_image(path).permute(1, 2, 0).numpy().astype(float)
     square, corner = pixels[24, 24], pixels[2, 2]
     gray_square, gray_corner = (0.299 * 220 + 0.587 * 30 + 0.114 * 30), 0.114 * 200
     expected = {
@@ -437,7 +477,7 @@ def test_explain_runs_on_every_image_mode(kind, tmp_path, capsys):
     out = tmp_path / "fig.png"
     assert main(["explain", str(write(kind, tmp_path)), *FAST, "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "as RGB" in text and "figure written" in text
+    assert "48x48 -> 96x96" in text and "figure written" in text
     assert Image.open(out).format == "PNG"
 
 

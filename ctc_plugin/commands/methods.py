@@ -1,0 +1,203 @@
+"""The methods ``ctc-plugin explain --method`` runs, each a real library call.
+
+Every method explains one image batch ``(1, 3, H, W)`` of pixels in [0, 1] for one target
+class and returns an ``(H, W)`` map; the segment scores are that map's mean over each segment
+(`ctc_plugin.features.segment_means`). For the feature methods (CTC, Captum's
+``FeatureAblation`` and ``Lime``), whose attributions repeat each segment's score on its
+pixels, these are the methods' own scores; for the per-pixel methods (Integrative CAM, the
+Explainer, Grad-CAM) they rank the segments by the map's average.
+
+This module imports nothing heavy at the top: the names and help texts are read while the
+command line is parsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor, nn
+
+#: ``--method`` names and what each runs (the help text of the option).
+METHODS: dict[str, str] = {
+    "ctc": "CTC (ctc_plugin.CTC): segment scores from scaled partial forward passes",
+    "integrative-cam": "Integrative CAM (ctc_plugin.IntegrativeCAM): a per-pixel map",
+    "explainer": "the shipped Explainer of a zoo model (zoo families only): a mask in one pass",
+    "feature-ablation": "Captum FeatureAblation: each segment replaced by 0 (black)",
+    "lime": "Captum Lime over the same segments (seeded: the same run gives the same scores)",
+    "gradcam": "Grad-CAM (Captum LayerGradCam) on the last convolutional feature map",
+}
+
+#: Methods whose scores are their own per-segment scores (the others: map means per segment).
+SEGMENT_METHODS = ("ctc", "feature-ablation", "lime")
+
+#: Seed of Lime's random samples.
+LIME_SEED = 0
+
+
+class MethodError(Exception):
+    """A method cannot explain this model or input; the message says why and what to use."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What every method gets.
+
+    Attributes:
+        model: The classifier, in eval mode, taking pixels in [0, 1] (normalisation included).
+        pixels: ``(1, 3, H, W)`` image on the model's device.
+        target: The class to explain.
+        feature_mask: ``(1, 1, H, W)`` segment ids ``0..K-1`` on the model's device.
+        bias_sharing: CTC's bias sharing.
+        lime_samples: Lime's samples.
+        perturbations_per_eval: Copies per forward pass of CTC, FeatureAblation and Lime.
+        show_progress: Show the methods' progress bars.
+        explainer: The zoo model's trained Explainer, for ``explainer``.
+    """
+
+    model: nn.Module
+    pixels: Tensor
+    target: int
+    feature_mask: Tensor
+    bias_sharing: str = "reference"
+    lime_samples: int = 100
+    perturbations_per_eval: int = 16
+    show_progress: bool = True
+    explainer: nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """One method's explanation of one image.
+
+    Attributes:
+        name: The ``--method`` name.
+        title: What figures and tables call it, e.g. ``"CTC (reference)"``.
+        attribution: ``(H, W)`` float32 map on the CPU.
+        scores: ``(K,)`` float64 score of segments ``0..K-1``.
+        per_segment: True when the scores are the method's own segment scores, False when
+            they are the means of a per-pixel map.
+    """
+
+    name: str
+    title: str
+    attribution: Tensor
+    scores: Tensor
+    per_segment: bool
+
+
+def run_method(name: str, request: Request) -> Result:
+    """Run the method ``name`` (a key of `METHODS`) on ``request``.
+
+    Raises:
+        MethodError: The method cannot explain this model (e.g. Grad-CAM on a transformer).
+        ValueError: Inputs the method refuses (the library's message).
+    """
+    from ctc_plugin.features.partition import segment_means
+
+    title, attribution = _RUNNERS[name](request)
+    flat = attribution.detach().float().cpu()
+    while flat.dim() > 2:
+        flat = flat[0] if flat.shape[0] == 1 else flat.sum(0)
+    ids, scores = segment_means(flat, request.feature_mask.cpu())
+    count = int(request.feature_mask.max()) + 1
+    full = scores.new_zeros(count).index_copy_(0, ids, scores)
+    return Result(name, title, flat, full, name in SEGMENT_METHODS)
+
+
+def _ctc(request: Request) -> tuple[str, Tensor]:
+    from ctc_plugin.ctc.attribution import CTC
+
+    chunk = None if request.bias_sharing == "proportional" else request.perturbations_per_eval
+    attributions = CTC(request.model, bias_sharing=request.bias_sharing).attribute(
+        request.pixels,
+        target=request.target,
+        feature_mask=request.feature_mask,
+        perturbations_per_eval=chunk,
+        show_progress=request.show_progress,
+    )
+    return f"CTC ({request.bias_sharing})", attributions[:, :1]
+
+
+def _integrative_cam(request: Request) -> tuple[str, Tensor]:
+    from ctc_plugin.cam.integrative import IntegrativeCAM
+
+    maps = IntegrativeCAM(request.model).attribute(request.pixels, target=request.target)
+    return "Integrative CAM", maps
+
+
+def _explainer(request: Request) -> tuple[str, Tensor]:
+    from ctc_plugin.explainer.attribution import ExplainerAttribution
+
+    if request.explainer is None:  # the command loads it; a direct call must pass one
+        raise MethodError("the explainer method needs a trained Explainer")
+    explainer = request.explainer.to(request.pixels.device)
+    maps = ExplainerAttribution(request.model, explainer).attribute(
+        request.pixels, target=request.target
+    )
+    return "Explainer", maps[:, :1]
+
+
+def _feature_ablation(request: Request) -> tuple[str, Tensor]:
+    from captum.attr import FeatureAblation
+
+    attributions = FeatureAblation(request.model).attribute(
+        request.pixels,
+        target=request.target,
+        feature_mask=request.feature_mask,
+        perturbations_per_eval=request.perturbations_per_eval,
+        show_progress=request.show_progress,
+    )
+    return "FeatureAblation", attributions[:, :1]
+
+
+def _lime(request: Request) -> tuple[str, Tensor]:
+    import torch
+    from captum.attr import Lime
+
+    device = request.pixels.device
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(LIME_SEED)
+        attributions = Lime(request.model).attribute(
+            request.pixels,
+            target=request.target,
+            feature_mask=request.feature_mask,
+            n_samples=request.lime_samples,
+            perturbations_per_eval=request.perturbations_per_eval,
+            show_progress=request.show_progress,
+        )
+    return f"Lime ({request.lime_samples} samples)", attributions[:, :1]
+
+
+def _gradcam(request: Request) -> tuple[str, Tensor]:
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from ctc_plugin.cam.transformers import transformer_stages
+    from ctc_plugin.evaluation.methods import last_spatial_layer
+
+    if transformer_stages(request.model):
+        raise MethodError(
+            "Grad-CAM needs a convolutional feature map and this model is a vision "
+            "transformer; use integrative-cam, which reads the transformer's blocks"
+        )
+    layer = last_spatial_layer(request.model, request.pixels)
+    name = next(n for n, m in request.model.named_modules() if m is layer)
+    cam = LayerGradCam(request.model, layer).attribute(
+        request.pixels, target=request.target, relu_attributions=True
+    )
+    size = tuple(request.pixels.shape[-2:])
+    maps = LayerAttribution.interpolate(cam, size, interpolate_mode="bilinear")
+    return f"Grad-CAM ({name})", maps
+
+
+_RUNNERS: dict[str, Callable[[Request], tuple[str, Tensor]]] = {
+    "ctc": _ctc,
+    "integrative-cam": _integrative_cam,
+    "explainer": _explainer,
+    "feature-ablation": _feature_ablation,
+    "lime": _lime,
+    "gradcam": _gradcam,
+}

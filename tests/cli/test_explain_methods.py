@@ -1,0 +1,206 @@
+"""``ctc-plugin explain``: every method, several images, ``--save`` contents, ImageNet names,
+the progress bar, ``--version`` and a ``--help`` that imports no torch."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from captum.attr import FeatureAblation
+from PIL import Image
+
+from ctc_plugin import CTC, zoo
+from ctc_plugin.cli import main
+from ctc_plugin.commands.methods import METHODS
+from ctc_plugin.datasets import ShapesDataset
+from ctc_plugin.features import segment_means
+from ctc_plugin.images import ImagePreprocessing
+
+ROOT = Path(__file__).parents[2]
+FAST = ["--segmenter", "grid", "--segments", "9", "--lime-samples", "8", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    """A non-square shapes picture (56 x 40) and a square one (96 x 96)."""
+    folder = tmp_path_factory.mktemp("photos")
+    paths = {}
+    for name, seed, size in [("wide", 4, (56, 40)), ("square", 9, (96, 96))]:
+        item = ShapesDataset("shapes", size=1, seed=seed)[0]
+        array = (item["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        paths[name] = folder / f"{name}.png"
+        Image.fromarray(array).resize(size).save(paths[name])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory) -> Path:
+    """Random ResNet-18 weights in a local file (nothing is downloaded)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+def load_saved(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    return arrays, json.loads(path.with_suffix(".json").read_text())
+
+
+def test_every_method_on_a_zoo_model_with_save(photos, tmp_path, capsys):
+    out, save = tmp_path / "fig.png", tmp_path / "data" / "run.npz"
+    argv = ["explain", str(photos["square"]), str(photos["wide"]), "--model", "resnet"]
+    argv += ["--method", *METHODS, "--perturbations-per-eval", "4", *FAST]
+    assert main([*argv, "--out", str(out), "--save", str(save)]) == 0
+    text = capsys.readouterr().out
+    for title in ["CTC (reference)", "Integrative CAM", "Explainer", "FeatureAblation"]:
+        assert title in text
+    assert "Lime (8 samples)" in text and "Grad-CAM (" in text
+    assert Image.open(out).format == "PNG"
+
+    arrays, summary = load_saved(save)
+    assert summary["methods"] == list(METHODS) and summary["model"] == "resnet"
+    assert [image["path"] for image in summary["images"]] == [
+        str(photos["square"]),
+        str(photos["wide"]),
+    ]
+    # the zoo models' own preprocessing: shorter side 96, centre crop 96 x 96
+    assert summary["preprocessing"]["resize"] == 96 and summary["preprocessing"]["crop"] == 96
+    model = zoo.load("resnet")
+    for index, image in enumerate(summary["images"]):
+        key = f"image{index}"
+        pixels, mask = arrays[f"{key}/pixels"], arrays[f"{key}/feature_mask"]
+        assert pixels.shape == (3, 96, 96) and pixels.dtype == np.float32
+        assert mask.shape == (96, 96) and sorted(np.unique(mask)) == list(range(9))
+        assert arrays[f"{key}/logits"].shape == (6,)
+        target = int(arrays[f"{key}/target"])
+        assert image["target"]["index"] == target and image["segments"] == 9
+        for method in METHODS:
+            scores = arrays[f"{key}/{method}/scores"]
+            attribution = arrays[f"{key}/{method}/attribution"]
+            assert scores.shape == (9,) and attribution.shape == (96, 96)
+            ranking = image["methods"][method]["ranking"]
+            assert [row["segment"] for row in ranking] == list(np.argsort(-scores, kind="stable"))
+            assert sum(row["area"] for row in ranking) == pytest.approx(1.0)
+            _, means = segment_means(attribution, mask)
+            np.testing.assert_allclose(scores, means.numpy(), rtol=1e-6)
+        # the saved scores are what a direct API call on the saved pixels and segments gives
+        x = torch.from_numpy(pixels)[None]
+        segments = torch.from_numpy(mask)[None, None]
+        _, direct = CTC(model, bias_sharing="reference").attribute(
+            x, target=target, feature_mask=segments, return_feature_scores=True
+        )
+        np.testing.assert_allclose(
+            arrays[f"{key}/ctc/scores"], direct.scores[0].numpy(), rtol=1e-5, atol=1e-6
+        )
+        ablation = FeatureAblation(model).attribute(x, target=target, feature_mask=segments)
+        _, ablation_scores = segment_means(ablation[0, 0], segments)
+        np.testing.assert_allclose(
+            arrays[f"{key}/feature-ablation/scores"], ablation_scores.numpy(), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_a_torchvision_model_keeps_the_aspect_ratio_and_names_imagenet_classes(
+    photos, resnet18_file, tmp_path, capsys
+):
+    save = tmp_path / "run.npz"
+    argv = ["explain", str(photos["wide"]), "--model", "resnet18", "--weights", str(resnet18_file)]
+    argv += ["--resize", "32", "--crop", "none", "--method", "ctc", "gradcam", "integrative-cam"]
+    argv += ["feature-ablation", "lime", *FAST, "--out", str(tmp_path / "f.png")]
+    assert main([*argv, "--save", str(save)]) == 0
+    text = capsys.readouterr().out
+    assert "56x40 -> 44x32" in text  # a 56 x 40 picture is no longer squashed to a square
+    categories = torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"]
+    arrays, summary = load_saved(save)
+    predicted = summary["images"][0]["predicted"]
+    assert predicted["name"] == categories[predicted["index"]]
+    assert f"predicted {predicted['index']} ({categories[predicted['index']]})" in text
+    assert arrays["image0/pixels"].shape == (3, 32, 44)
+    assert arrays["image0/logits"].shape == (1000,)
+    assert summary["preprocessing"]["from"] == "torchvision ResNet18_Weights.IMAGENET1K_V1"
+    # the scores are those of the documented wiring: Normalize prepended to the network
+    prep = ImagePreprocessing.from_weights(torchvision.models.ResNet18_Weights.DEFAULT)
+    model = prep.wrap(zoo.load_torchvision("resnet18", resnet18_file))
+    x = torch.from_numpy(arrays["image0/pixels"])[None]
+    segments = torch.from_numpy(arrays["image0/feature_mask"])[None, None]
+    target = int(arrays["image0/target"])
+    _, direct = CTC(model).attribute(
+        x, target=target, feature_mask=segments, return_feature_scores=True
+    )
+    np.testing.assert_allclose(
+        arrays["image0/ctc/scores"], direct.scores[0].numpy(), rtol=1e-4, atol=1e-6
+    )
+    by_name = ["explain", str(photos["wide"]), "--model", "resnet18", "--weights"]
+    by_name += [str(resnet18_file), "--resize", "32", "--target", categories[7], *FAST]
+    assert main([*by_name, "--out", str(tmp_path / "g.png")]) == 0
+    assert f"explaining target 7 ({categories[7]})" in capsys.readouterr().out
+
+
+def test_the_progress_bar_moves_per_chunk_of_copies(photos, tmp_path, capsys):
+    argv = ["explain", str(photos["square"]), "--segmenter", "grid", "--segments", "9"]
+    argv += ["--perturbations-per-eval", "4", "--out", str(tmp_path / "f.png")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    chunks = math.ceil(9 / 4)
+    assert "CTC (reference): 100%" in err and f"{chunks}/{chunks}" in err
+
+
+def test_methods_that_do_not_fit_the_model_are_one_line(photos, resnet18_file, tmp_path, capsys):
+    out = ["--out", str(tmp_path / "f.png"), *FAST]
+    argv = ["explain", str(photos["wide"]), "--model", "resnet18", "--weights"]
+    assert main([*argv, str(resnet18_file), "--resize", "32", "--method", "explainer", *out]) == 2
+    err = capsys.readouterr().err
+    assert "--method explainer: resnet18 has no trained Explainer" in err and "zoo" in err
+    assert main(["explain", "--model", "vit", "--method", "gradcam", *out]) == 2
+    assert "--method gradcam:" in capsys.readouterr().err
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_version_and_help(capsys):
+    from ctc_plugin import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"ctc-plugin {__version__}"
+    with pytest.raises(SystemExit) as exit_:
+        main(["explain", "--help"])
+    help_text = capsys.readouterr().out
+    assert exit_.value.code == 0
+    for option in ["--method", "--device", "--save", "--resize", "--crop", "--top", *METHODS]:
+        assert option in help_text
+
+
+HELP_IMPORTS = """
+import sys
+from ctc_plugin.cli import main
+for argv in (["--help"], ["explain", "--help"], ["demo", "--help"], ["zoo", "train", "--help"],
+             ["explainer", "gate", "--help"], ["benchmark", "--help"], ["--version"]):
+    try:
+        main(argv)
+    except SystemExit as exit_:
+        assert exit_.code == 0, argv
+heavy = sorted({name.split(".")[0] for name in sys.modules}
+               & {"torch", "torchvision", "captum", "zennit", "numpy", "scipy", "matplotlib"})
+assert not heavy, heavy
+"""
+
+
+def test_help_imports_no_heavy_module():
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_IMPORTS],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": ""},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "usage: ctc-plugin" in done.stdout
