@@ -64,7 +64,7 @@ def main() -> None:
     for family in args.families:
         model = zoo.load(family)
         print(f"\n{family}, {args.images} shapes images (seed 2026), true label\n")
-        print("| features | per image | method | pointing ↑ | mass ↑ | iou ↑ | s/image ↓ |")
+        print("| features | count | method | pointing ↑ | mass ↑ | iou ↑ | s/image ↓ |")
         print("|---|---|---|---|---|---|---|")
         for source, mask in masks.items():
             count = sum(len(m.unique()) for m in mask) / len(mask)
