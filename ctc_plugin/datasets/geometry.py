@@ -44,7 +44,7 @@ def shape_mask(
     """Return the boolean mask of one shape.
 
     Args:
-        kind: One of [`CLASS_SHAPES`][ctc_plugin.datasets.scene.CLASS_SHAPES] or
+        kind: One of `CLASS_SHAPES` (`ctc_plugin.datasets.splits`) or
             [`DISTRACTOR_SHAPES`][ctc_plugin.datasets.scene.DISTRACTOR_SHAPES].
         image_shape: ``(H, W)`` of the mask.
         cy: Row of the centre.

@@ -109,7 +109,7 @@ def label_of(scene: Scene) -> int:
 
     Returns:
         For ``"shapes"`` the index of the evidence object's shape in
-        [`CLASS_SHAPES`][ctc_plugin.datasets.scene.CLASS_SHAPES]; for ``"composite"`` 0
+        `CLASS_SHAPES` (`ctc_plugin.datasets.splits`); for ``"composite"`` 0
         (``"inside"``) when the second evidence object lies entirely within the outline of the first
         (the container) and 1 (``"outside"``) otherwise.
     """

@@ -22,6 +22,8 @@ __all__ = [
     "write_report",
     "write_stored_report",
     "markdown_table",
+    "markdown_tables",
+    "COLUMN_GROUPS",
 ]
 
 #: Result columns: name -> (description, which direction is better).
@@ -43,6 +45,15 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "input_shift": ("relative L1 change under a compensated input shift", "lower"),
     "max_sens": ("max-sensitivity, radius 0.02", "lower"),
     "sanity_rho": ("Spearman rho after randomising all layers", "lower"),
+}
+
+#: How ``results.md`` splits the columns into tables narrow enough to read on one screen
+#: (1400 px): group title -> column keys. Every key of `COLUMNS` is in exactly one group.
+COLUMN_GROUPS: dict[str, tuple[str, ...]] = {
+    "Localisation": ("pointing", "mass", "rank", "iou", "f1"),
+    "Faithfulness": ("deletion_px", "insertion_px", "deletion_seg", "insertion_seg"),
+    "Robustness": ("dist_kept", "dist_changed", "welch_t", "input_shift", "max_sens", "sanity_rho"),
+    "Cost": ("seconds", "memory_mib"),
 }
 
 
@@ -332,6 +343,23 @@ def _plot_scatter(means: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown_tables(rows: list[dict[str, Any]]) -> str:
+    """Render method rows as one Markdown table per group of `COLUMN_GROUPS`.
+
+    Each table is headed by its group's title in italics (``*Localisation:*``); groups none of
+    whose columns appear in a row are left out. The best value of each column is in bold, as in
+    [`markdown_table`][ctc_plugin.evaluation.report.markdown_table].
+
+    Args:
+        rows: Dicts with ``"method"`` and metric keys from `COLUMNS`.
+    """
+    parts = []
+    for title, columns in COLUMN_GROUPS.items():
+        if any(column in row for row in rows for column in columns):
+            parts.append(f"*{title}:*\n\n" + markdown_table(rows, list(columns)))
+    return "\n\n".join(parts)
+
+
 def write_report(
     runs: list[ModelRun],
     config: Any,
@@ -387,10 +415,10 @@ def write_report(
     ]
     scope = f"the {len(whole)} complete models" if partial else "all models and splits"
     if whole:
-        parts += [f"## Mean over {scope}", "", markdown_table(means), ""]
+        parts += [f"## Mean over {scope}", "", markdown_tables(means), ""]
         for split in dict.fromkeys(run.split for run in whole):
             rows = [row for row in whole_summary if row["split"] == split]
-            parts += [f"## Split `{split}` (mean over families)", "", markdown_table(_means(rows))]
+            parts += [f"## Split `{split}` (mean over families)", "", markdown_tables(_means(rows))]
             parts.append("")
     else:
         parts += ["## Mean over the complete models", "", "No model is complete yet.", ""]
@@ -399,7 +427,7 @@ def write_report(
             parts += [
                 f"## In progress: {run.family}/{run.split} (finished variants only)",
                 "",
-                markdown_table(_means(run.summary)),
+                markdown_tables(_means(run.summary)),
                 "",
             ]
     if costs:

@@ -59,3 +59,33 @@ def test_scatter_labels_do_not_overlap(tmp_path) -> None:
         for i, first in enumerate(boxes):
             for second in boxes[i + 1 :]:
                 assert not first.overlaps(second), (cluster, first, second)
+
+
+def test_every_column_is_in_exactly_one_table_group():
+    from ctc_plugin.evaluation.report import COLUMN_GROUPS, COLUMNS
+
+    grouped = [key for columns in COLUMN_GROUPS.values() for key in columns]
+    assert sorted(grouped) == sorted(COLUMNS)
+
+
+def test_results_tables_are_split_into_narrow_groups():
+    """Each group gets its own table under its title; absent groups are left out."""
+    from ctc_plugin.evaluation.report import COLUMN_GROUPS, COLUMNS, markdown_tables
+
+    full = [
+        {"method": name, **{key: index + 0.1 * rank for rank, key in enumerate(COLUMNS)}}
+        for index, name in enumerate(("A", "B", "C"))
+    ]
+    partial = [{"method": "A", "pointing": 0.5, "seconds": 0.1}]
+    for rows, titles in ((full, list(COLUMN_GROUPS)), (partial, ["Localisation", "Cost"])):
+        text = markdown_tables(rows)
+        assert [line for line in text.splitlines() if line.startswith("*")] == [
+            f"*{title}:*" for title in titles
+        ]
+        for table in text.split("\n\n"):
+            if table.startswith("|"):
+                header = table.splitlines()[0]
+                assert header.count("|") - 1 <= 7, header  # method + at most 6 columns
+                assert len(table.splitlines()) == len(rows) + 2
+    # the best value stays bold per column within its group
+    assert "| C | **2.000** |" in markdown_tables(full)

@@ -134,8 +134,8 @@ def test_class_specific_explainers_are_class_specific_on_two_object_images(famil
     strict=True,
     reason="measured: the small U-Net's absent-class maps cover the object as much as the "
     "present class's, and 570-step, deeper-U-Net and lambda_nc=20 runs did not change that "
-    "(docs/explainer.md, 'Attempts to make the masks class-specific'); the class-specific "
-    "and distilled kinds are the answer",
+    "(docs/design-notes/explainer.md, 'Attempts to make the small U-Net class-specific'); the "
+    "class-specific and distilled kinds are the answer",
 )
 def test_default_explainers_are_not_class_specific():
     specificity_holds(SHIPPED_SHAPES[0][0], "default")

@@ -1,0 +1,152 @@
+"""Which torchvision classification families CTC and Integrative CAM explain, one model each.
+
+For the smallest model of every family in ``torchvision.models`` (random weights; every
+BatchNorm's running statistics, every bias and every normalisation weight set to random values,
+so that the biases CTC shares are not zero), in float64 on a 2 x 2 grid of features:
+
+- ``CTC "proportional"``: the largest relative difference between the sum of the feature scores
+  and the target logit over two images (exact propagation gives float64 rounding, ~1e-15), or
+  the first line of the error when CTC refuses the model;
+- ``CTC "reference"``: whether the published formula runs and gives finite scores;
+- ``IntegrativeCAM``: how many stages it found and fused, or the first line of its error (where
+  the default ``phi="exp"`` refuses a logit whose exponential overflows, the run is repeated
+  with ``phi="identity"``).
+
+Used on the "Choose a method" page. Run:
+``python docs/scripts/torchvision_support.py [--builders resnet18 vit_b_16]`` (about four
+minutes on one CPU thread, half of it MaxViT at 224 x 224).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torchvision
+from torch import nn
+
+from ctc_plugin import CTC, IntegrativeCAM
+
+#: The smallest builder of each torchvision family, and the input side it is run at.
+FAMILIES: dict[str, tuple[str, int]] = {
+    "AlexNet": ("alexnet", 64),
+    "VGG": ("vgg11_bn", 32),
+    "ResNet": ("resnet18", 32),
+    "ResNeXt / Wide ResNet": ("resnext50_32x4d", 32),
+    "SqueezeNet": ("squeezenet1_1", 64),
+    "DenseNet": ("densenet121", 32),
+    "GoogLeNet": ("googlenet", 64),
+    "Inception v3": ("inception_v3", 80),
+    "MobileNet v2": ("mobilenet_v2", 32),
+    "MobileNet v3": ("mobilenet_v3_small", 32),
+    "MNASNet": ("mnasnet0_5", 32),
+    "ShuffleNet v2": ("shufflenet_v2_x0_5", 32),
+    "EfficientNet": ("efficientnet_b0", 32),
+    "EfficientNet v2": ("efficientnet_v2_s", 32),
+    "RegNet X": ("regnet_x_400mf", 32),
+    "RegNet Y": ("regnet_y_400mf", 32),
+    "ConvNeXt": ("convnext_tiny", 32),
+    "ViT": ("vit_b_16", 32),
+    "Swin": ("swin_t", 64),
+    "Swin v2": ("swin_v2_t", 64),
+    "MaxViT": ("maxvit_t", 224),
+}
+
+
+def build(name: str, size: int) -> nn.Module:
+    """The torchvision model with random weights, statistics and biases, eval mode, float64."""
+    torch.manual_seed(0)
+    options = {"image_size": size} if name.startswith("vit_") else {}
+    if name in {"googlenet", "inception_v3"}:
+        options = {"aux_logits": False, "init_weights": True}
+    model = getattr(torchvision.models, name)(weights=None, **options)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                channels = module.num_features
+                module.running_mean.copy_(torch.rand(channels, generator=generator) * 0.4 - 0.2)
+                module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
+            for key, param in module.named_parameters(recurse=False):
+                if key == "bias" or (key == "weight" and param.dim() == 1):
+                    noise = torch.rand(param.shape, generator=generator) * 0.4 - 0.2
+                    param.copy_(noise + (1.0 if key == "weight" else 0.0))
+    return model.eval().double()
+
+
+def grid(size: int) -> torch.Tensor:
+    """A 2 x 2 grid feature mask (1, 1, size, size)."""
+    rows = torch.arange(size) * 2 // size
+    return (rows.view(1, 1, -1, 1) * 2 + rows.view(1, 1, 1, -1)).long()
+
+
+def first_line(error: Exception) -> str:
+    """The error's type and the first sentence of its message, for a table cell."""
+    text = str(error).splitlines()[0]
+    return f"{type(error).__name__}: {text[:150]}"
+
+
+def check(name: str, size: int) -> tuple[str, str, str, float]:
+    """CTC proportional, CTC reference and Integrative CAM on one model."""
+    start = time.perf_counter()
+    model = build(name, size)
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(2)).double()
+    target = 3
+    try:
+        _, scores = CTC(model, bias_sharing="proportional").attribute(
+            x, target, feature_mask=grid(size), return_feature_scores=True
+        )
+        with torch.no_grad():
+            logits = model(x)[:, target]
+        error = ((scores.scores.sum(1) - logits).abs() / logits.abs()).max().item()
+        proportional = f"{error:.0e}"
+    except Exception as failure:  # noqa: BLE001 - reported in the table
+        proportional = "refused: " + first_line(failure)
+    try:
+        out = CTC(model, bias_sharing="reference").attribute(x, target, feature_mask=grid(size))
+        reference = "runs" if torch.isfinite(out).all() else "non-finite scores"
+    except Exception as failure:  # noqa: BLE001
+        reference = "refused: " + first_line(failure)
+    try:
+        _, maps = IntegrativeCAM(model).attribute(x, target, return_layer_maps=True)
+        cam = f"{len(maps.names)} stages"
+    except Exception as failure:  # noqa: BLE001
+        if "phi'" not in str(failure):
+            cam = "refused: " + first_line(failure)
+        else:  # exp of a huge logit overflows: are the stages themselves fine?
+            with torch.no_grad():
+                largest = model(x)[:, target].abs().max().item()
+            _, maps = IntegrativeCAM(model, phi="identity").attribute(
+                x, target, return_layer_maps=True
+            )
+            cam = (
+                f'{len(maps.names)} stages with `phi="identity"`; `phi="exp"` refused: '
+                f"exp of the logit ({largest:.0e}) overflows"
+            )
+    return proportional, reference, cam, time.perf_counter() - start
+
+
+def main() -> None:
+    """Print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--builders", nargs="+", help="only these builders (default: all)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, float64")
+    print(
+        '| family | model | input | CTC "proportional": sum vs logit | CTC "reference" '
+        "| IntegrativeCAM |"
+    )
+    print("|---|---|---|---|---|---|")
+    for family, (name, size) in FAMILIES.items():
+        if args.builders and name not in args.builders:
+            continue
+        proportional, reference, cam, seconds = check(name, size)
+        print(f"| {family} | `{name}` | {size}² | {proportional} | {reference} | {cam} |")
+        print(f"  ({seconds:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
