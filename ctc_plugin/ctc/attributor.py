@@ -178,7 +178,12 @@ class CTCAttributor(Attributor):
         with exclusive(self.model), exclusive(self.composite):
             restored = ExitStack()
             restored.enter_context(tensors_restored(self.model))
-            result = super().__enter__()
+            try:
+                result = super().__enter__()
+            except BaseException:  # a registration that failed halfway: undo what it did
+                self.composite.remove()
+                restored.close()
+                raise
             self._restored = restored
             return result
 

@@ -138,7 +138,7 @@ def spread_by_relevance(
     totals = scores.new_zeros(n, k)
     counts = scores.new_zeros(n, k)
     for index, (x, r) in enumerate(zip(inputs, relevance)):
-        mask = features.masks[index].expand(x.shape).reshape(n, -1)
+        mask = features.masks[index].expand(x.shape).reshape(n, -1).contiguous()
         pos = torch.searchsorted(features.ids, mask)
         magnitude = r.reshape(n, -1).abs().to(scores.dtype)
         totals.scatter_add_(1, pos, magnitude)
