@@ -223,7 +223,10 @@ class CTCAttributor(Attributor):
                 return_feature_scores=True,
             )
             output = engine.model_output if engine.model_output is not None else self.model(x)
-        weighted_most = engine.weights_for(output).flatten(1).argmax(dim=1)
+        weights = engine.model_weights
+        if weights is None:
+            weights = engine.weights_for(output)
+        weighted_most = weights.flatten(1).argmax(dim=1)
         self.feature_scores = dataclasses.replace(scores, target=weighted_most)
         return output, relevance
 
@@ -256,6 +259,7 @@ class _HookedCTC(CTC):
         self.attr_output_fn = attr_output_fn
         self.functional = functional
         self.model_output: torch.Tensor | None = None
+        self.model_weights: torch.Tensor | None = None  # the weighting of ``model_output``
 
     def weights_for(self, output: torch.Tensor) -> torch.Tensor:
         """The output weighting for the model's ``output``, checked against its shape."""
@@ -276,8 +280,9 @@ class _HookedCTC(CTC):
         check_pass_output(gated, logits)
         grouped = gated.layout.group(logits)
         output = grouped[:, 0]
+        weights = self.weights_for(output)
         if self.model_output is None:
             self.model_output = output.clone()
-        weights = self.weights_for(output)
+            self.model_weights = weights
         weighted = (grouped * weights.unsqueeze(1)).flatten(2).sum(dim=2)
         return weighted.flatten(0, 1).unsqueeze(1)
