@@ -4,6 +4,7 @@ The public API is re-exported here and imported lazily, so ``import ctc_plugin``
 and a subpackage's optional dependencies are only needed when that subpackage is used:
 
     from ctc_plugin import CTC, CTCComposite, CTCAttributor, IntegrativeCAM
+    from ctc_plugin import distribute_within_features
     from ctc_plugin import Explainer, ExplainerAttribution
 """
 
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "CTC": "ctc_plugin.ctc.attribution",
     "FeatureScores": "ctc_plugin.ctc.attribution",
+    "distribute_within_features": "ctc_plugin.ctc.within",
     "UnsupportedOperationError": "ctc_plugin.ctc.errors",
     "TrainingModeError": "ctc_plugin.inputs",
     "UntracedOutputError": "ctc_plugin.ctc.errors",
@@ -39,6 +41,7 @@ __all__ = [
     "UnsupportedOperationError",
     "UntracedOutputError",
     "__version__",
+    "distribute_within_features",
     "zoo",
 ]
 
@@ -49,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ctc_plugin.ctc.attributor import CTCAttributor
     from ctc_plugin.ctc.composite import CTCComposite
     from ctc_plugin.ctc.errors import UnsupportedOperationError, UntracedOutputError
+    from ctc_plugin.ctc.within import distribute_within_features
     from ctc_plugin.explainer.attribution import ExplainerAttribution
     from ctc_plugin.explainer.network import Explainer
     from ctc_plugin.inputs import TrainingModeError

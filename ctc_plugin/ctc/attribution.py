@@ -53,7 +53,12 @@ class FeatureScores:
         present: (N, K) whether each example has each feature.
         baseline: (N,) the baseline's own share, or ``None`` when the baseline is zero.
         output: (N,) the model's target output on the unmasked input (the target logit).
-        target: (N,) flat index of each example's target in the model's output.
+        target: (N,) flat index of each example's target in the model's output (the class index
+            for (N, classes) outputs).
+        feature_mask: The integer feature mask of each input, as the call used it (made by the
+            segmenter when the call gave none), broadcastable to that input: one tensor per
+            input. [`distribute_within_features`][ctc_plugin.distribute_within_features] reads
+            it.
     """
 
     scores: torch.Tensor
@@ -62,6 +67,7 @@ class FeatureScores:
     baseline: torch.Tensor | None
     output: torch.Tensor
     target: torch.Tensor
+    feature_mask: tuple[torch.Tensor, ...]
 
     def ranked(self, example: int = 0) -> list[tuple[int, float]]:
         """The present features of one example as ``(id, score)``, highest score first."""
@@ -108,13 +114,19 @@ class CTC(Attribution):
     Threads: one instance and one model may serve several threads at once; each call gives
     exactly what it gives alone. A call only reads the model (the interception is per thread),
     so calls run concurrently; they wait while a call that changes the model (a
-    [`CTCAttributor`][ctc_plugin.CTCAttributor] pass) runs on it, and a call whose
-    ``within_feature`` runs a method on the model holds the model exclusively. See
+    [`CTCAttributor`][ctc_plugin.CTCAttributor] pass) runs on it. See
     [`ctc_plugin.concurrency`][ctc_plugin.concurrency] and the documentation's "Threads" page.
 
     Examples:
         >>> ctc = CTC(model, bias_sharing="proportional")
-        >>> attributions = ctc.attribute(images, target=3, feature_mask=segments)
+        >>> attributions = ctc.attribute(images, 3, feature_mask=segments)
+
+        Pixel detail inside the features, from any relevance method, comes after the call
+        ([`distribute_within_features`][ctc_plugin.distribute_within_features]):
+
+        >>> attributions, scores = ctc.attribute(
+        ...     images, 3, feature_mask=segments, return_feature_scores=True)
+        >>> pixels = distribute_within_features(images, scores, EpsilonPlusFlat(), model=model)
     """
 
     def __init__(
@@ -164,13 +176,13 @@ class CTC(Attribution):
         self,
         inputs: TensorOrTuple,
         target: TargetType = None,
+        *,
         feature_mask: TensorOrTuple | list | None = None,
         baselines: float | TensorOrTuple | None = None,
         additional_forward_args: Any = None,
         perturbations_per_eval: int | None = None,
         show_progress: bool = False,
         return_feature_scores: Literal[False] = False,
-        within_feature: Any = None,
     ) -> TensorOrTuple: ...
 
     @overload
@@ -178,31 +190,35 @@ class CTC(Attribution):
         self,
         inputs: TensorOrTuple,
         target: TargetType = None,
+        *,
         feature_mask: TensorOrTuple | list | None = None,
         baselines: float | TensorOrTuple | None = None,
         additional_forward_args: Any = None,
         perturbations_per_eval: int | None = None,
         show_progress: bool = False,
-        *,
         return_feature_scores: Literal[True],
-        within_feature: Any = None,
     ) -> tuple[TensorOrTuple, FeatureScores]: ...
 
     @log_usage()
-    @holds_model(exclusive_if=lambda arguments: _runs_on_model(arguments["within_feature"]))
+    @holds_model()
     def attribute(
         self,
         inputs: TensorOrTuple,
         target: TargetType = None,
+        *,
         feature_mask: TensorOrTuple | list | None = None,
         baselines: float | TensorOrTuple | None = None,
         additional_forward_args: Any = None,
         perturbations_per_eval: int | None = None,
         show_progress: bool = False,
         return_feature_scores: bool = False,
-        within_feature: Any = None,
     ) -> TensorOrTuple | tuple[TensorOrTuple, FeatureScores]:
         """Score every feature and return attributions shaped like ``inputs``.
+
+        ``inputs`` and ``target`` may be given by position (``ctc.attribute(x, target)``); every
+        other argument by keyword only, so that a call reads the same in any Captum code
+        (Captum's own methods order their arguments differently: ``FeatureAblation`` takes
+        ``baselines`` second).
 
         Args:
             inputs: A finite floating-point tensor (N, ...) or a tuple of them sharing
@@ -226,17 +242,13 @@ class CTC(Attribution):
                 needs every feature in one pass.
             show_progress: Show a tqdm progress bar over the forward batches.
             return_feature_scores: Also return the [`FeatureScores`][ctc_plugin.FeatureScores].
-            within_feature: Distribute each feature's score over its elements in proportion to
-                a relevance map instead of repeating it on every element: a tensor (tuple)
-                shaped like the inputs, a Captum attribution instance, a callable
-                ``f(inputs, target) -> relevance``, or a Zennit composite (the model must then
-                be a ``torch.nn.Module``). Weights are ``|R_i| / sum_j |R_j|`` within each
-                feature (evenly where all are zero), so per-feature sums equal the scores.
 
         Returns:
             Attributions shaped like ``inputs`` (each element carries its feature's score, as with
             Captum's ``FeatureAblation``), and the [`FeatureScores`][ctc_plugin.FeatureScores] on
-            request.
+            request. To split each score over its feature's elements by a relevance map (pixel
+            detail), hand those scores to
+            [`distribute_within_features`][ctc_plugin.distribute_within_features].
 
         Raises:
             TypeError: inputs that are not tensors (see
@@ -271,12 +283,6 @@ class CTC(Attribution):
         attributions = tuple(
             spread_scores(scores, features, i, x) for i, x in enumerate(inputs_tuple)
         )
-        if within_feature is not None:
-            from ctc_plugin.ctc.within import distribute_within_features
-
-            attributions = distribute_within_features(
-                scores, features, inputs_tuple, within_feature, target, model=self.forward_func
-            )
         result: TensorOrTuple = attributions if is_tuple else attributions[0]
         if not return_feature_scores:
             return result
@@ -287,6 +293,7 @@ class CTC(Attribution):
             baseline=baseline_share,
             output=output,
             target=target_index,
+            feature_mask=features.masks,
         )
         return result, feature_scores
 
@@ -608,14 +615,6 @@ def _as_tuple(value: Any) -> tuple:
     if value is None:
         return ()
     return value if isinstance(value, tuple) else (value,)
-
-
-def _runs_on_model(within_feature: Any) -> bool:
-    """Whether within-feature relevance runs a method on the model (which may change it).
-
-    A Zennit composite registers hooks and canonizers on the model; so do some Captum methods.
-    """
-    return within_feature is not None and not isinstance(within_feature, (torch.Tensor, tuple))
 
 
 def _check_baselines(

@@ -9,6 +9,7 @@ features.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from typing import Any
@@ -43,6 +44,12 @@ class CTCAttributor(Attributor):
     Zennit's gradient attributors, whose default is the whole output) the predicted class is
     scored, as ``CTC.attribute(target=None)`` does.
 
+    Pixel detail inside the features comes after the call:
+    [`distribute_within_features`][ctc_plugin.distribute_within_features] splits each feature's
+    score by a relevance map, given the call's
+    [`feature_scores`][ctc_plugin.CTCAttributor.feature_scores] (run a Zennit composite for it
+    outside the ``with`` block: the CTC composite's hooks refuse gradients).
+
     Threads: one attributor, or several, may serve several threads on one model; each call gives
     exactly what it gives alone. A call changes the model while it runs (it registers the composite
     when it is not registered yet, and takes biases off affine modules during the pass), so it holds
@@ -58,19 +65,19 @@ class CTCAttributor(Attributor):
         >>> composite = CTCComposite(bias_sharing="proportional")
         >>> with CTCAttributor(model, composite, feature_mask=segments) as attributor:
         ...     output, relevance = attributor(images, torch.eye(10)[[3]])
+        >>> scores = attributor.feature_scores
+        >>> pixels = distribute_within_features(images, scores, EpsilonPlusFlat(), model=model)
 
     Args:
         model: The classifier (a ``torch.nn.Module``).
         composite: A [`CTCComposite`][ctc_plugin.CTCComposite], or a Zennit composite
             containing exactly one (e.g. a ``MixedComposite``). Default: ``CTCComposite()``.
         attr_output: Default output weighting (see above).
-        feature_mask: Feature ids in Captum's convention; overrides the composite's.
-        segmenter: Makes the feature mask when neither the call, the attributor nor the
-            composite gives one (default: superpixels, as in ``CTC``).
+        feature_mask: Default feature ids in Captum's convention (integer ids broadcastable to
+            the input, e.g. (1, 1, H, W)); a call's ``feature_mask`` overrides it.
+        segmenter: Makes the feature mask when neither the call nor the attributor gives one
+            (default: superpixels, as in ``CTC``).
         baselines: As in ``CTC.attribute``.
-        within_feature: Pixel-level CTC: distribute each feature's score over its elements in
-            proportion to a relevance (a tensor, a Zennit composite, a Captum attribution or a
-            callable ``f(inputs, target)``); see [`ctc_plugin.ctc.within`][ctc_plugin.ctc.within].
         functional: What happens to operations that need a CTC rule but run outside every
             module with a CTC hook (``F.relu`` in a ``forward``, ``(x - mean) / std``):
             ``"intercept"`` (default) applies the same rules to them; ``"raise"`` refuses them
@@ -80,7 +87,9 @@ class CTCAttributor(Attributor):
         ValueError: A composite without a ``CTCComposite``, or an unknown ``functional``.
     """
 
-    #: The per-feature scores of this thread's last call (`FeatureScores`), or None.
+    #: The per-feature scores of this thread's last call (`FeatureScores`), or None. Their
+    #: ``output`` is the weighted output ``sum_c attr_output[c] * f_c(x)`` and their ``target``
+    #: the output the weighting weights most (the class of a one-hot ``attr_output``).
     feature_scores = PerThread()
     _call_mask = PerThread()
 
@@ -92,7 +101,6 @@ class CTCAttributor(Attributor):
         feature_mask: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
         segmenter: Callable[[torch.Tensor], torch.Tensor] | None = None,
         baselines: float | torch.Tensor | None = None,
-        within_feature: Any = None,
         functional: FunctionalPolicy = "intercept",
     ) -> None:
         if not isinstance(model, torch.nn.Module):
@@ -119,7 +127,6 @@ class CTCAttributor(Attributor):
         self.feature_mask = feature_mask
         self.segmenter = segmenter
         self.baselines = baselines
-        self.within_feature = within_feature
         self.functional = functional
 
     def __call__(
@@ -138,7 +145,7 @@ class CTCAttributor(Attributor):
                 features come from the segmenter.
             attr_output: Output weighting for this call (default: the attributor's).
             feature_mask: Feature ids for this call (default: the attributor's, then the
-                composite's, then the segmenter).
+                segmenter).
 
         Returns:
             ``(output, relevance)``: the model's output on ``input`` and the CTC attribution
@@ -171,7 +178,12 @@ class CTCAttributor(Attributor):
         with exclusive(self.model), exclusive(self.composite):
             restored = ExitStack()
             restored.enter_context(tensors_restored(self.model))
-            result = super().__enter__()
+            try:
+                result = super().__enter__()
+            except BaseException:  # a registration that failed halfway: undo what it did
+                self.composite.remove()
+                restored.close()
+                raise
             self._restored = restored
             return result
 
@@ -190,11 +202,8 @@ class CTCAttributor(Attributor):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the CTC pass with the registered composite (Zennit's ``Attributor.forward``)."""
         check_inputs(input, name="input", tuples=False)
-        check_eval_mode(self.model)  # before the within-feature relevance runs the model
-        mask = next(
-            (m for m in (self._call_mask, self.feature_mask) if m is not None),
-            self.ctc_composite.feature_mask,
-        )
+        check_eval_mode(self.model)
+        mask = self._call_mask if self._call_mask is not None else self.feature_mask
         engine = _HookedCTC(
             self.model,
             self.segmenter,
@@ -203,54 +212,23 @@ class CTCAttributor(Attributor):
             self.functional,
         )
         x = input.detach()
-        within = self.within_feature
-        if within is not None:
-            within = self._within_relevance(x, engine, within)
         # a BatchNorm that any composite's canonizer left with eps 0 (zennit >= 1.0) gets a
         # positive one while the model runs
         with batch_norms_valid(self.model):
             relevance, scores = engine.attribute(
                 x,
-                target=None,
+                None,
                 feature_mask=mask,
                 baselines=self.baselines,
                 return_feature_scores=True,
-                within_feature=within,
             )
             output = engine.model_output if engine.model_output is not None else self.model(x)
-        self.feature_scores = scores
+        weights = engine.model_weights
+        if weights is None:
+            weights = engine.weights_for(output)
+        weighted_most = weights.flatten(1).argmax(dim=1)
+        self.feature_scores = dataclasses.replace(scores, target=weighted_most)
         return output, relevance
-
-    def _within_relevance(self, x: torch.Tensor, engine: _HookedCTC, within: Any) -> Any:
-        """The within-feature relevance for the attributor's output weighting.
-
-        It is computed with the CTC composite taken off the model (its rules refuse
-        gradients): a Zennit composite is run with the same ``attr_output``; other forms get
-        the class the weighting selects.
-        """
-        from ctc_plugin.ctc.within import composite_relevance, resolve_relevance
-
-        with torch.no_grad(), batch_norms_valid(self.model):
-            output = self.model(x)
-        weights = engine.weights_for(output)
-        registered = bool(self.composite.handles)
-        if registered:
-            self.composite.remove()
-        try:
-            if isinstance(within, Composite):
-                return composite_relevance(self.model, within, x, weights)
-            nonzero = (weights.flatten(1) != 0).sum(dim=1)
-            if not bool((nonzero == 1).all()):
-                raise ValueError(
-                    "within_feature as a Captum method or callable needs one class per example; "
-                    "give a one-hot attr_output, or a Zennit composite or a relevance tensor"
-                )
-            target = weights.flatten(1).argmax(dim=1)
-            with batch_norms_valid(self.model):
-                return resolve_relevance(within, (x,), target, self.model)
-        finally:
-            if registered:
-                self.composite.register(self.model)
 
 
 def _predicted(output: torch.Tensor) -> torch.Tensor:
@@ -281,6 +259,7 @@ class _HookedCTC(CTC):
         self.attr_output_fn = attr_output_fn
         self.functional = functional
         self.model_output: torch.Tensor | None = None
+        self.model_weights: torch.Tensor | None = None  # the weighting of ``model_output``
 
     def weights_for(self, output: torch.Tensor) -> torch.Tensor:
         """The output weighting for the model's ``output``, checked against its shape."""
@@ -301,8 +280,9 @@ class _HookedCTC(CTC):
         check_pass_output(gated, logits)
         grouped = gated.layout.group(logits)
         output = grouped[:, 0]
+        weights = self.weights_for(output)
         if self.model_output is None:
             self.model_output = output.clone()
-        weights = self.weights_for(output)
+            self.model_weights = weights
         weighted = (grouped * weights.unsqueeze(1)).flatten(2).sum(dim=2)
         return weighted.flatten(0, 1).unsqueeze(1)

@@ -113,7 +113,26 @@ def gradient_attributor(model: nn.Module, composite: Composite) -> Iterator[Grad
         exclusive(model),
         exclusive(composite),
         tensors_restored(model),
-        Gradient(model=model, composite=composite) as attributor,
+        composite_registered(composite, model),
         batch_norms_valid(model),
     ):
-        yield attributor
+        yield Gradient(model=model, composite=composite)
+
+
+@contextmanager
+def composite_registered(composite: Composite, model: nn.Module) -> Iterator[Composite]:
+    """Register ``composite`` on ``model`` for the block; remove it on exit, also on an exception.
+
+    Unlike ``with composite.context(model)`` or a Zennit attributor's ``with``, a registration
+    that fails halfway (a canonizer or a hook that raises) removes what it had registered
+    before the exception leaves.
+    """
+    try:
+        composite.register(model)
+    except BaseException:
+        composite.remove()
+        raise
+    try:
+        yield composite
+    finally:
+        composite.remove()

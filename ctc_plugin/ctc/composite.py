@@ -458,9 +458,11 @@ def ctc_layer_map() -> list[tuple[tuple[type[nn.Module], ...], Hook]]:
 class CTCComposite(LayerMapComposite):
     """The CTC rules as a Zennit composite.
 
-    Use it with Zennit's canonizers and `MixedComposite`, and run it
-    with [`CTCAttributor`][ctc_plugin.CTCAttributor], which builds the batch of feature
-    copies CTC propagates:
+    Like Zennit's composites (``EpsilonPlus(epsilon, stabilizer, layer_map, ..., canonizers)``) it
+    holds rules and their settings only, no data: the feature mask belongs to the
+    [`CTCAttributor`][ctc_plugin.CTCAttributor] (its constructor, or each call), which builds the
+    batch of feature copies CTC propagates through the composite's hooks. Use it with Zennit's
+    canonizers and ``MixedComposite``:
 
         composite = CTCComposite(bias_sharing="proportional",
                                  canonizers=[SequentialMergeBatchNorm()])
@@ -476,26 +478,31 @@ class CTCComposite(LayerMapComposite):
     included. Registered in Zennit's registry as ``"ctc"``.
 
     Args:
-        feature_mask: Default feature mask for attributors using this composite (Captum's
-            convention: integer ids broadcastable to the input, e.g. (1, 1, H, W)).
         bias_sharing: ``"reference"``, ``"proportional"`` or ``"none"``, as in
             [`CTC`][ctc_plugin.CTC].
-        canonizers: Zennit canonizers applied before the hooks are registered.
         layer_map: Extra ``(module types, hook)`` pairs matched before the CTC rules.
+        canonizers: Zennit canonizers applied before the hooks are registered.
 
     Raises:
         ValueError: An unknown ``bias_sharing``.
+        TypeError: A tensor where ``bias_sharing`` goes (a feature mask: give it to the
+            attributor).
     """
 
     def __init__(
         self,
-        feature_mask: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
         bias_sharing: BiasSharingMode = "reference",
-        canonizers: Sequence[Canonizer] | None = None,
         layer_map: Sequence[tuple[tuple[type[nn.Module], ...], Hook]] | None = None,
+        canonizers: Sequence[Canonizer] | None = None,
     ) -> None:
+        if isinstance(bias_sharing, (torch.Tensor, tuple, list)):
+            raise TypeError(
+                "CTCComposite holds rules, not data: its first argument is bias_sharing "
+                f"({type(bias_sharing).__name__} given). Give the feature mask to the attributor: "
+                "CTCAttributor(model, composite, feature_mask=mask), or attributor(x, "
+                "attr_output, feature_mask=mask)"
+            )
         make_sharing(bias_sharing)  # validates the name
-        self.feature_mask = feature_mask
         self.bias_sharing = bias_sharing
         super().__init__(
             layer_map=[*(layer_map or []), *ctc_layer_map()],

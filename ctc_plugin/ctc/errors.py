@@ -77,7 +77,9 @@ class CompositeOutsideAttributorError(RuntimeError):
             "composite.context(model)) would return the plain gradient. Use "
             "ctc_plugin.CTCAttributor(model, composite, feature_mask=...) — "
             "`output, relevance = attributor(x, attr_output)` — or ctc_plugin.CTC(model)"
-            ".attribute(x, target, feature_mask=...)"
+            ".attribute(x, target, feature_mask=...). A gradient method meant for the plain "
+            "model (the relevance of distribute_within_features, say) runs after the composite "
+            "is removed: outside the `with CTCAttributor(...)` block"
         )
 
 

@@ -1,9 +1,14 @@
 """Pixel-level CTC: each feature's score distributed over its elements by a relevance map.
 
 CTC scores whole features (segments). To get a map with pixel detail whose per-feature totals
-stay exactly the CTC scores, each feature's score is split among its elements in proportion to
-the *magnitude* of a relevance map (any Zennit composite, any Captum attribution, any callable
-or a precomputed tensor):
+stay exactly the CTC scores, [`distribute_within_features`][ctc_plugin.distribute_within_features]
+splits each feature's score among its elements in proportion to the *magnitude* of a relevance
+map (a precomputed tensor, any Zennit composite, any Captum attribution or any callable: see
+[`ctc_plugin.ctc.relevance`][ctc_plugin.ctc.relevance]), after the scores were computed:
+
+    attributions, scores = CTC(model).attribute(x, target, feature_mask=segments,
+                                                return_feature_scores=True)
+    pixels = distribute_within_features(x, scores, EpsilonPlusFlat(), model=model)
 
 ``attribution_i = score_S * |R_i| / sum_{j in S} |R_j|``  for every element ``i`` of feature ``S``.
 
@@ -21,134 +26,119 @@ elements in all inputs share its score.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
-from zennit.core import Composite
 
-from ctc_plugin.ctc.canonizers import gradient_attributor
+from ctc_plugin.ctc.attribution import FeatureScores, TensorOrTuple
 from ctc_plugin.ctc.masks import FeatureSet, broadcast_to_inputs
-from ctc_plugin.targets import resolve_targets
-
-WithinFeature = (
-    torch.Tensor
-    | tuple[torch.Tensor, ...]
-    | Composite
-    | Callable[[Any, Any], Any]
-    | Any  # a Captum attribution instance
-)
-
-
-def composite_relevance(
-    model: torch.nn.Module, composite: Composite, x: torch.Tensor, attr_output: torch.Tensor
-) -> torch.Tensor:
-    """Relevance of a Zennit composite: Zennit's ``Gradient`` attributor with ``attr_output``.
-
-    The composite's hooks and canonizers are removed when the call ends, also on an exception.
-
-    Args:
-        model: The classifier.
-        composite: Any Zennit composite (EpsilonPlusFlat, EpsilonGammaBox, ...).
-        x: (N, ...) input.
-        attr_output: Output weighting, shaped like the model's output (one-hot for a class).
-
-    Returns:
-        Relevance shaped like ``x``.
-    """
-    with gradient_attributor(model, composite) as attributor:
-        _, relevance = attributor(x.detach(), attr_output.detach())
-    return relevance.detach()
-
-
-def resolve_relevance(
-    within_feature: WithinFeature,
-    inputs: tuple[torch.Tensor, ...],
-    target: Any,
-    model: Callable[..., torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, ...]:
-    """Turn any accepted form of within-feature relevance into tensors shaped like the inputs.
-
-    Args:
-        within_feature: A tensor (tuple) shaped like the inputs; a Zennit composite (needs a
-            ``torch.nn.Module`` ``model``); a Captum attribution instance (called as
-            ``attribute(inputs, target=target)``); or a callable ``f(inputs, target)`` (``inputs``
-            as given to CTC: a tensor, or a tuple for several inputs).
-        inputs: The inputs CTC scored.
-        target: The target of the CTC call (Captum forms; ``None``: the predicted class).
-        model: The classifier, for composites and for resolving ``target=None``.
-
-    Raises:
-        ValueError: A composite without a model, relevance of the wrong shape or count, or
-            non-finite relevance.
-        TypeError: An unsupported kind of ``within_feature``.
-    """
-    single = len(inputs) == 1
-    if isinstance(within_feature, (torch.Tensor, tuple)):
-        relevance = within_feature
-    elif isinstance(within_feature, Composite):
-        if not isinstance(model, torch.nn.Module) or not single:
-            raise ValueError(
-                "within_feature as a Zennit composite needs a torch.nn.Module model and a single "
-                "input tensor; use CTCAttributor(model, ..., within_feature=composite) or pass "
-                "the composite's relevance as a tensor"
-            )
-        with torch.no_grad():
-            output = model(inputs[0])
-        indices = resolve_targets(target, output)
-        one_hot = torch.zeros_like(output.flatten(1)).scatter_(1, indices.view(-1, 1), 1.0)
-        relevance = composite_relevance(model, within_feature, inputs[0], one_hot.view_as(output))
-    elif hasattr(within_feature, "attribute"):
-        forward = getattr(within_feature, "forward_func", model)
-        if target is None and forward is not None:
-            with torch.no_grad():
-                target = resolve_targets(None, forward(*inputs))
-        relevance = within_feature.attribute(inputs[0] if single else inputs, target=target)
-    elif callable(within_feature):
-        relevance = within_feature(inputs[0] if single else inputs, target)
-    else:
-        raise TypeError(
-            "within_feature must be a relevance tensor (tuple), a Zennit composite, a Captum "
-            f"attribution or a callable f(inputs, target); got {type(within_feature).__name__}"
-        )
-    return _check_relevance(relevance, inputs)
-
-
-def _check_relevance(relevance: Any, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    if isinstance(relevance, tuple) and len(relevance) != len(inputs):
-        raise ValueError(f"got {len(relevance)} relevance tensors for {len(inputs)} inputs")
-    return broadcast_to_inputs(relevance, inputs, "within-feature relevance")
+from ctc_plugin.ctc.relevance import Relevance, compute_relevance
+from ctc_plugin.inputs import check_inputs
 
 
 def distribute_within_features(
+    inputs: TensorOrTuple,
+    scores: FeatureScores,
+    relevance: Relevance,
+    *,
+    model: Callable[..., torch.Tensor] | None = None,
+) -> TensorOrTuple:
+    """Pixel-level CTC: split each feature's CTC score over its elements by relevance magnitude.
+
+    Element ``i`` of feature ``S`` gets ``score_S * |R_i| / sum_{j in S} |R_j|`` (evenly
+    ``score_S / |S|`` where the relevance is zero on all of ``S``), so over every feature the
+    elements add up to its CTC score and the map's sign is the score's sign; the relevance only
+    decides *where* inside the feature the score sits.
+
+    Args:
+        inputs: The inputs CTC scored (a tensor, or a tuple of them), as given to
+            [`CTC.attribute`][ctc_plugin.CTC.attribute] or the
+            [`CTCAttributor`][ctc_plugin.CTCAttributor].
+        scores: The [`FeatureScores`][ctc_plugin.FeatureScores] of that call
+            (``attribute(..., return_feature_scores=True)`` or ``attributor.feature_scores``);
+            they carry the feature mask the call used and the target it scored.
+        relevance: Where inside each feature the score goes (see
+            [`compute_relevance`][ctc_plugin.ctc.relevance.compute_relevance]): a relevance
+            tensor (or tuple) shaped like the inputs; a Zennit composite (pass ``model``); a
+            Captum attribution, called as ``attribute(inputs, target=scores.target)``; or a
+            callable ``f(inputs, target)`` given ``scores.target``.
+        model: The classifier, a ``torch.nn.Module`` (needed for a Zennit composite).
+
+    Returns:
+        Attributions shaped like ``inputs`` (a tensor, or a tuple for tuple inputs).
+
+    Raises:
+        TypeError: ``scores`` are not [`FeatureScores`][ctc_plugin.FeatureScores], or a
+            relevance of none of the accepted forms.
+        ValueError: Scores of other inputs, relevance of the wrong shape or count, non-finite
+            relevance, or a Zennit composite without a ``torch.nn.Module`` model.
+
+    Examples:
+        >>> attributions, scores = CTC(model).attribute(
+        ...     images, target, feature_mask=segments, return_feature_scores=True)
+        >>> pixels = distribute_within_features(images, scores, EpsilonPlusFlat(), model=model)
+        >>> pixels = distribute_within_features(images, scores, InputXGradient(model))
+    """
+    if not isinstance(scores, FeatureScores):
+        raise TypeError(
+            "scores must be the FeatureScores of a CTC call (CTC(model).attribute(..., "
+            "return_feature_scores=True) or CTCAttributor.feature_scores); got "
+            f"{type(scores).__name__}"
+        )
+    inputs_tuple = check_inputs(inputs)
+    features = _features_of(scores, inputs_tuple)
+    given = compute_relevance(relevance, inputs, scores.target, model=model)
+    if isinstance(given, tuple) and len(given) != len(inputs_tuple):
+        raise ValueError(f"got {len(given)} relevance tensors for {len(inputs_tuple)} inputs")
+    checked = broadcast_to_inputs(given, inputs_tuple, "within-feature relevance")
+    out = spread_by_relevance(scores.scores, features, inputs_tuple, checked)
+    return out if isinstance(inputs, tuple) else out[0]
+
+
+def _features_of(scores: FeatureScores, inputs: tuple[torch.Tensor, ...]) -> FeatureSet:
+    """The features the scores belong to, checked against ``inputs``."""
+    masks = scores.feature_mask
+    n = inputs[0].shape[0]
+    fits = len(masks) == len(inputs) and scores.scores.shape[0] == n
+    for mask, x in zip(masks, inputs):
+        try:
+            fits = fits and mask.expand(x.shape).shape == x.shape
+        except RuntimeError:
+            fits = False
+    if not fits:
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        mask_shapes = ", ".join(str(tuple(m.shape)) for m in masks)
+        raise ValueError(
+            f"these scores belong to other inputs: {scores.scores.shape[0]} examples with feature "
+            f"masks {mask_shapes}, but the inputs are {shapes}; pass the inputs of the call that "
+            "returned the scores"
+        )
+    return FeatureSet(masks=masks, ids=scores.ids, presence=scores.present)
+
+
+def spread_by_relevance(
     scores: torch.Tensor,
     features: FeatureSet,
     inputs: tuple[torch.Tensor, ...],
-    within_feature: WithinFeature,
-    target: Any,
-    model: Callable[..., torch.Tensor] | None = None,
+    relevance: tuple[torch.Tensor, ...],
 ) -> tuple[torch.Tensor, ...]:
-    """Split each feature's CTC score over its elements by relevance magnitude.
+    """Split each feature's score over its elements by relevance magnitude (the formula).
 
     Args:
         scores: (N, K) CTC scores (0 for absent features).
         features: The features the scores belong to.
         inputs: The inputs, one tensor per feature mask.
-        within_feature: The relevance (see
-            [`resolve_relevance`][ctc_plugin.ctc.within.resolve_relevance]).
-        target: The CTC call's target, handed to the relevance method.
-        model: The classifier (needed for Zennit composites).
+        relevance: One relevance tensor per input, shaped like it.
 
     Returns:
         One attribution per input, shaped like it; over every feature the elements add up to
         the feature's score.
     """
-    relevance = resolve_relevance(within_feature, inputs, target, model)
     n, k = scores.shape
     positions, magnitudes = [], []
     totals = scores.new_zeros(n, k)
     counts = scores.new_zeros(n, k)
     for index, (x, r) in enumerate(zip(inputs, relevance)):
-        mask = features.masks[index].expand(x.shape).reshape(n, -1)
+        mask = features.masks[index].expand(x.shape).reshape(n, -1).contiguous()
         pos = torch.searchsorted(features.ids, mask)
         magnitude = r.reshape(n, -1).abs().to(scores.dtype)
         totals.scatter_add_(1, pos, magnitude)
@@ -168,4 +158,4 @@ def distribute_within_features(
     return tuple(out)
 
 
-__all__ = ["composite_relevance", "distribute_within_features", "resolve_relevance"]
+__all__ = ["distribute_within_features", "spread_by_relevance"]

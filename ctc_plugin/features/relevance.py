@@ -6,8 +6,9 @@ composite (``AlphaBeta(alpha=1, beta=0)`` on convolutions and linear layers; Zen
 ``EpsilonAlpha2Beta1`` is a different rule), and
 [`zennit_relevance`][ctc_plugin.features.relevance.zennit_relevance] hands any Zennit composite's
 result over as a plain heatmap.
-[`relevance_heatmap`][ctc_plugin.features.relevance.relevance_heatmap] accepts a Zennit
-composite, a Captum attribution object or any callable.
+[`relevance_heatmap`][ctc_plugin.features.relevance.relevance_heatmap] accepts every form of
+relevance the package takes (a tensor, a Zennit composite, a Captum attribution or a callable:
+[`ctc_plugin.ctc.relevance`][ctc_plugin.ctc.relevance], the one place that runs them).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from zennit.canonizers import Canonizer
@@ -25,12 +25,15 @@ from zennit.rules import AlphaBeta
 from zennit.types import Convolution
 
 from ctc_plugin.concurrency import exclusive
-from ctc_plugin.ctc.canonizers import PositiveEpsMergeBatchNorm, gradient_attributor
-from ctc_plugin.targets import class_indices, resolve_targets
+from ctc_plugin.ctc.canonizers import PositiveEpsMergeBatchNorm
+from ctc_plugin.ctc.relevance import Relevance, compute_relevance, one_hot_of, run_composite
+from ctc_plugin.targets import class_indices
 
 __all__ = ["lrp_alpha1beta0", "relevance_heatmap", "resolve_target", "zennit_relevance"]
 
-RelevanceMethod = Composite | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | Any
+#: A relevance for feature selection: any form of
+#: [`Relevance`][ctc_plugin.ctc.relevance.Relevance].
+RelevanceMethod = Relevance
 
 
 def lrp_alpha1beta0(
@@ -134,14 +137,8 @@ def _run_composite(
     model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, composite: Composite
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(output, relevance summed over channels)`` of one Zennit Gradient run."""
-    with gradient_attributor(model, composite) as attributor:
-
-        def one_hot(output: torch.Tensor) -> torch.Tensor:
-            classes = resolve_targets(targets, output.detach())  # range checked, -1 is the last
-            return torch.nn.functional.one_hot(classes, output.shape[1]).to(output.dtype)
-
-        output, attribution = attributor(images.detach(), one_hot)
-    return output.detach(), attribution.detach().sum(dim=1)
+    output, relevance = run_composite(model, composite, images, one_hot_of(targets))
+    return output, relevance.sum(dim=1)
 
 
 def relevance_heatmap(
@@ -153,33 +150,34 @@ def relevance_heatmap(
     """Compute a relevance heatmap ``(N, H, W)`` with whatever method the user passed.
 
     Args:
-        method: ``None`` (LRP-alpha1-beta0 through Zennit), a Zennit ``Composite``, a Captum
-            attribution object (anything with ``.attribute(inputs, target=...)``, e.g.
-            ``captum.attr.LRP(model)`` or ``IntegratedGradients(model)``), or a callable
-            ``method(images, target) -> Tensor``.
+        method: ``None`` (LRP-alpha1-beta0 through Zennit, see
+            [`zennit_relevance`][ctc_plugin.features.relevance.zennit_relevance]) or any form of
+            [`Relevance`][ctc_plugin.ctc.relevance.Relevance]: a heatmap tensor, a Zennit
+            ``Composite``, a Captum attribution object (anything with
+            ``.attribute(inputs, target=...)``, e.g. ``captum.attr.LRP(model)`` or
+            ``IntegratedGradients(model)``), or a callable ``method(images, target) -> Tensor``;
+            all run by [`compute_relevance`][ctc_plugin.ctc.relevance.compute_relevance].
         model: The classifier (needed for ``None``, composites and ``target=None``).
         images: Input batch ``(N, C, H, W)`` as the model takes it.
         target: Class per image, one class for all, or ``None`` for the predicted class.
 
     Returns:
         The attribution summed over channels when it has them, ``(N, H, W)``.
+
+    Raises:
+        ValueError: ``None`` or a composite without a ``torch.nn.Module`` model, a target that is
+            not class indices, or a heatmap that does not fit the images.
+        TypeError: A method of none of the accepted forms.
     """
-    if method is None or isinstance(method, Composite):
+    if method is None:
         if not isinstance(model, torch.nn.Module):
             raise ValueError(
-                "a Zennit composite needs the classifier: pass model=<torch.nn.Module>"
+                "the default relevance (LRP-alpha1-beta0, a Zennit composite) runs on the "
+                "classifier's modules: pass model=<torch.nn.Module>, or give a relevance"
             )
-        return zennit_relevance(model, images, target, method)
+        return zennit_relevance(model, images, target)
     targets = resolve_target(model, images, target) if model is not None else target
-    if hasattr(method, "attribute"):
-        result = method.attribute(images, target=targets)
-    elif callable(method):
-        result = method(images, targets)
-    else:
-        raise TypeError(
-            "relevance must be None, a Zennit composite, a Captum attribution, a callable "
-            f"(images, target) -> Tensor, or a heatmap tensor; got {type(method).__name__}"
-        )
+    result = compute_relevance(method, images, targets, model=model)
     return as_heatmap(torch.as_tensor(result), images)
 
 

@@ -204,8 +204,8 @@ def test_registry_name_ctc() -> None:
     assert COMPOSITES["ctc"] is CTCComposite
     model = module_net()
     x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
-    composite = COMPOSITES["ctc"](bias_sharing="none", feature_mask=grid_mask(8, 2))
-    _, relevance = CTCAttributor(model, composite)(x, one_hot(0, 3))
+    composite = COMPOSITES["ctc"](bias_sharing="none")
+    _, relevance = CTCAttributor(model, composite, feature_mask=grid_mask(8, 2))(x, one_hot(0, 3))
     expected = CTC(model, bias_sharing="none").attribute(x, 0, feature_mask=grid_mask(8, 2))
     torch.testing.assert_close(relevance, expected, **TOL)
 
@@ -290,6 +290,63 @@ def test_hooks_and_parameters_restored_on_exception(where: str) -> None:
     assert conv.bias is bias and "bias" not in conv.__dict__
     assert hook_counts(model) == hooks and not composite.handles
     assert torch.equal(model(x), before)
+
+
+class FailingCanonizer(SequentialMergeBatchNorm):
+    """A canonizer that fails after the composite registered part of itself."""
+
+    def apply(self, root_module: nn.Module) -> list:
+        raise RuntimeError("canonizer failed")
+
+
+@pytest.mark.parametrize("use", ["call", "with"])
+def test_a_registration_that_fails_halfway_leaves_no_hooks(use: str) -> None:
+    model = module_net()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    before = model(x)
+    tensors = dict([*model.named_parameters(), *model.named_buffers()])
+    composite = MixedComposite(
+        [
+            CTCComposite(bias_sharing="proportional"),
+            EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm(), FailingCanonizer()]),
+        ]
+    )
+    attributor = CTCAttributor(model, composite, feature_mask=grid_mask(8, 2))
+    with pytest.raises(RuntimeError, match="canonizer failed"):
+        if use == "call":
+            attributor(x, one_hot(0, 3))
+        else:
+            with attributor:
+                pass
+    assert hook_counts(model) == 0 and not composite.handles
+    for name, value in [*model.named_parameters(), *model.named_buffers()]:
+        assert value is tensors[name], name
+    assert all("weight" not in m.__dict__ and "bias" not in m.__dict__ for m in model.modules())
+    assert torch.equal(model(x), before)
+
+
+@pytest.mark.parametrize("mask", [grid_mask(8, 2), (grid_mask(8, 2),), [torch.ones(8, 8) > 0]])
+def test_the_composite_holds_no_feature_mask(mask) -> None:
+    with pytest.raises(TypeError, match=r"CTCAttributor\(model, composite, feature_mask=mask\)"):
+        CTCComposite(mask)
+    with pytest.raises(TypeError, match="feature_mask"):
+        CTCComposite(feature_mask=grid_mask(8, 2))
+
+
+def test_the_call_mask_overrides_the_attributors() -> None:
+    model = module_net()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    attributor = CTCAttributor(
+        model, CTCComposite(bias_sharing="none"), feature_mask=grid_mask(8, 2)
+    )
+    for mask in (grid_mask(8, 2), grid_mask(8, 4)):
+        _, relevance = attributor(x, one_hot(1, 3), feature_mask=mask)
+        expected = CTC(model, bias_sharing="none").attribute(x, 1, feature_mask=mask)
+        torch.testing.assert_close(relevance, expected, **TOL)
+        assert torch.equal(attributor.feature_scores.feature_mask[0], mask)
+    _, default = attributor(x, one_hot(1, 3))
+    expected = CTC(model, bias_sharing="none").attribute(x, 1, feature_mask=grid_mask(8, 2))
+    torch.testing.assert_close(default, expected, **TOL)
 
 
 class DoubledConv(nn.Conv2d):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import matplotlib
 import pytest
 import torch
@@ -11,7 +13,7 @@ from captum.attr import visualization as viz
 from captum.metrics import infidelity, sensitivity_max
 from torch import nn
 
-from ctc_plugin import CTC
+from ctc_plugin import CTC, distribute_within_features
 from ctc_plugin.testing import CNNSpec, RandomCNN, random_partition
 
 matplotlib.use("Agg")
@@ -31,6 +33,70 @@ def test_attribute_carries_wrapped_for_captum_wrappers(model):
         x, nt_type="smoothgrad", nt_samples=3, stdevs=0.05, target=1, feature_mask=mask
     )
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_attribute_takes_inputs_and_target_by_position_and_the_rest_by_keyword(model):
+    parameters = inspect.signature(CTC.attribute).parameters.values()
+    positional = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional == ["self", "inputs", "target"]
+    assert all(p.kind is p.KEYWORD_ONLY for p in parameters if p.name not in positional)
+    x = torch.rand(2, 3, 8, 8)
+    mask = random_partition(8, 8, 4, seed=1)
+    ctc = CTC(model, bias_sharing="proportional")
+    for target in (None, 1, [2, 0], torch.tensor([0, 1])):
+        by_position = ctc.attribute(x, target, feature_mask=mask)
+        assert torch.equal(by_position, ctc.attribute(x, target=target, feature_mask=mask))
+        assert torch.equal(by_position, ctc.attribute(inputs=x, target=target, feature_mask=mask))
+    with pytest.raises(TypeError, match="positional"):
+        ctc.attribute(x, 1, mask)
+    with pytest.raises(TypeError, match="within_feature"):
+        ctc.attribute(x, 1, feature_mask=mask, within_feature=torch.ones_like(x))
+
+
+@pytest.mark.parametrize("nt_type", ["smoothgrad", "smoothgrad_sq"])
+@pytest.mark.parametrize("per_example_mask", [False, True])
+def test_noise_tunnel_hands_ctc_its_keywords(model, nt_type, per_example_mask):
+    """Captum's NoiseTunnel expands target, feature_mask and baselines per noisy sample."""
+    x = torch.rand(2, 3, 8, 8)
+    mask = random_partition(8, 8, 4, seed=2, batch=2 if per_example_mask else 1)
+    ctc = CTC(model, bias_sharing="proportional")
+    plain = ctc.attribute(x, [1, 2], feature_mask=mask, baselines=0.1)
+    smoothed = NoiseTunnel(ctc).attribute(
+        x,
+        nt_type=nt_type,
+        nt_samples=3,
+        stdevs=0.0,  # no noise: every sample is the input, so the mean is the plain map
+        target=[1, 2],
+        feature_mask=mask,
+        baselines=0.1,
+    )
+    expected = plain if nt_type == "smoothgrad" else plain * plain
+    torch.testing.assert_close(smoothed, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
+def test_captum_metrics_run_on_pixel_level_ctc(model):
+    x = torch.rand(2, 3, 8, 8)
+    mask = random_partition(8, 8, 4, seed=3)
+    ctc = CTC(model, bias_sharing="proportional")
+
+    def pixel_ctc(inputs, target, feature_mask):
+        _, scores = ctc.attribute(
+            inputs, target, feature_mask=feature_mask, return_feature_scores=True
+        )
+        return distribute_within_features(inputs, scores, InputXGradient(model))
+
+    attributions = pixel_ctc(x, 0, mask)
+    assert attributions.shape == x.shape
+
+    def perturb(inputs):
+        noise = 0.01 * torch.randn_like(inputs)
+        return noise, inputs - noise
+
+    value = infidelity(model, perturb, x, attributions, target=0, n_perturb_samples=4)
+    assert value.shape == (2,) and torch.isfinite(value).all()
+    sens = sensitivity_max(pixel_ctc, x, target=0, feature_mask=mask, n_perturb_samples=2)
+    assert sens.shape == (2,) and torch.isfinite(sens).all()
 
 
 def test_captum_metrics_run_on_ctc(model):

@@ -81,6 +81,50 @@ def test_any_composite_and_any_callable_are_accepted():
         relevance_heatmap(42, model, images)
 
 
+@pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
+@pytest.mark.parametrize("target", [None, 2, [1, 0]])
+def test_selection_and_pixel_level_ctc_share_one_relevance_dispatch(target):
+    """relevance_heatmap and distribute_within_features run every form the same way."""
+    from captum.attr import InputXGradient
+
+    from ctc_plugin import CTC, distribute_within_features
+    from ctc_plugin.ctc.masks import prepare_features
+    from ctc_plugin.ctc.relevance import compute_relevance
+    from ctc_plugin.ctc.within import spread_by_relevance
+
+    model = conv_bn_model().double()
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(5)).double()
+    forms = {
+        "tensor": torch.randn(2, 3, 8, 8, dtype=torch.float64),
+        "composite": EpsilonPlusFlat(),
+        "captum": InputXGradient(model),
+        "callable": lambda x, t: x * (1.0 + torch.as_tensor(t).view(-1, 1, 1, 1)),
+    }
+    mask = torch.arange(4).view(1, 1, 2, 2).repeat_interleave(4, 2).repeat_interleave(4, 3)
+    _, scores = CTC(model).attribute(images, target, feature_mask=mask, return_feature_scores=True)
+    for name, form in forms.items():
+        relevance = compute_relevance(form, images, scores.target, model=model)
+        assert relevance.shape == images.shape, name
+        heatmap = relevance_heatmap(form, model, images, scores.target)
+        torch.testing.assert_close(heatmap, relevance.sum(dim=1).float(), msg=name)
+        pixels = distribute_within_features(images, scores, form, model=model)
+        features = prepare_features((images,), mask)
+        (expected,) = spread_by_relevance(scores.scores, features, (images,), (relevance,))
+        torch.testing.assert_close(pixels, expected, msg=name)
+    for bad in (42, "lrp", None):
+        with pytest.raises(TypeError) as from_pixels:
+            distribute_within_features(images, scores, bad, model=model)
+        if bad is not None:  # None is feature selection's default (LRP-alpha1-beta0)
+            with pytest.raises(TypeError) as from_selection:
+                relevance_heatmap(bad, model, images)
+            assert str(from_selection.value) == str(from_pixels.value)
+    composite_needs_model = "runs on the classifier's modules: pass model=<torch.nn.Module>"
+    with pytest.raises(ValueError, match=composite_needs_model):
+        distribute_within_features(images, scores, EpsilonPlusFlat())
+    with pytest.raises(ValueError, match=composite_needs_model):
+        relevance_heatmap(EpsilonPlusFlat(), None, images)
+
+
 def test_default_lrp_falls_back_when_batchnorm_merging_changes_the_model():
     import warnings
 

@@ -274,7 +274,7 @@ def test_zennit_gradient_attributors_with_ctc_composite_refuse(idiom: str, mode:
     one_hot = torch.eye(3, dtype=torch.float64)[[1, 2]]
     before = model(x).detach()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    composite = CTCComposite(feature_mask=grid(), bias_sharing=mode)
+    composite = CTCComposite(bias_sharing=mode)
     with pytest.raises(CompositeOutsideAttributorError, match=r"CTCAttributor\(model, composite"):
         GRADIENT_IDIOMS[idiom](model, composite, x, one_hot)
     # the model is left as it was: no hooks, same parameters, same output
@@ -282,7 +282,7 @@ def test_zennit_gradient_attributors_with_ctc_composite_refuse(idiom: str, mode:
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     torch.testing.assert_close(model(x), before)
     # the idiom the error names gives the CTC relevance
-    _, relevance = CTCAttributor(model, composite)(x, one_hot)
+    _, relevance = CTCAttributor(model, composite, feature_mask=grid())(x, one_hot)
     for row, target in enumerate([1, 2]):
         expected = CTC(model, bias_sharing=mode).attribute(
             x[row : row + 1], target, feature_mask=grid()
@@ -293,7 +293,7 @@ def test_zennit_gradient_attributors_with_ctc_composite_refuse(idiom: str, mode:
 def test_mixed_composite_with_ctc_refuses_gradient_too() -> None:
     model = zennit_net()
     x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
-    composite = MixedComposite([CTCComposite(feature_mask=grid()), EpsilonPlusFlat()])
+    composite = MixedComposite([CTCComposite(), EpsilonPlusFlat()])
     with pytest.raises(CompositeOutsideAttributorError, match="plain gradient"):
         Gradient(model, composite)(x, torch.eye(3, dtype=torch.float64)[[0]])
     assert hook_count(model) == 0
@@ -326,16 +326,19 @@ def test_plain_forward_and_gradient_free_use_are_untouched() -> None:
     torch.testing.assert_close(leaf.grad, plain.grad)
 
 
-def test_within_feature_gradients_run_with_the_ctc_composite_taken_off() -> None:
+def test_within_feature_gradients_run_after_the_ctc_composite_is_removed() -> None:
     from captum.attr import Saliency
+
+    from ctc_plugin import distribute_within_features
 
     model = zennit_net()
     x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
     one_hot = torch.eye(3, dtype=torch.float64)[[1]]
-    attributor = CTCAttributor(
-        model, CTCComposite(feature_mask=grid()), within_feature=Saliency(model)
-    )
-    _, relevance = attributor(x, one_hot)
+    with CTCAttributor(model, CTCComposite(), feature_mask=grid()) as attributor:
+        attributor(x, one_hot)
+        with pytest.raises(CompositeOutsideAttributorError, match="outside the `with"):
+            distribute_within_features(x, attributor.feature_scores, Saliency(model))
+    relevance = distribute_within_features(x, attributor.feature_scores, Saliency(model))
     scores = CTC(model).attribute(x, 1, feature_mask=grid())
     mask = grid()[0, 0]
     for feature in mask.unique():  # each feature's relevance still adds up to its score

@@ -202,15 +202,18 @@ def test_ctc(sharing: str, one_instance: bool) -> None:
 
 
 def test_ctc_with_a_zennit_composite_inside() -> None:
-    """``within_feature`` as a Zennit composite changes the model during the call."""
+    """Pixel-level CTC with a Zennit composite changes the model during the call."""
     from zennit.composites import EpsilonPlusFlat
+
+    from ctc_plugin import distribute_within_features
 
     model = cnn(seed=5)
     ctc = CTC(model, bias_sharing="proportional")
     composite = EpsilonPlusFlat()  # one composite object shared by every thread too
 
     def call(images, target, mask):
-        return ctc.attribute(images, target=target, feature_mask=mask, within_feature=composite)
+        _, scores = ctc.attribute(images, target, feature_mask=mask, return_feature_scores=True)
+        return distribute_within_features(images, scores, composite, model=model)
 
     check_threads([model], [partial(call, *example) for example in examples(8)])
 
