@@ -22,6 +22,7 @@ def moved_keywords(
     *,
     config: tuple[type, str] | None = None,
     hints: Mapping[str, str] | None = None,
+    old_call: Callable[[tuple[Any, ...], dict[str, Any]], str | None] | None = None,
 ) -> Callable[[F], F]:
     """Refuse the keyword arguments a function no longer takes, saying where each went.
 
@@ -30,6 +31,8 @@ def moved_keywords(
             ``ConfigClass`` are refused with the call that sets them on the config, e.g.
             ``config=SelectionConfig(k=3, eps=5.0)``.
         hints: Other retired keywords, each with the sentence that says what to do instead.
+        old_call: Recognises a retired calling form from ``(args, kwargs)`` (e.g. arguments in
+            their old order) and returns what to do instead, or ``None`` for a current call.
 
     Returns:
         A decorator for functions and ``__init__`` methods.
@@ -42,6 +45,9 @@ def moved_keywords(
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            advice = old_call(args, kwargs) if old_call is not None else None
+            if advice is not None:
+                raise TypeError(f"{name}() is called differently now: {advice}")
             moved = {k: v for k, v in kwargs.items() if k in fields and k not in other}
             retired = [k for k in kwargs if k in other]
             if moved or retired:

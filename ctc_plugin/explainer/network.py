@@ -97,6 +97,28 @@ _BUILD_THE_BACKBONE = (
 )
 
 
+def _old_explainer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """Recognise ``Explainer(num_classes, backbone="name", ...)``, the constructor's old form."""
+    first = args[1] if len(args) > 1 else kwargs.get("backbone")  # args[0] is self
+    if isinstance(first, str) or (isinstance(first, int) and not isinstance(first, bool)):
+        if isinstance(first, int):
+            count: Any = first
+        else:  # Explainer("name", 6): the new order with a name for the module
+            count = args[2] if len(args) > 2 else kwargs.get("num_classes", "num_classes")
+        name = first if isinstance(first, str) else kwargs.get("backbone", "unet-small")
+        return (
+            f"it takes the backbone module first, then num_classes: {_BUILD_THE_BACKBONE}, e.g. "
+            f"Explainer(build_backbone({name!r}, {count}), {count})"
+        )
+    if first is None and "num_classes" in kwargs:
+        count = kwargs["num_classes"]
+        return (
+            f"it needs the backbone module: {_BUILD_THE_BACKBONE}, e.g. "
+            f"Explainer(build_backbone('unet-small', {count}), {count})"
+        )
+    return None
+
+
 class Explainer(nn.Module):
     """A mask network: one logit map per class at input resolution; masks are their sigmoid.
 
@@ -147,7 +169,8 @@ class Explainer(nn.Module):
                 "student_width",
                 "backbone_weights",
             )
-        }
+        },
+        old_call=_old_explainer_call,
     )
     def __init__(
         self,
@@ -159,20 +182,9 @@ class Explainer(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(backbone, nn.Module):
-            if isinstance(backbone, int) and not isinstance(backbone, bool):
-                raise TypeError(
-                    f"Explainer takes the backbone module first, then num_classes, got "
-                    f"{backbone!r} first: {_BUILD_THE_BACKBONE}, e.g. "
-                    f"Explainer(build_backbone('unet-small', {backbone}), {backbone})"
-                )
-            hint = (
-                f"build_backbone({backbone!r}, num_classes, ...)"
-                if isinstance(backbone, str)
-                else "an nn.Module"
-            )
             raise TypeError(
-                f"backbone must be an nn.Module, got {type(backbone).__name__}; pass {hint} "
-                "(ctc_plugin.explainer.backbones)"
+                f"backbone must be an nn.Module, got {type(backbone).__name__}; build a named one "
+                "with ctc_plugin.explainer.backbones.build_backbone"
             )
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
