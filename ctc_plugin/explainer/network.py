@@ -106,6 +106,8 @@ def _old_explainer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | 
         else:  # Explainer("name", 6): the new order with a name for the module
             count = args[2] if len(args) > 2 else kwargs.get("num_classes", "num_classes")
         name = first if isinstance(first, str) else kwargs.get("backbone", "unet-small")
+        if isinstance(name, nn.Module):  # Explainer(6, backbone=module)
+            return f"it takes the backbone module first: Explainer(backbone, {count})"
         return (
             f"it takes the backbone module first, then num_classes: {_BUILD_THE_BACKBONE}, e.g. "
             f"Explainer(build_backbone({name!r}, {count}), {count})"

@@ -70,6 +70,8 @@ def test_old_constructor_calls_say_how_to_build_the_backbone():
         Explainer(num_classes=6)
     with pytest.raises(TypeError, match=r"build_backbone\('student-unet', 6\)"):
         Explainer("student-unet", 6)
+    with pytest.raises(TypeError, match=r"module first: Explainer\(backbone, 6\)$"):
+        Explainer(6, backbone=nn.Conv2d(3, 6, 1))
     with pytest.raises(TypeError, match="backbone must be an nn.Module, got list"):
         Explainer([nn.Conv2d(3, 6, 1)], 6)
     backbone = build_backbone("unet-small", 6)
