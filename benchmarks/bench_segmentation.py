@@ -91,9 +91,7 @@ def bench_quality(count: int) -> None:
         partition = to_partition(masks, shape=instances.shape)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            details = select_features(
-                partition[None, None], item["image"][None], model=model, return_details=True
-            )
+            details = select_features(partition[None, None], item["image"][None], model=model)
         labels = partition.numpy()
         evidence = item["evidence"].numpy()
         # the feature holding most of the evidence pixels

@@ -295,7 +295,9 @@ def _train(args: argparse.Namespace) -> int:
 
     from ctc_plugin import zoo
     from ctc_plugin.datasets import TRAIN_SEED, ShapesDataset
+    from ctc_plugin.explainer.backbones import build_backbone
     from ctc_plugin.explainer.network import Explainer
+    from ctc_plugin.explainer.presets import get_preset
     from ctc_plugin.explainer.specificity import two_object_training_data
 
     if args.two_object_fraction > 0 and args.split != "shapes":
@@ -319,21 +321,18 @@ def _train(args: argparse.Namespace) -> int:
     backbone_options = {}
     if args.backbone == "classifier":
         backbone_options = {"classifier": classifier, "head": zoo.HEADS[args.model]}
-    explainer = Explainer(
-        train.num_classes,
-        backbone=args.backbone,
-        width=args.width,
-        depth=args.depth,
-        input_scale=args.input_scale,
-        **backbone_options,
+    backbone = build_backbone(
+        args.backbone, train.num_classes, width=args.width, depth=args.depth, **backbone_options
+    )
+    explainer = Explainer(backbone, train.num_classes, input_scale=args.input_scale)
+    hyperparameters = get_preset(args.preset).updated(
+        lr=args.lr, **{name: getattr(args, name) for name in WEIGHTS}
     )
     result = explainer.fit(
         classifier,
         DataLoader(TensorDataset(train_images, train_labels), args.batch_size, shuffle=True),
         DataLoader(TensorDataset(val_images, val_labels), args.batch_size),
-        preset=args.preset,
-        lr=args.lr,
-        **{name: getattr(args, name) for name in WEIGHTS},
+        hyperparameters,
         epochs=args.epochs,
         patience=args.patience,
         seed=args.seed,
@@ -452,14 +451,17 @@ def _gated_explainer(
     import torch
 
     from ctc_plugin import zoo
+    from ctc_plugin.explainer.backbones import build_backbone
     from ctc_plugin.explainer.network import Explainer
 
+    mask = default.config()  # the default explainer's U-Net, whose masks the gate keeps
     options = {
         "in_channels": default.in_channels,
-        "width": default.width,
-        "depth": default.depth,
+        "width": mask["width"],
+        "depth": mask["depth"],
         "mask_scale": default.input_scale,
     }
+    classes = default.num_classes
     head = zoo.HEADS[args.model]
     history: list[float] = []
     if args.gate in STUDENT_GATES:
@@ -468,20 +470,16 @@ def _gated_explainer(
 
         torch.manual_seed(args.seed)
         if args.gate == "student-unet":  # one network: class maps and masks from the default's
-            gated = Explainer(
-                default.num_classes,
-                backbone="student-unet",
-                in_channels=default.in_channels,
-                width=args.student_width,
+            backbone = build_backbone(
+                "student-unet", classes, in_channels=default.in_channels, width=args.student_width
             )
+            gated = Explainer(backbone, classes)
             distil = partial(distil_student_unet, gated.backbone, classifier, head, default)
         else:  # a student of the class maps gates a copy of the default's U-Net
-            gated = Explainer(
-                default.num_classes,
-                backbone="student-gated",
-                student_width=args.student_width,
-                **options,
+            backbone = build_backbone(
+                "student-gated", classes, student_width=args.student_width, **options
             )
+            gated = Explainer(backbone, classes)
             distil = partial(distil_class_maps, gated.backbone.encoder, classifier, head)
         history = distil(
             distillation_images(args.split, args.student_images),
@@ -491,13 +489,10 @@ def _gated_explainer(
             show_progress=not args.no_progress,
         )
     else:
-        gated = Explainer(
-            default.num_classes,
-            backbone="classifier-gated",
-            classifier=classifier,
-            head=head,
-            **options,
+        backbone = build_backbone(
+            "classifier-gated", classes, classifier=classifier, head=head, **options
         )
+        gated = Explainer(backbone, classes)
     return gated, history
 
 

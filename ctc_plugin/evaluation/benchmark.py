@@ -212,7 +212,7 @@ def _feature_makers(model: nn.Module) -> dict[str, Callable[..., Tensor]]:
         if targets is None:  # perturbed images: explain the predicted class
             targets = predict(model, images)
         relevance = lrp(model, images, targets, None)
-        return select_features(superpixels(images), images, relevance, target=targets)
+        return select_features(superpixels(images), images, relevance, target=targets).mask
 
     return {"superpixel": _by_content(superpixels), "selected": _by_content(selected)}
 

@@ -3,8 +3,8 @@
 A small U-Net trained as a default explainer outlines the objects but, measured on our data, not
 which class each object is (docs/explainer.md). Multiplying its mask by a gate from class activation
 maps makes the masks class-specific without further training. The class maps come from a copy of the
-classifier (``backbone="classifier-gated"``) or from a small student network distilled from them
-(``backbone="student-gated"``, [`ctc_plugin.explainer.student`][ctc_plugin.explainer.student]);
+classifier (the ``"classifier-gated"`` backbone) or from a small student network distilled from them
+(the ``"student-gated"`` backbone, [`ctc_plugin.explainer.student`][ctc_plugin.explainer.student]);
 [`ctc_plugin.explainer.student_unet`][ctc_plugin.explainer.student_unet] puts both halves into one
 network.
 """

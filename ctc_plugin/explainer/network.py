@@ -12,30 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctc_plugin._moved import moved_keywords
 from ctc_plugin.explainer.maps import check_scale, resize_maps, run_at_scale, select_maps
 from ctc_plugin.files import read_data_file, record_in_manifest
-from ctc_plugin.zoo.loading import read_state_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.explainer.presets import ExplainerHyperparameters
     from ctc_plugin.explainer.training import FitResult
-
-#: Names accepted as ``backbone`` besides an ``nn.Module``.
-BACKBONES = (
-    "unet-small",
-    "classifier",
-    "classifier-gated",
-    "student-gated",
-    "student-unet",
-    "deeplabv3_resnet50",
-    "lraspp_mobilenet_v3",
-)
-
-#: Backbones built from (a copy of) the explained classifier.
-CLASSIFIER_BACKBONES = ("classifier", "classifier-gated")
-
-#: Backbones whose small U-Net masks are gated by class maps (they take ``mask_scale``).
-GATED_BACKBONES = ("classifier-gated", "student-gated")
 
 #: Tag stored in files written by [`Explainer.save`][ctc_plugin.Explainer.save].
 FILE_FORMAT = "ctc-plugin-explainer/1"
@@ -79,6 +62,8 @@ class SmallUNet(nn.Module):
         super().__init__()
         if depth < 2:
             raise ValueError(f"depth must be >= 2, got {depth}")
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
         self.depth = depth
         channels = [width * 2**level for level in range(depth)]
         # Modules are named enc1.., dec1.. (the names of the original three-level network).
@@ -104,35 +89,36 @@ class SmallUNet(nn.Module):
         return self.head(x)
 
 
-def _torchvision_backbone(
-    name: str, num_classes: int, backbone_weights: str | Path | None
-) -> nn.Module:
-    """Build a torchvision segmentation model, randomly initialised or from a local file."""
-    from torchvision.models import segmentation
+#: Keyword arguments of the constructor before it took a backbone module (package 0.1, unreleased).
+_BUILD_THE_BACKBONE = (
+    "build the backbone and pass it: Explainer(build_backbone(name, num_classes, ...), "
+    "num_classes) with build_backbone from ctc_plugin.explainer.backbones (the settings of each "
+    "named backbone are on its page)"
+)
 
-    if name == "deeplabv3_resnet50":
-        model = segmentation.deeplabv3_resnet50(
-            weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False
+
+def _old_explainer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """Recognise ``Explainer(num_classes, backbone="name", ...)``, the constructor's old form."""
+    first = args[1] if len(args) > 1 else kwargs.get("backbone")  # args[0] is self
+    if isinstance(first, str) or (isinstance(first, int) and not isinstance(first, bool)):
+        if isinstance(first, int):
+            count: Any = first
+        else:  # Explainer("name", 6): the new order with a name for the module
+            count = args[2] if len(args) > 2 else kwargs.get("num_classes", "num_classes")
+        name = first if isinstance(first, str) else kwargs.get("backbone", "unet-small")
+        if isinstance(name, nn.Module):  # Explainer(6, backbone=module)
+            return f"it takes the backbone module first: Explainer(backbone, {count})"
+        return (
+            f"it takes the backbone module first, then num_classes: {_BUILD_THE_BACKBONE}, e.g. "
+            f"Explainer(build_backbone({name!r}, {count}), {count})"
         )
-        prefix = ""
-    else:
-        model = segmentation.lraspp_mobilenet_v3_large(
-            weights=None, weights_backbone=None, num_classes=num_classes
+    if first is None and "num_classes" in kwargs:
+        count = kwargs["num_classes"]
+        return (
+            f"it needs the backbone module: {_BUILD_THE_BACKBONE}, e.g. "
+            f"Explainer(build_backbone('unet-small', {count}), {count})"
         )
-        prefix = "features."
-    if backbone_weights is not None:
-        state = read_state_dict(backbone_weights, "backbone weights")
-        state = {k.removeprefix(prefix): v for k, v in state.items()}
-        wanted = model.backbone.state_dict()
-        missing = sorted(set(wanted) - set(state))
-        if missing:
-            raise ValueError(
-                f"backbone weights {str(backbone_weights)!r} do not fit {name}'s encoder: "
-                f"{len(missing)} tensors missing (e.g. {missing[:3]}); give the torchvision "
-                f"ImageNet classification weights of {name.split('_', 1)[1]}"
-            )
-        model.backbone.load_state_dict({k: state[k] for k in wanted})
-    return model
+    return None
 
 
 class Explainer(nn.Module):
@@ -143,154 +129,103 @@ class Explainer(nn.Module):
     Train it with [`fit`][ctc_plugin.Explainer.fit]; use it from Captum code through
     [`ExplainerAttribution`][ctc_plugin.ExplainerAttribution].
 
+    The explainer takes its backbone as a module, as Captum's ``LayerGradCam(model, layer)``
+    takes the layer: the backbones this package ships are built by name with
+    [`build_backbone`][ctc_plugin.explainer.backbones.build_backbone] (which records how, so
+    [`save`][ctc_plugin.Explainer.save] can store it), and any other ``nn.Module`` works too.
+
+    >>> from ctc_plugin import Explainer
+    >>> from ctc_plugin.explainer.backbones import build_backbone
+    >>> explainer = Explainer(build_backbone("unet-small", 6, width=8), 6)  # the default kind
+    >>> fast = Explainer(build_backbone("unet-small", 6), 6, input_scale=0.25)
+
     Args:
+        backbone: An ``nn.Module`` mapping ``(N, in_channels, H, W)`` to
+            ``(N, num_classes, h, w)`` (a tensor or a dict with ``"out"``); smaller outputs are
+            resized bilinearly to ``(H, W)``. Usually one of the named backbones of
+            [`ctc_plugin.explainer.backbones`][ctc_plugin.explainer.backbones].
         num_classes: Classes of the classifier to explain.
-        backbone: ``"unet-small"`` (default, a few thousand parameters), ``"classifier"`` (a
-            trainable copy of the classifier with its head applied per position, plus a small U-Net:
-            class-specific masks, see
-            [`ClassifierBackbone`][ctc_plugin.explainer.classifier_backbone.ClassifierBackbone]),
-            ``"classifier-gated"`` (a small U-Net's masks gated by the classifier's class maps, see
-            [`GatedMaskBackbone`][ctc_plugin.explainer.gated.GatedMaskBackbone]),
-            ``"student-gated"`` (the same gate from a small student distilled from the classifier's
-            class maps, [`ClassMapStudent`][ctc_plugin.explainer.student.ClassMapStudent]:
-            class-specific at under twice the cost of ``"unet-small"``), ``"student-unet"`` (the
-            class maps and the masks from one small network trained from both teachers,
-            [`StudentUNet`][ctc_plugin.explainer.student_unet.StudentUNet]: class-specific at about
-            the cost of ``"unet-small"``), the torchvision segmentation models
-            ``"deeplabv3_resnet50"`` (the original's) or ``"lraspp_mobilenet_v3"``, or any
-            ``nn.Module`` mapping ``(N, in_channels, H, W)`` to ``(N, num_classes, h, w)`` (a tensor
-            or a dict with ``"out"``); smaller outputs are resized bilinearly to ``(H, W)``.
-        in_channels: Channels of the images (the small networks; torchvision models take 3).
-        width: Channels at full resolution of the small U-Net (``"unet-small"``, the
-            refining U-Net of ``"classifier"`` and the gated backbones' U-Net), or of the first
-            block of ``"student-unet"``.
-        depth: Resolutions of that U-Net (3: receptive field about 32 pixels; 4: about
-            70, for objects larger than that). ``"student-unet"`` has a fixed depth and
-            refuses another value.
+        in_channels: Channels of the images (default: the backbone's recipe's, else 3).
         input_scale: Factor in (0, 1] by which images are resized (bilinearly) before the
             backbone; the maps are resized back to the input's size. 0.25 makes the small U-Net
             about 5x cheaper at coarser mask boundaries.
-        backbone_weights: Local file with the ImageNet classification weights of the
-            torchvision backbone's encoder (ResNet-50 or MobileNetV3-Large state dict). ``None``
-            initialises randomly. Nothing is ever downloaded.
-        classifier: The classifier to explain (``"classifier"`` and ``"classifier-gated"``
-            backbones only; copied).
-        head: Name of the classifier's head submodule (those backbones only).
-        mask_scale: Factor in (0, 1] by which the gated backbones resize the images before
-            their U-Net (their class maps always see the full image).
-        student_width: Channels of the first block of the ``"student-gated"`` backbone's
-            student (``"student-unet"`` takes its first block's channels as ``width``).
 
     Raises:
-        ValueError: For an unknown backbone name or unusable settings.
-        FileNotFoundError: If ``backbone_weights`` names a missing file.
+        TypeError: If ``backbone`` is not an ``nn.Module`` (a backbone name: build it with
+            ``build_backbone``), or for a keyword argument the constructor no longer takes
+            (``width=``, ``depth=``, ``classifier=``, ``head=``, ``mask_scale=``,
+            ``student_width=``, ``backbone_weights=`` are settings of the named backbones).
+        ValueError: For unusable settings, or a backbone built for another class count or
+            channel count.
     """
 
+    @moved_keywords(
+        hints={
+            name: _BUILD_THE_BACKBONE
+            for name in (
+                "width",
+                "depth",
+                "classifier",
+                "head",
+                "mask_scale",
+                "student_width",
+                "backbone_weights",
+            )
+        },
+        old_call=_old_explainer_call,
+    )
     def __init__(
         self,
+        backbone: nn.Module,
         num_classes: int,
-        backbone: str | nn.Module = "unet-small",
         *,
-        in_channels: int = 3,
-        width: int = 8,
-        depth: int = 3,
+        in_channels: int | None = None,
         input_scale: float = 1.0,
-        backbone_weights: str | Path | None = None,
-        classifier: nn.Module | None = None,
-        head: str | None = None,
-        mask_scale: float = 1.0,
-        student_width: int = 8,
     ) -> None:
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 2:
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(
+                f"backbone must be an nn.Module, got {type(backbone).__name__}; build a named one "
+                "with ctc_plugin.explainer.backbones.build_backbone"
+            )
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        from ctc_plugin.explainer.backbones import recipe_of
+
+        recipe = recipe_of(backbone)
+        built_for = recipe.settings.get("in_channels") if recipe is not None else None
+        if in_channels is None:
+            in_channels = 3 if built_for is None else int(built_for)
+        if recipe is not None and recipe.num_classes != num_classes:
+            raise ValueError(
+                f"the backbone was built for {recipe.num_classes} classes, the explainer has "
+                f"{num_classes}: give build_backbone and Explainer the same num_classes"
+            )
+        if recipe is not None and built_for is None and in_channels != 3:
+            raise ValueError(f"{recipe.name} takes 3-channel images, got in_channels={in_channels}")
+        if built_for is not None and built_for != in_channels:
+            raise ValueError(
+                f"the backbone was built for {built_for}-channel images, the explainer for "
+                f"in_channels={in_channels}: give both the same value"
+            )
         self.num_classes = num_classes
         self.in_channels = in_channels
-        self.width = width
-        self.depth = depth
         self.input_scale = check_scale("input_scale", input_scale)
-        #: Name of the classifier's head module (``backbone="classifier"`` only).
-        self.classifier_head = head
-        self.mask_scale = float(mask_scale)
-        self.student_width = student_width
         #: Plain data stored with the weights by [`save`][ctc_plugin.Explainer.save] (e.g. how it
         #: was trained).
         self.metadata: dict[str, Any] = {}
-        wants_classifier = isinstance(backbone, str) and backbone in CLASSIFIER_BACKBONES
-        if (classifier is not None, head is not None) != (wants_classifier, wants_classifier):
-            raise ValueError(
-                f"backbones {CLASSIFIER_BACKBONES} need classifier= (the model to explain) and "
-                "head= (the name of its head module); other backbones take neither"
-            )
-        if mask_scale != 1.0 and backbone not in GATED_BACKBONES:
-            raise ValueError(f"mask_scale applies to the backbones {GATED_BACKBONES} only")
-        if depth != 3 and backbone == "student-unet":
-            raise ValueError('depth does not apply to backbone="student-unet" (a fixed depth)')
-        if student_width != 8 and backbone != "student-gated":
-            hint = ' (backbone="student-unet" takes width=)' if backbone == "student-unet" else ""
-            raise ValueError(f'student_width applies to backbone="student-gated" only{hint}')
-        if isinstance(backbone, nn.Module):
-            self.backbone_name = None
-            self.backbone = backbone
-        elif backbone in ("unet-small", "student-unet", *CLASSIFIER_BACKBONES, *GATED_BACKBONES):
-            if backbone_weights is not None:
-                raise ValueError("backbone_weights applies to torchvision backbones only")
-            if width < 1:
-                raise ValueError(f"width must be >= 1, got {width}")
-            self.backbone_name = backbone
-            if backbone == "unet-small":
-                self.backbone = SmallUNet(in_channels, num_classes, width, depth)
-            elif backbone == "student-unet":
-                from ctc_plugin.explainer.student_unet import StudentUNet
-
-                self.backbone = StudentUNet(num_classes, width, in_channels)
-            elif backbone == "classifier":
-                from ctc_plugin.explainer.classifier_backbone import ClassifierBackbone
-
-                assert classifier is not None and head is not None
-                self.backbone = ClassifierBackbone(
-                    classifier, head, num_classes, width, depth, in_channels
-                )
-            else:
-                self.backbone = self._gated_backbone(
-                    backbone, classifier, head, mask_scale, student_width
-                )
-        elif backbone in BACKBONES:
-            if in_channels != 3:
-                raise ValueError(
-                    f"{backbone} takes 3-channel images, got in_channels={in_channels}"
-                )
-            self.backbone_name = backbone
-            self.backbone = _torchvision_backbone(backbone, num_classes, backbone_weights)
-        else:
-            raise ValueError(
-                f"unknown Explainer backbone {backbone!r}; use one of {BACKBONES} or an nn.Module"
-            )
+        self.backbone = backbone
         # Persisted with the weights: how many optimisation steps trained it, and on which size.
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("image_size", torch.zeros(2, dtype=torch.long))
 
-    def _gated_backbone(
-        self,
-        backbone: str,
-        classifier: nn.Module | None,
-        head: str | None,
-        mask_scale: float,
-        student_width: int,
-    ) -> nn.Module:
-        """Build a gated backbone: class maps from a classifier copy or from a student."""
-        from ctc_plugin.explainer.classifier_backbone import class_map_encoder
-        from ctc_plugin.explainer.gated import GatedMaskBackbone
-        from ctc_plugin.explainer.student import ClassMapStudent
+    @property
+    def backbone_name(self) -> str | None:
+        """The backbone's registry name (``"unet-small"``, ...), ``None`` for another module."""
+        from ctc_plugin.explainer.backbones import recipe_of
 
-        if backbone == "classifier-gated":
-            assert classifier is not None and head is not None
-            class_maps = class_map_encoder(classifier, head, self.num_classes)
-        else:
-            class_maps = ClassMapStudent(self.num_classes, student_width, self.in_channels)
-        return GatedMaskBackbone(
-            class_maps, self.num_classes, self.width, self.depth, self.in_channels, mask_scale
-        )
+        recipe = recipe_of(self.backbone)
+        return None if recipe is None else recipe.name
 
     @property
     def is_trained(self) -> bool:
@@ -365,6 +300,7 @@ class Explainer(nn.Module):
         classifier: nn.Module,
         train_loader: Iterable[Any],
         val_loader: Iterable[Any] | None = None,
+        config: ExplainerHyperparameters | None = None,
         **options: Any,
     ) -> FitResult:
         """Train the explainer against a frozen classifier; see `.training.fit_explainer`.
@@ -375,37 +311,52 @@ class Explainer(nn.Module):
                 [`ctc_plugin.datasets.ShapesDataset`][ctc_plugin.datasets.ShapesDataset] items) or
                 ``(image, label)`` tuples.
             val_loader: Optional batches for early stopping (the training loss otherwise).
-            **options: Keyword options of
-                [`fit_explainer`][ctc_plugin.explainer.training.fit_explainer] (``preset``, ``lr``,
-                the loss weights, ``a_min``, ``a_max``, ``epochs``, ``patience``, ``seed``,
-                ``checkpoint``, ``resume``, ...).
+            config: The objective's hyper-parameters, an
+                [`ExplainerHyperparameters`][ctc_plugin.explainer.presets.ExplainerHyperparameters]
+                (``None``: the published defaults; ``get_preset(name)`` for another published
+                setting).
+            **options: The training loop's keyword options of
+                [`fit_explainer`][ctc_plugin.explainer.training.fit_explainer] (``epochs``,
+                ``patience``, ``seed``, ``checkpoint``, ``resume``, ``baseline``, ...).
 
         Returns:
             The per-epoch history and where training stopped.
         """
+        from ctc_plugin.explainer.presets import ExplainerHyperparameters
         from ctc_plugin.explainer.training import fit_explainer
 
-        return fit_explainer(self, classifier, train_loader, val_loader, **options)
+        hyperparameters = ExplainerHyperparameters() if config is None else config
+        return fit_explainer(self, classifier, train_loader, val_loader, hyperparameters, **options)
 
     def config(self) -> dict[str, Any]:
-        """Return the constructor arguments needed to rebuild this explainer."""
-        if self.backbone_name is None:
-            raise ValueError("an explainer with a custom nn.Module backbone has no saveable config")
-        config = {
+        """Return what [`load`][ctc_plugin.Explainer.load] needs to rebuild this explainer.
+
+        ``num_classes``, ``in_channels``, ``input_scale``, the backbone's registry name as
+        ``backbone`` and the backbone's settings (its
+        [`BackboneRecipe`][ctc_plugin.explainer.backbones.BackboneRecipe]).
+
+        Raises:
+            ValueError: If the backbone was not built by
+                [`build_backbone`][ctc_plugin.explainer.backbones.build_backbone] (there is no
+                recipe to store; save its ``state_dict`` yourself).
+        """
+        from ctc_plugin.explainer.backbones import recipe_of
+
+        recipe = recipe_of(self.backbone)
+        if recipe is None:
+            raise ValueError(
+                "an explainer with a custom nn.Module backbone has no saveable config: build a "
+                "named backbone with ctc_plugin.explainer.backbones.build_backbone, or save "
+                "its state_dict yourself"
+            )
+        settings = {k: v for k, v in recipe.settings.items() if k != "in_channels"}
+        return {
             "num_classes": self.num_classes,
-            "backbone": self.backbone_name,
+            "backbone": recipe.name,
             "in_channels": self.in_channels,
-            "width": self.width,
-            "depth": self.depth,
             "input_scale": self.input_scale,
+            **settings,
         }
-        if self.classifier_head is not None:
-            config["head"] = self.classifier_head
-        if self.backbone_name in GATED_BACKBONES:
-            config["mask_scale"] = self.mask_scale
-        if self.backbone_name == "student-gated":
-            config["student_width"] = self.student_width
-        return config
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write the configuration, the weights and optional metadata to ``path``.
@@ -469,31 +420,51 @@ class Explainer(nn.Module):
                 f"explainer file {str(path)!r} is incomplete: it lacks {', '.join(missing)}; "
                 "write it again with Explainer.save (or the command that trained it)"
             )
-        if config["backbone"] in CLASSIFIER_BACKBONES:
-            if classifier is None:
-                raise ValueError(
-                    f"{str(path)!r} holds a copy of its classifier: pass classifier= (a model of "
-                    "the explained architecture, e.g. ctc_plugin.zoo.build(family, num_classes))"
-                )
-            config["classifier"] = classifier
         try:
-            explainer = cls(**config)
+            explainer = cls._from_config(config, classifier)
         except TypeError as error:
             raise ValueError(
                 f"explainer file {str(path)!r} has a config this version cannot build ({error}); "
                 "write it again with Explainer.save"
             ) from error
+        except ValueError as error:
+            raise ValueError(f"explainer file {str(path)!r}: {error}") from error
         try:
             explainer.load_state_dict(payload["state_dict"])
         except RuntimeError as error:
-            shown = {k: v for k, v in config.items() if k != "classifier"}
             detail = " ".join(line.strip() for line in str(error).splitlines()[1:4])
             raise ValueError(
                 f"the state dict in explainer file {str(path)!r} does not fit its config "
-                f"{shown}: {detail or error}"
+                f"{config}: {detail or error}"
             ) from error
         explainer.metadata = dict(payload.get("metadata", {}))
         return explainer.eval()
+
+    @classmethod
+    def _from_config(cls, config: dict[str, Any], classifier: nn.Module | None) -> Explainer:
+        """Build an untrained explainer from a stored config (old files' settings translated)."""
+        from ctc_plugin.explainer.backbones import build_backbone, settings_from_file, settings_of
+
+        stored = dict(config)
+        name, num_classes = stored.pop("backbone"), stored.pop("num_classes")
+        input_scale = stored.pop("input_scale", 1.0)
+        in_channels = stored.pop("in_channels", 3)
+        settings = settings_from_file(name, stored)
+        takes = settings_of(name)
+        unknown = sorted(set(settings) - set(takes))
+        if unknown:  # a TypeError: load reports a config this version cannot build
+            raise TypeError(f"backbone {name!r} takes no setting {', '.join(unknown)}")
+        if "in_channels" in takes:
+            settings["in_channels"] = in_channels
+        if "classifier" in takes:
+            if classifier is None:
+                raise ValueError(
+                    "it holds a copy of its classifier: pass classifier= (a model of the "
+                    "explained architecture, e.g. ctc_plugin.zoo.build(family, num_classes))"
+                )
+            settings["classifier"] = classifier
+        backbone = build_backbone(name, num_classes, **settings)
+        return cls(backbone, num_classes, in_channels=in_channels, input_scale=input_scale)
 
     def hyperparameters(self) -> ExplainerHyperparameters | None:
         """Return the hyper-parameters it was trained with, when loaded from a file."""

@@ -14,7 +14,7 @@ from ctc_plugin.zoo import loading
 
 #: Kinds of shipped explainer: ``"default"`` (small U-Net, fast), ``"class-specific"``
 #: (a copy of the classifier gives the class maps: masks of absent classes stay dark, several
-#: times slower) and ``"distilled"`` (``backbone="student-unet"``: class-specific through one
+#: times slower) and ``"distilled"`` (the ``"student-unet"`` backbone: class-specific through one
 #: small network distilled from the classifier's class maps and the default explainer's masks,
 #: at about the default's cost).
 KINDS = ("default", "class-specific", "distilled")

@@ -3,8 +3,8 @@
 The gate of [`GatedMaskBackbone`][ctc_plugin.explainer.gated.GatedMaskBackbone] needs the
 classifier's class maps (its head applied per position). Running a copy of the classifier costs
 about one forward pass per explanation; a student a few layers deep, trained to reproduce those
-maps, gives the gate at a fraction of that (``backbone="student-gated"``). The student learns the
-explained classifier's maps, not the data's labels, so the gate stays an account of that model.
+maps, gives the gate at a fraction of that (the ``"student-gated"`` backbone). The student learns
+the explained classifier's maps, not the data's labels, so the gate stays an account of that model.
 """
 
 from __future__ import annotations

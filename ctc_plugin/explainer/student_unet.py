@@ -5,8 +5,8 @@ a student of the classifier's class maps for the gate.
 [`StudentUNet`][ctc_plugin.explainer.student_unet.StudentUNet] shares one encoder between them: its
 deepest features give the class maps, a one-step decoder back to a quarter of the input's resolution
 gives the masks, and the same gate as
-[`GatedMaskBackbone`][ctc_plugin.explainer.gated.GatedMaskBackbone] combines them
-(``backbone="student-unet"``).
+[`GatedMaskBackbone`][ctc_plugin.explainer.gated.GatedMaskBackbone] combines them (the
+``"student-unet"`` backbone of [`build_backbone`][ctc_plugin.explainer.backbones.build_backbone]).
 [`distil_student_unet`][ctc_plugin.explainer.student_unet.distil_student_unet] trains it from two
 teachers: the classifier's class maps and a trained default explainer's masks. Both remain accounts
 of the explained model: the class maps are the classifier's, the masks those the published objective

@@ -14,9 +14,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ctc_plugin._moved import moved_keywords
 from ctc_plugin.explainer import losses
 from ctc_plugin.explainer.network import Explainer
-from ctc_plugin.explainer.presets import ExplainerHyperparameters, get_preset
+from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
 from ctc_plugin.files import read_data_file
 
 #: Tag stored in checkpoints written during
@@ -232,21 +233,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+@moved_keywords(
+    config=(ExplainerHyperparameters, "config"),
+    hints={
+        "preset": "pass the preset's hyper-parameters as config=get_preset(name) "
+        "(ctc_plugin.explainer.presets)",
+    },
+)
 def fit_explainer(
     explainer: Explainer,
     classifier: nn.Module,
     train_loader: Iterable[Any],
     val_loader: Iterable[Any] | None = None,
+    config: ExplainerHyperparameters = PRESETS["default"],
     *,
-    preset: str | ExplainerHyperparameters = "default",
-    lr: float | None = None,
-    entropy_weight: float | None = None,
-    tv_weight: float | None = None,
-    area_weight: float | None = None,
-    target_area_weight: float | None = None,
-    nontarget_area_weight: float | None = None,
-    a_min: float | None = None,
-    a_max: float | None = None,
     epochs: int = 10,
     max_steps_per_epoch: int | None = None,
     patience: int = 3,
@@ -260,10 +260,20 @@ def fit_explainer(
 ) -> FitResult:
     """Train ``explainer`` against the frozen ``classifier`` (Stalder et al., NeurIPS 2022).
 
-    Each weight defaults to the chosen preset's value; with the default preset these are the
-    published defaults: ``lr=1e-5``, ``entropy_weight=1``, ``tv_weight=1``, ``area_weight=1``,
-    ``target_area_weight=0.1``, ``nontarget_area_weight=0.3``, ``a_min=0.05``, ``a_max=0.3``
-    (see [`ctc_plugin.explainer.presets`][ctc_plugin.explainer.presets]).
+    The objective's hyper-parameters (learning rate, loss weights, area bounds) are one
+    [`ExplainerHyperparameters`][ctc_plugin.explainer.presets.ExplainerHyperparameters],
+    ``config``; its defaults are the published ones (``lr=1e-5``, ``entropy_weight=1``,
+    ``tv_weight=1``, ``area_weight=1``, ``target_area_weight=0.1``,
+    ``nontarget_area_weight=0.3``, ``a_min=0.05``, ``a_max=0.3``), and
+    [`get_preset`][ctc_plugin.explainer.presets.get_preset] returns the published settings of
+    other classifiers and datasets. The keyword arguments are the training loop's (epochs,
+    early stopping, checkpoints, data handling), not the objective's.
+
+    >>> import dataclasses
+    >>> from ctc_plugin.explainer.presets import ExplainerHyperparameters, get_preset
+    >>> mine = ExplainerHyperparameters(lr=1e-2, tv_weight=0.5)
+    >>> dataclasses.replace(get_preset("resnet50-voc"), lr=1e-3).entropy_weight
+    3.0
 
     The classifier is put in eval mode with ``requires_grad=False`` for the duration and
     restored afterwards, also when training fails; only the explainer's parameters are given to
@@ -278,16 +288,7 @@ def fit_explainer(
             cross-entropy) or multi-hot ``(N, C)`` (multi-label, binary cross-entropy).
         val_loader: Batches monitored for early stopping; the training loss is monitored
             without it.
-        preset: Name of a published setting (``"default"``, ``"vgg16-voc"``,
-            ``"resnet50-voc"``, ``"vgg16-coco"``, ``"resnet50-coco"``) or hyper-parameters.
-        lr: Adam learning rate (``None``: the preset's).
-        entropy_weight: ``lambda_e`` (``None``: the preset's).
-        tv_weight: ``lambda_tv`` (``None``: the preset's).
-        area_weight: ``lambda_a`` (``None``: the preset's).
-        target_area_weight: ``lambda_t`` (``None``: the preset's).
-        nontarget_area_weight: ``lambda_nc`` (``None``: the preset's).
-        a_min: Smallest class-mask area, fraction of the actual ``H * W`` (``None``: preset).
-        a_max: Largest class-mask area, fraction of the actual ``H * W`` (``None``: preset).
+        config: The objective's hyper-parameters (default: the published defaults).
         epochs: Largest number of epochs (counted over a resumed run too).
         max_steps_per_epoch: Stop each epoch after this many batches (``None``: all).
         patience: Epochs without an improvement larger than ``min_delta`` before stopping.
@@ -307,19 +308,24 @@ def fit_explainer(
         The history and the epoch whose weights the explainer holds (the best one).
 
     Raises:
+        TypeError: If ``config`` is not an ``ExplainerHyperparameters`` (a preset name: pass
+            ``get_preset(name)``), or for a keyword argument this function no longer takes
+            (``lr=``, the loss weights and area bounds are fields of the config; ``preset=`` is
+            ``config=get_preset(name)``).
         ValueError: For a class-count mismatch, bad labels or settings, or a checkpoint made
             with other hyper-parameters.
     """
-    hp = get_preset(preset).updated(
-        lr=lr,
-        entropy_weight=entropy_weight,
-        tv_weight=tv_weight,
-        area_weight=area_weight,
-        target_area_weight=target_area_weight,
-        nontarget_area_weight=nontarget_area_weight,
-        a_min=a_min,
-        a_max=a_max,
-    )
+    if not isinstance(config, ExplainerHyperparameters):
+        hint = (
+            f"get_preset({config!r})"
+            if isinstance(config, str)
+            else "ExplainerHyperparameters(lr=...)"
+        )
+        raise TypeError(
+            f"config must be an ExplainerHyperparameters, got {type(config).__name__}; pass "
+            f"config={hint}"
+        )
+    hp = config
     if epochs < 1 or patience < 1:
         raise ValueError(f"epochs and patience must be >= 1, got {epochs} and {patience}")
     optimizer = torch.optim.Adam(explainer.parameters(), lr=hp.lr)

@@ -25,13 +25,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, overload
+from typing import Literal
 
 import jenkspy
 import numpy as np
 import torch
 from sklearn.cluster import DBSCAN
 
+from ctc_plugin._moved import moved_keywords
 from ctc_plugin.features.base import ImageNormalisation
 from ctc_plugin.features.relevance import RelevanceMethod, as_heatmap, relevance_heatmap
 
@@ -242,91 +243,38 @@ def _as_label_maps(feature_mask: torch.Tensor, n: int, shape: tuple[int, int]) -
     return mask[:, 0].cpu()
 
 
-@overload
-def select_features(
-    feature_mask: torch.Tensor,
-    images: torch.Tensor,
-    relevance: torch.Tensor | RelevanceMethod | None = ...,
-    *,
-    model: torch.nn.Module | None = ...,
-    target: int | Sequence[int] | torch.Tensor | None = ...,
-    k: int = ...,
-    grid: int = ...,
-    jenks_classes: int = ...,
-    jenks_break: int = ...,
-    percentile: float = ...,
-    eps: float = ...,
-    min_samples: int = ...,
-    eps_step: float = ...,
-    min_samples_step: int = ...,
-    max_clusters: int = ...,
-    max_noise: float = ...,
-    max_search_steps: int = ...,
-    relevance_weight: float = ...,
-    colour_weight: float = ...,
-    value_range: tuple[float, float] | Literal["auto"] = ...,
-    mean: Sequence[float] | None = ...,
-    std: Sequence[float] | None = ...,
-    return_details: Literal[False] = ...,
-) -> torch.Tensor: ...
-
-
-@overload
-def select_features(
-    feature_mask: torch.Tensor,
-    images: torch.Tensor,
-    relevance: torch.Tensor | RelevanceMethod | None = ...,
-    *,
-    model: torch.nn.Module | None = ...,
-    target: int | Sequence[int] | torch.Tensor | None = ...,
-    k: int = ...,
-    grid: int = ...,
-    jenks_classes: int = ...,
-    jenks_break: int = ...,
-    percentile: float = ...,
-    eps: float = ...,
-    min_samples: int = ...,
-    eps_step: float = ...,
-    min_samples_step: int = ...,
-    max_clusters: int = ...,
-    max_noise: float = ...,
-    max_search_steps: int = ...,
-    relevance_weight: float = ...,
-    colour_weight: float = ...,
-    value_range: tuple[float, float] | Literal["auto"] = ...,
-    mean: Sequence[float] | None = ...,
-    std: Sequence[float] | None = ...,
-    return_details: Literal[True],
-) -> FeatureSelection: ...
-
-
+@moved_keywords(
+    config=(SelectionConfig, "config"),
+    hints={
+        "return_details": "select_features always returns a FeatureSelection now; its .mask is "
+        "the new partition",
+    },
+)
 def select_features(
     feature_mask: torch.Tensor,
     images: torch.Tensor,
     relevance: torch.Tensor | RelevanceMethod | None = None,
     *,
+    config: SelectionConfig = SelectionConfig(),
     model: torch.nn.Module | None = None,
     target: int | Sequence[int] | torch.Tensor | None = None,
-    k: int = 9,
-    grid: int = 4,
-    jenks_classes: int = 6,
-    jenks_break: int = 2,
-    percentile: float = 95.0,
-    eps: float = 12.0,
-    min_samples: int = 20,
-    eps_step: float = 1.0,
-    min_samples_step: int = 2,
-    max_clusters: int = 7,
-    max_noise: float = 0.25,
-    max_search_steps: int = 30,
-    relevance_weight: float = 2.0,
-    colour_weight: float = 1.0 / 3.0,
     value_range: tuple[float, float] | Literal["auto"] = (0.0, 1.0),
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    return_details: bool = False,
-) -> torch.Tensor | FeatureSelection:
-    """Keep the ``k`` features that agree best with the relevant pixel clusters.
+) -> FeatureSelection:
+    """Keep the ``config.k`` features that agree best with the relevant pixel clusters.
+
+    The published constants (``k``, the Jenks grid, the percentile, the DBSCAN search, the
+    coordinate weights) are the fields of one
+    [`SelectionConfig`][ctc_plugin.features.selection.SelectionConfig], as Zennit's composites
+    take rule objects: build one with the values to change, or derive one with
+    ``dataclasses.replace``.
+
+    >>> import dataclasses
+    >>> from ctc_plugin.features import SelectionConfig
+    >>> config = SelectionConfig(k=3, eps=8.0)
+    >>> dataclasses.replace(config, max_search_steps=60).k
+    3
 
     Args:
         feature_mask: Integer partition ``(N, 1, H, W)`` (or ``(1, 1, H, W)``, ``(N, H, W)``,
@@ -336,50 +284,31 @@ def select_features(
         relevance: A heatmap tensor (``(N, H, W)``, ``(N, 1, H, W)`` or ``(N, C, H, W)``), or the
             method to compute one: ``None`` for LRP-alpha1-beta0 through Zennit, a Zennit
             composite, a Captum attribution object, or a callable ``(images, target) -> Tensor``.
+        config: The selection constants (default: the published ones).
         model: The classifier (needed unless ``relevance`` is a tensor or a Captum object).
         target: Class per image, one class for all, or ``None`` for the predicted class.
-        k: Features kept (published: 9).
-        grid: Cells per side for the Jenks breaks (published: 4).
-        jenks_classes: Classes of the Jenks split (published: 6).
-        jenks_break: Which break is the threshold, counting the minimum as 0 (published: 2).
-        percentile: Global relevance percentile (published: 95).
-        eps: Initial DBSCAN radius (published: 12).
-        min_samples: Initial DBSCAN ``min_samples`` (published: 20).
-        eps_step: Growth of ``eps`` per search step (published: 1).
-        min_samples_step: Growth of ``min_samples`` per search step (published: 2).
-        max_clusters: Stopping rule, at most this many clusters (published: 7).
-        max_noise: Stopping rule, at most this fraction of noise (published: 0.25).
-        max_search_steps: Bound on the search (the reference had none).
-        relevance_weight: Weight of ``W * R / max|R|`` among the DBSCAN coordinates (published: 2).
-        colour_weight: Weight of RGB in 0..255 among the coordinates (published: 1/3).
         value_range: Range of the (un-normalised) image values, for the colour coordinates.
         mean: Per-channel mean the images were normalised with, if any.
         std: Per-channel standard deviation the images were normalised with, if any.
-        return_details: Return a
-            [`FeatureSelection`][ctc_plugin.features.selection.FeatureSelection] instead of only
-            the new mask.
 
     Returns:
-        The new partition ``LongTensor`` ``(N, 1, H, W)``: the selected features get ids
-        ``0..k-1`` best first, everything else is merged into id ``k``. With fewer than ``k + 1``
-        features, every feature is kept (re-numbered by rank) and there is no remainder.
+        A [`FeatureSelection`][ctc_plugin.features.selection.FeatureSelection]. Its ``mask`` is
+        the new partition ``LongTensor`` ``(N, 1, H, W)`` (Captum's ``feature_mask``): the
+        selected features get ids ``0..k-1`` best first, everything else is merged into id
+        ``k``. With fewer than ``k + 1`` features, every feature is kept (re-numbered by rank)
+        and there is no remainder.
+
+    Raises:
+        TypeError: If ``config`` is not a ``SelectionConfig``, or for a keyword argument this
+            function no longer takes (``k=``, ``eps=``, ... are fields of the config;
+            ``return_details=`` is gone, the details are always returned).
     """
-    config = SelectionConfig(
-        k=k,
-        grid=grid,
-        jenks_classes=jenks_classes,
-        jenks_break=jenks_break,
-        percentile=percentile,
-        eps=eps,
-        min_samples=min_samples,
-        eps_step=eps_step,
-        min_samples_step=min_samples_step,
-        max_clusters=max_clusters,
-        max_noise=max_noise,
-        max_search_steps=max_search_steps,
-        relevance_weight=relevance_weight,
-        colour_weight=colour_weight,
-    )
+    if not isinstance(config, SelectionConfig):
+        raise TypeError(
+            f"config must be a SelectionConfig, got {type(config).__name__}; build one with "
+            "SelectionConfig(k=..., eps=...)"
+        )
+    k = config.k
     normalisation = ImageNormalisation(
         value_range=value_range if value_range == "auto" else tuple(value_range),
         mean=None if mean is None else tuple(mean),
@@ -402,11 +331,12 @@ def select_features(
         clusters, converged = cluster_relevant_pixels(keep, heatmap_np[index], rgb[index], config)
         if not converged:
             warnings.warn(
-                f"image {index}: the DBSCAN search did not reach <= {max_clusters} clusters and "
-                f"<= {max_noise:.0%} noise within {max_search_steps} steps; using the last step "
-                "(raise max_search_steps or change eps/min_samples)",
+                f"image {index}: the DBSCAN search did not reach <= {config.max_clusters} "
+                f"clusters and <= {config.max_noise:.0%} noise within {config.max_search_steps} "
+                "steps; using the last step (raise SelectionConfig.max_search_steps or change "
+                "its eps/min_samples)",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of select_features (past its wrapper)
             )
         agreement = cluster_agreement(partition, clusters)
         area = np.bincount(partition.ravel(), minlength=len(ids))
@@ -423,8 +353,6 @@ def select_features(
         clusters_all.append(clusters)
         converged_all.append(converged)
     mask = torch.stack(masks)[:, None].to(feature_mask.device)
-    if not return_details:
-        return mask
     return FeatureSelection(
         mask=mask,
         selected=selected_all,

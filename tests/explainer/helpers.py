@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import Explainer
 
 NUM_CLASSES = 3
@@ -50,7 +51,7 @@ def classifier_with_head(mlp: bool = False, seed: int = 0) -> nn.Module:
 
 def tiny_explainer(num_classes: int = NUM_CLASSES, seed: int = 0) -> Explainer:
     torch.manual_seed(seed)
-    return Explainer(num_classes, width=2)
+    return Explainer(build_backbone("unet-small", num_classes, width=2), num_classes)
 
 
 def data(n: int = 12, seed: int = 0, multilabel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

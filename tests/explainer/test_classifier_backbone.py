@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.classifier_backbone import ClassifierBackbone, PerPositionHead
 from ctc_plugin.explainer.network import Explainer
 
@@ -99,7 +100,9 @@ def test_backbone_errors_name_the_problem():
 def test_explainer_with_classifier_backbone_trains_saves_and_loads(tmp_path):
     model = classifier_with_head()
     torch.manual_seed(0)
-    explainer = Explainer(NUM_CLASSES, backbone="classifier", classifier=model, head="head")
+    explainer = Explainer(
+        build_backbone("classifier", NUM_CLASSES, classifier=model, head="head"), NUM_CLASSES
+    )
     explainer.fit(model, tuple_loader(8), epochs=1, progress=False)
     path = explainer.save(tmp_path / "cs.pt")
     assert Explainer.load(path, classifier=model).config()["head"] == "head"
@@ -112,19 +115,22 @@ def test_explainer_with_classifier_backbone_trains_saves_and_loads(tmp_path):
 
 def test_classifier_backbone_needs_its_classifier_and_only_it_takes_one():
     model = classifier_with_head()
-    with pytest.raises(ValueError, match="need classifier="):
-        Explainer(NUM_CLASSES, backbone="classifier")
-    with pytest.raises(ValueError, match="need classifier="):
-        Explainer(NUM_CLASSES, backbone="classifier", classifier=model)
-    with pytest.raises(ValueError, match="other backbones take neither"):
-        Explainer(NUM_CLASSES, classifier=model, head="head")
-    with pytest.raises(ValueError, match="backbone_weights"):
+    with pytest.raises(ValueError, match="'classifier' needs classifier= and head="):
+        Explainer(build_backbone("classifier", NUM_CLASSES), NUM_CLASSES)
+    with pytest.raises(ValueError, match="'classifier' needs head="):
+        Explainer(build_backbone("classifier", NUM_CLASSES, classifier=model), NUM_CLASSES)
+    with pytest.raises(
+        ValueError, match="'unet-small' does not take classifier=, head=; it takes in_channels="
+    ):
         Explainer(
+            build_backbone("unet-small", NUM_CLASSES, classifier=model, head="head"), NUM_CLASSES
+        )
+    with pytest.raises(ValueError, match="'classifier' does not take weights="):
+        Explainer(
+            build_backbone(
+                "classifier", NUM_CLASSES, classifier=model, head="head", weights="x.pt"
+            ),
             NUM_CLASSES,
-            backbone="classifier",
-            classifier=model,
-            head="head",
-            backbone_weights="x.pt",
         )
 
 
@@ -176,12 +182,15 @@ def test_product_logits_is_the_logit_of_the_product_without_overflow():
 def test_gated_explainer_saves_and_loads_and_only_it_takes_mask_scale(tmp_path):
     model = classifier_with_head()
     explainer = Explainer(
-        NUM_CLASSES, backbone="classifier-gated", classifier=model, head="head", mask_scale=0.5
+        build_backbone(
+            "classifier-gated", NUM_CLASSES, classifier=model, head="head", mask_scale=0.5
+        ),
+        NUM_CLASSES,
     ).eval()
     path = explainer.save(tmp_path / "gated.pt")
     loaded = Explainer.load(path, classifier=classifier_with_head(seed=3))
     assert loaded.config()["mask_scale"] == 0.5
     x = torch.rand(2, 3, SIZE, SIZE)
     torch.testing.assert_close(loaded(x), explainer(x))
-    with pytest.raises(ValueError, match="mask_scale applies"):
-        Explainer(NUM_CLASSES, mask_scale=0.5)
+    with pytest.raises(ValueError, match="'unet-small' does not take mask_scale="):
+        Explainer(build_backbone("unet-small", NUM_CLASSES, mask_scale=0.5), NUM_CLASSES)

@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctc_plugin.explainer.attribution import ExplainerAttribution
+from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import Explainer
+from ctc_plugin.explainer.presets import ExplainerHyperparameters
 
 from .helpers import (
     NUM_CLASSES,
@@ -28,7 +30,9 @@ def trained():
     torch.manual_seed(0)
     clf = tiny_classifier().eval()
     explainer = tiny_explainer()
-    explainer.fit(clf, tuple_loader(), epochs=1, lr=1e-2, progress=False)
+    explainer.fit(
+        clf, tuple_loader(), config=ExplainerHyperparameters(lr=1e-2), epochs=1, progress=False
+    )
     return clf, explainer
 
 
@@ -168,7 +172,7 @@ def test_inputs_run_in_the_backbones_memory_format_with_the_same_masks(trained, 
         torch.manual_seed(0)
         needs_classifier = {"classifier": classifier, "head": "head"}
         options = needs_classifier if backbone == "classifier" else {}
-        explainer = Explainer(NUM_CLASSES, backbone=backbone, **options)
+        explainer = Explainer(build_backbone(backbone, NUM_CLASSES, **options), NUM_CLASSES)
         explainer.trained_steps.fill_(1)  # counts as trained: no warning
         explainer.eval()
     expected_format = {

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ctc_plugin.cli import main
+from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.training import load_checkpoint
 from ctc_plugin.zoo import weights_path
@@ -54,7 +55,7 @@ def test_two_object_images_and_depth_are_used_and_recorded(tmp_path):
     argv = ["explainer", "train", "--model", "resnet", "--no-progress", *SMALL, "--out", str(out)]
     assert main([*argv, "--epochs", "1", "--depth", "4", "--two-object-fraction", "0.5"]) == 0
     explainer = Explainer.load(out)
-    assert explainer.depth == 4 and explainer.metadata["two_object_images"] == 4
+    assert explainer.config()["depth"] == 4 and explainer.metadata["two_object_images"] == 4
     command = explainer.metadata["command"]
     assert "--depth 4" in command and "--two-object-fraction 0.5" in command
 
@@ -118,7 +119,7 @@ def test_gate_builds_a_class_specific_explainer_from_a_default_one(default_path,
     with torch.no_grad():
         assert (gated.masks(x) <= default.masks(x) + 1e-5).all()
     untrained = tmp_path / "untrained.pt"
-    Explainer(6).save(untrained)
+    Explainer(build_backbone("unet-small", 6), 6).save(untrained)
     assert main(["explainer", "gate", "--model", "resnet", "--mask-explainer", str(untrained)]) == 2
     err = capsys.readouterr().err
     assert "untrained" in err and "Traceback" not in err

@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.shipped import load_explainer
 
 
 def test_unet_small_any_size_at_input_resolution():
-    explainer = Explainer(5, width=2).eval()
+    explainer = Explainer(build_backbone("unet-small", 5, width=2), 5).eval()
     out = explainer(torch.rand(2, 3, 37, 45))
     assert out.shape == (2, 5, 37, 45)
     masks = explainer.masks(torch.rand(1, 3, 37, 45))
@@ -21,7 +22,7 @@ def test_unet_small_any_size_at_input_resolution():
 
 @pytest.mark.parametrize("depth", [2, 4])
 def test_unet_small_depth_adds_resolutions(depth):
-    explainer = Explainer(3, width=2, depth=depth).eval()
+    explainer = Explainer(build_backbone("unet-small", 3, width=2, depth=depth), 3).eval()
     assert explainer(torch.rand(1, 3, 41, 35)).shape == (1, 3, 41, 35)
     convs = [m for m in explainer.modules() if isinstance(m, nn.Conv2d)]
     # two convolutions per encoder and decoder level, and the 1x1 head
@@ -30,16 +31,16 @@ def test_unet_small_depth_adds_resolutions(depth):
 
 
 def test_depth_is_saved_and_checked(tmp_path):
-    explainer = Explainer(3, width=2, depth=4)
+    explainer = Explainer(build_backbone("unet-small", 3, width=2, depth=4), 3)
     loaded = Explainer.load(explainer.save(tmp_path / "e.pt"))
-    assert loaded.depth == 4 and loaded.config()["depth"] == 4
+    assert loaded.config()["depth"] == 4 and loaded.backbone.depth == 4
     with pytest.raises(ValueError, match="depth"):
-        Explainer(3, depth=1)
+        Explainer(build_backbone("unet-small", 3, depth=1), 3)
 
 
 def test_input_scale_runs_the_backbone_on_smaller_images(tmp_path):
     seen = []
-    explainer = Explainer(3, width=2, input_scale=0.25).eval()
+    explainer = Explainer(build_backbone("unet-small", 3, width=2), 3, input_scale=0.25).eval()
     explainer.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape))
     assert explainer(torch.rand(2, 3, 96, 64)).shape == (2, 3, 96, 64)  # maps at input size
     assert seen == [(2, 3, 24, 16)]
@@ -49,12 +50,12 @@ def test_input_scale_runs_the_backbone_on_smaller_images(tmp_path):
     torch.testing.assert_close(loaded(images), explainer(images))
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="input_scale"):
-            Explainer(3, input_scale=bad)
+            Explainer(build_backbone("unet-small", 3), 3, input_scale=bad)
 
 
 def test_files_without_input_scale_load_at_full_resolution():
     explainer = load_explainer("vgg", "composite")  # shipped before input_scale existed
-    assert explainer.input_scale == 1.0 and explainer.depth == 3
+    assert explainer.input_scale == 1.0 and explainer.config()["depth"] == 3
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def no_downloads(monkeypatch):
 
 @pytest.mark.parametrize("name", ["lraspp_mobilenet_v3", "deeplabv3_resnet50"])
 def test_torchvision_backbones_random_init(name, no_downloads):
-    explainer = Explainer(4, backbone=name).eval()
+    explainer = Explainer(build_backbone(name, 4), 4).eval()
     with torch.no_grad():
         assert explainer(torch.rand(1, 3, 40, 48)).shape == (1, 4, 40, 48)
 
@@ -80,38 +81,38 @@ def test_torchvision_backbone_weights_from_a_local_file(tmp_path, no_downloads):
     source = mobilenet_v3_large(weights=None)
     path = tmp_path / "mobilenet.pt"
     torch.save(source.state_dict(), path)
-    explainer = Explainer(4, backbone="lraspp_mobilenet_v3", backbone_weights=path)
+    explainer = Explainer(build_backbone("lraspp_mobilenet_v3", 4, weights=path), 4)
     torch.testing.assert_close(
         explainer.backbone.backbone["0"][0].weight, source.features[0][0].weight
     )
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        Explainer(4, backbone="lraspp_mobilenet_v3", backbone_weights=tmp_path / "missing.pt")
+        Explainer(build_backbone("lraspp_mobilenet_v3", 4, weights=tmp_path / "missing.pt"), 4)
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="do not fit"):
-        Explainer(4, backbone="lraspp_mobilenet_v3", backbone_weights=tmp_path / "other.pt")
+        Explainer(build_backbone("lraspp_mobilenet_v3", 4, weights=tmp_path / "other.pt"), 4)
     (tmp_path / "junk.pt").write_text("junk")
     with pytest.raises(ValueError, match="could not read"):
-        Explainer(4, backbone="lraspp_mobilenet_v3", backbone_weights=tmp_path / "junk.pt")
+        Explainer(build_backbone("lraspp_mobilenet_v3", 4, weights=tmp_path / "junk.pt"), 4)
 
 
 def test_custom_module_backbone_is_resized_and_checked():
     small = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1))
-    assert Explainer(4, backbone=small)(torch.rand(1, 3, 32, 32)).shape == (1, 4, 32, 32)
+    assert Explainer(small, 4)(torch.rand(1, 3, 32, 32)).shape == (1, 4, 32, 32)
     with pytest.raises(ValueError, match=r"\(N, 5, h, w\)"):
-        Explainer(5, backbone=small)(torch.rand(1, 3, 32, 32))
+        Explainer(small, 5)(torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="saveable"):
-        Explainer(4, backbone=small).save("never.pt")
+        Explainer(small, 4).save("never.pt")
 
 
 def test_bad_settings():
     with pytest.raises(ValueError, match="unknown Explainer backbone"):
-        Explainer(3, backbone="vit")
+        Explainer(build_backbone("vit", 3), 3)
     with pytest.raises(ValueError, match="num_classes"):
-        Explainer(1)
+        Explainer(build_backbone("unet-small", 1), 1)
 
 
 def test_save_and_load_round_trip(tmp_path):
-    explainer = Explainer(3, width=2)
+    explainer = Explainer(build_backbone("unet-small", 3, width=2), 3)
     explainer.trained_steps.fill_(4)
     explainer.image_size.copy_(torch.tensor([16, 16]))
     path = explainer.save(tmp_path / "e.pt", metadata={"seed": 1})
@@ -135,7 +136,9 @@ def test_missing_shipped_explainer_names_the_command():
 @pytest.mark.parametrize("input_scale", [1.0, 0.5])
 def test_target_logits_equal_the_selected_maps_of_forward(input_scale):
     torch.manual_seed(0)
-    explainer = Explainer(4, width=2, input_scale=input_scale).eval()
+    explainer = Explainer(
+        build_backbone("unet-small", 4, width=2), 4, input_scale=input_scale
+    ).eval()
     x = torch.rand(3, 3, 20, 20)
     target = torch.tensor([2, 0, 3])
     expected = explainer(x)[torch.arange(3), target].unsqueeze(1)
@@ -146,7 +149,7 @@ def test_target_logits_equal_the_selected_maps_of_forward(input_scale):
 
 @pytest.mark.parametrize("width", [1, 2, 3, 6, 8])
 def test_any_width_builds(width):
-    explainer = Explainer(3, width=width)
+    explainer = Explainer(build_backbone("unet-small", 3, width=width), 3)
     assert explainer(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
 
 

@@ -12,7 +12,9 @@ from ctc_plugin import zoo
 from ctc_plugin.datasets import TRAIN_SEED, ShapesDataset
 from ctc_plugin.evaluation.localisation import binarize, iou
 from ctc_plugin.explainer.attribution import ExplainerAttribution
+from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import Explainer
+from ctc_plugin.explainer.presets import ExplainerHyperparameters
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +24,11 @@ def test_short_run_localises_better_than_grad_cam():
     model = zoo.load("resnet")
     images, labels = ShapesDataset("shapes", size=800, seed=TRAIN_SEED).tensors()
     torch.manual_seed(0)
-    explainer = Explainer(6)
+    explainer = Explainer(build_backbone("unet-small", 6), 6)
     explainer.fit(
         model,
         DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True),
-        lr=1e-2, baseline=0.5, epochs=3, seed=0, progress=False,
+        config=ExplainerHyperparameters(lr=1e-2), baseline=0.5, epochs=3, seed=0, progress=False,
     )  # fmt: skip
     test = ShapesDataset("shapes", size=50, seed=2024)
     items = [test[i] for i in range(len(test))]

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ctc_plugin.explainer import losses
-from ctc_plugin.explainer.presets import PRESETS, get_preset
+from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters, get_preset
 from ctc_plugin.explainer.training import load_checkpoint, objective
 
 from .helpers import NUM_CLASSES, data, dict_loader, tiny_classifier, tiny_explainer, tuple_loader
 
-FAST = {"lr": 1e-2, "progress": False}
+FAST_HP = ExplainerHyperparameters(lr=1e-2)
+FAST = {"config": FAST_HP, "progress": False}
 
 
 def test_gradients_never_reach_the_classifier_and_its_state_is_restored():
@@ -103,7 +106,13 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     ckpt = tmp_path / "run.ckpt"
     tiny_explainer().fit(tiny_classifier(), tuple_loader(), epochs=1, checkpoint=ckpt, **FAST)
     with pytest.raises(ValueError, match="tv_weight"):
-        tiny_explainer().fit(tiny_classifier(), tuple_loader(), resume=ckpt, tv_weight=5.0, **FAST)
+        tiny_explainer().fit(
+            tiny_classifier(),
+            tuple_loader(),
+            config=dataclasses.replace(FAST_HP, tv_weight=5.0),
+            resume=ckpt,
+            progress=False,
+        )
     threads = torch.get_num_threads()
     explainer = tiny_explainer()
     before = {k: v.clone() for k, v in explainer.state_dict().items()}
@@ -158,16 +167,15 @@ def test_presets_by_name_and_overrides():
     }  # fmt: skip
     with pytest.raises(ValueError, match="unknown Explainer preset"):
         get_preset("vgg19-imagenet")
-    result = tiny_explainer().fit(
-        tiny_classifier(), tuple_loader(), preset="vgg16-coco", a_max=0.5, epochs=1, progress=False
-    )
+    config = dataclasses.replace(get_preset("vgg16-coco"), a_max=0.5)
+    result = tiny_explainer().fit(tiny_classifier(), tuple_loader(), None, config, epochs=1)
     assert result.hyperparameters == PRESETS["vgg16-coco"].updated(a_max=0.5)
     with pytest.raises(ValueError, match="a_min <= a_max"):
-        tiny_explainer().fit(tiny_classifier(), tuple_loader(), a_min=0.6, **FAST)
+        dataclasses.replace(FAST_HP, a_min=0.6)
 
 
 def test_progress_bar_shows_the_loss_terms(capsys):
-    tiny_explainer().fit(tiny_classifier(), tuple_loader(), epochs=1, lr=1e-2, progress=True)
+    tiny_explainer().fit(tiny_classifier(), tuple_loader(), config=FAST_HP, epochs=1)
     err = capsys.readouterr().err
     for name in ("cls=", "ent=", "tv=", "area=", "loss="):
         assert name in err

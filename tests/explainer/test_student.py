@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.classifier_backbone import class_map_encoder
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.student import ClassMapStudent, distil_class_maps
@@ -69,7 +70,10 @@ def test_distillation_errors_name_the_problem():
 def test_student_gated_explainer_saves_loads_without_the_classifier(tmp_path):
     torch.manual_seed(0)
     explainer = Explainer(
-        NUM_CLASSES, backbone="student-gated", width=2, depth=2, mask_scale=0.5, student_width=4
+        build_backbone(
+            "student-gated", NUM_CLASSES, width=2, depth=2, mask_scale=0.5, student_width=4
+        ),
+        NUM_CLASSES,
     ).eval()
     assert explainer.config()["student_width"] == 4 and explainer.config()["mask_scale"] == 0.5
     loaded = Explainer.load(explainer.save(tmp_path / "student.pt"))
@@ -79,9 +83,12 @@ def test_student_gated_explainer_saves_loads_without_the_classifier(tmp_path):
         target = torch.tensor([2, 1])
         expected = explainer(x)[[0, 1], target][:, None]
         torch.testing.assert_close(explainer.target_logits(x, target), expected)
-    with pytest.raises(ValueError, match="student_width applies"):
-        Explainer(NUM_CLASSES, student_width=4)
-    with pytest.raises(ValueError, match="take neither"):
+    with pytest.raises(ValueError, match="'unet-small' does not take student_width="):
+        Explainer(build_backbone("unet-small", NUM_CLASSES, student_width=4), NUM_CLASSES)
+    with pytest.raises(ValueError, match="'student-gated' does not take classifier=, head="):
         Explainer(
-            NUM_CLASSES, backbone="student-gated", classifier=classifier_with_head(), head="head"
+            build_backbone(
+                "student-gated", NUM_CLASSES, classifier=classifier_with_head(), head="head"
+            ),
+            NUM_CLASSES,
         )

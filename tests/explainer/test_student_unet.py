@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.classifier_backbone import class_map_encoder
 from ctc_plugin.explainer.gated import product_logits
 from ctc_plugin.explainer.network import Explainer
+from ctc_plugin.explainer.presets import ExplainerHyperparameters
 from ctc_plugin.explainer.student_unet import StudentUNet, distil_student_unet
 
 from .helpers import NUM_CLASSES, SIZE, classifier_with_head, tiny_classifier, tuple_loader
@@ -22,7 +24,7 @@ def images(count: int = IMAGES, seed: int = 1) -> torch.Tensor:
 def mask_teacher(seed: int = 5) -> Explainer:
     """A default explainer standing in for a trained one (its random masks are the target)."""
     torch.manual_seed(seed)
-    return Explainer(NUM_CLASSES, width=2).eval()
+    return Explainer(build_backbone("unet-small", NUM_CLASSES, width=2), NUM_CLASSES).eval()
 
 
 def test_maps_have_the_class_and_mask_resolutions_and_the_gate_combines_them():
@@ -47,7 +49,7 @@ def test_maps_have_the_class_and_mask_resolutions_and_the_gate_combines_them():
 
 def test_explainer_with_the_student_unet_saves_loads_and_selects_targets(tmp_path):
     torch.manual_seed(0)
-    explainer = Explainer(NUM_CLASSES, backbone="student-unet", width=4).eval()
+    explainer = Explainer(build_backbone("student-unet", NUM_CLASSES, width=4), NUM_CLASSES).eval()
     assert explainer.config()["backbone"] == "student-unet" and explainer.config()["width"] == 4
     assert explainer.input_memory_format == torch.channels_last
     loaded = Explainer.load(explainer.save(tmp_path / "student-unet.pt"))
@@ -61,10 +63,12 @@ def test_explainer_with_the_student_unet_saves_loads_and_selects_targets(tmp_pat
         torch.testing.assert_close(explainer.target_logits(x, target), selected)
         odd = torch.rand(1, 3, 37, 53)  # sizes the strides do not divide: still the input's
         assert explainer(odd).shape == (1, NUM_CLASSES, 37, 53)
-    with pytest.raises(ValueError, match="depth does not apply"):
-        Explainer(NUM_CLASSES, backbone="student-unet", depth=4)
-    with pytest.raises(ValueError, match=r"student_width applies.*takes width="):
-        Explainer(NUM_CLASSES, backbone="student-unet", student_width=4)
+    with pytest.raises(
+        ValueError, match="'student-unet' does not take depth=; it takes in_channels=, width="
+    ):
+        Explainer(build_backbone("student-unet", NUM_CLASSES, depth=4), NUM_CLASSES)
+    with pytest.raises(ValueError, match="'student-unet' does not take student_width="):
+        Explainer(build_backbone("student-unet", NUM_CLASSES, student_width=4), NUM_CLASSES)
 
 
 def distilled(seed: int, epochs: int = 2) -> tuple[StudentUNet, list[float]]:
@@ -129,16 +133,22 @@ def test_distillation_errors_name_the_problem():
         distil_student_unet(StudentUNet(NUM_CLASSES), model, "head", teacher, few, batch_size=16)
     with pytest.raises(ValueError, match="the explainer has 5"):
         distil_student_unet(StudentUNet(5), model, "head", teacher, few, batch_size=4)
-    other = Explainer(NUM_CLASSES + 1, width=2)
+    other = Explainer(build_backbone("unet-small", NUM_CLASSES + 1, width=2), NUM_CLASSES + 1)
     with pytest.raises(ValueError, match="the mask explainer returned"):
         distil_student_unet(StudentUNet(NUM_CLASSES), model, "head", other, few, batch_size=4)
 
 
 def test_the_published_objective_fine_tunes_every_part_of_a_student_unet_explainer():
     torch.manual_seed(0)
-    explainer = Explainer(NUM_CLASSES, backbone="student-unet", width=2)
+    explainer = Explainer(build_backbone("student-unet", NUM_CLASSES, width=2), NUM_CLASSES)
     before = {k: v.clone() for k, v in explainer.state_dict().items()}
-    explainer.fit(tiny_classifier(), tuple_loader(), epochs=1, lr=1e-2, progress=False)
+    explainer.fit(
+        tiny_classifier(),
+        tuple_loader(),
+        config=ExplainerHyperparameters(lr=1e-2),
+        epochs=1,
+        progress=False,
+    )
     assert explainer.is_trained and explainer.trained_image_size == (SIZE, SIZE)
     for name, parameter in explainer.named_parameters():  # encoder, both heads, gate scalars
         assert not torch.equal(parameter, before[name]), name

@@ -97,9 +97,7 @@ def test_dbscan_search_is_bounded_and_warns(monkeypatch):
     partition = grid_partition()[None, None]
     image = torch.zeros(1, 3, 32, 32)
     with pytest.warns(RuntimeWarning, match="did not reach"):
-        select_features(
-            partition, image, blob_relevance()[None], max_clusters=0, max_search_steps=2
-        )
+        select_features(partition, image, blob_relevance()[None], config=config)
 
 
 def test_the_relevant_feature_ranks_first_and_the_rest_is_merged():
@@ -107,7 +105,7 @@ def test_the_relevant_feature_ranks_first_and_the_rest_is_merged():
     relevance = blob_relevance()[None]  # covers cell (1, 2), id 6
     images = torch.full((1, 3, 32, 32), 0.5)  # one colour: DBSCAN groups on position and relevance
     # a 32x32 image has only ~50 candidate pixels: start DBSCAN from a smaller min_samples
-    details = select_features(partition, images, relevance, min_samples=5, return_details=True)
+    details = select_features(partition, images, relevance, config=SelectionConfig(min_samples=5))
     assert details.selected[0][0] == 6
     mask = details.mask
     assert mask.shape == (1, 1, 32, 32)
@@ -122,7 +120,7 @@ def test_the_relevant_feature_ranks_first_and_the_rest_is_merged():
 def test_fewer_features_than_k_keeps_all_without_remainder():
     partition = grid_partition(cells=2)[None, None]
     relevance = blob_relevance()[None]
-    mask = select_features(partition, torch.zeros(1, 3, 32, 32), relevance)
+    mask = select_features(partition, torch.zeros(1, 3, 32, 32), relevance).mask
     assert torch.equal(torch.unique(mask), torch.arange(4))
     assert int(mask[0, 0, 10, 20]) == 0  # the blob's cell is first
 
@@ -132,7 +130,7 @@ def test_flat_relevance_does_not_crash_and_ranks_by_mean_relevance():
     relevance = torch.zeros(1, 32, 32)
     relevance[0, 24:, :8] = 0.5  # uniform in one cell: no pixel exceeds its cell's breaks
     details = select_features(
-        partition, torch.zeros(1, 3, 32, 32), relevance, k=3, return_details=True
+        partition, torch.zeros(1, 3, 32, 32), relevance, config=SelectionConfig(k=3)
     )
     assert details.selected[0][0] == 12
     assert torch.equal(torch.unique(details.mask), torch.arange(4))
@@ -142,7 +140,7 @@ def test_relevance_is_ordered_and_selection_respects_non_contiguous_ids():
     partition = grid_partition()[None, None] * 10 + 3  # ids 3, 13, 23, ...
     relevance = blob_relevance()[None]
     details = select_features(
-        partition, torch.zeros(1, 3, 32, 32), relevance, k=2, return_details=True
+        partition, torch.zeros(1, 3, 32, 32), relevance, config=SelectionConfig(k=2)
     )
     assert details.selected[0][0] == 63
     assert details.feature_ids[0].tolist() == list(range(3, 160, 10))
@@ -152,7 +150,7 @@ def test_batch_and_broadcast_masks():
     partition = grid_partition()[None, None]
     relevance = torch.stack([blob_relevance(), blob_relevance(top=16, left=0)])
     images = torch.zeros(2, 3, 32, 32)
-    details = select_features(partition, images, relevance, k=1, return_details=True)
+    details = select_features(partition, images, relevance, config=SelectionConfig(k=1))
     assert details.mask.shape == (2, 1, 32, 32)
     assert [int(s[0]) for s in details.selected] == [6, 8]
 
@@ -175,17 +173,17 @@ def test_relevance_methods_are_interchangeable():
     model = tiny_classifier()
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     partition = grid_partition()[None, None]
-    by_default = select_features(partition, images, model=model, target=1, return_details=True)
+    by_default = select_features(partition, images, model=model, target=1)
     assert by_default.relevance.shape == (2, 32, 32)
     captum = select_features(partition, images, InputXGradient(model), model=model, target=1)
-    assert captum.shape == (2, 1, 32, 32)
+    assert captum.mask.shape == (2, 1, 32, 32)
 
     def saliency(inputs, target):
         inputs = inputs.clone().requires_grad_(True)
         model(inputs).gather(1, target[:, None]).sum().backward()
         return inputs.grad.abs()
 
-    by_callable = select_features(partition, images, saliency, model=model, return_details=True)
+    by_callable = select_features(partition, images, saliency, model=model)
     assert by_callable.relevance.shape == (2, 32, 32)
 
 
@@ -201,4 +199,4 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="model="):
         select_features(partition, images)
     with pytest.raises(ValueError, match="k must be"):
-        select_features(partition, images, blob_relevance()[None], k=0)
+        select_features(partition, images, blob_relevance()[None], config=SelectionConfig(k=0))

@@ -45,9 +45,7 @@ def select_one(model: torch.nn.Module, item: dict) -> tuple[np.ndarray, np.ndarr
     partition = to_partition(masks, shape=instances.shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        details = select_features(
-            partition[None, None], item["image"][None], model=model, return_details=True
-        )
+        details = select_features(partition[None, None], item["image"][None], model=model)
     return partition.numpy(), details.selected[0], item["evidence"].numpy()
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from ctc_plugin import CTC, CTCAttributor, ExplainerAttribution, IntegrativeCAM
 from ctc_plugin.evaluation._inputs import as_targets
+from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.features import GridSegmenter, SuperpixelSegmenter
 from ctc_plugin.features.relevance import resolve_target
@@ -44,7 +45,7 @@ def _model() -> nn.Module:
 
 def _explainer() -> Explainer:
     torch.manual_seed(0)
-    explainer = Explainer(CLASSES, width=2).eval()
+    explainer = Explainer(build_backbone("unet-small", CLASSES, width=2), CLASSES).eval()
     explainer.trained_steps.fill_(1)  # counts as trained: no warning
     return explainer
 

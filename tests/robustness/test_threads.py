@@ -36,6 +36,7 @@ from ctc_plugin import (
 )
 from ctc_plugin.concurrency import CallScope, ModelLock, PerThread, exclusive, lock_for, shared
 from ctc_plugin.ctc.canonizers import PositiveEpsMergeBatchNorm
+from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.features import GridSegmenter
 from ctc_plugin.features.relevance import zennit_relevance
 from ctc_plugin.testing import CNNSpec, RandomCNN, random_partition
@@ -343,7 +344,7 @@ def test_explainer_attribution(mode: str, one_instance: bool) -> None:
         nn.Dropout(0.5),
         nn.Conv2d(4, CLASSES, 1),
     )
-    explainer = Explainer(CLASSES, backbone=backbone)
+    explainer = Explainer(backbone, CLASSES)
     explainer.train(mode != "eval")
     if mode == "mixed":  # a part kept in eval mode stays there
         backbone[3].eval()
@@ -377,7 +378,7 @@ def test_calls_that_only_read_the_model_run_at_the_same_time(method: str) -> Non
     elif method == "IntegrativeCAM":
         explain = partial(IntegrativeCAM(model, layers=[model.inner.stem]).attribute, target=1)
     else:
-        explainer = Explainer(CLASSES, width=2).eval()
+        explainer = Explainer(build_backbone("unet-small", CLASSES, width=2), CLASSES).eval()
         explain = ExplainerAttribution(model, explainer).attribute  # the classifier runs once
     images = [x for x, _, _ in examples(2)]
     masks = [GridSegmenter(2)(x) for x in images]

@@ -28,6 +28,7 @@ from torch import nn
 from ctc_plugin import files, zoo
 from ctc_plugin.adapters.sam import load_sam
 from ctc_plugin.cli import main
+from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import FILE_FORMAT, Explainer
 from ctc_plugin.explainer.training import load_checkpoint
 from ctc_plugin.zoo import loading
@@ -185,11 +186,13 @@ def test_writers_keep_the_manifest_up_to_date(tmp_path, monkeypatch, capsys):
     assert sorted(files.read_manifest()) == ["resnet-composite.pt", "vgg-composite.pt"]
     assert zoo.load("vgg", "composite") is not None
     # Explainer.save into the weights folder (as `ctc-plugin explainer train --out` does)
-    path = Explainer(2, width=2).save(tmp_path / "explainer-vgg-composite.pt")
+    path = Explainer(build_backbone("unet-small", 2, width=2), 2).save(
+        tmp_path / "explainer-vgg-composite.pt"
+    )
     assert Explainer.load(path) is not None
     assert files.read_manifest()[path.name] == hashlib.sha256(path.read_bytes()).hexdigest()
     # ... and elsewhere it writes no manifest
-    Explainer(2, width=2).save(tmp_path / "elsewhere" / "e.pt")
+    Explainer(build_backbone("unet-small", 2, width=2), 2).save(tmp_path / "elsewhere" / "e.pt")
     assert not (tmp_path / "elsewhere" / files.MANIFEST_NAME).exists()
     # `ctc-plugin zoo manifest` rewrites it from the files on disk
     (tmp_path / files.MANIFEST_NAME).unlink()
@@ -216,7 +219,7 @@ class Opaque:
 
 def _user_file() -> bytes:
     buffer = io.BytesIO()
-    torch.save(Explainer(3, width=2).state_dict(), buffer)
+    torch.save(Explainer(build_backbone("unet-small", 3, width=2), 3).state_dict(), buffer)
     return buffer.getvalue()
 
 
@@ -359,7 +362,7 @@ def test_arbitrary_bytes_are_one_clear_message(tmp_path, data):
 
 
 def _explainer_payload(**changes: object) -> dict:
-    explainer = Explainer(3, width=2)
+    explainer = Explainer(build_backbone("unet-small", 3, width=2), 3)
     payload = {
         "format": FILE_FORMAT,
         "config": explainer.config(),
@@ -392,12 +395,12 @@ def test_an_explainer_file_without_its_config_names_what_is_missing(tmp_path, ch
 
 def test_an_explainer_state_dict_that_does_not_fit_its_config(tmp_path):
     path = tmp_path / "explainer.pt"
-    wider = Explainer(3, width=4).state_dict()
+    wider = Explainer(build_backbone("unet-small", 3, width=4), 3).state_dict()
     torch.save(_explainer_payload(state_dict=wider), path)
     with pytest.raises(ValueError, match=r"does not fit its config \{'num_classes': 3") as caught:
         Explainer.load(path)
     assert "size mismatch" in str(caught.value)
-    config = {**Explainer(3, width=2).config(), "colour": "red"}
+    config = {**Explainer(build_backbone("unet-small", 3, width=2), 3).config(), "colour": "red"}
     torch.save(_explainer_payload(config=config), path)
     with pytest.raises(ValueError, match="has a config this version cannot build"):
         Explainer.load(path)
