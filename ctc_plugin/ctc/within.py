@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from zennit.core import Composite
 
-from ctc_plugin.ctc.canonizers import gradient_attributor
+from ctc_plugin.canonizers import gradient_attributor
 from ctc_plugin.ctc.masks import FeatureSet, broadcast_to_inputs
 from ctc_plugin.targets import resolve_targets
 

@@ -134,7 +134,7 @@ def _zennit(composite_factory: Callable[[list], object], name: str) -> Method:
     ) -> Tensor:
         from zennit.attribution import Gradient
 
-        from ctc_plugin.ctc.canonizers import PositiveEpsMergeBatchNorm
+        from ctc_plugin.canonizers import PositiveEpsMergeBatchNorm
 
         with torch.no_grad():
             expected = model(images)

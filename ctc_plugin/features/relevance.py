@@ -25,7 +25,7 @@ from zennit.rules import AlphaBeta
 from zennit.types import Convolution
 
 from ctc_plugin.concurrency import exclusive
-from ctc_plugin.ctc.canonizers import PositiveEpsMergeBatchNorm, gradient_attributor
+from ctc_plugin.canonizers import PositiveEpsMergeBatchNorm, gradient_attributor
 from ctc_plugin.targets import class_indices, resolve_targets
 
 __all__ = ["lrp_alpha1beta0", "relevance_heatmap", "resolve_target", "zennit_relevance"]
@@ -43,7 +43,7 @@ def lrp_alpha1beta0(
 
     Args:
         canonizers: Zennit canonizers to apply first. Default: Zennit's ``SequentialMergeBatchNorm``
-            (as [`PositiveEpsMergeBatchNorm`][ctc_plugin.ctc.canonizers.PositiveEpsMergeBatchNorm],
+            (as [`PositiveEpsMergeBatchNorm`][ctc_plugin.canonizers.PositiveEpsMergeBatchNorm],
             which also works on torch 2.11), which folds BatchNorm layers into the convolution
             before them. Give ``zennit.torchvision.ResNetCanonizer()`` and friends for torchvision
             models.
