@@ -16,11 +16,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 BATCH_NORM_TYPES: tuple[type[nn.Module], ...] = (_BatchNorm,)
 
 
-def is_batch_norm(module: nn.Module) -> bool:
-    """Whether ``module`` is a BatchNorm (any of [`BATCH_NORM_TYPES`][ctc_plugin.batchnorm.BATCH_NORM_TYPES])."""
-    return isinstance(module, BATCH_NORM_TYPES)
-
-
 def batch_norm_affine(
     running_mean: torch.Tensor,
     running_var: torch.Tensor,

@@ -10,7 +10,7 @@ from zennit.canonizers import SequentialMergeBatchNorm
 
 from ctc_plugin.canonizers import TINY_EPS, PositiveEpsMergeBatchNorm
 
-from .test_composite import version_of_imported_zennit
+from tests.ctc.test_composite import version_of_imported_zennit
 
 
 def conv_bn_model() -> nn.Module:

@@ -52,9 +52,9 @@ def imported_modules(path: Path, names: set[str]) -> set[str]:
                 source = ".".join(base + ([item.module] if item.module else []))
             else:
                 source = item.module or ""
-            found.add(source)
-            # ``from ctc_plugin import zoo`` imports the submodule ctc_plugin.zoo
-            found.update(f"{source}.{alias.name}" for alias in item.names)
+            for alias in item.names:  # a submodule (``from ctc_plugin import zoo``) or a name
+                submodule = f"{source}.{alias.name}"
+                found.add(submodule if submodule in names else source)
         elif isinstance(item, ast.Constant) and isinstance(item.value, str):
             if _MODULE_NAME.fullmatch(item.value):
                 found.add(item.value)
@@ -148,7 +148,8 @@ def tangles(edges: dict[str, set[str]]) -> list[list[str]]:
     for start in sorted(edges):
         if start in seen:
             continue
-        cycle = find_cycle({a: {b for b in edges[a] if b not in seen} for a in edges if a not in seen})
+        rest = {a: {b for b in edges[a] if b not in seen} for a in edges if a not in seen}
+        cycle = find_cycle(rest)
         if cycle is None:
             break
         groups.append(cycle)

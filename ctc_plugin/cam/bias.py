@@ -17,7 +17,6 @@ import torch
 from torch import Tensor
 
 
-
 def fold_batchnorm(conv_bias: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """Return the bias of a convolution followed by the BatchNorm ``y -> scale*y + shift``.
 

@@ -413,7 +413,7 @@ def explainer_method(explainer: nn.Module, name: str = "Explainer") -> Method:
     return method
 
 
-#: Method names of the kinds of shipped Explainer (see ``ctc_plugin.explainer.shipped.KINDS``).
+#: Method names of the kinds of shipped Explainer (see ``ctc_plugin.zoo.explainers.KINDS``).
 EXPLAINER_METHODS = {
     "default": "Explainer",
     "class-specific": "Explainer-class-specific",

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctc_plugin.explainer.maps import check_scale, resize_maps, run_at_scale, select_maps
-from ctc_plugin.files import read_data_file, record_in_manifest
-from ctc_plugin.zoo.loading import read_state_dict
+from ctc_plugin.files import read_data_file, read_state_dict
+from ctc_plugin.weights import record_in_manifest
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.explainer.presets import ExplainerHyperparameters

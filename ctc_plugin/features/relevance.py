@@ -24,8 +24,8 @@ from zennit.core import Composite
 from zennit.rules import AlphaBeta
 from zennit.types import Convolution
 
-from ctc_plugin.concurrency import exclusive
 from ctc_plugin.canonizers import PositiveEpsMergeBatchNorm, gradient_attributor
+from ctc_plugin.concurrency import exclusive
 from ctc_plugin.targets import class_indices, resolve_targets
 
 __all__ = ["lrp_alpha1beta0", "relevance_heatmap", "resolve_target", "zennit_relevance"]
