@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctc_plugin.cli import CLIError
+from ctc_plugin.commands import CLIError
 from ctc_plugin.commands.arguments import (
     finite_float,
     input_file,

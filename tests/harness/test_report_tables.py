@@ -1,6 +1,6 @@
 import math
 
-from ctc_plugin.evaluation.report import finite_mean, markdown_table
+from ctc_plugin.harness.report import finite_mean, markdown_table
 
 
 def test_best_value_per_column_is_bold_in_the_right_direction():
@@ -29,7 +29,7 @@ def test_scatter_labels_do_not_overlap(tmp_path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.text import Text
 
-    from ctc_plugin.evaluation.report import _separate_labels
+    from ctc_plugin.harness.report import _separate_labels
 
     for cluster in (1, 3, 12):
         fig, axis = plt.subplots(figsize=(8, 6))

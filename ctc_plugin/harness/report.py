@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ctc_plugin.evaluation.store import Piece, RunStore, run_order
+from ctc_plugin.harness.store import Piece, RunStore, run_order
 
 __all__ = [
     "COLUMNS",
