@@ -9,7 +9,6 @@ from torch import nn
 from zennit.canonizers import SequentialMergeBatchNorm
 
 from ctc_plugin.canonizers import TINY_EPS, PositiveEpsMergeBatchNorm
-
 from tests.ctc.test_composite import version_of_imported_zennit
 
 

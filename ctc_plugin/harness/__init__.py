@@ -1,4 +1,4 @@
-"""This project's benchmark harness: every method on the zoo models, stored, resumable, reported.
+"""The benchmark harness of this project: every method on the zoo models, resumable, reported.
 
 It runs the reusable metrics of [`ctc_plugin.evaluation`][ctc_plugin.evaluation] on the zoo's
 models and data sets with the methods of [`methods`][ctc_plugin.harness.methods] (ours and the

@@ -51,6 +51,10 @@ from ctc_plugin.evaluation.localisation import (
     relevance_mass_accuracy,
     relevance_rank_accuracy,
 )
+from ctc_plugin.evaluation.protocol import DEFAULT_PERTURBATIONS, run_protocol, welch_test
+from ctc_plugin.evaluation.sanity import cascading_randomisation
+from ctc_plugin.evaluation.sensitivity import max_sensitivity, measure_cost
+from ctc_plugin.features.cache import image_digest
 from ctc_plugin.harness.methods import (
     EXPLAINER_METHODS,
     MethodSpec,
@@ -58,13 +62,9 @@ from ctc_plugin.harness.methods import (
     peer_methods,
     registry,
 )
-from ctc_plugin.evaluation.protocol import DEFAULT_PERTURBATIONS, run_protocol, welch_test
 from ctc_plugin.harness.report import COLUMNS, finite_mean, write_stored_report
-from ctc_plugin.evaluation.sanity import cascading_randomisation
-from ctc_plugin.evaluation.sensitivity import max_sensitivity, measure_cost
 from ctc_plugin.harness.store import ModelInfo, Piece, RunStore, run_order
-from ctc_plugin.features.cache import image_digest
-from ctc_plugin.zoo.loading import FAMILIES
+from ctc_plugin.zoo.settings import FAMILIES
 
 __all__ = [
     "BenchmarkConfig",

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from ctc_plugin.harness.benchmark import BenchmarkConfig, run_benchmark
 from ctc_plugin.evaluation.localisation import pointing_game
+from ctc_plugin.harness.benchmark import BenchmarkConfig, run_benchmark
 from ctc_plugin.harness.methods import last_spatial_layer, registry
 from ctc_plugin.zoo import weights_path
 
