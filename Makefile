@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # zennit 1.0.0 beside the 0.5.1 of .venv: the Zennit tests run against both releases.
 ZENNIT1 := .zennit1
 ZENNIT1_STAMP := $(ZENNIT1)/zennit/__init__.py
-ZENNIT1_TESTS := tests/ctc/test_composite.py tests/ctc/test_within.py tests/ctc/test_canonizers.py \
+ZENNIT1_TESTS := tests/ctc/test_composite.py tests/ctc/test_within.py tests/test_canonizers.py \
 	tests/features/test_relevance.py
 
 .PHONY: setup chromium demo test test-slow docs bench lint clean

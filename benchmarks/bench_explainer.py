@@ -30,8 +30,8 @@ from ctc_plugin import CTC, zoo
 from ctc_plugin.datasets import ShapesDataset
 from ctc_plugin.evaluation.localisation import binarize, iou
 from ctc_plugin.explainer.attribution import ExplainerAttribution
-from ctc_plugin.explainer.shipped import KINDS, load_explainer, shipped_explainers
 from ctc_plugin.explainer.specificity import specificity_table, two_object_images
+from ctc_plugin.zoo.explainers import KINDS, load_explainer, shipped_explainers
 
 
 def grid_mask(size: int, cells: int = 4) -> torch.Tensor:

@@ -28,8 +28,8 @@ from ctc_plugin.cli import main as cli
 from ctc_plugin.datasets import ShapesDataset
 from ctc_plugin.explainer.attribution import ExplainerAttribution
 from ctc_plugin.explainer.network import Explainer
-from ctc_plugin.explainer.shipped import explainer_path
 from ctc_plugin.explainer.specificity import specificity_table, two_object_images
+from ctc_plugin.zoo.explainers import explainer_path
 
 GRID = ((0.3, 0.0), (0.2, 0.5), (0.3, 0.5), (0.2, 1.0))  # (threshold, absolute mask offset)
 SHIPPED_OFFSET = 0.5

@@ -20,7 +20,7 @@ from bench_explainer import evidence_images, mask_iou
 from ctc_plugin import zoo
 from ctc_plugin.explainer.attribution import ExplainerAttribution
 from ctc_plugin.explainer.network import Explainer
-from ctc_plugin.explainer.shipped import KINDS, holds_classifier, load_explainer
+from ctc_plugin.zoo.explainers import KINDS, holds_classifier, load_explainer
 
 
 def main() -> None:

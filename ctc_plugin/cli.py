@@ -8,7 +8,8 @@ Every user error (a bad option value, a missing or unreadable file, an output pa
 be written, an image that is no image, ...) ends the command with exit status 2 and one line on
 stderr, ``ctc-plugin COMMAND: error: MESSAGE``, argparse's own style, without a usage block or
 a traceback. Mistakes argparse can see are found while parsing (the option types of
-`ctc_plugin.commands.arguments`); the rest are `CLIError` (or the ``ValueError`` /
+`ctc_plugin.commands.arguments`); the rest are `CLIError` (defined in `ctc_plugin.commands`, so
+the commands never import this module back; or the ``ValueError`` /
 ``FileNotFoundError`` the library raises for bad input) while the command runs. Anything else is
 a bug and keeps its traceback.
 
@@ -20,22 +21,17 @@ modules import them inside the functions that run a command, so ``ctc-plugin --h
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-#: Modules that contribute subcommands, each with ``add_parser(subparsers)``; the parser they
+from ctc_plugin import __version__
+from ctc_plugin.commands import CLIError, benchmark, explain, explainer, zoo
+
+#: The modules that contribute subcommands, each with ``add_parser(subparsers)``; the parser they
 #: add sets ``func`` (a callable taking the parsed namespace and returning an exit status).
-SUBCOMMAND_MODULES = (
-    "ctc_plugin.commands.explain",
-    "ctc_plugin.commands.zoo",
-    "ctc_plugin.commands.explainer",
-    "ctc_plugin.commands.benchmark",
-)
+SUBCOMMAND_MODULES = (explain, zoo, explainer, benchmark)
 
-
-class CLIError(Exception):
-    """An error the command reports as one line, with exit status 2 (bad input or set-up)."""
+__all__ = ["CLIError", "Parser", "UsageError", "build_parser", "main"]
 
 
 class UsageError(CLIError):
@@ -68,8 +64,6 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every available subcommand registered."""
-    from ctc_plugin import __version__
-
     parser = Parser(
         prog="ctc-plugin",
         description="Segment-level explanations (CTC, Explainer, Integrative CAM) for "
@@ -77,13 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name != name:  # a real missing dependency inside the module
-                raise
-            continue
+    for module in SUBCOMMAND_MODULES:
         module.add_parser(subparsers)
     return parser
 

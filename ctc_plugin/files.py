@@ -1,4 +1,4 @@
-"""Reading ``torch.save`` files as data, and the sha256 manifest of the shipped weights.
+"""Reading ``torch.save`` files as data, with one clear message per kind of damage.
 
 Every loader of the package ([`ctc_plugin.zoo.load`][ctc_plugin.zoo.load],
 [`ctc_plugin.zoo.load_torchvision`][ctc_plugin.zoo.load_torchvision],
@@ -10,19 +10,12 @@ a zip archive is checked, so flipped bytes inside the tensors are caught too), a
 ``torch.save`` did not write, and objects other than tensors and plain data (a data-only load
 refuses them; the message names the first such object). No message advises an unsafe load.
 
-Files in the shipped weights folder
-([`ctc_plugin.zoo.loading.WEIGHTS_DIR`][ctc_plugin.zoo.loading.WEIGHTS_DIR]) are checked against its
-manifest [`MANIFEST_NAME`][ctc_plugin.files.MANIFEST_NAME] (one ``<sha256> <file name>`` line per
-file, the format of ``sha256sum``): a file whose digest differs is refused with the expected and
-actual digest. Each file is hashed once per process (again only when its size or modification time
-changes). ``ctc-plugin zoo train`` and `save` update the manifest entry of a file they write into
-that folder; ``ctc-plugin zoo manifest`` (or [`write_manifest`][ctc_plugin.files.write_manifest])
-rewrites the whole manifest after weights were replaced by other means.
+A file of the shipped weights folder is first checked against the sha256 manifest of
+[`ctc_plugin.weights`][ctc_plugin.weights], the owner of the shipped files.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 import warnings
@@ -31,155 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-#: Name of the manifest file inside the shipped weights folder.
-MANIFEST_NAME = "SHA256SUMS"
-
-#: The command that rewrites the manifest from the files on disk.
-MANIFEST_COMMAND = "ctc-plugin zoo manifest"
+from ctc_plugin.weights import file_identity, is_shipped, verify_shipped
 
 #: The first bytes of a ``torch.save`` file: a zip archive (torch >= 1.6) or the legacy format
 #: (a pickle protocol-2 header followed by torch's magic number).
 _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
-#: Digests and checks already done in this process, keyed by `_identity`.
-_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+#: Zip archives whose CRC-32s were checked in this process, keyed by `file_identity`.
 _INTACT: set[tuple[str, int, int, int]] = set()
-_MANIFESTS: dict[tuple[str, int, int, int], dict[str, str]] = {}
-
-
-def _identity(path: Path) -> tuple[str, int, int, int]:
-    """Resolved path, size, modification time and inode: a changed file gets a new key."""
-    stat = path.stat()
-    return str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino
-
-
-def weights_dir() -> Path:
-    """Return the shipped weights folder (`ctc_plugin.zoo.loading.WEIGHTS_DIR`)."""
-    from ctc_plugin.zoo import loading
-
-    return Path(loading.WEIGHTS_DIR)
-
-
-def is_shipped(path: str | Path) -> bool:
-    """Whether ``path`` lies directly in the shipped weights folder (manifest-checked)."""
-    return Path(path).expanduser().resolve().parent == weights_dir().resolve()
-
-
-def file_sha256(path: str | Path) -> str:
-    """Return the hex sha256 digest of a file (cached per path, size and modification time)."""
-    path = Path(path)
-    key = _identity(path)
-    if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
-    return _DIGESTS[key]
-
-
-def read_manifest(folder: str | Path | None = None) -> dict[str, str]:
-    """Return the manifest of ``folder`` (default: the shipped weights) as ``{name: sha256}``.
-
-    Raises:
-        FileNotFoundError: If the folder has no manifest.
-        ValueError: If a line of it is not ``<64 hex digits>  <file name>``.
-    """
-    path = Path(folder if folder is not None else weights_dir()) / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"the weights manifest {path} is missing; reinstall ctc-plugin "
-            f"(pip install --force-reinstall ctc-plugin) or, if you (re)trained the weights in "
-            f"this folder, regenerate it with `{MANIFEST_COMMAND}`"
-        )
-    key = _identity(path)
-    if key not in _MANIFESTS:
-        entries = {}
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            match = re.fullmatch(r"([0-9a-f]{64}) [ *](\S.*)", line.strip())
-            if match is None:
-                raise ValueError(
-                    f"line {number} of the weights manifest {path} is not '<sha256>  <name>'; "
-                    f"regenerate it with `{MANIFEST_COMMAND}`"
-                )
-            entries[match[2]] = match[1]
-        _MANIFESTS[key] = entries
-    return dict(_MANIFESTS[key])
-
-
-def _write_entries(folder: Path, entries: dict[str, str]) -> Path:
-    path = folder / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(entries.items())))
-    tmp.replace(path)
-    return path
-
-
-def write_manifest(folder: str | Path | None = None) -> Path:
-    """Rewrite the manifest of ``folder`` (default: the shipped weights) from its ``.pt`` files.
-
-    This is what ``ctc-plugin zoo manifest`` runs; call it after replacing weight files by
-    other means than ``ctc-plugin zoo train`` or ``Explainer.save`` (which keep their entry up
-    to date). It records the files as they are, so only run it on files you trust.
-
-    Returns:
-        The path of the manifest.
-    """
-    folder = Path(folder if folder is not None else weights_dir())
-    entries = {path.name: file_sha256(path) for path in sorted(folder.glob("*.pt"))}
-    return _write_entries(folder, entries)
-
-
-def record_in_manifest(path: str | Path) -> bool:
-    """Update the manifest entry of ``path`` if it lies in the shipped weights folder.
-
-    Only that entry changes (a damaged neighbour is not blessed). Writers of weight files call
-    this after writing; a file elsewhere is left alone.
-
-    Returns:
-        Whether the manifest was updated.
-    """
-    path = Path(path).expanduser()
-    if not is_shipped(path):
-        return False
-    folder = path.resolve().parent
-    try:
-        entries = read_manifest(folder)
-    except FileNotFoundError:
-        entries = {}
-    entries[path.name] = file_sha256(path)
-    _write_entries(folder, entries)
-    return True
-
-
-def verify_shipped(path: str | Path) -> None:
-    """Check a file of the shipped weights folder against the manifest (once per process).
-
-    Raises:
-        ValueError: If the file's sha256 differs from the manifest or it is not listed, naming
-            the file, the expected and actual digests and the fix.
-        FileNotFoundError: If the manifest is missing.
-    """
-    path = Path(path).expanduser()
-    manifest = read_manifest(path.resolve().parent)
-    actual = file_sha256(path)
-    expected = manifest.get(path.name)
-    if expected is None:
-        raise ValueError(
-            f"shipped weight file {path} is not listed in the weights manifest "
-            f"{MANIFEST_NAME}; if you wrote it there on purpose, record it with "
-            f"`{MANIFEST_COMMAND}`, otherwise reinstall ctc-plugin "
-            f"(pip install --force-reinstall ctc-plugin)"
-        )
-    if actual != expected:
-        raise ValueError(
-            f"shipped weight file {path} is damaged: its sha256 is {actual}, the manifest "
-            f"{MANIFEST_NAME} expects {expected}; reinstall ctc-plugin "
-            f"(pip install --force-reinstall ctc-plugin), or if you retrained it on purpose, "
-            f"regenerate the manifest with `{MANIFEST_COMMAND}`"
-        )
 
 
 def _check_archive(path: Path) -> str | None:
@@ -188,7 +43,7 @@ def _check_archive(path: Path) -> str | None:
     Records stored with a CRC-32 of 0 (``torch.save`` with CRC computation switched off) cannot
     be checked and are skipped.
     """
-    key = _identity(path)
+    key = file_identity(path)
     if key in _INTACT:
         return None
     try:
@@ -332,3 +187,29 @@ def read_data_file(path: str | Path, what: str) -> Any:
             ) from None
     reason = describe_load_failure(path, IsADirectoryError() if path.is_dir() else EOFError())
     raise ValueError(f"could not read {what} from {path}: {reason}")
+
+
+def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, Tensor]:
+    """Read a state dict saved with ``torch.save``, as data only (``weights_only=True``).
+
+    A checkpoint dict holding the state dict under ``"state_dict"`` is accepted too. The file is
+    read by [`read_data_file`][ctc_plugin.files.read_data_file]: a shipped file is checked against
+    the weights manifest, any other one for truncation and corruption, each with one clear
+    message.
+
+    Args:
+        path: The file.
+        what: What the file is, for error messages (e.g. ``"backbone weights"``).
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If it is not a readable state dict (the message names the path and what is
+            wrong: empty, truncated or corrupt, not a ``torch.save`` file, objects other than
+            tensors, a folder, or a shipped file that differs from the manifest).
+    """
+    state = read_data_file(path, what)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return state

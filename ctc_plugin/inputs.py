@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.concurrency import model_of
 
 __all__ = ["TrainingModeError", "check_eval_mode", "check_images", "check_inputs"]
@@ -176,7 +176,7 @@ def check_eval_mode(forward_func: Callable[..., Any]) -> None:
     if model is None:
         return
     for name, module in model.named_modules():
-        stateful = isinstance(module, (_BatchNorm, _DropoutNd)) or (
+        stateful = isinstance(module, (*BATCH_NORM_TYPES, _DropoutNd)) or (
             isinstance(module, _InstanceNorm) and module.track_running_stats
         )
         if module.training and stateful:

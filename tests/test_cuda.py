@@ -13,7 +13,7 @@ import torchvision
 
 from ctc_plugin import CTC, CTCAttributor, CTCComposite, IntegrativeCAM, zoo
 from ctc_plugin.explainer.attribution import ExplainerAttribution
-from ctc_plugin.explainer.shipped import KINDS, shipped_explainers
+from ctc_plugin.zoo.explainers import KINDS, shipped_explainers
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -2,7 +2,7 @@
 
 Quantus calls ``explain_func(model=..., inputs=..., targets=..., **explain_func_kwargs)`` with
 NumPy batches and expects a NumPy array back. `explain_func` is that function for every method in
-`ctc_plugin.evaluation.methods.registry` (the same call as on the docs page "Evaluation"):
+`ctc_plugin.harness.methods.registry` (the same call as on the docs page "Evaluation"):
 
     import quantus
     from ctc_plugin.adapters.quantus import explain_func
@@ -65,7 +65,7 @@ def explain_func(
         inputs: Images ``(N, C, H, W)`` as the model takes them.
         targets: Class per image (or one int for all): integers, as in Quantus' ``y_batch``;
             float labels are refused rather than truncated.
-        method: A name from `ctc_plugin.evaluation.methods.registry`, e.g. ``"CTC-reference"``,
+        method: A name from `ctc_plugin.harness.methods.registry`, e.g. ``"CTC-reference"``,
             ``"IntegrativeCAM"``, ``"Explainer"`` (needs ``explainer``) or a peer such as
             ``"IntegratedGradients"``.
         feature_mask: Fixed features ``(N or 1, 1, H, W)`` for feature-based methods.
@@ -84,7 +84,7 @@ def explain_func(
             targets that are not one integer class per image.
     """
     from ctc_plugin.evaluation._inputs import as_targets
-    from ctc_plugin.evaluation.methods import registry
+    from ctc_plugin.harness.methods import registry
 
     unknown = set(kwargs) - _QUANTUS_KEYS
     if unknown:

@@ -16,28 +16,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ctc_plugin.ctc.rules import batch_norm_affine
-
-
-def batchnorm_affine(
-    running_mean: Tensor,
-    running_var: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float,
-) -> tuple[Tensor, Tensor]:
-    """Return the ``(scale, shift)`` of an eval-mode BatchNorm, ``y -> scale * y + shift``.
-
-    Args:
-        running_mean: The running mean.
-        running_var: The running variance.
-        weight: The affine weight (gamma), or None for ``affine=False``.
-        bias: The affine bias (beta), or None.
-        eps: The BatchNorm's epsilon.
-    """
-    scale, shift = batch_norm_affine(running_mean, running_var, weight, bias, eps)
-    return scale.detach(), shift.detach()
-
 
 def fold_batchnorm(conv_bias: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """Return the bias of a convolution followed by the BatchNorm ``y -> scale*y + shift``.

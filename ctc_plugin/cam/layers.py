@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
-from ctc_plugin.cam.bias import batchnorm_affine, fold_batchnorm
+from ctc_plugin.batchnorm import BATCH_NORM_TYPES, batch_norm_affine
+from ctc_plugin.cam.bias import fold_batchnorm
 from ctc_plugin.inputs import TrainingModeError
 
 _INPLACE_DUNDERS = frozenset(
@@ -368,13 +369,10 @@ class StageTracer(TorchFunctionMode):
 
     @staticmethod
     def _bn_affine(a: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        return batchnorm_affine(
+        scale, shift = batch_norm_affine(
             a["running_mean"], a["running_var"], a["weight"], a["bias"], a["eps"]
         )
-
-
-#: The BatchNorm module types (their running means name the stages they start).
-BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+        return scale.detach(), shift.detach()
 
 
 def module_names(model: nn.Module) -> dict[int, str]:
@@ -383,6 +381,6 @@ def module_names(model: nn.Module) -> dict[int, str]:
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
             names[id(module.weight)] = name
-        elif isinstance(module, BATCHNORM_TYPES) and module.running_mean is not None:
+        elif isinstance(module, BATCH_NORM_TYPES) and module.running_mean is not None:
             names[id(module.running_mean)] = name
     return names

@@ -1,10 +1,19 @@
-"""Subcommands of the ``ctc-plugin`` command, one module each."""
+"""Subcommands of the ``ctc-plugin`` command, one module each, and what they share.
+
+Each module registers its subcommand with ``add_parser(subparsers)``;
+[`ctc_plugin.cli`][ctc_plugin.cli] assembles them. Nothing here imports ``ctc_plugin.cli``: the
+command line depends on its commands, not the other way round.
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+
+class CLIError(Exception):
+    """An error the command reports as one line, with exit status 2 (bad input or set-up)."""
 
 
 def add_threads_option(parser: argparse.ArgumentParser, default: int | None, text: str) -> None:

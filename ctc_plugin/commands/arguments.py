@@ -161,7 +161,7 @@ def checked(flag: str, check: Callable[[str], Path], text: str) -> Path:
     Raises:
         CLIError: What argparse would have reported for ``flag``.
     """
-    from ctc_plugin.cli import CLIError
+    from ctc_plugin.commands import CLIError
 
     try:
         return check(text)

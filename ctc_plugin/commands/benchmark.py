@@ -10,7 +10,7 @@ from ctc_plugin.commands import add_threads_option, torch_threads
 from ctc_plugin.commands.arguments import non_negative_int, output_folder, positive_int
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ctc_plugin.evaluation.benchmark import BenchmarkConfig
+    from ctc_plugin.harness.benchmark import BenchmarkConfig
 
 DEFAULT_OUT = "out/benchmark"
 
@@ -86,7 +86,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace) -> BenchmarkConfig:
-    from ctc_plugin.evaluation.benchmark import BenchmarkConfig
+    from ctc_plugin.harness.benchmark import BenchmarkConfig
 
     config = BenchmarkConfig.quick() if args.quick else BenchmarkConfig()
     overrides = {
@@ -105,8 +105,8 @@ def _config(args: argparse.Namespace) -> BenchmarkConfig:
 
 
 def _report_only(args: argparse.Namespace) -> int:
-    from ctc_plugin.cli import CLIError
-    from ctc_plugin.evaluation.report import write_stored_report
+    from ctc_plugin.commands import CLIError
+    from ctc_plugin.harness.report import write_stored_report
 
     given = [OPTIONS[key] for key in OPTIONS if getattr(args, _attribute(key)) is not None]
     given += ["--quick"] if args.quick else []
@@ -126,9 +126,9 @@ def _attribute(field: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) the benchmark, or write the report so far, and print where it is."""
-    from ctc_plugin.cli import CLIError
-    from ctc_plugin.evaluation.benchmark import run_benchmark
-    from ctc_plugin.evaluation.store import ConfigMismatchError
+    from ctc_plugin.commands import CLIError
+    from ctc_plugin.harness.benchmark import run_benchmark
+    from ctc_plugin.harness.store import ConfigMismatchError
 
     if args.report_only:
         return _report_only(args)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctc_plugin.cli import CLIError
+from ctc_plugin.commands import CLIError
 from ctc_plugin.commands.arguments import (
     finite_float,
     input_file,
@@ -352,8 +352,8 @@ def _callable_model(spec: str, weights: Path | None) -> LoadedModel:
 
     from torch import nn
 
+    from ctc_plugin.files import read_state_dict
     from ctc_plugin.images import ImagePreprocessing
-    from ctc_plugin.zoo.loading import read_state_dict
 
     module_name, _, attribute = spec.partition(":")
     try:

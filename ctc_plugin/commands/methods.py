@@ -176,7 +176,7 @@ def _gradcam(request: Request) -> tuple[str, Tensor]:
     from captum.attr import LayerAttribution, LayerGradCam
 
     from ctc_plugin.cam.transformers import transformer_stages
-    from ctc_plugin.evaluation.methods import last_spatial_layer
+    from ctc_plugin.harness.methods import last_spatial_layer
 
     if transformer_stages(request.model):
         raise MethodError(

@@ -104,7 +104,7 @@ def _train(args: argparse.Namespace) -> int:
     """
     import torch
 
-    from ctc_plugin.files import record_in_manifest
+    from ctc_plugin.weights import record_in_manifest
     from ctc_plugin.zoo import train_family, weights_path
     from ctc_plugin.zoo.training import evaluate, training_config
 
@@ -146,7 +146,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_manifest(args: argparse.Namespace) -> int:
     """Rewrite the sha256 manifest of the weights folder; print where and how many files."""
-    from ctc_plugin.files import read_manifest, write_manifest
+    from ctc_plugin.weights import read_manifest, write_manifest
 
     path = write_manifest(args.folder)
     print(f"wrote {path} ({len(read_manifest(path.parent))} files)")

@@ -18,9 +18,9 @@ import torch
 from zennit.attribution import Attributor
 from zennit.core import Composite
 
+from ctc_plugin.canonizers import batch_norms_valid, tensors_restored
 from ctc_plugin.concurrency import PerThread, exclusive
 from ctc_plugin.ctc.attribution import CTC, check_pass_output
-from ctc_plugin.ctc.canonizers import batch_norms_valid, tensors_restored
 from ctc_plugin.ctc.composite import (
     FUNCTIONAL_POLICIES,
     CTCComposite,

@@ -56,6 +56,7 @@ from zennit.canonizers import Canonizer
 from zennit.composites import LayerMapComposite, register_composite
 from zennit.core import Hook, RemovableHandleList
 
+from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.ctc.boxes import Box
 from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
 from ctc_plugin.ctc.interception import CTCMode, copies_off_dim_zero, operation_name
@@ -379,7 +380,6 @@ AFFINE_TYPES: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
 )
-BATCH_NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 MAX_POOL_TYPES: tuple[type[nn.Module], ...] = (
     nn.MaxPool1d,
     nn.MaxPool2d,
@@ -655,7 +655,6 @@ def hooked_pass(
 
 __all__ = [
     "AFFINE_TYPES",
-    "BATCH_NORM_TYPES",
     "FUNCTIONAL_POLICIES",
     "MAX_POOL_TYPES",
     "NORM_TYPES",

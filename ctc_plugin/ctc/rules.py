@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from ctc_plugin.batchnorm import batch_norm_affine
 from ctc_plugin.ctc.boxes import Box, Window, window_boxes
 from ctc_plugin.ctc.errors import GraphCutError, UnsupportedOperationError, UntracedOutputError
 from ctc_plugin.ctc.layout import CopyLayout
@@ -119,23 +120,6 @@ def sole_holder(tensor: torch.Tensor) -> bool:
         and not tensor.requires_grad
         and _storage_use_count(tensor) == _SOLE_USE_COUNT
     )
-
-
-def batch_norm_affine(
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scale, shift)`` such that eval-mode ``batch_norm(x) = x * scale + shift``."""
-    scale = torch.rsqrt(running_var + eps)
-    if weight is not None:
-        scale = scale * weight
-    shift = -running_mean * scale
-    if bias is not None:
-        shift = shift + bias
-    return scale, shift
 
 
 class BatchDimensionError(ValueError):
@@ -370,7 +354,7 @@ class GatedPass:
     ) -> torch.Tensor:
         """BatchNorm (or InstanceNorm) with running statistics, through `fold_batch_norm`.
 
-        The affine map of [`batch_norm_affine`][ctc_plugin.ctc.rules.batch_norm_affine], per channel
+        The affine map of [`batch_norm_affine`][ctc_plugin.batchnorm.batch_norm_affine], per channel
         (dim 1).
         """
         scale, shift = batch_norm_affine(running_mean, running_var, weight, bias, eps)

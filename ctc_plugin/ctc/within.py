@@ -4,7 +4,7 @@ CTC scores whole features (segments). To get a map with pixel detail whose per-f
 stay exactly the CTC scores, [`distribute_within_features`][ctc_plugin.distribute_within_features]
 splits each feature's score among its elements in proportion to the *magnitude* of a relevance
 map (a precomputed tensor, any Zennit composite, any Captum attribution or any callable: see
-[`ctc_plugin.ctc.relevance`][ctc_plugin.ctc.relevance]), after the scores were computed:
+[`ctc_plugin.relevance`][ctc_plugin.relevance]), after the scores were computed:
 
     attributions, scores = CTC(model).attribute(x, target, feature_mask=segments,
                                                 return_feature_scores=True)
@@ -31,8 +31,8 @@ import torch
 
 from ctc_plugin.ctc.attribution import FeatureScores, TensorOrTuple
 from ctc_plugin.ctc.masks import FeatureSet, broadcast_to_inputs
-from ctc_plugin.ctc.relevance import Relevance, compute_relevance
 from ctc_plugin.inputs import check_inputs
+from ctc_plugin.relevance import Relevance, compute_relevance
 
 
 def distribute_within_features(
@@ -57,7 +57,7 @@ def distribute_within_features(
             (``attribute(..., return_feature_scores=True)`` or ``attributor.feature_scores``);
             they carry the feature mask the call used and the target it scored.
         relevance: Where inside each feature the score goes (see
-            [`compute_relevance`][ctc_plugin.ctc.relevance.compute_relevance]): a relevance
+            [`compute_relevance`][ctc_plugin.relevance.compute_relevance]): a relevance
             tensor (or tuple) shaped like the inputs; a Zennit composite (pass ``model``); a
             Captum attribution, called as ``attribute(inputs, target=scores.target)``; or a
             callable ``f(inputs, target)`` given ``scores.target``.

@@ -96,7 +96,7 @@ def as_targets(targets: Tensor | int | list[int] | np.ndarray, n: int) -> Tensor
 
 #: An explanation method as the evaluation sees it: ``method(model, images, targets,
 #: feature_mask) -> (N, 1, H, W)`` maps (``feature_mask`` may be ``None`` for methods that do not
-#: use features). See `ctc_plugin.evaluation.methods` for the registry of such functions.
+#: use features). See `ctc_plugin.harness.methods` for the registry of such functions.
 Method = Callable[[nn.Module, Tensor, Tensor, "Tensor | None"], Tensor]
 
 

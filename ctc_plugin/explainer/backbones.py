@@ -50,7 +50,7 @@ from ctc_plugin.explainer.gated import GatedMaskBackbone
 from ctc_plugin.explainer.network import SmallUNet
 from ctc_plugin.explainer.student import ClassMapStudent
 from ctc_plugin.explainer.student_unet import StudentUNet
-from ctc_plugin.zoo.loading import read_state_dict
+from ctc_plugin.files import read_state_dict
 
 __all__ = [
     "BACKBONES",

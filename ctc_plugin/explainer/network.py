@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from ctc_plugin._moved import moved_keywords
 from ctc_plugin.explainer.maps import check_scale, resize_maps, run_at_scale, select_maps
-from ctc_plugin.files import read_data_file, record_in_manifest
+from ctc_plugin.files import read_data_file
+from ctc_plugin.weights import record_in_manifest
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.explainer.presets import ExplainerHyperparameters

@@ -8,7 +8,7 @@ composite (``AlphaBeta(alpha=1, beta=0)`` on convolutions and linear layers; Zen
 result over as a plain heatmap.
 [`relevance_heatmap`][ctc_plugin.features.relevance.relevance_heatmap] accepts every form of
 relevance the package takes (a tensor, a Zennit composite, a Captum attribution or a callable:
-[`ctc_plugin.ctc.relevance`][ctc_plugin.ctc.relevance], the one place that runs them).
+[`ctc_plugin.relevance`][ctc_plugin.relevance], the one place that runs them).
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from zennit.core import Composite
 from zennit.rules import AlphaBeta
 from zennit.types import Convolution
 
+from ctc_plugin.canonizers import PositiveEpsMergeBatchNorm
 from ctc_plugin.concurrency import exclusive
-from ctc_plugin.ctc.canonizers import PositiveEpsMergeBatchNorm
-from ctc_plugin.ctc.relevance import Relevance, compute_relevance, one_hot_of, run_composite
+from ctc_plugin.relevance import Relevance, compute_relevance, one_hot_of, run_composite
 from ctc_plugin.targets import class_indices
 
 __all__ = ["lrp_alpha1beta0", "relevance_heatmap", "resolve_target", "zennit_relevance"]
 
 #: A relevance for feature selection: any form of
-#: [`Relevance`][ctc_plugin.ctc.relevance.Relevance].
+#: [`Relevance`][ctc_plugin.relevance.Relevance].
 RelevanceMethod = Relevance
 
 
@@ -46,7 +46,7 @@ def lrp_alpha1beta0(
 
     Args:
         canonizers: Zennit canonizers to apply first. Default: Zennit's ``SequentialMergeBatchNorm``
-            (as [`PositiveEpsMergeBatchNorm`][ctc_plugin.ctc.canonizers.PositiveEpsMergeBatchNorm],
+            (as [`PositiveEpsMergeBatchNorm`][ctc_plugin.canonizers.PositiveEpsMergeBatchNorm],
             which also works on torch 2.11), which folds BatchNorm layers into the convolution
             before them. Give ``zennit.torchvision.ResNetCanonizer()`` and friends for torchvision
             models.
@@ -152,11 +152,11 @@ def relevance_heatmap(
     Args:
         method: ``None`` (LRP-alpha1-beta0 through Zennit, see
             [`zennit_relevance`][ctc_plugin.features.relevance.zennit_relevance]) or any form of
-            [`Relevance`][ctc_plugin.ctc.relevance.Relevance]: a heatmap tensor, a Zennit
+            [`Relevance`][ctc_plugin.relevance.Relevance]: a heatmap tensor, a Zennit
             ``Composite``, a Captum attribution object (anything with
             ``.attribute(inputs, target=...)``, e.g. ``captum.attr.LRP(model)`` or
             ``IntegratedGradients(model)``), or a callable ``method(images, target) -> Tensor``;
-            all run by [`compute_relevance`][ctc_plugin.ctc.relevance.compute_relevance].
+            all run by [`compute_relevance`][ctc_plugin.relevance.compute_relevance].
         model: The classifier (needed for ``None``, composites and ``target=None``).
         images: Input batch ``(N, C, H, W)`` as the model takes it.
         target: Class per image, one class for all, or ``None`` for the predicted class.

@@ -25,7 +25,7 @@ _EXPORTS = {
     "build": "ctc_plugin.zoo.loading",
     "evaluate": "ctc_plugin.zoo.training",
     "load": "ctc_plugin.zoo.loading",
-    "load_explainer": "ctc_plugin.zoo.loading",
+    "load_explainer": "ctc_plugin.zoo.explainers",
     "load_torchvision": "ctc_plugin.zoo.loading",
     "train": "ctc_plugin.zoo.training",
     "train_family": "ctc_plugin.zoo.training",
@@ -48,13 +48,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from ctc_plugin.zoo.loading import build, load, load_explainer, load_torchvision, weights_path
+    from ctc_plugin.zoo.explainers import load_explainer
+    from ctc_plugin.zoo.loading import build, load, load_torchvision, weights_path
     from ctc_plugin.zoo.models import HEADS
     from ctc_plugin.zoo.training import evaluate, train, train_family
 
 
 #: Submodules, reachable as attributes as an eagerly imported package's would be.
-_SUBMODULES = ("loading", "models", "settings", "training")
+_SUBMODULES = ("explainers", "loading", "models", "settings", "training")
 
 
 def __getattr__(name: str) -> Any:

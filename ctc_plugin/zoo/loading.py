@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +9,10 @@ import torch
 from torch import nn
 
 from ctc_plugin.datasets.scene import check_split
-from ctc_plugin.files import read_data_file
+from ctc_plugin.files import read_state_dict
+from ctc_plugin.weights import classifier_path
 from ctc_plugin.zoo.models import ARCHITECTURES
 from ctc_plugin.zoo.settings import FAMILIES as FAMILIES
-
-#: Folder of the shipped weight files (zoo classifiers and explainers) and of their sha256 manifest
-#: ``SHA256SUMS``, checked whenever one of them is loaded ([`ctc_plugin.files`][ctc_plugin.files]).
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def _check_family(family: str) -> None:
@@ -41,36 +37,17 @@ def build(family: str, num_classes: int) -> nn.Module:
 
 
 def weights_path(family: str, split: str = "shapes") -> Path:
-    """Return the path of the shipped weight file of ``family`` trained on ``split``."""
-    _check_family(family)
-    check_split(split)
-    return WEIGHTS_DIR / f"{family}-{split}.pt"
+    """Return the path of the shipped weight file of ``family`` trained on ``split``.
 
-
-def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
-    """Read a state dict saved with ``torch.save``, as data only (``weights_only=True``).
-
-    A checkpoint dict holding the state dict under ``"state_dict"`` is accepted too. The file is
-    read by [`ctc_plugin.files.read_data_file`][ctc_plugin.files.read_data_file]: a shipped file is
-    checked against the weights manifest, any other one for truncation and corruption, each with one
-    clear message.
-
-    Args:
-        path: The file.
-        what: What the file is, for error messages (e.g. ``"backbone weights"``).
+    The file names belong to [`ctc_plugin.weights`][ctc_plugin.weights]; this checks the family
+    and split first.
 
     Raises:
-        FileNotFoundError: If the file does not exist.
-        ValueError: If it is not a readable state dict (the message names the path and what is
-            wrong: empty, truncated or corrupt, not a ``torch.save`` file, objects other than
-            tensors, a folder, or a shipped file that differs from the manifest).
+        ValueError: For an unknown family or split.
     """
-    state = read_data_file(path, what)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return state
+    _check_family(family)
+    check_split(split)
+    return classifier_path(family, split)
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
@@ -129,7 +106,7 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
 
     Raises:
         ValueError: For an unknown architecture, weights that do not fit or an unreadable file
-            (see [`read_state_dict`][ctc_plugin.zoo.loading.read_state_dict]).
+            (see [`read_state_dict`][ctc_plugin.files.read_state_dict]).
         FileNotFoundError: If the weights file does not exist.
     """
     import torchvision.models
@@ -142,14 +119,3 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
     state = read_state_dict(path)
     model = torchvision.models.get_model(arch, weights=None, **kwargs)
     return _load_into(model, state, path)
-
-
-def load_explainer(family: str, split: str = "shapes", kind: str = "default") -> nn.Module:
-    """Return the shipped Explainer trained for the zoo model ``family`` on ``split``.
-
-    A thin forwarder to
-    [`ctc_plugin.explainer.shipped.load_explainer`][ctc_plugin.explainer.shipped.load_explainer]
-    (``kind``: ``"default"``, the fast one, or ``"class-specific"``).
-    """
-    shipped = importlib.import_module("ctc_plugin.explainer.shipped")
-    return shipped.load_explainer(family, split, kind)

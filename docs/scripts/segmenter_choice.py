@@ -1,7 +1,7 @@
 """Localisation of CTC and FeatureAblation with each offline segmenter, on the zoo's models.
 
 The benchmark's held-out images (``ShapesDataset("shapes", seed=2026)``, explained for their
-true label), each method called as the benchmark calls it (`ctc_plugin.evaluation.methods`),
+true label), each method called as the benchmark calls it (`ctc_plugin.harness.methods`),
 with the features of each segmenter: a 4 x 4 and an 8 x 8 grid (`GridSegmenter`), SLIC
 superpixels with 25 (the default) and 50 segments (`SuperpixelSegmenter`), Felzenszwalb
 superpixels, and the scene's true objects (``oracle``: what an object-level segmenter such as
@@ -28,8 +28,8 @@ from ctc_plugin.evaluation.localisation import (
     pointing_game,
     relevance_mass_accuracy,
 )
-from ctc_plugin.evaluation.methods import registry
 from ctc_plugin.features import GridSegmenter, SuperpixelSegmenter
+from ctc_plugin.harness.methods import registry
 
 METHODS = ("CTC-reference", "CTC-proportional", "CTC-none", "FeatureAblation")
 

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from ctc_plugin.cam.bias import batchnorm_affine, bias_map, fold_batchnorm
+from ctc_plugin.batchnorm import batch_norm_affine
+from ctc_plugin.cam.bias import bias_map, fold_batchnorm
 from ctc_plugin.cam.layers import StageTracer
 from tests.cam.cam_models import randomise_batchnorm
 
@@ -88,7 +89,7 @@ def test_folded_bias_reproduces_conv_then_batchnorm() -> None:
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
     randomise_batchnorm(bn, torch.Generator().manual_seed(1)).eval()
-    scale, shift = batchnorm_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+    scale, shift = batch_norm_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
     folded = nn.Conv2d(3, 4, 3)
     with torch.no_grad():
         folded.weight.copy_(conv.weight * scale[:, None, None, None])

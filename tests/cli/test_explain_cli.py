@@ -212,9 +212,9 @@ def test_error_messages_name_what_to_fix(tmp_path, capsys, images):
 
 
 def test_zoo_model_with_missing_shipped_weights_names_the_fix(tmp_path, capsys, monkeypatch):
-    from ctc_plugin.zoo import loading
+    from ctc_plugin import weights
 
-    monkeypatch.setattr(loading, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)
     err = _error(capsys, ["explain", "--model", "densenet", "--out", str(tmp_path / "x.png")])
     assert "--model densenet" in err and "zoo train densenet" in err
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import Explainer
-from ctc_plugin.explainer.shipped import load_explainer
+from ctc_plugin.zoo.explainers import load_explainer
 
 
 def test_unet_small_any_size_at_input_resolution():

@@ -89,8 +89,8 @@ def test_selection_and_pixel_level_ctc_share_one_relevance_dispatch(target):
 
     from ctc_plugin import CTC, distribute_within_features
     from ctc_plugin.ctc.masks import prepare_features
-    from ctc_plugin.ctc.relevance import compute_relevance
     from ctc_plugin.ctc.within import spread_by_relevance
+    from ctc_plugin.relevance import compute_relevance
 
     model = conv_bn_model().double()
     images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(5)).double()

@@ -34,8 +34,8 @@ from ctc_plugin import (
     ExplainerAttribution,
     IntegrativeCAM,
 )
+from ctc_plugin.canonizers import PositiveEpsMergeBatchNorm
 from ctc_plugin.concurrency import CallScope, ModelLock, PerThread, exclusive, lock_for, shared
-from ctc_plugin.ctc.canonizers import PositiveEpsMergeBatchNorm
 from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.features import GridSegmenter
 from ctc_plugin.features.relevance import zennit_relevance

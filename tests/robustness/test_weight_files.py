@@ -25,17 +25,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from ctc_plugin import files, zoo
+from ctc_plugin import files, weights, zoo
 from ctc_plugin.adapters.sam import load_sam
 from ctc_plugin.cli import main
 from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import FILE_FORMAT, Explainer
 from ctc_plugin.explainer.training import load_checkpoint
-from ctc_plugin.zoo import loading
-from ctc_plugin.zoo.loading import read_state_dict
+from ctc_plugin.files import read_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = sorted(loading.WEIGHTS_DIR.glob("*.pt"))
+SHIPPED = sorted(weights.WEIGHTS_DIR.glob("*.pt"))
 UNSAFE_ADVICE = ("weights_only=False", "`weights_only` set to `False`", "add_safe_globals")
 
 
@@ -55,9 +54,9 @@ def _weights_folder(*names: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
         folder = Path(tmp) / "weights"
         folder.mkdir()
-        for name in (*names, files.MANIFEST_NAME):
-            shutil.copyfile(loading.WEIGHTS_DIR / name, folder / name)
-        patch.setattr(loading, "WEIGHTS_DIR", folder)
+        for name in (*names, weights.MANIFEST_NAME):
+            shutil.copyfile(weights.WEIGHTS_DIR / name, folder / name)
+        patch.setattr(weights, "WEIGHTS_DIR", folder)
         yield folder
 
 
@@ -77,11 +76,11 @@ def _flip(path: Path, offset: int, bit: int = 0) -> None:
 
 def _assert_digest_error(error: BaseException, path: Path) -> None:
     message = str(error)
-    expected = files.read_manifest(path.parent)[path.name]
+    expected = weights.read_manifest(path.parent)[path.name]
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
     assert isinstance(error, ValueError), message
     assert str(path) in message and expected in message and actual in message, message
-    assert "reinstall ctc-plugin" in message and files.MANIFEST_COMMAND in message, message
+    assert "reinstall ctc-plugin" in message and weights.MANIFEST_COMMAND in message, message
 
 
 def _shown(error: BaseException) -> str:
@@ -94,22 +93,22 @@ def _shown(error: BaseException) -> str:
 
 def test_the_manifest_matches_the_shipped_files_on_disk():
     """A retrain or a hand-copied file without `ctc-plugin zoo manifest` fails here."""
-    manifest = files.read_manifest()
+    manifest = weights.read_manifest()
     assert len(SHIPPED) == 36
     assert sorted(manifest) == [path.name for path in SHIPPED], (
-        f"the weights folder and its manifest differ; run `{files.MANIFEST_COMMAND}`"
+        f"the weights folder and its manifest differ; run `{weights.MANIFEST_COMMAND}`"
     )
     for path in SHIPPED:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         assert manifest[path.name] == digest, (
-            f"{path.name} changed without its manifest entry; run `{files.MANIFEST_COMMAND}`"
+            f"{path.name} changed without its manifest entry; run `{weights.MANIFEST_COMMAND}`"
         )
 
 
 def test_the_manifest_is_package_data():
     pyproject = (REPO / "pyproject.toml").read_text()
     section = pyproject.split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
-    assert f'"zoo/weights/{files.MANIFEST_NAME}"' in section
+    assert f'"zoo/weights/{weights.MANIFEST_NAME}"' in section
 
 
 @pytest.mark.parametrize("seed", [0])
@@ -149,7 +148,7 @@ def test_an_intact_copy_loads_and_is_hashed_once(monkeypatch):
     with _weights_folder(name) as folder:
         calls = []
         real = hashlib.sha256
-        monkeypatch.setattr(files.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+        monkeypatch.setattr(weights.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
         first, second = zoo.load("resnet"), zoo.load("resnet")
         assert len(calls) == 1
         for key, value in first.state_dict().items():
@@ -160,17 +159,17 @@ def test_an_intact_copy_loads_and_is_hashed_once(monkeypatch):
 
 
 def test_unlisted_file_or_missing_manifest_in_the_weights_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(loading, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)
     torch.save(zoo.build("resnet", 6).state_dict(), tmp_path / "resnet-shapes.pt")
     with pytest.raises(FileNotFoundError, match="manifest .*SHA256SUMS is missing; reinstall"):
         zoo.load("resnet")
-    files.write_manifest()
+    weights.write_manifest()
     torch.save(zoo.build("vgg", 6).state_dict(), tmp_path / "vgg-shapes.pt")
     with pytest.raises(ValueError, match="vgg-shapes.pt is not listed in the weights manifest"):
         zoo.load("vgg")
     assert zoo.load("resnet") is not None
-    (tmp_path / files.MANIFEST_NAME).write_text("not a manifest line\n")
-    with pytest.raises(ValueError, match=f"line 1 .*{files.MANIFEST_COMMAND}"):
+    (tmp_path / weights.MANIFEST_NAME).write_text("not a manifest line\n")
+    with pytest.raises(ValueError, match=f"line 1 .*{weights.MANIFEST_COMMAND}"):
         zoo.load("resnet")
 
 
@@ -178,27 +177,27 @@ def test_writers_keep_the_manifest_up_to_date(tmp_path, monkeypatch, capsys):
     from ctc_plugin import zoo as zoo_package
     from ctc_plugin.zoo import training
 
-    monkeypatch.setattr(loading, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)
     # `ctc-plugin zoo train` writing into the weights folder (training itself stubbed out)
     monkeypatch.setattr(zoo_package, "train_family", lambda f, s, c: zoo.build(f, 2))
     monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.5)
     assert main(["zoo", "train", "vgg", "resnet", "--split", "composite"]) == 0
-    assert sorted(files.read_manifest()) == ["resnet-composite.pt", "vgg-composite.pt"]
+    assert sorted(weights.read_manifest()) == ["resnet-composite.pt", "vgg-composite.pt"]
     assert zoo.load("vgg", "composite") is not None
     # Explainer.save into the weights folder (as `ctc-plugin explainer train --out` does)
     path = Explainer(build_backbone("unet-small", 2, width=2), 2).save(
         tmp_path / "explainer-vgg-composite.pt"
     )
     assert Explainer.load(path) is not None
-    assert files.read_manifest()[path.name] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert weights.read_manifest()[path.name] == hashlib.sha256(path.read_bytes()).hexdigest()
     # ... and elsewhere it writes no manifest
     Explainer(build_backbone("unet-small", 2, width=2), 2).save(tmp_path / "elsewhere" / "e.pt")
-    assert not (tmp_path / "elsewhere" / files.MANIFEST_NAME).exists()
+    assert not (tmp_path / "elsewhere" / weights.MANIFEST_NAME).exists()
     # `ctc-plugin zoo manifest` rewrites it from the files on disk
-    (tmp_path / files.MANIFEST_NAME).unlink()
+    (tmp_path / weights.MANIFEST_NAME).unlink()
     assert main(["zoo", "manifest"]) == 0
     assert "(3 files)" in capsys.readouterr().out
-    assert len(files.read_manifest()) == 3
+    assert len(weights.read_manifest()) == 3
 
 
 # --- user files through every loader ---------------------------------------------------------

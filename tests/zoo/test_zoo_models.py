@@ -1,6 +1,3 @@
-import sys
-import types
-
 import pytest
 import torch
 from torch import nn
@@ -9,7 +6,7 @@ from torchvision.models.vision_transformer import EncoderBlock
 from torchvision.ops import SqueezeExcitation, StochasticDepth
 
 from ctc_plugin import zoo
-from ctc_plugin.zoo.loading import read_state_dict
+from ctc_plugin.files import read_state_dict
 
 ALLOWED_MODULES = (
     nn.Conv2d,
@@ -224,14 +221,10 @@ def test_evaluate_refuses_the_training_seed():
         zoo.evaluate(zoo.build("vgg", 6), "shapes", size=10, seed=0)
 
 
-def test_load_explainer_forwards_to_the_shipped_module(monkeypatch):
-    calls = []
-    fake = types.ModuleType("ctc_plugin.explainer.shipped")
-    fake.load_explainer = lambda *args: calls.append(args) or "explainer"
-    monkeypatch.setitem(sys.modules, "ctc_plugin.explainer.shipped", fake)
-    assert zoo.load_explainer("vgg", "composite") == "explainer"
-    assert zoo.load_explainer("resnet", kind="class-specific") == "explainer"
-    assert calls == [("vgg", "composite", "default"), ("resnet", "shapes", "class-specific")]
+def test_load_explainer_is_the_shipped_explainers_loader():
+    from ctc_plugin.zoo import explainers
+
+    assert zoo.load_explainer is explainers.load_explainer
 
 
 def test_training_rejects_empty_settings():

@@ -5,7 +5,7 @@ import torch
 from captum.attr import FeatureAblation
 
 from ctc_plugin import zoo
-from ctc_plugin.evaluation.methods import registry
+from ctc_plugin.harness.methods import registry
 
 
 def grid_mask(size=32, cell=8):
@@ -54,7 +54,7 @@ def test_zennit_on_preactivation_densenet_falls_back_and_leaves_model_alone():
             module.running_var.uniform_(0.5, 2.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.rand(1, 3, 32, 32)
-    import ctc_plugin.evaluation.methods as methods
+    import ctc_plugin.harness.methods as methods
 
     methods._WARNED.clear()
     with warnings.catch_warnings(record=True) as caught:
@@ -121,8 +121,8 @@ def test_grad_cam_on_a_transformer_uses_its_last_block_with_a_reshape(vit):
 
 
 def test_zennit_lrp_is_for_cnns_and_attn_lrp_selects_a_transformers_features(vit, monkeypatch):
-    from ctc_plugin.evaluation import benchmark
-    from ctc_plugin.evaluation.benchmark import BenchmarkConfig
+    from ctc_plugin.harness import benchmark
+    from ctc_plugin.harness.benchmark import BenchmarkConfig
 
     model, images, targets = vit
     for name in ("LRP-EpsilonPlusFlat", "LRP-alpha1beta0"):

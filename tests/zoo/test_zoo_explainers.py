@@ -17,16 +17,16 @@ from ctc_plugin.datasets import ShapesDataset
 from ctc_plugin.evaluation.localisation import binarize, iou
 from ctc_plugin.explainer.attribution import ExplainerAttribution
 from ctc_plugin.explainer.network import Explainer
-from ctc_plugin.explainer.shipped import (
-    KINDS,
-    explainer_path,
-    load_explainer,
-    shipped_explainers,
-)
 from ctc_plugin.explainer.specificity import (
     specificity_table,
     two_object_images,
     two_object_training_data,
+)
+from ctc_plugin.zoo.explainers import (
+    KINDS,
+    explainer_path,
+    load_explainer,
+    shipped_explainers,
 )
 
 SHIPPED = shipped_explainers()  # every (family, split) file of the default kind in the zoo

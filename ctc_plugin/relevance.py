@@ -4,7 +4,7 @@ Two parts of the package take a relevance method from the user: pixel-level CTC
 ([`distribute_within_features`][ctc_plugin.distribute_within_features]) and feature selection
 ([`relevance_heatmap`][ctc_plugin.features.relevance_heatmap], used by
 [`select_features`][ctc_plugin.features.select_features]). Both hand it to
-[`compute_relevance`][ctc_plugin.ctc.relevance.compute_relevance], so they accept the same forms
+[`compute_relevance`][ctc_plugin.relevance.compute_relevance], so they accept the same forms
 and refuse the same things with the same messages:
 
 - a tensor, or a tuple of tensors (one per input): used as given;
@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from zennit.core import Composite
 
+from ctc_plugin.canonizers import gradient_attributor
 from ctc_plugin.concurrency import exclusive, model_of
-from ctc_plugin.ctc.canonizers import gradient_attributor
 from ctc_plugin.targets import TargetType, resolve_targets
 
-#: What [`compute_relevance`][ctc_plugin.ctc.relevance.compute_relevance] accepts: a tensor (or a
+#: What [`compute_relevance`][ctc_plugin.relevance.compute_relevance] accepts: a tensor (or a
 #: tuple, one per input), a Zennit composite, a Captum attribution instance (anything with
 #: ``.attribute(inputs, target=...)``) or a callable ``f(inputs, target)``.
 Relevance = (
@@ -58,7 +58,7 @@ def run_composite(
     The model and the composite are held exclusively while it runs; the composite's hooks and
     canonizers are removed when the call ends, also on an exception, and every parameter and
     buffer is back as registered (see
-    [`gradient_attributor`][ctc_plugin.ctc.canonizers.gradient_attributor]).
+    [`gradient_attributor`][ctc_plugin.canonizers.gradient_attributor]).
 
     Args:
         model: The classifier.
@@ -66,7 +66,7 @@ def run_composite(
         x: (N, ...) input.
         attr_output: Zennit's output weighting: a tensor shaped like the model's output, or a
             function of the output returning one (see
-            [`one_hot_of`][ctc_plugin.ctc.relevance.one_hot_of]).
+            [`one_hot_of`][ctc_plugin.relevance.one_hot_of]).
 
     Returns:
         The model's output and the relevance shaped like ``x``, both detached.

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from ctc_plugin.evaluation import benchmark
-from ctc_plugin.evaluation.benchmark import BenchmarkConfig, run_benchmark
-from ctc_plugin.evaluation.report import write_stored_report
-from ctc_plugin.evaluation.store import ConfigMismatchError, Piece, RunStore
+from ctc_plugin.harness import benchmark
+from ctc_plugin.harness.benchmark import BenchmarkConfig, run_benchmark
+from ctc_plugin.harness.report import write_stored_report
+from ctc_plugin.harness.store import ConfigMismatchError, Piece, RunStore
 
 TIMING = {"seconds", "memory_mib"}  # measured, so they differ between any two runs
 
@@ -208,11 +208,11 @@ def test_piece_round_trip_keeps_values_exactly(tmp_path):
 def test_shortcuts_change_no_number_of_deterministic_methods(uninterrupted):
     """Reused original maps and remembered segmentations equal a direct metric computation."""
     from ctc_plugin.evaluation.invariance import input_invariance
-    from ctc_plugin.evaluation.methods import registry
     from ctc_plugin.evaluation.protocol import run_protocol, welch_test
     from ctc_plugin.evaluation.sanity import cascading_randomisation
     from ctc_plugin.evaluation.sensitivity import max_sensitivity
     from ctc_plugin.features import SuperpixelSegmenter
+    from ctc_plugin.harness.methods import registry
 
     _, summary = uninterrupted
     model = _models()[("tinyB", "shapes")]

@@ -8,9 +8,8 @@ import torch
 from torch import nn
 from zennit.canonizers import SequentialMergeBatchNorm
 
-from ctc_plugin.ctc.canonizers import TINY_EPS, PositiveEpsMergeBatchNorm
-
-from .test_composite import version_of_imported_zennit
+from ctc_plugin.canonizers import TINY_EPS, PositiveEpsMergeBatchNorm
+from tests.ctc.test_composite import version_of_imported_zennit
 
 
 def conv_bn_model() -> nn.Module:
@@ -54,7 +53,7 @@ def test_zennit_itself_sets_eps_to_zero_from_version_one():
 
 
 def test_tensors_restored_undoes_shadowing_and_re_registration_also_on_error():
-    from ctc_plugin.ctc.canonizers import tensors_restored
+    from ctc_plugin.canonizers import tensors_restored
 
     model = conv_bn_model()
     conv, bn = model[0], model[1]
@@ -74,7 +73,7 @@ def test_tensors_restored_undoes_shadowing_and_re_registration_also_on_error():
 
 
 def test_batch_norms_valid_gives_zero_eps_a_tiny_one_for_the_block_only():
-    from ctc_plugin.ctc.canonizers import batch_norms_valid
+    from ctc_plugin.canonizers import batch_norms_valid
 
     model = conv_bn_model()
     handles = SequentialMergeBatchNorm().apply(model)

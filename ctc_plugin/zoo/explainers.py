@@ -1,16 +1,16 @@
 """Explainers shipped with the zoo models, trained by ``ctc-plugin explainer train``.
 
-They live beside the zoo weights, in
-[`ctc_plugin.zoo.loading.WEIGHTS_DIR`][ctc_plugin.zoo.loading.WEIGHTS_DIR], and are checked against
-its sha256 manifest when loaded (see [`ctc_plugin.files`][ctc_plugin.files]).
+Their files live beside the zoo weights and are named and checked against the sha256 manifest by
+[`ctc_plugin.weights`][ctc_plugin.weights]; this module knows the kinds and loads them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import ctc_plugin.weights as weights
 from ctc_plugin.explainer.network import Explainer
-from ctc_plugin.zoo import loading
+from ctc_plugin.zoo.loading import load
 
 #: Kinds of shipped explainer: ``"default"`` (small U-Net, fast), ``"class-specific"``
 #: (a copy of the classifier gives the class maps: masks of absent classes stay dark, several
@@ -37,22 +37,13 @@ def _check_kind(kind: str) -> None:
 def explainer_path(family: str, split: str = "shapes", kind: str = "default") -> Path:
     """Return where the shipped explainer of a zoo model lives (whether or not it exists)."""
     _check_kind(kind)
-    suffix = "" if kind == "default" else f"-{kind}"
-    return Path(loading.WEIGHTS_DIR) / f"explainer-{family}-{split}{suffix}.pt"
+    return weights.explainer_path(family, split, kind)
 
 
 def shipped_explainers(kind: str = "default") -> list[tuple[str, str]]:
     """Return the ``(family, split)`` pairs that have a shipped explainer file of ``kind``."""
     _check_kind(kind)
-    pairs = []
-    for path in sorted(Path(loading.WEIGHTS_DIR).glob("explainer-*.pt")):
-        name = path.stem.removeprefix("explainer-")
-        file_kind = next((k for k in KINDS[1:] if name.endswith(f"-{k}")), "default")
-        if file_kind != kind:
-            continue
-        family, split = name.removesuffix(f"-{kind}").rsplit("-", 1)
-        pairs.append((family, split))
-    return pairs
+    return [(family, split) for family, split, k in weights.explainer_files() if k == kind]
 
 
 def load_explainer(family: str, split: str = "shapes", kind: str = "default") -> Explainer:
@@ -88,9 +79,7 @@ def load_explainer(family: str, split: str = "shapes", kind: str = "default") ->
             f"and load it with {loading}"
         )
     if holds_classifier(kind):
-        from ctc_plugin import zoo
-
-        return Explainer.load(path, classifier=zoo.load(family, split))
+        return Explainer.load(path, classifier=load(family, split))
     return Explainer.load(path)
 
 

@@ -1,6 +1,6 @@
 import math
 
-from ctc_plugin.evaluation.report import finite_mean, markdown_table
+from ctc_plugin.harness.report import finite_mean, markdown_table
 
 
 def test_best_value_per_column_is_bold_in_the_right_direction():
@@ -29,7 +29,7 @@ def test_scatter_labels_do_not_overlap(tmp_path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.text import Text
 
-    from ctc_plugin.evaluation.report import _separate_labels
+    from ctc_plugin.harness.report import _separate_labels
 
     for cluster in (1, 3, 12):
         fig, axis = plt.subplots(figsize=(8, 6))
@@ -62,7 +62,7 @@ def test_scatter_labels_do_not_overlap(tmp_path) -> None:
 
 
 def test_every_column_is_in_exactly_one_table_group():
-    from ctc_plugin.evaluation.report import COLUMN_GROUPS, COLUMNS
+    from ctc_plugin.harness.report import COLUMN_GROUPS, COLUMNS
 
     grouped = [key for columns in COLUMN_GROUPS.values() for key in columns]
     assert sorted(grouped) == sorted(COLUMNS)
@@ -70,7 +70,7 @@ def test_every_column_is_in_exactly_one_table_group():
 
 def test_results_tables_are_split_into_narrow_groups():
     """Each group gets its own table under its title; absent groups are left out."""
-    from ctc_plugin.evaluation.report import COLUMN_GROUPS, COLUMNS, markdown_tables
+    from ctc_plugin.harness.report import COLUMN_GROUPS, COLUMNS, markdown_tables
 
     full = [
         {"method": name, **{key: index + 0.1 * rank for rank, key in enumerate(COLUMNS)}}

@@ -6,9 +6,8 @@ feature-based methods (Captum's FeatureAblation, Lime, KernelShap and CTC) recei
 ``feature_mask``. Methods that return one value per input channel are reduced to one map:
 gradient magnitudes by the maximum over channels (Simonyan et al.), signed relevances by the sum.
 
-Our methods join the registry when their modules are importable: CTC in each bias-sharing mode,
-Integrative CAM and, for zoo models with a shipped Explainer, the Explainer
-(`explainer_method`).
+Our methods are always in the registry: CTC in each bias-sharing mode, Integrative CAM and, for
+zoo models with a shipped Explainer, the Explainer (`explainer_method`).
 """
 
 from __future__ import annotations
@@ -134,7 +133,7 @@ def _zennit(composite_factory: Callable[[list], object], name: str) -> Method:
     ) -> Tensor:
         from zennit.attribution import Gradient
 
-        from ctc_plugin.ctc.canonizers import PositiveEpsMergeBatchNorm
+        from ctc_plugin.canonizers import PositiveEpsMergeBatchNorm
 
         with torch.no_grad():
             expected = model(images)
@@ -217,7 +216,7 @@ def _grad_cam(cls_name: str) -> Method:
     [`transformer_stages`][ctc_plugin.cam.transformer_stages] knows) that is its last block, with
     pytorch-grad-cam's ``reshape_transform`` turning its tokens into a map, as its documentation
     does for ViTs; otherwise
-    [`last_spatial_layer`][ctc_plugin.evaluation.methods.last_spatial_layer].
+    [`last_spatial_layer`][ctc_plugin.harness.methods.last_spatial_layer].
     """
 
     def method(
@@ -413,7 +412,7 @@ def explainer_method(explainer: nn.Module, name: str = "Explainer") -> Method:
     return method
 
 
-#: Method names of the kinds of shipped Explainer (see ``ctc_plugin.explainer.shipped.KINDS``).
+#: Method names of the kinds of shipped Explainer (see ``ctc_plugin.zoo.explainers.KINDS``).
 EXPLAINER_METHODS = {
     "default": "Explainer",
     "class-specific": "Explainer-class-specific",
@@ -424,7 +423,7 @@ EXPLAINER_METHODS = {
 def our_methods(
     explainer: nn.Module | None = None, explainers: Mapping[str, nn.Module] | None = None
 ) -> list[MethodSpec]:
-    """Return ctc-plugin's methods whose modules exist in this installation.
+    """Return ctc-plugin's methods: CTC in each bias-sharing mode, Integrative CAM, Explainers.
 
     Args:
         explainer: A trained Explainer for the model under test (the ``"default"`` kind);
@@ -435,21 +434,20 @@ def our_methods(
     Raises:
         ValueError: For a kind not in ``EXPLAINER_METHODS``.
     """
-    specs = []
-    if _available("ctc_plugin.ctc.attribution"):
-        specs += [
+    specs = [
+        *(
             MethodSpec(f"CTC-{mode}", "ctc-plugin", True, _ctc(mode))
             for mode in ("reference", "proportional", "none")
-        ]
-    if _available("ctc_plugin.cam.integrative"):
-        specs.append(MethodSpec("IntegrativeCAM", "ctc-plugin", False, _integrative_cam))
+        ),
+        MethodSpec("IntegrativeCAM", "ctc-plugin", False, _integrative_cam),
+    ]
     by_kind = {"default": explainer, **(explainers or {})}
     unknown = set(by_kind) - set(EXPLAINER_METHODS)
     if unknown:
         kinds = list(EXPLAINER_METHODS)
         raise ValueError(f"unknown explainer kinds {sorted(unknown)}; use {kinds}")
     for kind, trained in by_kind.items():
-        if trained is not None and _available("ctc_plugin.explainer.attribution"):
+        if trained is not None:
             name = EXPLAINER_METHODS[kind]
             specs.append(MethodSpec(name, "ctc-plugin", False, explainer_method(trained, name)))
     return specs
@@ -468,7 +466,7 @@ def registry(
         n_samples: Samples for Lime and KernelShap.
         ig_steps: Steps of IntegratedGradients.
         explainers: Trained Explainers of other kinds by kind (optional, see
-            [`our_methods`][ctc_plugin.evaluation.methods.our_methods]).
+            [`our_methods`][ctc_plugin.harness.methods.our_methods]).
     """
     ours = our_methods(explainer, explainers)
     specs = ours + peer_methods(n_samples=n_samples, ig_steps=ig_steps)

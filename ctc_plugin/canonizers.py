@@ -4,12 +4,12 @@
   ``eps`` to 0; torch 2.11 rejects ``eps = 0`` in ``batch_norm`` even in eval mode ("batch_norm eps
   must be positive"), so the merged model fails there (torch 2.14 rejects it only in training, and
   zennit 0.5 leaves ``eps`` alone):
-  [`PositiveEpsMergeBatchNorm`][ctc_plugin.ctc.canonizers.PositiveEpsMergeBatchNorm].
+  [`PositiveEpsMergeBatchNorm`][ctc_plugin.canonizers.PositiveEpsMergeBatchNorm].
 - zennit 1.0 swaps a module's tensors with ``object.__setattr__`` (an instance attribute that
   shadows the registered parameter); with a rule that modifies parameters (``AlphaBeta``) on a
   merged layer, the merged weights stay registered after the canonizer is removed, so the model's
   ``state_dict`` and ``parameters()`` are no longer its own:
-  [`tensors_restored`][ctc_plugin.ctc.canonizers.tensors_restored].
+  [`tensors_restored`][ctc_plugin.canonizers.tensors_restored].
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from zennit.attribution import Gradient
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.core import Composite
 
+from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.concurrency import exclusive
 
 #: The merged BatchNorm's ``eps`` instead of 0: ``1 + TINY_EPS`` is exactly 1 in float16, 32
@@ -33,7 +34,7 @@ class PositiveEpsMergeBatchNorm(SequentialMergeBatchNorm):
     """Zennit's ``SequentialMergeBatchNorm`` that never leaves a BatchNorm with ``eps = 0``.
 
     Merges exactly as Zennit does; where Zennit set the merged BatchNorm's ``eps`` to 0 it is set to
-    [`TINY_EPS`][ctc_plugin.ctc.canonizers.TINY_EPS] instead (the same identity, accepted by every
+    [`TINY_EPS`][ctc_plugin.canonizers.TINY_EPS] instead (the same identity, accepted by every
     torch version). ``remove()`` restores the original ``eps`` as before.
     """
 
@@ -54,7 +55,7 @@ def batch_norms_valid(model: nn.Module) -> Iterator[nn.Module]:
     changed = [
         module
         for module in model.modules()
-        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and module.eps == 0
+        if isinstance(module, BATCH_NORM_TYPES) and module.eps == 0
     ]
     for module in changed:
         _positive_eps(module)
@@ -100,10 +101,10 @@ def gradient_attributor(model: nn.Module, composite: Composite) -> Iterator[Grad
     """Zennit's ``Gradient`` attributor on ``model`` under ``composite``, safe on zennit 1.0.
 
     Inside the block the composite is registered and every BatchNorm its canonizers left with ``eps
-    = 0`` has [`TINY_EPS`][ctc_plugin.ctc.canonizers.TINY_EPS]
-    ([`batch_norms_valid`][ctc_plugin.ctc.canonizers.batch_norms_valid]); on exit the composite is
+    = 0`` has [`TINY_EPS`][ctc_plugin.canonizers.TINY_EPS]
+    ([`batch_norms_valid`][ctc_plugin.canonizers.batch_norms_valid]); on exit the composite is
     removed and every parameter and buffer is back as registered
-    ([`tensors_restored`][ctc_plugin.ctc.canonizers.tensors_restored]). The model and the composite
+    ([`tensors_restored`][ctc_plugin.canonizers.tensors_restored]). The model and the composite
     are held exclusively meanwhile
     ([`ctc_plugin.concurrency.exclusive`][ctc_plugin.concurrency.exclusive]): other threads' calls
     of this package wait instead of seeing the composite on the model, or removing it from under

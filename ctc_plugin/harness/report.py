@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ctc_plugin.evaluation.store import Piece, RunStore, run_order
+from ctc_plugin.harness.store import Piece, RunStore, run_order
 
 __all__ = [
     "COLUMNS",
@@ -348,7 +348,7 @@ def markdown_tables(rows: list[dict[str, Any]]) -> str:
 
     Each table is headed by its group's title in italics (``*Localisation:*``); groups none of
     whose columns appear in a row are left out. The best value of each column is in bold, as in
-    [`markdown_table`][ctc_plugin.evaluation.report.markdown_table].
+    [`markdown_table`][ctc_plugin.harness.report.markdown_table].
 
     Args:
         rows: Dicts with ``"method"`` and metric keys from `COLUMNS`.

@@ -1,10 +1,10 @@
 """The side-by-side benchmark: every method, on the zoo models and both data splits.
 
-`run_benchmark` explains the same images with every method of `ctc_plugin.evaluation.methods`
+`run_benchmark` explains the same images with every method of `ctc_plugin.harness.methods`
 (feature-based methods once per feature source) and scores them with this package's metrics.
 Each finished piece (one method variant on one model) is stored under the output folder
-(`ctc_plugin.evaluation.store`), so a run that stops resumes where it stopped; the report is
-written from the stored pieces (`ctc_plugin.evaluation.report.write_stored_report`, also for a
+(`ctc_plugin.harness.store`), so a run that stops resumes where it stopped; the report is
+written from the stored pieces (`ctc_plugin.harness.report.write_stored_report`, also for a
 partial run):
 
 * ``per_image.csv``: one row per image, model and method (localisation, faithfulness, cost);
@@ -51,20 +51,20 @@ from ctc_plugin.evaluation.localisation import (
     relevance_mass_accuracy,
     relevance_rank_accuracy,
 )
-from ctc_plugin.evaluation.methods import (
+from ctc_plugin.evaluation.protocol import DEFAULT_PERTURBATIONS, run_protocol, welch_test
+from ctc_plugin.evaluation.sanity import cascading_randomisation
+from ctc_plugin.evaluation.sensitivity import max_sensitivity, measure_cost
+from ctc_plugin.features.cache import image_digest
+from ctc_plugin.harness.methods import (
     EXPLAINER_METHODS,
     MethodSpec,
     method_names,
     peer_methods,
     registry,
 )
-from ctc_plugin.evaluation.protocol import DEFAULT_PERTURBATIONS, run_protocol, welch_test
-from ctc_plugin.evaluation.report import COLUMNS, finite_mean, write_stored_report
-from ctc_plugin.evaluation.sanity import cascading_randomisation
-from ctc_plugin.evaluation.sensitivity import max_sensitivity, measure_cost
-from ctc_plugin.evaluation.store import ModelInfo, Piece, RunStore, run_order
-from ctc_plugin.features.cache import image_digest
-from ctc_plugin.zoo.loading import FAMILIES
+from ctc_plugin.harness.report import COLUMNS, finite_mean, write_stored_report
+from ctc_plugin.harness.store import ModelInfo, Piece, RunStore, run_order
+from ctc_plugin.zoo.settings import FAMILIES
 
 __all__ = [
     "BenchmarkConfig",
@@ -506,11 +506,11 @@ def run_benchmark(
     """Run the benchmark (or resume it) and write its CSV files, tables and plots to ``out_dir``.
 
     Every finished piece (one method variant on one model) is stored under ``out_dir`` as it
-    completes (see `ctc_plugin.evaluation.store`). Running again with the same configuration
+    completes (see `ctc_plugin.harness.store`). Running again with the same configuration
     skips the stored pieces and computes the rest; the report is always written from the
     stored pieces, so an interrupted and resumed run reports the same as an uninterrupted one
     (up to the measured times and memory). Models run one after another, each with all its
-    variants, so `ctc_plugin.evaluation.report.write_stored_report` can report whole models
+    variants, so `ctc_plugin.harness.report.write_stored_report` can report whole models
     while a run is under way.
 
     Args:

@@ -1,0 +1,173 @@
+"""The package's layers import one way: no circle between its subpackages and top-level modules.
+
+The graph is read from the source with ``ast``, so every import counts wherever it stands
+(inside a function, under ``TYPE_CHECKING``) and so does every string naming a module of the
+package (``importlib.import_module("ctc_plugin.x")``, the lazy-export tables of ``__init__``
+files, the command line's list of subcommand modules): hiding an import in a string does not
+hide it from this test.
+
+A node is a top-level module (``ctc_plugin.files``), a subpackage (``ctc_plugin.ctc``, all its
+modules together) or the package's own ``__init__`` (``ctc_plugin``).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "ctc_plugin"
+PACKAGE = ROOT.name
+_MODULE_NAME = re.compile(rf"{PACKAGE}(\.\w+)*")
+
+
+def module_name(path: Path) -> str:
+    """``ctc_plugin/ctc/rules.py`` -> ``ctc_plugin.ctc.rules`` (``__init__`` -> the package)."""
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def node(module: str) -> str:
+    """The graph node of a module: the package itself or its first-level child."""
+    return ".".join(module.split(".")[:2])
+
+
+def imported_modules(path: Path, names: set[str]) -> set[str]:
+    """Every module of the package that ``path`` imports, by statement or by string."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    module = module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for item in ast.walk(tree):
+        if isinstance(item, ast.Import):
+            found.update(alias.name for alias in item.names)
+        elif isinstance(item, ast.ImportFrom):
+            if item.level:
+                base = package.split(".")[: len(package.split(".")) - (item.level - 1)]
+                source = ".".join(base + ([item.module] if item.module else []))
+            else:
+                source = item.module or ""
+            for alias in item.names:  # a submodule (``from ctc_plugin import zoo``) or a name
+                submodule = f"{source}.{alias.name}"
+                found.add(submodule if submodule in names else source)
+        elif isinstance(item, ast.Constant) and isinstance(item.value, str):
+            if _MODULE_NAME.fullmatch(item.value):
+                found.add(item.value)
+    # keep the names that are modules of the package (or their longest existing prefix)
+    result = set()
+    for name in found:
+        while name and name not in names:
+            name = name.rpartition(".")[0]
+        if name:
+            result.add(name)
+    return result
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Edges between nodes: ``a -> b`` when a module of ``a`` imports one of ``b``."""
+    files = sorted(ROOT.rglob("*.py"))
+    names = {module_name(path) for path in files}
+    edges: dict[str, set[str]] = defaultdict(set)
+    for path in files:
+        source = node(module_name(path))
+        for target in imported_modules(path, names):
+            if node(target) != source:
+                edges[source].add(node(target))
+    return edges
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph as a list of nodes (first == last), or ``None``."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(current: str) -> list[str] | None:
+        state[current] = 1
+        path.append(current)
+        for following in sorted(edges.get(current, ())):
+            if state.get(following) == 1:
+                return path[path.index(following) :] + [following]
+            if following not in state:
+                cycle = visit(following)
+                if cycle:
+                    return cycle
+        path.pop()
+        state[current] = 2
+        return None
+
+    for start in sorted(edges):
+        if start not in state:
+            cycle = visit(start)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_graph_is_read_from_statements_and_strings(tmp_path):
+    names = {"ctc_plugin", "ctc_plugin.a", "ctc_plugin.b", "ctc_plugin.b.c"}
+    source = tmp_path / "ctc_plugin" / "a.py"
+    source.parent.mkdir()
+    source.write_text(
+        "import importlib\n"
+        "def f():\n"
+        "    from ctc_plugin.b.c import x\n"
+        "    return importlib.import_module('ctc_plugin.b')\n"
+        "TABLE = {'name': 'ctc_plugin.b.c'}\n"
+        "DOC = 'see ctc_plugin.b for more'\n"
+    )
+    global ROOT
+    saved, ROOT = ROOT, tmp_path / "ctc_plugin"
+    try:
+        assert imported_modules(source, names) == {"ctc_plugin.b", "ctc_plugin.b.c"}
+    finally:
+        ROOT = saved
+
+
+@pytest.mark.parametrize(
+    ("edges", "cycle"),
+    [
+        ({"a": {"b"}, "b": {"c"}}, None),
+        ({"a": {"b"}, "b": {"a"}}, ["a", "b", "a"]),
+        ({"a": {"b"}, "b": {"c"}, "c": {"d", "b"}}, ["b", "c", "b"]),
+        ({"x": {"y"}, "a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]),
+    ],
+)
+def test_find_cycle(edges, cycle):
+    assert find_cycle(edges) == cycle
+
+
+def tangles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle in each group of nodes that reach each other (all circles, not only the first)."""
+    groups: list[list[str]] = []
+    seen: set[str] = set()
+    for start in sorted(edges):
+        if start in seen:
+            continue
+        rest = {a: {b for b in edges[a] if b not in seen} for a in edges if a not in seen}
+        cycle = find_cycle(rest)
+        if cycle is None:
+            break
+        groups.append(cycle)
+        seen.update(cycle)
+    return groups
+
+
+def test_tangles_lists_every_circle():
+    edges = {"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"c"}, "e": {"a"}}
+    assert tangles(edges) == [["a", "b", "a"], ["c", "d", "c"]]
+
+
+def test_no_cycle_between_subpackages():
+    edges = import_graph()
+    circles = tangles(edges)
+    listing = "\n".join(f"  {a} -> {', '.join(sorted(b))}" for a, b in sorted(edges.items()))
+    found = "\n".join("  " + " -> ".join(cycle) for cycle in circles)
+    assert not circles, (
+        f"import cycles between parts of the package:\n{found}\n"
+        f"(every import counts, also inside functions and in strings); the graph:\n{listing}"
+    )
