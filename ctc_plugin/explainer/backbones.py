@@ -5,11 +5,13 @@ The [`Explainer`][ctc_plugin.Explainer] takes its backbone as a module, the way 
 This module is the registry of the backbones this package ships, each built by name with only
 the settings that apply to it (as torchvision's ``get_model(name, **config)``):
 
+```python
 >>> from ctc_plugin import Explainer
 >>> from ctc_plugin.explainer.backbones import build_backbone
 >>> explainer = Explainer(build_backbone("unet-small", 6, width=4), 6)
 >>> explainer.backbone_name, explainer.config()["width"]
 ('unet-small', 4)
+```
 
 - ``"unet-small"``: [`unet_small`][ctc_plugin.explainer.backbones.unet_small], a small U-Net
   (the default explainer);

@@ -135,10 +135,11 @@ class Explainer(nn.Module):
     [`build_backbone`][ctc_plugin.explainer.backbones.build_backbone] (which records how, so
     [`save`][ctc_plugin.Explainer.save] can store it), and any other ``nn.Module`` works too.
 
-    >>> from ctc_plugin import Explainer
-    >>> from ctc_plugin.explainer.backbones import build_backbone
-    >>> explainer = Explainer(build_backbone("unet-small", 6, width=8), 6)  # the default kind
-    >>> fast = Explainer(build_backbone("unet-small", 6), 6, input_scale=0.25)
+    Examples:
+        >>> from ctc_plugin import Explainer
+        >>> from ctc_plugin.explainer.backbones import build_backbone
+        >>> explainer = Explainer(build_backbone("unet-small", 6, width=8), 6)  # the default kind
+        >>> fast = Explainer(build_backbone("unet-small", 6), 6, input_scale=0.25)
 
     Args:
         backbone: An ``nn.Module`` mapping ``(N, in_channels, H, W)`` to

@@ -269,11 +269,12 @@ def fit_explainer(
     other classifiers and datasets. The keyword arguments are the training loop's (epochs,
     early stopping, checkpoints, data handling), not the objective's.
 
-    >>> import dataclasses
-    >>> from ctc_plugin.explainer.presets import ExplainerHyperparameters, get_preset
-    >>> mine = ExplainerHyperparameters(lr=1e-2, tv_weight=0.5)
-    >>> dataclasses.replace(get_preset("resnet50-voc"), lr=1e-3).entropy_weight
-    3.0
+    Examples:
+        >>> import dataclasses
+        >>> from ctc_plugin.explainer.presets import ExplainerHyperparameters, get_preset
+        >>> mine = ExplainerHyperparameters(lr=1e-2, tv_weight=0.5)
+        >>> dataclasses.replace(get_preset("resnet50-voc"), lr=1e-3).entropy_weight
+        3.0
 
     The classifier is put in eval mode with ``requires_grad=False`` for the duration and
     restored afterwards, also when training fails; only the explainer's parameters are given to

@@ -270,11 +270,12 @@ def select_features(
     take rule objects: build one with the values to change, or derive one with
     ``dataclasses.replace``.
 
-    >>> import dataclasses
-    >>> from ctc_plugin.features import SelectionConfig
-    >>> config = SelectionConfig(k=3, eps=8.0)
-    >>> dataclasses.replace(config, max_search_steps=60).k
-    3
+    Examples:
+        >>> import dataclasses
+        >>> from ctc_plugin.features import SelectionConfig
+        >>> config = SelectionConfig(k=3, eps=8.0)
+        >>> dataclasses.replace(config, max_search_steps=60).k
+        3
 
     Args:
         feature_mask: Integer partition ``(N, 1, H, W)`` (or ``(1, 1, H, W)``, ``(N, H, W)``,
