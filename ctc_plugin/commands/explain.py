@@ -30,6 +30,7 @@ from ctc_plugin.commands.arguments import (
     positive_int,
 )
 from ctc_plugin.commands.methods import METHODS
+from ctc_plugin.ctc.modes import BIAS_SHARING_MODES, DEFAULT_BIAS_SHARING
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -206,9 +207,9 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     )
     parser.add_argument(
         "--bias-sharing",
-        choices=("reference", "proportional", "none"),
-        default="reference",
-        help="how CTC shares biases among the segments",
+        choices=BIAS_SHARING_MODES,
+        default=DEFAULT_BIAS_SHARING,
+        help=f"how CTC shares biases among the segments (default: {DEFAULT_BIAS_SHARING})",
     )
     parser.add_argument(
         "--lime-samples", type=positive_int, default=100, help="samples of --method lime (100)"

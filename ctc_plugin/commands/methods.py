@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
+
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
 
@@ -61,7 +63,7 @@ class Request:
     pixels: Tensor
     target: int
     feature_mask: Tensor
-    bias_sharing: str = "reference"
+    bias_sharing: str = DEFAULT_BIAS_SHARING
     lime_samples: int = 100
     perturbations_per_eval: int = 16
     show_progress: bool = True

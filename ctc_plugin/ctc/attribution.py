@@ -30,7 +30,7 @@ from ctc_plugin.ctc.masks import (
     spread_scores,
 )
 from ctc_plugin.ctc.rules import GatedPass
-from ctc_plugin.ctc.sharing import BiasSharingMode, make_sharing
+from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharingMode, make_sharing
 from ctc_plugin.inputs import check_eval_mode, check_inputs
 from ctc_plugin.targets import (
     TargetType,
@@ -105,11 +105,14 @@ class CTC(Attribution):
             W) images and returning an (N, 1, H, W) integer mask. Defaults to
             [`ctc_plugin.features.SuperpixelSegmenter`][ctc_plugin.features.SuperpixelSegmenter]
             (offline, scikit-image).
-        bias_sharing: ``"reference"`` (the published formula with its quantisation and spread
-            capping, scores rescaled so the reference full copy gives the target output),
-            ``"proportional"`` (shares ``|z_k| / sum_j |z_j|``; scores over a partition add up
-            to the target output), or ``"none"`` (no bias: scores are gradient x input of the
-            network linearised at its gates, summed per feature).
+        bias_sharing: ``"proportional"`` (the default: shares ``|z_k| / sum_j |z_j|``; scores
+            over a partition add up to the target output; every copy travels in one pass),
+            ``"reference"`` (the published formula with its quantisation and spread capping,
+            scores rescaled so the reference full copy gives the target output; the mode to
+            reproduce the paper's numbers, and to bound memory with ``perturbations_per_eval``),
+            or ``"none"`` (no bias: scores are gradient x input of the network linearised at its
+            gates, summed per feature). The documentation's "Choose a method" page compares
+            them.
 
     Threads: one instance and one model may serve several threads at once; each call gives
     exactly what it gives alone. A call only reads the model (the interception is per thread),
@@ -133,7 +136,7 @@ class CTC(Attribution):
         self,
         forward_func: Callable[..., torch.Tensor],
         segmenter: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        bias_sharing: BiasSharingMode = "reference",
+        bias_sharing: BiasSharingMode = DEFAULT_BIAS_SHARING,
     ) -> None:
         super().__init__(forward_func)
         self.sharing = make_sharing(bias_sharing)

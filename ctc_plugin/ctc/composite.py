@@ -61,7 +61,7 @@ from ctc_plugin.ctc.boxes import Box
 from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
 from ctc_plugin.ctc.interception import CTCMode, copies_off_dim_zero, operation_name
 from ctc_plugin.ctc.rules import GatedPass
-from ctc_plugin.ctc.sharing import BiasSharingMode, make_sharing
+from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharingMode, make_sharing
 
 FunctionalPolicy = Literal["intercept", "raise"]
 FUNCTIONAL_POLICIES: tuple[str, ...] = ("intercept", "raise")
@@ -478,7 +478,7 @@ class CTCComposite(LayerMapComposite):
     included. Registered in Zennit's registry as ``"ctc"``.
 
     Args:
-        bias_sharing: ``"reference"``, ``"proportional"`` or ``"none"``, as in
+        bias_sharing: ``"proportional"`` (the default), ``"reference"`` or ``"none"``, as in
             [`CTC`][ctc_plugin.CTC].
         layer_map: Extra ``(module types, hook)`` pairs matched before the CTC rules.
         canonizers: Zennit canonizers applied before the hooks are registered.
@@ -491,7 +491,7 @@ class CTCComposite(LayerMapComposite):
 
     def __init__(
         self,
-        bias_sharing: BiasSharingMode = "reference",
+        bias_sharing: BiasSharingMode = DEFAULT_BIAS_SHARING,
         layer_map: Sequence[tuple[tuple[type[nn.Module], ...], Hook]] | None = None,
         canonizers: Sequence[Canonizer] | None = None,
     ) -> None:

@@ -22,15 +22,13 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 
 from ctc_plugin.ctc.boxes import Box, packed_volume, support_boxes
 from ctc_plugin.ctc.layout import CopyLayout
-
-BiasSharingMode = Literal["reference", "proportional", "none"]
-BIAS_SHARING_MODES: tuple[str, ...] = ("reference", "proportional", "none")
+from ctc_plugin.ctc.modes import BIAS_SHARING_MODES, DEFAULT_BIAS_SHARING, BiasSharingMode
 
 
 class BiasSharing(Protocol):
@@ -587,6 +585,7 @@ def make_sharing(mode: str) -> BiasSharing:
 
 __all__ = [
     "BIAS_SHARING_MODES",
+    "DEFAULT_BIAS_SHARING",
     "BiasSharing",
     "BiasSharingMode",
     "copy_shares",

@@ -61,7 +61,7 @@ def test_every_method_on_a_zoo_model_with_save(photos, tmp_path, capsys):
     argv += ["--method", *METHODS, "--perturbations-per-eval", "4", *FAST]
     assert main([*argv, "--out", str(out), "--save", str(save)]) == 0
     text = capsys.readouterr().out
-    for title in ["CTC (reference)", "Integrative CAM", "Explainer", "FeatureAblation"]:
+    for title in ["CTC (proportional)", "Integrative CAM", "Explainer", "FeatureAblation"]:
         assert title in text
     assert "Lime (8 samples)" in text and "Grad-CAM (" in text
     assert Image.open(out).format == "PNG"
@@ -95,7 +95,7 @@ def test_every_method_on_a_zoo_model_with_save(photos, tmp_path, capsys):
         # the saved scores are what a direct API call on the saved pixels and segments gives
         x = torch.from_numpy(pixels)[None]
         segments = torch.from_numpy(mask)[None, None]
-        _, direct = CTC(model, bias_sharing="reference").attribute(
+        _, direct = CTC(model).attribute(
             x, target=target, feature_mask=segments, return_feature_scores=True
         )
         np.testing.assert_allclose(
@@ -146,8 +146,8 @@ def test_a_torchvision_model_keeps_the_aspect_ratio_and_names_imagenet_classes(
 
 def test_the_progress_bar_moves_per_chunk_of_copies(photos, tmp_path, capsys):
     argv = ["explain", str(photos["square"]), "--segmenter", "grid", "--segments", "9"]
-    argv += ["--perturbations-per-eval", "4", "--out", str(tmp_path / "f.png")]
-    assert main(argv) == 0
+    argv += ["--bias-sharing", "reference", "--perturbations-per-eval", "4"]
+    assert main([*argv, "--out", str(tmp_path / "f.png")]) == 0
     err = capsys.readouterr().err
     chunks = math.ceil(9 / 4)
     assert "CTC (reference): 100%" in err and f"{chunks}/{chunks}" in err

@@ -99,7 +99,7 @@ def test_carried_boxes_hold_every_nonzero_value_and_change_no_score(case, cells)
                 assert not outside.any(), "a nonzero value outside its copy's box"
         return original(self, z, bias, layout, boxes)
 
-    carried, searched = CTC(model), CTC(model)
+    carried, searched = (CTC(model, bias_sharing="reference") for _ in range(2))
     searched.track_boxes = False
     for ctc in (carried, searched):
         ctc.sharing.crop_fraction = 1.0  # the boxed formula wherever boxes are known
@@ -154,7 +154,7 @@ def test_a_functional_convolution_called_with_keywords_carries_the_boxes():
         seen.append(boxes)
         return original(self, z, bias, layout, boxes)
 
-    carried, searched = CTC(forward), CTC(forward)
+    carried, searched = (CTC(forward, bias_sharing="reference") for _ in range(2))
     searched.track_boxes = False
     ReferenceSharing.add_bias = recording
     try:

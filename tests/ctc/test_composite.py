@@ -377,7 +377,7 @@ def test_attr_output_forms_and_default() -> None:
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     mask = grid_mask(8, 2)
     predicted = model(x).argmax(dim=1).tolist()
-    expected = CTC(model, bias_sharing="reference").attribute(x, None, feature_mask=mask)
+    expected = CTC(model).attribute(x, None, feature_mask=mask)
     attributor = CTCAttributor(model, feature_mask=mask)
     _, default = attributor(x)
     weights = torch.zeros(2, 3, dtype=torch.float64)

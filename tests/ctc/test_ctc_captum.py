@@ -164,7 +164,7 @@ def test_tuple_inputs_share_feature_ids_and_extra_args_are_repeated():
 
 def test_show_progress_draws_a_bar(model, capsys):
     x = torch.rand(1, 3, 8, 8)
-    CTC(model).attribute(
+    CTC(model, bias_sharing="reference").attribute(
         x,
         target=0,
         feature_mask=random_partition(8, 8, 4),

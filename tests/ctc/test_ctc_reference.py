@@ -211,7 +211,7 @@ def test_boxed_path_gives_the_whole_layer_values_on_random_architectures(case):
     """Compact features (quadrants) through BatchNorm, residual and concatenating nets."""
     model, x, _, target = case
     mask = _quadrants(x.shape[-1])
-    boxed, whole = CTC(model), CTC(model)
+    boxed, whole = CTC(model, bias_sharing="reference"), CTC(model, bias_sharing="reference")
     boxed.sharing.crop_fraction, whole.sharing.crop_fraction = 1.0, 0.0
     expected = whole.attribute(x, target=target, feature_mask=mask)
     actual = boxed.attribute(x, target=target, feature_mask=mask)
@@ -286,7 +286,7 @@ def test_copies_computed_on_their_boxes_give_the_whole_layer_values(dtype):
     x = torch.rand(2, 3, 32, 32, dtype=dtype)
     grid = (torch.arange(32) // 8).view(-1, 1) * 4 + (torch.arange(32) // 8).view(1, -1)
     mask = grid.view(1, 1, 32, 32)  # 16 compact features
-    boxed, whole = CTC(model), CTC(model)
+    boxed, whole = CTC(model, bias_sharing="reference"), CTC(model, bias_sharing="reference")
     boxed.sharing.crop_fraction, whole.sharing.crop_fraction = 1.0, 0.0
     chosen = []
     small_boxes = boxed.sharing._small_boxes
