@@ -17,8 +17,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """One intra-op thread per test process: pytest-xdist runs one process per core."""
+    """One intra-op thread per test (the suite's only thread fixture).
+
+    pytest-xdist runs one process per core, and the tiny models of the tests lose badly to
+    thread contention. Tests of thread counts set their own inside the test.
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

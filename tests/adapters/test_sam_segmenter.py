@@ -16,17 +16,6 @@ from ctc_plugin.features import MaskCache, to_partition
 GENERATOR = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Run on one torch thread: the tiny SAM loses badly to thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sam") / "sam_tiny.pth"
