@@ -56,7 +56,6 @@ from zennit.canonizers import Canonizer
 from zennit.composites import LayerMapComposite, register_composite
 from zennit.core import Hook, RemovableHandleList
 
-from ctc_plugin.ctc.boxes import Box
 from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
 from ctc_plugin.ctc.interception import CTCMode, copies_off_dim_zero, operation_name
 from ctc_plugin.ctc.rules import GatedPass
@@ -530,15 +529,11 @@ class _LinearOnlyPass(GatedPass):
     """A view of a pass that allows operations linear in the signal and refuses rules."""
 
     def affine(
-        self,
-        bias_free: torch.Tensor,
-        bias: torch.Tensor | None,
-        foldable: bool = False,
-        boxes: list[Box] | None = None,
+        self, bias_free: torch.Tensor, bias: torch.Tensor | None, foldable: bool = False
     ) -> torch.Tensor:
         """Tag a bias-free result; refuse a bias."""
         if bias is None:
-            return super().affine(bias_free, None, boxes=boxes)
+            return super().affine(bias_free, None)
         raise _Refused("it adds a bias or constant that CTC shares among the features")
 
     def fold_batch_norm(self, *args: Any, **kwargs: Any) -> torch.Tensor:
