@@ -128,7 +128,7 @@ class CTC(Attribution):
         self._sharings: dict[Speedups, BiasSharing] = {}
 
     def _sharing(self) -> BiasSharing:
-        """This instance's bias sharing under its speed-ups (kept: it holds scratch buffers)."""
+        """The bias sharing of the mode under the speed-ups (kept: it holds scratch buffers)."""
         sharing = self._sharings.get(self._speedups)
         if sharing is None:
             sharing = self._sharings[self._speedups] = self._speedups.sharing(self.bias_sharing)

@@ -15,6 +15,7 @@ value; the boxes of a tensor are a list with one box per row.
 from __future__ import annotations
 
 import math
+
 import torch
 
 Box = tuple[slice, ...] | None

@@ -25,7 +25,6 @@ dimensions (a per-example constant).
 
 from __future__ import annotations
 
-import math
 from typing import Literal, Protocol
 
 import torch
@@ -53,7 +52,7 @@ class BiasSharing(Protocol):
 
 
 class SpecSharing:
-    """A mode of the spec: ``z_k + s_k * b`` with the shares of [`shares`][ctc_plugin.ctc.sharing.SpecSharing.shares]."""
+    """A mode of the spec: ``z_k + s_k * b`` with the mode's shares ``s_k``."""
 
     name = ""
     in_place = False
@@ -94,7 +93,7 @@ class ProportionalSharing(SpecSharing):
     def sharing_shares(
         self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout
     ) -> torch.Tensor:
-        """``s_k = |z_k| / sum_j |z_j|``; equal shares among the present copies where the sum is 0."""
+        """``s_k = |z_k| / sum_j |z_j|``; equal shares of the present copies where the sum is 0."""
         magnitude = z[:, 1:].abs()
         total = magnitude.sum(dim=1, keepdim=True)
         proportional = magnitude / torch.where(total == 0, 1.0, total)
@@ -154,7 +153,9 @@ def tenfold_quantised(u: torch.Tensor) -> torch.Tensor:
     return (u * 10.0).ceil()
 
 
-def reference_spread(z_full: torch.Tensor, bias_full: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+def reference_spread(
+    z_full: torch.Tensor, bias_full: torch.Tensor, dims: tuple[int, ...]
+) -> torch.Tensor:
     """``sigma = std(log10 r)`` of the reference full copy, with size 1 along ``dims`` (float64).
 
     ``n = q(z_F) + b``, ``r = ceil(1000 |n / mean(n)|) / 1000``; entries with ``r = 0`` are

@@ -134,7 +134,7 @@ class FusedProportionalSharing:
         self.workspace = Workspace()
 
     def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
-        """Add the bias to the gate copy and proportional shares to the sharing copies; return ``z``."""
+        """Add the bias to the gate copy and proportional shares to the others; return ``z``."""
         z[:, :1].add_(copy_part(bias, z, 0, 1))
         rows = z.shape[2] if z.dim() > 2 else 1
         per_block = rows
@@ -397,8 +397,9 @@ def full_copy_statistics(
     dims: tuple[int, ...],
     workspace: Workspace | None = None,
 ) -> FullCopyStatistics:
-    """The reference full copy's part of the formula, fused (spec:
-    [`reference_spread`][ctc_plugin.ctc.sharing.reference_spread]).
+    """The reference full copy's part of the formula, fused.
+
+    The spec is [`reference_spread`][ctc_plugin.ctc.sharing.reference_spread].
 
     Args:
         z_full: (N, 1, *rest) bias-free pre-activation of the reference full copy.
@@ -482,8 +483,9 @@ def share_factors(
     dims: tuple[int, ...],
     workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shares of some sharing copies as ``unit_part * group_part``, fused (spec:
-    [`reference_shares`][ctc_plugin.ctc.sharing.reference_shares]).
+    """The shares of some sharing copies as ``unit_part * group_part``, fused.
+
+    The spec is [`reference_shares`][ctc_plugin.ctc.sharing.reference_shares].
 
     ``unit_part`` has the shape of ``z_copies`` (in the workspace when one is given);
     ``group_part`` has size 1 along ``dims``, so it can be multiplied into the bias before the
