@@ -29,6 +29,10 @@ linear in the copies, and input-independent terms are biases shared among them.*
   with a *gate tensor* (one that comes out of a squashing activation of the full pass, such as a
   squeeze-excitation scale): every copy of the signal times the gate copy's factor.
 
+These methods are the readable specification: dense tensors, out of place (except where the
+model's own operation is in place), nothing carried between layers but the copies. Speed-ups
+plug in at [`ctc_plugin.ctc.speedups`][ctc_plugin.ctc.speedups], not here.
+
 The gate copy (copy 0 of each example) always computes the model's value, so the gates of
 every later layer come from the original forward pass. Every gate is held fixed (detached), so
 when the pass runs with autograd (the ``"none"`` gradient path) its derivative is that of the
