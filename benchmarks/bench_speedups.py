@@ -40,9 +40,8 @@ def variants(mode: str, batch: int) -> dict[str, Speedups]:
     """The spec, the default and the default without each speed-up that acts in this setting."""
     runs = {"spec": SPEC, "default": DEFAULT}
     without = {"fused sharing": {"fused_sharing": False}}
-    if mode != "none":
-        without["sharing blocks"] = {"block_elements": None}
     if mode == "reference":
+        without["sharing blocks"] = {"block_elements": None}
         without["packed boxes"] = {"packed_boxes": 0.0}
     if mode == "none":
         without = {"gradient shortcut": {"gradient_shortcut": False}, **without}

@@ -10,8 +10,9 @@ is chosen by one private option object, [`Speedups`][ctc_plugin.ctc.speedups.Spe
   linearised network's gradient x input) instead of the pass of K + 1 copies;
 - ``copies_per_pass``: on a CPU, examples explained in groups so that a pass carries at most
   about this many copies (their activations stay in the caches);
-- ``fused_sharing``: the bias sharing computed in place, in cache-sized blocks, on reusable
-  scratch buffers ([`Workspace`][ctc_plugin.ctc.speedups.Workspace]);
+- ``fused_sharing``: the bias sharing computed in place, on reusable scratch buffers
+  ([`Workspace`][ctc_plugin.ctc.speedups.Workspace]), the ``"reference"`` formula in cache-sized
+  blocks (``block_elements``);
 - ``packed_boxes`` (``"reference"`` with ``fused_sharing``): the formula computed only on the
   boxes around each copy's nonzero values, packed into one block.
 
@@ -60,9 +61,9 @@ class Speedups:
             ``None``: the whole batch in one pass. On other devices the batch is one group.
         fused_sharing: Share biases with the fused implementations of this module (in place,
             blockwise, on scratch buffers) instead of the spec's dense ones.
-        block_elements: With ``fused_sharing`` on a CPU, about how many values one block of the
-            sharing holds (4 MiB in float32 stay in the cache); ``None``: the whole layer in one
-            block, as on other devices.
+        block_elements: With ``fused_sharing`` in ``"reference"`` mode on a CPU, about how many
+            values one block of the formula holds (4 MiB in float32 stay in the cache); ``None``:
+            the whole layer in one block, as on other devices.
         packed_boxes: With ``fused_sharing`` in ``"reference"`` mode on a CPU, compute the
             formula only on the boxes around the copies' nonzero values where, packed at the
             largest box's size, they take at most this fraction of a layer; 0 turns it off.
@@ -82,7 +83,7 @@ class Speedups:
         if mode == "reference":
             return FusedReferenceSharing(self.block_elements, self.packed_boxes)
         if mode == "proportional":
-            return FusedProportionalSharing(self.block_elements)
+            return FusedProportionalSharing()
         return FusedNoSharing()
 
     def examples_per_pass(self, copies_per_example: int, device: torch.device) -> int | None:
@@ -119,33 +120,18 @@ class FusedNoSharing:
 
 
 class FusedProportionalSharing:
-    """``"proportional"``, in place: one absolute value, one reduction, one multiply-add.
-
-    Args:
-        block_elements: On a CPU, values per block along the first unit dim (shares are per
-            unit, so blocks change nothing); ``None``: one block.
-    """
+    """``"proportional"``, in place: one absolute value, one reduction, one multiply-add."""
 
     name = "proportional"
     in_place = True
 
-    def __init__(self, block_elements: int | None = 1 << 20) -> None:
-        self.block_elements = block_elements
+    def __init__(self) -> None:
         self.workspace = Workspace()
 
     def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
         """Add the bias to the gate copy and proportional shares to the others; return ``z``."""
         z[:, :1].add_(copy_part(bias, z, 0, 1))
-        rows = z.shape[2] if z.dim() > 2 else 1
-        per_block = rows
-        if self.block_elements is not None and z.device.type == "cpu" and z.dim() > 2:
-            per_row = z.shape[0] * z.shape[1] * math.prod(z.shape[3:])
-            per_block = max(1, self.block_elements // max(1, per_row))
-        for start in range(0, rows, per_block):
-            stop = min(start + per_block, rows)
-            block = z if per_block >= rows else z[:, :, start:stop]
-            block_bias = bias if per_block >= rows else _unit_rows(bias, z, start, stop)
-            self._add_shares(block[:, 1:], copy_part(block_bias, block, 1, None), layout)
+        self._add_shares(z[:, 1:], copy_part(bias, z, 1, None), layout)
         return z
 
     def _add_shares(self, sharing: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
@@ -318,14 +304,6 @@ class FusedReferenceSharing:
             group[(0, copy, slice(None), *box)].addcmul_(
                 unit_part[(0, slot, slice(None), *corner)], factor[slot]
             )
-
-
-def _unit_rows(bias: torch.Tensor, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """The part of a bias broadcastable to ``z`` that belongs to ``z[:, :, start:stop]``."""
-    axis = bias.dim() - (z.dim() - 2)  # the bias dim aligned with z's dim 2
-    if axis < 0 or bias.shape[axis] == 1:
-        return bias
-    return bias.narrow(axis, start, stop - start)
 
 
 def _example_part(bias: torch.Tensor, z: torch.Tensor, example: int) -> torch.Tensor:
