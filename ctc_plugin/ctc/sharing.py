@@ -263,4 +263,7 @@ __all__ = [
     "reference_spread",
     "masked_mean_std",
     "statistic_dims",
+    "statistics_dtype",
+    "tenfold_quantised",
+    "equal_shares",
 ]
