@@ -1,10 +1,11 @@
 """Every speed-up of ctc_plugin.ctc.speedups gives the results of the spec (the plain rules).
 
 The spec (``SPEC``: dense, out-of-place rules and sharing, no gradient shortcut, one pass for the
-whole batch) against each speed-up alone and all of them (``DEFAULT``): in float64 to a tight
-tolerance, in float32 to 1e-5 of the largest score; on the sharing functions themselves, on
-random CNNs, modern CNN parts (squeeze-excitation, LayerNorm, GroupNorm, smooth activations),
-transformers (attention, LayerNorm) and torchvision models.
+whole batch) against each speed-up alone and all of them (``DEFAULT``): in float64 to 1e-9 of
+the largest score, in float32 to 1e-5 (``"proportional"`` and ``"none"``, see `FLOAT32_MODES`);
+on the sharing functions themselves, on random CNNs, modern CNN parts (squeeze-excitation,
+LayerNorm, GroupNorm, smooth activations), transformers (attention, LayerNorm), torchvision
+models and the zoo's six families.
 """
 
 from __future__ import annotations
@@ -150,10 +151,17 @@ def _quadrants(size: int) -> torch.Tensor:
     return (half.view(-1, 1).long() * 2 + half.view(1, -1).long()).view(1, 1, size, size)
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize(
-    "build", [torchvision.models.resnet18, torchvision.models.mobilenet_v3_small]
-)
+#: In float32 the ``"reference"`` mode is held to the spec in float64 only: its quantisation
+#: ``ceil(10 z)`` turns a one-ulp difference of a share (the fused sharing computes ``10 ** l'``
+#: as a product of two powers of two in float32, the spec as one power in float64) into a step
+#: of a tenth in the next layer, which moved float32 scores of the zoo EfficientNet by up to 5e-2
+#: of the largest. The published formula has no float32 answer closer than that.
+FLOAT32_MODES = ["proportional", "none"]
+TORCHVISION = [torchvision.models.resnet18, torchvision.models.mobilenet_v3_small]
+
+
+@pytest.mark.parametrize("mode", FLOAT32_MODES)
+@pytest.mark.parametrize("build", TORCHVISION)
 def test_torchvision_models_in_float32(build, mode):
     """ResNet (BatchNorm, max pooling, residuals) and MobileNetV3 (squeeze-excitation,
     hardswish): float32 scores within 1e-5 of the largest, compact and scattered features."""
@@ -162,6 +170,15 @@ def test_torchvision_models_in_float32(build, mode):
     x = torch.rand(2, 3, 48, 48)
     for mask in (_quadrants(48), random_partition(48, 48, 6, seed=1)):
         assert_same_as_spec(model, x, mask, 3, mode, DEFAULT)
+
+
+@pytest.mark.parametrize("build", TORCHVISION)
+def test_torchvision_models_in_float64_reference(build):
+    torch.manual_seed(0)
+    model = build(num_classes=10).eval().double()
+    x = torch.rand(1, 3, 48, 48, dtype=torch.float64)
+    for mask in (_quadrants(48), random_partition(48, 48, 6, seed=1)):
+        assert_same_as_spec(model, x, mask, 3, "reference", DEFAULT)
 
 
 class _ReadsItsConvolutionTwice(nn.Module):
@@ -211,3 +228,21 @@ def test_speedups_are_private_and_select_the_sharing():
     assert ctc._sharing() is fused  # kept with its scratch buffers
     with pytest.raises(ValueError, match="bias_sharing must be one of"):
         SPEC.sharing("equal")
+
+
+@pytest.mark.parametrize(
+    "family", ["vgg", "resnet", "densenet", "inception", "efficientnet", "vit"]
+)
+def test_the_zoo_families(family):
+    """The shipped zoo models (VGG, ResNet, DenseNet, Inception, EfficientNet, ViT) at their
+    96x96 training size: every mode in float64, and in float32 within 1e-5 of the largest score
+    where float32 has one answer (see `FLOAT32_MODES`)."""
+    from ctc_plugin.zoo import load
+
+    model = load(family)
+    x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    for mode in FLOAT32_MODES:
+        assert_same_as_spec(model, x, _quadrants(96), 0, mode, DEFAULT)
+    model, x = model.double(), x.double()
+    for mode in MODES:
+        assert_same_as_spec(model, x, random_partition(96, 96, 6, seed=2), 1, mode, DEFAULT)
