@@ -12,15 +12,17 @@ Run: ``python benchmarks/bench_ctc.py [--model resnet18] [--quick] [--size 224] 
 [--threads 2] [--device cuda]``
 (``--profile reference`` also prints where one call of that mode spends its time, by operation;
 ``--batch 8`` explains 8 images per call and adds CTC with the whole batch in one pass, i.e.
-without grouping the examples by ``max_copies_per_pass``; ``--channels-last`` puts the model and
-the images in channels-last memory format for every method; ``--no-variants`` leaves out the
-rows of the reference pass without one of its speed-ups). The last column is the median of each
-repeat's own ratio to FeatureAblation, which a slow spell of a shared machine moves less.
+without grouping the examples by ``Speedups.copies_per_pass``; ``--channels-last`` puts the model
+and the images in channels-last memory format for every method; ``--no-variants`` leaves out the
+row of the reference pass as the spec computes it, without any speed-up; what each speed-up gains
+is measured by ``benchmarks/bench_speedups.py``). The last column is the median of each repeat's
+own ratio to FeatureAblation, which a slow spell of a shared machine moves less.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -29,6 +31,7 @@ import torchvision
 from captum.attr import FeatureAblation
 
 from ctc_plugin import CTC
+from ctc_plugin.ctc.speedups import DEFAULT, SPEC
 
 
 def grid_mask(size: int, features: int) -> torch.Tensor:
@@ -76,7 +79,7 @@ def main() -> None:
     parser.add_argument(
         "--no-variants",
         action="store_true",
-        help="leave out the rows of the reference pass without one of its speed-ups",
+        help="leave out the row of the reference pass without speed-ups (the spec)",
     )
     parser.add_argument(
         "--profile",
@@ -119,19 +122,16 @@ def main() -> None:
         runs[f"CTC {mode}"] = lambda ctc=ctc: ctc.attribute(
             x, target=target, feature_mask=mask, perturbations_per_eval=k
         )
-    # the same "reference" pass without one of its speed-ups, to measure each in the same run
-    variants = () if args.no_variants else ("scale_in_place", "track_boxes")
-    for label, option in (("BN not in place", "scale_in_place"), ("boxes searched", "track_boxes")):
-        if option not in variants:
-            continue
-        without = CTC(model)
-        setattr(without, option, False)
-        runs[f"CTC reference, {label}"] = lambda ctc=without: ctc.attribute(
+    # the same "reference" pass as the spec computes it (ctc_plugin.ctc.speedups.SPEC)
+    if not args.no_variants:
+        spec = CTC(model)
+        spec._speedups = SPEC
+        runs["CTC reference, spec"] = lambda: spec.attribute(
             x, target=target, feature_mask=mask, perturbations_per_eval=k
         )
     if args.batch > 1:
         one_pass = CTC(model)
-        one_pass.max_copies_per_pass = 10**9
+        one_pass._speedups = dataclasses.replace(DEFAULT, copies_per_pass=None)
         runs["CTC reference, one pass"] = lambda: one_pass.attribute(
             x, target=target, feature_mask=mask, perturbations_per_eval=k
         )

@@ -163,7 +163,9 @@ def speed(families, images, labels, mask, kind: str = "default") -> None:
         model = zoo.load(family, "shapes")
         attribution = ExplainerAttribution(model, load_explainer(family, "shapes", kind))
         peers: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-            "CTC (16 feat.)": partial(CTC(model, bias_sharing="reference").attribute, feature_mask=mask),
+            "CTC (16 feat.)": partial(
+                CTC(model, bias_sharing="reference").attribute, feature_mask=mask
+            ),
             "FeatureAbl. (16)": partial(FeatureAblation(model).attribute, feature_mask=mask),
         }
         for batch, repeats in ((1, 1), (len(images), 3)):

@@ -13,13 +13,7 @@ from captum.log import log_usage
 from tqdm.auto import tqdm
 
 from ctc_plugin.concurrency import holds_model
-from ctc_plugin.ctc.boxes import batch_boxes
-from ctc_plugin.ctc.errors import (
-    GraphCutError,
-    RetiredTensorError,
-    UnsupportedOperationError,
-    UntracedOutputError,
-)
+from ctc_plugin.ctc.errors import GraphCutError, UnsupportedOperationError, UntracedOutputError
 from ctc_plugin.ctc.interception import CTCMode
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.masks import (
@@ -30,7 +24,8 @@ from ctc_plugin.ctc.masks import (
     spread_scores,
 )
 from ctc_plugin.ctc.rules import GatedPass
-from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharingMode, make_sharing
+from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharing, BiasSharingMode, check_mode
+from ctc_plugin.ctc.speedups import DEFAULT, Speedups
 from ctc_plugin.inputs import check_eval_mode, check_inputs
 from ctc_plugin.targets import (
     TargetType,
@@ -139,31 +134,20 @@ class CTC(Attribution):
         bias_sharing: BiasSharingMode = DEFAULT_BIAS_SHARING,
     ) -> None:
         super().__init__(forward_func)
-        self.sharing = make_sharing(bias_sharing)
+        check_mode(bias_sharing)
         self.bias_sharing = bias_sharing
         self.segmenter = segmenter
-        #: In ``"none"`` mode, compute the scores as gradient x input of the network linearised
-        #: at its gates (one forward and one backward pass, every gate held fixed) instead of
-        #: K + 1 forward-equivalents; the same results.
-        self.gradient_fast_path = True
-        #: On a CPU, the examples of a batch are explained in groups so that one forward pass
-        #: carries at most about this many copies (one group at least holds one example, with
-        #: all its copies of a ``perturbations_per_eval`` chunk). Larger passes run slower
-        #: per copy there, their activations no longer fitting the caches (``python
-        #: benchmarks/bench_ctc.py --batch 8`` compares with one pass). On other devices the
-        #: whole batch is one group. Results do not depend on it.
-        self.max_copies_per_pass = 64
-        #: A BatchNorm whose input no other tensor shares (typically a bias-free convolution's
-        #: output) scales it in place instead of writing a new tensor: one pass over all copies
-        #: fewer per BatchNorm (ResNet-18: 3–10 % of a call in ``benchmarks/bench_ctc.py``
-        #: runs). Should the model read that input again, the pass is run again without it and
-        #: this turns False. Results do not depend on it.
-        self.scale_in_place = True
-        #: In ``"reference"`` mode on a CPU, find the boxes around each input copy's nonzero values
-        #: once and carry them through convolutions, poolings, gates and sums, instead of searching
-        #: every layer for them ([`ctc_plugin.ctc.boxes`][ctc_plugin.ctc.boxes]). Results do not
-        #: depend on it.
-        self.track_boxes = True
+        #: The speed-ups of the pass (private: tests and benchmarks choose the spec or some of
+        #: them, see ctc_plugin.ctc.speedups); none changes a result beyond float rounding.
+        self._speedups: Speedups = DEFAULT
+        self._sharings: dict[Speedups, BiasSharing] = {}
+
+    def _sharing(self) -> BiasSharing:
+        """The bias sharing of the mode under the speed-ups (kept: it holds scratch buffers)."""
+        sharing = self._sharings.get(self._speedups)
+        if sharing is None:
+            sharing = self._sharings[self._speedups] = self._speedups.sharing(self.bias_sharing)
+        return sharing
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -275,7 +259,7 @@ class CTC(Attribution):
         chunk = self._chunk_size(perturbations_per_eval, features.count)
 
         fast = None
-        if self.bias_sharing == "none" and self.gradient_fast_path:
+        if self.bias_sharing == "none" and self._speedups.gradient_shortcut:
             fast = self._run_gradient(inputs_tuple, baselines_tuple, features, extra, target)
         if fast is None:
             fast = self._run(
@@ -350,12 +334,10 @@ class CTC(Attribution):
         chunk: int,
         show_progress: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """The CTC passes, examples in groups (see ``max_copies_per_pass``), features in chunks."""
+        """The CTC passes, examples in groups (``Speedups.copies_per_pass``), features in chunks."""
         n = inputs[0].shape[0]
-        group = n
-        if inputs[0].device.type == "cpu":
-            copies = chunk + 1 + int(self.bias_sharing == "reference") + int(baselines is not None)
-            group = max(1, self.max_copies_per_pass // copies)
+        copies = chunk + 1 + int(self.bias_sharing == "reference") + int(baselines is not None)
+        group = self._speedups.examples_per_pass(copies, inputs[0].device) or n
         groups = [slice(start, min(start + group, n)) for start in range(0, n, group)]
         chunks = [slice(s, min(s + chunk, features.count)) for s in range(0, features.count, chunk)]
         progress = None
@@ -465,7 +447,7 @@ class CTC(Attribution):
         """
         n = inputs[0].shape[0]
         layout = CopyLayout(examples=n, features=0, reference_full=False, baseline=False)
-        gated = GatedPass(layout=layout, sharing=self.sharing, gradient=True)
+        gated = self._speedups.gated_pass(layout, self._sharing(), gradient=True)
         leaves = tuple(x.detach().requires_grad_(True) for x in inputs)
         with torch.enable_grad():
             try:
@@ -495,22 +477,8 @@ class CTC(Attribution):
     def _copies_pass(
         self, layout: CopyLayout, copies: Callable[[GatedPass], tuple], extra: tuple
     ) -> torch.Tensor:
-        """One CTC pass over the batch ``copies`` builds; return the model's outputs.
-
-        With [`scale_in_place`][ctc_plugin.CTC.scale_in_place], BatchNorms scale tensors that
-        nothing else shares in place; a model that reads such a tensor again
-        ([`RetiredTensorError`][ctc_plugin.ctc.errors.RetiredTensorError]) gets the pass again
-        without it, and so does every later call of this instance.
-        """
-        track_boxes = self.track_boxes and self.bias_sharing == "reference"
-        options = {"layout": layout, "sharing": self.sharing, "track_boxes": track_boxes}
-        if self.scale_in_place:
-            gated = GatedPass(**options, scale_in_place=True)
-            try:
-                return self._forward(gated, copies(gated), extra)
-            except RetiredTensorError:
-                self.scale_in_place = False
-        gated = GatedPass(**options)
+        """One CTC pass over the batch ``copies`` builds; return the model's outputs."""
+        gated = self._speedups.gated_pass(layout, self._sharing())
         return self._forward(gated, copies(gated), extra)
 
     def _forward(self, gated: GatedPass, batch: tuple, extra: tuple) -> torch.Tensor:
@@ -532,14 +500,11 @@ def check_pass_output(gated: GatedPass, logits: Any) -> None:
         ValueError: No tensor, or the batch dimension is not first.
         UntracedOutputError: The output was not computed from the copies.
         UnsupportedOperationError: The output is a gate tensor of the full pass (a softmax).
-        RetiredTensorError: The output is a tensor scaled in place by the pass (retried).
     """
     if not isinstance(logits, torch.Tensor):
         raise ValueError(
             f"forward_func must return a tensor of outputs; got {type(logits).__name__}"
         )
-    if getattr(logits, "_ctc_pass", None) is gated.retired_token:
-        raise RetiredTensorError("the forward function's return")  # read after in-place scaling
     if not gated.is_propagated(logits):
         raise UntracedOutputError(_untraced_reason(gated, logits))
     axis = gated.copy_axis(logits)
@@ -593,8 +558,8 @@ def _tagged_copies(
     reference: bool,
     baseline_copy: bool,
 ) -> tuple[torch.Tensor, ...]:
-    """The batch of copies of every input for one pass, tagged as that pass's (with boxes)."""
-    batch = tuple(
+    """The batch of copies of every input for one pass, tagged as that pass's."""
+    return tuple(
         gated.tag(
             masked_copies(
                 x,
@@ -607,11 +572,6 @@ def _tagged_copies(
         )
         for i, x in enumerate(inputs)
     )
-    if gated.track_boxes:
-        for copies in batch:
-            if copies.device.type == "cpu":  # the sharing uses boxes on a CPU only
-                gated.set_boxes(copies, batch_boxes(copies, gated.layout.copies))
-    return batch
 
 
 def _as_tuple(value: Any) -> tuple:

@@ -253,9 +253,6 @@ class _HookedCTC(CTC):
         functional: FunctionalPolicy,
     ) -> None:
         super().__init__(model, segmenter=segmenter, bias_sharing=bias_sharing)
-        self.gradient_fast_path = False  # every mode runs the copies through the hooks
-        # hooks apply the rules directly, where no interception refuses a retired tensor
-        self.scale_in_place = False
         self.attr_output_fn = attr_output_fn
         self.functional = functional
         self.model_output: torch.Tensor | None = None
@@ -273,6 +270,10 @@ class _HookedCTC(CTC):
                 "a function of the output returning one"
             ) from None
         return weights
+
+    def _run_gradient(self, *args: Any) -> None:
+        """No gradient shortcut: every mode runs the copies through the hooks."""
+        return None
 
     def _forward(self, gated: GatedPass, batch: tuple, extra: tuple) -> torch.Tensor:
         with torch.no_grad(), hooked_pass(gated, self.functional, self.forward_func):

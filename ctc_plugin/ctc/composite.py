@@ -57,11 +57,10 @@ from zennit.composites import LayerMapComposite, register_composite
 from zennit.core import Hook, RemovableHandleList
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
-from ctc_plugin.ctc.boxes import Box
 from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
 from ctc_plugin.ctc.interception import CTCMode, copies_off_dim_zero, operation_name
 from ctc_plugin.ctc.rules import GatedPass
-from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharingMode, make_sharing
+from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharingMode, check_mode
 
 FunctionalPolicy = Literal["intercept", "raise"]
 FUNCTIONAL_POLICIES: tuple[str, ...] = ("intercept", "raise")
@@ -502,7 +501,7 @@ class CTCComposite(LayerMapComposite):
                 "CTCAttributor(model, composite, feature_mask=mask), or attributor(x, "
                 "attr_output, feature_mask=mask)"
             )
-        make_sharing(bias_sharing)  # validates the name
+        check_mode(bias_sharing)
         self.bias_sharing = bias_sharing
         super().__init__(
             layer_map=[*(layer_map or []), *ctc_layer_map()],
@@ -537,15 +536,11 @@ class _LinearOnlyPass(GatedPass):
     """A view of a pass that allows operations linear in the signal and refuses rules."""
 
     def affine(
-        self,
-        bias_free: torch.Tensor,
-        bias: torch.Tensor | None,
-        foldable: bool = False,
-        boxes: list[Box] | None = None,
+        self, bias_free: torch.Tensor, bias: torch.Tensor | None, foldable: bool = False
     ) -> torch.Tensor:
         """Tag a bias-free result; refuse a bias."""
         if bias is None:
-            return super().affine(bias_free, None, boxes=boxes)
+            return super().affine(bias_free, None)
         raise _Refused("it adds a bias or constant that CTC shares among the features")
 
     def fold_batch_norm(self, *args: Any, **kwargs: Any) -> torch.Tensor:

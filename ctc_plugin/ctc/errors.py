@@ -38,20 +38,6 @@ class UnsupportedOperationError(RuntimeError):
         return UnsupportedOperationError(self.operation, self.reason, module)
 
 
-class RetiredTensorError(RuntimeError):
-    """The model read a tensor whose memory a BatchNorm of the pass had scaled in place.
-
-    Raised inside the pass only; [`CTC`][ctc_plugin.CTC] then runs the pass
-    again without in-place scaling, so users never see it.
-    """
-
-    def __init__(self, operation: str) -> None:
-        self.operation = operation
-        super().__init__(
-            f"{operation} read a tensor that a BatchNorm of the CTC pass had scaled in place"
-        )
-
-
 class CompositeOutsideAttributorError(RuntimeError):
     """A gradient ran through a model carrying [`CTCComposite`][ctc_plugin.CTCComposite].
 

@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten
 
-from ctc_plugin.ctc.boxes import Window, union_boxes, window_boxes
 from ctc_plugin.ctc.copy_axis import follow_copy_axis
 from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.rules import GatedPass
@@ -67,36 +66,21 @@ def is_inplace(func: Callable[..., Any]) -> bool:
 
 
 # ---------------------------------------------------------------------------- affine handlers
-def conv_like(bias_index: int, channels_first: bool, sliding: bool = False) -> Handler:
-    """Convolutions (channels first) and ``linear`` (features last): bias-free, then shared.
-
-    ``sliding``: a convolution whose output ``o`` reads a window of inputs around
-    ``o * stride - padding`` (not a transposed one); it carries the input's boxes over.
-    """
+def conv_like(bias_index: int, channels_first: bool) -> Handler:
+    """Convolutions (channels first) and ``linear`` (features last): bias-free, then shared."""
 
     def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-        x, weight = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
+        weight = _arg(args, kwargs, 1, "weight")
         if ctx.is_propagated(weight):
             raise UnsupportedOperationError(operation_name(func), "its weight depends on the input")
         bias = _arg(args, kwargs, bias_index, "bias")
         args, kwargs = _with_arg(args, kwargs, bias_index, "bias", None)
-        bias_free = func(*args, **kwargs)
+        bias_free = ctx.linear(func, args, kwargs)
         if bias is not None and channels_first:  # align (C,) to (C, 1, ...)
             bias = bias.view(-1, *([1] * (bias_free.dim() - 2)))
         # a BatchNorm can only follow (and fold in) where the features are dim 1
         foldable = channels_first or bias_free.dim() == 2
-        boxes = None
-        if sliding and ctx.boxes(x) is not None:
-            window = Window.of(
-                tuple(weight.shape[2:]),
-                _arg(args, kwargs, 3, "stride", 1),
-                _arg(args, kwargs, 4, "padding", 0),
-                _arg(args, kwargs, 5, "dilation", 1),
-                weight.dim() - 2,
-            )
-            if window is not None:
-                boxes = window_boxes(ctx.boxes(x), window, tuple(bias_free.shape[2:]))
-        return ctx.affine(bias_free, bias, foldable=foldable, boxes=boxes)
+        return ctx.affine(bias_free, bias, foldable=foldable)
 
     return handle
 
@@ -136,8 +120,7 @@ def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
         first, second = args[0], _arg(args, kwargs, 1, "other")
         alpha = kwargs.get("alpha", 1)
         if ctx.is_propagated(first) and ctx.is_propagated(second):
-            boxes = _union(ctx, first, second)  # read before an in-place sum drops them
-            return ctx.set_boxes(ctx.tag(func(*args, **kwargs)), boxes)
+            return ctx.tag(func(*args, **kwargs))
         inplace = is_inplace(func)
         signal_first = ctx.is_propagated(first)
         if inplace and not signal_first:
@@ -153,23 +136,16 @@ def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
         else:
             sign_signal, sign_constant = sign_other * alpha, 1.0
         bias = _as_bias(ctx, constant, signal, operation_name(func)) * sign_constant
-        boxes = ctx.boxes(signal)
-        if inplace:
+        if inplace:  # the model's x += c: x must hold the result
             if sign_signal != 1.0:
                 signal.mul_(sign_signal)
-            return ctx.affine(signal, bias, boxes=boxes)
+            out = ctx.affine(signal, bias)
+            return out if out is signal else ctx.tag(signal.copy_(out))
+        # the affine rule may write into its argument, which the model still holds
         signal = signal * sign_signal if sign_signal != 1.0 else signal.clone()
-        return ctx.affine(signal, bias, boxes=boxes)
+        return ctx.affine(signal, bias)
 
     return handle
-
-
-def _union(ctx: GatedPass, first: torch.Tensor, second: torch.Tensor) -> list | None:
-    """The boxes of the sum of two propagated tensors of one shape (``None`` if unknown)."""
-    a, b = ctx.boxes(first), ctx.boxes(second)
-    if a is None or b is None or first.shape != second.shape:
-        return None
-    return union_boxes(a, b)
 
 
 def _as_bias(ctx: GatedPass, constant: Any, signal: torch.Tensor, name: str) -> torch.Tensor:
@@ -357,16 +333,7 @@ def max_pool(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
         wants_indices = wants_indices or bool(args[2])
         args = args[:2]
     with_indices = functools.partial(_POOL_WITH_INDICES[_pool_kind(func, args[0])], **kwargs)
-    window = None
-    if "adaptive" not in name:
-        window = Window.of(
-            _arg(args, kwargs, 1, "kernel_size"),
-            _arg(args, kwargs, 2, "stride", None),
-            _arg(args, kwargs, 3, "padding", 0),
-            _arg(args, kwargs, 4, "dilation", 1),
-            args[0].dim() - 2,
-        )
-    out = ctx.max_pool_switches(args[0], lambda t: with_indices(t, *args[1:]), window)
+    out = ctx.max_pool_switches(args[0], lambda t: with_indices(t, *args[1:]))
     if wants_indices:
         raise UnsupportedOperationError(
             operation_name(func), "returning pooling indices to the model is not supported"
@@ -392,8 +359,7 @@ _POOL_WITH_INDICES: dict[str, Callable[..., Any]] = {
 # ---------------------------------------------------------------------------- linear handlers
 def apply_linear(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
     """An operation linear in the signal, applied as it is to all copies at once."""
-    out = func(*args, **kwargs)
-    return tree_map(lambda t: ctx.tag(t) if isinstance(t, torch.Tensor) else t, out)
+    return ctx.linear(func, args, kwargs)
 
 
 def reshape_copies(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:

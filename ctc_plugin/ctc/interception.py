@@ -15,10 +15,7 @@ Calls whose arguments carry no copies run untouched. Anything else that would re
 tensor raises [`UnsupportedOperationError`][ctc_plugin.UnsupportedOperationError] naming it. Calls
 that take the copies' values out of torch (``numpy``, ``tolist``, ``item``) are recorded, to be
 named should the output not be traced
-([`check_pass_output`][ctc_plugin.ctc.attribution.check_pass_output]). A call that reads a tensor
-retired by the pass (its memory scaled in place by a BatchNorm, see
-[`fold_batch_norm`][ctc_plugin.ctc.rules.GatedPass.fold_batch_norm]) raises
-[`RetiredTensorError`][ctc_plugin.ctc.errors.RetiredTensorError].
+([`check_pass_output`][ctc_plugin.ctc.attribution.check_pass_output]).
 """
 
 from __future__ import annotations
@@ -32,11 +29,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from ctc_plugin.ctc.errors import (
-    RetiredTensorError,
-    UnsupportedOperationError,
-    UntracedOutputError,
-)
+from ctc_plugin.ctc.errors import UnsupportedOperationError, UntracedOutputError
 from ctc_plugin.ctc.handlers import operation_name
 from ctc_plugin.ctc.operations import EXIT_FUNCTIONS, RANDOM_FUNCTIONS, rule_for
 from ctc_plugin.ctc.rules import BatchDimensionError, GatedPass
@@ -107,10 +100,7 @@ class CTCMode(TorchFunctionMode):
             )
         leaves, _ = tree_flatten((args, kwargs))
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
-        tags = [getattr(t, "_ctc_pass", None) for t in tensors]
-        if ctx.retired_token in tags:
-            raise RetiredTensorError(operation_name(func))
-        if ctx.token not in tags:
+        if not any(getattr(t, "_ctc_pass", None) is ctx.token for t in tensors):
             return func(*args, **kwargs)
         if func in EXIT_FUNCTIONS:
             ctx.left_torch(operation_name(func))

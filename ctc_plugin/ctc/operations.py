@@ -126,7 +126,7 @@ def _rows() -> list[OperationRule]:
         OperationRule(
             "affine",
             "bias-free result + the bias shared among the copies",
-            h.conv_like(2, channels_first=True, sliding=True),
+            h.conv_like(2, channels_first=True),
             (torch.conv1d, torch.conv2d, torch.conv3d),
         ),
         OperationRule(

@@ -29,6 +29,10 @@ linear in the copies, and input-independent terms are biases shared among them.*
   with a *gate tensor* (one that comes out of a squashing activation of the full pass, such as a
   squeeze-excitation scale): every copy of the signal times the gate copy's factor.
 
+These methods are the readable specification: dense tensors, out of place (except where the
+model's own operation is in place), nothing carried between layers but the copies. Speed-ups
+plug in at [`ctc_plugin.ctc.speedups`][ctc_plugin.ctc.speedups], not here.
+
 The gate copy (copy 0 of each example) always computes the model's value, so the gates of
 every later layer come from the original forward pass. Every gate is held fixed (detached), so
 when the pass runs with autograd (the ``"none"`` gradient path) its derivative is that of the
@@ -42,9 +46,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_map
 
 from ctc_plugin.batchnorm import batch_norm_affine
-from ctc_plugin.ctc.boxes import Box, Window, window_boxes
 from ctc_plugin.ctc.errors import GraphCutError, UnsupportedOperationError, UntracedOutputError
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.sharing import BiasSharing
@@ -52,10 +56,6 @@ from ctc_plugin.ctc.sharing import BiasSharing
 #: Attribute set on a propagated tensor that came out of a biased affine rule, holding
 #: ``(bias_free, bias)`` so a following BatchNorm can fold itself into that layer.
 FOLD_ATTRIBUTE = "_ctc_affine_parts"
-
-#: Attribute set on a propagated tensor whose copies' nonzero values are known to lie in boxes
-#: ([`ctc_plugin.ctc.boxes`][ctc_plugin.ctc.boxes]), one per row.
-BOXES_ATTRIBUTE = "_ctc_boxes"
 
 #: Attribute set on a propagated tensor whose copies lie along another dim than 0 (its index).
 AXIS_ATTRIBUTE = "_ctc_axis"
@@ -97,31 +97,6 @@ def exact_with_linear_gradient(exact: torch.Tensor, linear: torch.Tensor) -> tor
     return exact.detach() + (linear - linear.detach())
 
 
-def _storage_use_count(tensor: torch.Tensor) -> int:
-    """How many tensors share ``tensor``'s memory (including it), as torch counts them."""
-    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
-
-
-try:  # torch's count of tensors on one storage (a private API: without it, no in-place scaling)
-    _SOLE_USE_COUNT: int | None = _storage_use_count(torch.empty(1))
-except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
-    _SOLE_USE_COUNT = None
-
-
-def sole_holder(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is no view and no other tensor shares its memory.
-
-    Python references to ``tensor`` itself are not counted: a pass that changes such a tensor
-    in place must retire it ([`GatedPass.retire`][ctc_plugin.ctc.rules.GatedPass.retire]).
-    """
-    return (
-        _SOLE_USE_COUNT is not None
-        and tensor._base is None
-        and not tensor.requires_grad
-        and _storage_use_count(tensor) == _SOLE_USE_COUNT
-    )
-
-
 class BatchDimensionError(ValueError):
     """An operation's result lost the batch dimension that carries the copies."""
 
@@ -134,17 +109,6 @@ class GatedPass:
         layout: Where each copy sits in the batch.
         sharing: How biases are shared among the copies.
         token: An object identifying this pass; tensors it propagates are tagged with it.
-        scale_in_place: Let [`fold_batch_norm`][ctc_plugin.ctc.rules.GatedPass.fold_batch_norm]
-            scale a tensor no other tensor shares in place (one pass over the copies fewer) and
-            retire it. Only for a caller that refuses every later use of a retired tensor
-            ([`CTCMode`][ctc_plugin.ctc.attribution.CTCMode] raises
-            [`RetiredTensorError`][ctc_plugin.ctc.errors.RetiredTensorError]).
-        retired_token: The tag of tensors retired by this pass.
-        scaled_in_place: How many BatchNorms scaled their input in place (for diagnostics).
-        track_boxes: Carry the boxes around each copy's nonzero values from layer to layer
-            ([`ctc_plugin.ctc.boxes`][ctc_plugin.ctc.boxes]) and hand them to the sharing; the
-            caller puts the input batch's boxes on it
-            ([`set_boxes`][ctc_plugin.ctc.rules.GatedPass.set_boxes]).
         gradient: The pass runs with autograd and its gradient is the result (the ``"none"``
             fast path): an operation that cuts the gradient off the copies raises
             `GraphCutError` ([`left_torch`][ctc_plugin.ctc.rules.GatedPass.left_torch],
@@ -156,10 +120,6 @@ class GatedPass:
     layout: CopyLayout
     sharing: BiasSharing
     token: object = field(default_factory=object)
-    scale_in_place: bool = False
-    retired_token: object = field(default_factory=object)
-    scaled_in_place: int = 0
-    track_boxes: bool = False
     gradient: bool = False
     exits: list[str] = field(default_factory=list)
 
@@ -180,8 +140,8 @@ class GatedPass:
             )
         tensor._ctc_pass = self.token  # type: ignore[attr-defined]
         # Any operation producing this object (an in-place one too) ends a pending BatchNorm
-        # fold, and its boxes and gate mark hold only where the operation's rule sets them.
-        for attribute in (FOLD_ATTRIBUTE, BOXES_ATTRIBUTE, GATE_ATTRIBUTE, AXIS_ATTRIBUTE):
+        # fold, and its gate mark holds only where the operation's rule sets it.
+        for attribute in (FOLD_ATTRIBUTE, GATE_ATTRIBUTE, AXIS_ATTRIBUTE):
             if hasattr(tensor, attribute):
                 delattr(tensor, attribute)
         if axis:
@@ -191,16 +151,6 @@ class GatedPass:
     def copy_axis(self, tensor: torch.Tensor) -> int:
         """The dim of a propagated tensor that holds the copies (0 unless a reshape moved it)."""
         return getattr(tensor, AXIS_ATTRIBUTE, 0)
-
-    def boxes(self, tensor: torch.Tensor) -> list[Box] | None:
-        """The boxes around the nonzero values of each row of a propagated tensor, if known."""
-        return getattr(tensor, BOXES_ATTRIBUTE, None)
-
-    def set_boxes(self, tensor: torch.Tensor, boxes: list[Box] | None) -> torch.Tensor:
-        """Record (when tracking boxes) that each row's nonzero values lie in its box."""
-        if self.track_boxes and boxes is not None:
-            setattr(tensor, BOXES_ATTRIBUTE, boxes)
-        return tensor
 
     def is_propagated(self, value: Any) -> bool:
         """Whether ``value`` is a tensor carrying copies of this pass."""
@@ -291,33 +241,35 @@ class GatedPass:
                 "numpy does)"
             )
 
-    def retire(self, tensor: torch.Tensor) -> None:
-        """Mark a propagated tensor whose memory now holds another result: it must not be read."""
-        tensor._ctc_pass = self.retired_token  # type: ignore[attr-defined]
+    # ------------------------------------------------------------------ linear operations
+    def linear(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """An operation linear in the signal, applied as it is to all copies at once.
+
+        Its tensor results are tagged as carrying the copies (a faster pass may compute only
+        where the copies are nonzero, see [`ctc_plugin.ctc.speedups`][ctc_plugin.ctc.speedups]).
+        """
+        out = func(*args, **kwargs)
+        return tree_map(lambda t: self.tag(t) if isinstance(t, torch.Tensor) else t, out)
 
     # ------------------------------------------------------------------ affine rules
     def affine(
-        self,
-        bias_free: torch.Tensor,
-        bias: torch.Tensor | None,
-        foldable: bool = False,
-        boxes: list[Box] | None = None,
+        self, bias_free: torch.Tensor, bias: torch.Tensor | None, foldable: bool = False
     ) -> torch.Tensor:
-        """Return ``bias_free`` plus the bias shared among the copies (in place on a new tensor).
+        """``bias_free`` plus the bias shared among the copies: ``z_k + s_k * b`` for copy ``k``.
 
         Args:
-            bias_free: (N*C, *rest) result of the operation without its bias.
+            bias_free: (N*C, *rest) result of the operation without its bias. It belongs to
+                the rule: a sharing that works in place may write into it.
             bias: Bias broadcastable to ``rest`` (aligned to its trailing dims), or to the
                 grouped (N, C, *rest) shape; ``None`` for no bias.
             foldable: Record the parts so a following BatchNorm can fold itself in.
-            boxes: Boxes holding every nonzero value of each row of ``bias_free``. The shares
-                are 0 where a copy is 0, so the result keeps them.
         """
         if bias is None:
-            return self.set_boxes(self.tag(bias_free), boxes)
-        out = bias_free.clone() if foldable else bias_free
-        self.sharing.add_bias(self.layout.group(out), bias.to(out.dtype), self.layout, boxes=boxes)
-        self.set_boxes(self.tag(out), boxes)
+            return self.tag(bias_free)
+        z = bias_free.clone() if foldable and self.sharing.in_place else bias_free
+        grouped = self.layout.group(z)
+        shared = self.sharing.add_bias(grouped, bias.to(z.dtype), self.layout)
+        out = self.tag(z if shared is grouped else self.layout.ungroup(shared, z))
         if foldable and self.sharing.name != "none":
             setattr(out, FOLD_ATTRIBUTE, (bias_free, bias))
         return out
@@ -329,19 +281,13 @@ class GatedPass:
 
         When ``x`` came from a biased layer, the BatchNorm is folded into it: the pair acts as
         one layer with weight ``scale * W`` and bias ``scale * b + shift``, sharing one bias.
-        Otherwise, with `scale_in_place` and no other tensor on ``x``'s memory (typically
-        a bias-free convolution's output), ``x`` is scaled in place and retired: the result is
-        another tensor object on the same memory, and any later use of ``x`` is refused.
+        Otherwise ``x * scale`` is the bias-free part and ``shift`` the bias.
         """
         parts = getattr(x, FOLD_ATTRIBUTE, None)
-        boxes = self.boxes(x)
         if parts is not None:
             bias_free, bias = parts
-            folded_bias = bias * scale + shift
-            return self.affine(bias_free * scale, folded_bias, boxes=boxes)
-        if scale.dtype == x.dtype and self._may_overwrite(x):
-            return self.affine(self._take_over(x).mul_(scale), shift, boxes=boxes)
-        return self.affine(x * scale, shift, boxes=boxes)
+            return self.affine(bias_free * scale, bias * scale + shift)
+        return self.affine(x * scale, shift)
 
     def running_norm(
         self,
@@ -363,11 +309,12 @@ class GatedPass:
 
     # ------------------------------------------------------------------ gates
     def _apply_gate(self, x: torch.Tensor, gate: torch.Tensor, inplace: bool) -> torch.Tensor:
-        grouped, boxes = self.layout.group(x), self.boxes(x)  # a gate keeps zeros
-        if inplace:
+        """Every copy times ``gate`` (broadcast over the copies); into ``x`` with ``inplace``."""
+        grouped = self.layout.group(x)
+        if inplace:  # the model's own in-place activation: x must hold the result
             grouped.mul_(gate)
-            return self.set_boxes(self.tag(x), boxes)
-        return self.set_boxes(self.tag(self.layout.ungroup(grouped * gate, x)), boxes)
+            return self.tag(x)
+        return self.tag(self.layout.ungroup(grouped * gate, x))
 
     def relu_gate(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """ReLU: every copy passes where the original pre-activation was positive."""
@@ -401,43 +348,24 @@ class GatedPass:
             gate_origin: For a squashing activation (sigmoid, tanh, ...), its name: the result
                 is then also a gate tensor that may multiply the signal
                 ([`gate_product`][ctc_plugin.ctc.rules.GatedPass.gate_product]).
-            inplace: Write the result into ``x`` (an in-place activation of the model). Without it,
-                with `scale_in_place` and no other tensor on ``x``'s memory, ``x`` is overwritten
-                and retired all the same (see
-                [`fold_batch_norm`][ctc_plugin.ctc.rules.GatedPass.fold_batch_norm]).
+            inplace: Write the result into ``x`` (an in-place activation of the model).
         """
-        overwrite = inplace or self._may_overwrite(x)  # asked before views of x exist
-        grouped, boxes = self.layout.group(x), self.boxes(x)  # a gate keeps zeros
+        grouped = self.layout.group(x)
         original = grouped[:, 0]
         y = activation(original)
         nonzero = original != 0
         gate = torch.where(nonzero, y / torch.where(nonzero, original, 1.0), 0.0).detach()
-        if overwrite:
-            out = x if inplace else self._take_over(x)
-            scaled = self.layout.group(out).mul_(gate.unsqueeze(1))
+        if inplace:
+            out, scaled = x, grouped.mul_(gate.unsqueeze(1))
         else:
             scaled = grouped * gate.unsqueeze(1)
             out = self.layout.ungroup(scaled, x)
         scaled[:, 0] = exact_with_linear_gradient(y, scaled[:, 0])
-        out = self.set_boxes(self.tag(out), boxes)
+        out = self.tag(out)
         return out if gate_origin is None else self.mark_gate(out, gate_origin)
 
-    def _may_overwrite(self, x: torch.Tensor) -> bool:
-        """Whether a rule may write its result into ``x`` (then retiring it)."""
-        return self.scale_in_place and sole_holder(x)
-
-    def _take_over(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``'s memory under a new tensor object; ``x`` itself is retired (must not be read)."""
-        taken = x.detach()
-        self.retire(x)
-        self.scaled_in_place += 1
-        return taken
-
     def max_pool_switches(
-        self,
-        x: torch.Tensor,
-        pool_with_indices: Callable[[torch.Tensor], Any],
-        window: Window | None = None,
+        self, x: torch.Tensor, pool_with_indices: Callable[[torch.Tensor], Any]
     ) -> torch.Tensor:
         """Max pooling: every copy takes the values at the original pass's argmax positions.
 
@@ -445,22 +373,14 @@ class GatedPass:
             x: (N*C, channels, *spatial) propagated input.
             pool_with_indices: The pooling operation with ``return_indices=True`` bound, taking
                 an (N, channels, *spatial) tensor and returning ``(values, indices)``.
-            window: The pooling window, to carry the boxes of ``x`` over (``None``: drop them).
-                With boxes, each copy is gathered only inside its output box (the rest is 0).
         """
         if x.shape[0] != self.layout.batch:
             raise UnsupportedOperationError(
                 "max pooling", "its input merges the copies with another dimension"
             )
         grouped = self.layout.group(x)
-        spatial = grouped.dim() - 3
         _, indices = pool_with_indices(grouped[:, 0])
-        flat = grouped.flatten(3) if spatial > 0 else grouped.unsqueeze(-1)
-        boxes = self.boxes(x)
-        if boxes is not None and window is not None and spatial > 0:
-            boxes = window_boxes(boxes, window, tuple(indices.shape[2:]))
-            pooled = _gather_in_boxes(flat, indices, boxes)
-            return self.set_boxes(self.tag(pooled.flatten(0, 1)), boxes)
+        flat = grouped.flatten(3) if grouped.dim() > 3 else grouped.unsqueeze(-1)
         index = indices.flatten(2).unsqueeze(1).expand(-1, grouped.shape[1], -1, -1)
         pooled = flat.gather(3, index).reshape(*grouped.shape[:3], *indices.shape[2:])
         return self.tag(pooled.flatten(0, 1))
@@ -490,12 +410,11 @@ class GatedPass:
                 f"the gate of shape {tuple(gate.shape)} and the signal of shape "
                 f"{tuple(signal.shape)} do not share the batch dimension",
             )
-        boxes = self.boxes(signal)
         if inplace:
             (grouped.div_ if divide else grouped.mul_)(factor)
-            return self.set_boxes(self.tag(signal), boxes)
+            return self.tag(signal)
         out = grouped / factor if divide else grouped * factor
-        return self.set_boxes(self.tag(self.layout.ungroup(out, signal)), boxes)
+        return self.tag(self.layout.ungroup(out, signal))
 
     def gate_rows(self, x: torch.Tensor) -> torch.Tensor:
         """The gate copy's rows of a propagated tensor, detached: (N, ...) or (N*m, ...)."""
@@ -563,15 +482,8 @@ class GatedPass:
         factor = torch.rsqrt(variance + eps).detach()
         if weight is not None:
             factor = factor * weight
-        mean = grouped.mean(dim=dims, keepdim=True) if centre else None
-        if grouped.requires_grad:  # the gradient path: no out= arguments
-            out = (grouped - mean if centre else grouped) * factor
-        else:  # two passes over the copies, into a contiguous result
-            out = torch.empty(grouped.shape, dtype=grouped.dtype, device=grouped.device)
-            if centre:
-                torch.sub(grouped, mean, out=out).mul_(factor)
-            else:
-                torch.mul(grouped, factor, out=out)
+        centred = grouped - grouped.mean(dim=dims, keepdim=True) if centre else grouped
+        out = (centred * factor).contiguous()
         return self.tag(self.layout.ungroup(out, x))
 
     def layer_norm(
@@ -634,23 +546,3 @@ def _per_channel(
         None if weight is None else weight.view(shape),
         None if bias is None else bias.view(shape),
     )
-
-
-def _gather_in_boxes(flat: torch.Tensor, indices: torch.Tensor, boxes: list[Box]) -> torch.Tensor:
-    """Pooled copies: each copy's values at ``indices`` inside its box, 0 elsewhere.
-
-    Args:
-        flat: (N, C, channels, positions) grouped copies with flattened spatial dims.
-        indices: (N, channels, *out) argmax positions of the gate copy's pooling.
-        boxes: One output box per copy (N*C), holding all its nonzero outputs.
-    """
-    examples, copies = flat.shape[:2]
-    pooled = flat.new_zeros(examples, copies, *indices.shape[1:])
-    for row, box in enumerate(boxes):
-        if box is None:
-            continue
-        n, c = divmod(row, copies)
-        where = (slice(None), *box)
-        index = indices[n][where]
-        pooled[n, c][where] = flat[n, c].gather(1, index.flatten(1)).view(index.shape)
-    return pooled

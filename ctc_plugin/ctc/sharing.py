@@ -1,8 +1,9 @@
-"""Bias sharing: how each bias is divided among the copies of an example.
+"""Bias sharing: how each bias is divided among the copies of an example (the readable spec).
 
 A layer with a bias computes ``z + b``. In the CTC pass each copy ``k`` computes its bias-free
-part ``z_k`` and receives ``b * s_k``; the gate copy always receives the whole bias (it is the
-model's real forward pass). The three modes differ in ``s_k``:
+part ``z_k`` and receives ``b * s_k``; the gate copy always receives the whole bias (``s_0 = 1``:
+it is the model's real forward pass). The three modes differ in the shares ``s_k`` of the other
+copies, the *sharing copies*:
 
 - ``"none"``: ``s_k = 0``. The pass is the network linearised at the input with its gates
   fixed, so a feature's score is gradient x input summed over the feature.
@@ -12,157 +13,104 @@ model's real forward pass). The three modes differ in ``s_k``:
 - ``"reference"``: the published formula (quantisation, log-ratios, spread capping); see
   [`ReferenceSharing`][ctc_plugin.ctc.sharing.ReferenceSharing].
 
-Every mode adds the shares in place into the grouped tensor ``z`` of shape (N, C, *rest).
-``bias`` is broadcastable to (N, C, *rest): either aligned with ``rest`` (a layer's bias) or
-carrying the (N, C) leading dimensions (a per-example constant).
+This module is the specification: each mode computes its shares as a dense tensor, out of place,
+in the words of the paper. The pass uses the faster, equal implementations of
+[`ctc_plugin.ctc.speedups`][ctc_plugin.ctc.speedups] unless told otherwise; tests hold them to
+these.
+
+Tensors are *grouped*: ``z`` has shape (N, C, *rest) (examples, copies, units). ``bias`` is
+broadcastable to it: either aligned with ``rest`` (a layer's bias) or carrying the (N, C) leading
+dimensions (a per-example constant).
 """
 
 from __future__ import annotations
 
-import math
-import threading
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from ctc_plugin.ctc.boxes import Box, packed_volume, support_boxes
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.modes import BIAS_SHARING_MODES, DEFAULT_BIAS_SHARING, BiasSharingMode
 
 
 class BiasSharing(Protocol):
-    """Adds shares of a bias to the copies of a grouped pre-activation, in place."""
+    """Adds the shares of a bias to the copies of a grouped pre-activation.
+
+    Attributes:
+        name: The mode (``"reference"``, ``"proportional"`` or ``"none"``).
+        in_place: ``add_bias`` writes into ``z`` and returns it (the fast implementations);
+            otherwise it returns a new tensor and leaves ``z`` alone.
+    """
 
     name: str
+    in_place: bool
 
-    def add_bias(
-        self,
-        z: torch.Tensor,
-        bias: torch.Tensor,
-        layout: CopyLayout,
-        boxes: list[Box] | None = None,
-    ) -> None:
-        """Add ``bias`` to the gate copy and the shares of ``bias`` to the sharing copies.
-
-        ``boxes`` (one per copy of the flat batch, see
-        [`ctc_plugin.ctc.boxes`][ctc_plugin.ctc.boxes]), when given, hold every nonzero value of
-        their copy; a mode may use them to skip zeros.
-        """
+    def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
+        """``z_k + s_k * bias`` for every copy ``k`` of the grouped (N, C, *rest) ``z``."""
 
 
-def _copy_part(bias: torch.Tensor, z: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
-    """The slice of a bias that belongs to copies ``start:stop`` (or the bias itself)."""
-    if bias.dim() == z.dim() and bias.shape[1] != 1:
-        return bias[:, start:stop]
-    return bias
+class SpecSharing:
+    """A mode of the spec: ``z_k + s_k * b`` with the mode's shares ``s_k``."""
+
+    name = ""
+    in_place = False
+
+    def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
+        """Every copy plus its share of the bias, as a new tensor."""
+        return z + self.shares(z, bias, layout) * bias
+
+    def shares(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
+        """The (N, C, *rest) shares ``s_k``: 1 for the gate copy, the mode's for the others."""
+        gate = torch.ones_like(z[:, :1])
+        return torch.cat([gate, self.sharing_shares(z, bias, layout)], dim=1)
+
+    def sharing_shares(
+        self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout
+    ) -> torch.Tensor:
+        """The (N, C - 1, *rest) shares of the sharing copies ``z[:, 1:]``."""
+        raise NotImplementedError
 
 
-def _unit_rows(bias: torch.Tensor, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """The part of a bias broadcastable to ``z`` that belongs to ``z[:, :, start:stop]``."""
-    axis = bias.dim() - (z.dim() - 2)  # the bias dim aligned with z's dim 2
-    if axis < 0 or bias.shape[axis] == 1:
-        return bias
-    return bias.narrow(axis, start, stop - start)
-
-
-def _example_part(bias: torch.Tensor, z: torch.Tensor, example: int) -> torch.Tensor:
-    """The slice of a bias that belongs to one example (or the bias itself)."""
-    if bias.dim() == z.dim() and bias.shape[0] != 1:
-        return bias[example : example + 1]
-    return bias
-
-
-class NoSharing:
-    """``"none"``: feature copies get no bias; the pass is gradient x input per feature."""
+class NoSharing(SpecSharing):
+    """``"none"``: sharing copies get no bias; the pass is gradient x input per feature."""
 
     name = "none"
 
-    def add_bias(
-        self,
-        z: torch.Tensor,
-        bias: torch.Tensor,
-        layout: CopyLayout,
-        boxes: list[Box] | None = None,
-    ) -> None:
-        """Add the bias to the gate copy only."""
-        z[:, :1].add_(_copy_part(bias, z, 0, 1))
+    def sharing_shares(
+        self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout
+    ) -> torch.Tensor:
+        """``s_k = 0``."""
+        return torch.zeros_like(z[:, 1:])
 
 
-class ProportionalSharing:
+class ProportionalSharing(SpecSharing):
     """``"proportional"``: each unit's bias split by ``|z_k| / sum_j |z_j|`` (conservative)."""
 
     name = "proportional"
-    #: Values per block on a CPU (4 MiB in float32): a block's ``|z|`` is read back from the
-    #: cache by the sum and the multiply-add instead of from memory.
-    block_elements = 1 << 20
 
-    def __init__(self) -> None:
-        self.workspace = Workspace()
-
-    def add_bias(
-        self,
-        z: torch.Tensor,
-        bias: torch.Tensor,
-        layout: CopyLayout,
-        boxes: list[Box] | None = None,
-    ) -> None:
-        """Add the bias to the gate copy and proportional shares to the sharing copies.
-
-        On a CPU the layer is worked through in blocks of about
-        [`block_elements`][ctc_plugin.ctc.sharing.ProportionalSharing.block_elements] values along
-        its first unit dim (shares are per unit, so blocks change nothing).
-        """
-        z[:, :1].add_(_copy_part(bias, z, 0, 1))
-        rows = z.shape[2] if z.dim() > 2 else 1
-        per_block = rows
-        if z.device.type == "cpu" and z.dim() > 2:
-            per_row = z.shape[0] * z.shape[1] * math.prod(z.shape[3:])
-            per_block = max(1, self.block_elements // max(1, per_row))
-        for start in range(0, rows, per_block):
-            stop = min(start + per_block, rows)
-            block = z if per_block >= rows else z[:, :, start:stop]
-            block_bias = bias if per_block >= rows else _unit_rows(bias, z, start, stop)
-            self._add_shares(block[:, 1:], _copy_part(block_bias, block, 1, None), layout)
-
-    def _add_shares(self, sharing: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
-        """Add ``bias * |z_k| / sum_j |z_j|`` to the sharing copies ``sharing`` in place."""
-        # the per-unit factor b / D is one copy's size, so the full-size work is one abs (into
-        # a reused buffer: a fresh one costs a page fault per 4 KiB on first touch), one
-        # reduction and one fused multiply-add
-        (magnitude,) = self.workspace.buffers(sharing, 1)
-        torch.abs(sharing, out=magnitude)
+    def sharing_shares(
+        self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout
+    ) -> torch.Tensor:
+        """``s_k = |z_k| / sum_j |z_j|``; equal shares of the present copies where the sum is 0."""
+        magnitude = z[:, 1:].abs()
         total = magnitude.sum(dim=1, keepdim=True)
-        empty = total == 0
-        sharing.addcmul_(magnitude, bias / total.masked_fill(empty, 1.0))
-        if bool(empty.any()):  # every copy has z = 0 here: split equally among those present
-            self._add_fallback(sharing, bias, empty, layout)
-
-    @staticmethod
-    def _add_fallback(
-        sharing: torch.Tensor, bias: torch.Tensor, empty: torch.Tensor, layout: CopyLayout
-    ) -> None:
-        """Add equal shares of the bias at the units where all sharing copies are zero.
-
-        Such units are few, so the work is indexed to them instead of a full-size pass.
-        """
-        example, *unit = empty[:, 0].nonzero(as_tuple=True)
-        copies = sharing.shape[1]
-        bias = bias.view(*([1] * (sharing.dim() - bias.dim())), *bias.shape)
-        bias = bias.expand(sharing.shape[0], -1, *sharing.shape[2:])
-        bias_at = bias[(example, slice(None), *unit)]  # (M, 1) or (M, S)
-        if layout.presence is None:
-            weights = sharing.new_full((1, copies), 1.0 / max(copies, 1))
-        else:
-            presence = layout.presence.to(sharing.dtype)[example]
-            weights = presence / presence.sum(dim=1, keepdim=True).clamp_min(1.0)
-        sharing[(example, slice(None), *unit)] += bias_at * weights
+        proportional = magnitude / torch.where(total == 0, 1.0, total)
+        return torch.where(total == 0, equal_shares(z, layout), proportional)
 
 
-class ReferenceSharing:
+def equal_shares(z: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
+    """(N or 1, C - 1, *1) equal shares among the sharing copies that carry a present feature."""
+    ones = [1] * (z.dim() - 2)
+    if layout.presence is None:
+        return z.new_full((1, z.shape[1] - 1, *ones), 1.0 / max(z.shape[1] - 1, 1))
+    present = layout.presence.to(z.dtype)
+    return (present / present.sum(dim=1, keepdim=True).clamp_min(1.0)).view(*present.shape, *ones)
+
+
+class ReferenceSharing(SpecSharing):
     """``"reference"``: the published scaling mechanism of CTC, with its quantisation.
 
-    With ``q(u) = ceil(10u)/10`` and ``z_F`` the reference full copy's pre-activation:
+    With ``q(u) = ceil(10u)/10`` and ``z_F`` the reference full copy's pre-activation (copy 1):
 
     - ``rho_k = ceil(1000 |q(z_k) / q(z_F)|) / 1000`` (0 where ``q(z_F) = 0``),
     - ``l_k = log10(rho_k)`` (0 where ``rho_k = 0``),
@@ -172,165 +120,95 @@ class ReferenceSharing:
     - ``l'_k = mu_k + (l_k - mu_k) sigma / std_k`` where ``std_k > sigma``, else ``l_k``,
     - ``s_k = 10 ** l'_k`` (0 where ``rho_k = 0``).
 
+    Every sharing copy gets the formula, the reference full copy too (its ratios are 1 wherever
+    ``q(z_F) != 0`` and have no spread, so ``s_F = [q(z_F) != 0]``).
+
     Statistics run per channel over positions when the bias is per channel (convolutions,
     BatchNorm) and over all units when the bias differs per unit (dense layers). Standard
-    deviations are population (ddof = 0) ones, as in NumPy. ``rho_k`` is computed as
+    deviations are population (ddof = 0) ones, as in NumPy, computed in float64
+    ([`statistics_dtype`][ctc_plugin.ctc.sharing.statistics_dtype]). ``rho_k`` is computed as
     ``ceil(1000 |a| / |b|) / 1000`` with the whole numbers ``a = ceil(10 z_k)`` and
     ``b = ceil(10 z_F)``, so that a ratio which is a multiple of 1/1000 gives exactly that
     value (dividing the rounded ``q`` values first can step over it).
     """
 
     name = "reference"
-    quantum = 10.0
-    ratio_quantum = 1000.0
-    #: Values per block of the blockwise computation on a CPU (4 MiB in float32).
-    block_elements = 1 << 20
-    #: On a CPU, when the boxes around the copies' nonzero values, packed at the largest box's
-    #: size, take at most this fraction of a layer, only they are computed.
-    crop_fraction = 0.5
 
-    def __init__(self) -> None:
-        self.workspace = Workspace()
-
-    def add_bias(
-        self,
-        z: torch.Tensor,
-        bias: torch.Tensor,
-        layout: CopyLayout,
-        boxes: list[Box] | None = None,
-    ) -> None:
-        """Add the bias to the gate copy and the reference shares to the sharing copies.
-
-        ``boxes`` spare the search for the boxes around the copies' nonzero values.
-        """
+    def sharing_shares(
+        self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout
+    ) -> torch.Tensor:
+        """The published shares of every sharing copy."""
         if not layout.reference_full:
             raise ValueError("reference sharing needs the reference full copy in the layout")
-        self._add_shares_in_blocks(z, bias, layout.first_feature, boxes)
-        z[:, :1].add_(_copy_part(bias, z, 0, 1))
-
-    def _add_shares_in_blocks(
-        self, z: torch.Tensor, bias: torch.Tensor, first: int, boxes: list[Box] | None = None
-    ) -> None:
-        """Add the shares of the sharing copies, on a CPU one example and a block at a time.
-
-        Copy 1 of each group is the reference full copy, copies from ``first`` on are the
-        feature (and baseline) copies.
-
-        The reference full copy's own shares need no formula: its ``rho`` is 1 wherever
-        ``q(z_F) != 0`` and its log-ratios have no spread, so ``s_F = [q(z_F) != 0]``.
-
-        The formula is some twenty elementwise steps per value. On a CPU, blocks of about
-        ``block_elements`` values keep them in the cache instead of streaming the whole layer
-        from memory each time, and where the copies' supports are small (a feature's copy is
-        zero outside its receptive field, which in the first layers is a small part of the
-        image) only the boxes around the copies' nonzero values are computed, packed into one
-        block (`_add_packed_shares`). Values outside a box are zero, get no share and add
-        nothing to the statistics. Statistics are per copy, so neither changes a value. On other
-        devices (many small kernel launches and host synchronisations cost more there than
-        memory traffic) the whole layer is one block.
-        """
-        dims = _statistic_dims(bias, z.dim())
-        on_cpu = self._blocks_per_example(z)
-        if on_cpu:
-            groups = [(z[n : n + 1], _example_part(bias, z, n)) for n in range(z.shape[0])]
-        else:  # one block: the statistics are per example and copy anyway
-            groups = [(z, bias)]
-        copies = z.shape[1]
-        for n, (group, group_bias) in enumerate(groups):
-            full_bias = _copy_part(group_bias, group, 1, 2)
-            full = full_copy_statistics(group[:, 1:2], full_bias, dims, self.workspace)
-            (scratch,) = self.workspace.buffers(full.ceil_full, 1)
-            own_share = torch.ne(full.ceil_full, math.inf, out=scratch)  # inf where q(z_F) = 0
-            group[:, 1:2].addcmul_(own_share, full_bias)
-            known = None if boxes is None else boxes[n * copies : (n + 1) * copies]
-            small = self._small_boxes(group, dims, full, first, known) if on_cpu else None
-            if small is not None:
-                self._add_packed_shares(group, group_bias, small, dims, full, first)
-                continue
-            per_copy = max(1, self.block_elements // max(1, group[0, 0].numel()))
-            for start in range(first, copies, per_copy if on_cpu else copies):
-                stop = min(start + per_copy, copies) if on_cpu else copies
-                block = group[:, start:stop]
-                unit_part, group_part = share_factors(block, full, dims, self.workspace)
-                block.addcmul_(unit_part, group_part * _copy_part(group_bias, group, start, stop))
-
-    @staticmethod
-    def _blocks_per_example(z: torch.Tensor) -> bool:
-        """Whether to work one example and a block at a time (on a CPU) or in one block."""
-        return z.device.type == "cpu"
-
-    def _small_boxes(
-        self,
-        group: torch.Tensor,
-        dims: tuple[int, ...],
-        full: FullCopyStatistics,
-        first: int,
-        known: list[Box] | None = None,
-    ) -> list[tuple[int, tuple[slice, ...]]] | None:
-        """``(copy, box)`` for the copies with a nonzero value, or ``None``: compute whole.
-
-        Boxes are used where their packed block (every box at the largest box's size) takes at
-        most ``crop_fraction`` of the layer, the values are per channel over positions and the
-        full copy has no exact zeros (those enter the statistics outside the boxes). ``known``
-        boxes of the group's copies (carried through the pass) replace the search.
-        """
-        if full.exact_zero is not None or not dims or dims != tuple(range(3, group.dim())):
-            return None
-        copies_values = group[:, first:]
-        limit = self.crop_fraction * copies_values.shape[1] * math.prod(group.shape[3:])
-        if known is not None:
-            boxes = known[first:]
-        # the first channel's boxes lie inside the copies' boxes: when they are already too
-        # large, the whole search is skipped (deeper layers, large receptive fields)
-        elif packed_volume(support_boxes(copies_values[:, :, :1], dims)) > limit:
-            return None
-        else:
-            boxes = support_boxes(copies_values, dims)
-        if packed_volume(boxes) > limit:
-            return None
-        return [(first + i, box) for i, box in enumerate(boxes) if box is not None]
-
-    def _add_packed_shares(
-        self,
-        group: torch.Tensor,
-        group_bias: torch.Tensor,
-        boxes: list[tuple[int, tuple[slice, ...]]],
-        dims: tuple[int, ...],
-        full: FullCopyStatistics,
-        first: int,
-    ) -> None:
-        """Add the shares of the copies' boxes, computed as one packed block.
-
-        Every box goes to the corner of its slot in a (1, boxes, C, *largest box) block whose
-        other values are 0 (the full copy's divisor there is +inf): zeros get no share and do
-        not count, so each slot's statistics are its copy's.
-        """
-        if not boxes:  # no copy has a nonzero value here
-            return
-        sizes = [max(box[a].stop - box[a].start for _, box in boxes) for a in range(len(dims))]
-        shape = (1, len(boxes), group.shape[2], *sizes)
-        values, divisor = self.workspace.buffers(group, 2, slot="boxes", shape=shape)
-        values.zero_()
-        divisor.fill_(math.inf)
-        corners = [tuple(slice(0, b.stop - b.start) for b in box) for _, box in boxes]
-        for slot, ((copy, box), corner) in enumerate(zip(boxes, corners)):
-            values[(0, slot, slice(None), *corner)].copy_(group[(0, copy, slice(None), *box)])
-            divisor[(0, slot, slice(None), *corner)].copy_(
-                full.ceil_full[(0, 0, slice(None), *box)]
-            )
-        stats = FullCopyStatistics(ceil_full=divisor, exact_zero=None, sigma=full.sigma)
-        unit_part, group_part = share_factors(values, stats, dims, self.workspace)
-        bias = _copy_part(group_bias, group, first, None)
-        if bias.dim() == group.dim() and bias.shape[1] != 1:  # a bias per copy
-            bias = bias[:, [copy - first for copy, _ in boxes]]
-        factor = (group_part * bias)[0]  # (boxes, C, 1, ...)
-        for slot, ((copy, box), corner) in enumerate(zip(boxes, corners)):
-            group[(0, copy, slice(None), *box)].addcmul_(
-                unit_part[(0, slot, slice(None), *corner)], factor[slot]
-            )
+        dims = statistic_dims(bias, z.dim())
+        z_full = z[:, 1:2]
+        sigma = reference_spread(z_full, copy_part(bias, z, 1, 2), dims)
+        return reference_shares(z[:, 1:], z_full, sigma, dims)
 
 
-def _statistic_dims(bias: torch.Tensor, rank: int) -> tuple[int, ...]:
+def tenfold_quantised(u: torch.Tensor) -> torch.Tensor:
+    """``10 q(u) = ceil(10 u)``, a whole number."""
+    return (u * 10.0).ceil()
+
+
+def reference_spread(
+    z_full: torch.Tensor, bias_full: torch.Tensor, dims: tuple[int, ...]
+) -> torch.Tensor:
+    """``sigma = std(log10 r)`` of the reference full copy, with size 1 along ``dims`` (float64).
+
+    ``n = q(z_F) + b``, ``r = ceil(1000 |n / mean(n)|) / 1000``; entries with ``r = 0`` are
+    left out, and a group whose ``mean(n)`` is 0 has ``sigma = 0``.
+    """
+    n = tenfold_quantised(z_full) / 10.0 + bias_full
+    mean = n.mean(dim=dims, keepdim=True)
+    r = ((n / torch.where(mean == 0, 1.0, mean)).abs() * 1000.0).ceil() / 1000.0
+    log_r = torch.where(r > 0, r, 1.0).log10()
+    _, sigma = masked_mean_std(log_r, r > 0, dims)
+    return torch.where(mean == 0, 0.0, sigma)
+
+
+def reference_shares(
+    z_copies: torch.Tensor, z_full: torch.Tensor, sigma: torch.Tensor, dims: tuple[int, ...]
+) -> torch.Tensor:
+    """The shares ``s_k`` of the (N, S, *rest) copies ``z_copies`` (see `ReferenceSharing`)."""
+    a, b = tenfold_quantised(z_copies), tenfold_quantised(z_full)
+    rho = torch.where(b != 0, (a * 1000.0 / b).abs().ceil() / 1000.0, 0.0)
+    log_ratio = torch.where(rho > 0, rho, 1.0).log10()  # l_k, 0 where rho_k = 0
+    valid = (z_copies != 0) | (z_full == 0)
+    mu, std = masked_mean_std(log_ratio, valid, dims)
+    capped = std > sigma
+    c = torch.where(capped, sigma / torch.where(capped, std, 1.0), 1.0)
+    capped_log_ratio = mu + (log_ratio.to(mu.dtype) - mu) * c
+    return torch.where(rho > 0, 10.0**capped_log_ratio, 0.0).to(z_copies.dtype)
+
+
+def masked_mean_std(
+    values: torch.Tensor, counted: torch.Tensor, dims: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population std over ``dims`` of the ``counted`` entries, in `statistics_dtype`.
+
+    Groups without a counted entry get 0.
+    """
+    wide = values.to(statistics_dtype(values))
+    weight = counted.to(wide.dtype)
+    count = weight.sum(dim=dims, keepdim=True).clamp_min(1.0)
+    mean = (wide * weight).sum(dim=dims, keepdim=True) / count
+    variance = ((wide - mean).square() * weight).sum(dim=dims, keepdim=True) / count
+    return mean, variance.sqrt()
+
+
+def statistics_dtype(values: torch.Tensor) -> torch.dtype:
+    """The dtype the reference statistics are computed in: float64 where the device has it.
+
+    A float32 sum depends on the order of its terms, and that order on how the copies are laid
+    out (blocks, packed boxes, how many copies travel together), so a float32 statistic would
+    change by an ulp with ``perturbations_per_eval``, which the quantisation of the next layer
+    can turn into a visible difference. MPS has no float64.
+    """
+    return values.dtype if values.device.type == "mps" else torch.float64
+
+
+def statistic_dims(bias: torch.Tensor, rank: int) -> tuple[int, ...]:
     """Dims of a grouped (N, C, *rest) tensor over which the reference statistics run.
 
     Positions over which the bias is constant (its broadcast dims); all units of ``rest`` when
@@ -343,244 +221,31 @@ def _statistic_dims(bias: torch.Tensor, rank: int) -> tuple[int, ...]:
     return dims if dims and len(dims) < rest else tuple(range(2, rank))
 
 
-class Workspace:
-    """Reusable scratch buffers for the reference formula, one set per thread.
-
-    The formula needs temporaries the size of a block of copies
-    ([`copy_shares`][ctc_plugin.ctc.sharing.copy_shares]) and of the reference full copy
-    ([`full_copy_statistics`][ctc_plugin.ctc.sharing.full_copy_statistics]). Fresh large tensors
-    cost a page fault per 4 KiB on first touch (on a CPU as much as several elementwise passes), so
-    the buffers are kept and reused across layers and calls in named slots; each slot grows to the
-    largest request seen and is released with the workspace's owner.
-    """
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def buffers(
-        self,
-        like: torch.Tensor,
-        count: int = 2,
-        slot: str = "copies",
-        shape: tuple[int, ...] | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> tuple[torch.Tensor, ...]:
-        """``count`` uninitialised contiguous tensors shaped, typed and placed like ``like``.
-
-        ``shape`` and ``dtype`` override the shape and dtype. Buffers of one slot are reused by
-        the next request for that slot; requests for different slots never share memory.
-        """
-        slots = getattr(self._local, "slots", None)
-        if slots is None:
-            slots = self._local.slots = {}
-        held = slots.get(slot)
-        shape = tuple(like.shape) if shape is None else tuple(shape)
-        dtype = like.dtype if dtype is None else dtype
-        numel = math.prod(shape)
-        if held is None or held.dtype != dtype or held.device != like.device:
-            held = slots[slot] = torch.empty(count, numel, dtype=dtype, device=like.device)
-        elif held.shape[0] < count or held.shape[1] < numel:  # grow, never shrink
-            rows, columns = max(count, held.shape[0]), max(numel, held.shape[1])
-            held = slots[slot] = torch.empty(rows, columns, dtype=dtype, device=like.device)
-        return tuple(held[i, :numel].view(shape) for i in range(count))
-
-
-@dataclass(frozen=True)
-class FullCopyStatistics:
-    """What the reference formula takes from the reference full copy of one layer.
-
-    Attributes:
-        ceil_full: ``ceil(10 z_F) = 10 q(z_F)`` (whole numbers), with ``+inf`` where it is 0
-            (dividing by it then gives the formula's ``rho = 0`` there).
-        exact_zero: Where ``z_F = 0`` (as 0/1 values), or ``None`` when it is nowhere zero.
-        sigma: The reference spread ``std(log10 r)``, with size 1 along the statistic dims, in
-            `statistics_dtype`.
-    """
-
-    ceil_full: torch.Tensor
-    exact_zero: torch.Tensor | None
-    sigma: torch.Tensor
-
-
-def full_copy_statistics(
-    z_full: torch.Tensor,
-    bias_full: torch.Tensor,
-    dims: tuple[int, ...],
-    workspace: Workspace | None = None,
-) -> FullCopyStatistics:
-    """The reference full copy's part of the formula (see `ReferenceSharing`).
-
-    Args:
-        z_full: (N, 1, *rest) bias-free pre-activation of the reference full copy.
-        bias_full: The bias as seen by the reference full copy (broadcastable).
-        dims: The statistic dims (see `_statistic_dims`).
-        workspace: Scratch buffers to reuse; ``ceil_full`` then lives in the workspace's
-            ``"full"`` slot and is valid until the next call. ``None`` allocates.
-    """
-    if workspace is None:
-        ceil_full, spread, scratch = (torch.empty_like(z_full) for _ in range(3))
-    else:
-        (ceil_full,) = workspace.buffers(z_full, 1, slot="full")
-        spread, scratch = workspace.buffers(z_full, 2)
-    # n = q(z_F) + b and r = ceil(1000 |n / mean(n)|) / 1000, in place
-    torch.mul(z_full, ReferenceSharing.quantum, out=ceil_full).ceil_()
-    torch.div(ceil_full, ReferenceSharing.quantum, out=spread).add_(bias_full)
-    spread_mean = spread.mean(dim=dims, keepdim=True)
-    no_mean = spread_mean == 0  # r is not finite in such a group: no usable entry, sigma = 0
-    spread.div_(spread_mean.masked_fill(no_mean, 1.0)).abs_()
-    r = spread.mul_(ReferenceSharing.ratio_quantum).ceil_().div_(ReferenceSharing.ratio_quantum)
-    # sigma = std of log10 r over the entries with r > 0; log10 of 1 (exactly 0) elsewhere, so
-    # sums need no mask, only the count
-    unusable = torch.eq(r, 0, out=scratch)
-    count = _group_size(r, dims) - unusable.sum(dim=dims, keepdim=True)
-    log_r = unusable.add_(r).log10_()
-    _, sigma = _mean_std_of_counted(log_r, count, dims, workspace)
-    sigma.masked_fill_(no_mean, 0.0)
-    exact_zero = torch.eq(z_full, 0, out=scratch)
-    # on a CPU, skipping the mask where z_F has no zero saves passes; elsewhere asking would
-    # wait for the device
-    needed = z_full.device.type != "cpu" or bool(exact_zero.any())
-    exact_zero = exact_zero.clone() if needed else None  # the scratch buffer is reused below
-    return FullCopyStatistics(
-        ceil_full=_infinite_where_zero(ceil_full, scratch), exact_zero=exact_zero, sigma=sigma
-    )
-
-
-def _infinite_where_zero(u: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-    """``u`` with ``+inf`` where it is 0, in place (float arithmetic; a boolean mask costs more).
-
-    ``scratch`` is a buffer shaped like ``u`` that is overwritten.
-    """
-    # 1 / [u != 0] - 1 is 0 where u != 0 and +inf where u = 0
-    return u.add_(torch.ne(u, 0, out=scratch).reciprocal_().sub_(1.0))
-
-
-def _group_size(values: torch.Tensor, dims: tuple[int, ...]) -> int:
-    """Number of entries per statistic group (the product of the sizes along ``dims``)."""
-    return math.prod(values.shape[d] for d in dims)
-
-
-def _mean_std_of_counted(
-    values: torch.Tensor,
-    count: torch.Tensor,
-    dims: tuple[int, ...],
-    workspace: Workspace | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and population std over ``dims`` of the counted entries; the others must hold 0.
-
-    ``count`` (size 1 along ``dims``) is how many entries count; groups without any get 0.
-
-    The sums run in float64 (`statistics_dtype`) and the results stay in it: a float32
-    sum depends on the order of its terms, and that order on how the copies are laid out
-    (blocks, packed boxes, how many copies travel together), so a float32 statistic would
-    change by an ulp with ``perturbations_per_eval``, which the quantisation of the next layer
-    can turn into a visible difference. In float64 the rounding of the sum is some 1e-16 of it,
-    far below what reaches a float32 result. ``workspace`` keeps the wide copy of ``values``
-    (its ``"wide"`` slot) instead of allocating it.
-    """
-    dtype = statistics_dtype(values)
-    if workspace is None:
-        wide = values.to(dtype, copy=True)
-    else:
-        (wide,) = workspace.buffers(values, 1, slot="wide", dtype=dtype)
-        wide.copy_(values)
-    count = count.to(wide.dtype).clamp_min(1.0)
-    mean = wide.sum(dim=dims, keepdim=True).div_(count)
-    second = wide.mul_(wide).sum(dim=dims, keepdim=True).div_(count)  # the copy, squared
-    return mean, (second - mean.square()).clamp_min_(0.0).sqrt_()
-
-
-def statistics_dtype(values: torch.Tensor) -> torch.dtype:
-    """The dtype the reference statistics are computed in: float64 where the device has it."""
-    return values.dtype if values.device.type == "mps" else torch.float64
-
-
-def copy_shares(
-    z_copies: torch.Tensor,
-    full: FullCopyStatistics,
-    dims: tuple[int, ...],
-    workspace: Workspace | None = None,
-) -> torch.Tensor:
-    """The published shares ``s_k`` of some sharing copies (see `ReferenceSharing`).
-
-    Args:
-        z_copies: (N, S, *rest) bias-free pre-activations of the copies.
-        full: [`full_copy_statistics`][ctc_plugin.ctc.sharing.full_copy_statistics] of the same
-            examples.
-        dims: The statistic dims.
-        workspace: Scratch buffers to reuse; the result then lives in the workspace and is
-            valid until its next use. ``None`` allocates.
-
-    Returns:
-        (N, S, *rest) shares.
-    """
-    unit_part, group_part = share_factors(z_copies, full, dims, workspace)
-    return unit_part.mul_(group_part)
-
-
-def share_factors(
-    z_copies: torch.Tensor,
-    full: FullCopyStatistics,
-    dims: tuple[int, ...],
-    workspace: Workspace | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shares of `copy_shares` as ``unit_part * group_part``.
-
-    ``unit_part`` has the shape of ``z_copies`` (in the workspace when one is given);
-    ``group_part`` has size 1 along ``dims``, so it can be multiplied into the bias before the
-    one full-size multiply-add that adds the shares.
-    """
-    if workspace is None:
-        rho, scratch = torch.empty_like(z_copies), torch.empty_like(z_copies)
-    else:
-        rho, scratch = workspace.buffers(z_copies)
-    # Every full-size step is in place on one of two buffers (no full-size allocation, no
-    # boolean intermediates). z_copies (perhaps a strided box of a larger tensor) is read once:
-    # 10 z_k is nonzero exactly where z_k is, so the count of the valid units comes from it.
-    torch.mul(z_copies, ReferenceSharing.quantum, out=rho)
-    # mu_k, std_k of l_k = log10 rho_k (0 where rho_k = 0) over the valid units, where
-    # z_k != 0 or z_F = 0. l_k is 0 wherever z_k = 0, so its sums need no mask; only the count.
-    count = torch.ne(rho, 0, out=scratch).sum(dim=dims, keepdim=True)
-    if full.exact_zero is not None:
-        torch.eq(rho, 0, out=scratch).mul_(full.exact_zero)
-        count += scratch.sum(dim=dims, keepdim=True)
-    # rho_k = ceil(1000 |q(z_k) / q(z_F)|) / 1000 = ceil(1000 |a| / |b|) / 1000 with the whole
-    # numbers a = ceil(10 z_k), b = ceil(10 z_F): one rounding (the division), so a ratio that
-    # is a multiple of 1/1000 is met exactly (b = +inf where the formula gives 0)
-    rho.ceil_().mul_(ReferenceSharing.ratio_quantum).div_(full.ceil_full).abs_()
-    rho.ceil_().div_(ReferenceSharing.ratio_quantum)
-    # l = log10 of 1 where rho = 0: exactly 0 (log10 of 0 takes several times longer)
-    log_ratio = torch.eq(rho, 0, out=scratch).add_(rho).log10_()
-    mu, std = _mean_std_of_counted(log_ratio, count, dims, workspace)
-
-    # Capping: l' = mu + (l - mu) c with c = sigma / std where std > sigma, else l' = l, and
-    # s = 10 ** l' = 2 ** (l c log2(10)) * 2 ** (mu (1 - c) log2(10)) where rho > 0, s = 0
-    # where rho = 0. exp2 costs a fraction of a power.
-    # c and the per-group factor in the statistics' dtype, each rounded once to the copies'
-    sigma = full.sigma.to(std.dtype)
-    c = torch.where(std > sigma, sigma / std.clamp_min(torch.finfo(std.dtype).tiny), 1.0)
-    dtype = z_copies.dtype
-    unit_part = rho.ne_(0).mul_(log_ratio.mul_((c * LOG2_10).to(dtype)).exp2_())
-    return unit_part, torch.exp2(mu * (1.0 - c) * LOG2_10).to(dtype)
-
-
-#: log2(10): converts base-10 exponents to base 2.
-LOG2_10 = math.log2(10.0)
+def copy_part(bias: torch.Tensor, z: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
+    """The slice of a bias that belongs to copies ``start:stop`` (or the bias itself)."""
+    if bias.dim() == z.dim() and bias.shape[1] != 1:
+        return bias[:, start:stop]
+    return bias
 
 
 def make_sharing(mode: str) -> BiasSharing:
-    """Return the bias-sharing strategy for a mode name, or raise a clear error.
+    """The spec's bias sharing for a mode name, or raise a clear error.
 
     Args:
         mode: ``"reference"``, ``"proportional"`` or ``"none"``.
     """
+    check_mode(mode)
+    return {"reference": ReferenceSharing, "proportional": ProportionalSharing}.get(
+        mode, NoSharing
+    )()
+
+
+def check_mode(mode: str) -> None:
+    """Raise a `ValueError` naming the modes when ``mode`` is none of them."""
     if mode not in BIAS_SHARING_MODES:
         raise ValueError(
             f"bias_sharing must be one of {', '.join(map(repr, BIAS_SHARING_MODES))}; got {mode!r}"
         )
-    if mode == "reference":
-        return ReferenceSharing()
-    return ProportionalSharing() if mode == "proportional" else NoSharing()
 
 
 __all__ = [
@@ -588,13 +253,16 @@ __all__ = [
     "DEFAULT_BIAS_SHARING",
     "BiasSharing",
     "BiasSharingMode",
-    "copy_shares",
-    "share_factors",
-    "FullCopyStatistics",
-    "full_copy_statistics",
-    "Workspace",
     "NoSharing",
     "ProportionalSharing",
     "ReferenceSharing",
+    "SpecSharing",
     "make_sharing",
+    "reference_shares",
+    "reference_spread",
+    "masked_mean_std",
+    "statistic_dims",
+    "statistics_dtype",
+    "tenfold_quantised",
+    "equal_shares",
 ]

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctc_plugin import CTC
+from ctc_plugin.ctc.speedups import Speedups
 from ctc_plugin.testing import CNNSpec, RandomCNN, random_partition
 
 from .conftest import cases
@@ -58,7 +59,7 @@ def test_smooth_activations_take_the_full_pass_with_rescale_gates():
     mask = torch.arange(36).view(1, 1, 6, 6) // 9
     fast = CTC(model, bias_sharing="none")
     full = CTC(model, bias_sharing="none")
-    full.gradient_fast_path = False
+    full._speedups = Speedups(gradient_shortcut=False)
     torch.testing.assert_close(
         fast.attribute(x, target=0, feature_mask=mask),
         full.attribute(x, target=0, feature_mask=mask),
@@ -81,7 +82,7 @@ def test_smooth_activations_take_the_full_pass_with_rescale_gates():
 def test_explaining_examples_in_groups_changes_nothing(
     case, mode, target_form, with_baseline, per_eval
 ):
-    """Groups of examples per pass (max_copies_per_pass) give the one-pass results exactly."""
+    """Groups of examples per pass (Speedups.copies_per_pass) give the one-pass results exactly."""
     model, x, mask, target = case
     n = x.shape[0]
     classes = model(x).shape[1]
@@ -100,7 +101,7 @@ def test_explaining_examples_in_groups_changes_nothing(
     results = []
     for copies in (1, 10**9):  # one example per pass, or the whole batch in one pass
         ctc = CTC(forward, bias_sharing=mode)
-        ctc.max_copies_per_pass = copies
+        ctc._speedups = Speedups(copies_per_pass=copies)
         results.append(
             ctc.attribute(
                 x,
@@ -124,6 +125,6 @@ def test_per_example_targets_of_the_wrong_length_name_the_batch_size():
     model = RandomCNN(CNNSpec(), seed=0)
     x = torch.rand(4, 3, 8, 8)
     ctc = CTC(model)
-    ctc.max_copies_per_pass = 1
+    ctc._speedups = Speedups(copies_per_pass=1)
     with pytest.raises(ValueError, match="3 targets for 4 examples"):
         ctc.attribute(x, target=[0, 1, 0], feature_mask=random_partition(8, 8, 3))

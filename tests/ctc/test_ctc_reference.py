@@ -15,7 +15,8 @@ from torch import nn
 from ctc_plugin import CTC
 from ctc_plugin.ctc.boxes import support_boxes
 from ctc_plugin.ctc.layout import CopyLayout
-from ctc_plugin.ctc.sharing import ReferenceSharing, copy_shares, full_copy_statistics
+from ctc_plugin.ctc.sharing import ReferenceSharing
+from ctc_plugin.ctc.speedups import SPEC, FusedReferenceSharing, Speedups
 
 from .conftest import cases
 
@@ -95,9 +96,18 @@ def _quadrants(size: int) -> torch.Tensor:
     return (half.view(-1, 1).long() * 2 + half.view(1, -1).long()).view(1, 1, size, size)
 
 
-@pytest.mark.parametrize("block_elements, compact", [(1, False), (1 << 20, False), (1 << 20, True)])
+@pytest.mark.parametrize(
+    "speedups, compact",
+    [
+        (Speedups(block_elements=1, packed_boxes=0.0), False),  # every copy its own block
+        (Speedups(packed_boxes=0.0), False),
+        (Speedups(packed_boxes=1.0), True),  # compact features computed on their boxes
+        (SPEC, False),
+        (SPEC, True),
+    ],
+)
 @pytest.mark.parametrize("seed", range(6))
-def test_reference_matches_an_independent_numpy_implementation(seed, block_elements, compact):
+def test_reference_matches_an_independent_numpy_implementation(seed, speedups, compact):
     torch.manual_seed(seed)
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1),
@@ -116,8 +126,7 @@ def test_reference_matches_an_independent_numpy_implementation(seed, block_eleme
     masks = [(labels[0, 0] == k).double() for k in range(4)]
     target = seed % 3
     ctc = CTC(model, bias_sharing="reference")
-    ctc.sharing.block_elements = block_elements  # 1: every copy is its own block
-    ctc.sharing.crop_fraction = 1.0 if compact else 0.0
+    ctc._speedups = speedups
     _, scores = ctc.attribute(x, target=target, feature_mask=labels, return_feature_scores=True)
     expected = numpy_reference_ctc(model, x, masks, target)
     np.testing.assert_allclose(scores.scores[0].numpy(), expected, rtol=1e-7, atol=1e-9)
@@ -198,8 +207,8 @@ def test_blockwise_shares_equal_the_whole_layer_computation(case, copies_per_blo
     model, x, mask, target = case
     baselines = 0.2 * torch.ones_like(x[:1]) if baseline else None
     whole, blocks = CTC(model), CTC(model)
-    whole.sharing.block_elements = 1 << 62
-    blocks.sharing.block_elements = copies_per_block * x[0].numel()  # about that many copies
+    whole._speedups = Speedups(block_elements=1 << 62)
+    blocks._speedups = Speedups(block_elements=copies_per_block * x[0].numel())  # that many copies
     expected = whole.attribute(x, target=target, feature_mask=mask, baselines=baselines)
     actual = blocks.attribute(x, target=target, feature_mask=mask, baselines=baselines)
     torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
@@ -212,7 +221,7 @@ def test_boxed_path_gives_the_whole_layer_values_on_random_architectures(case):
     model, x, _, target = case
     mask = _quadrants(x.shape[-1])
     boxed, whole = CTC(model, bias_sharing="reference"), CTC(model, bias_sharing="reference")
-    boxed.sharing.crop_fraction, whole.sharing.crop_fraction = 1.0, 0.0
+    boxed._speedups, whole._speedups = Speedups(packed_boxes=1.0), Speedups(packed_boxes=0.0)
     expected = whole.attribute(x, target=target, feature_mask=mask)
     actual = boxed.attribute(x, target=target, feature_mask=mask)
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)
@@ -224,27 +233,23 @@ def test_the_one_block_path_of_other_devices_gives_the_cpu_values(case):
     """The GPU path (the whole layer as one block, no boxes), run on the CPU here."""
     model, x, mask, target = case
     cpu_path, one_block = CTC(model), CTC(model)
-    one_block.sharing._blocks_per_example = lambda z: False
+    one_block._speedups = Speedups(block_elements=None)
     expected = cpu_path.attribute(x, target=target, feature_mask=mask)
     actual = one_block.attribute(x, target=target, feature_mask=mask)
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)
 
 
-def test_blockwise_shares_equal_the_all_copies_function():
-    """The shares computed on a whole grouped layer equal the blocks the eager path uses."""
+def test_blockwise_shares_equal_the_spec():
+    """The spec's shares of a whole grouped layer equal the blocks of the fused sharing."""
     torch.manual_seed(0)
     z = torch.randn(2, 7, 3, 5, 5, dtype=torch.float64)
     z[0, 3, 1] = 0.0  # a copy with an empty channel
     z[1, 0, 2, :2] = 0.0  # the full copy exactly zero somewhere
     bias = torch.randn(3, 1, 1, dtype=torch.float64)
     grouped = torch.cat([torch.zeros_like(z[:, :1]), z], 1)  # gate copy first
-    expected = grouped.clone()
-    dims = (3, 4)  # per channel over positions
-    expected[:, 1:] += copy_shares(z, full_copy_statistics(z[:, :1], bias, dims), dims) * bias
-    expected[:, :1] += bias
-    sharing = ReferenceSharing()
-    sharing.block_elements = 2 * z[0, 0].numel()
     layout = CopyLayout(examples=2, features=6, reference_full=True, baseline=False)
+    expected = ReferenceSharing().add_bias(grouped, bias, layout)
+    sharing = FusedReferenceSharing(block_elements=2 * z[0, 0].numel())
     sharing.add_bias(grouped, bias, layout)
     torch.testing.assert_close(grouped, expected, rtol=1e-12, atol=1e-12)
 
@@ -287,10 +292,10 @@ def test_copies_computed_on_their_boxes_give_the_whole_layer_values(dtype):
     grid = (torch.arange(32) // 8).view(-1, 1) * 4 + (torch.arange(32) // 8).view(1, -1)
     mask = grid.view(1, 1, 32, 32)  # 16 compact features
     boxed, whole = CTC(model, bias_sharing="reference"), CTC(model, bias_sharing="reference")
-    boxed.sharing.crop_fraction, whole.sharing.crop_fraction = 1.0, 0.0
+    boxed._speedups, whole._speedups = Speedups(packed_boxes=1.0), Speedups(packed_boxes=0.0)
     chosen = []
-    small_boxes = boxed.sharing._small_boxes
-    boxed.sharing._small_boxes = lambda *a: chosen.append(small_boxes(*a)) or chosen[-1]
+    small_boxes = boxed._sharing()._small_boxes
+    boxed._sharing()._small_boxes = lambda *a: chosen.append(small_boxes(*a)) or chosen[-1]
     _, expected = whole.attribute(x, target=1, feature_mask=mask, return_feature_scores=True)
     _, actual = boxed.attribute(x, target=1, feature_mask=mask, return_feature_scores=True)
     assert any(boxes for boxes in chosen), "the boxed path did not run"

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctc_plugin import CTC
+from ctc_plugin.ctc.speedups import Speedups
 
 from .conftest import cases
 from .properties import (
@@ -62,7 +63,7 @@ def test_proportional_scores_add_up_to_the_target_logit(family, data, with_basel
 def test_none_is_gradient_x_input_of_the_network_linearised_at_its_gates(family, data, fast_path):
     model, x, mask, target = data.draw(FAMILIES[family]())
     ctc = CTC(model, bias_sharing="none")
-    ctc.gradient_fast_path = fast_path  # the gated pass itself, or one forward and backward
+    ctc._speedups = Speedups(gradient_shortcut=fast_path)  # the gated pass, or forward+backward
     _, scores = ctc.attribute(x, target, feature_mask=mask, return_feature_scores=True)
     expected = per_feature(oracle_gradient_x_input(model, x, target), mask, scores.ids)
     expected = expected.masked_fill(~scores.present, 0.0)
@@ -83,7 +84,7 @@ def test_an_example_does_not_depend_on_its_batch(family, data, mode):
 def test_chunks_of_features_change_nothing(family, data, mode, per_eval):
     model, x, mask, target = data.draw(FAMILIES[family]())
     ctc = CTC(model, bias_sharing=mode)
-    ctc.gradient_fast_path = False  # "none" through the gated pass itself, in chunks
+    ctc._speedups = Speedups(gradient_shortcut=False)  # "none" through the gated pass, in chunks
     assert_chunks_change_nothing(ctc, x, mask, target, per_eval)
 
 

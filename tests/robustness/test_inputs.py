@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from ctc_plugin import CTC, CTCAttributor, ExplainerAttribution, IntegrativeCAM
+from ctc_plugin.ctc.speedups import Speedups
 from ctc_plugin.evaluation._inputs import as_targets
 from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import Explainer
@@ -356,7 +357,7 @@ def test_negative_targets_count_from_the_end_in_every_method(method):
 
 def test_ctc_names_the_example_whose_target_is_out_of_range_when_it_runs_in_groups():
     ctc = CTC(MODEL)
-    ctc.max_copies_per_pass = 4  # one example per pass
+    ctc._speedups = Speedups(copies_per_pass=4)  # one example per pass
     with pytest.raises(ValueError, match="target 9 for example 2 is out of range"):
         ctc.attribute(images(3), target=[0, 1, 9], feature_mask=MASK)
 

@@ -1,0 +1,521 @@
+"""The one seam for speed-ups of the CTC pass: faster implementations held equal to the spec.
+
+The rules of [`GatedPass`][ctc_plugin.ctc.rules.GatedPass] and the bias sharing of
+[`ctc_plugin.ctc.sharing`][ctc_plugin.ctc.sharing] are the readable specification: dense tensors,
+out of place, in the words of the paper. Everything that only makes a call faster lives here and
+is chosen by one private option object, [`Speedups`][ctc_plugin.ctc.speedups.Speedups], which
+[`CTC`][ctc_plugin.CTC] holds as ``_speedups``:
+
+- ``gradient_shortcut``: ``"none"`` sharing as one forward and one backward pass (the
+  linearised network's gradient x input) instead of the pass of K + 1 copies;
+- ``copies_per_pass``: on a CPU, examples explained in groups so that a pass carries at most
+  about this many copies (their activations stay in the caches);
+- ``fused_sharing``: the bias sharing computed in place, on reusable scratch buffers
+  ([`Workspace`][ctc_plugin.ctc.speedups.Workspace]), the ``"reference"`` formula in cache-sized
+  blocks (``block_elements``);
+- ``packed_boxes`` (``"reference"`` with ``fused_sharing``): the formula computed only on the
+  boxes around each copy's nonzero values, packed into one block.
+
+Each is tested equal to the spec (``SPEC``); ``benchmarks/bench_speedups.py`` measures what each
+one gains. Tests and benchmarks select them with ``ctc._speedups = Speedups(...)``.
+
+A later speed-up plugs in here, not in the rules: a new option of `Speedups`, a faster
+[`BiasSharing`][ctc_plugin.ctc.sharing.BiasSharing] from
+[`sharing`][ctc_plugin.ctc.speedups.Speedups.sharing], or a subclass of
+[`GatedPass`][ctc_plugin.ctc.rules.GatedPass] from
+[`gated_pass`][ctc_plugin.ctc.speedups.Speedups.gated_pass] that overrides some rules (every
+operation of the pass reaches the rules through `GatedPass` methods, the linear ones through
+[`linear`][ctc_plugin.ctc.rules.GatedPass.linear]).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from ctc_plugin.ctc.boxes import Box, packed_volume, support_boxes
+from ctc_plugin.ctc.layout import CopyLayout
+from ctc_plugin.ctc.rules import GatedPass
+from ctc_plugin.ctc.sharing import (
+    BiasSharing,
+    check_mode,
+    copy_part,
+    make_sharing,
+    statistic_dims,
+    statistics_dtype,
+)
+
+
+@dataclass(frozen=True)
+class Speedups:
+    """Which speed-ups a CTC pass uses; none of them changes a result beyond float rounding.
+
+    Attributes:
+        gradient_shortcut: ``"none"`` sharing as gradient x input of the network linearised at
+            its gates: one forward and one backward pass instead of K + 1 forward-equivalents.
+        copies_per_pass: On a CPU, explain the examples of a batch in groups so that one pass
+            carries at most about this many copies (a group holds one example at least);
+            ``None``: the whole batch in one pass. On other devices the batch is one group.
+        fused_sharing: Share biases with the fused implementations of this module (in place,
+            blockwise, on scratch buffers) instead of the spec's dense ones.
+        block_elements: With ``fused_sharing`` in ``"reference"`` mode on a CPU, about how many
+            values one block of the formula holds (4 MiB in float32 stay in the cache); ``None``:
+            the whole layer in one block, as on other devices.
+        packed_boxes: With ``fused_sharing`` in ``"reference"`` mode on a CPU, compute the
+            formula only on the boxes around the copies' nonzero values where, packed at the
+            largest box's size, they take at most this fraction of a layer; 0 turns it off.
+    """
+
+    gradient_shortcut: bool = True
+    copies_per_pass: int | None = 64
+    fused_sharing: bool = True
+    block_elements: int | None = 1 << 20
+    packed_boxes: float = 0.5
+
+    def sharing(self, mode: str) -> BiasSharing:
+        """The bias sharing of a mode: the spec's, or the fused one (raises for unknown modes)."""
+        check_mode(mode)
+        if not self.fused_sharing:
+            return make_sharing(mode)
+        if mode == "reference":
+            return FusedReferenceSharing(self.block_elements, self.packed_boxes)
+        if mode == "proportional":
+            return FusedProportionalSharing()
+        return FusedNoSharing()
+
+    def examples_per_pass(self, copies_per_example: int, device: torch.device) -> int | None:
+        """How many examples one pass explains (``None``: all of them)."""
+        if self.copies_per_pass is None or device.type != "cpu":
+            return None
+        return max(1, self.copies_per_pass // copies_per_example)
+
+    def gated_pass(
+        self, layout: CopyLayout, sharing: BiasSharing, gradient: bool = False
+    ) -> GatedPass:
+        """The pass object whose rules the interception applies (the spec's `GatedPass`)."""
+        return GatedPass(layout=layout, sharing=sharing, gradient=gradient)
+
+
+#: The readable specification: no speed-up at all.
+SPEC = Speedups(gradient_shortcut=False, copies_per_pass=None, fused_sharing=False)
+
+#: What [`CTC`][ctc_plugin.CTC] uses.
+DEFAULT = Speedups()
+
+
+# ---------------------------------------------------------------------------- fused sharing
+class FusedNoSharing:
+    """``"none"``, in place: the bias is added to the gate copy only."""
+
+    name = "none"
+    in_place = True
+
+    def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
+        """Add the bias to the gate copy in place; return ``z``."""
+        z[:, :1].add_(copy_part(bias, z, 0, 1))
+        return z
+
+
+class FusedProportionalSharing:
+    """``"proportional"``, in place: one absolute value, one reduction, one multiply-add."""
+
+    name = "proportional"
+    in_place = True
+
+    def __init__(self) -> None:
+        self.workspace = Workspace()
+
+    def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
+        """Add the bias to the gate copy and proportional shares to the others; return ``z``."""
+        z[:, :1].add_(copy_part(bias, z, 0, 1))
+        self._add_shares(z[:, 1:], copy_part(bias, z, 1, None), layout)
+        return z
+
+    def _add_shares(self, sharing: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
+        """Add ``bias * |z_k| / sum_j |z_j|`` to the sharing copies ``sharing`` in place."""
+        # the per-unit factor b / D is one copy's size, so the full-size work is one abs (into
+        # a reused buffer: a fresh one costs a page fault per 4 KiB on first touch), one
+        # reduction and one fused multiply-add
+        (magnitude,) = self.workspace.buffers(sharing, 1)
+        torch.abs(sharing, out=magnitude)
+        total = magnitude.sum(dim=1, keepdim=True)
+        empty = total == 0
+        sharing.addcmul_(magnitude, bias / total.masked_fill(empty, 1.0))
+        if bool(empty.any()):  # every copy has z = 0 here: split equally among those present
+            self._add_fallback(sharing, bias, empty, layout)
+
+    @staticmethod
+    def _add_fallback(
+        sharing: torch.Tensor, bias: torch.Tensor, empty: torch.Tensor, layout: CopyLayout
+    ) -> None:
+        """Add equal shares of the bias at the units where all sharing copies are zero.
+
+        Such units are few, so the work is indexed to them instead of a full-size pass.
+        """
+        example, *unit = empty[:, 0].nonzero(as_tuple=True)
+        copies = sharing.shape[1]
+        bias = bias.view(*([1] * (sharing.dim() - bias.dim())), *bias.shape)
+        bias = bias.expand(sharing.shape[0], -1, *sharing.shape[2:])
+        bias_at = bias[(example, slice(None), *unit)]  # (M, 1) or (M, S)
+        if layout.presence is None:
+            weights = sharing.new_full((1, copies), 1.0 / max(copies, 1))
+        else:
+            presence = layout.presence.to(sharing.dtype)[example]
+            weights = presence / presence.sum(dim=1, keepdim=True).clamp_min(1.0)
+        sharing[(example, slice(None), *unit)] += bias_at * weights
+
+
+class FusedReferenceSharing:
+    """``"reference"``, in place, blockwise, on scratch buffers, on packed boxes.
+
+    The formula is some twenty elementwise steps per value. On a CPU, blocks of about
+    ``block_elements`` values keep them in the cache instead of streaming the whole layer from
+    memory each time, and where the copies' supports are small (a feature's copy is zero outside
+    its receptive field, which in the first layers is a small part of the image) only the boxes
+    around the copies' nonzero values are computed, packed into one block. Values outside a box
+    are zero, get no share and add nothing to the statistics. Statistics are per copy, so
+    neither changes a value. On other devices (many small kernel launches and host
+    synchronisations cost more there than memory traffic) the whole layer is one block.
+
+    The reference full copy's own shares need no formula: ``s_F = [q(z_F) != 0]``.
+
+    Args:
+        block_elements: Values per block on a CPU; ``None``: the whole layer in one block.
+        crop_fraction: On a CPU, when the boxes, packed at the largest box's size, take at most
+            this fraction of a layer, only they are computed (0: never).
+    """
+
+    name = "reference"
+    in_place = True
+    quantum = 10.0
+    ratio_quantum = 1000.0
+
+    def __init__(self, block_elements: int | None = 1 << 20, crop_fraction: float = 0.5) -> None:
+        self.block_elements = block_elements
+        self.crop_fraction = crop_fraction
+        self.workspace = Workspace()
+
+    def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
+        """Add the bias to the gate copy and the reference shares to the sharing copies."""
+        if not layout.reference_full:
+            raise ValueError("reference sharing needs the reference full copy in the layout")
+        self._add_shares_in_blocks(z, bias, layout.first_feature)
+        z[:, :1].add_(copy_part(bias, z, 0, 1))
+        return z
+
+    def _add_shares_in_blocks(self, z: torch.Tensor, bias: torch.Tensor, first: int) -> None:
+        """Add the shares of the sharing copies, on a CPU one example and a block at a time.
+
+        Copy 1 of each group is the reference full copy, copies from ``first`` on are the
+        feature (and baseline) copies.
+        """
+        dims = statistic_dims(bias, z.dim())
+        blockwise = self.block_elements is not None and z.device.type == "cpu"
+        if blockwise:
+            groups = [(z[n : n + 1], _example_part(bias, z, n)) for n in range(z.shape[0])]
+        else:  # one block: the statistics are per example and copy anyway
+            groups = [(z, bias)]
+        copies = z.shape[1]
+        for group, group_bias in groups:
+            full_bias = copy_part(group_bias, group, 1, 2)
+            full = full_copy_statistics(group[:, 1:2], full_bias, dims, self.workspace)
+            (scratch,) = self.workspace.buffers(full.ceil_full, 1)
+            own_share = torch.ne(full.ceil_full, math.inf, out=scratch)  # inf where q(z_F) = 0
+            group[:, 1:2].addcmul_(own_share, full_bias)
+            small = self._small_boxes(group, dims, full, first) if blockwise else None
+            if small is not None:
+                self._add_packed_shares(group, group_bias, small, dims, full, first)
+                continue
+            per_copy = copies
+            if blockwise:
+                per_copy = max(1, self.block_elements // max(1, group[0, 0].numel()))
+            for start in range(first, copies, per_copy):
+                stop = min(start + per_copy, copies)
+                block = group[:, start:stop]
+                unit_part, group_part = share_factors(block, full, dims, self.workspace)
+                block.addcmul_(unit_part, group_part * copy_part(group_bias, group, start, stop))
+
+    def _small_boxes(
+        self,
+        group: torch.Tensor,
+        dims: tuple[int, ...],
+        full: FullCopyStatistics,
+        first: int,
+    ) -> list[tuple[int, tuple[slice, ...]]] | None:
+        """``(copy, box)`` for the copies with a nonzero value, or ``None``: compute whole.
+
+        Boxes are used where their packed block (every box at the largest box's size) takes at
+        most ``crop_fraction`` of the layer, the values are per channel over positions and the
+        full copy has no exact zeros (those enter the statistics outside the boxes).
+        """
+        if self.crop_fraction <= 0 or full.exact_zero is not None:
+            return None
+        if not dims or dims != tuple(range(3, group.dim())):
+            return None
+        copies_values = group[:, first:]
+        limit = self.crop_fraction * copies_values.shape[1] * math.prod(group.shape[3:])
+        # the first channel's boxes lie inside the copies' boxes: when they are already too
+        # large, the whole search is skipped (deeper layers, large receptive fields)
+        if packed_volume(support_boxes(copies_values[:, :, :1], dims)) > limit:
+            return None
+        boxes: list[Box] = support_boxes(copies_values, dims)
+        if packed_volume(boxes) > limit:
+            return None
+        return [(first + i, box) for i, box in enumerate(boxes) if box is not None]
+
+    def _add_packed_shares(
+        self,
+        group: torch.Tensor,
+        group_bias: torch.Tensor,
+        boxes: list[tuple[int, tuple[slice, ...]]],
+        dims: tuple[int, ...],
+        full: FullCopyStatistics,
+        first: int,
+    ) -> None:
+        """Add the shares of the copies' boxes, computed as one packed block.
+
+        Every box goes to the corner of its slot in a (1, boxes, C, *largest box) block whose
+        other values are 0 (the full copy's divisor there is +inf): zeros get no share and do
+        not count, so each slot's statistics are its copy's.
+        """
+        if not boxes:  # no copy has a nonzero value here
+            return
+        sizes = [max(box[a].stop - box[a].start for _, box in boxes) for a in range(len(dims))]
+        shape = (1, len(boxes), group.shape[2], *sizes)
+        values, divisor = self.workspace.buffers(group, 2, slot="boxes", shape=shape)
+        values.zero_()
+        divisor.fill_(math.inf)
+        corners = [tuple(slice(0, b.stop - b.start) for b in box) for _, box in boxes]
+        for slot, ((copy, box), corner) in enumerate(zip(boxes, corners)):
+            values[(0, slot, slice(None), *corner)].copy_(group[(0, copy, slice(None), *box)])
+            divisor[(0, slot, slice(None), *corner)].copy_(
+                full.ceil_full[(0, 0, slice(None), *box)]
+            )
+        stats = FullCopyStatistics(ceil_full=divisor, exact_zero=None, sigma=full.sigma)
+        unit_part, group_part = share_factors(values, stats, dims, self.workspace)
+        bias = copy_part(group_bias, group, first, None)
+        if bias.dim() == group.dim() and bias.shape[1] != 1:  # a bias per copy
+            bias = bias[:, [copy - first for copy, _ in boxes]]
+        factor = (group_part * bias)[0]  # (boxes, C, 1, ...)
+        for slot, ((copy, box), corner) in enumerate(zip(boxes, corners)):
+            group[(0, copy, slice(None), *box)].addcmul_(
+                unit_part[(0, slot, slice(None), *corner)], factor[slot]
+            )
+
+
+def _example_part(bias: torch.Tensor, z: torch.Tensor, example: int) -> torch.Tensor:
+    """The slice of a bias that belongs to one example (or the bias itself)."""
+    if bias.dim() == z.dim() and bias.shape[0] != 1:
+        return bias[example : example + 1]
+    return bias
+
+
+class Workspace:
+    """Reusable scratch buffers for the fused sharing, one set per thread.
+
+    Fresh large tensors cost a page fault per 4 KiB on first touch (on a CPU as much as several
+    elementwise passes), so the buffers are kept and reused across layers and calls in named
+    slots; each slot grows to the largest request seen and is released with its owner.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def buffers(
+        self,
+        like: torch.Tensor,
+        count: int = 2,
+        slot: str = "copies",
+        shape: tuple[int, ...] | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """``count`` uninitialised contiguous tensors shaped, typed and placed like ``like``.
+
+        ``shape`` and ``dtype`` override the shape and dtype. Buffers of one slot are reused by
+        the next request for that slot; requests for different slots never share memory.
+        """
+        slots = getattr(self._local, "slots", None)
+        if slots is None:
+            slots = self._local.slots = {}
+        held = slots.get(slot)
+        shape = tuple(like.shape) if shape is None else tuple(shape)
+        dtype = like.dtype if dtype is None else dtype
+        numel = math.prod(shape)
+        if held is None or held.dtype != dtype or held.device != like.device:
+            held = slots[slot] = torch.empty(count, numel, dtype=dtype, device=like.device)
+        elif held.shape[0] < count or held.shape[1] < numel:  # grow, never shrink
+            rows, columns = max(count, held.shape[0]), max(numel, held.shape[1])
+            held = slots[slot] = torch.empty(rows, columns, dtype=dtype, device=like.device)
+        return tuple(held[i, :numel].view(shape) for i in range(count))
+
+
+@dataclass(frozen=True)
+class FullCopyStatistics:
+    """What the fused reference formula takes from the reference full copy of one layer.
+
+    Attributes:
+        ceil_full: ``ceil(10 z_F) = 10 q(z_F)`` (whole numbers), with ``+inf`` where it is 0
+            (dividing by it then gives the formula's ``rho = 0`` there).
+        exact_zero: Where ``z_F = 0`` (as 0/1 values), or ``None`` when it is nowhere zero.
+        sigma: The reference spread ``std(log10 r)``, with size 1 along the statistic dims, in
+            [`statistics_dtype`][ctc_plugin.ctc.sharing.statistics_dtype].
+    """
+
+    ceil_full: torch.Tensor
+    exact_zero: torch.Tensor | None
+    sigma: torch.Tensor
+
+
+def full_copy_statistics(
+    z_full: torch.Tensor,
+    bias_full: torch.Tensor,
+    dims: tuple[int, ...],
+    workspace: Workspace | None = None,
+) -> FullCopyStatistics:
+    """The reference full copy's part of the formula, fused.
+
+    The spec is [`reference_spread`][ctc_plugin.ctc.sharing.reference_spread].
+
+    Args:
+        z_full: (N, 1, *rest) bias-free pre-activation of the reference full copy.
+        bias_full: The bias as seen by the reference full copy (broadcastable).
+        dims: The statistic dims.
+        workspace: Scratch buffers to reuse; ``ceil_full`` then lives in the workspace's
+            ``"full"`` slot and is valid until the next call. ``None`` allocates.
+    """
+    if workspace is None:
+        ceil_full, spread, scratch = (torch.empty_like(z_full) for _ in range(3))
+    else:
+        (ceil_full,) = workspace.buffers(z_full, 1, slot="full")
+        spread, scratch = workspace.buffers(z_full, 2)
+    quantum, ratio_quantum = FusedReferenceSharing.quantum, FusedReferenceSharing.ratio_quantum
+    # n = q(z_F) + b and r = ceil(1000 |n / mean(n)|) / 1000, in place
+    torch.mul(z_full, quantum, out=ceil_full).ceil_()
+    torch.div(ceil_full, quantum, out=spread).add_(bias_full)
+    spread_mean = spread.mean(dim=dims, keepdim=True)
+    no_mean = spread_mean == 0  # r is not finite in such a group: no usable entry, sigma = 0
+    spread.div_(spread_mean.masked_fill(no_mean, 1.0)).abs_()
+    r = spread.mul_(ratio_quantum).ceil_().div_(ratio_quantum)
+    # sigma = std of log10 r over the entries with r > 0; log10 of 1 (exactly 0) elsewhere, so
+    # sums need no mask, only the count
+    unusable = torch.eq(r, 0, out=scratch)
+    count = _group_size(r, dims) - unusable.sum(dim=dims, keepdim=True)
+    log_r = unusable.add_(r).log10_()
+    _, sigma = _mean_std_of_counted(log_r, count, dims, workspace)
+    sigma.masked_fill_(no_mean, 0.0)
+    exact_zero = torch.eq(z_full, 0, out=scratch)
+    # on a CPU, skipping the mask where z_F has no zero saves passes; elsewhere asking would
+    # wait for the device
+    needed = z_full.device.type != "cpu" or bool(exact_zero.any())
+    exact_zero = exact_zero.clone() if needed else None  # the scratch buffer is reused below
+    return FullCopyStatistics(
+        ceil_full=_infinite_where_zero(ceil_full, scratch), exact_zero=exact_zero, sigma=sigma
+    )
+
+
+def _infinite_where_zero(u: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """``u`` with ``+inf`` where it is 0, in place (float arithmetic; a boolean mask costs more).
+
+    ``scratch`` is a buffer shaped like ``u`` that is overwritten.
+    """
+    # 1 / [u != 0] - 1 is 0 where u != 0 and +inf where u = 0
+    return u.add_(torch.ne(u, 0, out=scratch).reciprocal_().sub_(1.0))
+
+
+def _group_size(values: torch.Tensor, dims: tuple[int, ...]) -> int:
+    """Number of entries per statistic group (the product of the sizes along ``dims``)."""
+    return math.prod(values.shape[d] for d in dims)
+
+
+def _mean_std_of_counted(
+    values: torch.Tensor,
+    count: torch.Tensor,
+    dims: tuple[int, ...],
+    workspace: Workspace | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population std over ``dims`` of the counted entries; the others must hold 0.
+
+    ``count`` (size 1 along ``dims``) is how many entries count; groups without any get 0.
+    One pass over the values (sum and sum of squares) in
+    [`statistics_dtype`][ctc_plugin.ctc.sharing.statistics_dtype]; ``workspace`` keeps the wide
+    copy of ``values`` (its ``"wide"`` slot) instead of allocating it.
+    """
+    dtype = statistics_dtype(values)
+    if workspace is None:
+        wide = values.to(dtype, copy=True)
+    else:
+        (wide,) = workspace.buffers(values, 1, slot="wide", dtype=dtype)
+        wide.copy_(values)
+    count = count.to(wide.dtype).clamp_min(1.0)
+    mean = wide.sum(dim=dims, keepdim=True).div_(count)
+    second = wide.mul_(wide).sum(dim=dims, keepdim=True).div_(count)  # the copy, squared
+    return mean, (second - mean.square()).clamp_min_(0.0).sqrt_()
+
+
+def share_factors(
+    z_copies: torch.Tensor,
+    full: FullCopyStatistics,
+    dims: tuple[int, ...],
+    workspace: Workspace | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shares of some sharing copies as ``unit_part * group_part``, fused.
+
+    The spec is [`reference_shares`][ctc_plugin.ctc.sharing.reference_shares].
+
+    ``unit_part`` has the shape of ``z_copies`` (in the workspace when one is given);
+    ``group_part`` has size 1 along ``dims``, so it can be multiplied into the bias before the
+    one full-size multiply-add that adds the shares.
+    """
+    if workspace is None:
+        rho, scratch = torch.empty_like(z_copies), torch.empty_like(z_copies)
+    else:
+        rho, scratch = workspace.buffers(z_copies)
+    quantum, ratio_quantum = FusedReferenceSharing.quantum, FusedReferenceSharing.ratio_quantum
+    # Every full-size step is in place on one of two buffers (no full-size allocation, no
+    # boolean intermediates). z_copies (perhaps a strided box of a larger tensor) is read once:
+    # 10 z_k is nonzero exactly where z_k is, so the count of the valid units comes from it.
+    torch.mul(z_copies, quantum, out=rho)
+    # mu_k, std_k of l_k = log10 rho_k (0 where rho_k = 0) over the valid units, where
+    # z_k != 0 or z_F = 0. l_k is 0 wherever z_k = 0, so its sums need no mask; only the count.
+    count = torch.ne(rho, 0, out=scratch).sum(dim=dims, keepdim=True)
+    if full.exact_zero is not None:
+        torch.eq(rho, 0, out=scratch).mul_(full.exact_zero)
+        count += scratch.sum(dim=dims, keepdim=True)
+    # rho_k = ceil(1000 |a| / |b|) / 1000 with a = ceil(10 z_k), b = ceil(10 z_F) (+inf where
+    # the formula gives 0)
+    rho.ceil_().mul_(ratio_quantum).div_(full.ceil_full).abs_()
+    rho.ceil_().div_(ratio_quantum)
+    # l = log10 of 1 where rho = 0: exactly 0 (log10 of 0 takes several times longer)
+    log_ratio = torch.eq(rho, 0, out=scratch).add_(rho).log10_()
+    mu, std = _mean_std_of_counted(log_ratio, count, dims, workspace)
+
+    # Capping: l' = mu + (l - mu) c with c = sigma / std where std > sigma, else l' = l, and
+    # s = 10 ** l' = 2 ** (l c log2(10)) * 2 ** (mu (1 - c) log2(10)) where rho > 0, s = 0
+    # where rho = 0. exp2 costs a fraction of a power.
+    # c and the per-group factor in the statistics' dtype, each rounded once to the copies'
+    sigma = full.sigma.to(std.dtype)
+    c = torch.where(std > sigma, sigma / std.clamp_min(torch.finfo(std.dtype).tiny), 1.0)
+    dtype = z_copies.dtype
+    unit_part = rho.ne_(0).mul_(log_ratio.mul_((c * LOG2_10).to(dtype)).exp2_())
+    return unit_part, torch.exp2(mu * (1.0 - c) * LOG2_10).to(dtype)
+
+
+#: log2(10): converts base-10 exponents to base 2.
+LOG2_10 = math.log2(10.0)
+
+
+__all__ = [
+    "DEFAULT",
+    "SPEC",
+    "FullCopyStatistics",
+    "FusedNoSharing",
+    "FusedProportionalSharing",
+    "FusedReferenceSharing",
+    "Speedups",
+    "Workspace",
+    "full_copy_statistics",
+    "share_factors",
+]
