@@ -3,44 +3,12 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 
 import torch
-from hypothesis import strategies as st
-from torch import nn
 
 from ctc_plugin import CTC
-from ctc_plugin.testing import random_partition
 
 TIGHT = {"rtol": 1e-9, "atol": 1e-10}
-
-
-def draw_case(
-    draw: st.DrawFn,
-    build: Callable[[int, int], nn.Module],
-    classes: int,
-    dtype: torch.dtype,
-    sizes: tuple[int, ...] = (6, 8),
-) -> tuple[nn.Module, torch.Tensor, torch.Tensor, int]:
-    """Draw (model, inputs, feature_mask, target): a seeded model, a batch and a partition.
-
-    Args:
-        draw: Hypothesis's draw function.
-        build: ``build(seed, size)`` returns the model for inputs of side ``size``.
-        classes: The model's number of outputs (the target is drawn among them).
-        dtype: Model and input dtype.
-        sizes: Input sides to draw from.
-    """
-    seed = draw(st.integers(0, 10_000))
-    batch = draw(st.integers(1, 3))
-    size = draw(st.sampled_from(sizes))
-    features = draw(st.integers(1, 6))
-    per_example = draw(st.booleans())
-    model = build(seed, size).to(dtype)
-    generator = torch.Generator().manual_seed(seed + 1)
-    x = torch.rand(batch, 3, size, size, generator=generator, dtype=dtype)
-    mask = random_partition(size, size, features, seed=seed, batch=batch if per_example else 1)
-    return model, x, mask, draw(st.integers(0, classes - 1))
 
 
 def assert_examples_independent_of_their_batch(ctc: CTC, x, mask, target) -> None:

@@ -36,8 +36,7 @@ from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import BIAS_SHARING_MODES, make_sharing
 from ctc_plugin.testing import CNNSpec, RandomCNN
-
-from .conftest import cases
+from tests.strategies import cases
 
 MODES = list(BIAS_SHARING_MODES)
 TOL = {"rtol": 1e-9, "atol": 1e-12}

@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 from ctc_plugin import CTC
 from ctc_plugin.ctc.speedups import Speedups
 from ctc_plugin.testing import CNNSpec, RandomCNN, random_partition
-
-from .conftest import cases
+from tests.strategies import cases
 
 SETTINGS = settings(max_examples=25, deadline=None)
 MODES = ["reference", "proportional", "none"]

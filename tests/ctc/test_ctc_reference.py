@@ -17,8 +17,7 @@ from ctc_plugin.ctc.boxes import support_boxes
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.sharing import ReferenceSharing
 from ctc_plugin.ctc.speedups import SPEC, FusedReferenceSharing, Speedups
-
-from .conftest import cases
+from tests.strategies import cases
 
 
 def _q(u):

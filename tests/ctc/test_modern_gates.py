@@ -19,37 +19,14 @@ from ctc_plugin.ctc.attributor import CTCAttributor
 from ctc_plugin.ctc.composite import CTCComposite
 from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.testing import ModernSpec, RandomModernCNN, random_partition
+from tests.strategies import modern_cases
 
 from .properties import (
-    draw_case,
     linearised_gradient_x_input,
 )
 
 MODES = ["reference", "proportional", "none"]
 SETTINGS = settings(max_examples=20, deadline=None)
-
-
-@st.composite
-def modern_specs(draw: st.DrawFn) -> ModernSpec:
-    """Random small modern architectures."""
-    return ModernSpec(
-        width=draw(st.integers(2, 4)),
-        expansion=draw(st.integers(1, 2)),
-        blocks=draw(st.integers(1, 2)),
-        norm=draw(st.sampled_from(["batch", "layer", "group", "instance", "rms"])),
-        activation=draw(st.sampled_from(["silu", "gelu", "hardswish", "relu", "swish-by-hand"])),
-        squeeze=draw(st.sampled_from(["none", "sigmoid", "hardsigmoid"])),
-        layer_scale=draw(st.booleans()),
-        functional=draw(st.booleans()),
-        head_norm=draw(st.booleans()),
-    )
-
-
-@st.composite
-def modern_cases(draw: st.DrawFn, dtype: torch.dtype = torch.float64):
-    """(model, inputs, feature_mask, target) with a random modern net, batch and partition."""
-    spec = draw(modern_specs())
-    return draw_case(draw, lambda seed, size: RandomModernCNN(spec, seed=seed), spec.classes, dtype)
 
 
 def test_the_linearised_oracle_is_not_the_plain_gradient():

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from ctc_plugin import CTC
 from ctc_plugin.ctc.speedups import Speedups
+from tests.strategies import cases
 
-from .conftest import cases
 from .properties import (
     assert_chunks_change_nothing,
     assert_examples_independent_of_their_batch,

@@ -22,8 +22,8 @@ from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.sharing import make_sharing
 from ctc_plugin.ctc.speedups import DEFAULT, SPEC, Speedups
 from ctc_plugin.testing import random_partition
+from tests.strategies import cases
 
-from .conftest import cases
 from .test_modern_gates import modern_cases
 from .test_transformers import transformer_cases
 

@@ -23,39 +23,15 @@ from ctc_plugin.ctc.attributor import CTCAttributor
 from ctc_plugin.ctc.composite import CTCComposite
 from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.testing import RandomTransformer, TransformerSpec, random_partition
+from tests.strategies import ATTENTION, transformer_cases
 
 from .properties import (
     TIGHT,
-    draw_case,
     linearised_gradient_x_input,
 )
 
 MODES = ["reference", "proportional", "none"]
 SETTINGS = settings(max_examples=20, deadline=None)
-ATTENTION = ["sdpa", "mha", "explicit", "einsum", "window"]
-
-
-@st.composite
-def transformer_cases(draw: st.DrawFn, dtype: torch.dtype = torch.float64):
-    """(model, inputs, feature_mask, target) with a random transformer, batch and partition."""
-    attention = draw(st.sampled_from(ATTENTION))
-    spec = TransformerSpec(
-        dim=draw(st.sampled_from([4, 8])),
-        heads=2,
-        depth=draw(st.integers(1, 2)),
-        patch=2,
-        pre_norm=draw(st.booleans()),
-        class_token=attention != "window" and draw(st.booleans()),
-        attention=attention,
-        mlp_ratio=draw(st.integers(1, 2)),
-    )
-    return draw_case(
-        draw,
-        lambda seed, size: RandomTransformer(spec, seed=seed, size=size),
-        spec.classes,
-        dtype,
-        sizes=(8,),
-    )
 
 
 @settings(max_examples=15, deadline=None)

@@ -7,14 +7,14 @@ import dataclasses
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 from ctc_plugin.explainer import training
 from ctc_plugin.explainer.backbones import BACKBONES, build_backbone, recipe_of
 from ctc_plugin.explainer.network import FILE_FORMAT, Explainer
-from ctc_plugin.explainer.presets import ExplainerHyperparameters, get_preset
+from ctc_plugin.explainer.presets import get_preset
 from ctc_plugin.explainer.training import fit_explainer
+from tests.strategies import explainer_hyperparameters
 
 from .helpers import NUM_CLASSES, SIZE, classifier_with_head, tiny_classifier, tuple_loader
 
@@ -116,24 +116,8 @@ def test_files_of_the_first_format_load_with_their_no_op_settings_dropped(tmp_pa
         Explainer.load(_old_file(tmp_path, {**old, "student_width": 8}, explainer.state_dict()))
 
 
-@st.composite
-def hyperparameters(draw: st.DrawFn) -> ExplainerHyperparameters:
-    weight = st.floats(0.0, 3.0)
-    a_min = draw(st.floats(0.0, 0.5))
-    return ExplainerHyperparameters(
-        lr=draw(st.floats(1e-5, 1e-1)),
-        entropy_weight=draw(weight),
-        tv_weight=draw(weight),
-        area_weight=draw(weight),
-        target_area_weight=draw(weight),
-        nontarget_area_weight=draw(weight),
-        a_min=a_min,
-        a_max=draw(st.floats(a_min, 1.0)),
-    )
-
-
 @settings(max_examples=10, deadline=None)
-@given(config=hyperparameters())
+@given(config=explainer_hyperparameters())
 def test_fit_uses_every_field_of_its_config(config):
     """Adam gets ``config.lr``; the loss is the terms weighted by the config's fields."""
     seen: dict[str, object] = {}

@@ -13,30 +13,7 @@ from skimage.measure import label as sk_label
 from skimage.morphology import dilation as sk_dilation
 
 from ctc_plugin.features import as_feature_mask, mask_stack, to_partition
-
-SIZE = 24
-
-
-@st.composite
-def rectangles(draw: st.DrawFn, size: int = SIZE) -> np.ndarray:
-    top = draw(st.integers(0, size - 1))
-    left = draw(st.integers(0, size - 1))
-    bottom = draw(st.integers(top + 1, size))
-    right = draw(st.integers(left + 1, size))
-    mask = np.zeros((size, size), dtype=bool)
-    mask[top:bottom, left:right] = True
-    return mask
-
-
-@st.composite
-def blobs(draw: st.DrawFn, size: int = SIZE) -> np.ndarray:
-    """Rectangles, optionally with a random pixel pattern cut out (possibly disconnected)."""
-    mask = draw(rectangles(size))
-    if draw(st.booleans()):
-        seed = draw(st.integers(0, 2**16))
-        mask &= np.random.default_rng(seed).random(mask.shape) > 0.3
-    return mask
-
+from tests.strategies import SIZE, blobs, rectangles
 
 mask_lists = st.lists(blobs(), min_size=0, max_size=6)
 

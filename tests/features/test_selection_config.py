@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from ctc_plugin.features import SelectionConfig, select_features
 from ctc_plugin.features import selection as selection_module
+from tests.strategies import selection_configs
 
 
 def grid_partition(size: int = 32, cells: int = 4) -> torch.Tensor:
@@ -20,30 +21,8 @@ def grid_partition(size: int = 32, cells: int = 4) -> torch.Tensor:
     return (index[:, None] * cells + index[None, :])[None, None]
 
 
-@st.composite
-def configs(draw: st.DrawFn) -> SelectionConfig:
-    """Valid configs with every field away from its default now and then."""
-    jenks_classes = draw(st.integers(2, 7))
-    return SelectionConfig(
-        k=draw(st.integers(1, 20)),
-        grid=draw(st.integers(1, 5)),
-        jenks_classes=jenks_classes,
-        jenks_break=draw(st.integers(0, jenks_classes)),
-        percentile=draw(st.floats(0.0, 100.0)),
-        eps=draw(st.floats(0.5, 20.0)),
-        min_samples=draw(st.integers(1, 30)),
-        eps_step=draw(st.floats(0.0, 3.0)),
-        min_samples_step=draw(st.integers(0, 3)),
-        max_clusters=draw(st.integers(0, 10)),
-        max_noise=draw(st.floats(0.0, 1.0)),
-        max_search_steps=draw(st.integers(1, 4)),
-        relevance_weight=draw(st.floats(0.0, 4.0)),
-        colour_weight=draw(st.floats(0.0, 1.0)),
-    )
-
-
 @settings(max_examples=15, deadline=None)
-@given(config=configs(), seed=st.integers(0, 1000))
+@given(config=selection_configs(), seed=st.integers(0, 1000))
 def test_every_field_reaches_the_step_that_uses_it(config, seed):
     """The config object itself reaches both steps; ``k`` shapes the returned partition."""
     seen = []

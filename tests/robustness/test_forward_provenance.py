@@ -22,7 +22,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 from ctc_plugin import CTC, CTCAttributor, CTCComposite, UnsupportedOperationError
@@ -36,9 +35,9 @@ from ctc_plugin.testing import (
     RandomTransformer,
     TransformerSpec,
 )
+from tests.strategies import CLASSES, grid_images, small_cnns
 
 MODES = ["reference", "proportional", "none"]
-CLASSES = 4
 Forward = Callable[..., torch.Tensor]
 
 
@@ -143,33 +142,6 @@ REFUSED = {
 REFUSED_CASES = [(kind, name) for kind, cases in REFUSED.items() for name in cases]
 
 
-@st.composite
-def small_cnns(draw: st.DrawFn) -> RandomCNN:
-    spec = CNNSpec(
-        width=draw(st.integers(2, 5)),
-        blocks=draw(st.integers(1, 2)),
-        batch_norm=draw(st.booleans()),
-        residual=draw(st.booleans()),
-        concat=draw(st.booleans()),
-        pool=draw(st.sampled_from(["max", "avg"])),
-        functional=draw(st.booleans()),
-        inplace=draw(st.booleans()),
-        normalise=draw(st.booleans()),
-        classes=CLASSES,
-    )
-    return RandomCNN(spec, seed=draw(st.integers(0, 100)))
-
-
-@st.composite
-def images(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, feature_mask): 1-3 random images of 12 or 16 pixels, a 2x2 to 4x3 grid of features."""
-    n, size = draw(st.integers(1, 3)), draw(st.sampled_from([12, 16]))
-    generator = torch.Generator().manual_seed(draw(st.integers(0, 1000)))
-    x = torch.rand(n, 3, size, size, generator=generator)
-    cells = (draw(st.integers(2, 4)), draw(st.integers(2, 3)))
-    return x, GridSegmenter(cells)(x)
-
-
 def model_state(model: nn.Module) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -192,7 +164,7 @@ def assert_untouched(model: nn.Module, before: dict) -> None:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(("kind", "name"), REFUSED_CASES)
 @settings(max_examples=2, deadline=None)
-@given(model=small_cnns(), data=images())
+@given(model=small_cnns(), data=grid_images())
 def test_forward_functions_whose_output_the_copies_did_not_produce_are_refused(
     kind, name, mode, model, data
 ):
@@ -317,7 +289,7 @@ def _no_grad(model: nn.Module, t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", ACCEPTED)
 @settings(max_examples=2, deadline=None)
-@given(model=small_cnns(), data=images())
+@given(model=small_cnns(), data=grid_images())
 def test_forward_functions_computing_from_their_argument_give_the_models_scores(
     name, mode, model, data
 ):
