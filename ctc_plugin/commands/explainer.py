@@ -2,9 +2,9 @@
 
 ``train`` trains one; ``gate`` turns a trained default explainer into a class-specific one by
 gating its masks with class maps: the classifier's own (a copy of it, no training) or those of
-a small student distilled from them (``--gate student``, about 20 s of training); or it
-distils both the class maps and the default explainer's masks into one small network
-(``--gate student-unet``, about a minute), as fast as the default explainer. Training
+a small student distilled from them (``--gate student``); or it distils both the class maps
+and the default explainer's masks into one small network (``--gate student-unet``), as fast as
+the default explainer. Training
 runs on the CPU with PyTorch's thread count, which the files record: the same command gives
 the same weights at the same count (other counts sum in other orders).
 """
@@ -170,7 +170,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--input-scale",
         type=real(0.0, 1.0, positive=True),
         default=DEFAULTS["input_scale"],
-        help="resize images by this factor in (0, 1] before the U-Net (0.25: ~5x faster)",
+        help="resize images by this factor in (0, 1] before the U-Net (0.25: 1/16 of the pixels)",
     )
     train.add_argument(
         "--two-object-fraction",

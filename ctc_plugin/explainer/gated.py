@@ -27,8 +27,8 @@ def product_logits(first: Tensor, second: Tensor) -> Tensor:
     """Return ``logit(sigmoid(first) * sigmoid(second))``, elementwise.
 
     Computed as ``a + b - log(1 + e^a + e^b)`` with ``a``, ``b`` the logits clamped to
-    ``+-LOGIT_BOUND``: no ``logsigmoid`` or ``log1p`` (which torch does not vectorise on CPU:
-    measured 10x slower than ``log``) and no denormals. ``log`` instead of ``log1p`` loses
+    ``+-LOGIT_BOUND``: no ``logsigmoid`` or ``log1p`` (which torch does not vectorise on CPU)
+    and no denormals. ``log`` instead of ``log1p`` loses
     ``e^a + e^b`` only where it is below float precision, an error below that precision.
     """
     a = first.clamp(-LOGIT_BOUND, LOGIT_BOUND)

@@ -149,8 +149,8 @@ class Explainer(nn.Module):
         num_classes: Classes of the classifier to explain.
         in_channels: Channels of the images (default: the backbone's recipe's, else 3).
         input_scale: Factor in (0, 1] by which images are resized (bilinearly) before the
-            backbone; the maps are resized back to the input's size. 0.25 makes the small U-Net
-            about 5x cheaper at coarser mask boundaries.
+            backbone; the maps are resized back to the input's size. 0.25 runs the backbone on
+            a sixteenth of the pixels, at coarser mask boundaries.
 
     Raises:
         TypeError: If ``backbone`` is not an ``nn.Module`` (a backbone name: build it with
@@ -238,9 +238,8 @@ class Explainer(nn.Module):
     def input_memory_format(self) -> torch.memory_format:
         """The memory format the backbone's inputs run fastest in (channels-last by default).
 
-        On this project's CPU, channels-last inputs took the classifier-based backbones of the
-        shipped class-specific explainers 0.52-0.76 of the time of contiguous ones, while the
-        small U-Net (``"unet-small"``) ran 6-9 % faster on contiguous inputs. A backbone states
+        Classifier-based backbones run faster on channels-last inputs on a CPU, the small U-Net
+        (``"unet-small"``) on contiguous ones (measurements: docs/explainer.md). A backbone states
         its own with an ``input_memory_format`` attribute.
         """
         return getattr(self.backbone, "input_memory_format", torch.channels_last)

@@ -61,9 +61,8 @@ class StudentUNet(nn.Module):
         ValueError: If ``width`` is below 1.
     """
 
-    #: Memory format its inputs run fastest in on a CPU: every 3x3 convolution of this network
-    #: measured faster on channels-last inputs (the whole call 0.38 against 0.48 ms, one
-    #: image on one thread; see docs/explainer.md).
+    #: Memory format its inputs run fastest in on a CPU: its 3x3 convolutions run faster on
+    #: channels-last inputs (measurements: docs/explainer.md).
     input_memory_format = torch.channels_last
 
     def __init__(
