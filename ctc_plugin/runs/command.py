@@ -93,6 +93,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="torch CPU threads per shard; results repeat bit for bit on the same count (1)",
     )
     parser.add_argument("--device", default="cpu", help="where the model runs (cpu)")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="ADDRESS",
+        help="run the shards on Ray (the optional extra ray): on the cluster at ADDRESS "
+        "(ray://host:10001, auto), or on a local one started for the run when no ADDRESS is "
+        "given; segmentation and methods on separate workers, the same results",
+    )
+    parser.add_argument(
+        "--ray-workers",
+        type=positive_int,
+        default=None,
+        help="CPUs of the local Ray cluster (default: all of this machine's)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -110,9 +126,34 @@ _method.__name__ = "method"
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ctc-plugin explain-dataset``."""
+    from ctc_plugin.commands import CLIError
+    from ctc_plugin.runs.cluster import RayUnavailableError
+
+    if args.ray_workers is not None and args.ray is None:
+        raise CLIError("--ray-workers sets the size of a local Ray cluster: add --ray")
+    if args.ray_workers is not None and isinstance(args.ray, str):
+        raise CLIError(
+            f"--ray-workers sizes a local Ray cluster; the cluster at {args.ray} has its own "
+            "workers: drop --ray-workers, or --ray's ADDRESS to start a local cluster"
+        )
+
+    try:
+        result = _explain(args)
+    except RayUnavailableError as error:
+        raise CLIError(str(error)) from error
+    before = result.shards - result.computed
+    print(
+        f"{result.images} images in {result.shards} shards ({result.computed} computed now, "
+        f"{before} finished before) in {result.out}; {result.seconds:.1f} s"
+    )
+    return 0
+
+
+def _explain(args: argparse.Namespace):
+    """Call [`explain_dataset`][ctc_plugin.runs.engine.explain_dataset] with the options."""
     from ctc_plugin.runs.engine import explain_dataset
 
-    result = explain_dataset(
+    return explain_dataset(
         args.source,
         args.methods,
         args.out,
@@ -132,10 +173,6 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         show_progress=not args.no_progress,
+        ray=args.ray,
+        ray_workers=args.ray_workers,
     )
-    before = result.shards - result.computed
-    print(
-        f"{result.images} images in {result.shards} shards ({result.computed} computed now, "
-        f"{before} finished before) in {result.out}; {result.seconds:.1f} s"
-    )
-    return 0

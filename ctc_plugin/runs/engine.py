@@ -102,16 +102,24 @@ def read_results(out: str | os.PathLike[str]) -> pa.Table:
 class ShardRunner:
     """Explains shards: loads the model, the segmenter and the methods' inputs once.
 
+    The embedded engine uses one runner for everything; on Ray, segmentation and the methods
+    run in different workers, each with a runner that loads only its part.
+
     Args:
         config: The run's configuration.
         source: The run's images.
+        segment: Load the segmenter (for [`segment`][ctc_plugin.runs.engine.ShardRunner.segment]
+            and for [`run`][ctc_plugin.runs.engine.ShardRunner.run] without masks).
+        explain: Load the model's methods (for ``run``).
 
     Raises:
         CLIError: For a model, weights, device or segmenter that cannot be used (the message
             names the option to fix).
     """
 
-    def __init__(self, config: RunConfig, source: Source) -> None:
+    def __init__(
+        self, config: RunConfig, source: Source, *, segment: bool = True, explain: bool = True
+    ) -> None:
         from ctc_plugin.commands.explain import (
             _check_input_channels,
             _load_explainer,
@@ -124,20 +132,64 @@ class ShardRunner:
         self.source = source
         self.device = resolve_device(config.device)
         weights = Path(config.weights) if config.weights else None
-        self.loaded = load_model(config.model, weights)
+        self.loaded = load_model(config.model, weights)  # also for its preprocessing
         _check_input_channels(self.loaded)
         options = _options(config)
-        self.segmenter = make_segmenter(options)
-        self.explainer = _load_explainer(self.loaded, options)
         self.preprocessing = self.loaded.preprocessing
-        self.model = self.preprocessing.wrap(self.loaded.network).to(self.device).eval()
+        self.segmenter = make_segmenter(options) if segment else None
+        if explain:
+            self.explainer = _load_explainer(self.loaded, options)
+            self.model = self.preprocessing.wrap(self.loaded.network).to(self.device).eval()
 
-    def run(self, shard: Shard, progress: Any = None) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    def segment(self, shard: Shard) -> dict[int, tuple[Any, float]]:
+        """Segment every image of ``shard``: ``{image index: (mask, seconds)}``.
+
+        Masks are ``(1, 1, H, W)`` int64 ids ``0..K-1``; ``run(shard, masks=...)`` takes them.
+        """
+        from ctc_plugin.commands import torch_threads
+
+        with torch_threads(self.config.threads):
+            return {
+                index: self.segment_image(self.source.images[index])[1:] for index in shard.images
+            }
+
+    def segment_image(self, ref: ImageRef) -> tuple[Any, Any, float]:
+        """Read one image and segment it: ``(prepared image, mask, seconds)``."""
+        from ctc_plugin.commands.explain import _segments
+
+        image = self.read(ref)
+        if self.segmenter is None:
+            raise RuntimeError("this ShardRunner was made with segment=False")
+        start = time.perf_counter()
+        mask = _segments(self.segmenter, image.pixels)
+        return image, mask, time.perf_counter() - start
+
+    def read(self, ref: ImageRef) -> Any:
+        """The image ``ref``, prepared with the model's preprocessing."""
+        from ctc_plugin.commands import CLIError
+
+        try:
+            return self.preprocessing(self.source.read(ref))
+        except ValueError as error:
+            raise CLIError(f"{ref.name}: {error}") from error
+
+    def run(
+        self,
+        shard: Shard,
+        progress: Any = None,
+        masks: dict[int, tuple[Any, float]] | None = None,
+    ) -> tuple[pa.Table, dict[str, np.ndarray]]:
         """Explain every image of ``shard``; return its table and its arrays.
 
         The arrays are, per image ``i`` (its plan index): ``image{i}/feature_mask`` (H, W)
         int32 segment ids ``0..K-1``, ``image{i}/logits`` float32 and, per target spec ``T`` and
         method ``M``, ``image{i}/{T}/{M}/attribution`` (H, W) float32.
+
+        Args:
+            shard: The shard.
+            progress: A tqdm bar advanced by one per image.
+            masks: The shard's masks from [`segment`][ctc_plugin.runs.engine.ShardRunner.segment]
+                (computed elsewhere); ``None`` segments here.
         """
         import pyarrow as pa
         import torch
@@ -150,7 +202,8 @@ class ShardRunner:
             torch.manual_seed(self.config.seed + shard.index)
             for index in shard.images:
                 ref = self.source.images[index]
-                image_rows, image_arrays = self.explain_image(ref, shard)
+                given = masks[index] if masks is not None else None
+                image_rows, image_arrays = self.explain_image(ref, shard, given)
                 rows.extend(image_rows)
                 arrays.update(image_arrays)
                 if progress is not None:
@@ -158,25 +211,26 @@ class ShardRunner:
         return pa.Table.from_pylist(rows, schema=table_schema()), arrays
 
     def explain_image(
-        self, ref: ImageRef, shard: Shard
+        self, ref: ImageRef, shard: Shard, mask: tuple[Any, float] | None = None
     ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-        """Segment one image once and explain it with every method and target."""
+        """Explain one image with every method and target; its segments are computed once.
+
+        ``mask`` is a ``(mask, seconds)`` pair computed elsewhere; ``None`` segments here.
+        """
         import numpy as np
 
         from ctc_plugin.commands import CLIError
-        from ctc_plugin.commands.explain import _segments
         from ctc_plugin.commands.methods import MethodError, Request, run_method
         from ctc_plugin.ctc.errors import UnsupportedOperationError
 
-        try:
-            image = self.preprocessing(self.source.read(ref))
-        except ValueError as error:
-            raise CLIError(f"{ref.name}: {error}") from error
+        if mask is None:
+            image, ids, segment_seconds = self.segment_image(ref)
+        else:
+            image = self.read(ref)
+            ids, segment_seconds = mask
         pixels = image.pixels.to(self.device)
         logits = _logits(self.model, pixels)
-        start = time.perf_counter()
-        mask = _segments(self.segmenter, image.pixels)
-        segment_seconds = time.perf_counter() - start
+        mask = ids
         key = f"image{ref.index}"
         arrays = {
             f"{key}/feature_mask": mask[0, 0].numpy().astype(np.int32),
@@ -317,6 +371,8 @@ def explain_dataset(
     threads: int = 1,
     device: str = "cpu",
     show_progress: bool = True,
+    ray: bool | str | None = None,
+    ray_workers: int | None = None,
 ) -> RunResult:
     """Explain every image of ``source`` with every method; write the results to ``out``.
 
@@ -353,6 +409,11 @@ def explain_dataset(
             for bit only on the same count).
         device: Where the model runs (``cpu``, ``cuda``, ...).
         show_progress: Show a progress bar over all images (finished shards counted).
+        ray: Run the shards on Ray instead of in this process: ``True`` starts a local
+            cluster, a string is a cluster's address (see
+            [`run_on_ray`][ctc_plugin.runs.cluster.run_on_ray]). Not part of the
+            configuration: the results are the same, and either engine resumes the other's run.
+        ray_workers: CPUs of the local Ray cluster (``None``: all).
 
     Returns:
         A [`RunResult`][ctc_plugin.runs.engine.RunResult]; ``.table()`` reads every row.
@@ -360,6 +421,7 @@ def explain_dataset(
     Raises:
         SourceError: For a source with no usable images.
         RunConfigMismatchError: If ``out`` holds a run with other arguments.
+        RayUnavailableError: If ``ray`` is given and Ray is not installed.
         ValueError: For unknown methods and invalid numbers.
         CLIError: For a model, device, segmenter or target that cannot be used.
 
@@ -394,8 +456,11 @@ def explain_dataset(
     store.open(manifest_for(config, resolved, shards))
     left = [shard for shard in shards if not store.is_finished(shard.name)]
     done = sum(len(shard.images) for shard in shards) - sum(len(s.images) for s in left)
+    if ray:
+        from ctc_plugin.runs.cluster import _import_ray
+
+        _import_ray()  # before any work: a missing Ray is one clear error
     if left:
-        runner = ShardRunner(config, resolved)
         with tqdm(
             total=len(resolved.images),
             initial=done,
@@ -403,9 +468,16 @@ def explain_dataset(
             unit="image",
             disable=not show_progress,
         ) as progress:
-            for shard in left:
-                table, arrays = runner.run(shard, progress)
-                store.write_shard(shard.name, table, arrays)
+            if ray:
+                from ctc_plugin.runs.cluster import run_on_ray
+
+                address = ray if isinstance(ray, str) else None
+                run_on_ray(config, resolved, left, store, progress, address, ray_workers)
+            else:
+                runner = ShardRunner(config, resolved)
+                for shard in left:
+                    table, arrays = runner.run(shard, progress)
+                    store.write_shard(shard.name, table, arrays)
     return RunResult(
         store.root, len(resolved.images), len(shards), len(left), time.perf_counter() - start
     )
