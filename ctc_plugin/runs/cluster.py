@@ -87,14 +87,17 @@ def _run(
     ray: Any, config: RunConfig, source: Source, shards: list[Shard], store: RunStore, progress: Any
 ) -> None:
     resources = ray.cluster_resources()
-    cpus = max(2, int(resources.get("CPU", 2)))
+    cpus = float(resources.get("CPU", 1))
     gpus = int(resources.get("GPU", 0))
-    segmenting = max(1, min(len(shards), gpus if gpus else cpus // 2))
-    explaining = max(1, min(len(shards), cpus - (0 if gpus else segmenting)))
+    # one actor per CPU (half a CPU each on a one-CPU cluster, so that both pools fit)
+    share = 1.0 if cpus >= 2 else cpus / 2
+    slots = max(2, int(cpus))
+    segmenting = max(1, min(len(shards), gpus if gpus else slots // 2))
+    explaining = max(1, min(len(shards), slots - (0 if gpus else segmenting)))
 
-    segment_options = {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_cpus": 1}
+    segment_options = {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_cpus": share}
     Segmenter = ray.remote(**segment_options)(_Worker)  # noqa: N806
-    Explainer = ray.remote(num_cpus=1)(_Worker)  # noqa: N806
+    Explainer = ray.remote(num_cpus=share)(_Worker)  # noqa: N806
     segmenters = [Segmenter.remote(config, source, True, False) for _ in range(segmenting)]
     explainers = [Explainer.remote(config, source, False, True) for _ in range(explaining)]
     pending = {}
