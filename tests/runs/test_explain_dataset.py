@@ -297,3 +297,17 @@ def test_source_errors_are_value_errors_for_the_python_api(tmp_path):
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         explain_dataset("shapes", ["nope"], tmp_path / "run", images=2)
     assert not (tmp_path / "run").exists()
+
+
+def test_progress_bar_counts_finished_shards_on_resume(reference, capsys):
+    store = RunStore(reference.out)
+    before = comparable(read_results(reference.out))
+    for name in ("shard-00003", "shard-00011"):
+        store.table_path(name).unlink()
+    argv = ["explain-dataset", "shapes", "--images", "32", "--out", str(reference.out)]
+    options = [option for option in OPTIONS if option != "--no-progress"]
+    assert main(argv + options) == 0
+    captured = capsys.readouterr()
+    assert "2 computed now, 14 finished before" in captured.out
+    assert "28/32" in captured.err and "32/32" in captured.err
+    assert comparable(read_results(reference.out)) == before
