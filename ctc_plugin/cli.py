@@ -26,10 +26,11 @@ from collections.abc import Sequence
 
 from ctc_plugin import __version__
 from ctc_plugin.commands import CLIError, benchmark, explain, explainer, zoo
+from ctc_plugin.runs import command as explain_dataset
 
 #: The modules that contribute subcommands, each with ``add_parser(subparsers)``; the parser they
 #: add sets ``func`` (a callable taking the parsed namespace and returning an exit status).
-SUBCOMMAND_MODULES = (explain, zoo, explainer, benchmark)
+SUBCOMMAND_MODULES = (explain, zoo, explainer, benchmark, explain_dataset)
 
 __all__ = ["CLIError", "Parser", "UsageError", "build_parser", "main"]
 

@@ -1,0 +1,178 @@
+"""``ctc-plugin explain-dataset SOURCE --methods ... --out DIR``: explain a whole data set.
+
+The command line of [`explain_dataset`][ctc_plugin.runs.engine.explain_dataset]. Only the
+standard library and light modules are imported while the parser is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ctc_plugin.commands.arguments import input_file, positive_int
+from ctc_plugin.commands.methods import METHODS
+from ctc_plugin.ctc.modes import BIAS_SHARING_MODES, DEFAULT_BIAS_SHARING
+
+SEGMENTERS = ("superpixel", "grid", "sam")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``explain-dataset`` subcommand."""
+    parser = subparsers.add_parser(
+        "explain-dataset",
+        usage="%(prog)s SOURCE --methods METHOD [METHOD ...] --out DIR [options]",
+        help="explain every image of a folder or data set; resumable, results as Parquet",
+        description="Segment every image of SOURCE once, explain it with every --methods "
+        "and write the results to DIR shard by shard: DIR/shards/shard-NNNNN.parquet (one row "
+        "per image, target and method: feature ids, scores, seconds) and .npz (masks and "
+        "attributions). Killed or stopped, the same command finishes the rest; finished "
+        "shards are not computed again.",
+    )
+    parser.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="an image folder (class subfolders optional, as torchvision's ImageFolder), or "
+        "shapes / shapes:composite (the bundled synthetic images, with --images N)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        required=True,
+        type=_method,
+        metavar="METHOD",
+        help="one or more of: " + ", ".join(METHODS),
+    )
+    parser.add_argument("--out", required=True, help="the run folder (new, or this run's)")
+    parser.add_argument(
+        "--images",
+        type=positive_int,
+        default=None,
+        help="how many shapes images; for a folder, at most this many (default: all)",
+    )
+    parser.add_argument(
+        "--model",
+        default="resnet",
+        help="a zoo family (resnet, vgg-composite, ...), a torchvision architecture with "
+        "--weights, or module:callable (default: resnet)",
+    )
+    parser.add_argument(
+        "--weights", type=input_file, default=None, help="state-dict file for the model"
+    )
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=["predicted"],
+        metavar="TARGET",
+        help="what to explain per image: predicted, label (the class subfolder or the shapes "
+        "label), a class index or a class name (default: predicted)",
+    )
+    parser.add_argument("--segmenter", choices=SEGMENTERS, default="superpixel")
+    parser.add_argument("--segments", type=positive_int, default=25, help="about how many (25)")
+    parser.add_argument(
+        "--sam-checkpoint", type=input_file, default=None, help="SAM checkpoint, for sam"
+    )
+    parser.add_argument("--sam-model-type", default="vit_b", help="vit_b, vit_l or vit_h")
+    parser.add_argument("--bias-sharing", choices=BIAS_SHARING_MODES, default=DEFAULT_BIAS_SHARING)
+    parser.add_argument("--lime-samples", type=positive_int, default=100)
+    parser.add_argument("--perturbations-per-eval", type=positive_int, default=16)
+    parser.add_argument(
+        "--shard-size",
+        type=positive_int,
+        default=8,
+        help="images per shard: written together, redone together after a kill (8)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="seed of each shard's random state and of the shapes images (1)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch CPU threads per shard; results repeat bit for bit on the same count (1)",
+    )
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu)")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="ADDRESS",
+        help="run the shards on Ray (the optional extra ray): on the cluster at ADDRESS "
+        "(ray://host:10001, auto), or on a local one started for the run when no ADDRESS is "
+        "given; segmentation and methods on separate workers, the same results",
+    )
+    parser.add_argument(
+        "--ray-workers",
+        type=positive_int,
+        default=None,
+        help="CPUs of the local Ray cluster (default: all of this machine's)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run)
+
+
+def _method(text: str) -> str:
+    if text not in METHODS:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(METHODS)})"
+        )
+    return text
+
+
+_method.__name__ = "method"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``ctc-plugin explain-dataset``."""
+    from ctc_plugin.commands import CLIError
+    from ctc_plugin.runs.cluster import RayUnavailableError
+
+    if args.ray_workers is not None and args.ray is None:
+        raise CLIError("--ray-workers sets the size of a local Ray cluster: add --ray")
+    if args.ray_workers is not None and isinstance(args.ray, str):
+        raise CLIError(
+            f"--ray-workers sizes a local Ray cluster; the cluster at {args.ray} has its own "
+            "workers: drop --ray-workers, or --ray's ADDRESS to start a local cluster"
+        )
+
+    try:
+        result = _explain(args)
+    except RayUnavailableError as error:
+        raise CLIError(str(error)) from error
+    before = result.shards - result.computed
+    print(
+        f"{result.images} images in {result.shards} shards ({result.computed} computed now, "
+        f"{before} finished before) in {result.out}; {result.seconds:.1f} s"
+    )
+    return 0
+
+
+def _explain(args: argparse.Namespace):
+    """Call [`explain_dataset`][ctc_plugin.runs.engine.explain_dataset] with the options."""
+    from ctc_plugin.runs.engine import explain_dataset
+
+    return explain_dataset(
+        args.source,
+        args.methods,
+        args.out,
+        images=args.images,
+        model=args.model,
+        weights=args.weights,
+        targets=args.targets,
+        segmenter=args.segmenter,
+        segments=args.segments,
+        sam_checkpoint=args.sam_checkpoint,
+        sam_model_type=args.sam_model_type,
+        bias_sharing=args.bias_sharing,
+        lime_samples=args.lime_samples,
+        perturbations_per_eval=args.perturbations_per_eval,
+        shard_size=args.shard_size,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
+        show_progress=not args.no_progress,
+        ray=args.ray,
+        ray_workers=args.ray_workers,
+    )

@@ -1,0 +1,483 @@
+"""The embedded engine: runs a plan's unfinished shards in this process and stores each one.
+
+[`explain_dataset`][ctc_plugin.runs.engine.explain_dataset] resolves the source, plans the
+shards, opens (or resumes) the output folder and runs every shard that is not finished yet,
+through one [`ShardRunner`][ctc_plugin.runs.engine.ShardRunner]. A shard runs on a fixed number
+of torch CPU threads and from a fixed random state (``seed + shard``), so its results do not
+depend on which shards ran before it in the same process: a resumed run equals an uninterrupted
+one bit for bit on the CPU (all columns but the timings).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from argparse import Namespace
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
+from ctc_plugin.runs.plan import RunConfig, Shard, digest, plan_shards
+from ctc_plugin.runs.sources import ImageRef, Source, resolve_source
+from ctc_plugin.runs.store import RunStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pyarrow as pa
+
+__all__ = ["RunResult", "ShardRunner", "explain_dataset", "read_results", "table_schema"]
+
+#: Columns that hold wall-clock times: everything else repeats bit for bit.
+TIMING_COLUMNS = ("seconds", "segment_seconds")
+
+
+def table_schema() -> pa.Schema:
+    """The Parquet schema of a run's table (one row per image, target and method).
+
+    Columns: ``image`` (index in the plan), ``name`` (path relative to the folder, or
+    ``shapes-<i>``), ``label`` (class index from the source, null when unknown), ``shard``,
+    ``target_spec`` (``predicted``, ``label``, or the index/name given), ``target`` (the class
+    explained), ``predicted`` (the model's class), ``method``, ``title``, ``per_segment``
+    (scores are the method's own segment scores, not means of a per-pixel map), ``segments``
+    (``K``), ``feature_ids`` (``0..K-1``, the ids of the shard's ``feature_mask``), ``scores``
+    (one per feature id), ``seconds`` (the method's time) and ``segment_seconds`` (the image's
+    segmentation time, shared by its rows).
+    """
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("image", pa.int64()),
+            ("name", pa.string()),
+            ("label", pa.int64()),
+            ("shard", pa.int64()),
+            ("target_spec", pa.string()),
+            ("target", pa.int64()),
+            ("predicted", pa.int64()),
+            ("method", pa.string()),
+            ("title", pa.string()),
+            ("per_segment", pa.bool_()),
+            ("segments", pa.int64()),
+            ("feature_ids", pa.list_(pa.int64())),
+            ("scores", pa.list_(pa.float64())),
+            ("seconds", pa.float64()),
+            ("segment_seconds", pa.float64()),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What [`explain_dataset`][ctc_plugin.runs.engine.explain_dataset] did.
+
+    Attributes:
+        out: The output folder.
+        images: Images in the plan.
+        shards: Shards in the plan.
+        computed: Shards computed by this call (the others were finished before).
+        seconds: Wall-clock seconds of this call.
+    """
+
+    out: Path
+    images: int
+    shards: int
+    computed: int
+    seconds: float
+
+    def table(self) -> pa.Table:
+        """Every row of the run, as one ``pyarrow.Table`` (``.to_pandas()`` for a DataFrame)."""
+        return read_results(self.out)
+
+
+def read_results(out: str | os.PathLike[str]) -> pa.Table:
+    """The rows of every finished shard in the run folder ``out``, in plan order.
+
+    Raises:
+        FileNotFoundError: If ``out`` holds no finished shard.
+    """
+    return RunStore(out).read_table()
+
+
+class ShardRunner:
+    """Explains shards: loads the model, the segmenter and the methods' inputs once.
+
+    The embedded engine uses one runner for everything; on Ray, segmentation and the methods
+    run in different workers, each with a runner that loads only its part.
+
+    Args:
+        config: The run's configuration.
+        source: The run's images.
+        segment: Load the segmenter (for [`segment`][ctc_plugin.runs.engine.ShardRunner.segment]
+            and for [`run`][ctc_plugin.runs.engine.ShardRunner.run] without masks).
+        explain: Load the model's methods (for ``run``).
+
+    Raises:
+        CLIError: For a model, weights, device or segmenter that cannot be used (the message
+            names the option to fix).
+    """
+
+    def __init__(
+        self, config: RunConfig, source: Source, *, segment: bool = True, explain: bool = True
+    ) -> None:
+        from ctc_plugin.commands.explain import (
+            _check_input_channels,
+            _load_explainer,
+            load_model,
+            make_segmenter,
+            resolve_device,
+        )
+
+        self.config = config
+        self.source = source
+        self.device = resolve_device(config.device)
+        weights = Path(config.weights) if config.weights else None
+        self.loaded = load_model(config.model, weights)  # also for its preprocessing
+        _check_input_channels(self.loaded)
+        options = _options(config)
+        self.preprocessing = self.loaded.preprocessing
+        self.segmenter = make_segmenter(options) if segment else None
+        if explain:
+            self.explainer = _load_explainer(self.loaded, options)
+            self.model = self.preprocessing.wrap(self.loaded.network).to(self.device).eval()
+
+    def segment(self, shard: Shard) -> dict[int, tuple[Any, float]]:
+        """Segment every image of ``shard``: ``{image index: (mask, seconds)}``.
+
+        Masks are ``(1, 1, H, W)`` int64 ids ``0..K-1``; ``run(shard, masks=...)`` takes them.
+        """
+        from ctc_plugin.commands import torch_threads
+
+        with torch_threads(self.config.threads):
+            return {
+                index: self.segment_image(self.source.images[index])[1:] for index in shard.images
+            }
+
+    def segment_image(self, ref: ImageRef) -> tuple[Any, Any, float]:
+        """Read one image and segment it: ``(prepared image, mask, seconds)``."""
+        from ctc_plugin.commands.explain import _segments
+
+        image = self.read(ref)
+        if self.segmenter is None:
+            raise RuntimeError("this ShardRunner was made with segment=False")
+        start = time.perf_counter()
+        mask = _segments(self.segmenter, image.pixels)
+        return image, mask, time.perf_counter() - start
+
+    def read(self, ref: ImageRef) -> Any:
+        """The image ``ref``, prepared with the model's preprocessing."""
+        from ctc_plugin.commands import CLIError
+
+        try:
+            return self.preprocessing(self.source.read(ref))
+        except ValueError as error:
+            raise CLIError(f"{ref.name}: {error}") from error
+
+    def run(
+        self,
+        shard: Shard,
+        progress: Any = None,
+        masks: dict[int, tuple[Any, float]] | None = None,
+    ) -> tuple[pa.Table, dict[str, np.ndarray]]:
+        """Explain every image of ``shard``; return its table and its arrays.
+
+        The arrays are, per image ``i`` (its plan index): ``image{i}/feature_mask`` (H, W)
+        int32 segment ids ``0..K-1``, ``image{i}/logits`` float32 and, per target spec ``T`` and
+        method ``M``, ``image{i}/{T}/{M}/attribution`` (H, W) float32.
+
+        Args:
+            shard: The shard.
+            progress: A tqdm bar advanced by one per image.
+            masks: The shard's masks from [`segment`][ctc_plugin.runs.engine.ShardRunner.segment]
+                (computed elsewhere); ``None`` segments here.
+        """
+        import pyarrow as pa
+        import torch
+
+        from ctc_plugin.commands import torch_threads
+
+        rows: list[dict[str, Any]] = []
+        arrays: dict[str, np.ndarray] = {}
+        with torch_threads(self.config.threads), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed + shard.index)
+            for index in shard.images:
+                ref = self.source.images[index]
+                given = masks[index] if masks is not None else None
+                image_rows, image_arrays = self.explain_image(ref, shard, given)
+                rows.extend(image_rows)
+                arrays.update(image_arrays)
+                if progress is not None:
+                    progress.update(1)
+        return pa.Table.from_pylist(rows, schema=table_schema()), arrays
+
+    def explain_image(
+        self, ref: ImageRef, shard: Shard, mask: tuple[Any, float] | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+        """Explain one image with every method and target; its segments are computed once.
+
+        ``mask`` is a ``(mask, seconds)`` pair computed elsewhere; ``None`` segments here.
+        """
+        import numpy as np
+
+        from ctc_plugin.commands import CLIError
+        from ctc_plugin.commands.methods import MethodError, Request, run_method
+        from ctc_plugin.ctc.errors import UnsupportedOperationError
+
+        if mask is None:
+            image, ids, segment_seconds = self.segment_image(ref)
+        else:
+            image = self.read(ref)
+            ids, segment_seconds = mask
+        pixels = image.pixels.to(self.device)
+        logits = _logits(self.model, pixels)
+        mask = ids
+        key = f"image{ref.index}"
+        arrays = {
+            f"{key}/feature_mask": mask[0, 0].numpy().astype(np.int32),
+            f"{key}/logits": logits.numpy().astype(np.float32),
+        }
+        rows = []
+        count = int(mask.max()) + 1
+        for spec in self.config.targets:
+            target = self.target(spec, ref, logits)
+            request = Request(
+                model=self.model,
+                pixels=pixels,
+                target=target,
+                feature_mask=mask.to(self.device),
+                bias_sharing=self.config.bias_sharing,
+                lime_samples=self.config.lime_samples,
+                perturbations_per_eval=self.config.perturbations_per_eval,
+                show_progress=False,
+                explainer=self.explainer,
+            )
+            for name in self.config.methods:
+                start = time.perf_counter()
+                try:
+                    result = run_method(name, request)
+                except UnsupportedOperationError as error:
+                    raise CLIError(f"--model {self.config.model}: {error}") from error
+                except (MethodError, ValueError) as error:
+                    raise CLIError(f"--methods {name}: {ref.name}: {error}") from error
+                seconds = time.perf_counter() - start
+                arrays[f"{key}/{spec}/{name}/attribution"] = result.attribution.numpy()
+                rows.append(
+                    {
+                        "image": ref.index,
+                        "name": ref.name,
+                        "label": ref.label,
+                        "shard": shard.index,
+                        "target_spec": spec,
+                        "target": target,
+                        "predicted": int(logits.argmax()),
+                        "method": name,
+                        "title": result.title,
+                        "per_segment": result.per_segment,
+                        "segments": count,
+                        "feature_ids": list(range(count)),
+                        "scores": result.scores.double().tolist(),
+                        "seconds": seconds,
+                        "segment_seconds": segment_seconds,
+                    }
+                )
+        return rows, arrays
+
+    def target(self, spec: str, ref: ImageRef, logits: Any) -> int:
+        """The class ``spec`` names for this image (``predicted``, ``label``, index or name).
+
+        ``label`` is the image's class: by name when the model has class names (a folder
+        ``cat/`` is the model's class ``"cat"``), else the source's label index.
+        """
+        from ctc_plugin.commands import CLIError
+        from ctc_plugin.commands.explain import _target
+
+        if spec == "predicted":
+            return int(logits.argmax())
+        if spec == "label":
+            if ref.label is None:
+                raise CLIError(
+                    f"--targets label: {ref.name} has no label (the folder has no class "
+                    "subfolders); use predicted or a class index"
+                )
+            classes = self.source.classes
+            if classes is not None and self.loaded.classes:
+                name = classes[ref.label]
+                if name not in self.loaded.classes:
+                    raise CLIError(
+                        f"--targets label: {ref.name} is in class {name!r}, which the model "
+                        f"does not know ({', '.join(self.loaded.classes[:10])}); name the class "
+                        "folders after the model's classes, or use predicted"
+                    )
+                return self.loaded.classes.index(name)
+            if not 0 <= ref.label < logits.numel():
+                raise CLIError(
+                    f"--targets label: {ref.name} has label {ref.label} and the model only "
+                    f"{logits.numel()} classes"
+                )
+            return ref.label
+        return _target(spec, self.loaded, logits)
+
+
+def _options(config: RunConfig) -> Namespace:
+    """The ``explain`` command's options that its helpers read, from ``config``."""
+    return Namespace(
+        segmenter=config.segmenter,
+        segments=config.segments,
+        sam_checkpoint=Path(config.sam_checkpoint) if config.sam_checkpoint else None,
+        sam_model_type=config.sam_model_type,
+        methods=list(config.methods),
+        weights=config.weights,
+    )
+
+
+def _logits(model: Any, pixels: Any) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return model(pixels)[0].float().cpu()
+
+
+def manifest_for(config: RunConfig, source: Source, shards: list[Shard]) -> dict[str, Any]:
+    """The manifest of a run: configuration, source (with its image list) and plan."""
+    described = source.describe()
+    return {
+        "config": config.to_dict(),
+        "source": {key: value for key, value in described.items() if key != "images"},
+        "images": len(source.images),
+        "image_list": digest(described["images"]),
+        "shards": len(shards),
+        "plan": digest([list(shard.images) for shard in shards]),
+    }
+
+
+def explain_dataset(
+    source: str | os.PathLike[str],
+    methods: str | list[str] | tuple[str, ...],
+    out: str | os.PathLike[str],
+    *,
+    images: int | None = None,
+    model: str = "resnet",
+    weights: str | os.PathLike[str] | None = None,
+    targets: str | list[str] | tuple[str, ...] = ("predicted",),
+    segmenter: str = "superpixel",
+    segments: int = 25,
+    sam_checkpoint: str | os.PathLike[str] | None = None,
+    sam_model_type: str = "vit_b",
+    bias_sharing: str = DEFAULT_BIAS_SHARING,
+    lime_samples: int = 100,
+    perturbations_per_eval: int = 16,
+    shard_size: int = 8,
+    seed: int = 1,
+    threads: int = 1,
+    device: str = "cpu",
+    show_progress: bool = True,
+    ray: bool | str | None = None,
+    ray_workers: int | None = None,
+) -> RunResult:
+    """Explain every image of ``source`` with every method; write the results to ``out``.
+
+    Each image is read with the model's own preprocessing, segmented once and explained by each
+    method for each target. Finished shards are written to ``out`` as Parquet (one row per image,
+    target and method; see [`table_schema`][ctc_plugin.runs.engine.table_schema]) and ``.npz``
+    arrays (masks and attributions; see
+    [`ShardRunner.run`][ctc_plugin.runs.engine.ShardRunner.run]).
+    Called again with the same arguments on the same ``out`` (after a crash, a kill, or to
+    add nothing), it computes only the shards that are missing.
+
+    Args:
+        source: An image folder (class subfolders optional) or ``"shapes"`` /
+            ``"shapes:composite"`` (see [`resolve_source`][ctc_plugin.runs.sources.resolve_source]).
+        methods: Method names: ``ctc``, ``integrative-cam``, ``explainer``,
+            ``feature-ablation``, ``lime``, ``gradcam``.
+        out: The run folder (new, empty, or holding this same run).
+        images: Shapes images to draw; for a folder, at most this many images.
+        model: A zoo family (``resnet``, ``vgg-composite``, ...), a torchvision architecture
+            (with ``weights``) or ``module:callable``.
+        weights: State-dict file for the model.
+        targets: What to explain: ``"predicted"``, ``"label"`` (the folder's class or the shapes
+            label), a class index or name; several give several rows per image and method.
+        segmenter: ``"superpixel"``, ``"grid"`` or ``"sam"``.
+        segments: About how many segments.
+        sam_checkpoint: The SAM checkpoint, for ``segmenter="sam"`` (SAM masks are cached).
+        sam_model_type: Its architecture.
+        bias_sharing: CTC's bias sharing.
+        lime_samples: Lime's samples.
+        perturbations_per_eval: Copies per forward pass of CTC, FeatureAblation and Lime.
+        shard_size: Images per shard: the unit that is written, and redone after a kill.
+        seed: Seed of each shard's random state and of the shapes images.
+        threads: Torch CPU threads per shard (part of the configuration: results repeat bit
+            for bit only on the same count).
+        device: Where the model runs (``cpu``, ``cuda``, ...).
+        show_progress: Show a progress bar over all images (finished shards counted).
+        ray: Run the shards on Ray instead of in this process: ``True`` starts a local
+            cluster, a string is a cluster's address (see
+            [`run_on_ray`][ctc_plugin.runs.cluster.run_on_ray]). Not part of the
+            configuration: the results are the same, and either engine resumes the other's run.
+        ray_workers: CPUs of the local Ray cluster (``None``: all).
+
+    Returns:
+        A [`RunResult`][ctc_plugin.runs.engine.RunResult]; ``.table()`` reads every row.
+
+    Raises:
+        SourceError: For a source with no usable images.
+        RunConfigMismatchError: If ``out`` holds a run with other arguments.
+        RayUnavailableError: If ``ray`` is given and Ray is not installed.
+        ValueError: For unknown methods and invalid numbers.
+        CLIError: For a model, device, segmenter or target that cannot be used.
+
+    Examples:
+        >>> from ctc_plugin.runs import explain_dataset
+        >>> run = explain_dataset("shapes", ["ctc", "gradcam"], "out/run", images=16)
+        >>> run.table().to_pandas().groupby("method").seconds.mean()
+    """
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    config = RunConfig(
+        methods=(methods,) if isinstance(methods, str) else tuple(methods),
+        model=model,
+        weights=os.fspath(weights) if weights is not None else None,
+        targets=(targets,) if isinstance(targets, str) else tuple(targets),
+        segmenter=segmenter,
+        segments=segments,
+        sam_checkpoint=os.fspath(sam_checkpoint) if sam_checkpoint is not None else None,
+        sam_model_type=sam_model_type,
+        bias_sharing=bias_sharing,
+        lime_samples=lime_samples,
+        perturbations_per_eval=perturbations_per_eval,
+        shard_size=shard_size,
+        seed=seed,
+        threads=threads,
+        device=device,
+    )
+    resolved = resolve_source(source, images=images, seed=seed)
+    shards = plan_shards(len(resolved.images), config.shard_size)
+    store = RunStore(out)
+    store.open(manifest_for(config, resolved, shards))
+    left = [shard for shard in shards if not store.is_finished(shard.name)]
+    done = sum(len(shard.images) for shard in shards) - sum(len(s.images) for s in left)
+    if ray:
+        from ctc_plugin.runs.cluster import _import_ray
+
+        _import_ray()  # before any work: a missing Ray is one clear error
+    if left:
+        with tqdm(
+            total=len(resolved.images),
+            initial=done,
+            desc="explain-dataset",
+            unit="image",
+            disable=not show_progress,
+        ) as progress:
+            if ray:
+                from ctc_plugin.runs.cluster import run_on_ray
+
+                address = ray if isinstance(ray, str) else None
+                run_on_ray(config, resolved, left, store, progress, address, ray_workers)
+            else:
+                runner = ShardRunner(config, resolved)
+                for shard in left:
+                    table, arrays = runner.run(shard, progress)
+                    store.write_shard(shard.name, table, arrays)
+    return RunResult(
+        store.root, len(resolved.images), len(shards), len(left), time.perf_counter() - start
+    )

@@ -1,0 +1,126 @@
+"""A run's configuration and its deterministic plan: which images each shard explains.
+
+The plan depends only on the configuration and the source's image list: images in source order,
+cut into shards of ``shard_size`` consecutive images. Shard ``s`` explains images
+``s * shard_size`` to ``(s + 1) * shard_size - 1``, so the same command always makes the same
+shards, and a resumed run knows which ones are left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
+
+__all__ = ["TARGET_KINDS", "RunConfig", "Shard", "digest", "plan_shards"]
+
+#: Targets besides a class index or name: the model's predicted class, the image's label.
+TARGET_KINDS = ("predicted", "label")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that changes a run's results (stored in its manifest).
+
+    Attributes:
+        methods: Method names (keys of [`METHODS`][ctc_plugin.commands.methods.METHODS]), each
+            once, in order.
+        model: ``--model``: a zoo family, a torchvision architecture or ``module:callable``.
+        weights: State-dict file, or ``None``.
+        targets: What to explain per image: ``"predicted"``, ``"label"``, a class index or a
+            class name; each gives one row per image and method.
+        segmenter: ``"superpixel"``, ``"grid"`` or ``"sam"``.
+        segments: About how many segments.
+        sam_checkpoint: SAM checkpoint, for ``segmenter="sam"``.
+        sam_model_type: Its architecture.
+        bias_sharing: CTC's bias sharing.
+        lime_samples: Lime's samples.
+        perturbations_per_eval: Copies per forward pass.
+        shard_size: Images per shard.
+        seed: Seed of the shard's random state (shard ``s`` starts from ``seed + s``) and of
+            the shapes images.
+        threads: Torch CPU threads each shard runs on (fixed, so results repeat bit for bit).
+        device: Where the model runs.
+    """
+
+    methods: tuple[str, ...]
+    model: str = "resnet"
+    weights: str | None = None
+    targets: tuple[str, ...] = ("predicted",)
+    segmenter: str = "superpixel"
+    segments: int = 25
+    sam_checkpoint: str | None = None
+    sam_model_type: str = "vit_b"
+    bias_sharing: str = DEFAULT_BIAS_SHARING
+    lime_samples: int = 100
+    perturbations_per_eval: int = 16
+    shard_size: int = 8
+    seed: int = 1
+    threads: int = 1
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        from ctc_plugin.commands.methods import METHODS
+
+        if not self.methods:
+            raise ValueError("give at least one method (" + ", ".join(METHODS) + ")")
+        unknown = [name for name in self.methods if name not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))
+        object.__setattr__(self, "targets", tuple(dict.fromkeys(str(t) for t in self.targets)))
+        if not self.targets:
+            raise ValueError("give at least one target (predicted, label, a class index or name)")
+        for name, value in (
+            ("shard_size", self.shard_size),
+            ("threads", self.threads),
+            ("segments", self.segments),
+            ("lime_samples", self.lime_samples),
+            ("perturbations_per_eval", self.perturbations_per_eval),
+        ):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be non-negative, got {self.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-able data (lists for tuples)."""
+        data = asdict(self)
+        return json.loads(json.dumps(data))
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of work: consecutive images of the plan.
+
+    Attributes:
+        index: Shard number ``0..S-1`` (its files are named after it).
+        images: Indices of its images in the source's image list.
+    """
+
+    index: int
+    images: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        """File stem of the shard: ``shard-00012``."""
+        return f"shard-{self.index:05d}"
+
+
+def plan_shards(count: int, shard_size: int) -> list[Shard]:
+    """Cut ``count`` images into shards of ``shard_size`` consecutive images (the last smaller)."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    return [
+        Shard(s, tuple(range(start, min(start + shard_size, count))))
+        for s, start in enumerate(range(0, count, shard_size))
+    ]
+
+
+def digest(data: Any) -> str:
+    """A short stable hash of JSON-able ``data`` (the manifest's plan fingerprint)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

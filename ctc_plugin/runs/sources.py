@@ -1,0 +1,177 @@
+"""Where a run's images come from: an image folder or the bundled shapes data set.
+
+A SOURCE is either
+
+- a folder of images, read like torchvision's ``ImageFolder`` when it holds class subfolders
+  (``DIR/cat/1.jpg``, ``DIR/dog/2.png``: the label of an image is the index of its class folder
+  among the sorted folder names) and as a flat list of images otherwise (no labels); or
+- ``shapes`` / ``shapes:composite``: the bundled
+  [`ShapesDataset`][ctc_plugin.datasets.dataset.ShapesDataset], ``images`` of them drawn with
+  ``seed``.
+
+Images are always listed in the same order (class, then path, compared as text), so the same
+SOURCE gives the same plan on every machine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+__all__ = ["IMAGE_SUFFIXES", "ImageRef", "Source", "SourceError", "resolve_source"]
+
+#: File name endings read as images (case-insensitive); other files in the folder are ignored.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+#: The bundled synthetic data sets a SOURCE may name.
+SHAPES_SOURCES = ("shapes", "shapes:composite")
+
+
+class SourceError(ValueError):
+    """SOURCE names no usable images; the message says what was wrong and what to give."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image of a run.
+
+    Attributes:
+        index: Position in the run's image list (``0..N-1``).
+        name: The image's id: its path relative to the folder (``/``-separated), or
+            ``shapes-<i>``.
+        label: Class index from the folder or the data set, or ``None`` when unknown.
+    """
+
+    index: int
+    name: str
+    label: int | None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved SOURCE: its images, in order, and how to read them.
+
+    Attributes:
+        spec: The SOURCE as given (a folder path or ``shapes``).
+        kind: ``"folder"`` or ``"shapes"``.
+        images: Every image, in plan order.
+        classes: Class names by label, when the source has classes.
+        root: The folder (``kind == "folder"``).
+        split: The shapes split (``kind == "shapes"``).
+        seed: The shapes seed (``kind == "shapes"``).
+    """
+
+    spec: str
+    kind: str
+    images: tuple[ImageRef, ...]
+    classes: tuple[str, ...] | None
+    root: Path | None = None
+    split: str | None = None
+    seed: int = 1
+
+    def read(self, image: ImageRef) -> Path | Tensor:
+        """What [`ImagePreprocessing`][ctc_plugin.images.ImagePreprocessing] is called on."""
+        if self.kind == "folder":
+            assert self.root is not None
+            return self.root / image.name
+        from ctc_plugin.datasets.dataset import ShapesDataset
+
+        data = ShapesDataset(self.split or "shapes", size=len(self.images), seed=self.seed)
+        return data[image.index]["image"]
+
+    def describe(self) -> dict[str, object]:
+        """The source as plain data (part of a run's manifest)."""
+        return {
+            "kind": self.kind,
+            "spec": self.spec,
+            "split": self.split,
+            "seed": self.seed if self.kind == "shapes" else None,
+            "classes": list(self.classes) if self.classes is not None else None,
+            "images": [[ref.name, ref.label] for ref in self.images],
+        }
+
+
+def resolve_source(
+    spec: str | os.PathLike[str], images: int | None = None, seed: int = 1
+) -> Source:
+    """Resolve SOURCE into its images.
+
+    Args:
+        spec: An image folder, ``"shapes"`` or ``"shapes:composite"``.
+        images: How many shapes images (required for ``shapes``); for a folder, at most this
+            many of its images (the first ones in order), ``None`` for all.
+        seed: Seed of the shapes images.
+
+    Raises:
+        SourceError: For a path that does not exist or is a file, a folder without images, a
+            folder mixing images and class subfolders at its top level, or ``shapes`` without
+            a positive ``images``.
+    """
+    text = os.fspath(spec)
+    if text in SHAPES_SOURCES:
+        return _shapes(text, images, seed)
+    if images is not None and images < 1:
+        raise SourceError(f"images must be at least 1, got {images}")
+    root = Path(text).expanduser()
+    if not root.exists():
+        raise SourceError(
+            f"SOURCE {text!r} is neither an image folder nor one of {', '.join(SHAPES_SOURCES)}"
+        )
+    if not root.is_dir():
+        raise SourceError(f"SOURCE {text!r} is a file; give the folder that holds the images")
+    files = sorted(
+        (path for path in root.rglob("*") if _is_image(path, root)),
+        key=lambda path: path.relative_to(root).as_posix(),
+    )
+    if not files:
+        raise SourceError(
+            f"SOURCE {text!r} holds no images (files ending in {', '.join(IMAGE_SUFFIXES)})"
+        )
+    top = [path for path in files if path.parent == root]
+    nested = [path for path in files if path.parent != root]
+    if top and nested:
+        raise SourceError(
+            f"SOURCE {text!r} mixes images at its top level ({top[0].name}, ...) with class "
+            f"subfolders ({nested[0].relative_to(root).parts[0]}/, ...); put every image in a "
+            "class subfolder, or all of them at the top level"
+        )
+    classes: tuple[str, ...] | None = None
+    labels: list[int | None] = [None] * len(files)
+    if nested:
+        classes = tuple(sorted({path.relative_to(root).parts[0] for path in nested}))
+        labels = [classes.index(path.relative_to(root).parts[0]) for path in files]
+    refs = tuple(
+        ImageRef(i, path.relative_to(root).as_posix(), label)
+        for i, (path, label) in enumerate(zip(files, labels))
+    )
+    if images is not None:
+        refs = refs[:images]
+    return Source(text, "folder", refs, classes, root=root.resolve())
+
+
+def _shapes(text: str, images: int | None, seed: int) -> Source:
+    from ctc_plugin.datasets.splits import SPLITS
+
+    if images is None or images < 1:
+        raise SourceError(
+            f"SOURCE {text} needs the number of images: give --images N (N at least 1)"
+        )
+    if seed < 0:
+        raise SourceError(f"the shapes seed must be non-negative, got {seed}")
+    split = text.partition(":")[2] or "shapes"
+    from ctc_plugin.datasets.dataset import ShapesDataset
+
+    data = ShapesDataset(split, size=images, seed=seed)
+    refs = tuple(ImageRef(i, f"{split}-{i}", int(data.scene(i)[1])) for i in range(images))
+    return Source(text, "shapes", refs, tuple(SPLITS[split]), split=split, seed=seed)
+
+
+def _is_image(path: Path, root: Path) -> bool:
+    """An image file of the folder (hidden files and folders are skipped)."""
+    hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+    return not hidden and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()

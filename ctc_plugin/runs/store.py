@@ -1,0 +1,189 @@
+"""A run's output folder: its manifest and its finished shards, each written atomically.
+
+    DIR/manifest.json            the configuration, the source's image list and the plan
+    DIR/shards/shard-00000.npz   the shard's arrays (written first)
+    DIR/shards/shard-00000.parquet
+                                 its table: one row per image, method and target (written last)
+    DIR/mask-cache/              the segmenter's mask cache (SAM and superpixels)
+
+Every file is written under a temporary name in the same folder and then renamed with
+``os.replace``, so a file with its final name is always complete. A shard counts as finished
+when its Parquet file exists (its ``.npz`` is renamed into place before it); a run killed at any
+moment leaves whole shards, maybe a lone ``.npz`` of an unfinished one (rewritten when that shard
+runs again) and maybe ``.tmp-*`` files, which the next run removes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pyarrow as pa
+
+__all__ = ["RunConfigMismatchError", "RunStore", "write_atomic"]
+
+_FORMAT = 1
+MANIFEST = "manifest.json"
+
+
+class RunConfigMismatchError(ValueError):
+    """The output folder holds a run with another configuration or image list.
+
+    Attributes:
+        differences: ``(what, stored value, requested value)`` for everything that differs.
+    """
+
+    def __init__(self, root: Path, differences: list[tuple[str, Any, Any]]) -> None:
+        self.differences = differences
+        listed = "; ".join(
+            f"{key}: {_short(old)} there, {_short(new)} now" for key, old, new in differences
+        )
+        super().__init__(
+            f"{root} holds a run with a different configuration ({listed}); run the same "
+            "command again to resume it, or choose another --out"
+        )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
+    """Write ``path`` by calling ``write(handle)`` on a temporary file, then renaming it.
+
+    The temporary file lies in the same folder (``.tmp-<name>-*``), is flushed and synced
+    before ``os.replace``, and is removed if ``write`` fails.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class RunStore:
+    """The output folder of one run.
+
+    Args:
+        root: The folder (created when missing).
+
+    Raises:
+        ValueError: If ``root`` is a file.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser()
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"--out {self.root} is a file; give a folder for the run's results")
+        self.shards = self.root / "shards"
+
+    # ------------------------------------------------------------------ manifest
+    def open(self, manifest: dict[str, Any]) -> None:
+        """Start or resume: write ``manifest`` in a new folder, or check it against the stored one.
+
+        Leftover temporary files of a killed run are removed.
+
+        Raises:
+            RunConfigMismatchError: If the folder holds another run's manifest.
+            ValueError: If the folder holds files but no manifest (not a run folder).
+        """
+        path = self.root / MANIFEST
+        manifest = {"format": _FORMAT, **manifest}
+        if path.exists():
+            stored = json.loads(path.read_text())
+            differences = _differences(stored, manifest)
+            if differences:
+                raise RunConfigMismatchError(self.root, differences)
+        else:
+            if self.root.exists() and any(self.root.iterdir()):
+                raise ValueError(
+                    f"--out {self.root} is a folder with other files and no {MANIFEST}; give "
+                    "an empty or new folder for the run's results"
+                )
+            text = json.dumps(manifest, indent=1) + "\n"
+            write_atomic(path, lambda stream: stream.write(text.encode()))
+        self.shards.mkdir(parents=True, exist_ok=True)
+        for leftover in self.shards.glob(".tmp-*"):
+            leftover.unlink(missing_ok=True)
+
+    def manifest(self) -> dict[str, Any]:
+        """The stored manifest.
+
+        Raises:
+            FileNotFoundError: If the folder holds no run.
+        """
+        path = self.root / MANIFEST
+        if not path.exists():
+            raise FileNotFoundError(f"{self.root} holds no run ({MANIFEST} is missing)")
+        return json.loads(path.read_text())
+
+    # ------------------------------------------------------------------ shards
+    def table_path(self, name: str) -> Path:
+        """The Parquet file of shard ``name``."""
+        return self.shards / f"{name}.parquet"
+
+    def arrays_path(self, name: str) -> Path:
+        """The ``.npz`` file of shard ``name``."""
+        return self.shards / f"{name}.npz"
+
+    def is_finished(self, name: str) -> bool:
+        """Whether shard ``name`` is complete (its Parquet file, written last, exists)."""
+        return self.table_path(name).exists()
+
+    def write_shard(self, name: str, table: pa.Table, arrays: dict[str, np.ndarray]) -> None:
+        """Write one finished shard: the arrays first, the table last, each atomically."""
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        write_atomic(self.arrays_path(name), lambda stream: np.savez_compressed(stream, **arrays))
+        write_atomic(self.table_path(name), lambda stream: pq.write_table(table, stream))
+
+    def finished(self) -> list[str]:
+        """Names of the finished shards, sorted."""
+        if not self.shards.exists():
+            return []
+        return sorted(path.stem for path in self.shards.glob("shard-*.parquet"))
+
+    def read_table(self) -> pa.Table:
+        """Every finished shard's rows, in shard order, as one ``pyarrow.Table``."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tables = [pq.read_table(self.table_path(name)) for name in self.finished()]
+        if not tables:
+            raise FileNotFoundError(f"{self.root} holds no finished shard yet")
+        return pa.concat_tables(tables)
+
+    def read_arrays(self, name: str) -> dict[str, np.ndarray]:
+        """The arrays of shard ``name`` (read with ``allow_pickle=False``)."""
+        import numpy as np
+
+        with np.load(self.arrays_path(name), allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+
+
+def _differences(stored: dict[str, Any], requested: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """What differs between two manifests: config options one by one, other keys whole."""
+    differences = []
+    for key in sorted(set(stored) | set(requested)):
+        old, new = stored.get(key), requested.get(key)
+        if key == "config" and isinstance(old, dict) and isinstance(new, dict):
+            for option in sorted(set(old) | set(new)):
+                if old.get(option) != new.get(option):
+                    differences.append((option, old.get(option), new.get(option)))
+        elif old != new:
+            differences.append((key, old, new))
+    return differences
