@@ -470,7 +470,7 @@ def make_segmenter(args: argparse.Namespace):
     return SAMSegmenter(checkpoint=args.sam_checkpoint, model_type=args.sam_model_type)
 
 
-def _segments(segmenter, pixels: torch.Tensor) -> torch.Tensor:
+def segment_pixels(segmenter, pixels: torch.Tensor) -> torch.Tensor:
     """The ``(1, 1, H, W)`` segment ids of ``pixels``, relabelled ``0..K-1``."""
     import torch
 
@@ -479,7 +479,7 @@ def _segments(segmenter, pixels: torch.Tensor) -> torch.Tensor:
     return contiguous.reshape(mask.shape).to(torch.int64)
 
 
-def _check_input_channels(loaded: LoadedModel) -> None:
+def check_input_channels(loaded: LoadedModel) -> None:
     """Refuse a model whose first convolution does not take the 3 channels of an RGB image."""
     from torch import nn
 
@@ -523,7 +523,8 @@ def _logits(
         ) from error
 
 
-def _target(spec: str | None, loaded: LoadedModel, logits: torch.Tensor) -> int:
+def target_class(spec: str | None, loaded: LoadedModel, logits: torch.Tensor) -> int:
+    """The class ``--target`` names: ``None`` the predicted one, an index, or a class name."""
     if spec is None:
         return int(logits.argmax())
     if spec.lstrip("-").isdigit():
@@ -541,7 +542,7 @@ def _target(spec: str | None, loaded: LoadedModel, logits: torch.Tensor) -> int:
     return target
 
 
-def _load_explainer(loaded: LoadedModel, args: argparse.Namespace) -> nn.Module | None:
+def explainer_for(loaded: LoadedModel, args: argparse.Namespace) -> nn.Module | None:
     """The shipped Explainer of a zoo model when ``--method explainer`` asks for one."""
     if "explainer" not in args.methods:
         return None
@@ -570,12 +571,12 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     args.methods = list(dict.fromkeys(args.methods))  # each once, in the order given
     device = resolve_device(args.device)
     loaded = load_model(args.model, args.weights)
-    _check_input_channels(loaded)
+    check_input_channels(loaded)
     preprocessing = preprocessing_for(args, loaded)
     paths = list(args.images) or [_sample_path(getattr(args, "split", "shapes"), "image")]
     images = [_prepare(preprocessing, path) for path in paths]  # every file read first
     segmenter = make_segmenter(args)
-    explainer = _load_explainer(loaded, args)
+    explainer = explainer_for(loaded, args)
     model = preprocessing.wrap(loaded.network).to(device).eval()
     own_size = _own_size(loaded.preprocessing)
     explained: list[Explained] = []
@@ -584,8 +585,8 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
         logits = _logits(model, loaded, pixels, own_size == image.size)
         if loaded.classes is not None and len(loaded.classes) != logits.numel():
             loaded.classes = None  # weights with other classes than the metadata's
-        target = _target(args.target, loaded, logits)
-        mask = _segments(segmenter, image.pixels)
+        target = target_class(args.target, loaded, logits)
+        mask = segment_pixels(segmenter, image.pixels)
         item = Explained(path, image, logits, target, mask)
         if evidence_path is not None:
             item.evidence = _evidence(evidence_path, preprocessing)

@@ -121,8 +121,8 @@ class ShardRunner:
         self, config: RunConfig, source: Source, *, segment: bool = True, explain: bool = True
     ) -> None:
         from ctc_plugin.commands.explain import (
-            _check_input_channels,
-            _load_explainer,
+            check_input_channels,
+            explainer_for,
             load_model,
             make_segmenter,
             resolve_device,
@@ -133,12 +133,12 @@ class ShardRunner:
         self.device = resolve_device(config.device)
         weights = Path(config.weights) if config.weights else None
         self.loaded = load_model(config.model, weights)  # also for its preprocessing
-        _check_input_channels(self.loaded)
+        check_input_channels(self.loaded)
         options = _options(config)
         self.preprocessing = self.loaded.preprocessing
         self.segmenter = make_segmenter(options) if segment else None
         if explain:
-            self.explainer = _load_explainer(self.loaded, options)
+            self.explainer = explainer_for(self.loaded, options)
             self.model = self.preprocessing.wrap(self.loaded.network).to(self.device).eval()
 
     def segment(self, shard: Shard) -> dict[int, tuple[Any, float]]:
@@ -155,13 +155,13 @@ class ShardRunner:
 
     def segment_image(self, ref: ImageRef) -> tuple[Any, Any, float]:
         """Read one image and segment it: ``(prepared image, mask, seconds)``."""
-        from ctc_plugin.commands.explain import _segments
+        from ctc_plugin.commands.explain import segment_pixels
 
         image = self.read(ref)
         if self.segmenter is None:
             raise RuntimeError("this ShardRunner was made with segment=False")
         start = time.perf_counter()
-        mask = _segments(self.segmenter, image.pixels)
+        mask = segment_pixels(self.segmenter, image.pixels)
         return image, mask, time.perf_counter() - start
 
     def read(self, ref: ImageRef) -> Any:
@@ -289,7 +289,7 @@ class ShardRunner:
         ``cat/`` is the model's class ``"cat"``), else the source's label index.
         """
         from ctc_plugin.commands import CLIError
-        from ctc_plugin.commands.explain import _target
+        from ctc_plugin.commands.explain import target_class
 
         if spec == "predicted":
             return int(logits.argmax())
@@ -315,7 +315,7 @@ class ShardRunner:
                     f"{logits.numel()} classes"
                 )
             return ref.label
-        return _target(spec, self.loaded, logits)
+        return target_class(spec, self.loaded, logits)
 
 
 def _options(config: RunConfig) -> Namespace:
