@@ -37,7 +37,8 @@ def grid_mask(size: int, features: int) -> torch.Tensor:
 
 
 def variants(mode: str, batch: int) -> dict[str, Speedups]:
-    """The spec, the default and the default without each speed-up that acts in this setting."""
+    """The spec, the default, the default without each speed-up that acts in this setting and
+    with sparse copies (off by default)."""
     runs = {"spec": SPEC, "default": DEFAULT}
     without = {"fused sharing": {"fused_sharing": False}}
     if mode == "reference":
@@ -49,6 +50,8 @@ def variants(mode: str, batch: int) -> dict[str, Speedups]:
         without["copies per pass"] = {"copies_per_pass": None}
     for name, change in without.items():
         runs[f"without {name}"] = dataclasses.replace(DEFAULT, **change)
+    if mode != "none":  # "none" runs the gradient shortcut, whose one copy is dense
+        runs["with sparse copies"] = dataclasses.replace(DEFAULT, sparse_copies=True)
     return runs
 
 
