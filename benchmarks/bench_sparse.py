@@ -44,7 +44,14 @@ def slic_mask(image: torch.Tensor, features: int) -> torch.Tensor:
     """About ``features`` SLIC superpixels of the image, numbered from 0."""
     from skimage.segmentation import slic
 
-    labels = slic(image[0].permute(1, 2, 0).numpy(), n_segments=features, start_label=0)
+    # the image is uniform noise: SLIC needs it smoothed (sigma) to find segments at all
+    labels = slic(
+        image[0].permute(1, 2, 0).numpy(),
+        n_segments=features,
+        compactness=20,
+        sigma=2,
+        start_label=0,
+    )
     return torch.from_numpy(labels).long().view(1, 1, *labels.shape)
 
 

@@ -5,8 +5,9 @@ feature_mask and perturbations_per_eval (K) for every method, one thread on the 
 against K (16, 64, 256) at 224x224; right: time against the image size (112, 224, 448) at
 K = 64. CTC ``"none"`` (gradient shortcut), ``"proportional"`` and ``"reference"``, dense and
 with sparse copies, against Captum's FeatureAblation; each point is the median of ``REPEATS``
-interleaved calls. The grid is kept this small (and the model ResNet-18) so that the script
-runs in under 15 minutes on a 2-core machine.
+interleaved calls (one, after a warm-up). The grid is kept this small (three values of K, three
+sizes, ResNet-18 rather than ResNet-50) so that the script runs in under 15 minutes on a
+shared 2-core machine.
 
 Run: ``nice python docs/scripts/make_ctc_time_figure.py``.
 """
@@ -33,7 +34,7 @@ from ctc_plugin.ctc.speedups import DEFAULT  # noqa: E402
 OUT = Path(__file__).resolve().parents[1] / "img" / "ctc-time-vs-k.png"
 FEATURES = (16, 64, 256)
 SIZES = (112, 224, 448)
-REPEATS = 2
+REPEATS = 1
 
 
 def grid_mask(size: int, features: int) -> torch.Tensor:
