@@ -82,7 +82,7 @@ class Speedups:
     fused_sharing: bool = True
     block_elements: int | None = 1 << 20
     packed_boxes: float = 0.5
-    sparse_copies: bool = False
+    sparse_copies: bool = True
     sparse_dense_above: float = 0.6
 
     def sharing(self, mode: str) -> BiasSharing:
@@ -119,7 +119,9 @@ class Speedups:
 
 
 #: The readable specification: no speed-up at all.
-SPEC = Speedups(gradient_shortcut=False, copies_per_pass=None, fused_sharing=False)
+SPEC = Speedups(
+    gradient_shortcut=False, copies_per_pass=None, fused_sharing=False, sparse_copies=False
+)
 
 #: What [`CTC`][ctc_plugin.CTC] uses.
 DEFAULT = Speedups()
