@@ -60,13 +60,14 @@ class SparseGatedPass(GatedPass):
 
     Attributes:
         dense_above: Compute a convolution dense when the copies' boxes, padded to their
-            groups' sizes, cover more than this fraction of its output.
+            groups' sizes, cover more than this fraction of its output; 1 or more computes
+            every convolution sparse (as the tests do).
         size_steps: Box sizes are rounded up to multiples of ``1 / size_steps`` of the map, so
             copies of about the same size share one batched convolution.
-        pointwise_dense_above: ``dense_above`` for 1x1 convolutions, whose few operations per
-            value pay for the crops and the scatter only at smaller boxes (measured on
-            ResNet-50's layers: sparse 1x1 convolutions broke even at boxes of about a third
-            of the map, 3x3 ones at about a half).
+        pointwise_dense_above: ``dense_above`` for 1x1 convolutions (when lower), whose few
+            operations per value pay for the crops and the scatter only at smaller boxes
+            (measured on ResNet-50's layers: sparse 1x1 convolutions broke even at boxes of
+            about a third of the map, 3x3 ones at about a half).
         scratch: Memory for the crops, reused by every convolution of the pass.
     """
 
@@ -81,11 +82,10 @@ class SparseGatedPass(GatedPass):
         if call is None or call.x.shape[0] != self.layout.batch or self.copy_axis(call.x):
             return super().linear(func, args, kwargs)
         with torch.no_grad():
-            pointwise = call.kernel == (1, 1)
-            dense_above = self.pointwise_dense_above if pointwise else self.dense_above
-            out = sparse_conv2d(
-                call, min(dense_above, self.dense_above), self.size_steps, self.scratch
-            )
+            dense_above = self.dense_above
+            if call.kernel == (1, 1) and dense_above < 1:  # 1 and more: always sparse (tests)
+                dense_above = min(dense_above, self.pointwise_dense_above)
+            out = sparse_conv2d(call, dense_above, self.size_steps, self.scratch)
         return self.tag(out)
 
 
