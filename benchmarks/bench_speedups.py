@@ -49,6 +49,8 @@ def variants(mode: str, batch: int) -> dict[str, Speedups]:
         without["copies per pass"] = {"copies_per_pass": None}
     for name, change in without.items():
         runs[f"without {name}"] = dataclasses.replace(DEFAULT, **change)
+    if mode != "none":  # "none" runs the gradient shortcut, whose one copy is dense
+        runs["without sparse copies"] = dataclasses.replace(DEFAULT, sparse_copies=False)
     return runs
 
 

@@ -14,7 +14,10 @@ is chosen by one private option object, [`Speedups`][ctc_plugin.ctc.speedups.Spe
   ([`Workspace`][ctc_plugin.ctc.speedups.Workspace]), the ``"reference"`` formula in cache-sized
   blocks (``block_elements``);
 - ``packed_boxes`` (``"reference"`` with ``fused_sharing``): the formula computed only on the
-  boxes around each copy's nonzero values, packed into one block.
+  boxes around each copy's nonzero values, packed into one block;
+- ``sparse_copies``: on a CPU, each 2-d convolution computed only inside the box where each copy
+  can be nonzero ([`SparseGatedPass`][ctc_plugin.ctc.sparse.SparseGatedPass]), dense where the
+  boxes cover more than ``sparse_dense_above`` of the map.
 
 Each is tested equal to the spec (``SPEC``); ``benchmarks/bench_speedups.py`` measures what each
 one gains. Tests and benchmarks select them with ``ctc._speedups = Speedups(...)``.
@@ -47,6 +50,7 @@ from ctc_plugin.ctc.sharing import (
     statistic_dims,
     statistics_dtype,
 )
+from ctc_plugin.ctc.sparse import SparseGatedPass
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,10 @@ class Speedups:
         packed_boxes: With ``fused_sharing`` in ``"reference"`` mode on a CPU, compute the
             formula only on the boxes around the copies' nonzero values where, packed at the
             largest box's size, they take at most this fraction of a layer; 0 turns it off.
+        sparse_copies: On a CPU, compute each 2-d convolution only inside each copy's box
+            ([`SparseGatedPass`][ctc_plugin.ctc.sparse.SparseGatedPass]).
+        sparse_dense_above: With ``sparse_copies``, a convolution is computed dense where the
+            boxes (at their groups' sizes) cover more than this fraction of its output.
     """
 
     gradient_shortcut: bool = True
@@ -74,6 +82,8 @@ class Speedups:
     fused_sharing: bool = True
     block_elements: int | None = 1 << 20
     packed_boxes: float = 0.5
+    sparse_copies: bool = True
+    sparse_dense_above: float = 0.6
 
     def sharing(self, mode: str) -> BiasSharing:
         """The bias sharing of a mode: the spec's, or the fused one (raises for unknown modes)."""
@@ -95,12 +105,23 @@ class Speedups:
     def gated_pass(
         self, layout: CopyLayout, sharing: BiasSharing, gradient: bool = False
     ) -> GatedPass:
-        """The pass object whose rules the interception applies (the spec's `GatedPass`)."""
+        """The pass object whose rules the interception applies.
+
+        The spec's `GatedPass`, or with ``sparse_copies`` a
+        [`SparseGatedPass`][ctc_plugin.ctc.sparse.SparseGatedPass] (not for the gradient path,
+        whose single copy is dense).
+        """
+        if self.sparse_copies and not gradient:
+            return SparseGatedPass(
+                layout=layout, sharing=sharing, dense_above=self.sparse_dense_above
+            )
         return GatedPass(layout=layout, sharing=sharing, gradient=gradient)
 
 
 #: The readable specification: no speed-up at all.
-SPEC = Speedups(gradient_shortcut=False, copies_per_pass=None, fused_sharing=False)
+SPEC = Speedups(
+    gradient_shortcut=False, copies_per_pass=None, fused_sharing=False, sparse_copies=False
+)
 
 #: What [`CTC`][ctc_plugin.CTC] uses.
 DEFAULT = Speedups()

@@ -10,6 +10,8 @@ models and the zoo's six families.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torchvision
@@ -30,6 +32,9 @@ from .test_transformers import transformer_cases
 MODES = ["reference", "proportional", "none"]
 FAMILIES = {"cnn": cases, "modern": modern_cases, "transformer": transformer_cases}
 
+#: The default with sparse copies, computed sparse however large the boxes.
+SPARSE = replace(DEFAULT, sparse_copies=True, sparse_dense_above=1.0)
+
 #: Each speed-up alone (on top of the spec), and all of them.
 VARIANTS = {
     "gradient shortcut": Speedups(
@@ -47,7 +52,15 @@ VARIANTS = {
     "fused sharing, packed boxes": Speedups(
         gradient_shortcut=False, copies_per_pass=None, packed_boxes=1.0
     ),
+    "sparse copies": Speedups(
+        gradient_shortcut=False,
+        copies_per_pass=None,
+        fused_sharing=False,
+        sparse_copies=True,
+        sparse_dense_above=1.0,
+    ),
     "default": DEFAULT,
+    "default with sparse copies": SPARSE,
 }
 
 
@@ -160,25 +173,27 @@ FLOAT32_MODES = ["proportional", "none"]
 TORCHVISION = [torchvision.models.resnet18, torchvision.models.mobilenet_v3_small]
 
 
+@pytest.mark.parametrize("speedups", [DEFAULT, SPARSE], ids=["default", "sparse"])
 @pytest.mark.parametrize("mode", FLOAT32_MODES)
 @pytest.mark.parametrize("build", TORCHVISION)
-def test_torchvision_models_in_float32(build, mode):
+def test_torchvision_models_in_float32(build, mode, speedups):
     """ResNet (BatchNorm, max pooling, residuals) and MobileNetV3 (squeeze-excitation,
     hardswish): float32 scores within 1e-5 of the largest, compact and scattered features."""
     torch.manual_seed(0)
     model = build(num_classes=10).eval()
     x = torch.rand(2, 3, 48, 48)
     for mask in (_quadrants(48), random_partition(48, 48, 6, seed=1)):
-        assert_same_as_spec(model, x, mask, 3, mode, DEFAULT)
+        assert_same_as_spec(model, x, mask, 3, mode, speedups)
 
 
+@pytest.mark.parametrize("speedups", [DEFAULT, SPARSE], ids=["default", "sparse"])
 @pytest.mark.parametrize("build", TORCHVISION)
-def test_torchvision_models_in_float64_reference(build):
+def test_torchvision_models_in_float64_reference(build, speedups):
     torch.manual_seed(0)
     model = build(num_classes=10).eval().double()
     x = torch.rand(1, 3, 48, 48, dtype=torch.float64)
     for mask in (_quadrants(48), random_partition(48, 48, 6, seed=1)):
-        assert_same_as_spec(model, x, mask, 3, "reference", DEFAULT)
+        assert_same_as_spec(model, x, mask, 3, "reference", speedups)
 
 
 class _ReadsItsConvolutionTwice(nn.Module):
@@ -230,10 +245,11 @@ def test_speedups_are_private_and_select_the_sharing():
         SPEC.sharing("equal")
 
 
+@pytest.mark.parametrize("speedups", [DEFAULT, SPARSE], ids=["default", "sparse"])
 @pytest.mark.parametrize(
     "family", ["vgg", "resnet", "densenet", "inception", "efficientnet", "vit"]
 )
-def test_the_zoo_families(family):
+def test_the_zoo_families(family, speedups):
     """The shipped zoo models (VGG, ResNet, DenseNet, Inception, EfficientNet, ViT) at their
     96x96 training size: every mode in float64, and in float32 within 1e-5 of the largest score
     where float32 has one answer (see `FLOAT32_MODES`)."""
@@ -242,7 +258,7 @@ def test_the_zoo_families(family):
     model = load(family)
     x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     for mode in FLOAT32_MODES:
-        assert_same_as_spec(model, x, _quadrants(96), 0, mode, DEFAULT)
+        assert_same_as_spec(model, x, _quadrants(96), 0, mode, speedups)
     model, x = model.double(), x.double()
     for mode in MODES:
-        assert_same_as_spec(model, x, random_partition(96, 96, 6, seed=2), 1, mode, DEFAULT)
+        assert_same_as_spec(model, x, random_partition(96, 96, 6, seed=2), 1, mode, speedups)

@@ -1,0 +1,154 @@
+"""Sparse copies (``Speedups.sparse_copies``) against dense CTC and Captum FeatureAblation.
+
+A torchvision model (random weights, eval mode) on one 224x224 image on the CPU, K features (a
+grid, or SLIC superpixels with ``--mask slic``), the same feature_mask and
+perturbations_per_eval (K) for every method. Each repeat runs every method once, interleaved;
+the table prints each method's median time and the median of each repeat's own ratio to
+FeatureAblation (paired, which a slow spell of a shared machine moves less). ``--memory`` also
+runs each method once in a fresh subprocess and prints its peak resident memory above the process's
+before the call (Linux ``VmHWM``, reset first).
+
+Run: ``nice python benchmarks/bench_sparse.py --model resnet50 --features 64 --mask grid
+[--repeats 3] [--threads 1] [--memory]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torchvision
+from captum.attr import FeatureAblation
+
+from ctc_plugin import CTC
+from ctc_plugin.ctc.speedups import DEFAULT
+
+MODES = ("proportional", "reference")
+
+
+def grid_mask(size: int, features: int) -> torch.Tensor:
+    """A square grid of ``features`` cells (a square number)."""
+    side = int(round(features**0.5))
+    if side * side != features:
+        raise SystemExit("--features must be a square number for the grid")
+    rows = torch.arange(size) * side // size
+    return (rows.view(-1, 1) * side + rows.view(1, -1)).view(1, 1, size, size)
+
+
+def slic_mask(image: torch.Tensor, features: int) -> torch.Tensor:
+    """About ``features`` SLIC superpixels of the image, numbered from 0."""
+    from skimage.segmentation import slic
+
+    # the image is uniform noise: SLIC needs it smoothed (sigma) to find segments at all
+    labels = slic(
+        image[0].permute(1, 2, 0).numpy(),
+        n_segments=features,
+        compactness=20,
+        sigma=2,
+        start_label=0,
+    )
+    return torch.from_numpy(labels).long().view(1, 1, *labels.shape)
+
+
+def methods(model, x, mask, target, k) -> dict:
+    """name -> a call of that method."""
+    ablation = FeatureAblation(model)
+
+    def feature_ablation():
+        with torch.no_grad():
+            ablation.attribute(x, target=target, feature_mask=mask, perturbations_per_eval=k)
+
+    runs = {"captum FeatureAblation": feature_ablation}
+    for mode in MODES:
+        for sparse in (False, True):
+            ctc = CTC(model, bias_sharing=mode)
+            ctc._speedups = dataclasses.replace(DEFAULT, sparse_copies=sparse)
+            runs[f"CTC {mode}{', sparse' if sparse else ''}"] = lambda ctc=ctc: ctc.attribute(
+                x, target=target, feature_mask=mask, perturbations_per_eval=k
+            )
+    return runs
+
+
+def setup(args):
+    """(model, x, mask, target, K) of the arguments, the same in every process."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(args.model, weights=None).eval()
+    x = torch.rand(1, 3, args.size, args.size)
+    if args.mask == "grid":
+        mask = grid_mask(args.size, args.features)
+    else:
+        mask = slic_mask(x, args.features)
+    k = int(mask.max()) + 1
+    target = int(model(x).argmax())
+    return model, x, mask, target, k
+
+
+def _status_kib(field: str) -> int:
+    """A memory field of /proc/self/status, in KiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--mask", choices=("grid", "slic"), default="grid")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--memory", action="store_true", help="peak RSS per method")
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # one method, for --memory
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, x, mask, target, k = setup(args)
+    runs = methods(model, x, mask, target, k)
+    if args.only is not None:  # the call's peak resident memory above the process's, in KiB
+        with open("/proc/self/clear_refs", "w") as clear:  # resets the peak (VmHWM) to now
+            clear.write("5")
+        before = _status_kib("VmRSS")
+        runs[args.only]()
+        print(_status_kib("VmHWM") - before)
+        return
+    for run in runs.values():  # warm-up
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    fa = times["captum FeatureAblation"]
+    print(
+        f"{args.model} {args.size}x{args.size}, {args.mask} mask, K = {k}, "
+        f"{args.threads} thread(s), {args.repeats} repeats"
+    )
+    print(f"{'method':30s} {'median s':>9s} {'/ FeatureAblation (paired)':>27s}", end="")
+    print(f" {'peak MiB':>13s}" if args.memory else "")
+    for name, t in times.items():
+        ratio = statistics.median(a / b for a, b in zip(t, fa))
+        line = f"{name:30s} {statistics.median(t):9.3f} {ratio:27.3f}"
+        if args.memory:
+            line += f" {peak_rss(args, name):13.0f}"
+        print(line)
+
+
+def peak_rss(args, name: str) -> float:
+    """Peak resident memory (MiB) of ``name`` run once in a fresh process, above its RSS before."""
+    command = [sys.executable, __file__, "--only", name]
+    for option in ("model", "size", "features", "mask", "threads"):
+        command += [f"--{option}", str(getattr(args, option))]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return int(result.stdout.split()[-1]) / 1024
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Sparse copies (``Speedups.sparse_copies``) give the dense pass's results.
+
+The convolution itself against ``F.conv2d`` on copies with random boxes (kernel, stride,
+padding, dilation, groups drawn by hypothesis); whole passes of random CNNs (poolings,
+BatchNorm, residual adds) against the spec in float64 to 1e-10 of the largest score, with grid
+masks and SAM-like masks (one large background segment, nested sizes). Torchvision models and
+the zoo families are in ``test_speedups.py`` (``SPARSE``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from ctc_plugin.ctc.sparse import ConvCall, sparse_conv2d
+from ctc_plugin.ctc.speedups import DEFAULT, SPEC, Speedups
+
+from .test_speedups import MODES, assert_same_as_spec
+
+
+@st.composite
+def convolutions(draw: st.DrawFn):
+    """A ``ConvCall`` on copies that are zero outside a random box (some empty, some full)."""
+    groups = draw(st.sampled_from([1, 2]))
+    channels = groups * draw(st.integers(1, 3))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    height, width = draw(st.integers(8, 16)), draw(st.integers(8, 16))
+    copies = draw(st.integers(1, 6))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 10_000)))
+    x = torch.randn(copies, channels, height, width, generator=generator, dtype=torch.float64)
+    for copy in range(copies):
+        kind = draw(st.sampled_from(["box", "box", "empty", "full", "scattered"]))
+        if kind == "empty":
+            x[copy] = 0
+        elif kind == "box":
+            r0, c0 = draw(st.integers(0, height - 1)), draw(st.integers(0, width - 1))
+            r1, c1 = draw(st.integers(r0 + 1, height)), draw(st.integers(c0 + 1, width))
+            keep = torch.zeros(height, width, dtype=torch.bool)
+            keep[r0:r1, c0:c1] = True
+            x[copy] *= keep
+        elif kind == "scattered":
+            x[copy] *= torch.rand(height, width, generator=generator) > 0.9
+    out_channels = groups * draw(st.integers(1, 3))
+    weight = torch.randn(
+        out_channels, channels // groups, *kernel, generator=generator, dtype=torch.float64
+    )
+    reach = [dilation[a] * (kernel[a] - 1) + 1 for a in range(2)]
+    if height + 2 * padding[0] < reach[0] or width + 2 * padding[1] < reach[1]:
+        padding = (reach[0], reach[1])
+    return ConvCall(x, weight, stride, padding, dilation, groups)
+
+
+@settings(max_examples=150, deadline=None)
+@given(convolutions(), st.sampled_from([1, 2, 8]))
+def test_the_sparse_convolution_is_the_dense_one(call, size_steps):
+    expected = call.dense()
+    actual = sparse_conv2d(call, dense_above=1.0, size_steps=size_steps)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+class _RandomCNN(nn.Module):
+    """Convolutions of drawn kernel, stride, padding and dilation, poolings, BatchNorm, a
+    residual add and a biased head."""
+
+    def __init__(self, layers: list[tuple[int, int, int, int]], pool: str) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv2d(4 if i else 3, 4, k, stride=s, padding=p, dilation=d)
+            for i, (k, s, p, d) in enumerate(layers)
+        )
+        self.norms = nn.ModuleList(nn.BatchNorm2d(4) for _ in layers)
+        for norm in self.norms:
+            with torch.no_grad():
+                norm.running_mean.uniform_(-0.5, 0.5)
+                norm.running_var.uniform_(0.5, 2.0)
+                norm.bias.uniform_(-0.5, 0.5)
+        self.pool = {"max": nn.MaxPool2d(2, 2), "avg": nn.AvgPool2d(3, 1, 1), "none": None}[pool]
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            y = torch.relu(norm(conv(x)))
+            x = x + y if i and y.shape == x.shape else y  # residual add where shapes allow
+            if i == 0 and self.pool is not None:
+                x = self.pool(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@st.composite
+def random_cnns(draw: st.DrawFn):
+    """(model, x, mask): a float64 `_RandomCNN` on a 24x24 image and a grid or SAM-like mask."""
+    layers = [
+        (
+            draw(st.integers(1, 5)),
+            draw(st.integers(1, 2)),
+            draw(st.integers(0, 2)),
+            draw(st.integers(1, 2)),
+        )
+        for _ in range(draw(st.integers(1, 4)))
+    ]
+    torch.manual_seed(draw(st.integers(0, 1000)))
+    model = _RandomCNN(layers, draw(st.sampled_from(["max", "avg", "none"]))).eval().double()
+    x = torch.rand(1, 3, 24, 24, dtype=torch.float64)
+    mask = sam_like_mask(24, draw(st.integers(0, 100))) if draw(st.booleans()) else grid(24, 4)
+    return model, x, mask
+
+
+def grid(size: int, cells: int) -> torch.Tensor:
+    """A cells x cells grid of square features."""
+    index = torch.arange(size) * cells // size
+    return (index.view(-1, 1) * cells + index.view(1, -1)).view(1, 1, size, size)
+
+
+def sam_like_mask(size: int, seed: int) -> torch.Tensor:
+    """One large background segment, and objects of nested sizes (a part inside an object)."""
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(size, size, dtype=torch.long)
+    label = 1
+    for extent in (size // 2, size // 3, size // 5, size // 8 + 1):
+        r, c = torch.randint(0, size - extent + 1, (2,), generator=generator).tolist()
+        rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        blob = ((rows - r - extent / 2) ** 2 + (cols - c - extent / 2) ** 2) < (extent / 2) ** 2
+        mask[blob] = label
+        inner = blob & (rows < r + extent // 2)  # a nested part of the object
+        if int(inner.sum()):
+            mask[inner] = label + 1
+        label += 2
+    return mask.view(1, 1, size, size)
+
+
+#: Sparse copies everywhere, on the spec's rules and sharing otherwise.
+SPARSE_ONLY = Speedups(
+    gradient_shortcut=False,
+    copies_per_pass=None,
+    fused_sharing=False,
+    sparse_copies=True,
+    sparse_dense_above=1.0,
+)
+
+
+@settings(max_examples=12, deadline=None)
+@given(random_cnns(), st.sampled_from(MODES))
+def test_random_cnns_give_the_dense_results(case, mode):
+    model, x, mask = case
+    for speedups in (SPARSE_ONLY, replace(DEFAULT, sparse_copies=True)):
+        assert_same_as_spec(model, x, mask, 1, mode, speedups)
+
+
+def test_sparse_copies_are_off_in_the_spec_and_select_the_pass():
+    from ctc_plugin.ctc.layout import CopyLayout
+    from ctc_plugin.ctc.sharing import make_sharing
+    from ctc_plugin.ctc.sparse import SparseGatedPass
+
+    layout = CopyLayout(1, 2, reference_full=False, baseline=False)
+    sharing = make_sharing("proportional")
+    assert not SPEC.sparse_copies
+    assert type(SPEC.gated_pass(layout, sharing)).__name__ == "GatedPass"
+    sparse = replace(SPEC, sparse_copies=True)
+    assert isinstance(sparse.gated_pass(layout, sharing), SparseGatedPass)
+    # the gradient path carries one dense copy: never sparse
+    assert not isinstance(sparse.gated_pass(layout, sharing, gradient=True), SparseGatedPass)
+
+
+def test_unusual_arguments_are_computed_dense():
+    """``padding="same"`` and a convolution with a bias go through the spec's linear rule."""
+    from ctc_plugin.ctc.sparse import _conv_call
+
+    x, w = torch.rand(2, 3, 8, 8), torch.rand(4, 3, 3, 3)
+    assert _conv_call(F.conv2d, (x, w), {"padding": "same"}) is None
+    assert _conv_call(F.conv2d, (x, w, torch.rand(4)), {}) is None
+    assert _conv_call(F.conv2d, (x, w), {"stride": (2, 1)}) is not None
