@@ -118,33 +118,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
-    from ctc_plugin.zoo.settings import FAMILIES
-
     methods = "; ".join(f"{name}: {text}" for name, text in METHODS.items())
     parser.add_argument(
         "--method",
         dest="methods",
         nargs="+",
-        type=_method,
+        type=method_name,
         default=["ctc"],
         metavar="METHOD",
         help=f"one or more methods, drawn side by side (default: ctc). {methods}",
     )
-    parser.add_argument(
-        "--model",
-        default="resnet",
-        help=f"a zoo family ({', '.join(FAMILIES)}; add -composite for the composite "
-        "weights, e.g. resnet-composite), a torchvision architecture (e.g. resnet50, needs "
-        "--weights; its ImageNet preprocessing and class names come from torchvision's "
-        "weight metadata, nothing is downloaded) or module:callable returning an nn.Module "
-        "taking pixels in [0, 1] (default: resnet)",
-    )
-    parser.add_argument(
-        "--weights",
-        type=input_file,
-        default=None,
-        help="state-dict file (torch.save) to load into the model",
-    )
+    add_model_options(parser)
     parser.add_argument(
         "--resize",
         type=positive_int,
@@ -182,6 +166,52 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
         default=None,
         help="class index or name to explain (default: each image's predicted class)",
     )
+    add_segmenter_options(parser)
+    add_method_options(parser)
+    parser.add_argument(
+        "--top",
+        type=positive_int,
+        default=10,
+        help="segments listed per method, and numbered in the figure up to 5 (10)",
+    )
+    parser.add_argument(
+        "--out", type=output_file, default=default_out, help=f"figure (PNG; {default_out})"
+    )
+    parser.add_argument(
+        "--save",
+        type=_npz_file,
+        default=None,
+        metavar="FILE.npz",
+        help="also write the scores, the segments and the attribution of every method and "
+        "image (.npz) and the rankings as JSON beside it (FILE.json)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+# ------------------------------------------------------- options shared with explain-dataset
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--weights``, as ``explain`` and ``explain-dataset`` take them."""
+    from ctc_plugin.zoo.settings import FAMILIES
+
+    parser.add_argument(
+        "--model",
+        default="resnet",
+        help=f"a zoo family ({', '.join(FAMILIES)}; add -composite for the composite "
+        "weights, e.g. resnet-composite), a torchvision architecture (e.g. resnet50, needs "
+        "--weights; its ImageNet preprocessing and class names come from torchvision's "
+        "weight metadata, nothing is downloaded) or module:callable returning an nn.Module "
+        "taking pixels in [0, 1] (default: resnet)",
+    )
+    parser.add_argument(
+        "--weights",
+        type=input_file,
+        default=None,
+        help="state-dict file (torch.save) to load into the model",
+    )
+
+
+def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
+    """``--segmenter``, ``--segments`` and the SAM checkpoint options."""
     parser.add_argument(
         "--segmenter",
         choices=SEGMENTERS,
@@ -205,6 +235,10 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
         default="vit_b",
         help="architecture of the SAM checkpoint: vit_b, vit_l, vit_h",
     )
+
+
+def add_method_options(parser: argparse.ArgumentParser) -> None:
+    """The methods' settings (bias sharing, Lime samples, copies per pass) and ``--device``."""
     parser.add_argument(
         "--bias-sharing",
         choices=BIAS_SHARING_MODES,
@@ -223,33 +257,15 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     )
     parser.add_argument(
         "--device",
-        type=_device,
+        type=device_name,
         default="cpu",
         help="where the model runs: cpu, cuda, cuda:1, mps, ... (default: cpu); segmentation "
         "runs on the CPU",
     )
-    parser.add_argument(
-        "--top",
-        type=positive_int,
-        default=10,
-        help="segments listed per method, and numbered in the figure up to 5 (10)",
-    )
-    parser.add_argument(
-        "--out", type=output_file, default=default_out, help=f"figure (PNG; {default_out})"
-    )
-    parser.add_argument(
-        "--save",
-        type=_npz_file,
-        default=None,
-        metavar="FILE.npz",
-        help="also write the scores, the segments and the attribution of every method and "
-        "image (.npz) and the rankings as JSON beside it (FILE.json)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 # ---------------------------------------------------------------------- option types
-def _method(text: str) -> str:
+def method_name(text: str) -> str:
     """``--method``: a name of `METHODS` (an image path there gets a hint)."""
     if text in METHODS:
         return text
@@ -261,7 +277,7 @@ def _method(text: str) -> str:
     )
 
 
-_method.__name__ = "method"
+method_name.__name__ = "method"
 
 
 def _crop(text: str) -> int | str:
@@ -274,7 +290,7 @@ def _crop(text: str) -> int | str:
 _crop.__name__ = "crop"
 
 
-def _device(text: str) -> str:
+def device_name(text: str) -> str:
     """``--device``: a torch device name (checked against the hardware when the command runs)."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*(:\d+)?", text):
         raise argparse.ArgumentTypeError(
@@ -283,7 +299,7 @@ def _device(text: str) -> str:
     return text
 
 
-_device.__name__ = "device"
+device_name.__name__ = "device"
 
 
 def _npz_file(text: str) -> Path:

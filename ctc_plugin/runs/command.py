@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-from ctc_plugin.commands.arguments import input_file, positive_int
+from ctc_plugin.commands.arguments import positive_int
+from ctc_plugin.commands.explain import (
+    add_method_options,
+    add_model_options,
+    add_segmenter_options,
+    method_name,
+)
 from ctc_plugin.commands.methods import METHODS
-from ctc_plugin.ctc.modes import BIAS_SHARING_MODES, DEFAULT_BIAS_SHARING
-
-SEGMENTERS = ("superpixel", "grid", "sam")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--methods",
         nargs="+",
         required=True,
-        type=_method,
+        type=method_name,
         metavar="METHOD",
         help="one or more of: " + ", ".join(METHODS),
     )
@@ -48,15 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="how many shapes images; for a folder, at most this many (default: all)",
     )
-    parser.add_argument(
-        "--model",
-        default="resnet",
-        help="a zoo family (resnet, vgg-composite, ...), a torchvision architecture with "
-        "--weights, or module:callable (default: resnet)",
-    )
-    parser.add_argument(
-        "--weights", type=input_file, default=None, help="state-dict file for the model"
-    )
+    add_model_options(parser)
     parser.add_argument(
         "--targets",
         nargs="+",
@@ -65,15 +60,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="what to explain per image: predicted, label (the class subfolder or the shapes "
         "label), a class index or a class name (default: predicted)",
     )
-    parser.add_argument("--segmenter", choices=SEGMENTERS, default="superpixel")
-    parser.add_argument("--segments", type=positive_int, default=25, help="about how many (25)")
-    parser.add_argument(
-        "--sam-checkpoint", type=input_file, default=None, help="SAM checkpoint, for sam"
-    )
-    parser.add_argument("--sam-model-type", default="vit_b", help="vit_b, vit_l or vit_h")
-    parser.add_argument("--bias-sharing", choices=BIAS_SHARING_MODES, default=DEFAULT_BIAS_SHARING)
-    parser.add_argument("--lime-samples", type=positive_int, default=100)
-    parser.add_argument("--perturbations-per-eval", type=positive_int, default=16)
+    add_segmenter_options(parser)
+    add_method_options(parser)
     parser.add_argument(
         "--shard-size",
         type=positive_int,
@@ -92,7 +80,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="torch CPU threads per shard; results repeat bit for bit on the same count (1)",
     )
-    parser.add_argument("--device", default="cpu", help="where the model runs (cpu)")
     parser.add_argument(
         "--ray",
         nargs="?",
@@ -111,17 +98,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
-
-
-def _method(text: str) -> str:
-    if text not in METHODS:
-        raise argparse.ArgumentTypeError(
-            f"invalid choice: {text!r} (choose from {', '.join(METHODS)})"
-        )
-    return text
-
-
-_method.__name__ = "method"
 
 
 def run(args: argparse.Namespace) -> int:
