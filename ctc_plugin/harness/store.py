@@ -31,25 +31,12 @@ from urllib.parse import quote
 
 import numpy as np
 
+from ctc_plugin.resumable import ConfigMismatchError, write_atomic
+
 __all__ = ["ConfigMismatchError", "Piece", "ModelInfo", "RunStore", "run_order"]
 
+
 _FORMAT = 1
-
-
-class ConfigMismatchError(ValueError):
-    """The output folder holds a run with another configuration.
-
-    Attributes:
-        differences: ``(option, stored value, requested value)`` for every option that differs.
-    """
-
-    def __init__(self, root: Path, differences: list[tuple[str, Any, Any]]) -> None:
-        self.differences = differences
-        listed = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, old, new in differences)
-        super().__init__(
-            f"{root} holds a benchmark run with a different configuration ({listed}); "
-            "re-run with the same options to resume it, or use a fresh --out"
-        )
 
 
 @dataclass
@@ -119,9 +106,8 @@ def _name(text: str) -> str:
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
     """Write JSON atomically (a reader in another process never sees half a file)."""
-    temporary = path.with_name(f".tmp-{path.name}")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    temporary.replace(path)
+    text = (json.dumps(value, indent=2) + "\n").encode()
+    write_atomic(path, lambda stream: stream.write(text))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -170,7 +156,7 @@ class RunStore:
                 if stored.get(key) != self.config.get(key)
             ]
             if differences:
-                raise ConfigMismatchError(self.root, differences)
+                raise ConfigMismatchError(self.root, differences, kind="benchmark run")
         else:
             self.root.mkdir(parents=True, exist_ok=True)
             _write_json(path, {"format": _FORMAT, "config": self.config})

@@ -12,12 +12,12 @@ from __future__ import annotations
 from ctc_plugin.runs.engine import RunResult, ShardRunner, explain_dataset, read_results
 from ctc_plugin.runs.plan import RunConfig, Shard, plan_shards
 from ctc_plugin.runs.sources import ImageRef, Source, SourceError, resolve_source
-from ctc_plugin.runs.store import RunConfigMismatchError, RunStore
+from ctc_plugin.runs.store import ConfigMismatchError, RunStore
 
 __all__ = [
     "ImageRef",
     "RunConfig",
-    "RunConfigMismatchError",
+    "ConfigMismatchError",
     "RunResult",
     "RunStore",
     "Shard",

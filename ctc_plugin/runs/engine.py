@@ -420,7 +420,7 @@ def explain_dataset(
 
     Raises:
         SourceError: For a source with no usable images.
-        RunConfigMismatchError: If ``out`` holds a run with other arguments.
+        ConfigMismatchError: If ``out`` holds a run with other arguments.
         RayUnavailableError: If ``ray`` is given and Ray is not installed.
         ValueError: For unknown methods and invalid numbers.
         CLIError: For a model, device, segmenter or target that cannot be used.

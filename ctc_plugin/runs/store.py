@@ -17,61 +17,20 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ctc_plugin.resumable import ConfigMismatchError, write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
 
-__all__ = ["RunConfigMismatchError", "RunStore", "write_atomic"]
+__all__ = ["ConfigMismatchError", "RunStore", "write_atomic"]
+
 
 _FORMAT = 1
 MANIFEST = "manifest.json"
-
-
-class RunConfigMismatchError(ValueError):
-    """The output folder holds a run with another configuration or image list.
-
-    Attributes:
-        differences: ``(what, stored value, requested value)`` for everything that differs.
-    """
-
-    def __init__(self, root: Path, differences: list[tuple[str, Any, Any]]) -> None:
-        self.differences = differences
-        listed = "; ".join(
-            f"{key}: {_short(old)} there, {_short(new)} now" for key, old, new in differences
-        )
-        super().__init__(
-            f"{root} holds a run with a different configuration ({listed}); run the same "
-            "command again to resume it, or choose another --out"
-        )
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Write ``path`` by calling ``write(handle)`` on a temporary file, then renaming it.
-
-    The temporary file lies in the same folder (``.tmp-<name>-*``), is flushed and synced
-    before ``os.replace``, and is removed if ``write`` fails.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class RunStore:
@@ -97,7 +56,7 @@ class RunStore:
         Leftover temporary files of a killed run are removed.
 
         Raises:
-            RunConfigMismatchError: If the folder holds another run's manifest.
+            ConfigMismatchError: If the folder holds another run's manifest.
             ValueError: If the folder holds files but no manifest (not a run folder).
         """
         path = self.root / MANIFEST
@@ -106,7 +65,7 @@ class RunStore:
             stored = json.loads(path.read_text())
             differences = _differences(stored, manifest)
             if differences:
-                raise RunConfigMismatchError(self.root, differences)
+                raise ConfigMismatchError(self.root, differences)
         else:
             if self.root.exists() and any(self.root.iterdir()):
                 raise ValueError(

@@ -139,7 +139,7 @@ def test_another_configuration_in_the_same_folder_is_refused(tmp_path):
     RunStore(tmp_path, CONFIG)
     RunStore(tmp_path, CONFIG)  # the same configuration opens fine
     changed = BenchmarkConfig(**{**CONFIG.__dict__, "images": 3, "lime_samples": 9})
-    with pytest.raises(ConfigMismatchError, match="fresh --out") as caught:
+    with pytest.raises(ConfigMismatchError, match="another --out") as caught:
         run_benchmark(changed, tmp_path, models=_models(), show_progress=False)
     assert caught.value.differences == [("images", 2, 3), ("lime_samples", 8, 9)]
 

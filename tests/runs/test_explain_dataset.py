@@ -25,7 +25,7 @@ from ctc_plugin.commands.methods import Request, run_method
 from ctc_plugin.datasets import ShapesDataset
 from ctc_plugin.features import SuperpixelSegmenter
 from ctc_plugin.runs import (
-    RunConfigMismatchError,
+    ConfigMismatchError,
     RunStore,
     SourceError,
     explain_dataset,
@@ -175,7 +175,7 @@ def test_another_configuration_in_an_existing_folder_is_refused(reference, capsy
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
     assert "holds a run with a different configuration" in error and option in error
-    with pytest.raises(RunConfigMismatchError):
+    with pytest.raises(ConfigMismatchError):
         explain_dataset("shapes", ["ctc"], reference.out, images=32, show_progress=False)
 
 
