@@ -28,27 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ctc_plugin.ctc.rules import GatedPass
-
-
-class Scratch:
-    """One reusable buffer for the crops of a pass's convolutions.
-
-    A fresh large tensor costs a page fault per 4 KiB on first touch (on a CPU as much as
-    zeroing it several times), so the crops of every convolution of one pass share one buffer,
-    grown to the largest request and released with the pass.
-    """
-
-    def __init__(self) -> None:
-        self._buffer: torch.Tensor | None = None
-
-    def zeros(self, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        """A zeroed contiguous tensor of ``shape``, typed and placed like ``like``."""
-        numel = math.prod(shape)
-        held = self._buffer
-        if held is None or held.dtype != like.dtype or held.numel() < numel:
-            held = self._buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
-        return held[:numel].view(shape).zero_()
-
+from ctc_plugin.ctc.workspace import Workspace
 
 #: The 2-d convolutions computed sparsely (``F.conv2d`` is ``torch.conv2d``).
 SPARSE_FUNCTIONS = (torch.conv2d,)
@@ -74,7 +54,7 @@ class SparseGatedPass(GatedPass):
     dense_above: float = 0.6
     size_steps: int = 8
     pointwise_dense_above: float = 0.3
-    scratch: Scratch = field(default_factory=lambda: Scratch(), repr=False)
+    scratch: Workspace = field(default_factory=Workspace, repr=False)
 
     def linear(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """As the spec, but a 2-d convolution of the copies is computed only in their boxes."""
@@ -174,7 +154,7 @@ def _output_range(call: ConvCall, axis: int, start: int, stop: int) -> tuple[int
 
 
 def sparse_conv2d(
-    call: ConvCall, dense_above: float, size_steps: int, scratch: Scratch | None = None
+    call: ConvCall, dense_above: float, size_steps: int, scratch: Workspace | None = None
 ) -> torch.Tensor:
     """``conv2d`` of the copies computed only inside each copy's output box.
 
@@ -184,7 +164,7 @@ def sparse_conv2d(
         size_steps: Box sizes are rounded up to multiples of ``1 / size_steps`` of the map.
         scratch: Memory to reuse for the crops (a fresh one when ``None``).
     """
-    scratch = Scratch() if scratch is None else scratch
+    scratch = Workspace() if scratch is None else scratch
     x = call.x
     batch = x.shape[0]
     out_rows, out_cols = call.output_size(0), call.output_size(1)
@@ -226,13 +206,14 @@ def sparse_conv2d(
 
 
 def _crops(
-    call: ConvCall, members: list[tuple[int, int, int]], rows: int, cols: int, scratch: Scratch
+    call: ConvCall, members: list[tuple[int, int, int]], rows: int, cols: int, scratch: Workspace
 ) -> torch.Tensor:
     """The input windows the output boxes read, zero where they leave the map (the padding)."""
     x = call.x
     in_rows = (rows - 1) * call.stride[0] + call.dilation[0] * (call.kernel[0] - 1) + 1
     in_cols = (cols - 1) * call.stride[1] + call.dilation[1] * (call.kernel[1] - 1) + 1
-    crops = scratch.zeros(x, (len(members), x.shape[1], in_rows, in_cols))
+    shape = (len(members), x.shape[1], in_rows, in_cols)
+    crops = scratch.buffers(x, count=1, slot="crops", shape=shape)[0].zero_()
     height, width = x.shape[2], x.shape[3]
     for slot, (copy, r0, c0) in enumerate(members):
         top = r0 * call.stride[0] - call.padding[0]  # the window's first input row
@@ -244,4 +225,4 @@ def _crops(
     return crops
 
 
-__all__ = ["ConvCall", "Scratch", "SparseGatedPass", "sparse_conv2d"]
+__all__ = ["ConvCall", "SparseGatedPass", "sparse_conv2d"]

@@ -11,7 +11,7 @@ is chosen by one private option object, [`Speedups`][ctc_plugin.ctc.speedups.Spe
 - ``copies_per_pass``: on a CPU, examples explained in groups so that a pass carries at most
   about this many copies (their activations stay in the caches);
 - ``fused_sharing``: the bias sharing computed in place, on reusable scratch buffers
-  ([`Workspace`][ctc_plugin.ctc.speedups.Workspace]), the ``"reference"`` formula in cache-sized
+  ([`Workspace`][ctc_plugin.ctc.workspace.Workspace]), the ``"reference"`` formula in cache-sized
   blocks (``block_elements``);
 - ``packed_boxes`` (``"reference"`` with ``fused_sharing``): the formula computed only on the
   boxes around each copy's nonzero values, packed into one block;
@@ -34,7 +34,6 @@ operation of the pass reaches the rules through `GatedPass` methods, the linear 
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +50,7 @@ from ctc_plugin.ctc.sharing import (
     statistics_dtype,
 )
 from ctc_plugin.ctc.sparse import SparseGatedPass
+from ctc_plugin.ctc.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -332,45 +332,6 @@ def _example_part(bias: torch.Tensor, z: torch.Tensor, example: int) -> torch.Te
     if bias.dim() == z.dim() and bias.shape[0] != 1:
         return bias[example : example + 1]
     return bias
-
-
-class Workspace:
-    """Reusable scratch buffers for the fused sharing, one set per thread.
-
-    Fresh large tensors cost a page fault per 4 KiB on first touch (on a CPU as much as several
-    elementwise passes), so the buffers are kept and reused across layers and calls in named
-    slots; each slot grows to the largest request seen and is released with its owner.
-    """
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def buffers(
-        self,
-        like: torch.Tensor,
-        count: int = 2,
-        slot: str = "copies",
-        shape: tuple[int, ...] | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> tuple[torch.Tensor, ...]:
-        """``count`` uninitialised contiguous tensors shaped, typed and placed like ``like``.
-
-        ``shape`` and ``dtype`` override the shape and dtype. Buffers of one slot are reused by
-        the next request for that slot; requests for different slots never share memory.
-        """
-        slots = getattr(self._local, "slots", None)
-        if slots is None:
-            slots = self._local.slots = {}
-        held = slots.get(slot)
-        shape = tuple(like.shape) if shape is None else tuple(shape)
-        dtype = like.dtype if dtype is None else dtype
-        numel = math.prod(shape)
-        if held is None or held.dtype != dtype or held.device != like.device:
-            held = slots[slot] = torch.empty(count, numel, dtype=dtype, device=like.device)
-        elif held.shape[0] < count or held.shape[1] < numel:  # grow, never shrink
-            rows, columns = max(count, held.shape[0]), max(numel, held.shape[1])
-            held = slots[slot] = torch.empty(rows, columns, dtype=dtype, device=like.device)
-        return tuple(held[i, :numel].view(shape) for i in range(count))
 
 
 @dataclass(frozen=True)
