@@ -507,7 +507,7 @@ def check_input_channels(loaded: LoadedModel) -> None:
         )
 
 
-def _logits(
+def model_logits(
     model: nn.Module, loaded: LoadedModel, pixels: torch.Tensor, own_size: bool
 ) -> torch.Tensor:
     """The model's logits for ``pixels``; a size the model cannot take is a user error.
@@ -598,7 +598,7 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     explained: list[Explained] = []
     for path, image in zip(paths, images):
         pixels = image.pixels.to(device)
-        logits = _logits(model, loaded, pixels, own_size == image.size)
+        logits = model_logits(model, loaded, pixels, own_size == image.size)
         if loaded.classes is not None and len(loaded.classes) != logits.numel():
             loaded.classes = None  # weights with other classes than the metadata's
         target = target_class(args.target, loaded, logits)

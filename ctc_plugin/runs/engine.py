@@ -220,6 +220,7 @@ class ShardRunner:
         import numpy as np
 
         from ctc_plugin.commands import CLIError
+        from ctc_plugin.commands.explain import model_logits
         from ctc_plugin.commands.methods import MethodError, Request, run_method
         from ctc_plugin.ctc.errors import UnsupportedOperationError
 
@@ -229,7 +230,7 @@ class ShardRunner:
             image = self.read(ref)
             ids, segment_seconds = mask
         pixels = image.pixels.to(self.device)
-        logits = _logits(self.model, pixels)
+        logits = model_logits(self.model, self.loaded, pixels, own_size=True)
         mask = ids
         key = f"image{ref.index}"
         arrays = {
@@ -328,13 +329,6 @@ def _options(config: RunConfig) -> Namespace:
         methods=list(config.methods),
         weights=config.weights,
     )
-
-
-def _logits(model: Any, pixels: Any) -> Any:
-    import torch
-
-    with torch.no_grad():
-        return model(pixels)[0].float().cpu()
 
 
 def manifest_for(config: RunConfig, source: Source, shards: list[Shard]) -> dict[str, Any]:
