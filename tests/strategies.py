@@ -64,8 +64,12 @@ def draw_case(
 
 
 @st.composite
-def cnn_specs(draw: st.DrawFn) -> CNNSpec:
-    """Random small architectures covering BatchNorm, residuals, concatenation and pooling."""
+def cnn_specs(draw: st.DrawFn, classes: int | None = None) -> CNNSpec:
+    """Random small architectures covering BatchNorm, residuals, concatenation and pooling.
+
+    ``classes`` fixes the number of outputs (default: `CNNSpec`'s).
+    """
+    fixed = {} if classes is None else {"classes": classes}
     return CNNSpec(
         width=draw(st.integers(2, 5)),
         blocks=draw(st.integers(1, 2)),
@@ -78,6 +82,7 @@ def cnn_specs(draw: st.DrawFn) -> CNNSpec:
         functional=draw(st.booleans()),
         inplace=draw(st.booleans()),
         normalise=draw(st.booleans()),
+        **fixed,
     )
 
 
@@ -90,19 +95,8 @@ def cases(draw: st.DrawFn, dtype: torch.dtype = torch.float64):
 
 @st.composite
 def small_cnns(draw: st.DrawFn) -> RandomCNN:
-    spec = CNNSpec(
-        width=draw(st.integers(2, 5)),
-        blocks=draw(st.integers(1, 2)),
-        batch_norm=draw(st.booleans()),
-        residual=draw(st.booleans()),
-        concat=draw(st.booleans()),
-        pool=draw(st.sampled_from(["max", "avg"])),
-        functional=draw(st.booleans()),
-        inplace=draw(st.booleans()),
-        normalise=draw(st.booleans()),
-        classes=CLASSES,
-    )
-    return RandomCNN(spec, seed=draw(st.integers(0, 100)))
+    """A seeded random CNN of `cnn_specs` with `CLASSES` outputs."""
+    return RandomCNN(draw(cnn_specs(classes=CLASSES)), seed=draw(st.integers(0, 100)))
 
 
 @st.composite
