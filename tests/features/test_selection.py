@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctc_plugin.features import SelectionConfig, select_features
-from ctc_plugin.features import selection as selection_module
 from ctc_plugin.features.selection import (
     cluster_agreement,
     cluster_relevant_pixels,
@@ -76,15 +75,8 @@ def test_no_cluster_scores_zero():
     assert cluster_agreement(np.zeros((3, 3), int), np.full((3, 3), -1)).tolist() == [0.0]
 
 
-def test_dbscan_search_is_bounded_and_warns(monkeypatch):
-    fits = []
-    real = selection_module.DBSCAN
-
-    def counting(**kwargs):
-        fits.append(kwargs)
-        return real(**kwargs)
-
-    monkeypatch.setattr(selection_module, "DBSCAN", counting)
+def test_dbscan_search_is_bounded_and_warns(dbscan_fits):
+    fits = dbscan_fits
     relevance = blob_relevance().numpy()
     keep = np.zeros((32, 32), bool)
     keep[::2, ::2] = True  # sparse points: never one tidy cluster with 0 clusters allowed

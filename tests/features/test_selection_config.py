@@ -79,16 +79,9 @@ def test_changed_fields_change_the_result(field, value, check):
     assert check(result)
 
 
-def test_search_fields_drive_the_dbscan_search(monkeypatch):
+def test_search_fields_drive_the_dbscan_search(dbscan_fits):
     """eps, min_samples, their steps, max_clusters and max_search_steps set the search."""
-    fits = []
-    real = selection_module.DBSCAN
-
-    def counting(**kwargs):
-        fits.append(kwargs)
-        return real(**kwargs)
-
-    monkeypatch.setattr(selection_module, "DBSCAN", counting)
+    fits = dbscan_fits
     partition, images, relevance = blob_case()
     config = SelectionConfig(
         eps=3.0, min_samples=4, eps_step=0.5, min_samples_step=3, max_clusters=0, max_search_steps=3
