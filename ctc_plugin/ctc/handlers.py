@@ -120,7 +120,7 @@ def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
         first, second = args[0], _arg(args, kwargs, 1, "other")
         alpha = kwargs.get("alpha", 1)
         if ctx.is_propagated(first) and ctx.is_propagated(second):
-            return ctx.tag(func(*args, **kwargs))
+            return ctx.linear(func, args, kwargs)
         inplace = is_inplace(func)
         signal_first = ctx.is_propagated(first)
         if inplace and not signal_first:

@@ -15,23 +15,71 @@ sharing made nonzero somewhere (the gate copy, ``"reference"``'s full copy, ``"n
 ``"proportional"``'s equal split where every copy is zero) simply has a larger box. Values
 outside a box are exact zeros in the dense pass as well (sums of zeros times finite weights),
 so the results equal the dense pass up to the order of float additions.
+
+The boxes a convolution finds are *carried* on its output (with the tensor's version counter, so
+that an in-place change the pass did not make drops them) through the rules that keep each copy's
+zeros: BatchNorm's scale, the bias sharing (widened where ``"proportional"`` splits a bias among
+copies that are all zero), ReLU gates and sums of two propagated tensors (the union of their
+boxes). The next convolution reads them instead of scanning its input (two reductions over the
+whole tensor); any other operation drops them, and the next convolution scans again.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ctc_plugin.ctc.rules import GatedPass
-from ctc_plugin.ctc.workspace import Workspace
+from ctc_plugin.ctc.layout import CopyLayout
+from ctc_plugin.ctc.rules import FOLD_ATTRIBUTE, GatedPass
+from ctc_plugin.ctc.workspace import OutputPool, Workspace
 
 #: The 2-d convolutions computed sparsely (``F.conv2d`` is ``torch.conv2d``).
 SPARSE_FUNCTIONS = (torch.conv2d,)
+
+#: Sums and differences of two propagated tensors: their result's boxes are the union.
+SUM_FUNCTIONS = frozenset(
+    {
+        torch.add,
+        torch.sub,
+        torch.Tensor.add,
+        torch.Tensor.add_,
+        torch.Tensor.sub,
+        torch.Tensor.sub_,
+        torch.Tensor.__add__,
+        torch.Tensor.__radd__,
+        torch.Tensor.__iadd__,
+        torch.Tensor.__sub__,
+        torch.Tensor.__isub__,
+    }
+)
+
+#: Attribute of a propagated 4-d tensor holding its `CarriedBoxes`.
+BOXES_ATTRIBUTE = "_ctc_boxes"
+
+#: A box of one copy: ``(first row, row stop, first column, column stop)``; empty where a stop
+#: is not above its start. The copy is zero outside it.
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class CarriedBoxes:
+    """Boxes outside which each row (copy) of a (N*C, channels, H, W) tensor is zero.
+
+    Attributes:
+        boxes: One `Box` per row.
+        size: The map's ``(H, W)`` when they were set.
+        version: The tensor's version counter when they were set: any later in-place change
+            (through a view too) makes them stale, and they are ignored.
+    """
+
+    boxes: tuple[Box, ...]
+    size: tuple[int, int]
+    version: int
 
 
 @dataclass
@@ -49,15 +97,50 @@ class SparseGatedPass(GatedPass):
             (measured on ResNet-50's layers: sparse 1x1 convolutions broke even at boxes of
             about a third of the map, 3x3 ones at about a half).
         scratch: Memory for the crops, reused by every convolution of the pass.
+        results: Memory for the convolutions' and BatchNorms' results, reused once the model
+            no longer holds them.
     """
 
     dense_above: float = 0.6
     size_steps: int = 8
     pointwise_dense_above: float = 0.3
     scratch: Workspace = field(default_factory=Workspace, repr=False)
+    results: OutputPool = field(default_factory=OutputPool, repr=False)
 
+    # ------------------------------------------------------------------ carried boxes
+    def tag(self, tensor: torch.Tensor, axis: int = 0) -> torch.Tensor:
+        """As the spec; an operation's result carries no boxes until a rule here sets them."""
+        tensor = super().tag(tensor, axis)
+        if hasattr(tensor, BOXES_ATTRIBUTE):
+            delattr(tensor, BOXES_ATTRIBUTE)
+        return tensor
+
+    def boxes(self, x: Any) -> tuple[Box, ...] | None:
+        """The boxes ``x`` carries, or ``None`` where it carries none that still hold."""
+        carried = getattr(x, BOXES_ATTRIBUTE, None)
+        if carried is None or not self.is_propagated(x) or self.copy_axis(x):
+            return None
+        if x.dim() != 4 or x.shape[0] != self.layout.batch or x.requires_grad:
+            return None
+        if x._version != carried.version or tuple(x.shape[2:]) != carried.size:
+            return None
+        return carried.boxes
+
+    def carry(self, x: torch.Tensor, boxes: tuple[Box, ...] | list[Box] | None) -> torch.Tensor:
+        """Record that each row of ``x`` is zero outside its box (``None``: no boxes); return it."""
+        if boxes is not None and x.dim() == 4 and x.shape[0] == self.layout.batch:
+            carried = CarriedBoxes(tuple(boxes), (x.shape[2], x.shape[3]), x._version)
+            setattr(x, BOXES_ATTRIBUTE, carried)
+        return x
+
+    # ------------------------------------------------------------------ rules
     def linear(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        """As the spec, but a 2-d convolution of the copies is computed only in their boxes."""
+        """As the spec, but a 2-d convolution of the copies is computed only in their boxes.
+
+        A sum of two propagated tensors carries the union of their boxes.
+        """
+        if func in SUM_FUNCTIONS:
+            return self._sum(func, args, kwargs)
         call = _conv_call(func, args, kwargs) if func in SPARSE_FUNCTIONS else None
         if call is None or call.x.shape[0] != self.layout.batch or self.copy_axis(call.x):
             return super().linear(func, args, kwargs)
@@ -65,8 +148,66 @@ class SparseGatedPass(GatedPass):
             dense_above = self.dense_above
             if call.kernel == (1, 1) and dense_above < 1:  # 1 and more: always sparse (tests)
                 dense_above = min(dense_above, self.pointwise_dense_above)
-            out = sparse_conv2d(call, dense_above, self.size_steps, self.scratch)
-        return self.tag(out)
+            boxes = self.boxes(call.x)
+            if boxes is None:  # scan once; the input's other readers (a residual) keep them
+                boxes = input_boxes(call.x)
+                self.carry(call.x, boxes)
+            out, boxes = sparse_conv2d(
+                call, dense_above, self.size_steps, self.scratch, boxes, self.results
+            )
+        return self.carry(self.tag(out), boxes)
+
+    def _sum(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """A sum or difference of two propagated tensors, with the union of their boxes."""
+        first = args[0] if args else kwargs.get("input")
+        second = args[1] if len(args) > 1 else kwargs.get("other")
+        boxes = _union(self.boxes(first), self.boxes(second))
+        out = super().linear(func, args, kwargs)
+        if isinstance(out, torch.Tensor) and first is not None and out.shape == first.shape:
+            self.carry(out, boxes)
+        return out
+
+    def fold_batch_norm(
+        self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+    ) -> torch.Tensor:
+        """As the spec; ``x * scale`` (in reused memory) keeps ``x``'s boxes for the sharing."""
+        boxes = self.boxes(x)
+        if boxes is None or hasattr(x, FOLD_ATTRIBUTE) or scale.dtype != x.dtype:
+            return super().fold_batch_norm(x, scale, shift)
+        with torch.no_grad():
+            scaled = torch.mul(x, scale, out=self.results.empty(tuple(x.shape), x))
+        return self.affine(self.carry(self.tag(scaled), boxes), shift)
+
+    def affine(
+        self, bias_free: torch.Tensor, bias: torch.Tensor | None, foldable: bool = False
+    ) -> torch.Tensor:
+        """As the spec; the result keeps the carried boxes where the sharing keeps the zeros.
+
+        No sharing gives a feature's copy a share where it is zero, except ``"proportional"``
+        where every sharing copy is zero (its
+        [`add_bias_with_boxes`][ctc_plugin.ctc.speedups.FusedProportionalSharing.add_bias_with_boxes]
+        says where); the other copies (the gate copy gets the whole bias) may be nonzero
+        anywhere.
+        """
+        boxes = self.boxes(bias_free)
+        if bias is None:
+            return self.carry(super().affine(bias_free, bias, foldable), boxes)
+        if boxes is None or foldable:
+            return super().affine(bias_free, bias, foldable)
+        with_boxes = getattr(self.sharing, "add_bias_with_boxes", None)
+        if with_boxes is not None and bias.dim() < bias_free.dim():
+            grouped = self.layout.group(bias_free)
+            boxes = with_boxes(grouped, bias.to(bias_free.dtype), self.layout, boxes)
+            return self.carry(self.tag(bias_free), boxes)
+        out = super().affine(bias_free, bias, foldable)
+        if self.sharing.name == "reference":  # no share where a feature's copy is zero
+            self.carry(out, whole_outside_features(boxes, self.layout, out.shape[2:]))
+        return out
+
+    def relu_gate(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """As the spec; the result keeps ``x``'s boxes (a gate keeps every zero)."""
+        boxes = self.boxes(x)
+        return self.carry(super().relu_gate(x, inplace), boxes)
 
 
 @dataclass(frozen=True)
@@ -148,14 +289,57 @@ def _output_range(call: ConvCall, axis: int, start: int, stop: int) -> tuple[int
         return (0, 0)
     s, p = call.stride[axis], call.padding[axis]
     reach = call.dilation[axis] * (call.kernel[axis] - 1)
-    low = max(0, -((p + reach - start) // s))  # ceil((start + p - reach) / s)
+    low = max(0, -((reach - p - start) // s))  # ceil((start + p - reach) / s)
     high = min(call.output_size(axis), (stop - 1 + p) // s + 1)
     return (low, max(low, high))
 
 
+def input_boxes(x: torch.Tensor) -> list[Box]:
+    """Each row's box around the values of a (B, channels, H, W) tensor that are nonzero."""
+    # where any channel is nonzero, (B, H, W); two reductions cost less than a full-size mask
+    occupied = (x.amax(dim=1) != 0) | (x.amin(dim=1) != 0)
+    row_first, row_stop = _bounds(occupied.any(dim=2))
+    col_first, col_stop = _bounds(occupied.any(dim=1))
+    return list(zip(row_first, row_stop, col_first, col_stop))
+
+
+def union_box(a: Box, b: Box) -> Box:
+    """The smallest box holding both (an empty box holds nothing)."""
+    if a[1] <= a[0] or a[3] <= a[2]:
+        return b
+    if b[1] <= b[0] or b[3] <= b[2]:
+        return a
+    return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+
+
+def _union(first: tuple[Box, ...] | None, second: tuple[Box, ...] | None) -> list[Box] | None:
+    """Row by row, the smallest boxes holding both (``None`` when either is unknown)."""
+    if first is None or second is None or len(first) != len(second):
+        return None
+    return [union_box(a, b) for a, b in zip(first, second)]
+
+
+def whole_outside_features(
+    boxes: Sequence[Box], layout: CopyLayout, size: Sequence[int]
+) -> list[Box]:
+    """``boxes`` with every copy that is not a feature's on the whole map.
+
+    The gate copy gets each bias whole; ``"reference"``'s full copy and a baseline copy are
+    not zero outside a feature either.
+    """
+    whole = (0, int(size[0]), 0, int(size[1]))
+    first, stop = layout.first_feature, layout.first_feature + layout.features
+    return [box if first <= row % layout.copies < stop else whole for row, box in enumerate(boxes)]
+
+
 def sparse_conv2d(
-    call: ConvCall, dense_above: float, size_steps: int, scratch: Workspace | None = None
-) -> torch.Tensor:
+    call: ConvCall,
+    dense_above: float,
+    size_steps: int,
+    scratch: Workspace | None = None,
+    boxes: tuple[Box, ...] | list[Box] | None = None,
+    results: OutputPool | None = None,
+) -> tuple[torch.Tensor, list[Box]]:
     """``conv2d`` of the copies computed only inside each copy's output box.
 
     Args:
@@ -163,21 +347,26 @@ def sparse_conv2d(
         dense_above: Compute dense when the padded boxes cover more than this fraction.
         size_steps: Box sizes are rounded up to multiples of ``1 / size_steps`` of the map.
         scratch: Memory to reuse for the crops (a fresh one when ``None``).
+        boxes: Boxes of the input's rows outside which they are zero (read from the input
+            when ``None``).
+        results: Memory for the output (fresh memory when ``None``).
+
+    Returns:
+        The output, and the boxes of its rows outside which they are zero.
     """
     scratch = Workspace() if scratch is None else scratch
     x = call.x
     batch = x.shape[0]
     out_rows, out_cols = call.output_size(0), call.output_size(1)
-    # where any channel is nonzero, (B, H, W); two reductions cost less than a full-size mask
-    occupied = (x.amax(dim=1) != 0) | (x.amin(dim=1) != 0)
-    row_first, row_stop = _bounds(occupied.any(dim=2))
-    col_first, col_stop = _bounds(occupied.any(dim=1))
+    boxes = input_boxes(x) if boxes is None else boxes
     steps = (max(1, math.ceil(out_rows / size_steps)), max(1, math.ceil(out_cols / size_steps)))
     groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    out_boxes: list[Box] = []
     volume = 0
-    for copy in range(batch):
-        r0, r1 = _output_range(call, 0, row_first[copy], row_stop[copy])
-        c0, c1 = _output_range(call, 1, col_first[copy], col_stop[copy])
+    for copy, (first_row, row_stop, first_col, col_stop) in enumerate(boxes):
+        r0, r1 = _output_range(call, 0, first_row, row_stop)
+        c0, c1 = _output_range(call, 1, first_col, col_stop)
+        out_boxes.append((r0, r1, c0, c1))
         if r1 <= r0 or c1 <= c0:
             continue  # the copy is zero: so is its output
         size = (
@@ -189,8 +378,9 @@ def sparse_conv2d(
         )
         volume += size[0] * size[1]
     if volume > dense_above * batch * out_rows * out_cols:
-        return call.dense()
-    out = x.new_zeros(batch, call.weight.shape[0], out_rows, out_cols)
+        return call.dense(), out_boxes
+    shape = (batch, call.weight.shape[0], out_rows, out_cols)
+    out = x.new_zeros(shape) if results is None else results.empty(shape, x).zero_()
     for (rows, cols), members in groups.items():
         if rows == out_rows and cols == out_cols:  # whole maps: no crop needed
             index = torch.tensor([m[0] for m in members])
@@ -202,7 +392,7 @@ def sparse_conv2d(
         result = F.conv2d(crops, call.weight, None, call.stride, 0, call.dilation, call.groups)
         for slot, (copy, r0, c0) in enumerate(members):
             out[copy, :, r0 : r0 + rows, c0 : c0 + cols] = result[slot]
-    return out
+    return out, out_boxes
 
 
 def _crops(
@@ -225,4 +415,4 @@ def _crops(
     return crops
 
 
-__all__ = ["ConvCall", "SparseGatedPass", "sparse_conv2d"]
+__all__ = ["CarriedBoxes", "ConvCall", "SparseGatedPass", "input_boxes", "sparse_conv2d"]

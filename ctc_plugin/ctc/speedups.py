@@ -34,6 +34,7 @@ operation of the pass reaches the rules through `GatedPass` methods, the linear 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +50,8 @@ from ctc_plugin.ctc.sharing import (
     statistic_dims,
     statistics_dtype,
 )
-from ctc_plugin.ctc.sparse import SparseGatedPass
+from ctc_plugin.ctc.sparse import Box as Box4
+from ctc_plugin.ctc.sparse import SparseGatedPass, union_box, whole_outside_features
 from ctc_plugin.ctc.workspace import Workspace
 
 
@@ -139,6 +141,16 @@ class FusedNoSharing:
         z[:, :1].add_(copy_part(bias, z, 0, 1))
         return z
 
+    def add_bias_with_boxes(
+        self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout, boxes: Sequence[Box4]
+    ) -> list[Box4]:
+        """`add_bias` for (N, C, channels, H, W) copies zero outside ``boxes`` (one per row).
+
+        Returns the boxes after: the gate copies' boxes are the whole map.
+        """
+        self.add_bias(z, bias, layout)
+        return whole_outside_features(boxes, layout, z.shape[-2:])
+
 
 class FusedProportionalSharing:
     """``"proportional"``, in place: one absolute value, one reduction, one multiply-add."""
@@ -155,8 +167,41 @@ class FusedProportionalSharing:
         self._add_shares(z[:, 1:], copy_part(bias, z, 1, None), layout)
         return z
 
-    def _add_shares(self, sharing: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> None:
-        """Add ``bias * |z_k| / sum_j |z_j|`` to the sharing copies ``sharing`` in place."""
+    def add_bias_with_boxes(
+        self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout, boxes: Sequence[Box4]
+    ) -> list[Box4]:
+        """`add_bias` for (N, C, channels, H, W) copies zero outside ``boxes`` (one per row).
+
+        Returns the boxes after: the gate copies' are the whole map, and the units where every
+        sharing copy was zero (which get equal shares) widen the boxes of their example's copies.
+        """
+        z[:, :1].add_(copy_part(bias, z, 0, 1))
+        bias = copy_part(bias, z, 1, None)
+        empty = self._add_shares(z[:, 1:], bias, layout)
+        copies, height, width = layout.copies, z.shape[-2], z.shape[-1]
+        boxes = whole_outside_features(boxes, layout, (height, width))
+        if empty is None:
+            return boxes
+        # units where every sharing copy was zero got equal shares (nonzero where the bias
+        # is): widen the boxes over them
+        shared = empty & (bias != 0)
+        for example in range(z.shape[0]):
+            spread = shared[example, 0].reshape(-1, height, width).any(dim=0)
+            if not bool(spread.any()):
+                continue
+            rows, cols = spread.any(dim=1).nonzero(), spread.any(dim=0).nonzero()
+            covered = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+            for row in range(example * copies + 1, (example + 1) * copies):
+                boxes[row] = union_box(boxes[row], covered)
+        return boxes
+
+    def _add_shares(
+        self, sharing: torch.Tensor, bias: torch.Tensor, layout: CopyLayout
+    ) -> torch.Tensor | None:
+        """Add ``bias * |z_k| / sum_j |z_j|`` to the sharing copies ``sharing`` in place.
+
+        Returns where every sharing copy was zero (they got equal shares), ``None`` if nowhere.
+        """
         # the per-unit factor b / D is one copy's size, so the full-size work is one abs (into
         # a reused buffer: a fresh one costs a page fault per 4 KiB on first touch), one
         # reduction and one fused multiply-add
@@ -165,8 +210,11 @@ class FusedProportionalSharing:
         total = magnitude.sum(dim=1, keepdim=True)
         empty = total == 0
         sharing.addcmul_(magnitude, bias / total.masked_fill(empty, 1.0))
-        if bool(empty.any()):  # every copy has z = 0 here: split equally among those present
-            self._add_fallback(sharing, bias, empty, layout)
+        if not bool(empty.any()):
+            return None
+        # every copy has z = 0 here: split equally among those present
+        self._add_fallback(sharing, bias, empty, layout)
+        return empty
 
     @staticmethod
     def _add_fallback(

@@ -13,11 +13,11 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from ctc_plugin.ctc.sparse import ConvCall, sparse_conv2d
+from ctc_plugin.ctc.sparse import ConvCall, input_boxes, sparse_conv2d
 from ctc_plugin.ctc.speedups import DEFAULT, SPEC, Speedups
 
 from .test_speedups import MODES, assert_same_as_spec
@@ -62,18 +62,38 @@ def convolutions(draw: st.DrawFn):
 @given(convolutions(), st.sampled_from([1, 2, 8]))
 def test_the_sparse_convolution_is_the_dense_one(call, size_steps):
     expected = call.dense()
-    actual = sparse_conv2d(call, dense_above=1.0, size_steps=size_steps)
-    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    for carried in (None, input_boxes(call.x)):
+        actual, boxes = sparse_conv2d(call, 1.0, size_steps, boxes=carried)
+        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+        assert_zero_outside(expected, boxes)
+
+
+def assert_zero_outside(values: torch.Tensor, boxes) -> None:
+    """Every row of ``values`` is exactly zero outside its box."""
+    assert len(boxes) == values.shape[0]
+    for row, (r0, r1, c0, c1) in enumerate(boxes):
+        outside = values[row].clone()
+        if r1 > r0 and c1 > c0:
+            outside[:, r0:r1, c0:c1] = 0
+        assert not bool(outside.any()), f"row {row} is nonzero outside its box {(r0, r1, c0, c1)}"
 
 
 class _RandomCNN(nn.Module):
-    """Convolutions of drawn kernel, stride, padding and dilation, poolings, BatchNorm, a
-    residual add and a biased head."""
+    """Convolutions of drawn kernel, stride, padding and dilation (with or without bias),
+    poolings, BatchNorm, ReLU and residual adds (in place or not) and a biased head."""
 
-    def __init__(self, layers: list[tuple[int, int, int, int]], pool: str) -> None:
+    def __init__(
+        self,
+        layers: list[tuple[int, int, int, int]],
+        pool: str,
+        inplace: bool = False,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
+        self.inplace = inplace
+        self.relu = nn.ReLU(inplace=inplace)
         self.convs = nn.ModuleList(
-            nn.Conv2d(4 if i else 3, 4, k, stride=s, padding=p, dilation=d)
+            nn.Conv2d(4 if i else 3, 4, k, stride=s, padding=p, dilation=d, bias=bias)
             for i, (k, s, p, d) in enumerate(layers)
         )
         self.norms = nn.ModuleList(nn.BatchNorm2d(4) for _ in layers)
@@ -87,8 +107,15 @@ class _RandomCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            y = torch.relu(norm(conv(x)))
-            x = x + y if i and y.shape == x.shape else y  # residual add where shapes allow
+            y = self.relu(norm(conv(x)))
+            if i and y.shape == x.shape:  # residual add where shapes allow
+                if self.inplace:  # as torchvision's blocks: out += identity; relu_(out)
+                    y += x
+                    x = self.relu(y)
+                else:
+                    x = x + y
+            else:
+                x = y
             if i == 0 and self.pool is not None:
                 x = self.pool(x)
         return self.head(x.mean(dim=(2, 3)))
@@ -107,8 +134,14 @@ def random_cnns(draw: st.DrawFn):
         for _ in range(draw(st.integers(1, 4)))
     ]
     torch.manual_seed(draw(st.integers(0, 1000)))
-    model = _RandomCNN(layers, draw(st.sampled_from(["max", "avg", "none"]))).eval().double()
+    pool = draw(st.sampled_from(["max", "avg", "none"]))
+    inplace, bias = draw(st.booleans()), draw(st.booleans())  # bias-free: as torchvision's
+    model = _RandomCNN(layers, pool, inplace, bias).eval().double()
     x = torch.rand(1, 3, 24, 24, dtype=torch.float64)
+    try:  # layers whose kernel outgrows a shrunk map are no model at all
+        model(x)
+    except RuntimeError:
+        assume(False)
     mask = sam_like_mask(24, draw(st.integers(0, 100))) if draw(st.booleans()) else grid(24, 4)
     return model, x, mask
 
@@ -150,7 +183,10 @@ SPARSE_ONLY = Speedups(
 @given(random_cnns(), st.sampled_from(MODES))
 def test_random_cnns_give_the_dense_results(case, mode):
     model, x, mask = case
-    for speedups in (SPARSE_ONLY, replace(DEFAULT, sparse_copies=True)):
+    # the spec's rules with sparse convolutions; the default speed-ups; and every convolution
+    # and bias sharing inside the carried boxes, however much of the map they cover
+    everywhere = replace(DEFAULT, sparse_dense_above=1.0)
+    for speedups in (SPARSE_ONLY, DEFAULT, everywhere):
         assert_same_as_spec(model, x, mask, 1, mode, speedups)
 
 
@@ -177,3 +213,18 @@ def test_unusual_arguments_are_computed_dense():
     assert _conv_call(F.conv2d, (x, w), {"padding": "same"}) is None
     assert _conv_call(F.conv2d, (x, w, torch.rand(4)), {}) is None
     assert _conv_call(F.conv2d, (x, w), {"stride": (2, 1)}) is not None
+
+
+def test_a_convolution_grows_each_box_by_its_reach_only():
+    """A 3x3 convolution with padding 1 reaches one row and column further on each side (the
+    output box was once two too large on the low side: exact, but more work)."""
+    x = torch.zeros(3, 2, 12, 12, dtype=torch.float64)
+    x[0] = 1.0  # the whole map
+    x[1, :, 4:7, 5:9] = torch.rand(2, 3, 4, dtype=torch.float64) + 0.5
+    weight = torch.rand(2, 2, 3, 3, dtype=torch.float64) + 0.5
+    call = ConvCall(x, weight, (1, 1), (1, 1), (1, 1), 1)
+    out, boxes = sparse_conv2d(call, 1.0, 1)
+    assert boxes == [(0, 12, 0, 12), (3, 8, 4, 10), (0, 0, 0, 0)]
+    assert boxes == input_boxes(out)
+    strided = ConvCall(x, weight, (2, 2), (1, 1), (1, 1), 1)
+    assert sparse_conv2d(strided, 1.0, 1)[1][1] == (2, 4, 2, 5)  # rows 4-6 -> 3-7 -> 2-3

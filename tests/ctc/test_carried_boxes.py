@@ -1,0 +1,150 @@
+"""Carried boxes and reused result memory of the sparse pass (``ctc_plugin.ctc.sparse``).
+
+The boxes a sparse convolution finds travel with its result through BatchNorm, the sharing,
+ReLU and residual sums, so the next convolution does not scan its input again; an in-place
+change the pass did not make (through a view) must drop them. Results are held to the spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from ctc_plugin import CTC
+from ctc_plugin.ctc import sparse
+from ctc_plugin.ctc.speedups import DEFAULT
+from ctc_plugin.ctc.workspace import OutputPool
+
+from .test_sparse import grid
+from .test_speedups import MODES, assert_same_as_spec
+
+
+#: The default speed-ups with every convolution sparse, and ``"none"`` through the pass of
+#: copies (not its gradient shortcut, which is never sparse).
+EVERYWHERE = replace(DEFAULT, sparse_dense_above=1.0, gradient_shortcut=False)
+
+
+def _scans(monkeypatch) -> list[tuple[int, ...]]:
+    """The input shapes of every scan for boxes (``input_boxes``) from now on."""
+    shapes: list[tuple[int, ...]] = []
+    scan = sparse.input_boxes
+
+    def counted(x):
+        shapes.append(tuple(x.shape[1:]))
+        return scan(x)
+
+    monkeypatch.setattr(sparse, "input_boxes", counted)
+    return shapes
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_resnet_scans_only_where_an_operation_dropped_the_boxes(monkeypatch, mode):
+    """ResNet-18: the stem convolution scans the image and the first block's scans the max
+    pool's output; every other convolution reads the boxes carried through BatchNorm, the
+    sharing, ReLU and the residual sums (and the downsampling branches)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    x = torch.rand(1, 3, 64, 64)
+    shapes = _scans(monkeypatch)
+    ctc = CTC(model, bias_sharing=mode)
+    ctc._speedups = EVERYWHERE
+    ctc.attribute(x, target=1, feature_mask=grid(64, 4))
+    assert shapes == [(3, 64, 64), (64, 16, 16)]
+
+
+class _WritesIntoAView(nn.Module):
+    """A convolution whose result the model changes in place through a view (``y[..] += c``),
+    which makes every copy nonzero there ("proportional" splits the constant where all copies
+    are zero), before a second convolution reads it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(4)
+        self.second = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.first(x))
+        corner = y[:, :, :3, :3]
+        corner += 0.5
+        return self.head(self.second(torch.relu(y)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_in_place_change_through_a_view_drops_the_boxes(monkeypatch, mode):
+    torch.manual_seed(1)
+    model = _WritesIntoAView().eval().double()
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    mask = grid(16, 4)
+    assert_same_as_spec(model, x, mask, 1, mode, EVERYWHERE)
+    shapes = _scans(monkeypatch)
+    ctc = CTC(model, bias_sharing=mode)
+    ctc._speedups = EVERYWHERE
+    ctc.attribute(x, target=1, feature_mask=mask)
+    assert shapes == [(3, 16, 16), (4, 16, 16)]  # the second convolution scanned again
+
+
+def test_the_pool_reuses_memory_only_when_nothing_else_holds_it():
+    pool = OutputPool(keep=2)
+    like = torch.zeros(1)
+    first = pool.empty((4, 5), like)
+    pointer = first.data_ptr()
+    view = first[1:]
+    del first
+    assert pool.empty((4, 5), like).data_ptr() != pointer  # the view still holds it
+    del view
+    again = pool.empty((5, 4), like)  # same size, another shape: the same memory
+    assert again.data_ptr() == pointer and again.shape == (5, 4) and again.is_contiguous()
+    array = again.numpy()
+    del again
+    assert pool.empty((20,), like).data_ptr() != pointer  # a NumPy array still holds it
+    del array
+    assert pool.empty((20,), like).data_ptr() == pointer
+    assert pool.empty((20,), torch.zeros(1, dtype=torch.float64)).data_ptr() != pointer
+
+
+def test_the_pool_lets_go_of_the_least_recently_used_free_memory():
+    pool = OutputPool(keep=2)
+    like = torch.zeros(1)
+    a, b = pool.empty((3,), like), pool.empty((5,), like)
+    a_pointer, b_pointer = a.data_ptr(), b.data_ptr()
+    del a, b
+    assert pool.empty((5,), like).data_ptr() == b_pointer  # b is now the most recently used
+    held = pool.empty((7,), like)  # full: a (least recently used, free) goes
+    assert pool.empty((3,), like).data_ptr() != a_pointer
+    assert np.all(np.isfinite(held.zero_().numpy()))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_results_the_model_keeps_are_never_overwritten(mode):
+    """Forward hooks keep every convolution's result (the BatchNorms' are changed in place by
+    the model's own ReLUs): after the pass, each still holds the values it had when it was
+    made, though the pass reused the memory of the results the model let go."""
+    torch.manual_seed(2)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def keep(module, inputs, output):
+        kept.append((output, output.detach().clone()))
+
+    handles = [
+        module.register_forward_hook(keep)
+        for module in model.modules()
+        if isinstance(module, nn.Conv2d)
+    ]
+    ctc = CTC(model, bias_sharing=mode)
+    ctc._speedups = EVERYWHERE
+    try:
+        ctc.attribute(torch.rand(1, 3, 48, 48), target=1, feature_mask=grid(48, 3))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(kept) >= 20
+    for held, when_made in kept:
+        assert torch.equal(held, when_made)
