@@ -103,7 +103,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ctc-plugin explain-dataset``."""
     from ctc_plugin.commands import CLIError
-    from ctc_plugin.runs.cluster import RayUnavailableError
+    from ctc_plugin.resumable import RayUnavailableError
 
     if args.ray_workers is not None and args.ray is None:
         raise CLIError("--ray-workers sets the size of a local Ray cluster: add --ray")
