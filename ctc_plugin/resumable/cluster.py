@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ctc_plugin.resumable.store import RunStore
+from ctc_plugin.resumable.threads import torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.resumable.job import Job, Shard
@@ -123,12 +124,16 @@ class _Worker:
     """A Ray actor around one runner of the job."""
 
     def __init__(self, job: Job, prepare: bool, run: bool) -> None:
-        self.runner = job.runner(prepare=prepare, run=run)
+        self.threads = job.threads
+        with torch_threads(self.threads):
+            self.runner = job.runner(prepare=prepare, run=run)
 
     def prepare(self, shard: Shard) -> Any:
         """The shard's preparation."""
-        return self.runner.prepare(shard)
+        with torch_threads(self.threads):
+            return self.runner.prepare(shard)
 
     def run(self, shard: Shard, prepared: Any) -> tuple[Any, Any]:
         """The shard's table and arrays (from its preparation, when there is one)."""
-        return self.runner.run(shard, prepared=prepared)
+        with torch_threads(self.threads):
+            return self.runner.run(shard, prepared=prepared)

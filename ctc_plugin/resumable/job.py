@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ctc_plugin.resumable.store import RunStore
+from ctc_plugin.resumable.threads import torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -58,7 +59,10 @@ class Shard:
 
 
 class Runner(Protocol):
-    """Computes shards; made once per process (or Ray worker) by [`Job.runner`][ctc_plugin.resumable.job.Job.runner]."""
+    """Computes shards; made once per process (or Ray worker).
+
+    [`Job.runner`][ctc_plugin.resumable.job.Job.runner] makes it.
+    """
 
     def run(
         self, shard: Shard, progress: Any = None, prepared: Any = None
@@ -87,10 +91,14 @@ class Job(Protocol):
             shown on the progress bar.
         prepare_stage: Whether shards have a preparation stage worth its own Ray workers (GPU
             workers when the cluster has GPUs): the SAM segmentation of ``explain-dataset``.
+        threads: Torch CPU threads every shard runs on, in this process and on every Ray
+            worker (``None``: each process's own count, so results may differ in the last
+            bits between engines).
     """
 
     name: str
     prepare_stage: bool
+    threads: int | None
 
     def manifest(self) -> dict[str, Any]:
         """What a run resumed in the same folder must share (``{"config": {...}, ...}``).
@@ -188,6 +196,7 @@ def run_job(
             else:
                 runner = runner if runner is not None else job.runner()
                 for shard in left:
-                    table, arrays = runner.run(shard, progress)
+                    with torch_threads(job.threads):
+                        table, arrays = runner.run(shard, progress)
                     store.write_shard(shard.name, table, arrays)
     return JobResult(store.root, total, len(shards), len(left), time.perf_counter() - start)

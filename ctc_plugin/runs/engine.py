@@ -118,6 +118,11 @@ class ExplainJob:
     name: ClassVar[str] = "explain-dataset"
     prepare_stage: ClassVar[bool] = True
 
+    @property
+    def threads(self) -> int:
+        """The configuration's torch CPU threads."""
+        return self.config.threads
+
     def shards(self) -> list[Shard]:
         """Shards of ``shard_size`` consecutive images."""
         return plan_shards(len(self.source.images), self.config.shard_size)
