@@ -27,7 +27,7 @@ def add_ray_options(parser: argparse.ArgumentParser, workers: str) -> None:
     """Add ``--ray [ADDRESS]`` and ``--ray-workers N``: run the command's shards on Ray.
 
     ``workers`` says what the workers compute, for the help text. The pair is checked by
-    [`ray_options`][ctc_plugin.commands.ray_options].
+    ``ray_options``.
     """
     from ctc_plugin.commands.arguments import positive_int
 
@@ -50,7 +50,7 @@ def add_ray_options(parser: argparse.ArgumentParser, workers: str) -> None:
 
 
 def ray_options(args: argparse.Namespace) -> tuple[bool | str | None, int | None]:
-    """``(ray, ray_workers)`` of [`run_job`][ctc_plugin.resumable.job.run_job] from the options.
+    """``(ray, ray_workers)`` of ``ctc_plugin.resumable.run_job`` from the options.
 
     Raises:
         CLIError: For ``--ray-workers`` without ``--ray``, or with a cluster's ADDRESS.

@@ -45,6 +45,7 @@ __all__ = [
     "ConfigMismatchError",
     "ModelInfo",
     "Piece",
+    "convert_legacy_run",
     "piece_from_shard",
     "piece_name",
     "piece_shard",
@@ -200,6 +201,7 @@ class BenchmarkStore:
         self.runs = RunStore(root)
         self.root = self.runs.root
         self.config = plain_config(config)
+        convert_legacy_run(self.root)
         self.runs.open({"job": JOB, "config": self.config})
 
     @classmethod
@@ -210,6 +212,7 @@ class BenchmarkStore:
             FileNotFoundError: When ``root`` holds no run.
             ValueError: When it holds another kind of run, or a damaged manifest.
         """
+        convert_legacy_run(Path(root))
         try:
             manifest = RunStore(root).manifest()
         except FileNotFoundError:
@@ -276,3 +279,98 @@ class BenchmarkStore:
                     first.accuracy, list(entry["planned"]), list(entry["notes"]), first.preparation
                 )
         return None
+
+
+_LEGACY_CONFIG = "config.json"
+_LEGACY_PIECES = "pieces"
+
+
+def convert_legacy_run(root: Path) -> bool:
+    """Rewrite a run of the benchmark's earlier own store as a run folder of the engine.
+
+    Before the benchmark ran on the resumable engine it kept ``config.json`` and
+    ``pieces/<family>--<split>/`` (``model.json``; per variant ``piece.json``, ``rows.csv``,
+    ``curves.npz``). Such a folder (without a ``manifest.json``) gets a manifest, a plan and one
+    shard per finished piece, with exactly its numbers; the old files are left as they were.
+
+    Returns:
+        Whether the folder was converted (``False``: nothing of the old layout, or converted
+        before).
+
+    Raises:
+        ValueError: If an old file does not parse.
+    """
+    import csv
+    import sys
+
+    legacy, pieces = root / _LEGACY_CONFIG, root / _LEGACY_PIECES
+    runs = RunStore(root)
+    if not legacy.is_file() or not pieces.is_dir() or (root / "manifest.json").exists():
+        return False
+    document = _legacy_json(legacy)
+    config = document.get("config")
+    if document.get("format") != 1 or not isinstance(config, dict):
+        raise ValueError(f"{legacy} is not a benchmark configuration; use a fresh --out")
+    models = []
+    converted = []
+    for family, split in run_order(config["families"], config["splits"]):
+        folder = pieces / f"{quote(family, safe='')}--{quote(split, safe='')}"
+        if not (folder / "model.json").is_file():
+            continue
+        info = _legacy_json(folder / "model.json")
+        models.append(
+            {"family": family, "split": split, "planned": info["planned"], "notes": info["notes"]}
+        )
+        for label in info["planned"]:
+            where = folder / quote(label, safe="")
+            if not (where / "piece.json").is_file():
+                continue
+            meta = _legacy_json(where / "piece.json")
+            try:
+                with (where / "rows.csv").open(newline="") as handle:
+                    rows = [
+                        {k: int(v) if k == "image" else float(v) for k, v in row.items()}
+                        for row in csv.DictReader(handle)
+                    ]
+                with np.load(where / "curves.npz", allow_pickle=False) as data:
+                    curves = {key: data[key] for key in data.files}
+            except (OSError, ValueError) as error:
+                raise ValueError(f"cannot read the piece {where}: {error}") from error
+            summary = {k: math.nan if v is None else v for k, v in meta["summary"].items()}
+            converted.append(
+                Piece(
+                    family,
+                    split,
+                    label,
+                    rows,
+                    summary,
+                    curves,
+                    meta.get("error"),
+                    float(meta.get("seconds", 0.0)),
+                    str(meta.get("machine", "")),
+                    {str(k): float(v) for k, v in meta.get("timings", {}).items()},
+                    float(info["accuracy"]),
+                    float(info.get("seconds", 0.0)),
+                )
+            )
+    for piece in converted:  # the manifest last: a conversion stopped half way starts again
+        name = piece_name(piece.family, piece.split, piece.label)
+        runs.write_shard(name, *piece_shard(piece))
+    runs.open({"job": JOB, "config": config}, plan={"models": models, "skipped": {}}, adopt=True)
+    print(
+        f"{root}: converted {len(converted)} pieces of the earlier benchmark layout "
+        f"({_LEGACY_CONFIG}, {_LEGACY_PIECES}/) to the run folder of the engine (manifest.json, "
+        f"shards/); the old files are kept and no longer read",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _legacy_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path} (damaged): {error}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not a JSON object (damaged)")
+    return value

@@ -54,7 +54,9 @@ class RunStore:
         self.shards = self.root / "shards"
 
     # ------------------------------------------------------------------ manifest
-    def open(self, manifest: dict[str, Any], plan: dict[str, Any] | None = None) -> None:
+    def open(
+        self, manifest: dict[str, Any], plan: dict[str, Any] | None = None, adopt: bool = False
+    ) -> None:
         """Start or resume: write ``manifest`` in a new folder, or check it against the stored one.
 
         Leftover temporary files of a killed run are removed, and ``plan`` (when given) is
@@ -63,6 +65,8 @@ class RunStore:
         Args:
             manifest: ``{"job": kind, "config": {...}, ...}``: what a resumed run must share.
             plan: What the job planned, for readers of the folder (never compared).
+            adopt: Start a run in a folder that holds other files (a job converting its own
+                older layout); otherwise such a folder is refused.
 
         Raises:
             ConfigMismatchError: If the folder holds another run's manifest.
@@ -82,7 +86,7 @@ class RunStore:
             if differences:
                 raise ConfigMismatchError(self.root, differences)
         else:
-            if self.root.exists() and any(self.root.iterdir()):
+            if not adopt and self.root.exists() and any(self.root.iterdir()):
                 raise ValueError(
                     f"--out {self.root} is a folder with other files and no {MANIFEST}; give "
                     "an empty or new folder for the run's results"

@@ -11,6 +11,7 @@ equals the embedded run.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import signal
@@ -19,13 +20,19 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
 
 from ctc_plugin.cli import main
 from ctc_plugin.harness.benchmark import BenchmarkJob, run_benchmark
-from ctc_plugin.harness.store import BenchmarkStore, piece_from_shard, piece_name
+from ctc_plugin.harness.store import (
+    BenchmarkStore,
+    ConfigMismatchError,
+    piece_from_shard,
+    piece_name,
+)
 from ctc_plugin.resumable import RayUnavailableError, RunStore
 from tests.harness.test_benchmark_resume import CONFIG, TIMING, _models, _table
 
@@ -200,3 +207,50 @@ def test_ray_on_a_local_two_worker_cluster_equals_the_embedded_run(embedded, tmp
     for name in ("results.csv", "per_image.csv"):
         assert _table(out / name) == _table(reference / name)
     _same_pieces(out, reference)
+
+
+def _write_legacy_run(root: Path, source: Path) -> None:
+    """The run ``source`` in the benchmark's earlier own layout (config.json, pieces/)."""
+    store = BenchmarkStore.open(source)
+    (root / "pieces").mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"format": 1, "config": store.config}))
+    for entry in store.plan()["models"]:
+        family, split = entry["family"], entry["split"]
+        folder = root / "pieces" / f"{family}--{split}"
+        folder.mkdir()
+        info = store.model_info(family, split)
+        model = {"accuracy": info.accuracy, "planned": info.planned, "notes": info.notes}
+        (folder / "model.json").write_text(json.dumps({**model, "seconds": info.seconds}))
+        for label in entry["planned"]:
+            piece = store.load(family, split, label)
+            where = folder / quote(label, safe="")
+            where.mkdir()
+            meta = {k: getattr(piece, k) for k in ("label", "summary", "error", "seconds")}
+            meta |= {"machine": piece.machine, "timings": piece.timings}
+            (where / "piece.json").write_text(json.dumps(meta))
+            with (where / "rows.csv").open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(piece.rows[0]))
+                writer.writeheader()
+                writer.writerows(piece.rows)
+            np.savez(where / "curves.npz", **piece.curves)
+
+
+def test_a_run_of_the_earlier_layout_is_converted_with_its_numbers(embedded, tmp_path, capsys):
+    reference, _ = embedded
+    legacy = tmp_path / "legacy"
+    _write_legacy_run(legacy, reference)
+    before = sorted(p.relative_to(legacy) for p in legacy.rglob("*"))
+    assert main(["benchmark", "--report-only", "--out", str(legacy)]) == 0
+    assert "converted 5 pieces of the earlier benchmark layout" in capsys.readouterr().err
+    for name in ("results.csv", "per_image.csv"):  # timings too: they come from the files
+        assert _table(legacy / name, drop=set()) == _table(reference / name, drop=set())
+    _same_pieces(legacy, reference)
+    assert set(before) <= {p.relative_to(legacy) for p in legacy.rglob("*")}  # old files kept
+    # converted once; a resumed run computes nothing (every piece is there: the same timings)
+    _run(legacy)
+    assert "converted" not in capsys.readouterr().err
+    assert _table(legacy / "results.csv", drop=set()) == _table(
+        reference / "results.csv", drop=set()
+    )
+    with pytest.raises(ConfigMismatchError, match="lime_samples: 8 there, 9 now"):
+        run_benchmark(replace(ONE, lime_samples=9), legacy, models=_models(), show_progress=False)
