@@ -8,8 +8,8 @@ command line depends on its commands, not the other way round.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
-from contextlib import contextmanager
+
+from ctc_plugin.resumable.threads import torch_threads as torch_threads  # the commands' home
 
 
 class CLIError(Exception):
@@ -23,24 +23,43 @@ def add_threads_option(parser: argparse.ArgumentParser, default: int | None, tex
     parser.add_argument("--threads", type=positive_int, default=default, help=text)
 
 
-@contextmanager
-def torch_threads(count: int | None) -> Iterator[int]:
-    """Run the block on ``count`` torch CPU threads (``None``: the current count).
+def add_ray_options(parser: argparse.ArgumentParser, workers: str) -> None:
+    """Add ``--ray [ADDRESS]`` and ``--ray-workers N``: run the command's shards on Ray.
 
-    Yields the count in use; the previous count is restored afterwards, also after an error,
-    so a command called in-process (tests, notebooks) changes nothing around it.
+    ``workers`` says what the workers compute, for the help text. The pair is checked by
+    ``ray_options``.
+    """
+    from ctc_plugin.commands.arguments import positive_int
+
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray (the optional extra ray): on the cluster at ADDRESS (ray://host:10001, "
+        f"auto), or on a local one started for the run when no ADDRESS is given; {workers}; "
+        "the same results as without --ray",
+    )
+    parser.add_argument(
+        "--ray-workers",
+        type=positive_int,
+        default=None,
+        help="CPUs of the local Ray cluster (default: all of this machine's)",
+    )
+
+
+def ray_options(args: argparse.Namespace) -> tuple[bool | str | None, int | None]:
+    """``(ray, ray_workers)`` of ``ctc_plugin.resumable.run_job`` from the options.
 
     Raises:
-        ValueError: If ``count`` is below 1 (before anything changes).
+        CLIError: For ``--ray-workers`` without ``--ray``, or with a cluster's ADDRESS.
     """
-    import torch
-
-    if count is not None and count < 1:
-        raise ValueError(f"--threads must be at least 1, got {count}")
-    previous = torch.get_num_threads()
-    try:
-        if count is not None:
-            torch.set_num_threads(count)
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(previous)
+    if args.ray_workers is not None and args.ray is None:
+        raise CLIError("--ray-workers sets the size of a local Ray cluster: add --ray")
+    if args.ray_workers is not None and isinstance(args.ray, str):
+        raise CLIError(
+            f"--ray-workers sizes a local Ray cluster; the cluster at {args.ray} has its own "
+            "workers: drop --ray-workers, or --ray's ADDRESS to start a local cluster"
+        )
+    return args.ray, args.ray_workers

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ctc_plugin.commands import add_threads_option, torch_threads
+from ctc_plugin.commands import add_ray_options, add_threads_option, ray_options, torch_threads
 from ctc_plugin.commands.arguments import non_negative_int, output_folder, positive_int
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,9 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="compare every explanation method on the zoo models (CSV, Markdown table, plots)",
         description="Explain the same held-out ShapesDataset images with CTC, Integrative CAM, "
         "the Explainer and the established Captum / Zennit / pytorch-grad-cam methods; score "
-        "localisation, faithfulness, invariance, sensitivity, time and memory. Each finished "
-        "method variant is stored under --out: the same command run again resumes where it "
-        "stopped.",
+        "localisation, faithfulness, invariance, sensitivity, time and memory. Runs on the "
+        "engine of explain-dataset: each finished method variant is stored under --out as one "
+        "shard, the same command run again resumes where it stopped, and --ray runs the "
+        "variants on a Ray cluster.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a small run (one model, a few images; minutes)"
@@ -74,8 +75,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--methods", nargs="+", metavar="NAME", help="method names to run")
     parser.add_argument("--lime-samples", type=positive_int, help="samples for Lime and KernelShap")
-    add_threads_option(parser, None, "torch CPU threads (default: torch's)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_threads_option(
+        parser,
+        None,
+        "torch CPU threads of each method variant, also on Ray workers (default: "
+        "torch's count in this process)",
+    )
+    add_ray_options(parser, "one method variant per worker at a time")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -111,6 +118,8 @@ def _report_only(args: argparse.Namespace) -> int:
     given = [OPTIONS[key] for key in OPTIONS if getattr(args, _attribute(key)) is not None]
     given += ["--quick"] if args.quick else []
     given += ["--threads"] if args.threads is not None else []  # it computes nothing
+    given += ["--ray"] if args.ray is not None else []
+    given += ["--ray-workers"] if args.ray_workers is not None else []
     if given:
         raise CLIError(
             f"--report-only uses the configuration stored in {args.out}; drop {' '.join(given)}"
@@ -129,13 +138,23 @@ def run(args: argparse.Namespace) -> int:
     from ctc_plugin.commands import CLIError
     from ctc_plugin.harness.benchmark import run_benchmark
     from ctc_plugin.harness.store import ConfigMismatchError
+    from ctc_plugin.resumable import RayUnavailableError
 
     if args.report_only:
         return _report_only(args)
+    ray, workers = ray_options(args)
     config = _config(args)
     try:
         with torch_threads(args.threads):
-            run_benchmark(config, args.out, show_progress=not args.no_progress)
+            run_benchmark(
+                config,
+                args.out,
+                show_progress=not args.no_progress,
+                ray=ray,
+                ray_workers=workers,
+            )
+    except RayUnavailableError as error:
+        raise CLIError(str(error)) from error
     except ConfigMismatchError as error:
         listed = "; ".join(
             f"{OPTIONS.get(key, key)}: {old!r} there, {new!r} now"

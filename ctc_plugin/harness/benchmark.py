@@ -2,8 +2,11 @@
 
 `run_benchmark` explains the same images with every method of `ctc_plugin.harness.methods`
 (feature-based methods once per feature source) and scores them with this package's metrics.
-Each finished piece (one method variant on one model) is stored under the output folder
-(`ctc_plugin.harness.store`), so a run that stops resumes where it stopped; the report is
+It is a job of the resumable engine that ``explain-dataset`` runs on
+([`BenchmarkJob`][ctc_plugin.harness.benchmark.BenchmarkJob], run by
+[`run_job`][ctc_plugin.resumable.job.run_job]): each finished piece (one method variant on one
+model) is stored under the output folder as one shard (`ctc_plugin.harness.store`), so a run
+that stops resumes where it stopped, in this process or on Ray (``--ray``); the report is
 written from the stored pieces (`ctc_plugin.harness.report.write_stored_report`, also for a
 partial run):
 
@@ -34,11 +37,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ctc_plugin.evaluation._inputs import Method, predict
 from ctc_plugin.evaluation.faithfulness import PerturbationCurve, perturbation_curve
@@ -63,11 +66,22 @@ from ctc_plugin.harness.methods import (
     registry,
 )
 from ctc_plugin.harness.report import COLUMNS, finite_mean, write_stored_report
-from ctc_plugin.harness.store import ModelInfo, Piece, RunStore, run_order
+from ctc_plugin.harness.store import (
+    JOB,
+    BenchmarkStore,
+    Piece,
+    piece_name,
+    piece_shard,
+    plain_config,
+    run_order,
+)
+from ctc_plugin.resumable import Shard, run_job
 from ctc_plugin.zoo.settings import FAMILIES
 
 __all__ = [
     "BenchmarkConfig",
+    "BenchmarkJob",
+    "BenchmarkRunner",
     "Variant",
     "run_benchmark",
     "machine_description",
@@ -350,7 +364,7 @@ def _run_variant(
     segments: Tensor,
     makers: dict[str, Callable[[Tensor], Tensor]],
     config: BenchmarkConfig,
-    bar: tqdm,
+    bar: Any,
     timings: dict[str, float],
 ) -> tuple[list[dict[str, float]], dict[str, float], dict[str, np.ndarray]]:
     """Explain and score every image, then the robustness subset: rows, summary, curves.
@@ -413,7 +427,7 @@ def _compute_piece(
     sources: dict[str, Tensor],
     makers: dict[str, Callable[[Tensor], Tensor]],
     config: BenchmarkConfig,
-    bar: tqdm,
+    bar: Any,
 ) -> Piece:
     """Run one variant on one model; a method that raises gives a piece holding its error."""
     _seed_piece(config, family, split, variant.label)
@@ -497,28 +511,232 @@ def _plan(
     return _variants(methods.values(), config.feature_sources), notes
 
 
+class _Counted:
+    """A progress bar that counts what it was advanced by (the bar may be ``None``)."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self.count = 0
+
+    def update(self, count: int) -> None:
+        self.count += count
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def set_postfix_str(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+
+@dataclass
+class _Prepared:
+    """One model made ready for its pieces: data, features, variants, accuracy."""
+
+    family: str
+    split: str
+    model: nn.Module
+    data: dict[str, Tensor]
+    variants: dict[str, Variant]
+    accuracy: float
+    makers: dict[str, Callable[..., Tensor]]
+    sources: dict[str, Tensor]
+    seconds: float
+
+
+class BenchmarkJob:
+    """The benchmark as a [`Job`][ctc_plugin.resumable.job.Job] of the resumable engine.
+
+    Planning loads every model (to know which variants apply to it); a model whose zoo weights
+    are missing is skipped with a warning (and a line under "Failures" in ``results.md``).
+    Each shard is one piece, one method variant on one model, in report order (split by split,
+    family by family, variant by variant), named after the piece; its progress counts the
+    piece's images. The job is sent to Ray workers as it is: its configuration, its plan and
+    the models given as ``models``, never the zoo models it loaded (a worker loads its own).
+
+    Args:
+        config: What to run.
+        models: ``{(family, split): model}`` to use instead of the zoo (the Explainer is then
+            left out).
+        threads: Torch CPU threads every piece runs on (``None``: this process's count now),
+            here and on every Ray worker, so that both engines give the same numbers.
+
+    Raises:
+        FileNotFoundError: When no model can be loaded.
+    """
+
+    name: ClassVar[str] = JOB
+    prepare_stage: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        config: BenchmarkConfig,
+        models: Mapping[tuple[str, str], nn.Module] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.config = config
+        self.models = dict(models) if models is not None else None
+        self.threads = threads if threads is not None else torch.get_num_threads()
+        self._loaded: dict[tuple[str, str], tuple[nn.Module, dict[str, nn.Module]]] = {}
+        self.pieces: list[tuple[str, str, str]] = []
+        self.planned: list[dict[str, Any]] = []
+        self.skipped: dict[str, str] = {}
+        pairs = run_order(config.families, config.splits)
+        for family, split in pairs:
+            try:
+                model, explainers = self.load(family, split)
+            except FileNotFoundError as error:  # reported in results.md and on stderr
+                self.skipped[f"{family}/{split}"] = f"model skipped: {error}"
+                print(f"warning: {family}/{split}: model skipped: {error}", file=sys.stderr)
+                continue
+            variants, notes = _plan(config, family, split, explainers, model)
+            labels = [variant.label for variant in variants]
+            self.planned.append({"family": family, "split": split, "planned": labels})
+            self.planned[-1]["notes"] = notes
+            self.pieces += [(family, split, label) for label in labels]
+        if len(self.skipped) == len(pairs):
+            raise FileNotFoundError("no model could be loaded: " + "; ".join(self.skipped.values()))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_loaded"] = {}  # a Ray worker loads its own zoo models
+        return state
+
+    def load(self, family: str, split: str) -> tuple[nn.Module, dict[str, nn.Module]]:
+        """The model and its shipped explainers by kind (loaded once per process)."""
+        if self.models is not None:
+            return self.models[(family, split)], {}
+        if (family, split) not in self._loaded:
+            self._loaded[(family, split)] = _model_and_explainers(family, split)
+        return self._loaded[(family, split)]
+
+    def manifest(self) -> dict[str, Any]:
+        """The configuration: a resumed run must have the same."""
+        return {"config": plain_config(self.config)}
+
+    def plan(self) -> dict[str, Any]:
+        """Per model its planned variants and notes, and the skipped models (``plan.json``)."""
+        return {"models": self.planned, "skipped": self.skipped}
+
+    def shards(self) -> list[Shard]:
+        """One shard per piece, named after it, counting the piece's images."""
+        images = tuple(range(self.config.images))
+        return [Shard(index, images, piece_name(*piece)) for index, piece in enumerate(self.pieces)]
+
+    def runner(self, *, prepare: bool = True, run: bool = True) -> BenchmarkRunner:
+        """A [`BenchmarkRunner`][ctc_plugin.harness.benchmark.BenchmarkRunner]."""
+        return BenchmarkRunner(self)
+
+
+class BenchmarkRunner:
+    """Computes the benchmark's pieces; prepares each model once (data, accuracy, features).
+
+    Every piece seeds the random generators from its own name first, so its numbers do not
+    depend on the pieces computed before it in the same process: a resumed run, and a run on
+    Ray, equal an uninterrupted embedded run.
+
+    Args:
+        job: The job whose pieces it computes.
+    """
+
+    def __init__(self, job: BenchmarkJob) -> None:
+        self.job = job
+        self._data: dict[str, dict[str, Tensor]] = {}
+        self._prepared: _Prepared | None = None
+
+    def prepared(self, family: str, split: str) -> _Prepared:
+        """The model ``family``/``split`` made ready (the last one is kept)."""
+        current = self._prepared
+        if current is not None and (current.family, current.split) == (family, split):
+            return current
+        self._prepared = None  # let the last model go first
+        config = self.job.config
+        started = time.perf_counter()
+        model, explainers = self.job.load(family, split)
+        variants, _ = _plan(config, family, split, explainers, model)
+        if split not in self._data:
+            self._data[split] = _load_data(split, config)
+        data = self._data[split]
+        _seed_piece(config, family, split, "(model preparation)")
+        accuracy, makers, sources = _prepare_model(model, data, variants)
+        current = _Prepared(
+            family,
+            split,
+            model,
+            data,
+            {variant.label: variant for variant in variants},
+            accuracy,
+            makers,
+            sources,
+            time.perf_counter() - started,
+        )
+        self._prepared = current
+        return current
+
+    def run(
+        self, shard: Shard, progress: Any = None, prepared: Any = None
+    ) -> tuple[Any, dict[str, np.ndarray]]:
+        """Compute the piece of ``shard``: its table and curves.
+
+        See [`piece_shard`][ctc_plugin.harness.store.piece_shard] for the table.
+
+        A method that raises gives a piece holding its error; the progress bar is advanced by
+        the piece's images in all, also then.
+        """
+        family, split, label = self.job.pieces[shard.index]
+        ready = self.prepared(family, split)
+        bar = _Counted(progress)
+        bar.set_postfix_str(f"{family}/{split} {label}")
+        piece = _compute_piece(
+            ready.variants[label],
+            family,
+            split,
+            ready.model,
+            ready.data,
+            ready.sources,
+            ready.makers,
+            self.job.config,
+            bar,
+        )
+        piece.accuracy, piece.preparation = ready.accuracy, ready.seconds
+        bar.update(max(0, len(shard.images) - bar.count))
+        return piece_shard(piece)
+
+
 def run_benchmark(
     config: BenchmarkConfig,
     out_dir: str | Path,
     models: Mapping[tuple[str, str], nn.Module] | None = None,
     show_progress: bool = True,
+    *,
+    threads: int | None = None,
+    ray: bool | str | None = None,
+    ray_workers: int | None = None,
 ) -> list[dict[str, object]]:
     """Run the benchmark (or resume it) and write its CSV files, tables and plots to ``out_dir``.
 
-    Every finished piece (one method variant on one model) is stored under ``out_dir`` as it
-    completes (see `ctc_plugin.harness.store`). Running again with the same configuration
-    skips the stored pieces and computes the rest; the report is always written from the
-    stored pieces, so an interrupted and resumed run reports the same as an uninterrupted one
-    (up to the measured times and memory). Models run one after another, each with all its
-    variants, so `ctc_plugin.harness.report.write_stored_report` can report whole models
-    while a run is under way.
+    The benchmark is a job of the resumable engine that ``explain-dataset`` runs on
+    ([`run_job`][ctc_plugin.resumable.job.run_job]): every finished piece (one method variant
+    on one model) is stored under ``out_dir`` as it completes (see
+    [`store`][ctc_plugin.harness.store]). Running again with the same configuration skips the
+    stored pieces and computes the rest; the report is always written from the stored pieces,
+    so an interrupted and resumed run reports the same as an uninterrupted one (up to the
+    measured times and memory). Embedded, pieces run one after another in report order, so
+    [`write_stored_report`][ctc_plugin.harness.report.write_stored_report] can report whole
+    models while a run is under way; on Ray they run side by side.
 
     Args:
         config: What to run.
         out_dir: Output folder (created if missing).
         models: ``{(family, split): model}`` to use instead of the zoo (for tests and for your
             own models); the Explainer is then left out.
-        show_progress: Draw tqdm progress bars.
+        show_progress: Draw a progress bar over every piece's images.
+        threads: Torch CPU threads of every piece (``None``: this process's count), on Ray
+            workers too.
+        ray: Run the pieces on Ray: ``True`` starts a local cluster, a string is a cluster's
+            address (see [`run_on_ray`][ctc_plugin.resumable.cluster.run_on_ray]). Not part of
+            the configuration: the numbers are the same, and either engine resumes the other's
+            run.
+        ray_workers: CPUs of the local Ray cluster (``None``: all).
 
     Returns:
         The summary rows (one per model, split and method), as written to ``results.csv``.
@@ -527,51 +745,12 @@ def run_benchmark(
         ConfigMismatchError: When ``out_dir`` holds a run with another configuration.
         FileNotFoundError: When no model can be loaded. A single missing zoo weight file only
             skips that model, with a warning and a line under "Failures" in ``results.md``.
+        RayUnavailableError: When ``ray`` is given and Ray is not installed.
     """
-    store = RunStore(out_dir, config)
-    torch.manual_seed(config.seed)
-    skipped: dict[str, str] = {}
-    datasets: dict[str, dict[str, Tensor]] = {}
-    pairs = run_order(config.families, config.splits)
-    for family, split in tqdm(pairs, desc="models", disable=not show_progress):
-        if models is not None:
-            model, explainers = models[(family, split)], {}
-        else:
-            try:
-                model, explainers = _model_and_explainers(family, split)
-            except FileNotFoundError as error:  # reported in results.md and on stderr
-                skipped[f"{family}/{split}"] = f"model skipped: {error}"
-                print(f"warning: {family}/{split}: model skipped: {error}", file=sys.stderr)
-                continue
-        variants, notes = _plan(config, family, split, explainers, model)
-        pending = [v for v in variants if not store.has(family, split, v.label)]
-        if not pending:
-            continue
-        started = time.perf_counter()
-        if split not in datasets:
-            datasets[split] = _load_data(split, config)
-        data = datasets[split]
-        _seed_piece(config, family, split, "(model preparation)")
-        accuracy, makers, sources = _prepare_model(model, data, pending)
-        labels = [variant.label for variant in variants]
-        info = ModelInfo(accuracy, labels, notes, time.perf_counter() - started)
-        store.start_model(family, split, info)
-        bar = tqdm(
-            total=len(pending) * config.images,
-            desc=f"{family}/{split}",
-            leave=False,
-            disable=not show_progress,
-        )
-        for variant in pending:
-            bar.set_postfix_str(variant.label)
-            piece = _compute_piece(
-                variant, family, split, model, data, sources, makers, config, bar
-            )
-            store.save(piece)
-        bar.close()
-    if len(skipped) == len(pairs):
-        raise FileNotFoundError("no model could be loaded: " + "; ".join(skipped.values()))
-    return write_stored_report(store, skipped)
+    BenchmarkStore(out_dir, config)  # another configuration is refused before models load
+    job = BenchmarkJob(config, models, threads)
+    run_job(job, out_dir, show_progress=show_progress, ray=ray, ray_workers=ray_workers)
+    return write_stored_report(BenchmarkStore.open(out_dir))
 
 
 def machine_description() -> str:

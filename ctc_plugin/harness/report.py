@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ctc_plugin.harness.store import Piece, RunStore, run_order
+from ctc_plugin.harness.store import BenchmarkStore, Piece, run_order
 
 __all__ = [
     "COLUMNS",
@@ -443,7 +443,7 @@ def write_report(
 
 
 def write_stored_report(
-    store: RunStore | str | Path, skipped: Mapping[str, str] | None = None
+    store: BenchmarkStore | str | Path, skipped: Mapping[str, str] | None = None
 ) -> list[dict[str, object]]:
     """Write the report from the pieces stored so far; partial runs are labelled as such.
 
@@ -455,7 +455,8 @@ def write_stored_report(
 
     Args:
         store: The run (or its output folder).
-        skipped: ``{"family/split": reason}`` for models that could not be loaded.
+        skipped: ``{"family/split": reason}`` for models that could not be loaded (``None``:
+            those the run's last start recorded).
 
     Returns:
         The summary rows written to ``results.csv``.
@@ -464,9 +465,9 @@ def write_stored_report(
         FileNotFoundError: When the folder holds no run.
         ValueError: When no piece is finished yet, or a stored file does not parse.
     """
-    if not isinstance(store, RunStore):
-        store = RunStore.open(store)
-    skipped = dict(skipped or {})
+    if not isinstance(store, BenchmarkStore):
+        store = BenchmarkStore.open(store)
+    skipped = dict(store.skipped() if skipped is None else skipped)
     settings = store.config
     runs: list[ModelRun] = []
     coverage: list[Coverage] = []

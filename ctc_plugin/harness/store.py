@@ -1,42 +1,60 @@
-"""The benchmark's finished pieces on disk, so that a run can stop and resume.
+"""The benchmark's finished pieces, as shards of a resumable run folder.
 
 A *piece* is one method variant (e.g. ``"CTC-reference [superpixel]"``) on one model (family and
-split): its per-image rows, its mean deletion/insertion curves' data, its summary row with the
-robustness metrics, or the error it raised. Everything is plain data, never pickle:
+split): its per-image rows, its deletion/insertion curves, its summary row with the robustness
+metrics, or the error it raised. The benchmark is a job of the resumable engine
+([`BenchmarkJob`][ctc_plugin.harness.benchmark.BenchmarkJob]), one shard per piece, so its run
+folder is a [`RunStore`][ctc_plugin.resumable.store.RunStore] like ``explain-dataset``'s:
 
-    DIR/config.json                           the run's configuration
-    DIR/pieces/<family>--<split>/model.json   accuracy, planned variants, notes
-    DIR/pieces/<family>--<split>/<variant>/   one finished piece:
-        piece.json   summary row, error, seconds, machine
-        rows.csv     one row per image
-        curves.npz   "deletion" and "insertion" curves, (N, steps + 1)
+    DIR/manifest.json                          the job ("benchmark") and its configuration
+    DIR/plan.json                              per model: planned variants and notes; skipped
+                                               models (rewritten on every start)
+    DIR/shards/<family>--<split>--<variant>.parquet
+                                               one row per image (``image`` and the per-image
+                                               metrics); the piece's summary, error, timings,
+                                               machine and model accuracy in the table's
+                                               metadata (``piece``, JSON)
+    DIR/shards/<family>--<split>--<variant>.npz
+                                               ``deletion`` and ``insertion`` curves, (N, steps + 1)
 
-A piece folder is first written under a temporary name and then renamed, so a folder with the
-final name is always complete: a run killed at any moment leaves only whole pieces (and maybe a
-``.tmp-*`` folder, ignored and removed by the next run). Names are URL-quoted labels.
+Names are URL-quoted. Every file is written atomically, so a run killed at any moment leaves
+only whole pieces. This module is the view that reads and writes pieces in that folder
+([`BenchmarkStore`][ctc_plugin.harness.store.BenchmarkStore]); it stores nothing on its own.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import numpy as np
 
-from ctc_plugin.resumable import ConfigMismatchError, write_atomic
+from ctc_plugin.resumable import ConfigMismatchError, RunStore
 
-__all__ = ["ConfigMismatchError", "Piece", "ModelInfo", "RunStore", "run_order"]
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
 
+__all__ = [
+    "JOB",
+    "BenchmarkStore",
+    "ConfigMismatchError",
+    "ModelInfo",
+    "Piece",
+    "convert_legacy_run",
+    "piece_from_shard",
+    "piece_name",
+    "piece_shard",
+    "run_order",
+]
 
-_FORMAT = 1
+#: The job's name in the run folder's manifest.
+JOB = "benchmark"
+_META = b"piece"
 
 
 @dataclass
@@ -54,6 +72,9 @@ class Piece:
         seconds: Wall-clock seconds the piece took (explanations, metrics and robustness).
         machine: One line describing the machine that computed it.
         timings: Seconds per stage (e.g. ``"explain"``, ``"curves"``, ``"protocol"``).
+        accuracy: The model's accuracy on the benchmark images.
+        preparation: Wall-clock seconds of the model's preparation (data, features) in the
+            process that computed the piece.
     """
 
     family: str
@@ -66,17 +87,19 @@ class Piece:
     seconds: float = 0.0
     machine: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    accuracy: float = math.nan
+    preparation: float = 0.0
 
 
 @dataclass
 class ModelInfo:
-    """What is known about a model once its run has started.
+    """What is known about a model of a run.
 
     Attributes:
-        accuracy: Accuracy on the benchmark images.
-        planned: Variant labels the run will compute for this model, in report order.
+        accuracy: Accuracy on the benchmark images (from its finished pieces; NaN before).
+        planned: Variant labels the run computes for this model, in report order.
         notes: Lines for the report's "Failures" section (e.g. a missing Explainer).
-        seconds: Wall-clock seconds of the model's preparation (data, features), last start.
+        seconds: Wall-clock seconds of the model's preparation (data, features).
     """
 
     accuracy: float
@@ -88,183 +111,266 @@ class ModelInfo:
 def run_order(families: Iterable[str], splits: Iterable[str]) -> list[tuple[str, str]]:
     """Models in run and report order: split by split, family by family.
 
-    A run finishes every variant of one model before it starts the next, so a partial run has
-    whole models to report.
+    The plan lists every variant of one model before the next model, so an embedded run that
+    stops has whole models to report.
     """
     return [(family, split) for split in splits for family in families]
 
 
-def _plain(config: Any) -> dict[str, Any]:
+def piece_name(family: str, split: str, label: str) -> str:
+    """The file stem of a piece: ``<family>--<split>--<label>``, each URL-quoted."""
+    return "--".join(quote(text, safe="") for text in (family, split, label))
+
+
+def plain_config(config: Any) -> dict[str, Any]:
     """The configuration as JSON values (tuples become lists), for storing and comparing."""
     values = asdict(config) if is_dataclass(config) else dict(config)
     return json.loads(json.dumps(values))
 
 
-def _name(text: str) -> str:
-    return quote(text, safe="")
+def piece_shard(piece: Piece) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """A piece as a shard: its per-image table (the rest in its metadata) and its curves."""
+    import pyarrow as pa
+
+    if piece.rows:
+        table = pa.Table.from_pylist(piece.rows)
+    else:
+        table = pa.table({"image": pa.array([], pa.int64())})
+    meta = {
+        "family": piece.family,
+        "split": piece.split,
+        "label": piece.label,
+        "summary": piece.summary,
+        "error": piece.error,
+        "seconds": piece.seconds,
+        "machine": piece.machine,
+        "timings": piece.timings,
+        "accuracy": piece.accuracy,
+        "preparation": piece.preparation,
+    }
+    table = table.replace_schema_metadata({_META: json.dumps(meta).encode()})
+    return table, dict(piece.curves)
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    """Write JSON atomically (a reader in another process never sees half a file)."""
-    text = (json.dumps(value, indent=2) + "\n").encode()
-    write_atomic(path, lambda stream: stream.write(text))
+def piece_from_shard(table: pa.Table, arrays: dict[str, np.ndarray]) -> Piece:
+    """The piece a shard holds.
+
+    The inverse of [`piece_shard`][ctc_plugin.harness.store.piece_shard].
+
+    Raises:
+        ValueError: If the table carries no piece metadata.
+    """
+    metadata = table.schema.metadata or {}
+    if _META not in metadata:
+        raise ValueError("the shard is not a benchmark piece (its table has no piece metadata)")
+    meta = json.loads(metadata[_META])
+    rows = [
+        {key: int(value) if key == "image" else float(value) for key, value in row.items()}
+        for row in table.to_pylist()
+    ]
+    return Piece(
+        meta["family"],
+        meta["split"],
+        meta["label"],
+        rows=rows,
+        summary={k: math.nan if v is None else v for k, v in meta["summary"].items()},
+        curves=dict(arrays),
+        error=meta.get("error"),
+        seconds=float(meta.get("seconds", 0.0)),
+        machine=str(meta.get("machine", "")),
+        timings={str(k): float(v) for k, v in meta.get("timings", {}).items()},
+        accuracy=float(meta.get("accuracy", math.nan)),
+        preparation=float(meta.get("preparation", 0.0)),
+    )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"cannot read {path} (damaged or not written by the benchmark): {error}"
-        ) from error
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} is not a JSON object (damaged or not written by the benchmark)")
-    return value
-
-
-def _stored_config(path: Path) -> dict[str, Any]:
-    document = _read_json(path)
-    if document.get("format") != _FORMAT or not isinstance(document.get("config"), dict):
-        raise ValueError(
-            f"{path} was not written by this version of the benchmark (format "
-            f"{document.get('format')!r}, expected {_FORMAT}); use a fresh --out"
-        )
-    return document["config"]
-
-
-class RunStore:
-    """The finished pieces of one benchmark run under one output folder.
+class BenchmarkStore:
+    """The pieces of one benchmark run, read from and written to its run folder.
 
     Args:
         root: The output folder (``--out``).
         config: The run's configuration (a dataclass or a mapping of JSON values).
 
     Raises:
-        ConfigMismatchError: when ``root`` already holds a run with another configuration.
+        ConfigMismatchError: When ``root`` already holds a run with another configuration.
+        ValueError: When ``root`` holds another kind of run, files but no run, or a manifest
+            that does not parse.
     """
 
     def __init__(self, root: str | Path, config: Any) -> None:
-        self.root = Path(root)
-        self.config = _plain(config)
-        path = self.root / "config.json"
-        if path.is_file():
-            stored = _stored_config(path)
-            keys = list(dict.fromkeys([*stored, *self.config]))
-            differences = [
-                (key, stored.get(key), self.config.get(key))
-                for key in keys
-                if stored.get(key) != self.config.get(key)
-            ]
-            if differences:
-                raise ConfigMismatchError(self.root, differences, kind="benchmark run")
-        else:
-            self.root.mkdir(parents=True, exist_ok=True)
-            _write_json(path, {"format": _FORMAT, "config": self.config})
+        self.runs = RunStore(root)
+        self.root = self.runs.root
+        self.config = plain_config(config)
+        convert_legacy_run(self.root)
+        self.runs.open({"job": JOB, "config": self.config})
 
     @classmethod
-    def open(cls, root: str | Path) -> RunStore:
+    def open(cls, root: str | Path) -> BenchmarkStore:
         """Open an existing run with the configuration stored in it.
 
         Raises:
-            FileNotFoundError: when ``root`` holds no ``config.json``.
+            FileNotFoundError: When ``root`` holds no run.
+            ValueError: When it holds another kind of run, or a damaged manifest.
         """
-        path = Path(root) / "config.json"
-        if not path.is_file():
+        convert_legacy_run(Path(root))
+        try:
+            manifest = RunStore(root).manifest()
+        except FileNotFoundError:
             raise FileNotFoundError(
-                f"{root} holds no benchmark run (no config.json); start one with "
+                f"{root} holds no benchmark run (no manifest.json); start one with "
                 f"`ctc-plugin benchmark --out {root}`"
+            ) from None
+        if manifest.get("job") != JOB or not isinstance(manifest.get("config"), dict):
+            raise ValueError(
+                f"{root} holds a run of {manifest.get('job')}, not a benchmark run; give the "
+                "--out of a benchmark run"
             )
-        return cls(root, _stored_config(path))
-
-    def _model_dir(self, family: str, split: str) -> Path:
-        return self.root / "pieces" / f"{_name(family)}--{_name(split)}"
-
-    def _piece_dir(self, family: str, split: str, label: str) -> Path:
-        return self._model_dir(family, split) / _name(label)
+        return cls(root, manifest["config"])
 
     def has(self, family: str, split: str, label: str) -> bool:
         """True when the piece is finished (computed or failed) and stored."""
-        return (self._piece_dir(family, split, label) / "piece.json").is_file()
-
-    def start_model(self, family: str, split: str, info: ModelInfo) -> None:
-        """Record a model's accuracy, planned variants and notes (replacing earlier ones)."""
-        folder = self._model_dir(family, split)
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob(".tmp-*"):  # left by a run that was killed mid-write
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-        _write_json(folder / "model.json", asdict(info))
-
-    def model_info(self, family: str, split: str) -> ModelInfo | None:
-        """The model's record, or ``None`` when its run never started."""
-        path = self._model_dir(family, split) / "model.json"
-        if not path.is_file():
-            return None
-        value = _read_json(path)
-        try:
-            return ModelInfo(**value)
-        except TypeError as error:
-            raise ValueError(f"{path} is not a model record: {error}") from error
+        return self.runs.is_finished(piece_name(family, split, label))
 
     def save(self, piece: Piece) -> None:
-        """Write a finished piece: first under a temporary name, then renamed into place."""
-        folder = self._model_dir(piece.family, piece.split)
-        folder.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
-        try:
-            meta = {
-                "label": piece.label,
-                "summary": piece.summary,
-                "error": piece.error,
-                "seconds": piece.seconds,
-                "machine": piece.machine,
-                "timings": piece.timings,
-            }
-            (temporary / "piece.json").write_text(
-                json.dumps(meta, indent=2) + "\n"
-            )  # in a temp dir
-            keys = list(piece.rows[0]) if piece.rows else ["image"]
-            with (temporary / "rows.csv").open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=keys)
-                writer.writeheader()
-                writer.writerows(piece.rows)  # repr of a float reads back exactly
-            np.savez(temporary / "curves.npz", **piece.curves)
-            temporary.rename(self._piece_dir(piece.family, piece.split, piece.label))
-        finally:
-            if temporary.exists():
-                shutil.rmtree(temporary, ignore_errors=True)
+        """Write a finished piece (atomically, as every shard)."""
+        name = piece_name(piece.family, piece.split, piece.label)
+        self.runs.write_shard(name, *piece_shard(piece))
 
     def load(self, family: str, split: str, label: str) -> Piece:
         """Read a finished piece back.
 
         Raises:
-            ValueError: when one of its files does not parse (delete the folder to recompute).
+            ValueError: When one of its files does not parse (the message names the file to
+                delete so that the next run computes the piece again).
         """
-        folder = self._piece_dir(family, split, label)
-        meta = _read_json(folder / "piece.json")
-        if meta.get("label") != label:
-            raise ValueError(f"{folder} holds {meta.get('label')!r}, not {label!r}")
-        try:
-            with (folder / "rows.csv").open(newline="") as handle:
-                rows = [
-                    {key: int(v) if key == "image" else float(v) for key, v in row.items()}
-                    for row in csv.DictReader(handle)
-                ]
-            with np.load(folder / "curves.npz", allow_pickle=False) as data:
-                curves = {key: data[key] for key in data.files}
-        except (OSError, ValueError) as error:
+        name = piece_name(family, split, label)
+        piece = piece_from_shard(*self.runs.read_shard(name))
+        if (piece.family, piece.split, piece.label) != (family, split, label):
             raise ValueError(
-                f"cannot read the piece {folder}: {error}; delete the folder to recompute it"
-            ) from error
-        return Piece(
-            family,
-            split,
-            label,
-            rows=rows,
-            summary={k: math.nan if v is None else v for k, v in meta["summary"].items()},
-            curves=curves,
-            error=meta.get("error"),
-            seconds=float(meta.get("seconds", 0.0)),
-            machine=str(meta.get("machine", "")),
-            timings={str(k): float(v) for k, v in meta.get("timings", {}).items()},
+                f"{self.runs.table_path(name)} holds {piece.label!r} of {piece.family}/"
+                f"{piece.split}, not {label!r} of {family}/{split}"
+            )
+        return piece
+
+    def plan(self) -> dict[str, Any]:
+        """The last start's plan: ``{"models": [...], "skipped": {...}}`` (empty before)."""
+        return self.runs.plan() or {"models": [], "skipped": {}}
+
+    def skipped(self) -> dict[str, str]:
+        """``{"family/split": reason}`` for the models the last start could not load."""
+        return dict(self.plan().get("skipped", {}))
+
+    def model_info(self, family: str, split: str) -> ModelInfo | None:
+        """The model's planned variants and notes, and its first finished piece's numbers.
+
+        Accuracy and preparation seconds come from that piece; ``None`` when no finished piece
+        of the model is stored yet.
+        """
+        entry = next(
+            (m for m in self.plan()["models"] if (m["family"], m["split"]) == (family, split)),
+            None,
         )
+        if entry is None:
+            return None
+        for label in entry["planned"]:
+            if self.has(family, split, label):
+                first = self.load(family, split, label)
+                return ModelInfo(
+                    first.accuracy, list(entry["planned"]), list(entry["notes"]), first.preparation
+                )
+        return None
+
+
+_LEGACY_CONFIG = "config.json"
+_LEGACY_PIECES = "pieces"
+
+
+def convert_legacy_run(root: Path) -> bool:
+    """Rewrite a run of the benchmark's earlier own store as a run folder of the engine.
+
+    Before the benchmark ran on the resumable engine it kept ``config.json`` and
+    ``pieces/<family>--<split>/`` (``model.json``; per variant ``piece.json``, ``rows.csv``,
+    ``curves.npz``). Such a folder (without a ``manifest.json``) gets a manifest, a plan and one
+    shard per finished piece, with exactly its numbers; the old files are left as they were.
+
+    Returns:
+        Whether the folder was converted (``False``: nothing of the old layout, or converted
+        before).
+
+    Raises:
+        ValueError: If an old file does not parse.
+    """
+    import csv
+    import sys
+
+    legacy, pieces = root / _LEGACY_CONFIG, root / _LEGACY_PIECES
+    runs = RunStore(root)
+    if not legacy.is_file() or not pieces.is_dir() or (root / "manifest.json").exists():
+        return False
+    document = _legacy_json(legacy)
+    config = document.get("config")
+    if document.get("format") != 1 or not isinstance(config, dict):
+        raise ValueError(f"{legacy} is not a benchmark configuration; use a fresh --out")
+    models = []
+    converted = []
+    for family, split in run_order(config["families"], config["splits"]):
+        folder = pieces / f"{quote(family, safe='')}--{quote(split, safe='')}"
+        if not (folder / "model.json").is_file():
+            continue
+        info = _legacy_json(folder / "model.json")
+        models.append(
+            {"family": family, "split": split, "planned": info["planned"], "notes": info["notes"]}
+        )
+        for label in info["planned"]:
+            where = folder / quote(label, safe="")
+            if not (where / "piece.json").is_file():
+                continue
+            meta = _legacy_json(where / "piece.json")
+            try:
+                with (where / "rows.csv").open(newline="") as handle:
+                    rows = [
+                        {k: int(v) if k == "image" else float(v) for k, v in row.items()}
+                        for row in csv.DictReader(handle)
+                    ]
+                with np.load(where / "curves.npz", allow_pickle=False) as data:
+                    curves = {key: data[key] for key in data.files}
+            except (OSError, ValueError) as error:
+                raise ValueError(f"cannot read the piece {where}: {error}") from error
+            summary = {k: math.nan if v is None else v for k, v in meta["summary"].items()}
+            converted.append(
+                Piece(
+                    family,
+                    split,
+                    label,
+                    rows,
+                    summary,
+                    curves,
+                    meta.get("error"),
+                    float(meta.get("seconds", 0.0)),
+                    str(meta.get("machine", "")),
+                    {str(k): float(v) for k, v in meta.get("timings", {}).items()},
+                    float(info["accuracy"]),
+                    float(info.get("seconds", 0.0)),
+                )
+            )
+    for piece in converted:  # the manifest last: a conversion stopped half way starts again
+        name = piece_name(piece.family, piece.split, piece.label)
+        runs.write_shard(name, *piece_shard(piece))
+    runs.open({"job": JOB, "config": config}, plan={"models": models, "skipped": {}}, adopt=True)
+    print(
+        f"{root}: converted {len(converted)} pieces of the earlier benchmark layout "
+        f"({_LEGACY_CONFIG}, {_LEGACY_PIECES}/) to the run folder of the engine (manifest.json, "
+        f"shards/); the old files are kept and no longer read",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _legacy_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path} (damaged): {error}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not a JSON object (damaged)")
+    return value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ctc_plugin.commands import add_ray_options, ray_options
 from ctc_plugin.commands.arguments import positive_int
 from ctc_plugin.commands.explain import (
     add_method_options,
@@ -80,22 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="torch CPU threads per shard; results repeat bit for bit on the same count (1)",
     )
-    parser.add_argument(
-        "--ray",
-        nargs="?",
-        const=True,
-        default=None,
-        metavar="ADDRESS",
-        help="run the shards on Ray (the optional extra ray): on the cluster at ADDRESS "
-        "(ray://host:10001, auto), or on a local one started for the run when no ADDRESS is "
-        "given; segmentation and methods on separate workers, the same results",
-    )
-    parser.add_argument(
-        "--ray-workers",
-        type=positive_int,
-        default=None,
-        help="CPUs of the local Ray cluster (default: all of this machine's)",
-    )
+    add_ray_options(parser, "segmentation and methods on separate workers")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -103,16 +89,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ctc-plugin explain-dataset``."""
     from ctc_plugin.commands import CLIError
-    from ctc_plugin.runs.cluster import RayUnavailableError
+    from ctc_plugin.resumable import RayUnavailableError
 
-    if args.ray_workers is not None and args.ray is None:
-        raise CLIError("--ray-workers sets the size of a local Ray cluster: add --ray")
-    if args.ray_workers is not None and isinstance(args.ray, str):
-        raise CLIError(
-            f"--ray-workers sizes a local Ray cluster; the cluster at {args.ray} has its own "
-            "workers: drop --ray-workers, or --ray's ADDRESS to start a local cluster"
-        )
-
+    ray_options(args)
     try:
         result = _explain(args)
     except RayUnavailableError as error:

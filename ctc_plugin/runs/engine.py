@@ -1,11 +1,13 @@
-"""The embedded engine: runs a plan's unfinished shards in this process and stores each one.
+"""``explain-dataset`` as a job of the resumable engine: explain the shards of a data set.
 
 [`explain_dataset`][ctc_plugin.runs.engine.explain_dataset] resolves the source, plans the
-shards, opens (or resumes) the output folder and runs every shard that is not finished yet,
-through one [`ShardRunner`][ctc_plugin.runs.engine.ShardRunner]. A shard runs on a fixed number
-of torch CPU threads and from a fixed random state (``seed + shard``), so its results do not
-depend on which shards ran before it in the same process: a resumed run equals an uninterrupted
-one bit for bit on the CPU (all columns but the timings).
+shards and hands an [`ExplainJob`][ctc_plugin.runs.engine.ExplainJob] to
+[`run_job`][ctc_plugin.resumable.job.run_job], the engine ``ctc-plugin benchmark`` runs on too:
+it opens (or resumes) the output folder and runs every shard that is not finished yet, in this
+process or on Ray, through [`ShardRunner`][ctc_plugin.runs.engine.ShardRunner]s. A shard runs
+on a fixed number of torch CPU threads and from a fixed random state (``seed + shard``), so its
+results do not depend on which shards ran before it in the same process: a resumed run equals
+an uninterrupted one bit for bit on the CPU (all columns but the timings).
 """
 
 from __future__ import annotations
@@ -15,18 +17,25 @@ import time
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
-from ctc_plugin.runs.plan import RunConfig, Shard, digest, plan_shards
+from ctc_plugin.resumable import JobResult, RunStore, Shard, run_job
+from ctc_plugin.runs.plan import RunConfig, digest, plan_shards
 from ctc_plugin.runs.sources import ImageRef, Source, resolve_source
-from ctc_plugin.runs.store import RunStore
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
 
-__all__ = ["RunResult", "ShardRunner", "explain_dataset", "read_results", "table_schema"]
+__all__ = [
+    "ExplainJob",
+    "RunResult",
+    "ShardRunner",
+    "explain_dataset",
+    "read_results",
+    "table_schema",
+]
 
 #: Columns that hold wall-clock times: everything else repeats bit for bit.
 TIMING_COLUMNS = ("seconds", "segment_seconds")
@@ -68,7 +77,7 @@ def table_schema() -> pa.Schema:
 
 
 @dataclass(frozen=True)
-class RunResult:
+class RunResult(JobResult):
     """What [`explain_dataset`][ctc_plugin.runs.engine.explain_dataset] did.
 
     Attributes:
@@ -78,12 +87,6 @@ class RunResult:
         computed: Shards computed by this call (the others were finished before).
         seconds: Wall-clock seconds of this call.
     """
-
-    out: Path
-    images: int
-    shards: int
-    computed: int
-    seconds: float
 
     def table(self) -> pa.Table:
         """Every row of the run, as one ``pyarrow.Table`` (``.to_pandas()`` for a DataFrame)."""
@@ -97,6 +100,44 @@ def read_results(out: str | os.PathLike[str]) -> pa.Table:
         FileNotFoundError: If ``out`` holds no finished shard.
     """
     return RunStore(out).read_table()
+
+
+@dataclass(frozen=True)
+class ExplainJob:
+    """``explain-dataset`` as a [`Job`][ctc_plugin.resumable.job.Job] of the resumable engine.
+
+    Its preparation stage is the segmentation (on GPU workers of a Ray cluster that has GPUs).
+
+    Args:
+        config: The run's configuration.
+        source: Its images.
+    """
+
+    config: RunConfig
+    source: Source
+    name: ClassVar[str] = "explain-dataset"
+    prepare_stage: ClassVar[bool] = True
+
+    @property
+    def threads(self) -> int:
+        """The configuration's torch CPU threads."""
+        return self.config.threads
+
+    def shards(self) -> list[Shard]:
+        """Shards of ``shard_size`` consecutive images."""
+        return plan_shards(len(self.source.images), self.config.shard_size)
+
+    def manifest(self) -> dict[str, Any]:
+        """Configuration, source (with a digest of its image list) and a digest of the plan."""
+        return manifest_for(self.config, self.source, self.shards())
+
+    def plan(self) -> None:
+        """None: the manifest holds the plan's digest, and shards are numbered."""
+        return None
+
+    def runner(self, *, prepare: bool = True, run: bool = True) -> ShardRunner:
+        """A [`ShardRunner`][ctc_plugin.runs.engine.ShardRunner] (segmenter and/or methods)."""
+        return ShardRunner(self.config, self.source, segment=prepare, explain=run)
 
 
 class ShardRunner:
@@ -144,7 +185,7 @@ class ShardRunner:
     def segment(self, shard: Shard) -> dict[int, tuple[Any, float]]:
         """Segment every image of ``shard``: ``{image index: (mask, seconds)}``.
 
-        Masks are ``(1, 1, H, W)`` int64 ids ``0..K-1``; ``run(shard, masks=...)`` takes them.
+        Masks are ``(1, 1, H, W)`` int64 ids ``0..K-1``; ``run(shard, prepared=...)`` takes them.
         """
         from ctc_plugin.commands import torch_threads
 
@@ -173,11 +214,13 @@ class ShardRunner:
         except ValueError as error:
             raise CLIError(f"{ref.name}: {error}") from error
 
+    prepare = segment  # the job's preparation stage
+
     def run(
         self,
         shard: Shard,
         progress: Any = None,
-        masks: dict[int, tuple[Any, float]] | None = None,
+        prepared: dict[int, tuple[Any, float]] | None = None,
     ) -> tuple[pa.Table, dict[str, np.ndarray]]:
         """Explain every image of ``shard``; return its table and its arrays.
 
@@ -188,8 +231,9 @@ class ShardRunner:
         Args:
             shard: The shard.
             progress: A tqdm bar advanced by one per image.
-            masks: The shard's masks from [`segment`][ctc_plugin.runs.engine.ShardRunner.segment]
-                (computed elsewhere); ``None`` segments here.
+            prepared: The shard's masks from
+                [`segment`][ctc_plugin.runs.engine.ShardRunner.segment] (computed elsewhere);
+                ``None`` segments here.
         """
         import pyarrow as pa
         import torch
@@ -202,7 +246,7 @@ class ShardRunner:
             torch.manual_seed(self.config.seed + shard.index)
             for index in shard.images:
                 ref = self.source.images[index]
-                given = masks[index] if masks is not None else None
+                given = prepared[index] if prepared is not None else None
                 image_rows, image_arrays = self.explain_image(ref, shard, given)
                 rows.extend(image_rows)
                 arrays.update(image_arrays)
@@ -405,7 +449,7 @@ def explain_dataset(
         show_progress: Show a progress bar over all images (finished shards counted).
         ray: Run the shards on Ray instead of in this process: ``True`` starts a local
             cluster, a string is a cluster's address (see
-            [`run_on_ray`][ctc_plugin.runs.cluster.run_on_ray]). Not part of the
+            [`run_on_ray`][ctc_plugin.resumable.cluster.run_on_ray]). Not part of the
             configuration: the results are the same, and either engine resumes the other's run.
         ray_workers: CPUs of the local Ray cluster (``None``: all).
 
@@ -416,7 +460,8 @@ def explain_dataset(
         SourceError: For a source with no usable images.
         ConfigMismatchError: If ``out`` holds a run with other arguments.
         RayUnavailableError: If ``ray`` is given and Ray is not installed.
-        ValueError: For unknown methods and invalid numbers.
+        ValueError: For unknown methods and invalid numbers, or an ``out`` that holds another
+            kind of run.
         CLIError: For a model, device, segmenter or target that cannot be used.
 
     Examples:
@@ -424,9 +469,6 @@ def explain_dataset(
         >>> run = explain_dataset("shapes", ["ctc", "gradcam"], "out/run", images=16)
         >>> run.table().to_pandas().groupby("method").seconds.mean()
     """
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
     config = RunConfig(
         methods=(methods,) if isinstance(methods, str) else tuple(methods),
         model=model,
@@ -445,33 +487,8 @@ def explain_dataset(
         device=device,
     )
     resolved = resolve_source(source, images=images, seed=seed)
-    shards = plan_shards(len(resolved.images), config.shard_size)
-    store = RunStore(out)
-    store.open(manifest_for(config, resolved, shards))
-    left = [shard for shard in shards if not store.is_finished(shard.name)]
-    done = sum(len(shard.images) for shard in shards) - sum(len(s.images) for s in left)
-    if ray:
-        from ctc_plugin.runs.cluster import _import_ray
-
-        _import_ray()  # before any work: a missing Ray is one clear error
-    if left:
-        with tqdm(
-            total=len(resolved.images),
-            initial=done,
-            desc="explain-dataset",
-            unit="image",
-            disable=not show_progress,
-        ) as progress:
-            if ray:
-                from ctc_plugin.runs.cluster import run_on_ray
-
-                address = ray if isinstance(ray, str) else None
-                run_on_ray(config, resolved, left, store, progress, address, ray_workers)
-            else:
-                runner = ShardRunner(config, resolved)
-                for shard in left:
-                    table, arrays = runner.run(shard, progress)
-                    store.write_shard(shard.name, table, arrays)
-    return RunResult(
-        store.root, len(resolved.images), len(shards), len(left), time.perf_counter() - start
-    )
+    result = run_job(
+        ExplainJob(config, resolved), out, show_progress=show_progress, ray=ray,
+        ray_workers=ray_workers,
+    )  # fmt: skip
+    return RunResult(result.out, result.images, result.shards, result.computed, result.seconds)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
+from ctc_plugin.resumable.job import Shard
 
 __all__ = ["TARGET_KINDS", "RunConfig", "Shard", "digest", "plan_shards"]
 
@@ -92,26 +93,11 @@ class RunConfig:
         return json.loads(json.dumps(data))
 
 
-@dataclass(frozen=True)
-class Shard:
-    """One unit of work: consecutive images of the plan.
-
-    Attributes:
-        index: Shard number ``0..S-1`` (its files are named after it).
-        images: Indices of its images in the source's image list.
-    """
-
-    index: int
-    images: tuple[int, ...]
-
-    @property
-    def name(self) -> str:
-        """File stem of the shard: ``shard-00012``."""
-        return f"shard-{self.index:05d}"
-
-
 def plan_shards(count: int, shard_size: int) -> list[Shard]:
-    """Cut ``count`` images into shards of ``shard_size`` consecutive images (the last smaller)."""
+    """Cut ``count`` images into shards of ``shard_size`` consecutive images (the last smaller).
+
+    Shards are [`Shard`][ctc_plugin.resumable.job.Shard]s named ``shard-<index>``.
+    """
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
     return [

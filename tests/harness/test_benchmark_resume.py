@@ -11,7 +11,7 @@ from torch import nn
 from ctc_plugin.harness import benchmark
 from ctc_plugin.harness.benchmark import BenchmarkConfig, run_benchmark
 from ctc_plugin.harness.report import write_stored_report
-from ctc_plugin.harness.store import ConfigMismatchError, Piece, RunStore
+from ctc_plugin.harness.store import BenchmarkStore, ConfigMismatchError, Piece
 
 TIMING = {"seconds", "memory_mib"}  # measured, so they differ between any two runs
 
@@ -93,7 +93,7 @@ def test_interrupted_and_resumed_run_reports_the_same(uninterrupted, tmp_path, m
         assert _table(tmp_path / name) == _table(reference / name)
     # the Lime rows are random: equal only because every piece seeds its own generators
     assert any(row["method"] == "Lime [superpixel]" for row in _table(reference / "results.csv"))
-    store, again = RunStore.open(tmp_path), RunStore.open(reference)
+    store, again = BenchmarkStore.open(tmp_path), BenchmarkStore.open(reference)
     for family in CONFIG.families:
         for label in ("Saliency", "Lime [oracle]", "CTC-proportional [superpixel]"):
             got, expected = store.load(family, "shapes", label), again.load(family, "shapes", label)
@@ -136,8 +136,8 @@ def test_partial_report_is_labelled_and_covers_the_finished_pieces(uninterrupted
 
 
 def test_another_configuration_in_the_same_folder_is_refused(tmp_path):
-    RunStore(tmp_path, CONFIG)
-    RunStore(tmp_path, CONFIG)  # the same configuration opens fine
+    BenchmarkStore(tmp_path, CONFIG)
+    BenchmarkStore(tmp_path, CONFIG)  # the same configuration opens fine
     changed = BenchmarkConfig(**{**CONFIG.__dict__, "images": 3, "lime_samples": 9})
     with pytest.raises(ConfigMismatchError, match="another --out") as caught:
         run_benchmark(changed, tmp_path, models=_models(), show_progress=False)
@@ -147,7 +147,7 @@ def test_another_configuration_in_the_same_folder_is_refused(tmp_path):
 def test_command_names_the_option_that_differs(tmp_path, capsys):
     from ctc_plugin.cli import main
 
-    RunStore(tmp_path, BenchmarkConfig(images=2, robustness_images=2))
+    BenchmarkStore(tmp_path, BenchmarkConfig(images=2, robustness_images=2))
     assert main(["benchmark", "--images", "3", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--images: 2 there, 3 now" in err and "fresh --out" in err
@@ -182,7 +182,7 @@ def test_failed_piece_is_stored_reported_and_not_retried(tmp_path, monkeypatch):
 
     monkeypatch.setattr(benchmark, "_run_variant", failing)
     with pytest.raises(ValueError, match="no benchmark piece"):
-        write_stored_report(RunStore(tmp_path, config))
+        write_stored_report(BenchmarkStore(tmp_path, config))
     run_benchmark(config, tmp_path, models=_models(), show_progress=False)
     run_benchmark(config, tmp_path, models=_models(), show_progress=False)
     assert calls == ["Saliency"]
@@ -191,7 +191,7 @@ def test_failed_piece_is_stored_reported_and_not_retried(tmp_path, monkeypatch):
 
 
 def test_piece_round_trip_keeps_values_exactly(tmp_path):
-    store = RunStore(tmp_path, CONFIG)
+    store = BenchmarkStore(tmp_path, CONFIG)
     curves = {"deletion": np.random.default_rng(0).random((2, 5))}
     rows = [{"image": 0, "mass": 1 / 3, "iou": math.nan}, {"image": 1, "mass": 0.1, "iou": 2e-17}]
     summary = {"family": "f", "split": "s/x", "method": "GradCAM++", "welch_t": math.nan}
@@ -271,14 +271,19 @@ def test_segmentations_are_remembered_by_content():
 
 
 def test_damaged_files_are_clear_errors(tmp_path):
-    store = RunStore(tmp_path, CONFIG)
+    store = BenchmarkStore(tmp_path, CONFIG)
     store.save(Piece("f", "s", "Saliency", [{"image": 0, "mass": 0.5}], {"mass": 0.5}))
-    (tmp_path / "pieces" / "f--s" / "Saliency" / "curves.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="delete the folder to recompute it"):
+    (tmp_path / "shards" / "f--s--Saliency.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="f--s--Saliency.parquet to compute it again"):
         store.load("f", "s", "Saliency")
-    (tmp_path / "config.json").write_text('{"format": 99, "config": {}}')
+    store.save(Piece("f", "s", "Lime", [{"image": 0, "mass": 0.5}], {"mass": 0.5}))
+    (tmp_path / "shards" / "f--s--Lime.parquet").write_bytes(b"PAR1 half")
+    with pytest.raises(ValueError, match="f--s--Lime.parquet to compute it again"):
+        store.load("f", "s", "Lime")
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"format": 99, "job": "benchmark", "config": {}}')
     with pytest.raises(ValueError, match="fresh --out"):
-        RunStore.open(tmp_path)
-    (tmp_path / "config.json").write_text("{half")
+        BenchmarkStore.open(tmp_path)
+    manifest.write_text("{half")
     with pytest.raises(ValueError, match="cannot read"):
-        RunStore(tmp_path, CONFIG)
+        BenchmarkStore(tmp_path, CONFIG)

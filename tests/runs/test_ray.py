@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from ctc_plugin.cli import main
+from ctc_plugin.resumable import RayUnavailableError
 from ctc_plugin.runs import RunStore, explain_dataset, read_results
-from ctc_plugin.runs.cluster import RayUnavailableError
 from ctc_plugin.runs.engine import TIMING_COLUMNS
 
 METHODS = ["ctc", "gradcam", "lime"]

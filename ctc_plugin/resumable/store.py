@@ -1,10 +1,13 @@
 """A run's output folder: its manifest and its finished shards, each written atomically.
 
-    DIR/manifest.json            the configuration, the source's image list and the plan
-    DIR/shards/shard-00000.npz   the shard's arrays (written first)
-    DIR/shards/shard-00000.parquet
-                                 its table: one row per image, method and target (written last)
-    DIR/mask-cache/              the segmenter's mask cache (SAM and superpixels)
+    DIR/manifest.json            the job's kind and configuration (compared when resuming)
+    DIR/plan.json                what the job planned (rewritten on every start; optional)
+    DIR/shards/<shard>.npz       the shard's arrays (written first)
+    DIR/shards/<shard>.parquet   its table (written last)
+
+Shards are named ``shard-00000`` by ``explain-dataset`` (one row per image, method and target)
+and after the piece by the benchmark (one row per image); the benchmark writes its report
+files next to these.
 
 Every file is written under a temporary name in the same folder and then renamed with
 ``os.replace``, so a file with its final name is always complete. A shard counts as finished
@@ -20,7 +23,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctc_plugin.resumable import ConfigMismatchError, write_atomic
+from ctc_plugin.resumable.atomic import ConfigMismatchError, write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -29,8 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ConfigMismatchError", "RunStore", "write_atomic"]
 
 
-_FORMAT = 1
+_FORMAT = 2
 MANIFEST = "manifest.json"
+PLAN = "plan.json"
 
 
 class RunStore:
@@ -50,24 +54,39 @@ class RunStore:
         self.shards = self.root / "shards"
 
     # ------------------------------------------------------------------ manifest
-    def open(self, manifest: dict[str, Any]) -> None:
+    def open(
+        self, manifest: dict[str, Any], plan: dict[str, Any] | None = None, adopt: bool = False
+    ) -> None:
         """Start or resume: write ``manifest`` in a new folder, or check it against the stored one.
 
-        Leftover temporary files of a killed run are removed.
+        Leftover temporary files of a killed run are removed, and ``plan`` (when given) is
+        written to ``plan.json``, replacing the last start's.
+
+        Args:
+            manifest: ``{"job": kind, "config": {...}, ...}``: what a resumed run must share.
+            plan: What the job planned, for readers of the folder (never compared).
+            adopt: Start a run in a folder that holds other files (a job converting its own
+                older layout); otherwise such a folder is refused.
 
         Raises:
             ConfigMismatchError: If the folder holds another run's manifest.
-            ValueError: If the folder holds files but no manifest (not a run folder).
+            ValueError: If the folder holds files but no manifest (not a run folder), another
+                kind of job's run, or a run written by another version of this package.
         """
         path = self.root / MANIFEST
         manifest = {"format": _FORMAT, **manifest}
         if path.exists():
-            stored = json.loads(path.read_text())
+            stored = self.manifest()
+            if stored.get("job") != manifest.get("job"):
+                raise ValueError(
+                    f"{self.root} holds a run of {stored.get('job')}, not of "
+                    f"{manifest.get('job')}; choose another --out"
+                )
             differences = _differences(stored, manifest)
             if differences:
                 raise ConfigMismatchError(self.root, differences)
         else:
-            if self.root.exists() and any(self.root.iterdir()):
+            if not adopt and self.root.exists() and any(self.root.iterdir()):
                 raise ValueError(
                     f"--out {self.root} is a folder with other files and no {MANIFEST}; give "
                     "an empty or new folder for the run's results"
@@ -77,17 +96,37 @@ class RunStore:
         self.shards.mkdir(parents=True, exist_ok=True)
         for leftover in self.shards.glob(".tmp-*"):
             leftover.unlink(missing_ok=True)
+        if plan is not None:
+            text = json.dumps(plan, indent=1) + "\n"
+            write_atomic(self.root / PLAN, lambda stream: stream.write(text.encode()))
 
     def manifest(self) -> dict[str, Any]:
         """The stored manifest.
 
         Raises:
             FileNotFoundError: If the folder holds no run.
+            ValueError: If the manifest does not parse, or was written by another version of
+                this package.
         """
         path = self.root / MANIFEST
         if not path.exists():
             raise FileNotFoundError(f"{self.root} holds no run ({MANIFEST} is missing)")
-        return json.loads(path.read_text())
+        stored = _read_json(path)
+        if stored.get("format") != _FORMAT:
+            raise ValueError(
+                f"{path} was written by another version of ctc-plugin (format "
+                f"{stored.get('format')!r}, this one writes {_FORMAT}); use a fresh --out"
+            )
+        return stored
+
+    def plan(self) -> dict[str, Any] | None:
+        """The plan the last start wrote, or ``None`` (a job that writes none, or no start yet).
+
+        Raises:
+            ValueError: If ``plan.json`` does not parse.
+        """
+        path = self.root / PLAN
+        return _read_json(path) if path.exists() else None
 
     # ------------------------------------------------------------------ shards
     def table_path(self, name: str) -> Path:
@@ -114,7 +153,9 @@ class RunStore:
         """Names of the finished shards, sorted."""
         if not self.shards.exists():
             return []
-        return sorted(path.stem for path in self.shards.glob("shard-*.parquet"))
+        return sorted(
+            path.stem for path in self.shards.glob("*.parquet") if not path.name.startswith(".")
+        )
 
     def read_table(self) -> pa.Table:
         """Every finished shard's rows, in shard order, as one ``pyarrow.Table``."""
@@ -132,6 +173,34 @@ class RunStore:
 
         with np.load(self.arrays_path(name), allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
+
+    def read_shard(self, name: str) -> tuple[pa.Table, dict[str, np.ndarray]]:
+        """The table and the arrays of the finished shard ``name``.
+
+        Raises:
+            ValueError: If one of its files does not parse (the message says which file to
+                delete so that the next run computes the shard again).
+        """
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(self.table_path(name)), self.read_arrays(name)
+        except (OSError, ValueError) as error:  # pyarrow's and numpy's errors for damage
+            raise ValueError(
+                f"cannot read the shard {name} of {self.root}: {error}; delete "
+                f"{self.table_path(name)} to compute it again"
+            ) from error
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or a ``ValueError`` that names the damaged file."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path} (damaged, or not a run folder): {error}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not a JSON object (damaged, or not a run folder)")
+    return value
 
 
 def _differences(stored: dict[str, Any], requested: dict[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -1,7 +1,4 @@
-"""What resumable runs share: atomic writes, and the error for a folder holding another run.
-
-Used by the benchmark's store and by ``explain-dataset``'s.
-"""
+"""Atomic writes, and the error for a folder holding another run's configuration."""
 
 from __future__ import annotations
 

@@ -1,0 +1,202 @@
+"""A job cut into shards, run embedded or on Ray, each finished shard stored atomically.
+
+A [`Job`][ctc_plugin.resumable.job.Job] says what a run computes: its manifest (the
+configuration a resumed run must share), its list of [`Shard`][ctc_plugin.resumable.job.Shard]s
+and a runner that turns one shard into a Parquet table and a few arrays.
+[`run_job`][ctc_plugin.resumable.job.run_job] does the rest for every job alike: it opens (or
+resumes) the output folder, skips the finished shards, runs the others in this process or on
+Ray ([`run_on_ray`][ctc_plugin.resumable.cluster.run_on_ray]) and writes each one as it finishes
+([`RunStore`][ctc_plugin.resumable.store.RunStore]), with one progress bar over the whole run.
+
+``ctc-plugin explain-dataset`` is one job
+([`ExplainJob`][ctc_plugin.runs.engine.ExplainJob]), ``ctc-plugin benchmark`` another
+([`BenchmarkJob`][ctc_plugin.harness.benchmark.BenchmarkJob]).
+
+A job is sent to Ray workers as it is (pickled), so it holds plain data: its configuration and
+its plan, not loaded models. A runner must compute a shard from a fixed random state of its own
+(not from whatever ran before it in the same process), so that any shard computed anywhere, in
+any order, equals the shard of an uninterrupted single-process run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ctc_plugin.resumable.store import RunStore
+from ctc_plugin.resumable.threads import torch_threads
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pyarrow as pa
+
+__all__ = ["Job", "JobResult", "Runner", "Shard", "run_job"]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of work: written together, redone together after a kill.
+
+    Attributes:
+        index: Shard number ``0..S-1`` in the plan.
+        images: The images it computes (indices in the job's own numbering); the progress bar
+            counts them.
+        key: File stem of the shard, when the job names its shards (the benchmark names them
+            after the piece); ``None``: ``shard-<index>``.
+    """
+
+    index: int
+    images: tuple[int, ...]
+    key: str | None = None
+
+    @property
+    def name(self) -> str:
+        """File stem of the shard: its ``key``, or ``shard-00012``."""
+        return self.key if self.key is not None else f"shard-{self.index:05d}"
+
+
+class Runner(Protocol):
+    """Computes shards; made once per process (or Ray worker).
+
+    [`Job.runner`][ctc_plugin.resumable.job.Job.runner] makes it.
+    """
+
+    def run(
+        self, shard: Shard, progress: Any = None, prepared: Any = None
+    ) -> tuple[pa.Table, dict[str, np.ndarray]]:
+        """The shard's table and arrays.
+
+        Args:
+            shard: The shard.
+            progress: A tqdm bar (or ``None``), advanced by ``len(shard.images)`` in all.
+            prepared: What [`prepare`][ctc_plugin.resumable.job.Runner.prepare] returned for
+                this shard in another worker (jobs with a preparation stage), or ``None``: the
+                runner prepares it itself.
+        """
+        ...  # pragma: no cover
+
+    def prepare(self, shard: Shard) -> Any:
+        """The shard's preparation (segment masks, say), for jobs with ``prepare_stage``."""
+        ...  # pragma: no cover
+
+
+class Job(Protocol):
+    """What a resumable run computes.
+
+    Attributes:
+        name: The job's kind (``"explain-dataset"``, ``"benchmark"``): stored in the manifest,
+            shown on the progress bar.
+        prepare_stage: Whether shards have a preparation stage worth its own Ray workers (GPU
+            workers when the cluster has GPUs): the SAM segmentation of ``explain-dataset``.
+        threads: Torch CPU threads every shard runs on, in this process and on every Ray
+            worker (``None``: each process's own count, so results may differ in the last
+            bits between engines).
+    """
+
+    name: str
+    prepare_stage: bool
+    threads: int | None
+
+    def manifest(self) -> dict[str, Any]:
+        """What a run resumed in the same folder must share (``{"config": {...}, ...}``).
+
+        Options under ``"config"`` are compared one by one (a
+        [`ConfigMismatchError`][ctc_plugin.resumable.atomic.ConfigMismatchError] names each),
+        other keys whole.
+        """
+        ...  # pragma: no cover
+
+    def shards(self) -> list[Shard]:
+        """The plan: every shard of the run, in order."""
+        ...  # pragma: no cover
+
+    def plan(self) -> dict[str, Any] | None:
+        """Plain data that describes the plan to readers of the folder, or ``None``.
+
+        Written to ``plan.json`` on every start (replacing the last one), never compared.
+        """
+        ...  # pragma: no cover
+
+    def runner(self, *, prepare: bool = True, run: bool = True) -> Runner:
+        """A runner that loads what ``prepare`` and/or ``run`` need (once per process)."""
+        ...  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What [`run_job`][ctc_plugin.resumable.job.run_job] did.
+
+    Attributes:
+        out: The output folder.
+        images: Images in the plan (summed over its shards).
+        shards: Shards in the plan.
+        computed: Shards computed by this call (the others were finished before).
+        seconds: Wall-clock seconds of this call.
+    """
+
+    out: Path
+    images: int
+    shards: int
+    computed: int
+    seconds: float
+
+
+def run_job(
+    job: Job,
+    out: str | os.PathLike[str],
+    *,
+    show_progress: bool = True,
+    ray: bool | str | None = None,
+    ray_workers: int | None = None,
+    runner: Runner | None = None,
+) -> JobResult:
+    """Run every unfinished shard of ``job`` and store it in ``out``.
+
+    Args:
+        job: The job.
+        out: The run folder (new, empty, or holding this same run).
+        show_progress: Show a progress bar over all the plan's images (finished shards counted).
+        ray: Run on Ray: ``True`` starts a local cluster, a string is a cluster's address (see
+            [`run_on_ray`][ctc_plugin.resumable.cluster.run_on_ray]); ``None`` or ``False``
+            runs in this process. Not part of the manifest: either engine resumes the other's
+            run.
+        ray_workers: CPUs of the local Ray cluster (``None``: all).
+        runner: The runner of the embedded engine (``None``: ``job.runner()``, made only when
+            a shard is left).
+
+    Raises:
+        ConfigMismatchError: If ``out`` holds a run with another manifest.
+        RayUnavailableError: If ``ray`` is given and Ray is not installed (before any work).
+    """
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    shards = job.shards()
+    store = RunStore(out)
+    store.open({"job": job.name, **job.manifest()}, plan=job.plan())
+    left = [shard for shard in shards if not store.is_finished(shard.name)]
+    total = sum(len(shard.images) for shard in shards)
+    if ray:
+        from ctc_plugin.resumable.cluster import import_ray
+
+        import_ray()  # before any work: a missing Ray is one clear error
+    if left:
+        done = total - sum(len(shard.images) for shard in left)
+        with tqdm(
+            total=total, initial=done, desc=job.name, unit="image", disable=not show_progress
+        ) as progress:
+            if ray:
+                from ctc_plugin.resumable.cluster import run_on_ray
+
+                address = ray if isinstance(ray, str) else None
+                run_on_ray(job, left, store, progress, address, ray_workers)
+            else:
+                runner = runner if runner is not None else job.runner()
+                for shard in left:
+                    with torch_threads(job.threads):
+                        table, arrays = runner.run(shard, progress)
+                    store.write_shard(shard.name, table, arrays)
+    return JobResult(store.root, total, len(shards), len(left), time.perf_counter() - start)
