@@ -67,9 +67,10 @@ class Speedups:
             ``None``: the whole batch in one pass. On other devices the batch is one group.
         fused_sharing: Share biases with the fused implementations of this module (in place,
             blockwise, on scratch buffers) instead of the spec's dense ones.
-        block_elements: With ``fused_sharing`` in ``"reference"`` mode on a CPU, about how many
-            values one block of the formula holds (4 MiB in float32 stay in the cache); ``None``:
-            the whole layer in one block, as on other devices.
+        block_elements: With ``fused_sharing`` in ``"reference"`` and ``"proportional"`` mode
+            on a CPU, about how many values one block of the sharing holds (4 MiB in float32
+            stay in the cache, and the scratch memory is one block's, not a layer's);
+            ``None``: the whole layer in one block, as on other devices.
         packed_boxes: With ``fused_sharing`` in ``"reference"`` mode on a CPU, compute the
             formula only on the boxes around the copies' nonzero values where, packed at the
             largest box's size, they take at most this fraction of a layer; 0 turns it off.
@@ -95,7 +96,7 @@ class Speedups:
         if mode == "reference":
             return FusedReferenceSharing(self.block_elements, self.packed_boxes)
         if mode == "proportional":
-            return FusedProportionalSharing()
+            return FusedProportionalSharing(self.block_elements)
         return FusedNoSharing()
 
     def examples_per_pass(self, copies_per_example: int, device: torch.device) -> int | None:
@@ -158,8 +159,10 @@ class FusedProportionalSharing:
     name = "proportional"
     in_place = True
 
-    def __init__(self) -> None:
+    def __init__(self, block_elements: int | None = 1 << 20) -> None:
+        """``block_elements``: about how many values one block holds (``None``: one block)."""
         self.workspace = Workspace()
+        self.block_elements = block_elements
 
     def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
         """Add the bias to the gate copy and proportional shares to the others; return ``z``."""
@@ -202,19 +205,35 @@ class FusedProportionalSharing:
 
         Returns where every sharing copy was zero (they got equal shares), ``None`` if nowhere.
         """
-        # the per-unit factor b / D is one copy's size, so the full-size work is one abs (into
-        # a reused buffer: a fresh one costs a page fault per 4 KiB on first touch), one
-        # reduction and one fused multiply-add
-        (magnitude,) = self.workspace.buffers(sharing, 1)
-        torch.abs(sharing, out=magnitude)
-        total = magnitude.sum(dim=1, keepdim=True)
-        empty = total == 0
-        sharing.addcmul_(magnitude, bias / total.masked_fill(empty, 1.0))
-        if not bool(empty.any()):
+        # the per-unit factor b / D is one copy's size, so the full-size work is one abs, one
+        # reduction and one fused multiply-add; done in blocks of channels whose absolute
+        # values stay in the cache (a full-size buffer would also be a full copy's memory)
+        if sharing.dim() < 3 or self.block_elements is None or sharing.device.type != "cpu":
+            blocks = [(sharing, bias)]
+        else:
+            channels = sharing.shape[2]
+            step = max(1, self.block_elements * channels // max(1, sharing.numel()))
+            blocks = [
+                (
+                    sharing.narrow(2, first, min(step, channels - first)),
+                    _channel_block(bias, sharing, first, min(step, channels - first)),
+                )
+                for first in range(0, channels, step)
+            ]
+        empties, any_empty = [], False
+        for block, block_bias in blocks:
+            (magnitude,) = self.workspace.buffers(block, 1)
+            torch.abs(block, out=magnitude)
+            total = magnitude.sum(dim=1, keepdim=True)
+            empty = total == 0
+            block.addcmul_(magnitude, block_bias / total.masked_fill_(empty, 1.0))
+            if bool(empty.any()):  # every copy has z = 0 here: split equally among those present
+                self._add_fallback(block, block_bias, empty, layout)
+                any_empty = True
+            empties.append(empty)
+        if not any_empty:
             return None
-        # every copy has z = 0 here: split equally among those present
-        self._add_fallback(sharing, bias, empty, layout)
-        return empty
+        return empties[0] if len(empties) == 1 else torch.cat(empties, dim=2)
 
     @staticmethod
     def _add_fallback(
@@ -235,6 +254,14 @@ class FusedProportionalSharing:
             presence = layout.presence.to(sharing.dtype)[example]
             weights = presence / presence.sum(dim=1, keepdim=True).clamp_min(1.0)
         sharing[(example, slice(None), *unit)] += bias_at * weights
+
+
+def _channel_block(bias: torch.Tensor, z: torch.Tensor, first: int, count: int) -> torch.Tensor:
+    """The part of a bias broadcastable to ``z`` that meets ``z``'s dims 2 ``first..+count``."""
+    axis = 2 - (z.dim() - bias.dim())  # bias is aligned to z's trailing dims
+    if axis < 0 or bias.shape[axis] == 1:
+        return bias
+    return bias.narrow(axis, first, count)
 
 
 class FusedReferenceSharing:
@@ -353,6 +380,26 @@ class FusedReferenceSharing:
         if not boxes:  # no copy has a nonzero value here
             return
         sizes = [max(box[a].stop - box[a].start for _, box in boxes) for a in range(len(dims))]
+        # a few copies at a time: the block stays in the cache, its memory one block's
+        per_chunk = len(boxes)
+        if self.block_elements is not None:
+            per_chunk = max(1, self.block_elements // (group.shape[2] * math.prod(sizes)))
+        for start in range(0, len(boxes), per_chunk):
+            self._add_packed_chunk(
+                group, group_bias, boxes[start : start + per_chunk], sizes, dims, full, first
+            )
+
+    def _add_packed_chunk(
+        self,
+        group: torch.Tensor,
+        group_bias: torch.Tensor,
+        boxes: list[tuple[int, tuple[slice, ...]]],
+        sizes: list[int],
+        dims: tuple[int, ...],
+        full: FullCopyStatistics,
+        first: int,
+    ) -> None:
+        """`_add_packed_shares` for some of the boxes, packed at the common ``sizes``."""
         shape = (1, len(boxes), group.shape[2], *sizes)
         values, divisor = self.workspace.buffers(group, 2, slot="boxes", shape=shape)
         values.zero_()

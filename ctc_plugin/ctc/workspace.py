@@ -68,7 +68,7 @@ class OutputPool:
             least recently used free one (or, when all are in use, gets memory of its own).
     """
 
-    def __init__(self, keep: int = 6) -> None:
+    def __init__(self, keep: int = 3) -> None:
         self.keep = keep
         self._held: list[torch.UntypedStorage] = []
 
