@@ -11,13 +11,15 @@ is chosen by one private option object, [`Speedups`][ctc_plugin.ctc.speedups.Spe
 - ``copies_per_pass``: on a CPU, examples explained in groups so that a pass carries at most
   about this many copies (their activations stay in the caches);
 - ``fused_sharing``: the bias sharing computed in place, on reusable scratch buffers
-  ([`Workspace`][ctc_plugin.ctc.workspace.Workspace]), the ``"reference"`` formula in cache-sized
-  blocks (``block_elements``);
+  ([`Workspace`][ctc_plugin.ctc.workspace.Workspace]), on a CPU in cache-sized blocks
+  (``block_elements``);
 - ``packed_boxes`` (``"reference"`` with ``fused_sharing``): the formula computed only on the
   boxes around each copy's nonzero values, packed into one block;
 - ``sparse_copies``: on a CPU, each 2-d convolution computed only inside the box where each copy
   can be nonzero ([`SparseGatedPass`][ctc_plugin.ctc.sparse.SparseGatedPass]), dense where the
-  boxes cover more than ``sparse_dense_above`` of the map.
+  boxes cover more than ``sparse_dense_above`` of the map; the boxes travel with the results,
+  and results go into memory the model has let go of
+  ([`OutputPool`][ctc_plugin.ctc.workspace.OutputPool]).
 
 Each is tested equal to the spec (``SPEC``); ``benchmarks/bench_speedups.py`` measures what each
 one gains. Tests and benchmarks select them with ``ctc._speedups = Speedups(...)``.

@@ -27,7 +27,7 @@ class RunConfig:
     """Everything that changes a run's results (stored in its manifest).
 
     Attributes:
-        methods: Method names (keys of [`METHODS`][ctc_plugin.commands.methods.METHODS]), each
+        methods: Method names (the keys of ``ctc_plugin.commands.methods.METHODS``), each
             once, in order.
         model: ``--model``: a zoo family, a torchvision architecture or ``module:callable``.
         weights: State-dict file, or ``None``.
