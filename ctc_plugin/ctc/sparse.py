@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ctc_plugin.ctc.boxes import support_boxes
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.rules import FOLD_ATTRIBUTE, GatedPass
 from ctc_plugin.ctc.workspace import OutputPool, Workspace
@@ -271,18 +272,6 @@ def _conv_call(func: Callable[..., Any], args: tuple, kwargs: dict) -> ConvCall 
     return ConvCall(x, weight, *pairs, groups=values["groups"])  # type: ignore[misc, arg-type]
 
 
-def _bounds(occupied: torch.Tensor) -> tuple[list[int], list[int]]:
-    """First and one-past-last index of the True values along dim 1 (0, 0 where none)."""
-    size = occupied.shape[1]
-    positions = torch.arange(size, device=occupied.device)
-    any_set = occupied.any(dim=1)
-    first = torch.where(occupied, positions, size).amin(dim=1)
-    last = torch.where(occupied, positions, -1).amax(dim=1) + 1
-    first = torch.where(any_set, first, 0)
-    last = torch.where(any_set, last, 0)
-    return first.tolist(), last.tolist()
-
-
 def _output_range(call: ConvCall, axis: int, start: int, stop: int) -> tuple[int, int]:
     """The output indices along ``axis`` that input indices ``[start, stop)`` can reach."""
     if stop <= start:
@@ -296,11 +285,11 @@ def _output_range(call: ConvCall, axis: int, start: int, stop: int) -> tuple[int
 
 def input_boxes(x: torch.Tensor) -> list[Box]:
     """Each row's box around the values of a (B, channels, H, W) tensor that are nonzero."""
-    # where any channel is nonzero, (B, H, W); two reductions cost less than a full-size mask
-    occupied = (x.amax(dim=1) != 0) | (x.amin(dim=1) != 0)
-    row_first, row_stop = _bounds(occupied.any(dim=2))
-    col_first, col_stop = _bounds(occupied.any(dim=1))
-    return list(zip(row_first, row_stop, col_first, col_stop))
+    empty = (0, 0, 0, 0)
+    return [
+        empty if box is None else (box[0].start, box[0].stop, box[1].start, box[1].stop)
+        for box in support_boxes(x.unsqueeze(0), (3, 4))
+    ]
 
 
 def union_box(a: Box, b: Box) -> Box:

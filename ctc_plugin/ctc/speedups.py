@@ -304,11 +304,33 @@ class FusedReferenceSharing:
         z[:, :1].add_(copy_part(bias, z, 0, 1))
         return z
 
-    def _add_shares_in_blocks(self, z: torch.Tensor, bias: torch.Tensor, first: int) -> None:
+    def add_bias_with_boxes(
+        self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout, boxes: Sequence[Box4]
+    ) -> list[Box4]:
+        """`add_bias` for (N, C, channels, H, W) copies zero outside ``boxes`` (one per row).
+
+        The packed boxes are the carried ones instead of boxes read from the values. No copy
+        gets a share where it is zero, so the boxes after are the same, with the gate copy's
+        (which gets the whole bias) and the full copy's on the whole map.
+        """
+        if not layout.reference_full:
+            raise ValueError("reference sharing needs the reference full copy in the layout")
+        self._add_shares_in_blocks(z, bias, layout.first_feature, boxes)
+        z[:, :1].add_(copy_part(bias, z, 0, 1))
+        return whole_outside_features(boxes, layout, z.shape[-2:])
+
+    def _add_shares_in_blocks(
+        self,
+        z: torch.Tensor,
+        bias: torch.Tensor,
+        first: int,
+        carried: Sequence[Box4] | None = None,
+    ) -> None:
         """Add the shares of the sharing copies, on a CPU one example and a block at a time.
 
         Copy 1 of each group is the reference full copy, copies from ``first`` on are the
-        feature (and baseline) copies.
+        feature (and baseline) copies. ``carried``: boxes outside which each row of ``z``
+        (example-major) is zero, when known.
         """
         dims = statistic_dims(bias, z.dim())
         blockwise = self.block_elements is not None and z.device.type == "cpu"
@@ -317,13 +339,16 @@ class FusedReferenceSharing:
         else:  # one block: the statistics are per example and copy anyway
             groups = [(z, bias)]
         copies = z.shape[1]
-        for group, group_bias in groups:
+        for example, (group, group_bias) in enumerate(groups):
             full_bias = copy_part(group_bias, group, 1, 2)
             full = full_copy_statistics(group[:, 1:2], full_bias, dims, self.workspace)
             (scratch,) = self.workspace.buffers(full.ceil_full, 1)
             own_share = torch.ne(full.ceil_full, math.inf, out=scratch)  # inf where q(z_F) = 0
             group[:, 1:2].addcmul_(own_share, full_bias)
-            small = self._small_boxes(group, dims, full, first) if blockwise else None
+            known = None
+            if blockwise and carried is not None and group.dim() == 5:
+                known = [_slices(box) for box in carried[example * copies : (example + 1) * copies]]
+            small = self._small_boxes(group, dims, full, first, known) if blockwise else None
             if small is not None:
                 self._add_packed_shares(group, group_bias, small, dims, full, first)
                 continue
@@ -342,12 +367,15 @@ class FusedReferenceSharing:
         dims: tuple[int, ...],
         full: FullCopyStatistics,
         first: int,
+        known: list[Box] | None = None,
     ) -> list[tuple[int, tuple[slice, ...]]] | None:
         """``(copy, box)`` for the copies with a nonzero value, or ``None``: compute whole.
 
         Boxes are used where their packed block (every box at the largest box's size) takes at
         most ``crop_fraction`` of the layer, the values are per channel over positions and the
-        full copy has no exact zeros (those enter the statistics outside the boxes).
+        full copy has no exact zeros (those enter the statistics outside the boxes). ``known``:
+        boxes of the group's copies known to hold their nonzero values (read from the values
+        when ``None``).
         """
         if self.crop_fraction <= 0 or full.exact_zero is not None:
             return None
@@ -355,11 +383,14 @@ class FusedReferenceSharing:
             return None
         copies_values = group[:, first:]
         limit = self.crop_fraction * copies_values.shape[1] * math.prod(group.shape[3:])
+        if known is not None:
+            boxes: list[Box] = known[first:]
         # the first channel's boxes lie inside the copies' boxes: when they are already too
         # large, the whole search is skipped (deeper layers, large receptive fields)
-        if packed_volume(support_boxes(copies_values[:, :, :1], dims)) > limit:
+        elif packed_volume(support_boxes(copies_values[:, :, :1], dims)) > limit:
             return None
-        boxes: list[Box] = support_boxes(copies_values, dims)
+        else:
+            boxes = support_boxes(copies_values, dims)
         if packed_volume(boxes) > limit:
             return None
         return [(first + i, box) for i, box in enumerate(boxes) if box is not None]
@@ -422,6 +453,12 @@ class FusedReferenceSharing:
             group[(0, copy, slice(None), *box)].addcmul_(
                 unit_part[(0, slot, slice(None), *corner)], factor[slot]
             )
+
+
+def _slices(box: Box4) -> Box:
+    """A carried box as the slices of `ctc_plugin.ctc.boxes` (``None`` for an empty one)."""
+    r0, r1, c0, c1 = box
+    return (slice(r0, r1), slice(c0, c1)) if r1 > r0 and c1 > c0 else None
 
 
 def _example_part(bias: torch.Tensor, z: torch.Tensor, example: int) -> torch.Tensor:
