@@ -94,8 +94,11 @@ def test_numbers_through_the_engine_equal_the_benchmark_before_it(embedded):
         for key, value in want.items():
             if key in ("family", "split", "method"):
                 assert got[key] == value
-            else:  # the same computation; only a different CPU's last bits may differ
-                np.testing.assert_allclose(float(got[key]), float(value), rtol=1e-7, err_msg=key)
+            else:  # the same computation up to float32 rounding: a different CPU, or CTC's
+                # own speed-ups (sparse copies) summing in another order, move the last bits
+                np.testing.assert_allclose(
+                    float(got[key]), float(value), rtol=1e-6, err_msg=f"{got['method']} {key}"
+                )
     # the run folder is a run of the resumable engine: one shard per piece, named after it
     store = RunStore(out)
     assert store.manifest()["job"] == "benchmark"
