@@ -72,10 +72,9 @@ from ctc_plugin.harness.store import (
     Piece,
     piece_name,
     piece_shard,
-    plain_config,
     run_order,
 )
-from ctc_plugin.resumable import Shard, run_job
+from ctc_plugin.resumable import Shard, json_values, run_job
 from ctc_plugin.zoo.settings import FAMILIES
 
 __all__ = [
@@ -613,7 +612,7 @@ class BenchmarkJob:
 
     def manifest(self) -> dict[str, Any]:
         """The configuration: a resumed run must have the same."""
-        return {"config": plain_config(self.config)}
+        return {"config": json_values(self.config)}
 
     def plan(self) -> dict[str, Any]:
         """Per model its planned variants and notes, and the skipped models (``plan.json``)."""

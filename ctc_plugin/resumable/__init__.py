@@ -22,7 +22,7 @@ from ctc_plugin.resumable.cluster import (
     run_on_ray,
 )
 from ctc_plugin.resumable.job import Job, JobResult, Runner, Shard, run_job
-from ctc_plugin.resumable.store import RunStore
+from ctc_plugin.resumable.store import RunStore, json_values, read_json
 
 __all__ = [
     "ConfigMismatchError",
@@ -35,6 +35,8 @@ __all__ = [
     "Runner",
     "Shard",
     "ShardQueue",
+    "json_values",
+    "read_json",
     "run_job",
     "run_on_ray",
     "write_atomic",

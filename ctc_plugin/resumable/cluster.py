@@ -232,19 +232,33 @@ def _run(ray: Any, job: Job, shards: list[Shard], store: RunStore, progress: Any
 
 
 class _Worker:
-    """A Ray actor around one runner of the job."""
+    """A Ray actor around one runner of the job.
+
+    A runner that cannot be made (a model or a segmenter that does not load) is raised by the
+    actor's first shard, as the embedded engine raises it: an actor that died in its creation
+    would reach the driver as Ray's own error, not as the runner's.
+    """
 
     def __init__(self, job: Job, prepare: bool, run: bool) -> None:
         self.threads = job.threads
-        with torch_threads(self.threads):
-            self.runner = job.runner(prepare=prepare, run=run)
+        self.runner: Any = None
+        self.error: Exception | None = None
+        try:
+            with torch_threads(self.threads):
+                self.runner = job.runner(prepare=prepare, run=run)
+        except Exception as error:  # raised again by every shard
+            self.error = error
 
     def prepare(self, shard: Shard) -> Any:
         """The shard's preparation."""
+        if self.error is not None:
+            raise self.error
         with torch_threads(self.threads):
             return self.runner.prepare(shard)
 
     def run(self, shard: Shard, prepared: Any) -> tuple[Any, Any]:
         """The shard's table and arrays (from its preparation, when there is one)."""
+        if self.error is not None:
+            raise self.error
         with torch_threads(self.threads):
             return self.runner.run(shard, prepared=prepared)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
 
-__all__ = ["ConfigMismatchError", "RunStore", "write_atomic"]
+__all__ = ["ConfigMismatchError", "RunStore", "json_values", "read_json", "write_atomic"]
 
 
 _FORMAT = 2
@@ -63,7 +64,9 @@ class RunStore:
         written to ``plan.json``, replacing the last start's.
 
         Args:
-            manifest: ``{"job": kind, "config": {...}, ...}``: what a resumed run must share.
+            manifest: ``{"job": kind, "config": {...}, ...}``: what a resumed run must share
+                (compared as JSON gives it back, see
+                [`json_values`][ctc_plugin.resumable.store.json_values]).
             plan: What the job planned, for readers of the folder (never compared).
             adopt: Start a run in a folder that holds other files (a job converting its own
                 older layout); otherwise such a folder is refused.
@@ -74,7 +77,7 @@ class RunStore:
                 kind of job's run, or a run written by another version of this package.
         """
         path = self.root / MANIFEST
-        manifest = {"format": _FORMAT, **manifest}
+        manifest = {"format": _FORMAT, **json_values(manifest)}
         if path.exists():
             stored = self.manifest()
             if stored.get("job") != manifest.get("job"):
@@ -111,7 +114,7 @@ class RunStore:
         path = self.root / MANIFEST
         if not path.exists():
             raise FileNotFoundError(f"{self.root} holds no run ({MANIFEST} is missing)")
-        stored = _read_json(path)
+        stored = read_json(path)
         if stored.get("format") != _FORMAT:
             raise ValueError(
                 f"{path} was written by another version of ctc-plugin (format "
@@ -126,7 +129,7 @@ class RunStore:
             ValueError: If ``plan.json`` does not parse.
         """
         path = self.root / PLAN
-        return _read_json(path) if path.exists() else None
+        return read_json(path) if path.exists() else None
 
     # ------------------------------------------------------------------ shards
     def table_path(self, name: str) -> Path:
@@ -192,8 +195,28 @@ class RunStore:
             ) from error
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``, or a ``ValueError`` that names the damaged file."""
+def json_values(value: Any) -> Any:
+    """``value`` as it reads back from JSON: dataclasses become dicts, tuples lists.
+
+    Manifests are compared in this form, so a configuration given with tuples equals the one
+    stored in ``manifest.json``.
+
+    Examples:
+        >>> json_values({"methods": ("ctc", "gradcam"), "seed": 1})
+        {'methods': ['ctc', 'gradcam'], 'seed': 1}
+    """
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    return json.loads(json.dumps(value))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``.
+
+    Raises:
+        ValueError: If the file cannot be read, does not parse or holds no JSON object (the
+            message names the file).
+    """
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError) as error:

@@ -137,3 +137,21 @@ def test_a_workers_exception_comes_back_as_itself():
     assert task_error(inner.as_instanceof_cause()) is raised
     other = RuntimeError("not from Ray")
     assert task_error(other) is other
+
+
+def test_a_runner_that_cannot_be_made_is_raised_by_each_shard_not_by_ray():
+    from ctc_plugin.resumable.cluster import _Worker
+
+    problem = ValueError("--model: unknown model 'nosuch'")
+
+    class Job:
+        threads = 1
+
+        def runner(self, prepare=True, run=True):
+            raise problem
+
+    worker = _Worker(Job(), prepare=True, run=True)  # Ray would make the actor this way
+    for call in (lambda: worker.prepare(Shard(0, (0,))), lambda: worker.run(Shard(0, (0,)), None)):
+        with pytest.raises(ValueError) as raised:
+            call()
+        assert raised.value is problem
