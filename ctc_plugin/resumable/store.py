@@ -61,7 +61,9 @@ class RunStore:
         """Start or resume: write ``manifest`` in a new folder, or check it against the stored one.
 
         Leftover temporary files of a killed run are removed, and ``plan`` (when given) is
-        written to ``plan.json``, replacing the last start's.
+        written to ``plan.json``, replacing the last start's. A run that finished no shard yet
+        (a start that failed on a wrong option, say) holds nothing to keep: its files are
+        removed and ``manifest`` starts afresh, unless the folder holds other files too.
 
         Args:
             manifest: ``{"job": kind, "config": {...}, ...}``: what a resumed run must share
@@ -78,6 +80,8 @@ class RunStore:
         """
         path = self.root / MANIFEST
         manifest = {"format": _FORMAT, **json_values(manifest)}
+        if path.exists() and self._nothing_finished():
+            self._clear()  # a start that finished no shard (a typo in an option): start afresh
         if path.exists():
             stored = self.manifest()
             if stored.get("job") != manifest.get("job"):
@@ -102,6 +106,22 @@ class RunStore:
         if plan is not None:
             text = json.dumps(plan, indent=1) + "\n"
             write_atomic(self.root / PLAN, lambda stream: stream.write(text.encode()))
+
+    def _nothing_finished(self) -> bool:
+        """Whether the folder holds only a run's own files, and no finished shard."""
+        ours = {MANIFEST, PLAN, self.shards.name}
+        return not self.finished() and all(entry.name in ours for entry in self.root.iterdir())
+
+    def _clear(self) -> None:
+        """Remove the files of a run that finished no shard (a lone ``.npz`` at most)."""
+        if self.shards.is_dir():
+            for leftover in self.shards.iterdir():
+                if leftover.is_file():
+                    leftover.unlink()
+            if not any(self.shards.iterdir()):
+                self.shards.rmdir()
+        (self.root / PLAN).unlink(missing_ok=True)
+        (self.root / MANIFEST).unlink()
 
     def manifest(self) -> dict[str, Any]:
         """The stored manifest.
