@@ -53,6 +53,7 @@ class RunStore:
         if self.root.exists() and not self.root.is_dir():
             raise ValueError(f"--out {self.root} is a file; give a folder for the run's results")
         self.shards = self.root / "shards"
+        self._opened: dict[str, Any] | None = None  # the manifest this store's run writes under
 
     # ------------------------------------------------------------------ manifest
     def open(
@@ -61,9 +62,12 @@ class RunStore:
         """Start or resume: write ``manifest`` in a new folder, or check it against the stored one.
 
         Leftover temporary files of a killed run are removed, and ``plan`` (when given) is
-        written to ``plan.json``, replacing the last start's. A run that finished no shard yet
-        (a start that failed on a wrong option, say) holds nothing to keep: its files are
-        removed and ``manifest`` starts afresh, unless the folder holds other files too.
+        written to ``plan.json``, replacing the last start's. A run of the same job that
+        finished no shard yet (a start that failed on a wrong option, say) holds nothing to
+        keep: its files are removed and ``manifest`` starts afresh, unless the folder holds
+        other files too. A run still under way in another process then finds the manifest
+        changed when it writes its first shard, and stops
+        ([`write_shard`][ctc_plugin.resumable.store.RunStore.write_shard]).
 
         Args:
             manifest: ``{"job": kind, "config": {...}, ...}``: what a resumed run must share
@@ -80,7 +84,7 @@ class RunStore:
         """
         path = self.root / MANIFEST
         manifest = {"format": _FORMAT, **json_values(manifest)}
-        if path.exists() and self._nothing_finished():
+        if path.exists() and self._nothing_finished(manifest.get("job")):
             self._clear()  # a start that finished no shard (a typo in an option): start afresh
         if path.exists():
             stored = self.manifest()
@@ -100,6 +104,7 @@ class RunStore:
                 )
             text = json.dumps(manifest, indent=1) + "\n"
             write_atomic(path, lambda stream: stream.write(text.encode()))
+        self._opened = manifest
         self.shards.mkdir(parents=True, exist_ok=True)
         for leftover in self.shards.glob(".tmp-*"):
             leftover.unlink(missing_ok=True)
@@ -107,10 +112,15 @@ class RunStore:
             text = json.dumps(plan, indent=1) + "\n"
             write_atomic(self.root / PLAN, lambda stream: stream.write(text.encode()))
 
-    def _nothing_finished(self) -> bool:
-        """Whether the folder holds only a run's own files, and no finished shard."""
+    def _nothing_finished(self, job: Any) -> bool:
+        """Whether the folder holds only the files of a run of ``job`` that finished no shard."""
         ours = {MANIFEST, PLAN, self.shards.name}
-        return not self.finished() and all(entry.name in ours for entry in self.root.iterdir())
+        if self.finished() or any(entry.name not in ours for entry in self.root.iterdir()):
+            return False
+        try:
+            return read_json(self.root / MANIFEST).get("job") == job
+        except ValueError:
+            return False
 
     def _clear(self) -> None:
         """Remove the files of a run that finished no shard (a lone ``.npz`` at most)."""
@@ -165,9 +175,21 @@ class RunStore:
         return self.table_path(name).exists()
 
     def write_shard(self, name: str, table: pa.Table, arrays: dict[str, np.ndarray]) -> None:
-        """Write one finished shard: the arrays first, the table last, each atomically."""
+        """Write one finished shard: the arrays first, the table last, each atomically.
+
+        Raises:
+            ConfigMismatchError: If this store was opened with a manifest and the folder's
+                manifest is another one now (a run of other options replaced it, see
+                [`open`][ctc_plugin.resumable.store.RunStore.open]): nothing is written.
+        """
         import numpy as np
         import pyarrow.parquet as pq
+
+        if self._opened is not None:
+            stored = self.manifest() if (self.root / MANIFEST).exists() else {}
+            differences = _differences(stored, self._opened)
+            if differences:
+                raise ConfigMismatchError(self.root, differences)
 
         write_atomic(self.arrays_path(name), lambda stream: np.savez_compressed(stream, **arrays))
         write_atomic(self.table_path(name), lambda stream: pq.write_table(table, stream))

@@ -44,13 +44,24 @@ def test_a_start_that_finished_no_shard_gives_way_to_the_next_configuration(tmp_
     RunStore(out).open({"job": "test", "config": {"model": "nosuch"}}, plan={"planned": 1})
     (out / "shards" / "shard-00000.npz").write_bytes(b"arrays of a shard never finished")
     store = RunStore(out)
-    store.open({"job": "other", "config": {"model": "resnet"}})  # nothing finished: afresh
-    assert store.manifest()["job"] == "other" and store.manifest()["config"]["model"] == "resnet"
+    store.open({"job": "test", "config": {"model": "resnet"}})  # nothing finished: afresh
+    assert store.manifest()["job"] == "test" and store.manifest()["config"]["model"] == "resnet"
     assert store.plan() is None and not list((out / "shards").iterdir())
     store.write_shard("shard-00000", pa.table({"a": [1]}), {})
     with pytest.raises(ConfigMismatchError, match="model: 'resnet' there, 'vgg' now"):
-        RunStore(out).open({"job": "other", "config": {"model": "vgg"}})
-    # a folder with files of the user's besides the run is never cleared
+        RunStore(out).open({"job": "test", "config": {"model": "vgg"}})
+    # a run under way in another process, replaced before its first shard, stops at it
+    late = RunStore(tmp_path / "late")
+    late.open({"job": "test", "config": {"seed": 1}})
+    RunStore(tmp_path / "late").open({"job": "test", "config": {"seed": 2}})
+    with pytest.raises(ConfigMismatchError, match="seed: 2 there, 1 now"):
+        late.write_shard("shard-00000", pa.table({"a": [1]}), {})
+    assert RunStore(tmp_path / "late").finished() == []
+    # another kind of run, or files of the user's besides the run, are never cleared
+    kind = tmp_path / "kind"
+    RunStore(kind).open({"job": "test", "config": {}})
+    with pytest.raises(ValueError, match="holds a run of test, not of other"):
+        RunStore(kind).open({"job": "other", "config": {}})
     other = tmp_path / "mine"
     RunStore(other).open({"job": "test", "config": {"model": "nosuch"}})
     (other / "notes.txt").write_text("mine")
