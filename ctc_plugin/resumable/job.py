@@ -184,7 +184,8 @@ def run_job(
     start = time.perf_counter()
     shards = job.shards()
     store = RunStore(out)
-    store.open({"job": job.name, **job.manifest()}, plan=job.plan())
+    # a start that finished no shard (a wrong option) gives way to this one
+    store.open({"job": job.name, **job.manifest()}, plan=job.plan(), restart_unfinished=True)
     left = [shard for shard in shards if not store.is_finished(shard.name)]
     total = sum(len(shard.images) for shard in shards)
     if ray:

@@ -57,16 +57,20 @@ class RunStore:
 
     # ------------------------------------------------------------------ manifest
     def open(
-        self, manifest: dict[str, Any], plan: dict[str, Any] | None = None, adopt: bool = False
+        self,
+        manifest: dict[str, Any],
+        plan: dict[str, Any] | None = None,
+        adopt: bool = False,
+        restart_unfinished: bool = False,
     ) -> None:
         """Start or resume: write ``manifest`` in a new folder, or check it against the stored one.
 
         Leftover temporary files of a killed run are removed, and ``plan`` (when given) is
-        written to ``plan.json``, replacing the last start's. A run of the same job that
-        finished no shard yet (a start that failed on a wrong option, say) holds nothing to
-        keep: its files are removed and ``manifest`` starts afresh, unless the folder holds
-        other files too. A run still under way in another process then finds the manifest
-        changed when it writes its first shard, and stops
+        written to ``plan.json``, replacing the last start's. With ``restart_unfinished``, a
+        run of the same job that finished no shard yet (a start that failed on a wrong option,
+        say) holds nothing to keep: its files are removed and ``manifest`` starts afresh,
+        unless the folder holds other files too. A run still under way in another process
+        then finds the manifest changed when it writes its first shard, and stops
         ([`write_shard`][ctc_plugin.resumable.store.RunStore.write_shard]).
 
         Args:
@@ -76,6 +80,9 @@ class RunStore:
             plan: What the job planned, for readers of the folder (never compared).
             adopt: Start a run in a folder that holds other files (a job converting its own
                 older layout); otherwise such a folder is refused.
+            restart_unfinished: Let a run of the same job that finished no shard give way to
+                ``manifest`` instead of refusing it
+                ([`run_job`][ctc_plugin.resumable.job.run_job] does).
 
         Raises:
             ConfigMismatchError: If the folder holds another run's manifest.
@@ -84,7 +91,7 @@ class RunStore:
         """
         path = self.root / MANIFEST
         manifest = {"format": _FORMAT, **json_values(manifest)}
-        if path.exists() and self._nothing_finished(manifest.get("job")):
+        if restart_unfinished and path.exists() and self._nothing_finished(manifest.get("job")):
             self._clear()  # a start that finished no shard (a typo in an option): start afresh
         if path.exists():
             stored = self.manifest()

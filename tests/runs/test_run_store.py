@@ -44,16 +44,20 @@ def test_a_start_that_finished_no_shard_gives_way_to_the_next_configuration(tmp_
     RunStore(out).open({"job": "test", "config": {"model": "nosuch"}}, plan={"planned": 1})
     (out / "shards" / "shard-00000.npz").write_bytes(b"arrays of a shard never finished")
     store = RunStore(out)
-    store.open({"job": "test", "config": {"model": "resnet"}})  # nothing finished: afresh
+    with pytest.raises(ConfigMismatchError):  # only when asked for (run_job does)
+        store.open({"job": "test", "config": {"model": "resnet"}})
+    store.open({"job": "test", "config": {"model": "resnet"}}, restart_unfinished=True)
     assert store.manifest()["job"] == "test" and store.manifest()["config"]["model"] == "resnet"
     assert store.plan() is None and not list((out / "shards").iterdir())
     store.write_shard("shard-00000", pa.table({"a": [1]}), {})
     with pytest.raises(ConfigMismatchError, match="model: 'resnet' there, 'vgg' now"):
-        RunStore(out).open({"job": "test", "config": {"model": "vgg"}})
+        RunStore(out).open({"job": "test", "config": {"model": "vgg"}}, restart_unfinished=True)
     # a run under way in another process, replaced before its first shard, stops at it
     late = RunStore(tmp_path / "late")
     late.open({"job": "test", "config": {"seed": 1}})
-    RunStore(tmp_path / "late").open({"job": "test", "config": {"seed": 2}})
+    RunStore(tmp_path / "late").open(
+        {"job": "test", "config": {"seed": 2}}, restart_unfinished=True
+    )
     with pytest.raises(ConfigMismatchError, match="seed: 2 there, 1 now"):
         late.write_shard("shard-00000", pa.table({"a": [1]}), {})
     assert RunStore(tmp_path / "late").finished() == []
@@ -61,12 +65,14 @@ def test_a_start_that_finished_no_shard_gives_way_to_the_next_configuration(tmp_
     kind = tmp_path / "kind"
     RunStore(kind).open({"job": "test", "config": {}})
     with pytest.raises(ValueError, match="holds a run of test, not of other"):
-        RunStore(kind).open({"job": "other", "config": {}})
+        RunStore(kind).open({"job": "other", "config": {}}, restart_unfinished=True)
     other = tmp_path / "mine"
     RunStore(other).open({"job": "test", "config": {"model": "nosuch"}})
     (other / "notes.txt").write_text("mine")
     with pytest.raises(ConfigMismatchError):
-        RunStore(other).open({"job": "test", "config": {"model": "resnet"}})
+        RunStore(other).open(
+            {"job": "test", "config": {"model": "resnet"}}, restart_unfinished=True
+        )
 
 
 def test_a_failed_start_of_the_command_does_not_lock_its_folder(tmp_path, capsys):
