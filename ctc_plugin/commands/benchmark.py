@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from ctc_plugin.commands import CLIError
     from ctc_plugin.harness.benchmark import run_benchmark
     from ctc_plugin.harness.store import ConfigMismatchError
-    from ctc_plugin.resumable import RayUnavailableError
+    from ctc_plugin.resumable import RayError
 
     if args.report_only:
         return _report_only(args)
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
                 ray=ray,
                 ray_workers=workers,
             )
-    except RayUnavailableError as error:
+    except RayError as error:  # Ray missing, or its cluster unreachable
         raise CLIError(str(error)) from error
     except ConfigMismatchError as error:
         listed = "; ".join(

@@ -539,8 +539,13 @@ def model_logits(
         ) from error
 
 
-def target_class(spec: str | None, loaded: LoadedModel, logits: torch.Tensor) -> int:
-    """The class ``--target`` names: ``None`` the predicted one, an index, or a class name."""
+def target_class(
+    spec: str | None, loaded: LoadedModel, logits: torch.Tensor, option: str = "--target"
+) -> int:
+    """The class ``--target`` names: ``None`` the predicted one, an index, or a class name.
+
+    ``option`` is the option's name in error messages (``explain-dataset`` has ``--targets``).
+    """
     if spec is None:
         return int(logits.argmax())
     if spec.lstrip("-").isdigit():
@@ -552,9 +557,12 @@ def target_class(spec: str | None, loaded: LoadedModel, logits: torch.Tensor) ->
         if loaded.classes:
             shown = loaded.classes if len(loaded.classes) <= 10 else loaded.classes[:5] + ["..."]
             names = f" or a class name ({', '.join(shown)})"
-        raise CLIError(f"--target {spec!r}: give a class index{names}")
+        raise CLIError(f"{option} {spec!r}: give a class index{names}")
     if not 0 <= target < logits.numel():
-        raise CLIError(f"--target {target} out of range: the model has {logits.numel()} classes")
+        raise CLIError(
+            f"{option} {target} out of range: the model has {logits.numel()} classes "
+            f"(0 to {logits.numel() - 1})"
+        )
     return target
 
 

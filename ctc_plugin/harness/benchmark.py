@@ -72,10 +72,9 @@ from ctc_plugin.harness.store import (
     Piece,
     piece_name,
     piece_shard,
-    plain_config,
     run_order,
 )
-from ctc_plugin.resumable import Shard, run_job
+from ctc_plugin.resumable import Shard, json_values, run_job
 from ctc_plugin.zoo.settings import FAMILIES
 
 __all__ = [
@@ -549,9 +548,11 @@ class BenchmarkJob:
     Planning loads every model (to know which variants apply to it); a model whose zoo weights
     are missing is skipped with a warning (and a line under "Failures" in ``results.md``).
     Each shard is one piece, one method variant on one model, in report order (split by split,
-    family by family, variant by variant), named after the piece; its progress counts the
-    piece's images. The job is sent to Ray workers as it is: its configuration, its plan and
-    the models given as ``models``, never the zoo models it loaded (a worker loads its own).
+    family by family, variant by variant), named after the piece, with the model as its
+    affinity (on Ray, a model's pieces go to one worker where the plan allows); its progress
+    counts the piece's images. The job is sent to Ray workers as it is: its configuration, its
+    plan and the models given as ``models``, never the zoo models it loaded (a worker loads its
+    own).
 
     Args:
         config: What to run.
@@ -611,16 +612,23 @@ class BenchmarkJob:
 
     def manifest(self) -> dict[str, Any]:
         """The configuration: a resumed run must have the same."""
-        return {"config": plain_config(self.config)}
+        return {"config": json_values(self.config)}
 
     def plan(self) -> dict[str, Any]:
         """Per model its planned variants and notes, and the skipped models (``plan.json``)."""
         return {"models": self.planned, "skipped": self.skipped}
 
     def shards(self) -> list[Shard]:
-        """One shard per piece, named after it, counting the piece's images."""
+        """One shard per piece, named after it, counting the piece's images.
+
+        A model's pieces share their affinity (``family/split``): on Ray they go to the same
+        worker where the plan allows, which prepares the model once for them.
+        """
         images = tuple(range(self.config.images))
-        return [Shard(index, images, piece_name(*piece)) for index, piece in enumerate(self.pieces)]
+        return [
+            Shard(index, images, piece_name(family, split, label), affinity=f"{family}/{split}")
+            for index, (family, split, label) in enumerate(self.pieces)
+        ]
 
     def runner(self, *, prepare: bool = True, run: bool = True) -> BenchmarkRunner:
         """A [`BenchmarkRunner`][ctc_plugin.harness.benchmark.BenchmarkRunner]."""
@@ -746,6 +754,8 @@ def run_benchmark(
         FileNotFoundError: When no model can be loaded. A single missing zoo weight file only
             skips that model, with a warning and a line under "Failures" in ``results.md``.
         RayUnavailableError: When ``ray`` is given and Ray is not installed.
+        RayConnectionError: If ``ray`` is the address of a Ray cluster that cannot be
+            reached.
     """
     BenchmarkStore(out_dir, config)  # another configuration is refused before models load
     job = BenchmarkJob(config, models, threads)

@@ -27,14 +27,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import numpy as np
 
-from ctc_plugin.resumable import ConfigMismatchError, RunStore
+from ctc_plugin.resumable import ConfigMismatchError, RunStore, json_values, read_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -122,12 +122,6 @@ def piece_name(family: str, split: str, label: str) -> str:
     return "--".join(quote(text, safe="") for text in (family, split, label))
 
 
-def plain_config(config: Any) -> dict[str, Any]:
-    """The configuration as JSON values (tuples become lists), for storing and comparing."""
-    values = asdict(config) if is_dataclass(config) else dict(config)
-    return json.loads(json.dumps(values))
-
-
 def piece_shard(piece: Piece) -> tuple[pa.Table, dict[str, np.ndarray]]:
     """A piece as a shard: its per-image table (the rest in its metadata) and its curves."""
     import pyarrow as pa
@@ -200,7 +194,7 @@ class BenchmarkStore:
     def __init__(self, root: str | Path, config: Any) -> None:
         self.runs = RunStore(root)
         self.root = self.runs.root
-        self.config = plain_config(config)
+        self.config = json_values(config)
         convert_legacy_run(self.root)
         self.runs.open({"job": JOB, "config": self.config})
 
@@ -307,7 +301,7 @@ def convert_legacy_run(root: Path) -> bool:
     runs = RunStore(root)
     if not legacy.is_file() or not pieces.is_dir() or (root / "manifest.json").exists():
         return False
-    document = _legacy_json(legacy)
+    document = read_json(legacy)
     config = document.get("config")
     if document.get("format") != 1 or not isinstance(config, dict):
         raise ValueError(f"{legacy} is not a benchmark configuration; use a fresh --out")
@@ -317,7 +311,7 @@ def convert_legacy_run(root: Path) -> bool:
         folder = pieces / f"{quote(family, safe='')}--{quote(split, safe='')}"
         if not (folder / "model.json").is_file():
             continue
-        info = _legacy_json(folder / "model.json")
+        info = read_json(folder / "model.json")
         models.append(
             {"family": family, "split": split, "planned": info["planned"], "notes": info["notes"]}
         )
@@ -325,7 +319,7 @@ def convert_legacy_run(root: Path) -> bool:
             where = folder / quote(label, safe="")
             if not (where / "piece.json").is_file():
                 continue
-            meta = _legacy_json(where / "piece.json")
+            meta = read_json(where / "piece.json")
             try:
                 with (where / "rows.csv").open(newline="") as handle:
                     rows = [
@@ -364,13 +358,3 @@ def convert_legacy_run(root: Path) -> bool:
         file=sys.stderr,
     )
     return True
-
-
-def _legacy_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read {path} (damaged): {error}") from error
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} is not a JSON object (damaged)")
-    return value

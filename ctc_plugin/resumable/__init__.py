@@ -14,18 +14,29 @@ run starts.
 from __future__ import annotations
 
 from ctc_plugin.resumable.atomic import ConfigMismatchError, write_atomic
-from ctc_plugin.resumable.cluster import RayUnavailableError, run_on_ray
+from ctc_plugin.resumable.cluster import (
+    RayConnectionError,
+    RayError,
+    RayUnavailableError,
+    ShardQueue,
+    run_on_ray,
+)
 from ctc_plugin.resumable.job import Job, JobResult, Runner, Shard, run_job
-from ctc_plugin.resumable.store import RunStore
+from ctc_plugin.resumable.store import RunStore, json_values, read_json
 
 __all__ = [
     "ConfigMismatchError",
     "Job",
     "JobResult",
+    "RayConnectionError",
+    "RayError",
     "RayUnavailableError",
     "RunStore",
     "Runner",
     "Shard",
+    "ShardQueue",
+    "json_values",
+    "read_json",
     "run_job",
     "run_on_ray",
     "write_atomic",

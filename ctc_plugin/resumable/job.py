@@ -46,11 +46,17 @@ class Shard:
             counts them.
         key: File stem of the shard, when the job names its shards (the benchmark names them
             after the piece); ``None``: ``shard-<index>``.
+        affinity: Shards with the same affinity share what a runner prepares for them (the
+            benchmark's pieces of one model share the model, its data and features): on Ray
+            they go to the same worker where the plan allows (see
+            [`ShardQueue`][ctc_plugin.resumable.cluster.ShardQueue]). ``None``: nothing shared.
+            Never changes a shard's results.
     """
 
     index: int
     images: tuple[int, ...]
     key: str | None = None
+    affinity: str | None = None
 
     @property
     def name(self) -> str:
@@ -170,13 +176,16 @@ def run_job(
     Raises:
         ConfigMismatchError: If ``out`` holds a run with another manifest.
         RayUnavailableError: If ``ray`` is given and Ray is not installed (before any work).
+        RayConnectionError: If ``ray`` is the address of a Ray cluster that cannot be
+            reached.
     """
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
     shards = job.shards()
     store = RunStore(out)
-    store.open({"job": job.name, **job.manifest()}, plan=job.plan())
+    # a start that finished no shard (a wrong option) gives way to this one
+    store.open({"job": job.name, **job.manifest()}, plan=job.plan(), restart_unfinished=True)
     left = [shard for shard in shards if not store.is_finished(shard.name)]
     total = sum(len(shard.images) for shard in shards)
     if ray:

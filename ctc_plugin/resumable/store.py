@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
 
-__all__ = ["ConfigMismatchError", "RunStore", "write_atomic"]
+__all__ = ["ConfigMismatchError", "RunStore", "json_values", "read_json", "write_atomic"]
 
 
 _FORMAT = 2
@@ -52,21 +53,36 @@ class RunStore:
         if self.root.exists() and not self.root.is_dir():
             raise ValueError(f"--out {self.root} is a file; give a folder for the run's results")
         self.shards = self.root / "shards"
+        self._opened: dict[str, Any] | None = None  # the manifest this store's run writes under
 
     # ------------------------------------------------------------------ manifest
     def open(
-        self, manifest: dict[str, Any], plan: dict[str, Any] | None = None, adopt: bool = False
+        self,
+        manifest: dict[str, Any],
+        plan: dict[str, Any] | None = None,
+        adopt: bool = False,
+        restart_unfinished: bool = False,
     ) -> None:
         """Start or resume: write ``manifest`` in a new folder, or check it against the stored one.
 
         Leftover temporary files of a killed run are removed, and ``plan`` (when given) is
-        written to ``plan.json``, replacing the last start's.
+        written to ``plan.json``, replacing the last start's. With ``restart_unfinished``, a
+        run of the same job that finished no shard yet (a start that failed on a wrong option,
+        say) holds nothing to keep: its files are removed and ``manifest`` starts afresh,
+        unless the folder holds other files too. A run still under way in another process
+        then finds the manifest changed when it writes its first shard, and stops
+        ([`write_shard`][ctc_plugin.resumable.store.RunStore.write_shard]).
 
         Args:
-            manifest: ``{"job": kind, "config": {...}, ...}``: what a resumed run must share.
+            manifest: ``{"job": kind, "config": {...}, ...}``: what a resumed run must share
+                (compared as JSON gives it back, see
+                [`json_values`][ctc_plugin.resumable.store.json_values]).
             plan: What the job planned, for readers of the folder (never compared).
             adopt: Start a run in a folder that holds other files (a job converting its own
                 older layout); otherwise such a folder is refused.
+            restart_unfinished: Let a run of the same job that finished no shard give way to
+                ``manifest`` instead of refusing it
+                ([`run_job`][ctc_plugin.resumable.job.run_job] does).
 
         Raises:
             ConfigMismatchError: If the folder holds another run's manifest.
@@ -74,7 +90,9 @@ class RunStore:
                 kind of job's run, or a run written by another version of this package.
         """
         path = self.root / MANIFEST
-        manifest = {"format": _FORMAT, **manifest}
+        manifest = {"format": _FORMAT, **json_values(manifest)}
+        if restart_unfinished and path.exists() and self._nothing_finished(manifest.get("job")):
+            self._clear()  # a start that finished no shard (a typo in an option): start afresh
         if path.exists():
             stored = self.manifest()
             if stored.get("job") != manifest.get("job"):
@@ -93,12 +111,34 @@ class RunStore:
                 )
             text = json.dumps(manifest, indent=1) + "\n"
             write_atomic(path, lambda stream: stream.write(text.encode()))
+        self._opened = manifest
         self.shards.mkdir(parents=True, exist_ok=True)
         for leftover in self.shards.glob(".tmp-*"):
             leftover.unlink(missing_ok=True)
         if plan is not None:
             text = json.dumps(plan, indent=1) + "\n"
             write_atomic(self.root / PLAN, lambda stream: stream.write(text.encode()))
+
+    def _nothing_finished(self, job: Any) -> bool:
+        """Whether the folder holds only the files of a run of ``job`` that finished no shard."""
+        ours = {MANIFEST, PLAN, self.shards.name}
+        if self.finished() or any(entry.name not in ours for entry in self.root.iterdir()):
+            return False
+        try:
+            return read_json(self.root / MANIFEST).get("job") == job
+        except ValueError:
+            return False
+
+    def _clear(self) -> None:
+        """Remove the files of a run that finished no shard (a lone ``.npz`` at most)."""
+        if self.shards.is_dir():
+            for leftover in self.shards.iterdir():
+                if leftover.is_file():
+                    leftover.unlink()
+            if not any(self.shards.iterdir()):
+                self.shards.rmdir()
+        (self.root / PLAN).unlink(missing_ok=True)
+        (self.root / MANIFEST).unlink()
 
     def manifest(self) -> dict[str, Any]:
         """The stored manifest.
@@ -111,7 +151,7 @@ class RunStore:
         path = self.root / MANIFEST
         if not path.exists():
             raise FileNotFoundError(f"{self.root} holds no run ({MANIFEST} is missing)")
-        stored = _read_json(path)
+        stored = read_json(path)
         if stored.get("format") != _FORMAT:
             raise ValueError(
                 f"{path} was written by another version of ctc-plugin (format "
@@ -126,7 +166,7 @@ class RunStore:
             ValueError: If ``plan.json`` does not parse.
         """
         path = self.root / PLAN
-        return _read_json(path) if path.exists() else None
+        return read_json(path) if path.exists() else None
 
     # ------------------------------------------------------------------ shards
     def table_path(self, name: str) -> Path:
@@ -142,9 +182,21 @@ class RunStore:
         return self.table_path(name).exists()
 
     def write_shard(self, name: str, table: pa.Table, arrays: dict[str, np.ndarray]) -> None:
-        """Write one finished shard: the arrays first, the table last, each atomically."""
+        """Write one finished shard: the arrays first, the table last, each atomically.
+
+        Raises:
+            ConfigMismatchError: If this store was opened with a manifest and the folder's
+                manifest is another one now (a run of other options replaced it, see
+                [`open`][ctc_plugin.resumable.store.RunStore.open]): nothing is written.
+        """
         import numpy as np
         import pyarrow.parquet as pq
+
+        if self._opened is not None:
+            stored = self.manifest() if (self.root / MANIFEST).exists() else {}
+            differences = _differences(stored, self._opened)
+            if differences:
+                raise ConfigMismatchError(self.root, differences)
 
         write_atomic(self.arrays_path(name), lambda stream: np.savez_compressed(stream, **arrays))
         write_atomic(self.table_path(name), lambda stream: pq.write_table(table, stream))
@@ -192,8 +244,28 @@ class RunStore:
             ) from error
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``, or a ``ValueError`` that names the damaged file."""
+def json_values(value: Any) -> Any:
+    """``value`` as it reads back from JSON: dataclasses become dicts, tuples lists.
+
+    Manifests are compared in this form, so a configuration given with tuples equals the one
+    stored in ``manifest.json``.
+
+    Examples:
+        >>> json_values({"methods": ("ctc", "gradcam"), "seed": 1})
+        {'methods': ['ctc', 'gradcam'], 'seed': 1}
+    """
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    return json.loads(json.dumps(value))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``.
+
+    Raises:
+        ValueError: If the file cannot be read, does not parse or holds no JSON object (the
+            message names the file).
+    """
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError) as error:

@@ -45,11 +45,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="METHOD",
         help="one or more of: " + ", ".join(METHODS),
     )
-    parser.add_argument("--out", required=True, help="the run folder (new, or this run's)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="the run folder: new or empty to start, this run's folder to resume",
+    )
     parser.add_argument(
         "--images",
         type=positive_int,
         default=None,
+        metavar="N",
         help="how many shapes images; for a folder, at most this many (default: all)",
     )
     add_model_options(parser)
@@ -67,6 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--shard-size",
         type=positive_int,
         default=8,
+        metavar="N",
         help="images per shard: written together, redone together after a kill (8)",
     )
     parser.add_argument(
@@ -89,12 +96,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ctc-plugin explain-dataset``."""
     from ctc_plugin.commands import CLIError
-    from ctc_plugin.resumable import RayUnavailableError
+    from ctc_plugin.resumable import RayError
 
     ray_options(args)
     try:
         result = _explain(args)
-    except RayUnavailableError as error:
+    except RayError as error:  # Ray missing, or its cluster unreachable
         raise CLIError(str(error)) from error
     before = result.shards - result.computed
     print(

@@ -211,8 +211,11 @@ class ShardRunner:
 
         try:
             return self.preprocessing(self.source.read(ref))
-        except ValueError as error:
-            raise CLIError(f"{ref.name}: {error}") from error
+        except (ValueError, FileNotFoundError) as error:
+            raise CLIError(
+                f"{error} Replace it with a readable image and run the same command again "
+                "(finished shards are kept)"
+            ) from error
 
     prepare = segment  # the job's preparation stage
 
@@ -360,7 +363,7 @@ class ShardRunner:
                     f"{logits.numel()} classes"
                 )
             return ref.label
-        return target_class(spec, self.loaded, logits)
+        return target_class(spec, self.loaded, logits, option="--targets")
 
 
 def _options(config: RunConfig) -> Namespace:
@@ -460,6 +463,8 @@ def explain_dataset(
         SourceError: For a source with no usable images.
         ConfigMismatchError: If ``out`` holds a run with other arguments.
         RayUnavailableError: If ``ray`` is given and Ray is not installed.
+        RayConnectionError: If ``ray`` is the address of a Ray cluster that cannot be
+            reached.
         ValueError: For unknown methods and invalid numbers, or an ``out`` that holds another
             kind of run.
         CLIError: For a model, device, segmenter or target that cannot be used.

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
 from ctc_plugin.resumable.job import Shard
+from ctc_plugin.resumable.store import json_values
 
 __all__ = ["TARGET_KINDS", "RunConfig", "Shard", "digest", "plan_shards"]
 
@@ -89,8 +90,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as JSON-able data (lists for tuples)."""
-        data = asdict(self)
-        return json.loads(json.dumps(data))
+        return json_values(self)
 
 
 def plan_shards(count: int, shard_size: int) -> list[Shard]:

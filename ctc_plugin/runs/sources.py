@@ -109,8 +109,9 @@ def resolve_source(
 
     Raises:
         SourceError: For a path that does not exist or is a file, a folder without images, a
-            folder mixing images and class subfolders at its top level, or ``shapes`` without
-            a positive ``images``.
+            folder mixing images and class subfolders at its top level, a folder with image
+            files that are not images (their headers are read), or ``shapes`` without a
+            positive ``images``.
     """
     text = os.fspath(spec)
     if text in SHAPES_SOURCES:
@@ -151,7 +152,31 @@ def resolve_source(
     )
     if images is not None:
         refs = refs[:images]
+    _check_readable(text, root, refs)
     return Source(text, "folder", refs, classes, root=root.resolve())
+
+
+def _check_readable(text: str, root: Path, refs: tuple[ImageRef, ...]) -> None:
+    """Refuse, before any work, files whose header Pillow cannot read as an image.
+
+    Only the headers are read (fast); a file damaged further on is reported when its shard
+    reads it.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    bad = []
+    for ref in refs:
+        try:
+            with Image.open(root / ref.name):
+                pass
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError):
+            bad.append(ref.name)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise SourceError(
+            f"SOURCE {text!r}: {len(bad)} of its {len(refs)} image files cannot be read as "
+            f"images ({shown}); replace or remove them, then run the command again"
+        )
 
 
 def _shapes(text: str, images: int | None, seed: int) -> Source:

@@ -33,7 +33,7 @@ from ctc_plugin.harness.store import (
     piece_from_shard,
     piece_name,
 )
-from ctc_plugin.resumable import RayUnavailableError, RunStore
+from ctc_plugin.resumable import RayUnavailableError, RunStore, ShardQueue
 from tests.harness.test_benchmark_resume import CONFIG, TIMING, _models, _table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,8 +94,11 @@ def test_numbers_through_the_engine_equal_the_benchmark_before_it(embedded):
         for key, value in want.items():
             if key in ("family", "split", "method"):
                 assert got[key] == value
-            else:  # the same computation; only a different CPU's last bits may differ
-                np.testing.assert_allclose(float(got[key]), float(value), rtol=1e-7, err_msg=key)
+            else:  # the same computation up to float32 rounding: a different CPU, or CTC's
+                # own speed-ups (sparse copies) summing in another order, move the last bits
+                np.testing.assert_allclose(
+                    float(got[key]), float(value), rtol=1e-6, err_msg=f"{got['method']} {key}"
+                )
     # the run folder is a run of the resumable engine: one shard per piece, named after it
     store = RunStore(out)
     assert store.manifest()["job"] == "benchmark"
@@ -114,6 +117,18 @@ def test_each_piece_alone_in_another_order_equals_the_stored_piece(embedded, tmp
         assert _numbers([piece.summary]) == _numbers([want.summary])
         for kind in want.curves:
             np.testing.assert_array_equal(piece.curves[kind], want.curves[kind])
+
+
+def test_a_models_pieces_share_an_affinity_so_ray_keeps_them_on_one_worker():
+    job = BenchmarkJob(CONFIG, _models(), threads=1)
+    shards = job.shards()
+    assert [s.affinity for s in shards] == [f"{f}/{sp}" for f, sp, _ in job.pieces]
+    assert len({s.affinity for s in shards}) == 2 and len(shards) == 2 * PIECES
+    queue = ShardQueue(shards)  # two workers asking in turn: each gets one model's pieces
+    handed = {0: [], 1: []}
+    for turn in range(len(shards)):
+        handed[turn % 2].append(queue.next(turn % 2).affinity)
+    assert handed == {0: ["tinyA/shapes"] * PIECES, 1: ["tinyB/shapes"] * PIECES}
 
 
 def _pieces_on_disk(out: Path) -> int:

@@ -249,7 +249,11 @@ def test_image_folder_with_and_without_class_subfolders(tmp_path, classes):
         (["{file}", "--methods", "ctc"], "is a file; give the folder"),
         (["{mixed}", "--methods", "ctc"], "mixes images at its top level"),
         (["{flat}", "--methods", "ctc", "--targets", "label"], "has no label"),
-        (["shapes", "--images", "2", "--methods", "ctc", "--targets", "dog"], "--target 'dog'"),
+        (["shapes", "--images", "2", "--methods", "ctc", "--targets", "dog"], "--targets 'dog'"),
+        (["shapes", "--images", "2", "--methods", "ctc", "--targets", "9"], "--targets 9 out of"),
+        (["{junk}", "--methods", "ctc"], "1 of its 3 image files cannot be read as images (b.png)"),
+        (["{garbage}", "--methods", "ctc"], "2 of its 2 image files cannot be read as images"),
+        (["{cut}", "--methods", "ctc"], "Replace it with a readable image and run the same"),
         (
             [
                 "shapes",
@@ -270,7 +274,17 @@ def test_bad_source_methods_and_targets_give_one_clear_error_line(tmp_path, caps
     _write_images(tmp_path / "flat", 1, classes=False)
     _write_images(tmp_path / "mixed", 2, classes=True)
     _write_images(tmp_path / "mixed", 1, classes=False)
+    _write_images(tmp_path / "junk", 2, classes=False)
+    (tmp_path / "junk" / "b.png").write_text("a text file named .png")
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "a.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (tmp_path / "garbage" / "b.png").write_bytes(b"")
+    (tmp_path / "garbage" / "notes.txt").write_text("ignored")
+    _write_images(tmp_path / "cut", 1, classes=False)
+    whole = tmp_path / "cut" / "img00.png"
+    whole.write_bytes(whole.read_bytes()[:120])  # the header reads, the pixels do not
     names = {"{empty}": "empty", "{file}": "file.png", "{mixed}": "mixed", "{flat}": "flat"}
+    names |= {"{junk}": "junk", "{garbage}": "garbage", "{cut}": "cut"}
     argv = [str(tmp_path / names[a]) if a in names else a for a in argv]
     code = main(["explain-dataset", *argv, "--out", str(tmp_path / "run"), "--no-progress"])
     error = capsys.readouterr().err.strip()
