@@ -23,7 +23,6 @@ from ctc_plugin.ctc.workspace import OutputPool
 from .test_sparse import grid
 from .test_speedups import MODES, assert_same_as_spec
 
-
 #: The default speed-ups with every convolution sparse, and ``"none"`` through the pass of
 #: copies (not its gradient shortcut, which is never sparse).
 EVERYWHERE = replace(DEFAULT, sparse_dense_above=1.0, gradient_shortcut=False)

@@ -13,11 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
@@ -35,6 +31,7 @@ from ctc_plugin.harness.store import (
 )
 from ctc_plugin.resumable import RayUnavailableError, RunStore, ShardQueue
 from tests.harness.test_benchmark_resume import CONFIG, TIMING, _models, _table
+from tests.killing import kill_when
 
 ROOT = Path(__file__).resolve().parents[2]
 ONE = replace(CONFIG, families=("tinyA",))  # five pieces: Saliency, CTC and Lime on two sources
@@ -139,18 +136,7 @@ def test_killed_and_resumed_equals_an_uninterrupted_run(embedded, tmp_path):
     reference, _ = embedded
     out = tmp_path / "run"
     code = "from tests.harness.test_benchmark_engine import _run; import sys; _run(sys.argv[1])"
-    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=ROOT, env=environment)
-    try:
-        deadline = time.monotonic() + 120
-        while _pieces_on_disk(out) < 1:
-            assert process.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "no piece was written in 120 s"
-            time.sleep(0.02)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    kill_when([sys.executable, "-c", code, str(out)], lambda: _pieces_on_disk(out) >= 1, "piece")
     killed_with = _pieces_on_disk(out)
     assert 1 <= killed_with < PIECES, "the run finished before the kill"
     assert not (out / "results.csv").exists()

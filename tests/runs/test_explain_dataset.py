@@ -7,11 +7,7 @@ of the methods, and a run killed twice with SIGKILL and resumed must equal it bi
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +30,7 @@ from ctc_plugin.runs import (
     resolve_source,
 )
 from ctc_plugin.runs.engine import TIMING_COLUMNS
+from tests.killing import kill_when
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["ctc", "gradcam", "lime"]
@@ -112,19 +109,12 @@ def _command(out: Path) -> list[str]:
 
 def _kill_after_first_new_shard(out: Path) -> None:
     """Start the command, SIGKILL it once a new shard file appears; assert it was mid-run."""
-    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     before = _shard_files(out) if (out / "shards").exists() else 0
-    process = subprocess.Popen(_command(out), env=environment, stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while (out / "shards").exists() is False or _shard_files(out) <= before:
-            assert process.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "no shard was written in 120 s"
-            time.sleep(0.02)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+
+    def written() -> bool:
+        return (out / "shards").exists() and _shard_files(out) > before
+
+    kill_when(_command(out), written, "shard")
     assert _shard_files(out) < 8, "the run finished before the kill"
 
 
