@@ -298,11 +298,7 @@ class FusedReferenceSharing:
 
     def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
         """Add the bias to the gate copy and the reference shares to the sharing copies."""
-        if not layout.reference_full:
-            raise ValueError("reference sharing needs the reference full copy in the layout")
-        self._add_shares_in_blocks(z, bias, layout.first_feature)
-        z[:, :1].add_(copy_part(bias, z, 0, 1))
-        return z
+        return self._add_bias(z, bias, layout)
 
     def add_bias_with_boxes(
         self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout, boxes: Sequence[Box4]
@@ -313,11 +309,22 @@ class FusedReferenceSharing:
         gets a share where it is zero, so the boxes after are the same, with the gate copy's
         (which gets the whole bias) and the full copy's on the whole map.
         """
+        self._add_bias(z, bias, layout, boxes)
+        return whole_outside_features(boxes, layout, z.shape[-2:])
+
+    def _add_bias(
+        self,
+        z: torch.Tensor,
+        bias: torch.Tensor,
+        layout: CopyLayout,
+        carried: Sequence[Box4] | None = None,
+    ) -> torch.Tensor:
+        """`add_bias`, with the carried boxes of ``z``'s rows when they are known."""
         if not layout.reference_full:
             raise ValueError("reference sharing needs the reference full copy in the layout")
-        self._add_shares_in_blocks(z, bias, layout.first_feature, boxes)
+        self._add_shares_in_blocks(z, bias, layout.first_feature, carried)
         z[:, :1].add_(copy_part(bias, z, 0, 1))
-        return whole_outside_features(boxes, layout, z.shape[-2:])
+        return z
 
     def _add_shares_in_blocks(
         self,
