@@ -39,6 +39,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ctc_plugin.ctc.boxes import Box, packed_volume, support_boxes
@@ -526,7 +527,7 @@ def full_copy_statistics(
     # sums need no mask, only the count
     unusable = torch.eq(r, 0, out=scratch)
     count = _group_size(r, dims) - unusable.sum(dim=dims, keepdim=True)
-    log_r = unusable.add_(r).log10_()
+    log_r = log10_(unusable.add_(r))
     _, sigma = _mean_std_of_counted(log_r, count, dims, workspace)
     sigma.masked_fill_(no_mean, 0.0)
     exact_zero = torch.eq(z_full, 0, out=scratch)
@@ -546,6 +547,20 @@ def _infinite_where_zero(u: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor
     """
     # 1 / [u != 0] - 1 is 0 where u != 0 and +inf where u = 0
     return u.add_(torch.ne(u, 0, out=scratch).reciprocal_().sub_(1.0))
+
+
+def log10_(values: torch.Tensor) -> torch.Tensor:
+    """``values.log10_()``; on a CPU through NumPy's vectorised ``log10``.
+
+    Torch's CPU ``log10`` is not vectorised in the builds measured here (about 1.1 ns a float32
+    value, against 0.23 ns for NumPy's and 0.05 ns for a multiply), and it is the costliest step
+    of the ``"reference"`` formula. Both are within two units in the last place.
+    """
+    if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
+        return values.log10_()
+    array = values.numpy()
+    np.log10(array, out=array)
+    return values
 
 
 def _group_size(values: torch.Tensor, dims: tuple[int, ...]) -> int:
@@ -612,7 +627,7 @@ def share_factors(
     rho.ceil_().mul_(ratio_quantum).div_(full.ceil_full).abs_()
     rho.ceil_().div_(ratio_quantum)
     # l = log10 of 1 where rho = 0: exactly 0 (log10 of 0 takes several times longer)
-    log_ratio = torch.eq(rho, 0, out=scratch).add_(rho).log10_()
+    log_ratio = log10_(torch.eq(rho, 0, out=scratch).add_(rho))
     mu, std = _mean_std_of_counted(log_ratio, count, dims, workspace)
 
     # Capping: l' = mu + (l - mu) c with c = sigma / std where std > sigma, else l' = l, and

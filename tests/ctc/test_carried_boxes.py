@@ -116,8 +116,59 @@ def test_the_pool_lets_go_of_the_least_recently_used_free_memory():
     del a, b
     assert pool.empty((5,), like).data_ptr() == b_pointer  # b is now the most recently used
     held = pool.empty((7,), like)  # full: a (least recently used, free) goes
-    assert pool.empty((3,), like).data_ptr() != a_pointer
+    pointers = [buffer.base.data_ptr() for buffer in pool._held]
+    assert a_pointer not in pointers and b_pointer in pointers and held.data_ptr() in pointers
     assert np.all(np.isfinite(held.zero_().numpy()))
+
+
+def test_a_request_takes_the_smallest_free_buffer_that_is_not_much_larger():
+    pool = OutputPool(keep=3, slack=1.5)
+    like = torch.zeros(1)
+    small, large = pool.empty((10,), like), pool.empty((14,), like)
+    small_pointer, large_pointer = small.data_ptr(), large.data_ptr()
+    del small, large
+    assert pool.empty((9,), like).data_ptr() == small_pointer  # 10 fits 9 better than 14
+    taken = pool.empty((12,), like)  # 14 <= 1.5 * 12: the larger one serves it
+    assert taken.data_ptr() == large_pointer and taken.shape == (12,)
+    del taken
+    assert pool.empty((6,), like).data_ptr() not in (small_pointer, large_pointer)  # too large
+
+
+def test_a_free_buffer_larger_than_every_recent_request_is_let_go():
+    pool = OutputPool(keep=3, window=4)
+    like = torch.zeros(1)
+    big = pool.empty((1000,), like)
+    del big
+    assert len(pool._held) == 1
+    for _ in range(3):
+        pool.empty((10,), like)
+    assert any(buffer.base.numel() == 4000 for buffer in pool._held)  # still in the window
+    pool.empty((10,), like)
+    assert all(buffer.base.numel() < 4000 for buffer in pool._held)
+
+
+def test_a_zero_result_clears_only_the_rows_recorded_while_nothing_wrote_since():
+    """``zeros`` on reused memory clears only the rows its last result recorded as possibly
+    nonzero: a value left elsewhere (written behind the version counter's back, which no rule
+    of the pass does) survives, which shows that nothing else was cleared; any tracked write
+    after the record clears the whole buffer."""
+    pool = OutputPool(keep=1)
+    like = torch.zeros(1)
+    first = pool.empty((2, 3, 4, 4), like)
+    first.fill_(1.0)
+    pool.record(first, [(0, 2), (1, 3)])
+    first[1, :, 3] = 2.0  # a tracked write after the record: the record no longer holds
+    del first
+    second = pool.zeros((2, 3, 4, 4), like)
+    assert not bool(second.any())
+    second[0, :, 0:2], second[1, :, 1:3] = 1.0, 2.0
+    pool.record(second, [(0, 2), (1, 3)])
+    second.data[1, 0, 3, 0] = 7.0  # .data: the same memory, another version counter
+    pointer = second.data_ptr()
+    del second
+    third = pool.zeros((4, 3, 2, 4), like)  # another shape on the same memory
+    assert third.data_ptr() == pointer
+    assert third.count_nonzero() == 1 and third.view(-1)[1 * 48 + 3 * 4] == 7.0  # [1, 0, 3, 0]
 
 
 @pytest.mark.parametrize("mode", MODES)

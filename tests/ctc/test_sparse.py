@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from ctc_plugin.ctc import sparse
 from ctc_plugin.ctc.sparse import ConvCall, input_boxes, sparse_conv2d
 from ctc_plugin.ctc.speedups import DEFAULT, SPEC, Speedups
+from ctc_plugin.ctc.workspace import OutputPool
 
 from .test_speedups import MODES, assert_same_as_spec
 
@@ -62,10 +65,50 @@ def convolutions(draw: st.DrawFn):
 @given(convolutions(), st.sampled_from([1, 2, 8]))
 def test_the_sparse_convolution_is_the_dense_one(call, size_steps):
     expected = call.dense()
+    pool = OutputPool(keep=1)  # reused memory, cleared only where it was written
     for carried in (None, input_boxes(call.x)):
-        actual, boxes = sparse_conv2d(call, 1.0, size_steps, boxes=carried)
-        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
-        assert_zero_outside(expected, boxes)
+        for results in (None, pool, pool):
+            actual, boxes = sparse_conv2d(call, 1.0, size_steps, boxes=carried, results=results)
+            torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+            assert_zero_outside(expected, boxes)
+            if results is not None:
+                results.record(actual, [(box[0], box[1]) for box in boxes])
+            del actual
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dense_above", [0.0, 1.0])
+def test_pointwise_convolutions_are_matrix_products_equal_to_conv2d(
+    monkeypatch, stride, dense_above
+):
+    """1x1 convolutions on large enough maps go through ``pointwise_product`` (dense into the
+    pool's memory, or on the crops), and equal ``conv2d``."""
+    products = []
+    product = sparse.pointwise_product
+    monkeypatch.setattr(
+        sparse, "pointwise_product", lambda *args: products.append(1) or product(*args)
+    )
+    generator = torch.Generator().manual_seed(stride)
+    x = torch.randn(5, 6, 24, 24, generator=generator, dtype=torch.float64)
+    x[1:, :, :, :12] = 0  # the feature copies are zero on half of the map
+    x[3] = 0
+    weight = torch.randn(7, 6, 1, 1, generator=generator, dtype=torch.float64)
+    call = ConvCall(x, weight, (stride, stride), (0, 0), (1, 1), 1)
+    assert call.pointwise
+    pool = OutputPool()
+    actual, boxes = sparse_conv2d(call, dense_above, 8, results=pool)
+    expected = F.conv2d(x, weight, stride=stride)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    assert_zero_outside(expected, boxes)
+    # dense: every stride; sparse: the crops of stride 1 (strided crops stay conv2d)
+    assert products if dense_above == 0.0 or stride == 1 else not products
+
+
+def test_small_maps_keep_conv2d_for_pointwise_convolutions():
+    x = torch.randn(2, 4, 9, 9)
+    call = ConvCall(x, torch.randn(3, 4, 1, 1), (1, 1), (0, 0), (1, 1), 1)
+    assert not call.pointwise  # 81 positions: narrow matrix products are slower
+    assert ConvCall(torch.randn(2, 4, 10, 10), call.weight, (1, 1), (0, 0), (1, 1), 1).pointwise
 
 
 def assert_zero_outside(values: torch.Tensor, boxes) -> None:
