@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from ctc_plugin.ctc.boxes import support_boxes
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.rules import FOLD_ATTRIBUTE, GatedPass
-from ctc_plugin.ctc.workspace import OutputPool, Workspace
+from ctc_plugin.ctc.workspace import OutputPool, Workspace, row_runs
 
 #: The 2-d convolutions computed sparsely (``F.conv2d`` is ``torch.conv2d``).
 SPARSE_FUNCTIONS = (torch.conv2d,)
@@ -147,7 +147,7 @@ class SparseGatedPass(GatedPass):
         if boxes is not None and x.dim() == 4 and x.shape[0] == self.layout.batch:
             carried = CarriedBoxes(tuple(boxes), (x.shape[2], x.shape[3]), x._version)
             setattr(x, BOXES_ATTRIBUTE, carried)
-            self.results.record(x, [(box[0], box[1]) for box in carried.boxes])
+            self.results.record(x, box_rows(carried.boxes))
         return x
 
     # ------------------------------------------------------------------ rules
@@ -197,7 +197,7 @@ class SparseGatedPass(GatedPass):
             return super().fold_batch_norm(x, scale, shift)
         with torch.no_grad():
             scaled = self.results.zeros(tuple(x.shape), x)
-            for first, stop, (row_start, row_stop) in row_runs(boxes):
+            for first, stop, (row_start, row_stop) in row_runs(box_rows(boxes)):
                 rows = (slice(first, stop), slice(None), slice(row_start, row_stop))
                 torch.mul(x[rows], scale, out=scaled[rows])
         return self.affine(self.carry(self.tag(scaled), boxes), shift)
@@ -353,22 +353,9 @@ def union_box(a: Box, b: Box) -> Box:
     return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
 
 
-def row_runs(boxes: Sequence[Box]) -> list[tuple[int, int, tuple[int, int]]]:
-    """Rows ``[first, stop)`` whose boxes span the same map rows, as ``(first, stop, rows)``.
-
-    Copies with empty boxes are left out; consecutive copies on the same rows (the gate copies,
-    and in deep layers every copy) form one run, so one call serves them.
-    """
-    runs: list[tuple[int, int, tuple[int, int]]] = []
-    for copy, (row_start, row_stop, col_start, col_stop) in enumerate(boxes):
-        if row_stop <= row_start or col_stop <= col_start:
-            continue
-        rows = (row_start, row_stop)
-        if runs and runs[-1][1] == copy and runs[-1][2] == rows:
-            runs[-1] = (runs[-1][0], copy + 1, rows)
-        else:
-            runs.append((copy, copy + 1, rows))
-    return runs
+def box_rows(boxes: Sequence[Box]) -> list[tuple[int, int]]:
+    """Each box's map rows ``(first, stop)``; empty (``(0, 0)``) for an empty box."""
+    return [(b[0], b[1]) if b[1] > b[0] and b[3] > b[2] else (0, 0) for b in boxes]
 
 
 def _union(first: tuple[Box, ...] | None, second: tuple[Box, ...] | None) -> list[Box] | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["OutputPool", "RowRange", "Workspace"]
+__all__ = ["OutputPool", "RowRange", "Workspace", "advise_huge_pages", "fresh_memory", "row_runs"]
 
 
 class Workspace:
@@ -101,9 +101,8 @@ class OutputPool:
 
     A request takes the smallest free buffer that holds it and is at most ``slack`` times its
     size (a result on a much larger buffer would hold memory that a fresh one does not). A free
-    buffer larger than each of
-    the last ``window`` requests is let go: the network has moved on to smaller maps, and
-    holding it would only raise the pass's peak memory.
+    buffer larger than each of the last ``window`` requests is let go: the network has moved on
+    to smaller maps, and holding it would only raise the pass's peak memory.
 
     Attributes:
         keep: At most this many buffers are held: a request that none fits lets go of the
@@ -136,9 +135,8 @@ class OutputPool:
         if buffer.base._version != version:  # written after the record: anywhere
             return out.zero_()
         old = _as_result(buffer.base, old_shape, dtype)
-        for first, stop, (row_start, row_stop) in _runs(rows):
-            if row_stop > row_start:
-                old[first:stop, :, row_start:row_stop].zero_()
+        for first, stop, (row_start, row_stop) in row_runs(rows):
+            old[first:stop, :, row_start:row_stop].zero_()
         return out
 
     def record(self, result: torch.Tensor, rows: Sequence[RowRange]) -> None:
@@ -205,13 +203,10 @@ def fresh_memory(nbytes: int, device: torch.device) -> torch.Tensor:
     every allocation; here it is only the pool's buffers.
     """
     memory = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    if device.type == "cpu" and HUGE_PAGES:
-        _advise_huge_pages(memory.data_ptr(), nbytes)
+    if device.type == "cpu":
+        advise_huge_pages(memory.data_ptr(), nbytes)
     return memory
 
-
-#: Whether the pool's buffers ask for huge pages (`fresh_memory`).
-HUGE_PAGES = True
 
 #: Linux's ``madvise`` advice for transparent huge pages, and their size.
 _MADV_HUGEPAGE, _HUGE_PAGE = 14, 2 << 20
@@ -231,7 +226,7 @@ def _madvise() -> Callable[[int, int, int], int] | None:
     return function
 
 
-def _advise_huge_pages(address: int, nbytes: int) -> bool:
+def advise_huge_pages(address: int, nbytes: int) -> bool:
     """Advise huge pages for the whole 2 MiB pages inside ``[address, address + nbytes)``.
 
     Returns whether the kernel took the advice (not where its transparent huge pages are off).
@@ -249,10 +244,16 @@ def _uses(storage: torch.UntypedStorage) -> int:
     return 0 if _storage_use_count is None else int(_storage_use_count(storage._cdata))
 
 
-def _runs(rows: Sequence[RowRange]) -> list[tuple[int, int, RowRange]]:
-    """Consecutive equal entries of ``rows`` as ``(first, stop, range)``."""
+def row_runs(rows: Sequence[RowRange]) -> list[tuple[int, int, RowRange]]:
+    """Consecutive equal nonempty entries of ``rows`` as ``(first, stop, range)``.
+
+    Rows ``[first, stop)`` of a result span the same map rows: one call serves them (the gate
+    copies, and in deep layers every copy). Empty ranges are left out.
+    """
     runs: list[tuple[int, int, RowRange]] = []
     for index, row_range in enumerate(rows):
+        if row_range[1] <= row_range[0]:
+            continue
         if runs and runs[-1][2] == row_range and runs[-1][1] == index:
             runs[-1] = (runs[-1][0], index + 1, row_range)
         else:

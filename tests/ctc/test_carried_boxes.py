@@ -8,6 +8,7 @@ change the pass did not make (through a view) must drop them. Results are held t
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from torch import nn
 from ctc_plugin import CTC
 from ctc_plugin.ctc import sparse
 from ctc_plugin.ctc.speedups import DEFAULT
-from ctc_plugin.ctc.workspace import OutputPool
+from ctc_plugin.ctc.workspace import OutputPool, advise_huge_pages, fresh_memory, row_runs
 
 from .test_sparse import grid
 from .test_speedups import MODES, assert_same_as_spec
@@ -169,6 +170,23 @@ def test_a_zero_result_clears_only_the_rows_recorded_while_nothing_wrote_since()
     third = pool.zeros((4, 3, 2, 4), like)  # another shape on the same memory
     assert third.data_ptr() == pointer
     assert third.count_nonzero() == 1 and third.view(-1)[1 * 48 + 3 * 4] == 7.0  # [1, 0, 3, 0]
+
+
+def test_fresh_buffers_ask_for_huge_pages_where_the_kernel_offers_them():
+    settings = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not settings.exists():
+        pytest.skip("no transparent huge pages on this system")
+    offered = "[never]" not in settings.read_text()
+    memory = torch.empty(8 << 20, dtype=torch.uint8)  # holds at least three whole 2 MiB pages
+    assert advise_huge_pages(memory.data_ptr(), memory.numel()) == offered
+    assert not advise_huge_pages(memory.data_ptr(), 4096)  # no whole huge page inside
+    fresh = fresh_memory(8 << 20, torch.device("cpu"))
+    assert fresh.dtype == torch.uint8 and fresh.numel() == 8 << 20
+
+
+def test_row_runs_join_equal_neighbours_and_leave_out_empty_rows():
+    rows = [(0, 5), (0, 5), (0, 0), (2, 3), (2, 3), (0, 5)]
+    assert row_runs(rows) == [(0, 2, (0, 5)), (3, 5, (2, 3)), (5, 6, (0, 5))]
 
 
 @pytest.mark.parametrize("mode", MODES)

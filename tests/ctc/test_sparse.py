@@ -72,7 +72,7 @@ def test_the_sparse_convolution_is_the_dense_one(call, size_steps):
             torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
             assert_zero_outside(expected, boxes)
             if results is not None:
-                results.record(actual, [(box[0], box[1]) for box in boxes])
+                results.record(actual, sparse.box_rows(boxes))
             del actual
 
 
