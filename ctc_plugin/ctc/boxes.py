@@ -10,6 +10,12 @@ only on boxes holding every nonzero value of a copy, found in each layer by
 A *box* is a tuple of slices along the spatial dims (the dims after the channel dim of a
 propagated ``(N*C, channels, *spatial)`` tensor), or ``None`` for a copy without any nonzero
 value; the boxes of a tensor are a list with one box per row.
+
+Sparse copies ([`SparseGatedPass`][ctc_plugin.ctc.sparse.SparseGatedPass]) work on 2-d maps and
+do integer arithmetic on their boxes (a convolution's reach, unions), so they carry a box as a
+[`MapBox`][ctc_plugin.ctc.boxes.MapBox], four integers;
+[`input_boxes`][ctc_plugin.ctc.boxes.input_boxes] reads them and
+[`as_slices`][ctc_plugin.ctc.boxes.as_slices] turns one into a box of slices.
 """
 
 from __future__ import annotations
@@ -59,6 +65,37 @@ def support_boxes(copies: torch.Tensor, dims: tuple[int, ...]) -> list[Box]:
     ]
 
 
+#: A box on a 2-d map: ``(first row, row stop, first column, column stop)``; empty where a stop
+#: is not above its start.
+MapBox = tuple[int, int, int, int]
+
+#: The empty `MapBox`.
+EMPTY: MapBox = (0, 0, 0, 0)
+
+
+def input_boxes(x: torch.Tensor) -> list[MapBox]:
+    """Each row's box around the values of a (B, channels, H, W) tensor that are nonzero."""
+    return [
+        EMPTY if box is None else (box[0].start, box[0].stop, box[1].start, box[1].stop)
+        for box in support_boxes(x.unsqueeze(0), (3, 4))
+    ]
+
+
+def as_slices(box: MapBox) -> Box:
+    """A `MapBox` as a box of slices (``None`` for an empty one)."""
+    r0, r1, c0, c1 = box
+    return (slice(r0, r1), slice(c0, c1)) if r1 > r0 and c1 > c0 else None
+
+
+def union_box(a: MapBox, b: MapBox) -> MapBox:
+    """The smallest box holding both (an empty box holds nothing)."""
+    if a[1] <= a[0] or a[3] <= a[2]:
+        return b
+    if b[1] <= b[0] or b[3] <= b[2]:
+        return a
+    return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+
+
 def packed_volume(boxes: list[Box]) -> int:
     """Positions of the packed block of the nonempty boxes (each at the largest box's size)."""
     present = [box for box in boxes if box is not None]
@@ -68,4 +105,13 @@ def packed_volume(boxes: list[Box]) -> int:
     return len(present) * math.prod(sizes)
 
 
-__all__ = ["Box", "packed_volume", "support_boxes"]
+__all__ = [
+    "EMPTY",
+    "Box",
+    "MapBox",
+    "as_slices",
+    "input_boxes",
+    "packed_volume",
+    "support_boxes",
+    "union_box",
+]

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ctc_plugin.ctc.boxes import support_boxes
+from ctc_plugin.ctc.boxes import MapBox, input_boxes, union_box
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.rules import FOLD_ATTRIBUTE, GatedPass
 from ctc_plugin.ctc.workspace import OutputPool, Workspace, row_runs
@@ -77,23 +77,19 @@ CROP_ELEMENTS = 1 << 20
 #: Attribute of a propagated 4-d tensor holding its `CarriedBoxes`.
 BOXES_ATTRIBUTE = "_ctc_boxes"
 
-#: A box of one copy: ``(first row, row stop, first column, column stop)``; empty where a stop
-#: is not above its start. The copy is zero outside it.
-Box = tuple[int, int, int, int]
-
 
 @dataclass(frozen=True)
 class CarriedBoxes:
     """Boxes outside which each row (copy) of a (N*C, channels, H, W) tensor is zero.
 
     Attributes:
-        boxes: One `Box` per row.
+        boxes: One `MapBox` per row.
         size: The map's ``(H, W)`` when they were set.
         version: The tensor's version counter when they were set: any later in-place change
             (through a view too) makes them stale, and they are ignored.
     """
 
-    boxes: tuple[Box, ...]
+    boxes: tuple[MapBox, ...]
     size: tuple[int, int]
     version: int
 
@@ -131,7 +127,7 @@ class SparseGatedPass(GatedPass):
             delattr(tensor, BOXES_ATTRIBUTE)
         return tensor
 
-    def boxes(self, x: Any) -> tuple[Box, ...] | None:
+    def boxes(self, x: Any) -> tuple[MapBox, ...] | None:
         """The boxes ``x`` carries, or ``None`` where it carries none that still hold."""
         carried = getattr(x, BOXES_ATTRIBUTE, None)
         if carried is None or not self.is_propagated(x) or self.copy_axis(x):
@@ -142,7 +138,9 @@ class SparseGatedPass(GatedPass):
             return None
         return carried.boxes
 
-    def carry(self, x: torch.Tensor, boxes: tuple[Box, ...] | list[Box] | None) -> torch.Tensor:
+    def carry(
+        self, x: torch.Tensor, boxes: tuple[MapBox, ...] | list[MapBox] | None
+    ) -> torch.Tensor:
         """Record that each row of ``x`` is zero outside its box (``None``: no boxes); return it."""
         if boxes is not None and x.dim() == 4 and x.shape[0] == self.layout.batch:
             carried = CarriedBoxes(tuple(boxes), (x.shape[2], x.shape[3]), x._version)
@@ -335,30 +333,14 @@ def _output_range(call: ConvCall, axis: int, start: int, stop: int) -> tuple[int
     return (low, max(low, high))
 
 
-def input_boxes(x: torch.Tensor) -> list[Box]:
-    """Each row's box around the values of a (B, channels, H, W) tensor that are nonzero."""
-    empty = (0, 0, 0, 0)
-    return [
-        empty if box is None else (box[0].start, box[0].stop, box[1].start, box[1].stop)
-        for box in support_boxes(x.unsqueeze(0), (3, 4))
-    ]
-
-
-def union_box(a: Box, b: Box) -> Box:
-    """The smallest box holding both (an empty box holds nothing)."""
-    if a[1] <= a[0] or a[3] <= a[2]:
-        return b
-    if b[1] <= b[0] or b[3] <= b[2]:
-        return a
-    return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
-
-
-def box_rows(boxes: Sequence[Box]) -> list[tuple[int, int]]:
+def box_rows(boxes: Sequence[MapBox]) -> list[tuple[int, int]]:
     """Each box's map rows ``(first, stop)``; empty (``(0, 0)``) for an empty box."""
     return [(b[0], b[1]) if b[1] > b[0] and b[3] > b[2] else (0, 0) for b in boxes]
 
 
-def _union(first: tuple[Box, ...] | None, second: tuple[Box, ...] | None) -> list[Box] | None:
+def _union(
+    first: tuple[MapBox, ...] | None, second: tuple[MapBox, ...] | None
+) -> list[MapBox] | None:
     """Row by row, the smallest boxes holding both (``None`` when either is unknown)."""
     if first is None or second is None or len(first) != len(second):
         return None
@@ -366,8 +348,8 @@ def _union(first: tuple[Box, ...] | None, second: tuple[Box, ...] | None) -> lis
 
 
 def whole_outside_features(
-    boxes: Sequence[Box], layout: CopyLayout, size: Sequence[int]
-) -> list[Box]:
+    boxes: Sequence[MapBox], layout: CopyLayout, size: Sequence[int]
+) -> list[MapBox]:
     """``boxes`` with every copy that is not a feature's on the whole map.
 
     The gate copy gets each bias whole; ``"reference"``'s full copy and a baseline copy are
@@ -383,9 +365,9 @@ def sparse_conv2d(
     dense_above: float,
     size_steps: int,
     scratch: Workspace | None = None,
-    boxes: tuple[Box, ...] | list[Box] | None = None,
+    boxes: tuple[MapBox, ...] | list[MapBox] | None = None,
     results: OutputPool | None = None,
-) -> tuple[torch.Tensor, list[Box]]:
+) -> tuple[torch.Tensor, list[MapBox]]:
     """``conv2d`` of the copies computed only inside each copy's output box.
 
     Args:
@@ -407,7 +389,7 @@ def sparse_conv2d(
     boxes = input_boxes(x) if boxes is None else boxes
     steps = (max(1, math.ceil(out_rows / size_steps)), max(1, math.ceil(out_cols / size_steps)))
     groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
-    out_boxes: list[Box] = []
+    out_boxes: list[MapBox] = []
     volume = 0
     for copy, (first_row, row_stop, first_col, col_stop) in enumerate(boxes):
         r0, r1 = _output_range(call, 0, first_row, row_stop)
@@ -491,4 +473,4 @@ def _crops(
     return crops
 
 
-__all__ = ["CarriedBoxes", "ConvCall", "SparseGatedPass", "input_boxes", "sparse_conv2d"]
+__all__ = ["CarriedBoxes", "ConvCall", "SparseGatedPass", "sparse_conv2d"]

@@ -42,7 +42,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ctc_plugin.ctc.boxes import Box, packed_volume, support_boxes
+from ctc_plugin.ctc.boxes import (
+    Box,
+    MapBox,
+    as_slices,
+    packed_volume,
+    support_boxes,
+    union_box,
+)
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import (
@@ -53,8 +60,7 @@ from ctc_plugin.ctc.sharing import (
     statistic_dims,
     statistics_dtype,
 )
-from ctc_plugin.ctc.sparse import Box as Box4
-from ctc_plugin.ctc.sparse import SparseGatedPass, union_box, whole_outside_features
+from ctc_plugin.ctc.sparse import SparseGatedPass, whole_outside_features
 from ctc_plugin.ctc.workspace import Workspace
 
 
@@ -146,8 +152,8 @@ class FusedNoSharing:
         return z
 
     def add_bias_with_boxes(
-        self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout, boxes: Sequence[Box4]
-    ) -> list[Box4]:
+        self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout, boxes: Sequence[MapBox]
+    ) -> list[MapBox]:
         """`add_bias` for (N, C, channels, H, W) copies zero outside ``boxes`` (one per row).
 
         Returns the boxes after: the gate copies' boxes are the whole map.
@@ -174,8 +180,8 @@ class FusedProportionalSharing:
         return z
 
     def add_bias_with_boxes(
-        self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout, boxes: Sequence[Box4]
-    ) -> list[Box4]:
+        self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout, boxes: Sequence[MapBox]
+    ) -> list[MapBox]:
         """`add_bias` for (N, C, channels, H, W) copies zero outside ``boxes`` (one per row).
 
         Returns the boxes after: the gate copies' are the whole map, and the units where every
@@ -302,8 +308,8 @@ class FusedReferenceSharing:
         return self._add_bias(z, bias, layout)
 
     def add_bias_with_boxes(
-        self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout, boxes: Sequence[Box4]
-    ) -> list[Box4]:
+        self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout, boxes: Sequence[MapBox]
+    ) -> list[MapBox]:
         """`add_bias` for (N, C, channels, H, W) copies zero outside ``boxes`` (one per row).
 
         The packed boxes are the carried ones instead of boxes read from the values. No copy
@@ -318,7 +324,7 @@ class FusedReferenceSharing:
         z: torch.Tensor,
         bias: torch.Tensor,
         layout: CopyLayout,
-        carried: Sequence[Box4] | None = None,
+        carried: Sequence[MapBox] | None = None,
     ) -> torch.Tensor:
         """`add_bias`, with the carried boxes of ``z``'s rows when they are known."""
         if not layout.reference_full:
@@ -332,7 +338,7 @@ class FusedReferenceSharing:
         z: torch.Tensor,
         bias: torch.Tensor,
         first: int,
-        carried: Sequence[Box4] | None = None,
+        carried: Sequence[MapBox] | None = None,
     ) -> None:
         """Add the shares of the sharing copies, on a CPU one example and a block at a time.
 
@@ -355,7 +361,9 @@ class FusedReferenceSharing:
             group[:, 1:2].addcmul_(own_share, full_bias)
             known = None
             if blockwise and carried is not None and group.dim() == 5:
-                known = [_slices(box) for box in carried[example * copies : (example + 1) * copies]]
+                known = [
+                    as_slices(box) for box in carried[example * copies : (example + 1) * copies]
+                ]
             small = self._small_boxes(group, dims, full, first, known) if blockwise else None
             if small is not None:
                 self._add_packed_shares(group, group_bias, small, dims, full, first)
@@ -461,12 +469,6 @@ class FusedReferenceSharing:
             group[(0, copy, slice(None), *box)].addcmul_(
                 unit_part[(0, slot, slice(None), *corner)], factor[slot]
             )
-
-
-def _slices(box: Box4) -> Box:
-    """A carried box as the slices of `ctc_plugin.ctc.boxes` (``None`` for an empty one)."""
-    r0, r1, c0, c1 = box
-    return (slice(r0, r1), slice(c0, c1)) if r1 > r0 and c1 > c0 else None
 
 
 def _example_part(bias: torch.Tensor, z: torch.Tensor, example: int) -> torch.Tensor:

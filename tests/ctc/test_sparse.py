@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ctc_plugin.ctc import sparse
-from ctc_plugin.ctc.sparse import ConvCall, input_boxes, sparse_conv2d
+from ctc_plugin.ctc.boxes import input_boxes
+from ctc_plugin.ctc.sparse import ConvCall, sparse_conv2d
 from ctc_plugin.ctc.speedups import DEFAULT, SPEC, Speedups
 from ctc_plugin.ctc.workspace import OutputPool
 
