@@ -1,4 +1,4 @@
-"""Boxes around the nonzero values of each copy, for the fused ``"reference"`` sharing.
+"""Boxes around the nonzero values of each copy: sparse copies and the ``"reference"`` packing.
 
 A feature's copy is zero outside the receptive field of the feature, which in a network's first
 layers is a small part of the image. The fused ``"reference"`` sharing
