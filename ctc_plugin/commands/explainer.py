@@ -100,6 +100,19 @@ WEIGHTS = (
 WEIGHT_TYPES = {name: fraction if name.startswith("a_") else non_negative_float for name in WEIGHTS}
 
 
+def built_with() -> dict[str, str]:
+    """What a trained file's floats depend on besides its command.
+
+    The torch release and the CPU kernels torch chose
+    (``torch.backends.cpu.get_cpu_capability()``, e.g. ``"AVX512"``): the same command gives
+    the same weights bit for bit only where both match, as training amplifies the last bits
+    that different kernels give.
+    """
+    import torch
+
+    return {"torch": str(torch.__version__), "cpu": torch.backends.cpu.get_cpu_capability()}
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``explainer train`` and ``explainer gate``."""
     from ctc_plugin.datasets.splits import SPLITS
@@ -357,7 +370,7 @@ def _train(args: argparse.Namespace) -> int:
         "best_epoch": result.best_epoch,
         "steps": result.steps,
         "history": result.history,
-        "torch": str(torch.__version__),
+        **built_with(),
         "threads": args.threads,
     }
     explainer.save(out, metadata)
@@ -428,7 +441,7 @@ def _gate(args: argparse.Namespace) -> int:
         "threshold": args.threshold,
         "mask_offset": args.mask_offset,
         "distillation_loss": history,
-        "torch": str(torch.__version__),
+        **built_with(),
     }
     if args.gate in STUDENT_GATES:
         metadata["threads"] = args.threads

@@ -27,6 +27,9 @@ def test_train_writes_a_loadable_explainer_and_resumes(tmp_path, capsys):
     assert explainer.is_trained and explainer.num_classes == 6
     assert "--seed 3" in explainer.metadata["command"]
     assert explainer.metadata["threads"] == 1 and "--threads 1" in explainer.metadata["command"]
+    # what bit-for-bit rebuilding needs besides the command: the torch release and CPU kernels
+    assert explainer.metadata["torch"] == torch.__version__
+    assert explainer.metadata["cpu"] == torch.backends.cpu.get_cpu_capability()
     ckpt = tmp_path / "e.pt.ckpt"
     assert load_checkpoint(ckpt)["epoch"] == 1
     assert main([*argv, "--epochs", "2", "--seed", "3", "--resume", str(ckpt)]) == 0
