@@ -70,12 +70,19 @@ class _Buffer:
     Attributes:
         base: The memory, as bytes. Results are views of it, so they share its version counter:
             any write into a result (or a view of one) shows in ``base._version``.
-        written: Where the last result may be nonzero, as ``(dtype, shape, rows per row,
-            version)``: valid while ``base._version`` is still ``version``; ``None``: anywhere.
+        written: Where the buffer may be nonzero, as ``(dtype, shape, rows per row, version)``
+            of its last result (which starts at the buffer's first byte; the buffer is zero
+            everywhere else): valid while ``base._version`` is still ``version``; ``None``:
+            anywhere.
+        extent: How many bytes the current result takes (from the buffer's first byte).
+        zero_beyond: Whether the bytes after the current result are known to be zero (a
+            result may be smaller than its buffer); only then can a record describe the buffer.
     """
 
     base: torch.Tensor
     written: tuple[torch.dtype, tuple[int, ...], tuple[RowRange, ...], int] | None = None
+    extent: int = 0
+    zero_beyond: bool = False
 
     def __post_init__(self) -> None:
         self._storage = self.base.untyped_storage()
@@ -120,7 +127,11 @@ class OutputPool:
 
     def empty(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """An uninitialised contiguous tensor of ``shape``, typed and placed like ``like``."""
-        return self._take(shape, like)[0]
+        out, buffer = self._take(shape, like)
+        if buffer is not None:  # what lies beyond the result is whatever was there
+            buffer.written, buffer.extent = None, out.numel() * out.element_size()
+            buffer.zero_beyond = buffer.extent == buffer.base.numel()
+        return out
 
     def zeros(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """A contiguous tensor of zeros of ``shape``, typed and placed like ``like``.
@@ -129,14 +140,17 @@ class OutputPool:
         recorded rows are cleared.
         """
         out, buffer = self._take(shape, like)
-        if buffer is None or buffer.written is None:
+        if buffer is None:
             return out.zero_()
-        dtype, old_shape, rows, version = buffer.written
-        if buffer.base._version != version:  # written after the record: anywhere
-            return out.zero_()
-        old = _as_result(buffer.base, old_shape, dtype)
-        for first, stop, (row_start, row_stop) in row_runs(rows):
-            old[first:stop, :, row_start:row_stop].zero_()
+        if buffer.written is None or buffer.base._version != buffer.written[3]:
+            buffer.base.zero_()  # unknown, or written after the record: the whole buffer
+        else:
+            dtype, old_shape, rows, _ = buffer.written
+            old = _as_result(buffer.base, old_shape, dtype)
+            for first, stop, (row_start, row_stop) in row_runs(rows):
+                old[first:stop, :, row_start:row_stop].zero_()
+        buffer.written, buffer.zero_beyond = None, True  # now zero everywhere
+        buffer.extent = out.numel() * out.element_size()
         return out
 
     def record(self, result: torch.Tensor, rows: Sequence[RowRange]) -> None:
@@ -151,8 +165,14 @@ class OutputPool:
         pointer = result.untyped_storage().data_ptr()
         for buffer in self._held:
             if buffer.base.data_ptr() == pointer:
-                written = (result.dtype, tuple(result.shape), tuple(rows), result._version)
-                buffer.written = written
+                extent = result.numel() * result.element_size()
+                if extent == buffer.base.numel() or (
+                    extent == buffer.extent and buffer.zero_beyond
+                ):
+                    written = (result.dtype, tuple(result.shape), tuple(rows), result._version)
+                    buffer.written = written
+                else:  # the bytes after the result may hold anything
+                    buffer.written = None
                 return
 
     def _take(

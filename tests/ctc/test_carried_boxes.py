@@ -172,6 +172,27 @@ def test_a_zero_result_clears_only_the_rows_recorded_while_nothing_wrote_since()
     assert third.count_nonzero() == 1 and third.view(-1)[1 * 48 + 3 * 4] == 7.0  # [1, 0, 3, 0]
 
 
+def test_a_zero_result_larger_than_the_last_one_on_its_buffer_is_zero_everywhere():
+    """A result may be smaller than its buffer: what lies after it (an earlier, larger
+    result's values) is not covered by its record, and must be cleared all the same."""
+    pool = OutputPool(keep=1, slack=1.5)
+    like = torch.zeros(1)
+    large = pool.empty((1, 1, 12, 1), like)
+    large.fill_(5.0)
+    pool.record(large, [(0, 12)])
+    del large
+    small = pool.empty((1, 1, 9, 1), like)  # the same buffer: its last three values hold 5
+    small.fill_(1.0)
+    pool.record(small, [(0, 9)])
+    del small
+    assert not bool(pool.zeros((1, 1, 12, 1), like).any())
+    middle = pool.zeros((1, 1, 10, 1), like)  # after a clearing: known zero beyond it
+    middle[0, 0, 2:4] = 3.0
+    pool.record(middle, [(2, 4)])
+    del middle
+    assert not bool(pool.zeros((1, 1, 12, 1), like).any())
+
+
 def test_fresh_buffers_ask_for_huge_pages_where_the_kernel_offers_them():
     settings = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if not settings.exists():
