@@ -21,6 +21,7 @@ do integer arithmetic on their boxes (a convolution's reach, unions), so they ca
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -81,17 +82,26 @@ def input_boxes(x: torch.Tensor) -> list[MapBox]:
     ]
 
 
+def is_empty(box: MapBox) -> bool:
+    """Whether a `MapBox` holds no position."""
+    return box[1] <= box[0] or box[3] <= box[2]
+
+
 def as_slices(box: MapBox) -> Box:
     """A `MapBox` as a box of slices (``None`` for an empty one)."""
-    r0, r1, c0, c1 = box
-    return (slice(r0, r1), slice(c0, c1)) if r1 > r0 and c1 > c0 else None
+    return None if is_empty(box) else (slice(box[0], box[1]), slice(box[2], box[3]))
+
+
+def box_rows(boxes: Sequence[MapBox]) -> list[tuple[int, int]]:
+    """Each box's map rows ``(first, stop)``; ``(0, 0)`` for an empty box."""
+    return [(0, 0) if is_empty(box) else (box[0], box[1]) for box in boxes]
 
 
 def union_box(a: MapBox, b: MapBox) -> MapBox:
     """The smallest box holding both (an empty box holds nothing)."""
-    if a[1] <= a[0] or a[3] <= a[2]:
+    if is_empty(a):
         return b
-    if b[1] <= b[0] or b[3] <= b[2]:
+    if is_empty(b):
         return a
     return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
 
@@ -110,7 +120,9 @@ __all__ = [
     "Box",
     "MapBox",
     "as_slices",
+    "box_rows",
     "input_boxes",
+    "is_empty",
     "packed_volume",
     "support_boxes",
     "union_box",

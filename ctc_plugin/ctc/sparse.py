@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ctc_plugin.ctc.boxes import MapBox, input_boxes, union_box
+from ctc_plugin.ctc.boxes import MapBox, box_rows, input_boxes, union_box
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.rules import FOLD_ATTRIBUTE, GatedPass
 from ctc_plugin.ctc.workspace import OutputPool, Workspace, row_runs
@@ -331,11 +331,6 @@ def _output_range(call: ConvCall, axis: int, start: int, stop: int) -> tuple[int
     low = max(0, -((reach - p - start) // s))  # ceil((start + p - reach) / s)
     high = min(call.output_size(axis), (stop - 1 + p) // s + 1)
     return (low, max(low, high))
-
-
-def box_rows(boxes: Sequence[MapBox]) -> list[tuple[int, int]]:
-    """Each box's map rows ``(first, stop)``; empty (``(0, 0)``) for an empty box."""
-    return [(b[0], b[1]) if b[1] > b[0] and b[3] > b[2] else (0, 0) for b in boxes]
 
 
 def _union(

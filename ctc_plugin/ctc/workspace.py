@@ -166,9 +166,7 @@ class OutputPool:
         for buffer in self._held:
             if buffer.base.data_ptr() == pointer:
                 extent = result.numel() * result.element_size()
-                if extent == buffer.base.numel() or (
-                    extent == buffer.extent and buffer.zero_beyond
-                ):
+                if extent == buffer.extent and buffer.zero_beyond:
                     written = (result.dtype, tuple(result.shape), tuple(rows), result._version)
                     buffer.written = written
                 else:  # the bytes after the result may hold anything

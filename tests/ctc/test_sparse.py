@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ctc_plugin.ctc import sparse
-from ctc_plugin.ctc.boxes import input_boxes
+from ctc_plugin.ctc.boxes import box_rows, input_boxes
 from ctc_plugin.ctc.sparse import ConvCall, sparse_conv2d
 from ctc_plugin.ctc.speedups import DEFAULT, SPEC, Speedups
 from ctc_plugin.ctc.workspace import OutputPool
@@ -73,7 +73,7 @@ def test_the_sparse_convolution_is_the_dense_one(call, size_steps):
             torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
             assert_zero_outside(expected, boxes)
             if results is not None:
-                results.record(actual, sparse.box_rows(boxes))
+                results.record(actual, box_rows(boxes))
             del actual
 
 
