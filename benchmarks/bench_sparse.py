@@ -8,8 +8,13 @@ FeatureAblation (paired, which a slow spell of a shared machine moves less). ``-
 runs each method once in a fresh subprocess and prints its peak resident memory above the process's
 before the call (Linux ``VmHWM``, reset first).
 
+``--parts MODE`` also prints where one sparse call of that bias-sharing mode spends its time, by
+rule of the pass (convolutions, BatchNorm with the sharing it calls, the sharing alone, ReLU,
+residual sums). ``--quick`` (passed by ``benchmarks/run_all.py --quick``): ResNet-18 at 112x112,
+16 features, one repeat.
+
 Run: ``nice python benchmarks/bench_sparse.py --model resnet50 --features 64 --mask grid
-[--repeats 3] [--threads 1] [--memory]``
+[--repeats 3] [--threads 1] [--memory] [--parts reference] [--quick]``
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import torchvision
 from captum.attr import FeatureAblation
 
 from ctc_plugin import CTC
+from ctc_plugin.ctc import sparse as sparse_module
+from ctc_plugin.ctc.sparse import SparseGatedPass
 from ctc_plugin.ctc.speedups import DEFAULT
 
 MODES = ("proportional", "reference")
@@ -106,8 +113,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory", action="store_true", help="peak RSS per method")
+    parser.add_argument("--parts", choices=MODES, help="time one sparse call by rule")
+    parser.add_argument("--quick", action="store_true", help="ResNet-18, 112x112, K=16, 1 repeat")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one method, for --memory
     args = parser.parse_args()
+    if args.quick:
+        args.model, args.size, args.features, args.repeats = "resnet18", 112, 16, 1
     torch.set_num_threads(args.threads)
     model, x, mask, target, k = setup(args)
     runs = methods(model, x, mask, target, k)
@@ -139,6 +150,48 @@ def main() -> None:
         if args.memory:
             line += f" {peak_rss(args, name):13.0f}"
         print(line)
+    if args.parts:
+        print(f"\nwhere one sparse {args.parts!r} call spends its time (s)")
+        for part, seconds in time_parts(runs[f"CTC {args.parts}, sparse"]).items():
+            print(f"{part:40s} {seconds:9.3f}")
+
+
+#: The rules of the sparse pass that ``--parts`` times (nested: BatchNorm's time includes the
+#: sharing it calls).
+PARTS = {
+    "convolutions (sparse_conv2d)": (sparse_module, "sparse_conv2d"),
+    "BatchNorm, with its sharing": (SparseGatedPass, "fold_batch_norm"),
+    "bias sharing (affine)": (SparseGatedPass, "affine"),
+    "ReLU gates": (SparseGatedPass, "relu_gate"),
+    "residual sums": (SparseGatedPass, "_sum"),
+}
+
+
+def time_parts(run) -> dict[str, float]:
+    """Seconds of one call of ``run`` inside each of `PARTS` (and the whole call)."""
+    spent = dict.fromkeys(PARTS, 0.0)
+    originals = {name: getattr(owner, attr) for name, (owner, attr) in PARTS.items()}
+
+    def timed(name, function):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - start
+
+        return call
+
+    try:
+        for name, (owner, attr) in PARTS.items():
+            setattr(owner, attr, timed(name, originals[name]))
+        start = time.perf_counter()
+        run()
+        spent["whole call"] = time.perf_counter() - start
+    finally:
+        for name, (owner, attr) in PARTS.items():
+            setattr(owner, attr, originals[name])
+    return spent
 
 
 def peak_rss(args, name: str) -> float:
