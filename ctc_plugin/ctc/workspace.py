@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import functools
+import itertools
 import math
 import sys
 import threading
@@ -70,19 +71,16 @@ class _Buffer:
     Attributes:
         base: The memory, as bytes. Results are views of it, so they share its version counter:
             any write into a result (or a view of one) shows in ``base._version``.
-        written: Where the buffer may be nonzero, as ``(dtype, shape, rows per row, version)``
-            of its last result (which starts at the buffer's first byte; the buffer is zero
-            everywhere else): valid while ``base._version`` is still ``version``; ``None``:
-            anywhere.
-        extent: How many bytes the current result takes (from the buffer's first byte).
-        zero_beyond: Whether the bytes after the current result are known to be zero (a
-            result may be smaller than its buffer); only then can a record describe the buffer.
+        dirty_end: Every byte from this one on is known to be zero (results start at the
+            buffer's first byte and are written only inside themselves).
+        written: Where the first ``dirty_end`` bytes may be nonzero, as ``(dtype, shape, rows per
+            row, version)`` of the last result: valid while ``base._version`` is still
+            ``version``; ``None``: anywhere.
     """
 
     base: torch.Tensor
+    dirty_end: int = 0
     written: tuple[torch.dtype, tuple[int, ...], tuple[RowRange, ...], int] | None = None
-    extent: int = 0
-    zero_beyond: bool = False
 
     def __post_init__(self) -> None:
         self._storage = self.base.untyped_storage()
@@ -91,6 +89,12 @@ class _Buffer:
     def free(self) -> bool:
         """Whether nothing but the pool uses the memory."""
         return _storage_use_count is not None and _uses(self._storage) == self._idle_uses
+
+    def recorded(self) -> tuple[torch.dtype, tuple[int, ...], tuple[RowRange, ...]] | None:
+        """The last record's ``(dtype, shape, rows)`` while nothing wrote since, else ``None``."""
+        if self.written is None or self.base._version != self.written[3]:
+            return None
+        return self.written[:3]
 
 
 class OutputPool:
@@ -104,7 +108,9 @@ class OutputPool:
 
     The pool also remembers which rows of a result may be nonzero (`record`), so that a zero
     result on the same memory (`zeros`) clears only those instead of the whole buffer: the copies
-    of the first layers are zero on most of the map.
+    of the first layers are zero on most of the map. A result that its caller writes on some rows
+    and that must be zero elsewhere (`zeros_outside`) clears only what may be nonzero outside
+    them: nothing at all where the rows cover the map (the deeper layers).
 
     A request takes the smallest free buffer that holds it and is at most ``slack`` times its
     size (a result on a much larger buffer would hold memory that a fresh one does not). A free
@@ -128,9 +134,9 @@ class OutputPool:
     def empty(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """An uninitialised contiguous tensor of ``shape``, typed and placed like ``like``."""
         out, buffer = self._take(shape, like)
-        if buffer is not None:  # what lies beyond the result is whatever was there
-            buffer.written, buffer.extent = None, out.numel() * out.element_size()
-            buffer.zero_beyond = buffer.extent == buffer.base.numel()
+        if buffer is not None:  # the caller may write anywhere in the result
+            buffer.written = None
+            buffer.dirty_end = max(buffer.dirty_end, _nbytes(out))
         return out
 
     def zeros(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -142,21 +148,48 @@ class OutputPool:
         out, buffer = self._take(shape, like)
         if buffer is None:
             return out.zero_()
-        if buffer.written is None or buffer.base._version != buffer.written[3]:
-            buffer.base.zero_()  # unknown, or written after the record: the whole buffer
+        recorded = buffer.recorded()
+        if recorded is not None:
+            dtype, old_shape, old_rows = recorded
+            _clear_difference(_as_result(buffer.base, old_shape, dtype), old_rows, _NOTHING)
         else:
-            dtype, old_shape, rows, _ = buffer.written
+            buffer.base[: buffer.dirty_end].zero_()
+        buffer.written, buffer.dirty_end = None, _nbytes(out)
+        return out
+
+    def zeros_outside(
+        self, shape: tuple[int, ...], like: torch.Tensor, rows: Sequence[RowRange]
+    ) -> torch.Tensor:
+        """A (B, channels, H, W) tensor that is zero outside ``rows`` (one range per row).
+
+        Inside them its values are undefined: the caller writes them. Only what may be nonzero
+        outside them is cleared: on reused memory whose last result was `record`-ed (and not
+        written since), its recorded rows less the new ones; on other memory, everything
+        outside the new rows. A layer whose rows cover the whole map clears nothing.
+        """
+        out, buffer = self._take(shape, like)
+        whole = [(0, out.shape[2])] * len(rows)
+        if buffer is None:  # fresh memory of its own
+            _clear_difference(out, whole, rows)
+            return out
+        recorded = buffer.recorded()
+        if recorded is not None:
+            dtype, old_shape, old_rows = recorded
             old = _as_result(buffer.base, old_shape, dtype)
-            for first, stop, (row_start, row_stop) in row_runs(rows):
-                old[first:stop, :, row_start:row_stop].zero_()
-        buffer.written, buffer.zero_beyond = None, True  # now zero everywhere
-        buffer.extent = out.numel() * out.element_size()
+            same = old_shape == tuple(shape) and dtype == like.dtype
+            _clear_difference(old, old_rows, rows if same else _NOTHING)
+        elif buffer.dirty_end > 0:
+            if buffer.dirty_end > _nbytes(out):
+                buffer.base[_nbytes(out) : buffer.dirty_end].zero_()
+            _clear_difference(out, whole, rows)
+        buffer.written, buffer.dirty_end = None, _nbytes(out)
         return out
 
     def record(self, result: torch.Tensor, rows: Sequence[RowRange]) -> None:
         """Note that each row of a (B, channels, H, W) ``result`` is zero outside ``rows``.
 
-        Ignored unless ``result`` is a contiguous result of the pool's (from its buffer's start).
+        Ignored unless ``result`` is a contiguous result of the pool's (from its buffer's start)
+        and every byte after it is known to be zero.
         """
         if result.dim() != 4 or len(rows) != result.shape[0] or not result.is_contiguous():
             return
@@ -165,10 +198,9 @@ class OutputPool:
         pointer = result.untyped_storage().data_ptr()
         for buffer in self._held:
             if buffer.base.data_ptr() == pointer:
-                extent = result.numel() * result.element_size()
-                if extent == buffer.extent and buffer.zero_beyond:
+                if buffer.dirty_end <= _nbytes(result):
                     written = (result.dtype, tuple(result.shape), tuple(rows), result._version)
-                    buffer.written = written
+                    buffer.written, buffer.dirty_end = written, _nbytes(result)
                 else:  # the bytes after the result may hold anything
                     buffer.written = None
                 return
@@ -200,7 +232,7 @@ class OutputPool:
             if not free:
                 return _as_result(base, shape, like.dtype), None
             del self._held[free[0]]
-        buffer = _Buffer(base)
+        buffer = _Buffer(base, dirty_end=nbytes)  # uninitialised
         self._held.append(buffer)
         return _as_result(base, shape, like.dtype), buffer
 
@@ -209,6 +241,37 @@ def _as_result(base: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -
     """The start of a buffer's bytes as a contiguous tensor (a view: one version counter)."""
     nbytes = math.prod(shape) * dtype.itemsize
     return base[:nbytes].view(dtype).view(shape)
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    """How many bytes a contiguous tensor takes."""
+    return tensor.numel() * tensor.element_size()
+
+
+#: No rows kept (`_clear_difference` reads it as one empty range for every row).
+_NOTHING: Sequence[RowRange] = ()
+
+
+def _clear_difference(
+    result: torch.Tensor, rows: Sequence[RowRange], keep: Sequence[RowRange]
+) -> None:
+    """Zero, in each row of a (B, channels, H, W) ``result``, ``rows`` less ``keep``.
+
+    Each difference is at most two ranges, below and above the kept one; consecutive rows with
+    the same ranges are cleared in one call. Rows past the end of ``keep`` keep nothing.
+    """
+    below, above = [], []
+    kept = itertools.chain(keep, itertools.repeat((0, 0)))  # none given: nothing kept
+    for (first, stop), (keep_first, keep_stop) in zip(rows, kept):
+        if keep_stop <= keep_first:  # nothing kept: the whole range
+            below.append((first, stop))
+            above.append((0, 0))
+        else:
+            below.append((first, min(stop, keep_first)))
+            above.append((max(first, keep_stop), stop))
+    for ranges in (below, above):
+        for start, stop, (row_start, row_stop) in row_runs(ranges):
+            result[start:stop, :, row_start:row_stop].zero_()
 
 
 def fresh_memory(nbytes: int, device: torch.device) -> torch.Tensor:

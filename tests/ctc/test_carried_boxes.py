@@ -14,10 +14,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from ctc_plugin import CTC
 from ctc_plugin.ctc import sparse
+from ctc_plugin.ctc.layout import CopyLayout
+from ctc_plugin.ctc.sharing import make_sharing
 from ctc_plugin.ctc.speedups import DEFAULT
 from ctc_plugin.ctc.workspace import OutputPool, advise_huge_pages, fresh_memory, row_runs
 
@@ -237,3 +241,138 @@ def test_results_the_model_keeps_are_never_overwritten(mode):
     assert len(kept) >= 20
     for held, when_made in kept:
         assert torch.equal(held, when_made)
+
+
+#: Shapes the pool's memory is drawn for in the model-based test (two share a size).
+_SHAPES = [(3, 2, 6, 4), (2, 3, 6, 4), (3, 2, 5, 4), (2, 2, 3, 4)]
+
+
+@st.composite
+def _pool_steps(draw):
+    """A sequence of requests to a pool, each with the rows its caller writes."""
+    steps = []
+    for _ in range(draw(st.integers(3, 12))):
+        shape = draw(st.sampled_from(_SHAPES))
+        kind = draw(st.sampled_from(["empty", "zeros", "zeros_outside"]))
+        rows = []
+        for _ in range(shape[0]):
+            first = draw(st.integers(0, shape[2]))
+            rows.append((first, draw(st.integers(first, shape[2]))))
+        record = draw(st.sampled_from(["record", "record, then write outside", "no record"]))
+        steps.append((shape, kind, rows, record, draw(st.booleans())))
+    return steps
+
+
+@settings(max_examples=150, deadline=None)
+@given(_pool_steps())
+def test_zero_results_are_zero_where_promised_whatever_came_before(steps):
+    """Model-based: whatever results, records and writes came before on the same memory,
+    ``zeros`` is zero everywhere and ``zeros_outside`` is zero outside its rows. Each caller
+    writes nonzero values on its rows (``empty``: everywhere), records them (or writes outside
+    them afterwards, through the result: a tracked write), and keeps its result or lets it go."""
+    pool = OutputPool(keep=2, slack=1.5)
+    like = torch.zeros(1)
+    kept = []
+    for shape, kind, rows, record, keep in steps:
+        if kind == "empty":
+            out = pool.empty(shape, like)
+            out.fill_(7.0)
+            rows = [(0, shape[2])] * shape[0]
+        elif kind == "zeros":
+            out = pool.zeros(shape, like)
+            assert not bool(out.any())
+        else:
+            out = pool.zeros_outside(shape, like, rows)
+            inside = torch.zeros(shape, dtype=torch.bool)
+            for row, (first, stop) in enumerate(rows):
+                inside[row, :, first:stop] = True
+            assert not bool(out[~inside].any()), "nonzero outside the rows"
+        for row, (first, stop) in enumerate(rows):
+            out[row, :, first:stop] = float(row + 1)
+        if record != "no record":
+            pool.record(out, rows)
+        if record == "record, then write outside":
+            out.view(-1)[-1] = 9.0
+        if keep:
+            kept.append((out, out.clone()))
+    for held, when_made in kept:
+        assert torch.equal(held, when_made), "a result still held was overwritten"
+
+
+def test_zeros_outside_clears_only_the_recorded_rows_it_does_not_keep():
+    """On memory whose last result was recorded, ``zeros_outside`` clears the recorded rows
+    less the new ones: a value planted behind the version counter's back in rows neither
+    recorded nor kept survives (nothing else was cleared), and a layer whose rows cover the
+    whole map clears nothing at all."""
+    pool = OutputPool(keep=1)
+    like = torch.zeros(1)
+    first = pool.zeros((2, 1, 6, 1), like)
+    first[0, :, 1:3], first[1, :, 0:6] = 1.0, 2.0
+    pool.record(first, [(1, 3), (0, 6)])
+    first.data[0, 0, 5, 0] = 4.0  # outside the record: the pool believes it zero
+    del first
+    second = pool.zeros_outside((2, 1, 6, 1), like, [(2, 6), (0, 2)])
+    assert second[0, 0, :, 0].tolist() == [0, 0, 1, 0, 0, 4]  # row 1 cleared, 2-5 kept
+    assert second[1, 0, :, 0].tolist() == [2, 2, 0, 0, 0, 0]
+    second[0, :, 2:6], second[1, :, 0:2] = 5.0, 6.0
+    pool.record(second, [(2, 6), (0, 2)])
+    del second
+    third = pool.zeros_outside((2, 1, 6, 1), like, [(0, 6), (0, 6)])
+    assert third[0, 0, :, 0].tolist() == [0, 0, 5, 5, 5, 5]  # nothing cleared
+    assert third[1, 0, :, 0].tolist() == [6, 6, 0, 0, 0, 0]
+
+
+def _boxed(values: torch.Tensor, box_rows_: list[tuple[int, int]]) -> torch.Tensor:
+    """``values`` with each row zero outside its map rows."""
+    out = torch.zeros_like(values)
+    for row, (first, stop) in enumerate(box_rows_):
+        out[row, :, first:stop] = values[row, :, first:stop]
+    return out
+
+
+@pytest.mark.parametrize("subtract", [False, True])
+def test_an_in_place_sum_adds_only_on_the_rows_of_the_second_tensors_boxes(subtract):
+    """``a += b`` / ``a -= b`` with carried boxes equals the dense result, carries the union
+    of the boxes, and touches ``a`` only on ``b``'s rows (a value planted in ``a`` outside
+    them, behind the version counter's back, is not read or written)."""
+    layout = CopyLayout(examples=1, features=2, reference_full=True, baseline=False)
+    ctc_pass = sparse.SparseGatedPass(layout=layout, sharing=make_sharing("reference"))
+    generator = torch.Generator().manual_seed(3)
+    a_rows, b_rows = [(0, 8)] * 2 + [(1, 3), (0, 0)], [(0, 8)] * 2 + [(2, 6), (5, 8)]
+    a = _boxed(torch.randn(4, 2, 8, 5, generator=generator), a_rows)
+    b = _boxed(torch.randn(4, 2, 8, 5, generator=generator), b_rows)
+    expected = a - b if subtract else a + b
+    ctc_pass.carry(ctc_pass.tag(a), [(r0, r1, 0, 5) for r0, r1 in a_rows])
+    ctc_pass.carry(ctc_pass.tag(b), [(r0, r1, 0, 5) for r0, r1 in b_rows])
+    func = torch.Tensor.__isub__ if subtract else torch.Tensor.__iadd__
+    out = ctc_pass.linear(func, (a, b), {})
+    assert out is a
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert ctc_pass.boxes(out) == ((0, 8, 0, 5),) * 2 + ((1, 6, 0, 5), (5, 8, 0, 5))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_several_examples_in_one_pass_equal_the_spec(mode):
+    """Two images travel in one pass: the rules that work on each copy's rows (BatchNorm,
+    ReLU, the residual sums, the row-wise matrix products) split their runs of copies where
+    the example changes, and the scores equal the spec's. Four small features on the top rows
+    and a large background segment (SAM's kind) as the last: its copy covers every row early,
+    so a run of equal rows goes from it into the next example's gate and full copies."""
+    torch.manual_seed(4)
+    model = torchvision.models.resnet18(num_classes=5).eval().double()
+    x = torch.rand(2, 3, 48, 48, dtype=torch.float64)
+    mask = torch.full((1, 1, 48, 48), 4)
+    for label in range(4):
+        mask[..., :12, 12 * label : 12 * (label + 1)] = label
+    assert_same_as_spec(model, x, mask, torch.tensor([1, 3]), mode, EVERYWHERE)
+
+
+def test_runs_of_copies_split_where_the_example_changes():
+    layout = CopyLayout(examples=3, features=2, reference_full=True, baseline=False)
+    ctc_pass = sparse.SparseGatedPass(layout=layout, sharing=make_sharing("reference"))
+    rows = [(1, 2)] * 2 + [(0, 5)] * 7 + [(0, 0)] + [(2, 5)] * 2  # 3 examples of 4 copies
+    parts = [
+        (part[0].start, part[0].stop, part[2].start, example)
+        for part, example in ctc_pass._row_parts(rows)
+    ]
+    assert parts == [(0, 2, 1, 0), (2, 4, 0, 0), (4, 8, 0, 1), (8, 9, 0, 2), (10, 12, 2, 2)]

@@ -272,3 +272,32 @@ def test_a_convolution_grows_each_box_by_its_reach_only():
     assert boxes == input_boxes(out)
     strided = ConvCall(x, weight, (2, 2), (1, 1), (1, 1), 1)
     assert sparse_conv2d(strided, 1.0, 1)[1][1] == (2, 4, 2, 5)  # rows 4-6 -> 3-7 -> 2-3
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_convolutions_above_the_threshold_are_products_on_each_copys_rows(
+    monkeypatch, stride
+):
+    """Where the boxes are too large for crops, a 1x1 convolution is one matrix product per
+    run of copies on their rows (``ConvCall.row_products``), written into reused memory that
+    held another result: it equals ``conv2d`` and is zero outside the rows."""
+    calls = []
+    row_products = ConvCall.row_products
+    monkeypatch.setattr(
+        ConvCall, "row_products", lambda *args: calls.append(1) or row_products(*args)
+    )
+    generator = torch.Generator().manual_seed(4 + stride)
+    x = torch.randn(6, 5, 24, 20, generator=generator, dtype=torch.float64)
+    x[1:3, :, :7] = 0  # two copies on the lower rows, one on a band, one zero
+    x[3, :, :4], x[3, :, 15:] = 0, 0
+    x[4] = 0
+    weight = torch.randn(3, 5, 1, 1, generator=generator, dtype=torch.float64)
+    pool = OutputPool(keep=1)
+    for _ in range(2):  # the second call reuses the first result's memory
+        call = ConvCall(x, weight, (stride, stride), (0, 0), (1, 1), 1)
+        actual, boxes = sparse_conv2d(call, 0.0, 8, results=pool)
+        torch.testing.assert_close(actual, F.conv2d(x, weight, stride=stride), rtol=0, atol=1e-12)
+        assert_zero_outside(actual, boxes)
+        actual.fill_(3.0)  # what the next call finds in the memory (not recorded)
+        del actual
+    assert len(calls) == 2
