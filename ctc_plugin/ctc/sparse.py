@@ -70,10 +70,12 @@ SUM_FUNCTIONS = frozenset(
     }
 )
 
-#: The in-place ones of `SUM_FUNCTIONS`, and its differences.
+#: The in-place ones of `SUM_FUNCTIONS` (a residual ``out += identity``).
 IN_PLACE_SUMS = frozenset(
     {torch.Tensor.add_, torch.Tensor.sub_, torch.Tensor.__iadd__, torch.Tensor.__isub__}
 )
+
+#: The differences among `SUM_FUNCTIONS`.
 SUBTRACTIONS = frozenset(
     {torch.sub, torch.Tensor.sub, torch.Tensor.sub_, torch.Tensor.__sub__, torch.Tensor.__isub__}
 )
@@ -274,6 +276,33 @@ class SparseGatedPass(GatedPass):
                 torch.mul(x[part], gate_rows, out=out[part])
         return self.carry(self.tag(out), boxes)
 
+    def max_pool_switches(
+        self, x: torch.Tensor, pool_with_indices: Callable[[torch.Tensor], Any]
+    ) -> torch.Tensor:
+        """As the spec; each copy gathered only on the output rows its box reaches.
+
+        The result goes into reused memory and carries boxes. An output position of a copy is
+        nonzero only where the gate copy's argmax lies inside the copy's box, so the output box
+        holds the rows and columns whose argmax positions reach the box (`pooled_boxes`); no
+        geometry of the pooling is needed.
+        """
+        boxes = self.boxes(x)
+        if boxes is None:
+            return super().max_pool_switches(x, pool_with_indices)
+        with torch.no_grad():
+            _, indices = pool_with_indices(self.layout.group(x)[:, 0])  # (N, channels, h, w)
+            out_boxes = pooled_boxes(indices, boxes, x.shape[3], self.layout.copies)
+            rows = box_rows(out_boxes)
+            shape = (x.shape[0], x.shape[1], indices.shape[2], indices.shape[3])
+            out = self.results.zeros_outside(shape, x, rows)
+            flat = x.flatten(2)
+            for part, example in self._row_parts(rows):
+                count = part[0].stop - part[0].start
+                index = indices[example, :, part[2]].flatten(1)
+                index = index.unsqueeze(0).expand(count, -1, -1)
+                torch.gather(flat[part[0]], 2, index, out=out[part].flatten(2))
+        return self.carry(self.tag(out), out_boxes)
+
     def _row_parts(
         self, rows: Sequence[tuple[int, int]]
     ) -> list[tuple[tuple[slice, slice, slice], int]]:
@@ -428,6 +457,54 @@ def _union(
     return [union_box(a, b) for a, b in zip(first, second)]
 
 
+def pooled_boxes(
+    indices: torch.Tensor, boxes: Sequence[MapBox], width: int, copies: int
+) -> list[MapBox]:
+    """The boxes after a max pooling whose argmax positions are ``indices``.
+
+    Args:
+        indices: (N, channels, h, w) flat positions (``row * width + column``) of the gate
+            copies' maxima, which every copy takes.
+        boxes: The input's boxes, one per row (copy), example-major.
+        width: The input map's width.
+        copies: Copies per example.
+
+    Returns:
+        For each copy, the output rows whose argmax rows (over every channel and column) reach
+        its box's rows, and likewise the columns: outside them every argmax lies outside the
+        box, where the copy is zero.
+    """
+    rows, columns = torch.div(indices, width, rounding_mode="floor"), indices % width
+    # per example and output row (column): the lowest and highest input row (column) it reads
+    row_low, row_high = rows.amin(dim=(1, 3)), rows.amax(dim=(1, 3))  # (N, h)
+    column_low, column_high = columns.amin(dim=(1, 2)), columns.amax(dim=(1, 2))  # (N, w)
+    box = torch.tensor(list(boxes), dtype=torch.long).view(-1, 4)
+    example = torch.arange(box.shape[0]) // copies
+    row_range = _reaching(row_low[example], row_high[example], box[:, 0], box[:, 1])
+    column_range = _reaching(column_low[example], column_high[example], box[:, 2], box[:, 3])
+    return [(*r, *c) for r, c in zip(row_range, column_range)]
+
+
+def _reaching(
+    low: torch.Tensor, high: torch.Tensor, start: torch.Tensor, stop: torch.Tensor
+) -> list[tuple[int, int]]:
+    """Per copy, the output indices whose input spans meet ``[start, stop)``, as a range.
+
+    ``low`` and ``high`` are (copies, outputs): the lowest and highest input index each output
+    reads. The range runs from the first output that meets it to the last; ``(0, 0)`` where
+    none does.
+    """
+    meets = (high >= start[:, None]) & (low < stop[:, None])
+    size = meets.shape[1]
+    first = meets.int().argmax(dim=1)
+    last = size - meets.flip(1).int().argmax(dim=1)
+    found = meets.any(dim=1)
+    return [
+        (int(a), int(b)) if ok else (0, 0)
+        for a, b, ok in zip(first.tolist(), last.tolist(), found.tolist())
+    ]
+
+
 def whole_outside_features(
     boxes: Sequence[MapBox], layout: CopyLayout, size: Sequence[int]
 ) -> list[MapBox]:
@@ -560,4 +637,4 @@ def _crops(
     return crops
 
 
-__all__ = ["CarriedBoxes", "ConvCall", "SparseGatedPass", "sparse_conv2d"]
+__all__ = ["CarriedBoxes", "ConvCall", "SparseGatedPass", "pooled_boxes", "sparse_conv2d"]
