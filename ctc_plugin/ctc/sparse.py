@@ -19,20 +19,21 @@ so the results equal the dense pass up to the order of float additions.
 The boxes a convolution finds are *carried* on its output (with the tensor's version counter, so
 that an in-place change the pass did not make drops them) through the rules that keep each copy's
 zeros: BatchNorm's scale, the bias sharing (widened where ``"proportional"`` splits a bias among
-copies that are all zero), ReLU gates and sums of two propagated tensors (the union of their
-boxes). The next convolution reads them instead of scanning its input (two reductions over the
-whole tensor); any other operation drops them, and the next convolution scans again.
+copies that are all zero), ReLU gates, 2-d max pooling (`pooled_boxes`) and sums of two
+propagated tensors (the union of their boxes). The next convolution reads them instead of
+scanning its input (two reductions over the whole tensor); any other operation drops them, and
+the next convolution scans again.
 
-Elementwise rules on the boxes' rows: BatchNorm's product, ReLU gates and in-place residual sums
-touch each copy only on the rows of its box (over the whole width: each channel's rows are
-contiguous, so one call serves a run of copies with the same rows). 1x1 convolutions on large
-maps are matrix products: one for the whole batch, or, where the boxes are too large for crops,
-one per run of copies on their rows (`ConvCall.row_products`).
+Rules on the boxes' rows: BatchNorm's product, ReLU gates, max pooling's gather and in-place
+residual sums touch each copy only on the rows of its box (over the whole width: each channel's
+rows are contiguous, so one call serves a run of copies with the same rows). 1x1 convolutions on
+large maps are matrix products: one for the whole batch, or, where the boxes are too large for
+crops, one per run of copies on their rows (`ConvCall.row_products`).
 
-Memory: the convolutions', BatchNorms' and ReLUs' results go into memory the model has let go
-of ([`OutputPool`][ctc_plugin.ctc.workspace.OutputPool]), which also remembers which rows its last
-result may have made nonzero, so a result that is zero outside some rows clears only what may be
-nonzero there. The crops of a layer are convolved a few copies at a time.
+Memory: the convolutions', BatchNorms', ReLUs' and max poolings' results go into memory the model
+has let go of ([`OutputPool`][ctc_plugin.ctc.workspace.OutputPool]), which also remembers which
+rows its last result may have made nonzero, so a result that is zero outside some rows clears
+only what may be nonzero there. The crops of a layer are convolved a few copies at a time.
 """
 
 from __future__ import annotations
@@ -126,8 +127,8 @@ class SparseGatedPass(GatedPass):
             (224x224, K = 64, one thread; all its 1x1 convolutions together): 0.5 the fastest,
             0.3 and 0.4 about 0.1 s slower per call, rows everywhere (0) 0.2 s slower.
         scratch: Memory for the crops, reused by every convolution of the pass.
-        results: Memory for the convolutions', BatchNorms' and ReLUs' results, reused once the model
-            no longer holds them.
+        results: Memory for the convolutions', BatchNorms', ReLUs' and max poolings' results,
+            reused once the model no longer holds them.
     """
 
     dense_above: float = 0.6
