@@ -19,10 +19,10 @@ so the results equal the dense pass up to the order of float additions.
 The boxes a convolution finds are *carried* on its output (with the tensor's version counter, so
 that an in-place change the pass did not make drops them) through the rules that keep each copy's
 zeros: BatchNorm's scale, the bias sharing (widened where ``"proportional"`` splits a bias among
-copies that are all zero), ReLU gates, 2-d max pooling (`pooled_boxes`) and sums of two
-propagated tensors (the union of their boxes). The next convolution reads them instead of
-scanning its input (two reductions over the whole tensor); any other operation drops them, and
-the next convolution scans again.
+copies that are all zero), ReLU gates, 2-d max and average pooling and sums of two propagated
+tensors (the union of their boxes). The next convolution reads them instead of scanning its
+input (two reductions over the whole tensor); any other operation drops them, and the next
+convolution scans again.
 
 Rules on the boxes' rows: BatchNorm's product, ReLU gates, max pooling's gather and in-place
 residual sums touch each copy only on the rows of its box (over the whole width: each channel's
@@ -70,6 +70,10 @@ SUM_FUNCTIONS = frozenset(
         torch.Tensor.__isub__,
     }
 )
+
+#: 2-d average poolings: linear, so computed as the spec does; a copy's output is zero wherever
+#: its windows miss the copy's box, so the result carries boxes.
+AVERAGE_POOLS = frozenset({F.avg_pool2d, F.adaptive_avg_pool2d})
 
 #: The in-place ones of `SUM_FUNCTIONS` (a residual ``out += identity``).
 IN_PLACE_SUMS = frozenset(
@@ -174,6 +178,8 @@ class SparseGatedPass(GatedPass):
         """
         if func in SUM_FUNCTIONS:
             return self._sum(func, args, kwargs)
+        if func in AVERAGE_POOLS:
+            return self._average_pool(func, args, kwargs)
         call = _conv_call(func, args, kwargs) if func in SPARSE_FUNCTIONS else None
         if call is None or call.x.shape[0] != self.layout.batch or self.copy_axis(call.x):
             return super().linear(func, args, kwargs)
@@ -213,6 +219,27 @@ class SparseGatedPass(GatedPass):
         if isinstance(out, torch.Tensor) and first is not None and out.shape == first.shape:
             self.carry(out, boxes)
         return out
+
+    def _average_pool(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """A 2-d average pooling as the spec computes it, whose result carries boxes.
+
+        The boxes are those of the same pooling applied to each copy's box as an indicator
+        (1 inside, 0 outside): an output is positive exactly where its window meets the box, so
+        no geometry of the pooling (kernel, stride, padding, ceil mode, adaptive windows) needs
+        to be read from the call.
+        """
+        x = args[0] if args else kwargs.get("input")
+        boxes = self.boxes(x)
+        out = super().linear(func, args, kwargs)
+        if boxes is None or not isinstance(out, torch.Tensor) or out.dim() != 4:
+            return out
+        with torch.no_grad():
+            indicator = x.new_zeros((x.shape[0], 1, x.shape[2], x.shape[3]))
+            for row, (first_row, row_stop, first_column, column_stop) in enumerate(boxes):
+                indicator[row, 0, first_row:row_stop, first_column:column_stop] = 1
+            rest = {key: value for key, value in kwargs.items() if key != "input"}
+            reached = func(indicator, *args[1:], **rest)
+        return self.carry(out, input_boxes(reached))
 
     def fold_batch_norm(
         self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor

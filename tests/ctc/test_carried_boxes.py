@@ -53,7 +53,7 @@ def _scans(monkeypatch) -> list[tuple[int, ...]]:
 def test_a_resnet_scans_only_where_an_operation_dropped_the_boxes(monkeypatch, mode):
     """ResNet-18: the stem convolution scans the image; every other convolution reads the
     boxes carried through BatchNorm, the sharing, ReLU, the max pooling and the residual sums
-    (and the downsampling branches)."""
+    (and the downsampling branches); the final average pooling reads only an indicator."""
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=5).eval()
     x = torch.rand(1, 3, 64, 64)
@@ -61,7 +61,8 @@ def test_a_resnet_scans_only_where_an_operation_dropped_the_boxes(monkeypatch, m
     ctc = CTC(model, bias_sharing=mode)
     ctc._speedups = EVERYWHERE
     ctc.attribute(x, target=1, feature_mask=grid(64, 4))
-    assert shapes == [(3, 64, 64)]
+    # the image, and the final average pooling's one-channel indicator of the copies' boxes
+    assert shapes == [(3, 64, 64), (1, 1, 1)]
 
 
 class _WritesIntoAView(nn.Module):
@@ -442,3 +443,83 @@ def test_max_pooling_on_carried_boxes_equals_the_spec_and_is_zero_outside_its_bo
             assert not bool(outside.any()), f"row {row} is nonzero outside {(r0, r1, c0, c1)}"
         actual.fill_(5.0)  # garbage for the next pooling to find (not recorded)
         del actual
+
+
+@st.composite
+def _average_pooled_copies(draw):
+    """(x, boxes, pooling) of copies zero outside drawn boxes, and an average pooling of drawn
+    kernel, stride, padding, ceil mode and padding count (or an adaptive one)."""
+    height, width = draw(st.integers(4, 12)), draw(st.integers(4, 12))
+    if draw(st.booleans()):
+        size = (draw(st.integers(1, height)), draw(st.integers(1, width)))
+        pooling = functools.partial(F.adaptive_avg_pool2d, output_size=size)
+    else:
+        kernel = draw(st.integers(1, 3))
+        pooling = functools.partial(
+            F.avg_pool2d,
+            kernel_size=kernel,
+            stride=draw(st.integers(1, 3)),
+            padding=draw(st.integers(0, kernel // 2)),
+            ceil_mode=draw(st.booleans()),
+            count_include_pad=draw(st.booleans()),
+        )
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 10_000)))
+    x = torch.randn(4, 3, height, width, generator=generator, dtype=torch.float64)
+    boxes = [(0, height, 0, width)]  # the gate copy is whole
+    for row in range(1, 4):
+        r0, c0 = draw(st.integers(0, height)), draw(st.integers(0, width))
+        box = (r0, draw(st.integers(r0, height)), c0, draw(st.integers(c0, width)))
+        outside = torch.ones(height, width, dtype=torch.bool)
+        outside[box[0] : box[1], box[2] : box[3]] = False
+        x[row, :, outside] = 0
+        boxes.append(box)
+    return x, boxes, pooling
+
+
+@settings(max_examples=80, deadline=None)
+@given(_average_pooled_copies())
+def test_average_pooling_carries_boxes_outside_which_its_result_is_zero(drawn):
+    """An average pooling is computed as the spec does and its result carries boxes, found by
+    pooling each copy's box as an indicator, outside which it is exactly zero."""
+    x, boxes, pooling = drawn
+    layout = CopyLayout(examples=1, features=2, reference_full=True, baseline=False)
+    ctc_pass = sparse.SparseGatedPass(layout=layout, sharing=make_sharing("reference"))
+    ctc_pass.carry(ctc_pass.tag(x), boxes)
+    pooled = ctc_pass.linear(pooling.func, (x,), dict(pooling.keywords))
+    torch.testing.assert_close(pooled, pooling(x), rtol=0, atol=0)
+    out_boxes = ctc_pass.boxes(pooled)
+    assert out_boxes is not None and out_boxes[0] == (0, pooled.shape[2], 0, pooled.shape[3])
+    for row, (r0, r1, c0, c1) in enumerate(out_boxes):
+        outside = pooled[row].clone()
+        outside[:, r0:r1, c0:c1] = 0
+        assert not bool(outside.any()), f"row {row} is nonzero outside {(r0, r1, c0, c1)}"
+
+
+class _PoolsBetweenConvolutions(nn.Module):
+    """Convolution, BatchNorm, ReLU, average pooling, convolution (a DenseNet transition)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(4)
+        self.second = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.avg_pool2d(torch.relu(self.norm(self.first(x))), 2)
+        return self.head(self.second(y).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_convolution_after_an_average_pooling_reads_the_carried_boxes(monkeypatch, mode):
+    torch.manual_seed(5)
+    model = _PoolsBetweenConvolutions().eval().double()
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    mask = grid(16, 4)
+    assert_same_as_spec(model, x, mask, 1, mode, EVERYWHERE)
+    shapes = _scans(monkeypatch)
+    ctc = CTC(model, bias_sharing=mode)
+    ctc._speedups = EVERYWHERE
+    ctc.attribute(x, target=1, feature_mask=mask)
+    # the image, and the pooling's one-channel indicator instead of the pooled 4-channel maps
+    assert shapes == [(3, 16, 16), (1, 8, 8)]
