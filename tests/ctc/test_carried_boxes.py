@@ -86,8 +86,15 @@ class _WritesIntoAView(nn.Module):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_an_in_place_change_through_a_view_drops_the_boxes(monkeypatch, mode):
-    torch.manual_seed(1)
-    model = _WritesIntoAView().eval().double()
+    shapes = _spec_then_scans(monkeypatch, _WritesIntoAView(), mode, seed=1)
+    assert shapes == [(3, 16, 16), (4, 16, 16)]  # the second convolution scanned again
+
+
+def _spec_then_scans(monkeypatch, model: nn.Module, mode: str, seed: int) -> list:
+    """A small model's scores equal the spec's on a 16x16 image with a 4x4 grid; then the
+    input shapes of the scans for boxes of one more call."""
+    torch.manual_seed(seed)
+    model = model.eval().double()
     x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
     mask = grid(16, 4)
     assert_same_as_spec(model, x, mask, 1, mode, EVERYWHERE)
@@ -95,7 +102,7 @@ def test_an_in_place_change_through_a_view_drops_the_boxes(monkeypatch, mode):
     ctc = CTC(model, bias_sharing=mode)
     ctc._speedups = EVERYWHERE
     ctc.attribute(x, target=1, feature_mask=mask)
-    assert shapes == [(3, 16, 16), (4, 16, 16)]  # the second convolution scanned again
+    return shapes
 
 
 def test_the_pool_reuses_memory_only_when_nothing_else_holds_it():
@@ -405,10 +412,17 @@ def _pooled_copies(draw):
             ceil_mode=ceil_mode,
             return_indices=True,
         )
+    x, boxes = _copies_in_boxes(draw, 8, height, width)
+    return x, boxes, pooling
+
+
+def _copies_in_boxes(draw, rows: int, height: int, width: int):
+    """(x, boxes): ``rows`` copies of 4 per example, the gate copies whole, the others zero
+    outside drawn boxes."""
     generator = torch.Generator().manual_seed(draw(st.integers(0, 10_000)))
-    x = torch.randn(8, 3, height, width, generator=generator, dtype=torch.float64)
+    x = torch.randn(rows, 3, height, width, generator=generator, dtype=torch.float64)
     boxes = []
-    for row in range(8):
+    for row in range(rows):
         if row % 4 == 0:  # the gate copies are whole
             boxes.append((0, height, 0, width))
             continue
@@ -418,7 +432,17 @@ def _pooled_copies(draw):
         outside[box[0] : box[1], box[2] : box[3]] = False
         x[row, :, outside] = 0
         boxes.append(box)
-    return x, boxes, pooling
+    return x, boxes
+
+
+def _assert_zero_outside_carried_boxes(ctc_pass, result: torch.Tensor) -> None:
+    """``result`` carries boxes, and each row of it is exactly zero outside its box."""
+    out_boxes = ctc_pass.boxes(result)
+    assert out_boxes is not None
+    for row, (r0, r1, c0, c1) in enumerate(out_boxes):
+        outside = result[row].clone()
+        outside[:, r0:r1, c0:c1] = 0
+        assert not bool(outside.any()), f"row {row} is nonzero outside {(r0, r1, c0, c1)}"
 
 
 @settings(max_examples=80, deadline=None)
@@ -435,12 +459,7 @@ def test_max_pooling_on_carried_boxes_equals_the_spec_and_is_zero_outside_its_bo
         ctc_pass.carry(ctc_pass.tag(x), boxes)
         actual = ctc_pass.max_pool_switches(x, pooling)
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
-        out_boxes = ctc_pass.boxes(actual)
-        assert out_boxes is not None
-        for row, (r0, r1, c0, c1) in enumerate(out_boxes):
-            outside = actual[row].clone()
-            outside[:, r0:r1, c0:c1] = 0
-            assert not bool(outside.any()), f"row {row} is nonzero outside {(r0, r1, c0, c1)}"
+        _assert_zero_outside_carried_boxes(ctc_pass, actual)
         actual.fill_(5.0)  # garbage for the next pooling to find (not recorded)
         del actual
 
@@ -463,16 +482,7 @@ def _average_pooled_copies(draw):
             ceil_mode=draw(st.booleans()),
             count_include_pad=draw(st.booleans()),
         )
-    generator = torch.Generator().manual_seed(draw(st.integers(0, 10_000)))
-    x = torch.randn(4, 3, height, width, generator=generator, dtype=torch.float64)
-    boxes = [(0, height, 0, width)]  # the gate copy is whole
-    for row in range(1, 4):
-        r0, c0 = draw(st.integers(0, height)), draw(st.integers(0, width))
-        box = (r0, draw(st.integers(r0, height)), c0, draw(st.integers(c0, width)))
-        outside = torch.ones(height, width, dtype=torch.bool)
-        outside[box[0] : box[1], box[2] : box[3]] = False
-        x[row, :, outside] = 0
-        boxes.append(box)
+    x, boxes = _copies_in_boxes(draw, 4, height, width)
     return x, boxes, pooling
 
 
@@ -487,12 +497,8 @@ def test_average_pooling_carries_boxes_outside_which_its_result_is_zero(drawn):
     ctc_pass.carry(ctc_pass.tag(x), boxes)
     pooled = ctc_pass.linear(pooling.func, (x,), dict(pooling.keywords))
     torch.testing.assert_close(pooled, pooling(x), rtol=0, atol=0)
-    out_boxes = ctc_pass.boxes(pooled)
-    assert out_boxes is not None and out_boxes[0] == (0, pooled.shape[2], 0, pooled.shape[3])
-    for row, (r0, r1, c0, c1) in enumerate(out_boxes):
-        outside = pooled[row].clone()
-        outside[:, r0:r1, c0:c1] = 0
-        assert not bool(outside.any()), f"row {row} is nonzero outside {(r0, r1, c0, c1)}"
+    _assert_zero_outside_carried_boxes(ctc_pass, pooled)
+    assert ctc_pass.boxes(pooled)[0] == (0, pooled.shape[2], 0, pooled.shape[3])  # the gate copy
 
 
 class _PoolsBetweenConvolutions(nn.Module):
@@ -512,14 +518,6 @@ class _PoolsBetweenConvolutions(nn.Module):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_convolution_after_an_average_pooling_reads_the_carried_boxes(monkeypatch, mode):
-    torch.manual_seed(5)
-    model = _PoolsBetweenConvolutions().eval().double()
-    x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
-    mask = grid(16, 4)
-    assert_same_as_spec(model, x, mask, 1, mode, EVERYWHERE)
-    shapes = _scans(monkeypatch)
-    ctc = CTC(model, bias_sharing=mode)
-    ctc._speedups = EVERYWHERE
-    ctc.attribute(x, target=1, feature_mask=mask)
+    shapes = _spec_then_scans(monkeypatch, _PoolsBetweenConvolutions(), mode, seed=5)
     # the image, and the pooling's one-channel indicator instead of the pooled 4-channel maps
     assert shapes == [(3, 16, 16), (1, 8, 8)]
