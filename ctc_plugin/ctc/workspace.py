@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["OutputPool", "RowRange", "Workspace", "advise_huge_pages", "fresh_memory", "row_runs"]
+__all__ = [
+    "OutputPool",
+    "RowRange",
+    "Workspace",
+    "advise_huge_pages",
+    "fresh_memory",
+    "row_parts",
+    "row_runs",
+]
 
 
 class Workspace:
@@ -140,35 +148,26 @@ class OutputPool:
         return out
 
     def zeros(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """A contiguous tensor of zeros of ``shape``, typed and placed like ``like``.
+        """A (B, channels, H, W) tensor of zeros, typed and placed like ``like``.
 
         On reused memory whose last result was `record`-ed (and not written since), only its
-        recorded rows are cleared.
+        recorded rows are cleared (`zeros_outside` with no rows kept).
         """
-        out, buffer = self._take(shape, like)
-        if buffer is None:
-            return out.zero_()
-        recorded = buffer.recorded()
-        if recorded is not None:
-            dtype, old_shape, old_rows = recorded
-            _clear_difference(_as_result(buffer.base, old_shape, dtype), old_rows, _NOTHING)
-        else:
-            buffer.base[: buffer.dirty_end].zero_()
-        buffer.written, buffer.dirty_end = None, _nbytes(out)
-        return out
+        return self.zeros_outside(shape, like, _NOTHING)
 
     def zeros_outside(
         self, shape: tuple[int, ...], like: torch.Tensor, rows: Sequence[RowRange]
     ) -> torch.Tensor:
         """A (B, channels, H, W) tensor that is zero outside ``rows`` (one range per row).
 
-        Inside them its values are undefined: the caller writes them. Only what may be nonzero
-        outside them is cleared: on reused memory whose last result was `record`-ed (and not
-        written since), its recorded rows less the new ones; on other memory, everything
-        outside the new rows. A layer whose rows cover the whole map clears nothing.
+        Rows past the end of ``rows`` keep nothing. Inside them its values are undefined: the
+        caller writes them. Only what may be nonzero outside them is cleared: on reused memory
+        whose last result was `record`-ed (and not written since), its recorded rows less the
+        new ones; on other memory, everything outside the new rows (everything that may be
+        dirty where no row is kept). A layer whose rows cover the whole map clears nothing.
         """
         out, buffer = self._take(shape, like)
-        whole = [(0, out.shape[2])] * len(rows)
+        whole = [(0, out.shape[2])] * out.shape[0]
         if buffer is None:  # fresh memory of its own
             _clear_difference(out, whole, rows)
             return out
@@ -178,6 +177,8 @@ class OutputPool:
             old = _as_result(buffer.base, old_shape, dtype)
             same = old_shape == tuple(shape) and dtype == like.dtype
             _clear_difference(old, old_rows, rows if same else _NOTHING)
+        elif not any(stop > first for first, stop in rows):  # nothing kept: what may be dirty
+            buffer.base[: buffer.dirty_end].zero_()
         elif buffer.dirty_end > 0:
             if buffer.dirty_end > _nbytes(out):
                 buffer.base[_nbytes(out) : buffer.dirty_end].zero_()
@@ -270,8 +271,8 @@ def _clear_difference(
             below.append((first, min(stop, keep_first)))
             above.append((max(first, keep_stop), stop))
     for ranges in (below, above):
-        for start, stop, (row_start, row_stop) in row_runs(ranges):
-            result[start:stop, :, row_start:row_stop].zero_()
+        for part in row_parts(ranges):
+            result[part].zero_()
 
 
 def fresh_memory(nbytes: int, device: torch.device) -> torch.Tensor:
@@ -323,6 +324,14 @@ def advise_huge_pages(address: int, nbytes: int) -> bool:
 def _uses(storage: torch.UntypedStorage) -> int:
     """How many tensors and storage objects use ``storage``'s memory (0 where unknown)."""
     return 0 if _storage_use_count is None else int(_storage_use_count(storage._cdata))
+
+
+def row_parts(rows: Sequence[RowRange]) -> list[tuple[slice, slice, slice]]:
+    """The index ``[first:stop, :, row_start:row_stop]`` of each of `row_runs`."""
+    return [
+        (slice(first, stop), slice(None), slice(row_start, row_stop))
+        for first, stop, (row_start, row_stop) in row_runs(rows)
+    ]
 
 
 def row_runs(rows: Sequence[RowRange]) -> list[tuple[int, int, RowRange]]:
