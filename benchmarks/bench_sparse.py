@@ -2,11 +2,19 @@
 
 A torchvision model (random weights, eval mode) on one 224x224 image on the CPU, K features (a
 grid, or SLIC superpixels with ``--mask slic``), the same feature_mask and
-perturbations_per_eval (K) for every method. Each repeat runs every method once, interleaved;
-the table prints each method's median time and the median of each repeat's own ratio to
-FeatureAblation (paired, which a slow spell of a shared machine moves less). ``--memory`` also
+perturbations_per_eval (K) for every method. Each repeat runs every method twice in a row,
+interleaved with the others, and times both calls: the first comes right after another method's
+(whose freed memory the system may have taken back: on a VM whose balloon reports free pages to
+its host, first touches of memory then fault on the host too), the second after its own, as when
+one method explains image after image. The table prints, for each, the method's median time and
+the median of each repeat's own ratio to FeatureAblation's call in the same position (paired,
+which a slow spell of a shared machine moves less). ``--memory`` also
 runs each method once in a fresh subprocess and prints its peak resident memory above the process's
 before the call (Linux ``VmHWM``, reset first).
+
+``--fresh-memory`` also prints how long zeroing a GiB of fresh memory takes right after one call
+of each method, and right after another fresh GiB (what a call's first touch of memory costs on
+this machine, which the two columns of the table differ by).
 
 ``--parts MODE`` also prints where one sparse call of that bias-sharing mode spends its time, by
 rule of the pass (convolutions, BatchNorm with the sharing it calls, the sharing alone, ReLU,
@@ -14,7 +22,7 @@ residual sums). ``--quick`` (passed by ``benchmarks/run_all.py --quick``): ResNe
 16 features, one repeat.
 
 Run: ``nice python benchmarks/bench_sparse.py --model resnet50 --features 64 --mask grid
-[--repeats 3] [--threads 1] [--memory] [--parts reference] [--quick]``
+[--repeats 3] [--threads 1] [--memory] [--fresh-memory] [--parts reference] [--quick]``
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from ctc_plugin import CTC
 from ctc_plugin.ctc import sparse as sparse_module
 from ctc_plugin.ctc.sparse import SparseGatedPass
 from ctc_plugin.ctc.speedups import DEFAULT
+from ctc_plugin.ctc.workspace import fresh_memory
 
 MODES = ("proportional", "reference")
 
@@ -114,6 +123,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory", action="store_true", help="peak RSS per method")
     parser.add_argument("--parts", choices=MODES, help="time one sparse call by rule")
+    parser.add_argument("--fresh-memory", action="store_true", help="time zeroing a fresh GiB")
     parser.add_argument("--quick", action="store_true", help="ResNet-18, 112x112, K=16, 1 repeat")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one method, for --memory
     args = parser.parse_args()
@@ -131,25 +141,37 @@ def main() -> None:
         return
     for run in runs.values():  # warm-up
         run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    # times[position][name]: position 0 is the call after another method's, 1 the one after
+    # the method's own
+    times: list[dict[str, list[float]]] = [{name: [] for name in runs} for _ in range(2)]
     for _ in range(args.repeats):
         for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    fa = times["captum FeatureAblation"]
+            for position in range(2):
+                start = time.perf_counter()
+                run()
+                times[position][name].append(time.perf_counter() - start)
     print(
         f"{args.model} {args.size}x{args.size}, {args.mask} mask, K = {k}, "
         f"{args.threads} thread(s), {args.repeats} repeats"
     )
-    print(f"{'method':30s} {'median s':>9s} {'/ FeatureAblation (paired)':>27s}", end="")
-    print(f" {'peak MiB':>13s}" if args.memory else "")
-    for name, t in times.items():
-        ratio = statistics.median(a / b for a, b in zip(t, fa))
-        line = f"{name:30s} {statistics.median(t):9.3f} {ratio:27.3f}"
+    print(f"{'':30s} {'after another method':>26s} {'in a row':>26s}")
+    print(f"{'method':30s}" + f" {'median s':>9s} {'/ FA (paired)':>16s}" * 2, end="")
+    print(f" {'peak MiB':>9s}" if args.memory else "")
+    for name in runs:
+        line = f"{name:30s}"
+        for position in range(2):
+            t, fa = times[position][name], times[position]["captum FeatureAblation"]
+            ratio = statistics.median(a / b for a, b in zip(t, fa))
+            line += f" {statistics.median(t):9.3f} {ratio:16.3f}"
         if args.memory:
-            line += f" {peak_rss(args, name):13.0f}"
+            line += f" {peak_rss(args, name):9.0f}"
         print(line)
+    if args.fresh_memory:
+        print("\nzeroing a fresh GiB (s)")
+        for name, run in runs.items():
+            run()
+            print(f"{'after ' + name:40s} {zero_fresh_memory():9.3f}")
+        print(f"{'after another fresh GiB':40s} {zero_fresh_memory():9.3f}")
     if args.parts:
         print(f"\nwhere one sparse {args.parts!r} call spends its time (s)")
         for part, seconds in time_parts(runs[f"CTC {args.parts}, sparse"]).items():
@@ -192,6 +214,14 @@ def time_parts(run) -> dict[str, float]:
         for name, (owner, attr) in PARTS.items():
             setattr(owner, attr, originals[name])
     return spent
+
+
+def zero_fresh_memory(nbytes: int = 1 << 30) -> float:
+    """Seconds to zero ``nbytes`` of fresh memory (huge pages asked for, as the sparse pass's)."""
+    memory = fresh_memory(nbytes, torch.device("cpu"))
+    start = time.perf_counter()
+    memory.zero_()
+    return time.perf_counter() - start
 
 
 def peak_rss(args, name: str) -> float:

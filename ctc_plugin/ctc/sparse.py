@@ -30,10 +30,11 @@ rows are contiguous, so one call serves a run of copies with the same rows). 1x1
 large maps are matrix products: one for the whole batch, or, where the boxes are too large for
 crops, one per run of copies on their rows (`ConvCall.row_products`).
 
-Memory: the convolutions', BatchNorms', ReLUs' and max poolings' results go into memory the model
-has let go of ([`OutputPool`][ctc_plugin.ctc.workspace.OutputPool]), which also remembers which
-rows its last result may have made nonzero, so a result that is zero outside some rows clears
-only what may be nonzero there. The crops of a layer are convolved a few copies at a time.
+Memory: the convolutions', BatchNorms', ReLUs' and max poolings' results are carved from memory
+the model has let go of ([`OutputPool`][ctc_plugin.ctc.workspace.OutputPool]), which also
+remembers which rows its last result may have made nonzero, so a result that is zero outside some
+rows clears only what may be nonzero there. The crops of a layer are convolved a few copies at a
+time.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import functools
 import itertools
@@ -10,8 +9,9 @@ import math
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -68,17 +68,82 @@ class Workspace:
 #: and then nothing is ever reused).
 _storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
 
+#: Linux's ``madvise`` advice for transparent huge pages and for giving pages back, and the size
+#: of a huge page.
+_MADV_HUGEPAGE, _MADV_DONTNEED, _HUGE_PAGE = 14, 4, 2 << 20
+
 #: Rows ``[first, stop)`` of one row of a (B, channels, H, W) result; empty where ``stop <= first``.
 RowRange = tuple[int, int]
 
 
 @dataclass
+class _Chunk:
+    """A piece of fresh memory that an `OutputPool` carves its buffers from.
+
+    Attributes:
+        memory: The bytes (a uint8 tensor from `fresh_memory`, starting on a huge page).
+        array: The same bytes as a NumPy array: a buffer is a tensor made from a slice of it,
+            with a storage (and so a use count and a version counter) of its own that keeps the
+            chunk alive as long as anything uses it.
+        resident: The stretches ``(start, stop)`` that have been touched and not given back,
+            sorted and disjoint.
+    """
+
+    memory: torch.Tensor
+    array: np.ndarray
+    resident: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """How many bytes the chunk has."""
+        return self.memory.numel()
+
+    def touch(self, start: int, stop: int) -> None:
+        """Note that ``[start, stop)`` is (about to be) written: resident from now on."""
+        merged = [(start, stop)]
+        for first, end in self.resident:
+            if end < merged[0][0] or first > merged[0][1]:
+                merged.append((first, end))
+            else:
+                merged[0] = (min(first, merged[0][0]), max(end, merged[0][1]))
+        self.resident = sorted(merged)
+
+    def give_back(self, start: int, stop: int, unit: int) -> int:
+        """Return the whole ``unit``-sized pages of ``[start, stop)`` to the system.
+
+        They read as zeros afterwards and cost page faults on their next touch (Linux's
+        ``MADV_DONTNEED``; nothing is given back where there is no ``madvise``). Returns how
+        many resident bytes were given back.
+        """
+        address = self.memory.data_ptr()
+        first = -(-(address + start) // unit) * unit - address
+        end = (address + stop) // unit * unit - address
+        madvise = _madvise()
+        if madvise is None or end <= first:
+            return 0
+        if madvise(address + first, end - first, _MADV_DONTNEED) != 0:
+            return 0
+        before = self.resident_bytes()
+        kept = []
+        for low, high in self.resident:
+            kept += [(low, min(high, first)), (max(low, end), high)]
+        self.resident = [(low, high) for low, high in kept if high > low]
+        return before - self.resident_bytes()
+
+    def resident_bytes(self) -> int:
+        """How many of its bytes have been touched and not given back."""
+        return sum(stop - start for start, stop in self.resident)
+
+
+@dataclass
 class _Buffer:
-    """One buffer of an `OutputPool`: its memory, and what is known to be zero in it.
+    """One buffer of an `OutputPool`: its place in a chunk, and what is known to be zero in it.
 
     Attributes:
         base: The memory, as bytes. Results are views of it, so they share its version counter:
             any write into a result (or a view of one) shows in ``base._version``.
+        chunk: The chunk it was carved from.
+        offset: Where in the chunk it starts.
         dirty_end: Every byte from this one on is known to be zero (results start at the
             buffer's first byte and are written only inside themselves).
         written: Where the first ``dirty_end`` bytes may be nonzero, as ``(dtype, shape, rows per
@@ -87,6 +152,8 @@ class _Buffer:
     """
 
     base: torch.Tensor
+    chunk: _Chunk
+    offset: int
     dirty_end: int = 0
     written: tuple[torch.dtype, tuple[int, ...], tuple[RowRange, ...], int] | None = None
 
@@ -94,9 +161,14 @@ class _Buffer:
         self._storage = self.base.untyped_storage()
         self._idle_uses = _uses(self._storage)  # the pool's own: its tensor and this object
 
+    @property
+    def end(self) -> int:
+        """Where in the chunk it ends."""
+        return self.offset + self.base.numel()
+
     def free(self) -> bool:
         """Whether nothing but the pool uses the memory."""
-        return _storage_use_count is not None and _uses(self._storage) == self._idle_uses
+        return _uses(self._storage) == self._idle_uses
 
     def recorded(self) -> tuple[torch.dtype, tuple[int, ...], tuple[RowRange, ...]] | None:
         """The last record's ``(dtype, shape, rows)`` while nothing wrote since, else ``None``."""
@@ -106,7 +178,7 @@ class _Buffer:
 
 
 class OutputPool:
-    """Memory for a pass's full-size results, reused once nothing else holds it.
+    """Memory for a pass's full-size results on a CPU, reused once nothing else holds it.
 
     A result goes to the model, which may keep it as long as it likes, so unlike a `Workspace`
     slot its memory is reused only when nothing but the pool uses it any more (torch's storage
@@ -120,24 +192,31 @@ class OutputPool:
     and that must be zero elsewhere (`zeros_outside`) clears only what may be nonzero outside
     them: nothing at all where the rows cover the map (the deeper layers).
 
-    A request takes the smallest free buffer that holds it and is at most ``slack`` times its
-    size (a result on a much larger buffer would hold memory that a fresh one does not). A free
-    buffer larger than each of the last ``window`` requests is let go: the network has moved on
-    to smaller maps, and holding it would only raise the pass's peak memory.
+    Where results go: a request takes the smallest free buffer that holds it and is at most
+    ``slack`` times its size (it keeps that buffer's record); else a new buffer is carved from
+    the lowest stretch of held memory that no result uses (free buffers there are given up), so
+    memory that held one large map holds several smaller ones later; else from a fresh chunk
+    (with room for a few more such results: untouched memory costs nothing), and chunks that
+    nothing uses (too small for this request) are let go first. So the fresh memory a pass pays
+    page faults for is about the most its results use at one time, not every result's. Its
+    resident memory stays within that most, too: where carving leaves stretches that no result
+    uses between the ones in use, they are given back to the system (Linux's
+    ``MADV_DONTNEED``, highest first, whole ``give_back_unit`` pages) before the pool holds more
+    than its results ever used at once. On other devices (their allocators cache memory
+    themselves) and where torch's use count is missing, each result gets memory of its own.
 
     Attributes:
-        keep: At most this many buffers are held: a request that none fits lets go of the
-            least recently used free one (or, when all are in use, gets memory of its own).
-        window: How many recent requests decide which buffers are still worth holding.
-        slack: How much larger than a request a buffer that serves it may be.
+        slack: How much larger than a request a free buffer that serves it whole may be.
+        give_back_unit: Stretches are given back in whole pages of this many bytes (a huge
+            page: smaller pieces would split the huge pages that `fresh_memory` asks for).
     """
 
-    def __init__(self, keep: int = 3, window: int = 8, slack: float = 1.5) -> None:
-        self.keep = keep
-        self.window = window
+    def __init__(self, slack: float = 1.5, give_back_unit: int = _HUGE_PAGE) -> None:
         self.slack = slack
+        self.give_back_unit = give_back_unit
+        self._chunks: list[_Chunk] = []
         self._held: list[_Buffer] = []
-        self._recent: collections.deque[int] = collections.deque(maxlen=window)
+        self._live_peak = 0
 
     def empty(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """An uninitialised contiguous tensor of ``shape``, typed and placed like ``like``."""
@@ -211,31 +290,116 @@ class OutputPool:
     ) -> tuple[torch.Tensor, _Buffer | None]:
         """A result of ``shape`` and the held buffer it lies on (``None``: memory of its own)."""
         nbytes = math.prod(shape) * like.element_size()
-        self._recent.append(nbytes)
-        largest = max(self._recent)
-        self._held = [b for b in self._held if b.base.numel() <= largest or not b.free()]
+        if like.device.type != "cpu" or _storage_use_count is None:
+            own = torch.empty(nbytes, dtype=torch.uint8, device=like.device)
+            return _as_result(own, shape, like.dtype), None
         fitting = [
-            (buffer.base.numel(), index)
-            for index, buffer in enumerate(self._held)
-            if nbytes <= buffer.base.numel() <= self.slack * nbytes
-            and buffer.base.device == like.device
+            buffer
+            for buffer in self._held
+            if nbytes <= buffer.base.numel() <= self.slack * nbytes and buffer.free()
         ]
-        for _, index in sorted(fitting):  # the smallest free buffer that holds it
-            buffer = self._held[index]
-            if buffer.free():
-                self._held.append(self._held.pop(index))  # the most recently used last
-                return _as_result(buffer.base, shape, like.dtype), buffer
-        base = fresh_memory(nbytes, like.device)
-        if _storage_use_count is None:  # reuse could not be detected: nothing is held
-            return _as_result(base, shape, like.dtype), None
-        if len(self._held) >= self.keep:  # let go of the least recently used free buffer
-            free = [index for index, buffer in enumerate(self._held) if buffer.free()]
-            if not free:
-                return _as_result(base, shape, like.dtype), None
-            del self._held[free[0]]
-        buffer = _Buffer(base, dirty_end=nbytes)  # uninitialised
+        if fitting:  # the smallest free buffer that holds it
+            buffer = min(fitting, key=lambda b: b.base.numel())
+            out = _as_result(buffer.base, shape, like.dtype)
+            self._note_live()
+            return out, buffer
+        length = -(-nbytes // _ALIGNMENT) * _ALIGNMENT
+        place = self._unused_stretch(length)
+        if place is None:
+            self._let_go_of_unused_chunks()
+            chunk_bytes = -(-(_CHUNK_ROOM * length) // _HUGE_PAGE) * _HUGE_PAGE
+            memory = fresh_memory(chunk_bytes + _HUGE_PAGE, like.device)
+            start = -memory.data_ptr() % _HUGE_PAGE  # whole huge pages from the chunk's start
+            memory = memory[start : start + chunk_bytes]
+            self._chunks.append(_Chunk(memory, memory.numpy()))
+            place = (self._chunks[-1], 0)
+        buffer = self._carve(*place, length)
+        out = _as_result(buffer.base, shape, like.dtype)
+        self._note_live()
+        self._stay_within_live_peak()
+        return out, buffer
+
+    def _note_live(self) -> None:
+        """Update the most bytes that results have used at one time."""
+        live = sum(b.base.numel() for b in self._held if not b.free())
+        self._live_peak = max(self._live_peak, live)
+
+    def _stay_within_live_peak(self) -> None:
+        """Keep the pool's resident memory within the most bytes its results used at one time.
+
+        Stretches that no result uses are given back to the system, highest first (the lower
+        ones are taken first), until it is.
+        """
+        excess = sum(c.resident_bytes() for c in self._chunks) - self._live_peak
+        if excess <= 0:
+            return
+        stretches = [
+            (chunk_index, start, stop)
+            for chunk_index, chunk in enumerate(self._chunks)
+            for start, stop in self._unused_stretches(chunk)
+        ]
+        for chunk_index, start, stop in sorted(stretches, reverse=True):
+            chunk = self._chunks[chunk_index]
+            given = chunk.give_back(start, stop, self.give_back_unit)
+            if given:
+                self._held = [
+                    b
+                    for b in self._held
+                    if b.chunk is not chunk or b.end <= start or b.offset >= stop
+                ]
+                excess -= given
+                if excess <= 0:
+                    return
+
+    def _unused_stretch(self, length: int) -> tuple[_Chunk, int] | None:
+        """Where the lowest stretch of ``length`` bytes or more that no result uses starts.
+
+        ``(chunk, offset)``, or ``None`` where no chunk has such a stretch.
+        """
+        for chunk in self._chunks:
+            for start, stop in self._unused_stretches(chunk):
+                if stop - start >= length:
+                    return chunk, start
+        return None
+
+    def _unused_stretches(self, chunk: _Chunk) -> list[tuple[int, int]]:
+        """The stretches of ``chunk`` that no result uses, lowest first."""
+        used = sorted((b.offset, b.end) for b in self._held if b.chunk is chunk and not b.free())
+        stretches, start = [], 0
+        for first, end in [*used, (chunk.size, chunk.size)]:
+            if first > start:
+                stretches.append((start, first))
+            start = max(start, end)
+        return stretches
+
+    def _carve(self, chunk: _Chunk, offset: int, length: int) -> _Buffer:
+        """A new buffer of ``length`` bytes at ``offset`` of ``chunk`` (its bytes: anything).
+
+        The free buffers it overlaps are given up.
+        """
+        end = offset + length
+        self._held = [
+            b for b in self._held if b.chunk is not chunk or b.end <= offset or b.offset >= end
+        ]
+        chunk.touch(offset, end)
+        base = torch.from_numpy(chunk.array[offset:end])
+        buffer = _Buffer(base, chunk, offset, dirty_end=length)
         self._held.append(buffer)
-        return _as_result(base, shape, like.dtype), buffer
+        return buffer
+
+    def _let_go_of_unused_chunks(self) -> None:
+        """Drop the chunks that no result uses (with their free buffers)."""
+        used = {id(b.chunk) for b in self._held if not b.free()}
+        self._chunks = [chunk for chunk in self._chunks if id(chunk) in used]
+        self._held = [b for b in self._held if id(b.chunk) in used]
+
+
+#: Buffers start at multiples of this many bytes of their chunk (a cache line).
+_ALIGNMENT = 64
+
+#: A fresh chunk has room for this many results of the request that needed it: untouched
+#: memory costs nothing, and room beside a result lets the next ones lie next to it.
+_CHUNK_ROOM = 4
 
 
 def _as_result(base: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -282,16 +446,12 @@ def fresh_memory(nbytes: int, device: torch.device) -> torch.Tensor:
     pages: a fresh large tensor costs a page fault per 4 KiB on first touch, and one per 2 MiB
     with huge pages (zeroing a fresh 200 MB tensor took 73 ms, 22 ms with huge pages and 9 ms
     reused, on this project's machine). PyTorch's own ``THP_MEM_ALLOC_ENABLE=1`` does this for
-    every allocation; here it is only the pool's buffers.
+    every allocation; here it is only the pool's chunks.
     """
     memory = torch.empty(nbytes, dtype=torch.uint8, device=device)
     if device.type == "cpu":
         advise_huge_pages(memory.data_ptr(), nbytes)
     return memory
-
-
-#: Linux's ``madvise`` advice for transparent huge pages, and their size.
-_MADV_HUGEPAGE, _HUGE_PAGE = 14, 2 << 20
 
 
 @functools.cache

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import replace
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,7 +24,6 @@ from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import make_sharing
 from ctc_plugin.ctc.speedups import DEFAULT
-from ctc_plugin.ctc.workspace import OutputPool, advise_huge_pages, fresh_memory, row_runs
 
 from .test_sparse import grid
 from .test_speedups import MODES, assert_same_as_spec
@@ -105,126 +102,6 @@ def _spec_then_scans(monkeypatch, model: nn.Module, mode: str, seed: int) -> lis
     return shapes
 
 
-def test_the_pool_reuses_memory_only_when_nothing_else_holds_it():
-    pool = OutputPool(keep=2)
-    like = torch.zeros(1)
-    first = pool.empty((4, 5), like)
-    pointer = first.data_ptr()
-    view = first[1:]
-    del first
-    assert pool.empty((4, 5), like).data_ptr() != pointer  # the view still holds it
-    del view
-    again = pool.empty((5, 4), like)  # same size, another shape: the same memory
-    assert again.data_ptr() == pointer and again.shape == (5, 4) and again.is_contiguous()
-    array = again.numpy()
-    del again
-    assert pool.empty((20,), like).data_ptr() != pointer  # a NumPy array still holds it
-    del array
-    assert pool.empty((20,), like).data_ptr() == pointer
-    assert pool.empty((20,), torch.zeros(1, dtype=torch.float64)).data_ptr() != pointer
-
-
-def test_the_pool_lets_go_of_the_least_recently_used_free_memory():
-    pool = OutputPool(keep=2)
-    like = torch.zeros(1)
-    a, b = pool.empty((3,), like), pool.empty((5,), like)
-    a_pointer, b_pointer = a.data_ptr(), b.data_ptr()
-    del a, b
-    assert pool.empty((5,), like).data_ptr() == b_pointer  # b is now the most recently used
-    held = pool.empty((7,), like)  # full: a (least recently used, free) goes
-    pointers = [buffer.base.data_ptr() for buffer in pool._held]
-    assert a_pointer not in pointers and b_pointer in pointers and held.data_ptr() in pointers
-    assert np.all(np.isfinite(held.zero_().numpy()))
-
-
-def test_a_request_takes_the_smallest_free_buffer_that_is_not_much_larger():
-    pool = OutputPool(keep=3, slack=1.5)
-    like = torch.zeros(1)
-    small, large = pool.empty((10,), like), pool.empty((14,), like)
-    small_pointer, large_pointer = small.data_ptr(), large.data_ptr()
-    del small, large
-    assert pool.empty((9,), like).data_ptr() == small_pointer  # 10 fits 9 better than 14
-    taken = pool.empty((12,), like)  # 14 <= 1.5 * 12: the larger one serves it
-    assert taken.data_ptr() == large_pointer and taken.shape == (12,)
-    del taken
-    assert pool.empty((6,), like).data_ptr() not in (small_pointer, large_pointer)  # too large
-
-
-def test_a_free_buffer_larger_than_every_recent_request_is_let_go():
-    pool = OutputPool(keep=3, window=4)
-    like = torch.zeros(1)
-    big = pool.empty((1000,), like)
-    del big
-    assert len(pool._held) == 1
-    for _ in range(3):
-        pool.empty((10,), like)
-    assert any(buffer.base.numel() == 4000 for buffer in pool._held)  # still in the window
-    pool.empty((10,), like)
-    assert all(buffer.base.numel() < 4000 for buffer in pool._held)
-
-
-def test_a_zero_result_clears_only_the_rows_recorded_while_nothing_wrote_since():
-    """``zeros`` on reused memory clears only the rows its last result recorded as possibly
-    nonzero: a value left elsewhere (written behind the version counter's back, which no rule
-    of the pass does) survives, which shows that nothing else was cleared; any tracked write
-    after the record clears the whole buffer."""
-    pool = OutputPool(keep=1)
-    like = torch.zeros(1)
-    first = pool.empty((2, 3, 4, 4), like)
-    first.fill_(1.0)
-    pool.record(first, [(0, 2), (1, 3)])
-    first[1, :, 3] = 2.0  # a tracked write after the record: the record no longer holds
-    del first
-    second = pool.zeros((2, 3, 4, 4), like)
-    assert not bool(second.any())
-    second[0, :, 0:2], second[1, :, 1:3] = 1.0, 2.0
-    pool.record(second, [(0, 2), (1, 3)])
-    second.data[1, 0, 3, 0] = 7.0  # .data: the same memory, another version counter
-    pointer = second.data_ptr()
-    del second
-    third = pool.zeros((4, 3, 2, 4), like)  # another shape on the same memory
-    assert third.data_ptr() == pointer
-    assert third.count_nonzero() == 1 and third.view(-1)[1 * 48 + 3 * 4] == 7.0  # [1, 0, 3, 0]
-
-
-def test_a_zero_result_larger_than_the_last_one_on_its_buffer_is_zero_everywhere():
-    """A result may be smaller than its buffer: what lies after it (an earlier, larger
-    result's values) is not covered by its record, and must be cleared all the same."""
-    pool = OutputPool(keep=1, slack=1.5)
-    like = torch.zeros(1)
-    large = pool.empty((1, 1, 12, 1), like)
-    large.fill_(5.0)
-    pool.record(large, [(0, 12)])
-    del large
-    small = pool.empty((1, 1, 9, 1), like)  # the same buffer: its last three values hold 5
-    small.fill_(1.0)
-    pool.record(small, [(0, 9)])
-    del small
-    assert not bool(pool.zeros((1, 1, 12, 1), like).any())
-    middle = pool.zeros((1, 1, 10, 1), like)  # after a clearing: known zero beyond it
-    middle[0, 0, 2:4] = 3.0
-    pool.record(middle, [(2, 4)])
-    del middle
-    assert not bool(pool.zeros((1, 1, 12, 1), like).any())
-
-
-def test_fresh_buffers_ask_for_huge_pages_where_the_kernel_offers_them():
-    settings = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if not settings.exists():
-        pytest.skip("no transparent huge pages on this system")
-    offered = "[never]" not in settings.read_text()
-    memory = torch.empty(8 << 20, dtype=torch.uint8)  # holds at least three whole 2 MiB pages
-    assert advise_huge_pages(memory.data_ptr(), memory.numel()) == offered
-    assert not advise_huge_pages(memory.data_ptr(), 4096)  # no whole huge page inside
-    fresh = fresh_memory(8 << 20, torch.device("cpu"))
-    assert fresh.dtype == torch.uint8 and fresh.numel() == 8 << 20
-
-
-def test_row_runs_join_equal_neighbours_and_leave_out_empty_rows():
-    rows = [(0, 5), (0, 5), (0, 0), (2, 3), (2, 3), (0, 5)]
-    assert row_runs(rows) == [(0, 2, (0, 5)), (3, 5, (2, 3)), (5, 6, (0, 5))]
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_results_the_model_keeps_are_never_overwritten(mode):
     """Forward hooks keep every convolution's result (the BatchNorms' are changed in place by
@@ -252,85 +129,6 @@ def test_results_the_model_keeps_are_never_overwritten(mode):
     assert len(kept) >= 20
     for held, when_made in kept:
         assert torch.equal(held, when_made)
-
-
-#: Shapes the pool's memory is drawn for in the model-based test (two share a size).
-_SHAPES = [(3, 2, 6, 4), (2, 3, 6, 4), (3, 2, 5, 4), (2, 2, 3, 4)]
-
-
-@st.composite
-def _pool_steps(draw):
-    """A sequence of requests to a pool, each with the rows its caller writes."""
-    steps = []
-    for _ in range(draw(st.integers(3, 12))):
-        shape = draw(st.sampled_from(_SHAPES))
-        kind = draw(st.sampled_from(["empty", "zeros", "zeros_outside"]))
-        rows = []
-        for _ in range(shape[0]):
-            first = draw(st.integers(0, shape[2]))
-            rows.append((first, draw(st.integers(first, shape[2]))))
-        record = draw(st.sampled_from(["record", "record, then write outside", "no record"]))
-        steps.append((shape, kind, rows, record, draw(st.booleans())))
-    return steps
-
-
-@settings(max_examples=150, deadline=None)
-@given(_pool_steps())
-def test_zero_results_are_zero_where_promised_whatever_came_before(steps):
-    """Model-based: whatever results, records and writes came before on the same memory,
-    ``zeros`` is zero everywhere and ``zeros_outside`` is zero outside its rows. Each caller
-    writes nonzero values on its rows (``empty``: everywhere), records them (or writes outside
-    them afterwards, through the result: a tracked write), and keeps its result or lets it go."""
-    pool = OutputPool(keep=2, slack=1.5)
-    like = torch.zeros(1)
-    kept = []
-    for shape, kind, rows, record, keep in steps:
-        if kind == "empty":
-            out = pool.empty(shape, like)
-            out.fill_(7.0)
-            rows = [(0, shape[2])] * shape[0]
-        elif kind == "zeros":
-            out = pool.zeros(shape, like)
-            assert not bool(out.any())
-        else:
-            out = pool.zeros_outside(shape, like, rows)
-            inside = torch.zeros(shape, dtype=torch.bool)
-            for row, (first, stop) in enumerate(rows):
-                inside[row, :, first:stop] = True
-            assert not bool(out[~inside].any()), "nonzero outside the rows"
-        for row, (first, stop) in enumerate(rows):
-            out[row, :, first:stop] = float(row + 1)
-        if record != "no record":
-            pool.record(out, rows)
-        if record == "record, then write outside":
-            out.view(-1)[-1] = 9.0
-        if keep:
-            kept.append((out, out.clone()))
-    for held, when_made in kept:
-        assert torch.equal(held, when_made), "a result still held was overwritten"
-
-
-def test_zeros_outside_clears_only_the_recorded_rows_it_does_not_keep():
-    """On memory whose last result was recorded, ``zeros_outside`` clears the recorded rows
-    less the new ones: a value planted behind the version counter's back in rows neither
-    recorded nor kept survives (nothing else was cleared), and a layer whose rows cover the
-    whole map clears nothing at all."""
-    pool = OutputPool(keep=1)
-    like = torch.zeros(1)
-    first = pool.zeros((2, 1, 6, 1), like)
-    first[0, :, 1:3], first[1, :, 0:6] = 1.0, 2.0
-    pool.record(first, [(1, 3), (0, 6)])
-    first.data[0, 0, 5, 0] = 4.0  # outside the record: the pool believes it zero
-    del first
-    second = pool.zeros_outside((2, 1, 6, 1), like, [(2, 6), (0, 2)])
-    assert second[0, 0, :, 0].tolist() == [0, 0, 1, 0, 0, 4]  # row 1 cleared, 2-5 kept
-    assert second[1, 0, :, 0].tolist() == [2, 2, 0, 0, 0, 0]
-    second[0, :, 2:6], second[1, :, 0:2] = 5.0, 6.0
-    pool.record(second, [(2, 6), (0, 2)])
-    del second
-    third = pool.zeros_outside((2, 1, 6, 1), like, [(0, 6), (0, 6)])
-    assert third[0, 0, :, 0].tolist() == [0, 0, 5, 5, 5, 5]  # nothing cleared
-    assert third[1, 0, :, 0].tolist() == [6, 6, 0, 0, 0, 0]
 
 
 def _boxed(values: torch.Tensor, box_rows_: list[tuple[int, int]]) -> torch.Tensor:

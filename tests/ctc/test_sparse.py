@@ -66,7 +66,7 @@ def convolutions(draw: st.DrawFn):
 @given(convolutions(), st.sampled_from([1, 2, 8]))
 def test_the_sparse_convolution_is_the_dense_one(call, size_steps):
     expected = call.dense()
-    pool = OutputPool(keep=1)  # reused memory, cleared only where it was written
+    pool = OutputPool()  # reused memory, cleared only where it was written
     for carried in (None, input_boxes(call.x)):
         for results in (None, pool, pool):
             actual, boxes = sparse_conv2d(call, 1.0, size_steps, boxes=carried, results=results)
@@ -292,7 +292,7 @@ def test_pointwise_convolutions_above_the_threshold_are_products_on_each_copys_r
     x[3, :, :4], x[3, :, 15:] = 0, 0
     x[4] = 0
     weight = torch.randn(3, 5, 1, 1, generator=generator, dtype=torch.float64)
-    pool = OutputPool(keep=1)
+    pool = OutputPool()
     for _ in range(2):  # the second call reuses the first result's memory
         call = ConvCall(x, weight, (stride, stride), (0, 0), (1, 1), 1)
         actual, boxes = sparse_conv2d(call, 0.0, 8, results=pool)

@@ -1,0 +1,255 @@
+"""The sparse pass's memory for results (``ctc_plugin.ctc.workspace.OutputPool``).
+
+Results are carved from chunks of memory that the pool keeps, reused once nothing else holds
+them, given back to the system where the pool would hold more than its results ever used at
+once, and cleared only where they may be nonzero.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ctc_plugin.ctc.workspace import OutputPool, advise_huge_pages, fresh_memory, row_runs
+
+#: One MiB, in float32 values.
+MIB = 1 << 18
+
+
+def test_the_pool_reuses_memory_only_when_nothing_else_holds_it():
+    pool = OutputPool()
+    like = torch.zeros(1)
+    first = pool.empty((4, 16), like)
+    pointer = first.data_ptr()
+    view = first[1:]
+    del first
+    assert pool.empty((4, 16), like).data_ptr() != pointer  # the view still holds it
+    del view
+    again = pool.empty((16, 4), like)  # same size, another shape: the same memory
+    assert again.data_ptr() == pointer and again.shape == (16, 4) and again.is_contiguous()
+    array = again.numpy()
+    del again
+    assert pool.empty((64,), like).data_ptr() != pointer  # a NumPy array still holds it
+    del array
+    assert pool.empty((64,), like).data_ptr() == pointer
+
+
+def test_a_request_takes_the_smallest_free_buffer_that_is_not_much_larger():
+    pool = OutputPool(slack=1.5)
+    like = torch.zeros(1)
+    small, large = pool.empty((160,), like), pool.empty((224,), like)  # 640 and 896 bytes
+    small_pointer, large_pointer = small.data_ptr(), large.data_ptr()
+    del small, large
+    assert pool.empty((144,), like).data_ptr() == small_pointer  # 640 fits 576 better than 896
+    taken = pool.empty((192,), like)  # 896 <= 1.5 * 768: the larger one serves it
+    assert taken.data_ptr() == large_pointer and taken.shape == (192,)
+    del taken
+    # 640 > 1.5 * 384: carved from the lowest memory no result uses, the small buffer given up
+    carved = pool.empty((96,), like)
+    assert carved.data_ptr() == small_pointer
+    assert sorted(b.base.numel() for b in pool._held) == [384, 896]
+
+
+def test_smaller_results_are_carved_from_memory_a_larger_one_left():
+    pool = OutputPool()
+    like = torch.zeros(1)
+    large = pool.empty((1024,), like)
+    start = large.data_ptr()
+    del large
+    a, b = pool.empty((256,), like), pool.empty((200,), like)  # 1 KiB and 800 bytes
+    assert a.data_ptr() == start and b.data_ptr() == start + 1024
+    c = pool.empty((5,), like)  # the next 64-byte boundary after b
+    assert c.data_ptr() == start + 1024 + 832
+    assert len(pool._chunks) == 1
+
+
+def test_a_result_larger_than_every_stretch_gets_a_fresh_chunk_and_unused_chunks_go():
+    pool = OutputPool()
+    like = torch.zeros(1)
+    kept = pool.empty((1024,), like)
+    small = pool.empty((1024,), like)
+    del small
+    first_chunk = pool._chunks[0]
+    big = pool.empty((8 * MIB,), like)  # 8 MiB: more than the first chunk's 2 MiB
+    assert len(pool._chunks) == 2 and pool._chunks[1].size >= 8 << 20
+    del kept, big
+    pool.empty((64 * MIB,), like)  # no chunk has room: both go, as nothing uses them
+    assert len(pool._chunks) == 1 and pool._chunks[0] is not first_chunk
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gives memory back on Linux")
+def test_the_pool_holds_no_more_resident_memory_than_its_results_used_at_once():
+    """``a`` and ``b`` (8 MiB each) are alive at once, then ``b`` and ``c`` (12 MiB): carving
+    ``c`` after ``b`` leaves ``a``'s 8 MiB unused, and the pool would hold 28 MiB where its
+    results never used more than 20 at once, so ``a``'s memory goes back to the system (it
+    reads as zeros afterwards); the results in use keep their values."""
+    pool = OutputPool(give_back_unit=4096)
+    like = torch.zeros(1)
+    a, b = pool.empty((8 * MIB,), like).fill_(1.0), pool.empty((8 * MIB,), like).fill_(2.0)
+    del a
+    c = pool.empty((12 * MIB,), like).fill_(3.0)
+    (chunk,) = pool._chunks
+    assert chunk.resident_bytes() == 20 << 20  # chunks start on a huge page
+    assert not chunk.array[: 8 << 20].any()  # given back: zeros
+    assert bool((b == 2.0).all()) and bool((c == 3.0).all())
+    assert all(buffer.offset >= 8 << 20 for buffer in pool._held)  # a's buffer is given up
+
+
+def test_results_on_other_devices_get_memory_of_their_own():
+    """Off the CPU the device's allocator caches memory itself: nothing is held or carved."""
+    pool = OutputPool()
+    like = torch.zeros(1, device="meta")
+    out = pool.zeros((2, 3, 4, 4), like)
+    assert out.device.type == "meta" and out.shape == (2, 3, 4, 4)
+    assert not pool._chunks and not pool._held
+
+
+def test_a_zero_result_clears_only_the_rows_recorded_while_nothing_wrote_since():
+    """``zeros`` on reused memory clears only the rows its last result recorded as possibly
+    nonzero: a value left elsewhere (written behind the version counter's back, which no rule
+    of the pass does) survives, which shows that nothing else was cleared; any tracked write
+    after the record clears the whole buffer."""
+    pool = OutputPool()
+    like = torch.zeros(1)
+    first = pool.empty((2, 3, 4, 4), like)
+    first.fill_(1.0)
+    pool.record(first, [(0, 2), (1, 3)])
+    first[1, :, 3] = 2.0  # a tracked write after the record: the record no longer holds
+    del first
+    second = pool.zeros((2, 3, 4, 4), like)
+    assert not bool(second.any())
+    second[0, :, 0:2], second[1, :, 1:3] = 1.0, 2.0
+    pool.record(second, [(0, 2), (1, 3)])
+    second.data[1, 0, 3, 0] = 7.0  # .data: the same memory, another version counter
+    pointer = second.data_ptr()
+    del second
+    third = pool.zeros((4, 3, 2, 4), like)  # another shape on the same memory
+    assert third.data_ptr() == pointer
+    assert third.count_nonzero() == 1 and third.view(-1)[1 * 48 + 3 * 4] == 7.0  # [1, 0, 3, 0]
+
+
+def test_a_zero_result_larger_than_the_last_one_on_its_buffer_is_zero_everywhere():
+    """A result may be smaller than its buffer: what lies after it (an earlier, larger
+    result's values) is not covered by its record, and must be cleared all the same."""
+    pool = OutputPool(slack=1.5)
+    like = torch.zeros(1)
+    large = pool.empty((1, 1, 12, 16), like)
+    large.fill_(5.0)
+    pool.record(large, [(0, 12)])
+    pointer = large.data_ptr()
+    del large
+    small = pool.empty((1, 1, 9, 16), like)  # the same buffer: its last three rows hold 5
+    assert small.data_ptr() == pointer
+    small.fill_(1.0)
+    pool.record(small, [(0, 9)])
+    del small
+    assert not bool(pool.zeros((1, 1, 12, 16), like).any())
+    middle = pool.zeros((1, 1, 10, 16), like)  # after a clearing: known zero beyond it
+    middle[0, 0, 2:4] = 3.0
+    pool.record(middle, [(2, 4)])
+    del middle
+    assert not bool(pool.zeros((1, 1, 12, 16), like).any())
+
+
+def test_fresh_buffers_ask_for_huge_pages_where_the_kernel_offers_them():
+    settings = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not settings.exists():
+        pytest.skip("no transparent huge pages on this system")
+    offered = "[never]" not in settings.read_text()
+    memory = torch.empty(8 << 20, dtype=torch.uint8)  # holds at least three whole 2 MiB pages
+    assert advise_huge_pages(memory.data_ptr(), memory.numel()) == offered
+    assert not advise_huge_pages(memory.data_ptr(), 4096)  # no whole huge page inside
+    fresh = fresh_memory(8 << 20, torch.device("cpu"))
+    assert fresh.dtype == torch.uint8 and fresh.numel() == 8 << 20
+
+
+def test_row_runs_join_equal_neighbours_and_leave_out_empty_rows():
+    rows = [(0, 5), (0, 5), (0, 0), (2, 3), (2, 3), (0, 5)]
+    assert row_runs(rows) == [(0, 2, (0, 5)), (3, 5, (2, 3)), (5, 6, (0, 5))]
+
+
+#: Shapes the pool's memory is drawn for in the model-based test (two share a size; whole
+#: 4 KiB pages, which the pool gives back in the test, lie in most; the last needs a chunk of
+#: its own after the others).
+_SHAPES = [(3, 2, 6, 256), (2, 3, 6, 256), (3, 2, 5, 256), (2, 2, 3, 64), (2, 4, 8, 8192)]
+
+
+@st.composite
+def _pool_steps(draw):
+    """A sequence of requests to a pool, each with the rows its caller writes."""
+    steps = []
+    for _ in range(draw(st.integers(3, 12))):
+        shape = draw(st.sampled_from(_SHAPES))
+        kind = draw(st.sampled_from(["empty", "zeros", "zeros_outside"]))
+        rows = []
+        for _ in range(shape[0]):
+            first = draw(st.integers(0, shape[2]))
+            rows.append((first, draw(st.integers(first, shape[2]))))
+        record = draw(st.sampled_from(["record", "record, then write outside", "no record"]))
+        steps.append((shape, kind, rows, record, draw(st.booleans())))
+    return steps
+
+
+@settings(max_examples=150, deadline=None)
+@given(_pool_steps())
+def test_zero_results_are_zero_where_promised_whatever_came_before(steps):
+    """Model-based: whatever results, records and writes came before on the same memory,
+    ``zeros`` is zero everywhere and ``zeros_outside`` is zero outside its rows. Each caller
+    writes nonzero values on its rows (``empty``: everywhere), records them (or writes outside
+    them afterwards, through the result: a tracked write), and keeps its result or lets it go.
+    Carving, memory given back to the system and fresh chunks all happen along the way."""
+    pool = OutputPool(slack=1.5, give_back_unit=4096)
+    like = torch.zeros(1)
+    kept = []
+    for shape, kind, rows, record, keep in steps:
+        if kind == "empty":
+            out = pool.empty(shape, like)
+            out.fill_(7.0)
+            rows = [(0, shape[2])] * shape[0]
+        elif kind == "zeros":
+            out = pool.zeros(shape, like)
+            assert not bool(out.any())
+        else:
+            out = pool.zeros_outside(shape, like, rows)
+            inside = torch.zeros(shape, dtype=torch.bool)
+            for row, (first, stop) in enumerate(rows):
+                inside[row, :, first:stop] = True
+            assert not bool(out[~inside].any()), "nonzero outside the rows"
+        for row, (first, stop) in enumerate(rows):
+            out[row, :, first:stop] = float(row + 1)
+        if record != "no record":
+            pool.record(out, rows)
+        if record == "record, then write outside":
+            out.view(-1)[-1] = 9.0
+        if keep:
+            kept.append((out, out.clone()))
+    for held, when_made in kept:
+        assert torch.equal(held, when_made), "a result still held was overwritten"
+
+
+def test_zeros_outside_clears_only_the_recorded_rows_it_does_not_keep():
+    """On memory whose last result was recorded, ``zeros_outside`` clears the recorded rows
+    less the new ones: a value planted behind the version counter's back in rows neither
+    recorded nor kept survives (nothing else was cleared), and a layer whose rows cover the
+    whole map clears nothing at all."""
+    pool = OutputPool()
+    like = torch.zeros(1)
+    first = pool.zeros((2, 1, 6, 1), like)
+    first[0, :, 1:3], first[1, :, 0:6] = 1.0, 2.0
+    pool.record(first, [(1, 3), (0, 6)])
+    first.data[0, 0, 5, 0] = 4.0  # outside the record: the pool believes it zero
+    del first
+    second = pool.zeros_outside((2, 1, 6, 1), like, [(2, 6), (0, 2)])
+    assert second[0, 0, :, 0].tolist() == [0, 0, 1, 0, 0, 4]  # row 1 cleared, 2-5 kept
+    assert second[1, 0, :, 0].tolist() == [2, 2, 0, 0, 0, 0]
+    second[0, :, 2:6], second[1, :, 0:2] = 5.0, 6.0
+    pool.record(second, [(2, 6), (0, 2)])
+    del second
+    third = pool.zeros_outside((2, 1, 6, 1), like, [(0, 6), (0, 6)])
+    assert third[0, 0, :, 0].tolist() == [0, 0, 5, 5, 5, 5]  # nothing cleared
+    assert third[1, 0, :, 0].tolist() == [6, 6, 0, 0, 0, 0]
