@@ -203,7 +203,8 @@ class OutputPool:
     uses between the ones in use, they are given back to the system (Linux's
     ``MADV_DONTNEED``, highest first, whole ``give_back_unit`` pages) before the pool holds more
     than its results ever used at once. On other devices (their allocators cache memory
-    themselves) and where torch's use count is missing, each result gets memory of its own.
+    themselves), where torch's use count is missing and for empty results, each result gets
+    memory of its own.
 
     Attributes:
         slack: How much larger than a request a free buffer that serves it whole may be.
@@ -290,7 +291,7 @@ class OutputPool:
     ) -> tuple[torch.Tensor, _Buffer | None]:
         """A result of ``shape`` and the held buffer it lies on (``None``: memory of its own)."""
         nbytes = math.prod(shape) * like.element_size()
-        if like.device.type != "cpu" or _storage_use_count is None:
+        if like.device.type != "cpu" or _storage_use_count is None or nbytes == 0:
             own = torch.empty(nbytes, dtype=torch.uint8, device=like.device)
             return _as_result(own, shape, like.dtype), None
         fitting = [

@@ -100,12 +100,15 @@ def test_the_pool_holds_no_more_resident_memory_than_its_results_used_at_once():
     assert all(buffer.offset >= 8 << 20 for buffer in pool._held)  # a's buffer is given up
 
 
-def test_results_on_other_devices_get_memory_of_their_own():
+def test_results_on_other_devices_and_empty_ones_get_memory_of_their_own():
     """Off the CPU the device's allocator caches memory itself: nothing is held or carved."""
     pool = OutputPool()
     like = torch.zeros(1, device="meta")
     out = pool.zeros((2, 3, 4, 4), like)
     assert out.device.type == "meta" and out.shape == (2, 3, 4, 4)
+    for dtype in (torch.float32, torch.float64):
+        empty = pool.zeros((0, 3, 4, 4), torch.zeros(1, dtype=dtype))
+        assert empty.shape == (0, 3, 4, 4) and empty.dtype == dtype
     assert not pool._chunks and not pool._held
 
 
