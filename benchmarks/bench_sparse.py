@@ -4,13 +4,12 @@ A torchvision model (random weights, eval mode) on one 224x224 image on the CPU,
 grid, or SLIC superpixels with ``--mask slic``), the same feature_mask and
 perturbations_per_eval (K) for every method. Each repeat runs every method twice in a row,
 interleaved with the others, and times both calls: the first comes right after another method's
-(whose freed memory the system may have taken back: on a VM whose balloon reports free pages to
-its host, first touches of memory then fault on the host too), the second after its own, as when
-one method explains image after image. The table prints, for each, the method's median time and
-the median of each repeat's own ratio to FeatureAblation's call in the same position (paired,
-which a slow spell of a shared machine moves less). ``--memory`` also
-runs each method once in a fresh subprocess and prints its peak resident memory above the process's
-before the call (Linux ``VmHWM``, reset first).
+(on this project's machine a first touch of memory that another call freed is slow, see
+``--fresh-memory``), the second after its own, as when one method explains image after image.
+The table prints, for each, the method's median time and the median of each repeat's own ratio
+to FeatureAblation's call in the same position (paired, which a slow spell of a shared machine
+moves less). ``--memory`` also runs each method once in a fresh subprocess and prints its peak
+resident memory above the process's before the call (Linux ``VmHWM``, reset first).
 
 ``--fresh-memory`` also prints how long zeroing a GiB of fresh memory takes right after one call
 of each method, and right after another fresh GiB (what a call's first touch of memory costs on
