@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from ctc_plugin.ctc.boxes import MapBox, box_rows, input_boxes, union_box
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.rules import FOLD_ATTRIBUTE, GatedPass
-from ctc_plugin.ctc.workspace import OutputPool, RowRange, Workspace, row_parts, row_runs
+from ctc_plugin.ctc.workspace import OutputPool, RowRange, Workspace, row_parts
 
 #: The 2-d convolutions computed sparsely (``F.conv2d`` is ``torch.conv2d``).
 SPARSE_FUNCTIONS = (torch.conv2d,)
@@ -339,11 +339,11 @@ class SparseGatedPass(GatedPass):
         """
         parts = []
         copies = self.layout.copies
-        for start, stop, (row_start, row_stop) in row_runs(rows):
-            while start < stop:  # split where the example changes
-                end = min(stop, (start // copies + 1) * copies)
-                part = (slice(start, end), slice(None), slice(row_start, row_stop))
-                parts.append((part, start // copies))
+        for run, channels, map_rows in row_parts(rows):
+            start = run.start
+            while start < run.stop:  # split where the example changes
+                end = min(run.stop, (start // copies + 1) * copies)
+                parts.append(((slice(start, end), channels, map_rows), start // copies))
                 start = end
         return parts
 

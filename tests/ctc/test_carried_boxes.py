@@ -25,7 +25,7 @@ from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import make_sharing
 from ctc_plugin.ctc.speedups import DEFAULT
 
-from .test_sparse import grid
+from .test_sparse import assert_zero_outside, grid
 from .test_speedups import MODES, assert_same_as_spec
 
 #: The default speed-ups with every convolution sparse, and ``"none"`` through the pass of
@@ -237,10 +237,7 @@ def _assert_zero_outside_carried_boxes(ctc_pass, result: torch.Tensor) -> None:
     """``result`` carries boxes, and each row of it is exactly zero outside its box."""
     out_boxes = ctc_pass.boxes(result)
     assert out_boxes is not None
-    for row, (r0, r1, c0, c1) in enumerate(out_boxes):
-        outside = result[row].clone()
-        outside[:, r0:r1, c0:c1] = 0
-        assert not bool(outside.any()), f"row {row} is nonzero outside {(r0, r1, c0, c1)}"
+    assert_zero_outside(result, out_boxes)
 
 
 @settings(max_examples=80, deadline=None)
