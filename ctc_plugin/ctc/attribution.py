@@ -479,7 +479,10 @@ class CTC(Attribution):
     ) -> torch.Tensor:
         """One CTC pass over the batch ``copies`` builds; return the model's outputs."""
         gated = self._speedups.gated_pass(layout, self._sharing())
-        return self._forward(gated, copies(gated), extra)
+        try:
+            return self._forward(gated, copies(gated), extra)
+        finally:
+            gated.close()
 
     def _forward(self, gated: GatedPass, batch: tuple, extra: tuple) -> torch.Tensor:
         with torch.no_grad(), CTCMode(gated, self.forward_func):

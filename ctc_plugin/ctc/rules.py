@@ -241,6 +241,9 @@ class GatedPass:
                 "numpy does)"
             )
 
+    def close(self) -> None:
+        """Let go of what the pass keeps for its rules once its output is read (nothing here)."""
+
     # ------------------------------------------------------------------ linear operations
     def linear(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """An operation linear in the signal, applied as it is to all copies at once.

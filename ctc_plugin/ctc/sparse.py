@@ -33,8 +33,9 @@ crops, one per run of copies on their rows (`ConvCall.row_products`).
 Memory: the convolutions', BatchNorms', ReLUs' and max poolings' results are carved from memory
 the model has let go of ([`OutputPool`][ctc_plugin.ctc.workspace.OutputPool]), which also
 remembers which rows its last result may have made nonzero, so a result that is zero outside some
-rows clears only what may be nonzero there. The crops of a layer are convolved a few copies at a
-time.
+rows clears only what may be nonzero there. When the pass closes, its memory is kept for the next
+pass ([`SPARE_CHUNKS`][ctc_plugin.ctc.workspace.SPARE_CHUNKS]), which then writes pages it need
+not fault in again. The crops of a layer are convolved a few copies at a time.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ import torch.nn.functional as F
 from ctc_plugin.ctc.boxes import MapBox, box_rows, input_boxes, union_box
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.rules import FOLD_ATTRIBUTE, GatedPass
-from ctc_plugin.ctc.workspace import OutputPool, RowRange, Workspace, row_parts
+from ctc_plugin.ctc.workspace import SPARE_CHUNKS, OutputPool, RowRange, Workspace, row_parts
 
 #: The 2-d convolutions computed sparsely (``F.conv2d`` is ``torch.conv2d``).
 SPARSE_FUNCTIONS = (torch.conv2d,)
@@ -133,14 +134,22 @@ class SparseGatedPass(GatedPass):
             0.3 and 0.4 about 0.1 s slower per call, rows everywhere (0) 0.2 s slower.
         scratch: Memory for the crops, reused by every convolution of the pass.
         results: Memory for the convolutions', BatchNorms', ReLUs' and max poolings' results,
-            reused once the model no longer holds them.
+            reused once the model no longer holds them; it takes its chunks from
+            [`SPARE_CHUNKS`][ctc_plugin.ctc.workspace.SPARE_CHUNKS] and hands them back there
+            when the pass closes.
     """
 
     dense_above: float = 0.6
     size_steps: int = 8
     pointwise_dense_above: float = 0.5
     scratch: Workspace = field(default_factory=Workspace, repr=False)
-    results: OutputPool = field(default_factory=OutputPool, repr=False)
+    results: OutputPool = field(
+        default_factory=lambda: OutputPool(spares=SPARE_CHUNKS), repr=False
+    )
+
+    def close(self) -> None:
+        """Hand the results' memory that nothing uses any more to the next pass."""
+        self.results.close()
 
     # ------------------------------------------------------------------ carried boxes
     def tag(self, tensor: torch.Tensor, axis: int = 0) -> torch.Tensor:

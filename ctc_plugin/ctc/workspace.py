@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 __all__ = [
+    "SPARE_CHUNKS",
     "OutputPool",
     "RowRange",
+    "SpareChunks",
     "Workspace",
     "advise_huge_pages",
     "fresh_memory",
@@ -68,15 +70,15 @@ class Workspace:
 #: and then nothing is ever reused).
 _storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
 
-#: Linux's ``madvise`` advice for transparent huge pages and for giving pages back, and the size
-#: of a huge page.
-_MADV_HUGEPAGE, _MADV_DONTNEED, _HUGE_PAGE = 14, 4, 2 << 20
+#: Linux's ``madvise`` advice for transparent huge pages, for giving pages back and for letting
+#: the kernel take them back when it needs memory, and the size of a huge page.
+_MADV_HUGEPAGE, _MADV_DONTNEED, _MADV_FREE, _HUGE_PAGE = 14, 4, 8, 2 << 20
 
 #: Rows ``[first, stop)`` of one row of a (B, channels, H, W) result; empty where ``stop <= first``.
 RowRange = tuple[int, int]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Chunk:
     """A piece of fresh memory that an `OutputPool` carves its buffers from.
 
@@ -87,11 +89,14 @@ class _Chunk:
             chunk alive as long as anything uses it.
         resident: The stretches ``(start, stop)`` that have been touched and not given back,
             sorted and disjoint.
+        live_peak: The most bytes the results of the pools that used it had in use at once
+            (set when a pool hands it to `SpareChunks`).
     """
 
     memory: torch.Tensor
     array: np.ndarray
     resident: list[tuple[int, int]] = field(default_factory=list)
+    live_peak: int = 0
 
     @property
     def size(self) -> int:
@@ -133,6 +138,70 @@ class _Chunk:
     def resident_bytes(self) -> int:
         """How many of its bytes have been touched and not given back."""
         return sum(stop - start for start, stop in self.resident)
+
+    def free_lazily(self) -> bool:
+        """Let the kernel take the chunk's pages back whenever it needs memory.
+
+        Until it does, they are written again without page faults; once it has, they read as
+        zeros (Linux's ``MADV_FREE``: any page may hold its old bytes or zeros until written).
+        Returns whether the kernel took the advice (not where there is no ``madvise``).
+        """
+        madvise = _madvise()
+        if madvise is None:
+            return False
+        return madvise(self.memory.data_ptr(), self.size, _MADV_FREE) == 0
+
+
+class SpareChunks:
+    """Chunks of memory that finished passes left, kept for the next pass's `OutputPool`.
+
+    A pass's pool writes about its results' peak of memory (0.8 GiB for ResNet-50 at 224x224
+    with 66 copies); in fresh memory each page costs a fault on first touch, which on this
+    project's machine took longer than the pass's own convolutions on it. A pool that closes
+    hands its chunks here (those no result uses any more) and the next pool takes one instead
+    of fresh memory: the passes of one call (a batch, features in chunks) and calls image after
+    image write the same pages. While kept, a chunk's pages are the kernel's to take back
+    whenever it needs memory (`_Chunk.free_lazily`, Linux's ``MADV_FREE``): they still count in
+    the process's resident memory until it does (``LazyFree`` in ``/proc/<pid>/smaps_rollup``).
+    Where that advice is missing (not Linux), nothing is kept. `release` lets them go at once.
+
+    Attributes:
+        most: How many chunks are kept at most (the oldest go first): one per thread that runs
+            passes at the same time is enough.
+    """
+
+    def __init__(self, most: int = 2) -> None:
+        self.most = most
+        self._lock = threading.Lock()
+        self._chunks: list[_Chunk] = []
+
+    def take(self, nbytes: int) -> _Chunk | None:
+        """The smallest kept chunk of at least ``nbytes`` bytes (no longer kept), or ``None``."""
+        with self._lock:
+            fitting = [chunk for chunk in self._chunks if chunk.size >= nbytes]
+            if not fitting:
+                return None
+            chunk = min(fitting, key=lambda c: c.size)
+            self._chunks.remove(chunk)
+            return chunk
+
+    def keep(self, chunk: _Chunk) -> None:
+        """Keep ``chunk`` for a later pool, its pages lazily freed; drop it where they cannot be."""
+        if self.most <= 0 or not chunk.free_lazily():
+            return
+        with self._lock:
+            self._chunks.append(chunk)
+            del self._chunks[: max(0, len(self._chunks) - self.most)]
+
+    def release(self) -> None:
+        """Let every kept chunk go (its memory returns to the system once nothing uses it)."""
+        with self._lock:
+            self._chunks.clear()
+
+    def __len__(self) -> int:
+        """How many chunks are kept."""
+        with self._lock:
+            return len(self._chunks)
 
 
 @dataclass
@@ -206,18 +275,42 @@ class OutputPool:
     themselves), where torch's use count is missing and for empty results, each result gets
     memory of its own.
 
+    With ``spares``, a chunk is taken from those that earlier pools left there before fresh
+    memory is (it brings their most bytes in use at once, so what was resident stays), and
+    `close` hands the pool's chunks back.
+
     Attributes:
         slack: How much larger than a request a free buffer that serves it whole may be.
         give_back_unit: Stretches are given back in whole pages of this many bytes (a huge
             page: smaller pieces would split the huge pages that `fresh_memory` asks for).
+        spares: Where chunks come from before fresh memory and go when the pool closes
+            (``None``: every chunk is fresh and goes with the pool).
     """
 
-    def __init__(self, slack: float = 1.5, give_back_unit: int = _HUGE_PAGE) -> None:
+    def __init__(
+        self,
+        slack: float = 1.5,
+        give_back_unit: int = _HUGE_PAGE,
+        spares: SpareChunks | None = None,
+    ) -> None:
         self.slack = slack
         self.give_back_unit = give_back_unit
+        self.spares = spares
         self._chunks: list[_Chunk] = []
         self._held: list[_Buffer] = []
         self._live_peak = 0
+
+    def close(self) -> None:
+        """Let go of every chunk; hand those that no result uses any more to ``spares``.
+
+        A chunk that a result still uses (the model kept it) lives as long as that result.
+        """
+        used = {id(b.chunk) for b in self._held if not b.free()}
+        for chunk in self._chunks:
+            if self.spares is not None and id(chunk) not in used:
+                chunk.live_peak = max(chunk.live_peak, self._live_peak)
+                self.spares.keep(chunk)
+        self._chunks, self._held = [], []
 
     def empty(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """An uninitialised contiguous tensor of ``shape``, typed and placed like ``like``."""
@@ -308,17 +401,25 @@ class OutputPool:
         place = self._unused_stretch(length)
         if place is None:
             self._let_go_of_unused_chunks()
-            chunk_bytes = -(-(_CHUNK_ROOM * length) // _HUGE_PAGE) * _HUGE_PAGE
-            memory = fresh_memory(chunk_bytes + _HUGE_PAGE, like.device)
-            start = -memory.data_ptr() % _HUGE_PAGE  # whole huge pages from the chunk's start
-            memory = memory[start : start + chunk_bytes]
-            self._chunks.append(_Chunk(memory, memory.numpy()))
+            self._chunks.append(self._new_chunk(length))
             place = (self._chunks[-1], 0)
         buffer = self._carve(*place, length)
         out = _as_result(buffer.base, shape, like.dtype)
         self._note_live()
         self._stay_within_live_peak()
         return out, buffer
+
+    def _new_chunk(self, length: int) -> _Chunk:
+        """A chunk for a result of ``length`` bytes: a spare one, else fresh memory with room."""
+        spare = None if self.spares is None else self.spares.take(length)
+        if spare is not None:  # its pages may hold anything: every buffer carved is dirty
+            self._live_peak = max(self._live_peak, spare.live_peak)
+            return spare
+        chunk_bytes = -(-(_CHUNK_ROOM * length) // _HUGE_PAGE) * _HUGE_PAGE
+        memory = fresh_memory(chunk_bytes + _HUGE_PAGE, torch.device("cpu"))
+        start = -memory.data_ptr() % _HUGE_PAGE  # whole huge pages from the chunk's start
+        memory = memory[start : start + chunk_bytes]
+        return _Chunk(memory, memory.numpy())
 
     def _note_live(self) -> None:
         """Update the most bytes that results have used at one time."""
@@ -401,6 +502,11 @@ _ALIGNMENT = 64
 #: A fresh chunk has room for this many results of the request that needed it: untouched
 #: memory costs nothing, and room beside a result lets the next ones lie next to it.
 _CHUNK_ROOM = 4
+
+
+#: The chunks that the sparse passes' pools leave for the next pass (see `SpareChunks`);
+#: ``SPARE_CHUNKS.release()`` lets them go.
+SPARE_CHUNKS = SpareChunks()
 
 
 def _as_result(base: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Results are carved from chunks of memory that the pool keeps, reused once nothing else holds
 them, given back to the system where the pool would hold more than its results ever used at
-once, and cleared only where they may be nonzero.
+once, and cleared only where they may be nonzero. A closed pool leaves the chunks no result uses
+to the next pool (``SpareChunks``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ctc_plugin.ctc.workspace import OutputPool, advise_huge_pages, fresh_memory, row_runs
+from ctc_plugin.ctc.workspace import (
+    OutputPool,
+    SpareChunks,
+    advise_huge_pages,
+    fresh_memory,
+    row_runs,
+)
 
 #: One MiB, in float32 values.
 MIB = 1 << 18
+
+#: Spare chunks are kept only where the kernel can take their pages back (Linux's MADV_FREE).
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="spare chunks are kept on Linux"
+)
 
 
 def test_the_pool_reuses_memory_only_when_nothing_else_holds_it():
@@ -98,6 +110,75 @@ def test_the_pool_holds_no_more_resident_memory_than_its_results_used_at_once():
     assert not chunk.array[: 8 << 20].any()  # given back: zeros
     assert bool((b == 2.0).all()) and bool((c == 3.0).all())
     assert all(buffer.offset >= 8 << 20 for buffer in pool._held)  # a's buffer is given up
+
+
+@linux_only
+def test_a_closed_pool_leaves_its_chunk_to_the_next_which_clears_what_it_promises():
+    """The next pool writes the same memory, which holds the last pool's values (or zeros,
+    where the kernel took a page back): it knows nothing of them and clears all it promises."""
+    spares = SpareChunks()
+    like = torch.zeros(1)
+    first_pool = OutputPool(spares=spares)
+    old = first_pool.zeros_outside((2, 3, 8, 8), like, [(0, 8), (0, 8)])
+    old.fill_(7.0)
+    first_pool.record(old, [(0, 1), (0, 1)])  # a false record: the next pool must not use it
+    pointer = old.data_ptr()
+    del old
+    first_pool.close()
+    assert len(spares) == 1 and not first_pool._chunks
+    pool = OutputPool(spares=spares)
+    again = pool.zeros((2, 3, 8, 8), like)
+    assert again.data_ptr() == pointer and len(spares) == 0
+    assert not bool(again.any())
+    del again
+    outside = pool.zeros_outside((2, 3, 8, 8), like, [(2, 4), (0, 0)])
+    inside = torch.zeros(2, 3, 8, 8, dtype=torch.bool)
+    inside[0, :, 2:4] = True
+    assert not bool(outside[~inside].any())
+
+
+def test_a_chunk_that_a_result_still_uses_is_not_left_to_the_next_pool():
+    spares = SpareChunks()
+    pool = OutputPool(spares=spares)
+    kept = pool.empty((4, 64), torch.zeros(1)).fill_(3.0)
+    pool.close()
+    assert len(spares) == 0 and not pool._chunks and not pool._held
+    taken = OutputPool(spares=spares).empty((4, 64), torch.zeros(1)).fill_(5.0)
+    assert taken.data_ptr() != kept.data_ptr() and bool((kept == 3.0).all())
+
+
+@linux_only
+def test_spares_keep_the_newest_chunks_and_hand_out_the_smallest_that_fits():
+    spares = SpareChunks(most=2)
+    like = torch.zeros(1)
+    pools = [OutputPool(spares=spares) for _ in range(3)]
+    for pool, numel in zip(pools, (MIB, 2 * MIB, 3 * MIB)):  # 4, 8 and 12 MiB chunks
+        pool.empty((numel,), like)
+    sizes = [pool._chunks[0].size for pool in pools]
+    for pool in pools:  # three passes at once (threads) close
+        pool.close()
+    assert len(spares) == 2  # the oldest, smallest chunk went
+    assert spares.take(1 << 20).size == sizes[1]
+    assert spares.take(sizes[2] + 1) is None and len(spares) == 1
+    spares.release()
+    assert len(spares) == 0
+    assert SpareChunks(most=0).take(1) is None
+
+
+@linux_only
+def test_a_pool_on_a_spare_chunk_keeps_what_the_last_pool_had_resident():
+    """The last pool's results used 20 MiB at once: the next pool, on its chunk, does not give
+    back memory for its first, smaller result (it would touch it again right after)."""
+    spares = SpareChunks()
+    like = torch.zeros(1)
+    first_pool = OutputPool(spares=spares, give_back_unit=4096)
+    a, b = first_pool.empty((8 * MIB,), like), first_pool.empty((8 * MIB,), like)
+    (chunk,) = first_pool._chunks
+    del a, b
+    first_pool.close()
+    pool = OutputPool(spares=spares, give_back_unit=4096)
+    pool.empty((4 * MIB,), like)
+    assert pool._chunks == [chunk] and chunk.resident_bytes() == 16 << 20
 
 
 def test_results_on_other_devices_and_empty_ones_get_memory_of_their_own():
@@ -194,7 +275,8 @@ def _pool_steps(draw):
             first = draw(st.integers(0, shape[2]))
             rows.append((first, draw(st.integers(first, shape[2]))))
         record = draw(st.sampled_from(["record", "record, then write outside", "no record"]))
-        steps.append((shape, kind, rows, record, draw(st.booleans())))
+        close = draw(st.integers(0, 5)) == 0  # then a new pool on the chunks it leaves
+        steps.append((shape, kind, rows, record, draw(st.booleans()), close))
     return steps
 
 
@@ -205,11 +287,13 @@ def test_zero_results_are_zero_where_promised_whatever_came_before(steps):
     ``zeros`` is zero everywhere and ``zeros_outside`` is zero outside its rows. Each caller
     writes nonzero values on its rows (``empty``: everywhere), records them (or writes outside
     them afterwards, through the result: a tracked write), and keeps its result or lets it go.
-    Carving, memory given back to the system and fresh chunks all happen along the way."""
-    pool = OutputPool(slack=1.5, give_back_unit=4096)
+    Carving, memory given back to the system and fresh chunks all happen along the way, and
+    now and then the pool closes and a new one takes the chunks it leaves."""
+    spares = SpareChunks()
+    pool = OutputPool(slack=1.5, give_back_unit=4096, spares=spares)
     like = torch.zeros(1)
     kept = []
-    for shape, kind, rows, record, keep in steps:
+    for shape, kind, rows, record, keep, close in steps:
         if kind == "empty":
             out = pool.empty(shape, like)
             out.fill_(7.0)
@@ -231,6 +315,10 @@ def test_zero_results_are_zero_where_promised_whatever_came_before(steps):
             out.view(-1)[-1] = 9.0
         if keep:
             kept.append((out, out.clone()))
+        if close:
+            del out
+            pool.close()
+            pool = OutputPool(slack=1.5, give_back_unit=4096, spares=spares)
     for held, when_made in kept:
         assert torch.equal(held, when_made), "a result still held was overwritten"
 

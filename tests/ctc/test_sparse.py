@@ -9,6 +9,7 @@ the zoo families are in ``test_speedups.py`` (``SPARSE``).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 
 import pytest
@@ -301,3 +302,33 @@ def test_pointwise_convolutions_above_the_threshold_are_products_on_each_copys_r
         actual.fill_(3.0)  # what the next call finds in the memory (not recorded)
         del actual
     assert len(calls) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="spare chunks are kept on Linux")
+def test_each_pass_writes_the_memory_the_last_pass_left_and_stays_exact(monkeypatch):
+    """Features in chunks of two: four passes in a call, and two calls. Only the first pass
+    takes fresh memory for its results; the others write what the one before left (holding
+    its values), and every score is the spec's."""
+    from ctc_plugin.ctc import workspace
+
+    fresh = []
+
+    def counted_fresh_memory(nbytes, device):
+        fresh.append(nbytes)
+        return workspace_fresh_memory(nbytes, device)
+
+    workspace_fresh_memory = workspace.fresh_memory
+    monkeypatch.setattr(workspace, "fresh_memory", counted_fresh_memory)
+    workspace.SPARE_CHUNKS.release()
+    torch.manual_seed(3)
+    model = _RandomCNN([(3, 1, 1, 1), (3, 2, 1, 1), (3, 1, 1, 1)], "max").eval().double()
+    speedups = replace(DEFAULT, sparse_dense_above=1.0)
+    for seed in (0, 1):
+        x = torch.rand(
+            1, 3, 24, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
+        )
+        assert_same_as_spec(
+            model, x, sam_like_mask(24, seed), 1, "reference", speedups, perturbations_per_eval=2
+        )
+        assert len(workspace.SPARE_CHUNKS) == 1
+    assert len(fresh) == 1
