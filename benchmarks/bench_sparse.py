@@ -15,13 +15,18 @@ resident memory above the process's before the call (Linux ``VmHWM``, reset firs
 of each method, and right after another fresh GiB (what a call's first touch of memory costs on
 this machine, which the two columns of the table differ by).
 
+``--spare-chunks N`` keeps at most N chunks of the sparse passes' result memory for the next
+pass (``SPARE_CHUNKS.most``; 2 by default, 0 takes fresh memory for every pass, as before they
+were kept).
+
 ``--parts MODE`` also prints where one sparse call of that bias-sharing mode spends its time, by
 rule of the pass (convolutions, BatchNorm with the sharing it calls, the sharing alone, ReLU,
 residual sums). ``--quick`` (passed by ``benchmarks/run_all.py --quick``): ResNet-18 at 112x112,
 16 features, one repeat.
 
 Run: ``nice python benchmarks/bench_sparse.py --model resnet50 --features 64 --mask grid
-[--repeats 3] [--threads 1] [--memory] [--fresh-memory] [--parts reference] [--quick]``
+[--repeats 3] [--threads 1] [--memory] [--fresh-memory] [--spare-chunks 2] [--parts reference]
+[--quick]``
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from ctc_plugin import CTC
 from ctc_plugin.ctc import sparse as sparse_module
 from ctc_plugin.ctc.sparse import SparseGatedPass
 from ctc_plugin.ctc.speedups import DEFAULT
-from ctc_plugin.ctc.workspace import fresh_memory
+from ctc_plugin.ctc.workspace import SPARE_CHUNKS, fresh_memory
 
 MODES = ("proportional", "reference")
 
@@ -123,12 +128,16 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="peak RSS per method")
     parser.add_argument("--parts", choices=MODES, help="time one sparse call by rule")
     parser.add_argument("--fresh-memory", action="store_true", help="time zeroing a fresh GiB")
+    parser.add_argument(
+        "--spare-chunks", type=int, default=SPARE_CHUNKS.most, help="memory kept between passes"
+    )
     parser.add_argument("--quick", action="store_true", help="ResNet-18, 112x112, K=16, 1 repeat")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one method, for --memory
     args = parser.parse_args()
     if args.quick:
         args.model, args.size, args.features, args.repeats = "resnet18", 112, 16, 1
     torch.set_num_threads(args.threads)
+    SPARE_CHUNKS.most = args.spare_chunks
     model, x, mask, target, k = setup(args)
     runs = methods(model, x, mask, target, k)
     if args.only is not None:  # the call's peak resident memory above the process's, in KiB
@@ -151,7 +160,7 @@ def main() -> None:
                 times[position][name].append(time.perf_counter() - start)
     print(
         f"{args.model} {args.size}x{args.size}, {args.mask} mask, K = {k}, "
-        f"{args.threads} thread(s), {args.repeats} repeats"
+        f"{args.threads} thread(s), {args.repeats} repeats, {args.spare_chunks} spare chunks"
     )
     print(f"{'':30s} {'after another method':>26s} {'in a row':>26s}")
     print(f"{'method':30s}" + f" {'median s':>9s} {'/ FA (paired)':>16s}" * 2, end="")

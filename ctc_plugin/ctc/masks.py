@@ -136,18 +136,38 @@ def masked_copies(
 
     Order per example: the input itself (gate copy), ``x - baseline`` (reference full copy,
     optional), ``(x - baseline)`` restricted to each feature of ``chunk_ids``, the baseline
-    (when ``baseline_copy``).
+    (when ``baseline_copy``). Computed without autograd (the copies' pass runs without it), so
+    inputs that require gradients are taken as they are.
     """
+    with torch.no_grad():
+        return _masked_copies(x, baseline, mask, chunk_ids, reference_full, baseline_copy)
+
+
+def _masked_copies(
+    x: torch.Tensor,
+    baseline: torch.Tensor | None,
+    mask: torch.Tensor,
+    chunk_ids: torch.Tensor,
+    reference_full: bool,
+    baseline_copy: bool,
+) -> torch.Tensor:
+    """`masked_copies`, written into one tensor."""
     difference = x if baseline is None else x - baseline
     mask = mask.expand(x.shape)
     selection = mask.unsqueeze(1) == chunk_ids.view(1, -1, *([1] * (x.dim() - 1)))
-    parts = [x.unsqueeze(1)]
+    baseline_copy = baseline_copy and baseline is not None
+    first = 1 + int(reference_full)  # the first feature copy
+    copies = first + len(chunk_ids) + int(baseline_copy)
+    dtype = torch.result_type(difference, selection)
+    out = torch.empty(x.shape[0], copies, *x.shape[1:], dtype=dtype, device=x.device)
+    out[:, 0] = x
     if reference_full:
-        parts.append(difference.unsqueeze(1))
-    parts.append(difference.unsqueeze(1) * selection)
-    if baseline_copy and baseline is not None:
-        parts.append(baseline.expand(x.shape).unsqueeze(1))
-    return torch.cat(parts, dim=1).flatten(0, 1)
+        out[:, 1] = difference
+    # the feature copies are written in place: no (N, K, ...) product beside the result
+    torch.mul(difference.unsqueeze(1), selection, out=out[:, first : first + len(chunk_ids)])
+    if baseline_copy:
+        out[:, -1] = baseline.expand(x.shape)
+    return out.flatten(0, 1)
 
 
 def spread_scores(

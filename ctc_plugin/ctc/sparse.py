@@ -41,7 +41,7 @@ not fault in again. The crops of a layer are convolved a few copies at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,9 +143,7 @@ class SparseGatedPass(GatedPass):
     size_steps: int = 8
     pointwise_dense_above: float = 0.5
     scratch: Workspace = field(default_factory=Workspace, repr=False)
-    results: OutputPool = field(
-        default_factory=lambda: OutputPool(spares=SPARE_CHUNKS), repr=False
-    )
+    results: OutputPool = field(default_factory=lambda: OutputPool(spares=SPARE_CHUNKS), repr=False)
 
     def close(self) -> None:
         """Hand the results' memory that nothing uses any more to the next pass."""
@@ -594,11 +592,17 @@ def sparse_conv2d(
     shape = (batch, call.weight.shape[0], out_rows, out_cols)
     out = x.new_zeros(shape) if results is None else results.zeros(shape, x)
     for (rows, cols), members in groups.items():
-        if rows == out_rows and cols == out_cols:  # whole maps: no crop needed
-            index = torch.tensor([m[0] for m in members])
-            out[index] = F.conv2d(
-                x[index], call.weight, None, call.stride, call.padding, call.dilation, call.groups
-            )
+        if rows == out_rows and cols == out_cols:  # whole maps: no crop, runs of copies as views
+            for first, stop in _runs(m[0] for m in members):
+                out[first:stop] = F.conv2d(
+                    x[first:stop],
+                    call.weight,
+                    None,
+                    call.stride,
+                    call.padding,
+                    call.dilation,
+                    call.groups,
+                )
             continue
         # a few copies at a time: the crops and their products stay small (memory, caches)
         per_crop = x.shape[1] * _input_extent(call, 0, rows) * _input_extent(call, 1, cols)
@@ -609,6 +613,17 @@ def sparse_conv2d(
             for slot, (copy, r0, c0) in enumerate(chunk):
                 out[copy, :, r0 : r0 + rows, c0 : c0 + cols] = result[slot]
     return out, out_boxes
+
+
+def _runs(indices: Iterable[int]) -> list[tuple[int, int]]:
+    """Increasing ``indices`` as runs ``[first, stop)`` of consecutive ones."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], index + 1)
+        else:
+            runs.append((index, index + 1))
+    return runs
 
 
 def _convolve_crops(call: ConvCall, crops: torch.Tensor, scratch: Workspace) -> torch.Tensor:

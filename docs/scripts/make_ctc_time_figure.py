@@ -5,7 +5,7 @@ feature_mask and perturbations_per_eval (K) for every method, one thread on the 
 against K (16, 64, 256) at 224x224; right: time against the image size (112, 224, 448) at
 K = 64. CTC ``"none"`` (gradient shortcut), ``"proportional"`` and ``"reference"``, dense and
 with sparse copies, against Captum's FeatureAblation; each point is the median of ``REPEATS``
-interleaved calls (one, after a warm-up). The grid is kept this small (three values of K, three
+interleaved calls (after a warm-up). The grid is kept this small (three values of K, three
 sizes, ResNet-18 rather than ResNet-50) so that the script runs in under 15 minutes on a
 shared 2-core machine.
 
@@ -34,7 +34,7 @@ from ctc_plugin.ctc.speedups import DEFAULT  # noqa: E402
 OUT = Path(__file__).resolve().parents[1] / "img" / "ctc-time-vs-k.png"
 FEATURES = (16, 64, 256)
 SIZES = (112, 224, 448)
-REPEATS = 1
+REPEATS = 3
 
 
 def grid_mask(size: int, features: int) -> torch.Tensor:

@@ -74,6 +74,21 @@ def test_noise_tunnel_hands_ctc_its_keywords(model, nt_type, per_example_mask):
     torch.testing.assert_close(smoothed, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["reference", "proportional", "none"])
+def test_inputs_that_require_gradients_give_the_same_attributions(model, mode):
+    """Captum code often hands over inputs with ``requires_grad=True``: the copies are built
+    from their values, with a baseline copy and a reference full copy where the mode has them."""
+    x = torch.rand(2, 3, 8, 8)
+    mask = random_partition(8, 8, 4, seed=4)
+    ctc = CTC(model, bias_sharing=mode)
+    plain = ctc.attribute(x, [1, 2], feature_mask=mask, baselines=0.1)
+    leaf = x.clone().requires_grad_(True)
+    torch.testing.assert_close(
+        ctc.attribute(leaf, [1, 2], feature_mask=mask, baselines=0.1).detach(), plain
+    )
+    assert leaf.grad is None
+
+
 @pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 def test_captum_metrics_run_on_pixel_level_ctc(model):
     x = torch.rand(2, 3, 8, 8)
