@@ -124,6 +124,7 @@ def prepare_features(
     return FeatureSet(masks=tuple(checked), ids=ids, presence=presence)
 
 
+@torch.no_grad()
 def masked_copies(
     x: torch.Tensor,
     baseline: torch.Tensor | None,
@@ -139,19 +140,6 @@ def masked_copies(
     (when ``baseline_copy``). Computed without autograd (the copies' pass runs without it), so
     inputs that require gradients are taken as they are.
     """
-    with torch.no_grad():
-        return _masked_copies(x, baseline, mask, chunk_ids, reference_full, baseline_copy)
-
-
-def _masked_copies(
-    x: torch.Tensor,
-    baseline: torch.Tensor | None,
-    mask: torch.Tensor,
-    chunk_ids: torch.Tensor,
-    reference_full: bool,
-    baseline_copy: bool,
-) -> torch.Tensor:
-    """`masked_copies`, written into one tensor."""
     difference = x if baseline is None else x - baseline
     mask = mask.expand(x.shape)
     selection = mask.unsqueeze(1) == chunk_ids.view(1, -1, *([1] * (x.dim() - 1)))
