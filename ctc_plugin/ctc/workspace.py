@@ -6,6 +6,7 @@ import ctypes
 import functools
 import itertools
 import math
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -197,6 +198,15 @@ class SpareChunks:
         """Let every kept chunk go (its memory returns to the system once nothing uses it)."""
         with self._lock:
             self._chunks.clear()
+
+    def forget_in_child(self) -> None:
+        """In a process just forked: keep nothing, with a new lock.
+
+        Another thread of the parent may have held the lock at the fork, and the kept pages
+        are the parent's, shared copy-on-write.
+        """
+        self._lock = threading.Lock()
+        self._chunks = []
 
     def __len__(self) -> int:
         """How many chunks are kept."""
@@ -507,6 +517,8 @@ _CHUNK_ROOM = 4
 #: The chunks that the sparse passes' pools leave for the next pass (see `SpareChunks`);
 #: ``SPARE_CHUNKS.release()`` lets them go.
 SPARE_CHUNKS = SpareChunks()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=SPARE_CHUNKS.forget_in_child)
 
 
 def _as_result(base: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -8,6 +8,7 @@ to the next pool (``SpareChunks``).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctc_plugin.ctc.workspace import (
+    SPARE_CHUNKS,
     OutputPool,
     SpareChunks,
     advise_huge_pages,
@@ -179,6 +181,24 @@ def test_a_pool_on_a_spare_chunk_keeps_what_the_last_pool_had_resident():
     pool = OutputPool(spares=spares, give_back_unit=4096)
     pool.empty((4 * MIB,), like)
     assert pool._chunks == [chunk] and chunk.resident_bytes() == 16 << 20
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_keeps_no_spare_chunks_and_is_not_blocked_by_the_parents_lock():
+    """The parent holds the lock at the fork (as another of its threads might): the child
+    starts with nothing kept and a lock of its own."""
+    pool = OutputPool(spares=SPARE_CHUNKS)
+    pool.empty((1024,), torch.zeros(1))
+    pool.close()
+    kept = len(SPARE_CHUNKS)
+    with SPARE_CHUNKS._lock:
+        child = os.fork()
+        if child == 0:  # the child: exit status 0 only with a free lock and nothing kept
+            free = SPARE_CHUNKS._lock.acquire(blocking=False)
+            os._exit(0 if free and not SPARE_CHUNKS._chunks else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(SPARE_CHUNKS) == kept  # the parent's are untouched
 
 
 def test_results_on_other_devices_and_empty_ones_get_memory_of_their_own():
