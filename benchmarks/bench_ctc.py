@@ -164,7 +164,7 @@ def main() -> None:
     if args.profile:
         with torch.profiler.profile() as profile:
             runs[f"CTC {args.profile}"]()
-        print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
 
 
 if __name__ == "__main__":
