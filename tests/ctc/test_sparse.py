@@ -332,3 +332,28 @@ def test_each_pass_writes_the_memory_the_last_pass_left_and_stays_exact(monkeypa
         )
         assert len(workspace.SPARE_CHUNKS) == 1
     assert len(fresh) == 1
+
+
+class _FailsAfterAConvolution(nn.Module):
+    """A convolution, BatchNorm and ReLU (results in the pass's memory), then an error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.relu(self.body(x))
+        raise RuntimeError("the model failed")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="spare chunks are kept on Linux")
+def test_a_pass_that_raises_still_leaves_its_memory_to_the_next():
+    from ctc_plugin import CTC
+    from ctc_plugin.ctc import workspace
+
+    workspace.SPARE_CHUNKS.release()
+    ctc = CTC(_FailsAfterAConvolution().eval())
+    ctc._speedups = replace(DEFAULT, sparse_dense_above=1.0)
+    with pytest.raises(RuntimeError, match="the model failed"):
+        ctc.attribute(torch.rand(1, 3, 16, 16), target=0, feature_mask=grid(16, 2))
+    assert len(workspace.SPARE_CHUNKS) == 1
