@@ -388,10 +388,10 @@ class ConvCall:
             return False
         return self.output_size(0) * self.output_size(1) >= MATRIX_PRODUCT_POSITIONS
 
-    def dense(self) -> torch.Tensor:
-        """The convolution of the whole input, as the spec computes it."""
+    def dense(self, copies: slice = slice(None)) -> torch.Tensor:
+        """The convolution of the whole input (of its rows ``copies``), as the spec computes it."""
         return F.conv2d(
-            self.x, self.weight, None, self.stride, self.padding, self.dilation, self.groups
+            self.x[copies], self.weight, None, self.stride, self.padding, self.dilation, self.groups
         )
 
     def pointwise_input(self, scratch: Workspace | None = None) -> torch.Tensor:
@@ -594,15 +594,7 @@ def sparse_conv2d(
     for (rows, cols), members in groups.items():
         if rows == out_rows and cols == out_cols:  # whole maps: no crop, runs of copies as views
             for first, stop in _runs(m[0] for m in members):
-                out[first:stop] = F.conv2d(
-                    x[first:stop],
-                    call.weight,
-                    None,
-                    call.stride,
-                    call.padding,
-                    call.dilation,
-                    call.groups,
-                )
+                out[first:stop] = call.dense(slice(first, stop))
             continue
         # a few copies at a time: the crops and their products stay small (memory, caches)
         per_crop = x.shape[1] * _input_extent(call, 0, rows) * _input_extent(call, 1, cols)

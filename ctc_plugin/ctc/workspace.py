@@ -315,7 +315,7 @@ class OutputPool:
 
         A chunk that a result still uses (the model kept it) lives as long as that result.
         """
-        used = {id(b.chunk) for b in self._held if not b.free()}
+        used = self._chunks_in_use()
         for chunk in self._chunks:
             if self.spares is not None and id(chunk) not in used:
                 chunk.live_peak = max(chunk.live_peak, self._live_peak)
@@ -501,9 +501,13 @@ class OutputPool:
 
     def _let_go_of_unused_chunks(self) -> None:
         """Drop the chunks that no result uses (with their free buffers)."""
-        used = {id(b.chunk) for b in self._held if not b.free()}
+        used = self._chunks_in_use()
         self._chunks = [chunk for chunk in self._chunks if id(chunk) in used]
         self._held = [b for b in self._held if id(b.chunk) in used]
+
+    def _chunks_in_use(self) -> set[int]:
+        """The ``id`` of each chunk that a result still uses."""
+        return {id(b.chunk) for b in self._held if not b.free()}
 
 
 #: Buffers start at multiples of this many bytes of their chunk (a cache line).

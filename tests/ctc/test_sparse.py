@@ -9,7 +9,6 @@ the zoo families are in ``test_speedups.py`` (``SPARSE``).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 
 import pytest
@@ -25,6 +24,7 @@ from ctc_plugin.ctc.sparse import ConvCall, sparse_conv2d
 from ctc_plugin.ctc.speedups import DEFAULT, SPEC, Speedups
 from ctc_plugin.ctc.workspace import OutputPool
 
+from .test_output_pool import linux_only
 from .test_speedups import MODES, assert_same_as_spec
 
 
@@ -304,9 +304,9 @@ def test_pointwise_convolutions_above_the_threshold_are_products_on_each_copys_r
     assert len(calls) == 2
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="spare chunks are kept on Linux")
+@linux_only
 def test_each_pass_writes_the_memory_the_last_pass_left_and_stays_exact(monkeypatch):
-    """Features in chunks of two: four passes in a call, and two calls. Only the first pass
+    """Nine features in chunks of two: five passes in a call, and two calls. Only the first pass
     takes fresh memory for its results; the others write what the one before left (holding
     its values), and every score is the spec's."""
     from ctc_plugin.ctc import workspace
@@ -346,7 +346,7 @@ class _FailsAfterAConvolution(nn.Module):
         raise RuntimeError("the model failed")
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="spare chunks are kept on Linux")
+@linux_only
 def test_a_pass_that_raises_still_leaves_its_memory_to_the_next():
     from ctc_plugin import CTC
     from ctc_plugin.ctc import workspace
