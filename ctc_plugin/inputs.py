@@ -23,8 +23,9 @@ Targets are checked by [`ctc_plugin.targets`][ctc_plugin.targets].
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.concurrency import model_of
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["TrainingModeError", "check_eval_mode", "check_images", "check_inputs"]
 
@@ -80,7 +83,10 @@ def check_inputs(
         context: Appended to the image-shape message (what the method needs images for).
 
     Returns:
-        The inputs as a tuple of tensors (a 1-tuple for a single tensor).
+        The inputs as a tuple of tensors (a 1-tuple for a single tensor). An inference tensor
+        (made under ``torch.inference_mode()``) comes back as an ordinary copy, which autograd
+        and in-place writes accept, when this runs with inference mode off (the methods run
+        under [`outside_inference_mode`][ctc_plugin.inputs.outside_inference_mode]).
 
     Raises:
         TypeError: Not a tensor (nor, with ``tuples``, a tuple); the message says how to convert.
@@ -125,7 +131,25 @@ def check_inputs(
     if finite:
         for label, x in zip(names, members):
             _check_finite(x, label)
-    return members
+    return tuple(x.clone() if x.is_inference() else x for x in members)
+
+
+def outside_inference_mode(method: F) -> F:
+    """Decorate an attribution method to run with ``torch.inference_mode`` off.
+
+    Inside ``torch.inference_mode()`` every new tensor is an inference tensor, which has no
+    version counter and cannot enter autograd: the gradients of Integrative CAM and of CTC's
+    ``"none"`` shortcut, and the memory reuse of CTC's pass, would fail. Turning the mode off
+    for the call (with its inputs copied by `check_inputs`) lets a method run in code that
+    serves a model under inference mode; its results are ordinary tensors.
+    """
+
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(False):
+            return method(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 def check_images(

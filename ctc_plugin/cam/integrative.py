@@ -8,7 +8,7 @@ choices and their reasons are listed in ``docs/integrative-cam-decisions.md``. F
     B_l = sign(phi'(S)) sum_c b_c dS/dZ_c      the FullGrad bias map (see bias.py)
     c   = |sum(g * A) - sum(B_l)| / |sum(sum_k w_k A_k)|   both terms in score units (calibrate)
     M   = minmax( sum_l s_l Up(minmax(L_l)) / sum_l s_l )
-    s_l = mean(ReLU(g) * A)   ("adaptive")   or 1   ("uniform")
+    s_l = mean(ReLU(g * A))   ("adaptive")   or 1   ("uniform")
 
 One forward and one backward pass serve every stage: each stage's map is computed inside a
 gradient hook the moment its gradient arrives, added to a running sum, and its tensors released,
@@ -34,7 +34,7 @@ from ctc_plugin.cam.fusion import RunningFusion, minmax
 from ctc_plugin.cam.layers import Stage, StageTracer, module_names
 from ctc_plugin.cam.transformers import Reshape, transformer_stages
 from ctc_plugin.concurrency import CallScope, holds_model
-from ctc_plugin.inputs import check_eval_mode, check_inputs
+from ctc_plugin.inputs import check_eval_mode, check_inputs, outside_inference_mode
 from ctc_plugin.targets import TargetType as Target
 from ctc_plugin.targets import check_target
 from ctc_plugin.targets import target_scores as select_scores
@@ -45,11 +45,35 @@ TensorOrTuple = Tensor | tuple[Tensor, ...]
 
 
 def adaptive_layer_score(grad: Tensor, act: Tensor) -> Tensor:
-    """The default layer score: ``mean over (C, H, W) of ReLU(grad) * act``, shape (N,).
+    """The default layer score: ``mean over (C, H, W) of ReLU(grad * act)``, shape (N,).
 
-    It is large for layers whose units are both active and pushing the target score up.
+    It is large for layers whose units push the target score up (gradient times activation,
+    each unit's first-order share of the score, where it is positive). On a stage that ends in
+    a ReLU (``act >= 0``) it is ``mean(ReLU(grad) * act)``: units both active and pushing the
+    score up. It is never negative, also on stages whose activations can be (a transformer's
+    tokens, a BatchNorm output before SiLU).
     """
-    return _dot(torch.relu(grad), act) / act[0].numel()
+    return (grad * act).clamp_min_(0).sum(dim=tuple(range(1, act.dim()))) / act[0].numel()
+
+
+def check_layer_score(score: Tensor, stage: str, examples: int) -> None:
+    """Refuse what a ``layer_weights`` callable returned unless it is ``examples`` scores >= 0.
+
+    The fused map is a weighted mean of the stage maps: a negative weight would subtract a
+    stage, a NaN would spread over the whole map.
+    """
+    if score.numel() != examples:
+        raise ValueError(
+            f"layer_weights returned {score.numel()} values for stage {stage!r}; it must "
+            f"return one score per example ({examples})"
+        )
+    bad = ~torch.isfinite(score) | (score < 0)
+    if bool(bad.any()):
+        raise ValueError(
+            f"layer_weights returned {score[bad].tolist()} for stage {stage!r}; layer scores "
+            "must be finite and non-negative (they weight a mean of the stage maps): clamp "
+            "them, e.g. score(grad, act).clamp_min(0)"
+        )
 
 
 def calibrate(channel_map: Tensor, contribution: Tensor) -> Tensor:
@@ -220,6 +244,7 @@ class IntegrativeCAM(Attribution):
 
     @log_usage()
     @holds_model()
+    @outside_inference_mode
     def attribute(
         self,
         inputs: TensorOrTuple,
@@ -396,11 +421,15 @@ class _Run:
         grad = stage.shaped(grad)
         with torch.no_grad():
             positive, score = None, None
-            if self.score is adaptive_layer_score and terms.all_positive:
-                positive = torch.relu(grad)  # shared by the score and the alpha numerator
+            if self.score is adaptive_layer_score and terms.all_positive and stage.relu:
+                # act >= 0 after the ReLU: ReLU(g * A) = ReLU(g) * A, and ReLU(g) is shared
+                # by the score and the alpha numerator
+                positive = torch.relu(grad)
                 score = _dot(positive, act) / act[0].numel()
             elif self.score is not None:
                 score = self.score(grad, act).reshape(-1)
+                if self.score is not adaptive_layer_score:
+                    check_layer_score(score, stage.name, act.shape[0])
             weights = channel_weights(grad, act, terms, positive)
             cam = torch.einsum("nc,nchw->nhw", weights, act)
             if self.cam.bias and stage.bias is not None:

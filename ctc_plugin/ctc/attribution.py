@@ -26,7 +26,7 @@ from ctc_plugin.ctc.masks import (
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharing, BiasSharingMode, check_mode
 from ctc_plugin.ctc.speedups import DEFAULT, Speedups
-from ctc_plugin.inputs import check_eval_mode, check_inputs
+from ctc_plugin.inputs import check_eval_mode, check_inputs, outside_inference_mode
 from ctc_plugin.targets import (
     TargetType,
     example_targets,
@@ -188,6 +188,7 @@ class CTC(Attribution):
 
     @log_usage()
     @holds_model()
+    @outside_inference_mode
     def attribute(
         self,
         inputs: TensorOrTuple,

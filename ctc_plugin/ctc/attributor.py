@@ -29,7 +29,7 @@ from ctc_plugin.ctc.composite import (
     hooked_pass,
 )
 from ctc_plugin.ctc.rules import GatedPass
-from ctc_plugin.inputs import check_eval_mode, check_inputs
+from ctc_plugin.inputs import check_eval_mode, check_inputs, outside_inference_mode
 
 AttrOutput = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
@@ -129,6 +129,7 @@ class CTCAttributor(Attributor):
         self.baselines = baselines
         self.functional = functional
 
+    @outside_inference_mode
     def __call__(
         self,
         input: torch.Tensor,

@@ -80,22 +80,38 @@ def resolve_baseline(baseline: Baseline, images: Tensor) -> Tensor:
 
 
 def _ranks(relevance: Tensor, descending: bool, generator: torch.Generator) -> Tensor:
-    """Rank of each entry (0 = first to move); ties are broken at random."""
+    """Rank of each entry (0 = first to move); ties are broken at random.
+
+    The least-relevant-first order is the most-relevant-first one reversed, tie-breaking
+    included, so LeRF deletion keeps exactly what MoRF insertion reveals (with the same seed).
+    """
     shuffle = torch.randperm(relevance.numel(), generator=generator)
-    order = torch.sort(relevance[shuffle], descending=descending, stable=True).indices
+    order = torch.sort(relevance[shuffle], descending=True, stable=True).indices
     ranks = torch.empty_like(order)
     ranks[shuffle[order]] = torch.arange(order.numel())
-    return ranks
+    return ranks if descending else order.numel() - 1 - ranks
+
+
+def _pixel_counts(pixels: int, steps: int) -> Tensor:
+    """How many pixels are moved after each of ``steps`` equal steps, ``(steps + 1,)``.
+
+    The nearest whole numbers to ``k * pixels / steps``, symmetric (``counts[k] +
+    counts[steps - k] = pixels``, so LeRF and MoRF curves mirror step by step; only the middle
+    step of an even number of steps over an odd number of pixels cannot be).
+    """
+    counts = torch.round(torch.linspace(0, pixels, steps + 1, dtype=torch.float64)).long()
+    half = steps // 2 + 1
+    counts[half:] = pixels - counts[: steps + 1 - half].flip(0)
+    return counts
 
 
 def _pixel_steps(
     relevance: Tensor, steps: int, descending: bool, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """Boolean (S+1, H, W) sets of moved pixels and the area fraction of each step."""
+) -> Tensor:
+    """Boolean (S+1, H, W) sets of moved pixels (`_pixel_counts` of them per step)."""
     ranks = _ranks(relevance.flatten(), descending, generator).reshape(relevance.shape)
-    counts = torch.round(torch.linspace(0, relevance.numel(), steps + 1)).long()
-    moved = ranks[None] < counts[:, None, None]
-    return moved, counts.double() / relevance.numel()
+    counts = _pixel_counts(relevance.numel(), steps)
+    return ranks[None] < counts[:, None, None]
 
 
 def _segment_steps(
@@ -192,13 +208,13 @@ def perturbation_curve(
         masks = feature_mask.expand(n, 1, height, width)[:, 0]
     base = resolve_baseline(baseline, images)
     generator = torch.Generator().manual_seed(seed)
-    grid = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    grid = _pixel_counts(height * width, steps).double() / (height * width)  # the moved area
     descending = order == "morf"
     curves = torch.empty(n, steps + 1, dtype=torch.float64)
     with torch.no_grad():
         for i in range(n):
             if masks is None:
-                moved, fractions = _pixel_steps(maps[i], steps, descending, generator)
+                moved = _pixel_steps(maps[i], steps, descending, generator)
             else:
                 moved, fractions = _segment_steps(maps[i], masks[i], descending, generator)
             moved = moved[:, None].to(images.device)

@@ -159,6 +159,10 @@ def run_protocol(
     Returns:
         One `ProtocolResult` per perturbation.
     """
+    if perturbed_target not in ("predicted", "original"):
+        raise ValueError(
+            f"perturbed_target must be 'predicted' or 'original', got {perturbed_target!r}"
+        )
     original_pred = predict(model, images)
     labels = original_pred if targets is None else as_targets(targets, len(images))
     reference = explain(method, model, images, labels, feature_mask)

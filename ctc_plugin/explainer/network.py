@@ -250,6 +250,15 @@ class Explainer(nn.Module):
         h, w = (int(v) for v in self.image_size.tolist())
         return (h, w) if h > 0 else None
 
+    def __getattr__(self, name: str) -> Any:
+        """``nn.Module``'s lookup; the removed ``width`` and ``depth`` name their new call."""
+        if name in ("width", "depth"):
+            raise AttributeError(
+                f"Explainer.{name} was removed: it is a setting of the backbone, read "
+                f"explainer.config().get({name!r}) (None where the backbone has no {name})"
+            )
+        return super().__getattr__(name)
+
     def forward(self, images: Tensor) -> Tensor:
         """Return the class logit maps ``(N, num_classes, H, W)`` at the input resolution."""
         return resize_maps(self._backbone_maps(images), images.shape[-2:])

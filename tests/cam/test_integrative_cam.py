@@ -134,9 +134,16 @@ def test_fused_map_is_the_weighted_mean_of_the_layer_maps(weights: str) -> None:
     torch.testing.assert_close(fused, expected, atol=1e-6, rtol=0)
 
 
-def test_adaptive_weights_follow_the_documented_score() -> None:
-    model = tiny_cnn(inplace=False)
-    layers = [model.features[2], model.features[6]]
+@pytest.mark.parametrize("model_name", ["tiny_cnn", "tiny_residual"])
+def test_adaptive_weights_follow_the_documented_score(model_name: str) -> None:
+    """``s_l = mean(ReLU(g * A))``: on tiny_residual's ``conv2`` (conv, bn: no ReLU) ``A`` has
+    negative values, where ``mean(ReLU(g) * A)`` would differ and could be negative."""
+    if model_name == "tiny_cnn":
+        model = tiny_cnn(inplace=False)
+        layers = [model.features[2], model.features[6]]
+    else:
+        model = tiny_residual()
+        layers = [model.conv1, model.conv2]
     x = images()
     _, layer_maps = IntegrativeCAM(model, layers=layers).attribute(
         x, target=1, return_layer_maps=True
@@ -151,9 +158,40 @@ def test_adaptive_weights_follow_the_documented_score() -> None:
         h.remove()
     grads = torch.autograd.grad(out[:, 1].sum(), [acts[0], acts[1]])
     scores = torch.stack(
-        [(torch.relu(g) * acts[k]).mean(dim=(1, 2, 3)) for k, g in enumerate(grads)], dim=1
+        [torch.relu(g * acts[k]).mean(dim=(1, 2, 3)) for k, g in enumerate(grads)], dim=1
     )
     torch.testing.assert_close(layer_maps.weights, scores / scores.sum(1, keepdim=True))
+    assert bool((layer_maps.weights >= 0).all())
+
+
+def test_adaptive_weights_are_a_mean_on_stages_with_negative_activations() -> None:
+    """Every stage of tiny_residual, ``conv2`` (no ReLU) included, for every class: weights in
+    [0, 1] and the fused map their weighted mean."""
+    model = tiny_residual()
+    x = images(6, seed=3)
+    for target in range(4):
+        fused, layer_maps = IntegrativeCAM(model).attribute(
+            x, target=target, return_layer_maps=True
+        )
+        assert bool((layer_maps.weights >= 0).all())
+        torch.testing.assert_close(layer_maps.weights.sum(dim=1), torch.ones(6))
+        expected = minmax((layer_maps.weights[:, :, None, None] * layer_maps.maps).sum(1, True))
+        torch.testing.assert_close(fused, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("score", "message"),
+    [
+        (lambda grad, act: (grad * act).mean(dim=(1, 2, 3)) - 1.0, "non-negative"),
+        (lambda grad, act: torch.full((grad.shape[0],), float("nan")), "finite"),
+        (lambda grad, act: torch.ones(1), "one score per example"),
+    ],
+)
+def test_a_layer_score_that_is_no_weight_is_refused(score, message: str) -> None:
+    model = tiny_cnn()
+    with pytest.raises(ValueError, match=message):
+        IntegrativeCAM(model, layer_weights=score).attribute(images(), target=1)
+    assert _forward_hook_count(model) == 0
 
 
 def test_bias_changes_the_maps() -> None:

@@ -72,7 +72,45 @@ def test_pixel_curve_matches_naive(seed, mode, order, steps, baseline):
             order == "morf",
         )
         np.testing.assert_allclose(curve.scores[i].numpy(), expected, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(curve.fractions.numpy(), np.linspace(0, 1, steps + 1))
+    moved = [round(s * 20 / steps) / 20 for s in range(steps + 1)]  # 4 x 5 pixels
+    np.testing.assert_allclose(curve.fractions.numpy(), moved)
+
+
+@pytest.mark.parametrize(("size", "steps"), [((3, 3), 20), ((3, 5), 4), ((5, 7), 6)])
+def test_fractions_are_the_area_moved(size, steps):
+    """Where ``steps`` does not divide the pixels the x axis is the area actually moved: with
+    every pixel worth 1 and a baseline of 0, the logit after deletion is the pixels kept."""
+    weight = torch.ones(1, 1, *size, dtype=torch.float64)
+    relevance = torch.rand(1, 1, *size, generator=torch.Generator().manual_seed(1))
+    curve = perturbation_curve(
+        Linear(weight), torch.ones(1, 1, *size, dtype=torch.float64), 0, relevance,
+        "deletion", "morf", steps=steps, output="logit",
+    )  # fmt: skip
+    pixels = size[0] * size[1]
+    np.testing.assert_allclose(curve.fractions.numpy(), 1 - curve.scores[0].numpy() / pixels)
+    assert curve.fractions[0] == 0 and curve.fractions[-1] == 1
+
+
+@pytest.mark.parametrize("segments", [False, True])
+@pytest.mark.parametrize(("size", "steps"), [((8, 8), 10), ((3, 5), 5), ((5, 7), 9)])
+def test_lerf_deletion_mirrors_morf_insertion_with_ties(segments, size, steps):
+    """LeRF deletion keeps what MoRF insertion reveals, also where relevances tie (a
+    piecewise-constant map of 2 x 2 blocks, the kind segment methods give)."""
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(1, 2, *size, generator=g, dtype=torch.float64)
+    images = torch.rand(2, 2, *size, generator=g, dtype=torch.float64)
+    blocks = torch.randint(0, 3, (2, 1, -(-size[0] // 2), -(-size[1] // 2)), generator=g)
+    relevance = blocks.repeat_interleave(2, 2).repeat_interleave(2, 3)[..., : size[0], : size[1]]
+    rows, cols = torch.arange(size[0]) // 2, torch.arange(size[1]) // 3
+    mask = (rows[:, None] * 10 + cols[None, :])[None, None] if segments else None
+    common = {"feature_mask": mask, "steps": steps, "output": "logit"}
+    lerf = perturbation_curve(
+        Linear(weight), images, 0, relevance.double(), "deletion", "lerf", **common
+    )
+    morf = perturbation_curve(
+        Linear(weight), images, 0, relevance.double(), "insertion", "morf", **common
+    )
+    np.testing.assert_allclose(lerf.scores.numpy(), morf.scores.flip(1).numpy(), atol=1e-9)
 
 
 def test_segment_curve_hand_made():

@@ -85,3 +85,11 @@ def test_protocol_groups_and_resegmentation():
 def test_protocol_rejects_wrong_method_output():
     with pytest.raises(ValueError, match="must return a tensor of shape"):
         run_protocol(lambda m, x, t, f: x, Threshold(), torch.rand(2, 3, 8, 8))
+
+
+def test_protocol_rejects_an_unknown_perturbed_target():
+    def method(model, images, targets, mask):
+        raise AssertionError("nothing is explained before the arguments are checked")
+
+    with pytest.raises(ValueError, match="perturbed_target must be 'predicted' or 'original'"):
+        run_protocol(method, Threshold(), torch.rand(2, 3, 8, 8), perturbed_target="predict")

@@ -80,6 +80,16 @@ def test_old_constructor_calls_say_how_to_build_the_backbone():
             Explainer(backbone, 6, **old)
 
 
+def test_old_attributes_say_where_they_went():
+    explainer = Explainer(build_backbone("unet-small", 6, width=4, depth=3), 6)
+    for name, value in (("width", 4), ("depth", 3)):
+        with pytest.raises(AttributeError, match=rf"config\(\)\.get\('{name}'\)"):
+            getattr(explainer, name)
+        assert not hasattr(explainer, name)  # hasattr still answers
+        assert explainer.config().get(name) == value
+    assert isinstance(explainer.backbone, nn.Module)  # other lookups unchanged
+
+
 def test_a_backbone_built_for_other_classes_or_channels_is_refused():
     with pytest.raises(ValueError, match="built for 6 classes, the explainer has 5"):
         Explainer(build_backbone("unet-small", 6), 5)
