@@ -48,7 +48,9 @@ class SuperpixelSegmenter(Segmenter):
             methods are steered by their own options).
         min_area: Segments smaller than this (fraction of the image when below 1, else pixels)
             are merged into their nearest neighbour. ``felzenszwalb`` defaults its ``min_size``
-            to the same area.
+            to the same area. ``None`` (default): 0.5% of the image, or a quarter of the mean
+            area of ``n_segments`` segments where that is smaller (above 50 segments), so that
+            asking for many segments gives many, not a few remainders.
         value_range: Range of the (un-normalised) pixel values, or ``"auto"``.
         mean: Per-channel mean the images were normalised with, if any.
         std: Per-channel standard deviation the images were normalised with, if any.
@@ -69,7 +71,7 @@ class SuperpixelSegmenter(Segmenter):
         method: SuperpixelMethod = "slic",
         n_segments: int = 25,
         *,
-        min_area: float = 0.005,
+        min_area: float | None = None,
         value_range: tuple[float, float] | Literal["auto"] = (0.0, 1.0),
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
@@ -83,7 +85,7 @@ class SuperpixelSegmenter(Segmenter):
             raise ValueError(f"n_segments must be at least 1, got {n_segments}")
         self.method = method
         self.n_segments = int(n_segments)
-        self.min_area = float(min_area)
+        self.min_area = min(0.005, 0.25 / self.n_segments) if min_area is None else float(min_area)
         self.method_options = {**_method_defaults(method, self.n_segments), **method_options}
 
     def __repr__(self) -> str:

@@ -99,7 +99,9 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
         arch: A torchvision classification builder name, e.g. ``"resnet18"`` or ``"vgg16_bn"``.
         weights_path: The ``.pth`` file holding the state dict (as torchvision publishes them).
         **kwargs: Passed to the builder (e.g. ``num_classes``; for Inception-v3 use
-            ``aux_logits=True, init_weights=False`` to match the published file).
+            ``aux_logits=True, init_weights=False`` to match the published file). Without
+            ``num_classes`` the class count is the weights' own: a fine-tuned head (say 10
+            classes instead of ImageNet's 1000) is built to fit them.
 
     Returns:
         The model in eval mode.
@@ -118,4 +120,26 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
     path = Path(weights_path)
     state = read_state_dict(path)
     model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    classes = None if "num_classes" in kwargs else head_classes(model, state)
+    if classes is not None:
+        model = torchvision.models.get_model(arch, weights=None, num_classes=classes, **kwargs)
     return _load_into(model, state, path)
+
+
+def head_classes(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    """The class count of a state dict that differs from ``model`` in its class heads only.
+
+    The tensors whose shapes differ must differ in their first dimension only (the outputs of
+    a linear or 1x1 convolution head, and its bias), all with the same new size; ``None`` when
+    nothing differs or something else does (loading then says what).
+    """
+    own = model.state_dict()
+    differing = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if not differing:
+        return None
+    sizes = {state[k].shape[0] for k in differing if state[k].dim() >= 1}
+    if len(sizes) != 1 or any(
+        state[k].dim() != own[k].dim() or state[k].shape[1:] != own[k].shape[1:] for k in differing
+    ):
+        return None
+    return sizes.pop()

@@ -164,6 +164,20 @@ def test_explain_with_torchvision_weights_from_a_local_file(tmp_path, capsys):
     assert read_png(out).format == "PNG"
 
 
+def test_explain_with_a_fine_tuned_torchvision_head(tmp_path, capsys):
+    import torchvision
+
+    weights = tmp_path / "tuned.pth"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=10).state_dict(), weights)
+    args = ["explain", "--model", "resnet18", "--weights", str(weights), "--resize", "64"]
+    args += ["--segmenter", "grid", "--segments", "4", "--target", "7", "--out"]
+    assert main([*args, str(tmp_path / "fig.png")]) == 0
+    text = capsys.readouterr().out
+    assert "explaining target 7" in text and "tench" not in text  # numbered, not ImageNet's
+    assert main([*args[:-3], "--target", "10", "--out", str(tmp_path / "other.png")]) == 2
+    assert "10" in capsys.readouterr().err
+
+
 def _error(capsys, args) -> str:
     assert main(args) == 2
     return capsys.readouterr().err

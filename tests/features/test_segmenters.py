@@ -70,6 +70,16 @@ def test_slic_matches_scikit_image_up_to_relabelling():
     assert same_partition(ours, peer)
 
 
+@pytest.mark.parametrize("n_segments", [100, 250, 500])
+def test_many_segments_asked_for_are_many_given(n_segments):
+    """The default ``min_area`` shrinks with ``n_segments`` (0.5% of the image would merge
+    most of 250 superpixels into a few remainders)."""
+    counts = [
+        int(m.max()) + 1 for m in SuperpixelSegmenter(n_segments=n_segments)(natural_images(224))
+    ]
+    assert all(0.7 * n_segments <= c <= 1.3 * n_segments for c in counts), counts
+
+
 def test_small_superpixels_are_merged():
     images = natural_images(96)[:1]
     mask = SuperpixelSegmenter(n_segments=200, min_area=0.01)(images)

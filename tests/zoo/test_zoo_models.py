@@ -201,7 +201,30 @@ def test_load_torchvision_reads_a_local_state_dict(tmp_path):
     with pytest.raises(ValueError, match="unknown torchvision architecture"):
         zoo.load_torchvision("resnet19", path)
     with pytest.raises(ValueError, match="do not fit"):
-        zoo.load_torchvision("resnet18", path)  # 1000 classes by default
+        zoo.load_torchvision("resnet18", path, num_classes=1000)  # a class count asked for
+    with pytest.raises(ValueError, match="do not fit"):
+        zoo.load_torchvision("resnet34", path)  # another architecture: no head to infer
+
+
+@pytest.mark.parametrize(
+    ("arch", "options"),
+    [
+        ("resnet18", {}),
+        ("squeezenet1_1", {}),  # a 1x1 convolution head
+        ("inception_v3", {"aux_logits": True, "init_weights": False}),  # two heads
+    ],
+)
+def test_load_torchvision_builds_a_fine_tuned_head_from_its_weights(tmp_path, arch, options):
+    import torchvision
+
+    torch.manual_seed(0)
+    tuned = torchvision.models.get_model(arch, weights=None, num_classes=7, **options).eval()
+    path = tmp_path / f"{arch}.pth"
+    torch.save(tuned.state_dict(), path)
+    model = zoo.load_torchvision(arch, path, **options)
+    x = torch.rand(1, 3, 80, 80) if arch != "inception_v3" else torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tuned(x))
 
 
 def test_training_is_reproducible_from_its_seed():
