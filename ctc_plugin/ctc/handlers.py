@@ -179,6 +179,11 @@ def multiply_or_divide(divide: bool) -> Handler:
     def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         first, second = args[0], _arg(args, kwargs, 1, "other")
         name = operation_name(func)
+        rounding = _arg(args, kwargs, 2, "rounding_mode") if divide else None
+        if rounding is not None:
+            raise UnsupportedOperationError(
+                name, f"it rounds the quotient (rounding_mode={rounding!r}), which is not linear"
+            )
         if ctx.is_propagated(first) and ctx.is_propagated(second):
             first_gate, second_gate = ctx.gate_mark(first), ctx.gate_mark(second)
             if first_gate is not None and second_gate is not None:
@@ -369,6 +374,11 @@ def reshape_copies(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) ->
     out = func(*args, **kwargs)
     for leaf in tree_flatten(out)[0]:
         if isinstance(leaf, torch.Tensor):
+            if not leaf.is_floating_point():  # .to(torch.int32), .type_as(a long tensor)
+                raise UnsupportedOperationError(
+                    operation_name(func),
+                    f"it converts the signal to {leaf.dtype}, which rounds it (not linear)",
+                )
             ctx.tag(leaf, follow_copy_axis(func, args, kwargs, x, axis, leaf, ctx.layout.batch))
     return out
 

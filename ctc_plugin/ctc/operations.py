@@ -262,7 +262,8 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "gate tensor",
-            "by a constant or a gate tensor, as `*`",
+            "by a constant or a gate tensor, as `*`; a rounded quotient (`rounding_mode`) is "
+            "refused",
             h.multiply_or_divide(divide=True),
             (torch.div, T.div, T.__truediv__, T.div_, T.__itruediv__, torch.true_divide),
             takes_gate_only=True,
@@ -317,7 +318,8 @@ def _rows() -> list[OperationRule]:
             "reshaping",
             "applied as it is; the copies may move from dim 0 or merge with the next dims "
             "(window partitions) and are followed there, but an operation that would select, "
-            "slice, split or reorder them is refused",
+            "slice, split or reorder them is refused, as is a conversion to an integer or "
+            "boolean dtype (it rounds)",
             h.reshape_copies,
             _SHAPE_OPERATIONS,
             keeps_gate=True,

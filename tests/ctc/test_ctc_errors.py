@@ -121,9 +121,36 @@ class _CopiesOffDimZero(nn.Module):
         return self.head(torch.relu(x.flatten(1).t()).t())
 
 
+class _Rounding(nn.Module):
+    """Rounds the signal in a way that looks linear: a quotient with a rounding mode, a
+    conversion to an integer dtype and back."""
+
+    def __init__(self, rounding: str) -> None:
+        super().__init__()
+        self.rounding = rounding
+        self.conv = nn.Conv2d(3, 2, 3)
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)) * 10
+        if self.rounding == "floor":
+            h = h.div(2, rounding_mode="floor")
+        elif self.rounding == "trunc":
+            h = torch.div(h, 2, rounding_mode="trunc")
+        elif self.rounding == "int":
+            h = h.to(torch.int32).float()
+        else:
+            h = h.type_as(torch.zeros(1, dtype=torch.long)).to(x.dtype)
+        return self.head(h.mean(dim=(2, 3)))
+
+
 @pytest.mark.parametrize(
     ("model", "operation"),
     [
+        (_Rounding("floor"), r"torch.Tensor.div .*rounds the quotient \(rounding_mode='floor'\)"),
+        (_Rounding("trunc"), r"torch.div .*rounds the quotient \(rounding_mode='trunc'\)"),
+        (_Rounding("int"), r"torch.Tensor.to .*converts the signal to torch.int32"),
+        (_Rounding("type_as"), r"torch.Tensor.type_as .*converts the signal to torch.int64"),
         (_Bilinear(), r"torch.Tensor.mul in the model \(_Bilinear\): .*neither is a gate"),
         (_Nested(), r"torch.exp in stages.1.0 \(_Block\): no CTC rule"),
         (_SoftmaxAsSignal(), r"torch.Tensor.add .*reads the output of torch.Tensor.softmax"),
