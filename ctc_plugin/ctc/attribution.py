@@ -453,8 +453,9 @@ class CTC(Attribution):
         with torch.enable_grad():
             try:
                 with CTCMode(gated, self.forward_func):
+                    # copies, not views: a model may change its input in place
                     logits = self.forward_func(
-                        *(gated.tag(leaf.view_as(leaf)) for leaf in leaves), *extra
+                        *(gated.tag(leaf.clone()) for leaf in leaves), *extra
                     )
             except GraphCutError:
                 return None  # the forward pass of the copies gives the same scores
@@ -462,17 +463,18 @@ class CTC(Attribution):
             indices = resolve_targets(target, logits.detach())
             selected = select_targets(logits, indices)
             gradients = torch.autograd.grad(selected.sum(), leaves, allow_unused=True)
-        scores = inputs[0].new_zeros(n, features.count)
-        baseline_share = None if baselines is None else inputs[0].new_zeros(n)
+        # in the output's dtype, as the pass of the copies gives them (inputs may differ)
+        scores = selected.new_zeros(n, features.count)
+        baseline_share = None if baselines is None else selected.new_zeros(n)
         for i, (x, gradient) in enumerate(zip(inputs, gradients)):
             if gradient is None:
                 continue
             difference = x if baselines is None else x - baselines[i]
-            contribution = (gradient * difference).reshape(n, -1)
+            contribution = (gradient * difference).reshape(n, -1).to(scores.dtype)
             mask = features.masks[i].expand(x.shape).reshape(n, -1).contiguous()
             scores.scatter_add_(1, torch.searchsorted(features.ids, mask), contribution)
             if baselines is not None:
-                baseline_share += (gradient * baselines[i]).reshape(n, -1).sum(1)
+                baseline_share += (gradient * baselines[i]).reshape(n, -1).sum(1).to(scores.dtype)
         return scores, baseline_share, selected.detach(), indices
 
     def _copies_pass(

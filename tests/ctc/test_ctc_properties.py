@@ -70,6 +70,40 @@ def test_smooth_activations_take_the_full_pass_with_rescale_gates():
     torch.testing.assert_close(scores.scores.sum(1), model(x)[:, 0].detach())
 
 
+class _TwoInputs(torch.nn.Module):
+    """An image and a float64 vector the model turns into float32; it normalises its image in
+    place (``x.sub_(...)``), as some preprocessing wrappers do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.image = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1)
+        )
+        self.vector = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU())
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, image, vector):
+        image = image.sub_(0.5).div_(0.25)
+        features = torch.cat([self.image(image).flatten(1), self.vector(vector.float())], 1)
+        return self.head(features)
+
+
+def test_none_shortcut_equals_the_pass_of_copies_on_mixed_dtypes_and_in_place_inputs():
+    model = _TwoInputs().eval()
+    image, vector = torch.rand(2, 3, 6, 6), torch.rand(2, 6, dtype=torch.float64)
+    masks = (torch.arange(36).view(1, 1, 6, 6) // 12, torch.tensor([[3, 3, 4, 4, 5, 5]]))
+    before = image.clone(), vector.clone()
+    fast = CTC(model, bias_sharing="none")
+    full = CTC(model, bias_sharing="none")
+    full._speedups = Speedups(gradient_shortcut=False)
+    expected = full.attribute((image, vector), 1, feature_mask=masks, return_feature_scores=True)
+    actual = fast.attribute((image, vector), 1, feature_mask=masks, return_feature_scores=True)
+    assert actual[1].scores.dtype == expected[1].scores.dtype == torch.float32
+    torch.testing.assert_close(actual[1].scores, expected[1].scores)
+    assert torch.equal(image, before[0]) and torch.equal(vector, before[1])
+
+
 @settings(max_examples=20, deadline=None)
 @given(
     cases(),
