@@ -200,15 +200,28 @@ def check_eval_mode(forward_func: Callable[..., Any]) -> None:
     if model is None:
         return
     for name, module in model.named_modules():
-        stateful = isinstance(module, (*BATCH_NORM_TYPES, _DropoutNd)) or (
-            isinstance(module, _InstanceNorm) and module.track_running_stats
-        )
-        if module.training and stateful:
-            raise TrainingModeError(
-                f"{type(module).__name__} {name or '(the model)'!r} is in training mode: "
-                "running it would update its statistics or drop units at random, changing "
-                "the model or the result; call model.eval() first"
-            )
+        if changes_in_training(module):
+            raise training_mode_error(module, repr(name or "(the model)"))
+
+
+def changes_in_training(module: torch.nn.Module) -> bool:
+    """Whether ``module`` runs in training mode and would then change itself or be random.
+
+    BatchNorm, dropout, and InstanceNorm with running statistics.
+    """
+    stateful = isinstance(module, (*BATCH_NORM_TYPES, _DropoutNd)) or (
+        isinstance(module, _InstanceNorm) and module.track_running_stats
+    )
+    return module.training and stateful
+
+
+def training_mode_error(module: torch.nn.Module, name: str) -> TrainingModeError:
+    """The error for a module that `changes_in_training`, named ``name``."""
+    return TrainingModeError(
+        f"{type(module).__name__} {name} is in training mode: running it would update its "
+        "statistics or drop units at random, changing the model or the result; call "
+        "model.eval() first"
+    )
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -21,18 +21,22 @@ named should the output not be traced
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
+from torch.utils.hooks import RemovableHandle
 
 from ctc_plugin.ctc.errors import UnsupportedOperationError, UntracedOutputError
 from ctc_plugin.ctc.handlers import operation_name
 from ctc_plugin.ctc.operations import EXIT_FUNCTIONS, RANDOM_FUNCTIONS, rule_for
 from ctc_plugin.ctc.rules import BatchDimensionError, GatedPass
+from ctc_plugin.inputs import changes_in_training, training_mode_error
 
 __all__ = ["CTCMode", "operation_name", "running_module"]
 
@@ -72,6 +76,37 @@ class CTCMode(TorchFunctionMode):
         super().__init__()
         self.gated_pass = gated_pass
         self.model = model
+        self._module_hook: RemovableHandle | None = None
+
+    def __enter__(self) -> CTCMode:
+        """Enter the mode, and refuse modules in training mode before they run.
+
+        A model that is a module was checked before the pass; behind another forward function
+        (a lambda, ``functools.partial``) a BatchNorm in training mode would count a batch in
+        its ``num_batches_tracked`` before its ``batch_norm`` call is refused. A forward
+        pre-hook on every module (of this thread's calls only) refuses it first.
+        """
+        thread = threading.get_ident()
+
+        def refuse_training(module: nn.Module, _args: Any) -> None:
+            if threading.get_ident() == thread and changes_in_training(module):
+                raise training_mode_error(module, "(a module of the forward function)")
+
+        self._module_hook = register_module_forward_pre_hook(refuse_training)
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._module_hook.remove()
+            raise
+
+    def __exit__(self, *exc_info: Any) -> None:
+        """Leave the mode and remove the module hook."""
+        try:
+            super().__exit__(*exc_info)
+        finally:
+            if self._module_hook is not None:
+                self._module_hook.remove()
+                self._module_hook = None
 
     def __torch_function__(
         self,

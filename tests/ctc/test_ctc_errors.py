@@ -179,6 +179,26 @@ def test_training_mode_batch_norm_is_refused_without_touching_statistics():
     assert torch._C._len_torch_function_stack() == 0
 
 
+@pytest.mark.parametrize("wrap", ["lambda", "partial"])
+def test_training_mode_behind_a_forward_function_is_refused_without_touching_the_model(wrap):
+    """``check_eval_mode`` cannot see through a lambda; the pass refuses the module before its
+    forward runs (BatchNorm counts a batch before its batch_norm call)."""
+    import functools
+
+    model = RandomCNN(CNNSpec(batch_norm=True), seed=2).train()
+    x = torch.rand(2, 3, 8, 8)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    forward = (lambda t: model(t)) if wrap == "lambda" else functools.partial(model.forward)
+    for mode in ("none", "proportional", "reference"):
+        with pytest.raises(TrainingModeError, match="BatchNorm2d .*model.eval"):
+            CTC(forward, bias_sharing=mode).attribute(
+                x, target=0, feature_mask=random_partition(8, 8, 3)
+            )
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert not torch.nn.modules.module._global_forward_pre_hooks  # the pass's hook is gone
+
+
 def test_bad_options_are_clear_errors(setting):
     model, x, mask = setting
     with pytest.raises(ValueError, match="bias_sharing"):
