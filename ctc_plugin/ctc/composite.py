@@ -144,8 +144,18 @@ class CTCHook(Hook):
     """
 
     def register(self, module: nn.Module) -> RemovableHandleList:
-        """Register Zennit's hooks plus the pre-hook that prepares the rule; return the handles."""
+        """Register Zennit's hooks plus the pre-hook that prepares the rule; return the handles.
+
+        The forward hook that gives the module's CTC output goes before the module's other
+        forward hooks (Zennit appends it last), so that a user's hook sees, and may change, the
+        output of the pass, as it would in the model's own forward; the pre-hook goes after
+        the other pre-hooks, so that it prepares the input they hand on.
+        """
         handles = super().register(module)
+        last = handles[-1]  # Zennit's registration of self.forward
+        if module._forward_hooks.get(last.id) == self.forward:
+            last.remove()
+            handles[-1] = module.register_forward_hook(self.forward, prepend=True)
         handles.append(module.register_forward_pre_hook(self._before_module))
         return handles
 

@@ -98,6 +98,30 @@ def test_attributor_equals_ctc_on_random_cnns(case, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_user_forward_hooks_see_and_change_the_output_of_the_pass(mode: str) -> None:
+    """A user's forward hooks on hooked modules (a temperature on the head, a scale on a
+    BatchNorm, a logging hook on a ReLU) act on the pass as they act on the model: the
+    attributor gives CTC's scores and the model's output, and the hooks see every copy."""
+    model = RandomCNN(CNNSpec(batch_norm=True), seed=4).double()
+    batch_norm = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    relu = next(m for m in model.modules() if isinstance(m, nn.ReLU))
+    seen: list[tuple[int, ...]] = []
+    handles = [
+        model.head.register_forward_hook(lambda m, i, out: out / 0.5),
+        batch_norm.register_forward_hook(lambda m, i, out: out * 0.5),
+        relu.register_forward_hook(lambda m, i, out: seen.append(tuple(out.shape))),
+    ]
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    mask = grid_mask(8, 3)
+    expected, output, relevance, _ = ctc_and_attributor(model, x, mask, 1, mode)
+    torch.testing.assert_close(relevance, expected, **TOL)
+    torch.testing.assert_close(output, model(x), **TOL)
+    assert seen and all(shape[0] >= 2 for shape in seen)  # never the empty placeholder
+    for handle in handles:
+        handle.remove()
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("inplace", [False, True])
 def test_hooks_alone_carry_a_module_only_net(mode: str, inplace: bool) -> None:
     """functional='raise' refuses every rule outside hooks: the hooks must do all the work."""
