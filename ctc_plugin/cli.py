@@ -10,8 +10,15 @@ stderr, ``ctc-plugin COMMAND: error: MESSAGE``, argparse's own style, without a 
 a traceback. Mistakes argparse can see are found while parsing (the option types of
 `ctc_plugin.commands.arguments`); the rest are `CLIError` (defined in `ctc_plugin.commands`, so
 the commands never import this module back; or the ``ValueError`` /
-``FileNotFoundError`` the library raises for bad input) while the command runs. Anything else is
-a bug and keeps its traceback.
+``FileNotFoundError`` the library raises for bad input, or an ``OSError`` of the system: disk
+full, file too large, no permission) while the command runs. Anything else is a bug and keeps
+its traceback.
+
+Two ends are not errors of the command: Ctrl-C stops it with exit status 130 and one line,
+``ctc-plugin COMMAND: interrupted`` (for the resumable commands, ``explain-dataset`` and
+``benchmark``, followed by ``; run the same command again to resume``); and a reader that
+stops reading (``ctc-plugin explain ... | head -1``) ends it quietly with status 141
+(128 + SIGPIPE), as the shell's own tools end.
 
 Building the parser imports no heavy module (torch, torchvision, captum, zennit): the command
 modules import them inside the functions that run a command, so ``ctc-plugin --help``,
@@ -21,11 +28,13 @@ modules import them inside the functions that run a command, so ``ctc-plugin --h
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from ctc_plugin import __version__
-from ctc_plugin.commands import CLIError, benchmark, explain, explainer, zoo
+from ctc_plugin.commands import CLIError, benchmark, explain, explainer, os_error_text, zoo
 from ctc_plugin.runs import command as explain_dataset
 
 #: The modules that contribute subcommands, each with ``add_parser(subparsers)``; the parser they
@@ -85,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     through ``SystemExit(0)``, as argparse does.
     """
     parser = build_parser()
+    args = argparse.Namespace(prog=parser.prog)
     try:
         args, extra = parser.parse_known_args(argv)
         if not getattr(args, "func", None):
@@ -94,11 +104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if extra:
             raise UsageError(args.prog, f"unrecognized arguments: {' '.join(extra)}")
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is seen below
+        return status
     except UsageError as error:
         return _report(error.prog, error)
+    except BrokenPipeError:
+        return _reader_gone()
     except (CLIError, FileNotFoundError, ValueError) as error:
         return _report(args.prog, error)
+    except OSError as error:  # disk full, file too large, no permission, ...
+        return _report(args.prog, os_error_text(error))
+    except KeyboardInterrupt:
+        return _interrupted(args)
 
 
 def _report(prog: str, error: Exception) -> int:
@@ -106,6 +124,27 @@ def _report(prog: str, error: Exception) -> int:
     message = " ".join(str(error).split())  # one line, whatever the message holds
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    """Ctrl-C: one line, and exit status 130 (128 + SIGINT) as a shell reports it."""
+    hint = "; run the same command again to resume" if getattr(args, "resumable", False) else ""
+    print(f"{args.prog}: interrupted{hint}", file=sys.stderr)
+    return 128 + signal.SIGINT
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (``| head``): no traceback, no message, status 141.
+
+    stdout is pointed at ``os.devnull``, so that Python's last flush at exit does not fail on
+    the closed pipe again (the recipe of Python's documentation for SIGPIPE).
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured): nothing to do
+        pass
+    return 128 + getattr(signal, "SIGPIPE", 13)
 
 
 def _command_names(parser: argparse.ArgumentParser) -> list[str]:

@@ -6,8 +6,9 @@ Every loader of the package ([`ctc_plugin.zoo.load`][ctc_plugin.zoo.load],
 [`read_data_file`][ctc_plugin.files.read_data_file], so a damaged file gives the same kind of
 message everywhere: ``could not read <what> from <path>: <what is wrong>``. The reasons are: a
 missing file, a folder, an empty file, a truncated or corrupt archive (the CRC-32 of every record of
-a zip archive is checked, so flipped bytes inside the tensors are caught too), a file that
-``torch.save`` did not write, and objects other than tensors and plain data (a data-only load
+a zip archive is checked, so flipped bytes inside the tensors are caught too), a TorchScript
+archive (``torch.jit.save``: a program, not data), a file that ``torch.save`` did not write, and
+objects other than tensors and plain data (a data-only load
 refuses them; the message names the first such object). No message advises an unsafe load.
 
 A file of the shipped weights folder is first checked against the sha256 manifest of
@@ -74,6 +75,28 @@ def _check_archive(path: Path) -> str | None:
     return None
 
 
+def _is_torchscript(path: Path) -> bool:
+    """Whether a zip archive was written by ``torch.jit.save`` (it holds ``constants.pkl``).
+
+    torch tells TorchScript archives apart the same way; checking first keeps its warning
+    ("'torch.load' received a zip file that looks like a TorchScript archive") from the user.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(name.split("/", 1)[-1] == "constants.pkl" for name in names)
+
+
+#: What a TorchScript file is, and what to give instead.
+_TORCHSCRIPT = (
+    "it is a TorchScript archive (written by torch.jit.save or scripted_model.save), not a "
+    "state dict; save the model's weights with torch.save(model.state_dict(), path) and give "
+    "that file"
+)
+
+
 def _refused_object(error: BaseException) -> str | None:
     """The first object a data-only ``torch.load`` refused, if that is why it failed."""
     match = re.search(r"GLOBAL ([\w.]+)", str(error))
@@ -126,6 +149,8 @@ def describe_load_failure(path: str | Path, error: BaseException) -> str:
         problem = _check_archive(path)
         if problem is not None:
             return problem
+        if _is_torchscript(path):
+            return _TORCHSCRIPT
         if "PytorchStreamReader" in str(error) or isinstance(error, EOFError):
             return "it is a truncated or corrupt torch.save archive; copy it again"
         return "it is a zip archive, but not one written by torch.save"
@@ -159,9 +184,10 @@ def read_data_file(path: str | Path, what: str) -> Any:
     Raises:
         FileNotFoundError: If the file (or, for a shipped file, the manifest) does not exist.
         ValueError: ``could not read <what> from <path>: <reason>`` for a folder, an empty,
-            truncated or corrupt file, a file not written by ``torch.save``, or one holding
-            objects other than tensors and plain data; for a shipped file whose digest differs
-            from the manifest, the expected and actual sha256 and the fix.
+            truncated or corrupt file, a TorchScript archive, a file not written by
+            ``torch.save``, or one holding objects other than tensors and plain data; for a
+            shipped file whose digest differs from the manifest, the expected and actual sha256
+            and the fix.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -174,6 +200,8 @@ def read_data_file(path: str | Path, what: str) -> Any:
         with path.open("rb") as handle:
             zipped = handle.read(4) == _ZIP_MAGIC
         problem = _check_archive(path) if zipped else None
+        if problem is None and zipped and _is_torchscript(path):
+            problem = _TORCHSCRIPT
         if problem is not None:
             raise ValueError(f"could not read {what} from {path}: {problem}")
     if path.is_file() and path.stat().st_size > 0:

@@ -152,17 +152,29 @@ def plot_segment_scores(
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Save ``figure`` as PNG at ``path`` (creating the folder) and close it.
+    """Save ``figure`` at ``path`` in the format its suffix names, and close it.
+
+    ``.png``, ``.pdf``, ``.svg``, ``.jpg`` / ``.jpeg`` and matplotlib's other formats are
+    written as the suffix says; a name without a suffix is written as PNG. The folder is
+    created; the figure is written to a temporary file beside ``path`` and renamed into place,
+    so a failed or killed write leaves a previous file at ``path`` as it was.
 
     Returns:
         The path written.
+
+    Raises:
+        ValueError: If matplotlib cannot write the format the suffix names (the message lists
+            the formats it can).
+        OSError: If the file cannot be written (disk full, no permission, ...).
     """
     import matplotlib.pyplot as plt
 
+    from ctc_plugin.resumable.atomic import write_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    kind = path.suffix.lstrip(".").lower() or "png"
     try:
-        figure.savefig(path, dpi=dpi, format="png")
+        write_atomic(path, lambda stream: figure.savefig(stream, dpi=dpi, format=kind))
     finally:
         plt.close(figure)
     return path

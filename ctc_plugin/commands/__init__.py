@@ -8,12 +8,37 @@ command line depends on its commands, not the other way round.
 from __future__ import annotations
 
 import argparse
+import errno
 
 from ctc_plugin.resumable.threads import torch_threads as torch_threads  # the commands' home
 
 
 class CLIError(Exception):
     """An error the command reports as one line, with exit status 2 (bad input or set-up)."""
+
+
+#: What to do about the usual failures of reading and writing files, by ``errno``.
+_OS_ADVICE = {
+    errno.ENOSPC: "free some disk space or write somewhere else",
+    errno.EFBIG: "the file exceeds what this file system or `ulimit -f` allows: write "
+    "somewhere else or raise the limit",
+    errno.EACCES: "check the permissions, or write somewhere else",
+    errno.EPERM: "check the permissions, or write somewhere else",
+    errno.EROFS: "the file system is read-only: write somewhere else",
+    errno.EIO: "the disk reported an input/output error: check it, or write somewhere else",
+}
+
+
+def os_error_text(error: OSError) -> str:
+    """``error`` as a short reason and what to do: ``No space left on device: free ...``.
+
+    An OSError raised with a message of its own (no ``errno``) keeps that message.
+    """
+    if error.errno is None or not error.strerror:
+        return str(error)
+    where = f" ({error.filename})" if error.filename else ""
+    advice = _OS_ADVICE.get(error.errno, "check the path, then run the command again")
+    return f"{error.strerror}{where}: {advice}"
 
 
 def add_threads_option(parser: argparse.ArgumentParser, default: int | None, text: str) -> None:

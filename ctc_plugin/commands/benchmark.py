@@ -89,7 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="compute nothing: write results.md/csv and plots under --out from the pieces "
         "finished so far (labelled partial while the run is incomplete)",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, resumable=True)  # Ctrl-C: "run the same command again"
 
 
 def _config(args: argparse.Namespace) -> BenchmarkConfig:

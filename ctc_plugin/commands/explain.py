@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.images import ImagePreprocessing, PreparedImage
 
 SEGMENTERS = ("superpixel", "grid", "sam")
+#: Figure files ``--out`` writes, in the format its suffix names (matplotlib writes each).
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+#: Device types ``--device`` takes: the ones the methods are written and tested for.
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
 @dataclass
@@ -175,7 +180,11 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
         help="segments listed per method, and numbered in the figure up to 5 (10)",
     )
     parser.add_argument(
-        "--out", type=output_file, default=default_out, help=f"figure (PNG; {default_out})"
+        "--out",
+        type=figure_file,
+        default=default_out,
+        help=f"the figure, in the format its suffix names: {', '.join(FIGURE_SUFFIXES)} "
+        f"({default_out})",
     )
     parser.add_argument(
         "--save",
@@ -200,7 +209,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "weights, e.g. resnet-composite), a torchvision architecture (e.g. resnet50, needs "
         "--weights; its ImageNet preprocessing and class names come from torchvision's "
         "weight metadata, nothing is downloaded) or module:callable returning an nn.Module "
-        "taking pixels in [0, 1] (default: resnet)",
+        "taking pixels in [0, 1], the module imported as python -m would: from the current "
+        "folder first, then the installed packages (default: resnet)",
     )
     parser.add_argument(
         "--weights",
@@ -259,7 +269,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
         "--device",
         type=device_name,
         default="cpu",
-        help="where the model runs: cpu, cuda, cuda:1, mps, ... (default: cpu); segmentation "
+        help="where the model runs: cpu, cuda, cuda:N or mps (default: cpu); segmentation "
         "runs on the CPU",
     )
 
@@ -291,15 +301,35 @@ _crop.__name__ = "crop"
 
 
 def device_name(text: str) -> str:
-    """``--device``: a torch device name (checked against the hardware when the command runs)."""
-    if not re.fullmatch(r"[a-z][a-z0-9_]*(:\d+)?", text):
+    """``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (the hardware is checked later).
+
+    Other torch device types (``meta``, ``xla``, ``xpu``, ...) are refused: the methods are
+    not written for them.
+    """
+    kind, _, index = text.partition(":")
+    if kind not in DEVICE_TYPES or (index and not index.isdigit()):
         raise argparse.ArgumentTypeError(
-            f"expected a device such as cpu, cuda, cuda:1 or mps, got {text!r}"
+            f"expected {', '.join(DEVICE_TYPES[:-1])} or {DEVICE_TYPES[-1]} (cuda:N for the "
+            f"N-th GPU), got {text!r}"
         )
     return text
 
 
 device_name.__name__ = "device"
+
+
+def figure_file(text: str) -> Path:
+    """``--out``: a writable figure file whose suffix names a format of `FIGURE_SUFFIXES`."""
+    path = output_file(text)
+    if path.suffix.lower() not in FIGURE_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"give a figure file name ending in {', '.join(FIGURE_SUFFIXES)} (the suffix "
+            f"names the format), got {text!r}"
+        )
+    return path
+
+
+figure_file.__name__ = "figure"
 
 
 def _npz_file(text: str) -> Path:
@@ -365,29 +395,78 @@ def _torchvision_model(name: str, weights: Path | None) -> LoadedModel:
 
 
 def _callable_model(spec: str, weights: Path | None) -> LoadedModel:
-    import importlib
-
+    """``--model module:callable``: the module imported as ``python -m`` would find it."""
     from torch import nn
 
     from ctc_plugin.files import read_state_dict
     from ctc_plugin.images import ImagePreprocessing
+    from ctc_plugin.zoo.loading import load_state_into
 
     module_name, _, attribute = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise CLIError(
-            f"--model {spec!r}: cannot import {attribute!r} from {module_name!r} ({error})"
-        ) from error
-    model = factory() if not isinstance(factory, nn.Module) else factory
+    factory = _import_attribute(spec, module_name, attribute)
+    model = factory if isinstance(factory, nn.Module) else _call_factory(spec, factory)
     if not isinstance(model, nn.Module):
         raise CLIError(
             f"--model {spec!r} must name an nn.Module or a callable returning one, "
             f"got {type(model).__name__}"
         )
     if weights is not None:
-        model.load_state_dict(read_state_dict(weights))
+        try:  # the zoo's loading, and its message for weights that do not fit
+            model = load_state_into(model, read_state_dict(weights), weights)
+        except ValueError as error:
+            raise CLIError(f"--model {spec} --weights {weights}: {error}") from error
     return LoadedModel(model.eval(), spec, ImagePreprocessing(resize=224), None, source=spec)
+
+
+def _import_attribute(spec: str, module_name: str, attribute: str) -> Any:
+    """Import ``module_name`` with the current folder first on ``sys.path``; get ``attribute``.
+
+    ``python -m`` puts the current folder first on ``sys.path``, the ``ctc-plugin`` console
+    script does not: this import does the same as ``python -m`` either way, and restores
+    ``sys.path`` after it.
+    """
+    import importlib
+    import os
+    import sys
+
+    saved = list(sys.path)
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise CLIError(
+            f"--model {spec!r}: cannot import the module {module_name!r} ({error}); it is "
+            f"looked for in the current folder ({os.getcwd()}) first, then in the installed "
+            "packages: run the command in the folder that holds it, or add its folder to "
+            "PYTHONPATH"
+        ) from error
+    finally:
+        sys.path[:] = saved
+    try:
+        return getattr(module, attribute)
+    except AttributeError as error:
+        raise CLIError(
+            f"--model {spec!r}: the module {module_name!r} ({module.__file__}) has no "
+            f"{attribute!r}; name a function or class in it that returns the nn.Module"
+        ) from error
+
+
+def _call_factory(spec: str, factory: Any) -> Any:
+    """Call ``--model``'s callable; one that needs arguments is a user error, not a traceback."""
+    import inspect
+
+    if not callable(factory):
+        return factory  # the caller reports what it is
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as error:
+        raise CLIError(
+            f"--model {spec!r} needs arguments ({error}); name a callable that takes none, "
+            "e.g. a function in your module: def build(): return MyModel(...)"
+        ) from error
+    except ValueError:  # no signature to inspect (some builtins): call it and see
+        pass
+    return factory()
 
 
 def load_model(name: str, weights: Path | None) -> LoadedModel:
@@ -453,10 +532,14 @@ def resolve_device(text: str) -> torch.device:
         device = torch.device(text)
     except (RuntimeError, ValueError) as error:
         raise CLIError(f"argument --device: {error}") from error
+    if device.type not in DEVICE_TYPES:
+        raise CLIError(
+            f"argument --device: {text}: use {', '.join(DEVICE_TYPES)} (the device types the "
+            "methods run on)"
+        )
     available = {
         "cuda": torch.cuda.is_available,
         "mps": lambda: hasattr(torch.backends, "mps") and torch.backends.mps.is_available(),
-        "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
     }
     if device.type in available and not available[device.type]():
         raise CLIError(f"argument --device: {text} is not available on this machine; use cpu")
@@ -508,9 +591,21 @@ def check_input_channels(loaded: LoadedModel) -> None:
 
 
 def model_logits(
-    model: nn.Module, loaded: LoadedModel, pixels: torch.Tensor, own_size: bool
+    model: nn.Module,
+    loaded: LoadedModel,
+    pixels: torch.Tensor,
+    own_size: bool,
+    advice: str | None = None,
 ) -> torch.Tensor:
     """The model's logits for ``pixels``; a size the model cannot take is a user error.
+
+    Args:
+        model: The wrapped model (preprocessing included).
+        loaded: What ``--model`` named, for the message.
+        pixels: ``(1, 3, H, W)`` pixels.
+        own_size: Whether ``pixels`` has the model's own input size.
+        advice: What to do about another size (``None``: ``explain``'s ``--resize`` and
+            ``--crop``).
 
     Raises:
         CLIError: If the model fails (a RuntimeError from its layers) on an image of another
@@ -527,16 +622,26 @@ def model_logits(
         height, width = pixels.shape[-2:]
         lines = str(error).strip().splitlines()
         first = lines[0] if lines else type(error).__name__
-        own = loaded.preprocessing
-        hint = (
-            f"its own input is {own.describe()} (--resize {own.resize} --crop "
-            f"{own.crop if own.crop is not None else 'none'})"
-            if own.crop is not None
-            else "give it a square crop with --crop N"
-        )
+        option = "--resize/--crop: " if advice is None else ""
+        advice = advice if advice is not None else _size_advice(loaded.preprocessing)
         raise CLIError(
-            f"--resize/--crop: {loaded.name} cannot take {width}x{height} images ({first}); {hint}"
+            f"{option}{loaded.name} cannot take {width}x{height} images ({first}); {advice}"
         ) from error
+
+
+def _size_advice(own: ImagePreprocessing) -> str:
+    """What ``explain`` can do about an image size the model cannot take."""
+    if own.crop is None:
+        return "give it a square crop with --crop N"
+    return f"its own input is {own.describe()} (--resize {own.resize} --crop {own.crop})"
+
+
+def is_own_size(preprocessing: ImagePreprocessing, size: tuple[int, int]) -> bool:
+    """Whether ``size`` (height, width) is the model's own input: its preprocessing's crop."""
+    crop = preprocessing.crop
+    if crop is None:
+        return False
+    return size == (crop if isinstance(crop, tuple) else (crop, crop))
 
 
 def target_class(
@@ -602,11 +707,10 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     segmenter = make_segmenter(args)
     explainer = explainer_for(loaded, args)
     model = preprocessing.wrap(loaded.network).to(device).eval()
-    own_size = _own_size(loaded.preprocessing)
     explained: list[Explained] = []
     for path, image in zip(paths, images):
         pixels = image.pixels.to(device)
-        logits = model_logits(model, loaded, pixels, own_size == image.size)
+        logits = model_logits(model, loaded, pixels, is_own_size(loaded.preprocessing, image.size))
         if loaded.classes is not None and len(loaded.classes) != logits.numel():
             loaded.classes = None  # weights with other classes than the metadata's
         target = target_class(args.target, loaded, logits)
@@ -634,12 +738,32 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
                 raise CLIError(f"--method {name}: {error}") from error
         explained.append(item)
         _print_report(loaded, preprocessing, item, args.top)
-    _write_figure(explained, loaded, args)
+    with _writing("--out", args.out):
+        _write_figure(explained, loaded, args)
     print(f"figure written to {args.out}")
     if args.save is not None:
-        json_path = save_results(args.save, explained, loaded, preprocessing, args)
+        with _writing("--save", args.save):
+            json_path = save_results(args.save, explained, loaded, preprocessing, args)
         print(f"data written to {args.save} and {json_path}")
     return 0
+
+
+@contextmanager
+def _writing(option: str, path: Path) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` (disk full, too large, permission) into a CLIError.
+
+    The files are written to a temporary file and renamed, so a failed write leaves the
+    previous file as it was.
+    """
+    from ctc_plugin.commands import os_error_text
+
+    try:
+        yield
+    except OSError as error:
+        raise CLIError(
+            f"argument {option}: could not write {path} ({os_error_text(error)}); a previous "
+            f"{path.name} is kept as it was"
+        ) from error
 
 
 def _prepare(preprocessing: ImagePreprocessing, path: Path) -> PreparedImage:
@@ -647,13 +771,6 @@ def _prepare(preprocessing: ImagePreprocessing, path: Path) -> PreparedImage:
         return preprocessing(path)
     except ValueError as error:
         raise CLIError(str(error)) from error
-
-
-def _own_size(preprocessing: ImagePreprocessing) -> tuple[int, int] | None:
-    if preprocessing.crop is None:
-        return None
-    crop = preprocessing.crop
-    return crop if isinstance(crop, tuple) else (crop, crop)
 
 
 def _evidence(path: Path, preprocessing: ImagePreprocessing) -> torch.Tensor:
@@ -763,9 +880,15 @@ def save_results(
     segment ids ``0..K-1``, ``image{i}/logits`` (classes,), ``image{i}/target`` (),
     ``image{i}/{M}/scores`` (K,) float64 (segment ``k``'s score at index ``k``) and
     ``image{i}/{M}/attribution`` (H, W) float32. Read it with
-    ``numpy.load(path, allow_pickle=False)``.
+    ``numpy.load(path, allow_pickle=False)``. Each file is written under a temporary name in
+    its folder and renamed into place, so a failed or killed write leaves the previous file.
+
+    Raises:
+        OSError: If a file cannot be written (disk full, too large, no permission).
     """
     import numpy as np
+
+    from ctc_plugin.resumable.atomic import write_atomic
 
     arrays: dict[str, np.ndarray] = {}
     images = []
@@ -832,11 +955,12 @@ def save_results(
         "methods": list(args.methods),
         "images": images,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:  # an open file: numpy adds no second .npz suffix
-        np.savez_compressed(handle, **arrays)
+    # each file under a temporary name, then renamed: a failed write keeps the previous file
+    # (an open file: numpy adds no second .npz suffix)
+    write_atomic(path, lambda stream: np.savez_compressed(stream, **arrays))
     json_path = path.with_suffix(".json")
-    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    text = json.dumps(summary, indent=2) + "\n"
+    write_atomic(json_path, lambda stream: stream.write(text.encode()))
     return json_path
 
 

@@ -275,15 +275,20 @@ def read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def _differences(stored: dict[str, Any], requested: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """What differs between two manifests: config options one by one, other keys whole."""
+def _differences(
+    stored: dict[str, Any], requested: dict[str, Any], prefix: str = ""
+) -> list[tuple[str, Any, Any]]:
+    """What differs between two manifests, key by key, each value in full.
+
+    Options under ``config`` are named alone (``lime_samples``), keys of other nested objects
+    with their path (``source.spec``); lists and plain values are compared whole.
+    """
     differences = []
     for key in sorted(set(stored) | set(requested)):
         old, new = stored.get(key), requested.get(key)
-        if key == "config" and isinstance(old, dict) and isinstance(new, dict):
-            for option in sorted(set(old) | set(new)):
-                if old.get(option) != new.get(option):
-                    differences.append((option, old.get(option), new.get(option)))
+        if isinstance(old, dict) and isinstance(new, dict):
+            inner = "" if not prefix and key == "config" else f"{prefix}{key}."
+            differences.extend(_differences(old, new, inner))
         elif old != new:
-            differences.append((key, old, new))
+            differences.append((f"{prefix}{key}", old, new))
     return differences

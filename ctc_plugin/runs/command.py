@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ctc_plugin.commands import add_ray_options, ray_options
-from ctc_plugin.commands.arguments import positive_int
+from ctc_plugin.commands.arguments import output_folder, positive_int
 from ctc_plugin.commands.explain import (
     add_method_options,
     add_model_options,
@@ -48,6 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out",
         required=True,
+        type=output_folder,
         metavar="DIR",
         help="the run folder: new or empty to start, this run's folder to resume",
     )
@@ -90,7 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_ray_options(parser, "segmentation and methods on separate workers")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, resumable=True)  # Ctrl-C: "run the same command again"
 
 
 def run(args: argparse.Namespace) -> int:

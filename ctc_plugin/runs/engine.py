@@ -267,7 +267,7 @@ class ShardRunner:
         import numpy as np
 
         from ctc_plugin.commands import CLIError
-        from ctc_plugin.commands.explain import model_logits
+        from ctc_plugin.commands.explain import is_own_size, model_logits
         from ctc_plugin.commands.methods import MethodError, Request, run_method
         from ctc_plugin.ctc.errors import UnsupportedOperationError
 
@@ -277,7 +277,8 @@ class ShardRunner:
             image = self.read(ref)
             ids, segment_seconds = mask
         pixels = image.pixels.to(self.device)
-        logits = model_logits(self.model, self.loaded, pixels, own_size=True)
+        own = is_own_size(self.preprocessing, image.size)
+        logits = model_logits(self.model, self.loaded, pixels, own, self.size_advice(ref))
         mask = ids
         key = f"image{ref.index}"
         arrays = {
@@ -329,6 +330,15 @@ class ShardRunner:
                     }
                 )
         return rows, arrays
+
+    def size_advice(self, ref: ImageRef) -> str:
+        """What to do when the model cannot take ``ref`` at the size it is read at."""
+        return (
+            f"{ref.name} is read with {self.loaded.name}'s preprocessing "
+            f"({self.preprocessing.describe()}), which explain-dataset does not change: resize "
+            "or crop the images to a size the model takes before the run, or give a model "
+            "that takes any size (one that ends in adaptive pooling, say)"
+        )
 
     def target(self, spec: str, ref: ImageRef, logits: Any) -> int:
         """The class ``spec`` names for this image (``predicted``, ``label``, index or name).

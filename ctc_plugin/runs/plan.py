@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
@@ -31,12 +32,17 @@ class RunConfig:
         methods: Method names (the keys of ``ctc_plugin.commands.methods.METHODS``), each
             once, in order.
         model: ``--model``: a zoo family, a torchvision architecture or ``module:callable``.
-        weights: State-dict file, or ``None``.
+        weights: State-dict file, or ``None``; stored as its resolved absolute path.
+        weights_sha256: The sha256 of the weights file's content (computed, not given): a
+            file changed under the same path is another configuration.
         targets: What to explain per image: ``"predicted"``, ``"label"``, a class index or a
             class name; each gives one row per image and method.
         segmenter: ``"superpixel"``, ``"grid"`` or ``"sam"``.
         segments: About how many segments.
-        sam_checkpoint: SAM checkpoint, for ``segmenter="sam"``.
+        sam_checkpoint: SAM checkpoint, for ``segmenter="sam"``; stored as its resolved
+            absolute path.
+        sam_checkpoint_sha256: The sha256 of the SAM checkpoint's content (computed, not
+            given).
         sam_model_type: Its architecture.
         bias_sharing: CTC's bias sharing.
         lime_samples: Lime's samples.
@@ -51,10 +57,12 @@ class RunConfig:
     methods: tuple[str, ...]
     model: str = "resnet"
     weights: str | None = None
+    weights_sha256: str | None = field(default=None, init=False)
     targets: tuple[str, ...] = ("predicted",)
     segmenter: str = "superpixel"
     segments: int = 25
     sam_checkpoint: str | None = None
+    sam_checkpoint_sha256: str | None = field(default=None, init=False)
     sam_model_type: str = "vit_b"
     bias_sharing: str = DEFAULT_BIAS_SHARING
     lime_samples: int = 100
@@ -87,6 +95,32 @@ class RunConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.seed < 0:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
+        self._pin_file("weights")
+        self._pin_file("sam_checkpoint")
+
+    def _pin_file(self, name: str) -> None:
+        """Resolve the file option ``name`` to an absolute path and record its sha256.
+
+        A run resumed with a file of other content under the same path (retrained weights,
+        say) then differs in ``<name>_sha256`` and is refused instead of mixing two models'
+        results; the same file named by another path (relative, absolute) is the same run.
+
+        Raises:
+            FileNotFoundError: If the option names no file.
+        """
+        from ctc_plugin.weights import file_sha256
+
+        value = getattr(self, name)
+        if value is None:
+            return
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{name} file not found: {value} (no such file, or a folder); give the path of "
+                "a local file"
+            )
+        object.__setattr__(self, name, str(path.resolve()))
+        object.__setattr__(self, f"{name}_sha256", file_sha256(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as JSON-able data (lists for tuples)."""

@@ -9,13 +9,15 @@ A SOURCE is either
   [`ShapesDataset`][ctc_plugin.datasets.dataset.ShapesDataset], ``images`` of them drawn with
   ``seed``.
 
-Images are always listed in the same order (class, then path, compared as text), so the same
-SOURCE gives the same plan on every machine.
+Symbolic links to folders are followed, as ``ImageFolder`` follows them (a link back to a folder
+above it is not followed again). Images are always listed in the same order (class, then path,
+compared as text), so the same SOURCE gives the same plan on every machine.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,7 +59,9 @@ class Source:
     """A resolved SOURCE: its images, in order, and how to read them.
 
     Attributes:
-        spec: The SOURCE as given (a folder path or ``shapes``).
+        spec: The SOURCE as given (a folder path or ``shapes``); the manifest stores a
+            folder's resolved path instead, so ``photos``, ``photos/`` and ``$PWD/photos``
+            are the same run.
         kind: ``"folder"`` or ``"shapes"``.
         images: Every image, in plan order.
         classes: Class names by label, when the source has classes.
@@ -85,10 +89,10 @@ class Source:
         return data[image.index]["image"]
 
     def describe(self) -> dict[str, object]:
-        """The source as plain data (part of a run's manifest)."""
+        """The source as plain data (part of a run's manifest); a folder by its resolved path."""
         return {
             "kind": self.kind,
-            "spec": self.spec,
+            "spec": str(self.root) if self.kind == "folder" else self.spec,
             "split": self.split,
             "seed": self.seed if self.kind == "shapes" else None,
             "classes": list(self.classes) if self.classes is not None else None,
@@ -125,10 +129,7 @@ def resolve_source(
         )
     if not root.is_dir():
         raise SourceError(f"SOURCE {text!r} is a file; give the folder that holds the images")
-    files = sorted(
-        (path for path in root.rglob("*") if _is_image(path, root)),
-        key=lambda path: path.relative_to(root).as_posix(),
-    )
+    files = sorted(_image_files(root), key=lambda path: path.relative_to(root).as_posix())
     if not files:
         raise SourceError(
             f"SOURCE {text!r} holds no images (files ending in {', '.join(IMAGE_SUFFIXES)})"
@@ -196,7 +197,31 @@ def _shapes(text: str, images: int | None, seed: int) -> Source:
     return Source(text, "shapes", refs, tuple(SPLITS[split]), split=split, seed=seed)
 
 
-def _is_image(path: Path, root: Path) -> bool:
-    """An image file of the folder (hidden files and folders are skipped)."""
-    hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
-    return not hidden and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+def _image_files(root: Path) -> Iterator[Path]:
+    """Every image file under ``root``, symbolic links to folders followed (as ImageFolder).
+
+    Hidden files and folders (``.name``) are skipped. A link back to a folder above it (a
+    cycle) is not followed again, so the walk ends; two links to one folder are both read, as
+    torchvision's ``ImageFolder`` reads them.
+    """
+    above: dict[str, frozenset[tuple[int, int]]] = {os.fspath(root): frozenset({_key(root)})}
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        chain = above.pop(folder)
+        kept = []
+        for name in subfolders:
+            key = _key(Path(folder, name))
+            if not name.startswith(".") and key not in chain:
+                kept.append(name)
+                above[os.path.join(folder, name)] = chain | {key}
+        subfolders[:] = kept
+        for name in names:
+            path = Path(folder, name)
+            if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
+                if path.is_file():  # not a dangling link
+                    yield path
+
+
+def _key(folder: Path) -> tuple[int, int]:
+    """A folder's identity on disk (device, inode), the same through every link to it."""
+    stat = folder.stat()
+    return stat.st_dev, stat.st_ino

@@ -50,7 +50,12 @@ def weights_path(family: str, split: str = "shapes") -> Path:
     return classifier_path(family, split)
 
 
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    """Load ``state`` (read from ``path``) into ``model``; return it in eval mode.
+
+    Raises:
+        ValueError: ``weights in <path> do not fit the model: <torch's list of differences>``.
+    """
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
@@ -85,7 +90,7 @@ def load(family: str, split: str = "shapes", weights: str | Path | None = None) 
             f"weights file not found: {path}; train it with "
             f"`ctc-plugin zoo train {family} --split {split}` or pass --weights PATH"
         )
-    return _load_into(model, read_state_dict(path), path)
+    return load_state_into(model, read_state_dict(path), path)
 
 
 def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.Module:
@@ -123,7 +128,7 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
     classes = None if "num_classes" in kwargs else head_classes(model, state)
     if classes is not None:
         model = torchvision.models.get_model(arch, weights=None, num_classes=classes, **kwargs)
-    return _load_into(model, state, path)
+    return load_state_into(model, state, path)
 
 
 def head_classes(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:

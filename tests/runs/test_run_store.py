@@ -35,6 +35,19 @@ def test_a_manifest_with_tuples_resumes_its_own_run(tmp_path, config):
         RunStore(tmp_path / "run").open({"job": "test", "config": {**config, "seed": 2}})
 
 
+def test_a_mismatch_names_every_differing_key_with_both_values_in_full(tmp_path):
+    long_path = "/data/" + "very-long-folder-name/" * 6 + "photos"
+    stored = {"job": "test", "config": {"seed": 1}, "source": {"spec": long_path, "kind": "folder"}}
+    store = RunStore(tmp_path / "run")
+    store.open(stored)
+    store.write_shard("shard-00000", pa.table({"a": [1]}), {})
+    requested = {**stored, "config": {"seed": 2}, "source": {"spec": "/photos", "kind": "folder"}}
+    with pytest.raises(ConfigMismatchError) as caught:
+        RunStore(tmp_path / "run").open(requested)
+    assert caught.value.differences == [("seed", 1, 2), ("source.spec", long_path, "/photos")]
+    assert f"source.spec: {long_path!r} there, '/photos' now" in str(caught.value)
+
+
 def test_json_values_of_a_dataclass_is_its_fields_as_json():
     assert json_values(Options()) == {"methods": ["ctc", "gradcam"], "seed": 1}
 

@@ -1,0 +1,187 @@
+"""The command's ends and edges: failed writes, figure formats, ``--model`` imports, errors.
+
+Every failure here is one line on stderr and an exit status, never a traceback; a write that
+fails or is killed leaves the previous file as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ctc_plugin.cli import main
+from ctc_plugin.commands.explain import load_model
+from ctc_plugin.viz import save_figure
+from tests.cli.test_explain_cli import tiny_model
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = "tests.cli.test_explain_cli:tiny_model"
+#: A quick explanation of the bundled sample.
+QUICK = ["explain", "--model", TINY, "--method", "gradcam", "--segmenter", "grid",
+         "--segments", "4", "--no-progress"]  # fmt: skip
+
+
+def _error(capsys, argv: list[str]) -> str:
+    """Run the command; assert exit status 2 and one line on stderr; return that line."""
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    return error
+
+
+def _fail_midway(code: int, text: str):
+    """A writer that writes a few bytes, then fails as a full or limited disk does."""
+
+    def write(*args, **kwargs):
+        target = next(a for a in args if hasattr(a, "write") or isinstance(a, (str, Path)))
+        if isinstance(target, (str, Path)):  # a file name: opened as the writer would
+            Path(target).write_bytes(b"half a file")
+        else:
+            target.write(b"half a file")
+        raise OSError(code, text)
+
+    return write
+
+
+@pytest.mark.parametrize(
+    ("writer", "failure", "option"),
+    [
+        ("matplotlib.figure.Figure.savefig", (errno.ENOSPC, "No space left on device"), "--out"),
+        ("numpy.savez_compressed", (errno.EFBIG, "File too large"), "--save"),
+    ],
+)
+def test_a_failed_write_keeps_the_previous_file_and_is_one_line(
+    tmp_path, capsys, monkeypatch, writer, failure, option
+):
+    out, save = tmp_path / "fig.png", tmp_path / "run.npz"
+    out.write_bytes(b"the previous figure")
+    save.write_bytes(b"the previous data")
+    monkeypatch.setattr(writer, _fail_midway(*failure))
+    error = _error(capsys, [*QUICK, "--out", str(out), "--save", str(save)])
+    assert error.startswith(f"ctc-plugin explain: error: argument {option}: could not write")
+    assert failure[1] in error and "is kept as it was" in error
+    kept = out if option == "--out" else save
+    assert kept.read_bytes() == b"the previous " + (b"figure" if kept == out else b"data")
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_the_figure_is_written_in_the_format_its_suffix_names(tmp_path):
+    expected = {"pdf": b"%PDF", "svg": b"<?xml", "png": b"\x89PNG", "jpg": b"\xff\xd8"}
+    for suffix, magic in expected.items():
+        path = save_figure(plt.figure(figsize=(1, 1)), tmp_path / f"fig.{suffix}")
+        assert path.read_bytes().startswith(magic), suffix
+    assert Image.open(tmp_path / "fig.jpg").format == "JPEG"
+    assert save_figure(plt.figure(), tmp_path / "fig").read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="not supported"):
+        save_figure(plt.figure(), tmp_path / "fig.docx")
+    assert not (tmp_path / "fig.docx").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_explain_writes_a_pdf_for_a_pdf_name(tmp_path, capsys):
+    assert main([*QUICK, "--out", str(tmp_path / "fig.pdf")]) == 0
+    assert (tmp_path / "fig.pdf").read_bytes().startswith(b"%PDF")
+
+
+@pytest.mark.parametrize("name", ["fig.gif", "fig"])
+def test_a_figure_name_without_a_known_suffix_is_refused_while_parsing(tmp_path, capsys, name):
+    error = _error(capsys, ["explain", "--out", str(tmp_path / name)])
+    assert "argument --out: give a figure file name ending in .png, .pdf, .svg, .jpg" in error
+
+
+@pytest.fixture
+def no_current_folder_on_path(monkeypatch, tmp_path):
+    """sys.path as the ``ctc-plugin`` console script has it: without the current folder."""
+    here = {"", ".", str(tmp_path), str(Path.cwd())}
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry not in here])
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    sys.modules.pop("my_local_models", None)
+
+
+def test_a_module_callable_model_is_imported_from_the_current_folder(no_current_folder_on_path):
+    (no_current_folder_on_path / "my_local_models.py").write_text(
+        "from torch import nn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())\n"
+    )
+    path = list(sys.path)
+    loaded = load_model("my_local_models:build", None)
+    assert isinstance(loaded.network, torch.nn.Sequential)
+    assert sys.path == path  # restored after the import
+
+
+def test_a_module_that_is_not_there_names_the_folders_searched(no_current_folder_on_path, capsys):
+    error = _error(capsys, ["explain", "--model", "my_missing_models:build"])
+    assert "cannot import the module 'my_missing_models'" in error
+    assert f"the current folder ({no_current_folder_on_path})" in error
+
+
+def _state(model: torch.nn.Module, path: Path) -> str:
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def _torchscript(path: Path) -> str:
+    torch.jit.script(tiny_model()).save(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--model", TINY, "--weights", "{other}"],
+            "--weights {other}: weights in {other} do not fit the model: Error(s) in loading",
+        ),
+        (["--model", "torch.nn:Linear"], "--model 'torch.nn:Linear' needs arguments"),
+        (["--device", "xla"], "argument --device: expected cpu, cuda or mps"),
+        (["--device", "meta"], "argument --device: expected cpu, cuda or mps"),
+        (
+            ["--model", TINY, "--weights", "{script}"],
+            "it is a TorchScript archive (written by torch.jit.save or scripted_model.save), "
+            "not a state dict; save the model's weights with torch.save(model.state_dict(), "
+            "path)",
+        ),
+    ],
+)
+def test_model_and_device_mistakes_are_one_line(tmp_path, capsys, recwarn, options, message):
+    files = {
+        "{other}": _state(torch.nn.Linear(2, 2), tmp_path / "other.pt"),
+        "{script}": _torchscript(tmp_path / "scripted.pt"),
+    }
+    options = [files.get(option, option) for option in options]
+    for name, path in files.items():
+        message = message.replace(name, path)
+    error = _error(capsys, ["explain", *options, "--out", str(tmp_path / "fig.png")])
+    assert message in error, error
+    assert not [w for w in recwarn if "TorchScript" in str(w.message)]
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path):
+    command = [sys.executable, "-m", "ctc_plugin.cli", *QUICK, "--out", str(tmp_path / "f.png")]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    process.stdout.close()  # `| head -0`: the reader is gone before the first line
+    error = process.stderr.read()
+    assert process.wait(timeout=300) == 141, error
+    assert "Traceback" not in error and "BrokenPipeError" not in error and not error.strip()
+
+
+def test_numpy_savez_writes_to_an_open_stream_without_a_second_suffix(tmp_path):
+    """``--save`` hands numpy the temporary file's stream: the name stays the one given."""
+    assert main([*QUICK, "--out", str(tmp_path / "f.png"), "--save", str(tmp_path / "d.npz")]) == 0
+    with np.load(tmp_path / "d.npz", allow_pickle=False) as data:
+        assert "image0/gradcam/scores" in data.files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "d.npz", "f.png"]
