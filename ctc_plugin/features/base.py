@@ -211,6 +211,22 @@ class Segmentation:
     features: list[FeatureTable]
 
 
+def _setting_text(value: Any) -> str:
+    """A setting JSON cannot hold, as text that changes whenever the setting does.
+
+    Arrays and tensors are named by their shape, dtype and the sha256 of their bytes (their
+    ``str`` abbreviates large ones to ``...``, so two masks that differ in the middle would
+    share a cache key); anything else by its ``str``.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value)
+        digest = hashlib.sha256(data.tobytes()).hexdigest()
+        return f"array{list(data.shape)} {data.dtype} sha256:{digest}"
+    return str(value)
+
+
 class Segmenter(ABC):
     """Base class of the segmenters: normalisation, batching, caching and the protocol.
 
@@ -263,7 +279,7 @@ class Segmenter(ABC):
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "settings": self.settings(),
         }
-        text = json.dumps(payload, sort_keys=True, default=str)
+        text = json.dumps(payload, sort_keys=True, default=_setting_text)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
     def segment(self, images: torch.Tensor) -> Segmentation:

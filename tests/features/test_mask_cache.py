@@ -20,6 +20,7 @@ from ctc_plugin.features import (
     FeatureTable,
     MaskCache,
     Segmenter,
+    SuperpixelSegmenter,
     default_cache_dir,
     feature_table,
 )
@@ -160,3 +161,19 @@ def test_default_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     assert os.fspath(CountingSegmenter(cache=str(tmp_path)).cache.directory) == str(tmp_path)
     with pytest.raises(TypeError, match="cache"):
         CountingSegmenter(cache=3)
+
+
+def test_settings_that_hold_arrays_are_keyed_by_their_content(tmp_path: Path):
+    """Two foreground masks of SLIC that differ only in the middle (``str`` of an array of more
+    than 1000 values abbreviates it to ``...``) are two settings, with their own entries."""
+    first = np.zeros((64, 64), bool)
+    first[8:40, 8:40] = True
+    second = np.zeros((64, 64), bool)
+    second[24:56, 24:56] = True
+    a = SuperpixelSegmenter(mask=first, cache=tmp_path)
+    b = SuperpixelSegmenter(mask=second, cache=tmp_path)
+    assert a.settings_key() != b.settings_key()
+    assert a.settings_key() == SuperpixelSegmenter(mask=first.copy()).settings_key()
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    a(x)
+    torch.testing.assert_close(b(x), SuperpixelSegmenter(mask=second)(x), rtol=0, atol=0)
