@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -33,7 +34,7 @@ from segment_anything.modeling import (
 
 from ctc_plugin.features.base import FeatureTable, Segmenter, feature_table
 from ctc_plugin.features.cache import MaskCache
-from ctc_plugin.features.partition import to_partition
+from ctc_plugin.features.partition import check_partition_options, to_partition
 from ctc_plugin.files import read_data_file
 
 __all__ = ["SAM_MODEL_TYPES", "SAMSegmenter", "build_tiny_sam", "load_sam"]
@@ -191,6 +192,61 @@ def _fingerprint_model(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:32]
 
 
+def _weights_state(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """What changes whenever a tensor of ``model`` is written or replaced.
+
+    Each tensor's storage address and version counter: ``load_state_dict`` and optimiser steps
+    write in place and move the counter; ``.to()`` makes new tensors.
+    """
+    return tuple((t.data_ptr(), t._version) for t in model.state_dict().values())
+
+
+def _mask_of(record: dict[str, Any]) -> np.ndarray:
+    """A generator record's ``segmentation`` as a boolean (H, W) array.
+
+    Whatever the generator's ``output_mode``: a binary mask, an uncompressed RLE or a COCO RLE.
+    """
+    segmentation = record["segmentation"]
+    if isinstance(segmentation, dict):
+        if isinstance(segmentation.get("counts"), list):  # "uncompressed_rle"
+            from segment_anything.utils.amg import rle_to_mask
+
+            return rle_to_mask(segmentation).astype(bool)
+        from pycocotools import (
+            mask as coco_mask,
+        )  # "coco_rle"; checked when the segmenter was built
+
+        return coco_mask.decode(segmentation).astype(bool)
+    return np.asarray(segmentation, dtype=bool)
+
+
+def _check_generator_options(options: dict[str, Any]) -> None:
+    """Refuse generator options that would fail only when SAM has already run (or divide by 0).
+
+    Raises:
+        ValueError: ``points_per_side`` below 1, ``points_per_batch`` below 1, or an
+            ``output_mode`` other than ``"binary_mask"``, ``"uncompressed_rle"`` and
+            ``"coco_rle"`` (the last one without ``pycocotools`` installed).
+    """
+    for name in ("points_per_side", "points_per_batch"):
+        value = options.get(name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    mode = options.get("output_mode", "binary_mask")
+    if mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
+        raise ValueError(
+            f"output_mode must be 'binary_mask', 'uncompressed_rle' or 'coco_rle', got {mode!r}"
+        )
+    if mode == "coco_rle":
+        try:
+            import pycocotools.mask  # noqa: F401
+        except ImportError as error:
+            raise ValueError(
+                "output_mode='coco_rle' needs pycocotools (pip install pycocotools); the "
+                "default 'binary_mask' gives the same features without it"
+            ) from error
+
+
 class SAMSegmenter(Segmenter):
     """Segment Anything's automatic masks as features.
 
@@ -246,15 +302,19 @@ class SAMSegmenter(Segmenter):
         super().__init__(value_range=value_range, mean=mean, std=std, cache=cache)
         if image_size is not None and image_size < 8:
             raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        check_partition_options(dilation, min_area, remainder)
+        _check_generator_options(generator_options)
+        self._checkpoint_source: str | None = None
         if model is not None:
             self._check_model(model)
-            self.model_source = f"model:{_fingerprint_model(model)}"
         else:
             model = self._load_model(checkpoint, model_type)
-            self.model_source = _file_identity(Path(checkpoint).expanduser())  # type: ignore[arg-type]
+            self._checkpoint_source = _file_identity(Path(checkpoint).expanduser())  # type: ignore[arg-type]
         if device is not None:
             model = model.to(device)
         self.model = model.eval()
+        self._fingerprint: tuple[tuple[tuple[int, int], ...], str] | None = None
+        self._generate_lock = threading.Lock()
         self.model_type = model_type
         self.image_size = image_size
         self.partition_options = {
@@ -289,6 +349,32 @@ class SAMSegmenter(Segmenter):
             f"cache={self.cache!r})"
         )
 
+    @property
+    def model_source(self) -> str:
+        """What identifies the model's weights in the cache key.
+
+        A checkpoint by its path, size and modification time (hashing a 2.5 GB file would take
+        seconds); a model given as a module by the sha256 of its weights, computed again
+        whenever a tensor of it was written or replaced since (``load_state_dict``), so masks
+        of earlier weights are never served from the cache.
+        """
+        if self._checkpoint_source is not None:
+            return self._checkpoint_source
+        state = _weights_state(self.model)
+        if self._fingerprint is None or self._fingerprint[0] != state:
+            self._fingerprint = (state, f"model:{_fingerprint_model(self.model)}")
+        return self._fingerprint[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the lock (a new one is made on unpickling)."""
+        state = self.__dict__.copy()
+        state["_generate_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._generate_lock = threading.Lock()
+
     def settings(self) -> dict[str, Any]:
         """Return every option that changes the result (the cache key)."""
         return {
@@ -314,16 +400,21 @@ class SAMSegmenter(Segmenter):
         return resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
     def raw_masks(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """Run the automatic mask generator on one RGB ``uint8`` image at SAM's input size."""
-        with torch.no_grad():
-            return self.generator.generate(np.ascontiguousarray(self.sam_input(image)))
+        """Run the automatic mask generator on one RGB ``uint8`` image at SAM's input size.
+
+        One image at a time per segmenter: the generator's predictor holds the image it was
+        set, so threads sharing the segmenter take turns (each gets its own image's masks).
+        """
+        sam_image = np.ascontiguousarray(self.sam_input(image))
+        with self._generate_lock, torch.no_grad():
+            return self.generator.generate(sam_image)
 
     def segment_image(self, image: np.ndarray) -> tuple[np.ndarray, FeatureTable]:
         """Segment one RGB ``uint8`` image ``(H, W, 3)`` with SAM and make it a partition."""
         height, width = image.shape[:2]
         records = self.raw_masks(image)
         if records:
-            stack = np.stack([np.asarray(r["segmentation"], dtype=bool) for r in records])
+            stack = np.stack([_mask_of(r) for r in records])
             if stack.shape[1:] != (height, width):
                 resized = torch.nn.functional.interpolate(
                     torch.from_numpy(stack)[:, None].float(),

@@ -112,6 +112,22 @@ def _content_order(stack: np.ndarray) -> np.ndarray:
     return np.asarray(sorted(range(len(stack)), key=lambda i: (-int(areas[i]), packed[i], -i)), int)
 
 
+def check_partition_options(dilation: Any, min_area: float, remainder: str) -> None:
+    """Refuse options of `to_partition` that it cannot use (segmenters check them when built).
+
+    Raises:
+        ValueError: ``dilation`` neither ``"auto"`` nor a non-negative int, a negative
+            ``min_area``, or ``remainder`` neither ``"components"`` nor ``"single"``.
+    """
+    is_int = isinstance(dilation, (int, np.integer)) and not isinstance(dilation, bool)
+    if dilation != "auto" and not (is_int and dilation >= 0):
+        raise ValueError(f"dilation must be 'auto' or a non-negative int, got {dilation!r}")
+    if remainder not in ("components", "single"):
+        raise ValueError(f"remainder must be 'components' or 'single', got {remainder!r}")
+    if not min_area >= 0:
+        raise ValueError(f"min_area must be non-negative, got {min_area}")
+
+
 @overload
 def to_partition(
     masks: MaskInput,
@@ -167,18 +183,10 @@ def to_partition(
     Raises:
         ValueError: On invalid masks or options.
     """
+    check_partition_options(dilation, min_area, remainder)
     stack = mask_stack(masks, shape)
     height, width = stack.shape[1:]
-    if dilation == "auto":
-        kernel = math.ceil(width / 100)
-    elif isinstance(dilation, (int, np.integer)) and dilation >= 0:
-        kernel = int(dilation)
-    else:
-        raise ValueError(f"dilation must be 'auto' or a non-negative int, got {dilation!r}")
-    if remainder not in ("components", "single"):
-        raise ValueError(f"remainder must be 'components' or 'single', got {remainder!r}")
-    if min_area < 0:
-        raise ValueError(f"min_area must be non-negative, got {min_area}")
+    kernel = math.ceil(width / 100) if dilation == "auto" else int(dilation)
     min_pixels = min_area * height * width if min_area < 1 else min_area
 
     order = _content_order(stack)

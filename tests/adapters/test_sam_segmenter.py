@@ -198,3 +198,56 @@ def test_ctc_runs_sam_once_per_image(checkpoint: Path, tmp_path: Path, images):
         for feature in torch.unique(mask[index]):
             values = first[index][:, mask[index, 0] == feature]
             assert torch.allclose(values, values.flatten()[0].expand_as(values))
+
+
+def test_threads_sharing_a_segmenter_get_their_own_masks(tmp_path: Path):
+    """The generator's predictor holds the image it was set: threads take turns on it, and
+    what they put in a shared cache is each image's own masks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    segmenter = SAMSegmenter(model=build_tiny_sam(), cache=MaskCache(tmp_path), **GENERATOR)
+    pictures = [
+        torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(i)) for i in range(6)
+    ]
+    expected = [SAMSegmenter(model=build_tiny_sam(), cache=None, **GENERATOR)(x) for x in pictures]
+    for _ in range(3):
+        segmenter.cache.clear()  # each round segments again, on several threads
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(segmenter, pictures))
+        assert all(torch.equal(a, b) for a, b in zip(results, expected))
+    again = SAMSegmenter(model=build_tiny_sam(), cache=MaskCache(tmp_path), **GENERATOR)
+    assert all(torch.equal(again(x), e) for x, e in zip(pictures, expected))  # from the cache
+
+
+def test_new_weights_of_a_given_model_are_a_new_cache_key(tmp_path: Path, images):
+    sam = build_tiny_sam()
+    segmenter = SAMSegmenter(model=sam, cache=MaskCache(tmp_path), **GENERATOR)
+    before = segmenter.settings_key()
+    segmenter(images)
+    sam.load_state_dict(build_tiny_sam(seed=1).state_dict())
+    assert segmenter.settings_key() != before
+    fresh = SAMSegmenter(model=build_tiny_sam(seed=1), cache=None, **GENERATOR)
+    assert torch.equal(segmenter(images), fresh(images))
+
+
+def test_rle_output_modes_give_the_binary_masks_features(images):
+    binary = SAMSegmenter(model=build_tiny_sam(), cache=None, **GENERATOR)(images)
+    rle = SAMSegmenter(
+        model=build_tiny_sam(), cache=None, output_mode="uncompressed_rle", **GENERATOR
+    )
+    assert torch.equal(rle(images), binary)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"dilation": -1}, "dilation must be"),
+        ({"remainder": "none"}, "remainder must be"),
+        ({"min_area": -1}, "min_area must be"),
+        ({"points_per_side": 0}, "points_per_side must be a positive int"),
+        ({"output_mode": "polygons"}, "output_mode must be"),
+    ],
+)
+def test_bad_options_are_refused_when_built(options, message):
+    with pytest.raises(ValueError, match=message):
+        SAMSegmenter(model=build_tiny_sam(), cache=None, **options)
