@@ -26,6 +26,7 @@ from zennit.types import Convolution
 
 from ctc_plugin.canonizers import PositiveEpsMergeBatchNorm
 from ctc_plugin.concurrency import exclusive
+from ctc_plugin.inputs import check_eval_mode
 from ctc_plugin.relevance import Relevance, compute_relevance, one_hot_of, run_composite
 from ctc_plugin.targets import class_indices
 
@@ -90,7 +91,9 @@ def zennit_relevance(
     """Run a Zennit composite on the classifier and return the relevance heatmap.
 
     The composite's hooks and canonizers are removed when the call ends, also on error, so the
-    model is left as it was. The model's train/eval mode is not changed: pass it in eval mode.
+    model is left as it was. A model with BatchNorm or dropout in training mode is refused
+    before anything runs (its statistics would change and the heatmap would depend on the rest
+    of the batch): pass it in eval mode.
 
     Args:
         model: The classifier.
@@ -104,7 +107,12 @@ def zennit_relevance(
 
     Returns:
         Relevance summed over channels, ``(N, H, W)``.
+
+    Raises:
+        TrainingModeError: The model has BatchNorm or dropout in training mode (call
+            ``model.eval()``); nothing has run.
     """
+    check_eval_mode(model)
     with exclusive(model):  # its composites change the model; other calls wait
         targets = resolve_target(model, images, target)
         if composite is not None:

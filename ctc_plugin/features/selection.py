@@ -128,14 +128,16 @@ def relevant_pixels(relevance: np.ndarray, config: SelectionConfig) -> np.ndarra
     """Return the boolean ``(H, W)`` map of pixels above the cell's Jenks break and the percentile.
 
     A cell with fewer distinct values than ``jenks_classes`` has no natural breaks; there only the
-    global percentile applies.
+    global percentile applies. Relevance is compared with its signs, as the breaks and the
+    percentile are computed: a signed heatmap (Integrated Gradients, LRP with beta > 0) keeps
+    its strongest positive evidence, not its strongest negative evidence; on the published
+    LRP-alpha1-beta0 heatmaps, which are never negative, this is the same.
     """
     height, width = relevance.shape
     global_threshold = np.percentile(relevance, config.percentile)
     cell_h = int(np.ceil(height / config.grid))
     cell_w = int(np.ceil(width / config.grid))
-    magnitude = np.abs(relevance)
-    keep = magnitude > global_threshold
+    keep = relevance > global_threshold
     for top in range(0, height, cell_h):
         for left in range(0, width, cell_w):
             cell = relevance[top : top + cell_h, left : left + cell_w]
@@ -143,9 +145,7 @@ def relevant_pixels(relevance: np.ndarray, config: SelectionConfig) -> np.ndarra
                 continue
             breaks = jenkspy.jenks_breaks(cell.ravel().astype(np.float64), config.jenks_classes)
             cut = breaks[config.jenks_break]
-            keep[top : top + cell_h, left : left + cell_w] &= (
-                magnitude[top : top + cell_h, left : left + cell_w] > cut
-            )
+            keep[top : top + cell_h, left : left + cell_w] &= cell > cut
     return keep
 
 

@@ -32,10 +32,12 @@ def blob_relevance(size: int = 32, top: int = 8, left: int = 16, side: int = 8) 
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), size=st.sampled_from([16, 24]))
-def test_relevant_pixels_match_a_direct_loop(seed, size):
+@given(seed=st.integers(0, 10_000), size=st.sampled_from([16, 24]), signed=st.booleans())
+def test_relevant_pixels_match_a_direct_loop(seed, size, signed):
     rng = np.random.default_rng(seed)
     relevance = rng.gamma(0.5, size=(size, size))
+    if signed:  # negative evidence too (Integrated Gradients, LRP with beta > 0)
+        relevance -= 2 * rng.gamma(0.5, size=(size, size))
     config = SelectionConfig()
     got = relevant_pixels(relevance, config)
     percentile = np.percentile(relevance, 95)
@@ -48,8 +50,26 @@ def test_relevant_pixels_match_a_direct_loop(seed, size):
                 (x // cell) * cell : (x // cell + 1) * cell,
             ]
             cut = jenkspy.jenks_breaks(block.ravel(), n_classes=6)[-5]  # the reference's index
-            expected[y, x] = abs(relevance[y, x]) > cut and abs(relevance[y, x]) > percentile
+            expected[y, x] = relevance[y, x] > cut and relevance[y, x] > percentile
     np.testing.assert_array_equal(got, expected)
+
+
+def test_strong_negative_evidence_is_not_selected():
+    """A block of relevance -5 lies far below the 95th percentile: a signed heatmap's
+    negative evidence is not taken for relevant pixels, its positive spot is."""
+    relevance = 0.01 * torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(1))
+    relevance[0, :8, :8] = -5.0
+    relevance[0, 26:30, 26:30] = 3.0
+    keep = relevant_pixels(relevance[0].numpy(), SelectionConfig())
+    assert not keep[:8, :8].any() and keep[26:30, 26:30].all()
+    x = torch.full((1, 3, 32, 32), 0.5)
+    selection = select_features(
+        grid_partition()[None, None],
+        x,
+        relevance=relevance,
+        config=SelectionConfig(k=1, min_samples=5),
+    )
+    assert selection.selected[0].tolist() == [15]
 
 
 @settings(max_examples=25, deadline=None)
@@ -177,6 +197,21 @@ def test_relevance_methods_are_interchangeable():
 
     by_callable = select_features(partition, images, saliency, model=model)
     assert by_callable.relevance.shape == (2, 32, 32)
+
+
+def test_a_model_in_training_mode_is_refused_and_left_as_it_was():
+    from ctc_plugin import zoo
+    from ctc_plugin.inputs import TrainingModeError
+
+    model = zoo.load("resnet").train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    index = torch.arange(96) * 4 // 96
+    partition = (index[:, None] * 4 + index[None, :])[None, None]
+    with pytest.raises(TrainingModeError, match="model.eval"):
+        select_features(partition, images, model=model, target=1)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
 
 
 def test_bad_inputs_are_clear_errors():
