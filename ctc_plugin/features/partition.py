@@ -244,7 +244,8 @@ def as_feature_mask(
     * a boolean stack ``(M, H, W)`` or a list of boolean ``(H, W)`` masks (possibly overlapping);
     * SAM's list of dicts;
     * a Captum ``ImageMaskInput`` (its ``mask_list`` or ``mask``);
-    * a list with one of the above per image.
+    * a list with one of the above per image (an integer ``(H, W)`` array in a list is one
+      image's label map, a boolean one a mask; a list mixing the two is refused).
 
     Overlapping masks go through [`to_partition`][ctc_plugin.features.partition.to_partition] with
     ``options``.
@@ -280,20 +281,34 @@ def as_feature_mask(
             raise ValueError(f"label map has shape {array.shape[2:]} but the images are {shape}")
         relabelled = [relabel_sequential(item - item.min())[0] for item in array]
         return torch.from_numpy(np.stack(relabelled).astype(np.int64))
-    if isinstance(masks, Sequence) and masks and _is_per_image(masks[0]):
-        return torch.cat([as_feature_mask(item, shape, **options) for item in masks])
+    if isinstance(masks, Sequence) and masks and not isinstance(masks, str):
+        per_image = [_is_per_image(item) for item in masks]
+        if all(per_image):
+            return torch.cat([as_feature_mask(item, shape, **options) for item in masks])
+        if any(per_image):
+            first = per_image.index(True)
+            raise ValueError(
+                "a list of masks holds either one entry per image (an integer label map, a "
+                "boolean mask stack, a list of masks or SAM's list of dicts each) or one "
+                f"image's boolean (H, W) masks, not both: item {first} is an image's, item "
+                f"{per_image.index(False)} one mask"
+            )
     return to_partition(masks, shape=shape, **options)[None, None]
 
 
 def _is_per_image(item: Any) -> bool:
-    """Whether ``item`` is one image's masks (rather than one mask) in a per-image list."""
+    """Whether ``item`` is one image's masks (rather than one mask) in a per-image list.
+
+    An integer (H, W) array is a label map, one image's features, whatever ids it holds (masks
+    are boolean); a boolean (H, W) array is one mask.
+    """
     if isinstance(item, Mapping):
         return False
     if hasattr(item, "mask_list"):
         return True
     if isinstance(item, (np.ndarray, torch.Tensor)):
         array = _to_numpy(item)
-        return array.ndim == 3 or (array.ndim == 2 and array.dtype != bool and array.max() > 1)
+        return array.ndim == 3 or (array.ndim == 2 and np.issubdtype(array.dtype, np.integer))
     return isinstance(item, Sequence)
 
 

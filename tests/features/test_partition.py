@@ -195,6 +195,22 @@ def test_as_feature_mask_forms():
         as_feature_mask(torch.rand(2, 3))
 
 
+def test_a_list_of_label_maps_is_one_per_image_whatever_ids_they_hold():
+    """Integer (H, W) maps in a list are label maps, one per image, also when a map holds only
+    ids 0 and 1 (that once made the list read as two masks of one image)."""
+    halves = np.zeros((4, 6), dtype=np.int64)
+    halves[:, 3:] = 1
+    thirds = np.zeros((4, 6), dtype=np.int64)
+    thirds[:2], thirds[3:] = 1, 2
+    for maps in ([halves, thirds], [thirds, halves], [halves, 1 - halves]):
+        out = as_feature_mask(maps)
+        assert out.shape == (2, 1, 4, 6)
+        for item, expected in zip(out[:, 0], maps):
+            assert torch.equal(item, torch.from_numpy(expected))
+    with pytest.raises(ValueError, match="not both: item 0 is an image's, item 1 one mask"):
+        as_feature_mask([halves, halves.astype(bool)])
+
+
 def test_as_feature_mask_accepts_captum_image_mask_input():
     pytest.importorskip("PIL")
     from captum.attr._utils.interpretable_input import ImageMaskInput
