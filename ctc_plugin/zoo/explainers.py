@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import ctc_plugin.weights as weights
+from ctc_plugin.datasets.splits import check_split
 from ctc_plugin.explainer.network import Explainer
-from ctc_plugin.zoo.loading import load
+from ctc_plugin.zoo.loading import check_family, load
 
 #: Kinds of shipped explainer: ``"default"`` (small U-Net, fast), ``"class-specific"``
 #: (a copy of the classifier gives the class maps: masks of absent classes stay dark, several
@@ -35,8 +36,14 @@ def _check_kind(kind: str) -> None:
 
 
 def explainer_path(family: str, split: str = "shapes", kind: str = "default") -> Path:
-    """Return where the shipped explainer of a zoo model lives (whether or not it exists)."""
+    """Return where the shipped explainer of a zoo model lives (whether or not it exists).
+
+    Raises:
+        ValueError: For an unknown family, split or kind.
+    """
     _check_kind(kind)
+    check_family(family)
+    check_split(split)
     return weights.explainer_path(family, split, kind)
 
 
@@ -65,8 +72,8 @@ def load_explainer(family: str, split: str = "shapes", kind: str = "default") ->
     Raises:
         FileNotFoundError: If no explainer is shipped for that model, naming the command that
             trains one.
-        ValueError: For an unknown kind, or a file that differs from the weights manifest
-            (damaged: the message gives both digests and says to reinstall).
+        ValueError: For an unknown family, split or kind, or a file that differs from the
+            weights manifest (damaged: the message gives both digests and says to reinstall).
     """
     path = explainer_path(family, split, kind)
     if not path.is_file():

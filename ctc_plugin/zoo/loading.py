@@ -15,7 +15,8 @@ from ctc_plugin.zoo.models import ARCHITECTURES
 from ctc_plugin.zoo.settings import FAMILIES as FAMILIES
 
 
-def _check_family(family: str) -> None:
+def check_family(family: str) -> None:
+    """Raise a ValueError naming the families unless ``family`` is one of them."""
     if family not in ARCHITECTURES:
         raise ValueError(f"unknown model family {family!r}; expected one of {list(FAMILIES)}")
 
@@ -30,7 +31,7 @@ def build(family: str, num_classes: int) -> nn.Module:
     Raises:
         ValueError: For an unknown family or a non-positive class count.
     """
-    _check_family(family)
+    check_family(family)
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     return ARCHITECTURES[family](num_classes)
@@ -45,7 +46,7 @@ def weights_path(family: str, split: str = "shapes") -> Path:
     Raises:
         ValueError: For an unknown family or split.
     """
-    _check_family(family)
+    check_family(family)
     check_split(split)
     return classifier_path(family, split)
 

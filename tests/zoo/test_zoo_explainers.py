@@ -172,9 +172,13 @@ def test_the_class_specific_table_gives_both_models_back_in_their_modes():
     torch.testing.assert_close(table.own_mask, again.own_mask, equal_nan=True)
 
 
-def test_unknown_kind_is_an_error():
+def test_unknown_kind_family_or_split_is_an_error():
     with pytest.raises(ValueError, match="unknown explainer kind 'fast'"):
         load_explainer("resnet", "shapes", "fast")
+    with pytest.raises(ValueError, match="unknown model family 'bogus'; expected one of"):
+        load_explainer("bogus")  # not "train it with ... --model bogus"
+    with pytest.raises(ValueError, match="unknown split 'nosplit'"):
+        load_explainer("resnet", "nosplit")
 
 
 def test_two_object_images_hold_both_objects():
