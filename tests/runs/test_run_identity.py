@@ -153,7 +153,11 @@ def test_ctrl_c_and_a_full_disk_end_with_one_line(tmp_path, capsys, monkeypatch,
         raise failure
 
     monkeypatch.setattr("ctc_plugin.runs.engine.run_job", fail)
-    assert main(_run(tmp_path / "run")) == status
+    try:
+        result = main(_run(tmp_path / "run"))
+    except KeyboardInterrupt:  # fail this test, not the whole session
+        pytest.fail("Ctrl-C escaped main() as a KeyboardInterrupt")
+    assert result == status
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1, error
     assert error.startswith("ctc-plugin explain-dataset: ") and line in error
