@@ -128,9 +128,11 @@ def test_save_and_load_round_trip(tmp_path):
         Explainer.load(tmp_path / "missing.pt")
 
 
-def test_missing_shipped_explainer_names_the_command():
-    with pytest.raises(FileNotFoundError, match="ctc-plugin explainer train --model nosuch"):
-        load_explainer("nosuch", "shapes")
+def test_missing_shipped_explainer_names_the_command(monkeypatch, tmp_path):
+    # every zoo model ships a default explainer: pretend the resnet one is missing
+    monkeypatch.setattr("ctc_plugin.weights.explainer_path", lambda *args: tmp_path / "none.pt")
+    with pytest.raises(FileNotFoundError, match="ctc-plugin explainer train --model resnet"):
+        load_explainer("resnet", "composite")
 
 
 @pytest.mark.parametrize("input_scale", [1.0, 0.5])
@@ -154,12 +156,12 @@ def test_any_width_builds(width):
 
 
 def test_missing_class_specific_explainer_names_its_command_and_loading():
-    with pytest.raises(FileNotFoundError) as error:
-        load_explainer("nosuch", "shapes", "class-specific")
+    with pytest.raises(FileNotFoundError) as error:  # none is shipped for the composite split
+        load_explainer("resnet", "composite", "class-specific")
     message = str(error.value)
     assert "--backbone classifier" in message and "classifier=model" in message
     with pytest.raises(FileNotFoundError) as error:
-        load_explainer("nosuch", "shapes", "distilled")
+        load_explainer("resnet", "composite", "distilled")
     message = str(error.value)
-    assert "explainer gate --model nosuch --split shapes --gate student" in message
+    assert "explainer gate --model resnet --split composite --gate student" in message
     assert "Explainer.load(PATH)" in message
