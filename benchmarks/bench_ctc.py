@@ -17,6 +17,13 @@ and the images in channels-last memory format for every method; ``--no-variants`
 row of the reference pass as the spec computes it, without any speed-up; what each speed-up gains
 is measured by ``benchmarks/bench_speedups.py``). The last column is the median of each repeat's
 own ratio to FeatureAblation, which a slow spell of a shared machine moves less.
+
+``--launches`` counts, for one call of each method, the operations that would each be a kernel
+launch on a GPU (ATen operations other than views) and the host synchronisations (reading a
+value back: ``item``, ``nonzero``, ``bool(tensor)``, ...): what bounds CTC on a GPU with one
+image. On a CPU it runs CTC on the path other devices take (the whole layer in one block, no
+sparse copies, no grouping of the examples), so the counts hold without a GPU, except that a
+CPU computes the ``"reference"`` formula's ``log10`` through NumPy, which is not counted.
 """
 
 from __future__ import annotations
@@ -29,9 +36,34 @@ import time
 import torch
 import torchvision
 from captum.attr import FeatureAblation
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ctc_plugin import CTC
 from ctc_plugin.ctc.speedups import DEFAULT, SPEC
+
+#: The speed-ups CTC uses on devices other than a CPU (their choice made explicit for a CPU run).
+OTHER_DEVICES = dataclasses.replace(
+    DEFAULT, copies_per_pass=None, block_elements=None, packed_boxes=0.0, sparse_copies=False
+)
+#: Operations that read a value back to the host (a GPU would wait for its queued work).
+SYNCHRONISING = {"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "_unique2", "unique_dim"}
+#: Operations that launch no kernel: views aside, the ones that only allocate or alias.
+NO_KERNEL = {"detach", "lift_fresh", "empty", "empty_like", "empty_strided", "new_empty",
+             "new_empty_strided", "set_", "resize_"}  # fmt: skip
+
+
+class LaunchCount(TorchDispatchMode):
+    """Count the ATen operations of the calls under it: kernel launches and host syncs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.launches = self.syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func.overloadpacket.__name__ not in NO_KERNEL:
+            self.launches += 1
+        self.syncs += func.overloadpacket.__name__ in SYNCHRONISING
+        return func(*args, **(kwargs or {}))
 
 
 def grid_mask(size: int, features: int) -> torch.Tensor:
@@ -80,6 +112,12 @@ def main() -> None:
         "--no-variants",
         action="store_true",
         help="leave out the row of the reference pass without speed-ups (the spec)",
+    )
+    parser.add_argument(
+        "--launches",
+        action="store_true",
+        help="also count each method's kernel launches and host syncs of one call (on a CPU, "
+        "CTC on the path of other devices)",
     )
     parser.add_argument(
         "--profile",
@@ -161,10 +199,32 @@ def main() -> None:
     )
     for name, t in medians.items():
         print(f"{name:32s} {t:9.3f} {t / fa:18.2f} {t / plain_t:17.2f} {paired[name]:12.2f}")
+    if args.launches:
+        print_launches(runs, model, x, target, mask, k, device)
     if args.profile:
         with torch.profiler.profile() as profile:
             runs[f"CTC {args.profile}"]()
         print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+
+
+def print_launches(runs: dict, model, x, target, mask, k: int, device: torch.device) -> None:
+    """Print each method's kernel launches and host syncs of one call (see the module text)."""
+    counted = {name: fn for name, fn in runs.items() if not name.startswith("CTC")}
+    for mode in ("none", "proportional", "reference"):
+        ctc = CTC(model, bias_sharing=mode)
+        if device.type == "cpu":  # the CPU's own speed-ups launch more, smaller operations
+            ctc._speedups = OTHER_DEVICES
+        counted[f"CTC {mode}"] = lambda ctc=ctc: ctc.attribute(
+            x, target=target, feature_mask=mask, perturbations_per_eval=k
+        )
+    fa = None
+    print(f"{'one call of':32s} {'launches':>9s} {'/ FeatureAblation':>18s} {'host syncs':>11s}")
+    for name, fn in counted.items():
+        with LaunchCount() as count:
+            fn()
+        fa = count.launches if name == "captum FeatureAblation" else fa
+        ratio = f"{count.launches / fa:18.2f}" if fa else f"{'':18s}"
+        print(f"{name:32s} {count.launches:9d} {ratio} {count.syncs:11d}")
 
 
 if __name__ == "__main__":
