@@ -37,7 +37,15 @@ from ctc_plugin.concurrency import model_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["TrainingModeError", "check_eval_mode", "check_images", "check_inputs"]
+__all__ = [
+    "TrainingModeError",
+    "changes_in_training",
+    "check_eval_mode",
+    "check_images",
+    "check_inputs",
+    "outside_inference_mode",
+    "training_mode_error",
+]
 
 #: The channel counts that make a trailing dimension look like channels (channels-last layout).
 _CHANNEL_COUNTS = (1, 3, 4)
