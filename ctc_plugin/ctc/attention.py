@@ -262,6 +262,13 @@ def _attention_mask(call: dict, q: torch.Tensor) -> torch.Tensor | None:
             "torch.nn.functional.multi_head_attention_forward",
             "is_causal without an attn_mask",
         )
+    if mask is not None and mask.dim() == 3:
+        raise UnsupportedOperationError(
+            "torch.nn.functional.multi_head_attention_forward",
+            f"a 3-d attn_mask {tuple(mask.shape)} holds one mask per example and head, whose "
+            "rows do not follow the feature copies of the batch; give a 2-d (L, S) attn_mask, "
+            "or the padding as key_padding_mask (N, S), which is repeated for every copy",
+        )
     total = None
     for part, shape in ((mask, None), (padding, "padding")):
         if part is None:

@@ -443,7 +443,8 @@ class CTC(Attribution):
 
         Returns ``None`` when the gradient cannot follow the forward function (it detaches the
         copies, runs under ``torch.no_grad()`` or takes their values out of torch: see
-        `GraphCutError`); the caller then runs the forward pass
+        `GraphCutError`; or it writes in place into a tensor autograd needs, ``x += y`` after
+        ``x`` fed a layer); the caller then runs the forward pass
         of the copies, which gives the same scores or refuses what it cannot follow.
         """
         n = inputs[0].shape[0]
@@ -462,7 +463,12 @@ class CTC(Attribution):
             check_pass_output(gated, logits)
             indices = resolve_targets(target, logits.detach())
             selected = select_targets(logits, indices)
-            gradients = torch.autograd.grad(selected.sum(), leaves, allow_unused=True)
+            try:
+                gradients = torch.autograd.grad(selected.sum(), leaves, allow_unused=True)
+            except RuntimeError as error:  # autograd cannot go back through the forward
+                if "modified by an inplace operation" not in str(error):
+                    raise
+                return None  # (x += y after x fed a layer): the pass of copies needs no gradient
         # in the output's dtype, as the pass of the copies gives them (inputs may differ)
         scores = selected.new_zeros(n, features.count)
         baseline_share = None if baselines is None else selected.new_zeros(n)

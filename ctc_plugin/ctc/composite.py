@@ -177,6 +177,10 @@ class CTCHook(Hook):
         if not args or not state.gated.is_propagated(args[0]):
             stack.append(None)  # a call this rule leaves alone
             return None
+        mark = state.gated.gate_mark(args[0])
+        if mark is not None and mark.only:  # the full pass's values in every copy: the module
+            stack.append(None)  # runs as it is (CTCMode computes and marks what it makes)
+            return None
         x = args[0]
         axis = state.gated.copy_axis(x)
         if axis:  # as CTCMode refuses every rule there

@@ -166,6 +166,28 @@ def _as_bias(ctx: GatedPass, constant: Any, signal: torch.Tensor, name: str) -> 
     )
 
 
+def _gate_by_gate(
+    ctx: GatedPass, func: Callable, first: torch.Tensor, second: torch.Tensor, name: str
+) -> torch.Tensor:
+    """A product (quotient) of two gate tensors: a gate-only tensor of the full pass's values.
+
+    A gate tensor that is not gate-only (a sigmoid's output) carries rescaled copies of the
+    signal in its other rows; the product of the full pass is computed from the gate copies'
+    rows and given to every copy (``softmax(q k^T) * sigmoid(g(x))``). In place (``mul_``),
+    ``first`` receives it.
+    """
+    full = [
+        t if ctx.gate_mark(t).only or ctx.copy_axis(t) else ctx.broadcast_gate(ctx.gate_rows(t), "")
+        for t in (first, second)
+    ]
+    if is_inplace(func) and full[0] is not first:
+        out = first.copy_(full[0])
+        out = getattr(torch.Tensor, func.__name__)(out, full[1])
+    else:
+        out = func(*full)
+    return ctx.mark_gate(ctx.tag(out), name, only=True)
+
+
 def multiply_or_divide(divide: bool) -> Handler:
     """Products and quotients: linear with a constant, a gate with a gate tensor.
 
@@ -187,7 +209,7 @@ def multiply_or_divide(divide: bool) -> Handler:
         if ctx.is_propagated(first) and ctx.is_propagated(second):
             first_gate, second_gate = ctx.gate_mark(first), ctx.gate_mark(second)
             if first_gate is not None and second_gate is not None:
-                return ctx.mark_gate(ctx.tag(func(*args, **kwargs)), name, only=True)
+                return _gate_by_gate(ctx, func, first, second, name)
             if second_gate is not None:
                 return ctx.gate_product(first, second, divide=divide, inplace=is_inplace(func))
             if first_gate is not None and not divide and not is_inplace(func):
@@ -399,6 +421,9 @@ def concatenate(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> to
             operation_name(func), "its tensors hold the copies along different dims"
         )
     constants = [t for t in parts if not ctx.is_propagated(t)]
+    marks = [ctx.gate_mark(t) for t in propagated]
+    if all(mark is not None and mark.only for mark in marks):  # every copy holds the full pass
+        constants = []
     for constant in constants:
         ctx.check_constant(constant, source, operation_name(func))
     if constants and axis != 0:

@@ -159,6 +159,9 @@ class CTCMode(TorchFunctionMode):
             if not any(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(out)[0]):
                 return out  # sizes, dtypes, devices, ...: nothing propagates
             raise UnsupportedOperationError(operation_name(func), "no CTC rule is defined for it")
+        only = all(m is not None and m.only for m in marks)
+        if gate_only is not None and only and not row.follows_copies:
+            return self._of_gate_only(func, args, kwargs, propagated, gate_only.origin)
         try:
             out = row.handler(ctx, func, args, kwargs)
         except BatchDimensionError as error:
@@ -168,8 +171,46 @@ class CTCMode(TorchFunctionMode):
         if all_gates and (gate_only is not None or row.keeps_gate):
             origin = next(mark.origin for mark in marks if mark is not None)
             for leaf in tree_flatten(out)[0]:
-                if ctx.is_propagated(leaf) and ctx.gate_mark(leaf) is None:
+                if not ctx.is_propagated(leaf):
+                    continue
+                mark = ctx.gate_mark(leaf)
+                # what a gate-only tensor makes is gate-only, whatever its rule marked it
+                if mark is None or (gate_only is not None and not mark.only):
                     ctx.mark_gate(leaf, origin, only=gate_only is not None)
+        return out
+
+    def _of_gate_only(
+        self,
+        func: Callable[..., Any],
+        args: tuple,
+        kwargs: dict,
+        propagated: list[Tensor],
+        origin: str,
+    ) -> Any:
+        """An operation whose propagated inputs are all gate-only: computed as it is.
+
+        Every copy of a gate-only tensor holds the full pass's value, so the operation applied
+        to all rows at once gives every copy the full pass's result, which is what a gate-only
+        result must hold. The rules of the signal would not: a bias would be shared among the
+        copies (an ``nn.Linear`` on attention probabilities, ``probabilities + 1e-3``), a
+        squashing activation would make a gate that passes for a signal. An operation that
+        mixes the rows of dim 0 (the copies) is refused.
+        """
+        ctx = self.gated_pass
+        out = func(*args, **kwargs)
+        rows = propagated[0].shape[0]
+        for leaf in tree_flatten(out)[0]:
+            if not isinstance(leaf, Tensor):
+                continue
+            if leaf.dim() == 0 or leaf.shape[0] != rows:
+                raise UnsupportedOperationError(
+                    operation_name(func),
+                    f"it combines the copies of {origin}, a gate tensor of the full pass, "
+                    "along dim 0",
+                )
+            if ctx.gradient:
+                ctx.check_gradient(operation_name(func), propagated, [leaf])
+            ctx.mark_gate(ctx.tag(leaf), origin, only=True)
         return out
 
 
