@@ -160,7 +160,7 @@ class CTCMode(TorchFunctionMode):
                 return out  # sizes, dtypes, devices, ...: nothing propagates
             raise UnsupportedOperationError(operation_name(func), "no CTC rule is defined for it")
         only = all(m is not None and m.only for m in marks)
-        if gate_only is not None and only and not row.follows_copies:
+        if gate_only is not None and only and not (row.follows_copies or row.from_gate_copy):
             return self._of_gate_only(func, args, kwargs, propagated, gate_only.origin)
         try:
             out = row.handler(ctx, func, args, kwargs)

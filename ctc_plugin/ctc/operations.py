@@ -47,6 +47,10 @@ class OperationRule:
         follows_copies: A shape operation that follows the copies wherever they lie
             ([`ctc_plugin.ctc.copy_axis`][ctc_plugin.ctc.copy_axis]); every other operation needs
             them along dim 0.
+        from_gate_copy: The handler computes a gate-only result from the gate copy's rows and
+            gives it to every copy, which is also right (and cheaper) for gate-only operands;
+            other operations of gate-only operands alone are computed as they are (see
+            [`CTCMode`][ctc_plugin.ctc.interception.CTCMode]).
     """
 
     kind: str
@@ -56,6 +60,7 @@ class OperationRule:
     takes_gate_only: bool = False
     keeps_gate: bool = False
     follows_copies: bool = False
+    from_gate_copy: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -249,6 +254,7 @@ def _rows() -> list[OperationRule]:
             "a gate tensor of the full pass only: it may multiply the signal and nothing else",
             h.softmax,
             (F.softmax, torch.softmax, T.softmax),
+            from_gate_copy=True,
         ),
         OperationRule(
             "gate tensor",
@@ -277,6 +283,7 @@ def _rows() -> list[OperationRule]:
             a.matrix_product,
             (torch.matmul, _T.matmul, _T.__matmul__, _T.__rmatmul__, torch.bmm, _T.bmm),
             takes_gate_only=True,
+            from_gate_copy=True,
         ),
         OperationRule(
             "attention",
@@ -284,6 +291,7 @@ def _rows() -> list[OperationRule]:
             a.einsum,
             (torch.einsum,),
             takes_gate_only=True,
+            from_gate_copy=True,
         ),
         OperationRule(
             "attention",
@@ -306,6 +314,7 @@ def _rows() -> list[OperationRule]:
             "not linear: a gate-only tensor of the gate copy (cosine attention's queries and keys)",
             a.normalize,
             (F.normalize,),
+            from_gate_copy=True,
         ),
         OperationRule(
             "linear",
