@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from ctc_plugin.datasets.dataset import ShapesDataset
 SAMPLES_DIR = Path(__file__).parent / "samples"
 #: The data-set item each bundled sample is: split -> (seed, index).
 SAMPLES: dict[str, tuple[int, int]] = {"shapes": (7, 3), "composite": (7, 0)}
+#: The file naming the data set an export folder holds (written first).
+EXPORT_FILE = "export.json"
 
 
 def _to_png(array: np.ndarray, path: Path) -> None:
@@ -24,8 +27,14 @@ def write_split(dataset: ShapesDataset, directory: str | Path, show_progress: bo
     """Write every item of ``dataset`` to ``directory`` as PNG files.
 
     Layout: ``images/00000.png`` (RGB), ``evidence/00000.png`` (0 or 255),
-    ``instances/00000.png`` (8-bit ids, 0 = background) and ``labels.csv``
-    (columns ``index,label,class``).
+    ``instances/00000.png`` (8-bit ids, 0 = background), ``labels.csv``
+    (columns ``index,label,class``) and ``export.json`` (the split, seed, size and image
+    size of the data set).
+
+    The folder must be new, empty, or an export of the same data set (same split, seed, size
+    and image size, named by its ``export.json``: writing it again gives the same files, e.g.
+    after an export was interrupted). Any other folder is refused, so that two data sets are
+    never mixed in one folder.
 
     Args:
         dataset: The data set to write.
@@ -34,10 +43,18 @@ def write_split(dataset: ShapesDataset, directory: str | Path, show_progress: bo
 
     Returns:
         The output folder.
+
+    Raises:
+        ValueError: If ``directory`` is a file, or a folder holding other files than an export
+            of this data set (the message says what it holds).
     """
     from tqdm.auto import tqdm
 
     root = Path(directory)
+    identity = _identity(dataset)
+    _check_folder(root, identity)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / EXPORT_FILE).write_text(json.dumps(identity, indent=1) + "\n")
     for name in ("images", "evidence", "instances"):
         (root / name).mkdir(parents=True, exist_ok=True)
     with open(root / "labels.csv", "w", newline="") as handle:
@@ -52,6 +69,44 @@ def write_split(dataset: ShapesDataset, directory: str | Path, show_progress: bo
             _to_png(item["instances"].numpy().astype(np.uint8), root / "instances" / stem)
             writer.writerow([i, item["label"], dataset.classes[item["label"]]])
     return root
+
+
+def _identity(dataset: ShapesDataset) -> dict[str, object]:
+    """What names the data set of an export: split, seed, size and image size."""
+    return {
+        "split": dataset.split,
+        "seed": dataset.seed,
+        "size": len(dataset),
+        "image_size": dataset.image_size,
+    }
+
+
+def _check_folder(root: Path, identity: dict[str, object]) -> None:
+    """Raise unless ``root`` is missing, empty or an export of the data set ``identity``."""
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is a file; give a folder to write the split to")
+    if not root.exists() or not any(root.iterdir()):
+        return
+    marker = root / EXPORT_FILE
+    try:
+        stored = json.loads(marker.read_text())
+        if not isinstance(stored, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError):
+        raise ValueError(
+            f"{root} is not empty and holds no export of a data set ({EXPORT_FILE} is missing "
+            "or damaged); give a new or empty folder, so that no stale file is mixed in"
+        ) from None
+    if stored != identity:
+        differ = "; ".join(
+            f"{key}: {stored.get(key)!r} there, {value!r} now"
+            for key, value in identity.items()
+            if stored.get(key) != value
+        )
+        raise ValueError(
+            f"{root} holds an export of another data set ({differ}); give a new or empty "
+            "folder, or delete this one first"
+        )
 
 
 def sample_item(split: str = "shapes") -> dict:

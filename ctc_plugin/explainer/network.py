@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ctc_plugin._moved import moved_keywords
 from ctc_plugin.explainer.maps import check_scale, resize_maps, run_at_scale, select_maps
 from ctc_plugin.files import read_data_file
+from ctc_plugin.resumable.atomic import write_atomic
 from ctc_plugin.weights import record_in_manifest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -373,25 +374,32 @@ class Explainer(nn.Module):
 
         A file written into the shipped weights folder (``ctc_plugin/zoo/weights``) gets its
         entry in the weights manifest updated, so loading it later passes the digest check.
+        The file is written under a temporary name beside ``path`` and renamed into place, so a
+        save that fails (or is killed) leaves the previous file at ``path`` as it was.
 
         Args:
             path: File to write (parent folders are created).
-            metadata: Plain data (numbers, strings, lists, dicts) stored alongside, e.g. how
-                the explainer was trained.
+            metadata: Plain data stored alongside, e.g. how the explainer was trained: ``str``,
+                ``int``, ``float``, ``bool``, ``None``, tensors, and lists, tuples and
+                ``str``-keyed dicts of them. NumPy scalars and arrays are stored as Python
+                numbers and lists.
 
         Returns:
             The path written.
+
+        Raises:
+            TypeError: If ``metadata`` holds anything else (the message names the key and
+                its type); nothing is written then.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
         payload = {
             "format": FILE_FORMAT,
             "config": self.config(),
             "state_dict": state,
-            "metadata": metadata or {},
+            "metadata": plain_metadata(metadata or {}),
         }
-        torch.save(payload, path)
+        write_atomic(path, lambda stream: torch.save(payload, stream))
         record_in_manifest(path)  # a file written into the shipped weights folder stays listed
         return path
 
@@ -482,3 +490,47 @@ class Explainer(nn.Module):
 
         values = getattr(self, "metadata", {}).get("hyperparameters")
         return ExplainerHyperparameters(**values) if values else None
+
+
+#: Types [`Explainer.load`][ctc_plugin.Explainer.load] reads back as metadata values.
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+
+
+def plain_metadata(value: Any, key: str = "metadata") -> Any:
+    """``value`` as plain data that [`Explainer.load`][ctc_plugin.Explainer.load] reads back.
+
+    NumPy scalars become Python numbers and NumPy arrays lists; tensors are detached and
+    moved to the CPU; lists, tuples and ``str``-keyed dicts are converted item by item.
+
+    Examples:
+        >>> import numpy as np
+        >>> plain_metadata({"lr": np.float64(0.5), "sizes": (np.int64(2), 3)})
+        {'lr': 0.5, 'sizes': (2, 3)}
+
+    Raises:
+        TypeError: For anything else, naming where it is (``metadata['a'][0]``) and its type.
+    """
+    import numpy as np
+
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, list | tuple):
+        items = [plain_metadata(item, f"{key}[{i}]") for i, item in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise TypeError(
+                f"{key} has the key {bad[0]!r} of type {type(bad[0]).__name__}; metadata keys "
+                "must be strings"
+            )
+        return {k: plain_metadata(v, f"{key}[{k!r}]") for k, v in value.items()}
+    raise TypeError(
+        f"{key} is a {type(value).__module__}.{type(value).__qualname__}, which Explainer.load "
+        "cannot read back; store plain data (str, int, float, bool, None, tensors, and lists, "
+        "tuples and dicts of them), e.g. str(value) for a path"
+    )

@@ -9,7 +9,7 @@ the explained classifier's maps, not the data's labels, so the gate stays an acc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +146,17 @@ def class_map_targets(
     teacher = class_map_encoder(classifier, head, num_classes).eval()
     with torch.no_grad():
         return torch.cat([resize_maps(teacher(chunk), size) for chunk in images.split(256)])
+
+
+def mark_trained(explainer: nn.Module, steps: int, image_size: Sequence[int]) -> None:
+    """Record a training outside ``fit`` (a distillation) on an Explainer.
+
+    Its ``trained_steps`` grow by ``steps`` and its ``image_size`` (``trained_image_size``)
+    becomes ``image_size``, so that it counts as trained (``is_trained``) and saves and loads
+    as such.
+    """
+    explainer.trained_steps += int(steps)
+    explainer.image_size.copy_(torch.tensor([int(v) for v in image_size[-2:]]))
 
 
 def check_schedule(epochs: int, batch_size: int, count: int) -> None:

@@ -21,11 +21,14 @@ from torch import Tensor, nn
 
 from ctc_plugin.explainer.classifier_backbone import checked_class_maps
 from ctc_plugin.explainer.gated import gate_logits
+from ctc_plugin.explainer.maps import run_at_scale
+from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.student import (
     check_schedule,
     class_map_targets,
     conv_bn_relu,
     fit_to_teachers,
+    mark_trained,
 )
 from ctc_plugin.explainer.training import frozen
 
@@ -118,7 +121,7 @@ class StudentUNet(nn.Module):
 
 
 def distil_student_unet(
-    network: StudentUNet,
+    network: StudentUNet | Explainer,
     classifier: nn.Module,
     head: str,
     mask_explainer: nn.Module,
@@ -142,8 +145,17 @@ def distil_student_unet(
     rate, batches drawn with ``seed``. Leaves ``network`` in eval mode; the classifier and
     ``mask_explainer`` keep their modes and parameters.
 
+    Given the [`Explainer`][ctc_plugin.Explainer] whose backbone is the student (the documented
+    ``Explainer(build_backbone("student-unet", num_classes), num_classes)``), its backbone is
+    trained on the images resized by its ``input_scale`` (as it sees them when explaining) and
+    the explainer is marked trained: its ``trained_steps`` grow by the distillation's steps
+    and its ``trained_image_size`` becomes the images' size (see
+    [`mark_trained`][ctc_plugin.explainer.student.mark_trained]). Given the bare
+    ``StudentUNet``, only the network is trained.
+
     Args:
-        network: The [`StudentUNet`][ctc_plugin.explainer.student_unet.StudentUNet] to train.
+        network: The [`StudentUNet`][ctc_plugin.explainer.student_unet.StudentUNet] to train,
+            or the Explainer whose backbone it is.
         classifier: The explained model.
         head: Name of its head submodule (global pooling, then linear layers).
         mask_explainer: Module mapping images to ``(N, num_classes, H, W)`` mask logits.
@@ -162,21 +174,26 @@ def distil_student_unet(
             another class count than the classifier's head or the mask explainer.
     """
     check_schedule(epochs, batch_size, len(images))
+    explainer = network if isinstance(network, Explainer) else None
+    student = network.backbone if explainer is not None else network
+    seen = (
+        images if explainer is None else run_at_scale(nn.Identity(), images, explainer.input_scale)
+    )
     with torch.no_grad():
-        probe_cam, probe_mask = network.eval().maps(images[:1])
+        probe_cam, probe_mask = student.eval().maps(seen[:1])
         class_maps = class_map_targets(
-            classifier, head, images, network.num_classes, probe_cam.shape[-2:]
+            classifier, head, images, student.num_classes, probe_cam.shape[-2:]
         )
-        masks = _mask_targets(mask_explainer, images, network.num_classes, probe_mask.shape[-2:])
+        masks = _mask_targets(mask_explainer, images, student.num_classes, probe_mask.shape[-2:])
     variance = class_maps.var().clamp_min(torch.finfo(class_maps.dtype).eps)
 
     def loss(batch: Tensor) -> Tensor:
-        cam, mask = network.maps(images[batch])
+        cam, mask = student.maps(seen[batch])
         cam_loss = F.mse_loss(cam, class_maps[batch]) / variance
         return cam_loss + F.binary_cross_entropy_with_logits(mask, masks[batch])
 
-    return fit_to_teachers(
-        network,
+    history = fit_to_teachers(
+        student,
         loss,
         len(images),
         epochs=epochs,
@@ -186,6 +203,10 @@ def distil_student_unet(
         show_progress=show_progress,
         description="distil class maps and masks",
     )
+    if explainer is not None:
+        mark_trained(explainer, epochs * (len(images) // batch_size), images.shape[-2:])
+        explainer.eval()
+    return history
 
 
 def _mask_targets(

@@ -212,6 +212,93 @@ def _evaluate(
     return total / count
 
 
+def _check_validation(loader: Iterable[Any], num_classes: int, multilabel: bool | None) -> None:
+    """Raise before training unless ``loader`` yields batches with valid labels.
+
+    Every batch is read once (labels only are checked), so that a bad validation loader fails
+    the call before the first epoch changes the explainer.
+    """
+    count = 0
+    for batch in loader:
+        _, labels = split_batch(batch)
+        try:
+            _, is_multi = multi_hot(torch.as_tensor(labels), num_classes)
+        except ValueError as error:
+            raise ValueError(f"the validation loader's labels are invalid: {error}") from error
+        if multilabel is not None and multilabel != is_multi:
+            kind = "multi-hot" if is_multi else "class-index"
+            raise ValueError(
+                f"multilabel={multilabel} but the validation loader yields {kind} labels"
+            )
+        count += 1
+    if count == 0:
+        raise ValueError(
+            "the validation loader yielded no batches; give one with data, or val_loader=None "
+            "to monitor the training loss"
+        )
+
+
+def _plain_baseline(baseline: float | Tensor) -> float | list[Any]:
+    """``baseline`` as plain data, for comparing a resumed run's with the checkpoint's."""
+    return baseline.detach().cpu().tolist() if isinstance(baseline, Tensor) else float(baseline)
+
+
+def _loader_settings(loader: Iterable[Any]) -> dict[str, Any]:
+    """What a loader's batches depend on: batch size, data length, sampler, ``drop_last``.
+
+    Values a loader does not have (a plain list of batches) are ``None``; its length then is
+    the number of batches.
+    """
+    dataset = getattr(loader, "dataset", None)
+    sampler = getattr(loader, "sampler", None)
+    length = dataset if dataset is not None else loader
+    return {
+        "batch_size": getattr(loader, "batch_size", None),
+        "length": len(length) if hasattr(length, "__len__") else None,
+        "sampler": None if sampler is None else type(sampler).__name__,
+        "drop_last": getattr(loader, "drop_last", None),
+    }
+
+
+def _check_resume(
+    state: dict[str, Any], explainer: Explainer, settings: dict[str, Any], resume: str | Path
+) -> None:
+    """Raise unless the checkpoint ``state`` fits ``explainer`` and was made with ``settings``.
+
+    Checked before anything is loaded, so a refused resume leaves the explainer unchanged.
+    Checkpoints of older versions (without recorded settings) are only checked for their
+    architecture.
+    """
+    own = explainer.state_dict()
+    for name in ("explainer", "best_state"):
+        theirs = state.get(name, {})
+        mismatched = sorted(
+            key
+            for key in set(own) | set(theirs)
+            if key not in own or key not in theirs or own[key].shape != theirs[key].shape
+        )
+        if mismatched:
+            shown = ", ".join(mismatched[:5]) + (", ..." if len(mismatched) > 5 else "")
+            raise ValueError(
+                f"checkpoint {str(resume)!r} was written for an explainer of another "
+                f"architecture ({len(mismatched)} tensors differ in name or shape: {shown}); "
+                "resume with an explainer built as the one that wrote it"
+            )
+    stored = state.get("settings")
+    if stored is None:  # an older checkpoint: its settings are unknown
+        return
+    differ = [
+        f"{key}: {stored.get(key)!r} there, {value!r} now"
+        for key, value in settings.items()
+        if stored.get(key) != value and not (key == "seed" and value is None)
+    ]  # the seed only starts a run: a resume may leave it out (the checkpoint holds the RNG)
+    if differ:
+        raise ValueError(
+            f"checkpoint {str(resume)!r} was trained with other settings ({'; '.join(differ)}); "
+            "resume with the same settings, or train afresh without resume"
+        )
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically (write to a temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,8 +385,14 @@ def fit_explainer(
             excluded: seed before building the explainer) and a loader that shuffles with
             torch's default generator repeat exactly.
         checkpoint: File written after every epoch (weights, optimiser, RNG, history).
-        resume: Checkpoint to continue from; it must have the same hyper-parameters and
-            thread count (``torch.get_num_threads()``), the two things the result depends on.
+        resume: Checkpoint to continue from, written for an explainer of the same
+            architecture. It must have the same hyper-parameters, thread count
+            (``torch.get_num_threads()``) and training settings (``baseline``,
+            ``max_steps_per_epoch``, ``patience``, ``min_delta``, ``seed`` (when given),
+            ``multilabel``,
+            whether there is a validation loader, and each loader's batch size, data length,
+            sampler and ``drop_last``): everything the result depends on, so that the resumed
+            run equals an uninterrupted one. ``epochs`` may grow.
         baseline: Value the masked-out pixels blend towards (0, as the original).
         multilabel: Force single- (False) or multi-label (True) targets; ``None`` infers it
             from the labels' shape.
@@ -313,8 +406,10 @@ def fit_explainer(
             ``get_preset(name)``), or for a keyword argument this function no longer takes
             (``lr=``, the loss weights and area bounds are fields of the config; ``preset=`` is
             ``config=get_preset(name)``).
-        ValueError: For a class-count mismatch, bad labels or settings, or a checkpoint made
-            with other hyper-parameters.
+        ValueError: For a class-count mismatch, bad labels or settings, an empty
+            validation loader or one with bad labels (checked before training), or a checkpoint
+            made with other hyper-parameters or settings or for another architecture (the
+            message names what differs; the explainer is left unchanged).
     """
     if not isinstance(config, ExplainerHyperparameters):
         hint = (
@@ -329,12 +424,27 @@ def fit_explainer(
     hp = config
     if epochs < 1 or patience < 1:
         raise ValueError(f"epochs and patience must be >= 1, got {epochs} and {patience}")
+    if val_loader is not None:
+        _check_validation(val_loader, explainer.num_classes, multilabel)
+    settings = {
+        "baseline": _plain_baseline(baseline),
+        "max_steps_per_epoch": max_steps_per_epoch,
+        "patience": patience,
+        "min_delta": min_delta,
+        "seed": seed,
+        "multilabel": multilabel,
+        "train_loader": _loader_settings(train_loader),
+        "val_loader": None if val_loader is None else _loader_settings(val_loader),
+    }
     optimizer = torch.optim.Adam(explainer.parameters(), lr=hp.lr)
     result = FitResult(hyperparameters=hp)
     start_epoch, bad_epochs = 0, 0
     best_state = copy.deepcopy(explainer.state_dict())
     if resume is not None:
         state = load_checkpoint(resume)
+        _check_resume(state, explainer, settings, resume)
+        if seed is None:  # the run keeps the seed it started with
+            settings["seed"] = state.get("settings", {}).get("seed")
         if state["hyperparameters"] != hp.as_dict():
             differ = sorted(
                 k for k, v in hp.as_dict().items() if state["hyperparameters"].get(k) != v
@@ -395,6 +505,7 @@ def fit_explainer(
                         "history": result.history,
                         "hyperparameters": hp.as_dict(),
                         "threads": torch.get_num_threads(),  # the sums' order depends on it
+                        "settings": settings,
                     },
                 )
     optimizer.zero_grad(set_to_none=True)

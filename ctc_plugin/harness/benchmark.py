@@ -35,7 +35,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -103,6 +103,9 @@ class BenchmarkConfig:
             max-sensitivity and sanity metrics (they call a method many times).
         feature_sources: Features given to feature-based methods, each a separate row.
         methods: Method names to run (see ``registry()``); ``None`` runs every available one.
+            Their order is the order of the report's rows, so it is part of the configuration:
+            a resumed run must give them in the same order (a reordered list is another
+            report, refused in the same folder).
         lime_samples: Samples for Lime and KernelShap.
         ig_steps: Steps of IntegratedGradients.
         curve_steps: Points of the pixel deletion/insertion curves (minus one).
@@ -417,6 +420,12 @@ def _seed_piece(config: BenchmarkConfig, family: str, split: str, label: str) ->
     random.seed(seed)
 
 
+def _one_line(error: BaseException) -> str:
+    """``Type: first line of the message``, for the report's "Failures" section."""
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {first_line}"
+
+
 def _compute_piece(
     variant: Variant,
     family: str,
@@ -439,8 +448,7 @@ def _compute_piece(
             variant, model, data, features, sources["superpixel"], makers, config, bar, timings
         )
     except Exception as error:  # a failing method is reported, not hidden
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        piece.error = f"{family}/{split} {variant.label}: {type(error).__name__}: {first_line}"
+        piece.error = f"{family}/{split} {variant.label}: {_one_line(error)}"
     else:
         piece.rows, piece.curves = rows, curves
         piece.summary = {"family": family, "split": split, "method": variant.label, **summary}
@@ -465,18 +473,43 @@ def _prepare_model(
     return accuracy, makers, sources
 
 
-def _model_and_explainers(family: str, split: str) -> tuple[nn.Module, dict[str, nn.Module]]:
-    """The zoo model and its shipped explainers by kind (the kinds that are shipped)."""
-    from ctc_plugin import zoo
+@dataclass
+class _Loaded:
+    """A model, its shipped explainers by kind, and why a shipped explainer file failed to load.
 
-    model = zoo.load(family, split)
-    explainers = {}
+    Attributes:
+        model: The model.
+        explainers: The explainers that loaded, by kind.
+        broken: ``{kind: message}`` for each shipped explainer file that failed to load (a
+            damaged file, say): a failure of the run, reported, never silently left out.
+    """
+
+    model: nn.Module
+    explainers: dict[str, nn.Module] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)
+
+
+def _model_and_explainers(family: str, split: str) -> _Loaded:
+    """The zoo model and its shipped explainers by kind.
+
+    A kind with no shipped file is left out; a shipped file that fails to load is recorded in
+    ``broken`` with its error (and a warning on stderr).
+    """
+    from ctc_plugin import zoo
+    from ctc_plugin.zoo.explainers import explainer_path
+
+    loaded = _Loaded(zoo.load(family, split))
     for kind in EXPLAINER_METHODS:
+        path = explainer_path(family, split, kind)
+        if not path.is_file():
+            continue  # not shipped: planned out with a note when asked for
         try:
-            explainers[kind] = zoo.load_explainer(family, split, kind)
-        except (FileNotFoundError, ValueError, ImportError):
-            continue
-    return model, explainers
+            loaded.explainers[kind] = zoo.load_explainer(family, split, kind)
+        except Exception as error:  # a damaged shipped file is a failure of the run
+            loaded.broken[kind] = f"the shipped file {path} failed to load: {_one_line(error)}"
+            name = f"{family}/{split} {EXPLAINER_METHODS[kind]}"
+            print(f"warning: {name}: {loaded.broken[kind]}", file=sys.stderr)
+    return loaded
 
 
 def _plan(
@@ -485,20 +518,27 @@ def _plan(
     split: str,
     explainers: dict[str, nn.Module],
     model: nn.Module | None = None,
+    broken: Mapping[str, str] | None = None,
 ) -> tuple[list[Variant], list[str]]:
-    """The variants to run on one model, in report order, and notes for the report."""
+    """The variants to run on one model, in report order, and notes for the report.
+
+    ``broken`` (``{kind: message}``, shipped explainer files that failed to load) gives a note
+    for each such explainer the run asks for (all, without ``methods``).
+    """
     methods = registry(
         explainers.get("default"),
         n_samples=config.lime_samples,
         ig_steps=config.ig_steps,
         explainers={kind: e for kind, e in explainers.items() if kind != "default"},
     )
-    notes = []
+    failed = {EXPLAINER_METHODS[kind]: message for kind, message in (broken or {}).items()}
+    asked = set(methods) | set(failed) if config.methods is None else set(config.methods)
+    notes = [f"{family}/{split} {name}: {failed[name]}" for name in sorted(asked & set(failed))]
     if config.methods is not None:
         missing = set(config.methods) - set(methods)
         if missing - set(EXPLAINER_METHODS.values()):
             raise ValueError(f"unknown methods {sorted(missing)}; available: {list(methods)}")
-        for name in sorted(missing):
+        for name in sorted(missing - set(failed)):
             notes.append(f"{family}/{split} {name}: no trained explainer of that kind shipped")
         methods = {name: methods[name] for name in config.methods if name in methods}
     if model is not None:  # methods for other kinds of model (AttnLRP: transformers) are left out
@@ -508,6 +548,18 @@ def _plan(
                 if config.methods is not None:
                     notes.append(f"{family}/{split} {name}: does not apply to this model")
     return _variants(methods.values(), config.feature_sources), notes
+
+
+def _nothing_planned(config: BenchmarkConfig, planned: list[dict[str, Any]]) -> str:
+    """The error of a run that plans no piece: none of its methods applies to its models."""
+    models = ", ".join(f"{entry['family']}/{entry['split']}" for entry in planned)
+    notes = "; ".join(note for entry in planned for note in entry["notes"])
+    methods = ", ".join(config.methods or ()) or "every method"
+    return (
+        f"none of the methods ({methods}) applies to these models ({models})"
+        + (f": {notes}" if notes else "")
+        + "; choose other --methods or --families"
+    )
 
 
 class _Counted:
@@ -577,35 +629,39 @@ class BenchmarkJob:
         self.config = config
         self.models = dict(models) if models is not None else None
         self.threads = threads if threads is not None else torch.get_num_threads()
-        self._loaded: dict[tuple[str, str], tuple[nn.Module, dict[str, nn.Module]]] = {}
+        self._loaded: dict[tuple[str, str], _Loaded] = {}
         self.pieces: list[tuple[str, str, str]] = []
         self.planned: list[dict[str, Any]] = []
         self.skipped: dict[str, str] = {}
         pairs = run_order(config.families, config.splits)
         for family, split in pairs:
             try:
-                model, explainers = self.load(family, split)
+                loaded = self.load(family, split)
             except FileNotFoundError as error:  # reported in results.md and on stderr
                 self.skipped[f"{family}/{split}"] = f"model skipped: {error}"
                 print(f"warning: {family}/{split}: model skipped: {error}", file=sys.stderr)
                 continue
-            variants, notes = _plan(config, family, split, explainers, model)
+            variants, notes = _plan(
+                config, family, split, loaded.explainers, loaded.model, loaded.broken
+            )
             labels = [variant.label for variant in variants]
             self.planned.append({"family": family, "split": split, "planned": labels})
             self.planned[-1]["notes"] = notes
             self.pieces += [(family, split, label) for label in labels]
         if len(self.skipped) == len(pairs):
             raise FileNotFoundError("no model could be loaded: " + "; ".join(self.skipped.values()))
+        if not self.pieces:
+            raise ValueError(_nothing_planned(config, self.planned))
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_loaded"] = {}  # a Ray worker loads its own zoo models
         return state
 
-    def load(self, family: str, split: str) -> tuple[nn.Module, dict[str, nn.Module]]:
+    def load(self, family: str, split: str) -> _Loaded:
         """The model and its shipped explainers by kind (loaded once per process)."""
         if self.models is not None:
-            return self.models[(family, split)], {}
+            return _Loaded(self.models[(family, split)])
         if (family, split) not in self._loaded:
             self._loaded[(family, split)] = _model_and_explainers(family, split)
         return self._loaded[(family, split)]
@@ -659,8 +715,9 @@ class BenchmarkRunner:
         self._prepared = None  # let the last model go first
         config = self.job.config
         started = time.perf_counter()
-        model, explainers = self.job.load(family, split)
-        variants, _ = _plan(config, family, split, explainers, model)
+        loaded = self.job.load(family, split)
+        model = loaded.model
+        variants, _ = _plan(config, family, split, loaded.explainers, model, loaded.broken)
         if split not in self._data:
             self._data[split] = _load_data(split, config)
         data = self._data[split]
@@ -757,7 +814,9 @@ def run_benchmark(
         RayConnectionError: If ``ray`` is the address of a Ray cluster that cannot be
             reached.
     """
-    BenchmarkStore(out_dir, config)  # another configuration is refused before models load
+    # another configuration is refused before models load; a start that finished no piece
+    # (its methods applied to no model, say) gives way
+    BenchmarkStore(out_dir, config, restart_unfinished=True)
     job = BenchmarkJob(config, models, threads)
     run_job(job, out_dir, show_progress=show_progress, ray=ray, ray_workers=ray_workers)
     return write_stored_report(BenchmarkStore.open(out_dir))

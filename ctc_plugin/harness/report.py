@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ctc_plugin.harness.store import BenchmarkStore, Piece, run_order
+from ctc_plugin.resumable.atomic import write_atomic
 
 __all__ = [
     "COLUMNS",
@@ -161,10 +163,25 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     keys: list[str] = []
     for row in rows:
         keys += [key for key in row if key not in keys]
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(path, text.getvalue())
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a reader never sees half a report file."""
+    data = text.encode()
+    write_atomic(path, lambda stream: stream.write(data))
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    """Save a Matplotlib figure as PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
+
+    write_atomic(path, lambda stream: fig.savefig(stream, dpi=110, format="png"))
+    plt.close(fig)
 
 
 def _format(value: float) -> str:
@@ -276,8 +293,7 @@ def _plot_curves(runs: list[ModelRun], path: Path, steps: int) -> None:
         fig.tight_layout(rect=(0, min(0.6, 0.03 * rows + 0.01), 1, 1))
     else:
         fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def _separate_labels(fig: Any, labels: list[Any], steps: int = 40) -> None:
@@ -339,8 +355,7 @@ def _plot_scatter(means: list[dict[str, Any]], path: Path) -> None:
     axis.grid(alpha=0.3)
     fig.tight_layout()
     _separate_labels(fig, labels)  # after the layout: it moves the points on the canvas
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def markdown_tables(rows: list[dict[str, Any]]) -> str:
@@ -436,7 +451,7 @@ def write_report(
     parts += [f"- `{key}`: {text} ({better} is better)" for key, (text, better) in COLUMNS.items()]
     errors = list(notes or []) + [line for run in runs for line in run.errors]
     parts += ["", "## Failures", ""] + ([f"- {line}" for line in errors] or ["None."])
-    (out / "results.md").write_text("\n".join(parts) + "\n")
+    _write_text(out / "results.md", "\n".join(parts) + "\n")
     _plot_curves(whole or runs, out / "curves.png", int(settings.get("curve_steps", 20)))
     _plot_scatter(means, out / "invariance_sensitivity.png")
     return summary
@@ -504,7 +519,7 @@ def write_stored_report(
         if finished:
             runs.append(run)
     if not runs:
-        raise ValueError(f"no benchmark piece is finished yet under {store.root}")
+        raise ValueError(_nothing_to_report(store))
     notes = [f"{name}: {reason}" for name, reason in skipped.items()]
     machine = "; ".join(dict.fromkeys(machines))
     cost_rows = [_cost_row(label, pieces, settings) for label, pieces in costs.items()]
@@ -519,6 +534,18 @@ def write_stored_report(
         }
     )
     return write_report(runs, settings, store.root, seconds, machine, notes, coverage, cost_rows)
+
+
+def _nothing_to_report(store: BenchmarkStore) -> str:
+    """Why a run has no piece to report: none planned (no method applies), or none finished."""
+    models = store.plan()["models"]
+    if models and not any(entry["planned"] for entry in models):
+        names = ", ".join(f"{entry['family']}/{entry['split']}" for entry in models)
+        return (
+            f"none of the methods of the run under {store.root} applies to these models "
+            f"({names}); start it with other --methods or --families"
+        )
+    return f"no benchmark piece is finished yet under {store.root}"
 
 
 PER_IMAGE_STAGES = ("explain", "localisation", "curves")

@@ -184,6 +184,9 @@ class BenchmarkStore:
     Args:
         root: The output folder (``--out``).
         config: The run's configuration (a dataclass or a mapping of JSON values).
+        restart_unfinished: Let a benchmark run in ``root`` that finished no piece (a start
+            whose methods applied to no model, say) give way to ``config`` (see
+            [`RunStore.open`][ctc_plugin.resumable.store.RunStore.open]).
 
     Raises:
         ConfigMismatchError: When ``root`` already holds a run with another configuration.
@@ -191,16 +194,21 @@ class BenchmarkStore:
             that does not parse.
     """
 
-    def __init__(self, root: str | Path, config: Any) -> None:
+    def __init__(self, root: str | Path, config: Any, restart_unfinished: bool = False) -> None:
         self.runs = RunStore(root)
         self.root = self.runs.root
         self.config = json_values(config)
         convert_legacy_run(self.root)
-        self.runs.open({"job": JOB, "config": self.config})
+        self.runs.open({"job": JOB, "config": self.config}, restart_unfinished=restart_unfinished)
 
     @classmethod
     def open(cls, root: str | Path) -> BenchmarkStore:
-        """Open an existing run with the configuration stored in it.
+        """Open an existing run with the configuration stored in it, for reading.
+
+        Nothing in the folder is written or removed (a run may be under way in another
+        process: its temporary files stay), so the store returned is for reading and
+        reporting; [`save`][ctc_plugin.harness.store.BenchmarkStore.save] belongs to the
+        store a run opens with its configuration.
 
         Raises:
             FileNotFoundError: When ``root`` holds no run.
@@ -219,7 +227,10 @@ class BenchmarkStore:
                 f"{root} holds a run of {manifest.get('job')}, not a benchmark run; give the "
                 "--out of a benchmark run"
             )
-        return cls(root, manifest["config"])
+        store = cls.__new__(cls)
+        store.runs, store.config = RunStore(root), manifest["config"]
+        store.root = store.runs.root
+        return store
 
     def has(self, family: str, split: str, label: str) -> bool:
         """True when the piece is finished (computed or failed) and stored."""

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["ConfigMismatchError", "write_atomic"]
+__all__ = ["ConfigMismatchError", "remove_stale_temporaries", "write_atomic"]
+
+#: Seconds after its last write when a temporary file whose writer cannot be checked (another
+#: host, or a name without a process id) counts as left behind by a killed run.
+STALE_AFTER = 24 * 3600
 
 
 class ConfigMismatchError(ValueError):
@@ -42,7 +48,10 @@ def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
     was and at most a temporary file. The temporary file lies in the same folder
     (``.tmp-<name>-*``), is created with the permissions a new file gets (the umask's, not
     ``tempfile``'s owner-only ones), is flushed and synced before ``os.replace``, and is removed
-    if ``write`` fails.
+    if ``write`` fails. Its name carries the writing host and process
+    (``.tmp-<name>-<host>-<pid>-<random>``), so that
+    [`remove_stale_temporaries`][ctc_plugin.resumable.atomic.remove_stale_temporaries] never
+    removes the file of a writer that is still running.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,8 +70,67 @@ def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
 def _create_temporary(path: Path) -> tuple[BinaryIO, Path]:
     """A new, empty temporary file beside ``path``, open for binary writing, and its path."""
     while True:
-        temporary = path.parent / f".tmp-{path.name}-{secrets.token_hex(4)}"
+        temporary = path.parent / f".tmp-{path.name}-{_writer()}-{secrets.token_hex(4)}"
         try:  # exclusive: never an existing file; mode 0o666 less the umask, as open() gives
             return open(temporary, "xb"), temporary
         except FileExistsError:  # pragma: no cover - a name drawn twice
             continue
+
+
+def _host() -> str:
+    """The name of this machine as temporary file names carry it (no ``-``)."""
+    return socket.gethostname().replace("-", "_") or "host"
+
+
+def _writer() -> str:
+    """``<host>-<pid>``: who writes a temporary file."""
+    return f"{_host()}-{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine exists (a process of another user counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
+
+
+def is_stale_temporary(path: Path, now: float | None = None) -> bool:
+    """Whether the temporary file ``path`` was left by a writer that no longer runs.
+
+    A file written on this host is stale when its writer process is gone; one written on
+    another host (a cluster worker) or named without a writer (an older version) only when
+    it was last written more than [`STALE_AFTER`][ctc_plugin.resumable.atomic.STALE_AFTER]
+    seconds ago.
+    """
+    parts = path.name.rsplit("-", 3)  # .tmp-<name>, <host>, <pid>, <random>
+    if len(parts) == 4 and parts[1] == _host() and parts[2].isdigit():
+        return not _process_alive(int(parts[2]))
+    try:
+        age = (time.time() if now is None else now) - path.stat().st_mtime
+    except FileNotFoundError:
+        return False  # renamed into place or removed meanwhile
+    return age > STALE_AFTER
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the ``.tmp-*`` files in ``folder`` that killed writers left behind.
+
+    Files of writers still running (in this or another process, or on another host of a
+    shared folder) are kept: see
+    [`is_stale_temporary`][ctc_plugin.resumable.atomic.is_stale_temporary].
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for leftover in Path(folder).glob(".tmp-*"):
+        if leftover.is_file() and is_stale_temporary(leftover):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed

@@ -13,7 +13,10 @@ Every file is written under a temporary name in the same folder and then renamed
 ``os.replace``, so a file with its final name is always complete. A shard counts as finished
 when its Parquet file exists (its ``.npz`` is renamed into place before it); a run killed at any
 moment leaves whole shards, maybe a lone ``.npz`` of an unfinished one (rewritten when that shard
-runs again) and maybe ``.tmp-*`` files, which the next run removes.
+runs again) and maybe ``.tmp-*`` files, which the next run removes once their writer is gone
+(see [`remove_stale_temporaries`][ctc_plugin.resumable.atomic.remove_stale_temporaries]): a
+second process opening the folder, or a report written while the run goes on, never removes
+the temporary file of a writer still running.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctc_plugin.resumable.atomic import ConfigMismatchError, write_atomic
+from ctc_plugin.resumable.atomic import (
+    ConfigMismatchError,
+    is_stale_temporary,
+    remove_stale_temporaries,
+    write_atomic,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -65,7 +73,8 @@ class RunStore:
     ) -> None:
         """Start or resume: write ``manifest`` in a new folder, or check it against the stored one.
 
-        Leftover temporary files of a killed run are removed, and ``plan`` (when given) is
+        Leftover temporary files of killed writers are removed (those of writers still
+        running, in another process too, are kept), and ``plan`` (when given) is
         written to ``plan.json``, replacing the last start's. With ``restart_unfinished``, a
         run of the same job that finished no shard yet (a start that failed on a wrong option,
         say) holds nothing to keep: its files are removed and ``manifest`` starts afresh,
@@ -113,8 +122,7 @@ class RunStore:
             write_atomic(path, lambda stream: stream.write(text.encode()))
         self._opened = manifest
         self.shards.mkdir(parents=True, exist_ok=True)
-        for leftover in self.shards.glob(".tmp-*"):
-            leftover.unlink(missing_ok=True)
+        remove_stale_temporaries(self.shards)
         if plan is not None:
             text = json.dumps(plan, indent=1) + "\n"
             write_atomic(self.root / PLAN, lambda stream: stream.write(text.encode()))
@@ -133,7 +141,7 @@ class RunStore:
         """Remove the files of a run that finished no shard (a lone ``.npz`` at most)."""
         if self.shards.is_dir():
             for leftover in self.shards.iterdir():
-                if leftover.is_file():
+                if leftover.is_file() and not _live_temporary(leftover):
                     leftover.unlink()
             if not any(self.shards.iterdir()):
                 self.shards.rmdir()
@@ -273,6 +281,11 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{path} is not a JSON object (damaged, or not a run folder)")
     return value
+
+
+def _live_temporary(path: Path) -> bool:
+    """Whether ``path`` is the temporary file of a writer still running."""
+    return path.name.startswith(".tmp-") and not is_stale_temporary(path)
 
 
 def _differences(

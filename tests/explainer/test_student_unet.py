@@ -152,3 +152,18 @@ def test_the_published_objective_fine_tunes_every_part_of_a_student_unet_explain
     assert explainer.is_trained and explainer.trained_image_size == (SIZE, SIZE)
     for name, parameter in explainer.named_parameters():  # encoder, both heads, gate scalars
         assert not torch.equal(parameter, before[name]), name
+
+
+def test_distilling_an_explainer_marks_it_trained(tmp_path):
+    torch.manual_seed(0)
+    explainer = Explainer(build_backbone("student-unet", NUM_CLASSES, width=4), NUM_CLASSES)
+    assert not explainer.is_trained
+    distil_student_unet(
+        explainer, classifier_with_head(), "head", mask_teacher(), images(),
+        epochs=2, batch_size=16, lr=1e-2,
+    )  # fmt: skip
+    steps = 2 * (len(images()) // 16)
+    assert int(explainer.trained_steps) == steps and explainer.trained_image_size == (SIZE, SIZE)
+    assert not explainer.training
+    loaded = Explainer.load(explainer.save(tmp_path / "distilled.pt"))
+    assert loaded.is_trained and loaded.trained_image_size == (SIZE, SIZE)

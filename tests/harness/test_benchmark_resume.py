@@ -135,8 +135,14 @@ def test_partial_report_is_labelled_and_covers_the_finished_pieces(uninterrupted
     assert all(row in expected for row in got)
 
 
+def _with_a_finished_piece(root, config: BenchmarkConfig) -> None:
+    """A run folder of ``config`` holding one finished piece (a run that finished none gives
+    way to the next configuration)."""
+    BenchmarkStore(root, config).save(Piece(config.families[0], "shapes", "Saliency"))
+
+
 def test_another_configuration_in_the_same_folder_is_refused(tmp_path):
-    BenchmarkStore(tmp_path, CONFIG)
+    _with_a_finished_piece(tmp_path, CONFIG)
     BenchmarkStore(tmp_path, CONFIG)  # the same configuration opens fine
     changed = BenchmarkConfig(**{**CONFIG.__dict__, "images": 3, "lime_samples": 9})
     with pytest.raises(ConfigMismatchError, match="another --out") as caught:
@@ -147,7 +153,7 @@ def test_another_configuration_in_the_same_folder_is_refused(tmp_path):
 def test_command_names_the_option_that_differs(tmp_path, capsys):
     from ctc_plugin.cli import main
 
-    BenchmarkStore(tmp_path, BenchmarkConfig(images=2, robustness_images=2))
+    _with_a_finished_piece(tmp_path, BenchmarkConfig(images=2, robustness_images=2))
     assert main(["benchmark", "--images", "3", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--images: 2 there, 3 now" in err and "fresh --out" in err

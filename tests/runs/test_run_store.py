@@ -95,3 +95,40 @@ def test_a_failed_start_of_the_command_does_not_lock_its_folder(tmp_path, capsys
     assert "unknown model 'nosuch'" in capsys.readouterr().err
     assert main([*argv, *out, "--model", "tests.runs.test_explain_dataset:tiny"]) == 0
     assert "2 images in 1 shards (1 computed now" in capsys.readouterr().out
+
+
+def test_opening_a_folder_keeps_the_temporary_files_of_a_writer_still_running(tmp_path):
+    from ctc_plugin.resumable import atomic
+
+    store = RunStore(tmp_path / "run")
+    store.open({"job": "test", "config": {"seed": 1}})
+    running = {}
+
+    def write_while_another_process_opens(stream):
+        stream.write(b"half a shard")
+        running["files"] = sorted(p.name for p in store.shards.glob(".tmp-*"))
+        RunStore(tmp_path / "run").open({"job": "test", "config": {"seed": 1}})  # a 2nd process
+
+    atomic.write_atomic(store.arrays_path("shard-00000"), write_while_another_process_opens)
+    assert len(running["files"]) == 1 and str(atomic.os.getpid()) in running["files"][0]
+    assert store.arrays_path("shard-00000").read_bytes() == b"half a shard"
+
+
+def test_opening_a_folder_removes_the_temporary_files_of_writers_that_are_gone(tmp_path):
+    import os
+    import time
+
+    from ctc_plugin.resumable.atomic import STALE_AFTER, _host
+
+    store = RunStore(tmp_path / "run")
+    store.open({"job": "test", "config": {"seed": 1}})
+    gone = store.shards / f".tmp-a.npz-{_host()}-{2**22 + 12345}-00ff00ff"  # no such pid
+    alive = store.shards / f".tmp-b.npz-{_host()}-{os.getpid()}-00ff00ff"
+    elsewhere = store.shards / ".tmp-c.npz-otherhost-1-00ff00ff"  # another host: by age
+    old = store.shards / ".tmp-d.npz-1234abcd"  # an older version's name: by age
+    for path in (gone, alive, elsewhere, old):
+        path.write_bytes(b"x")
+    past = time.time() - STALE_AFTER - 60
+    os.utime(old, (past, past))
+    RunStore(tmp_path / "run").open({"job": "test", "config": {"seed": 1}})
+    assert sorted(p.name for p in store.shards.glob(".tmp-*")) == [alive.name, elsewhere.name]

@@ -1,0 +1,39 @@
+"""write_split refuses to mix two data sets in one folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ctc_plugin.datasets import ShapesDataset, write_split
+
+
+def _dataset(size: int = 2, seed: int = 0) -> ShapesDataset:
+    return ShapesDataset("shapes", size=size, seed=seed, image_size=32)
+
+
+def test_an_export_names_its_data_set_and_can_be_written_again(tmp_path):
+    root = write_split(_dataset(), tmp_path / "out", show_progress=False)
+    identity = json.loads((root / "export.json").read_text())
+    assert identity == {"split": "shapes", "seed": 0, "size": 2, "image_size": 32}
+    write_split(_dataset(), root, show_progress=False)  # the same data set: rewritten
+    assert sorted(p.name for p in (root / "images").iterdir()) == ["00000.png", "00001.png"]
+
+
+@pytest.mark.parametrize(
+    ("size", "seed", "named"), [(1, 0, "size: 2 there, 1 now"), (2, 3, "seed")]
+)
+def test_an_export_of_another_data_set_is_refused_and_kept(tmp_path, size, seed, named):
+    root = write_split(_dataset(), tmp_path / "out", show_progress=False)
+    with pytest.raises(ValueError, match=f"another data set .*{named}"):
+        write_split(_dataset(size, seed), root, show_progress=False)
+    assert (root / "images" / "00001.png").exists()
+    assert json.loads((root / "export.json").read_text())["seed"] == 0
+
+
+def test_a_folder_with_other_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and holds no export"):
+        write_split(_dataset(), tmp_path, show_progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
