@@ -10,7 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["ConfigMismatchError", "remove_stale_temporaries", "write_atomic"]
+__all__ = [
+    "STALE_AFTER",
+    "ConfigMismatchError",
+    "is_stale_temporary",
+    "remove_stale_temporaries",
+    "write_atomic",
+]
 
 #: Seconds after its last write when a temporary file whose writer cannot be checked (another
 #: host, or a name without a process id) counts as left behind by a killed run.
