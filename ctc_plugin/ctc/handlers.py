@@ -167,7 +167,7 @@ def _as_bias(ctx: GatedPass, constant: Any, signal: torch.Tensor, name: str) -> 
 
 
 def _gate_by_gate(
-    ctx: GatedPass, func: Callable, first: torch.Tensor, second: torch.Tensor, name: str
+    ctx: GatedPass, func: Callable, first: torch.Tensor, second: torch.Tensor, kwargs: dict
 ) -> torch.Tensor:
     """A product (quotient) of two gate tensors: a gate-only tensor of the full pass's values.
 
@@ -181,11 +181,9 @@ def _gate_by_gate(
         for t in (first, second)
     ]
     if is_inplace(func) and full[0] is not first:
-        out = first.copy_(full[0])
-        out = getattr(torch.Tensor, func.__name__)(out, full[1])
-    else:
-        out = func(*full)
-    return ctx.mark_gate(ctx.tag(out), name, only=True)
+        full[0] = first.copy_(full[0])
+    rest = {key: value for key, value in kwargs.items() if key != "other"}
+    return ctx.mark_gate(ctx.tag(func(*full, **rest)), operation_name(func), only=True)
 
 
 def multiply_or_divide(divide: bool) -> Handler:
@@ -209,7 +207,7 @@ def multiply_or_divide(divide: bool) -> Handler:
         if ctx.is_propagated(first) and ctx.is_propagated(second):
             first_gate, second_gate = ctx.gate_mark(first), ctx.gate_mark(second)
             if first_gate is not None and second_gate is not None:
-                return _gate_by_gate(ctx, func, first, second, name)
+                return _gate_by_gate(ctx, func, first, second, kwargs)
             if second_gate is not None:
                 return ctx.gate_product(first, second, divide=divide, inplace=is_inplace(func))
             if first_gate is not None and not divide and not is_inplace(func):

@@ -198,18 +198,16 @@ class CTCMode(TorchFunctionMode):
         """
         ctx = self.gated_pass
         out = func(*args, **kwargs)
+        leaves = [leaf for leaf in tree_flatten(out)[0] if isinstance(leaf, Tensor)]
         rows = propagated[0].shape[0]
-        for leaf in tree_flatten(out)[0]:
-            if not isinstance(leaf, Tensor):
-                continue
-            if leaf.dim() == 0 or leaf.shape[0] != rows:
-                raise UnsupportedOperationError(
-                    operation_name(func),
-                    f"it combines the copies of {origin}, a gate tensor of the full pass, "
-                    "along dim 0",
-                )
-            if ctx.gradient:
-                ctx.check_gradient(operation_name(func), propagated, [leaf])
+        if any(leaf.dim() == 0 or leaf.shape[0] != rows for leaf in leaves):
+            raise UnsupportedOperationError(
+                operation_name(func),
+                f"it combines the copies of {origin}, a gate tensor of the full pass, along dim 0",
+            )
+        if ctx.gradient:
+            ctx.check_gradient(operation_name(func), propagated, leaves)
+        for leaf in leaves:
             ctx.mark_gate(ctx.tag(leaf), origin, only=True)
         return out
 

@@ -187,6 +187,8 @@ class BenchmarkStore:
         restart_unfinished: Let a benchmark run in ``root`` that finished no piece (a start
             whose methods applied to no model, say) give way to ``config`` (see
             [`RunStore.open`][ctc_plugin.resumable.store.RunStore.open]).
+        start: Start or resume the run in ``root`` (``False``: read it as it is, see
+            [`open`][ctc_plugin.harness.store.BenchmarkStore.open]).
 
     Raises:
         ConfigMismatchError: When ``root`` already holds a run with another configuration.
@@ -194,12 +196,17 @@ class BenchmarkStore:
             that does not parse.
     """
 
-    def __init__(self, root: str | Path, config: Any, restart_unfinished: bool = False) -> None:
+    def __init__(
+        self, root: str | Path, config: Any, restart_unfinished: bool = False, *, start: bool = True
+    ) -> None:
         self.runs = RunStore(root)
         self.root = self.runs.root
         self.config = json_values(config)
         convert_legacy_run(self.root)
-        self.runs.open({"job": JOB, "config": self.config}, restart_unfinished=restart_unfinished)
+        if start:  # otherwise for reading only (see open)
+            self.runs.open(
+                {"job": JOB, "config": self.config}, restart_unfinished=restart_unfinished
+            )
 
     @classmethod
     def open(cls, root: str | Path) -> BenchmarkStore:
@@ -227,10 +234,7 @@ class BenchmarkStore:
                 f"{root} holds a run of {manifest.get('job')}, not a benchmark run; give the "
                 "--out of a benchmark run"
             )
-        store = cls.__new__(cls)
-        store.runs, store.config = RunStore(root), manifest["config"]
-        store.root = store.runs.root
-        return store
+        return cls(root, manifest["config"], start=False)
 
     def has(self, family: str, split: str, label: str) -> bool:
         """True when the piece is finished (computed or failed) and stored."""
