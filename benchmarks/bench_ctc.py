@@ -34,6 +34,8 @@ import statistics
 import time
 
 import torch
+import torch._dynamo.utils
+import torch._inductor.metrics
 import torchvision
 from captum.attr import FeatureAblation
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -43,7 +45,12 @@ from ctc_plugin.ctc.speedups import DEFAULT, SPEC
 
 #: The speed-ups CTC uses on devices other than a CPU (their choice made explicit for a CPU run).
 OTHER_DEVICES = dataclasses.replace(
-    DEFAULT, copies_per_pass=None, block_elements=None, packed_boxes=0.0, sparse_copies=False
+    DEFAULT,
+    copies_per_pass=None,
+    block_elements=None,
+    packed_boxes=0.0,
+    host_checks=False,
+    sparse_copies=False,
 )
 #: Operations that read a value back to the host (a GPU would wait for its queued work).
 SYNCHRONISING = {"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "_unique2", "unique_dim"}
@@ -120,6 +127,12 @@ def main() -> None:
         "CTC on the path of other devices)",
     )
     parser.add_argument(
+        "--compiled-sharing",
+        action="store_true",
+        help="also time the proportional and reference passes with the sharing compiled by "
+        "torch.compile (Speedups.compiled_sharing; the warm-up call compiles)",
+    )
+    parser.add_argument(
         "--profile",
         choices=("none", "proportional", "reference"),
         help="also print a torch.profiler table of one call in this bias-sharing mode",
@@ -173,8 +186,20 @@ def main() -> None:
         runs["CTC reference, one pass"] = lambda: one_pass.attribute(
             x, target=target, feature_mask=mask, perturbations_per_eval=k
         )
+    if args.compiled_sharing:
+        for mode in ("proportional", "reference"):
+            compiled = CTC(model, bias_sharing=mode)
+            compiled._speedups = dataclasses.replace(DEFAULT, compiled_sharing=True)
+            runs[f"CTC {mode}, compiled sharing"] = lambda ctc=compiled: ctc.attribute(
+                x, target=target, feature_mask=mask, perturbations_per_eval=k
+            )
+    kernels = torch._inductor.metrics.generated_kernel_count
     for fn in runs.values():  # warm-up
         fn()
+    if args.compiled_sharing:
+        kernels = torch._inductor.metrics.generated_kernel_count - kernels
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        print(f"compiled sharing: {graphs} graphs, {kernels} kernels generated in all")
     timings = {name: [] for name in runs}
     for _ in range(args.repeats):  # interleaved so machine load affects all alike
         for name, fn in runs.items():
@@ -209,6 +234,7 @@ def main() -> None:
 
 def print_launches(runs: dict, model, x, target, mask, k: int, device: torch.device) -> None:
     """Print each method's kernel launches and host syncs of one call (see the module text)."""
+    # (compiled code launches the kernels it generated, which a dispatch mode does not see)
     counted = {name: fn for name, fn in runs.items() if not name.startswith("CTC")}
     for mode in ("none", "proportional", "reference"):
         ctc = CTC(model, bias_sharing=mode)

@@ -7,11 +7,14 @@ quantisation step, so its tolerance is wider.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torchvision
 
 from ctc_plugin import CTC, CTCAttributor, CTCComposite, IntegrativeCAM, zoo
+from ctc_plugin.ctc.speedups import DEFAULT
 from ctc_plugin.explainer.attribution import ExplainerAttribution
 from ctc_plugin.zoo.explainers import KINDS, shipped_explainers
 
@@ -71,6 +74,22 @@ def test_ctc_on_cuda_gives_the_cpu_scores(name, size, mode):
     if mode == "proportional":  # completeness holds on the GPU too
         logits = model(x.to(CUDA)).gather(1, target.to(CUDA)[:, None])[:, 0]
         torch.testing.assert_close(gpu.scores.sum(1), logits, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("mode", ["reference", "proportional"])
+def test_compiled_sharing_on_cuda_gives_the_cpu_scores(mode):
+    """``Speedups.compiled_sharing``: the spec's sharing as Triton kernels (compiles first)."""
+    model = torchvision_model("resnet18").double()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)).double()
+    target, mask = torch.tensor([3, 7]), grid_mask(64)
+    options = {"target": target, "feature_mask": mask, "return_feature_scores": True}
+    _, cpu = CTC(model, bias_sharing=mode).attribute(x, **options)
+    model.to(CUDA)
+    options.update(target=target.to(CUDA), feature_mask=mask.to(CUDA))
+    compiled = CTC(model, bias_sharing=mode)
+    compiled._speedups = replace(DEFAULT, compiled_sharing=True)
+    _, gpu = compiled.attribute(x.to(CUDA), **options)
+    assert_same_on_both(cpu.scores, gpu.scores, TOLERANCE[mode])
 
 
 @pytest.mark.parametrize("family", zoo.FAMILIES)

@@ -100,10 +100,16 @@ class ProportionalSharing(SpecSharing):
 
 def equal_shares(z: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
     """(N or 1, C - 1, *1) equal shares among the sharing copies that carry a present feature."""
-    ones = [1] * (z.dim() - 2)
+    return equal_weights(z[:, 1:], layout)
+
+
+def equal_weights(sharing: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
+    """(N or 1, S, *1) equal weights of the (N, S, *rest) sharing copies that carry a feature."""
+    ones = [1] * (sharing.dim() - 2)
     if layout.presence is None:
-        return z.new_full((1, z.shape[1] - 1, *ones), 1.0 / max(z.shape[1] - 1, 1))
-    present = layout.presence.to(z.dtype)
+        copies = sharing.shape[1]
+        return sharing.new_full((1, copies, *ones), 1.0 / max(copies, 1))
+    present = layout.presence.to(sharing.dtype)
     return (present / present.sum(dim=1, keepdim=True).clamp_min(1.0)).view(*present.shape, *ones)
 
 
@@ -265,4 +271,5 @@ __all__ = [
     "statistics_dtype",
     "tenfold_quantised",
     "equal_shares",
+    "equal_weights",
 ]

@@ -15,6 +15,12 @@ is chosen by one private option object, [`Speedups`][ctc_plugin.ctc.speedups.Spe
   (``block_elements``);
 - ``packed_boxes`` (``"reference"`` with ``fused_sharing``): the formula computed only on the
   boxes around each copy's nonzero values, packed into one block;
+- ``host_checks``: skip optional work after asking the device whether it is needed (a host
+  synchronisation; on a CPU only, by default: elsewhere the extra kernels cost less than the
+  wait);
+- ``compiled_sharing``: the ``"reference"`` and ``"proportional"`` sharing of the spec compiled
+  by ``torch.compile`` (its elementwise steps and reductions fused into a few kernels per layer:
+  what a GPU, bound by launches, needs), instead of the fused implementations;
 - ``sparse_copies``: on a CPU, each 2-d convolution computed only inside the box where each copy
   can be nonzero ([`SparseGatedPass`][ctc_plugin.ctc.sparse.SparseGatedPass]), dense where the
   boxes cover more than ``sparse_dense_above`` of the map; the boxes travel with the results,
@@ -35,8 +41,9 @@ operation of the pass reaches the rules through `GatedPass` methods, the linear 
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +63,7 @@ from ctc_plugin.ctc.sharing import (
     BiasSharing,
     check_mode,
     copy_part,
+    equal_weights,
     make_sharing,
     statistic_dims,
     statistics_dtype,
@@ -83,6 +91,18 @@ class Speedups:
         packed_boxes: With ``fused_sharing`` in ``"reference"`` mode on a CPU, compute the
             formula only on the boxes around the copies' nonzero values where, packed at the
             largest box's size, they take at most this fraction of a layer; 0 turns it off.
+        host_checks: Whether the fused sharing may read a value back from the device to skip
+            work that is not needed (the units of ``"proportional"`` where every sharing copy
+            is zero, the full copy's exact zeros of ``"reference"``). Each check is a host
+            synchronisation, which stalls a GPU's queue; without it the work is done for every
+            unit (a few more, full-size kernels). ``None``: on a CPU only.
+        compiled_sharing: Share biases in ``"reference"`` and ``"proportional"`` mode with
+            [`CompiledSharing`][ctc_plugin.ctc.speedups.CompiledSharing] (the spec compiled by
+            ``torch.compile``) instead of the fused implementations; a string names the
+            ``torch.compile`` backend (``True``: ``"inductor"``). The first call of each layer
+            shape compiles (tens of seconds). Off by default: on a CPU the fused
+            implementations are as fast (``benchmarks/bench_ctc.py --compiled-sharing``), and
+            on a GPU it has not been measured yet.
         sparse_copies: On a CPU, compute each 2-d convolution only inside each copy's box
             ([`SparseGatedPass`][ctc_plugin.ctc.sparse.SparseGatedPass]).
         sparse_dense_above: With ``sparse_copies``, a convolution is computed dense where the
@@ -94,18 +114,25 @@ class Speedups:
     fused_sharing: bool = True
     block_elements: int | None = 1 << 20
     packed_boxes: float = 0.5
+    host_checks: bool | None = None
+    compiled_sharing: bool | str = False
     sparse_copies: bool = True
     sparse_dense_above: float = 0.6
 
     def sharing(self, mode: str) -> BiasSharing:
         """The bias sharing of a mode: the spec's, or the fused one (raises for unknown modes)."""
         check_mode(mode)
+        if self.compiled_sharing and mode != "none":
+            backend = "inductor" if self.compiled_sharing is True else self.compiled_sharing
+            return CompiledSharing(mode, backend)
         if not self.fused_sharing:
             return make_sharing(mode)
         if mode == "reference":
-            return FusedReferenceSharing(self.block_elements, self.packed_boxes)
+            return FusedReferenceSharing(
+                self.block_elements, self.packed_boxes, host_checks=self.host_checks
+            )
         if mode == "proportional":
-            return FusedProportionalSharing(self.block_elements)
+            return FusedProportionalSharing(self.block_elements, host_checks=self.host_checks)
         return FusedNoSharing()
 
     def examples_per_pass(self, copies_per_example: int, device: torch.device) -> int | None:
@@ -139,6 +166,90 @@ SPEC = Speedups(
 DEFAULT = Speedups()
 
 
+# ---------------------------------------------------------------------------- compiled sharing
+class CompiledSharing:
+    """A mode of the spec's sharing compiled by ``torch.compile``: few kernels per layer.
+
+    The spec's formula is out of place and free of host synchronisations, which is what a
+    compiler fuses best: the ``"reference"`` formula's some seventy kernel launches per biased
+    layer (``benchmarks/bench_ctc.py --launches``) become a few fused ones. Shapes are compiled
+    as dynamic, so the layers of a model share their compiled code where they have the same
+    rank and statistic dims; compiled code is cached per mode and backend in the process. Past
+    dynamo's recompile limit (layers of many forms), the spec runs eagerly, with dynamo's warning.
+
+    Args:
+        mode: ``"reference"`` or ``"proportional"``.
+        backend: The ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` traces the
+            same graph without generating code, which tests use to check it quickly).
+    """
+
+    in_place = False
+
+    def __init__(self, mode: str, backend: str = "inductor") -> None:
+        if mode not in ("reference", "proportional"):
+            raise ValueError(
+                f"only 'reference' and 'proportional' sharing are compiled, not {mode!r}"
+            )
+        self.name = mode
+        self.backend = backend
+        self._add_bias = _compiled_add_bias(mode, backend)
+
+    def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
+        """``z_k + s_k * b`` for every copy, as a new tensor (the spec's, compiled).
+
+        ``z`` and ``bias`` go to the compiled code in one canonical form, (N, C, groups,
+        positions) with the statistics over the positions, so that layers of every rank and
+        bias form share a few compiled graphs; forms without one run the spec eagerly.
+        """
+        canonical = canonical_form(z, bias)
+        if canonical is None:
+            return make_sharing(self.name).add_bias(z, bias, layout)
+        z_groups, bias_groups = canonical
+        return self._add_bias(z_groups, bias_groups, layout).view(z.shape)
+
+
+def canonical_form(z: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A grouped (N, C, *rest) ``z`` and its bias in the form the compiled sharing takes.
+
+    Statistics over every unit: (N, C, units) and a bias of (n, c, units or 1); statistics over
+    trailing dims (a convolution's positions): (N, C, groups, positions) and a bias of
+    (n, c, groups, 1). The spec's [`statistic_dims`][ctc_plugin.ctc.sharing.statistic_dims]
+    of the result are the same units. ``None`` for other statistic dims, or a ``z`` whose
+    memory a view cannot regroup.
+    """
+    rank = z.dim()
+    dims = statistic_dims(bias, rank)
+    if rank < 3 or dims != tuple(range(rank - len(dims), rank)):
+        return None
+    padded = bias.detach().reshape(*([1] * (rank - bias.dim())), *bias.shape)
+    leading = padded.shape[:2]
+    try:
+        if len(dims) == rank - 2:  # every unit: a bias per unit, or one constant
+            units = math.prod(z.shape[2:])
+            per_unit = math.prod(padded.shape[2:]) > 1
+            return (
+                z.view(*z.shape[:2], units),
+                padded.reshape(*leading, units if per_unit else 1),
+            )
+        groups = math.prod(z.shape[2 : rank - len(dims)])
+        return (
+            z.view(*z.shape[:2], groups, math.prod(z.shape[rank - len(dims) :])),
+            padded.expand(
+                *leading, *z.shape[2 : rank - len(dims)], *padded.shape[-len(dims) :]
+            ).reshape(*leading, groups, 1),
+        )
+    except RuntimeError:  # a view cannot regroup z's memory
+        return None
+
+
+@functools.cache
+def _compiled_add_bias(mode: str, backend: str) -> Callable[..., torch.Tensor]:
+    """The spec's ``add_bias`` of ``mode`` compiled by ``backend`` (one per process)."""
+    # not fullgraph: a model with more layer forms than dynamo's recompile limit runs the
+    # spec eagerly past it, with dynamo's warning, instead of failing
+    return torch.compile(make_sharing(mode).add_bias, backend=backend, dynamic=True)
+
+
 # ---------------------------------------------------------------------------- fused sharing
 class FusedNoSharing:
     """``"none"``, in place: the bias is added to the gate copy only."""
@@ -168,10 +279,17 @@ class FusedProportionalSharing:
     name = "proportional"
     in_place = True
 
-    def __init__(self, block_elements: int | None = 1 << 20) -> None:
-        """``block_elements``: about how many values one block holds (``None``: one block)."""
+    def __init__(
+        self, block_elements: int | None = 1 << 20, host_checks: bool | None = None
+    ) -> None:
+        """``block_elements``: about how many values one block holds (``None``: one block).
+
+        ``host_checks``: see [`Speedups`][ctc_plugin.ctc.speedups.Speedups] (``None``: on a
+        CPU only).
+        """
         self.workspace = Workspace()
         self.block_elements = block_elements
+        self.host_checks = host_checks
 
     def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
         """Add the bias to the gate copy and proportional shares to the others; return ``z``."""
@@ -230,19 +348,42 @@ class FusedProportionalSharing:
                 for first in range(0, channels, step)
             ]
         empties, any_empty = [], False
+        checks = checks_host(self.host_checks, sharing)
         for block, block_bias in blocks:
             (magnitude,) = self.workspace.buffers(block, 1)
             torch.abs(block, out=magnitude)
             total = magnitude.sum(dim=1, keepdim=True)
             empty = total == 0
-            block.addcmul_(magnitude, block_bias / total.masked_fill_(empty, 1.0))
-            if bool(empty.any()):  # every copy has z = 0 here: split equally among those present
-                self._add_fallback(block, block_bias, empty, layout)
+            if not checks:  # equal shares where every copy has z = 0, without asking where
+                self._add_equal_shares(block, block_bias, magnitude, total, empty, layout)
                 any_empty = True
+            else:
+                block.addcmul_(magnitude, block_bias / total.masked_fill_(empty, 1.0))
+                if bool(empty.any()):  # every copy has z = 0 here: split equally
+                    self._add_fallback(block, block_bias, empty, layout)
+                    any_empty = True
             empties.append(empty)
         if not any_empty:
             return None
         return empties[0] if len(empties) == 1 else torch.cat(empties, dim=2)
+
+    @staticmethod
+    def _add_equal_shares(
+        block: torch.Tensor,
+        bias: torch.Tensor,
+        magnitude: torch.Tensor,
+        total: torch.Tensor,
+        empty: torch.Tensor,
+        layout: CopyLayout,
+    ) -> None:
+        """Add the proportional shares, equal ones where every copy is zero, with no host sync.
+
+        Where every copy is zero, ``magnitude`` and ``total`` are zero, so adding the equal
+        weights to the one and 1 to the other there turns ``|z_k| / sum_j |z_j|`` into them.
+        """
+        where_empty = empty.to(block.dtype)
+        magnitude.addcmul_(where_empty, equal_weights(block, layout))
+        block.addcmul_(magnitude, bias / total.add_(where_empty))
 
     @staticmethod
     def _add_fallback(
@@ -253,16 +394,17 @@ class FusedProportionalSharing:
         Such units are few, so the work is indexed to them instead of a full-size pass.
         """
         example, *unit = empty[:, 0].nonzero(as_tuple=True)
-        copies = sharing.shape[1]
         bias = bias.view(*([1] * (sharing.dim() - bias.dim())), *bias.shape)
         bias = bias.expand(sharing.shape[0], -1, *sharing.shape[2:])
         bias_at = bias[(example, slice(None), *unit)]  # (M, 1) or (M, S)
-        if layout.presence is None:
-            weights = sharing.new_full((1, copies), 1.0 / max(copies, 1))
-        else:
-            presence = layout.presence.to(sharing.dtype)[example]
-            weights = presence / presence.sum(dim=1, keepdim=True).clamp_min(1.0)
+        weights = equal_weights(sharing, layout).flatten(1)  # (N or 1, S)
+        weights = weights if weights.shape[0] == 1 else weights[example]
         sharing[(example, slice(None), *unit)] += bias_at * weights
+
+
+def checks_host(host_checks: bool | None, values: torch.Tensor) -> bool:
+    """Whether a fused sharing may read ``values``' device back (``None``: on a CPU only)."""
+    return values.device.type == "cpu" if host_checks is None else host_checks
 
 
 def _channel_block(bias: torch.Tensor, z: torch.Tensor, first: int, count: int) -> torch.Tensor:
@@ -291,6 +433,8 @@ class FusedReferenceSharing:
         block_elements: Values per block on a CPU; ``None``: the whole layer in one block.
         crop_fraction: On a CPU, when the boxes, packed at the largest box's size, take at most
             this fraction of a layer, only they are computed (0: never).
+        host_checks: See [`Speedups`][ctc_plugin.ctc.speedups.Speedups] (``None``: on a CPU
+            only).
     """
 
     name = "reference"
@@ -298,9 +442,15 @@ class FusedReferenceSharing:
     quantum = 10.0
     ratio_quantum = 1000.0
 
-    def __init__(self, block_elements: int | None = 1 << 20, crop_fraction: float = 0.5) -> None:
+    def __init__(
+        self,
+        block_elements: int | None = 1 << 20,
+        crop_fraction: float = 0.5,
+        host_checks: bool | None = None,
+    ) -> None:
         self.block_elements = block_elements
         self.crop_fraction = crop_fraction
+        self.host_checks = host_checks
         self.workspace = Workspace()
 
     def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
@@ -355,7 +505,9 @@ class FusedReferenceSharing:
         copies = z.shape[1]
         for example, (group, group_bias) in enumerate(groups):
             full_bias = copy_part(group_bias, group, 1, 2)
-            full = full_copy_statistics(group[:, 1:2], full_bias, dims, self.workspace)
+            full = full_copy_statistics(
+                group[:, 1:2], full_bias, dims, self.workspace, self.host_checks
+            )
             (scratch,) = self.workspace.buffers(full.ceil_full, 1)
             own_share = torch.ne(full.ceil_full, math.inf, out=scratch)  # inf where q(z_F) = 0
             group[:, 1:2].addcmul_(own_share, full_bias)
@@ -500,6 +652,7 @@ def full_copy_statistics(
     bias_full: torch.Tensor,
     dims: tuple[int, ...],
     workspace: Workspace | None = None,
+    host_checks: bool | None = None,
 ) -> FullCopyStatistics:
     """The reference full copy's part of the formula, fused.
 
@@ -511,6 +664,8 @@ def full_copy_statistics(
         dims: The statistic dims.
         workspace: Scratch buffers to reuse; ``ceil_full`` then lives in the workspace's
             ``"full"`` slot and is valid until the next call. ``None`` allocates.
+        host_checks: Whether to ask the device if ``z_full`` has an exact zero, to leave out
+            the mask of them when not (``None``: on a CPU only).
     """
     if workspace is None:
         ceil_full, spread, scratch = (torch.empty_like(z_full) for _ in range(3))
@@ -533,9 +688,8 @@ def full_copy_statistics(
     _, sigma = _mean_std_of_counted(log_r, count, dims, workspace)
     sigma.masked_fill_(no_mean, 0.0)
     exact_zero = torch.eq(z_full, 0, out=scratch)
-    # on a CPU, skipping the mask where z_F has no zero saves passes; elsewhere asking would
-    # wait for the device
-    needed = z_full.device.type != "cpu" or bool(exact_zero.any())
+    # skipping the mask where z_F has no zero saves passes; asking waits for the device
+    needed = not checks_host(host_checks, z_full) or bool(exact_zero.any())
     exact_zero = exact_zero.clone() if needed else None  # the scratch buffer is reused below
     return FullCopyStatistics(
         ceil_full=_infinite_where_zero(ceil_full, scratch), exact_zero=exact_zero, sigma=sigma
@@ -652,6 +806,7 @@ LOG2_10 = math.log2(10.0)
 __all__ = [
     "DEFAULT",
     "SPEC",
+    "CompiledSharing",
     "FullCopyStatistics",
     "FusedNoSharing",
     "FusedProportionalSharing",

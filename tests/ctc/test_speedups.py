@@ -18,11 +18,12 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ctc_plugin import CTC
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.sharing import make_sharing
-from ctc_plugin.ctc.speedups import DEFAULT, SPEC, Speedups
+from ctc_plugin.ctc.speedups import DEFAULT, SPEC, CompiledSharing, Speedups
 from ctc_plugin.testing import random_partition
 from tests.strategies import cases
 
@@ -58,6 +59,20 @@ VARIANTS = {
         fused_sharing=False,
         sparse_copies=True,
         sparse_dense_above=1.0,
+    ),
+    "the path of other devices, no host checks": Speedups(
+        gradient_shortcut=False,
+        copies_per_pass=None,
+        block_elements=None,
+        packed_boxes=0.0,
+        host_checks=False,
+        sparse_copies=False,
+    ),
+    "compiled sharing, traced": Speedups(
+        gradient_shortcut=False,
+        copies_per_pass=None,
+        compiled_sharing="aot_eager",
+        sparse_copies=False,
     ),
     "default": DEFAULT,
     "default with sparse copies": SPARSE,
@@ -125,10 +140,48 @@ def grouped_layers(draw: st.DrawFn):
 def test_fused_sharing_adds_the_spec_shares(layer, mode, block_elements):
     z, bias, layout = layer
     expected = make_sharing(mode).add_bias(z, bias, layout)
-    for crop in (0.0, 1.0):
-        fused = Speedups(block_elements=block_elements, packed_boxes=crop).sharing(mode)
-        actual = fused.add_bias(z.clone(), bias, layout)
+    for crop, host_checks in ((0.0, None), (1.0, None), (0.0, False)):
+        speedups = Speedups(
+            block_elements=block_elements, packed_boxes=crop, host_checks=host_checks
+        )
+        actual = speedups.sharing(mode).add_bias(z.clone(), bias, layout)
         torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the operations that read a value back from the device (a GPU would wait)."""
+
+    READS = {"_local_scalar_dense", "nonzero", "is_nonzero", "equal"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.reads += func.overloadpacket.__name__ in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_without_host_checks_the_fused_sharing_never_waits_for_the_device(mode):
+    """Units where every copy is zero and exact zeros of the full copy, handled without a sync."""
+    torch.manual_seed(0)
+    layout = CopyLayout(1, 3, reference_full=True, baseline=False)
+    z = torch.randn(1, layout.copies, 3, 5, 4, dtype=torch.float64)
+    z[:, 1:, :, 0] = 0.0  # every sharing copy zero on a row: equal shares there
+    z[:, 1, 1, 2, 2] = 0.0  # an exact zero of the full copy alone
+    bias = torch.randn(3, 1, 1, dtype=torch.float64)
+    expected = make_sharing(mode).add_bias(z, bias, layout)
+    sharing = Speedups(block_elements=None, packed_boxes=0.0, host_checks=False).sharing(mode)
+    with _HostReads() as count:
+        actual = sharing.add_bias(z.clone(), bias, layout)
+    assert count.reads == 0
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    with _HostReads() as count:  # the check the option leaves out (on a CPU by default)
+        Speedups(block_elements=None, packed_boxes=0.0).sharing(mode).add_bias(
+            z.clone(), bias, layout
+        )
+    assert count.reads == (0 if mode == "none" else 1) + (mode == "proportional")
 
 
 def test_the_spec_sharing_leaves_its_argument_alone():
@@ -147,6 +200,8 @@ def test_the_spec_sharing_leaves_its_argument_alone():
 @given(data=st.data(), mode=st.sampled_from(MODES))
 def test_each_speedup_gives_the_spec_results(variant, family, data, mode):
     model, x, mask, target = data.draw(FAMILIES[family]())
+    if VARIANTS[variant].compiled_sharing:  # past dynamo's recompile limit the spec runs eagerly
+        torch._dynamo.reset()
     assert_same_as_spec(model, x, mask, target, mode, VARIANTS[variant])
 
 
@@ -262,3 +317,38 @@ def test_the_zoo_families(family, speedups):
     model, x = model.double(), x.double()
     for mode in MODES:
         assert_same_as_spec(model, x, random_partition(96, 96, 6, seed=2), 1, mode, speedups)
+
+
+# ---------------------------------------------------------------------------- compiled sharing
+def test_compiled_sharing_is_for_the_modes_with_a_formula():
+    assert isinstance(Speedups(compiled_sharing="aot_eager").sharing("reference"), CompiledSharing)
+    assert not isinstance(Speedups(compiled_sharing=True).sharing("none"), CompiledSharing)
+    with pytest.raises(ValueError, match="only 'reference' and 'proportional'"):
+        CompiledSharing("none")
+
+
+@pytest.mark.parametrize("mode", ["reference", "proportional"])
+def test_compiled_sharing_traces_the_spec_as_one_graph(mode):
+    """One graph without breaks: a host sync in the spec would break it (and cost a GPU)."""
+    layout = CopyLayout(2, 3, reference_full=True, baseline=True)
+    z = torch.randn(2, layout.copies, 3, 5, 4, dtype=torch.float64)
+    z[:, 2:, :, :2] = 0.0
+    bias = torch.randn(3, 1, 1, dtype=torch.float64)
+    expected = make_sharing(mode).add_bias(z, bias, layout)
+    actual = CompiledSharing(mode, backend="aot_eager").add_bias(z, bias, layout)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    explained = torch._dynamo.explain(make_sharing(mode).add_bias)(z, bias, layout)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["reference", "proportional"])
+def test_inductor_compiled_sharing_gives_the_spec_results(mode):
+    """The generated code (tens of seconds to compile on a CPU), on a torchvision ResNet."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval().double()
+    x = torch.randn(2, 3, 48, 48, dtype=torch.float64)
+    rows = torch.arange(48) // 12
+    mask = (rows.view(-1, 1) * 4 + rows.view(1, -1)).expand(2, 1, 48, 48)
+    compiled = Speedups(gradient_shortcut=False, compiled_sharing=True)
+    assert_same_as_spec(model, x, mask, [1, 2], mode, compiled)
