@@ -433,7 +433,8 @@ def read_image(path: str | Path) -> Tensor:
     """Read an image file as the ``(3, H, W)`` ``uint8`` RGB image it shows, upright.
 
     The EXIF orientation is applied (a phone photo taken upright comes out upright) and the
-    image is converted to RGB by [`to_rgb`][ctc_plugin.images.to_rgb].
+    image is converted to RGB by [`to_rgb`][ctc_plugin.images.to_rgb]. An animated image (GIF,
+    WebP, PNG) or a multi-page TIFF gives its first frame.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist (or is a folder).

@@ -24,7 +24,25 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_segment_scores", "save_figure"]
+__all__ = ["PANEL_SIDE", "panel_width", "plot_segment_scores", "save_figure"]
+
+#: Height of one panel in inches (the width of a square image's panel).
+PANEL_SIDE = 3.6
+
+#: Width to height of the widest and of the narrowest panel: a panorama is drawn as a strip in
+#: a panel this wide (its titles stay readable), a tall image in one this narrow.
+PANEL_ASPECT_RANGE = (0.6, 3.0)
+
+
+def panel_width(height: int, width: int, side: float = PANEL_SIDE) -> float:
+    """Width in inches of a figure panel showing a ``height x width`` image, ``side`` high.
+
+    The image's aspect ratio clamped to `PANEL_ASPECT_RANGE`: a very wide image (a
+    2000 x 100 panorama) gets a panel three times as wide as high, not twenty, so that a
+    figure of several panels stays a readable size; matplotlib scales the image into it.
+    """
+    low, high = PANEL_ASPECT_RANGE
+    return side * min(max(width / max(height, 1), low), high)
 
 
 def plot_segment_scores(
@@ -96,12 +114,10 @@ def plot_segment_scores(
 
     own_figure = axes is None
     if axes is None:
-        height, width = shape
-        side = 3.6
         figure, created = plt.subplots(
             1,
             1 + len(panels),
-            figsize=(side * (1 + len(panels)) * max(width / height, 0.6) + 0.6, side + 0.6),
+            figsize=(panel_width(*shape) * (1 + len(panels)) + 0.6, PANEL_SIDE + 0.6),
             squeeze=False,
         )
         axes = list(created[0])

@@ -72,13 +72,13 @@ class LoadedModel:
 
 @dataclass
 class Explained:
-    """One image, explained by every method."""
+    """One image, explained by every method (``feature_mask`` set once it is segmented)."""
 
     path: Path
     image: PreparedImage
     logits: torch.Tensor
     target: int
-    feature_mask: torch.Tensor
+    feature_mask: torch.Tensor | None = None
     results: list[Result] = field(default_factory=list)
     evidence: torch.Tensor | None = None
 
@@ -707,22 +707,22 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     segmenter = make_segmenter(args)
     explainer = explainer_for(loaded, args)
     model = preprocessing.wrap(loaded.network).to(device).eval()
-    explained: list[Explained] = []
-    for path, image in zip(paths, images):
-        pixels = image.pixels.to(device)
-        logits = model_logits(model, loaded, pixels, is_own_size(loaded.preprocessing, image.size))
-        if loaded.classes is not None and len(loaded.classes) != logits.numel():
-            loaded.classes = None  # weights with other classes than the metadata's
-        target = target_class(args.target, loaded, logits)
-        mask = segment_pixels(segmenter, image.pixels)
-        item = Explained(path, image, logits, target, mask)
+    # every image classified (its size, its target checked) before any method runs
+    explained = [
+        _classified(model, loaded, args.target, path, image, device)
+        for path, image in zip(paths, images)
+    ]
+    check_explainer_size(explainer, explained)
+    for item in explained:
+        pixels = item.image.pixels.to(device)
+        item.feature_mask = segment_pixels(segmenter, item.image.pixels)
         if evidence_path is not None:
             item.evidence = _evidence(evidence_path, preprocessing)
         request = Request(
             model=model,
             pixels=pixels,
-            target=target,
-            feature_mask=mask.to(device),
+            target=item.target,
+            feature_mask=item.feature_mask.to(device),
             bias_sharing=args.bias_sharing,
             lime_samples=args.lime_samples,
             perturbations_per_eval=args.perturbations_per_eval,
@@ -736,7 +736,6 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
                 raise CLIError(f"--model {args.model}: {error}") from error
             except (MethodError, ValueError) as error:
                 raise CLIError(f"--method {name}: {error}") from error
-        explained.append(item)
         _print_report(loaded, preprocessing, item, args.top)
     with _writing("--out", args.out):
         _write_figure(explained, loaded, args)
@@ -746,6 +745,51 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
             json_path = save_results(args.save, explained, loaded, preprocessing, args)
         print(f"data written to {args.save} and {json_path}")
     return 0
+
+
+def _classified(
+    model: nn.Module,
+    loaded: LoadedModel,
+    spec: str | None,
+    path: Path,
+    image: PreparedImage,
+    device: torch.device,
+) -> Explained:
+    """``image`` with the model's logits and the ``--target`` class (no segments yet).
+
+    Raises:
+        CLIError: If the model cannot take the image's size or ``--target`` does not fit it.
+    """
+    own_size = is_own_size(loaded.preprocessing, image.size)
+    logits = model_logits(model, loaded, image.pixels.to(device), own_size)
+    if loaded.classes is not None and len(loaded.classes) != logits.numel():
+        loaded.classes = None  # weights with other classes than the metadata's
+    target = target_class(spec, loaded, logits)
+    return Explained(path, image, logits, target)
+
+
+def check_explainer_size(explainer: nn.Module | None, explained: list[Explained]) -> None:
+    """Refuse, before any method runs, images of another size than the Explainer's training.
+
+    Raises:
+        CLIError: Naming the image, both sizes and the options that give the Explainer's size.
+    """
+    size = getattr(explainer, "trained_image_size", None)
+    if size is None:
+        return
+    for item in explained:
+        if item.image.size != size:
+            height, width = item.image.size
+            fix = (
+                f"give --resize {size[0]} --crop {size[0]} (the zoo model's own input)"
+                if size[0] == size[1]
+                else f"resize and crop the images to {size[1]}x{size[0]}"
+            )
+            raise CLIError(
+                f"--method explainer: {item.path} becomes a {width}x{height} image but the "
+                f"shipped Explainer was trained on {size[1]}x{size[0]} images and takes no "
+                f"other size; {fix}, or choose other methods"
+            )
 
 
 @contextmanager
@@ -832,15 +876,14 @@ def _write_figure(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ctc_plugin.viz import plot_segment_scores, save_figure
+    from ctc_plugin.viz import PANEL_SIDE, panel_width, plot_segment_scores, save_figure
 
     columns = 1 + len(args.methods)
-    aspect = max(item.image.size[1] / item.image.size[0] for item in explained)
-    side = 3.6
+    width = max(panel_width(*item.image.size) for item in explained)
     figure, axes = plt.subplots(
         len(explained),
         columns,
-        figsize=(side * columns * max(aspect, 0.6) + 0.8 * columns, side * len(explained) + 0.4),
+        figsize=((width + 0.8) * columns, PANEL_SIDE * len(explained) + 0.4),
         squeeze=False,
     )
     for row, item in zip(axes, explained):

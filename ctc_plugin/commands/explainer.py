@@ -119,7 +119,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from ctc_plugin.zoo.settings import FAMILIES
 
     parser = subparsers.add_parser(
-        "explainer", help="train Explainer mask networks for zoo models", description=__doc__
+        "explainer",
+        help="train Explainer mask networks for zoo models",
+        description=(__doc__ or "").replace("``", ""),  # the docstring's markup, not shown
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     train = actions.add_parser(

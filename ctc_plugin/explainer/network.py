@@ -446,14 +446,16 @@ class Explainer(nn.Module):
                 "write it again with Explainer.save"
             ) from error
         except ValueError as error:
-            raise ValueError(f"explainer file {str(path)!r}: {error}") from error
+            hint = _classifier_hint(config, classifier, payload.get("metadata"))
+            raise ValueError(f"explainer file {str(path)!r}: {error}{hint}") from error
         try:
             explainer.load_state_dict(payload["state_dict"])
         except RuntimeError as error:
             detail = " ".join(line.strip() for line in str(error).splitlines()[1:4])
+            hint = _classifier_hint(config, classifier, payload.get("metadata"))
             raise ValueError(
                 f"the state dict in explainer file {str(path)!r} does not fit its config "
-                f"{config}: {detail or error}"
+                f"{config}{hint}: {detail or error}"
             ) from error
         explainer.metadata = dict(payload.get("metadata", {}))
         return explainer.eval()
@@ -490,6 +492,28 @@ class Explainer(nn.Module):
 
         values = getattr(self, "metadata", {}).get("hyperparameters")
         return ExplainerHyperparameters(**values) if values else None
+
+
+def _classifier_hint(config: dict[str, Any], classifier: nn.Module | None, metadata: Any) -> str:
+    """What to do when a file's classifier copy does not fit the ``classifier=`` given.
+
+    Empty for files without a classifier copy (the classifier plays no part in them).
+    """
+    from ctc_plugin.explainer.backbones import settings_of
+
+    try:
+        takes_classifier = "classifier" in settings_of(config.get("backbone"))
+    except (KeyError, ValueError, TypeError):
+        return ""
+    if classifier is None or not takes_classifier:
+        return ""
+    model = metadata.get("model") if isinstance(metadata, dict) else None
+    trained = f" ({model}, e.g. ctc_plugin.zoo.build({model!r}, {config.get('num_classes')}))"
+    return (
+        f"; the file holds a copy of the classifier it was trained against, which the "
+        f"classifier= given ({type(classifier).__name__}) does not match: pass a model of that "
+        f"architecture and class count{trained if isinstance(model, str) else ''}"
+    )
 
 
 #: Types [`Explainer.load`][ctc_plugin.Explainer.load] reads back as metadata values.

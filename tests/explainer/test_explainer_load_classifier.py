@@ -1,0 +1,24 @@
+"""Loading an Explainer that holds a classifier copy with another classifier says what to pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctc_plugin import Explainer, zoo
+from ctc_plugin.zoo.explainers import explainer_path
+
+
+@pytest.mark.parametrize(("family", "split"), [("densenet", "shapes"), ("resnet", "composite")])
+def test_a_classifier_of_another_architecture_or_class_count_is_named_with_the_fix(family, split):
+    path = explainer_path("resnet", "shapes", kind="class-specific")
+    with pytest.raises(ValueError) as caught:
+        Explainer.load(path, classifier=zoo.load(family, split))
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message
+    assert "does not match: pass a model of that architecture and class count (resnet, " in message
+    assert "ctc_plugin.zoo.build('resnet', 6)" in message
+
+
+def test_files_without_a_classifier_copy_ignore_the_classifier():
+    explainer = Explainer.load(explainer_path("resnet"), classifier=zoo.load("densenet"))
+    assert explainer.num_classes == 6 and explainer.is_trained
