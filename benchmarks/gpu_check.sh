@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks in one run, for a session that is lent a CUDA machine (about 8 minutes on an
-# H100): the CUDA tests, then CTC against FeatureAblation on ResNet-50 224², K = 64, with one
+# The GPU checks in one run, for a session that is lent a CUDA machine (one call of under 10 minutes on an
+# H100 at most: each step has a timeout, 560 s in all): the CUDA tests, then CTC against FeatureAblation on ResNet-50 224², K = 64, with one
 # image and with 16, eager and with the compiled sharing, kernel launches counted.
 #
 #   bash benchmarks/gpu_check.sh            # writes its reports under $OUT (or out/gpu)
@@ -20,10 +20,10 @@ for name in ("torchvision", "captum", "zennit", "skimage", "sklearn", "hypothesi
     except ImportError as error:
         print(name, "MISSING:", error)
 PY
-timeout 240 python -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -15 \
+timeout 200 python -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -15 \
     | tee "$out/test_cuda.txt"
 for batch in 1 16; do
-    timeout 200 python benchmarks/bench_ctc.py --device cuda --model resnet50 --features 64 \
+    timeout 180 python benchmarks/bench_ctc.py --device cuda --model resnet50 --features 64 \
         --batch "$batch" --repeats 5 --threads 4 --no-variants --launches --compiled-sharing \
         2>&1 | grep -v Warning | tee "$out/bench_ctc_batch$batch.txt"
 done
