@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks in one run, for a session that is lent a CUDA machine (one call of under 10 minutes on an
-# H100 at most: each step has a timeout, 560 s in all): the CUDA tests, then CTC against FeatureAblation on ResNet-50 224², K = 64, with one
-# image and with 16, eager and with the compiled sharing, kernel launches counted.
+# The GPU checks in one run, for a session that is lent a CUDA machine (one device call: each
+# step has a timeout, 560 s in all): the CUDA tests, then CTC against FeatureAblation on
+# ResNet-50 224², K = 64, with one image and with 16, eager and with the compiled sharing,
+# kernel launches counted.
 #
 #   bash benchmarks/gpu_check.sh            # writes its reports under $OUT (or out/gpu)
 #
