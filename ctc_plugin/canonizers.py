@@ -109,15 +109,20 @@ def gradient_attributor(model: nn.Module, composite: Composite) -> Iterator[Grad
     ([`ctc_plugin.concurrency.exclusive`][ctc_plugin.concurrency.exclusive]): other threads' calls
     of this package wait instead of seeing the composite on the model, or removing it from under
     this call.
+
+    A composite that is registered already (inside ``with composite.context(model)``) is removed
+    first, as Zennit's ``register`` does before it registers again, so that the tensors recorded
+    for the end of the block are the model's own, not the canonized ones; it is not registered
+    when the block ends.
     """
-    with (
-        exclusive(model),
-        exclusive(composite),
-        tensors_restored(model),
-        composite_registered(composite, model),
-        batch_norms_valid(model),
-    ):
-        yield Gradient(model=model, composite=composite)
+    with exclusive(model), exclusive(composite):
+        composite.remove()
+        with (
+            tensors_restored(model),
+            composite_registered(composite, model),
+            batch_norms_valid(model),
+        ):
+            yield Gradient(model=model, composite=composite)
 
 
 @contextmanager

@@ -128,3 +128,34 @@ def test_ctc_attributor_with_a_canonizer_leaves_the_tensors_as_registered():
     with attributor:  # registered for the block
         attributor(x)
     assert _tensor_layout(model) == before
+
+
+def test_a_composite_registered_already_is_removed_before_the_tensors_are_recorded():
+    """``run_composite`` (pixel-level CTC, feature selection) inside ``composite.context(model)``
+    of the same composite: it used to register it again, record the merged tensors as the model's
+    own and put them back after the context had ended, so the model computed something else."""
+    from zennit.composites import EpsilonPlusFlat
+
+    from ctc_plugin.relevance import run_composite
+
+    x = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    one_hot = torch.zeros(1, 64, dtype=torch.float64)
+    one_hot[0, 5] = 1.0
+    states = []
+    for inside in (False, True):
+        model = conv_bn_model().double()
+        model[0].bias = None  # zennit's merge gives a bias-free layer a bias of its own
+        output = model(x)
+        composite = EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+        _, expected = run_composite(model, composite, x, one_hot)
+        with composite.context(model):
+            if inside:
+                _, relevance = run_composite(model, composite, x, one_hot)
+                torch.testing.assert_close(relevance, expected)
+        assert not composite.handles
+        assert torch.equal(model(x), output)
+        states.append(model.state_dict())
+    # as the context alone leaves the model (zennit 1.0's own remove() leaves an entry behind)
+    alone, with_call = states
+    assert alone.keys() == with_call.keys()
+    assert all(torch.equal(with_call[key], value) for key, value in alone.items())

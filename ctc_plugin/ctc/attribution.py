@@ -261,7 +261,9 @@ class CTC(Attribution):
 
         fast = None
         if self.bias_sharing == "none" and self._speedups.gradient_shortcut:
-            fast = self._run_gradient(inputs_tuple, baselines_tuple, features, extra, target)
+            fast = self._run_gradient_with_progress(
+                inputs_tuple, baselines_tuple, features, extra, target, show_progress
+            )
         if fast is None:
             fast = self._run(
                 inputs_tuple, baselines_tuple, features, extra, target, chunk, show_progress
@@ -341,11 +343,7 @@ class CTC(Attribution):
         group = self._speedups.examples_per_pass(copies, inputs[0].device) or n
         groups = [slice(start, min(start + group, n)) for start in range(0, n, group)]
         chunks = [slice(s, min(s + chunk, features.count)) for s in range(0, features.count, chunk)]
-        progress = None
-        if show_progress:
-            progress = tqdm(
-                total=len(groups) * len(chunks), desc=f"CTC ({self.bias_sharing})", unit="batch"
-            )
+        progress = self._progress_bar(len(groups) * len(chunks)) if show_progress else None
         try:
             results = [
                 self._run_examples(
@@ -423,6 +421,30 @@ class CTC(Attribution):
             if baseline_score is not None:
                 baseline_score = baseline_score * scale
         return scores, baseline_score, output, indices
+
+    def _progress_bar(self, total: int) -> tqdm:
+        """A tqdm bar over ``total`` forward batches, named after the sharing mode."""
+        return tqdm(total=total, desc=f"CTC ({self.bias_sharing})", unit="batch")
+
+    def _run_gradient_with_progress(
+        self,
+        inputs: tuple[torch.Tensor, ...],
+        baselines: tuple[torch.Tensor, ...] | None,
+        features: FeatureSet,
+        extra: tuple,
+        target: TargetType,
+        show_progress: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor] | None:
+        """`_run_gradient`, counted as one batch on a progress bar when one is asked for."""
+        progress = self._progress_bar(1) if show_progress else None
+        try:
+            result = self._run_gradient(inputs, baselines, features, extra, target)
+            if result is not None and progress is not None:
+                progress.update()
+            return result
+        finally:
+            if progress is not None:
+                progress.close()
 
     def _run_gradient(
         self,

@@ -175,8 +175,16 @@ class CTCAttributor(Attributor):
                 self._call_mask = None
 
     def __enter__(self) -> CTCAttributor:
-        """Register the composite (once no other call of this package uses the model)."""
+        """Register the composite (once no other call of this package uses the model).
+
+        A registration the composite still holds (a nested ``with`` of this attributor, another
+        attributor's ``with`` on the same composite, ``composite.context(model)``) is removed
+        first, as Zennit's ``register`` does, and the model's tensors are put back before they are
+        recorded, so that the end of this block restores the model's own tensors, not a canonized
+        copy of them.
+        """
         with exclusive(self.model), exclusive(self.composite):
+            self._unregister()
             restored = ExitStack()
             restored.enter_context(tensors_restored(self.model))
             try:
@@ -197,6 +205,17 @@ class CTCAttributor(Attributor):
             finally:
                 if restored is not None:
                     restored.close()
+
+    def _unregister(self) -> None:
+        """Remove a registration the composite holds; put back the tensors this attributor saved.
+
+        Zennit's ``register`` removes the composite's previous registration before it applies the
+        canonizers again; done here first, the tensors recorded next are the model's own.
+        """
+        self.composite.remove()
+        pending, self._restored = getattr(self, "_restored", None), None
+        if pending is not None:
+            pending.close()
 
     def forward(
         self, input: torch.Tensor, attr_output_fn: Callable[[torch.Tensor], torch.Tensor]

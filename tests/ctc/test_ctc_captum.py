@@ -189,6 +189,19 @@ def test_show_progress_draws_a_bar(model, capsys):
     assert "CTC" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("mode", ["reference", "proportional", "none"])
+def test_show_progress_draws_a_bar_in_every_mode(model, mode, capsys):
+    """Also ``"none"``, whose default pass is one forward and one backward (one batch)."""
+    x = torch.rand(1, 3, 8, 8)
+    mask = random_partition(8, 8, 4)
+    ctc = CTC(model, bias_sharing=mode)
+    quiet = ctc.attribute(x, 0, feature_mask=mask)
+    assert capsys.readouterr().err == ""
+    shown = ctc.attribute(x, 0, feature_mask=mask, show_progress=True)
+    assert f"CTC ({mode})" in capsys.readouterr().err
+    assert torch.equal(shown, quiet)
+
+
 def _random_batch_norm(model: nn.Module) -> nn.Module:
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
