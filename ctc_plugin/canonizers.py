@@ -19,7 +19,13 @@ from contextlib import contextmanager
 
 from torch import nn
 from zennit.attribution import Gradient
-from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.canonizers import (
+    AttributeCanonizer,
+    Canonizer,
+    CompositeCanonizer,
+    NamedMergeBatchNorm,
+    SequentialMergeBatchNorm,
+)
 from zennit.core import Composite
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
@@ -96,6 +102,46 @@ def tensors_restored(model: nn.Module) -> Iterator[nn.Module]:
                 registry.update(originals)
 
 
+#: Canonizer classes that act only where their arguments say (module names, a function), so
+#: two of them may well touch different modules.
+TARGETED_CANONIZERS = (AttributeCanonizer, CompositeCanonizer, NamedMergeBatchNorm)
+
+
+def check_canonizers(composite: Composite) -> None:
+    """Refuse a composite that would apply the same canonizer twice.
+
+    A ``MixedComposite`` joins the canonizers of its composites, so
+    ``MixedComposite([CTCComposite(canonizers=[ResNetCanonizer()]),
+    EpsilonPlusFlat(canonizers=[ResNetCanonizer()])])`` merges every BatchNorm twice; Zennit
+    cannot undo that (its ``remove`` fails halfway and leaves hooks and merged weights on the
+    model). Classes in [`TARGETED_CANONIZERS`][ctc_plugin.canonizers.TARGETED_CANONIZERS]
+    themselves may repeat; their subclasses (``ResNetBasicBlockCanonizer``) may not.
+
+    Raises:
+        ValueError: Naming the canonizer class applied twice and what to do.
+    """
+    seen: set[type] = set()
+    for canonizer in _flat_canonizers(getattr(composite, "canonizers", None) or ()):
+        kind = type(canonizer)
+        if kind in seen and kind not in TARGETED_CANONIZERS:
+            raise ValueError(
+                f"the composite applies {kind.__name__} twice (a MixedComposite joins the "
+                "canonizers of its composites): Zennit would canonize the model twice and could "
+                "not undo it; give the canonizers to one of the composites, or to the "
+                "MixedComposite itself"
+            )
+        seen.add(kind)
+
+
+def _flat_canonizers(canonizers: Iterator[Canonizer] | tuple | list) -> Iterator[Canonizer]:
+    """Every canonizer of ``canonizers``, those inside a ``CompositeCanonizer`` too."""
+    for canonizer in canonizers:
+        if isinstance(canonizer, CompositeCanonizer):
+            yield from _flat_canonizers(canonizer.canonizers)
+        else:
+            yield canonizer
+
+
 @contextmanager
 def gradient_attributor(model: nn.Module, composite: Composite) -> Iterator[Gradient]:
     """Zennit's ``Gradient`` attributor on ``model`` under ``composite``, safe on zennit 1.0.
@@ -114,7 +160,12 @@ def gradient_attributor(model: nn.Module, composite: Composite) -> Iterator[Grad
     first, as Zennit's ``register`` does before it registers again, so that the tensors recorded
     for the end of the block are the model's own, not the canonized ones; it is not registered
     when the block ends.
+
+    Raises:
+        ValueError: The composite applies a canonizer twice
+            ([`check_canonizers`][ctc_plugin.canonizers.check_canonizers]).
     """
+    check_canonizers(composite)
     with exclusive(model), exclusive(composite):
         composite.remove()
         with (

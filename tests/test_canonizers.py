@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
+import torchvision
 from torch import nn
-from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.canonizers import NamedMergeBatchNorm, SequentialMergeBatchNorm
+from zennit.composites import EpsilonPlusFlat, MixedComposite
+from zennit.torchvision import ResNetCanonizer
 
-from ctc_plugin.canonizers import TINY_EPS, PositiveEpsMergeBatchNorm
+from ctc_plugin import CTCAttributor, CTCComposite
+from ctc_plugin.canonizers import TINY_EPS, PositiveEpsMergeBatchNorm, check_canonizers
+from ctc_plugin.features import GridSegmenter
+from ctc_plugin.features.relevance import zennit_relevance
 from tests.ctc.test_composite import version_of_imported_zennit
 
 
@@ -159,3 +166,47 @@ def test_a_composite_registered_already_is_removed_before_the_tensors_are_record
     alone, with_call = states
     assert alone.keys() == with_call.keys()
     assert all(torch.equal(with_call[key], value) for key, value in alone.items())
+
+
+def _resnet_and_state():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    return model, {key: value.clone() for key, value in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("where", ["attributor", "zennit_relevance"])
+def test_a_canonizer_applied_twice_by_a_mixed_composite_is_refused_before_the_model_changes(
+    where,
+):
+    """Zennit merged every BatchNorm twice and could not undo it (207 hooks were left)."""
+    model, state = _resnet_and_state()
+    composite = MixedComposite(
+        [
+            CTCComposite(canonizers=[ResNetCanonizer()]),
+            EpsilonPlusFlat(canonizers=[ResNetCanonizer()]),
+        ]
+    )
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="applies SequentialMergeBatchNorm twice"):
+        if where == "attributor":
+            CTCAttributor(model, composite, feature_mask=GridSegmenter(2)(x))
+        else:
+            zennit_relevance(
+                model,
+                x,
+                1,
+                composite=EpsilonPlusFlat(canonizers=[ResNetCanonizer(), ResNetCanonizer()]),
+            )
+    assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_canonizers_given_once_per_mixed_composite_or_targeted_ones_repeated_are_accepted():
+    check_canonizers(
+        MixedComposite([CTCComposite(canonizers=[ResNetCanonizer()]), EpsilonPlusFlat()])
+    )
+    check_canonizers(
+        EpsilonPlusFlat(
+            canonizers=[NamedMergeBatchNorm([(["a"], "b")]), NamedMergeBatchNorm([(["c"], "d")])]
+        )
+    )

@@ -18,7 +18,7 @@ import torch
 from zennit.attribution import Attributor
 from zennit.core import Composite
 
-from ctc_plugin.canonizers import batch_norms_valid, tensors_restored
+from ctc_plugin.canonizers import batch_norms_valid, check_canonizers, tensors_restored
 from ctc_plugin.concurrency import PerThread, exclusive
 from ctc_plugin.ctc.attribution import CTC, check_pass_output
 from ctc_plugin.ctc.composite import (
@@ -84,7 +84,9 @@ class CTCAttributor(Attributor):
             by name.
 
     Raises:
-        ValueError: A composite without a ``CTCComposite``, or an unknown ``functional``.
+        ValueError: A composite without a ``CTCComposite``, one that applies a canonizer twice
+            ([`check_canonizers`][ctc_plugin.canonizers.check_canonizers]), or an unknown
+            ``functional``.
     """
 
     #: The per-feature scores of this thread's last call (`FeatureScores`), or None. Their
@@ -116,6 +118,7 @@ class CTCAttributor(Attributor):
                 f"{type(composite).__name__}. Pass CTCComposite(...) or "
                 "MixedComposite([CTCComposite(...), ...])"
             )
+        check_canonizers(composite)
         if functional not in FUNCTIONAL_POLICIES:
             raise ValueError(
                 f"functional must be one of {', '.join(map(repr, FUNCTIONAL_POLICIES))}; "
