@@ -145,9 +145,18 @@ def random_partition(
     """A random integer feature mask (batch, 1, H, W) with non-contiguous ids.
 
     Every one of ``features`` ids (``spread * k + 1``) covers at least one pixel of each example.
+
+    Raises:
+        ValueError: when the features do not fit the grid, or ``spread`` is 0 (every id would
+            be 1: a single feature).
     """
-    if features > height * width:
-        raise ValueError(f"cannot place {features} features on a {height}x{width} grid")
+    if not 1 <= features <= height * width:
+        raise ValueError(
+            f"cannot place {features} features on a {height}x{width} grid: give 1 to "
+            f"{height * width}"
+        )
+    if spread == 0:
+        raise ValueError("spread must be non-zero: ids spread * k + 1 would all be 1")
     generator = torch.Generator().manual_seed(seed)
     masks = []
     for _ in range(batch):

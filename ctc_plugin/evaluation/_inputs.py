@@ -112,14 +112,23 @@ def explain(
     """Call ``method`` and check that it returned ``(N, 1, H, W)`` finite maps.
 
     Raises:
-        ValueError: naming the wrong shape, so a broken method fails loudly, not silently.
+        ValueError: naming the wrong shape, or the images whose maps hold NaN or infinity, so
+            a broken method fails loudly instead of turning a metric into NaN.
     """
     maps = method(model, images, targets, feature_mask)
     n, _, height, width = images.shape
+    name = getattr(method, "__name__", method)
     if not isinstance(maps, Tensor) or tuple(maps.shape) != (n, 1, height, width):
         shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
         raise ValueError(
-            f"explanation method {getattr(method, '__name__', method)!r} must return a tensor "
-            f"of shape {(n, 1, height, width)}, got {shape}"
+            f"explanation method {name!r} must return a tensor of shape {(n, 1, height, width)}, "
+            f"got {shape}"
         )
-    return maps.detach()
+    maps = maps.detach()
+    broken = (~torch.isfinite(maps)).flatten(1).any(dim=1)
+    if broken.any():
+        raise ValueError(
+            f"explanation method {name!r} returned NaN or infinite values for image(s) "
+            f"{broken.nonzero().flatten().tolist()} of {n}; fix the method (or its inputs) first"
+        )
+    return maps

@@ -13,6 +13,7 @@ LeRF-deletion AUC.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -64,7 +65,7 @@ def resolve_baseline(baseline: Baseline, images: Tensor) -> Tensor:
     """
     if callable(baseline):
         value = baseline(images)
-    elif isinstance(baseline, int | float):
+    elif isinstance(baseline, numbers.Real):  # Python and NumPy numbers alike
         return torch.full_like(images, float(baseline))
     else:
         value = baseline
@@ -129,6 +130,27 @@ def _segment_steps(
     return moved, moved.flatten(1).double().mean(dim=1)
 
 
+def _feature_masks(feature_mask: Tensor, n: int, height: int, width: int) -> Tensor:
+    """Return feature ids as ``(N, H, W)``, from Captum's ``(N|1, 1, H, W)`` layout.
+
+    Raises:
+        ValueError: when the mask is not a tensor of that shape.
+    """
+    if not isinstance(feature_mask, Tensor):
+        raise ValueError(f"feature_mask must be a tensor, got {type(feature_mask).__name__}")
+    if (
+        feature_mask.dim() != 4
+        or tuple(feature_mask.shape[1:]) != (1, height, width)
+        or feature_mask.shape[0] not in (1, n)
+    ):
+        raise ValueError(
+            f"feature_mask must have shape (N, 1, H, W) = {(n, 1, height, width)} or "
+            f"(1, 1, H, W) = {(1, 1, height, width)} with integer ids, matching the images; "
+            f"got {tuple(feature_mask.shape)}"
+        )
+    return feature_mask.expand(n, 1, height, width)[:, 0].cpu()
+
+
 def _score(model: nn.Module, batch: Tensor, target: int, output: str) -> Tensor:
     logits = model(batch)
     if output == "probability":
@@ -168,13 +190,15 @@ def perturbation_curve(
             curves are measured after each feature and linearly interpolated onto this grid.
         output: Score recorded: softmax ``"probability"`` of the target or its ``"logit"``.
         batch_size: Perturbed copies per forward pass.
-        seed: Seed of the random tie-breaking between equal relevances.
+        seed: Seed of the random tie-breaking between equal relevances. Every image breaks
+            its ties with its own generator seeded by ``seed``, so an image's curve does not
+            depend on the other images in the call (batch size, order).
 
     Returns:
         A `PerturbationCurve`; call ``.auc()`` for the per-image areas.
     """
     images = check_images(images)
-    maps = as_maps(attributions)
+    maps = as_maps(attributions).cpu()  # the moved pixel sets are built on the CPU
     n, _, height, width = images.shape
     if tuple(maps.shape) != (n, height, width):
         raise ValueError(
@@ -190,29 +214,16 @@ def perturbation_curve(
     if steps < 1 or batch_size < 1:
         raise ValueError("steps and batch_size must be positive integers")
     labels = as_targets(targets, n)
-    masks = None
-    if feature_mask is not None:
-        if (
-            feature_mask.dim() != 4
-            or feature_mask.shape[1] != 1
-            or feature_mask.shape[0]
-            not in (
-                1,
-                n,
-            )
-        ):
-            raise ValueError(
-                "feature_mask must have shape (N, 1, H, W) or (1, 1, H, W) with integer ids; "
-                f"got {tuple(feature_mask.shape)}"
-            )
-        masks = feature_mask.expand(n, 1, height, width)[:, 0]
+    masks = None if feature_mask is None else _feature_masks(feature_mask, n, height, width)
     base = resolve_baseline(baseline, images)
-    generator = torch.Generator().manual_seed(seed)
     grid = _pixel_counts(height * width, steps).double() / (height * width)  # the moved area
     descending = order == "morf"
     curves = torch.empty(n, steps + 1, dtype=torch.float64)
     with torch.no_grad():
         for i in range(n):
+            # one generator per image: its ties are broken the same way whatever else is in
+            # the batch, so a curve does not depend on the batch size or the image's position
+            generator = torch.Generator().manual_seed(seed)
             if masks is None:
                 moved = _pixel_steps(maps[i], steps, descending, generator)
             else:

@@ -120,9 +120,7 @@ def shifted_model(model: nn.Module, shift: float, example: Tensor) -> nn.Module:
     shifted = copy.deepcopy(model)
     layer = shifted.get_submodule(name)
     with torch.no_grad():
-        weight = layer.weight
-        shape = (1, -1) + (1,) * (weight.dim() - 2)
-        total = (weight * delta.to(weight).view(shape)).sum(dim=tuple(range(1, weight.dim())))
+        total = _weight_times_shift(layer, delta)
         bias = layer.bias.clone() if layer.bias is not None else torch.zeros_like(total)
         layer.bias = nn.Parameter(bias - total)
     if isinstance(layer, nn.Conv2d) and any(p != 0 for p in _padding(layer)):
@@ -134,6 +132,20 @@ def shifted_model(model: nn.Module, shift: float, example: Tensor) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         setattr(shifted.get_submodule(parent_name) if parent_name else shifted, child, replacement)
     return shifted
+
+
+def _weight_times_shift(layer: nn.Module, delta: Tensor) -> Tensor:
+    """What a constant input ``delta`` (per input channel) adds to each output of ``layer``.
+
+    A grouped convolution reads only its group's input channels: its weight is
+    ``(out, in / groups, kh, kw)`` and output channel ``o`` sees the shifts of group
+    ``o // (out / groups)``.
+    """
+    weight = layer.weight
+    groups = getattr(layer, "groups", 1)
+    per_output = delta.to(weight).view(groups, -1).repeat_interleave(weight.shape[0] // groups, 0)
+    shape = per_output.shape + (1,) * (weight.dim() - 2)
+    return (weight * per_output.view(shape)).sum(dim=tuple(range(1, weight.dim())))
 
 
 def _padding(layer: nn.Conv2d) -> tuple[int, int]:

@@ -37,7 +37,9 @@ def pointing_game(
 ) -> Tensor:
     """Pointing game (Zhang et al., 2018): 1 if the map's maximum lies on the evidence, else 0.
 
-    When several pixels share the maximum, a hit on any of them counts (as in Quantus).
+    When several pixels share the maximum, a hit on any of them counts (as in Quantus). A
+    constant map (all zero, say) has no maximum to point with and scores a miss, 0 (Quantus
+    would count it a hit, since every pixel ties for the maximum).
 
     Args:
         attributions: Attribution maps.
@@ -46,7 +48,8 @@ def pointing_game(
             original paper used 15 pixels at ImageNet resolution, Quantus uses 0.
 
     Returns:
-        ``(N,)`` float64 tensor of 0/1 hits, NaN where a mask is empty.
+        ``(N,)`` float64 tensor of 0/1 hits (0 for a constant map), NaN where a mask is
+        empty.
     """
     maps = as_maps(attributions)
     gt = as_masks(masks, maps.shape)
@@ -57,8 +60,10 @@ def pointing_game(
         size = 2 * tolerance + 1
         grown = F.max_pool2d(gt[:, None].float(), size, stride=1, padding=tolerance)[:, 0] > 0
     flat = maps.flatten(1)
-    at_max = flat == flat.max(dim=1, keepdim=True).values
-    hits = (at_max & grown.flatten(1)).any(dim=1).to(torch.float64)
+    peak = flat.max(dim=1, keepdim=True).values
+    at_max = flat == peak
+    points = (flat != peak).any(dim=1)  # a constant map points nowhere
+    hits = ((at_max & grown.flatten(1)).any(dim=1) & points).to(torch.float64)
     return _nan_where_empty(hits, gt)
 
 

@@ -23,8 +23,9 @@ __all__ = ["SEVERITIES", "gaussian_blur", "gaussian_noise", "uniform_noise", "pe
 Kind = Literal["blur", "gaussian", "uniform"]
 
 #: Named severity levels: blur sigma in pixels, Gaussian noise standard deviation, uniform noise
-#: half-width (all in units of the [0, 1] intensity range). ``blur/small`` is the reference's
-#: 5x5 OpenCV blur (sigma 1.1); ``uniform`` small/big are the reference's +-2% and +-30%.
+#: half-width (all in units of the [0, 1] intensity range). ``blur/small`` has the sigma of the
+#: reference's 5x5 OpenCV blur (1.1), on `gaussian_blur`'s 9x9 kernel (OpenCV cut it at 5x5);
+#: ``uniform`` small/big are the reference's +-2% and +-30%.
 SEVERITIES: dict[str, dict[str, float]] = {
     "blur": {"small": 1.1, "big": 2.5},
     "gaussian": {"small": 0.02, "big": 0.15},

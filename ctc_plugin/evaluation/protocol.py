@@ -152,8 +152,11 @@ def run_protocol(
         segmenter: If given, the perturbed images are re-segmented with it
             (``segmenter(images) -> (N, 1, H, W)``) instead of reusing ``feature_mask``.
         normalisation: Per-explanation normalisation before the L2 distance.
-        perturbed_target: Explain the perturbed image for its own ``"predicted"`` class or for
-            the ``"original"`` target (the reference's choice).
+        perturbed_target: ``"predicted"``: explain a perturbed image whose prediction changed
+            for its new prediction, and one whose prediction was kept for the same target as
+            its original (with explicit ``targets`` that differ from the predictions, a kept
+            image would otherwise compare explanations of two classes). ``"original"``: every
+            perturbed image for the original target (the reference's choice).
         seed: Seed of the noise generator.
 
     Returns:
@@ -171,7 +174,10 @@ def run_protocol(
     for kind, severity in perturbations:
         changed_images = perturb(images, kind, severity, generator=generator)
         pred = predict(model, changed_images)
-        target = pred if perturbed_target == "predicted" else labels
+        kept = pred == original_pred
+        # a kept prediction keeps the class explained (also when ``targets`` are not the
+        # predictions), so the kept group compares explanations of one class
+        target = torch.where(kept, labels, pred) if perturbed_target == "predicted" else labels
         mask = feature_mask if segmenter is None else segmenter(changed_images)
         maps = explain(method, model, changed_images, target, mask)
         results.append(
@@ -179,7 +185,7 @@ def run_protocol(
                 kind=kind,
                 severity=severity,
                 distances=explanation_distance(reference, maps, normalisation),
-                kept=(pred == original_pred).cpu(),
+                kept=kept.cpu(),
             )
         )
     return results

@@ -22,17 +22,12 @@ from ctc_plugin.evaluation._inputs import Method, as_targets, explain, predict
 __all__ = ["RandomisationStep", "parameter_layers", "cascading_randomisation", "rank_correlation"]
 
 
-def parameter_layers(model: nn.Module, example: Tensor) -> list[str]:
-    """Names of the modules that own parameters and can ``reset_parameters()``, in call order."""
+def _call_order(model: nn.Module, example: Tensor) -> list[str]:
+    """Names of the modules one forward pass of ``example`` calls, in order of first call."""
     order: list[str] = []
-    candidates = {
-        name: module
-        for name, module in model.named_modules()
-        if hasattr(module, "reset_parameters") and any(True for _ in module.parameters(False))
-    }
     handles = [
         module.register_forward_pre_hook(lambda *_, name=name: order.append(name))
-        for name, module in candidates.items()
+        for name, module in model.named_modules()
     ]
     try:
         with torch.no_grad():
@@ -41,6 +36,56 @@ def parameter_layers(model: nn.Module, example: Tensor) -> list[str]:
         for handle in handles:
             handle.remove()
     return list(dict.fromkeys(order))  # first call wins, repeated calls (shared modules) once
+
+
+def _owners(model: nn.Module, example: Tensor) -> dict[str, list[str]]:
+    """Map each layer (in call order) to the modules whose own parameters it randomises.
+
+    A module that owns parameters is its own layer when the forward pass calls it; otherwise
+    (``nn.MultiheadAttention``'s ``out_proj``, whose weight it reads without calling it; a
+    norm module whose parameters a functional call reads) it belongs to its nearest called
+    ancestor, so every parameter of the model belongs to exactly one layer.
+    """
+    called = _call_order(model, example)
+    rank = {name: i for i, name in enumerate(called)}
+    layers: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue
+        layer = name
+        while layer not in rank and layer:
+            layer = layer.rpartition(".")[0]
+        layers.setdefault(layer, []).append(name)
+    return {name: layers[name] for name in sorted(layers, key=lambda n: rank.get(n, -1))}
+
+
+def parameter_layers(model: nn.Module, example: Tensor) -> list[str]:
+    """Names of the layers the cascade randomises, in call order.
+
+    A layer is a module the forward pass calls that owns parameters, directly or through
+    submodules the pass never calls; every parameter of the model belongs to exactly one
+    layer (parameters held by the model itself, such as a class token, make the model, ``""``,
+    a layer).
+    """
+    return list(_owners(model, example))
+
+
+def _randomise(module: nn.Module) -> None:
+    """Re-initialise the parameters ``module`` owns itself.
+
+    Through its ``reset_parameters()`` (or ``nn.MultiheadAttention``'s
+    ``_reset_parameters()``) where it has one; otherwise each parameter is drawn anew from a
+    normal distribution with the trained values' mean and standard deviation (a class token,
+    position embeddings, a layer scale).
+    """
+    for method in ("reset_parameters", "_reset_parameters"):
+        if callable(getattr(module, method, None)):
+            getattr(module, method)()
+            return
+    with torch.no_grad():
+        for parameter in module.parameters(recurse=False):
+            mean, std = parameter.mean(), parameter.std(correction=0)
+            parameter.copy_(torch.randn_like(parameter) * std + mean)
 
 
 def rank_correlation(first: Tensor, second: Tensor, absolute: bool = True) -> Tensor:
@@ -92,8 +137,9 @@ def cascading_randomisation(
         images: ``(N, C, H, W)`` inputs.
         targets: Classes explained at every step; ``None`` = the original model's predictions.
         feature_mask: Features, reused at every step.
-        max_steps: Explain after at most this many evenly spaced steps (the last step always
-            randomises every layer); ``None`` explains after every layer.
+        max_steps: Explain after at most this many evenly spaced steps, the last of which
+            has every layer randomised (``max_steps=1``: only that one); ``None`` explains
+            after every layer.
         seed: Seed of the re-initialisation.
         absolute: Correlate absolute values (Adebayo et al.) instead of signed maps.
 
@@ -102,22 +148,33 @@ def cascading_randomisation(
     """
     labels = predict(model, images) if targets is None else as_targets(targets, len(images))
     original = explain(method, model, images, labels, feature_mask)
-    names = parameter_layers(model, images)[::-1]
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    layers = _owners(model, images)
+    names = list(layers)[::-1]
     if not names:
         raise ValueError("the model has no layers with parameters to randomise")
-    checkpoints = set(range(len(names)))
-    if max_steps is not None:
-        if max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        spaced = np.linspace(0, len(names) - 1, min(max_steps, len(names)))
-        checkpoints = {int(round(i)) for i in spaced}
+    checkpoints = _checkpoints(len(names), max_steps)
     randomised = copy.deepcopy(model)
     steps = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for index, name in enumerate(names):
-            randomised.get_submodule(name).reset_parameters()
+            for owner in layers[name]:
+                _randomise(randomised.get_submodule(owner))
             if index in checkpoints:
                 maps = explain(method, randomised, images, labels, feature_mask)
                 steps.append(RandomisationStep(name, rank_correlation(original, maps, absolute)))
     return steps
+
+
+def _checkpoints(layers: int, max_steps: int | None) -> set[int]:
+    """Indices of the cascade steps to explain after: all, or ``max_steps`` evenly spaced.
+
+    The last step (every layer random) is always among them; a single step is the last one.
+    """
+    if max_steps is None or max_steps >= layers:
+        return set(range(layers))
+    if max_steps == 1:
+        return {layers - 1}
+    return {int(round(i)) for i in np.linspace(0, layers - 1, max_steps)}

@@ -199,3 +199,35 @@ def test_bad_arguments():
         perturbation_curve(model, images, 0, torch.rand(1, 1, 3, 3), mode="removal")
     with pytest.raises(ValueError, match="feature_mask must have shape"):
         perturbation_curve(model, images, 0, torch.rand(1, 1, 3, 3), feature_mask=torch.zeros(3, 3))
+
+
+@pytest.mark.parametrize("segments", [False, True])
+def test_tied_curve_does_not_depend_on_the_other_images_in_the_call(segments):
+    """Ties are broken by a generator per image: an image's curve is the same alone, after
+    other images, or in another order (the benchmark scores images batch by batch)."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(1, 1, 6, 6, generator=g, dtype=torch.float64)
+    images = torch.rand(3, 1, 6, 6, generator=g, dtype=torch.float64)
+    maps = torch.zeros(3, 1, 6, 6, dtype=torch.float64)  # every pixel and feature ties
+    mask = (torch.arange(36).view(1, 1, 6, 6) // 4) if segments else None
+    common = {"feature_mask": mask, "steps": 6, "output": "logit"}
+    batch = perturbation_curve(Linear(weight), images, 0, maps, **common).scores
+    for i in range(3):
+        alone = perturbation_curve(Linear(weight), images[i : i + 1], 0, maps[i : i + 1], **common)
+        np.testing.assert_allclose(alone.scores[0].numpy(), batch[i].numpy())
+    flipped = perturbation_curve(Linear(weight), images.flip(0), 0, maps, **common).scores
+    np.testing.assert_allclose(flipped.flip(0).numpy(), batch.numpy())
+
+
+def test_feature_mask_of_another_size_is_a_clear_error():
+    model = Linear(torch.ones(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"\(1, 1, H, W\) = \(1, 1, 8, 8\).*got \(1, 1, 4, 4\)"):
+        perturbation_curve(
+            model, torch.rand(2, 1, 8, 8), 0, torch.rand(2, 8, 8),
+            feature_mask=torch.zeros(1, 1, 4, 4, dtype=torch.long),
+        )  # fmt: skip
+
+
+def test_numpy_number_baseline():
+    images = torch.rand(1, 3, 4, 4)
+    assert torch.equal(resolve_baseline(np.float32(0.25), images), torch.full_like(images, 0.25))

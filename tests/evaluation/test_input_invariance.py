@@ -79,3 +79,12 @@ def test_preprocessing_that_is_not_affine_is_rejected():
 
     with pytest.raises(ValueError, match="per-channel constant"):
         shifted_model(Squares(), 0.5, torch.rand(1, 3, 5, 5))
+
+
+@pytest.mark.parametrize(("groups", "channels_in", "channels_out"), [(2, 4, 6), (4, 4, 8)])
+def test_grouped_first_convolution(groups, channels_in, channels_out):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(channels_in, channels_out, 3, padding=1, groups=groups)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten())
+    x = torch.rand(2, channels_in, 5, 5)
+    torch.testing.assert_close(shifted_model(model, 0.5, x)(x + 0.5), model(x))

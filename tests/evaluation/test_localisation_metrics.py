@@ -142,3 +142,15 @@ def test_overlap_agrees_with_sklearn(pred, truth):
         expected_f1 = f1_score(truth[i].ravel(), pred[i].ravel(), zero_division=0)
         assert iou(pred, truth)[i].item() == pytest.approx(expected_iou)
         assert f1(pred, truth)[i].item() == pytest.approx(expected_f1)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.3, -1.0])
+def test_constant_map_points_nowhere(value):
+    """A constant (e.g. all-zero) map has no maximum: a miss, not a hit on every mask."""
+    maps = torch.full((2, 1, 8, 8), value)
+    masks = torch.stack([square_mask()[0], torch.ones(8, 8, dtype=torch.bool)])
+    assert pointing_game(maps, masks).tolist() == [0.0, 0.0]
+    assert pointing_game(maps, masks, tolerance=3).tolist() == [0.0, 0.0]
+    tied = torch.zeros(1, 8, 8)
+    tied[0, 2:4, 2:4] = 1.0  # a tie for the maximum that is not the whole map still hits
+    assert pointing_game(tied, square_mask()).item() == 1.0

@@ -93,3 +93,38 @@ def test_protocol_rejects_an_unknown_perturbed_target():
 
     with pytest.raises(ValueError, match="perturbed_target must be 'predicted' or 'original'"):
         run_protocol(method, Threshold(), torch.rand(2, 3, 8, 8), perturbed_target="predict")
+
+
+class Halves(nn.Module):
+    """Class 0 reads the left half of the image, class 1 the right half."""
+
+    def forward(self, x):
+        w = x.shape[-1] // 2
+        return 10 * torch.stack([x[..., :w].mean((1, 2, 3)), x[..., w:].mean((1, 2, 3))], 1)
+
+
+def half_method(model, images, targets, feature_mask):
+    """Explains class c by the half of the image that class reads."""
+    out = torch.zeros(len(images), 1, *images.shape[2:])
+    w = images.shape[-1] // 2
+    for i, target in enumerate(targets.tolist()):
+        columns = slice(None, w) if target == 0 else slice(w, None)
+        out[i, 0, :, columns] = 1.0
+    return out
+
+
+def test_kept_image_is_explained_for_the_same_class_with_explicit_targets():
+    """A misclassified image (target = true label 0, prediction 1) whose prediction survives
+    the perturbation is in the kept group: both maps must explain class 0, not 0 and 1."""
+    image = torch.full((1, 3, 8, 8), 0.3)
+    image[..., 4:] = 0.7
+    results = run_protocol(
+        half_method, Halves(), image, torch.tensor([0]), perturbations=[("blur", "small")]
+    )
+    assert results[0].kept.tolist() == [True]
+    assert results[0].distances.item() == pytest.approx(0.0, abs=1e-12)
+    old_choice = run_protocol(
+        half_method, Halves(), image, torch.tensor([0]), perturbations=[("blur", "small")],
+        perturbed_target="original",
+    )  # fmt: skip
+    assert old_choice[0].distances.item() == pytest.approx(0.0, abs=1e-12)

@@ -68,3 +68,64 @@ def test_rank_correlation_matches_scipy_and_constant_is_nan():
     assert ours[1].item() == pytest.approx(expected)
     assert math.isnan(rank_correlation(torch.ones(1, 1, 2, 2), a[:1, :, :2, :2])[0].item())
     assert np.isfinite(ours[0].item())
+
+
+def test_a_single_step_is_the_fully_randomised_model():
+    """``max_steps=1`` (the benchmark's setting) explains after the last step, where every
+    layer is random, not after the first (only the head random)."""
+    seen = []
+
+    def method(model, images, targets, feature_mask):
+        seen.append(model)
+        return images.sum(1, keepdim=True)
+
+    model = tiny_model()
+    steps = cascading_randomisation(method, model, torch.rand(2, 3, 6, 6), max_steps=1)
+    assert [s.layer for s in steps] == ["0"]
+    last = dict(seen[-1].named_parameters())
+    assert not any(torch.equal(p, last[n]) for n, p in model.named_parameters())
+
+
+class Attending(nn.Module):
+    """Parameters that no ``reset_parameters`` of a called module reaches: a class token,
+    position embeddings, a layer scale, and ``nn.MultiheadAttention`` (whose ``out_proj`` it
+    reads without calling it)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Conv2d(3, 4, 2, 2)
+        self.token = nn.Parameter(torch.randn(1, 1, 4))
+        self.position = nn.Parameter(torch.randn(1, 10, 4))
+        self.attention = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.scale = nn.Parameter(torch.rand(4) + 0.5)
+        self.head = nn.Linear(4, 3)
+        with torch.no_grad():  # "trained": no parameter keeps its initial value (zero biases)
+            for parameter in self.parameters():
+                parameter.add_(0.1 * torch.randn_like(parameter))
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.token.expand(len(x), -1, -1), tokens], 1) + self.position
+        tokens = tokens + self.scale * self.attention(tokens, tokens, tokens)[0]
+        return self.head(tokens[:, 0])
+
+
+def test_every_parameter_is_random_after_the_last_step():
+    seen = []
+
+    def method(model, images, targets, feature_mask):
+        seen.append(model)
+        return images.sum(1, keepdim=True)
+
+    model, x = Attending().eval(), torch.rand(2, 3, 6, 6)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    steps = cascading_randomisation(method, model, x, max_steps=1)
+    last = dict(seen[-1].named_parameters())
+    kept = [n for n, p in model.named_parameters() if torch.equal(p, last[n])]
+    assert kept == [], f"left trained by the cascade: {kept}"
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # a copy
+    # the cascade runs from the head down; the token and position embeddings, held by the
+    # model itself (called first), are randomised last
+    assert parameter_layers(model, x) == ["", "embed", "attention", "head"]
+    assert steps[-1].layer == ""
