@@ -35,6 +35,7 @@ from ctc_plugin.targets import (
     slice_targets,
 )
 
+#: One input tensor, or a tuple of them (Captum's ``TensorOrTupleOfTensorsGeneric``).
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
 
 

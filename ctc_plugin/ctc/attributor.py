@@ -31,6 +31,8 @@ from ctc_plugin.ctc.composite import (
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.inputs import check_eval_mode, check_inputs, outside_inference_mode
 
+#: Zennit's output weighting: a tensor shaped like the output (a one-hot row), or a function
+#: of the output that returns one.
 AttrOutput = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 

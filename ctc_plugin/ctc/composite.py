@@ -63,6 +63,7 @@ from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharingMode, check_mode
 
 FunctionalPolicy = Literal["intercept", "raise"]
+#: What the composite does with functional calls that no module hook sees (see `CTCComposite`).
 FUNCTIONAL_POLICIES: tuple[str, ...] = ("intercept", "raise")
 
 _MISSING = object()
@@ -384,6 +385,7 @@ class MaxPoolRule(CTCHook):
         return state.gated.max_pool_switches(x, with_indices.forward)
 
 
+#: Modules with a weight and a bias: the bias is shared among the copies.
 AFFINE_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv1d,
@@ -393,6 +395,7 @@ AFFINE_TYPES: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
 )
+#: Max poolings: every copy takes the values at the gate copy's maxima (the switches).
 MAX_POOL_TYPES: tuple[type[nn.Module], ...] = (
     nn.MaxPool1d,
     nn.MaxPool2d,
@@ -403,7 +406,10 @@ MAX_POOL_TYPES: tuple[type[nn.Module], ...] = (
 )
 #: Squashing activations: their outputs are gate tensors that may multiply the signal.
 SQUASHING_TYPES: tuple[type[nn.Module], ...] = (nn.Hardtanh, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh)
+#: ``nn.RMSNorm`` where this torch has it.
 RMS_NORM_TYPES: tuple[type[nn.Module], ...] = (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+#: Normalisations whose statistics come from the input (`NormRule`): each copy is centred on
+#: its own mean and divided by the gate copy's standard deviation.
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.LayerNorm,
     nn.GroupNorm,
@@ -412,6 +418,7 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.InstanceNorm3d,
     *RMS_NORM_TYPES,
 )
+#: Smooth activations: each copy is scaled by the gate copy's ``f(z) / z``.
 RESCALE_TYPES: tuple[type[nn.Module], ...] = (
     nn.SiLU,
     nn.GELU,

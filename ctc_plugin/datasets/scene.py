@@ -33,6 +33,7 @@ PALETTE: tuple[tuple[float, float, float], ...] = (
     (0.86, 0.18, 0.86),  # magenta
     (0.10, 0.82, 0.86),  # cyan
 )
+#: The fills an object or background can have.
 PATTERNS: tuple[str, ...] = ("solid", "stripes", "checker", "gradient")
 #: Small filled shapes that go inside (or beside) a container in the composite split.
 CONTENT_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
