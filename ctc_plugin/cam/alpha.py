@@ -10,7 +10,7 @@ of ``Y = phi(S)`` with respect to a feature map ``A`` are ``phi' g``, ``phi'' g*
 
 ``phi = exp`` gives Grad-CAM++ exactly (``phi' = phi'' = phi'''`` cancels). With ``phi`` the
 identity, ``phi'' = phi''' = 0`` and alpha is ``0/0``: the weights fall back to Grad-CAM's
-``w_k = mean_ij g_ij``.
+``w_k = sign(phi') mean_ij g_ij`` (Grad-CAM of ``Y``; ``phi'`` > 0 for every built-in).
 
 The derivatives enter alpha only through their ratio, and ``relu(phi' g) = |phi'| relu(sign(phi')
 g)`` only scales every map of one example by the same positive number, which the per-layer min-max
@@ -176,9 +176,17 @@ def alpha_terms(phi: Phi, scores: Tensor) -> AlphaTerms:
     )
 
 
-def gradcam_weights(grad: Tensor) -> Tensor:
-    """Grad-CAM channel weights: the spatial mean of the gradient, shape (N, C)."""
-    return grad.mean(dim=(2, 3))
+def gradcam_weights(grad: Tensor, terms: AlphaTerms | None = None) -> Tensor:
+    """Grad-CAM channel weights of ``Y = phi(S)``: ``sign(phi') * mean_ij g_ij``, shape (N, C).
+
+    ``dY/dA = phi' g``; ``|phi'|`` scales every map of an example alike (min-max removes it),
+    but its sign decides which channels count for ``Y`` (for ``phi(S) = -S``: the weights of
+    ``-S``). Without ``terms`` the sign is +1 (an increasing ``phi``, as every built-in one).
+    """
+    weights = grad.mean(dim=(2, 3))
+    if terms is None or terms.all_positive:
+        return weights
+    return weights * terms.sign.reshape(-1, 1)
 
 
 def positive_part(grad: Tensor, terms: AlphaTerms) -> Tensor:
@@ -229,8 +237,8 @@ def channel_weights(
         Weights of shape (N, C).
     """
     if terms.all_gradcam:
-        return gradcam_weights(grad)
+        return gradcam_weights(grad, terms)
     weights = gradcampp_weights(grad, act, terms, positive)
     if terms.any_gradcam:
-        weights = torch.where(terms.gradcam.reshape(-1, 1), gradcam_weights(grad), weights)
+        weights = torch.where(terms.gradcam.reshape(-1, 1), gradcam_weights(grad, terms), weights)
     return weights

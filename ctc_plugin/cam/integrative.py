@@ -27,14 +27,21 @@ import torch
 from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_pre_hook
 
 from ctc_plugin.cam.alpha import AlphaTerms, Phi, alpha_terms, channel_weights, resolve_phi
 from ctc_plugin.cam.bias import bias_map
 from ctc_plugin.cam.fusion import RunningFusion, minmax
 from ctc_plugin.cam.layers import Stage, StageTracer, module_names
-from ctc_plugin.cam.transformers import Reshape, transformer_stages
+from ctc_plugin.cam.transformers import Reshape, check_square_grid, transformer_stages
 from ctc_plugin.concurrency import CallScope, holds_model
-from ctc_plugin.inputs import check_eval_mode, check_inputs, outside_inference_mode
+from ctc_plugin.inputs import (
+    changes_in_training,
+    check_eval_mode,
+    check_inputs,
+    outside_inference_mode,
+    training_mode_error,
+)
 from ctc_plugin.targets import TargetType as Target
 from ctc_plugin.targets import check_target
 from ctc_plugin.targets import target_scores as select_scores
@@ -73,6 +80,23 @@ def check_layer_score(score: Tensor, stage: str, examples: int) -> None:
             f"layer_weights returned {score[bad].tolist()} for stage {stage!r}; layer scores "
             "must be finite and non-negative (they weight a mean of the stage maps): clamp "
             "them, e.g. score(grad, act).clamp_min(0)"
+        )
+
+
+def check_finite_scores(scores: Tensor) -> None:
+    """Refuse target scores that are NaN or infinite, naming the examples.
+
+    A map of a NaN score would be NaN (or, through phi's derivatives, an error blaming phi):
+    the model's output is what is wrong.
+    """
+    bad = ~torch.isfinite(scores.detach())
+    if bool(bad.any()):
+        examples = bad.nonzero().flatten().tolist()
+        values = scores.detach()[bad].tolist()
+        raise ValueError(
+            f"the target scores of examples {examples} are {values}: the model's output is not "
+            "finite there (NaN or infinite weights or activations), so there is no gradient to "
+            "explain; check the model and its inputs"
         )
 
 
@@ -131,6 +155,17 @@ def _record_layer(
     tracer.add_layer_output(name, output, module, reshape)
 
 
+def _refuse_training_module(cam: IntegrativeCAM, module: nn.Module, _inputs: Any) -> None:
+    """Global forward pre-hook of a call: refuse a module about to run in training mode.
+
+    Raises:
+        TrainingModeError: Before the module's forward runs (BatchNorm counts its batches before
+            its statistics: both stay untouched).
+    """
+    if changes_in_training(module):
+        raise training_mode_error(module, repr(cam._layer_name(module)))
+
+
 class _BackwardDone(Exception):
     """Raised by the last stage hook to stop the backward pass early."""
 
@@ -157,7 +192,9 @@ class IntegrativeCAM(Attribution):
         bias: Add each stage's FullGrad bias map before its ReLU.
         layer_weights: ``"adaptive"``
             ([`adaptive_layer_score`][ctc_plugin.cam.integrative.adaptive_layer_score]),
-            ``"uniform"``, or a callable ``score(grad, act) -> (N,)`` of non-negative scores.
+            ``"uniform"``, or a callable ``score(grad, act) -> (N,)`` of non-negative scores
+            (``grad`` is ``sign(phi'(S)) dS/dA``, the gradient of ``phi(S)`` up to a positive
+            factor: ``dS/dA`` for every built-in ``phi``).
         reshape_transform: Turns each chosen layer's output (and its gradient) into an
             (N, C, H, W) map, e.g. [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] for
             (N, T, D) token maps; ``None``: the outputs are such maps (or, for known
@@ -275,11 +312,12 @@ class IntegrativeCAM(Attribution):
                 [`ctc_plugin.inputs.check_inputs`][ctc_plugin.inputs.check_inputs]).
             ValueError: Inputs that are not a finite float image batch, a model without
                 convolutional stages (or chosen layers that never ran), an output that is not
-                differentiable, or a target that does not fit (not integer class indices, out
-                of range, or of the wrong length).
+                differentiable, a target score that is NaN or infinite, or a target that does
+                not fit (not integer class indices, out of range, or of the wrong length).
             TrainingModeError: The model has BatchNorm or dropout in training mode (its
                 statistics would change, and a BatchNorm cannot be folded into a bias); nothing
-                has run (call ``model.eval()``).
+                has run (call ``model.eval()``). For a plain function, raised when such a module
+                (or a functional dropout or batch norm in training mode) is about to run.
         """
         inputs_tuple = check_inputs(inputs, images=True)
         check_eval_mode(self.forward_func)  # before the forward pass can update statistics
@@ -290,12 +328,18 @@ class IntegrativeCAM(Attribution):
         leaves = tuple(t.detach().requires_grad_(True) for t in inputs_tuple)
         run = _Run(self, size, return_layer_maps)
         chosen = self._chosen_layers()
+        for _, reshape in chosen or []:
+            check_square_grid(reshape, size)
         tracer = StageTracer(
             run.on_grad, discover=chosen is None, fold_bias=self.bias, names=self._names()
         )
         handles = []
         scope = CallScope()  # the layer hooks record this call's forward pass only
         try:
+            # a plain function's modules are unknown before it runs: refuse each one in
+            # training mode as it is called, before its forward can change it
+            hook = scope.only(partial(_refuse_training_module, self))
+            handles.append(register_module_forward_pre_hook(hook))
             for module, reshape in chosen or []:
                 name = self._layer_name(module)
                 hook = scope.only(partial(_record_layer, tracer, name, reshape))
@@ -350,6 +394,7 @@ class IntegrativeCAM(Attribution):
                 f"the target selects shape {tuple(scores.shape)} from an output of shape "
                 f"{tuple(output.shape)}; it must select one score per example"
             )
+        check_finite_scores(scores)
         return scores
 
     def _chosen_layers(self) -> list[tuple[nn.Module, Reshape | None]] | None:
@@ -427,7 +472,9 @@ class _Run:
                 positive = torch.relu(grad)
                 score = _dot(positive, act) / act[0].numel()
             elif self.score is not None:
-                score = self.score(grad, act).reshape(-1)
+                # the gradient of Y = phi(S) up to a positive factor: sign(phi') dS/dA
+                signed = grad if terms.all_positive else grad * terms.sign
+                score = self.score(signed, act).reshape(-1)
                 if self.score is not adaptive_layer_score:
                     check_layer_score(score, stage.name, act.shape[0])
             weights = channel_weights(grad, act, terms, positive)

@@ -139,6 +139,40 @@ def _attention_scores(args: tuple) -> bool:
     return scores is not None and scores.dim() >= 3 and scores.shape[-1] == scores.shape[-2] > 1
 
 
+_DROPOUT = frozenset(
+    {
+        F.dropout,
+        F.dropout1d,
+        F.dropout2d,
+        F.dropout3d,
+        F.alpha_dropout,
+        F.feature_alpha_dropout,
+    }
+)
+
+
+@functools.cache
+def _signature(func: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(func)
+
+
+def _refuse_training_dropout(
+    func: Callable[..., Any], name: str, args: tuple, kwargs: dict
+) -> None:
+    """Refuse a dropout call that drops units (training mode, ``p > 0``): the map would be random.
+
+    Raises:
+        TrainingModeError: Before the call runs.
+    """
+    bound = _signature(func).bind(*args, **kwargs)
+    bound.apply_defaults()
+    if bound.arguments["training"] and bound.arguments["p"] > 0:
+        raise TrainingModeError(
+            f"{name} runs in training mode (p={bound.arguments['p']}): it drops units at random, "
+            "so the map would change from call to call; call model.eval() first"
+        )
+
+
 def _tensors(args: tuple, kwargs: dict) -> Iterator[Tensor]:
     for value in (*args, *kwargs.values()):
         if isinstance(value, Tensor):
@@ -179,8 +213,13 @@ class StageTracer(TorchFunctionMode):
         discover: Make every convolution chain a stage (``layers=None``). When False, chains are
             still followed (for their biases) but only
             [`add_layer_output`][ctc_plugin.cam.layers.StageTracer.add_layer_output] adds stages.
-        fold_bias: Fold BatchNorm statistics into biases; a BatchNorm in training mode is then an
-            error, raised before it runs (so its running statistics are not updated).
+        fold_bias: Fold BatchNorm statistics into biases; a BatchNorm without running
+            statistics is then an error.
+
+    A BatchNorm in training mode with running statistics, and a dropout that drops units, are
+    errors (``TrainingModeError``) raised before they run, with or without ``fold_bias``: the
+    statistics would be updated (the model would change) or the map would be random. This is
+    the check for plain forward functions, whose modules cannot be inspected beforehand.
         names: Module names by ``id`` of their weight or running-mean tensor.
     """
 
@@ -267,7 +306,13 @@ class StageTracer(TorchFunctionMode):
         Raises:
             ValueError: If the output (reshaped) is not a 4-D tensor (N, C, H, W).
         """
-        shaped = output if reshape is None or not isinstance(output, Tensor) else reshape(output)
+        if not isinstance(output, Tensor):
+            raise ValueError(
+                f"layer {name!r} returned a {type(output).__name__}, not a tensor; IntegrativeCAM "
+                "explains the tensor a layer returns (a reshape_transform receives that tensor "
+                "and its gradient): choose the submodule that computes the feature map"
+            )
+        shaped = output if reshape is None else reshape(output)
         if not isinstance(shaped, Tensor) or shaped.dim() != 4:
             shape = tuple(shaped.shape) if isinstance(shaped, Tensor) else type(shaped).__name__
             advice = (
@@ -309,6 +354,8 @@ class StageTracer(TorchFunctionMode):
             return func(*args, **kwargs)
         if func in _ATTENTION or (name == "softmax" and _attention_scores(args)):
             self.saw_attention = True
+        if func in _DROPOUT:
+            _refuse_training_dropout(func, name, args, kwargs)
         tracked = [t for t in _tensors(args, kwargs) if id(t) in self._by_tensor]
         kind = "conv" if name == "conv2d" else "bn" if func is F.batch_norm else None
         if name in ("relu", "relu_"):
@@ -329,12 +376,8 @@ class StageTracer(TorchFunctionMode):
                 None,
             )
         bn_args = _batchnorm_arguments(args, kwargs) if kind == "bn" else None
-        if bn_args is not None and self.fold_bias and bn_args["training"]:
-            raise TrainingModeError(
-                f"BatchNorm {self._label(bn_args['running_mean'], 'batch_norm')!r} "
-                "runs in training mode (or keeps no running statistics), so it cannot be folded "
-                "into a bias; call model.eval() first, or pass bias=False"
-            )
+        if bn_args is not None and bn_args["training"]:
+            self._refuse_training_batchnorm(bn_args)
 
         inplace = _is_inplace(func, name, args, kwargs)
         written = kwargs.get("out", first) if inplace else None
@@ -366,6 +409,22 @@ class StageTracer(TorchFunctionMode):
                 shift = self._bn_affine(bn_args)[1]
             self._new_chain(out, self._label(bn_args["running_mean"], "batch_norm"), "bn", shift)
         return out
+
+    def _refuse_training_batchnorm(self, bn_args: dict[str, Any]) -> None:
+        """Refuse a BatchNorm call in training mode before it runs (see the class docstring)."""
+        label = self._label(bn_args["running_mean"], "batch_norm")
+        if bn_args["running_mean"] is not None:
+            raise TrainingModeError(
+                f"BatchNorm {label!r} runs in training mode: it would update its running "
+                "statistics (the model would change) and normalise with the batch's statistics "
+                "(each map would depend on the other examples); call model.eval() first"
+            )
+        if self.fold_bias:
+            raise TrainingModeError(
+                f"BatchNorm {label!r} keeps no running statistics, so it normalises with the "
+                "batch's and cannot be folded into a bias; pass bias=False, or give it running "
+                "statistics (track_running_stats=True) and call model.eval()"
+            )
 
     @staticmethod
     def _bn_affine(a: dict[str, Any]) -> tuple[Tensor, Tensor]:

@@ -25,19 +25,55 @@ from torch import Tensor, nn
 Reshape = Callable[[Tensor], Tensor]
 
 
-def tokens_to_grid(tokens: Tensor) -> Tensor:
-    """(N, T, D) tokens -> (N, D, s, s): the last ``s * s`` tokens on the patch grid.
+def tokens_to_grid(tokens: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+    """(N, T, D) tokens -> (N, D, h, w): the last ``h * w`` tokens on the patch grid.
 
-    The leading tokens that do not fit the square (a class token, register tokens) are dropped.
+    The leading tokens that do not fit the grid (a class token, register tokens) are dropped.
+    Without ``grid`` the grid is the largest square that fits, which is right for square images
+    only: for a grid of 2 x 4 patches and a class token (9 tokens) it would be a 3 x 3 grid of
+    the wrong tokens. For other grids, pass it:
+    ``reshape_transform=functools.partial(tokens_to_grid, grid=(h, w))``
+    ([`IntegrativeCAM`][ctc_plugin.cam.IntegrativeCAM] refuses non-square images with the
+    square default).
+
+    Args:
+        tokens: The token maps, (N, T, D), patch tokens last in row-major order.
+        grid: The patch grid ``(h, w)``; None: the largest square.
 
     Raises:
-        ValueError: If ``tokens`` is no (N, T, D) tensor.
+        ValueError: If ``tokens`` is no (N, T, D) tensor, or has fewer than ``h * w`` tokens.
     """
     if tokens.dim() != 3:
         raise ValueError(f"expected (N, tokens, channels) token maps, got {tuple(tokens.shape)}")
-    side = math.isqrt(tokens.shape[1])
-    grid = tokens[:, tokens.shape[1] - side * side :]
-    return grid.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+    count = tokens.shape[1]
+    if grid is None:
+        side = math.isqrt(count)
+        grid = (side, side)
+    height, width = (int(v) for v in grid)
+    if height < 1 or width < 1 or height * width > count:
+        raise ValueError(
+            f"a patch grid of {height} x {width} does not fit {count} tokens; pass the grid "
+            "of the model's patches, grid=(rows, columns)"
+        )
+    patches = tokens[:, count - height * width :]
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+
+
+def check_square_grid(reshape: Reshape | None, size: tuple[int, int]) -> None:
+    """Refuse the square default of `tokens_to_grid` for an image that is not square.
+
+    Its patch grid is not square either (see [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid]).
+
+    Raises:
+        ValueError: Naming the grid argument to pass.
+    """
+    if reshape is tokens_to_grid and size[0] != size[1]:
+        raise ValueError(
+            f"the input is {size[0]} x {size[1]} pixels, but tokens_to_grid assumes a square "
+            "patch grid and would put the wrong tokens on it; pass reshape_transform="
+            "functools.partial(ctc_plugin.cam.tokens_to_grid, grid=(rows, columns)) with the "
+            "model's patch grid"
+        )
 
 
 def channels_last_to_grid(maps: Tensor) -> Tensor:
@@ -89,15 +125,24 @@ def grad_cam_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
     """The layer Grad-CAM conventionally explains, with the reshape pytorch-grad-cam needs.
 
     A vision transformer's last block (see
-    [`transformer_stages`][ctc_plugin.cam.transformer_stages]) with its token reshape, as
-    pytorch-grad-cam's ViT tutorial does; otherwise the model's last ``nn.Conv2d`` and ``None``.
+    [`transformer_stages`][ctc_plugin.cam.transformer_stages]) with its token reshape; for
+    torchvision's ``VisionTransformer``, which classifies its class token alone, the first
+    LayerNorm of the last block (``ln_1``), as pytorch-grad-cam's ViT tutorial does
+    (``blocks[-1].norm1``): the patch tokens the last block outputs reach no score, so their
+    gradient, and a Grad-CAM map of them, is zero. Otherwise the model's last ``nn.Conv2d`` and
+    ``None``.
 
     Raises:
         ValueError: If the model has neither known transformer blocks nor a ``Conv2d``.
     """
+    from torchvision.models.vision_transformer import VisionTransformer
+
     blocks = transformer_stages(model)
     if blocks:
-        return blocks[-1]
+        last, reshape = blocks[-1]
+        if isinstance(model, VisionTransformer):
+            return last.ln_1, reshape
+        return last, reshape
     convolutions = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convolutions:
         raise ValueError("the model has no Conv2d and no known transformer block for Grad-CAM")
@@ -107,6 +152,7 @@ def grad_cam_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
 __all__ = [
     "BLOCK_RESHAPES",
     "channels_last_to_grid",
+    "check_square_grid",
     "grad_cam_layer",
     "tokens_to_grid",
     "transformer_stages",

@@ -16,8 +16,15 @@ from ctc_plugin.cam import (
 from ctc_plugin.cam.fusion import minmax, upsample
 from ctc_plugin.testing import RandomTransformer, TransformerSpec
 
+
+def _vit_b_16() -> torch.nn.Module:
+    model = torchvision.models.vit_b_16(image_size=32)
+    torch.nn.init.normal_(model.heads.head.weight)  # torchvision starts it at zero: no gradient
+    return model
+
+
 MODELS = {
-    "vit_b_16": (lambda: torchvision.models.vit_b_16(image_size=32), 32, 12),
+    "vit_b_16": (_vit_b_16, 32, 12),
     "swin_t": (torchvision.models.swin_t, 64, 12),
 }
 
@@ -33,6 +40,7 @@ def test_the_stages_of_a_transformer_are_its_blocks(name):
     assert maps.min() >= 0 and maps.max() <= 1
     assert len(layers.names) == blocks and all(step == ("layer",) for step in layers.steps)
     assert (layers.weights.sum(1) - 1).abs().max() < 1e-5
+    assert maps.amax(dim=(1, 2, 3)).min() > 0.5  # real maps, not the zero-gradient fallback
 
 
 def test_tokens_to_grid_drops_the_leading_tokens_and_keeps_the_grid_order():
