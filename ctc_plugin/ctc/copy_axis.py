@@ -112,6 +112,40 @@ def follow_copy_axis(
     return _through_reshape(x, axis, out, batch, refusal)
 
 
+#: Reductions that may run while the copies lie off dim 0, over other dims (an ensemble's
+#: ``torch.stack(outputs).mean(0)``).
+REDUCTIONS = frozenset({torch.mean, torch.Tensor.mean, torch.sum, torch.Tensor.sum})
+
+
+def reduced_copy_axis(name: str, args: tuple, kwargs: dict, x: torch.Tensor, axis: int) -> int:
+    """The copy dim after a mean or sum of ``x`` (copies along ``axis``) over other dims.
+
+    Raises:
+        UnsupportedOperationError: The reduction runs over the copies (no ``dim``, or ``dim``
+            holds ``axis``): it would mix them.
+    """
+    rank = x.dim()
+    dims = _argument(args, kwargs, 1, "dim", "axis")
+    keepdim = bool(_argument(args, kwargs, 2, "keepdim", default=False))
+    if isinstance(dims, torch.dtype) or dims is None or (not isinstance(dims, int) and not dims):
+        dims = range(rank)  # every dim
+    if not all(isinstance(d, int) for d in _listed(dims)):
+        raise UnsupportedOperationError(
+            f"torch.Tensor.{name}", "it reduces over named dims while the copies are off dim 0"
+        )
+    reduced = {_normalised(d, rank) for d in _listed(dims)}
+    if axis in reduced:
+        raise UnsupportedOperationError(
+            f"torch.Tensor.{name}",
+            f"it reduces over dim {axis}, which holds the copies, and would mix them",
+        )
+    return axis if keepdim else axis - sum(1 for d in reduced if d < axis)
+
+
+def _listed(dims: Any) -> list[Any]:
+    return [dims] if isinstance(dims, int) else list(dims)
+
+
 def _along_other_dims(
     name: str, args: tuple, kwargs: dict, x: torch.Tensor, axis: int, refusal: str
 ) -> int:

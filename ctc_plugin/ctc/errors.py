@@ -38,6 +38,16 @@ class UnsupportedOperationError(RuntimeError):
         return UnsupportedOperationError(self.operation, self.reason, module)
 
 
+def copies_off_dim_zero(operation: str, axis: int) -> UnsupportedOperationError:
+    """The error for a rule asked to run while a shape operation holds the copies off dim 0."""
+    return UnsupportedOperationError(
+        operation,
+        f"its input holds the copies along dim {axis}, where a shape operation (a permute, "
+        "transpose or stack) moved them; CTC applies its rules with the copies along dim 0 "
+        "(shape operations may move them and back, and a mean or sum may reduce other dims)",
+    )
+
+
 class CompositeOutsideAttributorError(RuntimeError):
     """A gradient ran through a model carrying [`CTCComposite`][ctc_plugin.CTCComposite].
 

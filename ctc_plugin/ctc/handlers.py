@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_flatten
 
-from ctc_plugin.ctc.copy_axis import follow_copy_axis
-from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.ctc.copy_axis import REDUCTIONS, follow_copy_axis, reduced_copy_axis
+from ctc_plugin.ctc.errors import UnsupportedOperationError, copies_off_dim_zero
 from ctc_plugin.ctc.rules import GatedPass
 
 Handler = Callable[[GatedPass, Callable[..., Any], tuple, dict], Any]
@@ -383,8 +383,20 @@ _POOL_WITH_INDICES: dict[str, Callable[..., Any]] = {
 
 # ---------------------------------------------------------------------------- linear handlers
 def apply_linear(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
-    """An operation linear in the signal, applied as it is to all copies at once."""
-    return ctx.linear(func, args, kwargs)
+    """An operation linear in the signal, applied as it is to all copies at once.
+
+    Where a shape operation moved the copies off dim 0 (``torch.stack(outputs)``), only a mean
+    or sum over other dims runs (an ensemble's ``torch.stack(outputs).mean(0)``), and the
+    copies are followed to their dim in the result; any other operation there is refused.
+    """
+    x = _arg(args, kwargs, 0, "input")
+    axis = ctx.copy_axis(x) if ctx.is_propagated(x) else 0
+    if not axis:
+        return ctx.linear(func, args, kwargs)
+    if func not in REDUCTIONS:
+        raise copies_off_dim_zero(operation_name(func), axis)
+    moved_to = reduced_copy_axis(getattr(func, "__name__", "sum"), args, kwargs, x, axis)
+    return ctx.tag(func(*args, **kwargs), moved_to)
 
 
 def reshape_copies(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:

@@ -20,9 +20,10 @@ named should the output not be traced
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -32,23 +33,24 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.hooks import RemovableHandle
 
-from ctc_plugin.ctc.errors import UnsupportedOperationError, UntracedOutputError
+from ctc_plugin.ctc.copy_axis import REDUCTIONS
+from ctc_plugin.ctc.errors import (
+    UnsupportedOperationError,
+    UntracedOutputError,
+    copies_off_dim_zero,
+)
 from ctc_plugin.ctc.handlers import operation_name
 from ctc_plugin.ctc.operations import EXIT_FUNCTIONS, RANDOM_FUNCTIONS, rule_for
 from ctc_plugin.ctc.rules import BatchDimensionError, GatedPass
 from ctc_plugin.inputs import changes_in_training, training_mode_error
 
-__all__ = ["CTCMode", "operation_name", "running_module"]
-
-
-def copies_off_dim_zero(operation: str, axis: int) -> UnsupportedOperationError:
-    """The error for a rule asked to run while a shape operation holds the copies off dim 0."""
-    return UnsupportedOperationError(
-        operation,
-        f"its input holds the copies along dim {axis}, where a permute or transpose moved "
-        "them; CTC applies its rules with the copies along dim 0 (shape operations may move "
-        "them and back)",
-    )
+__all__ = [
+    "CTCMode",
+    "compiled_code_eager",
+    "copies_off_dim_zero",
+    "operation_name",
+    "running_module",
+]
 
 
 class CTCMode(TorchFunctionMode):
@@ -93,17 +95,21 @@ class CTCMode(TorchFunctionMode):
                 raise training_mode_error(module, "(a module of the forward function)")
 
         self._module_hook = register_module_forward_pre_hook(refuse_training)
+        self._eager = contextlib.ExitStack()
         try:
+            self._eager.enter_context(compiled_code_eager(True))
             return super().__enter__()
         except BaseException:
+            self._eager.close()
             self._module_hook.remove()
             raise
 
     def __exit__(self, *exc_info: Any) -> None:
-        """Leave the mode and remove the module hook."""
+        """Leave the mode, let compiled code compile again and remove the module hook."""
         try:
             super().__exit__(*exc_info)
         finally:
+            self._eager.close()
             if self._module_hook is not None:
                 self._module_hook.remove()
                 self._module_hook = None
@@ -115,9 +121,20 @@ class CTCMode(TorchFunctionMode):
         args: tuple = (),
         kwargs: dict | None = None,
     ) -> Any:
-        """Route a call to its CTC rule when its arguments carry copies of the pass."""
+        """Route a call to its CTC rule when its arguments carry copies of the pass.
+
+        The rules run with compiled code compiling as outside the pass (the mode is off the
+        stack while they run, so nothing of theirs is intercepted).
+        """
+        if getattr(_eager_switch(), "depth", 0):
+            with compiled_code_eager(False):
+                return self._named(func, args, kwargs or {})
+        return self._named(func, args, kwargs or {})
+
+    def _named(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """`_route`, with the running module named in its refusals."""
         try:
-            return self._route(func, args, kwargs or {})
+            return self._route(func, args, kwargs)
         except (UnsupportedOperationError, UntracedOutputError) as error:
             module = None if error.module is not None else running_module(self.model)
             if module is None:
@@ -142,12 +159,13 @@ class CTCMode(TorchFunctionMode):
             return func(*args, **kwargs)
         row = rule_for(func)
         propagated = [t for t in tensors if ctx.is_propagated(t)]
-        moved = next((ctx.copy_axis(t) for t in propagated if ctx.copy_axis(t)), 0)
-        if moved and row is not None and not row.follows_copies:
-            raise copies_off_dim_zero(operation_name(func), moved)
         marks = [ctx.gate_mark(t) for t in propagated]
         all_gates = all(mark is not None for mark in marks)
         gate_only = next((m for m in marks if m is not None and m.only), None)
+        moved = next((ctx.copy_axis(t) for t in propagated if ctx.copy_axis(t)), 0)
+        reduction = func in REDUCTIONS and gate_only is None  # its handler follows the copies
+        if moved and row is not None and not row.follows_copies and not reduction:
+            raise copies_off_dim_zero(operation_name(func), moved)
         if gate_only is not None and not all_gates and not (row and row.takes_gate_only):
             raise UnsupportedOperationError(
                 operation_name(func),
@@ -210,6 +228,38 @@ class CTCMode(TorchFunctionMode):
         for leaf in leaves:
             ctx.mark_gate(ctx.tag(leaf), origin, only=True)
         return out
+
+
+@contextlib.contextmanager
+def compiled_code_eager(eager: bool) -> Iterator[None]:
+    """Run ``torch.compile``'d code eagerly (``eager``) or compiled, in this thread, inside.
+
+    A compiled model (``torch.compile(model)``) would hand its forward to dynamo, which traces
+    the CTC mode's rules on fake tensors and fails inside them. While a pass runs the model,
+    its compiled code runs as the original Python code instead, whose every torch call the
+    mode sees, so a compiled model gives the scores of the model it compiles. The rules
+    themselves run with ``eager=False`` (compiled code of theirs stays compiled). Nothing
+    happens where dynamo was never imported (nothing is compiled) or where this torch has no
+    thread-local switch for it.
+    """
+    state = _eager_switch()
+    if state is None:
+        yield
+        return
+    prior = getattr(state, "depth", 0)
+    state.depth = (prior + 1) if eager else 0
+    try:
+        yield
+    finally:
+        state.depth = prior
+
+
+def _eager_switch() -> Any:
+    """Dynamo's thread-local switch that runs compiled code eagerly, or ``None`` without one."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if not hasattr(eval_frame, "_is_eager_on_nested_compile"):
+        return None
+    return getattr(eval_frame, "_force_eager_nested_compile", None)
 
 
 def running_module(model: Any = None) -> str | None:
