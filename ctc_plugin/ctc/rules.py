@@ -315,7 +315,10 @@ class GatedPass:
         """Every copy times ``gate`` (broadcast over the copies); into ``x`` with ``inplace``."""
         grouped = self.layout.group(x)
         if inplace:  # the model's own in-place activation: x must hold the result
-            grouped.mul_(gate)
+            if grouped.shape[1] == 1:  # one copy (the gradient path): x itself, not a view,
+                x.mul_(gate.reshape(x.shape))  # which autograd would copy back in backward
+            else:
+                grouped.mul_(gate)
             return self.tag(x)
         return self.tag(self.layout.ungroup(grouped * gate, x))
 
