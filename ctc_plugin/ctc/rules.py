@@ -289,7 +289,7 @@ class GatedPass:
         parts = getattr(x, FOLD_ATTRIBUTE, None)
         if parts is not None:
             bias_free, bias = parts
-            return self.affine(bias_free * scale, torch.addcmul(shift, bias, scale))
+            return self.affine(bias_free * scale, bias * scale + shift)
         return self.affine(x * scale, shift)
 
     def running_norm(
