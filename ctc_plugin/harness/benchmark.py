@@ -326,10 +326,7 @@ def _robustness(
     maps: Tensor,
     timings: dict[str, float],
 ) -> dict[str, float]:
-    n = config.robustness_images
-    images, labels = data["images"][:n], data["labels"][:n]
-    mask = None if features is None else features[:n]
-    fn = _reusing(variant.spec.fn, model, images, labels, mask, maps[:n])
+    fn, images, labels, mask = _robustness_inputs(variant, model, data, features, config, maps)
     segmenter = None
     if config.resegment and variant.features in makers:
         segmenter = makers[variant.features]
@@ -345,17 +342,47 @@ def _robustness(
             fn, model, images, labels, mask, n_samples=config.sensitivity_samples
         )
     with _timed(timings, "sanity"):
-        sanity = cascading_randomisation(
-            fn, model, images, labels, mask, max_steps=config.sanity_steps
-        )
+        sanity_rho = _sanity_rho(fn, model, images, labels, mask, config)
     return {
         "dist_kept": protocol.mean_kept,
         "dist_changed": protocol.mean_changed,
         "welch_t": protocol.statistic,
         "input_shift": float(invariance.differences.mean()),
         "max_sens": float(sensitivity.mean()),
-        "sanity_rho": finite_mean(sanity[-1].correlation.numpy()),
+        "sanity_rho": sanity_rho,
     }
+
+
+def _robustness_inputs(
+    variant: Variant,
+    model: nn.Module,
+    data: dict[str, Tensor],
+    features: Tensor | None,
+    config: BenchmarkConfig,
+    maps: Tensor,
+) -> tuple[Method, Tensor, Tensor, Tensor | None]:
+    """The robustness subset (the first ``robustness_images``) and the method it calls.
+
+    The method reuses ``maps`` (the per-image pass's maps, at least the subset's) for the
+    unperturbed images.
+    """
+    n = config.robustness_images
+    images, labels = data["images"][:n], data["labels"][:n]
+    mask = None if features is None else features[:n]
+    return _reusing(variant.spec.fn, model, images, labels, mask, maps[:n]), images, labels, mask
+
+
+def _sanity_rho(
+    fn: Method,
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    mask: Tensor | None,
+    config: BenchmarkConfig,
+) -> float:
+    """The ``sanity_rho`` column: mean rho of the last explained randomisation step."""
+    sanity = cascading_randomisation(fn, model, images, labels, mask, max_steps=config.sanity_steps)
+    return finite_mean(sanity[-1].correlation.numpy())
 
 
 def _run_variant(
@@ -378,10 +405,8 @@ def _run_variant(
     per_image: dict[str, list[np.ndarray]] = defaultdict(list)
     curves: dict[str, list[np.ndarray]] = defaultdict(list)
     explanations: list[Tensor] = []
-    # warm-up on one image: imports, caches and first-call allocations are not the method's cost
-    first_mask = None if features is None else features[:1]
     with _timed(timings, "warmup"):
-        variant.spec.fn(model, data["images"][:1], data["labels"][:1], first_mask)
+        _warm_up(variant, model, data, features)
     for start in range(0, n, config.batch_size):
         part = slice(start, start + config.batch_size)
         images, labels = data["images"][part], data["labels"][part]
@@ -410,6 +435,50 @@ def _run_variant(
         maps = torch.cat(explanations)
         summary.update(_robustness(variant, model, data, features, makers, config, maps, timings))
     return rows, summary, {k: np.concatenate(v) for k, v in curves.items()}
+
+
+def _warm_up(
+    variant: Variant, model: nn.Module, data: dict[str, Tensor], features: Tensor | None
+) -> None:
+    """Explain the first image once, before the timed explanations.
+
+    Imports, caches and first-call allocations are not the method's cost; the call also draws
+    from the seeded generators, as every piece does first.
+    """
+    first_mask = None if features is None else features[:1]
+    variant.spec.fn(model, data["images"][:1], data["labels"][:1], first_mask)
+
+
+def _sanity_only(
+    variant: Variant,
+    family: str,
+    split: str,
+    model: nn.Module,
+    data: dict[str, Tensor],
+    sources: dict[str, Tensor],
+    config: BenchmarkConfig,
+) -> float:
+    """The piece's ``sanity_rho`` alone, computed as `_compute_piece` computes it.
+
+    The piece is seeded from its name, warmed up, and the per-image pass's batches are explained
+    until they cover the robustness subset (the sanity check reuses their maps as the original
+    explanation); the other stages do not touch what the sanity check reads (it seeds its own
+    re-initialisation), so the value equals the full piece's.
+    """
+    _seed_piece(config, family, split, variant.label)
+    features = None if variant.features is None else sources[variant.features]
+    _warm_up(variant, model, data, features)
+    explanations = []
+    for start in range(0, config.robustness_images, config.batch_size):
+        part = slice(start, start + config.batch_size)
+        mask = None if features is None else features[part]
+        maps, _ = measure_cost(
+            variant.spec.fn, model, data["images"][part], data["labels"][part], mask
+        )
+        explanations.append(maps)
+    maps = torch.cat(explanations)
+    fn, images, labels, mask = _robustness_inputs(variant, model, data, features, config, maps)
+    return _sanity_rho(fn, model, images, labels, mask, config)
 
 
 def _seed_piece(config: BenchmarkConfig, family: str, split: str, label: str) -> None:
@@ -736,6 +805,27 @@ class BenchmarkRunner:
         )
         self._prepared = current
         return current
+
+    def sanity_rho(self, family: str, split: str, label: str) -> float:
+        """The ``sanity_rho`` of one piece alone, equal to the one `run` computes for it.
+
+        Only the stages the sanity check reads run: the model's preparation (data, features),
+        the piece's seeding and warm-up, and the explanations of the robustness subset in the
+        per-image pass's batches (see ``benchmarks/bench_sanity.py``).
+
+        Raises:
+            Exception: Whatever the method raises (`run` stores it as the piece's error).
+        """
+        ready = self.prepared(family, split)
+        return _sanity_only(
+            ready.variants[label],
+            family,
+            split,
+            ready.model,
+            ready.data,
+            ready.sources,
+            self.job.config,
+        )
 
     def run(
         self, shard: Shard, progress: Any = None, prepared: Any = None

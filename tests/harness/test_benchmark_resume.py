@@ -256,6 +256,21 @@ def test_shortcuts_change_no_number_of_deterministic_methods(uninterrupted):
             np.testing.assert_allclose(row[key], value, rtol=1e-9, atol=1e-12, err_msg=key)
 
 
+def test_sanity_rho_alone_equals_the_full_piece(uninterrupted):
+    """`BenchmarkRunner.sanity_rho` (benchmarks/bench_sanity.py) gives each piece's column.
+
+    Lime's original maps are random samples: equal only when the piece's seeding, warm-up and
+    first batch are those of the full run.
+    """
+    _, summary = uninterrupted
+    job = benchmark.BenchmarkJob(CONFIG, models=_models())
+    runner = job.runner()
+    for family, split, label in job.pieces:
+        row = next(r for r in summary if r["family"] == family and r["method"] == label)
+        alone = runner.sanity_rho(family, split, label)
+        np.testing.assert_allclose(alone, row["sanity_rho"], rtol=1e-12, err_msg=label)
+
+
 def test_segmentations_are_remembered_by_content():
     calls = []
 
