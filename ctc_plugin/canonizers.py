@@ -114,23 +114,28 @@ def check_canonizers(composite: Composite) -> None:
     ``MixedComposite([CTCComposite(canonizers=[ResNetCanonizer()]),
     EpsilonPlusFlat(canonizers=[ResNetCanonizer()])])`` merges every BatchNorm twice; Zennit
     cannot undo that (its ``remove`` fails halfway and leaves hooks and merged weights on the
-    model). Classes in [`TARGETED_CANONIZERS`][ctc_plugin.canonizers.TARGETED_CANONIZERS]
-    themselves may repeat; their subclasses (``ResNetBasicBlockCanonizer``) may not.
+    model). A subclass counts as its base (``PositiveEpsMergeBatchNorm`` beside Zennit's
+    ``SequentialMergeBatchNorm`` merges twice too). Classes in
+    [`TARGETED_CANONIZERS`][ctc_plugin.canonizers.TARGETED_CANONIZERS] themselves may repeat;
+    their subclasses (``ResNetBasicBlockCanonizer``) may not.
 
     Raises:
         ValueError: Naming the canonizer class applied twice and what to do.
     """
-    seen: set[type] = set()
+    seen: list[type] = []
     for canonizer in _flat_canonizers(getattr(composite, "canonizers", None) or ()):
         kind = type(canonizer)
-        if kind in seen and kind not in TARGETED_CANONIZERS:
+        if kind in TARGETED_CANONIZERS:
+            continue
+        twin = next((s for s in seen if issubclass(kind, s) or issubclass(s, kind)), None)
+        if twin is not None:
+            name = kind.__name__ if twin is kind else f"{kind.__name__} and {twin.__name__}"
             raise ValueError(
-                f"the composite applies {kind.__name__} twice (a MixedComposite joins the "
-                "canonizers of its composites): Zennit would canonize the model twice and could "
-                "not undo it; give the canonizers to one of the composites, or to the "
-                "MixedComposite itself"
+                f"the composite applies {name} twice (a MixedComposite joins the canonizers of "
+                "its composites): Zennit would canonize the model twice and could not undo it; "
+                "give the canonizers to one of the composites, or to the MixedComposite itself"
             )
-        seen.add(kind)
+        seen.append(kind)
 
 
 def _flat_canonizers(canonizers: Iterator[Canonizer] | tuple | list) -> Iterator[Canonizer]:

@@ -210,3 +210,19 @@ def test_canonizers_given_once_per_mixed_composite_or_targeted_ones_repeated_are
             canonizers=[NamedMergeBatchNorm([(["a"], "b")]), NamedMergeBatchNorm([(["c"], "d")])]
         )
     )
+
+
+def test_a_subclass_of_a_canonizer_beside_it_is_the_same_canonizer_twice():
+    """``PositiveEpsMergeBatchNorm`` is a ``SequentialMergeBatchNorm``: both merge every pair."""
+    model, state = _resnet_and_state()
+    composite = MixedComposite(
+        [
+            CTCComposite(canonizers=[PositiveEpsMergeBatchNorm()]),
+            EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()]),
+        ]
+    )
+    with pytest.raises(
+        ValueError, match="applies SequentialMergeBatchNorm and PositiveEpsMergeBatchNorm twice"
+    ):
+        CTCAttributor(model, composite, feature_mask=GridSegmenter(2)(torch.rand(1, 3, 32, 32)))
+    assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())

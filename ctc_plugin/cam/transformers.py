@@ -140,7 +140,8 @@ def grad_cam_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
     blocks = transformer_stages(model)
     if blocks:
         last, reshape = blocks[-1]
-        if isinstance(model, VisionTransformer):
+        # torchvision's ViT, bare or wrapped (a normalising nn.Sequential, say)
+        if any(isinstance(m, VisionTransformer) for m in model.modules()):
             return last.ln_1, reshape
         return last, reshape
     convolutions = [m for m in model.modules() if isinstance(m, nn.Conv2d)]

@@ -120,6 +120,9 @@ REDUCTIONS = frozenset({torch.mean, torch.Tensor.mean, torch.sum, torch.Tensor.s
 def reduced_copy_axis(name: str, args: tuple, kwargs: dict, x: torch.Tensor, axis: int) -> int:
     """The copy dim after a mean or sum of ``x`` (copies along ``axis``) over other dims.
 
+    ``name`` is the operation's as the user wrote it (``torch.mean``, ``torch.Tensor.sum``),
+    for the refusals.
+
     Raises:
         UnsupportedOperationError: The reduction runs over the copies (no ``dim``, or ``dim``
             holds ``axis``): it would mix them.
@@ -131,12 +134,12 @@ def reduced_copy_axis(name: str, args: tuple, kwargs: dict, x: torch.Tensor, axi
         dims = range(rank)  # every dim
     if not all(isinstance(d, int) for d in _listed(dims)):
         raise UnsupportedOperationError(
-            f"torch.Tensor.{name}", "it reduces over named dims while the copies are off dim 0"
+            name, "it reduces over named dims while the copies are off dim 0"
         )
     reduced = {_normalised(d, rank) for d in _listed(dims)}
     if axis in reduced:
         raise UnsupportedOperationError(
-            f"torch.Tensor.{name}",
+            name,
             f"it reduces over dim {axis}, which holds the copies, and would mix them",
         )
     return axis if keepdim else axis - sum(1 for d in reduced if d < axis)

@@ -395,7 +395,7 @@ def apply_linear(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> A
         return ctx.linear(func, args, kwargs)
     if func not in REDUCTIONS:
         raise copies_off_dim_zero(operation_name(func), axis)
-    moved_to = reduced_copy_axis(getattr(func, "__name__", "sum"), args, kwargs, x, axis)
+    moved_to = reduced_copy_axis(operation_name(func), args, kwargs, x, axis)
     return ctx.tag(func(*args, **kwargs), moved_to)
 
 

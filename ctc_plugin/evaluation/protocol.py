@@ -177,7 +177,10 @@ def run_protocol(
         kept = pred == original_pred
         # a kept prediction keeps the class explained (also when ``targets`` are not the
         # predictions), so the kept group compares explanations of one class
-        target = torch.where(kept, labels, pred) if perturbed_target == "predicted" else labels
+        if perturbed_target == "predicted":
+            target = torch.where(kept, labels.to(pred.device), pred)
+        else:
+            target = labels
         mask = feature_mask if segmenter is None else segmenter(changed_images)
         maps = explain(method, model, changed_images, target, mask)
         results.append(

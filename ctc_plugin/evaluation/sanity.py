@@ -76,7 +76,8 @@ def _randomise(module: nn.Module) -> None:
     Through its ``reset_parameters()`` (or ``nn.MultiheadAttention``'s
     ``_reset_parameters()``) where it has one; otherwise each parameter is drawn anew from a
     normal distribution with the trained values' mean and standard deviation (a class token,
-    position embeddings, a layer scale).
+    position embeddings, a layer scale), or with a spread of ``max(|mean|, 1)`` where the values
+    have none (a scalar temperature).
     """
     for method in ("reset_parameters", "_reset_parameters"):
         if callable(getattr(module, method, None)):
@@ -85,7 +86,9 @@ def _randomise(module: nn.Module) -> None:
     with torch.no_grad():
         for parameter in module.parameters(recurse=False):
             mean, std = parameter.mean(), parameter.std(correction=0)
-            parameter.copy_(torch.randn_like(parameter) * std + mean)
+            # a scalar (a temperature) or equal values have no spread to draw with
+            scale = std if bool(std > 0) else mean.abs().clamp_min(1.0)
+            parameter.copy_(torch.randn_like(parameter) * scale + mean)
 
 
 def rank_correlation(first: Tensor, second: Tensor, absolute: bool = True) -> Tensor:
@@ -146,10 +149,10 @@ def cascading_randomisation(
     Returns:
         One `RandomisationStep` per explained step, from the top layer down.
     """
-    labels = predict(model, images) if targets is None else as_targets(targets, len(images))
-    original = explain(method, model, images, labels, feature_mask)
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    labels = predict(model, images) if targets is None else as_targets(targets, len(images))
+    original = explain(method, model, images, labels, feature_mask)
     layers = _owners(model, images)
     names = list(layers)[::-1]
     if not names:

@@ -446,13 +446,13 @@ class Explainer(nn.Module):
                 "write it again with Explainer.save"
             ) from error
         except ValueError as error:
-            hint = _classifier_hint(config, classifier, payload.get("metadata"))
+            hint = _classifier_hint(config, classifier, payload)
             raise ValueError(f"explainer file {str(path)!r}: {error}{hint}") from error
         try:
             explainer.load_state_dict(payload["state_dict"])
         except RuntimeError as error:
             detail = " ".join(line.strip() for line in str(error).splitlines()[1:4])
-            hint = _classifier_hint(config, classifier, payload.get("metadata"))
+            hint = _classifier_hint(config, classifier, payload, str(error))
             raise ValueError(
                 f"the state dict in explainer file {str(path)!r} does not fit its config "
                 f"{config}{hint}: {detail or error}"
@@ -494,10 +494,17 @@ class Explainer(nn.Module):
         return ExplainerHyperparameters(**values) if values else None
 
 
-def _classifier_hint(config: dict[str, Any], classifier: nn.Module | None, metadata: Any) -> str:
+def _classifier_hint(
+    config: dict[str, Any],
+    classifier: nn.Module | None,
+    payload: dict[str, Any],
+    mismatch: str | None = None,
+) -> str:
     """What to do when a file's classifier copy does not fit the ``classifier=`` given.
 
-    Empty for files without a classifier copy (the classifier plays no part in them).
+    Empty for files without a classifier copy (the classifier plays no part in them), and for a
+    state-dict ``mismatch`` that names no tensor of the backbone (a damaged ``image_size``: the
+    classifier is not what is wrong).
     """
     from ctc_plugin.explainer.backbones import settings_of
 
@@ -507,6 +514,9 @@ def _classifier_hint(config: dict[str, Any], classifier: nn.Module | None, metad
         return ""
     if classifier is None or not takes_classifier:
         return ""
+    if mismatch is not None and "backbone." not in mismatch:
+        return ""
+    metadata = payload.get("metadata")
     model = metadata.get("model") if isinstance(metadata, dict) else None
     trained = f" ({model}, e.g. ctc_plugin.zoo.build({model!r}, {config.get('num_classes')}))"
     return (

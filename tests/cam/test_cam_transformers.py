@@ -132,3 +132,15 @@ def test_grad_cam_layer_is_a_transformers_last_block_or_a_cnns_last_conv():
     assert reshape is None
     with pytest.raises(ValueError, match="no Conv2d"):
         grad_cam_layer(torch.nn.Linear(2, 2))
+
+
+def test_grad_cam_layer_of_a_wrapped_class_token_vit_is_its_ln_1():
+    """A ViT behind a normalisation (``nn.Sequential``) got its last block: a zero gradient."""
+    from torchvision.models import VisionTransformer
+
+    from ctc_plugin.cam.transformers import grad_cam_layer
+
+    vit = VisionTransformer(32, 8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+    wrapped = torch.nn.Sequential(torch.nn.Identity(), vit)
+    layer, _ = grad_cam_layer(wrapped)
+    assert layer is vit.encoder.layers[-1].ln_1

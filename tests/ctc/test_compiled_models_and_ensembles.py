@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+import torch._dynamo.eval_frame
 import torchvision
 from torch import nn
 
@@ -23,6 +24,10 @@ def resnet() -> nn.Module:
     return torchvision.models.resnet18(num_classes=4).eval().double()
 
 
+@pytest.mark.skipif(
+    not hasattr(torch._dynamo.eval_frame, "_force_eager_nested_compile"),
+    reason="this torch has no thread-local switch to run compiled code eagerly",
+)
 @pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
 @pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
 def test_a_compiled_model_gives_the_scores_of_the_model_it_compiles(resnet, mode):

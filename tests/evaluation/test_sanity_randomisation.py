@@ -129,3 +129,45 @@ def test_every_parameter_is_random_after_the_last_step():
     # model itself (called first), are randomised last
     assert parameter_layers(model, x) == ["", "embed", "attention", "head"]
     assert steps[-1].layer == ""
+
+
+class _ScaledHead(nn.Module):
+    """A learned scalar temperature and a layer scale whose values are all equal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.temperature = nn.Parameter(torch.tensor(2.5))
+        self.gamma = nn.Parameter(torch.full((2,), 0.1))
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x):
+        features = (self.conv(x) * self.gamma.view(1, -1, 1, 1)).mean((2, 3))
+        return self.head(features) / self.temperature
+
+
+def test_parameters_without_spread_are_random_after_the_last_step_too():
+    """``randn * std + mean`` left a scalar (std 0) and equal values exactly as trained."""
+    seen = []
+
+    def method(model, images, targets, feature_mask):
+        seen.append(model)
+        return images.sum(1, keepdim=True)
+
+    model = _ScaledHead().eval()
+    cascading_randomisation(method, model, torch.rand(2, 3, 6, 6), max_steps=1)
+    last = seen[-1]
+    assert not torch.equal(last.temperature, model.temperature)
+    assert not torch.equal(last.gamma, model.gamma)
+
+
+def test_max_steps_is_checked_before_anything_is_explained():
+    calls = []
+
+    def method(model, images, targets, feature_mask):
+        calls.append(1)
+        return images.sum(1, keepdim=True)
+
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        cascading_randomisation(method, _ScaledHead().eval(), torch.rand(1, 3, 6, 6), max_steps=0)
+    assert calls == []

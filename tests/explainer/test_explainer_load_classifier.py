@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ctc_plugin import Explainer, zoo
+from ctc_plugin.files import read_data_file
 from ctc_plugin.zoo.explainers import explainer_path
 
 
@@ -22,3 +24,15 @@ def test_a_classifier_of_another_architecture_or_class_count_is_named_with_the_f
 def test_files_without_a_classifier_copy_ignore_the_classifier():
     explainer = Explainer.load(explainer_path("resnet"), classifier=zoo.load("densenet"))
     assert explainer.num_classes == 6 and explainer.is_trained
+
+
+def test_a_damaged_file_loaded_with_its_own_classifier_does_not_blame_the_classifier(tmp_path):
+    """A mismatch outside the backbone (a damaged ``image_size``) is no classifier's fault."""
+    path = explainer_path("resnet", "shapes", kind="class-specific")
+    payload = read_data_file(path, "explainer file")
+    payload["state_dict"]["image_size"] = payload["state_dict"]["image_size"][:1]
+    damaged = tmp_path / "damaged.pt"
+    torch.save(payload, damaged)
+    with pytest.raises(ValueError, match="image_size") as caught:
+        Explainer.load(damaged, classifier=zoo.load("resnet", "shapes"))
+    assert "does not match" not in str(caught.value)
