@@ -14,7 +14,7 @@ import zennit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm
 from zennit.composites import COMPOSITES, EpsilonPlusFlat, MixedComposite
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
@@ -315,8 +315,11 @@ def test_hooks_and_parameters_restored_on_exception(where: str) -> None:
     assert torch.equal(model(x), before)
 
 
-class FailingCanonizer(SequentialMergeBatchNorm):
+class FailingCanonizer(AttributeCanonizer):
     """A canonizer that fails after the composite registered part of itself."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda name, module: None)
 
     def apply(self, root_module: nn.Module) -> list:
         raise RuntimeError("canonizer failed")
