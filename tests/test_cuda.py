@@ -145,3 +145,16 @@ def test_sam_segmenter_on_cuda_gives_the_cpu_segments():
     gpu = segmenter(images.to(CUDA))
     assert gpu.shape == cpu.shape and (cpu > 0).any()
     assert (gpu.cpu() == cpu).float().mean() > 0.99  # float sums may flip a border pixel
+
+
+def test_the_sanity_check_leaves_the_cuda_random_state_as_it_was():
+    """``fork_rng(devices=[])`` with ``manual_seed`` inside reseeded every CUDA generator."""
+    from ctc_plugin.evaluation.sanity import cascading_randomisation
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten()).to(CUDA).eval()
+    x = torch.rand(2, 3, 6, 6, device=CUDA)
+    state = torch.cuda.get_rng_state(CUDA)
+    cascading_randomisation(
+        lambda m, images, t, f: images.sum(1, keepdim=True), model, x, targets=[0, 1]
+    )
+    assert torch.equal(torch.cuda.get_rng_state(CUDA), state)

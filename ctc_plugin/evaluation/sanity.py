@@ -160,7 +160,10 @@ def cascading_randomisation(
     checkpoints = _checkpoints(len(names), max_steps)
     randomised = copy.deepcopy(model)
     steps = []
-    with torch.random.fork_rng(devices=[]):
+    # torch.manual_seed seeds every CUDA device too: fork their generators where CUDA is in use,
+    # so the caller's CUDA random state is left as it was
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         for index, name in enumerate(names):
             for owner in layers[name]:

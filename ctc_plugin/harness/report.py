@@ -430,7 +430,7 @@ def write_report(
     ]
     scope = f"the {len(whole)} complete models" if partial else "all models and splits"
     if whole:
-        parts += [f"## Mean over {scope}", "", markdown_tables(means), ""]
+        parts += [f"## Mean over {scope}", "", MEAN_NOTE, "", markdown_tables(means), ""]
         for split in dict.fromkeys(run.split for run in whole):
             rows = [row for row in whole_summary if row["split"] == split]
             parts += [f"## Split `{split}` (mean over families)", "", markdown_tables(_means(rows))]
@@ -549,6 +549,14 @@ def _nothing_to_report(store: BenchmarkStore) -> str:
 
 
 PER_IMAGE_STAGES = ("explain", "localisation", "curves")
+#: What a cell of a mean table is (a mean of t statistics is no t statistic).
+MEAN_NOTE = (
+    "Each cell is the mean of the models' values; for `welch_t` that is the mean of the "
+    "per-model t statistics, a ranking of the methods, not itself a t statistic (no p-value "
+    "can be read from it)."
+)
+
+
 ROBUSTNESS_STAGES = ("protocol", "invariance", "sensitivity", "sanity")
 
 

@@ -127,6 +127,7 @@ def test_partial_report_is_labelled_and_covers_the_finished_pieces(uninterrupted
     assert "| tinyA | shapes | complete |" in text
     assert "| tinyB | shapes | in progress: 1 of 5 variants |" in text
     assert "## Mean over the 1 complete models" in text
+    assert "not itself a t statistic" in text  # what a mean of Welch t statistics is
     assert "## In progress: tinyB/shapes" in text
     # every finished piece is in the CSV files, with the numbers of the uninterrupted run
     expected = _table(reference / "per_image.csv")
