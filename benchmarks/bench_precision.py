@@ -1,0 +1,87 @@
+"""How far CTC's feature scores in float32, float16 and bfloat16 lie from float64's.
+
+python benchmarks/bench_precision.py [--model resnet18] [--size 32]
+
+A torchvision model with random weights, made non-trivial (BatchNorm statistics, biases and
+norm weights drawn at random, as a trained network has them), explains two random images on a
+3 x 3 grid of features in float64 and in each lower precision. Printed per mode and dtype: the
+largest difference of the scores from float64's, relative to float64's largest score, and for
+``"proportional"`` how far the scores' sum lies from the model's own logit in that dtype.
+``"reference"`` quantises pre-activations (``ceil(10 z)``), so a rounding difference of one ulp
+can move a value across a step; the other modes are linear in the rounding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+import torchvision
+from torch import nn
+
+from ctc_plugin import CTC
+
+
+def randomised(model: nn.Module, seed: int = 1) -> nn.Module:
+    """``model`` with BatchNorm statistics, biases and norm weights drawn at random."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if (
+                isinstance(module, nn.modules.batchnorm._BatchNorm)
+                and module.running_mean is not None
+            ):
+                size = module.num_features
+                module.running_mean.copy_(torch.rand(size, generator=generator) * 0.4 - 0.2)
+                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+            for name, parameter in module.named_parameters(recurse=False):
+                if name == "bias" or (name == "weight" and parameter.dim() == 1):
+                    noise = torch.rand(parameter.shape, generator=generator) * 0.4 - 0.2
+                    parameter.copy_(noise + (1.0 if name == "weight" else 0.0))
+    return model
+
+
+def relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest difference relative to the largest expected value."""
+    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18", help="a torchvision builder")
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
+    parser.add_argument("--quick", action="store_true", help="the same run (it takes seconds)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model64 = torchvision.models.get_model(args.model, weights=None, num_classes=10)
+    model64 = randomised(model64).eval().double()
+    x = torch.rand(2, 3, args.size, args.size, generator=torch.Generator().manual_seed(2))
+    x = x.double()
+    rows = torch.arange(args.size) * 3 // args.size
+    mask = (rows.view(-1, 1) * 3 + rows.view(1, -1)).view(1, 1, args.size, args.size)
+    target = 3
+    print(
+        f"{args.model}, 2 images of {args.size}x{args.size}, 9 features, torch {torch.__version__}"
+    )
+    print(f"{'mode':14s} {'dtype':10s} {'scores vs float64':>18s} {'sum vs own logit':>17s}")
+    for mode in ("proportional", "reference", "none"):
+        _, exact = CTC(model64, bias_sharing=mode).attribute(
+            x, target, feature_mask=mask, return_feature_scores=True
+        )
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            model = copy.deepcopy(model64).to(dtype)
+            _, scores = CTC(model, bias_sharing=mode).attribute(
+                x.to(dtype), target, feature_mask=mask, return_feature_scores=True
+            )
+            completeness = ""
+            if mode == "proportional":
+                with torch.no_grad():
+                    logit = model(x.to(dtype))[:, target].double()
+                completeness = f"{relative(scores.scores.double().sum(1), logit):17.1e}"
+            error = relative(scores.scores.double(), exact.scores)
+            print(f"{mode:14s} {str(dtype)[6:]:10s} {error:18.1e} {completeness:>17s}")
+
+
+if __name__ == "__main__":
+    main()
