@@ -18,28 +18,9 @@ import copy
 
 import torch
 import torchvision
-from torch import nn
 
 from ctc_plugin import CTC
-
-
-def randomised(model: nn.Module, seed: int = 1) -> nn.Module:
-    """``model`` with BatchNorm statistics, biases and norm weights drawn at random."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if (
-                isinstance(module, nn.modules.batchnorm._BatchNorm)
-                and module.running_mean is not None
-            ):
-                size = module.num_features
-                module.running_mean.copy_(torch.rand(size, generator=generator) * 0.4 - 0.2)
-                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
-            for name, parameter in module.named_parameters(recurse=False):
-                if name == "bias" or (name == "weight" and parameter.dim() == 1):
-                    noise = torch.rand(parameter.shape, generator=generator) * 0.4 - 0.2
-                    parameter.copy_(noise + (1.0 if name == "weight" else 0.0))
-    return model
+from ctc_plugin.testing import randomise_statistics_and_biases
 
 
 def relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -55,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model64 = torchvision.models.get_model(args.model, weights=None, num_classes=10)
-    model64 = randomised(model64).eval().double()
+    model64 = randomise_statistics_and_biases(model64).eval().double()
     x = torch.rand(2, 3, args.size, args.size, generator=torch.Generator().manual_seed(2))
     x = x.double()
     rows = torch.arange(args.size) * 3 // args.size

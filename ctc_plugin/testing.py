@@ -139,6 +139,31 @@ _NORMS = (
 )
 
 
+def randomise_statistics_and_biases(model: nn.Module, seed: int = 1) -> nn.Module:
+    """``model`` with random BatchNorm statistics, biases and norm weights, as trained ones are.
+
+    Torchvision initialises biases to 0, BatchNorm statistics to (0, 1) and norm weights to 1, so
+    an untrained model has no bias for CTC to share. Running means are drawn from [-0.2, 0.2),
+    variances from [0.5, 1.5), biases from [-0.2, 0.2) and 1-d weights from [0.8, 1.2), in place,
+    from a generator seeded by ``seed``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if (
+                isinstance(module, nn.modules.batchnorm._BatchNorm)
+                and module.running_mean is not None
+            ):
+                size = module.num_features
+                module.running_mean.copy_(torch.rand(size, generator=generator) * 0.4 - 0.2)
+                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+            for name, param in module.named_parameters(recurse=False):
+                if name == "bias" or (name == "weight" and param.dim() == 1):
+                    noise = torch.rand(param.shape, generator=generator) * 0.4 - 0.2
+                    param.copy_(noise + (1.0 if name == "weight" else 0.0))
+    return model
+
+
 def random_partition(
     height: int, width: int, features: int, seed: int = 0, batch: int = 1, spread: int = 3
 ) -> torch.Tensor:

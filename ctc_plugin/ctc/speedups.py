@@ -192,6 +192,7 @@ class CompiledSharing:
             )
         self.name = mode
         self.backend = backend
+        self._spec = make_sharing(mode)  # for the forms without a canonical one
         self._add_bias = _compiled_add_bias(mode, backend)
 
     def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
@@ -203,7 +204,7 @@ class CompiledSharing:
         """
         canonical = canonical_form(z, bias)
         if canonical is None:
-            return make_sharing(self.name).add_bias(z, bias, layout)
+            return self._spec.add_bias(z, bias, layout)
         z_groups, bias_groups = canonical
         return self._add_bias(z_groups, bias_groups, layout).view(z.shape)
 

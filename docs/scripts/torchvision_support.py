@@ -27,6 +27,7 @@ import torchvision
 from torch import nn
 
 from ctc_plugin import CTC, IntegrativeCAM
+from ctc_plugin.testing import randomise_statistics_and_biases
 
 #: The smallest builder of each torchvision family, and the input side it is run at.
 FAMILIES: dict[str, tuple[str, int]] = {
@@ -61,17 +62,7 @@ def build(name: str, size: int) -> nn.Module:
     if name in {"googlenet", "inception_v3"}:
         options = {"aux_logits": False, "init_weights": True}
     model = getattr(torchvision.models, name)(weights=None, **options)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                channels = module.num_features
-                module.running_mean.copy_(torch.rand(channels, generator=generator) * 0.4 - 0.2)
-                module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
-            for key, param in module.named_parameters(recurse=False):
-                if key == "bias" or (key == "weight" and param.dim() == 1):
-                    noise = torch.rand(param.shape, generator=generator) * 0.4 - 0.2
-                    param.copy_(noise + (1.0 if key == "weight" else 0.0))
+    randomise_statistics_and_biases(model, seed=1)
     return model.eval().double()
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from ctc_plugin import CTC
 from ctc_plugin.ctc.attributor import CTCAttributor
 from ctc_plugin.ctc.composite import CTCComposite
+from ctc_plugin.testing import randomise_statistics_and_biases
 
 BUILDERS = ["mobilenet_v3_small", "efficientnet_b0", "efficientnet_v2_s", "regnet_y_400mf"]
 BUILDERS += ["convnext_tiny"]
@@ -25,17 +26,7 @@ def randomised(builder: str, dtype: torch.dtype) -> nn.Module:
     """A torchvision model with random weights, norm statistics, affine parameters and biases."""
     torch.manual_seed(0)
     model = getattr(torchvision.models, builder)()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                size = module.num_features
-                module.running_mean.copy_(torch.rand(size, generator=generator) * 0.4 - 0.2)
-                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
-            for name, param in module.named_parameters(recurse=False):
-                if name == "bias" or (name == "weight" and param.dim() == 1):
-                    noise = torch.rand(param.shape, generator=generator) * 0.4 - 0.2
-                    param.copy_(noise + (1.0 if name == "weight" else 0.0))
+    randomise_statistics_and_biases(model, seed=1)
     return model.eval().to(dtype)
 
 
