@@ -70,6 +70,11 @@ class ExplainerAttribution(Attribution):
                 stacklevel=3,
             )
 
+    def _explainer_dtype(self, images: Tensor) -> torch.dtype:
+        """The floating dtype the explainer computes in: its parameters' (the images' if none)."""
+        parameter = next(self.explainer.parameters(), None)
+        return images.dtype if parameter is None else parameter.dtype
+
     def _classify(self, images: Tensor, additional_forward_args: Any) -> Tensor:
         """Run the classifier and check its class count against the explainer's."""
         extra = () if additional_forward_args is None else additional_forward_args
@@ -103,7 +108,10 @@ class ExplainerAttribution(Attribution):
                 predicted class and check the class count).
 
         Returns:
-            Masks in ``[0, 1]`` broadcast to the input's shape (a 1-tuple if the input was).
+            Masks in ``[0, 1]`` broadcast to the input's shape (a 1-tuple if the input was), in
+            the input's dtype: the classifier gets the inputs as they are, the explainer a copy
+            in its own dtype (float64 images and a float64 classifier work with a float32
+            explainer).
 
         Raises:
             TypeError: Inputs that are not a tensor (see
@@ -130,7 +138,9 @@ class ExplainerAttribution(Attribution):
                     indices = self._classify(images, additional_forward_args).argmax(dim=1)
                 elif not self._classes_checked:
                     self._classify(images[:1], additional_forward_args)
-                fast = images.contiguous(memory_format=self.explainer.input_memory_format)
+                fast = images.to(self._explainer_dtype(images)).contiguous(
+                    memory_format=self.explainer.input_memory_format
+                )
                 masks = self.explainer.target_logits(fast, indices).sigmoid()
         result = masks.expand_as(images).to(images.dtype).contiguous()
         return (result,) if as_tuple else result

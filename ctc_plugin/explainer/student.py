@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ctc_plugin.explainer.classifier_backbone import class_map_encoder
 from ctc_plugin.explainer.maps import resize_maps
+from ctc_plugin.inputs import check_images
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
@@ -107,10 +108,12 @@ def distil_class_maps(
         The mean loss of each epoch.
 
     Raises:
-        ValueError: For fewer images than one batch, non-positive epochs, or a student with
-            another class count than the classifier's head (from
+        ValueError: For images that are not a finite floating-point batch (the message
+            names the examples with NaN), fewer images than one batch, non-positive epochs, or
+            a student with another class count than the classifier's head (from
             [`class_map_encoder`][ctc_plugin.explainer.classifier_backbone.class_map_encoder]).
     """
+    images = check_images(images)
     check_schedule(epochs, batch_size, len(images))
     with torch.no_grad():
         probe = student.eval()(images[:1])

@@ -31,6 +31,7 @@ from ctc_plugin.explainer.student import (
     mark_trained,
 )
 from ctc_plugin.explainer.training import frozen
+from ctc_plugin.inputs import check_images
 
 #: Stride-2 blocks of the encoder: a 96x96 image gives 6x6 class maps (the zoo classifiers').
 STAGES = 4
@@ -170,9 +171,11 @@ def distil_student_unet(
         The mean loss of each epoch.
 
     Raises:
-        ValueError: For fewer images than one batch, non-positive epochs, or a network with
-            another class count than the classifier's head or the mask explainer.
+        ValueError: For images that are not a finite floating-point batch (the message names
+            the examples with NaN), fewer images than one batch, non-positive epochs, or a
+            network with another class count than the classifier's head or the mask explainer.
     """
+    images = check_images(images)
     check_schedule(epochs, batch_size, len(images))
     explainer = network if isinstance(network, Explainer) else None
     student = network.backbone if explainer is not None else network

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from ctc_plugin.explainer import losses
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
 from ctc_plugin.files import read_data_file
+from ctc_plugin.inputs import check_images
+from ctc_plugin.resumable.atomic import write_atomic
 
 #: Tag stored in checkpoints written during
 #: [`fit_explainer`][ctc_plugin.explainer.training.fit_explainer].
@@ -175,19 +178,63 @@ def objective(
     return loss, terms
 
 
+def _targets(labels: Any, num_classes: int, multilabel: bool | None) -> tuple[Tensor, bool]:
+    """Return multi-hot targets and whether the classification loss treats them as multi-label.
+
+    ``multilabel=None`` follows the labels (class indices: single-label, multi-hot:
+    multi-label); ``True`` uses binary cross-entropy on class indices too (as one-hot targets);
+    ``False`` uses cross-entropy on multi-hot labels that hold exactly one class per image.
+
+    Raises:
+        ValueError: For invalid labels, or ``multilabel=False`` with an image of several (or no)
+            classes.
+    """
+    targets, is_multi = multi_hot(torch.as_tensor(labels), num_classes)
+    if multilabel is None:
+        return targets, is_multi
+    if not multilabel and is_multi:
+        counts = targets.sum(dim=1)
+        if not bool((counts == 1).all()):
+            example = int((counts != 1).nonzero()[0])
+            raise ValueError(
+                f"multilabel=False (cross-entropy) needs one class per image, but example "
+                f"{example} has {int(counts[example])} classes in its multi-hot label; use "
+                "multilabel=True or None for multi-label data"
+            )
+    return targets, bool(multilabel)
+
+
 def _to_device(
-    batch: Any, explainer: Explainer, multilabel: bool | None
+    batch: Any, explainer: Explainer, multilabel: bool | None, where: str = "training"
 ) -> tuple[Tensor, Tensor, bool]:
-    """Split a batch and return ``(images, targets, multilabel)`` on the explainer's device."""
+    """Split a batch and return ``(images, targets, multilabel)`` on the explainer's device.
+
+    Raises:
+        ValueError: For images that are not a finite floating-point batch of the explainer's
+            channels (``where`` names the loader), or invalid labels.
+    """
     images, labels = split_batch(batch)
+    images = check_images(images, name=f"{where} images", channels=explainer.in_channels)
     device = next(explainer.parameters()).device
-    targets, is_multi = multi_hot(torch.as_tensor(labels), explainer.num_classes)
-    if multilabel is not None and multilabel != is_multi:
-        raise ValueError(
-            f"multilabel={multilabel} but the loader yields "
-            f"{'multi-hot' if is_multi else 'class-index'} labels"
-        )
+    targets, is_multi = _targets(labels, explainer.num_classes, multilabel)
     return images.to(device).float(), targets.to(device), is_multi
+
+
+def _check_finite_loss(loss: Tensor, terms: dict[str, Tensor], where: str) -> None:
+    """Raise if the loss of a batch is NaN or infinite, naming the terms that are.
+
+    Such a loss would make every later monitored loss NaN and leave the explainer with its
+    initial weights; stopping names the batch instead.
+    """
+    if bool(torch.isfinite(loss)):
+        return
+    bad = [name for name, value in terms.items() if not bool(torch.isfinite(value))]
+    raise ValueError(
+        f"the explainer loss of {where} is {loss.item()} (non-finite terms: "
+        f"{', '.join(bad) or 'none; the weighted sum overflowed'}): the classifier's outputs "
+        "or the baseline hold NaN or infinite values, or training diverged (lower the learning "
+        "rate)"
+    )
 
 
 def _evaluate(
@@ -202,9 +249,10 @@ def _evaluate(
     explainer.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for batch in loader:
-            images, targets, multi = _to_device(batch, explainer, multilabel)
-            loss, _ = objective(explainer, classifier, images, targets, multi, hp, baseline)
+        for index, batch in enumerate(loader):
+            images, targets, multi = _to_device(batch, explainer, multilabel, "validation")
+            loss, terms = objective(explainer, classifier, images, targets, multi, hp, baseline)
+            _check_finite_loss(loss, terms, f"validation batch {index}")
             total += float(loss) * len(images)
             count += len(images)
     if count == 0:
@@ -222,20 +270,51 @@ def _check_validation(loader: Iterable[Any], num_classes: int, multilabel: bool 
     for batch in loader:
         _, labels = split_batch(batch)
         try:
-            _, is_multi = multi_hot(torch.as_tensor(labels), num_classes)
+            _targets(labels, num_classes, multilabel)
         except ValueError as error:
             raise ValueError(f"the validation loader's labels are invalid: {error}") from error
-        if multilabel is not None and multilabel != is_multi:
-            kind = "multi-hot" if is_multi else "class-index"
-            raise ValueError(
-                f"multilabel={multilabel} but the validation loader yields {kind} labels"
-            )
         count += 1
     if count == 0:
         raise ValueError(
             "the validation loader yielded no batches; give one with data, or val_loader=None "
             "to monitor the training loss"
         )
+
+
+def _check_loop_settings(
+    epochs: Any,
+    patience: Any,
+    max_steps_per_epoch: Any,
+    min_delta: Any,
+    seed: Any,
+    multilabel: Any,
+) -> None:
+    """Raise a clear error for a training-loop setting that cannot mean what it says."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    for name, value in (("epochs", epochs), ("patience", patience)):
+        if not whole(value) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if max_steps_per_epoch is not None and (
+        not whole(max_steps_per_epoch) or max_steps_per_epoch < 1
+    ):
+        raise ValueError(
+            f"max_steps_per_epoch must be an integer >= 1 or None (every batch), got "
+            f"{max_steps_per_epoch!r}"
+        )
+    if (
+        not isinstance(min_delta, numbers.Real)
+        or isinstance(min_delta, bool)
+        or not math.isfinite(min_delta)
+        or min_delta < 0
+    ):
+        raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
+    if seed is not None and not whole(seed):
+        raise ValueError(f"seed must be an integer or None, got {seed!r}")
+    if multilabel is not None and not isinstance(multilabel, bool):
+        raise ValueError(f"multilabel must be True, False or None, got {multilabel!r}")
 
 
 def _plain_baseline(baseline: float | Tensor) -> float | list[Any]:
@@ -300,11 +379,12 @@ def _check_resume(
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (write to a temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
-    tmp.replace(path)
+    """Write a checkpoint atomically, as [`write_atomic`][ctc_plugin.resumable.atomic.write_atomic].
+
+    A failed or interrupted write leaves the previous checkpoint as it was and no temporary file.
+    """
+    payload = {"format": CHECKPOINT_FORMAT, **state}
+    write_atomic(path, lambda stream: torch.save(payload, stream))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -394,22 +474,27 @@ def fit_explainer(
             sampler and ``drop_last``): everything the result depends on, so that the resumed
             run equals an uninterrupted one. ``epochs`` may grow.
         baseline: Value the masked-out pixels blend towards (0, as the original).
-        multilabel: Force single- (False) or multi-label (True) targets; ``None`` infers it
-            from the labels' shape.
+        multilabel: Force single- (False: cross-entropy; multi-hot labels must then hold one
+            class per image) or multi-label (True: binary cross-entropy, class indices too)
+            targets; ``None`` infers it from the labels' shape.
         progress: Show a tqdm bar with the loss terms.
 
     Returns:
         The history and the epoch whose weights the explainer holds (the best one).
 
     Raises:
-        TypeError: If ``config`` is not an ``ExplainerHyperparameters`` (a preset name: pass
-            ``get_preset(name)``), or for a keyword argument this function no longer takes
-            (``lr=``, the loss weights and area bounds are fields of the config; ``preset=`` is
-            ``config=get_preset(name)``).
-        ValueError: For a class-count mismatch, bad labels or settings, an empty
-            validation loader or one with bad labels (checked before training), or a checkpoint
-            made with other hyper-parameters or settings or for another architecture (the
-            message names what differs; the explainer is left unchanged).
+        TypeError: If ``classifier`` is not an ``nn.Module``, if ``config`` is not an
+            ``ExplainerHyperparameters`` (a preset name: pass ``get_preset(name)``), or for a
+            keyword argument this function no longer takes (``lr=``, the loss weights and area
+            bounds are fields of the config; ``preset=`` is ``config=get_preset(name)``).
+        ValueError: For a class-count mismatch, bad labels, settings that are not what they
+            should be (``epochs``, ``patience`` and ``max_steps_per_epoch`` integers >= 1,
+            ``min_delta`` finite and >= 0, ``seed`` an integer), images that are not a finite
+            floating-point batch or a loss that is NaN or infinite (the message names the
+            batch), an empty validation loader or one with bad labels (checked before
+            training), or a checkpoint made with other hyper-parameters or settings or for
+            another architecture (the message names what differs; the explainer is left
+            unchanged).
     """
     if not isinstance(config, ExplainerHyperparameters):
         hint = (
@@ -422,8 +507,19 @@ def fit_explainer(
             f"config={hint}"
         )
     hp = config
-    if epochs < 1 or patience < 1:
-        raise ValueError(f"epochs and patience must be >= 1, got {epochs} and {patience}")
+    if not isinstance(classifier, nn.Module):
+        raise TypeError(
+            f"classifier must be an nn.Module (it is frozen for the training), got "
+            f"{type(classifier).__name__}"
+        )
+    _check_loop_settings(epochs, patience, max_steps_per_epoch, min_delta, seed, multilabel)
+    if not isinstance(baseline, Tensor) and (
+        not isinstance(baseline, numbers.Real) or not math.isfinite(baseline)
+    ):
+        raise ValueError(
+            f"baseline must be a finite number or a tensor broadcastable to the images, got "
+            f"{baseline!r}"
+        )
     if val_loader is not None:
         _check_validation(val_loader, explainer.num_classes, multilabel)
     settings = {
@@ -540,6 +636,7 @@ def _train_epoch(
             break
         images, targets, multi = _to_device(batch, explainer, multilabel)
         loss, terms = objective(explainer, classifier, images, targets, multi, hp, baseline)
+        _check_finite_loss(loss, terms, f"training batch {step} of epoch {epoch + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,30 @@
+"""ExplainerAttribution on float64 images: the classifier gets them as they are, the explainer a
+copy in its own dtype, and the masks come back in the input's dtype (as Captum's methods do)."""
+
+from __future__ import annotations
+
+import torch
+
+from ctc_plugin import ExplainerAttribution
+from tests.explainer.helpers import NUM_CLASSES, SIZE, tiny_classifier, tiny_explainer
+
+
+def _trained_explainer():
+    explainer = tiny_explainer().eval()
+    explainer.trained_steps.fill_(1)
+    explainer.image_size.copy_(torch.tensor([SIZE, SIZE]))
+    return explainer
+
+
+def test_float64_images_and_classifier_give_float64_masks():
+    classifier = tiny_classifier().eval().double()
+    explainer = _trained_explainer()
+    images = torch.rand(2, 3, SIZE, SIZE, dtype=torch.float64)
+    attribution = ExplainerAttribution(classifier, explainer)
+    for target in (None, 1, [0, NUM_CLASSES - 1]):
+        masks = attribution.attribute(images, target=target)
+        assert masks.dtype == torch.float64 and masks.shape == images.shape
+        assert ((masks >= 0) & (masks <= 1)).all()
+    expected = explainer.masks(images.float())[:, 1:2].expand_as(images).double()
+    torch.testing.assert_close(attribution.attribute(images, target=1), expected)
+    assert next(explainer.parameters()).dtype == torch.float32  # the explainer is not converted
