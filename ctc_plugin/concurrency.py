@@ -204,8 +204,9 @@ def exclusive(obj: Any) -> Iterator[None]:
 def holds_model(exclusive_if: Callable[[dict[str, Any]], bool] | None = None) -> Callable[[F], F]:
     """Decorate an attribution method to hold the model of ``self.forward_func`` while it runs.
 
-    The model (see [`model_of`][ctc_plugin.inputs.model_of]) is held shared, or exclusively where
-    ``exclusive_if`` returns True for the call's arguments (by parameter name, defaults included).
+    The model (see [`model_of`][ctc_plugin.concurrency.model_of]) is held shared, or exclusively
+    where ``exclusive_if`` returns True for the call's arguments (by parameter name, defaults
+    included).
 
     Args:
         exclusive_if: ``f(arguments) -> bool``; None: always shared.

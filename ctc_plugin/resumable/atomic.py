@@ -6,13 +6,15 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 __all__ = [
     "STALE_AFTER",
     "ConfigMismatchError",
+    "folder_lock",
     "is_stale_temporary",
     "remove_stale_temporaries",
     "write_atomic",
@@ -122,6 +124,32 @@ def is_stale_temporary(path: Path, now: float | None = None) -> bool:
     except FileNotFoundError:
         return False  # renamed into place or removed meanwhile
     return age > STALE_AFTER
+
+
+@contextmanager
+def folder_lock(folder: Path, exclusive: bool) -> Iterator[None]:
+    """Hold an advisory lock on ``folder`` (which must exist) within the block.
+
+    Processes that hold it shared run together; one that holds it exclusively waits for them
+    and keeps them waiting. It is ``flock`` on the folder itself, so no lock file is added, and
+    the system drops it when its process dies (a killed run never leaves the folder locked).
+    Where folders cannot be locked (no ``fcntl``, a file system without ``flock``), the block
+    runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not a POSIX system
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except OSError:  # pragma: no cover - a file system that cannot lock
+            pass
+        yield
+    finally:
+        os.close(descriptor)  # lets go of the lock
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

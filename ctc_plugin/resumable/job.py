@@ -169,18 +169,30 @@ def run_job(
             [`run_on_ray`][ctc_plugin.resumable.cluster.run_on_ray]); ``None`` or ``False``
             runs in this process. Not part of the manifest: either engine resumes the other's
             run.
-        ray_workers: CPUs of the local Ray cluster (``None``: all).
+        ray_workers: CPUs of the local Ray cluster that ``ray=True`` starts (``None``: all);
+            refused without ``ray=True``.
         runner: The runner of the embedded engine (``None``: ``job.runner()``, made only when
             a shard is left).
 
     Raises:
         ConfigMismatchError: If ``out`` holds a run with another manifest.
+        ValueError: For ``ray_workers`` below 1, or given without ``ray=True`` (a cluster's
+            address has its own workers), before any work.
         RayUnavailableError: If ``ray`` is given and Ray is not installed (before any work).
         RayConnectionError: If ``ray`` is the address of a Ray cluster that cannot be
             reached.
     """
     from tqdm.auto import tqdm
 
+    if ray_workers is not None and (ray is not True or ray_workers < 1):
+        raise ValueError(
+            f"ray_workers={ray_workers} sizes the local Ray cluster that ray=True starts: "
+            + (
+                "give at least 1"
+                if ray is True
+                else f"drop ray_workers, or give ray=True instead of ray={ray!r}"
+            )
+        )
     start = time.perf_counter()
     shards = job.shards()
     store = RunStore(out)

@@ -16,7 +16,10 @@ moment leaves whole shards, maybe a lone ``.npz`` of an unfinished one (rewritte
 runs again) and maybe ``.tmp-*`` files, which the next run removes once their writer is gone
 (see [`remove_stale_temporaries`][ctc_plugin.resumable.atomic.remove_stale_temporaries]): a
 second process opening the folder, or a report written while the run goes on, never removes
-the temporary file of a writer still running.
+the temporary file of a writer still running. Processes that write shards hold the folder
+shared while they write one, and a start holds it exclusively while it checks and writes the
+manifest ([`folder_lock`][ctc_plugin.resumable.atomic.folder_lock]), so a start never replaces
+a run in the middle of a shard.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctc_plugin.resumable.atomic import (
     ConfigMismatchError,
+    folder_lock,
     is_stale_temporary,
     remove_stale_temporaries,
     write_atomic,
@@ -80,7 +84,10 @@ class RunStore:
         say) holds nothing to keep: its files are removed and ``manifest`` starts afresh,
         unless the folder holds other files too. A run still under way in another process
         then finds the manifest changed when it writes its first shard, and stops
-        ([`write_shard`][ctc_plugin.resumable.store.RunStore.write_shard]).
+        ([`write_shard`][ctc_plugin.resumable.store.RunStore.write_shard]); a shard it is
+        writing when this start comes is finished first (this start waits for it) and then
+        counts as finished, so the start is refused. Temporary files of a start killed while
+        it wrote the manifest are removed too.
 
         Args:
             manifest: ``{"job": kind, "config": {...}, ...}``: what a resumed run must share
@@ -100,29 +107,32 @@ class RunStore:
         """
         path = self.root / MANIFEST
         manifest = {"format": _FORMAT, **json_values(manifest)}
-        if restart_unfinished and path.exists() and self._nothing_finished(manifest.get("job")):
-            self._clear()  # a start that finished no shard (a typo in an option): start afresh
-        if path.exists():
-            stored = self.manifest()
-            if stored.get("job") != manifest.get("job"):
-                raise ValueError(
-                    f"{self.root} holds a run of {stored.get('job')}, not of "
-                    f"{manifest.get('job')}; choose another --out"
-                )
-            differences = _differences(stored, manifest)
-            if differences:
-                raise ConfigMismatchError(self.root, differences)
-        else:
-            if not adopt and self.root.exists() and any(self.root.iterdir()):
-                raise ValueError(
-                    f"--out {self.root} is a folder with other files and no {MANIFEST}; give "
-                    "an empty or new folder for the run's results"
-                )
-            text = json.dumps(manifest, indent=1) + "\n"
-            write_atomic(path, lambda stream: stream.write(text.encode()))
-        self._opened = manifest
-        self.shards.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.shards)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.root, exclusive=True):  # no shard is written meanwhile
+            remove_stale_temporaries(self.root)  # a start killed while writing its manifest
+            if restart_unfinished and path.exists() and self._nothing_finished(manifest.get("job")):
+                self._clear()  # a start that finished no shard (a typo in an option): start afresh
+            if path.exists():
+                stored = self.manifest()
+                if stored.get("job") != manifest.get("job"):
+                    raise ValueError(
+                        f"{self.root} holds a run of {stored.get('job')}, not of "
+                        f"{manifest.get('job')}; choose another --out"
+                    )
+                differences = _differences(stored, manifest)
+                if differences:
+                    raise ConfigMismatchError(self.root, differences)
+            else:
+                if not adopt and any(self.root.iterdir()):
+                    raise ValueError(
+                        f"--out {self.root} is a folder with other files and no {MANIFEST}; "
+                        "give an empty or new folder for the run's results"
+                    )
+                text = json.dumps(manifest, indent=1) + "\n"
+                write_atomic(path, lambda stream: stream.write(text.encode()))
+            self._opened = manifest
+            self.shards.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.shards)
         if plan is not None:
             text = json.dumps(plan, indent=1) + "\n"
             write_atomic(self.root / PLAN, lambda stream: stream.write(text.encode()))
@@ -132,6 +142,8 @@ class RunStore:
         ours = {MANIFEST, PLAN, self.shards.name}
         if self.finished() or any(entry.name not in ours for entry in self.root.iterdir()):
             return False
+        if self.shards.is_dir() and any(map(_live_temporary, self.shards.iterdir())):
+            return False  # a writer that takes no lock is under way: its run stays
         try:
             return read_json(self.root / MANIFEST).get("job") == job
         except ValueError:
@@ -200,14 +212,17 @@ class RunStore:
         import numpy as np
         import pyarrow.parquet as pq
 
-        if self._opened is not None:
-            stored = self.manifest() if (self.root / MANIFEST).exists() else {}
-            differences = _differences(stored, self._opened)
-            if differences:
-                raise ConfigMismatchError(self.root, differences)
-
-        write_atomic(self.arrays_path(name), lambda stream: np.savez_compressed(stream, **arrays))
-        write_atomic(self.table_path(name), lambda stream: pq.write_table(table, stream))
+        self.shards.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.root, exclusive=False):  # open() of another start waits
+            if self._opened is not None:
+                stored = self.manifest() if (self.root / MANIFEST).exists() else {}
+                differences = _differences(stored, self._opened)
+                if differences:
+                    raise ConfigMismatchError(self.root, differences)
+            write_atomic(
+                self.arrays_path(name), lambda stream: np.savez_compressed(stream, **arrays)
+            )
+            write_atomic(self.table_path(name), lambda stream: pq.write_table(table, stream))
 
     def finished(self) -> list[str]:
         """Names of the finished shards, sorted."""
@@ -218,21 +233,37 @@ class RunStore:
         )
 
     def read_table(self) -> pa.Table:
-        """Every finished shard's rows, in shard order, as one ``pyarrow.Table``."""
+        """Every finished shard's rows, in shard order, as one ``pyarrow.Table``.
+
+        Raises:
+            FileNotFoundError: If no shard is finished yet.
+            ValueError: If a shard's table does not parse (the message says which file to
+                delete so that the next run computes the shard again).
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        tables = [pq.read_table(self.table_path(name)) for name in self.finished()]
+        tables = [
+            self._read(name, pq.read_table, self.table_path(name)) for name in self.finished()
+        ]
         if not tables:
             raise FileNotFoundError(f"{self.root} holds no finished shard yet")
         return pa.concat_tables(tables)
 
     def read_arrays(self, name: str) -> dict[str, np.ndarray]:
-        """The arrays of shard ``name`` (read with ``allow_pickle=False``)."""
+        """The arrays of shard ``name`` (read with ``allow_pickle=False``).
+
+        Raises:
+            ValueError: If the file does not parse (the message says which file to delete so
+                that the next run computes the shard again).
+        """
         import numpy as np
 
-        with np.load(self.arrays_path(name), allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+        def load(path: Path) -> dict[str, np.ndarray]:
+            with np.load(path, allow_pickle=False) as data:
+                return {key: data[key] for key in data.files}
+
+        return self._read(name, load, self.arrays_path(name))
 
     def read_shard(self, name: str) -> tuple[pa.Table, dict[str, np.ndarray]]:
         """The table and the arrays of the finished shard ``name``.
@@ -243,11 +274,17 @@ class RunStore:
         """
         import pyarrow.parquet as pq
 
+        return self._read(name, pq.read_table, self.table_path(name)), self.read_arrays(name)
+
+    def _read(self, name: str, read: Any, path: Path) -> Any:
+        """``read(path)``, a file of shard ``name``, with one clear error for a damaged file."""
+        import zipfile
+
         try:
-            return pq.read_table(self.table_path(name)), self.read_arrays(name)
-        except (OSError, ValueError) as error:  # pyarrow's and numpy's errors for damage
+            return read(path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # pyarrow's, numpy's
             raise ValueError(
-                f"cannot read the shard {name} of {self.root}: {error}; delete "
+                f"cannot read the shard {name} of {self.root}: {path.name}: {error}; delete "
                 f"{self.table_path(name)} to compute it again"
             ) from error
 

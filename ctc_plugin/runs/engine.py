@@ -464,7 +464,8 @@ def explain_dataset(
             cluster, a string is a cluster's address (see
             [`run_on_ray`][ctc_plugin.resumable.cluster.run_on_ray]). Not part of the
             configuration: the results are the same, and either engine resumes the other's run.
-        ray_workers: CPUs of the local Ray cluster (``None``: all).
+        ray_workers: CPUs of the local Ray cluster that ``ray=True`` starts (``None``: all);
+            refused without ``ray=True``.
 
     Returns:
         A [`RunResult`][ctc_plugin.runs.engine.RunResult]; ``.table()`` reads every row.
@@ -475,8 +476,8 @@ def explain_dataset(
         RayUnavailableError: If ``ray`` is given and Ray is not installed.
         RayConnectionError: If ``ray`` is the address of a Ray cluster that cannot be
             reached.
-        ValueError: For unknown methods and invalid numbers, or an ``out`` that holds another
-            kind of run.
+        ValueError: For unknown methods and invalid numbers, ``ray_workers`` without
+            ``ray=True``, or an ``out`` that holds another kind of run.
         CLIError: For a model, device, segmenter or target that cannot be used.
 
     Examples:
