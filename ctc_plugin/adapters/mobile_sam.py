@@ -22,6 +22,11 @@ __all__ = ["MobileSAMSegmenter"]
 
 _PURPOSE = "MobileSAMSegmenter"
 _PIP = "git+https://github.com/ChaoningZhang/MobileSAM"
+_CHECKPOINT_HINT = (
+    "pass checkpoint=PATH to MobileSAMSegmenter; the official checkpoint is mobile_sam.pt "
+    "(weights/mobile_sam.pt in the MobileSAM repository)"
+)
+_MODEL_TYPE_HINT = "MobileSAM's own checkpoint mobile_sam.pt is model_type='vit_t'"
 
 
 class MobileSAMSegmenter(SAMSegmenter):
@@ -68,7 +73,14 @@ class MobileSAMSegmenter(SAMSegmenter):
 
     def _load_model(self, checkpoint: str | os.PathLike[str] | None, model_type: str) -> Any:
         registry = require("mobile_sam", _PIP, _PURPOSE).sam_model_registry
-        return load_sam(checkpoint, model_type, registry=registry)
+        return load_sam(
+            checkpoint,
+            model_type,
+            registry=registry,
+            what="MobileSAM checkpoint",
+            hint=_CHECKPOINT_HINT,
+            model_type_hint=_MODEL_TYPE_HINT,
+        )
 
     def _make_generator(self, model: Any, options: dict[str, Any]) -> Any:
         generator_class = require("mobile_sam", _PIP, _PURPOSE).SamAutomaticMaskGenerator

@@ -14,7 +14,9 @@ empty, truncated or corrupt file is one clear error naming it); nothing is downl
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
+import textwrap
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -43,6 +45,11 @@ CHECKPOINT_HINT = (
     "pass checkpoint=PATH to SAMSegmenter (command line: --sam-checkpoint PATH); the official "
     "checkpoints are sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth and sam_vit_h_4b8939.pth from "
     "the segment-anything project"
+)
+
+MODEL_TYPE_HINT = (
+    "pass the model_type the checkpoint was trained as (the file name usually says: vit_b, vit_l "
+    "or vit_h)"
 )
 
 _SAM_SCORES = ("predicted_iou", "stability_score")
@@ -134,6 +141,10 @@ def load_sam(
     checkpoint: str | os.PathLike[str] | None,
     model_type: str = "vit_b",
     registry: Mapping[str, Callable[..., torch.nn.Module]] | None = None,
+    *,
+    what: str = "SAM checkpoint",
+    hint: str = CHECKPOINT_HINT,
+    model_type_hint: str = MODEL_TYPE_HINT,
 ) -> Sam:
     """Build a SAM architecture and load a checkpoint into it safely.
 
@@ -144,6 +155,11 @@ def load_sam(
         registry: Builders by ``model_type``, each called as ``builder(checkpoint=None)``
             (default: [`SAM_MODEL_TYPES`][ctc_plugin.adapters.sam.SAM_MODEL_TYPES]; the MobileSAM
             adapter passes its own).
+        what: What the file is, in the messages (the SAM 2 and MobileSAM adapters name theirs).
+        hint: How to give the checkpoint and which files are meant, in the messages about a
+            missing one.
+        model_type_hint: What to do, in the message about a checkpoint that does not match
+            ``model_type``.
 
     Raises:
         ValueError: Without a checkpoint, for an unknown ``model_type``, an unreadable file (the
@@ -156,24 +172,24 @@ def load_sam(
     if model_type not in registry:
         raise ValueError(f"model_type must be one of {sorted(registry)}, got {model_type!r}")
     if checkpoint is None:
-        raise ValueError(f"SAMSegmenter needs a SAM checkpoint: {CHECKPOINT_HINT}")
+        raise ValueError(f"no {what} was given: {hint}")
     path = Path(checkpoint).expanduser()
     if not path.exists():  # a folder or a damaged file gets read_data_file's message
-        raise FileNotFoundError(f"SAM checkpoint {str(path)!r} does not exist: {CHECKPOINT_HINT}")
-    state = read_data_file(path, "SAM checkpoint")
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist: {hint}")
+    state = read_data_file(path, what)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"SAM checkpoint {str(path)!r} does not hold a state dict of tensors")
+        raise ValueError(f"{what} {str(path)!r} does not hold a state dict of tensors")
     sam = registry[model_type](checkpoint=None)
     try:
         sam.load_state_dict(state, strict=True)
     except RuntimeError as error:
         detail = str(error).splitlines()
+        first = detail[1].strip() if len(detail) > 1 else detail[0]
         raise ValueError(
-            f"SAM checkpoint {str(path)!r} does not match model_type={model_type!r} "
-            f"({detail[1].strip() if len(detail) > 1 else detail[0]} ...); pass the model_type "
-            "the checkpoint was trained as (the file name usually says: vit_b, vit_l or vit_h)"
+            f"{what} {str(path)!r} does not match model_type={model_type!r} "
+            f"({textwrap.shorten(first, 300, placeholder=' ...')}); {model_type_hint}"
         ) from error
     return sam.eval()
 
@@ -230,7 +246,8 @@ def _check_generator_options(options: dict[str, Any]) -> None:
     """
     for name in ("points_per_side", "points_per_batch"):
         value = options.get(name)
-        if value is not None and (not isinstance(value, int) or value < 1):
+        is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if value is not None and (not is_int or value < 1):
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     mode = options.get("output_mode", "binary_mask")
     if mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
@@ -273,7 +290,7 @@ class SAMSegmenter(Segmenter):
 
     Raises:
         ValueError: Without checkpoint or model (the message names ``checkpoint=`` and
-            ``--sam-checkpoint``), or with a checkpoint that does not load.
+            ``--sam-checkpoint``), with both, or with a checkpoint that does not load.
 
     Examples:
         ```python
@@ -304,15 +321,22 @@ class SAMSegmenter(Segmenter):
             raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
         check_partition_options(dilation, min_area, remainder)
         _check_generator_options(generator_options)
-        self._checkpoint_source: str | None = None
+        self._checkpoint_source: tuple[tuple[tuple[int, int], ...], str] | None = None
         if model is not None:
+            if checkpoint is not None:
+                raise ValueError(
+                    "give checkpoint= (a file to load) or model= (a model already built), not "
+                    "both: the checkpoint would not be loaded into the model"
+                )
             self._check_model(model)
         else:
             model = self._load_model(checkpoint, model_type)
-            self._checkpoint_source = _file_identity(Path(checkpoint).expanduser())  # type: ignore[arg-type]
         if device is not None:
             model = model.to(device)
         self.model = model.eval()
+        if checkpoint is not None:  # the file names the weights until they are changed
+            identity = _file_identity(Path(checkpoint).expanduser())
+            self._checkpoint_source = (_weights_state(self.model), identity)
         self._fingerprint: tuple[tuple[tuple[int, int], ...], str] | None = None
         self._generate_lock = threading.Lock()
         self.model_type = model_type
@@ -354,13 +378,14 @@ class SAMSegmenter(Segmenter):
         """What identifies the model's weights in the cache key.
 
         A checkpoint by its path, size and modification time (hashing a 2.5 GB file would take
-        seconds); a model given as a module by the sha256 of its weights, computed again
-        whenever a tensor of it was written or replaced since (``load_state_dict``), so masks
-        of earlier weights are never served from the cache.
+        seconds) while the weights loaded from it are unchanged; a model given as a module, or
+        the checkpoint's model once a tensor of it was written or replaced
+        (``load_state_dict``, ``.to()``), by the sha256 of its weights, computed again whenever
+        they change, so masks of other weights are never served from the cache.
         """
-        if self._checkpoint_source is not None:
-            return self._checkpoint_source
         state = _weights_state(self.model)
+        if self._checkpoint_source is not None and self._checkpoint_source[0] == state:
+            return self._checkpoint_source[1]
         if self._fingerprint is None or self._fingerprint[0] != state:
             self._fingerprint = (state, f"model:{_fingerprint_model(self.model)}")
         return self._fingerprint[1]
@@ -369,11 +394,17 @@ class SAMSegmenter(Segmenter):
         """Pickle without the lock (a new one is made on unpickling)."""
         state = self.__dict__.copy()
         state["_generate_lock"] = None
+        source = self._checkpoint_source
+        if source is not None:  # tensor addresses do not survive pickling; the identity does
+            unchanged = source[0] == _weights_state(self.model)
+            state["_checkpoint_source"] = (None, source[1]) if unchanged else None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._generate_lock = threading.Lock()
+        if self._checkpoint_source is not None:
+            self._checkpoint_source = (_weights_state(self.model), self._checkpoint_source[1])
 
     def settings(self) -> dict[str, Any]:
         """Return every option that changes the result (the cache key)."""

@@ -23,6 +23,16 @@ from ctc_plugin.adapters.sam import SAMSegmenter, load_sam
 __all__ = ["SAM2Segmenter"]
 
 _PURPOSE = "SAM2Segmenter"
+_CHECKPOINT_HINT = (
+    "pass checkpoint=PATH to SAM2Segmenter, with the config it belongs to as model_type; the "
+    "official checkpoints are sam2.1_hiera_tiny.pt, sam2.1_hiera_small.pt, "
+    "sam2.1_hiera_base_plus.pt and sam2.1_hiera_large.pt from the sam2 project"
+)
+_MODEL_TYPE_HINT = (
+    "pass the config the checkpoint belongs to as model_type (e.g. "
+    "'configs/sam2.1/sam2.1_hiera_t.yaml' for sam2.1_hiera_tiny.pt, "
+    "'configs/sam2.1/sam2.1_hiera_l.yaml' for sam2.1_hiera_large.pt)"
+)
 
 
 class SAM2Segmenter(SAMSegmenter):
@@ -76,7 +86,14 @@ class SAM2Segmenter(SAMSegmenter):
         def build(checkpoint: None = None) -> Any:  # the config names the architecture
             return build_sam2(model_type, ckpt_path=None, device=str(self._device), mode="eval")
 
-        return load_sam(checkpoint, model_type, registry={model_type: build})
+        return load_sam(
+            checkpoint,
+            model_type,
+            registry={model_type: build},
+            what="SAM 2 checkpoint",
+            hint=_CHECKPOINT_HINT,
+            model_type_hint=_MODEL_TYPE_HINT,
+        )
 
     def _make_generator(self, model: Any, options: dict[str, Any]) -> Any:
         module = require("sam2.automatic_mask_generator", "sam2", _PURPOSE)

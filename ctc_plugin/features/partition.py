@@ -257,6 +257,11 @@ def as_feature_mask(
 
     Returns:
         A ``LongTensor`` ``(N, 1, H, W)``.
+
+    Raises:
+        ValueError: Masks that are not binary, of different sizes (within one image or between
+            the images of a list) or not of ``shape``.
+        TypeError: A label map that is not of an integer dtype.
     """
     if hasattr(masks, "mask_list") and hasattr(masks, "mask"):  # captum ImageMaskInput
         if shape is None and hasattr(masks, "image") and hasattr(masks.image, "size"):
@@ -284,7 +289,16 @@ def as_feature_mask(
     if isinstance(masks, Sequence) and masks and not isinstance(masks, str):
         per_image = [_is_per_image(item) for item in masks]
         if all(per_image):
-            return torch.cat([as_feature_mask(item, shape, **options) for item in masks])
+            parts = [as_feature_mask(item, shape, **options) for item in masks]
+            sizes = [tuple(part.shape[2:]) for part in parts]
+            if len(set(sizes)) > 1:
+                odd = next(i for i, size in enumerate(sizes) if size != sizes[0])
+                raise ValueError(
+                    f"the images' masks differ in size: image 0's are {sizes[0]}, image {odd}'s "
+                    f"{sizes[odd]}; one feature mask covers a batch of images of one size "
+                    "(resize the masks to the images' size first)"
+                )
+            return torch.cat(parts)
         if any(per_image):
             first = per_image.index(True)
             raise ValueError(

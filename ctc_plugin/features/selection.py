@@ -22,9 +22,11 @@ still a partition usable as Captum's ``feature_mask``.
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import jenkspy
@@ -52,7 +54,8 @@ class SelectionConfig:
 
     Attributes:
         k: Features kept.
-        grid: Cells per side of the grid the Jenks breaks are computed in.
+        grid: Cells per side of the grid the Jenks breaks are computed in (where the image
+            does not divide evenly, cells differ in size by at most one pixel).
         jenks_classes: Classes of the per-cell Jenks split.
         jenks_break: Index into the ``jenks_classes + 1`` break values (minimum first) used as
             the cell's threshold (the reference's ``breaks[-5]`` with 6 classes).
@@ -84,6 +87,16 @@ class SelectionConfig:
     colour_weight: float = 1.0 / 3.0
 
     def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.type == "int" and (
+                not isinstance(value, numbers.Integral) or isinstance(value, bool)
+            ):
+                raise ValueError(f"{item.name} must be an int, got {value!r}")
+            if item.type == "float" and (
+                not isinstance(value, numbers.Real) or not math.isfinite(value)
+            ):
+                raise ValueError(f"{item.name} must be a finite number, got {value!r}")
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
         if self.grid < 1 or self.jenks_classes < 2:
@@ -96,6 +109,12 @@ class SelectionConfig:
             raise ValueError(f"percentile must be in [0, 100], got {self.percentile}")
         if self.eps <= 0 or self.min_samples < 1 or self.max_search_steps < 1:
             raise ValueError("eps must be > 0, min_samples >= 1 and max_search_steps >= 1")
+        if self.eps_step < 0 or self.min_samples_step < 0 or self.max_clusters < 0:
+            raise ValueError(
+                "eps_step, min_samples_step and max_clusters must be >= 0 (the search grows eps "
+                f"and min_samples), got {self.eps_step}, {self.min_samples_step} and "
+                f"{self.max_clusters}"
+            )
         if not 0 <= self.max_noise <= 1:
             raise ValueError(f"max_noise must be in [0, 1], got {self.max_noise}")
 
@@ -135,17 +154,18 @@ def relevant_pixels(relevance: np.ndarray, config: SelectionConfig) -> np.ndarra
     """
     height, width = relevance.shape
     global_threshold = np.percentile(relevance, config.percentile)
-    cell_h = int(np.ceil(height / config.grid))
-    cell_w = int(np.ceil(width / config.grid))
+    # grid x grid cells whose sizes differ by at most one pixel (as GridSegmenter's)
+    rows = np.arange(config.grid + 1) * height // config.grid
+    cols = np.arange(config.grid + 1) * width // config.grid
     keep = relevance > global_threshold
-    for top in range(0, height, cell_h):
-        for left in range(0, width, cell_w):
-            cell = relevance[top : top + cell_h, left : left + cell_w]
+    for top, bottom in zip(rows[:-1], rows[1:]):
+        for left, right in zip(cols[:-1], cols[1:]):
+            cell = relevance[top:bottom, left:right]
             if np.unique(cell).size < config.jenks_classes:
                 continue
             breaks = jenkspy.jenks_breaks(cell.ravel().astype(np.float64), config.jenks_classes)
             cut = breaks[config.jenks_break]
-            keep[top : top + cell_h, left : left + cell_w] &= cell > cut
+            keep[top:bottom, left:right] &= cell > cut
     return keep
 
 
@@ -303,6 +323,8 @@ def select_features(
         TypeError: If ``config`` is not a ``SelectionConfig``, or for a keyword argument this
             function no longer takes (``k=``, ``eps=``, ... are fields of the config;
             ``return_details=`` is gone, the details are always returned).
+        ValueError: A mask or heatmap that does not fit the images, images outside the declared
+            value range, or a heatmap with NaN or infinite values.
     """
     if not isinstance(config, SelectionConfig):
         raise TypeError(
@@ -323,6 +345,14 @@ def select_features(
     else:
         heatmap = relevance_heatmap(relevance, model, images, target)
     heatmap_np = heatmap.cpu().numpy().astype(np.float64)
+    finite = np.isfinite(heatmap_np).reshape(n, -1)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise ValueError(
+            f"the relevance heatmap holds {int((~finite).sum())} NaN or infinite values (first "
+            f"in image {first}); thresholds and clusters of it are undefined: pass a finite "
+            "heatmap, or a relevance method that gives one for these images and this model"
+        )
 
     masks, selected_all, ids_all, scores_all, clusters_all, converged_all = [], [], [], [], [], []
     for index in range(n):

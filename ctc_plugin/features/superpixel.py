@@ -8,6 +8,7 @@ defaults give 10 to 30 segments (mostly 15 to 25) on 96 x 96 and 224 x 224 natur
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -83,6 +84,8 @@ class SuperpixelSegmenter(Segmenter):
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         if n_segments < 1:
             raise ValueError(f"n_segments must be at least 1, got {n_segments}")
+        if min_area is not None and not min_area >= 0:
+            raise ValueError(f"min_area must be non-negative, got {min_area}")
         self.method = method
         self.n_segments = int(n_segments)
         self.min_area = min(0.005, 0.25 / self.n_segments) if min_area is None else float(min_area)
@@ -150,8 +153,9 @@ class GridSegmenter(Segmenter):
         std: Accepted for the same signature as the other segmenters; ignored.
 
     Raises:
-        ValueError: ``cells`` below 1 (at construction); at call time a batch that is not
-            ``(N, C, H, W)``, an empty batch, or a grid finer than the image.
+        ValueError: ``cells`` neither a positive int nor a pair of them (at construction); at
+            call time a batch that is not ``(N, C, H, W)``, an empty batch, or a grid finer
+            than the image.
     """
 
     def __init__(
@@ -163,10 +167,15 @@ class GridSegmenter(Segmenter):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__(value_range=value_range, mean=mean, std=std, cache=None)
-        rows, cols = (cells, cells) if isinstance(cells, int) else tuple(cells)
-        if rows < 1 or cols < 1:
-            raise ValueError(f"cells must be positive, got {cells!r}")
-        self.cells = (int(rows), int(cols))
+        pair = (cells, cells) if isinstance(cells, numbers.Integral) else cells
+        counts = tuple(pair) if isinstance(pair, Sequence) else ()
+        if len(counts) != 2 or not all(
+            isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 1 for c in counts
+        ):
+            raise ValueError(
+                f"cells must be a positive int or a pair (rows, columns) of them, got {cells!r}"
+            )
+        self.cells = (int(counts[0]), int(counts[1]))
 
     def __repr__(self) -> str:
         return f"GridSegmenter(cells={self.cells})"
