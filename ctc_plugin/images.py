@@ -436,13 +436,22 @@ def read_image(path: str | Path) -> Tensor:
     image is converted to RGB by [`to_rgb`][ctc_plugin.images.to_rgb]. An animated image (GIF,
     WebP, PNG) or a multi-page TIFF gives its first frame.
 
+    Pillow's guard against decompression bombs holds: an image of more than twice
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (about 179 million by default) is refused, and the
+    message says how to raise the limit for a file you trust.
+
     Raises:
-        FileNotFoundError: If ``path`` does not exist (or is a folder).
-        ValueError: If the file is not an image Pillow can read, or has no RGB reading.
+        FileNotFoundError: If ``path`` does not exist (or is a folder: the message says so).
+        ValueError: If the file is not an image Pillow can read, has no RGB reading, or has
+            more pixels than Pillow's limit.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise FileNotFoundError(
+            f"{path} is a folder, not an image file (give the path of an image inside it)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path} (give the path of an image)")
     try:
@@ -451,7 +460,12 @@ def read_image(path: str | Path) -> Tensor:
             image = ImageOps.exif_transpose(opened)
             if image is None or image is opened:  # Pillow versions differ on what they return
                 image = opened.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"{path} is too large to read safely ({error}); if you trust the file, raise the "
+            "limit first: PIL.Image.MAX_IMAGE_PIXELS = None"
+        ) from error
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(
             f"cannot read {path} as an image ({error}); is the file complete and a PNG/JPEG?"
         ) from error
@@ -464,17 +478,18 @@ def to_rgb(image: PILImage.Image, name: str | None = None) -> PILImage.Image:
     - palette (``P``, ``PA``), CMYK, YCbCr and other colour modes: Pillow's conversion;
     - grayscale (``1``, ``L``): the gray value in all three channels;
     - 16-bit grayscale (``I;16`` and ``I``): scaled from 0..65535 to 0..255, then as ``L``;
-    - with transparency (``RGBA``, ``LA``, ``PA``, a ``P`` image's transparent colour):
-      composited on a white background, so transparent pixels are white (the colour they are
-      usually shown on) rather than whatever colour the file stores under them.
+    - with transparency (``RGBA``, ``LA``, ``PA``, the transparent colour of a ``P``, ``L`` or
+      16-bit grayscale image): composited on a white background, so transparent pixels are
+      white (the colour they are usually shown on) rather than whatever colour the file stores
+      under them.
 
     Args:
         image: A PIL image of any mode.
         name: What to call the image in error messages (e.g. its path).
 
     Raises:
-        ValueError: For floating-point images (mode ``F``: no fixed range) and modes Pillow
-            cannot convert.
+        ValueError: For floating-point images (mode ``F``: no fixed range), 32-bit integer
+            images (mode ``I``) with values outside 0..65535, and modes Pillow cannot convert.
     """
     from PIL import Image
 
@@ -488,7 +503,17 @@ def to_rgb(image: PILImage.Image, name: str | None = None) -> PILImage.Image:
         )
     if image.mode in WIDE_MODES:
         wide = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8))
+        if wide.size and (wide.min() < 0 or wide.max() > 65535):
+            raise ValueError(
+                f"{label} is a 32-bit integer image (mode {image.mode}) with values in "
+                f"[{wide.min():.0f}, {wide.max():.0f}], outside the 16-bit range 0..65535 it "
+                "is read in: scale it to an 8- or 16-bit image first"
+            )
+        transparent = image.info.get("transparency")
+        image = Image.fromarray(np.round(wide / 257.0).astype(np.uint8))
+        if isinstance(transparent, int):  # the gray value that stands for "see-through"
+            alpha = np.where(wide == transparent, 0, 255).astype(np.uint8)
+            image = Image.merge("LA", (image, Image.fromarray(alpha)))
     try:
         if image.mode in ALPHA_MODES or "transparency" in image.info:
             rgba = image.convert("RGBA")

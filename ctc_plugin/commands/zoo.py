@@ -100,10 +100,13 @@ def run_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     """Train each requested family and save its float32 state dict.
 
-    A file written into the shipped weights folder gets its manifest entry updated.
+    Each file is written under a temporary name beside it and renamed into place, so a save
+    that fails (disk full) or is killed leaves the previous file as it was. A file written into
+    the shipped weights folder gets its manifest entry updated.
     """
     import torch
 
+    from ctc_plugin.resumable.atomic import write_atomic
     from ctc_plugin.weights import record_in_manifest
     from ctc_plugin.zoo import train_family, weights_path
     from ctc_plugin.zoo.training import evaluate, training_config
@@ -121,7 +124,7 @@ def _train(args: argparse.Namespace) -> int:
             k: v.detach().float() if v.is_floating_point() else v.detach()
             for k, v in model.state_dict().items()
         }
-        torch.save(state, out)
+        write_atomic(out, lambda handle, state=state: torch.save(state, handle))
         record_in_manifest(out)  # keeps the shipped weights' manifest in step with the file
         accuracy = evaluate(model, args.split, size=args.eval_size)
         print(

@@ -42,13 +42,18 @@ class ShapesDataset(Dataset):
         image_size: Side of the square images in pixels (at least 32).
 
     Raises:
-        ValueError: For an unknown split, a negative size or seed, or images under 32 pixels.
+        ValueError: For an unknown split, a size, seed or image size that is not a whole number,
+            a negative size or seed, or images under 32 pixels.
     """
 
     def __init__(
         self, split: str = "shapes", size: int = 1000, seed: int = 1, image_size: int = 96
     ) -> None:
         self.classes: list[str] = list(check_split(split))
+        for name, value in (("size", size), ("seed", seed), ("image_size", image_size)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+        size, seed, image_size = int(size), int(seed), int(image_size)
         if size < 0 or seed < 0:
             raise ValueError(f"size and seed must be non-negative, got size={size}, seed={seed}")
         if image_size < 32:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ctc_plugin.datasets.dataset import ShapesDataset
+from ctc_plugin.resumable.atomic import write_atomic
 
 #: Where the bundled samples live.
 SAMPLES_DIR = Path(__file__).parent / "samples"
@@ -20,7 +23,15 @@ EXPORT_FILE = "export.json"
 
 
 def _to_png(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(array).save(path)
+    """Write ``array`` as a PNG under a temporary name, then rename it: never half a file.
+
+    The temporary name is fixed (``.tmp-<name>``), so writing the export again replaces what a
+    killed run left; no ``fsync`` per image (a crash of the machine, unlike a killed run, may
+    lose the last images: write the export again).
+    """
+    temporary = path.with_name(f".tmp-{path.name}")
+    Image.fromarray(array).save(temporary, format="PNG")
+    os.replace(temporary, path)
 
 
 def write_split(dataset: ShapesDataset, directory: str | Path, show_progress: bool = True) -> Path:
@@ -35,6 +46,10 @@ def write_split(dataset: ShapesDataset, directory: str | Path, show_progress: bo
     and image size, named by its ``export.json``: writing it again gives the same files, e.g.
     after an export was interrupted). Any other folder is refused, so that two data sets are
     never mixed in one folder.
+
+    Every file is written under a temporary name and renamed into place, so no file is ever
+    half-written, and ``labels.csv`` is written last: a folder without it holds an export that
+    was interrupted (write it again to finish it).
 
     Args:
         dataset: The data set to write.
@@ -57,17 +72,18 @@ def write_split(dataset: ShapesDataset, directory: str | Path, show_progress: bo
     (root / EXPORT_FILE).write_text(json.dumps(identity, indent=1) + "\n")
     for name in ("images", "evidence", "instances"):
         (root / name).mkdir(parents=True, exist_ok=True)
-    with open(root / "labels.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["index", "label", "class"])
-        for i in tqdm(range(len(dataset)), desc="writing", disable=not show_progress):
-            item = dataset[i]
-            stem = f"{i:05d}.png"
-            image = (item["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            _to_png(image, root / "images" / stem)
-            _to_png(item["evidence"].numpy().astype(np.uint8) * 255, root / "evidence" / stem)
-            _to_png(item["instances"].numpy().astype(np.uint8), root / "instances" / stem)
-            writer.writerow([i, item["label"], dataset.classes[item["label"]]])
+    rows = [["index", "label", "class"]]
+    for i in tqdm(range(len(dataset)), desc="writing", disable=not show_progress):
+        item = dataset[i]
+        stem = f"{i:05d}.png"
+        image = (item["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        _to_png(image, root / "images" / stem)
+        _to_png(item["evidence"].numpy().astype(np.uint8) * 255, root / "evidence" / stem)
+        _to_png(item["instances"].numpy().astype(np.uint8), root / "instances" / stem)
+        rows.append([i, item["label"], dataset.classes[item["label"]]])
+    table = io.StringIO(newline="")
+    csv.writer(table).writerows(rows)
+    write_atomic(root / "labels.csv", lambda handle: handle.write(table.getvalue().encode()))
     return root
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ctc_plugin.datasets.scene import check_split
 from ctc_plugin.files import read_state_dict
 from ctc_plugin.weights import classifier_path
 from ctc_plugin.zoo.models import ARCHITECTURES
 from ctc_plugin.zoo.settings import FAMILIES as FAMILIES
+
+#: Key prefixes that wrappers add to a state dict: ``nn.DataParallel`` and
+#: ``DistributedDataParallel`` (``module.``) and ``torch.compile`` (``_orig_mod.``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def check_family(family: str) -> None:
@@ -51,14 +57,42 @@ def weights_path(family: str, split: str = "shapes") -> Path:
     return classifier_path(family, split)
 
 
+def unwrapped_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the key prefix a wrapper added (``module.``, ``_orig_mod.``).
+
+    A state dict saved from ``nn.DataParallel(model)``, ``DistributedDataParallel(model)`` or
+    ``torch.compile(model)`` has every key prefixed; the prefix is dropped when every key of
+    ``state`` has it and no key of ``model`` does. ``state`` itself is not changed.
+    """
+    own = model.state_dict().keys()
+    stripped = True
+    while stripped and state:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(key.startswith(prefix) for key in state) and not any(
+                key.startswith(prefix) for key in own
+            ):
+                metadata = getattr(state, "_metadata", None)
+                state = OrderedDict(state)
+                if metadata is not None:
+                    state._metadata = type(metadata)(metadata)  # type: ignore[attr-defined]
+                consume_prefix_in_state_dict_if_present(state, prefix)
+                stripped = True
+    return state
+
+
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     """Load ``state`` (read from ``path``) into ``model``; return it in eval mode.
+
+    The key prefix of a wrapped model's state dict (``module.`` from ``nn.DataParallel`` or
+    ``DistributedDataParallel``, ``_orig_mod.`` from ``torch.compile``) is dropped first (see
+    [`unwrapped_state`][ctc_plugin.zoo.loading.unwrapped_state]).
 
     Raises:
         ValueError: ``weights in <path> do not fit the model: <torch's list of differences>``.
     """
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(unwrapped_state(model, state))
     except RuntimeError as error:
         raise ValueError(f"weights in {path} do not fit the model: {error}") from error
     return model.eval()
@@ -70,7 +104,9 @@ def load(family: str, split: str = "shapes", weights: str | Path | None = None) 
     Args:
         family: One of [`FAMILIES`][ctc_plugin.zoo.FAMILIES].
         split: The data set the model was trained on, ``"shapes"`` or ``"composite"``.
-        weights: A weight file to use instead of the shipped one.
+        weights: A weight file to use instead of the shipped one (a state dict; one saved from
+            an ``nn.DataParallel`` or ``torch.compile`` model, keys prefixed ``module.`` or
+            ``_orig_mod.``, loads too).
 
     Returns:
         The model; it takes ``ShapesDataset`` images as they are and returns logits.
@@ -99,7 +135,9 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
 
     No download happens: the architecture is built with ``weights=None`` and the state dict is
     read with ``torch.load(..., weights_only=True)``. The model expects images normalised the way
-    its weights were trained (for ImageNet weights, torchvision's mean/std).
+    its weights were trained (for ImageNet weights, torchvision's mean/std). A state dict saved
+    from a wrapped model (``nn.DataParallel``, ``DistributedDataParallel``: keys prefixed
+    ``module.``; ``torch.compile``: ``_orig_mod.``) loads as well.
 
     Args:
         arch: A torchvision classification builder name, e.g. ``"resnet18"`` or ``"vgg16_bn"``.
@@ -126,6 +164,7 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
     path = Path(weights_path)
     state = read_state_dict(path)
     model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    state = unwrapped_state(model, state)
     classes = None if "num_classes" in kwargs else head_classes(model, state)
     if classes is not None:
         model = torchvision.models.get_model(arch, weights=None, num_classes=classes, **kwargs)

@@ -120,8 +120,13 @@ def evaluate(
         show_progress: Show a tqdm progress bar while rendering.
 
     Raises:
-        ValueError: If ``seed`` is the zoo's training seed.
+        ValueError: If ``seed`` is the zoo's training seed, or ``size`` or ``batch_size`` is not
+            positive.
     """
+    if size < 1 or batch_size < 1:
+        raise ValueError(
+            f"size and batch_size must be positive, got size={size}, batch_size={batch_size}"
+        )
     if seed == TRAIN_SEED:
         raise ValueError(f"seed {TRAIN_SEED} is the training sample; evaluate with another seed")
     images, labels = ShapesDataset(split, size=size, seed=seed).tensors(show_progress)
