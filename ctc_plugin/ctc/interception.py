@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from torch.utils.hooks import RemovableHandle
 
 from ctc_plugin.ctc.copy_axis import REDUCTIONS
@@ -40,7 +40,12 @@ from ctc_plugin.ctc.errors import (
     copies_off_dim_zero,
 )
 from ctc_plugin.ctc.handlers import operation_name
-from ctc_plugin.ctc.operations import EXIT_FUNCTIONS, RANDOM_FUNCTIONS, rule_for
+from ctc_plugin.ctc.operations import (
+    EXIT_FUNCTIONS,
+    RANDOM_FUNCTIONS,
+    TEMPLATE_FUNCTIONS,
+    rule_for,
+)
 from ctc_plugin.ctc.rules import BatchDimensionError, GatedPass
 from ctc_plugin.inputs import changes_in_training, training_mode_error
 
@@ -152,6 +157,8 @@ class CTCMode(TorchFunctionMode):
             )
         leaves, _ = tree_flatten((args, kwargs))
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
+        if func in TEMPLATE_FUNCTIONS:
+            tensors = tensors[:1]  # the others are templates: their values are never read
         if not any(getattr(t, "_ctc_pass", None) is ctx.token for t in tensors):
             return func(*args, **kwargs)
         if func in EXIT_FUNCTIONS:
@@ -172,12 +179,15 @@ class CTCMode(TorchFunctionMode):
                 f"it reads the output of {gate_only.origin}, a gate tensor of the full pass "
                 "that may only multiply the signal, as a signal",
             )
+        only = all(m is not None and m.only for m in marks)
+        if row is None and gate_only is not None and only:
+            # a causal mask (masked_fill), a softmax written out (exp, amax): as it is
+            return self._of_gate_only(func, args, kwargs, propagated, gate_only.origin)
         if row is None:
             out = func(*args, **kwargs)
             if not any(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(out)[0]):
                 return out  # sizes, dtypes, devices, ...: nothing propagates
             raise UnsupportedOperationError(operation_name(func), "no CTC rule is defined for it")
-        only = all(m is not None and m.only for m in marks)
         if gate_only is not None and only and not (row.follows_copies or row.from_gate_copy):
             return self._of_gate_only(func, args, kwargs, propagated, gate_only.origin)
         try:
@@ -205,29 +215,55 @@ class CTCMode(TorchFunctionMode):
         propagated: list[Tensor],
         origin: str,
     ) -> Any:
-        """An operation whose propagated inputs are all gate-only: computed as it is.
+        """An operation whose propagated inputs are all gate-only: the full pass's result.
 
-        Every copy of a gate-only tensor holds the full pass's value, so the operation applied
-        to all rows at once gives every copy the full pass's result, which is what a gate-only
-        result must hold. The rules of the signal would not: a bias would be shared among the
-        copies (an ``nn.Linear`` on attention probabilities, ``probabilities + 1e-3``), a
-        squashing activation would make a gate that passes for a signal. An operation that
-        mixes the rows of dim 0 (the copies) is refused.
+        Only the gate copy of a gate-only tensor means anything, so the operation runs on the
+        gate copy's rows of every propagated input (the model's own batch) and its result is
+        given to every copy: the full pass's value, also for an operation that mixes the rows
+        of dim 0 (``softmax(0)``, ``flip(0)``), which applied to every row would mix the
+        copies. The rules of the signal would not do: a bias would be shared among the copies
+        (an ``nn.Linear`` on attention probabilities, ``probabilities + 1e-3``), a squashing
+        activation would make a gate that passes for a signal. An in-place operation
+        (``scores.masked_fill_(mask, -inf)``) writes the full pass's result into every copy of
+        its tensor and returns it. A result without the batch's rows is refused.
         """
         ctx = self.gated_pass
-        out = func(*args, **kwargs)
-        leaves = [leaf for leaf in tree_flatten(out)[0] if isinstance(leaf, Tensor)]
-        rows = propagated[0].shape[0]
-        if any(leaf.dim() == 0 or leaf.shape[0] != rows for leaf in leaves):
+        rows = ctx.gate_rows(propagated[0]).shape[0]
+        in_place = _writes_in_place(func)
+
+        def gate_copy(value: Any) -> Any:
+            if not ctx.is_propagated(value):
+                return value
+            gate = ctx.gate_rows(value)
+            return gate.clone() if in_place and value is args[0] else gate
+
+        out = func(*tree_map(gate_copy, args), **tree_map(gate_copy, kwargs))
+        leaves, spec = tree_flatten(out)
+        if any(
+            isinstance(leaf, Tensor) and (leaf.dim() == 0 or leaf.shape[0] != rows)
+            for leaf in leaves
+        ):
             raise UnsupportedOperationError(
                 operation_name(func),
                 f"it combines the copies of {origin}, a gate tensor of the full pass, along dim 0",
             )
-        if ctx.gradient:
-            ctx.check_gradient(operation_name(func), propagated, leaves)
-        for leaf in leaves:
-            ctx.mark_gate(ctx.tag(leaf), origin, only=True)
-        return out
+        full = [
+            ctx.broadcast_gate(leaf, origin) if isinstance(leaf, Tensor) else leaf
+            for leaf in leaves
+        ]
+        if in_place:
+            target = args[0]
+            target.copy_(full[0])
+            return target
+        return tree_unflatten(full, spec)
+
+
+def _writes_in_place(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` writes into its first argument (``masked_fill_``, ``__iadd__``)."""
+    name = getattr(func, "__name__", "")
+    if name.startswith("__i") and name.endswith("__"):
+        return True
+    return name.endswith("_") and not name.endswith("__")
 
 
 @contextlib.contextmanager

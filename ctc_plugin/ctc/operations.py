@@ -390,6 +390,13 @@ RANDOM_FUNCTIONS: frozenset[Any] = frozenset(
     )
 )  # fmt: skip
 
+#: Shape operations whose other tensor argument is a template: only its shape, dtype or device
+#: is read (``pos.expand_as(x)``, ``gate.type_as(x)``, ``mask.to(x)``). What they return is the
+#: first tensor reshaped or cast: a constant stays a constant, a gate tensor a gate tensor.
+TEMPLATE_FUNCTIONS: frozenset[Any] = frozenset(
+    (_T.expand_as, _T.view_as, _T.reshape_as, _T.type_as, _T.to)
+)
+
 #: Tensor methods that take a tensor's values out of torch (to numpy, Python lists or numbers).
 #: Called on the copies they are recorded (and named should the output not be traced); a
 #: gradient pass cannot follow them ([`left_torch`][ctc_plugin.ctc.rules.GatedPass.left_torch]).

@@ -440,6 +440,9 @@ class GatedPass:
         examples, copies = self.layout.examples, self.layout.copies
         grouped = value.reshape(examples, 1, -1, *value.shape[1:])
         full = grouped.expand(examples, copies, *grouped.shape[2:]).reshape(-1, *value.shape[1:])
+        # reshape returns a view of the expansion when it can (one example, one row each): its
+        # rows would share memory, which a later view or an in-place write cannot take
+        full = full.contiguous() if full.stride(0) == 0 and full.shape[0] > 1 else full
         return self.mark_gate(self.tag(full), origin, only=True)
 
     def full_pass_gate(

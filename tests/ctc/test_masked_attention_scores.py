@@ -1,0 +1,171 @@
+"""Operations without a CTC rule on attention scores alone are computed as they are.
+
+Attention scores ``q @ k^T`` are gate-only: every copy holds the full image's scores. A causal
+mask written with ``masked_fill`` or ``torch.where`` (nanoGPT's attention), a softmax written
+out (``exp``, ``amax``), a clamp of the logits and ``softmax(...).type_as(q)`` (LLaMA's
+attention) are functions of those scores alone, so every copy gets the full image's result,
+also when the operation writes in place (``masked_fill_``) or mixes the examples of the batch
+along dim 0 (``cumsum(0)``: computed over the model's batch, not over the copies).
+``"proportional"`` scores add up to the logit and ``"none"`` is gradient x input of the network
+with its attention probabilities held fixed. The same operations on the signal stay refused.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctc_plugin import CTC, CTCAttributor, CTCComposite
+from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.ctc.speedups import Speedups
+
+WIDTH, HEADS, TOKENS = 8, 2, 16
+VARIANTS = [
+    "masked_fill",
+    "masked_fill_ in place",
+    "where",
+    "softmax written out",
+    "clamped logits",
+    "softmax type_as",
+    "probabilities mixed over the batch",
+    "probabilities masked in place",
+]
+
+
+class CausalAttention(nn.Module):
+    """Patch tokens through one attention layer whose probabilities ``variant`` computes."""
+
+    def __init__(self, variant: str) -> None:
+        super().__init__()
+        self.variant = variant
+        self.patch = nn.Conv2d(3, WIDTH, 2, stride=2)
+        self.qkv, self.out = nn.Linear(WIDTH, 3 * WIDTH), nn.Linear(WIDTH, WIDTH)
+        self.head = nn.Linear(WIDTH, 4)
+        self.register_buffer("causal", torch.tril(torch.ones(TOKENS, TOKENS)).view(1, 1, 16, 16))
+        self.frozen = False  # hold the probabilities fixed: the linearised network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        b, n, c = t.shape
+        q, k, v = (u.view(b, n, HEADS, c // HEADS).transpose(1, 2) for u in self.qkv(t).split(c, 2))
+        a = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        if self.variant == "masked_fill":
+            a = F.softmax(a.masked_fill(self.causal == 0, float("-inf")), dim=-1)
+        elif self.variant == "masked_fill_ in place":
+            a.masked_fill_(self.causal == 0, float("-inf"))
+            a = a.softmax(-1)
+        elif self.variant == "where":
+            a = torch.where(self.causal == 0, float("-inf"), a).softmax(-1)
+        elif self.variant == "softmax written out":
+            a = (a - a.amax(-1, keepdim=True)).exp()
+            a = a / a.sum(-1, keepdim=True)
+        elif self.variant == "clamped logits":
+            a = a.clamp(-5.0, 5.0).softmax(-1)
+        elif self.variant == "softmax type_as":
+            a = F.softmax(a.float(), dim=-1).type_as(q)
+        elif self.variant == "probabilities masked in place":  # written into softmax's output
+            a = a.softmax(-1)
+            a.masked_fill_(self.causal == 0, 0.0)
+            a = a / a.sum(-1, keepdim=True)
+        elif self.variant == "probabilities mixed over the batch":  # example i: mean of 0..i
+            a = a.softmax(-1).cumsum(0)
+            a = a / a.sum(-1, keepdim=True)
+        if self.frozen:
+            a = a.detach()
+        y = (a @ v).transpose(1, 2).reshape(b, n, c)
+        return self.head(self.out(y).mean(1))
+
+
+def _case(variant: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = CausalAttention(variant).double().eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=generator)
+    rows = torch.arange(8) * 3 // 8
+    mask = (rows.view(1, 1, -1, 1) * 3 + rows.view(1, 1, 1, -1)) + 1
+    return model, x, mask
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_proportional_scores_add_up_to_the_logit(variant: str) -> None:
+    model, x, mask = _case(variant)
+    _, scores = CTC(model, bias_sharing="proportional").attribute(
+        x, 1, feature_mask=mask, return_feature_scores=True
+    )
+    torch.testing.assert_close(
+        scores.scores.sum(1), model(x).detach()[:, 1], rtol=1e-10, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_one_image_alone_adds_up_to_its_logit(variant: str) -> None:
+    """One image: the full pass's probabilities are given to every copy in memory of their own."""
+    model, x, mask = _case(variant)
+    _, scores = CTC(model, bias_sharing="proportional").attribute(
+        x[:1], 1, feature_mask=mask, return_feature_scores=True
+    )
+    torch.testing.assert_close(
+        scores.scores.sum(1), model(x[:1]).detach()[:, 1], rtol=1e-10, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_none_is_gradient_x_input_with_the_probabilities_held_fixed(variant: str) -> None:
+    model, x, mask = _case(variant)
+    _, scores = CTC(model, bias_sharing="none").attribute(
+        x, 1, feature_mask=mask, return_feature_scores=True
+    )
+    copies = CTC(model, bias_sharing="none")
+    copies._speedups = Speedups(gradient_shortcut=False)
+    _, of_copies = copies.attribute(x, 1, feature_mask=mask, return_feature_scores=True)
+    leaf = x.clone().requires_grad_(True)
+    model.frozen = True
+    (gradient,) = torch.autograd.grad(model(leaf)[:, 1].sum(), leaf)
+    model.frozen = False
+    per_feature = torch.stack(
+        [((gradient * x) * (mask == i)).flatten(1).sum(1) for i in scores.ids.tolist()], 1
+    )
+    torch.testing.assert_close(scores.scores, per_feature, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(of_copies.scores, per_feature, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
+def test_the_zennit_attributor_equals_the_captum_class(mode: str) -> None:
+    model, x, mask = _case("masked_fill")
+    expected = CTC(model, bias_sharing=mode).attribute(x, 1, feature_mask=mask)
+    with CTCAttributor(model, CTCComposite(bias_sharing=mode), feature_mask=mask) as attributor:
+        _, relevance = attributor(x, torch.eye(4, dtype=x.dtype)[[1, 1]])
+    torch.testing.assert_close(relevance, expected, rtol=1e-9, atol=1e-12)
+
+
+class _MaskedSignal(nn.Module):
+    def __init__(self, operation) -> None:
+        super().__init__()
+        self.operation = operation
+        self.stem, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.operation(self.stem(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "operation, name",
+    [
+        (lambda s: s.clamp(-1.0, 1.0), "clamp"),
+        (lambda s: s.exp(), "exp"),
+        (lambda s: s.masked_fill(torch.ones_like(s, dtype=torch.bool).tril(), 0.0), "masked_fill"),
+    ],
+)
+def test_the_same_operations_on_the_signal_stay_refused(operation, name: str) -> None:
+    model = _MaskedSignal(operation).double().eval()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    mask = (torch.arange(8) // 4)[None, None, :, None].expand(1, 1, 8, 8)
+    with pytest.raises(UnsupportedOperationError, match=rf"torch\.Tensor\.{name} .*no CTC rule"):
+        CTC(model, bias_sharing="proportional").attribute(x, 0, feature_mask=mask)
