@@ -239,14 +239,19 @@ def holds_model(exclusive_if: Callable[[dict[str, Any]], bool] | None = None) ->
 def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     """Run the block with ``module`` in eval mode, changing it only where it must.
 
-    A module already in eval mode is held shared and left alone. One in training mode is held
-    exclusively, switched to eval mode, and every submodule's mode is restored afterwards (also
-    on an exception), so other threads never see the switch.
+    A module whose submodules are all in eval mode is held shared and left alone. One with any
+    submodule in training mode (the module itself, or only a part of it: ``net.eval();
+    net.encoder.train()``) is held exclusively, switched to eval mode, and every submodule's
+    mode is restored afterwards (also on an exception), so other threads never see the switch.
     """
+
+    def in_training() -> bool:
+        return any(sub.training for sub in module.modules())
+
     while True:
-        training = module.training
+        training = in_training()
         with (exclusive if training else shared)(module):
-            if module.training != training:
+            if in_training() != training:
                 continue  # switched by someone else while this thread waited: decide again
             if not training:
                 yield module
