@@ -6,7 +6,9 @@ Every loader of the package ([`ctc_plugin.zoo.load`][ctc_plugin.zoo.load],
 [`read_data_file`][ctc_plugin.files.read_data_file], so a damaged file gives the same kind of
 message everywhere: ``could not read <what> from <path>: <what is wrong>``. The reasons are: a
 missing file, a folder, an empty file, a truncated or corrupt archive (the CRC-32 of every record of
-a zip archive is checked, so flipped bytes inside the tensors are caught too), a TorchScript
+a zip archive is checked, so flipped bytes inside the tensors are caught too), an archive written
+by a newer torch (its format version and the newest this torch reads), a truncated or corrupt
+safetensors file (``.safetensors`` files load through ``torch.load`` too), a TorchScript
 archive (``torch.jit.save``: a program, not data), a file that ``torch.save`` did not write, and
 objects other than tensors and plain data (a data-only load
 refuses them; the message names the first such object). No message advises an unsafe load.
@@ -33,6 +35,11 @@ from ctc_plugin.weights import file_identity, is_shipped, verify_shipped
 #: (a pickle protocol-2 header followed by torch's magic number).
 _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+#: The keys under which a checkpoint dict may hold the state dict, in the order they are tried:
+#: ``torch.save({"state_dict": ...})`` (Lightning and others), ``{"model_state_dict": ...}``
+#: (PyTorch's saving-and-loading tutorial), ``{"model": ...}`` (timm, DeiT).
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
 #: Zip archives whose CRC-32s were checked in this process, keyed by `file_identity`.
 _INTACT: set[tuple[str, int, int, int]] = set()
@@ -103,6 +110,18 @@ def _refused_object(error: BaseException) -> str | None:
     return match[1] if match else None
 
 
+#: torch's error for an archive whose format version is newer than this torch reads.
+_NEWER_FORMAT = re.compile(
+    r"PyTorch file with version (\d+), but the maximum supported version for reading is (\d+)"
+)
+
+
+def _safetensors_failure(error: BaseException) -> bool:
+    """Whether ``error`` comes from reading a safetensors file (``torch.load`` of one)."""
+    missing = isinstance(error.__cause__, ImportError) and "safetensors" in str(error)
+    return missing or type(error).__module__.split(".", 1)[0] == "safetensors"
+
+
 def _names_a_loaded_object(name: str) -> bool:
     """Whether ``module.attribute`` names an object of an already imported module (no import).
 
@@ -135,6 +154,13 @@ def describe_load_failure(path: str | Path, error: BaseException) -> str:
         return "the file is empty (0 bytes); the save or copy that wrote it did not finish"
     if len(head) < len(_LEGACY_MAGIC) and any(m.startswith(head) for m in magics):
         return f"it is truncated: it holds only {len(head)} byte{'s' * (len(head) > 1)}"
+    if _safetensors_failure(error):
+        if isinstance(error.__cause__, ImportError):  # torch's note that safetensors is missing
+            return (
+                "it is a safetensors file, and reading it needs the safetensors package "
+                "(pip install safetensors)"
+            )
+        return f"it is a truncated or corrupt safetensors file ({error}); copy it again"
     legacy = head.startswith(_LEGACY_MAGIC)
     refused = _refused_object(error)
     if refused is not None and (not legacy or _names_a_loaded_object(refused)):
@@ -151,6 +177,13 @@ def describe_load_failure(path: str | Path, error: BaseException) -> str:
             return problem
         if _is_torchscript(path):
             return _TORCHSCRIPT
+        newer = _NEWER_FORMAT.search(str(error))
+        if newer is not None:
+            return (
+                f"it was written by a newer torch (format version {newer[1]}; this torch, "
+                f"{torch.__version__}, reads up to version {newer[2]}); upgrade torch, or have "
+                "the torch that wrote it save the weights again in a format this one reads"
+            )
         if "PytorchStreamReader" in str(error) or isinstance(error, EOFError):
             return "it is a truncated or corrupt torch.save archive; copy it again"
         return "it is a zip archive, but not one written by torch.save"
@@ -184,8 +217,9 @@ def read_data_file(path: str | Path, what: str) -> Any:
     Raises:
         FileNotFoundError: If the file (or, for a shipped file, the manifest) does not exist.
         ValueError: ``could not read <what> from <path>: <reason>`` for a folder, an empty,
-            truncated or corrupt file, a TorchScript archive, a file not written by
-            ``torch.save``, or one holding objects other than tensors and plain data; for a
+            truncated or corrupt file (safetensors files included), an archive written by a
+            newer torch, a TorchScript archive, a file not written by ``torch.save``, or one
+            holding objects other than tensors and plain data; for a
             shipped file whose digest differs from the manifest, the expected and actual sha256
             and the fix.
     """
@@ -220,10 +254,12 @@ def read_data_file(path: str | Path, what: str) -> Any:
 def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, Tensor]:
     """Read a state dict saved with ``torch.save``, as data only (``weights_only=True``).
 
-    A checkpoint dict holding the state dict under ``"state_dict"`` is accepted too. The file is
-    read by [`read_data_file`][ctc_plugin.files.read_data_file]: a shipped file is checked against
-    the weights manifest, any other one for truncation and corruption, each with one clear
-    message.
+    A checkpoint dict holding the state dict under one of the keys of ``STATE_DICT_KEYS``
+    (``"state_dict"``; ``"model_state_dict"``, as in PyTorch's tutorial; ``"model"``, as in
+    timm's and DeiT's checkpoints) is accepted too, next to anything else (an optimizer state,
+    the epoch). The file is read by [`read_data_file`][ctc_plugin.files.read_data_file]: a
+    shipped file is checked against the weights manifest, any other one for truncation and
+    corruption, each with one clear message.
 
     Args:
         path: The file.
@@ -233,11 +269,27 @@ def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, Tensor
         FileNotFoundError: If the file does not exist.
         ValueError: If it is not a readable state dict (the message names the path and what is
             wrong: empty, truncated or corrupt, not a ``torch.save`` file, objects other than
-            tensors, a folder, or a shipped file that differs from the manifest).
+            tensors, a folder, a shipped file that differs from the manifest, or a dict of other
+            things, whose top-level keys it lists).
     """
     state = read_data_file(path, what)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    if isinstance(state, dict) and not _is_state_dict(state):
+        state = next((state[k] for k in STATE_DICT_KEYS if _is_state_dict(state.get(k))), state)
+    if not _is_state_dict(state):
+        if isinstance(state, dict):
+            keys = [repr(k) for k in list(state)[:12]] + ["..."] * (len(state) > 12)
+            held = f"a dict whose top-level keys are {', '.join(keys)}"
+        else:
+            held = f"a {type(state).__name__}"
+        wrapped = ", ".join(f"{k!r}" for k in STATE_DICT_KEYS)
+        raise ValueError(
+            f"{path} does not hold a state dict (a mapping of names to tensors, on its own or "
+            f"under one of the keys {wrapped}): it holds {held}; save the state dict on its own "
+            "(torch.save(model.state_dict(), path), or torch.save(checkpoint[key], path))"
+        )
     return state
+
+
+def _is_state_dict(value: Any) -> bool:
+    """Whether ``value`` is a mapping of names to tensors."""
+    return isinstance(value, dict) and all(isinstance(v, Tensor) for v in value.values())

@@ -158,3 +158,19 @@ def test_the_sanity_check_leaves_the_cuda_random_state_as_it_was():
         lambda m, images, t, f: images.sum(1, keepdim=True), model, x, targets=[0, 1]
     )
     assert torch.equal(torch.cuda.get_rng_state(CUDA), state)
+
+
+def test_zoo_train_and_evaluate_run_a_cuda_model_there():
+    """The images are made on the CPU; each batch goes to the model's device."""
+    from ctc_plugin.zoo.settings import TrainConfig
+
+    torch.manual_seed(0)
+    model = zoo.build("vgg", 6)
+    cpu_accuracy = zoo.evaluate(model, "shapes", size=40, seed=2, batch_size=16)
+    model.to(CUDA)
+    cuda_accuracy = zoo.evaluate(model, "shapes", size=40, seed=2, batch_size=16)
+    assert cuda_accuracy == pytest.approx(cpu_accuracy, abs=0.05)  # a near tie may flip
+    config = TrainConfig(size=8, epochs=1, batch_size=4, image_size=32)
+    assert zoo.train(model, "shapes", config, show_progress=False) is model
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    assert 0.0 <= zoo.evaluate(model, "shapes", size=40, seed=2, batch_size=16) <= 1.0

@@ -27,6 +27,7 @@ import torch
 from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.modules.module import register_module_forward_pre_hook
 
 from ctc_plugin.cam.alpha import AlphaTerms, Phi, alpha_terms, channel_weights, resolve_phi
@@ -164,6 +165,32 @@ def _refuse_training_module(cam: IntegrativeCAM, module: nn.Module, _inputs: Any
     """
     if changes_in_training(module):
         raise training_mode_error(module, repr(cam._layer_name(module)))
+
+
+def _refuse_channels_last(
+    inputs: TensorOrTuple, seen: list[nn.Module], module: nn.Module, args: Any
+) -> None:
+    """Global forward pre-hook of a call: refuse a channels-last batch at the first convolution.
+
+    The first ``nn.Conv2d`` that runs tells the channel count the model takes. When it is about
+    to get another count (torch would refuse it from inside the model) and the batch's last
+    dimension has that count while its dimension 1 does not, the batch is (N, H, W, C): the call
+    is refused with the message CTC and the segmenters give (``x.permute(0, 3, 1, 2)``).
+
+    Raises:
+        ValueError: Before the convolution runs.
+    """
+    if seen or not isinstance(module, nn.Conv2d):
+        return
+    seen.append(module)
+    channels, images = module.in_channels, inputs[0] if isinstance(inputs, tuple) else inputs
+    if not args or not isinstance(args[0], Tensor) or isinstance(module, LazyModuleMixin):
+        return  # an input given by keyword, or a channel count not known yet
+    given = args[0].shape[-3] if args[0].dim() >= 3 else None
+    if given == channels or images.dim() != 4:
+        return
+    if images.shape[1] != channels and images.shape[-1] == channels:
+        check_inputs(inputs, images=True, channels=channels, finite=False)  # the message
 
 
 class _BackwardDone(Exception):
@@ -310,7 +337,9 @@ class IntegrativeCAM(Attribution):
         Raises:
             TypeError: Inputs that are not tensors (see
                 [`ctc_plugin.inputs.check_inputs`][ctc_plugin.inputs.check_inputs]).
-            ValueError: Inputs that are not a finite float image batch, a model without
+            ValueError: Inputs that are not a finite float image batch (a channels-last batch
+                (N, H, W, C) is refused when the first ``nn.Conv2d`` that runs takes C
+                channels, before it runs), a model without
                 convolutional stages (or chosen layers that never ran), an output that is not
                 differentiable, a target score that is NaN or infinite, or a target that does
                 not fit (not integer class indices, out of range, or of the wrong length).
@@ -339,6 +368,8 @@ class IntegrativeCAM(Attribution):
             # a plain function's modules are unknown before it runs: refuse each one in
             # training mode as it is called, before its forward can change it
             hook = scope.only(partial(_refuse_training_module, self))
+            handles.append(register_module_forward_pre_hook(hook))
+            hook = scope.only(partial(_refuse_channels_last, inputs, []))
             handles.append(register_module_forward_pre_hook(hook))
             for module, reshape in chosen or []:
                 name = self._layer_name(module)

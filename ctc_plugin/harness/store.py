@@ -34,7 +34,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ctc_plugin.resumable import ConfigMismatchError, RunStore, json_values, read_json
+from ctc_plugin import resumable
+from ctc_plugin.resumable import ConfigMismatchError, json_values, read_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -51,6 +52,29 @@ __all__ = [
     "piece_shard",
     "run_order",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Refuse the benchmark store's old name, ``RunStore``, with its new one.
+
+    The engine's run store is also called ``RunStore``; this module does not hand it out under
+    the old name, so code written for the benchmark's store fails at once instead of getting
+    another class.
+
+    Raises:
+        ImportError: For ``RunStore`` (also ``from ctc_plugin.harness.store import RunStore``),
+            naming ``BenchmarkStore``.
+        AttributeError: For any other missing name.
+    """
+    if name == "RunStore":
+        raise ImportError(
+            "ctc_plugin.harness.store.RunStore, the benchmark's store, is now "
+            "ctc_plugin.harness.store.BenchmarkStore (see docs/renames.md); the engine's run "
+            "folder is ctc_plugin.resumable.RunStore, another class",
+            name=__name__,
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: The job's name in the run folder's manifest.
 JOB = "benchmark"
@@ -199,7 +223,7 @@ class BenchmarkStore:
     def __init__(
         self, root: str | Path, config: Any, restart_unfinished: bool = False, *, start: bool = True
     ) -> None:
-        self.runs = RunStore(root)
+        self.runs = resumable.RunStore(root)
         self.root = self.runs.root
         self.config = json_values(config)
         convert_legacy_run(self.root)
@@ -223,7 +247,7 @@ class BenchmarkStore:
         """
         convert_legacy_run(Path(root))
         try:
-            manifest = RunStore(root).manifest()
+            manifest = resumable.RunStore(root).manifest()
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{root} holds no benchmark run (no manifest.json); start one with "
@@ -313,7 +337,7 @@ def convert_legacy_run(root: Path) -> bool:
     import sys
 
     legacy, pieces = root / _LEGACY_CONFIG, root / _LEGACY_PIECES
-    runs = RunStore(root)
+    runs = resumable.RunStore(root)
     if not legacy.is_file() or not pieces.is_dir() or (root / "manifest.json").exists():
         return False
     document = read_json(legacy)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,7 +52,9 @@ def train(
 
     The shuffling and flips are seeded by ``config.seed``; the initialisation is the caller's
     ([`train_family`][ctc_plugin.zoo.train_family] seeds it too). With the same config, initial
-    weights, torch version and thread count, the result is the same bit for bit.
+    weights, torch version and thread count, the result is the same bit for bit. The images are
+    made on the CPU; each batch goes to the device of the model's first parameter, so a model
+    moved to a GPU trains there.
 
     Args:
         model: An untrained model from [`ctc_plugin.zoo.build`][ctc_plugin.zoo.build].
@@ -78,6 +82,7 @@ def train(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
     )
+    device = _device_of(model)
     model.train()
     progress = tqdm(
         total=config.epochs * steps_per_epoch, desc=f"training {split}", disable=not show_progress
@@ -89,7 +94,8 @@ def train(
             x = images[batch]
             flip = torch.rand(len(batch), generator=generator) < 0.5
             x[flip] = x[flip].flip(-1)  # mirror images keep their label in both splits
-            loss = F.cross_entropy(model(x), labels[batch])
+            logits = model(x.to(device))
+            loss = F.cross_entropy(logits, labels[batch].to(logits.device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -111,6 +117,9 @@ def evaluate(
 ) -> float:
     """Return the accuracy of ``model`` on a fresh sample of ``split``.
 
+    The images are made on the CPU; each batch goes to the device of the model's first
+    parameter, so a model on a GPU is evaluated there.
+
     Args:
         model: A classifier taking data-set images and returning logits.
         split: ``"shapes"`` or ``"composite"``.
@@ -118,6 +127,9 @@ def evaluate(
         seed: Seed of the test sample; must differ from the training seed.
         batch_size: Images per forward pass.
         show_progress: Show a tqdm progress bar while rendering.
+
+    Returns:
+        The fraction of images whose arg-max is their label.
 
     Raises:
         ValueError: If ``seed`` is the zoo's training seed, or ``size`` or ``batch_size`` is not
@@ -130,13 +142,27 @@ def evaluate(
     if seed == TRAIN_SEED:
         raise ValueError(f"seed {TRAIN_SEED} is the training sample; evaluate with another seed")
     images, labels = ShapesDataset(split, size=size, seed=seed).tensors(show_progress)
+    device = _device_of(model)
     was_training = model.training
     model.eval()
     try:
         correct = sum(
-            (model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum()
+            (
+                model(images[i : i + batch_size].to(device)).argmax(1).cpu()
+                == labels[i : i + batch_size]
+            ).sum()
             for i in range(0, size, batch_size)
         )
     finally:
         model.train(was_training)
     return float(correct) / size
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (or buffer), where its inputs must be.
+
+    A model without parameters or buffers runs on the CPU.
+    """
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
