@@ -47,7 +47,8 @@ class IntegrativeGradCAM(BaseCAM):
     ``aug_smooth=True`` works as for the other methods.
 
     As every pytorch-grad-cam method does, the constructor puts the model in eval mode (holding
-    it exclusively meanwhile, so no call of this package on it sees the switch).
+    it exclusively meanwhile, so no call of this package on it sees the switch); it checks its
+    arguments first, so a refused construction leaves the model's mode as it was.
 
     Threads: one instance and one model may serve several threads at once; each call gives
     exactly what it gives alone, calls run concurrently as those of
@@ -80,11 +81,9 @@ class IntegrativeGradCAM(BaseCAM):
         layer_weights: Literal["adaptive", "uniform"] | LayerScore = "adaptive",
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
-        # pytorch-grad-cam's own activation hooks are not used: pass no layers to BaseCAM.
-        with exclusive(model):  # BaseCAM switches the model to eval mode
-            super().__init__(model, target_layers=[], uses_gradients=True)
-        self.target_layers = list(target_layers) if target_layers is not None else []
-        self.integrative = IntegrativeCAM(
+        # Checks every argument before BaseCAM switches the model to eval mode, so that a
+        # refused construction leaves the model as it was.
+        integrative = IntegrativeCAM(
             model,
             layers=target_layers,
             phi=phi,
@@ -92,7 +91,22 @@ class IntegrativeGradCAM(BaseCAM):
             layer_weights=layer_weights,
             reshape_transform=reshape_transform,
         )
+        # pytorch-grad-cam's own activation hooks are not used: pass no layers to BaseCAM.
+        with exclusive(model):  # BaseCAM switches the model to eval mode
+            super().__init__(model, target_layers=[], uses_gradients=True)
+        self.target_layers = list(integrative.layers or [])
+        self.integrative = integrative
         self.reshape_transform = reshape_transform
+
+    def __del__(self) -> None:
+        """Release pytorch-grad-cam's hooks, if its constructor got as far as making them.
+
+        ``BaseCAM.__del__`` assumes it did: after a refused construction (an unknown keyword
+        such as the old ``use_cuda``, a bad ``phi``) it would report an AttributeError of its own
+        on top of the real error.
+        """
+        if "activations_and_grads" in vars(self):
+            super().__del__()
 
     def forward(
         self,

@@ -33,9 +33,35 @@ from torch import Tensor, nn
 
 __all__ = ["explain_func"]
 
-#: Keyword arguments Quantus itself may add to ``explain_func_kwargs``; they are accepted and
-#: ignored (the batch's device is the model's).
+#: Keyword arguments of Quantus's own explanation functions that ``explain_func`` accepts: Quantus's
+#: metrics add ``device`` (ignored: the batch's device is the model's); ``channel_first`` is
+#: ignored (Quantus passes a torch model's batches channels-first); ``softmax`` is checked
+#: against the model (see `explain_func`).
 _QUANTUS_KEYS = frozenset({"device", "channel_first", "softmax"})
+
+
+def _check_softmax(model: nn.Module, softmax: Any) -> None:
+    """Refuse a ``softmax`` that asks to explain another output than the model's own.
+
+    Quantus's ``explain`` adds a softmax to a model that does not end in ``torch.nn.Softmax``
+    (``softmax=True``) or removes the last one (``softmax=False``); ``explain_func`` explains
+    the model's output as it is, so it refuses both requests rather than ignore them.
+    """
+    if softmax is None:
+        return
+    ends_in_softmax = isinstance(list(model.modules())[-1], nn.Softmax)
+    if softmax and not ends_in_softmax:
+        raise ValueError(
+            "explain_func got softmax=True, but it explains the model's output as it is (here "
+            "not a softmax) and does not add one; drop softmax=True, or pass a model that ends "
+            "in torch.nn.Softmax"
+        )
+    if not softmax and ends_in_softmax:
+        raise ValueError(
+            "explain_func got softmax=False, but the model ends in torch.nn.Softmax, which "
+            "explain_func does not remove; drop softmax=False, or pass the model without its "
+            "final Softmax to explain the logits"
+        )
 
 
 def _tensor(value: Any, name: str, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -73,18 +99,28 @@ def explain_func(
             ``SuperpixelSegmenter(value_range="auto")`` (see the module docstring).
         explainer: The trained Explainer of ``model`` for ``method="Explainer"``.
         n_samples: Samples for Lime and KernelShap.
-        **kwargs: Keys Quantus adds itself (``device``, ``channel_first``, ``softmax``) are
-            ignored; any other key is an error.
+        **kwargs: Keys of Quantus's own explanation functions: ``device`` (Quantus adds it;
+            ignored, the maps are computed on the model's device) and ``channel_first``
+            (ignored: Quantus passes channels-first batches to a torch model) are accepted;
+            ``softmax`` is accepted where the model's output already is what it asks for
+            (``True``: the model ends in ``torch.nn.Softmax``; ``False``: it does not) and
+            refused otherwise, since ``explain_func`` explains the model's output as it is.
+            Any other key is an error.
 
     Returns:
         NumPy array ``(N, 1, H, W)``, float32.
 
     Raises:
-        ValueError: For an unknown method or keyword, a method that needs what is missing, or
-            targets that are not one integer class per image.
+        ValueError: For an unknown method or keyword, a method that does not apply to the
+            model (e.g. ``"AttnLRP"`` on a CNN, Zennit's LRP on a transformer), a method that
+            needs what is missing, inputs with NaN or infinite values, a ``softmax`` the model's
+            output does not match, or targets that are not one integer class per image.
+        TrainingModeError: The model has BatchNorm or dropout in training mode (an explanation
+            would update its statistics or be random); nothing has run (call ``model.eval()``).
     """
     from ctc_plugin.evaluation._inputs import as_targets
     from ctc_plugin.harness.methods import registry
+    from ctc_plugin.inputs import check_eval_mode, check_inputs
 
     unknown = set(kwargs) - _QUANTUS_KEYS
     if unknown:
@@ -94,6 +130,14 @@ def explain_func(
         hint = " (pass explainer=...)" if method == "Explainer" else ""
         raise ValueError(f"unknown method {method!r}{hint}; choose one of {sorted(methods)}")
     spec = methods[method]
+    if spec.applies_to is not None and not spec.applies_to(model):
+        fits = [n for n, s in methods.items() if s.applies_to is None or s.applies_to(model)]
+        raise ValueError(
+            f"method {method!r} does not apply to {type(model).__name__} (the benchmark leaves "
+            f"it out for such models); choose one of {sorted(fits)}"
+        )
+    _check_softmax(model, kwargs.get("softmax"))
+    check_eval_mode(model)  # before any method runs: its statistics must not change
     try:
         device = next(model.parameters()).device
     except StopIteration:
@@ -101,6 +145,7 @@ def explain_func(
     images = _tensor(inputs, "inputs", torch.float32, device)
     if images.dim() != 4:
         raise ValueError(f"inputs must be (N, C, H, W) channels-first, got {tuple(images.shape)}")
+    check_inputs(images, tuples=False)  # NaN or infinite values: no method may pass them on
     labels = as_targets(targets, len(images)).to(device)  # integers only, never truncated
     mask = None
     if spec.uses_features:

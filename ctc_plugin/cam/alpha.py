@@ -53,9 +53,15 @@ class Phi:
 
 
 def _sigmoid_terms(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    p = torch.sigmoid(s)
-    q = p * (1 - p)
-    return q, q * (1 - 2 * p), q * (1 - 6 * p + 6 * p * p)
+    """The first three derivatives of the sigmoid at ``s``, accurate for large ``|s|``.
+
+    ``1 - sigmoid(s)`` is taken as ``sigmoid(-s)``: computed as a difference it is exactly 0 in
+    float64 for ``s`` above ~37, which made every derivative 0 (an all-zero map for
+    ``phi="sigmoid"``, Grad-CAM weights instead of the alpha for ``"softplus"``).
+    """
+    p, r = torch.sigmoid(s), torch.sigmoid(-s)
+    q = p * r
+    return q, q * (r - p), q * (1 - 6 * q)
 
 
 #: The built-in choices of ``phi``.
@@ -63,7 +69,7 @@ BUILTIN_PHI: dict[str, Phi] = {
     "exp": Phi(torch.exp, torch.exp, torch.exp, "exp"),
     "softplus": Phi(
         torch.sigmoid,
-        lambda s: torch.sigmoid(s) * (1 - torch.sigmoid(s)),
+        lambda s: _sigmoid_terms(s)[0],
         lambda s: _sigmoid_terms(s)[1],
         "softplus",
     ),

@@ -1,0 +1,72 @@
+"""explain_func refuses what would change its meaning or the model rather than ignore it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ctc_plugin.adapters.quantus import explain_func
+from ctc_plugin.inputs import TrainingModeError
+
+
+def _cnn(softmax: bool = False, batchnorm: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 4, 3, padding=1)]
+    layers += [nn.BatchNorm2d(4)] if batchnorm else []
+    layers += [nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)]
+    layers += [nn.Softmax(dim=-1)] if softmax else []
+    return nn.Sequential(*layers).eval()
+
+
+def _batch() -> tuple[np.ndarray, np.ndarray]:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(2, 3, 8, 8, generator=g).numpy(), np.array([0, 2])
+
+
+def test_softmax_true_is_refused_on_a_model_that_returns_logits():
+    x, y = _batch()
+    with pytest.raises(ValueError, match="softmax=True.*torch.nn.Softmax"):
+        explain_func(_cnn(), x, y, method="Saliency", softmax=True)
+
+
+def test_softmax_false_is_refused_on_a_model_that_ends_in_softmax():
+    x, y = _batch()
+    with pytest.raises(ValueError, match="softmax=False.*without its"):
+        explain_func(_cnn(softmax=True), x, y, method="Saliency", softmax=False)
+
+
+def test_a_softmax_the_model_already_matches_is_accepted():
+    x, y = _batch()
+    plain = explain_func(_cnn(), x, y, method="Saliency")
+    logits = explain_func(_cnn(), x, y, method="Saliency", softmax=False)
+    np.testing.assert_array_equal(logits, plain)
+    probabilities = explain_func(_cnn(softmax=True), x, y, method="Saliency", softmax=True)
+    assert probabilities.shape == (2, 1, 8, 8)
+
+
+def test_a_method_for_other_models_is_refused_not_run():
+    """AttnLRP (torchvision ViT blocks only) on a CNN returned gradient x input under its name."""
+    pytest.importorskip("lxt")
+    x, y = _batch()
+    with pytest.raises(ValueError, match="'AttnLRP' does not apply to Sequential.*'Saliency'"):
+        explain_func(_cnn(), x, y, method="AttnLRP")
+
+
+def test_a_model_in_training_mode_is_refused_and_left_unchanged():
+    model = _cnn(batchnorm=True).train()
+    statistics = model[1].running_mean.clone()
+    x, y = _batch()
+    for method in ("Saliency", "GradCAM"):
+        with pytest.raises(TrainingModeError, match="eval"):
+            explain_func(model, x, y, method=method)
+    assert model.training and int(model[1].num_batches_tracked) == 0
+    assert torch.equal(model[1].running_mean, statistics)
+
+
+def test_inputs_with_nan_are_refused_not_explained_as_nan_maps():
+    x, y = _batch()
+    x[1, 0, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite.*example 1"):
+        explain_func(_cnn(), x, y, method="GradCAM")
