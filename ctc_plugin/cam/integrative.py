@@ -357,8 +357,8 @@ class IntegrativeCAM(Attribution):
         leaves = tuple(t.detach().requires_grad_(True) for t in inputs_tuple)
         run = _Run(self, size, return_layer_maps)
         chosen = self._chosen_layers()
-        for _, reshape in chosen or []:
-            check_square_grid(reshape, size)
+        if chosen is not None:
+            chosen = [(module, check_square_grid(reshape, size)) for module, reshape in chosen]
         tracer = StageTracer(
             run.on_grad, discover=chosen is None, fold_bias=self.bias, names=self._names()
         )

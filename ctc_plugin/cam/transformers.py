@@ -59,21 +59,45 @@ def tokens_to_grid(tokens: Tensor, grid: tuple[int, int] | None = None) -> Tenso
     return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
 
 
-def check_square_grid(reshape: Reshape | None, size: tuple[int, int]) -> None:
-    """Refuse the square default of `tokens_to_grid` for an image that is not square.
+def check_square_grid(reshape: Reshape | None, size: tuple[int, int]) -> Reshape | None:
+    """Check the square default of `tokens_to_grid` against the image; return the reshape to use.
 
-    Its patch grid is not square either (see [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid]).
+    The default guesses the patch grid from the token count (the largest square that fits).
+    For an image that is not square that guess is wrong (its patch grid is not square either,
+    see [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid]), and with many extra tokens
+    (registers) it is too large: 16 patches with a class token and 8 registers make 25 tokens,
+    read as 5 x 5. So the default is refused for a non-square image, and the returned reshape
+    refuses a guessed grid that does not divide the image into whole patches. Any other reshape
+    is returned as it is.
 
     Raises:
-        ValueError: Naming the grid argument to pass.
+        ValueError: Naming the grid argument to pass (the returned reshape raises it during the
+            pass, before any map is made of the wrong tokens).
     """
-    if reshape is tokens_to_grid and size[0] != size[1]:
+    if reshape is not tokens_to_grid:
+        return reshape
+    if size[0] != size[1]:
         raise ValueError(
             f"the input is {size[0]} x {size[1]} pixels, but tokens_to_grid assumes a square "
             "patch grid and would put the wrong tokens on it; pass reshape_transform="
             "functools.partial(ctc_plugin.cam.tokens_to_grid, grid=(rows, columns)) with the "
             "model's patch grid"
         )
+
+    def square_grid_of_whole_patches(tokens: Tensor) -> Tensor:
+        grid = tokens_to_grid(tokens)
+        side = grid.shape[-1]
+        if size[0] % side:
+            raise ValueError(
+                f"tokens_to_grid read the {tokens.shape[1]} tokens as a {side} x {side} patch "
+                f"grid, which does not divide the {size[0]} x {size[1]} image into whole "
+                "patches: the model has more extra tokens (class token, registers) than the "
+                "square default can tell apart; pass reshape_transform=functools.partial("
+                "ctc_plugin.cam.tokens_to_grid, grid=(rows, columns)) with the model's patch grid"
+            )
+        return grid
+
+    return square_grid_of_whole_patches
 
 
 def channels_last_to_grid(maps: Tensor) -> Tensor:
