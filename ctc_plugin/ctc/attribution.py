@@ -551,12 +551,26 @@ def check_pass_output(gated: GatedPass, logits: Any) -> None:
         )
     mark = gated.gate_mark(logits)
     if mark is not None and mark.only:
-        raise UnsupportedOperationError(
-            mark.origin,
-            "the model's output comes out of it, so it holds the full pass's values for every "
-            "copy, not contributions; explain the logits before the softmax (for example "
-            "with a forward function that leaves the softmax out)",
+        raise UnsupportedOperationError(mark.origin, _gate_only_output(mark.origin))
+
+
+def _gate_only_output(origin: str) -> str:
+    """Why an output that is a gate-only tensor made by ``origin`` is refused, and what to do."""
+    reason = (
+        "the model's output comes out of it, a gate tensor computed for the full image only "
+        "(a softmax, a product of two gate tensors such as tanh(h) * tanh(h), a square, "
+        "variance or norm of the signal), so every copy holds the full image's value, not the "
+        "feature's contribution; such a tensor may only multiply or divide the signal"
+    )
+    if "softmax" in origin:
+        return (
+            f"{reason}: explain the logits before the softmax (for example with a forward "
+            "function that leaves the softmax out)"
         )
+    return (
+        f"{reason}: it is not linear in the input, so explain the output of the layer "
+        "before it, or a model in which it only scales the signal (as a gate)"
+    )
 
 
 def _untraced_reason(gated: GatedPass, logits: torch.Tensor) -> str:

@@ -58,7 +58,7 @@ from zennit.core import Hook, RemovableHandleList
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
-from ctc_plugin.ctc.interception import CTCMode, copies_off_dim_zero, operation_name
+from ctc_plugin.ctc.interception import CTCMode, operation_name
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharingMode, check_mode
 
@@ -183,10 +183,9 @@ class CTCHook(Hook):
             stack.append(None)  # runs as it is (CTCMode computes and marks what it makes)
             return None
         x = args[0]
-        axis = state.gated.copy_axis(x)
-        if axis:  # as CTCMode refuses every rule there
-            stack.append(None)
-            raise copies_off_dim_zero(type(module).__name__, axis)
+        if state.gated.copy_axis(x):  # copies a shape operation moved (CLIP's (L, N, D)): the
+            stack.append(None)  # module runs as it is, and CTCMode follows or refuses its calls
+            return None
         state.depth += 1
         state.hooked_calls += 1
         try:
@@ -572,7 +571,7 @@ class _LinearOnlyPass(GatedPass):
         raise _Refused("it is a nonlinearity that CTC replaces by a gate of the original pass")
 
     relu_gate = leaky_relu_gate = rescale_gate = max_pool_switches = _refuse_gate
-    normalise = gate_product = full_pass_gate = broadcast_gate = _refuse_gate
+    normalise = gate_product = full_pass_gate = broadcast_gate = statistic = _refuse_gate
 
 
 class GuardMode(CTCMode):

@@ -6,8 +6,10 @@ for a moment: Swin splits ``qkv`` with ``reshape(...).permute(2, 0, 3, 1, 4)`` a
 [`follow_copy_axis`][ctc_plugin.ctc.handlers.follow_copy_axis] tells where the copies are in the
 result of such a shape operation, or refuses an operation that would mix them (selecting or slicing
 copies, merging the batch with a dim before it, concatenating along it). Rules apply only while the
-copies lie along dim 0; [`CTCMode`][ctc_plugin.ctc.attribution.CTCMode] refuses any other operation
-on a tensor whose copies lie elsewhere.
+copies lie along dim 0, except those confined to the last dims (elementwise rules, ``linear``,
+``layer_norm`` over dims after the copies: OpenAI CLIP's sequence-first ``(L, N, D)``), which
+[`CTCMode`][ctc_plugin.ctc.attribution.CTCMode] runs with the copies moved back to dim 0; it
+refuses any other operation on a tensor whose copies lie elsewhere.
 """
 
 from __future__ import annotations

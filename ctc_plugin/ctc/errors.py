@@ -43,8 +43,9 @@ def copies_off_dim_zero(operation: str, axis: int) -> UnsupportedOperationError:
     return UnsupportedOperationError(
         operation,
         f"its input holds the copies along dim {axis}, where a shape operation (a permute, "
-        "transpose or stack) moved them; CTC applies its rules with the copies along dim 0 "
-        "(shape operations may move them and back, and a mean or sum may reduce other dims)",
+        "transpose or stack) moved them; CTC applies this rule with the copies along dim 0 "
+        "(shape operations may move them and back, a mean or sum may reduce other dims, and "
+        "elementwise rules, linear and layer_norm may act on the dims after the copies)",
     )
 
 

@@ -212,6 +212,14 @@ def multiply_or_divide(divide: bool) -> Handler:
                 return ctx.gate_product(first, second, divide=divide, inplace=is_inplace(func))
             if first_gate is not None and not divide and not is_inplace(func):
                 return ctx.gate_product(second, first)
+            if first_gate is None and not divide and _same_signal(first, second):
+                if is_inplace(func):
+                    raise UnsupportedOperationError(
+                        name,
+                        "it writes the square of the signal into the signal in place; "
+                        "write x * x (out of place)",
+                    )
+                return ctx.statistic(first, lambda rows: rows * rows, name)
             raise UnsupportedOperationError(name, _product_refusal(first_gate, divide))
         if divide and not ctx.is_propagated(first):
             raise UnsupportedOperationError(
@@ -222,6 +230,20 @@ def multiply_or_divide(divide: bool) -> Handler:
         return ctx.tag(func(*args, **kwargs))
 
     return handle
+
+
+def _same_signal(first: torch.Tensor, second: torch.Tensor) -> bool:
+    """Whether two propagated signals hold the same values: their product is a square.
+
+    ``(x - u) * (x - u)`` computes ``x - u`` twice; equal in every copy, the product is the
+    square of one signal, a statistic
+    ([`GatedPass.statistic`][ctc_plugin.ctc.rules.GatedPass.statistic]).
+    """
+    return first is second or (
+        first.shape == second.shape
+        and first.dtype == second.dtype
+        and bool(torch.equal(first, second))
+    )
 
 
 def _product_refusal(first_gate: Any, divide: bool) -> str:
@@ -258,16 +280,20 @@ def leaky_relu(inplace_default: bool = False) -> Handler:
     return handle
 
 
-def rescale(gate: bool = False) -> Handler:
+def rescale(gate: bool = False, inplace_default: bool = False) -> Handler:
     """Smooth elementwise activations as rescale gates ``y / x`` of the gate copy.
 
     With ``gate``, a squashing activation (sigmoid, hardsigmoid, tanh, hardtanh): its output
-    is also a gate tensor that may multiply the signal (squeeze-excitation).
+    is also a gate tensor that may multiply the signal (squeeze-excitation). With
+    ``inplace_default``, the in-place variants (``x.sigmoid_()``, timm's
+    ``sigmoid(x, inplace=True)``): the result is written into ``x``.
     """
 
     def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         x, rest = args[0], args[1:]
-        inplace = bool(kwargs.get("inplace", False)) or any(a is True for a in rest)
+        inplace = (
+            inplace_default or bool(kwargs.get("inplace", False)) or any(a is True for a in rest)
+        )
         # The activation runs on a clone: an in-place variant must not overwrite the signal.
         origin = operation_name(func) if gate else None
         return ctx.rescale_gate(
@@ -286,6 +312,88 @@ def softmax(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.
     return ctx.full_pass_gate(
         args[0], lambda gate: func(gate, *args[1:], **kwargs), operation_name(func)
     )
+
+
+def glu(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``F.glu``: ``a * sigmoid(b)`` of the two halves, the sigmoid a gate tensor.
+
+    Decomposed into ``chunk``, ``sigmoid`` and ``*``, all through the same rules (the
+    decomposition runs inside a CTC mode of this pass): every copy of ``a`` times the gate
+    copy's ``sigmoid(b)``.
+    """
+    from ctc_plugin.ctc.interception import CTCMode  # the mode dispatches to this module
+
+    x = args[0]
+    dim = int(_arg(args, kwargs, 1, "dim", -1))
+    if x.dim() == 0 or dim % x.dim() == ctx.copy_axis(x):
+        raise UnsupportedOperationError(
+            operation_name(func), f"it splits dim {dim}, which holds the copies, in halves"
+        )
+    with CTCMode(ctx):
+        first, second = x.chunk(2, dim)
+        return first * torch.sigmoid(second)
+
+
+# ---------------------------------------------------------------------------- statistics
+def _input_and_rest(args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
+    """A call's input (first argument, or ``input=``/``x=``/``A=``) and its other arguments."""
+    if args:
+        return args[0], args[1:], kwargs
+    name = next((n for n in ("input", "x", "A", "self") if n in kwargs), None)
+    if name is None:
+        return None, (), kwargs
+    return kwargs[name], (), {key: value for key, value in kwargs.items() if key != name}
+
+
+def statistic(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``pow``, ``square``, ``var``, ``std``, ``norm``: a statistic of the signal, gate-only.
+
+    Computed for the full image (the gate copy) and given to every copy
+    ([`GatedPass.statistic`][ctc_plugin.ctc.rules.GatedPass.statistic]), so that it may divide
+    or multiply the signal as a normalisation's statistics do. In place (``x.pow_(2)``, which
+    would turn the signal and its views into the statistic) and with an input-dependent
+    exponent it is refused.
+    """
+    name = operation_name(func)
+    x, rest, rest_kwargs = _input_and_rest(args, kwargs)
+    if is_inplace(func):
+        raise UnsupportedOperationError(
+            name,
+            "it writes a statistic of the signal (its power) into the signal in place, which "
+            "the signal's other views and readers would take for a signal; write x.pow(2) "
+            "(out of place)",
+        )
+    others, _ = tree_flatten((rest, rest_kwargs))
+    if not ctx.is_propagated(x) or any(ctx.is_propagated(other) for other in others):
+        raise UnsupportedOperationError(
+            name,
+            "it raises to an input-dependent exponent (not a statistic of the signal: only "
+            "x.pow(number) is one)",
+        )
+    return ctx.statistic(x, lambda rows: func(rows, *rest, **rest_kwargs), name)
+
+
+def statistic_and_mean(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """``torch.var_mean``/``torch.std_mean``: the statistic gate-only, the mean linear.
+
+    The variance (standard deviation) is the full image's, as in
+    [`statistic`][ctc_plugin.ctc.handlers.statistic]; the mean is linear in the signal, so
+    every copy gets its own (each copy centred on its own mean, as ``nn.LayerNorm``'s rule
+    centres it). The dims must be one example's: a mean over dim 0 would mix the copies.
+    """
+    name = operation_name(func)
+    x, rest, rest_kwargs = _input_and_rest(args, kwargs)
+    dims = rest[0] if rest else rest_kwargs.get("dim")
+    if dims is None or isinstance(dims, bool) or (not isinstance(dims, int) and not dims):
+        dims = range(x.dim())  # every dim: torch.var_mean(x) or torch.var_mean(x, True)
+    if any(d % x.dim() == 0 for d in ([dims] if isinstance(dims, int) else dims)):
+        raise UnsupportedOperationError(
+            name,
+            "its mean runs over dim 0, which holds the examples and their feature copies; "
+            "give the dims of one example (dim=1, keepdim=True), as a normalisation does",
+        )
+    spread = ctx.statistic(x, lambda rows: func(rows, *rest, **rest_kwargs)[0], name)
+    return spread, ctx.tag(func(x, *rest, **rest_kwargs)[1])
 
 
 # ---------------------------------------------------------------------------- normalisations

@@ -172,12 +172,14 @@ class CTCMode(TorchFunctionMode):
         moved = next((ctx.copy_axis(t) for t in propagated if ctx.copy_axis(t)), 0)
         reduction = func in REDUCTIONS and gate_only is None  # its handler follows the copies
         if moved and row is not None and not row.follows_copies and not reduction:
-            raise copies_off_dim_zero(operation_name(func), moved)
+            if row.trailing_dims is None or gate_only is not None:
+                raise copies_off_dim_zero(operation_name(func), moved)
+            return self._on_moved_copies(func, row.trailing_dims(args, kwargs), args, kwargs)
         if gate_only is not None and not all_gates and not (row and row.takes_gate_only):
             raise UnsupportedOperationError(
                 operation_name(func),
                 f"it reads the output of {gate_only.origin}, a gate tensor of the full pass "
-                "that may only multiply the signal, as a signal",
+                "that may only multiply or divide the signal, as a signal",
             )
         only = all(m is not None and m.only for m in marks)
         if row is None and gate_only is not None and only:
@@ -206,6 +208,60 @@ class CTCMode(TorchFunctionMode):
                 if mark is None or (gate_only is not None and not mark.only):
                     ctx.mark_gate(leaf, origin, only=gate_only is not None)
         return out
+
+    def _on_moved_copies(
+        self, func: Callable[..., Any], trailing: int, args: tuple, kwargs: dict
+    ) -> Any:
+        """A rule confined to the last ``trailing`` dims, on copies a shape operation moved.
+
+        OpenAI CLIP's transformer runs sequence-first, ``(L, N, D)``: the copies lie along
+        dim 1. A rule that acts only on the last dims (``linear``, ``layer_norm`` over ``D``)
+        or elementwise (gates, residual sums, products with gate tensors) acts on each copy
+        alone wherever the copies lie, so it runs on views of its operands with the copies
+        moved to dim 0 (broadcast operands padded to the result's rank first, as broadcasting
+        aligns them), and its results are moved back. A rule that would act on the copies'
+        dim, or operands holding them along different dims, is refused.
+        """
+        ctx = self.gated_pass
+        name = operation_name(func)
+        leaves, _ = tree_flatten((args, kwargs))
+        propagated = [t for t in leaves if ctx.is_propagated(t)]
+        rank = max(t.dim() for t in propagated)
+        axes = {ctx.copy_axis(t) + rank - t.dim() for t in propagated}
+        if len(axes) != 1:
+            raise UnsupportedOperationError(
+                name, "its tensors hold the copies along different dims"
+            )
+        (axis,) = axes
+        if axis >= rank - trailing:
+            raise copies_off_dim_zero(name, axis)
+
+        def to_front(value: Any) -> Any:
+            if not isinstance(value, Tensor):
+                return value
+            if not ctx.is_propagated(value):  # a constant broadcast over the copies moves too
+                if trailing or value.dim() < rank - axis:
+                    return value
+                return value[(None,) * (rank - value.dim())].movedim(axis, 0)
+            moved = ctx.tag(value[(None,) * (rank - value.dim())].movedim(axis, 0))
+            mark = ctx.gate_mark(value)
+            return moved if mark is None else ctx.mark_gate(moved, mark.origin, mark.only)
+
+        moved_args, moved_kwargs = tree_map(to_front, (args, kwargs))
+        out = self._route(func, moved_args, moved_kwargs)
+        first = moved_args[0] if moved_args else None
+
+        def back(value: Any) -> Any:
+            if not ctx.is_propagated(value):
+                return value
+            mark = ctx.gate_mark(value)
+            if value is first and ctx.is_propagated(args[0]):  # in place: written through a view
+                result = ctx.tag(args[0], ctx.copy_axis(args[0]))
+            else:  # contiguous, as the operation returns it
+                result = ctx.tag(value.movedim(0, axis).contiguous(), axis)
+            return result if mark is None else ctx.mark_gate(result, mark.origin, mark.only)
+
+        return tree_map(back, out)
 
     def _of_gate_only(
         self,

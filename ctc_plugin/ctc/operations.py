@@ -51,6 +51,12 @@ class OperationRule:
             gives it to every copy, which is also right (and cheaper) for gate-only operands;
             other operations of gate-only operands alone are computed as they are (see
             [`CTCMode`][ctc_plugin.ctc.interception.CTCMode]).
+        trailing_dims: For a rule whose action is confined to the last dims of its input,
+            how many (from the call's arguments): 0 for elementwise operations, 1 for
+            ``linear``, the normalised dims for ``layer_norm``. Where a shape operation moved
+            the copies off dim 0 to a dim before those (OpenAI CLIP's sequence-first
+            transformer: ``(L, N, D)``), the rule runs with the copies moved back to dim 0;
+            ``None``: such a rule needs the copies along dim 0.
     """
 
     kind: str
@@ -61,6 +67,7 @@ class OperationRule:
     keeps_gate: bool = False
     follows_copies: bool = False
     from_gate_copy: bool = False
+    trailing_dims: Callable[[tuple, dict], int] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -71,7 +78,10 @@ class OperationRule:
 #: Kinds of rules, in table order, with the phrase the error message lists them by.
 KINDS: dict[str, str] = {
     "affine": "convolutions, linear layers and BatchNorm in eval mode (biases shared)",
-    "normalisation": "LayerNorm, GroupNorm, InstanceNorm and RMSNorm (statistics as gates)",
+    "normalisation": (
+        "LayerNorm, GroupNorm, InstanceNorm and RMSNorm, also written out with pow, square, "
+        "var, std or norm (statistics as gates)"
+    ),
     "gate": "ReLU/LeakyReLU and max pooling (gates of the full pass)",
     "rescale": "smooth elementwise activations (rescale gates)",
     "gate tensor": (
@@ -97,6 +107,12 @@ _SQUASHING = (
     F.relu6, F.hardtanh, F.hardsigmoid, torch.sigmoid, _T.sigmoid, F.sigmoid,
     torch.tanh, _T.tanh, F.tanh,
 )  # fmt: skip
+_IN_PLACE_SQUASHING = (torch.sigmoid_, _T.sigmoid_, torch.tanh_, _T.tanh_, F.hardtanh_)
+_STATISTICS = (
+    torch.pow, _T.pow, _T.__pow__, _T.pow_, _T.__ipow__, torch.square, _T.square, _T.square_,
+    torch.var, _T.var, torch.std, _T.std, torch.norm, _T.norm, torch.linalg.vector_norm,
+    torch.linalg.norm,
+)  # fmt: skip
 _LINEAR_OPERATIONS = (
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, _T.mean, torch.mean, _T.sum, torch.sum,
@@ -110,13 +126,28 @@ _SHAPE_OPERATIONS = (
     torch.split, _T.unbind, torch.unbind, _T.expand, _T.expand_as, _T.view_as, _T.reshape_as,
     _T.unflatten, torch.unflatten, _T.movedim, torch.movedim, _T.moveaxis, torch.moveaxis,
     _T.narrow, torch.narrow, _T.roll, torch.roll, _T.flip, torch.flip, _T.type_as, _T.detach,
-    _T.cpu, _T.cuda, _T.__iter__, _T.t, torch.t, _T.repeat,
+    _T.cpu, _T.cuda, _T.__iter__, _T.t, torch.t, _T.repeat, _T.type,
 )  # fmt: skip
 _CONCATENATIONS = (torch.cat, torch.concat, torch.concatenate, torch.stack)
 _CONSTANT_FACTORIES = (
     _T.new_zeros, _T.new_ones, _T.new_full, _T.new_empty, _T.new_tensor, torch.zeros_like,
     torch.ones_like, torch.empty_like, torch.full_like,
 )  # fmt: skip
+
+
+def _elementwise(args: tuple, kwargs: dict) -> int:
+    """An elementwise operation acts on no dim of its own."""
+    return 0
+
+
+def _last_dim(args: tuple, kwargs: dict) -> int:
+    """``linear`` acts on the last dim."""
+    return 1
+
+
+def _normalised_dims(args: tuple, kwargs: dict) -> int:
+    """``layer_norm`` and ``rms_norm`` act on the dims of ``normalized_shape``."""
+    return len(h._normalized_shape(args, kwargs))
 
 
 _SUMS = (
@@ -145,6 +176,7 @@ def _rows() -> list[OperationRule]:
             "bias-free result + the bias shared among the copies",
             h.conv_like(2, channels_first=False),
             (F.linear,),
+            trailing_dims=_last_dim,
         ),
         OperationRule(
             "affine",
@@ -159,6 +191,7 @@ def _rows() -> list[OperationRule]:
             h.add_or_subtract(1.0),
             (torch.add, T.add, T.__add__, T.__radd__, T.add_, T.__iadd__),
             keeps_gate=True,
+            trailing_dims=_elementwise,
         ),
         OperationRule(
             "affine",
@@ -166,6 +199,7 @@ def _rows() -> list[OperationRule]:
             h.add_or_subtract(-1.0),
             (torch.sub, T.sub, T.__sub__, T.sub_, T.__isub__, torch.subtract),
             keeps_gate=True,
+            trailing_dims=_elementwise,
         ),
         OperationRule(
             "affine",
@@ -173,6 +207,7 @@ def _rows() -> list[OperationRule]:
             h.add_or_subtract(-1.0, reverse=True),
             (torch.rsub, T.__rsub__),
             keeps_gate=True,
+            trailing_dims=_elementwise,
         ),
         OperationRule(
             "normalisation",
@@ -180,6 +215,7 @@ def _rows() -> list[OperationRule]:
             "and multiplied by the weight; the shift is a shared bias",
             h.layer_norm,
             (F.layer_norm, torch.layer_norm),
+            trailing_dims=_normalised_dims,
         ),
         OperationRule(
             "normalisation",
@@ -201,34 +237,55 @@ def _rows() -> list[OperationRule]:
                     "each copy divided by the gate copy's root mean square, times the weight",
                     h.rms_norm,
                     (F.rms_norm,),
+                    trailing_dims=_normalised_dims,
                 )
             ]
             if hasattr(F, "rms_norm")
             else []
         ),
         OperationRule(
+            "normalisation",
+            "a statistic of the signal (`x.pow(2)`, `x.square()`, `x.var(-1)`, `x.std(-1)`, "
+            "`torch.norm(x, dim=(1, 2))`): a gate-only tensor computed for the gate copy, "
+            "which, with what is computed from it alone (`+ eps`, `sqrt`, `rsqrt`, a mean), "
+            "may only divide or multiply the signal (normalisations written out); in place, "
+            "over dim 0 or with an input-dependent exponent it is refused",
+            h.statistic,
+            _STATISTICS,
+        ),
+        OperationRule(
+            "normalisation",
+            "the variance (standard deviation) as `var`, the mean of every copy its own (linear)",
+            h.statistic_and_mean,
+            (torch.var_mean, torch.std_mean),
+        ),
+        OperationRule(
             "gate",
             "the gate copy's activation pattern `1[x > 0]` on every copy",
             h.relu(),
             (F.relu, torch.relu, T.relu),
+            trailing_dims=_elementwise,
         ),
         OperationRule(
             "gate",
             "the gate copy's activation pattern `1[x > 0]` on every copy",
             h.relu(inplace_default=True),
             (F.relu_, T.relu_),  # torch.relu_ is F.relu_
+            trailing_dims=_elementwise,
         ),
         OperationRule(
             "gate",
             "slope 1 where the gate copy is positive, the negative slope elsewhere",
             h.leaky_relu(),
             (F.leaky_relu,),
+            trailing_dims=_elementwise,
         ),
         OperationRule(
             "gate",
             "slope 1 where the gate copy is positive, the negative slope elsewhere",
             h.leaky_relu(inplace_default=True),
             (F.leaky_relu_,),
+            trailing_dims=_elementwise,
         ),
         OperationRule(
             "gate",
@@ -242,12 +299,28 @@ def _rows() -> list[OperationRule]:
             "gets the exact activation",
             h.rescale(),
             (F.silu, F.gelu, F.hardswish, F.mish, F.elu, F.selu, F.celu, F.softplus),
+            trailing_dims=_elementwise,
         ),
         OperationRule(
             "gate tensor",
             "rescale gates, and the output is a *gate tensor* that may multiply the signal",
             h.rescale(gate=True),
             _SQUASHING,
+            trailing_dims=_elementwise,
+        ),
+        OperationRule(
+            "gate tensor",
+            "rescale gates, and the output is a *gate tensor* that may multiply the signal",
+            h.rescale(gate=True, inplace_default=True),
+            _IN_PLACE_SQUASHING,
+            trailing_dims=_elementwise,
+        ),
+        OperationRule(
+            "gate tensor",
+            "the first half times the `sigmoid` of the second (a gate tensor), as `a * "
+            "sigmoid(b)`; split along the copies' dim it is refused",
+            h.glu,
+            (F.glu,),
         ),
         OperationRule(
             "gate tensor",
@@ -259,12 +332,14 @@ def _rows() -> list[OperationRule]:
         OperationRule(
             "gate tensor",
             "with a constant: linear; with a gate tensor: every copy of the signal times the "
-            "gate copy's value (squeeze-excitation, `x * sigmoid(x)`); two input-dependent "
-            "factors of which neither is a gate tensor are refused",
+            "gate copy's value (squeeze-excitation, `x * sigmoid(x)`); a signal times itself "
+            "(`(x - u) * (x - u)`, equal values): its square, a statistic as `pow`; two other "
+            "input-dependent factors of which neither is a gate tensor are refused",
             h.multiply_or_divide(divide=False),
             (torch.mul, T.mul, T.__mul__, T.__rmul__, T.mul_, T.__imul__, torch.multiply),
             takes_gate_only=True,
             keeps_gate=True,
+            trailing_dims=_elementwise,
         ),
         OperationRule(
             "gate tensor",
@@ -274,6 +349,7 @@ def _rows() -> list[OperationRule]:
             (torch.div, T.div, T.__truediv__, T.div_, T.__itruediv__, torch.true_divide),
             takes_gate_only=True,
             keeps_gate=True,
+            trailing_dims=_elementwise,
         ),
         OperationRule(
             "attention",
@@ -349,6 +425,7 @@ def _rows() -> list[OperationRule]:
             h.dropout,
             (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout),
             keeps_gate=True,
+            trailing_dims=_elementwise,
         ),
         OperationRule(
             "linear",

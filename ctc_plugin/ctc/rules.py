@@ -455,6 +455,35 @@ class GatedPass:
         """
         return self.broadcast_gate(compute(self.gate_rows(x)), origin)
 
+    def statistic(
+        self, x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor], origin: str
+    ) -> torch.Tensor:
+        """A nonlinear statistic of the signal (its square, variance, norm): a gate-only tensor.
+
+        Normalisations written out by hand (ConvNeXt's ``(x - u).pow(2).mean(1)``, LLaMA's
+        ``x.pow(2).mean(-1)``, ``x.var(-1)``, GRN's ``torch.norm(x, dim=(1, 2))``) compute a
+        statistic of the signal and divide or multiply the signal by a function of it. As
+        ``nn.LayerNorm``'s statistics, it is the full image's: ``compute`` runs on the gate
+        copy's rows and its result is given to every copy, so the operations on it alone
+        (``+ eps``, ``sqrt``, ``rsqrt``, a mean) stay gate-only and the division or product is
+        a [`gate_product`][ctc_plugin.ctc.rules.GatedPass.gate_product]: summed over a
+        partition's copies, the result is the model's. Used any other way it is refused.
+
+        Raises:
+            UnsupportedOperationError: The statistic does not keep the batch dimension (it
+                reduces over dim 0, the examples and their copies).
+        """
+        rows = self.gate_rows(x)
+        value = compute(rows)
+        if value.dim() == 0 or value.shape[0] != rows.shape[0]:
+            raise UnsupportedOperationError(
+                origin,
+                f"it reduces {tuple(rows.shape)} to {tuple(value.shape)}, over dim 0, which holds "
+                "the examples and their feature copies; give the dims of one example (dim=1 "
+                "or dim=(1, 2), keepdim=True), as a normalisation does",
+            )
+        return self.broadcast_gate(value, origin)
+
     # ------------------------------------------------------------------ normalisations
     def normalise(
         self,

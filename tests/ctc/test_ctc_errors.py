@@ -74,7 +74,7 @@ class _Bilinear(nn.Module):
 
     def forward(self, x):
         h = self.conv(x)
-        h = h * self.conv(x)
+        h = h * self.conv(x.flip(-1))
         return self.head(h.mean(dim=(2, 3)))
 
 
@@ -118,7 +118,7 @@ class _CopiesOffDimZero(nn.Module):
         self.head = nn.Linear(3 * 8 * 8, 2)
 
     def forward(self, x):
-        return self.head(torch.relu(x.flatten(1).t()).t())
+        return self.head(torch.softmax(x.flatten(1).t(), 1).t())
 
 
 class _Rounding(nn.Module):
@@ -156,7 +156,7 @@ class _Rounding(nn.Module):
         (_SoftmaxAsSignal(), r"torch.Tensor.add .*reads the output of torch.Tensor.softmax"),
         (
             _CopiesOffDimZero(),
-            r"relu in the model \(_CopiesOffDimZero\): its input holds the copies along dim 1",
+            r"softmax in the model \(_CopiesOffDimZero\): its input holds the copies along dim 1",
         ),
     ],
 )

@@ -212,7 +212,8 @@ class _SequenceFirst(nn.Module):
 
     def forward(self, x):
         tokens = self.embed(x).flatten(2).permute(2, 0, 1)  # (T, N, D)
-        return self.head(self.mix(tokens).mean(0))
+        mixed = self.mix(tokens)  # over D: follows the copies
+        return self.head(nn.functional.layer_norm(mixed, mixed.shape[1:]).mean(0))
 
 
 @pytest.mark.parametrize("entry", ["captum", "zennit"])

@@ -165,6 +165,14 @@ EXACT = {
     "SiLU in place": lambda: Residual(nn.SiLU(inplace=True)),
     "Mish": lambda: Residual(nn.Mish()),
     "hard swish by hand": lambda: Residual(lambda t: t * F.relu6(t + 3.0) / 6.0),
+    "ConvNeXt LayerNorm by hand": lambda: Residual(
+        lambda t: (t - t.mean(1, keepdim=True))
+        / torch.sqrt((t - t.mean(1, keepdim=True)).pow(2).mean(1, keepdim=True) + 1e-6)
+    ),
+    "SE sigmoid_ in place": lambda: Residual(
+        lambda t: t * t.mean((2, 3), keepdim=True).sigmoid_()
+    ),
+    "divided by its norm": lambda: Residual(lambda t: t / t.norm(dim=1, keepdim=True)),
     "chunk": lambda: Split("chunk"),
     "split": lambda: Split("split"),
     **{
@@ -228,18 +236,12 @@ class _Refused(nn.Module):
         return self.operation(self.conv(x))
 
 
-def _layer_norm_by_hand(x):  # ConvNeXt's original channels-first LayerNorm
-    u = x.mean(1, keepdim=True)
-    return (x - u) / torch.sqrt((x - u).pow(2).mean(1, keepdim=True) + 1e-6)
-
-
 REFUSED = {
-    "pow": _layer_norm_by_hand,
+    "pow": lambda x: x.pow(x),  # an input-dependent exponent
     "erf": lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),
     "clamp": lambda x: x * ((x + 3).clamp(0, 6) / 6),
-    "sigmoid_": lambda x: x * x.mean((2, 3), keepdim=True).sigmoid_(),
     "max": lambda x: x * torch.sigmoid(x.max(1, keepdim=True)[0]),
-    "norm": lambda x: x / x.norm(dim=1, keepdim=True),
+    "add": lambda x: x + x.norm(dim=1, keepdim=True),  # a statistic used as a signal
 }
 
 

@@ -1,0 +1,215 @@
+"""Normalisation statistics written out by hand are gates, as ``nn.LayerNorm``'s are.
+
+ConvNeXt's channels-first LayerNorm (``(x - u).pow(2).mean(1)``), LLaMA's RMSNorm
+(``x * torch.rsqrt(x.pow(2).mean(-1) + eps)``, also through ``.to(torch.float32)``), LayerNorms
+through ``var``, ``std`` and ``torch.var_mean``, ConvNeXt-V2's GRN (``torch.norm`` and
+``torch.linalg.vector_norm``), ``x.square()``, ``(x - u) * (x - u)`` and ``x ** 2``: the
+statistic is computed for the full image (the gate copy) and divides or multiplies every copy.
+``"proportional"`` scores add up to the logit (float64), equal the spec's, ``"none"`` is
+gradient x input of the network with its statistics detached, and the Zennit attributor
+equals the Captum class. A statistic used as a signal is refused by name.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctc_plugin import CTC, CTCAttributor, CTCComposite
+from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.ctc.speedups import SPEC, Speedups
+
+C = 8
+EPS = 1e-6
+
+
+class Statistic(nn.Module):
+    """A normalisation written out by hand; ``frozen`` detaches its statistics."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.weight, self.bias = nn.Parameter(torch.ones(C)), nn.Parameter(torch.zeros(C))
+        self.frozen = False
+
+    def held(self, statistic: torch.Tensor) -> torch.Tensor:
+        return statistic.detach() if self.frozen else statistic
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b, kind = self.weight, self.bias, self.kind
+        if kind == "ConvNeXt LayerNorm channels_first":  # the official code
+            u = x.mean(1, keepdim=True)
+            s = (x - u).pow(2).mean(1, keepdim=True)
+            x = (x - u) / torch.sqrt(self.held(s) + EPS)
+            return w[:, None, None] * x + b[:, None, None]
+        if kind == "(x - u) * (x - u)":
+            u = x.mean(1, keepdim=True)
+            s = ((x - u) * (x - u)).mean(1, keepdim=True)
+            return (x - u) * torch.rsqrt(self.held(s) + EPS) * w[:, None, None]
+        if kind == "x ** 2":
+            return x / (self.held(x**2).mean(1, keepdim=True) + EPS).sqrt()
+        if kind == "square":
+            return x * torch.rsqrt(self.held(x.square()).mean(1, keepdim=True) + EPS)
+        if kind == "var_mean":
+            var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
+            return (x - mean) * torch.rsqrt(self.held(var) + EPS)
+        t = x.permute(0, 2, 3, 1)  # channels last
+        if kind in ("RMSNorm LLaMA", "RMSNorm LLaMA float32"):
+            dtype = t.dtype
+            h = t.to(torch.float32) if kind.endswith("float32") else t
+            variance = h.pow(2).mean(-1, keepdim=True)
+            h = h * torch.rsqrt(self.held(variance) + EPS)
+            t = w * h.to(dtype)
+        elif kind == "RMSNorm float32 type_as":
+            h = t.float() * torch.rsqrt(self.held(t.float().pow(2)).mean(-1, keepdim=True) + EPS)
+            t = h.type_as(t) * w
+        elif kind == "var":
+            var = t.var(-1, keepdim=True, unbiased=False)
+            t = (t - t.mean(-1, keepdim=True)) / torch.sqrt(self.held(var) + EPS) * w + b
+        elif kind == "std":  # the old BERT/timm LayerNorm: the sample standard deviation
+            std = t.std(-1, keepdim=True)
+            t = w * (t - t.mean(-1, keepdim=True)) / (self.held(std) + EPS) + b
+        elif kind in ("GRN torch.norm", "GRN linalg.vector_norm"):  # ConvNeXt-V2
+            if kind == "GRN torch.norm":
+                gx = torch.norm(t, p=2, dim=(1, 2), keepdim=True)
+            else:
+                gx = torch.linalg.vector_norm(t, ord=2, dim=(1, 2), keepdim=True)
+            nx = self.held(gx) / (self.held(gx).mean(dim=-1, keepdim=True) + 1e-6)
+            t = w * (t * nx) + b + t
+        else:
+            raise AssertionError(kind)
+        return t.permute(0, 3, 1, 2)
+
+
+KINDS = [
+    "ConvNeXt LayerNorm channels_first",
+    "(x - u) * (x - u)",
+    "x ** 2",
+    "square",
+    "var_mean",
+    "RMSNorm LLaMA",
+    "RMSNorm LLaMA float32",
+    "RMSNorm float32 type_as",
+    "var",
+    "std",
+    "GRN torch.norm",
+    "GRN linalg.vector_norm",
+]
+
+
+class Net(nn.Module):
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.stem, self.block = nn.Conv2d(3, C, 3, padding=1), block
+        self.conv, self.head = nn.Conv2d(C, C, 1), nn.Linear(C, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.relu(self.conv(self.block(self.stem(x)))).mean((2, 3)))
+
+
+def _case(kind: str) -> tuple[Net, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = Net(Statistic(kind)).double().eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+            parameter.copy_(noise * 0.5 + (1.0 if name == "block.weight" else 0.0))
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=generator)
+    rows = torch.arange(8) * 3 // 8
+    return model, x, rows.view(1, 1, -1, 1) * 3 + rows.view(1, 1, 1, -1)
+
+
+def _tolerance(kind: str) -> float:
+    return 1e-5 if "float32" in kind else 1e-10  # the block computes in float32 itself
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_proportional_scores_add_up_and_equal_the_spec(kind: str) -> None:
+    model, x, mask = _case(kind)
+    _, scores = CTC(model, bias_sharing="proportional").attribute(
+        x, 1, feature_mask=mask, return_feature_scores=True
+    )
+    logits = model(x).detach()[:, 1]
+    assert ((scores.scores.sum(1) - logits).abs() / logits.abs()).max() < _tolerance(kind)
+    spec = CTC(model, bias_sharing="proportional")
+    spec._speedups = SPEC
+    _, slow = spec.attribute(x, 1, feature_mask=mask, return_feature_scores=True)
+    torch.testing.assert_close(slow.scores, scores.scores, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_image_alone_adds_up_to_its_logit(kind: str) -> None:
+    model, x, mask = _case(kind)
+    _, scores = CTC(model, bias_sharing="proportional").attribute(
+        x[:1], 3, feature_mask=mask, return_feature_scores=True
+    )
+    logit = model(x[:1]).detach()[0, 3]
+    assert abs(float(scores.scores.sum() - logit)) < _tolerance(kind) * abs(float(logit))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_none_is_gradient_x_input_with_the_statistics_held_fixed(kind: str) -> None:
+    model, x, mask = _case(kind)
+    _, scores = CTC(model, bias_sharing="none").attribute(
+        x, 1, feature_mask=mask, return_feature_scores=True
+    )
+    copies = CTC(model, bias_sharing="none")
+    copies._speedups = Speedups(gradient_shortcut=False)
+    _, of_copies = copies.attribute(x, 1, feature_mask=mask, return_feature_scores=True)
+    leaf = x.clone().requires_grad_(True)
+    model.block.frozen = True
+    (gradient,) = torch.autograd.grad(model(leaf)[:, 1].sum(), leaf)
+    model.block.frozen = False
+    per_feature = torch.stack(
+        [((gradient * x) * (mask == i)).flatten(1).sum(1) for i in scores.ids.tolist()], 1
+    )
+    tolerance = dict(rtol=1e-4, atol=1e-6) if "float32" in kind else dict(rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(scores.scores, per_feature, **tolerance)
+    torch.testing.assert_close(of_copies.scores, per_feature, **tolerance)
+
+
+@pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
+@pytest.mark.parametrize("kind", ["ConvNeXt LayerNorm channels_first", "GRN torch.norm"])
+def test_the_zennit_attributor_equals_the_captum_class(kind: str, mode: str) -> None:
+    model, x, mask = _case(kind)
+    expected = CTC(model, bias_sharing=mode).attribute(x, 1, feature_mask=mask)
+    with CTCAttributor(model, CTCComposite(bias_sharing=mode), feature_mask=mask) as attributor:
+        _, relevance = attributor(x, torch.eye(4, dtype=x.dtype)[[1, 1]])
+    torch.testing.assert_close(relevance, expected, rtol=1e-9, atol=1e-12)
+
+
+class _Refused(nn.Module):
+    def __init__(self, operation) -> None:
+        super().__init__()
+        self.operation = operation
+        self.stem, self.head = nn.Conv2d(3, C, 3, padding=1), nn.Linear(C, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.operation(self.stem(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "operation, message",
+    [
+        (lambda s: s + s.pow(2), r"torch\.Tensor\.add .*reads .*torch\.Tensor\.pow, .*as a signal"),
+        (
+            lambda s: s - s.var(1, keepdim=True),
+            r"torch\.Tensor\.sub .*torch\.Tensor\.var, .*as a signal",
+        ),
+        (lambda s: s * s, r"torch\.Tensor\.mul: the model's output comes out of it"),
+        (lambda s: s.square(), r"torch\.Tensor\.square: .*not the feature.s contribution"),
+        (lambda s: s.pow(s), r"torch\.Tensor\.pow .*input-dependent exponent"),
+        (lambda s: s / s.norm(), r"torch\.Tensor\.norm .*over dim 0"),
+        (lambda s: s.pow_(2), r"torch\.Tensor\.pow_ .*in place"),
+        (lambda s: s / torch.sqrt(s), r"torch\.sqrt .*no CTC rule"),
+    ],
+)
+def test_a_statistic_used_as_a_signal_is_refused_by_name(operation, message: str) -> None:
+    model = _Refused(operation).double().eval()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    mask = (torch.arange(8) // 4)[None, None, :, None].expand(1, 1, 8, 8)
+    with pytest.raises(UnsupportedOperationError, match=message):
+        CTC(model, bias_sharing="proportional").attribute(x, 0, feature_mask=mask)
