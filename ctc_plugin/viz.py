@@ -92,7 +92,8 @@ def plot_segment_scores(
         [`save_figure`][ctc_plugin.viz.save_figure], when done).
 
     Raises:
-        ValueError: If the shapes do not fit together, or ``axes`` has the wrong length.
+        ValueError: If the shapes do not fit together, ``axes`` has the wrong length, or
+            ``top_k`` is negative.
 
     Examples:
         >>> from ctc_plugin.viz import plot_segment_scores, save_figure
@@ -106,6 +107,8 @@ def plot_segment_scores(
     import matplotlib.pyplot as plt
     from skimage.segmentation import mark_boundaries
 
+    if top_k < 0:
+        raise ValueError(f"top_k must be 0 (no ranks written) or more, got {top_k}")
     rgb = _numpy_image(image)
     shape = rgb.shape[:2]
     segments = _numpy_map(feature_mask, shape, "feature_mask").astype(np.int64)

@@ -6,7 +6,13 @@ import argparse
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ctc_plugin.commands import add_ray_options, add_threads_option, ray_options, torch_threads
+from ctc_plugin.commands import (
+    CLIError,
+    add_ray_options,
+    add_threads_option,
+    ray_options,
+    torch_threads,
+)
 from ctc_plugin.commands.arguments import non_negative_int, output_folder, positive_int
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,19 +102,35 @@ def _config(args: argparse.Namespace) -> BenchmarkConfig:
     from ctc_plugin.harness.benchmark import BenchmarkConfig
 
     config = BenchmarkConfig.quick() if args.quick else BenchmarkConfig()
-    overrides = {
+    overrides = {  # the lists each name once, in the order given (as explain's --method)
         "images": args.images,
         "robustness_images": args.robustness_images,
-        "families": tuple(args.families) if args.families else None,
-        "splits": tuple(args.splits) if args.splits else None,
-        "feature_sources": tuple(args.features) if args.features else None,
-        "methods": tuple(args.methods) if args.methods else None,
+        "families": _once(args.families),
+        "splits": _once(args.splits),
+        "feature_sources": _once(args.features),
+        "methods": _once(args.methods),
         "lime_samples": args.lime_samples,
     }
     changes = {key: value for key, value in overrides.items() if value is not None}
     if "images" in changes and "robustness_images" not in changes:
         changes["robustness_images"] = min(config.robustness_images, changes["images"])
+    images = changes.get("images", config.images)
+    if changes.get("robustness_images", 0) > images:
+        where = (
+            f"--images {images}"
+            if args.images is not None
+            else f"{images} per split with {'--quick' if args.quick else 'the full run'}"
+        )
+        raise CLIError(
+            f"--robustness-images {args.robustness_images} is more than the images explained "
+            f"({where}): give --robustness-images {images} or less, or more --images"
+        )
     return replace(config, **changes)
+
+
+def _once(names: list[str] | None) -> tuple[str, ...] | None:
+    """``names`` without repeats, in the order given (``None`` when not given)."""
+    return tuple(dict.fromkeys(names)) if names else None
 
 
 def _report_only(args: argparse.Namespace) -> int:

@@ -115,8 +115,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--split",
         choices=("shapes", "composite"),
-        default="shapes",
-        help="which bundled sample (and which zoo weights) to use",
+        default=None,
+        help="which bundled sample (and which zoo weights) to use (default: the split a zoo "
+        "--model names, e.g. resnet-composite, else shapes)",
     )
     _add_options(demo, default_out="out/demo.png")
     demo.set_defaults(func=run_demo, images=[])
@@ -698,11 +699,17 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     from ctc_plugin.ctc.errors import UnsupportedOperationError
 
     args.methods = list(dict.fromkeys(args.methods))  # each once, in the order given
+    paths = list(args.images) or [_sample_path(getattr(args, "split", "shapes"), "image")]
+    check_outputs_spare_inputs(paths, args.out)
+    if args.sam_checkpoint is not None and args.segmenter != "sam":
+        raise CLIError(
+            f"--sam-checkpoint is for --segmenter sam, and the segmenter is {args.segmenter}: "
+            "add --segmenter sam, or drop --sam-checkpoint"
+        )
     device = resolve_device(args.device)
     loaded = load_model(args.model, args.weights)
     check_input_channels(loaded)
     preprocessing = preprocessing_for(args, loaded)
-    paths = list(args.images) or [_sample_path(getattr(args, "split", "shapes"), "image")]
     images = [_prepare(preprocessing, path) for path in paths]  # every file read first
     segmenter = make_segmenter(args)
     explainer = explainer_for(loaded, args)
@@ -745,6 +752,22 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
             json_path = save_results(args.save, explained, loaded, preprocessing, args)
         print(f"data written to {args.save} and {json_path}")
     return 0
+
+
+def check_outputs_spare_inputs(paths: list[Path], out: Path) -> None:
+    """Refuse an ``--out`` that is one of the images to explain (the figure would replace it).
+
+    Raises:
+        CLIError: Naming the image and what to do.
+    """
+    import os
+
+    for path in paths:
+        if out.exists() and os.path.samefile(out, path):
+            raise CLIError(
+                f"argument --out: {out} is the image {path} to explain; the figure would "
+                "replace it: give another --out"
+            )
 
 
 def _classified(
@@ -1019,7 +1042,25 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Entry point of ``ctc-plugin demo``: the bundled sample with its ground-truth evidence."""
+    """Entry point of ``ctc-plugin demo``: the bundled sample with its ground-truth evidence.
+
+    Raises:
+        CLIError: For a zoo ``--model`` trained on another split than ``--split``'s sample.
+    """
+    from ctc_plugin.datasets.splits import SPLITS
+    from ctc_plugin.zoo.settings import FAMILIES
+
+    family, _, named = args.model.partition("-")
+    if ":" in args.model or family not in FAMILIES or named not in SPLITS:
+        args.split = args.split or "shapes"
+    elif args.split is None:
+        args.split = named
+    elif args.split != named:
+        raise CLIError(
+            f"--model {args.model} is trained on the {named} split, but --split {args.split} "
+            f"explains the {args.split} sample and its evidence: give --model {family} (with "
+            f"--split {args.split}) or --split {named}"
+        )
     if args.split == "composite" and "-" not in args.model and ":" not in args.model:
         args.model = f"{args.model}-composite"
     return explain(args, evidence_path=_sample_path(args.split, "evidence"))

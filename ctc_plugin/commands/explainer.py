@@ -319,6 +319,12 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError("--two-object-fraction composes shapes images: use it with --split shapes")
     out = args.out or checked("--out", output_file, f"explainer-{args.model}-{args.split}.pt")
     checkpoint = args.checkpoint or checked("--checkpoint", output_file, f"{out}.ckpt")
+    for flag, path in (("--checkpoint", checkpoint), ("--resume", args.resume)):
+        if path is not None and path.resolve() == out.resolve():
+            raise ValueError(
+                f"{flag} and --out both name {out}: the explainer would replace the "
+                f"checkpoint that --resume continues from; give another {flag} or --out"
+            )
     classifier = zoo.load(args.model, args.split, weights=args.weights)
     progress = not args.no_progress
     train = ShapesDataset(args.split, size=args.train_size, seed=TRAIN_SEED)
@@ -380,7 +386,8 @@ def _train(args: argparse.Namespace) -> int:
     print(
         f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): best epoch {result.best_epoch} of "
         f"{len(result.history)}, val loss {result.best_loss:.4f}, "
-        f"masked-classification loss {last['classification']:.4f}"
+        f"masked-classification loss {last['classification']:.4f}; its training checkpoint "
+        f"is {checkpoint} (--resume it with more --epochs to train on)"
     )
     return 0
 
@@ -402,6 +409,14 @@ def _gate(args: argparse.Namespace) -> int:
     classifier = zoo.load(args.model, args.split)
     if args.mask_explainer is not None:
         default = Explainer.load(args.mask_explainer)
+        trained_for = (default.metadata.get("model"), default.metadata.get("split"))
+        if None not in trained_for and trained_for != (args.model, args.split):
+            raise ValueError(
+                f"--mask-explainer {args.mask_explainer} was trained for the {trained_for[0]} "
+                f"model of split {trained_for[1]}, not for --model {args.model} --split "
+                f"{args.split}: give its --model and --split, or an explainer trained for "
+                f"{args.model} ({args.split})"
+            )
     else:
         default = zoo.load_explainer(args.model, args.split)
     if default.backbone_name != "unet-small":

@@ -153,6 +153,11 @@ class BenchmarkConfig:
         )
 
     def __post_init__(self) -> None:
+        for name in ("families", "splits", "feature_sources", "methods"):
+            values = getattr(self, name) or ()
+            repeated = sorted({value for value in values if values.count(value) > 1})
+            if repeated:  # a model or variant run twice would count twice in every mean
+                raise ValueError(f"{name} names {repeated} more than once; name each once")
         unknown = set(self.feature_sources) - set(FEATURE_SOURCES)
         if unknown:
             raise ValueError(f"unknown feature sources {sorted(unknown)}; use {FEATURE_SOURCES}")

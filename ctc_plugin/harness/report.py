@@ -206,15 +206,20 @@ def _means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         grouped[str(row["method"])].append(row)
     out = []
     for method, group in grouped.items():
-        entry: dict[str, Any] = {"method": method, "models": len(group)}
+        entry: dict[str, Any] = {"method": method, "models": len(group), "counts": {}}
         for key in COLUMNS:
-            entry[key] = finite_mean([float(r.get(key, math.nan)) for r in group])
+            values = [float(r.get(key, math.nan)) for r in group]
+            entry[key] = finite_mean(values)
+            entry["counts"][key] = sum(math.isfinite(value) for value in values)
         out.append(entry)
     return out
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     """Render method rows as a Markdown table; the best value of each column is in bold.
+
+    A row with ``"models"`` (how many models its means are over) and ``"counts"`` (per column,
+    how many of them have a value) marks a mean over fewer models: ``0.512 (1 of 2)``.
 
     Args:
         rows: Dicts with ``"method"`` and metric keys from `COLUMNS`.
@@ -235,9 +240,11 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None)
         for column in columns:
             value = float(row.get(column, math.nan))
             text = _format(value)
-            cells.append(
-                f"**{text}**" if math.isfinite(value) and value == best.get(column) else text
-            )
+            text = f"**{text}**" if math.isfinite(value) and value == best.get(column) else text
+            count, models = row.get("counts", {}).get(column), row.get("models")
+            if count and models and count < models:  # the other models have no value
+                text += f" ({count} of {models})"
+            cells.append(text)
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -553,7 +560,9 @@ PER_IMAGE_STAGES = ("explain", "localisation", "curves")
 MEAN_NOTE = (
     "Each cell is the mean of the models' values; for `welch_t` that is the mean of the "
     "per-model t statistics, a ranking of the methods, not itself a t statistic (no p-value "
-    "can be read from it)."
+    "can be read from it). A cell marked (k of m) is the mean over the k of its m models that "
+    "have a value (`dist_changed` has none where the protocol changed no prediction, "
+    "`welch_t` where it changed or kept fewer than two)."
 )
 
 
