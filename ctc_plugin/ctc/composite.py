@@ -13,7 +13,7 @@ module itself then runs on an empty batch so that no work is done twice:
 - [`BatchNormRule`][ctc_plugin.ctc.composite.BatchNormRule]:
   [`GatedPass.fold_batch_norm`][ctc_plugin.ctc.rules.GatedPass.fold_batch_norm] (eval mode only);
 - [`ReLURule`][ctc_plugin.ctc.composite.ReLURule],
-  [`LeakyReLURule`][ctc_plugin.ctc.composite.LeakyReLURule]:
+  [`LeakyReLURule`][ctc_plugin.ctc.composite.LeakyReLURule] (also ``PReLU``):
   [`GatedPass.relu_gate`][ctc_plugin.ctc.rules.GatedPass.relu_gate] and
   [`GatedPass.leaky_relu_gate`][ctc_plugin.ctc.rules.GatedPass.leaky_relu_gate];
 - [`RescaleRule`][ctc_plugin.ctc.composite.RescaleRule]: smooth activations (SiLU, GELU, Tanh, ...)
@@ -58,6 +58,7 @@ from zennit.core import Hook, RemovableHandleList
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
+from ctc_plugin.ctc.handlers import prelu_slope
 from ctc_plugin.ctc.interception import CTCMode, operation_name
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharingMode, check_mode
@@ -318,10 +319,12 @@ class ReLURule(_GateRule):
 
 
 class LeakyReLURule(_GateRule):
-    """LeakyReLU: slope 1 where the original was positive, the module's slope elsewhere."""
+    """LeakyReLU, PReLU: slope 1 where the original was positive, the module's slope elsewhere."""
 
     def gate(self, gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """`GatedPass.leaky_relu_gate` with the module's ``negative_slope``."""
+        """`GatedPass.leaky_relu_gate` with the module's ``negative_slope`` (PReLU's weight)."""
+        if isinstance(module, nn.PReLU):
+            return gated.leaky_relu_gate(x, prelu_slope(module.weight, x))
         return gated.leaky_relu_gate(x, float(module.negative_slope))
 
 
@@ -445,6 +448,7 @@ _STANDARD_FORWARDS = frozenset(
         nn.ReLU,
         nn.ReLU6,
         nn.LeakyReLU,
+        nn.PReLU,
     )
 )
 
@@ -465,7 +469,7 @@ def ctc_layer_map() -> list[tuple[tuple[type[nn.Module], ...], Hook]]:
         (AFFINE_TYPES, AffineRule()),
         (BATCH_NORM_TYPES, BatchNormRule()),
         ((nn.ReLU,), ReLURule()),
-        ((nn.LeakyReLU,), LeakyReLURule()),
+        ((nn.LeakyReLU, nn.PReLU), LeakyReLURule()),
         (RESCALE_TYPES, RescaleRule()),
         (MAX_POOL_TYPES, MaxPoolRule()),
         (NORM_TYPES, NormRule()),
@@ -570,7 +574,7 @@ class _LinearOnlyPass(GatedPass):
     def _refuse_gate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         raise _Refused("it is a nonlinearity that CTC replaces by a gate of the original pass")
 
-    relu_gate = leaky_relu_gate = rescale_gate = max_pool_switches = _refuse_gate
+    relu_gate = leaky_relu_gate = rescale_gate = max_pool_switches = max_switches = _refuse_gate
     normalise = gate_product = full_pass_gate = broadcast_gate = statistic = _refuse_gate
 
 

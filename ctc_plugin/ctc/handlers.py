@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten
 
 from ctc_plugin.ctc.copy_axis import REDUCTIONS, follow_copy_axis, reduced_copy_axis
 from ctc_plugin.ctc.errors import UnsupportedOperationError, copies_off_dim_zero
-from ctc_plugin.ctc.rules import GatedPass
+from ctc_plugin.ctc.rules import REFUSED_ATTRIBUTE, GatedPass
 
 Handler = Callable[[GatedPass, Callable[..., Any], tuple, dict], Any]
 
@@ -276,6 +276,168 @@ def leaky_relu(inplace_default: bool = False) -> Handler:
         slope = _arg(args, kwargs, 1, "negative_slope", 0.01)
         inplace = bool(_arg(args, kwargs, 2, "inplace", inplace_default)) or inplace_default
         return ctx.leaky_relu_gate(args[0], float(slope), inplace=inplace)
+
+    return handle
+
+
+def prelu(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``F.prelu`` (``nn.PReLU``): ``leaky_relu``'s gate with the learned slope per channel."""
+    x, weight = args[0], _arg(args, kwargs, 1, "weight")
+    if not ctx.is_propagated(x) or ctx.is_propagated(weight):
+        raise UnsupportedOperationError(
+            operation_name(func), "its slope depends on the input (only a learned slope is a gate)"
+        )
+    return ctx.leaky_relu_gate(x, prelu_slope(weight, x))
+
+
+def prelu_slope(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """PReLU's weight aligned to ``x``'s trailing dims: one slope, or one per channel (dim 1)."""
+    if weight.numel() == 1:
+        return weight.reshape(())
+    return weight.reshape(-1, *([1] * (x.dim() - 2)))
+
+
+def _signal_and_constants(
+    ctx: GatedPass, func: Callable, x: Any, constants: tuple[Any, ...], what: str
+) -> tuple[torch.Tensor, tuple[Any, ...]]:
+    """The signal and the constant operands of an elementwise gate, aligned to the gate copy.
+
+    Each constant is ``None``, a number, or a tensor broadcastable to the gate copy's rows of
+    ``x``; a constant with one row per copy (``torch.zeros_like(x)``) gives its gate copy's
+    rows.
+
+    Raises:
+        UnsupportedOperationError: ``x`` is no signal, a constant depends on the input, or a
+            constant would broadcast the signal to a larger shape.
+    """
+    name = operation_name(func)
+    if not ctx.is_propagated(x) or any(ctx.is_propagated(c) for c in constants):
+        raise UnsupportedOperationError(
+            name,
+            f"its {what} depends on the input; only constant {what}s (numbers, parameters, "
+            "buffers) make a gate of the full pass",
+        )
+    rows = ctx.layout.group(x)[:, 0].shape
+    aligned = []
+    for constant in constants:
+        if isinstance(constant, torch.Tensor):
+            if constant.dim() == x.dim() and constant.shape[0] == x.shape[0]:
+                ctx.check_constant(constant, x, name)
+                constant = ctx.layout.group(constant)[:, 0]
+            if torch.broadcast_shapes(rows, constant.shape) != rows:
+                raise UnsupportedOperationError(
+                    name,
+                    f"its {what} of shape {tuple(constant.shape)} broadcasts the signal of "
+                    f"shape {tuple(x.shape)} to a larger shape; expand the signal first",
+                )
+        aligned.append(constant)
+    return x, tuple(aligned)
+
+
+def _bounds(constants: tuple[Any, ...], like: torch.Tensor) -> tuple[Any, ...]:
+    """Numbers as tensors where another bound is a tensor (``torch.clamp`` takes one kind)."""
+    if not any(isinstance(c, torch.Tensor) for c in constants):
+        return constants
+    return tuple(
+        c if c is None or isinstance(c, torch.Tensor) else like.new_tensor(c) for c in constants
+    )
+
+
+def clamp(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``clamp``/``clip`` (``clamp_min``, ``clamp_max``, in place) with constant bounds.
+
+    As ``hardtanh`` (``clamp(0, 6)`` is ``relu6``): a rescale gate ``y / x`` of the gate copy,
+    whose output is a gate tensor where both bounds are given (``(x + 3).clamp(0, 6) / 6``
+    is ``hardsigmoid``). ``clamp(min=0)`` is ``relu``'s pattern. A bound that depends on the
+    input is refused.
+    """
+    name = getattr(func, "__name__", "")
+    if name.startswith("clamp_min"):
+        low, high = _arg(args, kwargs, 1, "min"), None
+    elif name.startswith("clamp_max"):
+        low, high = None, _arg(args, kwargs, 1, "max")
+    else:
+        low, high = _arg(args, kwargs, 1, "min"), _arg(args, kwargs, 2, "max")
+    x, (low, high) = _signal_and_constants(
+        ctx, func, _arg(args, kwargs, 0, "input"), (low, high), "bound"
+    )
+    if low is None and high is None:
+        return func(*args, **kwargs)  # torch says what is missing
+    inplace = is_inplace(func)
+    if high is None and isinstance(low, numbers.Number) and low == 0:
+        return ctx.relu_gate(x, inplace=inplace)
+    origin = operation_name(func) if low is not None and high is not None else None
+    return ctx.rescale_gate(
+        x, lambda t: torch.clamp(t, *_bounds((low, high), t)), origin, inplace=inplace
+    )
+
+
+def maximum_or_minimum(largest: bool) -> Handler:
+    """``torch.maximum``/``torch.minimum`` of the signal and a constant: ``clamp`` by it.
+
+    ``torch.maximum(x, torch.zeros_like(x))`` is ``relu``; the constant is a lower (upper)
+    bound, a rescale gate of the gate copy as ``clamp(min=c)``. Of two input-dependent
+    tensors it is refused (written ``torch.stack([a, b], 1).amax(1)`` it takes the full
+    pass's switches).
+    """
+
+    def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+        first, second = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "other")
+        if ctx.is_propagated(first) and ctx.is_propagated(second):
+            raise UnsupportedOperationError(
+                operation_name(func),
+                "it takes the elementwise maximum or minimum of two input-dependent tensors; "
+                f"write torch.stack([a, b], 1).{'amax' if largest else 'amin'}(1), whose "
+                "copies take the operand the full image selected",
+            )
+        signal, constant = (first, second) if ctx.is_propagated(first) else (second, first)
+        x, (bound,) = _signal_and_constants(ctx, func, signal, (constant,), "other operand")
+        pick = torch.maximum if largest else torch.minimum
+        return ctx.rescale_gate(x, lambda t: pick(t, bound.to(t.dtype)))
+
+    return handle
+
+
+def max_or_min(largest: bool, returns_indices: bool) -> Handler:
+    """``amax``/``amin`` and ``max``/``min`` over dims of one example: the full pass's switches.
+
+    Every copy takes its entries where the gate copy's maximum (minimum) lies
+    ([`GatedPass.max_switches`][ctc_plugin.ctc.rules.GatedPass.max_switches]), as max
+    pooling's switches. ``torch.max(x, dim)`` returns the gate copy's indices beside the
+    values; reading them is refused. Over dim 0 (or every dim) it is refused; ``torch.max(a,
+    b)`` of two tensors is ``torch.maximum``.
+    """
+    pairwise = maximum_or_minimum(largest)
+
+    def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
+        name = operation_name(func)
+        x = _arg(args, kwargs, 0, "input")
+        dims = _arg(args, kwargs, 1, "dim", None if returns_indices else ())
+        if returns_indices and (isinstance(dims, torch.Tensor) or "other" in kwargs):
+            return pairwise(ctx, func, args, kwargs)  # torch.max(a, b)
+        keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
+        dims = () if dims is None else (dims,) if isinstance(dims, int) else tuple(dims)
+        if not dims or any(d % x.dim() == 0 for d in dims):
+            raise UnsupportedOperationError(
+                name,
+                "it takes the maximum or minimum over dim 0, which holds the examples and their "
+                "feature copies; give the dims of one example (x.amax(1, keepdim=True)), "
+                "as CBAM's spatial attention does",
+            )
+        values, indices = ctx.max_switches(
+            x, tuple(sorted({d % x.dim() for d in dims})), keepdim, largest
+        )
+        if not returns_indices:
+            return values
+        ctx.tag(indices)
+        setattr(
+            indices,
+            REFUSED_ATTRIBUTE,
+            f"it reads the indices that {name} returned beside its values: positions the "
+            "full image selected, which CTC does not pass on to the model; use the values "
+            f"alone ({'amax' if largest else 'amin'}, or {name}(...)[0])",
+        )
+        return (torch.return_types.max if largest else torch.return_types.min)((values, indices))
 
     return handle
 

@@ -46,7 +46,7 @@ from ctc_plugin.ctc.operations import (
     TEMPLATE_FUNCTIONS,
     rule_for,
 )
-from ctc_plugin.ctc.rules import BatchDimensionError, GatedPass
+from ctc_plugin.ctc.rules import REFUSED_ATTRIBUTE, BatchDimensionError, GatedPass
 from ctc_plugin.inputs import changes_in_training, training_mode_error
 
 __all__ = [
@@ -161,6 +161,18 @@ class CTCMode(TorchFunctionMode):
             tensors = tensors[:1]  # the others are templates: their values are never read
         if not any(getattr(t, "_ctc_pass", None) is ctx.token for t in tensors):
             return func(*args, **kwargs)
+        refused = [
+            getattr(t, REFUSED_ATTRIBUTE)
+            for t in tensors
+            if ctx.is_propagated(t) and hasattr(t, REFUSED_ATTRIBUTE)
+        ]
+        if refused:  # the indices beside x.max(1)'s values: only their size may be read
+            out = func(*args, **kwargs)
+            if func not in EXIT_FUNCTIONS and not any(
+                isinstance(leaf, torch.Tensor) for leaf in tree_flatten(out)[0]
+            ):
+                return out
+            raise UnsupportedOperationError(operation_name(func), refused[0])
         if func in EXIT_FUNCTIONS:
             ctx.left_torch(operation_name(func))
             return func(*args, **kwargs)

@@ -82,11 +82,14 @@ KINDS: dict[str, str] = {
         "LayerNorm, GroupNorm, InstanceNorm and RMSNorm, also written out with pow, square, "
         "var, std or norm (statistics as gates)"
     ),
-    "gate": "ReLU/LeakyReLU and max pooling (gates of the full pass)",
+    "gate": (
+        "ReLU/LeakyReLU/PReLU, clamp, abs, and max pooling or a max over dims of one example "
+        "(gates of the full pass)"
+    ),
     "rescale": "smooth elementwise activations (rescale gates)",
     "gate tensor": (
-        "products with a gate tensor: sigmoid, hardsigmoid, tanh or softmax outputs "
-        "(squeeze-excitation, gated units)"
+        "products with a gate tensor: sigmoid, hardsigmoid, tanh, erf, clamp or softmax "
+        "outputs (squeeze-excitation, gated units)"
     ),
     "attention": (
         "attention (scaled_dot_product_attention, nn.MultiheadAttention, matmul/einsum of "
@@ -105,9 +108,18 @@ _MAX_POOLS = (
 )  # fmt: skip
 _SQUASHING = (
     F.relu6, F.hardtanh, F.hardsigmoid, torch.sigmoid, _T.sigmoid, F.sigmoid,
-    torch.tanh, _T.tanh, F.tanh,
+    torch.tanh, _T.tanh, F.tanh, torch.erf, _T.erf, torch.special.erf, torch.erfc, _T.erfc,
+    torch.special.erfc,
 )  # fmt: skip
-_IN_PLACE_SQUASHING = (torch.sigmoid_, _T.sigmoid_, torch.tanh_, _T.tanh_, F.hardtanh_)
+_IN_PLACE_SQUASHING = (
+    torch.sigmoid_, _T.sigmoid_, torch.tanh_, _T.tanh_, F.hardtanh_, torch.erf_, _T.erf_,
+    torch.erfc_, _T.erfc_,
+)  # fmt: skip
+_CLAMPS = (
+    torch.clamp, _T.clamp, torch.clamp_, _T.clamp_, torch.clip, _T.clip, torch.clip_, _T.clip_,
+    torch.clamp_min, _T.clamp_min, torch.clamp_min_, _T.clamp_min_, torch.clamp_max,
+    _T.clamp_max, torch.clamp_max_, _T.clamp_max_,
+)  # fmt: skip
 _STATISTICS = (
     torch.pow, _T.pow, _T.__pow__, _T.pow_, _T.__ipow__, torch.square, _T.square, _T.square_,
     torch.var, _T.var, torch.std, _T.std, torch.norm, _T.norm, torch.linalg.vector_norm,
@@ -153,6 +165,18 @@ def _normalised_dims(args: tuple, kwargs: dict) -> int:
 _SUMS = (
     "sums of propagated tensors are linear (residual adds); a constant added to the signal is a "
     "bias shared among the copies (e.g. `(x - mean) / std` in the model)"
+)
+
+_MAXIMUM = (
+    "with a constant: as `clamp` by it (`torch.maximum(x, torch.zeros_like(x))` is `relu`); of "
+    "two input-dependent tensors it is refused (write `torch.stack([a, b], 1).amax(1)`)"
+)
+_ABS = "the gate copy's sign on every copy (`abs(x) = sign(x) · x`, 0 where `x = 0`)"
+_REDUCED_MAX = (
+    "over dims of one example (`x.amax(1, keepdim=True)`, CBAM's `torch.max(x, 1, "
+    "keepdim=True)[0]`): every copy gathered at the gate copy's argmax (argmin) over them, as "
+    "max pooling's switches; over dim 0 it is refused, and so is reading the indices "
+    "`max`/`min` return; `torch.max(a, b)` is `torch.maximum`"
 )
 
 
@@ -289,9 +313,77 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "gate",
+            "as `leaky_relu`, with the learned slope of each channel (`nn.PReLU`)",
+            h.prelu,
+            (F.prelu, T.prelu),
+        ),
+        OperationRule(
+            "gate",
+            "with constant bounds, as `hardtanh`: every copy multiplied by `y / x` of the gate "
+            "copy, and with both bounds the output is a gate tensor (`clamp(0, 6)` is `relu6`, "
+            "`(x + 3).clamp(0, 6) / 6` is `hardsigmoid`; `clamp(min=0)` is `relu`'s pattern); "
+            "a bound that depends on the input is refused",
+            h.clamp,
+            _CLAMPS,
+            trailing_dims=_elementwise,
+        ),
+        OperationRule(
+            "gate",
+            _MAXIMUM,
+            h.maximum_or_minimum(largest=True),
+            (torch.maximum, T.maximum),
+            trailing_dims=_elementwise,
+        ),
+        OperationRule(
+            "gate",
+            _MAXIMUM,
+            h.maximum_or_minimum(largest=False),
+            (torch.minimum, T.minimum),
+            trailing_dims=_elementwise,
+        ),
+        OperationRule(
+            "gate",
+            _ABS,
+            h.rescale(),
+            (torch.abs, T.abs, torch.absolute, T.absolute),
+            trailing_dims=_elementwise,
+        ),
+        OperationRule(
+            "gate",
+            _ABS,
+            h.rescale(inplace_default=True),
+            (torch.abs_, T.abs_, T.absolute_),
+            trailing_dims=_elementwise,
+        ),
+        OperationRule(
+            "gate",
             "every copy gathered at the gate copy's argmax positions (switches)",
             h.max_pool,
             _MAX_POOLS,
+        ),
+        OperationRule(
+            "gate",
+            _REDUCED_MAX,
+            h.max_or_min(largest=True, returns_indices=False),
+            (torch.amax, T.amax),
+        ),
+        OperationRule(
+            "gate",
+            _REDUCED_MAX,
+            h.max_or_min(largest=False, returns_indices=False),
+            (torch.amin, T.amin),
+        ),
+        OperationRule(
+            "gate",
+            _REDUCED_MAX,
+            h.max_or_min(largest=True, returns_indices=True),
+            (torch.max, T.max),
+        ),
+        OperationRule(
+            "gate",
+            _REDUCED_MAX,
+            h.max_or_min(largest=False, returns_indices=True),
+            (torch.min, T.min),
         ),
         OperationRule(
             "rescale",
@@ -499,6 +591,7 @@ _OPERATORS = {
     "__isub__": "-=", "__mul__": "*", "__rmul__": "*", "__imul__": "*=", "__truediv__": "/",
     "__itruediv__": "/=", "__idiv__": "/=", "__neg__": "-x", "__getitem__": "x[i]",
     "__setitem__": "x[i] = v", "__matmul__": "@", "__rmatmul__": "@", "__iter__": "iter(x)",
+    "special_erf": "special.erf", "special_erfc": "special.erfc",
 }  # fmt: skip
 
 

@@ -18,8 +18,10 @@ linear in the copies, and input-independent terms are biases shared among them.*
 - [`GatedPass.rescale_gate`][ctc_plugin.ctc.rules.GatedPass.rescale_gate]: smooth elementwise
   activations as the ratio ``y / x`` of the original pass (exact for the gate copy, zero where the
   original input is zero);
-- [`GatedPass.max_pool_switches`][ctc_plugin.ctc.rules.GatedPass.max_pool_switches]: every copy
-  routed through the original argmax positions;
+- [`GatedPass.max_pool_switches`][ctc_plugin.ctc.rules.GatedPass.max_pool_switches],
+  [`GatedPass.max_switches`][ctc_plugin.ctc.rules.GatedPass.max_switches]: every copy
+  routed through the original argmax positions (of a pooling window, or over dims of one
+  example);
 - [`GatedPass.layer_norm`][ctc_plugin.ctc.rules.GatedPass.layer_norm],
   [`GatedPass.group_norm`][ctc_plugin.ctc.rules.GatedPass.group_norm],
   [`GatedPass.instance_norm`][ctc_plugin.ctc.rules.GatedPass.instance_norm]: normalisation
@@ -63,6 +65,10 @@ AXIS_ATTRIBUTE = "_ctc_axis"
 #: Attribute set on a propagated tensor that is a *gate tensor*, holding its
 #: [`GateMark`][ctc_plugin.ctc.rules.GateMark].
 GATE_ATTRIBUTE = "_ctc_gate"
+
+#: Attribute set on a propagated tensor that the model may not read, holding why (the indices
+#: ``x.max(1)`` returns beside its values): any operation on it is refused with that reason.
+REFUSED_ATTRIBUTE = "_ctc_refused"
 
 
 @dataclass(frozen=True)
@@ -141,7 +147,7 @@ class GatedPass:
         tensor._ctc_pass = self.token  # type: ignore[attr-defined]
         # Any operation producing this object (an in-place one too) ends a pending BatchNorm
         # fold, and its gate mark holds only where the operation's rule sets it.
-        for attribute in (FOLD_ATTRIBUTE, GATE_ATTRIBUTE, AXIS_ATTRIBUTE):
+        for attribute in (FOLD_ATTRIBUTE, GATE_ATTRIBUTE, AXIS_ATTRIBUTE, REFUSED_ATTRIBUTE):
             if hasattr(tensor, attribute):
                 delattr(tensor, attribute)
         if axis:
@@ -328,11 +334,19 @@ class GatedPass:
         return self._apply_gate(x, gate, inplace)
 
     def leaky_relu_gate(
-        self, x: torch.Tensor, negative_slope: float, inplace: bool = False
+        self, x: torch.Tensor, negative_slope: float | torch.Tensor, inplace: bool = False
     ) -> torch.Tensor:
-        """LeakyReLU: slope 1 where the original was positive, ``negative_slope`` elsewhere."""
+        """LeakyReLU: slope 1 where the original was positive, ``negative_slope`` elsewhere.
+
+        ``negative_slope`` may be a tensor broadcastable to ``x``'s rest (aligned to its
+        trailing dims): PReLU's learned slope per channel, held fixed.
+        """
         original = self.layout.group(x)[:, :1]
-        gate = torch.where(original > 0, 1.0, original.new_tensor(negative_slope))
+        if isinstance(negative_slope, torch.Tensor):
+            slope = negative_slope.detach().to(original.dtype)
+        else:
+            slope = original.new_tensor(negative_slope)
+        gate = torch.where(original > 0, 1.0, slope)
         return self._apply_gate(x, gate, inplace)
 
     def rescale_gate(
@@ -390,6 +404,41 @@ class GatedPass:
         index = indices.flatten(2).unsqueeze(1).expand(-1, grouped.shape[1], -1, -1)
         pooled = flat.gather(3, index).reshape(*grouped.shape[:3], *indices.shape[2:])
         return self.tag(pooled.flatten(0, 1))
+
+    def max_switches(
+        self, x: torch.Tensor, dims: tuple[int, ...], keepdim: bool, largest: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A maximum (minimum) over dims of one example: the full pass's switches.
+
+        ``x.amax(1, keepdim=True)``, ``torch.max(x, dim=1)`` (CBAM's spatial attention): as max
+        pooling's switches, the gate copy's argmax (argmin) over ``dims`` is taken, and every
+        copy takes its own entries there. Summed over a partition's copies, the result is the
+        model's maximum.
+
+        Args:
+            x: The propagated input.
+            dims: The dims reduced, each in ``1 .. x.dim() - 1`` (never dim 0, the copies).
+            keepdim: Keep the reduced dims with size 1, as torch's ``keepdim``.
+            largest: The maximum; ``False`` for the minimum.
+
+        Returns:
+            The values (tagged) and the gate copy's indices along the reduced dims (flattened,
+            for several), given to every copy as ``x.max(1)`` returns them (not tagged).
+        """
+        grouped = self.layout.group(x)
+        offset = grouped.dim() - x.dim()  # 1, or 2 where the copies' rows are merged
+        axes = sorted(d + offset for d in dims)
+        last = list(range(grouped.dim() - len(axes), grouped.dim()))
+        moved = grouped.movedim(axes, last).flatten(-len(axes))  # (N, C, *kept, reduced)
+        gate = moved[:, :1].detach()
+        index = (gate.argmax if largest else gate.argmin)(-1, keepdim=True)
+        values = moved.gather(-1, index.expand(*moved.shape[:-1], 1)).squeeze(-1)
+        indices = index.squeeze(-1).expand(values.shape)
+        if keepdim:
+            for axis in axes:
+                values, indices = values.unsqueeze(axis), indices.unsqueeze(axis)
+        flat = (-1, *values.shape[offset + 1 :])
+        return self.tag(values.reshape(flat)), indices.reshape(flat)
 
     def gate_product(
         self, signal: torch.Tensor, gate: torch.Tensor, divide: bool = False, inplace: bool = False

@@ -158,7 +158,7 @@ class _MaskedSignal(nn.Module):
 @pytest.mark.parametrize(
     "operation, name",
     [
-        (lambda s: s.clamp(-1.0, 1.0), "clamp"),
+        (lambda s: s.sinh(), "sinh"),  # clamp of the signal is a gate (hardtanh) now
         (lambda s: s.exp(), "exp"),
         (lambda s: s.masked_fill(torch.ones_like(s, dtype=torch.bool).tril(), 0.0), "masked_fill"),
     ],

@@ -166,12 +166,12 @@ EXACT = {
     "Mish": lambda: Residual(nn.Mish()),
     "hard swish by hand": lambda: Residual(lambda t: t * F.relu6(t + 3.0) / 6.0),
     "ConvNeXt LayerNorm by hand": lambda: Residual(
-        lambda t: (t - t.mean(1, keepdim=True))
-        / torch.sqrt((t - t.mean(1, keepdim=True)).pow(2).mean(1, keepdim=True) + 1e-6)
+        lambda t: (
+            (t - t.mean(1, keepdim=True))
+            / torch.sqrt((t - t.mean(1, keepdim=True)).pow(2).mean(1, keepdim=True) + 1e-6)
+        )
     ),
-    "SE sigmoid_ in place": lambda: Residual(
-        lambda t: t * t.mean((2, 3), keepdim=True).sigmoid_()
-    ),
+    "SE sigmoid_ in place": lambda: Residual(lambda t: t * t.mean((2, 3), keepdim=True).sigmoid_()),
     "divided by its norm": lambda: Residual(lambda t: t / t.norm(dim=1, keepdim=True)),
     "chunk": lambda: Split("chunk"),
     "split": lambda: Split("split"),
@@ -238,9 +238,9 @@ class _Refused(nn.Module):
 
 REFUSED = {
     "pow": lambda x: x.pow(x),  # an input-dependent exponent
-    "erf": lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),
-    "clamp": lambda x: x * ((x + 3).clamp(0, 6) / 6),
-    "max": lambda x: x * torch.sigmoid(x.max(1, keepdim=True)[0]),
+    "erfinv": lambda x: x * torch.erfinv(torch.tanh(x)),  # no rule (erf has one)
+    "clamp": lambda x: x.clamp(min=x.mean(1, keepdim=True)),  # an input-dependent bound
+    "max": lambda x: x * torch.sigmoid(x.max(0, keepdim=True)[0]),  # over the copies' dim
     "add": lambda x: x + x.norm(dim=1, keepdim=True),  # a statistic used as a signal
 }
 
