@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import numbers
 from collections.abc import Iterable, Iterator, Mapping
@@ -339,14 +340,39 @@ def _loader_settings(loader: Iterable[Any]) -> dict[str, Any]:
     }
 
 
+def _classifier_digest(classifier: nn.Module) -> str:
+    """Return a SHA-256 hex digest of ``classifier``'s state dict (parameters and buffers).
+
+    Each entry's name, dtype, shape and bytes are hashed in the state dict's key order, so two
+    classifiers have the same digest exactly when their state dicts are equal tensor for tensor
+    (the device does not count). Checkpoints of `fit_explainer` record it, and a resume against
+    another classifier is refused.
+    """
+    digest = hashlib.sha256()
+    for key, value in classifier.state_dict().items():
+        digest.update(f"{key}\0".encode())
+        if not isinstance(value, Tensor):  # extra state an nn.Module may store
+            digest.update(f"{value!r}\0".encode())
+            continue
+        digest.update(f"{value.dtype}{tuple(value.shape)}\0".encode())
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
 def _check_resume(
-    state: dict[str, Any], explainer: Explainer, settings: dict[str, Any], resume: str | Path
+    state: dict[str, Any],
+    explainer: Explainer,
+    settings: dict[str, Any],
+    resume: str | Path,
+    digest: str,
 ) -> None:
     """Raise unless the checkpoint ``state`` fits ``explainer`` and was made with ``settings``.
 
     Checked before anything is loaded, so a refused resume leaves the explainer unchanged.
-    Checkpoints of older versions (without recorded settings) are only checked for their
-    architecture.
+    ``digest`` is this run's classifier's `_classifier_digest`.
+    Checkpoints of older versions are checked only for what they record: without recorded
+    settings, only for their architecture; without a classifier digest, not for the classifier.
     """
     own = explainer.state_dict()
     for name in ("explainer", "best_state"):
@@ -363,6 +389,14 @@ def _check_resume(
                 f"architecture ({len(mismatched)} tensors differ in name or shape: {shown}); "
                 "resume with an explainer built as the one that wrote it"
             )
+    trained_against = state.get("classifier_digest")  # older checkpoints: unknown
+    if trained_against is not None and trained_against != digest:
+        raise ValueError(
+            f"checkpoint {str(resume)!r} was trained against another classifier (its "
+            f"parameters and buffers differ: state-dict digest {trained_against[:12]} there, "
+            f"{digest[:12]} now); resume with the classifier (model and weights) it was "
+            "trained against, or train afresh without resume"
+        )
     stored = state.get("settings")
     if stored is None:  # an older checkpoint: its settings are unknown
         return
@@ -466,7 +500,10 @@ def fit_explainer(
             torch's default generator repeat exactly.
         checkpoint: File written after every epoch (weights, optimiser, RNG, history).
         resume: Checkpoint to continue from, written for an explainer of the same
-            architecture. It must have the same hyper-parameters, thread count
+            architecture and trained against the same classifier (equal parameters and
+            buffers: checkpoints record a SHA-256 digest of the classifier's state dict; those
+            written before it was recorded are not checked for the classifier). It must have
+            the same hyper-parameters, thread count
             (``torch.get_num_threads()``) and training settings (``baseline``,
             ``max_steps_per_epoch``, ``patience``, ``min_delta``, ``seed`` (when given),
             ``multilabel``,
@@ -492,9 +529,9 @@ def fit_explainer(
             ``min_delta`` finite and >= 0, ``seed`` an integer), images that are not a finite
             floating-point batch or a loss that is NaN or infinite (the message names the
             batch), an empty validation loader or one with bad labels (checked before
-            training), or a checkpoint made with other hyper-parameters or settings or for
-            another architecture (the message names what differs; the explainer is left
-            unchanged).
+            training), or a checkpoint made with other hyper-parameters or settings, for
+            another architecture or against another classifier (the message names what
+            differs; the explainer is left unchanged).
     """
     if not isinstance(config, ExplainerHyperparameters):
         hint = (
@@ -536,9 +573,10 @@ def fit_explainer(
     result = FitResult(hyperparameters=hp)
     start_epoch, bad_epochs = 0, 0
     best_state = copy.deepcopy(explainer.state_dict())
+    digest = _classifier_digest(classifier)
     if resume is not None:
         state = load_checkpoint(resume)
-        _check_resume(state, explainer, settings, resume)
+        _check_resume(state, explainer, settings, resume, digest)
         if seed is None:  # the run keeps the seed it started with
             settings["seed"] = state.get("settings", {}).get("seed")
         if state["hyperparameters"] != hp.as_dict():
@@ -602,6 +640,7 @@ def fit_explainer(
                         "hyperparameters": hp.as_dict(),
                         "threads": torch.get_num_threads(),  # the sums' order depends on it
                         "settings": settings,
+                        "classifier_digest": digest,
                     },
                 )
     optimizer.zero_grad(set_to_none=True)

@@ -99,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
     from ctc_plugin.commands import CLIError
     from ctc_plugin.resumable import RayError
 
+    if args.sam_checkpoint is not None and args.segmenter != "sam":  # before DIR is made
+        raise CLIError(
+            f"--sam-checkpoint is for --segmenter sam, and the segmenter is {args.segmenter}: "
+            "add --segmenter sam, or drop --sam-checkpoint"
+        )
     ray_options(args)
     try:
         result = _explain(args)

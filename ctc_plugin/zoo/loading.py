@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ from ctc_plugin.zoo.settings import FAMILIES as FAMILIES
 #: Key prefixes that wrappers add to a state dict: ``nn.DataParallel`` and
 #: ``DistributedDataParallel`` (``module.``) and ``torch.compile`` (``_orig_mod.``).
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+#: How many keys (and size mismatches) of each kind a message on weights that do not fit shows.
+SHOWN_KEYS = 3
+
+#: A line of torch's ``load_state_dict`` error listing missing or unexpected keys.
+_KEY_LIST = re.compile(r"^((?:Missing|Unexpected) key\(s\) in state_dict): (.*?)\.?\s*$", re.S)
 
 
 def check_family(family: str) -> None:
@@ -89,13 +96,67 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path
     [`unwrapped_state`][ctc_plugin.zoo.loading.unwrapped_state]).
 
     Raises:
-        ValueError: ``weights in <path> do not fit the model: <torch's list of differences>``.
+        ValueError: ``weights in <path> do not fit the model: <torch's list of differences>``,
+            each list cut to its count and first keys; for a file written by
+            [`Explainer.save`][ctc_plugin.Explainer.save] it says so and what to give instead.
     """
     try:
         model.load_state_dict(unwrapped_state(model, state))
     except RuntimeError as error:
-        raise ValueError(f"weights in {path} do not fit the model: {error}") from error
+        raise ValueError(
+            f"weights in {path} do not fit the model: {_short_load_error(str(error))}"
+            f"{_explainer_file_hint(path)}"
+        ) from error
     return model.eval()
+
+
+def _short_load_error(message: str) -> str:
+    """Torch's ``load_state_dict`` error with each key list cut to its count and first keys.
+
+    A weight file of another model can miss and hold a hundred keys each; the message keeps
+    torch's first line, the count of each kind and its first
+    ``SHOWN_KEYS`` keys and size mismatches.
+    """
+    head, *lines = message.split("\n\t")
+    parts, mismatches = [head], []
+    for line in lines:
+        listed = _KEY_LIST.match(line)
+        if line.startswith("size mismatch for "):
+            mismatches.append(line.strip().rstrip(".").removeprefix("size mismatch for "))
+        elif listed:
+            keys = re.findall(r'"([^"]*)"', listed[2])
+            shown = ", ".join(f'"{key}"' for key in keys[:SHOWN_KEYS])
+            more = f", ... ({len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
+            parts.append(f"{listed[1]} ({len(keys)}): {shown}{more}.")
+        else:
+            parts.append(line.strip())
+    if mismatches:
+        more = len(mismatches) - SHOWN_KEYS
+        shown = "; ".join(mismatches[:SHOWN_KEYS]) + (f"; ... ({more} more)" if more > 0 else "")
+        parts.append(f"size mismatch for {len(mismatches)} tensor(s): {shown}.")
+    return " ".join(parts)
+
+
+def _explainer_file_hint(path: Path) -> str:
+    """A sentence on what to do when ``path`` is an Explainer file ("" for other files)."""
+    from ctc_plugin.explainer.network import FILE_FORMAT
+    from ctc_plugin.files import read_data_file
+
+    try:
+        payload = read_data_file(path, "weights")
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
+        return ""
+    metadata = payload.get("metadata")
+    model = metadata.get("model") if isinstance(metadata, dict) else None
+    trained = f" trained for the {model} model" if isinstance(model, str) else ""
+    return (
+        f" The file is an Explainer file{trained} (written by Explainer.save), not a "
+        "classifier's weights: give the classifier's own weight file (a state dict, "
+        "torch.save(model.state_dict(), path)), and read Explainer files with "
+        "ctc_plugin.Explainer.load."
+    )
 
 
 def load(family: str, split: str = "shapes", weights: str | Path | None = None) -> nn.Module:
