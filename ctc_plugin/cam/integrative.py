@@ -4,11 +4,12 @@ Reconstructed from the abstract of Singh et al., "Integrative CAM" (arXiv 2412.0
 choices and their reasons are listed in ``docs/integrative-cam-decisions.md``. For each stage
 ``l`` with feature map ``A`` and gradient ``g = dS/dA`` of the target score ``S``:
 
-    L_l = ReLU(c sum_k w_k A_k + B_l)          w from the generalised alpha (see alpha.py)
-    B_l = sign(phi'(S)) sum_c b_c dS/dZ_c      the FullGrad bias map (see bias.py)
-    c   = |sum(g * A) - sum(B_l)| / |sum(sum_k w_k A_k)|   both terms in score units (calibrate)
+    L_l = ReLU(c sum_k w_k A_k + sign(phi'(S)) B_l)   w from the generalised alpha (alpha.py)
+    B_l = sum_c b_c dS/dZ_c                    the FullGrad bias map (see bias.py)
+    c   = |sum(g * A) - sum(B_l)| / |sum(sum_k w_k A_k)|   both terms in score units (calibrate;
+          1 where the denominator is 0)
     M   = minmax( sum_l s_l Up(minmax(L_l)) / sum_l s_l )
-    s_l = mean(ReLU(g * A))   ("adaptive")   or 1   ("uniform")
+    s_l = mean(ReLU(sign(phi'(S)) g * A))   ("adaptive")   or 1   ("uniform")
 
 One forward and one backward pass serve every stage: each stage's map is computed inside a
 gradient hook the moment its gradient arrives, added to a running sum, and its tensors released,
@@ -102,13 +103,16 @@ def check_finite_scores(scores: Tensor) -> None:
 
 
 def calibrate(channel_map: Tensor, contribution: Tensor) -> Tensor:
-    """Rescale each example's channel map so that its sum is ``|contribution|``.
+    """Rescale each example's channel map so that the magnitude of its sum is ``|contribution|``.
 
     The Grad-CAM++ channel term has no fixed unit (its alpha divides by ``sum(A)``), while a
     FullGrad bias map is a share of the score. Before the two are added, the channel map is
-    scaled to carry the rest of the stage's share of the score: ``sum(g * A)`` (what flows
-    through the stage's units) minus the bias map's sum, in absolute value. Channel map plus bias
-    map then sum to ``sum(g * A)``. A map summing to zero is kept as it is.
+    scaled by the positive factor ``|contribution| / |sum(map)|``, so that its sum carries the
+    rest of the stage's share of the score in magnitude: ``sum(g * A)`` (what flows through the
+    stage's units) minus the bias map's sum. The map keeps its sign (a map with a negative sum,
+    as a stage without a ReLU may give, sums to ``-|contribution|``), so channel map plus bias
+    map sum to ``sum(g * A)`` only where both are positive. A map summing to zero is kept as it
+    is.
 
     Args:
         channel_map: ``sum_k w_k A_k``, shape (N, H, W).

@@ -1061,6 +1061,6 @@ def run_demo(args: argparse.Namespace) -> int:
             f"explains the {args.split} sample and its evidence: give --model {family} (with "
             f"--split {args.split}) or --split {named}"
         )
-    if args.split == "composite" and "-" not in args.model and ":" not in args.model:
+    if args.split == "composite" and args.model in FAMILIES:  # a zoo family: its composite weights
         args.model = f"{args.model}-composite"
     return explain(args, evidence_path=_sample_path(args.split, "evidence"))

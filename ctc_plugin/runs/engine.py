@@ -477,7 +477,8 @@ def explain_dataset(
         RayConnectionError: If ``ray`` is the address of a Ray cluster that cannot be
             reached.
         ValueError: For unknown methods and invalid numbers, ``ray_workers`` without
-            ``ray=True``, or an ``out`` that holds another kind of run.
+            ``ray=True``, ``sam_checkpoint`` with another segmenter than ``"sam"``, or an
+            ``out`` that holds another kind of run.
         CLIError: For a model, device, segmenter or target that cannot be used.
 
     Examples:
@@ -485,6 +486,11 @@ def explain_dataset(
         >>> run = explain_dataset("shapes", ["ctc", "gradcam"], "out/run", images=16)
         >>> run.table().to_pandas().groupby("method").seconds.mean()
     """
+    if sam_checkpoint is not None and segmenter != "sam":  # it would be ignored
+        raise ValueError(
+            f"sam_checkpoint is for segmenter='sam', and the segmenter is {segmenter!r}: pass "
+            "segmenter='sam', or drop sam_checkpoint"
+        )
     config = RunConfig(
         methods=(methods,) if isinstance(methods, str) else tuple(methods),
         model=model,

@@ -28,3 +28,17 @@ def test_without_split_the_demo_takes_the_models_split(tmp_path, capsys):
     assert main([*args, "--no-progress", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "samples/composite.png" in text and "predicted 0 (inside)" in text
+
+
+def test_a_torchvision_model_explains_the_composite_sample(tmp_path, capsys):
+    """Only a zoo family gets its composite weights; another model explains the sample as it is."""
+    import torch
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=4).state_dict(), weights)
+    out = tmp_path / "demo.png"
+    args = ["demo", "--split", "composite", "--model", "resnet18", "--weights", str(weights)]
+    args += ["--resize", "64", "--segmenter", "grid", "--segments", "4", "--no-progress"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert "samples/composite.png" in capsys.readouterr().out and out.exists()

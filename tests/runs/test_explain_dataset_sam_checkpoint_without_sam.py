@@ -21,3 +21,20 @@ def test_sam_checkpoint_with_another_segmenter_is_refused(tmp_path, capsys, segm
     assert error.startswith("ctc-plugin explain-dataset: error: --sam-checkpoint")
     assert "--segmenter sam" in error
     assert not out.exists()  # refused before the run folder is made
+
+
+def test_the_python_api_refuses_it_too(tmp_path):
+    from ctc_plugin.runs import explain_dataset
+
+    checkpoint = sample_path("shapes", "image")
+    with pytest.raises(ValueError, match=r"sam_checkpoint is for segmenter='sam'.*'grid'"):
+        explain_dataset(
+            "shapes",
+            ["ctc"],
+            tmp_path / "run",
+            images=1,
+            segmenter="grid",
+            sam_checkpoint=checkpoint,
+            show_progress=False,
+        )
+    assert not (tmp_path / "run").exists()
