@@ -11,14 +11,16 @@ scores add up to the model's logit, computed outside CTC.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctc_plugin import CTC
 from ctc_plugin.ctc.speedups import DEFAULT, SPEC
+
+from .exactness import assert_none_is_gradient_x_input, assert_proportional_adds_up
 
 TOKENS, WIDTH, HEADS = 5, 8, 2
 SPEEDUPS = {"spec": SPEC, "default": DEFAULT}
@@ -130,16 +132,6 @@ def _case(model: nn.Module):
     return model, x, mask
 
 
-def _linearised_gradient_times_input(model, x, mask, target):
-    leaf = x.clone().requires_grad_(True)
-    logits = model(leaf, linearised=True)
-    torch.testing.assert_close(logits, model(x))  # the reference is the same network
-    selected = logits.gather(1, torch.tensor(target).view(-1, 1)).sum()
-    (gradient,) = torch.autograd.grad(selected, leaf)
-    contribution = gradient * x
-    return torch.stack([(contribution * (mask == k)).sum(dim=(1, 2)) for k in range(3)], 1)
-
-
 MODELS = {
     **{f"sdpa {o}": (_ScaledDotProduct, o) for o in ("plain", "bool mask", "float mask")},
     **{f"sdpa {o}": (_ScaledDotProduct, o) for o in ("causal", "scale")},
@@ -153,22 +145,15 @@ MODELS = {
 def test_none_scores_are_the_linearised_attentions_gradient_times_input(name, speedups):
     builder, option = MODELS[name]
     model, x, mask = _case(builder(option))
-    target = [0, 2]
-    expected = _linearised_gradient_times_input(model, x, mask, target)
-    ctc = CTC(model, bias_sharing="none")
-    ctc._speedups = speedups
-    _, scores = ctc.attribute(x, target=target, feature_mask=mask, return_feature_scores=True)
-    torch.testing.assert_close(scores.scores, expected, rtol=1e-10, atol=1e-12)
+    linearised = partial(model, linearised=True)  # checked to be the same network
+    tolerance = {"same_output": {}, "rtol": 1e-10, "atol": 1e-12}
+    assert_none_is_gradient_x_input(
+        model, x, mask, [0, 2], linearised, speedups=(speedups,), **tolerance
+    )
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_proportional_scores_add_up_to_the_logit(name):
     builder, option = MODELS[name]
     model, x, mask = _case(builder(option))
-    _, scores = CTC(model, bias_sharing="proportional").attribute(
-        x, target=[0, 2], feature_mask=mask, return_feature_scores=True
-    )
-    logits = model(x)
-    torch.testing.assert_close(
-        scores.scores.sum(1), torch.stack([logits[0, 0], logits[1, 2]]), rtol=1e-10, atol=1e-10
-    )
+    assert_proportional_adds_up(model, x, mask, [0, 2], rtol=1e-10, atol=1e-10)

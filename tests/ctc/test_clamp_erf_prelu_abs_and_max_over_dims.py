@@ -23,9 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctc_plugin import CTC, CTCAttributor, CTCComposite
-from ctc_plugin.ctc.errors import UnsupportedOperationError
-from ctc_plugin.ctc.speedups import SPEC, Speedups
+from .exactness import (
+    assert_equals_the_spec,
+    assert_none_is_gradient_x_input,
+    assert_proportional_adds_up,
+    assert_refused,
+    assert_zennit_equals_captum,
+    feature_scores,
+    held_fixed,
+)
 
 C = 8
 
@@ -203,49 +209,27 @@ def _case(kind: str) -> tuple[Net, torch.Tensor, torch.Tensor]:
     return model, x, rows.view(1, 1, -1, 1) * 3 + rows.view(1, 1, 1, -1)
 
 
-def _scores(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, mode: str, **speed):
-    ctc = CTC(model, bias_sharing=mode)
-    if speed:
-        ctc._speedups = speed["speedups"]
-    _, scores = ctc.attribute(x, 1, feature_mask=mask, return_feature_scores=True)
-    return scores
-
-
 @pytest.mark.parametrize("kind", EXACT)
 def test_proportional_scores_add_up_and_equal_the_spec(kind: str) -> None:
     model, x, mask = _case(kind)
-    scores = _scores(model, x, mask, "proportional")
-    logits = model(x).detach()[:, 1]
-    assert ((scores.scores.sum(1) - logits).abs() / logits.abs()).max() < 1e-10
-    slow = _scores(model, x, mask, "proportional", speedups=SPEC)
-    assert (slow.scores - scores.scores).abs().max() < 1e-10 * scores.scores.abs().max()
+    scores = assert_proportional_adds_up(model, x, mask, 1, relative=1e-10)
+    assert_equals_the_spec(model, x, mask, 1, scores, relative=1e-10)
 
 
 @pytest.mark.parametrize("kind", EXACT)
 def test_one_image_adds_up_to_its_logit(kind: str) -> None:
     model, x, mask = _case(kind)
-    scores = _scores(model, x[:1], mask, "proportional")
-    torch.testing.assert_close(
-        scores.scores.sum(1), model(x[:1]).detach()[:, 1], rtol=1e-10, atol=1e-12
-    )
+    assert_proportional_adds_up(model, x[:1], mask, 1, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", EXACT)
 def test_none_is_gradient_x_input_with_the_gates_held_fixed(kind: str) -> None:
     model, x, mask = _case(kind)
-    scores = _scores(model, x, mask, "none")
-    of_copies = _scores(model, x, mask, "none", speedups=Speedups(gradient_shortcut=False))
-    leaf = x.clone().requires_grad_(True)
-    model.block.frozen = True
-    output = model(leaf)[:, 1]
-    (gradient,) = torch.autograd.grad(output.sum(), leaf)
-    model.block.frozen = False
-    torch.testing.assert_close(output.detach(), model(x).detach()[:, 1], rtol=1e-12, atol=1e-12)
-    per_feature = torch.stack(
-        [((gradient * x) * (mask == i)).flatten(1).sum(1) for i in scores.ids.tolist()], 1
+    same = {"rtol": 1e-12, "atol": 1e-12}
+    linearised = held_fixed(model, model.block)
+    assert_none_is_gradient_x_input(
+        model, x, mask, 1, linearised, same_output=same, rtol=1e-9, atol=1e-12
     )
-    torch.testing.assert_close(scores.scores, per_feature, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(of_copies.scores, per_feature, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
@@ -256,8 +240,8 @@ def test_each_written_form_scores_as_the_module_it_stands_for(
     model, x, mask = _case(written)
     other, _, _ = _case(module)
     torch.testing.assert_close(model(x), other(x), rtol=1e-12, atol=1e-12)
-    got = _scores(model, x, mask, mode).scores
-    expected = _scores(other, x, mask, mode).scores
+    got = feature_scores(model, x, mask, 1, mode).scores
+    expected = feature_scores(other, x, mask, 1, mode).scores
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
 
 
@@ -268,10 +252,7 @@ def test_each_written_form_scores_as_the_module_it_stands_for(
 )
 def test_the_zennit_attributor_equals_the_captum_class(kind: str, mode: str) -> None:
     model, x, mask = _case(kind)
-    expected = CTC(model, bias_sharing=mode).attribute(x, 1, feature_mask=mask)
-    with CTCAttributor(model, CTCComposite(bias_sharing=mode), feature_mask=mask) as attributor:
-        _, relevance = attributor(x, torch.eye(4, dtype=x.dtype)[[1, 1]])
-    torch.testing.assert_close(relevance, expected, rtol=1e-9, atol=1e-12)
+    assert_zennit_equals_captum(model, x, mask, 1, mode)
 
 
 @pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
@@ -281,11 +262,7 @@ def test_the_composite_hooks_prelu_modules_as_leaky_relu(kind: str, mode: str) -
     net, x, mask = _case(kind)
     pool = (nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     model = nn.Sequential(net.stem, net.block.prelu, *pool, net.head).eval()
-    expected = CTC(model, bias_sharing=mode).attribute(x, 1, feature_mask=mask)
-    composite = CTCComposite(bias_sharing=mode)
-    with CTCAttributor(model, composite, feature_mask=mask, functional="raise") as attributor:
-        _, relevance = attributor(x, torch.eye(4, dtype=x.dtype)[[1, 1]])
-    torch.testing.assert_close(relevance, expected, rtol=1e-9, atol=1e-12)
+    assert_zennit_equals_captum(model, x, mask, 1, mode, functional="raise")
 
 
 class _Refused(nn.Module):
@@ -332,10 +309,4 @@ class _Refused(nn.Module):
     ],
 )
 def test_refusals_say_what_to_write(operation, message: str) -> None:
-    model = _Refused(operation).double().eval()
-    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
-    mask = (torch.arange(8) // 4)[None, None, :, None].expand(1, 1, 8, 8)
-    for mode in ("proportional", "none"):
-        with pytest.raises(UnsupportedOperationError, match=message):
-            CTC(model, bias_sharing=mode).attribute(x, 0, feature_mask=mask)
-        assert not torch._C._len_torch_function_stack()
+    assert_refused(_Refused(operation).double().eval(), message, modes=("proportional", "none"))

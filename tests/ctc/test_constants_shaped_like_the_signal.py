@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctc_plugin import CTC, CTCAttributor, CTCComposite
+from ctc_plugin import CTC
 from ctc_plugin.ctc.speedups import SPEC
+
+from .exactness import assert_proportional_adds_up, assert_zennit_equals_captum
 
 WIDTH = 8
 
@@ -93,11 +95,7 @@ MODELS = {
 @pytest.mark.parametrize("name", MODELS)
 def test_proportional_scores_add_up_to_the_logit(name: str) -> None:
     model, x = _case(MODELS[name]())
-    _, scores = CTC(model, bias_sharing="proportional").attribute(
-        x, 1, feature_mask=_grid(), return_feature_scores=True
-    )
-    logits = model(x).detach()[:, 1]
-    torch.testing.assert_close(scores.scores.sum(1), logits, rtol=1e-10, atol=1e-12)
+    assert_proportional_adds_up(model, x, _grid(), 1, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
@@ -110,6 +108,4 @@ def test_the_spec_and_the_zennit_attributor_agree(name: str, mode: str) -> None:
     torch.testing.assert_close(
         spec.attribute(x, 1, feature_mask=_grid()), expected, rtol=1e-9, atol=1e-12
     )
-    with CTCAttributor(model, CTCComposite(bias_sharing=mode), feature_mask=_grid()) as attributor:
-        _, relevance = attributor(x, torch.eye(4, dtype=x.dtype)[[1, 1]])
-    torch.testing.assert_close(relevance, expected, rtol=1e-9, atol=1e-12)
+    assert_zennit_equals_captum(model, x, _grid(), 1, mode)

@@ -19,9 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctc_plugin import CTC, CTCAttributor, CTCComposite
-from ctc_plugin.ctc.errors import UnsupportedOperationError
-from ctc_plugin.ctc.speedups import Speedups
+from .exactness import (
+    assert_none_is_gradient_x_input,
+    assert_proportional_adds_up,
+    assert_refused,
+    assert_zennit_equals_captum,
+    held_fixed,
+)
 
 WIDTH, HEADS, TOKENS = 8, 2, 16
 VARIANTS = [
@@ -96,53 +100,26 @@ def _case(variant: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_proportional_scores_add_up_to_the_logit(variant: str) -> None:
     model, x, mask = _case(variant)
-    _, scores = CTC(model, bias_sharing="proportional").attribute(
-        x, 1, feature_mask=mask, return_feature_scores=True
-    )
-    torch.testing.assert_close(
-        scores.scores.sum(1), model(x).detach()[:, 1], rtol=1e-10, atol=1e-12
-    )
+    assert_proportional_adds_up(model, x, mask, 1, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_one_image_alone_adds_up_to_its_logit(variant: str) -> None:
     """One image: the full pass's probabilities are given to every copy in memory of their own."""
     model, x, mask = _case(variant)
-    _, scores = CTC(model, bias_sharing="proportional").attribute(
-        x[:1], 1, feature_mask=mask, return_feature_scores=True
-    )
-    torch.testing.assert_close(
-        scores.scores.sum(1), model(x[:1]).detach()[:, 1], rtol=1e-10, atol=1e-12
-    )
+    assert_proportional_adds_up(model, x[:1], mask, 1, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_none_is_gradient_x_input_with_the_probabilities_held_fixed(variant: str) -> None:
     model, x, mask = _case(variant)
-    _, scores = CTC(model, bias_sharing="none").attribute(
-        x, 1, feature_mask=mask, return_feature_scores=True
-    )
-    copies = CTC(model, bias_sharing="none")
-    copies._speedups = Speedups(gradient_shortcut=False)
-    _, of_copies = copies.attribute(x, 1, feature_mask=mask, return_feature_scores=True)
-    leaf = x.clone().requires_grad_(True)
-    model.frozen = True
-    (gradient,) = torch.autograd.grad(model(leaf)[:, 1].sum(), leaf)
-    model.frozen = False
-    per_feature = torch.stack(
-        [((gradient * x) * (mask == i)).flatten(1).sum(1) for i in scores.ids.tolist()], 1
-    )
-    torch.testing.assert_close(scores.scores, per_feature, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(of_copies.scores, per_feature, rtol=1e-9, atol=1e-12)
+    assert_none_is_gradient_x_input(model, x, mask, 1, held_fixed(model), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
 def test_the_zennit_attributor_equals_the_captum_class(mode: str) -> None:
     model, x, mask = _case("masked_fill")
-    expected = CTC(model, bias_sharing=mode).attribute(x, 1, feature_mask=mask)
-    with CTCAttributor(model, CTCComposite(bias_sharing=mode), feature_mask=mask) as attributor:
-        _, relevance = attributor(x, torch.eye(4, dtype=x.dtype)[[1, 1]])
-    torch.testing.assert_close(relevance, expected, rtol=1e-9, atol=1e-12)
+    assert_zennit_equals_captum(model, x, mask, 1, mode)
 
 
 class _MaskedSignal(nn.Module):
@@ -165,7 +142,4 @@ class _MaskedSignal(nn.Module):
 )
 def test_the_same_operations_on_the_signal_stay_refused(operation, name: str) -> None:
     model = _MaskedSignal(operation).double().eval()
-    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
-    mask = (torch.arange(8) // 4)[None, None, :, None].expand(1, 1, 8, 8)
-    with pytest.raises(UnsupportedOperationError, match=rf"torch\.Tensor\.{name} .*no CTC rule"):
-        CTC(model, bias_sharing="proportional").attribute(x, 0, feature_mask=mask)
+    assert_refused(model, rf"torch\.Tensor\.{name} .*no CTC rule")

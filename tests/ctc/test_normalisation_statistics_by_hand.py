@@ -17,9 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctc_plugin import CTC, CTCAttributor, CTCComposite
-from ctc_plugin.ctc.errors import UnsupportedOperationError
-from ctc_plugin.ctc.speedups import SPEC, Speedups
+from .exactness import (
+    assert_equals_the_spec,
+    assert_none_is_gradient_x_input,
+    assert_proportional_adds_up,
+    assert_refused,
+    assert_zennit_equals_captum,
+    held_fixed,
+)
 
 C = 8
 EPS = 1e-6
@@ -129,56 +134,28 @@ def _tolerance(kind: str) -> float:
 @pytest.mark.parametrize("kind", KINDS)
 def test_proportional_scores_add_up_and_equal_the_spec(kind: str) -> None:
     model, x, mask = _case(kind)
-    _, scores = CTC(model, bias_sharing="proportional").attribute(
-        x, 1, feature_mask=mask, return_feature_scores=True
-    )
-    logits = model(x).detach()[:, 1]
-    assert ((scores.scores.sum(1) - logits).abs() / logits.abs()).max() < _tolerance(kind)
-    spec = CTC(model, bias_sharing="proportional")
-    spec._speedups = SPEC
-    _, slow = spec.attribute(x, 1, feature_mask=mask, return_feature_scores=True)
-    torch.testing.assert_close(slow.scores, scores.scores, rtol=1e-9, atol=1e-12)
+    scores = assert_proportional_adds_up(model, x, mask, 1, relative=_tolerance(kind))
+    assert_equals_the_spec(model, x, mask, 1, scores, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_one_image_alone_adds_up_to_its_logit(kind: str) -> None:
     model, x, mask = _case(kind)
-    _, scores = CTC(model, bias_sharing="proportional").attribute(
-        x[:1], 3, feature_mask=mask, return_feature_scores=True
-    )
-    logit = model(x[:1]).detach()[0, 3]
-    assert abs(float(scores.scores.sum() - logit)) < _tolerance(kind) * abs(float(logit))
+    assert_proportional_adds_up(model, x[:1], mask, 3, relative=_tolerance(kind))
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_none_is_gradient_x_input_with_the_statistics_held_fixed(kind: str) -> None:
     model, x, mask = _case(kind)
-    _, scores = CTC(model, bias_sharing="none").attribute(
-        x, 1, feature_mask=mask, return_feature_scores=True
-    )
-    copies = CTC(model, bias_sharing="none")
-    copies._speedups = Speedups(gradient_shortcut=False)
-    _, of_copies = copies.attribute(x, 1, feature_mask=mask, return_feature_scores=True)
-    leaf = x.clone().requires_grad_(True)
-    model.block.frozen = True
-    (gradient,) = torch.autograd.grad(model(leaf)[:, 1].sum(), leaf)
-    model.block.frozen = False
-    per_feature = torch.stack(
-        [((gradient * x) * (mask == i)).flatten(1).sum(1) for i in scores.ids.tolist()], 1
-    )
     tolerance = dict(rtol=1e-4, atol=1e-6) if "float32" in kind else dict(rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(scores.scores, per_feature, **tolerance)
-    torch.testing.assert_close(of_copies.scores, per_feature, **tolerance)
+    assert_none_is_gradient_x_input(model, x, mask, 1, held_fixed(model, model.block), **tolerance)
 
 
 @pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
 @pytest.mark.parametrize("kind", ["ConvNeXt LayerNorm channels_first", "GRN torch.norm"])
 def test_the_zennit_attributor_equals_the_captum_class(kind: str, mode: str) -> None:
     model, x, mask = _case(kind)
-    expected = CTC(model, bias_sharing=mode).attribute(x, 1, feature_mask=mask)
-    with CTCAttributor(model, CTCComposite(bias_sharing=mode), feature_mask=mask) as attributor:
-        _, relevance = attributor(x, torch.eye(4, dtype=x.dtype)[[1, 1]])
-    torch.testing.assert_close(relevance, expected, rtol=1e-9, atol=1e-12)
+    assert_zennit_equals_captum(model, x, mask, 1, mode)
 
 
 class _Refused(nn.Module):
@@ -208,8 +185,4 @@ class _Refused(nn.Module):
     ],
 )
 def test_a_statistic_used_as_a_signal_is_refused_by_name(operation, message: str) -> None:
-    model = _Refused(operation).double().eval()
-    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
-    mask = (torch.arange(8) // 4)[None, None, :, None].expand(1, 1, 8, 8)
-    with pytest.raises(UnsupportedOperationError, match=message):
-        CTC(model, bias_sharing="proportional").attribute(x, 0, feature_mask=mask)
+    assert_refused(_Refused(operation).double().eval(), message)

@@ -17,9 +17,15 @@ import pytest
 import torch
 from torch import nn
 
-from ctc_plugin import CTC, CTCAttributor, CTCComposite
-from ctc_plugin.ctc.errors import UnsupportedOperationError
-from ctc_plugin.ctc.speedups import SPEC, Speedups
+from ctc_plugin import CTC
+from ctc_plugin.ctc.speedups import Speedups
+
+from .exactness import (
+    assert_equals_the_spec,
+    assert_proportional_adds_up,
+    assert_refused,
+    assert_zennit_equals_captum,
+)
 
 WIDTH, HEADS = 8, 2
 
@@ -108,15 +114,8 @@ def _case(gelu: bool = False) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("gelu", [False, True], ids=["QuickGELU", "GELU"])
 def test_proportional_scores_add_up_and_equal_the_spec(gelu: bool) -> None:
     model, x, mask = _case(gelu)
-    _, scores = CTC(model, bias_sharing="proportional").attribute(
-        x, 1, feature_mask=mask, return_feature_scores=True
-    )
-    logits = model(x).detach()[:, 1]
-    assert ((scores.scores.sum(1) - logits).abs() / logits.abs()).max() < 1e-10
-    spec = CTC(model, bias_sharing="proportional")
-    spec._speedups = SPEC
-    _, slow = spec.attribute(x, 1, feature_mask=mask, return_feature_scores=True)
-    torch.testing.assert_close(slow.scores, scores.scores, rtol=1e-9, atol=1e-12)
+    scores = assert_proportional_adds_up(model, x, mask, 1, relative=1e-10)
+    assert_equals_the_spec(model, x, mask, 1, scores, rtol=1e-9, atol=1e-12)
 
 
 def test_the_none_shortcut_equals_its_pass_of_copies() -> None:
@@ -132,10 +131,7 @@ def test_the_none_shortcut_equals_its_pass_of_copies() -> None:
 @pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
 def test_the_zennit_attributor_equals_the_captum_class(mode: str) -> None:
     model, x, mask = _case()
-    expected = CTC(model, bias_sharing=mode).attribute(x, 1, feature_mask=mask)
-    with CTCAttributor(model, CTCComposite(bias_sharing=mode), feature_mask=mask) as attributor:
-        _, relevance = attributor(x, torch.eye(4, dtype=x.dtype)[[1, 1]])
-    torch.testing.assert_close(relevance, expected, rtol=1e-9, atol=1e-12)
+    assert_zennit_equals_captum(model, x, mask, 1, mode)
 
 
 class _SequenceFirst(nn.Module):
@@ -161,7 +157,4 @@ class _SequenceFirst(nn.Module):
 )
 def test_operations_on_the_copies_dim_stay_refused(operation, message: str) -> None:
     model = _SequenceFirst(operation).double().eval()
-    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
-    mask = (torch.arange(8) // 4)[None, None, :, None].expand(1, 1, 8, 8)
-    with pytest.raises(UnsupportedOperationError, match=message):
-        CTC(model, bias_sharing="proportional").attribute(x, 0, feature_mask=mask)
+    assert_refused(model, message, x=torch.rand(3, 3, 8, 8, dtype=torch.float64))

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctc_plugin import CTC
-from ctc_plugin.ctc.errors import UnsupportedOperationError
-from ctc_plugin.ctc.speedups import SPEC
+
+from .exactness import assert_equals_the_spec, assert_proportional_adds_up, assert_refused
 
 C, HEADS = 8, 2
 
@@ -210,16 +210,9 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
 def test_proportional_scores_add_up_equal_the_spec_and_float32(name: str) -> None:
     model = _model(EXACT[name])
     x, mask = _inputs()
-    _, scores = CTC(model, bias_sharing="proportional").attribute(
-        x, 1, feature_mask=mask, return_feature_scores=True
-    )
-    logits = model(x).detach()[:, 1]
-    assert ((scores.scores.sum(1) - logits).abs() / logits.abs()).max() < 1e-10
-    spec = CTC(model, bias_sharing="proportional")
-    spec._speedups = SPEC
-    _, slow = spec.attribute(x, 1, feature_mask=mask, return_feature_scores=True)
+    scores = assert_proportional_adds_up(model, x, mask, 1, relative=1e-10)
+    assert_equals_the_spec(model, x, mask, 1, scores, relative=1e-10)
     scale = scores.scores.abs().max()
-    assert (slow.scores - scores.scores).abs().max() < 1e-10 * scale
     single = copy.deepcopy(model).float()
     _, in_float32 = CTC(single, bias_sharing="proportional").attribute(
         x.float(), 1, feature_mask=mask, return_feature_scores=True
@@ -263,7 +256,6 @@ def test_refused_blocks_name_the_operation_and_leave_the_model(operation: str, m
     model.block.register_forward_hook(lambda module, args, output: None)
     x, mask = _inputs()
     before = _state(model)
-    with pytest.raises(UnsupportedOperationError, match=rf"\.{operation} in block \(_Refused\)"):
-        CTC(model, bias_sharing=mode).attribute(x, 1, feature_mask=mask)
+    message = rf"\.{operation} in block \(_Refused\)"
+    assert_refused(model, message, x=x, mask=mask, target=1, modes=(mode,))
     assert _state(model) == before
-    assert not torch._C._len_torch_function_stack()
