@@ -491,6 +491,10 @@ def glu(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tens
         raise UnsupportedOperationError(
             operation_name(func), f"it splits dim {dim}, which holds the copies, in halves"
         )
+    if x.shape[dim] % 2:
+        raise ValueError(
+            f"Halving dimension must be even, but dimension {dim} is size {x.shape[dim]}"
+        )
     with CTCMode(ctx):
         first, second = x.chunk(2, dim)
         return first * torch.sigmoid(second)

@@ -39,7 +39,7 @@ from ctc_plugin.ctc.errors import (
     UntracedOutputError,
     copies_off_dim_zero,
 )
-from ctc_plugin.ctc.handlers import operation_name
+from ctc_plugin.ctc.handlers import is_inplace, operation_name
 from ctc_plugin.ctc.operations import (
     EXIT_FUNCTIONS,
     RANDOM_FUNCTIONS,
@@ -248,6 +248,13 @@ class CTCMode(TorchFunctionMode):
         if axis >= rank - trailing:
             raise copies_off_dim_zero(name, axis)
 
+        if any(isinstance(t, Tensor) and t.dim() > rank for t in leaves):
+            raise UnsupportedOperationError(
+                name,
+                f"a constant operand has more dims than the signal ({rank}), whose copies lie "
+                f"along dim {axis}: it would broadcast the copies into a larger tensor",
+            )
+
         def to_front(value: Any) -> Any:
             if not isinstance(value, Tensor):
                 return value
@@ -286,33 +293,57 @@ class CTCMode(TorchFunctionMode):
         """An operation whose propagated inputs are all gate-only: the full pass's result.
 
         Only the gate copy of a gate-only tensor means anything, so the operation runs on the
-        gate copy's rows of every propagated input (the model's own batch) and its result is
-        given to every copy: the full pass's value, also for an operation that mixes the rows
-        of dim 0 (``softmax(0)``, ``flip(0)``), which applied to every row would mix the
-        copies. The rules of the signal would not do: a bias would be shared among the copies
-        (an ``nn.Linear`` on attention probabilities, ``probabilities + 1e-3``), a squashing
-        activation would make a gate that passes for a signal. An in-place operation
-        (``scores.masked_fill_(mask, -inf)``) writes the full pass's result into every copy of
-        its tensor and returns it. A result without the batch's rows is refused.
+        gate copy's rows of every propagated input (the model's own batch; a constant with one
+        row per copy gives its gate copy's rows too) and its result is given to every copy: the
+        full pass's value, also for an operation that mixes the rows of dim 0 (``softmax(0)``,
+        ``cumsum(0)``), which applied to every row would mix the copies. The rules of the signal
+        would not do: a bias would be shared among the copies (an ``nn.Linear`` on attention
+        probabilities, ``probabilities + 1e-3``), a squashing activation would make a gate that
+        passes for a signal. An in-place operation (``scores.masked_fill_(mask, -inf)``) writes
+        the full pass's result into every copy of its tensor and returns it. Two kinds run on
+        the whole tensors instead: a call that returns no tensor (``size``, ``shape``: the
+        pass's sizes, not the model's batch) and one that returns a view of its input
+        (``scores.diagonal(...)``, so that a write through the view reaches the tensor); a view
+        must keep the copies' rows. Refused: a result without the batch's rows, ``out=``, and
+        copies a shape operation moved off dim 0.
         """
         ctx = self.gated_pass
-        rows = ctx.gate_rows(propagated[0]).shape[0]
-        in_place = _writes_in_place(func)
+        name = operation_name(func)
+        moved = next((ctx.copy_axis(t) for t in propagated if ctx.copy_axis(t)), 0)
+        if moved:
+            raise copies_off_dim_zero(name, moved)
+        if kwargs.get("out") is not None:
+            raise UnsupportedOperationError(
+                name,
+                f"it writes {origin}'s gate-only result into out=, a tensor the pass does not "
+                "follow; call it without out=",
+            )
+        reference = propagated[0]
+        rows = ctx.gate_rows(reference).shape[0]
+        in_place = is_inplace(func)
 
         def gate_copy(value: Any) -> Any:
-            if not ctx.is_propagated(value):
+            if not isinstance(value, Tensor):
                 return value
-            gate = ctx.gate_rows(value)
-            return gate.clone() if in_place and value is args[0] else gate
+            if ctx.is_propagated(value):
+                gate = ctx.gate_rows(value)
+                return gate.clone() if in_place and value is args[0] else gate
+            if value.dim() == reference.dim() > 0 and value.shape[0] == reference.shape[0] != rows:
+                return ctx.gate_rows(value)  # one row per copy (torch.full((x.shape[0], ...)))
+            return value
 
-        out = func(*tree_map(gate_copy, args), **tree_map(gate_copy, kwargs))
+        gate_args, gate_kwargs = tree_map(gate_copy, (args, kwargs))
+        out = func(*gate_args, **gate_kwargs)
         leaves, spec = tree_flatten(out)
-        if any(
-            isinstance(leaf, Tensor) and (leaf.dim() == 0 or leaf.shape[0] != rows)
-            for leaf in leaves
-        ):
+        tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
+        if not tensors:
+            return func(*args, **kwargs)  # sizes and the like: of the pass's own tensors
+        inputs = [t for t in tree_flatten((gate_args, gate_kwargs))[0] if isinstance(t, Tensor)]
+        if not in_place and any(_shares_memory(leaf, t) for leaf in tensors for t in inputs):
+            return self._view_of_gate_only(func, args, kwargs, reference, origin)
+        if any(leaf.dim() == 0 or leaf.shape[0] != rows for leaf in tensors):
             raise UnsupportedOperationError(
-                operation_name(func),
+                name,
                 f"it combines the copies of {origin}, a gate tensor of the full pass, along dim 0",
             )
         full = [
@@ -322,16 +353,40 @@ class CTCMode(TorchFunctionMode):
         if in_place:
             target = args[0]
             target.copy_(full[0])
-            return target
+            return (
+                target
+                if ctx.is_propagated(target)
+                else ctx.mark_gate(ctx.tag(target), origin, only=True)
+            )
         return tree_unflatten(full, spec)
 
+    def _view_of_gate_only(
+        self, func: Callable[..., Any], args: tuple, kwargs: dict, reference: Tensor, origin: str
+    ) -> Any:
+        """A view of a gate-only tensor, taken of the whole tensor: it must keep the copies' rows.
 
-def _writes_in_place(func: Callable[..., Any]) -> bool:
-    """Whether ``func`` writes into its first argument (``masked_fill_``, ``__iadd__``)."""
-    name = getattr(func, "__name__", "")
-    if name.startswith("__i") and name.endswith("__"):
-        return True
-    return name.endswith("_") and not name.endswith("__")
+        Raises:
+            UnsupportedOperationError: A view without the batch's rows (one that selects or
+                mixes the copies along dim 0).
+        """
+        ctx = self.gated_pass
+        out = func(*args, **kwargs)
+        tensors = [leaf for leaf in tree_flatten(out)[0] if isinstance(leaf, Tensor)]
+        if any(leaf.dim() == 0 or leaf.shape[0] != reference.shape[0] for leaf in tensors):
+            raise UnsupportedOperationError(
+                operation_name(func),
+                f"it takes a view of {origin}, a gate tensor of the full pass, that does not keep "
+                "the copies along dim 0",
+            )
+        for leaf in tensors:
+            ctx.mark_gate(ctx.tag(leaf), origin, only=True)
+        return out
+
+
+def _shares_memory(result: Tensor, operand: Tensor) -> bool:
+    """Whether ``result`` is a view of ``operand``'s memory (``diagonal``, ``select``, ...)."""
+    storage = operand.untyped_storage()
+    return storage.nbytes() > 0 and result.untyped_storage().data_ptr() == storage.data_ptr()
 
 
 @contextlib.contextmanager

@@ -192,7 +192,8 @@ class GatedPass:
 
         ``.detach()``, ``torch.no_grad()`` inside the forward function, a conversion to an
         integer dtype: the gradient would miss what follows, and the scores with it. Gate-only
-        tensors are held fixed on purpose and are not checked.
+        tensors are held fixed on purpose and are not checked, nor are the indices ``max``
+        returns (any use of them is refused).
 
         Raises:
             GraphCutError: A propagated input needs a gradient and a propagated result has none.
@@ -201,6 +202,8 @@ class GatedPass:
             return
         for leaf in outputs:
             if not self.is_propagated(leaf) or leaf.requires_grad:
+                continue
+            if hasattr(leaf, REFUSED_ATTRIBUTE):  # max's indices: refused wherever they are read
                 continue
             mark = self.gate_mark(leaf)
             if mark is None or not mark.only:

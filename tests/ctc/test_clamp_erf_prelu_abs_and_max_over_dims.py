@@ -310,3 +310,21 @@ class _Refused(nn.Module):
 )
 def test_refusals_say_what_to_write(operation, message: str) -> None:
     assert_refused(_Refused(operation).double().eval(), message, modes=("proportional", "none"))
+
+
+@pytest.mark.parametrize("kind", ["amax over channels", "max(1).values, amin over positions"])
+def test_none_takes_the_gradient_shortcut_past_max(kind: str, monkeypatch) -> None:
+    """The indices ``max`` returns beside its values carry no gradient and cut off nothing."""
+    from ctc_plugin.ctc.attribution import CTC
+
+    results = []
+    shortcut = CTC._run_gradient
+
+    def spy(self, *args, **kwargs):
+        results.append(shortcut(self, *args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(CTC, "_run_gradient", spy)
+    model, x, mask = _case(kind)
+    CTC(model, bias_sharing="none").attribute(x, 1, feature_mask=mask)
+    assert results and results[-1] is not None  # None: it fell back to the pass of copies

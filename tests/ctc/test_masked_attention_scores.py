@@ -37,6 +37,10 @@ VARIANTS = [
     "softmax type_as",
     "probabilities mixed over the batch",
     "probabilities masked in place",
+    "inverted mask",
+    "sizes checked",
+    "diagonal written in place",
+    "fill with a row per copy",
 ]
 
 
@@ -78,6 +82,20 @@ class CausalAttention(nn.Module):
         elif self.variant == "probabilities mixed over the batch":  # example i: mean of 0..i
             a = a.softmax(-1).cumsum(0)
             a = a / a.sum(-1, keepdim=True)
+        elif self.variant == "inverted mask":  # ~keep must leave keep as it is
+            keep = a > a.mean(-1, keepdim=True)
+            drop = ~keep
+            a = a.masked_fill(drop, -1e9).softmax(-1) + a.masked_fill(keep, -1e9).softmax(-1)
+        elif self.variant == "sizes checked":  # transformers' attention checks its sizes
+            if a.size() != (b, HEADS, n, n):
+                raise ValueError(f"attention scores of size {a.size()}")
+            a = a.reshape(a.shape[0], HEADS, n, n).softmax(-1)
+        elif self.variant == "diagonal written in place":  # locality self-attention
+            a.diagonal(dim1=-2, dim2=-1).fill_(-1e9)
+            a = a.softmax(-1)
+        elif self.variant == "fill with a row per copy":  # b is the pass's batch
+            fill = torch.full((b, HEADS, n, n), -1e9, dtype=a.dtype)
+            a = torch.where(self.causal == 0, fill, a).softmax(-1)
         if self.frozen:
             a = a.detach()
         y = (a @ v).transpose(1, 2).reshape(b, n, c)
@@ -120,6 +138,39 @@ def test_none_is_gradient_x_input_with_the_probabilities_held_fixed(variant: str
 def test_the_zennit_attributor_equals_the_captum_class(mode: str) -> None:
     model, x, mask = _case("masked_fill")
     assert_zennit_equals_captum(model, x, mask, 1, mode)
+
+
+class _GateOnlyInto(nn.Module):
+    """Attention scores written into ``out=`` or read with the copies moved off dim 0."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.patch, self.head = nn.Conv2d(3, WIDTH, 2, stride=2), nn.Linear(WIDTH, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        a = t @ t.transpose(1, 2) / WIDTH
+        if self.how == "out":
+            a = torch.exp(a, out=torch.empty_like(a))
+        else:  # the copies along dim 1
+            a = a.transpose(0, 1).exp().transpose(0, 1)
+        return self.head((a.softmax(-1) @ t).mean(1))
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("out", r"torch\.exp .*gate-only result into out=.*without out="),
+        ("moved", r"torch\.Tensor\.exp .*copies along dim 1"),
+    ],
+)
+def test_gate_only_scores_into_out_or_off_dim_zero_are_refused(how: str, message: str) -> None:
+    model = _GateOnlyInto(how).double().eval()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    rows = torch.arange(8) // 4
+    mask = (rows.view(1, 1, -1, 1) * 2 + rows.view(1, 1, 1, -1)).expand(1, 1, 8, 8)
+    assert_refused(model, message, x=x, mask=mask, modes=("proportional", "none"))
 
 
 class _MaskedSignal(nn.Module):
