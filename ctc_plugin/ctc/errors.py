@@ -49,6 +49,19 @@ def copies_off_dim_zero(operation: str, axis: int) -> UnsupportedOperationError:
     )
 
 
+def over_dim_zero(operation: str, what: str, example: str) -> UnsupportedOperationError:
+    """The error for a maximum, mean or statistic asked to run over dim 0 (``what`` does it).
+
+    Dim 0 holds the examples and their feature copies: a reduction over it would mix them.
+    ``example`` shows the dims of one example to give instead.
+    """
+    return UnsupportedOperationError(
+        operation,
+        f"{what} over dim 0, which holds the examples and their feature copies; give the dims "
+        f"of one example ({example})",
+    )
+
+
 class CompositeOutsideAttributorError(RuntimeError):
     """A gradient ran through a model carrying [`CTCComposite`][ctc_plugin.CTCComposite].
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils._pytree import tree_flatten
 
 from ctc_plugin.ctc.copy_axis import REDUCTIONS, follow_copy_axis, reduced_copy_axis
-from ctc_plugin.ctc.errors import UnsupportedOperationError, copies_off_dim_zero
+from ctc_plugin.ctc.errors import UnsupportedOperationError, copies_off_dim_zero, over_dim_zero
 from ctc_plugin.ctc.rules import REFUSED_ATTRIBUTE, GatedPass
 
 Handler = Callable[[GatedPass, Callable[..., Any], tuple, dict], Any]
@@ -418,11 +418,10 @@ def max_or_min(largest: bool, returns_indices: bool) -> Handler:
         keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
         dims = () if dims is None else (dims,) if isinstance(dims, int) else tuple(dims)
         if not dims or any(d % x.dim() == 0 for d in dims):
-            raise UnsupportedOperationError(
+            raise over_dim_zero(
                 name,
-                "it takes the maximum or minimum over dim 0, which holds the examples and their "
-                "feature copies; give the dims of one example (x.amax(1, keepdim=True)), "
-                "as CBAM's spatial attention does",
+                "it takes the maximum or minimum",
+                "x.amax(1, keepdim=True), as CBAM's spatial attention does",
             )
         values, indices = ctx.max_switches(
             x, tuple(sorted({d % x.dim() for d in dims})), keepdim, largest
@@ -553,11 +552,7 @@ def statistic_and_mean(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict
     if dims is None or isinstance(dims, bool) or (not isinstance(dims, int) and not dims):
         dims = range(x.dim())  # every dim: torch.var_mean(x) or torch.var_mean(x, True)
     if any(d % x.dim() == 0 for d in ([dims] if isinstance(dims, int) else dims)):
-        raise UnsupportedOperationError(
-            name,
-            "its mean runs over dim 0, which holds the examples and their feature copies; "
-            "give the dims of one example (dim=1, keepdim=True), as a normalisation does",
-        )
+        raise over_dim_zero(name, "its mean runs", "dim=1, keepdim=True, as a normalisation does")
     spread = ctx.statistic(x, lambda rows: func(rows, *rest, **rest_kwargs)[0], name)
     return spread, ctx.tag(func(x, *rest, **rest_kwargs)[1])
 

@@ -51,7 +51,12 @@ import torch
 from torch.utils._pytree import tree_map
 
 from ctc_plugin.batchnorm import batch_norm_affine
-from ctc_plugin.ctc.errors import GraphCutError, UnsupportedOperationError, UntracedOutputError
+from ctc_plugin.ctc.errors import (
+    GraphCutError,
+    UnsupportedOperationError,
+    UntracedOutputError,
+    over_dim_zero,
+)
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.sharing import BiasSharing
 
@@ -528,11 +533,10 @@ class GatedPass:
         rows = self.gate_rows(x)
         value = compute(rows)
         if value.dim() == 0 or value.shape[0] != rows.shape[0]:
-            raise UnsupportedOperationError(
+            raise over_dim_zero(
                 origin,
-                f"it reduces {tuple(rows.shape)} to {tuple(value.shape)}, over dim 0, which holds "
-                "the examples and their feature copies; give the dims of one example (dim=1 "
-                "or dim=(1, 2), keepdim=True), as a normalisation does",
+                f"it reduces {tuple(rows.shape)} to {tuple(value.shape)}",
+                "dim=1 or dim=(1, 2), keepdim=True, as a normalisation does",
             )
         return self.broadcast_gate(value, origin)
 
