@@ -25,6 +25,38 @@ from .properties import per_feature
 SHORTCUT_AND_COPIES = (None, Speedups(gradient_shortcut=False))
 
 
+def random_case(
+    build: Callable[[], nn.Module],
+    *,
+    scale: float = 0.5,
+    add: bool = False,
+    offsets: dict[str, float] | None = None,
+    noise_in_parameter_dtype: bool = False,
+    first_id: int = 0,
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """``(model, x, mask)``: ``build()`` in float64 eval mode with seeded random parameters.
+
+    The model is built after ``torch.manual_seed(0)``; one generator seeded 1 then draws every
+    parameter (``randn * scale`` plus ``offsets[name]``, or added to the parameter with
+    ``add``; drawn in float32 unless ``noise_in_parameter_dtype``) and two 8 x 8 images, and
+    the mask is a 3 x 3 grid partition with ids from ``first_id``.
+    """
+    torch.manual_seed(0)
+    model = build().double().eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            dtype = parameter.dtype if noise_in_parameter_dtype else None
+            noise = torch.randn(parameter.shape, generator=generator, dtype=dtype) * scale
+            if add:
+                parameter.add_(noise)
+            else:
+                parameter.copy_(noise + (offsets or {}).get(name, 0.0))
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=generator)
+    rows = torch.arange(8) * 3 // 8
+    return model, x, rows.view(1, 1, -1, 1) * 3 + rows.view(1, 1, 1, -1) + first_id
+
+
 def feature_scores(model, x, mask, target, mode: str = "proportional", speedups=None):
     """CTC's per-feature scores in ``mode``, under ``speedups`` (``None``: the default)."""
     ctc = CTC(model, bias_sharing=mode)

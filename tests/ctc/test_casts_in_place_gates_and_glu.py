@@ -23,6 +23,7 @@ from .exactness import (
     assert_refused,
     assert_zennit_equals_captum,
     held_fixed,
+    random_case,
 )
 
 C = 8
@@ -109,17 +110,10 @@ class Net(nn.Module):
 
 
 def _case(kind: str) -> tuple[Net, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = Net(Block(kind)).double().eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    model, x, mask = random_case(lambda: Net(Block(kind)))
     if "float32" in kind:
         model.block.norm.float()  # CLIP keeps its LayerNorms in float32
-    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=generator)
-    rows = torch.arange(8) * 3 // 8
-    return model, x, rows.view(1, 1, -1, 1) * 3 + rows.view(1, 1, 1, -1)
+    return model, x, mask
 
 
 def _tolerance(kind: str) -> float:

@@ -31,6 +31,7 @@ from .exactness import (
     assert_zennit_equals_captum,
     feature_scores,
     held_fixed,
+    random_case,
 )
 
 C = 8
@@ -198,15 +199,7 @@ class Net(nn.Module):
 
 
 def _case(kind: str) -> tuple[Net, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = Net(Block(kind)).double().eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=generator)
-    rows = torch.arange(8) * 3 // 8
-    return model, x, rows.view(1, 1, -1, 1) * 3 + rows.view(1, 1, 1, -1)
+    return random_case(lambda: Net(Block(kind)))
 
 
 @pytest.mark.parametrize("kind", EXACT)

@@ -25,6 +25,7 @@ from .exactness import (
     assert_refused,
     assert_zennit_equals_captum,
     held_fixed,
+    random_case,
 )
 
 WIDTH, HEADS, TOKENS = 8, 2, 16
@@ -103,16 +104,7 @@ class CausalAttention(nn.Module):
 
 
 def _case(variant: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = CausalAttention(variant).double().eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=generator)
-    rows = torch.arange(8) * 3 // 8
-    mask = (rows.view(1, 1, -1, 1) * 3 + rows.view(1, 1, 1, -1)) + 1
-    return model, x, mask
+    return random_case(lambda: CausalAttention(variant), first_id=1)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -24,6 +24,7 @@ from .exactness import (
     assert_refused,
     assert_zennit_equals_captum,
     held_fixed,
+    random_case,
 )
 
 C = 8
@@ -115,16 +116,9 @@ class Net(nn.Module):
 
 
 def _case(kind: str) -> tuple[Net, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = Net(Statistic(kind)).double().eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
-            parameter.copy_(noise * 0.5 + (1.0 if name == "block.weight" else 0.0))
-    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=generator)
-    rows = torch.arange(8) * 3 // 8
-    return model, x, rows.view(1, 1, -1, 1) * 3 + rows.view(1, 1, 1, -1)
+    return random_case(
+        lambda: Net(Statistic(kind)), offsets={"block.weight": 1.0}, noise_in_parameter_dtype=True
+    )
 
 
 def _tolerance(kind: str) -> float:

@@ -25,6 +25,7 @@ from .exactness import (
     assert_proportional_adds_up,
     assert_refused,
     assert_zennit_equals_captum,
+    random_case,
 )
 
 WIDTH, HEADS = 8, 2
@@ -100,15 +101,7 @@ class VisionTransformer(nn.Module):
 
 
 def _case(gelu: bool = False) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = VisionTransformer(gelu).double().eval()
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=generator)
-    rows = torch.arange(8) * 3 // 8
-    return model, x, rows.view(1, 1, -1, 1) * 3 + rows.view(1, 1, 1, -1)
+    return random_case(lambda: VisionTransformer(gelu), scale=0.3, add=True)
 
 
 @pytest.mark.parametrize("gelu", [False, True], ids=["QuickGELU", "GELU"])
