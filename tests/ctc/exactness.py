@@ -57,6 +57,24 @@ def random_case(
     return model, x, rows.view(1, 1, -1, 1) * 3 + rows.view(1, 1, 1, -1) + first_id
 
 
+class OperationAfterConv(nn.Module):
+    """A convolution, ``operation`` of its output, a spatial mean and a linear head.
+
+    The model of a refusal test: ``operation`` is the one thing CTC must refuse by name.
+    """
+
+    def __init__(
+        self, operation: Callable[[torch.Tensor], torch.Tensor], channels: int = 8
+    ) -> None:
+        super().__init__()
+        self.operation = operation
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.head = nn.Linear(channels, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.operation(self.stem(x)).mean((2, 3)))
+
+
 def feature_scores(model, x, mask, target, mode: str = "proportional", speedups=None):
     """CTC's per-feature scores in ``mode``, under ``speedups`` (``None``: the default)."""
     ctc = CTC(model, bias_sharing=mode)

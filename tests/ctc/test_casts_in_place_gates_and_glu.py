@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .exactness import (
+    OperationAfterConv,
     assert_equals_the_spec,
     assert_none_is_gradient_x_input,
     assert_proportional_adds_up,
@@ -141,20 +142,10 @@ def test_the_zennit_attributor_equals_the_captum_class(kind: str, mode: str) -> 
     assert_zennit_equals_captum(model, x, mask, 1, mode)
 
 
-class _Refused(nn.Module):
-    def __init__(self, operation) -> None:
-        super().__init__()
-        self.operation = operation
-        self.stem, self.head = nn.Conv2d(3, C, 3, padding=1), nn.Linear(C, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.operation(self.stem(x)).mean((2, 3)))
-
-
 @pytest.mark.parametrize(
     "operation, message",
     [
-        (lambda s: F.glu(s, 0), r"glu in the model \(_Refused\): it splits dim 0"),
+        (lambda s: F.glu(s, 0), r"glu in the model \(OperationAfterConv\): it splits dim 0"),
         (lambda s: s.type(torch.int32), r"torch\.Tensor\.type .*rounds"),
         (
             lambda s: torch.tanh(s) * torch.tanh(s),
@@ -164,5 +155,5 @@ class _Refused(nn.Module):
     ],
 )
 def test_refusals_say_what_is_wrong(operation, message: str) -> None:
-    error = assert_refused(_Refused(operation).double().eval(), message)
+    error = assert_refused(OperationAfterConv(operation, C).double().eval(), message)
     assert "softmax (for example" not in str(error)  # no softmax to leave out

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .exactness import (
+    OperationAfterConv,
     assert_none_is_gradient_x_input,
     assert_proportional_adds_up,
     assert_refused,
@@ -165,16 +166,6 @@ def test_gate_only_scores_into_out_or_off_dim_zero_are_refused(how: str, message
     assert_refused(model, message, x=x, mask=mask, modes=("proportional", "none"))
 
 
-class _MaskedSignal(nn.Module):
-    def __init__(self, operation) -> None:
-        super().__init__()
-        self.operation = operation
-        self.stem, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.operation(self.stem(x)).mean((2, 3)))
-
-
 @pytest.mark.parametrize(
     "operation, name",
     [
@@ -184,5 +175,5 @@ class _MaskedSignal(nn.Module):
     ],
 )
 def test_the_same_operations_on_the_signal_stay_refused(operation, name: str) -> None:
-    model = _MaskedSignal(operation).double().eval()
+    model = OperationAfterConv(operation, 4).double().eval()
     assert_refused(model, rf"torch\.Tensor\.{name} .*no CTC rule")

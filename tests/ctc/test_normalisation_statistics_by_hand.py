@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .exactness import (
+    OperationAfterConv,
     assert_equals_the_spec,
     assert_none_is_gradient_x_input,
     assert_proportional_adds_up,
@@ -152,16 +153,6 @@ def test_the_zennit_attributor_equals_the_captum_class(kind: str, mode: str) -> 
     assert_zennit_equals_captum(model, x, mask, 1, mode)
 
 
-class _Refused(nn.Module):
-    def __init__(self, operation) -> None:
-        super().__init__()
-        self.operation = operation
-        self.stem, self.head = nn.Conv2d(3, C, 3, padding=1), nn.Linear(C, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.operation(self.stem(x)).mean((2, 3)))
-
-
 @pytest.mark.parametrize(
     "operation, message",
     [
@@ -179,4 +170,4 @@ class _Refused(nn.Module):
     ],
 )
 def test_a_statistic_used_as_a_signal_is_refused_by_name(operation, message: str) -> None:
-    assert_refused(_Refused(operation).double().eval(), message)
+    assert_refused(OperationAfterConv(operation, C).double().eval(), message)
