@@ -40,27 +40,35 @@ __all__ = ["explain_func"]
 _QUANTUS_KEYS = frozenset({"device", "channel_first", "softmax"})
 
 
-def _check_softmax(model: nn.Module, softmax: Any) -> None:
+def _check_softmax(model: nn.Module, images: Tensor, softmax: Any) -> None:
     """Refuse a ``softmax`` that asks to explain another output than the model's own.
 
-    Quantus's ``explain`` adds a softmax to a model that does not end in ``torch.nn.Softmax``
-    (``softmax=True``) or removes the last one (``softmax=False``); ``explain_func`` explains
-    the model's output as it is, so it refuses both requests rather than ignore them.
+    Quantus's ``explain`` adds a softmax to a model whose output is logits (``softmax=True``)
+    or removes it from one whose output is probabilities (``softmax=False``); ``explain_func``
+    explains the model's output as it is, so it refuses both requests rather than ignore them.
+    What the output is, is read from the output itself (one forward pass on the batch: every
+    row non-negative and summing to 1 is a softmax), not from the model's last module.
     """
     if softmax is None:
         return
-    ends_in_softmax = isinstance(list(model.modules())[-1], nn.Softmax)
-    if softmax and not ends_in_softmax:
+    with torch.no_grad():
+        output = model(images)
+    probabilities = bool(
+        output.dim() == 2
+        and (output >= 0).all()
+        and torch.allclose(output.sum(dim=1), torch.ones_like(output[:, 0]), atol=1e-4)
+    )
+    if softmax and not probabilities:
         raise ValueError(
-            "explain_func got softmax=True, but it explains the model's output as it is (here "
-            "not a softmax) and does not add one; drop softmax=True, or pass a model that ends "
-            "in torch.nn.Softmax"
+            "explain_func got softmax=True, but the model's output is no softmax (its rows are "
+            "not probabilities summing to 1), and explain_func explains the output as it is, "
+            "without adding one; drop softmax=True, or pass a model whose output is the softmax"
         )
-    if not softmax and ends_in_softmax:
+    if not softmax and probabilities:
         raise ValueError(
-            "explain_func got softmax=False, but the model ends in torch.nn.Softmax, which "
-            "explain_func does not remove; drop softmax=False, or pass the model without its "
-            "final Softmax to explain the logits"
+            "explain_func got softmax=False, but the model's output is a softmax (every row sums "
+            "to 1), which explain_func does not remove; drop softmax=False, or pass the model "
+            "without its final softmax to explain the logits"
         )
 
 
@@ -103,8 +111,9 @@ def explain_func(
             ignored, the maps are computed on the model's device) and ``channel_first``
             (ignored: Quantus passes channels-first batches to a torch model) are accepted;
             ``softmax`` is accepted where the model's output already is what it asks for
-            (``True``: the model ends in ``torch.nn.Softmax``; ``False``: it does not) and
-            refused otherwise, since ``explain_func`` explains the model's output as it is.
+            (``True``: its rows are probabilities summing to 1; ``False``: they are not, read
+            from one forward pass on the batch) and refused otherwise, since ``explain_func``
+            explains the model's output as it is.
             Any other key is an error.
 
     Returns:
@@ -136,7 +145,6 @@ def explain_func(
             f"method {method!r} does not apply to {type(model).__name__} (the benchmark leaves "
             f"it out for such models); choose one of {sorted(fits)}"
         )
-    _check_softmax(model, kwargs.get("softmax"))
     check_eval_mode(model)  # before any method runs: its statistics must not change
     try:
         device = next(model.parameters()).device
@@ -146,6 +154,7 @@ def explain_func(
     if images.dim() != 4:
         raise ValueError(f"inputs must be (N, C, H, W) channels-first, got {tuple(images.shape)}")
     check_inputs(images, tuples=False)  # NaN or infinite values: no method may pass them on
+    _check_softmax(model, images, kwargs.get("softmax"))
     labels = as_targets(targets, len(images)).to(device)  # integers only, never truncated
     mask = None
     if spec.uses_features:

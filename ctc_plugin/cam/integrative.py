@@ -29,7 +29,10 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.nn.modules.module import (
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
 
 from ctc_plugin.cam.alpha import AlphaTerms, Phi, alpha_terms, channel_weights, resolve_phi
 from ctc_plugin.cam.bias import bias_map
@@ -197,6 +200,23 @@ def _refuse_channels_last(
         check_inputs(inputs, images=True, channels=channels, finite=False)  # the message
 
 
+def _record_conv_grid(
+    grids: list[tuple[int, int]], module: nn.Module, _inputs: Any, output: Any
+) -> None:
+    """Global forward hook of a call: keep the output size of the last ``nn.Conv2d`` that ran.
+
+    For a ViT that is its patch embedding's grid, which the square default of
+    [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] must match.
+    """
+    if isinstance(module, nn.Conv2d) and isinstance(output, Tensor) and output.dim() >= 3:
+        grids[:] = [(int(output.shape[-2]), int(output.shape[-1]))]
+
+
+def _last_grid(grids: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """The grid `_record_conv_grid` kept last, ``None`` if no convolution ran."""
+    return grids[0] if grids else None
+
+
 class _BackwardDone(Exception):
     """Raised by the last stage hook to stop the backward pass early."""
 
@@ -361,8 +381,10 @@ class IntegrativeCAM(Attribution):
         leaves = tuple(t.detach().requires_grad_(True) for t in inputs_tuple)
         run = _Run(self, size, return_layer_maps)
         chosen = self._chosen_layers()
+        patch_grids: list[tuple[int, int]] = []  # the output size of the last Conv2d that ran
         if chosen is not None:
-            chosen = [(module, check_square_grid(reshape, size)) for module, reshape in chosen]
+            seen = partial(_last_grid, patch_grids)
+            chosen = [(module, check_square_grid(r, size, seen)) for module, r in chosen]
         tracer = StageTracer(
             run.on_grad, discover=chosen is None, fold_bias=self.bias, names=self._names()
         )
@@ -375,6 +397,8 @@ class IntegrativeCAM(Attribution):
             handles.append(register_module_forward_pre_hook(hook))
             hook = scope.only(partial(_refuse_channels_last, inputs, []))
             handles.append(register_module_forward_pre_hook(hook))
+            hook = scope.only(partial(_record_conv_grid, patch_grids))
+            handles.append(register_module_forward_hook(hook))
             for module, reshape in chosen or []:
                 name = self._layer_name(module)
                 hook = scope.only(partial(_record_layer, tracer, name, reshape))

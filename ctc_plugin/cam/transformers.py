@@ -59,7 +59,11 @@ def tokens_to_grid(tokens: Tensor, grid: tuple[int, int] | None = None) -> Tenso
     return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
 
 
-def check_square_grid(reshape: Reshape | None, size: tuple[int, int]) -> Reshape | None:
+def check_square_grid(
+    reshape: Reshape | None,
+    size: tuple[int, int],
+    patch_grid: Callable[[], tuple[int, int] | None] | None = None,
+) -> Reshape | None:
     """Check the square default of `tokens_to_grid` against the image; return the reshape to use.
 
     The default guesses the patch grid from the token count (the largest square that fits).
@@ -67,8 +71,10 @@ def check_square_grid(reshape: Reshape | None, size: tuple[int, int]) -> Reshape
     see [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid]), and with many extra tokens
     (registers) it is too large: 16 patches with a class token and 8 registers make 25 tokens,
     read as 5 x 5. So the default is refused for a non-square image, and the returned reshape
-    refuses a guessed grid that does not divide the image into whole patches. Any other reshape
-    is returned as it is.
+    compares its guess with ``patch_grid()``, the grid the model's patch embedding made (the
+    output size of the last convolution before the layer), and refuses a guess that differs.
+    Where ``patch_grid`` gives ``None`` (no convolution ran: a linear patch embedding), the
+    guess stands. Any other reshape is returned as it is.
 
     Raises:
         ValueError: Naming the grid argument to pass (the returned reshape raises it during the
@@ -84,20 +90,21 @@ def check_square_grid(reshape: Reshape | None, size: tuple[int, int]) -> Reshape
             "model's patch grid"
         )
 
-    def square_grid_of_whole_patches(tokens: Tensor) -> Tensor:
+    def square_grid_of_the_patches(tokens: Tensor) -> Tensor:
         grid = tokens_to_grid(tokens)
         side = grid.shape[-1]
-        if size[0] % side:
+        seen = patch_grid() if patch_grid is not None else None
+        if seen is not None and tuple(seen) != (side, side):
             raise ValueError(
                 f"tokens_to_grid read the {tokens.shape[1]} tokens as a {side} x {side} patch "
-                f"grid, which does not divide the {size[0]} x {size[1]} image into whole "
-                "patches: the model has more extra tokens (class token, registers) than the "
-                "square default can tell apart; pass reshape_transform=functools.partial("
-                "ctc_plugin.cam.tokens_to_grid, grid=(rows, columns)) with the model's patch grid"
+                f"grid, but the model's patch embedding made a {seen[0]} x {seen[1]} grid: the "
+                "model has more extra tokens (class token, registers) than the square default "
+                "can tell apart; pass reshape_transform=functools.partial("
+                f"ctc_plugin.cam.tokens_to_grid, grid=({seen[0]}, {seen[1]}))"
             )
         return grid
 
-    return square_grid_of_whole_patches
+    return square_grid_of_the_patches
 
 
 def channels_last_to_grid(maps: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ def _batch() -> tuple[np.ndarray, np.ndarray]:
 
 def test_softmax_true_is_refused_on_a_model_that_returns_logits():
     x, y = _batch()
-    with pytest.raises(ValueError, match="softmax=True.*torch.nn.Softmax"):
+    with pytest.raises(ValueError, match="softmax=True.*no softmax"):
         explain_func(_cnn(), x, y, method="Saliency", softmax=True)
 
 
@@ -70,3 +70,31 @@ def test_inputs_with_nan_are_refused_not_explained_as_nan_maps():
     x[1, 0, 2, 3] = np.nan
     with pytest.raises(ValueError, match="NaN or infinite.*example 1"):
         explain_func(_cnn(), x, y, method="GradCAM")
+
+
+class _FunctionalSoftmax(nn.Module):
+    """Probabilities from ``F.softmax`` in forward, an ``nn.Softmax`` registered elsewhere."""
+
+    def __init__(self, probabilities: bool) -> None:
+        super().__init__()
+        self.probabilities = probabilities
+        self.conv, self.fc, self.gate = (
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.Linear(4, 3),
+            nn.Softmax(1),
+        )
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        logits = self.fc((h * self.gate(h)).mean((2, 3)))
+        return torch.softmax(logits, 1) if self.probabilities else logits
+
+
+@pytest.mark.parametrize("probabilities", [True, False])
+def test_softmax_is_read_from_the_output_not_from_the_last_module(probabilities):
+    x, y = torch.rand(2, 3, 8, 8), [0, 1]
+    model = _FunctionalSoftmax(probabilities).eval()
+    maps = explain_func(model, x, y, method="Saliency", softmax=probabilities)
+    assert maps.shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match=f"softmax={not probabilities}"):
+        explain_func(model, x, y, method="Saliency", softmax=not probabilities)

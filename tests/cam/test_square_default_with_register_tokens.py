@@ -1,8 +1,9 @@
-"""The square default of ``tokens_to_grid`` is refused where its guess has fractional patches.
+"""The square default of ``tokens_to_grid`` is refused where it differs from the patch grid.
 
 A ViT with 4 x 4 patches, a class token and 8 register tokens has 25 tokens: the largest square
-that fits is 5 x 5, which puts the wrong tokens on the grid (a 16-pixel image is no whole number
-of patches of a 5 x 5 grid). With the grid given, or with fewer extra tokens, the maps are made.
+that fits is 5 x 5, which puts the wrong tokens on the grid (the patch embedding made 4 x 4).
+With the grid given, with fewer extra tokens, or with patches that do not divide the image (the
+patch convolution rounds down), the maps are made.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _maps(model: nn.Module, reshape, x: torch.Tensor) -> torch.Tensor:
 
 def test_nine_extra_tokens_with_the_square_default_are_refused_naming_the_grid():
     model, x = RegisterViT(extra=9), torch.rand(2, 3, 16, 16)
-    with pytest.raises(ValueError, match=r"5 x 5 patch grid.*grid=\(rows, columns\)"):
+    with pytest.raises(ValueError, match=r"5 x 5 patch grid.*4 x 4 grid.*grid=\(4, 4\)"):
         _maps(model, tokens_to_grid, x)
     assert not any(block._forward_hooks for block in model.blocks)
 
@@ -64,4 +65,19 @@ def test_a_class_token_and_four_registers_keep_the_square_default():
     model, x = RegisterViT(extra=5), torch.rand(2, 3, 16, 16)
     default = _maps(model, tokens_to_grid, x)
     given = _maps(model, functools.partial(tokens_to_grid, grid=(4, 4)), x)
+    torch.testing.assert_close(default, given)
+
+
+class RoundedPatchViT(RegisterViT):
+    """14-pixel patches on a 125-pixel image: the patch convolution rounds down to 8 x 8."""
+
+    def __init__(self, extra: int) -> None:
+        super().__init__(extra)
+        self.embed = nn.Conv2d(3, 8, 14, 14)
+
+
+def test_a_patch_grid_that_rounds_the_image_down_keeps_the_square_default():
+    model, x = RoundedPatchViT(extra=5), torch.rand(2, 3, 125, 125)
+    default = _maps(model, tokens_to_grid, x)
+    given = _maps(model, functools.partial(tokens_to_grid, grid=(8, 8)), x)
     torch.testing.assert_close(default, given)
