@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 
@@ -15,17 +16,14 @@ def require(module: str, pip_name: str, purpose: str) -> ModuleType:
         purpose: What needs it, for the message.
 
     Raises:
-        ImportError: ``module`` is not installed (the message names ``pip_name``), or it is but
-            importing it failed, e.g. on a dependency of its own that is missing (the message
-            names what failed).
+        ImportError: ``module``'s top-level package is not installed (the message names
+            ``pip_name``), or it is but importing ``module`` failed, e.g. on a dependency of its
+            own that is missing or a version guard (the message names what failed).
     """
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        missing = getattr(error, "name", None)
-        parts = module.split(".")
-        own = {".".join(parts[: i + 1]) for i in range(len(parts))}
-        if missing is not None and missing not in own:
+        if _installed(module.partition(".")[0]):
             raise ImportError(
                 f"{purpose} needs the optional package {pip_name!r}: it is installed, but "
                 f"importing {module!r} failed ({type(error).__name__}: {error}); install what "
@@ -35,3 +33,11 @@ def require(module: str, pip_name: str, purpose: str) -> ModuleType:
             f"{purpose} needs the optional package {pip_name!r}, which is not installed "
             f"(`pip install {pip_name}`); the segment-anything based SAMSegmenter needs no extra"
         ) from error
+
+
+def _installed(top_level: str) -> bool:
+    """Whether the top-level package ``top_level`` can be found (imported or not)."""
+    try:
+        return importlib.util.find_spec(top_level) is not None
+    except ValueError:  # in sys.modules without a __spec__: it is there
+        return True

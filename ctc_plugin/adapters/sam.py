@@ -7,7 +7,7 @@ classifier's input grid by nearest-neighbour resizing and turned into a partitio
 [`to_partition`][ctc_plugin.features.partition.to_partition]. Results are cached on disk by image
 content and settings, so explaining the same image twice runs SAM once.
 
-Checkpoints are read as data only by [`read_data_file`][ctc_plugin.files.read_data_file] (an
+Checkpoints are read as data only by [`read_state_dict`][ctc_plugin.files.read_state_dict] (an
 empty, truncated or corrupt file is one clear error naming it); nothing is downloaded.
 """
 
@@ -37,7 +37,7 @@ from segment_anything.modeling import (
 from ctc_plugin.features.base import FeatureTable, Segmenter, feature_table
 from ctc_plugin.features.cache import MaskCache
 from ctc_plugin.features.partition import check_partition_options, to_partition
-from ctc_plugin.files import read_data_file
+from ctc_plugin.files import read_state_dict
 
 __all__ = ["SAM_MODEL_TYPES", "SAMSegmenter", "build_tiny_sam", "load_sam"]
 
@@ -163,9 +163,10 @@ def load_sam(
 
     Raises:
         ValueError: Without a checkpoint, for an unknown ``model_type``, an unreadable file (the
-            message of [`ctc_plugin.files.read_data_file`][ctc_plugin.files.read_data_file]: empty,
-            truncated or corrupt, not a ``torch.save`` file, objects other than tensors, a folder),
-            or a checkpoint that does not match ``model_type``.
+            message of [`ctc_plugin.files.read_state_dict`][ctc_plugin.files.read_state_dict]:
+            empty, truncated or corrupt, not a ``torch.save`` file, objects other than tensors, a
+            folder, no state dict on its own or under ``"model"`` or ``"state_dict"``), or a
+            checkpoint that does not match ``model_type``.
         FileNotFoundError: If the checkpoint file does not exist.
     """
     registry = SAM_MODEL_TYPES if registry is None else registry
@@ -174,13 +175,9 @@ def load_sam(
     if checkpoint is None:
         raise ValueError(f"no {what} was given: {hint}")
     path = Path(checkpoint).expanduser()
-    if not path.exists():  # a folder or a damaged file gets read_data_file's message
+    if not path.exists():  # a folder or a damaged file gets read_state_dict's message
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist: {hint}")
-    state = read_data_file(path, what)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{what} {str(path)!r} does not hold a state dict of tensors")
+    state = read_state_dict(path, what)
     sam = registry[model_type](checkpoint=None)
     try:
         sam.load_state_dict(state, strict=True)

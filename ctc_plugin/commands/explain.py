@@ -552,6 +552,35 @@ def resolve_device(text: str) -> torch.device:
 
 
 # ---------------------------------------------------------------------- segmenting
+def check_sam_checkpoint(segmenter: str, sam_checkpoint: Any) -> None:
+    """Refuse a SAM checkpoint given with another segmenter than SAM (it would be ignored).
+
+    The one check of ``explain``, ``explain-dataset`` and
+    [`explain_dataset`][ctc_plugin.runs.explain_dataset]; its message names both the option and
+    the keyword.
+
+    Raises:
+        ValueError: If ``sam_checkpoint`` is not ``None`` and ``segmenter`` is not ``"sam"``.
+    """
+    if sam_checkpoint is not None and segmenter != "sam":
+        raise ValueError(
+            f"--sam-checkpoint / sam_checkpoint is for segmenter='sam' (--segmenter sam), and "
+            f"the segmenter is {segmenter!r}: choose the sam segmenter, or drop the checkpoint"
+        )
+
+
+def sam_checkpoint_option(args: argparse.Namespace) -> None:
+    """`check_sam_checkpoint` on ``args``.
+
+    Raises:
+        CLIError: Its message, for a command's one-line error.
+    """
+    try:
+        check_sam_checkpoint(args.segmenter, args.sam_checkpoint)
+    except ValueError as error:
+        raise CLIError(str(error)) from error
+
+
 def make_segmenter(args: argparse.Namespace):
     """Return the segmenter chosen by ``--segmenter`` (and ``--sam-checkpoint``)."""
     from ctc_plugin.features import GridSegmenter, SuperpixelSegmenter
@@ -701,11 +730,7 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     args.methods = list(dict.fromkeys(args.methods))  # each once, in the order given
     paths = list(args.images) or [_sample_path(getattr(args, "split", "shapes"), "image")]
     check_outputs_spare_inputs(paths, args.out)
-    if args.sam_checkpoint is not None and args.segmenter != "sam":
-        raise CLIError(
-            f"--sam-checkpoint is for --segmenter sam, and the segmenter is {args.segmenter}: "
-            "add --segmenter sam, or drop --sam-checkpoint"
-        )
+    sam_checkpoint_option(args)
     device = resolve_device(args.device)
     loaded = load_model(args.model, args.weights)
     check_input_channels(loaded)

@@ -101,12 +101,13 @@ def _train(args: argparse.Namespace) -> int:
     """Train each requested family and save its float32 state dict.
 
     Each file is written under a temporary name beside it and renamed into place, so a save
-    that fails (disk full) or is killed leaves the previous file as it was. A file written into
-    the shipped weights folder gets its manifest entry updated.
+    that fails (disk full) or is killed leaves the previous file as it was; the temporary files
+    that killed saves left (their processes gone) are removed before each save. A file written
+    into the shipped weights folder gets its manifest entry updated.
     """
     import torch
 
-    from ctc_plugin.resumable.atomic import write_atomic
+    from ctc_plugin.resumable.atomic import remove_stale_temporaries, write_atomic
     from ctc_plugin.weights import record_in_manifest
     from ctc_plugin.zoo import train_family, weights_path
     from ctc_plugin.zoo.training import evaluate, training_config
@@ -124,6 +125,7 @@ def _train(args: argparse.Namespace) -> int:
             k: v.detach().float() if v.is_floating_point() else v.detach()
             for k, v in model.state_dict().items()
         }
+        remove_stale_temporaries(out.parent)
         write_atomic(out, lambda handle, state=state: torch.save(state, handle))
         record_in_manifest(out)  # keeps the shipped weights' manifest in step with the file
         accuracy = evaluate(model, args.split, size=args.eval_size)

@@ -22,7 +22,7 @@ from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
 from ctc_plugin.files import read_data_file
 from ctc_plugin.inputs import check_images
-from ctc_plugin.resumable.atomic import write_atomic
+from ctc_plugin.resumable.atomic import remove_stale_temporaries, write_atomic
 
 #: Tag stored in checkpoints written during
 #: [`fit_explainer`][ctc_plugin.explainer.training.fit_explainer].
@@ -340,24 +340,55 @@ def _loader_settings(loader: Iterable[Any]) -> dict[str, Any]:
     }
 
 
+def _unwrapped(classifier: nn.Module) -> nn.Module:
+    """The model inside ``nn.DataParallel``, ``DistributedDataParallel`` and ``torch.compile``.
+
+    These wrappers hold the same parameters under prefixed keys (``module.``, ``_orig_mod.``);
+    the digest hashes the wrapped model's own keys, so a wrapped classifier is the same one.
+    """
+    while True:
+        if isinstance(classifier, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            classifier = classifier.module
+        elif isinstance(getattr(classifier, "_orig_mod", None), nn.Module):  # torch.compile
+            classifier = classifier._orig_mod
+        else:
+            return classifier
+
+
 def _classifier_digest(classifier: nn.Module) -> str:
     """Return a SHA-256 hex digest of ``classifier``'s state dict (parameters and buffers).
 
-    Each entry's name, dtype, shape and bytes are hashed in the state dict's key order, so two
-    classifiers have the same digest exactly when their state dicts are equal tensor for tensor
-    (the device does not count). Checkpoints of `fit_explainer` record it, and a resume against
-    another classifier is refused.
+    Each entry's name, shape and values are hashed in the state dict's key order (floating-point
+    values as float64, which every float dtype casts to exactly), so two classifiers have the
+    same digest exactly when their state dicts hold equal values tensor for tensor: the device,
+    memory format, dtype (see `_classifier_dtypes`) and wrappers (``nn.DataParallel``,
+    ``DistributedDataParallel``, ``torch.compile``) do not count. Checkpoints of
+    `fit_explainer` record it, and a resume against another classifier is refused.
     """
     digest = hashlib.sha256()
-    for key, value in classifier.state_dict().items():
+    for key, value in _unwrapped(classifier).state_dict().items():
         digest.update(f"{key}\0".encode())
         if not isinstance(value, Tensor):  # extra state an nn.Module may store
             digest.update(f"{value!r}\0".encode())
             continue
-        digest.update(f"{value.dtype}{tuple(value.shape)}\0".encode())
-        flat = value.detach().cpu().contiguous().reshape(-1)
+        value = value.detach()
+        if value.is_floating_point():
+            value = value.double()
+        digest.update(f"{tuple(value.shape)}\0".encode())
+        flat = value.cpu().contiguous().reshape(-1)
         digest.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
     return digest.hexdigest()
+
+
+def _classifier_dtypes(classifier: nn.Module) -> list[str]:
+    """The floating-point dtypes of ``classifier``'s state dict, sorted, each once."""
+    return sorted(
+        {
+            str(value.dtype).removeprefix("torch.")
+            for value in classifier.state_dict().values()
+            if isinstance(value, Tensor) and value.is_floating_point()
+        }
+    )
 
 
 def _check_resume(
@@ -365,12 +396,14 @@ def _check_resume(
     explainer: Explainer,
     settings: dict[str, Any],
     resume: str | Path,
-    digest: str,
+    digest: str | None,
+    dtypes: list[str] | None,
 ) -> None:
     """Raise unless the checkpoint ``state`` fits ``explainer`` and was made with ``settings``.
 
     Checked before anything is loaded, so a refused resume leaves the explainer unchanged.
-    ``digest`` is this run's classifier's `_classifier_digest`.
+    ``digest`` and ``dtypes`` are this run's classifier's `_classifier_digest` and
+    `_classifier_dtypes`.
     Checkpoints of older versions are checked only for what they record: without recorded
     settings, only for their architecture; without a classifier digest, not for the classifier.
     """
@@ -390,13 +423,24 @@ def _check_resume(
                 "resume with an explainer built as the one that wrote it"
             )
     trained_against = state.get("classifier_digest")  # older checkpoints: unknown
-    if trained_against is not None and trained_against != digest:
-        raise ValueError(
-            f"checkpoint {str(resume)!r} was trained against another classifier (its "
-            f"parameters and buffers differ: state-dict digest {trained_against[:12]} there, "
-            f"{digest[:12]} now); resume with the classifier (model and weights) it was "
-            "trained against, or train afresh without resume"
-        )
+    if trained_against is not None and digest is not None and dtypes is not None:
+        dtypes_there = state.get("classifier_dtypes", dtypes)
+        dtype_note = f"dtype {', '.join(dtypes_there)} there, {', '.join(dtypes)} now"
+        if trained_against != digest:
+            also = f"; their {dtype_note}" if dtypes_there != dtypes else ""
+            raise ValueError(
+                f"checkpoint {str(resume)!r} was trained against another classifier (its "
+                f"parameters and buffers differ: state-dict digest {trained_against[:12]} "
+                f"there, {digest[:12]} now{also}); resume with the classifier (model and "
+                "weights) it was trained against, or train afresh without resume"
+            )
+        if dtypes_there != dtypes:
+            raise ValueError(
+                f"checkpoint {str(resume)!r} was trained against this classifier in another "
+                f"dtype (its parameters and buffers hold the same values, but in {dtype_note});"
+                f" cast the classifier back (e.g. classifier.to(torch.{dtypes_there[0]})) to "
+                "resume, or train afresh without resume"
+            )
     stored = state.get("settings")
     if stored is None:  # an older checkpoint: its settings are unknown
         return
@@ -415,9 +459,11 @@ def _check_resume(
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically, as [`write_atomic`][ctc_plugin.resumable.atomic.write_atomic].
 
-    A failed or interrupted write leaves the previous checkpoint as it was and no temporary file.
+    A failed write leaves the previous checkpoint as it was and no temporary file; the
+    temporary files of killed writes (whose processes are gone) are removed before each write.
     """
     payload = {"format": CHECKPOINT_FORMAT, **state}
+    remove_stale_temporaries(path.parent)
     write_atomic(path, lambda stream: torch.save(payload, stream))
 
 
@@ -501,8 +547,10 @@ def fit_explainer(
         checkpoint: File written after every epoch (weights, optimiser, RNG, history).
         resume: Checkpoint to continue from, written for an explainer of the same
             architecture and trained against the same classifier (equal parameters and
-            buffers: checkpoints record a SHA-256 digest of the classifier's state dict; those
-            written before it was recorded are not checked for the classifier). It must have
+            buffers in the same dtype, a ``nn.DataParallel`` or ``torch.compile`` wrapper
+            aside: checkpoints record a SHA-256 digest of the classifier's state dict and its
+            dtypes; those written before it was recorded are not checked for the classifier).
+            It must have
             the same hyper-parameters, thread count
             (``torch.get_num_threads()``) and training settings (``baseline``,
             ``max_steps_per_epoch``, ``patience``, ``min_delta``, ``seed`` (when given),
@@ -573,10 +621,12 @@ def fit_explainer(
     result = FitResult(hyperparameters=hp)
     start_epoch, bad_epochs = 0, 0
     best_state = copy.deepcopy(explainer.state_dict())
-    digest = _classifier_digest(classifier)
+    digest, dtypes = None, None
+    if checkpoint is not None or resume is not None:  # a full copy of the weights to the CPU
+        digest, dtypes = _classifier_digest(classifier), _classifier_dtypes(classifier)
     if resume is not None:
         state = load_checkpoint(resume)
-        _check_resume(state, explainer, settings, resume, digest)
+        _check_resume(state, explainer, settings, resume, digest, dtypes)
         if seed is None:  # the run keeps the seed it started with
             settings["seed"] = state.get("settings", {}).get("seed")
         if state["hyperparameters"] != hp.as_dict():
@@ -641,6 +691,7 @@ def fit_explainer(
                         "threads": torch.get_num_threads(),  # the sums' order depends on it
                         "settings": settings,
                         "classifier_digest": digest,
+                        "classifier_dtypes": dtypes,
                     },
                 )
     optimizer.zero_grad(set_to_none=True)

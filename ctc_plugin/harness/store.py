@@ -61,6 +61,12 @@ def __getattr__(name: str) -> Any:
     the old name, so code written for the benchmark's store fails at once instead of getting
     another class.
 
+    It raises ImportError, not AttributeError, for ``RunStore``: ``from ... import RunStore``
+    turns an AttributeError into Python's bare "cannot import name", which would drop the
+    message naming the new class. The price: ``hasattr(store, "RunStore")`` and
+    ``getattr(store, "RunStore", default)`` raise this ImportError instead of answering
+    ``False`` or the default.
+
     Raises:
         ImportError: For ``RunStore`` (also ``from ctc_plugin.harness.store import RunStore``),
             naming ``BenchmarkStore``.

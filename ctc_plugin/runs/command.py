@@ -15,6 +15,7 @@ from ctc_plugin.commands.explain import (
     add_model_options,
     add_segmenter_options,
     method_name,
+    sam_checkpoint_option,
 )
 from ctc_plugin.commands.methods import METHODS
 
@@ -99,11 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from ctc_plugin.commands import CLIError
     from ctc_plugin.resumable import RayError
 
-    if args.sam_checkpoint is not None and args.segmenter != "sam":  # before DIR is made
-        raise CLIError(
-            f"--sam-checkpoint is for --segmenter sam, and the segmenter is {args.segmenter}: "
-            "add --segmenter sam, or drop --sam-checkpoint"
-        )
+    sam_checkpoint_option(args)  # before DIR is made
     ray_options(args)
     try:
         result = _explain(args)

@@ -486,11 +486,9 @@ def explain_dataset(
         >>> run = explain_dataset("shapes", ["ctc", "gradcam"], "out/run", images=16)
         >>> run.table().to_pandas().groupby("method").seconds.mean()
     """
-    if sam_checkpoint is not None and segmenter != "sam":  # it would be ignored
-        raise ValueError(
-            f"sam_checkpoint is for segmenter='sam', and the segmenter is {segmenter!r}: pass "
-            "segmenter='sam', or drop sam_checkpoint"
-        )
+    from ctc_plugin.commands.explain import check_sam_checkpoint
+
+    check_sam_checkpoint(segmenter, sam_checkpoint)  # it would be ignored
     config = RunConfig(
         methods=(methods,) if isinstance(methods, str) else tuple(methods),
         model=model,
