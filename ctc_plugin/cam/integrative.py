@@ -217,6 +217,10 @@ def _last_grid(grids: list[tuple[int, int]]) -> tuple[int, int] | None:
     return grids[0] if grids else None
 
 
+class UnknownBlocksError(ValueError):
+    """The model computes attention in blocks IntegrativeCAM does not know: give ``layers=``."""
+
+
 class _BackwardDone(Exception):
     """Raised by the last stage hook to stop the backward pass early."""
 
@@ -473,7 +477,7 @@ class IntegrativeCAM(Attribution):
         stages = tracer.stages
         model = type(self.forward_func).__name__
         if chosen is None and tracer.saw_attention:
-            raise ValueError(
+            raise UnknownBlocksError(
                 f"the forward pass of {model} computes attention, but none of its modules is a "
                 "transformer block IntegrativeCAM knows (torchvision's ViT, Swin, MaxViT, the "
                 "zoo's ViT), so its convolutional stages alone would be a partial map; pass "

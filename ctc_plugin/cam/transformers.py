@@ -95,6 +95,14 @@ def check_square_grid(
         side = grid.shape[-1]
         seen = patch_grid() if patch_grid is not None else None
         if seen is not None and tuple(seen) != (side, side):
+            if tokens.shape[0] >= seen[0] * seen[1] > tokens.shape[1]:
+                raise ValueError(
+                    f"the tokens of shape {tuple(tokens.shape)} look sequence-first (tokens, "
+                    "batch, channels), as OpenAI CLIP's blocks hold them, while tokens_to_grid "
+                    "takes (batch, tokens, channels); pass reshape_transform=lambda t: "
+                    "ctc_plugin.cam.tokens_to_grid(t.permute(1, 0, 2), "
+                    f"grid=({seen[0]}, {seen[1]}))"
+                )
             raise ValueError(
                 f"tokens_to_grid read the {tokens.shape[1]} tokens as a {side} x {side} patch "
                 f"grid, but the model's patch embedding made a {seen[0]} x {seen[1]} grid: the "

@@ -662,7 +662,7 @@ def model_logits(
 def _size_advice(own: ImagePreprocessing) -> str:
     """What ``explain`` can do about an image size the model cannot take."""
     if own.crop is None:
-        return "give it a square crop with --crop N"
+        return "give it the input size it was built for: --resize N --crop N"
     return f"its own input is {own.describe()} (--resize {own.resize} --crop {own.crop})"
 
 

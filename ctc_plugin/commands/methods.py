@@ -124,9 +124,17 @@ def _ctc(request: Request) -> tuple[str, Tensor]:
 
 
 def _integrative_cam(request: Request) -> tuple[str, Tensor]:
-    from ctc_plugin.cam.integrative import IntegrativeCAM
+    from ctc_plugin.cam.integrative import IntegrativeCAM, UnknownBlocksError
 
-    maps = IntegrativeCAM(request.model).attribute(request.pixels, target=request.target)
+    try:
+        maps = IntegrativeCAM(request.model).attribute(request.pixels, target=request.target)
+    except UnknownBlocksError as error:
+        raise MethodError(
+            "integrative-cam cannot find this transformer's blocks, and the command has no "
+            "option to name them: leave integrative-cam out of --method (ctc and "
+            "feature-ablation run), or call ctc_plugin.IntegrativeCAM from Python "
+            "with the blocks and a reshape of their tokens (docs: Integrative CAM decisions)"
+        ) from error
     return "Integrative CAM", maps
 
 

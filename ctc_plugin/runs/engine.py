@@ -335,9 +335,9 @@ class ShardRunner:
         """What to do when the model cannot take ``ref`` at the size it is read at."""
         return (
             f"{ref.name} is read with {self.loaded.name}'s preprocessing "
-            f"({self.preprocessing.describe()}), which explain-dataset does not change: resize "
-            "or crop the images to a size the model takes before the run, or give a model "
-            "that takes any size (one that ends in adaptive pooling, say)"
+            f"({self.preprocessing.describe()}), which explain-dataset cannot change yet: "
+            "explain the images one by one with ctc-plugin explain --resize N --crop N, or "
+            "give a model that takes any size (one that ends in adaptive pooling, say)"
         )
 
     def target(self, spec: str, ref: ImageRef, logits: Any) -> int:

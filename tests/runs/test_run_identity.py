@@ -123,7 +123,7 @@ def test_a_model_that_cannot_take_the_images_size_is_one_line(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1, error
     assert "cannot take 336x224 images" in error and "a.png is read with" in error
-    assert "resize or crop the images" in error
+    assert "explain --resize N --crop N" in error
 
 
 def test_an_out_under_a_file_is_refused_before_the_run(tmp_path, capsys):

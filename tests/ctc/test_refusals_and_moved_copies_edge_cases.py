@@ -1,0 +1,139 @@
+"""Edge cases of the rules for written-out statistics, clamps, maxima, gate-only scores and
+sequence-first tokens, each pinned by one small model.
+
+A product of two different signals of one shape is no square; ``y *= y`` is refused as an
+in-place square; ``clamp`` with one bound is no gate tensor; ``torch.var_mean`` over dim 0 is
+refused also for one image; ``torch.max(a, b)`` with ``b`` given by position is
+``torch.maximum``; a view of gate-only scores that drops the copies' rows and an elementwise
+operation on gate-only scores whose copies were moved off dim 0 are refused. With the copies
+moved to dim 1 (sequence-first tokens), an operand of lower rank holding the copies along its
+dim 0 and a constant shaped ``(L, 1, D)`` broadcast as torch aligns them, and the result of a
+linear layer is contiguous as torch returns it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .exactness import (
+    OperationAfterConv,
+    assert_equals_the_spec,
+    assert_proportional_adds_up,
+    assert_refused,
+    random_case,
+)
+
+C = 4
+
+
+@pytest.mark.parametrize(
+    "operation, message",
+    [
+        (lambda s: s * s.flip(-1), r"torch\.Tensor\.mul .*multiplies two input-dependent"),
+        (lambda s: s.mul_(s), r"torch\.Tensor\.mul_ .*square of the signal into the signal in place"),
+        (lambda s: s.clamp(min=-0.5) * s, r"torch\.Tensor\.mul .*multiplies two input-dependent"),
+        (lambda s: s.clip(max=0.3) * s, r"torch\.Tensor\.mul .*multiplies two input-dependent"),
+    ],
+    ids=["different signals", "square in place", "clamp(min=)", "clip(max=)"],
+)
+def test_products_that_are_not_gated_are_refused(operation, message: str) -> None:
+    assert_refused(OperationAfterConv(operation, C).double().eval(), message)
+
+
+def test_var_mean_over_dim_zero_is_refused_for_one_image() -> None:
+    model = OperationAfterConv(
+        lambda s: (s - torch.var_mean(s, dim=(0, 1), keepdim=True)[1]), C
+    ).double().eval()
+    assert_refused(model, r"torch\.var_mean .*over dim 0")
+
+
+class _MaxWithTensor(nn.Module):
+    """``torch.max``/``torch.min`` of the signal and a constant tensor, given by position."""
+
+    def __init__(self, largest: bool) -> None:
+        super().__init__()
+        self.largest = largest
+        self.stem, self.head = nn.Conv2d(3, C, 3, padding=1), nn.Linear(C, 2)
+        self.register_buffer("bound", torch.linspace(-0.3, 0.3, C).view(C, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        y = torch.max(y, self.bound) if self.largest else torch.min(y, self.bound)
+        return self.head(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("largest", [True, False], ids=["max", "min"])
+def test_max_of_the_signal_and_a_tensor_by_position_is_the_elementwise_maximum(
+    largest: bool,
+) -> None:
+    model, x, mask = random_case(lambda: _MaxWithTensor(largest))
+    scores = assert_proportional_adds_up(model, x, mask, 1, rtol=1e-9, atol=1e-9)
+    assert_equals_the_spec(model, x, mask, 1, scores, rtol=1e-9, atol=1e-12)
+
+
+class _GateOnlyScores(nn.Module):
+    """Attention scores ``t @ t^T`` (gate-only), then ``operation`` of them, then attention."""
+
+    def __init__(self, operation) -> None:
+        super().__init__()
+        self.operation = operation
+        self.patch, self.head = nn.Conv2d(3, C, 2, stride=2), nn.Linear(C, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        a = self.operation(t @ t.transpose(1, 2) / C)
+        return self.head((a.softmax(-1) @ t).mean(1))
+
+
+@pytest.mark.parametrize(
+    "operation, message",
+    [
+        (
+            lambda a: a.diagonal(0, 0, 1).unsqueeze(0).expand(a.shape[0], -1, -1),
+            r"diagonal .*view of .*does not keep the copies along dim 0",
+        ),
+        (lambda a: (a.transpose(0, 1) * 2.0).transpose(0, 1), r"mul .*along dim 1"),
+    ],
+    ids=["view without the rows", "moved off dim 0"],
+)
+def test_gate_only_scores_off_the_copies_rows_are_refused(operation, message: str) -> None:
+    model = _GateOnlyScores(operation).double().eval()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    assert_refused(model, message, x=x, mask=torch.zeros(1, 1, 8, 8, dtype=torch.long) + (
+        torch.arange(8) // 4
+    ).view(1, 1, 1, 8))
+
+
+class _SequenceFirst(nn.Module):
+    """Tokens ``(L, N, D)`` (the copies along dim 1), then ``kind``'s operation there."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.embed, self.head = nn.Conv2d(3, C, 2, 2), nn.Linear(C, 2)
+        self.inner = nn.Linear(C, 2 * C)
+        self.pos = nn.Parameter(torch.randn(16, 1, C))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).permute(2, 0, 1)  # (L, N, D)
+        if self.kind == "plus its mean over the tokens":
+            tokens = tokens + tokens.mean(0)  # (L, N, D) + (N, D)
+        elif self.kind == "plus a (L, 1, D) constant":
+            tokens = tokens + self.pos
+        elif self.kind == "linear, then view":
+            hidden = self.inner(tokens)  # a view needs it contiguous, as torch returns it
+            hidden = hidden.view(hidden.shape[0], -1).view(hidden.shape)
+            tokens = hidden[..., :C]
+        return self.head(tokens.mean(0))
+
+
+@pytest.mark.parametrize(
+    "kind", ["plus its mean over the tokens", "plus a (L, 1, D) constant", "linear, then view"]
+)
+def test_sequence_first_operations_add_up_and_equal_the_spec(kind: str) -> None:
+    model, x, mask = random_case(lambda: _SequenceFirst(kind))
+    scores = assert_proportional_adds_up(model, x, mask, 1, rtol=1e-9, atol=1e-9)
+    assert_equals_the_spec(model, x, mask, 1, scores, rtol=1e-9, atol=1e-12)
