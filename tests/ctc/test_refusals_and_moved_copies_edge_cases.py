@@ -1,14 +1,17 @@
 """Edge cases of the rules for written-out statistics, clamps, maxima, gate-only scores and
 sequence-first tokens, each pinned by one small model.
 
-A product of two different signals of one shape is no square; ``y *= y`` is refused as an
+A product of two different signals of one shape is no square (the clamped signal differs from
+the signal wherever the bound bites); ``y *= y`` is refused as an
 in-place square; ``clamp`` with one bound is no gate tensor; ``torch.var_mean`` over dim 0 is
 refused also for one image; ``torch.max(a, b)`` with ``b`` given by position is
 ``torch.maximum``; a view of gate-only scores that drops the copies' rows and an elementwise
 operation on gate-only scores whose copies were moved off dim 0 are refused. With the copies
 moved to dim 1 (sequence-first tokens), an operand of lower rank holding the copies along its
 dim 0 and a constant shaped ``(L, 1, D)`` broadcast as torch aligns them, and the result of a
-linear layer is contiguous as torch returns it.
+linear layer is contiguous as torch returns it. A PReLU slope that depends on the input and a
+statistic over dim 0 of several images are refused; ``abs_``, ``sigmoid_`` (read through the
+tensor they wrote) and GELU written with ``torch.erfc`` are exact gates.
 """
 
 from __future__ import annotations
@@ -33,9 +36,18 @@ C = 4
     "operation, message",
     [
         (lambda s: s * s.flip(-1), r"torch\.Tensor\.mul .*multiplies two input-dependent"),
-        (lambda s: s.mul_(s), r"torch\.Tensor\.mul_ .*square of the signal into the signal in place"),
-        (lambda s: s.clamp(min=-0.5) * s, r"torch\.Tensor\.mul .*multiplies two input-dependent"),
-        (lambda s: s.clip(max=0.3) * s, r"torch\.Tensor\.mul .*multiplies two input-dependent"),
+        (
+            lambda s: s.mul_(s),
+            r"torch\.Tensor\.mul_ .*square of the signal into the signal in place",
+        ),
+        (
+            lambda s: (s + 1.0).clamp(min=1.0) * s,
+            r"torch\.Tensor\.mul .*multiplies two input-dependent",
+        ),
+        (
+            lambda s: (s + 1.0).clip(max=1.0) * s,
+            r"torch\.Tensor\.mul .*multiplies two input-dependent",
+        ),
     ],
     ids=["different signals", "square in place", "clamp(min=)", "clip(max=)"],
 )
@@ -44,9 +56,11 @@ def test_products_that_are_not_gated_are_refused(operation, message: str) -> Non
 
 
 def test_var_mean_over_dim_zero_is_refused_for_one_image() -> None:
-    model = OperationAfterConv(
-        lambda s: (s - torch.var_mean(s, dim=(0, 1), keepdim=True)[1]), C
-    ).double().eval()
+    model = (
+        OperationAfterConv(lambda s: s - torch.var_mean(s, dim=(0, 1), keepdim=True)[1], C)
+        .double()
+        .eval()
+    )
     assert_refused(model, r"torch\.var_mean .*over dim 0")
 
 
@@ -102,9 +116,8 @@ class _GateOnlyScores(nn.Module):
 def test_gate_only_scores_off_the_copies_rows_are_refused(operation, message: str) -> None:
     model = _GateOnlyScores(operation).double().eval()
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
-    assert_refused(model, message, x=x, mask=torch.zeros(1, 1, 8, 8, dtype=torch.long) + (
-        torch.arange(8) // 4
-    ).view(1, 1, 1, 8))
+    mask = (torch.arange(8) // 4).view(1, 1, 1, 8).expand(1, 1, 8, 8)
+    assert_refused(model, message, x=x, mask=mask)
 
 
 class _SequenceFirst(nn.Module):
@@ -135,5 +148,40 @@ class _SequenceFirst(nn.Module):
 )
 def test_sequence_first_operations_add_up_and_equal_the_spec(kind: str) -> None:
     model, x, mask = random_case(lambda: _SequenceFirst(kind))
+    scores = assert_proportional_adds_up(model, x, mask, 1, rtol=1e-9, atol=1e-9)
+    assert_equals_the_spec(model, x, mask, 1, scores, rtol=1e-9, atol=1e-12)
+
+
+def test_prelu_with_an_input_dependent_slope_is_refused() -> None:
+    model = OperationAfterConv(lambda s: F.prelu(s, s.mean((1, 2, 3))), C).double().eval()
+    assert_refused(model, r"prelu .*slope depends on the input")
+
+
+def test_a_statistic_over_dim_zero_of_several_images_is_refused() -> None:
+    model = OperationAfterConv(lambda s: s / s.std(0, keepdim=True), C).double().eval()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    assert_refused(model, r"torch\.Tensor\.std .*over dim 0", x=x)
+
+
+def _abs_in_place(s: torch.Tensor) -> torch.Tensor:
+    s.abs_()  # the result is read through s
+    return s
+
+
+def _sigmoid_in_place(s: torch.Tensor) -> torch.Tensor:
+    gate = s.clone()
+    gate.sigmoid_()  # the result is read through gate
+    return s * gate
+
+
+def _gelu_by_erfc(s: torch.Tensor) -> torch.Tensor:
+    return 0.5 * s * torch.erfc(-s / 2**0.5)
+
+
+@pytest.mark.parametrize(
+    "operation", [_abs_in_place, _sigmoid_in_place, _gelu_by_erfc], ids=["abs_", "sigmoid_", "erfc"]
+)
+def test_in_place_gates_and_erfc_add_up_and_equal_the_spec(operation) -> None:
+    model, x, mask = random_case(lambda: OperationAfterConv(operation, C))
     scores = assert_proportional_adds_up(model, x, mask, 1, rtol=1e-9, atol=1e-9)
     assert_equals_the_spec(model, x, mask, 1, scores, rtol=1e-9, atol=1e-12)
