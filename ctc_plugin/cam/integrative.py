@@ -38,7 +38,12 @@ from ctc_plugin.cam.alpha import AlphaTerms, Phi, alpha_terms, channel_weights, 
 from ctc_plugin.cam.bias import bias_map
 from ctc_plugin.cam.fusion import RunningFusion, minmax
 from ctc_plugin.cam.layers import Stage, StageTracer, module_names
-from ctc_plugin.cam.transformers import Reshape, check_square_grid, transformer_stages
+from ctc_plugin.cam.transformers import (
+    Reshape,
+    check_square_grid,
+    tokens_to_grid,
+    transformer_stages,
+)
 from ctc_plugin.concurrency import CallScope, holds_model
 from ctc_plugin.inputs import (
     changes_in_training,
@@ -386,6 +391,7 @@ class IntegrativeCAM(Attribution):
         run = _Run(self, size, return_layer_maps)
         chosen = self._chosen_layers()
         patch_grids: list[tuple[int, int]] = []  # the output size of the last Conv2d that ran
+        guessed = chosen is not None and any(r is tokens_to_grid for _, r in chosen)
         if chosen is not None:
             seen = partial(_last_grid, patch_grids)
             chosen = [(module, check_square_grid(r, size, seen)) for module, r in chosen]
@@ -401,8 +407,9 @@ class IntegrativeCAM(Attribution):
             handles.append(register_module_forward_pre_hook(hook))
             hook = scope.only(partial(_refuse_channels_last, inputs, []))
             handles.append(register_module_forward_pre_hook(hook))
-            hook = scope.only(partial(_record_conv_grid, patch_grids))
-            handles.append(register_module_forward_hook(hook))
+            if guessed:  # the square default's guess is checked against the patch grid
+                hook = scope.only(partial(_record_conv_grid, patch_grids))
+                handles.append(register_module_forward_hook(hook))
             for module, reshape in chosen or []:
                 name = self._layer_name(module)
                 hook = scope.only(partial(_record_layer, tracer, name, reshape))
