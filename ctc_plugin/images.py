@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ctc_plugin.inputs import is_integer
+
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
 
@@ -528,7 +530,7 @@ def to_rgb(image: PILImage.Image, name: str | None = None) -> PILImage.Image:
 
 # ---------------------------------------------------------------------- helpers
 def _positive_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+    return is_integer(value) and value > 0
 
 
 def _single(size: Sequence[int] | int | None) -> int | tuple[int, int] | None:

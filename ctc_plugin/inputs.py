@@ -24,6 +24,8 @@ Targets are checked by [`ctc_plugin.targets`][ctc_plugin.targets].
 from __future__ import annotations
 
 import functools
+import itertools
+import numbers
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -43,12 +45,32 @@ __all__ = [
     "check_eval_mode",
     "check_images",
     "check_inputs",
+    "device_of",
+    "is_integer",
     "outside_inference_mode",
     "training_mode_error",
 ]
 
 #: The channel counts that make a trailing dimension look like channels (channels-last layout).
 _CHANNEL_COUNTS = (1, 3, 4)
+
+
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is an integer (Python's or NumPy's) and not a bool.
+
+    ``True`` is an ``int`` in Python; as a count, size or seed it is a mistake, not 1.
+    """
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (or buffer), where its inputs must be.
+
+    A model without parameters or buffers runs on the CPU.
+    """
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 class TrainingModeError(ValueError):

@@ -129,7 +129,7 @@ def explain_func(
     """
     from ctc_plugin.evaluation._inputs import as_targets
     from ctc_plugin.harness.methods import registry
-    from ctc_plugin.inputs import check_eval_mode, check_inputs
+    from ctc_plugin.inputs import check_eval_mode, check_inputs, device_of
 
     unknown = set(kwargs) - _QUANTUS_KEYS
     if unknown:
@@ -146,10 +146,7 @@ def explain_func(
             f"it out for such models); choose one of {sorted(fits)}"
         )
     check_eval_mode(model)  # before any method runs: its statistics must not change
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
+    device = device_of(model)
     images = _tensor(inputs, "inputs", torch.float32, device)
     if images.dim() != 4:
         raise ValueError(f"inputs must be (N, C, H, W) channels-first, got {tuple(images.shape)}")

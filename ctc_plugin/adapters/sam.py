@@ -14,7 +14,6 @@ empty, truncated or corrupt file is one clear error naming it); nothing is downl
 from __future__ import annotations
 
 import hashlib
-import numbers
 import os
 import textwrap
 import threading
@@ -38,6 +37,7 @@ from ctc_plugin.features.base import FeatureTable, Segmenter, feature_table
 from ctc_plugin.features.cache import MaskCache
 from ctc_plugin.features.partition import check_partition_options, to_partition
 from ctc_plugin.files import read_state_dict
+from ctc_plugin.inputs import is_integer
 
 __all__ = ["SAM_MODEL_TYPES", "SAMSegmenter", "build_tiny_sam", "load_sam"]
 
@@ -243,8 +243,7 @@ def _check_generator_options(options: dict[str, Any]) -> None:
     """
     for name in ("points_per_side", "points_per_batch"):
         value = options.get(name)
-        is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        if value is not None and (not is_int or value < 1):
+        if value is not None and (not is_integer(value) or value < 1):
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     mode = options.get("output_mode", "binary_mask")
     if mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ctc_plugin.datasets.scene import Scene, check_split, render, sample_scene
+from ctc_plugin.inputs import is_integer
 
 _SPLIT_CODES = {"shapes": 1, "composite": 2}
 
@@ -51,7 +52,7 @@ class ShapesDataset(Dataset):
     ) -> None:
         self.classes: list[str] = list(check_split(split))
         for name, value in (("size", size), ("seed", seed), ("image_size", image_size)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            if not is_integer(value):
                 raise ValueError(f"{name} must be a whole number, got {value!r}")
         size, seed, image_size = int(size), int(seed), int(image_size)
         if size < 0 or seed < 0:

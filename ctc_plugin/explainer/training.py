@@ -21,7 +21,7 @@ from ctc_plugin.explainer import losses
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
 from ctc_plugin.files import read_data_file
-from ctc_plugin.inputs import check_images
+from ctc_plugin.inputs import check_images, is_integer
 from ctc_plugin.resumable.atomic import remove_stale_temporaries, write_atomic
 
 #: Tag stored in checkpoints written during
@@ -291,15 +291,11 @@ def _check_loop_settings(
     multilabel: Any,
 ) -> None:
     """Raise a clear error for a training-loop setting that cannot mean what it says."""
-
-    def whole(value: Any) -> bool:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
     for name, value in (("epochs", epochs), ("patience", patience)):
-        if not whole(value) or value < 1:
+        if not is_integer(value) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if max_steps_per_epoch is not None and (
-        not whole(max_steps_per_epoch) or max_steps_per_epoch < 1
+        not is_integer(max_steps_per_epoch) or max_steps_per_epoch < 1
     ):
         raise ValueError(
             f"max_steps_per_epoch must be an integer >= 1 or None (every batch), got "
@@ -312,7 +308,7 @@ def _check_loop_settings(
         or min_delta < 0
     ):
         raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
-    if seed is not None and not whole(seed):
+    if seed is not None and not is_integer(seed):
         raise ValueError(f"seed must be an integer or None, got {seed!r}")
     if multilabel is not None and not isinstance(multilabel, bool):
         raise ValueError(f"multilabel must be True, False or None, got {multilabel!r}")

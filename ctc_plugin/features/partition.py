@@ -26,6 +26,8 @@ import torch
 from scipy import ndimage
 from skimage.segmentation import relabel_sequential
 
+from ctc_plugin.inputs import is_integer
+
 __all__ = ["as_feature_mask", "mask_stack", "segment_means", "to_partition"]
 
 MaskInput = (
@@ -119,8 +121,7 @@ def check_partition_options(dilation: Any, min_area: float, remainder: str) -> N
         ValueError: ``dilation`` neither ``"auto"`` nor a non-negative int, a negative
             ``min_area``, or ``remainder`` neither ``"components"`` nor ``"single"``.
     """
-    is_int = isinstance(dilation, (int, np.integer)) and not isinstance(dilation, bool)
-    if dilation != "auto" and not (is_int and dilation >= 0):
+    if dilation != "auto" and not (is_integer(dilation) and dilation >= 0):
         raise ValueError(f"dilation must be 'auto' or a non-negative int, got {dilation!r}")
     if remainder not in ("components", "single"):
         raise ValueError(f"remainder must be 'components' or 'single', got {remainder!r}")

@@ -37,6 +37,7 @@ from sklearn.cluster import DBSCAN
 from ctc_plugin._moved import moved_keywords
 from ctc_plugin.features.base import ImageNormalisation
 from ctc_plugin.features.relevance import RelevanceMethod, as_heatmap, relevance_heatmap
+from ctc_plugin.inputs import is_integer
 
 __all__ = [
     "FeatureSelection",
@@ -89,9 +90,7 @@ class SelectionConfig:
     def __post_init__(self) -> None:
         for item in fields(self):
             value = getattr(self, item.name)
-            if item.type == "int" and (
-                not isinstance(value, numbers.Integral) or isinstance(value, bool)
-            ):
+            if item.type == "int" and not is_integer(value):
                 raise ValueError(f"{item.name} must be an int, got {value!r}")
             if item.type == "float" and (
                 not isinstance(value, numbers.Real) or not math.isfinite(value)

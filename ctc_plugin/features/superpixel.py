@@ -19,7 +19,7 @@ from skimage import color, filters, segmentation
 from ctc_plugin.features.base import FeatureTable, Segmentation, Segmenter, feature_table
 from ctc_plugin.features.cache import MaskCache
 from ctc_plugin.features.partition import to_partition
-from ctc_plugin.inputs import check_images
+from ctc_plugin.inputs import check_images, is_integer
 
 __all__ = ["GridSegmenter", "SuperpixelSegmenter"]
 
@@ -169,9 +169,7 @@ class GridSegmenter(Segmenter):
         super().__init__(value_range=value_range, mean=mean, std=std, cache=None)
         pair = (cells, cells) if isinstance(cells, numbers.Integral) else cells
         counts = tuple(pair) if isinstance(pair, Sequence) else ()
-        if len(counts) != 2 or not all(
-            isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 1 for c in counts
-        ):
+        if len(counts) != 2 or not all(is_integer(c) and c >= 1 for c in counts):
             raise ValueError(
                 f"cells must be a positive int or a pair (rows, columns) of them, got {cells!r}"
             )

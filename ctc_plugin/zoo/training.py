@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ctc_plugin.datasets import TRAIN_SEED, ShapesDataset
 from ctc_plugin.datasets.scene import check_split
+from ctc_plugin.inputs import device_of
 from ctc_plugin.zoo.settings import FAMILY_TRAINING as FAMILY_TRAINING
 from ctc_plugin.zoo.settings import TrainConfig, training_config
 
@@ -82,7 +81,7 @@ def train(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
     )
-    device = _device_of(model)
+    device = device_of(model)
     model.train()
     progress = tqdm(
         total=config.epochs * steps_per_epoch, desc=f"training {split}", disable=not show_progress
@@ -142,7 +141,7 @@ def evaluate(
     if seed == TRAIN_SEED:
         raise ValueError(f"seed {TRAIN_SEED} is the training sample; evaluate with another seed")
     images, labels = ShapesDataset(split, size=size, seed=seed).tensors(show_progress)
-    device = _device_of(model)
+    device = device_of(model)
     was_training = model.training
     model.eval()
     try:
@@ -156,13 +155,3 @@ def evaluate(
     finally:
         model.train(was_training)
     return float(correct) / size
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    """The device of ``model``'s first parameter (or buffer), where its inputs must be.
-
-    A model without parameters or buffers runs on the CPU.
-    """
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
