@@ -559,10 +559,11 @@ def _gate_only_output(origin: str) -> str:
     reason = (
         "the model's output comes out of it, a gate tensor computed for the full image only "
         "(a softmax, a product of two gate tensors such as tanh(h) * tanh(h), a square, "
-        "variance or norm of the signal), so every copy holds the full image's value, not the "
+        "variance or norm of the signal, a comparison, or the signal plus one of these), so "
+        "every copy holds the full image's value, not the "
         "feature's contribution; such a tensor may only multiply or divide the signal"
     )
-    if "softmax" in origin:
+    if origin.endswith("softmax"):
         return (
             f"{reason}: explain the logits before the softmax (for example with a forward "
             "function that leaves the softmax out)"

@@ -119,6 +119,9 @@ def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
     def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         first, second = args[0], _arg(args, kwargs, 1, "other")
         alpha = kwargs.get("alpha", 1)
+        gate_only = _gate_only_operand(ctx, (first, second))
+        if gate_only is not None and any(_is_signal(ctx, v) for v in (first, second)):
+            return _sum_with_gate_only(ctx, func, args, kwargs, gate_only)
         if ctx.is_propagated(first) and ctx.is_propagated(second):
             return ctx.linear(func, args, kwargs)
         inplace = is_inplace(func)
@@ -146,6 +149,39 @@ def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
         return ctx.affine(signal, bias)
 
     return handle
+
+
+def _is_signal(ctx: GatedPass, value: Any) -> bool:
+    """Whether ``value`` carries copies of the signal and is no gate tensor."""
+    return ctx.is_propagated(value) and ctx.gate_mark(value) is None
+
+
+def _gate_only_operand(ctx: GatedPass, operands: tuple[Any, ...]) -> str | None:
+    """The origin of the first gate-only operand among ``operands``, ``None`` if none is."""
+    for operand in operands:
+        mark = ctx.gate_mark(operand)
+        if mark is not None and mark.only:
+            return mark.origin
+    return None
+
+
+def _sum_with_gate_only(
+    ctx: GatedPass, func: Callable, args: tuple, kwargs: dict, origin: str
+) -> torch.Tensor:
+    """The signal plus a gate-only tensor: the full pass's sum, itself gate-only.
+
+    ``x + 0.044715 * x ** 3`` inside the tanh of a GELU written out (GPT-2's, Hugging Face's
+    ``NewGELUActivation``): nonlinear in the input, so no copy has a share of it; it may only
+    serve as a gate, as its tanh does. Written into the signal in place it is refused.
+    """
+    name = operation_name(func)
+    if is_inplace(func):
+        raise UnsupportedOperationError(
+            name,
+            f"it adds the signal and {origin}'s gate-only output in place; write it out of "
+            "place (y = x + s)",
+        )
+    return ctx.of_full_pass(func, args, kwargs, f"{name} (the signal and {origin})")
 
 
 def _as_bias(ctx: GatedPass, constant: Any, signal: torch.Tensor, name: str) -> torch.Tensor:
@@ -189,11 +225,13 @@ def _gate_by_gate(
 def multiply_or_divide(divide: bool) -> Handler:
     """Products and quotients: linear with a constant, a gate with a gate tensor.
 
-    A product of two propagated tensors is linear in the copies only when one factor is a gate
-    tensor (it came out of a squashing activation of the full pass, see
-    [`GateMark`][ctc_plugin.ctc.rules.GateMark]): each copy of the other factor is multiplied by
-    the gate copy's value. A product of two gate tensors is itself a gate tensor (of the full
-    pass only). Anything else is refused.
+    Where one factor is a gate tensor (it came out of a squashing activation of the full pass,
+    see [`GateMark`][ctc_plugin.ctc.rules.GateMark]), each copy of the other factor is
+    multiplied by the gate copy's value. A product of two gate tensors is itself a gate tensor
+    (of the full pass only); a signal times itself is its square (a statistic); a product of
+    two other signals takes half from each
+    ([`GatedPass.signal_product`][ctc_plugin.ctc.rules.GatedPass.signal_product]). A quotient
+    by a signal that is no gate tensor is refused.
     """
 
     def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -220,6 +258,8 @@ def multiply_or_divide(divide: bool) -> Handler:
                         "write x * x (out of place)",
                     )
                 return ctx.statistic(first, lambda rows: rows * rows, name)
+            if first_gate is None and not divide:  # SwiGLU's silu(a) * b
+                return ctx.signal_product(first, second, inplace=is_inplace(func))
             raise UnsupportedOperationError(name, _product_refusal(first_gate, divide))
         if divide and not ctx.is_propagated(first):
             raise UnsupportedOperationError(
@@ -249,13 +289,7 @@ def _same_signal(first: torch.Tensor, second: torch.Tensor) -> bool:
 def _product_refusal(first_gate: Any, divide: bool) -> str:
     if divide:
         return "it divides by an input-dependent tensor that is no gate tensor (not linear)"
-    if first_gate is not None:
-        return "it writes a product with the signal into a gate tensor in place"
-    return (
-        "it multiplies two input-dependent tensors and neither is a gate tensor (one that "
-        "comes out of a squashing activation such as sigmoid, hardsigmoid, tanh or softmax, "
-        "whose value CTC takes from the full pass), so the product is not linear in the copies"
-    )
+    return "it writes a product with the signal into a gate tensor in place"
 
 
 # ---------------------------------------------------------------------------- gate handlers
@@ -373,29 +407,67 @@ def clamp(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Te
 
 
 def maximum_or_minimum(largest: bool) -> Handler:
-    """``torch.maximum``/``torch.minimum`` of the signal and a constant: ``clamp`` by it.
+    """``torch.maximum``/``torch.minimum``: ``clamp`` by a constant, switches between signals.
 
     ``torch.maximum(x, torch.zeros_like(x))`` is ``relu``; the constant is a lower (upper)
     bound, a rescale gate of the gate copy as ``clamp(min=c)``. Of two input-dependent
-    tensors it is refused (written ``torch.stack([a, b], 1).amax(1)`` it takes the full
-    pass's switches).
+    tensors every copy takes the operand the full image selected
+    ([`GatedPass.switch`][ctc_plugin.ctc.rules.GatedPass.switch]), as
+    ``torch.stack([a, b], 1).amax(1)`` does.
     """
 
     def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         first, second = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "other")
         if ctx.is_propagated(first) and ctx.is_propagated(second):
-            raise UnsupportedOperationError(
-                operation_name(func),
-                "it takes the elementwise maximum or minimum of two input-dependent tensors; "
-                f"write torch.stack([a, b], 1).{'amax' if largest else 'amin'}(1), whose "
-                "copies take the operand the full image selected",
-            )
+            return ctx.switch(first, second, largest)
         signal, constant = (first, second) if ctx.is_propagated(first) else (second, first)
         x, (bound,) = _signal_and_constants(ctx, func, signal, (constant,), "other operand")
         pick = torch.maximum if largest else torch.minimum
         return ctx.rescale_gate(x, lambda t: pick(t, bound.to(t.dtype)))
 
     return handle
+
+
+def where(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``torch.where``, ``Tensor.where`` and ``masked_fill``: switches the copies do not move.
+
+    The condition is a constant or the full pass's decision (``x > 0``, a gate-only tensor);
+    every copy takes its own entries of the operand selected, and a constant operand is a bias
+    where it is taken ([`GatedPass.select`][ctc_plugin.ctc.rules.GatedPass.select]).
+    ``masked_fill(x, mask, v)`` is ``torch.where(mask, v, x)``; in place it is written into
+    ``x``. A gate-only operand beside the signal is refused.
+    """
+    name = operation_name(func)
+    if func in (torch.Tensor.where,):
+        chosen, condition = args[0], _arg(args, kwargs, 1, "condition")
+        other = _arg(args, kwargs, 2, "other")
+    elif func in (torch.where,):
+        condition, chosen = _arg(args, kwargs, 0, "condition"), _arg(args, kwargs, 1, "input")
+        other = _arg(args, kwargs, 2, "other")
+    else:  # masked_fill(input, mask, value)
+        other, condition = args[0], _arg(args, kwargs, 1, "mask")
+        chosen = _arg(args, kwargs, 2, "value")
+    gate_only = _gate_only_operand(ctx, (chosen, other))
+    if gate_only is not None:
+        raise UnsupportedOperationError(
+            name,
+            f"it selects between the signal and {gate_only}'s output, a gate tensor of the full "
+            "pass that may only multiply or divide the signal",
+        )
+    out = ctx.select(condition, chosen, other, name)
+    if is_inplace(func):
+        return ctx.tag(args[0].copy_(out))
+    return out
+
+
+def decided_by_full_pass(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """Comparisons and signs of the signal: what the full image decides, a gate-only tensor.
+
+    ``x > 0``, ``a >= b``, ``torch.sign(x)``: computed from the gate copy's rows and given to
+    every copy; it may serve as a gate (``x * (x > 0)``) or a condition
+    (``torch.where(x > 0, x, 0.1 * x)``), and nothing else.
+    """
+    return ctx.of_full_pass(func, args, kwargs, operation_name(func))
 
 
 def max_or_min(largest: bool, returns_indices: bool) -> Handler:

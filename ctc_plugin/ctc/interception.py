@@ -323,14 +323,10 @@ class CTCMode(TorchFunctionMode):
         in_place = is_inplace(func)
 
         def gate_copy(value: Any) -> Any:
-            if not isinstance(value, Tensor):
-                return value
-            if ctx.is_propagated(value):
-                gate = ctx.gate_rows(value)
-                return gate.clone() if in_place and value is args[0] else gate
-            if value.dim() == reference.dim() > 0 and value.shape[0] == reference.shape[0] != rows:
-                return ctx.gate_rows(value)  # one row per copy (torch.full((x.shape[0], ...)))
-            return value
+            gate = ctx.full_pass_operand(value, reference)
+            return (
+                gate.clone() if in_place and value is args[0] and ctx.is_propagated(value) else gate
+            )
 
         gate_args, gate_kwargs = tree_map(gate_copy, (args, kwargs))
         out = func(*gate_args, **gate_kwargs)

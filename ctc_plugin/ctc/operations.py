@@ -83,13 +83,13 @@ KINDS: dict[str, str] = {
         "var, std or norm (statistics as gates)"
     ),
     "gate": (
-        "ReLU/LeakyReLU/PReLU, clamp, abs, and max pooling or a max over dims of one example "
-        "(gates of the full pass)"
+        "ReLU/LeakyReLU/PReLU, clamp, abs, comparisons, where, maximum, and max pooling or a "
+        "max over dims of one example (gates of the full pass)"
     ),
     "rescale": "smooth elementwise activations (rescale gates)",
     "gate tensor": (
         "products with a gate tensor: sigmoid, hardsigmoid, tanh, erf, clamp or softmax "
-        "outputs (squeeze-excitation, gated units)"
+        "outputs (squeeze-excitation, gated units); products of two signals (SwiGLU)"
     ),
     "attention": (
         "attention (scaled_dot_product_attention, nn.MultiheadAttention, matmul/einsum of "
@@ -164,13 +164,24 @@ def _normalised_dims(args: tuple, kwargs: dict) -> int:
 
 _SUMS = (
     "sums of propagated tensors are linear (residual adds); a constant added to the signal is a "
-    "bias shared among the copies (e.g. `(x - mean) / std` in the model)"
+    "bias shared among the copies (e.g. `(x - mean) / std` in the model); the signal plus a "
+    "gate-only tensor (`x + 0.044715 * x ** 3` inside a GELU written out) is a gate-only tensor "
+    "of the full pass"
 )
 
 _MAXIMUM = (
     "with a constant: as `clamp` by it (`torch.maximum(x, torch.zeros_like(x))` is `relu`); of "
-    "two input-dependent tensors it is refused (write `torch.stack([a, b], 1).amax(1)`)"
+    "two signals: every copy takes the operand the gate copy selected (switches, as "
+    "`torch.stack([a, b], 1).amax(1)`)"
 )
+_COMPARISONS = (
+    torch.gt, _T.gt, _T.__gt__, torch.greater, _T.greater, torch.lt, _T.lt, _T.__lt__,
+    torch.less, _T.less, torch.ge, _T.ge, _T.__ge__, torch.greater_equal, _T.greater_equal,
+    torch.le, _T.le, _T.__le__, torch.less_equal, _T.less_equal, torch.eq, _T.eq, _T.__eq__,
+    torch.ne, _T.ne, _T.__ne__, torch.not_equal, _T.not_equal, torch.sign, _T.sign,
+    torch.signbit, _T.signbit,
+)  # fmt: skip
+_WHERE = (torch.where, _T.where, _T.masked_fill, _T.masked_fill_, torch.masked_fill)
 _ABS = "the gate copy's sign on every copy (`abs(x) = sign(x) · x`, 0 where `x = 0`)"
 _REDUCED_MAX = (
     "over dims of one example (`x.amax(1, keepdim=True)`, CBAM's `torch.max(x, 1, "
@@ -214,6 +225,7 @@ def _rows() -> list[OperationRule]:
             _SUMS,
             h.add_or_subtract(1.0),
             (torch.add, T.add, T.__add__, T.__radd__, T.add_, T.__iadd__),
+            takes_gate_only=True,
             keeps_gate=True,
             trailing_dims=_elementwise,
         ),
@@ -222,6 +234,7 @@ def _rows() -> list[OperationRule]:
             _SUMS,
             h.add_or_subtract(-1.0),
             (torch.sub, T.sub, T.__sub__, T.sub_, T.__isub__, torch.subtract),
+            takes_gate_only=True,
             keeps_gate=True,
             trailing_dims=_elementwise,
         ),
@@ -230,6 +243,7 @@ def _rows() -> list[OperationRule]:
             _SUMS,
             h.add_or_subtract(-1.0, reverse=True),
             (torch.rsub, T.__rsub__),
+            takes_gate_only=True,
             keeps_gate=True,
             trailing_dims=_elementwise,
         ),
@@ -343,6 +357,27 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "gate",
+            "comparisons and signs of the signal (`x > 0`, `a >= b`, `torch.sign(x)`): what the "
+            "full image decides, a gate-only tensor computed for the gate copy that may serve "
+            "as a gate (`x * (x > 0)`) or a condition",
+            h.decided_by_full_pass,
+            _COMPARISONS,
+            from_gate_copy=True,
+            trailing_dims=_elementwise,
+        ),
+        OperationRule(
+            "gate",
+            "with a condition fixed by the full pass (`x > 0`) or a constant: every copy takes "
+            "its own entries of the operand selected, and a constant operand is a bias shared "
+            "where it is taken (`torch.where(x > 0, x, 0.1 * x)`, `x.masked_fill(x < 0, 0)`); a "
+            "condition carried by the copies is refused",
+            h.where,
+            _WHERE,
+            takes_gate_only=True,
+            trailing_dims=_elementwise,
+        ),
+        OperationRule(
+            "gate",
             _ABS,
             h.rescale(),
             (torch.abs, T.abs, torch.absolute, T.absolute),
@@ -426,7 +461,8 @@ def _rows() -> list[OperationRule]:
             "with a constant: linear; with a gate tensor: every copy of the signal times the "
             "gate copy's value (squeeze-excitation, `x * sigmoid(x)`); a signal times itself "
             "(`(x - u) * (x - u)`, equal values): its square, a statistic as `pow`; two other "
-            "input-dependent factors of which neither is a gate tensor are refused",
+            "signals (SwiGLU's `silu(a) * b`): half of the product to each factor's copies, "
+            "`(a_k b_0 + a_0 b_k) / 2` (AttnLRP's uniform rule)",
             h.multiply_or_divide(divide=False),
             (torch.mul, T.mul, T.__mul__, T.__rmul__, T.mul_, T.__imul__, torch.multiply),
             takes_gate_only=True,

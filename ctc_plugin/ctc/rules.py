@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ctc_plugin.batchnorm import batch_norm_affine
 from ctc_plugin.ctc.errors import (
@@ -479,6 +479,132 @@ class GatedPass:
         out = grouped / factor if divide else grouped * factor
         return self.tag(self.layout.ungroup(out, signal))
 
+    def _grouped_pair(
+        self, first: torch.Tensor, second: torch.Tensor, operation: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two propagated operands grouped (N, C, ...); refused where their copies do not meet."""
+        a, b = self.layout.group(first), self.layout.group(second)
+        if a.dim() != b.dim():
+            raise UnsupportedOperationError(
+                operation,
+                f"its operands of shapes {tuple(first.shape)} and {tuple(second.shape)} do not "
+                "share the batch dimension",
+            )
+        return a, b
+
+    def signal_product(
+        self, first: torch.Tensor, second: torch.Tensor, inplace: bool = False
+    ) -> torch.Tensor:
+        """A product of two signals, neither a gate tensor: half of it to each factor's copies.
+
+        SwiGLU's ``silu(a) * b`` and other multiplicative units: copy ``k`` of ``a * b`` is
+        ``(a_k * b_0 + a_0 * b_k) / 2``, with ``a_0``, ``b_0`` the gate copy's values held
+        fixed. It is linear in the copies, the gate copy gets the model's product exactly, and
+        where the copies of each factor add up to its gate copy, so do the products' (the
+        uniform rule of AttnLRP for a product of two signals: each factor takes half). The
+        gradient of the ``"none"`` path is that of the product with each factor's other factor
+        held fixed, times one half.
+
+        Args:
+            first: The first propagated factor.
+            second: The second propagated factor, broadcastable to ``first``.
+            inplace: Write the result into ``first`` (``a.mul_(b)``, ``a *= b``).
+        """
+        a, b = self._grouped_pair(first, second, "a product of two input-dependent tensors")
+        a0, b0 = a[:, :1].detach(), b[:, :1].detach()
+        if inplace:  # the fixed factors must not change when first is written
+            a0, b0 = a0.clone(), b0.clone()
+        product = (a * b0 + a0 * b) / 2
+        out = self.layout.ungroup(product, first if product.dim() == a.dim() else second)
+        if inplace:
+            return self.tag(first.copy_(out))
+        return self.tag(out)
+
+    def switch(self, first: torch.Tensor, second: torch.Tensor, largest: bool) -> torch.Tensor:
+        """The elementwise maximum (minimum) of two signals: the full pass's switches.
+
+        Every copy takes its entry of ``first`` where the gate copy's ``first`` is at least
+        (at most) its ``second``, and its entry of ``second`` elsewhere, as max pooling takes
+        the gate copy's argmax: summed over a partition's copies, the result is the model's.
+        """
+        a, b = self._grouped_pair(first, second, "an elementwise maximum of two signals")
+        a0, b0 = a[:, :1].detach(), b[:, :1].detach()
+        take_first = a0 >= b0 if largest else a0 <= b0
+        picked = torch.where(take_first, a, b)
+        return self.tag(self.layout.ungroup(picked, first))
+
+    def select(self, condition: Any, chosen: Any, other: Any, operation: str) -> torch.Tensor:
+        """``torch.where(condition, chosen, other)`` with a condition the copies do not change.
+
+        ``condition`` is a constant or the full pass's decision (a gate-only tensor such as
+        ``x > 0``, whose rows are the gate copy's): every copy takes its own entries of
+        ``chosen`` where it holds and of ``other`` elsewhere. A constant operand is a bias
+        where it is taken, shared among the copies as any other
+        (``torch.where(x > 0, x, 0.1)``).
+
+        Args:
+            condition: A boolean tensor; propagated (gate-only) or constant.
+            chosen: Where ``condition`` holds: a propagated signal or a constant (number or
+                tensor).
+            other: Elsewhere: as ``chosen``; at least one of the two is propagated.
+            operation: The torch function, named in refusals.
+        """
+        signal = chosen if self.is_propagated(chosen) else other
+        grouped = self.layout.group(signal)
+        zero = grouped.new_zeros(())
+
+        def signal_part(value: Any) -> torch.Tensor:
+            return self.layout.group(value) if self.is_propagated(value) else zero
+
+        def constant_part(value: Any) -> torch.Tensor:
+            if self.is_propagated(value):
+                return zero
+            if isinstance(value, torch.Tensor):
+                return self._per_example(value, signal, operation).to(grouped.dtype)
+            return grouped.new_tensor(value)
+
+        if self.is_propagated(condition):
+            fixed = self.layout.group(condition)[:, :1]
+            if fixed.dim() != grouped.dim():
+                raise UnsupportedOperationError(
+                    operation,
+                    f"its condition of shape {tuple(condition.shape)} and the signal of shape "
+                    f"{tuple(signal.shape)} do not share the batch dimension",
+                )
+        else:
+            fixed = self._per_example(condition, signal, operation)
+        out = self.layout.ungroup(
+            torch.where(fixed, signal_part(chosen), signal_part(other)), signal
+        )
+        if self.is_propagated(chosen) and self.is_propagated(other):
+            return self.tag(out)
+        return self.affine(out, torch.where(fixed, constant_part(chosen), constant_part(other)))
+
+    def _per_example(self, value: torch.Tensor, signal: torch.Tensor, operation: str) -> Any:
+        """A constant operand, broadcastable to the grouped (N, C, ...) ``signal``.
+
+        One row per copy (made from the pass's batch size) is read as one row per example,
+        after checking that the copies' rows are equal; a leading 1 or fewer dims broadcast.
+        """
+        if value.dim() < signal.dim():
+            return value
+        if value.dim() == signal.dim() and value.shape[0] == 1:
+            return value[0]
+        if value.dim() > signal.dim() or value.shape[0] % self.layout.batch:
+            raise UnsupportedOperationError(
+                operation,
+                f"a constant of shape {tuple(value.shape)} that does not broadcast per example",
+            )
+        grouped = self.layout.group(value)
+        if value.is_floating_point():
+            self.check_constant(value, signal, operation)
+        elif not bool((grouped == grouped[:, :1]).all()):
+            raise UntracedOutputError(
+                f"{operation} reads a constant that differs between the copies of one example "
+                "but was not computed from them by torch operations"
+            )
+        return grouped[:, :1]
+
     def gate_rows(self, x: torch.Tensor) -> torch.Tensor:
         """The gate copy's rows of a propagated tensor, detached: (N, ...) or (N*m, ...)."""
         grouped = self.layout.group(x)
@@ -486,6 +612,39 @@ class GatedPass:
         if grouped.dim() > x.dim() + 1:  # N*C*m rows: the gate copy's m rows of each example
             rows = rows.flatten(0, 1)
         return rows.detach()
+
+    def full_pass_operand(self, value: Any, reference: torch.Tensor) -> Any:
+        """An operand as the full pass computed with it: the model's own batch.
+
+        The gate copy's rows of a propagated tensor, and of a constant with one row per copy
+        (``torch.full((x.shape[0], ...))`` made from the pass's batch); any other value as it is,
+        a parameter too, whatever its size (an ``nn.Linear`` with as many outputs as the pass
+        has rows). ``reference`` is a propagated operand of the same call.
+        """
+        if not isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Parameter):
+            return value
+        if self.is_propagated(value):
+            return self.gate_rows(value)
+        rows = self.gate_rows(reference).shape[0]
+        if value.dim() == reference.dim() > 0 and value.shape[0] == reference.shape[0] != rows:
+            return self.gate_rows(value)
+        return value
+
+    def of_full_pass(
+        self, func: Callable[..., Any], args: tuple, kwargs: dict, origin: str
+    ) -> torch.Tensor:
+        """``func`` of the full pass's operands, given to every copy: a gate-only tensor.
+
+        For what the full image decides and no copy can share: a comparison (``x > 0``), the
+        sum of the signal and a statistic of it (``x + 0.044715 * x ** 3`` inside the tanh of
+        a GELU written out). The result may only serve as a gate.
+        """
+        leaves = tree_flatten((args, kwargs))[0]
+        reference = next(leaf for leaf in leaves if self.is_propagated(leaf))
+        full_args, full_kwargs = tree_map(
+            lambda value: self.full_pass_operand(value, reference), (args, kwargs)
+        )
+        return self.broadcast_gate(func(*full_args, **full_kwargs), origin)
 
     def broadcast_gate(self, value: torch.Tensor, origin: str) -> torch.Tensor:
         """A gate-only tensor: ``value`` (the gate copy's rows) given to every copy.

@@ -10,8 +10,8 @@ pooling's switches. Exact means: ``"proportional"`` scores add up to the logit (
 equal the spec's, also for one image; ``"none"`` is gradient x input of the network with these
 gates held fixed; the Zennit attributor equals the Captum class in all three modes; and each
 written-out form gives the scores of the torch module it stands for. A max over dim 0, the
-indices ``max`` returns, an input-dependent bound and the maximum of two signals are refused
-with a message that says what to write.
+indices ``max`` returns and an input-dependent bound are refused with a message that says what
+to write (the maximum of two signals is tested in ``test_gates_written_out.py``).
 """
 
 from __future__ import annotations
@@ -289,11 +289,6 @@ class _Refused(nn.Module):
         (
             lambda m, s: s.clamp(min=s.mean(1, keepdim=True)),
             r"torch\.Tensor\.clamp .*its bound depends on the input; only constant bounds",
-        ),
-        (
-            lambda m, s: torch.maximum(s, -s),
-            r"torch\.maximum .*two input-dependent tensors; write torch\.stack\(\[a, b\], 1\)"
-            r"\.amax\(1\)",
         ),
         (
             lambda m, s: s[:, :1].clamp(min=m.low),

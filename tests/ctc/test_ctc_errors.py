@@ -64,8 +64,8 @@ def test_bad_targets_are_clear_errors(setting, target):
     _assert_untouched(model, x, *before)
 
 
-class _Bilinear(nn.Module):
-    """h * h: a product of two input-dependent tensors, neither a gate (not linear)."""
+class _Quotient(nn.Module):
+    """h / g: a quotient by an input-dependent tensor that is no gate (not linear)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -74,7 +74,7 @@ class _Bilinear(nn.Module):
 
     def forward(self, x):
         h = self.conv(x)
-        h = h * self.conv(x.flip(-1))
+        h = h / self.conv(x.flip(-1))
         return self.head(h.mean(dim=(2, 3)))
 
 
@@ -100,7 +100,7 @@ class _Nested(nn.Module):
 
 
 class _SoftmaxAsSignal(nn.Module):
-    """A softmax (a gate of the full pass) added to the signal: refused where it meets it."""
+    """A softmax (a gate of the full pass) added to the signal: a gate-only output, refused."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -151,9 +151,13 @@ class _Rounding(nn.Module):
         (_Rounding("trunc"), r"torch.div .*rounds the quotient \(rounding_mode='trunc'\)"),
         (_Rounding("int"), r"torch.Tensor.to .*converts the signal to torch.int32"),
         (_Rounding("type_as"), r"torch.Tensor.type_as .*converts the signal to torch.int64"),
-        (_Bilinear(), r"torch.Tensor.mul in the model \(_Bilinear\): .*neither is a gate"),
+        (_Quotient(), r"torch.Tensor.div in the model \(_Quotient\): .*divides by an input-dep"),
         (_Nested(), r"torch.exp in stages.1.0 \(_Block\): no CTC rule"),
-        (_SoftmaxAsSignal(), r"torch.Tensor.add .*reads the output of torch.Tensor.softmax"),
+        (
+            _SoftmaxAsSignal(),
+            r"torch.Tensor.add \(the signal and torch.Tensor.softmax\): the model's output comes "
+            r"out of it.*explain the output of the layer before it",
+        ),
         (
             _CopiesOffDimZero(),
             r"softmax in the model \(_CopiesOffDimZero\): its input holds the copies along dim 1",

@@ -120,7 +120,7 @@ def test_a_squashed_gate_only_tensor_used_as_a_signal_is_refused(squash):
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     mask = (torch.arange(16) // 8)[None, None, :, None].expand(1, 1, 16, 16)
     for mode in ("none", "proportional"):
-        with pytest.raises(UnsupportedOperationError, match="gate tensor of the full pass"):
+        with pytest.raises(UnsupportedOperationError, match="gate tensor computed for the full"):
             CTC(model, bias_sharing=mode).attribute(x, 0, feature_mask=mask)
 
 

@@ -156,10 +156,13 @@ def test_the_zennit_attributor_equals_the_captum_class(kind: str, mode: str) -> 
 @pytest.mark.parametrize(
     "operation, message",
     [
-        (lambda s: s + s.pow(2), r"torch\.Tensor\.add .*reads .*torch\.Tensor\.pow, .*as a signal"),
+        (
+            lambda s: s + s.pow(2),
+            r"torch\.Tensor\.add \(the signal and torch\.Tensor\.pow\): the model's output",
+        ),
         (
             lambda s: s - s.var(1, keepdim=True),
-            r"torch\.Tensor\.sub .*torch\.Tensor\.var, .*as a signal",
+            r"torch\.Tensor\.sub \(the signal and torch\.Tensor\.var\): the model's output",
         ),
         (lambda s: s * s, r"torch\.Tensor\.mul: the model's output comes out of it"),
         (lambda s: s.square(), r"torch\.Tensor\.square: .*not the feature.s contribution"),

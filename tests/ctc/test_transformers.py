@@ -189,7 +189,7 @@ class _MixesCopies(nn.Module):
 @pytest.mark.parametrize(
     ("model", "pattern"),
     [
-        (_ScoresAsSignal(), r"add in the model .* reads the output of torch.Tensor.matmul"),
+        (_ScoresAsSignal(), r"add \(the signal and torch.Tensor.matmul\): the model's output"),
         (_Probabilities(), r"the model's output comes out of it"),
         (_MixesCopies(), r"selects or slices copies"),
     ],

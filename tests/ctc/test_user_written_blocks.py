@@ -234,7 +234,7 @@ REFUSED = {
     "erfinv": lambda x: x * torch.erfinv(torch.tanh(x)),  # no rule (erf has one)
     "clamp": lambda x: x.clamp(min=x.mean(1, keepdim=True)),  # an input-dependent bound
     "max": lambda x: x * torch.sigmoid(x.max(0, keepdim=True)[0]),  # over the copies' dim
-    "add": lambda x: x + x.norm(dim=1, keepdim=True),  # a statistic used as a signal
+    "div": lambda x: x / x.flip(1),  # a quotient of two signals
 }
 
 
