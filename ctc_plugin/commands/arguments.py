@@ -1,5 +1,9 @@
 """Option types shared by every subcommand: numbers in range, files to read, paths to write.
 
+Also the option groups several commands share word for word: the image preprocessing
+(`add_preprocessing_options`: ``--resize``, ``--crop``, ``--mean``, ``--std`` of ``explain``,
+``demo`` and ``explain-dataset``).
+
 Each is an argparse ``type``: it turns the option's text into a value or raises
 ``argparse.ArgumentTypeError``, which argparse reports as one line,
 ``ctc-plugin COMMAND: error: argument --flag: MESSAGE`` (see `ctc_plugin.cli`), before
@@ -81,6 +85,56 @@ positive_float = real(positive=True)
 non_negative_float = real(0.0)
 #: Fractions of a whole: 0 to 1.
 fraction = real(0.0, 1.0)
+
+
+def crop_size(text: str) -> int | str:
+    """``--crop``: a positive side, or ``none`` (keep the whole resized image)."""
+    if text.strip().lower() == "none":
+        return "none"
+    return positive_int(text)
+
+
+crop_size.__name__ = "crop"
+
+
+def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
+    """``--resize``, ``--crop``, ``--mean`` and ``--std``: how each image becomes the model's input.
+
+    Each defaults to ``None``, the model's own preprocessing;
+    [`preprocessing_for`][ctc_plugin.commands.explain.preprocessing_for] applies what is given.
+    """
+    parser.add_argument(
+        "--resize",
+        type=positive_int,
+        default=None,
+        help="length of the image's shorter side after resizing, the aspect ratio kept "
+        "(default: the model's own: 96 for zoo models, the weights' for torchvision, 224 "
+        "otherwise)",
+    )
+    parser.add_argument(
+        "--crop",
+        type=crop_size,
+        default=None,
+        metavar="N|none",
+        help="side of the centre crop; none keeps the whole resized image (default: the "
+        "model's own input size, 96 or the weights' crop, at most --resize; none for "
+        "module:callable models)",
+    )
+    parser.add_argument(
+        "--mean",
+        type=finite_float,
+        nargs=3,
+        metavar=("R", "G", "B"),
+        help="normalisation mean the model expects (with --std): prepended to the model, so "
+        "segmenters and figures see pixels (default: the model's own)",
+    )
+    parser.add_argument(
+        "--std",
+        type=positive_float,
+        nargs=3,
+        metavar=("R", "G", "B"),
+        help="normalisation standard deviation (with --mean)",
+    )
 
 
 def input_file(text: str) -> Path:

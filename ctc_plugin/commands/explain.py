@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from ctc_plugin.commands import CLIError
 from ctc_plugin.commands.arguments import (
-    finite_float,
+    add_preprocessing_options,
     input_file,
     output_file,
-    positive_float,
     positive_int,
 )
 from ctc_plugin.commands.methods import METHODS
@@ -135,38 +134,7 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
         help=f"one or more methods, drawn side by side (default: ctc). {methods}",
     )
     add_model_options(parser)
-    parser.add_argument(
-        "--resize",
-        type=positive_int,
-        default=None,
-        help="length of the image's shorter side after resizing, the aspect ratio kept "
-        "(default: the model's own: 96 for zoo models, the weights' for torchvision, 224 "
-        "otherwise)",
-    )
-    parser.add_argument(
-        "--crop",
-        type=_crop,
-        default=None,
-        metavar="N|none",
-        help="side of the centre crop; none keeps the whole resized image (default: the "
-        "model's own input size, 96 or the weights' crop, at most --resize; none for "
-        "module:callable models)",
-    )
-    parser.add_argument(
-        "--mean",
-        type=finite_float,
-        nargs=3,
-        metavar=("R", "G", "B"),
-        help="normalisation mean the model expects (with --std): prepended to the model, so "
-        "segmenters and figures see pixels (default: the model's own)",
-    )
-    parser.add_argument(
-        "--std",
-        type=positive_float,
-        nargs=3,
-        metavar=("R", "G", "B"),
-        help="normalisation standard deviation (with --mean)",
-    )
+    add_preprocessing_options(parser)
     parser.add_argument(
         "--target",
         default=None,
@@ -289,16 +257,6 @@ def method_name(text: str) -> str:
 
 
 method_name.__name__ = "method"
-
-
-def _crop(text: str) -> int | str:
-    """``--crop``: a positive side or ``none``."""
-    if text.strip().lower() == "none":
-        return "none"
-    return positive_int(text)
-
-
-_crop.__name__ = "crop"
 
 
 def device_name(text: str) -> str:
@@ -497,9 +455,10 @@ def load_model(name: str, weights: Path | None) -> LoadedModel:
 def preprocessing_for(args: argparse.Namespace, loaded: LoadedModel) -> ImagePreprocessing:
     """The model's own preprocessing with ``--resize``, ``--crop``, ``--mean``, ``--std``.
 
-    Given ``--resize`` without ``--crop``, the model's crop is kept where it fits and shrinks to
-    ``--resize`` where it does not
-    ([`ImagePreprocessing.replace`][ctc_plugin.images.ImagePreprocessing.replace]).
+    The one builder of ``explain``, ``demo`` and ``explain-dataset`` (whose runs pass their
+    [`RunConfig`][ctc_plugin.runs.plan.RunConfig]'s values as ``args``). Given ``--resize``
+    without ``--crop``, the model's crop is kept where it fits and shrinks to ``--resize`` where
+    it does not ([`ImagePreprocessing.replace`][ctc_plugin.images.ImagePreprocessing.replace]).
 
     Raises:
         CLIError: For ``--mean`` without ``--std`` (or the reverse) and a crop that does not
@@ -653,14 +612,17 @@ def model_logits(
         lines = str(error).strip().splitlines()
         first = lines[0] if lines else type(error).__name__
         option = "--resize/--crop: " if advice is None else ""
-        advice = advice if advice is not None else _size_advice(loaded.preprocessing)
+        advice = advice if advice is not None else size_advice(loaded.preprocessing)
         raise CLIError(
             f"{option}{loaded.name} cannot take {width}x{height} images ({first}); {advice}"
         ) from error
 
 
-def _size_advice(own: ImagePreprocessing) -> str:
-    """What ``explain`` can do about an image size the model cannot take."""
+def size_advice(own: ImagePreprocessing) -> str:
+    """What to do about an image size the model cannot take, given its own preprocessing.
+
+    ``explain`` and ``explain-dataset`` both take the options it names.
+    """
     if own.crop is None:
         return "give it the input size it was built for: --resize N --crop N"
     return f"its own input is {own.describe()} (--resize {own.resize} --crop {own.crop})"
@@ -822,22 +784,34 @@ def check_explainer_size(explainer: nn.Module | None, explained: list[Explained]
     Raises:
         CLIError: Naming the image, both sizes and the options that give the Explainer's size.
     """
-    size = getattr(explainer, "trained_image_size", None)
-    if size is None:
-        return
     for item in explained:
-        if item.image.size != size:
-            height, width = item.image.size
-            fix = (
-                f"give --resize {size[0]} --crop {size[0]} (the zoo model's own input)"
-                if size[0] == size[1]
-                else f"resize and crop the images to {size[1]}x{size[0]}"
-            )
-            raise CLIError(
-                f"--method explainer: {item.path} becomes a {width}x{height} image but the "
-                f"shipped Explainer was trained on {size[1]}x{size[0]} images and takes no "
-                f"other size; {fix}, or choose other methods"
-            )
+        refusal = explainer_size_refusal(explainer, str(item.path), item.image.size)
+        if refusal is not None:
+            raise CLIError(f"--method explainer: {refusal}")
+
+
+def explainer_size_refusal(
+    explainer: nn.Module | None, name: str, size: tuple[int, int]
+) -> str | None:
+    """Why ``explainer`` cannot take the image ``name`` at ``size`` (height, width), or ``None``.
+
+    The message names both sizes and the ``--resize`` / ``--crop`` that give the Explainer's
+    size (``explain`` and ``explain-dataset`` both take them).
+    """
+    trained = getattr(explainer, "trained_image_size", None)
+    if trained is None or tuple(size) == tuple(trained):
+        return None
+    height, width = size
+    fix = (
+        f"give --resize {trained[0]} --crop {trained[0]} (the zoo model's own input)"
+        if trained[0] == trained[1]
+        else f"resize and crop the images to {trained[1]}x{trained[0]}"
+    )
+    return (
+        f"{name} becomes a {width}x{height} image but the shipped Explainer was trained on "
+        f"{trained[1]}x{trained[0]} images and takes no other size; {fix}, or choose other "
+        "methods"
+    )
 
 
 @contextmanager

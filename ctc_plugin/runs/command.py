@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ctc_plugin.commands import add_ray_options, ray_options
-from ctc_plugin.commands.arguments import output_folder, positive_int
+from ctc_plugin.commands.arguments import add_preprocessing_options, output_folder, positive_int
 from ctc_plugin.commands.explain import (
     add_method_options,
     add_model_options,
@@ -61,6 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="how many shapes images; for a folder, at most this many (default: all)",
     )
     add_model_options(parser)
+    add_preprocessing_options(parser)
     parser.add_argument(
         "--targets",
         nargs="+",
@@ -125,6 +126,10 @@ def _explain(args: argparse.Namespace):
         images=args.images,
         model=args.model,
         weights=args.weights,
+        resize=args.resize,
+        crop=args.crop,
+        mean=args.mean,
+        std=args.std,
         targets=args.targets,
         segmenter=args.segmenter,
         segments=args.segments,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from argparse import Namespace
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -166,6 +167,7 @@ class ShardRunner:
             explainer_for,
             load_model,
             make_segmenter,
+            preprocessing_for,
             resolve_device,
         )
 
@@ -176,7 +178,7 @@ class ShardRunner:
         self.loaded = load_model(config.model, weights)  # also for its preprocessing
         check_input_channels(self.loaded)
         options = _options(config)
-        self.preprocessing = self.loaded.preprocessing
+        self.preprocessing = preprocessing_for(options, self.loaded)
         self.segmenter = make_segmenter(options) if segment else None
         if explain:
             self.explainer = explainer_for(self.loaded, options)
@@ -206,7 +208,7 @@ class ShardRunner:
         return image, mask, time.perf_counter() - start
 
     def read(self, ref: ImageRef) -> Any:
-        """The image ``ref``, prepared with the model's preprocessing."""
+        """The image ``ref``, prepared with the run's preprocessing (the model's own by default)."""
         from ctc_plugin.commands import CLIError
 
         try:
@@ -267,7 +269,7 @@ class ShardRunner:
         import numpy as np
 
         from ctc_plugin.commands import CLIError
-        from ctc_plugin.commands.explain import is_own_size, model_logits
+        from ctc_plugin.commands.explain import explainer_size_refusal, is_own_size, model_logits
         from ctc_plugin.commands.methods import MethodError, Request, run_method
         from ctc_plugin.ctc.errors import UnsupportedOperationError
 
@@ -277,8 +279,11 @@ class ShardRunner:
             image = self.read(ref)
             ids, segment_seconds = mask
         pixels = image.pixels.to(self.device)
-        own = is_own_size(self.preprocessing, image.size)
+        own = is_own_size(self.loaded.preprocessing, image.size)
         logits = model_logits(self.model, self.loaded, pixels, own, self.size_advice(ref))
+        refusal = explainer_size_refusal(self.explainer, ref.name, image.size)
+        if refusal is not None:
+            raise CLIError(f"--methods explainer: {refusal}")
         mask = ids
         key = f"image{ref.index}"
         arrays = {
@@ -333,11 +338,12 @@ class ShardRunner:
 
     def size_advice(self, ref: ImageRef) -> str:
         """What to do when the model cannot take ``ref`` at the size it is read at."""
+        from ctc_plugin.commands.explain import size_advice
+
         return (
-            f"{ref.name} is read with {self.loaded.name}'s preprocessing "
-            f"({self.preprocessing.describe()}), which explain-dataset cannot change yet: "
-            "explain the images one by one with ctc-plugin explain --resize N --crop N, or "
-            "give a model that takes any size (one that ends in adaptive pooling, say)"
+            f"{ref.name} is read at {self.preprocessing.describe()}: "
+            f"{size_advice(self.loaded.preprocessing)}, or give a model that takes any size "
+            "(one that ends in adaptive pooling, say)"
         )
 
     def target(self, spec: str, ref: ImageRef, logits: Any) -> int:
@@ -385,6 +391,10 @@ def _options(config: RunConfig) -> Namespace:
         sam_model_type=config.sam_model_type,
         methods=list(config.methods),
         weights=config.weights,
+        resize=config.resize,
+        crop=config.crop,
+        mean=config.mean,
+        std=config.std,
     )
 
 
@@ -409,6 +419,10 @@ def explain_dataset(
     images: int | None = None,
     model: str = "resnet",
     weights: str | os.PathLike[str] | None = None,
+    resize: int | None = None,
+    crop: int | str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     targets: str | list[str] | tuple[str, ...] = ("predicted",),
     segmenter: str = "superpixel",
     segments: int = 25,
@@ -427,8 +441,9 @@ def explain_dataset(
 ) -> RunResult:
     """Explain every image of ``source`` with every method; write the results to ``out``.
 
-    Each image is read with the model's own preprocessing, segmented once and explained by each
-    method for each target. Finished shards are written to ``out`` as Parquet (one row per image,
+    Each image is read with the model's own preprocessing (or the one ``resize``, ``crop``,
+    ``mean`` and ``std`` make of it), segmented once and explained by each method for each
+    target. Finished shards are written to ``out`` as Parquet (one row per image,
     target and method; see [`table_schema`][ctc_plugin.runs.engine.table_schema]) and ``.npz``
     arrays (masks and attributions; see
     [`ShardRunner.run`][ctc_plugin.runs.engine.ShardRunner.run]).
@@ -445,6 +460,15 @@ def explain_dataset(
         model: A zoo family (``resnet``, ``vgg-composite``, ...), a torchvision architecture
             (with ``weights``) or ``module:callable``.
         weights: State-dict file for the model.
+        resize: The images' shorter side after resizing, the aspect ratio kept (``None``: the
+            model's own: 96 for zoo models, the weights' for torchvision, 224 otherwise). A
+            model built for one input size needs ``resize`` and ``crop`` set to it.
+        crop: The side of the centre crop, ``"none"`` to keep the whole resized image
+            (``None``: the model's own, shrunk to ``resize`` where it does not fit; no crop for
+            ``module:callable``).
+        mean: The normalisation mean the model expects (3 values, with ``std``; ``None``: the
+            model's own).
+        std: The normalisation standard deviation (with ``mean``).
         targets: What to explain: ``"predicted"``, ``"label"`` (the folder's class or the shapes
             label), a class index or name; several give several rows per image and method.
         segmenter: ``"superpixel"``, ``"grid"`` or ``"sam"``.
@@ -476,7 +500,8 @@ def explain_dataset(
         RayUnavailableError: If ``ray`` is given and Ray is not installed.
         RayConnectionError: If ``ray`` is the address of a Ray cluster that cannot be
             reached.
-        ValueError: For unknown methods and invalid numbers, ``ray_workers`` without
+        ValueError: For unknown methods and invalid numbers (a ``crop`` larger than
+            ``resize``, ``mean`` without ``std``), ``ray_workers`` without
             ``ray=True``, ``sam_checkpoint`` with another segmenter than ``"sam"``, or an
             ``out`` that holds another kind of run.
         CLIError: For a model, device, segmenter or target that cannot be used.
@@ -493,6 +518,10 @@ def explain_dataset(
         methods=(methods,) if isinstance(methods, str) else tuple(methods),
         model=model,
         weights=os.fspath(weights) if weights is not None else None,
+        resize=resize,
+        crop=crop,
+        mean=mean,
+        std=std,
         targets=(targets,) if isinstance(targets, str) else tuple(targets),
         segmenter=segmenter,
         segments=segments,

@@ -52,6 +52,12 @@ class RunConfig:
             the shapes images.
         threads: Torch CPU threads each shard runs on (fixed, so results repeat bit for bit).
         device: Where the model runs.
+        resize: ``--resize``: the images' shorter side, or ``None`` for the model's own.
+        crop: ``--crop``: the side of the centre crop, ``"none"`` to keep the whole resized
+            image, or ``None`` for the model's own.
+        mean: ``--mean``: the normalisation mean (3 values, with ``std``), or ``None`` for the
+            model's own.
+        std: ``--std``: the normalisation standard deviation (with ``mean``).
     """
 
     methods: tuple[str, ...]
@@ -71,6 +77,10 @@ class RunConfig:
     seed: int = 1
     threads: int = 1
     device: str = "cpu"
+    resize: int | None = None
+    crop: int | str | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         from ctc_plugin.commands.methods import METHODS
@@ -97,6 +107,40 @@ class RunConfig:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
         self._pin_file("weights")
         self._pin_file("sam_checkpoint")
+        self._check_preprocessing()
+
+    def _check_preprocessing(self) -> None:
+        """Check ``resize``, ``crop``, ``mean`` and ``std`` before any work; store them plainly.
+
+        What fits only the model's own preprocessing (a ``crop`` alone, larger than the
+        model's resize) is checked when the model is loaded.
+
+        Raises:
+            ValueError: For a size that is no positive whole number, a crop larger than
+                ``resize``, and ``mean`` without ``std`` (or the reverse) or values that are not
+                3 finite numbers (``std`` positive).
+        """
+        from ctc_plugin.images import ImagePreprocessing
+
+        crop = self.crop
+        if isinstance(crop, str):
+            if crop.strip().lower() != "none":
+                raise ValueError(
+                    f"crop must be a positive whole number, 'none' (keep the whole resized "
+                    f"image) or None (the model's own), got {crop!r}"
+                )
+            object.__setattr__(self, "crop", "none")
+            crop = None
+        if (self.mean is None) != (self.std is None):
+            raise ValueError(
+                "give both mean and std (--mean and --std, the model's input normalisation), "
+                "or neither"
+            )
+        checked = ImagePreprocessing(resize=self.resize, crop=crop, mean=self.mean, std=self.std)
+        if crop is not None:
+            object.__setattr__(self, "crop", checked.crop)
+        object.__setattr__(self, "mean", checked.mean)
+        object.__setattr__(self, "std", checked.std)
 
     def _pin_file(self, name: str) -> None:
         """Resolve the file option ``name`` to an absolute path and record its sha256.
