@@ -139,13 +139,17 @@ _NORMS = (
 )
 
 
-def randomise_statistics_and_biases(model: nn.Module, seed: int = 1) -> nn.Module:
+def randomise_statistics_and_biases(
+    model: nn.Module, seed: int = 1, noise: float = 0.0
+) -> nn.Module:
     """``model`` with random BatchNorm statistics, biases and norm weights, as trained ones are.
 
     Torchvision initialises biases to 0, BatchNorm statistics to (0, 1) and norm weights to 1, so
     an untrained model has no bias for CTC to share. Running means are drawn from [-0.2, 0.2),
     variances from [0.5, 1.5), biases from [-0.2, 0.2) and 1-d weights from [0.8, 1.2), in place,
-    from a generator seeded by ``seed``.
+    from a generator seeded by ``seed``. With ``noise``, every parameter is then moved by
+    Gaussian noise of that standard deviation (timm starts heads and layer scales at zero, which
+    would leave every image with the same logits).
     """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -159,8 +163,11 @@ def randomise_statistics_and_biases(model: nn.Module, seed: int = 1) -> nn.Modul
                 module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
             for name, param in module.named_parameters(recurse=False):
                 if name == "bias" or (name == "weight" and param.dim() == 1):
-                    noise = torch.rand(param.shape, generator=generator) * 0.4 - 0.2
-                    param.copy_(noise + (1.0 if name == "weight" else 0.0))
+                    drawn = torch.rand(param.shape, generator=generator) * 0.4 - 0.2
+                    param.copy_(drawn + (1.0 if name == "weight" else 0.0))
+        if noise:
+            for param in model.parameters():
+                param.add_(torch.randn(param.shape, generator=generator) * noise)
     return model
 
 

@@ -561,7 +561,8 @@ def _gate_only_output(origin: str) -> str:
         "(a softmax, a product of two gate tensors such as tanh(h) * tanh(h), a square, "
         "variance or norm of the signal, a comparison, or the signal plus one of these), so "
         "every copy holds the full image's value, not the "
-        "feature's contribution; such a tensor may only multiply or divide the signal"
+        "feature's contribution; such a tensor may only multiply or divide the signal, or be "
+        "the condition of torch.where"
     )
     if origin.endswith("softmax"):
         return (

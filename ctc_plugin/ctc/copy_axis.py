@@ -101,6 +101,8 @@ def follow_copy_axis(
         return _through_index(args[1], x, axis, refusal)
     if name == "__iter__":  # iterating a tensor unbinds its dim 0
         return _along_other_dims("unbind", (x, 0), {}, x, axis, refusal)
+    if name == "repeat_interleave":
+        return _repeated_in_place(args, kwargs, x, axis, refusal)
     if name in ("chunk", "split", "unbind", "narrow", "roll", "flip", "repeat"):
         return _along_other_dims(name, args, kwargs, x, axis, refusal)
     if name in ("cat", "concat", "concatenate", "stack"):
@@ -171,6 +173,22 @@ def _along_other_dims(
     if dim == axis:
         raise UnsupportedOperationError(refusal, "it splits the copies apart")
     return axis - int(name == "unbind" and dim < axis)
+
+
+def _repeated_in_place(args: tuple, kwargs: dict, x: torch.Tensor, axis: int, refusal: str) -> int:
+    """``repeat_interleave``: along the copy dim, each row repeated in place (copy-major).
+
+    GCViT repeats each image's global query once per window, ``q.repeat_interleave(windows,
+    dim=0)``: every copy's rows stay together, as a window partition keeps them. Refused: no
+    ``dim`` (the copies flattened with the rest) and unequal repeats along the copy dim.
+    """
+    dim = _argument(args, kwargs, 2, "dim")
+    if dim is None:
+        raise UnsupportedOperationError(refusal, "it flattens the copies with the other values")
+    repeats = _argument(args, kwargs, 1, "repeats")
+    if _normalised(dim, x.dim()) == axis and not isinstance(repeats, int):
+        raise UnsupportedOperationError(refusal, "it repeats the copies unequally")
+    return axis
 
 
 def _through_index(index: Any, x: torch.Tensor, axis: int, refusal: str) -> int:

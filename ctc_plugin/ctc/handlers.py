@@ -184,6 +184,32 @@ def _sum_with_gate_only(
     return ctx.of_full_pass(func, args, kwargs, f"{name} (the signal and {origin})")
 
 
+def add_product(divide: bool) -> Handler:
+    """``addcmul``/``addcdiv``: ``input + value * tensor1 * tensor2`` (``/ tensor2``).
+
+    The product (quotient) and the sum, each by its own rule (timm's ``Affine`` of ResMLP,
+    ``torch.addcmul(beta, alpha, x)``, and its ``GlobalResponseNorm``).
+    """
+    multiply, add = multiply_or_divide(divide), add_or_subtract(1.0)
+    product_function = torch.div if divide else torch.mul
+
+    def by_rule(ctx: GatedPass, rule: Handler, func: Callable, args: tuple) -> Any:
+        if not any(ctx.is_propagated(a) for a in args):
+            return func(*args)
+        return rule(ctx, func, args, {})
+
+    def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+        base = _arg(args, kwargs, 0, "input")
+        first, second = _arg(args, kwargs, 1, "tensor1"), _arg(args, kwargs, 2, "tensor2")
+        value = kwargs.get("value", 1)
+        product = by_rule(ctx, multiply, product_function, (first, second))
+        if value != 1:
+            product = by_rule(ctx, multiply, torch.mul, (product, value))
+        return by_rule(ctx, add, torch.add, (base, product))
+
+    return handle
+
+
 def _as_bias(ctx: GatedPass, constant: Any, signal: torch.Tensor, name: str) -> torch.Tensor:
     """A constant operand as a bias broadcastable to the grouped (N, C, *rest) signal."""
     if isinstance(constant, numbers.Number):
@@ -228,7 +254,7 @@ def multiply_or_divide(divide: bool) -> Handler:
     Where one factor is a gate tensor (it came out of a squashing activation of the full pass,
     see [`GateMark`][ctc_plugin.ctc.rules.GateMark]), each copy of the other factor is
     multiplied by the gate copy's value. A product of two gate tensors is itself a gate tensor
-    (of the full pass only); a signal times itself is its square (a statistic); a product of
+    (of the full pass only); a signal times itself is its square (as ``pow``); a product of
     two other signals takes half from each
     ([`GatedPass.signal_product`][ctc_plugin.ctc.rules.GatedPass.signal_product]). A quotient
     by a signal that is no gate tensor is refused.
@@ -251,13 +277,8 @@ def multiply_or_divide(divide: bool) -> Handler:
             if first_gate is not None and not divide and not is_inplace(func):
                 return ctx.gate_product(second, first)
             if first_gate is None and not divide and _same_signal(first, second):
-                if is_inplace(func):
-                    raise UnsupportedOperationError(
-                        name,
-                        "it writes the square of the signal into the signal in place; "
-                        "write x * x (out of place)",
-                    )
-                return ctx.statistic(first, lambda rows: rows * rows, name)
+                square = ctx.signal_product(first, second, inplace=is_inplace(func))
+                return ctx.mark_gate(square, name)  # as x.pow(2)
             if first_gate is None and not divide:  # SwiGLU's silu(a) * b
                 return ctx.signal_product(first, second, inplace=is_inplace(func))
             raise UnsupportedOperationError(name, _product_refusal(first_gate, divide))
@@ -276,8 +297,8 @@ def _same_signal(first: torch.Tensor, second: torch.Tensor) -> bool:
     """Whether two propagated signals hold the same values: their product is a square.
 
     ``(x - u) * (x - u)`` computes ``x - u`` twice; equal in every copy, the product is the
-    square of one signal, a statistic
-    ([`GatedPass.statistic`][ctc_plugin.ctc.rules.GatedPass.statistic]).
+    square of one signal, as ``x.pow(2)`` (see [`power`][ctc_plugin.ctc.handlers.power]): its
+    copies are the uniform rule's, and it is also a gate tensor.
     """
     return first is second or (
         first.shape == second.shape
@@ -452,7 +473,7 @@ def where(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Te
         raise UnsupportedOperationError(
             name,
             f"it selects between the signal and {gate_only}'s output, a gate tensor of the full "
-            "pass that may only multiply or divide the signal",
+            "pass that may only multiply or divide the signal, or be the condition",
         )
     out = ctx.select(condition, chosen, other, name)
     if is_inplace(func):
@@ -582,8 +603,36 @@ def _input_and_rest(args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
     return kwargs[name], (), {key: value for key, value in kwargs.items() if key != name}
 
 
+def power(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``x ** p`` (``pow``, ``square``, in place too) with a constant exponent ``p``.
+
+    Of the signal: a smooth activation, the rescale gate ``x_0 ** (p - 1)`` on every copy
+    (squared ReLU, StarReLU's ``s * relu(x) ** 2 + b``), whose output is also a gate tensor, so
+    a normalisation written out may divide the signal by a function of it (``x / (x - u).pow(2)
+    .mean(1).add(eps).sqrt()``: the full image's statistic). Of a gate tensor: the full pass's
+    value, gate-only. An input-dependent exponent is refused.
+    """
+    name = operation_name(func)
+    x, rest, rest_kwargs = _input_and_rest(args, kwargs)
+    others, _ = tree_flatten((rest, rest_kwargs))
+    if not ctx.is_propagated(x) or any(ctx.is_propagated(other) for other in others):
+        raise UnsupportedOperationError(
+            name,
+            "it raises to an input-dependent exponent (only x.pow(number) is an activation of "
+            "the signal)",
+        )
+    if ctx.gate_mark(x) is not None:
+        return statistic(ctx, func, args, kwargs)
+    return ctx.rescale_gate(
+        x,
+        lambda t: func(t.clone(), *rest, **rest_kwargs),
+        gate_origin=name,
+        inplace=is_inplace(func),
+    )
+
+
 def statistic(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    """``pow``, ``square``, ``var``, ``std``, ``norm``: a statistic of the signal, gate-only.
+    """``pow`` of a gate tensor, ``var``, ``std``, ``norm``: a statistic, gate-only.
 
     Computed for the full image (the gate copy) and given to every copy
     ([`GatedPass.statistic`][ctc_plugin.ctc.rules.GatedPass.statistic]), so that it may divide

@@ -176,6 +176,13 @@ class CTCMode(TorchFunctionMode):
         if func in EXIT_FUNCTIONS:
             ctx.left_torch(operation_name(func))
             return func(*args, **kwargs)
+        if kwargs.get("out") is not None:
+            raise UnsupportedOperationError(
+                operation_name(func),
+                "it writes its result into out=, a tensor whose copies no rule follows (the "
+                "model would read it as it was, or with the full image's value in every copy); "
+                "call it without out= (y = f(x))",
+            )
         row = rule_for(func)
         propagated = [t for t in tensors if ctx.is_propagated(t)]
         marks = [ctx.gate_mark(t) for t in propagated]
@@ -191,12 +198,15 @@ class CTCMode(TorchFunctionMode):
             raise UnsupportedOperationError(
                 operation_name(func),
                 f"it reads the output of {gate_only.origin}, a gate tensor of the full pass "
-                "that may only multiply or divide the signal, as a signal",
+                "that may only multiply or divide the signal (or be a torch.where condition), as "
+                "a signal",
             )
         only = all(m is not None and m.only for m in marks)
-        if row is None and gate_only is not None and only:
-            # a causal mask (masked_fill), a softmax written out (exp, amax): as it is
-            return self._of_gate_only(func, args, kwargs, propagated, gate_only.origin)
+        if row is None and all_gates:
+            # a causal mask (masked_fill), a softmax written out (exp, amax), the sqrt of a
+            # variance written out: the full pass's result, gate-only
+            origin = gate_only.origin if gate_only is not None and only else operation_name(func)
+            return self._of_gate_only(func, args, kwargs, propagated, origin)
         if row is None:
             out = func(*args, **kwargs)
             if not any(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(out)[0]):
@@ -304,20 +314,14 @@ class CTCMode(TorchFunctionMode):
         the whole tensors instead: a call that returns no tensor (``size``, ``shape``: the
         pass's sizes, not the model's batch) and one that returns a view of its input
         (``scores.diagonal(...)``, so that a write through the view reaches the tensor); a view
-        must keep the copies' rows. Refused: a result without the batch's rows, ``out=``, and
-        copies a shape operation moved off dim 0.
+        must keep the copies' rows. Refused: a result without the batch's rows and copies a
+        shape operation moved off dim 0 (``out=`` is refused for every operation, earlier).
         """
         ctx = self.gated_pass
         name = operation_name(func)
         moved = next((ctx.copy_axis(t) for t in propagated if ctx.copy_axis(t)), 0)
         if moved:
             raise copies_off_dim_zero(name, moved)
-        if kwargs.get("out") is not None:
-            raise UnsupportedOperationError(
-                name,
-                f"it writes {origin}'s gate-only result into out=, a tensor the pass does not "
-                "follow; call it without out=",
-            )
         reference = propagated[0]
         rows = ctx.gate_rows(reference).shape[0]
         in_place = is_inplace(func)

@@ -120,15 +120,17 @@ _CLAMPS = (
     torch.clamp_min, _T.clamp_min, torch.clamp_min_, _T.clamp_min_, torch.clamp_max,
     _T.clamp_max, torch.clamp_max_, _T.clamp_max_,
 )  # fmt: skip
-_STATISTICS = (
+_POWERS = (
     torch.pow, _T.pow, _T.__pow__, _T.pow_, _T.__ipow__, torch.square, _T.square, _T.square_,
+)  # fmt: skip
+_STATISTICS = (
     torch.var, _T.var, torch.std, _T.std, torch.norm, _T.norm, torch.linalg.vector_norm,
     torch.linalg.norm,
 )  # fmt: skip
 _LINEAR_OPERATIONS = (
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, _T.mean, torch.mean, _T.sum, torch.sum,
-    torch.neg, _T.neg, F.pixel_shuffle, F.pixel_unshuffle,
+    torch.neg, _T.neg, F.pixel_shuffle, F.pixel_unshuffle, F.unfold, F.fold,
 )  # fmt: skip
 _SHAPE_OPERATIONS = (
     torch.flatten, _T.flatten, _T.view, _T.reshape, torch.reshape, _T.contiguous, _T.permute,
@@ -138,7 +140,8 @@ _SHAPE_OPERATIONS = (
     torch.split, _T.unbind, torch.unbind, _T.expand, _T.expand_as, _T.view_as, _T.reshape_as,
     _T.unflatten, torch.unflatten, _T.movedim, torch.movedim, _T.moveaxis, torch.moveaxis,
     _T.narrow, torch.narrow, _T.roll, torch.roll, _T.flip, torch.flip, _T.type_as, _T.detach,
-    _T.cpu, _T.cuda, _T.__iter__, _T.t, torch.t, _T.repeat, _T.type,
+    _T.cpu, _T.cuda, _T.__iter__, _T.t, torch.t, _T.repeat, _T.type, torch.repeat_interleave,
+    _T.repeat_interleave,
 )  # fmt: skip
 _CONCATENATIONS = (torch.cat, torch.concat, torch.concatenate, torch.stack)
 _CONSTANT_FACTORIES = (
@@ -283,13 +286,23 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "normalisation",
-            "a statistic of the signal (`x.pow(2)`, `x.square()`, `x.var(-1)`, `x.std(-1)`, "
-            "`torch.norm(x, dim=(1, 2))`): a gate-only tensor computed for the gate copy, "
-            "which, with what is computed from it alone (`+ eps`, `sqrt`, `rsqrt`, a mean), "
-            "may only divide or multiply the signal (normalisations written out); in place, "
-            "over dim 0 or with an input-dependent exponent it is refused",
+            "a statistic of the signal (`x.var(-1)`, `x.std(-1)`, `torch.norm(x, dim=(1, 2))`): "
+            "a gate-only tensor computed for the gate copy, which, with what is computed from "
+            "it alone (`+ eps`, `sqrt`, `rsqrt`, a mean), may only divide or multiply the "
+            "signal (normalisations written out); over dim 0 it is refused",
             h.statistic,
             _STATISTICS,
+        ),
+        OperationRule(
+            "normalisation",
+            "`x ** p` with a constant exponent: a rescale gate (every copy times the gate "
+            "copy's `x ** (p - 1)`: squared ReLU, StarReLU) whose output is also a gate tensor, "
+            "so a normalisation written out (`(x - u).pow(2).mean(1)`, then `+ eps`, `sqrt`) "
+            "may divide the signal by what it computes; of a gate tensor: a gate-only tensor of "
+            "the full pass; an input-dependent exponent is refused",
+            h.power,
+            _POWERS,
+            trailing_dims=_elementwise,
         ),
         OperationRule(
             "normalisation",
@@ -346,6 +359,7 @@ def _rows() -> list[OperationRule]:
             _MAXIMUM,
             h.maximum_or_minimum(largest=True),
             (torch.maximum, T.maximum),
+            keeps_gate=True,
             trailing_dims=_elementwise,
         ),
         OperationRule(
@@ -353,6 +367,7 @@ def _rows() -> list[OperationRule]:
             _MAXIMUM,
             h.maximum_or_minimum(largest=False),
             (torch.minimum, T.minimum),
+            keeps_gate=True,
             trailing_dims=_elementwise,
         ),
         OperationRule(
@@ -374,6 +389,7 @@ def _rows() -> list[OperationRule]:
             h.where,
             _WHERE,
             takes_gate_only=True,
+            keeps_gate=True,
             trailing_dims=_elementwise,
         ),
         OperationRule(
@@ -460,11 +476,31 @@ def _rows() -> list[OperationRule]:
             "gate tensor",
             "with a constant: linear; with a gate tensor: every copy of the signal times the "
             "gate copy's value (squeeze-excitation, `x * sigmoid(x)`); a signal times itself "
-            "(`(x - u) * (x - u)`, equal values): its square, a statistic as `pow`; two other "
+            "(`(x - u) * (x - u)`, equal values): its square, as `pow`; two other "
             "signals (SwiGLU's `silu(a) * b`): half of the product to each factor's copies, "
             "`(a_k b_0 + a_0 b_k) / 2` (AttnLRP's uniform rule)",
             h.multiply_or_divide(divide=False),
             (torch.mul, T.mul, T.__mul__, T.__rmul__, T.mul_, T.__imul__, torch.multiply),
+            takes_gate_only=True,
+            keeps_gate=True,
+            trailing_dims=_elementwise,
+        ),
+        OperationRule(
+            "gate tensor",
+            "`input + value · tensor1 · tensor2` (`/ tensor2`): the product (quotient) and the "
+            "sum, each by its own rule (ResMLP's `Affine`)",
+            h.add_product(divide=False),
+            (torch.addcmul, _T.addcmul),
+            takes_gate_only=True,
+            keeps_gate=True,
+            trailing_dims=_elementwise,
+        ),
+        OperationRule(
+            "gate tensor",
+            "`input + value · tensor1 · tensor2` (`/ tensor2`): the product (quotient) and the "
+            "sum, each by its own rule (ResMLP's `Affine`)",
+            h.add_product(divide=True),
+            (torch.addcdiv, _T.addcdiv),
             takes_gate_only=True,
             keeps_gate=True,
             trailing_dims=_elementwise,

@@ -553,9 +553,6 @@ class GatedPass:
         grouped = self.layout.group(signal)
         zero = grouped.new_zeros(())
 
-        def signal_part(value: Any) -> torch.Tensor:
-            return self.layout.group(value) if self.is_propagated(value) else zero
-
         def constant_part(value: Any) -> torch.Tensor:
             if self.is_propagated(value):
                 return zero
@@ -573,12 +570,17 @@ class GatedPass:
                 )
         else:
             fixed = self._per_example(condition, signal, operation)
-        out = self.layout.ungroup(
-            torch.where(fixed, signal_part(chosen), signal_part(other)), signal
-        )
-        if self.is_propagated(chosen) and self.is_propagated(other):
+        operands = (chosen, other)
+        constants = [constant_part(value) for value in operands]
+        # a constant's copies are zeros of its shape, which may broadcast the signal's
+        copies = [
+            self.layout.group(value) if self.is_propagated(value) else torch.zeros_like(constant)
+            for value, constant in zip(operands, constants)
+        ]
+        out = self.layout.ungroup(torch.where(fixed, *copies), signal)
+        if all(self.is_propagated(value) for value in operands):
             return self.tag(out)
-        return self.affine(out, torch.where(fixed, constant_part(chosen), constant_part(other)))
+        return self.affine(out, torch.where(fixed, *constants))
 
     def _per_example(self, value: torch.Tensor, signal: torch.Tensor, operation: str) -> Any:
         """A constant operand, broadcastable to the grouped (N, C, ...) ``signal``.
@@ -617,9 +619,11 @@ class GatedPass:
         """An operand as the full pass computed with it: the model's own batch.
 
         The gate copy's rows of a propagated tensor, and of a constant with one row per copy
-        (``torch.full((x.shape[0], ...))`` made from the pass's batch); any other value as it is,
-        a parameter too, whatever its size (an ``nn.Linear`` with as many outputs as the pass
-        has rows). ``reference`` is a propagated operand of the same call.
+        (``torch.full((x.shape[0], ...))`` made from the pass's batch: equal rows for the copies
+        of an example); any other value as it is, a parameter too, whatever its size (an
+        ``nn.Linear`` with as many outputs as the pass has rows), and a constant whose rows
+        differ between copies (a computed weight of that size). ``reference`` is a propagated
+        operand of the same call.
         """
         if not isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Parameter):
             return value
@@ -627,7 +631,9 @@ class GatedPass:
             return self.gate_rows(value)
         rows = self.gate_rows(reference).shape[0]
         if value.dim() == reference.dim() > 0 and value.shape[0] == reference.shape[0] != rows:
-            return self.gate_rows(value)
+            grouped = self.layout.group(value)
+            if bool((grouped == grouped[:, :1]).all()):
+                return self.gate_rows(value)
         return value
 
     def of_full_pass(

@@ -20,14 +20,14 @@ def tiny_model() -> nn.Module:
     )
 
 
-def bilinear_model() -> nn.Module:
-    """A model with an operation CTC has no rule for (a product of two input-dependent terms)."""
+def exp_model() -> nn.Module:
+    """A model with an operation CTC has no rule for (the exponential of the signal)."""
 
-    class Bilinear(nn.Module):
+    class Exponential(nn.Module):
         def forward(self, x):
-            return (x * x).mean((2, 3))
+            return torch.exp(x).mean((2, 3))
 
-    return Bilinear()
+    return Exponential()
 
 
 def read_png(path) -> Image.Image:
@@ -214,7 +214,7 @@ def test_error_messages_name_what_to_fix(tmp_path, capsys, images):
     unsupported = [
         "explain",
         "--model",
-        "tests.cli.test_explain_cli:bilinear_model",
+        "tests.cli.test_explain_cli:exp_model",
         "--segmenter",
         "grid",
         "--target",

@@ -1,15 +1,18 @@
-"""Products of two signals, switches between them, comparisons and GELU written out are exact.
+"""Products of two signals, powers, switches, comparisons and activations written out are exact.
 
 A product of two signals that are no gate tensors (SwiGLU's ``silu(a) * b``) gives half of it to
-each factor's copies, ``(a_k * b_0 + a_0 * b_k) / 2`` (AttnLRP's uniform rule); ``torch.maximum``
-of two signals and ``torch.where`` with a condition the full image decides (``x > 0``) or a
-constant take every copy's entries of the operand the gate copy selected; comparisons and signs
-are gate-only tensors of the full pass; the signal plus a statistic of it (``x + 0.044715 *
-x ** 3`` inside the tanh of GPT-2's GELU) is one too. Exact means, for each: ``"proportional"``
-scores add up to the logit (float64) and equal the spec's; ``"none"`` is gradient x input of
-the network with these gates held fixed (written out below with ``detach``); the Zennit attributor
-equals the Captum class; each written-out activation gives the scores of the torch function it
-stands for; and the uniform rule is checked by hand. What stays refused says so by name.
+each factor's copies, ``(a_k * b_0 + a_0 * b_k) / 2`` (AttnLRP's uniform rule); a power of the
+signal (``a * a``, ``a ** 3``, StarReLU's ``relu(a) ** 2``, in place too) is a rescale gate whose
+output is also a gate tensor; ``torch.maximum`` of two signals and ``torch.where`` with a
+condition the full image decides (``x > 0``) or a constant take every copy's entries of the
+operand the gate copy selected; comparisons and signs are gate-only tensors of the full pass, as
+is an operation without a rule of a gate tensor (``erfinv``); ``addcmul``/``addcdiv`` are their
+product and sum; ``unfold``/``fold`` are linear; ``repeat_interleave`` along the copies keeps each
+copy's rows together. Exact means, for each: ``"proportional"`` scores add up to the logit
+(float64) and equal the spec's; ``"none"`` is gradient x input of the network with these gates
+held fixed (written out below with ``detach``); the Zennit attributor equals the Captum class;
+each written-out activation gives the scores of the torch function it stands for; and the
+uniform rule is checked by hand. What stays refused says so by name.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def _masked_relu_in_place(a: torch.Tensor) -> torch.Tensor:
 
 
 _LOWER_TRIANGLE = torch.ones(8, 8, dtype=torch.bool).tril()
+_ALPHA, _BETA = torch.linspace(0.5, 1.5, C).view(C, 1, 1), torch.linspace(-1, 1, C).view(C, 1, 1)
 
 #: name -> (the operation as the model writes it, the same with its gates held fixed).
 KINDS: dict[str, tuple[Operation, Operation]] = {
@@ -124,6 +128,40 @@ KINDS: dict[str, tuple[Operation, Operation]] = {
     "a * torch.sign(b)": (lambda a, b: a * torch.sign(b), lambda a, b: a * torch.sign(b)),
     "a * b.signbit()": (lambda a, b: a * b.signbit(), lambda a, b: a * b.signbit()),
     "a * (a != b)": (lambda a, b: a * (a != b), lambda a, b: a * (a != b)),
+    "a * a": (lambda a, b: a * a, lambda a, b: a * a.detach()),
+    "a *= a": (lambda a, b: a.mul_(a), lambda a, b: a * a.detach()),
+    "a.square()": (lambda a, b: a.square(), lambda a, b: a * a.detach()),
+    "a.pow_(2)": (lambda a, b: a.pow_(2), lambda a, b: a * a.detach()),
+    "a ** 3": (lambda a, b: a**3, lambda a, b: a * (a**2).detach()),
+    "a + a.pow(2)": (lambda a, b: a + a.pow(2), lambda a, b: a + a * a.detach()),
+    "StarReLU 0.8 * relu(a) ** 2 - 0.4": (
+        lambda a, b: 0.8 * F.relu(a) ** 2 - 0.4,
+        lambda a, b: 0.8 * F.relu(a) * F.relu(a).detach() - 0.4,
+    ),
+    "a * erfinv(0.9 * tanh(b))": (
+        lambda a, b: a * torch.erfinv(0.9 * torch.tanh(b)),
+        lambda a, b: a * torch.erfinv(0.9 * torch.tanh(b)).detach(),
+    ),
+    "torch.addcmul(b, a, sigmoid(b), value=0.5)": (
+        lambda a, b: torch.addcmul(b, a, torch.sigmoid(b), value=0.5),
+        lambda a, b: b + 0.5 * a * torch.sigmoid(b).detach(),
+    ),
+    "torch.addcmul(beta, alpha, a)": (
+        lambda a, b: torch.addcmul(_BETA.to(a.dtype), _ALPHA.to(a.dtype), a),
+        lambda a, b: _BETA.to(a.dtype) + _ALPHA.to(a.dtype) * a,
+    ),
+    "a.addcdiv(b, 2 + sigmoid(a))": (
+        lambda a, b: a.addcdiv(b, 2.0 + torch.sigmoid(a)),
+        lambda a, b: a + b / (2.0 + torch.sigmoid(a)).detach(),
+    ),
+    "F.fold(F.unfold(a))": (
+        lambda a, b: F.fold(F.unfold(a, 3, padding=1) * 0.5, (8, 8), 3, padding=1),
+        lambda a, b: F.fold(F.unfold(a, 3, padding=1) * 0.5, (8, 8), 3, padding=1),
+    ),
+    "a.repeat_interleave(3, dim=0)": (
+        lambda a, b: a.repeat_interleave(3, dim=0).view(-1, 3, C, 8, 8).mean(1),
+        lambda a, b: a,
+    ),
     "tanh GELU written out": (
         lambda a, b: _tanh_gelu(a),
         lambda a, b: _rescaled(a, _tanh_gelu(a)),
@@ -271,15 +309,21 @@ def test_float32_scores_add_up_within_rounding() -> None:
     "operation, message",
     [
         (
-            lambda a, b: a.add_(a.pow(3)),
-            r"torch\.Tensor\.add_ .*adds the signal and torch\.Tensor\.pow's gate-only output in "
+            lambda a, b: a.add_(a.var(1, keepdim=True)),
+            r"torch\.Tensor\.add_ .*adds the signal and torch\.Tensor\.var's gate-only output in "
             r"place; write it out of place",
         ),
         (
-            lambda a, b: torch.where(a > 0, a, a.pow(2)),
-            r"torch\.where .*selects between the signal and torch\.Tensor\.pow's output",
+            lambda a, b: torch.where(a > 0, a, a.var(1, keepdim=True)),
+            r"torch\.where .*selects between the signal and torch\.Tensor\.var's output",
         ),
         (lambda a, b: a / b, r"torch\.Tensor\.div .*divides by an input-dependent tensor"),
+        (lambda a, b: a * torch.exp(a), r"torch\.exp .*no CTC rule"),
+        (lambda a, b: a.pow(b), r"torch\.Tensor\.pow .*input-dependent exponent"),
+        (
+            lambda a, b: a.repeat_interleave(2)[: a.numel()].view_as(a),
+            r"torch\.Tensor\.repeat_interleave .*flattens the copies",
+        ),
         (
             lambda a, b: a + (a > 0),
             r"torch\.Tensor\.add \(the signal and torch\.Tensor\.gt\): the model's output comes "
@@ -310,3 +354,34 @@ def test_a_constant_that_differs_between_the_copies_is_refused() -> None:
     mask = (torch.arange(8) // 4)[None, None, :, None].expand(1, 1, 8, 8)
     with pytest.raises(Exception, match="differs between the copies of one example"):
         CTC(model).attribute(x, 0, feature_mask=mask)
+
+
+class _GateThroughLinear(nn.Module):
+    """A comparison (gate-only, 2-d) through ``F.linear`` with 3 outputs, then a gate.
+
+    With one image and two features the pass has 3 rows, as many as the weight: a weight
+    computed in the forward (``weight_norm``-like, no ``nn.Parameter``) must still be read as
+    a weight, not as a constant with one row per copy.
+    """
+
+    def __init__(self, computed: bool) -> None:
+        super().__init__()
+        self.computed = computed
+        self.a = nn.Conv2d(3, C, 3, padding=1)
+        self.weight = nn.Parameter(torch.randn(3, 8))
+        self.head = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a(x).mean((1, 2))  # (rows, 8)
+        weight = self.weight * 1.0 if self.computed else self.weight
+        gate = F.linear((a > 0).to(a.dtype), weight)  # (rows, 3), gate-only
+        return self.head(a[:, :3] * gate)
+
+
+def test_a_computed_weight_with_as_many_rows_as_the_pass_is_a_weight() -> None:
+    model, x, mask = random_case(lambda: _GateThroughLinear(computed=True))
+    reference, _, _ = random_case(lambda: _GateThroughLinear(computed=False))
+    x, halves = x[:1], (torch.arange(8) // 4)[None, None, :, None].expand(1, 1, 8, 8)
+    expected = feature_scores(reference, x, halves, 1).scores
+    scores = assert_proportional_adds_up(model, x, halves, 1, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(scores.scores, expected, rtol=1e-12, atol=1e-12)

@@ -154,7 +154,7 @@ class _GateOnlyInto(nn.Module):
 @pytest.mark.parametrize(
     "how, message",
     [
-        ("out", r"torch\.exp .*gate-only result into out=.*without out="),
+        ("out", r"torch\.exp .*writes its result into out=.*without out="),
         ("moved", r"torch\.Tensor\.exp .*copies along dim 1"),
     ],
 )

@@ -1,9 +1,8 @@
 """Edge cases of the rules for written-out statistics, clamps, maxima, gate-only scores and
 sequence-first tokens, each pinned by one small model.
 
-``y *= y`` is refused as an in-place square (products of two different signals, and ``clamp``
-with one bound being no gate tensor, are pinned in ``test_gates_written_out.py``);
-``torch.var_mean`` over dim 0 is
+(Products of two signals, squares in place, and ``clamp`` with one bound being no gate tensor
+are pinned in ``test_gates_written_out.py``.) ``torch.var_mean`` over dim 0 is
 refused also for one image; ``torch.max(a, b)`` with ``b`` given by position is
 ``torch.maximum``; a view of gate-only scores that drops the copies' rows and an elementwise
 operation on gate-only scores whose copies were moved off dim 0 are refused. With the copies
@@ -30,20 +29,6 @@ from .exactness import (
 )
 
 C = 4
-
-
-@pytest.mark.parametrize(
-    "operation, message",
-    [
-        (
-            lambda s: s.mul_(s),
-            r"torch\.Tensor\.mul_ .*square of the signal into the signal in place",
-        ),
-    ],
-    ids=["square in place"],
-)
-def test_a_square_in_place_is_refused(operation, message: str) -> None:
-    assert_refused(OperationAfterConv(operation, C).double().eval(), message)
 
 
 def test_var_mean_over_dim_zero_is_refused_for_one_image() -> None:

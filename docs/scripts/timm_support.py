@@ -1,0 +1,175 @@
+"""Which timm architectures CTC and Integrative CAM explain, one model of each family.
+
+timm (PyTorch Image Models) holds most image classifiers published in the last five years. For
+one small model of each family (random weights: every BatchNorm's statistics, every bias and
+every normalisation weight set to random values, and every parameter moved by noise of standard
+deviation 0.05, since timm starts heads and layer scales at zero), in float64 on a 2 x 2 grid of
+features, two images:
+
+- ``CTC "proportional"``: the largest relative difference between the sum of the feature scores
+  and the target logit (exact propagation gives float64 rounding, ~1e-15), or the first line of
+  the error when CTC refuses the model;
+- ``CTC "reference"``: whether the published formula runs and gives finite scores;
+- ``IntegrativeCAM``: how many stages it found and fused, or the first line of its error.
+
+Used on the "Choose a method" page. Needs ``pip install timm`` (the ``dev`` extra has it). Run:
+``python docs/scripts/timm_support.py [--models seresnet18 eva02_tiny_patch14_224]`` (about
+five minutes on one CPU thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import timm
+import torch
+from torch import nn
+from torchvision_support import first_line, grid
+
+from ctc_plugin import CTC, IntegrativeCAM
+from ctc_plugin.testing import randomise_statistics_and_biases
+
+#: One model of each timm family, the input side it runs at (64, or the size the model is
+#: built for), and what it brings that older networks lack.
+FAMILIES: dict[str, tuple[str, int, str]] = {
+    "SE-ResNet": ("seresnet18", 64, "squeeze-excitation"),
+    "ECA-ResNet": ("ecaresnet26t", 64, "ECA: conv1d over pooled channels, sigmoid gate"),
+    "SK-ResNet": ("skresnet18", 64, "selective kernels: softmax over branches"),
+    "ResNeSt": ("resnest14d", 64, "split attention (radix softmax)"),
+    "Res2Net": ("res2net50_26w_4s", 64, "hierarchical splits"),
+    "RegNetY": ("regnety_002", 64, "SE"),
+    "EfficientNet": ("efficientnet_b0", 64, "SE, SiLU"),
+    "EfficientNet (TF padding)": ("tf_efficientnet_b0", 64, "dynamic same padding"),
+    "MobileNetV3": ("mobilenetv3_small_050", 64, "hard-swish, hard-sigmoid SE"),
+    "MobileNetV4": ("mobilenetv4_conv_small", 64, "universal inverted bottlenecks"),
+    "GhostNet": ("ghostnet_050", 64, "ghost modules"),
+    "GhostNetV2": ("ghostnetv2_100", 64, "DFC attention: sigmoid gate, upsampled"),
+    "RepGhostNet": ("repghostnet_050", 64, "re-parameterisable ghost modules"),
+    "ReXNet": ("rexnet_100", 64, "SE, SiLU, channel padding"),
+    "LCNet": ("lcnet_050", 64, "hard-swish, SE"),
+    "HGNetV2": ("hgnetv2_b0", 64, "learnable affine blocks"),
+    "VoVNet (eSE)": ("ese_vovnet19b_dw", 64, "effective SE"),
+    "SelecSLS": ("selecsls42b", 64, "concatenations"),
+    "DLA": ("dla34", 64, "deep layer aggregation"),
+    "CSPResNet": ("cspresnet50", 64, "cross-stage partial"),
+    "NF-ResNet": ("nf_resnet26", 64, "weight standardisation, no BatchNorm"),
+    "ECA-NFNet": ("eca_nfnet_l0", 64, "scaled activations, ECA, skip gains"),
+    "RepVGG": ("repvgg_a0", 64, "re-parameterisable branches"),
+    "MobileOne": ("mobileone_s0", 64, "re-parameterisable branches"),
+    "FasterNet": ("fasternet_t0", 64, "partial convolutions"),
+    "ConvNeXt": ("convnext_atto", 64, "LayerNorm, layer scale"),
+    "ConvNeXt V2": ("convnextv2_atto", 64, "global response normalisation"),
+    "InceptionNeXt": ("inception_next_atto", 64, "split depthwise convolutions"),
+    "RDNet": ("rdnet_tiny", 64, "dense blocks, LayerNorm"),
+    "StarNet": ("starnet_s1", 64, "star operation: a product of two branches"),
+    "MambaOut": ("mambaout_femto", 64, "gated CNN: a product of two branches"),
+    "PoolFormer": ("poolformer_s12", 64, "pooling token mixer, GroupNorm"),
+    "PoolFormer v2": ("poolformerv2_s12", 64, "StarReLU: s * relu(x)^2 + b"),
+    "MLP-Mixer": ("mixer_s16_224", 64, "token-mixing MLPs"),
+    "ResMLP": ("resmlp_12_224", 64, "affine normalisation (addcmul)"),
+    "gMLP": ("gmlp_s16_224", 64, "spatial gating: a product of two halves"),
+    "ViT": ("vit_tiny_patch16_224", 64, "attention, LayerNorm, GELU"),
+    "DeiT": ("deit_tiny_patch16_224", 64, "attention"),
+    "DINOv2": ("vit_small_patch14_dinov2", 64, "layer scale"),
+    "DINOv2 with registers": ("vit_small_patch14_reg4_dinov2", 64, "register tokens"),
+    "CLIP ViT": ("vit_base_patch16_clip_224", 64, "pre-norm, QuickGELU-free OpenCLIP layout"),
+    "EVA-02": ("eva02_tiny_patch14_224", 64, "SwiGLU, rotary position embedding"),
+    "BEiT": ("beit_base_patch16_224", 64, "relative position bias"),
+    "CaiT": ("cait_xxs24_224", 64, "talking heads, class attention"),
+    "XCiT": ("xcit_nano_12_p16_224", 64, "cross-covariance attention (normalised q, k)"),
+    "PiT": ("pit_ti_224", 64, "pooling by convolution between stages"),
+    "TNT": ("tnt_s_patch16_224", 64, "pixel embedding by unfold"),
+    "CrossViT": ("crossvit_tiny_240", 240, "two branches, cross attention"),
+    "Twins-SVT": ("twins_svt_small", 64, "locally grouped and global attention"),
+    "PVT v2": ("pvt_v2_b0", 64, "spatial-reduction attention"),
+    "Swin": ("swin_tiny_patch4_window7_224", 64, "shifted windows"),
+    "Swin v2": ("swinv2_tiny_window8_256", 64, "cosine attention, log-spaced position bias"),
+    "NesT": ("nest_tiny", 64, "nested blocks"),
+    "DaViT": ("davit_tiny", 64, "channel attention"),
+    "GCViT": ("gcvit_xxtiny", 64, "global query repeated per window"),
+    "FocalNet": ("focalnet_tiny_srf", 64, "focal modulation (a product of two branches)"),
+    "MViTv2": ("mvitv2_tiny", 64, "pooling attention"),
+    "Hiera": ("hiera_tiny_224", 64, "mask-unit attention"),
+    "MaxViT": ("maxvit_nano_rw_256", 64, "block and grid attention"),
+    "CoAtNet": ("coatnet_nano_rw_224", 64, "convolution then attention"),
+    "TinyViT": ("tiny_vit_5m_224", 64, "attention bias"),
+    "LeViT": ("levit_128s", 64, "attention bias, hard-swish"),
+    "EfficientFormer": ("efficientformer_l1", 224, "attention bias at a fixed size"),
+    "EfficientFormerV2": ("efficientformerv2_s0", 64, "attention bias"),
+    "FastViT": ("fastvit_t8", 64, "re-parameterisable token mixer"),
+    "EdgeNeXt": ("edgenext_xx_small", 64, "transposed (channel) attention"),
+    "MobileViT": ("mobilevit_xxs", 64, "unfolded patches through attention"),
+    "MobileViTv2": ("mobilevitv2_050", 64, "separable linear attention"),
+    "Visformer": ("visformer_tiny", 64, "BatchNorm in attention stages"),
+    "CoaT Lite": ("coat_lite_tiny", 64, "factorised attention: q @ (softmax(k)^T v)"),
+    "EfficientViT (MIT)": ("efficientvit_b0", 64, "ReLU linear attention"),
+    "Sequencer": ("sequencer2d_s", 64, "bidirectional LSTMs"),
+}
+
+
+def build(name: str, size: int) -> nn.Module:
+    """The timm model with random weights, statistics and biases, eval mode, float64."""
+    torch.manual_seed(0)
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=5, img_size=size)
+    except TypeError:  # a convolutional network: any input size
+        model = timm.create_model(name, pretrained=False, num_classes=5)
+    randomise_statistics_and_biases(model, seed=1, noise=0.05)
+    return model.eval().double()
+
+
+def check(name: str, size: int) -> tuple[str, str, str, float]:
+    """CTC proportional, CTC reference and Integrative CAM on one model."""
+    start = time.perf_counter()
+    model = build(name, size)
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(3)).double()
+    target = 1
+    try:
+        _, scores = CTC(model, bias_sharing="proportional").attribute(
+            x, target, feature_mask=grid(size), return_feature_scores=True
+        )
+        with torch.no_grad():
+            logits = model(x)[:, target]
+        error = ((scores.scores.sum(1) - logits).abs() / logits.abs()).max().item()
+        proportional = f"{error:.0e}"
+    except Exception as failure:  # noqa: BLE001 - reported in the table
+        proportional = "refused: " + first_line(failure)
+    try:
+        out = CTC(model, bias_sharing="reference").attribute(x, target, feature_mask=grid(size))
+        reference = "runs" if torch.isfinite(out).all() else "non-finite scores"
+    except Exception as failure:  # noqa: BLE001
+        reference = "refused: " + first_line(failure)
+    try:
+        _, maps = IntegrativeCAM(model).attribute(x, target, return_layer_maps=True)
+        cam = f"{len(maps.names)} stages"
+    except Exception as failure:  # noqa: BLE001
+        cam = "refused: " + first_line(failure)
+    return proportional, reference, cam, time.perf_counter() - start
+
+
+def main() -> None:
+    """Print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", help="only these models (default: all)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, timm {timm.__version__}, float64")
+    print(
+        '| family | model | input | what it brings | CTC "proportional": sum vs logit '
+        '| CTC "reference" | IntegrativeCAM |'
+    )
+    print("|---|---|---|---|---|---|---|")
+    for family, (name, size, brings) in FAMILIES.items():
+        if args.models and name not in args.models:
+            continue
+        proportional, reference, cam, seconds = check(name, size)
+        print(
+            f"| {family} | `{name}` | {size}² | {brings} | {proportional} | {reference} | {cam} |"
+        )
+        print(f"  ({seconds:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""CTC is exact on the timm architectures users explain, built as timm builds them.
+
+One small model per mechanism that older networks lack (squeeze-excitation and its variants,
+split attention, GRN, StarReLU, ResMLP's affine, gated products, SwiGLU with rotary embeddings,
+registers, relative position bias, cosine attention, cross-covariance attention, unfold,
+repeated global queries, mask-unit attention), with random weights (statistics, biases and norm
+weights drawn, every parameter moved by noise, so no logit is the bias alone), in float64 on a
+2 x 2 grid: ``"proportional"`` scores add up to the target logit, the fast pass equals the
+spec, and one image alone gives its scores in the batch. The full table of timm families is
+``docs/scripts/timm_support.py`` (page "Choose a method"); the families still refused are
+refused by name here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctc_plugin import CTC
+from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.testing import randomise_statistics_and_biases
+
+from .exactness import assert_equals_the_spec, assert_proportional_adds_up
+
+timm = pytest.importorskip("timm")
+
+#: model name -> what it brings
+MODELS = {
+    "seresnet18": "squeeze-excitation",
+    "ecaresnet26t": "ECA: conv1d over pooled channels",
+    "skresnet18": "selective kernels: softmax over branches",
+    "resnest14d": "split attention",
+    "ghostnetv2_100": "DFC attention: a sigmoid gate, upsampled",
+    "convnextv2_atto": "global response normalisation (addcmul)",
+    "poolformerv2_s12": "StarReLU: s * relu(x) ** 2 + b",
+    "resmlp_12_224": "affine normalisation (addcmul)",
+    "gmlp_s16_224": "spatial gating: a product of two halves",
+    "starnet_s1": "star operation: a product of two branches",
+    "mambaout_femto": "gated CNN",
+    "eva02_tiny_patch14_224": "SwiGLU, rotary position embedding",
+    "vit_small_patch14_reg4_dinov2": "registers, layer scale",
+    "swinv2_tiny_window8_256": "cosine attention",
+    "xcit_nano_12_p16_224": "cross-covariance attention",
+    "tnt_s_patch16_224": "pixel embedding by unfold",
+    "gcvit_xxtiny": "global query repeated per window",
+    "hiera_tiny_224": "mask-unit attention",
+    "levit_128s": "attention bias, hard-swish",
+    "mobilevitv2_050": "separable linear attention",
+}
+
+#: larger models of the same checks, run by make test-slow
+SLOW = {
+    "eca_nfnet_l0": "weight standardisation, scaled activations",
+    "beit_base_patch16_224": "relative position bias",
+}
+
+#: models still refused, and the operation the refusal names
+REFUSED = {
+    "coat_lite_tiny": r"torch\.Tensor\.add \(the signal and .*torch\.Tensor\.matmul\)",
+    "efficientvit_b0": r"torch\.nn\.functional\.pad in .*LiteMLA.*constant 1\.0",
+    "sequencer2d_s": r"torch\.lstm in .*LSTM.*no CTC rule",
+}
+
+SIZE = 64
+
+
+def _build(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=5, img_size=SIZE)
+    except TypeError:  # a convolutional network: any input size
+        model = timm.create_model(name, pretrained=False, num_classes=5)
+    randomise_statistics_and_biases(model, seed=1, noise=0.05)
+    return model.eval().double()
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)).double()
+    rows = torch.arange(SIZE) * 2 // SIZE
+    return x, (rows.view(1, 1, -1, 1) * 2 + rows.view(1, 1, 1, -1))
+
+
+@pytest.mark.parametrize(
+    "name", [*MODELS, *(pytest.param(name, marks=pytest.mark.slow) for name in SLOW)]
+)
+def test_proportional_adds_up_and_equals_the_spec(name: str) -> None:
+    model, (x, mask) = _build(name), _inputs()
+    scores = assert_proportional_adds_up(model, x, mask, 1, relative=1e-10)
+    assert scores.scores.std() > 1e-3  # the features differ: no logit is the bias alone
+    assert_equals_the_spec(model, x, mask, 1, scores, relative=1e-9)
+    alone = assert_proportional_adds_up(model, x[1:], mask, 1, relative=1e-10)
+    torch.testing.assert_close(alone.scores, scores.scores[1:], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_what_is_still_refused_is_named(name: str) -> None:
+    model, (x, mask) = _build(name), _inputs()
+    with pytest.raises(UnsupportedOperationError, match=REFUSED[name]):
+        CTC(model).attribute(x, 1, feature_mask=mask)
