@@ -1,7 +1,7 @@
 """Integrative CAM: class activation maps fused across all layers.
 
 ```pycon
->>> from ctc_plugin.cam import IntegrativeCAM, Phi, tokens_to_grid
+>>> from ctc_plugin.cam import IntegrativeCAM, PatchTokens, Phi, tokens_to_grid
 ```
 """
 
@@ -9,6 +9,7 @@ from ctc_plugin.cam.alpha import Phi
 from ctc_plugin.cam.integrative import IntegrativeCAM, LayerMaps
 from ctc_plugin.cam.transformers import (
     BLOCK_RESHAPES,
+    PatchTokens,
     channels_last_to_grid,
     grad_cam_layer,
     tokens_to_grid,
@@ -19,6 +20,7 @@ __all__ = [
     "BLOCK_RESHAPES",
     "IntegrativeCAM",
     "LayerMaps",
+    "PatchTokens",
     "Phi",
     "channels_last_to_grid",
     "grad_cam_layer",

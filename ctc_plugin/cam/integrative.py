@@ -41,7 +41,8 @@ from ctc_plugin.cam.layers import Stage, StageTracer, module_names
 from ctc_plugin.cam.transformers import (
     Reshape,
     check_square_grid,
-    tokens_to_grid,
+    reads_patch_grid,
+    refused_blocks,
     transformer_stages,
 )
 from ctc_plugin.concurrency import CallScope, holds_model
@@ -391,7 +392,7 @@ class IntegrativeCAM(Attribution):
         run = _Run(self, size, return_layer_maps)
         chosen = self._chosen_layers()
         patch_grids: list[tuple[int, int]] = []  # the output size of the last Conv2d that ran
-        guessed = chosen is not None and any(r is tokens_to_grid for _, r in chosen)
+        guessed = chosen is not None and any(reads_patch_grid(r) for _, r in chosen)
         if chosen is not None:
             seen = partial(_last_grid, patch_grids)
             chosen = [(module, check_square_grid(r, size, seen)) for module, r in chosen]
@@ -484,13 +485,15 @@ class IntegrativeCAM(Attribution):
         stages = tracer.stages
         model = type(self.forward_func).__name__
         if chosen is None and tracer.saw_attention:
+            reasons = "".join(f" ({why})" for why in refused_blocks(self.forward_func))
             raise UnknownBlocksError(
                 f"the forward pass of {model} computes attention, but none of its modules is a "
                 "transformer block IntegrativeCAM knows (torchvision's ViT, Swin, MaxViT, the "
-                "zoo's ViT), so its convolutional stages alone would be a partial map; pass "
-                "layers=[the blocks] and reshape_transform=ctc_plugin.cam.tokens_to_grid (or "
-                "your own), or register the block type in "
-                "ctc_plugin.cam.transformers.BLOCK_RESHAPES"
+                "zoo's ViT, the timm blocks in ctc_plugin.cam.transformers.TIMM_BLOCKS)"
+                f"{reasons}, so its convolutional stages alone would be a partial map; pass "
+                "layers=[modules returning (N, T, D) tokens or (N, C, H, W) maps] and "
+                "reshape_transform=ctc_plugin.cam.tokens_to_grid (or your own), or register "
+                "the block type in ctc_plugin.cam.transformers.BLOCK_RESHAPES"
             )
         if chosen is None and not stages:
             raise ValueError(

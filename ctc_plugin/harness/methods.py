@@ -213,9 +213,10 @@ def _grad_cam(cls_name: str) -> Method:
     """A pytorch-grad-cam method on the model's last feature map.
 
     For a vision transformer (blocks of a type
-    [`transformer_stages`][ctc_plugin.cam.transformer_stages] knows) that is its last block, with
-    pytorch-grad-cam's ``reshape_transform`` turning its tokens into a map, as its documentation
-    does for ViTs; otherwise
+    [`transformer_stages`][ctc_plugin.cam.transformer_stages] knows) that is the layer
+    [`grad_cam_layer`][ctc_plugin.cam.grad_cam_layer] names (the last block, or its first norm
+    where only the class token is classified, as pytorch-grad-cam's ViT tutorial takes it), with
+    pytorch-grad-cam's ``reshape_transform`` turning its tokens into a map; otherwise
     [`last_spatial_layer`][ctc_plugin.harness.methods.last_spatial_layer].
     """
 
@@ -225,10 +226,12 @@ def _grad_cam(cls_name: str) -> Method:
         import pytorch_grad_cam
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        from ctc_plugin.cam.transformers import transformer_stages
+        from ctc_plugin.cam.transformers import grad_cam_layer, transformer_stages
 
-        blocks = transformer_stages(model)
-        layer, reshape = blocks[-1] if blocks else (last_spatial_layer(model, images), None)
+        if transformer_stages(model):
+            layer, reshape = grad_cam_layer(model)
+        else:
+            layer, reshape = last_spatial_layer(model, images), None
         was_training = model.training
         try:
             with getattr(pytorch_grad_cam, cls_name)(

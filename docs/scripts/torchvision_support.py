@@ -78,12 +78,12 @@ def first_line(error: Exception) -> str:
     return f"{type(error).__name__}: {text[:150]}"
 
 
-def check(name: str, size: int) -> tuple[str, str, str, float]:
-    """CTC proportional, CTC reference and Integrative CAM on one model."""
-    start = time.perf_counter()
-    model = build(name, size)
-    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(2)).double()
-    target = 3
+def ctc_cells(model: nn.Module, x: torch.Tensor, target: int) -> tuple[str, str]:
+    """The table's CTC cells: ``"proportional"``'s sum vs logit, and whether ``"reference"`` runs.
+
+    On a 2 x 2 grid of ``x``'s (square) size; a refusal gives the first line of its error.
+    """
+    size = x.shape[-1]
     try:
         _, scores = CTC(model, bias_sharing="proportional").attribute(
             x, target, feature_mask=grid(size), return_feature_scores=True
@@ -99,6 +99,16 @@ def check(name: str, size: int) -> tuple[str, str, str, float]:
         reference = "runs" if torch.isfinite(out).all() else "non-finite scores"
     except Exception as failure:  # noqa: BLE001
         reference = "refused: " + first_line(failure)
+    return proportional, reference
+
+
+def check(name: str, size: int) -> tuple[str, str, str, float]:
+    """CTC proportional, CTC reference and Integrative CAM on one model."""
+    start = time.perf_counter()
+    model = build(name, size)
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(2)).double()
+    target = 3
+    proportional, reference = ctc_cells(model, x, target)
     try:
         _, maps = IntegrativeCAM(model).attribute(x, target, return_layer_maps=True)
         cam = f"{len(maps.names)} stages"

@@ -34,6 +34,7 @@ from .exactness import (
     assert_refused,
     assert_zennit_equals_captum,
     feature_scores,
+    held_fixed,
     random_case,
 )
 
@@ -192,17 +193,6 @@ def _case(kind: str, **options):
     return random_case(lambda: TwoBranches(*KINDS[kind], **options))
 
 
-def _linearised(model: TwoBranches) -> Callable[[torch.Tensor], torch.Tensor]:
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        model.frozen = True
-        try:
-            return model(x)
-        finally:
-            model.frozen = False
-
-    return forward
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_proportional_adds_up_and_equals_the_spec(kind: str) -> None:
     model, x, mask = _case(kind)
@@ -216,7 +206,7 @@ def test_proportional_adds_up_and_equals_the_spec(kind: str) -> None:
 def test_none_is_gradient_x_input_with_the_gates_held_fixed(kind: str) -> None:
     model, x, mask = _case(kind)
     assert_none_is_gradient_x_input(
-        model, x, mask, 1, _linearised(model), same_output={}, rtol=1e-9, atol=1e-12
+        model, x, mask, 1, held_fixed(model), same_output={}, rtol=1e-9, atol=1e-12
     )
 
 
