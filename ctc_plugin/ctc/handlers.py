@@ -188,26 +188,56 @@ def add_product(divide: bool) -> Handler:
     """``addcmul``/``addcdiv``: ``input + value * tensor1 * tensor2`` (``/ tensor2``).
 
     The product (quotient) and the sum, each by its own rule (timm's ``Affine`` of ResMLP,
-    ``torch.addcmul(beta, alpha, x)``, and its ``GlobalResponseNorm``).
+    ``torch.addcmul(beta, alpha, x)``, and its ``GlobalResponseNorm``), with the gate marks
+    the pass gives each step written out (see `_step_by_rule`): ``addcmul(x, p, w)`` of a
+    gate-only ``p`` is ``x + p * w``, gate-only, as it is written out.
     """
     multiply, add = multiply_or_divide(divide), add_or_subtract(1.0)
     product_function = torch.div if divide else torch.mul
 
-    def by_rule(ctx: GatedPass, rule: Handler, func: Callable, args: tuple) -> Any:
-        if not any(ctx.is_propagated(a) for a in args):
-            return func(*args)
-        return rule(ctx, func, args, {})
-
     def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-        base = _arg(args, kwargs, 0, "input")
-        first, second = _arg(args, kwargs, 1, "tensor1"), _arg(args, kwargs, 2, "tensor2")
-        value = kwargs.get("value", 1)
-        product = by_rule(ctx, multiply, product_function, (first, second))
+        base, first, second, value = _add_product_arguments(args, kwargs)
+        product = _step_by_rule(ctx, multiply, product_function, (first, second))
         if value != 1:
-            product = by_rule(ctx, multiply, torch.mul, (product, value))
-        return by_rule(ctx, add, torch.add, (base, product))
+            product = _step_by_rule(ctx, multiply, torch.mul, (product, value))
+        return _step_by_rule(ctx, add, torch.add, (base, product))
 
     return handle
+
+
+def _add_product_arguments(args: tuple, kwargs: dict) -> tuple[Any, Any, Any, Any]:
+    """``(input, tensor1, tensor2, value)`` of an ``addcmul``/``addcdiv`` call.
+
+    Also of the deprecated signature torch still accepts, ``addcmul(input, value, tensor1,
+    tensor2)``, with the scale second.
+    """
+    if len(args) == 4 and isinstance(args[1], numbers.Number):
+        return args[0], args[2], args[3], args[1]
+    base = _arg(args, kwargs, 0, "input")
+    first, second = _arg(args, kwargs, 1, "tensor1"), _arg(args, kwargs, 2, "tensor2")
+    return base, first, second, kwargs.get("value", 1)
+
+
+def _step_by_rule(ctx: GatedPass, rule: Handler, func: Callable, args: tuple) -> Any:
+    """One step of ``addcmul`` (its product, its sum), marked as the pass marks operations.
+
+    The pass ([`CTCMode`][ctc_plugin.ctc.attribution.CTCMode]) runs an operation of gate
+    tensors alone that involves a gate-only one on the full pass's rows (the result is
+    gate-only) and marks what a rule makes of gate tensors and constants as a gate tensor; the
+    rules themselves do neither (``p * w`` of a gate-only ``p`` would hold the full image's
+    product in every copy, unmarked, and be added to the signal as a signal).
+    """
+    propagated = [a for a in args if ctx.is_propagated(a)]
+    if not propagated:
+        return func(*args)
+    marks = [ctx.gate_mark(a) for a in propagated]
+    if any(mark is None for mark in marks):
+        return rule(ctx, func, args, {})
+    only = next((mark for mark in marks if mark.only), None)
+    if only is not None:
+        return ctx.of_full_pass(func, args, {}, only.origin)
+    out = rule(ctx, func, args, {})
+    return out if ctx.gate_mark(out) is not None else ctx.mark_gate(out, marks[0].origin)
 
 
 def _as_bias(ctx: GatedPass, constant: Any, signal: torch.Tensor, name: str) -> torch.Tensor:

@@ -206,7 +206,7 @@ class CTCMode(TorchFunctionMode):
             # a causal mask (masked_fill), a softmax written out (exp, amax), the sqrt of a
             # variance written out: the full pass's result, gate-only
             origin = gate_only.origin if gate_only is not None and only else operation_name(func)
-            return self._of_gate_only(func, args, kwargs, propagated, origin)
+            return self._of_gate_only(func, args, kwargs, propagated, origin, signal_rows=not only)
         if row is None:
             out = func(*args, **kwargs)
             if not any(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(out)[0]):
@@ -299,6 +299,7 @@ class CTCMode(TorchFunctionMode):
         kwargs: dict,
         propagated: list[Tensor],
         origin: str,
+        signal_rows: bool = False,
     ) -> Any:
         """An operation whose propagated inputs are all gate-only: the full pass's result.
 
@@ -316,6 +317,11 @@ class CTCMode(TorchFunctionMode):
         (``scores.diagonal(...)``, so that a write through the view reaches the tensor); a view
         must keep the copies' rows. Refused: a result without the batch's rows and copies a
         shape operation moved off dim 0 (``out=`` is refused for every operation, earlier).
+        With ``signal_rows`` (some operand is a gate tensor whose other rows are a signal's, a
+        sigmoid's output), writing in place and taking a view are refused too: the full image's
+        value would land in rows the model reads as the signal. A constant with one row per
+        copy whose rows differ (taken out of torch) is refused where the full pass cannot use
+        it.
         """
         ctx = self.gated_pass
         name = operation_name(func)
@@ -325,6 +331,12 @@ class CTCMode(TorchFunctionMode):
         reference = propagated[0]
         rows = ctx.gate_rows(reference).shape[0]
         in_place = is_inplace(func)
+        if signal_rows and in_place:
+            raise UnsupportedOperationError(
+                name,
+                "no CTC rule is defined for it in place on a gate tensor whose copies are a "
+                "signal's (a sigmoid's output); write it out of place",
+            )
 
         def gate_copy(value: Any) -> Any:
             gate = ctx.full_pass_operand(value, reference)
@@ -333,13 +345,20 @@ class CTCMode(TorchFunctionMode):
             )
 
         gate_args, gate_kwargs = tree_map(gate_copy, (args, kwargs))
-        out = func(*gate_args, **gate_kwargs)
+        out = ctx.call_on_full_pass(func, gate_args, gate_kwargs, reference, name)
         leaves, spec = tree_flatten(out)
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
         if not tensors:
             return func(*args, **kwargs)  # sizes and the like: of the pass's own tensors
         inputs = [t for t in tree_flatten((gate_args, gate_kwargs))[0] if isinstance(t, Tensor)]
         if not in_place and any(_shares_memory(leaf, t) for leaf in tensors for t in inputs):
+            if signal_rows:
+                raise UnsupportedOperationError(
+                    name,
+                    "it takes a view of a gate tensor whose copies are a signal's (a sigmoid's "
+                    "output), which a write through the view would turn into the full image's "
+                    "value; no CTC rule is defined for it",
+                )
             return self._view_of_gate_only(func, args, kwargs, reference, origin)
         if any(leaf.dim() == 0 or leaf.shape[0] != rows for leaf in tensors):
             raise UnsupportedOperationError(

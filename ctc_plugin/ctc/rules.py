@@ -650,7 +650,41 @@ class GatedPass:
         full_args, full_kwargs = tree_map(
             lambda value: self.full_pass_operand(value, reference), (args, kwargs)
         )
-        return self.broadcast_gate(func(*full_args, **full_kwargs), origin)
+        out = self.call_on_full_pass(func, full_args, full_kwargs, reference, origin)
+        return self.broadcast_gate(out, origin)
+
+    def call_on_full_pass(
+        self, func: Callable[..., Any], args: tuple, kwargs: dict, reference: Any, operation: str
+    ) -> Any:
+        """``func`` of operands taken from the full pass (`full_pass_operand`).
+
+        A constant with one row per copy whose rows differ is left as it is there (it may be a
+        weight with as many rows as the pass); if ``func`` then fails, such a constant was
+        computed from the copies outside torch, and that is what is refused.
+
+        Raises:
+            UntracedOutputError: ``func`` failed with such a constant among its operands.
+        """
+        try:
+            return func(*args, **kwargs)
+        except RuntimeError as error:
+            rows = reference.shape[0]
+            untraced = any(
+                isinstance(value, torch.Tensor)
+                and not self.is_propagated(value)
+                and value.dim() > 0
+                and value.shape[0] == rows
+                for value in tree_flatten((args, kwargs))[0]
+            )
+            if not untraced or rows == self.gate_rows(reference).shape[0]:
+                raise
+            raise UntracedOutputError(
+                "the forward function's output was not computed from the feature copies it was "
+                f"given alone: {operation} combines them with a tensor that differs between the "
+                "copies of one example but was not computed from them by torch operations (its "
+                "values were taken out of torch and back, as an activation taken through numpy "
+                "is)"
+            ) from error
 
     def broadcast_gate(self, value: torch.Tensor, origin: str) -> torch.Tensor:
         """A gate-only tensor: ``value`` (the gate copy's rows) given to every copy.
