@@ -377,7 +377,7 @@ class StageTracer(TorchFunctionMode):
             )
         bn_args = _batchnorm_arguments(args, kwargs) if kind == "bn" else None
         if bn_args is not None and bn_args["training"]:
-            self._refuse_training_batchnorm(bn_args)
+            self._refuse_training_batchnorm(bn_args, first)
 
         inplace = _is_inplace(func, name, args, kwargs)
         written = kwargs.get("out", first) if inplace else None
@@ -410,8 +410,13 @@ class StageTracer(TorchFunctionMode):
             self._new_chain(out, self._label(bn_args["running_mean"], "batch_norm"), "bn", shift)
         return out
 
-    def _refuse_training_batchnorm(self, bn_args: dict[str, Any]) -> None:
-        """Refuse a BatchNorm call in training mode before it runs (see the class docstring)."""
+    def _refuse_training_batchnorm(self, bn_args: dict[str, Any], first: Tensor | None) -> None:
+        """Refuse a BatchNorm call in training mode before it runs (see the class docstring).
+
+        Without running statistics it is refused only on a feature map (4-d), whose shift would
+        be folded into a stage's bias: NFNet's weight standardisation runs ``batch_norm`` on
+        its convolutions' weights, (1, out, fan-in), which no stage reads.
+        """
         label = self._label(bn_args["running_mean"], "batch_norm")
         if bn_args["running_mean"] is not None:
             raise TrainingModeError(
@@ -419,7 +424,7 @@ class StageTracer(TorchFunctionMode):
                 "statistics (the model would change) and normalise with the batch's statistics "
                 "(each map would depend on the other examples); call model.eval() first"
             )
-        if self.fold_bias:
+        if self.fold_bias and first is not None and first.dim() == 4:
             raise TrainingModeError(
                 f"BatchNorm {label!r} keeps no running statistics, so it normalises with the "
                 "batch's and cannot be folded into a bias; pass bias=False, or give it running "

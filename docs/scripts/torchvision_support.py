@@ -102,6 +102,28 @@ def ctc_cells(model: nn.Module, x: torch.Tensor, target: int) -> tuple[str, str]
     return proportional, reference
 
 
+def cam_cell(model: nn.Module, x: torch.Tensor, target: int) -> str:
+    """The table's Integrative CAM cell: how many stages it fuses, or why it refuses.
+
+    Where the default ``phi="exp"`` refuses a logit whose exponential overflows (random weights
+    give huge logits), the stages are counted with ``phi="identity"``.
+    """
+    try:
+        _, maps = IntegrativeCAM(model).attribute(x, target, return_layer_maps=True)
+        return f"{len(maps.names)} stages"
+    except Exception as failure:  # noqa: BLE001
+        if "phi'" not in str(failure):
+            return "refused: " + first_line(failure)
+    # exp of a huge logit overflows: are the stages themselves fine?
+    with torch.no_grad():
+        largest = model(x)[:, target].abs().max().item()
+    _, maps = IntegrativeCAM(model, phi="identity").attribute(x, target, return_layer_maps=True)
+    return (
+        f'{len(maps.names)} stages with `phi="identity"`; `phi="exp"` refused: '
+        f"exp of the logit ({largest:.0e}) overflows"
+    )
+
+
 def check(name: str, size: int) -> tuple[str, str, str, float]:
     """CTC proportional, CTC reference and Integrative CAM on one model."""
     start = time.perf_counter()
@@ -109,22 +131,7 @@ def check(name: str, size: int) -> tuple[str, str, str, float]:
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(2)).double()
     target = 3
     proportional, reference = ctc_cells(model, x, target)
-    try:
-        _, maps = IntegrativeCAM(model).attribute(x, target, return_layer_maps=True)
-        cam = f"{len(maps.names)} stages"
-    except Exception as failure:  # noqa: BLE001
-        if "phi'" not in str(failure):
-            cam = "refused: " + first_line(failure)
-        else:  # exp of a huge logit overflows: are the stages themselves fine?
-            with torch.no_grad():
-                largest = model(x)[:, target].abs().max().item()
-            _, maps = IntegrativeCAM(model, phi="identity").attribute(
-                x, target, return_layer_maps=True
-            )
-            cam = (
-                f'{len(maps.names)} stages with `phi="identity"`; `phi="exp"` refused: '
-                f"exp of the logit ({largest:.0e}) overflows"
-            )
+    cam = cam_cell(model, x, target)
     return proportional, reference, cam, time.perf_counter() - start
 
 

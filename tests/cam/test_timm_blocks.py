@@ -334,3 +334,12 @@ def test_each_timm_family_is_found_on_timms_own_grids(name: str) -> None:
     assert sum(found) >= len(timms) - 1 and any(found)
     _, layers = IntegrativeCAM(model).attribute(x, target=1, return_layer_maps=True)
     assert len(layers.names) == count
+
+
+def test_weight_standardisation_is_no_batchnorm_of_the_maps() -> None:
+    """NFNet's convolutions standardise their weights with ``F.batch_norm`` (no running stats)."""
+    torch.manual_seed(0)
+    model = timm.create_model("nf_resnet26", pretrained=False, num_classes=5).eval().double()
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    maps, layers = IntegrativeCAM(model).attribute(x, 1, return_layer_maps=True)
+    assert maps.shape == (1, 1, 32, 32) and len(layers.names) > 10
