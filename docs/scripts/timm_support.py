@@ -140,17 +140,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, timm {timm.__version__}, float64")
     print(
-        '| family | model | input | what it brings | CTC "proportional": sum vs logit '
-        '| CTC "reference" | IntegrativeCAM |'
+        '| family | model | input | CTC "proportional": sum vs logit | CTC "reference" '
+        "| IntegrativeCAM |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for family, (name, size, brings) in FAMILIES.items():
+    print("|---|---|---|---|---|---|")
+    for family, (name, size, _) in FAMILIES.items():
         if args.models and name not in args.models:
             continue
         proportional, reference, cam, seconds = check(name, size)
-        print(
-            f"| {family} | `{name}` | {size}² | {brings} | {proportional} | {reference} | {cam} |"
-        )
+        print(f"| {family} | `{name}` | {size}² | {proportional} | {reference} | {cam} |")
         print(f"  ({seconds:.1f} s)", flush=True)
 
 
