@@ -184,7 +184,7 @@ def _sum_with_gate_only(
     return ctx.of_full_pass(func, args, kwargs, f"{name} (the signal and {origin})")
 
 
-def add_product(divide: bool) -> Handler:
+def add_product(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     """``addcmul``/``addcdiv``: ``input + value * tensor1 * tensor2`` (``/ tensor2``).
 
     The product (quotient) and the sum, each by its own rule (timm's ``Affine`` of ResMLP,
@@ -192,17 +192,14 @@ def add_product(divide: bool) -> Handler:
     the pass gives each step written out (see `_step_by_rule`): ``addcmul(x, p, w)`` of a
     gate-only ``p`` is ``x + p * w``, gate-only, as it is written out.
     """
-    multiply, add = multiply_or_divide(divide), add_or_subtract(1.0)
-    product_function = torch.div if divide else torch.mul
-
-    def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-        base, first, second, value = _add_product_arguments(args, kwargs)
-        product = _step_by_rule(ctx, multiply, product_function, (first, second))
-        if value != 1:
-            product = _step_by_rule(ctx, multiply, torch.mul, (product, value))
-        return _step_by_rule(ctx, add, torch.add, (base, product))
-
-    return handle
+    divide = getattr(func, "__name__", "") == "addcdiv"
+    base, first, second, value = _add_product_arguments(args, kwargs)
+    product = _step_by_rule(
+        ctx, _DIVIDE if divide else _MULTIPLY, torch.div if divide else torch.mul, (first, second)
+    )
+    if value != 1:
+        product = _step_by_rule(ctx, _MULTIPLY, torch.mul, (product, value))
+    return _step_by_rule(ctx, _ADD, torch.add, (base, product))
 
 
 def _add_product_arguments(args: tuple, kwargs: dict) -> tuple[Any, Any, Any, Any]:
@@ -306,12 +303,11 @@ def multiply_or_divide(divide: bool) -> Handler:
                 return ctx.gate_product(first, second, divide=divide, inplace=is_inplace(func))
             if first_gate is not None and not divide and not is_inplace(func):
                 return ctx.gate_product(second, first)
-            if first_gate is None and not divide and _same_signal(first, second):
-                square = ctx.signal_product(first, second, inplace=is_inplace(func))
-                return ctx.mark_gate(square, name)  # as x.pow(2)
-            if first_gate is None and not divide:  # SwiGLU's silu(a) * b
-                return ctx.signal_product(first, second, inplace=is_inplace(func))
-            raise UnsupportedOperationError(name, _product_refusal(first_gate, divide))
+            if first_gate is None and not divide:  # SwiGLU's silu(a) * b, or a square
+                square = _same_signal(first, second)  # read before an in-place product
+                product = ctx.signal_product(first, second, inplace=is_inplace(func))
+                return ctx.mark_gate(product, name) if square else product  # as x.pow(2)
+            raise UnsupportedOperationError(name, _product_refusal(divide))
         if divide and not ctx.is_propagated(first):
             raise UnsupportedOperationError(
                 name, "it divides by an input-dependent tensor (not linear)"
@@ -337,10 +333,14 @@ def _same_signal(first: torch.Tensor, second: torch.Tensor) -> bool:
     )
 
 
-def _product_refusal(first_gate: Any, divide: bool) -> str:
+def _product_refusal(divide: bool) -> str:
     if divide:
         return "it divides by an input-dependent tensor that is no gate tensor (not linear)"
     return "it writes a product with the signal into a gate tensor in place"
+
+
+#: The rules ``addcmul``/``addcdiv`` apply step by step (see `add_product`).
+_MULTIPLY, _DIVIDE, _ADD = multiply_or_divide(False), multiply_or_divide(True), add_or_subtract(1.0)
 
 
 # ---------------------------------------------------------------------------- gate handlers
@@ -489,10 +489,10 @@ def where(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Te
     ``x``. A gate-only operand beside the signal is refused.
     """
     name = operation_name(func)
-    if func in (torch.Tensor.where,):
+    if func is torch.Tensor.where:
         chosen, condition = args[0], _arg(args, kwargs, 1, "condition")
         other = _arg(args, kwargs, 2, "other")
-    elif func in (torch.where,):
+    elif func is torch.where:
         condition, chosen = _arg(args, kwargs, 0, "condition"), _arg(args, kwargs, 1, "input")
         other = _arg(args, kwargs, 2, "other")
     else:  # masked_fill(input, mask, value)
@@ -640,7 +640,7 @@ def power(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Te
     (squared ReLU, StarReLU's ``s * relu(x) ** 2 + b``), whose output is also a gate tensor, so
     a normalisation written out may divide the signal by a function of it (``x / (x - u).pow(2)
     .mean(1).add(eps).sqrt()``: the full image's statistic). Of a gate tensor: the full pass's
-    value, gate-only. An input-dependent exponent is refused.
+    value, gate-only (a statistic; refused in place). An input-dependent exponent is refused.
     """
     name = operation_name(func)
     x, rest, rest_kwargs = _input_and_rest(args, kwargs)
@@ -652,7 +652,14 @@ def power(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Te
             "the signal)",
         )
     if ctx.gate_mark(x) is not None:
-        return statistic(ctx, func, args, kwargs)
+        if is_inplace(func):
+            raise UnsupportedOperationError(
+                name,
+                "it writes a statistic of the signal (its power) into the signal in place, "
+                "which the signal's other views and readers would take for a signal; write "
+                "x.pow(2) (out of place)",
+            )
+        return ctx.statistic(x, lambda rows: func(rows, *rest, **rest_kwargs), name)
     return ctx.rescale_gate(
         x,
         lambda t: func(t.clone(), *rest, **rest_kwargs),
@@ -662,23 +669,16 @@ def power(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Te
 
 
 def statistic(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    """``pow`` of a gate tensor, ``var``, ``std``, ``norm``: a statistic, gate-only.
+    """``var``, ``std``, ``norm``: a statistic of the signal, gate-only.
 
     Computed for the full image (the gate copy) and given to every copy
     ([`GatedPass.statistic`][ctc_plugin.ctc.rules.GatedPass.statistic]), so that it may divide
-    or multiply the signal as a normalisation's statistics do. In place (``x.pow_(2)``, which
-    would turn the signal and its views into the statistic) and with an input-dependent
-    exponent it is refused.
+    or multiply the signal as a normalisation's statistics do (as ``pow`` of a gate tensor is,
+    see [`power`][ctc_plugin.ctc.handlers.power]). With an input-dependent exponent (``norm``'s
+    ``p``) it is refused.
     """
     name = operation_name(func)
     x, rest, rest_kwargs = _input_and_rest(args, kwargs)
-    if is_inplace(func):
-        raise UnsupportedOperationError(
-            name,
-            "it writes a statistic of the signal (its power) into the signal in place, which "
-            "the signal's other views and readers would take for a signal; write x.pow(2) "
-            "(out of place)",
-        )
     others, _ = tree_flatten((rest, rest_kwargs))
     if not ctx.is_propagated(x) or any(ctx.is_propagated(other) for other in others):
         raise UnsupportedOperationError(

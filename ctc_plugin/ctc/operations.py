@@ -489,18 +489,8 @@ def _rows() -> list[OperationRule]:
             "gate tensor",
             "`input + value · tensor1 · tensor2` (`/ tensor2`): the product (quotient) and the "
             "sum, each by its own rule (ResMLP's `Affine`)",
-            h.add_product(divide=False),
-            (torch.addcmul, _T.addcmul),
-            takes_gate_only=True,
-            keeps_gate=True,
-            trailing_dims=_elementwise,
-        ),
-        OperationRule(
-            "gate tensor",
-            "`input + value · tensor1 · tensor2` (`/ tensor2`): the product (quotient) and the "
-            "sum, each by its own rule (ResMLP's `Affine`)",
-            h.add_product(divide=True),
-            (torch.addcdiv, _T.addcdiv),
+            h.add_product,
+            (torch.addcmul, _T.addcmul, torch.addcdiv, _T.addcdiv),
             takes_gate_only=True,
             keeps_gate=True,
             trailing_dims=_elementwise,
