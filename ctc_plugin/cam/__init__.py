@@ -1,7 +1,7 @@
 """Integrative CAM: class activation maps fused across all layers.
 
 ```pycon
->>> from ctc_plugin.cam import IntegrativeCAM, PatchTokens, Phi, tokens_to_grid
+>>> from ctc_plugin.cam import IntegrativeCAM, PatchTokens, Phi, TupleOutput, tokens_to_grid
 ```
 """
 
@@ -10,6 +10,8 @@ from ctc_plugin.cam.integrative import IntegrativeCAM, LayerMaps
 from ctc_plugin.cam.transformers import (
     BLOCK_RESHAPES,
     PatchTokens,
+    TupleOutput,
+    UnrolledTokens,
     channels_last_to_grid,
     grad_cam_layer,
     tokens_to_grid,
@@ -22,6 +24,8 @@ __all__ = [
     "LayerMaps",
     "PatchTokens",
     "Phi",
+    "TupleOutput",
+    "UnrolledTokens",
     "channels_last_to_grid",
     "grad_cam_layer",
     "tokens_to_grid",

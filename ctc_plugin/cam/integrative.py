@@ -39,11 +39,13 @@ from ctc_plugin.cam.bias import bias_map
 from ctc_plugin.cam.fusion import RunningFusion, minmax
 from ctc_plugin.cam.layers import Stage, StageTracer, module_names
 from ctc_plugin.cam.transformers import (
-    Reshape,
+    BlockReshape,
+    TupleOutput,
     check_square_grid,
     reads_patch_grid,
     refused_blocks,
     transformer_stages,
+    with_reshape_transform,
 )
 from ctc_plugin.concurrency import CallScope, holds_model
 from ctc_plugin.inputs import (
@@ -160,7 +162,7 @@ class LayerMaps:
 def _record_layer(
     tracer: StageTracer,
     name: str,
-    reshape: Reshape | None,
+    reshape: BlockReshape | None,
     module: nn.Module,
     _inputs: Any,
     output: Any,
@@ -259,7 +261,9 @@ class IntegrativeCAM(Attribution):
         reshape_transform: Turns each chosen layer's output (and its gradient) into an
             (N, C, H, W) map, e.g. [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] for
             (N, T, D) token maps; ``None``: the outputs are such maps (or, for known
-            transformer blocks, their own reshape).
+            transformer blocks, their own reshape). For a found block that returns a tuple
+            (TNT, MViTv2) it reshapes the tensor picked out of the tuple; for chosen layers
+            that return tuples, pass a `ctc_plugin.cam.transformers.TupleOutput` naming it.
 
     Threads: one instance and one model may serve several threads at once; each call gives
     exactly what it gives alone. A call only reads the model: the layer hooks it registers
@@ -280,11 +284,16 @@ class IntegrativeCAM(Attribution):
         phi: str | Phi | Callable[[Tensor], Tensor] = "exp",
         bias: bool = True,
         layer_weights: Literal["adaptive", "uniform"] | LayerScore = "adaptive",
-        reshape_transform: Reshape | None = None,
+        reshape_transform: BlockReshape | None = None,
     ) -> None:
         super().__init__(forward_func)
-        if reshape_transform is not None and not callable(reshape_transform):
-            raise TypeError("reshape_transform must be a callable (N, ...) -> (N, C, H, W)")
+        if reshape_transform is not None and not (
+            callable(reshape_transform) or isinstance(reshape_transform, TupleOutput)
+        ):
+            raise TypeError(
+                "reshape_transform must be a callable (N, ...) -> (N, C, H, W), or a "
+                "ctc_plugin.cam.transformers.TupleOutput for layers that return tuples"
+            )
         self.reshape_transform = reshape_transform
         if layers is not None:
             layers = list(layers)
@@ -468,7 +477,7 @@ class IntegrativeCAM(Attribution):
         check_finite_scores(scores)
         return scores
 
-    def _chosen_layers(self) -> list[tuple[nn.Module, Reshape | None]] | None:
+    def _chosen_layers(self) -> list[tuple[nn.Module, BlockReshape | None]] | None:
         """The layers to explain with their reshapes; ``None``: find the convolutional stages."""
         if self.layers is not None:
             return [(module, self.reshape_transform) for module in self.layers]
@@ -477,10 +486,13 @@ class IntegrativeCAM(Attribution):
         found = transformer_stages(self.forward_func)
         if not found:
             return None
-        return [(module, self.reshape_transform or reshape) for module, reshape in found]
+        given = self.reshape_transform
+        if given is None:
+            return found
+        return [(module, with_reshape_transform(reshape, given)) for module, reshape in found]
 
     def _check_stages(
-        self, tracer: StageTracer, chosen: list[tuple[nn.Module, Reshape | None]] | None
+        self, tracer: StageTracer, chosen: list[tuple[nn.Module, BlockReshape | None]] | None
     ) -> None:
         stages = tracer.stages
         model = type(self.forward_func).__name__

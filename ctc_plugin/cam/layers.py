@@ -39,6 +39,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES, batch_norm_affine
 from ctc_plugin.cam.bias import fold_batchnorm
+from ctc_plugin.cam.transformers import TupleOutput
 from ctc_plugin.inputs import TrainingModeError
 
 _INPLACE_DUNDERS = frozenset(
@@ -292,7 +293,7 @@ class StageTracer(TorchFunctionMode):
         name: str,
         output: Any,
         module: nn.Module | None = None,
-        reshape: Callable[[Tensor], Tensor] | None = None,
+        reshape: Callable[[Tensor], Tensor] | TupleOutput | None = None,
     ) -> None:
         """Make the output of a chosen module a stage (called from a module forward hook).
 
@@ -301,16 +302,26 @@ class StageTracer(TorchFunctionMode):
             output: The module's output.
             module: The module, recorded in [`modules`][ctc_plugin.cam.layers.StageTracer.modules].
             reshape: Turns the output (and its gradient) into an (N, C, H, W) map, as
-                pytorch-grad-cam's ``reshape_transform`` does; None: the output is one.
+                pytorch-grad-cam's ``reshape_transform`` does; None: the output is one. A
+                `ctc_plugin.cam.transformers.TupleOutput` first picks the tensor out of a tuple
+                the module returns: that tensor is the stage (its gradient is hooked), reshaped
+                as the TupleOutput says.
 
         Raises:
-            ValueError: If the output (reshaped) is not a 4-D tensor (N, C, H, W).
+            ValueError: If the output (picked, reshaped) is not a 4-D tensor (N, C, H, W).
         """
+        if isinstance(reshape, TupleOutput):
+            try:
+                output, reshape = reshape.select(output)
+            except ValueError as error:
+                raise ValueError(f"layer {name!r}: {error}") from error
         if not isinstance(output, Tensor):
             raise ValueError(
                 f"layer {name!r} returned a {type(output).__name__}, not a tensor; IntegrativeCAM "
                 "explains the tensor a layer returns (a reshape_transform receives that tensor "
-                "and its gradient): choose the submodule that computes the feature map"
+                "and its gradient): choose the submodule that computes the feature map, or, for "
+                "a tuple, pass reshape_transform=ctc_plugin.cam.transformers.TupleOutput(item, "
+                "reshape) naming the tensor to explain"
             )
         shaped = output if reshape is None else reshape(output)
         if not isinstance(shaped, Tensor) or shaped.dim() != 4:

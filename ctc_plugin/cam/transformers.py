@@ -10,20 +10,28 @@ is turned into an (N, C, H, W) map:
   extra tokens known (read from the model), the grid taken from the patch embedding;
 - [`channels_last_to_grid`][ctc_plugin.cam.channels_last_to_grid]: (N, H, W, C) maps (Swin's blocks,
   which merge their windows back into the grid before they return);
-- MaxViT's layers return (N, C, H, W) maps already.
+- MaxViT's layers return (N, C, H, W) maps already;
+- `UnrolledTokens`: (N, T, D) tokens in Hiera's
+  mask-unit ("unrolled") order, put back on the grid;
+- `TupleOutput`: a block that returns a tuple
+  (TNT's (pixel tokens, patch tokens), MViTv2's (tokens, grid size)): the tensor to explain is
+  picked out of it (its gradient is hooked), then reshaped, on the grid the tuple carries where
+  it carries one.
 
 [`transformer_stages`][ctc_plugin.cam.transformer_stages] finds the blocks of torchvision's ViT,
 Swin (v1 and v2) and MaxViT, of the zoo's ViT, of the timm families in ``TIMM_BLOCKS`` (matched
-by class name: timm is never imported here) and of any model whose blocks are of a type
-registered in [`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES].
+by class name: timm is never imported here), of timm's Hiera (whose blocks' token order only the
+model says) and of any model whose blocks are of a type registered in
+[`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES].
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 from torch import Tensor, nn
 
@@ -128,13 +136,15 @@ class PatchTokens:
         return tokens_to_grid(tokens, grid)
 
 
-def reads_patch_grid(reshape: Reshape | None) -> bool:
+def reads_patch_grid(reshape: BlockReshape | None) -> bool:
     """Whether ``reshape`` guesses the patch grid, which the patch embedding's grid must check.
 
-    True for [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] itself (its square default) and
-    a `PatchTokens` without a grid; see
-    `check_square_grid`.
+    True for [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] itself (its square default), a
+    `PatchTokens` without a grid, and a `TupleOutput` reshaping its tensor with one of these
+    (without a grid in the tuple); see `check_square_grid`.
     """
+    if isinstance(reshape, TupleOutput):
+        return reshape.grid_item is None and reads_patch_grid(reshape.reshape)
     return reshape is tokens_to_grid or (isinstance(reshape, PatchTokens) and reshape.grid is None)
 
 
@@ -168,10 +178,10 @@ def _patch_tokens_on_the_patch_grid(
 
 
 def check_square_grid(
-    reshape: Reshape | None,
+    reshape: BlockReshape | None,
     size: tuple[int, int],
     patch_grid: Callable[[], tuple[int, int] | None] | None = None,
-) -> Reshape | None:
+) -> BlockReshape | None:
     """Check the square default of `tokens_to_grid` against the image; return the reshape to use.
 
     The default guesses the patch grid from the token count (the largest square that fits).
@@ -186,12 +196,17 @@ def check_square_grid(
 
     A `PatchTokens` without a grid (the number of
     leading tokens known) takes ``patch_grid()`` where it has as many cells as there are patch
-    tokens, a non-square image included; otherwise its square, for a square image only.
+    tokens, a non-square image included; otherwise its square, for a square image only. A
+    `TupleOutput` without a grid in its tuple has its own reshape checked so.
 
     Raises:
         ValueError: Naming the grid argument to pass (the returned reshape raises it during the
             pass, before any map is made of the wrong tokens).
     """
+    if isinstance(reshape, TupleOutput):
+        if reshape.grid_item is not None:  # the tuple says the grid at each call
+            return reshape
+        return replace(reshape, reshape=check_square_grid(reshape.reshape, size, patch_grid))
     if isinstance(reshape, PatchTokens) and reshape.grid is None:
         return _patch_tokens_on_the_patch_grid(reshape, size, patch_grid)
     if reshape is not tokens_to_grid:
@@ -261,6 +276,182 @@ def blocks_of_blocks_to_grid(maps: Tensor) -> Tensor:
     return maps.reshape(batch, grid * side, grid * side, channels).permute(0, 3, 1, 2)
 
 
+def _grid_pair(value: object) -> tuple[int, int] | None:
+    """``value`` as a (rows, columns) grid of positive ints, ``None`` if it is not one."""
+    try:
+        rows, columns = (int(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return (rows, columns) if rows > 0 and columns > 0 else None
+
+
+@dataclass(frozen=True)
+class UnrolledTokens:
+    """(N, T, C) tokens in Hiera's mask-unit order -> (N, C, rows, columns).
+
+    timm's Hiera reorders its patch tokens once, before its blocks (``Unroll``): for each stride
+    ``(sy, sx)`` of its schedule in turn, the grid is cut into ``sy x sx`` interleaved sub-grids
+    (``row = r * sy + i``, ``column = c * sx + j``) whose offsets ``(i, j)`` move in front. The
+    tokens are then ordered ``(i_1, j_1, ..., i_m, j_m, r, c)``, the first stride's offsets
+    outermost, so that a block's max pool over the first stride is a max over the leading
+    ``sy * sx`` slices; each pool consumes one stride. This reshape undoes the strides left.
+
+    Args:
+        strides: The strides not yet consumed by pooling, in unroll order (Hiera's
+            ``reroll.schedule[block][0]``); empty: the tokens are in row-major order.
+        grid: The tokens' grid ``(rows, columns)`` (``reroll.schedule[block][1]``).
+
+    Raises:
+        ValueError: At construction, if a stride does not divide the grid; when called, if the
+            tokens are not (N, rows * columns, C) (Hiera run with a mask keeps fewer tokens).
+
+    Examples:
+        >>> import torch
+        >>> grid = torch.arange(16.0).view(1, 1, 4, 4)
+        >>> unrolled = grid.view(1, 1, 2, 2, 2, 2).permute(0, 3, 5, 2, 4, 1).reshape(1, 16, 1)
+        >>> torch.equal(UnrolledTokens(strides=((2, 2),), grid=(4, 4))(unrolled), grid)
+        True
+    """
+
+    strides: tuple[tuple[int, int], ...]
+    grid: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        rows, columns = self.grid
+        for sy, sx in self.strides:
+            if sy < 1 or sx < 1 or rows % sy or columns % sx:
+                raise ValueError(
+                    f"the strides {self.strides} do not divide the {self.grid[0]} x "
+                    f"{self.grid[1]} grid of the tokens"
+                )
+            rows, columns = rows // sy, columns // sx
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        """Put the tokens (or their gradient) back on the grid, (N, C, rows, columns)."""
+        rows, columns = self.grid
+        if tokens.dim() != 3 or tokens.shape[1] != rows * columns:
+            raise ValueError(
+                f"expected (N, {rows * columns}, C) tokens in mask-unit order on a {rows} x "
+                f"{columns} grid, got {tuple(tokens.shape)} (a Hiera run with a mask keeps only "
+                "the tokens of the kept mask units, which fill no grid: run it without one)"
+            )
+        batch, _, channels = tokens.shape
+        count = len(self.strides)
+        inner_rows = rows // math.prod(sy for sy, _ in self.strides)
+        inner_columns = columns // math.prod(sx for _, sx in self.strides)
+        offsets = [size for stride in self.strides for size in stride]
+        maps = tokens.reshape(batch, *offsets, inner_rows, inner_columns, channels)
+        # dims: 0 batch, 1 + 2k / 2 + 2k the k-th stride's row / column offset, then r, c, C;
+        # a row is (r, i_m, ..., i_1) read as mixed-radix digits, most significant first
+        row_dims = [1 + 2 * count, *(1 + 2 * k for k in reversed(range(count)))]
+        column_dims = [2 + 2 * count, *(2 + 2 * k for k in reversed(range(count)))]
+        maps = maps.permute(0, 3 + 2 * count, *row_dims, *column_dims)
+        return maps.reshape(batch, channels, rows, columns)
+
+
+@dataclass(frozen=True)
+class TupleOutput:
+    """How to read a block that returns a tuple: the tensor at ``item``, reshaped.
+
+    A forward hook sees the whole tuple; the feature map is one tensor in it (the stage hooks
+    its gradient), which ``reshape`` turns, with its gradient, into an (N, C, H, W) map
+    (``None``: it is one). Where the tuple also carries the tokens' grid (MViTv2's blocks return
+    the grid their pooling attention left, which can differ from call to call with the input),
+    ``grid_item`` says where: each call's ``reshape`` is then a `PatchTokens` on that grid (the
+    leading tokens as many as ``reshape``, a `PatchTokens`, says; for
+    [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] or ``None``, the leading tokens that do
+    not fit the grid).
+
+    [`IntegrativeCAM`][ctc_plugin.cam.IntegrativeCAM] takes one as a block's reshape (in
+    ``TIMM_BLOCKS``, in [`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES], or as
+    ``reshape_transform`` with ``layers=``). pytorch-grad-cam cannot hook a tuple's gradient.
+
+    Args:
+        item: The position of the feature map in the tuple.
+        reshape: The reshape of that tensor and its gradient.
+        grid_item: The position of the ``(rows, columns)`` grid in the tuple, or ``None``.
+
+    Examples:
+        >>> import torch
+        >>> tnt = TupleOutput(item=1, reshape=PatchTokens(1, grid=(2, 4)))  # TNT: (pixels, patches)
+        >>> tokens, reshape = tnt.select((torch.zeros(8, 4, 6), torch.zeros(1, 9, 16)))
+        >>> reshape(tokens).shape
+        torch.Size([1, 16, 2, 4])
+        >>> mvit = TupleOutput(item=0, reshape=PatchTokens(1), grid_item=1)  # MViTv2
+        >>> tokens, reshape = mvit.select((torch.zeros(1, 1 + 6, 16), [2, 3]))
+        >>> reshape(tokens).shape
+        torch.Size([1, 16, 2, 3])
+    """
+
+    item: int
+    reshape: Reshape | None = None
+    grid_item: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.grid_item is not None and not (
+            self.reshape is None
+            or self.reshape is tokens_to_grid
+            or isinstance(self.reshape, PatchTokens)
+        ):
+            raise ValueError(
+                "with grid_item, the tokens are put on the grid the tuple carries: reshape must "
+                "be a PatchTokens (the number of leading tokens), tokens_to_grid or None"
+            )
+
+    def _grid(self, output: tuple) -> tuple[int, int]:
+        grid = _grid_pair(output[self.grid_item]) if self.grid_item is not None else None
+        if grid is None:
+            raise ValueError(
+                f"item {self.grid_item} of the block's output is "
+                f"{type(output[self.grid_item]).__name__}, not the (rows, columns) grid of its "
+                "tokens; give TupleOutput the grid_item that holds it, or none"
+            )
+        return grid
+
+    def select(self, output: object) -> tuple[Tensor, Reshape | None]:
+        """The tensor to explain in a block's ``output``, and the reshape of it and its gradient.
+
+        Raises:
+            ValueError: If ``output`` is no tuple (or list) with a tensor at ``item`` (and the
+                grid at ``grid_item``).
+        """
+        needed = max(self.item, -1 if self.grid_item is None else self.grid_item)
+        if not isinstance(output, (tuple, list)) or len(output) <= needed:
+            kind = f"{len(output)} items" if isinstance(output, (tuple, list)) else "no tuple"
+            raise ValueError(
+                f"the block returned {type(output).__name__} ({kind}), but its TupleOutput reads "
+                f"item {needed} of a tuple; give the reshape of what the block returns"
+            )
+        tensor = output[self.item]
+        if not isinstance(tensor, Tensor):
+            raise ValueError(
+                f"item {self.item} of the block's output is {type(tensor).__name__}, not the "
+                "tensor to explain; give TupleOutput the item that holds the feature map"
+            )
+        if self.grid_item is None:
+            return tensor, self.reshape
+        grid = self._grid(output)
+        if isinstance(self.reshape, PatchTokens):
+            return tensor, replace(self.reshape, grid=grid)
+        return tensor, partial(tokens_to_grid, grid=grid)
+
+
+#: What a block's output is read with: a reshape of the tensor it returns, or a `TupleOutput`.
+BlockReshape = Reshape | TupleOutput
+
+
+def with_reshape_transform(found: BlockReshape | None, given: BlockReshape) -> BlockReshape:
+    """A user's ``reshape_transform`` in place of the reshape found for a block.
+
+    For a block that returns a tuple (a found `TupleOutput`), ``given`` reshapes the tensor the
+    tuple's feature map is (the grid the tuple carries is no longer used), unless it is a
+    `TupleOutput` itself.
+    """
+    if isinstance(found, TupleOutput) and not isinstance(given, TupleOutput):
+        return TupleOutput(found.item, given)
+    return given
+
+
 def _known_blocks() -> dict[type[nn.Module], Reshape]:
     """The transformer block types of torchvision and the reshape of their outputs."""
     from torchvision.models.maxvit import MaxVitLayer
@@ -275,16 +466,18 @@ def _known_blocks() -> dict[type[nn.Module], Reshape]:
     }
 
 
-#: Block types of other models and the reshape of their outputs to (N, C, H, W); add yours.
-BLOCK_RESHAPES: dict[type[nn.Module], Reshape] = {}
+#: Block types of other models and the reshape of their outputs to (N, C, H, W) (a `TupleOutput`
+#: for a block that returns a tuple); add yours.
+BLOCK_RESHAPES: dict[type[nn.Module], BlockReshape] = {}
 
 _PATCHES = PatchTokens(prefix=0)
 
 #: timm's block classes (``module.qualname``, matched exactly, so timm is never imported here)
-#: and the reshape of their outputs; ``None``: (N, T, D) tokens led by the model's own extra
-#: tokens, a `PatchTokens` of the number the model
-#: says (``num_prefix_tokens``), the square default of ``tokens_to_grid`` where it says none.
-TIMM_BLOCKS: dict[str, Reshape | None] = {
+#: and the reshape of their outputs; ``None`` (alone, or as a `TupleOutput`'s reshape): (N, T, D)
+#: tokens led by the model's own extra tokens, a `PatchTokens` of the number the model
+#: says (``num_prefix_tokens``), on the grid it says where it says one (``_TIMM_GRID``), the
+#: square default of ``tokens_to_grid`` where it says none.
+TIMM_BLOCKS: dict[str, BlockReshape | None] = {
     # ViT, DeiT, DINOv2 (registers), CLIP, PiT, CrossViT; EVA; BEiT; relative-position ViTs
     "timm.models.vision_transformer.Block": None,
     "timm.models.vision_transformer.ResPostBlock": None,
@@ -315,6 +508,11 @@ TIMM_BLOCKS: dict[str, Reshape | None] = {
     "timm.models.vision_transformer_sam.Block": channels_last_to_grid,
     # (N, T, S, C) blocks of tokens: NesT
     "timm.models.nest.TransformerLayer": blocks_of_blocks_to_grid,
+    # tuples: TNT's (pixel tokens, patch tokens), its patch tokens led by the class token;
+    # MViTv2's (tokens, grid size), on the grid its pooling attention left (a first block of a
+    # stage pools inside; its output is on the pooled grid it returns)
+    "timm.models.tnt.Block": TupleOutput(item=1),
+    "timm.models.mvitv2.MultiScaleBlock": TupleOutput(item=0, grid_item=1),
     # (N, C, H, W): MaxViT, CoAtNet, DaViT, TinyViT's and EfficientFormer's convolutional
     # stages, EfficientFormerV2, EdgeNeXt, MobileViT (v1, v2: its transformer is inside), Visformer
     "timm.models.maxxvit.MaxxVitBlock": _identity,
@@ -348,19 +546,49 @@ _TIMM_PREFIX: dict[str, str | int] = {
     "timm.models.crossvit.CrossVit": 1,  # one class token per branch
 }
 
+#: timm models whose patch grid is fixed when they are built, and the attribute that says it. Their
+#: token blocks' reshapes take that grid: TNT (which refuses images of another size) embeds its
+#: pixels with a convolution on each patch, so the last convolution's grid, which `PatchTokens`
+#: would read otherwise, is the pixel grid inside a patch.
+_TIMM_GRID: dict[str, str] = {
+    "timm.models.tnt.TNT": "pixel_embed.grid_size",
+}
+
+
+def _hiera_blocks(model: nn.Module) -> dict[int, Reshape]:
+    """The blocks of a timm ``Hiera`` by ``id``, each with the `UnrolledTokens` of its output.
+
+    For its block ``i``, Hiera's ``reroll.schedule[i]`` holds the unroll strides its pooling has
+    not consumed yet and the grid of its tokens; `UnrolledTokens` undoes that order (timm's
+    ``Reroll`` is not used). The blocks of a 3-D (video) Hiera, whose tokens make no 2-D grid,
+    are left out.
+    """
+    schedule = getattr(getattr(model, "reroll", None), "schedule", None)
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(schedule, Mapping) or not isinstance(blocks, nn.ModuleList):
+        return {}
+    found: dict[int, Reshape] = {}
+    for index, block in enumerate(blocks):
+        strides, size = schedule.get(index, ((), ()))
+        grid = _grid_pair(size) if len(size) == 2 else None
+        pairs = tuple(_grid_pair(stride) for stride in strides)
+        if grid is not None and all(pair is not None for pair in pairs):
+            found[id(block)] = UnrolledTokens(pairs, grid)  # type: ignore[arg-type]
+    return found
+
+
+#: timm models whose blocks' token order only the model says, and the reshape of each of its
+#: blocks' outputs (by ``id``): Hiera's blocks hold their tokens in mask-unit order.
+_TIMM_MODEL_BLOCKS: dict[str, Callable[[nn.Module], dict[int, Reshape]]] = {
+    "timm.models.hiera.Hiera": _hiera_blocks,
+}
+
 #: timm blocks that cannot be found soundly, and why; named when Integrative CAM refuses.
 TIMM_REFUSED: dict[str, str] = {
-    "timm.models.tnt.Block": (
-        "TNT's blocks return a (pixel tokens, patch tokens) tuple, and no submodule returns the "
-        "patch tokens"
-    ),
-    "timm.models.mvitv2.MultiScaleBlock": (
-        "MViTv2's blocks return a (tokens, grid size) tuple, and their pooling attention "
-        "changes the grid inside the block"
-    ),
     "timm.models.hiera.HieraBlock": (
-        "Hiera's blocks hold their tokens in mask-unit order, not on the patch grid (reorder "
-        "them as timm's Hiera.reroll does in a reshape of your own)"
+        "Hiera's blocks hold their tokens in mask-unit order, which only a 2-D timm Hiera "
+        "around them says (its reroll schedule): outside one their grid is unknown (pass their "
+        "order as ctc_plugin.cam.transformers.UnrolledTokens(strides, grid))"
     ),
 }
 
@@ -370,7 +598,7 @@ def _qualified(module: nn.Module) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def _timm_blocks(model: nn.Module) -> dict[str, Reshape | None]:
+def _timm_blocks(model: nn.Module) -> dict[str, BlockReshape | None]:
     """``TIMM_BLOCKS`` and the blocks found alongside others in ``model`` (none without timm)."""
     if "timm" not in sys.modules:  # no timm class can be in the model: nothing to match
         return {}
@@ -392,13 +620,57 @@ def _prefix_tokens(module: nn.Module, inherited: int | None) -> int | None:
     return inherited
 
 
+@dataclass(frozen=True)
+class _Said:
+    """What the modules around a block say about its tokens.
+
+    Attributes:
+        prefix: The number of leading extra tokens (``num_prefix_tokens``), if said.
+        grid: The patch grid (``_TIMM_GRID``), if said.
+        blocks: The reshape of each block (by ``id``) whose token order a model says
+            (``_TIMM_MODEL_BLOCKS``).
+    """
+
+    prefix: int | None = None
+    grid: tuple[int, int] | None = None
+    blocks: Mapping[int, Reshape] = field(default_factory=dict)
+
+
+def _said_by(module: nn.Module, said: _Said) -> _Said:
+    """``said``, with what ``module`` says about the tokens of the blocks inside it."""
+    name = _qualified(module)
+    grid = said.grid
+    if name in _TIMM_GRID:
+        value: object = module
+        for attribute in _TIMM_GRID[name].split("."):
+            value = getattr(value, attribute, None)
+        grid = _grid_pair(value) or grid
+    blocks = said.blocks
+    if name in _TIMM_MODEL_BLOCKS:
+        blocks = {**blocks, **_TIMM_MODEL_BLOCKS[name](module)}
+    return _Said(_prefix_tokens(module, said.prefix), grid, blocks)
+
+
+def _resolved(reshape: BlockReshape | None, said: _Said) -> BlockReshape:
+    """A ``TIMM_BLOCKS`` entry with ``None`` (tokens led by the model's extra tokens) filled in."""
+    if isinstance(reshape, TupleOutput):
+        if reshape.reshape is not None:
+            return reshape
+        return replace(reshape, reshape=_resolved(None, said))
+    if reshape is not None:
+        return reshape
+    if said.prefix is not None:
+        return PatchTokens(said.prefix, said.grid)
+    return tokens_to_grid if said.grid is None else partial(tokens_to_grid, grid=said.grid)
+
+
 def _found_blocks(
     module: nn.Module,
-    known: dict[type[nn.Module], Reshape],
-    timm: dict[str, Reshape | None],
-    prefix: int | None,
+    known: dict[type[nn.Module], BlockReshape],
+    timm: dict[str, BlockReshape | None],
+    said: _Said,
     seen: set[int],
-) -> Iterator[tuple[nn.Module, Reshape]]:
+) -> Iterator[tuple[nn.Module, BlockReshape]]:
     """The known blocks in ``module`` in module order; a found block is not searched further."""
     if id(module) in seen:
         return
@@ -407,19 +679,19 @@ def _found_blocks(
     if kind in known:
         yield module, known[kind]
         return
+    if id(module) in said.blocks:
+        yield module, said.blocks[id(module)]
+        return
     name = _qualified(module)
     if name in timm:
-        reshape = timm[name]
-        if reshape is None:
-            reshape = tokens_to_grid if prefix is None else PatchTokens(prefix)
-        yield module, reshape
+        yield module, _resolved(timm[name], said)
         return
-    prefix = _prefix_tokens(module, prefix)
+    said = _said_by(module, said)
     for child in module.children():
-        yield from _found_blocks(child, known, timm, prefix, seen)
+        yield from _found_blocks(child, known, timm, said, seen)
 
 
-def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, Reshape]]:
+def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, BlockReshape]]:
     """The transformer blocks of ``model``, in module order, each with its output's reshape.
 
     The known blocks: torchvision's ViT ``EncoderBlock``, Swin
@@ -428,20 +700,28 @@ def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, Reshape]]:
     ``TIMM_BLOCKS``: ViT and its variants (DeiT, DINOv2 with registers, CLIP, EVA, BEiT, PiT,
     CrossViT), CaiT, XCiT, Twins, PVT v2, Swin v1/v2, NesT, DaViT, GCViT, MaxViT, CoAtNet,
     TinyViT, LeViT, EfficientFormer v1/v2, EdgeNeXt, MobileViT v1/v2, Visformer, MLP-Mixer,
-    ResMLP and gMLP. A block inside a found block is not a stage of its own (MobileViT's
-    transformer blocks, inside its MobileViT blocks). The leading extra tokens of timm's ViT
-    blocks are as many as the model says (``num_prefix_tokens``: class, distillation and
-    register tokens). Empty for a model without known blocks.
+    ResMLP, gMLP, TNT (its patch tokens, picked out of the (pixel tokens, patch tokens) tuple its
+    blocks return, on the patch grid the model says) and MViTv2 (the tokens of its blocks'
+    (tokens, grid) tuples, on that grid); and the blocks of timm's 2-D Hiera, their tokens put
+    back from mask-unit order (`UnrolledTokens`). A block inside a found block is not a stage of
+    its own (MobileViT's transformer blocks, inside its MobileViT blocks). The leading extra
+    tokens of timm's ViT blocks are as many as the model says (``num_prefix_tokens``: class,
+    distillation and register tokens). Empty for a model without known blocks.
     """
     known = {**_known_blocks(), **BLOCK_RESHAPES}
-    return list(_found_blocks(model, known, _timm_blocks(model), None, set()))
+    return list(_found_blocks(model, known, _timm_blocks(model), _Said(), set()))
 
 
-def refused_blocks(model: nn.Module) -> list[str]:
-    """Why the blocks of ``model`` that cannot be found soundly (``TIMM_REFUSED``) are not."""
-    if "timm" not in sys.modules:
+def refused_blocks(model: object) -> list[str]:
+    """Why the blocks of ``model`` that cannot be found soundly (``TIMM_REFUSED``) are not.
+
+    Only blocks that were not found count: a HieraBlock inside a timm Hiera is found. Empty
+    for a plain function (no modules to read) and without timm.
+    """
+    if "timm" not in sys.modules or not isinstance(model, nn.Module):
         return []
-    reasons = {TIMM_REFUSED.get(_qualified(m)) for m in model.modules()}
+    found = {id(block) for block, _ in transformer_stages(model)}
+    reasons = {TIMM_REFUSED.get(_qualified(m)) for m in model.modules() if id(m) not in found}
     return sorted(reason for reason in reasons if reason is not None)
 
 
@@ -472,7 +752,9 @@ def grad_cam_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
     ``None``.
 
     Raises:
-        ValueError: If the model has neither known transformer blocks nor a ``Conv2d``.
+        ValueError: If the model has neither known transformer blocks nor a ``Conv2d``, or its
+            last block returns a tuple (TNT, MViTv2): pytorch-grad-cam hooks the tensor a layer
+            returns, and no submodule returns that block's feature map.
     """
     from torchvision.models.vision_transformer import VisionTransformer
 
@@ -486,6 +768,13 @@ def grad_cam_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
         vit = TIMM_BLOCKS.get(_qualified(last), _identity) is None
         if vit and isinstance(norm, nn.Module) and _classifies_prefix_tokens(model, last):
             return norm, reshape
+        if isinstance(reshape, TupleOutput):
+            raise ValueError(
+                f"the last block of {type(model).__name__} ({_qualified(last)}) returns a tuple, "
+                "and pytorch-grad-cam hooks the tensor a layer returns (no submodule returns "
+                "this block's feature map); explain the model with IntegrativeCAM, which picks "
+                "the feature map out of the tuple (ctc_plugin.cam.transformers.TupleOutput)"
+            )
         return last, reshape
     convolutions = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convolutions:
@@ -497,7 +786,10 @@ __all__ = [
     "BLOCK_RESHAPES",
     "TIMM_BLOCKS",
     "TIMM_REFUSED",
+    "BlockReshape",
     "PatchTokens",
+    "TupleOutput",
+    "UnrolledTokens",
     "blocks_of_blocks_to_grid",
     "channels_last_to_grid",
     "check_square_grid",
@@ -506,4 +798,5 @@ __all__ = [
     "refused_blocks",
     "tokens_to_grid",
     "transformer_stages",
+    "with_reshape_transform",
 ]

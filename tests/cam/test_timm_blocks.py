@@ -17,7 +17,7 @@ from torch import nn
 from ctc_plugin import IntegrativeCAM
 from ctc_plugin.cam import grad_cam_layer, tokens_to_grid, transformer_stages
 from ctc_plugin.cam.integrative import UnknownBlocksError
-from ctc_plugin.cam.transformers import PatchTokens, check_square_grid
+from ctc_plugin.cam.transformers import PatchTokens, TupleOutput, check_square_grid
 from ctc_plugin.testing import randomise_statistics_and_biases
 
 timm = pytest.importorskip("timm")
@@ -118,11 +118,16 @@ def test_a_timm_cnn_has_no_transformer_stages() -> None:
     assert all(step != ("layer",) for step in layers.steps)  # its convolutional stages
 
 
+def _picked(output: object, reshape: object) -> tuple[torch.Tensor, object]:
+    """The tensor a found block's reshape reads in its output, and the reshape of that tensor."""
+    return reshape.select(output) if isinstance(reshape, TupleOutput) else (output, reshape)
+
+
 def _block_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, object]]:
-    """Each found block's output during one pass, with its reshape."""
+    """Each found block's output (the tensor in a tuple) during one pass, with its reshape."""
     outputs = []
     handles = [
-        block.register_forward_hook(lambda m, i, o, r=reshape: outputs.append((o, r)))
+        block.register_forward_hook(lambda m, i, o, r=reshape: outputs.append(_picked(o, r)))
         for block, reshape in transformer_stages(model)
     ]
     with torch.no_grad():
@@ -221,13 +226,23 @@ def test_grad_cam_layer_of_a_timm_vit_that_reads_its_class_token_is_norm1() -> N
 
 
 def test_a_timm_block_that_cannot_be_reshaped_soundly_is_refused_with_the_reason() -> None:
+    """Hiera's blocks outside a Hiera: their token order is the model's schedule."""
+    from timm.models.hiera import HieraBlock
+
     torch.manual_seed(0)
-    model = timm.models.hiera.Hiera(
-        img_size=(64, 64), embed_dim=8, num_heads=1, stages=(1, 1, 1, 1), num_classes=3
-    ).eval()
+
+    class Blocks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.Sequential(HieraBlock(8, 8, heads=1), HieraBlock(8, 8, heads=1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.blocks(x.flatten(2).mT).mean(1)
+
+    model = Blocks().eval()
     assert transformer_stages(model) == []
     with pytest.raises(UnknownBlocksError, match="mask-unit order.*layers=.*BLOCK_RESHAPES"):
-        IntegrativeCAM(model).attribute(torch.rand(1, 3, 64, 64), target=0)
+        IntegrativeCAM(model).attribute(torch.rand(1, 8, 4, 4), target=0)
 
 
 def test_patch_tokens_take_the_patch_embeddings_grid_or_refuse_a_guess() -> None:
@@ -295,6 +310,9 @@ FAMILIES = {
     "mixer_s16_224": (64, 8),
     "resmlp_12_224": (64, 12),
     "gmlp_s16_224": (64, 30),
+    "tnt_s_patch16_224": (64, 12),
+    "mvitv2_tiny": (64, 10),
+    "hiera_tiny_224": (64, 12),
 }
 
 
