@@ -237,10 +237,13 @@ def check_eval_mode(forward_func: Callable[..., Any]) -> None:
 def changes_in_training(module: torch.nn.Module) -> bool:
     """Whether ``module`` runs in training mode and would then change itself or be random.
 
-    BatchNorm, dropout, and InstanceNorm with running statistics.
+    BatchNorm, dropout, InstanceNorm with running statistics, and recurrent layers (LSTM, GRU,
+    RNN) with dropout between their layers.
     """
-    stateful = isinstance(module, (*BATCH_NORM_TYPES, _DropoutNd)) or (
-        isinstance(module, _InstanceNorm) and module.track_running_stats
+    stateful = (
+        isinstance(module, (*BATCH_NORM_TYPES, _DropoutNd))
+        or (isinstance(module, _InstanceNorm) and module.track_running_stats)
+        or (isinstance(module, torch.nn.RNNBase) and module.dropout > 0 and module.num_layers > 1)
     )
     return module.training and stateful
 

@@ -6,7 +6,10 @@ two input-dependent tensors of which neither is a gate (``q @ k^T``) is computed
 copy only and becomes a *gate-only* tensor ([`GateMark`][ctc_plugin.ctc.rules.GateMark]); what is
 computed from it alone (the scaled, biased, masked scores, their softmax) stays gate-only; and
 its product with the signal (``attention @ v``) applies the full pass's probabilities to every
-copy of the values. A gate-only tensor that meets the signal any other way is refused.
+copy of the values. Read as a signal instead (factorised or linear attention), the product of
+two signals gets its copies by the uniform rule when they are needed
+([`ctc_plugin.ctc.deferred`][ctc_plugin.ctc.deferred]). Any other gate-only tensor that meets
+the signal any other way is refused.
 
 Handlers here: ``matmul``/``bmm``/``@``/``einsum``
 ([`matrix_product`][ctc_plugin.ctc.attention.matrix_product],
@@ -28,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ctc_plugin.ctc.deferred import Replay, defer
 from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.handlers import _arg, operation_name
 from ctc_plugin.ctc.rules import GatedPass
@@ -57,8 +61,11 @@ def _product(
 
     - one propagated signal, the rest constants or gate tensors: linear in the copies (gate
       tensors enter with the full pass's value);
-    - only gate tensors, or two or more signals of which none is a gate (queries and keys):
-      a gate-only tensor, computed for the gate copy.
+    - only gate tensors: a gate-only tensor, computed for the gate copy;
+    - two or more signals of which none is a gate (queries and keys): a gate-only tensor
+      computed for the gate copy, which stands for the product of the signals (its copies
+      computed by the uniform rule, `uniform_product`, when the model reads it as a signal:
+      [`ctc_plugin.ctc.deferred`][ctc_plugin.ctc.deferred]).
     """
     name = operation_name(func)
     signals = [i for i, t in enumerate(operands) if ctx.is_propagated(t) and not ctx.gate_mark(t)]
@@ -71,7 +78,44 @@ def _product(
         ready = [_as_full_pass(ctx, t) if ctx.gate_mark(t) else t for t in operands]
         return ctx.tag(call(ready))
     gate_rows = [ctx.gate_rows(t) if ctx.is_propagated(t) else t for t in operands]
-    return ctx.broadcast_gate(call(gate_rows), name)
+    out = ctx.broadcast_gate(call(gate_rows), name)
+    if len(signals) < 2:
+        return out
+
+    def copies() -> torch.Tensor:
+        for index in signals:
+            check_linear(index)
+            for constant in operands:
+                if aligned(constant, operands[index]):
+                    ctx.check_constant(constant, operands[index], name)
+        return uniform_product(ctx, call, operands, signals)
+
+    watched = [(t, t._version) for t in operands if ctx.is_propagated(t)]
+    return defer(out, Replay(copies, name, watched), depth=1)
+
+
+def uniform_product(
+    ctx: GatedPass,
+    call: Callable[[list[Any]], torch.Tensor],
+    operands: list[Any],
+    signals: list[int],
+) -> torch.Tensor:
+    """A product of several signals, each taking an equal part: the uniform rule.
+
+    Copy ``k`` is the mean, over the signals, of the product with that signal's copy ``k`` and
+    every other operand as the full pass has it (the gate copy's value, held fixed): for two,
+    ``(a_k b_0 + a_0 b_k) / 2``, as
+    [`GatedPass.signal_product`][ctc_plugin.ctc.rules.GatedPass.signal_product] computes
+    elementwise. Linear in the copies; the gate copy gets the model's product exactly, and
+    where each signal's copies add up to its gate copy, so do the product's.
+    """
+    full = [_as_full_pass(ctx, t) if ctx.gate_mark(t) else t for t in operands]
+    fixed = {i: ctx.broadcast_gate(ctx.gate_rows(operands[i]), "") for i in signals}
+    total = None
+    for index in signals:
+        term = call([full[j] if j == index else fixed.get(j, full[j]) for j in range(len(full))])
+        total = term if total is None else total + term
+    return ctx.tag(total / len(signals))
 
 
 def matrix_product(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:

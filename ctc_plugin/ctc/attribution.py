@@ -13,6 +13,7 @@ from captum.log import log_usage
 from tqdm.auto import tqdm
 
 from ctc_plugin.concurrency import holds_model
+from ctc_plugin.ctc.deferred import materialise
 from ctc_plugin.ctc.errors import GraphCutError, UnsupportedOperationError, UntracedOutputError
 from ctc_plugin.ctc.interception import CTCMode
 from ctc_plugin.ctc.layout import CopyLayout
@@ -483,7 +484,7 @@ class CTC(Attribution):
                     )
             except GraphCutError:
                 return None  # the forward pass of the copies gives the same scores
-            check_pass_output(gated, logits)
+            logits = check_pass_output(gated, logits)
             indices = resolve_targets(target, logits.detach())
             selected = select_targets(logits, indices)
             try:
@@ -517,19 +518,24 @@ class CTC(Attribution):
             gated.close()
 
     def _forward(self, gated: GatedPass, batch: tuple, extra: tuple) -> torch.Tensor:
-        with torch.no_grad(), CTCMode(gated, self.forward_func):
-            logits = self.forward_func(*batch, *extra)
-        check_pass_output(gated, logits)
-        return logits
+        with torch.no_grad():
+            with CTCMode(gated, self.forward_func):
+                logits = self.forward_func(*batch, *extra)
+            return check_pass_output(gated, logits)
 
 
 # ---------------------------------------------------------------------------- helpers
-def check_pass_output(gated: GatedPass, logits: Any) -> None:
-    """Refuse a pass's output that is no tensor of per-copy values (with what to change).
+def check_pass_output(gated: GatedPass, logits: Any) -> torch.Tensor:
+    """A pass's output as per-copy values; refused (with what to change) where it is none.
 
     The output must have come out of the operations the pass followed on the copies (it carries
     the pass's tag): otherwise it was computed outside torch, from something else than the
-    copies, or by code the pass could not see, and holds no feature's contribution.
+    copies, or by code the pass could not see, and holds no feature's contribution. An output
+    that is a product of two signals with its copies deferred (bilinear pooling, see
+    [`ctc_plugin.ctc.deferred`][ctc_plugin.ctc.deferred]) gets them computed now.
+
+    Returns:
+        The output, its copies computed where they were deferred.
 
     Raises:
         ValueError: No tensor, or the batch dimension is not first.
@@ -549,9 +555,11 @@ def check_pass_output(gated: GatedPass, logits: Any) -> None:
             f"forward_func returned {tuple(logits.shape)}{where} for a batch of "
             f"{gated.layout.batch}; its output must keep the batch dimension first"
         )
+    logits = materialise(logits)
     mark = gated.gate_mark(logits)
     if mark is not None and mark.only:
         raise UnsupportedOperationError(mark.origin, _gate_only_output(mark.origin))
+    return logits
 
 
 def _gate_only_output(origin: str) -> str:

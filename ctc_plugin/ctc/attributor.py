@@ -301,9 +301,10 @@ class _HookedCTC(CTC):
         return None
 
     def _forward(self, gated: GatedPass, batch: tuple, extra: tuple) -> torch.Tensor:
-        with torch.no_grad(), hooked_pass(gated, self.functional, self.forward_func):
-            logits = self.forward_func(*batch, *extra)
-        check_pass_output(gated, logits)
+        with torch.no_grad():
+            with hooked_pass(gated, self.functional, self.forward_func):
+                logits = self.forward_func(*batch, *extra)
+            logits = check_pass_output(gated, logits)
         grouped = gated.layout.group(logits)
         output = grouped[:, 0]
         weights = self.weights_for(output)

@@ -188,18 +188,20 @@ def add_product(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> to
     """``addcmul``/``addcdiv``: ``input + value * tensor1 * tensor2`` (``/ tensor2``).
 
     The product (quotient) and the sum, each by its own rule (timm's ``Affine`` of ResMLP,
-    ``torch.addcmul(beta, alpha, x)``, and its ``GlobalResponseNorm``), with the gate marks
-    the pass gives each step written out (see `_step_by_rule`): ``addcmul(x, p, w)`` of a
-    gate-only ``p`` is ``x + p * w``, gate-only, as it is written out.
+    ``torch.addcmul(beta, alpha, x)``, and its ``GlobalResponseNorm``): decomposed into ``*``
+    (``/``) and ``+``, which run inside a CTC mode of this pass, so each step is routed and
+    marked as it would be written out (``addcmul(x, p, w)`` of a gate-only ``p`` is
+    ``x + p * w``, gate-only).
     """
+    from ctc_plugin.ctc.interception import CTCMode  # the mode dispatches to this module
+
     divide = getattr(func, "__name__", "") == "addcdiv"
     base, first, second, value = _add_product_arguments(args, kwargs)
-    product = _step_by_rule(
-        ctx, _DIVIDE if divide else _MULTIPLY, torch.div if divide else torch.mul, (first, second)
-    )
-    if value != 1:
-        product = _step_by_rule(ctx, _MULTIPLY, torch.mul, (product, value))
-    return _step_by_rule(ctx, _ADD, torch.add, (base, product))
+    with CTCMode(ctx):
+        product = torch.div(first, second) if divide else torch.mul(first, second)
+        if value != 1:
+            product = torch.mul(product, value)
+        return torch.add(base, product)
 
 
 def _add_product_arguments(args: tuple, kwargs: dict) -> tuple[Any, Any, Any, Any]:
@@ -213,28 +215,6 @@ def _add_product_arguments(args: tuple, kwargs: dict) -> tuple[Any, Any, Any, An
     base = _arg(args, kwargs, 0, "input")
     first, second = _arg(args, kwargs, 1, "tensor1"), _arg(args, kwargs, 2, "tensor2")
     return base, first, second, kwargs.get("value", 1)
-
-
-def _step_by_rule(ctx: GatedPass, rule: Handler, func: Callable, args: tuple) -> Any:
-    """One step of ``addcmul`` (its product, its sum), marked as the pass marks operations.
-
-    The pass ([`CTCMode`][ctc_plugin.ctc.attribution.CTCMode]) runs an operation of gate
-    tensors alone that involves a gate-only one on the full pass's rows (the result is
-    gate-only) and marks what a rule makes of gate tensors and constants as a gate tensor; the
-    rules themselves do neither (``p * w`` of a gate-only ``p`` would hold the full image's
-    product in every copy, unmarked, and be added to the signal as a signal).
-    """
-    propagated = [a for a in args if ctx.is_propagated(a)]
-    if not propagated:
-        return func(*args)
-    marks = [ctx.gate_mark(a) for a in propagated]
-    if any(mark is None for mark in marks):
-        return rule(ctx, func, args, {})
-    only = next((mark for mark in marks if mark.only), None)
-    if only is not None:
-        return ctx.of_full_pass(func, args, {}, only.origin)
-    out = rule(ctx, func, args, {})
-    return out if ctx.gate_mark(out) is not None else ctx.mark_gate(out, marks[0].origin)
 
 
 def _as_bias(ctx: GatedPass, constant: Any, signal: torch.Tensor, name: str) -> torch.Tensor:
@@ -262,13 +242,17 @@ def _gate_by_gate(
 
     A gate tensor that is not gate-only (a sigmoid's output) carries rescaled copies of the
     signal in its other rows; the product of the full pass is computed from the gate copies'
-    rows and given to every copy (``softmax(q k^T) * sigmoid(g(x))``). In place (``mul_``),
-    ``first`` receives it.
+    rows and given to every copy (``softmax(q k^T) * sigmoid(g(x))``). So is a gate tensor
+    divided by a signal. In place (``mul_``), ``first`` receives it.
     """
-    full = [
-        t if ctx.gate_mark(t).only or ctx.copy_axis(t) else ctx.broadcast_gate(ctx.gate_rows(t), "")
-        for t in (first, second)
-    ]
+
+    def full_pass(t: torch.Tensor) -> torch.Tensor:
+        mark = ctx.gate_mark(t)
+        if mark is not None and (mark.only or ctx.copy_axis(t)):
+            return t
+        return ctx.broadcast_gate(ctx.gate_rows(t), "")
+
+    full = [full_pass(t) for t in (first, second)]
     if is_inplace(func) and full[0] is not first:
         full[0] = first.copy_(full[0])
     rest = {key: value for key, value in kwargs.items() if key != "other"}
@@ -284,7 +268,10 @@ def multiply_or_divide(divide: bool) -> Handler:
     (of the full pass only); a signal times itself is its square (as ``pow``); a product of
     two other signals takes half from each
     ([`GatedPass.signal_product`][ctc_plugin.ctc.rules.GatedPass.signal_product]). A quotient
-    by a signal that is no gate tensor is refused.
+    by a signal is nonlinear in it, so the divisor is a gate, as a normalisation's statistic
+    is: every copy of the numerator divided by the gate copy's divisor (linear attention's
+    normaliser); the quotient of a gate tensor or a constant by a signal is a gate-only tensor
+    of the full pass (``1 / x``).
     """
 
     def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -303,15 +290,23 @@ def multiply_or_divide(divide: bool) -> Handler:
                 return ctx.gate_product(first, second, divide=divide, inplace=is_inplace(func))
             if first_gate is not None and not divide and not is_inplace(func):
                 return ctx.gate_product(second, first)
-            if first_gate is None and not divide:  # SwiGLU's silu(a) * b, or a square
+            if first_gate is None and divide:  # the divisor decided by the full pass
+                return ctx.gate_product(first, second, divide=True, inplace=is_inplace(func))
+            if first_gate is None:  # SwiGLU's silu(a) * b, or a square
                 square = _same_signal(first, second)  # read before an in-place product
                 product = ctx.signal_product(first, second, inplace=is_inplace(func))
                 return ctx.mark_gate(product, name) if square else product  # as x.pow(2)
-            raise UnsupportedOperationError(name, _product_refusal(divide))
-        if divide and not ctx.is_propagated(first):
+            if divide:  # a gate tensor divided by a signal: the full pass's quotient
+                return _gate_by_gate(ctx, func, first, second, kwargs)
             raise UnsupportedOperationError(
-                name, "it divides by an input-dependent tensor (not linear)"
+                name, "it writes a product with the signal into a gate tensor in place"
             )
+        if divide and not ctx.is_propagated(first):  # 1 / x: nonlinear, the full pass's
+            if is_inplace(func):
+                raise UnsupportedOperationError(
+                    name, "it writes the quotient by an input-dependent tensor into a constant"
+                )
+            return ctx.of_full_pass(func, args, kwargs, name)
         signal, constant = (first, second) if ctx.is_propagated(first) else (second, first)
         ctx.check_constant(constant, signal, name)
         return ctx.tag(func(*args, **kwargs))
@@ -331,16 +326,6 @@ def _same_signal(first: torch.Tensor, second: torch.Tensor) -> bool:
         and first.dtype == second.dtype
         and bool(torch.equal(first, second))
     )
-
-
-def _product_refusal(divide: bool) -> str:
-    if divide:
-        return "it divides by an input-dependent tensor that is no gate tensor (not linear)"
-    return "it writes a product with the signal into a gate tensor in place"
-
-
-#: The rules ``addcmul``/``addcdiv`` apply step by step (see `add_product`).
-_MULTIPLY, _DIVIDE, _ADD = multiply_or_divide(False), multiply_or_divide(True), add_or_subtract(1.0)
 
 
 # ---------------------------------------------------------------------------- gate handlers
@@ -884,15 +869,28 @@ def dropout(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.
     return args[0]
 
 
-def zero_pad(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    """Padding: linear with zeros (and reflect/replicate modes); another constant is refused."""
+def pad(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Padding: linear; a nonzero constant padded in is a bias shared among the copies.
+
+    ``F.pad(v, (0, 1), value=1.0)`` (the column of ones linear attention appends to its values)
+    is the zero-padded signal plus a constant that is ``value`` in the padding and zero
+    elsewhere: the rule of any constant added to the signal
+    ([`GatedPass.affine`][ctc_plugin.ctc.rules.GatedPass.affine]). Reflect, replicate and
+    circular modes copy the signal's own entries: linear.
+    """
+    x = args[0]
     mode = _arg(args, kwargs, 2, "mode", "constant")
     value = _arg(args, kwargs, 3, "value", None)
-    if mode == "constant" and value not in (None, 0, 0.0):
+    if mode != "constant" or value in (None, 0, 0.0):
+        return ctx.tag(func(*args, **kwargs))
+    padding = _arg(args, kwargs, 1, "pad")
+    bias = func(x.new_zeros((1, *x.shape[1:])), padding, mode="constant", value=value)
+    if bias.shape[0] != 1:
         raise UnsupportedOperationError(
-            operation_name(func), f"padding with the constant {value} (only 0 is linear)"
+            operation_name(func), "it pads the batch dimension, which holds the copies"
         )
-    return ctx.tag(func(*args, **kwargs))
+    zero_padded = func(x, padding, mode="constant", value=0.0)
+    return ctx.affine(zero_padded, bias[0])
 
 
 def interpolate(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:

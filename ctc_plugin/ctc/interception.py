@@ -34,6 +34,15 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from torch.utils.hooks import RemovableHandle
 
 from ctc_plugin.ctc.copy_axis import REDUCTIONS
+from ctc_plugin.ctc.deferred import (
+    MAX_DEPTH,
+    Replay,
+    defer,
+    deferral,
+    materialised_operands,
+    taken,
+    writes_first,
+)
 from ctc_plugin.ctc.errors import (
     UnsupportedOperationError,
     UntracedOutputError,
@@ -43,11 +52,16 @@ from ctc_plugin.ctc.handlers import is_inplace, operation_name
 from ctc_plugin.ctc.operations import (
     EXIT_FUNCTIONS,
     RANDOM_FUNCTIONS,
+    SUMS,
     TEMPLATE_FUNCTIONS,
+    OperationRule,
     rule_for,
 )
 from ctc_plugin.ctc.rules import REFUSED_ATTRIBUTE, BatchDimensionError, GatedPass
 from ctc_plugin.inputs import changes_in_training, training_mode_error
+
+#: What `CTCMode._gate_only_reading` returns where a rule refuses gate-only operands.
+REFUSED = object()
 
 __all__ = [
     "CTCMode",
@@ -71,7 +85,9 @@ class CTCMode(TorchFunctionMode):
     ([`GateMark`][ctc_plugin.ctc.rules.GateMark]) are followed: reshaping a gate tensor, or
     combining it with constants, makes a gate tensor (rows with ``keeps_gate``); any operation on
     gate-only tensors (a softmax) makes a gate-only tensor, and a gate-only tensor met by the signal
-    is refused unless it multiplies it as a gate. Random draws are refused whatever their arguments.
+    is refused unless it multiplies it as a gate or stands for a product of two signals, whose
+    copies are then computed ([`ctc_plugin.ctc.deferred`][ctc_plugin.ctc.deferred]). Random draws
+    are refused whatever their arguments.
     A refusal names the module whose code made the call.
 
     Args:
@@ -185,6 +201,20 @@ class CTCMode(TorchFunctionMode):
             )
         row = rule_for(func)
         propagated = [t for t in tensors if ctx.is_propagated(t)]
+        if any(deferral(t) is not None for t in propagated):
+            return self._with_deferred(func, row, args, kwargs, propagated)
+        return self._apply(func, row, args, kwargs, propagated)
+
+    def _apply(
+        self,
+        func: Callable[..., Any],
+        row: OperationRule | None,
+        args: tuple,
+        kwargs: dict,
+        propagated: list[Tensor],
+    ) -> Any:
+        """Apply ``row``'s rule to a call with ``propagated`` operands (or refuse it)."""
+        ctx = self.gated_pass
         marks = [ctx.gate_mark(t) for t in propagated]
         all_gates = all(mark is not None for mark in marks)
         gate_only = next((m for m in marks if m is not None and m.only), None)
@@ -230,6 +260,81 @@ class CTCMode(TorchFunctionMode):
                 if mark is None or (gate_only is not None and not mark.only):
                     ctx.mark_gate(leaf, origin, only=gate_only is not None)
         return out
+
+    def _with_deferred(
+        self,
+        func: Callable[..., Any],
+        row: OperationRule | None,
+        args: tuple,
+        kwargs: dict,
+        propagated: list[Tensor],
+    ) -> Any:
+        """A call with a deferred product among its operands (see `ctc_plugin.ctc.deferred`).
+
+        With gate-only operands alone, or in a sum with the signal, the call runs as for any
+        gate-only tensor and its result carries the deferral on (how to replay the call on the
+        copies), unless its rule makes a gate whatever its operands (a softmax): then the
+        deferral ends. Anywhere else (the product meets the signal, or the deferral was carried
+        `MAX_DEPTH` operations) the copies are computed and the call runs on them; a call that
+        writes into a deferred tensor writes the result back into it.
+        """
+        ctx = self.gated_pass
+        found = taken(propagated)
+        depth = 1 + max(signal.depth for _, signal, _ in found.values())
+        meets_signal = any(not (mark := ctx.gate_mark(t)) or not mark.only for t in propagated)
+        makes_gate = row is None or row.makes_gate
+        if makes_gate and not meets_signal:
+            return self._apply(func, row, args, kwargs, propagated)
+        sum_out_of_place = func in SUMS and not writes_first(func)
+        carried = not makes_gate and depth <= MAX_DEPTH and (not meets_signal or sum_out_of_place)
+        out = self._gate_only_reading(func, row, args, kwargs, propagated) if carried else REFUSED
+        if out is not REFUSED:
+
+            def replay() -> Any:
+                replayed_args, replayed_kwargs = materialised_operands(args, kwargs, found)
+                if writes_first(func):  # on a copy: the copies it starts from are kept
+                    first = self._route(torch.Tensor.clone, (replayed_args[0],), {})
+                    replayed_args = (first, *replayed_args[1:])
+                out = self._route(func, replayed_args, replayed_kwargs)
+                return replayed_args[0] if func is torch.Tensor.__setitem__ else out
+
+            watched = [(t, t._version) for t in propagated if id(t) not in found]
+            written = args[0] if func is torch.Tensor.__setitem__ else out
+            defer(written, Replay(replay, operation_name(func), watched), depth)
+            return out
+        replayed_args, replayed_kwargs = materialised_operands(args, kwargs, found)
+        first = args[0] if args else None
+        if not (writes_first(func) and id(first) in found):
+            return self._route(func, replayed_args, replayed_kwargs)
+        copies = self._route(torch.Tensor.clone, (replayed_args[0],), {})  # the cache stays
+        self._route(func, (copies, *replayed_args[1:]), replayed_kwargs)
+        return self._written_back(first, copies)
+
+    def _gate_only_reading(
+        self,
+        func: Callable[..., Any],
+        row: OperationRule | None,
+        args: tuple,
+        kwargs: dict,
+        propagated: list[Tensor],
+    ) -> Any:
+        """The call with its deferred operands read as gate-only tensors; `REFUSED` if refused.
+
+        A rule that takes no gate-only input (an LSTM's sequence) refuses that reading; the
+        operands are then read as the signals they stand for.
+        """
+        try:
+            return self._apply(func, row, args, kwargs, propagated)
+        except UnsupportedOperationError:
+            return REFUSED
+
+    def _written_back(self, deferred: Tensor, written: Tensor) -> Tensor:
+        """``deferred`` given the values and marks of ``written`` (its copies, written in place)."""
+        ctx = self.gated_pass
+        deferred.copy_(written)
+        ctx.tag(deferred, ctx.copy_axis(written))
+        mark = ctx.gate_mark(written)
+        return deferred if mark is None else ctx.mark_gate(deferred, mark.origin, mark.only)
 
     def _on_moved_copies(
         self, func: Callable[..., Any], trailing: int, args: tuple, kwargs: dict

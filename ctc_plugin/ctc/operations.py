@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ctc_plugin.ctc import attention as a
 from ctc_plugin.ctc import handlers as h
+from ctc_plugin.ctc import recurrent as r
 from ctc_plugin.ctc.handlers import Handler, operation_name
 
 
@@ -51,6 +52,10 @@ class OperationRule:
             gives it to every copy, which is also right (and cheaper) for gate-only operands;
             other operations of gate-only operands alone are computed as they are (see
             [`CTCMode`][ctc_plugin.ctc.interception.CTCMode]).
+        makes_gate: Its result is a gate tensor whatever its operands (a softmax, a squashing
+            activation, a comparison, a statistic): a product of two signals whose copies are
+            deferred ([`ctc_plugin.ctc.deferred`][ctc_plugin.ctc.deferred]) is read as the full
+            pass's value there, and the deferral ends.
         trailing_dims: For a rule whose action is confined to the last dims of its input,
             how many (from the call's arguments): 0 for elementwise operations, 1 for
             ``linear``, the normalised dims for ``layer_norm``. Where a shape operation moved
@@ -67,6 +72,7 @@ class OperationRule:
     keeps_gate: bool = False
     follows_copies: bool = False
     from_gate_copy: bool = False
+    makes_gate: bool = False
     trailing_dims: Callable[[tuple, dict], int] | None = None
 
     @property
@@ -89,7 +95,8 @@ KINDS: dict[str, str] = {
     "rescale": "smooth elementwise activations (rescale gates)",
     "gate tensor": (
         "products with a gate tensor: sigmoid, hardsigmoid, tanh, erf, clamp or softmax "
-        "outputs (squeeze-excitation, gated units); products of two signals (SwiGLU)"
+        "outputs (squeeze-excitation, gated units, recurrent layers); products of two "
+        "signals (SwiGLU)"
     ),
     "attention": (
         "attention (scaled_dot_product_attention, nn.MultiheadAttention, matmul/einsum of "
@@ -292,6 +299,7 @@ def _rows() -> list[OperationRule]:
             "signal (normalisations written out); over dim 0 it is refused",
             h.statistic,
             _STATISTICS,
+            makes_gate=True,
         ),
         OperationRule(
             "normalisation",
@@ -303,12 +311,14 @@ def _rows() -> list[OperationRule]:
             h.power,
             _POWERS,
             trailing_dims=_elementwise,
+            makes_gate=True,
         ),
         OperationRule(
             "normalisation",
             "the variance (standard deviation) as `var`, the mean of every copy its own (linear)",
             h.statistic_and_mean,
             (torch.var_mean, torch.std_mean),
+            makes_gate=True,
         ),
         OperationRule(
             "gate",
@@ -379,6 +389,7 @@ def _rows() -> list[OperationRule]:
             _COMPARISONS,
             from_gate_copy=True,
             trailing_dims=_elementwise,
+            makes_gate=True,
         ),
         OperationRule(
             "gate",
@@ -450,6 +461,7 @@ def _rows() -> list[OperationRule]:
             h.rescale(gate=True),
             _SQUASHING,
             trailing_dims=_elementwise,
+            makes_gate=True,
         ),
         OperationRule(
             "gate tensor",
@@ -457,6 +469,7 @@ def _rows() -> list[OperationRule]:
             h.rescale(gate=True, inplace_default=True),
             _IN_PLACE_SQUASHING,
             trailing_dims=_elementwise,
+            makes_gate=True,
         ),
         OperationRule(
             "gate tensor",
@@ -471,6 +484,7 @@ def _rows() -> list[OperationRule]:
             h.softmax,
             (F.softmax, torch.softmax, T.softmax),
             from_gate_copy=True,
+            makes_gate=True,
         ),
         OperationRule(
             "gate tensor",
@@ -497,8 +511,10 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "gate tensor",
-            "by a constant or a gate tensor, as `*`; a rounded quotient (`rounding_mode`) is "
-            "refused",
+            "by a constant or a gate tensor, as `*`; by a signal: every copy divided by the "
+            "gate copy's divisor (a gate, as a normalisation's statistic); a constant or a gate "
+            "tensor divided by a signal is a gate-only tensor of the full pass; a rounded "
+            "quotient (`rounding_mode`) is refused",
             h.multiply_or_divide(divide=True),
             (torch.div, T.div, T.__truediv__, T.div_, T.__itruediv__, torch.true_divide),
             takes_gate_only=True,
@@ -506,10 +522,48 @@ def _rows() -> list[OperationRule]:
             trailing_dims=_elementwise,
         ),
         OperationRule(
+            "gate tensor",
+            "`nn.LSTM`, step by step: the pre-activations `W x + U h + b` affine (the bias, and "
+            "`U h_0` of a constant initial state, shared), the input, forget and output gates "
+            "`sigmoid(.)` of the gate copy multiplying every copy, the cell candidate and "
+            "`tanh(c)` rescale gates, `f · c_0` of a constant initial cell a shared bias (LRP's "
+            "signal-take-all); packed sequences and dropout between layers in training mode "
+            "are refused",
+            r.recurrent,
+            (torch.lstm,),
+            follows_copies=True,  # sequence-first input: the copies along dim 1
+        ),
+        OperationRule(
+            "gate tensor",
+            "`nn.GRU`, step by step: the reset and update gates `r`, `z` `sigmoid(.)` of the "
+            "gate copy (their pre-activations affine), the candidate's pre-activation "
+            "`W_in x + b_in + r · (W_hn h + b_hn)` affine with the gate copy's `r` multiplying "
+            "every copy's `W_hn h` (`r · b_hn`, and `r · W_hn h_0` of a constant initial state, "
+            "a shared bias), its `tanh` a rescale gate, `(1 - z) · n + z · h` products with the "
+            "gate copy's `z` (`z · h_0` of a constant initial state a shared bias; LRP's "
+            "signal-take-all); packed sequences and dropout between layers in training mode are "
+            "refused",
+            r.recurrent,
+            (torch.gru,),
+            follows_copies=True,  # sequence-first input: the copies along dim 1
+        ),
+        OperationRule(
+            "gate tensor",
+            "`nn.RNN`, step by step: the pre-activation `W_ih x + b_ih + W_hh h + b_hh` affine "
+            "(the biases, and `W_hh h_0` of a constant initial state, shared), `tanh` a rescale "
+            "gate, `relu` the gate copy's ReLU pattern; packed sequences and dropout between "
+            "layers in training mode are refused",
+            r.recurrent,
+            (torch.rnn_tanh, torch.rnn_relu),
+            follows_copies=True,  # sequence-first input: the copies along dim 1
+        ),
+        OperationRule(
             "attention",
             "with a constant or a gate tensor: linear in the signal (`attention @ values`); of "
-            "two signals (`queries @ keys^T`): a gate-only tensor computed for the gate copy; "
-            "a product over the copies' dimension is refused",
+            "two signals (`queries @ keys^T`): a gate-only tensor computed for the gate copy, "
+            "whose copies take the uniform rule `(a_k b_0 + a_0 b_k) / 2`, computed when the "
+            "model reads it as a signal (factorised and linear attention); a product over the "
+            "copies' dimension is refused",
             a.matrix_product,
             (torch.matmul, _T.matmul, _T.__matmul__, _T.__rmatmul__, torch.bmm, _T.bmm),
             takes_gate_only=True,
@@ -545,6 +599,7 @@ def _rows() -> list[OperationRule]:
             a.normalize,
             (F.normalize,),
             from_gate_copy=True,
+            makes_gate=True,
         ),
         OperationRule(
             "linear",
@@ -583,8 +638,9 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "linear",
-            "padding with zeros (another constant is refused)",
-            h.zero_pad,
+            "padding with zeros, or reflecting or replicating the signal; a nonzero constant "
+            "padded in (`F.pad(v, (0, 1), value=1.0)`) is a bias shared among the copies",
+            h.pad,
             (F.pad,),
             keeps_gate=True,
         ),
@@ -640,6 +696,11 @@ EXIT_FUNCTIONS: frozenset[Any] = frozenset(
 )  # fmt: skip
 
 ROWS: tuple[OperationRule, ...] = tuple(_rows())
+
+#: Sums and differences (``+``, ``-``, ``add_``, ...): where the signal meets a deferred product
+#: of two signals in one (relative position terms added to attention scores), the deferral goes
+#: on ([`ctc_plugin.ctc.deferred`][ctc_plugin.ctc.deferred]).
+SUMS: frozenset[Any] = frozenset(f for row in ROWS if row.rule == _SUMS for f in row.functions)
 _BY_FUNCTION: dict[Any, OperationRule] = {f: row for row in ROWS for f in row.functions}
 
 

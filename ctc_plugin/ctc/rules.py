@@ -71,6 +71,10 @@ AXIS_ATTRIBUTE = "_ctc_axis"
 #: [`GateMark`][ctc_plugin.ctc.rules.GateMark].
 GATE_ATTRIBUTE = "_ctc_gate"
 
+#: Attribute set on a gate-only tensor that stands for a signal whose copies are computed when
+#: needed, holding its [`DeferredSignal`][ctc_plugin.ctc.deferred.DeferredSignal].
+DEFERRED_ATTRIBUTE = "_ctc_deferred"
+
 #: Attribute set on a propagated tensor that the model may not read, holding why (the indices
 #: ``x.max(1)`` returns beside its values): any operation on it is refused with that reason.
 REFUSED_ATTRIBUTE = "_ctc_refused"
@@ -88,7 +92,9 @@ class GateMark:
     Attributes:
         origin: The operation that made it a gate tensor (named in error messages).
         only: Only its gate copy means anything (a softmax, a product of gate tensors): its other
-            rows are no copies of a signal, so it may serve as a gate and as nothing else.
+            rows are no copies of a signal, so it may serve as a gate and as nothing else, unless
+            it stands for a product of two signals whose copies are computed when read as a
+            signal ([`ctc_plugin.ctc.deferred`][ctc_plugin.ctc.deferred]).
     """
 
     origin: str
@@ -152,7 +158,9 @@ class GatedPass:
         tensor._ctc_pass = self.token  # type: ignore[attr-defined]
         # Any operation producing this object (an in-place one too) ends a pending BatchNorm
         # fold, and its gate mark holds only where the operation's rule sets it.
-        for attribute in (FOLD_ATTRIBUTE, GATE_ATTRIBUTE, AXIS_ATTRIBUTE, REFUSED_ATTRIBUTE):
+        for attribute in (
+            FOLD_ATTRIBUTE, GATE_ATTRIBUTE, AXIS_ATTRIBUTE, REFUSED_ATTRIBUTE, DEFERRED_ATTRIBUTE
+        ):  # fmt: skip
             if hasattr(tensor, attribute):
                 delattr(tensor, attribute)
         if axis:

@@ -78,22 +78,26 @@ class _GateOnlyScores(nn.Module):
         return self.head((a.softmax(-1) @ t).mean(1))
 
 
-@pytest.mark.parametrize(
-    "operation, message",
-    [
-        (
-            lambda a: a.diagonal(0, 0, 1).unsqueeze(0).expand(a.shape[0], -1, -1),
-            r"diagonal .*view of .*does not keep the copies along dim 0",
-        ),
-        (lambda a: (a.transpose(0, 1) * 2.0).transpose(0, 1), r"mul .*along dim 1"),
-    ],
-    ids=["view without the rows", "moved off dim 0"],
-)
-def test_gate_only_scores_off_the_copies_rows_are_refused(operation, message: str) -> None:
+def _scores_case(operation):
     model = _GateOnlyScores(operation).double().eval()
-    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
-    mask = (torch.arange(8) // 4).view(1, 1, 1, 8).expand(1, 1, 8, 8)
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    return model, x, (torch.arange(8) // 4).view(1, 1, 1, 8).expand(1, 1, 8, 8)
+
+
+def test_gate_only_scores_off_the_copies_rows_are_refused() -> None:
+    model, x, mask = _scores_case(
+        lambda a: a.diagonal(0, 0, 1).unsqueeze(0).expand(a.shape[0], -1, -1)
+    )
+    message = r"diagonal .*view of .*does not keep the copies along dim 0"
     assert_refused(model, message, x=x, mask=mask)
+
+
+def test_scores_scaled_with_the_copies_moved_off_dim_0_are_read_as_the_product() -> None:
+    """``t @ t^T`` stands for a product of two signals: where a rule refuses the gate-only
+    reading (an operation of it with the copies moved off dim 0), its copies are computed."""
+    model, x, mask = _scores_case(lambda a: (a.transpose(0, 1) * 2.0).transpose(0, 1))
+    scores = assert_proportional_adds_up(model, x, mask, 1, rtol=1e-10, atol=1e-10)
+    assert_equals_the_spec(model, x, mask, 1, scores, rtol=1e-9, atol=1e-12)
 
 
 class _SequenceFirst(nn.Module):

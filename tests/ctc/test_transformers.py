@@ -150,20 +150,6 @@ def test_reference_runs_and_the_attributor_agrees_on_torchvision(builder: str):
 
 
 # ---------------------------------------------------------------------------- refusals
-class _ScoresAsSignal(nn.Module):
-    """Adds the attention scores ``q @ k^T`` (a gate of the full pass) to the signal."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Conv2d(3, 4, 2, 2)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x):
-        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (N, 16, 4)
-        scores = tokens @ tokens.transpose(1, 2)  # (N, 16, 16)
-        return self.head((scores[:, :, :4] + tokens).mean(1))
-
-
 class _Probabilities(nn.Module):
     """Returns softmax probabilities: CTC explains logits."""
 
@@ -189,7 +175,6 @@ class _MixesCopies(nn.Module):
 @pytest.mark.parametrize(
     ("model", "pattern"),
     [
-        (_ScoresAsSignal(), r"add \(the signal and torch.Tensor.matmul\): the model's output"),
         (_Probabilities(), r"the model's output comes out of it"),
         (_MixesCopies(), r"selects or slices copies"),
     ],

@@ -234,7 +234,6 @@ REFUSED = {
     "exp": lambda x: x * torch.exp(x),  # no rule for the signal (only for gate tensors)
     "clamp": lambda x: x.clamp(min=x.mean(1, keepdim=True)),  # an input-dependent bound
     "max": lambda x: x * torch.sigmoid(x.max(0, keepdim=True)[0]),  # over the copies' dim
-    "div": lambda x: x / x.flip(1),  # a quotient of two signals
 }
 
 

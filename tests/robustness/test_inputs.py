@@ -389,14 +389,16 @@ def test_evaluation_and_relevance_targets_refuse_what_attribution_refuses(case):
 
 
 # ---------------------------------------------------------------------------- model mode
-@pytest.mark.parametrize("mode", ["batch norm", "dropout"])
+@pytest.mark.parametrize("mode", ["batch norm", "dropout", "dropout between LSTM layers"])
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_a_classifier_in_training_mode_is_refused_and_left_as_it_was(method, mode):
     model = _model()
     if mode == "batch norm":
         model.train()
-    else:
+    elif mode == "dropout":
         model.add_module("dropout", nn.Dropout(0.5).train())  # a module the forward never calls
+    else:
+        model.add_module("lstm", nn.LSTM(4, 4, num_layers=2, dropout=0.5).train())
     refuses(method, images(2), 1, TrainingModeError, r"training mode.*model\.eval\(\)", model)
     assert model.training == (mode == "batch norm")
 

@@ -1,0 +1,175 @@
+"""Products of two signals whose copies are computed only where the model reads them as a signal.
+
+``q @ k^T``, a matrix product of two signals, is nearly always a vision transformer's attention
+scores: a softmax makes them a gate, and only the full pass's value matters, computed for the
+gate copy alone (a gate-only tensor, see [`GateMark`][ctc_plugin.ctc.rules.GateMark]). But such
+a product can be a signal too: CoaT's factorised attention ``q @ (softmax(k)^T v)``, linear
+attention's ``q @ (k^T v)``, bilinear pooling. There its copies follow the uniform rule, as
+elementwise products of two signals do
+([`GatedPass.signal_product`][ctc_plugin.ctc.rules.GatedPass.signal_product]): each factor's
+copies times the other factors' full-pass values, averaged over the factors. Computing those
+copies for every attention score would cost a vision transformer several per cent for nothing,
+so the product is computed for the gate copy and carries a
+[`DeferredSignal`][ctc_plugin.ctc.deferred.DeferredSignal]: how to compute its copies when they
+are needed.
+
+[`CTCMode`][ctc_plugin.ctc.interception.CTCMode] carries the deferral on through the operations
+that take such a tensor alone or with constants (scaling, masking, slicing, a linear layer) and
+through sums with the signal (relative position terms added to the scores); an operation whose
+result is a gate whatever its operands (a softmax, a comparison: rows with ``makes_gate``) ends
+it. Where the tensor meets the signal in any other operation, or is the model's output, its
+copies are computed ([`materialise`][ctc_plugin.ctc.deferred.materialise]) by replaying the
+operations that made it on the copies, each by its own rule, and the operation runs on them as
+on any signal. The result is the same as computing the copies at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_map
+
+from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.ctc.handlers import is_inplace
+from ctc_plugin.ctc.rules import DEFERRED_ATTRIBUTE, GATE_ATTRIBUTE
+
+#: The most operations a deferral is carried through: past it the copies are computed, so a
+#: model that never reads the product as a gate replays a short chain, not its whole remainder.
+MAX_DEPTH = 16
+
+
+@dataclass
+class Replay:
+    """How to compute the copies of one operation's results once: run, then keep.
+
+    Attributes:
+        compute: Computes the operation's output (the same structure as the call's) with the
+            deferred operands' copies computed, every tensor by its rule.
+        operation: The operation, named in refusals.
+        watched: Propagated tensors ``compute`` reads as they are, with their versions when the
+            deferral was made: written in place since, they would no longer be what the
+            operation read.
+    """
+
+    compute: Callable[[], Any] | None
+    operation: str
+    watched: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    _out: Any = None
+
+    def result(self) -> Any:
+        """The operation's output on the copies (computed at the first call)."""
+        if self.compute is not None:
+            for tensor, version in self.watched:
+                if tensor._version != version:
+                    raise UnsupportedOperationError(
+                        self.operation,
+                        "an operand it read was written in place afterwards, before the copies "
+                        "of its result (a product of two input-dependent tensors) were needed; "
+                        "write that operand out of place",
+                    )
+            self._out, self.compute, self.watched = self.compute(), None, []
+        return self._out
+
+
+@dataclass(frozen=True)
+class DeferredSignal:
+    """A gate-only tensor that stands for a signal whose copies are not computed yet.
+
+    Attributes:
+        replay: Computes the output of the operation that made the tensor.
+        leaf: The tensor's index among the leaves of that output.
+        version: The tensor's version when it was made: a write into it since (through a view)
+            is refused when the copies are needed.
+        depth: How many operations the deferral was carried through.
+    """
+
+    replay: Replay
+    leaf: int
+    version: int
+    depth: int
+
+
+def deferral(value: Any) -> DeferredSignal | None:
+    """The `DeferredSignal` of a tensor, or ``None``."""
+    return getattr(value, DEFERRED_ATTRIBUTE, None)
+
+
+def defer(out: Any, replay: Replay, depth: int) -> Any:
+    """Attach ``replay`` to every gate-only tensor among the leaves of ``out``; return ``out``."""
+    for index, leaf in enumerate(tree_flatten(out)[0]):
+        mark = getattr(leaf, GATE_ATTRIBUTE, None) if isinstance(leaf, torch.Tensor) else None
+        if mark is not None and mark.only:
+            setattr(leaf, DEFERRED_ATTRIBUTE, DeferredSignal(replay, index, leaf._version, depth))
+    return out
+
+
+def materialise(tensor: torch.Tensor) -> torch.Tensor:
+    """The copies a deferred tensor stands for; any other tensor as it is.
+
+    Raises:
+        UnsupportedOperationError: The tensor was written in place since it was made (through
+            a view), or an operand the replay reads was.
+    """
+    signal = deferral(tensor)
+    if signal is None:
+        return tensor
+    return _copies(signal, fresh=tensor._version == signal.version)
+
+
+def _copies(signal: DeferredSignal, fresh: bool) -> torch.Tensor:
+    if not fresh:
+        raise UnsupportedOperationError(
+            signal.replay.operation,
+            "its result (a product of two input-dependent tensors, or computed from one) was "
+            "written in place through a view before its copies were needed; write it out of "
+            "place",
+        )
+    return tree_flatten(signal.replay.result())[0][signal.leaf]
+
+
+def taken(operands: list[torch.Tensor]) -> dict[int, tuple[torch.Tensor, DeferredSignal, bool]]:
+    """The deferred tensors among ``operands`` as a call finds them, by ``id``.
+
+    Each with its deferral and whether the tensor is as that deferral left it (``fresh``): a
+    call writing into it in place gives it a new deferral afterwards, and a write through a
+    view makes the deferral stale (its copies are refused if needed).
+    """
+    found = {}
+    for tensor in operands:
+        signal = deferral(tensor)
+        if signal is not None:
+            found[id(tensor)] = (tensor, signal, tensor._version == signal.version)
+    return found
+
+
+def materialised_operands(args: tuple, kwargs: dict, found: dict[int, tuple]) -> tuple:
+    """``(args, kwargs)`` with every deferred tensor of ``found`` (see `taken`) as its copies."""
+
+    def replace(value: Any) -> Any:
+        entry = found.get(id(value)) if isinstance(value, torch.Tensor) else None
+        if entry is None or entry[0] is not value:
+            return value
+        return _copies(entry[1], entry[2])
+
+    return tree_map(replace, (args, kwargs))
+
+
+def writes_first(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` writes into its first argument (``mul_``, ``+=``, ``x[i] = v``)."""
+    return func is torch.Tensor.__setitem__ or is_inplace(func)
+
+
+__all__ = [
+    "MAX_DEPTH",
+    "DeferredSignal",
+    "Replay",
+    "defer",
+    "deferral",
+    "materialise",
+    "materialised_operands",
+    "taken",
+    "writes_first",
+]

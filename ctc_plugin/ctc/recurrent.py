@@ -1,0 +1,457 @@
+"""``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` decomposed into CTC's rules, one time step at a time.
+
+The three layers share their frame: weights per layer and direction, each layer's directions
+run over the previous layer's output, the copies along the batch dim (dim 0 with
+``batch_first``, dim 1 otherwise), given or default initial states. Only the step differs
+(`lstm_cell`, `gru_cell`, `rnn_cell`). At every step ``t`` of its sequence:
+
+- an LSTM computes ``z = W x_t + U h + b`` (blocks i, f, g, o), ``i, f, o = sigmoid(.)``,
+  ``g = tanh(z_g)``, ``c_t = f * c + i * g``, ``h_t = o * tanh(c_t)`` (times ``W_hr`` with
+  ``proj_size``);
+- a GRU computes ``r = sigmoid(W_ir x_t + b_ir + W_hr h + b_hr)``, ``z = sigmoid(W_iz x_t + b_iz
+  + W_hz h + b_hz)``, ``n = tanh(W_in x_t + b_in + r * (W_hn h + b_hn))`` and
+  ``h_t = (1 - z) * n + z * h``;
+- an Elman RNN computes ``h_t = act(W_ih x_t + b_ih + W_hh h + b_hh)`` with ``act`` ``tanh``
+  (``torch.rnn_tanh``) or ``relu`` (``torch.rnn_relu``).
+
+CTC's principle (*whatever the full input decided nonlinearly is a gate taken from the gate copy;
+everything else is linear in the copies, and input-independent terms are biases shared among
+them*) reads them as LRP for LSTMs does (Arras et al. 2017, the "signal-take-all" rule):
+
+- the pre-activations are affine: every copy computes ``W x_t + U h`` from its own ``x_t`` and
+  ``h``, and the biases (with ``U h_0`` for a constant initial state) are shared among the copies
+  ([`GatedPass.affine`][ctc_plugin.ctc.rules.GatedPass.affine]);
+- the sigmoid gates (the LSTM's ``i``, ``f``, ``o``, the GRU's ``r`` and ``z``) are gates: every
+  copy of what they multiply is multiplied by the gate copy's gate value
+  ([`GatedPass.gate_product`][ctc_plugin.ctc.rules.GatedPass.gate_product]); they carry no
+  contribution of their own. The GRU's reset gate ``r`` multiplies the hidden part
+  ``W_hn h + b_hn`` of the candidate's pre-activation: every copy's ``W_hn h`` times the gate
+  copy's ``r``, and ``r * b_hn`` (with ``r * W_hn h_0`` of a constant ``h_0``), a bias times a
+  gate, a bias shared with ``b_in``;
+- ``tanh`` (the LSTM's ``g`` and ``tanh(c_t)``, the GRU's ``n``, ``torch.rnn_tanh``) is a
+  rescale gate: every copy times ``y / x`` of the gate copy
+  ([`GatedPass.rescale_gate`][ctc_plugin.ctc.rules.GatedPass.rescale_gate]); ``relu``
+  (``torch.rnn_relu``) is the ReLU gate
+  ([`GatedPass.relu_gate`][ctc_plugin.ctc.rules.GatedPass.relu_gate]);
+- a gate times a constant initial state (the LSTM's ``f * c_0``, the GRU's ``z * h_0``) is
+  input-independent: a bias shared among the copies. Initial states given by the caller as
+  constants (or the zeros the modules make without them) are constants; initial states computed
+  from the input are signals.
+
+So every copy's states are linear in the copies, the gate copy computes the model's layer, over
+a partition the ``"proportional"`` copies add up to the gate copy's at every step, and ``"none"``
+is gradient x input of the layer with its sigmoid gates, its ``tanh(x) / x`` ratios and its ReLU
+patterns held fixed.
+
+The steps call the rules directly instead of running plain torch calls under
+[`CTCMode`][ctc_plugin.ctc.attribution.CTCMode] (as
+[`multi_head_attention`][ctc_plugin.ctc.attention.multi_head_attention] does): there ``tanh``
+would make a gate tensor, and ``i * g`` of two gate tensors the full pass's value alone.
+
+Supported: any ``num_layers``, ``bidirectional``, ``batch_first`` either way, with or without
+biases, the LSTM's ``proj_size``, given or default initial states, dropout between layers in
+eval mode (the identity). Refused: packed sequences (``PackedSequence``), dropout between layers
+in training mode (random), an input sequence that does not depend on the input or whose copies
+lie along another dim than its batch dim (an unbatched sequence), weights computed from the
+input, and gate-only inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.ctc.handlers import _arg, operation_name
+from ctc_plugin.ctc.rules import GatedPass
+
+#: The names of the arguments of ``torch.lstm``, ``torch.gru``, ``torch.rnn_tanh`` and
+#: ``torch.rnn_relu`` (their padded-batch signature), in order.
+RECURRENT_ARGUMENTS = (
+    "input", "hx", "params", "has_biases", "num_layers", "dropout", "train", "bidirectional",
+    "batch_first",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RecurrentWeights:
+    """The parameters of one layer and direction of a recurrent layer.
+
+    The blocks of the weights and biases follow torch's order: i, f, g, o for an LSTM; r, z, n
+    for a GRU; one block for an RNN.
+
+    Attributes:
+        input_weight: ``W_ih`` (blocks * hidden, input size).
+        hidden_weight: ``W_hh`` (blocks * hidden, hidden or projection size).
+        input_bias: ``b_ih`` (blocks * hidden), or ``None`` without biases.
+        hidden_bias: ``b_hh`` (blocks * hidden), or ``None`` without biases.
+        projection: The LSTM's ``W_hr`` (projection size, hidden) with ``proj_size``, else
+            ``None``.
+    """
+
+    input_weight: torch.Tensor
+    hidden_weight: torch.Tensor
+    input_bias: torch.Tensor | None
+    hidden_bias: torch.Tensor | None
+    projection: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class State:
+    """A hidden or cell state: the copies' part and the part every copy of an example shares.
+
+    Its value is ``signal + constant`` in the gate copy. Initial states are one or the other;
+    after the first step every state is a signal.
+
+    Attributes:
+        signal: (B, size) propagated rows, one per copy (or ``m`` per copy), or ``None``.
+        constant: Per-example (N, 1, [m,] size) constant, grouped as
+            [`CopyLayout.group`][ctc_plugin.ctc.layout.CopyLayout.group] groups the rows, or
+            ``None`` where it is zero.
+    """
+
+    signal: torch.Tensor | None = None
+    constant: torch.Tensor | None = None
+
+
+#: One step of a recurrent layer: ``(ctx, W x_t, weights, states)`` to the next states, the
+#: hidden state first (the step's output).
+Cell = Callable[[GatedPass, torch.Tensor, RecurrentWeights, tuple[State, ...]], tuple[State, ...]]
+
+
+def lstm_cell(
+    ctx: GatedPass, projected: torch.Tensor, weights: RecurrentWeights, states: tuple[State, ...]
+) -> tuple[State, State]:
+    """One LSTM step: ``(h_t, c_t)`` from ``W x_t`` (``projected``) and the states ``(h, c)``.
+
+    The pre-activations are affine (bias shared), ``i``, ``f``, ``o`` gates of the gate copy,
+    ``g`` and ``tanh(c_t)`` rescale gates, ``f * c`` of a constant ``c`` a bias (see the module).
+    """
+    h, c = states
+    z = ctx.affine(_recurrent_sum(projected, h, weights), _bias(weights.input_bias, h, weights))
+    gates = ctx.full_pass_gate(z, torch.sigmoid, "an LSTM's gates")  # g's block unused
+    input_gate, forget_gate, _, output_gate = gates.chunk(4, dim=-1)
+    candidate = ctx.rescale_gate(z.chunk(4, dim=-1)[2], torch.tanh)
+    cell = ctx.gate_product(candidate, input_gate)
+    if c.signal is not None:
+        cell = ctx.tag(cell + ctx.gate_product(c.signal, forget_gate))
+    cell = ctx.affine(cell, _gated_constant(ctx, forget_gate, c))
+    out = ctx.gate_product(ctx.rescale_gate(cell, torch.tanh), output_gate)
+    if weights.projection is not None:
+        out = ctx.linear(F.linear, (out, weights.projection), {})
+    return State(signal=out), State(signal=cell)
+
+
+def gru_cell(
+    ctx: GatedPass, projected: torch.Tensor, weights: RecurrentWeights, states: tuple[State, ...]
+) -> tuple[State]:
+    """One GRU step: ``h_t`` from ``W x_t`` (``projected``) and the state ``(h,)``.
+
+    ``r`` and ``z`` gates of the gate copy (their pre-activations affine), ``n``'s
+    pre-activation affine with ``r`` of the gate copy on its hidden part (``r * b_hn`` a
+    shared bias), ``tanh`` a rescale gate, ``(1 - z) * n + z * h`` gate products and ``z * h_0``
+    of a constant ``h_0`` a bias (see the module).
+    """
+    (h,) = states
+    size = projected.shape[-1] // 3
+    recurrent = None if h.signal is None else F.linear(h.signal, weights.hidden_weight)
+    hidden_bias = _bias(None, h, weights)  # b_hh + U h_0, r-blocks and n-block together
+    gates = ctx.full_pass_gate(
+        ctx.affine(
+            _fresh_sum(projected[:, : 2 * size], _block(recurrent, 0, 2)),
+            _plus(_block(weights.input_bias, 0, 2), _block(hidden_bias, 0, 2)),
+        ),
+        torch.sigmoid,
+        "a GRU's gates",
+    )
+    reset, update = gates.chunk(2, dim=-1)
+    reset_hidden = None if recurrent is None else ctx.gate_product(recurrent[:, 2 * size :], reset)
+    reset_bias = _block(hidden_bias, 2, 3)  # b_hn + W_hn h_0, times the gate copy's r
+    if reset_bias is not None:
+        reset_bias = ctx.layout.group(reset)[:, :1] * reset_bias
+    candidate = ctx.rescale_gate(
+        ctx.affine(
+            _fresh_sum(projected[:, 2 * size :], reset_hidden),
+            _plus(_block(weights.input_bias, 2, 3), reset_bias),
+        ),
+        torch.tanh,
+    )
+    out = ctx.gate_product(candidate, 1 - update)
+    if h.signal is not None:
+        out = ctx.tag(out + ctx.gate_product(h.signal, update))
+    return (State(signal=ctx.affine(out, _gated_constant(ctx, update, h))),)
+
+
+def rnn_cell(
+    ctx: GatedPass,
+    projected: torch.Tensor,
+    weights: RecurrentWeights,
+    states: tuple[State, ...],
+    activation: Callable[[GatedPass, torch.Tensor], torch.Tensor],
+) -> tuple[State]:
+    """One Elman RNN step: ``h_t = activation(W x_t + U h + b)``, the pre-activation affine."""
+    (h,) = states
+    z = ctx.affine(_recurrent_sum(projected, h, weights), _bias(weights.input_bias, h, weights))
+    return (State(signal=activation(ctx, z)),)
+
+
+def _tanh(ctx: GatedPass, z: torch.Tensor) -> torch.Tensor:
+    """``tanh``: the rescale gate ``tanh(z) / z`` of the gate copy."""
+    return ctx.rescale_gate(z, torch.tanh)
+
+
+def _relu(ctx: GatedPass, z: torch.Tensor) -> torch.Tensor:
+    """``relu``: the gate copy's ReLU pattern."""
+    return ctx.relu_gate(z)
+
+
+@dataclass(frozen=True)
+class RecurrentLayer:
+    """What sets one kind of recurrent layer apart: its module's name and its step.
+
+    Attributes:
+        module: The module that calls it (``"nn.LSTM"``), for the messages.
+        cell: One step (`Cell`).
+    """
+
+    module: str
+    cell: Cell
+
+
+#: The recurrent layers by the torch function their modules call.
+LAYERS: dict[Any, RecurrentLayer] = {
+    torch.lstm: RecurrentLayer("nn.LSTM", lstm_cell),
+    torch.gru: RecurrentLayer("nn.GRU", gru_cell),
+    torch.rnn_tanh: RecurrentLayer("nn.RNN", functools.partial(rnn_cell, activation=_tanh)),
+    torch.rnn_relu: RecurrentLayer("nn.RNN", functools.partial(rnn_cell, activation=_relu)),
+}
+
+
+def recurrent(
+    ctx: GatedPass, func: Callable, args: tuple, kwargs: dict
+) -> tuple[torch.Tensor, ...]:
+    """``torch.lstm``, ``torch.gru``, ``torch.rnn_tanh`` or ``torch.rnn_relu``, decomposed.
+
+    Returns what ``func`` returns: ``output`` in the layout of the input (the copies along dim 0
+    with ``batch_first``, dim 1 otherwise), then ``h_n`` (and the LSTM's ``c_n``), (layers *
+    directions, batch, size) with the copies along dim 1. See the module for the rules.
+
+    Raises:
+        UnsupportedOperationError: A packed sequence, dropout between layers in training mode,
+            or an input the rule cannot follow (see the module).
+    """
+    layer, name = LAYERS[func], operation_name(func)
+    if _packed(args, kwargs):
+        raise UnsupportedOperationError(
+            name,
+            "its input is a packed sequence (PackedSequence): its rows mix the examples and "
+            f"their feature copies by length; give {layer.module} the padded batch instead",
+        )
+    call = {n: _arg(args, kwargs, i, n) for i, n in enumerate(RECURRENT_ARGUMENTS)}
+    layers, directions = int(call["num_layers"]), 2 if call["bidirectional"] else 1
+    _check_call(ctx, name, call, layers)
+    batch_first = bool(call["batch_first"])
+    sequence = _batch_first_signal(ctx, call["input"], batch_first, name)
+    weights = _weights(call["params"], bool(call["has_biases"]), layers * directions)
+    hx = call["hx"] if isinstance(call["hx"], (tuple, list)) else (call["hx"],)
+    initial = list(zip(*(_initial_states(ctx, t, sequence, name) for t in hx), strict=True))
+    finals: list[tuple[State, ...]] = []
+    for number in range(layers):
+        outputs = []
+        for direction in range(directions):
+            index = number * directions + direction
+            output, states = run_direction(
+                ctx, sequence, weights[index], initial[index], layer.cell, direction == 1
+            )
+            outputs.append(output)
+            finals.append(states)
+        sequence = outputs[0] if directions == 1 else ctx.tag(torch.cat(outputs, dim=-1))
+    return _returned(ctx, sequence, finals, batch_first)
+
+
+def _packed(args: tuple, kwargs: dict) -> bool:
+    """Whether the call is the packed-sequence form ``(data, batch_sizes, hx, params, ...)``.
+
+    The padded form is ``(input, hx, params, has_biases, ...)``: its second argument may be a
+    tensor too (a GRU's or an RNN's ``hx``), so the forms differ by the fourth, ``params`` (a
+    list) or ``has_biases`` (a bool).
+    """
+    return "batch_sizes" in kwargs or (len(args) > 3 and isinstance(args[3], (list, tuple)))
+
+
+def _check_call(ctx: GatedPass, name: str, call: dict, layers: int) -> None:
+    """Refuse dropout between layers in training mode and weights computed from the input."""
+    if call["train"] and call["dropout"] and layers > 1:
+        raise UnsupportedOperationError(
+            name,
+            "the dropout between its layers is random in training mode; call model.eval() first",
+        )
+    if any(ctx.is_propagated(p) for p in call["params"]):
+        raise UnsupportedOperationError(name, "its weights depend on the input")
+
+
+def _batch_first_signal(ctx: GatedPass, value: Any, batch_first: bool, name: str) -> torch.Tensor:
+    """The propagated input sequence as (B, L, features), the copies along dim 0.
+
+    Raises:
+        UnsupportedOperationError: The input is not propagated (its initial states are), is a
+            gate-only tensor, or holds the copies along another dim than the batch dim.
+    """
+    if not ctx.is_propagated(value):
+        raise UnsupportedOperationError(
+            name,
+            "its input sequence does not depend on the input while its initial state does; CTC "
+            "follows the copies through a recurrent layer from its input sequence",
+        )
+    _refuse_gate_only(ctx, value, name)
+    batch_dim = 0 if batch_first else 1
+    if ctx.copy_axis(value) != batch_dim:
+        raise UnsupportedOperationError(
+            name,
+            f"its input of shape {tuple(value.shape)} holds the copies along dim "
+            f"{ctx.copy_axis(value)}, not along its batch dim {batch_dim} "
+            f"(batch_first={batch_first}), so the layer would run along the copies; give it a "
+            "batched sequence (an unbatched 2-d sequence is refused)",
+        )
+    return value if batch_first else value.transpose(0, 1)
+
+
+def _refuse_gate_only(ctx: GatedPass, value: torch.Tensor, name: str) -> None:
+    """Refuse a gate-only operand (a softmax output, attention scores): no signal to follow."""
+    mark = ctx.gate_mark(value)
+    if mark is not None and mark.only:
+        raise UnsupportedOperationError(
+            name,
+            f"it reads the output of {mark.origin}, a gate tensor of the full pass that may "
+            "only multiply or divide the signal, as its input or initial state",
+        )
+
+
+def _weights(params: Sequence[torch.Tensor], biases: bool, groups: int) -> list[RecurrentWeights]:
+    """The `RecurrentWeights` of every layer and direction, in torch's order.
+
+    Each group holds ``W_ih, W_hh``, then ``b_ih, b_hh`` with biases, then the LSTM's ``W_hr``
+    with ``proj_size``.
+    """
+    size = len(params) // groups
+    projected = size == (5 if biases else 3)
+    found = []
+    for group in range(groups):
+        part = list(params[group * size : (group + 1) * size])
+        input_bias, hidden_bias = (part[2], part[3]) if biases else (None, None)
+        projection = part[-1] if projected else None
+        found.append(RecurrentWeights(part[0], part[1], input_bias, hidden_bias, projection))
+    return found
+
+
+def _initial_states(
+    ctx: GatedPass, value: torch.Tensor, sequence: torch.Tensor, name: str
+) -> list[State]:
+    """An initial state (layers * directions, B, size) as one `State` per layer and direction.
+
+    Computed from the input (propagated, the copies along dim 1): a signal. Otherwise a
+    constant, the same for every copy of an example (checked), kept per example; zeros (what
+    the modules pass without ``hx``) are no constant at all.
+    """
+    if ctx.is_propagated(value):
+        _refuse_gate_only(ctx, value, name)
+        if ctx.copy_axis(value) != 1:
+            raise UnsupportedOperationError(
+                name,
+                f"its initial state of shape {tuple(value.shape)} holds the copies along dim "
+                f"{ctx.copy_axis(value)}, not along its batch dim 1",
+            )
+        return [State(signal=row) for row in value.unbind(0)]
+    if not bool(value.any()):
+        return [State() for _ in range(value.shape[0])]
+    rows = value.transpose(0, 1)  # (B, layers * directions, size), aligned with the sequence
+    ctx.check_constant(rows, sequence, name)
+    grouped = ctx.layout.group(rows)[:, :1]  # (N, 1, [m,] layers * directions, size)
+    return [State(constant=grouped.select(-2, index)) for index in range(value.shape[0])]
+
+
+def run_direction(
+    ctx: GatedPass,
+    sequence: torch.Tensor,
+    weights: RecurrentWeights,
+    states: tuple[State, ...],
+    cell: Cell,
+    reverse: bool,
+) -> tuple[torch.Tensor, tuple[State, ...]]:
+    """One layer in one direction over a (B, L, features) propagated sequence.
+
+    Returns its outputs (B, L, size), each step's hidden state at its position, and the last
+    states (those after the first position with ``reverse``).
+    """
+    projected = ctx.linear(F.linear, (sequence, weights.input_weight), {})  # W x_t of every t
+    length = sequence.shape[1]
+    outputs: list[torch.Tensor | None] = [None] * length
+    for t in reversed(range(length)) if reverse else range(length):
+        states = cell(ctx, projected[:, t], weights, states)
+        outputs[t] = states[0].signal
+    return ctx.tag(torch.stack(outputs, dim=1)), states
+
+
+def _recurrent_sum(projected: torch.Tensor, h: State, weights: RecurrentWeights) -> torch.Tensor:
+    """``W x_t + U h`` of every copy: the bias-free pre-activations, a new tensor."""
+    hidden = None if h.signal is None else F.linear(h.signal, weights.hidden_weight)
+    return _fresh_sum(projected, hidden)
+
+
+def _fresh_sum(first: torch.Tensor, second: torch.Tensor | None) -> torch.Tensor:
+    """``first + second`` (``first`` without ``second``) as a new tensor.
+
+    The affine rule may write into its argument; ``first`` is a view of the projected sequence.
+    """
+    return first.clone() if second is None else first + second
+
+
+def _plus(first: torch.Tensor | None, second: torch.Tensor | None) -> torch.Tensor | None:
+    """The sum of two biases, either of which may be missing (``None``)."""
+    if first is None or second is None:
+        return second if first is None else first
+    return first + second
+
+
+def _block(value: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+    """Blocks ``start:stop`` of the three of a GRU's last dim (r, z, n); ``None`` stays."""
+    if value is None:
+        return None
+    size = value.shape[-1] // 3
+    return value[..., start * size : stop * size]
+
+
+def _bias(
+    input_bias: torch.Tensor | None, h: State, weights: RecurrentWeights
+) -> torch.Tensor | None:
+    """``input_bias + b_hh + U h_0`` (``U h_0`` of a constant ``h_0``, per example), or ``None``.
+
+    The parts that are missing are left out: no bias at all gives ``None``.
+    """
+    shared = None if h.constant is None else F.linear(h.constant, weights.hidden_weight)
+    return _plus(_plus(input_bias, weights.hidden_bias), shared)
+
+
+def _gated_constant(ctx: GatedPass, gate: torch.Tensor, state: State) -> torch.Tensor | None:
+    """The gate copy's ``gate`` times a constant state, per example: a bias; or ``None``."""
+    if state.constant is None:
+        return None
+    return ctx.layout.group(gate)[:, :1] * state.constant
+
+
+def _returned(
+    ctx: GatedPass, sequence: torch.Tensor, finals: list[tuple[State, ...]], batch_first: bool
+) -> tuple[torch.Tensor, ...]:
+    """``(output, h_n[, c_n])`` in torch's layout, tagged with where the copies lie."""
+    last = tuple(
+        ctx.tag(torch.stack([states[i].signal for states in finals]), axis=1)
+        for i in range(len(finals[0]))
+    )
+    if batch_first:
+        return ctx.tag(sequence), *last
+    return ctx.tag(sequence.transpose(0, 1).contiguous(), axis=1), *last
