@@ -497,11 +497,11 @@ def where(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Te
 
 
 def decided_by_full_pass(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
-    """Comparisons and signs of the signal: what the full image decides, a gate-only tensor.
+    """Comparisons, signs and reciprocals of the signal: a gate-only tensor of the full image.
 
-    ``x > 0``, ``a >= b``, ``torch.sign(x)``: computed from the gate copy's rows and given to
-    every copy; it may serve as a gate (``x * (x > 0)``) or a condition
-    (``torch.where(x > 0, x, 0.1 * x)``), and nothing else.
+    ``x > 0``, ``a >= b``, ``torch.sign(x)``, ``1 / x``: computed from the gate copy's rows and
+    given to every copy; it may serve as a gate (``x * (x > 0)``, ``y * (1 / x)``) or a
+    condition (``torch.where(x > 0, x, 0.1 * x)``), and nothing else.
     """
     return ctx.of_full_pass(func, args, kwargs, operation_name(func))
 
@@ -712,6 +712,27 @@ def rms_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch
     eps = torch.finfo(x.dtype).eps if eps is None else float(eps)
     weight = _arg(args, kwargs, 2, "weight")
     return ctx.layer_norm(x, _normalized_shape(args, kwargs), weight, None, eps, centre=False)
+
+
+def normalize(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``F.normalize``: each copy divided by the gate copy's norm (a statistic as a gate).
+
+    ``x / max(||x||_p, eps)`` over ``dim`` is an RMSNorm without its weight: the norm is the full
+    image's, so dividing by it is a gate and the result is linear in the copies (SwiftFormer adds
+    its normalised queries to the signal). Swin v2's cosine attention multiplies two such
+    signals: its scores are a product of two signals, which its softmax reads as a gate.
+    """
+    x = args[0]
+    name = operation_name(func)
+    p = float(_arg(args, kwargs, 1, "p", 2.0))
+    dim = int(_arg(args, kwargs, 2, "dim", 1))
+    eps = float(_arg(args, kwargs, 3, "eps", 1e-12))
+    if x.dim() == 0 or dim % x.dim() == ctx.copy_axis(x):
+        raise UnsupportedOperationError(
+            name, f"it normalises over dim {dim}, which holds the copies"
+        )
+    norm = ctx.full_pass_gate(x, lambda rows: rows.norm(p, dim, keepdim=True).clamp_min(eps), name)
+    return ctx.gate_product(x, norm, divide=True)
 
 
 def _normalized_shape(args: tuple, kwargs: dict) -> tuple[int, ...]:

@@ -85,8 +85,8 @@ class OperationRule:
 KINDS: dict[str, str] = {
     "affine": "convolutions, linear layers and BatchNorm in eval mode (biases shared)",
     "normalisation": (
-        "LayerNorm, GroupNorm, InstanceNorm and RMSNorm, also written out with pow, square, "
-        "var, std or norm (statistics as gates)"
+        "LayerNorm, GroupNorm, InstanceNorm, RMSNorm and F.normalize, also written out with pow, "
+        "square, var, std or norm (statistics as gates)"
     ),
     "gate": (
         "ReLU/LeakyReLU/PReLU, clamp, abs, comparisons, where, maximum, and max pooling or a "
@@ -189,7 +189,7 @@ _COMPARISONS = (
     torch.less, _T.less, torch.ge, _T.ge, _T.__ge__, torch.greater_equal, _T.greater_equal,
     torch.le, _T.le, _T.__le__, torch.less_equal, _T.less_equal, torch.eq, _T.eq, _T.__eq__,
     torch.ne, _T.ne, _T.__ne__, torch.not_equal, _T.not_equal, torch.sign, _T.sign,
-    torch.signbit, _T.signbit,
+    torch.signbit, _T.signbit, _T.__rdiv__, torch.reciprocal, _T.reciprocal,
 )  # fmt: skip
 _WHERE = (torch.where, _T.where, _T.masked_fill, _T.masked_fill_, torch.masked_fill)
 _ABS = "the gate copy's sign on every copy (`abs(x) = sign(x) · x`, 0 where `x = 0`)"
@@ -293,6 +293,13 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "normalisation",
+            "`F.normalize`: each copy divided by the gate copy's norm (SwiftFormer's queries; Swin "
+            "v2's cosine attention multiplies two of them, a product of two signals)",
+            h.normalize,
+            (F.normalize,),
+        ),
+        OperationRule(
+            "normalisation",
             "a statistic of the signal (`x.var(-1)`, `x.std(-1)`, `torch.norm(x, dim=(1, 2))`): "
             "a gate-only tensor computed for the gate copy, which, with what is computed from "
             "it alone (`+ eps`, `sqrt`, `rsqrt`, a mean), may only divide or multiply the "
@@ -382,9 +389,10 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "gate",
-            "comparisons and signs of the signal (`x > 0`, `a >= b`, `torch.sign(x)`): what the "
-            "full image decides, a gate-only tensor computed for the gate copy that may serve "
-            "as a gate (`x * (x > 0)`) or a condition",
+            "comparisons, signs and reciprocals of the signal (`x > 0`, `a >= b`, "
+            "`torch.sign(x)`, `1 / x`): what the full image decides, a gate-only tensor computed "
+            "for the gate copy that may serve as a gate (`x * (x > 0)`, `y * (1 / x)`) or a "
+            "condition",
             h.decided_by_full_pass,
             _COMPARISONS,
             from_gate_copy=True,
@@ -592,14 +600,6 @@ def _rows() -> list[OperationRule]:
             a.multi_head_attention,
             (F.multi_head_attention_forward,),
             follows_copies=True,  # its inputs are sequence-first: the copies along dim 1
-        ),
-        OperationRule(
-            "attention",
-            "not linear: a gate-only tensor of the gate copy (cosine attention's queries and keys)",
-            a.normalize,
-            (F.normalize,),
-            from_gate_copy=True,
-            makes_gate=True,
         ),
         OperationRule(
             "linear",

@@ -22,14 +22,12 @@ Used on the "Choose a method" page. Needs ``pip install timm`` (the ``dev`` extr
 from __future__ import annotations
 
 import argparse
-import time
 
 import timm
 import torch
-from torch import nn
-from torchvision_support import cam_cell, ctc_cells
+from torchvision_support import print_table
 
-from ctc_plugin.testing import randomise_statistics_and_biases
+from ctc_plugin.model_families import timm_classifier
 
 #: One model of each timm family, the input side it runs at (64, or the size the model is
 #: built for), and what it brings that older networks lack.
@@ -109,28 +107,6 @@ FAMILIES: dict[str, tuple[str, int, str]] = {
 }
 
 
-def build(name: str, size: int) -> nn.Module:
-    """The timm model with random weights, statistics and biases, eval mode, float64."""
-    torch.manual_seed(0)
-    try:
-        model = timm.create_model(name, pretrained=False, num_classes=5, img_size=size)
-    except TypeError:  # a convolutional network: any input size
-        model = timm.create_model(name, pretrained=False, num_classes=5)
-    randomise_statistics_and_biases(model, seed=1, noise=0.05)
-    return model.eval().double()
-
-
-def check(name: str, size: int) -> tuple[str, str, str, float]:
-    """CTC proportional, CTC reference and Integrative CAM on one model."""
-    start = time.perf_counter()
-    model = build(name, size)
-    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(3)).double()
-    target = 1
-    proportional, reference = ctc_cells(model, x, target)
-    cam = cam_cell(model, x, target)
-    return proportional, reference, cam, time.perf_counter() - start
-
-
 def main() -> None:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -138,18 +114,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, timm {timm.__version__}, float64")
-    print(
-        '| family | model | input | CTC "proportional": sum vs logit | CTC "reference" '
-        "| IntegrativeCAM |"
-    )
-    print("|---|---|---|---|---|---|")
-    for family, (name, size, _) in FAMILIES.items():
-        if args.models and name not in args.models:
-            continue
-        proportional, reference, cam, seconds = check(name, size)
-        print(f"| {family} | `{name}` | {size}² | {proportional} | {reference} | {cam} |")
-        print(f"  ({seconds:.1f} s)", flush=True)
+    entries = [
+        (family, name, size)
+        for family, (name, size, _) in FAMILIES.items()
+        if not args.models or name in args.models
+    ]
+    versions = f"torch {torch.__version__}, timm {timm.__version__}, float64"
+    print_table(versions, entries, timm_classifier, seed=3, target=1)
 
 
 if __name__ == "__main__":

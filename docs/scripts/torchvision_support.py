@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Iterable
 
 import torch
 import torchvision
@@ -124,15 +125,32 @@ def cam_cell(model: nn.Module, x: torch.Tensor, target: int) -> str:
     )
 
 
-def check(name: str, size: int) -> tuple[str, str, str, float]:
-    """CTC proportional, CTC reference and Integrative CAM on one model."""
-    start = time.perf_counter()
-    model = build(name, size)
-    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(2)).double()
-    target = 3
-    proportional, reference = ctc_cells(model, x, target)
-    cam = cam_cell(model, x, target)
-    return proportional, reference, cam, time.perf_counter() - start
+def print_table(
+    versions: str,
+    entries: Iterable[tuple[str, str, int]],
+    build: Callable[[str, int], nn.Module],
+    seed: int,
+    target: int,
+) -> None:
+    """Print the Markdown table of ``entries`` ``(family, model name, input side)``.
+
+    Each model is ``build(name, side)``, run on two random images (drawn with ``seed``) for
+    class ``target``; the time of each row is printed below it (not part of the table).
+    """
+    print(versions)
+    print(
+        '| family | model | input | CTC "proportional": sum vs logit | CTC "reference" '
+        "| IntegrativeCAM |"
+    )
+    print("|---|---|---|---|---|---|")
+    for family, name, size in entries:
+        start = time.perf_counter()
+        model = build(name, size)
+        x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(seed)).double()
+        proportional, reference = ctc_cells(model, x, target)
+        cam = cam_cell(model, x, target)
+        print(f"| {family} | `{name}` | {size}² | {proportional} | {reference} | {cam} |")
+        print(f"  ({time.perf_counter() - start:.1f} s)", flush=True)
 
 
 def main() -> None:
@@ -142,18 +160,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, float64")
-    print(
-        '| family | model | input | CTC "proportional": sum vs logit | CTC "reference" '
-        "| IntegrativeCAM |"
-    )
-    print("|---|---|---|---|---|---|")
-    for family, (name, size) in FAMILIES.items():
-        if args.builders and name not in args.builders:
-            continue
-        proportional, reference, cam, seconds = check(name, size)
-        print(f"| {family} | `{name}` | {size}² | {proportional} | {reference} | {cam} |")
-        print(f"  ({seconds:.1f} s)", flush=True)
+    entries = [
+        (family, name, size)
+        for family, (name, size) in FAMILIES.items()
+        if not args.builders or name in args.builders
+    ]
+    versions = f"torch {torch.__version__}, torchvision {torchvision.__version__}, float64"
+    print_table(versions, entries, build, seed=2, target=3)
 
 
 if __name__ == "__main__":

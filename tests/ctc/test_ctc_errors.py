@@ -65,7 +65,7 @@ def test_bad_targets_are_clear_errors(setting, target):
 
 
 class _Quotient(nn.Module):
-    """1 / h: a reciprocal of the signal (no rule: ``h / g`` divides by ``g``'s full pass)."""
+    """1 / h as the model's output: a gate-only tensor of the full pass, not the signal."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -151,7 +151,7 @@ class _Rounding(nn.Module):
         (_Rounding("trunc"), r"torch.div .*rounds the quotient \(rounding_mode='trunc'\)"),
         (_Rounding("int"), r"torch.Tensor.to .*converts the signal to torch.int32"),
         (_Rounding("type_as"), r"torch.Tensor.type_as .*converts the signal to torch.int64"),
-        (_Quotient(), r"torch.Tensor.__rdiv__ in the model \(_Quotient\): no CTC rule"),
+        (_Quotient(), r"torch.Tensor.__rdiv__: the model's output comes out of it"),
         (_Nested(), r"torch.exp in stages.1.0 \(_Block\): no CTC rule"),
         (
             _SoftmaxAsSignal(),

@@ -9,8 +9,9 @@ operand the gate copy selected; comparisons and signs are gate-only tensors of t
 is an operation without a rule of a gate tensor (``erfinv``); ``addcmul``/``addcdiv`` are their
 product and sum; ``unfold``/``fold`` are linear; ``repeat_interleave`` along the copies keeps each
 copy's rows together. A quotient by a signal divides by the full pass's divisor (a gate, as a
-normalisation's statistic), and ``torch.div(1, b)`` is a gate-only tensor; a nonzero constant
-padded in is a bias shared among the copies, as a constant concatenated. Exact means, for each:
+normalisation's statistic), as ``F.normalize`` divides by its norm, and ``torch.div(1, b)`` is
+a gate-only tensor; a nonzero constant padded in is a bias shared among the copies, as a
+constant concatenated. Exact means, for each:
 ``"proportional"`` scores add up to the logit (float64) and equal the spec's; ``"none"`` is
 gradient x input of the network with these gates held fixed (written out below with
 ``detach``); the Zennit attributor equals the Captum class; each written-out activation gives
@@ -179,9 +180,25 @@ KINDS: dict[str, tuple[Operation, Operation]] = {
         lambda a, b: torch.div(1.0, b + 2.0) * a,
         lambda a, b: a * torch.div(1.0, b + 2.0).detach(),
     ),
+    "a * (1 / (b + 2))": (
+        lambda a, b: a * (1 / (b + 2.0)),
+        lambda a, b: a * (1 / (b + 2.0)).detach(),
+    ),
+    "a * (b + 2).reciprocal()": (
+        lambda a, b: a * (b + 2.0).reciprocal(),
+        lambda a, b: a * (b + 2.0).reciprocal().detach(),
+    ),
     "sigmoid(a) / (b + 2) * a": (
         lambda a, b: torch.sigmoid(a) / (b + 2.0) * a,
         lambda a, b: a * (torch.sigmoid(a) / (b + 2.0)).detach(),
+    ),
+    "F.normalize(a, dim=1) + b": (
+        lambda a, b: F.normalize(a, dim=1) + b,
+        lambda a, b: a / a.norm(dim=1, keepdim=True).clamp_min(1e-12).detach() + b,
+    ),
+    "F.normalize(a, p=1, dim=-1) * b": (
+        lambda a, b: F.normalize(a, p=1, dim=-1) * b,
+        lambda a, b: _half_each(a / a.norm(1, -1, keepdim=True).clamp_min(1e-12).detach(), b),
     ),
     "F.pad(a, (0, 1), value=1)": (
         lambda a, b: F.pad(a, (0, 1), value=1.0),

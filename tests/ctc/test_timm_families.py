@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctc_plugin.testing import randomise_statistics_and_biases
+from ctc_plugin.model_families import timm_classifier
 
 from .exactness import assert_equals_the_spec, assert_proportional_adds_up
 
@@ -62,16 +62,6 @@ SLOW = {
 SIZE = 64
 
 
-def _build(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    try:
-        model = timm.create_model(name, pretrained=False, num_classes=5, img_size=SIZE)
-    except TypeError:  # a convolutional network: any input size
-        model = timm.create_model(name, pretrained=False, num_classes=5)
-    randomise_statistics_and_biases(model, seed=1, noise=0.05)
-    return model.eval().double()
-
-
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)).double()
     rows = torch.arange(SIZE) * 2 // SIZE
@@ -82,7 +72,7 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     "name", [*MODELS, *(pytest.param(name, marks=pytest.mark.slow) for name in SLOW)]
 )
 def test_proportional_adds_up_and_equals_the_spec(name: str) -> None:
-    model, (x, mask) = _build(name), _inputs()
+    model, (x, mask) = timm_classifier(name, SIZE), _inputs()
     relative = FLOAT32_INSIDE.get(name, 1e-10)
     scores = assert_proportional_adds_up(model, x, mask, 1, relative=relative)
     assert scores.scores.std() > 1e-3  # the features differ: no logit is the bias alone
