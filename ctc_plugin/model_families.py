@@ -110,6 +110,12 @@ HUGGINGFACE_FAMILIES: dict[str, HuggingFaceFamily] = {
         "quick GELU, pre-norm",
         {"vision_config": {**_VIT, "image_size": 32}},
     ),
+    "MetaCLIP 2": HuggingFaceFamily(
+        "MetaClip2ForImageClassification",
+        32,
+        "CLIP's blocks, multilingual training",
+        {"vision_config": {**_VIT, "image_size": 32}},
+    ),
     "SigLIP": HuggingFaceFamily(
         "SiglipForImageClassification",
         32,

@@ -635,9 +635,10 @@ class GuardMode(CTCMode):
                 operation_name(func),
                 f"{refusal} and it runs outside every module with a CTC hook. Use "
                 "CTCAttributor(..., functional='intercept') or the Captum entry point "
-                "ctc_plugin.CTC, which route functional calls to the CTC rules, or replace the "
-                "call by a module (a canonizer such as zennit.torchvision.ResNetCanonizer, or "
-                "nn.ReLU instead of F.relu)",
+                "ctc_plugin.CTC, which route functional calls to the CTC rules, or, where a "
+                "module of the composite computes the same, replace the call by that module (a "
+                "canonizer such as zennit.torchvision.ResNetCanonizer, or nn.ReLU instead of "
+                "F.relu; modules without a CTC hook, such as nn.LSTM, need 'intercept')",
             ) from None
         finally:
             self.gated_pass = self.state.gated

@@ -50,10 +50,12 @@ would make a gate tensor, and ``i * g`` of two gate tensors the full pass's valu
 
 Supported: any ``num_layers``, ``bidirectional``, ``batch_first`` either way, with or without
 biases, the LSTM's ``proj_size``, given or default initial states, dropout between layers in
-eval mode (the identity). Refused: packed sequences (``PackedSequence``), dropout between layers
-in training mode (random), an input sequence that does not depend on the input or whose copies
-lie along another dim than its batch dim (an unbatched sequence), weights computed from the
-input, and gate-only inputs.
+eval mode (the identity). Refused: packed sequences (``PackedSequence``, however the call passes
+its arguments), dropout between layers in training mode (random), an input sequence that does not
+depend on the input or whose copies lie along another dim than its batch dim (an unbatched
+sequence), weights computed from the input, and gate-only inputs; and by name what torch refuses
+too (an empty sequence, initial states of another number or shape than the input needs: a state
+made for a batch of one, which torch's LSTM reads past).
 """
 
 from __future__ import annotations
@@ -212,20 +214,23 @@ def _relu(ctx: GatedPass, z: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RecurrentLayer:
-    """What sets one kind of recurrent layer apart: its module's name and its step.
+    """What sets one kind of recurrent layer apart: its module's name, its step and its states.
 
     Attributes:
         module: The module that calls it (``"nn.LSTM"``), for the messages.
         cell: One step (`Cell`).
+        states: The names of its initial states, in the order of ``hx`` (``h_0``, an LSTM's
+            ``c_0``).
     """
 
     module: str
     cell: Cell
+    states: tuple[str, ...] = ("h_0",)
 
 
 #: The recurrent layers by the torch function their modules call.
 LAYERS: dict[Any, RecurrentLayer] = {
-    torch.lstm: RecurrentLayer("nn.LSTM", lstm_cell),
+    torch.lstm: RecurrentLayer("nn.LSTM", lstm_cell, ("h_0", "c_0")),
     torch.gru: RecurrentLayer("nn.GRU", gru_cell),
     torch.rnn_tanh: RecurrentLayer("nn.RNN", functools.partial(rnn_cell, activation=_tanh)),
     torch.rnn_relu: RecurrentLayer("nn.RNN", functools.partial(rnn_cell, activation=_relu)),
@@ -243,7 +248,9 @@ def recurrent(
 
     Raises:
         UnsupportedOperationError: A packed sequence, dropout between layers in training mode,
-            or an input the rule cannot follow (see the module).
+            an input the rule cannot follow (see the module), an empty sequence or initial
+            states that do not fit the input (torch refuses them too, and reads past an LSTM's
+            state made for a batch of one).
     """
     layer, name = LAYERS[func], operation_name(func)
     if _packed(args, kwargs):
@@ -259,6 +266,7 @@ def recurrent(
     sequence = _batch_first_signal(ctx, call["input"], batch_first, name)
     weights = _weights(call["params"], bool(call["has_biases"]), layers * directions)
     hx = call["hx"] if isinstance(call["hx"], (tuple, list)) else (call["hx"],)
+    _check_states(layer, name, hx, (layers * directions, sequence.shape[0]), weights[0])
     initial = list(zip(*(_initial_states(ctx, t, sequence, name) for t in hx), strict=True))
     finals: list[tuple[State, ...]] = []
     for number in range(layers):
@@ -277,11 +285,15 @@ def recurrent(
 def _packed(args: tuple, kwargs: dict) -> bool:
     """Whether the call is the packed-sequence form ``(data, batch_sizes, hx, params, ...)``.
 
-    The padded form is ``(input, hx, params, has_biases, ...)``: its second argument may be a
-    tensor too (a GRU's or an RNN's ``hx``), so the forms differ by the fourth, ``params`` (a
-    list) or ``has_biases`` (a bool).
+    The padded form is ``(input, hx, params, has_biases, ...)``: its second argument is an
+    LSTM's ``(h_0, c_0)`` or a floating-point ``h_0``, where the packed form's is
+    ``batch_sizes``, an int64 tensor. Torch takes the arguments after it by position or by
+    keyword (``torch.gru(data, batch_sizes, hx, params=..., ...)``), so they tell nothing.
     """
-    return "batch_sizes" in kwargs or (len(args) > 3 and isinstance(args[3], (list, tuple)))
+    if "batch_sizes" in kwargs or "data" in kwargs:
+        return True
+    second = args[1] if len(args) > 1 else None
+    return isinstance(second, torch.Tensor) and second.dtype == torch.int64
 
 
 def _check_call(ctx: GatedPass, name: str, call: dict, layers: int) -> None:
@@ -318,7 +330,48 @@ def _batch_first_signal(ctx: GatedPass, value: Any, batch_first: bool, name: str
             f"(batch_first={batch_first}), so the layer would run along the copies; give it a "
             "batched sequence (an unbatched 2-d sequence is refused)",
         )
+    if value.shape[1 - batch_dim] == 0:
+        raise UnsupportedOperationError(
+            name, "its input sequence is empty (length 0), which torch refuses as well"
+        )
     return value if batch_first else value.transpose(0, 1)
+
+
+def _check_states(
+    layer: RecurrentLayer,
+    name: str,
+    hx: Sequence[Any],
+    leading: tuple[int, int],
+    weights: RecurrentWeights,
+) -> None:
+    """Refuse initial states that do not fit the input, as torch does (or should).
+
+    ``hx`` holds one state per name of ``layer.states``, each of shape (layers * directions,
+    the input's batch, its size): ``h_0``'s is ``W_hh``'s input size (an LSTM's
+    ``proj_size``), ``c_0``'s the LSTM's hidden size. ``leading`` is the first two.
+
+    Raises:
+        UnsupportedOperationError: Another number of states, or a state of another shape
+            (another batch, another number of layers, another size).
+    """
+    if len(hx) != len(layer.states):
+        raise UnsupportedOperationError(
+            name,
+            f"it takes {len(layer.states)} initial states ({', '.join(layer.states)}), not "
+            f"{len(hx)}",
+        )
+    sizes = (weights.hidden_weight.shape[1], weights.hidden_weight.shape[0] // 4)
+    for state, value, size in zip(layer.states, hx, sizes):
+        expected = (*leading, size)
+        if tuple(value.shape) != expected:
+            raise UnsupportedOperationError(
+                name,
+                f"its initial state {state} of shape {tuple(value.shape)} does not fit its "
+                f"input: it needs shape {expected} (layers x directions, the input's "
+                f"{leading[1]} sequences, the state's size); a CTC pass runs every example's "
+                "copies as one batch, so make the state from the input's batch size "
+                "(x.shape[0], or x.shape[1] with batch_first=False)",
+            )
 
 
 def _refuse_gate_only(ctx: GatedPass, value: torch.Tensor, name: str) -> None:
