@@ -41,6 +41,7 @@ from ctc_plugin.cam.layers import Stage, StageTracer, module_names
 from ctc_plugin.cam.transformers import (
     BlockReshape,
     TupleOutput,
+    call_arguments,
     check_square_grid,
     reads_patch_grid,
     refused_blocks,
@@ -164,11 +165,19 @@ def _record_layer(
     name: str,
     reshape: BlockReshape | None,
     module: nn.Module,
-    _inputs: Any,
+    args: tuple,
+    kwargs: dict[str, Any],
     output: Any,
 ) -> None:
-    """Forward hook of a chosen layer: make its output a stage."""
-    tracer.add_layer_output(name, output, module, reshape)
+    """Forward hook (with kwargs) of a chosen layer: make its output a stage.
+
+    The call's arguments are bound to the layer's ``forward`` only where its reshape reads the
+    grid from them (a `TupleOutput` with ``grid_arguments``: Hugging Face's Swin, PVT).
+    """
+    arguments = None
+    if isinstance(reshape, TupleOutput) and reshape.grid_arguments:
+        arguments = call_arguments(module, args, kwargs)
+    tracer.add_layer_output(name, output, module, reshape, arguments)
 
 
 def _refuse_training_module(cam: IntegrativeCAM, module: nn.Module, _inputs: Any) -> None:
@@ -243,7 +252,8 @@ class IntegrativeCAM(Attribution):
     Args:
         forward_func: The model, or any function of the inputs returning scores batch first.
         layers: Modules whose outputs to explain; ``None`` finds them: the blocks of a known
-            vision transformer (torchvision's ViT, Swin v1/v2, MaxViT, the zoo's ViT; see
+            vision transformer (torchvision's ViT, Swin v1/v2, MaxViT, the zoo's ViT, timm's and
+            Hugging Face's families; see
             [`transformer_stages`][ctc_plugin.cam.transformer_stages]), otherwise every
             convolutional stage (convolution, folded BatchNorm, ReLU) in the forward pass,
             functional calls included. A model that computes attention but whose blocks are
@@ -423,7 +433,7 @@ class IntegrativeCAM(Attribution):
             for module, reshape in chosen or []:
                 name = self._layer_name(module)
                 hook = scope.only(partial(_record_layer, tracer, name, reshape))
-                handles.append(module.register_forward_hook(hook))
+                handles.append(module.register_forward_hook(hook, with_kwargs=True))
             with torch.enable_grad():
                 with tracer, scope:
                     output = self.forward_func(*leaves, *extra)
@@ -501,7 +511,8 @@ class IntegrativeCAM(Attribution):
             raise UnknownBlocksError(
                 f"the forward pass of {model} computes attention, but none of its modules is a "
                 "transformer block IntegrativeCAM knows (torchvision's ViT, Swin, MaxViT, the "
-                "zoo's ViT, the timm blocks in ctc_plugin.cam.transformers.TIMM_BLOCKS)"
+                "zoo's ViT, the timm and Hugging Face blocks in ctc_plugin.cam.transformers."
+                "TIMM_BLOCKS and HUGGINGFACE_BLOCKS)"
                 f"{reasons}, so its convolutional stages alone would be a partial map; pass "
                 "layers=[modules returning (N, T, D) tokens or (N, C, H, W) maps] and "
                 "reshape_transform=ctc_plugin.cam.tokens_to_grid (or your own), or register "

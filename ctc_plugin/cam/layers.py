@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -294,6 +294,7 @@ class StageTracer(TorchFunctionMode):
         output: Any,
         module: nn.Module | None = None,
         reshape: Callable[[Tensor], Tensor] | TupleOutput | None = None,
+        arguments: Mapping[str, Any] | None = None,
     ) -> None:
         """Make the output of a chosen module a stage (called from a module forward hook).
 
@@ -306,13 +307,15 @@ class StageTracer(TorchFunctionMode):
                 `ctc_plugin.cam.transformers.TupleOutput` first picks the tensor out of a tuple
                 the module returns: that tensor is the stage (its gradient is hooked), reshaped
                 as the TupleOutput says.
+            arguments: The module's call arguments by name, where a `TupleOutput` reads the
+                grid of its tokens from them (``grid_arguments``).
 
         Raises:
             ValueError: If the output (picked, reshaped) is not a 4-D tensor (N, C, H, W).
         """
         if isinstance(reshape, TupleOutput):
             try:
-                output, reshape = reshape.select(output)
+                output, reshape = reshape.select(output, arguments)
             except ValueError as error:
                 raise ValueError(f"layer {name!r}: {error}") from error
         if not isinstance(output, Tensor):

@@ -14,19 +14,26 @@ is turned into an (N, C, H, W) map:
 - `UnrolledTokens`: (N, T, D) tokens in Hiera's
   mask-unit ("unrolled") order, put back on the grid;
 - `TupleOutput`: a block that returns a tuple
-  (TNT's (pixel tokens, patch tokens), MViTv2's (tokens, grid size)): the tensor to explain is
-  picked out of it (its gradient is hooked), then reshaped, on the grid the tuple carries where
-  it carries one.
+  (TNT's (pixel tokens, patch tokens), MViTv2's (tokens, grid size), Hugging Face's layers'
+  (hidden states, ...)): the tensor to explain is picked out of it (its gradient is hooked),
+  then reshaped, on the grid the tuple carries or the block is called with (Hugging Face's
+  Swin and PVT layers get it as arguments, read by `call_arguments`) where either says one.
 
 [`transformer_stages`][ctc_plugin.cam.transformer_stages] finds the blocks of torchvision's ViT,
-Swin (v1 and v2) and MaxViT, of the zoo's ViT, of the timm families in ``TIMM_BLOCKS`` (matched
-by class name: timm is never imported here), of timm's Hiera (whose blocks' token order only the
-model says) and of any model whose blocks are of a type registered in
-[`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES].
+Swin (v1 and v2) and MaxViT, of the zoo's ViT, of the timm families in ``TIMM_BLOCKS`` and the
+Hugging Face ``transformers`` families in ``HUGGINGFACE_BLOCKS`` (both matched by qualified class
+name: neither library is ever imported here), of timm's and Hugging Face's Hiera (whose blocks'
+token order only the model says) and of any model whose blocks are of a type registered in
+[`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES]. How many extra tokens lead a ViT's tokens is
+read from the model (timm's ``num_prefix_tokens``; for Hugging Face's, the tokens their embeddings
+put first and ``config.num_register_tokens``), never guessed from the token count. Blocks that
+cannot be found soundly (a Hiera block outside its Hiera) are named with the reason, in
+``TIMM_REFUSED`` and ``HUGGINGFACE_REFUSED``, when Integrative CAM refuses the model.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -141,10 +148,10 @@ def reads_patch_grid(reshape: BlockReshape | None) -> bool:
 
     True for [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] itself (its square default), a
     `PatchTokens` without a grid, and a `TupleOutput` reshaping its tensor with one of these
-    (without a grid in the tuple); see `check_square_grid`.
+    (without a grid said by each call); see `check_square_grid`.
     """
     if isinstance(reshape, TupleOutput):
-        return reshape.grid_item is None and reads_patch_grid(reshape.reshape)
+        return not reshape.carries_grid and reads_patch_grid(reshape.reshape)
     return reshape is tokens_to_grid or (isinstance(reshape, PatchTokens) and reshape.grid is None)
 
 
@@ -197,14 +204,14 @@ def check_square_grid(
     A `PatchTokens` without a grid (the number of
     leading tokens known) takes ``patch_grid()`` where it has as many cells as there are patch
     tokens, a non-square image included; otherwise its square, for a square image only. A
-    `TupleOutput` without a grid in its tuple has its own reshape checked so.
+    `TupleOutput` whose calls do not say the grid has its own reshape checked so.
 
     Raises:
         ValueError: Naming the grid argument to pass (the returned reshape raises it during the
             pass, before any map is made of the wrong tokens).
     """
     if isinstance(reshape, TupleOutput):
-        if reshape.grid_item is not None:  # the tuple says the grid at each call
+        if reshape.carries_grid:  # each call says the grid
             return reshape
         return replace(reshape, reshape=check_square_grid(reshape.reshape, size, patch_grid))
     if isinstance(reshape, PatchTokens) and reshape.grid is None:
@@ -355,21 +362,34 @@ class TupleOutput:
 
     A forward hook sees the whole tuple; the feature map is one tensor in it (the stage hooks
     its gradient), which ``reshape`` turns, with its gradient, into an (N, C, H, W) map
-    (``None``: it is one). Where the tuple also carries the tokens' grid (MViTv2's blocks return
-    the grid their pooling attention left, which can differ from call to call with the input),
-    ``grid_item`` says where: each call's ``reshape`` is then a `PatchTokens` on that grid (the
-    leading tokens as many as ``reshape``, a `PatchTokens`, says; for
+    (``None``: it is one). Where the tokens' grid can differ from call to call with the input,
+    the block's call says it, and each call's ``reshape`` is then a `PatchTokens` on that grid
+    (the leading tokens as many as ``reshape``, a `PatchTokens`, says; for
     [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] or ``None``, the leading tokens that do
-    not fit the grid).
+    not fit the grid):
+
+    - ``grid_item``: the tuple carries the grid (MViTv2's blocks return the grid their pooling
+      attention left);
+    - ``grid_arguments``: the block is called with it (Hugging Face's Swin layers get
+      ``input_dimensions``, a (rows, columns) pair; PVT's get ``height`` and ``width``), the
+      names of its ``forward``'s arguments that hold it.
 
     [`IntegrativeCAM`][ctc_plugin.cam.IntegrativeCAM] takes one as a block's reshape (in
-    ``TIMM_BLOCKS``, in [`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES], or as
-    ``reshape_transform`` with ``layers=``). pytorch-grad-cam cannot hook a tuple's gradient.
+    ``TIMM_BLOCKS``, ``HUGGINGFACE_BLOCKS``, [`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES],
+    or as ``reshape_transform`` with ``layers=``). pytorch-grad-cam cannot hook a tuple's
+    gradient.
 
     Args:
         item: The position of the feature map in the tuple.
         reshape: The reshape of that tensor and its gradient.
         grid_item: The position of the ``(rows, columns)`` grid in the tuple, or ``None``.
+        grid_arguments: The names of the block's arguments that hold its tokens' grid: one
+            (a ``(rows, columns)`` pair) or two (rows, then columns); empty: none.
+
+    Raises:
+        ValueError: At construction, if both ``grid_item`` and ``grid_arguments`` are given,
+            ``grid_arguments`` names neither one nor two arguments, or a grid is given with a
+            ``reshape`` that takes none.
 
     Examples:
         >>> import torch
@@ -381,39 +401,78 @@ class TupleOutput:
         >>> tokens, reshape = mvit.select((torch.zeros(1, 1 + 6, 16), [2, 3]))
         >>> reshape(tokens).shape
         torch.Size([1, 16, 2, 3])
+        >>> pvt = TupleOutput(item=0, reshape=PatchTokens(0), grid_arguments=("height", "width"))
+        >>> tokens, reshape = pvt.select((torch.zeros(1, 6, 16),), {"height": 2, "width": 3})
+        >>> reshape(tokens).shape
+        torch.Size([1, 16, 2, 3])
     """
 
     item: int
     reshape: Reshape | None = None
     grid_item: int | None = None
+    grid_arguments: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.grid_item is not None and not (
+        if self.grid_item is not None and self.grid_arguments:
+            raise ValueError("give the grid's place in the tuple or in the arguments, not both")
+        if len(self.grid_arguments) > 2:
+            raise ValueError(
+                f"grid_arguments {self.grid_arguments} name more than the (rows, columns) pair "
+                "or the rows and the columns"
+            )
+        if self.carries_grid and not (
             self.reshape is None
             or self.reshape is tokens_to_grid
             or isinstance(self.reshape, PatchTokens)
         ):
             raise ValueError(
-                "with grid_item, the tokens are put on the grid the tuple carries: reshape must "
-                "be a PatchTokens (the number of leading tokens), tokens_to_grid or None"
+                "with grid_item or grid_arguments, the tokens are put on the grid of each call: "
+                "reshape must be a PatchTokens (the number of leading tokens), tokens_to_grid "
+                "or None"
             )
 
-    def _grid(self, output: tuple) -> tuple[int, int]:
-        grid = _grid_pair(output[self.grid_item]) if self.grid_item is not None else None
+    @property
+    def carries_grid(self) -> bool:
+        """Whether each call says the grid (``grid_item`` or ``grid_arguments``)."""
+        return self.grid_item is not None or bool(self.grid_arguments)
+
+    def _grid(self, output: tuple, arguments: Mapping[str, object]) -> tuple[int, int]:
+        if self.grid_item is not None:
+            value = output[self.grid_item]
+            where = f"item {self.grid_item} of the block's output"
+            advice = "give TupleOutput the grid_item that holds it, or none"
+        else:
+            missing = [name for name in self.grid_arguments if name not in arguments]
+            if missing:
+                raise ValueError(
+                    f"the block was called without its argument(s) {missing}, which hold the "
+                    f"grid of its tokens (called with {sorted(arguments)}); give TupleOutput "
+                    "the grid_arguments of the block's forward"
+                )
+            values = [arguments[name] for name in self.grid_arguments]
+            value = values[0] if len(values) == 1 else values
+            where = f"the block's argument(s) {list(self.grid_arguments)}"
+            advice = "give TupleOutput the grid_arguments that hold it"
+        grid = _grid_pair(value)
         if grid is None:
             raise ValueError(
-                f"item {self.grid_item} of the block's output is "
-                f"{type(output[self.grid_item]).__name__}, not the (rows, columns) grid of its "
-                "tokens; give TupleOutput the grid_item that holds it, or none"
+                f"{where} is {value!r}, not the (rows, columns) grid of its tokens; {advice}"
             )
         return grid
 
-    def select(self, output: object) -> tuple[Tensor, Reshape | None]:
+    def select(
+        self, output: object, arguments: Mapping[str, object] | None = None
+    ) -> tuple[Tensor, Reshape | None]:
         """The tensor to explain in a block's ``output``, and the reshape of it and its gradient.
+
+        Args:
+            output: What the block returned.
+            arguments: The block's arguments by name (see `call_arguments`), for
+                ``grid_arguments``.
 
         Raises:
             ValueError: If ``output`` is no tuple (or list) with a tensor at ``item`` (and the
-                grid at ``grid_item``).
+                grid at ``grid_item``, or in ``arguments``).
         """
         needed = max(self.item, -1 if self.grid_item is None else self.grid_item)
         if not isinstance(output, (tuple, list)) or len(output) <= needed:
@@ -428,12 +487,27 @@ class TupleOutput:
                 f"item {self.item} of the block's output is {type(tensor).__name__}, not the "
                 "tensor to explain; give TupleOutput the item that holds the feature map"
             )
-        if self.grid_item is None:
+        if not self.carries_grid:
             return tensor, self.reshape
-        grid = self._grid(output)
+        grid = self._grid(output, arguments or {})
         if isinstance(self.reshape, PatchTokens):
             return tensor, replace(self.reshape, grid=grid)
         return tensor, partial(tokens_to_grid, grid=grid)
+
+
+def call_arguments(
+    module: nn.Module, args: tuple, kwargs: Mapping[str, object]
+) -> dict[str, object]:
+    """The arguments of a call of ``module`` by the names of its ``forward``'s parameters.
+
+    What a forward hook registered ``with_kwargs=True`` sees, bound to the signature; for a
+    `TupleOutput` with ``grid_arguments``. Empty where they do not bind to it.
+    """
+    try:
+        bound = inspect.signature(module.forward).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):  # no signature, or not the arguments forward takes
+        return {}
+    return dict(bound.arguments)
 
 
 #: What a block's output is read with: a reshape of the tensor it returns, or a `TupleOutput`.
@@ -444,7 +518,7 @@ def with_reshape_transform(found: BlockReshape | None, given: BlockReshape) -> B
     """A user's ``reshape_transform`` in place of the reshape found for a block.
 
     For a block that returns a tuple (a found `TupleOutput`), ``given`` reshapes the tensor the
-    tuple's feature map is (the grid the tuple carries is no longer used), unless it is a
+    tuple's feature map is (the grid each call says is no longer used), unless it is a
     `TupleOutput` itself.
     """
     if isinstance(found, TupleOutput) and not isinstance(given, TupleOutput):
@@ -540,8 +614,12 @@ _TIMM_ALONGSIDE: dict[str, tuple[str, ...]] = {
     ),
 }
 
+#: How many extra tokens a model says lead its blocks' tokens: a number fixed by the model's code,
+#: the dotted path of an attribute that holds it, or a tuple of these, summed.
+_Count = int | str | tuple[int | str, ...]
+
 #: timm models that say their number of leading extra tokens otherwise than ``num_prefix_tokens``.
-_TIMM_PREFIX: dict[str, str | int] = {
+_TIMM_PREFIX: dict[str, _Count] = {
     "timm.models.pit.PoolingVisionTransformer": "num_tokens",  # 2 when distilled
     "timm.models.crossvit.CrossVit": 1,  # one class token per branch
 }
@@ -555,7 +633,19 @@ _TIMM_GRID: dict[str, str] = {
 }
 
 
-def _hiera_blocks(model: nn.Module) -> dict[int, Reshape]:
+def _unrolled(strides: object, size: object) -> UnrolledTokens | None:
+    """The `UnrolledTokens` of Hiera tokens on a grid of ``size`` with ``strides`` left to undo.
+
+    ``None`` for a size that is no 2-D grid (a 3-D, video, Hiera) or strides that are no pairs.
+    """
+    grid = _grid_pair(size) if len(size) == 2 else None  # type: ignore[arg-type]
+    pairs = tuple(_grid_pair(stride) for stride in strides)  # type: ignore[attr-defined]
+    if grid is None or any(pair is None for pair in pairs):
+        return None
+    return UnrolledTokens(pairs, grid)  # type: ignore[arg-type]
+
+
+def _hiera_blocks(model: nn.Module) -> dict[int, BlockReshape]:
     """The blocks of a timm ``Hiera`` by ``id``, each with the `UnrolledTokens` of its output.
 
     For its block ``i``, Hiera's ``reroll.schedule[i]`` holds the unroll strides its pooling has
@@ -567,19 +657,17 @@ def _hiera_blocks(model: nn.Module) -> dict[int, Reshape]:
     blocks = getattr(model, "blocks", None)
     if not isinstance(schedule, Mapping) or not isinstance(blocks, nn.ModuleList):
         return {}
-    found: dict[int, Reshape] = {}
+    found: dict[int, BlockReshape] = {}
     for index, block in enumerate(blocks):
-        strides, size = schedule.get(index, ((), ()))
-        grid = _grid_pair(size) if len(size) == 2 else None
-        pairs = tuple(_grid_pair(stride) for stride in strides)
-        if grid is not None and all(pair is not None for pair in pairs):
-            found[id(block)] = UnrolledTokens(pairs, grid)  # type: ignore[arg-type]
+        unrolled = _unrolled(*schedule.get(index, ((), ())))
+        if unrolled is not None:
+            found[id(block)] = unrolled
     return found
 
 
 #: timm models whose blocks' token order only the model says, and the reshape of each of its
 #: blocks' outputs (by ``id``): Hiera's blocks hold their tokens in mask-unit order.
-_TIMM_MODEL_BLOCKS: dict[str, Callable[[nn.Module], dict[int, Reshape]]] = {
+_TIMM_MODEL_BLOCKS: dict[str, Callable[[nn.Module], dict[int, BlockReshape]]] = {
     "timm.models.hiera.Hiera": _hiera_blocks,
 }
 
@@ -592,32 +680,256 @@ TIMM_REFUSED: dict[str, str] = {
     ),
 }
 
+_HF = "transformers.models"
+_HIERA_LAYER = f"{_HF}.hiera.modeling_hiera.HieraLayer"
+_SWIN_LAYER = TupleOutput(0, _PATCHES, grid_arguments=("input_dimensions",))
+
+#: Hugging Face ``transformers``' block classes (``module.qualname``, matched exactly, so
+#: transformers is never imported here) and the reshape of their outputs, read as in
+#: ``TIMM_BLOCKS``: ``None`` (alone, or as a `TupleOutput`'s reshape) is (N, T, D) tokens led by
+#: as many extra tokens as the model around them says (``_HUGGINGFACE_PREFIX``), on the patch
+#: embedding's grid. A layer that returns a tuple (its hidden states first, then what
+#: ``output_attentions`` adds) is read by a `TupleOutput`; as of transformers 4.57.
+HUGGINGFACE_BLOCKS: dict[str, BlockReshape | None] = {
+    # ViT, DeiT, DINOv2 (with registers), I-JEPA, ViT MSN, SigLIP: tokens
+    f"{_HF}.vit.modeling_vit.ViTLayer": None,
+    f"{_HF}.deit.modeling_deit.DeiTLayer": None,
+    f"{_HF}.dinov2.modeling_dinov2.Dinov2Layer": None,
+    f"{_HF}.dinov2_with_registers.modeling_dinov2_with_registers.Dinov2WithRegistersLayer": None,
+    f"{_HF}.ijepa.modeling_ijepa.IJepaLayer": None,
+    f"{_HF}.vit_msn.modeling_vit_msn.ViTMSNLayer": None,
+    f"{_HF}.siglip.modeling_siglip.SiglipEncoderLayer": None,
+    # BEiT, Data2Vec vision, CLIP, MetaCLIP 2: (tokens, ...)
+    f"{_HF}.beit.modeling_beit.BeitLayer": TupleOutput(0),
+    f"{_HF}.data2vec.modeling_data2vec_vision.Data2VecVisionLayer": TupleOutput(0),
+    f"{_HF}.clip.modeling_clip.CLIPEncoderLayer": TupleOutput(0),
+    f"{_HF}.metaclip_2.modeling_metaclip_2.MetaClip2EncoderLayer": TupleOutput(0),
+    # (tokens,) on the grid the layer is called with: Swin v1/v2 and Donut's Swin
+    # (input_dimensions); PVT (height, width; its last stage's tokens are led by a class token,
+    # PvtPatchEmbeddings.cls_token, the one token that does not fit that grid)
+    f"{_HF}.swin.modeling_swin.SwinLayer": _SWIN_LAYER,
+    f"{_HF}.swinv2.modeling_swinv2.Swinv2Layer": _SWIN_LAYER,
+    f"{_HF}.donut.modeling_donut_swin.DonutSwinLayer": _SWIN_LAYER,
+    f"{_HF}.pvt.modeling_pvt.PvtLayer": TupleOutput(
+        0, tokens_to_grid, grid_arguments=("height", "width")
+    ),
+    # (N, H*W, C) patch tokens alone: LeViT's residual layers (attention or MLP), EfficientFormer's
+    # attention blocks ((tokens, ...), after its last pooling block's grid)
+    f"{_HF}.levit.modeling_levit.LevitResidualLayer": _PATCHES,
+    f"{_HF}.deprecated.efficientformer.modeling_efficientformer.EfficientFormerMeta3D": (
+        TupleOutput(0, _PATCHES)
+    ),
+    # (N, C, H, W): EfficientFormer's pooling blocks; MobileViT v1/v2 blocks (their transformers,
+    # on unfolded patches, inside) and their inverted residual blocks
+    f"{_HF}.deprecated.efficientformer.modeling_efficientformer.EfficientFormerMeta4D": _identity,
+    f"{_HF}.mobilevit.modeling_mobilevit.MobileViTLayer": _identity,
+    f"{_HF}.mobilevit.modeling_mobilevit.MobileViTInvertedResidual": _identity,
+    f"{_HF}.mobilevitv2.modeling_mobilevitv2.MobileViTV2Layer": _identity,
+    f"{_HF}.mobilevitv2.modeling_mobilevitv2.MobileViTV2InvertedResidual": _identity,
+}
+
+#: Hugging Face models and how many extra tokens lead their blocks' tokens: a class token put
+#: before the patches by their embeddings' code (DeiT's also a distillation token), DINOv2's
+#: registers as many as its config says.
+_HUGGINGFACE_PREFIX: dict[str, _Count] = {
+    f"{_HF}.vit.modeling_vit.ViTModel": 1,
+    f"{_HF}.deit.modeling_deit.DeiTModel": 2,
+    f"{_HF}.beit.modeling_beit.BeitModel": 1,
+    f"{_HF}.data2vec.modeling_data2vec_vision.Data2VecVisionModel": 1,
+    f"{_HF}.dinov2.modeling_dinov2.Dinov2Model": 1,
+    f"{_HF}.dinov2_with_registers.modeling_dinov2_with_registers.Dinov2WithRegistersModel": (
+        1,
+        "config.num_register_tokens",
+    ),
+    f"{_HF}.ijepa.modeling_ijepa.IJepaModel": 0,
+    f"{_HF}.vit_msn.modeling_vit_msn.ViTMSNModel": 1,
+    f"{_HF}.clip.modeling_clip.CLIPVisionTransformer": 1,
+    f"{_HF}.metaclip_2.modeling_metaclip_2.MetaClip2VisionTransformer": 1,
+    f"{_HF}.siglip.modeling_siglip.SiglipVisionTransformer": 0,
+}
+
+#: Hugging Face modules whose blocks hold no image tokens: CLIP's, MetaCLIP 2's and SigLIP's text
+#: transformers (their layers are the vision transformers' classes), not searched.
+_HUGGINGFACE_NOT_IMAGES = frozenset(
+    {
+        f"{_HF}.clip.modeling_clip.CLIPTextTransformer",
+        f"{_HF}.metaclip_2.modeling_metaclip_2.MetaClip2TextTransformer",
+        f"{_HF}.siglip.modeling_siglip.SiglipTextTransformer",
+    }
+)
+
+
+def _huggingface_hiera_blocks(encoder: nn.Module) -> dict[int, BlockReshape]:
+    """The layers of a Hugging Face ``HieraEncoder`` by ``id``, reading their tokens' order.
+
+    A layer returns (tokens, attention). Every layer of stage ``i`` outputs tokens in the order
+    ``schedule[i]`` says (the unroll strides left, the grid; the first layer of a stage pools);
+    `UnrolledTokens` undoes it. The layers of a 3-D (video) Hiera are left out.
+    """
+    schedule = getattr(encoder, "schedule", None)
+    stages = getattr(encoder, "stages", None)
+    if not isinstance(schedule, Mapping) or not isinstance(stages, nn.ModuleList):
+        return {}
+    found: dict[int, BlockReshape] = {}
+    for index, stage in enumerate(stages):
+        unrolled = _unrolled(*schedule.get(index, ((), ())))
+        layers = getattr(stage, "layers", None)
+        if unrolled is not None and isinstance(layers, nn.ModuleList):
+            found.update((id(layer), TupleOutput(0, unrolled)) for layer in layers)
+    return found
+
+
+#: Hugging Face models whose blocks' token order only the model says (see ``_TIMM_MODEL_BLOCKS``).
+_HUGGINGFACE_MODEL_BLOCKS: dict[str, Callable[[nn.Module], dict[int, BlockReshape]]] = {
+    f"{_HF}.hiera.modeling_hiera.HieraEncoder": _huggingface_hiera_blocks,
+}
+
+#: Hugging Face blocks that cannot be found soundly, and why; named when Integrative CAM refuses.
+HUGGINGFACE_REFUSED: dict[str, str] = {
+    _HIERA_LAYER: (
+        "Hugging Face Hiera's layers hold their tokens in mask-unit order, which only the 2-D "
+        "HieraEncoder around them says (its schedule): outside one their grid is unknown (pass "
+        "layers=[...] and reshape_transform=ctc_plugin.cam.transformers.TupleOutput(0, "
+        "UnrolledTokens(strides, grid)))"
+    ),
+}
+
+#: Hugging Face classifiers whose head reads the leading tokens alone (the class token; DeiT's
+#: teacher head also the distillation token): their last layer's patch tokens reach no score.
+#: (BEiT's and Data2Vec vision's read the class token alone without mean pooling, but their
+#: layers return tuples, whose first LayerNorm `grad_cam_layer` takes anyway.)
+_HUGGINGFACE_TOKEN_HEADS = frozenset(
+    {
+        f"{_HF}.vit.modeling_vit.ViTForImageClassification",
+        f"{_HF}.deit.modeling_deit.DeiTForImageClassification",
+        f"{_HF}.deit.modeling_deit.DeiTForImageClassificationWithTeacher",
+        f"{_HF}.vit_msn.modeling_vit_msn.ViTMSNForImageClassification",
+    }
+)
+
+#: The attribute names of a ViT block's first LayerNorm (the one before its attention):
+#: torchvision's, timm's, Hugging Face's (ViT, DeiT, BEiT, ...; CLIP, SigLIP).
+_FIRST_NORMS = ("ln_1", "norm1", "layernorm_before", "layer_norm1")
+
+
+@dataclass(frozen=True)
+class _Library:
+    """The tables of a library whose classes are matched by qualified name (never imported).
+
+    Attributes:
+        package: The library's top-level package; without it in ``sys.modules``, no class of it
+            can be in a model, and its tables are skipped.
+        blocks: Its block classes and their reshapes (``None``: tokens led by extra tokens).
+        refused: Its block classes that cannot be found soundly, and why.
+        prefix: Models that say how many extra tokens lead their blocks' tokens.
+        grid: Models whose patch grid is fixed, and the attribute that says it.
+        model_blocks: Models whose blocks' reshapes only they say, by block ``id``.
+        alongside: Blocks that are stages only beside blocks of the other classes named.
+        not_images: Modules whose blocks hold no image tokens, not searched.
+    """
+
+    package: str
+    blocks: Mapping[str, BlockReshape | None]
+    refused: Mapping[str, str]
+    prefix: Mapping[str, _Count]
+    grid: Mapping[str, str] = field(default_factory=dict)
+    model_blocks: Mapping[str, Callable[[nn.Module], dict[int, BlockReshape]]] = field(
+        default_factory=dict
+    )
+    alongside: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    not_images: frozenset[str] = frozenset()
+
+
+_LIBRARIES = (
+    _Library(
+        "timm",
+        TIMM_BLOCKS,
+        TIMM_REFUSED,
+        _TIMM_PREFIX,
+        _TIMM_GRID,
+        _TIMM_MODEL_BLOCKS,
+        _TIMM_ALONGSIDE,
+    ),
+    _Library(
+        "transformers",
+        HUGGINGFACE_BLOCKS,
+        HUGGINGFACE_REFUSED,
+        _HUGGINGFACE_PREFIX,
+        model_blocks=_HUGGINGFACE_MODEL_BLOCKS,
+        not_images=_HUGGINGFACE_NOT_IMAGES,
+    ),
+)
+
 
 def _qualified(module: nn.Module) -> str:
     kind = type(module)
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def _timm_blocks(model: nn.Module) -> dict[str, BlockReshape | None]:
-    """``TIMM_BLOCKS`` and the blocks found alongside others in ``model`` (none without timm)."""
-    if "timm" not in sys.modules:  # no timm class can be in the model: nothing to match
-        return {}
+@dataclass(frozen=True)
+class _Tables:
+    """The tables of the libraries imported, merged, for one search of a model's blocks."""
+
+    blocks: Mapping[str, BlockReshape | None] = field(default_factory=dict)
+    refused: Mapping[str, str] = field(default_factory=dict)
+    prefix: Mapping[str, _Count] = field(default_factory=dict)
+    grid: Mapping[str, str] = field(default_factory=dict)
+    model_blocks: Mapping[str, Callable[[nn.Module], dict[int, BlockReshape]]] = field(
+        default_factory=dict
+    )
+    not_images: frozenset[str] = frozenset()
+
+
+def _tables(model: nn.Module) -> _Tables:
+    """The tables of the libraries imported, with the blocks found alongside others in ``model``.
+
+    Empty without timm and transformers: no class of theirs can be in the model.
+    """
+    libraries = [library for library in _LIBRARIES if library.package in sys.modules]
+    if not libraries:
+        return _Tables()
     present = {_qualified(m) for m in model.modules()}
-    alongside = {
-        name: _identity
-        for name, others in _TIMM_ALONGSIDE.items()
-        if name in present and present.intersection(others)
-    }
-    return {**TIMM_BLOCKS, **alongside}
+    blocks: dict[str, BlockReshape | None] = {}
+    for library in libraries:
+        blocks.update(library.blocks)
+        blocks.update(
+            (name, _identity)
+            for name, others in library.alongside.items()
+            if name in present and present.intersection(others)
+        )
+    return _Tables(
+        blocks=blocks,
+        refused={k: v for lib in libraries for k, v in lib.refused.items()},
+        prefix={k: v for lib in libraries for k, v in lib.prefix.items()},
+        grid={k: v for lib in libraries for k, v in lib.grid.items()},
+        model_blocks={k: v for lib in libraries for k, v in lib.model_blocks.items()},
+        not_images=frozenset().union(*(lib.not_images for lib in libraries)),
+    )
 
 
-def _prefix_tokens(module: nn.Module, inherited: int | None) -> int | None:
+def _attribute(module: nn.Module, path: str) -> object:
+    """The attribute at the dotted ``path`` of ``module``, ``None`` where there is none."""
+    value: object = module
+    for name in path.split("."):
+        value = getattr(value, name, None)
+    return value
+
+
+def _count(module: nn.Module, count: _Count) -> int | None:
+    """The number ``count`` says for ``module`` (`_Count`), ``None`` where a part is no count."""
+    total = 0
+    for part in count if isinstance(count, tuple) else (count,):
+        value = part if isinstance(part, int) else _attribute(module, part)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return None
+        total += value
+    return total
+
+
+def _prefix_tokens(module: nn.Module, inherited: int | None, tables: _Tables) -> int | None:
     """The number of leading extra tokens ``module`` says its blocks hold, else ``inherited``."""
-    said = _TIMM_PREFIX.get(_qualified(module), "num_prefix_tokens")
-    value = said if isinstance(said, int) else getattr(module, said, None)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return inherited
+    said = _count(module, tables.prefix.get(_qualified(module), "num_prefix_tokens"))
+    return inherited if said is None else said
 
 
 @dataclass(frozen=True)
@@ -625,34 +937,32 @@ class _Said:
     """What the modules around a block say about its tokens.
 
     Attributes:
-        prefix: The number of leading extra tokens (``num_prefix_tokens``), if said.
+        prefix: The number of leading extra tokens (``num_prefix_tokens``, the prefix tables),
+            if said.
         grid: The patch grid (``_TIMM_GRID``), if said.
         blocks: The reshape of each block (by ``id``) whose token order a model says
-            (``_TIMM_MODEL_BLOCKS``).
+            (``_TIMM_MODEL_BLOCKS``, ``_HUGGINGFACE_MODEL_BLOCKS``).
     """
 
     prefix: int | None = None
     grid: tuple[int, int] | None = None
-    blocks: Mapping[int, Reshape] = field(default_factory=dict)
+    blocks: Mapping[int, BlockReshape] = field(default_factory=dict)
 
 
-def _said_by(module: nn.Module, said: _Said) -> _Said:
+def _said_by(module: nn.Module, said: _Said, tables: _Tables) -> _Said:
     """``said``, with what ``module`` says about the tokens of the blocks inside it."""
     name = _qualified(module)
     grid = said.grid
-    if name in _TIMM_GRID:
-        value: object = module
-        for attribute in _TIMM_GRID[name].split("."):
-            value = getattr(value, attribute, None)
-        grid = _grid_pair(value) or grid
+    if name in tables.grid:
+        grid = _grid_pair(_attribute(module, tables.grid[name])) or grid
     blocks = said.blocks
-    if name in _TIMM_MODEL_BLOCKS:
-        blocks = {**blocks, **_TIMM_MODEL_BLOCKS[name](module)}
-    return _Said(_prefix_tokens(module, said.prefix), grid, blocks)
+    if name in tables.model_blocks:
+        blocks = {**blocks, **tables.model_blocks[name](module)}
+    return _Said(_prefix_tokens(module, said.prefix, tables), grid, blocks)
 
 
 def _resolved(reshape: BlockReshape | None, said: _Said) -> BlockReshape:
-    """A ``TIMM_BLOCKS`` entry with ``None`` (tokens led by the model's extra tokens) filled in."""
+    """A table entry with ``None`` (tokens led by the model's extra tokens) filled in."""
     if isinstance(reshape, TupleOutput):
         if reshape.reshape is not None:
             return reshape
@@ -667,7 +977,7 @@ def _resolved(reshape: BlockReshape | None, said: _Said) -> BlockReshape:
 def _found_blocks(
     module: nn.Module,
     known: dict[type[nn.Module], BlockReshape],
-    timm: dict[str, BlockReshape | None],
+    tables: _Tables,
     said: _Said,
     seen: set[int],
 ) -> Iterator[tuple[nn.Module, BlockReshape]]:
@@ -683,12 +993,14 @@ def _found_blocks(
         yield module, said.blocks[id(module)]
         return
     name = _qualified(module)
-    if name in timm:
-        yield module, _resolved(timm[name], said)
+    if name in tables.blocks:
+        yield module, _resolved(tables.blocks[name], said)
         return
-    said = _said_by(module, said)
+    if name in tables.not_images:
+        return
+    said = _said_by(module, said, tables)
     for child in module.children():
-        yield from _found_blocks(child, known, timm, said, seen)
+        yield from _found_blocks(child, known, tables, said, seen)
 
 
 def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, BlockReshape]]:
@@ -696,47 +1008,89 @@ def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, BlockReshape]]
 
     The known blocks: torchvision's ViT ``EncoderBlock``, Swin
     ``SwinTransformerBlock``/``SwinTransformerBlockV2``, MaxViT ``MaxVitLayer``, the types in
-    [`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES] (these first), and timm's in
-    ``TIMM_BLOCKS``: ViT and its variants (DeiT, DINOv2 with registers, CLIP, EVA, BEiT, PiT,
-    CrossViT), CaiT, XCiT, Twins, PVT v2, Swin v1/v2, NesT, DaViT, GCViT, MaxViT, CoAtNet,
-    TinyViT, LeViT, EfficientFormer v1/v2, EdgeNeXt, MobileViT v1/v2, Visformer, MLP-Mixer,
-    ResMLP, gMLP, TNT (its patch tokens, picked out of the (pixel tokens, patch tokens) tuple its
-    blocks return, on the patch grid the model says) and MViTv2 (the tokens of its blocks'
-    (tokens, grid) tuples, on that grid); and the blocks of timm's 2-D Hiera, their tokens put
-    back from mask-unit order (`UnrolledTokens`). A block inside a found block is not a stage of
-    its own (MobileViT's transformer blocks, inside its MobileViT blocks). The leading extra
-    tokens of timm's ViT blocks are as many as the model says (``num_prefix_tokens``: class,
-    distillation and register tokens). Empty for a model without known blocks.
+    [`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES] (these first), timm's in ``TIMM_BLOCKS``:
+    ViT and its variants (DeiT, DINOv2 with registers, CLIP, EVA, BEiT, PiT, CrossViT), CaiT,
+    XCiT, Twins, PVT v2, Swin v1/v2, NesT, DaViT, GCViT, MaxViT, CoAtNet, TinyViT, LeViT,
+    EfficientFormer v1/v2, EdgeNeXt, MobileViT v1/v2, Visformer, MLP-Mixer, ResMLP, gMLP, TNT
+    (its patch tokens, picked out of the (pixel tokens, patch tokens) tuple its blocks return,
+    on the patch grid the model says) and MViTv2 (the tokens of its blocks' (tokens, grid)
+    tuples, on that grid); the blocks of timm's 2-D Hiera, their tokens put back from mask-unit
+    order (`UnrolledTokens`); and Hugging Face's in ``HUGGINGFACE_BLOCKS``: ViT, DeiT, BEiT,
+    Data2Vec vision, DINOv2 (with registers), I-JEPA, ViT MSN, CLIP, MetaCLIP 2 and SigLIP (their
+    vision transformers), Swin v1/v2 and Donut's Swin, PVT (these two on the grid each layer is
+    called with), LeViT, EfficientFormer, MobileViT v1/v2, and the layers of a 2-D Hiera
+    (unrolled tokens, as timm's). A block inside a found block is not a stage of its own
+    (MobileViT's transformer blocks, inside its MobileViT blocks). The leading extra tokens of
+    ViT blocks are as many as the model says (timm's ``num_prefix_tokens``; for Hugging Face's,
+    the class and distillation tokens their embeddings add, and ``config.num_register_tokens``).
+    Empty for a model without known blocks.
     """
     known = {**_known_blocks(), **BLOCK_RESHAPES}
-    return list(_found_blocks(model, known, _timm_blocks(model), _Said(), set()))
+    return list(_found_blocks(model, known, _tables(model), _Said(), set()))
 
 
 def refused_blocks(model: object) -> list[str]:
-    """Why the blocks of ``model`` that cannot be found soundly (``TIMM_REFUSED``) are not.
+    """Why the blocks of ``model`` that cannot be found soundly are not.
 
-    Only blocks that were not found count: a HieraBlock inside a timm Hiera is found. Empty
-    for a plain function (no modules to read) and without timm.
+    The reasons of ``TIMM_REFUSED`` and ``HUGGINGFACE_REFUSED``; only blocks that were not found
+    count (a HieraBlock inside a timm Hiera is found). Empty for a plain function (no modules to
+    read) and without timm and transformers.
     """
-    if "timm" not in sys.modules or not isinstance(model, nn.Module):
+    if not isinstance(model, nn.Module):
+        return []
+    refused = _tables(model).refused
+    if not refused:
         return []
     found = {id(block) for block, _ in transformer_stages(model)}
-    reasons = {TIMM_REFUSED.get(_qualified(m)) for m in model.modules() if id(m) not in found}
+    reasons = {refused.get(_qualified(m)) for m in model.modules() if id(m) not in found}
     return sorted(reason for reason in reasons if reason is not None)
 
 
-def _classifies_prefix_tokens(model: nn.Module, block: nn.Module) -> bool:
-    """Whether the timm model holding ``block`` classifies its leading tokens alone.
+def _reads_leading_tokens_alone(head: nn.Module) -> bool | None:
+    """Whether ``head``'s classifier reads its leading tokens alone; ``None``: ``head`` says not.
 
-    timm's ViTs with ``global_pool="token"`` read the class token only: the patch tokens their
-    last block outputs reach no score.
+    timm's ViTs with ``global_pool="token"`` read the class token only; so do the Hugging Face
+    classifiers in ``_HUGGINGFACE_TOKEN_HEADS``.
     """
-    owners = [
-        m
+    pool = getattr(head, "global_pool", None)
+    if isinstance(pool, str):
+        return pool == "token"
+    return True if _qualified(head) in _HUGGINGFACE_TOKEN_HEADS else None
+
+
+def _classifies_prefix_tokens(model: nn.Module, block: nn.Module) -> bool:
+    """Whether the innermost classifier around ``block`` reads its leading tokens alone.
+
+    Then the patch tokens ``block`` outputs reach no score (see `_reads_leading_tokens_alone`).
+    """
+    said = [
+        reads
         for m in model.modules()
-        if isinstance(getattr(m, "global_pool", None), str) and any(b is block for b in m.modules())
+        if (reads := _reads_leading_tokens_alone(m)) is not None
+        and any(b is block for b in m.modules())
     ]
-    return bool(owners) and owners[-1].global_pool == "token"
+    return bool(said) and said[-1]
+
+
+def _first_norm(block: nn.Module) -> nn.Module | None:
+    """The first LayerNorm of a ViT block (``_FIRST_NORMS``), ``None`` if it has none."""
+    for name in _FIRST_NORMS:
+        norm = getattr(block, name, None)
+        if isinstance(norm, nn.LayerNorm):
+            return norm
+    return None
+
+
+def _token_reshape(model: nn.Module, block: nn.Module, reshape: BlockReshape) -> Reshape | None:
+    """The reshape of a ViT block's tokens, picked out of a `TupleOutput`; else ``None``.
+
+    A ViT block's tokens are led by the model's extra tokens, on the patch embedding's grid
+    (its table entry is ``None``, or a `TupleOutput` of ``None`` whose calls say no grid).
+    """
+    entry = _tables(model).blocks.get(_qualified(block), _identity)
+    if isinstance(entry, TupleOutput) and entry.reshape is None and not entry.carries_grid:
+        return reshape.reshape if isinstance(reshape, TupleOutput) else None
+    return reshape if entry is None and not isinstance(reshape, TupleOutput) else None
 
 
 def grad_cam_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
@@ -745,16 +1099,22 @@ def grad_cam_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
     A vision transformer's last block (see
     [`transformer_stages`][ctc_plugin.cam.transformer_stages]) with its token reshape; for a
     ViT that classifies its class token alone (torchvision's ``VisionTransformer``, timm's ViTs
-    with ``global_pool="token"``: ViT, DeiT, DINOv2, CLIP, PiT, CrossViT), the first LayerNorm of
-    the last block (``ln_1``, timm's ``norm1``), as pytorch-grad-cam's ViT tutorial does
-    (``blocks[-1].norm1``): the patch tokens the last block outputs reach no score, so their
-    gradient, and a Grad-CAM map of them, is zero. Otherwise the model's last ``nn.Conv2d`` and
-    ``None``.
+    with ``global_pool="token"``: ViT, DeiT, DINOv2, CLIP, PiT, CrossViT; Hugging Face's ViT,
+    DeiT, ViT MSN), the first LayerNorm of
+    the last block (``ln_1``, timm's ``norm1``, Hugging Face's ``layernorm_before``), as
+    pytorch-grad-cam's ViT tutorial does (``blocks[-1].norm1``): the patch tokens the last block
+    outputs reach no score, so their gradient, and a Grad-CAM map of them, is zero. The first
+    LayerNorm also for a ViT whose last block returns a tuple (Hugging Face's BEiT, Data2Vec
+    vision, CLIP, MetaCLIP 2): pytorch-grad-cam hooks the tensor a layer returns, and that
+    norm's tokens are on the block's grid. Otherwise the model's last ``nn.Conv2d`` and ``None``.
+    The token reshapes assume square patch grids where the model says no grid, as
+    pytorch-grad-cam's do (a `PatchTokens` refuses a patch count that is no square).
 
     Raises:
         ValueError: If the model has neither known transformer blocks nor a ``Conv2d``, or its
-            last block returns a tuple (TNT, MViTv2): pytorch-grad-cam hooks the tensor a layer
-            returns, and no submodule returns that block's feature map.
+            last block returns a tuple and is no ViT block with a first LayerNorm (TNT, MViTv2,
+            Hugging Face's Swin, Hiera, PVT, EfficientFormer): no submodule returns that
+            block's feature map.
     """
     from torchvision.models.vision_transformer import VisionTransformer
 
@@ -764,11 +1124,12 @@ def grad_cam_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
         # torchvision's ViT, bare or wrapped (a normalising nn.Sequential, say)
         if any(isinstance(m, VisionTransformer) for m in model.modules()):
             return last.ln_1, reshape
-        norm = getattr(last, "norm1", None)
-        vit = TIMM_BLOCKS.get(_qualified(last), _identity) is None
-        if vit and isinstance(norm, nn.Module) and _classifies_prefix_tokens(model, last):
-            return norm, reshape
-        if isinstance(reshape, TupleOutput):
+        tokens, norm = _token_reshape(model, last, reshape), _first_norm(last)
+        tuple_output = isinstance(reshape, TupleOutput)
+        if tokens is not None and norm is not None:
+            if tuple_output or _classifies_prefix_tokens(model, last):
+                return norm, tokens
+        if tuple_output:
             raise ValueError(
                 f"the last block of {type(model).__name__} ({_qualified(last)}) returns a tuple, "
                 "and pytorch-grad-cam hooks the tensor a layer returns (no submodule returns "
@@ -784,6 +1145,8 @@ def grad_cam_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
 
 __all__ = [
     "BLOCK_RESHAPES",
+    "HUGGINGFACE_BLOCKS",
+    "HUGGINGFACE_REFUSED",
     "TIMM_BLOCKS",
     "TIMM_REFUSED",
     "BlockReshape",
@@ -791,6 +1154,7 @@ __all__ = [
     "TupleOutput",
     "UnrolledTokens",
     "blocks_of_blocks_to_grid",
+    "call_arguments",
     "channels_last_to_grid",
     "check_square_grid",
     "grad_cam_layer",

@@ -17,9 +17,7 @@ Handlers here: ``matmul``/``bmm``/``@``/``einsum``
 ([`scaled_dot_product_attention`][ctc_plugin.ctc.attention.scaled_dot_product_attention]),
 ``nn.MultiheadAttention``'s ``multi_head_attention_forward``
 ([`multi_head_attention`][ctc_plugin.ctc.attention.multi_head_attention], decomposed into the
-operations above so that its projections' biases are shared like any other) and ``F.normalize``
-([`normalize`][ctc_plugin.ctc.attention.normalize]: Swin v2's cosine attention normalises queries
-and keys).
+operations above so that its projections' biases are shared like any other).
 """
 
 from __future__ import annotations
@@ -224,13 +222,6 @@ def _attention_probabilities(
         else:
             scores = scores + mask
     return torch.softmax(scores, dim=-1)
-
-
-def normalize(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    """``F.normalize``: not linear, so a gate-only tensor (cosine attention's queries and keys)."""
-    return ctx.full_pass_gate(
-        args[0], lambda rows: func(rows, *args[1:], **kwargs), operation_name(func)
-    )
 
 
 def multi_head_attention(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:

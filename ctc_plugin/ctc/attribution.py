@@ -468,8 +468,10 @@ class CTC(Attribution):
         Returns ``None`` when the gradient cannot follow the forward function (it detaches the
         copies, runs under ``torch.no_grad()`` or takes their values out of torch: see
         `GraphCutError`; or it writes in place into a tensor autograd needs, ``x += y`` after
-        ``x`` fed a layer); the caller then runs the forward pass
-        of the copies, which gives the same scores or refuses what it cannot follow.
+        ``x`` fed a layer), or is not finite (``torch.where(d > 0, y / d, 0)``: autograd
+        multiplies the zero gradient of the branch left out by ``1 / 0``); the caller then runs
+        the forward pass of the copies, which gives the same scores or refuses what it cannot
+        follow.
         """
         n = inputs[0].shape[0]
         layout = CopyLayout(examples=n, features=0, reference_full=False, baseline=False)
@@ -493,6 +495,10 @@ class CTC(Attribution):
                 if "modified by an inplace operation" not in str(error):
                     raise
                 return None  # (x += y after x fed a layer): the pass of copies needs no gradient
+        if any(g is not None and not bool(torch.isfinite(g).all()) for g in gradients):
+            # a branch torch.where left out divided by zero: its zero gradient times 1/0 is
+            # NaN in autograd, where the pass of copies gives that branch nothing
+            return None
         # in the output's dtype, as the pass of the copies gives them (inputs may differ)
         scores = selected.new_zeros(n, features.count)
         baseline_share = None if baselines is None else selected.new_zeros(n)

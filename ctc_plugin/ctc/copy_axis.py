@@ -67,8 +67,15 @@ def follow_copy_axis(
             or merges them with a dim before them.
     """
     name = getattr(func, "__name__", "")
+    descriptor = getattr(func, "__self__", None)
+    if name == "__get__" and hasattr(descriptor, "__objclass__"):  # x.mT, x.T: an attribute
+        name = descriptor.__name__
     rank = x.dim()
     refusal = f"torch.Tensor.{name}"
+    if name in ("mT", "mH"):  # the last two dims swapped
+        return {rank - 2: rank - 1, rank - 1: rank - 2}.get(axis, axis)
+    if name in ("T", "H"):  # every dim reversed (a matrix transposed)
+        return rank - 1 - axis
     if name == "permute":
         dims = _argument(args, kwargs, 1, "dims")
         if isinstance(dims, int):

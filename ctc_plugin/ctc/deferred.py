@@ -16,11 +16,25 @@ are needed.
 [`CTCMode`][ctc_plugin.ctc.interception.CTCMode] carries the deferral on through the operations
 that take such a tensor alone or with constants (scaling, masking, slicing, a linear layer) and
 through sums with the signal (relative position terms added to the scores); an operation whose
-result is a gate whatever its operands (a softmax, a comparison: rows with ``makes_gate``) ends
-it. Where the tensor meets the signal in any other operation, or is the model's output, its
+result is a gate whatever its operands (a softmax, a comparison: rows with ``makes_gate``, in
+place too, and operations without a rule, such as a softmax written out with ``exp``) ends it.
+A view without a rule (``scores.mT``, ``scores.diagonal(...)``) carries it on: it holds the
+product's entries, and its copies are refused where they are needed, as the view of a signal
+is. Where the tensor meets the signal in any other operation, or is the model's output, its
 copies are computed ([`materialise`][ctc_plugin.ctc.deferred.materialise]) by replaying the
 operations that made it on the copies, each by its own rule, and the operation runs on them as
-on any signal. The result is the same as computing the copies at once.
+on any signal (a product of two deferred products is such a product of their copies, computed
+in turn). The result is the same as computing the copies at once; past `MAX_DEPTH` operations
+the copies are computed, and what follows reads them as a signal (an operation without a rule
+is then refused).
+
+A replay holds the operations' other operands and, for a deferred operand, its `DeferredSignal`
+(a [`Slot`][ctc_plugin.ctc.deferred.Slot]), never the gate-only tensor itself: a tensor written
+in place carries a deferral whose replay would otherwise hold that tensor (a reference cycle that
+keeps attention scores alive until the cycle collector runs), and the gate-only tensors of a
+chain are freed as the model lets go of them. What an in-place call overwrites in a tensor that
+was no deferred product is kept as it was before the call (a snapshot), for the replay to start
+from.
 """
 
 from __future__ import annotations
@@ -127,34 +141,66 @@ def _copies(signal: DeferredSignal, fresh: bool) -> torch.Tensor:
             "written in place through a view before its copies were needed; write it out of "
             "place",
         )
-    return tree_flatten(signal.replay.result())[0][signal.leaf]
+    copies = tree_flatten(signal.replay.result())[0][signal.leaf]
+    return materialise(copies)  # a product of two deferred products is deferred in turn
 
 
-def taken(operands: list[torch.Tensor]) -> dict[int, tuple[torch.Tensor, DeferredSignal, bool]]:
-    """The deferred tensors among ``operands`` as a call finds them, by ``id``.
+def ended(out: Any) -> Any:
+    """``out`` with the deferral of every tensor among its leaves removed; return ``out``.
 
-    Each with its deferral and whether the tensor is as that deferral left it (``fresh``): a
-    call writing into it in place gives it a new deferral afterwards, and a write through a
-    view makes the deferral stale (its copies are refused if needed).
+    For what a rule made a gate (a softmax, ``scores.sigmoid_()`` in place): it no longer
+    stands for the product, and an in-place call left the product's deferral on it.
+    """
+    for leaf in tree_flatten(out)[0]:
+        if isinstance(leaf, torch.Tensor) and hasattr(leaf, DEFERRED_ATTRIBUTE):
+            delattr(leaf, DEFERRED_ATTRIBUTE)
+    return out
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a replay finds a deferred operand: its deferral, not the tensor.
+
+    Attributes:
+        signal: The operand's deferral when the call took it.
+        fresh: Whether the operand was as that deferral left it (not written through a view).
+    """
+
+    signal: DeferredSignal
+    fresh: bool
+
+
+def slotted(operands: list[torch.Tensor], args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` with every deferred tensor among ``operands`` as its `Slot`.
+
+    What a replay keeps of a call: the deferred tensors as the call found them (a call writing
+    into one gives it a new deferral afterwards; a write through a view made it stale, and its
+    copies are refused if needed), and no reference to them.
     """
     found = {}
     for tensor in operands:
         signal = deferral(tensor)
         if signal is not None:
-            found[id(tensor)] = (tensor, signal, tensor._version == signal.version)
-    return found
-
-
-def materialised_operands(args: tuple, kwargs: dict, found: dict[int, tuple]) -> tuple:
-    """``(args, kwargs)`` with every deferred tensor of ``found`` (see `taken`) as its copies."""
+            found[id(tensor)] = (tensor, Slot(signal, tensor._version == signal.version))
 
     def replace(value: Any) -> Any:
         entry = found.get(id(value)) if isinstance(value, torch.Tensor) else None
-        if entry is None or entry[0] is not value:
-            return value
-        return _copies(entry[1], entry[2])
+        return value if entry is None or entry[0] is not value else entry[1]
 
     return tree_map(replace, (args, kwargs))
+
+
+def slots(template: Any) -> list[Slot]:
+    """The slots among the leaves of ``template`` (see `slotted`)."""
+    return [leaf for leaf in tree_flatten(template)[0] if isinstance(leaf, Slot)]
+
+
+def materialised(template: Any) -> Any:
+    """``template`` (see `slotted`) with every `Slot` as the copies of its deferred tensor."""
+    return tree_map(
+        lambda value: _copies(value.signal, value.fresh) if isinstance(value, Slot) else value,
+        template,
+    )
 
 
 def writes_first(func: Callable[..., Any]) -> bool:
@@ -166,10 +212,13 @@ __all__ = [
     "MAX_DEPTH",
     "DeferredSignal",
     "Replay",
+    "Slot",
     "defer",
     "deferral",
+    "ended",
     "materialise",
-    "materialised_operands",
-    "taken",
+    "materialised",
+    "slots",
+    "slotted",
     "writes_first",
 ]

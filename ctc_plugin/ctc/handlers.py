@@ -43,7 +43,10 @@ def _with_arg(args: tuple, kwargs: dict, index: int, name: str, value: Any) -> t
 
 
 def operation_name(func: Callable[..., Any]) -> str:
-    """A readable name for a torch function or tensor method."""
+    """A readable name for a torch function, tensor method or attribute (``x.mT``)."""
+    descriptor = getattr(func, "__self__", None)
+    if getattr(func, "__name__", None) == "__get__" and hasattr(descriptor, "__objclass__"):
+        return f"torch.Tensor.{descriptor.__name__}"  # an attribute read: x.mT, x.T, x.H
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
     module = getattr(func, "__module__", None)
     if name.startswith(("TensorBase.", "Tensor.")):
@@ -117,7 +120,7 @@ def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
     """``a + alpha*b`` / ``a - alpha*b`` (and reversed): linear, or affine with a constant."""
 
     def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-        first, second = args[0], _arg(args, kwargs, 1, "other")
+        first, second = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "other")
         alpha = kwargs.get("alpha", 1)
         gate_only = _gate_only_operand(ctx, (first, second))
         if gate_only is not None and any(_is_signal(ctx, v) for v in (first, second)):
@@ -808,6 +811,22 @@ _POOL_WITH_INDICES: dict[str, Callable[..., Any]] = {
 
 
 # ---------------------------------------------------------------------------- linear handlers
+def triangle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``tril``/``triu``: the entries above (below) a diagonal of the last two dims zeroed.
+
+    Linear in every copy (causal linear attention masks its scores so), unless those dims hold
+    the copies.
+    """
+    x = _arg(args, kwargs, 0, "input")
+    axis = ctx.copy_axis(x)
+    if x.dim() < 3 or axis >= x.dim() - 2:
+        raise UnsupportedOperationError(
+            operation_name(func), "its last two dims, where it zeroes a triangle, hold the copies"
+        )
+    out = func(*args, **kwargs)
+    return ctx.tag(out, axis)
+
+
 def apply_linear(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
     """An operation linear in the signal, applied as it is to all copies at once.
 

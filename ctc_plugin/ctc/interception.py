@@ -37,10 +37,13 @@ from ctc_plugin.ctc.copy_axis import REDUCTIONS
 from ctc_plugin.ctc.deferred import (
     MAX_DEPTH,
     Replay,
+    Slot,
     defer,
     deferral,
-    materialised_operands,
-    taken,
+    ended,
+    materialised,
+    slots,
+    slotted,
     writes_first,
 )
 from ctc_plugin.ctc.errors import (
@@ -48,7 +51,7 @@ from ctc_plugin.ctc.errors import (
     UntracedOutputError,
     copies_off_dim_zero,
 )
-from ctc_plugin.ctc.handlers import is_inplace, operation_name
+from ctc_plugin.ctc.handlers import operation_name
 from ctc_plugin.ctc.operations import (
     EXIT_FUNCTIONS,
     RANDOM_FUNCTIONS,
@@ -273,42 +276,90 @@ class CTCMode(TorchFunctionMode):
 
         With gate-only operands alone, or in a sum with the signal, the call runs as for any
         gate-only tensor and its result carries the deferral on (how to replay the call on the
-        copies), unless its rule makes a gate whatever its operands (a softmax): then the
-        deferral ends. Anywhere else (the product meets the signal, or the deferral was carried
+        copies), unless its rule makes a gate whatever its operands (a softmax, ``sigmoid_`` in
+        place, an operation without a rule such as ``exp``): then the deferral ends. A view
+        without a rule (``mT``, ``diagonal``) still holds the product's entries: it carries the
+        deferral, and its replay is refused where its copies are needed, as it is on the
+        signal. Anywhere else (the product meets the signal, or the deferral was carried
         `MAX_DEPTH` operations) the copies are computed and the call runs on them; a call that
         writes into a deferred tensor writes the result back into it.
         """
         ctx = self.gated_pass
-        found = taken(propagated)
-        depth = 1 + max(signal.depth for _, signal, _ in found.values())
+        template = slotted(propagated, args, kwargs)
+        depth = 1 + max(slot.signal.depth for slot in slots(template))
         meets_signal = any(not (mark := ctx.gate_mark(t)) or not mark.only for t in propagated)
         makes_gate = row is None or row.makes_gate
+        within = depth <= MAX_DEPTH
         if makes_gate and not meets_signal:
-            return self._apply(func, row, args, kwargs, propagated)
+            out = self._apply(func, row, args, kwargs, propagated)
+            if row is not None or writes_first(func) or not _views_deferred(out, propagated):
+                return ended(out)
+            if within:
+                return self._carried(func, template, args, out, propagated, depth)
         sum_out_of_place = func in SUMS and not writes_first(func)
-        carried = not makes_gate and depth <= MAX_DEPTH and (not meets_signal or sum_out_of_place)
-        out = self._gate_only_reading(func, row, args, kwargs, propagated) if carried else REFUSED
-        if out is not REFUSED:
-
-            def replay() -> Any:
-                replayed_args, replayed_kwargs = materialised_operands(args, kwargs, found)
-                if writes_first(func):  # on a copy: the copies it starts from are kept
-                    first = self._route(torch.Tensor.clone, (replayed_args[0],), {})
-                    replayed_args = (first, *replayed_args[1:])
-                out = self._route(func, replayed_args, replayed_kwargs)
-                return replayed_args[0] if func is torch.Tensor.__setitem__ else out
-
-            watched = [(t, t._version) for t in propagated if id(t) not in found]
-            written = args[0] if func is torch.Tensor.__setitem__ else out
-            defer(written, Replay(replay, operation_name(func), watched), depth)
-            return out
-        replayed_args, replayed_kwargs = materialised_operands(args, kwargs, found)
-        first = args[0] if args else None
-        if not (writes_first(func) and id(first) in found):
+        if not makes_gate and within and (not meets_signal or sum_out_of_place):
+            template = self._before_write(func, template)
+            out = self._gate_only_reading(func, row, args, kwargs, propagated)
+            if out is not REFUSED:
+                return self._carried(func, template, args, out, propagated, depth)
+        replayed_args, replayed_kwargs = materialised(template)
+        first = template[0][0] if template[0] else None
+        if not (writes_first(func) and isinstance(first, Slot)):
             return self._route(func, replayed_args, replayed_kwargs)
         copies = self._route(torch.Tensor.clone, (replayed_args[0],), {})  # the cache stays
         self._route(func, (copies, *replayed_args[1:]), replayed_kwargs)
-        return self._written_back(first, copies)
+        return self._written_back(args[0], copies)
+
+    def _before_write(self, func: Callable[..., Any], template: tuple[tuple, dict]) -> tuple:
+        """``template`` with the tensor an in-place ``func`` writes into as it is now.
+
+        A call writing a deferred product into a tensor that is none (``x[i] = q @ k^T``,
+        ``ones.add_(a @ b)``) gives that tensor the deferral; its replay starts from a copy
+        of what the tensor held before (with its marks), not from the tensor, which by then
+        holds the gate-only result and its new deferral.
+        """
+        args, kwargs = template
+        if not (writes_first(func) and args and isinstance(args[0], Tensor)):
+            return template
+        ctx, first = self.gated_pass, args[0]
+        kept = first.clone()  # the mode is off while a call is routed: a plain clone
+        if not ctx.is_propagated(first):
+            return (kept, *args[1:]), kwargs
+        ctx.tag(kept, ctx.copy_axis(first))
+        mark = ctx.gate_mark(first)
+        if mark is not None:
+            ctx.mark_gate(kept, mark.origin, mark.only)
+        return (kept, *args[1:]), kwargs
+
+    def _carried(
+        self,
+        func: Callable[..., Any],
+        template: tuple[tuple, dict],
+        args: tuple,
+        out: Any,
+        propagated: list[Tensor],
+        depth: int,
+    ) -> Any:
+        """``out`` (``x[i] = v``: ``x``) given the deferral of ``func``'s result; return ``out``.
+
+        Its replay runs ``func`` on the copies of the deferred operands (`template`, see
+        [`slotted`][ctc_plugin.ctc.deferred.slotted]) and on the other operands as they are,
+        which must not be written in place before it runs (they are watched).
+        """
+
+        def replay() -> Any:
+            replayed_args, replayed_kwargs = materialised(template)
+            if writes_first(func):  # on a copy: the copies it starts from are kept
+                first = self._route(torch.Tensor.clone, (replayed_args[0],), {})
+                replayed_args = (first, *replayed_args[1:])
+            result = self._route(func, replayed_args, replayed_kwargs)
+            return replayed_args[0] if func is torch.Tensor.__setitem__ else result
+
+        kept = tree_flatten(template)[0]
+        watched = [(t, t._version) for t in propagated if any(t is leaf for leaf in kept)]
+        written = args[0] if func is torch.Tensor.__setitem__ else out
+        defer(written, Replay(replay, operation_name(func), watched), depth)
+        return out
 
     def _gate_only_reading(
         self,
@@ -415,8 +466,9 @@ class CTCMode(TorchFunctionMode):
         ``cumsum(0)``), which applied to every row would mix the copies. The rules of the signal
         would not do: a bias would be shared among the copies (an ``nn.Linear`` on attention
         probabilities, ``probabilities + 1e-3``), a squashing activation would make a gate that
-        passes for a signal. An in-place operation (``scores.masked_fill_(mask, -inf)``) writes
-        the full pass's result into every copy of its tensor and returns it. Two kinds run on
+        passes for a signal. An in-place operation (``scores.masked_fill_(mask, -inf)``,
+        ``x[i] = scores``) writes the full pass's result into every copy of its tensor and
+        returns it: a constant written into becomes gate-only. Two kinds run on
         the whole tensors instead: a call that returns no tensor (``size``, ``shape``: the
         pass's sizes, not the model's batch) and one that returns a view of its input
         (``scores.diagonal(...)``, so that a write through the view reaches the tensor); a view
@@ -435,7 +487,7 @@ class CTCMode(TorchFunctionMode):
             raise copies_off_dim_zero(name, moved)
         reference = propagated[0]
         rows = ctx.gate_rows(reference).shape[0]
-        in_place = is_inplace(func)
+        in_place = writes_first(func)  # x[i] = v too
         if signal_rows and in_place:
             raise UnsupportedOperationError(
                 name,
@@ -445,12 +497,13 @@ class CTCMode(TorchFunctionMode):
 
         def gate_copy(value: Any) -> Any:
             gate = ctx.full_pass_operand(value, reference)
-            return (
-                gate.clone() if in_place and value is args[0] and ctx.is_propagated(value) else gate
-            )
+            written = in_place and value is args[0] and isinstance(gate, Tensor)
+            return gate.clone() if written else gate  # the model's tensor is written below
 
         gate_args, gate_kwargs = tree_map(gate_copy, (args, kwargs))
         out = ctx.call_on_full_pass(func, gate_args, gate_kwargs, reference, name)
+        if func is torch.Tensor.__setitem__:  # x[i] = v returns nothing: x is what it makes
+            out = gate_args[0]
         leaves, spec = tree_flatten(out)
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
         if not tensors:
@@ -505,6 +558,17 @@ class CTCMode(TorchFunctionMode):
         for leaf in tensors:
             ctx.mark_gate(ctx.tag(leaf), origin, only=True)
         return out
+
+
+def _views_deferred(out: Any, propagated: list[Tensor]) -> bool:
+    """Whether a tensor among ``out``'s leaves is a view of a deferred tensor of ``propagated``."""
+    deferred = [t for t in propagated if deferral(t) is not None]
+    return any(
+        _shares_memory(leaf, t)
+        for leaf in tree_flatten(out)[0]
+        if isinstance(leaf, Tensor)
+        for t in deferred
+    )
 
 
 def _shares_memory(result: Tensor, operand: Tensor) -> bool:

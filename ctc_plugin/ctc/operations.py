@@ -148,7 +148,7 @@ _SHAPE_OPERATIONS = (
     _T.unflatten, torch.unflatten, _T.movedim, torch.movedim, _T.moveaxis, torch.moveaxis,
     _T.narrow, torch.narrow, _T.roll, torch.roll, _T.flip, torch.flip, _T.type_as, _T.detach,
     _T.cpu, _T.cuda, _T.__iter__, _T.t, torch.t, _T.repeat, _T.type, torch.repeat_interleave,
-    _T.repeat_interleave,
+    _T.repeat_interleave, _T.mT.__get__, _T.mH.__get__, _T.T.__get__, _T.H.__get__,
 )  # fmt: skip
 _CONCATENATIONS = (torch.cat, torch.concat, torch.concatenate, torch.stack)
 _CONSTANT_FACTORIES = (
@@ -625,6 +625,14 @@ def _rows() -> list[OperationRule]:
             "bias shared among the copies",
             h.concatenate,
             _CONCATENATIONS,
+            keeps_gate=True,
+            follows_copies=True,
+        ),
+        OperationRule(
+            "linear",
+            "zeroing a triangle of the last two dims (causal masks), unless they hold the copies",
+            h.triangle,
+            (torch.tril, _T.tril, _T.tril_, torch.triu, _T.triu, _T.triu_),
             keeps_gate=True,
             follows_copies=True,
         ),

@@ -77,6 +77,12 @@ def _factorised_attention(a, b, product):
     return 0.25 * product(a, mixed) + elementwise
 
 
+def _causal(a, b, product):
+    """Causal linear attention: the scores' upper triangle zeroed, then the values mixed."""
+    scores = product(a, b.transpose(-1, -2))
+    return product(scores.tril(), a) + product(scores.triu(1), b)
+
+
 def _long_chain(a, b, product):
     scores = product(a, b)
     for _ in range(MAX_DEPTH + 4):
@@ -92,6 +98,7 @@ KINDS = {
     "scaled and added in place": _in_place,
     "linear attention": _linear_attention,
     "factorised attention": _factorised_attention,
+    "causal (tril, triu)": _causal,
     f"{MAX_DEPTH + 4} operations, then added to the signal": _long_chain,
 }
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctc_plugin import CTC
+from ctc_plugin.ctc.speedups import Speedups
 
 from .exactness import (
     assert_equals_the_spec,
@@ -199,6 +200,14 @@ KINDS: dict[str, tuple[Operation, Operation]] = {
     "F.normalize(a, p=1, dim=-1) * b": (
         lambda a, b: F.normalize(a, p=1, dim=-1) * b,
         lambda a, b: _half_each(a / a.norm(1, -1, keepdim=True).clamp_min(1e-12).detach(), b),
+    ),
+    "torch.add(input=a, other=b, alpha=0.5) - 0.25": (
+        lambda a, b: torch.sub(input=torch.add(input=a, other=b, alpha=0.5), other=0.25),
+        lambda a, b: a + 0.5 * b - 0.25,
+    ),
+    "a.mT * b.mT + a.mH": (
+        lambda a, b: a.mT * b.mT + a.mH,
+        lambda a, b: _half_each(a.mT, b.mT) + a.mH,
     ),
     "F.pad(a, (0, 1), value=1)": (
         lambda a, b: F.pad(a, (0, 1), value=1.0),
@@ -419,3 +428,19 @@ def test_a_computed_weight_with_as_many_rows_as_the_pass_is_a_weight() -> None:
     expected = feature_scores(reference, x, halves, 1).scores
     scores = assert_proportional_adds_up(model, x, halves, 1, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(scores.scores, expected, rtol=1e-12, atol=1e-12)
+
+
+def _masked_quotient(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    divisor = F.relu(b)
+    return torch.where(divisor > 0, a / divisor, 0.0) + a
+
+
+def test_a_quotient_masked_where_its_divisor_is_zero_has_finite_none_scores() -> None:
+    """Autograd gives the branch ``torch.where`` leaves out a zero gradient times ``1 / 0``
+    (NaN); the gradient shortcut of ``"none"`` then runs the pass of copies, as exact."""
+    model, x, mask = random_case(lambda: TwoBranches(_masked_quotient, _masked_quotient))
+    shortcut = feature_scores(model, x, mask, 1, "none").scores
+    assert torch.isfinite(shortcut).all()
+    copies = feature_scores(model, x, mask, 1, "none", Speedups(gradient_shortcut=False)).scores
+    torch.testing.assert_close(shortcut, copies, rtol=0, atol=0)
+    assert_proportional_adds_up(model, x, mask, 1, rtol=1e-10, atol=1e-10)

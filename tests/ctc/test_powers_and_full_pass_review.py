@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ctc_plugin.ctc.errors import UnsupportedOperationError, UntracedOutputError
 from ctc_plugin.ctc.speedups import Speedups
+from ctc_plugin.model_families import timm_classifier
 
 from .exactness import (
     assert_equals_the_spec,
@@ -312,9 +313,9 @@ TIMM_MODELS = {
 @pytest.mark.parametrize("name", TIMM_MODELS)
 def test_timm_families_are_exact(name: str) -> None:
     pytest.importorskip("timm")
-    from .test_timm_families import _build, _inputs
+    from .test_timm_families import SIZE, _inputs
 
-    model, (x, mask) = _build(name), _inputs()
+    model, (x, mask) = timm_classifier(name, SIZE), _inputs()
     before = {key: value.clone() for key, value in model.state_dict().items()}
     scores = assert_proportional_adds_up(model, x, mask, 1, relative=1e-10)
     assert_equals_the_spec(model, x, mask, 1, scores, relative=1e-9)
