@@ -61,7 +61,9 @@ class HuggingFaceFamily:
         model: The ``transformers`` class, ``*ForImageClassification``.
         size: The side of the square images it takes.
         brings: What the family brings that older networks lack (for the docs table).
-        config: Keyword arguments of the family's configuration class.
+        config: Keyword arguments of the family's configuration class (an
+            ``initializer_range`` above the default 0.02 where, with random weights, the deep
+            layers of the tiny model would no longer depend on the image).
     """
 
     model: str
@@ -177,19 +179,28 @@ HUGGINGFACE_FAMILIES: dict[str, HuggingFaceFamily] = {
         "MobileViTForImageClassification",
         32,
         "transformers on unfolded patches",
-        {"hidden_sizes": [16, 16, 16], "neck_hidden_sizes": [8, 8, 16, 16, 16, 16, 32]},
+        {
+            "hidden_sizes": [16, 16, 16],
+            "neck_hidden_sizes": [8, 8, 16, 16, 16, 16, 32],
+            "initializer_range": 0.2,
+        },
     ),
     "MobileViT v2": HuggingFaceFamily(
         "MobileViTV2ForImageClassification",
         64,
         "separable linear attention",
-        {"width_multiplier": 0.5},
+        {"width_multiplier": 0.5, "initializer_range": 0.15},
     ),
     "LeViT": HuggingFaceFamily(
         "LevitForImageClassification",
         64,
         "attention bias, hard-swish, distillation head",
-        {"hidden_sizes": [32, 48, 64], "num_attention_heads": [1, 2, 2], "depths": [1, 1, 1]},
+        {
+            "hidden_sizes": [32, 48, 64],
+            "num_attention_heads": [1, 2, 2],
+            "depths": [1, 1, 1],
+            "initializer_range": 0.1,
+        },
     ),
     "EfficientFormer": HuggingFaceFamily(
         "EfficientFormerForImageClassification",

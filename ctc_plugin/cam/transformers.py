@@ -683,6 +683,7 @@ TIMM_REFUSED: dict[str, str] = {
 _HF = "transformers.models"
 _HIERA_LAYER = f"{_HF}.hiera.modeling_hiera.HieraLayer"
 _SWIN_LAYER = TupleOutput(0, _PATCHES, grid_arguments=("input_dimensions",))
+_REDUCTION_LAYER = TupleOutput(0, _PATCHES, grid_arguments=("height", "width"))
 
 #: Hugging Face ``transformers``' block classes (``module.qualname``, matched exactly, so
 #: transformers is never imported here) and the reshape of their outputs, read as in
@@ -713,6 +714,9 @@ HUGGINGFACE_BLOCKS: dict[str, BlockReshape | None] = {
     f"{_HF}.pvt.modeling_pvt.PvtLayer": TupleOutput(
         0, tokens_to_grid, grid_arguments=("height", "width")
     ),
+    # (tokens, ...) on the grid the layer is called with (height, width): PVT v2, SegFormer
+    f"{_HF}.pvt_v2.modeling_pvt_v2.PvtV2BlockLayer": _REDUCTION_LAYER,
+    f"{_HF}.segformer.modeling_segformer.SegformerLayer": _REDUCTION_LAYER,
     # (N, H*W, C) patch tokens alone: LeViT's residual layers (attention or MLP), EfficientFormer's
     # attention blocks ((tokens, ...), after its last pooling block's grid)
     f"{_HF}.levit.modeling_levit.LevitResidualLayer": _PATCHES,

@@ -213,6 +213,29 @@ def _efficientformer_reference(model: HuggingFaceClassifier, x: Tensor, target: 
     return reference
 
 
+def _reduction_reference(block: str, norms: Callable[[nn.Module], list[nn.Module]]):
+    """PVT v2's and SegFormer's blocks: (N, H*W, C) tokens on each stage's grid.
+
+    A stage's grid is the image's size over the product of the strides so far; each block's
+    tokens, normalised by the stage's LayerNorm and put on that grid by hand, are the model's own
+    hidden state of the stage (one block a stage here).
+    """
+
+    def reference(model: HuggingFaceClassifier, x: Tensor, target: int) -> Reference:
+        score, output, outputs = _hooked(model, x, target, (block,))
+        config, stages = model.model.config, norms(model.model)
+        grads = _grads(score, [t for _, t in outputs])
+        reference, (rows, columns) = {}, x.shape[-2:]
+        for i, ((_, t), g) in enumerate(zip(outputs, grads, strict=True)):
+            rows, columns = rows // config.strides[i], columns // config.strides[i]
+            state = _grid(stages[i](t.detach()), 0, rows, columns)
+            torch.testing.assert_close(state, output.hidden_states[i], rtol=0, atol=0)
+            reference[i] = (_grid(t.detach(), 0, rows, columns), _grid(g, 0, rows, columns))
+        return reference
+
+    return reference
+
+
 def _mobilevit(version: str) -> tuple[str, ...]:
     return (f"MobileViT{version}InvertedResidual", f"MobileViT{version}Layer")
 
@@ -274,6 +297,21 @@ CASES = {
     "Donut Swin": _square_case("Donut Swin", 2, _swin_reference),
     "Hiera": _square_case("Hiera", 4, _hiera_reference),
     "PVT": _square_case("PVT", 4, _pvt_reference),
+    "PVT v2": _square_case(
+        "PVT v2",
+        4,
+        _reduction_reference(
+            "PvtV2BlockLayer",
+            lambda model: [layer.layer_norm for layer in model.pvt_v2.encoder.layers],
+        ),
+    ),
+    "SegFormer": _square_case(
+        "SegFormer",
+        4,
+        _reduction_reference(
+            "SegformerLayer", lambda model: list(model.segformer.encoder.layer_norm)
+        ),
+    ),
     "LeViT": _square_case("LeViT", 8, _levit_reference),
     "MobileViT": _square_case("MobileViT", 7, _maps_reference(_mobilevit(""), (0, 3, 4, 5, 6))),
     "MobileViT v2": _square_case(
@@ -353,6 +391,8 @@ GRAD_CAM = {
     "Donut Swin": None,
     "Hiera": None,  # (tokens, attention)
     "PVT": None,
+    "PVT v2": None,
+    "SegFormer": None,
     "EfficientFormer": None,
 }
 
