@@ -37,6 +37,8 @@ from ctc_plugin.cam.transformers import (
 from ctc_plugin.model_families import HUGGINGFACE_FAMILIES, huggingface_classifier
 from ctc_plugin.testing import randomise_statistics_and_biases
 
+from .stage_maps import received_stage_maps
+
 transformers = pytest.importorskip("transformers")
 
 #: (act, grad) maps of one stage, (N, C, H, W) each
@@ -329,25 +331,13 @@ CASES = {
 }
 
 
-def _received(model: nn.Module, x: Tensor, target: int) -> list[Maps]:
-    """Each stage's map and gradient as Integrative CAM receives them, in forward order."""
-    seen: list[Maps] = []
-
-    def record(grad: Tensor, act: Tensor) -> Tensor:
-        seen.append((act.clone(), grad.clone()))
-        return torch.ones(act.shape[0], dtype=act.dtype)
-
-    IntegrativeCAM(model, phi="identity", layer_weights=record).attribute(x, target)
-    return seen[::-1]  # the gradients arrive last block first
-
-
 @pytest.mark.parametrize("name", CASES)
 def test_each_stage_is_the_models_own_hidden_state_on_its_grid(name: str) -> None:
     """Activation and gradient of every stage, against the family's hidden states."""
     case = CASES[name]
     model = case.make()
     x = torch.rand(2, 3, *case.size, generator=torch.Generator().manual_seed(3)).double()
-    received = _received(model, x, target=1)
+    received = received_stage_maps(model, x, target=1)
     reference = case.reference(model, x.clone(), 1)
     assert len(received) == len(transformer_stages(model)) == case.stages
     assert sorted(reference) == list(range(case.stages))  # every stage checked

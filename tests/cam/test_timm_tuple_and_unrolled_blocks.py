@@ -32,6 +32,8 @@ from ctc_plugin.cam.transformers import (
 )
 from ctc_plugin.testing import randomise_statistics_and_biases
 
+from .stage_maps import received_stage_maps
+
 timm = pytest.importorskip("timm")
 
 
@@ -178,25 +180,13 @@ def _by_hand(case: Case, model: nn.Module, x: Tensor, target: int) -> list[tuple
     ]
 
 
-def _received(model: nn.Module, x: Tensor, target: int) -> list[tuple[Tensor, Tensor]]:
-    """Each stage's map and gradient as Integrative CAM receives them, in forward order."""
-    seen: list[tuple[Tensor, Tensor]] = []
-
-    def record(grad: Tensor, act: Tensor) -> Tensor:
-        seen.append((act.clone(), grad.clone()))
-        return torch.ones(act.shape[0], dtype=act.dtype)
-
-    IntegrativeCAM(model, phi="identity", layer_weights=record).attribute(x, target)
-    return seen[::-1]  # the gradients arrive last block first
-
-
 @pytest.mark.parametrize("name", CASES)
 def test_each_stage_is_the_blocks_tokens_on_their_grid(name: str) -> None:
     """Activation and gradient of every stage, against maps made without our reshapes."""
     case = CASES[name]
     model = case.make()
     x = torch.rand(2, 3, *case.size, generator=torch.Generator().manual_seed(3)).double()
-    received = _received(model, x, target=1)
+    received = received_stage_maps(model, x, target=1)
     expected = _by_hand(case, model, x.clone(), target=1)
     assert len(received) == len(expected) == len(transformer_stages(model))
     for (act, grad), (act_by_hand, grad_by_hand) in zip(received, expected, strict=True):

@@ -119,6 +119,16 @@ def assert_equals_the_spec(model, x, mask, target, scores, *, relative: float | 
         torch.testing.assert_close(slow.scores, scores.scores, **tol)
 
 
+def assert_proportional_is_exact(model, x, mask, target):
+    """``"proportional"`` adds up (float64, 1e-10), equals the spec, and the first image alone
+    gets the scores it gets in the batch; returns the scores of the batch."""
+    scores = assert_proportional_adds_up(model, x, mask, target, rtol=1e-10, atol=1e-10)
+    assert_equals_the_spec(model, x, mask, target, scores, rtol=1e-9, atol=1e-12)
+    alone = assert_proportional_adds_up(model, x[:1], mask, target, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(alone.scores, scores.scores[:1], rtol=1e-9, atol=1e-12)
+    return scores
+
+
 def held_fixed(model: nn.Module, flagged: nn.Module | None = None) -> Callable:
     """``model``'s forward with ``flagged.frozen`` set (default: ``model``'s): gates detached."""
     flagged = model if flagged is None else flagged

@@ -36,6 +36,7 @@ from .exactness import (
     assert_equals_the_spec,
     assert_none_is_gradient_x_input,
     assert_proportional_adds_up,
+    assert_proportional_is_exact,
     assert_refused,
     assert_zennit_equals_captum,
     feature_scores,
@@ -246,10 +247,7 @@ def _case(kind: str, **options):
 @pytest.mark.parametrize("kind", KINDS)
 def test_proportional_adds_up_and_equals_the_spec(kind: str) -> None:
     model, x, mask = _case(kind)
-    scores = assert_proportional_adds_up(model, x, mask, 1, rtol=1e-10, atol=1e-10)
-    assert_equals_the_spec(model, x, mask, 1, scores, rtol=1e-9, atol=1e-12)
-    alone = assert_proportional_adds_up(model, x[:1], mask, 1, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(alone.scores, scores.scores[:1], rtol=1e-9, atol=1e-12)
+    assert_proportional_is_exact(model, x, mask, 1)
 
 
 @pytest.mark.parametrize("kind", KINDS)
