@@ -18,7 +18,7 @@ that take such a tensor alone or with constants (scaling, masking, slicing, a li
 through sums with the signal (relative position terms added to the scores); an operation whose
 result is a gate whatever its operands (a softmax, a comparison: rows with ``makes_gate``, in
 place too, and operations without a rule, such as a softmax written out with ``exp``) ends it.
-A view without a rule (``scores.mT``, ``scores.diagonal(...)``) carries it on: it holds the
+A view without a rule (``scores.diagonal(...)``, ``scores.select(...)``) carries it on: it holds the
 product's entries, and its copies are refused where they are needed, as the view of a signal
 is. Where the tensor meets the signal in any other operation, or is the model's output, its
 copies are computed ([`materialise`][ctc_plugin.ctc.deferred.materialise]) by replaying the

@@ -278,7 +278,7 @@ class CTCMode(TorchFunctionMode):
         gate-only tensor and its result carries the deferral on (how to replay the call on the
         copies), unless its rule makes a gate whatever its operands (a softmax, ``sigmoid_`` in
         place, an operation without a rule such as ``exp``): then the deferral ends. A view
-        without a rule (``mT``, ``diagonal``) still holds the product's entries: it carries the
+        without a rule (``diagonal``, ``select``) still holds the product's entries: it carries the
         deferral, and its replay is refused where its copies are needed, as it is on the
         signal. Anywhere else (the product meets the signal, or the deferral was carried
         `MAX_DEPTH` operations) the copies are computed and the call runs on them; a call that
