@@ -7,16 +7,15 @@
 
 from ctc_plugin.cam.alpha import Phi
 from ctc_plugin.cam.integrative import IntegrativeCAM, LayerMaps
-from ctc_plugin.cam.transformers import (
-    BLOCK_RESHAPES,
+from ctc_plugin.cam.known_blocks import BLOCK_RESHAPES
+from ctc_plugin.cam.reshapes import (
     PatchTokens,
     TupleOutput,
     UnrolledTokens,
     channels_last_to_grid,
-    grad_cam_layer,
     tokens_to_grid,
-    transformer_stages,
 )
+from ctc_plugin.cam.transformers import grad_cam_layer, transformer_stages
 
 __all__ = [
     "BLOCK_RESHAPES",

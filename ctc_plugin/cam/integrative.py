@@ -38,16 +38,15 @@ from ctc_plugin.cam.alpha import AlphaTerms, Phi, alpha_terms, channel_weights, 
 from ctc_plugin.cam.bias import bias_map
 from ctc_plugin.cam.fusion import RunningFusion, minmax
 from ctc_plugin.cam.layers import Stage, StageTracer, module_names
-from ctc_plugin.cam.transformers import (
+from ctc_plugin.cam.reshapes import (
     BlockReshape,
     TupleOutput,
     call_arguments,
     check_square_grid,
     reads_patch_grid,
-    refused_blocks,
-    transformer_stages,
     with_reshape_transform,
 )
+from ctc_plugin.cam.transformers import refused_blocks, transformer_stages
 from ctc_plugin.concurrency import CallScope, holds_model
 from ctc_plugin.inputs import (
     changes_in_training,

@@ -39,7 +39,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES, batch_norm_affine
 from ctc_plugin.cam.bias import fold_batchnorm
-from ctc_plugin.cam.transformers import TupleOutput
+from ctc_plugin.cam.reshapes import TupleOutput
 from ctc_plugin.inputs import TrainingModeError
 
 _INPLACE_DUNDERS = frozenset(
