@@ -108,8 +108,8 @@ def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         help="length of the image's shorter side after resizing, the aspect ratio kept "
-        "(default: the model's own: 96 for zoo models, the weights' for torchvision, 224 "
-        "otherwise)",
+        "(default: the model's own: 96 for zoo models, the weights' for torchvision, timm's "
+        "data config, the hf: folder's image processor, 224 for module:callable)",
     )
     parser.add_argument(
         "--crop",
@@ -117,8 +117,8 @@ def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N|none",
         help="side of the centre crop; none keeps the whole resized image (default: the "
-        "model's own input size, 96 or the weights' crop, at most --resize; none for "
-        "module:callable models)",
+        "model's own input size, at most --resize: 96, the weights', timm's or the image "
+        "processor's crop; none for module:callable models)",
     )
     parser.add_argument(
         "--mean",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from argparse import Namespace
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -176,6 +177,8 @@ class ShardRunner:
         self.device = resolve_device(config.device)
         weights = Path(config.weights) if config.weights else None
         self.loaded = load_model(config.model, weights)  # also for its preprocessing
+        if self.loaded.note:  # a guessed preprocessing (a Hugging Face folder without one)
+            warnings.warn(self.loaded.note, UserWarning, stacklevel=2)
         check_input_channels(self.loaded)
         options = _options(config)
         self.preprocessing = preprocessing_for(options, self.loaded)
@@ -458,10 +461,12 @@ def explain_dataset(
         out: The run folder (new, empty, or holding this same run).
         images: Shapes images to draw; for a folder, at most this many images.
         model: A zoo family (``resnet``, ``vgg-composite``, ...), a torchvision architecture
-            (with ``weights``) or ``module:callable``.
+            or ``timm:NAME`` (with ``weights``), ``hf:FOLDER`` (a ``save_pretrained`` folder) or
+            ``module:callable``.
         weights: State-dict file for the model.
         resize: The images' shorter side after resizing, the aspect ratio kept (``None``: the
-            model's own: 96 for zoo models, the weights' for torchvision, 224 otherwise). A
+            model's own: 96 for zoo models, the weights' for torchvision, timm's data config,
+            the folder's image processor, 224 for ``module:callable``). A
             model built for one input size needs ``resize`` and ``crop`` set to it.
         crop: The side of the centre crop, ``"none"`` to keep the whole resized image
             (``None``: the model's own, shrunk to ``resize`` where it does not fit; no crop for

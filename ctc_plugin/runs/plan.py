@@ -31,10 +31,13 @@ class RunConfig:
     Attributes:
         methods: Method names (the keys of ``ctc_plugin.commands.methods.METHODS``), each
             once, in order.
-        model: ``--model``: a zoo family, a torchvision architecture or ``module:callable``.
+        model: ``--model``: a zoo family, a torchvision architecture, ``timm:NAME``,
+            ``hf:FOLDER`` (stored with the folder's resolved absolute path) or
+            ``module:callable``.
         weights: State-dict file, or ``None``; stored as its resolved absolute path.
-        weights_sha256: The sha256 of the weights file's content (computed, not given): a
-            file changed under the same path is another configuration.
+        weights_sha256: The sha256 of the weights file's content, or of an ``hf:`` folder's
+            files (computed, not given): weights changed under the same path are another
+            configuration.
         targets: What to explain per image: ``"predicted"``, ``"label"``, a class index or a
             class name; each gives one row per image and method.
         segmenter: ``"superpixel"``, ``"grid"`` or ``"sam"``.
@@ -106,6 +109,7 @@ class RunConfig:
         if self.seed < 0:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
         self._pin_file("weights")
+        self._pin_model_folder()
         self._pin_file("sam_checkpoint")
         self._check_preprocessing()
 
@@ -165,6 +169,25 @@ class RunConfig:
             )
         object.__setattr__(self, name, str(path.resolve()))
         object.__setattr__(self, f"{name}_sha256", file_sha256(path))
+
+    def _pin_model_folder(self) -> None:
+        """An ``hf:FOLDER`` model: its absolute path, its files' sha256 in ``weights_sha256``.
+
+        The folder holds the weights (``--weights`` is refused with it), so a folder saved anew
+        under the same path is another configuration, and the same folder named from another
+        working directory the same one. A path that is no folder is left for the model's loading
+        to refuse with its advice.
+        """
+        from ctc_plugin.weights import file_sha256
+
+        prefix, colon, folder = self.model.partition(":")
+        path = Path(folder).expanduser()
+        if not colon or prefix != "hf" or not path.is_dir():
+            return
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        listing = [(str(p.relative_to(path)), file_sha256(p)) for p in files]
+        object.__setattr__(self, "model", f"hf:{path.resolve()}")
+        object.__setattr__(self, "weights_sha256", digest(listing))
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as JSON-able data (lists for tuples)."""
