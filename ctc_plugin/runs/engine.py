@@ -166,11 +166,11 @@ class ShardRunner:
         from ctc_plugin.commands.explain import (
             check_input_channels,
             explainer_for,
-            load_model,
             make_segmenter,
             preprocessing_for,
             resolve_device,
         )
+        from ctc_plugin.commands.models import load_model
 
         self.config = config
         self.source = source

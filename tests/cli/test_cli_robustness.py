@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ctc_plugin.cli import main
-from ctc_plugin.commands.explain import load_model
+from ctc_plugin.commands.models import load_model
 from ctc_plugin.viz import save_figure
 from tests.cli.test_explain_cli import tiny_model
 

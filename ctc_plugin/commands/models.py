@@ -1,0 +1,492 @@
+"""Resolve ``--model`` / ``--weights`` into a `LoadedModel`.
+
+The sources ``--model`` takes: the zoo's families, torchvision architectures, ``timm:NAME``,
+``hf:FOLDER`` (a ``transformers`` classifier saved with ``save_pretrained``) and
+``module:callable``; each with its own preprocessing and, where known, its class names.
+Nothing is downloaded.
+
+Only the standard library is imported at the top: ``ctc-plugin --help`` must not wait for
+torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ctc_plugin.commands import CLIError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from ctc_plugin.images import ImagePreprocessing
+
+
+@dataclass
+class LoadedModel:
+    """A classifier as ``--model`` names it, with its own preprocessing and class names.
+
+    Attributes:
+        network: The classifier as built (taking the input ``preprocessing`` normalises).
+        name: The ``--model`` text.
+        preprocessing: The model's own image preprocessing (resize, crop, normalisation).
+        classes: Class names by index, when known.
+        family: The zoo family (zoo models only), for ``--method explainer``.
+        split: The zoo split (zoo models only).
+        source: Where the preprocessing and class names come from, for the report.
+        note: What the user should know about the preprocessing chosen (printed by
+            ``explain``), or ``""``.
+    """
+
+    network: nn.Module
+    name: str
+    preprocessing: ImagePreprocessing
+    classes: list[str] | None
+    family: str | None = None
+    split: str | None = None
+    source: str = ""
+    note: str = ""
+
+
+def _zoo_model(name: str, weights: Path | None) -> LoadedModel:
+    from ctc_plugin import zoo
+    from ctc_plugin.datasets.splits import SPLITS
+    from ctc_plugin.images import ImagePreprocessing
+
+    family, _, split = name.partition("-")
+    split = split or "shapes"
+    if split not in SPLITS:
+        raise CLIError(
+            f"--model {name!r}: unknown split {split!r}; use {family} or {family}-composite"
+        )
+    try:
+        model = zoo.load(family, split, weights=weights)
+    except FileNotFoundError as error:
+        raise CLIError(f"--model {name}: {error}") from error
+    size = 96  # the zoo's training images (TrainConfig.image_size); the models normalise
+    return LoadedModel(
+        model,
+        name,
+        ImagePreprocessing(resize=size, crop=size),
+        list(SPLITS[split]),
+        family=family,
+        split=split,
+        source=f"zoo {family} ({split})",
+    )
+
+
+def _torchvision_model(name: str, weights: Path | None) -> LoadedModel:
+    from torchvision.models import get_model_weights
+
+    from ctc_plugin import zoo
+    from ctc_plugin.images import ImagePreprocessing
+
+    weights = _needed_weights(name, weights, "a torchvision architecture")
+    extra = {"aux_logits": True, "init_weights": False} if name == "inception_v3" else {}
+    network = zoo.load_torchvision(name, weights, **extra)
+    described = get_model_weights(name).DEFAULT  # metadata only: no download
+    return LoadedModel(
+        network,
+        name,
+        ImagePreprocessing.from_weights(described),
+        list(described.meta.get("categories") or []) or None,
+        source=f"torchvision {type(described).__name__}.{described.name}",
+    )
+
+
+def _callable_model(spec: str, weights: Path | None) -> LoadedModel:
+    """``--model module:callable``: the module imported as ``python -m`` would find it."""
+    from torch import nn
+
+    from ctc_plugin.files import read_state_dict
+    from ctc_plugin.images import ImagePreprocessing
+    from ctc_plugin.zoo.loading import load_state_into
+
+    module_name, _, attribute = spec.partition(":")
+    factory = _import_attribute(spec, module_name, attribute)
+    model = factory if isinstance(factory, nn.Module) else _call_factory(spec, factory)
+    if not isinstance(model, nn.Module):
+        raise CLIError(
+            f"--model {spec!r} must name an nn.Module or a callable returning one, "
+            f"got {type(model).__name__}"
+        )
+    if weights is not None:
+        with _weights_errors(spec, weights):  # the zoo's loading and its message
+            model = load_state_into(model, read_state_dict(weights), weights)
+    return LoadedModel(model.eval(), spec, ImagePreprocessing(resize=224), None, source=spec)
+
+
+def _import_attribute(spec: str, module_name: str, attribute: str) -> Any:
+    """Import ``module_name`` with the current folder first on ``sys.path``; get ``attribute``.
+
+    ``python -m`` puts the current folder first on ``sys.path``, the ``ctc-plugin`` console
+    script does not: this import does the same as ``python -m`` either way, and restores
+    ``sys.path`` after it.
+    """
+    import importlib
+    import os
+    import sys
+
+    saved = list(sys.path)
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise CLIError(
+            f"--model {spec!r}: cannot import the module {module_name!r} ({error}); it is "
+            f"looked for in the current folder ({os.getcwd()}) first, then in the installed "
+            "packages: run the command in the folder that holds it, or add its folder to "
+            "PYTHONPATH"
+        ) from error
+    finally:
+        sys.path[:] = saved
+    try:
+        return getattr(module, attribute)
+    except AttributeError as error:
+        raise CLIError(
+            f"--model {spec!r}: the module {module_name!r} ({module.__file__}) has no "
+            f"{attribute!r}; name a function or class in it that returns the nn.Module"
+        ) from error
+
+
+def _call_factory(spec: str, factory: Any) -> Any:
+    """Call ``--model``'s callable; one that needs arguments is a user error, not a traceback."""
+    import inspect
+
+    if not callable(factory):
+        return factory  # the caller reports what it is
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as error:
+        raise CLIError(
+            f"--model {spec!r} needs arguments ({error}); name a callable that takes none, "
+            "e.g. a function in your module: def build(): return MyModel(...)"
+        ) from error
+    except ValueError:  # no signature to inspect (some builtins): call it and see
+        pass
+    return factory()
+
+
+def _timm_model(spec: str, name: str, weights: Path | None) -> LoadedModel:
+    """``--model timm:NAME --weights PATH``: timm's architecture with the weights' class count.
+
+    The model is built with ``pretrained=False`` (nothing is downloaded) and as many classes
+    as the weights' classifier has; its preprocessing is timm's data config for it
+    (`timm_preprocessing`), and a head of ImageNet's classes gets their names.
+    """
+    from ctc_plugin.files import read_state_dict
+    from ctc_plugin.zoo.loading import load_state_into
+
+    timm = _optional_module("timm", spec)
+    if not timm.is_model(name):
+        raise CLIError(_unknown_timm_model(timm, spec, name))
+    weights = _needed_weights(spec, weights, "a timm architecture")
+    with _weights_errors(spec, weights):
+        state = read_state_dict(weights)
+        head = _head_size(state, timm.models.get_pretrained_cfg(name, allow_unregistered=True))
+        sized = {} if head is None else {"num_classes": head}
+        network = load_state_into(
+            timm.create_model(name, pretrained=False, **sized), state, weights
+        )
+    config = timm.data.resolve_model_data_config(network)
+    preprocessing, how = timm_preprocessing(config)
+    return LoadedModel(
+        network, spec, preprocessing, _timm_classes(network), source=f"timm data config{how}"
+    )
+
+
+def _unknown_timm_model(timm: Any, spec: str, name: str) -> str:
+    """The message on a NAME timm does not know: the closest names, and how to list them."""
+    import difflib
+
+    close = difflib.get_close_matches(name, timm.list_models(), n=3)
+    hint = f" (close: {', '.join(close)})" if close else ""
+    pattern = f"*{name.split('.')[0][:8]}*"
+    return (
+        f"--model {spec}: timm has no model {name!r}{hint}; list its names with "
+        f"python -c \"import timm; print(timm.list_models('{pattern}'))\""
+    )
+
+
+def _head_size(state: dict[str, torch.Tensor], pretrained_cfg: Any) -> int | None:
+    """The class count of the classifier weight in ``state``, as timm's config names it.
+
+    ``None`` when the config names no classifier or ``state`` holds none (loading then says
+    what does not fit). A key prefix of a wrapped model (``module.``, ``_orig_mod.``) is allowed.
+    """
+    from ctc_plugin.zoo.loading import WRAPPER_PREFIXES
+
+    classifier = getattr(pretrained_cfg, "classifier", None)
+    names = [classifier] if isinstance(classifier, str) else list(classifier or ())
+    for key in (f"{prefix}{name}.weight" for name in names for prefix in ("", *WRAPPER_PREFIXES)):
+        if key in state and state[key].dim() >= 1:
+            return int(state[key].shape[0])
+    return None
+
+
+def timm_preprocessing(config: dict[str, Any]) -> tuple[ImagePreprocessing, str]:
+    """The evaluation transform of a timm data config, the aspect ratio kept; and a remark.
+
+    ``config`` is what ``timm.data.resolve_model_data_config(model)`` returns: the shorter
+    side is ``input_size / crop_pct`` (rounded down, as timm does) and the centre crop is
+    ``input_size``, with its mean, std and interpolation (``bilinear`` for one
+    ``ImagePreprocessing`` has not). timm's ``squash`` and ``border`` crop modes are read as a
+    centre crop, which the remark (``""`` otherwise) says.
+    """
+    import math
+
+    from ctc_plugin.images import INTERPOLATIONS, ImagePreprocessing
+
+    height, width = (int(v) for v in config["input_size"][-2:])
+    crop_pct = float(config.get("crop_pct") or 0.875)
+    resize = max(height, width, math.floor(max(height, width) / crop_pct))
+    interpolation = config.get("interpolation")
+    mode = config.get("crop_mode") or "center"
+    preprocessing = ImagePreprocessing(
+        resize=resize,
+        crop=height if height == width else (height, width),
+        mean=tuple(config["mean"]),
+        std=tuple(config["std"]),
+        interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear",
+    )
+    remark = "" if mode == "center" else f" (its crop mode {mode} read as a centre crop)"
+    return preprocessing, remark
+
+
+def _timm_classes(network: nn.Module) -> list[str] | None:
+    """ImageNet's class names for a timm model whose head has one of its class counts.
+
+    Each class is named by the first of its synonyms (``goldfish``, not ``goldfish, Carassius
+    auratus``), as torchvision names them.
+    """
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(network)
+    if subset is None:
+        return None
+    info = ImageNetInfo(subset)
+    return [info.index_to_description(i).split(",")[0] for i in range(info.num_classes())]
+
+
+def _huggingface_model(spec: str, folder_name: str, weights: Path | None) -> LoadedModel:
+    """``--model hf:FOLDER``: a ``transformers`` image classifier saved with ``save_pretrained``.
+
+    Loaded with ``local_files_only=True`` (nothing is downloaded) and wrapped as a
+    pixels-to-logits module; class names from ``config.id2label`` unless they are the default
+    ``LABEL_i``, preprocessing from the folder's image processor
+    (`huggingface_preprocessing`).
+    """
+    from ctc_plugin.adapters.huggingface import HuggingFaceClassifier
+
+    if weights is not None:
+        raise CLIError(
+            f"--model {spec} takes no --weights: the folder holds the model's weights "
+            "(save_pretrained writes them there); drop --weights"
+        )
+    transformers = _optional_module("transformers", spec)
+    folder = _saved_model_folder(spec, folder_name)
+    try:
+        model = transformers.AutoModelForImageClassification.from_pretrained(
+            folder, local_files_only=True
+        )
+        preprocessing, note = huggingface_preprocessing(transformers, folder, model.config)
+    except (OSError, ValueError, KeyError) as error:
+        raise CLIError(
+            f"--model {spec}: cannot load an image classifier from {folder} ({error}); "
+            "save one there with model.save_pretrained(folder), model being an "
+            "AutoModelForImageClassification, and its image processor the same way"
+        ) from error
+    return LoadedModel(
+        HuggingFaceClassifier(model).eval(),
+        spec,
+        preprocessing,
+        _huggingface_classes(model.config),
+        source=f"Hugging Face folder {folder}: {note or 'its image processor'}",
+        note=note and f"{spec}: {note}",
+    )
+
+
+def _saved_model_folder(spec: str, name: str) -> Path:
+    """The folder ``hf:`` names, holding a ``config.json``; a hub name gets what to do."""
+    folder = Path(name).expanduser()
+    save = (
+        "download the model where you can and save it to a folder: "
+        "AutoModelForImageClassification.from_pretrained(NAME).save_pretrained(FOLDER) and "
+        "AutoImageProcessor.from_pretrained(NAME).save_pretrained(FOLDER), then give "
+        "--model hf:FOLDER"
+    )
+    if not folder.is_dir():
+        raise CLIError(
+            f"--model {spec}: no folder {name!r} here; hf: takes a local folder written by "
+            f"save_pretrained, and nothing is downloaded (a hub name does not work): {save}"
+        )
+    if not (folder / "config.json").is_file():
+        raise CLIError(f"--model {spec}: {folder} holds no config.json, so no saved model: {save}")
+    return folder
+
+
+def huggingface_preprocessing(
+    transformers: Any, folder: Path, config: Any
+) -> tuple[ImagePreprocessing, str]:
+    """The preprocessing of a model saved in ``folder``, and a note when it is a guess.
+
+    With a ``preprocessor_config.json`` in ``folder``: its image processor's
+    (`processor_preprocessing`), and the note ``""``. Without one: shorter side 224 and no
+    normalisation, or, for a model whose config names one ``image_size``, that size
+    centre-cropped (such a model takes no other size); the note says so.
+    """
+    from ctc_plugin.images import ImagePreprocessing
+
+    if (folder / "preprocessor_config.json").is_file():
+        processor = transformers.AutoImageProcessor.from_pretrained(
+            folder, local_files_only=True, use_fast=True
+        )
+        return processor_preprocessing(processor), ""
+    size = getattr(config, "image_size", None)
+    fixed = isinstance(size, int) and size > 0
+    preprocessing = ImagePreprocessing(resize=size if fixed else 224, crop=size if fixed else None)
+    return preprocessing, (
+        f"no preprocessor_config.json, so {preprocessing.describe()} and no normalisation; "
+        "give --mean R G B --std R G B if the model expects normalised input (or save its "
+        "image processor there with save_pretrained)"
+    )
+
+
+def processor_preprocessing(processor: Any) -> ImagePreprocessing:
+    """A ``transformers`` image processor's resize, centre crop and normalisation.
+
+    The aspect ratio is kept: a ``{"height", "width"}`` size (which the processor squashes the
+    image to) becomes that size centre-cropped from the image resized to its larger side; a
+    ``crop_pct`` (ConvNeXt below 384 pixels, PoolFormer) resizes to ``size / crop_pct``
+    before the crop; ``crop_size`` with ``do_center_crop`` is the crop. ``image_mean`` and
+    ``image_std`` apply with ``do_normalize``; ``resample`` gives the interpolation.
+    """
+    from ctc_plugin.images import ImagePreprocessing
+
+    size = _size_dict(processor.size) if getattr(processor, "do_resize", True) else {}
+    crop = _size_dict(getattr(processor, "crop_size", None))
+    fixed = (size["height"], size["width"]) if {"height", "width"} <= size.keys() else None
+    resize = size.get("shortest_edge") or (max(fixed) if fixed else None)
+    crop_pct = getattr(processor, "crop_pct", None)
+    if crop_pct and resize and resize < 384:
+        fixed, resize = fixed or (resize, resize), int(resize / crop_pct)
+    if getattr(processor, "do_center_crop", False) and {"height", "width"} <= crop.keys():
+        fixed = (crop["height"], crop["width"])
+    if fixed and resize:
+        resize = max(resize, *fixed)
+    normalize = getattr(processor, "do_normalize", False) and processor.image_mean is not None
+    return ImagePreprocessing(
+        resize=resize,
+        crop=None if fixed is None else fixed[0] if fixed[0] == fixed[1] else fixed,
+        mean=_three(processor.image_mean) if normalize else None,
+        std=_three(processor.image_std) if normalize else None,
+        interpolation=RESAMPLING.get(
+            _int_or_none(getattr(processor, "resample", None)), "bilinear"
+        ),
+    )
+
+
+#: Pillow's resampling filters (``transformers``' ``resample``) by value, as interpolations.
+RESAMPLING = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def _size_dict(size: Any) -> dict[str, int]:
+    """A processor's ``size`` or ``crop_size`` as a dict of the values it sets."""
+    from collections.abc import Mapping
+
+    if not isinstance(size, Mapping):
+        return {}
+    return {key: int(value) for key, value in size.items() if value is not None}
+
+
+def _three(values: Any) -> tuple[float, float, float]:
+    """A processor's mean or std as three values (one value stands for every channel)."""
+    values = [float(v) for v in values] if isinstance(values, (list, tuple)) else [float(values)]
+    return tuple(values * 3 if len(values) == 1 else values)  # type: ignore[return-value]
+
+
+def _int_or_none(value: Any) -> int | None:
+    """``int(value)``, or ``None`` for a value that is none (a processor without ``resample``)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _huggingface_classes(config: Any) -> list[str] | None:
+    """``config.id2label`` by index, or ``None`` for the default names ``LABEL_0``, ..."""
+    labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+    return None if labels == [f"LABEL_{i}" for i in range(len(labels))] else labels
+
+
+# ---------------------------------------------------------------- shared by the model sources
+def _optional_module(name: str, spec: str) -> Any:
+    """Import the optional dependency ``name`` that ``--model spec`` needs.
+
+    Raises:
+        CLIError: If it is not installed, saying ``pip install name``.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise CLIError(
+            f"--model {spec} needs {name}, which cannot be imported ({error}): pip install {name}"
+        ) from error
+
+
+def _needed_weights(spec: str, weights: Path | None, what: str) -> Path:
+    """``--weights``, which ``spec`` (``what`` it is) needs: nothing is downloaded."""
+    if weights is None:
+        raise CLIError(
+            f"--model {spec} is {what}: give its weights with --weights PATH (a state-dict "
+            "file, torch.save(model.state_dict(), PATH); nothing is downloaded)"
+        )
+    return weights
+
+
+@contextmanager
+def _weights_errors(spec: str, weights: Path) -> Iterator[None]:
+    """Weights that cannot be read or do not fit, as one line naming both options."""
+    try:
+        yield
+    except ValueError as error:
+        raise CLIError(f"--model {spec} --weights {weights}: {error}") from error
+
+
+def load_model(name: str, weights: Path | None) -> LoadedModel:
+    """Resolve ``--model`` / ``--weights``.
+
+    ``weights`` is a readable file (``--weights`` checks it while parsing).
+
+    Raises:
+        CLIError: Unknown model names and missing zoo weights, naming the flag to fix.
+    """
+    import torchvision.models
+
+    from ctc_plugin.zoo.settings import FAMILIES
+
+    prefix, colon, rest = name.partition(":")
+    if colon and prefix in PREFIXED_SOURCES:  # before module:callable: timm:, hf: are ours
+        return PREFIXED_SOURCES[prefix](name, rest, weights)
+    if colon:
+        return _callable_model(name, weights)
+    if name.partition("-")[0] in FAMILIES:
+        return _zoo_model(name, weights)
+    if name in torchvision.models.list_models(module=torchvision.models):
+        return _torchvision_model(name, weights)
+    raise CLIError(
+        f"--model: unknown model {name!r}; use a zoo family ({', '.join(FAMILIES)}), "
+        "a torchvision architecture with --weights PATH, timm:NAME with --weights PATH, "
+        "hf:FOLDER, or module:callable"
+    )
+
+
+#: ``--model PREFIX:REST`` sources, tried before ``module:callable`` (so a module named
+#: ``timm`` or ``hf`` cannot be given as ``module:callable``).
+PREFIXED_SOURCES = {"timm": _timm_model, "hf": _huggingface_model}
