@@ -194,7 +194,14 @@ def test_the_spec_sharing_leaves_its_argument_alone():
 
 
 # ---------------------------------------------------------------------------- whole passes
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(
+    "variant",
+    [  # the compiled sharing (opt-in, for GPUs) traces for seconds: its whole passes in test-slow,
+        # its one-graph check below in make test
+        pytest.param(name, marks=pytest.mark.slow) if options.compiled_sharing else name
+        for name, options in VARIANTS.items()
+    ],
+)
 @pytest.mark.parametrize("family", FAMILIES)
 @settings(max_examples=4, deadline=None)
 @given(data=st.data(), mode=st.sampled_from(MODES))
