@@ -7,13 +7,14 @@ import importlib.util
 from types import ModuleType
 
 
-def require(module: str, pip_name: str, purpose: str) -> ModuleType:
+def require(module: str, pip_name: str, purpose: str, hint: str = "") -> ModuleType:
     """Import ``module`` or raise an ImportError naming the pip package to install.
 
     Args:
         module: The import name, e.g. ``"sam2.build_sam"``.
         pip_name: What to install, e.g. ``"sam2"``.
         purpose: What needs it, for the message.
+        hint: Said after the advice to install it, when it is not installed (an alternative).
 
     Raises:
         ImportError: ``module``'s top-level package is not installed (the message names
@@ -31,8 +32,12 @@ def require(module: str, pip_name: str, purpose: str) -> ModuleType:
             ) from error
         raise ImportError(
             f"{purpose} needs the optional package {pip_name!r}, which is not installed "
-            f"(`pip install {pip_name}`); the segment-anything based SAMSegmenter needs no extra"
+            f"(`pip install {pip_name}`){hint and '; ' + hint}"
         ) from error
+
+
+#: The alternative the SAM adapters name: the segmenter of ``segment-anything``, a dependency.
+SAM_HINT = "the segment-anything based SAMSegmenter needs no extra"
 
 
 def _installed(top_level: str) -> bool:

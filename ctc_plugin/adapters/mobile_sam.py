@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ctc_plugin.adapters._optional import require
+from ctc_plugin.adapters._optional import SAM_HINT, require
 from ctc_plugin.adapters.sam import SAMSegmenter, load_sam
 
 __all__ = ["MobileSAMSegmenter"]
@@ -55,7 +55,7 @@ class MobileSAMSegmenter(SAMSegmenter):
         cache: Any = True,
         **options: Any,
     ) -> None:
-        require("mobile_sam", _PIP, _PURPOSE)
+        require("mobile_sam", _PIP, _PURPOSE, SAM_HINT)
         super().__init__(
             checkpoint=checkpoint,
             model_type=model_type,
@@ -67,12 +67,12 @@ class MobileSAMSegmenter(SAMSegmenter):
         )
 
     def _check_model(self, model: Any) -> None:
-        sam_class = require("mobile_sam.modeling", _PIP, _PURPOSE).Sam
+        sam_class = require("mobile_sam.modeling", _PIP, _PURPOSE, SAM_HINT).Sam
         if not isinstance(model, sam_class):
             raise TypeError(f"model must be a mobile_sam Sam, got {type(model).__name__}")
 
     def _load_model(self, checkpoint: str | os.PathLike[str] | None, model_type: str) -> Any:
-        registry = require("mobile_sam", _PIP, _PURPOSE).sam_model_registry
+        registry = require("mobile_sam", _PIP, _PURPOSE, SAM_HINT).sam_model_registry
         return load_sam(
             checkpoint,
             model_type,
@@ -83,5 +83,5 @@ class MobileSAMSegmenter(SAMSegmenter):
         )
 
     def _make_generator(self, model: Any, options: dict[str, Any]) -> Any:
-        generator_class = require("mobile_sam", _PIP, _PURPOSE).SamAutomaticMaskGenerator
+        generator_class = require("mobile_sam", _PIP, _PURPOSE, SAM_HINT).SamAutomaticMaskGenerator
         return generator_class(model, **options)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ctc_plugin.adapters._optional import require
+from ctc_plugin.adapters._optional import SAM_HINT, require
 from ctc_plugin.adapters.sam import SAMSegmenter, load_sam
 
 __all__ = ["SAM2Segmenter"]
@@ -63,7 +63,7 @@ class SAM2Segmenter(SAMSegmenter):
         cache: Any = True,
         **options: Any,
     ) -> None:
-        require("sam2", "sam2", _PURPOSE)
+        require("sam2", "sam2", _PURPOSE, SAM_HINT)
         self._device = torch.device(device) if device is not None else torch.device("cpu")
         super().__init__(
             checkpoint=checkpoint,
@@ -76,12 +76,12 @@ class SAM2Segmenter(SAMSegmenter):
         )
 
     def _check_model(self, model: Any) -> None:
-        base = require("sam2.modeling.sam2_base", "sam2", _PURPOSE).SAM2Base
+        base = require("sam2.modeling.sam2_base", "sam2", _PURPOSE, SAM_HINT).SAM2Base
         if not isinstance(model, base):
             raise TypeError(f"model must be a sam2 SAM2Base, got {type(model).__name__}")
 
     def _load_model(self, checkpoint: str | os.PathLike[str] | None, model_type: str) -> Any:
-        build_sam2 = require("sam2.build_sam", "sam2", _PURPOSE).build_sam2
+        build_sam2 = require("sam2.build_sam", "sam2", _PURPOSE, SAM_HINT).build_sam2
 
         def build(checkpoint: None = None) -> Any:  # the config names the architecture
             return build_sam2(model_type, ckpt_path=None, device=str(self._device), mode="eval")
@@ -96,5 +96,5 @@ class SAM2Segmenter(SAMSegmenter):
         )
 
     def _make_generator(self, model: Any, options: dict[str, Any]) -> Any:
-        module = require("sam2.automatic_mask_generator", "sam2", _PURPOSE)
+        module = require("sam2.automatic_mask_generator", "sam2", _PURPOSE, SAM_HINT)
         return module.SAM2AutomaticMaskGenerator(model, **options)

@@ -428,16 +428,15 @@ def _optional_module(name: str, spec: str) -> Any:
     """Import the optional dependency ``name`` that ``--model spec`` needs.
 
     Raises:
-        CLIError: If it is not installed, saying ``pip install name``.
+        CLIError: If it is not installed (saying ``pip install name``), or is but fails to
+            import (saying what failed).
     """
-    import importlib
+    from ctc_plugin.adapters._optional import require
 
     try:
-        return importlib.import_module(name)
+        return require(name, name, f"--model {spec}")
     except ImportError as error:
-        raise CLIError(
-            f"--model {spec} needs {name}, which cannot be imported ({error}): pip install {name}"
-        ) from error
+        raise CLIError(str(error)) from error
 
 
 def _needed_weights(spec: str, weights: Path | None, what: str) -> Path:
