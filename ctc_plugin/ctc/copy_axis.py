@@ -42,6 +42,17 @@ def _argument(args: tuple, kwargs: dict, index: int, *names: str, default: Any =
     return default
 
 
+def attribute_name(func: Callable[..., Any]) -> str | None:
+    """The tensor attribute a call reads (``"mT"`` for ``x.mT``), ``None`` for other calls.
+
+    Torch hands an attribute read to a torch function mode as its descriptor's ``__get__``.
+    """
+    descriptor = getattr(func, "__self__", None)
+    if getattr(func, "__name__", None) == "__get__" and hasattr(descriptor, "__objclass__"):
+        return descriptor.__name__
+    return None
+
+
 def follow_copy_axis(
     func: Callable[..., Any],
     args: tuple,
@@ -66,10 +77,7 @@ def follow_copy_axis(
         UnsupportedOperationError: The operation selects, slices, splits or reorders copies,
             or merges them with a dim before them.
     """
-    name = getattr(func, "__name__", "")
-    descriptor = getattr(func, "__self__", None)
-    if name == "__get__" and hasattr(descriptor, "__objclass__"):  # x.mT, x.T: an attribute
-        name = descriptor.__name__
+    name = attribute_name(func) or getattr(func, "__name__", "")
     rank = x.dim()
     refusal = f"torch.Tensor.{name}"
     if name in ("mT", "mH"):  # the last two dims swapped

@@ -19,7 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_flatten
 
-from ctc_plugin.ctc.copy_axis import REDUCTIONS, follow_copy_axis, reduced_copy_axis
+from ctc_plugin.ctc.copy_axis import (
+    REDUCTIONS,
+    attribute_name,
+    follow_copy_axis,
+    reduced_copy_axis,
+)
 from ctc_plugin.ctc.errors import UnsupportedOperationError, copies_off_dim_zero, over_dim_zero
 from ctc_plugin.ctc.rules import REFUSED_ATTRIBUTE, GatedPass
 
@@ -44,9 +49,9 @@ def _with_arg(args: tuple, kwargs: dict, index: int, name: str, value: Any) -> t
 
 def operation_name(func: Callable[..., Any]) -> str:
     """A readable name for a torch function, tensor method or attribute (``x.mT``)."""
-    descriptor = getattr(func, "__self__", None)
-    if getattr(func, "__name__", None) == "__get__" and hasattr(descriptor, "__objclass__"):
-        return f"torch.Tensor.{descriptor.__name__}"  # an attribute read: x.mT, x.T, x.H
+    attribute = attribute_name(func)
+    if attribute is not None:  # an attribute read: x.mT, x.T, x.H
+        return f"torch.Tensor.{attribute}"
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
     module = getattr(func, "__module__", None)
     if name.startswith(("TensorBase.", "Tensor.")):
