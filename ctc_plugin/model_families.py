@@ -124,6 +124,12 @@ HUGGINGFACE_FAMILIES: dict[str, HuggingFaceFamily] = {
         "no class token, tanh GELU",
         {"vision_config": {**_VIT, "image_size": 32}},
     ),
+    "SigLIP 2": HuggingFaceFamily(
+        "Siglip2ForImageClassification",
+        32,
+        "images as patch sequences, resized position embeddings",
+        {"vision_config": {**_VIT, "num_patches": 16}},
+    ),
     "Swin": HuggingFaceFamily(
         "SwinForImageClassification", 32, "shifted windows", {**_WINDOWS, "window_size": 4}
     ),

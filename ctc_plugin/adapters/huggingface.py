@@ -15,7 +15,10 @@ model = HuggingFaceClassifier(AutoModelForImageClassification.from_pretrained(na
 scores = CTC(model).attribute(pixel_values, target=label, feature_mask=segments)
 ```
 
-``transformers`` is not imported here: any module whose output carries ``logits`` works.
+``transformers`` is not imported here: any module whose output carries ``logits`` works. A
+SigLIP 2 classifier (``Siglip2ForImageClassification``, whose processor cuts images into a
+sequence of patches) is given its images cut as its processor cuts them, with their patch grid
+as ``spatial_shapes``, so it too maps (N, C, H, W) pixel values to logits.
 """
 
 from __future__ import annotations
@@ -48,10 +51,16 @@ class HuggingFaceClassifier(nn.Module):
             )
         self.model = model
         self.inputs = inputs
+        self.patch_size = patch_sequence_size(model)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The model's logits (N, classes) for ``pixel_values`` (N, C, H, W)."""
-        output = self.model(pixel_values=pixel_values, **self.inputs)
+        """The model's logits (N, classes) for ``pixel_values`` (N, C, H, W).
+
+        Raises:
+            ValueError: For a SigLIP 2 model, images whose sides are no multiples of its patch
+                size.
+        """
+        output = self.model(**self.model_inputs(pixel_values), **self.inputs)
         logits = getattr(output, "logits", None)
         if not isinstance(logits, torch.Tensor):
             raise TypeError(
@@ -61,5 +70,69 @@ class HuggingFaceClassifier(nn.Module):
             )
         return logits
 
+    def model_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The image inputs the wrapped model is called with.
 
-__all__ = ["HuggingFaceClassifier"]
+        ``pixel_values`` as they are, or cut into patches for a model that takes patch
+        sequences (`patch_sequence`).
+
+        Raises:
+            ValueError: For a SigLIP 2 model, images whose sides are no multiples of its patch
+                size.
+        """
+        if self.patch_size is None:
+            return {"pixel_values": pixel_values}
+        return patch_sequence(pixel_values, self.patch_size)
+
+
+#: ``config.model_type`` of the models that take images as sequences of patches (SigLIP 2's
+#: "NaFlex" input: ``pixel_values`` (N, patches, p * p * C), ``spatial_shapes``)
+PATCH_SEQUENCE_MODELS = frozenset({"siglip2"})
+
+
+def patch_sequence_size(model: nn.Module) -> int | None:
+    """The patch size of a model that takes images as sequences of patches, else ``None``."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in PATCH_SEQUENCE_MODELS:
+        return None
+    return int(getattr(config, "vision_config", config).patch_size)
+
+
+def patch_sequence(pixel_values: torch.Tensor, patch_size: int) -> dict[str, torch.Tensor]:
+    """Images cut into patches as SigLIP 2's image processor cuts them: the model's inputs.
+
+    (N, C, H, W) -> ``pixel_values`` (N, H/p * W/p, p * p * C): the patches in row-major order,
+    each its pixels row by row with their channels last; ``spatial_shapes`` ``[[H/p, W/p]]``
+    (one row: the images of a batch share their size, and the model's positional embeddings for
+    one row broadcast over the batch). No ``pixel_attention_mask``: no patch is padding.
+
+    Raises:
+        ValueError: A side that is no multiple of ``patch_size``.
+    """
+    if pixel_values.dim() != 4:
+        raise ValueError(
+            f"expected images (N, C, H, W) to cut into patches, got {tuple(pixel_values.shape)}"
+        )
+    count, channels, height, width = pixel_values.shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"images of {height} x {width} pixels do not divide into the model's {patch_size} x "
+            f"{patch_size} patches; resize them to multiples of {patch_size}"
+        )
+    rows, columns = height // patch_size, width // patch_size
+    patches = (
+        pixel_values.permute(0, 2, 3, 1)
+        .reshape(count, rows, patch_size, columns, patch_size, channels)
+        .permute(0, 1, 3, 2, 4, 5)
+        .reshape(count, rows * columns, patch_size * patch_size * channels)
+    )
+    shapes = torch.tensor([[rows, columns]], device=pixel_values.device)
+    return {"pixel_values": patches, "spatial_shapes": shapes}
+
+
+__all__ = [
+    "PATCH_SEQUENCE_MODELS",
+    "HuggingFaceClassifier",
+    "patch_sequence",
+    "patch_sequence_size",
+]

@@ -46,7 +46,11 @@ from ctc_plugin.cam.reshapes import (
     reads_patch_grid,
     with_reshape_transform,
 )
-from ctc_plugin.cam.transformers import refused_blocks, transformer_stages
+from ctc_plugin.cam.transformers import (
+    patch_grid_arguments,
+    refused_blocks,
+    transformer_stages,
+)
 from ctc_plugin.concurrency import CallScope, holds_model
 from ctc_plugin.inputs import (
     changes_in_training,
@@ -226,6 +230,19 @@ def _record_conv_grid(
     """
     if isinstance(module, nn.Conv2d) and isinstance(output, Tensor) and output.dim() >= 3:
         grids[:] = [(int(output.shape[-2]), int(output.shape[-1]))]
+
+
+def _record_said_grid(
+    grids: list[tuple[int, int]], argument: str, module: nn.Module, args: tuple, kwargs: dict
+) -> None:
+    """Forward pre-hook of a patch embedding whose call says the patch grid (``argument``).
+
+    Keeps the first image's (rows, columns) as `_record_conv_grid` keeps a convolution's output
+    size: SigLIP 2's ``spatial_shapes`` (the images of one call share their size).
+    """
+    value = call_arguments(module, args, kwargs).get(argument)
+    if isinstance(value, Tensor) and value.dim() == 2 and value.shape[0] and value.shape[1] == 2:
+        grids[:] = [(int(value[0, 0]), int(value[0, 1]))]
 
 
 def _last_grid(grids: list[tuple[int, int]]) -> tuple[int, int] | None:
@@ -429,6 +446,9 @@ class IntegrativeCAM(Attribution):
             if guessed:  # the square default's guess is checked against the patch grid
                 hook = scope.only(partial(_record_conv_grid, patch_grids))
                 handles.append(register_module_forward_hook(hook))
+                for module, argument in patch_grid_arguments(self.forward_func):
+                    hook = scope.only(partial(_record_said_grid, patch_grids, argument))
+                    handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             for module, reshape in chosen or []:
                 name = self._layer_name(module)
                 hook = scope.only(partial(_record_layer, tracer, name, reshape))

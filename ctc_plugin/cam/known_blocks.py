@@ -202,7 +202,7 @@ _REDUCTION_LAYER = TupleOutput(0, _PATCHES, grid_arguments=("height", "width"))
 #: embedding's grid. A layer that returns a tuple (its hidden states first, then what
 #: ``output_attentions`` adds) is read by a `TupleOutput`; as of transformers 4.57.
 HUGGINGFACE_BLOCKS: dict[str, BlockReshape | None] = {
-    # ViT, DeiT, DINOv2 (with registers), I-JEPA, ViT MSN, SigLIP: tokens
+    # ViT, DeiT, DINOv2 (with registers), I-JEPA, ViT MSN, SigLIP (2): tokens
     f"{_HF}.vit.modeling_vit.ViTLayer": None,
     f"{_HF}.deit.modeling_deit.DeiTLayer": None,
     f"{_HF}.dinov2.modeling_dinov2.Dinov2Layer": None,
@@ -210,6 +210,7 @@ HUGGINGFACE_BLOCKS: dict[str, BlockReshape | None] = {
     f"{_HF}.ijepa.modeling_ijepa.IJepaLayer": None,
     f"{_HF}.vit_msn.modeling_vit_msn.ViTMSNLayer": None,
     f"{_HF}.siglip.modeling_siglip.SiglipEncoderLayer": None,
+    f"{_HF}.siglip2.modeling_siglip2.Siglip2EncoderLayer": None,
     # BEiT, Data2Vec vision, CLIP, MetaCLIP 2: (tokens, ...)
     f"{_HF}.beit.modeling_beit.BeitLayer": TupleOutput(0),
     f"{_HF}.data2vec.modeling_data2vec_vision.Data2VecVisionLayer": TupleOutput(0),
@@ -260,15 +261,26 @@ _HUGGINGFACE_PREFIX: dict[str, _Count] = {
     f"{_HF}.clip.modeling_clip.CLIPVisionTransformer": 1,
     f"{_HF}.metaclip_2.modeling_metaclip_2.MetaClip2VisionTransformer": 1,
     f"{_HF}.siglip.modeling_siglip.SiglipVisionTransformer": 0,
+    f"{_HF}.siglip2.modeling_siglip2.Siglip2VisionTransformer": 0,
 }
 
-#: Hugging Face modules whose blocks hold no image tokens: CLIP's, MetaCLIP 2's and SigLIP's text
-#: transformers (their layers are the vision transformers' classes), not searched.
+#: Patch embeddings that take the patch grid as a call argument (by qualified class name, as
+#: ``HUGGINGFACE_BLOCKS``): the argument's name. SigLIP 2's embeddings take images cut into a
+#: linear sequence of patches (no convolution shows their grid) with ``spatial_shapes``, each
+#: image's (rows, columns).
+PATCH_GRID_ARGUMENTS: dict[str, str] = {
+    f"{_HF}.siglip2.modeling_siglip2.Siglip2VisionEmbeddings": "spatial_shapes",
+}
+
+#: Hugging Face modules whose blocks hold no image tokens: the text transformers of CLIP,
+#: MetaCLIP 2, SigLIP and SigLIP 2 (their layers are the vision transformers' classes), not
+#: searched.
 _HUGGINGFACE_NOT_IMAGES = frozenset(
     {
         f"{_HF}.clip.modeling_clip.CLIPTextTransformer",
         f"{_HF}.metaclip_2.modeling_metaclip_2.MetaClip2TextTransformer",
         f"{_HF}.siglip.modeling_siglip.SiglipTextTransformer",
+        f"{_HF}.siglip2.modeling_siglip2.Siglip2TextTransformer",
     }
 )
 
@@ -379,6 +391,7 @@ __all__ = [
     "BLOCK_RESHAPES",
     "HUGGINGFACE_BLOCKS",
     "HUGGINGFACE_REFUSED",
+    "PATCH_GRID_ARGUMENTS",
     "TIMM_BLOCKS",
     "TIMM_REFUSED",
 ]

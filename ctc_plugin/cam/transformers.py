@@ -34,6 +34,7 @@ from ctc_plugin.cam.known_blocks import (
     BLOCK_RESHAPES,
     HUGGINGFACE_BLOCKS,
     HUGGINGFACE_REFUSED,
+    PATCH_GRID_ARGUMENTS,
     TIMM_BLOCKS,
     TIMM_REFUSED,
     _Count,
@@ -60,6 +61,21 @@ from ctc_plugin.cam.reshapes import (
 def _qualified(module: nn.Module) -> str:
     kind = type(module)
     return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def patch_grid_arguments(model: object) -> list[tuple[nn.Module, str]]:
+    """The modules of ``model`` whose calls say the patch grid, with that argument's name.
+
+    Patch embeddings listed in ``PATCH_GRID_ARGUMENTS`` (SigLIP 2's ``spatial_shapes``); none
+    for a plain function (its modules are unknown).
+    """
+    if not isinstance(model, nn.Module):
+        return []
+    return [
+        (module, PATCH_GRID_ARGUMENTS[_qualified(module)])
+        for module in model.modules()
+        if _qualified(module) in PATCH_GRID_ARGUMENTS
+    ]
 
 
 @dataclass(frozen=True)
@@ -354,6 +370,7 @@ __all__ = [
     "channels_last_to_grid",
     "check_square_grid",
     "grad_cam_layer",
+    "patch_grid_arguments",
     "reads_patch_grid",
     "refused_blocks",
     "tokens_to_grid",

@@ -11,6 +11,7 @@ torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -345,7 +346,7 @@ def huggingface_preprocessing(
         processor = transformers.AutoImageProcessor.from_pretrained(
             folder, local_files_only=True, use_fast=True
         )
-        return processor_preprocessing(processor), ""
+        return processor_preprocessing(processor), _patch_budget_note(processor)
     size = getattr(config, "image_size", None)
     fixed = isinstance(size, int) and size > 0
     preprocessing = ImagePreprocessing(resize=size if fixed else 224, crop=size if fixed else None)
@@ -362,12 +363,19 @@ def processor_preprocessing(processor: Any) -> ImagePreprocessing:
     The aspect ratio is kept: a ``{"height", "width"}`` size (which the processor squashes the
     image to) becomes that size centre-cropped from the image resized to its larger side; a
     ``crop_pct`` (ConvNeXt below 384 pixels, PoolFormer) resizes to ``size / crop_pct``
-    before the crop; ``crop_size`` with ``do_center_crop`` is the crop. ``image_mean`` and
-    ``image_std`` apply with ``do_normalize``; ``resample`` gives the interpolation.
+    before the crop; ``crop_size`` with ``do_center_crop`` is the crop. A processor that fits
+    each image into a budget of patches (SigLIP 2's ``max_num_patches`` of ``patch_size``
+    pixels, keeping its aspect ratio) gives the square that budget fills: the image's centre
+    square resized to ``patch_size * isqrt(max_num_patches)`` pixels (what it makes of a square
+    image). ``image_mean`` and ``image_std`` apply with ``do_normalize``; ``resample`` gives the
+    interpolation.
     """
     from ctc_plugin.images import ImagePreprocessing
 
+    budget = _patch_budget_side(processor)
     size = _size_dict(processor.size) if getattr(processor, "do_resize", True) else {}
+    if budget is not None:
+        size = {"height": budget, "width": budget}
     crop = _size_dict(getattr(processor, "crop_size", None))
     fixed = (size["height"], size["width"]) if {"height", "width"} <= size.keys() else None
     resize = size.get("shortest_edge") or (max(fixed) if fixed else None)
@@ -387,6 +395,30 @@ def processor_preprocessing(processor: Any) -> ImagePreprocessing:
         interpolation=RESAMPLING.get(
             _int_or_none(getattr(processor, "resample", None)), "bilinear"
         ),
+    )
+
+
+def _patch_budget_side(processor: Any) -> int | None:
+    """The side of the square a patch-budget processor (``max_num_patches``) fills, else None."""
+    patches, patch = (_int_or_none(getattr(processor, k, None)) for k in _PATCH_BUDGET)
+    if not getattr(processor, "do_resize", True) or not patches or not patch:
+        return None
+    return patch * math.isqrt(patches)
+
+
+#: The attributes of a processor that fits images into a budget of patches (SigLIP 2's).
+_PATCH_BUDGET = ("max_num_patches", "patch_size")
+
+
+def _patch_budget_note(processor: Any) -> str:
+    """What a patch-budget processor would do otherwise, where the run takes a centre square."""
+    side = _patch_budget_side(processor)
+    if side is None:
+        return ""
+    return (
+        f"its image processor fits each photo into {processor.max_num_patches} patches keeping "
+        f"its aspect ratio; here every photo's centre square, {side} x {side} pixels (give "
+        "--resize/--crop for another view, in multiples of the patch size)"
     )
 
 

@@ -1,7 +1,7 @@
 """Which Hugging Face ``transformers`` image classifiers CTC and Integrative CAM explain.
 
 One tiny configuration of every image classification family of ``transformers`` that takes
-pixel values alone (``ctc_plugin.model_families.HUGGINGFACE_FAMILIES``; random weights: every
+images (``ctc_plugin.model_families.HUGGINGFACE_FAMILIES``; random weights: every
 BatchNorm's statistics, every bias and every normalisation weight set to random values, and every
 parameter moved by noise of standard deviation 0.05), wrapped as a pixels-to-logits module
 (``HuggingFaceClassifier``), in float64 on a 2 x 2 grid of features, two images:

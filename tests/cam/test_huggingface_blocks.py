@@ -57,7 +57,8 @@ def _grid(tokens: Tensor, prefix: int, rows: int, columns: int) -> Tensor:
 def _forward(model: HuggingFaceClassifier, x: Tensor, target: int) -> tuple[Tensor, object]:
     """The target score and the model's own output with its hidden states."""
     with torch.enable_grad():
-        output = model.model(pixel_values=x, output_hidden_states=True, **model.inputs)
+        inputs = model.model_inputs(x)  # SigLIP 2: the images cut into patches
+        output = model.model(**inputs, output_hidden_states=True, **model.inputs)
     return output.logits[:, target].sum(), output
 
 
@@ -294,6 +295,7 @@ CASES = {
     "CLIP": _square_case("CLIP", 2, _vit_reference(_fixed(1))),
     "MetaCLIP 2": _square_case("MetaCLIP 2", 2, _vit_reference(_fixed(1))),
     "SigLIP": _square_case("SigLIP", 2, _vit_reference(_fixed(0))),
+    "SigLIP 2": _square_case("SigLIP 2", 2, _vit_reference(_fixed(0))),
     "Swin": _square_case("Swin", 2, _swin_reference),
     "Swin v2": _square_case("Swin v2", 2, _swin_reference),
     "Donut Swin": _square_case("Donut Swin", 2, _swin_reference),
@@ -326,6 +328,7 @@ CASES = {
         _family("DINOv2 with registers"), (48, 32), 2, _vit_reference(_registers)
     ),
     "BEiT, 48 x 32": Case(_interpolating("BEiT"), (48, 32), 2, _vit_reference(_fixed(1))),
+    "SigLIP 2, 48 x 32": Case(_family("SigLIP 2"), (48, 32), 2, _vit_reference(_fixed(0))),
     "Swin, 32 x 48": Case(_family("Swin"), (32, 48), 2, _swin_reference),
     "Hiera, 64 x 128": Case(_hiera_64_by_128, (64, 128), 4, _hiera_reference),
 }
@@ -373,6 +376,7 @@ GRAD_CAM = {
     "DINOv2 with registers": "",
     "I-JEPA": "",
     "SigLIP": "",
+    "SigLIP 2": "",
     "LeViT": "",
     "MobileViT": "",
     "MobileViT v2": "",

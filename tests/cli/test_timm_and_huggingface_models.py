@@ -78,7 +78,13 @@ def hf_folders(saved):
         image_mean=[0.4, 0.5, 0.6],
         image_std=[0.2, 0.3, 0.25],
     ).save_pretrained(saved["folder"] / "convnext")
-    saved.update({name: saved["folder"] / name for name in ("vit", "vit-bare", "convnext")})
+    siglip2 = huggingface_classifier("SigLIP 2").model.float()  # patch sequences
+    siglip2.save_pretrained(saved["folder"] / "siglip2")
+    transformers.Siglip2ImageProcessor(patch_size=8, max_num_patches=16).save_pretrained(
+        saved["folder"] / "siglip2"
+    )
+    names = ("vit", "vit-bare", "convnext", "siglip2")
+    saved.update({name: saved["folder"] / name for name in names})
     return saved
 
 
@@ -170,6 +176,34 @@ def test_a_crop_pct_processor_and_default_labels(hf_folders, tmp_path, capsys):
     assert (prep["resize"], prep["crop"]) == (54, 48)  # ConvNeXt: 48 / 0.875, then the crop
     assert "60x44 -> 48x48" in text and summary["images"][0]["predicted"]["name"] is None
     assert "LABEL_" not in text
+
+
+def test_a_siglip2_folder_gets_its_patch_budgets_square_and_every_method(
+    hf_folders, tmp_path, capsys
+):
+    """SigLIP 2's processor fits photos into 16 patches of 8 pixels: 32 x 32 for a square one,
+    which the run takes (and says so); the model gets the photo cut into patches."""
+    import transformers
+
+    from ctc_plugin.adapters.huggingface import patch_sequence
+
+    folder = hf_folders["siglip2"]
+    methods = ["--method", "ctc", "integrative-cam"]
+    text, arrays, summary = explain(
+        tmp_path, capsys, hf_folders["square"], [f"hf:{folder}"], *methods
+    )
+    prep = summary["preprocessing"]
+    assert (prep["resize"], prep["crop"]) == (32, 32) and prep["mean"] == [0.5, 0.5, 0.5]
+    assert "note: hf:" in text and "16 patches keeping its aspect ratio" in text
+    assert arrays["image0/integrative-cam/attribution"].shape == (32, 32)
+    processor = transformers.AutoImageProcessor.from_pretrained(folder, use_fast=True)
+    theirs = processor(images=Image.open(hf_folders["square"]), return_tensors="pt")
+    assert theirs.spatial_shapes.tolist() == [[4, 4]]
+    ours = Normalize(prep["mean"], prep["std"])(torch.from_numpy(arrays["image0/pixels"])[None])
+    assert (patch_sequence(ours, 8)["pixel_values"] - theirs.pixel_values).abs().mean() < 0.01
+    network = transformers.AutoModelForImageClassification.from_pretrained(folder).eval()
+    expected = logits_of(HuggingFaceClassifier(network), prep, arrays)
+    np.testing.assert_allclose(arrays["image0/logits"], expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_a_folder_without_processor_reads_the_models_size_unnormalised(
