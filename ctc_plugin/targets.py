@@ -264,6 +264,26 @@ def slice_targets(target: TargetType, n: int, part: slice) -> TargetType:
     return per_example[part]
 
 
+def output_not_a_tensor(output: Any) -> ValueError:
+    """The error for a forward function whose output is no tensor of scores, saying what to do.
+
+    A Hugging Face model's output (``ImageClassifierOutput``) carries the logits in ``.logits``:
+    the message names the wrapper. A tuple or dict: return the scores alone.
+    """
+    kind = type(output).__name__
+    if isinstance(getattr(output, "logits", None), torch.Tensor):
+        advice = (
+            "it holds them in .logits (a Hugging Face model's output): wrap the model, "
+            "ctc_plugin.adapters.huggingface.HuggingFaceClassifier(model), or pass "
+            "lambda x: model(pixel_values=x).logits"
+        )
+    elif isinstance(output, (tuple, list, dict)):
+        advice = "return the scores alone, (N, classes), e.g. lambda x: model(x)[0]"
+    else:
+        advice = "return the model's scores, (N, classes)"
+    return ValueError(f"forward_func returned {kind}, not a tensor of scores; {advice}")
+
+
 def select_targets(output: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Pick each example's target value from (N, *out) outputs given flat indices (N,)."""
     if output.dim() == 1:

@@ -60,7 +60,7 @@ from ctc_plugin.inputs import (
     training_mode_error,
 )
 from ctc_plugin.targets import TargetType as Target
-from ctc_plugin.targets import check_target
+from ctc_plugin.targets import check_target, output_not_a_tensor
 from ctc_plugin.targets import target_scores as select_scores
 
 #: A layer score: ``score(grad, act) -> (N,)`` tensor of non-negative weights.
@@ -488,9 +488,7 @@ class IntegrativeCAM(Attribution):
     @staticmethod
     def _scores(output: Any, target: Target) -> Tensor:
         if not isinstance(output, Tensor):
-            raise ValueError(
-                f"forward_func returned {type(output).__name__}; it must return a tensor of scores"
-            )
+            raise output_not_a_tensor(output)
         if not output.is_floating_point() or not output.requires_grad:
             raise ValueError(
                 "the output of forward_func is not differentiable (it was computed under "

@@ -31,6 +31,7 @@ from ctc_plugin.inputs import check_eval_mode, check_inputs, outside_inference_m
 from ctc_plugin.targets import (
     TargetType,
     example_targets,
+    output_not_a_tensor,
     resolve_targets,
     select_targets,
     slice_targets,
@@ -549,9 +550,7 @@ def check_pass_output(gated: GatedPass, logits: Any) -> torch.Tensor:
         UnsupportedOperationError: The output is a gate tensor of the full pass (a softmax).
     """
     if not isinstance(logits, torch.Tensor):
-        raise ValueError(
-            f"forward_func must return a tensor of outputs; got {type(logits).__name__}"
-        )
+        raise output_not_a_tensor(logits)
     if not gated.is_propagated(logits):
         raise UntracedOutputError(_untraced_reason(gated, logits))
     axis = gated.copy_axis(logits)

@@ -2,9 +2,10 @@
 
 One tiny configuration per family (``ctc_plugin.model_families.HUGGINGFACE_FAMILIES``: ViTs with
 class, distillation and register tokens, BEiT's relative position bias, CLIP's quick GELU,
-SigLIP, Swin v1/v2, Hiera, PVT, SegFormer, CvT's convolutional projections, MobileViT v1/v2,
-LeViT, SwiftFormer's additive attention on normalised queries, ConvNeXt v1/v2, FocalNet,
-PoolFormer, VAN, ResNet, RegNet, BiT, EfficientNet, MobileNets, HGNet v2, TextNet), random
+SigLIP, SigLIP 2 (images cut into patch sequences), Swin v1/v2, Hiera, PVT, SegFormer, CvT's
+convolutional projections, MobileViT v1/v2, LeViT, SwiftFormer's additive attention on
+normalised queries, ConvNeXt v1/v2, FocalNet, PoolFormer, VAN, ResNet, RegNet, BiT,
+EfficientNet, MobileNets, HGNet v2, TextNet), random
 weights (statistics, biases and norm weights drawn, every parameter moved by noise), wrapped by
 ``HuggingFaceClassifier``, in float64 on a 2 x 2 grid: ``"proportional"`` scores add up to the
 target logit, the fast pass equals the spec, and one image alone gives its scores in the batch.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ctc_plugin import CTC, IntegrativeCAM
 from ctc_plugin.adapters.huggingface import HuggingFaceClassifier
 from ctc_plugin.model_families import HUGGINGFACE_FAMILIES, huggingface_classifier
 
@@ -68,3 +70,19 @@ def test_the_wrapper_returns_the_logits_and_refuses_outputs_without_them() -> No
         backbone(x)
     with pytest.raises(TypeError, match="wraps a torch module"):
         HuggingFaceClassifier(lambda x: x)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", [CTC, IntegrativeCAM])
+def test_an_unwrapped_model_is_refused_with_the_wrapper_named(method) -> None:
+    """A Hugging Face model returns ImageClassifierOutput: the message says how to get logits."""
+    model = huggingface_classifier("ViT").model
+    x, mask = _inputs(32)
+    extra = {"feature_mask": mask} if method is CTC else {}
+    with pytest.raises(ValueError, match=r"returned ImageClassifierOutput, not a tensor of score"):
+        method(model).attribute(x, target=0, **extra)
+    with pytest.raises(ValueError, match=r"HuggingFaceClassifier\(model\)"):
+        method(model).attribute(x, target=0, **extra)
+    as_tuple = lambda images: (model(pixel_values=images).logits,)  # noqa: E731
+    with pytest.raises(ValueError, match=r"returned tuple.*return the scores alone"):
+        method(as_tuple).attribute(x, target=0, **extra)
+    assert not model._forward_hooks and not model._forward_pre_hooks
