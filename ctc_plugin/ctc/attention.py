@@ -151,7 +151,13 @@ def einsum(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.T
 
     def check_linear(index: int) -> None:
         letters = subscripts[index]
-        if not output or letters[:1] != output[:1] or letters.startswith("."):
+        if letters.startswith(".") or output.startswith("."):
+            raise UnsupportedOperationError(
+                operation_name(func),
+                f"{equation!r} starts with an ellipsis ('...'), which hides the copies' index "
+                "(the batch index); write it out first, as in 'bij,bjk->bik'",
+            )
+        if not output or letters[:1] != output[:1]:
             raise UnsupportedOperationError(
                 operation_name(func),
                 f"the copies' index {letters[:1]!r} of operand {index} does not lead the "
@@ -173,7 +179,15 @@ def einsum(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.T
 def scaled_dot_product_attention(
     ctx: GatedPass, func: Callable, args: tuple, kwargs: dict
 ) -> torch.Tensor:
-    """``scaled_dot_product_attention``: the full pass's probabilities applied to each copy."""
+    """``scaled_dot_product_attention``: the full pass's probabilities applied to each copy.
+
+    The probabilities are computed from the full pass's query, key and mask (the gate copy's
+    rows of a propagated one; a constant as it is, a learned ``(1, Q, D)`` query broadcast over
+    the batch, or with the gate copy's rows where it has one row per copy, a memory expanded to
+    the batch): a gate-only tensor, or a constant where neither query nor key depends on the
+    input. A propagated value is linear in the copies; a constant value gives the full pass's
+    output, a gate-only tensor.
+    """
     query, key, value = args[0], _arg(args, kwargs, 1, "key"), _arg(args, kwargs, 2, "value")
     mask = _arg(args, kwargs, 3, "attn_mask")
     dropout = _arg(args, kwargs, 4, "dropout_p", 0.0)
@@ -186,20 +200,25 @@ def scaled_dot_product_attention(
     if kwargs.get("enable_gqa", False):
         raise UnsupportedOperationError(operation_name(func), "grouped-query attention")
     name = operation_name(func)
-    if mask is not None and mask.dim() == query.dim() and mask.shape[0] == query.shape[0] > 1:
-        mask = ctx.gate_rows(mask)  # a mask per copy (they are all alike): the gate copy's
-    probabilities = ctx.full_pass_gate(
-        query,
-        lambda q: _attention_probabilities(q, _rows(ctx, key), mask, causal, scale),
+    reference = next(t for t in (query, key, value) if ctx.is_propagated(t))
+
+    def full(operand: Any) -> Any:
+        return ctx.full_pass_operand(operand, reference)
+
+    if not (ctx.is_propagated(query) or ctx.is_propagated(key)):  # constant probabilities
+        probabilities = _attention_probabilities(query, key, mask, causal, scale)
+        return ctx.tag(torch.matmul(probabilities, _as_full_pass(ctx, value)))
+    full_probabilities = ctx.call_on_full_pass(
+        lambda q, k, m: _attention_probabilities(q, k, m, causal, scale),
+        (full(query), full(key), full(mask)),
+        {},
+        reference,
         name,
     )
     if not ctx.is_propagated(value):
-        return ctx.broadcast_gate(torch.matmul(ctx.gate_rows(probabilities), value), name)
+        return ctx.broadcast_gate(torch.matmul(full_probabilities, full(value)), name)
+    probabilities = ctx.broadcast_gate(full_probabilities, name)
     return ctx.tag(torch.matmul(probabilities, _as_full_pass(ctx, value)))
-
-
-def _rows(ctx: GatedPass, tensor: torch.Tensor) -> torch.Tensor:
-    return ctx.gate_rows(tensor) if ctx.is_propagated(tensor) else tensor
 
 
 def _attention_probabilities(

@@ -500,18 +500,21 @@ class CTC(Attribution):
             # a branch torch.where left out divided by zero: its zero gradient times 1/0 is
             # NaN in autograd, where the pass of copies gives that branch nothing
             return None
-        # in the output's dtype, as the pass of the copies gives them (inputs may differ)
+        # in the output's dtype, as the pass of the copies gives them (inputs may differ); no
+        # graph (an input that requires grad), as the pass of the copies gives them too
         scores = selected.new_zeros(n, features.count)
         baseline_share = None if baselines is None else selected.new_zeros(n)
-        for i, (x, gradient) in enumerate(zip(inputs, gradients)):
-            if gradient is None:
-                continue
-            difference = x if baselines is None else x - baselines[i]
-            contribution = (gradient * difference).reshape(n, -1).to(scores.dtype)
-            mask = features.masks[i].expand(x.shape).reshape(n, -1).contiguous()
-            scores.scatter_add_(1, torch.searchsorted(features.ids, mask), contribution)
-            if baselines is not None:
-                baseline_share += (gradient * baselines[i]).reshape(n, -1).sum(1).to(scores.dtype)
+        with torch.no_grad():
+            for i, (x, gradient) in enumerate(zip(inputs, gradients)):
+                if gradient is None:
+                    continue
+                difference = x if baselines is None else x - baselines[i]
+                contribution = (gradient * difference).reshape(n, -1).to(scores.dtype)
+                mask = features.masks[i].expand(x.shape).reshape(n, -1).contiguous()
+                scores.scatter_add_(1, torch.searchsorted(features.ids, mask), contribution)
+                if baseline_share is not None:
+                    share = (gradient * baselines[i]).reshape(n, -1).sum(1)
+                    baseline_share += share.to(scores.dtype)
         return scores, baseline_share, selected.detach(), indices
 
     def _copies_pass(

@@ -137,7 +137,7 @@ REDUCTIONS = frozenset({torch.mean, torch.Tensor.mean, torch.sum, torch.Tensor.s
 
 
 def reduced_copy_axis(name: str, args: tuple, kwargs: dict, x: torch.Tensor, axis: int) -> int:
-    """The copy dim after a mean or sum of ``x`` (copies along ``axis``) over other dims.
+    """The copy dim after a mean or sum of ``x`` (copies along ``axis``, 0 too) over other dims.
 
     ``name`` is the operation's as the user wrote it (``torch.mean``, ``torch.Tensor.sum``),
     for the refusals.
@@ -153,13 +153,21 @@ def reduced_copy_axis(name: str, args: tuple, kwargs: dict, x: torch.Tensor, axi
         dims = range(rank)  # every dim
     if not all(isinstance(d, int) for d in _listed(dims)):
         raise UnsupportedOperationError(
-            name, "it reduces over named dims while the copies are off dim 0"
+            name, "it reduces over named dims, which CTC cannot tell apart from the copies' dim"
         )
     reduced = {_normalised(d, rank) for d in _listed(dims)}
+    if axis in reduced and len(reduced) == rank:
+        raise UnsupportedOperationError(
+            name,
+            "it reduces the whole tensor, the batch of copies with it, and would mix them; "
+            "reduce over the dims of one example (a forward function returns one output per "
+            "example of its batch)",
+        )
     if axis in reduced:
         raise UnsupportedOperationError(
             name,
-            f"it reduces over dim {axis}, which holds the copies, and would mix them",
+            f"it reduces over dim {axis}, which holds the copies, and would mix them; reduce "
+            "over the dims of one example",
         )
     return axis if keepdim else axis - sum(1 for d in reduced if d < axis)
 

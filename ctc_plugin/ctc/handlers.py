@@ -82,6 +82,12 @@ def conv_like(bias_index: int, channels_first: bool) -> Handler:
         if ctx.is_propagated(weight):
             raise UnsupportedOperationError(operation_name(func), "its weight depends on the input")
         bias = _arg(args, kwargs, bias_index, "bias")
+        if ctx.is_propagated(bias):
+            raise UnsupportedOperationError(
+                operation_name(func),
+                "its bias depends on the input, so it is no bias the copies can share; add it "
+                "after the layer (F.linear(x, w) + b: a sum of signals)",
+            )
         args, kwargs = _with_arg(args, kwargs, bias_index, "bias", None)
         bias_free = ctx.linear(func, args, kwargs)
         if bias is not None and channels_first:  # align (C,) to (C, 1, ...)
@@ -139,6 +145,8 @@ def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
                 operation_name(func), "it writes the input-dependent signal into a constant"
             )
         signal, constant = (first, second) if signal_first else (second, first)
+        if not inplace:  # in place, the result keeps the signal's shape (torch checks)
+            signal = _broadcast_by(signal, constant)
         # result = sign_signal * signal + sign_constant * constant
         if reverse:  # rsub: other - alpha * self, with self = first
             sign_signal, sign_constant = (-alpha, 1.0) if signal_first else (1.0, -alpha)
@@ -157,6 +165,20 @@ def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
         return ctx.affine(signal, bias)
 
     return handle
+
+
+def _broadcast_by(signal: torch.Tensor, constant: Any) -> torch.Tensor:
+    """``signal`` expanded to the shape a constant operand broadcasts it to (itself if none).
+
+    ``y.mean((2, 3), keepdim=True) + position`` with a ``(1, C, H, W)`` constant: every unit
+    of the result gets its own bias, so the bias-free signal must have the result's shape (its
+    copies replicated, linear) for the bias to be shared unit by unit. A constant of more dims
+    than the signal is left to [`_as_bias`][ctc_plugin.ctc.handlers._as_bias], which refuses it.
+    """
+    if not isinstance(constant, torch.Tensor) or constant.dim() > signal.dim():
+        return signal
+    shape = torch.broadcast_shapes(signal.shape, constant.shape)
+    return signal if shape == signal.shape else signal.expand(shape).contiguous()
 
 
 def _is_signal(ctx: GatedPass, value: Any) -> bool:
@@ -733,9 +755,11 @@ def normalize(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torc
     x = args[0]
     name = operation_name(func)
     p = float(_arg(args, kwargs, 1, "p", 2.0))
-    dim = int(_arg(args, kwargs, 2, "dim", 1))
+    dim = _arg(args, kwargs, 2, "dim", 1)
+    dim = int(dim) if isinstance(dim, numbers.Integral) else tuple(int(d) for d in dim)
     eps = float(_arg(args, kwargs, 3, "eps", 1e-12))
-    if x.dim() == 0 or dim % x.dim() == ctx.copy_axis(x):
+    dims = (dim,) if isinstance(dim, int) else dim
+    if x.dim() == 0 or any(d % x.dim() == ctx.copy_axis(x) for d in dims):
         raise UnsupportedOperationError(
             name, f"it normalises over dim {dim}, which holds the copies"
         )
@@ -782,27 +806,38 @@ def instance_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> 
 
 
 def max_pool(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
-    """Max pooling: every copy gathered at the gate copy's argmax positions."""
+    """Max pooling: every copy gathered at the gate copy's argmax positions.
+
+    An input without a channel dim (``F.max_pool2d`` of an (N, H, W) map, which torch pools as
+    one image of N channels, each alone) is pooled with a channel dim of 1 added, so that each
+    row (each copy) is pooled alone there too.
+    """
+    kwargs = dict(kwargs)  # the call's own keywords stay as they were
     wants_indices = bool(kwargs.pop("return_indices", False))
-    name = getattr(func, "__name__", "")
-    if len(args) > 6 and "adaptive" not in name:
+    kind = _pool_kind(func)
+    if len(args) > 6 and not kind.startswith("adaptive"):
         wants_indices = wants_indices or bool(args[6])
         args = args[:6]
-    if "adaptive" in name and len(args) > 2:
+    if kind.startswith("adaptive") and len(args) > 2:
         wants_indices = wants_indices or bool(args[2])
         args = args[:2]
-    with_indices = functools.partial(_POOL_WITH_INDICES[_pool_kind(func, args[0])], **kwargs)
-    out = ctx.max_pool_switches(args[0], lambda t: with_indices(t, *args[1:]))
     if wants_indices:
         raise UnsupportedOperationError(
             operation_name(func), "returning pooling indices to the model is not supported"
         )
-    return out
+    x = args[0]
+    without_channels = x.dim() == int(kind[-2]) + 1  # (N, *spatial): torch's unbatched form
+    if without_channels:
+        x = ctx.tag(x.unsqueeze(1))
+    with_indices = functools.partial(_POOL_WITH_INDICES[kind], **kwargs)
+    out = ctx.max_pool_switches(x, lambda t: with_indices(t, *args[1:]))
+    return ctx.tag(out.squeeze(1)) if without_channels else out
 
 
-def _pool_kind(func: Callable, x: torch.Tensor) -> str:
-    adaptive = "adaptive" in getattr(func, "__name__", "")
-    return f"{'adaptive_' if adaptive else ''}{x.dim() - 2}d"
+def _pool_kind(func: Callable) -> str:
+    """``"2d"``, ``"adaptive_2d"``, ...: the pooling a max-pooling function does, by its name."""
+    name = getattr(func, "__name__", "")
+    return f"{'adaptive_' if 'adaptive' in name else ''}{name[-2:]}"
 
 
 _POOL_WITH_INDICES: dict[str, Callable[..., Any]] = {
@@ -837,16 +872,19 @@ def apply_linear(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> A
 
     Where a shape operation moved the copies off dim 0 (``torch.stack(outputs)``), only a mean
     or sum over other dims runs (an ensemble's ``torch.stack(outputs).mean(0)``), and the
-    copies are followed to their dim in the result; any other operation there is refused.
+    copies are followed to their dim in the result; any other operation there is refused. A
+    mean or sum over the copies' dim is refused wherever they lie (``z - z.mean(0)`` would mix
+    them, even where its result keeps a multiple of the pass's rows).
     """
     x = _arg(args, kwargs, 0, "input")
     axis = ctx.copy_axis(x) if ctx.is_propagated(x) else 0
+    if func in REDUCTIONS and ctx.is_propagated(x):  # never over the copies' dim
+        moved_to = reduced_copy_axis(operation_name(func), args, kwargs, x, axis)
+        if axis:
+            return ctx.tag(func(*args, **kwargs), moved_to)
     if not axis:
         return ctx.linear(func, args, kwargs)
-    if func not in REDUCTIONS:
-        raise copies_off_dim_zero(operation_name(func), axis)
-    moved_to = reduced_copy_axis(operation_name(func), args, kwargs, x, axis)
-    return ctx.tag(func(*args, **kwargs), moved_to)
+    raise copies_off_dim_zero(operation_name(func), axis)
 
 
 def reshape_copies(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
@@ -872,7 +910,9 @@ def concatenate(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> to
     sit whole in every copy; it is a bias like any constant added to the signal, so the result
     is the concatenation with zeros in its place plus that bias, shared among the copies.
     """
-    parts, rest = list(args[0]), args[1:]
+    parts = list(_arg(args, kwargs, 0, "tensors"))
+    rest = args[1:]
+    kwargs = {key: value for key, value in kwargs.items() if key != "tensors"}
     propagated = [t for t in parts if ctx.is_propagated(t)]
     source = propagated[0]
     axis = ctx.copy_axis(source)

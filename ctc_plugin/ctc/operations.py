@@ -151,6 +151,9 @@ _SHAPE_OPERATIONS = (
     _T.repeat_interleave, _T.mT.__get__, _T.mH.__get__, _T.T.__get__, _T.H.__get__,
 )  # fmt: skip
 _CONCATENATIONS = (torch.cat, torch.concat, torch.concatenate, torch.stack)
+_DROPOUTS = (
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
+)  # fmt: skip
 _CONSTANT_FACTORIES = (
     _T.new_zeros, _T.new_ones, _T.new_full, _T.new_empty, _T.new_tensor, torch.zeros_like,
     torch.ones_like, torch.empty_like, torch.full_like,
@@ -640,7 +643,7 @@ def _rows() -> list[OperationRule]:
             "linear",
             "the identity in eval mode (refused in training mode: random)",
             h.dropout,
-            (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout),
+            _DROPOUTS,
             keeps_gate=True,
             trailing_dims=_elementwise,
         ),

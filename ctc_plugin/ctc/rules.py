@@ -222,6 +222,23 @@ class GatedPass:
             if mark is None or not mark.only:
                 raise GraphCutError(operation)
 
+    def rows_alike(self, constant: torch.Tensor) -> bool:
+        """Whether a constant with one row per copy holds the same rows for each example's copies.
+
+        Exactly for integers and booleans, up to rounding for floating point (a learned query
+        expanded to the batch and then projected: a matrix product may round its rows apart by
+        an ulp); infinities and NaNs where the gate copy has them.
+        """
+        grouped = self.layout.group(constant.detach())
+        first = grouped[:, :1]
+        equal = grouped == first  # infinities too (a mask of -inf)
+        if not constant.is_floating_point() or constant.numel() == 0:
+            return bool(equal.all())
+        equal |= grouped.isnan() & first.isnan()
+        scale = torch.where(torch.isfinite(first), first.abs(), 0).amax()
+        close = (grouped - first).abs() <= 100 * torch.finfo(constant.dtype).eps * scale
+        return bool((equal | close).all())
+
     def check_constant(self, constant: Any, signal: torch.Tensor, operation: str) -> None:
         """Refuse a constant operand with one row per copy whose rows differ within an example.
 
@@ -249,11 +266,7 @@ class GatedPass:
             or self.copy_axis(signal) != 0
         ):
             return
-        grouped = self.layout.group(constant.detach())
-        first = grouped[:, :1]
-        spread = (grouped - first).abs().amax()
-        tolerance = 100 * torch.finfo(constant.dtype).eps * first.abs().amax()
-        if bool(spread > tolerance):
+        if not self.rows_alike(constant):
             how = f"{self.exits[0]} took" if self.exits else "something took"
             raise UntracedOutputError(
                 "the forward function's output was not computed from the feature copies it was "
@@ -639,8 +652,7 @@ class GatedPass:
             return self.gate_rows(value)
         rows = self.gate_rows(reference).shape[0]
         if value.dim() == reference.dim() > 0 and value.shape[0] == reference.shape[0] != rows:
-            grouped = self.layout.group(value)
-            if bool((grouped == grouped[:, :1]).all()):
+            if self.rows_alike(value):
                 return self.gate_rows(value)
         return value
 

@@ -78,13 +78,14 @@ def test_an_ensemble_averaged_over_a_stack_is_explained(small, mode):
 
 
 MIXES = "reduces over dim 1, which holds the copies"
+WHOLE = "reduces the whole tensor, the batch of copies with it"
 MOVED = "holds the copies along dim 1, where a shape operation"
 
 
 @pytest.mark.parametrize(
     ("reduction", "match"),
     [
-        (lambda t: t.mean(), MIXES),  # every dim, the copies' too
+        (lambda t: t.mean(), WHOLE),  # every dim, the copies' too
         (lambda t: t.sum(1), MIXES),
         (lambda t: torch.mean(t, (0, 1)), MIXES),
         (lambda t: t.amax(0), MOVED),  # a max's switches need the copies along dim 0

@@ -144,9 +144,28 @@ class _Rounding(nn.Module):
         return self.head(h.mean(dim=(2, 3)))
 
 
+class _Einsum(nn.Module):
+    """A channel mixing written with einsum, its batch index hidden in an ellipsis or moved."""
+
+    def __init__(self, equation: str) -> None:
+        super().__init__()
+        self.equation = equation
+        self.weight = nn.Parameter(torch.randn(3, 2))
+        self.head = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.head(torch.einsum(self.equation, x.mean((2, 3)), self.weight).reshape(-1, 2))
+
+
 @pytest.mark.parametrize(
     ("model", "operation"),
     [
+        (
+            _Einsum("...c,cd->...d"),
+            r"einsum.*'...c,cd->...d' starts with an ellipsis \('...'\), which hides the copies' "
+            r"index",
+        ),
+        (_Einsum("bc,cd->db"), r"einsum.*the copies' index 'b' of operand 0 does not lead the"),
         (_Rounding("floor"), r"torch.Tensor.div .*rounds the quotient \(rounding_mode='floor'\)"),
         (_Rounding("trunc"), r"torch.div .*rounds the quotient \(rounding_mode='trunc'\)"),
         (_Rounding("int"), r"torch.Tensor.to .*converts the signal to torch.int32"),
