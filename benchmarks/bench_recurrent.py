@@ -1,17 +1,18 @@
 """What CTC's step-by-step rule for recurrent layers costs, against the model's own forward.
 
 python benchmarks/bench_recurrent.py [--kind lstm gru rnn linear] [--hidden 16 96] [--length 16 64]
-    [--features 16] [--repeats 5] [--threads 1] [--quick]
+    [--features 16] [--bias-sharing proportional] [--repeats 5] [--threads 1] [--quick]
 
 A small model reads an image's columns as a sequence (a 1 x 1 convolution to 32 channels, the
 mean over rows, a bidirectional recurrent layer of ``hidden`` units, the mean over the sequence,
 a linear head), on one image of ``length`` x ``length`` pixels cut into ``features`` grid
 features. Printed per kind, size and length: the median time of the model's own forward of the
 batch of copies CTC runs (one per feature plus the full image: the least a pass of copies costs),
-of CTC ``"proportional"`` on it, and their ratio. ``linear`` (a linear layer at every position
-instead of the recurrent one) is the peer without recurrence: what CTC costs on the rest of the
-model. CTC runs a recurrent layer one position at a time in Python
-(``ctc_plugin/ctc/recurrent.py``), torch in one fused kernel.
+of CTC on it (``"proportional"`` unless ``--bias-sharing`` says otherwise), and their ratio.
+``linear`` (a linear layer at every position instead of the recurrent one) is the peer without
+recurrence: what CTC costs on the rest of the model. CTC runs a recurrent layer one position at a
+time in Python (``ctc_plugin/ctc/recurrent.py``; in ``"proportional"`` and ``"none"`` both
+directions of a bidirectional layer in the same steps), torch in one fused kernel.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from ctc_plugin import CTC
+from ctc_plugin.ctc.modes import BIAS_SHARING_MODES
 from ctc_plugin.testing import randomise_statistics_and_biases
 
 
@@ -83,7 +85,7 @@ def measure(kind: str, hidden: int, length: int, args: argparse.Namespace) -> tu
     mask = grid(length, args.features)
     copies = int(mask.unique().numel()) + 1
     batch = x.expand(copies, -1, -1, -1).contiguous()
-    ctc = CTC(model)
+    ctc = CTC(model, bias_sharing=args.bias_sharing)
     with torch.no_grad():
         forward = median_seconds(lambda: model(batch), args.repeats)
     explained = median_seconds(lambda: ctc.attribute(x, 1, feature_mask=mask), args.repeats)
@@ -97,6 +99,7 @@ def main() -> None:
     parser.add_argument("--hidden", nargs="+", type=int, default=[16, 96])
     parser.add_argument("--length", nargs="+", type=int, default=[16, 64])
     parser.add_argument("--features", type=int, default=16)
+    parser.add_argument("--bias-sharing", default="proportional", choices=BIAS_SHARING_MODES)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="LSTM, 16 units, 16 columns")
@@ -104,7 +107,10 @@ def main() -> None:
     if args.quick:
         args.kind, args.hidden, args.length, args.repeats = ["lstm"], [16], [16], 2
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), float32, 1 image")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), float32, 1 image, "
+        f"{args.bias_sharing!r} bias sharing"
+    )
     print(f"{'kind':5s} {'hidden':>6s} {'length':>6s} {'copies':>6s} "
           f"{'forward':>9s} {'CTC':>9s} {'ratio':>6s}")  # fmt: skip
     for kind in args.kind:

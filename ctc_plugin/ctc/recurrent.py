@@ -43,10 +43,21 @@ a partition the ``"proportional"`` copies add up to the gate copy's at every ste
 is gradient x input of the layer with its sigmoid gates, its ``tanh(x) / x`` ratios and its ReLU
 patterns held fixed.
 
-The steps call the rules directly instead of running plain torch calls under
+The steps apply the rules directly instead of running plain torch calls under
 [`CTCMode`][ctc_plugin.ctc.attribution.CTCMode] (as
 [`multi_head_attention`][ctc_plugin.ctc.attention.multi_head_attention] does): there ``tanh``
-would make a gate tensor, and ``i * g`` of two gate tensors the full pass's value alone.
+would make a gate tensor, and ``i * g`` of two gate tensors the full pass's value alone. The
+cells are written once against the operations of [`Steps`][ctc_plugin.ctc.recurrent_steps.Steps],
+which calls one rule of the pass per operation (the specification: ``SPEC`` of
+[`speedups`][ctc_plugin.ctc.speedups]). A pass runs
+[`TensorSteps`][ctc_plugin.ctc.recurrent_steps.TensorSteps] (``Speedups.tensor_steps``): the same
+values in plain tensor operations on the grouped copies, without the rules' per-call grouping,
+checks and tags, which a layer pays at every step of its sequence; only the biases go through
+the pass's [`affine`][ctc_plugin.ctc.rules.GatedPass.affine] rule (the mode's sharing). In
+``"proportional"`` and ``"none"``, which share a unit's bias by that unit's copies alone, a
+bidirectional layer runs its two directions as one (step ``t`` of one beside step ``L - 1 - t``
+of the other), halving the steps; in ``"reference"``, whose statistics run over all units of a
+layer, they run one after the other. ``W x_t`` of every step is one product before the first.
 
 Supported: any ``num_layers``, ``bidirectional``, ``batch_first`` either way, with or without
 biases, the LSTM's ``proj_size``, given or default initial states, dropout between layers in
@@ -62,14 +73,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.handlers import _arg, operation_name
+from ctc_plugin.ctc.recurrent_steps import Steps, TensorSteps, per_direction_linear
 from ctc_plugin.ctc.rules import GatedPass
 
 #: The names of the arguments of ``torch.lstm``, ``torch.gru``, ``torch.rnn_tanh`` and
@@ -102,6 +113,11 @@ class RecurrentWeights:
     hidden_bias: torch.Tensor | None
     projection: torch.Tensor | None
 
+    @functools.cached_property
+    def biases(self) -> torch.Tensor | None:
+        """``b_ih + b_hh`` (``None`` without biases), summed once for every step."""
+        return _plus(self.input_bias, self.hidden_bias)
+
 
 @dataclass(frozen=True)
 class State:
@@ -111,7 +127,10 @@ class State:
     after the first step every state is a signal.
 
     Attributes:
-        signal: (B, size) propagated rows, one per copy (or ``m`` per copy), or ``None``.
+        signal: The copies' rows, or ``None``: flat (B, size) propagated rows, one per copy (or
+            ``m`` per copy), as [`Steps`][ctc_plugin.ctc.recurrent_steps.Steps] takes them between
+            the steps, grouped (N, C, [m,] size) inside them with
+            [`TensorSteps`][ctc_plugin.ctc.recurrent_steps.TensorSteps].
         constant: Per-example (N, 1, [m,] size) constant, grouped as
             [`CopyLayout.group`][ctc_plugin.ctc.layout.CopyLayout.group] groups the rows, or
             ``None`` where it is zero.
@@ -121,13 +140,13 @@ class State:
     constant: torch.Tensor | None = None
 
 
-#: One step of a recurrent layer: ``(ctx, W x_t, weights, states)`` to the next states, the
+#: One step of a recurrent layer: ``(steps, W x_t, weights, states)`` to the next states, the
 #: hidden state first (the step's output).
-Cell = Callable[[GatedPass, torch.Tensor, RecurrentWeights, tuple[State, ...]], tuple[State, ...]]
+Cell = Callable[[Steps, torch.Tensor, RecurrentWeights, tuple[State, ...]], tuple[State, ...]]
 
 
 def lstm_cell(
-    ctx: GatedPass, projected: torch.Tensor, weights: RecurrentWeights, states: tuple[State, ...]
+    steps: Steps, projected: torch.Tensor, weights: RecurrentWeights, states: tuple[State, ...]
 ) -> tuple[State, State]:
     """One LSTM step: ``(h_t, c_t)`` from ``W x_t`` (``projected``) and the states ``(h, c)``.
 
@@ -135,22 +154,22 @@ def lstm_cell(
     ``g`` and ``tanh(c_t)`` rescale gates, ``f * c`` of a constant ``c`` a bias (see the module).
     """
     h, c = states
-    z = ctx.affine(_recurrent_sum(projected, h, weights), _bias(weights.input_bias, h, weights))
-    gates = ctx.full_pass_gate(z, torch.sigmoid, "an LSTM's gates")  # g's block unused
+    z = steps.affine(_recurrent_sum(projected, h, weights), _bias(weights.biases, h, weights))
+    gates = steps.sigmoid_gates(z, "an LSTM's gates")  # g's block unused
     input_gate, forget_gate, _, output_gate = gates.chunk(4, dim=-1)
-    candidate = ctx.rescale_gate(z.chunk(4, dim=-1)[2], torch.tanh)
-    cell = ctx.gate_product(candidate, input_gate)
+    candidate = steps.rescale(z.chunk(4, dim=-1)[2], torch.tanh)
+    cell = steps.product(candidate, input_gate)
     if c.signal is not None:
-        cell = ctx.tag(cell + ctx.gate_product(c.signal, forget_gate))
-    cell = ctx.affine(cell, _gated_constant(ctx, forget_gate, c))
-    out = ctx.gate_product(ctx.rescale_gate(cell, torch.tanh), output_gate)
+        cell = steps.add(cell, steps.product(c.signal, forget_gate))
+    cell = steps.affine(cell, _gated_constant(steps, forget_gate, c))
+    out = steps.product(steps.rescale(cell, torch.tanh), output_gate)
     if weights.projection is not None:
-        out = ctx.linear(F.linear, (out, weights.projection), {})
+        out = steps.linear(out, weights.projection)
     return State(signal=out), State(signal=cell)
 
 
 def gru_cell(
-    ctx: GatedPass, projected: torch.Tensor, weights: RecurrentWeights, states: tuple[State, ...]
+    steps: Steps, projected: torch.Tensor, weights: RecurrentWeights, states: tuple[State, ...]
 ) -> tuple[State]:
     """One GRU step: ``h_t`` from ``W x_t`` (``projected``) and the state ``(h,)``.
 
@@ -160,56 +179,63 @@ def gru_cell(
     of a constant ``h_0`` a bias (see the module).
     """
     (h,) = states
-    size = projected.shape[-1] // 3
-    recurrent = None if h.signal is None else F.linear(h.signal, weights.hidden_weight)
-    hidden_bias = _bias(None, h, weights)  # b_hh + U h_0, r-blocks and n-block together
-    gates = ctx.full_pass_gate(
-        ctx.affine(
-            _fresh_sum(projected[:, : 2 * size], _block(recurrent, 0, 2)),
-            _plus(_block(weights.input_bias, 0, 2), _block(hidden_bias, 0, 2)),
+    recurrent = None if h.signal is None else per_direction_linear(h.signal, weights.hidden_weight)
+    hidden_bias = _bias(weights.hidden_bias, h, weights)  # b_hh + U h_0: r, z and n blocks
+    gates = steps.sigmoid_gates(
+        steps.affine(
+            _fresh_sum(_block(projected, 0, 2), _block(recurrent, 0, 2)),
+            _gate_bias(weights, h, hidden_bias),
         ),
-        torch.sigmoid,
         "a GRU's gates",
     )
     reset, update = gates.chunk(2, dim=-1)
-    reset_hidden = None if recurrent is None else ctx.gate_product(recurrent[:, 2 * size :], reset)
+    reset_hidden = None if recurrent is None else steps.product(_block(recurrent, 2, 3), reset)
     reset_bias = _block(hidden_bias, 2, 3)  # b_hn + W_hn h_0, times the gate copy's r
     if reset_bias is not None:
-        reset_bias = ctx.layout.group(reset)[:, :1] * reset_bias
-    candidate = ctx.rescale_gate(
-        ctx.affine(
-            _fresh_sum(projected[:, 2 * size :], reset_hidden),
+        reset_bias = steps.gated_bias(reset, reset_bias)
+    candidate = steps.rescale(
+        steps.affine(
+            _fresh_sum(_block(projected, 2, 3), reset_hidden),
             _plus(_block(weights.input_bias, 2, 3), reset_bias),
         ),
         torch.tanh,
     )
-    out = ctx.gate_product(candidate, 1 - update)
+    out = steps.product(candidate, 1 - update)
     if h.signal is not None:
-        out = ctx.tag(out + ctx.gate_product(h.signal, update))
-    return (State(signal=ctx.affine(out, _gated_constant(ctx, update, h))),)
+        out = steps.add(out, steps.product(h.signal, update))
+    return (State(signal=steps.affine(out, _gated_constant(steps, update, h))),)
+
+
+def _gate_bias(
+    weights: RecurrentWeights, h: State, hidden_bias: torch.Tensor | None
+) -> torch.Tensor | None:
+    """A GRU's bias of its r and z blocks: ``b_ih + b_hh`` (summed once) plus ``U h_0``."""
+    if h.constant is None:
+        return _block(weights.biases, 0, 2)
+    return _plus(_block(weights.input_bias, 0, 2), _block(hidden_bias, 0, 2))
 
 
 def rnn_cell(
-    ctx: GatedPass,
+    steps: Steps,
     projected: torch.Tensor,
     weights: RecurrentWeights,
     states: tuple[State, ...],
-    activation: Callable[[GatedPass, torch.Tensor], torch.Tensor],
+    activation: Callable[[Steps, torch.Tensor], torch.Tensor],
 ) -> tuple[State]:
     """One Elman RNN step: ``h_t = activation(W x_t + U h + b)``, the pre-activation affine."""
     (h,) = states
-    z = ctx.affine(_recurrent_sum(projected, h, weights), _bias(weights.input_bias, h, weights))
-    return (State(signal=activation(ctx, z)),)
+    z = steps.affine(_recurrent_sum(projected, h, weights), _bias(weights.biases, h, weights))
+    return (State(signal=activation(steps, z)),)
 
 
-def _tanh(ctx: GatedPass, z: torch.Tensor) -> torch.Tensor:
+def _tanh(steps: Steps, z: torch.Tensor) -> torch.Tensor:
     """``tanh``: the rescale gate ``tanh(z) / z`` of the gate copy."""
-    return ctx.rescale_gate(z, torch.tanh)
+    return steps.rescale(z, torch.tanh)
 
 
-def _relu(ctx: GatedPass, z: torch.Tensor) -> torch.Tensor:
+def _relu(steps: Steps, z: torch.Tensor) -> torch.Tensor:
     """``relu``: the gate copy's ReLU pattern."""
-    return ctx.relu_gate(z)
+    return steps.relu(z)
 
 
 @dataclass(frozen=True)
@@ -245,6 +271,9 @@ def recurrent(
     Returns what ``func`` returns: ``output`` in the layout of the input (the copies along dim 0
     with ``batch_first``, dim 1 otherwise), then ``h_n`` (and the LSTM's ``c_n``), (layers *
     directions, batch, size) with the copies along dim 1. See the module for the rules.
+    The steps run as the pass says (``ctx.tensor_steps``): as plain tensor operations
+    ([`TensorSteps`][ctc_plugin.ctc.recurrent_steps.TensorSteps]), or through the rules
+    ([`Steps`][ctc_plugin.ctc.recurrent_steps.Steps], the spec's).
 
     Raises:
         UnsupportedOperationError: A packed sequence, dropout between layers in training mode,
@@ -268,17 +297,12 @@ def recurrent(
     hx = call["hx"] if isinstance(call["hx"], (tuple, list)) else (call["hx"],)
     _check_states(layer, name, hx, (layers * directions, sequence.shape[0]), weights[0])
     initial = list(zip(*(_initial_states(ctx, t, sequence, name) for t in hx), strict=True))
+    steps = TensorSteps(ctx, sequence.shape[0]) if ctx.tensor_steps else Steps(ctx)
     finals: list[tuple[State, ...]] = []
     for number in range(layers):
-        outputs = []
-        for direction in range(directions):
-            index = number * directions + direction
-            output, states = run_direction(
-                ctx, sequence, weights[index], initial[index], layer.cell, direction == 1
-            )
-            outputs.append(output)
-            finals.append(states)
-        sequence = outputs[0] if directions == 1 else ctx.tag(torch.cat(outputs, dim=-1))
+        group = slice(number * directions, (number + 1) * directions)
+        sequence, states = run_layer(steps, sequence, weights[group], initial[group], layer.cell)
+        finals.extend(states)
     return _returned(ctx, sequence, finals, batch_first)
 
 
@@ -428,8 +452,32 @@ def _initial_states(
     return [State(constant=grouped.select(-2, index)) for index in range(value.shape[0])]
 
 
+def run_layer(
+    steps: Steps,
+    sequence: torch.Tensor,
+    weights: Sequence[RecurrentWeights],
+    states: Sequence[tuple[State, ...]],
+    cell: Cell,
+) -> tuple[torch.Tensor, list[tuple[State, ...]]]:
+    """One layer over a (B, L, features) propagated sequence, in one or two directions.
+
+    Returns its output (B, L, directions * size) and the last states of each direction.
+    Two directions run as one where the steps can (`TensorSteps.stacks_directions`), else
+    one after the other.
+    """
+    if len(weights) == 2 and isinstance(steps, TensorSteps) and steps.stacks_directions:
+        return run_both_directions(steps, sequence, weights, states, cell)
+    runs = [
+        run_direction(steps, sequence, direction, initial, cell, reverse=index == 1)
+        for index, (direction, initial) in enumerate(zip(weights, states, strict=True))
+    ]
+    outputs = [output for output, _ in runs]
+    output = outputs[0] if len(runs) == 1 else steps.ctx.tag(torch.cat(outputs, dim=-1))
+    return output, [last for _, last in runs]
+
+
 def run_direction(
-    ctx: GatedPass,
+    steps: Steps,
     sequence: torch.Tensor,
     weights: RecurrentWeights,
     states: tuple[State, ...],
@@ -439,20 +487,93 @@ def run_direction(
     """One layer in one direction over a (B, L, features) propagated sequence.
 
     Returns its outputs (B, L, size), each step's hidden state at its position, and the last
-    states (those after the first position with ``reverse``).
+    states (those after the first position with ``reverse``), their signals flat (B, size).
+    ``W x_t`` of every step is one product before the first step.
     """
-    projected = ctx.linear(F.linear, (sequence, weights.input_weight), {})  # W x_t of every t
-    length = sequence.shape[1]
-    outputs: list[torch.Tensor | None] = [None] * length
+    projected = steps.project(sequence, weights.input_weight)
+    outputs, states = _run_steps(steps, projected, weights, states, cell, reverse)
+    return steps.outputs(outputs), tuple(State(signal=steps.leave(s.signal)) for s in states)
+
+
+def run_both_directions(
+    steps: TensorSteps,
+    sequence: torch.Tensor,
+    weights: Sequence[RecurrentWeights],
+    states: Sequence[tuple[State, ...]],
+    cell: Cell,
+) -> tuple[torch.Tensor, list[tuple[State, ...]]]:
+    """Both directions of a layer as one, each with its own weights.
+
+    Step ``t`` runs the forward direction's step ``t`` beside the reverse one's ``L - 1 - t``.
+    As `run_layer` returns them. The directions are independent; the step's operations, the
+    bias sharing of a [`UNIT_SHARINGS`][ctc_plugin.ctc.recurrent_steps.UNIT_SHARINGS] mode too,
+    act on each unit of each direction as they would on it alone.
+    """
+    forward, reverse = weights
+    projected = steps.project_both(sequence, forward.input_weight, reverse.input_weight)
+    initial = tuple(_stacked_state(*pair) for pair in zip(*states, strict=True))
+    outputs, last = _run_steps(
+        steps, projected, _stacked_weights(forward, reverse), initial, cell, reverse=False
+    )
+    finals = [
+        tuple(State(signal=steps.leave(state.signal.select(-2, index))) for state in last)
+        for index in range(2)
+    ]
+    return steps.both_outputs(outputs), finals
+
+
+def _run_steps(
+    steps: Steps,
+    projected: torch.Tensor,
+    weights: RecurrentWeights,
+    states: tuple[State, ...],
+    cell: Cell,
+    reverse: bool,
+) -> tuple[list[torch.Tensor], tuple[State, ...]]:
+    """Every step's hidden state, at its position, and the states after the last step.
+
+    ``projected`` is `Steps.project`'s: ``W x_t`` along ``steps.time_dim``.
+    """
+    states = tuple(_entered(steps, state) for state in states)
+    length = projected.shape[steps.time_dim]
+    outputs = []
     for t in reversed(range(length)) if reverse else range(length):
-        states = cell(ctx, projected[:, t], weights, states)
-        outputs[t] = states[0].signal
-    return ctx.tag(torch.stack(outputs, dim=1)), states
+        states = cell(steps, projected.select(steps.time_dim, t), weights, states)
+        outputs.append(states[0].signal)
+    return outputs[::-1] if reverse else outputs, states
+
+
+def _stacked_weights(forward: RecurrentWeights, reverse: RecurrentWeights) -> RecurrentWeights:
+    """The two directions' weights, each stacked (2, ...) (``None`` stays)."""
+
+    def stacked(name: str) -> torch.Tensor | None:
+        first = getattr(forward, name)
+        return None if first is None else torch.stack([first, getattr(reverse, name)])
+
+    return RecurrentWeights(*(stacked(field.name) for field in fields(RecurrentWeights)))
+
+
+def _stacked_state(forward: State, reverse: State) -> State:
+    """The two directions' initial states as one.
+
+    Flat signals become (B, 2, size), constants (N, 1, [m,] 2, size). A state tensor is a
+    signal, a constant or zeros for all its directions at once.
+    """
+    if forward.signal is not None:
+        return State(signal=torch.stack([forward.signal, reverse.signal], dim=1))
+    if forward.constant is not None:
+        return State(constant=torch.stack([forward.constant, reverse.constant], dim=-2))
+    return State()
+
+
+def _entered(steps: Steps, state: State) -> State:
+    """An initial state as the steps take it (its signal, if any, through ``steps.enter``)."""
+    return state if state.signal is None else State(signal=steps.enter(state.signal))
 
 
 def _recurrent_sum(projected: torch.Tensor, h: State, weights: RecurrentWeights) -> torch.Tensor:
     """``W x_t + U h`` of every copy: the bias-free pre-activations, a new tensor."""
-    hidden = None if h.signal is None else F.linear(h.signal, weights.hidden_weight)
+    hidden = None if h.signal is None else per_direction_linear(h.signal, weights.hidden_weight)
     return _fresh_sum(projected, hidden)
 
 
@@ -479,22 +600,20 @@ def _block(value: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | 
     return value[..., start * size : stop * size]
 
 
-def _bias(
-    input_bias: torch.Tensor | None, h: State, weights: RecurrentWeights
-) -> torch.Tensor | None:
-    """``input_bias + b_hh + U h_0`` (``U h_0`` of a constant ``h_0``, per example), or ``None``.
+def _bias(bias: torch.Tensor | None, h: State, weights: RecurrentWeights) -> torch.Tensor | None:
+    """``bias + U h_0`` (``U h_0`` of a constant ``h_0``, per example), or ``None``.
 
     The parts that are missing are left out: no bias at all gives ``None``.
     """
-    shared = None if h.constant is None else F.linear(h.constant, weights.hidden_weight)
-    return _plus(_plus(input_bias, weights.hidden_bias), shared)
+    shared = None if h.constant is None else per_direction_linear(h.constant, weights.hidden_weight)
+    return _plus(bias, shared)
 
 
-def _gated_constant(ctx: GatedPass, gate: torch.Tensor, state: State) -> torch.Tensor | None:
+def _gated_constant(steps: Steps, gate: torch.Tensor, state: State) -> torch.Tensor | None:
     """The gate copy's ``gate`` times a constant state, per example: a bias; or ``None``."""
     if state.constant is None:
         return None
-    return ctx.layout.group(gate)[:, :1] * state.constant
+    return steps.gated_bias(gate, state.constant)
 
 
 def _returned(

@@ -132,6 +132,9 @@ class GatedPass:
             [`check_gradient`][ctc_plugin.ctc.rules.GatedPass.check_gradient]).
         exits: The calls that took the copies' values out of torch (``numpy``, ``tolist``,
             ``item``, ...), in order; named when the output turns out not to be traced.
+        tensor_steps: Recurrent layers run their steps as plain tensor operations
+            ([`TensorSteps`][ctc_plugin.ctc.recurrent_steps.TensorSteps]) instead of one rule call
+            per operation ([`Steps`][ctc_plugin.ctc.recurrent_steps.Steps], the spec's).
     """
 
     layout: CopyLayout
@@ -139,6 +142,7 @@ class GatedPass:
     token: object = field(default_factory=object)
     gradient: bool = False
     exits: list[str] = field(default_factory=list)
+    tensor_steps: bool = True
 
     # ------------------------------------------------------------------ tagging
     def tag(self, tensor: torch.Tensor, axis: int = 0) -> torch.Tensor:

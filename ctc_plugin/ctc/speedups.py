@@ -107,6 +107,10 @@ class Speedups:
             ([`SparseGatedPass`][ctc_plugin.ctc.sparse.SparseGatedPass]).
         sparse_dense_above: With ``sparse_copies``, a convolution is computed dense where the
             boxes (at their groups' sizes) cover more than this fraction of its output.
+        tensor_steps: Run the steps of recurrent layers as plain tensor operations on the
+            grouped copies, a bidirectional layer's directions as one where the mode allows
+            ([`TensorSteps`][ctc_plugin.ctc.recurrent_steps.TensorSteps]), not one rule call per
+            operation of every step.
     """
 
     gradient_shortcut: bool = True
@@ -118,6 +122,7 @@ class Speedups:
     compiled_sharing: bool | str = False
     sparse_copies: bool = True
     sparse_dense_above: float = 0.6
+    tensor_steps: bool = True
 
     def sharing(self, mode: str) -> BiasSharing:
         """The bias sharing of a mode: the spec's, or the fused one (raises for unknown modes)."""
@@ -150,16 +155,24 @@ class Speedups:
         [`SparseGatedPass`][ctc_plugin.ctc.sparse.SparseGatedPass] (not for the gradient path,
         whose single copy is dense).
         """
+        steps = self.tensor_steps
         if self.sparse_copies and not gradient:
             return SparseGatedPass(
-                layout=layout, sharing=sharing, dense_above=self.sparse_dense_above
+                layout=layout,
+                sharing=sharing,
+                tensor_steps=steps,
+                dense_above=self.sparse_dense_above,
             )
-        return GatedPass(layout=layout, sharing=sharing, gradient=gradient)
+        return GatedPass(layout=layout, sharing=sharing, gradient=gradient, tensor_steps=steps)
 
 
 #: The readable specification: no speed-up at all.
 SPEC = Speedups(
-    gradient_shortcut=False, copies_per_pass=None, fused_sharing=False, sparse_copies=False
+    gradient_shortcut=False,
+    copies_per_pass=None,
+    fused_sharing=False,
+    sparse_copies=False,
+    tensor_steps=False,
 )
 
 #: What [`CTC`][ctc_plugin.CTC] uses.
