@@ -16,6 +16,7 @@ import torchvision
 from ctc_plugin import CTC, CTCAttributor, CTCComposite, IntegrativeCAM, zoo
 from ctc_plugin.ctc.speedups import DEFAULT
 from ctc_plugin.explainer.attribution import ExplainerAttribution
+from ctc_plugin.model_families import huggingface_classifier, timm_classifier
 from ctc_plugin.zoo.explainers import KINDS, shipped_explainers
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -74,6 +75,32 @@ def test_ctc_on_cuda_gives_the_cpu_scores(name, size, mode):
     if mode == "proportional":  # completeness holds on the GPU too
         logits = model(x.to(CUDA)).gather(1, target.to(CUDA)[:, None])[:, 0]
         torch.testing.assert_close(gpu.scores.sum(1), logits, rtol=1e-8, atol=1e-8)
+
+
+#: Families whose rules run code of their own (tiny configurations, random weights): LSTMs
+#: over rows and columns (the recurrent steps), factorised attention (a deferred product of two
+#: signals), SigLIP 2 (images cut into patch sequences), Swin v2 (cosine attention, F.normalize)
+MODERN = {
+    "timm sequencer2d_s": lambda: timm_classifier("sequencer2d_s", 64),
+    "timm coat_lite_tiny": lambda: timm_classifier("coat_lite_tiny", 64),
+    "transformers SigLIP 2": lambda: huggingface_classifier("SigLIP 2"),
+    "transformers Swin v2": lambda: huggingface_classifier("Swin v2"),
+}
+
+
+@pytest.mark.parametrize("mode", ["reference", "proportional", "none"])
+@pytest.mark.parametrize("family", MODERN)
+def test_ctc_on_cuda_gives_the_cpu_scores_on_modern_families(family, mode):
+    pytest.importorskip("timm" if family.startswith("timm") else "transformers")
+    model = MODERN[family]()
+    size = 64 if family.startswith("timm") else 32
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1)).double()
+    options = {"target": 1, "feature_mask": grid_mask(size), "return_feature_scores": True}
+    _, cpu = CTC(model, bias_sharing=mode).attribute(x, **options)
+    model.to(CUDA)
+    options["feature_mask"] = options["feature_mask"].to(CUDA)
+    _, gpu = CTC(model, bias_sharing=mode).attribute(x.to(CUDA), **options)
+    assert_same_on_both(cpu.scores, gpu.scores, TOLERANCE[mode])
 
 
 @pytest.mark.parametrize("mode", ["reference", "proportional"])
