@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from torch.nn import functional
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
@@ -45,8 +46,11 @@ __all__ = [
     "check_eval_mode",
     "check_images",
     "check_inputs",
+    "check_takes_images",
     "device_of",
+    "FUNCTIONAL_DROPOUTS",
     "is_integer",
+    "PATCH_SEQUENCE_MODELS",
     "outside_inference_mode",
     "training_mode_error",
 ]
@@ -232,6 +236,41 @@ def check_eval_mode(forward_func: Callable[..., Any]) -> None:
     for name, module in model.named_modules():
         if changes_in_training(module):
             raise training_mode_error(module, repr(name or "(the model)"))
+
+
+#: The functional dropouts: the identity in eval mode (``training=False``), random otherwise.
+FUNCTIONAL_DROPOUTS = (
+    functional.dropout, functional.dropout1d, functional.dropout2d, functional.dropout3d,
+    functional.alpha_dropout, functional.feature_alpha_dropout,
+)  # fmt: skip
+
+
+#: Hugging Face ``transformers``' ``config.model_type`` of the image models that take their
+#: images as sequences of patches (SigLIP 2's "NaFlex" input: ``pixel_values`` (N, patches,
+#: p * p * C) with ``spatial_shapes``), not as (N, C, H, W) images.
+PATCH_SEQUENCE_MODELS = frozenset({"siglip2"})
+
+
+def check_takes_images(forward_func: Callable[..., Any]) -> None:
+    """Refuse a model that takes its images as sequences of patches, given without its wrapper.
+
+    Such a model (SigLIP 2) would fail on (N, C, H, W) images deep inside with a torch error;
+    [`HuggingFaceClassifier`][ctc_plugin.adapters.huggingface.HuggingFaceClassifier] cuts the
+    images as its image processor does. ``forward_func`` may be the model or one of its bound
+    methods; any other function is not inspected.
+
+    Raises:
+        ValueError: Saying to wrap the model; nothing has run yet.
+    """
+    model = model_of(forward_func)
+    kind = getattr(getattr(model, "config", None), "model_type", None)
+    if kind in PATCH_SEQUENCE_MODELS:
+        raise ValueError(
+            f"{type(model).__name__} takes its images cut into a sequence of patches (its image "
+            "processor's pixel_values with spatial_shapes), not (N, C, H, W) images; wrap it: "
+            "ctc_plugin.adapters.huggingface.HuggingFaceClassifier(model), which cuts them as "
+            "the processor does"
+        )
 
 
 def changes_in_training(module: torch.nn.Module) -> bool:

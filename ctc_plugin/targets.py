@@ -11,7 +11,7 @@ example's output row.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -268,7 +268,8 @@ def output_not_a_tensor(output: Any) -> ValueError:
     """The error for a forward function whose output is no tensor of scores, saying what to do.
 
     A Hugging Face model's output (``ImageClassifierOutput``) carries the logits in ``.logits``:
-    the message names the wrapper. A tuple or dict: return the scores alone.
+    the message names the wrapper. A dict (or a backbone's output, which holds features, no
+    scores) is told its keys; a tuple to return the scores alone.
     """
     kind = type(output).__name__
     if isinstance(getattr(output, "logits", None), torch.Tensor):
@@ -277,7 +278,14 @@ def output_not_a_tensor(output: Any) -> ValueError:
             "ctc_plugin.adapters.huggingface.HuggingFaceClassifier(model), or pass "
             "lambda x: model(pixel_values=x).logits"
         )
-    elif isinstance(output, (tuple, list, dict)):
+    elif isinstance(output, Mapping):  # a dict, or a Hugging Face backbone's output
+        keys = ", ".join(repr(key) for key in output)
+        advice = (
+            f"it holds {keys}; return the class scores, (N, classes), alone (lambda x: "
+            "model(x)[key]); a backbone's features are no scores: add a classification head "
+            "(a Hugging Face ...ForImageClassification model has one)"
+        )
+    elif isinstance(output, (tuple, list)):
         advice = "return the scores alone, (N, classes), e.g. lambda x: model(x)[0]"
     else:
         advice = "return the model's scores, (N, classes)"

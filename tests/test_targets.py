@@ -6,6 +6,7 @@ import pytest
 import torch
 from captum._utils.common import _select_targets
 
+from ctc_plugin.targets import output_not_a_tensor
 from ctc_plugin.targets import target_scores as select_scores
 
 OUTPUT_2D = torch.randn(3, 5)
@@ -37,3 +38,21 @@ def test_none_is_the_predicted_class_and_callables_get_rows() -> None:
 def test_bad_targets_are_clear_errors(target) -> None:
     with pytest.raises(ValueError):
         select_scores(OUTPUT_3D if isinstance(target, tuple) else OUTPUT_2D, target)
+
+
+def test_a_dict_output_is_told_its_keys() -> None:
+    """Its keys, not ``model(x)[0]`` (a KeyError)."""
+    message = str(output_not_a_tensor({"logits": torch.zeros(1, 3), "features": torch.zeros(1)}))
+    assert "[0]" not in message and "'logits', 'features'" in message
+
+
+def test_a_backbones_output_is_said_to_hold_no_scores() -> None:
+    """A Hugging Face backbone's output (an ordered dict without logits): ``[0]`` would be its
+    last hidden state, so the message points to a classification head instead."""
+    modeling_outputs = pytest.importorskip("transformers.modeling_outputs")
+    output = modeling_outputs.BaseModelOutputWithPooling(
+        last_hidden_state=torch.zeros(1, 17, 8), pooler_output=torch.zeros(1, 8)
+    )
+    message = str(output_not_a_tensor(output))
+    assert "[0]" not in message and "'last_hidden_state', 'pooler_output'" in message
+    assert "ForImageClassification" in message

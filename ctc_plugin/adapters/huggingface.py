@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ctc_plugin.inputs import PATCH_SEQUENCE_MODELS
+
 
 class HuggingFaceClassifier(nn.Module):
     """A ``transformers`` image classifier whose forward maps pixel values to logits.
@@ -40,7 +42,9 @@ class HuggingFaceClassifier(nn.Module):
             for images of another size than the model was trained on).
 
     Raises:
-        TypeError: At a call, if the model's output has no ``logits`` tensor.
+        TypeError: If ``model`` is no module, or ``inputs`` holds what the wrapper passes
+            itself (``pixel_values``, SigLIP 2's ``spatial_shapes``); at a call, if the model's
+            output has no ``logits`` tensor.
     """
 
     def __init__(self, model: nn.Module, **inputs: Any) -> None:
@@ -52,6 +56,12 @@ class HuggingFaceClassifier(nn.Module):
         self.model = model
         self.inputs = inputs
         self.patch_size = patch_sequence_size(model)
+        given = sorted(set(inputs) & {"pixel_values", "spatial_shapes", "pixel_attention_mask"})
+        if given:
+            raise TypeError(
+                f"HuggingFaceClassifier passes the images itself; drop {given} from its "
+                "keyword arguments (they are for further options of every call)"
+            )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The model's logits (N, classes) for ``pixel_values`` (N, C, H, W).
@@ -83,11 +93,6 @@ class HuggingFaceClassifier(nn.Module):
         if self.patch_size is None:
             return {"pixel_values": pixel_values}
         return patch_sequence(pixel_values, self.patch_size)
-
-
-#: ``config.model_type`` of the models that take images as sequences of patches (SigLIP 2's
-#: "NaFlex" input: ``pixel_values`` (N, patches, p * p * C), ``spatial_shapes``)
-PATCH_SEQUENCE_MODELS = frozenset({"siglip2"})
 
 
 def patch_sequence_size(model: nn.Module) -> int | None:

@@ -94,7 +94,27 @@ def _derivatives_by_autodiff(fn: ScalarFn) -> Phi:
     d2 = torch.func.grad(d1)
     d3 = torch.func.grad(d2)
     name = getattr(fn, "__name__", "callable")
-    return Phi(torch.func.vmap(d1), torch.func.vmap(d2), torch.func.vmap(d3), name)
+    phi = Phi(torch.func.vmap(d1), torch.func.vmap(d2), torch.func.vmap(d3), name)
+    _check_differentiable(phi)
+    return phi
+
+
+def _check_differentiable(phi: Phi) -> None:
+    """Take ``phi``'s third derivative once, at 0: refuse what ``torch.func`` cannot differentiate.
+
+    The function is refused when it is given, rather than by torch during a call.
+
+    Raises:
+        TypeError: Naming ``phi`` and what to write instead, with torch's reason chained.
+    """
+    try:
+        phi.d3(torch.zeros(1, dtype=torch.float64))
+    except Exception as error:  # torch.func's errors have no common type
+        raise TypeError(
+            f"phi {phi.name!r} could not be differentiated by torch.func ({error}); write it as "
+            "a function of a 0-d tensor returning a 0-d tensor, with torch operations (e.g. "
+            "lambda s: torch.log1p(torch.exp(s))), or pass a Phi with explicit derivatives"
+        ) from error
 
 
 def resolve_phi(phi: str | Phi | ScalarFn) -> Phi:
@@ -108,7 +128,9 @@ def resolve_phi(phi: str | Phi | ScalarFn) -> Phi:
 
     Raises:
         ValueError: For an unknown name.
-        TypeError: For anything else that is not callable.
+        TypeError: For anything else that is not callable, and for a function ``torch.func``
+            cannot differentiate (one that returns no 0-d tensor, or leaves torch for Python
+            numbers, as ``math.exp`` does).
     """
     if isinstance(phi, Phi):
         return phi
@@ -149,6 +171,12 @@ class AlphaTerms:
         object.__setattr__(self, "all_gradcam", bool(self.gradcam.all()))
         object.__setattr__(self, "any_gradcam", bool(self.gradcam.any()))
 
+    def to(self, dtype: torch.dtype) -> AlphaTerms:
+        """These terms in ``dtype`` (that of a stage's map), ``self`` where they are already."""
+        if self.sign.dtype == dtype:
+            return self
+        return AlphaTerms(self.sign.to(dtype), self.p2.to(dtype), self.p3.to(dtype), self.gradcam)
+
 
 def alpha_terms(phi: Phi, scores: Tensor) -> AlphaTerms:
     """Evaluate ``phi``'s derivatives at the class scores and normalise them.
@@ -158,11 +186,17 @@ def alpha_terms(phi: Phi, scores: Tensor) -> AlphaTerms:
         scores: The target scores ``S``, shape (N,).
 
     Raises:
+        TypeError: If a derivative returns no tensor.
         ValueError: If a derivative is not finite or has the wrong shape.
     """
     s = scores.detach().double()  # exp(S) overflows float32 for logits above ~88
     d1, d2, d3 = phi.d1(s), phi.d2(s), phi.d3(s)
     for label, value in (("phi'", d1), ("phi''", d2), ("phi'''", d3)):
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"{phi.name}: {label} returned a {type(value).__name__}; each derivative of a "
+                "Phi must return a tensor of the scores' shape, e.g. torch.ones_like(s)"
+            )
         if value.shape != s.shape:
             raise ValueError(
                 f"{phi.name}: {label} returned shape {tuple(value.shape)}, "

@@ -51,11 +51,12 @@ from ctc_plugin.cam.transformers import (
     refused_blocks,
     transformer_stages,
 )
-from ctc_plugin.concurrency import CallScope, holds_model
+from ctc_plugin.concurrency import CallScope, holds_model, model_of
 from ctc_plugin.inputs import (
     changes_in_training,
     check_eval_mode,
     check_inputs,
+    check_takes_images,
     outside_inference_mode,
     training_mode_error,
 )
@@ -80,12 +81,21 @@ def adaptive_layer_score(grad: Tensor, act: Tensor) -> Tensor:
     return (grad * act).clamp_min_(0).sum(dim=tuple(range(1, act.dim()))) / act[0].numel()
 
 
-def check_layer_score(score: Tensor, stage: str, examples: int) -> None:
+def check_layer_score(score: object, stage: str, examples: int) -> None:
     """Refuse what a ``layer_weights`` callable returned unless it is ``examples`` scores >= 0.
 
     The fused map is a weighted mean of the stage maps: a negative weight would subtract a
     stage, a NaN would spread over the whole map.
+
+    Raises:
+        TypeError: If it is no tensor.
+        ValueError: If it holds another number of scores, or a negative or non-finite one.
     """
+    if not isinstance(score, Tensor):
+        raise TypeError(
+            f"layer_weights returned a {type(score).__name__} for stage {stage!r}; it must "
+            f"return a tensor of shape (N,) = ({examples},), one score per example"
+        )
     if score.numel() != examples:
         raise ValueError(
             f"layer_weights returned {score.numel()} values for stage {stage!r}; it must "
@@ -250,6 +260,41 @@ def _last_grid(grids: list[tuple[int, int]]) -> tuple[int, int] | None:
     return grids[0] if grids else None
 
 
+def _layer_list(layers: Sequence[nn.Module]) -> list[nn.Module]:
+    """The ``layers`` argument as a list of modules; refuse anything else with what to pass.
+
+    An ``nn.ModuleList`` is a list of modules; any other single module is refused: Captum's
+    layer methods take one, and an ``nn.Sequential`` would otherwise be read as its children.
+
+    Raises:
+        TypeError: A single module, or items that are no modules (names included).
+        ValueError: An empty list.
+    """
+    if isinstance(layers, nn.Module) and not isinstance(layers, nn.ModuleList):
+        children = (
+            ", or layers=list(module) for each of its submodules"
+            if len(list(layers.children()))
+            else ""
+        )
+        raise TypeError(
+            f"layers must be a list of modules, got a single {type(layers).__name__}: pass "
+            f"layers=[module] to explain its output{children}"
+        )
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers is empty; pass None to use every convolutional stage")
+    names = [m for m in layers if isinstance(m, str)]
+    if names:
+        raise TypeError(
+            f"layers must be torch.nn.Module instances, got the names {names}; pass the "
+            f"modules, e.g. model.get_submodule({names[0]!r})"
+        )
+    bad = [type(m).__name__ for m in layers if not isinstance(m, nn.Module)]
+    if bad:
+        raise TypeError(f"layers must be torch.nn.Module instances, got {bad}")
+    return layers
+
+
 class UnknownBlocksError(ValueError):
     """The model computes attention in blocks IntegrativeCAM does not know: give ``layers=``."""
 
@@ -266,8 +311,11 @@ class IntegrativeCAM(Attribution):
     merged), as pytorch-grad-cam's ``reshape_transform`` does.
 
     Args:
-        forward_func: The model, or any function of the inputs returning scores batch first.
-        layers: Modules whose outputs to explain; ``None`` finds them: the blocks of a known
+        forward_func: The model, or any function of the inputs returning scores batch first
+            (not a TorchScript module, whose operations IntegrativeCAM cannot see: refused).
+        layers: A list of modules whose outputs to explain (an ``nn.ModuleList`` counts as
+            one; a single module, e.g. an ``nn.Sequential``, is refused: wrap it in a list),
+            called with gradients on; ``None`` finds them: the blocks of a known
             vision transformer (torchvision's ViT, Swin v1/v2, MaxViT, the zoo's ViT, timm's and
             Hugging Face's families; see
             [`transformer_stages`][ctc_plugin.cam.transformer_stages]), otherwise every
@@ -287,9 +335,12 @@ class IntegrativeCAM(Attribution):
         reshape_transform: Turns each chosen layer's output (and its gradient) into an
             (N, C, H, W) map, e.g. [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] for
             (N, T, D) token maps; ``None``: the outputs are such maps (or, for known
-            transformer blocks, their own reshape). For a found block that returns a tuple
-            (TNT, MViTv2) it reshapes the tensor picked out of the tuple; for chosen layers
-            that return tuples, pass a `ctc_plugin.cam.transformers.TupleOutput` naming it.
+            transformer blocks, their own reshape; a chosen layer's output that looks
+            channels-last, (N, H, W, C), is refused). Without ``layers``, it replaces the
+            reshapes of the transformer blocks found, and is refused where none are. For a
+            found block that returns a tuple (TNT, MViTv2) it reshapes the tensor picked out
+            of the tuple; for chosen layers that return tuples, pass a
+            `ctc_plugin.cam.transformers.TupleOutput` naming it.
 
     Threads: one instance and one model may serve several threads at once; each call gives
     exactly what it gives alone. A call only reads the model: the layer hooks it registers
@@ -312,6 +363,12 @@ class IntegrativeCAM(Attribution):
         layer_weights: Literal["adaptive", "uniform"] | LayerScore = "adaptive",
         reshape_transform: BlockReshape | None = None,
     ) -> None:
+        if isinstance(forward_func, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
+            raise TypeError(
+                f"forward_func is a TorchScript {type(forward_func).__name__} (torch.jit.script "
+                "or torch.jit.trace): its operations run outside Python, where IntegrativeCAM "
+                "can neither see its stages nor hook its layers; pass the original nn.Module"
+            )
         super().__init__(forward_func)
         if reshape_transform is not None and not (
             callable(reshape_transform) or isinstance(reshape_transform, TupleOutput)
@@ -321,14 +378,7 @@ class IntegrativeCAM(Attribution):
                 "ctc_plugin.cam.transformers.TupleOutput for layers that return tuples"
             )
         self.reshape_transform = reshape_transform
-        if layers is not None:
-            layers = list(layers)
-            if not layers:
-                raise ValueError("layers is empty; pass None to use every convolutional stage")
-            bad = [type(m).__name__ for m in layers if not isinstance(m, nn.Module)]
-            if bad:
-                raise TypeError(f"layers must be torch.nn.Module instances, got {bad}")
-        self.layers = layers
+        self.layers = None if layers is None else _layer_list(layers)
         self.phi = resolve_phi(phi)
         self.bias = bool(bias)
         if isinstance(layer_weights, str) and layer_weights not in ("adaptive", "uniform"):
@@ -345,6 +395,22 @@ class IntegrativeCAM(Attribution):
         if self.layer_weights == "adaptive":
             return adaptive_layer_score
         return self.layer_weights  # type: ignore[return-value]
+
+    def _subject(self) -> str:
+        """How messages name the forward pass: ``the forward pass of ResNet``, or of a function."""
+        if isinstance(self.forward_func, nn.Module):
+            return f"the forward pass of {type(self.forward_func).__name__}"
+        return "the forward function"
+
+    def _function_hint(self) -> str:
+        """For a plain function, that its blocks can only be found in an ``nn.Module``."""
+        if isinstance(self.forward_func, nn.Module):
+            return ""
+        return (
+            "; the blocks of a plain function cannot be found, as its modules are unknown: "
+            "pass the model itself, or wrap the function in an nn.Module (a Hugging Face "
+            "model: ctc_plugin.adapters.huggingface.HuggingFaceClassifier(model))"
+        )
 
     def _names(self) -> dict[int, str]:
         return module_names(self.forward_func) if isinstance(self.forward_func, nn.Module) else {}
@@ -409,9 +475,12 @@ class IntegrativeCAM(Attribution):
             ValueError: Inputs that are not a finite float image batch (a channels-last batch
                 (N, H, W, C) is refused when the first ``nn.Conv2d`` that runs takes C
                 channels, before it runs), a model without
-                convolutional stages (or chosen layers that never ran), an output that is not
-                differentiable, a target score that is NaN or infinite, or a target that does
-                not fit (not integer class indices, out of range, or of the wrong length).
+                convolutional stages (or chosen layers that never ran), stages computed with
+                gradients off (``torch.no_grad()`` inside the model, reentrant
+                ``torch.utils.checkpoint``), a ``reshape_transform`` with no layers to apply it
+                to, an output that is not differentiable or has no row per example, a target
+                score that is NaN or infinite, or a target that does not fit (not integer class
+                indices, out of range, or of the wrong length).
             TrainingModeError: The model has BatchNorm or dropout in training mode (its
                 statistics would change, and a BatchNorm cannot be folded into a bias); nothing
                 has run (call ``model.eval()``). For a plain function, raised when such a module
@@ -419,6 +488,7 @@ class IntegrativeCAM(Attribution):
         """
         inputs_tuple = check_inputs(inputs, images=True)
         check_eval_mode(self.forward_func)  # before the forward pass can update statistics
+        check_takes_images(self.forward_func)
         check_target(target, inputs_tuple[0].shape[0])  # the form; the range after the pass
         size = (int(inputs_tuple[0].shape[-2]), int(inputs_tuple[0].shape[-1]))
         extra = additional_forward_args
@@ -426,13 +496,24 @@ class IntegrativeCAM(Attribution):
         leaves = tuple(t.detach().requires_grad_(True) for t in inputs_tuple)
         run = _Run(self, size, return_layer_maps)
         chosen = self._chosen_layers()
+        if chosen is None and self.reshape_transform is not None:
+            raise ValueError(
+                f"reshape_transform was given, but layers=None and {self._subject()} has no "
+                "transformer block IntegrativeCAM knows: its convolutional stages are (N, C, H, "
+                "W) maps already, and the reshape would be ignored; pass layers=[the modules "
+                "whose outputs it reshapes]"
+            )
         patch_grids: list[tuple[int, int]] = []  # the output size of the last Conv2d that ran
         guessed = chosen is not None and any(reads_patch_grid(r) for _, r in chosen)
         if chosen is not None:
             seen = partial(_last_grid, patch_grids)
             chosen = [(module, check_square_grid(r, size, seen)) for module, r in chosen]
         tracer = StageTracer(
-            run.on_grad, discover=chosen is None, fold_bias=self.bias, names=self._names()
+            run.on_grad,
+            discover=chosen is None,
+            fold_bias=self.bias,
+            names=self._names(),
+            image_size=size,
         )
         handles = []
         scope = CallScope()  # the layer hooks record this call's forward pass only
@@ -446,7 +527,7 @@ class IntegrativeCAM(Attribution):
             if guessed:  # the square default's guess is checked against the patch grid
                 hook = scope.only(partial(_record_conv_grid, patch_grids))
                 handles.append(register_module_forward_hook(hook))
-                for module, argument in patch_grid_arguments(self.forward_func):
+                for module, argument in patch_grid_arguments(model_of(self.forward_func)):
                     hook = scope.only(partial(_record_said_grid, patch_grids, argument))
                     handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             for module, reshape in chosen or []:
@@ -455,12 +536,14 @@ class IntegrativeCAM(Attribution):
                 handles.append(module.register_forward_hook(hook, with_kwargs=True))
             with torch.enable_grad():
                 with tracer, scope:
-                    output = self.forward_func(*leaves, *extra)
+                    # copies: a model may normalise its input in place, which torch refuses
+                    # on a leaf that requires grad (and which would change the caller's tensor)
+                    output = self.forward_func(*(leaf.clone() for leaf in leaves), *extra)
                 tracer.finish()
                 for handle in handles:
                     handle.remove()
                 handles.clear()
-                scores = self._scores(output, target)
+                scores = self._scores(output, target, len(leaves[0]))
                 self._check_stages(tracer, chosen)
                 run.start(tracer.stages, alpha_terms(self.phi, scores))
                 differentiate = [t for t in leaves if t.requires_grad] or [
@@ -475,10 +558,11 @@ class IntegrativeCAM(Attribution):
                     "no gradient of the target score reached any stage: the target does not "
                     "depend on the explained layers"
                 )
-            result = run.fusion.result()
+            dtype = inputs_tuple[0].dtype
+            result = run.fusion.result().to(dtype)
             if not return_layer_maps:
                 return result
-            return result, run.layer_maps(tracer.stages, len(scores))
+            return result, run.layer_maps(tracer.stages, len(scores), dtype)
         finally:
             for handle in handles:
                 handle.remove()
@@ -486,9 +570,22 @@ class IntegrativeCAM(Attribution):
                 stage.release()
 
     @staticmethod
-    def _scores(output: Any, target: Target) -> Tensor:
+    def _scores(output: Any, target: Target, examples: int) -> Tensor:
+        """The target score of each of the ``examples``, shape (N,); refuse other outputs.
+
+        Raises:
+            ValueError: An output that is no differentiable float tensor with one row per
+                example, a target that does not select one score per example, or a score that
+                is not finite.
+        """
         if not isinstance(output, Tensor):
             raise output_not_a_tensor(output)
+        if output.dim() == 0 or output.shape[0] != examples:
+            raise ValueError(
+                f"forward_func returned shape {tuple(output.shape)} for {examples} examples; it "
+                "must return the scores batch first, one row per example (the map of each "
+                "example explains its own score)"
+            )
         if not output.is_floating_point() or not output.requires_grad:
             raise ValueError(
                 "the output of forward_func is not differentiable (it was computed under "
@@ -522,11 +619,10 @@ class IntegrativeCAM(Attribution):
         self, tracer: StageTracer, chosen: list[tuple[nn.Module, BlockReshape | None]] | None
     ) -> None:
         stages = tracer.stages
-        model = type(self.forward_func).__name__
         if chosen is None and tracer.saw_attention:
             reasons = "".join(f" ({why})" for why in refused_blocks(self.forward_func))
             raise UnknownBlocksError(
-                f"the forward pass of {model} computes attention, but none of its modules is a "
+                f"{self._subject()} computes attention, but none of its modules is a "
                 "transformer block IntegrativeCAM knows (torchvision's ViT, Swin, MaxViT, the "
                 "zoo's ViT, the timm and Hugging Face blocks in ctc_plugin.cam.transformers."
                 "TIMM_BLOCKS and HUGGINGFACE_BLOCKS)"
@@ -534,10 +630,17 @@ class IntegrativeCAM(Attribution):
                 "layers=[modules returning (N, T, D) tokens or (N, C, H, W) maps] and "
                 "reshape_transform=ctc_plugin.cam.tokens_to_grid (or your own), or register "
                 "the block type in ctc_plugin.cam.transformers.BLOCK_RESHAPES"
+                f"{self._function_hint()}"
+            )
+        if chosen is None and not stages and tracer.point_maps:
+            raise ValueError(
+                f"every convolution in {self._subject()} ({tracer.point_maps}) made a 1 x 1 "
+                "map, which shows no location (the image is no larger than their receptive "
+                "fields); give larger images, or layers=[modules with larger (N, C, H, W) maps]"
             )
         if chosen is None and not stages:
             raise ValueError(
-                f"no convolution ran in the forward pass of {model}; IntegrativeCAM explains "
+                f"no convolution ran in {self._subject()}; IntegrativeCAM explains "
                 "2-D convolutional feature maps (pass layers=[...] to choose modules with "
                 "(N, C, H, W) outputs, and reshape_transform=... for other outputs)"
             )
@@ -546,6 +649,16 @@ class IntegrativeCAM(Attribution):
             missing = [self._layer_name(m) for m, _ in chosen if id(m) not in ran]
             if missing:
                 raise ValueError(f"layers {missing} were not called by the forward pass")
+        without_grad = list(dict.fromkeys(stage.name for stage in stages if stage.without_grad))
+        if without_grad:
+            raise ValueError(
+                f"{self._subject()} computed the stages {without_grad} with gradients off (under "
+                "torch.no_grad() inside the model, or in torch.utils.checkpoint with "
+                "use_reentrant=True): no gradient can reach them, and the fused map would leave "
+                "them out; turn checkpointing off (timm: model.set_grad_checkpointing(False)) or "
+                "checkpoint with use_reentrant=False, or pass layers=[modules that run with "
+                "gradients]"
+            )
         if not any(stage.handle is not None for stage in stages):
             raise ValueError(
                 "no stage's output requires grad, so no gradient can reach it; do not run the "
@@ -575,8 +688,10 @@ class _Run:
         terms = self.terms
         if terms is None:  # a backward pass run by the model itself during the forward
             return
-        act = stage.value()
-        grad = stage.shaped(grad)
+        act, grad = stage.value(), stage.shaped(grad)
+        # half precision underflows in the alpha (g**2, g**3) and cancels in the calibration
+        dtype = torch.promote_types(act.dtype, torch.float32)
+        act, grad, terms = act.to(dtype), grad.to(dtype), terms.to(dtype)
         with torch.no_grad():
             positive, score = None, None
             if self.score is adaptive_layer_score and terms.all_positive and stage.relu:
@@ -587,9 +702,10 @@ class _Run:
             elif self.score is not None:
                 # the gradient of Y = phi(S) up to a positive factor: sign(phi') dS/dA
                 signed = grad if terms.all_positive else grad * terms.sign
-                score = self.score(signed, act).reshape(-1)
+                score = self.score(signed, act)
                 if self.score is not adaptive_layer_score:
                     check_layer_score(score, stage.name, act.shape[0])
+                score = score.reshape(-1).to(dtype)
             weights = channel_weights(grad, act, terms, positive)
             cam = torch.einsum("nc,nchw->nhw", weights, act)
             if self.cam.bias and stage.bias is not None:
@@ -604,8 +720,8 @@ class _Run:
         if self.pending == 0:
             raise _BackwardDone
 
-    def layer_maps(self, stages: list[Stage], n: int) -> LayerMaps:
-        """Collect the kept per-stage maps and weights in forward order."""
+    def layer_maps(self, stages: list[Stage], n: int, dtype: torch.dtype) -> LayerMaps:
+        """Collect the kept per-stage maps and weights in forward order, in ``dtype``."""
         indices = [stage.index for stage in stages]
         template = self.fusion.result()
         maps = [self.fusion.layer_map(i) for i in indices]
@@ -613,6 +729,6 @@ class _Run:
         return LayerMaps(
             names=[stage.name for stage in stages],
             steps=[stage.steps for stage in stages],
-            maps=torch.cat(maps, dim=1),
-            weights=self.fusion.layer_weights(indices, n),
+            maps=torch.cat(maps, dim=1).to(dtype),
+            weights=self.fusion.layer_weights(indices, n).to(dtype),
         )

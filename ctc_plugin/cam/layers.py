@@ -39,8 +39,8 @@ from torch.utils.hooks import RemovableHandle
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES, batch_norm_affine
 from ctc_plugin.cam.bias import fold_batchnorm
-from ctc_plugin.cam.reshapes import TupleOutput
-from ctc_plugin.inputs import TrainingModeError
+from ctc_plugin.cam.reshapes import TupleOutput, at_call
+from ctc_plugin.inputs import FUNCTIONAL_DROPOUTS, TrainingModeError
 
 _INPLACE_DUNDERS = frozenset(
     f"__i{op}__"
@@ -69,6 +69,9 @@ class Stage:
         handle: The gradient hook on ``tensor``.
         reshape: Turns ``tensor`` and its gradient into an (N, C, H, W) map (a transformer
             block's token map), or None when ``tensor`` is one.
+        without_grad: Whether the stage was computed with gradients off (under
+            ``torch.no_grad()`` inside the model, or in reentrant ``torch.utils.checkpoint``):
+            no gradient hook can reach it.
     """
 
     index: int
@@ -82,6 +85,7 @@ class Stage:
     snapshot: Tensor | None = None
     handle: RemovableHandle | None = field(default=None, repr=False)
     reshape: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    without_grad: bool = False
 
     def value(self) -> Tensor:
         """Return the feature map's value as it was when the stage was recorded.
@@ -140,16 +144,7 @@ def _attention_scores(args: tuple) -> bool:
     return scores is not None and scores.dim() >= 3 and scores.shape[-1] == scores.shape[-2] > 1
 
 
-_DROPOUT = frozenset(
-    {
-        F.dropout,
-        F.dropout1d,
-        F.dropout2d,
-        F.dropout3d,
-        F.alpha_dropout,
-        F.feature_alpha_dropout,
-    }
-)
+_DROPOUT = frozenset(FUNCTIONAL_DROPOUTS)
 
 
 @functools.cache
@@ -216,12 +211,14 @@ class StageTracer(TorchFunctionMode):
             [`add_layer_output`][ctc_plugin.cam.layers.StageTracer.add_layer_output] adds stages.
         fold_bias: Fold BatchNorm statistics into biases; a BatchNorm without running
             statistics is then an error.
+        names: Module names by ``id`` of their weight or running-mean tensor.
+        image_size: The input's (H, W): a chosen layer's 4-D output that, without a reshape,
+            looks channels-last for it (`looks_channels_last`) is refused.
 
     A BatchNorm in training mode with running statistics, and a dropout that drops units, are
     errors (``TrainingModeError``) raised before they run, with or without ``fold_bias``: the
     statistics would be updated (the model would change) or the map would be random. This is
     the check for plain forward functions, whose modules cannot be inspected beforehand.
-        names: Module names by ``id`` of their weight or running-mean tensor.
     """
 
     def __init__(
@@ -230,8 +227,10 @@ class StageTracer(TorchFunctionMode):
         discover: bool,
         fold_bias: bool,
         names: dict[int, str] | None = None,
+        image_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
+        self.image_size = image_size
         self.on_grad = on_grad
         self.discover = discover
         self.fold_bias = fold_bias
@@ -244,6 +243,8 @@ class StageTracer(TorchFunctionMode):
         self.modules: list[nn.Module] = []
         #: Whether the forward pass computed attention (a model whose stages are no convolutions).
         self.saw_attention = False
+        #: The chains left out of the stages because their maps are 1x1 (``discover`` only).
+        self.point_maps = 0
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _label(self, key: Tensor | None, kind: str) -> str:
@@ -273,12 +274,14 @@ class StageTracer(TorchFunctionMode):
         if not (self.discover or self.fold_bias):
             return  # chains only matter as stages or for the biases of chosen layers
         stage = Stage(index=len(self._chains), name=name, steps=(step,), tensor=None, version=0)
-        stage.bias = bias
+        stage.bias, stage.without_grad = bias, not torch.is_grad_enabled()
         self._track(stage, out)
         self._chains.append(stage)
         if self.discover and out.shape[-2] * out.shape[-1] > 1:  # a 1x1 map has no "where"
             stage.index = len(self.stages)
             self.stages.append(stage)
+        elif self.discover:
+            self.point_maps += 1
 
     def _extend(self, stage: Stage, out: Tensor, step: str) -> None:
         self._untrack(stage)
@@ -311,7 +314,8 @@ class StageTracer(TorchFunctionMode):
                 grid of its tokens from them (``grid_arguments``).
 
         Raises:
-            ValueError: If the output (picked, reshaped) is not a 4-D tensor (N, C, H, W).
+            ValueError: If the output (picked, reshaped) is not a 4-D tensor (N, C, H, W), or,
+                without a reshape, looks channels-last (N, H, W, C) for ``image_size``.
         """
         if isinstance(reshape, TupleOutput):
             try:
@@ -326,6 +330,8 @@ class StageTracer(TorchFunctionMode):
                 "a tuple, pass reshape_transform=ctc_plugin.cam.transformers.TupleOutput(item, "
                 "reshape) naming the tensor to explain"
             )
+        if reshape is not None:
+            reshape = at_call(reshape, output)  # on the patch grid of this call
         shaped = output if reshape is None else reshape(output)
         if not isinstance(shaped, Tensor) or shaped.dim() != 4:
             shape = tuple(shaped.shape) if isinstance(shaped, Tensor) else type(shaped).__name__
@@ -338,16 +344,35 @@ class StageTracer(TorchFunctionMode):
                 f"layer {name!r} returned {shape}; IntegrativeCAM needs a 4-D feature map "
                 f"(N, C, H, W) from each layer: {advice}"
             )
+        if reshape is None and self.image_size is not None:
+            self._refuse_channels_last_output(name, shaped, self.image_size)
         if module is not None:
             self.modules.append(module)
         chain = next((s for s in self._by_tensor.get(id(output), []) if s in self._chains), None)
         stage = Stage(index=len(self.stages), name=name, steps=("layer",), tensor=None, version=0)
-        stage.extendable = False
+        stage.extendable, stage.without_grad = False, not torch.is_grad_enabled()
         stage.reshape = reshape
         if chain is not None and chain.version == output._version:
             stage.bias, stage.relu = chain.bias, chain.relu
         self._track(stage, output)
         self.stages.append(stage)
+
+    @staticmethod
+    def _refuse_channels_last_output(name: str, output: Tensor, size: tuple[int, int]) -> None:
+        """Refuse a layer's output that `looks_channels_last` for an image of ``size``.
+
+        Raises:
+            ValueError: Naming ``channels_last_to_grid``, and the identity for an output that
+                is (N, C, H, W) after all.
+        """
+        if looks_channels_last(tuple(output.shape), size):
+            raise ValueError(
+                f"layer {name!r} returned {tuple(output.shape)}: its dimensions 1 and 2 have "
+                f"the aspect of the {size[0]} x {size[1]} image and its dimensions 2 and 3 do "
+                "not, so it looks channels-last (N, H, W, C), as Swin's blocks return; pass "
+                "reshape_transform=ctc_plugin.cam.channels_last_to_grid (or, if it is "
+                "(N, C, H, W) after all, reshape_transform=lambda t: t)"
+            )
 
     def finish(self) -> None:
         """Hook the gradient of every stage not hooked yet; call once the forward pass is done.
@@ -427,9 +452,10 @@ class StageTracer(TorchFunctionMode):
     def _refuse_training_batchnorm(self, bn_args: dict[str, Any], first: Tensor | None) -> None:
         """Refuse a BatchNorm call in training mode before it runs (see the class docstring).
 
-        Without running statistics it is refused only on a feature map (4-d), whose shift would
-        be folded into a stage's bias: NFNet's weight standardisation runs ``batch_norm`` on
-        its convolutions' weights, (1, out, fan-in), which no stage reads.
+        Without running statistics it is refused only on a feature map (4-d): with ``bias``
+        (its shift would be folded into a stage's bias), and on a batch of several examples
+        (the batch's statistics mix them); NFNet's weight standardisation runs ``batch_norm``
+        on its convolutions' weights, (1, out, fan-in), which no stage reads.
         """
         label = self._label(bn_args["running_mean"], "batch_norm")
         if bn_args["running_mean"] is not None:
@@ -444,13 +470,48 @@ class StageTracer(TorchFunctionMode):
                 "batch's and cannot be folded into a bias; pass bias=False, or give it running "
                 "statistics (track_running_stats=True) and call model.eval()"
             )
+        if first is not None and first.dim() == 4 and first.shape[0] > 1:
+            raise TrainingModeError(
+                f"BatchNorm {label!r} keeps no running statistics, so it normalises the batch "
+                "with the batch's own statistics: each example's map would depend on the other "
+                "examples; explain one example at a time (a batch of 1), or give it running "
+                "statistics (track_running_stats=True) and call model.eval()"
+            )
 
     @staticmethod
     def _bn_affine(a: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        scale, shift = batch_norm_affine(
-            a["running_mean"], a["running_var"], a["weight"], a["bias"], a["eps"]
-        )
-        return scale.detach(), shift.detach()
+        """The BatchNorm's ``(scale, shift)``, in float32 at least, without autograd nodes.
+
+        Nodes recorded here would be saved tensors the model's own forward pass does not save:
+        ``torch.utils.checkpoint`` (timm's ``set_grad_checkpointing``) would then find fewer in
+        its recomputation and fail. The fold is computed in float32 at least, as the stage maps
+        are: in float16 or bfloat16, ``shift = beta - mean * scale`` can cancel.
+        """
+        with torch.no_grad():
+            tensors = [a[key] for key in ("running_mean", "running_var", "weight", "bias")]
+            return batch_norm_affine(*(_at_least_float32(t) for t in tensors), a["eps"])
+
+
+def _at_least_float32(tensor: Tensor | None) -> Tensor | None:
+    """``tensor`` in float32 where it is in a lower precision (float16, bfloat16)."""
+    if tensor is None:
+        return None
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def looks_channels_last(shape: tuple[int, ...], size: tuple[int, int]) -> bool:
+    """Whether a 4-D map of ``shape`` looks (N, H, W, C) rather than (N, C, H, W).
+
+    True where its dimensions 1 and 2 have exactly the aspect of the ``size`` (H, W) image and
+    its dimensions 2 and 3 do not: a grid of patches of a non-square image (4 x 6 for 16 x 24)
+    read as (N, C, H, W) is a 6 x C "grid"; on a square image, a grid of 4 x 4 patches with 8
+    channels would be a 4 x 8 one. A convolutional map (N, C, h, w) passes unless ``C / h``
+    happens to be the image's aspect while ``h / w`` is not.
+    """
+    if len(shape) != 4:
+        return False
+    height, width = size
+    return shape[1] * width == shape[2] * height and shape[2] * width != shape[3] * height
 
 
 def module_names(model: nn.Module) -> dict[int, str]:

@@ -4,7 +4,8 @@ A vision transformer has one convolution (its patch embedding); its feature maps
 maps its blocks output. As pytorch-grad-cam's ``reshape_transform`` does, each block's output
 is turned into an (N, C, H, W) map by one of the reshapes here, which know no model (which block
 takes which is in [`known_blocks`][ctc_plugin.cam.known_blocks]); `check_square_grid` checks a
-reshape that guesses the patch grid against the image and the patch embedding, and
+reshape that guesses the patch grid against the image and the patch embedding (`at_call` fixes
+it on the grid of each call of a block), and
 `with_reshape_transform` puts a user's reshape in the place of the one found:
 
 - [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid]: (N, T, D) tokens (ViT), the leading extra
@@ -147,33 +148,99 @@ def reads_patch_grid(reshape: BlockReshape | None) -> bool:
     return reshape is tokens_to_grid or (isinstance(reshape, PatchTokens) and reshape.grid is None)
 
 
-def _patch_tokens_on_the_patch_grid(
-    reshape: PatchTokens,
-    size: tuple[int, int],
-    patch_grid: Callable[[], tuple[int, int] | None] | None,
+def _patch_tokens_on(
+    reshape: PatchTokens, size: tuple[int, int], tokens: Tensor, seen: tuple[int, int] | None
 ) -> Reshape:
-    """``reshape`` on the patch embedding's grid where it has as many cells as there are patches.
+    """``reshape`` on the grid ``seen`` where it has as many cells as there are patches.
 
     Otherwise (patches merged or subsampled since, as in LeViT or PiT, or an attention's
     spatial-reduction convolution ran last, as in Twins) the square grid, which is right for a
     square image only: a non-square one is refused.
     """
+    patches = reshape.patches(tokens)
+    if seen is not None and seen[0] * seen[1] == patches:
+        return replace(reshape, grid=(int(seen[0]), int(seen[1])))
+    if size[0] != size[1]:
+        raise ValueError(
+            f"the input is {size[0]} x {size[1]} pixels, and the {patches} patch tokens of "
+            f"shape {tuple(tokens.shape)} do not fill the grid the patch embedding made "
+            f"({seen}: the output of the last convolution, or the grid a known embedding's call "
+            "says): their grid is unknown; pass reshape_transform=ctc_plugin.cam."
+            f"transformers.PatchTokens(prefix={reshape.prefix}, grid=(rows, columns))"
+        )
+    return reshape
 
-    def patch_tokens_on_the_patch_grid(tokens: Tensor) -> Tensor:
-        patches = reshape.patches(tokens)
-        seen = patch_grid() if patch_grid is not None else None
-        if seen is not None and seen[0] * seen[1] == patches:
-            return replace(reshape, grid=(int(seen[0]), int(seen[1])))(tokens)
-        if size[0] != size[1]:
+
+def _square_default_on(tokens: Tensor, seen: tuple[int, int] | None) -> Reshape:
+    """``tokens_to_grid``'s square default where its guess is the grid ``seen`` (or none is)."""
+    if tokens.dim() != 3:
+        return tokens_to_grid  # which refuses them, saying what it takes
+    side = math.isqrt(int(tokens.shape[1]))
+    if seen is not None and tuple(seen) != (side, side):
+        if tokens.shape[0] >= seen[0] * seen[1] > tokens.shape[1]:
             raise ValueError(
-                f"the input is {size[0]} x {size[1]} pixels, and the {patches} patch tokens of "
-                f"shape {tuple(tokens.shape)} do not fill the grid of the last convolution "
-                f"({seen}): their grid is unknown; pass reshape_transform=ctc_plugin.cam."
-                f"transformers.PatchTokens(prefix={reshape.prefix}, grid=(rows, columns))"
+                f"the tokens of shape {tuple(tokens.shape)} look sequence-first (tokens, "
+                "batch, channels), as OpenAI CLIP's blocks hold them, while tokens_to_grid "
+                "takes (batch, tokens, channels); pass reshape_transform=lambda t: "
+                "ctc_plugin.cam.tokens_to_grid(t.permute(1, 0, 2), "
+                f"grid=({seen[0]}, {seen[1]}))"
             )
-        return reshape(tokens)
+        raise ValueError(
+            f"tokens_to_grid read the {tokens.shape[1]} tokens as a {side} x {side} patch "
+            f"grid, but the model's patch embedding made a {seen[0]} x {seen[1]} grid: the "
+            "model has more extra tokens (class token, registers) than the square default "
+            "can tell apart; pass reshape_transform=functools.partial("
+            f"ctc_plugin.cam.tokens_to_grid, grid=({seen[0]}, {seen[1]}))"
+        )
+    return tokens_to_grid
 
-    return patch_tokens_on_the_patch_grid
+
+@dataclass(frozen=True)
+class _OnThePatchGrid:
+    """A reshape whose patch grid is checked against, or taken from, the patch embedding's.
+
+    ``patch_grid()`` is the output size of the last convolution that ran. `fixed` reads it
+    when a block has returned, and gives the reshape on that grid; the stage keeps that
+    reshape for the block's output and, in the backward pass, its gradient, since the
+    convolutions that run after the block (a PiT's pooling, a convolutional head) leave other
+    grids. Called directly, it does both at once.
+
+    Attributes:
+        reshape: A `PatchTokens` without a grid, or ``None`` for ``tokens_to_grid``'s square
+            default.
+        size: The image's (H, W).
+        patch_grid: The grid of the last convolution that ran, ``None`` if none did.
+    """
+
+    reshape: PatchTokens | None
+    size: tuple[int, int]
+    patch_grid: Callable[[], tuple[int, int] | None] | None
+
+    def fixed(self, tokens: Tensor) -> Reshape:
+        """The reshape of ``tokens`` (and of their gradient) on the grid seen now.
+
+        Raises:
+            ValueError: Where the grid seen now does not fit the guess (see
+                `check_square_grid`).
+        """
+        seen = self.patch_grid() if self.patch_grid is not None else None
+        if self.reshape is None:
+            return _square_default_on(tokens, seen)
+        return _patch_tokens_on(self.reshape, self.size, tokens, seen)
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        """``tokens`` on the grid seen now, (N, C, rows, columns)."""
+        return self.fixed(tokens)(tokens)
+
+
+def at_call(reshape: Reshape, tokens: Tensor) -> Reshape:
+    """The reshape to keep for one call of a block that returned ``tokens``.
+
+    A reshape `check_square_grid` returned reads the patch grid of the convolution that ran
+    last: it is fixed on the grid seen at the block's call (see `_OnThePatchGrid`). Any other
+    reshape is returned as it is.
+    """
+    return reshape.fixed(tokens) if isinstance(reshape, _OnThePatchGrid) else reshape
 
 
 def check_square_grid(
@@ -198,6 +265,10 @@ def check_square_grid(
     tokens, a non-square image included; otherwise its square, for a square image only. A
     `TupleOutput` whose calls do not say the grid has its own reshape checked so.
 
+    The returned reshape reads ``patch_grid()`` when it is called; `at_call` fixes it on the
+    grid seen when a block returns, for that call's output and its gradient (the convolutions
+    that run later, a PiT's pooling or a convolutional head, leave other grids).
+
     Raises:
         ValueError: Naming the grid argument to pass (the returned reshape raises it during the
             pass, before any map is made of the wrong tokens).
@@ -207,7 +278,7 @@ def check_square_grid(
             return reshape
         return replace(reshape, reshape=check_square_grid(reshape.reshape, size, patch_grid))
     if isinstance(reshape, PatchTokens) and reshape.grid is None:
-        return _patch_tokens_on_the_patch_grid(reshape, size, patch_grid)
+        return _OnThePatchGrid(reshape, size, patch_grid)
     if reshape is not tokens_to_grid:
         return reshape
     if size[0] != size[1]:
@@ -217,30 +288,7 @@ def check_square_grid(
             "functools.partial(ctc_plugin.cam.tokens_to_grid, grid=(rows, columns)) with the "
             "model's patch grid"
         )
-
-    def square_grid_of_the_patches(tokens: Tensor) -> Tensor:
-        grid = tokens_to_grid(tokens)
-        side = grid.shape[-1]
-        seen = patch_grid() if patch_grid is not None else None
-        if seen is not None and tuple(seen) != (side, side):
-            if tokens.shape[0] >= seen[0] * seen[1] > tokens.shape[1]:
-                raise ValueError(
-                    f"the tokens of shape {tuple(tokens.shape)} look sequence-first (tokens, "
-                    "batch, channels), as OpenAI CLIP's blocks hold them, while tokens_to_grid "
-                    "takes (batch, tokens, channels); pass reshape_transform=lambda t: "
-                    "ctc_plugin.cam.tokens_to_grid(t.permute(1, 0, 2), "
-                    f"grid=({seen[0]}, {seen[1]}))"
-                )
-            raise ValueError(
-                f"tokens_to_grid read the {tokens.shape[1]} tokens as a {side} x {side} patch "
-                f"grid, but the model's patch embedding made a {seen[0]} x {seen[1]} grid: the "
-                "model has more extra tokens (class token, registers) than the square default "
-                "can tell apart; pass reshape_transform=functools.partial("
-                f"ctc_plugin.cam.tokens_to_grid, grid=({seen[0]}, {seen[1]}))"
-            )
-        return grid
-
-    return square_grid_of_the_patches
+    return _OnThePatchGrid(None, size, patch_grid)
 
 
 def channels_last_to_grid(maps: Tensor) -> Tensor:
@@ -524,6 +572,7 @@ __all__ = [
     "Reshape",
     "TupleOutput",
     "UnrolledTokens",
+    "at_call",
     "blocks_of_blocks_to_grid",
     "call_arguments",
     "channels_last_to_grid",

@@ -67,7 +67,7 @@ def patch_grid_arguments(model: object) -> list[tuple[nn.Module, str]]:
     """The modules of ``model`` whose calls say the patch grid, with that argument's name.
 
     Patch embeddings listed in ``PATCH_GRID_ARGUMENTS`` (SigLIP 2's ``spatial_shapes``); none
-    for a plain function (its modules are unknown).
+    for anything but a module (a plain function's modules are unknown).
     """
     if not isinstance(model, nn.Module):
         return []

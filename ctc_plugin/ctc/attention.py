@@ -184,8 +184,8 @@ def scaled_dot_product_attention(
     The probabilities are computed from the full pass's query, key and mask (the gate copy's
     rows of a propagated one; a constant as it is, a learned ``(1, Q, D)`` query broadcast over
     the batch, or with the gate copy's rows where it has one row per copy, a memory expanded to
-    the batch): a gate-only tensor, or a constant where neither query nor key depends on the
-    input. A propagated value is linear in the copies; a constant value gives the full pass's
+    the batch): a gate-only tensor, or a constant where none of query, key and mask depends on
+    the input. A propagated value is linear in the copies; a constant value gives the full pass's
     output, a gate-only tensor.
     """
     query, key, value = args[0], _arg(args, kwargs, 1, "key"), _arg(args, kwargs, 2, "value")
@@ -200,12 +200,14 @@ def scaled_dot_product_attention(
     if kwargs.get("enable_gqa", False):
         raise UnsupportedOperationError(operation_name(func), "grouped-query attention")
     name = operation_name(func)
-    reference = next(t for t in (query, key, value) if ctx.is_propagated(t))
+    reference = next(t for t in (query, key, value, mask) if ctx.is_propagated(t))
 
     def full(operand: Any) -> Any:
         return ctx.full_pass_operand(operand, reference)
 
-    if not (ctx.is_propagated(query) or ctx.is_propagated(key)):  # constant probabilities
+    if not any(ctx.is_propagated(t) for t in (query, key, mask)):  # constant probabilities
+        for constant in (query, key, mask):  # rows per copy: alike (none taken out of torch)
+            ctx.check_constant(constant, value, name)
         probabilities = _attention_probabilities(query, key, mask, causal, scale)
         return ctx.tag(torch.matmul(probabilities, _as_full_pass(ctx, value)))
     full_probabilities = ctx.call_on_full_pass(

@@ -27,7 +27,12 @@ from ctc_plugin.ctc.masks import (
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharing, BiasSharingMode, check_mode
 from ctc_plugin.ctc.speedups import DEFAULT, Speedups
-from ctc_plugin.inputs import check_eval_mode, check_inputs, outside_inference_mode
+from ctc_plugin.inputs import (
+    check_eval_mode,
+    check_inputs,
+    check_takes_images,
+    outside_inference_mode,
+)
 from ctc_plugin.targets import (
     TargetType,
     example_targets,
@@ -254,6 +259,7 @@ class CTC(Attribution):
         is_tuple = isinstance(inputs, tuple)
         inputs_tuple = check_inputs(inputs)
         check_eval_mode(self.forward_func)
+        check_takes_images(self.forward_func)
         example_targets(target, inputs_tuple[0].shape[0])  # the form; the range after the pass
         extra = _as_tuple(additional_forward_args)
         if feature_mask is None:

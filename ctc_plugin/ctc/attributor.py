@@ -29,7 +29,12 @@ from ctc_plugin.ctc.composite import (
     hooked_pass,
 )
 from ctc_plugin.ctc.rules import GatedPass
-from ctc_plugin.inputs import check_eval_mode, check_inputs, outside_inference_mode
+from ctc_plugin.inputs import (
+    check_eval_mode,
+    check_inputs,
+    check_takes_images,
+    outside_inference_mode,
+)
 
 #: Zennit's output weighting: a tensor shaped like the output (a one-hot row), or a function
 #: of the output that returns one.
@@ -228,6 +233,7 @@ class CTCAttributor(Attributor):
         """Run the CTC pass with the registered composite (Zennit's ``Attributor.forward``)."""
         check_inputs(input, name="input", tuples=False)
         check_eval_mode(self.model)
+        check_takes_images(self.model)
         mask = self._call_mask if self._call_mask is not None else self.feature_mask
         engine = _HookedCTC(
             self.model,

@@ -145,8 +145,10 @@ def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
                 operation_name(func), "it writes the input-dependent signal into a constant"
             )
         signal, constant = (first, second) if signal_first else (second, first)
+        fresh = False  # whether signal is a new tensor, which the affine rule may write into
         if not inplace:  # in place, the result keeps the signal's shape (torch checks)
-            signal = _broadcast_by(signal, constant)
+            broadcast = _broadcast_by(signal, constant)
+            signal, fresh = broadcast, broadcast is not signal
         # result = sign_signal * signal + sign_constant * constant
         if reverse:  # rsub: other - alpha * self, with self = first
             sign_signal, sign_constant = (-alpha, 1.0) if signal_first else (1.0, -alpha)
@@ -160,8 +162,11 @@ def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
                 signal.mul_(sign_signal)
             out = ctx.affine(signal, bias)
             return out if out is signal else ctx.tag(signal.copy_(out))
-        # the affine rule may write into its argument, which the model still holds
-        signal = signal * sign_signal if sign_signal != 1.0 else signal.clone()
+        # the affine rule may write into its argument, which the model may still hold
+        if sign_signal != 1.0:
+            signal = signal * sign_signal
+        elif not fresh:
+            signal = signal.clone()
         return ctx.affine(signal, bias)
 
     return handle

@@ -29,6 +29,7 @@ from ctc_plugin.ctc import attention as a
 from ctc_plugin.ctc import handlers as h
 from ctc_plugin.ctc import recurrent as r
 from ctc_plugin.ctc.handlers import Handler, operation_name
+from ctc_plugin.inputs import FUNCTIONAL_DROPOUTS
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,6 @@ _SHAPE_OPERATIONS = (
     _T.repeat_interleave, _T.mT.__get__, _T.mH.__get__, _T.T.__get__, _T.H.__get__,
 )  # fmt: skip
 _CONCATENATIONS = (torch.cat, torch.concat, torch.concatenate, torch.stack)
-_DROPOUTS = (
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
-)  # fmt: skip
 _CONSTANT_FACTORIES = (
     _T.new_zeros, _T.new_ones, _T.new_full, _T.new_empty, _T.new_tensor, torch.zeros_like,
     torch.ones_like, torch.empty_like, torch.full_like,
@@ -643,7 +641,7 @@ def _rows() -> list[OperationRule]:
             "linear",
             "the identity in eval mode (refused in training mode: random)",
             h.dropout,
-            _DROPOUTS,
+            FUNCTIONAL_DROPOUTS,
             keeps_gate=True,
             trailing_dims=_elementwise,
         ),

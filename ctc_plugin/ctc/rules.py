@@ -229,19 +229,25 @@ class GatedPass:
     def rows_alike(self, constant: torch.Tensor) -> bool:
         """Whether a constant with one row per copy holds the same rows for each example's copies.
 
-        Exactly for integers and booleans, up to rounding for floating point (a learned query
-        expanded to the batch and then projected: a matrix product may round its rows apart by
-        an ulp); infinities and NaNs where the gate copy has them.
+        Exactly for integers and booleans (and infinities, NaNs), up to rounding for floating
+        point: a learned query expanded to the batch and then projected comes out of a matrix
+        product with its rows an ulp apart. Rounding is judged value by value, 100 ulps of the
+        larger of the two values, with a floor of 100 ulps of the example's median magnitude
+        (a value a sum cancelled to almost zero): one large value (a ``-1e9`` mask fill) or
+        one example of large values loosens nothing else.
         """
         grouped = self.layout.group(constant.detach())
         first = grouped[:, :1]
-        equal = grouped == first  # infinities too (a mask of -inf)
+        equal = grouped == first
         if not constant.is_floating_point() or constant.numel() == 0:
             return bool(equal.all())
         equal |= grouped.isnan() & first.isnan()
-        scale = torch.where(torch.isfinite(first), first.abs(), 0).amax()
-        close = (grouped - first).abs() <= 100 * torch.finfo(constant.dtype).eps * scale
-        return bool((equal | close).all())
+        ulps = 100 * torch.finfo(constant.dtype).eps
+        finite = torch.where(torch.isfinite(first), first.abs(), float("nan"))
+        typical = finite.flatten(1).nanmedian(dim=1).values.nan_to_num(0.0)
+        floor = (ulps * typical).view(-1, *([1] * (grouped.dim() - 1)))
+        bound = ulps * torch.maximum(grouped.abs(), first.abs()) + floor
+        return bool((equal | ((grouped - first).abs() <= bound)).all())
 
     def check_constant(self, constant: Any, signal: torch.Tensor, operation: str) -> None:
         """Refuse a constant operand with one row per copy whose rows differ within an example.

@@ -25,7 +25,12 @@ is chosen by one private option object, [`Speedups`][ctc_plugin.ctc.speedups.Spe
   can be nonzero ([`SparseGatedPass`][ctc_plugin.ctc.sparse.SparseGatedPass]), dense where the
   boxes cover more than ``sparse_dense_above`` of the map; the boxes travel with the results,
   and results go into memory the model has let go of
-  ([`OutputPool`][ctc_plugin.ctc.workspace.OutputPool]).
+  ([`OutputPool`][ctc_plugin.ctc.workspace.OutputPool]);
+- ``tensor_steps``: the steps of recurrent layers (LSTM, GRU, RNN) in plain tensor operations
+  on the grouped copies, a bidirectional layer's directions in the same steps where the mode
+  shares each unit's bias by that unit alone
+  ([`TensorSteps`][ctc_plugin.ctc.recurrent_steps.TensorSteps]), instead of one rule call per
+  operation of every step.
 
 Each is tested equal to the spec (``SPEC``); ``benchmarks/bench_speedups.py`` measures what each
 one gains. Tests and benchmarks select them with ``ctc._speedups = Speedups(...)``.

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from ctc_plugin import CTC, CTCAttributor, CTCComposite, IntegrativeCAM
 from ctc_plugin.adapters.huggingface import HuggingFaceClassifier, patch_sequence
 from ctc_plugin.model_families import huggingface_classifier
 
@@ -64,3 +65,27 @@ def test_other_models_get_their_pixel_values_as_they_are() -> None:
     assert isinstance(model, HuggingFaceClassifier) and model.patch_size is None
     images = torch.rand(1, 3, 32, 32, dtype=torch.float64)
     assert model.model_inputs(images)["pixel_values"] is images
+
+
+@pytest.mark.parametrize("method", ["CTC", "IntegrativeCAM", "CTCAttributor"])
+def test_a_bare_siglip2_is_refused_with_the_wrapper_named(method: str) -> None:
+    """Given (N, C, H, W) images it would fail inside its patch embedding (a torch error)."""
+    model = huggingface_classifier("SigLIP 2").model  # Siglip2ForImageClassification
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    mask = (torch.arange(32) // 16).view(1, 1, 1, 32).expand(1, 1, 32, 32)
+    wrapper = r"takes its images cut into a sequence of patches.*HuggingFaceClassifier\(model\)"
+    with pytest.raises(ValueError, match=wrapper):
+        if method == "CTC":
+            CTC(model).attribute(x, target=0, feature_mask=mask)
+        elif method == "IntegrativeCAM":
+            IntegrativeCAM(model.forward).attribute(x, target=0)  # a bound method too
+        else:
+            with CTCAttributor(model, CTCComposite(), feature_mask=mask) as attributor:
+                attributor(x, torch.eye(2, dtype=x.dtype)[[0]])
+
+
+def test_the_inputs_the_wrapper_passes_itself_are_refused_as_options() -> None:
+    model = huggingface_classifier("SigLIP 2").model
+    with pytest.raises(TypeError, match=r"drop \['spatial_shapes'\]"):
+        HuggingFaceClassifier(model, spatial_shapes=torch.tensor([[4, 4]]))
+

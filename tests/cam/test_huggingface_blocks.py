@@ -27,6 +27,7 @@ from ctc_plugin import IntegrativeCAM
 from ctc_plugin.adapters.huggingface import HuggingFaceClassifier
 from ctc_plugin.cam import grad_cam_layer, transformer_stages
 from ctc_plugin.cam.integrative import UnknownBlocksError
+from ctc_plugin.cam.known_blocks import PATCH_GRID_ARGUMENTS
 from ctc_plugin.cam.transformers import (
     HUGGINGFACE_BLOCKS,
     PatchTokens,
@@ -579,7 +580,7 @@ def test_every_table_entry_names_a_class_of_the_installed_transformers() -> None
     """The qualified names are matched exactly: a renamed class would never match."""
     import importlib
 
-    for name in HUGGINGFACE_BLOCKS:
+    for name in [*HUGGINGFACE_BLOCKS, *PATCH_GRID_ARGUMENTS]:
         module, _, kind = name.rpartition(".")
         assert hasattr(importlib.import_module(module), kind), name
 

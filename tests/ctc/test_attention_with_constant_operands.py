@@ -3,7 +3,8 @@
 A constant query that broadcasts over the batch (learned latent queries of shape ``(1, Q, D)``,
 attention pooling), constant keys and values with one row per copy (signal queries reading a
 learned memory expanded to the batch), and a constant query and keys (learned pooling weights:
-the probabilities are a constant, the output linear in the values). The probabilities are the
+the probabilities are a constant, the output linear in the values; with a mask computed from the
+input they are the full pass's again). The probabilities are the
 full pass's, the values linear (a constant query), or the result a gate-only tensor that may
 scale the signal (constant values). An audit of user-written modules found the first two
 failing inside the rule with torch errors.
@@ -30,7 +31,9 @@ class _AttentionWithConstants(nn.Module):
     keys and values. ``"memory"``: the tokens' queries read a learned memory expanded to the
     batch, whose output (a gate-only tensor of the full pass) scales the tokens. ``"learned
     pooling"``: the latent query reads learned keys, one per token: constant probabilities
-    pool the tokens' values.
+    pool the tokens' values. ``"scored pooling"``: the same with a score of each token added
+    to the attention logits (a mask computed from the input: the probabilities are the full
+    pass's, a gate; taken as constants, each copy got the softmax of its own scores).
     """
 
     def __init__(self, kind: str) -> None:
@@ -40,6 +43,7 @@ class _AttentionWithConstants(nn.Module):
         self.latent = nn.Parameter(torch.randn(1, 2, D))
         self.memory = nn.Parameter(torch.randn(1, 4, D))
         self.keys = nn.Parameter(torch.randn(1, 64, D))
+        self.score = nn.Linear(D, 1)
         self.query, self.key, self.value = nn.Linear(D, D), nn.Linear(D, D), nn.Linear(D, D)
         self.head = nn.Linear(2 * D, 2)
 
@@ -51,6 +55,12 @@ class _AttentionWithConstants(nn.Module):
             )
         elif self.kind == "learned pooling":
             pooled = F.scaled_dot_product_attention(self.latent, self.keys, self.value(tokens))
+        elif self.kind == "scored pooling":
+            scores = self.score(tokens).transpose(1, 2)  # (B, 1, 64): added to the logits
+            latent = self.latent.expand(tokens.shape[0], -1, -1)
+            pooled = F.scaled_dot_product_attention(
+                latent, self.keys, self.value(tokens), attn_mask=scores
+            )
         else:
             memory = self.memory.expand(tokens.shape[0], -1, -1)
             read = F.scaled_dot_product_attention(self.query(tokens), memory, memory)
@@ -58,7 +68,7 @@ class _AttentionWithConstants(nn.Module):
         return self.head(pooled.flatten(1))
 
 
-@pytest.mark.parametrize("kind", ["latent query", "memory", "learned pooling"])
+@pytest.mark.parametrize("kind", ["latent query", "memory", "learned pooling", "scored pooling"])
 def test_attention_with_a_constant_query_or_constant_keys_and_values_is_exact(kind: str) -> None:
     model, x, mask = random_case(lambda: _AttentionWithConstants(kind))
     assert_proportional_is_exact(model, x, mask, 0)

@@ -109,35 +109,3 @@ def test_the_spec_and_the_zennit_attributor_agree(name: str, mode: str) -> None:
         spec.attribute(x, 1, feature_mask=_grid()), expected, rtol=1e-9, atol=1e-12
     )
     assert_zennit_equals_captum(model, x, _grid(), 1, mode)
-
-
-def _rows_alike(rows: torch.Tensor) -> bool:
-    """``GatedPass.rows_alike`` of a constant of 2 examples x 3 copies (rows as given)."""
-    from ctc_plugin.ctc.layout import CopyLayout
-    from ctc_plugin.ctc.rules import GatedPass
-    from ctc_plugin.ctc.sharing import make_sharing
-
-    layout = CopyLayout(examples=2, features=2, reference_full=False, baseline=False)
-    assert layout.batch == rows.shape[0] == 6
-    return GatedPass(layout, make_sharing("proportional")).rows_alike(rows)
-
-
-def test_rows_alike_up_to_rounding_and_through_infinities_and_nans() -> None:
-    """A learned query expanded to the batch and projected comes out of a matrix product with
-    its rows an ulp apart (timm's AttentionPoolLatent): alike; so are rows of -inf (a
-    mask) or NaN. Rows that differ by more than rounding are not, nor integers that differ."""
-    row = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
-    rows = row.repeat(6, 1)
-    assert _rows_alike(rows)
-    rounded = rows.clone()
-    rounded[1, 0] = torch.nextafter(row[0], torch.tensor(2.0, dtype=torch.float64))
-    assert _rows_alike(rounded)
-    masked = torch.tensor([1.0, float("-inf"), float("nan")], dtype=torch.float64).repeat(6, 1)
-    assert _rows_alike(masked)
-    apart = rows.clone()
-    apart[4, 2] += 1e-6
-    assert not _rows_alike(apart)
-    integers = torch.arange(3).repeat(6, 1)
-    assert _rows_alike(integers)
-    integers[2, 0] = 5
-    assert not _rows_alike(integers)
