@@ -129,6 +129,16 @@ def assert_proportional_is_exact(model, x, mask, target):
     return scores
 
 
+def assert_exact_in_every_mode(model, x, mask, target) -> None:
+    """``"proportional"`` exact (`assert_proportional_is_exact`); ``"reference"`` and
+    ``"none"`` give their spec's scores."""
+    assert_proportional_is_exact(model, x, mask, target)
+    for mode in ("reference", "none"):
+        fast = feature_scores(model, x, mask, target, mode)
+        slow = feature_scores(model, x, mask, target, mode, SPEC)
+        torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-9, atol=1e-12)
+
+
 def held_fixed(model: nn.Module, flagged: nn.Module | None = None) -> Callable:
     """``model``'s forward with ``flagged.frozen`` set (default: ``model``'s): gates detached."""
     flagged = model if flagged is None else flagged

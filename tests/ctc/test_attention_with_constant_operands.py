@@ -17,9 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctc_plugin.ctc.speedups import SPEC
-
-from .exactness import assert_proportional_is_exact, feature_scores, random_case
+from .exactness import assert_exact_in_every_mode, random_case
 
 D = 8
 
@@ -71,8 +69,4 @@ class _AttentionWithConstants(nn.Module):
 @pytest.mark.parametrize("kind", ["latent query", "memory", "learned pooling", "scored pooling"])
 def test_attention_with_a_constant_query_or_constant_keys_and_values_is_exact(kind: str) -> None:
     model, x, mask = random_case(lambda: _AttentionWithConstants(kind))
-    assert_proportional_is_exact(model, x, mask, 0)
-    for mode in ("reference", "none"):
-        fast = feature_scores(model, x, mask, 0, mode)
-        slow = feature_scores(model, x, mask, 0, mode, SPEC)
-        torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-9, atol=1e-12)
+    assert_exact_in_every_mode(model, x, mask, 0)

@@ -17,14 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctc_plugin.ctc.speedups import SPEC
-
-from .exactness import (
-    assert_proportional_is_exact,
-    assert_refused,
-    feature_scores,
-    random_case,
-)
+from .exactness import assert_exact_in_every_mode, assert_refused, random_case
 
 C = 8
 
@@ -51,11 +44,7 @@ class _Pooled(nn.Module):
 def _assert_exact_in_every_mode(operation) -> None:
     """``"proportional"`` exact; ``"reference"`` and ``"none"`` give their spec's scores."""
     model, x, mask = random_case(lambda: _Pooled(operation))
-    assert_proportional_is_exact(model, x, mask, 0)
-    for mode in ("reference", "none"):
-        fast = feature_scores(model, x, mask, 0, mode)
-        slow = feature_scores(model, x, mask, 0, mode, SPEC)
-        torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-9, atol=1e-12)
+    assert_exact_in_every_mode(model, x, mask, 0)
 
 
 @pytest.mark.parametrize(
