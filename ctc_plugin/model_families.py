@@ -81,11 +81,33 @@ _VIT = {
 }
 _PYRAMID = {"hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}
 _WINDOWS = {"patch_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [2, 2]}
+_LEVIT = {
+    "hidden_sizes": [32, 48, 64],
+    "num_attention_heads": [1, 2, 2],
+    "depths": [1, 1, 1],
+    "initializer_range": 0.1,
+}
+_PERCEIVER = {
+    "num_latents": 8,
+    "d_latents": 32,
+    "d_model": 16,
+    "num_blocks": 1,
+    "num_self_attends_per_block": 1,
+    "num_self_attention_heads": 2,
+    "num_cross_attention_heads": 1,
+    "initializer_range": 0.2,
+}
 
 #: family -> its tiny configuration
 HUGGINGFACE_FAMILIES: dict[str, HuggingFaceFamily] = {
     "ViT": HuggingFaceFamily("ViTForImageClassification", 32, "class token", _VIT),
     "DeiT": HuggingFaceFamily("DeiTForImageClassification", 32, "distillation token", _VIT),
+    "DeiT with teacher": HuggingFaceFamily(
+        "DeiTForImageClassificationWithTeacher",
+        32,
+        "class and distillation heads averaged",
+        _VIT,
+    ),
     "BEiT": HuggingFaceFamily(
         "BeitForImageClassification",
         32,
@@ -198,15 +220,13 @@ HUGGINGFACE_FAMILIES: dict[str, HuggingFaceFamily] = {
         {"width_multiplier": 0.5, "initializer_range": 0.15},
     ),
     "LeViT": HuggingFaceFamily(
-        "LevitForImageClassification",
+        "LevitForImageClassification", 64, "attention bias, hard-swish, distillation head", _LEVIT
+    ),
+    "LeViT with teacher": HuggingFaceFamily(
+        "LevitForImageClassificationWithTeacher",
         64,
-        "attention bias, hard-swish, distillation head",
-        {
-            "hidden_sizes": [32, 48, 64],
-            "num_attention_heads": [1, 2, 2],
-            "depths": [1, 1, 1],
-            "initializer_range": 0.1,
-        },
+        "class and distillation heads averaged",
+        _LEVIT,
     ),
     "EfficientFormer": HuggingFaceFamily(
         "EfficientFormerForImageClassification",
@@ -297,6 +317,30 @@ HUGGINGFACE_FAMILIES: dict[str, HuggingFaceFamily] = {
         "HGNetV2ForImageClassification", 64, "learnable affine blocks, ESE attention", {}
     ),
     "TextNet": HuggingFaceFamily("TextNetForImageClassification", 32, "asymmetric kernels", {}),
+    "Perceiver, learned positions": HuggingFaceFamily(
+        "PerceiverForImageClassificationLearned",
+        16,
+        "latent queries read the pixels by cross-attention",
+        _PERCEIVER,
+    ),
+    "Perceiver, Fourier features": HuggingFaceFamily(
+        "PerceiverForImageClassificationFourier",
+        16,
+        "pixels concatenated with Fourier position features",
+        _PERCEIVER,
+    ),
+    "Perceiver, convolutional stem": HuggingFaceFamily(
+        "PerceiverForImageClassificationConvProcessing",
+        32,
+        "a convolution and pooling before the cross-attention",
+        _PERCEIVER,
+    ),
+    "timm wrapper": HuggingFaceFamily(
+        "TimmWrapperForImageClassification",
+        32,
+        "a timm model in transformers' API (here timm's test ViT)",
+        {"architecture": "test_vit", "model_args": {"img_size": 32}},
+    ),
 }
 
 

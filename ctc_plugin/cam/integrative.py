@@ -620,13 +620,21 @@ class IntegrativeCAM(Attribution):
     ) -> None:
         stages = tracer.stages
         if chosen is None and tracer.saw_attention:
-            reasons = "".join(f" ({why})" for why in refused_blocks(self.forward_func))
+            refused = refused_blocks(self.forward_func)
+            if refused:  # blocks known, and known not to make maps of the image here
+                raise UnknownBlocksError(
+                    f"{self._subject()} computes attention in blocks IntegrativeCAM does not "
+                    f"explain: {'; '.join(refused)}; to explain other layers, pass layers=["
+                    "modules returning (N, T, D) tokens or (N, C, H, W) maps] with a "
+                    "reshape_transform, or register a block type in "
+                    f"ctc_plugin.cam.transformers.BLOCK_RESHAPES{self._function_hint()}"
+                )
             raise UnknownBlocksError(
                 f"{self._subject()} computes attention, but none of its modules is a "
                 "transformer block IntegrativeCAM knows (torchvision's ViT, Swin, MaxViT, the "
                 "zoo's ViT, the timm and Hugging Face blocks in ctc_plugin.cam.transformers."
-                "TIMM_BLOCKS and HUGGINGFACE_BLOCKS)"
-                f"{reasons}, so its convolutional stages alone would be a partial map; pass "
+                "TIMM_BLOCKS and HUGGINGFACE_BLOCKS), so its convolutional stages alone would "
+                "be a partial map; pass "
                 "layers=[modules returning (N, T, D) tokens or (N, C, H, W) maps] and "
                 "reshape_transform=ctc_plugin.cam.tokens_to_grid (or your own), or register "
                 "the block type in ctc_plugin.cam.transformers.BLOCK_RESHAPES"

@@ -312,6 +312,11 @@ _HUGGINGFACE_MODEL_BLOCKS: dict[str, Callable[[nn.Module], dict[int, BlockReshap
 
 #: Hugging Face blocks that cannot be found soundly, and why; named when Integrative CAM refuses.
 HUGGINGFACE_REFUSED: dict[str, str] = {
+    f"{_HF}.perceiver.modeling_perceiver.PerceiverLayer": (
+        "Perceiver's layers hold a latent array (learned queries that read the image by "
+        "cross-attention), not image tokens on a patch grid: they make no map of the image to "
+        "fuse; CTC scores image regions of it"
+    ),
     _HIERA_LAYER: (
         "Hugging Face Hiera's layers hold their tokens in mask-unit order, which only the 2-D "
         "HieraEncoder around them says (its schedule): outside one their grid is unknown (pass "

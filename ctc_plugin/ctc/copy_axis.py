@@ -214,6 +214,17 @@ def _repeated_in_place(args: tuple, kwargs: dict, x: torch.Tensor, axis: int, re
     return axis
 
 
+def _keeps_every_row(item: slice, rows: int) -> bool:
+    """Whether a slice keeps every one of ``rows`` in order: ``:``, also ``::1`` or ``0:n``.
+
+    (Perceiver's image preprocessor slices ``inputs[::1, ::1]``, meaning its spatial dims.)
+    """
+    try:
+        return item.indices(rows) == (0, rows, 1)
+    except TypeError:  # bounds that are no integers (tensors of several values)
+        return False
+
+
 def _through_index(index: Any, x: torch.Tensor, axis: int, refusal: str) -> int:
     """The copy dim after ``x[index]``: basic indexing off the copy dim keeps the copies."""
     items = list(index) if isinstance(index, tuple) else [index]
@@ -229,7 +240,7 @@ def _through_index(index: Any, x: torch.Tensor, axis: int, refusal: str) -> int:
             position += 1
             continue
         if source == axis:
-            if isinstance(item, slice) and item == slice(None):
+            if isinstance(item, slice) and _keeps_every_row(item, x.shape[axis]):
                 return position
             raise UnsupportedOperationError(refusal, "it selects or slices copies")
         if _advanced(item):

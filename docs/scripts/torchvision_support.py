@@ -107,12 +107,16 @@ def cam_cell(model: nn.Module, x: torch.Tensor, target: int) -> str:
     """The table's Integrative CAM cell: how many stages it fuses, or why it refuses.
 
     Where the default ``phi="exp"`` refuses a logit whose exponential overflows (random weights
-    give huge logits), the stages are counted with ``phi="identity"``.
+    give huge logits), the stages are counted with ``phi="identity"``. Blocks known not to make
+    maps of the image (Perceiver's latents) give the reason.
     """
     try:
         _, maps = IntegrativeCAM(model).attribute(x, target, return_layer_maps=True)
         return f"{len(maps.names)} stages"
     except Exception as failure:  # noqa: BLE001
+        known = str(failure).partition(" does not explain: ")[2]
+        if known:  # blocks known not to make maps of the image: the reason, to its first colon
+            return "refused: " + known.partition(":")[0]
         if "phi'" not in str(failure):
             return "refused: " + first_line(failure)
     # exp of a huge logit overflows: are the stages themselves fine?

@@ -27,7 +27,7 @@ from ctc_plugin import IntegrativeCAM
 from ctc_plugin.adapters.huggingface import HuggingFaceClassifier
 from ctc_plugin.cam import grad_cam_layer, transformer_stages
 from ctc_plugin.cam.integrative import UnknownBlocksError
-from ctc_plugin.cam.known_blocks import PATCH_GRID_ARGUMENTS
+from ctc_plugin.cam.known_blocks import HUGGINGFACE_REFUSED, PATCH_GRID_ARGUMENTS
 from ctc_plugin.cam.transformers import (
     HUGGINGFACE_BLOCKS,
     PatchTokens,
@@ -287,6 +287,7 @@ def _fixed(count: int) -> Callable[[nn.Module], int]:
 CASES = {
     "ViT": _square_case("ViT", 2, _vit_reference(_fixed(1))),
     "DeiT": _square_case("DeiT", 2, _vit_reference(_fixed(2))),  # class, distillation
+    "DeiT with teacher": _square_case("DeiT with teacher", 2, _vit_reference(_fixed(2))),
     "BEiT": _square_case("BEiT", 2, _vit_reference(_fixed(1))),
     "Data2Vec vision": _square_case("Data2Vec vision", 2, _vit_reference(_fixed(1))),
     "DINOv2": _square_case("DINOv2", 2, _vit_reference(_fixed(1))),
@@ -318,6 +319,7 @@ CASES = {
         ),
     ),
     "LeViT": _square_case("LeViT", 8, _levit_reference),
+    "LeViT with teacher": _square_case("LeViT with teacher", 8, _levit_reference),
     "MobileViT": _square_case("MobileViT", 7, _maps_reference(_mobilevit(""), (0, 3, 4, 5, 6))),
     "MobileViT v2": _square_case(
         "MobileViT v2", 6, _maps_reference(_mobilevit("V2"), (0, 2, 3, 4, 5))
@@ -576,11 +578,30 @@ def test_a_tuple_output_names_the_grid_arguments_it_cannot_read() -> None:
         TupleOutput(0, torch.relu, grid_arguments=("height", "width"))
 
 
+@pytest.mark.parametrize(
+    "family",
+    [
+        "Perceiver, learned positions",
+        "Perceiver, Fourier features",
+        "Perceiver, convolutional stem",
+    ],
+)
+def test_perceivers_latent_blocks_are_refused_with_the_reason(family: str) -> None:
+    """Its layers hold latents, which read the image by cross-attention: no map of the image
+    (a convolutional stem's stage alone would pass for "all layers")."""
+    model = huggingface_classifier(family)
+    side = HUGGINGFACE_FAMILIES[family].size
+    x = torch.rand(1, 3, side, side, dtype=torch.float64)
+    with pytest.raises(UnknownBlocksError, match="does not explain: Perceiver's layers hold a"):
+        IntegrativeCAM(model).attribute(x, target=1)
+    assert not any(module._forward_hooks for module in model.modules())
+
+
 def test_every_table_entry_names_a_class_of_the_installed_transformers() -> None:
     """The qualified names are matched exactly: a renamed class would never match."""
     import importlib
 
-    for name in [*HUGGINGFACE_BLOCKS, *PATCH_GRID_ARGUMENTS]:
+    for name in [*HUGGINGFACE_BLOCKS, *PATCH_GRID_ARGUMENTS, *HUGGINGFACE_REFUSED]:
         module, _, kind = name.rpartition(".")
         assert hasattr(importlib.import_module(module), kind), name
 

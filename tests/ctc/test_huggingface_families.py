@@ -5,7 +5,8 @@ class, distillation and register tokens, BEiT's relative position bias, CLIP's q
 SigLIP, SigLIP 2 (images cut into patch sequences), Swin v1/v2, Hiera, PVT, SegFormer, CvT's
 convolutional projections, MobileViT v1/v2, LeViT, SwiftFormer's additive attention on
 normalised queries, ConvNeXt v1/v2, FocalNet, PoolFormer, VAN, ResNet, RegNet, BiT,
-EfficientNet, MobileNets, HGNet v2, TextNet), random
+EfficientNet, MobileNets, HGNet v2, TextNet, Perceiver's latent array reading the pixels, the
+timm wrapper, the heads averaged with a distillation head), random
 weights (statistics, biases and norm weights drawn, every parameter moved by noise), wrapped by
 ``HuggingFaceClassifier``, in float64 on a 2 x 2 grid: ``"proportional"`` scores add up to the
 target logit, the fast pass equals the spec, and one image alone gives its scores in the batch.

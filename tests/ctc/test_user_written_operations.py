@@ -141,3 +141,19 @@ def test_a_mean_or_sum_over_dim_zero_is_refused_whatever_the_sizes(reduce) -> No
 def test_max_pooling_of_a_map_without_channels_pools_each_copy_alone(operation) -> None:
     # torch pools an (N, H, W) map as one image of N channels: each row alone
     _assert_exact_in_every_mode(operation)
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [lambda m, y: y[::1, ::1], lambda m, y: y[0 : y.shape[0]], lambda m, y: y[-y.shape[0] :]],
+    ids=["::1", "0:n", "-n:"],
+)
+def test_a_slice_of_the_batch_that_keeps_every_row_is_the_identity(operation) -> None:
+    """Perceiver's image preprocessor slices ``inputs[::1, ::1]`` (meaning its spatial dims):
+    every row kept, in order, is no selection of copies."""
+    _assert_exact_in_every_mode(operation)
+
+
+@pytest.mark.parametrize("operation", [lambda m, y: y[::2], lambda m, y: y[1:]], ids=["::2", "1:"])
+def test_a_slice_of_the_batch_that_drops_rows_is_refused(operation) -> None:
+    assert_refused(_Pooled(operation).double().eval(), "selects or slices copies")
