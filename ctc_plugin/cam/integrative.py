@@ -196,10 +196,20 @@ def _record_layer(
 def _refuse_training_module(cam: IntegrativeCAM, module: nn.Module, _inputs: Any) -> None:
     """Global forward pre-hook of a call: refuse a module about to run in training mode.
 
+    And a TorchScript module, whose stages would be lost silently.
+
     Raises:
         TrainingModeError: Before the module's forward runs (BatchNorm counts its batches before
             its statistics: both stay untouched).
+        TypeError: Before a TorchScript module runs.
     """
+    if isinstance(module, torch.jit.ScriptModule):
+        raise TypeError(
+            f"{cam._layer_name(module)!r} is a TorchScript {type(module).__name__} "
+            "(torch.jit.script or torch.jit.trace): its operations run outside Python, where "
+            "IntegrativeCAM can neither see its stages nor hook its layers; use the original "
+            "nn.Module in its place"
+        )
     if changes_in_training(module):
         raise training_mode_error(module, repr(cam._layer_name(module)))
 
@@ -271,8 +281,9 @@ def _layer_list(layers: Sequence[nn.Module]) -> list[nn.Module]:
         ValueError: An empty list.
     """
     if isinstance(layers, nn.Module) and not isinstance(layers, nn.ModuleList):
+        each = "list(module)" if isinstance(layers, nn.Sequential) else "list(module.children())"
         children = (
-            ", or layers=list(module) for each of its submodules"
+            f", or layers={each} for each of its submodules"
             if len(list(layers.children()))
             else ""
         )
@@ -396,15 +407,20 @@ class IntegrativeCAM(Attribution):
             return adaptive_layer_score
         return self.layer_weights  # type: ignore[return-value]
 
+    @property
+    def _model(self) -> nn.Module | None:
+        """The module behind the forward function: itself, or a bound method's owner."""
+        return model_of(self.forward_func)
+
     def _subject(self) -> str:
         """How messages name the forward pass: ``the forward pass of ResNet``, or of a function."""
-        if isinstance(self.forward_func, nn.Module):
-            return f"the forward pass of {type(self.forward_func).__name__}"
+        if self._model is not None:
+            return f"the forward pass of {type(self._model).__name__}"
         return "the forward function"
 
     def _function_hint(self) -> str:
         """For a plain function, that its blocks can only be found in an ``nn.Module``."""
-        if isinstance(self.forward_func, nn.Module):
+        if self._model is not None:
             return ""
         return (
             "; the blocks of a plain function cannot be found, as its modules are unknown: "
@@ -413,11 +429,11 @@ class IntegrativeCAM(Attribution):
         )
 
     def _names(self) -> dict[int, str]:
-        return module_names(self.forward_func) if isinstance(self.forward_func, nn.Module) else {}
+        return module_names(self._model) if self._model is not None else {}
 
     def _layer_name(self, module: nn.Module) -> str:
-        if isinstance(self.forward_func, nn.Module):
-            for name, candidate in self.forward_func.named_modules():
+        if self._model is not None:
+            for name, candidate in self._model.named_modules():
                 if candidate is module:
                     return name or type(module).__name__
         return type(module).__name__
@@ -497,11 +513,18 @@ class IntegrativeCAM(Attribution):
         run = _Run(self, size, return_layer_maps)
         chosen = self._chosen_layers()
         if chosen is None and self.reshape_transform is not None:
+            why = (
+                "has no transformer block IntegrativeCAM knows: its convolutional stages are "
+                "(N, C, H, W) maps already"
+                if self._model is not None
+                else "is a plain function, whose blocks cannot be found (its modules are "
+                "unknown)"
+            )
             raise ValueError(
-                f"reshape_transform was given, but layers=None and {self._subject()} has no "
-                "transformer block IntegrativeCAM knows: its convolutional stages are (N, C, H, "
-                "W) maps already, and the reshape would be ignored; pass layers=[the modules "
-                "whose outputs it reshapes]"
+                f"reshape_transform was given, but layers=None and {self._subject()} {why}, so "
+                "the reshape would be ignored; pass layers=[the modules whose outputs it "
+                "reshapes], or the model itself (a Hugging Face model: ctc_plugin.adapters."
+                "huggingface.HuggingFaceClassifier(model))"
             )
         patch_grids: list[tuple[int, int]] = []  # the output size of the last Conv2d that ran
         guessed = chosen is not None and any(reads_patch_grid(r) for _, r in chosen)
@@ -527,7 +550,7 @@ class IntegrativeCAM(Attribution):
             if guessed:  # the square default's guess is checked against the patch grid
                 hook = scope.only(partial(_record_conv_grid, patch_grids))
                 handles.append(register_module_forward_hook(hook))
-                for module, argument in patch_grid_arguments(model_of(self.forward_func)):
+                for module, argument in patch_grid_arguments(self._model):
                     hook = scope.only(partial(_record_said_grid, patch_grids, argument))
                     handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             for module, reshape in chosen or []:
@@ -546,7 +569,9 @@ class IntegrativeCAM(Attribution):
                 scores = self._scores(output, target, len(leaves[0]))
                 self._check_stages(tracer, chosen)
                 run.start(tracer.stages, alpha_terms(self.phi, scores))
-                differentiate = [t for t in leaves if t.requires_grad] or [
+                # the stages too: a stage cut off the input (a stem the model runs under
+                # torch.no_grad()) still gets its gradient
+                differentiate = [t for t in leaves if t.requires_grad] + [
                     s.tensor for s in tracer.stages if s.handle is not None
                 ]
                 try:
@@ -605,9 +630,9 @@ class IntegrativeCAM(Attribution):
         """The layers to explain with their reshapes; ``None``: find the convolutional stages."""
         if self.layers is not None:
             return [(module, self.reshape_transform) for module in self.layers]
-        if not isinstance(self.forward_func, nn.Module):
+        if self._model is None:
             return None
-        found = transformer_stages(self.forward_func)
+        found = transformer_stages(self._model)
         if not found:
             return None
         given = self.reshape_transform
@@ -620,7 +645,7 @@ class IntegrativeCAM(Attribution):
     ) -> None:
         stages = tracer.stages
         if chosen is None and tracer.saw_attention:
-            refused = refused_blocks(self.forward_func)
+            refused = refused_blocks(self._model) if self._model is not None else []
             if refused:  # blocks known, and known not to make maps of the image here
                 raise UnknownBlocksError(
                     f"{self._subject()} computes attention in blocks IntegrativeCAM does not "
@@ -700,7 +725,8 @@ class _Run:
         # half precision underflows in the alpha (g**2, g**3) and cancels in the calibration
         dtype = torch.promote_types(act.dtype, torch.float32)
         act, grad, terms = act.to(dtype), grad.to(dtype), terms.to(dtype)
-        with torch.no_grad():
+        # and so computed: the caller's autocast would run the products in half precision again
+        with torch.no_grad(), torch.autocast(act.device.type, enabled=False):
             positive, score = None, None
             if self.score is adaptive_layer_score and terms.all_positive and stage.relu:
                 # act >= 0 after the ReLU: ReLU(g * A) = ReLU(g) * A, and ReLU(g) is shared

@@ -213,7 +213,8 @@ class StageTracer(TorchFunctionMode):
             statistics is then an error.
         names: Module names by ``id`` of their weight or running-mean tensor.
         image_size: The input's (H, W): a chosen layer's 4-D output that, without a reshape,
-            looks channels-last for it (`looks_channels_last`) is refused.
+            looks channels-last for it (`looks_channels_last`) is refused, unless its last two
+            dims are the grid of a convolution's output (a map of that convolution's kind).
 
     A BatchNorm in training mode with running statistics, and a dropout that drops units, are
     errors (``TrainingModeError``) raised before they run, with or without ``fold_bias``: the
@@ -245,6 +246,8 @@ class StageTracer(TorchFunctionMode):
         self.saw_attention = False
         #: The chains left out of the stages because their maps are 1x1 (``discover`` only).
         self.point_maps = 0
+        #: The (H, W) of every 2-d convolution's output so far: grids a layer's map may have.
+        self.conv_grids: set[tuple[int, int]] = set()
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _label(self, key: Tensor | None, kind: str) -> str:
@@ -344,7 +347,8 @@ class StageTracer(TorchFunctionMode):
                 f"layer {name!r} returned {shape}; IntegrativeCAM needs a 4-D feature map "
                 f"(N, C, H, W) from each layer: {advice}"
             )
-        if reshape is None and self.image_size is not None:
+        grid = (int(shaped.shape[-2]), int(shaped.shape[-1]))
+        if reshape is None and self.image_size is not None and grid not in self.conv_grids:
             self._refuse_channels_last_output(name, shaped, self.image_size)
         if module is not None:
             self.modules.append(module)
@@ -438,6 +442,7 @@ class StageTracer(TorchFunctionMode):
                 extending.bias = fold_batchnorm(extending.bias, scale, shift)
             self._extend(extending, out, kind)
         elif kind == "conv" and isinstance(out, Tensor) and out.dim() == 4:
+            self.conv_grids.add((int(out.shape[-2]), int(out.shape[-1])))
             weight = args[1] if len(args) > 1 else kwargs["weight"]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             bias = torch.zeros(out.shape[1], dtype=out.dtype) if bias is None else bias.detach()
@@ -452,10 +457,11 @@ class StageTracer(TorchFunctionMode):
     def _refuse_training_batchnorm(self, bn_args: dict[str, Any], first: Tensor | None) -> None:
         """Refuse a BatchNorm call in training mode before it runs (see the class docstring).
 
-        Without running statistics it is refused only on a feature map (4-d): with ``bias``
-        (its shift would be folded into a stage's bias), and on a batch of several examples
-        (the batch's statistics mix them); NFNet's weight standardisation runs ``batch_norm``
-        on its convolutions' weights, (1, out, fan-in), which no stage reads.
+        Without running statistics it is refused with ``bias`` on a feature map (4-d: its shift
+        would be folded into a stage's bias), and on a batch of several examples whatever its
+        shape (the batch's statistics mix them, a ``BatchNorm1d`` in the head too); NFNet's
+        weight standardisation runs ``batch_norm`` on its convolutions' weights, (1, out,
+        fan-in): a batch of one, which no stage reads.
         """
         label = self._label(bn_args["running_mean"], "batch_norm")
         if bn_args["running_mean"] is not None:
@@ -470,7 +476,7 @@ class StageTracer(TorchFunctionMode):
                 "batch's and cannot be folded into a bias; pass bias=False, or give it running "
                 "statistics (track_running_stats=True) and call model.eval()"
             )
-        if first is not None and first.dim() == 4 and first.shape[0] > 1:
+        if first is not None and first.dim() >= 2 and first.shape[0] > 1:
             raise TrainingModeError(
                 f"BatchNorm {label!r} keeps no running statistics, so it normalises the batch "
                 "with the batch's own statistics: each example's map would depend on the other "
