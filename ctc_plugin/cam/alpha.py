@@ -207,7 +207,8 @@ def alpha_terms(phi: Phi, scores: Tensor) -> AlphaTerms:
     scale = torch.maximum(d2.abs(), d3.abs())
     gradcam = scale == 0
     safe = torch.where(gradcam, torch.ones_like(scale), scale)
-    shape, dtype = (-1, 1, 1, 1), scores.dtype
+    # in the dtype the stage maps are computed in (float32 at least): not rounded to half
+    shape, dtype = (-1, 1, 1, 1), torch.promote_types(scores.dtype, torch.float32)
     return AlphaTerms(
         sign=torch.sign(d1).to(dtype).reshape(shape),
         p2=(d2 / safe).to(dtype).reshape(shape),
