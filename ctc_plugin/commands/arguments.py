@@ -137,13 +137,26 @@ def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: Characters of a file-name pattern, which a shell expands where a file matches it.
+PATTERN_CHARACTERS = frozenset("*?[")
+
+
 def input_file(text: str) -> Path:
     """An option type for a file to read: it must exist, be a file and be readable."""
-    path = Path(text).expanduser()
+    path = Path(_named(text, "a file")).expanduser()
     if not path.exists():
-        raise argparse.ArgumentTypeError(f"file not found: {text}")
-    if not path.is_file():
+        unexpanded = (
+            " (a pattern the shell did not expand: no file matches it, or it was quoted)"
+            if PATTERN_CHARACTERS & set(text)
+            else ""
+        )
+        raise argparse.ArgumentTypeError(f"file not found: {text}{unexpanded}")
+    if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a regular file (a device, pipe or socket); give a file"
+        )
     if not os.access(path, os.R_OK):
         raise argparse.ArgumentTypeError(f"cannot read {text} (permission denied)")
     return path
@@ -155,7 +168,7 @@ def output_file(text: str) -> Path:
     Refused: a path that is an existing folder, an existing file that cannot be written, and
     a path under an existing file or under a folder that cannot be written.
     """
-    path = Path(text).expanduser()
+    path = Path(_named(text, "a file name")).expanduser()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
     if path.exists() and not os.access(path, os.W_OK):
@@ -170,7 +183,7 @@ def output_folder(text: str) -> Path:
     Refused: an existing file, an existing folder that cannot be written, and a path under an
     existing file or under a folder that cannot be written.
     """
-    path = Path(text).expanduser()
+    path = Path(_named(text, "the folder's name (. for the current one)")).expanduser()
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
     if path.is_dir():
@@ -183,7 +196,7 @@ def output_folder(text: str) -> Path:
 
 def existing_folder(text: str) -> Path:
     """An option type for an existing folder whose files are read and rewritten in place."""
-    path = Path(text).expanduser()
+    path = Path(_named(text, "the folder's name (. for the current one)")).expanduser()
     if not path.exists():
         raise argparse.ArgumentTypeError(f"folder not found: {text}")
     if not path.is_dir():
@@ -191,6 +204,15 @@ def existing_folder(text: str) -> Path:
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write into {text} (permission denied)")
     return path
+
+
+def _named(text: str, wanted: str) -> str:
+    """``text``, refused when empty: ``Path("")`` is the current folder (an unset variable?)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"the name {text!r} is empty, and so is a folder (the current one): give {wanted}"
+        )
+    return text
 
 
 def _check_parent(path: Path, text: str) -> None:

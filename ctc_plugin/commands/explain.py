@@ -30,6 +30,16 @@ from ctc_plugin.commands.arguments import (
     positive_int,
 )
 from ctc_plugin.commands.methods import METHODS
+from ctc_plugin.commands.model_checks import (
+    check_finite_scores,
+    check_input_channels,
+    check_torchscript,
+    check_weights_present,
+    is_own_size,
+    model_logits,
+    run_in_float32,
+    target_class,
+)
 from ctc_plugin.commands.models import LoadedModel, load_model
 from ctc_plugin.ctc.modes import BIAS_SHARING_MODES, DEFAULT_BIAS_SHARING
 
@@ -37,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from ctc_plugin.commands.methods import Result
+    from ctc_plugin.commands.methods import Request, Result
     from ctc_plugin.images import ImagePreprocessing, PreparedImage
 
 SEGMENTERS = ("superpixel", "grid", "sam")
@@ -76,7 +86,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     explain.add_argument(
         "images",
         nargs="*",
-        type=input_file,
+        type=image_file,
         metavar="IMAGE",
         help="image files (PNG, JPEG, WebP, TIFF, ...; the EXIF orientation is applied, and "
         "palette, grayscale, 16-bit and CMYK images are read as RGB, transparent pixels "
@@ -226,6 +236,21 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------- option types
+def image_file(text: str) -> Path:
+    """``IMAGE``: a file to read (`input_file`); a folder is told how to give its images."""
+    path = Path(text).expanduser()
+    if text.strip() and path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text} is a folder, not a file: give the images in it "
+            f"({Path(text) / '*.jpg'}), or explain every image of the folder with "
+            f"ctc-plugin explain-dataset {text} --methods ... --out RUN_FOLDER"
+        )
+    return input_file(text)
+
+
+image_file.__name__ = "image"
+
+
 def method_name(text: str) -> str:
     """``--method``: a name of `METHODS` (an image path there gets a hint)."""
     if text in METHODS:
@@ -399,103 +424,6 @@ def segment_pixels(segmenter, pixels: torch.Tensor) -> torch.Tensor:
     return contiguous.reshape(mask.shape).to(torch.int64)
 
 
-def check_input_channels(loaded: LoadedModel) -> None:
-    """Refuse a model whose first convolution does not take the 3 channels of an RGB image."""
-    from torch import nn
-
-    first = next((m for m in loaded.network.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is not None and first.in_channels != 3:
-        raise CLIError(
-            f"--model {loaded.name} takes {first.in_channels}-channel images; explain reads "
-            "every image as 3-channel RGB"
-        )
-
-
-def model_logits(
-    model: nn.Module,
-    loaded: LoadedModel,
-    pixels: torch.Tensor,
-    own_size: bool,
-    advice: str | None = None,
-) -> torch.Tensor:
-    """The model's logits for ``pixels``; a size the model cannot take is a user error.
-
-    Args:
-        model: The wrapped model (preprocessing included).
-        loaded: What ``--model`` named, for the message.
-        pixels: ``(1, 3, H, W)`` pixels.
-        own_size: Whether ``pixels`` has the model's own input size.
-        advice: What to do about another size (``None``: ``explain``'s ``--resize`` and
-            ``--crop``).
-
-    Raises:
-        CLIError: If the model fails (a RuntimeError from its layers, or the ValueError of a
-            ``transformers`` model) on an image of another size than its own input; at its own
-            size the error is raised as it is (a RuntimeError is a bug: a traceback).
-    """
-    import torch
-
-    try:
-        with torch.no_grad():
-            return model(pixels)[0].float().cpu()
-    except (RuntimeError, ValueError) as error:  # transformers' models raise ValueError
-        if own_size:
-            raise
-        height, width = pixels.shape[-2:]
-        lines = str(error).strip().splitlines()
-        first = lines[0] if lines else type(error).__name__
-        option = "--resize/--crop: " if advice is None else ""
-        advice = advice if advice is not None else size_advice(loaded.preprocessing)
-        raise CLIError(
-            f"{option}{loaded.name} cannot take {width}x{height} images ({first}); {advice}"
-        ) from error
-
-
-def size_advice(own: ImagePreprocessing) -> str:
-    """What to do about an image size the model cannot take, given its own preprocessing.
-
-    ``explain`` and ``explain-dataset`` both take the options it names.
-    """
-    if own.crop is None:
-        return "give it the input size it was built for: --resize N --crop N"
-    return f"its own input is {own.describe()} (--resize {own.resize} --crop {own.crop})"
-
-
-def is_own_size(preprocessing: ImagePreprocessing, size: tuple[int, int]) -> bool:
-    """Whether ``size`` (height, width) is the model's own input: its preprocessing's crop."""
-    crop = preprocessing.crop
-    if crop is None:
-        return False
-    return size == (crop if isinstance(crop, tuple) else (crop, crop))
-
-
-def target_class(
-    spec: str | None, loaded: LoadedModel, logits: torch.Tensor, option: str = "--target"
-) -> int:
-    """The class ``--target`` names: ``None`` the predicted one, an index, or a class name.
-
-    ``option`` is the option's name in error messages (``explain-dataset`` has ``--targets``).
-    """
-    if spec is None:
-        return int(logits.argmax())
-    if spec.lstrip("-").isdigit():
-        target = int(spec)
-    elif loaded.classes is not None and spec in loaded.classes:
-        target = loaded.classes.index(spec)
-    else:
-        names = ""
-        if loaded.classes:
-            shown = loaded.classes if len(loaded.classes) <= 10 else loaded.classes[:5] + ["..."]
-            names = f" or a class name ({', '.join(shown)})"
-        raise CLIError(f"{option} {spec!r}: give a class index{names}")
-    if not 0 <= target < logits.numel():
-        raise CLIError(
-            f"{option} {target} out of range: the model has {logits.numel()} classes "
-            f"(0 to {logits.numel() - 1})"
-        )
-    return target
-
-
 def explainer_for(loaded: LoadedModel, args: argparse.Namespace) -> nn.Module | None:
     """The shipped Explainer of a zoo model when ``--method explainer`` asks for one."""
     if "explainer" not in args.methods:
@@ -519,8 +447,7 @@ def explainer_for(loaded: LoadedModel, args: argparse.Namespace) -> nn.Module | 
 # ---------------------------------------------------------------------- the job
 def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     """Run the explanation described by ``args``; print the rankings, write figure and data."""
-    from ctc_plugin.commands.methods import MethodError, Request, run_method
-    from ctc_plugin.ctc.errors import UnsupportedOperationError
+    from ctc_plugin.commands.methods import Request
 
     args.methods = list(dict.fromkeys(args.methods))  # each once, in the order given
     paths = list(args.images) or [_sample_path(getattr(args, "split", "shapes"), "image")]
@@ -531,25 +458,30 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     if loaded.note:
         print(f"note: {loaded.note}")
     check_input_channels(loaded)
+    check_torchscript(loaded, args.methods)
+    check_weights_present(loaded)
+    note = run_in_float32(loaded)
+    if note:
+        print(f"note: {note}")
     preprocessing = preprocessing_for(args, loaded)
     images = [_prepare(preprocessing, path) for path in paths]  # every file read first
     segmenter = make_segmenter(args)
     explainer = explainer_for(loaded, args)
     model = preprocessing.wrap(loaded.network).to(device).eval()
-    # every image classified (its size, its target checked) before any method runs
+    # every image classified (its size, its target checked) and segmented before any method runs
     explained = [
         _classified(model, loaded, args.target, path, image, device)
         for path, image in zip(paths, images)
     ]
     check_explainer_size(explainer, explained)
     for item in explained:
-        pixels = item.image.pixels.to(device)
-        item.feature_mask = segment_pixels(segmenter, item.image.pixels)
+        item.feature_mask = _segmented(segmenter, item, args)
         if evidence_path is not None:
             item.evidence = _evidence(evidence_path, preprocessing)
+    for item in explained:
         request = Request(
             model=model,
-            pixels=pixels,
+            pixels=item.image.pixels.to(device),
             target=item.target,
             feature_mask=item.feature_mask.to(device),
             bias_sharing=args.bias_sharing,
@@ -558,13 +490,7 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
             show_progress=not args.no_progress,
             explainer=explainer,
         )
-        for name in args.methods:
-            try:
-                item.results.append(run_method(name, request))
-            except UnsupportedOperationError as error:
-                raise CLIError(f"--model {args.model}: {error}") from error
-            except (MethodError, ValueError) as error:
-                raise CLIError(f"--method {name}: {error}") from error
+        item.results = [_run_method(name, request, args) for name in args.methods]
         _print_report(loaded, preprocessing, item, args.top)
     with _writing("--out", args.out):
         _write_figure(explained, loaded, args)
@@ -574,6 +500,54 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
             json_path = save_results(args.save, explained, loaded, preprocessing, args)
         print(f"data written to {args.save} and {json_path}")
     return 0
+
+
+def _segmented(segmenter: Any, item: Explained, args: argparse.Namespace) -> torch.Tensor:
+    """``item``'s segment ids; a grid with more cells than the image has pixels is refused.
+
+    Raises:
+        CLIError: For ``--segmenter grid``, naming ``--segments`` and the most this image takes.
+    """
+    try:
+        return segment_pixels(segmenter, item.image.pixels)
+    except ValueError as error:
+        if args.segmenter != "grid":
+            raise
+        side = min(item.image.size)
+        raise CLIError(
+            f"--segments {args.segments}: {item.path}: {error}; give at most --segments "
+            f"{side * side} (a {side}x{side} grid) for this image, or a larger --resize"
+        ) from error
+
+
+def _run_method(name: str, request: Request, args: argparse.Namespace) -> Result:
+    """Run the method ``name``; its refusals and running out of memory are one-line errors.
+
+    Raises:
+        CLIError: For a model the method cannot explain, inputs it refuses, and memory that
+            runs out (saying which options need less).
+    """
+    from ctc_plugin.commands.methods import (
+        MethodError,
+        is_out_of_memory,
+        memory_advice,
+        run_method,
+    )
+    from ctc_plugin.ctc.errors import UnsupportedOperationError
+
+    try:
+        return run_method(name, request)
+    except UnsupportedOperationError as error:
+        raise CLIError(f"--model {args.model}: {error}") from error
+    except (MethodError, ValueError) as error:
+        raise CLIError(f"--method {name}: {error}") from error
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        raise CLIError(
+            f"--method {name}: out of memory ({lines[0]}); {memory_advice(name, request)}"
+        ) from error
 
 
 def check_outputs_spare_inputs(paths: list[Path], out: Path) -> None:
@@ -603,10 +577,12 @@ def _classified(
     """``image`` with the model's logits and the ``--target`` class (no segments yet).
 
     Raises:
-        CLIError: If the model cannot take the image's size or ``--target`` does not fit it.
+        CLIError: If the model cannot take the image's size, gives scores that are not finite
+            (NaN or infinite: nothing to explain), or ``--target`` does not fit it.
     """
     own_size = is_own_size(loaded.preprocessing, image.size)
     logits = model_logits(model, loaded, image.pixels.to(device), own_size)
+    check_finite_scores(logits, loaded, str(path))
     if loaded.classes is not None and len(loaded.classes) != logits.numel():
         loaded.classes = None  # weights with other classes than the metadata's
     target = target_class(spec, loaded, logits)
@@ -780,15 +756,16 @@ def save_results(
     segment ids ``0..K-1``, ``image{i}/logits`` (classes,), ``image{i}/target`` (),
     ``image{i}/{M}/scores`` (K,) float64 (segment ``k``'s score at index ``k``) and
     ``image{i}/{M}/attribution`` (H, W) float32. Read it with
-    ``numpy.load(path, allow_pickle=False)``. Each file is written under a temporary name in
-    its folder and renamed into place, so a failed or killed write leaves the previous file.
+    ``numpy.load(path, allow_pickle=False)``. Both files are written under temporary names in
+    their folder and renamed into place once both are written, so a failed or killed write
+    leaves the previous pair.
 
     Raises:
         OSError: If a file cannot be written (disk full, too large, no permission).
     """
     import numpy as np
 
-    from ctc_plugin.resumable.atomic import write_atomic
+    from ctc_plugin.resumable.atomic import write_atomic_group
 
     arrays: dict[str, np.ndarray] = {}
     images = []
@@ -855,12 +832,16 @@ def save_results(
         "methods": list(args.methods),
         "images": images,
     }
-    # each file under a temporary name, then renamed: a failed write keeps the previous file
-    # (an open file: numpy adds no second .npz suffix)
-    write_atomic(path, lambda stream: np.savez_compressed(stream, **arrays))
+    # both files under temporary names, renamed once both are written: a failed write keeps
+    # the previous pair (an open file: numpy adds no second .npz suffix)
     json_path = path.with_suffix(".json")
     text = json.dumps(summary, indent=2) + "\n"
-    write_atomic(json_path, lambda stream: stream.write(text.encode()))
+    write_atomic_group(
+        [
+            (path, lambda stream: np.savez_compressed(stream, **arrays)),
+            (json_path, lambda stream: stream.write(text.encode())),
+        ]
+    )
     return json_path
 
 

@@ -35,6 +35,10 @@ METHODS: dict[str, str] = {
 #: Methods whose scores are their own per-segment scores (the others: map means per segment).
 SEGMENT_METHODS = ("ctc", "feature-ablation", "lime")
 
+#: Methods that only call the model (the others follow or hook its layers), so that they also
+#: explain a TorchScript model.
+CALL_ONLY_METHODS = ("feature-ablation", "lime")
+
 #: Seed of Lime's random samples.
 LIME_SEED = 0
 
@@ -211,3 +215,32 @@ _RUNNERS: dict[str, Callable[[Request], tuple[str, Tensor]]] = {
     "lime": _lime,
     "gradcam": _gradcam,
 }
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says that memory ran out (Python's, torch's CPU or GPU allocator)."""
+    import torch
+
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def memory_advice(name: str, request: Request) -> str:
+    """The options that make the method ``name`` need less memory on ``request``'s image."""
+    segments = int(request.feature_mask.max()) + 1
+    height, width = request.pixels.shape[-2:]
+    advice = (
+        f"the {width}x{height} image has {segments} segments: give fewer --segments or a "
+        "smaller --resize"
+    )
+    if name == "ctc" and request.bias_sharing == "proportional":
+        return advice + (
+            ", or --bias-sharing reference with a small --perturbations-per-eval (proportional "
+            "sharing passes a copy of the image per segment at once)"
+        )
+    if name in SEGMENT_METHODS:  # they pass copies of the image
+        return advice + ", or a smaller --perturbations-per-eval"
+    return advice
+

@@ -155,7 +155,10 @@ def _import_attribute(spec: str, module_name: str, attribute: str) -> Any:
 
 
 def _call_factory(spec: str, factory: Any) -> Any:
-    """Call ``--model``'s callable; one that needs arguments is a user error, not a traceback."""
+    """Call ``--model``'s callable; a user error, not a traceback, where it cannot be called.
+
+    One that needs arguments, and one whose building imports a package that is not installed.
+    """
     import inspect
 
     if not callable(factory):
@@ -169,7 +172,14 @@ def _call_factory(spec: str, factory: Any) -> Any:
         ) from error
     except ValueError:  # no signature to inspect (some builtins): call it and see
         pass
-    return factory()
+    try:
+        return factory()
+    except ImportError as error:  # a package the model needs, imported when it is built
+        missing = f" {error.name!r}" if error.name else ""
+        raise CLIError(
+            f"--model {spec!r}: building the model failed to import{missing} ({error}); "
+            "install what it needs in this environment (pip install ...)"
+        ) from error
 
 
 def _timm_model(spec: str, name: str, weights: Path | None) -> LoadedModel:

@@ -6,7 +6,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,6 +18,7 @@ __all__ = [
     "is_stale_temporary",
     "remove_stale_temporaries",
     "write_atomic",
+    "write_atomic_group",
 ]
 
 #: Seconds after its last write when a temporary file whose writer cannot be checked (another
@@ -61,17 +62,33 @@ def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
     [`remove_stale_temporaries`][ctc_plugin.resumable.atomic.remove_stale_temporaries] never
     removes the file of a writer that is still running.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stream, temporary = _create_temporary(path)
+    write_atomic_group([(path, write)])
+
+
+def write_atomic_group(writes: Sequence[tuple[Path, Callable[[Any], None]]]) -> None:
+    """Write several files as `write_atomic` writes one, renaming none before all are written.
+
+    Every ``(path, write)`` pair's temporary file is written (and synced) first; only then are
+    they renamed into place, in order. A ``write`` that fails (disk full) leaves every previous
+    file as it was, so files that belong together (a ``.npz`` and the ``.json`` describing it)
+    are never left one new, one old by a failed write.
+    """
+    written: list[tuple[Path, Path]] = []  # (temporary, path)
     try:
-        with stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        for path, write in writes:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stream, temporary = _create_temporary(path)
+            written.append((temporary, path))
+            with stream:
+                write(stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+        for temporary, path in written:
+            os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        for temporary, _ in written:
+            temporary.unlink(missing_ok=True)
         raise
 
 

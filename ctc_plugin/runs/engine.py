@@ -164,11 +164,16 @@ class ShardRunner:
         self, config: RunConfig, source: Source, *, segment: bool = True, explain: bool = True
     ) -> None:
         from ctc_plugin.commands.explain import (
-            check_input_channels,
             explainer_for,
             make_segmenter,
             preprocessing_for,
             resolve_device,
+        )
+        from ctc_plugin.commands.model_checks import (
+            check_input_channels,
+            check_torchscript,
+            check_weights_present,
+            run_in_float32,
         )
         from ctc_plugin.commands.models import load_model
 
@@ -180,6 +185,11 @@ class ShardRunner:
         if self.loaded.note:  # a guessed preprocessing (a Hugging Face folder without one)
             warnings.warn(self.loaded.note, UserWarning, stacklevel=2)
         check_input_channels(self.loaded)
+        check_torchscript(self.loaded, list(config.methods) if explain else [])
+        check_weights_present(self.loaded)
+        note = run_in_float32(self.loaded)  # the images are float32
+        if note:
+            warnings.warn(note, UserWarning, stacklevel=2)
         options = _options(config)
         self.preprocessing = preprocessing_for(options, self.loaded)
         self.segmenter = make_segmenter(options) if segment else None
@@ -272,8 +282,13 @@ class ShardRunner:
         import numpy as np
 
         from ctc_plugin.commands import CLIError
-        from ctc_plugin.commands.explain import explainer_size_refusal, is_own_size, model_logits
+        from ctc_plugin.commands.explain import explainer_size_refusal
         from ctc_plugin.commands.methods import MethodError, Request, run_method
+        from ctc_plugin.commands.model_checks import (
+            check_finite_scores,
+            is_own_size,
+            model_logits,
+        )
         from ctc_plugin.ctc.errors import UnsupportedOperationError
 
         if mask is None:
@@ -284,6 +299,7 @@ class ShardRunner:
         pixels = image.pixels.to(self.device)
         own = is_own_size(self.loaded.preprocessing, image.size)
         logits = model_logits(self.model, self.loaded, pixels, own, self.size_advice(ref))
+        check_finite_scores(logits, self.loaded, ref.name)
         refusal = explainer_size_refusal(self.explainer, ref.name, image.size)
         if refusal is not None:
             raise CLIError(f"--methods explainer: {refusal}")
@@ -341,7 +357,7 @@ class ShardRunner:
 
     def size_advice(self, ref: ImageRef) -> str:
         """What to do when the model cannot take ``ref`` at the size it is read at."""
-        from ctc_plugin.commands.explain import size_advice
+        from ctc_plugin.commands.model_checks import size_advice
 
         return (
             f"{ref.name} is read at {self.preprocessing.describe()}: "
@@ -356,7 +372,7 @@ class ShardRunner:
         ``cat/`` is the model's class ``"cat"``), else the source's label index.
         """
         from ctc_plugin.commands import CLIError
-        from ctc_plugin.commands.explain import target_class
+        from ctc_plugin.commands.model_checks import target_class
 
         if spec == "predicted":
             return int(logits.argmax())

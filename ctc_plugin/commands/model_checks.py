@@ -1,0 +1,264 @@
+"""What a loaded model gives for one image, and whether the methods can take it.
+
+``ctc-plugin explain`` and ``explain-dataset`` check a model before any method runs (its input
+channels, TorchScript, weights without values, a dtype other than float32) and read its output
+for each image: one row of finite class scores, or a refusal saying what the model must return;
+the ``--target`` class by index or name. A model that fails on an image of another size than its
+own gets the ``--resize``/``--crop`` advice.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ctc_plugin.commands import CLIError
+from ctc_plugin.commands.models import LoadedModel
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from ctc_plugin.images import ImagePreprocessing
+
+
+def check_input_channels(loaded: LoadedModel) -> None:
+    """Refuse a model whose first convolution does not take the 3 channels of an RGB image."""
+    from torch import nn
+
+    first = next((m for m in loaded.network.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first.in_channels != 3:
+        raise CLIError(
+            f"--model {loaded.name} takes {first.in_channels}-channel images; explain reads "
+            "every image as 3-channel RGB"
+        )
+
+
+def check_torchscript(loaded: LoadedModel, methods: list[str]) -> None:
+    """Refuse, for a TorchScript model, the methods that follow or hook its layers.
+
+    CTC follows the model's operations, Integrative CAM and Grad-CAM hook its layers; a
+    TorchScript model runs them outside Python. Captum's FeatureAblation and Lime only call it.
+
+    Raises:
+        CLIError: Naming the methods and what to give instead.
+    """
+    import torch
+
+    from ctc_plugin.commands.methods import CALL_ONLY_METHODS
+
+    scripted = any(
+        isinstance(module, torch.jit.ScriptModule) for module in loaded.network.modules()
+    )
+    hooking = [name for name in methods if name not in CALL_ONLY_METHODS]
+    if scripted and hooking:
+        raise CLIError(
+            f"--model {loaded.name} is TorchScript (torch.jit.script, trace or load), whose "
+            f"layers run outside Python: --method {' '.join(hooking)} cannot follow or hook "
+            "them. Give the model as its Python nn.Module (a callable that builds it, its state "
+            f"dict with --weights), or choose --method {' '.join(CALL_ONLY_METHODS)}, which "
+            "only call the model"
+        )
+
+
+def check_weights_present(loaded: LoadedModel) -> None:
+    """Refuse a model whose weights are on the meta device: shapes without values.
+
+    Raises:
+        CLIError: Saying how such a model comes about and how to give it its weights.
+    """
+    tensors = [*loaded.network.parameters(), *loaded.network.buffers()]
+    if any(tensor.is_meta for tensor in tensors):
+        raise CLIError(
+            f"--model {loaded.name} has weights on the meta device, shapes without values "
+            "(built under torch.device('meta') or an empty-weights initialisation; --weights "
+            "cannot fill them): build it on the CPU, or load its weights in the callable with "
+            "model.load_state_dict(state, assign=True)"
+        )
+
+
+def run_in_float32(loaded: LoadedModel) -> str:
+    """Cast a model with float64 or half-precision weights to float32; return a note, or ``""``.
+
+    The images are float32 pixels, which a float64 or float16 layer refuses ("Input type
+    (float) and bias type (double) should be the same"); in float32 every method runs as it is
+    tested, and half precision is computed more exactly.
+    """
+    import torch
+
+    tensors = [*loaded.network.parameters(), *loaded.network.buffers()]
+    kinds = {
+        str(tensor.dtype).removeprefix("torch.")
+        for tensor in tensors
+        if tensor.is_floating_point() and tensor.dtype != torch.float32
+    }
+    if not kinds:
+        return ""
+    loaded.network = loaded.network.float()
+    return (
+        f"--model {loaded.name} has {' and '.join(sorted(kinds))} weights; it runs in "
+        "float32, the type of the images"
+    )
+
+
+def model_logits(
+    model: nn.Module,
+    loaded: LoadedModel,
+    pixels: torch.Tensor,
+    own_size: bool,
+    advice: str | None = None,
+) -> torch.Tensor:
+    """The model's logits for ``pixels``; a size the model cannot take is a user error.
+
+    Args:
+        model: The wrapped model (preprocessing included).
+        loaded: What ``--model`` named, for the message.
+        pixels: ``(1, 3, H, W)`` pixels.
+        own_size: Whether ``pixels`` has the model's own input size.
+        advice: What to do about another size (``None``: ``explain``'s ``--resize`` and
+            ``--crop``).
+
+    Raises:
+        CLIError: If the model returns no row of class scores (`scores_row`), or fails on an
+            image of another size than its own input (a RuntimeError from its layers, the
+            ValueError of a ``transformers`` model, the AssertionError of a timm model's patch
+            embedding). At its own size such an error is raised as it is (a RuntimeError is
+            then a bug: a traceback).
+    """
+    import torch
+
+    try:
+        with torch.no_grad():
+            output = model(pixels)
+    except (RuntimeError, ValueError, AssertionError) as error:  # see Raises
+        if own_size:
+            raise
+        height, width = pixels.shape[-2:]
+        lines = str(error).strip().splitlines()
+        first = lines[0] if lines else type(error).__name__
+        option = "--resize/--crop: " if advice is None else ""
+        advice = advice if advice is not None else size_advice(loaded.preprocessing)
+        raise CLIError(
+            f"{option}{loaded.name} cannot take {width}x{height} images ({first}); {advice}"
+        ) from error
+    return scores_row(output, loaded)
+
+
+def scores_row(output: Any, loaded: LoadedModel) -> torch.Tensor:
+    """The class scores ``(classes,)`` (float32, on the CPU) of a model's output for one image.
+
+    Every method takes the model's output as a float tensor ``(N, classes)``; anything else is
+    refused here, before any method runs, instead of failing inside one (a tuple or a dict) or
+    being misread (scores without their batch dimension, class indices).
+
+    Raises:
+        CLIError: Naming ``--model``, what it returned and what to return instead.
+    """
+    import torch
+
+    from ctc_plugin.targets import output_not_a_tensor
+
+    if not isinstance(output, torch.Tensor):
+        raise CLIError(f"--model {loaded.name}: {output_not_a_tensor(output)}")
+    if output.dim() != 2 or output.shape[0] != 1 or not output.is_floating_point():
+        raise CLIError(
+            f"--model {loaded.name} returns a tensor of {str(output.dtype).removeprefix('torch.')} "
+            f"shaped {tuple(output.shape)} for one image; the methods need its class scores, "
+            "floats shaped (1, classes), one row per image: return the logits of the "
+            "classification head, not class indices nor a row without its batch dimension"
+        )
+    return output[0].float().cpu()
+
+
+def check_finite_scores(logits: torch.Tensor, loaded: LoadedModel, name: str) -> None:
+    """Refuse scores that are NaN or infinite (of the image ``name``): nothing to explain.
+
+    Raises:
+        CLIError: Naming the image, the values and what to check.
+    """
+    finite = logits.isfinite()
+    if bool(finite.all()):
+        return
+    values = ", ".join(sorted({str(value) for value in logits[~finite].tolist()}))
+    raise CLIError(
+        f"--model {loaded.name} gives scores that are not finite for {name} ({values}): there "
+        "is nothing to explain; check its weights (--weights), the normalisation it expects "
+        "(--mean/--std) and that it runs in float32"
+    )
+
+
+def size_advice(own: ImagePreprocessing) -> str:
+    """What to do about an image size the model cannot take, given its own preprocessing.
+
+    ``explain`` and ``explain-dataset`` both take the options it names.
+    """
+    if own.crop is None:
+        return "give it the input size it was built for: --resize N --crop N"
+    return f"its own input is {own.describe()} (--resize {own.resize} --crop {own.crop})"
+
+
+def is_own_size(preprocessing: ImagePreprocessing, size: tuple[int, int]) -> bool:
+    """Whether ``size`` (height, width) is the model's own input: its preprocessing's crop."""
+    crop = preprocessing.crop
+    if crop is None:
+        return False
+    return size == (crop if isinstance(crop, tuple) else (crop, crop))
+
+
+def target_class(
+    spec: str | None, loaded: LoadedModel, logits: torch.Tensor, option: str = "--target"
+) -> int:
+    """The class ``--target`` names: ``None`` the predicted one, an index, or a class name.
+
+    ``option`` is the option's name in error messages (``explain-dataset`` has ``--targets``).
+    """
+    if spec is None:
+        return int(logits.argmax())
+    if spec.isascii() and spec.lstrip("-").isdigit():  # int() also takes "²" or Arabic digits
+        target = int(spec)
+    elif loaded.classes is not None and spec in loaded.classes:
+        target = _named_class(spec, loaded.classes, option)
+    else:
+        names = ""
+        if loaded.classes:
+            shown = loaded.classes if len(loaded.classes) <= 10 else loaded.classes[:5] + ["..."]
+            names = f" or a class name ({', '.join(shown)})"
+        raise CLIError(f"{option} {spec!r}: give a class index{names}")
+    if not 0 <= target < logits.numel():
+        raise CLIError(
+            f"{option} {target} out of range: the model has {logits.numel()} classes "
+            f"(0 to {logits.numel() - 1})"
+        )
+    return target
+
+
+def _named_class(name: str, classes: list[str], option: str) -> int:
+    """The index of the class ``name``; a name several classes share is refused.
+
+    timm names ImageNet's classes by their first synonym, so that ``crane`` is the bird (134)
+    and the machine (517).
+
+    Raises:
+        CLIError: Naming the classes that share ``name``, whose index to give instead.
+    """
+    indices = [index for index, known in enumerate(classes) if known == name]
+    if len(indices) > 1:
+        listed = ", ".join(str(index) for index in indices)
+        raise CLIError(
+            f"{option} {name!r} names {len(indices)} classes ({listed}): give the index of "
+            "the one to explain"
+        )
+    return indices[0]
+
+
+__all__ = [
+    "check_finite_scores",
+    "check_input_channels",
+    "check_torchscript",
+    "check_weights_present",
+    "is_own_size",
+    "model_logits",
+    "run_in_float32",
+    "scores_row",
+    "size_advice",
+    "target_class",
+]

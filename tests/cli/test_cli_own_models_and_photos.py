@@ -1,0 +1,361 @@
+"""``ctc-plugin explain`` and ``explain-dataset`` with a user's own models, photos and paths.
+
+Each test failed before its fix (found by an audit of awkward inputs): a traceback, a misleading
+message, or a file written from nonsense. The models are built here and named as ``--model
+module:callable``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from ctc_plugin.cli import main
+from ctc_plugin.commands import CLIError, methods
+from ctc_plugin.commands.model_checks import target_class
+from ctc_plugin.commands.models import LoadedModel
+from ctc_plugin.images import ImagePreprocessing
+from ctc_plugin.resumable import atomic
+
+HERE = "tests.cli.test_cli_own_models_and_photos"
+FAST = ["--segmenter", "grid", "--segments", "4", "--no-progress"]
+
+
+class Net(nn.Module):
+    """A small classifier that takes any size: a convolution, mean pooling, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, 3)."""
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+class Outputs(Net):
+    """``Net`` whose forward returns its scores in another form (``kind``)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor):
+        """The scores as a tuple, a dict, one row without its batch dimension, or NaN."""
+        scores = super().forward(x)
+        return {
+            "tuple": lambda: (scores, scores.softmax(1)),
+            "dict": lambda: {"logits": scores},
+            "unbatched": lambda: scores[0],
+            "nan": lambda: scores * float("nan"),
+        }[self.kind]()
+
+
+class FixedSize(Net):
+    """``Net`` that checks its input size with an ``assert``, as timm's patch embeddings do."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores of a 32x32 image."""
+        assert x.shape[-2:] == (32, 32), f"Input size {tuple(x.shape[-2:])} doesn't match (32, 32)"
+        return super().forward(x)
+
+
+class OutOfMemory(Net):
+    """``Net`` that runs out of memory on a batch of copies (CTC's segment copies)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores of one image; several raise the CPU allocator's error."""
+        if x.shape[0] > 1:
+            raise RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                "allocate memory: you tried to allocate 5398069248 bytes."
+            )
+        return super().forward(x)
+
+
+def tuple_model() -> nn.Module:
+    """Scores and probabilities, as a tuple."""
+    return Outputs("tuple")
+
+
+def dict_model() -> nn.Module:
+    """Scores in a dict."""
+    return Outputs("dict")
+
+
+def unbatched_model() -> nn.Module:
+    """Scores (classes,) without the batch dimension."""
+    return Outputs("unbatched")
+
+
+def nan_model() -> nn.Module:
+    """NaN scores (a broken checkpoint)."""
+    return Outputs("nan")
+
+
+def fixed_size_model() -> nn.Module:
+    """A model that takes 32x32 images only and says so with an assert."""
+    return FixedSize()
+
+
+def net_model() -> nn.Module:
+    """``Net`` as it is."""
+    return Net()
+
+
+def double_model() -> nn.Module:
+    """``Net`` in float64."""
+    return Net().double()
+
+
+def scripted_model() -> nn.Module:
+    """``Net`` compiled by TorchScript (as ``torch.jit.load`` gives it back)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
+        return torch.jit.script(Net())
+
+
+def meta_model() -> nn.Module:
+    """``Net`` built on the meta device: shapes, no values."""
+    with torch.device("meta"):
+        return Net()
+
+
+def out_of_memory_model() -> nn.Module:
+    """A model that runs out of memory on CTC's copies."""
+    return OutOfMemory()
+
+
+@pytest.fixture
+def photo(tmp_path):
+    """A 40x30 photo."""
+    array = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    path = tmp_path / "photo.png"
+    Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.fixture
+def methods_run(monkeypatch) -> list[str]:
+    """The names of the methods that ran, in order (each still runs)."""
+    calls: list[str] = []
+    original = methods.run_method
+
+    def recording(name, request):
+        calls.append(name)
+        return original(name, request)
+
+    monkeypatch.setattr(methods, "run_method", recording)
+    return calls
+
+
+def _explain(photo, model: str, *options: str) -> list[str]:
+    """``explain PHOTO --model HERE:model`` at 32 pixels, with ``options``."""
+    out = photo.parent / "fig.png"
+    return ["explain", str(photo), "--model", f"{HERE}:{model}", "--resize", "32", *FAST,
+            "--out", str(out), *options]  # fmt: skip
+
+
+def _error(capsys, argv: list[str]) -> str:
+    """Run the command; assert exit status 2 and one line on stderr; return that line."""
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    return error
+
+
+# ------------------------------------------------------------ what the model returns
+@pytest.mark.parametrize("method", ["gradcam", "feature-ablation", "lime"])
+def test_a_model_returning_a_tuple_is_refused_before_any_method_runs(
+    photo, capsys, methods_run, method
+):
+    error = _error(capsys, _explain(photo, "tuple_model", "--method", method))
+    assert f"--model {HERE}:tuple_model: " in error and "returned tuple" in error, error
+    assert "model(x)[0]" in error
+    assert methods_run == []  # was: AttributeError: 'tuple' object has no attribute 'shape'
+    assert not (photo.parent / "fig.png").exists()
+
+
+def test_a_model_returning_a_dict_names_its_keys(photo, capsys):
+    error = _error(capsys, _explain(photo, "dict_model"))
+    assert "returned dict" in error and "'logits'" in error, error  # was: KeyError: 0
+
+
+def test_a_model_returning_scores_without_a_batch_dimension_is_told_the_shape(photo, capsys):
+    error = _error(capsys, _explain(photo, "unbatched_model"))
+    # was: the scalar first score taken for the logits, then a paragraph on CTC's rules
+    assert "(3,)" in error and "(1, classes)" in error, error
+    assert "rules" not in error
+
+
+def test_nan_scores_are_refused_and_nothing_is_written(photo, capsys, methods_run):
+    save = photo.parent / "run.npz"
+    error = _error(capsys, _explain(photo, "nan_model", "--save", str(save)))
+    assert "nan" in error.lower() and str(photo) in error and "--weights" in error, error
+    assert methods_run == []  # was: exit 0, "p=nan", NaN scores and NaN in the JSON
+    assert not save.exists() and not save.with_suffix(".json").exists()
+
+
+def test_an_assert_on_the_input_size_gets_the_size_advice(photo, capsys):
+    error = _error(capsys, _explain(photo, "fixed_size_model"))
+    # was: AssertionError traceback (timm's ViT with --crop none fails this way)
+    assert "cannot take 42x32 images" in error and "--resize N --crop N" in error, error
+
+
+def test_a_float64_model_runs_in_float32_with_a_note(photo, capsys):
+    save = photo.parent / "run.npz"
+    assert main(_explain(photo, "double_model", "--save", str(save))) == 0
+    out = capsys.readouterr().out
+    assert "float64" in out and "float32" in out  # was: "cannot take 42x32 images (... type)"
+    data = np.load(save)
+    target = int(data["image0/target"])
+    np.testing.assert_allclose(
+        data["image0/ctc/scores"].sum(), data["image0/logits"][target], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_running_out_of_memory_is_one_line_with_what_to_do(photo, capsys):
+    error = _error(capsys, _explain(photo, "out_of_memory_model"))
+    assert error.startswith("ctc-plugin explain: error: --method ctc: out of memory"), error
+    assert "--segments" in error and "--bias-sharing reference" in error  # was: a traceback
+
+
+@pytest.mark.parametrize("method", ["gradcam", "integrative-cam"])
+def test_a_torchscript_model_is_refused_for_the_methods_that_hook_its_layers(
+    photo, capsys, methods_run, method
+):
+    error = _error(capsys, _explain(photo, "scripted_model", "--method", "lime", method))
+    # was: a traceback (Grad-CAM: "register_forward_hook is not supported on ScriptModules")
+    assert "is TorchScript" in error and f"--method {method} cannot" in error, error
+    assert "--method feature-ablation lime" in error and methods_run == []
+
+
+def test_a_torchscript_model_is_explained_by_the_methods_that_only_call_it(photo, capsys):
+    options = ["--method", "feature-ablation", "lime", "--lime-samples", "4"]
+    assert main(_explain(photo, "scripted_model", *options)) == 0
+    assert "FeatureAblation: segment scores" in capsys.readouterr().out
+
+
+def test_a_model_without_weight_values_says_how_to_give_them(photo, capsys):
+    error = _error(capsys, _explain(photo, "meta_model"))
+    # was: NotImplementedError: Cannot copy out of meta tensor; no data!
+    assert "meta device" in error and "assign=True" in error, error
+
+
+# ------------------------------------------------------------ segments and targets
+def test_more_grid_cells_than_pixels_says_how_many_segments_fit(photo, capsys, methods_run):
+    argv = _explain(photo, "net_model", "--segments", "5000")
+    error = _error(capsys, argv)
+    # was: "a 71x71 grid does not fit a 32x42 image", no option named
+    assert "--segments 5000" in error and "at most --segments 1024" in error, error
+    assert methods_run == []
+
+
+def _loaded(classes: list[str]) -> LoadedModel:
+    return LoadedModel(nn.Identity(), "m", ImagePreprocessing(), classes)
+
+
+def test_a_class_name_two_classes_share_is_refused_naming_both():
+    logits = torch.zeros(4)
+    loaded = _loaded(["crane", "maillot", "maillot", "crane"])  # timm's ImageNet names
+    with pytest.raises(CLIError, match=r"names 2 classes \(0, 3\)"):
+        target_class("crane", loaded, logits)  # was: 0, the bird, silently
+    assert target_class("3", loaded, logits) == 3
+
+
+@pytest.mark.parametrize("spec", ["²", "٣"])
+def test_a_digit_that_is_no_ascii_number_is_no_index(spec):
+    # was: "invalid literal for int() with base 10: '²'" and class 3 for the Arabic-Indic three
+    with pytest.raises(CLIError, match="give a class index or a class name"):
+        target_class(spec, _loaded(["a", "b", "c", "d"]), torch.zeros(4))
+
+
+# ------------------------------------------------------------ paths
+def test_a_device_file_is_not_called_a_folder(capsys):
+    error = _error(capsys, ["explain", "/dev/null", *FAST])
+    assert "/dev/null is not a regular file" in error, error  # was: "is a folder"
+
+
+def test_a_pattern_the_shell_did_not_expand_says_so(tmp_path, capsys):
+    pattern = str(tmp_path / "*.jpg")
+    error = _error(capsys, ["explain", pattern, *FAST])
+    assert f"file not found: {pattern}" in error and "the shell" in error, error
+
+
+def test_a_folder_given_as_an_image_points_to_its_images_and_explain_dataset(tmp_path, capsys):
+    error = _error(capsys, ["explain", str(tmp_path), *FAST])
+    assert "is a folder" in error and "explain-dataset" in error, error
+
+
+@pytest.mark.parametrize("option", ["--out", "--save"])
+def test_an_empty_output_name_is_called_empty(photo, capsys, option):
+    error = _error(capsys, ["explain", str(photo), option, ""])
+    assert f"argument {option}: " in error and "empty" in error, error  # was: " is a folder"
+
+
+def _explain_dataset(image, out, model: str, method: str = "ctc") -> list[str]:
+    """``explain-dataset`` of a folder holding ``image`` alone, with ``HERE:model``."""
+    folder = image.parent / "photos"
+    folder.mkdir()
+    image.rename(folder / image.name)
+    return ["explain-dataset", str(folder), "--methods", method, "--model", f"{HERE}:{model}",
+            "--resize", "32", *FAST, "--out", str(out)]  # fmt: skip
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    return error
+
+
+def test_explain_dataset_runs_a_float64_model_in_float32(photo, tmp_path, capsys):
+    with pytest.warns(UserWarning, match="has float64 weights; it runs in float32"):
+        assert main(_explain_dataset(photo, tmp_path / "run", "double_model")) == 0
+
+
+def test_explain_dataset_refuses_a_torchscript_model_for_gradcam(photo, tmp_path, capsys):
+    argv = _explain_dataset(photo, tmp_path / "run", "scripted_model", "gradcam")
+    assert "is TorchScript" in _one_line_error(capsys, argv)
+
+
+def test_explain_dataset_refuses_nan_scores(photo, tmp_path, capsys):
+    argv = _explain_dataset(photo, tmp_path / "run", "nan_model")
+    assert "not finite" in _one_line_error(capsys, argv)
+
+
+def missing_dependency_model():
+    """A factory whose own import fails, as a model needing an uninstalled package does."""
+    import a_package_that_is_not_installed  # noqa: F401
+
+    raise AssertionError("not reached")
+
+
+def test_a_factory_missing_a_package_is_one_line(photo, capsys):
+    argv = ["explain", str(photo), "--model", f"{__name__}:missing_dependency_model", *FAST]
+    assert "a_package_that_is_not_installed" in _one_line_error(capsys, argv)
+
+
+def test_a_failed_json_write_keeps_the_previous_data_pair(photo, capsys, monkeypatch):
+    save = photo.parent / "run.npz"
+    save.write_bytes(b"the previous data")
+    save.with_suffix(".json").write_text("the previous ranking")
+    real = atomic._create_temporary
+
+    def failing_json(path):
+        if str(path).endswith(".json"):
+            raise OSError(28, "No space left on device")
+        return real(path)
+
+    monkeypatch.setattr(atomic, "_create_temporary", failing_json)
+    argv = ["explain", str(photo), "--model", f"{HERE}:net_model", "--resize", "32", *FAST,
+            "--out", str(photo.parent / "fig.png"), "--save", str(save)]  # fmt: skip
+    assert main(argv) == 2
+    assert save.read_bytes() == b"the previous data"
