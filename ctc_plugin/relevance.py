@@ -20,7 +20,7 @@ of the Captum method's ``forward_func``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -70,10 +70,43 @@ def run_composite(
 
     Returns:
         The model's output and the relevance shaped like ``x``, both detached.
+
+    Raises:
+        ValueError: The composite holds a ``CTCComposite`` (see `check_gives_relevance`).
     """
+    check_gives_relevance(composite)
     with gradient_attributor(model, composite) as attributor:
         output, relevance = attributor(x.detach(), attr_output)
     return output.detach(), relevance.detach()
+
+
+def check_gives_relevance(composite: Composite) -> None:
+    """Refuse a composite that holds a ``CTCComposite``: its rules give no gradient relevance.
+
+    (A composite says so by ``gives_relevance = False``; this module imports no CTC code.)
+
+    CTC's rules act only in [`CTCAttributor`][ctc_plugin.CTCAttributor]'s pass and refuse a
+    gradient; the relevance that places a score inside its feature (or guides the selection of
+    features) comes from a gradient method such as LRP.
+
+    Raises:
+        ValueError: Naming the composites to use instead.
+    """
+    if any(getattr(held, "gives_relevance", True) is False for held in _held(composite)):
+        raise ValueError(
+            f"{type(composite).__name__} holds a CTCComposite, which has no relevance of its own: "
+            "its rules act only in CTCAttributor's pass (which gives the feature scores) and "
+            "refuse gradients. For the relevance, pass a Zennit LRP composite such as "
+            "EpsilonPlusFlat() or EpsilonGammaBox(low=..., high=...), a Captum attribution or "
+            "a relevance tensor instead"
+        )
+
+
+def _held(composite: Any) -> Iterator[Any]:
+    """``composite`` and every composite inside it (a ``MixedComposite``'s ``composites``)."""
+    yield composite
+    for inner in getattr(composite, "composites", ()) or ():
+        yield from _held(inner)
 
 
 def one_hot_of(target: TargetType) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -171,4 +204,11 @@ def _detached(result: Any) -> Any:
     return result
 
 
-__all__ = ["FORMS", "Relevance", "compute_relevance", "one_hot_of", "run_composite"]
+__all__ = [
+    "FORMS",
+    "Relevance",
+    "check_gives_relevance",
+    "compute_relevance",
+    "one_hot_of",
+    "run_composite",
+]

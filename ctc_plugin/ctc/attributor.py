@@ -46,8 +46,12 @@ class CTCAttributor(Attributor):
 
     ``attr_output`` follows Zennit: a tensor shaped like the model's output, or a function of
     the output returning one. It weights the outputs: a feature's score is
-    ``sum_c attr_output[c] * f_c(copy of the feature)``, so a one-hot ``attr_output`` scores
-    that class exactly as ``CTC.attribute(target=class)`` does. With no ``attr_output`` (unlike
+    ``sum_c attr_output[c] * f_c(copy of the feature)`` (with ``"reference"`` sharing then scaled,
+    as ``CTC`` scales a class's scores, by the weighted output over the reference full copy's, so
+    that mode is not linear in the weighting), and a one-hot ``attr_output`` scores that class
+    exactly as ``CTC.attribute(target=class)`` does. Shaped like the output means exactly that:
+    one row ``(1, ...)`` serves every example, and class indices are refused (they go to
+    ``CTC.attribute(x, target=...)``). With no ``attr_output`` (unlike
     Zennit's gradient attributors, whose default is the whole output) the predicted class is
     scored, as ``CTC.attribute(target=None)`` does.
 
@@ -290,17 +294,27 @@ class _HookedCTC(CTC):
         self.model_weights: torch.Tensor | None = None  # the weighting of ``model_output``
 
     def weights_for(self, output: torch.Tensor) -> torch.Tensor:
-        """The output weighting for the model's ``output``, checked against its shape."""
+        """The output weighting for the model's ``output``, checked against its shape.
+
+        As in Zennit, the weighting is shaped like the output; one row, ``(1, ...)``, also serves
+        every example. Nothing else is broadcast: class indices (``tensor([3])``, one per
+        example, or a column of them) would otherwise weight every class.
+
+        Raises:
+            ValueError: A weighting of another shape, naming the forms that fit.
+        """
         weights = torch.as_tensor(self.attr_output_fn(output))
-        try:
-            weights = weights.to(output.dtype).expand_as(output)
-        except RuntimeError:
+        rows_fit = weights.shape[:1] in ((1,), output.shape[:1])
+        if weights.shape[1:] != output.shape[1:] or not rows_fit:
             raise ValueError(
                 f"attr_output of shape {tuple(weights.shape)} does not fit the model output of "
-                f"shape {tuple(output.shape)}; give a one-hot tensor shaped like the output or "
-                "a function of the output returning one"
-            ) from None
-        return weights
+                f"shape {tuple(output.shape)}; give a tensor shaped like the output (one row, "
+                f"(1, ...), serves every example), e.g. the one-hot torch.eye({output.shape[-1]})"
+                "[[class]] or torch.eye(C)[classes] with one class per example, or a function "
+                "of the output returning one. Class indices go to ctc_plugin.CTC(model)"
+                ".attribute(x, target=...)"
+            )
+        return weights.to(device=output.device, dtype=output.dtype).expand_as(output)
 
     def _run_gradient(self, *args: Any) -> None:
         """No gradient shortcut: every mode runs the copies through the hooks."""

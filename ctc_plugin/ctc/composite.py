@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -57,8 +57,9 @@ from zennit.composites import LayerMapComposite, register_composite
 from zennit.core import Hook, RemovableHandleList
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
+from ctc_plugin.canonizers import tensors_restored
 from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
-from ctc_plugin.ctc.handlers import prelu_slope
+from ctc_plugin.ctc.handlers import prelu_slope, refuse_batch_statistics
 from ctc_plugin.ctc.interception import CTCMode, operation_name
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharingMode, check_mode
@@ -165,6 +166,17 @@ class CTCHook(Hook):
         """Return a fresh instance of the same rule (rules hold no arguments)."""
         return type(self)()
 
+    def pre_forward(self, module: nn.Module, args: tuple, *kwargs: Any) -> Any:
+        """Zennit's pre-hook (it prepares the gradient refusal); nothing for a keyword-only call.
+
+        zennit 0.5.1's pre-hook indexes the positional inputs, so a module called by keyword
+        (``self.fc(input=x)``) would fail with an ``IndexError``; zennit 1.x passes ``kwargs``
+        too (hence ``*kwargs``, which keeps Zennit's detection of it working).
+        """
+        if not args:
+            return None
+        return super().pre_forward(module, args, *kwargs)
+
     #: Whether [`before`][ctc_plugin.ctc.composite.CTCHook.before] computes the whole result. The
     #: module then runs on an empty batch (its own work would be thrown away) and
     #: [`after`][ctc_plugin.ctc.composite.CTCHook.after] only hands the result on.
@@ -213,6 +225,17 @@ class CTCHook(Hook):
         if mark is not None and mark.only:  # as CTCMode: what a gate-only tensor makes is one
             state.gated.mark_gate(out, mark.origin, only=True)
         return out
+
+    def pre_backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> Any:
+        """Zennit's hook on the module's output gradient: refuse, as `backward` does.
+
+        Zennit hooks a module's input gradient only for positional inputs; the output is hooked
+        either way, so a module called by keyword (``self.fc(input=x)``) refuses too.
+
+        Raises:
+            CompositeOutsideAttributorError: Always.
+        """
+        raise CompositeOutsideAttributorError(type(module).__name__)
 
     def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> Any:
         """Zennit's backward hook: refuse, since CTC relevance is not a modified gradient.
@@ -289,12 +312,8 @@ def _running_norm(gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch
     """A BatchNorm or InstanceNorm module with running statistics, in eval mode only."""
     mean = getattr(module, "running_mean", None)
     var = getattr(module, "running_var", None)
-    if module.training or mean is None or var is None:
-        raise UnsupportedOperationError(
-            type(module).__name__,
-            "it normalises with batch statistics (training mode or no running statistics); "
-            "call model.eval() first",
-        )
+    running = mean is not None and var is not None
+    refuse_batch_statistics(type(module).__name__, module.training, running)
     return gated.running_norm(x, mean, var, module.weight, module.bias, module.eps)
 
 
@@ -503,14 +522,27 @@ class CTCComposite(LayerMapComposite):
     Args:
         bias_sharing: ``"proportional"`` (the default), ``"reference"`` or ``"none"``, as in
             [`CTC`][ctc_plugin.CTC].
-        layer_map: Extra ``(module types, hook)`` pairs matched before the CTC rules.
-        canonizers: Zennit canonizers applied before the hooks are registered.
+        layer_map: Extra ``(module types, hook)`` pairs matched before the CTC rules. Zennit's
+            own rules (``Epsilon``, ``ZPlus``, ...), here or before this composite in a
+            ``MixedComposite``, do not act in the CTC pass (it is not a gradient): the
+            operations of a module they take are seen by the guard, which applies the same CTC
+            rules (``functional="intercept"``) or refuses them (``"raise"``). A CTC rule is put
+            only on modules that compute what their PyTorch class computes
+            ([`has_standard_forward`][ctc_plugin.ctc.composite.has_standard_forward]); others
+            are left to the guard too.
+        canonizers: Zennit canonizers applied before the hooks are registered; `remove` (the
+            end of ``composite.context(model)``) puts the model's own parameters and buffers
+            back.
 
     Raises:
         ValueError: An unknown ``bias_sharing``.
         TypeError: A tensor where ``bias_sharing`` goes (a feature mask: give it to the
             attributor).
     """
+
+    #: Its rules give no gradient relevance (they act only in `CTCAttributor`'s pass): read by
+    #: [`check_gives_relevance`][ctc_plugin.relevance.check_gives_relevance].
+    gives_relevance = False
 
     def __init__(
         self,
@@ -527,10 +559,41 @@ class CTCComposite(LayerMapComposite):
             )
         check_mode(bias_sharing)
         self.bias_sharing = bias_sharing
+        self._own_tensors: ExitStack | None = None
         super().__init__(
             layer_map=[*(layer_map or []), *ctc_layer_map()],
             canonizers=list(canonizers) if canonizers is not None else None,
         )
+
+    def register(self, module: nn.Module) -> None:
+        """Apply the canonizers and register the hooks (Zennit's ``register``), undoably.
+
+        The model's parameters and buffers are recorded first, and `remove` registers exactly
+        those again: zennit 1.0's BatchNorm-merging canonizers leave instance attributes that
+        shadow them and a zero bias registered on layers without one (an extra entry in
+        ``parameters()`` and ``state_dict()``). A registration that fails halfway (a canonizer
+        that raises) removes what it registered before the exception leaves, since
+        ``with composite.context(model)`` never reaches its end then.
+        """
+        self.remove()
+        own = ExitStack()
+        own.enter_context(tensors_restored(module))
+        try:
+            super().register(module)
+        except BaseException:
+            super().remove()
+            own.close()
+            raise
+        self._own_tensors = own
+
+    def remove(self) -> None:
+        """Remove the hooks and canonizers; put the model's own tensors back (see `register`)."""
+        own, self._own_tensors = self._own_tensors, None
+        try:
+            super().remove()
+        finally:
+            if own is not None:
+                own.close()
 
     def mapping(self, ctx: dict, name: str, module: nn.Module) -> Hook | None:
         """The hook for ``module``: the first matching entry; no CTC rule for custom forwards."""

@@ -118,13 +118,34 @@ def batch_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> tor
     """Eval-mode ``batch_norm``: the affine map ``x * scale + shift``, folded when it can be."""
     x = args[0]
     mean, var, weight, bias, training, eps = _running_norm_args(args, kwargs, "training", False)
-    if training or mean is None or var is None:
-        raise UnsupportedOperationError(
-            "torch.nn.functional.batch_norm",
-            "it normalises with batch statistics (training mode or no running statistics); "
-            "call model.eval() first",
-        )
+    refuse_batch_statistics(
+        "torch.nn.functional.batch_norm", training, running=mean is not None and var is not None
+    )
     return ctx.running_norm(x, mean, var, weight, bias, eps)
+
+
+def refuse_batch_statistics(operation: str, training: bool, running: bool) -> None:
+    """Refuse a normalisation by the batch's statistics, saying what to do.
+
+    Without running statistics (``track_running_stats=False``) it normalises by the batch's
+    even in eval mode: ``model.eval()`` does not help. With them, in training mode it does.
+
+    Raises:
+        UnsupportedOperationError: Where ``training`` or not ``running``.
+    """
+    if not running:
+        raise UnsupportedOperationError(
+            operation,
+            "it has no running statistics (track_running_stats=False), so even in eval mode it "
+            "normalises with the statistics of the batch, which mix the examples and the copies; "
+            "give it running statistics (track_running_stats=True, estimated on training data), "
+            "or use a normalisation per example (GroupNorm, LayerNorm, InstanceNorm)",
+        )
+    if training:
+        raise UnsupportedOperationError(
+            operation,
+            "it normalises with batch statistics in training mode; call model.eval() first",
+        )
 
 
 def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:

@@ -1,0 +1,273 @@
+"""What a Zennit user tries with CTCComposite and CTCAttributor (audit of user combinations).
+
+Each test is a defect found by trying Zennit idioms against both Zennit versions (0.5.1 installed,
+1.0.0 with ``PYTHONPATH=.zennit1``): the model must be the model's own after a registration,
+modules called by keyword must run, ``attr_output`` must be shaped like the output, and a
+refusal must say what to do.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from zennit.attribution import Gradient
+from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.composites import EpsilonPlusFlat, MixedComposite
+from zennit.rules import Epsilon
+
+from ctc_plugin.ctc.attribution import CTC
+from ctc_plugin.ctc.attributor import CTCAttributor
+from ctc_plugin.ctc.composite import CTCComposite
+from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
+from ctc_plugin.ctc.within import distribute_within_features
+from ctc_plugin.features.relevance import zennit_relevance
+from tests.ctc.test_composite import FailingCanonizer, grid_mask, hook_counts, module_net
+
+TOL = {"rtol": 1e-9, "atol": 1e-12}
+
+
+def own_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The registered parameters and buffers of ``model`` by name (the objects themselves)."""
+    return dict([*model.named_parameters(), *model.named_buffers()])
+
+
+def assert_the_model_s_own(model: nn.Module, tensors: dict, x: torch.Tensor, before) -> None:
+    """No hooks, the same tensor objects registered, none shadowed, the same output."""
+    assert hook_counts(model) == 0
+    after = own_tensors(model)
+    assert after.keys() == tensors.keys()  # zennit 1.0 registers a zero bias on bias-free layers
+    assert all(after[name] is tensor for name, tensor in tensors.items())
+    shadowed = [
+        (name, key)
+        for name, module in model.named_modules()
+        for key in (*module._parameters, *module._buffers)
+        if key in module.__dict__
+    ]
+    assert not shadowed
+    assert torch.equal(model(x), before)
+
+
+def _context(composite: CTCComposite, model: nn.Module, x: torch.Tensor) -> None:
+    with composite.context(model) as modified:
+        modified(x)
+
+
+def _context_raising(composite: CTCComposite, model: nn.Module, x: torch.Tensor) -> None:
+    with pytest.raises(KeyError):
+        with composite.context(model) as modified:
+            modified(x)
+            raise KeyError("the user's code fails inside the block")
+
+
+def _register_remove(composite: CTCComposite, model: nn.Module, x: torch.Tensor) -> None:
+    composite.register(model)
+    model(x)
+    composite.remove()
+
+
+def _zennit_gradient(composite: CTCComposite, model: nn.Module, x: torch.Tensor) -> None:
+    with pytest.raises(CompositeOutsideAttributorError):
+        Gradient(model, composite)(x, torch.eye(3, dtype=x.dtype)[[0, 1]])
+
+
+REGISTRATIONS = {
+    "context": _context,
+    "context-raising": _context_raising,
+    "register-remove": _register_remove,
+    "zennit-Gradient": _zennit_gradient,
+}
+
+
+# ---------------------------------------------------------------------------- registration
+@pytest.mark.parametrize("use", sorted(REGISTRATIONS))
+def test_a_registration_with_a_merging_canonizer_leaves_the_model_s_own_tensors(use: str) -> None:
+    """zennit 1.0's merge leaves shadowing attributes and a registered zero bias on ``remove``.
+
+    ``state_dict()`` then has keys the model never had (``load_state_dict`` of a fresh model
+    fails), and ``parameters()`` an extra one; CTCComposite puts the model's own tensors back.
+    """
+    model = module_net()  # its second convolution has no bias
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    before, tensors = model(x), own_tensors(model)
+    composite = CTCComposite(canonizers=[SequentialMergeBatchNorm()])
+    REGISTRATIONS[use](composite, model, x)
+    assert not composite.handles
+    assert_the_model_s_own(model, tensors, x, before)
+
+
+def test_a_context_whose_canonizer_fails_leaves_nothing_on_the_model() -> None:
+    """Zennit's ``context`` never reaches ``__exit__`` when ``register`` raises."""
+    model = module_net()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    before, tensors = model(x), own_tensors(model)
+    composite = CTCComposite(canonizers=[SequentialMergeBatchNorm(), FailingCanonizer()])
+    with pytest.raises(RuntimeError, match="canonizer failed"):
+        with composite.context(model):
+            pass
+    assert not composite.handles
+    assert_the_model_s_own(model, tensors, x, before)
+
+
+# ---------------------------------------------------------------------------- keyword calls
+class KeywordCalls(nn.Module):
+    """Calls its layers by keyword (``self.fc(input=x)``), as generated or traced code does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(4 * 64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.act(input=self.conv(input=x))
+        return self.fc(input=hidden.flatten(1))
+
+
+def test_modules_called_by_keyword_run_inside_the_context_and_the_attributor() -> None:
+    """zennit 0.5.1's pre-hook indexes the positional inputs: an IndexError without the fix."""
+    torch.manual_seed(0)
+    model = KeywordCalls().double().eval()
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    mask = grid_mask(8, 2)
+    before = model(x)
+    with CTCComposite().context(model) as modified:
+        assert torch.equal(modified(x), before)
+    expected = CTC(model).attribute(x, [2, 0, 1], feature_mask=mask)
+    _, relevance = CTCAttributor(model, feature_mask=mask)(
+        x, torch.eye(3, dtype=x.dtype)[[2, 0, 1]]
+    )
+    torch.testing.assert_close(relevance, expected, **TOL)
+    assert hook_counts(model) == 0
+
+
+@pytest.mark.parametrize("idiom", ["Gradient", "context-backward"])
+def test_a_gradient_through_modules_called_by_keyword_is_refused(idiom: str) -> None:
+    """Zennit hooks a module's inputs only when they are positional: the refusal came from there.
+
+    Without a positional input Zennit's pre-hook registers nothing, so a gradient through a model
+    that calls every layer by keyword returned the plain gradient silently (both versions).
+    """
+    torch.manual_seed(0)
+    model = KeywordCalls().double().eval()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    before, tensors = model(x), own_tensors(model)
+    composite = CTCComposite()
+    with pytest.raises(CompositeOutsideAttributorError, match=r"CTCAttributor\(model, composite"):
+        if idiom == "Gradient":
+            Gradient(model, composite)(x, torch.eye(3, dtype=x.dtype)[[0, 1]])
+        else:
+            with composite.context(model) as modified:
+                modified(x).sum().backward()
+    assert_the_model_s_own(model, tensors, x, before)
+
+
+# ---------------------------------------------------------------------------- attr_output
+@pytest.mark.parametrize(
+    ("examples", "attr_output"),
+    [
+        (1, torch.tensor([2])),  # class indices, Captum style: all classes weighted by 2
+        (3, torch.tensor([2, 0, 1])),  # N == C: each index weights a class for every example
+        (3, torch.tensor([[2], [0], [1]])),  # a column of indices broadcast over the classes
+    ],
+)
+def test_class_indices_as_attr_output_are_refused(examples: int, attr_output) -> None:
+    """Zennit refuses an ``attr_output`` not shaped like the output; broadcasting hid indices."""
+    attributor = CTCAttributor(module_net(), feature_mask=grid_mask(8, 2))
+    x = torch.rand(examples, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"shaped like the output.*target="):
+        attributor(x, attr_output)
+
+
+def test_one_row_of_attr_output_still_serves_every_example() -> None:
+    model = module_net()
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    mask = grid_mask(8, 2)
+    _, relevance = CTCAttributor(model, feature_mask=mask)(x, torch.eye(3, dtype=x.dtype)[[1]])
+    torch.testing.assert_close(relevance, CTC(model).attribute(x, 1, feature_mask=mask), **TOL)
+
+
+# ---------------------------------------------------------------------------- messages
+def test_a_batch_norm_without_running_statistics_is_refused_with_what_to_do() -> None:
+    """The model is in eval mode already: "call model.eval() first" does not help."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 3, 3, padding=1),
+        nn.BatchNorm2d(3, track_running_stats=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 64, 3),
+    )
+    model = model.double().eval()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    attributor = CTCAttributor(model, feature_mask=grid_mask(8, 2))
+    with pytest.raises(UnsupportedOperationError, match="track_running_stats") as error:
+        attributor(x, torch.eye(3, dtype=x.dtype)[[0, 1]])
+    assert "model.eval()" not in str(error.value)
+    assert hook_counts(model) == 0
+
+
+# ---------------------------------------------------------------------------- relevance
+@pytest.mark.parametrize("kind", ["CTCComposite", "MixedComposite"])
+@pytest.mark.parametrize("where", ["distribute_within_features", "zennit_relevance"])
+def test_a_ctc_composite_as_the_relevance_is_refused_naming_a_zennit_one(kind, where) -> None:
+    """A relevance composite needs gradient rules, which the CTC composite does not have.
+
+    Before, Zennit's ``Gradient`` ran it and the CTC rules' gradient refusal told the user to use
+    ``CTCAttributor``, which they had just used for the scores.
+    """
+    model = module_net()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    mask = grid_mask(8, 2)
+    attributor = CTCAttributor(model, feature_mask=mask)
+    attributor(x, torch.eye(3, dtype=x.dtype)[[0, 1]])
+    ctc = CTCComposite()
+    composite = ctc if kind == "CTCComposite" else MixedComposite([ctc, EpsilonPlusFlat()])
+    with pytest.raises(ValueError, match=r"no relevance of its own.*EpsilonPlusFlat"):
+        if where == "distribute_within_features":
+            distribute_within_features(x, attributor.feature_scores, composite, model=model)
+        else:
+            zennit_relevance(model, x, target=[0, 1], composite=composite)
+    assert hook_counts(model) == 0
+
+
+# ---------------------------------------------------------------------------- Zennit rules beside
+@pytest.mark.parametrize("functional", ["intercept", "raise"])
+@pytest.mark.parametrize("placement", ["layer_map", "MixedComposite first"])
+def test_zennit_rules_beside_the_ctc_rules_do_not_change_the_ctc_pass(placement, functional):
+    """As documented on CTCComposite: the guard computes what a Zennit rule took, or refuses."""
+    model = module_net()
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    mask = grid_mask(8, 2)
+    if placement == "layer_map":
+        composite = CTCComposite(layer_map=[((nn.Linear,), Epsilon())])
+    else:
+        composite = MixedComposite([EpsilonPlusFlat(), CTCComposite()])
+    attributor = CTCAttributor(model, composite, feature_mask=mask, functional=functional)
+    one_hot = torch.eye(3, dtype=x.dtype)[[2, 0, 1]]
+    if functional == "raise":
+        with pytest.raises(UnsupportedOperationError, match="outside every module with a CTC"):
+            attributor(x, one_hot)
+    else:
+        _, relevance = attributor(x, one_hot)
+        expected = CTC(model).attribute(x, [2, 0, 1], feature_mask=mask)
+        torch.testing.assert_close(relevance, expected, **TOL)
+    assert hook_counts(model) == 0
+
+
+def test_the_captum_side_refuses_a_batch_norm_without_running_statistics_saying_what_to_do():
+    """The model is in eval mode: "call model.eval() first" would not help; the refusal says
+    what does, as the composite's does (one message: ``handlers.refuse_batch_statistics``)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 3, 3, padding=1),
+        nn.BatchNorm2d(3, track_running_stats=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 64, 3),
+    )
+    model = model.double().eval()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(UnsupportedOperationError, match="track_running_stats") as error:
+        CTC(model).attribute(x, [0, 1], feature_mask=grid_mask(8, 2))
+    assert "model.eval()" not in str(error.value)
