@@ -283,9 +283,7 @@ def _layer_list(layers: Sequence[nn.Module]) -> list[nn.Module]:
     if isinstance(layers, nn.Module) and not isinstance(layers, nn.ModuleList):
         each = "list(module)" if isinstance(layers, nn.Sequential) else "list(module.children())"
         children = (
-            f", or layers={each} for each of its submodules"
-            if len(list(layers.children()))
-            else ""
+            f", or layers={each} for each of its submodules" if len(list(layers.children())) else ""
         )
         raise TypeError(
             f"layers must be a list of modules, got a single {type(layers).__name__}: pass "
@@ -517,8 +515,7 @@ class IntegrativeCAM(Attribution):
                 "has no transformer block IntegrativeCAM knows: its convolutional stages are "
                 "(N, C, H, W) maps already"
                 if self._model is not None
-                else "is a plain function, whose blocks cannot be found (its modules are "
-                "unknown)"
+                else "is a plain function, whose blocks cannot be found (its modules are unknown)"
             )
             raise ValueError(
                 f"reshape_transform was given, but layers=None and {self._subject()} {why}, so "

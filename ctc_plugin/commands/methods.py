@@ -243,4 +243,3 @@ def memory_advice(name: str, request: Request) -> str:
     if name in SEGMENT_METHODS:  # they pass copies of the image
         return advice + ", or a smaller --perturbations-per-eval"
     return advice
-
