@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from torch import nn
 from zennit.attribution import Gradient
@@ -85,21 +86,52 @@ def tensors_restored(model: nn.Module) -> Iterator[nn.Module]:
     that shadows them is dropped, whatever a composite or canonizer did in between (also when
     the block raises). Attributes that are not tensors (such as ``eps``) are not touched.
     """
-    saved = [
-        (module, dict(module._parameters), dict(module._buffers)) for module in model.modules()
-    ]
+    saved = registered_tensors(model)
     try:
         yield model
     finally:
-        for module, parameters, buffers in saved:
-            for registry, originals in (
-                (module._parameters, parameters),
-                (module._buffers, buffers),
-            ):
-                for name in set(registry) | set(originals):
-                    module.__dict__.pop(name, None)
-                registry.clear()
-                registry.update(originals)
+        restore_tensors(saved)
+
+
+#: The tensors registered on each module of a model: ``(module, parameters, buffers)``, each a
+#: name -> tensor dict (`registered_tensors`).
+RegisteredTensors = list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]
+
+
+def registered_tensors(model: nn.Module) -> RegisteredTensors:
+    """The parameters and buffers registered on every module of ``model`` now, by name."""
+    return [(module, dict(module._parameters), dict(module._buffers)) for module in model.modules()]
+
+
+def restore_tensors(
+    saved: RegisteredTensors,
+    registered: RegisteredTensors | None = None,
+    now: RegisteredTensors | None = None,
+) -> None:
+    """Register ``saved``'s tensors again, dropping any instance attribute that shadows them.
+
+    With ``registered`` (taken when a composite had just registered) and ``now`` (taken before
+    it is removed), a name whose tensor changed between the two keeps ``now``'s: that is the
+    user's change inside the composite's context (``model.double()`` replaces the buffers,
+    ``load_state_dict(..., assign=True)`` the parameters), not the composite's.
+    """
+    later = registered is not None and now is not None
+    for index, (module, parameters, buffers) in enumerate(saved):
+        for slot, originals in ((1, parameters), (2, buffers)):
+            kept = dict(originals)
+            if later:
+                then, current = registered[index][slot], now[index][slot]
+                for name in set(then) | set(current):
+                    if then.get(name) is not current.get(name):  # the user's change
+                        if name in current:
+                            kept[name] = current[name]
+                        else:
+                            kept.pop(name, None)
+            registry = module._parameters if slot == 1 else module._buffers
+            for name in set(registry) | set(kept):
+                module.__dict__.pop(name, None)
+            registry.clear()
+            registry.update(kept)
 
 
 #: Canonizer classes that act only where their arguments say (module names, a function), so

@@ -534,6 +534,7 @@ class IntegrativeCAM(Attribution):
             fold_bias=self.bias,
             names=self._names(),
             image_size=size,
+            examples=len(leaves[0]),
         )
         handles = []
         scope = CallScope()  # the layer hooks record this call's forward pass only

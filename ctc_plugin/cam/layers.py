@@ -215,6 +215,8 @@ class StageTracer(TorchFunctionMode):
         image_size: The input's (H, W): a chosen layer's 4-D output that, without a reshape,
             looks channels-last for it (`looks_channels_last`) is refused, unless its last two
             dims are the grid of a convolution's output (a map of that convolution's kind).
+        examples: How many examples the call explains: a BatchNorm without running statistics
+            is refused on several (it mixes them), not on one image's rows (LeViT's tokens).
 
     A BatchNorm in training mode with running statistics, and a dropout that drops units, are
     errors (``TrainingModeError``) raised before they run, with or without ``fold_bias``: the
@@ -229,9 +231,11 @@ class StageTracer(TorchFunctionMode):
         fold_bias: bool,
         names: dict[int, str] | None = None,
         image_size: tuple[int, int] | None = None,
+        examples: int = 1,
     ) -> None:
         super().__init__()
         self.image_size = image_size
+        self.examples = examples
         self.on_grad = on_grad
         self.discover = discover
         self.fold_bias = fold_bias
@@ -458,8 +462,9 @@ class StageTracer(TorchFunctionMode):
         """Refuse a BatchNorm call in training mode before it runs (see the class docstring).
 
         Without running statistics it is refused with ``bias`` on a feature map (4-d: its shift
-        would be folded into a stage's bias), and on a batch of several examples whatever its
-        shape (the batch's statistics mix them, a ``BatchNorm1d`` in the head too); NFNet's
+        would be folded into a stage's bias), and, where the call explains several examples, on
+        any input of several rows (the batch's statistics mix them, a ``BatchNorm1d`` in the
+        head too); one image's rows (LeViT's tokens flattened into them) mix nothing. NFNet's
         weight standardisation runs ``batch_norm`` on its convolutions' weights, (1, out,
         fan-in): a batch of one, which no stage reads.
         """
@@ -476,7 +481,7 @@ class StageTracer(TorchFunctionMode):
                 "batch's and cannot be folded into a bias; pass bias=False, or give it running "
                 "statistics (track_running_stats=True) and call model.eval()"
             )
-        if first is not None and first.dim() >= 2 and first.shape[0] > 1:
+        if self.examples > 1 and first is not None and first.dim() >= 2 and first.shape[0] > 1:
             raise TrainingModeError(
                 f"BatchNorm {label!r} keeps no running statistics, so it normalises the batch "
                 "with the batch's own statistics: each example's map would depend on the other "

@@ -229,8 +229,10 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def memory_advice(name: str, request: Request) -> str:
     """The options that make the method ``name`` need less memory on ``request``'s image."""
-    segments = int(request.feature_mask.max()) + 1
     height, width = request.pixels.shape[-2:]
+    if name not in SEGMENT_METHODS:  # one pass of the image, whatever its segments
+        return f"the image is {width}x{height}: give a smaller --resize"
+    segments = int(request.feature_mask.max()) + 1
     advice = (
         f"the {width}x{height} image has {segments} segments: give fewer --segments or a "
         "smaller --resize"
@@ -240,6 +242,4 @@ def memory_advice(name: str, request: Request) -> str:
             ", or --bias-sharing reference with a small --perturbations-per-eval (proportional "
             "sharing passes a copy of the image per segment at once)"
         )
-    if name in SEGMENT_METHODS:  # they pass copies of the image
-        return advice + ", or a smaller --perturbations-per-eval"
-    return advice
+    return advice + ", or a smaller --perturbations-per-eval"  # they pass copies of the image

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -57,7 +57,7 @@ from zennit.composites import LayerMapComposite, register_composite
 from zennit.core import Hook, RemovableHandleList
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
-from ctc_plugin.canonizers import tensors_restored
+from ctc_plugin.canonizers import RegisteredTensors, registered_tensors, restore_tensors
 from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
 from ctc_plugin.ctc.handlers import prelu_slope, refuse_batch_statistics
 from ctc_plugin.ctc.interception import CTCMode, operation_name
@@ -559,7 +559,8 @@ class CTCComposite(LayerMapComposite):
             )
         check_mode(bias_sharing)
         self.bias_sharing = bias_sharing
-        self._own_tensors: ExitStack | None = None
+        #: The model, its tensors before and after registration (`register`), or ``None``.
+        self._own_tensors: tuple[nn.Module, RegisteredTensors, RegisteredTensors] | None = None
         super().__init__(
             layer_map=[*(layer_map or []), *ctc_layer_map()],
             canonizers=list(canonizers) if canonizers is not None else None,
@@ -568,32 +569,35 @@ class CTCComposite(LayerMapComposite):
     def register(self, module: nn.Module) -> None:
         """Apply the canonizers and register the hooks (Zennit's ``register``), undoably.
 
-        The model's parameters and buffers are recorded first, and `remove` registers exactly
-        those again: zennit 1.0's BatchNorm-merging canonizers leave instance attributes that
-        shadow them and a zero bias registered on layers without one (an extra entry in
-        ``parameters()`` and ``state_dict()``). A registration that fails halfway (a canonizer
-        that raises) removes what it registered before the exception leaves, since
+        The model's parameters and buffers are recorded first, and `remove` registers them
+        again: zennit 1.0's BatchNorm-merging canonizers leave instance attributes that shadow
+        them and a zero bias registered on layers without one (an extra entry in
+        ``parameters()`` and ``state_dict()``). What the user changes inside the context stays
+        (``model.double()``, a parameter assigned): a name whose tensor changed after the
+        registration keeps the new one. A registration that fails halfway (a canonizer that
+        raises) removes what it registered before the exception leaves, since
         ``with composite.context(model)`` never reaches its end then.
         """
         self.remove()
-        own = ExitStack()
-        own.enter_context(tensors_restored(module))
+        saved = registered_tensors(module)
         try:
             super().register(module)
         except BaseException:
             super().remove()
-            own.close()
+            restore_tensors(saved)
             raise
-        self._own_tensors = own
+        self._own_tensors = (module, saved, registered_tensors(module))
 
     def remove(self) -> None:
         """Remove the hooks and canonizers; put the model's own tensors back (see `register`)."""
         own, self._own_tensors = self._own_tensors, None
+        now = registered_tensors(own[0]) if own is not None else None
         try:
             super().remove()
         finally:
             if own is not None:
-                own.close()
+                _, saved, registered = own
+                restore_tensors(saved, registered, now)
 
     def mapping(self, ctx: dict, name: str, module: nn.Module) -> Hook | None:
         """The hook for ``module``: the first matching entry; no CTC rule for custom forwards."""

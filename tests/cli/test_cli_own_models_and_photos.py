@@ -17,6 +17,7 @@ from torch import nn
 
 from ctc_plugin.cli import main
 from ctc_plugin.commands import CLIError, methods
+from ctc_plugin.commands.methods import Request, memory_advice
 from ctc_plugin.commands.model_checks import target_class
 from ctc_plugin.commands.models import LoadedModel
 from ctc_plugin.images import ImagePreprocessing
@@ -359,3 +360,14 @@ def test_a_failed_json_write_keeps_the_previous_data_pair(photo, capsys, monkeyp
             "--out", str(photo.parent / "fig.png"), "--save", str(save)]  # fmt: skip
     assert main(argv) == 2
     assert save.read_bytes() == b"the previous data"
+
+
+@pytest.mark.parametrize("method", ["integrative-cam", "gradcam"])
+def test_the_advice_for_a_method_of_one_pass_does_not_name_the_segments(method: str) -> None:
+    mask = torch.arange(4).repeat_interleave(8).reshape(1, 1, 4, 8)
+    request = Request(
+        model=nn.Identity(), pixels=torch.rand(1, 3, 4, 8), target=0, feature_mask=mask
+    )
+    advice = memory_advice(method, request)
+    assert "--resize" in advice, advice
+    assert "--segments" not in advice, advice

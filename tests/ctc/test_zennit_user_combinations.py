@@ -271,3 +271,35 @@ def test_the_captum_side_refuses_a_batch_norm_without_running_statistics_saying_
     with pytest.raises(UnsupportedOperationError, match="track_running_stats") as error:
         CTC(model).attribute(x, [0, 1], feature_mask=grid_mask(8, 2))
     assert "model.eval()" not in str(error.value)
+
+
+# changes the user makes inside composite.context(model) stay after it (the composite puts back
+# only what its registration changed)
+def _bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+
+
+def test_a_dtype_change_inside_the_context_stays_whole() -> None:
+    model = _bn_model()
+    with CTCComposite().context(model):
+        model.double()
+    dtypes = {name: t.dtype for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    floating = {name: dtype for name, dtype in dtypes.items() if dtype.is_floating_point}
+    assert set(floating.values()) == {torch.float64}, floating
+    model(torch.rand(1, 3, 8, 8, dtype=torch.float64))  # runs
+
+
+def test_a_parameter_assigned_inside_the_context_stays() -> None:
+    model = _bn_model()
+    new = nn.Parameter(torch.zeros(3, 4))
+    with CTCComposite().context(model):
+        model[5].weight = new
+    assert model[5].weight is new
