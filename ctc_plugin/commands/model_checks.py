@@ -160,11 +160,17 @@ def scores_row(output: Any, loaded: LoadedModel) -> torch.Tensor:
     if not isinstance(output, torch.Tensor):
         raise CLIError(f"--model {loaded.name}: {output_not_a_tensor(output)}")
     if output.dim() != 2 or output.shape[0] != 1 or not output.is_floating_point():
+        flat = output.dim() > 2 and all(size == 1 for size in output.shape[2:])
+        advice = (
+            "flatten its trailing dims of size 1 (a convolutional head): torch.flatten(out, 1)"
+            if flat
+            else "return the logits of the classification head, not class indices nor a row "
+            "without its batch dimension"
+        )
         raise CLIError(
             f"--model {loaded.name} returns a tensor of {str(output.dtype).removeprefix('torch.')} "
             f"shaped {tuple(output.shape)} for one image; the methods need its class scores, "
-            "floats shaped (1, classes), one row per image: return the logits of the "
-            "classification head, not class indices nor a row without its batch dimension"
+            f"floats shaped (1, classes), one row per image: {advice}"
         )
     return output[0].float().cpu()
 

@@ -49,12 +49,14 @@ class Outputs(Net):
         self.kind = kind
 
     def forward(self, x: torch.Tensor):
-        """The scores as a tuple, a dict, one row without its batch dimension, or NaN."""
+        """The scores as a tuple, a dict, one row without its batch dimension, (N, C, 1, 1) as a
+        convolutional head leaves them, or NaN."""
         scores = super().forward(x)
         return {
             "tuple": lambda: (scores, scores.softmax(1)),
             "dict": lambda: {"logits": scores},
             "unbatched": lambda: scores[0],
+            "convolutional": lambda: scores[:, :, None, None],
             "nan": lambda: scores * float("nan"),
         }[self.kind]()
 
@@ -94,6 +96,11 @@ def dict_model() -> nn.Module:
 def unbatched_model() -> nn.Module:
     """Scores (classes,) without the batch dimension."""
     return Outputs("unbatched")
+
+
+def convolutional_model() -> nn.Module:
+    """Scores (N, classes, 1, 1), as a convolutional head leaves them."""
+    return Outputs("convolutional")
 
 
 def nan_model() -> nn.Module:
@@ -194,6 +201,11 @@ def test_a_model_returning_scores_without_a_batch_dimension_is_told_the_shape(ph
     # was: the scalar first score taken for the logits, then a paragraph on CTC's rules
     assert "(3,)" in error and "(1, classes)" in error, error
     assert "rules" not in error
+
+
+def test_scores_of_a_convolutional_head_are_told_to_flatten(photo, capsys):
+    error = _error(capsys, _explain(photo, "convolutional_model"))
+    assert "(1, 3, 1, 1)" in error and "torch.flatten(out, 1)" in error, error
 
 
 def test_nan_scores_are_refused_and_nothing_is_written(photo, capsys, methods_run):
