@@ -34,6 +34,8 @@ import torch
 from torch.nn import functional
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
+from torch.nn.utils.parametrizations import _SpectralNorm
+from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.concurrency import model_of
@@ -276,13 +278,15 @@ def check_takes_images(forward_func: Callable[..., Any]) -> None:
 def changes_in_training(module: torch.nn.Module) -> bool:
     """Whether ``module`` runs in training mode and would then change itself or be random.
 
-    BatchNorm, dropout, InstanceNorm with running statistics, and recurrent layers (LSTM, GRU,
-    RNN) with dropout between their layers.
+    BatchNorm, dropout, InstanceNorm with running statistics, recurrent layers (LSTM, GRU,
+    RNN) with dropout between their layers, and spectral normalisation (its power iteration
+    updates its vectors: ``parametrizations.spectral_norm`` or the older hook form).
     """
     stateful = (
-        isinstance(module, (*BATCH_NORM_TYPES, _DropoutNd))
+        isinstance(module, (*BATCH_NORM_TYPES, _DropoutNd, _SpectralNorm))
         or (isinstance(module, _InstanceNorm) and module.track_running_stats)
         or (isinstance(module, torch.nn.RNNBase) and module.dropout > 0 and module.num_layers > 1)
+        or any(isinstance(hook, SpectralNormHook) for hook in module._forward_pre_hooks.values())
     )
     return module.training and stateful
 
@@ -291,8 +295,8 @@ def training_mode_error(module: torch.nn.Module, name: str) -> TrainingModeError
     """The error for a module that `changes_in_training`, named ``name``."""
     return TrainingModeError(
         f"{type(module).__name__} {name} is in training mode: running it would update its "
-        "statistics or drop units at random, changing the model or the result; call "
-        "model.eval() first"
+        "statistics (running statistics, spectral normalisation's vectors) or drop units at "
+        "random, changing the model or the result; call model.eval() first"
     )
 
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ctc_plugin.concurrency import eval_mode, holds_model
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.inputs import check_eval_mode, check_inputs
-from ctc_plugin.targets import TargetType, class_indices
+from ctc_plugin.targets import TargetType, class_indices, output_not_a_tensor
 
 
 class ExplainerAttribution(Attribution):
@@ -80,6 +80,8 @@ class ExplainerAttribution(Attribution):
         extra = () if additional_forward_args is None else additional_forward_args
         extra = extra if isinstance(extra, tuple) else (extra,)
         scores = self.forward_func(images, *extra)
+        if not isinstance(scores, Tensor):
+            raise output_not_a_tensor(scores)
         if scores.dim() != 2 or scores.shape[1] != self.explainer.num_classes:
             raise ValueError(
                 f"class-count mismatch: the explainer has {self.explainer.num_classes} classes "
@@ -88,6 +90,22 @@ class ExplainerAttribution(Attribution):
             )
         self._classes_checked = True
         return scores
+
+    def _predicted(self, images: Tensor, additional_forward_args: Any) -> Tensor:
+        """The classifier's predicted class per image; refused where its scores are not finite.
+
+        The argmax of NaN scores is an arbitrary class, whose masks would look like any other.
+        """
+        scores = self._classify(images, additional_forward_args)
+        bad = (~scores.isfinite().all(dim=1)).nonzero().flatten().tolist()
+        if bad:
+            shown = ", ".join(str(i) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+            raise ValueError(
+                f"the classifier's scores are NaN or infinite for example{'s' * (len(bad) > 1)} "
+                f"{shown}: their predicted class (target=None) is undefined; check the model "
+                "and its inputs, or pass the classes to explain as target="
+            )
+        return scores.argmax(dim=1)
 
     @log_usage()
     @holds_model()
@@ -117,8 +135,10 @@ class ExplainerAttribution(Attribution):
             TypeError: Inputs that are not a tensor (see
                 [`ctc_plugin.inputs.check_inputs`][ctc_plugin.inputs.check_inputs]).
             ValueError: Inputs that are not a finite float image batch of the explainer's
-                channels and size, a class-count mismatch, or a target that is not integer class
-                indices in range (negative ones count from the end, as in Captum).
+                channels and size, a classifier output that is no ``(N, classes)`` tensor or
+                of another class count, scores that are NaN or infinite with ``target=None``,
+                or a target that is not integer class indices in range (negative ones count
+                from the end, as in Captum).
             TrainingModeError: The classifier has BatchNorm or dropout in training mode; nothing
                 has run (call ``classifier.eval()``).
         """
@@ -135,7 +155,7 @@ class ExplainerAttribution(Attribution):
         with eval_mode(self.explainer):  # switched (and held exclusively) only when needed
             with torch.no_grad():
                 if indices is None:
-                    indices = self._classify(images, additional_forward_args).argmax(dim=1)
+                    indices = self._predicted(images, additional_forward_args)
                 elif not self._classes_checked:
                     self._classify(images[:1], additional_forward_args)
                 fast = images.to(self._explainer_dtype(images)).contiguous(

@@ -14,6 +14,9 @@ import copy
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from ctc_plugin.explainer.maps import resize_maps
 
@@ -102,8 +105,34 @@ def class_map_encoder(classifier: nn.Module, head: str, num_classes: int) -> nn.
             f"the classifier's head outputs {outputs} classes, the explainer has {num_classes}"
         )
     encoder = copy.deepcopy(classifier).requires_grad_(True)  # even if the model is frozen
+    without_users_hooks(encoder)
     encoder.set_submodule(head, per_position)
     return encoder
+
+
+#: Forward pre-hooks that are part of a module's computation (torch's re-parametrisations of a
+#: weight: pruning, weight norm, the older spectral norm), which a copy of it needs.
+_COMPUTING_HOOKS = (BasePruningMethod, WeightNorm, SpectralNorm)
+
+
+def without_users_hooks(model: nn.Module) -> nn.Module:
+    """Drop from ``model`` (a copy of the user's) the hooks registered on it; return it.
+
+    A deep copy keeps the classifier's hooks: one that records activations would fire on the
+    explainer's copy too, with the copy's, during training and every attribution. torch's own
+    re-parametrisations (`_COMPUTING_HOOKS`) stay: they compute the weights.
+    """
+    for module in model.modules():
+        module._forward_hooks.clear()
+        module._forward_hooks_with_kwargs.clear()
+        module._forward_hooks_always_called.clear()
+        module._backward_hooks.clear()
+        module._backward_pre_hooks.clear()
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if not isinstance(hook, _COMPUTING_HOOKS):
+                del module._forward_pre_hooks[key]
+                module._forward_pre_hooks_with_kwargs.pop(key, None)
+    return model
 
 
 def checked_class_maps(maps: object, num_classes: int, source: str) -> Tensor:

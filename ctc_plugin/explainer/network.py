@@ -79,7 +79,20 @@ class SmallUNet(nn.Module):
         self.head = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Return ``(N, num_classes, H, W)`` logits."""
+        """Return ``(N, num_classes, H, W)`` logits.
+
+        Raises:
+            ValueError: If a side of ``x`` is below ``2 ** (depth - 1)`` pixels: the deepest
+                level would pool it to nothing.
+        """
+        smallest = 2 ** (self.depth - 1)
+        if min(x.shape[-2:]) < smallest:
+            raise ValueError(
+                f"a U-Net of depth {self.depth} needs images of at least {smallest}x{smallest} "
+                f"pixels at its input, got {x.shape[-2]}x{x.shape[-1]} (the images resized by "
+                "the explainer's input_scale, if below 1): use larger images, a larger "
+                "input_scale or a smaller depth"
+            )
         skips = []
         for level in range(1, self.depth + 1):
             x = self.get_submodule(f"enc{level}")(F.max_pool2d(x, 2) if level > 1 else x)
@@ -247,7 +260,11 @@ class Explainer(nn.Module):
 
     @property
     def trained_image_size(self) -> tuple[int, int] | None:
-        """``(H, W)`` of the images it was trained on, or ``None`` when unknown."""
+        """``(H, W)`` of the images it was trained on; ``None`` when unknown or several sizes.
+
+        [`ExplainerAttribution`][ctc_plugin.ExplainerAttribution] refuses images of another size
+        than this one; an explainer trained on images of several sizes explains any size.
+        """
         h, w = (int(v) for v in self.image_size.tolist())
         return (h, w) if h > 0 else None
 
@@ -427,7 +444,7 @@ class Explainer(nn.Module):
         if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
             raise ValueError(
                 f"{str(path)!r} is not an explainer file written by Explainer.save "
-                f"(expected format {FILE_FORMAT!r})"
+                f"(expected format {FILE_FORMAT!r}){_what_file(payload)}"
             )
         missing = [k for k in ("config", "state_dict") if not isinstance(payload.get(k), dict)]
         config = {} if "config" in missing else dict(payload["config"])
@@ -516,13 +533,33 @@ def _classifier_hint(
         return ""
     if mismatch is not None and "backbone." not in mismatch:
         return ""
+    from ctc_plugin.zoo.settings import FAMILIES
+
     metadata = payload.get("metadata")
     model = metadata.get("model") if isinstance(metadata, dict) else None
-    trained = f" ({model}, e.g. ctc_plugin.zoo.build({model!r}, {config.get('num_classes')}))"
+    trained = f" ({model})"
+    if model in FAMILIES:  # a zoo model: how to build one
+        trained = f" ({model}, e.g. ctc_plugin.zoo.build({model!r}, {config.get('num_classes')}))"
     return (
         f"; the file holds a copy of the classifier it was trained against, which the "
         f"classifier= given ({type(classifier).__name__}) does not match: pass a model of that "
         f"architecture and class count{trained if isinstance(model, str) else ''}"
+    )
+
+
+def _what_file(payload: Any) -> str:
+    """What to give instead of a file that is no explainer file: empty unless it is known.
+
+    A training checkpoint of [`fit`][ctc_plugin.Explainer.fit] is the file given most often.
+    """
+    from ctc_plugin.explainer.training import CHECKPOINT_FORMAT
+
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        return ""
+    return (
+        "; it is a training checkpoint of fit: continue training from it (resume=, the command "
+        "line's --resume), or load the explainer that training saved with Explainer.save (the "
+        "command line's --out)"
     )
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ctc_plugin._moved import moved_keywords
+from ctc_plugin.concurrency import exclusive
 from ctc_plugin.explainer import losses
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
@@ -27,6 +28,12 @@ from ctc_plugin.resumable.atomic import remove_stale_temporaries, write_atomic
 #: Tag stored in checkpoints written during
 #: [`fit_explainer`][ctc_plugin.explainer.training.fit_explainer].
 CHECKPOINT_FORMAT = "ctc-plugin-explainer-checkpoint/1"
+
+#: Entries every checkpoint of `fit_explainer` holds (the first version's; later ones add more).
+CHECKPOINT_ENTRIES = (
+    "epoch", "explainer", "optimizer", "rng", "best_state", "best_epoch", "best_loss",
+    "bad_epochs", "history", "hyperparameters",
+)  # fmt: skip
 
 #: Names of the unweighted loss terms recorded in the history and shown by the progress bar.
 TERMS = ("classification", "entropy", "tv", "area", "target_area", "nontarget_area")
@@ -116,19 +123,58 @@ def multi_hot(labels: Tensor, num_classes: int) -> tuple[Tensor, bool]:
 
 @contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode with ``requires_grad=False``; restore both on exit."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        model.eval()
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.training = mode
+    """Put ``model`` in eval mode with ``requires_grad=False``; restore both on exit.
+
+    The model is held exclusively meanwhile ([`exclusive`][ctc_plugin.concurrency.exclusive]):
+    another thread's call of this package (an attribution checking that the model is in eval
+    mode) waits until the model is back as it was, instead of seeing it switched.
+    """
+    with exclusive(model):
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        modes = [(m, m.training) for m in model.modules()]
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            model.eval()
+            yield model
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            for m, mode in modes:
+                m.training = mode
+
+
+def floating_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype ``module`` computes in: its first floating-point parameter's (else buffer's).
+
+    ``None`` for a module without floating-point tensors (it takes whatever it is given).
+    """
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def class_scores(output: Any, num_classes: int) -> Tensor:
+    """Return the classifier's ``output`` if it is a tensor of class scores ``(N, num_classes)``.
+
+    Raises:
+        ValueError: For anything else (a tuple or dict of outputs, another class count), saying
+            what to pass instead.
+    """
+    if not isinstance(output, Tensor):
+        raise ValueError(
+            f"the classifier returned a {type(output).__name__}, not a tensor of class scores "
+            "(N, classes); fit needs an nn.Module whose forward returns the scores alone: wrap "
+            "the model in one (its forward returning model(x)[0], or model(x)['logits'])"
+        )
+    if output.dim() != 2 or output.shape[1] != num_classes:
+        raise ValueError(
+            f"class-count mismatch: the explainer has {num_classes} classes but the "
+            f"classifier returns outputs shaped {tuple(output.shape)}; build the Explainer with "
+            "num_classes equal to the classifier's number of outputs"
+        )
+    return output
 
 
 def objective(
@@ -142,7 +188,9 @@ def objective(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Compute the weighted Explainer loss of one batch and its unweighted terms.
 
-    The classifier sees the masked and the inverse-masked images in one batched call.
+    The classifier sees the masked and the inverse-masked images in one batched call, in its
+    own dtype (a float64 classifier trains a float32 explainer); its scores are taken in the
+    explainer's dtype.
 
     Returns:
         ``(loss, terms)`` with ``terms`` keyed by [`TERMS`][ctc_plugin.explainer.training.TERMS].
@@ -152,14 +200,10 @@ def objective(
     both = torch.cat(
         [losses.apply_mask(images, m, baseline), losses.apply_mask(images, 1 - m, baseline)]
     )
-    scores = classifier(both)
-    if scores.dim() != 2 or scores.shape[1] != explainer.num_classes:
-        raise ValueError(
-            f"class-count mismatch: the explainer has {explainer.num_classes} classes but the "
-            f"classifier returns outputs shaped {tuple(scores.shape)}; build the Explainer with "
-            "num_classes equal to the classifier's number of outputs"
-        )
-    masked, inverse = scores.chunk(2)
+    dtype = floating_dtype(classifier)
+    output = classifier(both if dtype is None else both.to(dtype))
+    scores = class_scores(output, explainer.num_classes)
+    masked, inverse = scores.to(logits.dtype).chunk(2)
     terms = {
         "classification": losses.classification_loss(masked, targets, multilabel),
         "entropy": losses.entropy_loss(inverse),
@@ -210,6 +254,8 @@ def _to_device(
 ) -> tuple[Tensor, Tensor, bool]:
     """Split a batch and return ``(images, targets, multilabel)`` on the explainer's device.
 
+    The images come in the explainer's dtype (float32 unless it was converted).
+
     Raises:
         ValueError: For images that are not a finite floating-point batch of the explainer's
             channels (``where`` names the loader), or invalid labels.
@@ -217,8 +263,9 @@ def _to_device(
     images, labels = split_batch(batch)
     images = check_images(images, name=f"{where} images", channels=explainer.in_channels)
     device = next(explainer.parameters()).device
+    dtype = floating_dtype(explainer) or torch.float32
     targets, is_multi = _targets(labels, explainer.num_classes, multilabel)
-    return images.to(device).float(), targets.to(device), is_multi
+    return images.to(device=device, dtype=dtype), targets.to(device), is_multi
 
 
 def _check_finite_loss(loss: Tensor, terms: dict[str, Tensor], where: str) -> None:
@@ -403,6 +450,13 @@ def _check_resume(
     Checkpoints of older versions are checked only for what they record: without recorded
     settings, only for their architecture; without a classifier digest, not for the classifier.
     """
+    missing = [key for key in CHECKPOINT_ENTRIES if key not in state]
+    if missing:
+        raise ValueError(
+            f"checkpoint {str(resume)!r} is incomplete: it lacks {', '.join(missing)}, which "
+            "every checkpoint of fit holds; resume from a checkpoint fit wrote, or train afresh "
+            "without resume"
+        )
     own = explainer.state_dict()
     for name in ("explainer", "best_state"):
         theirs = state.get(name, {})
@@ -472,8 +526,56 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     state = read_data_file(path, "training checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(path)!r} is not an explainer training checkpoint")
+        from ctc_plugin.explainer.network import FILE_FORMAT
+
+        what = (
+            "it is an explainer written by Explainer.save (load it with Explainer.load)"
+            if isinstance(state, dict) and state.get("format") == FILE_FORMAT
+            else "it was not written by fit"
+        )
+        raise ValueError(
+            f"{str(path)!r} is not an explainer training checkpoint: {what}; resume from the "
+            "file fit wrote as checkpoint= (the command line's --checkpoint, by default the "
+            "output file's name plus .ckpt)"
+        )
     return state
+
+
+def _check_reiterable(loader: Iterable[Any], name: str, passes: int) -> None:
+    """Refuse a one-shot iterator (a generator) that fit would have to read ``passes`` times.
+
+    Its second pass would find it used up: an empty epoch, reported after the first epoch has
+    already trained the explainer.
+    """
+    if passes > 1 and isinstance(loader, Iterator):  # not iter(loader): it starts workers
+        raise ValueError(
+            f"{name} is a one-shot iterator ({type(loader).__name__}): fit reads it {passes} "
+            "times (once per epoch, a validation loader once more before training), and it is "
+            "used up after the first; pass a DataLoader or a list of batches"
+        )
+
+
+def _check_checkpoint_path(checkpoint: str | Path | None) -> None:
+    """Refuse a ``checkpoint`` path that is a folder, before the first epoch is spent."""
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise ValueError(
+            f"checkpoint {str(checkpoint)!r} is a folder; give the path of a file to write, "
+            f"e.g. {str(Path(checkpoint) / 'explainer.ckpt')!r}"
+        )
+
+
+def _record_image_size(explainer: Explainer, images: Tensor) -> None:
+    """Record the size of the images ``explainer`` trains on; ``-1 x -1`` once sizes differ.
+
+    [`trained_image_size`][ctc_plugin.Explainer.trained_image_size] is then ``None`` and the
+    explainer explains every size, since it was trained on several.
+    """
+    size = torch.tensor(images.shape[-2:])
+    recorded = explainer.image_size
+    if int(recorded[0]) == 0 or bool((recorded == size.to(recorded.device)).all()):
+        recorded.copy_(size)
+    elif int(recorded[0]) > 0:
+        recorded.fill_(-1)
 
 
 @moved_keywords(
@@ -529,9 +631,14 @@ def fit_explainer(
             logits.
         train_loader: Batches of dicts with ``"image"`` ``(N, 3, H, W)`` and ``"label"``, or
             ``(image, label)`` tuples. Labels are class indices ``(N,)`` (single-label,
-            cross-entropy) or multi-hot ``(N, C)`` (multi-label, binary cross-entropy).
+            cross-entropy) or multi-hot ``(N, C)`` (multi-label, binary cross-entropy). It is
+            read once per epoch: a one-shot iterator (a generator) only with ``epochs=1``. The
+            explainer records the images' size
+            ([`trained_image_size`][ctc_plugin.Explainer.trained_image_size]; ``None`` after
+            images of several sizes).
         val_loader: Batches monitored for early stopping; the training loss is monitored
-            without it.
+            without it. It is read before training (its labels are checked) and once per
+            epoch, so it cannot be a one-shot iterator.
         config: The objective's hyper-parameters (default: the published defaults).
         epochs: Largest number of epochs (counted over a resumed run too).
         max_steps_per_epoch: Stop each epoch after this many batches (``None``: all).
@@ -573,9 +680,10 @@ def fit_explainer(
             ``min_delta`` finite and >= 0, ``seed`` an integer), images that are not a finite
             floating-point batch or a loss that is NaN or infinite (the message names the
             batch), an empty validation loader or one with bad labels (checked before
-            training), or a checkpoint made with other hyper-parameters or settings, for
-            another architecture or against another classifier (the message names what
-            differs; the explainer is left unchanged).
+            training), a one-shot iterator that would be read more than once, a ``checkpoint``
+            path that is a folder, or a checkpoint made with other hyper-parameters or
+            settings, for another architecture or against another classifier (the message
+            names what differs; the explainer is left unchanged).
     """
     if not isinstance(config, ExplainerHyperparameters):
         hint = (
@@ -601,7 +709,10 @@ def fit_explainer(
             f"baseline must be a finite number or a tensor broadcastable to the images, got "
             f"{baseline!r}"
         )
+    _check_reiterable(train_loader, "train_loader", epochs)
+    _check_checkpoint_path(checkpoint)
     if val_loader is not None:
+        _check_reiterable(val_loader, "val_loader", 2)
         _check_validation(val_loader, explainer.num_classes, multilabel)
     settings = {
         "baseline": _plain_baseline(baseline),
@@ -615,9 +726,7 @@ def fit_explainer(
     }
     optimizer = torch.optim.Adam(explainer.parameters(), lr=hp.lr)
     result = FitResult(hyperparameters=hp)
-    start_epoch, bad_epochs = 0, 0
-    best_state = copy.deepcopy(explainer.state_dict())
-    digest, dtypes = None, None
+    digest, dtypes, state = None, None, None
     if checkpoint is not None or resume is not None:  # a full copy of the weights to the CPU
         digest, dtypes = _classifier_digest(classifier), _classifier_dtypes(classifier)
     if resume is not None:
@@ -640,17 +749,17 @@ def fit_explainer(
                 f"{torch.get_num_threads()}: resume on {threads} (torch.set_num_threads, "
                 "--threads) so that the result equals an uninterrupted run"
             )
-        explainer.load_state_dict(state["explainer"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        best_state = state["best_state"]
-        start_epoch, bad_epochs = int(state["epoch"]), int(state["bad_epochs"])
-        result.history = list(state["history"])
-        result.best_epoch, result.best_loss = int(state["best_epoch"]), float(state["best_loss"])
-    elif seed is not None:
-        torch.manual_seed(seed)
-
-    with frozen(classifier):
+    # Both models are held exclusively while they change (the classifier first, as the
+    # attributions take them): no other thread's call sees either half-way.
+    with frozen(classifier), exclusive(explainer):
+        if state is not None:
+            start_epoch, bad_epochs, best_state = _continue_from(
+                state, explainer, optimizer, result
+            )
+        else:
+            start_epoch, bad_epochs, best_state = 0, 0, copy.deepcopy(explainer.state_dict())
+            if seed is not None:
+                torch.manual_seed(seed)
         for epoch in range(start_epoch, epochs):
             if bad_epochs >= patience:
                 result.stopped_early = True
@@ -690,13 +799,32 @@ def fit_explainer(
                         "classifier_dtypes": dtypes,
                     },
                 )
-    optimizer.zero_grad(set_to_none=True)
-    steps = int(explainer.trained_steps)
-    explainer.load_state_dict(best_state)
-    explainer.trained_steps.fill_(max(steps, int(explainer.trained_steps)))
-    result.steps = int(explainer.trained_steps)
-    explainer.eval()
+        optimizer.zero_grad(set_to_none=True)
+        steps = int(explainer.trained_steps)
+        explainer.load_state_dict(best_state)
+        explainer.trained_steps.fill_(max(steps, int(explainer.trained_steps)))
+        result.steps = int(explainer.trained_steps)
+        explainer.eval()
     return result
+
+
+def _continue_from(
+    state: dict[str, Any],
+    explainer: Explainer,
+    optimizer: torch.optim.Optimizer,
+    result: FitResult,
+) -> tuple[int, int, dict[str, Tensor]]:
+    """Load a checked checkpoint ``state``; return ``(start_epoch, bad_epochs, best_state)``.
+
+    The explainer, the optimiser, torch's random generator and ``result``'s history and best
+    epoch continue where the checkpointed run stopped.
+    """
+    explainer.load_state_dict(state["explainer"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    result.history = list(state["history"])
+    result.best_epoch, result.best_loss = int(state["best_epoch"]), float(state["best_loss"])
+    return int(state["epoch"]), int(state["bad_epochs"]), state["best_state"]
 
 
 def _train_epoch(
@@ -727,7 +855,7 @@ def _train_epoch(
         loss.backward()
         optimizer.step()
         explainer.trained_steps += 1
-        explainer.image_size.copy_(torch.tensor(images.shape[-2:]))
+        _record_image_size(explainer, images)
         n = len(images)
         count += n
         sums["loss"] += loss.item() * n
