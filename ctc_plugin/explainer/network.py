@@ -533,17 +533,16 @@ def _classifier_hint(
         return ""
     if mismatch is not None and "backbone." not in mismatch:
         return ""
-    from ctc_plugin.zoo.settings import FAMILIES
-
     metadata = payload.get("metadata")
-    model = metadata.get("model") if isinstance(metadata, dict) else None
-    trained = f" ({model})"
-    if model in FAMILIES:  # a zoo model: how to build one
-        trained = f" ({model}, e.g. ctc_plugin.zoo.build({model!r}, {config.get('num_classes')}))"
+    metadata = metadata if isinstance(metadata, dict) else {}
+    model, classes = metadata.get("model"), config.get("num_classes")
+    trained = f" ({model})" if isinstance(model, str) else ""
+    if isinstance(model, str) and "split" in metadata:  # trained on a zoo split: a zoo model
+        trained = f" ({model}, e.g. ctc_plugin.zoo.build({model!r}, {classes}))"
     return (
         f"; the file holds a copy of the classifier it was trained against, which the "
         f"classifier= given ({type(classifier).__name__}) does not match: pass a model of that "
-        f"architecture and class count{trained if isinstance(model, str) else ''}"
+        f"architecture and class count{trained}"
     )
 
 
