@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from ctc_plugin.commands.methods import Request, Result
+    from ctc_plugin.commands.methods import Result
     from ctc_plugin.images import ImagePreprocessing, PreparedImage
 
 SEGMENTERS = ("superpixel", "grid", "sam")
@@ -447,7 +447,7 @@ def explainer_for(loaded: LoadedModel, args: argparse.Namespace) -> nn.Module | 
 # ---------------------------------------------------------------------- the job
 def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     """Run the explanation described by ``args``; print the rankings, write figure and data."""
-    from ctc_plugin.commands.methods import Request
+    from ctc_plugin.commands.methods import Request, run_for_command
 
     args.methods = list(dict.fromkeys(args.methods))  # each once, in the order given
     paths = list(args.images) or [_sample_path(getattr(args, "split", "shapes"), "image")]
@@ -490,7 +490,9 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
             show_progress=not args.no_progress,
             explainer=explainer,
         )
-        item.results = [_run_method(name, request, args) for name in args.methods]
+        item.results = [
+            run_for_command(name, request, args.model, "--method") for name in args.methods
+        ]
         _print_report(loaded, preprocessing, item, args.top)
     with _writing("--out", args.out):
         _write_figure(explained, loaded, args)
@@ -517,36 +519,6 @@ def _segmented(segmenter: Any, item: Explained, args: argparse.Namespace) -> tor
         raise CLIError(
             f"--segments {args.segments}: {item.path}: {error}; give at most --segments "
             f"{side * side} (a {side}x{side} grid) for this image, or a larger --resize"
-        ) from error
-
-
-def _run_method(name: str, request: Request, args: argparse.Namespace) -> Result:
-    """Run the method ``name``; its refusals and running out of memory are one-line errors.
-
-    Raises:
-        CLIError: For a model the method cannot explain, inputs it refuses, and memory that
-            runs out (saying which options need less).
-    """
-    from ctc_plugin.commands.methods import (
-        MethodError,
-        is_out_of_memory,
-        memory_advice,
-        run_method,
-    )
-    from ctc_plugin.ctc.errors import UnsupportedOperationError
-
-    try:
-        return run_method(name, request)
-    except UnsupportedOperationError as error:
-        raise CLIError(f"--model {args.model}: {error}") from error
-    except (MethodError, ValueError) as error:
-        raise CLIError(f"--method {name}: {error}") from error
-    except (RuntimeError, MemoryError) as error:
-        if not is_out_of_memory(error):
-            raise
-        lines = str(error).strip().splitlines() or [type(error).__name__]
-        raise CLIError(
-            f"--method {name}: out of memory ({lines[0]}); {memory_advice(name, request)}"
         ) from error
 
 

@@ -243,3 +243,37 @@ def memory_advice(name: str, request: Request) -> str:
             "sharing passes a copy of the image per segment at once)"
         )
     return advice + ", or a smaller --perturbations-per-eval"  # they pass copies of the image
+
+
+def run_for_command(
+    name: str, request: Request, model: str, option: str, where: str = ""
+) -> Result:
+    """`run_method` for a command: refusals and running out of memory as one-line errors.
+
+    Args:
+        name: The method.
+        request: What to explain.
+        model: ``--model`` as given, for the refusals of the model.
+        option: The option that names the method (``--method``, ``--methods``).
+        where: The image's name, for a command that explains many (``""``: none).
+
+    Raises:
+        CLIError: For a model the method cannot explain, inputs it refuses, and memory that
+            runs out (saying which options need less).
+    """
+    from ctc_plugin.commands import CLIError
+    from ctc_plugin.ctc.errors import UnsupportedOperationError
+
+    prefix = f"{option} {name}: {where}: " if where else f"{option} {name}: "
+    try:
+        return run_method(name, request)
+    except UnsupportedOperationError as error:
+        raise CLIError(f"--model {model}: {error}") from error
+    except (MethodError, ValueError) as error:
+        raise CLIError(f"{prefix}{error}") from error
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        advice = memory_advice(name, request)
+        raise CLIError(f"{prefix}out of memory ({first}); {advice}") from error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +15,7 @@ from typing import Any, BinaryIO
 __all__ = [
     "STALE_AFTER",
     "ConfigMismatchError",
+    "claim",
     "folder_lock",
     "is_stale_temporary",
     "remove_stale_temporaries",
@@ -33,19 +35,23 @@ class ConfigMismatchError(ValueError):
         root: The output folder.
         differences: ``(what, stored value, requested value)`` for everything that differs.
         kind: What the folder holds, for the message (``"run"``, ``"benchmark run"``).
+        advice: What to do, the message's end.
 
     Attributes:
         differences: As given.
     """
 
     def __init__(
-        self, root: Path, differences: list[tuple[str, Any, Any]], kind: str = "run"
+        self,
+        root: Path,
+        differences: list[tuple[str, Any, Any]],
+        kind: str = "run",
+        advice: str = "run the same command again to resume it, or choose another --out",
     ) -> None:
         self.differences = differences
         listed = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, old, new in differences)
         super().__init__(
-            f"{root} holds a {kind} with a different configuration ({listed}); run the same "
-            "command again to resume it, or choose another --out"
+            f"{root} holds a {kind} with a different configuration ({listed}); {advice}"
         )
 
 
@@ -71,9 +77,12 @@ def write_atomic_group(writes: Sequence[tuple[Path, Callable[[Any], None]]]) -> 
     Every ``(path, write)`` pair's temporary file is written (and synced) first; only then are
     they renamed into place, in order. A ``write`` that fails (disk full) leaves every previous
     file as it was, so files that belong together (a ``.npz`` and the ``.json`` describing it)
-    are never left one new, one old by a failed write.
+    are never left one new, one old by a failed write; an exception between the renames
+    (Ctrl-C) puts the previous files back from backups (hard links, taken before the first
+    rename). A process killed outright between two renames can still leave a mixed group.
     """
     written: list[tuple[Path, Path]] = []  # (temporary, path)
+    backups: dict[Path, Path] = {}  # path -> its previous file, linked beside it
     try:
         for path, write in writes:
             path = Path(path)
@@ -84,12 +93,41 @@ def write_atomic_group(writes: Sequence[tuple[Path, Callable[[Any], None]]]) -> 
                 write(stream)
                 stream.flush()
                 os.fsync(stream.fileno())
-        for temporary, path in written:
-            os.replace(temporary, path)
+        if len(written) > 1:
+            backups = {path: _backup(path) for _, path in written if path.exists()}
+        replaced: list[Path] = []
+        try:
+            for temporary, path in written:
+                os.replace(temporary, path)
+                replaced.append(path)
+        except BaseException:
+            for path in replaced:  # the group as it was
+                if path in backups:
+                    os.replace(backups.pop(path), path)
+                else:
+                    path.unlink(missing_ok=True)
+            raise
     except BaseException:
         for temporary, _ in written:
             temporary.unlink(missing_ok=True)
         raise
+    finally:
+        for backup in backups.values():
+            backup.unlink(missing_ok=True)
+
+
+def _backup(path: Path) -> Path:
+    """A second name for ``path``'s file (a hard link, else a copy), named as a temporary."""
+    while True:
+        backup = path.parent / f".tmp-{path.name}-{_writer()}-{secrets.token_hex(4)}"
+        try:
+            os.link(path, backup)
+            return backup
+        except FileExistsError:  # pragma: no cover - a name drawn twice
+            continue
+        except OSError:  # a file system without hard links
+            shutil.copy2(path, backup)
+            return backup
 
 
 def _create_temporary(path: Path) -> tuple[BinaryIO, Path]:
@@ -165,6 +203,36 @@ def folder_lock(folder: Path, exclusive: bool) -> Iterator[None]:
         except OSError:  # pragma: no cover - a file system that cannot lock
             pass
         yield
+    finally:
+        os.close(descriptor)  # lets go of the lock
+
+
+@contextmanager
+def claim(path: Path, wait: bool) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created when missing) within the block.
+
+    Yields whether this process holds it: with ``wait=False`` the block runs at once and gets
+    ``False`` while another process (or another ``claim`` of this one) holds it; with
+    ``wait=True`` it waits for the holder to let go. As with
+    [`folder_lock`][ctc_plugin.resumable.atomic.folder_lock], the system drops the lock when
+    its holder dies. Where files cannot be locked, every claim is held (``True``): processes
+    then do the same work side by side, as they would without claims.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not a POSIX system
+        yield True
+        return
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            held = True
+        except BlockingIOError:  # another holder, and wait=False
+            held = False
+        except OSError:  # pragma: no cover - a file system that cannot lock
+            held = True
+        yield held
     finally:
         os.close(descriptor)  # lets go of the lock
 

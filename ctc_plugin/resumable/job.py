@@ -139,7 +139,8 @@ class JobResult:
         out: The output folder.
         images: Images in the plan (summed over its shards).
         shards: Shards in the plan.
-        computed: Shards computed by this call (the others were finished before).
+        computed: Shards computed by this call (the others were finished before, or by
+            another process on the same folder meanwhile).
         seconds: Wall-clock seconds of this call.
     """
 
@@ -161,6 +162,10 @@ def run_job(
 ) -> JobResult:
     """Run every unfinished shard of ``job`` and store it in ``out``.
 
+    In this process, shards are shared with other processes running the same job on the same
+    ``out``: each shard is computed by one of them (see
+    [`RunStore.claim`][ctc_plugin.resumable.store.RunStore.claim]).
+
     Args:
         job: The job.
         out: The run folder (new, empty, or holding this same run).
@@ -172,7 +177,7 @@ def run_job(
         ray_workers: CPUs of the local Ray cluster that ``ray=True`` starts (``None``: all);
             refused without ``ray=True``.
         runner: The runner of the embedded engine (``None``: ``job.runner()``, made only when
-            a shard is left).
+            this process computes a shard).
 
     Raises:
         ConfigMismatchError: If ``out`` holds a run with another manifest.
@@ -204,6 +209,7 @@ def run_job(
         from ctc_plugin.resumable.cluster import import_ray
 
         import_ray()  # before any work: a missing Ray is one clear error
+    computed = len(left)
     if left:
         done = total - sum(len(shard.images) for shard in left)
         with tqdm(
@@ -215,9 +221,38 @@ def run_job(
                 address = ray if isinstance(ray, str) else None
                 run_on_ray(job, left, store, progress, address, ray_workers)
             else:
-                runner = runner if runner is not None else job.runner()
-                for shard in left:
-                    with torch_threads(job.threads):
-                        table, arrays = runner.run(shard, progress)
-                    store.write_shard(shard.name, table, arrays)
-    return JobResult(store.root, total, len(shards), len(left), time.perf_counter() - start)
+                computed = _run_embedded(job, left, store, progress, runner)
+    return JobResult(store.root, total, len(shards), computed, time.perf_counter() - start)
+
+
+def _run_embedded(
+    job: Job, left: list[Shard], store: RunStore, progress: Any, runner: Runner | None
+) -> int:
+    """Run ``left`` in this process, sharing them with other processes on the same folder.
+
+    Each shard is claimed first ([`RunStore.claim`][ctc_plugin.resumable.store.RunStore.claim]):
+    a shard another process is computing is passed over, and waited for once the others are
+    done (then computed here only if that process died before writing it). A shard finished
+    elsewhere meanwhile is not computed again. Returns how many shards this process computed.
+    """
+    made: list[Runner] = [runner] if runner is not None else []  # made for the first shard
+
+    def run(shard: Shard, wait: bool) -> bool | None:
+        """Compute ``shard`` if claimed and unfinished: ``None`` when another holds it."""
+        with store.claim(shard.name, wait) as held:
+            if not held:
+                return None
+            if store.is_finished(shard.name):  # written by another process meanwhile
+                progress.update(len(shard.images))
+                return False
+            if not made:
+                made.append(job.runner())
+            with torch_threads(job.threads):
+                table, arrays = made[0].run(shard, progress)
+            store.write_shard(shard.name, table, arrays)
+            return True
+
+    outcomes = [run(shard, wait=False) for shard in left]
+    passed_over = [shard for shard, outcome in zip(left, outcomes) if outcome is None]
+    outcomes += [run(shard, wait=True) for shard in passed_over]
+    return sum(outcome is True for outcome in outcomes)

@@ -4,6 +4,7 @@
     DIR/plan.json                what the job planned (rewritten on every start; optional)
     DIR/shards/<shard>.npz       the shard's arrays (written first)
     DIR/shards/<shard>.parquet   its table (written last)
+    DIR/shards/.claim-<shard>    empty; locked by the process computing the shard (see claim)
 
 Shards are named ``shard-00000`` by ``explain-dataset`` (one row per image, method and target)
 and after the piece by the benchmark (one row per image); the benchmark writes its report
@@ -26,12 +27,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctc_plugin.resumable.atomic import (
     ConfigMismatchError,
+    claim,
     folder_lock,
     is_stale_temporary,
     remove_stale_temporaries,
@@ -48,6 +53,7 @@ __all__ = ["ConfigMismatchError", "RunStore", "json_values", "read_json", "write
 _FORMAT = 2
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
+_DIGITS = re.compile(r"(\d+)")
 
 
 class RunStore:
@@ -80,10 +86,11 @@ class RunStore:
         Leftover temporary files of killed writers are removed (those of writers still
         running, in another process too, are kept), and ``plan`` (when given) is
         written to ``plan.json``, replacing the last start's. With ``restart_unfinished``, a
-        run of the same job that finished no shard yet (a start that failed on a wrong option,
-        say) holds nothing to keep: its files are removed and ``manifest`` starts afresh,
-        unless the folder holds other files too. A run still under way in another process
-        then finds the manifest changed when it writes its first shard, and stops
+        run of the same job with another manifest that finished no shard yet (a start that
+        failed on a wrong option, say) holds nothing to keep: its files are removed and
+        ``manifest`` starts afresh, unless the folder holds other files too. A run still under
+        way in another process then finds the manifest changed when it writes its first shard,
+        and stops
         ([`write_shard`][ctc_plugin.resumable.store.RunStore.write_shard]); a shard it is
         writing when this start comes is finished first (this start waits for it) and then
         counts as finished, so the start is refused. Temporary files of a start killed while
@@ -110,7 +117,12 @@ class RunStore:
         self.root.mkdir(parents=True, exist_ok=True)
         with folder_lock(self.root, exclusive=True):  # no shard is written meanwhile
             remove_stale_temporaries(self.root)  # a start killed while writing its manifest
-            if restart_unfinished and path.exists() and self._nothing_finished(manifest.get("job")):
+            if (
+                restart_unfinished
+                and path.exists()
+                and not self._holds(manifest)  # the same run: its claims stay (see claim)
+                and self._nothing_finished(manifest.get("job"))
+            ):
                 self._clear()  # a start that finished no shard (a typo in an option): start afresh
             if path.exists():
                 stored = self.manifest()
@@ -136,6 +148,13 @@ class RunStore:
         if plan is not None:
             text = json.dumps(plan, indent=1) + "\n"
             write_atomic(self.root / PLAN, lambda stream: stream.write(text.encode()))
+
+    def _holds(self, manifest: dict[str, Any]) -> bool:
+        """Whether the folder's manifest is ``manifest`` (a start of the same run)."""
+        try:
+            return read_json(self.root / MANIFEST) == manifest
+        except ValueError:
+            return False
 
     def _nothing_finished(self, job: Any) -> bool:
         """Whether the folder holds only the files of a run of ``job`` that finished no shard."""
@@ -201,6 +220,27 @@ class RunStore:
         """Whether shard ``name`` is complete (its Parquet file, written last, exists)."""
         return self.table_path(name).exists()
 
+    @contextmanager
+    def claim(self, name: str, wait: bool) -> Iterator[bool]:
+        """Claim shard ``name`` for this process within the block: yields whether it is held.
+
+        Two processes that run the same shards claim each shard before computing it, so that
+        they share the work instead of both doing all of it: ``wait=False`` gives ``False`` at
+        once while another process computes the shard, ``wait=True`` waits until it is done
+        (or its process died). Once the claim is held, check
+        [`is_finished`][ctc_plugin.resumable.store.RunStore.is_finished]. The claim is the lock
+        of ``shards/.claim-<name>`` (see [`claim`][ctc_plugin.resumable.atomic.claim]), removed
+        once the shard is finished.
+        """
+        self.shards.mkdir(parents=True, exist_ok=True)
+        path = self.shards / f".claim-{name}"
+        with claim(path, wait) as held:
+            try:
+                yield held
+            finally:
+                if held and self.is_finished(name):  # a later claim finds it finished anyway
+                    path.unlink(missing_ok=True)
+
     def write_shard(self, name: str, table: pa.Table, arrays: dict[str, np.ndarray]) -> None:
         """Write one finished shard: the arrays first, the table last, each atomically.
 
@@ -225,12 +265,17 @@ class RunStore:
             write_atomic(self.table_path(name), lambda stream: pq.write_table(table, stream))
 
     def finished(self) -> list[str]:
-        """Names of the finished shards, sorted."""
+        """Names of the finished shards, sorted with their numbers compared as numbers.
+
+        ``shard-100000`` (a plan of more than 100 000 shards) comes after ``shard-99999``, so
+        [`read_table`][ctc_plugin.resumable.store.RunStore.read_table] keeps the plan's order.
+        """
         if not self.shards.exists():
             return []
-        return sorted(
+        names = (
             path.stem for path in self.shards.glob("*.parquet") if not path.name.startswith(".")
         )
+        return sorted(names, key=_numbers_as_numbers)
 
     def read_table(self) -> pa.Table:
         """Every finished shard's rows, in shard order, as one ``pyarrow.Table``.
@@ -318,6 +363,15 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{path} is not a JSON object (damaged, or not a run folder)")
     return value
+
+
+def _numbers_as_numbers(name: str) -> list[Any]:
+    """A sort key of ``name`` that compares its runs of digits by value (``9`` before ``10``).
+
+    The pieces alternate text and digits (``re.split`` with a group), so two keys always
+    compare text with text and numbers with numbers.
+    """
+    return [int(piece) if i % 2 else piece for i, piece in enumerate(_DIGITS.split(name))]
 
 
 def _live_temporary(path: Path) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
-from ctc_plugin.resumable import JobResult, RunStore, Shard, run_job
+from ctc_plugin.resumable import ConfigMismatchError, JobResult, RunStore, Shard, run_job
 from ctc_plugin.runs.plan import RunConfig, digest, plan_shards
 from ctc_plugin.runs.sources import ImageRef, Source, resolve_source
 
@@ -86,7 +86,8 @@ class RunResult(JobResult):
         out: The output folder.
         images: Images in the plan.
         shards: Shards in the plan.
-        computed: Shards computed by this call (the others were finished before).
+        computed: Shards computed by this call (the others were finished before, or by
+            another process on the same folder meanwhile).
         seconds: Wall-clock seconds of this call.
     """
 
@@ -133,9 +134,19 @@ class ExplainJob:
         """Configuration, source (with a digest of its image list) and a digest of the plan."""
         return manifest_for(self.config, self.source, self.shards())
 
-    def plan(self) -> None:
-        """None: the manifest holds the plan's digest, and shards are numbered."""
-        return None
+    def plan(self) -> dict[str, Any]:
+        """The image list, ``{"images": [[name, label, size, mtime_ns], ...]}`` (``plan.json``).
+
+        The manifest holds only the list's digest (names and labels); with the list, a start
+        refused because the folder's images changed can name the images added and removed, and
+        a resume can tell an image of a finished shard rewritten in place (its size and time,
+        `image_stat`; ``None`` for generated images).
+        """
+        return {
+            "images": [
+                [ref.name, ref.label, *image_stat(self.source, ref)] for ref in self.source.images
+            ]
+        }
 
     def runner(self, *, prepare: bool = True, run: bool = True) -> ShardRunner:
         """A [`ShardRunner`][ctc_plugin.runs.engine.ShardRunner] (segmenter and/or methods)."""
@@ -179,6 +190,7 @@ class ShardRunner:
 
         self.config = config
         self.source = source
+        self._label_classes: dict[int, int] | None = None  # see label_classes
         self.device = resolve_device(config.device)
         weights = Path(config.weights) if config.weights else None
         self.loaded = load_model(config.model, weights)  # also for its preprocessing
@@ -227,9 +239,11 @@ class ShardRunner:
         try:
             return self.preprocessing(self.source.read(ref))
         except (ValueError, FileNotFoundError) as error:
+            reason = str(error).rstrip()
+            stop = "" if reason.endswith((".", "?", "!")) else "."
             raise CLIError(
-                f"{error} Replace it with a readable image and run the same command again "
-                "(finished shards are kept)"
+                f"{reason}{stop} Replace it with a readable image and run the same command "
+                "again (finished shards are kept)"
             ) from error
 
     prepare = segment  # the job's preparation stage
@@ -283,13 +297,12 @@ class ShardRunner:
 
         from ctc_plugin.commands import CLIError
         from ctc_plugin.commands.explain import explainer_size_refusal
-        from ctc_plugin.commands.methods import MethodError, Request, run_method
+        from ctc_plugin.commands.methods import Request, run_for_command
         from ctc_plugin.commands.model_checks import (
             check_finite_scores,
             is_own_size,
             model_logits,
         )
-        from ctc_plugin.ctc.errors import UnsupportedOperationError
 
         if mask is None:
             image, ids, segment_seconds = self.segment_image(ref)
@@ -326,12 +339,7 @@ class ShardRunner:
             )
             for name in self.config.methods:
                 start = time.perf_counter()
-                try:
-                    result = run_method(name, request)
-                except UnsupportedOperationError as error:
-                    raise CLIError(f"--model {self.config.model}: {error}") from error
-                except (MethodError, ValueError) as error:
-                    raise CLIError(f"--methods {name}: {ref.name}: {error}") from error
+                result = run_for_command(name, request, self.config.model, "--methods", ref.name)
                 seconds = time.perf_counter() - start
                 arrays[f"{key}/{spec}/{name}/attribution"] = result.attribution.numpy()
                 rows.append(
@@ -382,23 +390,53 @@ class ShardRunner:
                     f"--targets label: {ref.name} has no label (the folder has no class "
                     "subfolders); use predicted or a class index"
                 )
-            classes = self.source.classes
-            if classes is not None and self.loaded.classes:
-                name = classes[ref.label]
-                if name not in self.loaded.classes:
-                    raise CLIError(
-                        f"--targets label: {ref.name} is in class {name!r}, which the model "
-                        f"does not know ({', '.join(self.loaded.classes[:10])}); name the class "
-                        "folders after the model's classes, or use predicted"
-                    )
-                return self.loaded.classes.index(name)
-            if not 0 <= ref.label < logits.numel():
-                raise CLIError(
-                    f"--targets label: {ref.name} has label {ref.label} and the model only "
-                    f"{logits.numel()} classes"
-                )
-            return ref.label
+            return self.label_classes(logits.numel())[ref.label]
         return target_class(spec, self.loaded, logits, option="--targets")
+
+    def label_classes(self, count: int) -> dict[int, int]:
+        """The model's class for each label of the run's images, for ``--targets label``.
+
+        Every label is checked at the first image (the model has ``count`` classes), so a
+        class folder the model does not know stops the run before its first shard, not hours
+        later at that folder's images.
+
+        Raises:
+            CLIError: Naming the first image of a class the model does not know.
+        """
+        if self._label_classes is None:
+            first: dict[int, str] = {}  # label: its first image
+            for ref in self.source.images:
+                if ref.label is not None:
+                    first.setdefault(ref.label, ref.name)
+            self._label_classes = {
+                label: self._label_class(label, image, count) for label, image in first.items()
+            }
+        return self._label_classes
+
+    def _label_class(self, label: int, image: str, count: int) -> int:
+        """The model's class for the source's class ``label`` (``image`` is one of its images).
+
+        Raises:
+            CLIError: If the model has class names and not this class's, or fewer classes.
+        """
+        from ctc_plugin.commands import CLIError
+
+        classes = self.source.classes
+        name = classes[label] if classes is not None else str(label)
+        if classes is not None and self.loaded.classes:
+            if name not in self.loaded.classes:
+                raise CLIError(
+                    f"--targets label: {image} is in class {name!r}, which the model does not "
+                    f"know ({', '.join(self.loaded.classes[:10])}); name the class folders "
+                    "after the model's classes, or use predicted"
+                )
+            return self.loaded.classes.index(name)
+        if label >= count:
+            raise CLIError(
+                f"--targets label: {image} has label {label} (class {name!r}) and the model "
+                f"only {count} classes; use predicted or a class index"
+            )
+        return label
 
 
 def _options(config: RunConfig) -> Namespace:
@@ -428,6 +466,99 @@ def manifest_for(config: RunConfig, source: Source, shards: list[Shard]) -> dict
         "shards": len(shards),
         "plan": digest([list(shard.images) for shard in shards]),
     }
+
+
+def _images_changed(
+    error: ConfigMismatchError, out: str | os.PathLike[str], source: Source
+) -> ConfigMismatchError:
+    """``error`` restated when the images of the run's folder changed since it started.
+
+    The same command on a folder with images added, removed or moved to another class folder
+    is another image list: the error then names those images (from the ``plan.json`` of the
+    run in ``out``) and says to put them back, instead of showing the list's digests. Any
+    other ``error`` is returned as it is.
+    """
+    keys = [key for key, _, _ in error.differences]
+    if source.kind != "folder" or "image_list" not in keys or "source.spec" in keys:
+        return error
+    now = {name: label for name, label in source.describe()["images"]}
+    try:
+        planned = RunStore(out).plan() or {}
+        there = {row[0]: row[1] for row in planned.get("images") or []}
+    except (ValueError, TypeError, IndexError):  # no readable list (an older version's)
+        there = {}
+    changes = [
+        ("added", [name for name in now if name not in there]),
+        ("removed", [name for name in there if name not in now]),
+        ("in another class", [name for name in now if name in there and there[name] != now[name]]),
+    ]
+    listed = "; ".join(f"{what}: {_some(names)}" for what, names in changes if names and there)
+    derived = ("image_list", "plan")  # digests: the advice says what changed
+    shown = [d for d in error.differences if d[0] not in derived]
+    return ConfigMismatchError(
+        Path(out),
+        shown or [d for d in error.differences if d[0] == "image_list"],
+        advice=f"the images of {source.root} changed since this run started"
+        + (f" ({listed})" if listed else "")
+        + ": put them back as they were to resume it, or choose another --out",
+    )
+
+
+def image_stat(source: Source, ref: ImageRef) -> tuple[int | None, int | None]:
+    """An image file's ``(size, mtime_ns)``: what tells it was rewritten; ``None`` unless a file."""
+    path = source.read(ref) if source.kind == "folder" else None
+    if not isinstance(path, Path):
+        return None, None
+    try:
+        stat = path.stat()
+    except OSError:  # gone: the image list says so
+        return None, None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
+    """Refuse to resume a run whose finished shards read images that were rewritten since.
+
+    The manifest pins the image list by names and labels; ``plan.json`` also holds each image's
+    size and time when the run started. An image of a finished shard whose file changed since
+    (another picture under the same name) would leave that shard's results of the old image
+    beside the others' of the new folder, which no uninterrupted run gives.
+
+    Raises:
+        CLIError: Naming the images, and what to do (put them back, or compute their shards
+            again).
+    """
+    from ctc_plugin.commands import CLIError
+
+    store = RunStore(out)
+    try:
+        planned = {row[0]: row[2:4] for row in (store.plan() or {}).get("images") or []}
+        finished = set(store.finished()) if planned else set()
+    except (ValueError, TypeError, IndexError, OSError):  # no list of this version: nothing known
+        return
+    refs = job.source.images
+    changed = [
+        (refs[index].name, shard.name)
+        for shard in job.shards()
+        if shard.name in finished
+        for index in shard.images
+        if None not in planned.get(refs[index].name, [None])
+        and list(image_stat(job.source, refs[index])) != list(planned[refs[index].name])
+    ]
+    if changed:
+        names = _some([name for name, _ in changed])
+        shards = sorted({shard for _, shard in changed})
+        parquet = ", ".join(str(store.table_path(shard)) for shard in shards[:3])
+        raise CLIError(
+            f"--out {out}: the images {names} changed (size or time) since their shards were "
+            f"finished; put them back as they were, or delete {parquet} to compute "
+            f"{'those shards' if len(shards) > 1 else 'that shard'} again"
+        )
+
+
+def _some(names: list[str]) -> str:
+    """Up to three of ``names``, and how many more."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def explain_dataset(
@@ -557,8 +688,12 @@ def explain_dataset(
         device=device,
     )
     resolved = resolve_source(source, images=images, seed=seed)
-    result = run_job(
-        ExplainJob(config, resolved), out, show_progress=show_progress, ray=ray,
-        ray_workers=ray_workers,
-    )  # fmt: skip
+    check_finished_images(ExplainJob(config, resolved), out)
+    try:
+        result = run_job(
+            ExplainJob(config, resolved), out, show_progress=show_progress, ray=ray,
+            ray_workers=ray_workers,
+        )  # fmt: skip
+    except ConfigMismatchError as error:
+        raise _images_changed(error, out, resolved) from None
     return RunResult(result.out, result.images, result.shards, result.computed, result.seconds)

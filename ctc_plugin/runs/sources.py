@@ -114,8 +114,8 @@ def resolve_source(
     Raises:
         SourceError: For a path that does not exist or is a file, a folder without images, a
             folder mixing images and class subfolders at its top level, a folder with image
-            files that are not images (their headers are read), or ``shapes`` without a
-            positive ``images``.
+            files that are not images (their headers are read) or whose names are not valid
+            UTF-8, or ``shapes`` without a positive ``images``.
     """
     text = os.fspath(spec)
     if text in SHAPES_SOURCES:
@@ -153,8 +153,33 @@ def resolve_source(
     )
     if images is not None:
         refs = refs[:images]
+    _check_names(text, refs)
     _check_readable(text, root, refs)
     return Source(text, "folder", refs, classes, root=root.resolve())
+
+
+def _check_names(text: str, refs: tuple[ImageRef, ...]) -> None:
+    """Refuse, before any work, file names that are not valid UTF-8.
+
+    The results table stores each image's name as text; a name with bytes that are not UTF-8
+    (written on another system, say) would stop the run at that image's shard.
+    """
+    bad = []
+    for ref in refs:
+        try:
+            ref.name.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(os.fsencode(ref.name).decode("utf-8", "backslashreplace"))
+    if bad:
+        raise SourceError(
+            f"SOURCE {text!r}: {len(bad)} of its {len(refs)} image files have names that are not "
+            f"valid UTF-8 ({_listed(bad)}); rename them, then run the command again"
+        )
+
+
+def _listed(names: list[str]) -> str:
+    """Up to three of ``names``, and how many more."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _check_readable(text: str, root: Path, refs: tuple[ImageRef, ...]) -> None:
@@ -173,10 +198,9 @@ def _check_readable(text: str, root: Path, refs: tuple[ImageRef, ...]) -> None:
         except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError):
             bad.append(ref.name)
     if bad:
-        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise SourceError(
             f"SOURCE {text!r}: {len(bad)} of its {len(refs)} image files cannot be read as "
-            f"images ({shown}); replace or remove them, then run the command again"
+            f"images ({_listed(bad)}); replace or remove them, then run the command again"
         )
 
 
