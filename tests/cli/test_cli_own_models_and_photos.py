@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from ctc_plugin.cli import main
-from ctc_plugin.commands import CLIError, methods
+from ctc_plugin.commands import CLIError
 from ctc_plugin.commands.methods import Request, memory_advice
 from ctc_plugin.commands.model_checks import target_class
 from ctc_plugin.commands.models import LoadedModel
@@ -148,20 +148,6 @@ def photo(tmp_path):
     path = tmp_path / "photo.png"
     Image.fromarray(array).save(path)
     return path
-
-
-@pytest.fixture
-def methods_run(monkeypatch) -> list[str]:
-    """The names of the methods that ran, in order (each still runs)."""
-    calls: list[str] = []
-    original = methods.run_method
-
-    def recording(name, request):
-        calls.append(name)
-        return original(name, request)
-
-    monkeypatch.setattr(methods, "run_method", recording)
-    return calls
 
 
 def _explain(photo, model: str, *options: str) -> list[str]:

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from ctc_plugin.cli import main
-from ctc_plugin.commands import methods
 
 FAST = ["--segmenter", "grid", "--segments", "4", "--no-progress"]
 
@@ -22,20 +21,6 @@ def save_photo(path, height: int, width: int):
     array[:, -max(1, width // 8) :] = (230, 20, 20)
     Image.fromarray(array).save(path)
     return path
-
-
-@pytest.fixture
-def methods_run(monkeypatch) -> list[str]:
-    """The names of the methods that ran, in order (each still runs)."""
-    calls: list[str] = []
-    original = methods.run_method
-
-    def recording(name, request):
-        calls.append(name)
-        return original(name, request)
-
-    monkeypatch.setattr(methods, "run_method", recording)
-    return calls
 
 
 def test_a_panorama_gives_a_figure_of_a_readable_size(tmp_path, capsys):

@@ -188,17 +188,25 @@ def test_one_row_of_attr_output_still_serves_every_example() -> None:
 
 
 # ---------------------------------------------------------------------------- messages
+def _batch_statistics_model() -> nn.Module:
+    """A BatchNorm without running statistics, in a model in eval mode (float64)."""
+    torch.manual_seed(0)
+    return (
+        nn.Sequential(
+            nn.Conv2d(3, 3, 3, padding=1),
+            nn.BatchNorm2d(3, track_running_stats=False),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(3 * 64, 3),
+        )
+        .double()
+        .eval()
+    )
+
+
 def test_a_batch_norm_without_running_statistics_is_refused_with_what_to_do() -> None:
     """The model is in eval mode already: "call model.eval() first" does not help."""
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 3, 3, padding=1),
-        nn.BatchNorm2d(3, track_running_stats=False),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(3 * 64, 3),
-    )
-    model = model.double().eval()
+    model = _batch_statistics_model()
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     attributor = CTCAttributor(model, feature_mask=grid_mask(8, 2))
     with pytest.raises(UnsupportedOperationError, match="track_running_stats") as error:
@@ -258,15 +266,7 @@ def test_zennit_rules_beside_the_ctc_rules_do_not_change_the_ctc_pass(placement,
 def test_the_captum_side_refuses_a_batch_norm_without_running_statistics_saying_what_to_do():
     """The model is in eval mode: "call model.eval() first" would not help; the refusal says
     what does, as the composite's does (one message: ``handlers.refuse_batch_statistics``)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 3, 3, padding=1),
-        nn.BatchNorm2d(3, track_running_stats=False),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(3 * 64, 3),
-    )
-    model = model.double().eval()
+    model = _batch_statistics_model()
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     with pytest.raises(UnsupportedOperationError, match="track_running_stats") as error:
         CTC(model).attribute(x, [0, 1], feature_mask=grid_mask(8, 2))

@@ -8,37 +8,11 @@ run's copy of that code had no memory case and ended in a traceback of the alloc
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
 
 from ctc_plugin.cli import main
 
-HERE = "tests.runs.test_explain_dataset_out_of_memory"
-
-
-class _OutOfMemory(nn.Module):
-    """Classifies one image; a batch of copies (CTC's segments) raises the CPU allocator's error."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores (1, 3) of one image."""
-        if x.shape[0] > 1:
-            raise RuntimeError(
-                "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
-                "allocate memory: you tried to allocate 5398069248 bytes."
-            )
-        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
-
-
-def out_of_memory_model() -> nn.Module:
-    """``--model`` factory of `_OutOfMemory`."""
-    return _OutOfMemory()
+HERE = "tests.cli.test_cli_own_models_and_photos"  # its out_of_memory_model
 
 
 def test_explain_dataset_out_of_memory_is_one_line(tmp_path, capsys):
