@@ -114,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, FileNotFoundError, ValueError) as error:
         return _report(args.prog, error)
     except OSError as error:  # disk full, file too large, no permission, ...
-        return _report(args.prog, os_error_text(error))
+        kept = ""
+        if getattr(args, "resumable", False) and error.errno is not None:
+            kept = "; what was finished so far is kept: run the same command again to resume"
+        return _report(args.prog, os_error_text(error) + kept)
     except KeyboardInterrupt:
         return _interrupted(args)
 

@@ -98,7 +98,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ctc-plugin explain-dataset``."""
-    from ctc_plugin.commands import CLIError, os_error_text
+    from ctc_plugin.commands import CLIError
     from ctc_plugin.resumable import RayError
 
     sam_checkpoint_option(args)  # before DIR is made
@@ -107,13 +107,6 @@ def run(args: argparse.Namespace) -> int:
         result = _explain(args)
     except RayError as error:  # Ray missing, or its cluster unreachable
         raise CLIError(str(error)) from error
-    except OSError as error:  # disk full, no permission, ...: the finished shards are kept
-        if isinstance(error, FileNotFoundError) or error.errno is None:
-            raise  # a missing file says what it misses
-        raise CLIError(
-            f"{os_error_text(error)}; the shards finished so far are kept: run the same "
-            "command again to resume"
-        ) from error
     before = result.shards - result.computed
     print(
         f"{result.images} images in {result.shards} shards ({result.computed} computed now, "

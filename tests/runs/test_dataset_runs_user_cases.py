@@ -128,7 +128,7 @@ def test_a_full_disk_while_writing_a_shard_says_the_finished_shards_are_kept(
     assert main(_explain(tmp_path / "photos", out, *TINY)) == 2
     error = _one_error_line(capsys)
     assert "No space left on device" in error and "free some disk space" in error
-    assert "the shards finished so far are kept: run the same command again to resume" in error
+    assert "what was finished so far is kept: run the same command again to resume" in error
     monkeypatch.undo()
     assert main(_explain(tmp_path / "photos", out, *TINY)) == 0
     assert "1 computed now, 1 finished before" in capsys.readouterr().out
