@@ -12,6 +12,7 @@ an uninterrupted one bit for bit on the CPU (all columns but the timings).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import warnings
@@ -144,9 +145,15 @@ class ExplainJob:
         """
         return {
             "images": [
-                [ref.name, ref.label, *image_stat(self.source, ref)] for ref in self.source.images
+                [ref.name, ref.label, *stat]
+                for ref, stat in zip(self.source.images, self.image_stats, strict=True)
             ]
         }
+
+    @functools.cached_property
+    def image_stats(self) -> list[tuple[int | None, int | None]]:
+        """Each image's `image_stat` now, read once per start (`plan`, `check_finished_images`)."""
+        return [image_stat(self.source, ref) for ref in self.source.images]
 
     def runner(self, *, prepare: bool = True, run: bool = True) -> ShardRunner:
         """A [`ShardRunner`][ctc_plugin.runs.engine.ShardRunner] (segmenter and/or methods)."""
@@ -536,14 +543,14 @@ def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
         finished = set(store.finished()) if planned else set()
     except (ValueError, TypeError, IndexError, OSError):  # no list of this version: nothing known
         return
-    refs = job.source.images
+    refs, now = job.source.images, job.image_stats
     changed = [
         (refs[index].name, shard.name)
         for shard in job.shards()
         if shard.name in finished
         for index in shard.images
-        if None not in planned.get(refs[index].name, [None])
-        and list(image_stat(job.source, refs[index])) != list(planned[refs[index].name])
+        if None not in planned.get(refs[index].name, [None])  # known then
+        and list(now[index]) != list(planned[refs[index].name])
     ]
     if changed:
         names = _some([name for name, _ in changed])
@@ -688,10 +695,11 @@ def explain_dataset(
         device=device,
     )
     resolved = resolve_source(source, images=images, seed=seed)
-    check_finished_images(ExplainJob(config, resolved), out)
+    job = ExplainJob(config, resolved)
+    check_finished_images(job, out)
     try:
         result = run_job(
-            ExplainJob(config, resolved), out, show_progress=show_progress, ray=ray,
+            job, out, show_progress=show_progress, ray=ray,
             ray_workers=ray_workers,
         )  # fmt: skip
     except ConfigMismatchError as error:
