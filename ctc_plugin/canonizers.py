@@ -93,14 +93,20 @@ def tensors_restored(model: nn.Module) -> Iterator[nn.Module]:
         restore_tensors(saved)
 
 
-#: The tensors registered on each module of a model: ``(module, parameters, buffers)``, each a
-#: name -> tensor dict (`registered_tensors`).
-RegisteredTensors = list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]
+#: The registries of a module's tensors: its parameters and its buffers.
+_REGISTRIES = ("_parameters", "_buffers")
+
+#: The tensors registered on each module of a model: ``(module, {registry: {name: tensor}})``
+#: for both `_REGISTRIES` (`registered_tensors`).
+RegisteredTensors = list[tuple[nn.Module, dict[str, dict[str, Any]]]]
 
 
 def registered_tensors(model: nn.Module) -> RegisteredTensors:
     """The parameters and buffers registered on every module of ``model`` now, by name."""
-    return [(module, dict(module._parameters), dict(module._buffers)) for module in model.modules()]
+    return [
+        (module, {registry: dict(getattr(module, registry)) for registry in _REGISTRIES})
+        for module in model.modules()
+    ]
 
 
 def restore_tensors(
@@ -115,23 +121,29 @@ def restore_tensors(
     user's change inside the composite's context (``model.double()`` replaces the buffers,
     ``load_state_dict(..., assign=True)`` the parameters), not the composite's.
     """
-    later = registered is not None and now is not None
-    for index, (module, parameters, buffers) in enumerate(saved):
-        for slot, originals in ((1, parameters), (2, buffers)):
-            kept = dict(originals)
-            if later:
-                then, current = registered[index][slot], now[index][slot]
-                for name in set(then) | set(current):
-                    if then.get(name) is not current.get(name):  # the user's change
-                        if name in current:
-                            kept[name] = current[name]
-                        else:
-                            kept.pop(name, None)
-            registry = module._parameters if slot == 1 else module._buffers
+    for index, (module, originals) in enumerate(saved):
+        for registry_name, original in originals.items():
+            kept = original
+            if registered is not None and now is not None:
+                then, current = registered[index][1][registry_name], now[index][1][registry_name]
+                kept = _with_changes(original, then, current)
+            registry = getattr(module, registry_name)
             for name in set(registry) | set(kept):
                 module.__dict__.pop(name, None)
             registry.clear()
             registry.update(kept)
+
+
+def _with_changes(original: dict, then: dict, current: dict) -> dict:
+    """``original`` with every name whose tensor changed from ``then`` to ``current`` as now."""
+    kept = dict(original)
+    for name in then.keys() | current.keys():
+        if then.get(name) is not current.get(name):
+            if name in current:
+                kept[name] = current[name]
+            else:
+                kept.pop(name, None)
+    return kept
 
 
 #: Canonizer classes that act only where their arguments say (module names, a function), so
@@ -177,6 +189,13 @@ def _flat_canonizers(canonizers: Iterator[Canonizer] | tuple | list) -> Iterator
             yield from _flat_canonizers(canonizer.canonizers)
         else:
             yield canonizer
+
+
+def held_composites(composite: Any) -> Iterator[Any]:
+    """``composite`` and every composite inside it (a ``MixedComposite``'s ``composites``)."""
+    yield composite
+    for inner in getattr(composite, "composites", ()) or ():
+        yield from held_composites(inner)
 
 
 @contextmanager

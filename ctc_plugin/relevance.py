@@ -20,13 +20,13 @@ of the Captum method's ``forward_func``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from zennit.core import Composite
 
-from ctc_plugin.canonizers import gradient_attributor
+from ctc_plugin.canonizers import gradient_attributor, held_composites
 from ctc_plugin.concurrency import exclusive, model_of
 from ctc_plugin.targets import TargetType, resolve_targets
 
@@ -92,7 +92,7 @@ def check_gives_relevance(composite: Composite) -> None:
     Raises:
         ValueError: Naming the composites to use instead.
     """
-    if any(getattr(held, "gives_relevance", True) is False for held in _held(composite)):
+    if any(getattr(held, "gives_relevance", True) is False for held in held_composites(composite)):
         raise ValueError(
             f"{type(composite).__name__} holds a CTCComposite, which has no relevance of its own: "
             "its rules act only in CTCAttributor's pass (which gives the feature scores) and "
@@ -100,13 +100,6 @@ def check_gives_relevance(composite: Composite) -> None:
             "EpsilonPlusFlat() or EpsilonGammaBox(low=..., high=...), a Captum attribution or "
             "a relevance tensor instead"
         )
-
-
-def _held(composite: Any) -> Iterator[Any]:
-    """``composite`` and every composite inside it (a ``MixedComposite``'s ``composites``)."""
-    yield composite
-    for inner in getattr(composite, "composites", ()) or ():
-        yield from _held(inner)
 
 
 def one_hot_of(target: TargetType) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -57,7 +57,12 @@ from zennit.composites import LayerMapComposite, register_composite
 from zennit.core import Hook, RemovableHandleList
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
-from ctc_plugin.canonizers import RegisteredTensors, registered_tensors, restore_tensors
+from ctc_plugin.canonizers import (
+    RegisteredTensors,
+    held_composites,
+    registered_tensors,
+    restore_tensors,
+)
 from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
 from ctc_plugin.ctc.handlers import prelu_slope, refuse_batch_statistics
 from ctc_plugin.ctc.interception import CTCMode, operation_name
@@ -609,12 +614,7 @@ class CTCComposite(LayerMapComposite):
 
 def find_ctc_composites(composite: Any) -> list[CTCComposite]:
     """Every `CTCComposite` in ``composite`` (itself, or inside a ``MixedComposite``)."""
-    if isinstance(composite, CTCComposite):
-        return [composite]
-    found: list[CTCComposite] = []
-    for inner in getattr(composite, "composites", ()) or ():
-        found.extend(find_ctc_composites(inner))
-    return found
+    return [held for held in held_composites(composite) if isinstance(held, CTCComposite)]
 
 
 # ---------------------------------------------------------------------------- guard
