@@ -50,6 +50,7 @@ __all__ = [
     "check_inputs",
     "check_takes_images",
     "device_of",
+    "floating_dtype",
     "FUNCTIONAL_DROPOUTS",
     "is_integer",
     "PATCH_SEQUENCE_MODELS",
@@ -77,6 +78,17 @@ def device_of(model: torch.nn.Module) -> torch.device:
     for tensor in itertools.chain(model.parameters(), model.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+def floating_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype ``model`` computes in: its first floating-point parameter's (else buffer's).
+
+    ``None`` for a model without floating-point tensors (it takes whatever it is given).
+    """
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
 
 
 class TrainingModeError(ValueError):

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ctc_plugin.concurrency import eval_mode, holds_model
 from ctc_plugin.explainer.network import Explainer
-from ctc_plugin.inputs import check_eval_mode, check_inputs
+from ctc_plugin.inputs import check_eval_mode, check_inputs, floating_dtype
 from ctc_plugin.targets import TargetType, class_indices, output_not_a_tensor
 
 
@@ -72,8 +72,7 @@ class ExplainerAttribution(Attribution):
 
     def _explainer_dtype(self, images: Tensor) -> torch.dtype:
         """The floating dtype the explainer computes in: its parameters' (the images' if none)."""
-        parameter = next(self.explainer.parameters(), None)
-        return images.dtype if parameter is None else parameter.dtype
+        return floating_dtype(self.explainer) or images.dtype
 
     def _classify(self, images: Tensor, additional_forward_args: Any) -> Tensor:
         """Run the classifier and check its class count against the explainer's."""

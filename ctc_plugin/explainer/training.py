@@ -22,7 +22,7 @@ from ctc_plugin.explainer import losses
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
 from ctc_plugin.files import read_data_file
-from ctc_plugin.inputs import check_images, is_integer
+from ctc_plugin.inputs import check_images, floating_dtype, is_integer
 from ctc_plugin.resumable.atomic import remove_stale_temporaries, write_atomic
 
 #: Tag stored in checkpoints written during
@@ -142,17 +142,6 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
                 p.requires_grad_(flag)
             for m, mode in modes:
                 m.training = mode
-
-
-def floating_dtype(module: nn.Module) -> torch.dtype | None:
-    """The dtype ``module`` computes in: its first floating-point parameter's (else buffer's).
-
-    ``None`` for a module without floating-point tensors (it takes whatever it is given).
-    """
-    for tensor in (*module.parameters(), *module.buffers()):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return None
 
 
 def class_scores(output: Any, num_classes: int) -> Tensor:
