@@ -161,11 +161,18 @@ def _encode(labels: np.ndarray, table: FeatureTable) -> bytes:
     return stream.getvalue()
 
 
+#: Held while NumPy reads an archive's array headers. NumPy parses each header with
+#: ``ast.literal_eval``, and CPython 3.11 can raise a spurious ``SystemError`` ("AST ...
+#: recursion depth mismatch", python/cpython#106905) when threads parse at once; a load would
+#: then report a sound entry as damaged and remove it.
+_ARCHIVE_LOCK = threading.Lock()
+
+
 def _decode(data: bytes, shape: tuple[int, ...]) -> tuple[np.ndarray, FeatureTable] | None:
     """Decode an entry; ``None`` for another format version. Raises on anything malformed."""
     from ctc_plugin.features.base import FeatureTable
 
-    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+    with _ARCHIVE_LOCK, np.load(io.BytesIO(data), allow_pickle=False) as archive:
         arrays = {name: archive[name] for name in archive.files}
     if int(arrays.pop("format_version")) != _FORMAT_VERSION:
         return None
