@@ -38,6 +38,7 @@ from ctc_plugin.features.cache import MaskCache
 from ctc_plugin.features.partition import check_partition_options, to_partition
 from ctc_plugin.files import read_state_dict
 from ctc_plugin.inputs import is_integer
+from ctc_plugin.module_state import weights_state
 
 __all__ = ["SAM_MODEL_TYPES", "SAMSegmenter", "build_tiny_sam", "load_sam"]
 
@@ -205,15 +206,6 @@ def _fingerprint_model(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:32]
 
 
-def _weights_state(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
-    """What changes whenever a tensor of ``model`` is written or replaced.
-
-    Each tensor's storage address and version counter: ``load_state_dict`` and optimiser steps
-    write in place and move the counter; ``.to()`` makes new tensors.
-    """
-    return tuple((t.data_ptr(), t._version) for t in model.state_dict().values())
-
-
 def _mask_of(record: dict[str, Any]) -> np.ndarray:
     """A generator record's ``segmentation`` as a boolean (H, W) array.
 
@@ -332,7 +324,7 @@ class SAMSegmenter(Segmenter):
         self.model = model.eval()
         if checkpoint is not None:  # the file names the weights until they are changed
             identity = _file_identity(Path(checkpoint).expanduser())
-            self._checkpoint_source = (_weights_state(self.model), identity)
+            self._checkpoint_source = (weights_state(self.model), identity)
         self._fingerprint: tuple[tuple[tuple[int, int], ...], str] | None = None
         self._generate_lock = threading.Lock()
         self.model_type = model_type
@@ -379,7 +371,7 @@ class SAMSegmenter(Segmenter):
         (``load_state_dict``, ``.to()``), by the sha256 of its weights, computed again whenever
         they change, so masks of other weights are never served from the cache.
         """
-        state = _weights_state(self.model)
+        state = weights_state(self.model)
         if self._checkpoint_source is not None and self._checkpoint_source[0] == state:
             return self._checkpoint_source[1]
         if self._fingerprint is None or self._fingerprint[0] != state:
@@ -392,7 +384,7 @@ class SAMSegmenter(Segmenter):
         state["_generate_lock"] = None
         source = self._checkpoint_source
         if source is not None:  # tensor addresses do not survive pickling; the identity does
-            unchanged = source[0] == _weights_state(self.model)
+            unchanged = source[0] == weights_state(self.model)
             state["_checkpoint_source"] = (None, source[1]) if unchanged else None
         return state
 
@@ -400,7 +392,7 @@ class SAMSegmenter(Segmenter):
         self.__dict__.update(state)
         self._generate_lock = threading.Lock()
         if self._checkpoint_source is not None:
-            self._checkpoint_source = (_weights_state(self.model), self._checkpoint_source[1])
+            self._checkpoint_source = (weights_state(self.model), self._checkpoint_source[1])
 
     def settings(self) -> dict[str, Any]:
         """Return every option that changes the result (the cache key)."""

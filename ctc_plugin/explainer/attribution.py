@@ -13,7 +13,12 @@ from torch import Tensor, nn
 from ctc_plugin.concurrency import eval_mode, holds_model
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.inputs import check_eval_mode, check_inputs, floating_dtype
+from ctc_plugin.module_state import DigestMemo
 from ctc_plugin.targets import TargetType, class_indices, output_not_a_tensor
+
+
+class ClassifierMismatchWarning(UserWarning):
+    """An Explainer explains a classifier whose weights are not those it was trained for."""
 
 
 class ExplainerAttribution(Attribution):
@@ -36,18 +41,29 @@ class ExplainerAttribution(Attribution):
             BatchNorm or dropout in training mode is refused, as [`CTC`][ctc_plugin.CTC] does,
             so that explaining never changes it.
         explainer: A trained [`Explainer`][ctc_plugin.Explainer].
+        check_classifier: Warn (`ClassifierMismatchWarning`) when ``classifier``'s weights are
+            not those the explainer was trained for
+            ([`Explainer.trained_for`][ctc_plugin.Explainer.trained_for], recorded by ``fit``
+            and the distillation): its masks show what that classifier uses, not this one.
+            Checked at the first call and again after the weights change; explainers whose
+            classifier is unknown (files of older versions) are not checked. ``False`` for
+            a deliberate pairing (e.g. a sanity check's randomised copies).
 
     Raises:
         TypeError: If ``explainer`` is not an [`Explainer`][ctc_plugin.Explainer].
     """
 
-    def __init__(self, classifier: nn.Module, explainer: Explainer) -> None:
+    def __init__(
+        self, classifier: nn.Module, explainer: Explainer, check_classifier: bool = True
+    ) -> None:
         if not isinstance(explainer, Explainer):
             raise TypeError(f"explainer must be an Explainer, got {type(explainer).__name__}")
         super().__init__(classifier)
         self.classifier = classifier
         self.explainer = explainer
+        self.check_classifier = check_classifier
         self._classes_checked = False
+        self._digest = DigestMemo()
 
     def has_convergence_delta(self) -> bool:
         """Return False: the masks have no convergence delta."""
@@ -67,7 +83,26 @@ class ExplainerAttribution(Attribution):
                 "the explainer has not been trained (call Explainer.fit or load trained "
                 "weights): its masks are meaningless",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=5,  # the caller of attribute, past its two decorators
+            )
+
+    def _warn_if_other_classifier(self) -> None:
+        """Warn when the classifier's weights differ from those the explainer was trained for."""
+        expected = self.explainer.trained_for
+        if not self.check_classifier or expected is None:
+            return
+        digest = self._digest.digest(self.classifier)
+        if digest != expected:
+            warnings.warn(
+                ClassifierMismatchWarning(
+                    f"the explainer was trained for a classifier with other weights "
+                    f"(state-dict digest {expected[:12]} there, {digest[:12]} here; a cast to "
+                    "another dtype also changes them): its masks show what that classifier "
+                    "uses, not this one. Pass the classifier it was trained for, or train an "
+                    "explainer for this one (Explainer.fit); check_classifier=False silences "
+                    "this for a deliberate pairing"
+                ),
+                stacklevel=5,  # the caller of attribute, past its two decorators
             )
 
     def _explainer_dtype(self, images: Tensor) -> torch.dtype:
@@ -157,6 +192,7 @@ class ExplainerAttribution(Attribution):
                     indices = self._predicted(images, additional_forward_args)
                 elif not self._classes_checked:
                     self._classify(images[:1], additional_forward_args)
+                self._warn_if_other_classifier()  # once the classifier fits the explainer
                 fast = images.to(self._explainer_dtype(images)).contiguous(
                     memory_format=self.explainer.input_memory_format
                 )

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ctc_plugin._moved import moved_keywords
 from ctc_plugin.explainer.maps import check_scale, resize_maps, run_at_scale, select_maps
 from ctc_plugin.files import read_data_file
+from ctc_plugin.module_state import state_digest
 from ctc_plugin.resumable.atomic import write_atomic
 from ctc_plugin.weights import record_in_manifest
 
@@ -234,6 +235,43 @@ class Explainer(nn.Module):
         # Persisted with the weights: how many optimisation steps trained it, and on which size.
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("image_size", torch.zeros(2, dtype=torch.long))
+        # ... and the classifier it was trained for (`record_classifier`; zeros: unknown).
+        self.register_buffer("classifier_digest", torch.zeros(32, dtype=torch.uint8))
+
+    #: Entries of the state dict that files and checkpoints of older versions lack: loading such
+    #: a state dict leaves them at their unknown value instead of failing.
+    ADDED_STATE = ("classifier_digest",)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """``nn.Module``'s loading; a state dict without an `ADDED_STATE` entry keeps it unknown."""
+        for name in self.ADDED_STATE:
+            state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def record_classifier(self, classifier: nn.Module, digest: str | None = None) -> None:
+        """Record ``classifier`` as the model this explainer explains.
+
+        [`fit`][ctc_plugin.Explainer.fit] and the distillation call it; the record is saved and
+        loaded with the weights, and [`ExplainerAttribution`][ctc_plugin.ExplainerAttribution]
+        warns when it is given a classifier with other weights.
+
+        Args:
+            classifier: The explained model.
+            digest: Its `ctc_plugin.module_state.state_digest`, when already computed.
+        """
+        raw = bytes.fromhex(digest or state_digest(classifier))
+        self.classifier_digest.copy_(torch.tensor(list(raw), dtype=torch.uint8))
+
+    @property
+    def trained_for(self) -> str | None:
+        """The `state_digest` (hex) of the classifier it was trained for; ``None`` if unknown.
+
+        Unknown for untrained explainers and for files written before it was recorded.
+        """
+        digest = bytes(self.classifier_digest.cpu().tolist())
+        return digest.hex() if any(digest) else None
 
     @property
     def backbone_name(self) -> str | None:

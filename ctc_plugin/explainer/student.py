@@ -151,13 +151,17 @@ def class_map_targets(
         return torch.cat([resize_maps(teacher(chunk), size) for chunk in images.split(256)])
 
 
-def mark_trained(explainer: nn.Module, steps: int, image_size: Sequence[int]) -> None:
+def mark_trained(
+    explainer: nn.Module, steps: int, image_size: Sequence[int], classifier: nn.Module
+) -> None:
     """Record a training outside ``fit`` (a distillation) on an Explainer.
 
-    Its ``trained_steps`` grow by ``steps`` and its ``image_size`` (``trained_image_size``)
-    becomes ``image_size``, so that it counts as trained (``is_trained``) and saves and loads
+    Its ``trained_steps`` grow by ``steps``, its ``image_size`` (``trained_image_size``)
+    becomes ``image_size`` and ``classifier`` is recorded as the model it explains
+    (``record_classifier``), so that it counts as trained (``is_trained``) and saves and loads
     as such.
     """
+    explainer.record_classifier(classifier)
     explainer.trained_steps += int(steps)
     explainer.image_size.copy_(torch.tensor([int(v) for v in image_size[-2:]]))
 

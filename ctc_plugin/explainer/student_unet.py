@@ -207,7 +207,7 @@ def distil_student_unet(
         description="distil class maps and masks",
     )
     if explainer is not None:
-        mark_trained(explainer, epochs * (len(images) // batch_size), images.shape[-2:])
+        mark_trained(explainer, epochs * (len(images) // batch_size), images.shape[-2:], classifier)
         explainer.eval()
     return history
 

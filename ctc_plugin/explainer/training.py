@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import numbers
 from collections.abc import Iterable, Iterator, Mapping
@@ -23,6 +22,7 @@ from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
 from ctc_plugin.files import read_data_file
 from ctc_plugin.inputs import check_images, floating_dtype, is_integer
+from ctc_plugin.module_state import state_digest, state_dtypes
 from ctc_plugin.resumable.atomic import remove_stale_temporaries, write_atomic
 
 #: Tag stored in checkpoints written during
@@ -372,57 +372,6 @@ def _loader_settings(loader: Iterable[Any]) -> dict[str, Any]:
     }
 
 
-def _unwrapped(classifier: nn.Module) -> nn.Module:
-    """The model inside ``nn.DataParallel``, ``DistributedDataParallel`` and ``torch.compile``.
-
-    These wrappers hold the same parameters under prefixed keys (``module.``, ``_orig_mod.``);
-    the digest hashes the wrapped model's own keys, so a wrapped classifier is the same one.
-    """
-    while True:
-        if isinstance(classifier, nn.DataParallel | nn.parallel.DistributedDataParallel):
-            classifier = classifier.module
-        elif isinstance(getattr(classifier, "_orig_mod", None), nn.Module):  # torch.compile
-            classifier = classifier._orig_mod
-        else:
-            return classifier
-
-
-def _classifier_digest(classifier: nn.Module) -> str:
-    """Return a SHA-256 hex digest of ``classifier``'s state dict (parameters and buffers).
-
-    Each entry's name, shape and values are hashed in the state dict's key order (floating-point
-    values as float64, which every float dtype casts to exactly), so two classifiers have the
-    same digest exactly when their state dicts hold equal values tensor for tensor: the device,
-    memory format, dtype (see `_classifier_dtypes`) and wrappers (``nn.DataParallel``,
-    ``DistributedDataParallel``, ``torch.compile``) do not count. Checkpoints of
-    `fit_explainer` record it, and a resume against another classifier is refused.
-    """
-    digest = hashlib.sha256()
-    for key, value in _unwrapped(classifier).state_dict().items():
-        digest.update(f"{key}\0".encode())
-        if not isinstance(value, Tensor):  # extra state an nn.Module may store
-            digest.update(f"{value!r}\0".encode())
-            continue
-        value = value.detach()
-        if value.is_floating_point():
-            value = value.double()
-        digest.update(f"{tuple(value.shape)}\0".encode())
-        flat = value.cpu().contiguous().reshape(-1)
-        digest.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
-    return digest.hexdigest()
-
-
-def _classifier_dtypes(classifier: nn.Module) -> list[str]:
-    """The floating-point dtypes of ``classifier``'s state dict, sorted, each once."""
-    return sorted(
-        {
-            str(value.dtype).removeprefix("torch.")
-            for value in classifier.state_dict().values()
-            if isinstance(value, Tensor) and value.is_floating_point()
-        }
-    )
-
-
 def _check_resume(
     state: dict[str, Any],
     explainer: Explainer,
@@ -434,8 +383,8 @@ def _check_resume(
     """Raise unless the checkpoint ``state`` fits ``explainer`` and was made with ``settings``.
 
     Checked before anything is loaded, so a refused resume leaves the explainer unchanged.
-    ``digest`` and ``dtypes`` are this run's classifier's `_classifier_digest` and
-    `_classifier_dtypes`.
+    ``digest`` and ``dtypes`` are this run's classifier's `state_digest` and
+    `state_dtypes` (`ctc_plugin.module_state`).
     Checkpoints of older versions are checked only for what they record: without recorded
     settings, only for their architecture; without a classifier digest, not for the classifier.
     """
@@ -448,7 +397,8 @@ def _check_resume(
         )
     own = explainer.state_dict()
     for name in ("explainer", "best_state"):
-        theirs = state.get(name, {})
+        added = {key: own[key] for key in Explainer.ADDED_STATE}  # older checkpoints lack them
+        theirs = {**added, **state.get(name, {})}
         mismatched = sorted(
             key
             for key in set(own) | set(theirs)
@@ -715,9 +665,8 @@ def fit_explainer(
     }
     optimizer = torch.optim.Adam(explainer.parameters(), lr=hp.lr)
     result = FitResult(hyperparameters=hp)
-    digest, dtypes, state = None, None, None
-    if checkpoint is not None or resume is not None:  # a full copy of the weights to the CPU
-        digest, dtypes = _classifier_digest(classifier), _classifier_dtypes(classifier)
+    # The classifier is recorded on the explainer, and checked against checkpoints.
+    digest, dtypes, state = state_digest(classifier), state_dtypes(classifier), None
     if resume is not None:
         state = load_checkpoint(resume)
         _check_resume(state, explainer, settings, resume, digest, dtypes)
@@ -757,6 +706,7 @@ def fit_explainer(
                 explainer, classifier, train_loader, optimizer, hp, epoch, epochs,
                 max_steps_per_epoch, baseline, multilabel, progress,
             )  # fmt: skip
+            explainer.record_classifier(classifier, digest)  # in its best state and checkpoints
             if val_loader is not None:
                 record["val_loss"] = _evaluate(
                     explainer, classifier, val_loader, hp, multilabel, baseline
@@ -791,6 +741,7 @@ def fit_explainer(
         optimizer.zero_grad(set_to_none=True)
         steps = int(explainer.trained_steps)
         explainer.load_state_dict(best_state)
+        explainer.record_classifier(classifier, digest)  # also where the best state predates it
         explainer.trained_steps.fill_(max(steps, int(explainer.trained_steps)))
         result.steps = int(explainer.trained_steps)
         explainer.eval()

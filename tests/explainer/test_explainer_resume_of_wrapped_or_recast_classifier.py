@@ -2,9 +2,8 @@
 
 Before, a classifier wrapped in ``nn.DataParallel`` or ``torch.compile`` (the same weights under
 ``module.`` / ``_orig_mod.`` keys) was refused on resume as one whose "parameters and buffers
-differ", a classifier cast to another dtype got the same false message, and every
-``fit_explainer`` call copied the whole classifier to the CPU for the digest, also without a
-checkpoint.
+differ", and a classifier cast to another dtype got the same false message. The digest is
+computed once per ``fit`` (it is recorded on the explainer too), not once per epoch.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from ctc_plugin import module_state
 from ctc_plugin.explainer import training
 from ctc_plugin.explainer.presets import ExplainerHyperparameters
 
@@ -37,10 +37,10 @@ def test_resume_against_the_same_classifier_in_data_parallel_continues(tmp_path)
 
 def test_wrappers_do_not_change_the_digest():
     model = tiny_classifier(seed=0)
-    digest = training._classifier_digest(model)
-    assert training._classifier_digest(nn.DataParallel(model)) == digest
-    assert training._classifier_digest(torch.compile(model)) == digest  # not called: no compile
-    assert training._classifier_digest(torch.compile(nn.DataParallel(model))) == digest
+    digest = module_state.state_digest(model)
+    assert module_state.state_digest(nn.DataParallel(model)) == digest
+    assert module_state.state_digest(torch.compile(model)) == digest  # not called: no compile
+    assert module_state.state_digest(torch.compile(nn.DataParallel(model))) == digest
 
 
 def test_a_classifier_in_another_dtype_is_refused_naming_the_dtype(tmp_path):
@@ -63,10 +63,16 @@ def test_other_weights_in_another_dtype_name_both(tmp_path):
     assert "float32 there, float64 now" in str(error.value)
 
 
-def test_no_digest_without_checkpoint_or_resume(monkeypatch):
-    def refuse(classifier):
-        raise AssertionError("the digest was computed without checkpoint or resume")
+def test_the_digest_is_computed_once_per_fit(tmp_path, monkeypatch):
+    calls = []
 
-    monkeypatch.setattr(training, "_classifier_digest", refuse)
-    result = tiny_explainer().fit(tiny_classifier(seed=0), tuple_loader(), epochs=1, **FAST)
-    assert len(result.history) == 1
+    def counted(classifier):
+        calls.append(classifier)
+        return module_state.state_digest(classifier)
+
+    monkeypatch.setattr(training, "state_digest", counted)
+    classifier = tiny_classifier(seed=0)
+    ckpt = tmp_path / "run.ckpt"
+    result = tiny_explainer().fit(classifier, tuple_loader(), epochs=3, checkpoint=ckpt, **FAST)
+    assert len(result.history) == 3
+    assert calls == [classifier]
