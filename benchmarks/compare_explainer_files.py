@@ -52,7 +52,10 @@ def main() -> None:
     )
     counters = [key for key in old if key not in floats and not torch.equal(old[key], new[key])]
     for key in counters:  # e.g. trained_steps: another training length
-        print(f"{key}: {old[key].tolist()} shipped, {new[key].tolist()} rebuilt")
+        if key in Explainer.ADDED_STATE:  # e.g. the classifier, not recorded in older files
+            print(f"{key}: {shipped.trained_for} shipped, {rebuilt.trained_for} rebuilt")
+        else:
+            print(f"{key}: {old[key].tolist()} shipped, {new[key].tolist()} rebuilt")
     images, labels, evidence = evidence_images("shapes", 200, seed=2024)
     masks = {}
     for name, explainer in (("shipped", shipped), ("rebuilt", rebuilt)):
