@@ -67,8 +67,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         default=["predicted"],
         metavar="TARGET",
-        help="what to explain per image: predicted, label (the class subfolder or the shapes "
-        "label), a class index or a class name (default: predicted)",
+        help="what to explain per image: predicted, label (the class subfolder, ImageNet's "
+        "class for WordNet-ID folders such as n01440764, or the shapes label), a class index or "
+        "a class name (default: predicted)",
     )
     add_segmenter_options(parser)
     add_method_options(parser)

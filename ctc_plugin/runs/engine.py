@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
 from ctc_plugin.resumable import ConfigMismatchError, JobResult, RunStore, Shard, run_job
+from ctc_plugin.runs.imagenet import imagenet_classes
 from ctc_plugin.runs.plan import RunConfig, digest, plan_shards
 from ctc_plugin.runs.sources import ImageRef, Source, resolve_source
 
@@ -383,8 +384,10 @@ class ShardRunner:
     def target(self, spec: str, ref: ImageRef, logits: Any) -> int:
         """The class ``spec`` names for this image (``predicted``, ``label``, index or name).
 
-        ``label`` is the image's class: by name when the model has class names (a folder
-        ``cat/`` is the model's class ``"cat"``), else the source's label index.
+        ``label`` is the image's class: ImageNet-1k's class for folders named by its WordNet
+        IDs and a model of 1000 classes (`ctc_plugin.runs.imagenet`), else by name when the
+        model has class names (a folder ``cat/`` is the model's class ``"cat"``), else the
+        source's label index.
         """
         from ctc_plugin.commands import CLIError
         from ctc_plugin.commands.model_checks import target_class
@@ -415,8 +418,10 @@ class ShardRunner:
             for ref in self.source.images:
                 if ref.label is not None:
                     first.setdefault(ref.label, ref.name)
+            imagenet = imagenet_classes(self.source.classes or (), count)
             self._label_classes = {
-                label: self._label_class(label, image, count) for label, image in first.items()
+                label: imagenet[label] if imagenet else self._label_class(label, image, count)
+                for label, image in first.items()
             }
         return self._label_classes
 

@@ -1,0 +1,44 @@
+"""ImageNet-1k's class folders: WordNet IDs (``n01440764``), one per class, in class order.
+
+ImageNet is distributed in class folders named by WordNet ID (``train/n01440764/...``), and
+every ImageNet-1k classifier (torchvision, timm, Hugging Face) orders its 1000 classes as the
+sorted IDs. A folder holding only some of them (Imagenette, a few classes of the validation
+set) gives other indices when its folders are counted, so `imagenet_classes` maps the IDs
+themselves. The list is ``imagenet_synsets.txt`` beside this module (the 1000 sorted IDs).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["IMAGENET_CLASSES", "imagenet_classes", "imagenet_synsets"]
+
+#: The class count of ImageNet-1k classifiers.
+IMAGENET_CLASSES = 1000
+
+_SYNSETS_FILE = Path(__file__).with_name("imagenet_synsets.txt")
+
+
+@functools.cache
+def imagenet_synsets() -> tuple[str, ...]:
+    """The 1000 WordNet IDs of ImageNet-1k, in the order of its classes."""
+    return tuple(_SYNSETS_FILE.read_text(encoding="ascii").split())
+
+
+def imagenet_classes(folders: Sequence[str], count: int) -> list[int] | None:
+    """The ImageNet-1k class of each folder name, when those are ImageNet-1k's WordNet IDs.
+
+    Args:
+        folders: Class folder names.
+        count: The model's class count.
+
+    Returns:
+        One class index per folder, for a model of 1000 classes whose folders are all
+        ImageNet-1k WordNet IDs; otherwise ``None`` (the folders mean something else).
+    """
+    synsets = imagenet_synsets()
+    if count != IMAGENET_CLASSES or not folders or not set(folders) <= set(synsets):
+        return None
+    return [synsets.index(folder) for folder in folders]
