@@ -358,7 +358,7 @@ class CTC(Attribution):
                 self._run_examples(
                     tuple(_rows(x, n, part) for x in inputs),
                     None if baselines is None else tuple(_rows(b, n, part) for b in baselines),
-                    _feature_rows(features, n, part),
+                    _feature_rows(features, inputs, part),
                     tuple(_rows(a, n, part) for a in extra),
                     slice_targets(target, n, part),
                     chunks,
@@ -685,10 +685,21 @@ def _rows(value: Any, n: int, part: slice) -> Any:
     return value[part] if _per_example(value, n) else value
 
 
-def _feature_rows(features: FeatureSet, n: int, part: slice) -> FeatureSet:
-    """The features of examples ``part``: the same ids, their masks and presence."""
+def _feature_rows(
+    features: FeatureSet, inputs: tuple[torch.Tensor, ...], part: slice
+) -> FeatureSet:
+    """The features of examples ``part``: the same ids, their masks and presence.
+
+    Only a mask with as many dimensions as its input has a batch dimension; one with fewer
+    (an (H, W) mask, a per-channel (C, H, W) mask) broadcasts from the right and is shared by
+    every example, whatever the size of its first dimension.
+    """
+    n = inputs[0].shape[0]
     return FeatureSet(
-        masks=tuple(_rows(mask, n, part) for mask in features.masks),
+        masks=tuple(
+            _rows(mask, n, part) if mask.dim() == x.dim() else mask
+            for mask, x in zip(features.masks, inputs)
+        ),
         ids=features.ids,
         presence=features.presence[part],
     )

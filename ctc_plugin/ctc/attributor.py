@@ -276,7 +276,9 @@ class _HookedCTC(CTC):
     """The CTC engine with the hooks of a composite as its rule dispatch.
 
     The model's output is reduced to one value per copy, ``sum_c w_c f_c``, with the weights
-    ``w`` computed from the gate copies' output (the model's real output).
+    ``w`` computed from the gate copies' output (the model's real output). Every example travels
+    in the same pass (no groups of examples on a CPU), so that the weighting sees the whole
+    output.
     """
 
     def __init__(
@@ -288,6 +290,9 @@ class _HookedCTC(CTC):
         functional: FunctionalPolicy,
     ) -> None:
         super().__init__(model, segmenter=segmenter, bias_sharing=bias_sharing)
+        # the whole batch in one pass: the weighting is a function of the model's whole
+        # output (as in Zennit), and the call returns that output, not one group's
+        self._speedups = dataclasses.replace(self._speedups, copies_per_pass=None)
         self.attr_output_fn = attr_output_fn
         self.functional = functional
         self.model_output: torch.Tensor | None = None
