@@ -190,8 +190,8 @@ class ExplainerAttribution(Attribution):
             with torch.no_grad():
                 if indices is None:
                     indices = self._predicted(images, additional_forward_args)
-                elif not self._classes_checked:
-                    self._classify(images[:1], additional_forward_args)
+                elif not self._classes_checked:  # the whole batch: side inputs have its rows
+                    self._classify(images, additional_forward_args)
                 self._warn_if_other_classifier()  # once the classifier fits the explainer
                 fast = images.to(self._explainer_dtype(images)).contiguous(
                     memory_format=self.explainer.input_memory_format
