@@ -34,7 +34,9 @@ class ShapesDataset(Dataset):
 
     Items are dicts with ``"image"`` ((3, H, W) float32 in [0, 1]), ``"label"`` (int),
     ``"evidence"`` ((H, W) bool) and ``"instances"`` ((H, W) int64, 0 = background, evidence
-    objects first, then distractors).
+    objects first, then distractors). No transform is applied: a torchvision ``transforms.v2``
+    transform given an item as it is moves the image only; wrap the image in
+    ``tv_tensors.Image`` and the two masks in ``tv_tensors.Mask`` so that they move with it.
 
     Args:
         split: ``"shapes"`` or ``"composite"``.
@@ -73,7 +75,13 @@ class ShapesDataset(Dataset):
         return self.size
 
     def scene(self, index: int) -> tuple[Scene, int]:
-        """Return the scene description and label of item ``index``."""
+        """Return the scene description and label of item ``index``.
+
+        Raises:
+            TypeError: When ``index`` is not a whole number (a slice or a list of indices, say).
+            IndexError: When it is out of range.
+        """
+        index = _whole_index(index)
         if not -self.size <= index < self.size:
             raise IndexError(f"index {index} out of range for a dataset of {self.size} images")
         index %= self.size
@@ -81,6 +89,10 @@ class ShapesDataset(Dataset):
         return sample_scene(rng, self.split, self.image_size)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        """Render item ``index`` (an int, a NumPy integer or a 0-d torch integer tensor).
+
+        Negative indices count from the end. Several items: ``torch.utils.data.Subset``.
+        """
         scene, label = self.scene(index)
         image, evidence, instances = render(scene)
         return {
@@ -107,3 +119,20 @@ class ShapesDataset(Dataset):
             scene, labels[i] = self.scene(i)
             images[i] = torch.from_numpy(render(scene)[0])
         return images, labels
+
+
+def _whole_index(index: object) -> int:
+    """``index`` as an int: a Python or NumPy integer, or a 0-d integer tensor (not a bool).
+
+    Raises:
+        TypeError: For anything else, naming ``torch.utils.data.Subset`` for several items.
+    """
+    if isinstance(index, torch.Tensor) and index.dim() == 0:
+        if not (index.is_floating_point() or index.is_complex() or index.dtype == torch.bool):
+            index = int(index.item())
+    if not is_integer(index):
+        raise TypeError(
+            f"index must be a whole number (an int, a NumPy integer or a 0-d integer tensor), "
+            f"got {index!r}; for several items use torch.utils.data.Subset(dataset, indices)"
+        )
+    return int(index)

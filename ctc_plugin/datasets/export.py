@@ -38,7 +38,8 @@ def write_split(dataset: ShapesDataset, directory: str | Path, show_progress: bo
     """Write every item of ``dataset`` to ``directory`` as PNG files.
 
     Layout: ``images/00000.png`` (RGB), ``evidence/00000.png`` (0 or 255),
-    ``instances/00000.png`` (8-bit ids, 0 = background), ``labels.csv``
+    ``instances/00000.png`` (8-bit ids, 0 = background; the names have five digits, more
+    above 100,000 images, so that they sort in index order), ``labels.csv``
     (columns ``index,label,class``) and ``export.json`` (the split, seed, size and image
     size of the data set).
 
@@ -60,11 +61,18 @@ def write_split(dataset: ShapesDataset, directory: str | Path, show_progress: bo
         The output folder.
 
     Raises:
+        TypeError: If ``dataset`` is not a `ShapesDataset` (a ``Subset`` of one, say).
         ValueError: If ``directory`` is a file, or a folder holding other files than an export
             of this data set (the message says what it holds).
     """
     from tqdm.auto import tqdm
 
+    if not isinstance(dataset, ShapesDataset):
+        raise TypeError(
+            f"write_split takes a ShapesDataset, got {type(dataset).__name__}; an export names "
+            "its data set by split, seed, size and image size, so write "
+            "ShapesDataset(split, size=N, seed=S) (its first N items) instead of a subset"
+        )
     root = Path(directory)
     identity = _identity(dataset)
     _check_folder(root, identity)
@@ -73,9 +81,10 @@ def write_split(dataset: ShapesDataset, directory: str | Path, show_progress: bo
     for name in ("images", "evidence", "instances"):
         (root / name).mkdir(parents=True, exist_ok=True)
     rows = [["index", "label", "class"]]
+    digits = max(5, len(str(len(dataset) - 1)))
     for i in tqdm(range(len(dataset)), desc="writing", disable=not show_progress):
         item = dataset[i]
-        stem = f"{i:05d}.png"
+        stem = f"{i:0{digits}d}.png"
         image = (item["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         _to_png(image, root / "images" / stem)
         _to_png(item["evidence"].numpy().astype(np.uint8) * 255, root / "evidence" / stem)

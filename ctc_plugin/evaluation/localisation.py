@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ctc_plugin.evaluation._inputs import as_maps, as_masks
+from ctc_plugin.evaluation._inputs import as_maps, as_masks, as_tensor
+from ctc_plugin.inputs import is_integer
 
 __all__ = [
     "pointing_game",
@@ -50,11 +51,18 @@ def pointing_game(
     Returns:
         ``(N,)`` float64 tensor of 0/1 hits (0 for a constant map), NaN where a mask is
         empty.
+
+    Raises:
+        ValueError: For maps and masks of different shapes, maps holding NaN or infinity, or a
+            tolerance that is not a non-negative whole number.
     """
     maps = as_maps(attributions)
     gt = as_masks(masks, maps.shape)
+    if not is_integer(tolerance):
+        raise ValueError(f"tolerance must be a whole number of pixels, got {tolerance!r}")
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
+    tolerance = int(tolerance)
     grown = gt
     if tolerance > 0:
         size = 2 * tolerance + 1
@@ -144,6 +152,10 @@ def binarize(
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
     flat = maps.flatten(1)
+    if flat.numel() == 0:  # no images (or no pixels): nothing to keep
+        if mode not in ("relative", "quantile"):
+            raise ValueError(f"mode must be 'relative' or 'quantile', got {mode!r}")
+        return torch.zeros(maps.shape, dtype=torch.bool)
     if mode == "relative":
         peak = flat.max(dim=1, keepdim=True).values
         keep = (flat >= threshold * peak) & (peak > 0)
@@ -156,6 +168,7 @@ def binarize(
 
 
 def _confusion(predicted: Tensor | np.ndarray, masks: Tensor | np.ndarray) -> tuple[Tensor, ...]:
+    _check_thresholded(predicted)
     pred = as_masks(predicted, torch.Size(as_maps(predicted).shape), name="predicted")
     gt = as_masks(masks, pred.shape)
     tp = (pred & gt).flatten(1).sum(dim=1).to(torch.float64)
@@ -164,8 +177,30 @@ def _confusion(predicted: Tensor | np.ndarray, masks: Tensor | np.ndarray) -> tu
     return tp, fp, fn, gt
 
 
+def _check_thresholded(predicted: Tensor | np.ndarray) -> None:
+    """Raise a ValueError when floating-point ``predicted`` masks hold values other than 0 and 1.
+
+    Such values are an attribution map given where a mask belongs: read as a mask, every
+    non-zero pixel would count as predicted evidence.
+    """
+    values = as_tensor(predicted, "predicted")
+    if not (values.is_floating_point() or values.is_complex()):
+        return
+    if not ((values == 0) | (values == 1)).all():
+        raise ValueError(
+            "predicted must be masks (bool, or 0 and 1), but it holds other values: an "
+            "attribution map? threshold it first, e.g. iou(binarize(maps, 0.5), masks)"
+        )
+
+
 def iou(predicted: Tensor | np.ndarray, masks: Tensor | np.ndarray) -> Tensor:
     """Intersection over union of predicted masks (e.g. from `binarize`) and the evidence.
+
+    Args:
+        predicted: Predicted masks: bool, or numbers where non-zero means inside; a
+            floating-point tensor must hold only 0 and 1 (an attribution map is refused:
+            threshold it with `binarize` first).
+        masks: Ground-truth evidence masks.
 
     Returns:
         ``(N,)`` float64 tensor in [0, 1], NaN where the ground-truth mask is empty.
@@ -177,6 +212,11 @@ def iou(predicted: Tensor | np.ndarray, masks: Tensor | np.ndarray) -> Tensor:
 
 def f1(predicted: Tensor | np.ndarray, masks: Tensor | np.ndarray) -> Tensor:
     """F1 score (Dice) of predicted masks (e.g. from `binarize`) against the evidence.
+
+    Args:
+        predicted: Predicted masks, as for `iou` (a floating-point map other than 0 and 1 is
+            refused: threshold it with `binarize` first).
+        masks: Ground-truth evidence masks.
 
     Returns:
         ``(N,)`` float64 tensor in [0, 1], NaN where the ground-truth mask is empty.

@@ -57,7 +57,7 @@ def load_explainer(family: str, split: str = "shapes", kind: str = "default") ->
     """Load the shipped explainer of the zoo model ``family`` trained on ``split``.
 
     Args:
-        family: Zoo family (``"vgg"``, ``"resnet"``, ``"densenet"``, ``"inception"``).
+        family: One of [`FAMILIES`][ctc_plugin.zoo.FAMILIES].
         split: Data split the zoo model was trained on.
         kind: ``"default"`` (small U-Net, the fast one), ``"class-specific"`` (its class maps
             come from a copy of the classifier; the mask of a class absent from the image stays

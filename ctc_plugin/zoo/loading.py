@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -11,8 +12,9 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from ctc_plugin.datasets.scene import check_split
+from ctc_plugin.datasets.splits import SPLITS, check_split
 from ctc_plugin.files import read_state_dict
+from ctc_plugin.inputs import is_integer
 from ctc_plugin.weights import classifier_path
 from ctc_plugin.zoo.models import ARCHITECTURES
 from ctc_plugin.zoo.settings import FAMILIES as FAMILIES
@@ -42,12 +44,14 @@ def build(family: str, num_classes: int) -> nn.Module:
         num_classes: Number of output logits.
 
     Raises:
-        ValueError: For an unknown family or a non-positive class count.
+        ValueError: For an unknown family, or a class count that is not a positive whole number.
     """
     check_family(family)
+    if not is_integer(num_classes):
+        raise ValueError(f"num_classes must be a whole number, got {num_classes!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    return ARCHITECTURES[family](num_classes)
+    return ARCHITECTURES[family](int(num_classes))
 
 
 def weights_path(family: str, split: str = "shapes") -> Path:
@@ -88,7 +92,9 @@ def unwrapped_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[st
     return state
 
 
-def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+def load_state_into(
+    model: nn.Module, state: dict[str, torch.Tensor], path: Path, hint: str = ""
+) -> nn.Module:
     """Load ``state`` (read from ``path``) into ``model``; return it in eval mode.
 
     The key prefix of a wrapped model's state dict (``module.`` from ``nn.DataParallel`` or
@@ -97,7 +103,7 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path
 
     Raises:
         ValueError: ``weights in <path> do not fit the model: <torch's list of differences>``,
-            each list cut to its count and first keys; for a file written by
+            each list cut to its count and first keys, then ``hint``; for a file written by
             [`Explainer.save`][ctc_plugin.Explainer.save] it says so and what to give instead.
     """
     try:
@@ -105,7 +111,7 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path
     except RuntimeError as error:
         raise ValueError(
             f"weights in {path} do not fit the model: {_short_load_error(str(error))}"
-            f"{_explainer_file_hint(path)}"
+            f"{hint}{_explainer_file_hint(path)}"
         ) from error
     return model.eval()
 
@@ -188,7 +194,24 @@ def load(family: str, split: str = "shapes", weights: str | Path | None = None) 
             f"weights file not found: {path}; train it with "
             f"`ctc-plugin zoo train {family} --split {split}` or pass --weights PATH"
         )
-    return load_state_into(model, read_state_dict(path), path)
+    state = read_state_dict(path)
+    return load_state_into(model, state, path, _split_hint(model, state, split))
+
+
+def _split_hint(model: nn.Module, state: dict[str, torch.Tensor], split: str) -> str:
+    """A sentence naming the split whose class count the weights' head has ("" if none fits).
+
+    Weights trained on one split given with another differ from the model in the head only.
+    """
+    classes = head_classes(model, unwrapped_state(model, state))
+    others = [name for name, names in SPLITS.items() if name != split and len(names) == classes]
+    if not others:
+        return ""
+    return (
+        f" The file's head has {classes} classes, as the {others[0]!r} split has, not the "
+        f"{len(SPLITS[split])} of {split!r}: were these weights trained on {others[0]!r}? "
+        f"Load them with split {others[0]!r}."
+    )
 
 
 def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.Module:
@@ -218,9 +241,13 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
     """
     import torchvision.models
 
-    if arch not in torchvision.models.list_models(module=torchvision.models):
+    names = torchvision.models.list_models(module=torchvision.models)
+    if arch not in names:
+        close = difflib.get_close_matches(str(arch), names, n=3)
+        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
         raise ValueError(
-            f"unknown torchvision architecture {arch!r}; see torchvision.models.list_models()"
+            f"unknown torchvision architecture {arch!r}; {hint}"
+            "see torchvision.models.list_models() for every name"
         )
     path = Path(weights_path)
     state = read_state_dict(path)

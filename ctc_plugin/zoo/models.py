@@ -369,6 +369,7 @@ class SmallViT(nn.Module):
         from torchvision.models.vision_transformer import EncoderBlock
 
         tokens = (image_size // 8) ** 2
+        self.image_size = image_size
         self.normalize = Normalize()
         self.patches = nn.Sequential(
             *_stride_two_conv(3, 24),
@@ -391,9 +392,20 @@ class SmallViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the logits of a batch of images in [0, 1]."""
         tokens = self.patches(self.normalize(x)).flatten(2).transpose(1, 2)
+        if tokens.shape[1] + 1 != self.position.shape[1]:
+            self._refuse_size(x)
         tokens = torch.cat([self.class_token.expand(x.shape[0], -1, -1), tokens], dim=1)
         tokens = self.norm(self.blocks(tokens + self.position))
         return self.head(self.to_grid(tokens))
+
+    def _refuse_size(self, x: torch.Tensor) -> None:
+        """Raise a ValueError: ``x`` gives another number of patches than the embeddings hold."""
+        side, grid = self.image_size, self.image_size // 8
+        raise ValueError(
+            f"SmallViT takes {side}x{side} images (its position embeddings hold a {grid}x{grid} "
+            f"grid of 8x8 patches); got {x.shape[-2]}x{x.shape[-1]} images; resize them to "
+            f"{side}x{side} (ShapesDataset(image_size={side}) draws them at that size)"
+        )
 
 
 #: Model classes by family name.

@@ -131,8 +131,9 @@ def evaluate(
         The fraction of images whose arg-max is their label.
 
     Raises:
-        ValueError: If ``seed`` is the zoo's training seed, or ``size`` or ``batch_size`` is not
-            positive.
+        ValueError: If ``seed`` is the zoo's training seed, ``size`` or ``batch_size`` is not
+            positive, or the model returns another number of class scores than ``split`` has
+            classes (a model trained on the other split).
     """
     if size < 1 or batch_size < 1:
         raise ValueError(
@@ -140,18 +141,22 @@ def evaluate(
         )
     if seed == TRAIN_SEED:
         raise ValueError(f"seed {TRAIN_SEED} is the training sample; evaluate with another seed")
-    images, labels = ShapesDataset(split, size=size, seed=seed).tensors(show_progress)
+    data = ShapesDataset(split, size=size, seed=seed)
+    images, labels = data.tensors(show_progress)
     device = device_of(model)
     was_training = model.training
     model.eval()
+    correct = 0
     try:
-        correct = sum(
-            (
-                model(images[i : i + batch_size].to(device)).argmax(1).cpu()
-                == labels[i : i + batch_size]
-            ).sum()
-            for i in range(0, size, batch_size)
-        )
+        for i in range(0, size, batch_size):
+            logits = model(images[i : i + batch_size].to(device))
+            if logits.dim() != 2 or logits.shape[1] != data.num_classes:
+                raise ValueError(
+                    f"the model returns {logits.shape[1] if logits.dim() == 2 else 'no'} class "
+                    f"scores per image (output {tuple(logits.shape)}), but split {split!r} has "
+                    f"{data.num_classes} classes; evaluate a model trained on {split!r}"
+                )
+            correct += int((logits.argmax(1).cpu() == labels[i : i + batch_size]).sum())
     finally:
         model.train(was_training)
-    return float(correct) / size
+    return correct / size

@@ -1,0 +1,40 @@
+"""Localisation metrics refuse arguments that would give a meaningless score."""
+
+import pytest
+import torch
+
+from ctc_plugin.evaluation.localisation import binarize, f1, iou, pointing_game
+
+
+def evidence():
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    mask[:, 2:4, 2:4] = True
+    return mask
+
+
+@pytest.mark.parametrize("tolerance", [1.5, True, "2"])
+def test_pointing_game_tolerance_must_be_a_whole_number(tolerance):
+    with pytest.raises(ValueError, match="tolerance must be a whole number"):
+        pointing_game(torch.rand(2, 8, 8), evidence(), tolerance=tolerance)
+
+
+@pytest.mark.parametrize("metric", [iou, f1])
+def test_overlap_refuses_an_unthresholded_map(metric):
+    maps = torch.rand(2, 8, 8) + 0.01  # no zero: read as a mask it would cover everything
+    with pytest.raises(ValueError, match=r"binarize"):
+        metric(maps, evidence())
+
+
+@pytest.mark.parametrize("metric", [iou, f1])
+def test_overlap_takes_boolean_and_zero_one_masks(metric):
+    maps = torch.rand(2, 8, 8)
+    predicted = binarize(maps, 0.5)
+    expected = metric(predicted, evidence())
+    assert torch.equal(metric(predicted.float(), evidence()), expected)
+    assert torch.equal(metric(predicted.to(torch.uint8) * 255, evidence()), expected)
+    assert torch.equal(metric(predicted.numpy(), evidence()), expected)
+
+
+def test_binarize_of_no_images_is_empty_in_both_modes():
+    for mode in ("relative", "quantile"):
+        assert binarize(torch.rand(0, 8, 8), 0.5, mode=mode).shape == (0, 8, 8)
