@@ -45,12 +45,15 @@ def as_maps(attributions: Tensor | np.ndarray, name: str = "attributions") -> Te
 
 
 def as_masks(masks: Tensor | np.ndarray, shape: torch.Size, name: str = "masks") -> Tensor:
-    """Return ground-truth masks as a bool ``(N, H, W)`` tensor matching ``shape``.
+    """Return masks as a bool ``(N, H, W)`` tensor matching ``shape``.
 
-    Accepts ``(N, H, W)`` or ``(N, 1, H, W)``, any dtype (non-zero means inside).
+    Accepts ``(N, H, W)`` or ``(N, 1, H, W)``: bool, integers (non-zero means inside, so 0/255
+    images work) or floating point holding only 0 and 1.
 
     Raises:
-        ValueError: when the masks do not match the maps' ``(N, H, W)`` shape.
+        ValueError: when the masks do not match the maps' ``(N, H, W)`` shape, or are floating
+            point with other values (NaN, a soft mask, an attribution map given as a mask:
+            read as non-zero, they would count as inside wherever they are not exactly 0).
     """
     out = as_tensor(masks, name).detach()
     if out.dim() == 4 and out.shape[1] == 1:
@@ -59,6 +62,12 @@ def as_masks(masks: Tensor | np.ndarray, shape: torch.Size, name: str = "masks")
         raise ValueError(
             f"{name} must have shape {tuple(shape)} (N, H, W) to match the attributions; "
             f"got {tuple(out.shape)}"
+        )
+    if out.is_floating_point() and not ((out == 0) | (out == 1)).all():
+        raise ValueError(
+            f"{name} must be masks (bool, integers, or floats of 0 and 1), but hold other "
+            "values (NaN, a soft mask, an attribution map?): threshold them first, e.g. "
+            "masks > 0.5, or binarize(maps, 0.5) for an attribution map"
         )
     return out != 0
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ctc_plugin.evaluation._inputs import as_maps, as_masks, as_tensor
+from ctc_plugin.evaluation._inputs import as_maps, as_masks
 from ctc_plugin.inputs import is_integer
 
 __all__ = [
@@ -168,29 +168,12 @@ def binarize(
 
 
 def _confusion(predicted: Tensor | np.ndarray, masks: Tensor | np.ndarray) -> tuple[Tensor, ...]:
-    _check_thresholded(predicted)
     pred = as_masks(predicted, torch.Size(as_maps(predicted).shape), name="predicted")
     gt = as_masks(masks, pred.shape)
     tp = (pred & gt).flatten(1).sum(dim=1).to(torch.float64)
     fp = (pred & ~gt).flatten(1).sum(dim=1).to(torch.float64)
     fn = (~pred & gt).flatten(1).sum(dim=1).to(torch.float64)
     return tp, fp, fn, gt
-
-
-def _check_thresholded(predicted: Tensor | np.ndarray) -> None:
-    """Raise a ValueError when floating-point ``predicted`` masks hold values other than 0 and 1.
-
-    Such values are an attribution map given where a mask belongs: read as a mask, every
-    non-zero pixel would count as predicted evidence.
-    """
-    values = as_tensor(predicted, "predicted")
-    if not (values.is_floating_point() or values.is_complex()):
-        return
-    if not ((values == 0) | (values == 1)).all():
-        raise ValueError(
-            "predicted must be masks (bool, or 0 and 1), but it holds other values: an "
-            "attribution map? threshold it first, e.g. iou(binarize(maps, 0.5), masks)"
-        )
 
 
 def iou(predicted: Tensor | np.ndarray, masks: Tensor | np.ndarray) -> Tensor:

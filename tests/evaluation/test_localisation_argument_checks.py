@@ -38,3 +38,17 @@ def test_overlap_takes_boolean_and_zero_one_masks(metric):
 def test_binarize_of_no_images_is_empty_in_both_modes():
     for mode in ("relative", "quantile"):
         assert binarize(torch.rand(0, 8, 8), 0.5, mode=mode).shape == (0, 8, 8)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 0.5], ids=["nan", "soft"])
+@pytest.mark.parametrize("metric", [pointing_game, iou, f1])
+def test_ground_truth_masks_of_other_values_than_0_and_1_are_refused(metric, bad):
+    masks = torch.zeros(2, 8, 8)
+    masks[:, 2:4, 2:4] = 1.0
+    masks[1, 6, 6] = bad  # read as non-zero, it counted as evidence
+    maps = torch.zeros(2, 8, 8, dtype=torch.bool)
+    maps[:, 2, 2] = True
+    with pytest.raises(ValueError, match=r"masks must be masks .*masks > 0.5"):
+        metric(maps.float() if metric is pointing_game else maps, masks)
+    masks[1, 6, 6] = 0.0
+    assert metric(maps.float() if metric is pointing_game else maps, masks).isfinite().all()
