@@ -219,7 +219,8 @@ def target_class(
     """
     if spec is None:
         return int(logits.argmax())
-    if spec.isascii() and spec.lstrip("-").isdigit():  # int() also takes "²" or Arabic digits
+    # int() also takes "²" or Arabic digits; one minus sign at most ("--3" is no number)
+    if spec.isascii() and spec.removeprefix("-").isdigit():
         target = int(spec)
     elif loaded.classes is not None and spec in loaded.classes:
         target = _named_class(spec, loaded.classes, option)
