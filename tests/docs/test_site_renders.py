@@ -8,7 +8,8 @@ images have loaded; the test fails on text a reader would see raw:
   cross-references instead;
 - an image that did not load (missing file, or not an image);
 - a ``>>>`` example run together as nested quotes instead of shown as code;
-- a table wider than the page at 1400 px (split it).
+- a table wider than the page at 1400 px (split it);
+- a Markdown table shown as raw pipes (its separator row has another cell count than its header).
 
 ``make test`` builds the site once into ``site/`` and passes it in ``CTC_DOCS_SITE``; run alone,
 the test builds its own copy. Without Chromium (``apt-get install -y chromium``; ``make setup``
@@ -133,7 +134,8 @@ def test_inspection_sees_each_kind_of_problem(chromium: str, tmp_path: Path) -> 
         <p><img src="missing.png"> <img src="not-an-image.png"></p>
         <blockquote><blockquote><p>&gt; from x import y</p></blockquote></blockquote>
         <table><tr>WIDE_ROW</tr></table>
-        <pre><code>\\[ fine \\] $$ fine $$ :class:`Fine` \\frac</code></pre>
+        <p>| a | b | c | |---|---| | 1 | 2 | 3 |</p>
+        <pre><code>\\[ fine \\] $$ fine $$ :class:`Fine` \\frac |---|---| fine</code></pre>
         <p>Inline <code>:meth:`fine` \\(fine\\)</code> code is fine, and so is $5.</p>
         </body></html>""".replace("WIDE_ROW", wide_row),
         encoding="utf-8",
@@ -148,5 +150,6 @@ def test_inspection_sees_each_kind_of_problem(chromium: str, tmp_path: Path) -> 
         + ["broken image"] * 2
         + [">>> example shown as nested quotes"]
         + ["table wider than the page"]
+        + ["table shown as raw pipes"]
     ), problems
     assert not [what for _, what in problems if "fine" in what], problems
