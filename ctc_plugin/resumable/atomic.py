@@ -94,7 +94,9 @@ def write_atomic_group(writes: Sequence[tuple[Path, Callable[[Any], None]]]) -> 
                 stream.flush()
                 os.fsync(stream.fileno())
         if len(written) > 1:
-            backups = {path: _backup(path) for _, path in written if path.exists()}
+            for _, path in written:  # one at a time: a failed backup leaves none behind
+                if path.exists():
+                    backups[path] = _backup(path)
         replaced: list[Path] = []
         try:
             for temporary, path in written:
@@ -126,7 +128,11 @@ def _backup(path: Path) -> Path:
         except FileExistsError:  # pragma: no cover - a name drawn twice
             continue
         except OSError:  # a file system without hard links
-            shutil.copy2(path, backup)
+            try:
+                shutil.copy2(path, backup)
+            except BaseException:  # a copy cut short (no space): no partial backup kept
+                backup.unlink(missing_ok=True)
+                raise
             return backup
 
 
