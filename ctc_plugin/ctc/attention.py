@@ -209,7 +209,7 @@ def scaled_dot_product_attention(
         for constant in (query, key, mask):  # rows per copy: alike (none taken out of torch)
             ctx.check_constant(constant, value, name)
         probabilities = _attention_probabilities(query, key, mask, causal, scale)
-        return ctx.tag(torch.matmul(probabilities, _as_full_pass(ctx, value)))
+        return _attend(ctx, probabilities, value, name)
     full_probabilities = ctx.call_on_full_pass(
         lambda q, k, m: _attention_probabilities(q, k, m, causal, scale),
         (full(query), full(key), full(mask)),
@@ -219,8 +219,21 @@ def scaled_dot_product_attention(
     )
     if not ctx.is_propagated(value):
         return ctx.broadcast_gate(torch.matmul(full_probabilities, full(value)), name)
-    probabilities = ctx.broadcast_gate(full_probabilities, name)
-    return ctx.tag(torch.matmul(probabilities, _as_full_pass(ctx, value)))
+    return _attend(ctx, ctx.broadcast_gate(full_probabilities, name), value, name)
+
+
+def _attend(
+    ctx: GatedPass, probabilities: torch.Tensor, value: torch.Tensor, name: str
+) -> torch.Tensor:
+    """The full pass's probabilities (a constant, or a gate) times a propagated value.
+
+    Linear in the value's copies: a gate tensor that is also a signal (a sigmoid or tanh of the
+    signal, its copies rescaled) is mixed copy by copy, as a linear layer reads it; a gate-only
+    value (every copy the full pass's) gives a gate-only tensor.
+    """
+    out = ctx.tag(torch.matmul(probabilities, value))
+    mark = ctx.gate_mark(value)
+    return ctx.mark_gate(out, name, only=True) if mark is not None and mark.only else out
 
 
 def _attention_probabilities(
