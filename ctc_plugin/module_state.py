@@ -15,6 +15,7 @@ Two questions about a model's parameters and buffers, asked by several parts of 
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +38,7 @@ def unwrapped(module: nn.Module) -> nn.Module:
             return module
 
 
-def state_digest(module: nn.Module) -> str:
+def state_digest(module: nn.Module, cast: torch.dtype | None = None) -> str:
     """Return a SHA-256 hex digest of ``module``'s state dict (parameters and buffers).
 
     Each entry's name, shape and values are hashed in the state dict's key order (floating-point
@@ -46,6 +47,11 @@ def state_digest(module: nn.Module) -> str:
     memory format, dtype (see `state_dtypes`) and wrappers (``nn.DataParallel``,
     ``DistributedDataParallel``, ``torch.compile``) do not count. One tensor at a time is copied
     to the CPU.
+
+    Args:
+        module: The module.
+        cast: Hash the floating-point values as ``module.to(cast)`` would hold them (the digest
+            of a half-precision copy, without making one).
     """
     digest = hashlib.sha256()
     for key, value in unwrapped(module).state_dict().items():
@@ -55,7 +61,7 @@ def state_digest(module: nn.Module) -> str:
             continue
         value = value.detach()
         if value.is_floating_point():
-            value = value.double()
+            value = (value if cast is None else value.to(cast)).double()
         digest.update(f"{tuple(value.shape)}\0".encode())
         flat = value.cpu().contiguous().reshape(-1)
         digest.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
@@ -73,13 +79,17 @@ def state_dtypes(module: nn.Module) -> list[str]:
     )
 
 
-def weights_state(module: nn.Module) -> tuple[tuple[int, int], ...]:
+def weights_state(module: nn.Module) -> tuple[Any, ...]:
     """What changes whenever a tensor of ``module`` is written or replaced.
 
     Each tensor's storage address and version counter: ``load_state_dict`` and optimiser steps
-    write in place and move the counter; ``.to()`` makes new tensors.
+    write in place and move the counter; ``.to()`` makes new tensors. Entries that are not
+    tensors (a module's extra state, a quantized layer's dtype) count by their ``repr``.
     """
-    return tuple((t.data_ptr(), t._version) for t in module.state_dict().values())
+    return tuple(
+        (t.data_ptr(), t._version) if isinstance(t, Tensor) else repr(t)
+        for t in module.state_dict().values()
+    )
 
 
 class DigestMemo:
@@ -90,7 +100,7 @@ class DigestMemo:
     """
 
     def __init__(self) -> None:
-        self._memo: tuple[int, tuple[tuple[int, int], ...], str] | None = None
+        self._memo: tuple[int, tuple[Any, ...], str] | None = None
 
     def digest(self, module: nn.Module) -> str:
         """``state_digest(module)``, from the memo while `weights_state` is unchanged."""

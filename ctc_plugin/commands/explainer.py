@@ -436,9 +436,9 @@ def _gate(args: argparse.Namespace) -> int:
         gated.backbone.sharpness.fill_(args.sharpness)
         gated.backbone.threshold.fill_(args.threshold)
         # the masks are the default explainer's training (copied, or distilled from it): the
-        # file counts as trained with its steps; the distillation is in the metadata
-        gated.trained_steps.copy_(default.trained_steps)
-        gated.image_size.copy_(default.image_size)
+        # file counts as trained with its steps, size and classifier; the distillation is in
+        # the metadata
+        gated.copy_training_record(default)
     words = ["ctc-plugin", "explainer", "gate", "--model", args.model, "--split", args.split]
     if args.mask_explainer is not None:
         words += ["--mask-explainer", str(args.mask_explainer)]

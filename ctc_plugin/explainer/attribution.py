@@ -45,6 +45,8 @@ class ExplainerAttribution(Attribution):
             not those the explainer was trained for
             ([`Explainer.trained_for`][ctc_plugin.Explainer.trained_for], recorded by ``fit``
             and the distillation): its masks show what that classifier uses, not this one.
+            A float16, bfloat16 or float64 copy of it, and one inside ``nn.DataParallel``,
+            ``DistributedDataParallel`` or ``torch.compile``, is the same classifier.
             Checked at the first call and again after the weights change; explainers whose
             classifier is unknown (files of older versions) are not checked. ``False`` for
             a deliberate pairing (e.g. a sanity check's randomised copies).
@@ -88,16 +90,16 @@ class ExplainerAttribution(Attribution):
 
     def _warn_if_other_classifier(self) -> None:
         """Warn when the classifier's weights differ from those the explainer was trained for."""
-        expected = self.explainer.trained_for
-        if not self.check_classifier or expected is None:
+        expected = self.explainer.trained_for_digests()  # as it was, float16, bfloat16
+        if not self.check_classifier or not expected:
             return
         digest = self._digest.digest(self.classifier)
-        if digest != expected:
+        if digest not in expected:
             warnings.warn(
                 ClassifierMismatchWarning(
                     f"the explainer was trained for a classifier with other weights "
-                    f"(state-dict digest {expected[:12]} there, {digest[:12]} here; a cast to "
-                    "another dtype also changes them): its masks show what that classifier "
+                    f"(state-dict digest {expected[0][:12]} there, {digest[:12]} here): its "
+                    "masks show what that classifier "
                     "uses, not this one. Pass the classifier it was trained for, or train an "
                     "explainer for this one (Explainer.fit); check_classifier=False silences "
                     "this for a deliberate pairing"

@@ -137,6 +137,11 @@ def _old_explainer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | 
     return None
 
 
+#: The casts of the classifier an explainer records (`Explainer.record_classifier`): as it is,
+#: float16 and bfloat16 (a half-precision copy for speed explains the same classifier).
+RECORDED_CASTS: tuple[torch.dtype | None, ...] = (None, torch.float16, torch.bfloat16)
+
+
 class Explainer(nn.Module):
     """A mask network: one logit map per class at input resolution; masks are their sigmoid.
 
@@ -235,8 +240,11 @@ class Explainer(nn.Module):
         # Persisted with the weights: how many optimisation steps trained it, and on which size.
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("image_size", torch.zeros(2, dtype=torch.long))
-        # ... and the classifier it was trained for (`record_classifier`; zeros: unknown).
-        self.register_buffer("classifier_digest", torch.zeros(32, dtype=torch.uint8))
+        # ... and the classifier it was trained for (`record_classifier`; zeros: unknown): its
+        # state digest as it is, and as a float16 and a bfloat16 copy of it would hold it.
+        self.register_buffer(
+            "classifier_digest", torch.zeros(len(RECORDED_CASTS), 32, dtype=torch.uint8)
+        )
 
     #: Entries of the state dict that files and checkpoints of older versions lack: loading such
     #: a state dict leaves them at their unknown value instead of failing.
@@ -250,19 +258,33 @@ class Explainer(nn.Module):
             state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    #: The buffers that record how it was trained: the steps, the image size, the classifier.
+    TRAINING_RECORD = ("trained_steps", "image_size", "classifier_digest")
+
+    def copy_training_record(self, other: Explainer) -> None:
+        """Take `TRAINING_RECORD` from ``other``, whose training this explainer's masks are."""
+        with torch.no_grad():
+            for name in self.TRAINING_RECORD:
+                getattr(self, name).copy_(getattr(other, name))
+
     def record_classifier(self, classifier: nn.Module, digest: str | None = None) -> None:
         """Record ``classifier`` as the model this explainer explains.
 
         [`fit`][ctc_plugin.Explainer.fit] and the distillation call it; the record is saved and
         loaded with the weights, and [`ExplainerAttribution`][ctc_plugin.ExplainerAttribution]
-        warns when it is given a classifier with other weights.
+        warns when it is given a classifier with other weights (a float16 or bfloat16 copy of
+        it is the same classifier).
 
         Args:
             classifier: The explained model.
             digest: Its `ctc_plugin.module_state.state_digest`, when already computed.
         """
-        raw = bytes.fromhex(digest or state_digest(classifier))
-        self.classifier_digest.copy_(torch.tensor(list(raw), dtype=torch.uint8))
+        digests = [
+            digest if cast is None and digest else state_digest(classifier, cast)
+            for cast in RECORDED_CASTS
+        ]
+        raw = [list(bytes.fromhex(d)) for d in digests]
+        self.classifier_digest.copy_(torch.tensor(raw, dtype=torch.uint8))
 
     @property
     def trained_for(self) -> str | None:
@@ -270,8 +292,13 @@ class Explainer(nn.Module):
 
         Unknown for untrained explainers and for files written before it was recorded.
         """
-        digest = bytes(self.classifier_digest.cpu().tolist())
-        return digest.hex() if any(digest) else None
+        digests = self.trained_for_digests()
+        return digests[0] if digests else None
+
+    def trained_for_digests(self) -> tuple[str, ...]:
+        """The classifier's `state_digest` as it is, as float16 and as bfloat16; ``()``: unknown."""
+        rows = [bytes(row) for row in self.classifier_digest.cpu().tolist()]
+        return tuple(row.hex() for row in rows) if any(rows[0]) else ()
 
     @property
     def backbone_name(self) -> str | None:

@@ -31,6 +31,7 @@ import platform
 import random
 import sys
 import time
+import warnings
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -57,6 +58,7 @@ from ctc_plugin.evaluation.localisation import (
 from ctc_plugin.evaluation.protocol import DEFAULT_PERTURBATIONS, run_protocol, welch_test
 from ctc_plugin.evaluation.sanity import cascading_randomisation
 from ctc_plugin.evaluation.sensitivity import max_sensitivity, measure_cost
+from ctc_plugin.explainer.attribution import ClassifierMismatchWarning
 from ctc_plugin.features.cache import image_digest
 from ctc_plugin.harness.methods import (
     EXPLAINER_METHODS,
@@ -340,7 +342,7 @@ def _robustness(
             fn, model, images, labels, mask, config.perturbations, segmenter=segmenter
         )
     protocol = welch_test(results)
-    with _timed(timings, "invariance"):
+    with _timed(timings, "invariance"), _modified_copies_explained():
         invariance = input_invariance(fn, model, images, labels, mask, shift=config.input_shift)
     with _timed(timings, "sensitivity"):
         sensitivity = max_sensitivity(
@@ -377,6 +379,18 @@ def _robustness_inputs(
     return _reusing(variant.spec.fn, model, images, labels, mask, maps[:n]), images, labels, mask
 
 
+@contextmanager
+def _modified_copies_explained() -> Iterator[None]:
+    """Explain modified copies of the model (shifted, randomised) without the Explainer's warning.
+
+    The invariance and sanity checks give a trained Explainer copies of its classifier with other
+    weights on purpose; its `ClassifierMismatchWarning` would only repeat that for every step.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClassifierMismatchWarning)
+        yield
+
+
 def _sanity_rho(
     fn: Method,
     model: nn.Module,
@@ -386,7 +400,10 @@ def _sanity_rho(
     config: BenchmarkConfig,
 ) -> float:
     """The ``sanity_rho`` column: mean rho of the last explained randomisation step."""
-    sanity = cascading_randomisation(fn, model, images, labels, mask, max_steps=config.sanity_steps)
+    with _modified_copies_explained():
+        sanity = cascading_randomisation(
+            fn, model, images, labels, mask, max_steps=config.sanity_steps
+        )
     return finite_mean(sanity[-1].correlation.numpy())
 
 

@@ -408,9 +408,7 @@ def explainer_method(explainer: nn.Module, name: str = "Explainer") -> Method:
     ) -> Tensor:
         from ctc_plugin.explainer.attribution import ExplainerAttribution
 
-        # check_classifier=False: the sanity check pairs it with randomised copies of its model.
-        attribution = ExplainerAttribution(model, explainer, check_classifier=False)
-        maps = attribution.attribute(images, target=targets)
+        maps = ExplainerAttribution(model, explainer).attribute(images, target=targets)
         return maps[:, :1].detach()
 
     method.__name__ = name

@@ -9,6 +9,7 @@ from ctc_plugin.cli import main
 from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.training import load_checkpoint
+from ctc_plugin.module_state import state_digest
 from ctc_plugin.zoo import weights_path
 
 SMALL = ["--train-size", "8", "--val-size", "4", "--batch-size", "4", "--width", "2"]
@@ -113,6 +114,8 @@ def test_gate_builds_a_class_specific_explainer_from_a_default_one(default_path,
     gated = Explainer.load(out, classifier=zoo.load("resnet"))
     default = Explainer.load(default_path)
     assert gated.backbone_name == "classifier-gated" and gated.is_trained
+    # the masks are the default explainer's: it explains the classifier that one was trained for
+    assert gated.trained_for == default.trained_for == state_digest(zoo.load("resnet"))
     assert gated.metadata["command"].endswith(
         "--sharpness 20.0 --threshold 0.3 --mask-offset 0.0 --gate classifier"
     )  # no --threads: nothing is trained, the count changes nothing

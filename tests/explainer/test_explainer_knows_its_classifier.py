@@ -133,3 +133,34 @@ def test_the_untrained_warning_points_at_the_caller_too():
     with pytest.warns(UserWarning, match="has not been trained") as caught:
         ExplainerAttribution(tiny_classifier().eval(), tiny_explainer()).attribute(images, 0)
     assert caught[0].filename == __file__
+
+
+class _WithExtraState(nn.Sequential):
+    """A classifier whose state dict holds an entry that is not a tensor."""
+
+    def get_extra_state(self):
+        return {"labels": ["a", "b"]}
+
+    def set_extra_state(self, state):
+        pass
+
+
+def test_a_classifier_with_extra_state_is_recorded_and_checked():
+    classifier = _WithExtraState(*tiny_classifier(seed=0)).eval()
+    explainer = _trained(classifier)
+    assert explainer.trained_for == state_digest(classifier)
+    assert _explain(classifier, explainer) == []
+    assert len(_explain(_WithExtraState(*tiny_classifier(seed=1)).eval(), explainer)) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_copy_of_its_classifier_in_another_precision_is_the_same_classifier(dtype):
+    classifier = tiny_classifier(seed=0).eval()
+    explainer = _trained(classifier)
+    images, _ = data(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClassifierMismatchWarning)
+        ExplainerAttribution(classifier.to(dtype), explainer).attribute(images.to(dtype), 0)
+    other = tiny_classifier(seed=1).eval().to(dtype)
+    with pytest.warns(ClassifierMismatchWarning):
+        ExplainerAttribution(other, explainer).attribute(images.to(dtype), 0)
