@@ -408,17 +408,27 @@ class ShardRunner:
 
         Every label is checked at the first image (the model has ``count`` classes), so a
         class folder the model does not know stops the run before its first shard, not hours
-        later at that folder's images.
+        later at that folder's images. The model's own class names come first; then
+        ImageNet's WordNet-ID folders (`ctc_plugin.runs.imagenet`); then the folders' order.
 
         Raises:
-            CLIError: Naming the first image of a class the model does not know.
+            CLIError: Naming the first image of a class the model does not know, or the
+                folders that are not ImageNet classes beside some that are.
         """
+        from ctc_plugin.commands import CLIError
+
         if self._label_classes is None:
             first: dict[int, str] = {}  # label: its first image
             for ref in self.source.images:
                 if ref.label is not None:
                     first.setdefault(ref.label, ref.name)
-            imagenet = imagenet_classes(self.source.classes or (), count)
+            folders, names = self.source.classes or (), self.loaded.classes or ()
+            imagenet = None
+            if not (names and set(folders) <= set(names)):  # the model's own names first
+                try:
+                    imagenet = imagenet_classes(folders, count)
+                except ValueError as error:
+                    raise CLIError(f"--targets label: {error}") from error
             self._label_classes = {
                 label: imagenet[label] if imagenet else self._label_class(label, image, count)
                 for label, image in first.items()

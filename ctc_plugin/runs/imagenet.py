@@ -36,9 +36,25 @@ def imagenet_classes(folders: Sequence[str], count: int) -> list[int] | None:
 
     Returns:
         One class index per folder, for a model of 1000 classes whose folders are all
-        ImageNet-1k WordNet IDs; otherwise ``None`` (the folders mean something else).
+        ImageNet-1k WordNet IDs; ``None`` where none of them is one, or the model has another
+        class count (the folders mean something else).
+
+    Raises:
+        ValueError: For a model of 1000 classes whose folders are partly ImageNet-1k WordNet
+            IDs: the others (a stray folder, an ID of another ImageNet) are named.
     """
     synsets = imagenet_synsets()
-    if count != IMAGENET_CLASSES or not folders or not set(folders) <= set(synsets):
+    if count != IMAGENET_CLASSES:
         return None
+    known = [folder for folder in folders if folder in synsets]
+    others = [folder for folder in folders if folder not in synsets]
+    if not known:
+        return None
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise ValueError(
+            f"{len(known)} class folders are ImageNet-1k classes (WordNet IDs such as "
+            f"{known[0]}) but {len(others)} are not ({shown}): move those out of the folder, "
+            "or name every folder by its ImageNet-1k WordNet ID"
+        )
     return [synsets.index(folder) for folder in folders]
