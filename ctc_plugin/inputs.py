@@ -50,9 +50,11 @@ __all__ = [
     "check_inputs",
     "check_takes_images",
     "device_of",
+    "example_rows",
     "floating_dtype",
     "FUNCTIONAL_DROPOUTS",
     "is_integer",
+    "is_per_example",
     "PATCH_SEQUENCE_MODELS",
     "outside_inference_mode",
     "training_mode_error",
@@ -68,6 +70,20 @@ def is_integer(value: object) -> bool:
     ``True`` is an ``int`` in Python; as a count, size or seed it is a mistake, not 1.
     """
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_per_example(value: Any, n: int) -> bool:
+    """Whether ``value`` holds one row per example of ``n``: a tensor whose first dimension is n.
+
+    How the methods read an extra argument of the model (``additional_forward_args``), as
+    Captum does: such a tensor belongs to the examples, anything else to every example.
+    """
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n
+
+
+def example_rows(value: Any, n: int, part: slice) -> Any:
+    """Examples ``part`` of a per-example tensor (`is_per_example`), anything else as is."""
+    return value[part] if is_per_example(value, n) else value
 
 
 def device_of(model: torch.nn.Module) -> torch.device:

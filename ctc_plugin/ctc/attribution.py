@@ -31,6 +31,8 @@ from ctc_plugin.inputs import (
     check_eval_mode,
     check_inputs,
     check_takes_images,
+    example_rows,
+    is_per_example,
     outside_inference_mode,
 )
 from ctc_plugin.targets import (
@@ -356,10 +358,12 @@ class CTC(Attribution):
         try:
             results = [
                 self._run_examples(
-                    tuple(_rows(x, n, part) for x in inputs),
-                    None if baselines is None else tuple(_rows(b, n, part) for b in baselines),
+                    tuple(example_rows(x, n, part) for x in inputs),
+                    None
+                    if baselines is None
+                    else tuple(example_rows(b, n, part) for b in baselines),
                     _feature_rows(features, inputs, part),
-                    tuple(_rows(a, n, part) for a in extra),
+                    tuple(example_rows(a, n, part) for a in extra),
                     slice_targets(target, n, part),
                     chunks,
                     progress,
@@ -675,16 +679,6 @@ def _sharing_presence(features: torch.Tensor, reference: bool, baseline: bool) -
     return torch.cat([ones[0], features, ones[1]], dim=1)
 
 
-def _per_example(value: Any, n: int) -> bool:
-    """Whether ``value`` holds one row per example: a tensor whose first dimension is ``n``."""
-    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n
-
-
-def _rows(value: Any, n: int, part: slice) -> Any:
-    """Examples ``part`` of a per-example tensor; anything else as is."""
-    return value[part] if _per_example(value, n) else value
-
-
 def _feature_rows(
     features: FeatureSet, inputs: tuple[torch.Tensor, ...], part: slice
 ) -> FeatureSet:
@@ -697,7 +691,7 @@ def _feature_rows(
     n = inputs[0].shape[0]
     return FeatureSet(
         masks=tuple(
-            _rows(mask, n, part) if mask.dim() == x.dim() else mask
+            example_rows(mask, n, part) if mask.dim() == x.dim() else mask
             for mask, x in zip(features.masks, inputs)
         ),
         ids=features.ids,
@@ -706,7 +700,7 @@ def _feature_rows(
 
 
 def _repeat_extra(extra: tuple, n: int, copies: int) -> tuple:
-    return tuple(a.repeat_interleave(copies, dim=0) if _per_example(a, n) else a for a in extra)
+    return tuple(a.repeat_interleave(copies, dim=0) if is_per_example(a, n) else a for a in extra)
 
 
 def _select_per_copy(grouped: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ctc_plugin.concurrency import eval_mode, holds_model
 from ctc_plugin.explainer.network import Explainer
-from ctc_plugin.inputs import check_eval_mode, check_inputs, floating_dtype
+from ctc_plugin.inputs import check_eval_mode, check_inputs, example_rows, floating_dtype
 from ctc_plugin.module_state import DigestMemo
 from ctc_plugin.targets import TargetType, class_indices, output_not_a_tensor
 
@@ -192,8 +192,13 @@ class ExplainerAttribution(Attribution):
             with torch.no_grad():
                 if indices is None:
                     indices = self._predicted(images, additional_forward_args)
-                elif not self._classes_checked:  # the whole batch: side inputs have its rows
-                    self._classify(images, additional_forward_args)
+                elif not self._classes_checked:  # one example, and its rows of side inputs
+                    extra = additional_forward_args
+                    if isinstance(extra, tuple):
+                        extra = tuple(example_rows(a, n, slice(0, 1)) for a in extra)
+                    else:
+                        extra = example_rows(extra, n, slice(0, 1))
+                    self._classify(images[:1], extra)
                 self._warn_if_other_classifier()  # once the classifier fits the explainer
                 fast = images.to(self._explainer_dtype(images)).contiguous(
                     memory_format=self.explainer.input_memory_format

@@ -22,8 +22,10 @@ class WithSideInput(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.head = nn.Linear(3 + 2, NUM_CLASSES)
+        self.rows_seen: list[int] = []
 
     def forward(self, images: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+        self.rows_seen.append(len(images))
         return self.head(torch.cat([images.mean(dim=(2, 3)), side], dim=1))
 
 
@@ -38,3 +40,6 @@ def test_a_side_input_per_example_is_taken_with_and_without_target():
             images, target=target, additional_forward_args=(side,)
         )
         assert masks.shape == images.shape
+    # with a target, the class count is checked on one example (and its side input's row);
+    # without one, the whole batch is classified for its predicted classes
+    assert classifier.rows_seen == [1, 4]
