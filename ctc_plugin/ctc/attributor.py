@@ -250,6 +250,10 @@ class CTCAttributor(Attributor):
         # a BatchNorm that any composite's canonizer left with eps 0 (zennit >= 1.0) gets a
         # positive one while the model runs
         with batch_norms_valid(self.model):
+            with torch.no_grad():  # the whole output first: the weighting is a function of it
+                output = self.model(x)
+            weights = engine.weights_for(output)
+            engine.batch_weights = weights
             relevance, scores = engine.attribute(
                 x,
                 None,
@@ -257,10 +261,6 @@ class CTCAttributor(Attributor):
                 baselines=self.baselines,
                 return_feature_scores=True,
             )
-            output = engine.model_output if engine.model_output is not None else self.model(x)
-        weights = engine.model_weights
-        if weights is None:
-            weights = engine.weights_for(output)
         weighted_most = weights.flatten(1).argmax(dim=1)
         self.feature_scores = dataclasses.replace(scores, target=weighted_most)
         return output, relevance
@@ -276,9 +276,9 @@ class _HookedCTC(CTC):
     """The CTC engine with the hooks of a composite as its rule dispatch.
 
     The model's output is reduced to one value per copy, ``sum_c w_c f_c``, with the weights
-    ``w`` computed from the gate copies' output (the model's real output). Every example travels
-    in the same pass (no groups of examples on a CPU), so that the weighting sees the whole
-    output.
+    ``w`` of the whole batch's output (`batch_weights`, set before the call; Zennit's weighting
+    is a function of the whole output): a group of examples (on a CPU, see
+    ``Speedups.copies_per_pass``) takes its rows of them.
     """
 
     def __init__(
@@ -290,13 +290,10 @@ class _HookedCTC(CTC):
         functional: FunctionalPolicy,
     ) -> None:
         super().__init__(model, segmenter=segmenter, bias_sharing=bias_sharing)
-        # the whole batch in one pass: the weighting is a function of the model's whole
-        # output (as in Zennit), and the call returns that output, not one group's
-        self._speedups = dataclasses.replace(self._speedups, copies_per_pass=None)
         self.attr_output_fn = attr_output_fn
         self.functional = functional
-        self.model_output: torch.Tensor | None = None
-        self.model_weights: torch.Tensor | None = None  # the weighting of ``model_output``
+        self.batch_weights: torch.Tensor | None = None  # `weights_for` the whole output
+        self._group = slice(None)  # the examples of the pass running
 
     def weights_for(self, output: torch.Tensor) -> torch.Tensor:
         """The output weighting for the model's ``output``, checked against its shape.
@@ -325,16 +322,21 @@ class _HookedCTC(CTC):
         """No gradient shortcut: every mode runs the copies through the hooks."""
         return None
 
+    def _run_examples(self, inputs: tuple, *args: Any, first_example: int = 0) -> Any:
+        """`CTC._run_examples`, knowing which rows of `batch_weights` its examples take."""
+        self._group = slice(first_example, first_example + inputs[0].shape[0])
+        return super()._run_examples(inputs, *args, first_example=first_example)
+
     def _forward(self, gated: GatedPass, batch: tuple, extra: tuple) -> torch.Tensor:
         with torch.no_grad():
             with hooked_pass(gated, self.functional, self.forward_func):
                 logits = self.forward_func(*batch, *extra)
             logits = check_pass_output(gated, logits)
         grouped = gated.layout.group(logits)
-        output = grouped[:, 0]
-        weights = self.weights_for(output)
-        if self.model_output is None:
-            self.model_output = output.clone()
-            self.model_weights = weights
+        weights = self.batch_weights
+        if weights is None:  # called without a whole output: the pass's own
+            weights = self.weights_for(grouped[:, 0])
+        else:
+            weights = weights[self._group].to(grouped.dtype)
         weighted = (grouped * weights.unsqueeze(1)).flatten(2).sum(dim=2)
         return weighted.flatten(0, 1).unsqueeze(1)
