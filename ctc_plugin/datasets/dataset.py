@@ -122,17 +122,18 @@ class ShapesDataset(Dataset):
 
 
 def _whole_index(index: object) -> int:
-    """``index`` as an int: a Python or NumPy integer, or a 0-d integer tensor (not a bool).
+    """``index`` as an int: a Python or NumPy integer, or a 0-d integer tensor or array.
 
     Raises:
-        TypeError: For anything else, naming ``torch.utils.data.Subset`` for several items.
+        TypeError: For anything else (a bool, a float, several indices), naming
+            ``torch.utils.data.Subset`` for several items.
     """
-    if isinstance(index, torch.Tensor) and index.dim() == 0:
-        if not (index.is_floating_point() or index.is_complex() or index.dtype == torch.bool):
-            index = int(index.item())
+    if isinstance(index, torch.Tensor | np.ndarray) and index.ndim == 0:
+        index = index.item()  # a bool or float item is refused below
     if not is_integer(index):
         raise TypeError(
-            f"index must be a whole number (an int, a NumPy integer or a 0-d integer tensor), "
+            f"index must be a whole number (an int, a NumPy integer or a 0-d integer tensor "
+            f"or array), "
             f"got {index!r}; for several items use torch.utils.data.Subset(dataset, indices)"
         )
     return int(index)

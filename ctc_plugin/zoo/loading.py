@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,10 @@ def unwrapped_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[st
 
 
 def load_state_into(
-    model: nn.Module, state: dict[str, torch.Tensor], path: Path, hint: str = ""
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    path: Path,
+    hint: Callable[[], str] | None = None,
 ) -> nn.Module:
     """Load ``state`` (read from ``path``) into ``model``; return it in eval mode.
 
@@ -103,7 +107,8 @@ def load_state_into(
 
     Raises:
         ValueError: ``weights in <path> do not fit the model: <torch's list of differences>``,
-            each list cut to its count and first keys, then ``hint``; for a file written by
+            each list cut to its count and first keys, then what ``hint()`` says (asked only
+            then); for a file written by
             [`Explainer.save`][ctc_plugin.Explainer.save] it says so and what to give instead.
     """
     try:
@@ -111,7 +116,7 @@ def load_state_into(
     except RuntimeError as error:
         raise ValueError(
             f"weights in {path} do not fit the model: {_short_load_error(str(error))}"
-            f"{hint}{_explainer_file_hint(path)}"
+            f"{hint() if hint else ''}{_explainer_file_hint(path)}"
         ) from error
     return model.eval()
 
@@ -195,7 +200,7 @@ def load(family: str, split: str = "shapes", weights: str | Path | None = None) 
             f"`ctc-plugin zoo train {family} --split {split}` or pass --weights PATH"
         )
     state = read_state_dict(path)
-    return load_state_into(model, state, path, _split_hint(model, state, split))
+    return load_state_into(model, state, path, lambda: _split_hint(model, state, split))
 
 
 def _split_hint(model: nn.Module, state: dict[str, torch.Tensor], split: str) -> str:

@@ -12,7 +12,9 @@ def data():
     return ShapesDataset("shapes", size=4, seed=2, image_size=32)
 
 
-@pytest.mark.parametrize("index", [np.int64(2), np.int32(-2), torch.tensor(2), torch.tensor(-2)])
+@pytest.mark.parametrize(
+    "index", [np.int64(2), np.int32(-2), torch.tensor(2), torch.tensor(-2), np.array(2)]
+)
 def test_numpy_and_zero_dim_torch_integers_index_like_ints(data, index):
     expected = data[int(index)]
     item = data[index]
@@ -21,8 +23,12 @@ def test_numpy_and_zero_dim_torch_integers_index_like_ints(data, index):
 
 
 @pytest.mark.parametrize(
-    "index", [2.0, True, slice(0, 2), [0, 1], "1", None, torch.tensor([1]), torch.tensor(1.0)]
-)
+    "index",
+    [
+        2.0, True, slice(0, 2), [0, 1], "1", None, torch.tensor([1]), torch.tensor(1.0),
+        torch.tensor(True), np.array(1.0), np.array(True),
+    ],
+)  # fmt: skip
 def test_other_indices_are_refused_with_what_to_give(data, index):
     with pytest.raises(TypeError, match=r"index must be a whole number.*Subset"):
         data[index]
