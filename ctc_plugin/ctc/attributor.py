@@ -250,10 +250,6 @@ class CTCAttributor(Attributor):
         # a BatchNorm that any composite's canonizer left with eps 0 (zennit >= 1.0) gets a
         # positive one while the model runs
         with batch_norms_valid(self.model):
-            with torch.no_grad():  # the whole output first: the weighting is a function of it
-                output = self.model(x)
-            weights = engine.weights_for(output)
-            engine.batch_weights = weights
             relevance, scores = engine.attribute(
                 x,
                 None,
@@ -261,6 +257,7 @@ class CTCAttributor(Attributor):
                 baselines=self.baselines,
                 return_feature_scores=True,
             )
+        output, weights = engine.model_output, engine.batch_weights
         weighted_most = weights.flatten(1).argmax(dim=1)
         self.feature_scores = dataclasses.replace(scores, target=weighted_most)
         return output, relevance
@@ -276,8 +273,8 @@ class _HookedCTC(CTC):
     """The CTC engine with the hooks of a composite as its rule dispatch.
 
     The model's output is reduced to one value per copy, ``sum_c w_c f_c``, with the weights
-    ``w`` of the whole batch's output (`batch_weights`, set before the call; Zennit's weighting
-    is a function of the whole output): a group of examples (on a CPU, see
+    ``w`` of the whole batch's output (`batch_weights`, computed before the passes; Zennit's
+    weighting is a function of the whole output): a group of examples (on a CPU, see
     ``Speedups.copies_per_pass``) takes its rows of them.
     """
 
@@ -292,7 +289,8 @@ class _HookedCTC(CTC):
         super().__init__(model, segmenter=segmenter, bias_sharing=bias_sharing)
         self.attr_output_fn = attr_output_fn
         self.functional = functional
-        self.batch_weights: torch.Tensor | None = None  # `weights_for` the whole output
+        self.model_output: torch.Tensor | None = None  # the model's output on the batch
+        self.batch_weights: torch.Tensor | None = None  # `weights_for` that output
         self._group = slice(None)  # the examples of the pass running
 
     def weights_for(self, output: torch.Tensor) -> torch.Tensor:
@@ -322,6 +320,17 @@ class _HookedCTC(CTC):
         """No gradient shortcut: every mode runs the copies through the hooks."""
         return None
 
+    def _run(self, inputs: tuple, baselines: Any, features: Any, extra: tuple, *args: Any) -> Any:
+        """`CTC._run` (the inputs checked), after the model's output on the whole batch.
+
+        The weighting is a function of that output (as in Zennit), computed once, before the
+        groups of examples run.
+        """
+        with torch.no_grad():
+            self.model_output = self.forward_func(*inputs, *extra)
+        self.batch_weights = self.weights_for(self.model_output)
+        return super()._run(inputs, baselines, features, extra, *args)
+
     def _run_examples(self, inputs: tuple, *args: Any, first_example: int = 0) -> Any:
         """`CTC._run_examples`, knowing which rows of `batch_weights` its examples take."""
         self._group = slice(first_example, first_example + inputs[0].shape[0])
@@ -333,10 +342,6 @@ class _HookedCTC(CTC):
                 logits = self.forward_func(*batch, *extra)
             logits = check_pass_output(gated, logits)
         grouped = gated.layout.group(logits)
-        weights = self.batch_weights
-        if weights is None:  # called without a whole output: the pass's own
-            weights = self.weights_for(grouped[:, 0])
-        else:
-            weights = weights[self._group].to(grouped.dtype)
+        weights = self.batch_weights[self._group].to(grouped.dtype)
         weighted = (grouped * weights.unsqueeze(1)).flatten(2).sum(dim=2)
         return weighted.flatten(0, 1).unsqueeze(1)
