@@ -142,6 +142,19 @@ def _old_explainer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | 
 RECORDED_CASTS: tuple[torch.dtype | None, ...] = (None, torch.float16, torch.bfloat16)
 
 
+def classifier_record(classifier: nn.Module, digest: str | None = None) -> Tensor:
+    """What an explainer records of its classifier: a ``(len(RECORDED_CASTS), 32)`` uint8 tensor.
+
+    One `ctc_plugin.module_state.state_digest` per cast of `RECORDED_CASTS` (``digest``, when
+    given, is the first: the classifier as it is).
+    """
+    digests = [
+        digest if cast is None and digest else state_digest(classifier, cast)
+        for cast in RECORDED_CASTS
+    ]
+    return torch.tensor([list(bytes.fromhex(d)) for d in digests], dtype=torch.uint8)
+
+
 class Explainer(nn.Module):
     """A mask network: one logit map per class at input resolution; masks are their sigmoid.
 
@@ -267,7 +280,7 @@ class Explainer(nn.Module):
             for name in self.TRAINING_RECORD:
                 getattr(self, name).copy_(getattr(other, name))
 
-    def record_classifier(self, classifier: nn.Module, digest: str | None = None) -> None:
+    def record_classifier(self, classifier: nn.Module, record: Tensor | None = None) -> None:
         """Record ``classifier`` as the model this explainer explains.
 
         [`fit`][ctc_plugin.Explainer.fit] and the distillation call it; the record is saved and
@@ -277,14 +290,9 @@ class Explainer(nn.Module):
 
         Args:
             classifier: The explained model.
-            digest: Its `ctc_plugin.module_state.state_digest`, when already computed.
+            record: Its `classifier_record`, when already computed.
         """
-        digests = [
-            digest if cast is None and digest else state_digest(classifier, cast)
-            for cast in RECORDED_CASTS
-        ]
-        raw = [list(bytes.fromhex(d)) for d in digests]
-        self.classifier_digest.copy_(torch.tensor(raw, dtype=torch.uint8))
+        self.classifier_digest.copy_(classifier_record(classifier) if record is None else record)
 
     @property
     def trained_for(self) -> str | None:

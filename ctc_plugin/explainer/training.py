@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ctc_plugin._moved import moved_keywords
 from ctc_plugin.concurrency import exclusive
 from ctc_plugin.explainer import losses
-from ctc_plugin.explainer.network import Explainer
+from ctc_plugin.explainer.network import Explainer, classifier_record
 from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
 from ctc_plugin.files import read_data_file
 from ctc_plugin.inputs import check_images, floating_dtype, is_integer
@@ -667,6 +667,7 @@ def fit_explainer(
     result = FitResult(hyperparameters=hp)
     # The classifier is recorded on the explainer, and checked against checkpoints.
     digest, dtypes, state = state_digest(classifier), state_dtypes(classifier), None
+    record = classifier_record(classifier, digest)
     if resume is not None:
         state = load_checkpoint(resume)
         _check_resume(state, explainer, settings, resume, digest, dtypes)
@@ -706,7 +707,7 @@ def fit_explainer(
                 explainer, classifier, train_loader, optimizer, hp, epoch, epochs,
                 max_steps_per_epoch, baseline, multilabel, progress,
             )  # fmt: skip
-            explainer.record_classifier(classifier, digest)  # in its best state and checkpoints
+            explainer.record_classifier(classifier, record)  # in its best state and checkpoints
             if val_loader is not None:
                 record["val_loss"] = _evaluate(
                     explainer, classifier, val_loader, hp, multilabel, baseline
@@ -741,7 +742,7 @@ def fit_explainer(
         optimizer.zero_grad(set_to_none=True)
         steps = int(explainer.trained_steps)
         explainer.load_state_dict(best_state)
-        explainer.record_classifier(classifier, digest)  # also where the best state predates it
+        explainer.record_classifier(classifier, record)  # also where the best state predates it
         explainer.trained_steps.fill_(max(steps, int(explainer.trained_steps)))
         result.steps = int(explainer.trained_steps)
         explainer.eval()
