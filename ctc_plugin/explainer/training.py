@@ -667,7 +667,7 @@ def fit_explainer(
     result = FitResult(hyperparameters=hp)
     # The classifier is recorded on the explainer, and checked against checkpoints.
     digest, dtypes, state = state_digest(classifier), state_dtypes(classifier), None
-    record = classifier_record(classifier, digest)
+    recorded = classifier_record(classifier, digest)  # what the explainer records of it
     if resume is not None:
         state = load_checkpoint(resume)
         _check_resume(state, explainer, settings, resume, digest, dtypes)
@@ -707,7 +707,7 @@ def fit_explainer(
                 explainer, classifier, train_loader, optimizer, hp, epoch, epochs,
                 max_steps_per_epoch, baseline, multilabel, progress,
             )  # fmt: skip
-            explainer.record_classifier(classifier, record)  # in its best state and checkpoints
+            explainer.record_classifier(classifier, recorded)  # in its best state and checkpoints
             if val_loader is not None:
                 record["val_loss"] = _evaluate(
                     explainer, classifier, val_loader, hp, multilabel, baseline
@@ -742,7 +742,7 @@ def fit_explainer(
         optimizer.zero_grad(set_to_none=True)
         steps = int(explainer.trained_steps)
         explainer.load_state_dict(best_state)
-        explainer.record_classifier(classifier, record)  # also where the best state predates it
+        explainer.record_classifier(classifier, recorded)  # also where the best state predates it
         explainer.trained_steps.fill_(max(steps, int(explainer.trained_steps)))
         result.steps = int(explainer.trained_steps)
         explainer.eval()
