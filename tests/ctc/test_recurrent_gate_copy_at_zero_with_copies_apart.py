@@ -18,7 +18,7 @@ import torch
 from ctc_plugin.ctc.speedups import DEFAULT
 
 from .test_recurrent_review import FUNCTIONS, _module
-from .test_recurrent_steps import TOLERANCE, _inputs, _layout, _run
+from .test_recurrent_steps import TOLERANCE, _fast_and_spec, _inputs, _layout
 
 
 @pytest.mark.parametrize("mode", ["proportional", "reference"])
@@ -33,18 +33,7 @@ def test_copies_beside_a_zero_gate_copy_get_what_the_rules_give(
     sequence, states = _inputs(rnn, layout, "zeros", 1, seed=3)
     grouped = sequence.view(layout.examples, layout.copies, *sequence.shape[1:])
     grouped[1, 0] = 0  # the second example's gate copy; its other copies stay random
-    with torch.no_grad():
-        got, expected = (
-            _run(
-                DEFAULT.gated_pass(layout, DEFAULT.sharing(mode)),
-                rnn,
-                sequence,
-                states,
-                False,
-                spec,
-            )  # fmt: skip
-            for spec in (False, True)
-        )
+    got, expected = _fast_and_spec(DEFAULT, layout, mode, rnn, sequence, states)
     assert sequence.view(layout.examples, layout.copies, -1)[1, 1:].abs().min() > 0
     for value, reference in zip(got, expected, strict=True):
         torch.testing.assert_close(value, reference, **TOLERANCE)

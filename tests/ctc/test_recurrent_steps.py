@@ -81,6 +81,25 @@ def _run(ctx: GatedPass, rnn: nn.RNNBase, sequence, states, signals: bool, spec:
     return recurrent(ctx, function, (x, hx if rnn.mode == "LSTM" else hx[0], *options), {})
 
 
+def _fast_and_spec(
+    speedups: Speedups, layout: CopyLayout, mode: str, rnn: nn.RNNBase, sequence, states,
+    signals: bool = False,
+) -> tuple[tuple, tuple]:  # fmt: skip
+    """`_run` with the tensor steps and with the spec's rule calls, each in a fresh pass."""
+    with torch.no_grad():
+        return tuple(
+            _run(
+                speedups.gated_pass(layout, speedups.sharing(mode)),
+                rnn,
+                sequence,
+                states,
+                signals,
+                spec,
+            )  # fmt: skip
+            for spec in (False, True)
+        )
+
+
 def _assert_tensor_steps_equal_the_rules(
     speedups: Speedups, mode: str, configuration: tuple, initial: str, sequences: int, seed: int
 ) -> None:
@@ -88,18 +107,9 @@ def _assert_tensor_steps_equal_the_rules(
     torch.manual_seed(seed)
     rnn = _module(*configuration).double()
     sequence, states = _inputs(rnn, layout, initial, sequences, seed)
-    with torch.no_grad():
-        got, expected = (
-            _run(
-                speedups.gated_pass(layout, speedups.sharing(mode)),
-                rnn,
-                sequence,
-                states,
-                initial == "signals",
-                spec,
-            )  # fmt: skip
-            for spec in (False, True)
-        )
+    got, expected = _fast_and_spec(
+        speedups, layout, mode, rnn, sequence, states, initial == "signals"
+    )
     for index, (value, reference) in enumerate(zip(got, expected, strict=True)):
         torch.testing.assert_close(
             value, reference, **TOLERANCE,
@@ -133,18 +143,7 @@ def test_a_gate_copy_pre_activation_of_zero_gives_a_rescale_gate_of_zero(mode: s
     sequence, states = _inputs(rnn, layout, "zeros", 1, seed=0)
     sequence.view(layout.examples, layout.copies, 5, 6)[1] = 0
     for speedups in (SPEC, DEFAULT):
-        with torch.no_grad():
-            got, expected = (
-                _run(
-                    speedups.gated_pass(layout, speedups.sharing("proportional")),
-                    rnn,
-                    sequence,
-                    states,
-                    False,
-                    spec,
-                )  # fmt: skip
-                for spec in (False, True)
-            )
+        got, expected = _fast_and_spec(speedups, layout, "proportional", rnn, sequence, states)
         assert all(bool(value.isfinite().all()) for value in got)
         for value, reference in zip(got, expected, strict=True):
             torch.testing.assert_close(value, reference, **TOLERANCE)

@@ -17,7 +17,7 @@ from ctc_plugin.ctc.recurrent_steps import TensorSteps
 from ctc_plugin.ctc.speedups import DEFAULT
 
 from .test_recurrent_review import _module
-from .test_recurrent_steps import _inputs, _layout, _run
+from .test_recurrent_steps import _fast_and_spec, _inputs, _layout
 
 
 @pytest.mark.parametrize("gradient", [False, True], ids=["values", "with autograd"])
@@ -42,18 +42,7 @@ def test_one_direction_of_tensor_steps_agrees_with_the_rules_to_the_bit(layer: s
     rnn = _module(layer, 2, False, True, True, 0)
     sequence, states = _inputs(rnn, layout, "zeros", 1, seed=5)
     sequence, states = sequence.float() * 3, tuple(state.float() for state in states)
-    with torch.no_grad():
-        got, expected = (
-            _run(
-                DEFAULT.gated_pass(layout, DEFAULT.sharing("proportional")),
-                rnn,
-                sequence,
-                states,
-                False,
-                spec,
-            )  # fmt: skip
-            for spec in (False, True)
-        )
+    got, expected = _fast_and_spec(DEFAULT, layout, "proportional", rnn, sequence, states)
     for value, reference in zip(got, expected, strict=True):
         dim = 0 if value is got[0] else 1
         gate_rows = [value.narrow(dim, row * layout.copies, 1) for row in range(2)]

@@ -10,9 +10,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import Explainer
+from ctc_plugin.explainer.presets import ExplainerHyperparameters
 
 NUM_CLASSES = 3
 SIZE = 16
+
+#: Options of a quick ``fit``: a large learning rate, no progress bar.
+FAST = {"config": ExplainerHyperparameters(lr=1e-2), "progress": False}
 
 
 def tiny_classifier(num_classes: int = NUM_CLASSES, seed: int = 0) -> nn.Module:

@@ -17,12 +17,12 @@ from ctc_plugin import ExplainerAttribution
 from ctc_plugin.explainer.attribution import ClassifierMismatchWarning
 from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import Explainer
-from ctc_plugin.explainer.presets import ExplainerHyperparameters
 from ctc_plugin.explainer.student_unet import distil_student_unet
 from ctc_plugin.explainer.training import load_checkpoint
 from ctc_plugin.module_state import state_digest
 
 from .helpers import (
+    FAST,
     NUM_CLASSES,
     SIZE,
     classifier_with_head,
@@ -31,8 +31,6 @@ from .helpers import (
     tiny_explainer,
     tuple_loader,
 )
-
-FAST = {"config": ExplainerHyperparameters(lr=1e-2), "progress": False}
 
 
 def _trained(classifier: nn.Module, **options) -> Explainer:

@@ -9,12 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctc_plugin.explainer.presets import ExplainerHyperparameters
 from ctc_plugin.explainer.training import load_checkpoint
 
-from .helpers import tiny_classifier, tiny_explainer, tuple_loader
-
-FAST = {"config": ExplainerHyperparameters(lr=1e-2), "progress": False}
+from .helpers import FAST, tiny_classifier, tiny_explainer, tuple_loader
 
 
 def _state(explainer) -> dict[str, torch.Tensor]:

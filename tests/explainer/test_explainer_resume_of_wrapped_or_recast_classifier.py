@@ -14,11 +14,8 @@ from torch import nn
 
 from ctc_plugin import module_state
 from ctc_plugin.explainer import training
-from ctc_plugin.explainer.presets import ExplainerHyperparameters
 
-from .helpers import tiny_classifier, tiny_explainer, tuple_loader
-
-FAST = {"config": ExplainerHyperparameters(lr=1e-2), "progress": False}
+from .helpers import FAST, tiny_classifier, tiny_explainer, tuple_loader
 
 
 def _checkpoint(tmp_path, classifier):

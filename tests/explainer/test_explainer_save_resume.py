@@ -8,11 +8,8 @@ import torch
 
 from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import Explainer
-from ctc_plugin.explainer.presets import ExplainerHyperparameters
 
-from .helpers import NUM_CLASSES, tiny_classifier, tiny_explainer, tuple_loader
-
-FAST = {"config": ExplainerHyperparameters(lr=1e-2), "progress": False}
+from .helpers import FAST, NUM_CLASSES, tiny_classifier, tiny_explainer, tuple_loader
 
 
 def _state(explainer: Explainer) -> dict[str, torch.Tensor]:

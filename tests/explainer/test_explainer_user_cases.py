@@ -17,11 +17,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from ctc_plugin import ExplainerAttribution
 from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import Explainer
-from ctc_plugin.explainer.presets import ExplainerHyperparameters
 from ctc_plugin.explainer.training import load_checkpoint
 from ctc_plugin.inputs import TrainingModeError
 
 from .helpers import (
+    FAST,
     NUM_CLASSES,
     SIZE,
     classifier_with_head,
@@ -30,8 +30,6 @@ from .helpers import (
     tiny_explainer,
     tuple_loader,
 )
-
-FAST = {"config": ExplainerHyperparameters(lr=1e-2), "progress": False}
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:

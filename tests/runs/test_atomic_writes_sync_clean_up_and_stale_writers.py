@@ -65,25 +65,6 @@ def test_a_failed_write_leaves_the_previous_files_and_no_temporary_one(tmp_path)
     assert _names(tmp_path) == ["run.npz"]  # the second file never existed, no .tmp-* left
 
 
-def test_an_interrupt_removes_a_file_the_group_added_and_every_backup(tmp_path, monkeypatch):
-    added, summary = tmp_path / "run.npz", tmp_path / "run.json"
-    summary.write_bytes(b"old summary")
-    real_replace = os.replace
-
-    def interrupted_at_the_summary(source, target, *args, **kwargs):
-        if os.fspath(target) == os.fspath(summary):
-            raise KeyboardInterrupt
-        return real_replace(source, target, *args, **kwargs)
-
-    monkeypatch.setattr(atomic.os, "replace", interrupted_at_the_summary)
-    with pytest.raises(KeyboardInterrupt):
-        atomic.write_atomic_group(
-            [(added, lambda s: s.write(b"new data")), (summary, lambda s: s.write(b"new"))]
-        )
-    assert _names(tmp_path) == ["run.json"]  # the group as it was: no run.npz, no backup
-    assert summary.read_bytes() == b"old summary"
-
-
 @pytest.mark.parametrize("host", ["node-7", "gpu-a-01"])
 def test_a_host_name_with_dashes_still_names_the_writer(tmp_path, monkeypatch, host):
     monkeypatch.setattr(atomic.socket, "gethostname", lambda: host)
