@@ -15,6 +15,7 @@ Two questions about a model's parameters and buffers, asked by several parts of 
 from __future__ import annotations
 
 import hashlib
+import io
 from typing import Any
 
 import torch
@@ -56,8 +57,8 @@ def state_digest(module: nn.Module, cast: torch.dtype | None = None) -> str:
     digest = hashlib.sha256()
     for key, value in unwrapped(module).state_dict().items():
         digest.update(f"{key}\0".encode())
-        if not isinstance(value, Tensor):  # extra state an nn.Module may store
-            digest.update(f"{value!r}\0".encode())
+        if not isinstance(value, Tensor):  # extra state, a quantized layer's packed weights
+            digest.update(_serialised(value))
             continue
         value = value.detach()
         if value.is_floating_point():
@@ -66,6 +67,17 @@ def state_digest(module: nn.Module, cast: torch.dtype | None = None) -> str:
         flat = value.cpu().contiguous().reshape(-1)
         digest.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
     return digest.hexdigest()
+
+
+def _serialised(value: object) -> bytes:
+    """The bytes ``torch.save`` writes for a state entry that is not a tensor.
+
+    Its ``repr`` would do for plain values, but abbreviates large tensors inside others (the
+    packed weights of a quantized layer): two layers differing in the middle would look alike.
+    """
+    stream = io.BytesIO()
+    torch.save(value, stream)
+    return stream.getvalue()
 
 
 def state_dtypes(module: nn.Module) -> list[str]:
