@@ -97,12 +97,11 @@ class ExplainerAttribution(Attribution):
         if digest not in expected:
             warnings.warn(
                 ClassifierMismatchWarning(
-                    f"the explainer was trained for a classifier with other weights "
+                    "the explainer was trained for a classifier with other weights "
                     f"(state-dict digest {expected[0][:12]} there, {digest[:12]} here): its "
-                    "masks show what that classifier "
-                    "uses, not this one. Pass the classifier it was trained for, or train an "
-                    "explainer for this one (Explainer.fit); check_classifier=False silences "
-                    "this for a deliberate pairing"
+                    "masks show what that classifier uses, not this one. Pass the classifier "
+                    "it was trained for, or train an explainer for this one (Explainer.fit); "
+                    "check_classifier=False silences this for a deliberate pairing"
                 ),
                 stacklevel=5,  # the caller of attribute, past its two decorators
             )
