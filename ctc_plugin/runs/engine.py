@@ -384,10 +384,10 @@ class ShardRunner:
     def target(self, spec: str, ref: ImageRef, logits: Any) -> int:
         """The class ``spec`` names for this image (``predicted``, ``label``, index or name).
 
-        ``label`` is the image's class: ImageNet-1k's class for folders named by its WordNet
-        IDs and a model of 1000 classes (`ctc_plugin.runs.imagenet`), else by name when the
-        model has class names (a folder ``cat/`` is the model's class ``"cat"``), else the
-        source's label index.
+        ``label`` is the image's class (see `label_classes`): by name when the model's class
+        names hold every folder (a folder ``cat/`` is the model's class ``"cat"``), else
+        ImageNet-1k's class for folders named by its WordNet IDs and a model of 1000 classes
+        (`ctc_plugin.runs.imagenet`), else by name or the source's label index.
         """
         from ctc_plugin.commands import CLIError
         from ctc_plugin.commands.model_checks import target_class
