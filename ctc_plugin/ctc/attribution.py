@@ -32,6 +32,7 @@ from ctc_plugin.inputs import (
     check_inputs,
     check_takes_images,
     example_rows,
+    is_integer,
     is_per_example,
     outside_inference_mode,
 )
@@ -325,8 +326,12 @@ class CTC(Attribution):
     def _chunk_size(self, perturbations_per_eval: int | None, count: int) -> int:
         if perturbations_per_eval is None:
             return count
-        if isinstance(perturbations_per_eval, bool) or not isinstance(perturbations_per_eval, int):
-            raise ValueError("perturbations_per_eval must be a positive int or None")
+        if not is_integer(perturbations_per_eval):  # NumPy integers count, bools do not
+            raise ValueError(
+                "perturbations_per_eval must be a positive int or None, got "
+                f"{perturbations_per_eval!r} ({type(perturbations_per_eval).__name__})"
+            )
+        perturbations_per_eval = int(perturbations_per_eval)
         if perturbations_per_eval < 1:
             raise ValueError(f"perturbations_per_eval must be >= 1; got {perturbations_per_eval}")
         if self.bias_sharing == "proportional" and perturbations_per_eval < count:
