@@ -26,7 +26,7 @@ from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
 from ctc_plugin.resumable import ConfigMismatchError, JobResult, RunStore, Shard, run_job
 from ctc_plugin.runs.imagenet import imagenet_classes
 from ctc_plugin.runs.plan import RunConfig, digest, plan_shards
-from ctc_plugin.runs.sources import ImageRef, Source, resolve_source
+from ctc_plugin.runs.sources import ImageRef, Source, first_names, resolve_source
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -514,7 +514,9 @@ def _images_changed(
         ("removed", [name for name in there if name not in now]),
         ("in another class", [name for name in now if name in there and there[name] != now[name]]),
     ]
-    listed = "; ".join(f"{what}: {_some(names)}" for what, names in changes if names and there)
+    listed = "; ".join(
+        f"{what}: {first_names(names)}" for what, names in changes if names and there
+    )
     derived = ("image_list", "plan")  # digests: the advice says what changed
     shown = [d for d in error.differences if d[0] not in derived]
     return ConfigMismatchError(
@@ -568,7 +570,7 @@ def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
         and list(now[index]) != list(planned[refs[index].name])
     ]
     if changed:
-        names = _some([name for name, _ in changed])
+        names = first_names([name for name, _ in changed])
         shards = sorted({shard for _, shard in changed})
         parquet = ", ".join(str(store.table_path(shard)) for shard in shards[:3])
         raise CLIError(
@@ -576,11 +578,6 @@ def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
             f"finished; put them back as they were, or delete {parquet} to compute "
             f"{'those shards' if len(shards) > 1 else 'that shard'} again"
         )
-
-
-def _some(names: list[str]) -> str:
-    """Up to three of ``names``, and how many more."""
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def explain_dataset(

@@ -13,6 +13,8 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
+from ctc_plugin.runs.sources import first_names
+
 __all__ = ["IMAGENET_CLASSES", "imagenet_classes", "imagenet_synsets"]
 
 #: The class count of ImageNet-1k classifiers.
@@ -25,6 +27,12 @@ _SYNSETS_FILE = Path(__file__).with_name("imagenet_synsets.txt")
 def imagenet_synsets() -> tuple[str, ...]:
     """The 1000 WordNet IDs of ImageNet-1k, in the order of its classes."""
     return tuple(_SYNSETS_FILE.read_text(encoding="ascii").split())
+
+
+@functools.cache
+def _positions() -> dict[str, int]:
+    """Each WordNet ID's ImageNet-1k class index."""
+    return {synset: index for index, synset in enumerate(imagenet_synsets())}
 
 
 def imagenet_classes(folders: Sequence[str], count: int) -> list[int] | None:
@@ -43,18 +51,17 @@ def imagenet_classes(folders: Sequence[str], count: int) -> list[int] | None:
         ValueError: For a model of 1000 classes whose folders are partly ImageNet-1k WordNet
             IDs: the others (a stray folder, an ID of another ImageNet) are named.
     """
-    synsets = imagenet_synsets()
     if count != IMAGENET_CLASSES:
         return None
-    known = [folder for folder in folders if folder in synsets]
-    others = [folder for folder in folders if folder not in synsets]
+    positions = _positions()
+    known = [folder for folder in folders if folder in positions]
+    others = [folder for folder in folders if folder not in positions]
     if not known:
         return None
     if others:
-        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         raise ValueError(
             f"{len(known)} class folders are ImageNet-1k classes (WordNet IDs such as "
-            f"{known[0]}) but {len(others)} are not ({shown}): move those out of the folder, "
-            "or name every folder by its ImageNet-1k WordNet ID"
+            f"{known[0]}) but {len(others)} are not ({first_names(others)}): move those out "
+            "of the folder, or name every folder by its ImageNet-1k WordNet ID"
         )
-    return [synsets.index(folder) for folder in folders]
+    return [positions[folder] for folder in folders]

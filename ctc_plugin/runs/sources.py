@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
-__all__ = ["IMAGE_SUFFIXES", "ImageRef", "Source", "SourceError", "resolve_source"]
+__all__ = ["IMAGE_SUFFIXES", "ImageRef", "Source", "SourceError", "first_names", "resolve_source"]
 
 #: File name endings read as images (case-insensitive); other files in the folder are ignored.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -173,12 +173,12 @@ def _check_names(text: str, refs: tuple[ImageRef, ...]) -> None:
     if bad:
         raise SourceError(
             f"SOURCE {text!r}: {len(bad)} of its {len(refs)} image files have names that are not "
-            f"valid UTF-8 ({_listed(bad)}); rename them, then run the command again"
+            f"valid UTF-8 ({first_names(bad)}); rename them, then run the command again"
         )
 
 
-def _listed(names: list[str]) -> str:
-    """Up to three of ``names``, and how many more."""
+def first_names(names: list[str]) -> str:
+    """Up to three of ``names``, and how many more: how messages list files and folders."""
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
@@ -200,7 +200,7 @@ def _check_readable(text: str, root: Path, refs: tuple[ImageRef, ...]) -> None:
     if bad:
         raise SourceError(
             f"SOURCE {text!r}: {len(bad)} of its {len(refs)} image files cannot be read as "
-            f"images ({_listed(bad)}); replace or remove them, then run the command again"
+            f"images ({first_names(bad)}); replace or remove them, then run the command again"
         )
 
 
