@@ -283,7 +283,7 @@ def test_bad_source_methods_and_targets_give_one_clear_error_line(tmp_path, caps
     assert error.startswith("ctc-plugin explain-dataset: error: ") and message in error, error
 
 
-def tiny():
+def tiny(classes: int = 3):
     """A small classifier for ``--model module:callable``."""
     torch.manual_seed(0)
     return torch.nn.Sequential(
@@ -291,7 +291,7 @@ def tiny():
         torch.nn.ReLU(),
         torch.nn.AdaptiveAvgPool2d(1),
         torch.nn.Flatten(),
-        torch.nn.Linear(4, 3),
+        torch.nn.Linear(4, classes),
     )
 
 

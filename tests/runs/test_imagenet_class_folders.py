@@ -15,6 +15,7 @@ import torch
 from ctc_plugin.cli import main
 from ctc_plugin.runs import read_results
 from ctc_plugin.runs.imagenet import imagenet_classes, imagenet_synsets
+from tests.runs.test_explain_dataset import tiny
 from tests.runs.test_run_identity import _image
 
 FOLDERS = {"n01440764": 0, "n02102040": 217, "n03888257": 701}  # tench, springer, parachute
@@ -22,14 +23,7 @@ FOLDERS = {"n01440764": 0, "n02102040": 217, "n03888257": 701}  # tench, springe
 
 def tiny_imagenet():
     """A small classifier of 1000 classes, without class names, for ``--model module:callable``."""
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4, 1000),
-    )
+    return tiny(classes=1000)
 
 
 @pytest.mark.parametrize("names", [False, True], ids=["without-names", "with-names"])
