@@ -65,7 +65,8 @@ class ExplainerAttribution(Attribution):
         self.explainer = explainer
         self.check_classifier = check_classifier
         self._classes_checked = False
-        self._digest = DigestMemo()
+        self._digest = DigestMemo()  # of the classifier
+        self._expected: tuple[tuple[int, int], tuple[str, ...]] | None = None
 
     def has_convergence_delta(self) -> bool:
         """Return False: the masks have no convergence delta."""
@@ -90,8 +91,10 @@ class ExplainerAttribution(Attribution):
 
     def _warn_if_other_classifier(self) -> None:
         """Warn when the classifier's weights differ from those the explainer was trained for."""
-        expected = self.explainer.trained_for_digests()  # as it was, float16, bfloat16
-        if not self.check_classifier or not expected:
+        if not self.check_classifier:
+            return
+        expected = self._expected_digests()
+        if not expected:
             return
         digest = self._digest.digest(self.classifier)
         if digest not in expected:
@@ -105,6 +108,17 @@ class ExplainerAttribution(Attribution):
                 ),
                 stacklevel=5,  # the caller of attribute, past its two decorators
             )
+
+    def _expected_digests(self) -> tuple[str, ...]:
+        """The explainer's `trained_for_digests`, read again only after its record changes.
+
+        The record may sit on a GPU: reading it every call would wait for the device.
+        """
+        record = self.explainer.classifier_digest
+        key = (record.data_ptr(), record._version)
+        if self._expected is None or self._expected[0] != key:
+            self._expected = (key, self.explainer.trained_for_digests())
+        return self._expected[1]
 
     def _explainer_dtype(self, images: Tensor) -> torch.dtype:
         """The floating dtype the explainer computes in: its parameters' (the images' if none)."""

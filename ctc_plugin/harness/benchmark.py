@@ -58,7 +58,6 @@ from ctc_plugin.evaluation.localisation import (
 from ctc_plugin.evaluation.protocol import DEFAULT_PERTURBATIONS, run_protocol, welch_test
 from ctc_plugin.evaluation.sanity import cascading_randomisation
 from ctc_plugin.evaluation.sensitivity import max_sensitivity, measure_cost
-from ctc_plugin.explainer.attribution import ClassifierMismatchWarning
 from ctc_plugin.features.cache import image_digest
 from ctc_plugin.harness.methods import (
     EXPLAINER_METHODS,
@@ -386,6 +385,8 @@ def _modified_copies_explained() -> Iterator[None]:
     The invariance and sanity checks give a trained Explainer copies of its classifier with other
     weights on purpose; its `ClassifierMismatchWarning` would only repeat that for every step.
     """
+    from ctc_plugin.explainer.attribution import ClassifierMismatchWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ClassifierMismatchWarning)
         yield

@@ -181,3 +181,16 @@ def test_quantized_layers_differing_in_the_middle_of_their_weights_differ():
         assert repr(same.state_dict()) == repr(other.state_dict())  # what the digest read
         assert state_digest(same) == state_digest(quantized(None))
         assert state_digest(same) != state_digest(other)
+
+
+def test_a_record_changed_after_the_first_call_is_read_again():
+    classifier = tiny_classifier(seed=0).eval()
+    explainer = _trained(classifier)
+    attribution = ExplainerAttribution(classifier, explainer)
+    images, _ = data(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClassifierMismatchWarning)
+        attribution.attribute(images, target=0)
+    explainer.record_classifier(tiny_classifier(seed=1).eval())  # trained for another since
+    with pytest.warns(ClassifierMismatchWarning):
+        attribution.attribute(images, target=0)
