@@ -2,7 +2,8 @@
 
 The comparisons run in float64 with TF32 off, so that the devices differ only in the order of
 float sums; ``"reference"`` sharing quantises ratios, which such differences can move across a
-quantisation step, so its tolerance is wider.
+quantisation step, so its tolerance is wider. The shipped explainers run as they ship, in
+float32: see `EXPLAINER_TOLERANCE`. ``benchmarks/gpu_check.sh`` runs this file on a lent GPU.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torchvision
 
 from ctc_plugin import CTC, CTCAttributor, CTCComposite, IntegrativeCAM, zoo
+from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
 from ctc_plugin.ctc.speedups import DEFAULT
 from ctc_plugin.explainer.attribution import ExplainerAttribution
 from ctc_plugin.model_families import huggingface_classifier, timm_classifier
@@ -23,6 +25,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 CUDA = torch.device("cuda")
 TOLERANCE = {"none": 1e-6, "proportional": 1e-6, "reference": 2e-2}
+#: float32 rounding alone moves the shipped explainers' masks by up to 1e-5 of the largest
+#: (against float64, on a CPU: VGG's class-specific one), and cuDNN's convolution algorithms
+#: (Winograd, FFT) round differently from the CPU's again; a misplaced tensor moves them by
+#: far more than this
+EXPLAINER_TOLERANCE = 1e-3
 
 
 @pytest.fixture(autouse=True)
@@ -129,7 +136,7 @@ def test_ctc_and_integrative_cam_on_cuda_for_the_zoo(family):
     model.to(CUDA)
     ctc_gpu = CTC(model).attribute(x.to(CUDA), target=target.to(CUDA), feature_mask=mask.to(CUDA))
     cam_gpu = IntegrativeCAM(model).attribute(x.to(CUDA), target=target.to(CUDA))
-    assert_same_on_both(ctc_cpu, ctc_gpu, TOLERANCE["reference"])
+    assert_same_on_both(ctc_cpu, ctc_gpu, TOLERANCE[DEFAULT_BIAS_SHARING])
     assert_same_on_both(cam_cpu, cam_gpu, 1e-6)
 
 
@@ -158,7 +165,7 @@ def test_shipped_explainers_on_cuda_give_the_cpu_masks(family, kind):
     cpu = ExplainerAttribution(model, explainer).attribute(x, target=target)
     model.to(CUDA), explainer.to(CUDA)
     gpu = ExplainerAttribution(model, explainer).attribute(x.to(CUDA), target=target.to(CUDA))
-    assert_same_on_both(cpu, gpu, 1e-4)
+    assert_same_on_both(cpu, gpu, EXPLAINER_TOLERANCE)
 
 
 def test_sam_segmenter_on_cuda_gives_the_cpu_segments():
