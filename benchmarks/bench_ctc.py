@@ -11,8 +11,9 @@ each method over repeated, interleaved runs and the ratios the project holds CTC
 Run: ``python benchmarks/bench_ctc.py [--model resnet18] [--quick] [--size 224] [--features 16]
 [--threads 2] [--device cuda]``
 (``--profile reference`` also prints where one call of that mode spends its time, by operation;
-``--batch 8`` explains 8 images per call and adds CTC with the whole batch in one pass, i.e.
-without grouping the examples by ``Speedups.copies_per_pass``; ``--channels-last`` puts the model
+``--batch 8`` explains 8 images per call and, on a CPU, adds CTC with the whole batch in one
+pass, i.e. without grouping the examples by ``Speedups.copies_per_pass`` (other devices never
+group them); ``--channels-last`` puts the model
 and the images in channels-last memory format for every method; ``--no-variants`` leaves out the
 row of the reference pass as the spec computes it, without any speed-up; what each speed-up gains
 is measured by ``benchmarks/bench_speedups.py``). The last column is the median of each repeat's
@@ -52,6 +53,8 @@ OTHER_DEVICES = dataclasses.replace(
     host_checks=False,
     sparse_copies=False,
 )
+#: The bias-sharing modes, each a row of the table.
+MODES = ("none", "proportional", "reference")
 #: Operations that read a value back to the host (a GPU would wait for its queued work).
 SYNCHRONISING = {"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "_unique2", "unique_dim"}
 #: Operations that launch no kernel: views aside, the ones that only allocate or alias.
@@ -168,31 +171,7 @@ def main() -> None:
             )
 
     runs = {"plain forward x (K+1)": plain, "captum FeatureAblation": ablation}
-    for mode in ("none", "proportional", "reference"):
-        ctc = CTC(model, bias_sharing=mode)
-        runs[f"CTC {mode}"] = lambda ctc=ctc: ctc.attribute(
-            x, target=target, feature_mask=mask, perturbations_per_eval=k
-        )
-    # the same "reference" pass as the spec computes it (ctc_plugin.ctc.speedups.SPEC)
-    if not args.no_variants:
-        spec = CTC(model)
-        spec._speedups = SPEC
-        runs["CTC reference, spec"] = lambda: spec.attribute(
-            x, target=target, feature_mask=mask, perturbations_per_eval=k
-        )
-    if args.batch > 1:
-        one_pass = CTC(model)
-        one_pass._speedups = dataclasses.replace(DEFAULT, copies_per_pass=None)
-        runs["CTC reference, one pass"] = lambda: one_pass.attribute(
-            x, target=target, feature_mask=mask, perturbations_per_eval=k
-        )
-    if args.compiled_sharing:
-        for mode in ("proportional", "reference"):
-            compiled = CTC(model, bias_sharing=mode)
-            compiled._speedups = dataclasses.replace(DEFAULT, compiled_sharing=True)
-            runs[f"CTC {mode}, compiled sharing"] = lambda ctc=compiled: ctc.attribute(
-                x, target=target, feature_mask=mask, perturbations_per_eval=k
-            )
+    runs.update(ctc_runs(model, x, target, mask, args))
     kernels = torch._inductor.metrics.generated_kernel_count
     for fn in runs.values():  # warm-up
         fn()
@@ -232,11 +211,47 @@ def main() -> None:
         print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
 
 
+def ctc_runs(model, x, target: int, mask, args: argparse.Namespace) -> dict:
+    """The CTC rows of the table, by name: one call each (``args`` as ``main`` parses them).
+
+    ``"CTC reference, one pass"`` (more than one image) is left out off the CPU, where the
+    examples are never grouped (``Speedups.copies_per_pass`` holds on a CPU only): the row
+    would time ``"CTC reference"`` again. Why is printed once.
+    """
+    k = args.features
+
+    def call(ctc: CTC):
+        return lambda: ctc.attribute(x, target=target, feature_mask=mask, perturbations_per_eval=k)
+
+    def with_speedups(speedups, mode: str = "reference") -> CTC:
+        ctc = CTC(model, bias_sharing=mode)
+        ctc._speedups = speedups
+        return ctc
+
+    runs = {f"CTC {mode}": call(CTC(model, bias_sharing=mode)) for mode in MODES}
+    # the same "reference" pass as the spec computes it (ctc_plugin.ctc.speedups.SPEC)
+    if not args.no_variants:
+        runs["CTC reference, spec"] = call(with_speedups(SPEC))
+    if args.batch > 1 and x.device.type == "cpu":
+        one_pass = dataclasses.replace(DEFAULT, copies_per_pass=None)
+        runs["CTC reference, one pass"] = call(with_speedups(one_pass))
+    elif args.batch > 1:
+        print(
+            f"no row 'CTC reference, one pass': on {x.device.type} the whole batch is one pass "
+            "already (Speedups.copies_per_pass groups examples on a CPU only)"
+        )
+    if args.compiled_sharing:
+        compiled = dataclasses.replace(DEFAULT, compiled_sharing=True)
+        for mode in ("proportional", "reference"):
+            runs[f"CTC {mode}, compiled sharing"] = call(with_speedups(compiled, mode))
+    return runs
+
+
 def print_launches(runs: dict, model, x, target, mask, k: int, device: torch.device) -> None:
     """Print each method's kernel launches and host syncs of one call (see the module text)."""
     # (compiled code launches the kernels it generated, which a dispatch mode does not see)
     counted = {name: fn for name, fn in runs.items() if not name.startswith("CTC")}
-    for mode in ("none", "proportional", "reference"):
+    for mode in MODES:
         ctc = CTC(model, bias_sharing=mode)
         if device.type == "cpu":  # the CPU's own speed-ups launch more, smaller operations
             ctc._speedups = OTHER_DEVICES

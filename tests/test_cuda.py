@@ -110,6 +110,23 @@ def test_ctc_on_cuda_gives_the_cpu_scores_on_modern_families(family, mode):
     assert_same_on_both(cpu.scores, gpu.scores, TOLERANCE[mode])
 
 
+@pytest.mark.parametrize("mode", ["proportional", "none"])
+def test_ctc_on_cuda_through_the_attention_function_with_boolean_masks(mode):
+    """``F.multi_head_attention_forward`` called with boolean masks (``nn.MultiheadAttention``
+    makes them float first): the additive mask is built on the masks' device."""
+    from tests.ctc.test_multihead_attention_masks_and_separate_projections_by_hand import (
+        _case,
+    )
+
+    model, x, mask = _case(separate=False, masks="bool", functional=True)
+    options = {"target": [0, 2], "feature_mask": mask, "return_feature_scores": True}
+    _, cpu = CTC(model, bias_sharing=mode).attribute(x, **options)
+    model.to(CUDA)
+    options["feature_mask"] = mask.to(CUDA)
+    _, gpu = CTC(model, bias_sharing=mode).attribute(x.to(CUDA), **options)
+    assert_same_on_both(cpu.scores, gpu.scores, TOLERANCE[mode])
+
+
 @pytest.mark.parametrize("mode", ["reference", "proportional"])
 def test_compiled_sharing_on_cuda_gives_the_cpu_scores(mode):
     """``Speedups.compiled_sharing``: the spec's sharing as Triton kernels (compiles first)."""
@@ -179,6 +196,37 @@ def test_sam_segmenter_on_cuda_gives_the_cpu_segments():
     gpu = segmenter(images.to(CUDA))
     assert gpu.shape == cpu.shape and (cpu > 0).any()
     assert (gpu.cpu() == cpu).float().mean() > 0.99  # float sums may flip a border pixel
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "uniform"])
+def test_noise_takes_a_cuda_generator_and_repeats_with_its_seed(kind):
+    """A ``torch.Generator("cuda")`` draws the noise on its GPU (a CPU one keeps the CPU's)."""
+    from ctc_plugin.evaluation.perturbations import perturb
+
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(6)).to(CUDA)
+    first = perturb(images, kind, "big", generator=torch.Generator(CUDA).manual_seed(7))
+    again = perturb(images, kind, "big", generator=torch.Generator(CUDA).manual_seed(7))
+    assert first.device.type == "cuda" and torch.equal(first, again)
+    assert not torch.equal(first, images) and 0 <= first.min() and first.max() <= 1
+    on_cpu = perturb(images.cpu(), kind, "big", generator=torch.Generator().manual_seed(7))
+    from_cpu = perturb(images, kind, "big", generator=torch.Generator().manual_seed(7))
+    assert torch.equal(from_cpu.cpu(), on_cpu)
+
+
+def test_localisation_of_cuda_maps_against_cpu_masks_gives_the_cpu_scores():
+    from ctc_plugin.evaluation import localisation
+
+    maps = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    masks = torch.zeros(3, 16, 16, dtype=torch.bool)
+    masks[:, 4:10, 5:12] = True
+    for name in ("pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy"):
+        metric = getattr(localisation, name)
+        cpu, gpu = metric(maps, masks), metric(maps.to(CUDA), masks)
+        assert gpu.device.type == "cpu"
+        torch.testing.assert_close(gpu, cpu, equal_nan=True)
+    predicted = localisation.binarize(maps.to(CUDA), 0.5)
+    for metric in (localisation.iou, localisation.f1):
+        torch.testing.assert_close(metric(predicted, masks), metric(predicted.cpu(), masks))
 
 
 def test_the_sanity_check_leaves_the_cuda_random_state_as_it_was():

@@ -343,7 +343,8 @@ def _attention_mask(call: dict, q: torch.Tensor) -> torch.Tensor | None:
         if part is None:
             continue
         if part.dtype == torch.bool:
-            part = torch.zeros(part.shape, dtype=q.dtype).masked_fill(part, float("-inf"))
+            # on the mask's device, as torch builds it (a CUDA mask meets no CPU tensor)
+            part = torch.zeros_like(part, dtype=q.dtype).masked_fill(part, float("-inf"))
         if shape == "padding":  # (N, S) -> (N, 1, 1, S)
             part = part[:, None, None, :]
         total = part if total is None else total + part

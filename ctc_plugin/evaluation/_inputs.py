@@ -1,4 +1,8 @@
-"""Shape checks shared by the evaluation metrics (one place, one set of error messages)."""
+"""Shape checks shared by the evaluation metrics (one place, one set of error messages).
+
+The metrics compute on the CPU and return their scores there, wherever the maps and masks
+come from (maps on a GPU, masks loaded from disk): `as_maps` and `as_masks` move them there.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ def as_tensor(value: Tensor | np.ndarray, name: str) -> Tensor:
 
 
 def as_maps(attributions: Tensor | np.ndarray, name: str = "attributions") -> Tensor:
-    """Return attribution maps as a float ``(N, H, W)`` tensor.
+    """Return attribution maps as a float64 ``(N, H, W)`` tensor on the CPU.
 
     Accepts ``(N, H, W)``, ``(N, 1, H, W)`` or ``(N, C, H, W)`` (channels are summed, as Captum's
     and Quantus' image visualisations do).
@@ -38,14 +42,14 @@ def as_maps(attributions: Tensor | np.ndarray, name: str = "attributions") -> Te
             f"{name} must have shape (N, H, W), (N, 1, H, W) or (N, C, H, W); "
             f"got {tuple(maps.shape)}"
         )
-    maps = maps.to(torch.float64)
+    maps = maps.to(device="cpu", dtype=torch.float64)
     if not torch.isfinite(maps).all():
         raise ValueError(f"{name} contain NaN or infinite values; fix the explanation first")
     return maps
 
 
 def as_masks(masks: Tensor | np.ndarray, shape: torch.Size, name: str = "masks") -> Tensor:
-    """Return masks as a bool ``(N, H, W)`` tensor matching ``shape``.
+    """Return masks as a bool ``(N, H, W)`` tensor on the CPU matching ``shape``.
 
     Accepts ``(N, H, W)`` or ``(N, 1, H, W)``: bool, integers (non-zero means inside, so 0/255
     images work) or floating point holding only 0 and 1.
@@ -55,7 +59,7 @@ def as_masks(masks: Tensor | np.ndarray, shape: torch.Size, name: str = "masks")
             point with other values (NaN, a soft mask, an attribution map given as a mask:
             read as non-zero, they would count as inside wherever they are not exactly 0).
     """
-    out = as_tensor(masks, name).detach()
+    out = as_tensor(masks, name).detach().cpu()
     if out.dim() == 4 and out.shape[1] == 1:
         out = out[:, 0]
     if tuple(out.shape) != tuple(shape):

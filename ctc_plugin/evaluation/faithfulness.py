@@ -198,7 +198,7 @@ def perturbation_curve(
         A `PerturbationCurve`; call ``.auc()`` for the per-image areas.
     """
     images = check_images(images)
-    maps = as_maps(attributions).cpu()  # the moved pixel sets are built on the CPU
+    maps = as_maps(attributions)  # on the CPU, where the moved pixel sets are built
     n, _, height, width = images.shape
     if tuple(maps.shape) != (n, height, width):
         raise ValueError(

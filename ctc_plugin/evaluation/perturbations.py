@@ -4,12 +4,15 @@ The reference CTC evaluation perturbed 8-bit images and let uniform noise wrap a
 pixel plus negative noise became bright) and scaled its Gaussian noise so that "small" noise was
 nearly a no-op and "big" noise a brightness shift. Here every perturbation works on float images
 in [0, 1] and clips the result back into [0, 1]. Noise is drawn from an explicit
-``torch.Generator`` so runs repeat exactly.
+``torch.Generator`` so runs repeat exactly: on the generator's device, then moved to the images
+(a CPU generator, or none, gives the same noise for a seed wherever the images are; a CUDA
+generator draws on its GPU, as ``torch.randn`` would).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -55,24 +58,42 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     return TF.gaussian_blur(images, kernel_size=[size, size], sigma=[sigma, sigma]).clamp(0, 1)
 
 
+def _noise(
+    draw: Callable[..., Tensor], images: Tensor, generator: torch.Generator | None
+) -> Tensor:
+    """``draw`` (``torch.randn``, ``torch.rand``) shaped like ``images``, on their device.
+
+    Drawn on the generator's device (the CPU without one), so a CPU generator gives the same
+    noise whatever device the images are on, and a CUDA generator is used where it draws.
+    """
+    device = torch.device("cpu") if generator is None else generator.device
+    noise = draw(images.shape, generator=generator, dtype=images.dtype, device=device)
+    return noise.to(images.device)
+
+
 def gaussian_noise(images: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
-    """Add i.i.d. Gaussian noise of standard deviation ``std`` and clip to [0, 1]."""
+    """Add i.i.d. Gaussian noise of standard deviation ``std`` and clip to [0, 1].
+
+    ``generator`` (CPU or CUDA) draws the noise on its own device; see the module's notes.
+    """
     images = _check_unit_range(images)
     if std < 0:
         raise ValueError(f"std must be >= 0, got {std}")
-    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype)
-    return (images + std * noise.to(images.device)).clamp(0, 1)
+    return (images + std * _noise(torch.randn, images, generator)).clamp(0, 1)
 
 
 def uniform_noise(
     images: Tensor, amplitude: float, generator: torch.Generator | None = None
 ) -> Tensor:
-    """Add i.i.d. noise uniform in [-amplitude, amplitude] and clip to [0, 1] (no wrap-around)."""
+    """Add i.i.d. noise uniform in [-amplitude, amplitude] and clip to [0, 1] (no wrap-around).
+
+    ``generator`` (CPU or CUDA) draws the noise on its own device; see the module's notes.
+    """
     images = _check_unit_range(images)
     if amplitude < 0:
         raise ValueError(f"amplitude must be >= 0, got {amplitude}")
-    noise = torch.rand(images.shape, generator=generator, dtype=images.dtype) * 2 - 1
-    return (images + amplitude * noise.to(images.device)).clamp(0, 1)
+    noise = _noise(torch.rand, images, generator) * 2 - 1
+    return (images + amplitude * noise).clamp(0, 1)
 
 
 def perturb(
@@ -88,7 +109,8 @@ def perturb(
         kind: ``"blur"``, ``"gaussian"`` or ``"uniform"``.
         severity: A level name from `SEVERITIES` (``"small"``, ``"big"``) or the parameter
             itself (sigma, standard deviation or half-width).
-        generator: Random generator for the noise kinds.
+        generator: Random generator for the noise kinds, on the CPU or a CUDA device (the
+            noise is drawn there and moved to the images).
 
     Returns:
         The perturbed images, float, in [0, 1].
