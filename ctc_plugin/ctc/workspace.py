@@ -6,6 +6,7 @@ import ctypes
 import functools
 import itertools
 import math
+import mmap
 import os
 import sys
 import threading
@@ -92,12 +93,18 @@ class _Chunk:
             sorted and disjoint.
         live_peak: The most bytes the results of the pools that used it had in use at once
             (set when a pool hands it to `SpareChunks`).
+        buffers: The free buffers a closed pool handed over with it, with what is known to be
+            zero in them (the next pool that takes the chunk takes them too).
+        loose: The stretches ``(start, stop)`` outside every buffer that may hold nonzero bytes,
+            sorted and disjoint: the rest of the bytes outside buffers are zero.
     """
 
     memory: torch.Tensor
     array: np.ndarray
     resident: list[tuple[int, int]] = field(default_factory=list)
     live_peak: int = 0
+    buffers: list[_Buffer] = field(default_factory=list)
+    loose: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -129,6 +136,7 @@ class _Chunk:
             return 0
         if madvise(address + first, end - first, _MADV_DONTNEED) != 0:
             return 0
+        self.loose, _ = _split(self.loose, first, end)  # zeros now
         before = self.resident_bytes()
         kept = []
         for low, high in self.resident:
@@ -139,6 +147,16 @@ class _Chunk:
     def resident_bytes(self) -> int:
         """How many of its bytes have been touched and not given back."""
         return sum(stop - start for start, stop in self.resident)
+
+    def loosen(self, start: int, stop: int) -> None:
+        """Note that ``[start, stop)``, outside every buffer now, may hold nonzero bytes."""
+        if stop > start:
+            self.loose = _merged([*self.loose, (start, stop)])
+
+    def take_loose(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """The loose stretches inside ``[start, stop)``, which a new buffer takes over."""
+        self.loose, inside = _split(self.loose, start, stop)
+        return inside
 
     def free_lazily(self) -> bool:
         """Let the kernel take the chunk's pages back whenever it needs memory.
@@ -255,6 +273,16 @@ class _Buffer:
             return None
         return self.written[:3]
 
+    def clear_recorded(self) -> bool:
+        """Clear the last record's rows, which leaves the buffer zero; ``False``: no record."""
+        recorded = self.recorded()
+        if recorded is None:
+            return False
+        dtype, shape, rows = recorded
+        _clear_difference(_as_result(self.base, shape, dtype), rows, _NOTHING)
+        self.written, self.dirty_end = None, 0
+        return True
+
 
 class OutputPool:
     """Memory for a pass's full-size results on a CPU, reused once nothing else holds it.
@@ -273,8 +301,10 @@ class OutputPool:
 
     Where results go: a request takes the smallest free buffer that holds it and is at most
     ``slack`` times its size (it keeps that buffer's record); else a new buffer is carved from
-    the lowest stretch of held memory that no result uses (free buffers there are given up), so
-    memory that held one large map holds several smaller ones later; else from a fresh chunk
+    the lowest stretch of held memory that no result uses (free buffers there are given up:
+    a recorded one's rows are cleared, what another may hold becomes the chunk's loose
+    stretches, so the new buffer is known zero beyond the last of them), so memory that held
+    one large map holds several smaller ones later; else from a fresh chunk
     (with room for a few more such results: untouched memory costs nothing), and chunks that
     nothing uses (too small for this request) are let go first. So the fresh memory a pass pays
     page faults for is about the most its results use at one time, not every result's. Its
@@ -286,8 +316,8 @@ class OutputPool:
     memory of its own.
 
     With ``spares``, a chunk is taken from those that earlier pools left there before fresh
-    memory is (it brings their most bytes in use at once, so what was resident stays), and
-    `close` hands the pool's chunks back.
+    memory is (it brings their most bytes in use at once, so what was resident stays, and its
+    free buffers with their records), and `close` hands the pool's chunks back.
 
     Attributes:
         slack: How much larger than a request a free buffer that serves it whole may be.
@@ -313,12 +343,16 @@ class OutputPool:
     def close(self) -> None:
         """Let go of every chunk; hand those that no result uses any more to ``spares``.
 
-        A chunk that a result still uses (the model kept it) lives as long as that result.
+        A chunk that a result still uses (the model kept it) lives as long as that result. A
+        chunk handed over takes its buffers along, with their records: the next pool's results
+        on them clear only the rows the last ones recorded, not the whole buffer (nothing else
+        can write to a kept chunk, and a page the kernel takes back reads as zeros).
         """
         used = self._chunks_in_use()
         for chunk in self._chunks:
             if self.spares is not None and id(chunk) not in used:
                 chunk.live_peak = max(chunk.live_peak, self._live_peak)
+                chunk.buffers = [buffer for buffer in self._held if buffer.chunk is chunk]
                 self.spares.keep(chunk)
         self._chunks, self._held = [], []
 
@@ -397,39 +431,51 @@ class OutputPool:
         if like.device.type != "cpu" or _storage_use_count is None or nbytes == 0:
             own = torch.empty(nbytes, dtype=torch.uint8, device=like.device)
             return _as_result(own, shape, like.dtype), None
-        fitting = [
-            buffer
-            for buffer in self._held
-            if nbytes <= buffer.base.numel() <= self.slack * nbytes and buffer.free()
-        ]
-        if fitting:  # the smallest free buffer that holds it
-            buffer = min(fitting, key=lambda b: b.base.numel())
+        buffer = self._free_buffer(nbytes)
+        length = -(-nbytes // _ALIGNMENT) * _ALIGNMENT
+        place = None if buffer is not None else self._unused_stretch(length)
+        if buffer is None and place is None:
+            self._let_go_of_unused_chunks()
+            self._chunks.append(self._new_chunk(length))
+            buffer = self._free_buffer(nbytes)  # one that a spare chunk brought
+            place = (self._chunks[-1], 0)
+        if buffer is not None:
             out = _as_result(buffer.base, shape, like.dtype)
             self._note_live()
             return out, buffer
-        length = -(-nbytes // _ALIGNMENT) * _ALIGNMENT
-        place = self._unused_stretch(length)
-        if place is None:
-            self._let_go_of_unused_chunks()
-            self._chunks.append(self._new_chunk(length))
-            place = (self._chunks[-1], 0)
         buffer = self._carve(*place, length)
         out = _as_result(buffer.base, shape, like.dtype)
         self._note_live()
         self._stay_within_live_peak()
         return out, buffer
 
+    def _free_buffer(self, nbytes: int) -> _Buffer | None:
+        """The smallest free buffer that holds ``nbytes`` within ``slack``, or ``None``."""
+        fitting = [
+            buffer
+            for buffer in self._held
+            if nbytes <= buffer.base.numel() <= self.slack * nbytes and buffer.free()
+        ]
+        return min(fitting, key=lambda b: b.base.numel()) if fitting else None
+
     def _new_chunk(self, length: int) -> _Chunk:
-        """A chunk for a result of ``length`` bytes: a spare one, else fresh memory with room."""
+        """A chunk for a result of ``length`` bytes: a spare one, else fresh memory with room.
+
+        A spare chunk's buffers and loose stretches come with it. Fresh memory is zero where
+        `fresh_memory` maps it (no loose stretch), else loose throughout.
+        """
         spare = None if self.spares is None else self.spares.take(length)
-        if spare is not None:  # its pages may hold anything: every buffer carved is dirty
+        if spare is not None:
             self._live_peak = max(self._live_peak, spare.live_peak)
+            self._held.extend(spare.buffers)
+            spare.buffers = []
             return spare
         chunk_bytes = -(-(_CHUNK_ROOM * length) // _HUGE_PAGE) * _HUGE_PAGE
         memory = fresh_memory(chunk_bytes + _HUGE_PAGE, torch.device("cpu"))
         start = -memory.data_ptr() % _HUGE_PAGE  # whole huge pages from the chunk's start
         memory = memory[start : start + chunk_bytes]
-        return _Chunk(memory, memory.numpy())
+        loose = [] if _zeroed_on_cpu() else [(0, chunk_bytes)]
+        return _Chunk(memory, memory.numpy(), loose=loose)
 
     def _note_live(self) -> None:
         """Update the most bytes that results have used at one time."""
@@ -452,16 +498,20 @@ class OutputPool:
         ]
         for chunk_index, start, stop in sorted(stretches, reverse=True):
             chunk = self._chunks[chunk_index]
+            dropped = [
+                b for b in self._held if b.chunk is chunk and start < b.end and b.offset < stop
+            ]
+            for buffer in dropped:  # what they may hold is loose (less the pages given back)
+                chunk.loosen(buffer.offset, buffer.offset + buffer.dirty_end)
             given = chunk.give_back(start, stop, self.give_back_unit)
-            if given:
-                self._held = [
-                    b
-                    for b in self._held
-                    if b.chunk is not chunk or b.end <= start or b.offset >= stop
-                ]
-                excess -= given
-                if excess <= 0:
-                    return
+            if not given:  # they stay buffers
+                for buffer in dropped:
+                    chunk.take_loose(buffer.offset, buffer.end)
+                continue
+            self._held = [b for b in self._held if all(b is not d for d in dropped)]
+            excess -= given
+            if excess <= 0:
+                return
 
     def _unused_stretch(self, length: int) -> tuple[_Chunk, int] | None:
         """Where the lowest stretch of ``length`` bytes or more that no result uses starts.
@@ -485,17 +535,30 @@ class OutputPool:
         return stretches
 
     def _carve(self, chunk: _Chunk, offset: int, length: int) -> _Buffer:
-        """A new buffer of ``length`` bytes at ``offset`` of ``chunk`` (its bytes: anything).
+        """A new buffer of ``length`` bytes at ``offset`` of ``chunk``, with what is known of it.
 
-        The free buffers it overlaps are given up.
+        The free buffers it overlaps are given up: a recorded one has its recorded rows cleared
+        (it is then zero), the nonzero bytes another may hold become loose. The new buffer is
+        known zero from the end of the last loose stretch inside it on; loose stretches that
+        are a small part of it are cleared instead.
         """
         end = offset + length
-        self._held = [
-            b for b in self._held if b.chunk is not chunk or b.end <= offset or b.offset >= end
-        ]
+        kept = []
+        for buffer in self._held:
+            if buffer.chunk is not chunk or buffer.end <= offset or buffer.offset >= end:
+                kept.append(buffer)
+            elif not buffer.clear_recorded():
+                chunk.loosen(buffer.offset, buffer.offset + buffer.dirty_end)
+        self._held = kept
         chunk.touch(offset, end)
+        loose = chunk.take_loose(offset, end)
+        if sum(stop - start for start, stop in loose) <= length * _CLEARED_AT_CARVING:
+            for start, stop in loose:
+                chunk.array[start:stop] = 0
+            loose = []
         base = torch.from_numpy(chunk.array[offset:end])
-        buffer = _Buffer(base, chunk, offset, dirty_end=length)
+        dirty_end = max((stop - offset for _, stop in loose), default=0)
+        buffer = _Buffer(base, chunk, offset, dirty_end=dirty_end)
         self._held.append(buffer)
         return buffer
 
@@ -517,6 +580,10 @@ _ALIGNMENT = 64
 #: memory costs nothing, and room beside a result lets the next ones lie next to it.
 _CHUNK_ROOM = 4
 
+#: A new buffer's loose stretches are cleared when it is carved where they take at most this
+#: fraction of it (the buffer is then known zero); above, it is dirty up to the last one.
+_CLEARED_AT_CARVING = 0.125
+
 
 #: The chunks that the sparse passes' pools leave for the next pass (see `SpareChunks`);
 #: ``SPARE_CHUNKS.release()`` lets them go.
@@ -534,6 +601,28 @@ def _as_result(base: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -
 def _nbytes(tensor: torch.Tensor) -> int:
     """How many bytes a contiguous tensor takes."""
     return tensor.numel() * tensor.element_size()
+
+
+def _merged(stretches: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``stretches`` sorted, with those that touch or overlap joined."""
+    joined: list[tuple[int, int]] = []
+    for start, stop in sorted(stretches):
+        if joined and start <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(joined[-1][1], stop))
+        else:
+            joined.append((start, stop))
+    return joined
+
+
+def _split(
+    stretches: list[tuple[int, int]], start: int, stop: int
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Sorted disjoint ``stretches`` outside ``[start, stop)``, and their parts inside it."""
+    outside, inside = [], []
+    for first, end in stretches:
+        outside += [(first, min(end, start)), (max(first, stop), end)]
+        inside.append((max(first, start), min(end, stop)))
+    return [(a, b) for a, b in outside if b > a], [(a, b) for a, b in inside if b > a]
 
 
 #: No rows kept (`_clear_difference` reads it as one empty range for every row).
@@ -563,18 +652,30 @@ def _clear_difference(
 
 
 def fresh_memory(nbytes: int, device: torch.device) -> torch.Tensor:
-    """``nbytes`` of new memory as a uint8 tensor (uninitialised).
+    """``nbytes`` of new memory as a uint8 tensor: zeros on a CPU where `_zeroed_on_cpu`.
 
-    On Linux the kernel is asked to back it with 2 MiB pages where it offers transparent huge
-    pages: a fresh large tensor costs a page fault per 4 KiB on first touch, and one per 2 MiB
-    with huge pages (zeroing a fresh 200 MB tensor took 73 ms, 22 ms with huge pages and 9 ms
-    reused, on this project's machine). PyTorch's own ``THP_MEM_ALLOC_ENABLE=1`` does this for
-    every allocation; here it is only the pool's chunks.
+    On a CPU it is a private anonymous mapping of its own where the system has them (its pages
+    read as zeros until written, and cost nothing until touched), else uninitialised memory of
+    torch's. On Linux the kernel is asked to back it with 2 MiB pages where it offers
+    transparent huge pages: a fresh large tensor costs a page fault per 4 KiB on first touch,
+    and one per 2 MiB with huge pages (zeroing a fresh 200 MB tensor took 73 ms, 22 ms with huge
+    pages and 9 ms reused, on this project's machine). PyTorch's own
+    ``THP_MEM_ALLOC_ENABLE=1`` does this for every allocation; here it is only the pool's chunks.
     """
-    memory = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    if device.type == "cpu":
-        advise_huge_pages(memory.data_ptr(), nbytes)
+    if device.type != "cpu":
+        return torch.empty(nbytes, dtype=torch.uint8, device=device)
+    if _zeroed_on_cpu() and nbytes > 0:
+        mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        memory = torch.from_numpy(np.frombuffer(mapping, dtype=np.uint8))  # keeps it mapped
+    else:
+        memory = torch.empty(nbytes, dtype=torch.uint8)
+    advise_huge_pages(memory.data_ptr(), nbytes)
     return memory
+
+
+def _zeroed_on_cpu() -> bool:
+    """Whether `fresh_memory` on a CPU is a private anonymous mapping (zeros until written)."""
+    return hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap, "MAP_ANONYMOUS")
 
 
 @functools.cache

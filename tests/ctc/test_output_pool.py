@@ -8,10 +8,13 @@ to the next pool (``SpareChunks``).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -115,26 +118,40 @@ def test_the_pool_holds_no_more_resident_memory_than_its_results_used_at_once():
 
 
 @linux_only
-def test_a_closed_pool_leaves_its_chunk_to_the_next_which_clears_what_it_promises():
+def test_a_closed_pool_leaves_its_chunk_and_records_to_the_next_which_clears_what_it_promises():
     """The next pool writes the same memory, which holds the last pool's values (or zeros,
-    where the kernel took a page back): it knows nothing of them and clears all it promises."""
+    where the kernel took a page back). It takes the last pool's records along: a result that
+    was recorded is cleared on its recorded rows only, and one written after its record (the
+    version counter moved) is cleared whole."""
     spares = SpareChunks()
     like = torch.zeros(1)
     first_pool = OutputPool(spares=spares)
-    old = first_pool.zeros_outside((2, 3, 8, 8), like, [(0, 8), (0, 8)])
-    old.fill_(7.0)
-    first_pool.record(old, [(0, 1), (0, 1)])  # a false record: the next pool must not use it
-    pointer = old.data_ptr()
-    del old
+    recorded = first_pool.zeros_outside((2, 3, 8, 8), like, [(0, 8), (0, 8)])
+    written = first_pool.zeros_outside((2, 3, 4, 4), like, [(0, 4), (0, 4)])
+    recorded.zero_()[0, :, 1:3] = 7.0
+    first_pool.record(recorded, [(1, 3), (0, 0)])
+    first_pool.record(written, [(0, 1), (0, 0)])
+    written.fill_(5.0)  # after its record: the record no longer holds
+    pointers = recorded.data_ptr(), written.data_ptr()
+    del recorded, written
     first_pool.close()
     assert len(spares) == 1 and not first_pool._chunks
     pool = OutputPool(spares=spares)
-    again = pool.zeros((2, 3, 8, 8), like)
-    assert again.data_ptr() == pointer and len(spares) == 0
+    cleared = []
+    zero_ = torch.Tensor.zero_
+
+    def counting_zero_(tensor):
+        cleared.append(tensor.numel())
+        return zero_(tensor)
+
+    with mock.patch.object(torch.Tensor, "zero_", counting_zero_):
+        again = pool.zeros((2, 3, 8, 8), like)
+    assert again.data_ptr() == pointers[0] and len(spares) == 0
     assert not bool(again.any())
-    del again
-    outside = pool.zeros_outside((2, 3, 8, 8), like, [(2, 4), (0, 0)])
-    inside = torch.zeros(2, 3, 8, 8, dtype=torch.bool)
+    assert sum(cleared) == 3 * 2 * 8  # the recorded rows of the first copy only
+    outside = pool.zeros_outside((2, 3, 4, 4), like, [(2, 4), (0, 0)])
+    assert outside.data_ptr() == pointers[1]
+    inside = torch.zeros(2, 3, 4, 4, dtype=torch.bool)
     inside[0, :, 2:4] = True
     assert not bool(outside[~inside].any())
 
@@ -339,8 +356,38 @@ def test_zero_results_are_zero_where_promised_whatever_came_before(steps):
             del out
             pool.close()
             pool = OutputPool(slack=1.5, give_back_unit=4096, spares=spares)
+        else:
+            del out
+        _assert_pool_knows_its_zeros(pool)
     for held, when_made in kept:
         assert torch.equal(held, when_made), "a result still held was overwritten"
+
+
+def _assert_pool_knows_its_zeros(pool: OutputPool) -> None:
+    """What the pool believes zero is zero: in each chunk, the bytes outside its buffers and
+    its loose stretches, and in each free buffer, the bytes after ``dirty_end`` and, where its
+    record holds, the bytes outside the recorded rows."""
+    chunks = pool._chunks + list(pool.spares._chunks)
+    for chunk in chunks:
+        buffers = [b for b in pool._held if b.chunk is chunk] + chunk.buffers
+        known_zero = np.ones(chunk.size, dtype=bool)
+        for start, stop in chunk.loose:
+            known_zero[start:stop] = False
+        for buffer in buffers:
+            known_zero[buffer.offset : buffer.end] = False
+            if not buffer.free():
+                continue
+            bytes_ = chunk.array[buffer.offset : buffer.end]
+            assert not bytes_[buffer.dirty_end :].any(), "nonzero after dirty_end"
+            recorded = buffer.recorded()
+            if recorded is not None:
+                dtype, shape, rows = recorded
+                result = torch.from_numpy(bytes_.copy())[: math.prod(shape) * dtype.itemsize]
+                result = result.view(dtype).view(shape)
+                for row, (first, stop) in enumerate(rows):
+                    result[row, :, first:stop] = 0
+                assert not bool(result.any()), "nonzero outside the recorded rows"
+        assert not chunk.array[known_zero].any(), "nonzero outside buffers and loose stretches"
 
 
 def test_zeros_outside_clears_only_the_recorded_rows_it_does_not_keep():
