@@ -21,12 +21,15 @@ were kept).
 
 ``--parts MODE`` also prints where one sparse call of that bias-sharing mode spends its time, by
 rule of the pass (convolutions, BatchNorm with the sharing it calls, the sharing alone, ReLU,
-residual sums). ``--quick`` (passed by ``benchmarks/run_all.py --quick``): ResNet-18 at 112x112,
-16 features, one repeat.
+residual sums). ``--blocks`` also prints how long the bias sharing of one sparse call of each mode
+takes at several sizes of ``Speedups.block_elements``: every layer's sharing is recorded in one
+call, then computed again at each size in turn (``--repeats`` rounds, CPU time, the median), as
+a ratio to the default size's. ``--quick`` (passed by ``benchmarks/run_all.py --quick``):
+ResNet-18 at 112x112, 16 features, one repeat.
 
 Run: ``nice python benchmarks/bench_sparse.py --model resnet50 --features 64 --mask grid
 [--repeats 3] [--threads 1] [--memory] [--fresh-memory] [--spare-chunks 2] [--parts reference]
-[--quick]``
+[--blocks] [--quick]``
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from captum.attr import FeatureAblation
 from ctc_plugin import CTC
 from ctc_plugin.ctc import sparse as sparse_module
 from ctc_plugin.ctc.sparse import SparseGatedPass
-from ctc_plugin.ctc.speedups import DEFAULT
+from ctc_plugin.ctc.speedups import DEFAULT, FusedProportionalSharing, FusedReferenceSharing
 from ctc_plugin.ctc.workspace import SPARE_CHUNKS, fresh_memory
 
 MODES = ("proportional", "reference")
@@ -128,6 +131,7 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="peak RSS per method")
     parser.add_argument("--parts", choices=MODES, help="time one sparse call by rule")
     parser.add_argument("--fresh-memory", action="store_true", help="time zeroing a fresh GiB")
+    parser.add_argument("--blocks", action="store_true", help="time the sharing's block sizes")
     parser.add_argument(
         "--spare-chunks", type=int, default=SPARE_CHUNKS.most, help="memory kept between passes"
     )
@@ -184,6 +188,13 @@ def main() -> None:
         print(f"\nwhere one sparse {args.parts!r} call spends its time (s)")
         for part, seconds in time_parts(runs[f"CTC {args.parts}, sparse"]).items():
             print(f"{part:40s} {seconds:9.3f}")
+    if args.blocks:
+        print("\nthe bias sharing of one sparse call, by block_elements (CPU s, / default)")
+        for mode in MODES:
+            by_size = time_blocks(runs[f"CTC {mode}, sparse"], mode, args)
+            for size, (seconds, ratio) in by_size.items():
+                default = " (default)" if size == DEFAULT.block_elements else ""
+                print(f"{mode + ', ' + str(size) + default:40s} {seconds:9.3f} {ratio:9.3f}")
 
 
 #: The rules of the sparse pass that ``--parts`` times (nested: BatchNorm's time includes the
@@ -222,6 +233,50 @@ def time_parts(run) -> dict[str, float]:
         for name, (owner, attr) in PARTS.items():
             setattr(owner, attr, originals[name])
     return spent
+
+
+#: The block sizes ``--blocks`` compares (values of ``Speedups.block_elements``).
+BLOCK_SIZES = (1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20)
+
+#: The fused sharing class of each mode.
+SHARINGS = {"proportional": FusedProportionalSharing, "reference": FusedReferenceSharing}
+
+
+def time_blocks(run, mode: str, args) -> dict[int, tuple[float, float]]:
+    """Per block size: the median CPU seconds of one call's bias sharing, and its ratio to the
+    default size's (the median of the rounds' own ratios)."""
+    owner = SHARINGS[mode]
+    original = owner.add_bias_with_boxes
+    recorded = []
+
+    def record(self, z, bias, layout, boxes):
+        recorded.append((z.clone(), bias.clone(), layout, list(boxes)))
+        return original(self, z, bias, layout, boxes)
+
+    owner.add_bias_with_boxes = record
+    try:
+        run()
+    finally:
+        owner.add_bias_with_boxes = original
+    seconds: dict[int, list[float]] = {size: [] for size in BLOCK_SIZES}
+    for _ in range(args.repeats):
+        for size in BLOCK_SIZES:
+            sharing = dataclasses.replace(DEFAULT, block_elements=size).sharing(mode)
+            spent = 0.0
+            for z, bias, layout, boxes in recorded:
+                z = z.clone()
+                start = time.process_time()
+                sharing.add_bias_with_boxes(z, bias, layout, boxes)
+                spent += time.process_time() - start
+            seconds[size].append(spent)
+    default = seconds[DEFAULT.block_elements]
+    return {
+        size: (
+            statistics.median(times),
+            statistics.median(a / b for a, b in zip(times, default)),
+        )
+        for size, times in seconds.items()
+    }
 
 
 def zero_fresh_memory(nbytes: int = 1 << 30) -> float:
