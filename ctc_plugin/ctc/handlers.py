@@ -199,11 +199,15 @@ def _broadcast_by(signal: torch.Tensor, constant: Any) -> torch.Tensor:
     ``y.mean((2, 3), keepdim=True) + position`` with a ``(1, C, H, W)`` constant: every unit
     of the result gets its own bias, so the bias-free signal must have the result's shape (its
     copies replicated, linear) for the bias to be shared unit by unit. A constant of more dims
-    than the signal is left to [`_as_bias`][ctc_plugin.ctc.handlers._as_bias], which refuses it.
+    than the signal, or one that does not broadcast with it (a constant sized for the model's
+    batch), is left to [`_as_bias`][ctc_plugin.ctc.handlers._as_bias], which refuses it.
     """
     if not isinstance(constant, torch.Tensor) or constant.dim() > signal.dim():
         return signal
-    shape = torch.broadcast_shapes(signal.shape, constant.shape)
+    try:
+        shape = torch.broadcast_shapes(signal.shape, constant.shape)
+    except RuntimeError:  # sized for the model's batch, not the copies': `_as_bias` refuses it
+        return signal
     return signal if shape == signal.shape else signal.expand(shape).contiguous()
 
 
