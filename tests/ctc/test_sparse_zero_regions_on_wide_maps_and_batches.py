@@ -25,21 +25,14 @@ import pytest
 import torch
 from torch import nn
 
-from ctc_plugin.ctc.speedups import DEFAULT, Speedups
+from ctc_plugin.ctc.speedups import DEFAULT
 
+from .test_sparse import SPARSE_ONLY as SPEC_SHARING
 from .test_speedups import MODES, assert_same_as_spec
 
 #: The default speed-ups, every convolution sparse; ``"none"`` through the pass of copies.
 EVERYWHERE = replace(DEFAULT, sparse_dense_above=1.0, gradient_shortcut=False)
 
-#: Sparse convolutions on the spec's rules and bias sharing.
-SPEC_SHARING = Speedups(
-    gradient_shortcut=False,
-    copies_per_pass=None,
-    fused_sharing=False,
-    sparse_copies=True,
-    sparse_dense_above=1.0,
-)
 
 #: As `EVERYWHERE`, the fused sharing in blocks of a few values (one channel at a time).
 SMALL_BLOCKS = replace(EVERYWHERE, block_elements=64, packed_boxes=0.0)
