@@ -18,9 +18,13 @@ def _scores(per_eval):
     model = RandomCNN(seed=0).eval()
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     mask = random_partition(16, 16, 5, seed=1)
-    return CTC(model, bias_sharing="reference").attribute(
-        x, 1, feature_mask=mask, perturbations_per_eval=per_eval, return_feature_scores=True
-    )[1].scores
+    return (
+        CTC(model, bias_sharing="reference")
+        .attribute(
+            x, 1, feature_mask=mask, perturbations_per_eval=per_eval, return_feature_scores=True
+        )[1]
+        .scores
+    )
 
 
 def test_a_numpy_integer_is_a_count():
