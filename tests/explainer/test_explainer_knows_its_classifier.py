@@ -67,7 +67,8 @@ def test_another_classifier_is_named_and_its_own_is_not():
     assert _explain(tiny_classifier(seed=1).eval(), explainer, check_classifier=False) == []
 
 
-def test_weights_loaded_after_the_first_call_are_checked_again():
+def _first_call_of_its_own_classifier():
+    """(classifier, explainer, attribution, images) after a call that must not warn."""
     classifier = tiny_classifier(seed=0).eval()
     explainer = _trained(classifier)
     attribution = ExplainerAttribution(classifier, explainer)
@@ -75,6 +76,11 @@ def test_weights_loaded_after_the_first_call_are_checked_again():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ClassifierMismatchWarning)
         attribution.attribute(images, target=0)
+    return classifier, explainer, attribution, images
+
+
+def test_weights_loaded_after_the_first_call_are_checked_again():
+    classifier, _, attribution, images = _first_call_of_its_own_classifier()
     classifier.load_state_dict(tiny_classifier(seed=1).eval().state_dict())
     with pytest.warns(ClassifierMismatchWarning) as caught:
         attribution.attribute(images, target=0)
@@ -184,13 +190,7 @@ def test_quantized_layers_differing_in_the_middle_of_their_weights_differ():
 
 
 def test_a_record_changed_after_the_first_call_is_read_again():
-    classifier = tiny_classifier(seed=0).eval()
-    explainer = _trained(classifier)
-    attribution = ExplainerAttribution(classifier, explainer)
-    images, _ = data(2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ClassifierMismatchWarning)
-        attribution.attribute(images, target=0)
+    _, explainer, attribution, images = _first_call_of_its_own_classifier()
     explainer.record_classifier(tiny_classifier(seed=1).eval())  # trained for another since
     with pytest.warns(ClassifierMismatchWarning):
         attribution.attribute(images, target=0)
