@@ -93,9 +93,9 @@ class Speedups:
             on a CPU, about how many values one block of the sharing holds (1 MiB in float32:
             a block and the formula's scratch buffers stay in a core's cache, and the scratch
             memory is one block's, not a layer's; on ResNet-50 with 64 features, blocks of
-            4 MiB took 8 % longer for "reference" and 9 % for "proportional" on a 2 MiB-L2
-            Xeon, ``python benchmarks/bench_sparse.py --blocks``); ``None``: the whole layer
-            in one block, as on other devices.
+            4 MiB took 9 % longer for "reference" and 7 % for "proportional" on a 2 MiB-L2
+            Xeon, ``python benchmarks/bench_sparse.py --repeats 3 --blocks``); ``None``: the
+            whole layer in one block, as on other devices.
         packed_boxes: With ``fused_sharing`` in ``"reference"`` mode on a CPU, compute the
             formula only on the boxes around the copies' nonzero values where, packed at the
             largest box's size, they take at most this fraction of a layer; 0 turns it off.
