@@ -13,7 +13,8 @@ resident memory above the process's before the call (Linux ``VmHWM``, reset firs
 
 ``--fresh-memory`` also prints how long zeroing a GiB of fresh memory takes right after one call
 of each method, and right after another fresh GiB (what a call's first touch of memory costs on
-this machine, which the two columns of the table differ by).
+this machine, which the two columns of the table differ by), as the sparse pass gets it (4 KiB
+pages) and with transparent huge pages asked for (``MADV_HUGEPAGE``, which the pass does not).
 
 ``--spare-chunks N`` keeps at most N chunks of the sparse passes' result memory for the next
 pass (``SPARE_CHUNKS.most``; 2 by default, 0 takes fresh memory for every pass, as before they
@@ -47,6 +48,7 @@ from captum.attr import FeatureAblation
 
 from ctc_plugin import CTC
 from ctc_plugin.ctc import sparse as sparse_module
+from ctc_plugin.ctc import workspace
 from ctc_plugin.ctc.sparse import SparseGatedPass
 from ctc_plugin.ctc.speedups import DEFAULT, FusedProportionalSharing, FusedReferenceSharing
 from ctc_plugin.ctc.workspace import SPARE_CHUNKS, fresh_memory
@@ -179,11 +181,13 @@ def main() -> None:
             line += f" {peak_rss(args, name):9.0f}"
         print(line)
     if args.fresh_memory:
-        print("\nzeroing a fresh GiB (s)")
-        for name, run in runs.items():
-            run()
-            print(f"{'after ' + name:40s} {zero_fresh_memory():9.3f}")
-        print(f"{'after another fresh GiB':40s} {zero_fresh_memory():9.3f}")
+        print("\nzeroing a fresh GiB (s)                  4 KiB pages  huge pages")
+        for name, run in [*runs.items(), ("another fresh GiB", lambda: zero_fresh_memory())]:
+            times = []
+            for huge in (False, True):
+                run()
+                times.append(zero_fresh_memory(huge=huge))
+            print(f"{'after ' + name:40s} {times[0]:11.3f} {times[1]:11.3f}")
     if args.parts:
         print(f"\nwhere one sparse {args.parts!r} call spends its time (s)")
         for part, seconds in time_parts(runs[f"CTC {args.parts}, sparse"]).items():
@@ -279,12 +283,23 @@ def time_blocks(run, mode: str, args) -> dict[int, tuple[float, float]]:
     }
 
 
-def zero_fresh_memory(nbytes: int = 1 << 30) -> float:
-    """Seconds to zero ``nbytes`` of fresh memory (huge pages asked for, as the sparse pass's)."""
+def zero_fresh_memory(nbytes: int = 1 << 30, huge: bool = False) -> float:
+    """Seconds to zero ``nbytes`` of fresh memory, as the sparse pass's pool gets it.
+
+    With ``huge``, Linux is asked to back it with transparent huge pages first (``madvise`` with
+    ``MADV_HUGEPAGE``; nothing changes where there is no ``madvise``).
+    """
     memory = fresh_memory(nbytes, torch.device("cpu"))
+    madvise = workspace._madvise()
+    if huge and madvise is not None:
+        madvise(memory.data_ptr(), nbytes, MADV_HUGEPAGE)
     start = time.perf_counter()
     memory.zero_()
     return time.perf_counter() - start
+
+
+#: Linux's ``madvise`` advice asking for transparent huge pages.
+MADV_HUGEPAGE = 14
 
 
 def peak_rss(args, name: str) -> float:

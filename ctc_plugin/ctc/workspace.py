@@ -22,7 +22,6 @@ __all__ = [
     "RowRange",
     "SpareChunks",
     "Workspace",
-    "advise_huge_pages",
     "fresh_memory",
     "row_parts",
     "row_runs",
@@ -72,9 +71,9 @@ class Workspace:
 #: and then nothing is ever reused).
 _storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
 
-#: Linux's ``madvise`` advice for transparent huge pages, for giving pages back and for letting
-#: the kernel take them back when it needs memory, and the size of a huge page.
-_MADV_HUGEPAGE, _MADV_DONTNEED, _MADV_FREE, _HUGE_PAGE = 14, 4, 8, 2 << 20
+#: Linux's ``madvise`` advice for giving pages back and for letting the kernel take them back
+#: when it needs memory, and the size of a page.
+_MADV_DONTNEED, _MADV_FREE, _PAGE = 4, 8, mmap.PAGESIZE
 
 #: Rows ``[first, stop)`` of one row of a (B, channels, H, W) result; empty where ``stop <= first``.
 RowRange = tuple[int, int]
@@ -85,7 +84,7 @@ class _Chunk:
     """A piece of fresh memory that an `OutputPool` carves its buffers from.
 
     Attributes:
-        memory: The bytes (a uint8 tensor from `fresh_memory`, starting on a huge page).
+        memory: The bytes (a uint8 tensor from `fresh_memory`, starting on a page).
         array: The same bytes as a NumPy array: a buffer is a tensor made from a slice of it,
             with a storage (and so a use count and a version counter) of its own that keeps the
             chunk alive as long as anything uses it.
@@ -321,8 +320,8 @@ class OutputPool:
 
     Attributes:
         slack: How much larger than a request a free buffer that serves it whole may be.
-        give_back_unit: Stretches are given back in whole pages of this many bytes (a huge
-            page: smaller pieces would split the huge pages that `fresh_memory` asks for).
+        give_back_unit: Stretches are given back in whole pages of this many bytes (a page of
+            the system's by default).
         spares: Where chunks come from before fresh memory and go when the pool closes
             (``None``: every chunk is fresh and goes with the pool).
     """
@@ -330,7 +329,7 @@ class OutputPool:
     def __init__(
         self,
         slack: float = 1.5,
-        give_back_unit: int = _HUGE_PAGE,
+        give_back_unit: int = _PAGE,
         spares: SpareChunks | None = None,
     ) -> None:
         self.slack = slack
@@ -470,9 +469,9 @@ class OutputPool:
             self._held.extend(spare.buffers)
             spare.buffers = []
             return spare
-        chunk_bytes = -(-(_CHUNK_ROOM * length) // _HUGE_PAGE) * _HUGE_PAGE
-        memory = fresh_memory(chunk_bytes + _HUGE_PAGE, torch.device("cpu"))
-        start = -memory.data_ptr() % _HUGE_PAGE  # whole huge pages from the chunk's start
+        chunk_bytes = -(-(_CHUNK_ROOM * length) // _PAGE) * _PAGE
+        memory = fresh_memory(chunk_bytes + _PAGE, torch.device("cpu"))
+        start = -memory.data_ptr() % _PAGE  # whole pages from the chunk's start
         memory = memory[start : start + chunk_bytes]
         loose = [] if _zeroed_on_cpu() else [(0, chunk_bytes)]
         return _Chunk(memory, memory.numpy(), loose=loose)
@@ -656,11 +655,12 @@ def fresh_memory(nbytes: int, device: torch.device) -> torch.Tensor:
 
     On a CPU it is a private anonymous mapping of its own where the system has them (its pages
     read as zeros until written, and cost nothing until touched), else uninitialised memory of
-    torch's. On Linux the kernel is asked to back it with 2 MiB pages where it offers
-    transparent huge pages: a fresh large tensor costs a page fault per 4 KiB on first touch,
-    and one per 2 MiB with huge pages (zeroing a fresh 200 MB tensor took 73 ms, 22 ms with huge
-    pages and 9 ms reused, on this project's machine). PyTorch's own
-    ``THP_MEM_ALLOC_ENABLE=1`` does this for every allocation; here it is only the pool's chunks.
+    torch's. It does not ask for transparent huge pages (``MADV_HUGEPAGE``): where the kernel
+    compacts memory for them on a page fault (its ``defrag`` setting ``madvise``, the default),
+    or a virtual machine's host has taken back the free 2 MiB blocks they come from, a first
+    touch costs far more than with 4 KiB pages (zeroing a fresh GiB took 10 s with huge pages
+    against 0.4 s on this project's machine, ``python benchmarks/bench_sparse.py --repeats 1
+    --fresh-memory``), and the pool reuses its memory, so page faults are rare anyway.
     """
     if device.type != "cpu":
         return torch.empty(nbytes, dtype=torch.uint8, device=device)
@@ -669,7 +669,6 @@ def fresh_memory(nbytes: int, device: torch.device) -> torch.Tensor:
         memory = torch.from_numpy(np.frombuffer(mapping, dtype=np.uint8))  # keeps it mapped
     else:
         memory = torch.empty(nbytes, dtype=torch.uint8)
-    advise_huge_pages(memory.data_ptr(), nbytes)
     return memory
 
 
@@ -690,19 +689,6 @@ def _madvise() -> Callable[[int, int, int], int] | None:
     function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     function.restype = ctypes.c_int
     return function
-
-
-def advise_huge_pages(address: int, nbytes: int) -> bool:
-    """Advise huge pages for the whole 2 MiB pages inside ``[address, address + nbytes)``.
-
-    Returns whether the kernel took the advice (not where its transparent huge pages are off).
-    """
-    madvise = _madvise()
-    start = -(-address // _HUGE_PAGE) * _HUGE_PAGE
-    stop = (address + nbytes) // _HUGE_PAGE * _HUGE_PAGE
-    if madvise is None or stop <= start:
-        return False
-    return madvise(start, stop - start, _MADV_HUGEPAGE) == 0
 
 
 def _uses(storage: torch.UntypedStorage) -> int:
