@@ -21,11 +21,12 @@ pass (``SPARE_CHUNKS.most``; 2 by default, 0 takes fresh memory for every pass, 
 were kept).
 
 ``--parts MODE`` also prints where one sparse call of that bias-sharing mode spends its time, by
-rule of the pass (convolutions, BatchNorm with the sharing it calls, the sharing alone, ReLU,
-residual sums). ``--blocks`` also prints how long the bias sharing of one sparse call of each mode
-takes at several sizes of ``Speedups.block_elements``: every layer's sharing is recorded in one
-call, then computed again at each size in turn (``--repeats`` rounds, CPU time, the median), as
-a ratio to the default size's. ``--quick`` (passed by ``benchmarks/run_all.py --quick``):
+rule of the pass (convolutions, BatchNorm with the sharing it calls, the sharing alone and
+the ``"reference"`` formula in it, ReLU, residual sums). ``--blocks`` also prints how long the
+bias sharing of one sparse call of each mode takes at several sizes of
+``Speedups.block_elements``: every layer's sharing is recorded in one call, then computed again
+at each size in turn (``--repeats`` rounds, CPU time, the median), as a ratio to the default
+size's. ``--quick`` (passed by ``benchmarks/run_all.py --quick``):
 ResNet-18 at 112x112, 16 features, one repeat.
 
 Run: ``nice python benchmarks/bench_sparse.py --model resnet50 --features 64 --mask grid
@@ -48,6 +49,7 @@ from captum.attr import FeatureAblation
 
 from ctc_plugin import CTC
 from ctc_plugin.ctc import sparse as sparse_module
+from ctc_plugin.ctc import speedups as speedups_module
 from ctc_plugin.ctc import workspace
 from ctc_plugin.ctc.sparse import SparseGatedPass
 from ctc_plugin.ctc.speedups import DEFAULT, FusedProportionalSharing, FusedReferenceSharing
@@ -202,11 +204,12 @@ def main() -> None:
 
 
 #: The rules of the sparse pass that ``--parts`` times (nested: BatchNorm's time includes the
-#: sharing it calls).
+#: sharing it calls, the sharing the ``"reference"`` formula's).
 PARTS = {
     "convolutions (sparse_conv2d)": (sparse_module, "sparse_conv2d"),
     "BatchNorm, with its sharing": (SparseGatedPass, "fold_batch_norm"),
     "bias sharing (affine)": (SparseGatedPass, "affine"),
+    "  its 'reference' formula (share_factors)": (speedups_module, "share_factors"),
     "ReLU gates": (SparseGatedPass, "relu_gate"),
     "residual sums": (SparseGatedPass, "_sum"),
 }
