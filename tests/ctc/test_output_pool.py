@@ -280,7 +280,7 @@ def _vm_flags(address: int) -> list[str]:
     """The ``VmFlags`` of the mapping of this process that holds ``address`` (Linux)."""
     mapping = None
     for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()[0]
+        head = line.split()[0] if line.strip() else ""
         if "-" in head and not head.endswith(":"):
             low, high = (int(part, 16) for part in head.split("-"))
             mapping = low <= address < high
