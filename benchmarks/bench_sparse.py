@@ -9,7 +9,8 @@ interleaved with the others, and times both calls: the first comes right after a
 The table prints, for each, the method's median time and the median of each repeat's own ratio
 to FeatureAblation's call in the same position (paired, which a slow spell of a shared machine
 moves less). ``--memory`` also runs each method once in a fresh subprocess and prints its peak
-resident memory above the process's before the call (Linux ``VmHWM``, reset first).
+resident memory above the process's before the call (Linux ``VmHWM``, reset first) and how long
+that first call of the process took.
 
 ``--fresh-memory`` also prints how long zeroing a GiB of fresh memory takes right after one call
 of each method, and right after another fresh GiB (what a call's first touch of memory costs on
@@ -148,12 +149,13 @@ def main() -> None:
     SPARE_CHUNKS.most = args.spare_chunks
     model, x, mask, target, k = setup(args)
     runs = methods(model, x, mask, target, k)
-    if args.only is not None:  # the call's peak resident memory above the process's, in KiB
+    if args.only is not None:  # the first call's peak memory above the process's (KiB), time
         with open("/proc/self/clear_refs", "w") as clear:  # resets the peak (VmHWM) to now
             clear.write("5")
         before = _status_kib("VmRSS")
+        start = time.perf_counter()
         runs[args.only]()
-        print(_status_kib("VmHWM") - before)
+        print(_status_kib("VmHWM") - before, time.perf_counter() - start)
         return
     for run in runs.values():  # warm-up
         run()
@@ -172,7 +174,7 @@ def main() -> None:
     )
     print(f"{'':30s} {'after another method':>26s} {'in a row':>26s}")
     print(f"{'method':30s}" + f" {'median s':>9s} {'/ FA (paired)':>16s}" * 2, end="")
-    print(f" {'peak MiB':>9s}" if args.memory else "")
+    print(f" {'peak MiB':>9s} {'first s':>9s}" if args.memory else "")
     for name in runs:
         line = f"{name:30s}"
         for position in range(2):
@@ -180,7 +182,7 @@ def main() -> None:
             ratio = statistics.median(a / b for a, b in zip(t, fa))
             line += f" {statistics.median(t):9.3f} {ratio:16.3f}"
         if args.memory:
-            line += f" {peak_rss(args, name):9.0f}"
+            line += " {:9.0f} {:9.3f}".format(*first_call(args, name))
         print(line)
     if args.fresh_memory:
         print("\nzeroing a fresh GiB (s)                  4 KiB pages  huge pages")
@@ -305,13 +307,15 @@ def zero_fresh_memory(nbytes: int = 1 << 30, huge: bool = False) -> float:
 MADV_HUGEPAGE = 14
 
 
-def peak_rss(args, name: str) -> float:
-    """Peak resident memory (MiB) of ``name`` run once in a fresh process, above its RSS before."""
+def first_call(args, name: str) -> tuple[float, float]:
+    """``name`` run once in a fresh process: its peak resident memory (MiB) above the process's
+    RSS before, and its seconds (the first call of a process, on memory no call used before)."""
     command = [sys.executable, __file__, "--only", name]
     for option in ("model", "size", "features", "mask", "threads"):
         command += [f"--{option}", str(getattr(args, option))]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return int(result.stdout.split()[-1]) / 1024
+    peak_kib, seconds = result.stdout.split()[-2:]
+    return int(peak_kib) / 1024, float(seconds)
 
 
 if __name__ == "__main__":
