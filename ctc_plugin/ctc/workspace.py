@@ -84,7 +84,7 @@ class _Chunk:
     """A piece of fresh memory that an `OutputPool` carves its buffers from.
 
     Attributes:
-        memory: The bytes (a uint8 tensor from `fresh_memory`, starting on a page).
+        memory: The bytes (a uint8 tensor from `fresh_memory`).
         array: The same bytes as a NumPy array: a buffer is a tensor made from a slice of it,
             with a storage (and so a use count and a version counter) of its own that keeps the
             chunk alive as long as anything uses it.
@@ -112,13 +112,7 @@ class _Chunk:
 
     def touch(self, start: int, stop: int) -> None:
         """Note that ``[start, stop)`` is (about to be) written: resident from now on."""
-        merged = [(start, stop)]
-        for first, end in self.resident:
-            if end < merged[0][0] or first > merged[0][1]:
-                merged.append((first, end))
-            else:
-                merged[0] = (min(first, merged[0][0]), max(end, merged[0][1]))
-        self.resident = sorted(merged)
+        self.resident = _merged([*self.resident, (start, stop)])
 
     def give_back(self, start: int, stop: int, unit: int) -> int:
         """Return the whole ``unit``-sized pages of ``[start, stop)`` to the system.
@@ -136,12 +130,8 @@ class _Chunk:
         if madvise(address + first, end - first, _MADV_DONTNEED) != 0:
             return 0
         self.loose, _ = _split(self.loose, first, end)  # zeros now
-        before = self.resident_bytes()
-        kept = []
-        for low, high in self.resident:
-            kept += [(low, min(high, first)), (max(low, end), high)]
-        self.resident = [(low, high) for low, high in kept if high > low]
-        return before - self.resident_bytes()
+        self.resident, given = _split(self.resident, first, end)
+        return sum(high - low for low, high in given)
 
     def resident_bytes(self) -> int:
         """How many of its bytes have been touched and not given back."""
@@ -470,9 +460,7 @@ class OutputPool:
             spare.buffers = []
             return spare
         chunk_bytes = -(-(_CHUNK_ROOM * length) // _PAGE) * _PAGE
-        memory = fresh_memory(chunk_bytes + _PAGE, torch.device("cpu"))
-        start = -memory.data_ptr() % _PAGE  # whole pages from the chunk's start
-        memory = memory[start : start + chunk_bytes]
+        memory = fresh_memory(chunk_bytes, torch.device("cpu"))
         loose = [] if _zeroed_on_cpu() else [(0, chunk_bytes)]
         return _Chunk(memory, memory.numpy(), loose=loose)
 
