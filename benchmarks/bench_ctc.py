@@ -1,9 +1,9 @@
 """CTC speed against Captum FeatureAblation and plain forward passes, in the same run.
 
-A torchvision model (``--model``, any classification builder; default ResNet-18; random
-weights, eval mode) at 224x224 on the CPU, K = 16 grid features, the same feature_mask and
-perturbations_per_eval for both methods. Prints the median time of
-each method over repeated, interleaved runs and the ratios the project holds CTC to:
+A torchvision model (``--model``, any classification builder; default ResNet-18; ``timm:NAME``
+for a timm model; random weights, eval mode) at 224x224 on the CPU, K = 16 grid features, the
+same feature_mask and perturbations_per_eval for both methods. Prints the median time of each
+method over repeated, interleaved runs and the ratios the project holds CTC to:
 
 - CTC / FeatureAblation            (goal <= 1.15; on modern CNNs, proportional <= 1.2)
 - CTC / (K + 1 plain forward passes in one batch)   (goal <= 1.2)
@@ -97,14 +97,31 @@ def median_time(fn, repeats: int, device: torch.device | None = None) -> float:
     return statistics.median(times)
 
 
+def build_model(parser: argparse.ArgumentParser, name: str, size: int) -> torch.nn.Module:
+    """The model ``--model`` names, with random weights (``timm:NAME`` for a timm model)."""
+    if name.startswith("timm:"):
+        import timm
+
+        name = name.removeprefix("timm:")
+        if name not in timm.list_models():
+            parser.error(f"--model: timm has no model {name!r}")
+        try:  # transformers and MLP mixers are built for one image size
+            return timm.create_model(name, pretrained=False, img_size=size)
+        except TypeError:  # convolutional networks take any size
+            return timm.create_model(name, pretrained=False)
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        parser.error(f"--model: {name!r} is no torchvision classification builder (or timm:NAME)")
+    return torchvision.models.get_model(name, weights=None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model",
         default="resnet18",
-        choices=torchvision.models.list_models(module=torchvision.models),
         metavar="NAME",
-        help="a torchvision classification builder (random weights), e.g. efficientnet_b0",
+        help="a torchvision classification builder (random weights), e.g. efficientnet_b0, or "
+        "timm:NAME for a timm model (random weights, built for --size where it takes img_size)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 112x112")
     parser.add_argument("--size", type=int, default=224)
@@ -146,7 +163,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = torchvision.models.get_model(args.model, weights=None).eval().to(device)
+    model = build_model(parser, args.model, args.size).eval().to(device)
     x = torch.rand(args.batch, 3, args.size, args.size).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

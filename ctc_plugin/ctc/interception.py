@@ -57,6 +57,7 @@ from ctc_plugin.ctc.operations import (
     RANDOM_FUNCTIONS,
     SUMS,
     TEMPLATE_FUNCTIONS,
+    ZERO_FACTORIES,
     OperationRule,
     rule_for,
 )
@@ -179,7 +180,10 @@ class CTCMode(TorchFunctionMode):
         if func in TEMPLATE_FUNCTIONS:
             tensors = tensors[:1]  # the others are templates: their values are never read
         if not any(getattr(t, "_ctc_pass", None) is ctx.token for t in tensors):
-            return func(*args, **kwargs)
+            out = func(*args, **kwargs)
+            if func in ZERO_FACTORIES and kwargs.get("out") is None:
+                ctx.note_zeros(out)
+            return out
         refused = [
             getattr(t, REFUSED_ATTRIBUTE)
             for t in tensors

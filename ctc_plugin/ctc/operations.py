@@ -693,6 +693,12 @@ TEMPLATE_FUNCTIONS: frozenset[Any] = frozenset(
     (_T.expand_as, _T.view_as, _T.reshape_as, _T.type_as, _T.to)
 )
 
+#: Factories of zeros. What they make outside the copies is noted as known zero (see
+#: [`GatedPass.note_zeros`][ctc_plugin.ctc.rules.GatedPass.note_zeros]): ``nn.LSTM``, ``nn.GRU``
+#: and ``nn.RNN`` start from ``torch.zeros`` states, which a rule can then take as zero without
+#: reading them back (on a GPU a wait for the device at every layer call).
+ZERO_FACTORIES: frozenset[Any] = frozenset((torch.zeros, torch.zeros_like, torch.Tensor.new_zeros))
+
 #: Tensor methods that take a tensor's values out of torch (to numpy, Python lists or numbers).
 #: Called on the copies they are recorded (and named should the output not be traced); a
 #: gradient pass cannot follow them ([`left_torch`][ctc_plugin.ctc.rules.GatedPass.left_torch]).

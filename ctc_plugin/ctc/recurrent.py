@@ -433,7 +433,8 @@ def _initial_states(
 
     Computed from the input (propagated, the copies along dim 1): a signal. Otherwise a
     constant, the same for every copy of an example (checked), kept per example; zeros (what
-    the modules pass without ``hx``) are no constant at all.
+    the modules pass without ``hx``) are no constant at all. The modules' own zeros are known
+    as such without reading them (`GatedPass.known_zeros`): on a GPU a read waits for the device.
     """
     if ctx.is_propagated(value):
         _refuse_gate_only(ctx, value, name)
@@ -444,7 +445,7 @@ def _initial_states(
                 f"{ctx.copy_axis(value)}, not along its batch dim 1",
             )
         return [State(signal=row) for row in value.unbind(0)]
-    if not bool(value.any()):
+    if ctx.known_zeros(value) or not bool(value.any()):
         return [State() for _ in range(value.shape[0])]
     rows = value.transpose(0, 1)  # (B, layers * directions, size), aligned with the sequence
     ctx.check_constant(rows, sequence, name)

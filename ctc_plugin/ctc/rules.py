@@ -79,6 +79,10 @@ DEFERRED_ATTRIBUTE = "_ctc_deferred"
 #: ``x.max(1)`` returns beside its values): any operation on it is refused with that reason.
 REFUSED_ATTRIBUTE = "_ctc_refused"
 
+#: Attribute set on a tensor that a zeros factory made during a pass, outside the copies:
+#: ``(pass token, version counter)`` when it was made (see `GatedPass.note_zeros`).
+ZEROS_ATTRIBUTE = "_ctc_zeros"
+
 
 @dataclass(frozen=True)
 class GateMark:
@@ -170,6 +174,22 @@ class GatedPass:
         if axis:
             setattr(tensor, AXIS_ATTRIBUTE, axis)
         return tensor
+
+    def note_zeros(self, value: Any) -> None:
+        """Note that a tensor a zeros factory made during the pass holds zeros, as it is now.
+
+        The note holds as long as the tensor's version counter (which every in-place write to it
+        or a view of it moves on) has not changed: see `known_zeros`. Inference tensors, which
+        keep no version counter, are not noted.
+        """
+        if isinstance(value, torch.Tensor) and not value.is_inference():
+            setattr(value, ZEROS_ATTRIBUTE, (self.token, value._version))
+
+    def known_zeros(self, value: Any) -> bool:
+        """Whether ``value`` is known to hold zeros without reading it (`note_zeros`)."""
+        if not isinstance(value, torch.Tensor) or value.is_inference():
+            return False
+        return getattr(value, ZEROS_ATTRIBUTE, None) == (self.token, value._version)
 
     def copy_axis(self, tensor: torch.Tensor) -> int:
         """The dim of a propagated tensor that holds the copies (0 unless a reshape moved it)."""
