@@ -1,8 +1,10 @@
-"""Suite-wide test settings."""
+"""Suite-wide test settings, and the benchmark script that several tests load."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,3 +30,13 @@ def _one_torch_thread():
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def bench_ctc():
+    """``benchmarks/bench_ctc.py`` loaded as a module (its functions, without running it)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ctc.py"
+    spec = importlib.util.spec_from_file_location("bench_ctc", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bench_ctc():
-    spec = importlib.util.spec_from_file_location("bench_ctc", ROOT / "benchmarks" / "bench_ctc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_timm_model_is_built_for_the_image_size_where_it_takes_one(bench_ctc):

@@ -8,23 +8,11 @@ is one pass, so the row would time "CTC reference" a second time. The rows are b
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
-import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-ROOT = Path(__file__).resolve().parents[1]
 ONE_PASS = "CTC reference, one pass"
-
-
-@pytest.fixture(scope="module")
-def bench_ctc():
-    spec = importlib.util.spec_from_file_location("bench_ctc", ROOT / "benchmarks" / "bench_ctc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _rows(bench_ctc, device: str, batch: int) -> list[str]:

@@ -60,6 +60,13 @@ VARIANTS = {
         sparse_copies=True,
         sparse_dense_above=1.0,
     ),
+    "sparse copies, proportional shares on every row": Speedups(
+        gradient_shortcut=False,
+        copies_per_pass=None,
+        sparse_copies=True,
+        sparse_dense_above=1.0,
+        proportional_rows=1.0,
+    ),
     "the path of other devices, no host checks": Speedups(
         gradient_shortcut=False,
         copies_per_pass=None,
