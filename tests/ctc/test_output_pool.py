@@ -421,3 +421,17 @@ def test_zeros_outside_clears_only_the_recorded_rows_it_does_not_keep():
     third = pool.zeros_outside((2, 1, 6, 1), like, [(0, 6), (0, 6)])
     assert third[0, 0, :, 0].tolist() == [0, 0, 5, 5, 5, 5]  # nothing cleared
     assert third[1, 0, :, 0].tolist() == [6, 6, 0, 0, 0, 0]
+
+
+def test_off_the_cpu_each_result_is_memory_of_its_own_on_that_device() -> None:
+    """Other devices' allocators cache memory: the pool holds nothing there (``meta`` here, a
+    device without values, stands in for a GPU; ``tests/test_cuda.py`` runs the CUDA pass)."""
+    pool = OutputPool()
+    like = torch.empty(0, dtype=torch.float64, device="meta")
+    for result in (
+        pool.zeros((2, 3, 4, 5), like),
+        pool.zeros_outside((2, 3, 4, 5), like, [(0, 2), (1, 3)]),
+    ):
+        assert result.device.type == "meta" and result.dtype == torch.float64
+        assert result.shape == (2, 3, 4, 5) and result.is_contiguous()
+    assert pool._chunks == [] and pool._held == []
