@@ -180,7 +180,9 @@ class GatedPass:
 
         The note holds as long as the tensor's version counter (which every in-place write to it
         or a view of it moves on) has not changed: see `known_zeros`. Inference tensors, which
-        keep no version counter, are not noted.
+        keep no version counter, are not noted. Writes that autograd does not see either (through
+        ``.data`` or a NumPy array on the same memory) do not move the counter: a model that
+        fills its own zeros that way inside the forward pass is read wrongly.
         """
         if isinstance(value, torch.Tensor) and not value.is_inference():
             setattr(value, ZEROS_ATTRIBUTE, (self.token, value._version))
