@@ -139,6 +139,9 @@ class GatedPass:
         tensor_steps: Recurrent layers run their steps as plain tensor operations
             ([`TensorSteps`][ctc_plugin.ctc.recurrent_steps.TensorSteps]) instead of one rule call
             per operation ([`Steps`][ctc_plugin.ctc.recurrent_steps.Steps], the spec's).
+        host_checks: Whether a rule may read a value back from its device where a note could
+            stand for it (`known_zeros`): ``None``, on a CPU only (see
+            [`Speedups.host_checks`][ctc_plugin.ctc.speedups.Speedups]).
     """
 
     layout: CopyLayout
@@ -147,6 +150,7 @@ class GatedPass:
     gradient: bool = False
     exits: list[str] = field(default_factory=list)
     tensor_steps: bool = True
+    host_checks: bool | None = None
 
     # ------------------------------------------------------------------ tagging
     def tag(self, tensor: torch.Tensor, axis: int = 0) -> torch.Tensor:
@@ -181,17 +185,22 @@ class GatedPass:
         The note holds as long as the tensor's version counter (which every in-place write to it
         or a view of it moves on) has not changed: see `known_zeros`. Inference tensors, which
         keep no version counter, are not noted. Writes that autograd does not see either (through
-        ``.data`` or a NumPy array on the same memory) do not move the counter: a model that
-        fills its own zeros that way inside the forward pass is read wrongly.
+        ``.data`` or a NumPy array on the same memory) do not move the counter: off a CPU, a
+        model that fills its own zeros that way inside the forward pass is read wrongly.
         """
         if isinstance(value, torch.Tensor) and not value.is_inference():
             setattr(value, ZEROS_ATTRIBUTE, (self.token, value._version))
 
     def known_zeros(self, value: Any) -> bool:
-        """Whether ``value`` is known to hold zeros without reading it (`note_zeros`)."""
+        """Whether ``value`` is known to hold zeros without reading it (`note_zeros`).
+
+        Only where reading it would wait for a device (``host_checks``): on a CPU the value is
+        read, which also sees the writes the note cannot.
+        """
         if not isinstance(value, torch.Tensor) or value.is_inference():
             return False
-        return getattr(value, ZEROS_ATTRIBUTE, None) == (self.token, value._version)
+        reads = value.device.type == "cpu" if self.host_checks is None else self.host_checks
+        return not reads and getattr(value, ZEROS_ATTRIBUTE, None) == (self.token, value._version)
 
     def copy_axis(self, tensor: torch.Tensor) -> int:
         """The dim of a propagated tensor that holds the copies (0 unless a reshape moved it)."""

@@ -113,7 +113,9 @@ class Speedups:
             work that is not needed (the units of ``"proportional"`` where every sharing copy
             is zero, the full copy's exact zeros of ``"reference"``). Each check is a host
             synchronisation, which stalls a GPU's queue; without it the work is done for every
-            unit (a few more, full-size kernels). ``None``: on a CPU only.
+            unit (a few more, full-size kernels). The recurrent rule likewise reads its initial
+            states only with host checks, and without them takes the zeros that torch's modules
+            make in the pass as zeros (`GatedPass.known_zeros`). ``None``: on a CPU only.
         compiled_sharing: Share biases in ``"reference"`` and ``"proportional"`` mode with
             [`CompiledSharing`][ctc_plugin.ctc.speedups.CompiledSharing] (the spec compiled by
             ``torch.compile``) instead of the fused implementations; a string names the
@@ -182,9 +184,16 @@ class Speedups:
                 layout=layout,
                 sharing=sharing,
                 tensor_steps=steps,
+                host_checks=self.host_checks,
                 dense_above=self.sparse_dense_above,
             )
-        return GatedPass(layout=layout, sharing=sharing, gradient=gradient, tensor_steps=steps)
+        return GatedPass(
+            layout=layout,
+            sharing=sharing,
+            gradient=gradient,
+            tensor_steps=steps,
+            host_checks=self.host_checks,
+        )
 
 
 #: The readable specification: no speed-up at all.

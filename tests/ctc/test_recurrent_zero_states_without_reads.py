@@ -3,14 +3,16 @@
 Called without ``hx`` the modules start from ``torch.zeros`` states. The recurrent rule used to
 ask each of them whether it held a nonzero value (``bool(h.any())``), which on a GPU waits for
 the device at every layer call (72 waits in one call of timm's Sequencer). The pass now notes
-what a zeros factory makes outside the copies (`GatedPass.note_zeros`) and the rule takes such a
-state as zero while its version counter has not moved; a state written in place after it was
-made is read and taken as the constant it now holds.
+what a zeros factory makes outside the copies (`GatedPass.note_zeros`) and, without host checks
+(a GPU's default), the rule takes such a state as zero while its version counter has not moved;
+a state written in place after it was made is read and taken as the constant it now holds. On a
+CPU (host checks) every state is read, as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -114,17 +116,28 @@ def test_zeros_written_in_place_after_they_were_made_are_read_as_the_constant_th
     )
     with torch.no_grad():
         assert torch.equal(written_model(x), filled_model(x))
-    for mode in ("proportional", "reference", "none"):
-        written = CTC(written_model, bias_sharing=mode).attribute(x, target=0, feature_mask=mask)
-        filled = CTC(filled_model, bias_sharing=mode).attribute(x, target=0, feature_mask=mask)
+    for mode, host_checks in itertools.product(
+        ("proportional", "reference", "none"), (None, False)
+    ):
+        scores = {}
+        for name, model in (
+            ("written", written_model),
+            ("filled", filled_model),
+            ("zeros", zeros_model),
+        ):
+            ctc = CTC(model, bias_sharing=mode)
+            ctc._speedups = dataclasses.replace(DEFAULT, host_checks=host_checks)
+            scores[name] = ctc.attribute(x, target=0, feature_mask=mask)
+        written, filled, zeros = scores["written"], scores["filled"], scores["zeros"]
         torch.testing.assert_close(written, filled, rtol=0, atol=0)
-        zeros = CTC(zeros_model, bias_sharing=mode).attribute(x, target=0, feature_mask=mask)
         assert not torch.equal(written, zeros)  # the constant changed the scores
 
 
 def test_a_note_holds_for_its_pass_and_its_version_only() -> None:
     layout = CopyLayout(1, 2, reference_full=False, baseline=False)
-    first, second = (GatedPass(layout=layout, sharing=make_sharing("none")) for _ in range(2))
+    first, second = (
+        GatedPass(layout=layout, sharing=make_sharing("none"), host_checks=False) for _ in range(2)
+    )
     made = torch.zeros(2, 3)
     first.note_zeros(made)
     assert first.known_zeros(made) and not second.known_zeros(made)
@@ -135,3 +148,7 @@ def test_a_note_holds_for_its_pass_and_its_version_only() -> None:
         inference = torch.zeros(2)
     first.note_zeros(inference)  # keeps no version counter: never noted
     assert not first.known_zeros(inference)
+    reading = GatedPass(layout=layout, sharing=make_sharing("none"), token=first.token)
+    fresh = torch.zeros(2, 3)
+    reading.note_zeros(fresh)
+    assert not reading.known_zeros(fresh)  # on a CPU with host checks the value is read
