@@ -84,6 +84,14 @@ REFUSED_ATTRIBUTE = "_ctc_refused"
 ZEROS_ATTRIBUTE = "_ctc_zeros"
 
 
+def checks_host(host_checks: bool | None, values: torch.Tensor) -> bool:
+    """Whether a rule or fused sharing may read ``values``' device back (``None``: on a CPU only).
+
+    Each such read is a host synchronisation, which stalls a GPU's queue.
+    """
+    return values.device.type == "cpu" if host_checks is None else host_checks
+
+
 @dataclass(frozen=True)
 class GateMark:
     """Why a propagated tensor is a gate tensor: the full pass decided it nonlinearly.
@@ -199,8 +207,9 @@ class GatedPass:
         """
         if not isinstance(value, torch.Tensor) or value.is_inference():
             return False
-        reads = value.device.type == "cpu" if self.host_checks is None else self.host_checks
-        return not reads and getattr(value, ZEROS_ATTRIBUTE, None) == (self.token, value._version)
+        if checks_host(self.host_checks, value):
+            return False
+        return getattr(value, ZEROS_ATTRIBUTE, None) == (self.token, value._version)
 
     def copy_axis(self, tensor: torch.Tensor) -> int:
         """The dim of a propagated tensor that holds the copies (0 unless a reshape moved it)."""

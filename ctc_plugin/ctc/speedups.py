@@ -67,7 +67,7 @@ from ctc_plugin.ctc.boxes import (
     union_box,
 )
 from ctc_plugin.ctc.layout import CopyLayout
-from ctc_plugin.ctc.rules import GatedPass
+from ctc_plugin.ctc.rules import GatedPass, checks_host
 from ctc_plugin.ctc.sharing import (
     BiasSharing,
     check_mode,
@@ -445,13 +445,14 @@ class FusedProportionalSharing:
         """``[copies, channels, rows]`` indices of (S, channels, H, W) ``copies`` over their rows.
 
         Runs of copies with the same ``rows``, in blocks of channels of about
-        ``block_elements`` values (their magnitudes stay in the cache).
+        ``block_elements`` values (their magnitudes stay in the cache; `_sharing_rows` takes
+        this path only with blocks).
         """
         channels, width = copies.shape[1], copies.shape[-1]
         pieces = []
         for first, stop, (row_start, row_stop) in row_runs(rows):
             per_channel = (stop - first) * (row_stop - row_start) * width
-            step = max(1, (self.block_elements or per_channel * channels) // per_channel)
+            step = max(1, self.block_elements // per_channel)  # type: ignore[operator]
             pieces.extend(
                 (slice(first, stop), slice(start, start + step), slice(row_start, row_stop))
                 for start in range(0, channels, step)
@@ -533,11 +534,6 @@ class FusedProportionalSharing:
         weights = equal_weights(sharing, layout).flatten(1)  # (N or 1, S)
         weights = weights if weights.shape[0] == 1 else weights[example]
         sharing[(example, slice(None), *unit)] += bias_at * weights
-
-
-def checks_host(host_checks: bool | None, values: torch.Tensor) -> bool:
-    """Whether a fused sharing may read ``values``' device back (``None``: on a CPU only)."""
-    return values.device.type == "cpu" if host_checks is None else host_checks
 
 
 def _channel_block(bias: torch.Tensor, z: torch.Tensor, first: int, count: int) -> torch.Tensor:

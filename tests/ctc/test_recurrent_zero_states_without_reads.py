@@ -17,7 +17,6 @@ import itertools
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ctc_plugin import CTC
 from ctc_plugin.ctc.layout import CopyLayout
@@ -27,21 +26,7 @@ from ctc_plugin.ctc.speedups import DEFAULT
 
 from .exactness import random_case
 from .test_recurrent import HIDDEN, ColumnsThroughRecurrent, _layer
-
-#: Operations that read a value back from the tensor's device (a GPU would wait for them).
-READS = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero"}
-
-
-class _Reads(TorchDispatchMode):
-    """Counts the operations that read a value back from the tensor's device."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.reads += func.overloadpacket.__name__ in READS
-        return func(*args, **(kwargs or {}))
+from .test_speedups import _HostReads
 
 
 class _CountedForward(nn.Module):
@@ -52,7 +37,7 @@ class _CountedForward(nn.Module):
         self.model, self.reads = model, []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with _Reads() as counted:
+        with _HostReads() as counted:
             out = self.model(x)
         self.reads.append(counted.reads)
         return out
