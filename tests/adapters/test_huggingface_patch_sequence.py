@@ -7,6 +7,8 @@ and the wrapped model's logits against the model called as its processor's outpu
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -15,12 +17,21 @@ from ctc_plugin import CTC, CTCAttributor, CTCComposite, IntegrativeCAM
 from ctc_plugin.adapters.huggingface import HuggingFaceClassifier, patch_sequence
 from ctc_plugin.model_families import huggingface_classifier
 
-transformers = pytest.importorskip("transformers")
-siglip2_processing = pytest.importorskip("transformers.models.siglip2.image_processing_siglip2")
+if importlib.util.find_spec("transformers") is None:
+    pytest.skip("needs transformers", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def siglip2_processing():
+    """SigLIP 2's image processing module, imported when a test runs (not when collected: the
+    import takes seconds, in every test worker)."""
+    return pytest.importorskip("transformers.models.siglip2.image_processing_siglip2")
 
 
 @pytest.mark.parametrize("size", [(32, 32), (16, 48)])
-def test_images_are_cut_as_siglip2s_processor_cuts_them(size: tuple[int, int]) -> None:
+def test_images_are_cut_as_siglip2s_processor_cuts_them(
+    size: tuple[int, int], siglip2_processing
+) -> None:
     images = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0)).double()
     cut = patch_sequence(images, 8)
     for image, patches in zip(images, cut["pixel_values"], strict=True):
@@ -31,7 +42,7 @@ def test_images_are_cut_as_siglip2s_processor_cuts_them(size: tuple[int, int]) -
     assert cut["spatial_shapes"].tolist() == [[size[0] // 8, size[1] // 8]]
 
 
-def test_the_wrapped_siglip2_gives_the_logits_of_its_processors_inputs() -> None:
+def test_the_wrapped_siglip2_gives_the_logits_of_its_processors_inputs(siglip2_processing) -> None:
     model = huggingface_classifier("SigLIP 2")
     assert model.patch_size == 8
     images = torch.rand(3, 3, 16, 40, generator=torch.Generator().manual_seed(1)).double()

@@ -49,7 +49,11 @@ def assert_within_rounding(chunked: torch.Tensor, once: torch.Tensor) -> None:
     )
 
 
-@pytest.mark.parametrize("family", ["resnet", "efficientnet", "densenet"])
+@pytest.mark.parametrize(
+    "family",
+    # the larger two run in make test-slow; the random CNNs below cover chunking in make test
+    ["resnet", *(pytest.param(f, marks=pytest.mark.slow) for f in ("efficientnet", "densenet"))],
+)
 @pytest.mark.parametrize("mode", ["reference", "none"])
 def test_zoo_scores_do_not_depend_on_the_chunk_size(family, mode):
     torch.manual_seed(0)

@@ -39,6 +39,17 @@ EVERY_KIND = [(f, s, kind) for kind in KINDS for f, s in (SHIPPED if kind == "de
 ]
 TEST_SEED = 2024  # neither the training (0) nor the validation (1000) seed
 MARGIN = 0.1
+#: Families whose explainers are measured in ``make test``; the others in ``make test-slow``
+#: (a convolutional and a transformer family: the two kinds of backbone the explainers gate)
+FAST_FAMILIES = ("resnet", "vit")
+
+
+def fast_families_only(cases: list[tuple]) -> list:
+    """``cases`` (family first), those of families outside `FAST_FAMILIES` marked slow."""
+    return [
+        case if case[0] in FAST_FAMILIES else pytest.param(*case, marks=pytest.mark.slow)
+        for case in cases
+    ]
 
 
 @functools.cache
@@ -107,7 +118,7 @@ def test_a_stored_command_gives_the_shipped_weights_again(tmp_path):
         assert torch.equal(rebuilt.state_dict()[key], value), key
 
 
-@pytest.mark.parametrize(("family", "split", "kind"), EVERY_KIND)
+@pytest.mark.parametrize(("family", "split", "kind"), fast_families_only(EVERY_KIND))
 def test_localises_the_evidence_better_than_grad_cam(family, split, kind):
     images, labels, evidence = split_data(split)
     model = zoo.load(family, split)
@@ -135,8 +146,10 @@ def specificity_holds(family: str, kind: str) -> None:
 
 @pytest.mark.parametrize(
     ("family", "kind"),
-    [(f, "class-specific") for f, s in CLASS_SPECIFIC if s == "shapes"]
-    + [(f, "distilled") for f, s in DISTILLED if s == "shapes"],
+    fast_families_only(
+        [(f, "class-specific") for f, s in CLASS_SPECIFIC if s == "shapes"]
+        + [(f, "distilled") for f, s in DISTILLED if s == "shapes"]
+    ),
 )
 def test_class_specific_explainers_are_class_specific_on_two_object_images(family, kind):
     specificity_holds(family, kind)
