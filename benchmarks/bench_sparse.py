@@ -1,7 +1,9 @@
 """Sparse copies (``Speedups.sparse_copies``) against dense CTC and Captum FeatureAblation.
 
 A torchvision model (random weights, eval mode) on one 224x224 image on the CPU, K features (a
-grid, or SLIC superpixels with ``--mask slic``), the same feature_mask and
+grid, SLIC superpixels with ``--mask slic``, or with ``--mask sam`` features as Segment Anything
+gives them: superpixels inside a central ellipse and one background segment
+around them, most of the image), the same feature_mask and
 perturbations_per_eval (K) for every method. Each repeat runs every method twice in a row,
 interleaved with the others, and times both calls: the first comes right after another method's
 (on this project's machine a first touch of memory that another call freed is slow, see
@@ -30,7 +32,7 @@ at each size in turn (``--repeats`` rounds, CPU time, the median), as a ratio to
 size's. ``--quick`` (passed by ``benchmarks/run_all.py --quick``):
 ResNet-18 at 112x112, 16 features, one repeat.
 
-Run: ``nice python benchmarks/bench_sparse.py --model resnet50 --features 64 --mask grid
+Run: ``nice python benchmarks/bench_sparse.py --model resnet50 --features 64 --mask grid|slic|sam
 [--repeats 3] [--threads 1] [--memory] [--fresh-memory] [--spare-chunks 2] [--parts reference]
 [--blocks] [--quick]``
 """
@@ -83,6 +85,33 @@ def slic_mask(image: torch.Tensor, features: int) -> torch.Tensor:
     return torch.from_numpy(labels).long().view(1, 1, *labels.shape)
 
 
+def sam_style_mask(image: torch.Tensor, features: int) -> torch.Tensor:
+    """About ``features`` SAM-style features: one background segment (label 0) and superpixels.
+
+    SLIC superpixels of the image (``5 * features / 2`` asked for) whose centre lies inside a
+    central ellipse keep their own labels (1, 2, ...); every other one joins the background,
+    which then takes about 60 % of the image and reaches every side, as the remainder of
+    Segment Anything's objects does.
+    """
+    labels = slic_mask(image, 5 * features // 2)[0, 0]
+    size = labels.shape
+    rows, cols = torch.meshgrid(
+        torch.arange(size[0], dtype=torch.float64),
+        torch.arange(size[1], dtype=torch.float64),
+        indexing="ij",
+    )
+    out = torch.zeros_like(labels)
+    kept = 0
+    for label in labels.unique().tolist():
+        where = labels == label
+        row = (rows[where].mean() - size[0] / 2) / (0.36 * size[0])
+        col = (cols[where].mean() - size[1] / 2) / (0.36 * size[1])
+        if row**2 + col**2 < 1:
+            kept += 1
+            out[where] = kept
+    return out.view(1, 1, *size)
+
+
 def methods(model, x, mask, target, k) -> dict:
     """name -> a call of that method."""
     ablation = FeatureAblation(model)
@@ -109,6 +138,8 @@ def setup(args):
     x = torch.rand(1, 3, args.size, args.size)
     if args.mask == "grid":
         mask = grid_mask(args.size, args.features)
+    elif args.mask == "sam":
+        mask = sam_style_mask(x, args.features)
     else:
         mask = slic_mask(x, args.features)
     k = int(mask.max()) + 1
@@ -130,7 +161,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--features", type=int, default=64)
-    parser.add_argument("--mask", choices=("grid", "slic"), default="grid")
+    parser.add_argument("--mask", choices=("grid", "slic", "sam"), default="grid")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory", action="store_true", help="peak RSS per method")

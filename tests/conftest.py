@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,30 @@ def _one_torch_thread():
         torch.set_num_threads(previous)
 
 
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` loaded as a module (its functions, without running it).
+
+    The benchmarks' folder is on ``sys.path`` while it loads, for the modules it imports from
+    beside it.
+    """
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(folder))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
+
+
 @pytest.fixture(scope="module")
 def bench_ctc():
-    """``benchmarks/bench_ctc.py`` loaded as a module (its functions, without running it)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ctc.py"
-    spec = importlib.util.spec_from_file_location("bench_ctc", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``benchmarks/bench_ctc.py`` loaded as a module."""
+    return load_benchmark("bench_ctc")
+
+
+@pytest.fixture(scope="module")
+def bench_sparse():
+    """``benchmarks/bench_sparse.py`` loaded as a module."""
+    return load_benchmark("bench_sparse")

@@ -8,7 +8,6 @@ times zeroing fresh memory as the sparse pass gets it and with huge pages asked 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,19 +15,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bench_sparse():
-    path = ROOT / "benchmarks" / "bench_sparse.py"
-    spec = importlib.util.spec_from_file_location("bench_sparse", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
 
 
 def test_first_call_reads_the_peak_and_the_seconds_of_a_fresh_process(bench_sparse, monkeypatch):

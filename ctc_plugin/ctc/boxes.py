@@ -4,8 +4,9 @@ A feature's copy is zero outside the receptive field of the feature, which in a 
 layers is a small part of the image. The fused ``"reference"`` sharing
 ([`FusedReferenceSharing`][ctc_plugin.ctc.speedups.FusedReferenceSharing]) computes its formula
 only on boxes holding every nonzero value of a copy, found in each layer by
-[`support_boxes`][ctc_plugin.ctc.boxes.support_boxes] and packed into one block whose size
-[`packed_volume`][ctc_plugin.ctc.boxes.packed_volume] gives.
+[`support_boxes`][ctc_plugin.ctc.boxes.support_boxes] (or carried by the sparse pass) and packed
+into blocks of boxes of about one size ([`size_groups`][ctc_plugin.ctc.boxes.size_groups]),
+whose size [`packed_volume`][ctc_plugin.ctc.boxes.packed_volume] gives.
 
 A *box* is a tuple of slices along the spatial dims (the dims after the channel dim of a
 propagated ``(N*C, channels, *spatial)`` tensor), or ``None`` for a copy without any nonzero
@@ -106,17 +107,59 @@ def union_box(a: MapBox, b: MapBox) -> MapBox:
     return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
 
 
-def packed_volume(boxes: list[Box]) -> int:
-    """Positions of the packed block of the nonempty boxes (each at the largest box's size)."""
-    present = [box for box in boxes if box is not None]
-    if not present:
-        return 0
-    sizes = [max(box[a].stop - box[a].start for box in present) for a in range(len(present[0]))]
-    return len(present) * math.prod(sizes)
+#: Box sizes are rounded up to multiples of ``1 / SIZE_STEPS`` of the map, so that copies of
+#: about the same size are computed together (sparse convolutions, the packed ``"reference"``
+#: formula) at one size.
+SIZE_STEPS = 8
+
+
+def rounded_extent(extent: int, size: int, steps: int = SIZE_STEPS) -> int:
+    """``extent`` rounded up to a multiple of ``ceil(size / steps)``, at most ``size``.
+
+    ``size`` is the length of the map along that axis.
+    """
+    step = max(1, math.ceil(size / steps))
+    return min(size, -(-extent // step) * step)
+
+
+def size_groups(
+    boxes: Sequence[Box], shape: Sequence[int], steps: int = SIZE_STEPS
+) -> list[list[int]]:
+    """Indices of the nonempty ``boxes`` on a map of ``shape``, grouped by rounded size.
+
+    Two boxes are in one group when each of their extents rounds (`rounded_extent`) to the
+    same size; groups come in the order of their first box.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, box in enumerate(boxes):
+        if box is None:
+            continue
+        size = tuple(
+            rounded_extent(part.stop - part.start, length, steps)
+            for part, length in zip(box, shape)
+        )
+        groups.setdefault(size, []).append(index)
+    return list(groups.values())
+
+
+def packed_volume(boxes: Sequence[Box], groups: Sequence[Sequence[int]]) -> int:
+    """Positions of the packed blocks of ``boxes``, one block per group at its largest size.
+
+    ``groups``: lists of indices of nonempty boxes (`size_groups`), each packed apart.
+    """
+    volume = 0
+    for group in groups:
+        present = [boxes[index] for index in group]
+        if not present:
+            continue
+        extents = zip(*((part.stop - part.start for part in box) for box in present))
+        volume += len(present) * math.prod(max(extent) for extent in extents)
+    return volume
 
 
 __all__ = [
     "EMPTY",
+    "SIZE_STEPS",
     "Box",
     "MapBox",
     "as_slices",
@@ -124,6 +167,8 @@ __all__ = [
     "input_boxes",
     "is_empty",
     "packed_volume",
+    "rounded_extent",
+    "size_groups",
     "support_boxes",
     "union_box",
 ]

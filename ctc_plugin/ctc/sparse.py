@@ -40,7 +40,6 @@ not fault in again. The crops of a layer are convolved a few copies at a time.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +47,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ctc_plugin.ctc.boxes import MapBox, box_rows, input_boxes, union_box
+from ctc_plugin.ctc.boxes import (
+    SIZE_STEPS,
+    MapBox,
+    box_rows,
+    input_boxes,
+    rounded_extent,
+    union_box,
+)
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.rules import FOLD_ATTRIBUTE, GatedPass
 from ctc_plugin.ctc.workspace import SPARE_CHUNKS, OutputPool, RowRange, Workspace, row_parts
@@ -140,7 +146,7 @@ class SparseGatedPass(GatedPass):
     """
 
     dense_above: float = 0.6
-    size_steps: int = 8
+    size_steps: int = SIZE_STEPS
     pointwise_dense_above: float = 0.5
     scratch: Workspace = field(default_factory=Workspace, repr=False)
     results: OutputPool = field(default_factory=lambda: OutputPool(spares=SPARE_CHUNKS), repr=False)
@@ -567,7 +573,6 @@ def sparse_conv2d(
     batch = x.shape[0]
     out_rows, out_cols = call.output_size(0), call.output_size(1)
     boxes = input_boxes(x) if boxes is None else boxes
-    steps = (max(1, math.ceil(out_rows / size_steps)), max(1, math.ceil(out_cols / size_steps)))
     groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
     out_boxes: list[MapBox] = []
     volume = 0
@@ -578,8 +583,8 @@ def sparse_conv2d(
         if r1 <= r0 or c1 <= c0:
             continue  # the copy is zero: so is its output
         size = (
-            min(out_rows, -(-(r1 - r0) // steps[0]) * steps[0]),
-            min(out_cols, -(-(c1 - c0) // steps[1]) * steps[1]),
+            rounded_extent(r1 - r0, out_rows, size_steps),
+            rounded_extent(c1 - c0, out_cols, size_steps),
         )
         groups.setdefault(size, []).append(
             (copy, min(r0, out_rows - size[0]), min(c0, out_cols - size[1]))

@@ -14,7 +14,7 @@ is chosen by one private option object, [`Speedups`][ctc_plugin.ctc.speedups.Spe
   ([`Workspace`][ctc_plugin.ctc.workspace.Workspace]), on a CPU in cache-sized blocks
   (``block_elements``);
 - ``packed_boxes`` (``"reference"`` with ``fused_sharing``): the formula computed only on the
-  boxes around each copy's nonzero values, packed into one block;
+  boxes around each copy's nonzero values, packed into blocks of boxes of about one size;
 - ``proportional_rows`` (``"proportional"`` with ``fused_sharing`` and ``sparse_copies``): the
   shares computed only on each copy's rows where those take at most this fraction of the
   copies' rows;
@@ -63,6 +63,7 @@ from ctc_plugin.ctc.boxes import (
     as_slices,
     box_rows,
     packed_volume,
+    size_groups,
     support_boxes,
     union_box,
 )
@@ -101,8 +102,9 @@ class Speedups:
             Xeon, ``python benchmarks/bench_sparse.py --repeats 3 --blocks``); ``None``: the
             whole layer in one block, as on other devices.
         packed_boxes: With ``fused_sharing`` in ``"reference"`` mode on a CPU, compute the
-            formula only on the boxes around the copies' nonzero values where, packed at the
-            largest box's size, they take at most this fraction of a layer; 0 turns it off.
+            formula only on the boxes around the copies' nonzero values where, packed in groups
+            of about one size (each at its largest box's size), they take at most this
+            fraction of a layer; 0 turns it off.
         proportional_rows: With ``fused_sharing`` and ``sparse_copies`` in ``"proportional"``
             mode on a CPU, compute the shares only on each copy's rows (outside them it is zero)
             where those take at most this fraction of the copies' rows; 0 turns it off. On
@@ -551,7 +553,8 @@ class FusedReferenceSharing:
     ``block_elements`` values keep them in the cache instead of streaming the whole layer from
     memory each time, and where the copies' supports are small (a feature's copy is zero outside
     its receptive field, which in the first layers is a small part of the image) only the boxes
-    around the copies' nonzero values are computed, packed into one block. Values outside a box
+    around the copies' nonzero values are computed, packed into blocks of boxes of about one
+    size (a background segment's whole-map box apart from the small ones). Values outside a box
     are zero, get no share and add nothing to the statistics. Statistics are per copy, so
     neither changes a value. On other devices (many small kernel launches and host
     synchronisations cost more there than memory traffic) the whole layer is one block.
@@ -560,7 +563,7 @@ class FusedReferenceSharing:
 
     Args:
         block_elements: Values per block on a CPU; ``None``: the whole layer in one block.
-        crop_fraction: On a CPU, when the boxes, packed at the largest box's size, take at most
+        crop_fraction: On a CPU, when the boxes, packed by size, take at most
             this fraction of a layer, only they are computed (0: never).
         host_checks: See [`Speedups`][ctc_plugin.ctc.speedups.Speedups] (``None``: on a CPU
             only).
@@ -665,59 +668,63 @@ class FusedReferenceSharing:
         full: FullCopyStatistics,
         first: int,
         known: list[Box] | None = None,
-    ) -> list[tuple[int, tuple[slice, ...]]] | None:
-        """``(copy, box)`` for the copies with a nonzero value, or ``None``: compute whole.
+    ) -> list[list[tuple[int, tuple[slice, ...]]]] | None:
+        """``(copy, box)`` of the copies with a nonzero value, by size, or ``None``: compute whole.
 
-        Boxes are used where their packed block (every box at the largest box's size) takes at
-        most ``crop_fraction`` of the layer, the values are per channel over positions and the
-        full copy has no exact zeros (those enter the statistics outside the boxes). ``known``:
-        boxes of the group's copies known to hold their nonzero values (read from the values
-        when ``None``).
+        The boxes come in groups of about one size (`size_groups`), each packed apart at its
+        largest box's size: a large box (a background segment, a feature that has grown over
+        the map) takes its own size, not every box's. They are used where their packed blocks
+        take at most ``crop_fraction`` of the layer, the values are per channel over positions
+        and the full copy has no exact zeros (those enter the statistics outside the boxes).
+        ``known``: boxes of the group's copies known to hold their nonzero values (read from
+        the values when ``None``).
         """
         if self.crop_fraction <= 0 or full.exact_zero is not None:
             return None
         if not dims or dims != tuple(range(3, group.dim())):
             return None
         copies_values = group[:, first:]
-        limit = self.crop_fraction * copies_values.shape[1] * math.prod(group.shape[3:])
+        shape = group.shape[3:]
+        limit = self.crop_fraction * copies_values.shape[1] * math.prod(shape)
         if known is not None:
             boxes: list[Box] = known[first:]
-        # the first channel's boxes lie inside the copies' boxes: when they are already too
-        # large, the whole search is skipped (deeper layers, large receptive fields)
-        elif packed_volume(support_boxes(copies_values[:, :, :1], dims)) > limit:
-            return None
         else:
+            # the first channel's boxes lie inside the copies' boxes: when they are already too
+            # large, the whole search is skipped (deeper layers, large receptive fields)
+            inner = support_boxes(copies_values[:, :, :1], dims)
+            if packed_volume(inner, size_groups(inner, shape)) > limit:
+                return None
             boxes = support_boxes(copies_values, dims)
-        if packed_volume(boxes) > limit:
+        groups = size_groups(boxes, shape)
+        if packed_volume(boxes, groups) > limit:
             return None
-        return [(first + i, box) for i, box in enumerate(boxes) if box is not None]
+        return [[(first + i, boxes[i]) for i in members] for members in groups]
 
     def _add_packed_shares(
         self,
         group: torch.Tensor,
         group_bias: torch.Tensor,
-        boxes: list[tuple[int, tuple[slice, ...]]],
+        sized: list[list[tuple[int, tuple[slice, ...]]]],
         dims: tuple[int, ...],
         full: FullCopyStatistics,
         first: int,
     ) -> None:
-        """Add the shares of the copies' boxes, computed as one packed block.
+        """Add the shares of the copies' boxes, computed as packed blocks, one size at a time.
 
-        Every box goes to the corner of its slot in a (1, boxes, C, *largest box) block whose
-        other values are 0 (the full copy's divisor there is +inf): zeros get no share and do
-        not count, so each slot's statistics are its copy's.
+        Every box of a size group goes to the corner of its slot in a (1, boxes, C, *largest
+        box) block whose other values are 0 (the full copy's divisor there is +inf): zeros get
+        no share and do not count, so each slot's statistics are its copy's.
         """
-        if not boxes:  # no copy has a nonzero value here
-            return
-        sizes = [max(box[a].stop - box[a].start for _, box in boxes) for a in range(len(dims))]
-        # a few copies at a time: the block stays in the cache, its memory one block's
-        per_chunk = len(boxes)
-        if self.block_elements is not None:
-            per_chunk = max(1, self.block_elements // (group.shape[2] * math.prod(sizes)))
-        for start in range(0, len(boxes), per_chunk):
-            self._add_packed_chunk(
-                group, group_bias, boxes[start : start + per_chunk], sizes, dims, full, first
-            )
+        for boxes in sized:
+            sizes = [max(box[a].stop - box[a].start for _, box in boxes) for a in range(len(dims))]
+            # a few copies at a time: the block stays in the cache, its memory one block's
+            per_chunk = len(boxes)
+            if self.block_elements is not None:
+                per_chunk = max(1, self.block_elements // (group.shape[2] * math.prod(sizes)))
+            for start in range(0, len(boxes), per_chunk):
+                self._add_packed_chunk(
+                    group, group_bias, boxes[start : start + per_chunk], sizes, dims, full, first
+                )
 
     def _add_packed_chunk(
         self,

@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ctc_plugin import CTC
-from ctc_plugin.ctc.boxes import support_boxes
+from ctc_plugin.ctc.boxes import packed_volume, rounded_extent, size_groups, support_boxes
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.sharing import ReferenceSharing
 from ctc_plugin.ctc.speedups import SPEC, FusedReferenceSharing, Speedups
+from tests.ctc.test_sparse import sam_like_mask
 from tests.strategies import cases
 
 
@@ -269,9 +270,9 @@ def test_support_boxes_are_the_smallest_boxes_around_the_nonzero_values():
     ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_copies_computed_on_their_boxes_give_the_whole_layer_values(dtype):
-    """Compact features take the boxed path in the first layers; the scores do not change."""
+def _boxed_and_whole(dtype, mask, packed_boxes):
+    """Scores of a small BatchNorm CNN with the packed boxes (``packed_boxes``) and without,
+    and what ``_small_boxes`` chose in each layer of the boxed call."""
     torch.manual_seed(3)
     model = nn.Sequential(
         nn.Conv2d(3, 6, 3, padding=1),
@@ -288,15 +289,59 @@ def test_copies_computed_on_their_boxes_give_the_whole_layer_values(dtype):
         model[1].bias.uniform_(-0.5, 0.5)
     model = model.eval().to(dtype)
     x = torch.rand(2, 3, 32, 32, dtype=dtype)
-    grid = (torch.arange(32) // 8).view(-1, 1) * 4 + (torch.arange(32) // 8).view(1, -1)
-    mask = grid.view(1, 1, 32, 32)  # 16 compact features
     boxed, whole = CTC(model, bias_sharing="reference"), CTC(model, bias_sharing="reference")
-    boxed._speedups, whole._speedups = Speedups(packed_boxes=1.0), Speedups(packed_boxes=0.0)
+    boxed._speedups = Speedups(packed_boxes=packed_boxes)
+    whole._speedups = Speedups(packed_boxes=0.0)
     chosen = []
     small_boxes = boxed._sharing()._small_boxes
     boxed._sharing()._small_boxes = lambda *a: chosen.append(small_boxes(*a)) or chosen[-1]
     _, expected = whole.attribute(x, target=1, feature_mask=mask, return_feature_scores=True)
     _, actual = boxed.attribute(x, target=1, feature_mask=mask, return_feature_scores=True)
-    assert any(boxes for boxes in chosen), "the boxed path did not run"
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(actual.scores, expected.scores, rtol=tolerance, atol=tolerance)
+    return chosen
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_copies_computed_on_their_boxes_give_the_whole_layer_values(dtype):
+    """Compact features take the boxed path in the first layers; the scores do not change."""
+    grid = (torch.arange(32) // 8).view(-1, 1) * 4 + (torch.arange(32) // 8).view(1, -1)
+    chosen = _boxed_and_whole(dtype, grid.view(1, 1, 32, 32), 1.0)  # 16 compact features
+    assert any(boxes for boxes in chosen), "the boxed path did not run"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_background_segment_is_packed_apart_from_the_small_features(dtype):
+    """SAM-like features: the background's box is the whole map, the others small.
+
+    Packed together at the largest size they would take every copy's whole map (refused at
+    ``packed_boxes=0.5``); in groups by size the background is one whole-map slot and the
+    small ones a block of their own, and the scores equal the whole-layer computation.
+    """
+    chosen = _boxed_and_whole(dtype, sam_like_mask(32, seed=1), 0.5)
+    whole_map = (slice(0, 32), slice(0, 32))
+    apart = [
+        groups
+        for groups in chosen
+        if groups and len(groups) > 1 and any(box == whole_map for _, box in groups[0])
+    ]
+    assert apart, f"no layer packed the background apart: {chosen}"
+    assert all(box == whole_map for _, box in apart[0][0])
+    assert all(box != whole_map for group in apart[0][1:] for _, box in group)
+
+
+def test_boxes_are_grouped_by_rounded_size_and_packed_per_group():
+    boxes = [
+        (slice(0, 16), slice(0, 16)),  # the whole 16 x 16 map
+        (slice(0, 2), slice(0, 2)),
+        None,
+        (slice(5, 6), slice(9, 11)),  # 1 x 2 rounds to 2 x 2 (steps of 16 / 8 = 2)
+        (slice(3, 8), slice(0, 2)),  # 5 x 2 rounds to 6 x 2
+    ]
+    groups = size_groups(boxes, (16, 16))
+    assert groups == [[0], [1, 3], [4]]
+    assert packed_volume(boxes, groups) == 256 + 2 * 2 * 2 + 5 * 2
+    assert packed_volume(boxes, [[0, 1, 3, 4]]) == 4 * 256  # one block at the largest size
+    assert size_groups([None, None], (16, 16)) == [] and packed_volume([None], []) == 0
+    assert [rounded_extent(e, 16) for e in (1, 2, 3, 15, 16)] == [2, 2, 4, 16, 16]
+    assert rounded_extent(3, 7) == 3 and rounded_extent(3, 7, steps=2) == 4
