@@ -36,7 +36,7 @@ def test_quantus_pointing_game_runs_our_methods(method):
     kwargs = {"method": method, "feature_mask": mask}
     maps = explain_func(model, x, y, **kwargs)
     assert maps.shape == (3, 1, 12, 12) and maps.dtype == np.float32
-    quantus = pytest.importorskip("quantus")  # here, not at collection: its import takes seconds
+    import quantus  # here, not at collection in every test worker: its import takes seconds
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = quantus.PointingGame(disable_warnings=True, normalise=False)(
