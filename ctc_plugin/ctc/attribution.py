@@ -114,7 +114,8 @@ class CTC(Attribution):
         bias_sharing: ``"proportional"`` (the default: shares ``|z_k| / sum_j |z_j|``; scores
             over a partition add up to the target output; every copy travels in one pass),
             ``"reference"`` (the published formula with its quantisation and spread capping,
-            scores rescaled so the reference full copy gives the target output; the mode to
+            scores rescaled so the reference full copy (with a baseline: ``x - baseline``, and
+            the baseline's copy with it) gives the target output; the mode to
             reproduce the paper's numbers, and to bound memory with ``perturbations_per_eval``),
             or ``"none"`` (no bias: scores are gradient x input of the network linearised at its
             gates, summed per feature). The documentation's "Choose a method" page compares
@@ -125,6 +126,11 @@ class CTC(Attribution):
     so calls run concurrently; they wait while a call that changes the model (a
     [`CTCAttributor`][ctc_plugin.CTCAttributor] pass) runs on it. See
     [`ctc_plugin.concurrency`][ctc_plugin.concurrency] and the documentation's "Threads" page.
+
+    Raises:
+        TypeError: A ``segmenter`` that is not callable: a sharing mode or a feature mask given
+            by position (``CTC(model, "reference")``) is refused, saying where it goes.
+        ValueError: An unknown ``bias_sharing``.
 
     Examples:
         >>> ctc = CTC(model, bias_sharing="proportional")
@@ -145,6 +151,7 @@ class CTC(Attribution):
         bias_sharing: BiasSharingMode = DEFAULT_BIAS_SHARING,
     ) -> None:
         super().__init__(forward_func)
+        check_segmenter(segmenter)
         check_mode(bias_sharing)
         self.bias_sharing = bias_sharing
         self.segmenter = segmenter
@@ -307,13 +314,19 @@ class CTC(Attribution):
                 f"one image batch (N, C, H, W), not a tuple of {len(inputs)} inputs; pass "
                 "feature_mask for them"
             )
+        not_images = "pass feature_mask for inputs that are not images"
+        if inputs[0].dim() == 2:  # rows of features more often than one grayscale image
+            not_images = (
+                "if they are rows of features (N, F), pass feature_mask instead, e.g. one "
+                "feature per column: feature_mask=torch.arange(x.shape[1]).unsqueeze(0)"
+            )
         check_inputs(
             inputs[0],
             images=True,
             finite=False,  # checked already
             context=(
-                " (without a feature_mask, CTC segments the images with its segmenter; pass "
-                "feature_mask for inputs that are not images)"
+                f" (without a feature_mask, CTC segments the images with its segmenter; "
+                f"{not_images})"
             ),
         )
         segmenter = self.segmenter
@@ -434,7 +447,10 @@ class CTC(Attribution):
                 progress.update()
         scores = torch.cat(columns, dim=1)
         if reference:
-            scale = _safe_ratio(output, full_score)
+            # the reference full copy is x - baseline: with the baseline's copy it stands for
+            # the whole input, which the rescaling takes to the target output
+            whole = full_score if baseline_score is None else full_score + baseline_score
+            scale = _safe_ratio(output, whole)
             scores = scores * scale.unsqueeze(1)
             if baseline_score is not None:
                 baseline_score = baseline_score * scale
@@ -583,6 +599,27 @@ def check_pass_output(gated: GatedPass, logits: Any) -> torch.Tensor:
     if mark is not None and mark.only:
         raise UnsupportedOperationError(mark.origin, _gate_only_output(mark.origin))
     return logits
+
+
+def check_segmenter(segmenter: Any) -> None:
+    """Raise a `TypeError` saying what goes where when ``segmenter`` is not callable.
+
+    CTC's second argument is the segmenter: a sharing mode or a feature mask given by position
+    lands there, where it would otherwise be taken for one (and a mask never used).
+    """
+    if segmenter is None or callable(segmenter):
+        return
+    given = type(segmenter).__name__
+    if isinstance(segmenter, str):
+        hint = f"to choose the bias sharing, name it: CTC(model, bias_sharing={segmenter!r})"
+    elif isinstance(segmenter, (torch.Tensor, tuple, list)) or hasattr(segmenter, "__array__"):
+        hint = "give a feature mask to the call: ctc.attribute(x, target, feature_mask=mask)"
+    else:
+        hint = "pass a function of (N, 3, H, W) images returning (N, 1, H, W) integer masks"
+    raise TypeError(
+        f"CTC's second argument is the segmenter, a callable that makes feature masks; got a "
+        f"{given}: {hint}"
+    )
 
 
 def _gate_only_output(origin: str) -> str:

@@ -38,6 +38,25 @@ class UnsupportedOperationError(RuntimeError):
         return UnsupportedOperationError(self.operation, self.reason, module)
 
 
+def constant_shape_error(
+    operation: str, constant: tuple[int, ...], copies: tuple[int, ...]
+) -> UnsupportedOperationError:
+    """The error for a constant operand that does not broadcast per example to the copies.
+
+    A constant with more dimensions than the copies most often means that the inputs were one
+    example without its batch dimension: the message then says how to add it.
+    """
+    hint = ""
+    if len(constant) > len(copies):
+        hint = (
+            f" (the copies, of shape {copies}, have fewer dimensions: if the inputs are one "
+            "example without its batch dimension, add it: x.unsqueeze(0))"
+        )
+    return UnsupportedOperationError(
+        operation, f"a constant of shape {constant} that does not broadcast per example{hint}"
+    )
+
+
 def copies_off_dim_zero(operation: str, axis: int) -> UnsupportedOperationError:
     """The error for a rule asked to run while a shape operation holds the copies off dim 0."""
     return UnsupportedOperationError(

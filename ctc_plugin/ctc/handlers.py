@@ -25,7 +25,12 @@ from ctc_plugin.ctc.copy_axis import (
     follow_copy_axis,
     reduced_copy_axis,
 )
-from ctc_plugin.ctc.errors import UnsupportedOperationError, copies_off_dim_zero, over_dim_zero
+from ctc_plugin.ctc.errors import (
+    UnsupportedOperationError,
+    constant_shape_error,
+    copies_off_dim_zero,
+    over_dim_zero,
+)
 from ctc_plugin.ctc.rules import REFUSED_ATTRIBUTE, GatedPass
 
 Handler = Callable[[GatedPass, Callable[..., Any], tuple, dict], Any]
@@ -88,6 +93,9 @@ def conv_like(bias_index: int, channels_first: bool) -> Handler:
                 "its bias depends on the input, so it is no bias the copies can share; add it "
                 "after the layer (F.linear(x, w) + b: a sum of signals)",
             )
+        x = _arg(args, kwargs, 0, "input")
+        if channels_first and isinstance(x, torch.Tensor) and x.dim() == weight.dim() - 1:
+            raise unbatched_input_error(operation_name(func), tuple(x.shape))
         args, kwargs = _with_arg(args, kwargs, bias_index, "bias", None)
         bias_free = ctx.linear(func, args, kwargs)
         if bias is not None and channels_first:  # align (C,) to (C, 1, ...)
@@ -97,6 +105,21 @@ def conv_like(bias_index: int, channels_first: bool) -> Handler:
         return ctx.affine(bias_free, bias, foldable=foldable)
 
     return handle
+
+
+def unbatched_input_error(operation: str, shape: tuple[int, ...]) -> ValueError:
+    """The error for a convolution called on copies without a batch dimension.
+
+    CTC stacks the copies along dim 0; a convolution that takes its input as one unbatched
+    example (C, H, W) would mix them as channels. It happens when the inputs were one example
+    without its batch dimension and the feature mask broadcast to it.
+    """
+    return ValueError(
+        f"{operation} got the feature copies as one unbatched input of shape {shape}: CTC "
+        "stacks its copies along dimension 0, so the model must take a batch (N, C, ...). If "
+        "the inputs are one image (C, H, W) without its batch dimension, add it: "
+        "x.unsqueeze(0)"
+    )
 
 
 def _running_norm_args(args: tuple, kwargs: dict, flag: str, default: bool) -> tuple:
@@ -290,9 +313,7 @@ def _as_bias(ctx: GatedPass, constant: Any, signal: torch.Tensor, name: str) -> 
         return constant[0]
     if constant.dim() < signal.dim():
         return constant
-    raise UnsupportedOperationError(
-        name, f"a constant of shape {tuple(constant.shape)} that does not broadcast per example"
-    )
+    raise constant_shape_error(name, tuple(constant.shape), tuple(signal.shape))
 
 
 def _gate_by_gate(

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as module_hooks_registry
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
@@ -47,6 +48,7 @@ from ctc_plugin.ctc.deferred import (
     writes_first,
 )
 from ctc_plugin.ctc.errors import (
+    GraphCutError,
     UnsupportedOperationError,
     UntracedOutputError,
     copies_off_dim_zero,
@@ -74,6 +76,32 @@ __all__ = [
     "operation_name",
     "running_module",
 ]
+
+
+def module_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` carries forward or backward hooks of its own (not global ones)."""
+    return bool(
+        module._forward_pre_hooks
+        or module._forward_hooks
+        or module._backward_pre_hooks
+        or module._backward_hooks
+    )
+
+
+#: The ids of the global module pre-hooks that `CTCMode`s hold now (in every thread): each acts
+#: on its own thread's calls only and changes no gradient.
+_PASS_HOOKS: set[int] = set()
+
+
+def other_global_module_hooks() -> bool:
+    """Whether a global module hook (``register_module_*_hook``) other than a pass's is there."""
+    registry = module_hooks_registry
+    return bool(
+        set(registry._global_forward_pre_hooks) - _PASS_HOOKS
+        or registry._global_forward_hooks
+        or registry._global_backward_pre_hooks
+        or registry._global_backward_hooks
+    )
 
 
 class CTCMode(TorchFunctionMode):
@@ -112,21 +140,37 @@ class CTCMode(TorchFunctionMode):
         (a lambda, ``functools.partial``) a BatchNorm in training mode would count a batch in
         its ``num_batches_tracked`` before its ``batch_norm`` call is refused. A forward
         pre-hook on every module (of this thread's calls only) refuses it first.
+
+        A gradient pass (``"none"``'s fast path) takes its gradient through the live model, so
+        hooks that change or refuse gradients would change its scores: a module's backward
+        hooks, or forward hooks that put gradient hooks on its tensors (a Zennit composite's
+        rules, [`CTCComposite`][ctc_plugin.CTCComposite] inside its attributor). There the
+        first module call that carries hooks, or any global module hook of another's, raises
+        `GraphCutError`, before its own hooks run, and [`CTC`][ctc_plugin.CTC] computes the
+        scores by the pass of the copies, which takes no gradient.
         """
         thread = threading.get_ident()
+        if self.gated_pass.gradient and other_global_module_hooks():
+            raise GraphCutError("a global module hook")
+        gradient = self.gated_pass.gradient
 
-        def refuse_training(module: nn.Module, _args: Any) -> None:
-            if threading.get_ident() == thread and changes_in_training(module):
+        def check_module(module: nn.Module, _args: Any) -> None:
+            if threading.get_ident() != thread:
+                return
+            if changes_in_training(module):
                 raise training_mode_error(module, "(a module of the forward function)")
+            if gradient and module_hooks(module):
+                raise GraphCutError(f"the hooks of {type(module).__name__}")
 
-        self._module_hook = register_module_forward_pre_hook(refuse_training)
+        self._module_hook = register_module_forward_pre_hook(check_module)
+        _PASS_HOOKS.add(self._module_hook.id)
         self._eager = contextlib.ExitStack()
         try:
             self._eager.enter_context(compiled_code_eager(True))
             return super().__enter__()
         except BaseException:
             self._eager.close()
-            self._module_hook.remove()
+            self._remove_module_hook()
             raise
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -135,9 +179,14 @@ class CTCMode(TorchFunctionMode):
             super().__exit__(*exc_info)
         finally:
             self._eager.close()
-            if self._module_hook is not None:
-                self._module_hook.remove()
-                self._module_hook = None
+            self._remove_module_hook()
+
+    def _remove_module_hook(self) -> None:
+        """Remove the pass's global module pre-hook, if it holds one."""
+        if self._module_hook is not None:
+            _PASS_HOOKS.discard(self._module_hook.id)
+            self._module_hook.remove()
+            self._module_hook = None
 
     def __torch_function__(
         self,

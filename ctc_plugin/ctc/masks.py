@@ -97,7 +97,8 @@ def prepare_features(
         if mask.dim() > x.dim():
             raise ValueError(
                 f"feature_mask {i} has shape {tuple(mask.shape)}, more dimensions than its "
-                f"input {tuple(x.shape)}"
+                f"input {tuple(x.shape)}; if that input is one example without its batch "
+                "dimension, add it: x.unsqueeze(0)"
             )
         try:
             broadcast = torch.broadcast_shapes(mask.shape, x.shape)

@@ -55,6 +55,7 @@ from ctc_plugin.ctc.errors import (
     GraphCutError,
     UnsupportedOperationError,
     UntracedOutputError,
+    constant_shape_error,
     over_dim_zero,
 )
 from ctc_plugin.ctc.layout import CopyLayout
@@ -664,10 +665,7 @@ class GatedPass:
         if value.dim() == signal.dim() and value.shape[0] == 1:
             return value[0]
         if value.dim() > signal.dim() or value.shape[0] % self.layout.batch:
-            raise UnsupportedOperationError(
-                operation,
-                f"a constant of shape {tuple(value.shape)} that does not broadcast per example",
-            )
+            raise constant_shape_error(operation, tuple(value.shape), tuple(signal.shape))
         grouped = self.layout.group(value)
         if value.is_floating_point():
             self.check_constant(value, signal, operation)

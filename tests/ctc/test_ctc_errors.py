@@ -44,6 +44,8 @@ def _assert_untouched(model, x, before_output, before_state):
         (lambda x, m: (x.long(), m), "floating-point"),
         (lambda x, m: (x, [m[0, 0] == 1, m[0, 0] == 1]), "overlaps"),
         (lambda x, m: (x, [m[0, 0] == 1, torch.zeros(8, 8, dtype=torch.bool)]), "empty"),
+        # one image without its batch dimension, with a mask that does not broadcast to it
+        (lambda x, m: (x[0], m), r"more dimensions .*x\.unsqueeze\(0\)"),
     ],
 )
 def test_bad_masks_and_inputs_are_clear_errors(setting, change, message):
@@ -234,3 +236,50 @@ def test_bad_options_are_clear_errors(setting):
         CTC(model).attribute(x, target=0, feature_mask=mask, perturbations_per_eval=0)
     with pytest.raises(ValueError, match="baseline"):
         CTC(model).attribute(x, target=0, feature_mask=mask, baselines=torch.zeros(5))
+
+
+@pytest.mark.parametrize(
+    ("second", "hint"),
+    [
+        ("reference", r"CTC\(model, bias_sharing='reference'\)"),
+        (torch.zeros(1, 1, 8, 8, dtype=torch.long), r"attribute\(x, target, feature_mask=mask\)"),
+        ([torch.zeros(8, 8, dtype=torch.bool)], "feature_mask=mask"),
+        (3, "a function of"),
+    ],
+)
+def test_what_lands_where_the_segmenter_goes_is_refused_with_where_it_belongs(
+    setting, second, hint
+):
+    model, _, _ = setting
+    with pytest.raises(TypeError, match="second argument is the segmenter") as error:
+        CTC(model, second)
+    assert error.match(hint)
+    CTC(model, lambda images: torch.zeros_like(images[:, :1], dtype=torch.long))  # a callable
+
+
+def test_rows_of_features_without_a_mask_are_told_to_pass_one():
+    model = nn.Sequential(nn.Linear(10, 3)).eval()
+    x = torch.rand(4, 10)
+    with pytest.raises(ValueError, match=r"rows of features \(N, F\)") as error:
+        CTC(model).attribute(x, 0)
+    hint = "feature_mask=torch.arange(x.shape[1]).unsqueeze(0)"
+    assert hint in str(error.value)
+    assert CTC(model).attribute(x, 0, feature_mask=torch.arange(10).unsqueeze(0)).shape == x.shape
+
+
+@pytest.mark.parametrize("normalise", [False, True])
+def test_one_image_without_its_batch_dimension_is_told_to_add_it(normalise):
+    """An (H, W) mask broadcasts to one (C, H, W) image: the copies reach the model unbatched.
+
+    Its first convolution (or the normalising constant before it) says how to add the batch
+    dimension, and the model is left as it was.
+    """
+    model = RandomCNN(CNNSpec(normalise=normalise), seed=1)
+    x = torch.rand(2, 3, 8, 8)
+    mask = random_partition(8, 8, 4)
+    before = model(x), _state(model)
+    with pytest.raises((ValueError, UnsupportedOperationError)) as error:
+        CTC(model).attribute(x[0], target=0, feature_mask=mask[0, 0])
+    assert error.match(r"without its batch dimension, add it: x\.unsqueeze\(0\)")
+    assert error.match("unbatched" if not normalise else "fewer dimensions")
+    _assert_untouched(model, x, *before)

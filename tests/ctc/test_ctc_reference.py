@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from captum.attr import FeatureAblation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -17,6 +18,7 @@ from ctc_plugin.ctc.boxes import packed_volume, rounded_extent, size_groups, sup
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.sharing import ReferenceSharing
 from ctc_plugin.ctc.speedups import SPEC, FusedReferenceSharing, Speedups
+from ctc_plugin.testing import random_partition
 from tests.ctc.test_sparse import sam_like_mask
 from tests.strategies import cases
 
@@ -198,6 +200,40 @@ def test_two_layer_example_by_hand_reference():
         [y * out(unit0_f0) / full, y * out(unit0_f1) / full], dtype=torch.float64
     )
     torch.testing.assert_close(_scores("reference"), expected)
+
+
+def test_with_a_baseline_the_scores_and_its_share_add_up_to_the_output():
+    """The reference full copy is ``x - baseline``: the rescaling takes it together with the
+    baseline's copy to the output, so the baseline is not counted twice."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    mask = random_partition(8, 8, 5)
+    baselines = 0.5
+    # no bias: nothing is shared, so every copy's output is the linear map's, as in occlusion
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4, bias=False)).double().eval()
+    scores = CTC(linear, bias_sharing="reference").attribute(
+        x, 1, feature_mask=mask, baselines=baselines
+    )
+    occlusion = FeatureAblation(linear).attribute(x, baselines, 1, feature_mask=mask)
+    torch.testing.assert_close(scores, occlusion)
+    # with biases and gates the formula is not conservative, but one feature that covers the
+    # image is the reference full copy itself: it and the baseline's share give the output
+    net = (
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
+        )
+        .double()
+        .eval()
+    )
+    _, result = CTC(net, bias_sharing="reference").attribute(
+        x,
+        2,
+        feature_mask=torch.zeros(1, 1, 8, 8, dtype=torch.long),
+        baselines=baselines,
+        return_feature_scores=True,
+    )
+    torch.testing.assert_close(result.scores[:, 0] + result.baseline, result.output)
+    assert (result.baseline.abs() > 1e-3 * result.output.abs()).all()
 
 
 @settings(max_examples=20, deadline=None)
