@@ -111,6 +111,21 @@ def test_ctc_feature_scores_are_drawn_directly(scene):
         plt.close(figure)
 
 
+@pytest.mark.parametrize("size", [(1, 1), (1, 5), (4, 1)])
+def test_segment_means_of_maps_one_pixel_high_or_wide(size):
+    """Leading dims of size 1 go, the map's own stay: a 1 x 1 image has one segment."""
+    mask = torch.arange(size[0] * size[1]).view(1, 1, *size) % 2
+    values = torch.arange(3.0 * size[0] * size[1]).view(1, 3, *size)
+    ids, means = segment_means(values, mask)
+    summed = values[0].sum(0).flatten()
+    expected = [float(summed[mask.flatten() == i].mean()) for i in ids.tolist()]
+    np.testing.assert_allclose(means.numpy(), expected)
+    ids, means = segment_means(values[0, 0], mask[0, 0])
+    assert means.shape == ids.shape == (min(2, size[0] * size[1]),)
+    with pytest.raises(ValueError, match="same size"):
+        segment_means(values[..., :0], mask)
+
+
 def test_drawing_into_given_axes_and_saving(scene, tmp_path):
     image, mask = scene
     figure, axes = plt.subplots(2, 3)

@@ -35,6 +35,7 @@ from ctc_plugin.commands.model_checks import (
     check_input_channels,
     check_torchscript,
     check_weights_present,
+    fit_class_names,
     is_own_size,
     model_logits,
     run_in_float32,
@@ -555,8 +556,7 @@ def _classified(
     own_size = is_own_size(loaded.preprocessing, image.size)
     logits = model_logits(model, loaded, image.pixels.to(device), own_size)
     check_finite_scores(logits, loaded, str(path))
-    if loaded.classes is not None and len(loaded.classes) != logits.numel():
-        loaded.classes = None  # weights with other classes than the metadata's
+    fit_class_names(loaded, logits)  # weights with other classes than the metadata's
     target = target_class(spec, loaded, logits)
     return Explained(path, image, logits, target)
 

@@ -192,6 +192,17 @@ def check_finite_scores(logits: torch.Tensor, loaded: LoadedModel, name: str) ->
     )
 
 
+def fit_class_names(loaded: LoadedModel, logits: torch.Tensor) -> None:
+    """Forget the model's class names where its scores have another number of classes.
+
+    Weights fine-tuned to other classes build the head with their own class count (a
+    torchvision ``resnet18`` with a 3-class head); the architecture's names (ImageNet's) are
+    then not the model's classes, which are numbered instead.
+    """
+    if loaded.classes is not None and len(loaded.classes) != logits.numel():
+        loaded.classes = None
+
+
 def size_advice(own: ImagePreprocessing) -> str:
     """What to do about an image size the model cannot take, given its own preprocessing.
 

@@ -327,6 +327,13 @@ def _is_per_image(item: Any) -> bool:
     return isinstance(item, Sequence)
 
 
+def _without_leading_ones(tensor: torch.Tensor, rank: int) -> torch.Tensor:
+    """``tensor`` without its leading dims of size 1 beyond ``rank`` (a 1 x 1 map keeps both)."""
+    while tensor.dim() > rank and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    return tensor
+
+
 def segment_means(
     values: torch.Tensor | np.ndarray, feature_mask: torch.Tensor | np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,8 +357,8 @@ def segment_means(
     Raises:
         ValueError: If the map and the mask do not have the same height and width.
     """
-    mask = torch.as_tensor(_to_numpy(feature_mask)).squeeze()
-    array = torch.as_tensor(_to_numpy(values), dtype=torch.float64).squeeze()
+    mask = _without_leading_ones(torch.as_tensor(_to_numpy(feature_mask)), 2)
+    array = _without_leading_ones(torch.as_tensor(_to_numpy(values), dtype=torch.float64), 3)
     if array.dim() == 3:
         array = array.sum(0)
     if mask.dim() != 2 or array.shape != mask.shape:

@@ -308,6 +308,7 @@ class ShardRunner:
         from ctc_plugin.commands.methods import Request, run_for_command
         from ctc_plugin.commands.model_checks import (
             check_finite_scores,
+            fit_class_names,
             is_own_size,
             model_logits,
         )
@@ -321,6 +322,7 @@ class ShardRunner:
         own = is_own_size(self.loaded.preprocessing, image.size)
         logits = model_logits(self.model, self.loaded, pixels, own, self.size_advice(ref))
         check_finite_scores(logits, self.loaded, ref.name)
+        fit_class_names(self.loaded, logits)  # before the targets and labels are read
         refusal = explainer_size_refusal(self.explainer, ref.name, image.size)
         if refusal is not None:
             raise CLIError(f"--methods explainer: {refusal}")

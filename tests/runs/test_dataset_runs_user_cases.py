@@ -249,3 +249,28 @@ def test_an_image_of_a_finished_shard_rewritten_before_the_resume_is_noticed(tmp
     status = main(_explain(folder, out, *TINY))
     error = capsys.readouterr().err
     assert status == 2 and "a.png" in error, error
+
+
+def test_a_torchvision_model_with_weights_of_its_own_classes_numbers_them(tmp_path, capsys):
+    """``--model resnet18`` with 3-class weights: its classes are 0, 1, 2, not ImageNet's.
+
+    Class folders named after ImageNet classes are the folders' order, and an ImageNet class
+    name is no class of the model, as with ``explain``.
+    """
+    import torch
+    import torchvision
+
+    weights = tmp_path / "r18_3.pth"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights)
+    for name in ("hammerhead", "tench"):
+        _image(tmp_path / "photos" / name / "x.png", 12, 12)
+    model = ["--model", "resnet18", "--weights", str(weights), "--resize", "32", "--crop", "32"]
+    out = tmp_path / "run"
+    assert main(_explain(tmp_path / "photos", out, "--targets", "label", *model)) == 0
+    table = RunStore(out).read_table()
+    pairs = set(zip(table.column("image").to_pylist(), table.column("target").to_pylist()))
+    assert pairs == {(0, 0), (1, 1)}  # hammerhead/ is class 0, tench/ class 1
+    capsys.readouterr()
+    argv = _explain(tmp_path / "photos", tmp_path / "named", "--targets", "goldfish", *model)
+    assert main(argv) == 2
+    assert "--targets 'goldfish': give a class index" in _one_error_line(capsys)
