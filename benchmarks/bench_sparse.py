@@ -25,7 +25,8 @@ were kept).
 
 ``--parts MODE`` also prints where one sparse call of that bias-sharing mode spends its time, by
 rule of the pass (convolutions, BatchNorm with the sharing it calls, the sharing alone and
-the ``"reference"`` formula in it, ReLU, residual sums). ``--blocks`` also prints how long the
+the ``"reference"`` formula in it, the reference full copy's statistics and the
+packed boxes of the first layers, ReLU, residual sums). ``--blocks`` also prints how long the
 bias sharing of one sparse call of each mode takes at several sizes of
 ``Speedups.block_elements``: every layer's sharing is recorded in one call, then computed again
 at each size in turn (``--repeats`` rounds, CPU time, the median), as a ratio to the default
@@ -237,12 +238,16 @@ def main() -> None:
 
 
 #: The rules of the sparse pass that ``--parts`` times (nested: BatchNorm's time includes the
-#: sharing it calls, the sharing the ``"reference"`` formula's).
+#: sharing it calls, the sharing the ``"reference"`` formula's, its full copy's statistics and
+#: its packed boxes, which hold part of the formula's time; ``"reference"`` parts are 0 for
+#: ``"proportional"``).
 PARTS = {
     "convolutions (sparse_conv2d)": (sparse_module, "sparse_conv2d"),
     "BatchNorm, with its sharing": (SparseGatedPass, "fold_batch_norm"),
     "bias sharing (affine)": (SparseGatedPass, "affine"),
     "  its 'reference' formula (share_factors)": (speedups_module, "share_factors"),
+    "  the full copy's statistics": (speedups_module, "full_copy_statistics"),
+    "  packed boxes, their formula included": (FusedReferenceSharing, "_add_packed_shares"),
     "ReLU gates": (SparseGatedPass, "relu_gate"),
     "residual sums": (SparseGatedPass, "_sum"),
 }

@@ -37,6 +37,7 @@ def test_quantus_pointing_game_runs_our_methods(method):
     maps = explain_func(model, x, y, **kwargs)
     assert maps.shape == (3, 1, 12, 12) and maps.dtype == np.float32
     import quantus  # here, not at collection in every test worker: its import takes seconds
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = quantus.PointingGame(disable_warnings=True, normalise=False)(
