@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ctc_plugin.inputs import check_eval_mode, is_integer
 from ctc_plugin.inputs import check_images as shared_check_images
-from ctc_plugin.targets import class_indices
+from ctc_plugin.targets import class_indices, resolve_targets
 
 
 def as_tensor(value: Tensor | np.ndarray, name: str) -> Tensor:
@@ -117,6 +118,37 @@ def predict(model: nn.Module, images: Tensor, batch_size: int = 64) -> Tensor:
     """Return the model's predicted classes ``(N,)`` (argmax of the logits, no gradients)."""
     with torch.no_grad():
         return torch.cat([model(chunk).argmax(dim=1) for chunk in images.split(batch_size)])
+
+
+def model_targets(
+    model: nn.Module, images: Tensor, targets: Tensor | int | list[int] | np.ndarray | None
+) -> Tensor:
+    """The class of each image a metric explains, after refusing a model in training mode.
+
+    The model's predictions where ``targets`` is ``None``; else ``targets`` (see `as_targets`),
+    checked against the number of classes the model gives for the first image (negative ones
+    count from the end), so an index out of range is the same ``ValueError`` as in every
+    attribution method, not an ``IndexError`` in the middle of a metric.
+
+    Raises:
+        TrainingModeError: A BatchNorm, dropout or tracked InstanceNorm in training mode: the
+            metric would change its running statistics and depend on the batch size.
+        ValueError: Targets that are not integer class indices, or out of range.
+    """
+    check_eval_mode(model)
+    if targets is None:
+        return predict(model, images)
+    labels = as_targets(targets, len(images))
+    with torch.no_grad():
+        classes = model(images[:1]).shape[1]
+    return resolve_targets(labels.tolist(), torch.empty(len(images), classes)).to(labels.device)
+
+
+def check_count(value: object, name: str, least: int = 1) -> int:
+    """``value`` as an int of at least ``least``, or a ``ValueError`` naming ``name``."""
+    if not is_integer(value) or int(value) < least:  # type: ignore[call-overload]
+        raise ValueError(f"{name} must be an integer of at least {least}, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
 
 
 def explain(

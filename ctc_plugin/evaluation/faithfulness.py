@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import as_maps, as_targets, check_images
+from ctc_plugin.evaluation._inputs import as_maps, check_count, check_images, model_targets
 
 __all__ = ["PerturbationCurve", "perturbation_curve", "resolve_baseline"]
 
@@ -66,18 +66,24 @@ def resolve_baseline(baseline: Baseline, images: Tensor) -> Tensor:
     if callable(baseline):
         value = baseline(images)
     elif isinstance(baseline, numbers.Real):  # Python and NumPy numbers alike
-        return torch.full_like(images, float(baseline))
+        value = torch.tensor(float(baseline), dtype=torch.float64)  # rounded once, to theirs
     else:
         value = baseline
     if not isinstance(value, Tensor):
         raise TypeError(f"baseline must be a number, tensor or callable; got {type(value)}")
     try:
-        return torch.broadcast_to(value.to(images), images.shape).clone()
+        resolved = torch.broadcast_to(value.to(images), images.shape).clone()
     except RuntimeError as error:
         raise ValueError(
             f"baseline of shape {tuple(value.shape)} does not broadcast to the images' shape "
             f"{tuple(images.shape)}"
         ) from error
+    if not bool(resolved.isfinite().all()):
+        raise ValueError(
+            "baseline holds NaN or infinite values: the model's scores on the perturbed images "
+            "would be too; give a finite baseline"
+        )
+    return resolved
 
 
 def _ranks(relevance: Tensor, descending: bool, generator: torch.Generator) -> Tensor:
@@ -148,6 +154,11 @@ def _feature_masks(feature_mask: Tensor, n: int, height: int, width: int) -> Ten
             f"(1, 1, H, W) = {(1, 1, height, width)} with integer ids, matching the images; "
             f"got {tuple(feature_mask.shape)}"
         )
+    if feature_mask.is_floating_point() or feature_mask.is_complex():
+        raise ValueError(
+            f"feature_mask must hold integer feature ids, got dtype {feature_mask.dtype}; cast a "
+            "label map with .long()"
+        )
     return feature_mask.expand(n, 1, height, width)[:, 0].cpu()
 
 
@@ -211,9 +222,9 @@ def perturbation_curve(
         raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}")
     if output not in ("probability", "logit"):
         raise ValueError(f"output must be 'probability' or 'logit', got {output!r}")
-    if steps < 1 or batch_size < 1:
-        raise ValueError("steps and batch_size must be positive integers")
-    labels = as_targets(targets, n)
+    steps, batch_size = check_count(steps, "steps"), check_count(batch_size, "batch_size")
+    seed = check_count(seed, "seed", least=0)
+    labels = model_targets(model, images, targets)
     masks = None if feature_mask is None else _feature_masks(feature_mask, n, height, width)
     base = resolve_baseline(baseline, images)
     grid = _pixel_counts(height * width, steps).double() / (height * width)  # the moved area

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import Method, as_targets, explain, predict
+from ctc_plugin.evaluation._inputs import Method, explain, model_targets
 
 __all__ = [
     "InvarianceResult",
@@ -195,7 +195,7 @@ def input_invariance(
     Returns:
         An `InvarianceResult`.
     """
-    labels = predict(model, images) if targets is None else as_targets(targets, len(images))
+    labels = model_targets(model, images, targets)
     other = shifted_model(model, shift, images)
     moved = images + shift
     with torch.no_grad():

@@ -49,12 +49,15 @@ def _check_unit_range(images: Tensor) -> Tensor:
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     """Blur with a Gaussian kernel of standard deviation ``sigma`` pixels (size 2*ceil(3 sigma)+1).
 
-    Borders are reflected, so the image keeps its mean brightness.
+    Borders are reflected, so the image keeps its mean brightness. Reflection reaches at most
+    one image side less a pixel, so on images smaller than the kernel it is cut to
+    ``2 * (side - 1) + 1`` (the Gaussian's tails beyond the image are left out).
     """
     images = _check_unit_range(images)
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
-    size = 2 * math.ceil(3 * sigma) + 1
+    side = min(images.shape[-2:])
+    size = min(2 * math.ceil(3 * sigma) + 1, 2 * (side - 1) + 1)
     return TF.gaussian_blur(images, kernel_size=[size, size], sigma=[sigma, sigma]).clamp(0, 1)
 
 

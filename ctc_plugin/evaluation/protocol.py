@@ -25,7 +25,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import Method, as_maps, as_targets, explain, predict
+from ctc_plugin.evaluation._inputs import Method, as_maps, explain, model_targets, predict
 from ctc_plugin.evaluation.perturbations import perturb
 
 __all__ = [
@@ -166,8 +166,8 @@ def run_protocol(
         raise ValueError(
             f"perturbed_target must be 'predicted' or 'original', got {perturbed_target!r}"
         )
-    original_pred = predict(model, images)
-    labels = original_pred if targets is None else as_targets(targets, len(images))
+    labels = model_targets(model, images, targets)  # refuses a model in training mode first
+    original_pred = labels if targets is None else predict(model, images)
     reference = explain(method, model, images, labels, feature_mask)
     generator = torch.Generator().manual_seed(seed)
     results = []

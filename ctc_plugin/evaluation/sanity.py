@@ -17,7 +17,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import Method, as_targets, explain, predict
+from ctc_plugin.evaluation._inputs import Method, explain, model_targets
 
 __all__ = ["RandomisationStep", "parameter_layers", "cascading_randomisation", "rank_correlation"]
 
@@ -151,7 +151,7 @@ def cascading_randomisation(
     """
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    labels = predict(model, images) if targets is None else as_targets(targets, len(images))
+    labels = model_targets(model, images, targets)
     original = explain(method, model, images, labels, feature_mask)
     layers = _owners(model, images)
     names = list(layers)[::-1]

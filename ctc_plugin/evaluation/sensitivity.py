@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import Method, as_targets, explain, predict
+from ctc_plugin.evaluation._inputs import Method, explain, model_targets
 
 __all__ = ["max_sensitivity", "Cost", "measure_cost"]
 
@@ -39,7 +39,7 @@ def max_sensitivity(
     """
     if radius < 0 or n_samples < 1:
         raise ValueError("radius must be >= 0 and n_samples >= 1")
-    labels = predict(model, images) if targets is None else as_targets(targets, len(images))
+    labels = model_targets(model, images, targets)
     reference = explain(method, model, images, labels, feature_mask).double()
     generator = torch.Generator().manual_seed(seed)
     worst = torch.zeros(len(images), dtype=torch.float64)

@@ -199,6 +199,17 @@ def test_bad_arguments():
         perturbation_curve(model, images, 0, torch.rand(1, 1, 3, 3), mode="removal")
     with pytest.raises(ValueError, match="feature_mask must have shape"):
         perturbation_curve(model, images, 0, torch.rand(1, 1, 3, 3), feature_mask=torch.zeros(3, 3))
+    maps = torch.rand(1, 1, 3, 3)
+    with pytest.raises(ValueError, match="integer feature ids"):
+        perturbation_curve(model, images, 0, maps, feature_mask=torch.zeros(1, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"target 7 .* out of range: the model has 2 classes"):
+        perturbation_curve(model, images, 7, maps)
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        perturbation_curve(model, images, 0, maps, steps=2.5)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        perturbation_curve(model, images, 0, maps, seed=None)
+    with pytest.raises(ValueError, match="baseline holds NaN"):
+        perturbation_curve(model, images, 0, maps, baseline=float("nan"))
 
 
 @pytest.mark.parametrize("segments", [False, True])

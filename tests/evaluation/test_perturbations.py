@@ -57,6 +57,19 @@ def test_blur_matches_scipy(sigma):
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
 
+@pytest.mark.parametrize(("side", "sigma"), [(4, 2.5), (8, 6.0), (1, 1.0)])
+def test_blur_of_images_smaller_than_its_kernel_cuts_the_kernel_to_them(side, sigma):
+    """Reflection reaches one side less a pixel: the kernel's radius is cut to it."""
+    image = torch.rand(1, 1, side, side, generator=torch.Generator().manual_seed(4)).double()
+    ours = gaussian_blur(image, sigma)[0, 0].numpy()
+    radius = min(math.ceil(3 * sigma), side - 1)
+    theirs = ndimage.gaussian_filter(
+        image[0, 0].numpy(), sigma, mode="mirror", truncate=radius / sigma
+    )
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    assert perturb(image.float(), "blur", "big").shape == image.shape
+
+
 def test_perturb_levels_and_errors():
     images = torch.rand(1, 3, 8, 8)
     g = torch.Generator().manual_seed(0)
