@@ -16,7 +16,9 @@ The derivatives enter alpha only through their ratio, and ``relu(phi' g) = |phi'
 g)`` only scales every map of one example by the same positive number, which the per-layer min-max
 normalisation removes. So each example is described by three numbers
 ([`AlphaTerms`][ctc_plugin.cam.alpha.AlphaTerms]): ``sign(phi')`` and ``(phi'', phi''')`` divided by
-``max(|phi''|, |phi'''|)``, which cannot overflow even where ``exp(S)`` does.
+``max(|phi''|, |phi'''|)``. The built-ins give these ratios directly (`Phi.ratios`), so they
+hold at any score, also where ``exp(S)`` or ``sigmoid(S)`` overflow or underflow float64 (past
+about 745 either way); a ``phi'`` of 0 at the score is refused (every map would be 0).
 """
 
 from __future__ import annotations
@@ -44,12 +46,42 @@ class Phi:
         d2: Second derivative ``phi''``.
         d3: Third derivative ``phi'''``.
         name: A label for error messages and reprs.
+        ratios: Optional: a number of the sign of the first derivative, and the second and
+            third divided by one positive number per score, so that none overflows or
+            underflows where the derivatives do (``exp`` at a score of 800 or -800); only these
+            enter the weights. The built-ins have it; without it the three derivatives are
+            evaluated and must be finite.
     """
 
     d1: ScalarFn
     d2: ScalarFn
     d3: ScalarFn
     name: str = "custom"
+    ratios: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] | None = None
+
+
+def _exp_ratios(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``exp``'s three derivatives divided by ``exp(s)``: all 1, at every score."""
+    one = torch.ones_like(s)
+    return one, one, one
+
+
+def _softplus_ratios(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Softplus's first derivative ``p > 0``; the second and third divided by ``p r``.
+
+    They are ``p r`` and ``p r (r - p)``, with ``p = sigmoid(s)`` and ``r = sigmoid(-s)``;
+    either is 0 in float64 beyond a score of about 745.
+    """
+    return torch.ones_like(s), torch.ones_like(s), torch.sigmoid(-s) - torch.sigmoid(s)
+
+
+def _sigmoid_ratios(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The sigmoid's derivatives ``q``, ``q (r - p)``, ``q (1 - 6 q)`` divided by ``q = p r``.
+
+    ``q`` is 0 in float64 beyond a score of about 745 either way; the ratios stay +-1 and 1.
+    """
+    p, r = torch.sigmoid(s), torch.sigmoid(-s)
+    return torch.ones_like(s), r - p, 1 - 6 * p * r
 
 
 def _sigmoid_terms(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -66,18 +98,20 @@ def _sigmoid_terms(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 #: The built-in choices of ``phi``.
 BUILTIN_PHI: dict[str, Phi] = {
-    "exp": Phi(torch.exp, torch.exp, torch.exp, "exp"),
+    "exp": Phi(torch.exp, torch.exp, torch.exp, "exp", _exp_ratios),
     "softplus": Phi(
         torch.sigmoid,
         lambda s: _sigmoid_terms(s)[0],
         lambda s: _sigmoid_terms(s)[1],
         "softplus",
+        _softplus_ratios,
     ),
     "sigmoid": Phi(
         lambda s: _sigmoid_terms(s)[0],
         lambda s: _sigmoid_terms(s)[1],
         lambda s: _sigmoid_terms(s)[2],
         "sigmoid",
+        _sigmoid_ratios,
     ),
     "identity": Phi(
         torch.ones_like,
@@ -190,7 +224,10 @@ def alpha_terms(phi: Phi, scores: Tensor) -> AlphaTerms:
         ValueError: If a derivative is not finite or has the wrong shape.
     """
     s = scores.detach().double()  # exp(S) overflows float32 for logits above ~88
-    d1, d2, d3 = phi.d1(s), phi.d2(s), phi.d3(s)
+    if phi.ratios is not None:
+        d1, d2, d3 = phi.ratios(s)
+    else:
+        d1, d2, d3 = phi.d1(s), phi.d2(s), phi.d3(s)
     for label, value in (("phi'", d1), ("phi''", d2), ("phi'''", d3)):
         if not isinstance(value, Tensor):
             raise TypeError(
@@ -203,7 +240,17 @@ def alpha_terms(phi: Phi, scores: Tensor) -> AlphaTerms:
                 f"expected {tuple(s.shape)} (one value per example)"
             )
         if not torch.isfinite(value).all():
-            raise ValueError(f"{phi.name}: {label} is not finite at scores {s.tolist()}")
+            raise ValueError(
+                f"{phi.name}: {label} is not finite at scores {s.tolist()}; give a Phi whose "
+                "ratios divide the derivatives by one positive number per score (see Phi), or "
+                "a phi that does not overflow at such scores"
+            )
+    if not bool((d1 != 0).all()):
+        raise ValueError(
+            f"{phi.name}: phi' is 0 at scores {s[d1 == 0].tolist()}: Y = phi(S) does not change "
+            "with the score there, so no gradient is evidence and every map would be 0; choose "
+            "a phi whose derivative is not 0 at the class scores (the built-ins' never is)"
+        )
     scale = torch.maximum(d2.abs(), d3.abs())
     gradcam = scale == 0
     safe = torch.where(gradcam, torch.ones_like(scale), scale)

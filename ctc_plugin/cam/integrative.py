@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, overload
 
+import numpy as np
 import torch
 from captum.attr import Attribution
 from captum.log import log_usage
@@ -389,6 +390,8 @@ class IntegrativeCAM(Attribution):
         self.reshape_transform = reshape_transform
         self.layers = None if layers is None else _layer_list(layers)
         self.phi = resolve_phi(phi)
+        if not isinstance(bias, (bool, np.bool_)):  # a string "False" would be true
+            raise TypeError(f"bias must be True or False, got {bias!r} ({type(bias).__name__})")
         self.bias = bool(bias)
         if isinstance(layer_weights, str) and layer_weights not in ("adaptive", "uniform"):
             raise ValueError(

@@ -10,9 +10,7 @@ features, two images:
   and the target logit (exact propagation gives float64 rounding, ~1e-15), or the first line of
   the error when CTC refuses the model;
 - ``CTC "reference"``: whether the published formula runs and gives finite scores;
-- ``IntegrativeCAM``: how many stages it found and fused, or the first line of its error (where
-  the default ``phi="exp"`` refuses a logit whose exponential overflows, the stages are counted
-  with ``phi="identity"``).
+- ``IntegrativeCAM``: how many stages it found and fused, or the first line of its error.
 
 Used on the "Choose a method" page. Needs ``pip install timm`` (the ``dev`` extra has it). Run:
 ``python docs/scripts/timm_support.py [--models seresnet18 eva02_tiny_patch14_224]`` (about
