@@ -144,6 +144,30 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
                 m.training = mode
 
 
+@contextmanager
+def restored_on_failure(explainer: nn.Module) -> Iterator[nn.Module]:
+    """Put ``explainer`` back as it was when the block raises: weights, buffers, modes, grads.
+
+    A training run that fails half-way (a loss that turns NaN, a validation batch refused after
+    an epoch) has already stepped the optimiser and recorded steps, the image size and the
+    classifier in buffers: without this the explainer would hold the diverged weights and still
+    say it was trained.
+    """
+    state = copy.deepcopy(explainer.state_dict())
+    modes = [(m, m.training) for m in explainer.modules()]
+    grads = [(p, None if p.grad is None else p.grad.clone()) for p in explainer.parameters()]
+    try:
+        yield explainer
+    except BaseException:
+        with torch.no_grad():
+            explainer.load_state_dict(state)
+        for m, mode in modes:
+            m.training = mode
+        for p, grad in grads:
+            p.grad = grad
+        raise
+
+
 def class_scores(output: Any, num_classes: int) -> Tensor:
     """Return the classifier's ``output`` if it is a tensor of class scores ``(N, num_classes)``.
 
@@ -297,15 +321,18 @@ def _evaluate(
     return total / count
 
 
-def _check_validation(loader: Iterable[Any], num_classes: int, multilabel: bool | None) -> None:
-    """Raise before training unless ``loader`` yields batches with valid labels.
+def _check_validation(
+    loader: Iterable[Any], num_classes: int, multilabel: bool | None, channels: int
+) -> None:
+    """Raise before training unless ``loader`` yields finite images and valid labels.
 
-    Every batch is read once (labels only are checked), so that a bad validation loader fails
-    the call before the first epoch changes the explainer.
+    Every batch is read once, so that a bad validation loader fails the call before the first
+    epoch changes the explainer.
     """
     count = 0
     for batch in loader:
-        _, labels = split_batch(batch)
+        images, labels = split_batch(batch)
+        check_images(images, name="validation images", channels=channels)
         try:
             _targets(labels, num_classes, multilabel)
         except ValueError as error:
@@ -576,8 +603,8 @@ def fit_explainer(
             ([`trained_image_size`][ctc_plugin.Explainer.trained_image_size]; ``None`` after
             images of several sizes).
         val_loader: Batches monitored for early stopping; the training loss is monitored
-            without it. It is read before training (its labels are checked) and once per
-            epoch, so it cannot be a one-shot iterator.
+            without it. It is read before training (its images and labels are checked) and
+            once per epoch, so it cannot be a one-shot iterator.
         config: The objective's hyper-parameters (default: the published defaults).
         epochs: Largest number of epochs (counted over a resumed run too).
         max_steps_per_epoch: Stop each epoch after this many batches (``None``: all).
@@ -618,9 +645,10 @@ def fit_explainer(
             should be (``epochs``, ``patience`` and ``max_steps_per_epoch`` integers >= 1,
             ``min_delta`` finite and >= 0, ``seed`` an integer), images that are not a finite
             floating-point batch or a loss that is NaN or infinite (the message names the
-            batch), an empty validation loader or one with bad labels (checked before
-            training), a one-shot iterator that would be read more than once, a ``checkpoint``
-            path that is a folder, or a checkpoint made with other hyper-parameters or
+            batch; the explainer is then put back as it was before the call), an empty
+            validation loader or one with bad images or labels (checked before training), a
+            one-shot iterator that would be read more than once, a ``checkpoint`` path that
+            is a folder, or a checkpoint made with other hyper-parameters or
             settings, for another architecture or against another classifier (the message
             names what differs; the explainer is left unchanged).
     """
@@ -652,7 +680,7 @@ def fit_explainer(
     _check_checkpoint_path(checkpoint)
     if val_loader is not None:
         _check_reiterable(val_loader, "val_loader", 2)
-        _check_validation(val_loader, explainer.num_classes, multilabel)
+        _check_validation(val_loader, explainer.num_classes, multilabel, explainer.in_channels)
     settings = {
         "baseline": _plain_baseline(baseline),
         "max_steps_per_epoch": max_steps_per_epoch,
@@ -690,7 +718,7 @@ def fit_explainer(
             )
     # Both models are held exclusively while they change (the classifier first, as the
     # attributions take them): no other thread's call sees either half-way.
-    with frozen(classifier), exclusive(explainer):
+    with frozen(classifier), exclusive(explainer), restored_on_failure(explainer):
         if state is not None:
             start_epoch, bad_epochs, best_state = _continue_from(
                 state, explainer, optimizer, result

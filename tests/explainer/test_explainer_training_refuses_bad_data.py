@@ -29,13 +29,18 @@ def test_nan_training_image_is_refused_naming_the_example():
         tiny_explainer().fit(tiny_classifier().eval(), _loader(images, labels), None, HP, **FAST)
 
 
-def test_nan_validation_image_is_refused():
+def test_nan_validation_image_is_refused_before_training(monkeypatch):
     images, labels = data(8, seed=3)
     images[0] = float("inf")
+    steps = []
+    monkeypatch.setattr(
+        "ctc_plugin.explainer.training._train_epoch", lambda *a, **k: steps.append(1) or {}
+    )
     with pytest.raises(ValueError, match="validation images contains .* NaN or infinite"):
         tiny_explainer().fit(
             tiny_classifier().eval(), tuple_loader(), _loader(images, labels), HP, **FAST
         )
+    assert steps == []  # refused before the first epoch
 
 
 def test_integer_training_images_are_refused():
@@ -61,6 +66,29 @@ def test_nan_loss_stops_training_instead_of_returning_the_initial_weights():
     explainer = tiny_explainer()
     with pytest.raises(ValueError, match="loss of training batch 0 of epoch 1 is nan"):
         explainer.fit(NaNClassifier().eval(), tuple_loader(), None, HP, **FAST)
+
+
+def test_a_run_that_diverges_leaves_the_explainer_as_it_was():
+    """An infinite learning rate: the first step makes the weights NaN, the next loss is NaN.
+
+    The error names the batch, and the explainer is the one before the call: its weights, its
+    record of steps, image size and classifier, its mode and its gradients; not trained.
+    """
+    explainer = tiny_explainer().eval()
+    before = {k: v.clone() for k, v in explainer.state_dict().items()}
+    with pytest.raises(ValueError, match="loss of training batch 1 of epoch 1 is nan"):
+        explainer.fit(
+            tiny_classifier().eval(),
+            tuple_loader(),
+            None,
+            ExplainerHyperparameters(lr=float("inf")),
+            **FAST,
+        )
+    after = explainer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not explainer.is_trained and explainer.trained_image_size is None
+    assert not any(m.training for m in explainer.modules())
+    assert all(p.grad is None for p in explainer.parameters())
 
 
 @pytest.mark.parametrize(
