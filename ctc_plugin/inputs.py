@@ -339,6 +339,10 @@ def _check_image_shape(x: torch.Tensor, name: str, channels: int | None, context
         return
     if x.dim() == 4 and shape[-1] == channels:
         hint = "; it looks channels-last: x.permute(0, 3, 1, 2)"
+    elif x.dim() == 4 and channels == 3 and shape[1] == 1:
+        hint = "; for grayscale images, repeat their channel: x.expand(-1, 3, -1, -1)"
+    elif x.dim() == 4 and channels == 3 and shape[1] == 4:
+        hint = "; for RGBA images, drop the alpha channel: x[:, :3]"
     elif x.dim() == 3 and (shape[0] == channels or shape[0] in _CHANNEL_COUNTS):
         hint = "; add the batch dimension: x.unsqueeze(0)"
     elif x.dim() == 3 and channels in (None, 1):

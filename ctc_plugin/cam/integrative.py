@@ -215,15 +215,19 @@ def _refuse_training_module(cam: IntegrativeCAM, module: nn.Module, _inputs: Any
         raise training_mode_error(module, repr(cam._layer_name(module)))
 
 
-def _refuse_channels_last(
+def _refuse_other_channel_counts(
     inputs: TensorOrTuple, seen: list[nn.Module], module: nn.Module, args: Any
 ) -> None:
-    """Global forward pre-hook of a call: refuse a channels-last batch at the first convolution.
+    """Global forward pre-hook of a call: refuse images of another channel count at the first
+    convolution.
 
     The first ``nn.Conv2d`` that runs tells the channel count the model takes. When it is about
-    to get another count (torch would refuse it from inside the model) and the batch's last
-    dimension has that count while its dimension 1 does not, the batch is (N, H, W, C): the call
-    is refused with the message CTC and the segmenters give (``x.permute(0, 3, 1, 2)``).
+    to get another count (torch would refuse it from inside the model) and that count is the
+    batch's dimension 1 (the images themselves: a grayscale or RGBA batch for an RGB model), or
+    the batch's last dimension has the model's count while its dimension 1 does not (a
+    channels-last batch, (N, H, W, C)), the call is refused with the message CTC and the
+    segmenters give, and its fix (``x.permute(0, 3, 1, 2)``, ``x.expand(-1, 3, -1, -1)``,
+    ``x[:, :3]``).
 
     Raises:
         ValueError: Before the convolution runs.
@@ -235,9 +239,9 @@ def _refuse_channels_last(
     if not args or not isinstance(args[0], Tensor) or isinstance(module, LazyModuleMixin):
         return  # an input given by keyword, or a channel count not known yet
     given = args[0].shape[-3] if args[0].dim() >= 3 else None
-    if given == channels or images.dim() != 4:
+    if given == channels or images.dim() != 4 or images.shape[1] == channels:
         return
-    if images.shape[1] != channels and images.shape[-1] == channels:
+    if images.shape[-1] == channels or images.shape[1] == given:
         check_inputs(inputs, images=True, channels=channels, finite=False)  # the message
 
 
@@ -546,7 +550,7 @@ class IntegrativeCAM(Attribution):
             # training mode as it is called, before its forward can change it
             hook = scope.only(partial(_refuse_training_module, self))
             handles.append(register_module_forward_pre_hook(hook))
-            hook = scope.only(partial(_refuse_channels_last, inputs, []))
+            hook = scope.only(partial(_refuse_other_channel_counts, inputs, []))
             handles.append(register_module_forward_pre_hook(hook))
             if guessed:  # the square default's guess is checked against the patch grid
                 hook = scope.only(partial(_record_conv_grid, patch_grids))

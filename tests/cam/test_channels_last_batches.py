@@ -2,7 +2,9 @@
 
 The first convolution that runs tells the channel count; a batch whose last dimension has it
 and whose dimension 1 does not gets the same ``ValueError`` (with ``x.permute(0, 3, 1, 2)``)
-instead of torch's ``RuntimeError`` from inside the model, and the model is left as it was.
+instead of torch's ``RuntimeError`` from inside the model, and so does a batch of another
+channel count (grayscale: ``x.expand(-1, 3, -1, -1)``, RGBA: ``x[:, :3]``); the model is left
+as it was. A mismatch the model makes itself reaches the model.
 """
 
 from __future__ import annotations
@@ -67,7 +69,31 @@ def test_a_model_that_takes_channels_last_is_explained():
     assert maps.shape == (2, 1, 16, 3)  # the last two dimensions of the inputs
 
 
-def test_other_channel_mismatches_still_reach_the_model():
+@pytest.mark.parametrize(
+    ("channels", "fix"), [(1, r"x\.expand\(-1, 3, -1, -1\)"), (4, r"x\[:, :3\]"), (2, r"\)$")]
+)
+def test_a_batch_of_another_channel_count_gets_the_message_and_its_fix(channels, fix):
     model = RandomCNN(seed=0).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    message = rf"^inputs must be a batch of images \(N, 3, H, W\), got shape \(2, {channels}, "
+    with pytest.raises(ValueError, match=message) as error:
+        IntegrativeCAM(model).attribute(torch.rand(2, channels, 16, 16), target=0)
+    assert error.match(fix)
+    assert _hooks(model) == 0
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+class _Doubles(nn.Module):
+    """A model whose own forward gives its first convolution the wrong channel count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([x, x], dim=1)).mean(dim=(2, 3))
+
+
+def test_a_mismatch_inside_the_model_still_reaches_the_model():
     with pytest.raises(RuntimeError, match="expected input.* to have 3 channels"):
-        IntegrativeCAM(model).attribute(torch.rand(2, 4, 16, 16), target=0)
+        IntegrativeCAM(_Doubles().eval()).attribute(torch.rand(2, 3, 16, 16), target=0)
