@@ -218,8 +218,7 @@ def _refuse_training_module(cam: IntegrativeCAM, module: nn.Module, _inputs: Any
 def _refuse_other_channel_counts(
     inputs: TensorOrTuple, seen: list[nn.Module], module: nn.Module, args: Any
 ) -> None:
-    """Global forward pre-hook of a call: refuse images of another channel count at the first
-    convolution.
+    """Global forward pre-hook of a call: refuse another channel count at the first convolution.
 
     The first ``nn.Conv2d`` that runs tells the channel count the model takes. When it is about
     to get another count (torch would refuse it from inside the model) and that count is the

@@ -10,6 +10,7 @@ features.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from typing import Any
@@ -39,6 +40,12 @@ from ctc_plugin.inputs import (
 #: Zennit's output weighting: a tensor shaped like the output (a one-hot row), or a function
 #: of the output that returns one.
 AttrOutput = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+
+
+#: The attributors whose ``with`` block is open on each model, in the order they entered.
+_OPEN_BLOCKS: weakref.WeakKeyDictionary[torch.nn.Module, list[CTCAttributor]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class CTCAttributor(Attributor):
@@ -198,6 +205,7 @@ class CTCAttributor(Attributor):
         copy of them.
         """
         with exclusive(self.model), exclusive(self.composite):
+            self._refuse_another_composite()
             self._unregister()
             restored = ExitStack()
             restored.enter_context(tensors_restored(self.model))
@@ -208,17 +216,44 @@ class CTCAttributor(Attributor):
                 restored.close()
                 raise
             self._restored = restored
+            blocks = _OPEN_BLOCKS.setdefault(self.model, [])
+            if self in blocks:
+                blocks.remove(self)
+            blocks.append(self)
             return result
 
     def __exit__(self, *exc_info: object) -> bool:
         """Remove the composite and put the model's own tensors back (see ``__call__``)."""
         with exclusive(self.model), exclusive(self.composite):
+            blocks = _OPEN_BLOCKS.get(self.model, [])
+            if self in blocks:
+                blocks.remove(self)
             restored, self._restored = getattr(self, "_restored", None), None
             try:
                 return super().__exit__(*exc_info)
             finally:
                 if restored is not None:
                     restored.close()
+
+    def _refuse_another_composite(self) -> None:
+        """Refuse a block while another attributor's, with another composite, is open on the model.
+
+        Two composites on one model would stack their hooks (every CTC rule applied twice) and
+        their canonizers, which Zennit cannot take off one another: its attribute canonizers
+        (``ResNetCanonizer``'s ``forward``) delete what they set, not what was there, so the
+        second one's removal breaks the first's.
+
+        Raises:
+            RuntimeError: Naming what to do; nothing is registered.
+        """
+        for other in _OPEN_BLOCKS.get(self.model, []):
+            if other is not self and other.composite is not self.composite:
+                raise RuntimeError(
+                    "another CTCAttributor's with block, with another composite, is open on this "
+                    "model: two composites cannot be registered on one model at once (their "
+                    "hooks would stack and Zennit's canonizers cannot be taken off one another); "
+                    "end that block first, or call that attributor"
+                )
 
     def _unregister(self) -> None:
         """Remove a registration the composite holds; put back the tensors this attributor saved.

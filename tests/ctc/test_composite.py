@@ -664,3 +664,30 @@ def test_a_nested_registration_leaves_the_model_s_own_tensors(nesting) -> None:
     _assert_same_tensors(before, _registered_tensors(model))
     assert hook_counts(model) == hooks and not composite.handles
     assert torch.equal(model(x), output)
+
+
+def test_a_second_composite_on_a_model_with_an_open_block_is_refused() -> None:
+    """Zennit cannot take two composites' canonizers off one model (its ``ResNetCanonizer``
+    deletes the ``forward`` it set, whoever set it last), and their hooks would stack: a second
+    attributor with another composite is refused while the first block is open, and the first
+    block still ends with the model as it was."""
+    model = module_net()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    before, output, hooks = _registered_tensors(model), model(x), hook_counts(model)
+    first = CTCAttributor(
+        model, CTCComposite(canonizers=[SequentialMergeBatchNorm()]), feature_mask=grid_mask(8, 2)
+    )
+    second = CTCAttributor(
+        model, CTCComposite(canonizers=[SequentialMergeBatchNorm()]), feature_mask=grid_mask(8, 2)
+    )
+    with first:
+        registered = hook_counts(model)
+        with pytest.raises(RuntimeError, match="another CTCAttributor's with block"):
+            second.__enter__()
+        assert hook_counts(model) == registered  # the refusal registered nothing
+        first(x, one_hot(1, 3))
+    _assert_same_tensors(before, _registered_tensors(model))
+    assert hook_counts(model) == hooks and torch.equal(model(x), output)
+    with second:  # once the first block has ended
+        second(x, one_hot(1, 3))
+    assert hook_counts(model) == hooks
