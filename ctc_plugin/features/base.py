@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +52,29 @@ class SegmenterProtocol(Protocol):
         ...
 
 
+def _plain_numbers(values: Any) -> Any:
+    """A sequence, array or tensor of numbers as a tuple of floats; anything else as it is."""
+    if isinstance(values, torch.Tensor | np.ndarray):
+        values = values.tolist()
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        return values
+    return tuple(
+        float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else v for v in values
+    )
+
+
+def _finite_numbers(values: Any, count: int) -> bool:
+    """Whether ``values`` is a tuple of ``count`` finite real numbers (not bools)."""
+    return (
+        isinstance(values, tuple)
+        and len(values) == count
+        and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+            for v in values
+        )
+    )
+
+
 @dataclass(frozen=True)
 class ImageNormalisation:
     """How a float image batch maps to RGB colours.
@@ -74,10 +99,20 @@ class ImageNormalisation:
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both mean= and std= (the normalisation applied), or neither")
         if self.value_range != "auto":
+            if isinstance(self.value_range, str) or not _finite_numbers(self.value_range, 2):
+                raise ValueError(
+                    f"value_range must be (low, high), two finite numbers, or 'auto'; got "
+                    f"{self.value_range!r}"
+                )
             low, high = self.value_range
             if not high > low:
                 raise ValueError(
                     f"value_range must be (low, high) with high > low, got {self.value_range}"
+                )
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if values is not None and not _finite_numbers(values, 3):
+                raise ValueError(
+                    f"{name} must be three finite numbers, one per RGB channel, got {values!r}"
                 )
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
@@ -251,9 +286,9 @@ class Segmenter(ABC):
         cache: MaskCache | str | bool | None = None,
     ) -> None:
         self.normalisation = ImageNormalisation(
-            value_range=value_range if value_range == "auto" else tuple(value_range),
-            mean=None if mean is None else tuple(float(m) for m in mean),
-            std=None if std is None else tuple(float(s) for s in std),
+            value_range=_plain_numbers(value_range),
+            mean=_plain_numbers(mean),
+            std=_plain_numbers(std),
         )
         self.cache = resolve_cache(cache)
 

@@ -8,6 +8,7 @@ defaults give 10 to 30 segments (mostly 15 to 25) on 96 x 96 and 224 x 224 natur
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -26,6 +27,22 @@ __all__ = ["GridSegmenter", "SuperpixelSegmenter"]
 SuperpixelMethod = Literal["slic", "felzenszwalb", "quickshift", "watershed"]
 
 _METHODS: tuple[str, ...] = ("slic", "felzenszwalb", "quickshift", "watershed")
+
+
+#: The scikit-image function each method calls, by name (``method_options`` are its keywords).
+_METHOD_FUNCTIONS = {
+    "slic": "segmentation.slic",
+    "felzenszwalb": "segmentation.felzenszwalb",
+    "quickshift": "segmentation.quickshift",
+    "watershed": "segmentation.watershed",
+}
+
+
+def _method_parameters(method: str) -> set[str]:
+    """The keyword options scikit-image's function for ``method`` takes (the image aside)."""
+    function = getattr(segmentation, _METHOD_FUNCTIONS[method].split(".")[1])
+    parameters = inspect.signature(function).parameters
+    return {name for name in list(parameters)[1:] if name not in ("channel_axis", "start_label")}
 
 
 def _method_defaults(method: str, n_segments: int) -> dict[str, Any]:
@@ -59,6 +76,13 @@ class SuperpixelSegmenter(Segmenter):
             are cheap).
         **method_options: Passed to the scikit-image function (override the defaults).
 
+    Raises:
+        ValueError: When built, for an unknown method, an ``n_segments`` that is not an
+            integer of at least 1, a negative ``min_area``, a ``value_range`` that is neither
+            two finite numbers ``(low, high)`` nor ``"auto"``, or a ``mean``/``std`` that is not
+            three finite numbers.
+        TypeError: When built, for an option the method's scikit-image function does not take.
+
     Examples:
         >>> import torch
         >>> segmenter = SuperpixelSegmenter()
@@ -82,10 +106,17 @@ class SuperpixelSegmenter(Segmenter):
         super().__init__(value_range=value_range, mean=mean, std=std, cache=cache)
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-        if n_segments < 1:
-            raise ValueError(f"n_segments must be at least 1, got {n_segments}")
-        if min_area is not None and not min_area >= 0:
-            raise ValueError(f"min_area must be non-negative, got {min_area}")
+        if not is_integer(n_segments) or n_segments < 1:
+            raise ValueError(f"n_segments must be an integer of at least 1, got {n_segments!r}")
+        if min_area is not None and not (isinstance(min_area, numbers.Real) and min_area >= 0):
+            raise ValueError(f"min_area must be non-negative (a number), got {min_area!r}")
+        unknown = sorted(set(method_options) - _method_parameters(method))
+        if unknown:
+            raise TypeError(
+                f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
+                f"method={method!r}: scikit-image's {_METHOD_FUNCTIONS[method]} takes "
+                f"{', '.join(sorted(_method_parameters(method)))}"
+            )
         self.method = method
         self.n_segments = int(n_segments)
         self.min_area = min(0.005, 0.25 / self.n_segments) if min_area is None else float(min_area)
