@@ -137,10 +137,15 @@ def spread_by_relevance(
     positions, magnitudes = [], []
     totals = scores.new_zeros(n, k)
     counts = scores.new_zeros(n, k)
-    for index, (x, r) in enumerate(zip(inputs, relevance)):
+    # each example's magnitudes relative to its largest (in float64): only their ratios matter,
+    # and a feature's sum of huge relevances (1e37 in float32) would overflow to inf
+    raw = [r.reshape(n, -1).abs().double() for r in relevance]
+    largest = torch.stack([m.amax(dim=1) for m in raw]).amax(dim=0, keepdim=True).T
+    largest = largest.clamp_min(torch.finfo(torch.float64).tiny)
+    for index, (x, r) in enumerate(zip(inputs, raw)):
         mask = features.masks[index].expand(x.shape).reshape(n, -1).contiguous()
         pos = torch.searchsorted(features.ids, mask)
-        magnitude = r.reshape(n, -1).abs().to(scores.dtype)
+        magnitude = (r / largest).to(scores.dtype)
         totals.scatter_add_(1, pos, magnitude)
         counts.scatter_add_(1, pos, torch.ones_like(magnitude))
         positions.append(pos)

@@ -139,6 +139,20 @@ def test_uniform_relevance_equals_plain_ctc_spread_evenly() -> None:
     torch.testing.assert_close(zero, within)
 
 
+@pytest.mark.parametrize("size", [1e37, 1e-40])
+def test_relevance_of_any_finite_size_gives_the_same_spread(size) -> None:
+    """Only the ratios count: relevance near float32's largest (a feature's sum overflowed to
+    inf, and every element got 0) or smallest gives the spread of relevance of size 1."""
+    model = RandomCNN(CNNSpec(), seed=3)
+    x = torch.rand(2, 3, 8, 8)
+    mask = random_partition(8, 8, 5, seed=3, batch=2)
+    _, scores = CTC(model).attribute(x, 1, feature_mask=mask, return_feature_scores=True)
+    relevance = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) + 0.5
+    expected = distribute_within_features(x, scores, relevance)
+    within = distribute_within_features(x, scores, relevance * size)
+    torch.testing.assert_close(within, expected)
+
+
 def test_the_segmenters_mask_travels_in_the_scores() -> None:
     model = RandomCNN(CNNSpec(), seed=8).double()
     x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
