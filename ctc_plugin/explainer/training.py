@@ -190,6 +190,20 @@ def class_scores(output: Any, num_classes: int) -> Tensor:
     return output
 
 
+def _check_baseline_fits(baseline: Tensor, images: Tensor) -> None:
+    """Raise a ``ValueError`` unless the tensor ``baseline`` broadcasts to the ``images``."""
+    try:
+        shape = torch.broadcast_shapes(baseline.shape, images.shape)
+    except RuntimeError:
+        shape = None
+    if shape != images.shape:
+        raise ValueError(
+            f"baseline of shape {tuple(baseline.shape)} does not broadcast to the images' shape "
+            f"{tuple(images.shape)}: give a number, a per-channel tensor "
+            f"({images.shape[1]}, 1, 1) or one image ({', '.join(map(str, images.shape[1:]))})"
+        )
+
+
 def objective(
     explainer: Explainer,
     classifier: nn.Module,
@@ -208,6 +222,8 @@ def objective(
     Returns:
         ``(loss, terms)`` with ``terms`` keyed by [`TERMS`][ctc_plugin.explainer.training.TERMS].
     """
+    if isinstance(baseline, Tensor):
+        _check_baseline_fits(baseline, images)
     logits = explainer(images)
     m, n = losses.target_masks(logits, targets)
     both = torch.cat(
@@ -669,8 +685,9 @@ def fit_explainer(
             f"{type(classifier).__name__}"
         )
     _check_loop_settings(epochs, patience, max_steps_per_epoch, min_delta, seed, multilabel)
-    if not isinstance(baseline, Tensor) and (
-        not isinstance(baseline, numbers.Real) or not math.isfinite(baseline)
+    if (isinstance(baseline, Tensor) and not bool(torch.isfinite(baseline).all())) or (
+        not isinstance(baseline, Tensor)
+        and (not isinstance(baseline, numbers.Real) or not math.isfinite(baseline))
     ):
         raise ValueError(
             f"baseline must be a finite number or a tensor broadcastable to the images, got "

@@ -104,6 +104,8 @@ def test_a_run_that_diverges_leaves_the_explainer_as_it_was():
         ("multilabel", "yes", "multilabel must be True, False or None"),
         ("baseline", float("nan"), "baseline must be a finite number or a tensor"),
         ("baseline", "0.5", "baseline must be a finite number or a tensor"),
+        ("baseline", torch.full((3, 1, 1), float("nan")), "baseline must be a finite number"),
+        ("baseline", torch.zeros(5), r"baseline of shape \(5,\) does not broadcast"),
     ],
 )
 def test_unusable_loop_settings_are_refused_before_training(option, value, message):
