@@ -67,7 +67,9 @@ def load_explainer(family: str, split: str = "shapes", kind: str = "default") ->
 
     Returns:
         The trained [`Explainer`][ctc_plugin.Explainer], in eval mode, with the
-        training command and settings in its ``metadata``.
+        training command and settings in its ``metadata``, and the zoo model it was trained
+        against as its classifier (``trained_for``), so that pairing it with another
+        classifier warns.
 
     Raises:
         FileNotFoundError: If no explainer is shipped for that model, naming the command that
@@ -85,9 +87,11 @@ def load_explainer(family: str, split: str = "shapes", kind: str = "default") ->
             f"`{BUILD_COMMANDS[kind].format(family=family, split=split)}` "
             f"and load it with {loading}"
         )
-    if holds_classifier(kind):
-        return Explainer.load(path, classifier=load(family, split))
-    return Explainer.load(path)
+    classifier = load(family, split)
+    explainer = Explainer.load(path, classifier=classifier if holds_classifier(kind) else None)
+    if explainer.trained_for is None:  # shipped before explainers recorded their classifier
+        explainer.record_classifier(classifier)  # trained against this zoo model
+    return explainer
 
 
 def holds_classifier(kind: str) -> bool:

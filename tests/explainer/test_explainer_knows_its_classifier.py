@@ -194,3 +194,19 @@ def test_a_record_changed_after_the_first_call_is_read_again():
     explainer.record_classifier(tiny_classifier(seed=1).eval())  # trained for another since
     with pytest.warns(ClassifierMismatchWarning):
         attribution.attribute(images, target=0)
+
+
+@pytest.mark.parametrize("kind", ["default", "distilled", "class-specific"])
+def test_a_shipped_explainer_knows_its_zoo_model(kind):
+    """The zoo's explainers were shipped before the record existed; loading one records the zoo
+    model it was trained against, so another zoo model warns and its own does not."""
+    from ctc_plugin import zoo
+
+    explainer = zoo.load_explainer("vgg", kind=kind)
+    assert explainer.trained_for == state_digest(zoo.load("vgg"))
+    images = torch.rand(2, 3, *explainer.trained_image_size)
+    with pytest.warns(ClassifierMismatchWarning):
+        ExplainerAttribution(zoo.load("resnet"), explainer).attribute(images, target=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClassifierMismatchWarning)
+        ExplainerAttribution(zoo.load("vgg"), explainer).attribute(images, target=0)
