@@ -64,7 +64,9 @@ class ExplainerAttribution(Attribution):
         self.classifier = classifier
         self.explainer = explainer
         self.check_classifier = check_classifier
-        self._classes_checked = False
+        #: The (dtype, device) of the inputs the classifier last took without extra arguments:
+        #: with a target, the classifier runs on one example only where these change.
+        self._checked_inputs: tuple[torch.dtype, torch.device] | None = None
         self._digest = DigestMemo()  # of the classifier
         self._expected: tuple[tuple[int, int], tuple[str, ...]] | None = None
 
@@ -137,7 +139,6 @@ class ExplainerAttribution(Attribution):
                 f"but the classifier returns outputs shaped {tuple(scores.shape)}; use an "
                 "explainer trained for this classifier"
             )
-        self._classes_checked = True
         return scores
 
     def _predicted(self, images: Tensor, additional_forward_args: Any) -> Tensor:
@@ -172,7 +173,9 @@ class ExplainerAttribution(Attribution):
             target: The class per example, in any Captum form (int, ``(c,)``, tensor, list);
                 ``None`` explains the classifier's predicted class.
             additional_forward_args: Extra arguments of the classifier (used only to find the
-                predicted class and check the class count).
+                predicted class and check the class count). With a target, the classifier runs
+                on one example to check its class count: on every call that passes extra
+                arguments, else when the inputs' dtype or device is new to this object.
 
         Returns:
             Masks in ``[0, 1]`` broadcast to the input's shape (a 1-tuple if the input was), in
@@ -203,15 +206,20 @@ class ExplainerAttribution(Attribution):
             indices = class_indices(target, n, num_classes, device=images.device)
         with eval_mode(self.explainer):  # switched (and held exclusively) only when needed
             with torch.no_grad():
+                checked = (images.dtype, images.device)
                 if indices is None:
                     indices = self._predicted(images, additional_forward_args)
-                elif not self._classes_checked:  # one example, and its rows of side inputs
+                elif additional_forward_args is not None or self._checked_inputs != checked:
+                    # one example, and its rows of side inputs: a call gives the classifier the
+                    # same arguments whether or not an earlier call ran
                     extra = additional_forward_args
                     if isinstance(extra, tuple):
                         extra = tuple(example_rows(a, n, slice(0, 1)) for a in extra)
                     else:
                         extra = example_rows(extra, n, slice(0, 1))
                     self._classify(images[:1], extra)
+                if additional_forward_args is None:
+                    self._checked_inputs = checked
                 self._warn_if_other_classifier()  # once the classifier fits the explainer
                 fast = images.to(self._explainer_dtype(images)).contiguous(
                     memory_format=self.explainer.input_memory_format

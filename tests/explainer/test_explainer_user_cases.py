@@ -312,3 +312,22 @@ def test_an_incomplete_checkpoint_is_refused_naming_what_it_lacks(tmp_path, entr
     with pytest.raises(ValueError, match=f"is incomplete: it lacks {entry}"):
         explainer.fit(tiny_classifier().eval(), tuple_loader(), epochs=2, resume=ckpt, **FAST)
     assert _unchanged(explainer, before)
+
+
+def test_extra_arguments_reach_the_classifier_on_every_call_with_a_target():
+    """A fresh object and one that explained before treat one call alike: extra arguments the
+    classifier does not take fail both times (before, only the first call ran the classifier
+    and later ones ignored them)."""
+    classifier, explainer = tiny_classifier().eval(), tiny_explainer()
+    images, labels = data(4)
+    fresh, used = (
+        ExplainerAttribution(classifier, explainer),
+        ExplainerAttribution(classifier, explainer),
+    )
+    used.attribute(images, target=labels)
+    for attribution in (fresh, used):
+        with pytest.raises(TypeError, match="positional argument"):
+            attribution.attribute(images, target=labels, additional_forward_args=5)
+        # inputs in a dtype the classifier cannot take: checked again, refused by it alike
+        with pytest.raises(RuntimeError, match="type"):
+            attribution.attribute(images.double(), target=labels)
