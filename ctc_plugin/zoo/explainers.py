@@ -87,10 +87,10 @@ def load_explainer(family: str, split: str = "shapes", kind: str = "default") ->
             f"`{BUILD_COMMANDS[kind].format(family=family, split=split)}` "
             f"and load it with {loading}"
         )
-    classifier = load(family, split)
-    explainer = Explainer.load(path, classifier=classifier if holds_classifier(kind) else None)
+    classifier = load(family, split) if holds_classifier(kind) else None
+    explainer = Explainer.load(path, classifier=classifier)  # its own file is checked first
     if explainer.trained_for is None:  # shipped before explainers recorded their classifier
-        explainer.record_classifier(classifier)  # trained against this zoo model
+        explainer.record_classifier(classifier or load(family, split))  # trained against it
     return explainer
 
 
