@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import itertools
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -44,6 +44,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
     "TrainingModeError",
+    "broadcasts_to",
     "changes_in_training",
     "check_eval_mode",
     "check_images",
@@ -70,6 +71,14 @@ def is_integer(value: object) -> bool:
     ``True`` is an ``int`` in Python; as a count, size or seed it is a mistake, not 1.
     """
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target`` (by torch's rules)."""
+    try:
+        return torch.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
+    except RuntimeError:
+        return False
 
 
 def is_per_example(value: Any, n: int) -> bool:

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from ctc_plugin.inputs import broadcasts_to
+
 
 @dataclass(frozen=True)
 class FeatureSet:
@@ -100,11 +102,7 @@ def prepare_features(
                 f"input {tuple(x.shape)}; if that input is one example without its batch "
                 "dimension, add it: x.unsqueeze(0)"
             )
-        try:
-            broadcast = torch.broadcast_shapes(mask.shape, x.shape)
-        except RuntimeError:
-            broadcast = None
-        if broadcast != x.shape:
+        if not broadcasts_to(mask.shape, x.shape):
             raise ValueError(
                 f"feature_mask {i} of shape {tuple(mask.shape)} does not broadcast to its input "
                 f"of shape {tuple(x.shape)}: each dimension must be 1 or equal to the input's, "

@@ -21,7 +21,7 @@ from ctc_plugin.explainer import losses
 from ctc_plugin.explainer.network import Explainer, classifier_record
 from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
 from ctc_plugin.files import read_data_file
-from ctc_plugin.inputs import check_images, floating_dtype, is_integer
+from ctc_plugin.inputs import broadcasts_to, check_images, floating_dtype, is_integer
 from ctc_plugin.module_state import state_digest, state_dtypes
 from ctc_plugin.resumable.atomic import remove_stale_temporaries, write_atomic
 
@@ -192,11 +192,7 @@ def class_scores(output: Any, num_classes: int) -> Tensor:
 
 def _check_baseline_fits(baseline: Tensor, images: Tensor) -> None:
     """Raise a ``ValueError`` unless the tensor ``baseline`` broadcasts to the ``images``."""
-    try:
-        shape = torch.broadcast_shapes(baseline.shape, images.shape)
-    except RuntimeError:
-        shape = None
-    if shape != images.shape:
+    if not broadcasts_to(baseline.shape, images.shape):
         raise ValueError(
             f"baseline of shape {tuple(baseline.shape)} does not broadcast to the images' shape "
             f"{tuple(images.shape)}: give a number, a per-channel tensor "
