@@ -14,6 +14,8 @@ empty, truncated or corrupt file is one clear error naming it); nothing is downl
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
 import os
 import textwrap
 import threading
@@ -225,18 +227,59 @@ def _mask_of(record: dict[str, Any]) -> np.ndarray:
     return np.asarray(segmentation, dtype=bool)
 
 
+#: The automatic mask generator's options that are real numbers (thresholds and ratios).
+GENERATOR_THRESHOLDS = (
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "stability_score_offset",
+    "box_nms_thresh",
+    "crop_nms_thresh",
+    "crop_overlap_ratio",
+)
+
+#: The largest ``image_size``: SAM's encoder works at 1024 pixels, so larger images only cost
+#: memory (the generator's masks are made at the image's size).
+MAX_IMAGE_SIZE = 4096
+
+
+def _finite_number(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_generator_options(options: dict[str, Any]) -> None:
     """Refuse generator options that would fail only when SAM has already run (or divide by 0).
 
     Raises:
-        ValueError: ``points_per_side`` below 1, ``points_per_batch`` below 1, or an
-            ``output_mode`` other than ``"binary_mask"``, ``"uncompressed_rle"`` and
-            ``"coco_rle"`` (the last one without ``pycocotools`` installed).
+        ValueError: ``points_per_side`` or ``points_per_batch`` that is not an int of at least
+            1 (``points_per_side=None`` without ``point_grids``), ``crop_n_layers`` below 0 or
+            ``crop_n_points_downscale_factor`` below 1 (or not ints), a threshold or ratio
+            (`GENERATOR_THRESHOLDS`) that is not a finite number, a negative
+            ``min_mask_region_area``, or an ``output_mode`` other than ``"binary_mask"``,
+            ``"uncompressed_rle"`` and ``"coco_rle"`` (the last one without ``pycocotools``
+            installed).
     """
     for name in ("points_per_side", "points_per_batch"):
         value = options.get(name)
         if value is not None and (not is_integer(value) or value < 1):
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if "points_per_side" in options and options["points_per_side"] is None:
+        if options.get("point_grids") is None:
+            raise ValueError(
+                "points_per_side=None needs point_grids= (the points to prompt SAM with); leave "
+                "points_per_side out for its default grid"
+            )
+    for name, least in (("crop_n_layers", 0), ("crop_n_points_downscale_factor", 1)):
+        value = options.get(name)
+        if value is not None and (not is_integer(value) or value < least):
+            raise ValueError(f"{name} must be an int of at least {least}, got {value!r}")
+    for name in GENERATOR_THRESHOLDS:
+        value = options.get(name)
+        if value is not None and not _finite_number(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    area = options.get("min_mask_region_area")
+    if area is not None and not (_finite_number(area) and area >= 0):
+        raise ValueError(f"min_mask_region_area must be a number of at least 0, got {area!r}")
     mode = options.get("output_mode", "binary_mask")
     if mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
         raise ValueError(
@@ -252,6 +295,17 @@ def _check_generator_options(options: dict[str, Any]) -> None:
             ) from error
 
 
+def _check_float32(model: torch.nn.Module) -> None:
+    """Refuse a model whose floating parameters are not float32: SAM runs on float32 images."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if dtypes - {torch.float32}:
+        found = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+        raise ValueError(
+            f"the SAM model's parameters are {found}: the segmenter runs it on float32 images; "
+            "give model.float()"
+        )
+
+
 class SAMSegmenter(Segmenter):
     """Segment Anything's automatic masks as features.
 
@@ -259,7 +313,9 @@ class SAMSegmenter(Segmenter):
         checkpoint: Path to a segment-anything checkpoint (needed unless ``model`` is given).
         model_type: Architecture of the checkpoint: ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` or
             ``"tiny"`` (tests).
-        model: An already built ``segment_anything.modeling.Sam`` (instead of a checkpoint).
+        model: An already built ``segment_anything.modeling.Sam`` in float32 (instead of a
+            checkpoint); it is put in eval mode (and moved to ``device``) in place, and
+            ``model_type`` is not read.
         device: Where SAM runs (default: where the model's parameters are, CPU for checkpoints).
         image_size: Longer side, in pixels, of the image SAM is given (aspect ratio kept; SAM
             itself then resizes to its encoder's 1024). ``None``: the classifier's resolution.
@@ -305,8 +361,13 @@ class SAMSegmenter(Segmenter):
         **generator_options: Any,
     ) -> None:
         super().__init__(value_range=value_range, mean=mean, std=std, cache=cache)
-        if image_size is not None and image_size < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        if image_size is not None and (
+            not is_integer(image_size) or not 8 <= image_size <= MAX_IMAGE_SIZE
+        ):
+            raise ValueError(
+                f"image_size must be an int from 8 to {MAX_IMAGE_SIZE} pixels (SAM's encoder "
+                f"works at 1024), or None; got {image_size!r}"
+            )
         check_partition_options(dilation, min_area, remainder)
         _check_generator_options(generator_options)
         self._checkpoint_source: tuple[tuple[tuple[int, int], ...], str] | None = None
@@ -321,13 +382,14 @@ class SAMSegmenter(Segmenter):
             model = self._load_model(checkpoint, model_type)
         if device is not None:
             model = model.to(device)
+        _check_float32(model)
         self.model = model.eval()
         if checkpoint is not None:  # the file names the weights until they are changed
             identity = _file_identity(Path(checkpoint).expanduser())
             self._checkpoint_source = (weights_state(self.model), identity)
         self._fingerprint: tuple[tuple[tuple[int, int], ...], str] | None = None
         self._generate_lock = threading.Lock()
-        self.model_type = model_type
+        self.model_type = model_type if checkpoint is not None else None  # else: model's own
         self.image_size = image_size
         self.partition_options = {
             "dilation": dilation,

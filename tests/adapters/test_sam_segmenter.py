@@ -245,9 +245,26 @@ def test_rle_output_modes_give_the_binary_masks_features(images):
         ({"remainder": "none"}, "remainder must be"),
         ({"min_area": -1}, "min_area must be"),
         ({"points_per_side": 0}, "points_per_side must be a positive int"),
+        ({"points_per_side": None}, "points_per_side=None needs point_grids="),
         ({"output_mode": "polygons"}, "output_mode must be"),
+        ({"pred_iou_thresh": "x"}, "pred_iou_thresh must be a finite number"),
+        ({"box_nms_thresh": float("nan")}, "box_nms_thresh must be a finite number"),
+        ({"crop_n_layers": -1}, "crop_n_layers must be an int of at least 0"),
+        ({"crop_n_points_downscale_factor": 0.5}, "crop_n_points_downscale_factor must be"),
+        ({"min_mask_region_area": -3}, "min_mask_region_area must be a number of at least 0"),
+        ({"image_size": 100000}, "image_size must be an int from 8 to 4096"),
+        ({"image_size": 8.5}, "image_size must be an int from 8 to 4096"),
+        ({"image_size": "big"}, "image_size must be an int from 8 to 4096"),
     ],
 )
 def test_bad_options_are_refused_when_built(options, message):
     with pytest.raises(ValueError, match=message):
         SAMSegmenter(model=build_tiny_sam(), cache=None, **options)
+
+
+def test_a_model_not_in_float32_is_refused_when_built_and_a_given_model_has_no_type():
+    with pytest.raises(ValueError, match=r"parameters are float64: .*model\.float\(\)"):
+        SAMSegmenter(model=build_tiny_sam().double(), cache=None)
+    segmenter = SAMSegmenter(model=build_tiny_sam(), cache=None, model_type="vit_h")
+    assert segmenter.model_type is None  # not read from a model given as it is
+    assert "model_type=None" in repr(segmenter)
