@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -54,6 +55,7 @@ __all__ = [
     "example_rows",
     "floating_dtype",
     "FUNCTIONAL_DROPOUTS",
+    "is_finite_number",
     "is_integer",
     "is_per_example",
     "PATCH_SEQUENCE_MODELS",
@@ -79,6 +81,11 @@ def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
         return torch.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
     except RuntimeError:
         return False
+
+
+def is_finite_number(value: object) -> bool:
+    """Whether ``value`` is a finite real number (Python's or NumPy's) and not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_per_example(value: Any, n: int) -> bool:

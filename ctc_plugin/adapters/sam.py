@@ -14,8 +14,6 @@ empty, truncated or corrupt file is one clear error naming it); nothing is downl
 from __future__ import annotations
 
 import hashlib
-import math
-import numbers
 import os
 import textwrap
 import threading
@@ -39,7 +37,7 @@ from ctc_plugin.features.base import FeatureTable, Segmenter, feature_table
 from ctc_plugin.features.cache import MaskCache
 from ctc_plugin.features.partition import check_partition_options, to_partition
 from ctc_plugin.files import read_state_dict
-from ctc_plugin.inputs import is_integer
+from ctc_plugin.inputs import is_finite_number, is_integer
 from ctc_plugin.module_state import weights_state
 
 __all__ = ["SAM_MODEL_TYPES", "SAMSegmenter", "build_tiny_sam", "load_sam"]
@@ -242,11 +240,6 @@ GENERATOR_THRESHOLDS = (
 MAX_IMAGE_SIZE = 4096
 
 
-def _finite_number(value: Any) -> bool:
-    """Whether ``value`` is a finite real number (not a bool)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_generator_options(options: dict[str, Any]) -> None:
     """Refuse generator options that would fail only when SAM has already run (or divide by 0).
 
@@ -275,10 +268,10 @@ def _check_generator_options(options: dict[str, Any]) -> None:
             raise ValueError(f"{name} must be an int of at least {least}, got {value!r}")
     for name in GENERATOR_THRESHOLDS:
         value = options.get(name)
-        if value is not None and not _finite_number(value):
+        if value is not None and not is_finite_number(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
     area = options.get("min_mask_region_area")
-    if area is not None and not (_finite_number(area) and area >= 0):
+    if area is not None and not (is_finite_number(area) and area >= 0):
         raise ValueError(f"min_mask_region_area must be a number of at least 0, got {area!r}")
     mode = options.get("output_mode", "binary_mask")
     if mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):

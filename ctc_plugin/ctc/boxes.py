@@ -142,6 +142,12 @@ def size_groups(
     return list(groups.values())
 
 
+def largest_extents(boxes: Sequence[tuple[slice, ...]]) -> list[int]:
+    """The largest extent of the nonempty ``boxes`` along each dim: the size they pack at."""
+    extents = zip(*((part.stop - part.start for part in box) for box in boxes))
+    return [max(extent) for extent in extents]
+
+
 def packed_volume(boxes: Sequence[Box], groups: Sequence[Sequence[int]]) -> int:
     """Positions of the packed blocks of ``boxes``, one block per group at its largest size.
 
@@ -150,10 +156,8 @@ def packed_volume(boxes: Sequence[Box], groups: Sequence[Sequence[int]]) -> int:
     volume = 0
     for group in groups:
         present = [boxes[index] for index in group]
-        if not present:
-            continue
-        extents = zip(*((part.stop - part.start for part in box) for box in present))
-        volume += len(present) * math.prod(max(extent) for extent in extents)
+        if present:
+            volume += len(present) * math.prod(largest_extents(present))
     return volume
 
 
@@ -166,6 +170,7 @@ __all__ = [
     "box_rows",
     "input_boxes",
     "is_empty",
+    "largest_extents",
     "packed_volume",
     "rounded_extent",
     "size_groups",

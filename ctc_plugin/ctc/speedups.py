@@ -62,6 +62,7 @@ from ctc_plugin.ctc.boxes import (
     MapBox,
     as_slices,
     box_rows,
+    largest_extents,
     packed_volume,
     size_groups,
     support_boxes,
@@ -716,7 +717,7 @@ class FusedReferenceSharing:
         no share and do not count, so each slot's statistics are its copy's.
         """
         for boxes in sized:
-            sizes = [max(box[a].stop - box[a].start for _, box in boxes) for a in range(len(dims))]
+            sizes = largest_extents([box for _, box in boxes])
             # a few copies at a time: the block stays in the cache, its memory one block's
             per_chunk = len(boxes)
             if self.block_elements is not None:

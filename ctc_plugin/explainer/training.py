@@ -21,7 +21,13 @@ from ctc_plugin.explainer import losses
 from ctc_plugin.explainer.network import Explainer, classifier_record
 from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
 from ctc_plugin.files import read_data_file
-from ctc_plugin.inputs import broadcasts_to, check_images, floating_dtype, is_integer
+from ctc_plugin.inputs import (
+    broadcasts_to,
+    check_images,
+    floating_dtype,
+    is_finite_number,
+    is_integer,
+)
 from ctc_plugin.module_state import state_digest, state_dtypes
 from ctc_plugin.resumable.atomic import remove_stale_temporaries, write_atomic
 
@@ -376,12 +382,7 @@ def _check_loop_settings(
             f"max_steps_per_epoch must be an integer >= 1 or None (every batch), got "
             f"{max_steps_per_epoch!r}"
         )
-    if (
-        not isinstance(min_delta, numbers.Real)
-        or isinstance(min_delta, bool)
-        or not math.isfinite(min_delta)
-        or min_delta < 0
-    ):
+    if not is_finite_number(min_delta) or min_delta < 0:
         raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
     if seed is not None and not is_integer(seed):
         raise ValueError(f"seed must be an integer or None, got {seed!r}")

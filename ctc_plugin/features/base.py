@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from ctc_plugin.features.cache import MaskCache, resolve_cache
-from ctc_plugin.inputs import check_images
+from ctc_plugin.inputs import check_images, is_finite_number
 
 __all__ = [
     "FeatureTable",
@@ -68,10 +67,7 @@ def _finite_numbers(values: Any, count: int) -> bool:
     return (
         isinstance(values, tuple)
         and len(values) == count
-        and all(
-            isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-            for v in values
-        )
+        and all(is_finite_number(v) for v in values)
     )
 
 

@@ -29,19 +29,12 @@ SuperpixelMethod = Literal["slic", "felzenszwalb", "quickshift", "watershed"]
 _METHODS: tuple[str, ...] = ("slic", "felzenszwalb", "quickshift", "watershed")
 
 
-#: The scikit-image function each method calls, by name (``method_options`` are its keywords).
-_METHOD_FUNCTIONS = {
-    "slic": "segmentation.slic",
-    "felzenszwalb": "segmentation.felzenszwalb",
-    "quickshift": "segmentation.quickshift",
-    "watershed": "segmentation.watershed",
-}
-
-
 def _method_parameters(method: str) -> set[str]:
-    """The keyword options scikit-image's function for ``method`` takes (the image aside)."""
-    function = getattr(segmentation, _METHOD_FUNCTIONS[method].split(".")[1])
-    parameters = inspect.signature(function).parameters
+    """The keyword options ``skimage.segmentation.<method>`` takes (the image aside).
+
+    Each method is the scikit-image function of its name; ``method_options`` are its keywords.
+    """
+    parameters = inspect.signature(getattr(segmentation, method)).parameters
     return {name for name in list(parameters)[1:] if name not in ("channel_axis", "start_label")}
 
 
@@ -114,7 +107,7 @@ class SuperpixelSegmenter(Segmenter):
         if unknown:
             raise TypeError(
                 f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
-                f"method={method!r}: scikit-image's {_METHOD_FUNCTIONS[method]} takes "
+                f"method={method!r}: skimage.segmentation.{method} takes "
                 f"{', '.join(sorted(_method_parameters(method)))}"
             )
         self.method = method
