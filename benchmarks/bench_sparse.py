@@ -25,8 +25,11 @@ were kept).
 
 ``--parts MODE`` also prints where one sparse call of that bias-sharing mode spends its time, by
 rule of the pass (convolutions, BatchNorm with the sharing it calls, the sharing alone and
-the ``"reference"`` formula in it, the reference full copy's statistics and the
-packed boxes of the first layers, ReLU, residual sums). ``--blocks`` also prints how long the
+the ``"reference"`` formula in it, the reference full copy's statistics, the
+packed boxes of the first layers and the compiled formula, ReLU, residual sums).
+``--torch-formula`` computes the ``"reference"`` formula with torch's operations
+(``Speedups.native_formula=False``) instead of the kernel compiled on first use
+(``ctc_plugin.ctc.native``). ``--blocks`` also prints how long the
 bias sharing of one sparse call of each mode takes at several sizes of
 ``Speedups.block_elements``: every layer's sharing is recorded in one call, then computed again
 at each size in turn (``--repeats`` rounds, CPU time, the median), as a ratio to the default
@@ -35,7 +38,7 @@ ResNet-18 at 112x112, 16 features, one repeat.
 
 Run: ``nice python benchmarks/bench_sparse.py --model resnet50 --features 64 --mask grid|slic|sam
 [--repeats 3] [--threads 1] [--memory] [--fresh-memory] [--spare-chunks 2] [--parts reference]
-[--blocks] [--quick]``
+[--blocks] [--torch-formula] [--quick]``
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import torchvision
 from captum.attr import FeatureAblation
 
 from ctc_plugin import CTC
+from ctc_plugin.ctc import native as native_module
 from ctc_plugin.ctc import sparse as sparse_module
 from ctc_plugin.ctc import speedups as speedups_module
 from ctc_plugin.ctc import workspace
@@ -113,8 +117,8 @@ def sam_style_mask(image: torch.Tensor, features: int) -> torch.Tensor:
     return out.view(1, 1, *size)
 
 
-def methods(model, x, mask, target, k) -> dict:
-    """name -> a call of that method."""
+def methods(model, x, mask, target, k, native_formula: bool | None = None) -> dict:
+    """name -> a call of that method (``native_formula``: `Speedups.native_formula`)."""
     ablation = FeatureAblation(model)
 
     def feature_ablation():
@@ -125,7 +129,9 @@ def methods(model, x, mask, target, k) -> dict:
     for mode in MODES:
         for sparse in (False, True):
             ctc = CTC(model, bias_sharing=mode)
-            ctc._speedups = dataclasses.replace(DEFAULT, sparse_copies=sparse)
+            ctc._speedups = dataclasses.replace(
+                DEFAULT, sparse_copies=sparse, native_formula=native_formula
+            )
             runs[f"CTC {mode}{', sparse' if sparse else ''}"] = lambda ctc=ctc: ctc.attribute(
                 x, target=target, feature_mask=mask, perturbations_per_eval=k
             )
@@ -173,6 +179,11 @@ def main() -> None:
         "--spare-chunks", type=int, default=SPARE_CHUNKS.most, help="memory kept between passes"
     )
     parser.add_argument("--quick", action="store_true", help="ResNet-18, 112x112, K=16, 1 repeat")
+    parser.add_argument(
+        "--torch-formula",
+        action="store_true",
+        help="the 'reference' formula in torch's operations, not the compiled kernel",
+    )
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one method, for --memory
     args = parser.parse_args()
     if args.quick:
@@ -180,7 +191,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     SPARE_CHUNKS.most = args.spare_chunks
     model, x, mask, target, k = setup(args)
-    runs = methods(model, x, mask, target, k)
+    runs = methods(model, x, mask, target, k, False if args.torch_formula else None)
     if args.only is not None:  # the first call's peak memory above the process's (KiB), time
         with open("/proc/self/clear_refs", "w") as clear:  # resets the peak (VmHWM) to now
             clear.write("5")
@@ -239,8 +250,8 @@ def main() -> None:
 
 #: The rules of the sparse pass that ``--parts`` times (nested: BatchNorm's time includes the
 #: sharing it calls, the sharing the ``"reference"`` formula's, its full copy's statistics and
-#: its packed boxes, which hold part of the formula's time; ``"reference"`` parts are 0 for
-#: ``"proportional"``).
+#: its packed boxes, which hold part of the formula's time, or the compiled formula that
+#: replaces both where it applies; ``"reference"`` parts are 0 for ``"proportional"``).
 PARTS = {
     "convolutions (sparse_conv2d)": (sparse_module, "sparse_conv2d"),
     "BatchNorm, with its sharing": (SparseGatedPass, "fold_batch_norm"),
@@ -248,6 +259,7 @@ PARTS = {
     "  its 'reference' formula (share_factors)": (speedups_module, "share_factors"),
     "  the full copy's statistics": (speedups_module, "full_copy_statistics"),
     "  packed boxes, their formula included": (FusedReferenceSharing, "_add_packed_shares"),
+    "  its compiled formula (native)": (native_module, "add_reference_shares"),
     "ReLU gates": (SparseGatedPass, "relu_gate"),
     "residual sums": (SparseGatedPass, "_sum"),
 }
@@ -349,6 +361,8 @@ def first_call(args, name: str) -> tuple[float, float]:
     command = [sys.executable, __file__, "--only", name]
     for option in ("model", "size", "features", "mask", "threads"):
         command += [f"--{option}", str(getattr(args, option))]
+    if args.torch_formula:
+        command.append("--torch-formula")
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     peak_kib, seconds = result.stdout.split()[-2:]
     return int(peak_kib) / 1024, float(seconds)

@@ -43,6 +43,7 @@ def variants(mode: str, batch: int) -> dict[str, Speedups]:
     if mode == "reference":
         without["sharing blocks"] = {"block_elements": None}
         without["packed boxes"] = {"packed_boxes": 0.0}
+        without["compiled formula"] = {"native_formula": False}
     if mode == "proportional":
         without["shares on rows"] = {"proportional_rows": 0.0}
     if mode == "none":

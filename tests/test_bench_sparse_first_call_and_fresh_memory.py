@@ -27,7 +27,9 @@ def test_first_call_reads_the_peak_and_the_seconds_of_a_fresh_process(bench_spar
         return subprocess.CompletedProcess(command, 0, stdout="some warning\n20480 3.25\n")
 
     monkeypatch.setattr(bench_sparse.subprocess, "run", run)
-    args = argparse.Namespace(model="resnet18", size=112, features=16, mask="grid", threads=1)
+    args = argparse.Namespace(
+        model="resnet18", size=112, features=16, mask="grid", threads=1, torch_formula=False
+    )
     assert bench_sparse.first_call(args, "CTC reference, sparse") == (20.0, 3.25)
     (command,) = commands
     assert command[2:4] == ["--only", "CTC reference, sparse"]

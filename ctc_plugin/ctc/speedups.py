@@ -15,6 +15,10 @@ is chosen by one private option object, [`Speedups`][ctc_plugin.ctc.speedups.Spe
   (``block_elements``);
 - ``packed_boxes`` (``"reference"`` with ``fused_sharing``): the formula computed only on the
   boxes around each copy's nonzero values, packed into blocks of boxes of about one size;
+- ``native_formula`` (``"reference"`` with ``fused_sharing``, float32 on a CPU): the formula as
+  one compiled loop nest per copy and channel ([`native`][ctc_plugin.ctc.native], built on
+  first use), on each copy's box in place, instead of torch's passes over blocks and packed
+  boxes;
 - ``proportional_rows`` (``"proportional"`` with ``fused_sharing`` and ``sparse_copies``): the
   shares computed only on each copy's rows where those take at most this fraction of the
   copies' rows;
@@ -57,6 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ctc_plugin.ctc import native
 from ctc_plugin.ctc.boxes import (
     Box,
     MapBox,
@@ -134,6 +139,12 @@ class Speedups:
             grouped copies, a bidirectional layer's directions as one where the mode allows
             ([`TensorSteps`][ctc_plugin.ctc.recurrent_steps.TensorSteps]), not one rule call per
             operation of every step.
+        native_formula: With ``fused_sharing`` in ``"reference"`` mode on a CPU in float32,
+            compute the formula with a kernel compiled on first use
+            ([`native`][ctc_plugin.ctc.native]): one pass over each copy's box instead of some
+            twenty passes of torch over blocks and packed boxes. ``None``: where it builds (a
+            C compiler and glibc 2.35 or later), else torch's operations; ``True``: raise where
+            it cannot be built; ``False``: torch's operations.
     """
 
     gradient_shortcut: bool = True
@@ -147,6 +158,7 @@ class Speedups:
     sparse_copies: bool = True
     sparse_dense_above: float = 0.6
     tensor_steps: bool = True
+    native_formula: bool | None = None
 
     def sharing(self, mode: str) -> BiasSharing:
         """The bias sharing of a mode: the spec's, or the fused one (raises for unknown modes)."""
@@ -158,7 +170,10 @@ class Speedups:
             return make_sharing(mode)
         if mode == "reference":
             return FusedReferenceSharing(
-                self.block_elements, self.packed_boxes, host_checks=self.host_checks
+                self.block_elements,
+                self.packed_boxes,
+                host_checks=self.host_checks,
+                native=self.native_formula,
             )
         if mode == "proportional":
             return FusedProportionalSharing(
@@ -568,6 +583,11 @@ class FusedReferenceSharing:
             this fraction of a layer, only they are computed (0: never).
         host_checks: See [`Speedups`][ctc_plugin.ctc.speedups.Speedups] (``None``: on a CPU
             only).
+        native: Where [`native.applicable`][ctc_plugin.ctc.native.applicable] holds, compute
+            the formula with the compiled kernel of [`native`][ctc_plugin.ctc.native] on each
+            copy's carried box (or its whole map), instead of torch's operations on blocks and
+            packed boxes. ``None``: where the kernel builds here; ``True``: raise where it does
+            not; ``False``: never.
     """
 
     name = "reference"
@@ -580,10 +600,12 @@ class FusedReferenceSharing:
         block_elements: int | None = 1 << 18,
         crop_fraction: float = 0.5,
         host_checks: bool | None = None,
+        native: bool | None = None,
     ) -> None:
         self.block_elements = block_elements
         self.crop_fraction = crop_fraction
         self.host_checks = host_checks
+        self.native = native
         self.workspace = Workspace()
 
     def add_bias(self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout) -> torch.Tensor:
@@ -644,6 +666,20 @@ class FusedReferenceSharing:
             (scratch,) = self.workspace.buffers(full.ceil_full, 1)
             own_share = torch.ne(full.ceil_full, math.inf, out=scratch)  # inf where q(z_F) = 0
             group[:, 1:2].addcmul_(own_share, full_bias)
+            shared_bias = copy_part(group_bias, group, first, None)
+            if self._uses_native(group, shared_bias, dims):
+                boxes = None
+                if carried is not None and full.exact_zero is None and group.dim() == 5:
+                    boxes = carried[example * copies + first : (example + 1) * copies]
+                native.add_reference_shares(
+                    group[:, first:],
+                    full.ceil_full,
+                    full.exact_zero,
+                    full.sigma,
+                    shared_bias,
+                    boxes,
+                )
+                continue
             known = None
             if blockwise and carried is not None and group.dim() == 5:
                 known = [
@@ -661,6 +697,19 @@ class FusedReferenceSharing:
                 block = group[:, start:stop]
                 unit_part, group_part = share_factors(block, full, dims, self.workspace)
                 block.addcmul_(unit_part, group_part * copy_part(group_bias, group, start, stop))
+
+    def _uses_native(self, z: torch.Tensor, bias: torch.Tensor, dims: tuple[int, ...]) -> bool:
+        """Whether the compiled kernel computes these copies' shares (raises if required)."""
+        if self.native is False or not native.applicable(z, bias, dims):
+            return False
+        if native.library() is None:
+            if self.native:
+                raise RuntimeError(
+                    "Speedups(native_formula=True), but the compiled reference formula is "
+                    f"unavailable: {native.unavailable_reason()}"
+                )
+            return False
+        return True
 
     def _small_boxes(
         self,

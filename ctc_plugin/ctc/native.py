@@ -1,0 +1,324 @@
+"""The ``"reference"`` formula compiled for the CPU: one loop nest per copy and channel.
+
+Torch computes the formula of [`share_factors`][ctc_plugin.ctc.speedups.share_factors] as some
+twenty elementwise passes, each a trip through memory (about 6 ns a value on the Xeon these
+numbers come from). The C loop in ``reference_formula.c`` does the same float32 arithmetic on
+one (copy, channel) group at a time inside the L1 cache, reading each value once, and works on
+each copy's box in place (no packing): about 1.4 ns a value.
+
+The source is compiled on first use with the system's C compiler (``$CC``, else ``cc``) into
+a cache directory (``$CTC_PLUGIN_CACHE``, else ``$XDG_CACHE_HOME/ctc-plugin``, else
+``~/.cache/ctc-plugin``), once per machine, and checked against the spec on a small block
+before it is used. It needs glibc 2.35 or later (its ``libmvec`` gives the vector ``log10f``
+and ``exp2f``). Where it cannot be built or loaded, or disagrees with the spec, the fused torch
+implementation runs instead (with the same results up to float rounding), and
+[`unavailable_reason`][ctc_plugin.ctc.native.unavailable_reason] says why.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shlex
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from ctc_plugin.ctc.boxes import MapBox, is_empty
+
+#: The C source of the kernel, shipped with the package.
+SOURCE = Path(__file__).with_name("reference_formula.c")
+
+#: Compiler options: vectorised loops with IEEE float32 arithmetic (see the source's header).
+FLAGS = (
+    "-O3",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-fopenmp-simd",
+    "-ffp-contract=off",
+    "-fPIC",
+    "-shared",
+)
+
+#: Libraries the kernel links: glibc's vector maths and its maths library.
+LIBRARIES = ("-lmvec", "-lm")
+
+#: Lanes the kernel pads its scratch buffer to (keep equal to ``LANES`` in the source).
+LANES = 16
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, built and checked on the first call; ``None`` where it cannot be."""
+    with _lock:
+        if "library" not in _state:
+            try:
+                loaded = _load(_build())
+                _check_against_spec(loaded)
+            except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+                _state["library"], _state["reason"] = None, str(error)
+            else:
+                _state["library"], _state["reason"] = loaded, None
+        return _state["library"]  # type: ignore[return-value]
+
+
+def unavailable_reason() -> str | None:
+    """Why the compiled kernel cannot be used here (``None`` when it can; builds it if needed)."""
+    library()
+    return _state["reason"]  # type: ignore[return-value]
+
+
+def cache_directory() -> Path:
+    """Where compiled kernels are kept between processes."""
+    configured = os.environ.get("CTC_PLUGIN_CACHE")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ctc-plugin"
+
+
+def _compiler() -> list[str]:
+    """The C compiler's command (``$CC``, else ``cc``)."""
+    return shlex.split(os.environ.get("CC") or "cc")
+
+
+def _build() -> Path:
+    """The shared library for this source, compiler and machine, compiled when not cached.
+
+    Compiled into a temporary file next to its final name and moved there in one step, so that
+    processes building at the same time never load a half-written file.
+    """
+    compiler = _compiler()
+    try:
+        version = subprocess.run(
+            [*compiler, "--version"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        raise RuntimeError(f"no C compiler ({shlex.join(compiler)}): {error}") from error
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join(
+            [source, version.encode(), " ".join(FLAGS + LIBRARIES).encode(), _machine().encode()]
+        )
+    ).hexdigest()[:16]
+    directory = cache_directory()
+    target = directory / f"reference_formula-{key}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    descriptor, partial = tempfile.mkstemp(dir=directory, suffix=".so.partial")
+    os.close(descriptor)
+    try:
+        command = [*compiler, *FLAGS, "-o", partial, str(SOURCE), *LIBRARIES]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"compiling the reference formula failed ({shlex.join(command)}): "
+                f"{done.stderr.strip()[-2000:]}"
+            )
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+def _machine() -> str:
+    """What the compiled code depends on besides the compiler: the architecture, the C library."""
+    return f"{platform.machine()} {platform.libc_ver()}"
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    """Load the library and declare its function's arguments."""
+    loaded = ctypes.CDLL(str(path))
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    function = loaded.ctc_reference_shares_f32
+    function.argtypes = [
+        pointer, size, size, size, size, size, size, size,  # z, copies, channels, columns, strides
+        pointer,  # boxes
+        pointer, size, size,  # divisor and its strides
+        pointer,  # exact zeros
+        pointer,  # sigma
+        pointer, size, size,  # bias and its strides
+        pointer,  # scratch
+    ]  # fmt: skip
+    function.restype = None
+    return loaded
+
+
+def applicable(z: torch.Tensor, bias: torch.Tensor, dims: tuple[int, ...]) -> bool:
+    """Whether the kernel computes this layer's shares (else torch's fused operations do).
+
+    Float32 on a CPU; copies of (1, S, C, L) or (1, S, C, H, W) values with contiguous last
+    dim; statistics per copy and channel over all positions; a bias that is one number per
+    channel (and perhaps per copy).
+    """
+    return (
+        z.device.type == "cpu"
+        and z.dtype == torch.float32
+        and z.dim() in (4, 5)
+        and z.shape[0] == 1
+        and z.stride(-1) == 1
+        and dims == tuple(range(3, z.dim()))
+        and bias.dtype == z.dtype
+        and bias.dim() <= z.dim()
+        and all(size == 1 for size in bias.shape[-(z.dim() - 3) :])
+    )
+
+
+def add_reference_shares(
+    z: torch.Tensor,
+    divisor: torch.Tensor,
+    exact_zero: torch.Tensor | None,
+    sigma: torch.Tensor,
+    bias: torch.Tensor,
+    boxes: Sequence[MapBox] | None = None,
+) -> None:
+    """Add the reference shares to every copy of ``z``, in place (see `applicable`).
+
+    Args:
+        z: (1, S, C, *positions) bias-free values of the sharing copies.
+        divisor: ``ceil(10 z_F)`` of the full copy, ``+inf`` where it is 0, (1, 1, C,
+            *positions).
+        exact_zero: Where ``z_F = 0`` (0/1 values, like ``divisor``), or ``None``.
+        sigma: The full copy's spread per channel (float64, C values).
+        bias: Broadcastable to (1, S, C, 1, ...): one number per channel, perhaps per copy.
+        boxes: Each copy's box outside which it is zero (``None``: whole maps). Must be
+            ``None`` when ``exact_zero`` is given: zeros outside the boxes count there.
+
+    Raises:
+        RuntimeError: The compiled kernel is unavailable (`unavailable_reason` says why).
+    """
+    loaded = library()
+    if loaded is None:
+        raise RuntimeError(f"the compiled reference formula is unavailable: {unavailable_reason()}")
+    _add_shares(loaded, z, divisor, exact_zero, sigma, bias, boxes)
+
+
+def _add_shares(
+    loaded: ctypes.CDLL,
+    z: torch.Tensor,
+    divisor: torch.Tensor,
+    exact_zero: torch.Tensor | None,
+    sigma: torch.Tensor,
+    bias: torch.Tensor,
+    boxes: Sequence[MapBox] | None,
+) -> None:
+    """`add_reference_shares` with a loaded library."""
+    if boxes is not None and exact_zero is not None:
+        raise ValueError("boxes leave out values that count where the full copy is exactly 0")
+    copies, channels = z.shape[1], z.shape[2]
+    positions = z.dim() - 3
+    rows, columns = (1, z.shape[-1]) if positions == 1 else tuple(z.shape[-2:])
+    table = torch.tensor(
+        [(0, rows, 0, columns)] * copies if boxes is None else [_map_box(box) for box in boxes],
+        dtype=torch.int64,
+    )
+    divisor = _rows_contiguous(divisor.expand(1, 1, *z.shape[2:]))
+    if exact_zero is not None:
+        exact_zero = _rows_contiguous(exact_zero.to(z.dtype).expand_as(divisor))
+    sigma = sigma.to(torch.float64).reshape(-1).expand(channels).contiguous()
+    # one number per (copy, channel): drop the positions (size 1), broadcast the rest
+    bias = torch.broadcast_to(
+        bias.reshape(bias.shape[: max(0, bias.dim() - positions)]), (1, copies, channels)
+    )
+    row_stride = z.stride(3) if positions == 2 else 0
+    divisor_row_stride = divisor.stride(3) if positions == 2 else 0
+    scratch_size = 3 * math.ceil(rows * columns / LANES) * LANES  # a whole map, padded
+
+    def run(first: int, stop: int) -> None:
+        scratch = torch.empty(scratch_size, dtype=torch.float32)
+        loaded.ctc_reference_shares_f32(
+            z.data_ptr(), first, stop, channels, columns, z.stride(1), z.stride(2), row_stride,
+            table.data_ptr(),
+            divisor.data_ptr(), divisor.stride(2), divisor_row_stride,
+            None if exact_zero is None else exact_zero.data_ptr(),
+            sigma.data_ptr(),
+            bias.data_ptr(), bias.stride(1), bias.stride(2),
+            scratch.data_ptr(),
+        )  # fmt: skip
+
+    _in_threads(run, copies)
+
+
+def _map_box(box: MapBox) -> tuple[int, int, int, int]:
+    """A box as the kernel's row (empty boxes as ``(0, 0, 0, 0)``)."""
+    return (0, 0, 0, 0) if is_empty(box) else tuple(int(edge) for edge in box)
+
+
+def _rows_contiguous(values: torch.Tensor) -> torch.Tensor:
+    """``values`` with unit stride along its last dim and no broadcast (zero-stride) dims."""
+    if values.stride(-1) == 1 and 0 not in values.stride():
+        return values
+    return values.contiguous()
+
+
+_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _in_threads(run: Callable[[int, int], None], copies: int) -> None:
+    """``run(first, stop)`` over the copies, split over torch's intra-op threads.
+
+    The kernel releases the GIL (ctypes does), and each range writes its own copies.
+    """
+    threads = min(torch.get_num_threads(), copies)
+    if threads <= 1:
+        run(0, copies)
+        return
+    with _pools_lock:
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = _pools[threads] = concurrent.futures.ThreadPoolExecutor(threads - 1)
+    edges = [copies * part // threads for part in range(threads + 1)]
+    others = [pool.submit(run, edges[i], edges[i + 1]) for i in range(1, threads)]
+    run(edges[0], edges[1])
+    for other in others:
+        other.result()
+
+
+def _check_against_spec(loaded: ctypes.CDLL) -> None:
+    """Compare the kernel with the spec on a small block with boxes and exact zeros (raises)."""
+    from ctc_plugin.ctc.sharing import reference_shares, reference_spread  # noqa: PLC0415
+
+    generator = torch.Generator().manual_seed(0)
+    z_full = torch.randn(1, 1, 3, 5, 6, generator=generator)
+    z_full[0, 0, 1, 2, 3] = 0.0
+    z = torch.randn(1, 4, 3, 5, 6, generator=generator) * torch.rand(
+        1, 4, 1, 1, 1, generator=generator
+    )
+    z[..., :2, :] = 0.0
+    bias = torch.randn(1, 1, 3, 1, 1, generator=generator)
+    dims = (3, 4)
+    sigma = reference_spread(z_full, bias, dims)
+    expected = z + reference_shares(z, z_full, sigma, dims) * bias
+    divisor = torch.ceil(z_full * 10.0)
+    divisor = divisor.masked_fill(divisor == 0, math.inf)
+    got = z.clone()
+    _add_shares(loaded, got, divisor, (z_full == 0).float(), sigma, bias, None)
+    if not torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
+        difference = (got - expected).abs().max().item()
+        raise RuntimeError(
+            f"the compiled reference formula disagrees with the spec by {difference:.3g}"
+        )
+
+
+__all__ = [
+    "FLAGS",
+    "SOURCE",
+    "add_reference_shares",
+    "applicable",
+    "cache_directory",
+    "library",
+    "unavailable_reason",
+]
