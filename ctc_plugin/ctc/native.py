@@ -114,8 +114,8 @@ def _build() -> Path:
     directory = cache_directory()
     target = directory / f"reference_formula-{key}.so"
     if target.exists():
-        return target
-    directory.mkdir(parents=True, exist_ok=True)
+        return _trusted(target)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     descriptor, partial = tempfile.mkstemp(dir=directory, suffix=".so.partial")
     os.close(descriptor)
     try:
@@ -126,11 +126,30 @@ def _build() -> Path:
                 f"compiling the reference formula failed ({shlex.join(command)}): "
                 f"{done.stderr.strip()[-2000:]}"
             )
+        os.chmod(partial, 0o755)
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
     return target
+
+
+def _trusted(path: Path) -> Path:
+    """``path``, if only its owner, this user, can have written it (else raises ``RuntimeError``).
+
+    The library is loaded into the process: a file in a shared cache directory that another
+    user could have replaced is not.
+    """
+    status = path.stat()
+    if hasattr(os, "getuid") and status.st_uid != os.getuid():
+        raise RuntimeError(
+            f"{path} belongs to another user; set CTC_PLUGIN_CACHE to a directory of yours"
+        )
+    if status.st_mode & 0o022:
+        raise RuntimeError(
+            f"{path} is writable by others; set CTC_PLUGIN_CACHE to a directory of yours"
+        )
+    return path
 
 
 def _machine() -> str:
@@ -263,7 +282,9 @@ def _rows_contiguous(values: torch.Tensor) -> torch.Tensor:
     return values.contiguous()
 
 
-_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+#: Thread pools by (process id, threads): a pool's threads do not survive a fork, so a forked
+#: child makes its own.
+_pools: dict[tuple[int, int], concurrent.futures.ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
@@ -276,10 +297,11 @@ def _in_threads(run: Callable[[int, int], None], copies: int) -> None:
     if threads <= 1:
         run(0, copies)
         return
+    key = (os.getpid(), threads)
     with _pools_lock:
-        pool = _pools.get(threads)
+        pool = _pools.get(key)
         if pool is None:
-            pool = _pools[threads] = concurrent.futures.ThreadPoolExecutor(threads - 1)
+            pool = _pools[key] = concurrent.futures.ThreadPoolExecutor(threads - 1)
     edges = [copies * part // threads for part in range(threads + 1)]
     others = [pool.submit(run, edges[i], edges[i + 1]) for i in range(1, threads)]
     run(edges[0], edges[1])

@@ -276,3 +276,42 @@ def test_layers_the_kernel_does_not_take_go_to_torch():
     assert not native.applicable(z.transpose(3, 4), per_channel, (3, 4))  # columns strided
     assert not native.applicable(torch.zeros(2, 3, 4, 5, 5), per_channel, (3, 4))  # 2 examples
     assert native.applicable(torch.zeros(1, 3, 4, 7), torch.zeros(4, 1), (3,))  # 1-d maps
+
+
+def _shares_in_a_forked_child(arguments, queue):
+    z = arguments[0]
+    native.add_reference_shares(*arguments)
+    queue.put(z.tolist())  # plain data: a tensor would travel as shared memory
+
+
+@needs_kernel
+def test_a_forked_child_gets_threads_of_its_own():
+    """The parent's pool threads do not survive a fork; the child's call must not wait on them."""
+    multiprocessing = pytest.importorskip("multiprocessing")
+    context = multiprocessing.get_context("fork")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = _kernel_arguments()
+        native.add_reference_shares(*expected)  # the parent's pool exists now
+        arguments = _kernel_arguments()
+        queue = context.Queue()
+        child = context.Process(target=_shares_in_a_forked_child, args=(arguments, queue))
+        child.start()
+        result = queue.get(timeout=60)
+        child.join(timeout=60)
+    finally:
+        torch.set_num_threads(before)
+    assert child.exitcode == 0
+    assert torch.equal(torch.tensor(result), expected[0])
+
+
+@needs_kernel
+def test_a_cached_kernel_that_others_can_write_is_not_loaded(monkeypatch, tmp_path):
+    _fresh_state(monkeypatch, tmp_path)
+    assert native.library() is not None
+    (cached,) = (tmp_path / "cache").iterdir()
+    cached.chmod(0o777)
+    monkeypatch.setattr(native, "_state", {})  # a new process
+    assert native.library() is None
+    assert "writable by others" in native.unavailable_reason()
