@@ -107,10 +107,11 @@ class Speedups:
             4 MiB took 9 % longer for "reference" and 7 % for "proportional" on a 2 MiB-L2
             Xeon, ``python benchmarks/bench_sparse.py --repeats 3 --blocks``); ``None``: the
             whole layer in one block, as on other devices.
-        packed_boxes: With ``fused_sharing`` in ``"reference"`` mode on a CPU, compute the
-            formula only on the boxes around the copies' nonzero values where, packed in groups
-            of about one size (each at its largest box's size), they take at most this
-            fraction of a layer; 0 turns it off.
+        packed_boxes: With ``fused_sharing`` in ``"reference"`` mode on a CPU, where the
+            formula runs as torch's operations (not ``native_formula``), compute it only on the
+            boxes around the copies' nonzero values where, packed in groups of about one size
+            (each at its largest box's size), they take at most this fraction of a layer; 0
+            turns it off.
         proportional_rows: With ``fused_sharing`` and ``sparse_copies`` in ``"proportional"``
             mode on a CPU, compute the shares only on each copy's rows (outside them it is zero)
             where those take at most this fraction of the copies' rows; 0 turns it off. On

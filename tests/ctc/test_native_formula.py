@@ -315,3 +315,24 @@ def test_a_cached_kernel_that_others_can_write_is_not_loaded(monkeypatch, tmp_pa
     monkeypatch.setattr(native, "_state", {})  # a new process
     assert native.library() is None
     assert "writable by others" in native.unavailable_reason()
+
+
+@needs_kernel
+def test_arguments_the_kernel_cannot_take_are_refused_before_it_runs():
+    """The kernel reads and writes what it is told: wrong extents are errors, not overruns."""
+    z, divisor, _, sigma, bias = _kernel_arguments()
+    with pytest.raises(ValueError, match="leaves the 3 x 3 map"):
+        native.add_reference_shares(z, divisor, None, sigma, bias, [(0, 3, 0, 3), (0, 4, 0, 3)])
+    with pytest.raises(ValueError, match="1 boxes for 2 copies"):
+        native.add_reference_shares(z, divisor, None, sigma, bias, [(0, 3, 0, 3)])
+    with pytest.raises(ValueError, match="float32 CPU copies"):
+        native.add_reference_shares(z.double(), divisor, None, sigma, bias.double())
+    with pytest.raises(ValueError, match="exactly 0"):
+        native.add_reference_shares(z, divisor, divisor == 0, sigma, bias, [(0, 3, 0, 3)] * 2)
+    with pytest.raises(RuntimeError):  # a divisor or spread of another size: torch's error
+        native.add_reference_shares(z, divisor[:, :, :1, :2], None, sigma, bias)
+    z_before = z.clone()
+    native.add_reference_shares(z, divisor.double(), None, sigma, bias)  # converted
+    expected = z_before.clone()
+    native.add_reference_shares(expected, divisor, None, sigma, bias)
+    assert torch.equal(z, expected)
