@@ -9,8 +9,9 @@ ResNet-50 pass, where the values come from memory (design notes, "A tenth round"
 
 The source is compiled on first use with the system's C compiler (``$CC``, else ``cc``) into
 a cache directory (``$CTC_PLUGIN_CACHE``, else ``$XDG_CACHE_HOME/ctc-plugin``, else
-``~/.cache/ctc-plugin``), once per machine, and checked against the spec on a small block
-before it is used. It needs glibc 2.35 or later (its ``libmvec`` gives the vector ``log10f``
+``~/.cache/ctc-plugin``, a directory only this user can write into), once per machine, with
+the SHA-256 of the library beside it, and checked against the spec on a small block before it
+is used; a cached library that is damaged, fails to load or disagrees is compiled again. It needs glibc 2.35 or later (its ``libmvec`` gives the vector ``log10f``
 and ``exp2f``). Where it cannot be built or loaded, or disagrees with the spec, the fused torch
 implementation runs instead (with the same results up to float rounding), and
 [`unavailable_reason`][ctc_plugin.ctc.native.unavailable_reason] says why.
@@ -64,10 +65,9 @@ def library() -> ctypes.CDLL | None:
     with _lock:
         if "library" not in _state:
             try:
-                loaded = _load(_build())
-                _check_against_spec(loaded)
-            except (AttributeError, OSError, RuntimeError, subprocess.SubprocessError) as error:
-                _state["library"], _state["reason"] = None, str(error)
+                loaded = _built_and_checked()
+            except Exception as error:  # any failure of this optional path: torch's operations
+                _state["library"], _state["reason"] = None, _described(error)
             else:
                 _state["library"], _state["reason"] = loaded, None
         return _state["library"]  # type: ignore[return-value]
@@ -80,77 +80,149 @@ def unavailable_reason() -> str | None:
 
 
 def cache_directory() -> Path:
-    """Where compiled kernels are kept between processes."""
+    """Where compiled kernels are kept between processes (an absolute path)."""
     configured = os.environ.get("CTC_PLUGIN_CACHE")
     if configured:
-        return Path(configured)
+        return Path(configured).expanduser().absolute()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ctc-plugin"
+    return (Path(base) / "ctc-plugin").absolute()
+
+
+def _described(error: Exception) -> str:
+    """An error as the reason `unavailable_reason` gives."""
+    return str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
+
+
+def _built_and_checked() -> ctypes.CDLL:
+    """The kernel from the cache, or compiled into it, loaded and checked against the spec.
+
+    A cached library that is damaged (its recorded hash differs), fails to load or disagrees
+    with the spec is compiled again; a freshly compiled one that disagrees is removed and the
+    error raised.
+    """
+    compiler = _compiler()
+    target = _cache_directory_of_this_user() / f"reference_formula-{_key(compiler)}.so"
+    if _intact(target):
+        try:
+            loaded = _load(target)
+            _check_against_spec(loaded)
+            return loaded
+        except (AttributeError, OSError, RuntimeError):
+            _remove(target)
+    _compile(compiler, target)
+    try:
+        loaded = _load(target)
+        _check_against_spec(loaded)
+    except (AttributeError, OSError, RuntimeError):
+        _remove(target)
+        raise
+    return loaded
 
 
 def _compiler() -> list[str]:
     """The C compiler's command (``$CC``, else ``cc``)."""
-    return shlex.split(os.environ.get("CC") or "cc")
+    command = os.environ.get("CC") or "cc"
+    try:
+        return shlex.split(command)
+    except ValueError as error:
+        raise RuntimeError(f"$CC cannot be read as a command ({command!r}): {error}") from error
 
 
-def _build() -> Path:
-    """The shared library for this source, compiler and machine, compiled when not cached.
+def _key(compiler: list[str]) -> str:
+    """A hash of what the library depends on.
 
-    Compiled into a temporary file next to its final name and moved there in one step, so that
-    processes building at the same time never load a half-written file.
+    The source, the compiler's command and version, the flags and the machine.
     """
-    compiler = _compiler()
     try:
         version = subprocess.run(
-            [*compiler, "--version"], capture_output=True, text=True, timeout=60, check=True
+            [*compiler, "--version"], capture_output=True, timeout=60, check=True
         ).stdout
     except (OSError, subprocess.SubprocessError) as error:
         raise RuntimeError(f"no C compiler ({shlex.join(compiler)}): {error}") from error
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(
-        b"\0".join(
-            [source, version.encode(), " ".join(FLAGS + LIBRARIES).encode(), _machine().encode()]
-        )
-    ).hexdigest()[:16]
+    parts = [SOURCE.read_bytes(), shlex.join(compiler).encode(), version]
+    parts += [" ".join(FLAGS + LIBRARIES).encode(), _machine().encode()]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+def _cache_directory_of_this_user() -> Path:
+    """`cache_directory`, created if needed; raises unless only this user can write into it.
+
+    The library is loaded into the process, so nobody else may be able to put a file there.
+    """
     directory = cache_directory()
-    target = directory / f"reference_formula-{key}.so"
-    if target.exists():
-        return _trusted(target)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    descriptor, partial = tempfile.mkstemp(dir=directory, suffix=".so.partial")
+    advice = "set CTC_PLUGIN_CACHE to a directory of yours"
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        status = directory.stat()
+    except OSError as error:
+        raise RuntimeError(
+            f"the cache directory {directory} cannot be used ({error}); {advice}"
+        ) from error
+    if hasattr(os, "getuid") and status.st_uid != os.getuid():
+        raise RuntimeError(f"the cache directory {directory} belongs to another user; {advice}")
+    if status.st_mode & 0o022:
+        raise RuntimeError(f"the cache directory {directory} is writable by others; {advice}")
+    return directory
+
+
+def _hash_file(library_path: Path) -> Path:
+    """Where the SHA-256 of a compiled library is recorded."""
+    return library_path.with_name(library_path.name + ".sha256")
+
+
+def _intact(target: Path) -> bool:
+    """Whether ``target`` exists and holds the bytes recorded when it was compiled."""
+    try:
+        recorded = _hash_file(target).read_text().strip()
+        return hashlib.sha256(target.read_bytes()).hexdigest() == recorded
+    except OSError:
+        return False
+
+
+def _compile(compiler: list[str], target: Path) -> None:
+    """Compile the source into ``target``, then record its hash, each file in one step.
+
+    Compiled into a temporary file next to its final name, written to disk and moved there, so
+    that processes building at the same time, or after a crash, never load a partial file.
+    """
+    descriptor, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(descriptor)
     try:
         command = [*compiler, *FLAGS, "-o", partial, str(SOURCE), *LIBRARIES]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
+        done = subprocess.run(command, capture_output=True, timeout=300)
+        if done.returncode != 0 or os.path.getsize(partial) == 0:
+            errors = done.stderr.decode(errors="replace").strip()[-2000:] or "no output file"
             raise RuntimeError(
-                f"compiling the reference formula failed ({shlex.join(command)}): "
-                f"{done.stderr.strip()[-2000:]}"
+                f"compiling the reference formula failed ({shlex.join(command)}): {errors}"
             )
         os.chmod(partial, 0o755)
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())
+            digest = hashlib.sha256(written.read()).hexdigest()
         os.replace(partial, target)
+        _write_atomically(_hash_file(target), digest)
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
-    return target
 
 
-def _trusted(path: Path) -> Path:
-    """``path``, if only its owner, this user, can have written it (else raises ``RuntimeError``).
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    descriptor, partial = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, path)
 
-    The library is loaded into the process: a file in a shared cache directory that another
-    user could have replaced is not.
-    """
-    status = path.stat()
-    if hasattr(os, "getuid") and status.st_uid != os.getuid():
-        raise RuntimeError(
-            f"{path} belongs to another user; set CTC_PLUGIN_CACHE to a directory of yours"
-        )
-    if status.st_mode & 0o022:
-        raise RuntimeError(
-            f"{path} is writable by others; set CTC_PLUGIN_CACHE to a directory of yours"
-        )
-    return path
+
+def _remove(target: Path) -> None:
+    """Remove a cached library and its hash (what is not there is fine)."""
+    for path in (target, _hash_file(target)):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _machine() -> str:
@@ -253,16 +325,21 @@ def _add_shares(
         table = torch.tensor([(0, rows, 0, columns)] * copies, dtype=torch.int64)
     else:
         table = _box_table(boxes, copies, rows, columns)
-    divisor = _rows_contiguous(divisor.to(z.dtype).expand(1, 1, *z.shape[2:]))
+    others = [divisor, sigma, bias] + ([] if exact_zero is None else [exact_zero])
+    if any(tensor.device.type != "cpu" for tensor in others):
+        raise ValueError("the divisor, spread, bias and exact zeros must be on the CPU, as z is")
+    # one layout for the divisor and the exact zeros: the kernel reads both with one set of
+    # strides
+    divisor = divisor.to(z.dtype).expand(1, 1, *z.shape[2:]).contiguous()
     if exact_zero is not None:
-        exact_zero = _rows_contiguous(exact_zero.to(z.dtype).expand_as(divisor))
+        exact_zero = exact_zero.to(z.dtype).expand_as(divisor).contiguous()
     sigma = sigma.to(torch.float64).reshape(-1).expand(channels).contiguous()
     # one number per (copy, channel): drop the positions (size 1), broadcast the rest
     bias = torch.broadcast_to(
         bias.reshape(bias.shape[: max(0, bias.dim() - positions)]), (1, copies, channels)
     )
     row_stride = z.stride(3) if positions == 2 else 0
-    divisor_row_stride = divisor.stride(3) if positions == 2 else 0
+    divisor_row_stride = columns if positions == 2 else 0
     scratch_size = 3 * math.ceil(rows * columns / LANES) * LANES  # a whole map, padded
 
     def run(first: int, stop: int) -> None:
@@ -291,17 +368,24 @@ def _box_table(boxes: Sequence[MapBox], copies: int, rows: int, columns: int) ->
     return torch.tensor(table, dtype=torch.int64).reshape(copies, 4)
 
 
-def _rows_contiguous(values: torch.Tensor) -> torch.Tensor:
-    """``values`` with unit stride along its last dim and no broadcast (zero-stride) dims."""
-    if values.stride(-1) == 1 and 0 not in values.stride():
-        return values
-    return values.contiguous()
-
-
-#: Thread pools by (process id, threads): a pool's threads do not survive a fork, so a forked
-#: child makes its own.
-_pools: dict[tuple[int, int], concurrent.futures.ThreadPoolExecutor] = {}
+#: Thread pools by thread count (a forked child starts without any, see `_after_fork`).
+_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
+
+
+def _after_fork() -> None:
+    """Reset what a forked child inherits but cannot use.
+
+    Fresh locks (another thread may have held one at the fork) and no pools (their threads did
+    not survive it).
+    """
+    global _lock, _pools_lock
+    _lock, _pools_lock = threading.Lock(), threading.Lock()
+    _pools.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _in_threads(run: Callable[[int, int], None], copies: int) -> None:
@@ -313,11 +397,10 @@ def _in_threads(run: Callable[[int, int], None], copies: int) -> None:
     if threads <= 1:
         run(0, copies)
         return
-    key = (os.getpid(), threads)
     with _pools_lock:
-        pool = _pools.get(key)
+        pool = _pools.get(threads)
         if pool is None:
-            pool = _pools[key] = concurrent.futures.ThreadPoolExecutor(threads - 1)
+            pool = _pools[threads] = concurrent.futures.ThreadPoolExecutor(threads - 1)
     edges = [copies * part // threads for part in range(threads + 1)]
     others = [pool.submit(run, edges[i], edges[i + 1]) for i in range(1, threads)]
     run(edges[0], edges[1])

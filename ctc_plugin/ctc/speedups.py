@@ -654,7 +654,8 @@ class FusedReferenceSharing:
         """
         dims = statistic_dims(bias, z.dim())
         blockwise = self.block_elements is not None and z.device.type == "cpu"
-        if blockwise:
+        # the compiled formula takes one example at a time, with or without blocks
+        if blockwise or (self.native is not False and z.device.type == "cpu"):
             groups = [(z[n : n + 1], _example_part(bias, z, n)) for n in range(z.shape[0])]
         else:  # one block: the statistics are per example and copy anyway
             groups = [(z, bias)]

@@ -247,8 +247,9 @@ def test_the_kernel_is_compiled_once_per_machine_and_then_loaded(monkeypatch, tm
     assert native.library() is not None
     compiled = [line for line in log.read_text().splitlines() if "-shared" in line]
     assert len(compiled) == 1
-    cached = [path.name for path in (tmp_path / "cache").iterdir()]
-    assert len(cached) == 1 and cached[0].startswith("reference_formula-")  # no partial file
+    cached = sorted(path.name for path in (tmp_path / "cache").iterdir())
+    assert len(cached) == 2 and cached[1] == cached[0] + ".sha256"  # no partial file
+    assert cached[0].startswith("reference_formula-") and cached[0].endswith(".so")
     monkeypatch.setattr(native, "_state", {})  # a new process, the same machine
     assert native.library() is not None
     assert len([line for line in log.read_text().splitlines() if "-shared" in line]) == 1
@@ -264,6 +265,7 @@ def test_a_kernel_that_disagrees_with_the_spec_is_not_used(monkeypatch, tmp_path
     monkeypatch.setattr(native, "SOURCE", wrong)
     assert native.library() is None
     assert "disagrees with the spec" in native.unavailable_reason()
+    assert list((tmp_path / "cache").iterdir()) == []  # not kept for the next process
 
 
 def test_layers_the_kernel_does_not_take_go_to_torch():
@@ -306,15 +308,77 @@ def test_a_forked_child_gets_threads_of_its_own():
     assert torch.equal(torch.tensor(result), expected[0])
 
 
+def test_a_cache_directory_others_can_write_is_not_used(monkeypatch, tmp_path):
+    _fresh_state(monkeypatch, tmp_path)
+    (tmp_path / "cache").mkdir(mode=0o777)
+    (tmp_path / "cache").chmod(0o777)  # past the umask
+    assert native.library() is None
+    assert "is writable by others; set CTC_PLUGIN_CACHE" in native.unavailable_reason()
+
+
 @needs_kernel
-def test_a_cached_kernel_that_others_can_write_is_not_loaded(monkeypatch, tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "empty", "hash missing"])
+def test_a_damaged_cached_kernel_is_compiled_again(monkeypatch, tmp_path, damage):
     _fresh_state(monkeypatch, tmp_path)
     assert native.library() is not None
-    (cached,) = (tmp_path / "cache").iterdir()
-    cached.chmod(0o777)
+    (library,) = (tmp_path / "cache").glob("*.so")
+    whole = library.read_bytes()
+    if damage == "hash missing":
+        native._hash_file(library).unlink()
+    else:  # a new file in its place (this process has the old one mapped): loading a truncated
+        # library could kill the process
+        damaged = tmp_path / "damaged.so"
+        damaged.write_bytes(whole[:4096] if damage == "truncated" else b"")
+        os.replace(damaged, library)
     monkeypatch.setattr(native, "_state", {})  # a new process
+    assert native.library() is not None
+    assert library.read_bytes() == whole
+
+
+def test_a_compiler_command_with_options_is_its_own_cache_entry(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "cc")
+    plain = native._key(["cc"])
+    assert native._key(["cc", "-ffast-math"]) != plain
+
+
+@pytest.mark.parametrize(
+    ("compiler", "reason"),
+    [('gcc "', "$CC cannot be read as a command"), ("true", "compiling the reference formula")],
+)
+def test_a_compiler_that_cannot_run_or_writes_nothing_falls_back(
+    monkeypatch, tmp_path, compiler, reason
+):
+    _fresh_state(monkeypatch, tmp_path)
+    monkeypatch.setenv("CC", compiler)
     assert native.library() is None
-    assert "writable by others" in native.unavailable_reason()
+    assert reason in native.unavailable_reason()
+    model = _cnn()
+    ctc = CTC(model, bias_sharing="reference")
+    mask = (torch.arange(16) // 8).view(-1, 1) * 2 + (torch.arange(16) // 8).view(1, -1)
+    ctc.attribute(torch.rand(1, 3, 16, 16), target=0, feature_mask=mask)  # torch's formula
+    assert not list((tmp_path / "cache").glob("*.so"))
+
+
+def _state_in_a_child(queue):
+    queue.put(native.unavailable_reason() is None or native.unavailable_reason())
+
+
+def test_a_child_forked_while_another_thread_builds_does_not_wait_forever(monkeypatch, tmp_path):
+    """The lock held by a thread at the fork is the child's no more."""
+    multiprocessing = pytest.importorskip("multiprocessing")
+    _fresh_state(monkeypatch, tmp_path)
+    holding = native._lock
+    holding.acquire()  # another thread is building
+    try:
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_state_in_a_child, args=(queue,))
+        child.start()
+        answer = queue.get(timeout=60)
+        child.join(timeout=60)
+    finally:
+        holding.release()
+    assert child.exitcode == 0 and answer is not None
 
 
 @needs_kernel
@@ -336,3 +400,46 @@ def test_arguments_the_kernel_cannot_take_are_refused_before_it_runs():
     expected = z_before.clone()
     native.add_reference_shares(expected, divisor, None, sigma, bias)
     assert torch.equal(z, expected)
+
+
+@needs_kernel
+def test_one_block_per_layer_still_takes_the_kernel_one_example_at_a_time():
+    model, x = _cnn(), torch.rand(3, 3, 16, 16)
+    mask = (torch.arange(16) // 8).view(-1, 1) * 2 + (torch.arange(16) // 8).view(1, -1)
+    calls = []
+    original = native.add_reference_shares
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return original(*args, **kwargs)
+
+    ctc, spec = CTC(model, bias_sharing="reference"), CTC(model, bias_sharing="reference")
+    ctc._speedups = dataclasses.replace(DEFAULT, block_elements=None, copies_per_pass=None)
+    spec._speedups = SPEC
+    native.add_reference_shares = counted
+    try:
+        actual = ctc.attribute(x, target=0, feature_mask=mask)
+    finally:
+        native.add_reference_shares = original
+    assert calls and set(calls) == {1}
+    _assert_close(actual, spec.attribute(x, target=0, feature_mask=mask), 1e-5)
+
+
+@needs_kernel
+def test_tensors_on_another_device_are_refused_before_the_kernel_reads_them():
+    z, divisor, _, sigma, bias = _kernel_arguments()
+    with pytest.raises(ValueError, match="must be on the CPU"):
+        native.add_reference_shares(z, divisor.to("meta"), None, sigma, bias)
+    with pytest.raises(ValueError, match="must be on the CPU"):
+        native.add_reference_shares(z, divisor, None, sigma, bias.to("meta"))
+
+
+@needs_kernel
+def test_exact_zeros_and_divisor_given_in_different_layouts():
+    """The kernel reads both with one set of strides: a strided divisor view is made contiguous."""
+    z, z_full, bias = _layer(4, 3, (6, 6), seed=11, exact_zeros=True)
+    expected, sigma = _spec(z, z_full, bias)
+    wide = torch.full((1, 1, 3, 6, 10), math.inf)
+    wide[..., :6] = _divisor(z_full)
+    native.add_reference_shares(z, wide[..., :6], (z_full == 0).float(), sigma, bias)
+    _assert_close(z, expected)
