@@ -1,19 +1,23 @@
 """The ``"reference"`` formula compiled for the CPU: one loop nest per copy and channel.
 
 Torch computes the formula of [`share_factors`][ctc_plugin.ctc.speedups.share_factors] as some
-twenty elementwise passes, each a trip through memory (about 6 ns a value on the Intel Xeon these
+twenty elementwise passes over cache-sized blocks (about 6 ns a value on the Intel Xeon these
 numbers come from). The C loop in ``reference_formula.c`` does the same float32 arithmetic on
 one (copy, channel) group at a time inside the L1 cache, reading each value once, and works on
 each copy's box in place (no packing): 1.5 ns a value on 14x14 maps in the cache, 2.7 in a
-ResNet-50 pass, where the values come from memory (design notes, "A tenth round").
+ResNet-50 pass, where the values come from memory (design notes, "A tenth round"). It takes the
+layers whose bias is one number per channel (convolutions and their BatchNorm); the others
+(linear layers, transformer tokens) keep torch's operations.
 
-The source is compiled on first use with the system's C compiler (``$CC``, else ``cc``) into
-a cache directory (``$CTC_PLUGIN_CACHE``, else ``$XDG_CACHE_HOME/ctc-plugin``, else
-``~/.cache/ctc-plugin``, a directory only this user can write into), once per machine, with
-the SHA-256 of the library beside it, and checked against the spec on a small block before it
-is used; a cached library that is damaged, fails to load or disagrees is compiled again. It needs glibc 2.35 or later (its ``libmvec`` gives the vector ``log10f``
-and ``exp2f``). Where it cannot be built or loaded, or disagrees with the spec, the fused torch
-implementation runs instead (with the same results up to float rounding), and
+The source is compiled on first use with the system's C compiler (``$CC``, else ``cc``) into a
+cache directory (``$CTC_PLUGIN_CACHE``, else ``$XDG_CACHE_HOME/ctc-plugin``, else
+``~/.cache/ctc-plugin``; a directory only this user can write into), once per user, compiler
+command and machine, with the library's SHA-256 beside it, and checked against the spec on two
+small blocks before it is used; a cached library that is damaged, fails to load or disagrees
+is compiled again. It needs x86-64 Linux with glibc 2.35 or later (its ``libmvec`` gives the
+vector ``log10f`` and ``exp2f``). Where it cannot be built or loaded, or disagrees with the
+spec, the fused torch implementation runs instead (the same formula, whose float32 roundings
+``"reference"``'s quantisation can magnify), and
 [`unavailable_reason`][ctc_plugin.ctc.native.unavailable_reason] says why.
 """
 
@@ -409,29 +413,41 @@ def _in_threads(run: Callable[[int, int], None], copies: int) -> None:
 
 
 def _check_against_spec(loaded: ctypes.CDLL) -> None:
-    """Compare the kernel with the spec on a small block with boxes and exact zeros (raises)."""
+    """Compare the kernel with the spec on two small blocks (raises on a difference).
+
+    Whole maps with exact zeros of the full copy, then boxes: a narrow one (gathered row by
+    row), a wide one (whole rows) and an empty one.
+    """
     from ctc_plugin.ctc.sharing import reference_shares, reference_spread  # noqa: PLC0415
 
     generator = torch.Generator().manual_seed(0)
     z_full = torch.randn(1, 1, 3, 5, 6, generator=generator)
-    z_full[0, 0, 1, 2, 3] = 0.0
-    z = torch.randn(1, 4, 3, 5, 6, generator=generator) * torch.rand(
-        1, 4, 1, 1, 1, generator=generator
-    )
-    z[..., :2, :] = 0.0
+    scale = torch.rand(1, 4, 1, 1, 1, generator=generator)
+    z = torch.randn(1, 4, 3, 5, 6, generator=generator) * scale
     bias = torch.randn(1, 1, 3, 1, 1, generator=generator)
-    dims = (3, 4)
-    sigma = reference_spread(z_full, bias, dims)
-    expected = z + reference_shares(z, z_full, sigma, dims) * bias
-    divisor = torch.ceil(z_full * 10.0)
-    divisor = divisor.masked_fill(divisor == 0, math.inf)
-    got = z.clone()
-    _add_shares(loaded, got, divisor, (z_full == 0).float(), sigma, bias, None)
-    if not torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
-        difference = (got - expected).abs().max().item()
-        raise RuntimeError(
-            f"the compiled reference formula disagrees with the spec by {difference:.3g}"
-        )
+    boxes = [(0, 5, 0, 6), (1, 4, 2, 3), (2, 5, 1, 6), (0, 0, 0, 0)]
+    boxed = torch.zeros_like(z)
+    for copy, (r0, r1, c0, c1) in enumerate(boxes):
+        boxed[:, copy, :, r0:r1, c0:c1] = z[:, copy, :, r0:r1, c0:c1]
+    with_zeros = z_full.clone()
+    with_zeros[0, 0, 1, 2, 3] = 0.0
+    z[..., :2, :] = 0.0
+    for values, full, exact_zeros, kernel_boxes in (
+        (z, with_zeros, True, None),
+        (boxed, z_full, False, boxes),
+    ):
+        sigma = reference_spread(full, bias, (3, 4))
+        expected = values + reference_shares(values, full, sigma, (3, 4)) * bias
+        divisor = torch.ceil(full * 10.0)
+        divisor = divisor.masked_fill(divisor == 0, math.inf)
+        zeros = (full == 0).float() if exact_zeros else None
+        got = values.clone()
+        _add_shares(loaded, got, divisor, zeros, sigma, bias, kernel_boxes)
+        if not torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
+            difference = (got - expected).abs().max().item()
+            raise RuntimeError(
+                f"the compiled reference formula disagrees with the spec by {difference:.3g}"
+            )
 
 
 __all__ = [
