@@ -14,6 +14,7 @@ Run: ``nice python docs/scripts/make_ctc_time_figure.py``.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import statistics
 import time
@@ -85,6 +86,7 @@ def measure(runs: dict, model, size: int, features: int) -> dict[str, float]:
 
 def main() -> None:
     """Measure every point, draw the figure and print the times."""
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
