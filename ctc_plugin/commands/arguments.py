@@ -2,7 +2,8 @@
 
 Also the option groups several commands share word for word: the image preprocessing
 (`add_preprocessing_options`: ``--resize``, ``--crop``, ``--mean``, ``--std`` of ``explain``,
-``demo`` and ``explain-dataset``).
+``demo`` and ``explain-dataset``); and the one check that an output does not name one of the
+command's input files (`check_outputs_spare_inputs`).
 
 Each is an argparse ``type``: it turns the option's text into a value or raises
 ``argparse.ArgumentTypeError``, which argparse reports as one line,
@@ -19,7 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 #: Largest seed: every random generator the commands seed (torch, NumPy) takes 32 bits.
@@ -229,6 +230,41 @@ def _check_parent(path: Path, text: str) -> None:
                 f"cannot create {text}: no permission to write into {ancestor}"
             )
         return
+
+
+def same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file: the same resolved path, or one file through links."""
+    if first.resolve() == second.resolve():
+        return True
+    return first.exists() and second.exists() and os.path.samefile(first, second)
+
+
+def check_outputs_spare_inputs(
+    flag: str, out: Path, what: str, inputs: Iterable[tuple[str, Path | None]]
+) -> None:
+    """Refuse an output path that names the same file as one of the command's inputs.
+
+    Writing ``out`` would replace that input (a link or another spelling of its path counts as
+    the same file). Called before anything is loaded, so a refused command changes nothing.
+
+    Args:
+        flag: The output's option (``--out``, ``--checkpoint``).
+        out: The output path, as given or derived.
+        what: What is written there, for the message (``the figure``, ``the explainer``).
+        inputs: ``(name, path)`` of each input (an option, or ``IMAGE``); ``None`` when not given.
+
+    Raises:
+        CLIError: Naming both, and which option to change.
+    """
+    from ctc_plugin.commands import CLIError
+
+    for name, path in inputs:
+        if path is not None and same_file(out, path):
+            spelled = "" if out == path else f" (as {out})"
+            raise CLIError(
+                f"argument {flag}: {name} and {flag} both name {path}{spelled}: {what} would "
+                f"replace it; give another {flag}"
+            )
 
 
 def checked(flag: str, check: Callable[[str], Path], text: str) -> Path:

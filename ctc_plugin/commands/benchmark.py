@@ -48,7 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "variants on a Ray cluster.",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a small run (one model, a few images; minutes)"
+        "--quick",
+        action="store_true",
+        help="a small run: the resnet family on both splits (two models), 6 images each, "
+        "fewer samples and steps; minutes",
     )
     parser.add_argument(
         "--out", type=output_folder, default=DEFAULT_OUT, help=f"output folder ({DEFAULT_OUT})"

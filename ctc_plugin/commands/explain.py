@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ctc_plugin.commands import CLIError
 from ctc_plugin.commands.arguments import (
     add_preprocessing_options,
+    check_outputs_spare_inputs,
     input_file,
     output_file,
     positive_int,
@@ -52,6 +53,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.images import ImagePreprocessing, PreparedImage
 
 SEGMENTERS = ("superpixel", "grid", "sam")
+#: ``--sam-model-type``: the architectures the SAM adapter builds
+#: ([`SAM_MODEL_TYPES`][ctc_plugin.adapters.sam.SAM_MODEL_TYPES], not imported here: it imports
+#: torch and segment-anything).
+SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "default", "tiny")
 #: Figure files ``--out`` writes, in the format its suffix names (matplotlib writes each).
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 #: Device types ``--device`` takes: the ones the methods are written and tested for.
@@ -204,8 +209,11 @@ def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sam-model-type",
+        choices=SAM_MODEL_TYPES,
         default="vit_b",
-        help="architecture of the SAM checkpoint: vit_b, vit_l, vit_h",
+        help=f"architecture of the --sam-checkpoint, one of {', '.join(SAM_MODEL_TYPES)} "
+        "(default: vit_b; 'default' is segment-anything's name for vit_h, 'tiny' a small "
+        "test architecture)",
     )
 
 
@@ -452,7 +460,7 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
 
     args.methods = list(dict.fromkeys(args.methods))  # each once, in the order given
     paths = list(args.images) or [_sample_path(getattr(args, "split", "shapes"), "image")]
-    check_outputs_spare_inputs(paths, args.out)
+    check_outputs_spare_inputs("--out", args.out, "the figure", [("IMAGE", p) for p in paths])
     sam_checkpoint_option(args)
     device = resolve_device(args.device)
     loaded = load_model(args.model, args.weights)
@@ -521,22 +529,6 @@ def _segmented(segmenter: Any, item: Explained, args: argparse.Namespace) -> tor
             f"--segments {args.segments}: {item.path}: {error}; give at most --segments "
             f"{side * side} (a {side}x{side} grid) for this image, or a larger --resize"
         ) from error
-
-
-def check_outputs_spare_inputs(paths: list[Path], out: Path) -> None:
-    """Refuse an ``--out`` that is one of the images to explain (the figure would replace it).
-
-    Raises:
-        CLIError: Naming the image and what to do.
-    """
-    import os
-
-    for path in paths:
-        if out.exists() and os.path.samefile(out, path):
-            raise CLIError(
-                f"argument --out: {out} is the image {path} to explain; the figure would "
-                "replace it: give another --out"
-            )
 
 
 def _classified(
@@ -834,20 +826,47 @@ def run_demo(args: argparse.Namespace) -> int:
     Raises:
         CLIError: For a zoo ``--model`` trained on another split than ``--split``'s sample.
     """
+    args.model, args.split = model_for_split(args.model, args.split, _split_option)
+    return explain(args, evidence_path=_sample_path(args.split, "evidence"))
+
+
+def _split_option(split: str) -> str:
+    """The option of ``demo`` that chooses ``split``."""
+    return f"--split {split}"
+
+
+def model_for_split(
+    model: str, split: str | None, chooses: Callable[[str], str]
+) -> tuple[str, str]:
+    """The ``--model`` and the bundled split it explains, each following the other.
+
+    A zoo model named with its split (``resnet-composite``) gives the split where none is
+    chosen; a zoo family (``resnet``) takes the chosen split's weights (``resnet-composite`` on
+    ``composite``); any other model is kept as given. The one rule of ``demo`` and of
+    ``explain-dataset`` on the bundled images.
+
+    Args:
+        model: ``--model`` as given.
+        split: The split chosen, or ``None`` (then the model's, else ``shapes``).
+        chooses: The words that choose a split on this command (``--split composite``,
+            ``SOURCE shapes:composite``), for the message.
+
+    Raises:
+        CLIError: For a zoo model trained on another split than the one chosen.
+    """
     from ctc_plugin.datasets.splits import SPLITS
     from ctc_plugin.zoo.settings import FAMILIES
 
-    family, _, named = args.model.partition("-")
-    if ":" in args.model or family not in FAMILIES or named not in SPLITS:
-        args.split = args.split or "shapes"
-    elif args.split is None:
-        args.split = named
-    elif args.split != named:
+    family, _, named = model.partition("-")
+    if ":" in model or family not in FAMILIES or named not in SPLITS:
+        split = split or "shapes"
+    elif split is None:
+        split = named
+    elif split != named:
         raise CLIError(
-            f"--model {args.model} is trained on the {named} split, but --split {args.split} "
-            f"explains the {args.split} sample and its evidence: give --model {family} (with "
-            f"--split {args.split}) or --split {named}"
+            f"--model {model} is trained on the {named} split, but {chooses(split)} explains "
+            f"{split} images: give --model {family} (with {chooses(split)}) or {chooses(named)}"
         )
-    if args.split == "composite" and args.model in FAMILIES:  # a zoo family: its composite weights
-        args.model = f"{args.model}-composite"
-    return explain(args, evidence_path=_sample_path(args.split, "evidence"))
+    if split == "composite" and model in FAMILIES:  # a zoo family: its composite weights
+        model = f"{model}-composite"
+    return model, split

@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import shlex
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctc_plugin.commands import add_threads_option, torch_threads
 from ctc_plugin.commands.arguments import (
+    check_outputs_spare_inputs,
     checked,
     finite_float,
     fraction,
@@ -317,18 +319,20 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.two_object_fraction > 0 and args.split != "shapes":
         raise ValueError("--two-object-fraction composes shapes images: use it with --split shapes")
-    out = args.out or checked("--out", output_file, f"explainer-{args.model}-{args.split}.pt")
-    checkpoint = args.checkpoint or checked("--checkpoint", output_file, f"{out}.ckpt")
-    for flag, path in (("--checkpoint", checkpoint), ("--resume", args.resume)):
-        if path is not None and path.resolve() == out.resolve():
-            raise ValueError(
-                f"{flag} and --out both name {out}: the explainer would replace the "
-                f"checkpoint that --resume continues from; give another {flag} or --out"
-            )
+    out, checkpoint = _train_outputs(args)
     classifier = zoo.load(args.model, args.split, weights=args.weights)
     progress = not args.no_progress
     train = ShapesDataset(args.split, size=args.train_size, seed=TRAIN_SEED)
     val = ShapesDataset(args.split, size=args.val_size, seed=VAL_SEED)
+    torch.manual_seed(args.seed)  # drawing the images below takes nothing from torch's generator
+    backbone_options = {}
+    if args.backbone == "classifier":
+        backbone_options = {"classifier": classifier, "head": zoo.HEADS[args.model]}
+    backbone = build_backbone(
+        args.backbone, train.num_classes, width=args.width, depth=args.depth, **backbone_options
+    )
+    explainer = Explainer(backbone, train.num_classes, input_scale=args.input_scale)
+    _check_image_size(explainer, train.image_size)
     train_images, train_labels = train.tensors(show_progress=progress)
     val_images, val_labels = val.tensors(show_progress=progress)
     count = round(args.two_object_fraction * args.train_size)
@@ -338,14 +342,6 @@ def _train(args: argparse.Namespace) -> int:
         one_hot = torch.nn.functional.one_hot
         train_labels = torch.cat([one_hot(train_labels, train.num_classes).float(), extra_labels])
         val_labels = one_hot(val_labels, train.num_classes).float()
-    torch.manual_seed(args.seed)
-    backbone_options = {}
-    if args.backbone == "classifier":
-        backbone_options = {"classifier": classifier, "head": zoo.HEADS[args.model]}
-    backbone = build_backbone(
-        args.backbone, train.num_classes, width=args.width, depth=args.depth, **backbone_options
-    )
-    explainer = Explainer(backbone, train.num_classes, input_scale=args.input_scale)
     hyperparameters = get_preset(args.preset).updated(
         lr=args.lr, **{name: getattr(args, name) for name in WEIGHTS}
     )
@@ -392,6 +388,45 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``--out`` and ``--checkpoint`` of ``explainer train``, defaults filled in and checked.
+
+    A default is checked as a given path is; either is refused where it names the same file as
+    the other output or an input (``--resume``, ``--weights``), before anything is loaded.
+    """
+    out = args.out or checked("--out", output_file, f"explainer-{args.model}-{args.split}.pt")
+    checkpoint = args.checkpoint or checked("--checkpoint", output_file, f"{out}.ckpt")
+    inputs = [("--resume", args.resume), ("--weights", args.weights)]
+    check_outputs_spare_inputs(
+        "--out", out, "the explainer", [("--checkpoint", checkpoint), *inputs]
+    )
+    # the checkpoint may be the one --resume names: it continues there
+    check_outputs_spare_inputs("--checkpoint", checkpoint, "the checkpoint", inputs[1:])
+    return out, checkpoint
+
+
+def _check_image_size(explainer: Explainer, size: int) -> None:
+    """Run the new ``explainer`` once on a blank ``size`` x ``size`` image, drawing no image.
+
+    An ``--input-scale`` or ``--depth`` that leaves its network too few pixels is refused at
+    once, with the network's own message, not after the training images are drawn. The
+    explainer runs in eval mode (no normalisation statistics change) and is left in the mode
+    it was in.
+
+    Raises:
+        ValueError: Naming the size the network got and what to change.
+    """
+    import torch
+
+    training = explainer.training
+    explainer.eval()
+    try:
+        with torch.no_grad():
+            explainer(torch.zeros(1, explainer.in_channels, size, size))
+    finally:
+        explainer.train(training)
+
+
 def run_gate(args: argparse.Namespace) -> int:
     """Build, save and report one gated explainer on ``--threads``; return the exit status."""
     with torch_threads(args.threads) as args.threads:
@@ -406,6 +441,10 @@ def _gate(args: argparse.Namespace) -> int:
     from ctc_plugin.explainer.network import Explainer
 
     _check_student_options(args)
+    out = args.out or checked("--out", output_file, f"explainer-{args.model}-{args.split}-gated.pt")
+    check_outputs_spare_inputs(
+        "--out", out, "the gated explainer", [("--mask-explainer", args.mask_explainer)]
+    )
     classifier = zoo.load(args.model, args.split)
     if args.mask_explainer is not None:
         default = Explainer.load(args.mask_explainer)
@@ -462,7 +501,6 @@ def _gate(args: argparse.Namespace) -> int:
     }
     if args.gate in STUDENT_GATES:
         metadata["threads"] = args.threads
-    out = args.out or checked("--out", output_file, f"explainer-{args.model}-{args.split}-gated.pt")
     gated.save(out, metadata)
     losses = f"; distillation loss {history[0]:.3f} -> {history[-1]:.3f}" if history else ""
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB){losses}")

@@ -7,6 +7,7 @@ import time
 
 from ctc_plugin.commands import add_threads_option, torch_threads
 from ctc_plugin.commands.arguments import (
+    checked,
     existing_folder,
     input_file,
     output_folder,
@@ -108,16 +109,16 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from ctc_plugin.resumable.atomic import remove_stale_temporaries, write_atomic
-    from ctc_plugin.weights import record_in_manifest
+    from ctc_plugin.weights import WEIGHTS_DIR, record_in_manifest
     from ctc_plugin.zoo import train_family, weights_path
     from ctc_plugin.zoo.training import evaluate, training_config
 
+    # the default folder is checked as a given --out is, before any training
+    folder = args.out or checked("--out", output_folder, str(WEIGHTS_DIR))
     for family in args.families:
         config = training_config(family, size=args.size, epochs=args.epochs, seed=args.seed)
-        out = weights_path(family, args.split)
-        if args.out is not None:
-            args.out.mkdir(parents=True, exist_ok=True)
-            out = args.out / out.name
+        folder.mkdir(parents=True, exist_ok=True)
+        out = folder / weights_path(family, args.split).name
         start = time.perf_counter()
         model = train_family(family, args.split, config)
         elapsed = time.perf_counter() - start

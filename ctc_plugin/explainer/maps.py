@@ -7,6 +7,9 @@ alone, so selecting maps before resizing gives the same values as resizing all o
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -23,10 +26,34 @@ def check_scale(name: str, value: float) -> float:
 
 
 def run_at_scale(network: nn.Module, images: Tensor, scale: float) -> Tensor:
-    """Run ``network`` on ``images`` resized bilinearly by ``scale`` (as they are at 1)."""
+    """Run ``network`` on ``images`` resized bilinearly by ``scale`` (as they are at 1).
+
+    Raises:
+        ValueError: If ``scale`` leaves a side of the images no pixel.
+    """
     if scale != 1.0:
+        check_scaled_size(images.shape[-2:], scale)
         images = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
     return network(images)
+
+
+def check_scaled_size(size: Sequence[int], scale: float) -> None:
+    """Refuse a ``scale`` that resizes images of ``size`` (``(H, W)``) to no pixel on a side.
+
+    Resizing by a factor rounds each side down (as ``F.interpolate`` does), so a side below
+    ``1 / scale`` pixels would become 0.
+
+    Raises:
+        ValueError: Naming both sizes.
+    """
+    height, width = (int(side) for side in size)
+    scaled = (math.floor(height * scale), math.floor(width * scale))
+    if min(scaled) < 1:
+        raise ValueError(
+            f"the explainer's input_scale {scale:g} resizes {height}x{width} images to "
+            f"{scaled[0]}x{scaled[1]} pixels, none left on a side: use larger images or a "
+            "larger input_scale"
+        )
 
 
 def select_maps(maps: Tensor, target: Tensor) -> Tensor:

@@ -474,14 +474,34 @@ def _check_resume(
     if stored is None:  # an older checkpoint: its settings are unknown
         return
     differ = [
-        f"{key}: {stored.get(key)!r} there, {value!r} now"
+        f"{key}: {stored[key]!r} there, {value!r} now"
         for key, value in settings.items()
-        if stored.get(key) != value and not (key == "seed" and value is None)
+        if key in stored  # older checkpoints lack some (input_scale): unknown, not checked
+        and stored[key] != value
+        and not (key == "seed" and value is None)
     ]  # the seed only starts a run: a resume may leave it out (the checkpoint holds the RNG)
     if differ:
         raise ValueError(
             f"checkpoint {str(resume)!r} was trained with other settings ({'; '.join(differ)}); "
             "resume with the same settings, or train afresh without resume"
+        )
+
+
+def _check_resumed_epochs(state: dict[str, Any], epochs: int, resume: str | Path) -> None:
+    """Refuse to resume with fewer ``epochs`` than the checkpoint ``state`` already holds.
+
+    ``epochs`` counts the resumed run's epochs too: fewer would train nothing and give a result
+    of more epochs than asked for.
+
+    Raises:
+        ValueError: Naming the epochs the checkpoint holds.
+    """
+    done = int(state["epoch"])
+    if epochs < done:
+        raise ValueError(
+            f"checkpoint {str(resume)!r} already holds {done} epochs, more than epochs={epochs} "
+            f"(--epochs): resume with {done} epochs or more (more to train on), or train afresh "
+            "without resume"
         )
 
 
@@ -636,10 +656,11 @@ def fit_explainer(
             the same hyper-parameters, thread count
             (``torch.get_num_threads()``) and training settings (``baseline``,
             ``max_steps_per_epoch``, ``patience``, ``min_delta``, ``seed`` (when given),
-            ``multilabel``,
+            ``multilabel``, the explainer's ``input_scale``,
             whether there is a validation loader, and each loader's batch size, data length,
             sampler and ``drop_last``): everything the result depends on, so that the resumed
-            run equals an uninterrupted one. ``epochs`` may grow.
+            run equals an uninterrupted one. ``epochs`` may grow, not shrink below the
+            epochs the checkpoint holds.
         baseline: Value the masked-out pixels blend towards (0, as the original).
         multilabel: Force single- (False: cross-entropy; multi-hot labels must then hold one
             class per image) or multi-label (True: binary cross-entropy, class indices too)
@@ -662,8 +683,9 @@ def fit_explainer(
             validation loader or one with bad images or labels (checked before training), a
             one-shot iterator that would be read more than once, a ``checkpoint`` path that
             is a folder, or a checkpoint made with other hyper-parameters or
-            settings, for another architecture or against another classifier (the message
-            names what differs; the explainer is left unchanged).
+            settings, for another architecture or against another classifier, or holding
+            more epochs than ``epochs`` (the message names what differs; the explainer is left
+            unchanged).
     """
     if not isinstance(config, ExplainerHyperparameters):
         hint = (
@@ -702,6 +724,7 @@ def fit_explainer(
         "min_delta": min_delta,
         "seed": seed,
         "multilabel": multilabel,
+        "input_scale": explainer.input_scale,  # not in the state dict: weights fit one scale
         "train_loader": _loader_settings(train_loader),
         "val_loader": None if val_loader is None else _loader_settings(val_loader),
     }
@@ -713,6 +736,7 @@ def fit_explainer(
     if resume is not None:
         state = load_checkpoint(resume)
         _check_resume(state, explainer, settings, resume, digest, dtypes)
+        _check_resumed_epochs(state, epochs, resume)
         if seed is None:  # the run keeps the seed it started with
             settings["seed"] = state.get("settings", {}).get("seed")
         if state["hyperparameters"] != hp.as_dict():

@@ -202,7 +202,7 @@ def run_job(
     shards = job.shards()
     store = RunStore(out)
     # a start that finished no shard (a wrong option) gives way to this one
-    store.open({"job": job.name, **job.manifest()}, plan=job.plan(), restart_unfinished=True)
+    store.open(_manifest(job), plan=job.plan(), restart_unfinished=True)
     left = [shard for shard in shards if not store.is_finished(shard.name)]
     total = sum(len(shard.images) for shard in shards)
     if ray:
@@ -223,6 +223,27 @@ def run_job(
             else:
                 computed = _run_embedded(job, left, store, progress, runner)
     return JobResult(store.root, total, len(shards), computed, time.perf_counter() - start)
+
+
+def check_start(job: Job, out: str | os.PathLike[str]) -> None:
+    """Refuse now, writing nothing, an ``out`` that holds another run than ``job``'s.
+
+    What [`run_job`][ctc_plugin.resumable.job.run_job] would refuse first
+    ([`RunStore.check_start`][ctc_plugin.resumable.store.RunStore.check_start]): a job that
+    checks its own options before ``run_job`` calls this first, so that a folder of another run
+    is named before an option that only that other run's settings would explain.
+
+    Raises:
+        ConfigMismatchError: If ``out`` holds a run with another manifest (that finished a
+            shard).
+        ValueError: If it holds another kind of job's run, or one of another version.
+    """
+    RunStore(out).check_start(_manifest(job), restart_unfinished=True)
+
+
+def _manifest(job: Job) -> dict[str, Any]:
+    """What a run of ``job`` stores as its manifest: the job's kind and its own manifest."""
+    return {"job": job.name, **job.manifest()}
 
 
 def _run_embedded(

@@ -117,23 +117,10 @@ class RunStore:
         self.root.mkdir(parents=True, exist_ok=True)
         with folder_lock(self.root, exclusive=True):  # no shard is written meanwhile
             remove_stale_temporaries(self.root)  # a start killed while writing its manifest
-            if (
-                restart_unfinished
-                and path.exists()
-                and not self._holds(manifest)  # the same run: its claims stay (see claim)
-                and self._nothing_finished(manifest.get("job"))
-            ):
+            if restart_unfinished and self._gives_way(manifest):
                 self._clear()  # a start that finished no shard (a typo in an option): start afresh
             if path.exists():
-                stored = self.manifest()
-                if stored.get("job") != manifest.get("job"):
-                    raise ValueError(
-                        f"{self.root} holds a run of {stored.get('job')}, not of "
-                        f"{manifest.get('job')}; choose another --out"
-                    )
-                differences = _differences(stored, manifest)
-                if differences:
-                    raise ConfigMismatchError(self.root, differences)
+                self._check_stored(manifest)
             else:
                 if not adopt and any(self.root.iterdir()):
                     raise ValueError(
@@ -148,6 +135,54 @@ class RunStore:
         if plan is not None:
             text = json.dumps(plan, indent=1) + "\n"
             write_atomic(self.root / PLAN, lambda stream: stream.write(text.encode()))
+
+    def check_start(self, manifest: dict[str, Any], restart_unfinished: bool = False) -> None:
+        """Refuse, writing nothing, a start that the folder's other run would refuse.
+
+        [`open`][ctc_plugin.resumable.store.RunStore.open] refuses it the same way. A job
+        checks this before its own slow checks (loading a model, say), so that a folder of
+        another run is refused first, naming each difference, and a start refused by its own
+        checks leaves no file behind. A folder of other files is left to ``open``, which
+        refuses it writing nothing.
+
+        Raises:
+            ConfigMismatchError: If the folder holds another run's manifest (of the same job).
+            ValueError: If it holds another kind of job's run, or one of another version.
+        """
+        manifest = {"format": _FORMAT, **json_values(manifest)}
+        if not (self.root / MANIFEST).exists():
+            return
+        if restart_unfinished and self._gives_way(manifest):
+            return
+        self._check_stored(manifest)
+
+    def _gives_way(self, manifest: dict[str, Any]) -> bool:
+        """Whether the folder's run gives way to ``manifest`` (``restart_unfinished``).
+
+        It does when it is a run of the same job with another manifest that finished no shard.
+        """
+        return (
+            (self.root / MANIFEST).exists()
+            and not self._holds(manifest)  # the same run: its claims stay (see claim)
+            and self._nothing_finished(manifest.get("job"))
+        )
+
+    def _check_stored(self, manifest: dict[str, Any]) -> None:
+        """Refuse ``manifest`` unless the stored one is the same job's with no difference.
+
+        Raises:
+            ConfigMismatchError: Naming each difference.
+            ValueError: For another kind of job's run, or one of another version.
+        """
+        stored = self.manifest()
+        if stored.get("job") != manifest.get("job"):
+            raise ValueError(
+                f"{self.root} holds a run of {stored.get('job')}, not of "
+                f"{manifest.get('job')}; choose another --out"
+            )
+        differences = _differences(stored, manifest)
+        if differences:
+            raise ConfigMismatchError(self.root, differences)
 
     def _holds(self, manifest: dict[str, Any]) -> bool:
         """Whether the folder's manifest is ``manifest`` (a start of the same run)."""

@@ -24,9 +24,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
 from ctc_plugin.resumable import ConfigMismatchError, JobResult, RunStore, Shard, run_job
+from ctc_plugin.resumable.job import check_start
 from ctc_plugin.runs.imagenet import imagenet_classes
 from ctc_plugin.runs.plan import RunConfig, digest, plan_shards
-from ctc_plugin.runs.sources import ImageRef, Source, first_names, resolve_source
+from ctc_plugin.runs.sources import (
+    ImageRef,
+    Source,
+    first_names,
+    resolve_source,
+    shapes_source,
+    shapes_split,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -173,6 +181,7 @@ class ShardRunner:
         segment: Load the segmenter (for [`segment`][ctc_plugin.runs.engine.ShardRunner.segment]
             and for [`run`][ctc_plugin.runs.engine.ShardRunner.run] without masks).
         explain: Load the model's methods (for ``run``).
+        device: Where the model runs (``None``: the configuration's ``device``).
 
     Raises:
         CLIError: For a model, weights, device or segmenter that cannot be used (the message
@@ -180,7 +189,13 @@ class ShardRunner:
     """
 
     def __init__(
-        self, config: RunConfig, source: Source, *, segment: bool = True, explain: bool = True
+        self,
+        config: RunConfig,
+        source: Source,
+        *,
+        segment: bool = True,
+        explain: bool = True,
+        device: str | None = None,
     ) -> None:
         from ctc_plugin.commands.explain import (
             explainer_for,
@@ -199,7 +214,7 @@ class ShardRunner:
         self.config = config
         self.source = source
         self._label_classes: dict[int, int] | None = None  # see label_classes
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(config.device if device is None else device)
         weights = Path(config.weights) if config.weights else None
         self.loaded = load_model(config.model, weights)  # also for its preprocessing
         if self.loaded.note:  # a guessed preprocessing (a Hugging Face folder without one)
@@ -216,6 +231,51 @@ class ShardRunner:
         if explain:
             self.explainer = explainer_for(self.loaded, options)
             self.model = self.preprocessing.wrap(self.loaded.network).to(self.device).eval()
+
+    def check(self) -> None:
+        """Read and classify the run's first image and find each target's class for it.
+
+        A run starts with it, before its folder is set up, so that what would stop the run at
+        its first image (a target the model does not have, ``label`` without labels, an image
+        size the model or the Explainer cannot take) is refused before anything is written.
+        Needs ``explain=True``.
+
+        Raises:
+            CLIError: Naming the option to fix.
+        """
+        from ctc_plugin.commands import torch_threads
+
+        ref = self.source.images[0]
+        with torch_threads(self.config.threads):
+            _, logits = self.classify(ref, self.read(ref))
+        for spec in self.config.targets:
+            self.target(spec, ref, logits)
+
+    def classify(self, ref: ImageRef, image: Any) -> tuple[Any, Any]:
+        """``(pixels on the device, logits)`` of the prepared ``image`` of ``ref``.
+
+        Raises:
+            CLIError: If the model cannot take the image's size or gives scores that are not
+                finite, or the Explainer of ``--methods explainer`` was trained on another size.
+        """
+        from ctc_plugin.commands import CLIError
+        from ctc_plugin.commands.explain import explainer_size_refusal
+        from ctc_plugin.commands.model_checks import (
+            check_finite_scores,
+            fit_class_names,
+            is_own_size,
+            model_logits,
+        )
+
+        pixels = image.pixels.to(self.device)
+        own = is_own_size(self.loaded.preprocessing, image.size)
+        logits = model_logits(self.model, self.loaded, pixels, own, self.size_advice(ref))
+        check_finite_scores(logits, self.loaded, ref.name)
+        fit_class_names(self.loaded, logits)  # before the targets and labels are read
+        refusal = explainer_size_refusal(self.explainer, ref.name, image.size)
+        if refusal is not None:
+            raise CLIError(f"--methods explainer: {refusal}")
+        return pixels, logits
 
     def segment(self, shard: Shard) -> dict[int, tuple[Any, float]]:
         """Segment every image of ``shard``: ``{image index: (mask, seconds)}``.
@@ -303,29 +363,14 @@ class ShardRunner:
         """
         import numpy as np
 
-        from ctc_plugin.commands import CLIError
-        from ctc_plugin.commands.explain import explainer_size_refusal
         from ctc_plugin.commands.methods import Request, run_for_command
-        from ctc_plugin.commands.model_checks import (
-            check_finite_scores,
-            fit_class_names,
-            is_own_size,
-            model_logits,
-        )
 
         if mask is None:
             image, ids, segment_seconds = self.segment_image(ref)
         else:
             image = self.read(ref)
             ids, segment_seconds = mask
-        pixels = image.pixels.to(self.device)
-        own = is_own_size(self.loaded.preprocessing, image.size)
-        logits = model_logits(self.model, self.loaded, pixels, own, self.size_advice(ref))
-        check_finite_scores(logits, self.loaded, ref.name)
-        fit_class_names(self.loaded, logits)  # before the targets and labels are read
-        refusal = explainer_size_refusal(self.explainer, ref.name, image.size)
-        if refusal is not None:
-            raise CLIError(f"--methods explainer: {refusal}")
+        pixels, logits = self.classify(ref, image)
         mask = ids
         key = f"image{ref.index}"
         arrays = {
@@ -542,6 +587,43 @@ def image_stat(source: Source, ref: ImageRef) -> tuple[int | None, int | None]:
     return stat.st_size, stat.st_mtime_ns
 
 
+def model_for_source(model: str, source: str | os.PathLike[str]) -> str:
+    """``model`` for the images of ``source``: on the bundled ones, the split's zoo weights.
+
+    As ``ctc-plugin demo`` chooses them
+    ([`model_for_split`][ctc_plugin.commands.explain.model_for_split]): a zoo family explains
+    ``shapes:composite`` with its composite weights (``resnet``: ``resnet-composite``). A
+    folder's model is kept as given.
+
+    Raises:
+        CLIError: For a zoo model trained on the other split (``resnet-composite`` on
+            ``shapes``).
+    """
+    from ctc_plugin.commands.explain import model_for_split
+
+    split = shapes_split(source)
+    if split is None:
+        return model
+    return model_for_split(model, split, lambda chosen: f"SOURCE {shapes_source(chosen)}")[0]
+
+
+def checked_runner(job: ExplainJob, ray: bool | str | None) -> ShardRunner:
+    """A runner of ``job`` that has checked the run on its first image (`ShardRunner.check`).
+
+    Made before the run folder is set up, so that a model, weights, preprocessing, device,
+    segmenter or target that cannot be used is refused before ``manifest.json`` and
+    ``plan.json`` are written. On Ray the workers run the shards and this runner only checks:
+    it loads no segmenter and runs the model on the CPU (the workers may have devices this
+    machine lacks, and check them themselves).
+
+    Raises:
+        CLIError: Naming the option to fix.
+    """
+    runner = ShardRunner(job.config, job.source, segment=not ray, device="cpu" if ray else None)
+    runner.check()
+    return runner
+
+
 def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
     """Refuse to resume a run whose finished shards read images that were rewritten since.
 
@@ -630,7 +712,9 @@ def explain_dataset(
         images: Shapes images to draw; for a folder, at most this many images.
         model: A zoo family (``resnet``, ``vgg-composite``, ...), a torchvision architecture
             or ``timm:NAME`` (with ``weights``), ``hf:FOLDER`` (a ``save_pretrained`` folder) or
-            ``module:callable``.
+            ``module:callable``. On ``"shapes:composite"`` a zoo family takes its composite
+            weights (``resnet``: ``resnet-composite``), as ``ctc-plugin demo`` does
+            (`model_for_source`).
         weights: State-dict file for the model.
         resize: The images' shorter side after resizing, the aspect ratio kept (``None``: the
             model's own: 96 for zoo models, the weights' for torchvision, timm's data config,
@@ -677,7 +761,9 @@ def explain_dataset(
             ``resize``, ``mean`` without ``std``), ``ray_workers`` without
             ``ray=True``, ``sam_checkpoint`` with another segmenter than ``"sam"``, or an
             ``out`` that holds another kind of run.
-        CLIError: For a model, device, segmenter or target that cannot be used.
+        CLIError: For a model, device, segmenter or target that cannot be used, or a zoo
+            model of the other split on the bundled images; checked on the first image before
+            ``out`` is set up (`checked_runner`).
 
     Examples:
         >>> from ctc_plugin.runs import explain_dataset
@@ -687,6 +773,7 @@ def explain_dataset(
     from ctc_plugin.commands.explain import check_sam_checkpoint
 
     check_sam_checkpoint(segmenter, sam_checkpoint)  # it would be ignored
+    model = model_for_source(model, source)
     config = RunConfig(
         methods=(methods,) if isinstance(methods, str) else tuple(methods),
         model=model,
@@ -712,9 +799,11 @@ def explain_dataset(
     job = ExplainJob(config, resolved)
     check_finished_images(job, out)
     try:
+        check_start(job, out)  # another run in out is named first
+        runner = checked_runner(job, ray)  # before the run folder is set up
         result = run_job(
             job, out, show_progress=show_progress, ray=ray,
-            ray_workers=ray_workers,
+            ray_workers=ray_workers, runner=None if ray else runner,
         )  # fmt: skip
     except ConfigMismatchError as error:
         raise _images_changed(error, out, resolved) from None

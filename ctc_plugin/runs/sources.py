@@ -204,6 +204,19 @@ def _check_readable(text: str, root: Path, refs: tuple[ImageRef, ...]) -> None:
         )
 
 
+def shapes_split(spec: str | os.PathLike[str]) -> str | None:
+    """The split of a bundled SOURCE (``shapes``, ``shapes:composite``); ``None`` for a folder."""
+    text = os.fspath(spec)
+    if text not in SHAPES_SOURCES:
+        return None
+    return text.partition(":")[2] or "shapes"
+
+
+def shapes_source(split: str) -> str:
+    """The SOURCE of the bundled images of ``split``: the inverse of `shapes_split`."""
+    return "shapes" if split == "shapes" else f"shapes:{split}"
+
+
 def _shapes(text: str, images: int | None, seed: int) -> Source:
     from ctc_plugin.datasets.splits import SPLITS
 
@@ -213,7 +226,7 @@ def _shapes(text: str, images: int | None, seed: int) -> Source:
         )
     if seed < 0:
         raise SourceError(f"the shapes seed must be non-negative, got {seed}")
-    split = text.partition(":")[2] or "shapes"
+    split = shapes_split(text) or "shapes"
     from ctc_plugin.datasets.dataset import ShapesDataset
 
     data = ShapesDataset(split, size=images, seed=seed)

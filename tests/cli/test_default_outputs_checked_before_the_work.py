@@ -1,0 +1,38 @@
+"""``explainer gate`` and ``zoo train`` check their default output before the work, as ``--out``.
+
+Before, an unusable default place (here a folder, or a file, in its way: permissions do not
+stop root) was found only after the distillation or the training.
+"""
+
+from ctc_plugin import weights, zoo
+from ctc_plugin.cli import main
+from ctc_plugin.commands import explainer as explainer_command
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("the work ran before the default output was checked")
+
+
+def _one_line(capsys, prog: str) -> str:
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and error.startswith(f"ctc-plugin {prog}: error: argument --out: ")
+    return error
+
+
+def test_gate_checks_its_default_out_before_distilling(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "explainer-resnet-shapes-gated.pt").mkdir()  # in the default file's way
+    monkeypatch.setattr(explainer_command, "_gated_explainer", _never)
+    monkeypatch.setattr(zoo, "load", _never)
+    argv = ["explainer", "gate", "--model", "resnet", "--gate", "student", "--no-progress"]
+    assert main(argv) == 2
+    assert "explainer-resnet-shapes-gated.pt is a folder" in _one_line(capsys, "explainer gate")
+
+
+def test_zoo_train_checks_its_default_folder_before_training(tmp_path, capsys, monkeypatch):
+    in_the_way = tmp_path / "weights"
+    in_the_way.write_text("a file where the weights folder should be")
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", in_the_way)
+    monkeypatch.setattr(zoo, "train_family", _never)
+    assert main(["zoo", "train", "resnet", "--size", "4", "--epochs", "1"]) == 2
+    assert f"{in_the_way} is a file" in _one_line(capsys, "zoo train")
