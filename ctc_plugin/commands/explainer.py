@@ -379,11 +379,13 @@ def _train(args: argparse.Namespace) -> int:
     }
     explainer.save(out, metadata)
     last = result.history[-1]
+    # a resume with as many epochs as its checkpoint holds trains nothing and writes no new one
+    holding = checkpoint if checkpoint.exists() or args.resume is None else args.resume
     print(
         f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): best epoch {result.best_epoch} of "
         f"{len(result.history)}, val loss {result.best_loss:.4f}, "
         f"masked-classification loss {last['classification']:.4f}; its training checkpoint "
-        f"is {checkpoint} (--resume it with more --epochs to train on)"
+        f"is {holding} (--resume it with more --epochs to train on)"
     )
     return 0
 

@@ -48,3 +48,6 @@ def test_resume_with_as_many_or_more_epochs_is_trained(tmp_path, capsys, checkpo
         out = tmp_path / f"epochs-{epochs}.pt"
         assert main([*TRAIN, "--epochs", epochs, "--resume", checkpoint, "--out", str(out)]) == 0
         assert out.is_file()
+        # the checkpoint it names exists: with as many epochs nothing was trained or written
+        named = capsys.readouterr().out.split("its training checkpoint is ")[1].split(" (")[0]
+        assert named == (checkpoint if epochs == "2" else f"{out}.ckpt")
