@@ -403,8 +403,9 @@ class SmallViT(nn.Module):
         side, grid = self.image_size, self.image_size // 8
         raise ValueError(
             f"SmallViT takes {side}x{side} images (its position embeddings hold a {grid}x{grid} "
-            f"grid of 8x8 patches); got {x.shape[-2]}x{x.shape[-1]} images; resize them to "
-            f"{side}x{side} (ShapesDataset(image_size={side}) draws them at that size)"
+            f"grid of 8x8 patches); got {x.shape[-1]}x{x.shape[-2]} (width x height) images; "
+            f"resize them to {side}x{side} (ShapesDataset(image_size={side}) draws them at that "
+            "size)"
         )
 
 

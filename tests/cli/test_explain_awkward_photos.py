@@ -42,6 +42,7 @@ def test_every_image_is_classified_before_any_method_runs(tmp_path, capsys, meth
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert "vit cannot take 134x96 images" in error and len(error.splitlines()) == 1
+    assert "got 134x96 (width x height) images" in error  # the model's own words agree
     assert methods_run == []  # was: CTC ran on square.png first, then the error
 
 
