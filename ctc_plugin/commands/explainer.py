@@ -449,7 +449,9 @@ def _gate(args: argparse.Namespace) -> int:
     )
     classifier = zoo.load(args.model, args.split)
     if args.mask_explainer is not None:
-        default = Explainer.load(args.mask_explainer)
+        # a gated file holds a classifier copy: given the architecture it loads, and is then
+        # refused below for its backbone instead of with the API's "pass classifier=" hint
+        default = Explainer.load(args.mask_explainer, classifier=classifier)
         trained_for = (default.metadata.get("model"), default.metadata.get("split"))
         if None not in trained_for and trained_for != (args.model, args.split):
             raise ValueError(
@@ -462,7 +464,9 @@ def _gate(args: argparse.Namespace) -> int:
         default = zoo.load_explainer(args.model, args.split)
     if default.backbone_name != "unet-small":
         raise ValueError(
-            f"the mask explainer must have the 'unet-small' backbone, got {default.backbone_name!r}"
+            f"the mask explainer must have the 'unet-small' backbone, got "
+            f"{default.backbone_name!r}: give a default explainer (`explainer train`), not a "
+            "gated one"
         )
     if not default.is_trained:
         raise ValueError("the mask explainer is untrained; train it with `explainer train` first")
