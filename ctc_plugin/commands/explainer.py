@@ -319,6 +319,13 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.two_object_fraction > 0 and args.split != "shapes":
         raise ValueError("--two-object-fraction composes shapes images: use it with --split shapes")
+    count = round(args.two_object_fraction * args.train_size)
+    if args.two_object_fraction > 0 and count == 0:
+        raise ValueError(
+            f"--two-object-fraction {args.two_object_fraction:g} of --train-size "
+            f"{args.train_size} is no two-object image: give a fraction of at least "
+            f"{0.5 / args.train_size:.2g} or more --train-size"
+        )
     out, checkpoint = _train_outputs(args)
     classifier = zoo.load(args.model, args.split, weights=args.weights)
     progress = not args.no_progress
@@ -335,7 +342,6 @@ def _train(args: argparse.Namespace) -> int:
     _check_image_size(explainer, train.image_size)
     train_images, train_labels = train.tensors(show_progress=progress)
     val_images, val_labels = val.tensors(show_progress=progress)
-    count = round(args.two_object_fraction * args.train_size)
     if count > 0:  # multi-label targets for every image, one-hot for the single-object ones
         extra_images, extra_labels = two_object_training_data(count, TWO_OBJECT_SEED)
         train_images = torch.cat([train_images, extra_images])
