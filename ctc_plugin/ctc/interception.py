@@ -150,9 +150,9 @@ class CTCMode(TorchFunctionMode):
         scores by the pass of the copies, which takes no gradient.
         """
         thread = threading.get_ident()
-        if self.gated_pass.gradient and other_global_module_hooks():
-            raise GraphCutError("a global module hook")
         gradient = self.gated_pass.gradient
+        if gradient and other_global_module_hooks():
+            raise GraphCutError("a global module hook")
 
         def check_module(module: nn.Module, _args: Any) -> None:
             if threading.get_ident() != thread:

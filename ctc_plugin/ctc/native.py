@@ -108,16 +108,23 @@ def _built_and_checked() -> ctypes.CDLL:
     target = _cache_directory_of_this_user() / f"reference_formula-{_key(compiler)}.so"
     if _intact(target):
         try:
-            loaded = _load(target)
-            _check_against_spec(loaded)
-            return loaded
-        except (AttributeError, OSError, RuntimeError):
-            _remove(target)
+            return _loaded_or_removed(target)
+        except _UNUSABLE:
+            pass  # compiled again below
     _compile(compiler, target)
+    return _loaded_or_removed(target)
+
+
+#: What loading a library or checking it raises when it cannot be used.
+_UNUSABLE = (AttributeError, OSError, RuntimeError)
+
+
+def _loaded_or_removed(target: Path) -> ctypes.CDLL:
+    """The library at ``target``, loaded and checked; removed from the cache if either fails."""
     try:
         loaded = _load(target)
         _check_against_spec(loaded)
-    except (AttributeError, OSError, RuntimeError):
+    except _UNUSABLE:
         _remove(target)
         raise
     return loaded
