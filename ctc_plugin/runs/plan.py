@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
+from ctc_plugin.ctc.modes import BIAS_SHARING_MODES, DEFAULT_BIAS_SHARING
 from ctc_plugin.resumable.job import Shard
 from ctc_plugin.resumable.store import json_values
 
@@ -27,6 +27,11 @@ TARGET_KINDS = ("predicted", "label")
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that changes a run's results (stored in its manifest).
+
+    Options that no chosen method or segmenter reads (``bias_sharing`` without ``"ctc"``,
+    ``lime_samples`` without ``"lime"``, ``sam_model_type`` without ``segmenter="sam"``) are
+    checked, then stored at their defaults: they change no result, so giving them or not is the
+    same run, and a run is resumed with or without them.
 
     Attributes:
         methods: Method names (the keys of ``ctc_plugin.commands.methods.METHODS``), each
@@ -108,10 +113,34 @@ class RunConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.seed < 0:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
+        if self.bias_sharing not in BIAS_SHARING_MODES:
+            raise ValueError(
+                f"bias_sharing must be one of {', '.join(BIAS_SHARING_MODES)}, "
+                f"got {self.bias_sharing!r}"
+            )
+        self._default_unread_options()
         self._pin_file("weights")
         self._pin_model_folder()
         self._pin_file("sam_checkpoint")
         self._check_preprocessing()
+
+    def _default_unread_options(self) -> None:
+        """Store the options that no chosen method or segmenter reads at their defaults."""
+        from ctc_plugin.commands.explain import SAM_MODEL_TYPES
+
+        if self.sam_model_type not in SAM_MODEL_TYPES:
+            raise ValueError(
+                f"sam_model_type must be one of {', '.join(SAM_MODEL_TYPES)}, "
+                f"got {self.sam_model_type!r}"
+            )
+        unread = {
+            "bias_sharing": "ctc" not in self.methods,
+            "lime_samples": "lime" not in self.methods,
+            "sam_model_type": self.segmenter != "sam",
+        }
+        for name, is_unread in unread.items():
+            if is_unread:
+                object.__setattr__(self, name, type(self).__dataclass_fields__[name].default)
 
     def _check_preprocessing(self) -> None:
         """Check ``resize``, ``crop``, ``mean`` and ``std`` before any work; store them plainly.

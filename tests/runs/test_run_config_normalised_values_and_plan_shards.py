@@ -44,9 +44,9 @@ def test_methods_and_targets_named_twice_are_kept_once_in_their_order():
     "name", ["shard_size", "threads", "segments", "lime_samples", "perturbations_per_eval"]
 )
 def test_counts_of_one_are_taken_and_zero_is_refused(name):
-    assert getattr(RunConfig(methods=("ctc",), **{name: 1}), name) == 1
+    assert getattr(RunConfig(methods=("ctc", "lime"), **{name: 1}), name) == 1
     with pytest.raises(ValueError, match=f"{name} must be at least 1, got 0"):
-        RunConfig(methods=("ctc",), **{name: 0})
+        RunConfig(methods=("ctc", "lime"), **{name: 0})
 
 
 def test_seed_zero_is_a_seed_and_a_negative_one_is_refused():
@@ -108,3 +108,43 @@ def test_only_hf_models_are_pinned_by_their_folder(tmp_path):
     folder = _hf_folder(tmp_path)
     config = RunConfig(methods=("ctc",), model=f"timm:{folder}")
     assert config.model == f"timm:{folder}" and config.weights_sha256 is None
+
+
+@pytest.mark.parametrize(
+    ("methods", "segmenter", "unread"),
+    [
+        (("gradcam",), "grid", {"bias_sharing": "reference", "lime_samples": 7}),
+        (("ctc",), "grid", {"lime_samples": 7, "sam_model_type": "vit_h"}),
+        (("lime",), "superpixel", {"bias_sharing": "none", "sam_model_type": "tiny"}),
+    ],
+)
+def test_options_no_chosen_method_reads_are_the_same_run_given_or_not(methods, segmenter, unread):
+    given = RunConfig(methods=methods, segmenter=segmenter, **unread)
+    assert given.to_dict() == RunConfig(methods=methods, segmenter=segmenter).to_dict()
+
+
+@pytest.mark.parametrize(
+    ("methods", "segmenter", "read"),
+    [
+        (("ctc",), "grid", {"bias_sharing": "reference"}),
+        (("lime",), "grid", {"lime_samples": 7}),
+        (("ctc",), "sam", {"sam_model_type": "tiny"}),
+    ],
+)
+def test_options_a_chosen_method_reads_are_another_run(methods, segmenter, read):
+    given = RunConfig(methods=methods, segmenter=segmenter, **read)
+    assert given.to_dict() != RunConfig(methods=methods, segmenter=segmenter).to_dict()
+    name, value = next(iter(read.items()))
+    assert getattr(given, name) == value
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"bias_sharing": "shared"}, "bias_sharing must be one of reference, proportional, none"),
+        ({"sam_model_type": "vit_x"}, "sam_model_type must be one of vit_b"),
+    ],
+)
+def test_unknown_values_are_refused_even_where_no_method_reads_them(options, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(methods=("gradcam",), **options)
