@@ -85,12 +85,17 @@ def file_sha256(path: str | Path) -> str:
     path = Path(path)
     key = file_identity(path)
     if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
+        _DIGESTS[key] = content_sha256(path)
     return _DIGESTS[key]
+
+
+def content_sha256(path: str | Path) -> str:
+    """Return the hex sha256 digest of a file's content, read now (not cached)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_manifest(folder: str | Path | None = None) -> dict[str, str]:

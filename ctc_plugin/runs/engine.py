@@ -13,6 +13,7 @@ an uninterrupted one bit for bit on the CPU (all columns but the timings).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 import warnings
@@ -52,6 +53,9 @@ __all__ = [
 #: Columns that hold wall-clock times: everything else repeats bit for bit.
 TIMING_COLUMNS = ("seconds", "segment_seconds")
 
+#: Key of a shard table's metadata: JSON ``{image name: content sha256}`` of a folder's images.
+IMAGE_SHA256_KEY = "image_sha256"
+
 
 def table_schema() -> pa.Schema:
     """The Parquet schema of a run's table (one row per image, target and method).
@@ -63,7 +67,8 @@ def table_schema() -> pa.Schema:
     (scores are the method's own segment scores, not means of a per-pixel map), ``segments``
     (``K``), ``feature_ids`` (``0..K-1``, the ids of the shard's ``feature_mask``), ``scores``
     (one per feature id), ``seconds`` (the method's time) and ``segment_seconds`` (the image's
-    segmentation time, shared by its rows).
+    segmentation time, shared by its rows). Each shard's file also holds, in its metadata under
+    `IMAGE_SHA256_KEY`, the content sha256 of the folder images it explained.
     """
     import pyarrow as pa
 
@@ -112,7 +117,7 @@ def read_results(out: str | os.PathLike[str]) -> pa.Table:
     Raises:
         FileNotFoundError: If ``out`` holds no finished shard.
     """
-    return RunStore(out).read_table()
+    return RunStore(out).read_table().replace_schema_metadata(None)  # no one shard's metadata
 
 
 @dataclass(frozen=True)
@@ -342,17 +347,22 @@ class ShardRunner:
 
         rows: list[dict[str, Any]] = []
         arrays: dict[str, np.ndarray] = {}
+        contents: dict[str, str] = {}
         with torch_threads(self.config.threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed + shard.index)
             for index in shard.images:
                 ref = self.source.images[index]
+                content = image_sha256(self.source, ref)
+                if content is not None:
+                    contents[ref.name] = content
                 given = prepared[index] if prepared is not None else None
                 image_rows, image_arrays = self.explain_image(ref, shard, given)
                 rows.extend(image_rows)
                 arrays.update(image_arrays)
                 if progress is not None:
                     progress.update(1)
-        return pa.Table.from_pylist(rows, schema=table_schema()), arrays
+        table = pa.Table.from_pylist(rows, schema=table_schema())
+        return table.replace_schema_metadata({IMAGE_SHA256_KEY: json.dumps(contents)}), arrays
 
     def explain_image(
         self, ref: ImageRef, shard: Shard, mask: tuple[Any, float] | None = None
@@ -575,6 +585,35 @@ def _images_changed(
     )
 
 
+def image_sha256(source: Source, ref: ImageRef) -> str | None:
+    """An image file's content sha256 now; ``None`` for a generated image or a missing file."""
+    from ctc_plugin.weights import content_sha256
+
+    path = source.read(ref) if source.kind == "folder" else None
+    if not isinstance(path, Path):
+        return None
+    try:
+        return content_sha256(path)
+    except OSError:  # gone or unreadable: reading it for the run says so
+        return None
+
+
+def explained_contents(store: RunStore, shard: str) -> dict[str, str]:
+    """The content sha256 of each image of the finished ``shard`` when it was explained.
+
+    Read from its table's metadata (``image_sha256``); empty for a shard of a version that did
+    not record them, or a table that does not parse.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(store.table_path(shard)).metadata or {}
+        contents = json.loads(metadata.get(IMAGE_SHA256_KEY.encode(), b"{}"))
+    except (OSError, ValueError):
+        return {}
+    return contents if isinstance(contents, dict) else {}
+
+
 def image_stat(source: Source, ref: ImageRef) -> tuple[int | None, int | None]:
     """An image file's ``(size, mtime_ns)``: what tells it was rewritten; ``None`` unless a file."""
     path = source.read(ref) if source.kind == "folder" else None
@@ -628,9 +667,12 @@ def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
     """Refuse to resume a run whose finished shards read images that were rewritten since.
 
     The manifest pins the image list by names and labels; ``plan.json`` also holds each image's
-    size and time when the run started. An image of a finished shard whose file changed since
+    size and time when the run started, and each finished shard's table the content sha256 of
+    its images when they were explained. An image of a finished shard whose file changed since
     (another picture under the same name) would leave that shard's results of the old image
-    beside the others' of the new folder, which no uninterrupted run gives.
+    beside the others' of the new folder, which no uninterrupted run gives. Only the images
+    whose size or time changed are read again: one put back with the same content (copied
+    back from a backup, with another time) is the same image.
 
     Raises:
         CLIError: Naming the images, and what to do (put them back, or compute their shards
@@ -645,21 +687,28 @@ def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
     except (ValueError, TypeError, IndexError, OSError):  # no list of this version: nothing known
         return
     refs, now = job.source.images, job.image_stats
-    changed = [
-        (refs[index].name, shard.name)
+    touched = [
+        (refs[index], shard.name)
         for shard in job.shards()
         if shard.name in finished
         for index in shard.images
         if None not in planned.get(refs[index].name, [None])  # known then
         and list(now[index]) != list(planned[refs[index].name])
     ]
+    contents = {shard: explained_contents(store, shard) for shard in {s for _, s in touched}}
+    changed = [
+        (ref.name, shard)
+        for ref, shard in touched
+        if contents[shard].get(ref.name) is None  # not recorded: size or time must do
+        or contents[shard][ref.name] != image_sha256(job.source, ref)
+    ]
     if changed:
         names = first_names([name for name, _ in changed])
         shards = sorted({shard for _, shard in changed})
         parquet = ", ".join(str(store.table_path(shard)) for shard in shards[:3])
         raise CLIError(
-            f"--out {out}: the images {names} changed (size or time) since their shards were "
-            f"finished; put them back as they were, or delete {parquet} to compute "
+            f"--out {out}: the images {names} changed since their shards were finished; put "
+            f"them back as they were (the same content), or delete {parquet} to compute "
             f"{'those shards' if len(shards) > 1 else 'that shard'} again"
         )
 

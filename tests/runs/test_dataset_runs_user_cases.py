@@ -7,12 +7,13 @@ read back in plan order; an image that fails in its shard and a failed write end
 that says the finished shards are kept; a folder whose images changed names them; and two runs
 started together on one folder share its shards instead of both computing all of them; an
 image of a finished shard rewritten before the resume is named (its size and time in
-``plan.json``).
+``plan.json``, then its content against the sha256 its shard recorded).
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -249,6 +250,23 @@ def test_an_image_of_a_finished_shard_rewritten_before_the_resume_is_noticed(tmp
     status = main(_explain(folder, out, *TINY))
     error = capsys.readouterr().err
     assert status == 2 and "a.png" in error, error
+    assert "put them back as they were (the same content)" in error
+
+
+def test_an_image_put_back_with_its_content_but_another_time_resumes(tmp_path, capsys):
+    """Copied back from a backup (a new modification time): the same image, the run resumes."""
+    folder, out = tmp_path / "photos", tmp_path / "run"
+    _image(folder / "a.png", 12, 12)
+    _image(folder / "b.png", 12, 12)
+    assert main(_explain(folder, out, *TINY)) == 0
+    RunStore(out).table_path("shard-00001").unlink()
+    content = (folder / "a.png").read_bytes()
+    _image(folder / "a.png", 16, 16)  # rewritten, then put back: same bytes, another time
+    (folder / "a.png").write_bytes(content)
+    os.utime(folder / "a.png", ns=(1, 1))
+    capsys.readouterr()
+    assert main(_explain(folder, out, *TINY)) == 0, capsys.readouterr().err
+    assert "1 computed now, 1 finished before" in capsys.readouterr().out
 
 
 def test_a_torchvision_model_with_weights_of_its_own_classes_numbers_them(tmp_path, capsys):
