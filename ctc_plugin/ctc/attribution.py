@@ -75,6 +75,20 @@ class FeatureScores:
     target: torch.Tensor
     feature_mask: tuple[torch.Tensor, ...]
 
+    @property
+    def convergence_delta(self) -> torch.Tensor:
+        """(N,) the scores' sum (with the baseline's share) minus the target output.
+
+        Captum's sign: what the attributions add up to minus what they should add up to. Zero
+        up to float rounding in ``"proportional"`` sharing on a model CTC is exact on; in
+        ``"reference"`` sharing the gap its quantisation and spread capping leave; in ``"none"``
+        the biases' part of the output (no bias is shared).
+        """
+        total = self.scores.sum(dim=1)
+        if self.baseline is not None:
+            total = total + self.baseline
+        return total - self.output
+
     def ranked(self, example: int = 0) -> list[tuple[int, float]]:
         """The present features of one example as ``(id, score)``, highest score first."""
         row = self.scores[example]
@@ -173,8 +187,13 @@ class CTC(Attribution):
         return True
 
     def has_convergence_delta(self) -> bool:
-        """CTC reports no convergence delta."""
-        return False
+        """CTC reports a convergence delta: how far the scores are from adding up to the output.
+
+        See [`FeatureScores.convergence_delta`][ctc_plugin.FeatureScores.convergence_delta];
+        ``attribute(..., return_convergence_delta=True)`` returns it last, as Captum's methods
+        do, and Captum's ``NoiseTunnel`` then returns one per noisy sample.
+        """
+        return True
 
     @overload
     def attribute(
@@ -188,6 +207,7 @@ class CTC(Attribution):
         perturbations_per_eval: int | None = None,
         show_progress: bool = False,
         return_feature_scores: Literal[False] = False,
+        return_convergence_delta: Literal[False] = False,
     ) -> TensorOrTuple: ...
 
     @overload
@@ -202,7 +222,38 @@ class CTC(Attribution):
         perturbations_per_eval: int | None = None,
         show_progress: bool = False,
         return_feature_scores: Literal[True],
+        return_convergence_delta: Literal[False] = False,
     ) -> tuple[TensorOrTuple, FeatureScores]: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        *,
+        feature_mask: TensorOrTuple | list | None = None,
+        baselines: float | TensorOrTuple | None = None,
+        additional_forward_args: Any = None,
+        perturbations_per_eval: int | None = None,
+        show_progress: bool = False,
+        return_feature_scores: Literal[False] = False,
+        return_convergence_delta: Literal[True],
+    ) -> tuple[TensorOrTuple, torch.Tensor]: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        *,
+        feature_mask: TensorOrTuple | list | None = None,
+        baselines: float | TensorOrTuple | None = None,
+        additional_forward_args: Any = None,
+        perturbations_per_eval: int | None = None,
+        show_progress: bool = False,
+        return_feature_scores: Literal[True],
+        return_convergence_delta: Literal[True],
+    ) -> tuple[TensorOrTuple, FeatureScores, torch.Tensor]: ...
 
     @log_usage()
     @holds_model()
@@ -218,7 +269,13 @@ class CTC(Attribution):
         perturbations_per_eval: int | None = None,
         show_progress: bool = False,
         return_feature_scores: bool = False,
-    ) -> TensorOrTuple | tuple[TensorOrTuple, FeatureScores]:
+        return_convergence_delta: bool = False,
+    ) -> (
+        TensorOrTuple
+        | tuple[TensorOrTuple, FeatureScores]
+        | tuple[TensorOrTuple, torch.Tensor]
+        | tuple[TensorOrTuple, FeatureScores, torch.Tensor]
+    ):
         """Score every feature and return attributions shaped like ``inputs``.
 
         ``inputs`` and ``target`` may be given by position (``ctc.attribute(x, target)``); every
@@ -248,12 +305,15 @@ class CTC(Attribution):
                 needs every feature in one pass.
             show_progress: Show a tqdm progress bar over the forward batches.
             return_feature_scores: Also return the [`FeatureScores`][ctc_plugin.FeatureScores].
+            return_convergence_delta: Also return, last, the (N,) convergence delta
+                ([`FeatureScores.convergence_delta`][ctc_plugin.FeatureScores.convergence_delta]:
+                the scores' sum, with the baseline's share, minus the target output).
 
         Returns:
             Attributions shaped like ``inputs`` (each element carries its feature's score, as with
-            Captum's ``FeatureAblation``), and the [`FeatureScores`][ctc_plugin.FeatureScores] on
-            request. To split each score over its feature's elements by a relevance map (pixel
-            detail), hand those scores to
+            Captum's ``FeatureAblation``), then the [`FeatureScores`][ctc_plugin.FeatureScores]
+            and the convergence delta, each on request. To split each score over its
+            feature's elements by a relevance map (pixel detail), hand those scores to
             [`distribute_within_features`][ctc_plugin.distribute_within_features].
 
         Raises:
@@ -293,7 +353,7 @@ class CTC(Attribution):
             spread_scores(scores, features, i, x) for i, x in enumerate(inputs_tuple)
         )
         result: TensorOrTuple = attributions if is_tuple else attributions[0]
-        if not return_feature_scores:
+        if not (return_feature_scores or return_convergence_delta):
             return result
         feature_scores = FeatureScores(
             scores=scores,
@@ -304,7 +364,10 @@ class CTC(Attribution):
             target=target_index,
             feature_mask=features.masks,
         )
-        return result, feature_scores
+        returned = (feature_scores,) if return_feature_scores else ()
+        if return_convergence_delta:
+            returned += (feature_scores.convergence_delta,)
+        return (result, *returned)
 
     # ------------------------------------------------------------------ internals
     def _segment(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -133,9 +133,45 @@ def test_an_output_for_the_whole_batch_is_refused(model, images) -> None:
         CTC(total).attribute(images, None, feature_mask=mask)
 
 
-def test_no_convergence_delta_in_either(model, images) -> None:
+def test_ctc_returns_a_convergence_delta_and_feature_ablation_none(model, images) -> None:
     mask = random_partition(8, 8, 4)
-    ctc, fa = CTC(model), FeatureAblation(model)
-    assert ctc.has_convergence_delta() is fa.has_convergence_delta() is False
-    with pytest.raises(TypeError, match="return_convergence_delta"):
-        ctc.attribute(images, 1, feature_mask=mask, return_convergence_delta=True)
+    fa = FeatureAblation(model)
+    assert fa.has_convergence_delta() is False
+    only = fa.attribute(images, target=1, feature_mask=mask, return_convergence_delta=True)
+    assert isinstance(only, torch.Tensor)  # taken among its **kwargs, and no delta returned
+    ctc = CTC(model)
+    assert ctc.has_convergence_delta() is True
+    attributions, delta = ctc.attribute(images, 1, feature_mask=mask, return_convergence_delta=True)
+    assert torch.equal(attributions, ctc.attribute(images, 1, feature_mask=mask))
+    assert delta.shape == (2,) and delta.abs().max() < 1e-10  # proportional: complete
+    output = model(images)[:, 1]
+    _, scores, again = ctc.attribute(
+        images, 1, feature_mask=mask, return_feature_scores=True, return_convergence_delta=True
+    )
+    torch.testing.assert_close(again, scores.scores.sum(1) - output, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("bias_sharing", ["reference", "none"])
+def test_the_delta_is_the_part_of_the_output_the_scores_miss(model, images, bias_sharing) -> None:
+    mask = random_partition(8, 8, 4)
+    baselines = torch.full_like(images, 0.25)
+    _, scores, delta = CTC(model, bias_sharing=bias_sharing).attribute(
+        images, 1, feature_mask=mask, baselines=baselines, return_feature_scores=True,
+        return_convergence_delta=True,
+    )  # fmt: skip
+    expected = scores.scores.sum(1) + scores.baseline - model(images)[:, 1]
+    torch.testing.assert_close(delta, expected, rtol=0, atol=1e-12)
+    assert delta.abs().min() > 1e-6  # the biases' part ("none"), the quantisation ("reference")
+
+
+def test_noise_tunnel_returns_one_delta_per_noisy_sample(model, images) -> None:
+    from captum.attr import NoiseTunnel
+
+    mask = random_partition(8, 8, 4)
+    tunnel = NoiseTunnel(CTC(model))
+    attributions, delta = tunnel.attribute(
+        images, nt_samples=3, stdevs=0.1, target=1, feature_mask=mask,
+        return_convergence_delta=True,
+    )  # fmt: skip
+    assert attributions.shape == images.shape
+    assert delta.shape == (2 * 3,) and delta.abs().max() < 1e-10
