@@ -21,6 +21,7 @@ _EXPORTS = {
     "distribute_within_features": "ctc_plugin.ctc.within",
     "UnsupportedOperationError": "ctc_plugin.ctc.errors",
     "TrainingModeError": "ctc_plugin.inputs",
+    "DtypeMismatchError": "ctc_plugin.inputs",
     "UntracedOutputError": "ctc_plugin.ctc.errors",
     "CTCComposite": "ctc_plugin.ctc.composite",
     "CTCAttributor": "ctc_plugin.ctc.attributor",
@@ -33,6 +34,7 @@ __all__ = [
     "CTC",
     "CTCAttributor",
     "CTCComposite",
+    "DtypeMismatchError",
     "Explainer",
     "ExplainerAttribution",
     "FeatureScores",
@@ -55,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ctc_plugin.ctc.within import distribute_within_features
     from ctc_plugin.explainer.attribution import ExplainerAttribution
     from ctc_plugin.explainer.network import Explainer
-    from ctc_plugin.inputs import TrainingModeError
+    from ctc_plugin.inputs import DtypeMismatchError, TrainingModeError
 
 
 def __getattr__(name: str) -> Any:

@@ -44,6 +44,7 @@ from ctc_plugin.concurrency import model_of
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
+    "DtypeMismatchError",
     "TrainingModeError",
     "broadcasts_to",
     "changes_in_training",
@@ -52,6 +53,7 @@ __all__ = [
     "check_inputs",
     "check_takes_images",
     "device_of",
+    "dtype_mismatch_explained",
     "example_rows",
     "floating_dtype",
     "FUNCTIONAL_DROPOUTS",
@@ -230,6 +232,61 @@ def outside_inference_mode(method: F) -> F:
             return method(*args, **kwargs)
 
     return run  # type: ignore[return-value]
+
+
+class DtypeMismatchError(RuntimeError):
+    """The inputs are of another floating-point dtype than the model computes in.
+
+    Raised in place of torch's own error (``expected scalar type Double but found Float``), which
+    names neither the inputs nor the model; a ``RuntimeError`` as torch's is.
+    """
+
+
+def dtype_mismatch_explained(method: F) -> F:
+    """Decorate an ``attribute`` method: torch's dtype errors say which dtypes meet and what to do.
+
+    A model may take inputs of another dtype than its parameters (a normalisation with float32
+    buffers in front turns float16 images into float32), so the dtypes are not compared before
+    the call. When the call fails with a ``RuntimeError`` that names a type, while the inputs'
+    floating-point dtype differs from the model's
+    ([`floating_dtype`][ctc_plugin.inputs.floating_dtype]), a
+    [`DtypeMismatchError`][ctc_plugin.inputs.DtypeMismatchError] says so; any other error
+    passes unchanged.
+    """
+
+    @functools.wraps(method)
+    def run(self: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, inputs, *args, **kwargs)
+        except DtypeMismatchError:
+            raise
+        except RuntimeError as error:
+            mismatch = _dtype_mismatch(error, self.forward_func, inputs)
+            if mismatch is None:
+                raise
+            raise mismatch from error
+
+    return run  # type: ignore[return-value]
+
+
+def _dtype_mismatch(
+    error: RuntimeError, forward_func: Any, inputs: Any
+) -> DtypeMismatchError | None:
+    """The `DtypeMismatchError` that explains ``error``, or ``None`` if the dtypes agree."""
+    model = model_of(forward_func)
+    wanted = floating_dtype(model) if model is not None else None
+    members = inputs if isinstance(inputs, tuple) else (inputs,)
+    given = sorted(
+        {str(x.dtype) for x in members if isinstance(x, torch.Tensor) and x.is_floating_point()}
+    )
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if wanted is None or not given or given == [str(wanted)] or "type" not in first_line:
+        return None
+    return DtypeMismatchError(
+        f"the inputs are {' and '.join(given)} and the model computes in {wanted} (torch: "
+        f"{first_line}); convert the inputs with x.to({wanted}), or the model with "
+        f"model.to({given[0]})"
+    )
 
 
 def check_images(

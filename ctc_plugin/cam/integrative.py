@@ -58,6 +58,7 @@ from ctc_plugin.inputs import (
     check_eval_mode,
     check_inputs,
     check_takes_images,
+    dtype_mismatch_explained,
     outside_inference_mode,
     training_mode_error,
 )
@@ -464,6 +465,7 @@ class IntegrativeCAM(Attribution):
     @log_usage()
     @holds_model()
     @outside_inference_mode
+    @dtype_mismatch_explained
     def attribute(
         self,
         inputs: TensorOrTuple,

@@ -31,6 +31,7 @@ from ctc_plugin.inputs import (
     check_eval_mode,
     check_inputs,
     check_takes_images,
+    dtype_mismatch_explained,
     example_rows,
     is_integer,
     is_per_example,
@@ -258,6 +259,7 @@ class CTC(Attribution):
     @log_usage()
     @holds_model()
     @outside_inference_mode
+    @dtype_mismatch_explained
     def attribute(
         self,
         inputs: TensorOrTuple,

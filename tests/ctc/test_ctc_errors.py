@@ -283,3 +283,32 @@ def test_one_image_without_its_batch_dimension_is_told_to_add_it(normalise):
     assert error.match(r"without its batch dimension, add it: x\.unsqueeze\(0\)")
     assert error.match("unbatched" if not normalise else "fewer dimensions")
     _assert_untouched(model, x, *before)
+
+
+@pytest.mark.parametrize("method", ["ctc", "integrative-cam"])
+def test_inputs_of_another_dtype_than_the_model_are_named_with_the_fix(setting, method):
+    from ctc_plugin import DtypeMismatchError, IntegrativeCAM
+
+    model, x, mask = setting
+    before = (model(x), _state(model))
+    doubled = x.double()
+    with pytest.raises(DtypeMismatchError) as caught:
+        if method == "ctc":
+            CTC(model).attribute(doubled, 1, feature_mask=mask)
+        else:
+            IntegrativeCAM(model).attribute(doubled, 1)
+    message = str(caught.value)
+    assert "the inputs are torch.float64 and the model computes in torch.float32" in message
+    assert "x.to(torch.float32)" in message and "model.to(torch.float64)" in message
+    assert isinstance(caught.value, RuntimeError)  # as torch's own error
+    _assert_untouched(model, x, *before)
+
+
+def test_other_runtime_errors_pass_unchanged(setting):
+    model, x, mask = setting
+
+    def failing(images):
+        raise RuntimeError("expected scalar type of the moon")
+
+    with pytest.raises(RuntimeError, match="^expected scalar type of the moon$"):
+        CTC(failing).attribute(x.double(), 1, feature_mask=mask)  # no module: dtypes unknown
