@@ -160,7 +160,8 @@ class GraphCutError(RuntimeError):
     """The gradient of a ``"none"`` pass could not follow the forward function.
 
     Raised inside that pass only (``.detach()``, ``torch.no_grad()``, ``.numpy()`` or
-    ``.item()`` on the copies); [`CTC`][ctc_plugin.CTC] then computes the same
+    ``.item()`` on the copies, a block under ``torch.utils.checkpoint``, which would compute
+    its forward again outside the pass); [`CTC`][ctc_plugin.CTC] then computes the same
     scores with the forward pass of the copies, so users never see it.
     """
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections.abc import Callable, Iterator
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from types import FrameType
 from typing import Any
 
 import torch
@@ -104,6 +106,16 @@ def other_global_module_hooks() -> bool:
     )
 
 
+def saved_tensor_hooks_active() -> bool:
+    """Whether saved-tensor hooks are on now: ``torch.utils.checkpoint``'s, or a user's.
+
+    A gradient pass cannot go through them: a checkpointed block computes its forward again
+    during the backward, after the pass has ended, with the model's own gates (its gradient
+    would not be the linearised network's, or its saved tensors would not match).
+    """
+    return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+
+
 class CTCMode(TorchFunctionMode):
     """A torch function mode that turns a model's forward into a CTC pass.
 
@@ -174,12 +186,31 @@ class CTCMode(TorchFunctionMode):
             raise
 
     def __exit__(self, *exc_info: Any) -> None:
-        """Leave the mode, let compiled code compile again and remove the module hook."""
+        """Leave the mode, let compiled code compile again and remove the module hook.
+
+        Compiled code that dynamo still traced inside the pass (code that compiles itself
+        with ``fullgraph=True``, such as flex attention, whose compiled function was cached
+        before the pass) fails inside the mode's rules with one of dynamo's errors; it is
+        refused as an [`UnsupportedOperationError`][ctc_plugin.UnsupportedOperationError]
+        naming the module, with what to run instead.
+        """
         try:
             super().__exit__(*exc_info)
         finally:
             self._eager.close()
             self._remove_module_hook()
+        error = exc_info[1]
+        if error is not None and type(error).__module__.startswith("torch._dynamo"):
+            frames = [frame for frame, _ in traceback.walk_tb(exc_info[2])]
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            raise UnsupportedOperationError(
+                "torch.compile'd code",
+                "dynamo traced it during the pass instead of running it as Python code, and "
+                f"cannot trace the pass's rules ({type(error).__name__}: {first_line}); run the "
+                "model uncompiled, and load a Hugging Face model with "
+                'attn_implementation="sdpa" or "eager" (flex attention compiles itself)',
+                module_in_frames(self.model, reversed(frames)),
+            ) from error
 
     def _remove_module_hook(self) -> None:
         """Remove the pass's global module pre-hook, if it holds one."""
@@ -233,6 +264,8 @@ class CTCMode(TorchFunctionMode):
             if func in ZERO_FACTORIES and kwargs.get("out") is None:
                 ctx.note_zeros(out)
             return out
+        if ctx.gradient and saved_tensor_hooks_active():
+            raise GraphCutError("torch.utils.checkpoint (or another saved-tensor hook)")
         refused = [
             getattr(t, REFUSED_ATTRIBUTE)
             for t in tensors
@@ -671,10 +704,25 @@ def running_module(model: Any = None) -> str | None:
         model: The model the pass runs (or a bound method of it); module paths are relative to
             it. Without one, only the module's type is named.
     """
+
+    def callers() -> Iterator[FrameType]:
+        frame = sys._getframe(2)
+        while frame is not None:
+            yield frame
+            frame = frame.f_back
+
+    return module_in_frames(model, callers())
+
+
+def module_in_frames(model: Any, frames: Iterable[FrameType]) -> str | None:
+    """The first module whose code runs in ``frames`` (innermost first), as ``"path (Type)"``.
+
+    See [`running_module`][ctc_plugin.ctc.interception.running_module]; this one reads any
+    frames, such as those of an exception's traceback.
+    """
     root = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
     names = {id(m): name for name, m in root.named_modules()} if isinstance(root, nn.Module) else {}
-    frame = sys._getframe(1)
-    while frame is not None:
+    for frame in frames:
         code = frame.f_code
         if code.co_argcount and code.co_varnames[0] == "self":
             owner = frame.f_locals.get("self")
@@ -684,5 +732,4 @@ def running_module(model: Any = None) -> str | None:
                 if name is None:
                     return f"a {kind} module"
                 return f"{name} ({kind})" if name else f"the model ({kind})"
-        frame = frame.f_back
     return None
