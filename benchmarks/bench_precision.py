@@ -9,6 +9,10 @@ largest difference of the scores from float64's, relative to float64's largest s
 ``"proportional"`` how far the scores' sum lies from the model's own logit in that dtype.
 ``"reference"`` quantises pre-activations (``ceil(10 z)``), so a rounding difference of one ulp
 can move a value across a step; the other modes are linear in the rounding.
+
+A second table does the same within float32 for what changes the roundings of the model's own
+arithmetic: the copies in chunks of 4 (``perturbations_per_eval=4``) against one pass, and the
+first image explained alone against in the batch of two.
 """
 
 from __future__ import annotations
@@ -62,6 +66,19 @@ def main() -> None:
                 completeness = f"{relative(scores.scores.double().sum(1), logit):17.1e}"
             error = relative(scores.scores.double(), exact.scores)
             print(f"{mode:14s} {str(dtype)[6:]:10s} {error:18.1e} {completeness:>17s}")
+    print(f"\nfloat32 {'mode':14s} {'chunks of 4 vs one pass':>24s} {'alone vs in batch':>18s}")
+    model, x32 = copy.deepcopy(model64).float(), x.float()
+    for mode in ("proportional", "reference", "none"):
+        ctc = CTC(model, bias_sharing=mode)
+        one = ctc.attribute(x32, target, feature_mask=mask, return_feature_scores=True)[1].scores
+        chunked = "" if mode == "proportional" else f"{0:24.1e}"  # needs every copy in one pass
+        if mode != "proportional":
+            _, scores = ctc.attribute(
+                x32, target, feature_mask=mask, perturbations_per_eval=4, return_feature_scores=True
+            )
+            chunked = f"{relative(scores.scores, one):24.1e}"
+        alone = ctc.attribute(x32[:1], target, feature_mask=mask, return_feature_scores=True)[1]
+        print(f"        {mode:14s} {chunked:>24s} {relative(alone.scores, one[:1]):18.1e}")
 
 
 if __name__ == "__main__":

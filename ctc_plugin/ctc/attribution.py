@@ -303,8 +303,10 @@ class CTC(Attribution):
             perturbations_per_eval: How many feature copies travel in one forward batch
                 (bounds memory). ``None`` (default) propagates all features at once. It
                 changes memory and speed only: the scores equal the one-pass scores up to
-                float rounding (a few ulps), in every sharing mode. ``"proportional"`` sharing
-                needs every feature in one pass.
+                the model's float rounding, which in ``"reference"`` mode can cross a step of
+                the published formula's quantisation in float32 (the docs' "How CTC works",
+                Precision; in float64, a few ulps). ``"proportional"`` sharing needs every
+                feature in one pass.
             show_progress: Show a tqdm progress bar over the forward batches.
             return_feature_scores: Also return the [`FeatureScores`][ctc_plugin.FeatureScores].
             return_convergence_delta: Also return, last, the (N,) convergence delta
@@ -351,6 +353,7 @@ class CTC(Attribution):
             )
         scores, baseline_share, output, target_index = fast
         scores = scores.masked_fill(~features.presence, 0.0)
+        check_finite_scores(scores, output)
         attributions = tuple(
             spread_scores(scores, features, i, x) for i, x in enumerate(inputs_tuple)
         )
@@ -631,6 +634,27 @@ class CTC(Attribution):
 
 
 # ---------------------------------------------------------------------------- helpers
+def check_finite_scores(scores: torch.Tensor, output: torch.Tensor) -> None:
+    """Refuse scores that are NaN or infinite where the model's target output is finite.
+
+    Finite inputs (checked) and a finite output leave no reason for such a score but the
+    arithmetic of the pass in a narrow format (a float16 share out of its range), so it is
+    raised rather than returned.
+
+    Raises:
+        FloatingPointError: Naming the examples, with what to do.
+    """
+    bad = ~torch.isfinite(scores).all(dim=1) & torch.isfinite(output)
+    if bool(bad.any()):
+        examples = bad.nonzero().flatten().tolist()
+        raise FloatingPointError(
+            f"CTC's scores of examples {examples[:10]} are NaN or infinite while the model's "
+            f"target outputs are finite ({scores.dtype}): the pass left the format's range. "
+            "Explain a float32 copy of the model and inputs (model.float(), x.float()), or use "
+            "bfloat16"
+        )
+
+
 def check_pass_output(gated: GatedPass, logits: Any) -> torch.Tensor:
     """A pass's output as per-copy values; refused (with what to change) where it is none.
 

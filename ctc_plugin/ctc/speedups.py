@@ -449,7 +449,7 @@ class FusedProportionalSharing:
                 torch.abs(copies[piece], out=magnitude)
                 total[piece[1:]].add_(magnitude.sum(dim=0) if len(magnitude) > 1 else magnitude[0])
             torch.eq(total, 0, out=empty[example, 0])
-            factor = bias / total.masked_fill_(empty[example, 0], 1.0)
+            factor = bias_per_magnitude(bias, total.masked_fill_(empty[example, 0], 1.0))
             for piece in pieces:
                 (magnitude,) = self.workspace.buffers(copies[piece], 1)
                 copies[piece].addcmul_(torch.abs(copies[piece], out=magnitude), factor[piece[1:]])
@@ -511,7 +511,9 @@ class FusedProportionalSharing:
                 self._add_equal_shares(block, block_bias, magnitude, total, empty, layout)
                 any_empty = True
             else:
-                block.addcmul_(magnitude, block_bias / total.masked_fill_(empty, 1.0))
+                block.addcmul_(
+                    magnitude, bias_per_magnitude(block_bias, total.masked_fill_(empty, 1.0))
+                )
                 if bool(empty.any()):  # every copy has z = 0 here: split equally
                     self._add_fallback(block, block_bias, empty, layout)
                     any_empty = True
@@ -536,7 +538,7 @@ class FusedProportionalSharing:
         """
         where_empty = empty.to(block.dtype)
         magnitude.addcmul_(where_empty, equal_weights(block, layout))
-        block.addcmul_(magnitude, bias / total.add_(where_empty))
+        block.addcmul_(magnitude, bias_per_magnitude(bias, total.add_(where_empty)))
 
     @staticmethod
     def _add_fallback(
@@ -553,6 +555,18 @@ class FusedProportionalSharing:
         weights = equal_weights(sharing, layout).flatten(1)  # (N or 1, S)
         weights = weights if weights.shape[0] == 1 else weights[example]
         sharing[(example, slice(None), *unit)] += bias_at * weights
+
+
+def bias_per_magnitude(bias: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """``bias / total``, the factor of each copy's ``|z_k|`` in its proportional share.
+
+    In float32 for float16 copies: where the copies' magnitudes are small the quotient exceeds
+    float16's range (65504), and ``|z_k| * inf`` would give infinite or NaN shares, while the
+    share itself, ``bias * |z_k| / total``, is at most the bias.
+    """
+    if total.dtype == torch.float16:
+        return bias.float() / total.float()
+    return bias / total
 
 
 def _channel_block(bias: torch.Tensor, z: torch.Tensor, first: int, count: int) -> torch.Tensor:

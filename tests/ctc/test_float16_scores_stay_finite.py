@@ -1,0 +1,52 @@
+"""Float16 models: the shares stay in float16's range, and scores that leave it are refused.
+
+``"proportional"`` shares are ``b * |z_k| / sum_j |z_j|``; their fused form multiplies
+``|z_k|`` by ``b / sum_j |z_j|``, which exceeds float16's range where the copies' values are
+small, and gave NaN scores of a finite output. It is computed in float32 for float16 copies.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ctc_plugin import CTC
+from ctc_plugin.ctc.attribution import check_finite_scores
+from ctc_plugin.ctc.speedups import SPEC
+from ctc_plugin.testing import random_partition
+
+
+def _small_values_big_bias() -> nn.Module:
+    net = nn.Sequential(nn.Conv2d(1, 1, 1), nn.Flatten(), nn.Linear(16, 2)).eval()
+    with torch.no_grad():
+        net[0].weight.fill_(1e-3)  # the copies' z: 1e-5, their sum far below 1 / 65504
+        net[0].bias.fill_(1.0)
+    return net.half()
+
+
+@pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
+def test_float16_scores_equal_the_specs_where_the_quotient_leaves_the_range(mode):
+    net = _small_values_big_bias()
+    x = torch.full((1, 1, 4, 4), 1e-2, dtype=torch.float16)
+    mask = random_partition(4, 4, 4)
+    _, fast = CTC(net, bias_sharing=mode).attribute(
+        x, 0, feature_mask=mask, return_feature_scores=True
+    )
+    spec = CTC(net, bias_sharing=mode)
+    spec._speedups = SPEC
+    _, expected = spec.attribute(x, 0, feature_mask=mask, return_feature_scores=True)
+    assert torch.isfinite(fast.scores).all()
+    torch.testing.assert_close(fast.scores, expected.scores, rtol=0, atol=2e-3)
+    if mode == "proportional":
+        torch.testing.assert_close(
+            fast.scores.float().sum(1), fast.output.float(), rtol=0, atol=2e-3
+        )
+
+
+def test_scores_out_of_range_of_a_finite_output_are_refused():
+    scores = torch.tensor([[1.0, float("nan")], [1.0, 2.0], [float("inf"), 0.0]])
+    output = torch.tensor([3.0, 3.0, float("inf")])  # the last: the model's own overflow
+    with pytest.raises(FloatingPointError, match=r"examples \[0\] are NaN or infinite"):
+        check_finite_scores(scores, output)
+    check_finite_scores(scores[1:], output[1:])
