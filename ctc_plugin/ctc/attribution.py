@@ -577,6 +577,7 @@ class CTC(Attribution):
         layout = CopyLayout(examples=n, features=0, reference_full=False, baseline=False)
         gated = self._speedups.gated_pass(layout, self._sharing(), gradient=True)
         leaves = tuple(x.detach().requires_grad_(True) for x in inputs)
+        gated.gradient_inputs = leaves
         with torch.enable_grad():
             try:
                 with CTCMode(gated, self.forward_func):

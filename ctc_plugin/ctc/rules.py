@@ -131,6 +131,24 @@ class BatchDimensionError(ValueError):
     """An operation's result lost the batch dimension that carries the copies."""
 
 
+def grows_from(tensor: torch.Tensor, leaves: tuple[torch.Tensor, ...]) -> bool:
+    """Whether ``tensor``'s autograd graph reaches one of ``leaves`` (tensors that need grad)."""
+    wanted = {id(leaf) for leaf in leaves}
+    if not wanted:
+        return False
+    seen: set[int] = set()
+    stack = [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if id(getattr(node, "variable", None)) in wanted:
+            return True
+        stack.extend(parent for parent, _ in node.next_functions)
+    return False
+
+
 @dataclass
 class GatedPass:
     """State and rules of one CTC pass over a batch of copies.
@@ -151,6 +169,9 @@ class GatedPass:
         host_checks: Whether a rule may read a value back from its device where a note could
             stand for it (`known_zeros`): ``None``, on a CPU only (see
             [`Speedups.host_checks`][ctc_plugin.ctc.speedups.Speedups]).
+        gradient_inputs: In a gradient pass, the leaves its gradient is taken for: a constant
+            operand computed from them where the pass did not see it raises `GraphCutError`
+            (see [`check_constant`][ctc_plugin.ctc.rules.GatedPass.check_constant]).
     """
 
     layout: CopyLayout
@@ -160,6 +181,7 @@ class GatedPass:
     exits: list[str] = field(default_factory=list)
     tensor_steps: bool = True
     host_checks: bool | None = None
+    gradient_inputs: tuple[torch.Tensor, ...] = ()
 
     # ------------------------------------------------------------------ tagging
     def tag(self, tensor: torch.Tensor, axis: int = 0) -> torch.Tensor:
@@ -301,9 +323,23 @@ class GatedPass:
         accounts for. Checked only where the constant's dim 0 meets the signal's copies (same
         rank, same leading size); a constant expanded along dim 0 is accepted without reading.
 
+        In a gradient pass (one copy per example: no rows to compare), a constant whose
+        autograd graph reaches the pass's inputs was computed from them where the pass did not
+        see it (TorchScript, a C++ extension): its gradient would be the model's, not the
+        linearised network's, so the pass gives way to the pass of the copies.
+
         Raises:
             UntracedOutputError: The rows differ by more than rounding.
+            GraphCutError: In a gradient pass, for a constant computed from its inputs.
         """
+        if (
+            self.gradient
+            and isinstance(constant, torch.Tensor)
+            and constant.grad_fn is not None
+            and not self.is_propagated(constant)
+            and grows_from(constant, self.gradient_inputs)
+        ):
+            raise GraphCutError(f"code the pass did not see, feeding {operation},")
         if (
             not isinstance(constant, torch.Tensor)
             or self.is_propagated(constant)
