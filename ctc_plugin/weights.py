@@ -128,10 +128,12 @@ def read_manifest(folder: str | Path | None = None) -> dict[str, str]:
 
 
 def _write_entries(folder: Path, entries: dict[str, str]) -> Path:
+    """Write the manifest of ``folder`` atomically (a reader never sees half of it)."""
+    from ctc_plugin.resumable.atomic import write_atomic
+
     path = folder / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(entries.items())))
-    tmp.replace(path)
+    text = "".join(f"{digest}  {name}\n" for name, digest in sorted(entries.items()))
+    write_atomic(path, lambda stream: stream.write(text.encode()))
     return path
 
 
@@ -145,30 +147,38 @@ def write_manifest(folder: str | Path | None = None) -> Path:
     Returns:
         The path of the manifest.
     """
+    from ctc_plugin.resumable.atomic import folder_lock
+
     folder = Path(folder if folder is not None else WEIGHTS_DIR)
-    entries = {path.name: file_sha256(path) for path in sorted(folder.glob("*.pt"))}
-    return _write_entries(folder, entries)
+    with folder_lock(folder, exclusive=True):
+        entries = {path.name: file_sha256(path) for path in sorted(folder.glob("*.pt"))}
+        return _write_entries(folder, entries)
 
 
 def record_in_manifest(path: str | Path) -> bool:
     """Update the manifest entry of ``path`` if it lies in the shipped weights folder.
 
     Only that entry changes (a damaged neighbour is not blessed). Writers of weight files call
-    this after writing; a file elsewhere is left alone.
+    this after writing; a file elsewhere is left alone. Writers in several threads or processes
+    take turns (a lock on the folder), so each keeps its entry, and the manifest is replaced
+    whole, never seen half written.
 
     Returns:
         Whether the manifest was updated.
     """
+    from ctc_plugin.resumable.atomic import folder_lock
+
     path = Path(path).expanduser()
     if not is_shipped(path):
         return False
     folder = path.resolve().parent
-    try:
-        entries = read_manifest(folder)
-    except FileNotFoundError:
-        entries = {}
-    entries[path.name] = file_sha256(path)
-    _write_entries(folder, entries)
+    with folder_lock(folder, exclusive=True):
+        try:
+            entries = read_manifest(folder)
+        except FileNotFoundError:
+            entries = {}
+        entries[path.name] = file_sha256(path)
+        _write_entries(folder, entries)
     return True
 
 

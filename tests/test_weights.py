@@ -47,3 +47,31 @@ def test_every_shipped_explainer_file_is_listed_with_a_known_kind():
     assert {kind for _, _, kind in listed} <= set(explainers.KINDS)
     for family, split, kind in listed:
         assert weights.explainer_path(family, split, kind).is_file()
+
+
+def test_weight_files_recorded_from_several_threads_all_keep_their_entry(tmp_path, monkeypatch):
+    """Each writer reads, changes and replaces the manifest under a lock on the folder."""
+    import threading
+
+    from ctc_plugin import weights
+
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)
+    (tmp_path / weights.MANIFEST_NAME).write_text("")
+    start = threading.Barrier(6)
+
+    def write(worker: int) -> None:
+        start.wait()
+        for k in range(15):
+            path = tmp_path / f"explainer-{worker}-{k}.pt"
+            path.write_bytes(f"{worker}-{k}".encode())
+            assert weights.record_in_manifest(path)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    listed = weights.read_manifest(tmp_path)
+    assert sorted(listed) == sorted(p.name for p in tmp_path.glob("*.pt"))
+    assert len(listed) == 90
+    assert not list(tmp_path.glob(".tmp-*")) and not list(tmp_path.glob("*.tmp"))
