@@ -29,6 +29,7 @@ from ctc_plugin.ctc.composite import (
     find_ctc_composites,
     hooked_pass,
 )
+from ctc_plugin.ctc.errors import CompositeOutsideAttributorError
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.inputs import (
     check_eval_mode,
@@ -94,7 +95,10 @@ class CTCAttributor(Attributor):
         feature_mask: Default feature ids in Captum's convention (integer ids broadcastable to
             the input, e.g. (1, 1, H, W)); a call's ``feature_mask`` overrides it.
         segmenter: Makes the feature mask when neither the call nor the attributor gives one
-            (default: superpixels, as in ``CTC``).
+            (default: superpixels, as in ``CTC``). A call runs it before registering the
+            composite, so it may take the model's gradient (relevance-guided features, a
+            CAM); inside a ``with`` block the composite is registered already, and such a
+            segmenter is refused: make the mask before the block and pass it.
         baselines: As in ``CTC.attribute``.
         functional: What happens to operations that need a CTC rule but run outside every
             module with a CTC hook (``F.relu`` in a ``forward``, ``(x - mean) / std``):
@@ -183,10 +187,16 @@ class CTCAttributor(Attributor):
         """
         weighting = self.default_attr_output if attr_output is None else attr_output
         with exclusive(self.model), exclusive(self.composite):
+            mask = feature_mask if feature_mask is not None else self.feature_mask
+            if mask is None and not self.composite.handles:
+                # before the composite is registered: a segmenter may take the model's gradient
+                # (relevance or a CAM), which must not run through the composite's rules
+                check_inputs(input, name="input", tuples=False)
+                mask = self._segment(input.detach())
             # registered for this call only: zennit 1.0's canonizers leave instance attributes
             # shadowing the parameters after remove(); the model gets its own tensors back
             restored = nullcontext() if self.composite.handles else tensors_restored(self.model)
-            self._call_mask = feature_mask
+            self._call_mask = mask
             try:
                 with restored:
                     return super().__call__(
@@ -194,6 +204,13 @@ class CTCAttributor(Attributor):
                     )
             finally:
                 self._call_mask = None
+
+    def _segment(self, images: torch.Tensor) -> torch.Tensor:
+        """The segmenter's feature mask of ``images`` (the default one when none was given)."""
+        engine = CTC(self.model, segmenter=self.segmenter)
+        mask = engine._segment((images,))
+        self.segmenter = engine.segmenter  # the default one, made once
+        return mask
 
     def __enter__(self) -> CTCAttributor:
         """Register the composite (once no other call of this package uses the model).
@@ -274,6 +291,16 @@ class CTCAttributor(Attributor):
         check_eval_mode(self.model)
         check_takes_images(self.model)
         mask = self._call_mask if self._call_mask is not None else self.feature_mask
+        if mask is None:  # in a with block: the segmenter runs with the composite registered
+            try:
+                mask = self._segment(input.detach())
+            except CompositeOutsideAttributorError as error:
+                raise RuntimeError(
+                    "the segmenter takes a gradient of the model, which runs through the "
+                    "composite this with block registered: make the feature mask before the "
+                    "block and pass it (attributor(x, feature_mask=segmenter(x))), or call the "
+                    "attributor outside a with block, where it segments before registering"
+                ) from error
         engine = _HookedCTC(
             self.model,
             self.segmenter,
