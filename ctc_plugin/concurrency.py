@@ -306,7 +306,21 @@ class CallScope:
         def scoped(*args: Any, **kwargs: Any) -> Any:
             return hook(*args, **kwargs) if self.active else None
 
+        scoped.call_scope = self  # type: ignore[attr-defined]
         return scoped  # type: ignore[return-value]
+
+
+def inert_here(hook: Any) -> bool:
+    """Whether ``hook`` does nothing for the code running now.
+
+    That is a `CallScope.only` hook of a scope that is not active here (another call's, in
+    another thread).
+
+    A pass that must see every hook that could change its result (CTC's gradient pass) can
+    ignore such hooks.
+    """
+    scope = getattr(hook, "call_scope", None)
+    return isinstance(scope, CallScope) and not scope.active
 
 
 class PerThread:

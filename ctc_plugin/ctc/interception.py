@@ -36,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from torch.utils.hooks import RemovableHandle
 
+from ctc_plugin.concurrency import inert_here
 from ctc_plugin.ctc.copy_axis import REDUCTIONS
 from ctc_plugin.ctc.deferred import (
     MAX_DEPTH,
@@ -81,12 +82,20 @@ __all__ = [
 
 
 def module_hooks(module: nn.Module) -> bool:
-    """Whether ``module`` carries forward or backward hooks of its own (not global ones)."""
-    return bool(
-        module._forward_pre_hooks
-        or module._forward_hooks
-        or module._backward_pre_hooks
-        or module._backward_hooks
+    """Whether ``module`` carries forward or backward hooks of its own (not global ones).
+
+    Hooks of another call of this package (`inert_here`: they act on their own call's passes
+    only, in another thread) do not count.
+    """
+    return any(
+        not inert_here(hook)
+        for hooks in (
+            module._forward_pre_hooks,
+            module._forward_hooks,
+            module._backward_pre_hooks,
+            module._backward_hooks,
+        )
+        for hook in hooks.values()
     )
 
 
@@ -96,13 +105,22 @@ _PASS_HOOKS: set[int] = set()
 
 
 def other_global_module_hooks() -> bool:
-    """Whether a global module hook (``register_module_*_hook``) other than a pass's is there."""
+    """Whether a global module hook (``register_module_*_hook``) other than a pass's is there.
+
+    Hooks of another call of this package that act on that call only (`inert_here`, such as
+    Integrative CAM's in another thread) do not count.
+    """
     registry = module_hooks_registry
-    return bool(
-        set(registry._global_forward_pre_hooks) - _PASS_HOOKS
-        or registry._global_forward_hooks
-        or registry._global_backward_pre_hooks
-        or registry._global_backward_hooks
+    return any(
+        not inert_here(hook)
+        for hooks in (
+            registry._global_forward_pre_hooks,
+            registry._global_forward_hooks,
+            registry._global_backward_pre_hooks,
+            registry._global_backward_hooks,
+        )
+        for key, hook in hooks.items()
+        if not (hooks is registry._global_forward_pre_hooks and key in _PASS_HOOKS)
     )
 
 

@@ -516,3 +516,32 @@ def test_per_thread_attributes() -> None:
     _in_thread(other).join(TIMEOUT)
     assert seen == ["none", "other"] and holder.value == "main"
     assert copy.deepcopy(holder).value == "none"
+
+
+def test_another_calls_scoped_hooks_leave_none_sharing_on_its_gradient_pass():
+    """Hooks of a call in another thread (Integrative CAM's) act on that call only.
+
+    ``"none"`` sharing takes its one gradient unless a hook could change it; it fell back to the
+    pass of the copies (other roundings) whenever another thread's call held its hooks, so a
+    call's bits depended on what ran beside it.
+    """
+    import torchvision
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    mask = GridSegmenter(4)(x)
+    ctc = CTC(model, bias_sharing="none")
+    alone = ctc.attribute(x, 1, feature_mask=mask)
+    other = CallScope()  # not entered here: another thread's call
+    handles = [
+        register_module_forward_pre_hook(other.only(lambda module, args: None)),
+        model.layer1.register_forward_hook(other.only(lambda module, args, out: None)),
+    ]
+    try:
+        beside = ctc.attribute(x, 1, feature_mask=mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(beside, alone)
