@@ -61,6 +61,7 @@ __all__ = [
     "is_integer",
     "is_per_example",
     "PATCH_SEQUENCE_MODELS",
+    "RANDOM_FUNCTIONS",
     "outside_inference_mode",
     "training_mode_error",
 ]
@@ -348,6 +349,19 @@ FUNCTIONAL_DROPOUTS = (
 )  # fmt: skip
 
 
+#: Torch functions that draw random numbers: an attribution that runs the model refuses them
+#: whatever their arguments (stochastic depth or drop path in training mode multiplies the signal
+#: by such numbers), since its result would change from call to call.
+RANDOM_FUNCTIONS: frozenset[Any] = frozenset(
+    (
+        torch.rand, torch.rand_like, torch.randn, torch.randn_like, torch.randint,
+        torch.randint_like, torch.randperm, torch.bernoulli, torch.Tensor.bernoulli,
+        torch.Tensor.bernoulli_, torch.Tensor.uniform_, torch.Tensor.normal_, torch.normal,
+        torch.multinomial, torch.Tensor.random_, torch.Tensor.exponential_, torch.poisson,
+    )
+)  # fmt: skip
+
+
 #: Hugging Face ``transformers``' ``config.model_type`` of the image models that take their
 #: images as sequences of patches (SigLIP 2's "NaFlex" input: ``pixel_values`` (N, patches,
 #: p * p * C) with ``spatial_shapes``), not as (N, C, H, W) images.
@@ -379,12 +393,14 @@ def check_takes_images(forward_func: Callable[..., Any]) -> None:
 def changes_in_training(module: torch.nn.Module) -> bool:
     """Whether ``module`` runs in training mode and would then change itself or be random.
 
-    BatchNorm, dropout, InstanceNorm with running statistics, recurrent layers (LSTM, GRU,
-    RNN) with dropout between their layers, and spectral normalisation (its power iteration
-    updates its vectors: ``parametrizations.spectral_norm`` or the older hook form).
+    BatchNorm, dropout (``p > 0``; ``p = 0`` is the identity), InstanceNorm with running
+    statistics, recurrent layers (LSTM, GRU, RNN) with dropout between their layers, and
+    spectral normalisation (its power iteration updates its vectors:
+    ``parametrizations.spectral_norm`` or the older hook form).
     """
     stateful = (
-        isinstance(module, (*BATCH_NORM_TYPES, _DropoutNd, _SpectralNorm))
+        isinstance(module, (*BATCH_NORM_TYPES, _SpectralNorm))
+        or (isinstance(module, _DropoutNd) and module.p > 0)  # p = 0: the identity
         or (isinstance(module, _InstanceNorm) and module.track_running_stats)
         or (isinstance(module, torch.nn.RNNBase) and module.dropout > 0 and module.num_layers > 1)
         or any(isinstance(hook, SpectralNormHook) for hook in module._forward_pre_hooks.values())

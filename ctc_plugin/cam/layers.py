@@ -40,7 +40,7 @@ from torch.utils.hooks import RemovableHandle
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES, batch_norm_affine
 from ctc_plugin.cam.bias import fold_batchnorm
 from ctc_plugin.cam.reshapes import TupleOutput, at_call
-from ctc_plugin.inputs import FUNCTIONAL_DROPOUTS, TrainingModeError
+from ctc_plugin.inputs import FUNCTIONAL_DROPOUTS, RANDOM_FUNCTIONS, TrainingModeError
 
 _INPLACE_DUNDERS = frozenset(
     f"__i{op}__"
@@ -403,6 +403,12 @@ class StageTracer(TorchFunctionMode):
             self.saw_attention = True
         if func in _DROPOUT:
             _refuse_training_dropout(func, name, args, kwargs)
+        if func in RANDOM_FUNCTIONS:
+            raise TrainingModeError(
+                f"{name} draws random numbers while the model runs (stochastic depth or drop "
+                "path in training mode, say), so the map would change from call to call; call "
+                "model.eval() first"
+            )
         tracked = [t for t in _tensors(args, kwargs) if id(t) in self._by_tensor]
         kind = "conv" if name == "conv2d" else "bn" if func is F.batch_norm else None
         if name in ("relu", "relu_"):

@@ -997,8 +997,8 @@ def concatenate(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> to
 
 
 def dropout(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    """Dropout in eval mode is the identity; in training mode it is refused."""
-    if _arg(args, kwargs, 2, "training", True):
+    """Dropout in eval mode (or of ``p = 0``) is the identity; in training mode it is refused."""
+    if _arg(args, kwargs, 2, "training", True) and _arg(args, kwargs, 1, "p", 0.5) > 0:
         raise UnsupportedOperationError(
             operation_name(func), "dropout is random in training mode; call model.eval() first"
         )

@@ -59,7 +59,6 @@ from ctc_plugin.ctc.errors import (
 from ctc_plugin.ctc.handlers import operation_name
 from ctc_plugin.ctc.operations import (
     EXIT_FUNCTIONS,
-    RANDOM_FUNCTIONS,
     SUMS,
     TEMPLATE_FUNCTIONS,
     ZERO_FACTORIES,
@@ -67,7 +66,7 @@ from ctc_plugin.ctc.operations import (
     rule_for,
 )
 from ctc_plugin.ctc.rules import REFUSED_ATTRIBUTE, BatchDimensionError, GatedPass
-from ctc_plugin.inputs import changes_in_training, training_mode_error
+from ctc_plugin.inputs import RANDOM_FUNCTIONS, changes_in_training, training_mode_error
 
 #: What `CTCMode._gate_only_reading` returns where a rule refuses gate-only operands.
 REFUSED = object()

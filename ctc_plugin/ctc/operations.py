@@ -675,17 +675,6 @@ def _rows() -> list[OperationRule]:
     ]
 
 
-#: Torch functions that draw random numbers: refused during a pass whatever their arguments
-#: (stochastic depth in training mode multiplies the signal by such numbers, a constant).
-RANDOM_FUNCTIONS: frozenset[Any] = frozenset(
-    (
-        torch.rand, torch.rand_like, torch.randn, torch.randn_like, torch.randint,
-        torch.randint_like, torch.randperm, torch.bernoulli, torch.Tensor.bernoulli,
-        torch.Tensor.bernoulli_, torch.Tensor.uniform_, torch.Tensor.normal_, torch.normal,
-        torch.multinomial, torch.Tensor.random_, torch.Tensor.exponential_, torch.poisson,
-    )
-)  # fmt: skip
-
 #: Shape operations whose other tensor argument is a template: only its shape, dtype or device
 #: is read (``pos.expand_as(x)``, ``gate.type_as(x)``, ``mask.to(x)``). What they return is the
 #: first tensor reshaped or cast: a constant stays a constant, a gate tensor a gate tensor.
