@@ -11,13 +11,17 @@ The error for an operation without a row
 "How CTC works" is [`rules_table_markdown`][ctc_plugin.ctc.operations.rules_table_markdown] (a test
 keeps them equal; ``python -m ctc_plugin.ctc.operations`` prints it).
 
-To support a new operation: write a handler (or reuse one) and add its functions to a row, or a
-new row, in `_rows`; then regenerate the docs table.
+To support a new operation in the package: write a handler (or reuse one) and add its functions
+to a row, or a new row, in `_rows`; then regenerate the docs table. From your own code, an
+operation that acts like one of the table (an elementwise activation like ``silu``, a linear map
+like ``conv2d``) takes that operation's rule with
+[`register_rule`][ctc_plugin.ctc.operations.register_rule].
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -708,9 +712,100 @@ SUMS: frozenset[Any] = frozenset(f for row in ROWS if row.rule == _SUMS for f in
 _BY_FUNCTION: dict[Any, OperationRule] = {f: row for row in ROWS for f in row.functions}
 
 
+#: The rows that `register_rule` gave to functions of the user's (consulted after the table).
+_REGISTERED: dict[Any, OperationRule] = {}
+_REGISTERING = threading.Lock()
+
+
 def rule_for(func: Callable[..., Any]) -> OperationRule | None:
     """The row serving a torch function, or ``None`` when CTC has no rule for it."""
-    return _BY_FUNCTION.get(func)
+    row = _BY_FUNCTION.get(func)
+    return row if row is not None else _REGISTERED.get(func)
+
+
+@dataclass(frozen=True)
+class RegisteredRule:
+    """What [`register_rule`][ctc_plugin.ctc.operations.register_rule] did; ``remove()`` undoes it.
+
+    Also a context manager that removes the rule when its block ends.
+
+    Attributes:
+        function: The function that took a rule.
+        like: The function of the table whose rule it took.
+    """
+
+    function: Any
+    like: Any
+
+    def remove(self) -> None:
+        """Take the rule away again (nothing happens if it is gone already)."""
+        with _REGISTERING:
+            if _REGISTERED.get(self.function) is rule_for(self.like):
+                del _REGISTERED[self.function]
+
+    def __enter__(self) -> RegisteredRule:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+
+def register_rule(function: Callable[..., Any], *, like: Callable[..., Any]) -> RegisteredRule:
+    """Let CTC propagate copies through ``function`` with the rule of the table's ``like``.
+
+    For a torch function or operator without a row that computes what a function of the table
+    computes, with its arguments in the same places: ``register_rule(torch.atan,
+    like=torch.tanh)`` (a squashing activation: a rescale gate, and a gate tensor for the
+    products it enters), ``register_rule(torch.ops.mylib.swish.default,
+    like=torch.nn.functional.silu)`` (a custom operator, see ``torch.library``). The rule is
+    applied as it is to ``function``'s call: ``like``'s handler reads the arguments at
+    ``like``'s positions and calls ``function`` where the rule evaluates the operation (the
+    gate copy of an activation). Every later CTC pass, in every thread, uses it (also through
+    [`CTCAttributor`][ctc_plugin.CTCAttributor]'s functional rules).
+
+    CTC cannot check that the two compute alike: a nonlinear function registered like a
+    linear one gives wrong scores, which in ``"proportional"`` sharing still add up to the
+    output. Check a registration on a small model in ``"none"`` sharing, whose scores are the
+    gradient x input of the network linearised at its gates (``torch.func.jvp`` or
+    ``torch.autograd.grad`` with those gates held fixed).
+
+    Functions called inside TorchScript or compiled C++ code are never seen by the pass and
+    cannot be registered; write them with torch operations instead.
+
+    Args:
+        function: The function (a torch function, tensor method or ``torch.ops`` operator).
+        like: A function with a row in the table (``python -m ctc_plugin.ctc.operations``
+            prints it).
+
+    Returns:
+        A [`RegisteredRule`][ctc_plugin.ctc.operations.RegisteredRule], whose ``remove()``
+        takes the rule away (or use it as a context manager).
+
+    Raises:
+        TypeError: ``function`` is not callable.
+        ValueError: ``like`` has no rule, or ``function`` has one already (of the table, or
+            registered: remove that first).
+    """
+    if not callable(function):
+        raise TypeError(f"function must be callable, got {type(function).__name__}")
+    row = _BY_FUNCTION.get(like)
+    if row is None:
+        raise ValueError(
+            f"{operation_name(like)} has no CTC rule to share: give like= a function of the "
+            "table (python -m ctc_plugin.ctc.operations prints it), e.g. "
+            "torch.nn.functional.silu for a smooth elementwise activation"
+        )
+    with _REGISTERING:
+        existing = rule_for(function)
+        if existing is not None:
+            where = "registered" if function in _REGISTERED else "in the table"
+            raise ValueError(
+                f"{operation_name(function)} has a CTC rule already ({where}: {existing.kind}, "
+                f"{existing.rule}); remove a registered one first with the handle "
+                "register_rule returned"
+            )
+        _REGISTERED[function] = row
+    return RegisteredRule(function, like)
 
 
 _OPERATORS = {

@@ -1,0 +1,82 @@
+"""A user's function takes a rule of the table with ``register_rule``, without editing the package.
+
+``torch.atan`` has no row: a model using it is refused. Registered like ``torch.tanh`` (a
+squashing activation), it is a rescale gate: ``"proportional"`` scores add up to the logit and
+``"none"`` scores are the gradient x input of the network with ``atan(h) / h`` held at the
+full input's value. Wrong registrations are refused with what to do, and a removed rule is gone.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ctc_plugin import CTC, CTCAttributor, CTCComposite, UnsupportedOperationError
+from ctc_plugin.ctc.operations import register_rule, rule_for
+from ctc_plugin.testing import random_partition
+
+
+class _AtanNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        h = self.stem(x)
+        gate = torch.atan(h) / h
+        h = h * gate.detach() if frozen else torch.atan(h)
+        return self.head(h.mean(dim=(2, 3)))
+
+
+@pytest.fixture
+def setting():
+    torch.manual_seed(0)
+    model = _AtanNet().double().eval()
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64) + 0.1
+    return model, x, random_partition(6, 6, 4)
+
+
+def test_unregistered_the_function_is_refused_saying_how_to_register(setting):
+    model, x, mask = setting
+    with pytest.raises(UnsupportedOperationError, match=r"register_rule\(function, like=\.\.\.\)"):
+        CTC(model).attribute(x, 1, feature_mask=mask)
+
+
+def test_registered_like_tanh_it_is_a_rescale_gate(setting):
+    model, x, mask = setting
+    with register_rule(torch.atan, like=torch.tanh):
+        _, scores = CTC(model).attribute(x, 1, feature_mask=mask, return_feature_scores=True)
+        torch.testing.assert_close(scores.scores.sum(1), model(x)[:, 1].detach())
+        none = CTC(model, bias_sharing="none").attribute(x, 1, feature_mask=mask)
+        attributor = CTCAttributor(model, CTCComposite(), feature_mask=mask)
+        _, relevance = attributor(x, torch.eye(2, dtype=x.dtype)[[1, 1]])
+        torch.testing.assert_close(relevance, CTC(model).attribute(x, 1, feature_mask=mask))
+    leaf = x.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(model(leaf, frozen=True)[:, 1].sum(), leaf)
+    contribution = (gradient * x).sum(1, keepdim=True)  # (2, 1, 6, 6)
+    expected = torch.zeros_like(contribution)
+    for feature in mask.unique():
+        inside = mask == feature
+        expected += inside * (contribution * inside).sum(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(none, expected.expand_as(x), rtol=0, atol=1e-12)
+    assert rule_for(torch.atan) is None  # the block removed it
+    with pytest.raises(UnsupportedOperationError):
+        CTC(model).attribute(x, 1, feature_mask=mask)
+
+
+def test_wrong_registrations_are_refused():
+    with pytest.raises(ValueError, match="torch.atan has no CTC rule to share"):
+        register_rule(torch.erfinv, like=torch.atan)
+    with pytest.raises(ValueError, match="has a CTC rule already \\(in the table"):
+        register_rule(torch.tanh, like=torch.sigmoid)
+    with pytest.raises(TypeError, match="function must be callable"):
+        register_rule("atan", like=torch.tanh)
+    handle = register_rule(torch.atan, like=torch.tanh)
+    try:
+        with pytest.raises(ValueError, match="\\(registered: "):
+            register_rule(torch.atan, like=torch.sigmoid)
+    finally:
+        handle.remove()
+    handle.remove()  # a second remove does nothing
+    assert rule_for(torch.atan) is None
