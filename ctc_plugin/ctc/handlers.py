@@ -57,6 +57,8 @@ def operation_name(func: Callable[..., Any]) -> str:
     attribute = attribute_name(func)
     if attribute is not None:  # an attribute read: x.mT, x.T, x.H
         return f"torch.Tensor.{attribute}"
+    if isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return f"torch.ops.{func}"  # aten.gelu.default, mylib.swish
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
     module = getattr(func, "__module__", None)
     if name.startswith(("TensorBase.", "Tensor.")):

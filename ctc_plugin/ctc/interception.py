@@ -123,6 +123,17 @@ def other_global_module_hooks() -> bool:
     )
 
 
+def _no_rule_reason(func: Callable[..., Any]) -> str:
+    """Why ``func`` is refused (it has no row), with advice where the operation is a known one."""
+    reason = "no CTC rule is defined for it"
+    if operation_name(func).endswith("log_softmax"):
+        reason += (
+            ": a log-softmax of the logits is no contribution of the features; explain the "
+            "logits before it (for example with a forward function that leaves it out)"
+        )
+    return reason
+
+
 def saved_tensor_hooks_active() -> bool:
     """Whether saved-tensor hooks are on now: ``torch.utils.checkpoint``'s, or a user's.
 
@@ -347,7 +358,7 @@ class CTCMode(TorchFunctionMode):
             out = func(*args, **kwargs)
             if not any(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(out)[0]):
                 return out  # sizes, dtypes, devices, ...: nothing propagates
-            raise UnsupportedOperationError(operation_name(func), "no CTC rule is defined for it")
+            raise UnsupportedOperationError(operation_name(func), _no_rule_reason(func))
         if gate_only is not None and only and not (row.follows_copies or row.from_gate_copy):
             return self._of_gate_only(func, args, kwargs, propagated, gate_only.origin)
         try:

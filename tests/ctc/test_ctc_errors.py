@@ -312,3 +312,10 @@ def test_other_runtime_errors_pass_unchanged(setting):
 
     with pytest.raises(RuntimeError, match="^expected scalar type of the moon$"):
         CTC(failing).attribute(x.double(), 1, feature_mask=mask)  # no module: dtypes unknown
+
+
+def test_a_log_softmax_head_is_told_to_explain_the_logits():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3), nn.LogSoftmax(dim=1)).eval()
+    x = torch.rand(2, 3, 2, 2)
+    with pytest.raises(UnsupportedOperationError, match="explain the logits before it"):
+        CTC(model).attribute(x, 1, feature_mask=random_partition(2, 2, 2))

@@ -80,3 +80,26 @@ def test_wrong_registrations_are_refused():
         handle.remove()
     handle.remove()  # a second remove does nothing
     assert rule_for(torch.atan) is None
+
+
+def test_a_torch_ops_operator_is_named_as_written_and_takes_a_rule():
+    class _Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor, plain: bool = False) -> torch.Tensor:
+            h = self.stem(x)
+            h = nn.functional.gelu(h) if plain else torch.ops.aten.gelu(h)
+            return self.head(h.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    model = _Net().double().eval()
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    mask = random_partition(6, 6, 4)
+    with pytest.raises(UnsupportedOperationError, match=r"through torch\.ops\.aten\.gelu in"):
+        CTC(model).attribute(x, 1, feature_mask=mask)
+    with register_rule(torch.ops.aten.gelu, like=nn.functional.gelu):
+        got = CTC(model).attribute(x, 1, feature_mask=mask)
+    expected = CTC(lambda images: model(images, plain=True)).attribute(x, 1, feature_mask=mask)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
