@@ -391,15 +391,15 @@ class SmallViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the logits of a batch of images in [0, 1]."""
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            self._refuse_size(x)  # another size: as many patches as 96², but a wrong grid
         tokens = self.patches(self.normalize(x)).flatten(2).transpose(1, 2)
-        if tokens.shape[1] + 1 != self.position.shape[1]:
-            self._refuse_size(x)
         tokens = torch.cat([self.class_token.expand(x.shape[0], -1, -1), tokens], dim=1)
         tokens = self.norm(self.blocks(tokens + self.position))
         return self.head(self.to_grid(tokens))
 
     def _refuse_size(self, x: torch.Tensor) -> None:
-        """Raise a ValueError: ``x`` gives another number of patches than the embeddings hold."""
+        """Raise a ValueError: ``x`` is not of the size the position embeddings are laid out for."""
         side, grid = self.image_size, self.image_size // 8
         raise ValueError(
             f"SmallViT takes {side}x{side} images (its position embeddings hold a {grid}x{grid} "

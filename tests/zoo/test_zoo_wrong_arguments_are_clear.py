@@ -24,6 +24,14 @@ def test_vit_refuses_images_of_another_size_than_its_position_embeddings(side):
         model(torch.rand(1, 3, side, side))
 
 
+@pytest.mark.parametrize(("height", "width"), [(89, 96), (48, 192), (96, 90)])
+def test_vit_refuses_sizes_that_make_as_many_patches_on_another_grid(height, width):
+    """89 x 96 rounds to 12 x 12 patches, 48 x 192 makes 6 x 24: 144 tokens, a wrong grid."""
+    model = zoo.build("vit", 6).eval()
+    with pytest.raises(ValueError, match=rf"takes 96x96 images.*got {width}x{height}"):
+        model(torch.rand(1, 3, height, width))
+
+
 def test_vit_built_for_another_size_takes_that_size():
     from ctc_plugin.zoo.models import SmallViT
 
