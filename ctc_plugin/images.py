@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ctc_plugin.inputs import is_integer
+from ctc_plugin.inputs import check_inputs, is_integer
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
@@ -106,7 +106,15 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(tuple(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        """Normalise ``x`` (N, C, H, W)."""
+        """Normalise ``x`` (N, C, H, W); one channel is taken as gray (the same on every channel).
+
+        Raises:
+            ValueError: A batch of another channel count (RGBA, channels-last (N, H, W, C)),
+                with its fix, before torch's broadcasting error.
+        """
+        channels = self.mean.shape[1]
+        if x.dim() != 4 or x.shape[1] not in (1, channels):
+            check_inputs(x, images=True, channels=channels, finite=False, name="the images")
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:

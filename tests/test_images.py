@@ -3,6 +3,8 @@ EXIF orientation and every image mode read as the RGB image it shows."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -266,3 +268,28 @@ def test_files_that_are_no_usable_image_say_so(tmp_path):
     Image.new("F", (4, 4)).save(tmp_path / "float.tiff")
     with pytest.raises(ValueError, match="floating-point image"):
         load_image(tmp_path / "float.tiff")
+
+
+@pytest.mark.parametrize(
+    ("shape", "fix"), [((2, 16, 16, 3), "x.permute(0, 3, 1, 2)"), ((2, 4, 16, 16), "x[:, :3]")]
+)
+def test_normalize_refuses_another_channel_count_with_its_fix_for_every_method(shape, fix):
+    from ctc_plugin import CTC, IntegrativeCAM, zoo
+
+    model = zoo.load("resnet")
+    x = torch.rand(*shape)
+    for run in (
+        lambda: model(x),
+        lambda: IntegrativeCAM(model).attribute(x, 0),
+        lambda: CTC(model).attribute(x, 0, feature_mask=torch.zeros(1, 1, *shape[-2:]).long()),
+    ):
+        with pytest.raises(ValueError, match=re.escape(fix)):
+            run()
+
+
+def test_normalize_takes_one_channel_as_gray():
+    from ctc_plugin.images import Normalize
+
+    gray = torch.rand(2, 1, 4, 4)
+    normalize = Normalize((0.1, 0.2, 0.3), (0.5, 0.5, 0.5))
+    torch.testing.assert_close(normalize(gray), normalize(gray.expand(-1, 3, -1, -1)))
