@@ -1,4 +1,4 @@
-"""Reading ``torch.save`` files as data, with one clear message per kind of damage.
+"""Reading ``torch.save`` files as data, with one clear message per kind of damage; writing them.
 
 Every loader of the package ([`ctc_plugin.zoo.load`][ctc_plugin.zoo.load],
 [`ctc_plugin.zoo.load_torchvision`][ctc_plugin.zoo.load_torchvision],
@@ -14,11 +14,13 @@ objects other than tensors and plain data (a data-only load
 refuses them; the message names the first such object). No message advises an unsafe load.
 
 A file of the shipped weights folder is first checked against the sha256 manifest of
-[`ctc_plugin.weights`][ctc_plugin.weights], the owner of the shipped files.
+[`ctc_plugin.weights`][ctc_plugin.weights], the owner of the shipped files. The package's
+``torch.save`` files are written by [`write_torch_file`][ctc_plugin.files.write_torch_file].
 """
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 import warnings
@@ -293,3 +295,20 @@ def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, Tensor
 def _is_state_dict(value: Any) -> bool:
     """Whether ``value`` is a mapping of names to tensors."""
     return isinstance(value, dict) and all(isinstance(v, Tensor) for v in value.values())
+
+
+def write_torch_file(path: str | Path, payload: Any) -> None:
+    """``torch.save(payload)`` to ``path``, atomically, with the system's error when it fails.
+
+    The archive is made in memory and written in one piece through
+    [`write_atomic`][ctc_plugin.resumable.atomic.write_atomic] (the previous file stays whole
+    on a failure): ``torch.save`` straight into a file turns a full disk into ``RuntimeError:
+    [enforce fail at inline_container.cc] unexpected pos``, where this gives ``OSError: [Errno
+    28] No space left on device``.
+    """
+    from ctc_plugin.resumable.atomic import write_atomic
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getbuffer()
+    write_atomic(Path(path), lambda stream: stream.write(data))

@@ -14,9 +14,8 @@ from torch import Tensor, nn
 
 from ctc_plugin._moved import moved_keywords
 from ctc_plugin.explainer.maps import check_scale, resize_maps, run_at_scale, select_maps
-from ctc_plugin.files import read_data_file
+from ctc_plugin.files import read_data_file, write_torch_file
 from ctc_plugin.module_state import state_digest
-from ctc_plugin.resumable.atomic import write_atomic
 from ctc_plugin.weights import record_in_manifest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -489,7 +488,7 @@ class Explainer(nn.Module):
             "state_dict": state,
             "metadata": plain_metadata(metadata or {}),
         }
-        write_atomic(path, lambda stream: torch.save(payload, stream))
+        write_torch_file(path, payload)
         record_in_manifest(path)  # a file written into the shipped weights folder stays listed
         return path
 

@@ -20,7 +20,7 @@ from ctc_plugin.concurrency import exclusive
 from ctc_plugin.explainer import losses
 from ctc_plugin.explainer.network import Explainer, classifier_record
 from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
-from ctc_plugin.files import read_data_file
+from ctc_plugin.files import read_data_file, write_torch_file
 from ctc_plugin.inputs import (
     broadcasts_to,
     check_images,
@@ -29,7 +29,7 @@ from ctc_plugin.inputs import (
     is_integer,
 )
 from ctc_plugin.module_state import state_digest, state_dtypes
-from ctc_plugin.resumable.atomic import remove_stale_temporaries, write_atomic
+from ctc_plugin.resumable.atomic import remove_stale_temporaries
 
 #: Tag stored in checkpoints written during
 #: [`fit_explainer`][ctc_plugin.explainer.training.fit_explainer].
@@ -513,7 +513,7 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """
     payload = {"format": CHECKPOINT_FORMAT, **state}
     remove_stale_temporaries(path.parent)
-    write_atomic(path, lambda stream: torch.save(payload, stream))
+    write_torch_file(path, payload)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -83,6 +83,8 @@ def write_atomic_group(writes: Sequence[tuple[Path, Callable[[Any], None]]]) -> 
     """
     written: list[tuple[Path, Path]] = []  # (temporary, path)
     backups: dict[Path, Path] = {}  # path -> its previous file, linked beside it
+    for path, _ in writes:
+        check_destination(Path(path))
     try:
         for path, write in writes:
             path = Path(path)
@@ -118,10 +120,40 @@ def write_atomic_group(writes: Sequence[tuple[Path, Callable[[Any], None]]]) -> 
             backup.unlink(missing_ok=True)
 
 
+def check_destination(path: Path) -> None:
+    """Refuse a destination that cannot become a file, before anything is written.
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder.
+        NotADirectoryError: A folder above it is a file.
+    """
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give the path of a file to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(
+                    f"cannot write {path}: {parent} is a file, not a folder; choose another path"
+                )
+            return
+
+
+def _temporary_name(path: Path) -> Path:
+    """``.tmp-<name>-<host>-<pid>-<random>`` beside ``path``, the name cut to fit 255 bytes.
+
+    A name that the file system takes as it is may be too long with the temporary's prefix and
+    suffix; its start is kept (the parts after it identify the writer).
+    """
+    suffix = f"-{_writer()}-{secrets.token_hex(4)}"
+    room = 255 - len(".tmp-") - len(suffix.encode())
+    name = path.name.encode()[:room].decode(errors="ignore")
+    return path.parent / f".tmp-{name}{suffix}"
+
+
 def _backup(path: Path) -> Path:
     """A second name for ``path``'s file (a hard link, else a copy), named as a temporary."""
     while True:
-        backup = path.parent / f".tmp-{path.name}-{_writer()}-{secrets.token_hex(4)}"
+        backup = _temporary_name(path)
         try:
             os.link(path, backup)
             return backup
@@ -139,7 +171,7 @@ def _backup(path: Path) -> Path:
 def _create_temporary(path: Path) -> tuple[BinaryIO, Path]:
     """A new, empty temporary file beside ``path``, open for binary writing, and its path."""
     while True:
-        temporary = path.parent / f".tmp-{path.name}-{_writer()}-{secrets.token_hex(4)}"
+        temporary = _temporary_name(path)
         try:  # exclusive: never an existing file; mode 0o666 less the umask, as open() gives
             return open(temporary, "xb"), temporary
         except FileExistsError:  # pragma: no cover - a name drawn twice
