@@ -43,8 +43,8 @@ class HuggingFaceClassifier(nn.Module):
 
     Raises:
         TypeError: If ``model`` is no module, or ``inputs`` holds what the wrapper passes
-            itself (``pixel_values``, SigLIP 2's ``spatial_shapes``); at a call, if the model's
-            output has no ``logits`` tensor.
+            itself (``pixel_values``, SigLIP 2's ``spatial_shapes``) or ``return_dict=False``;
+            at a call, if the model's output has no ``logits`` tensor.
     """
 
     def __init__(self, model: nn.Module, **inputs: Any) -> None:
@@ -61,6 +61,11 @@ class HuggingFaceClassifier(nn.Module):
             raise TypeError(
                 f"HuggingFaceClassifier passes the images itself; drop {given} from its "
                 "keyword arguments (they are for further options of every call)"
+            )
+        if inputs.get("return_dict", True) is not True:
+            raise TypeError(
+                "HuggingFaceClassifier reads the logits off the model's output object; drop "
+                "return_dict=False from its keyword arguments (a tuple output has no logits)"
             )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

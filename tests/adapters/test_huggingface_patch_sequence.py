@@ -99,3 +99,5 @@ def test_the_inputs_the_wrapper_passes_itself_are_refused_as_options() -> None:
     model = huggingface_classifier("SigLIP 2").model
     with pytest.raises(TypeError, match=r"drop \['spatial_shapes'\]"):
         HuggingFaceClassifier(model, spatial_shapes=torch.tensor([[4, 4]]))
+    with pytest.raises(TypeError, match="drop return_dict=False"):
+        HuggingFaceClassifier(model, return_dict=False)
