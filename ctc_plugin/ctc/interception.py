@@ -86,15 +86,11 @@ def module_hooks(module: nn.Module) -> bool:
     Hooks of another call of this package (`inert_here`: they act on their own call's passes
     only, in another thread) do not count.
     """
-    return any(
-        not inert_here(hook)
-        for hooks in (
-            module._forward_pre_hooks,
-            module._forward_hooks,
-            module._backward_pre_hooks,
-            module._backward_hooks,
-        )
-        for hook in hooks.values()
+    return _live_hooks(
+        module._forward_pre_hooks,
+        module._forward_hooks,
+        module._backward_pre_hooks,
+        module._backward_hooks,
     )
 
 
@@ -110,16 +106,23 @@ def other_global_module_hooks() -> bool:
     Integrative CAM's in another thread) do not count.
     """
     registry = module_hooks_registry
+    return _live_hooks(
+        registry._global_forward_pre_hooks,
+        registry._global_forward_hooks,
+        registry._global_backward_pre_hooks,
+        registry._global_backward_hooks,
+    )
+
+
+def _live_hooks(*hook_dicts: dict[int, Any]) -> bool:
+    """Whether the hook dicts hold a hook that may act here: not a pass's, not `inert_here`.
+
+    Hook ids are unique across all dicts (one counter), so a pass's id is skipped in any.
+    """
     return any(
-        not inert_here(hook)
-        for hooks in (
-            registry._global_forward_pre_hooks,
-            registry._global_forward_hooks,
-            registry._global_backward_pre_hooks,
-            registry._global_backward_hooks,
-        )
+        key not in _PASS_HOOKS and not inert_here(hook)
+        for hooks in hook_dicts
         for key, hook in hooks.items()
-        if not (hooks is registry._global_forward_pre_hooks and key in _PASS_HOOKS)
     )
 
 
