@@ -112,8 +112,8 @@ class Normalize(nn.Module):
             ValueError: A batch of another channel count (RGBA, channels-last (N, H, W, C)),
                 with its fix, before torch's broadcasting error.
         """
-        channels = self.mean.shape[1]
-        if x.dim() != 4 or x.shape[1] not in (1, channels):
+        channels = self.mean.shape[1]  # one value: the same for every channel
+        if channels > 1 and (x.dim() != 4 or x.shape[1] not in (1, channels)):
             check_inputs(x, images=True, channels=channels, finite=False, name="the images")
         return (x - self.mean) / self.std
 

@@ -27,6 +27,7 @@ import functools
 import itertools
 import math
 import numbers
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -270,6 +271,14 @@ def dtype_mismatch_explained(method: F) -> F:
     return run  # type: ignore[return-value]
 
 
+#: Torch's messages for operands of two dtypes (convolutions, matrix products, normalisations).
+_TORCH_DTYPE_ERROR = re.compile(
+    r"scalar type|(input|weight|bias) type \(|same dtype|mixed dtype|same datatype|"
+    r"dtype.*but (got|found)",
+    re.IGNORECASE,
+)
+
+
 def _dtype_mismatch(
     error: RuntimeError, forward_func: Any, inputs: Any
 ) -> DtypeMismatchError | None:
@@ -281,7 +290,13 @@ def _dtype_mismatch(
         {str(x.dtype) for x in members if isinstance(x, torch.Tensor) and x.is_floating_point()}
     )
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if wanted is None or not given or given == [str(wanted)] or "type" not in first_line:
+    if (
+        wanted is None
+        or not given
+        or given == [str(wanted)]
+        or type(error).__module__.startswith("ctc_plugin")  # the package's own, meant as they are
+        or not _TORCH_DTYPE_ERROR.search(first_line)
+    ):
         return None
     return DtypeMismatchError(
         f"the inputs are {' and '.join(given)} and the model computes in {wanted} (torch: "

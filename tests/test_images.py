@@ -293,3 +293,6 @@ def test_normalize_takes_one_channel_as_gray():
     gray = torch.rand(2, 1, 4, 4)
     normalize = Normalize((0.1, 0.2, 0.3), (0.5, 0.5, 0.5))
     torch.testing.assert_close(normalize(gray), normalize(gray.expand(-1, 3, -1, -1)))
+    one_value = Normalize((0.5,), (0.25,))  # the same statistics for every channel
+    rgb = torch.rand(2, 3, 4, 4)
+    torch.testing.assert_close(one_value(rgb), (rgb - 0.5) / 0.25)

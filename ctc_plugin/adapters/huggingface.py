@@ -62,7 +62,7 @@ class HuggingFaceClassifier(nn.Module):
                 f"HuggingFaceClassifier passes the images itself; drop {given} from its "
                 "keyword arguments (they are for further options of every call)"
             )
-        if inputs.get("return_dict", True) is not True:
+        if inputs.get("return_dict") is False:
             raise TypeError(
                 "HuggingFaceClassifier reads the logits off the model's output object; drop "
                 "return_dict=False from its keyword arguments (a tuple output has no logits)"

@@ -329,6 +329,10 @@ class CTC(Attribution):
             UnsupportedOperationError: the model calls an operation without a CTC rule.
             UntracedOutputError: forward_func's output was not computed from the copies it was
                 given by torch operations (a numpy round trip, an ignored argument, ...).
+            DtypeMismatchError: the model failed on inputs of another floating-point dtype than
+                its own (a ``RuntimeError``, naming both and the conversion).
+            FloatingPointError: a score came out NaN or infinite where the model's output is
+                finite (a float16 pass out of its range).
         """
         is_tuple = isinstance(inputs, tuple)
         inputs_tuple = check_inputs(inputs)

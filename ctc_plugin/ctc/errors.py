@@ -30,8 +30,8 @@ class UnsupportedOperationError(RuntimeError):
         super().__init__(
             f"CTC cannot propagate feature copies through {operation}{where}: {reason}. "
             f"Supported: {supported_summary()}. See the docs page 'How CTC works' for the "
-            "full table; a function that computes what one of them computes takes its rule "
-            "with ctc_plugin.ctc.operations.register_rule(function, like=...)."
+            "full table; an elementwise activation that computes what one of them computes "
+            "takes its rule with ctc_plugin.ctc.operations.register_rule(function, like=...)."
         )
 
     def in_module(self, module: str | None) -> UnsupportedOperationError:

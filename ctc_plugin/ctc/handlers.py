@@ -652,6 +652,7 @@ def rescale(gate: bool = False, inplace_default: bool = False) -> Handler:
             x, lambda t: func(t.clone(), *rest, **kwargs), origin, inplace=inplace
         )
 
+    handle.elementwise = True  # type: ignore[attr-defined]  # reads no name: registrable
     return handle
 
 

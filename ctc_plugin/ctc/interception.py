@@ -119,10 +119,12 @@ def _live_hooks(*hook_dicts: dict[int, Any]) -> bool:
 
     Hook ids are unique across all dicts (one counter), so a pass's id is skipped in any.
     """
-    return any(
+    if not any(hook_dicts):  # the common case, and nothing to iterate
+        return False
+    return any(  # a snapshot of each dict (atomic in C): other threads add and remove hooks
         key not in _PASS_HOOKS and not inert_here(hook)
         for hooks in hook_dicts
-        for key, hook in hooks.items()
+        for key, hook in tuple(hooks.items())
     )
 
 
@@ -137,14 +139,21 @@ def _no_rule_reason(func: Callable[..., Any]) -> str:
     return reason
 
 
-def saved_tensor_hooks_active() -> bool:
-    """Whether saved-tensor hooks are on now: ``torch.utils.checkpoint``'s, or a user's.
+def _other_hooks(now: Any, outer: Any) -> bool:
+    """Whether the saved-tensor hooks ``now`` are others than those on when the pass began."""
+    return now is not None and (outer is None or now[0] is not outer[0])
 
-    A gradient pass cannot go through them: a checkpointed block computes its forward again
-    during the backward, after the pass has ended, with the model's own gates (its gradient
-    would not be the linearised network's, or its saved tensors would not match).
+
+def saved_tensor_hooks() -> Any:
+    """The innermost saved-tensor hooks on now (``None`` without): a checkpoint's, or a user's.
+
+    A gradient pass cannot go through hooks pushed inside the forward function: a checkpointed
+    block computes its forward again during the backward, after the pass has ended, with the
+    model's own gates (its gradient would not be the linearised network's, or its saved tensors
+    would not match). Hooks that were on before the pass began (``save_on_cpu()`` around the
+    call) only move saved tensors, and are compared against (`CTCMode`).
     """
-    return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+    return torch._C._autograd._top_saved_tensors_default_hooks(False)
 
 
 class CTCMode(TorchFunctionMode):
@@ -175,6 +184,7 @@ class CTCMode(TorchFunctionMode):
         self.gated_pass = gated_pass
         self.model = model
         self._module_hook: RemovableHandle | None = None
+        self._outer_saved_hooks: Any = None
 
     def __enter__(self) -> CTCMode:
         """Enter the mode, and refuse modules in training mode before they run.
@@ -205,6 +215,7 @@ class CTCMode(TorchFunctionMode):
             if gradient and module_hooks(module):
                 raise GraphCutError(f"the hooks of {type(module).__name__}")
 
+        self._outer_saved_hooks = saved_tensor_hooks()
         self._module_hook = register_module_forward_pre_hook(check_module)
         _PASS_HOOKS.add(self._module_hook.id)
         self._eager = contextlib.ExitStack()
@@ -295,7 +306,7 @@ class CTCMode(TorchFunctionMode):
             if func in ZERO_FACTORIES and kwargs.get("out") is None:
                 ctx.note_zeros(out)
             return out
-        if ctx.gradient and saved_tensor_hooks_active():
+        if ctx.gradient and _other_hooks(saved_tensor_hooks(), self._outer_saved_hooks):
             raise GraphCutError("torch.utils.checkpoint (or another saved-tensor hook)")
         refused = [
             getattr(t, REFUSED_ATTRIBUTE)

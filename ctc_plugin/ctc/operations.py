@@ -13,9 +13,8 @@ keeps them equal; ``python -m ctc_plugin.ctc.operations`` prints it).
 
 To support a new operation in the package: write a handler (or reuse one) and add its functions
 to a row, or a new row, in `_rows`; then regenerate the docs table. From your own code, an
-operation that acts like one of the table (an elementwise activation like ``silu``, a linear map
-like ``conv2d``) takes that operation's rule with
-[`register_rule`][ctc_plugin.ctc.operations.register_rule].
+elementwise activation that computes what one of the table computes (``silu``, ``tanh``) takes
+that activation's rule with [`register_rule`][ctc_plugin.ctc.operations.register_rule].
 """
 
 from __future__ import annotations
@@ -712,22 +711,28 @@ SUMS: frozenset[Any] = frozenset(f for row in ROWS if row.rule == _SUMS for f in
 _BY_FUNCTION: dict[Any, OperationRule] = {f: row for row in ROWS for f in row.functions}
 
 
-#: The rows that `register_rule` gave to functions of the user's (consulted after the table).
-_REGISTERED: dict[Any, OperationRule] = {}
+#: What `register_rule` gave to functions of the user's (consulted after the table): the row
+#: and the registration's handle.
+_REGISTERED: dict[Any, tuple[OperationRule, RegisteredRule]] = {}
 _REGISTERING = threading.Lock()
 
 
 def rule_for(func: Callable[..., Any]) -> OperationRule | None:
     """The row serving a torch function, or ``None`` when CTC has no rule for it."""
     row = _BY_FUNCTION.get(func)
-    return row if row is not None else _REGISTERED.get(func)
+    if row is not None:
+        return row
+    registered = _REGISTERED.get(func)
+    return None if registered is None else registered[0]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RegisteredRule:
     """What [`register_rule`][ctc_plugin.ctc.operations.register_rule] did; ``remove()`` undoes it.
 
-    Also a context manager that removes the rule when its block ends.
+    Also a context manager that removes the rule when its block ends. Each registration is its
+    own handle: removing one twice, or after another registration of the same function, leaves
+    the other one in place.
 
     Attributes:
         function: The function that took a rule.
@@ -740,7 +745,8 @@ class RegisteredRule:
     def remove(self) -> None:
         """Take the rule away again (nothing happens if it is gone already)."""
         with _REGISTERING:
-            if _REGISTERED.get(self.function) is rule_for(self.like):
+            registered = _REGISTERED.get(self.function)
+            if registered is not None and registered[1] is self:
                 del _REGISTERED[self.function]
 
     def __enter__(self) -> RegisteredRule:
@@ -753,15 +759,16 @@ class RegisteredRule:
 def register_rule(function: Callable[..., Any], *, like: Callable[..., Any]) -> RegisteredRule:
     """Let CTC propagate copies through ``function`` with the rule of the table's ``like``.
 
-    For a torch function or operator without a row that computes what a function of the table
-    computes, with its arguments in the same places: ``register_rule(torch.atan,
-    like=torch.tanh)`` (a squashing activation: a rescale gate, and a gate tensor for the
-    products it enters), ``register_rule(torch.ops.mylib.swish.default,
-    like=torch.nn.functional.silu)`` (a custom operator, see ``torch.library``). The rule is
-    applied as it is to ``function``'s call: ``like``'s handler reads the arguments at
-    ``like``'s positions and calls ``function`` where the rule evaluates the operation (the
-    gate copy of an activation). Every later CTC pass, in every thread, uses it (also through
-    [`CTCAttributor`][ctc_plugin.CTCAttributor]'s functional rules).
+    For an elementwise activation without a row, a torch function or operator that computes
+    what an activation of the table computes, with its arguments in the same places:
+    ``register_rule(torch.atan, like=torch.tanh)`` (a squashing activation: a rescale gate,
+    and a gate tensor for the products it enters), ``register_rule(torch.ops.mylib.swish,
+    like=torch.nn.functional.silu)`` (a custom operator, see ``torch.library``). ``like``'s rule
+    multiplies every copy by ``y / x`` of the gate copy, calling ``function`` for ``y``. Every
+    later CTC pass, in every thread, uses it (also through
+    [`CTCAttributor`][ctc_plugin.CTCAttributor]'s functional rules). Other kinds of operations
+    read their arguments by name or identity in their handlers, so they need a row of their own
+    in the table (the architecture page's "How to support a new operation").
 
     CTC cannot check that the two compute alike: a nonlinear function registered like a
     linear one gives wrong scores, which in ``"proportional"`` sharing still add up to the
@@ -774,8 +781,9 @@ def register_rule(function: Callable[..., Any], *, like: Callable[..., Any]) -> 
 
     Args:
         function: The function (a torch function, tensor method or ``torch.ops`` operator).
-        like: A function with a row in the table (``python -m ctc_plugin.ctc.operations``
-            prints it).
+        like: An elementwise activation with a row in the table (the kinds "rescale" and
+            the squashing "gate tensor" activations: ``python -m ctc_plugin.ctc.operations``
+            prints the table).
 
     Returns:
         A [`RegisteredRule`][ctc_plugin.ctc.operations.RegisteredRule], whose ``remove()``
@@ -783,17 +791,18 @@ def register_rule(function: Callable[..., Any], *, like: Callable[..., Any]) -> 
 
     Raises:
         TypeError: ``function`` is not callable.
-        ValueError: ``like`` has no rule, or ``function`` has one already (of the table, or
-            registered: remove that first).
+        ValueError: ``like`` is no elementwise activation of the table, or ``function`` has
+            a rule already (of the table, or registered: remove that first).
     """
     if not callable(function):
         raise TypeError(f"function must be callable, got {type(function).__name__}")
     row = _BY_FUNCTION.get(like)
-    if row is None:
+    if row is None or not getattr(row.handler, "elementwise", False):
+        why = "has no CTC rule to share" if row is None else "is no elementwise activation"
         raise ValueError(
-            f"{operation_name(like)} has no CTC rule to share: give like= a function of the "
-            "table (python -m ctc_plugin.ctc.operations prints it), e.g. "
-            "torch.nn.functional.silu for a smooth elementwise activation"
+            f"{operation_name(like)} {why}: give like= an elementwise activation of the table "
+            "(torch.nn.functional.silu, gelu, ... for a smooth one; torch.sigmoid, torch.tanh "
+            "for a squashing one); python -m ctc_plugin.ctc.operations prints the table"
         )
     with _REGISTERING:
         existing = rule_for(function)
@@ -804,8 +813,9 @@ def register_rule(function: Callable[..., Any], *, like: Callable[..., Any]) -> 
                 f"{existing.rule}); remove a registered one first with the handle "
                 "register_rule returned"
             )
-        _REGISTERED[function] = row
-    return RegisteredRule(function, like)
+        handle = RegisteredRule(function, like)
+        _REGISTERED[function] = (row, handle)
+    return handle
 
 
 _OPERATORS = {

@@ -91,11 +91,18 @@ class ProportionalSharing(SpecSharing):
     def sharing_shares(
         self, z: torch.Tensor, bias: torch.Tensor, layout: CopyLayout
     ) -> torch.Tensor:
-        """``s_k = |z_k| / sum_j |z_j|``; equal shares of the present copies where the sum is 0."""
+        """``s_k = |z_k| / sum_j |z_j|``; equal shares of the present copies where the sum is 0.
+
+        For float16 copies in float32 (their sum may exceed float16's range), then rounded to
+        float16: every share is at most 1.
+        """
         magnitude = z[:, 1:].abs()
+        if magnitude.dtype == torch.float16:
+            magnitude = magnitude.float()
         total = magnitude.sum(dim=1, keepdim=True)
         proportional = magnitude / torch.where(total == 0, 1.0, total)
-        return torch.where(total == 0, equal_shares(z, layout), proportional)
+        shares = torch.where(total == 0, equal_shares(z, layout), proportional)
+        return shares.to(z.dtype)
 
 
 def equal_shares(z: torch.Tensor, layout: CopyLayout) -> torch.Tensor:

@@ -442,12 +442,14 @@ class FusedProportionalSharing:
         for example, example_rows in enumerate(rows):
             copies = sharing[example]  # (S, channels, H, W)
             pieces = self._pieces(copies, example_rows)
-            (total,) = self.workspace.buffers(copies, 1, slot="total", shape=unit_shape)
+            (total,) = self.workspace.buffers(
+                copies, 1, slot="total", shape=unit_shape, dtype=sum_dtype(copies)
+            )
             total.zero_()
             for piece in pieces:
                 (magnitude,) = self.workspace.buffers(copies[piece], 1)
                 torch.abs(copies[piece], out=magnitude)
-                total[piece[1:]].add_(magnitude.sum(dim=0) if len(magnitude) > 1 else magnitude[0])
+                total[piece[1:]].add_(magnitude.sum(dim=0, dtype=total.dtype))
             torch.eq(total, 0, out=empty[example, 0])
             factor = bias_per_magnitude(bias, total.masked_fill_(empty[example, 0], 1.0))
             for piece in pieces:
@@ -505,7 +507,7 @@ class FusedProportionalSharing:
         for block, block_bias in blocks:
             (magnitude,) = self.workspace.buffers(block, 1)
             torch.abs(block, out=magnitude)
-            total = magnitude.sum(dim=1, keepdim=True)
+            total = magnitude.sum(dim=1, keepdim=True, dtype=sum_dtype(block))
             empty = total == 0
             if not checks:  # equal shares where every copy has z = 0, without asking where
                 self._add_equal_shares(block, block_bias, magnitude, total, empty, layout)
@@ -557,16 +559,23 @@ class FusedProportionalSharing:
         sharing[(example, slice(None), *unit)] += bias_at * weights
 
 
+def sum_dtype(copies: torch.Tensor) -> torch.dtype:
+    """The dtype of the proportional sharing's sum ``sum_j |z_j|`` and quotient for ``copies``.
+
+    float32 for float16 copies: large magnitudes that cancel in the signal can sum past
+    float16's range (65504; the bias's factor would be 0), and small ones give a quotient
+    ``bias / sum`` past it (``|z_k| * inf`` would be infinite or NaN), while every share,
+    ``bias * |z_k| / sum``, is at most the bias. Other dtypes as they are.
+    """
+    return torch.float32 if copies.dtype == torch.float16 else copies.dtype
+
+
 def bias_per_magnitude(bias: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     """``bias / total``, the factor of each copy's ``|z_k|`` in its proportional share.
 
-    In float32 for float16 copies: where the copies' magnitudes are small the quotient exceeds
-    float16's range (65504), and ``|z_k| * inf`` would give infinite or NaN shares, while the
-    share itself, ``bias * |z_k| / total``, is at most the bias.
+    In ``total``'s dtype (float32 for float16 copies, `sum_dtype`).
     """
-    if total.dtype == torch.float16:
-        return bias.float() / total.float()
-    return bias / total
+    return bias.to(total.dtype) / total
 
 
 def _channel_block(bias: torch.Tensor, z: torch.Tensor, first: int, count: int) -> torch.Tensor:

@@ -663,6 +663,19 @@ def checked_runner(job: ExplainJob, ray: bool | str | None) -> ShardRunner:
     return runner
 
 
+def stored_unread_options(config: RunConfig, out: str | os.PathLike[str]) -> RunConfig:
+    """``config`` with the stored values of its unread options, when ``out`` holds a run.
+
+    See [`RunConfig.adopting_unread`][ctc_plugin.runs.plan.RunConfig.adopting_unread]; a
+    folder without a readable manifest leaves ``config`` as it is.
+    """
+    try:
+        stored = RunStore(out).manifest().get("config")
+    except (FileNotFoundError, ValueError, OSError):
+        return config
+    return config.adopting_unread(stored) if isinstance(stored, dict) else config
+
+
 def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
     """Refuse to resume a run whose finished shards read images that were rewritten since.
 
@@ -845,7 +858,7 @@ def explain_dataset(
         device=device,
     )
     resolved = resolve_source(source, images=images, seed=seed)
-    job = ExplainJob(config, resolved)
+    job = ExplainJob(stored_unread_options(config, out), resolved)
     check_finished_images(job, out)
     try:
         check_start(job, out)  # another run in out is named first

@@ -8,6 +8,7 @@ shards, and a resumed run knows which ones are left.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -28,10 +29,11 @@ TARGET_KINDS = ("predicted", "label")
 class RunConfig:
     """Everything that changes a run's results (stored in its manifest).
 
-    Options that no chosen method or segmenter reads (``bias_sharing`` without ``"ctc"``,
-    ``lime_samples`` without ``"lime"``, ``sam_model_type`` without ``segmenter="sam"``) are
-    checked, then stored at their defaults: they change no result, so giving them or not is the
-    same run, and a run is resumed with or without them.
+    Options that no chosen method or segmenter reads (`unread_options`: ``bias_sharing``
+    without ``"ctc"``, ``lime_samples`` without ``"lime"``, ``perturbations_per_eval`` without
+    a method that takes it, ``sam_model_type`` without ``segmenter="sam"``) are checked and
+    stored as given, but change no result: a run is resumed with or without them
+    ([`adopting_unread`][ctc_plugin.runs.plan.RunConfig.adopting_unread]).
 
     Attributes:
         methods: Method names (the keys of ``ctc_plugin.commands.methods.METHODS``), each
@@ -118,14 +120,14 @@ class RunConfig:
                 f"bias_sharing must be one of {', '.join(BIAS_SHARING_MODES)}, "
                 f"got {self.bias_sharing!r}"
             )
-        self._default_unread_options()
+        self._check_choices()
         self._pin_file("weights")
         self._pin_model_folder()
         self._pin_file("sam_checkpoint")
         self._check_preprocessing()
 
-    def _default_unread_options(self) -> None:
-        """Store the options that no chosen method or segmenter reads at their defaults."""
+    def _check_choices(self) -> None:
+        """Refuse an unknown SAM model type (a bias sharing mode is checked before)."""
         from ctc_plugin.commands.explain import SAM_MODEL_TYPES
 
         if self.sam_model_type not in SAM_MODEL_TYPES:
@@ -133,14 +135,31 @@ class RunConfig:
                 f"sam_model_type must be one of {', '.join(SAM_MODEL_TYPES)}, "
                 f"got {self.sam_model_type!r}"
             )
+
+    def unread_options(self) -> tuple[str, ...]:
+        """The options that no chosen method or segmenter reads (they change no result)."""
+        chunked = {"feature-ablation", "lime"} | (
+            {"ctc"} if self.bias_sharing != "proportional" else set()
+        )
         unread = {
             "bias_sharing": "ctc" not in self.methods,
             "lime_samples": "lime" not in self.methods,
+            "perturbations_per_eval": not chunked & set(self.methods),
             "sam_model_type": self.segmenter != "sam",
         }
-        for name, is_unread in unread.items():
-            if is_unread:
-                object.__setattr__(self, name, type(self).__dataclass_fields__[name].default)
+        return tuple(name for name, is_unread in unread.items() if is_unread)
+
+    def adopting_unread(self, stored: dict[str, Any]) -> RunConfig:
+        """A copy with the values ``stored`` (a manifest's config) of its unread options.
+
+        A run resumed without ``--lime-samples`` (or with another one) where no method reads it
+        is the same run: the stored value is kept, so the manifests agree.
+        """
+        adopted = copy.copy(self)
+        for name in self.unread_options():
+            if name in stored:
+                object.__setattr__(adopted, name, stored[name])
+        return adopted
 
     def _check_preprocessing(self) -> None:
         """Check ``resize``, ``crop``, ``mean`` and ``std`` before any work; store them plainly.

@@ -101,3 +101,4 @@ def test_the_inputs_the_wrapper_passes_itself_are_refused_as_options() -> None:
         HuggingFaceClassifier(model, spatial_shapes=torch.tensor([[4, 4]]))
     with pytest.raises(TypeError, match="drop return_dict=False"):
         HuggingFaceClassifier(model, return_dict=False)
+    assert HuggingFaceClassifier(model, return_dict=None).inputs == {"return_dict": None}

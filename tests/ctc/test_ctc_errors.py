@@ -314,6 +314,20 @@ def test_other_runtime_errors_pass_unchanged(setting):
         CTC(failing).attribute(x.double(), 1, feature_mask=mask)  # no module: dtypes unknown
 
 
+def test_the_packages_own_errors_are_not_taken_for_dtype_errors():
+    """A float32 model that converts float64 inputs itself, refused for another reason."""
+
+    class _Prototypes(nn.Module):  # "type" in its name, as in the refusal that names it
+        def forward(self, h):
+            return torch.cdist(h.flatten(1), h.flatten(1))
+
+    model = nn.Sequential(_Prototypes()).eval()
+    model.register_buffer("scale", torch.ones(1))  # float32: the model's dtype
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    with pytest.raises(UnsupportedOperationError, match="cdist in 0 \\(_Prototypes\\)"):
+        CTC(model).attribute(x, 1, feature_mask=random_partition(4, 4, 2))
+
+
 def test_a_log_softmax_head_is_told_to_explain_the_logits():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3), nn.LogSoftmax(dim=1)).eval()
     x = torch.rand(2, 3, 2, 2)

@@ -50,3 +50,25 @@ def test_scores_out_of_range_of_a_finite_output_are_refused():
     with pytest.raises(FloatingPointError, match=r"examples \[0\] are NaN or infinite"):
         check_finite_scores(scores, output)
     check_finite_scores(scores[1:], output[1:])
+
+
+@pytest.mark.parametrize("speedups", ["default", "spec"])
+def test_float16_magnitudes_that_sum_past_the_range_still_share_the_bias(speedups):
+    """Copies of +-40000 (the signal cancels): sum |z| = 80000 > 65504, the shares are 0.5."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    mask[..., 2:] = 1
+    with torch.no_grad():
+        weight = torch.where(mask.flatten() == 0, 5e3, -5e3)
+        net[1].weight.copy_(torch.stack([weight, weight]))
+        net[1].bias.fill_(1024.0)
+    net = net.half()
+    ctc = CTC(net)
+    if speedups == "spec":
+        ctc._speedups = SPEC
+    x = torch.ones(1, 1, 4, 4, dtype=torch.float16)
+    _, scores, delta = ctc.attribute(
+        x, 0, feature_mask=mask, return_feature_scores=True, return_convergence_delta=True
+    )
+    assert scores.scores.tolist() == [[40512.0, -39488.0]]  # 40000 + 512, -40000 + 512
+    assert delta.tolist() == [0.0]

@@ -49,13 +49,27 @@ def test_checkpointed_blocks_give_the_scores_of_the_plain_model(functional):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
-def test_a_users_saved_tensor_hooks_around_the_call_change_nothing():
+def test_a_users_saved_tensor_hooks_around_the_call_keep_the_gradient_pass(monkeypatch):
+    """``save_on_cpu()`` around the call moves saved tensors only: the one gradient still runs."""
     torch.manual_seed(0)
     model = _Net(checkpointed=False, functional=False).double().eval()
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     mask = random_partition(8, 8, 4)
     expected = CTC(model, bias_sharing="none").attribute(x, 1, feature_mask=mask)
-    packed = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(1) or t, lambda t: t):
+    monkeypatch.setattr(CTC, "_run", lambda *args, **kwargs: pytest.fail("copies pass ran"))
+    with torch.autograd.graph.save_on_cpu():
         got = CTC(model, bias_sharing="none").attribute(x, 1, feature_mask=mask)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_a_checkpoint_inside_saved_tensor_hooks_of_the_users_is_still_seen():
+    torch.manual_seed(0)
+    plain = _Net(checkpointed=False, functional=True).double().eval()
+    checkpointed = _Net(checkpointed=True, functional=True).double().eval()
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    mask = random_partition(8, 8, 4)
+    expected = CTC(plain, bias_sharing="none").attribute(x, 1, feature_mask=mask)
+    with torch.autograd.graph.save_on_cpu():
+        got = CTC(checkpointed, bias_sharing="none").attribute(x, 1, feature_mask=mask)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)

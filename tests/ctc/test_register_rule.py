@@ -72,6 +72,8 @@ def test_wrong_registrations_are_refused():
         register_rule(torch.tanh, like=torch.sigmoid)
     with pytest.raises(TypeError, match="function must be callable"):
         register_rule("atan", like=torch.tanh)
+    with pytest.raises(ValueError, match="conv2d is no elementwise activation"):
+        register_rule(torch.atan, like=nn.functional.conv2d)  # its handler reads names
     handle = register_rule(torch.atan, like=torch.tanh)
     try:
         with pytest.raises(ValueError, match="\\(registered: "):
@@ -79,6 +81,11 @@ def test_wrong_registrations_are_refused():
     finally:
         handle.remove()
     handle.remove()  # a second remove does nothing
+    assert rule_for(torch.atan) is None
+    again = register_rule(torch.atan, like=torch.tanh)  # another owner, after the first
+    handle.remove()  # the first handle's remove leaves the second registration alone
+    assert rule_for(torch.atan) is rule_for(torch.tanh)
+    again.remove()
     assert rule_for(torch.atan) is None
 
 

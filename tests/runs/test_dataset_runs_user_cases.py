@@ -292,3 +292,16 @@ def test_a_torchvision_model_with_weights_of_its_own_classes_numbers_them(tmp_pa
     argv = _explain(tmp_path / "photos", tmp_path / "named", "--targets", "goldfish", *model)
     assert main(argv) == 2
     assert "--targets 'goldfish': give a class index" in _one_error_line(capsys)
+
+
+def test_options_no_method_reads_neither_block_nor_change_a_resume(tmp_path, capsys):
+    """gradcam reads neither --bias-sharing nor --lime-samples: with or without them, one run."""
+    folder, out = tmp_path / "photos", tmp_path / "run"
+    _image(folder / "a.png", 12, 12)
+    assert main(_explain(folder, out, *TINY, "--bias-sharing", "none", "--lime-samples", "9")) == 0
+    stored = RunStore(out).manifest()["config"]
+    capsys.readouterr()
+    assert main(_explain(folder, out, *TINY)) == 0, capsys.readouterr().err
+    assert "0 computed now, 1 finished before" in capsys.readouterr().out
+    assert RunStore(out).manifest()["config"] == stored  # as first given
+    assert main(_explain(folder, out, *TINY, "--lime-samples", "5")) == 0

@@ -116,11 +116,15 @@ def test_only_hf_models_are_pinned_by_their_folder(tmp_path):
         (("gradcam",), "grid", {"bias_sharing": "reference", "lime_samples": 7}),
         (("ctc",), "grid", {"lime_samples": 7, "sam_model_type": "vit_h"}),
         (("lime",), "superpixel", {"bias_sharing": "none", "sam_model_type": "tiny"}),
+        (("gradcam", "ctc"), "grid", {"perturbations_per_eval": 3}),  # proportional: unread
     ],
 )
-def test_options_no_chosen_method_reads_are_the_same_run_given_or_not(methods, segmenter, unread):
-    given = RunConfig(methods=methods, segmenter=segmenter, **unread)
-    assert given.to_dict() == RunConfig(methods=methods, segmenter=segmenter).to_dict()
+def test_options_no_chosen_method_reads_take_the_stored_values(methods, segmenter, unread):
+    stored = RunConfig(methods=methods, segmenter=segmenter, **unread).to_dict()
+    again = RunConfig(methods=methods, segmenter=segmenter)  # resumed without them
+    assert set(unread) <= set(again.unread_options())
+    assert again.adopting_unread(stored).to_dict() == stored
+    assert again.to_dict() != stored  # given, they are stored as given
 
 
 @pytest.mark.parametrize(
@@ -129,13 +133,14 @@ def test_options_no_chosen_method_reads_are_the_same_run_given_or_not(methods, s
         (("ctc",), "grid", {"bias_sharing": "reference"}),
         (("lime",), "grid", {"lime_samples": 7}),
         (("ctc",), "sam", {"sam_model_type": "tiny"}),
+        (("feature-ablation",), "grid", {"perturbations_per_eval": 3}),
     ],
 )
 def test_options_a_chosen_method_reads_are_another_run(methods, segmenter, read):
-    given = RunConfig(methods=methods, segmenter=segmenter, **read)
-    assert given.to_dict() != RunConfig(methods=methods, segmenter=segmenter).to_dict()
-    name, value = next(iter(read.items()))
-    assert getattr(given, name) == value
+    stored = RunConfig(methods=methods, segmenter=segmenter, **read).to_dict()
+    again = RunConfig(methods=methods, segmenter=segmenter)
+    assert not set(read) & set(again.unread_options())
+    assert again.adopting_unread(stored).to_dict() != stored
 
 
 @pytest.mark.parametrize(
