@@ -26,6 +26,7 @@ from ctc_plugin.commands import CLIError
 from ctc_plugin.commands.arguments import (
     add_preprocessing_options,
     check_outputs_spare_inputs,
+    counted,
     input_file,
     output_file,
     positive_int,
@@ -132,7 +133,8 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument(
         "--target",
         default=None,
-        help="class index or name to explain (default: each image's predicted class)",
+        help="class index (negative ones count from the end) or name to explain (default: "
+        "each image's predicted class)",
     )
     add_segmenter_options(parser)
     add_method_options(parser)
@@ -193,13 +195,14 @@ def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
         "--segmenter",
         choices=SEGMENTERS,
         default="superpixel",
-        help="superpixel (scikit-image SLIC), grid, or sam (needs --sam-checkpoint)",
+        help="superpixel (scikit-image SLIC; the default), grid, or sam (needs --sam-checkpoint)",
     )
     parser.add_argument(
         "--segments",
         type=positive_int,
         default=25,
-        help="about how many segments: superpixels, or grid cells (rounded to a square grid)",
+        help="about how many segments: superpixels, or grid cells (rounded to a square grid); "
+        "default: 25",
     )
     parser.add_argument(
         "--sam-checkpoint",
@@ -433,13 +436,15 @@ def segment_pixels(segmenter, pixels: torch.Tensor) -> torch.Tensor:
     return contiguous.reshape(mask.shape).to(torch.int64)
 
 
-def explainer_for(loaded: LoadedModel, args: argparse.Namespace) -> nn.Module | None:
-    """The shipped Explainer of a zoo model when ``--method explainer`` asks for one."""
+def explainer_for(
+    loaded: LoadedModel, args: argparse.Namespace, option: str = "--method"
+) -> nn.Module | None:
+    """The shipped Explainer of a zoo model when ``option`` (``--method``) asks for one."""
     if "explainer" not in args.methods:
         return None
     if loaded.family is None:
         raise CLIError(
-            f"--method explainer: {loaded.name} has no trained Explainer; the shipped ones "
+            f"{option} explainer: {loaded.name} has no trained Explainer; the shipped ones "
             "belong to the zoo models (--model resnet, vgg-composite, ...). Train one for "
             "your classifier with the ctc_plugin.Explainer API, or choose other methods"
         )
@@ -447,7 +452,7 @@ def explainer_for(loaded: LoadedModel, args: argparse.Namespace) -> nn.Module | 
 
     if args.weights is not None:
         print(
-            f"note: --method explainer uses the Explainer shipped for {loaded.family} "
+            f"note: {option} explainer uses the Explainer shipped for {loaded.family} "
             f"({loaded.split}), trained against the shipped weights, not {args.weights}"
         )
     return zoo.load_explainer(loaded.family, loaded.split or "shapes")
@@ -645,7 +650,7 @@ def _print_report(
     evidence = item.evidence
     for result in item.results:
         kind = "segment scores" if result.per_segment else "mean of the map per segment"
-        print(f"{result.title}: {kind}, {len(result.scores)} segments")
+        print(f"{result.title}: {kind}, {counted(len(result.scores), 'segment')}")
         header = f"{'rank':>4}  {'segment':>7}  {'score':>10}  {'area':>6}"
         print(header + ("  in evidence" if evidence is not None else ""))
         order = sorted(range(len(result.scores)), key=lambda k: -float(result.scores[k]))

@@ -236,17 +236,18 @@ def target_class(
     elif loaded.classes is not None and spec in loaded.classes:
         target = _named_class(spec, loaded.classes, option)
     else:
-        names = ""
+        names = f" (0 to {logits.numel() - 1}); this model has no class names"
         if loaded.classes:
             shown = loaded.classes if len(loaded.classes) <= 10 else loaded.classes[:5] + ["..."]
             names = f" or a class name ({', '.join(shown)})"
         raise CLIError(f"{option} {spec!r}: give a class index{names}")
-    if not 0 <= target < logits.numel():
+    count = logits.numel()
+    if not -count <= target < count:
         raise CLIError(
-            f"{option} {target} out of range: the model has {logits.numel()} classes "
-            f"(0 to {logits.numel() - 1})"
+            f"{option} {target} out of range: the model has {count} classes (0 to {count - 1}, "
+            f"or -{count} to -1 counting from the end)"
         )
-    return target
+    return target % count  # a negative index counts from the end, as in Python and Captum
 
 
 def _named_class(name: str, classes: list[str], option: str) -> int:

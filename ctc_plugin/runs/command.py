@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 
 from ctc_plugin.commands import add_ray_options, ray_options
-from ctc_plugin.commands.arguments import add_preprocessing_options, output_folder, positive_int
+from ctc_plugin.commands.arguments import (
+    add_preprocessing_options,
+    counted,
+    output_folder,
+    positive_int,
+)
 from ctc_plugin.commands.explain import (
     add_method_options,
     add_model_options,
@@ -110,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(error)) from error
     before = result.shards - result.computed
     print(
-        f"{result.images} images in {result.shards} shards ({result.computed} computed now, "
+        f"{counted(result.images, 'image')} in {counted(result.shards, 'shard')} "
+        f"({result.computed} computed now, "
         f"{before} finished before) in {result.out}; {result.seconds:.1f} s"
     )
     return 0

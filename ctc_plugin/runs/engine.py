@@ -234,7 +234,7 @@ class ShardRunner:
         self.preprocessing = preprocessing_for(options, self.loaded)
         self.segmenter = make_segmenter(options) if segment else None
         if explain:
-            self.explainer = explainer_for(self.loaded, options)
+            self.explainer = explainer_for(self.loaded, options, option="--methods")
             self.model = self.preprocessing.wrap(self.loaded.network).to(self.device).eval()
 
     def check(self) -> None:

@@ -63,7 +63,7 @@ def test_explain_dataset_runs_a_fixed_size_model(tmp_path, capsys):
     argv = ["explain-dataset", str(folder), "--methods", "ctc", "--model", MODEL, *FAST]
     out = tmp_path / "run"
     assert main([*argv, "--resize", "32", "--crop", "32", "--out", str(out)]) == 0
-    assert "2 images in 1 shards (1 computed now" in capsys.readouterr().out
+    assert "2 images in 1 shard (1 computed now" in capsys.readouterr().out
     config = json.loads((out / "manifest.json").read_text())["config"]
     assert (config["resize"], config["crop"]) == (32, 32)
     arrays = RunStore(out).read_arrays("shard-00000")

@@ -156,10 +156,22 @@ def test_the_target_is_the_predicted_class_an_index_or_a_name():
         target_class("crane", loaded, logits)
 
 
-@pytest.mark.parametrize("spec", ["4", "-1"])
+@pytest.mark.parametrize("spec", ["4", "-5"])
 def test_a_class_index_out_of_range_is_refused_with_the_range(spec):
-    with pytest.raises(CLIError, match=rf"--target {spec} out of range: .* 4 classes \(0 to 3\)"):
+    with pytest.raises(
+        CLIError, match=rf"--target {spec} out of range: .* 4 classes \(0 to 3, or -4"
+    ):
         target_class(spec, _loaded(), torch.zeros(4))
+
+
+@pytest.mark.parametrize(("spec", "index"), [("-1", 3), ("-4", 0)])
+def test_a_negative_index_counts_from_the_end_as_in_the_api(spec, index):
+    assert target_class(spec, _loaded(), torch.zeros(4)) == index
+
+
+def test_a_name_for_a_model_without_names_says_so():
+    with pytest.raises(CLIError, match=r"'cat': give a class index \(0 to 3\); this model has no"):
+        target_class("cat", _loaded(), torch.zeros(4))
 
 
 @pytest.mark.parametrize("spec", ["²", "٣", "three", "--3", "-"])

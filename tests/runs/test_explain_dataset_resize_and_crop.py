@@ -51,7 +51,7 @@ def _argv(photos, out, *options: str) -> list[str]:
 def test_explain_dataset_reads_the_images_at_the_size_asked_for(photos, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_argv(photos, out, "--resize", "16", "--crop", "16")) == 0
-    assert "3 images in 1 shards (1 computed now" in capsys.readouterr().out
+    assert "3 images in 1 shard (1 computed now" in capsys.readouterr().out
     arrays = RunStore(out).read_arrays("shard-00000")
     assert all(arrays[f"image{i}/feature_mask"].shape == (16, 16) for i in range(3))
     # the same command resumes the finished run

@@ -94,7 +94,7 @@ def test_a_failed_start_of_the_command_does_not_lock_its_folder(tmp_path, capsys
     assert main([*argv, *out, "--model", "nosuch"]) == 2  # a typo: nothing computed
     assert "unknown model 'nosuch'" in capsys.readouterr().err
     assert main([*argv, *out, "--model", "tests.runs.test_explain_dataset:tiny"]) == 0
-    assert "2 images in 1 shards (1 computed now" in capsys.readouterr().out
+    assert "2 images in 1 shard (1 computed now" in capsys.readouterr().out
 
 
 def test_opening_a_folder_keeps_the_temporary_files_of_a_writer_still_running(tmp_path):
