@@ -271,6 +271,9 @@ def dtype_mismatch_explained(method: F) -> F:
     return run  # type: ignore[return-value]
 
 
+#: This package's name: its own errors are never taken for torch's dtype errors.
+_PACKAGE = __name__.partition(".")[0]
+
 #: Torch's messages for operands of two dtypes (convolutions, matrix products, normalisations).
 _TORCH_DTYPE_ERROR = re.compile(
     r"scalar type|(input|weight|bias) type \(|same dtype|mixed dtype|same datatype|"
@@ -294,7 +297,7 @@ def _dtype_mismatch(
         wanted is None
         or not given
         or given == [str(wanted)]
-        or type(error).__module__.startswith("ctc_plugin")  # the package's own, meant as they are
+        or type(error).__module__.partition(".")[0] == _PACKAGE  # its own, meant as they are
         or not _TORCH_DTYPE_ERROR.search(first_line)
     ):
         return None
