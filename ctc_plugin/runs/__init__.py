@@ -17,6 +17,7 @@ from ctc_plugin.runs.engine import (
     RunResult,
     ShardRunner,
     explain_dataset,
+    explained_pixels,
     read_results,
 )
 from ctc_plugin.runs.plan import RunConfig, plan_shards
@@ -35,6 +36,7 @@ __all__ = [
     "Source",
     "SourceError",
     "explain_dataset",
+    "explained_pixels",
     "plan_shards",
     "read_results",
     "resolve_source",

@@ -46,6 +46,7 @@ __all__ = [
     "RunResult",
     "ShardRunner",
     "explain_dataset",
+    "explained_pixels",
     "read_results",
     "table_schema",
 ]
@@ -661,6 +662,39 @@ def checked_runner(job: ExplainJob, ray: bool | str | None) -> ShardRunner:
     runner = ShardRunner(job.config, job.source, segment=not ray, device="cpu" if ray else None)
     runner.check()
     return runner
+
+
+def explained_pixels(out: str | os.PathLike[str], image: int) -> Any:
+    """The pixels the run in ``out`` explained image ``image`` on (the table's ``image`` column).
+
+    ``(1, 3, H, W)`` float32 in [0, 1], the image read again from its source with the run's
+    preprocessing (its ``--resize``, ``--crop``, ``--mean`` and ``--std``, or the model's own):
+    what its ``feature_mask`` and attributions lie over, for
+    [`plot_segment_scores`][ctc_plugin.viz.plot_segment_scores]. The shards store no pixels
+    (they are the source's); the model is loaded for its preprocessing.
+
+    Raises:
+        FileNotFoundError: If ``out`` holds no run.
+        IndexError: If ``image`` is not in the run's plan.
+        ValueError: If the source's images changed since the run started (put them back).
+    """
+    store = RunStore(out)
+    manifest = store.manifest()
+    stored, described = manifest["config"], manifest["source"]
+    if not 0 <= image < manifest["images"]:
+        raise IndexError(f"{out} explained images 0 to {manifest['images'] - 1}, not {image}")
+    source = resolve_source(described["spec"], images=manifest["images"], seed=stored["seed"])
+    if digest(source.describe()["images"]) != manifest["image_list"]:
+        raise ValueError(
+            f"the images of {described['spec']} changed since the run in {out} started; put "
+            "them back as they were to read the pixels it explained"
+        )
+    config = RunConfig(
+        **{field: stored[field] for field in RunConfig.__dataclass_fields__ if field in stored
+           and RunConfig.__dataclass_fields__[field].init}
+    )  # fmt: skip
+    runner = ShardRunner(config, source, segment=False, explain=False)
+    return runner.read(source.images[image]).pixels
 
 
 def stored_unread_options(config: RunConfig, out: str | os.PathLike[str]) -> RunConfig:

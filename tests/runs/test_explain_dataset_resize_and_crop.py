@@ -168,3 +168,21 @@ def test_explain_and_explain_dataset_share_one_definition_of_the_options():
             dataset.type,
             dataset.nargs,
         )
+
+
+def test_explained_pixels_are_the_images_as_the_run_prepared_them(photos, tmp_path, capsys):
+    from ctc_plugin.images import ImagePreprocessing
+    from ctc_plugin.runs import explained_pixels
+
+    out = tmp_path / "run"
+    assert main(_argv(photos, out, "--resize", "16", "--crop", "16", "--shard-size", "2")) == 0
+    table = RunStore(out).read_table().to_pandas()
+    for image, name in zip(table.image, table.name, strict=True):
+        pixels = explained_pixels(out, image)
+        expected = ImagePreprocessing(resize=16, crop=16)(photos / name).pixels
+        assert torch.equal(pixels, expected)
+    with pytest.raises(IndexError, match="explained images 0 to 2, not 3"):
+        explained_pixels(out, 3)
+    (photos / "0.png").rename(photos / "moved.png")
+    with pytest.raises(ValueError, match="changed since the run"):
+        explained_pixels(out, 0)
