@@ -113,8 +113,9 @@ class Normalize(nn.Module):
                 with its fix, before torch's broadcasting error.
         """
         channels = self.mean.shape[1]  # one value: the same for every channel
-        if channels > 1 and (x.dim() != 4 or x.shape[1] not in (1, channels)):
-            check_inputs(x, images=True, channels=channels, finite=False, name="the images")
+        if x.dim() != 4 or (channels > 1 and x.shape[1] not in (1, channels)):
+            known = channels if channels > 1 else None
+            check_inputs(x, images=True, channels=known, finite=False, name="the images")
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:

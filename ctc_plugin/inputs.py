@@ -277,7 +277,8 @@ _PACKAGE = __name__.partition(".")[0]
 #: Torch's messages for operands of two dtypes (convolutions, matrix products, normalisations).
 _TORCH_DTYPE_ERROR = re.compile(
     r"scalar type|(input|weight|bias) type \(|same dtype|mixed dtype|same datatype|"
-    r"dtype.*but (got|found)",
+    r"dtype.*but (got|found)|dtypes? (must be the same|match)|\.dtype to be equal|"
+    r"out type to be",
     re.IGNORECASE,
 )
 

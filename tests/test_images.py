@@ -296,3 +296,5 @@ def test_normalize_takes_one_channel_as_gray():
     one_value = Normalize((0.5,), (0.25,))  # the same statistics for every channel
     rgb = torch.rand(2, 3, 4, 4)
     torch.testing.assert_close(one_value(rgb), (rgb - 0.5) / 0.25)
+    with pytest.raises(ValueError, match="add the batch dim"):
+        one_value(rgb[0])  # (3, H, W) would broadcast to a batch of one without a word

@@ -632,19 +632,23 @@ def max_or_min(largest: bool, returns_indices: bool) -> Handler:
     return handle
 
 
-def rescale(gate: bool = False, inplace_default: bool = False) -> Handler:
+def rescale(
+    gate: bool = False, inplace_default: bool = False, read_inplace: bool = True
+) -> Handler:
     """Smooth elementwise activations as rescale gates ``y / x`` of the gate copy.
 
     With ``gate``, a squashing activation (sigmoid, hardsigmoid, tanh, hardtanh): its output
     is also a gate tensor that may multiply the signal (squeeze-excitation). With
     ``inplace_default``, the in-place variants (``x.sigmoid_()``, timm's
-    ``sigmoid(x, inplace=True)``): the result is written into ``x``.
+    ``sigmoid(x, inplace=True)``): the result is written into ``x``. With ``read_inplace``
+    (torch's activations), a call's ``inplace=True`` or positional ``True`` makes it in place;
+    a function registered by the user says so itself (``inplace_default``).
     """
 
     def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         x, rest = args[0], args[1:]
-        inplace = (
-            inplace_default or bool(kwargs.get("inplace", False)) or any(a is True for a in rest)
+        inplace = inplace_default or (
+            read_inplace and (bool(kwargs.get("inplace", False)) or any(a is True for a in rest))
         )
         # The activation runs on a clone: an in-place variant must not overwrite the signal.
         origin = operation_name(func) if gate else None
@@ -652,7 +656,7 @@ def rescale(gate: bool = False, inplace_default: bool = False) -> Handler:
             x, lambda t: func(t.clone(), *rest, **kwargs), origin, inplace=inplace
         )
 
-    handle.elementwise = True  # type: ignore[attr-defined]  # reads no name: registrable
+    handle.elementwise = True  # type: ignore[attr-defined]  # calls func as it is: registrable
     return handle
 
 

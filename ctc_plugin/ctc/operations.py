@@ -19,7 +19,9 @@ that activation's rule with [`register_rule`][ctc_plugin.ctc.operations.register
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -756,10 +758,14 @@ class RegisteredRule:
         self.remove()
 
 
-def register_rule(function: Callable[..., Any], *, like: Callable[..., Any]) -> RegisteredRule:
+def register_rule(
+    function: Callable[..., Any], *, like: Callable[..., Any], inplace: bool = False
+) -> RegisteredRule:
     """Let CTC propagate copies through ``function`` with the rule of the table's ``like``.
 
-    For an elementwise activation without a row, a torch function or operator that computes
+    For an elementwise activation without a row, a torch function, tensor method or
+    ``torch.library`` custom operator (what the pass sees: a Python function of your own is
+    not seen, only the torch calls inside it) that computes
     what an activation of the table computes, with its arguments in the same places:
     ``register_rule(torch.atan, like=torch.tanh)`` (a squashing activation: a rescale gate,
     and a gate tensor for the products it enters), ``register_rule(torch.ops.mylib.swish,
@@ -784,21 +790,34 @@ def register_rule(function: Callable[..., Any], *, like: Callable[..., Any]) -> 
         like: An elementwise activation with a row in the table (the kinds "rescale" and
             the squashing "gate tensor" activations: ``python -m ctc_plugin.ctc.operations``
             prints the table).
+        inplace: ``function`` writes its result into its input (as ``x.sigmoid_()`` does);
+            its arguments are not read for it.
 
     Returns:
         A [`RegisteredRule`][ctc_plugin.ctc.operations.RegisteredRule], whose ``remove()``
         takes the rule away (or use it as a context manager).
 
     Raises:
-        TypeError: ``function`` is not callable.
+        TypeError: ``function`` is not callable, or a Python function outside torch (the pass
+            never sees it called).
         ValueError: ``like`` is no elementwise activation of the table, or ``function`` has
             a rule already (of the table, or registered: remove that first).
     """
     if not callable(function):
         raise TypeError(f"function must be callable, got {type(function).__name__}")
+    if inspect.isfunction(function) and not function.__module__.partition(".")[0] == "torch":
+        raise TypeError(
+            f"{function.__qualname__} is a Python function: the pass sees the torch functions "
+            "it calls, never the function itself; register those, or make it a custom operator "
+            "(torch.library.custom_op) and register that"
+        )
     row = _BY_FUNCTION.get(like)
     if row is None or not getattr(row.handler, "elementwise", False):
-        why = "has no CTC rule to share" if row is None else "is no elementwise activation"
+        why = (
+            "has no CTC rule to share"
+            if row is None
+            else "has a rule of its own that reads its arguments, not one for any activation"
+        )
         raise ValueError(
             f"{operation_name(like)} {why}: give like= an elementwise activation of the table "
             "(torch.nn.functional.silu, gelu, ... for a smooth one; torch.sigmoid, torch.tanh "
@@ -814,7 +833,8 @@ def register_rule(function: Callable[..., Any], *, like: Callable[..., Any]) -> 
                 "register_rule returned"
             )
         handle = RegisteredRule(function, like)
-        _REGISTERED[function] = (row, handle)
+        rescaled = h.rescale(gate=row.makes_gate, inplace_default=inplace, read_inplace=False)
+        _REGISTERED[function] = (dataclasses.replace(row, handler=rescaled), handle)
     return handle
 
 

@@ -758,7 +758,7 @@ class BenchmarkJob:
             self._loaded[(family, split)] = _model_and_explainers(family, split)
         return self._loaded[(family, split)]
 
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self, stored: dict[str, Any] | None = None) -> dict[str, Any]:
         """The configuration: a resumed run must have the same."""
         return {"config": json_values(self.config)}
 

@@ -20,6 +20,7 @@ any order, equals the shard of an uninterrupted single-process run.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from dataclasses import dataclass
@@ -106,12 +107,15 @@ class Job(Protocol):
     prepare_stage: bool
     threads: int | None
 
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self, stored: dict[str, Any] | None = None) -> dict[str, Any]:
         """What a run resumed in the same folder must share (``{"config": {...}, ...}``).
 
         Options under ``"config"`` are compared one by one (a
         [`ConfigMismatchError`][ctc_plugin.resumable.atomic.ConfigMismatchError] names each),
-        other keys whole.
+        other keys whole. ``stored`` is the manifest of the run in the folder (``None``
+        without one): options that change no result may take its values, so that a run is
+        resumed with or without them (a job whose ``manifest`` takes no argument is called
+        without it).
         """
         ...  # pragma: no cover
 
@@ -202,7 +206,7 @@ def run_job(
     shards = job.shards()
     store = RunStore(out)
     # a start that finished no shard (a wrong option) gives way to this one
-    store.open(_manifest(job), plan=job.plan(), restart_unfinished=True)
+    store.open(_manifest(job, store), plan=job.plan(), restart_unfinished=True)
     left = [shard for shard in shards if not store.is_finished(shard.name)]
     total = sum(len(shard.images) for shard in shards)
     if ray:
@@ -238,12 +242,23 @@ def check_start(job: Job, out: str | os.PathLike[str]) -> None:
             shard).
         ValueError: If it holds another kind of job's run, or one of another version.
     """
-    RunStore(out).check_start(_manifest(job), restart_unfinished=True)
+    store = RunStore(out)
+    store.check_start(_manifest(job, store), restart_unfinished=True)
 
 
-def _manifest(job: Job) -> dict[str, Any]:
-    """What a run of ``job`` stores as its manifest: the job's kind and its own manifest."""
-    return {"job": job.name, **job.manifest()}
+def _manifest(job: Job, store: RunStore) -> dict[str, Any]:
+    """What a run of ``job`` stores as its manifest: the job's kind and its own manifest.
+
+    The job's manifest is made against the one ``store`` holds, if any (of the same kind).
+    """
+    try:
+        stored: dict[str, Any] | None = store.manifest()
+    except (FileNotFoundError, ValueError, OSError):  # no run, or one of another version
+        stored = None
+    if stored is not None and stored.get("job") != job.name:
+        stored = None
+    takes_stored = bool(inspect.signature(job.manifest).parameters)  # older jobs: manifest()
+    return {"job": job.name, **(job.manifest(stored) if takes_stored else job.manifest())}
 
 
 def _run_embedded(

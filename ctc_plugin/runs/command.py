@@ -73,8 +73,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=["predicted"],
         metavar="TARGET",
         help="what to explain per image: predicted, label (the class subfolder, ImageNet's "
-        "class for WordNet-ID folders such as n01440764, or the shapes label), a class index or "
-        "a class name (default: predicted)",
+        "class for WordNet-ID folders such as n01440764, or the shapes label), a class index "
+        "(negative ones count from the end) or a class name (default: predicted)",
     )
     add_segmenter_options(parser)
     add_method_options(parser)

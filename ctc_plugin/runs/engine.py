@@ -146,9 +146,16 @@ class ExplainJob:
         """Shards of ``shard_size`` consecutive images."""
         return plan_shards(len(self.source.images), self.config.shard_size)
 
-    def manifest(self) -> dict[str, Any]:
-        """Configuration, source (with a digest of its image list) and a digest of the plan."""
-        return manifest_for(self.config, self.source, self.shards())
+    def manifest(self, stored: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Configuration, source (with a digest of its image list) and a digest of the plan.
+
+        Against a ``stored`` manifest, the options no method reads take its values
+        ([`RunConfig.adopting_unread`][ctc_plugin.runs.plan.RunConfig.adopting_unread]).
+        """
+        config = self.config
+        if stored is not None and isinstance(stored.get("config"), dict):
+            config = config.adopting_unread(stored["config"])
+        return manifest_for(config, self.source, self.shards())
 
     def plan(self) -> dict[str, Any]:
         """The image list, ``{"images": [[name, label, size, mtime_ns], ...]}`` (``plan.json``).
@@ -697,19 +704,6 @@ def explained_pixels(out: str | os.PathLike[str], image: int) -> Any:
     return runner.read(source.images[image]).pixels
 
 
-def stored_unread_options(config: RunConfig, out: str | os.PathLike[str]) -> RunConfig:
-    """``config`` with the stored values of its unread options, when ``out`` holds a run.
-
-    See [`RunConfig.adopting_unread`][ctc_plugin.runs.plan.RunConfig.adopting_unread]; a
-    folder without a readable manifest leaves ``config`` as it is.
-    """
-    try:
-        stored = RunStore(out).manifest().get("config")
-    except (FileNotFoundError, ValueError, OSError):
-        return config
-    return config.adopting_unread(stored) if isinstance(stored, dict) else config
-
-
 def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
     """Refuse to resume a run whose finished shards read images that were rewritten since.
 
@@ -892,7 +886,7 @@ def explain_dataset(
         device=device,
     )
     resolved = resolve_source(source, images=images, seed=seed)
-    job = ExplainJob(stored_unread_options(config, out), resolved)
+    job = ExplainJob(config, resolved)
     check_finished_images(job, out)
     try:
         check_start(job, out)  # another run in out is named first

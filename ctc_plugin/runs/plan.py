@@ -8,7 +8,7 @@ shards, and a resumed run knows which ones are left.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -153,13 +153,14 @@ class RunConfig:
         """A copy with the values ``stored`` (a manifest's config) of its unread options.
 
         A run resumed without ``--lime-samples`` (or with another one) where no method reads it
-        is the same run: the stored value is kept, so the manifests agree.
+        is the same run: the stored value is kept, so the manifests agree. Stored values are
+        checked as given ones are; an invalid one (a hand-edited manifest) is not taken.
         """
-        adopted = copy.copy(self)
-        for name in self.unread_options():
-            if name in stored:
-                object.__setattr__(adopted, name, stored[name])
-        return adopted
+        adopted = {name: stored[name] for name in self.unread_options() if name in stored}
+        try:
+            return dataclasses.replace(self, **adopted)
+        except (TypeError, ValueError):
+            return self
 
     def _check_preprocessing(self) -> None:
         """Check ``resize``, ``crop``, ``mean`` and ``std`` before any work; store them plainly.

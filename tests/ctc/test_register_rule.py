@@ -72,8 +72,10 @@ def test_wrong_registrations_are_refused():
         register_rule(torch.tanh, like=torch.sigmoid)
     with pytest.raises(TypeError, match="function must be callable"):
         register_rule("atan", like=torch.tanh)
-    with pytest.raises(ValueError, match="conv2d is no elementwise activation"):
+    with pytest.raises(ValueError, match="conv2d has a rule of its own that reads its argument"):
         register_rule(torch.atan, like=nn.functional.conv2d)  # its handler reads names
+    with pytest.raises(TypeError, match="is a Python function: the pass sees the torch"):
+        register_rule(lambda x: torch.atan(x), like=torch.tanh)
     handle = register_rule(torch.atan, like=torch.tanh)
     try:
         with pytest.raises(ValueError, match="\\(registered: "):
@@ -84,7 +86,7 @@ def test_wrong_registrations_are_refused():
     assert rule_for(torch.atan) is None
     again = register_rule(torch.atan, like=torch.tanh)  # another owner, after the first
     handle.remove()  # the first handle's remove leaves the second registration alone
-    assert rule_for(torch.atan) is rule_for(torch.tanh)
+    assert rule_for(torch.atan) is not None
     again.remove()
     assert rule_for(torch.atan) is None
 
@@ -110,3 +112,39 @@ def test_a_torch_ops_operator_is_named_as_written_and_takes_a_rule():
         got = CTC(model).attribute(x, 1, feature_mask=mask)
     expected = CTC(lambda images: model(images, plain=True)).attribute(x, 1, feature_mask=mask)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+@torch.library.custom_op("ctc_plugin_tests::flagged_atan", mutates_args=())
+def _flagged_atan(x: torch.Tensor, smooth: bool) -> torch.Tensor:
+    """atan(x) whatever the flag: a positional True that means no in-place write."""
+    return torch.atan(x)
+
+
+@_flagged_atan.register_fake
+def _(x: torch.Tensor, smooth: bool) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def test_a_registered_operator_with_a_true_flag_is_not_taken_as_in_place(setting):
+    """``act(h, True) + h``: the residual must read h, not the activation written into it."""
+    _, x, mask = setting
+
+    class _Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor, plain: bool = False) -> torch.Tensor:
+            h = self.stem(x)
+            out = torch.atan(h) if plain else torch.ops.ctc_plugin_tests.flagged_atan(h, True)
+            return self.head((out + h).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    model = _Net().double().eval()
+    with register_rule(torch.ops.ctc_plugin_tests.flagged_atan, like=torch.tanh):
+        _, got = CTC(model).attribute(x, 1, feature_mask=mask, return_feature_scores=True)
+    with register_rule(torch.atan, like=torch.tanh):
+        plain = lambda images: model(images, plain=True)  # noqa: E731
+        _, expected = CTC(plain).attribute(x, 1, feature_mask=mask, return_feature_scores=True)
+    torch.testing.assert_close(got.scores, expected.scores, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got.output, model(x)[:, 1].detach(), rtol=0, atol=1e-12)

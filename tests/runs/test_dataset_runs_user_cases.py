@@ -305,3 +305,20 @@ def test_options_no_method_reads_neither_block_nor_change_a_resume(tmp_path, cap
     assert "0 computed now, 1 finished before" in capsys.readouterr().out
     assert RunStore(out).manifest()["config"] == stored  # as first given
     assert main(_explain(folder, out, *TINY, "--lime-samples", "5")) == 0
+
+
+def test_unread_options_resume_through_run_job_too(tmp_path):
+    """The public engine (run_job with an ExplainJob) makes its manifest against the stored one."""
+    from ctc_plugin.runs import ExplainJob, RunConfig, resolve_source
+
+    folder = tmp_path / "photos"
+    _image(folder / "a.png", 12, 12)
+    options = dict(
+        methods=("gradcam",), model="tests.runs.test_explain_dataset:tiny", segmenter="grid",
+        segments=4, shard_size=1,
+    )  # fmt: skip
+    source = resolve_source(folder)
+    run_job(ExplainJob(RunConfig(**options, lime_samples=9), source), tmp_path / "run")
+    again = run_job(ExplainJob(RunConfig(**options), source), tmp_path / "run")
+    assert again.computed == 0
+    assert RunStore(tmp_path / "run").manifest()["config"]["lime_samples"] == 9
