@@ -17,22 +17,29 @@ from ctc_plugin.ctc.operations import register_rule, rule_for
 from ctc_plugin.testing import random_partition
 
 
-class _AtanNet(nn.Module):
-    def __init__(self) -> None:
+class _Net(nn.Module):
+    """A convolution, an activation (swappable: ``net.activation = ...``), optionally ``+ h``."""
+
+    def __init__(self, activation, residual: bool = False) -> None:
         super().__init__()
         self.stem, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 2)
+        self.activation, self.residual = activation, residual
 
-    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stem(x)
-        gate = torch.atan(h) / h
-        h = h * gate.detach() if frozen else torch.atan(h)
-        return self.head(h.mean(dim=(2, 3)))
+        out = self.activation(h) + h if self.residual else self.activation(h)
+        return self.head(out.mean(dim=(2, 3)))
+
+
+def _frozen_atan(h: torch.Tensor) -> torch.Tensor:
+    """atan with its gate ``atan(h) / h`` held at the full input's value (the linearisation)."""
+    return h * (torch.atan(h) / h).detach()
 
 
 @pytest.fixture
 def setting():
     torch.manual_seed(0)
-    model = _AtanNet().double().eval()
+    model = _Net(torch.atan).double().eval()
     x = torch.rand(2, 3, 6, 6, dtype=torch.float64) + 0.1
     return model, x, random_partition(6, 6, 4)
 
@@ -53,7 +60,9 @@ def test_registered_like_tanh_it_is_a_rescale_gate(setting):
         _, relevance = attributor(x, torch.eye(2, dtype=x.dtype)[[1, 1]])
         torch.testing.assert_close(relevance, CTC(model).attribute(x, 1, feature_mask=mask))
     leaf = x.clone().requires_grad_(True)
-    (gradient,) = torch.autograd.grad(model(leaf, frozen=True)[:, 1].sum(), leaf)
+    model.activation = _frozen_atan
+    (gradient,) = torch.autograd.grad(model(leaf)[:, 1].sum(), leaf)
+    model.activation = torch.atan
     contribution = (gradient * x).sum(1, keepdim=True)  # (2, 1, 6, 6)
     expected = torch.zeros_like(contribution)
     for feature in mask.unique():
@@ -91,26 +100,16 @@ def test_wrong_registrations_are_refused():
     assert rule_for(torch.atan) is None
 
 
-def test_a_torch_ops_operator_is_named_as_written_and_takes_a_rule():
-    class _Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 2)
-
-        def forward(self, x: torch.Tensor, plain: bool = False) -> torch.Tensor:
-            h = self.stem(x)
-            h = nn.functional.gelu(h) if plain else torch.ops.aten.gelu(h)
-            return self.head(h.mean(dim=(2, 3)))
-
+def test_a_torch_ops_operator_is_named_as_written_and_takes_a_rule(setting):
+    _, x, mask = setting
     torch.manual_seed(0)
-    model = _Net().double().eval()
-    x = torch.rand(2, 3, 6, 6, dtype=torch.float64)
-    mask = random_partition(6, 6, 4)
+    model = _Net(torch.ops.aten.gelu).double().eval()
     with pytest.raises(UnsupportedOperationError, match=r"through torch\.ops\.aten\.gelu in"):
         CTC(model).attribute(x, 1, feature_mask=mask)
     with register_rule(torch.ops.aten.gelu, like=nn.functional.gelu):
         got = CTC(model).attribute(x, 1, feature_mask=mask)
-    expected = CTC(lambda images: model(images, plain=True)).attribute(x, 1, feature_mask=mask)
+    model.activation = nn.functional.gelu
+    expected = CTC(model).attribute(x, 1, feature_mask=mask)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
@@ -128,23 +127,14 @@ def _(x: torch.Tensor, smooth: bool) -> torch.Tensor:
 def test_a_registered_operator_with_a_true_flag_is_not_taken_as_in_place(setting):
     """``act(h, True) + h``: the residual must read h, not the activation written into it."""
     _, x, mask = setting
-
-    class _Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 2)
-
-        def forward(self, x: torch.Tensor, plain: bool = False) -> torch.Tensor:
-            h = self.stem(x)
-            out = torch.atan(h) if plain else torch.ops.ctc_plugin_tests.flagged_atan(h, True)
-            return self.head((out + h).mean(dim=(2, 3)))
-
     torch.manual_seed(0)
-    model = _Net().double().eval()
+    model = _Net(lambda h: torch.ops.ctc_plugin_tests.flagged_atan(h, True), residual=True)
+    model = model.double().eval()
     with register_rule(torch.ops.ctc_plugin_tests.flagged_atan, like=torch.tanh):
         _, got = CTC(model).attribute(x, 1, feature_mask=mask, return_feature_scores=True)
+        output = model(x)[:, 1].detach()
+    model.activation = torch.atan
     with register_rule(torch.atan, like=torch.tanh):
-        plain = lambda images: model(images, plain=True)  # noqa: E731
-        _, expected = CTC(plain).attribute(x, 1, feature_mask=mask, return_feature_scores=True)
+        _, expected = CTC(model).attribute(x, 1, feature_mask=mask, return_feature_scores=True)
     torch.testing.assert_close(got.scores, expected.scores, rtol=0, atol=1e-12)
-    torch.testing.assert_close(got.output, model(x)[:, 1].detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(got.output, output, rtol=0, atol=1e-12)
