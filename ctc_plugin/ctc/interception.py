@@ -151,7 +151,8 @@ def saved_tensor_hooks() -> Any:
     block computes its forward again during the backward, after the pass has ended, with the
     model's own gates (its gradient would not be the linearised network's, or its saved tensors
     would not match). Hooks that were on before the pass began (``save_on_cpu()`` around the
-    call) only move saved tensors, and are compared against (`CTCMode`).
+    call) are the caller's: the gradient goes through them as any gradient of the caller's
+    would, and only hooks other than those count (`CTCMode`).
     """
     return torch._C._autograd._top_saved_tensors_default_hooks(False)
 
