@@ -198,13 +198,29 @@ def _gradcam(request: Request) -> tuple[str, Tensor]:
             "transformer; use integrative-cam, which reads the transformer's blocks"
         )
     layer = last_spatial_layer(request.model, request.pixels)
-    name = next(n for n, m in request.model.named_modules() if m is layer)
+    name = _layer_name(request.model, layer)
     cam = LayerGradCam(request.model, layer).attribute(
         request.pixels, target=request.target, relu_attributions=True
     )
     size = tuple(request.pixels.shape[-2:])
     maps = LayerAttribution.interpolate(cam, size, interpolate_mode="bilinear")
     return f"Grad-CAM ({name})", maps
+
+
+def _layer_name(model: nn.Module, layer: nn.Module) -> str:
+    """``layer``'s name in the user's network: without the ``1.`` of the normalisation wrapper.
+
+    A model that ``ImagePreprocessing.wrap`` wrapped is ``Sequential(Normalize, network)``.
+    """
+    from torch import nn
+
+    from ctc_plugin.images import Normalize
+
+    name = next(n for n, m in model.named_modules() if m is layer)
+    wrapped = isinstance(model, nn.Sequential) and len(model) == 2
+    if wrapped and isinstance(model[0], Normalize) and name.startswith("1."):
+        return name.removeprefix("1.")
+    return name
 
 
 _RUNNERS: dict[str, Callable[[Request], tuple[str, Tensor]]] = {

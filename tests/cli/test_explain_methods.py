@@ -204,3 +204,15 @@ def test_help_imports_no_heavy_module():
     )
     assert done.returncode == 0, done.stderr
     assert "usage: ctc-plugin" in done.stdout
+
+
+def test_grad_cams_title_names_the_layer_of_the_users_network_not_of_the_wrapper():
+    from ctc_plugin.commands.methods import Request, run_method
+    from ctc_plugin.images import ImagePreprocessing
+
+    network = torchvision.models.resnet18(num_classes=3).eval()
+    model = ImagePreprocessing(mean=(0.5,) * 3, std=(0.25,) * 3).wrap(network)
+    x = torch.rand(1, 3, 64, 64)  # layer4's map is 2 x 2: the last spatial one
+    mask = torch.zeros(1, 1, 64, 64, dtype=torch.long)
+    result = run_method("gradcam", Request(model, x, 0, mask, show_progress=False))
+    assert result.title == "Grad-CAM (layer4)"  # not "1.layer4"
