@@ -11,4 +11,13 @@ BIAS_SHARING_MODES: tuple[str, ...] = ("reference", "proportional", "none")
 #: the published ``"reference"`` formula (documentation: "Choose a method").
 DEFAULT_BIAS_SHARING: BiasSharingMode = "proportional"
 
-__all__ = ["BIAS_SHARING_MODES", "DEFAULT_BIAS_SHARING", "BiasSharingMode"]
+
+def check_mode(mode: str) -> None:
+    """Raise a `ValueError` naming the modes when ``mode`` is none of them."""
+    if mode not in BIAS_SHARING_MODES:
+        raise ValueError(
+            f"bias_sharing must be one of {', '.join(map(repr, BIAS_SHARING_MODES))}; got {mode!r}"
+        )
+
+
+__all__ = ["BIAS_SHARING_MODES", "DEFAULT_BIAS_SHARING", "BiasSharingMode", "check_mode"]

@@ -39,6 +39,8 @@ from pathlib import Path
 import torch
 
 from ctc_plugin.ctc.boxes import MapBox, is_empty
+from ctc_plugin.resumable.atomic import write_atomic
+from ctc_plugin.weights import content_sha256
 
 #: The C source of the kernel, shipped with the package.
 SOURCE = Path(__file__).with_name("reference_formula.c")
@@ -185,7 +187,7 @@ def _intact(target: Path) -> bool:
     """Whether ``target`` exists and holds the bytes recorded when it was compiled."""
     try:
         recorded = _hash_file(target).read_text().strip()
-        return hashlib.sha256(target.read_bytes()).hexdigest() == recorded
+        return content_sha256(target) == recorded
     except OSError:
         return False
 
@@ -209,31 +211,18 @@ def _compile(compiler: list[str], target: Path) -> None:
         os.chmod(partial, 0o755)
         with open(partial, "rb") as written:
             os.fsync(written.fileno())
-            digest = hashlib.sha256(written.read()).hexdigest()
+        digest = content_sha256(partial)
         os.replace(partial, target)
-        _write_atomically(_hash_file(target), digest)
+        write_atomic(_hash_file(target), lambda stream: stream.write(digest.encode()))
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    descriptor, partial = tempfile.mkstemp(dir=path.parent, suffix=".partial")
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
-
-
 def _remove(target: Path) -> None:
     """Remove a cached library and its hash (what is not there is fine)."""
     for path in (target, _hash_file(target)):
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        path.unlink(missing_ok=True)
 
 
 def _machine() -> str:

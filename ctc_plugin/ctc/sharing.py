@@ -30,7 +30,12 @@ from typing import Protocol
 import torch
 
 from ctc_plugin.ctc.layout import CopyLayout
-from ctc_plugin.ctc.modes import BIAS_SHARING_MODES, DEFAULT_BIAS_SHARING, BiasSharingMode
+from ctc_plugin.ctc.modes import (
+    BIAS_SHARING_MODES,
+    DEFAULT_BIAS_SHARING,
+    BiasSharingMode,
+    check_mode,
+)
 
 
 class BiasSharing(Protocol):
@@ -251,14 +256,6 @@ def make_sharing(mode: str) -> BiasSharing:
     return {"reference": ReferenceSharing, "proportional": ProportionalSharing}.get(
         mode, NoSharing
     )()
-
-
-def check_mode(mode: str) -> None:
-    """Raise a `ValueError` naming the modes when ``mode`` is none of them."""
-    if mode not in BIAS_SHARING_MODES:
-        raise ValueError(
-            f"bias_sharing must be one of {', '.join(map(repr, BIAS_SHARING_MODES))}; got {mode!r}"
-        )
 
 
 __all__ = [

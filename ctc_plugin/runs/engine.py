@@ -593,12 +593,18 @@ def _images_changed(
     )
 
 
+def _image_file(source: Source, ref: ImageRef) -> Path | None:
+    """The file of image ``ref``; ``None`` for a generated image (the shapes sources)."""
+    path = source.read(ref) if source.kind == "folder" else None
+    return path if isinstance(path, Path) else None
+
+
 def image_sha256(source: Source, ref: ImageRef) -> str | None:
     """An image file's content sha256 now; ``None`` for a generated image or a missing file."""
     from ctc_plugin.weights import content_sha256
 
-    path = source.read(ref) if source.kind == "folder" else None
-    if not isinstance(path, Path):
+    path = _image_file(source, ref)
+    if path is None:
         return None
     try:
         return content_sha256(path)
@@ -624,8 +630,8 @@ def explained_contents(store: RunStore, shard: str) -> dict[str, str]:
 
 def image_stat(source: Source, ref: ImageRef) -> tuple[int | None, int | None]:
     """An image file's ``(size, mtime_ns)``: what tells it was rewritten; ``None`` unless a file."""
-    path = source.read(ref) if source.kind == "folder" else None
-    if not isinstance(path, Path):
+    path = _image_file(source, ref)
+    if path is None:
         return None, None
     try:
         stat = path.stat()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctc_plugin.ctc.modes import BIAS_SHARING_MODES, DEFAULT_BIAS_SHARING
+from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING, check_mode
 from ctc_plugin.resumable.job import Shard
 from ctc_plugin.resumable.store import json_values
 
@@ -115,11 +115,7 @@ class RunConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.seed < 0:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
-        if self.bias_sharing not in BIAS_SHARING_MODES:
-            raise ValueError(
-                f"bias_sharing must be one of {', '.join(BIAS_SHARING_MODES)}, "
-                f"got {self.bias_sharing!r}"
-            )
+        check_mode(self.bias_sharing)
         self._check_choices()
         self._pin_file("weights")
         self._pin_model_folder()

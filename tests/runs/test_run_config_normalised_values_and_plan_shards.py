@@ -146,7 +146,10 @@ def test_options_a_chosen_method_reads_are_another_run(methods, segmenter, read)
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"bias_sharing": "shared"}, "bias_sharing must be one of reference, proportional, none"),
+        (
+            {"bias_sharing": "shared"},
+            "bias_sharing must be one of 'reference', 'proportional', 'none'; got 'shared'",
+        ),
         ({"sam_model_type": "vit_x"}, "sam_model_type must be one of vit_b"),
     ],
 )
