@@ -45,6 +45,16 @@ def panel_width(height: int, width: int, side: float = PANEL_SIDE) -> float:
     return side * min(max(width / max(height, 1), low), high)
 
 
+def figure_width(width: float, methods: int) -> float:
+    """Width in inches of a figure of the image and ``methods`` panels, each ``width`` wide.
+
+    ``width`` is the image's `panel_width`; each method's panel also has its colour bar and
+    tick labels beside it. Drawn with constrained layout and equal column ratios, every panel
+    then shows its image at the same size, without a gap after the image's column.
+    """
+    return width * (1 + methods) + 0.8 * methods
+
+
 def plot_segment_scores(
     image: torch.Tensor | np.ndarray,
     feature_mask: torch.Tensor | np.ndarray,
@@ -120,8 +130,9 @@ def plot_segment_scores(
         figure, created = plt.subplots(
             1,
             1 + len(panels),
-            figsize=(panel_width(*shape) * (1 + len(panels)) + 0.6, PANEL_SIDE + 0.6),
+            figsize=(figure_width(panel_width(*shape), len(panels)), PANEL_SIDE + 0.6),
             squeeze=False,
+            layout="constrained",
         )
         axes = list(created[0])
     else:
@@ -166,7 +177,6 @@ def plot_segment_scores(
     if own_figure:
         if title:
             figure.suptitle(title)
-        figure.tight_layout()
     return figure
 
 

@@ -678,15 +678,21 @@ def _write_figure(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ctc_plugin.viz import PANEL_SIDE, panel_width, plot_segment_scores, save_figure
+    from ctc_plugin.viz import (
+        PANEL_SIDE,
+        figure_width,
+        panel_width,
+        plot_segment_scores,
+        save_figure,
+    )
 
-    columns = 1 + len(args.methods)
     width = max(panel_width(*item.image.size) for item in explained)
     figure, axes = plt.subplots(
         len(explained),
-        columns,
-        figsize=((width + 0.8) * columns, PANEL_SIDE * len(explained) + 0.4),
+        1 + len(args.methods),
+        figsize=(figure_width(width, len(args.methods)), PANEL_SIDE * len(explained) + 0.4),
         squeeze=False,
+        layout="constrained",
     )
     for row, item in zip(axes, explained):
         plot_segment_scores(
@@ -702,7 +708,6 @@ def _write_figure(
             f"{item.path.name}\n{_short(loaded, item.target)}, {segments} segments", fontsize=9
         )
     figure.suptitle(f"{loaded.name}: {', '.join(args.methods)}")
-    figure.tight_layout()
     save_figure(figure, args.out)
 
 
