@@ -11,6 +11,7 @@ the settings that apply to it (as torchvision's ``get_model(name, **config)``):
 >>> explainer = Explainer(build_backbone("unet-small", 6, width=4), 6)
 >>> explainer.backbone_name, explainer.config()["width"]
 ('unet-small', 4)
+
 ```
 
 - ``"unet-small"``: [`unet_small`][ctc_plugin.explainer.backbones.unet_small], a small U-Net

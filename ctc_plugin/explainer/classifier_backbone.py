@@ -20,8 +20,24 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from ctc_plugin.explainer.maps import resize_maps
 
-#: Modules a classifier head may hold (after its global pooling and flattening).
-PER_POSITION_MODULES = (nn.Linear, nn.ReLU, nn.LeakyReLU, nn.Dropout, nn.Identity)
+#: Modules a classifier head may hold (after its global pooling and flattening): each acts on
+#: one position's feature vector alone.
+PER_POSITION_MODULES = (
+    nn.Linear,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Dropout,
+    nn.Identity,
+)
 GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
@@ -65,8 +81,9 @@ class PerPositionHead(nn.Module):
             else:
                 raise TypeError(
                     f"head module {index} ({type(module).__name__}) cannot be applied per "
-                    "position; the head must be global pooling, Flatten, then Linear/ReLU/"
-                    "Dropout layers (give the name of such a module as `head`)"
+                    "position; the head must be global pooling, Flatten, then Linear layers, "
+                    "dropouts and elementwise activations (PER_POSITION_MODULES); give the name "
+                    "of such a module as `head`"
                 )
         if not any(isinstance(layer, nn.Conv2d) for layer in layers):
             raise TypeError("the head holds no Linear layer: nothing maps features to classes")
@@ -106,8 +123,115 @@ def class_map_encoder(classifier: nn.Module, head: str, num_classes: int) -> nn.
         )
     encoder = copy.deepcopy(classifier).requires_grad_(True)  # even if the model is frozen
     without_users_hooks(encoder)
-    encoder.set_submodule(head, per_position)
-    return encoder
+    if any(isinstance(module, GLOBAL_POOLS) for module in original_head.modules()):
+        # The head pools: the forward hands it the feature map.
+        encoder.set_submodule(head, per_position)
+        return encoder
+    return _head_on_the_feature_map(encoder, head, per_position)
+
+
+def _head_on_the_feature_map(
+    encoder: nn.Module, head: str, per_position: PerPositionHead
+) -> nn.Module:
+    """``encoder`` (a copy) traced by torch.fx, its head given the map its forward pools.
+
+    torchvision's classifiers (``resnet18``'s ``fc``, ``densenet121``'s ``classifier``,
+    ``efficientnet_b0``'s ``classifier``) pool and flatten in their ``forward`` and hand the
+    head a vector. The traced graph is cut there: the global pooling and flattening before the
+    head are removed and ``per_position`` takes the feature map they read.
+
+    Raises:
+        TypeError: If the forward cannot be traced, does not end with the head, or does not
+            pool the head's input globally from a feature map.
+    """
+    import torch.fx
+
+    class HeadTracer(torch.fx.Tracer):
+        def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+            return qualified_name == head or super().is_leaf_module(module, qualified_name)
+
+    advice = (
+        f"; or end the forward with a head module that pools, e.g. nn.Sequential("
+        f"nn.AdaptiveAvgPool2d(1), nn.Flatten(), <the linear layer>) as {head!r}"
+    )
+    try:
+        traced = torch.fx.GraphModule(
+            encoder, HeadTracer().trace(encoder), class_name=type(encoder).__name__
+        )
+    except Exception as error:
+        raise TypeError(
+            f"the head {head!r} takes pooled features and torch.fx cannot trace the "
+            f"classifier's forward to find the feature map it pools ({type(error).__name__}: "
+            f"{error})" + advice
+        ) from error
+    graph = traced.graph
+    calls = [node for node in graph.nodes if node.op == "call_module" and node.target == head]
+    output = next(node for node in graph.nodes if node.op == "output")
+    if len(calls) != 1 or output.args[0] is not calls[0]:
+        raise TypeError(
+            f"the classifier's forward does not end with its head {head!r} (it must return "
+            "the head's output as it is)" + advice
+        )
+    call = calls[0]
+    feature_map = _before_global_pooling(call.args[0], encoder)
+    if feature_map is None:
+        raise TypeError(
+            f"the classifier's forward does not pool a feature map globally (to 1x1) and "
+            f"flatten it before its head {head!r}: the head reads positions together "
+            "(torchvision's VGG pools to 7x7) and cannot be applied per position" + advice
+        )
+    call.args = (feature_map,)
+    graph.eliminate_dead_code()
+    traced.set_submodule(head, per_position)
+    traced.delete_all_unused_submodules()
+    traced.recompile()
+    return traced
+
+
+#: Operations that only reshape a globally pooled ``(N, C, 1, 1)`` map into ``(N, C)``.
+_FLATTENING_METHODS = ("flatten", "view", "reshape", "squeeze")
+
+
+def _before_global_pooling(node: object, root: nn.Module) -> object | None:
+    """The fx node of the feature map that ``node`` pools globally and flattens, or None.
+
+    Accepted on the way back from the head's input: ``nn.Flatten``, ``torch.flatten`` and
+    ``.flatten/.view/.reshape/.squeeze``, ``nn.Dropout``, then a global pooling:
+    ``nn.AdaptiveAvgPool2d(1)`` / ``nn.AdaptiveMaxPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)``
+    (max too) or ``x.mean((2, 3))`` / ``x.mean((-2, -1))``.
+    """
+    import torch.nn.functional as F
+
+    while True:
+        op, target = getattr(node, "op", None), getattr(node, "target", None)
+        module = root.get_submodule(target) if op == "call_module" else None
+        if isinstance(module, GLOBAL_POOLS):
+            return node.args[0] if module.output_size in (1, (1, 1)) else None
+        if (
+            op == "call_function"
+            and target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d)
+            and _argument(node, 1, "output_size") in (1, (1, 1))
+        ):
+            return node.args[0]
+        if (op, target) in (("call_method", "mean"), ("call_function", torch.mean)):
+            dims = _argument(node, 1, "dim")
+            if isinstance(dims, (tuple, list)) and sorted(dims) in ([2, 3], [-2, -1]):
+                return node.args[0]
+            return None
+        flattening = (
+            isinstance(module, (nn.Flatten, nn.Dropout))
+            or (op == "call_function" and target is torch.flatten)
+            or (op == "call_method" and target in _FLATTENING_METHODS)
+        )
+        if not flattening:
+            return None
+        node = node.args[0]
+
+
+def _argument(node: object, position: int, name: str) -> object:
+    """Argument ``name`` of an fx call node, given at ``position`` or by keyword."""
+    args = node.args
+    return args[position] if len(args) > position else node.kwargs.get(name)
 
 
 #: Forward pre-hooks that are part of a module's computation (torch's re-parametrisations of a
@@ -160,8 +284,12 @@ class ClassifierBackbone(nn.Module):
     Args:
         classifier: The classifier to explain; deep-copied, never modified.
         head: Name of the submodule that the classifier's ``forward`` ends with (``"head"`` for the
-            zoo's resnet, densenet and inception, ``"classifier"`` for vgg and torchvision's
-            VGG/DenseNet); see
+            zoo's families, ``"classifier"`` for its vgg; torchvision's ``"fc"`` for ResNets,
+            ``"classifier"`` for DenseNets, EfficientNets and MobileNets). A head that pools
+            itself runs on the feature map it is given; a head given the pooled vector (as
+            torchvision's forwards do) runs on the map the forward pools, found by tracing the
+            forward with torch.fx. A head that reads positions together (torchvision's VGG
+            pools to 7x7 first) is refused. See
             [`PerPositionHead`][ctc_plugin.explainer.classifier_backbone.PerPositionHead].
         num_classes: Classes of the classifier (checked against the head).
         width: Channels at full resolution of the refining U-Net.

@@ -7,6 +7,7 @@ argument default of their training module, which equals their VGG16-VOC setting.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 
@@ -47,8 +48,15 @@ class ExplainerHyperparameters:
         """Check that every value is usable."""
         for field in fields(self):
             value = getattr(self, field.name)
-            if not isinstance(value, int | float) or value != value or value < 0:
-                raise ValueError(f"{field.name} must be a non-negative number, got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(
+                    f"{field.name} must be a finite non-negative number, got {value!r}"
+                )
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0.0 <= self.a_min <= self.a_max <= 1.0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -121,9 +122,14 @@ def multi_hot(labels: Tensor, num_classes: int) -> tuple[Tensor, bool]:
         if not ((targets == 0) | (targets == 1)).all():
             raise ValueError("multi-label targets must be 0/1 (multi-hot)")
         return targets, True
+    hint = (
+        "; class indices must be integers: labels.long()"
+        if labels.dim() == 1 and labels.is_floating_point()
+        else ""
+    )
     raise ValueError(
         f"labels must be class indices (N,) or multi-hot (N, {num_classes}), "
-        f"got shape {tuple(labels.shape)} ({labels.dtype})"
+        f"got shape {tuple(labels.shape)} ({labels.dtype}){hint}"
     )
 
 
@@ -150,21 +156,31 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
                 m.training = mode
 
 
+class _Restoring:
+    """What `restored_on_failure` yields: set ``keep`` to leave the explainer as it is."""
+
+    keep = False
+
+
 @contextmanager
-def restored_on_failure(explainer: nn.Module) -> Iterator[nn.Module]:
+def restored_on_failure(explainer: nn.Module) -> Iterator[_Restoring]:
     """Put ``explainer`` back as it was when the block raises: weights, buffers, modes, grads.
 
     A training run that fails half-way (a loss that turns NaN, a validation batch refused after
     an epoch) has already stepped the optimiser and recorded steps, the image size and the
     classifier in buffers: without this the explainer would hold the diverged weights and still
-    say it was trained.
+    say it was trained. The block sets ``keep`` on what this yields to leave the explainer as
+    the block left it (an interrupted run that settled on its best finished epoch).
     """
     state = copy.deepcopy(explainer.state_dict())
     modes = [(m, m.training) for m in explainer.modules()]
     grads = [(p, None if p.grad is None else p.grad.clone()) for p in explainer.parameters()]
+    restoring = _Restoring()
     try:
-        yield explainer
+        yield restoring
     except BaseException:
+        if restoring.keep:
+            raise
         with torch.no_grad():
             explainer.load_state_dict(state)
         for m, mode in modes:
@@ -194,6 +210,27 @@ def class_scores(output: Any, num_classes: int) -> Tensor:
             "num_classes equal to the classifier's number of outputs"
         )
     return output
+
+
+def _warn_if_probabilities(scores: Tensor) -> None:
+    """Warn when every row of the classifier's ``scores`` is non-negative and sums to 1.
+
+    The objective takes logits: it applies the softmax itself. Probabilities given as scores
+    are squashed a second time, which flattens the entropy term (the inverse-masked image then
+    looks uncertain whatever the mask leaves out) and trains masks that keep too much.
+    """
+    detached = scores.detach()
+    if not len(detached) or not bool((detached >= 0).all()):
+        return
+    sums = detached.sum(dim=1, dtype=torch.float64)
+    if bool(((sums - 1).abs() < 1e-4).all()):
+        warnings.warn(
+            "the classifier's outputs are non-negative and sum to 1 in every row: they look "
+            "like probabilities, and the explainer objective takes logits (it applies the "
+            "softmax itself); train against the model without its final softmax",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _check_baseline_fits(baseline: Tensor, images: Tensor) -> None:
@@ -234,6 +271,7 @@ def objective(
     dtype = floating_dtype(classifier)
     output = classifier(both if dtype is None else both.to(dtype))
     scores = class_scores(output, explainer.num_classes)
+    _warn_if_probabilities(scores)
     masked, inverse = scores.to(logits.dtype).chunk(2)
     terms = {
         "classification": losses.classification_loss(masked, targets, multilabel),
@@ -262,10 +300,17 @@ def _targets(labels: Any, num_classes: int, multilabel: bool | None) -> tuple[Te
     ``False`` uses cross-entropy on multi-hot labels that hold exactly one class per image.
 
     Raises:
-        ValueError: For invalid labels, or ``multilabel=False`` with an image of several (or no)
-            classes.
+        ValueError: For invalid labels, a multi-hot label without a class, or
+            ``multilabel=False`` with an image of several classes.
     """
     targets, is_multi = multi_hot(torch.as_tensor(labels), num_classes)
+    empty = (targets.sum(dim=1) == 0).nonzero()
+    if len(empty):
+        raise ValueError(
+            f"example {int(empty[0])} has no class in its multi-hot label ({len(empty)} of "
+            f"{len(targets)} in the batch): the explainer masks the classes an image holds, "
+            "so every image needs at least one; leave such images out of the loader"
+        )
     if multilabel is None:
         return targets, is_multi
     if not multilabel and is_multi:
@@ -281,7 +326,7 @@ def _targets(labels: Any, num_classes: int, multilabel: bool | None) -> tuple[Te
 
 
 def _to_device(
-    batch: Any, explainer: Explainer, multilabel: bool | None, where: str = "training"
+    batch: Any, explainer: Explainer, multilabel: bool | None, where: str
 ) -> tuple[Tensor, Tensor, bool]:
     """Split a batch and return ``(images, targets, multilabel)`` on the explainer's device.
 
@@ -291,12 +336,37 @@ def _to_device(
         ValueError: For images that are not a finite floating-point batch of the explainer's
             channels (``where`` names the loader), or invalid labels.
     """
-    images, labels = split_batch(batch)
-    images = check_images(images, name=f"{where} images", channels=explainer.in_channels)
+    images, targets, is_multi = _checked_batch(
+        batch, explainer.num_classes, multilabel, explainer.in_channels, where
+    )
     device = next(explainer.parameters()).device
     dtype = floating_dtype(explainer) or torch.float32
-    targets, is_multi = _targets(labels, explainer.num_classes, multilabel)
     return images.to(device=device, dtype=dtype), targets.to(device), is_multi
+
+
+def _checked_batch(
+    batch: Any, num_classes: int, multilabel: bool | None, channels: int, where: str
+) -> tuple[Tensor, Tensor, bool]:
+    """Split ``batch``; return its checked images, multi-hot targets and whether multi-label.
+
+    Raises:
+        ValueError: For images that are not a finite floating-point batch of ``channels``
+            channels, or invalid labels; the message names ``where`` (the loader and batch).
+    """
+    images, labels = split_batch(batch)
+    given = images.shape[1] if isinstance(images, Tensor) and images.dim() == 4 else None
+    if given in (1, 3) and given != channels:  # gray for an RGB explainer, or the reverse
+        raise ValueError(
+            f"the images of {where} have {given} channels, the explainer takes {channels}: "
+            f"build it for the images the classifier takes (build_backbone(..., "
+            f"in_channels={given}))"
+        )
+    images = check_images(images, name=f"the images of {where}", channels=channels)
+    try:
+        targets, is_multi = _targets(labels, num_classes, multilabel)
+    except ValueError as error:
+        raise ValueError(f"the labels of {where}: {error}") from error
+    return images, targets, is_multi
 
 
 def _check_finite_loss(loss: Tensor, terms: dict[str, Tensor], where: str) -> None:
@@ -329,9 +399,10 @@ def _evaluate(
     total, count = 0.0, 0
     with torch.no_grad():
         for index, batch in enumerate(loader):
-            images, targets, multi = _to_device(batch, explainer, multilabel, "validation")
+            where = f"validation batch {index}"
+            images, targets, multi = _to_device(batch, explainer, multilabel, where)
             loss, terms = objective(explainer, classifier, images, targets, multi, hp, baseline)
-            _check_finite_loss(loss, terms, f"validation batch {index}")
+            _check_finite_loss(loss, terms, where)
             total += float(loss) * len(images)
             count += len(images)
     if count == 0:
@@ -348,13 +419,8 @@ def _check_validation(
     epoch changes the explainer.
     """
     count = 0
-    for batch in loader:
-        images, labels = split_batch(batch)
-        check_images(images, name="validation images", channels=channels)
-        try:
-            _targets(labels, num_classes, multilabel)
-        except ValueError as error:
-            raise ValueError(f"the validation loader's labels are invalid: {error}") from error
+    for index, batch in enumerate(loader):
+        _checked_batch(batch, num_classes, multilabel, channels, f"validation batch {index}")
         count += 1
     if count == 0:
         raise ValueError(
@@ -404,12 +470,33 @@ def _loader_settings(loader: Iterable[Any]) -> dict[str, Any]:
     dataset = getattr(loader, "dataset", None)
     sampler = getattr(loader, "sampler", None)
     length = dataset if dataset is not None else loader
-    return {
+    settings = {
         "batch_size": getattr(loader, "batch_size", None),
         "length": len(length) if hasattr(length, "__len__") else None,
         "sampler": None if sampler is None else type(sampler).__name__,
         "drop_last": getattr(loader, "drop_last", None),
     }
+    generators = loader_generators(loader)
+    if generators:  # only then: checkpoints of loaders without one stay comparable
+        settings["generators"] = len(generators)
+    return settings
+
+
+def loader_generators(loader: Iterable[Any]) -> list[torch.Generator]:
+    """The loader's own random generators: ``DataLoader(generator=...)`` and its samplers'.
+
+    A loader that shuffles with its own generator (not torch's default one, whose state every
+    checkpoint holds) gives another order after a resume unless the generator's state is saved
+    and restored with the checkpoint.
+    """
+    found: dict[int, torch.Generator] = {}
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for owner in (loader, sampler, batch_sampler, getattr(batch_sampler, "sampler", None)):
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator):
+            found.setdefault(id(generator), generator)
+    return list(found.values())
 
 
 def _check_resume(
@@ -540,6 +627,35 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def _check_loader(loader: Any, name: str) -> None:
+    """Refuse what is not an iterable of batches, saying what to pass instead.
+
+    Raises:
+        TypeError: For hyper-parameters given in the loader's place, a dataset of single
+            examples (not batches), or one ``(images, labels)`` batch given as the loader.
+    """
+    if isinstance(loader, ExplainerHyperparameters):
+        raise TypeError(
+            f"{name} got an ExplainerHyperparameters; pass the hyper-parameters as config=... "
+            "(fit(classifier, train_loader, val_loader, config=...))"
+        )
+    if isinstance(loader, torch.utils.data.Dataset):
+        raise TypeError(
+            f"{name} is a dataset ({type(loader).__name__}) of single examples; fit reads "
+            "batches: pass torch.utils.data.DataLoader(dataset, batch_size=..., shuffle=True)"
+        )
+    if isinstance(loader, list | tuple) and loader and isinstance(loader[0], Tensor):
+        raise TypeError(
+            f"{name} holds tensors, not batches: to train on one batch (images, labels), "
+            "pass a list of batches, [(images, labels)]"
+        )
+    if not isinstance(loader, Iterable):
+        raise TypeError(
+            f"{name} must be an iterable of batches (a DataLoader, a list of (images, labels) "
+            f"tuples or of dicts), got {type(loader).__name__}"
+        )
+
+
 def _check_reiterable(loader: Iterable[Any], name: str, passes: int) -> None:
     """Refuse a one-shot iterator (a generator) that fit would have to read ``passes`` times.
 
@@ -658,8 +774,9 @@ def fit_explainer(
             ``max_steps_per_epoch``, ``patience``, ``min_delta``, ``seed`` (when given),
             ``multilabel``, the explainer's ``input_scale``,
             whether there is a validation loader, and each loader's batch size, data length,
-            sampler and ``drop_last``): everything the result depends on, so that the resumed
-            run equals an uninterrupted one. ``epochs`` may grow, not shrink below the
+            sampler, ``drop_last`` and own random generators, whose states the checkpoints
+            hold): everything the result depends on, so that the resumed run equals an
+            uninterrupted one. ``epochs`` may grow, not shrink below the
             epochs the checkpoint holds.
         baseline: Value the masked-out pixels blend towards (0, as the original).
         multilabel: Force single- (False: cross-entropy; multi-hot labels must then hold one
@@ -668,10 +785,15 @@ def fit_explainer(
         progress: Show a tqdm bar with the loss terms.
 
     Returns:
-        The history and the epoch whose weights the explainer holds (the best one).
+        The history and the epoch whose weights the explainer holds (the best one). Ctrl-C
+        (``KeyboardInterrupt``) is re-raised after the explainer settles on the best finished
+        epoch, as a run that stopped there returns it (during the first epoch: put back as it
+        was).
 
     Raises:
-        TypeError: If ``classifier`` is not an ``nn.Module``, if ``config`` is not an
+        TypeError: If a loader is not an iterable of batches (a dataset of single examples,
+            one ``(images, labels)`` pair, the config given as ``val_loader``), if
+            ``classifier`` is not an ``nn.Module``, if ``config`` is not an
             ``ExplainerHyperparameters`` (a preset name: pass ``get_preset(name)``), or for a
             keyword argument this function no longer takes (``lr=``, the loss weights and area
             bounds are fields of the config; ``preset=`` is ``config=get_preset(name)``).
@@ -712,9 +834,11 @@ def fit_explainer(
             f"baseline must be a finite number or a tensor broadcastable to the images, got "
             f"{baseline!r}"
         )
+    _check_loader(train_loader, "train_loader")
     _check_reiterable(train_loader, "train_loader", epochs)
     _check_checkpoint_path(checkpoint)
     if val_loader is not None:
+        _check_loader(val_loader, "val_loader")
         _check_reiterable(val_loader, "val_loader", 2)
         _check_validation(val_loader, explainer.num_classes, multilabel, explainer.in_channels)
     settings = {
@@ -740,12 +864,14 @@ def fit_explainer(
         if seed is None:  # the run keeps the seed it started with
             settings["seed"] = state.get("settings", {}).get("seed")
         if state["hyperparameters"] != hp.as_dict():
-            differ = sorted(
-                k for k, v in hp.as_dict().items() if state["hyperparameters"].get(k) != v
-            )
+            differ = [
+                f"{k}: {state['hyperparameters'].get(k)!r} there, {v!r} now"
+                for k, v in sorted(hp.as_dict().items())
+                if state["hyperparameters"].get(k) != v
+            ]
             raise ValueError(
                 f"checkpoint {str(resume)!r} was trained with other hyper-parameters "
-                f"({', '.join(differ)}); resume with the same settings"
+                f"({'; '.join(differ)}); resume with the same settings"
             )
         threads = state.get("threads", torch.get_num_threads())  # older checkpoints: unknown
         if threads != torch.get_num_threads():
@@ -756,63 +882,92 @@ def fit_explainer(
             )
     # Both models are held exclusively while they change (the classifier first, as the
     # attributions take them): no other thread's call sees either half-way.
-    with frozen(classifier), exclusive(explainer), restored_on_failure(explainer):
+    generators = loader_generators(train_loader)
+    generators += [] if val_loader is None else loader_generators(val_loader)
+    with (
+        frozen(classifier),
+        exclusive(explainer),
+        restored_on_failure(explainer) as restoring,
+    ):
         if state is not None:
             start_epoch, bad_epochs, best_state = _continue_from(
-                state, explainer, optimizer, result
+                state, explainer, optimizer, result, generators
             )
         else:
             start_epoch, bad_epochs, best_state = 0, 0, copy.deepcopy(explainer.state_dict())
             if seed is not None:
                 torch.manual_seed(seed)
-        for epoch in range(start_epoch, epochs):
-            if bad_epochs >= patience:
-                result.stopped_early = True
-                break
-            record = _train_epoch(
-                explainer, classifier, train_loader, optimizer, hp, epoch, epochs,
-                max_steps_per_epoch, baseline, multilabel, progress,
-            )  # fmt: skip
-            explainer.record_classifier(classifier, recorded)  # in its best state and checkpoints
-            if val_loader is not None:
-                record["val_loss"] = _evaluate(
-                    explainer, classifier, val_loader, hp, multilabel, baseline
-                )
-            monitored = record.get("val_loss", record["loss"])
-            result.history.append(record)
-            if monitored < result.best_loss - min_delta:
-                result.best_loss, result.best_epoch, bad_epochs = monitored, epoch + 1, 0
-                best_state = copy.deepcopy(explainer.state_dict())
-            else:
-                bad_epochs += 1
-            if checkpoint is not None:
-                _save_checkpoint(
-                    Path(checkpoint),
-                    {
-                        "epoch": epoch + 1,
-                        "explainer": explainer.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "rng": torch.get_rng_state(),
-                        "best_state": best_state,
-                        "best_epoch": result.best_epoch,
-                        "best_loss": result.best_loss,
-                        "bad_epochs": bad_epochs,
-                        "history": result.history,
-                        "hyperparameters": hp.as_dict(),
-                        "threads": torch.get_num_threads(),  # the sums' order depends on it
-                        "settings": settings,
-                        "classifier_digest": digest,
-                        "classifier_dtypes": dtypes,
-                    },
-                )
-        optimizer.zero_grad(set_to_none=True)
-        steps = int(explainer.trained_steps)
-        explainer.load_state_dict(best_state)
-        explainer.record_classifier(classifier, recorded)  # also where the best state predates it
-        explainer.trained_steps.fill_(max(steps, int(explainer.trained_steps)))
-        result.steps = int(explainer.trained_steps)
-        explainer.eval()
+        try:
+            for epoch in range(start_epoch, epochs):
+                if bad_epochs >= patience:
+                    result.stopped_early = True
+                    break
+                record = _train_epoch(
+                    explainer, classifier, train_loader, optimizer, hp, epoch, epochs,
+                    max_steps_per_epoch, baseline, multilabel, progress,
+                )  # fmt: skip
+                explainer.record_classifier(classifier, recorded)  # in its best state too
+                if val_loader is not None:
+                    record["val_loss"] = _evaluate(
+                        explainer, classifier, val_loader, hp, multilabel, baseline
+                    )
+                monitored = record.get("val_loss", record["loss"])
+                result.history.append(record)
+                if monitored < result.best_loss - min_delta:
+                    result.best_loss, result.best_epoch, bad_epochs = monitored, epoch + 1, 0
+                    best_state = copy.deepcopy(explainer.state_dict())
+                else:
+                    bad_epochs += 1
+                if checkpoint is not None:
+                    _save_checkpoint(
+                        Path(checkpoint),
+                        {
+                            "epoch": epoch + 1,
+                            "explainer": explainer.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "rng": torch.get_rng_state(),
+                            "loader_rng": [generator.get_state() for generator in generators],
+                            "best_state": best_state,
+                            "best_epoch": result.best_epoch,
+                            "best_loss": result.best_loss,
+                            "bad_epochs": bad_epochs,
+                            "history": result.history,
+                            "hyperparameters": hp.as_dict(),
+                            "threads": torch.get_num_threads(),  # the sums' order depends on it
+                            "settings": settings,
+                            "classifier_digest": digest,
+                            "classifier_dtypes": dtypes,
+                        },
+                    )
+        except KeyboardInterrupt:
+            # Ctrl-C keeps the work of the finished epochs: the explainer settles on the best
+            # of them, as a run that stopped there would have returned it.
+            if result.history:
+                restoring.keep = True
+                _settle(explainer, optimizer, best_state, classifier, recorded)
+            raise
+        result.steps = _settle(explainer, optimizer, best_state, classifier, recorded)
     return result
+
+
+def _settle(
+    explainer: Explainer,
+    optimizer: torch.optim.Optimizer,
+    best_state: dict[str, Tensor],
+    classifier: nn.Module,
+    recorded: Any,
+) -> int:
+    """Load the best epoch's weights into ``explainer``, in eval mode; return its steps.
+
+    The steps count every optimiser step taken, also after the best epoch.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    steps = int(explainer.trained_steps)
+    explainer.load_state_dict(best_state)
+    explainer.record_classifier(classifier, recorded)  # also where the best state predates it
+    explainer.trained_steps.fill_(max(steps, int(explainer.trained_steps)))
+    explainer.eval()
+    return int(explainer.trained_steps)
 
 
 def _continue_from(
@@ -820,15 +975,18 @@ def _continue_from(
     explainer: Explainer,
     optimizer: torch.optim.Optimizer,
     result: FitResult,
+    generators: list[torch.Generator],
 ) -> tuple[int, int, dict[str, Tensor]]:
     """Load a checked checkpoint ``state``; return ``(start_epoch, bad_epochs, best_state)``.
 
-    The explainer, the optimiser, torch's random generator and ``result``'s history and best
-    epoch continue where the checkpointed run stopped.
+    The explainer, the optimiser, torch's random generator, the loaders' own ``generators``
+    and ``result``'s history and best epoch continue where the checkpointed run stopped.
     """
     explainer.load_state_dict(state["explainer"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
+    for generator, generator_state in zip(generators, state.get("loader_rng", [])):
+        generator.set_state(generator_state)
     result.history = list(state["history"])
     result.best_epoch, result.best_loss = int(state["best_epoch"]), float(state["best_loss"])
     return int(state["epoch"]), int(state["bad_epochs"]), state["best_state"]
@@ -855,9 +1013,10 @@ def _train_epoch(
     for step, batch in enumerate(bar):
         if max_steps is not None and step >= max_steps:
             break
-        images, targets, multi = _to_device(batch, explainer, multilabel)
+        where = f"training batch {step} of epoch {epoch + 1}"
+        images, targets, multi = _to_device(batch, explainer, multilabel, where)
         loss, terms = objective(explainer, classifier, images, targets, multi, hp, baseline)
-        _check_finite_loss(loss, terms, f"training batch {step} of epoch {epoch + 1}")
+        _check_finite_loss(loss, terms, where)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
