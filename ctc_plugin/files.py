@@ -25,11 +25,13 @@ import re
 import sys
 import warnings
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ctc_plugin.weights import file_identity, is_shipped, verify_shipped
 
@@ -42,6 +44,17 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 #: ``torch.save({"state_dict": ...})`` (Lightning and others), ``{"model_state_dict": ...}``
 #: (PyTorch's saving-and-loading tutorial), ``{"model": ...}`` (timm, DeiT).
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+#: Key prefixes that wrappers add to a state dict: ``nn.DataParallel`` and
+#: ``DistributedDataParallel`` (``module.``) and ``torch.compile`` (``_orig_mod.``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+#: How many keys (and size mismatches) of each kind a message on weights that do not fit shows.
+SHOWN_KEYS = 3
+
+#: A line of torch's ``load_state_dict`` error listing missing or unexpected keys.
+_KEY_LIST = re.compile(r"^((?:Missing|Unexpected) key\(s\) in state_dict): (.*?)\.?\s*$", re.S)
+
 
 #: Zip archives whose CRC-32s were checked in this process, keyed by `file_identity`.
 _INTACT: set[tuple[str, int, int, int]] = set()
@@ -312,3 +325,68 @@ def write_torch_file(path: str | Path, payload: Any) -> None:
     torch.save(payload, buffer)
     data = buffer.getbuffer()
     write_atomic(Path(path), lambda stream: stream.write(data))
+
+
+def unwrapped_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the key prefix a wrapper or a training framework added to every key.
+
+    A state dict saved from ``nn.DataParallel(model)``, ``DistributedDataParallel(model)`` or
+    ``torch.compile(model)`` has every key prefixed (`WRAPPER_PREFIXES`); the prefix is dropped
+    when every key of ``state`` has it and no key of ``model`` does. A checkpoint of a module
+    that holds the model as an attribute (a Lightning module's ``model.``, ``net.``) has every
+    key prefixed by that name; it is dropped when the keys left are exactly the model's.
+    ``state`` itself is not changed.
+    """
+    own = model.state_dict().keys()
+    stripped = True
+    while stripped and state:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(key.startswith(prefix) for key in state) and not any(
+                key.startswith(prefix) for key in own
+            ):
+                state = _without_prefix(state, prefix)
+                stripped = True
+    holders = {key.split(".", 1)[0] for key in state}
+    if len(holders) == 1 and set(state) != set(own):
+        prefix = f"{holders.pop()}."
+        if {key.removeprefix(prefix) for key in state} == set(own):
+            state = _without_prefix(state, prefix)
+    return state
+
+
+def _without_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` (its metadata too) without ``prefix`` on its keys."""
+    metadata = getattr(state, "_metadata", None)
+    state = OrderedDict(state)
+    if metadata is not None:
+        state._metadata = type(metadata)(metadata)  # type: ignore[attr-defined]
+    consume_prefix_in_state_dict_if_present(state, prefix)
+    return state
+
+
+def short_load_error(message: str) -> str:
+    """Torch's ``load_state_dict`` error with each key list cut to its count and first keys.
+
+    A weight file of another model can miss and hold a hundred keys each; the message keeps
+    torch's first line, the count of each kind and its first
+    ``SHOWN_KEYS`` keys and size mismatches.
+    """
+    head, *lines = message.split("\n\t")
+    parts, mismatches = [head], []
+    for line in lines:
+        listed = _KEY_LIST.match(line)
+        if line.startswith("size mismatch for "):
+            mismatches.append(line.strip().rstrip(".").removeprefix("size mismatch for "))
+        elif listed:
+            keys = re.findall(r'"([^"]*)"', listed[2])
+            shown = ", ".join(f'"{key}"' for key in keys[:SHOWN_KEYS])
+            more = f", ... ({len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
+            parts.append(f"{listed[1]} ({len(keys)}): {shown}{more}.")
+        else:
+            parts.append(line.strip())
+    if mismatches:
+        more = len(mismatches) - SHOWN_KEYS
+        shown = "; ".join(mismatches[:SHOWN_KEYS]) + (f"; ... ({more} more)" if more > 0 else "")
+        parts.append(f"size mismatch for {len(mismatches)} tensor(s): {shown}.")
+    return " ".join(parts)

@@ -8,8 +8,8 @@ Two questions about a model's parameters and buffers, asked by several parts of 
   ``torch.compile`` do not count (Explainer checkpoints, and the classifier an Explainer was
   trained for).
 - [`weights_state`][ctc_plugin.module_state.weights_state]: were the weights written or replaced
-  since last asked? Each tensor's storage address and version counter, read without touching
-  the values (the SAM segmenter's cache, and `DigestMemo`).
+  since last asked? Each tensor's storage address and version counter, and a few of its values
+  (the SAM segmenter's cache, and `DigestMemo`).
 """
 
 from __future__ import annotations
@@ -91,23 +91,57 @@ def state_dtypes(module: nn.Module) -> list[str]:
     )
 
 
+#: Values of each tensor that `weights_state` reads, evenly spread over it.
+SAMPLED_VALUES = 16
+
+
 def weights_state(module: nn.Module) -> tuple[Any, ...]:
     """What changes whenever a tensor of ``module`` is written or replaced.
 
     Each tensor's storage address and version counter: ``load_state_dict`` and optimiser steps
-    write in place and move the counter; ``.to()`` makes new tensors. Entries that are not
-    tensors (a module's extra state, a quantized layer's dtype) count by their ``repr``.
+    write in place and move the counter; ``.to()`` makes new tensors. Writes through
+    ``.data`` (``p.data.copy_(other)``, ``p.data.normal_()``, ``p.data += 1``) move no
+    counter, so `SAMPLED_VALUES` values of each tensor, evenly spread, count too (read in one
+    transfer per device): a re-initialisation or a copy of other weights changes them; a
+    write through ``.data`` to a few single values between them is not seen. Entries that are
+    not tensors (a module's extra state, a quantized layer's dtype) count by their ``repr``.
     """
-    return tuple(
-        (t.data_ptr(), t._version) if isinstance(t, Tensor) else repr(t)
-        for t in module.state_dict().values()
-    )
+    entries: list[Any] = []
+    samples: dict[torch.device, list[Tensor]] = {}
+    for value in module.state_dict().values():
+        if not isinstance(value, Tensor):
+            entries.append(repr(value))
+            continue
+        entries.append((value.data_ptr(), value._version))
+        sample = _spread_sample(value)
+        if sample is not None:
+            samples.setdefault(sample.device, []).append(sample)
+    for device in sorted(samples, key=str):
+        values = torch.cat(samples[device]).cpu().numpy()
+        entries.append(hashlib.sha256(values.tobytes()).hexdigest())
+    return tuple(entries)
+
+
+def _spread_sample(tensor: Tensor) -> Tensor | None:
+    """`SAMPLED_VALUES` values of ``tensor`` evenly spread, as float64; None where unreadable."""
+    if (
+        tensor.layout != torch.strided
+        or tensor.is_meta
+        or tensor.is_quantized
+        or tensor.is_complex()
+        or not tensor.numel()
+    ):
+        return None
+    flat = tensor.detach().reshape(-1)
+    step = max(1, flat.numel() // SAMPLED_VALUES)
+    return flat[::step][:SAMPLED_VALUES].to(torch.float64)
 
 
 class DigestMemo:
     """`state_digest` of one module, computed again only after its weights change.
 
-    The digest reads every value; `weights_state` only addresses and version counters. Calls
+    The digest reads every value; `weights_state` addresses, version counters and a few
+    values of each tensor. Calls
     from several threads at once may each compute it; all get the same value.
     """
 

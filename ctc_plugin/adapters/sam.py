@@ -36,7 +36,7 @@ from segment_anything.modeling import (
 from ctc_plugin.features.base import FeatureTable, Segmenter, feature_table
 from ctc_plugin.features.cache import MaskCache
 from ctc_plugin.features.partition import check_partition_options, to_partition
-from ctc_plugin.files import read_state_dict
+from ctc_plugin.files import read_state_dict, short_load_error, unwrapped_state
 from ctc_plugin.inputs import is_finite_number, is_integer
 from ctc_plugin.module_state import weights_state
 
@@ -167,7 +167,10 @@ def load_sam(
             message of [`ctc_plugin.files.read_state_dict`][ctc_plugin.files.read_state_dict]:
             empty, truncated or corrupt, not a ``torch.save`` file, objects other than tensors, a
             folder, no state dict on its own or under ``"model"`` or ``"state_dict"``), or a
-            checkpoint that does not match ``model_type``.
+            checkpoint that does not match ``model_type`` (the message lists the missing and
+            unexpected keys). Keys prefixed by a wrapper (``module.``) or by the attribute of a
+            training module that held the model (Lightning's ``model.``) load (see
+            [`unwrapped_state`][ctc_plugin.files.unwrapped_state]).
         FileNotFoundError: If the checkpoint file does not exist.
     """
     registry = SAM_MODEL_TYPES if registry is None else registry
@@ -181,13 +184,12 @@ def load_sam(
     state = read_state_dict(path, what)
     sam = registry[model_type](checkpoint=None)
     try:
-        sam.load_state_dict(state, strict=True)
+        sam.load_state_dict(unwrapped_state(sam, state), strict=True)
     except RuntimeError as error:
-        detail = str(error).splitlines()
-        first = detail[1].strip() if len(detail) > 1 else detail[0]
+        detail = short_load_error(str(error)).split(":", 1)[-1].strip()
         raise ValueError(
             f"{what} {str(path)!r} does not match model_type={model_type!r} "
-            f"({textwrap.shorten(first, 300, placeholder=' ...')}); {model_type_hint}"
+            f"({textwrap.shorten(detail, 500, placeholder=' ...')}); {model_type_hint}"
         ) from error
     return sam.eval()
 
@@ -240,6 +242,16 @@ GENERATOR_THRESHOLDS = (
 MAX_IMAGE_SIZE = 4096
 
 
+#: The thresholds of `GENERATOR_THRESHOLDS` that are fractions in [0, 1] (IoUs and scores).
+FRACTION_THRESHOLDS = (
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "box_nms_thresh",
+    "crop_nms_thresh",
+    "crop_overlap_ratio",
+)
+
+
 def _check_generator_options(options: dict[str, Any]) -> None:
     """Refuse generator options that would fail only when SAM has already run (or divide by 0).
 
@@ -247,7 +259,8 @@ def _check_generator_options(options: dict[str, Any]) -> None:
         ValueError: ``points_per_side`` or ``points_per_batch`` that is not an int of at least
             1 (``points_per_side=None`` without ``point_grids``), ``crop_n_layers`` below 0 or
             ``crop_n_points_downscale_factor`` below 1 (or not ints), a threshold or ratio
-            (`GENERATOR_THRESHOLDS`) that is not a finite number, a negative
+            (`GENERATOR_THRESHOLDS`) that is not a finite number, or not in [0, 1] for the
+            fractions among them (`FRACTION_THRESHOLDS`), a negative
             ``min_mask_region_area``, or an ``output_mode`` other than ``"binary_mask"``,
             ``"uncompressed_rle"`` and ``"coco_rle"`` (the last one without ``pycocotools``
             installed).
@@ -270,6 +283,10 @@ def _check_generator_options(options: dict[str, Any]) -> None:
         value = options.get(name)
         if value is not None and not is_finite_number(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if value is not None and name in FRACTION_THRESHOLDS and not 0 <= value <= 1:
+            raise ValueError(
+                f"{name} is a fraction between 0 and 1 (an IoU, a score or a ratio), got {value!r}"
+            )
     area = options.get("min_mask_region_area")
     if area is not None and not (is_finite_number(area) and area >= 0):
         raise ValueError(f"min_mask_region_area must be a number of at least 0, got {area!r}")
@@ -376,11 +393,11 @@ class SAMSegmenter(Segmenter):
         if device is not None:
             model = model.to(device)
         _check_float32(model)
-        self.model = model.eval()
+        self._model = model.eval()
         if checkpoint is not None:  # the file names the weights until they are changed
             identity = _file_identity(Path(checkpoint).expanduser())
             self._checkpoint_source = (weights_state(self.model), identity)
-        self._fingerprint: tuple[tuple[tuple[int, int], ...], str] | None = None
+        self._fingerprint: tuple[tuple[Any, ...], str] | None = None
         self._generate_lock = threading.Lock()
         self.model_type = model_type if checkpoint is not None else None  # else: model's own
         self.image_size = image_size
@@ -391,6 +408,23 @@ class SAMSegmenter(Segmenter):
         }
         self.generator_options = dict(generator_options)
         self.generator = self._make_generator(self.model, self.generator_options)
+
+    @property
+    def model(self) -> Any:
+        """The SAM model the mask generator runs (read-only: build a new segmenter for another).
+
+        Its weights may change (``load_state_dict``, an optimiser step, ``.to()``): the cache
+        key follows them ([`model_source`][ctc_plugin.adapters.sam.SAMSegmenter.model_source]).
+        """
+        return self._model
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        raise AttributeError(
+            f"{type(self).__name__}.model cannot be replaced: the mask generator was built "
+            "around the model given at construction and would go on running it; build a new "
+            f"{type(self).__name__}(model=...) for another model"
+        )
 
     def _check_model(self, model: Any) -> None:
         """Raise a TypeError unless ``model`` is a SAM model (adapters override this)."""
@@ -424,7 +458,8 @@ class SAMSegmenter(Segmenter):
         seconds) while the weights loaded from it are unchanged; a model given as a module, or
         the checkpoint's model once a tensor of it was written or replaced
         (``load_state_dict``, ``.to()``), by the sha256 of its weights, computed again whenever
-        they change, so masks of other weights are never served from the cache.
+        they change (as `weights_state` sees changes: also re-initialisations through
+        ``.data``), so masks of other weights are not served from the cache.
         """
         state = weights_state(self.model)
         if self._checkpoint_source is not None and self._checkpoint_source[0] == state:

@@ -229,7 +229,7 @@ def _head_size(state: dict[str, torch.Tensor], pretrained_cfg: Any) -> int | Non
     ``None`` when the config names no classifier or ``state`` holds none (loading then says
     what does not fit). A key prefix of a wrapped model (``module.``, ``_orig_mod.``) is allowed.
     """
-    from ctc_plugin.zoo.loading import WRAPPER_PREFIXES
+    from ctc_plugin.files import WRAPPER_PREFIXES
 
     classifier = getattr(pretrained_cfg, "classifier", None)
     names = [classifier] if isinstance(classifier, str) else list(classifier or ())

@@ -402,6 +402,13 @@ class MaskCache:
         except sqlite3.DatabaseError as error:
             if isinstance(error, sqlite3.OperationalError) and "not a database" not in str(error):
                 raise self._unusable(error) from error
+            if _is_sqlite_file(path):  # a database, damaged (a crash or a full disk mid-write)
+                raise self._unusable(
+                    error,
+                    f"its {_INDEX_NAME} is a damaged SQLite database ({error}); if this folder "
+                    f"is a mask cache, delete {path} and the cache starts afresh (its masks are "
+                    "computed again when next asked for), or choose another folder",
+                ) from error
             raise self._unusable(error, foreign) from error
         if tables - _INDEX_TABLES or settings - _INDEX_SETTINGS:
             raise self._unusable(ValueError(), foreign)
@@ -416,6 +423,15 @@ class MaskCache:
         if index is not None:
             with contextlib.suppress(diskcache.Timeout, sqlite3.Error, OSError, _CorruptEntry):
                 index.delete(key)
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    """Whether ``path`` starts with SQLite's file header (damaged or not)."""
+    try:
+        with path.open("rb") as stream:
+            return stream.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
 
 
 def resolve_cache(cache: MaskCache | str | os.PathLike[str] | bool | None) -> MaskCache | None:

@@ -26,7 +26,7 @@ import torch
 from scipy import ndimage
 from skimage.segmentation import relabel_sequential
 
-from ctc_plugin.inputs import is_integer
+from ctc_plugin.inputs import is_finite_number, is_integer
 
 __all__ = ["as_feature_mask", "mask_stack", "segment_means", "to_partition"]
 
@@ -125,8 +125,10 @@ def check_partition_options(dilation: Any, min_area: float, remainder: str) -> N
         raise ValueError(f"dilation must be 'auto' or a non-negative int, got {dilation!r}")
     if remainder not in ("components", "single"):
         raise ValueError(f"remainder must be 'components' or 'single', got {remainder!r}")
-    if not min_area >= 0:
-        raise ValueError(f"min_area must be non-negative, got {min_area}")
+    if not (is_finite_number(min_area) and min_area >= 0):
+        raise ValueError(
+            f"min_area must be a non-negative number (0 keeps every segment), got {min_area!r}"
+        )
 
 
 @overload
@@ -261,7 +263,10 @@ def as_feature_mask(
 
     Raises:
         ValueError: Masks that are not binary, of different sizes (within one image or between
-            the images of a list) or not of ``shape``.
+            the images of a list) or not of ``shape``; an integer ``(M, H, W)`` array (or a
+            list of integer ``(H, W)`` arrays) holding only 0 and one other value (0/1, 0/255),
+            which reads as one image's masks as well as M images' label maps (pass booleans
+            for masks, ``(N, 1, H, W)`` for label maps).
         TypeError: A label map that is not of an integer dtype.
     """
     if hasattr(masks, "mask_list") and hasattr(masks, "mask"):  # captum ImageMaskInput
@@ -274,7 +279,19 @@ def as_feature_mask(
         if array.dtype == bool:  # a mask stack (or one mask)
             return to_partition(array, shape=shape, **options)[None, None]
         if not np.issubdtype(array.dtype, np.integer):
-            raise TypeError(f"a label map must have an integer dtype, got {array.dtype}")
+            hint = (
+                "; for masks, pass booleans (masks > 0.5)"
+                if array.size and np.isin(array, (0, 1)).all()
+                else ""
+            )
+            raise TypeError(f"a label map must have an integer dtype, got {array.dtype}{hint}")
+        if array.ndim == 3 and len(array) > 1 and _looks_binary(array):
+            raise ValueError(
+                f"an integer array {array.shape} whose every slice holds only 0 and one other "
+                "value is ambiguous: if it is one image's masks (a stack of 0/1 or 0/255 "
+                "masks, as read from PNG files), pass booleans (masks > 0); if it is the label "
+                "maps of several images with two features each, pass them as (N, 1, H, W)"
+            )
         if array.ndim == 2:
             array = array[None, None]
         elif array.ndim == 3:
@@ -288,6 +305,20 @@ def as_feature_mask(
         relabelled = [relabel_sequential(item - item.min())[0] for item in array]
         return torch.from_numpy(np.stack(relabelled).astype(np.int64))
     if isinstance(masks, Sequence) and masks and not isinstance(masks, str):
+        arrays = [_to_numpy(m) for m in masks if isinstance(m, (np.ndarray, torch.Tensor))]
+        if (
+            len(masks) > 1
+            and len(arrays) == len(masks)
+            and all(a.ndim == 2 and np.issubdtype(a.dtype, np.integer) for a in arrays)
+            and all(_looks_binary(a[None]) for a in arrays)
+        ):
+            raise ValueError(
+                f"a list of {len(masks)} integer (H, W) arrays that each hold only 0 and one "
+                "other value is ambiguous: if they are one image's masks (0/1 or 0/255, as "
+                "read from PNG files), pass booleans ([m > 0 for m in masks]); if they are the "
+                "label maps of several images with two features each, pass them as one "
+                "(N, 1, H, W) array"
+            )
         per_image = [_is_per_image(item) for item in masks]
         if all(per_image):
             parts = [as_feature_mask(item, shape, **options) for item in masks]
@@ -309,6 +340,16 @@ def as_feature_mask(
                 f"{per_image.index(False)} one mask"
             )
     return to_partition(masks, shape=shape, **options)[None, None]
+
+
+def _looks_binary(array: np.ndarray) -> bool:
+    """Whether every slice of the integer ``(M, H, W)`` array holds 0 and at most one other value.
+
+    Such a stack reads as M binary masks (0/1, or 0/255 from PNG files) as well as M label maps
+    of two features each.
+    """
+    values = np.unique(array)
+    return len(values) <= 2 and values[0] == 0 and int(values[-1]) in (0, 1, 255)
 
 
 def _is_per_image(item: Any) -> bool:

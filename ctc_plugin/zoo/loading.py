@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import difflib
-import re
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ctc_plugin.datasets.splits import SPLITS, check_split
-from ctc_plugin.files import read_state_dict
+from ctc_plugin.files import read_state_dict, short_load_error, unwrapped_state
 from ctc_plugin.inputs import is_integer
 from ctc_plugin.weights import classifier_path
 from ctc_plugin.zoo.models import ARCHITECTURES
 from ctc_plugin.zoo.settings import FAMILIES as FAMILIES
-
-#: Key prefixes that wrappers add to a state dict: ``nn.DataParallel`` and
-#: ``DistributedDataParallel`` (``module.``) and ``torch.compile`` (``_orig_mod.``).
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-#: How many keys (and size mismatches) of each kind a message on weights that do not fit shows.
-SHOWN_KEYS = 3
-
-#: A line of torch's ``load_state_dict`` error listing missing or unexpected keys.
-_KEY_LIST = re.compile(r"^((?:Missing|Unexpected) key\(s\) in state_dict): (.*?)\.?\s*$", re.S)
 
 
 def check_family(family: str) -> None:
@@ -69,30 +56,6 @@ def weights_path(family: str, split: str = "shapes") -> Path:
     return classifier_path(family, split)
 
 
-def unwrapped_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` without the key prefix a wrapper added (``module.``, ``_orig_mod.``).
-
-    A state dict saved from ``nn.DataParallel(model)``, ``DistributedDataParallel(model)`` or
-    ``torch.compile(model)`` has every key prefixed; the prefix is dropped when every key of
-    ``state`` has it and no key of ``model`` does. ``state`` itself is not changed.
-    """
-    own = model.state_dict().keys()
-    stripped = True
-    while stripped and state:
-        stripped = False
-        for prefix in WRAPPER_PREFIXES:
-            if all(key.startswith(prefix) for key in state) and not any(
-                key.startswith(prefix) for key in own
-            ):
-                metadata = getattr(state, "_metadata", None)
-                state = OrderedDict(state)
-                if metadata is not None:
-                    state._metadata = type(metadata)(metadata)  # type: ignore[attr-defined]
-                consume_prefix_in_state_dict_if_present(state, prefix)
-                stripped = True
-    return state
-
-
 def load_state_into(
     model: nn.Module,
     state: dict[str, torch.Tensor],
@@ -103,7 +66,7 @@ def load_state_into(
 
     The key prefix of a wrapped model's state dict (``module.`` from ``nn.DataParallel`` or
     ``DistributedDataParallel``, ``_orig_mod.`` from ``torch.compile``) is dropped first (see
-    [`unwrapped_state`][ctc_plugin.zoo.loading.unwrapped_state]).
+    [`unwrapped_state`][ctc_plugin.files.unwrapped_state]).
 
     Raises:
         ValueError: ``weights in <path> do not fit the model: <torch's list of differences>``,
@@ -115,37 +78,10 @@ def load_state_into(
         model.load_state_dict(unwrapped_state(model, state))
     except RuntimeError as error:
         raise ValueError(
-            f"weights in {path} do not fit the model: {_short_load_error(str(error))}"
+            f"weights in {path} do not fit the model: {short_load_error(str(error))}"
             f"{hint() if hint else ''}{_explainer_file_hint(path)}"
         ) from error
     return model.eval()
-
-
-def _short_load_error(message: str) -> str:
-    """Torch's ``load_state_dict`` error with each key list cut to its count and first keys.
-
-    A weight file of another model can miss and hold a hundred keys each; the message keeps
-    torch's first line, the count of each kind and its first
-    ``SHOWN_KEYS`` keys and size mismatches.
-    """
-    head, *lines = message.split("\n\t")
-    parts, mismatches = [head], []
-    for line in lines:
-        listed = _KEY_LIST.match(line)
-        if line.startswith("size mismatch for "):
-            mismatches.append(line.strip().rstrip(".").removeprefix("size mismatch for "))
-        elif listed:
-            keys = re.findall(r'"([^"]*)"', listed[2])
-            shown = ", ".join(f'"{key}"' for key in keys[:SHOWN_KEYS])
-            more = f", ... ({len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
-            parts.append(f"{listed[1]} ({len(keys)}): {shown}{more}.")
-        else:
-            parts.append(line.strip())
-    if mismatches:
-        more = len(mismatches) - SHOWN_KEYS
-        shown = "; ".join(mismatches[:SHOWN_KEYS]) + (f"; ... ({more} more)" if more > 0 else "")
-        parts.append(f"size mismatch for {len(mismatches)} tensor(s): {shown}.")
-    return " ".join(parts)
 
 
 def _explainer_file_hint(path: Path) -> str:

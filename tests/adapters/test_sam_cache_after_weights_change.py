@@ -67,3 +67,39 @@ def test_numpy_integer_point_counts_are_accepted(checkpoint):
     assert segmenter(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     with pytest.raises(ValueError, match="points_per_side must be a positive int"):
         SAMSegmenter(checkpoint=checkpoint, model_type="tiny", cache=None, points_per_side=True)
+
+
+@pytest.mark.parametrize("given", ["checkpoint", "model"])
+def test_weights_rewritten_through_data_are_a_new_key(checkpoint, tmp_path, given):
+    """``p.data`` writes move no version counter: the key once stayed, old masks were served."""
+    source = {"checkpoint": checkpoint, "model_type": "tiny"}
+    if given == "model":
+        source = {"model": build_tiny_sam()}
+    segmenter = SAMSegmenter(cache=MaskCache(tmp_path / "c"), **source, **GENERATOR)
+    key = segmenter.settings_key()
+    other = build_tiny_sam(seed=5).state_dict()
+    for name, parameter in segmenter.model.named_parameters():
+        parameter.data.copy_(other[name])
+    assert segmenter.settings_key() != key
+
+
+def test_the_model_cannot_be_swapped_under_the_mask_generator(checkpoint):
+    """The generator ran the old model while the key named the new one: wrong masks cached."""
+    segmenter = SAMSegmenter(checkpoint=checkpoint, model_type="tiny", cache=None, **GENERATOR)
+    with pytest.raises(AttributeError, match=r"cannot be replaced: .*SAMSegmenter\(model=...\)"):
+        segmenter.model = build_tiny_sam(seed=5)
+    assert segmenter.generator.predictor.model is segmenter.model
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_area": None}, "min_area must be a non-negative number"),
+        ({"min_area": "a"}, "min_area must be a non-negative number"),
+        ({"pred_iou_thresh": 1.5}, "pred_iou_thresh is a fraction between 0 and 1"),
+        ({"box_nms_thresh": -1}, "box_nms_thresh is a fraction between 0 and 1"),
+    ],
+)
+def test_options_that_cannot_mean_what_they_say_are_refused_when_built(options, message):
+    with pytest.raises(ValueError, match=message):
+        SAMSegmenter(model=build_tiny_sam(), cache=None, **options)

@@ -202,13 +202,31 @@ def test_a_list_of_label_maps_is_one_per_image_whatever_ids_they_hold():
     halves[:, 3:] = 1
     thirds = np.zeros((4, 6), dtype=np.int64)
     thirds[:2], thirds[3:] = 1, 2
-    for maps in ([halves, thirds], [thirds, halves], [halves, 1 - halves]):
+    for maps in ([halves, thirds], [thirds, halves]):
         out = as_feature_mask(maps)
         assert out.shape == (2, 1, 4, 6)
         for item, expected in zip(out[:, 0], maps):
             assert torch.equal(item, torch.from_numpy(expected))
     with pytest.raises(ValueError, match="not both: item 0 is an image's, item 1 one mask"):
         as_feature_mask([halves, halves.astype(bool)])
+
+
+@pytest.mark.parametrize("high", [1, 255])
+def test_integer_masks_of_only_zero_and_one_value_are_refused_as_ambiguous(high):
+    """0/1 or 0/255 integer slices (PNG masks) read as one image's masks as well as label maps
+    of two features each: a stack once became several images' label maps, and Captum ran on the
+    wrong features. Booleans and (N, 1, H, W) label maps say which is meant."""
+    halves = np.zeros((4, 6), dtype=np.uint8)
+    halves[:, 3:] = high
+    stack = np.stack([halves, high - halves])
+    with pytest.raises(ValueError, match=r"ambiguous: .*pass booleans \(masks > 0\)"):
+        as_feature_mask(stack)
+    with pytest.raises(ValueError, match=r"ambiguous: .*\[m > 0 for m in masks\]"):
+        as_feature_mask(list(stack))
+    assert as_feature_mask(stack > 0).shape == (1, 1, 4, 6)  # one image, two features
+    assert as_feature_mask(stack[:, None]).shape == (2, 1, 4, 6)  # two label maps
+    with pytest.raises(TypeError, match=r"pass booleans \(masks > 0.5\)"):
+        as_feature_mask(stack.astype(np.float32) / high)
 
 
 def test_as_feature_mask_accepts_captum_image_mask_input():

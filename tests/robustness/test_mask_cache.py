@@ -149,6 +149,24 @@ def test_foreign_index_file_is_refused_and_left_alone(tmp_path: Path):
         assert after == before, name
 
 
+def test_a_truncated_index_names_the_file_to_delete_and_is_left_alone(tmp_path: Path):
+    """A crash mid-write truncates cache.db: once reported as "not a mask cache index"."""
+    folder = tmp_path / "cache"
+    cache = MaskCache(folder)
+    fill(cache, 3)
+    cache.close()
+    index = folder / "cache.db"
+    damaged = index.read_bytes()[: 2 * 4096 + 100]
+    index.write_bytes(damaged)
+    with pytest.raises(MaskCacheError, match=r"damaged SQLite database .*delete .*cache.db"):
+        MaskCache(folder).store(image_of(0), "settings", *entry_of(0))
+    assert index.read_bytes() == damaged
+    index.unlink()  # as the message says: the cache starts afresh
+    fresh = MaskCache(folder)
+    fresh.store(image_of(0), "settings", *entry_of(0))
+    assert same_entry(fresh.load(image_of(0), "settings"), 0)
+
+
 def test_index_cannot_point_the_cache_at_other_files(tmp_path: Path):
     """A tampered index (pickled value, path outside the folder) is refused, not followed."""
     folder = tmp_path / "cache"

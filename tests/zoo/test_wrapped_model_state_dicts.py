@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ctc_plugin import zoo
+from ctc_plugin.files import unwrapped_state
 from ctc_plugin.zoo import loading
 
 
@@ -38,7 +39,7 @@ def test_a_model_with_a_submodule_called_module_keeps_its_keys(tmp_path):
     model = nn.Sequential()
     model.add_module("module", nn.Linear(2, 2))
     state = model.state_dict()
-    assert loading.unwrapped_state(model, state) is state
+    assert unwrapped_state(model, state) is state
     loading.load_state_into(nn.Sequential(), {}, tmp_path / "x.pt")  # empty: nothing to strip
     with pytest.raises(ValueError, match="do not fit"):
         loading.load_state_into(model, _prefixed(nn.Linear(2, 2).state_dict(), "other."), tmp_path)
@@ -48,5 +49,15 @@ def test_the_callers_state_dict_is_left_as_it_was():
     model = nn.Linear(2, 2)
     state = _prefixed(model.state_dict(), "module.")
     keys = list(state)
-    assert list(loading.unwrapped_state(model, state)) == ["weight", "bias"]
+    assert list(unwrapped_state(model, state)) == ["weight", "bias"]
     assert list(state) == keys
+
+
+@pytest.mark.parametrize("holder", ["model.", "net."])
+def test_a_training_frameworks_holder_prefix_is_dropped_when_the_rest_is_the_model(holder):
+    """A Lightning module holding the model as ``self.model`` saves ``model.weight``."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    state = _prefixed(model.state_dict(), holder)
+    assert list(unwrapped_state(model, state)) == list(model.state_dict())
+    extra = {**state, f"{holder}head.weight": torch.zeros(1)}  # not exactly the model: kept
+    assert unwrapped_state(model, extra) is extra
