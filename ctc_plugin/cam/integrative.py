@@ -559,6 +559,9 @@ class IntegrativeCAM(Attribution):
                 for module, argument in patch_grid_arguments(self._model):
                     hook = scope.only(partial(_record_said_grid, patch_grids, argument))
                     handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            if self._model is not None:
+                chosen_modules = [module for module, _ in chosen or []]
+                _refuse_replaced_outputs(self._model, scope, handles, tracer, chosen_modules)
             for module, reshape in chosen or []:
                 name = self._layer_name(module)
                 hook = scope.only(partial(_record_layer, tracer, name, reshape))
@@ -772,3 +775,51 @@ class _Run:
             maps=torch.cat(maps, dim=1).to(dtype),
             weights=self.fusion.layer_weights(indices, n).to(dtype),
         )
+
+
+def _refuse_replaced_outputs(
+    model: nn.Module,
+    scope: CallScope,
+    handles: list[Any],
+    tracer: StageTracer,
+    chosen: list[nn.Module],
+) -> None:
+    """Refuse, as it runs, a forward hook of the user's that replaces an output the maps read.
+
+    The stages are traced through the functions the layers call; a hook that returns another
+    output (a channel mask, a scaling) changes the model's result behind them, and the maps
+    and bias terms would be those of the model without it. A chosen layer's own output is
+    recorded after every hook (its map is the hooked output's), unless it ends a traced
+    convolution chain, whose bias term the hook would not change. Modules that have forward
+    hooks get one hook first, which notes the output, and one last, which compares.
+    """
+    for name, module in model.named_modules():
+        if not module._forward_hooks:
+            continue
+        computed: dict[str, Any] = {}
+        recorded = any(module is layer for layer in chosen)
+
+        def note(module: nn.Module, args: Any, output: Any, computed: dict = computed) -> None:
+            computed["output"] = output
+
+        def compare(
+            module: nn.Module,
+            args: Any,
+            output: Any,
+            computed: dict = computed,
+            name: str = name,
+            recorded: bool = recorded,
+        ) -> None:
+            raw = computed.pop("output", output)
+            if output is raw or (recorded and not tracer.in_chain(raw)):
+                return
+            raise ValueError(
+                f"a forward hook on {name or 'the model'} ({type(module).__name__}) replaces "
+                "its output: Integrative CAM traces the operations the layers compute and "
+                "cannot see what the hook does (its maps would be those of the model without "
+                "it); remove the hook, or build what it does into the model (e.g. zero the "
+                "pruned channels' weights)"
+            )
+
+        handles.append(module.register_forward_hook(scope.only(note), prepend=True))
+        handles.append(module.register_forward_hook(scope.only(compare)))

@@ -298,6 +298,10 @@ class StageTracer(TorchFunctionMode):
             stage.relu = True
             stage.extendable = False
 
+    def in_chain(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` is the end of a traced convolution chain (a stage with its bias)."""
+        return any(stage in self._chains for stage in self._by_tensor.get(id(tensor), []))
+
     def add_layer_output(
         self,
         name: str,

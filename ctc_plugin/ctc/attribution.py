@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any, Literal, NoReturn, overload
 
 import torch
 from captum.attr import Attribution
@@ -195,6 +195,25 @@ class CTC(Attribution):
         do, and Captum's ``NoiseTunnel`` then returns one per noisy sample.
         """
         return True
+
+    def compute_convergence_delta(self, attributions: Any, *args: Any, **kwargs: Any) -> NoReturn:
+        """Refused: CTC computes its convergence delta during the call, from the scores.
+
+        Captum's gradient methods recompute the delta from the attributions and the two end
+        points; CTC's maps repeat each feature's score on every pixel of the feature, so their
+        sum is not the scores' sum. ``attribute(..., return_convergence_delta=True)`` returns
+        the delta, as does
+        [`FeatureScores.convergence_delta`][ctc_plugin.FeatureScores.convergence_delta].
+
+        Raises:
+            NotImplementedError: Always, saying so.
+        """
+        raise NotImplementedError(
+            "CTC computes its convergence delta during the call, from the feature scores: pass "
+            "return_convergence_delta=True to attribute (or read FeatureScores."
+            "convergence_delta); it cannot be recomputed from the attribution maps, which "
+            "repeat each feature's score on every pixel of the feature"
+        )
 
     @overload
     def attribute(
@@ -402,11 +421,18 @@ class CTC(Attribution):
             ),
         )
         segmenter = self.segmenter
-        if segmenter is None:
-            from ctc_plugin.features import SuperpixelSegmenter
+        from ctc_plugin.features import SuperpixelSegmenter, ValueRangeError
 
+        if segmenter is None:
             segmenter = self.segmenter = SuperpixelSegmenter()
-        return segmenter(inputs[0])
+        try:
+            return segmenter(inputs[0])
+        except ValueRangeError as error:
+            raise ValueRangeError(
+                f"{error}. If a wrapper perturbed the images (NoiseTunnel, sensitivity_max, "
+                "infidelity), segment the clean images once and pass feature_mask=: the "
+                "features then stay the same for every perturbed copy"
+            ) from error
 
     def _chunk_size(self, perturbations_per_eval: int | None, count: int) -> int:
         if perturbations_per_eval is None:

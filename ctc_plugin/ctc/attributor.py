@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from zennit.attribution import Attributor
-from zennit.core import Composite
+from zennit.core import Composite, Hook
 
 from ctc_plugin.canonizers import batch_norms_valid, check_canonizers, tensors_restored
 from ctc_plugin.concurrency import PerThread, exclusive
@@ -47,6 +47,16 @@ AttrOutput = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 _OPEN_BLOCKS: weakref.WeakKeyDictionary[torch.nn.Module, list[CTCAttributor]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def _holds_zennit_rules(model: torch.nn.Module) -> bool:
+    """Whether a module of ``model`` has a forward hook of a Zennit rule (a composite is on)."""
+    for module in model.modules():
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for hook in list(hooks.values()):
+                if isinstance(getattr(hook, "__self__", None), Hook):
+                    return True
+    return False
 
 
 class CTCAttributor(Attributor):
@@ -271,6 +281,14 @@ class CTCAttributor(Attributor):
                     "hooks would stack and Zennit's canonizers cannot be taken off one another); "
                     "end that block first, or call that attributor"
                 )
+        if not self.composite.handles and _holds_zennit_rules(self.model):
+            raise RuntimeError(
+                "a Zennit composite is registered on this model (a `with composite.context("
+                "model)` block or a Zennit attributor's `with` block is open): two composites "
+                "cannot be registered on one model at once (their hooks would stack, and taking "
+                "the canonizers off one another leaves the model changed); call this attributor "
+                "outside that block"
+            )
 
     def _unregister(self) -> None:
         """Remove a registration the composite holds; put back the tensors this attributor saved.

@@ -15,6 +15,7 @@ from ctc_plugin.features.base import (
     Segmentation,
     Segmenter,
     SegmenterProtocol,
+    ValueRangeError,
     feature_table,
 )
 from ctc_plugin.features.cache import (
@@ -46,6 +47,7 @@ __all__ = [
     "Segmenter",
     "SegmenterProtocol",
     "SuperpixelSegmenter",
+    "ValueRangeError",
     "as_feature_mask",
     "default_cache_dir",
     "feature_table",

@@ -71,6 +71,10 @@ def _finite_numbers(values: Any, count: int) -> bool:
     )
 
 
+class ValueRangeError(ValueError):
+    """Images whose values leave the range a segmenter was told they lie in."""
+
+
 @dataclass(frozen=True)
 class ImageNormalisation:
     """How a float image batch maps to RGB colours.
@@ -135,7 +139,7 @@ class ImageNormalisation:
         span = high - low
         found_low, found_high = float(x.min()), float(x.max())
         if found_low < low - _RANGE_TOLERANCE * span or found_high > high + _RANGE_TOLERANCE * span:
-            raise ValueError(
+            raise ValueRangeError(
                 f"image values lie in [{found_low:.3g}, {found_high:.3g}] but the segmenter "
                 f"was told value_range={self.value_range}"
                 + ("" if self.mean is None else f" after undoing mean={self.mean}, std={self.std}")

@@ -691,3 +691,28 @@ def test_a_second_composite_on_a_model_with_an_open_block_is_refused() -> None:
     with second:  # once the first block has ended
         second(x, one_hot(1, 3))
     assert hook_counts(model) == hooks
+
+
+@pytest.mark.parametrize("outer", ["ctc", "zennit"])
+def test_an_attributor_inside_another_composites_context_is_refused(outer) -> None:
+    """``with other.context(model)`` then a CTCAttributor call with its own composite: the
+    inner removal took the outer ResNetCanonizer's ``forward`` off, leaving 204 hooks and 17
+    extra bias parameters on a ResNet-18 and its logits changed for good."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    x = torch.rand(1, 3, 32, 32)
+    before, output, hooks = _registered_tensors(model), model(x), hook_counts(model)
+    other = (
+        CTCComposite(canonizers=[ResNetCanonizer()])
+        if outer == "ctc"
+        else EpsilonPlusFlat(canonizers=[ResNetCanonizer()])
+    )
+    attributor = CTCAttributor(
+        model, CTCComposite(canonizers=[ResNetCanonizer()]), feature_mask=grid_mask(32, 4)
+    )
+    with other.context(model):
+        with pytest.raises(RuntimeError, match="a Zennit composite is registered on this model"):
+            attributor(x, torch.eye(5)[[2]])
+    _assert_same_tensors(before, _registered_tensors(model))
+    assert hook_counts(model) == hooks and torch.equal(model(x), output)
+    attributor(x, torch.eye(5)[[2]])  # outside the block

@@ -175,3 +175,20 @@ def test_noise_tunnel_returns_one_delta_per_noisy_sample(model, images) -> None:
     )  # fmt: skip
     assert attributions.shape == images.shape
     assert delta.shape == (2 * 3,) and delta.abs().max() < 1e-10
+
+
+def test_the_delta_is_not_recomputed_from_the_maps_and_says_where_it_is(model, images) -> None:
+    """Captum's contract pairs has_convergence_delta() with compute_convergence_delta; CTC's
+    maps repeat each score on the feature's pixels, so the delta comes with the call."""
+    attributions = CTC(model).attribute(images, 1, feature_mask=random_partition(8, 8, 4))
+    with pytest.raises(NotImplementedError, match="return_convergence_delta=True"):
+        CTC(model).compute_convergence_delta(attributions, images, images, target=1)
+
+
+def test_wrappers_that_perturb_the_images_are_told_to_give_the_clean_mask(model, images) -> None:
+    from captum.attr import NoiseTunnel
+
+    from ctc_plugin.features import ValueRangeError
+
+    with pytest.raises(ValueRangeError, match="segment the clean images once and pass"):
+        NoiseTunnel(CTC(model)).attribute(images.clamp(0, 1), nt_samples=2, stdevs=0.5, target=1)
