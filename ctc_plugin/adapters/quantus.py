@@ -129,7 +129,7 @@ def explain_func(
     """
     from ctc_plugin.evaluation._inputs import as_targets
     from ctc_plugin.harness.methods import registry
-    from ctc_plugin.inputs import check_eval_mode, check_inputs, device_of
+    from ctc_plugin.inputs import check_eval_mode, check_inputs, device_of, floating_dtype
 
     unknown = set(kwargs) - _QUANTUS_KEYS
     if unknown:
@@ -147,7 +147,8 @@ def explain_func(
         )
     check_eval_mode(model)  # before any method runs: its statistics must not change
     device = device_of(model)
-    images = _tensor(inputs, "inputs", torch.float32, device)
+    # in the model's floating dtype (a float64 model gets float64 images), float32 otherwise
+    images = _tensor(inputs, "inputs", floating_dtype(model) or torch.float32, device)
     if images.dim() != 4:
         raise ValueError(f"inputs must be (N, C, H, W) channels-first, got {tuple(images.shape)}")
     check_inputs(images, tuples=False)  # NaN or infinite values: no method may pass them on

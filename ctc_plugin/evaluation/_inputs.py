@@ -33,9 +33,15 @@ def as_maps(attributions: Tensor | np.ndarray, name: str = "attributions") -> Te
     and Quantus' image visualisations do).
 
     Raises:
-        ValueError: for any other shape, or for maps that contain NaN or infinity.
+        ValueError: for any other shape, channels-last maps ``(N, H, W, 1 or 3)``, or for maps
+            that contain NaN or infinity.
     """
     maps = as_tensor(attributions, name).detach()
+    if maps.dim() == 4 and maps.shape[-1] in (1, 3) and maps.shape[1] not in (1, 3):
+        raise ValueError(
+            f"{name} of shape {tuple(maps.shape)} look channels-last (N, H, W, C); give them "
+            "channels-first: maps.permute(0, 3, 1, 2)"
+        )
     if maps.dim() == 4:
         maps = maps.sum(dim=1)
     if maps.dim() != 3:

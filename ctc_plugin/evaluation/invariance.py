@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import Method, explain, model_targets
+from ctc_plugin.evaluation._inputs import Method, check_images, explain, model_targets
+from ctc_plugin.inputs import is_finite_number
 
 __all__ = [
     "InvarianceResult",
@@ -107,9 +108,9 @@ def shifted_model(model: nn.Module, shift: float, example: Tensor) -> nn.Module:
     """Return a copy of ``model`` with ``copy(x + shift) == model(x)`` for every input ``x``.
 
     Args:
-        model: Classifier whose first layer is an ``nn.Conv2d`` (zeros padding, integer
-            padding) or ``nn.Linear``, reached by the input through at most a per-channel
-            affine preprocessing.
+        model: Classifier whose first layer is an ``nn.Conv2d`` (integer padding, any
+            ``padding_mode``) or ``nn.Linear``, reached by the input through at most a
+            per-channel affine preprocessing.
         shift: Constant added to every input value.
         example: An input batch used to find the first layer.
 
@@ -123,9 +124,13 @@ def shifted_model(model: nn.Module, shift: float, example: Tensor) -> nn.Module:
         total = _weight_times_shift(layer, delta)
         bias = layer.bias.clone() if layer.bias is not None else torch.zeros_like(total)
         layer.bias = nn.Parameter(bias - total)
-    if isinstance(layer, nn.Conv2d) and any(p != 0 for p in _padding(layer)):
-        if layer.padding_mode != "zeros":
-            raise ValueError(f"first layer {name!r} uses padding_mode={layer.padding_mode!r}")
+    # reflect, replicate and circular padding pad x + shift with the shifted values: the bias
+    # alone compensates; zero padding would pad with 0, not with the shift
+    if (
+        isinstance(layer, nn.Conv2d)
+        and any(p != 0 for p in _padding(layer))
+        and layer.padding_mode == "zeros"
+    ):
         top, left = _padding(layer)
         layer.padding = (0, 0)
         replacement = nn.Sequential(ShiftPad2d((left, left, top, top), delta), layer)
@@ -159,6 +164,11 @@ def _padding(layer: nn.Conv2d) -> tuple[int, int]:
     return (int(layer.padding[0]), int(layer.padding[1]))
 
 
+#: Largest logit gap between a model and its shifted copy, relative to the largest logit
+#: magnitude (at least 1), that `input_invariance` takes for float rounding.
+GAP_TOLERANCE = 1e-4
+
+
 @dataclass(frozen=True)
 class InvarianceResult:
     """Outcome of the input-invariance test.
@@ -166,8 +176,9 @@ class InvarianceResult:
     Attributes:
         differences: ``(N,)`` relative L1 change ``sum|a - a'| / sum|a|`` between the explanation
             of ``model`` at ``x`` and of the shifted copy at ``x + shift`` (0 = invariant).
-        model_gap: Largest absolute logit difference between the two models (should be ~1e-6;
-            anything larger means the copy is not equivalent and the test is void).
+        model_gap: Largest absolute logit difference between the two models (float rounding:
+            `input_invariance` refuses a copy whose gap exceeds `GAP_TOLERANCE` times the
+            largest logit magnitude, at least 1).
     """
 
     differences: Tensor
@@ -194,12 +205,30 @@ def input_invariance(
 
     Returns:
         An `InvarianceResult`.
+
+    Raises:
+        ValueError: If the shifted copy is not the same function as the model (its logits
+            differ beyond float rounding): the model reads its raw input after the first layer.
     """
+    images = check_images(images)
+    if not is_finite_number(shift):
+        raise ValueError(f"shift must be a finite number, got {shift!r}")
     labels = model_targets(model, images, targets)
     other = shifted_model(model, shift, images)
     moved = images + shift
     with torch.no_grad():
-        gap = float((model(images) - other(moved)).abs().max())
+        logits = model(images)
+        gap = float((logits - other(moved)).abs().max())
+    allowed = GAP_TOLERANCE * max(1.0, float(logits.abs().max()))
+    if not gap <= allowed:
+        raise ValueError(
+            f"the shifted copy of the model is not the same function: its logits at images "
+            f"{shift:+g} differ from the model's at the images by up to {gap:.3g} (more than "
+            f"{allowed:.3g}), so the test would compare the explanations of two different "
+            "models; the model reads its input after the first layer too (a skip from the "
+            "raw input, a normalisation by the image's statistics), which a bias cannot "
+            "compensate"
+        )
     original = explain(method, model, images, labels, feature_mask).double()
     compensated = explain(method, other, moved, labels, feature_mask).double()
     scale = original.flatten(1).abs().sum(dim=1)

@@ -168,7 +168,7 @@ def binarize(
 
 
 def _confusion(predicted: Tensor | np.ndarray, masks: Tensor | np.ndarray) -> tuple[Tensor, ...]:
-    pred = as_masks(predicted, torch.Size(as_maps(predicted).shape), name="predicted")
+    pred = as_masks(predicted, torch.Size(as_maps(predicted, "predicted").shape), "predicted")
     gt = as_masks(masks, pred.shape)
     tp = (pred & gt).flatten(1).sum(dim=1).to(torch.float64)
     fp = (pred & ~gt).flatten(1).sum(dim=1).to(torch.float64)

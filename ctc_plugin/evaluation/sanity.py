@@ -17,7 +17,13 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import Method, explain, model_targets
+from ctc_plugin.evaluation._inputs import (
+    Method,
+    check_count,
+    check_images,
+    explain,
+    model_targets,
+)
 
 __all__ = ["RandomisationStep", "parameter_layers", "cascading_randomisation", "rank_correlation"]
 
@@ -74,21 +80,28 @@ def _randomise(module: nn.Module) -> None:
     """Re-initialise the parameters ``module`` owns itself.
 
     Through its ``reset_parameters()`` (or ``nn.MultiheadAttention``'s
-    ``_reset_parameters()``) where it has one; otherwise each parameter is drawn anew from a
-    normal distribution with the trained values' mean and standard deviation (a class token,
-    position embeddings, a layer scale), or with a spread of ``max(|mean|, 1)`` where the values
-    have none (a scalar temperature).
+    ``_reset_parameters()``) where it has one. Each parameter that method did not write (its
+    version counter did not move: the old hook-based ``weight_norm``'s ``weight_g`` and
+    ``weight_v`` and ``spectral_norm``'s ``weight_orig``, from which the forward pass computes
+    the weight that ``reset_parameters`` writes; a parameter a subclass adds), and every
+    parameter of a module without such a method, is drawn anew from a normal distribution with
+    the trained values' mean and standard deviation (a class token, position embeddings, a
+    layer scale), or with a spread of ``max(|mean|, 1)`` where the values have none (a scalar
+    temperature).
     """
+    own = list(module.parameters(recurse=False))
+    versions = [parameter._version for parameter in own]
     for method in ("reset_parameters", "_reset_parameters"):
         if callable(getattr(module, method, None)):
             getattr(module, method)()
-            return
+            break
     with torch.no_grad():
-        for parameter in module.parameters(recurse=False):
-            mean, std = parameter.mean(), parameter.std(correction=0)
-            # a scalar (a temperature) or equal values have no spread to draw with
-            scale = std if bool(std > 0) else mean.abs().clamp_min(1.0)
-            parameter.copy_(torch.randn_like(parameter) * scale + mean)
+        for parameter, version in zip(own, versions):
+            if parameter._version == version:
+                mean, std = parameter.mean(), parameter.std(correction=0)
+                # a scalar (a temperature) or equal values have no spread to draw with
+                scale = std if bool(std > 0) else mean.abs().clamp_min(1.0)
+                parameter.copy_(torch.randn_like(parameter) * scale + mean)
 
 
 def rank_correlation(first: Tensor, second: Tensor, absolute: bool = True) -> Tensor:
@@ -149,8 +162,10 @@ def cascading_randomisation(
     Returns:
         One `RandomisationStep` per explained step, from the top layer down.
     """
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    images = check_images(images)
+    if max_steps is not None:
+        max_steps = check_count(max_steps, "max_steps")
+    seed = check_count(seed, "seed", least=0)
     labels = model_targets(model, images, targets)
     original = explain(method, model, images, labels, feature_mask)
     layers = _owners(model, images)

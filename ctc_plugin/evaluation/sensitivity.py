@@ -11,7 +11,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import Method, explain, model_targets
+from ctc_plugin.evaluation._inputs import (
+    Method,
+    check_count,
+    check_images,
+    explain,
+    model_targets,
+)
+from ctc_plugin.inputs import is_finite_number
 
 __all__ = ["max_sensitivity", "Cost", "measure_cost"]
 
@@ -36,9 +43,17 @@ def max_sensitivity(
 
     Returns:
         ``(N,)`` float64 tensor (0 = the explanation never moved).
+
+    Raises:
+        ValueError: Images that are not a finite float batch (8-bit images would turn the
+            noise into 0 or wrap around), a radius that is not a finite number >= 0, or
+            ``n_samples`` / ``seed`` that are not integers of at least 1 / 0.
     """
-    if radius < 0 or n_samples < 1:
-        raise ValueError("radius must be >= 0 and n_samples >= 1")
+    images = check_images(images)
+    if not (is_finite_number(radius) and radius >= 0):
+        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
+    n_samples = check_count(n_samples, "n_samples")
+    seed = check_count(seed, "seed", least=0)
     labels = model_targets(model, images, targets)
     reference = explain(method, model, images, labels, feature_mask).double()
     generator = torch.Generator().manual_seed(seed)
@@ -106,7 +121,14 @@ def measure_cost(
 
     Returns:
         The maps ``(N, 1, H, W)`` and their `Cost`.
+
+    Raises:
+        TrainingModeError: A model with BatchNorm or dropout in training mode (explaining it
+            would update its statistics), as every metric that runs the model.
+        ValueError: Images that are not a finite float batch, or targets out of range.
     """
+    images = check_images(images)
+    targets = model_targets(model, images, targets)
     cuda = images.is_cuda
     if cuda:
         torch.cuda.synchronize(images.device)

@@ -233,15 +233,17 @@ def _grad_cam(cls_name: str) -> Method:
         else:
             layer, reshape = last_spatial_layer(model, images), None
         was_training = model.training
+        cam = getattr(pytorch_grad_cam, cls_name)(
+            model=model, target_layers=[layer], reshape_transform=reshape
+        )
+        # not its with block: its __exit__ prints and swallows an IndexError (a target out of
+        # range), and the caller then met an unassigned result instead of the error
         try:
-            with getattr(pytorch_grad_cam, cls_name)(
-                model=model, target_layers=[layer], reshape_transform=reshape
-            ) as cam:
-                maps = cam(
-                    input_tensor=images,
-                    targets=[ClassifierOutputTarget(int(t)) for t in targets],
-                )
+            maps = cam(
+                input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets]
+            )
         finally:
+            cam.activations_and_grads.release()
             model.train(was_training)
         return torch.from_numpy(maps).to(images)[:, None]
 

@@ -28,7 +28,8 @@ __all__ = [
     "COLUMN_GROUPS",
 ]
 
-#: Result columns: name -> (description, which direction is better).
+#: Result columns: name -> (description, which direction is better: "higher", "lower" or
+#: "nearer 0").
 COLUMNS: dict[str, tuple[str, str]] = {
     "pointing": ("pointing game hit rate", "higher"),
     "mass": ("relevance mass accuracy", "higher"),
@@ -46,7 +47,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "welch_t": ("Welch t, changed vs kept", "higher"),
     "input_shift": ("relative L1 change under a compensated input shift", "lower"),
     "max_sens": ("max-sensitivity, radius 0.02", "lower"),
-    "sanity_rho": ("Spearman rho after randomising all layers", "lower"),
+    "sanity_rho": ("Spearman rho after randomising all layers", "nearer 0"),
 }
 
 #: How ``results.md`` splits the columns into tables narrow enough to read on one screen
@@ -215,6 +216,23 @@ def _means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+#: How each direction of `COLUMNS` is marked in a table's header.
+ARROWS = {"higher": "↑", "lower": "↓", "nearer 0": "→0"}
+
+
+def best_value(values: list[float], better: str) -> float:
+    """The best of finite ``values`` for a column whose ``better`` direction `COLUMNS` gives.
+
+    ``"nearer 0"``: the value of least magnitude (a sanity-check correlation: a negative
+    rho is decorrelated, not better than 0).
+    """
+    if better == "higher":
+        return max(values)
+    if better == "lower":
+        return min(values)
+    return min(values, key=abs)
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     """Render method rows as a Markdown table; the best value of each column is in bold.
 
@@ -226,15 +244,14 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None)
         columns: Metric keys to show (default: every key of `COLUMNS` present in a row).
     """
     columns = [c for c in (columns or list(COLUMNS)) if any(c in row for row in rows)]
-    arrows = {"higher": "↑", "lower": "↓"}
-    header = "| method | " + " | ".join(f"{c} {arrows[COLUMNS[c][1]]}" for c in columns) + " |"
+    header = "| method | " + " | ".join(f"{c} {ARROWS[COLUMNS[c][1]]}" for c in columns) + " |"
     lines = [header, "|---" * (len(columns) + 1) + "|"]
     best = {}
     for column in columns:
         values = [float(r.get(column, math.nan)) for r in rows]
         finite = [v for v in values if math.isfinite(v)]
         if finite:
-            best[column] = max(finite) if COLUMNS[column][1] == "higher" else min(finite)
+            best[column] = best_value(finite, COLUMNS[column][1])
     for row in rows:
         cells = []
         for column in columns:

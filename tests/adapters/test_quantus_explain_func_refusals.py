@@ -98,3 +98,12 @@ def test_softmax_is_read_from_the_output_not_from_the_last_module(probabilities)
     assert maps.shape == (2, 1, 8, 8)
     with pytest.raises(ValueError, match=f"softmax={not probabilities}"):
         explain_func(model, x, y, method="Saliency", softmax=not probabilities)
+
+
+def test_a_float64_model_is_explained_in_its_dtype():
+    """The images were always cast to float32: a float64 model failed with torch's dtype error."""
+    x, y = _batch()
+    maps = explain_func(_cnn().double(), x, y, method="Saliency")
+    expected = explain_func(_cnn(), x, y, method="Saliency")
+    assert maps.shape == (2, 1, 8, 8)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)

@@ -88,3 +88,32 @@ def test_grouped_first_convolution(groups, channels_in, channels_out):
     model = nn.Sequential(conv, nn.ReLU(), nn.Flatten())
     x = torch.rand(2, channels_in, 5, 5)
     torch.testing.assert_close(shifted_model(model, 0.5, x)(x + 0.5), model(x))
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_padding_that_repeats_the_image_is_compensated_by_the_bias_alone(mode):
+    """Such padding of x + shift is the padding of x, shifted: once refused, now exact."""
+    torch.manual_seed(0)
+    model = Normalised(nn.Conv2d(3, 4, 3, padding=1, padding_mode=mode)).eval()
+    x = torch.rand(2, 3, 8, 8)
+    copy = shifted_model(model, -0.5, x)
+    torch.testing.assert_close(copy(x - 0.5), model(x), atol=1e-5, rtol=1e-5)
+    result = input_invariance(captum_method(Saliency), model, x, shift=-0.5)
+    assert result.differences.max() < 1e-4
+
+
+def test_a_model_that_reads_its_raw_input_again_voids_the_test_and_is_refused():
+    """The copy's logits differed by 0.125 and the test reported a difference of 0."""
+
+    class Skip(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.head((self.conv(x) + x.mean(1, keepdim=True)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="not the same function: its logits at images -0.5"):
+        input_invariance(captum_method(Saliency), Skip().eval(), torch.rand(2, 3, 8, 8))

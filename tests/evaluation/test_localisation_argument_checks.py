@@ -1,5 +1,7 @@
 """Localisation metrics refuse arguments that would give a meaningless score."""
 
+import math
+
 import pytest
 import torch
 
@@ -52,3 +54,18 @@ def test_ground_truth_masks_of_other_values_than_0_and_1_are_refused(metric, bad
         metric(maps.float() if metric is pointing_game else maps, masks)
     masks[1, 6, 6] = 0.0
     assert metric(maps.float() if metric is pointing_game else maps, masks).isfinite().all()
+
+
+def test_channels_last_maps_are_refused_with_the_permutation():
+    """(N, H, W, C) maps were read as channels-first, summed over H, and the masks blamed."""
+    from ctc_plugin.evaluation.localisation import pointing_game
+
+    with pytest.raises(ValueError, match=r"look channels-last .*permute\(0, 3, 1, 2\)"):
+        pointing_game(torch.rand(2, 8, 8, 3), torch.ones(2, 8, 8, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("metric", [iou, f1])
+def test_nan_predicted_masks_are_named_as_such(metric):
+    predicted = torch.full((2, 8, 8), math.nan)
+    with pytest.raises(ValueError, match="^predicted contain NaN"):
+        metric(predicted, torch.ones(2, 8, 8, dtype=torch.bool))

@@ -72,3 +72,42 @@ def test_measure_cost_returns_maps_and_numbers():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="radius"):
         max_sensitivity(saliency, model(), torch.rand(1, 3, 6, 6), radius=-1)
+
+
+@pytest.mark.parametrize(
+    ("images", "options", "message"),
+    [
+        ((torch.rand(2, 3, 6, 6) * 255).to(torch.uint8), {}, "floating-point"),
+        (torch.rand(2, 3, 6, 6), {"radius": math.nan}, "radius must be a finite number"),
+        (torch.rand(2, 3, 6, 6), {"n_samples": True}, "n_samples must be an integer"),
+        (torch.rand(2, 3, 6, 6), {"n_samples": 2.5}, "n_samples must be an integer"),
+    ],
+)
+def test_max_sensitivity_refuses_what_would_make_its_noise_meaningless(images, options, message):
+    """uint8 images turned radius-0.02 noise into 0 (a perfectly 'stable' method) and NaN radii
+    returned numbers."""
+    with pytest.raises(ValueError, match=message):
+        max_sensitivity(saliency, model(), images, 0, **options)
+
+
+def test_measure_cost_checks_the_model_and_the_targets_as_every_metric():
+    from ctc_plugin.inputs import TrainingModeError
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 3))
+    before = net[1].running_mean.clone()
+    with pytest.raises(TrainingModeError):
+        measure_cost(saliency, net.train(), torch.rand(2, 3, 6, 6), torch.tensor([0, 1]))
+    assert torch.equal(net[1].running_mean, before)
+    with pytest.raises(ValueError, match="target 9 for example 0 is out of range"):
+        measure_cost(saliency, net.eval(), torch.rand(2, 3, 6, 6), torch.tensor([9, 1]))
+
+
+def test_a_grad_cam_error_reaches_the_caller():
+    """pytorch-grad-cam's with block swallows an IndexError: the caller got UnboundLocalError."""
+    from ctc_plugin.harness.methods import _grad_cam
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 3)).eval()  # fmt: skip
+    with pytest.raises(IndexError):
+        _grad_cam("GradCAM")(net, torch.rand(2, 3, 8, 8), torch.tensor([9, 9]), None)
+    assert all(not m._forward_hooks for m in net.modules())

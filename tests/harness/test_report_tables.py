@@ -89,3 +89,15 @@ def test_results_tables_are_split_into_narrow_groups():
                 assert len(table.splitlines()) == len(rows) + 2
     # the best value stays bold per column within its group
     assert "| C | **2.000** |" in markdown_tables(full)
+
+
+def test_the_best_sanity_rho_is_the_one_nearest_zero():
+    """A negative rho is decorrelated, not better than 0: the report once bolded -0.79."""
+    rows = [
+        {"method": "A", "sanity_rho": -0.79},
+        {"method": "B", "sanity_rho": 0.02},
+        {"method": "C", "sanity_rho": 0.3},
+    ]
+    lines = markdown_table(rows).splitlines()
+    assert lines[0] == "| method | sanity_rho →0 |"
+    assert lines[2:] == ["| A | -0.790 |", "| B | **0.020** |", "| C | 0.300 |"]
