@@ -17,6 +17,7 @@ import importlib
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +89,31 @@ def _captum_gradient(cls_name: str, reduce: str, **options: object) -> Method:
     return method
 
 
-def _captum_features(cls_name: str, per_image: bool, **options: object) -> Method:
+#: Seed of the samples Lime and KernelShap draw for each image (`_captum_features`).
+SAMPLING_SEED = 0
+
+
+def _captum_features(
+    cls_name: str, per_image: bool, sampling_seed: int | None = None, **options: object
+) -> Method:
+    """A Captum feature method (FeatureAblation, Lime, KernelShap) on the given features.
+
+    ``sampling_seed``: a method that samples (Lime, KernelShap) draws its samples for each
+    image from torch's generator seeded with it, inside ``torch.random.fork_rng`` (the caller's
+    random state is left as it was): the same image and features give the same map in every
+    call, so the robustness metrics (max-sensitivity, the protocol's distances, the sanity
+    check) measure how the map follows the input and the model, not the sampling noise of two
+    draws (common random numbers). ``None`` draws from torch's generator as it stands.
+    """
+
+    def explain(explainer: Any, images: Tensor, **arguments: Any) -> Tensor:
+        if sampling_seed is None:
+            return explainer.attribute(images, baselines=0.0, **arguments, **options)
+        devices = [images.device] if images.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(sampling_seed)
+            return explainer.attribute(images, baselines=0.0, **arguments, **options)
+
     def method(
         model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
     ) -> Tensor:
@@ -97,17 +122,10 @@ def _captum_features(cls_name: str, per_image: bool, **options: object) -> Metho
         mask = _require_mask(feature_mask, cls_name).expand(len(images), -1, -1, -1)
         explainer = getattr(attr, cls_name)(model)
         if not per_image:
-            out = explainer.attribute(
-                images, target=targets, feature_mask=mask, baselines=0.0, **options
-            )
-            return _first_channel(out)
+            return _first_channel(explain(explainer, images, target=targets, feature_mask=mask))
         maps = [
-            explainer.attribute(
-                images[i : i + 1],
-                target=int(targets[i]),
-                feature_mask=mask[i : i + 1],
-                baselines=0.0,
-                **options,
+            explain(
+                explainer, images[i : i + 1], target=int(targets[i]), feature_mask=mask[i : i + 1]
             )
             for i in range(len(images))
         ]
@@ -331,7 +349,11 @@ def peer_methods(n_samples: int = 100, ig_steps: int = 32) -> list[MethodSpec]:
             "captum",
             True,
             _captum_features(
-                "Lime", per_image=True, n_samples=n_samples, perturbations_per_eval=32
+                "Lime",
+                per_image=True,
+                sampling_seed=SAMPLING_SEED,
+                n_samples=n_samples,
+                perturbations_per_eval=32,
             ),
         ),
         MethodSpec(
@@ -339,7 +361,11 @@ def peer_methods(n_samples: int = 100, ig_steps: int = 32) -> list[MethodSpec]:
             "captum",
             True,
             _captum_features(
-                "KernelShap", per_image=True, n_samples=n_samples, perturbations_per_eval=32
+                "KernelShap",
+                per_image=True,
+                sampling_seed=SAMPLING_SEED,
+                n_samples=n_samples,
+                perturbations_per_eval=32,
             ),
         ),
         MethodSpec(
