@@ -333,9 +333,10 @@ def unwrapped_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[st
     A state dict saved from ``nn.DataParallel(model)``, ``DistributedDataParallel(model)`` or
     ``torch.compile(model)`` has every key prefixed (`WRAPPER_PREFIXES`); the prefix is dropped
     when every key of ``state`` has it and no key of ``model`` does. A checkpoint of a module
-    that holds the model as an attribute (a Lightning module's ``model.``, ``net.``) has every
-    key prefixed by that name; it is dropped when the keys left are exactly the model's.
-    ``state`` itself is not changed.
+    that holds the model as an attribute (a Lightning module's ``model.``, ``net.``) has the
+    model's keys under that name, beside what else the module holds (a loss's class weights,
+    ``loss_fn.weight``): the keys under the one name whose rest are exactly the model's keys
+    are taken, without it. ``state`` itself is not changed.
     """
     own = model.state_dict().keys()
     stripped = True
@@ -347,11 +348,13 @@ def unwrapped_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[st
             ):
                 state = _without_prefix(state, prefix)
                 stripped = True
-    holders = {key.split(".", 1)[0] for key in state}
-    if len(holders) == 1 and set(state) != set(own):
-        prefix = f"{holders.pop()}."
-        if {key.removeprefix(prefix) for key in state} == set(own):
-            state = _without_prefix(state, prefix)
+    if set(state) == set(own):
+        return state
+    for holder in sorted({key.split(".", 1)[0] for key in state}):
+        prefix = f"{holder}."
+        held = {key: value for key, value in state.items() if key.startswith(prefix)}
+        if {key.removeprefix(prefix) for key in held} == set(own):
+            return _without_prefix(held, prefix)
     return state
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["PANEL_SIDE", "panel_width", "plot_segment_scores", "save_figure"]
+__all__ = ["PANEL_SIDE", "figure_width", "panel_width", "plot_segment_scores", "save_figure"]
 
 #: Height of one panel in inches (the width of a square image's panel).
 PANEL_SIDE = 3.6

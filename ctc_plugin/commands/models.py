@@ -227,13 +227,17 @@ def _head_size(state: dict[str, torch.Tensor], pretrained_cfg: Any) -> int | Non
     """The class count of the classifier weight in ``state``, as timm's config names it.
 
     ``None`` when the config names no classifier or ``state`` holds none (loading then says
-    what does not fit). A key prefix of a wrapped model (``module.``, ``_orig_mod.``) is allowed.
+    what does not fit). A key prefix of a wrapped model (``module.``, ``_orig_mod.``) or of a
+    training module that held the model (a Lightning module's ``model.``) is allowed, as
+    loading allows it (`ctc_plugin.files.unwrapped_state`).
     """
     from ctc_plugin.files import WRAPPER_PREFIXES
 
     classifier = getattr(pretrained_cfg, "classifier", None)
     names = [classifier] if isinstance(classifier, str) else list(classifier or ())
-    for key in (f"{prefix}{name}.weight" for name in names for prefix in ("", *WRAPPER_PREFIXES)):
+    holders = sorted({key.split(".", 1)[0] for key in state})
+    prefixes = ("", *WRAPPER_PREFIXES, *(f"{holder}." for holder in holders))
+    for key in (f"{prefix}{name}.weight" for name in names for prefix in prefixes):
         if key in state and state[key].dim() >= 1:
             return int(state[key].shape[0])
     return None

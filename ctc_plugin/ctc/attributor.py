@@ -49,9 +49,16 @@ _OPEN_BLOCKS: weakref.WeakKeyDictionary[torch.nn.Module, list[CTCAttributor]] = 
 )
 
 
-def _holds_zennit_rules(model: torch.nn.Module) -> bool:
-    """Whether a module of ``model`` has a forward hook of a Zennit rule (a composite is on)."""
+def _holds_a_composite(model: torch.nn.Module) -> bool:
+    """Whether a Zennit composite is registered on ``model``.
+
+    Its rules are forward hooks bound to Zennit ``Hook`` objects; its attribute canonizers
+    (``ResNetCanonizer``) set a module's ``forward`` on the instance, which a composite of
+    canonizers alone leaves as its only trace.
+    """
     for module in model.modules():
+        if "forward" in vars(module):
+            return True
         for hooks in (module._forward_pre_hooks, module._forward_hooks):
             for hook in list(hooks.values()):
                 if isinstance(getattr(hook, "__self__", None), Hook):
@@ -281,7 +288,7 @@ class CTCAttributor(Attributor):
                     "hooks would stack and Zennit's canonizers cannot be taken off one another); "
                     "end that block first, or call that attributor"
                 )
-        if not self.composite.handles and _holds_zennit_rules(self.model):
+        if not self.composite.handles and _holds_a_composite(self.model):
             raise RuntimeError(
                 "a Zennit composite is registered on this model (a `with composite.context("
                 "model)` block or a Zennit attributor's `with` block is open): two composites "

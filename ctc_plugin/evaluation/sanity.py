@@ -80,14 +80,15 @@ def _randomise(module: nn.Module) -> None:
     """Re-initialise the parameters ``module`` owns itself.
 
     Through its ``reset_parameters()`` (or ``nn.MultiheadAttention``'s
-    ``_reset_parameters()``) where it has one. Each parameter that method did not write (its
-    version counter did not move: the old hook-based ``weight_norm``'s ``weight_g`` and
-    ``weight_v`` and ``spectral_norm``'s ``weight_orig``, from which the forward pass computes
-    the weight that ``reset_parameters`` writes; a parameter a subclass adds), and every
-    parameter of a module without such a method, is drawn anew from a normal distribution with
-    the trained values' mean and standard deviation (a class token, position embeddings, a
-    layer scale), or with a spread of ``max(|mean|, 1)`` where the values have none (a scalar
-    temperature).
+    ``_reset_parameters()``) where it has one. A parameter whose version counter that method
+    did not move is drawn anew from a normal distribution with the trained values' mean and
+    standard deviation, as is every parameter of a module without such a method (a class
+    token, position embeddings, a layer scale); with a spread of ``max(|mean|, 1)`` where the
+    values have none (a scalar temperature). The counter stays where the method did not write
+    the parameter: the old hook-based ``weight_norm``'s ``weight_g`` and ``weight_v`` and
+    ``spectral_norm``'s ``weight_orig``, from which each forward pass computes the weight it
+    resets; a parameter a subclass adds. It stays too where the method wrote through
+    ``.data``: such a parameter is drawn once more, still at random.
     """
     own = list(module.parameters(recurse=False))
     versions = [parameter._version for parameter in own]

@@ -154,6 +154,11 @@ def _head_on_the_feature_map(
         f"; or end the forward with a head module that pools, e.g. nn.Sequential("
         f"nn.AdaptiveAvgPool2d(1), nn.Flatten(), <the linear layer>) as {head!r}"
     )
+    # traced in eval mode: Python code that reads ``self.training`` outside torch's layers
+    # (torchvision's stochastic depth) is fixed in the graph as it runs when traced, and an
+    # explainer must give the same masks in every call; the layers keep their modes
+    modes = [(module, module.training) for module in encoder.modules()]
+    encoder.eval()
     try:
         traced = torch.fx.GraphModule(
             encoder, HeadTracer().trace(encoder), class_name=type(encoder).__name__
@@ -164,6 +169,9 @@ def _head_on_the_feature_map(
             f"classifier's forward to find the feature map it pools ({type(error).__name__}: "
             f"{error})" + advice
         ) from error
+    finally:
+        for module, mode in modes:
+            module.training = mode
     graph = traced.graph
     calls = [node for node in graph.nodes if node.op == "call_module" and node.target == head]
     output = next(node for node in graph.nodes if node.op == "output")
@@ -173,12 +181,14 @@ def _head_on_the_feature_map(
             "the head's output as it is)" + advice
         )
     call = calls[0]
-    feature_map = _before_global_pooling(call.args[0], encoder)
+    feature_map, found = _before_global_pooling(call.args[0], encoder)
     if feature_map is None:
         raise TypeError(
-            f"the classifier's forward does not pool a feature map globally (to 1x1) and "
-            f"flatten it before its head {head!r}: the head reads positions together "
-            "(torchvision's VGG pools to 7x7) and cannot be applied per position" + advice
+            f"the classifier's forward does not pool a feature map globally (to 1x1) right "
+            f"before its head {head!r} (only flattening and dropout may come between): going "
+            f"back from the head it meets {found}, so the head cannot be applied per position "
+            "(torchvision's VGG pools to 7x7, ConvNeXt normalises the pooled vector, a ViT "
+            "classifies its class token)" + advice
         )
     call.args = (feature_map,)
     graph.eliminate_dead_code()
@@ -192,40 +202,59 @@ def _head_on_the_feature_map(
 _FLATTENING_METHODS = ("flatten", "view", "reshape", "squeeze")
 
 
-def _before_global_pooling(node: object, root: nn.Module) -> object | None:
-    """The fx node of the feature map that ``node`` pools globally and flattens, or None.
+#: Functions that act on each value alone between a global pooling and the head.
+_PASSING_FUNCTIONS = ("dropout", "dropout1d", "dropout2d", "alpha_dropout", "feature_alpha_dropout")
+
+
+def _before_global_pooling(node: object, root: nn.Module) -> tuple[object | None, str]:
+    """The fx node of the feature map that ``node`` pools globally, and what was found.
 
     Accepted on the way back from the head's input: ``nn.Flatten``, ``torch.flatten`` and
-    ``.flatten/.view/.reshape/.squeeze``, ``nn.Dropout``, then a global pooling:
-    ``nn.AdaptiveAvgPool2d(1)`` / ``nn.AdaptiveMaxPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)``
-    (max too) or ``x.mean((2, 3))`` / ``x.mean((-2, -1))``.
+    ``.flatten/.view/.reshape/.squeeze``, ``nn.Dropout`` and ``F.dropout`` (timm's
+    ``drop_rate``), then a global pooling: ``nn.AdaptiveAvgPool2d(1)`` /
+    ``nn.AdaptiveMaxPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)`` (max too) or
+    ``x.mean((2, 3))`` / ``x.mean((-2, -1))``. Returns ``(None, description)`` of the first
+    other operation met.
     """
     import torch.nn.functional as F
 
     while True:
         op, target = getattr(node, "op", None), getattr(node, "target", None)
         module = root.get_submodule(target) if op == "call_module" else None
+        found = _describe(op, target, module)
         if isinstance(module, GLOBAL_POOLS):
-            return node.args[0] if module.output_size in (1, (1, 1)) else None
-        if (
-            op == "call_function"
-            and target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d)
-            and _argument(node, 1, "output_size") in (1, (1, 1))
-        ):
-            return node.args[0]
+            if module.output_size in (1, (1, 1)):
+                return node.args[0], found
+            return None, found
+        if op == "call_function" and target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+            if _argument(node, 1, "output_size") in (1, (1, 1)):
+                return node.args[0], found
+            return None, found
         if (op, target) in (("call_method", "mean"), ("call_function", torch.mean)):
             dims = _argument(node, 1, "dim")
             if isinstance(dims, (tuple, list)) and sorted(dims) in ([2, 3], [-2, -1]):
-                return node.args[0]
-            return None
-        flattening = (
+                return node.args[0], found
+            return None, found
+        passing = (
             isinstance(module, (nn.Flatten, nn.Dropout))
             or (op == "call_function" and target is torch.flatten)
             or (op == "call_method" and target in _FLATTENING_METHODS)
+            or (op == "call_function" and getattr(target, "__name__", "") in _PASSING_FUNCTIONS)
         )
-        if not flattening:
-            return None
+        if not passing:
+            return None, found
         node = node.args[0]
+
+
+def _describe(op: object, target: object, module: nn.Module | None) -> str:
+    """An fx node's operation in words, for messages."""
+    if module is not None:
+        return f"the module {target!r} ({type(module).__name__})"
+    if op == "call_method":
+        return f"the method .{target}()"
+    if op == "call_function":
+        return f"the function {getattr(target, '__name__', target)}"
+    return f"the {op} {target!r}"
 
 
 def _argument(node: object, position: int, name: str) -> object:

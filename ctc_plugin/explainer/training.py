@@ -229,8 +229,19 @@ def _warn_if_probabilities(scores: Tensor) -> None:
             "like probabilities, and the explainer objective takes logits (it applies the "
             "softmax itself); train against the model without its final softmax",
             UserWarning,
-            stacklevel=4,
+            stacklevel=_caller_outside_package(),
         )
+
+
+def _caller_outside_package() -> int:
+    """The ``stacklevel`` of the first frame outside this package, for `warnings.warn`."""
+    import sys
+
+    package = Path(__file__).resolve().parents[1]
+    frame, level = sys._getframe(1), 1
+    while frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _check_baseline_fits(baseline: Tensor, images: Tensor) -> None:
@@ -631,15 +642,18 @@ def _check_loader(loader: Any, name: str) -> None:
     """Refuse what is not an iterable of batches, saying what to pass instead.
 
     Raises:
-        TypeError: For hyper-parameters given in the loader's place, a dataset of single
-            examples (not batches), or one ``(images, labels)`` batch given as the loader.
+        TypeError: For hyper-parameters given in the loader's place, a map-style dataset of
+            single examples (not batches), or one ``(images, labels)`` batch given as the
+            loader.
     """
     if isinstance(loader, ExplainerHyperparameters):
         raise TypeError(
             f"{name} got an ExplainerHyperparameters; pass the hyper-parameters as config=... "
             "(fit(classifier, train_loader, val_loader, config=...))"
         )
-    if isinstance(loader, torch.utils.data.Dataset):
+    if isinstance(loader, torch.utils.data.Dataset) and not isinstance(
+        loader, torch.utils.data.IterableDataset
+    ):  # a map-style dataset holds examples; an iterable one may stream whole batches
         raise TypeError(
             f"{name} is a dataset ({type(loader).__name__}) of single examples; fit reads "
             "batches: pass torch.utils.data.DataLoader(dataset, batch_size=..., shuffle=True)"
@@ -939,14 +953,15 @@ def fit_explainer(
                             "classifier_dtypes": dtypes,
                         },
                     )
+            result.steps = _settle(explainer, optimizer, best_state, classifier, recorded)
         except KeyboardInterrupt:
             # Ctrl-C keeps the work of the finished epochs: the explainer settles on the best
-            # of them, as a run that stopped there would have returned it.
+            # of them, as a run that stopped there would have returned it (kept only once it
+            # has settled: an interrupt during the settling puts it back as it was)
             if result.history:
-                restoring.keep = True
                 _settle(explainer, optimizer, best_state, classifier, recorded)
+                restoring.keep = True
             raise
-        result.steps = _settle(explainer, optimizer, best_state, classifier, recorded)
     return result
 
 

@@ -248,7 +248,8 @@ def as_feature_mask(
     * SAM's list of dicts;
     * a Captum ``ImageMaskInput`` (its ``mask_list`` or ``mask``);
     * a list with one of the above per image (an integer ``(H, W)`` array in a list is one
-      image's label map, a boolean one a mask; a list mixing the two is refused).
+      image's label map, a boolean one a mask; a list mixing the two is refused, and so is a
+      list of integer arrays that all hold only 0 and 1 or 0 and 255, see Raises).
 
     Overlapping masks go through [`to_partition`][ctc_plugin.features.partition.to_partition] with
     ``options``.
@@ -287,10 +288,11 @@ def as_feature_mask(
             raise TypeError(f"a label map must have an integer dtype, got {array.dtype}{hint}")
         if array.ndim == 3 and len(array) > 1 and _looks_binary(array):
             raise ValueError(
-                f"an integer array {array.shape} whose every slice holds only 0 and one other "
-                "value is ambiguous: if it is one image's masks (a stack of 0/1 or 0/255 "
-                "masks, as read from PNG files), pass booleans (masks > 0); if it is the label "
-                "maps of several images with two features each, pass them as (N, 1, H, W)"
+                f"an integer array {array.shape} that holds only 0 and at most one other "
+                "value (1 or 255) is ambiguous: if it is one image's masks (a stack of 0/1 or "
+                "0/255 masks, as read from PNG files), pass booleans (masks > 0); if it is the "
+                "label maps of several images with two features each, pass them as "
+                "(N, 1, H, W)"
             )
         if array.ndim == 2:
             array = array[None, None]
@@ -313,9 +315,10 @@ def as_feature_mask(
             and all(_looks_binary(a[None]) for a in arrays)
         ):
             raise ValueError(
-                f"a list of {len(masks)} integer (H, W) arrays that each hold only 0 and one "
-                "other value is ambiguous: if they are one image's masks (0/1 or 0/255, as "
-                "read from PNG files), pass booleans ([m > 0 for m in masks]); if they are the "
+                f"a list of {len(masks)} integer (H, W) arrays that each hold only 0 and at "
+                "most one other value (1 or 255) is ambiguous: if they are one image's masks "
+                "(0/1 or 0/255, as read from PNG files), pass booleans ([m > 0 for m in "
+                "masks]); if they are the "
                 "label maps of several images with two features each, pass them as one "
                 "(N, 1, H, W) array"
             )
@@ -343,10 +346,10 @@ def as_feature_mask(
 
 
 def _looks_binary(array: np.ndarray) -> bool:
-    """Whether every slice of the integer ``(M, H, W)`` array holds 0 and at most one other value.
+    """Whether the integer ``(M, H, W)`` array holds only 0 and at most one other value, 1 or 255.
 
     Such a stack reads as M binary masks (0/1, or 0/255 from PNG files) as well as M label maps
-    of two features each.
+    of two features (or one) each.
     """
     values = np.unique(array)
     return len(values) <= 2 and values[0] == 0 and int(values[-1]) in (0, 1, 255)

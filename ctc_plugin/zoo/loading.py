@@ -65,8 +65,9 @@ def load_state_into(
     """Load ``state`` (read from ``path``) into ``model``; return it in eval mode.
 
     The key prefix of a wrapped model's state dict (``module.`` from ``nn.DataParallel`` or
-    ``DistributedDataParallel``, ``_orig_mod.`` from ``torch.compile``) is dropped first (see
-    [`unwrapped_state`][ctc_plugin.files.unwrapped_state]).
+    ``DistributedDataParallel``, ``_orig_mod.`` from ``torch.compile``) and the name of a
+    training module's attribute that held the model (Lightning's ``model.``) are dropped
+    first (see [`unwrapped_state`][ctc_plugin.files.unwrapped_state]).
 
     Raises:
         ValueError: ``weights in <path> do not fit the model: <torch's list of differences>``,
@@ -114,7 +115,7 @@ def load(family: str, split: str = "shapes", weights: str | Path | None = None) 
         split: The data set the model was trained on, ``"shapes"`` or ``"composite"``.
         weights: A weight file to use instead of the shipped one (a state dict; one saved from
             an ``nn.DataParallel`` or ``torch.compile`` model, keys prefixed ``module.`` or
-            ``_orig_mod.``, loads too).
+            ``_orig_mod.``, and a Lightning checkpoint's ``model.`` keys load too).
 
     Returns:
         The model; it takes ``ShapesDataset`` images as they are and returns logits.
@@ -162,7 +163,8 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
     read with ``torch.load(..., weights_only=True)``. The model expects images normalised the way
     its weights were trained (for ImageNet weights, torchvision's mean/std). A state dict saved
     from a wrapped model (``nn.DataParallel``, ``DistributedDataParallel``: keys prefixed
-    ``module.``; ``torch.compile``: ``_orig_mod.``) loads as well.
+    ``module.``; ``torch.compile``: ``_orig_mod.``) loads as well, and so does a Lightning
+    checkpoint's (the model's keys under the attribute that held it, ``model.``).
 
     Args:
         arch: A torchvision classification builder name, e.g. ``"resnet18"`` or ``"vgg16_bn"``.

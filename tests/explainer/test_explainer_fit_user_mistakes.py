@@ -72,10 +72,23 @@ def test_gray_images_for_an_rgb_explainer_name_in_channels():
         tiny_explainer().fit(classifier, [(images[:, :1], labels)], **FAST)
 
 
-def test_a_classifier_returning_probabilities_is_warned_about():
+def test_a_classifier_returning_probabilities_is_warned_about_at_the_callers_line():
     probabilities = nn.Sequential(tiny_classifier(), nn.Softmax(dim=1)).eval()
-    with pytest.warns(UserWarning, match="look like probabilities"):
+    with pytest.warns(UserWarning, match="look like probabilities") as caught:
         tiny_explainer().fit(probabilities, tuple_loader(), epochs=1, **FAST)
+    assert {warning.filename for warning in caught} == {__file__}
+
+
+def test_an_iterable_dataset_that_streams_batches_is_a_loader():
+    """Streaming pipelines yield whole batches from an IterableDataset: not refused."""
+
+    class Batches(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            images, labels = data(8)
+            yield from ((images[:4], labels[:4]), (images[4:], labels[4:]))
+
+    result = tiny_explainer().fit(tiny_classifier(), Batches(), epochs=1, **FAST)
+    assert result.steps == 2
 
 
 @pytest.mark.parametrize("lr", [float("inf"), True])

@@ -61,3 +61,12 @@ def test_a_training_frameworks_holder_prefix_is_dropped_when_the_rest_is_the_mod
     assert list(unwrapped_state(model, state)) == list(model.state_dict())
     extra = {**state, f"{holder}head.weight": torch.zeros(1)}  # not exactly the model: kept
     assert unwrapped_state(model, extra) is extra
+
+
+def test_a_lightning_module_that_holds_more_than_the_model_loads_the_model():
+    """``loss_fn.weight`` beside ``model.*``: the checkpoint was refused as 123 unexpected keys."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    state = {**_prefixed(model.state_dict(), "model."), "loss_fn.weight": torch.ones(3)}
+    unwrapped = unwrapped_state(model, state)
+    assert list(unwrapped) == list(model.state_dict())
+    assert all(torch.equal(unwrapped[k], v) for k, v in model.state_dict().items())
