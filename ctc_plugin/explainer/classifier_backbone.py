@@ -172,6 +172,10 @@ def _head_on_the_feature_map(
     finally:
         for module, mode in modes:
             module.training = mode
+    # the graph module and the containers fx made for the module tree take the copy's modes
+    for name, module in traced.named_modules():
+        if module is traced or type(module) is nn.Module:
+            module.training = encoder.get_submodule(name).training
     graph = traced.graph
     calls = [node for node in graph.nodes if node.op == "call_module" and node.target == head]
     output = next(node for node in graph.nodes if node.op == "output")

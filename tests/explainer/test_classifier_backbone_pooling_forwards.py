@@ -105,3 +105,23 @@ def test_an_untraceable_forward_gets_the_way_out():
 
     with pytest.raises(TypeError, match=r"torch.fx cannot trace.*nn.AdaptiveAvgPool2d\(1\)"):
         class_map_encoder(Branches("mean"), "fc", 3)
+
+
+def test_a_classifier_in_training_mode_is_traced_as_in_eval():
+    """EfficientNet's stochastic depth reads ``self.training`` in Python: traced in training mode
+    it stayed on in the graph, and the masks changed from call to call."""
+    torch.manual_seed(0)
+    model = torchvision.models.efficientnet_b0(num_classes=3).train()
+    encoder = class_map_encoder(model, "classifier", 3)
+    assert model.training and encoder.training  # the modes are kept
+    encoder.eval()
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(encoder(images), encoder(images), rtol=0, atol=0)
+
+
+def test_a_timm_head_with_functional_dropout_is_found():
+    """timm's forward_head calls F.dropout when drop_rate > 0."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=3, drop_rate=0.2).eval()
+    _logits_are_the_mean_of_the_maps(model, "fc", 3)
