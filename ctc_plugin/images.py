@@ -170,7 +170,8 @@ class ImagePreprocessing:
 
     Called on an image (a file path, a PIL image, or a ``(3, H, W)`` / ``(1, 3, H, W)`` tensor:
     ``uint8`` in 0..255 or float in [0, 1]) it returns a
-    [`PreparedImage`][ctc_plugin.images.PreparedImage].
+    [`PreparedImage`][ctc_plugin.images.PreparedImage]. A file path and a PIL image are both
+    turned upright by their EXIF orientation, as phone photos need.
 
     Args:
         resize: Length in pixels of the shorter side after resizing; ``None`` keeps the size.
@@ -323,7 +324,11 @@ class ImagePreprocessing:
         elif isinstance(image, Tensor):
             tensor = _image_tensor(image)
         elif _is_pil_image(image):
-            tensor = _pil_to_tensor(to_rgb(image))
+            from PIL import ImageOps
+
+            # upright as a file path is read (an image already turned has no orientation left)
+            upright = ImageOps.exif_transpose(image) or image
+            tensor = _pil_to_tensor(to_rgb(upright))
             original_size = (int(tensor.shape[-2]), int(tensor.shape[-1]))
         else:
             raise TypeError(
@@ -452,9 +457,11 @@ def read_image(path: str | Path) -> Tensor:
     message says how to raise the limit for a file you trust.
 
     Raises:
-        FileNotFoundError: If ``path`` does not exist (or is a folder: the message says so).
-        ValueError: If the file is not an image Pillow can read, has no RGB reading, or has
-            more pixels than Pillow's limit.
+        FileNotFoundError: If ``path`` does not exist (or is a folder, or lies under a file:
+            the message says so).
+        PermissionError: If the file may not be read.
+        ValueError: If the file is not an image Pillow can read, not a regular file (a
+            device), has no RGB reading, or has more pixels than Pillow's limit.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -463,8 +470,12 @@ def read_image(path: str | Path) -> Tensor:
         raise FileNotFoundError(
             f"{path} is a folder, not an image file (give the path of an image inside it)"
         )
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a device, a pipe): give an image file")
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path} (give the path of an image)")
+        under_file = next((p for p in path.parents if p.is_file()), None)
+        where = f" ({under_file} is a file, not a folder)" if under_file else ""
+        raise FileNotFoundError(f"image file not found: {path}{where} (give the path of an image)")
     try:
         with Image.open(path) as opened:
             opened.load()
@@ -475,6 +486,10 @@ def read_image(path: str | Path) -> Tensor:
         raise ValueError(
             f"{path} is too large to read safely ({error}); if you trust the file, raise the "
             "limit first: PIL.Image.MAX_IMAGE_PIXELS = None"
+        ) from error
+    except PermissionError as error:
+        raise PermissionError(
+            error.errno, f"no permission to read the image file {path}", str(path)
         ) from error
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(
@@ -489,10 +504,10 @@ def to_rgb(image: PILImage.Image, name: str | None = None) -> PILImage.Image:
     - palette (``P``, ``PA``), CMYK, YCbCr and other colour modes: Pillow's conversion;
     - grayscale (``1``, ``L``): the gray value in all three channels;
     - 16-bit grayscale (``I;16`` and ``I``): scaled from 0..65535 to 0..255, then as ``L``;
-    - with transparency (``RGBA``, ``LA``, ``PA``, the transparent colour of a ``P``, ``L`` or
-      16-bit grayscale image): composited on a white background, so transparent pixels are
-      white (the colour they are usually shown on) rather than whatever colour the file stores
-      under them.
+    - with transparency (``RGBA``, ``LA``, ``PA``, the transparent colour of a ``P``, ``L``,
+      ``RGB`` or 16-bit grayscale image): composited on a white background, so transparent
+      pixels are white (the colour they are usually shown on) rather than whatever colour the
+      file stores under them.
 
     Args:
         image: A PIL image of any mode.
@@ -505,7 +520,7 @@ def to_rgb(image: PILImage.Image, name: str | None = None) -> PILImage.Image:
     from PIL import Image
 
     label = name or "the image"
-    if image.mode == "RGB":
+    if image.mode == "RGB" and "transparency" not in image.info:
         return image
     if image.mode == "F":
         raise ValueError(

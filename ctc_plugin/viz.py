@@ -72,9 +72,10 @@ def plot_segment_scores(
 
     The first panel is the image with the segment outlines (and the ``evidence`` contour when
     given). Then one panel per method: the grayscale image under the method's values, on
-    ``cmap`` with a symmetric range ``[-m, m]`` (``m`` the largest absolute value of that
-    panel), with a colour bar in the values' units and the ranks of the ``top_k`` highest
-    scoring segments written on them.
+    ``cmap`` with a symmetric range ``[-m, m]`` (``m`` the largest finite absolute value of
+    that panel), with a colour bar in the values' units and the ranks of the ``top_k`` highest
+    scoring segments written inside them (at the pixel farthest from their border). A NaN or
+    infinite score gets no rank; NaN is left blank, an infinite score drawn at the range's end.
 
     Args:
         image: ``(3, H, W)`` (or ``(1, 3, H, W)``) RGB in [0, 1]: what the segmenter saw, e.g.
@@ -102,8 +103,9 @@ def plot_segment_scores(
         [`save_figure`][ctc_plugin.viz.save_figure], when done).
 
     Raises:
-        ValueError: If the shapes do not fit together, ``axes`` has the wrong length, or
-            ``top_k`` is negative.
+        ValueError: If the shapes do not fit together, ``axes`` has the wrong length,
+            ``top_k`` is negative, or the image's values are not in [0, 1] (a normalised or
+            8-bit image would be drawn clipped).
 
     Examples:
         >>> from ctc_plugin.viz import plot_segment_scores, save_figure
@@ -153,17 +155,18 @@ def plot_segment_scores(
 
     gray = rgb.mean(2)
     for axis, (name, (heat, ranking)) in zip(axes[1:], painted.items()):
-        limit = float(np.nanmax(np.abs(heat))) if np.isfinite(heat).any() else 0.0
+        finite = np.abs(heat[np.isfinite(heat)])  # an infinite score is drawn at the limit
+        limit = float(finite.max()) if finite.size else 0.0
         limit = limit or 1.0
         axis.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0)
         shown = axis.imshow(heat, cmap=cmap, vmin=-limit, vmax=limit, alpha=alpha)
         figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03)
         axis.set_title(name)
         for rank, feature in enumerate(ranking[:top_k], start=1):
-            rows, cols = np.nonzero(segments == feature)
+            row, col = _inside_point(segments == feature)
             axis.text(
-                cols.mean(),
-                rows.mean(),
+                col,
+                row,
                 str(rank),
                 color="black",
                 fontsize=8,
@@ -217,7 +220,15 @@ def _numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
         array = array[0]
     if array.ndim != 3 or array.shape[0] != 3:
         raise ValueError(f"expected an image shaped (3, H, W), got {tuple(array.shape)}")
-    return np.clip(array.transpose(1, 2, 0).astype(np.float64), 0.0, 1.0)
+    array = array.astype(np.float64)
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 1.0)
+    if not (low >= -0.01 and high <= 1.01):  # rounding aside; NaN too
+        raise ValueError(
+            f"the image's values lie in [{low:.3g}, {high:.3g}], but it is drawn as RGB in "
+            "[0, 1]: pass the pixels before normalisation (PreparedImage.pixels), or "
+            "image / 255 for 8-bit values"
+        )
+    return np.clip(array.transpose(1, 2, 0), 0.0, 1.0)
 
 
 def _numpy_map(values: Any, shape: tuple[int, int], name: str) -> np.ndarray:
@@ -231,6 +242,19 @@ def _numpy_map(values: Any, shape: tuple[int, int], name: str) -> np.ndarray:
     if array.shape != shape:
         raise ValueError(f"{name} must be shaped {shape} (or (1, ...) of it), got {array.shape}")
     return array
+
+
+def _inside_point(mask: np.ndarray) -> tuple[int, int]:
+    """The pixel of ``mask`` farthest from its border: where a segment's rank is written.
+
+    A segment's centroid can lie on another segment (a ring, the background around an
+    object), which would credit the rank to that one.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    distance = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(distance)), mask.shape)
+    return int(row), int(col)
 
 
 def _is_panel_mapping(scores: Any) -> bool:
@@ -280,10 +304,19 @@ def _paint(value: Any, segments: np.ndarray, ids: Any, name: str) -> tuple[np.nd
         else:
             heat = _numpy_map(array, segments.shape, name).astype(np.float64)
             means_ids, means = segment_means(heat, segments)
-            order = torch.argsort(means, descending=True, stable=True)
-            return heat, means_ids[order].tolist()
+            by_id = dict(zip(means_ids.tolist(), means.tolist()))
+            return heat, _ranked(by_id, present)
     heat = np.full(segments.shape, np.nan)
     for feature, score in by_id.items():
         heat[segments == feature] = score
-    ranking = sorted((f for f in by_id if f in set(present.tolist())), key=lambda f: -by_id[f])
-    return heat, ranking
+    return heat, _ranked(by_id, present)
+
+
+def _ranked(by_id: dict[int, float], present: np.ndarray) -> list[int]:
+    """The segments of ``present`` with a finite score, best first (ties in id order).
+
+    A NaN or infinite score has no rank: sorting with NaN puts it anywhere.
+    """
+    shown = set(present.tolist())
+    finite = [f for f, score in by_id.items() if f in shown and np.isfinite(score)]
+    return sorted(finite, key=lambda f: (-by_id[f], f))

@@ -47,3 +47,50 @@ def test_a_32_bit_image_beyond_16_bits_is_refused_not_clipped(tmp_path):
     within = tmp_path / "within.tif"
     Image.fromarray(np.full((4, 5), 65_535, np.int32)).save(within)
     assert read_image(within).unique().tolist() == [255]
+
+
+def test_the_transparent_colour_of_an_rgb_png_is_white(tmp_path):
+    """RGB images were returned as stored: the colour key stayed blue, not white."""
+    pixels = np.full((4, 5, 3), 90, np.uint8)
+    pixels[0, 0] = (0, 0, 255)
+    path = tmp_path / "keyed.png"
+    Image.fromarray(pixels).save(path, transparency=(0, 0, 255))
+    image = read_image(path)
+    assert image[:, 0, 0].tolist() == [255, 255, 255]
+    assert image[:, 1, 1].tolist() == [90, 90, 90]
+
+
+def test_a_pil_image_is_turned_upright_as_its_file_is(tmp_path):
+    """``prep(path)`` turned a phone photo upright, ``prep(Image.open(path))`` did not."""
+    from ctc_plugin.images import ImagePreprocessing
+
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to show
+    Image.new("RGB", (60, 40), (200, 10, 10)).save(path, exif=exif)
+    prepare = ImagePreprocessing()
+    from_path = prepare(path)
+    from_pil = prepare(Image.open(path))
+    assert from_path.original_size == from_pil.original_size == (60, 40)
+
+
+def test_paths_that_are_no_image_files_say_what_they_are(tmp_path):
+    under = tmp_path / "photo.png"
+    Image.new("RGB", (4, 4)).save(under)
+    with pytest.raises(FileNotFoundError, match=r"photo.png is a file, not a folder"):
+        read_image(under / "x.png")
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_image("/dev/null")
+
+
+def test_a_file_without_read_permission_is_a_permission_error(tmp_path, monkeypatch):
+    """It was reported as "is the file complete and a PNG/JPEG?"."""
+    path = tmp_path / "locked.png"
+    Image.new("RGB", (4, 4)).save(path)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(PermissionError, match="no permission to read the image file"):
+        read_image(path)

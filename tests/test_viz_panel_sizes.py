@@ -56,3 +56,42 @@ def test_every_panel_shows_its_image_at_the_same_size_without_a_gap_after_the_fi
         assert gap_after_photo < 0.5 * gap_between_methods
     finally:
         plt.close(figure)
+
+
+def _ranks_drawn(figure, segments):
+    """(rank, segment under the label) of the first method panel."""
+    drawn = []
+    for text in figure.axes[1].texts:
+        x, y = text.get_position()
+        drawn.append((int(text.get_text()), int(segments[int(round(y)), int(round(x))])))
+    return sorted(drawn)
+
+
+def test_nan_and_infinite_scores_get_no_rank_and_leave_the_colour_range_alone():
+    """Sorting with NaN drew the best segment third; one inf set the range to +-0.1."""
+    segments = torch.arange(6).repeat_interleave(8).reshape(1, 48).expand(8, 48)
+    scores = {0: 1.0, 1: float("nan"), 2: 3.0, 3: -1.0, 4: float("inf"), 5: 0.2}
+    figure = plot_segment_scores(torch.rand(3, 8, 48), segments, {"m": scores}, top_k=6)
+    try:
+        assert _ranks_drawn(figure, segments.numpy()) == [(1, 2), (2, 0), (3, 5), (4, 3)]
+        assert figure.axes[1].images[-1].get_clim() == (-3.0, 3.0)
+    finally:
+        plt.close(figure)
+
+
+def test_a_rank_is_written_inside_its_segment_not_at_its_centroid():
+    """A ring's centroid lies on the segment it surrounds, which took the ring's rank."""
+    rows, cols = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    centre = ((rows - 15.5).abs() < 6) & ((cols - 15.5).abs() < 6)
+    segments = centre.long()  # 1 inside, 0 the ring around it
+    figure = plot_segment_scores(torch.rand(3, 32, 32), segments, {"m": {0: 5.0, 1: 1.0}})
+    try:
+        assert _ranks_drawn(figure, segments.numpy()) == [(1, 0), (2, 1)]
+    finally:
+        plt.close(figure)
+
+
+@pytest.mark.parametrize("scale", [255.0, -1.0])
+def test_an_image_outside_zero_one_is_refused_not_drawn_clipped(scale):
+    with pytest.raises(ValueError, match=r"drawn as RGB in \[0, 1\].*image / 255"):
+        plot_segment_scores(torch.rand(3, 8, 8) * scale, torch.zeros(8, 8, dtype=torch.long), {})

@@ -77,7 +77,8 @@ def write_split(dataset: ShapesDataset, directory: str | Path, show_progress: bo
     identity = _identity(dataset)
     _check_folder(root, identity)
     root.mkdir(parents=True, exist_ok=True)
-    (root / EXPORT_FILE).write_text(json.dumps(identity, indent=1) + "\n")
+    marker = (json.dumps(identity, indent=1) + "\n").encode()
+    write_atomic(root / EXPORT_FILE, lambda handle: handle.write(marker))
     for name in ("images", "evidence", "instances"):
         (root / name).mkdir(parents=True, exist_ok=True)
     rows = [["index", "label", "class"]]

@@ -176,6 +176,12 @@ def _create_temporary(path: Path) -> tuple[BinaryIO, Path]:
             return open(temporary, "xb"), temporary
         except FileExistsError:  # pragma: no cover - a name drawn twice
             continue
+        except OSError as error:  # named by the file asked for, not the temporary one
+            raise type(error)(
+                error.errno,
+                f"cannot write {path.name} in {path.parent} ({error.strerror})",
+                str(path),
+            ) from error
 
 
 def _host() -> str:

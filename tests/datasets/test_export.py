@@ -37,3 +37,27 @@ def test_a_folder_with_other_files_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not empty and holds no export"):
         write_split(_dataset(), tmp_path, show_progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_failed_write_of_the_marker_leaves_no_half_file_and_can_be_done_again(
+    tmp_path, monkeypatch
+):
+    """export.json was written in place: a full disk left half of it, and the same export was
+    then refused as "holds no export of a data set"."""
+    from ctc_plugin.resumable import atomic
+
+    dataset = ShapesDataset(split="shapes", size=2, seed=1, image_size=32)
+    written = atomic.os.replace
+
+    def disk_full(source, destination):
+        if str(destination).endswith("export.json"):
+            raise OSError(28, "No space left on device")
+        return written(source, destination)
+
+    monkeypatch.setattr(atomic.os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_split(dataset, tmp_path / "out")
+    assert not (tmp_path / "out" / "export.json").exists()
+    monkeypatch.setattr(atomic.os, "replace", written)
+    write_split(dataset, tmp_path / "out")
+    assert (tmp_path / "out" / "labels.csv").exists()

@@ -55,3 +55,19 @@ def test_a_long_valid_name_is_written(tmp_path):
     write_atomic(path, lambda stream: stream.write(b"data"))
     assert path.read_bytes() == b"data"
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_folder_that_cannot_be_written_is_named_not_the_temporary_file(tmp_path, monkeypatch):
+    """The error named ``.tmp-forbidden.png-<host>-<pid>-<random>``, a path never given."""
+    from ctc_plugin.resumable import atomic
+
+    def refuse(path, mode="r", *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(atomic, "open", refuse, raising=False)
+    target = tmp_path / "forbidden.png"
+    with pytest.raises(PermissionError) as caught:
+        atomic.write_atomic(target, lambda handle: handle.write(b"x"))
+    assert caught.value.filename == str(target)
+    assert f"cannot write forbidden.png in {tmp_path}" in str(caught.value)
+    assert ".tmp-" not in str(caught.value)
