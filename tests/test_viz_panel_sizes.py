@@ -14,13 +14,18 @@ from ctc_plugin.features import GridSegmenter  # noqa: E402
 from ctc_plugin.viz import PANEL_SIDE, panel_width, plot_segment_scores  # noqa: E402
 
 
-@pytest.mark.parametrize(("height", "width"), [(8, 800), (800, 8), (30, 40)])
-def test_a_figure_is_at_most_three_panel_heights_wide_per_panel(height, width):
+def _two_method_figure(height: int, width: int):
+    """The figure of a random image, its 2 x 2 grid and two methods' scores."""
     image = torch.rand(1, 3, height, width)
     mask = GridSegmenter(cells=2)(image)
-    figure = plot_segment_scores(
+    return plot_segment_scores(
         image[0], mask[0, 0], {"a": torch.arange(4.0), "b": -torch.arange(4.0)}
     )
+
+
+@pytest.mark.parametrize(("height", "width"), [(8, 800), (800, 8), (30, 40)])
+def test_a_figure_is_at_most_three_panel_heights_wide_per_panel(height, width):
+    figure = _two_method_figure(height, width)
     try:
         figure_width, figure_height = figure.get_size_inches()
         # Three panels and two colour bars; a 100:1 panorama was 1080 inches wide.
@@ -38,11 +43,7 @@ def test_panel_width_follows_the_aspect_ratio_within_its_range():
 
 @pytest.mark.parametrize(("height", "width"), [(64, 64), (30, 40), (40, 30)])
 def test_every_panel_shows_its_image_at_the_same_size_without_a_gap_after_the_first(height, width):
-    image = torch.rand(1, 3, height, width)
-    mask = GridSegmenter(cells=2)(image)
-    figure = plot_segment_scores(
-        image[0], mask[0, 0], {"a": torch.arange(4.0), "b": -torch.arange(4.0)}
-    )
+    figure = _two_method_figure(height, width)
     try:
         figure.canvas.draw()
         photo, first, second = (axis.get_window_extent() for axis in figure.axes[:3])
