@@ -32,7 +32,11 @@ __all__ = [
 #: "nearer 0").
 COLUMNS: dict[str, tuple[str, str]] = {
     "pointing": ("pointing game hit rate", "higher"),
-    "mass": ("relevance mass accuracy", "higher"),
+    "mass": (
+        "relevance mass accuracy; a map without positive relevance has none and is left out of "
+        "the mean, where the pointing game counts it as a miss",
+        "higher",
+    ),
     "rank": ("relevance rank accuracy", "higher"),
     "iou": ("IoU of the map thresholded at 50% of its maximum", "higher"),
     "f1": ("F1 of the same thresholded map", "higher"),
