@@ -393,3 +393,20 @@ def short_load_error(message: str) -> str:
         shown = "; ".join(mismatches[:SHOWN_KEYS]) + (f"; ... ({more} more)" if more > 0 else "")
         parts.append(f"size mismatch for {len(mismatches)} tensor(s): {shown}.")
     return " ".join(parts)
+
+
+def cache_root() -> Path:
+    """The package's cache folder, an absolute path.
+
+    ``$CTC_PLUGIN_CACHE``, else ``$XDG_CACHE_HOME/ctc-plugin``, else ``~/.cache/ctc-plugin``.
+    Each cache has a folder of its own inside it: ``masks`` (segmenters' feature masks,
+    `ctc_plugin.features.cache.default_cache_dir`) and ``kernels`` (the compiled ``"reference"``
+    formula, `ctc_plugin.ctc.native.cache_directory`).
+    """
+    import os
+
+    configured = os.environ.get("CTC_PLUGIN_CACHE")
+    if configured:
+        return Path(configured).expanduser().absolute()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return (Path(base).expanduser() / "ctc-plugin").absolute()

@@ -264,6 +264,26 @@ def slice_targets(target: TargetType, n: int, part: slice) -> TargetType:
     return per_example[part]
 
 
+def check_finite_target_outputs(scores: torch.Tensor) -> None:
+    """Refuse target outputs (one per example) that are NaN or infinite, naming the examples.
+
+    An explanation of a NaN output would be NaN (or an error blaming the method's own
+    arithmetic): the model's output is what is wrong. CTC and Integrative CAM refuse it alike.
+
+    Raises:
+        ValueError: Naming the examples and their values.
+    """
+    bad = ~torch.isfinite(scores.detach())
+    if bool(bad.any()):
+        examples = bad.nonzero().flatten().tolist()
+        values = scores.detach()[bad].tolist()
+        raise ValueError(
+            f"the target outputs of examples {examples[:10]} are {values[:10]}: the model's "
+            "output is not finite there (NaN or infinite weights or activations, or a "
+            "float16 overflow), so there is nothing to explain; check the model and its inputs"
+        )
+
+
 def output_not_a_tensor(output: Any) -> ValueError:
     """The error for a forward function whose output is no tensor of scores, saying what to do.
 

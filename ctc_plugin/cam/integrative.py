@@ -63,7 +63,7 @@ from ctc_plugin.inputs import (
     training_mode_error,
 )
 from ctc_plugin.targets import TargetType as Target
-from ctc_plugin.targets import check_target, output_not_a_tensor
+from ctc_plugin.targets import check_finite_target_outputs, check_target, output_not_a_tensor
 from ctc_plugin.targets import target_scores as select_scores
 
 #: A layer score: ``score(grad, act) -> (N,)`` tensor of non-negative weights.
@@ -109,23 +109,6 @@ def check_layer_score(score: object, stage: str, examples: int) -> None:
             f"layer_weights returned {score[bad].tolist()} for stage {stage!r}; layer scores "
             "must be finite and non-negative (they weight a mean of the stage maps): clamp "
             "them, e.g. score(grad, act).clamp_min(0)"
-        )
-
-
-def check_finite_scores(scores: Tensor) -> None:
-    """Refuse target scores that are NaN or infinite, naming the examples.
-
-    A map of a NaN score would be NaN (or, through phi's derivatives, an error blaming phi):
-    the model's output is what is wrong.
-    """
-    bad = ~torch.isfinite(scores.detach())
-    if bool(bad.any()):
-        examples = bad.nonzero().flatten().tolist()
-        values = scores.detach()[bad].tolist()
-        raise ValueError(
-            f"the target scores of examples {examples} are {values}: the model's output is not "
-            "finite there (NaN or infinite weights or activations), so there is no gradient to "
-            "explain; check the model and its inputs"
         )
 
 
@@ -632,7 +615,7 @@ class IntegrativeCAM(Attribution):
                 f"the target selects shape {tuple(scores.shape)} from an output of shape "
                 f"{tuple(output.shape)}; it must select one score per example"
             )
-        check_finite_scores(scores)
+        check_finite_target_outputs(scores)
         return scores
 
     def _chosen_layers(self) -> list[tuple[nn.Module, BlockReshape | None]] | None:

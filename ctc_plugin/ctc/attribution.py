@@ -39,6 +39,7 @@ from ctc_plugin.inputs import (
 )
 from ctc_plugin.targets import (
     TargetType,
+    check_finite_target_outputs,
     example_targets,
     output_not_a_tensor,
     resolve_targets,
@@ -672,9 +673,15 @@ def check_finite_scores(scores: torch.Tensor, output: torch.Tensor) -> None:
     arithmetic of the pass in a narrow format (a float16 share out of its range), so it is
     raised rather than returned.
 
+    A target output that is itself NaN or infinite is refused first
+    ([`check_finite_target_outputs`][ctc_plugin.targets.check_finite_target_outputs]), as
+    Integrative CAM refuses it.
+
     Raises:
+        ValueError: For target outputs that are not finite.
         FloatingPointError: Naming the examples, with what to do.
     """
+    check_finite_target_outputs(output)
     bad = ~torch.isfinite(scores).all(dim=1) & torch.isfinite(output)
     if bool(bad.any()):
         examples = bad.nonzero().flatten().tolist()

@@ -10,8 +10,9 @@ layers whose bias is one number per channel (convolutions and their BatchNorm); 
 (linear layers, transformer tokens) keep torch's operations.
 
 The source is compiled on first use with the system's C compiler (``$CC``, else ``cc``) into a
-cache directory (``$CTC_PLUGIN_CACHE``, else ``$XDG_CACHE_HOME/ctc-plugin``, else
-``~/.cache/ctc-plugin``; a directory only this user can write into), once per user, compiler
+cache directory (``kernels`` in the cache root: ``$CTC_PLUGIN_CACHE``, else
+``$XDG_CACHE_HOME/ctc-plugin``, else ``~/.cache/ctc-plugin``; both directories only this user
+can write into), once per user, compiler
 command and machine, with the library's SHA-256 beside it, and checked against the spec on two
 small blocks before it is used; a cached library that is damaged, fails to load or disagrees
 is compiled again. It needs x86-64 Linux with glibc 2.35 or later (its ``libmvec`` gives the
@@ -33,12 +34,14 @@ import shlex
 import subprocess
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from ctc_plugin.ctc.boxes import MapBox, is_empty
+from ctc_plugin.files import cache_root
 from ctc_plugin.resumable.atomic import write_atomic
 from ctc_plugin.weights import content_sha256
 
@@ -67,13 +70,26 @@ _state: dict[str, object] = {}
 
 
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, built and checked on the first call; ``None`` where it cannot be."""
+    """The compiled kernel, built and checked on the first call; ``None`` where it cannot be.
+
+    Where it cannot be, a ``RuntimeWarning`` says why, once per process: the fused torch
+    operations that run instead may give other float32 roundings.
+    """
     with _lock:
         if "library" not in _state:
             try:
                 loaded = _built_and_checked()
             except Exception as error:  # any failure of this optional path: torch's operations
                 _state["library"], _state["reason"] = None, _described(error)
+                warnings.warn(
+                    f'the compiled "reference" kernel cannot be used here ({_state["reason"]});'
+                    " torch's fused operations compute the formula instead: the same arithmetic, "
+                    'whose float32 roundings "reference"\'s quantisation can magnify, so scores '
+                    "may differ from a machine with the kernel (see installation: the compiled "
+                    "kernel)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             else:
                 _state["library"], _state["reason"] = loaded, None
         return _state["library"]  # type: ignore[return-value]
@@ -86,12 +102,11 @@ def unavailable_reason() -> str | None:
 
 
 def cache_directory() -> Path:
-    """Where compiled kernels are kept between processes (an absolute path)."""
-    configured = os.environ.get("CTC_PLUGIN_CACHE")
-    if configured:
-        return Path(configured).expanduser().absolute()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return (Path(base) / "ctc-plugin").absolute()
+    """Where compiled kernels are kept between processes: ``kernels`` in the cache root.
+
+    See [`cache_root`][ctc_plugin.files.cache_root] (an absolute path).
+    """
+    return cache_root() / "kernels"
 
 
 def _described(error: Exception) -> str:
@@ -166,15 +181,17 @@ def _cache_directory_of_this_user() -> Path:
     advice = "set CTC_PLUGIN_CACHE to a directory of yours"
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        status = directory.stat()
+        statuses = [(folder, folder.stat()) for folder in (directory.parent, directory)]
     except OSError as error:
         raise RuntimeError(
             f"the cache directory {directory} cannot be used ({error}); {advice}"
         ) from error
-    if hasattr(os, "getuid") and status.st_uid != os.getuid():
-        raise RuntimeError(f"the cache directory {directory} belongs to another user; {advice}")
-    if status.st_mode & 0o022:
-        raise RuntimeError(f"the cache directory {directory} is writable by others; {advice}")
+    # the folder above too: whoever may write there could put another kernels folder in place
+    for folder, status in statuses:
+        if hasattr(os, "getuid") and status.st_uid != os.getuid():
+            raise RuntimeError(f"the cache directory {folder} belongs to another user; {advice}")
+        if status.st_mode & 0o022:
+            raise RuntimeError(f"the cache directory {folder} is writable by others; {advice}")
     return directory
 
 

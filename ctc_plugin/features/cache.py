@@ -26,8 +26,8 @@ Behaviour:
   or a foreign ``cache.db`` raise one
   [`MaskCacheError`][ctc_plugin.features.cache.MaskCacheError] naming the path and what to do.
 
-The default folder is ``$CTC_PLUGIN_CACHE`` when set, else ``$XDG_CACHE_HOME/ctc-plugin/masks``,
-else ``~/.cache/ctc-plugin/masks``.
+The default folder is ``masks`` in the package's cache root: ``$CTC_PLUGIN_CACHE/masks`` when
+that is set, else ``$XDG_CACHE_HOME/ctc-plugin/masks``, else ``~/.cache/ctc-plugin/masks``.
 """
 
 from __future__ import annotations
@@ -83,12 +83,13 @@ class _CorruptEntry(Exception):
 
 
 def default_cache_dir() -> Path:
-    """Return the default cache folder (see the module docstring for the order of lookup)."""
-    explicit = os.environ.get("CTC_PLUGIN_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "ctc-plugin" / "masks"
+    """Return the default cache folder: ``masks`` in the package's cache root.
+
+    See [`cache_root`][ctc_plugin.files.cache_root] for the order of lookup.
+    """
+    from ctc_plugin.files import cache_root
+
+    return cache_root() / "masks"
 
 
 def image_digest(image: np.ndarray) -> str:

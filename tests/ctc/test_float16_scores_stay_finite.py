@@ -45,11 +45,37 @@ def test_float16_scores_equal_the_specs_where_the_quotient_leaves_the_range(mode
 
 
 def test_scores_out_of_range_of_a_finite_output_are_refused():
-    scores = torch.tensor([[1.0, float("nan")], [1.0, 2.0], [float("inf"), 0.0]])
-    output = torch.tensor([3.0, 3.0, float("inf")])  # the last: the model's own overflow
+    scores = torch.tensor([[1.0, float("nan")], [1.0, 2.0]])
+    output = torch.tensor([3.0, 3.0])
     with pytest.raises(FloatingPointError, match=r"examples \[0\] are NaN or infinite"):
         check_finite_scores(scores, output)
     check_finite_scores(scores[1:], output[1:])
+
+
+def test_an_output_that_is_not_finite_is_refused_as_integrative_cam_refuses_it():
+    """CTC returned NaN scores of a NaN output without a word; Integrative CAM refused it."""
+    from ctc_plugin import CTC
+    from ctc_plugin.cam import IntegrativeCAM
+
+    scores = torch.tensor([[1.0, 2.0], [float("inf"), 0.0]])
+    output = torch.tensor([3.0, float("inf")])  # the model's own overflow
+    with pytest.raises(ValueError, match=r"target outputs of examples \[1\] are \[inf\]"):
+        check_finite_scores(scores, output)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(4, 2),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model[-1].bias[1] = float("nan")
+    images, mask = torch.rand(2, 3, 8, 8), torch.arange(4).repeat_interleave(16).reshape(8, 8)
+    calls = [
+        lambda: CTC(model).attribute(images, 1, feature_mask=mask[None, None]),
+        lambda: IntegrativeCAM(model).attribute(images, 1),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"target outputs of examples \[0, 1\]"):
+            call()
 
 
 @pytest.mark.parametrize("speedups", ["default", "spec"])

@@ -152,7 +152,7 @@ def test_cache_pickles_and_keeps_working(tmp_path: Path):
 
 def test_default_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("CTC_PLUGIN_CACHE", str(tmp_path / "here"))
-    assert default_cache_dir() == tmp_path / "here"
+    assert default_cache_dir() == tmp_path / "here" / "masks"  # the kernels' folder beside it
     monkeypatch.delenv("CTC_PLUGIN_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / "ctc-plugin" / "masks"
