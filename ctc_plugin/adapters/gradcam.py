@@ -13,7 +13,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -55,15 +55,20 @@ class IntegrativeGradCAM(BaseCAM):
     [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM] do, and ``cam.outputs`` holds the output
     of the calling thread's last call.
 
+    The first three arguments are pytorch-grad-cam's, in its order (``GradCAM(model,
+    target_layers, reshape_transform)``); Integrative CAM's own are keyword-only.
+
     Args:
         model: The classifier.
         target_layers: Modules to explain; None (the default) uses every convolutional stage.
-        phi: See [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM].
-        bias: See [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM].
-        layer_weights: See [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM].
         reshape_transform: As in pytorch-grad-cam: turns each target layer's output (and its
             gradient) into an (N, C, H, W) map, e.g. for a vision transformer's token maps
             ([`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid]).
+        phi: See [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM].
+        bias: See [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM].
+        layer_weights: See [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM].
+        tta_transforms: As in pytorch-grad-cam: the ttach transforms ``aug_smooth=True``
+            averages over (None: its default ones).
 
     Attributes:
         outputs: The model's output on this thread's last batch, (N, classes), or None before
@@ -76,10 +81,12 @@ class IntegrativeGradCAM(BaseCAM):
         self,
         model: nn.Module,
         target_layers: Sequence[nn.Module] | None = None,
+        reshape_transform: Callable[[Tensor], Tensor] | None = None,
+        *,
         phi: str | Phi | Callable[[Tensor], Tensor] = "exp",
         bias: bool = True,
         layer_weights: Literal["adaptive", "uniform"] | LayerScore = "adaptive",
-        reshape_transform: Callable[[Tensor], Tensor] | None = None,
+        tta_transforms: Any = None,
     ) -> None:
         # Checks every argument before BaseCAM switches the model to eval mode, so that a
         # refused construction leaves the model as it was.
@@ -93,7 +100,9 @@ class IntegrativeGradCAM(BaseCAM):
         )
         # pytorch-grad-cam's own activation hooks are not used: pass no layers to BaseCAM.
         with exclusive(model):  # BaseCAM switches the model to eval mode
-            super().__init__(model, target_layers=[], uses_gradients=True)
+            super().__init__(
+                model, target_layers=[], uses_gradients=True, tta_transforms=tta_transforms
+            )
         self.target_layers = list(integrative.layers or [])
         self.integrative = integrative
         self.reshape_transform = reshape_transform

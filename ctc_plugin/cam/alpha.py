@@ -185,7 +185,8 @@ class AlphaTerms:
         sign: ``sign(phi'(S))``; it decides which gradients count as positive evidence.
         p2: ``phi''(S)`` divided by ``max(|phi''|, |phi'''|)``.
         p3: ``phi'''(S)`` divided by the same number.
-        gradcam: True (per example) where ``phi'' = phi''' = 0``: Grad-CAM weights are used.
+        gradcam: True (per example) where ``phi'' = 0`` (the identity; the sigmoid at a
+            score of 0): every alpha would be 0, so Grad-CAM weights are used.
         all_positive: Whether ``sign`` is +1 for every example.
         all_gradcam: Whether every example uses Grad-CAM weights.
         any_gradcam: Whether some example does.
@@ -252,8 +253,9 @@ def alpha_terms(phi: Phi, scores: Tensor) -> AlphaTerms:
             "a phi whose derivative is not 0 at the class scores (the built-ins' never is)"
         )
     scale = torch.maximum(d2.abs(), d3.abs())
-    gradcam = scale == 0
-    safe = torch.where(gradcam, torch.ones_like(scale), scale)
+    # phi'' = 0: every alpha is 0 and the map would be 0 (the sigmoid at a score of 0)
+    gradcam = d2 == 0
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
     # in the dtype the stage maps are computed in (float32 at least): not rounded to half
     shape, dtype = (-1, 1, 1, 1), torch.promote_types(scores.dtype, torch.float32)
     return AlphaTerms(
@@ -299,14 +301,40 @@ def gradcampp_weights(
         positive: [`positive_part`][ctc_plugin.cam.alpha.positive_part] of ``grad`` if already
             computed; it is overwritten.
     """
-    numerator = positive_part(grad, terms) if positive is None else positive
-    numerator.mul_(grad).mul_(grad)
+    positive = positive_part(grad, terms) if positive is None else positive
+    # (N, 1, 1, 1): the second and third derivative of other signs along the evidence, whose
+    # gradients have the sign of the first (exp(-S) is the mirror of exp(S): not one of them)
+    opposite = terms.p2 * terms.p3 * terms.sign < 0
+    if bool(opposite.any()):
+        return _clamped_alpha_weights(grad, act, terms, positive, opposite)
+    numerator = positive.mul_(grad).mul_(grad)
     denominator = torch.mul(grad, terms.p3 * act.sum(dim=(2, 3), keepdim=True))
     denominator.add_(2 * terms.p2).mul_(grad).mul_(grad).add_(ALPHA_EPS)
     # Where the numerator is 0 (no positive gradient) the term is 0, whatever the denominator:
     # for negative gradients it can cancel to exactly 0 in float32 (0/0 would be NaN).
     denominator.masked_fill_(numerator == 0, 1.0)
     return terms.p2.reshape(-1, 1) * numerator.div_(denominator).sum(dim=(2, 3))
+
+
+def _clamped_alpha_weights(
+    grad: Tensor, act: Tensor, terms: AlphaTerms, positive: Tensor, opposite: Tensor
+) -> Tensor:
+    """``sum_ij alpha_ij relu(sign g_ij)``, alpha outside [0, 1/2] taken as 1/2 where ``opposite``.
+
+    Where phi's second and third derivatives have other signs (softplus, and the sigmoid at
+    positive scores) the denominator ``2 p2 + p3 sum(A) g`` reaches 0 at strong evidence (a
+    channel adding about two to the score): alpha grows past 1/2 before it, explodes there
+    and turns negative past it, giving evidence a negative weight. An alpha outside [0, 1/2],
+    the range Grad-CAM++'s ``exp`` gives for non-negative evidence, is taken as 1/2, its
+    value at weak evidence (the expansion behind alpha no longer holds there).
+    """
+    denominator = torch.mul(grad, terms.p3 * act.sum(dim=(2, 3), keepdim=True))
+    denominator.add_(2 * terms.p2).mul_(grad).mul_(grad).add_(ALPHA_EPS)
+    denominator.masked_fill_(positive == 0, 1.0)  # no evidence: the term is 0 (0/0 otherwise)
+    alpha = torch.mul(grad, grad).mul_(terms.p2).div_(denominator)
+    outside = (alpha < 0) | (alpha > 0.5)
+    alpha = torch.where(opposite & outside, torch.full_like(alpha, 0.5), alpha)
+    return alpha.mul_(positive).sum(dim=(2, 3))
 
 
 def channel_weights(

@@ -32,6 +32,9 @@ def reference_weights(head: nn.Module, act: torch.Tensor, phi) -> torch.Tensor:
 
     alpha_ij = Y''_ij / (2 Y''_ij + sum(A) Y'''_ij) and w = sum_ij alpha_ij relu(Y'_ij), where
     Y^(k)_ij is the k-th derivative of Y along the single element A_ij (torch.func, no formula).
+    Where Y'' and Y''' have other signs (softplus, the sigmoid at positive scores) an alpha
+    outside [0, 1/2] is taken as 1/2: past the zero of the denominator the expansion that
+    alpha comes from does not hold.
     """
     _, c, h, w = act.shape
     weights = torch.zeros(c, dtype=act.dtype)
@@ -47,6 +50,8 @@ def reference_weights(head: nn.Module, act: torch.Tensor, phi) -> torch.Tensor:
                 if d1 == 0 and d2 == 0:
                     continue
                 alpha = d2 / (2 * d2 + total * d3)
+                if d2 * d3 * d1 < 0 and not 0 <= alpha <= 0.5:
+                    alpha = torch.tensor(0.5, dtype=act.dtype)
                 weights[k] += alpha * torch.relu(d1)
     return weights
 
@@ -127,3 +132,24 @@ def test_integrative_cam_is_finite_on_the_image_that_was_nan():
         item["image"][None], target=int(item["label"])
     )
     assert torch.isfinite(maps).all()
+
+
+@pytest.mark.parametrize("name", ["softplus", "sigmoid"])
+def test_strong_evidence_keeps_a_positive_bounded_weight(name: str) -> None:
+    """softplus and sigmoid at a confident score: the alpha's denominator reaches 0 where one
+    channel adds about two to the score; the weight was 6e4 there and negative past it."""
+    score = torch.tensor([20.0], dtype=torch.float64)
+    terms = alpha_terms(BUILTIN_PHI[name], score)
+    act = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+    for evidence in (0.5, 1.9, 2.0, 2.1, 8.0):  # g * sum(A)
+        grad = torch.full((1, 1, 1, 1), evidence, dtype=torch.float64)
+        weight = float(channel_weights(grad, act, terms)[0, 0])
+        assert 0 < weight <= 0.5 * evidence + 1e-12, (evidence, weight)
+
+
+def test_the_sigmoid_at_a_score_of_zero_falls_back_to_grad_cam() -> None:
+    """phi'' = 0 there: every alpha was 0 and the map silently all zero."""
+    grad, act = torch.randn(1, 3, 4, 4), torch.rand(1, 3, 4, 4)
+    terms = alpha_terms(BUILTIN_PHI["sigmoid"], torch.zeros(1))
+    assert bool(terms.gradcam.all())
+    torch.testing.assert_close(channel_weights(grad, act, terms), grad.mean(dim=(2, 3)))

@@ -68,3 +68,34 @@ def test_missing_grad_cam_is_a_clear_import_error() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert "pip install grad-cam" in result.stdout
+
+
+def test_the_third_positional_argument_is_the_reshape_transform_as_in_pytorch_grad_cam() -> None:
+    """It was phi: a reshape given by position became phi and was never applied."""
+    model = tiny_cnn()
+    layer = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    calls = []
+
+    def reshape(tensor):
+        calls.append(tuple(tensor.shape))
+        return tensor
+
+    x = torch.rand(1, 3, 16, 16)
+    with IntegrativeGradCAM(model, [layer], reshape) as cam:
+        cam(input_tensor=x, targets=[ClassifierOutputTarget(1)])
+    assert calls  # the reshape ran on the layer's output
+    with pytest.raises(TypeError):
+        IntegrativeGradCAM(model, [layer], None, "identity")  # phi is keyword-only
+
+
+def test_tta_transforms_reach_aug_smooth() -> None:
+    import ttach
+
+    model, x = tiny_cnn(), torch.rand(1, 3, 16, 16)
+    flips = ttach.Compose([ttach.HorizontalFlip()])
+    with IntegrativeGradCAM(model, tta_transforms=flips) as cam:
+        smoothed = cam(input_tensor=x, targets=[ClassifierOutputTarget(1)], aug_smooth=True)
+    with IntegrativeGradCAM(model) as cam:
+        plain = cam(input_tensor=x, targets=[ClassifierOutputTarget(1)])
+        flipped = cam(input_tensor=x.flip(-1), targets=[ClassifierOutputTarget(1)])
+    np.testing.assert_allclose(smoothed, (plain + flipped[..., ::-1]) / 2, atol=1e-5)
