@@ -13,7 +13,6 @@ empty, truncated or corrupt file is one clear error naming it); nothing is downl
 
 from __future__ import annotations
 
-import hashlib
 import os
 import textwrap
 import threading
@@ -38,7 +37,8 @@ from ctc_plugin.features.cache import MaskCache
 from ctc_plugin.features.partition import check_partition_options, to_partition
 from ctc_plugin.files import read_state_dict, short_load_error, unwrapped_state
 from ctc_plugin.inputs import is_finite_number, is_integer
-from ctc_plugin.module_state import weights_state
+from ctc_plugin.module_state import DigestMemo, weights_state
+from ctc_plugin.weights import file_identity
 
 __all__ = ["SAM_MODEL_TYPES", "SAMSegmenter", "build_tiny_sam", "load_sam"]
 
@@ -196,16 +196,8 @@ def load_sam(
 
 def _file_identity(path: Path) -> str:
     """Identify a checkpoint file cheaply (hashing a 2.5 GB ViT-H file would take seconds)."""
-    stat = path.stat()
-    return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
-def _fingerprint_model(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:32]
+    resolved, size, modified, inode = file_identity(path)
+    return f"file:{resolved}:{size}:{modified}:{inode}"
 
 
 def _mask_of(record: dict[str, Any]) -> np.ndarray:
@@ -397,7 +389,7 @@ class SAMSegmenter(Segmenter):
         if checkpoint is not None:  # the file names the weights until they are changed
             identity = _file_identity(Path(checkpoint).expanduser())
             self._checkpoint_source = (weights_state(self.model), identity)
-        self._fingerprint: tuple[tuple[Any, ...], str] | None = None
+        self._digests = DigestMemo()  # the model's weights digest, again only when they change
         self._generate_lock = threading.Lock()
         self.model_type = model_type if checkpoint is not None else None  # else: model's own
         self.image_size = image_size
@@ -454,19 +446,19 @@ class SAMSegmenter(Segmenter):
     def model_source(self) -> str:
         """What identifies the model's weights in the cache key.
 
-        A checkpoint by its path, size and modification time (hashing a 2.5 GB file would take
-        seconds) while the weights loaded from it are unchanged; a model given as a module, or
-        the checkpoint's model once a tensor of it was written or replaced
-        (``load_state_dict``, ``.to()``), by the sha256 of its weights, computed again whenever
+        A checkpoint by its path, size, modification time and inode (hashing a 2.5 GB file
+        would take seconds) while the weights loaded from it are unchanged; a model given as a
+        module, or the checkpoint's model once a tensor of it was written or replaced
+        (``load_state_dict``, ``.to()``), by the sha256 of its weights
+        ([`state_digest`][ctc_plugin.module_state.state_digest]), computed again whenever
         they change (as `weights_state` sees changes: also re-initialisations through
         ``.data``), so masks of other weights are not served from the cache.
         """
-        state = weights_state(self.model)
-        if self._checkpoint_source is not None and self._checkpoint_source[0] == state:
+        if self._checkpoint_source is not None and self._checkpoint_source[0] == weights_state(
+            self.model
+        ):
             return self._checkpoint_source[1]
-        if self._fingerprint is None or self._fingerprint[0] != state:
-            self._fingerprint = (state, f"model:{_fingerprint_model(self.model)}")
-        return self._fingerprint[1]
+        return f"model:{self._digests.digest(self.model)[:32]}"
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the lock (a new one is made on unpickling)."""
