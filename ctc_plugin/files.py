@@ -261,7 +261,7 @@ def read_data_file(path: str | Path, what: str) -> Any:
         except Exception as error:  # torch raises many types for a corrupt or foreign file
             raise ValueError(
                 f"could not read {what} from {path}: {describe_load_failure(path, error)}"
-            ) from None
+            ) from None  # torch's own message may advise an unsafe load
     reason = describe_load_failure(path, IsADirectoryError() if path.is_dir() else EOFError())
     raise ValueError(f"could not read {what} from {path}: {reason}")
 

@@ -156,19 +156,26 @@ def _zennit(composite_factory: Callable[[list], object], name: str) -> Method:
         with torch.no_grad():
             expected = model(images)
         one_hot = F.one_hot(targets, expected.shape[1]).to(expected.dtype)
+        failure: RuntimeError | None = None
         for canonizers in ([PositiveEpsMergeBatchNorm()], []):
             working = copy.deepcopy(model)  # a failed canonizer must not touch the caller's model
             try:
                 with Gradient(model=working, composite=composite_factory(canonizers)) as run:
                     output, relevance = run(images.detach(), one_hot)
-            except RuntimeError:
+            except RuntimeError as error:
+                failure = error
                 continue
             scale = float(expected.abs().max()) + 1.0  # float32 merge error grows with logits
             if float((output.detach() - expected).abs().max()) <= 1e-3 * scale:
                 if not canonizers:
                     _warn_once(f"{name}: BatchNorm merging changed the model; ran without it")
                 return relevance.detach().sum(dim=1, keepdim=True)
-        raise RuntimeError(f"{name}: Zennit could not explain this model")
+        reason = (
+            f"the last attempt failed: {type(failure).__name__}: {failure}"
+            if failure is not None
+            else "its relevance pass changed the model's output with and without BatchNorm merged"
+        )
+        raise RuntimeError(f"{name}: Zennit could not explain this model ({reason})") from failure
 
     method.__name__ = name
     return method

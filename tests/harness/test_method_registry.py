@@ -166,3 +166,18 @@ def test_zennit_lrp_is_for_cnns_and_attn_lrp_selects_a_transformers_features(vit
     masks = benchmark._feature_makers(model)["selected"](images, targets)
     assert calls and torch.equal(calls[0], targets)
     assert masks.shape == (2, 1, 96, 96)
+
+
+def test_a_zennit_failure_keeps_its_cause(setup, monkeypatch):
+    """Both attempts' errors were swallowed: "Zennit could not explain this model", no reason."""
+    import zennit.attribution
+
+    model, images, targets, _ = setup
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(zennit.attribution, "Gradient", broken)
+    with pytest.raises(RuntimeError, match=r"could not explain .*out of memory \(simulated\)") as e:
+        registry()["LRP-EpsilonPlusFlat"].fn(model, images, targets, None)
+    assert isinstance(e.value.__cause__, RuntimeError)
