@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+#: Every form of Captum's ``target``: an int, a tuple of ints (multi-dimensional outputs), an
+#: integer tensor, a list of them or of callables (one per example, as pytorch-grad-cam's
+#: targets), or None (the predicted class, or a model's single output).
 TargetType = (
     None
     | int

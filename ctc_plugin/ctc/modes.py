@@ -2,7 +2,11 @@
 
 from typing import Literal
 
+#: How CTC shares each layer's bias among the features (``CTC(model, bias_sharing=...)``):
+#: ``"reference"`` (the published formula), ``"proportional"`` (to each feature's magnitude;
+#: the scores add up to the output) or ``"none"`` (biases left out).
 BiasSharingMode = Literal["reference", "proportional", "none"]
+#: The values of `BiasSharingMode`, in the order the docs list them.
 BIAS_SHARING_MODES: tuple[str, ...] = ("reference", "proportional", "none")
 
 #: The bias sharing of [`CTC`][ctc_plugin.CTC], [`CTCComposite`][ctc_plugin.CTCComposite] and the
