@@ -28,7 +28,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["IMAGE_SUFFIXES", "ImageRef", "Source", "SourceError", "first_names", "resolve_source"]
 
 #: File name endings read as images (case-insensitive); other files in the folder are ignored.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+IMAGE_SUFFIXES = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+)  # fmt: skip
 
 #: The bundled synthetic data sets a SOURCE may name.
 SHAPES_SOURCES = ("shapes", "shapes:composite")
@@ -113,9 +115,11 @@ def resolve_source(
 
     Raises:
         SourceError: For a path that does not exist or is a file, a folder without images, a
-            folder mixing images and class subfolders at its top level, a folder with image
-            files that are not images (their headers are read) or whose names are not valid
-            UTF-8, or ``shapes`` without a positive ``images``.
+            folder mixing images and class subfolders at its top level, a class folder without
+            images (the labels after it would shift), image names that are links to nothing,
+            image files that are not images (their headers are read), floating-point images
+            (mode F) or names that are not valid UTF-8, or ``shapes`` without a positive
+            ``images``.
     """
     text = os.fspath(spec)
     if text in SHAPES_SOURCES:
@@ -130,6 +134,13 @@ def resolve_source(
     if not root.is_dir():
         raise SourceError(f"SOURCE {text!r} is a file; give the folder that holds the images")
     files = sorted(_image_files(root), key=lambda path: path.relative_to(root).as_posix())
+    dangling = [path.relative_to(root).as_posix() for path in files if not path.is_file()]
+    if dangling:
+        raise SourceError(
+            f"SOURCE {text!r}: {len(dangling)} image names are links to nothing "
+            f"({first_names(dangling)}); remove them or restore what they point to, then run "
+            "the command again"
+        )
     if not files:
         raise SourceError(
             f"SOURCE {text!r} holds no images (files ending in {', '.join(IMAGE_SUFFIXES)})"
@@ -146,6 +157,7 @@ def resolve_source(
     labels: list[int | None] = [None] * len(files)
     if nested:
         classes = tuple(sorted({path.relative_to(root).parts[0] for path in nested}))
+        _check_no_empty_classes(text, root, classes)
         labels = [classes.index(path.relative_to(root).parts[0]) for path in files]
     refs = tuple(
         ImageRef(i, path.relative_to(root).as_posix(), label)
@@ -156,6 +168,28 @@ def resolve_source(
     _check_names(text, refs)
     _check_readable(text, root, refs)
     return Source(text, "folder", refs, classes, root=root.resolve())
+
+
+def _check_no_empty_classes(text: str, root: Path, classes: tuple[str, ...]) -> None:
+    """Refuse class folders without images: they would shift the labels of those after them.
+
+    Labels are numbered by the sorted class folders, as torchvision's ``ImageFolder`` numbers
+    them; a folder left out because it holds no image (empty, or only other files) would give
+    every later folder the label of the one before it, and ``--targets label`` would explain
+    another class than the model's. ``ImageFolder`` refuses such a folder too.
+    """
+    folders = sorted(
+        entry.name
+        for entry in root.iterdir()
+        if not entry.name.startswith(".") and entry.is_dir() and entry.name not in classes
+    )
+    if folders:
+        raise SourceError(
+            f"SOURCE {text!r}: the class folders {first_names([f + '/' for f in folders])} hold "
+            f"no images (files ending in {', '.join(IMAGE_SUFFIXES)}); classes are numbered by "
+            "their folders in order, as ImageFolder numbers them, so the labels of the folders "
+            "after them would shift: add their images, or move the folders out"
+        )
 
 
 def _check_names(text: str, refs: tuple[ImageRef, ...]) -> None:
@@ -190,17 +224,24 @@ def _check_readable(text: str, root: Path, refs: tuple[ImageRef, ...]) -> None:
     """
     from PIL import Image, UnidentifiedImageError
 
-    bad = []
+    bad, floating = [], []
     for ref in refs:
         try:
-            with Image.open(root / ref.name):
-                pass
+            with Image.open(root / ref.name) as image:
+                if image.mode == "F":
+                    floating.append(ref.name)
         except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError):
             bad.append(ref.name)
     if bad:
         raise SourceError(
             f"SOURCE {text!r}: {len(bad)} of its {len(refs)} image files cannot be read as "
             f"images ({first_names(bad)}); replace or remove them, then run the command again"
+        )
+    if floating:
+        raise SourceError(
+            f"SOURCE {text!r}: {len(floating)} of its {len(refs)} image files are floating-point "
+            f"images (mode F: {first_names(floating)}), which have no fixed range of colours; "
+            "save them as 8- or 16-bit images, then run the command again"
         )
 
 
@@ -254,8 +295,7 @@ def _image_files(root: Path) -> Iterator[Path]:
         for name in names:
             path = Path(folder, name)
             if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
-                if path.is_file():  # not a dangling link
-                    yield path
+                yield path  # a dangling link too: resolve_source names it
 
 
 def _key(folder: Path) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from ctc_plugin.cli import main
 from ctc_plugin.runs import RunConfig, resolve_source
 from ctc_plugin.runs.engine import manifest_for
 from ctc_plugin.runs.plan import plan_shards
+from ctc_plugin.runs.sources import SourceError
 from tests.runs.test_explain_dataset import tiny
 
 
@@ -104,6 +105,10 @@ def test_symlinked_class_folders_are_read_and_a_link_cycle_ends(tmp_path):
     (root / "dog").symlink_to(tmp_path / "elsewhere" / "dog", target_is_directory=True)
     (root / "cat" / "loop").symlink_to(root, target_is_directory=True)  # a cycle
     (root / "cat" / "gone.png").symlink_to(tmp_path / "missing.png")  # a dangling link
+    # once left out without a word: a run that seemed complete missed an image
+    with pytest.raises(SourceError, match=r"1 image names are links to nothing \(cat/gone.png\)"):
+        resolve_source(root)
+    (root / "cat" / "gone.png").unlink()
     source = resolve_source(root)
     assert source.classes == ("cat", "dog")
     assert [(ref.name, ref.label) for ref in source.images] == [
@@ -161,3 +166,28 @@ def test_ctrl_c_and_a_full_disk_end_with_one_line(tmp_path, capsys, monkeypatch,
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1, error
     assert error.startswith("ctc-plugin explain-dataset: ") and line in error
+
+
+def test_a_class_folder_without_images_is_refused_before_its_labels_shift(tmp_path):
+    """An empty class folder was left out and every later folder took the label before it."""
+    root = tmp_path / "photos"
+    _image(root / "a" / "x.png")
+    (root / "b").mkdir()
+    (root / "b" / "notes.txt").write_text("no image here")
+    _image(root / "c" / "y.pgm")  # a suffix ImageFolder reads, once left out too
+    with pytest.raises(SourceError, match=r"class folders b/ hold no images .*labels"):
+        resolve_source(root)
+    _image(root / "b" / "z.png")
+    assert [(ref.name, ref.label) for ref in resolve_source(root).images] == [
+        ("a/x.png", 0),
+        ("b/z.png", 1),
+        ("c/y.pgm", 2),
+    ]
+
+
+def test_floating_point_images_are_refused_before_any_work(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.fromarray(np.zeros((4, 4), np.float32)).save(root / "depth.tiff")
+    with pytest.raises(SourceError, match=r"floating-point images \(mode F: depth.tiff\)"):
+        resolve_source(root)
