@@ -202,6 +202,10 @@ def run_job(
                 else f"drop ray_workers, or give ray=True instead of ray={ray!r}"
             )
         )
+    if ray:  # before out is set up: a missing Ray is one clear error
+        from ctc_plugin.resumable.cluster import import_ray
+
+        import_ray()
     start = time.perf_counter()
     shards = job.shards()
     store = RunStore(out)
@@ -209,10 +213,6 @@ def run_job(
     store.open(_manifest(job, store), plan=job.plan(), restart_unfinished=True)
     left = [shard for shard in shards if not store.is_finished(shard.name)]
     total = sum(len(shard.images) for shard in shards)
-    if ray:
-        from ctc_plugin.resumable.cluster import import_ray
-
-        import_ray()  # before any work: a missing Ray is one clear error
     computed = len(left)
     if left:
         done = total - sum(len(shard.images) for shard in left)

@@ -159,13 +159,24 @@ class RunStore:
     def _gives_way(self, manifest: dict[str, Any]) -> bool:
         """Whether the folder's run gives way to ``manifest`` (``restart_unfinished``).
 
-        It does when it is a run of the same job with another manifest that finished no shard.
+        It does when it is a run of the same job with another manifest that finished no shard
+        and is not computing one now: a process that holds a shard's claim (see `claim`) is in
+        the middle of its first shard, whose work a start of other options must not discard.
         """
         return (
             (self.root / MANIFEST).exists()
             and not self._holds(manifest)  # the same run: its claims stay (see claim)
             and self._nothing_finished(manifest.get("job"))
+            and not self._computing()
         )
+
+    def _computing(self) -> bool:
+        """Whether a process holds a shard's claim now: it is computing that shard."""
+        for path in sorted(self.shards.glob(".claim-*")):
+            with claim(path, wait=False) as held:
+                if not held:
+                    return True
+        return False
 
     def _check_stored(self, manifest: dict[str, Any]) -> None:
         """Refuse ``manifest`` unless the stored one is the same job's with no difference.

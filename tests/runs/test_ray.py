@@ -60,6 +60,7 @@ def test_ray_missing_is_one_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(RayUnavailableError, match="pip install 'ctc-plugin\\[ray\\]'"):
         explain_dataset("shapes", ["gradcam"], tmp_path / "run", images=2, ray=True)
+    assert not (tmp_path / "run").exists()  # refused before the run folder was set up
     argv = ["explain-dataset", "shapes", "--images", "2", "--methods", "gradcam"]
     assert main([*argv, "--out", str(tmp_path / "run"), "--ray"]) == 2
     error = capsys.readouterr().err.strip()

@@ -141,3 +141,18 @@ def test_a_run_with_a_shard_file_being_written_is_not_taken_over(tmp_path):
         _opened(tmp_path, {"model": "resnet"}, restart_unfinished=True)
     assert store.manifest()["config"] == {"model": "nosuch"}
     assert writing.read_bytes() == b"half a shard"
+
+
+def test_a_run_computing_its_first_shard_is_not_taken_over(tmp_path):
+    """A start of other options took the folder from a run 79 images into its first shard:
+    the lock was held only while a shard was written. A claim held means work in progress."""
+    store = _opened(tmp_path, {"model": "vgg"})
+    with store.claim("shard-00000", wait=False) as held:
+        assert held
+        with pytest.raises(ConfigMismatchError, match="model"):
+            _opened(tmp_path, {"model": "resnet"}, restart_unfinished=True)
+    assert store.manifest()["config"] == {"model": "vgg"}
+    # once the first run has stopped (its claim let go), a start of other options takes over
+    assert _opened(tmp_path, {"model": "resnet"}, restart_unfinished=True).manifest()["config"] == {
+        "model": "resnet"
+    }
