@@ -558,7 +558,7 @@ def manifest_for(config: RunConfig, source: Source, shards: list[Shard]) -> dict
 def _images_changed(
     error: ConfigMismatchError, out: str | os.PathLike[str], source: Source
 ) -> ConfigMismatchError:
-    """``error`` restated when the images of the run's folder changed since it started.
+    """``error`` restated when the images of the run's folder (or its weights) changed.
 
     The same command on a folder with images added, removed or moved to another class folder
     is another image list: the error then names those images (from the ``plan.json`` of the
@@ -566,6 +566,14 @@ def _images_changed(
     other ``error`` is returned as it is.
     """
     keys = [key for key, _, _ in error.differences]
+    if keys and all(key.endswith("weights_sha256") for key in keys):
+        return ConfigMismatchError(
+            Path(out),
+            error.differences,
+            advice="the weights file has other contents than when this run started (retrained "
+            "or replaced under the same name): put the run's weights back to resume it, or "
+            "choose another --out for the new weights",
+        )
     if source.kind != "folder" or "image_list" not in keys or "source.spec" in keys:
         return error
     now = {name: label for name, label in source.describe()["images"]}
@@ -584,9 +592,22 @@ def _images_changed(
     )
     derived = ("image_list", "plan")  # digests: the advice says what changed
     shown = [d for d in error.differences if d[0] not in derived]
+    differences = shown or [d for d in error.differences if d[0] == "image_list"]
+    names_there, names_now = list(there), list(now)
+    if there and len(names_now) < len(names_there) and names_there[: len(names_now)] == names_now:
+        # the first images of the run: --images limits them, or the last files were removed
+        return ConfigMismatchError(
+            Path(out),
+            differences,
+            advice=f"this command takes the first {len(names_now)} of the run's "
+            f"{len(names_there)} images of {source.root} (left out: "
+            f"{first_names(names_there[len(names_now) :])}): if --images limits them, give "
+            f"--images {len(names_there)} (or leave it out) to resume the run; if the files "
+            "were removed, put them back; or choose another --out",
+        )
     return ConfigMismatchError(
         Path(out),
-        shown or [d for d in error.differences if d[0] == "image_list"],
+        differences,
         advice=f"the images of {source.root} changed since this run started"
         + (f" ({listed})" if listed else "")
         + ": put them back as they were to resume it, or choose another --out",

@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 from PIL import Image
 
 from ctc_plugin.cli import main
@@ -322,3 +323,35 @@ def test_unread_options_resume_through_run_job_too(tmp_path):
     again = run_job(ExplainJob(RunConfig(**options), source), tmp_path / "run")
     assert again.computed == 0
     assert RunStore(tmp_path / "run").manifest()["config"]["lime_samples"] == 9
+
+
+def test_fewer_images_than_the_run_names_images_as_the_likely_reason(tmp_path, capsys):
+    """``--images 2`` on a run of all 3: "changed since this run started: put them back" was
+    said of a folder that had not changed."""
+    folder, out = tmp_path / "photos", tmp_path / "run"
+    for name in ("a", "b", "c"):
+        _image(folder / "cat" / f"{name}.png", 12, 12)
+    assert main(_explain(folder, out, *TINY)) == 0
+    assert main(_explain(folder, out, *TINY, "--images", "2")) == 2
+    error = _one_error_line(capsys)
+    assert "takes the first 2 of the run's 3 images" in error
+    assert "(left out: cat/c.png): if --images limits them, give --images 3" in error
+
+
+def test_weights_replaced_under_the_same_name_are_named_as_the_reason(tmp_path, capsys):
+    """ "run the same command again to resume it" was said to the one running the same command."""
+    from tests.runs.test_explain_dataset import tiny
+
+    folder, out, weights = tmp_path / "photos", tmp_path / "run", tmp_path / "tiny.pth"
+    _image(folder / "cat" / "a.png", 12, 12)
+    torch.save(tiny().state_dict(), weights)
+    options = [*TINY, "--weights", str(weights)]
+    assert main(_explain(folder, out, *options)) == 0
+    retrained = tiny()
+    with torch.no_grad():
+        retrained[-1].bias.add_(1.0)
+    torch.save(retrained.state_dict(), weights)
+    assert main(_explain(folder, out, *options)) == 2
+    error = _one_error_line(capsys)
+    assert "the weights file has other contents than when this run started" in error
+    assert "run the same command again" not in error
