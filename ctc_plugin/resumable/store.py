@@ -371,6 +371,14 @@ class RunStore:
         """``read(path)``, a file of shard ``name``, with one clear error for a damaged file."""
         import zipfile
 
+        if not self.is_finished(name):
+            finished = self.finished()
+            more = len(finished) - 3
+            shown = ", ".join(finished[:3]) + (f" and {more} more" if more > 0 else "")
+            raise ValueError(
+                f"{self.root} has no finished shard {name} (its finished shards: "
+                f"{shown or 'none yet'}); run the command again to compute the shards left"
+            )
         try:
             return read(path)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # pyarrow's, numpy's

@@ -156,3 +156,10 @@ def test_a_run_computing_its_first_shard_is_not_taken_over(tmp_path):
     assert _opened(tmp_path, {"model": "resnet"}, restart_unfinished=True).manifest()["config"] == {
         "model": "resnet"
     }
+
+
+def test_reading_a_shard_that_is_not_finished_says_so(tmp_path):
+    """The message said to delete a .parquet file that does not exist."""
+    store = _opened(tmp_path)
+    with pytest.raises(ValueError, match="has no finished shard shard-00099 .*none yet"):
+        store.read_arrays("shard-00099")
