@@ -19,6 +19,12 @@ from ctc_plugin.ctc.sharing import reference_shares, reference_spread
 from ctc_plugin.ctc.speedups import DEFAULT, SPEC
 from tests.ctc.test_sparse import sam_like_mask
 
+# Tests here break the kernel on purpose (no compiler, a disagreeing build, a shared cache):
+# the fallback's warning is expected; the test of the warning itself catches it.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:the compiled .reference. kernel cannot be used here:RuntimeWarning"
+)
+
 needs_kernel = pytest.mark.skipif(
     native.library() is None, reason=f"no compiled kernel here: {native.unavailable_reason()}"
 )
