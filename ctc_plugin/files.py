@@ -336,7 +336,8 @@ def unwrapped_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[st
     that holds the model as an attribute (a Lightning module's ``model.``, ``net.``) has the
     model's keys under that name, beside what else the module holds (a loss's class weights,
     ``loss_fn.weight``): the keys under the one name whose rest are exactly the model's keys
-    are taken, without it. ``state`` itself is not changed.
+    are taken, without it; where several names hold such keys (``model.`` and ``ema_model.``),
+    none is chosen and loading names the keys. ``state`` itself is not changed.
     """
     own = model.state_dict().keys()
     stripped = True
@@ -350,12 +351,15 @@ def unwrapped_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[st
                 stripped = True
     if set(state) == set(own):
         return state
+    matching = []
     for holder in sorted({key.split(".", 1)[0] for key in state}):
         prefix = f"{holder}."
         held = {key: value for key, value in state.items() if key.startswith(prefix)}
         if {key.removeprefix(prefix) for key in held} == set(own):
-            return _without_prefix(held, prefix)
-    return state
+            matching.append((prefix, held))
+    if len(matching) == 1:
+        return _without_prefix(*reversed(matching[0]))
+    return state  # none, or several (a model and its EMA copy): loading names the keys
 
 
 def _without_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -171,7 +171,10 @@ class ImagePreprocessing:
     Called on an image (a file path, a PIL image, or a ``(3, H, W)`` / ``(1, 3, H, W)`` tensor:
     ``uint8`` in 0..255 or float in [0, 1]) it returns a
     [`PreparedImage`][ctc_plugin.images.PreparedImage]. A file path and a PIL image are both
-    turned upright by their EXIF orientation, as phone photos need.
+    turned upright by their EXIF orientation tag, as phone photos need (``Image.open(path)``
+    gives the same as ``path``); a PIL image you turned yourself with ``rotate`` or
+    ``transpose`` keeps its tag and would be turned again: turn it with
+    ``PIL.ImageOps.exif_transpose``, which drops the tag, or give its path.
 
     Args:
         resize: Length in pixels of the shorter side after resizing; ``None`` keeps the size.

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 #: Every form of Captum's ``target``: an int, a tuple of ints (multi-dimensional outputs), an
-#: integer tensor, a list of them or of callables (one per example, as pytorch-grad-cam's
-#: targets), or None (the predicted class, or a model's single output).
+#: integer tensor, a list of them (one per example), or None (the predicted class, or a model's
+#: single output); Integrative CAM also takes a list of callables (pytorch-grad-cam's targets).
 TargetType = (
     None
     | int

@@ -155,9 +155,10 @@ def plot_segment_scores(
 
     gray = rgb.mean(2)
     for axis, (name, (heat, ranking)) in zip(axes[1:], painted.items()):
-        finite = np.abs(heat[np.isfinite(heat)])  # an infinite score is drawn at the limit
+        finite = np.abs(heat[np.isfinite(heat)])
         limit = float(finite.max()) if finite.size else 0.0
         limit = limit or 1.0
+        heat = np.where(np.isinf(heat), np.sign(heat) * limit, heat)  # drawn at the range's end
         axis.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0)
         shown = axis.imshow(heat, cmap=cmap, vmin=-limit, vmax=limit, alpha=alpha)
         figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03)
@@ -250,11 +251,13 @@ def _inside_point(mask: np.ndarray) -> tuple[int, int]:
     A segment's centroid can lie on another segment (a ring, the background around an
     object), which would credit the rank to that one.
     """
-    from scipy.ndimage import distance_transform_edt
+    from scipy.ndimage import distance_transform_edt, find_objects
 
-    distance = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    row, col = np.unravel_index(int(np.argmax(distance)), mask.shape)
-    return int(row), int(col)
+    (box,) = find_objects(mask.astype(np.int8))  # the segment's bounding box: a small window
+    window = mask[box]
+    distance = distance_transform_edt(np.pad(window, 1))[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(distance)), window.shape)
+    return int(row) + box[0].start, int(col) + box[1].start
 
 
 def _is_panel_mapping(scores: Any) -> bool:

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -96,3 +97,15 @@ def test_a_rank_is_written_inside_its_segment_not_at_its_centroid():
 def test_an_image_outside_zero_one_is_refused_not_drawn_clipped(scale):
     with pytest.raises(ValueError, match=r"drawn as RGB in \[0, 1\].*image / 255"):
         plot_segment_scores(torch.rand(3, 8, 8) * scale, torch.zeros(8, 8, dtype=torch.long), {})
+
+
+def test_an_infinite_score_is_drawn_at_the_end_of_the_range_not_blank():
+    segments = torch.arange(3).repeat_interleave(8).reshape(1, 24).expand(8, 24)
+    scores = {0: 1.0, 1: float("inf"), 2: float("-inf")}
+    figure = plot_segment_scores(torch.rand(3, 8, 24), segments, {"m": scores})
+    try:
+        drawn = figure.axes[1].images[-1].get_array()
+        assert float(drawn[0, 12]) == 1.0 and float(drawn[0, 20]) == -1.0
+        assert not np.ma.is_masked(drawn[0, 12])
+    finally:
+        plt.close(figure)

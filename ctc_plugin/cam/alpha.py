@@ -321,8 +321,9 @@ def _clamped_alpha_weights(
 ) -> Tensor:
     """``sum_ij alpha_ij relu(sign g_ij)``, alpha outside [0, 1/2] taken as 1/2 where ``opposite``.
 
-    Where phi's second and third derivatives have other signs (softplus, and the sigmoid at
-    positive scores) the denominator ``2 p2 + p3 sum(A) g`` reaches 0 at strong evidence (a
+    Where phi's second and third derivatives have other signs along the evidence (softplus at
+    positive scores; the sigmoid between about -1.32 and 0 and above about 1.32) the
+    denominator ``2 p2 + p3 sum(A) g`` reaches 0 at strong evidence (a
     channel adding about two to the score): alpha grows past 1/2 before it, explodes there
     and turns negative past it, giving evidence a negative weight. An alpha outside [0, 1/2],
     the range Grad-CAM++'s ``exp`` gives for non-negative evidence, is taken as 1/2, its

@@ -323,9 +323,10 @@ class IntegrativeCAM(Attribution):
             ``"exp"`` (Grad-CAM++), ``"softplus"``, ``"sigmoid"``, ``"identity"`` (Grad-CAM
             weights), a [`Phi`][ctc_plugin.cam.Phi] with explicit derivatives, or a scalar
             torch function (derivatives by ``torch.func``). Where phi's second and third
-            derivatives have other signs along the evidence (softplus; the sigmoid at positive
-            scores) an alpha outside [0, 1/2] is taken as 1/2, and where the second is 0 Grad-CAM
-            weights are used (see the decisions page: generalised alpha).
+            derivatives have other signs along the evidence (softplus at positive scores; the
+            sigmoid between about -1.32 and 0 and above about 1.32) an alpha outside [0, 1/2] is
+            taken as 1/2, and where the second is 0 Grad-CAM weights are used (see the
+            decisions page: generalised alpha).
         bias: Add each stage's FullGrad bias map before its ReLU.
         layer_weights: ``"adaptive"``
             ([`adaptive_layer_score`][ctc_plugin.cam.integrative.adaptive_layer_score]),

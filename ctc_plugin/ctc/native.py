@@ -11,8 +11,8 @@ layers whose bias is one number per channel (convolutions and their BatchNorm); 
 
 The source is compiled on first use with the system's C compiler (``$CC``, else ``cc``) into a
 cache directory (``kernels`` in the cache root: ``$CTC_PLUGIN_CACHE``, else
-``$XDG_CACHE_HOME/ctc-plugin``, else ``~/.cache/ctc-plugin``; both directories only this user
-can write into), once per user, compiler
+``$XDG_CACHE_HOME/ctc-plugin``, else ``~/.cache/ctc-plugin``; a directory only this user can
+write into), once per user, compiler
 command and machine, with the library's SHA-256 beside it, and checked against the spec on two
 small blocks before it is used; a cached library that is damaged, fails to load or disagrees
 is compiled again. It needs x86-64 Linux with glibc 2.35 or later (its ``libmvec`` gives the
@@ -72,8 +72,9 @@ _state: dict[str, object] = {}
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, built and checked on the first call; ``None`` where it cannot be.
 
-    Where it cannot be, a ``RuntimeWarning`` says why, once per process: the fused torch
-    operations that run instead may give other float32 roundings.
+    Where it cannot be on x86-64 Linux, a ``RuntimeWarning`` says why, once per process: the
+    fused torch operations that run instead may give other float32 roundings (on other
+    platforms they always run, without a warning).
     """
     with _lock:
         if "library" not in _state:
@@ -81,18 +82,26 @@ def library() -> ctypes.CDLL | None:
                 loaded = _built_and_checked()
             except Exception as error:  # any failure of this optional path: torch's operations
                 _state["library"], _state["reason"] = None, _described(error)
-                warnings.warn(
-                    f'the compiled "reference" kernel cannot be used here ({_state["reason"]});'
-                    " torch's fused operations compute the formula instead: the same arithmetic, "
-                    'whose float32 roundings "reference"\'s quantisation can magnify, so scores '
-                    "may differ from a machine with the kernel (see installation: the compiled "
-                    "kernel)",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                if _kernel_platform():  # elsewhere the fallback is the rule, not news
+                    warnings.warn(
+                        f"the compiled reference kernel cannot be used here ({_state['reason']}); "
+                        "torch's fused operations compute the formula instead: the same "
+                        "arithmetic, whose float32 roundings the reference mode's quantisation "
+                        "can magnify, so scores may differ from a machine with the kernel (see "
+                        "installation: the compiled kernel)",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
             else:
                 _state["library"], _state["reason"] = loaded, None
         return _state["library"]  # type: ignore[return-value]
+
+
+def _kernel_platform() -> bool:
+    """Whether the kernel is made for this platform (x86-64 Linux; glibc is checked on build)."""
+    import sys
+
+    return sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")
 
 
 def unavailable_reason() -> str | None:
@@ -181,17 +190,15 @@ def _cache_directory_of_this_user() -> Path:
     advice = "set CTC_PLUGIN_CACHE to a directory of yours"
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        statuses = [(folder, folder.stat()) for folder in (directory.parent, directory)]
+        status = directory.stat()
     except OSError as error:
         raise RuntimeError(
             f"the cache directory {directory} cannot be used ({error}); {advice}"
         ) from error
-    # the folder above too: whoever may write there could put another kernels folder in place
-    for folder, status in statuses:
-        if hasattr(os, "getuid") and status.st_uid != os.getuid():
-            raise RuntimeError(f"the cache directory {folder} belongs to another user; {advice}")
-        if status.st_mode & 0o022:
-            raise RuntimeError(f"the cache directory {folder} is writable by others; {advice}")
+    if hasattr(os, "getuid") and status.st_uid != os.getuid():
+        raise RuntimeError(f"the cache directory {directory} belongs to another user; {advice}")
+    if status.st_mode & 0o022:
+        raise RuntimeError(f"the cache directory {directory} is writable by others; {advice}")
     return directory
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ctc_plugin.datasets.dataset import ShapesDataset
-from ctc_plugin.resumable.atomic import write_atomic
+from ctc_plugin.resumable.atomic import remove_stale_temporaries, write_atomic
 
 #: Where the bundled samples live.
 SAMPLES_DIR = Path(__file__).parent / "samples"
@@ -111,6 +111,8 @@ def _check_folder(root: Path, identity: dict[str, object]) -> None:
     """Raise unless ``root`` is missing, empty or an export of the data set ``identity``."""
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} is a file; give a folder to write the split to")
+    if root.exists():
+        remove_stale_temporaries(root)  # an export killed before its marker was in place
     if not root.exists() or not any(root.iterdir()):
         return
     marker = root / EXPORT_FILE

@@ -165,6 +165,7 @@ def _zennit(composite_factory: Callable[[list], object], name: str) -> Method:
             except RuntimeError as error:
                 failure = error
                 continue
+            failure = None  # this attempt ran: its output is judged below
             scale = float(expected.abs().max()) + 1.0  # float32 merge error grows with logits
             if float((output.detach() - expected).abs().max()) <= 1e-3 * scale:
                 if not canonizers:

@@ -115,8 +115,8 @@ def resolve_source(
 
     Raises:
         SourceError: For a path that does not exist or is a file, a folder without images, a
-            folder mixing images and class subfolders at its top level, a class folder without
-            images (the labels after it would shift), image names that are links to nothing,
+            folder mixing images and class subfolders at its top level, image names that are
+            no files (links to nothing),
             image files that are not images (their headers are read), floating-point images
             (mode F) or names that are not valid UTF-8, or ``shapes`` without a positive
             ``images``.
@@ -137,9 +137,9 @@ def resolve_source(
     dangling = [path.relative_to(root).as_posix() for path in files if not path.is_file()]
     if dangling:
         raise SourceError(
-            f"SOURCE {text!r}: {len(dangling)} image names are links to nothing "
-            f"({first_names(dangling)}); remove them or restore what they point to, then run "
-            "the command again"
+            f"SOURCE {text!r}: {len(dangling)} image names are no files (links to nothing, "
+            f"pipes: {first_names(dangling)}); remove them or restore what they point to, then "
+            "run the command again"
         )
     if not files:
         raise SourceError(
@@ -156,8 +156,7 @@ def resolve_source(
     classes: tuple[str, ...] | None = None
     labels: list[int | None] = [None] * len(files)
     if nested:
-        classes = tuple(sorted({path.relative_to(root).parts[0] for path in nested}))
-        _check_no_empty_classes(text, root, classes)
+        classes = _class_folders(root, {path.relative_to(root).parts[0] for path in nested})
         labels = [classes.index(path.relative_to(root).parts[0]) for path in files]
     refs = tuple(
         ImageRef(i, path.relative_to(root).as_posix(), label)
@@ -170,26 +169,24 @@ def resolve_source(
     return Source(text, "folder", refs, classes, root=root.resolve())
 
 
-def _check_no_empty_classes(text: str, root: Path, classes: tuple[str, ...]) -> None:
-    """Refuse class folders without images: they would shift the labels of those after them.
+def _class_folders(root: Path, with_images: set[str]) -> tuple[str, ...]:
+    """The class folders of ``root`` in order: every folder at its top level, with images or not.
 
     Labels are numbered by the sorted class folders, as torchvision's ``ImageFolder`` numbers
-    them; a folder left out because it holds no image (empty, or only other files) would give
-    every later folder the label of the one before it, and ``--targets label`` would explain
-    another class than the model's. ``ImageFolder`` refuses such a folder too.
+    them with ``allow_empty=True``: a folder that holds no image (empty, or only other files)
+    keeps its place, so the labels of the folders after it do not shift (``--targets label``
+    would explain another class than the model's). Hidden folders and links back to ``root``
+    or above it are no classes.
     """
-    folders = sorted(
-        entry.name
-        for entry in root.iterdir()
-        if not entry.name.startswith(".") and entry.is_dir() and entry.name not in classes
-    )
-    if folders:
-        raise SourceError(
-            f"SOURCE {text!r}: the class folders {first_names([f + '/' for f in folders])} hold "
-            f"no images (files ending in {', '.join(IMAGE_SUFFIXES)}); classes are numbered by "
-            "their folders in order, as ImageFolder numbers them, so the labels of the folders "
-            "after them would shift: add their images, or move the folders out"
-        )
+    folders = set(with_images)
+    for entry in root.iterdir():
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        target = entry.resolve()
+        if target == root.resolve() or target in root.resolve().parents:
+            continue
+        folders.add(entry.name)
+    return tuple(sorted(folders))
 
 
 def _check_names(text: str, refs: tuple[ImageRef, ...]) -> None:

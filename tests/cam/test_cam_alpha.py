@@ -32,7 +32,8 @@ def reference_weights(head: nn.Module, act: torch.Tensor, phi) -> torch.Tensor:
 
     alpha_ij = Y''_ij / (2 Y''_ij + sum(A) Y'''_ij) and w = sum_ij alpha_ij relu(Y'_ij), where
     Y^(k)_ij is the k-th derivative of Y along the single element A_ij (torch.func, no formula).
-    Where Y'' and Y''' have other signs (softplus, the sigmoid at positive scores) an alpha
+    Where Y'' and Y''' have other signs (softplus at positive scores, the sigmoid
+    between about -1.32 and 0 and above about 1.32) an alpha
     outside [0, 1/2] is taken as 1/2: past the zero of the denominator the expansion that
     alpha comes from does not hold.
     """

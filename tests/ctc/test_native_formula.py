@@ -317,10 +317,20 @@ def test_a_forked_child_gets_threads_of_its_own():
 
 def test_a_cache_directory_others_can_write_is_not_used(monkeypatch, tmp_path):
     _fresh_state(monkeypatch, tmp_path)
-    (tmp_path / "cache").mkdir(mode=0o777)
-    (tmp_path / "cache").chmod(0o777)  # past the umask
+    (tmp_path / "cache" / "kernels").mkdir(parents=True)
+    (tmp_path / "cache" / "kernels").chmod(0o777)  # past the umask
     assert native.library() is None
     assert "is writable by others; set CTC_PLUGIN_CACHE" in native.unavailable_reason()
+
+
+@needs_kernel
+def test_a_cache_root_a_group_can_write_still_holds_the_kernels(monkeypatch, tmp_path):
+    """Under umask 002 the cache root is 0o775 (the masks' folder is made there too): only the
+    kernels' own folder, made 0o700, must be this user's alone."""
+    _fresh_state(monkeypatch, tmp_path)
+    (tmp_path / "cache").mkdir(mode=0o775)
+    (tmp_path / "cache").chmod(0o775)
+    assert native.library() is not None, native.unavailable_reason()
 
 
 @needs_kernel

@@ -61,3 +61,17 @@ def test_a_failed_write_of_the_marker_leaves_no_half_file_and_can_be_done_again(
     monkeypatch.setattr(atomic.os, "replace", written)
     write_split(dataset, tmp_path / "out")
     assert (tmp_path / "out" / "labels.csv").exists()
+
+
+def test_an_export_killed_before_its_marker_was_renamed_can_be_done_again(tmp_path):
+    """A killed writer's ``.tmp-export.json-<host>-<pid>-...`` made the folder "not empty"."""
+    from ctc_plugin.resumable import atomic
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = f".tmp-export.json-{atomic._host()}-999999999-abcd1234"  # a writer no longer running
+    (out / dead).write_text('{"split"')
+    dataset = ShapesDataset(split="shapes", size=2, seed=1, image_size=32)
+    write_split(dataset, out)
+    assert (out / "labels.csv").exists()
+    assert not list(out.glob(".tmp-*"))

@@ -70,3 +70,10 @@ def test_a_lightning_module_that_holds_more_than_the_model_loads_the_model():
     unwrapped = unwrapped_state(model, state)
     assert list(unwrapped) == list(model.state_dict())
     assert all(torch.equal(unwrapped[k], v) for k, v in model.state_dict().items())
+
+
+def test_two_holders_of_the_model_are_not_chosen_between():
+    """``model.`` and ``ema_model.``: the alphabetically first was taken, without a word."""
+    model = nn.Linear(2, 2)
+    state = {**_prefixed(model.state_dict(), "model."), **_prefixed(model.state_dict(), "ema.")}
+    assert unwrapped_state(model, state) is state
