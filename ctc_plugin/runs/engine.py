@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import numbers
 import os
 import time
 import warnings
@@ -698,25 +699,29 @@ def checked_runner(job: ExplainJob, ray: bool | str | None) -> ShardRunner:
     return runner
 
 
-def explained_pixels(out: str | os.PathLike[str], image: int) -> Any:
+def explained_pixels(out: str | os.PathLike[str], image: int | Sequence[int]) -> Any:
     """The pixels the run in ``out`` explained image ``image`` on (the table's ``image`` column).
 
     ``(1, 3, H, W)`` float32 in [0, 1], the image read again from its source with the run's
     preprocessing (its ``--resize``, ``--crop``, ``--mean`` and ``--std``, or the model's own):
     what its ``feature_mask`` and attributions lie over, for
     [`plot_segment_scores`][ctc_plugin.viz.plot_segment_scores]. The shards store no pixels
-    (they are the source's); the model is loaded for its preprocessing.
+    (they are the source's); the model is loaded for its preprocessing. A sequence of images
+    gives the list of their pixels: the source is listed and the model loaded once (each call
+    does both, a noticeable cost in a loop over a large data set).
 
     Raises:
         FileNotFoundError: If ``out`` holds no run.
-        IndexError: If ``image`` is not in the run's plan.
+        IndexError: If an image is not in the run's plan.
         ValueError: If the source's images changed since the run started (put them back).
     """
     store = RunStore(out)
     manifest = store.manifest()
     stored, described = manifest["config"], manifest["source"]
-    if not 0 <= image < manifest["images"]:
-        raise IndexError(f"{out} explained images 0 to {manifest['images'] - 1}, not {image}")
+    wanted = [image] if isinstance(image, numbers.Integral) else list(image)
+    for index in wanted:
+        if not 0 <= index < manifest["images"]:
+            raise IndexError(f"{out} explained images 0 to {manifest['images'] - 1}, not {index}")
     source = resolve_source(described["spec"], images=manifest["images"], seed=stored["seed"])
     if digest(source.describe()["images"]) != manifest["image_list"]:
         raise ValueError(
@@ -728,7 +733,8 @@ def explained_pixels(out: str | os.PathLike[str], image: int) -> Any:
            and RunConfig.__dataclass_fields__[field].init}
     )  # fmt: skip
     runner = ShardRunner(config, source, segment=False, explain=False)
-    return runner.read(source.images[image]).pixels
+    pixels = [runner.read(source.images[index]).pixels for index in wanted]
+    return pixels[0] if isinstance(image, numbers.Integral) else pixels
 
 
 def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:

@@ -181,8 +181,14 @@ def test_explained_pixels_are_the_images_as_the_run_prepared_them(photos, tmp_pa
         pixels = explained_pixels(out, image)
         expected = ImagePreprocessing(resize=16, crop=16)(photos / name).pixels
         assert torch.equal(pixels, expected)
+    together = explained_pixels(out, [2, 0])  # one listing of the source, one model load
+    assert isinstance(together, list) and len(together) == 2
+    assert torch.equal(together[0], explained_pixels(out, 2))
+    assert torch.equal(together[1], explained_pixels(out, 0))
     with pytest.raises(IndexError, match="explained images 0 to 2, not 3"):
         explained_pixels(out, 3)
+    with pytest.raises(IndexError, match="not 3"):
+        explained_pixels(out, [0, 3])
     (photos / "0.png").rename(photos / "moved.png")
     with pytest.raises(ValueError, match="changed since the run"):
         explained_pixels(out, 0)
