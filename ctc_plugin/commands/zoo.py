@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ctc_plugin.commands import add_threads_option, torch_threads
+from ctc_plugin.commands import CLIError, add_threads_option, torch_threads
 from ctc_plugin.commands.arguments import (
     checked,
     existing_folder,
@@ -61,7 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         type=output_folder,
         default=None,
-        help="output folder (default: the package's shipped weights folder)",
+        help="output folder (default: the package's shipped weights folder, replacing the "
+        "shipped file: only with the shipped recipe, the default options)",
     )
     train.set_defaults(func=run_train)
 
@@ -115,6 +116,8 @@ def _train(args: argparse.Namespace) -> int:
 
     # the default folder is checked as a given --out is, before any training
     folder = args.out or checked("--out", output_folder, str(WEIGHTS_DIR))
+    if args.out is None:
+        _check_shipped_recipe(args)
     for family in args.families:
         config = training_config(family, size=args.size, epochs=args.epochs, seed=args.seed)
         folder.mkdir(parents=True, exist_ok=True)
@@ -135,6 +138,36 @@ def _train(args: argparse.Namespace) -> int:
             f"{accuracy:.1%} ({args.eval_size} images, seed 1) -> {out}"
         )
     return 0
+
+
+def _check_shipped_recipe(args: argparse.Namespace) -> None:
+    """Refuse, before any training, a run that would replace a shipped file with another recipe.
+
+    Without ``--out`` the files go into the shipped weights folder, and the manifest takes
+    their new sha256: a trial run (one epoch, fewer images) would replace a shipped model that
+    every command then loads without a word. Only the shipped recipe (the defaults) writes there
+    by default; another is written there only when ``--out`` names the folder.
+
+    Raises:
+        CLIError: Naming the options that differ and what to give.
+    """
+    from ctc_plugin.weights import WEIGHTS_DIR
+    from ctc_plugin.zoo.training import training_config
+
+    for family in args.families:
+        asked = training_config(family, size=args.size, epochs=args.epochs, seed=args.seed)
+        recipe = training_config(family)
+        differ = [
+            f"--{name} {getattr(asked, name)} (the recipe's: {getattr(recipe, name)})"
+            for name in ("epochs", "size", "seed")
+            if getattr(asked, name) != getattr(recipe, name)
+        ]
+        if differ:
+            raise CLIError(
+                f"without --out, zoo train replaces the shipped {family}-{args.split}.pt, and "
+                f"{', '.join(differ)} is not its recipe: give --out FOLDER for this model, or "
+                f"--out {WEIGHTS_DIR} to replace the shipped file anyway"
+            )
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -36,3 +36,16 @@ def test_zoo_train_checks_its_default_folder_before_training(tmp_path, capsys, m
     monkeypatch.setattr(zoo, "train_family", _never)
     assert main(["zoo", "train", "resnet", "--size", "4", "--epochs", "1"]) == 2
     assert f"{in_the_way} is a file" in _one_line(capsys, "zoo train")
+
+
+def test_zoo_train_does_not_replace_a_shipped_file_with_another_recipe(
+    tmp_path, capsys, monkeypatch
+):
+    """A one-epoch trial wrote a 0 %-accurate model over the shipped file and its checksum."""
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(zoo, "train_family", _never)
+    assert main(["zoo", "train", "resnet", "--epochs", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "replaces the shipped resnet-shapes.pt" in error
+    assert "--epochs 1 (the recipe's: 4)" in error and "give --out FOLDER" in error
+    assert not (tmp_path / "weights" / "resnet-shapes.pt").exists()
