@@ -118,6 +118,7 @@ def built_with() -> dict[str, str]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``explainer train`` and ``explainer gate``."""
     from ctc_plugin.datasets.splits import SPLITS
+    from ctc_plugin.explainer.presets import preset_names
     from ctc_plugin.zoo.settings import FAMILIES
 
     parser = subparsers.add_parser(
@@ -157,7 +158,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--resume", type=input_file, help="checkpoint to continue from")
     train.add_argument("--checkpoint", type=output_file, help="checkpoint file (default OUT.ckpt)")
-    train.add_argument("--preset", default="default", help="published loss weights by name")
+    train.add_argument(
+        "--preset",
+        type=_preset_name,
+        default="default",
+        help=f"published loss weights by name: {', '.join(preset_names())} (default: default)",
+    )
     train.add_argument(
         "--lr", type=positive_float, default=DEFAULTS["lr"], help="Adam learning rate"
     )
@@ -621,3 +627,15 @@ def distillation_images(split: str, count: int) -> Tensor:
     if extra:
         images = torch.cat([images, two_object_training_data(extra, TWO_OBJECT_SEED)[0]])
     return images
+
+
+def _preset_name(text: str) -> str:
+    """``--preset``: a published preset's name (case and ``_``/``-`` ignored), as it is stored."""
+    from ctc_plugin.explainer.presets import PRESETS
+
+    key = text.lower().replace("_", "-")
+    if key not in PRESETS:
+        raise argparse.ArgumentTypeError(
+            f"unknown preset {text!r}; choose one of {', '.join(sorted(PRESETS))}"
+        )
+    return key

@@ -64,6 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="output folder (default: the package's shipped weights folder, replacing the "
         "shipped file: only with the shipped recipe, the default options)",
     )
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     train.set_defaults(func=run_train)
 
     evaluate = actions.add_parser("eval", help="measure test accuracy on a fresh sample")
@@ -76,6 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--weights", type=input_file, default=None, help="a weight file to evaluate"
     )
+    evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     evaluate.set_defaults(func=run_eval)
 
     manifest = actions.add_parser(
@@ -123,7 +125,7 @@ def _train(args: argparse.Namespace) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         out = folder / weights_path(family, args.split).name
         start = time.perf_counter()
-        model = train_family(family, args.split, config)
+        model = train_family(family, args.split, config, show_progress=not args.no_progress)
         elapsed = time.perf_counter() - start
         state = {
             k: v.detach().float() if v.is_floating_point() else v.detach()
@@ -132,7 +134,9 @@ def _train(args: argparse.Namespace) -> int:
         remove_stale_temporaries(out.parent)
         write_atomic(out, lambda handle, state=state: torch.save(state, handle))
         record_in_manifest(out)  # keeps the shipped weights' manifest in step with the file
-        accuracy = evaluate(model, args.split, size=args.eval_size)
+        accuracy = evaluate(
+            model, args.split, size=args.eval_size, show_progress=not args.no_progress
+        )
         print(
             f"{family}-{args.split}: trained in {elapsed:.0f} s, test accuracy "
             f"{accuracy:.1%} ({args.eval_size} images, seed 1) -> {out}"
@@ -178,7 +182,9 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError("--weights needs exactly one FAMILY")
     for family in args.families:
         model = load(family, args.split, weights=args.weights)
-        accuracy = evaluate(model, args.split, size=args.size, seed=args.seed, show_progress=True)
+        accuracy = evaluate(
+            model, args.split, size=args.size, seed=args.seed, show_progress=not args.no_progress
+        )
         print(f"{family}-{args.split}: {accuracy:.1%} ({args.size} images, seed {args.seed})")
     return 0
 

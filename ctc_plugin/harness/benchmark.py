@@ -927,6 +927,10 @@ def run_benchmark(
         RayConnectionError: If ``ray`` is the address of a Ray cluster that cannot be
             reached.
     """
+    if ray:  # before the run folder is set up: a missing Ray is one clear error
+        from ctc_plugin.resumable.cluster import import_ray
+
+        import_ray()
     # another configuration is refused before models load; a start that finished no piece
     # (its methods applied to no model, say) gives way
     BenchmarkStore(out_dir, config, restart_unfinished=True)

@@ -181,6 +181,7 @@ def test_ray_options_are_checked_and_a_missing_ray_is_one_clear_error(tmp_path, 
         with pytest.raises(RayUnavailableError, match="pip install 'ctc-plugin\\[ray\\]'"):
             _run(tmp_path / "no-ray", ray=True)
         assert _pieces_on_disk(tmp_path / "no-ray") == 0  # refused before any work
+        assert not (tmp_path / "no-ray").exists()  # and before the run folder was set up
     finally:
         if original is None:
             del sys.modules["ray"]
