@@ -132,6 +132,9 @@ def _report(prog: str, error: Exception) -> int:
 def _interrupted(args: argparse.Namespace) -> int:
     """Ctrl-C: one line, and exit status 130 (128 + SIGINT) as a shell reports it."""
     hint = "; run the same command again to resume" if getattr(args, "resumable", False) else ""
+    said = getattr(args, "interrupt_hint", None)  # a command's own: what it left to resume
+    if said is not None:
+        hint = said()
     print(f"{args.prog}: interrupted{hint}", file=sys.stderr)
     return 128 + signal.SIGINT
 

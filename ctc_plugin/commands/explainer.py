@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import time
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -333,6 +334,7 @@ def _train(args: argparse.Namespace) -> int:
             f"{0.5 / args.train_size:.2g} or more --train-size"
         )
     out, checkpoint = _train_outputs(args)
+    args.interrupt_hint = partial(_resume_hint, checkpoint, time.time())
     classifier = zoo.load(args.model, args.split, weights=args.weights)
     progress = not args.no_progress
     train = ShapesDataset(args.split, size=args.train_size, seed=TRAIN_SEED)
@@ -639,3 +641,14 @@ def _preset_name(text: str) -> str:
             f"unknown preset {text!r}; choose one of {', '.join(sorted(PRESETS))}"
         )
     return key
+
+
+def _resume_hint(checkpoint: Path, started: float) -> str:
+    """What to say after Ctrl-C: the checkpoint this run wrote, if it wrote one yet."""
+    try:
+        written = checkpoint.stat().st_mtime >= started
+    except OSError:
+        written = False
+    if not written:
+        return "; no epoch had finished (nothing to resume)"
+    return f"; the finished epochs are in {checkpoint}: add --resume {checkpoint} to continue"
