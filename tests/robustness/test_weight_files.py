@@ -179,7 +179,7 @@ def test_writers_keep_the_manifest_up_to_date(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)
     # `ctc-plugin zoo train` writing into the weights folder (training itself stubbed out)
-    monkeypatch.setattr(zoo_package, "train_family", lambda f, s, c: zoo.build(f, 2))
+    monkeypatch.setattr(zoo_package, "train_family", lambda f, s, c, **options: zoo.build(f, 2))
     monkeypatch.setattr(training, "evaluate", lambda *a, **k: 0.5)
     assert main(["zoo", "train", "vgg", "resnet", "--split", "composite"]) == 0
     assert sorted(weights.read_manifest()) == ["resnet-composite.pt", "vgg-composite.pt"]

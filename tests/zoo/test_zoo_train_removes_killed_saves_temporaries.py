@@ -23,7 +23,7 @@ def _dead_pid() -> int:
 
 
 def test_zoo_train_removes_leftovers_of_killed_saves_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(zoo, "train_family", lambda family, split, config: zoo.build(family, 6))
+    monkeypatch.setattr(zoo, "train_family", lambda family, *_, **__: zoo.build(family, 6))
     monkeypatch.setattr(training, "evaluate", lambda *args, **kwargs: 1.0)
     killed = tmp_path / f".tmp-vgg-shapes.pt-{atomic._host()}-{_dead_pid()}-0badc0de"
     running = tmp_path / f".tmp-vgg-shapes.pt-{atomic._host()}-{os.getpid()}-5ca1ab1e"
