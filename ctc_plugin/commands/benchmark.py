@@ -60,30 +60,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--robustness-images",
         type=non_negative_int,
-        help="images that also get the robustness metrics (at most --images)",
+        help="images that also get the robustness metrics (at most --images; default: 24)",
     )
     parser.add_argument(
         "--families",
         nargs="+",
         choices=FAMILIES,
         metavar="FAMILY",
-        help=f"zoo families ({' '.join(FAMILIES)})",
+        help=f"zoo families ({' '.join(FAMILIES)}; default: all)",
     )
     parser.add_argument(
         "--splits",
         nargs="+",
         choices=tuple(SPLITS),
         metavar="SPLIT",
-        help="shapes and/or composite",
+        help="shapes and/or composite (default: both)",
     )
     parser.add_argument(
         "--features",
         nargs="+",
         metavar="SOURCE",
-        help="feature sources for feature-based methods: oracle superpixel selected",
+        help="feature sources for feature-based methods: oracle superpixel selected (default: "
+        "all three)",
     )
-    parser.add_argument("--methods", nargs="+", metavar="NAME", help="method names to run")
-    parser.add_argument("--lime-samples", type=positive_int, help="samples for Lime and KernelShap")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="NAME",
+        help="method names to run, as the results name them (CTC-proportional, GradCAM, "
+        "Lime, ...; default: every method that applies to the model)",
+    )
+    parser.add_argument(
+        "--lime-samples", type=positive_int, help="samples for Lime and KernelShap (default: 100)"
+    )
     add_threads_option(
         parser,
         None,

@@ -151,9 +151,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--weights", type=input_file, help="classifier weights instead of the shipped"
     )
     train.add_argument(
-        "--epochs", type=positive_int, default=DEFAULTS["epochs"], help="most epochs"
+        "--epochs",
+        type=positive_int,
+        default=DEFAULTS["epochs"],
+        help="most epochs (default: %(default)s)",
     )
-    train.add_argument("--seed", type=seed, default=DEFAULTS["seed"], help="random seed")
+    train.add_argument(
+        "--seed", type=seed, default=DEFAULTS["seed"], help="random seed (default: %(default)s)"
+    )
     train.add_argument(
         "--out", type=output_file, help="output file (default explainer-MODEL-SPLIT.pt)"
     )
@@ -166,7 +171,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"published loss weights by name: {', '.join(preset_names())} (default: default)",
     )
     train.add_argument(
-        "--lr", type=positive_float, default=DEFAULTS["lr"], help="Adam learning rate"
+        "--lr",
+        type=positive_float,
+        default=DEFAULTS["lr"],
+        help="Adam learning rate (default: %(default)s)",
     )
     for name in WEIGHTS:
         train.add_argument(
@@ -182,7 +190,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "model with its head applied per position, refined by a small U-Net)",
     )
     train.add_argument(
-        "--width", type=positive_int, default=DEFAULTS["width"], help="U-Net channels"
+        "--width",
+        type=positive_int,
+        default=DEFAULTS["width"],
+        help="U-Net channels (default: %(default)s)",
     )
     train.add_argument(
         "--depth",
@@ -203,10 +214,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="add this fraction of --train-size images holding two shapes of different classes, "
         "with multi-label targets (shapes split only; default 0)",
     )
-    train.add_argument("--train-size", type=positive_int, default=DEFAULTS["train_size"])
-    train.add_argument("--val-size", type=positive_int, default=DEFAULTS["val_size"])
-    train.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])
-    train.add_argument("--patience", type=positive_int, default=DEFAULTS["patience"])
+    train.add_argument(
+        "--train-size",
+        type=positive_int,
+        default=DEFAULTS["train_size"],
+        help="training images (default: %(default)s)",
+    )
+    train.add_argument(
+        "--val-size",
+        type=positive_int,
+        default=DEFAULTS["val_size"],
+        help="validation images for early stopping (default: %(default)s)",
+    )
+    train.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=DEFAULTS["batch_size"],
+        help="images per step (default: %(default)s)",
+    )
+    train.add_argument(
+        "--patience",
+        type=positive_int,
+        default=DEFAULTS["patience"],
+        help="epochs without improvement before stopping (default: %(default)s)",
+    )
     train.add_argument(
         "--baseline",
         type=finite_float,

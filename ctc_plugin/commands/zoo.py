@@ -35,9 +35,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="FAMILY",
         help=f"model families to train: {', '.join(FAMILIES)}",
     )
-    train.add_argument("--split", choices=tuple(SPLITS), default="shapes")
-    train.add_argument("--seed", type=seed, default=defaults.seed, help="training seed")
-    train.add_argument("--size", type=positive_int, default=defaults.size, help="training images")
+    train.add_argument(
+        "--split", choices=tuple(SPLITS), default="shapes", help="(default: %(default)s)"
+    )
+    train.add_argument(
+        "--seed", type=seed, default=defaults.seed, help="training seed (default: %(default)s)"
+    )
+    train.add_argument(
+        "--size",
+        type=positive_int,
+        default=defaults.size,
+        help="training images (default: %(default)s)",
+    )
     shipped = ", ".join(
         f"{family} {values['epochs']}" for family, values in FAMILY_TRAINING.items()
     )
@@ -49,13 +58,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"{defaults.epochs}; {shipped})",
     )
     add_threads_option(
-        train, 1, "torch threads (results are bitwise reproducible per thread count)"
+        train, 1, "torch threads (results are bitwise reproducible per thread count; default: 1)"
     )
     train.add_argument(
         "--eval-size",
         type=positive_int,
         default=500,
-        help="test images (seed 1) measured after training",
+        help="test images (seed 1) measured after training (default: %(default)s)",
     )
     train.add_argument(
         "--out",
@@ -68,11 +77,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(func=run_train)
 
     evaluate = actions.add_parser("eval", help="measure test accuracy on a fresh sample")
-    evaluate.add_argument("families", nargs="+", choices=FAMILIES, metavar="FAMILY")
-    evaluate.add_argument("--split", choices=tuple(SPLITS), default="shapes")
-    evaluate.add_argument("--size", type=positive_int, default=500, help="test images")
     evaluate.add_argument(
-        "--seed", type=seed, default=1, help="test seed (not 0, the training one)"
+        "families",
+        nargs="+",
+        choices=FAMILIES,
+        metavar="FAMILY",
+        help=f"model families to evaluate: {', '.join(FAMILIES)}",
+    )
+    evaluate.add_argument(
+        "--split", choices=tuple(SPLITS), default="shapes", help="(default: %(default)s)"
+    )
+    evaluate.add_argument(
+        "--size", type=positive_int, default=500, help="test images (default: %(default)s)"
+    )
+    evaluate.add_argument(
+        "--seed",
+        type=seed,
+        default=1,
+        help="test seed (not 0, the training one; default: %(default)s)",
     )
     evaluate.add_argument(
         "--weights", type=input_file, default=None, help="a weight file to evaluate"
