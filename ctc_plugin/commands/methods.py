@@ -168,13 +168,11 @@ def _feature_ablation(request: Request) -> tuple[str, Tensor]:
 
 
 def _lime(request: Request) -> tuple[str, Tensor]:
-    import torch
     from captum.attr import Lime
 
-    device = request.pixels.device
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(LIME_SEED)
+    from ctc_plugin.harness.methods import seeded_draws
+
+    with seeded_draws(LIME_SEED, request.pixels.device):
         attributions = Lime(request.model).attribute(
             request.pixels,
             target=request.target,

@@ -15,7 +15,8 @@ from __future__ import annotations
 import copy
 import importlib
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,19 @@ def _captum_gradient(cls_name: str, reduce: str, **options: object) -> Method:
 SAMPLING_SEED = 0
 
 
+@contextmanager
+def seeded_draws(seed: int, device: torch.device) -> Iterator[None]:
+    """Within the block, torch's random draws (on ``device`` too) start from ``seed``.
+
+    Inside ``torch.random.fork_rng``: the caller's random state is as it was afterwards. A
+    method that samples (Lime, KernelShap) then draws the same samples in every call.
+    """
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def _captum_features(
     cls_name: str, per_image: bool, sampling_seed: int | None = None, **options: object
 ) -> Method:
@@ -107,11 +121,10 @@ def _captum_features(
     """
 
     def explain(explainer: Any, images: Tensor, **arguments: Any) -> Tensor:
-        if sampling_seed is None:
-            return explainer.attribute(images, baselines=0.0, **arguments, **options)
-        devices = [images.device] if images.is_cuda else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(sampling_seed)
+        drawing = (
+            nullcontext() if sampling_seed is None else seeded_draws(sampling_seed, images.device)
+        )
+        with drawing:
             return explainer.attribute(images, baselines=0.0, **arguments, **options)
 
     def method(
