@@ -284,6 +284,12 @@ def positive_part(grad: Tensor, terms: AlphaTerms) -> Tensor:
     return torch.relu(grad) if terms.all_positive else torch.relu(terms.sign * grad)
 
 
+def _alpha_denominator(grad: Tensor, act: Tensor, terms: AlphaTerms) -> Tensor:
+    """Return ``g^2 (2 p2 + p3 sum_ij(A) g) + eps``, the denominator of alpha, as a new tensor."""
+    denominator = torch.mul(grad, terms.p3 * act.sum(dim=(2, 3), keepdim=True))
+    return denominator.add_(2 * terms.p2).mul_(grad).mul_(grad).add_(ALPHA_EPS)
+
+
 def gradcampp_weights(
     grad: Tensor, act: Tensor, terms: AlphaTerms, positive: Tensor | None = None
 ) -> Tensor:
@@ -308,8 +314,7 @@ def gradcampp_weights(
     if bool(opposite.any()):
         return _clamped_alpha_weights(grad, act, terms, positive, opposite)
     numerator = positive.mul_(grad).mul_(grad)
-    denominator = torch.mul(grad, terms.p3 * act.sum(dim=(2, 3), keepdim=True))
-    denominator.add_(2 * terms.p2).mul_(grad).mul_(grad).add_(ALPHA_EPS)
+    denominator = _alpha_denominator(grad, act, terms)
     # Where the numerator is 0 (no positive gradient) the term is 0, whatever the denominator:
     # for negative gradients it can cancel to exactly 0 in float32 (0/0 would be NaN).
     denominator.masked_fill_(numerator == 0, 1.0)
@@ -329,8 +334,7 @@ def _clamped_alpha_weights(
     the range Grad-CAM++'s ``exp`` gives for non-negative evidence, is taken as 1/2, its
     value at weak evidence (the expansion behind alpha no longer holds there).
     """
-    denominator = torch.mul(grad, terms.p3 * act.sum(dim=(2, 3), keepdim=True))
-    denominator.add_(2 * terms.p2).mul_(grad).mul_(grad).add_(ALPHA_EPS)
+    denominator = _alpha_denominator(grad, act, terms)
     denominator.masked_fill_(positive == 0, 1.0)  # no evidence: the term is 0 (0/0 otherwise)
     alpha = torch.mul(grad, grad).mul_(terms.p2).div_(denominator)
     outside = (alpha < 0) | (alpha > 0.5)
