@@ -14,6 +14,7 @@ import copy
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
@@ -206,8 +207,17 @@ def _head_on_the_feature_map(
 _FLATTENING_METHODS = ("flatten", "view", "reshape", "squeeze")
 
 
-#: Functions that act on each value alone between a global pooling and the head.
-_PASSING_FUNCTIONS = ("dropout", "dropout1d", "dropout2d", "alpha_dropout", "feature_alpha_dropout")
+#: Dropout functions: they act on each value alone between a global pooling and the head.
+_PASSING_FUNCTIONS = (
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.alpha_dropout,
+    F.feature_alpha_dropout,
+    torch.dropout,
+    torch.alpha_dropout,
+    torch.feature_alpha_dropout,
+)
 
 
 def _before_global_pooling(node: object, root: nn.Module) -> tuple[object | None, str]:
@@ -220,8 +230,6 @@ def _before_global_pooling(node: object, root: nn.Module) -> tuple[object | None
     ``x.mean((2, 3))`` / ``x.mean((-2, -1))``. Returns ``(None, description)`` of the first
     other operation met.
     """
-    import torch.nn.functional as F
-
     while True:
         op, target = getattr(node, "op", None), getattr(node, "target", None)
         module = root.get_submodule(target) if op == "call_module" else None
@@ -243,7 +251,7 @@ def _before_global_pooling(node: object, root: nn.Module) -> tuple[object | None
             isinstance(module, (nn.Flatten, nn.Dropout))
             or (op == "call_function" and target is torch.flatten)
             or (op == "call_method" and target in _FLATTENING_METHODS)
-            or (op == "call_function" and getattr(target, "__name__", "") in _PASSING_FUNCTIONS)
+            or (op == "call_function" and target in _PASSING_FUNCTIONS)
         )
         if not passing:
             return None, found

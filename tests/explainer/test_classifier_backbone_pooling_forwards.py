@@ -35,9 +35,19 @@ class PoolsInForward(nn.Module):
             x = x.mean((2, 3))
         elif self.pooling == "functional":
             x = torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1)
+        elif self.pooling == "then dropout":
+            x = F.dropout(torch.dropout(x.mean((2, 3)), 0.2, self.training), 0.2, self.training)
+        elif self.pooling == "then a function named dropout":
+            x = dropout(x.mean((2, 3)))
         elif self.pooling == "to 2x2":
             x = F.adaptive_avg_pool2d(x, 2).sum((2, 3))
         return self.fc(x)
+
+
+@torch.fx.wrap
+def dropout(x):
+    """Not a dropout: it mixes the channels, so the head cannot be applied per position."""
+    return x + x.mean(1, keepdim=True)
 
 
 def _logits_are_the_mean_of_the_maps(model: nn.Module, head: str, classes: int) -> None:
@@ -62,7 +72,7 @@ def test_torchvision_class_maps_average_to_the_logits(name, head):
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "functional"])
+@pytest.mark.parametrize("pooling", ["mean", "functional", "then dropout"])
 def test_pooling_written_in_the_forward_is_found(pooling):
     torch.manual_seed(0)
     _logits_are_the_mean_of_the_maps(PoolsInForward(pooling).eval(), "fc", 3)
@@ -85,6 +95,11 @@ def test_an_explainer_of_a_torchvision_resnet_trains_saves_and_loads(tmp_path, b
 def test_a_head_that_reads_positions_together_is_refused():
     with pytest.raises(TypeError, match=r"does not pool a feature map globally.*'fc'"):
         class_map_encoder(PoolsInForward("to 2x2"), "fc", 3)
+
+
+def test_a_function_only_named_dropout_is_not_taken_for_one():
+    with pytest.raises(TypeError, match=r"does not pool a feature map globally.*dropout"):
+        class_map_encoder(PoolsInForward("then a function named dropout"), "fc", 3)
 
 
 def test_a_forward_that_does_not_end_with_the_head_is_refused():
