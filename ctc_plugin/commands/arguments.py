@@ -138,6 +138,20 @@ def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_split_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--split NAME`` (default ``shapes``): the synthetic data split and its classes."""
+    from ctc_plugin.datasets.splits import SPLITS
+
+    classes = "; ".join(f"{name}: {', '.join(names)}" for name, names in SPLITS.items())
+    parser.add_argument(
+        "--split",
+        choices=tuple(SPLITS),
+        default="shapes",
+        help=f"synthetic data split, by the classes its images show ({classes}; "
+        "default: %(default)s)",
+    )
+
+
 #: Characters of a file-name pattern, which a shell expands where a file matches it.
 PATTERN_CHARACTERS = frozenset("*?[")
 

@@ -79,6 +79,8 @@ class Explained:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``explain`` and ``demo`` subcommands."""
+    from ctc_plugin.datasets.splits import SPLITS
+
     explain = subparsers.add_parser(
         "explain",
         usage="%(prog)s [IMAGE ...] [--method METHOD [METHOD ...]] [options]",
@@ -108,7 +110,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument(
         "--split",
-        choices=("shapes", "composite"),
+        choices=tuple(SPLITS),
         default=None,
         help="which bundled sample (and which zoo weights) to use (default: the split a zoo "
         "--model names, e.g. resnet-composite, else shapes)",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctc_plugin.commands import add_threads_option, torch_threads
 from ctc_plugin.commands.arguments import (
+    add_split_option,
     check_outputs_spare_inputs,
     checked,
     finite_float,
@@ -118,7 +119,6 @@ def built_with() -> dict[str, str]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``explainer train`` and ``explainer gate``."""
-    from ctc_plugin.datasets.splits import SPLITS
     from ctc_plugin.explainer.presets import preset_names
     from ctc_plugin.zoo.settings import FAMILIES
 
@@ -144,9 +144,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="FAMILY",
         help=f"zoo family: {', '.join(FAMILIES)}",
     )
-    train.add_argument(
-        "--split", default="shapes", choices=tuple(SPLITS), help="data split (default: shapes)"
-    )
+    add_split_option(train)
     train.add_argument(
         "--weights", type=input_file, help="classifier weights instead of the shipped"
     )
@@ -268,9 +266,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="FAMILY",
         help=f"zoo family: {', '.join(FAMILIES)}",
     )
-    gate.add_argument(
-        "--split", default="shapes", choices=tuple(SPLITS), help="data split (default: shapes)"
-    )
+    add_split_option(gate)
     gate.add_argument(
         "--mask-explainer",
         type=input_file,

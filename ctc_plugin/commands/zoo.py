@@ -7,6 +7,7 @@ import time
 
 from ctc_plugin.commands import CLIError, add_threads_option, torch_threads
 from ctc_plugin.commands.arguments import (
+    add_split_option,
     checked,
     existing_folder,
     input_file,
@@ -18,8 +19,7 @@ from ctc_plugin.commands.arguments import (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``ctc-plugin zoo train``, ``eval`` and ``manifest``."""
-    from ctc_plugin.datasets.splits import SPLITS
-    from ctc_plugin.zoo.settings import FAMILIES, FAMILY_TRAINING, TrainConfig
+    from ctc_plugin.zoo.settings import FAMILY_TRAINING, TrainConfig
 
     defaults = TrainConfig()
     parser = subparsers.add_parser("zoo", help="train or evaluate the small model zoo")
@@ -28,16 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train = actions.add_parser(
         "train", help="train a zoo model (the defaults reproduce the shipped weight file)"
     )
-    train.add_argument(
-        "families",
-        nargs="+",
-        choices=FAMILIES,
-        metavar="FAMILY",
-        help=f"model families to train: {', '.join(FAMILIES)}",
-    )
-    train.add_argument(
-        "--split", choices=tuple(SPLITS), default="shapes", help="(default: %(default)s)"
-    )
+    _add_models(train, "train")
     train.add_argument(
         "--seed", type=seed, default=defaults.seed, help="training seed (default: %(default)s)"
     )
@@ -77,16 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(func=run_train)
 
     evaluate = actions.add_parser("eval", help="measure test accuracy on a fresh sample")
-    evaluate.add_argument(
-        "families",
-        nargs="+",
-        choices=FAMILIES,
-        metavar="FAMILY",
-        help=f"model families to evaluate: {', '.join(FAMILIES)}",
-    )
-    evaluate.add_argument(
-        "--split", choices=tuple(SPLITS), default="shapes", help="(default: %(default)s)"
-    )
+    _add_models(evaluate, "evaluate")
     evaluate.add_argument(
         "--size", type=positive_int, default=500, help="test images (default: %(default)s)"
     )
@@ -117,6 +99,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     manifest.set_defaults(func=run_manifest)
 
 
+def _add_models(parser: argparse.ArgumentParser, verb: str) -> None:
+    """Add the ``FAMILY`` arguments (one or more) and ``--split``: the zoo models to ``verb``."""
+    from ctc_plugin.zoo.settings import FAMILIES
+
+    parser.add_argument(
+        "families",
+        nargs="+",
+        choices=FAMILIES,
+        metavar="FAMILY",
+        help=f"model families to {verb}: {', '.join(FAMILIES)}",
+    )
+    add_split_option(parser)
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Train each requested family on ``--threads``; return the exit status."""
     with torch_threads(args.threads):
@@ -131,9 +127,8 @@ def _train(args: argparse.Namespace) -> int:
     that killed saves left (their processes gone) are removed before each save. A file written
     into the shipped weights folder gets its manifest entry updated.
     """
-    import torch
-
-    from ctc_plugin.resumable.atomic import remove_stale_temporaries, write_atomic
+    from ctc_plugin.files import write_torch_file
+    from ctc_plugin.resumable.atomic import remove_stale_temporaries
     from ctc_plugin.weights import WEIGHTS_DIR, record_in_manifest
     from ctc_plugin.zoo import train_family, weights_path
     from ctc_plugin.zoo.training import evaluate, training_config
@@ -154,7 +149,7 @@ def _train(args: argparse.Namespace) -> int:
             for k, v in model.state_dict().items()
         }
         remove_stale_temporaries(out.parent)
-        write_atomic(out, lambda handle, state=state: torch.save(state, handle))
+        write_torch_file(out, state)
         record_in_manifest(out)  # keeps the shipped weights' manifest in step with the file
         accuracy = evaluate(
             model, args.split, size=args.eval_size, show_progress=not args.no_progress
