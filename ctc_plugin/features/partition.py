@@ -318,9 +318,8 @@ def as_feature_mask(
                 f"a list of {len(masks)} integer (H, W) arrays that each hold only 0 and at "
                 "most one other value (1 or 255) is ambiguous: if they are one image's masks "
                 "(0/1 or 0/255, as read from PNG files), pass booleans ([m > 0 for m in "
-                "masks]); if they are the "
-                "label maps of several images with two features each, pass them as one "
-                "(N, 1, H, W) array"
+                "masks]); if they are the label maps of several images with two features "
+                "each, pass them as one (N, 1, H, W) array"
             )
         per_image = [_is_per_image(item) for item in masks]
         if all(per_image):

@@ -556,7 +556,7 @@ def manifest_for(config: RunConfig, source: Source, shards: list[Shard]) -> dict
     }
 
 
-def _images_changed(
+def _restated_mismatch(
     error: ConfigMismatchError, out: str | os.PathLike[str], source: Source
 ) -> ConfigMismatchError:
     """``error`` restated when the images of the run's folder (or its weights) changed.
@@ -929,5 +929,5 @@ def explain_dataset(
             ray_workers=ray_workers, runner=None if ray else runner,
         )  # fmt: skip
     except ConfigMismatchError as error:
-        raise _images_changed(error, out, resolved) from None
+        raise _restated_mismatch(error, out, resolved) from None
     return RunResult(result.out, result.images, result.shards, result.computed, result.seconds)

@@ -116,10 +116,9 @@ def resolve_source(
     Raises:
         SourceError: For a path that does not exist or is a file, a folder without images, a
             folder mixing images and class subfolders at its top level, image names that are
-            no files (links to nothing),
-            image files that are not images (their headers are read), floating-point images
-            (mode F) or names that are not valid UTF-8, or ``shapes`` without a positive
-            ``images``.
+            no files (links to nothing), image files that are not images (their headers are
+            read), floating-point images (mode F) or names that are not valid UTF-8, or
+            ``shapes`` without a positive ``images``.
     """
     text = os.fspath(spec)
     if text in SHAPES_SOURCES:
@@ -179,11 +178,12 @@ def _class_folders(root: Path, with_images: set[str]) -> tuple[str, ...]:
     or above it are no classes.
     """
     folders = set(with_images)
+    resolved = root.resolve()
     for entry in root.iterdir():
         if entry.name.startswith(".") or not entry.is_dir():
             continue
         target = entry.resolve()
-        if target == root.resolve() or target in root.resolve().parents:
+        if target == resolved or target in resolved.parents:
             continue
         folders.add(entry.name)
     return tuple(sorted(folders))
