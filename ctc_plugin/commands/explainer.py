@@ -397,7 +397,7 @@ def _train(args: argparse.Namespace) -> int:
         checkpoint=checkpoint,
         resume=args.resume,
         baseline=args.baseline,
-        progress=progress,
+        show_progress=progress,
     )
     metadata = {
         "command": _command_line(args),

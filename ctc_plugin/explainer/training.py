@@ -712,6 +712,8 @@ def _record_image_size(explainer: Explainer, images: Tensor) -> None:
     hints={
         "preset": "pass the preset's hyper-parameters as config=get_preset(name) "
         "(ctc_plugin.explainer.presets)",
+        "progress": "the progress bar is show_progress= now (as in Captum and every other "
+        "ctc_plugin call)",
     },
 )
 def fit_explainer(
@@ -730,7 +732,7 @@ def fit_explainer(
     resume: str | Path | None = None,
     baseline: float | Tensor = 0.0,
     multilabel: bool | None = None,
-    progress: bool = True,
+    show_progress: bool = True,
 ) -> FitResult:
     """Train ``explainer`` against the frozen ``classifier`` (Stalder et al., NeurIPS 2022).
 
@@ -796,7 +798,7 @@ def fit_explainer(
         multilabel: Force single- (False: cross-entropy; multi-hot labels must then hold one
             class per image) or multi-label (True: binary cross-entropy, class indices too)
             targets; ``None`` infers it from the labels' shape.
-        progress: Show a tqdm bar with the loss terms.
+        show_progress: Show a tqdm bar with the loss terms.
 
     Returns:
         The history and the epoch whose weights the explainer holds (the best one). Ctrl-C
@@ -918,7 +920,7 @@ def fit_explainer(
                     break
                 record = _train_epoch(
                     explainer, classifier, train_loader, optimizer, hp, epoch, epochs,
-                    max_steps_per_epoch, baseline, multilabel, progress,
+                    max_steps_per_epoch, baseline, multilabel, show_progress,
                 )  # fmt: skip
                 explainer.record_classifier(classifier, recorded)  # in its best state too
                 if val_loader is not None:
@@ -1018,13 +1020,13 @@ def _train_epoch(
     max_steps: int | None,
     baseline: float | Tensor,
     multilabel: bool | None,
-    progress: bool,
+    show_progress: bool,
 ) -> dict[str, float]:
     """Run one epoch of Adam steps; return the epoch's mean loss terms."""
     explainer.train()
     sums = dict.fromkeys((*TERMS, "loss"), 0.0)
     count = 0
-    bar = tqdm(loader, desc=f"explainer epoch {epoch + 1}/{epochs}", disable=not progress)
+    bar = tqdm(loader, desc=f"explainer epoch {epoch + 1}/{epochs}", disable=not show_progress)
     for step, batch in enumerate(bar):
         if max_steps is not None and step >= max_steps:
             break

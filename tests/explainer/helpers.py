@@ -16,7 +16,7 @@ NUM_CLASSES = 3
 SIZE = 16
 
 #: Options of a quick ``fit``: a large learning rate, no progress bar.
-FAST = {"config": ExplainerHyperparameters(lr=1e-2), "progress": False}
+FAST = {"config": ExplainerHyperparameters(lr=1e-2), "show_progress": False}
 
 
 def tiny_classifier(num_classes: int = NUM_CLASSES, seed: int = 0) -> nn.Module:

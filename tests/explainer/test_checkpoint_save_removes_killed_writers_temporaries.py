@@ -34,6 +34,6 @@ def test_a_checkpoint_write_removes_leftovers_of_killed_writers_only(tmp_path):
         epochs=1,
         checkpoint=ckpt,
         config=ExplainerHyperparameters(lr=1e-2),
-        progress=False,
+        show_progress=False,
     )
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["run.ckpt", running.name])

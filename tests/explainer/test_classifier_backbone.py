@@ -103,7 +103,7 @@ def test_explainer_with_classifier_backbone_trains_saves_and_loads(tmp_path):
     explainer = Explainer(
         build_backbone("classifier", NUM_CLASSES, classifier=model, head="head"), NUM_CLASSES
     )
-    explainer.fit(model, tuple_loader(8), epochs=1, progress=False)
+    explainer.fit(model, tuple_loader(8), epochs=1, show_progress=False)
     path = explainer.save(tmp_path / "cs.pt")
     assert Explainer.load(path, classifier=model).config()["head"] == "head"
     other_weights = classifier_with_head(seed=7)  # only the architecture is taken from it

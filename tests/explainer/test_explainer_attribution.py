@@ -31,7 +31,7 @@ def trained():
     clf = tiny_classifier().eval()
     explainer = tiny_explainer()
     explainer.fit(
-        clf, tuple_loader(), config=ExplainerHyperparameters(lr=1e-2), epochs=1, progress=False
+        clf, tuple_loader(), config=ExplainerHyperparameters(lr=1e-2), epochs=1, show_progress=False
     )
     return clf, explainer
 

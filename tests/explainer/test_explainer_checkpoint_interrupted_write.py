@@ -32,7 +32,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
             ExplainerHyperparameters(lr=1e-2),
             epochs=2,
             checkpoint=checkpoint,
-            progress=False,
+            show_progress=False,
         )
     monkeypatch.undo()
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["checkpoint.pt"]

@@ -159,7 +159,7 @@ def test_fit_uses_every_field_of_its_config(config):
         explainer = Explainer(build_backbone("unet-small", NUM_CLASSES, width=2), NUM_CLASSES)
         result = fit_explainer(
             explainer, tiny_classifier(), tuple_loader(), config=config, epochs=1,
-            max_steps_per_epoch=1, progress=False,
+            max_steps_per_epoch=1, show_progress=False,
         )  # fmt: skip
     assert seen["hp"] is config and seen["lr"] == config.lr
     assert result.hyperparameters is config
@@ -170,11 +170,13 @@ def test_old_fit_keywords_say_where_they_went():
     before = {k: v.clone() for k, v in explainer.state_dict().items()}
     clf, loader = tiny_classifier(), tuple_loader()
     with pytest.raises(TypeError, match=r"config=ExplainerHyperparameters\(lr=0\.01, tv_weight=2"):
-        explainer.fit(clf, loader, lr=1e-2, tv_weight=2.0, progress=False)
+        explainer.fit(clf, loader, lr=1e-2, tv_weight=2.0, show_progress=False)
     with pytest.raises(TypeError, match=r"config=get_preset\(name\)"):
-        fit_explainer(explainer, clf, loader, preset="vgg16-voc", progress=False)
+        fit_explainer(explainer, clf, loader, preset="vgg16-voc", show_progress=False)
     with pytest.raises(TypeError, match=r"config=get_preset\('vgg16-voc'\)"):
-        fit_explainer(explainer, clf, loader, None, "vgg16-voc", progress=False)
+        fit_explainer(explainer, clf, loader, None, "vgg16-voc", show_progress=False)
+    with pytest.raises(TypeError, match=r"progress=.*show_progress= now"):
+        explainer.fit(clf, loader, epochs=1, progress=False)
     for key, value in explainer.state_dict().items():  # refused calls trained nothing
         assert torch.equal(value, before[key])
     assert dataclasses.replace(get_preset("vgg16-voc"), lr=1.0).tv_weight == 1.0

@@ -15,7 +15,7 @@ from ctc_plugin.explainer.presets import ExplainerHyperparameters
 from tests.explainer.helpers import NUM_CLASSES, data, tiny_classifier, tiny_explainer
 
 HP = ExplainerHyperparameters(lr=1e-2)
-FAST = {"epochs": 1, "progress": False}
+FAST = {"epochs": 1, "show_progress": False}
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from ctc_plugin.explainer.training import load_checkpoint, objective
 from .helpers import NUM_CLASSES, data, dict_loader, tiny_classifier, tiny_explainer, tuple_loader
 
 FAST_HP = ExplainerHyperparameters(lr=1e-2)
-FAST = {"config": FAST_HP, "progress": False}
+FAST = {"config": FAST_HP, "show_progress": False}
 
 
 def test_gradients_never_reach_the_classifier_and_its_state_is_restored():
@@ -111,7 +111,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
             tuple_loader(),
             config=dataclasses.replace(FAST_HP, tv_weight=5.0),
             resume=ckpt,
-            progress=False,
+            show_progress=False,
         )
     threads = torch.get_num_threads()
     explainer = tiny_explainer()

@@ -147,7 +147,7 @@ def test_the_published_objective_fine_tunes_every_part_of_a_student_unet_explain
         tuple_loader(),
         config=ExplainerHyperparameters(lr=1e-2),
         epochs=1,
-        progress=False,
+        show_progress=False,
     )
     assert explainer.is_trained and explainer.trained_image_size == (SIZE, SIZE)
     for name, parameter in explainer.named_parameters():  # encoder, both heads, gate scalars

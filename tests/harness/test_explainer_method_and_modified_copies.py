@@ -23,7 +23,7 @@ from tests.explainer.helpers import data, tiny_classifier, tiny_explainer, tuple
 def trained():
     classifier = tiny_classifier(seed=0).eval()
     explainer = tiny_explainer()
-    explainer.fit(classifier, tuple_loader(), epochs=1, progress=False)
+    explainer.fit(classifier, tuple_loader(), epochs=1, show_progress=False)
     return classifier, explainer
 
 
