@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ctc_plugin.wording import counted
+
 #: Every form of Captum's ``target``: an int, a tuple of ints (multi-dimensional outputs), an
 #: integer tensor, a list of them (one per example), or None (the predicted class, or a model's
 #: single output); Integrative CAM also takes a list of callables (pytorch-grad-cam's targets).
@@ -56,6 +58,13 @@ def _integer_suggestion(value: Any) -> str:
         return str(int(value.real if isinstance(value, complex) else value))
     except (OverflowError, TypeError, ValueError):  # NaN, inf, or not a number at all
         return "0"
+
+
+def _wrong_count(count: int, n: int) -> ValueError:
+    """The error for ``count`` targets given for ``n`` examples."""
+    return ValueError(
+        f"got {counted(count, 'target')} for {counted(n, 'example')}; give one per example"
+    )
 
 
 def _not_integer(target: Any, item: Any, example: int | None) -> ValueError:
@@ -130,9 +139,7 @@ def example_targets(target: TargetType, n: int) -> list[tuple[int, ...]] | None:
             return [(int(target.item()),)] * n
         if target.dim() == 1:
             if target.numel() != n:
-                raise ValueError(
-                    f"got {target.numel()} targets for {n} examples; give one per example"
-                )
+                raise _wrong_count(target.numel(), n)
             return [(int(t),) for t in target.tolist()]
         raise ValueError(
             f"a target tensor must hold one class or one per example ({n}); "
@@ -142,7 +149,7 @@ def example_targets(target: TargetType, n: int) -> list[tuple[int, ...]] | None:
         return [_as_index(target, target, None)] * n
     if isinstance(target, list):
         if len(target) != n:
-            raise ValueError(f"got {len(target)} targets for {n} examples; give one per example")
+            raise _wrong_count(len(target), n)
         return [_as_index(t, target, i) for i, t in enumerate(target)]
     if isinstance(target, np.ndarray):
         raise ValueError(
@@ -263,7 +270,7 @@ def slice_targets(target: TargetType, n: int, part: slice) -> TargetType:
     else:
         return target  # resolve_targets names the unsupported type
     if len(per_example) != n:
-        raise ValueError(f"got {len(per_example)} targets for {n} examples; give one per example")
+        raise _wrong_count(len(per_example), n)
     return per_example[part]
 
 
@@ -365,7 +372,7 @@ def check_target(target: TargetType, n: int) -> None:
     """
     if _callables(target):
         if len(target) != n:
-            raise ValueError(f"got {len(target)} targets for {n} examples; give one per example")
+            raise _wrong_count(len(target), n)
         return
     example_targets(target, n)
 

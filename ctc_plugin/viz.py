@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ctc_plugin.wording import counted
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -146,7 +148,8 @@ def plot_segment_scores(
     outlined = mark_boundaries(rgb, segments, color=(1, 1, 0), mode="inner")
     axes[0].imshow(outlined)
     axes[0].set_title(
-        f"{len(np.unique(segments))} segments" + (" + evidence" if evidence is not None else "")
+        counted(len(np.unique(segments)), "segment")
+        + (" + evidence" if evidence is not None else "")
     )
     if evidence is not None:
         truth = _numpy_map(evidence, shape, "evidence").astype(float)

@@ -171,3 +171,68 @@ def test_no_cycle_between_subpackages():
         f"import cycles between parts of the package:\n{found}\n"
         f"(every import counts, also inside functions and in strings); the graph:\n{listing}"
     )
+
+
+ARCHITECTURE = ROOT.parent / "docs" / "architecture.md"
+_ROW = re.compile(r"^\| (\d+): [^|]+\| ([^|]+)\| ([^|]+)\|$")
+
+
+def documented_layers(text: str) -> tuple[dict[str, int], dict[str, set[str]]]:
+    """The layer of each part and its imports, as the architecture page's table states them.
+
+    A row reads ``| N: title | `a`, `b` | `a`: x, y; `b`: nothing |``; the parts are
+    top-level modules and subpackages by their short names (``ctc_plugin.`` left out).
+    """
+    layers: dict[str, int] = {}
+    imports: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        match = _ROW.match(line.strip())
+        if not match:
+            continue
+        layer, parts, listed = int(match[1]), match[2], match[3]
+        for part in re.findall(r"`(\w+)`", parts):
+            assert part not in layers, f"{part} is in two rows of the layer table"
+            layers[part] = layer
+        for entry in listed.split(";"):
+            name, _, names = entry.strip().partition(":")
+            targets = {n.strip() for n in names.split(",")} - {"nothing"}
+            imports[name.strip().strip("`")] = targets
+    return layers, imports
+
+
+def test_documented_layers_reads_the_rows():
+    text = (
+        "| Layer | Parts | Imports |\n| --- | --- | --- |\n"
+        "| 1: top | `a`, `b` | `a`: b, c; `b`: c |\n| 0: base | `c` | `c`: nothing |\n"
+    )
+    assert documented_layers(text) == (
+        {"a": 1, "b": 1, "c": 0},
+        {"a": {"b", "c"}, "b": {"c"}, "c": set()},
+    )
+
+
+def test_the_architecture_pages_layer_table_is_the_import_graph():
+    layers, imports = documented_layers(ARCHITECTURE.read_text())
+    short = {f"{PACKAGE}.{part}": part for part in layers} | {PACKAGE: PACKAGE}
+    real = {
+        short.get(a, a): {short.get(b, b) for b in targets} for a, targets in import_graph().items()
+    }
+    parts = {module_name(p) for p in ROOT.rglob("*.py")}
+    missing = sorted({node(m) for m in parts} - set(short))
+    assert not missing, f"parts missing from the layer table of docs/architecture.md: {missing}"
+    wrong = {
+        part: (sorted(imports.get(part, set())), sorted(real.get(part, set())))
+        for part in layers
+        if imports.get(part, set()) != real.get(part, set())
+    }
+    assert not wrong, f"docs/architecture.md lists other imports (listed, real): {wrong}"
+    upward = [
+        f"{a} (layer {layers[a]}) -> {b} (layer {layers[b]})"
+        for a, targets in real.items()
+        if a in layers
+        for b in targets
+        if b in layers and layers[b] > layers[a]
+    ]
+    assert not upward, f"imports from a higher layer: {upward}"
+    importers = sorted(a for a, targets in real.items() if PACKAGE in targets)
+    assert importers == ["cli"], f"only cli.py may import the public API, not {importers}"

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ctc_plugin.cam.alpha import Phi
 from ctc_plugin.cam.integrative import IntegrativeCAM, LayerScore
 from ctc_plugin.concurrency import CallScope, PerThread, exclusive, shared
+from ctc_plugin.wording import counted
 
 try:
     from pytorch_grad_cam.base_cam import BaseCAM
@@ -141,8 +142,8 @@ class IntegrativeGradCAM(BaseCAM):
         target = None if targets is None else list(targets)
         if target is not None and len(target) != len(input_tensor):
             raise ValueError(
-                f"got {len(target)} targets for {len(input_tensor)} images; give one "
-                "pytorch-grad-cam target per image, or targets=None for the top class"
+                f"got {counted(len(target), 'target')} for {counted(len(input_tensor), 'image')}; "
+                "give one pytorch-grad-cam target per image, or targets=None for the top class"
             )
         seen: list[Tensor] = []
 

@@ -293,8 +293,3 @@ def checked(flag: str, check: Callable[[str], Path], text: str) -> Path:
         return check(text)
     except argparse.ArgumentTypeError as error:
         raise CLIError(f"argument {flag}: {error}") from error
-
-
-def counted(count: int, noun: str) -> str:
-    """``count`` and ``noun``, plural unless one: ``1 shard``, ``3 shards``."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

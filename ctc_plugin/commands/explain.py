@@ -26,7 +26,6 @@ from ctc_plugin.commands import CLIError
 from ctc_plugin.commands.arguments import (
     add_preprocessing_options,
     check_outputs_spare_inputs,
-    counted,
     input_file,
     output_file,
     positive_int,
@@ -45,6 +44,7 @@ from ctc_plugin.commands.model_checks import (
 )
 from ctc_plugin.commands.models import LoadedModel, load_model
 from ctc_plugin.ctc.modes import BIAS_SHARING_MODES, DEFAULT_BIAS_SHARING
+from ctc_plugin.wording import counted
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -707,7 +707,8 @@ def _write_figure(
         )
         segments = len(item.results[0].scores) if item.results else 0
         row[0].set_title(
-            f"{item.path.name}\n{_short(loaded, item.target)}, {segments} segments", fontsize=9
+            f"{item.path.name}\n{_short(loaded, item.target)}, {counted(segments, 'segment')}",
+            fontsize=9,
         )
     figure.suptitle(f"{loaded.name}: {', '.join(args.methods)}")
     save_figure(figure, args.out)

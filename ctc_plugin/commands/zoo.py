@@ -15,6 +15,7 @@ from ctc_plugin.commands.arguments import (
     positive_int,
     seed,
 )
+from ctc_plugin.wording import counted
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -156,7 +157,7 @@ def _train(args: argparse.Namespace) -> int:
         )
         print(
             f"{family}-{args.split}: trained in {elapsed:.0f} s, test accuracy "
-            f"{accuracy:.1%} ({args.eval_size} images, seed 1) -> {out}"
+            f"{accuracy:.1%} ({counted(args.eval_size, 'image')}, seed 1) -> {out}"
         )
     return 0
 
@@ -202,7 +203,8 @@ def run_eval(args: argparse.Namespace) -> int:
         accuracy = evaluate(
             model, args.split, size=args.size, seed=args.seed, show_progress=not args.no_progress
         )
-        print(f"{family}-{args.split}: {accuracy:.1%} ({args.size} images, seed {args.seed})")
+        images = counted(args.size, "image")
+        print(f"{family}-{args.split}: {accuracy:.1%} ({images}, seed {args.seed})")
     return 0
 
 
@@ -211,5 +213,5 @@ def run_manifest(args: argparse.Namespace) -> int:
     from ctc_plugin.weights import read_manifest, write_manifest
 
     path = write_manifest(args.folder)
-    print(f"wrote {path} ({len(read_manifest(path.parent))} files)")
+    print(f"wrote {path} ({counted(len(read_manifest(path.parent)), 'file')})")
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ctc_plugin.inputs import broadcasts_to
+from ctc_plugin.wording import counted
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ def prepare_features(
     masks = feature_mask if isinstance(feature_mask, tuple) else (feature_mask,)
     if len(masks) != len(inputs):
         raise ValueError(
-            f"got {len(masks)} feature masks for {len(inputs)} inputs; give one mask per input"
+            f"got {counted(len(masks), 'feature mask')} for {counted(len(inputs), 'input')}; "
+            "give one mask per input"
         )
     n = inputs[0].shape[0]
     checked = []

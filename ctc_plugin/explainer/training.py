@@ -31,6 +31,7 @@ from ctc_plugin.inputs import (
 )
 from ctc_plugin.module_state import state_digest, state_dtypes
 from ctc_plugin.resumable.atomic import remove_stale_temporaries
+from ctc_plugin.wording import counted
 
 #: Tag stored in checkpoints written during
 #: [`fit_explainer`][ctc_plugin.explainer.training.fit_explainer].
@@ -597,9 +598,9 @@ def _check_resumed_epochs(state: dict[str, Any], epochs: int, resume: str | Path
     done = int(state["epoch"])
     if epochs < done:
         raise ValueError(
-            f"checkpoint {str(resume)!r} already holds {done} epochs, more than epochs={epochs} "
-            f"(--epochs): resume with {done} epochs or more (more to train on), or train afresh "
-            "without resume"
+            f"checkpoint {str(resume)!r} already holds {counted(done, 'epoch')}, more than "
+            f"epochs={epochs} (--epochs): resume with {counted(done, 'epoch')} or more (more to "
+            "train on), or train afresh without resume"
         )
 
 

@@ -38,6 +38,7 @@ from ctc_plugin._moved import moved_keywords
 from ctc_plugin.features.base import ImageNormalisation
 from ctc_plugin.features.relevance import RelevanceMethod, as_heatmap, relevance_heatmap
 from ctc_plugin.inputs import is_integer
+from ctc_plugin.wording import counted
 
 __all__ = [
     "FeatureSelection",
@@ -258,7 +259,9 @@ def _as_label_maps(feature_mask: torch.Tensor, n: int, shape: tuple[int, int]) -
     if mask.shape[0] == 1 and n > 1:
         mask = mask.expand(n, -1, -1, -1)
     if mask.shape[0] != n:
-        raise ValueError(f"feature_mask has {mask.shape[0]} masks for {n} images")
+        raise ValueError(
+            f"feature_mask has {counted(mask.shape[0], 'mask')} for {counted(n, 'image')}"
+        )
     return mask[:, 0].cpu()
 
 

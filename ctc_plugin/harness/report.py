@@ -15,6 +15,7 @@ import numpy as np
 
 from ctc_plugin.harness.store import BenchmarkStore, Piece, run_order
 from ctc_plugin.resumable.atomic import write_atomic
+from ctc_plugin.wording import counted
 
 __all__ = [
     "COLUMNS",
@@ -131,8 +132,8 @@ def _completeness(coverage: list[Coverage], settings: Mapping[str, Any]) -> list
     lines = ["## Completeness", ""]
     if all(c.complete for c in coverage):
         lines.append(
-            f"Complete: {done} models, every planned method variant on all {images} images "
-            f"(robustness metrics on the first {robust})."
+            f"Complete: {counted(done, 'model')}, every planned method variant on all {images} "
+            f"images (robustness metrics on the first {robust})."
         )
     else:
         lines.append(

@@ -42,6 +42,7 @@ from ctc_plugin.resumable.atomic import (
     remove_stale_temporaries,
     write_atomic,
 )
+from ctc_plugin.wording import first_names
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -373,11 +374,10 @@ class RunStore:
 
         if not self.is_finished(name):
             finished = self.finished()
-            more = len(finished) - 3
-            shown = ", ".join(finished[:3]) + (f" and {more} more" if more > 0 else "")
             raise ValueError(
                 f"{self.root} has no finished shard {name} (its finished shards: "
-                f"{shown or 'none yet'}); run the command again to compute the shards left"
+                f"{first_names(finished) or 'none yet'}); run the command again to compute the "
+                "shards left"
             )
         try:
             return read(path)

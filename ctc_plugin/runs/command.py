@@ -11,7 +11,6 @@ import argparse
 from ctc_plugin.commands import add_ray_options, ray_options
 from ctc_plugin.commands.arguments import (
     add_preprocessing_options,
-    counted,
     output_folder,
     positive_int,
 )
@@ -23,6 +22,7 @@ from ctc_plugin.commands.explain import (
     sam_checkpoint_option,
 )
 from ctc_plugin.commands.methods import METHODS
+from ctc_plugin.wording import counted
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

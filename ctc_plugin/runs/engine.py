@@ -32,11 +32,11 @@ from ctc_plugin.runs.plan import RunConfig, digest, plan_shards
 from ctc_plugin.runs.sources import (
     ImageRef,
     Source,
-    first_names,
     resolve_source,
     shapes_source,
     shapes_split,
 )
+from ctc_plugin.wording import first_names
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

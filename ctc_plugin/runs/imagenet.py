@@ -13,7 +13,7 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
-from ctc_plugin.runs.sources import first_names
+from ctc_plugin.wording import first_names
 
 __all__ = ["IMAGENET_CLASSES", "imagenet_classes", "imagenet_synsets"]
 

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ctc_plugin.wording import first_names
+
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
-__all__ = ["IMAGE_SUFFIXES", "ImageRef", "Source", "SourceError", "first_names", "resolve_source"]
+__all__ = ["IMAGE_SUFFIXES", "ImageRef", "Source", "SourceError", "resolve_source"]
 
 #: File name endings read as images (case-insensitive); other files in the folder are ignored.
 IMAGE_SUFFIXES = (
@@ -206,11 +208,6 @@ def _check_names(text: str, refs: tuple[ImageRef, ...]) -> None:
             f"SOURCE {text!r}: {len(bad)} of its {len(refs)} image files have names that are not "
             f"valid UTF-8 ({first_names(bad)}); rename them, then run the command again"
         )
-
-
-def first_names(names: list[str]) -> str:
-    """Up to three of ``names``, and how many more: how messages list files and folders."""
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _check_readable(text: str, root: Path, refs: tuple[ImageRef, ...]) -> None:

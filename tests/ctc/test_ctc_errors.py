@@ -39,7 +39,7 @@ def _assert_untouched(model, x, before_output, before_state):
         (lambda x, m: (x, m.float()), "integer feature ids"),
         (lambda x, m: (x, m - 5), "negative ids"),
         (lambda x, m: (x, m.bool()), "integer feature ids"),
-        (lambda x, m: (x, (m, m)), "2 feature masks for 1 inputs"),
+        (lambda x, m: (x, (m, m)), "got 2 feature masks for 1 input;"),
         (lambda x, m: (x.masked_fill(x > 0.9, float("nan")), m), "NaN"),
         (lambda x, m: (x.long(), m), "floating-point"),
         (lambda x, m: (x, [m[0, 0] == 1, m[0, 0] == 1]), "overlaps"),

@@ -103,7 +103,8 @@ def test_a_refused_resume_names_both_values(tmp_path):
                          **FAST)  # fmt: skip
     with pytest.raises(ValueError, match=r"lr: 0.01 there, 0.5 now"):
         tiny_explainer().fit(tiny_classifier(), tuple_loader(), epochs=2, resume=checkpoint,
-                             config=ExplainerHyperparameters(lr=0.5), show_progress=False)  # fmt: skip
+                             config=ExplainerHyperparameters(lr=0.5),
+                             show_progress=False)  # fmt: skip
 
 
 class Interrupting:

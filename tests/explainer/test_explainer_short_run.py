@@ -28,7 +28,8 @@ def test_short_run_localises_better_than_grad_cam():
     explainer.fit(
         model,
         DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True),
-        config=ExplainerHyperparameters(lr=1e-2), baseline=0.5, epochs=3, seed=0, show_progress=False,
+        config=ExplainerHyperparameters(lr=1e-2), baseline=0.5, epochs=3, seed=0,
+        show_progress=False,
     )  # fmt: skip
     test = ShapesDataset("shapes", size=50, seed=2024)
     items = [test[i] for i in range(len(test))]

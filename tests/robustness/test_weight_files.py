@@ -198,6 +198,11 @@ def test_writers_keep_the_manifest_up_to_date(tmp_path, monkeypatch, capsys):
     assert main(["zoo", "manifest"]) == 0
     assert "(3 files)" in capsys.readouterr().out
     assert len(weights.read_manifest()) == 3
+    # one file is counted as one
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "a.pt").write_bytes(b"weights")
+    assert main(["zoo", "manifest", "--folder", str(tmp_path / "one")]) == 0
+    assert "(1 file)" in capsys.readouterr().out
 
 
 # --- user files through every loader ---------------------------------------------------------
