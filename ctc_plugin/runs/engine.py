@@ -151,12 +151,33 @@ class ExplainJob:
         """Configuration, source (with a digest of its image list) and a digest of the plan.
 
         Against a ``stored`` manifest, the options no method reads take its values
-        ([`RunConfig.adopting_unread`][ctc_plugin.runs.plan.RunConfig.adopting_unread]).
+        ([`RunConfig.adopting_unread`][ctc_plugin.runs.plan.RunConfig.adopting_unread]), and
+        so do preprocessing options that prepare the images as the stored ones do
+        ([`RunConfig.adopting_preprocessing`][ctc_plugin.runs.plan.RunConfig.adopting_preprocessing]).
         """
         config = self.config
         if stored is not None and isinstance(stored.get("config"), dict):
             config = config.adopting_unread(stored["config"])
+            config = config.adopting_preprocessing(stored["config"], self._preprocessing)
         return manifest_for(config, self.source, self.shards())
+
+    def _preprocessing(self, config: RunConfig) -> object | None:
+        """The images' preprocessing under ``config`` (``None``: the model does not load)."""
+        from ctc_plugin.commands import CLIError
+        from ctc_plugin.commands.explain import preprocessing_for
+
+        try:
+            return preprocessing_for(_options(config), self._loaded_model)
+        except (CLIError, OSError, ValueError):
+            return None
+
+    @functools.cached_property
+    def _loaded_model(self) -> Any:
+        """The model as ``--model`` loads it, for its own preprocessing (loaded once a job)."""
+        from ctc_plugin.commands.models import load_model
+
+        weights = Path(self.config.weights) if self.config.weights else None
+        return load_model(self.config.model, weights)
 
     def plan(self) -> dict[str, Any]:
         """The image list, ``{"images": [[name, label, size, mtime_ns], ...]}`` (``plan.json``).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ __all__ = ["TARGET_KINDS", "RunConfig", "Shard", "digest", "plan_shards"]
 
 #: Targets besides a class index or name: the model's predicted class, the image's label.
 TARGET_KINDS = ("predicted", "label")
+
+#: The options that say how images are prepared (``None``: the model's own).
+PREPROCESSING_OPTIONS = ("resize", "crop", "mean", "std")
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,35 @@ class RunConfig:
             return dataclasses.replace(self, **adopted)
         except (TypeError, ValueError):
             return self
+
+    def adopting_preprocessing(
+        self, stored: dict[str, Any], prepared_by: Callable[[RunConfig], object | None]
+    ) -> RunConfig:
+        """A copy with the ``stored`` preprocessing options where they prepare the same images.
+
+        ``resize``, ``crop``, ``mean`` and ``std`` are taken from ``stored`` when they prepare
+        the images exactly as this configuration's do. A run started with the model's own
+        preprocessing and resumed with it spelled out (``--resize 96 --crop 96`` for a model
+        that resizes and crops to 96), or the other way round, is the same run: the stored
+        values are kept, so the manifests agree.
+
+        Args:
+            stored: A manifest's config.
+            prepared_by: The images' preprocessing under a configuration (compared with
+                ``==``), or ``None`` when it cannot be told (a model that does not load: the
+                run's start names why).
+        """
+        try:
+            candidate = dataclasses.replace(
+                self, **{name: stored.get(name) for name in PREPROCESSING_OPTIONS}
+            )
+        except (TypeError, ValueError):  # a hand-edited manifest: not taken
+            return self
+        mine, theirs = self.to_dict(), candidate.to_dict()
+        if all(mine[name] == theirs[name] for name in PREPROCESSING_OPTIONS):
+            return self
+        ours = prepared_by(self)
+        return candidate if ours is not None and ours == prepared_by(candidate) else self
 
     def _check_preprocessing(self) -> None:
         """Check ``resize``, ``crop``, ``mean`` and ``std`` before any work; store them plainly.

@@ -192,3 +192,26 @@ def test_explained_pixels_are_the_images_as_the_run_prepared_them(photos, tmp_pa
     (photos / "0.png").rename(photos / "moved.png")
     with pytest.raises(ValueError, match="changed since the run"):
         explained_pixels(out, 0)
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [([], ["--resize", "96", "--crop", "96"]), (["--resize", "96", "--crop", "96"], [])],
+    ids=["spelled-out-later", "left-out-later"],
+)
+def test_the_models_own_preprocessing_spelled_out_is_the_same_run(
+    photos, tmp_path, capsys, first, then
+):
+    """The zoo models resize and crop to 96: saying so, or not, prepares the same images."""
+    out = tmp_path / "run"
+    argv = ["explain-dataset", str(photos), "--methods", "gradcam", *FAST, "--out", str(out)]
+    assert main([*argv, *first]) == 0
+    stored = RunStore(out).manifest()["config"]
+    capsys.readouterr()
+    assert main([*argv, *then]) == 0, capsys.readouterr().err
+    assert "0 computed now, 1 finished before" in capsys.readouterr().out
+    assert RunStore(out).manifest()["config"] == stored  # as first given
+    # what prepares other images is still another run
+    assert main([*argv, "--resize", "96", "--crop", "90"]) == 2
+    error = capsys.readouterr().err
+    assert "holds a run with a different configuration" in error and "crop: " in error, error
