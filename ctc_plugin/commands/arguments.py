@@ -209,6 +209,18 @@ def output_folder(text: str) -> Path:
     return path
 
 
+def run_folder(text: str) -> Path:
+    """An option type for a resumable run's folder: `output_folder`, or an existing folder.
+
+    An existing folder that cannot be written is taken too: a finished run there is run again
+    as a no-op, writing nothing; the run refuses the folder when it has anything to write.
+    """
+    path = Path(_named(text, "the folder's name (. for the current one)")).expanduser()
+    if path.is_dir():
+        return path
+    return output_folder(text)
+
+
 def existing_folder(text: str) -> Path:
     """An option type for an existing folder whose files are read and rewritten in place."""
     path = Path(_named(text, "the folder's name (. for the current one)")).expanduser()

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ctc_plugin.resumable.store import RunStore
+from ctc_plugin.resumable.store import MANIFEST, RunStore
 from ctc_plugin.resumable.threads import torch_threads
+from ctc_plugin.wording import counted
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -185,6 +186,9 @@ def run_job(
 
     Raises:
         ConfigMismatchError: If ``out`` holds a run with another manifest.
+        PermissionError: If ``out`` is a folder this process cannot write that holds no run,
+            or this run with shards left; this run finished there is done, and nothing is
+            written (a read-only archive of a finished run can be run again).
         ValueError: For ``ray_workers`` below 1, or given without ``ray=True`` (a cluster's
             address has its own workers), before any work.
         RayUnavailableError: If ``ray`` is given and Ray is not installed (before any work).
@@ -209,6 +213,10 @@ def run_job(
     start = time.perf_counter()
     shards = job.shards()
     store = RunStore(out)
+    if _read_only(store):  # a finished run there is done: nothing to write, nothing written
+        _check_finished_read_only(job, store, shards)
+        total = sum(len(shard.images) for shard in shards)
+        return JobResult(store.root, total, len(shards), 0, time.perf_counter() - start)
     # a start that finished no shard (a wrong option) gives way to this one
     store.open(_manifest(job, store), plan=job.plan(), restart_unfinished=True)
     left = [shard for shard in shards if not store.is_finished(shard.name)]
@@ -241,9 +249,43 @@ def check_start(job: Job, out: str | os.PathLike[str]) -> None:
         ConfigMismatchError: If ``out`` holds a run with another manifest (that finished a
             shard).
         ValueError: If it holds another kind of job's run, or one of another version.
+        PermissionError: If ``out`` cannot be written and holds no run, or this run with
+            shards left.
     """
     store = RunStore(out)
+    if _read_only(store):
+        _check_finished_read_only(job, store, job.shards())
+        return
     store.check_start(_manifest(job, store), restart_unfinished=True)
+
+
+def _read_only(store: RunStore) -> bool:
+    """Whether ``store``'s folder exists and this process cannot write into it."""
+    return store.root.is_dir() and not os.access(store.root, os.W_OK | os.X_OK)
+
+
+def _check_finished_read_only(job: Job, store: RunStore, shards: list[Shard]) -> None:
+    """Refuse a start in a folder this process cannot write unless it holds this run, finished.
+
+    A finished run on read-only storage (an archive, a shared mount) can be run again as a
+    no-op, as a writable one can; its results are read as usual.
+
+    Raises:
+        ConfigMismatchError: If the folder holds another run.
+        PermissionError: If it holds no run, or this run with shards left to compute.
+    """
+    store.check_start(_manifest(job, store))  # another run is named first, as always
+    if not (store.root / MANIFEST).exists():
+        left = "holds no run to resume"
+    else:
+        count = sum(not store.is_finished(shard.name) for shard in shards)
+        if not count:
+            return
+        left = f"holds this run with {counted(count, 'shard')} left to compute"
+    raise PermissionError(
+        f"cannot write into {store.root} (read-only, or not yours), and it {left}: make it "
+        "writable, or give another --out"
+    )
 
 
 def _manifest(job: Job, store: RunStore) -> dict[str, Any]:

@@ -11,8 +11,8 @@ import argparse
 from ctc_plugin.commands import add_ray_options, ray_options
 from ctc_plugin.commands.arguments import (
     add_preprocessing_options,
-    output_folder,
     positive_int,
+    run_folder,
 )
 from ctc_plugin.commands.explain import (
     add_method_options,
@@ -54,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out",
         required=True,
-        type=output_folder,
+        type=run_folder,
         metavar="DIR",
         help="the run folder: new or empty to start, this run's folder to resume",
     )

@@ -898,6 +898,8 @@ def explain_dataset(
     Raises:
         SourceError: For a source with no usable images.
         ConfigMismatchError: If ``out`` holds a run with other arguments.
+        PermissionError: If ``out`` cannot be written and holds no run, or this run with
+            shards left (this run finished there is run again as a no-op, writing nothing).
         RayUnavailableError: If ``ray`` is given and Ray is not installed.
         RayConnectionError: If ``ray`` is the address of a Ray cluster that cannot be
             reached.
