@@ -361,6 +361,33 @@ def check_eval_mode(forward_func: Callable[..., Any]) -> None:
             raise training_mode_error(module, repr(name or "(the model)"))
 
 
+def check_gradient_weights(forward_func: Callable[..., Any], method: str) -> None:
+    """Refuse a model whose weights are inference tensors, for a method that needs gradients.
+
+    A model built or loaded under ``torch.inference_mode()`` (as serving code does) holds
+    inference tensors, which autograd cannot save for a backward pass. ``forward_func`` is
+    inspected as in [`check_eval_mode`][ctc_plugin.inputs.check_eval_mode].
+
+    Raises:
+        ValueError: Naming the first such parameter or buffer and the one line that turns the
+            model's weights into ordinary tensors (same values); nothing has run yet.
+    """
+    model = model_of(forward_func)
+    if model is None:
+        return
+    named = (*model.named_parameters(), *model.named_buffers())
+    found = next((name for name, tensor in named if tensor.is_inference()), None)
+    if found is not None:
+        raise ValueError(
+            f"{method} needs gradients through the model, and its weights are inference tensors "
+            f"(made under torch.inference_mode(): {found!r} is one), which autograd cannot "
+            "use; build or load the model outside inference mode (torch.no_grad() saves the "
+            "same memory), or make its weights ordinary tensors once, outside inference mode: "
+            "model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, "
+            "assign=True)"
+        )
+
+
 #: The functional dropouts: the identity in eval mode (``training=False``), random otherwise.
 FUNCTIONAL_DROPOUTS = (
     functional.dropout, functional.dropout1d, functional.dropout2d, functional.dropout3d,

@@ -56,6 +56,7 @@ from ctc_plugin.concurrency import CallScope, holds_model, model_of
 from ctc_plugin.inputs import (
     changes_in_training,
     check_eval_mode,
+    check_gradient_weights,
     check_inputs,
     check_takes_images,
     dtype_mismatch_explained,
@@ -488,8 +489,10 @@ class IntegrativeCAM(Attribution):
                 gradients off (``torch.no_grad()`` inside the model, reentrant
                 ``torch.utils.checkpoint``), a ``reshape_transform`` with no layers to apply it
                 to, an output that is not differentiable or has no row per example, a target
-                score that is NaN or infinite, or a target that does not fit (not integer class
-                indices, out of range, or of the wrong length).
+                score that is NaN or infinite, a target that does not fit (not integer class
+                indices, out of range, or of the wrong length), or weights that are inference
+                tensors (a model made under ``torch.inference_mode()``; the message gives the
+                line that makes them ordinary tensors).
             TrainingModeError: The model has BatchNorm or dropout in training mode (its
                 statistics would change, and a BatchNorm cannot be folded into a bias); nothing
                 has run (call ``model.eval()``). For a plain function, raised when such a module
@@ -497,6 +500,7 @@ class IntegrativeCAM(Attribution):
         """
         inputs_tuple = check_inputs(inputs, images=True)
         check_eval_mode(self.forward_func)  # before the forward pass can update statistics
+        check_gradient_weights(self.forward_func, "Integrative CAM")
         check_takes_images(self.forward_func)
         check_target(target, inputs_tuple[0].shape[0])  # the form; the range after the pass
         size = (int(inputs_tuple[0].shape[-2]), int(inputs_tuple[0].shape[-1]))

@@ -600,7 +600,9 @@ class CTC(Attribution):
         copies, runs under ``torch.no_grad()`` or takes their values out of torch: see
         `GraphCutError`; or it writes in place into a tensor autograd needs, ``x += y`` after
         ``x`` fed a layer), or is not finite (``torch.where(d > 0, y / d, 0)``: autograd
-        multiplies the zero gradient of the branch left out by ``1 / 0``); the caller then runs
+        multiplies the zero gradient of the branch left out by ``1 / 0``), or meets weights
+        made under ``torch.inference_mode()`` (inference tensors, which autograd cannot save
+        for the backward pass: serving code's models); the caller then runs
         the forward pass of the copies, which gives the same scores or refuses what it cannot
         follow.
         """
@@ -618,13 +620,18 @@ class CTC(Attribution):
                     )
             except GraphCutError:
                 return None  # the forward pass of the copies gives the same scores
+            except RuntimeError as error:
+                if not _is_inference_tensor_error(error):
+                    raise
+                return None  # weights made under torch.inference_mode(): no graph through them
             logits = check_pass_output(gated, logits)
             indices = resolve_targets(target, logits.detach())
             selected = select_targets(logits, indices)
             try:
                 gradients = torch.autograd.grad(selected.sum(), leaves, allow_unused=True)
             except RuntimeError as error:  # autograd cannot go back through the forward
-                if "modified by an inplace operation" not in str(error):
+                in_place = "modified by an inplace operation" in str(error)
+                if not in_place and not _is_inference_tensor_error(error):
                     raise
                 return None  # (x += y after x fed a layer): the pass of copies needs no gradient
         if any(g is not None and not bool(torch.isfinite(g).all()) for g in gradients):
@@ -824,6 +831,11 @@ def _as_tuple(value: Any) -> tuple:
     if value is None:
         return ()
     return value if isinstance(value, tuple) else (value,)
+
+
+def _is_inference_tensor_error(error: RuntimeError) -> bool:
+    """Whether ``error`` is autograd refusing an inference tensor (made under inference mode)."""
+    return "Inference tensors cannot be saved for backward" in str(error)
 
 
 def _check_baselines(

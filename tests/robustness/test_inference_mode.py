@@ -2,7 +2,8 @@
 
 Inside inference mode new tensors are inference tensors (no version counter, no autograd), and
 a tensor made there stays one outside it; a method must give exactly what it gives on ordinary
-tensors, not a PyTorch error about version counters or ``requires_grad``.
+tensors, not a PyTorch error about version counters or ``requires_grad``. Serving code also
+builds or loads its model under inference mode, so that its weights are inference tensors.
 """
 
 from __future__ import annotations
@@ -49,3 +50,26 @@ def test_methods_run_under_inference_mode(method: str, where: str) -> None:
     assert not actual.is_inference()
     torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
     assert all(not p.is_inference() and p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "method", ["ctc-none", "ctc-proportional", "ctc-reference", "integrative-cam", "attributor"]
+)
+@pytest.mark.parametrize("where", ["outside", "inside inference mode"])
+def test_methods_explain_a_model_made_under_inference_mode(method: str, where: str) -> None:
+    """Its weights are inference tensors, which autograd cannot save ("none"'s gradient path)."""
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    expected = explain(method, RandomCNN(seed=1), x)
+    with torch.inference_mode():
+        served = RandomCNN(seed=1)
+    assert all(p.is_inference() for p in served.parameters())
+    if method == "integrative-cam":  # gradients through the weights: refused with the way out
+        with pytest.raises(ValueError, match=r"inference tensors .*'stem.weight' is one.*assign=True"):
+            explain(method, served, x)
+        served.load_state_dict({k: v.clone() for k, v in served.state_dict().items()}, assign=True)
+    if where == "outside":
+        actual = explain(method, served, x)
+    else:
+        with torch.inference_mode():
+            actual = explain(method, served, x.clone())
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
