@@ -28,7 +28,7 @@ from zennit.core import Composite
 
 from ctc_plugin.canonizers import gradient_attributor, held_composites
 from ctc_plugin.concurrency import exclusive, model_of
-from ctc_plugin.targets import TargetType, resolve_targets
+from ctc_plugin.targets import TargetType, captum_targets, resolve_targets
 
 #: What [`compute_relevance`][ctc_plugin.relevance.compute_relevance] accepts: a tensor (or a
 #: tuple, one per input), a Zennit composite, a Captum attribution instance (anything with
@@ -180,9 +180,10 @@ def compute_relevance(
 
 
 def _predicted(forward: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...]) -> Any:
-    """The flat index of each example's predicted output (one forward pass)."""
+    """Each example's predicted output in Captum's target form (one forward pass)."""
     with torch.no_grad():
-        return resolve_targets(None, forward(*inputs))
+        output = forward(*inputs)
+    return captum_targets(resolve_targets(None, output), tuple(output.shape[1:]))
 
 
 def _as_tuple(inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

@@ -322,6 +322,26 @@ def output_not_a_tensor(output: Any) -> ValueError:
     return ValueError(f"forward_func returned {kind}, not a tensor of scores; {advice}")
 
 
+def captum_targets(
+    indices: torch.Tensor, output_shape: tuple[int, ...]
+) -> torch.Tensor | list[tuple[int, ...]]:
+    """Flat output indices (`resolve_targets`) back in Captum's target form.
+
+    Args:
+        indices: (N,) flat index of each example's target in its output.
+        output_shape: The shape of one example's output.
+
+    Returns:
+        ``indices`` themselves (one class index per example) for outputs of one dimension per
+        example, or one index tuple per example for outputs of more (what Captum takes as
+        ``target=`` for them).
+    """
+    if len(output_shape) <= 1:
+        return indices
+    unravelled = torch.stack(torch.unravel_index(indices.cpu(), output_shape), dim=1)
+    return [tuple(row) for row in unravelled.tolist()]
+
+
 def select_targets(output: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Pick each example's target value from (N, *out) outputs given flat indices (N,)."""
     if output.dim() == 1:

@@ -39,6 +39,7 @@ from ctc_plugin.inputs import (
 )
 from ctc_plugin.targets import (
     TargetType,
+    captum_targets,
     check_finite_target_outputs,
     example_targets,
     output_not_a_tensor,
@@ -49,6 +50,10 @@ from ctc_plugin.targets import (
 
 #: One input tensor, or a tuple of them (Captum's ``TensorOrTupleOfTensorsGeneric``).
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
+
+#: What the passes give: (N, K) scores, the baseline's (N,) share or ``None``, the (N,) target
+#: outputs, their (N,) flat indices and the shape of one example's output.
+_PassResult = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class FeatureScores:
             segmenter when the call gave none), broadcastable to that input: one tensor per
             input. [`distribute_within_features`][ctc_plugin.distribute_within_features] reads
             it.
+        output_shape: The shape of one example's model output (``(classes,)`` for a
+            classifier), which ``target``'s flat indices point into.
     """
 
     scores: torch.Tensor
@@ -76,6 +83,18 @@ class FeatureScores:
     output: torch.Tensor
     target: torch.Tensor
     feature_mask: tuple[torch.Tensor, ...]
+    output_shape: tuple[int, ...] = ()
+
+    @property
+    def captum_target(self) -> torch.Tensor | list[tuple[int, ...]]:
+        """Each example's target in Captum's form, as another Captum method takes it.
+
+        ``target`` itself (class indices) for a classifier's ``(N, classes)`` outputs, or one
+        index tuple per example for outputs of more dimensions, to explain the same outputs
+        with another method
+        ([`distribute_within_features`][ctc_plugin.distribute_within_features] passes it).
+        """
+        return captum_targets(self.target, self.output_shape)
 
     @property
     def convergence_delta(self) -> torch.Tensor:
@@ -375,7 +394,7 @@ class CTC(Attribution):
             fast = self._run(
                 inputs_tuple, baselines_tuple, features, extra, target, chunk, show_progress
             )
-        scores, baseline_share, output, target_index = fast
+        scores, baseline_share, output, target_index, output_shape = fast
         scores = scores.masked_fill(~features.presence, 0.0)
         check_finite_scores(scores, output)
         attributions = tuple(
@@ -392,6 +411,7 @@ class CTC(Attribution):
             output=output,
             target=target_index,
             feature_mask=features.masks,
+            output_shape=output_shape,
         )
         returned = (feature_scores,) if return_feature_scores else ()
         if return_convergence_delta:
@@ -464,7 +484,7 @@ class CTC(Attribution):
         target: TargetType,
         chunk: int,
         show_progress: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    ) -> _PassResult:
         """The CTC passes, examples in groups (``Speedups.copies_per_pass``), features in chunks."""
         n = inputs[0].shape[0]
         copies = chunk + 1 + int(self.bias_sharing == "reference") + int(baselines is not None)
@@ -491,9 +511,9 @@ class CTC(Attribution):
         finally:
             if progress is not None:
                 progress.close()
-        scores, baseline_scores, outputs, indices = zip(*results)
+        scores, baseline_scores, outputs, indices, shapes = zip(*results)
         baseline_score = None if baselines is None else torch.cat(baseline_scores)
-        return torch.cat(scores), baseline_score, torch.cat(outputs), torch.cat(indices)
+        return torch.cat(scores), baseline_score, torch.cat(outputs), torch.cat(indices), shapes[0]
 
     def _run_examples(
         self,
@@ -505,7 +525,7 @@ class CTC(Attribution):
         chunks: list[slice],
         progress: tqdm | None,
         first_example: int = 0,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    ) -> _PassResult:
         """The CTC passes of one group of examples (from ``first_example`` on), one per chunk."""
         n = inputs[0].shape[0]
         reference = self.bias_sharing == "reference"
@@ -553,7 +573,7 @@ class CTC(Attribution):
             scores = scores * scale.unsqueeze(1)
             if baseline_score is not None:
                 baseline_score = baseline_score * scale
-        return scores, baseline_score, output, indices
+        return scores, baseline_score, output, indices, tuple(output_full.shape[1:])
 
     def _progress_bar(self, total: int) -> tqdm:
         """A tqdm bar over ``total`` forward batches, named after the sharing mode."""
@@ -567,7 +587,7 @@ class CTC(Attribution):
         extra: tuple,
         target: TargetType,
         show_progress: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor] | None:
+    ) -> _PassResult | None:
         """`_run_gradient`, counted as one batch on a progress bar when one is asked for."""
         progress = self._progress_bar(1) if show_progress else None
         try:
@@ -586,7 +606,7 @@ class CTC(Attribution):
         features: FeatureSet,
         extra: tuple,
         target: TargetType,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor] | None:
+    ) -> _PassResult | None:
         """``"none"`` sharing in one forward and one backward pass (the fast path).
 
         Without biases the CTC pass is the network linearised at its gates (ReLU patterns,
@@ -653,7 +673,7 @@ class CTC(Attribution):
                 if baseline_share is not None:
                     share = (gradient * baselines[i]).reshape(n, -1).sum(1)
                     baseline_share += share.to(scores.dtype)
-        return scores, baseline_share, selected.detach(), indices
+        return scores, baseline_share, selected.detach(), indices, tuple(logits.shape[1:])
 
     def _copies_pass(
         self, layout: CopyLayout, copies: Callable[[GatedPass], tuple], extra: tuple

@@ -59,8 +59,9 @@ def distribute_within_features(
         relevance: Where inside each feature the score goes (see
             [`compute_relevance`][ctc_plugin.relevance.compute_relevance]): a relevance
             tensor (or tuple) shaped like the inputs; a Zennit composite (pass ``model``); a
-            Captum attribution, called as ``attribute(inputs, target=scores.target)``; or a
-            callable ``f(inputs, target)`` given ``scores.target``.
+            Captum attribution, called as ``attribute(inputs, target=scores.captum_target)``
+            (class indices, or index tuples for outputs of more dimensions); or a callable
+            ``f(inputs, target)`` given ``scores.captum_target``.
         model: The classifier, a ``torch.nn.Module`` (needed for a Zennit composite).
 
     Returns:
@@ -86,7 +87,7 @@ def distribute_within_features(
         )
     inputs_tuple = check_inputs(inputs)
     features = _features_of(scores, inputs_tuple)
-    given = compute_relevance(relevance, inputs, scores.target, model=model)
+    given = compute_relevance(relevance, inputs, scores.captum_target, model=model)
     if isinstance(given, tuple) and len(given) != len(inputs_tuple):
         raise ValueError(f"got {len(given)} relevance tensors for {len(inputs_tuple)} inputs")
     checked = broadcast_to_inputs(given, inputs_tuple, "within-feature relevance")

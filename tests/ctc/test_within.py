@@ -215,8 +215,55 @@ def test_the_predicted_class_reaches_captum_methods_and_callables() -> None:
 
     by_callable = distribute_within_features(x, scores, relevance)
     by_captum = distribute_within_features(x, scores, Saliency(model))
-    assert torch.equal(seen[0], predicted)
+    assert torch.equal(seen[0], predicted)  # Captum's form: class indices
     torch.testing.assert_close(by_callable, by_captum)
+
+
+class TwoHeads(torch.nn.Module):
+    """A model with (N, 2, 3) outputs: two heads of three classes."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(), torch.nn.Linear(4, 6),
+        ).double()  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).view(-1, 2, 3)
+
+
+@pytest.mark.parametrize("target", [[(0, 1), (1, 2)], None], ids=["tuples", "predicted"])
+def test_outputs_of_more_dimensions_reach_every_relevance_form_as_captum_targets(target) -> None:
+    """Captum takes index tuples for (N, 2, 3) outputs; the flat indices it refuses."""
+    model = TwoHeads(0).eval()
+    _, x, mask = case(5)
+    _, scores = CTC(model).attribute(x, target, feature_mask=mask, return_feature_scores=True)
+    wanted = [(0, 1), (1, 2)] if target is None else target
+    if target is None:  # the predicted outputs, as Captum's tuples
+        flat = model(x).flatten(1).argmax(1)
+        wanted = [(int(i) // 3, int(i) % 3) for i in flat]
+    assert scores.captum_target == wanted and scores.output_shape == (2, 3)
+    expected = oracle(scores, mask, InputXGradient(model).attribute(x, target=wanted))
+    torch.testing.assert_close(
+        distribute_within_features(x, scores, InputXGradient(model)), expected
+    )
+    seen = []
+
+    def relevance(inputs: torch.Tensor, given: list) -> torch.Tensor:
+        seen.append(given)
+        return InputXGradient(model).attribute(inputs, target=given)
+
+    torch.testing.assert_close(distribute_within_features(x, scores, relevance), expected)
+    assert seen == [wanted]
+    with Gradient(model, EpsilonPlusFlat()) as attributor:
+        heads = torch.zeros(2, 2, 3, dtype=torch.float64)
+        for n, (head, cls) in enumerate(wanted):
+            heads[n, head, cls] = 1.0
+        _, zennit = attributor(x, heads)
+    by_zennit = distribute_within_features(x, scores, EpsilonPlusFlat(), model=model)
+    torch.testing.assert_close(by_zennit, oracle(scores, mask, zennit))
 
 
 def test_attributor_scores_feed_the_same_function() -> None:

@@ -64,7 +64,9 @@ def test_methods_explain_a_model_made_under_inference_mode(method: str, where: s
         served = RandomCNN(seed=1)
     assert all(p.is_inference() for p in served.parameters())
     if method == "integrative-cam":  # gradients through the weights: refused with the way out
-        with pytest.raises(ValueError, match=r"inference tensors .*'stem.weight' is one.*assign=True"):
+        with pytest.raises(
+            ValueError, match=r"inference tensors .*'stem.weight' is one.*assign=True"
+        ):
             explain(method, served, x)
         served.load_state_dict({k: v.clone() for k, v in served.state_dict().items()}, assign=True)
     if where == "outside":
