@@ -333,7 +333,8 @@ class CTC(Attribution):
             feature_mask: Integer feature ids per input, broadcastable to it: (1, 1, H, W) for
                 the whole batch or (N, 1, H, W) per example; ids need not be contiguous. A list
                 of disjoint boolean (H, W) masks is accepted too. ``None``: the segmenter makes
-                one from ``inputs``.
+                one from ``inputs`` (grayscale images, (N, 1, H, W), as the RGB images of
+                their channel repeated).
             baselines: Scalar or tensor(s) broadcastable to the inputs (default 0). Scores are
                 contributions of ``x - baseline``; the baseline's own share is reported in
                 [`FeatureScores`][ctc_plugin.FeatureScores] so that completeness still holds.
@@ -446,8 +447,19 @@ class CTC(Attribution):
 
         if segmenter is None:
             segmenter = self.segmenter = SuperpixelSegmenter()
+        images = inputs[0]
+        if images.shape[1] == 1:  # grayscale: segmenters take RGB, the model the channel
+            images = images.expand(-1, 3, -1, -1)
+        elif images.shape[1] != 3:
+            raise ValueError(
+                f"without a feature_mask, CTC segments the images with its segmenter, which "
+                f"takes RGB (or grayscale) images, and these have {images.shape[1]} channels: "
+                "segment an RGB view of them and pass feature_mask=, e.g. "
+                "feature_mask=SuperpixelSegmenter()(x[:, :3]) for RGBA images "
+                "(ctc_plugin.features)"
+            )
         try:
-            return segmenter(inputs[0])
+            return segmenter(images)
         except ValueRangeError as error:
             raise ValueRangeError(
                 f"{error}. If a wrapper perturbed the images (NoiseTunnel, sensitivity_max, "
