@@ -1,13 +1,15 @@
-"""How messages count and list things: ``1 file``, ``3 files``, ``a, b, c and 2 more``.
+"""How messages count, list and match names: ``1 file``, ``a, b, c and 2 more``.
 
-Every layer's messages use these, so this module imports nothing of the package.
+A name typed is matched to the names known whatever its case, dashes and underscores
+(``feature-ablation`` is ``FeatureAblation``). Every layer's messages use these, so this
+module imports nothing of the package.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["counted", "first_names"]
+__all__ = ["counted", "first_names", "known_name"]
 
 
 def counted(count: int, noun: str) -> str:
@@ -22,3 +24,35 @@ def first_names(names: Sequence[str]) -> str:
     """Up to three of ``names``, and how many more: how messages list files and folders."""
     shown = ", ".join(names[:3])
     return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def known_name(given: str, known: Sequence[str], what: str) -> str:
+    """``given`` as ``known`` spells it, where it differs only in case, dashes and underscores.
+
+    The command's ``explain --method feature-ablation`` and the benchmark's
+    ``FeatureAblation`` name one method; either spelling is taken where the other is known.
+
+    Args:
+        given: The name typed.
+        known: The names known, in their own spelling.
+        what: What they name, for the messages (``"method"``).
+
+    Raises:
+        ValueError: For a name that starts several known ones (``ctc``: each bias sharing),
+            listing them, and for an unknown name, listing every known one.
+    """
+    if given in known:
+        return given
+    key = _letters(given)
+    same = [name for name in known if _letters(name) == key]
+    if len(same) == 1:
+        return same[0]
+    starting = [name for name in known if key and _letters(name).startswith(key)]
+    if len(starting) > 1:
+        raise ValueError(f"{what} {given!r} names several: {', '.join(starting)}; give one")
+    raise ValueError(f"unknown {what} {given!r}; choose from {', '.join(known)}")
+
+
+def _letters(name: str) -> str:
+    """``name`` in lower case without dashes, underscores and spaces (``+`` counts)."""
+    return "".join(character for character in name.lower() if character not in "-_ ")

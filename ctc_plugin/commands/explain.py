@@ -44,7 +44,7 @@ from ctc_plugin.commands.model_checks import (
 )
 from ctc_plugin.commands.models import LoadedModel, load_model
 from ctc_plugin.ctc.modes import BIAS_SHARING_MODES, DEFAULT_BIAS_SHARING
-from ctc_plugin.wording import counted
+from ctc_plugin.wording import counted, known_name
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -266,9 +266,14 @@ image_file.__name__ = "image"
 
 
 def method_name(text: str) -> str:
-    """``--method``: a name of `METHODS` (an image path there gets a hint)."""
-    if text in METHODS:
-        return text
+    """``--method``: a name of `METHODS` (an image path there gets a hint).
+
+    The benchmark's spelling of a method is taken too (``FeatureAblation``, ``GradCAM``).
+    """
+    try:
+        return known_name(text, list(METHODS), "method")
+    except ValueError:
+        pass
     hint = ""
     if Path(text).suffix or Path(text).exists():
         hint = "; give the images before --method (explain IMAGE ... --method M ...)"

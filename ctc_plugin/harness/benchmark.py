@@ -76,6 +76,7 @@ from ctc_plugin.harness.store import (
     run_order,
 )
 from ctc_plugin.resumable import Shard, json_values, run_job
+from ctc_plugin.wording import known_name
 from ctc_plugin.zoo.settings import FAMILIES
 
 __all__ = [
@@ -103,7 +104,9 @@ class BenchmarkConfig:
         robustness_images: The first this many images also get the protocol, input invariance,
             max-sensitivity and sanity metrics (they call a method many times).
         feature_sources: Features given to feature-based methods, each a separate row.
-        methods: Method names to run (see ``registry()``); ``None`` runs every available one.
+        methods: Method names to run (see ``registry()``; a name spelled otherwise in case,
+            dashes and underscores, as ``explain --method`` spells it, is taken:
+            ``feature-ablation``); ``None`` runs every available one.
             Their order is the order of the report's rows, so it is part of the configuration:
             a resumed run must give them in the same order (a reordered list is another
             report, refused in the same folder).
@@ -154,6 +157,10 @@ class BenchmarkConfig:
         )
 
     def __post_init__(self) -> None:
+        if self.methods is not None:  # the command's spelling (feature-ablation) is taken too
+            known = method_names()
+            named = tuple(known_name(name, known, "method") for name in self.methods)
+            object.__setattr__(self, "methods", named)
         for name in ("families", "splits", "feature_sources", "methods"):
             values = getattr(self, name) or ()
             repeated = sorted({value for value in values if values.count(value) > 1})
@@ -162,11 +169,6 @@ class BenchmarkConfig:
         unknown = set(self.feature_sources) - set(FEATURE_SOURCES)
         if unknown:
             raise ValueError(f"unknown feature sources {sorted(unknown)}; use {FEATURE_SOURCES}")
-        if self.methods is not None:
-            known = method_names()
-            unknown = sorted(set(self.methods) - set(known))
-            if unknown:
-                raise ValueError(f"unknown methods {unknown}; available: {known}")
         if self.images < 1 or self.batch_size < 1:
             raise ValueError("images and batch_size must be positive")
         if not 0 <= self.robustness_images <= self.images:

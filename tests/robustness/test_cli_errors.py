@@ -481,10 +481,35 @@ def test_explain_runs_on_every_image_mode(kind, tmp_path, capsys):
     assert Image.open(out).format == "PNG"
 
 
-@pytest.mark.parametrize("methods", [["Nope"], ["CTC-reference", "gradcam"], ["ctc-reference"]])
-def test_unknown_benchmark_methods_are_refused_before_anything_is_written(tmp_path, methods):
+@pytest.mark.parametrize(
+    ("methods", "message"),
+    [
+        (["Nope"], "unknown method 'Nope'; choose from CTC-reference"),
+        (["CTC-reference", "gradcm"], "unknown method 'gradcm'"),
+        (["ctc"], "method 'ctc' names several: CTC-reference, CTC-proportional, CTC-none"),
+    ],
+)
+def test_unknown_benchmark_methods_are_refused_before_anything_is_written(
+    tmp_path, methods, message
+):
     out = tmp_path / "run"
     assert_one_line_error(
-        "benchmark", ["benchmark", "--methods", *methods, "--out", str(out)], "unknown methods"
+        "benchmark", ["benchmark", "--methods", *methods, "--out", str(out)], message
     )
     assert not out.exists()
+
+
+def test_benchmark_and_explain_take_each_others_spelling_of_a_method():
+    from ctc_plugin.commands.explain import method_name
+    from ctc_plugin.harness.benchmark import BenchmarkConfig
+
+    given = ["feature-ablation", "gradcam", "GradCAM++", "integrative-cam", "ctc_reference"]
+    assert BenchmarkConfig(methods=given).methods == (
+        "FeatureAblation", "GradCAM", "GradCAM++", "IntegrativeCAM", "CTC-reference",
+    )  # fmt: skip
+    names = ["FeatureAblation", "GradCAM", "IntegrativeCAM", "CTC", "Lime"]
+    assert [method_name(name) for name in names] == [
+        "feature-ablation", "gradcam", "integrative-cam", "ctc", "lime",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"names \['GradCAM'\] more than once"):
+        BenchmarkConfig(methods=["gradcam", "GradCAM"])
