@@ -1,6 +1,8 @@
 """How messages count and list things."""
 
-from ctc_plugin.wording import counted, first_names
+import pytest
+
+from ctc_plugin.wording import counted, first_names, known_name
 
 
 def test_counted_is_singular_for_one_only():
@@ -11,3 +13,15 @@ def test_first_names_shows_three_and_counts_the_rest():
     assert first_names([]) == ""
     assert first_names(["a", "b", "c"]) == "a, b, c"
     assert first_names(["a", "b", "c", "d", "e"]) == "a, b, c and 2 more"
+
+
+def test_known_name_matches_case_dashes_and_underscores_only():
+    known = ["FeatureAblation", "GradCAM", "GradCAM++", "CTC-none", "CTC-reference"]
+    assert known_name("feature-ablation", known, "method") == "FeatureAblation"
+    assert known_name("gradcam", known, "method") == "GradCAM"  # not GradCAM++
+    assert known_name("GRADCAM++", known, "method") == "GradCAM++"
+    assert known_name("ctc_none", known, "method") == "CTC-none"
+    with pytest.raises(ValueError, match="method 'ctc' names several: CTC-none, CTC-reference"):
+        known_name("ctc", known, "method")
+    with pytest.raises(ValueError, match="unknown method 'featureablate'; choose from Feature"):
+        known_name("featureablate", known, "method")

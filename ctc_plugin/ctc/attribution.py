@@ -450,7 +450,7 @@ class CTC(Attribution):
         images = inputs[0]
         if images.shape[1] == 1:  # grayscale: segmenters take RGB, the model the channel
             images = images.expand(-1, 3, -1, -1)
-        elif images.shape[1] != 3:
+        elif images.shape[1] != 3 and images.shape[-1] != 3:  # channels-last: the segmenter says
             raise ValueError(
                 f"without a feature_mask, CTC segments the images with its segmenter, which "
                 f"takes RGB (or grayscale) images, and these have {images.shape[1]} channels: "
