@@ -9,15 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["counted", "first_names", "known_name"]
+__all__ = ["are", "counted", "first_names", "known_name"]
 
 
-def counted(count: int, noun: str) -> str:
-    """``count`` and ``noun``, plural unless one: ``1 shard``, ``3 shards``.
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``count`` and ``noun``, plural unless one: ``1 shard``, ``3 shards``, ``2 classes``.
 
-    ``noun`` is a regular noun (the plural adds ``s``).
+    ``plural`` is the noun's plural where it is not ``noun + "s"``.
     """
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+    return f"{count} {noun}" if count == 1 else f"{count} {plural or noun + 's'}"
+
+
+def are(count: int, noun: str = "") -> str:
+    """``count`` (and ``noun``) with its verb: ``1 folder is``, ``3 folders are``, ``2 are``."""
+    verb = "is" if count == 1 else "are"
+    return f"{counted(count, noun) if noun else count} {verb}"
 
 
 def first_names(names: Sequence[str]) -> str:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ctc_plugin.wording import counted, first_names, known_name
+from ctc_plugin.wording import are, counted, first_names, known_name
 
 
 def test_counted_is_singular_for_one_only():
@@ -25,3 +25,13 @@ def test_known_name_matches_case_dashes_and_underscores_only():
         known_name("ctc", known, "method")
     with pytest.raises(ValueError, match="unknown method 'featureablate'; choose from Feature"):
         known_name("featureablate", known, "method")
+
+
+def test_counted_with_an_irregular_plural_and_are():
+    assert (
+        counted(2, "class", "classes") == "2 classes"
+        and counted(1, "class", "classes") == "1 class"
+    )
+    assert [are(1, "folder"), are(3, "folder"), are(1), are(2)] == [
+        "1 folder is", "3 folders are", "1 is", "2 are",
+    ]  # fmt: skip

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
+from ctc_plugin.wording import counted
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
@@ -181,7 +182,7 @@ def _lime(request: Request) -> tuple[str, Tensor]:
             perturbations_per_eval=request.perturbations_per_eval,
             show_progress=request.show_progress,
         )
-    return f"Lime ({request.lime_samples} samples)", attributions[:, :1]
+    return f"Lime ({counted(request.lime_samples, 'sample')})", attributions[:, :1]
 
 
 def _gradcam(request: Request) -> tuple[str, Tensor]:

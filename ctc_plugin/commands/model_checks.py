@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctc_plugin.commands import CLIError
 from ctc_plugin.commands.models import LoadedModel
+from ctc_plugin.wording import counted
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -243,8 +244,9 @@ def target_class(
         raise CLIError(f"{option} {spec!r}: give a class index{names}")
     count = logits.numel()
     if not -count <= target < count:
+        classes = counted(count, "class", "classes")
         raise CLIError(
-            f"{option} {target} out of range: the model has {count} classes (0 to {count - 1}, "
+            f"{option} {target} out of range: the model has {classes} (0 to {count - 1}, "
             f"or -{count} to -1 counting from the end)"
         )
     return target % count  # a negative index counts from the end, as in Python and Captum

@@ -802,8 +802,9 @@ def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
         shards = sorted({shard for _, shard in changed})
         parquet = ", ".join(str(store.table_path(shard)) for shard in shards[:3])
         raise CLIError(
-            f"--out {out}: the images {names} changed since their shards were finished; put "
-            f"them back as they were (the same content), or delete {parquet} to compute "
+            f"--out {out}: {'the image' if len(changed) == 1 else 'the images'} {names} changed "
+            "since their shards were finished; put them back as they were (the same content), "
+            f"or delete {parquet} to compute "
             f"{'those shards' if len(shards) > 1 else 'that shard'} again"
         )
 

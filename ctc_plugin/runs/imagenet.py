@@ -13,7 +13,7 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
-from ctc_plugin.wording import first_names
+from ctc_plugin.wording import are, first_names
 
 __all__ = ["IMAGENET_CLASSES", "imagenet_classes", "imagenet_synsets"]
 
@@ -60,8 +60,8 @@ def imagenet_classes(folders: Sequence[str], count: int) -> list[int] | None:
         return None
     if others:
         raise ValueError(
-            f"{len(known)} class folders are ImageNet-1k classes (WordNet IDs such as "
-            f"{known[0]}) but {len(others)} are not ({first_names(others)}): move those out "
+            f"{are(len(known), 'class folder')} ImageNet-1k classes (WordNet IDs such as "
+            f"{known[0]}) but {are(len(others), '')} not ({first_names(others)}): move them out "
             "of the folder, or name every folder by its ImageNet-1k WordNet ID"
         )
     return [positions[folder] for folder in folders]

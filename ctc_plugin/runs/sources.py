@@ -229,7 +229,8 @@ def _check_readable(text: str, root: Path, refs: tuple[ImageRef, ...]) -> None:
     if bad:
         raise SourceError(
             f"SOURCE {text!r}: {len(bad)} of its {len(refs)} image files cannot be read as "
-            f"images ({first_names(bad)}); replace or remove them, then run the command again"
+            f"images ({first_names(bad)}); replace or remove {'it' if len(bad) == 1 else 'them'}, "
+            "then run the command again"
         )
     if floating:
         raise SourceError(
