@@ -123,6 +123,7 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     methods = "; ".join(f"{name}: {text}" for name, text in METHODS.items())
     parser.add_argument(
         "--method",
+        "--methods",  # explain-dataset's spelling
         dest="methods",
         nargs="+",
         type=method_name,
@@ -231,7 +232,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
         help=f"how CTC shares biases among the segments (default: {DEFAULT_BIAS_SHARING})",
     )
     parser.add_argument(
-        "--lime-samples", type=positive_int, default=100, help="samples of --method lime (100)"
+        "--lime-samples", type=positive_int, default=100, help="samples of the lime method (100)"
     )
     parser.add_argument(
         "--perturbations-per-eval",

@@ -45,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--methods",
+        "--method",  # explain's spelling
         nargs="+",
         required=True,
         type=method_name,
@@ -69,6 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_preprocessing_options(parser)
     parser.add_argument(
         "--targets",
+        "--target",  # explain's spelling
         nargs="+",
         default=["predicted"],
         metavar="TARGET",

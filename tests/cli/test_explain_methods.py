@@ -216,3 +216,19 @@ def test_grad_cams_title_names_the_layer_of_the_users_network_not_of_the_wrapper
     mask = torch.zeros(1, 1, 64, 64, dtype=torch.long)
     result = run_method("gradcam", Request(model, x, 0, mask, show_progress=False))
     assert result.title == "Grad-CAM (layer4)"  # not "1.layer4"
+
+
+def test_explain_and_explain_dataset_take_each_others_spelling_of_methods_and_targets(tmp_path):
+    """``explain --methods`` and ``explain-dataset --method ... --target`` (once prefix matches)."""
+    from ctc_plugin.cli import build_parser
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    parser = build_parser()
+    args = parser.parse_args(["explain", str(image), "--methods", "ctc", "FeatureAblation"])
+    assert args.methods == ["ctc", "feature-ablation"]
+    args = parser.parse_args(
+        ["explain-dataset", str(tmp_path), "--method", "gradcam", "--target", "1", "--out",
+         str(tmp_path / "run")]
+    )  # fmt: skip
+    assert (args.methods, args.targets) == (["gradcam"], ["1"])
