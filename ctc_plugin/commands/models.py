@@ -137,11 +137,28 @@ def _import_attribute(spec: str, module_name: str, attribute: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
+        inner = error.name is not None and error.name != module_name
+        if inner and not module_name.startswith(error.name + "."):  # found, but it imports
+            raise CLIError(  # a package this environment lacks
+                f"--model {spec!r}: the module {module_name!r} imports {error.name!r}, which "
+                "is not installed here; install it in this environment (pip install ...)"
+            ) from error
         raise CLIError(
             f"--model {spec!r}: cannot import the module {module_name!r} ({error}); it is "
             f"looked for in the current folder ({os.getcwd()}) first, then in the installed "
             "packages: run the command in the folder that holds it, or add its folder to "
             "PYTHONPATH"
+        ) from error
+    except SyntaxError as error:
+        where = f"{error.filename}, line {error.lineno}" if error.filename else module_name
+        raise CLIError(
+            f"--model {spec!r}: the module {module_name!r} has a syntax error ({where}: "
+            f"{error.msg}); fix it, then run the command again"
+        ) from error
+    except Exception as error:  # raised by the module's own code while it is imported
+        raise CLIError(
+            f"--model {spec!r}: importing the module {module_name!r} raised "
+            f"{type(error).__name__}: {error}"
         ) from error
     finally:
         sys.path[:] = saved
@@ -179,6 +196,10 @@ def _call_factory(spec: str, factory: Any) -> Any:
         raise CLIError(
             f"--model {spec!r}: building the model failed to import{missing} ({error}); "
             "install what it needs in this environment (pip install ...)"
+        ) from error
+    except Exception as error:  # the user's own code: its error, in one line
+        raise CLIError(
+            f"--model {spec!r}: building the model raised {type(error).__name__}: {error}"
         ) from error
 
 

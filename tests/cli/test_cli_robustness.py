@@ -127,6 +127,38 @@ def test_a_module_that_is_not_there_names_the_folders_searched(no_current_folder
     assert f"the current folder ({no_current_folder_on_path})" in error
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            "import not_installed_xyz\ndef build(): pass\n",
+            "the module 'user_broken' imports 'not_installed_xyz', which is not installed here; "
+            "install it",
+        ),
+        ("def build(:\n", "the module 'user_broken' has a syntax error ("),
+        (
+            "raise RuntimeError('no GPU here')\n",
+            "importing the module 'user_broken' raised RuntimeError: no GPU here",
+        ),
+        (
+            "def build():\n    raise ValueError('bad size 7')\n",
+            "building the model raised ValueError: bad size 7",
+        ),
+    ],
+    ids=["missing-package", "syntax-error", "raises-on-import", "build-raises"],
+)
+def test_errors_of_the_users_module_are_one_line_naming_what_to_fix(
+    no_current_folder_on_path, capsys, source, message
+):
+    (no_current_folder_on_path / "user_broken.py").write_text(source)
+    try:
+        error = _error(capsys, ["explain", "--model", "user_broken:build"])
+    finally:
+        sys.modules.pop("user_broken", None)
+    assert error.startswith("ctc-plugin explain: error: --model 'user_broken:build': "), error
+    assert message in error, error
+
+
 def _state(model: torch.nn.Module, path: Path) -> str:
     torch.save(model.state_dict(), path)
     return str(path)
