@@ -29,14 +29,15 @@ _OS_ADVICE = {
 }
 
 
-def os_error_text(error: OSError) -> str:
+def os_error_text(error: OSError, name_file: bool = True) -> str:
     """``error`` as a short reason and what to do: ``No space left on device: free ...``.
 
-    An OSError raised with a message of its own (no ``errno``) keeps that message.
+    An OSError raised with a message of its own (no ``errno``) keeps that message;
+    ``name_file=False`` leaves out the file (for a message that names it already).
     """
     if error.errno is None or not error.strerror:
         return str(error)
-    where = f" ({error.filename})" if error.filename else ""
+    where = f" ({error.filename})" if error.filename and name_file else ""
     advice = _OS_ADVICE.get(error.errno, "check the path, then run the command again")
     return f"{error.strerror}{where}: {advice}"
 

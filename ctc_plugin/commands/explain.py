@@ -611,12 +611,14 @@ def _writing(option: str, path: Path) -> Iterator[None]:
     """
     from ctc_plugin.commands import os_error_text
 
+    existed = path.exists()
     try:
         yield
     except OSError as error:
+        kept = f"; the {path.name} there before is kept as it was" if existed else ""
         raise CLIError(
-            f"argument {option}: could not write {path} ({os_error_text(error)}); a previous "
-            f"{path.name} is kept as it was"
+            f"argument {option}: could not write {path}: "
+            f"{os_error_text(error, name_file=False)}{kept}"
         ) from error
 
 

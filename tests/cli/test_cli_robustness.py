@@ -76,6 +76,22 @@ def test_a_failed_write_keeps_the_previous_file_and_is_one_line(
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_a_failed_write_of_a_new_file_names_it_once_and_keeps_nothing(
+    tmp_path, capsys, monkeypatch
+):
+    """No "previous file is kept" where there was none, and the path once, not nested."""
+    out = tmp_path / "new.png"
+    monkeypatch.setattr(
+        "matplotlib.figure.Figure.savefig", _fail_midway(errno.ENOSPC, "No space left on device")
+    )
+    error = _error(capsys, [*QUICK, "--out", str(out)])
+    assert error == (
+        f"ctc-plugin explain: error: argument --out: could not write {out}: No space left on "
+        "device: free some disk space or write somewhere else"
+    )
+    assert not out.exists()
+
+
 def test_the_figure_is_written_in_the_format_its_suffix_names(tmp_path):
     expected = {"pdf": b"%PDF", "svg": b"<?xml", "png": b"\x89PNG", "jpg": b"\xff\xd8"}
     for suffix, magic in expected.items():
