@@ -46,7 +46,8 @@ class ConfigMismatchError(ValueError):
         root: Path,
         differences: list[tuple[str, Any, Any]],
         kind: str = "run",
-        advice: str = "run the same command again to resume it, or choose another --out",
+        advice: str = "to resume it, give the options it was started with (the values "
+        "there), or choose another --out",
     ) -> None:
         self.differences = differences
         listed = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, old, new in differences)

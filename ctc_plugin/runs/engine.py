@@ -588,6 +588,11 @@ def _restated_mismatch(
     other ``error`` is returned as it is.
     """
     keys = [key for key, _, _ in error.differences]
+    if "shard_size" in keys and any(key in ("plan", "shards") for key in keys):
+        # the plan and the shard count follow from the shard size: only it is named
+        kept = [d for d in error.differences if d[0] not in ("plan", "shards")]
+        error = ConfigMismatchError(Path(out), kept)
+        keys = [key for key, _, _ in kept]
     if keys and all(key.endswith("weights_sha256") for key in keys):
         return ConfigMismatchError(
             Path(out),

@@ -355,3 +355,16 @@ def test_weights_replaced_under_the_same_name_are_named_as_the_reason(tmp_path, 
     error = _one_error_line(capsys)
     assert "the weights file has other contents than when this run started" in error
     assert "run the same command again" not in error
+
+
+def test_another_shard_size_is_named_alone_with_how_to_resume(tmp_path, capsys):
+    """The plan's digest and the shard count follow from it: they are not listed beside it."""
+    folder, out = tmp_path / "photos", tmp_path / "run"
+    for name in ("a", "b"):
+        _image(folder / f"{name}.png", 12, 12)
+    assert main(_explain(folder, out, *TINY)) == 0
+    capsys.readouterr()
+    assert main([*_explain(folder, out, *TINY), "--shard-size", "2"]) == 2
+    error = _one_error_line(capsys)
+    assert "(shard_size: 1 there, 2 now)" in error, error
+    assert "to resume it, give the options it was started with (the values there)" in error

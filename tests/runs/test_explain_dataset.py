@@ -232,7 +232,10 @@ def test_image_folder_with_and_without_class_subfolders(tmp_path, classes):
     [
         (["/no/such/folder", "--methods", "ctc"], "is neither an image folder nor one of shapes"),
         (["shapes", "--methods", "ctc"], "needs the number of images: give --images N"),
-        (["shapes", "--images", "2", "--methods", "nope"], "argument --methods: invalid choice"),
+        (
+            ["shapes", "--images", "2", "--methods", "nope"],
+            "argument --methods/--method: invalid choice",
+        ),
         (["shapes", "--images", "0", "--methods", "ctc"], "argument --images"),
         (["shapes", "--images", "2"], "the following arguments are required: --methods"),
         (["{empty}", "--methods", "ctc"], "holds no images"),
