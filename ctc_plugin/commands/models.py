@@ -87,8 +87,7 @@ def _torchvision_model(name: str, weights: Path | None) -> LoadedModel:
     from ctc_plugin.images import ImagePreprocessing
 
     weights = _needed_weights(name, weights, "a torchvision architecture")
-    extra = {"aux_logits": True, "init_weights": False} if name == "inception_v3" else {}
-    network = zoo.load_torchvision(name, weights, **extra)
+    network = zoo.load_torchvision(name, weights)  # GoogLeNet and Inception as for weights
     described = get_model_weights(name).DEFAULT  # metadata only: no download
     return LoadedModel(
         network,

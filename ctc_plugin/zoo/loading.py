@@ -169,10 +169,13 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
     Args:
         arch: A torchvision classification builder name, e.g. ``"resnet18"`` or ``"vgg16_bn"``.
         weights_path: The ``.pth`` file holding the state dict (as torchvision publishes them).
-        **kwargs: Passed to the builder (e.g. ``num_classes``; for Inception-v3 use
-            ``aux_logits=True, init_weights=False`` to match the published file). Without
-            ``num_classes`` the class count is the weights' own: a fine-tuned head (say 10
-            classes instead of ImageNet's 1000) is built to fit them.
+        **kwargs: Passed to the builder (e.g. ``num_classes``). Without ``num_classes`` the
+            class count is the weights' own: a fine-tuned head (say 10 classes instead of
+            ImageNet's 1000) is built to fit them. GoogLeNet and Inception-v3 are built as
+            torchvision builds them for its weights: ``transform_input=True`` (the first layer
+            takes ImageNet-normalised images as those weights were trained; pass
+            ``transform_input=False`` for weights trained without it), ``init_weights=False``,
+            and ``aux_logits`` as the file holds the auxiliary heads or not.
 
     Returns:
         The model in eval mode.
@@ -194,12 +197,20 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
         )
     path = Path(weights_path)
     state = read_state_dict(path)
+    if arch in _AUXILIARY_HEADS:  # as torchvision's builder sets them for its weights
+        heads = _AUXILIARY_HEADS[arch]  # at the top, or under a wrapper's prefix (module.)
+        holds = any(part in heads for key in state for part in key.split(".")[:3])
+        kwargs = {"transform_input": True, "init_weights": False, "aux_logits": holds, **kwargs}
     model = torchvision.models.get_model(arch, weights=None, **kwargs)
     state = unwrapped_state(model, state)
     classes = None if "num_classes" in kwargs else head_classes(model, state)
     if classes is not None:
         model = torchvision.models.get_model(arch, weights=None, num_classes=classes, **kwargs)
     return load_state_into(model, state, path)
+
+
+#: The auxiliary classifiers of the torchvision architectures that have them.
+_AUXILIARY_HEADS = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}
 
 
 def head_classes(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -279,3 +281,26 @@ def test_zoo_train_command_uses_the_family_settings(monkeypatch, tmp_path):
     assert seen["resnet"] == zoo.TrainConfig()
     cli.main(["zoo", "train", "vit", "--epochs", "1", "--out", str(tmp_path)])
     assert seen["vit"].epochs == 1
+
+
+@pytest.mark.parametrize("arch", ["googlenet", "inception_v3"])
+@pytest.mark.parametrize("aux", [False, True], ids=["without-aux", "with-aux"])
+def test_googlenet_and_inception_load_as_torchvision_builds_them_for_weights(tmp_path, arch, aux):
+    """``googlenet(weights=DEFAULT).state_dict()`` has no auxiliary heads, and its builder sets
+    ``transform_input=True``: files with or without the heads load, with the same scaling."""
+    import torchvision
+
+    torch.manual_seed(0)
+    options = {"aux_logits": aux, "init_weights": False, "transform_input": True}
+    tuned = torchvision.models.get_model(arch, weights=None, num_classes=5, **options).eval()
+    path = tmp_path / f"{arch}.pth"
+    torch.save(tuned.state_dict(), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # torchvision's init_weights warning
+        model = zoo.load_torchvision(arch, path)
+    assert model.transform_input and model.aux_logits == aux
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tuned(x))
+    plain = zoo.load_torchvision(arch, path, transform_input=False)  # weights trained without
+    assert not plain.transform_input
