@@ -947,6 +947,10 @@ def explain_dataset(
         threads=threads,
         device=device,
     )
+    if not ray:  # a device this machine lacks is named first (on Ray the workers check it)
+        from ctc_plugin.commands.explain import resolve_device
+
+        resolve_device(config.device)
     resolved = resolve_source(source, images=images, seed=seed)
     job = ExplainJob(config, resolved)
     check_finished_images(job, out)

@@ -368,3 +368,17 @@ def test_another_shard_size_is_named_alone_with_how_to_resume(tmp_path, capsys):
     error = _one_error_line(capsys)
     assert "(shard_size: 1 there, 2 now)" in error, error
     assert "to resume it, give the options it was started with (the values there)" in error
+
+
+def test_a_device_this_machine_lacks_is_named_before_another_runs_options(tmp_path, capsys):
+    """``--device cuda`` on a CPU run's folder: the device is the reason, not "device: 'cpu'
+    there, 'cuda' now" (which would send the user to rerun with --device cpu for nothing)."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    folder, out = tmp_path / "photos", tmp_path / "run"
+    _image(folder / "a.png", 12, 12)
+    assert main(_explain(folder, out, *TINY)) == 0
+    capsys.readouterr()
+    assert main([*_explain(folder, out, *TINY), "--device", "cuda"]) == 2
+    error = _one_error_line(capsys)
+    assert "argument --device: cuda is not available on this machine; use cpu" in error, error
