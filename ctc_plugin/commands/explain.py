@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctc_plugin.commands import CLIError
+from ctc_plugin.commands import CLIError, add_threads_option, torch_threads
 from ctc_plugin.commands.arguments import (
     add_preprocessing_options,
     check_outputs_spare_inputs,
@@ -161,6 +161,9 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
         metavar="FILE.npz",
         help="also write the scores, the segments and the attribution of every method and "
         "image (.npz) and the rankings as JSON beside it (FILE.json)",
+    )
+    add_threads_option(
+        parser, None, "torch CPU threads (default: torch's count, which OMP_NUM_THREADS sets)"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
@@ -838,7 +841,8 @@ def _sample_path(split: str, kind: str) -> Path:
 
 def run_explain(args: argparse.Namespace) -> int:
     """Entry point of ``ctc-plugin explain``."""
-    return explain(args)
+    with torch_threads(args.threads):
+        return explain(args)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -848,7 +852,8 @@ def run_demo(args: argparse.Namespace) -> int:
         CLIError: For a zoo ``--model`` trained on another split than ``--split``'s sample.
     """
     args.model, args.split = model_for_split(args.model, args.split, _split_option)
-    return explain(args, evidence_path=_sample_path(args.split, "evidence"))
+    with torch_threads(args.threads):
+        return explain(args, evidence_path=_sample_path(args.split, "evidence"))
 
 
 def _split_option(split: str) -> str:

@@ -232,3 +232,21 @@ def test_explain_and_explain_dataset_take_each_others_spelling_of_methods_and_ta
          str(tmp_path / "run")]
     )  # fmt: skip
     assert (args.methods, args.targets) == (["gradcam"], ["1"])
+
+
+@pytest.mark.parametrize("command", ["explain", "demo"])
+def test_explain_and_demo_run_on_the_threads_asked_for(command, monkeypatch, tmp_path):
+    """``--threads N`` as the other subcommands take it; torch's count is restored after."""
+    from ctc_plugin.commands import explain as explain_module
+
+    seen = []
+    monkeypatch.setattr(
+        explain_module, "explain", lambda args, **_: seen.append(torch.get_num_threads()) or 0
+    )
+    before = torch.get_num_threads()
+    images = [str(tmp_path / "a.png")] if command == "explain" else []
+    if images:
+        Image.new("RGB", (8, 8)).save(images[0])
+    assert main([command, *images, "--threads", "1"]) == 0
+    assert main([command, *images]) == 0
+    assert seen == [1, before] and torch.get_num_threads() == before
