@@ -226,6 +226,13 @@ class ImagePreprocessing:
                 raise ValueError(f"mean and std need 3 values (R, G, B), got {mean} and {std}")
             if not all(np.isfinite(mean + std)) or any(s <= 0 for s in std):
                 raise ValueError(f"std must be positive and both finite, got mean={mean} std={std}")
+            if max(mean) > 1:  # the 0..255 scale of 8-bit images: (255x - m) / s, x in [0, 1]
+                scaled = ", ".join(f"{v / 255:.3f}" for v in mean)
+                spread = ", ".join(f"{v / 255:.3f}" for v in std)
+                raise ValueError(
+                    f"mean {mean} is on the 0..255 scale, and the pixels are in [0, 1]: divide "
+                    f"mean and std by 255: mean=({scaled}), std=({spread})"
+                )
             object.__setattr__(self, "mean", mean)
             object.__setattr__(self, "std", std)
         if self.interpolation not in INTERPOLATIONS:

@@ -298,3 +298,21 @@ def test_normalize_takes_one_channel_as_gray():
     torch.testing.assert_close(one_value(rgb), (rgb - 0.5) / 0.25)
     with pytest.raises(ValueError, match="add the batch dim"):
         one_value(rgb[0])  # (3, H, W) would broadcast to a batch of one without a word
+
+
+def test_a_mean_on_the_0_to_255_scale_is_refused_with_the_values_to_give(tmp_path, capsys):
+    """ImageNet's statistics as 8-bit values (124, 116, 104) would shift every pixel by ~120."""
+    message = r"divide mean and std by 255: mean=\(0\.486, 0\.455, 0\.408\), std=\(0\.227, "
+    with pytest.raises(ValueError, match=message):
+        ImagePreprocessing(mean=(124, 116, 104), std=(58, 57, 57))
+    assert ImagePreprocessing(mean=(1.0, 0.5, 0.5), std=(1.0, 1.0, 1.0)).mean == (1.0, 0.5, 0.5)
+    from ctc_plugin.cli import main
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (16, 16)).save(image)
+    argv = ["explain", str(image), "--mean", "124", "116", "104", "--std", "58", "57", "57"]
+    assert main(argv) == 2
+    assert (
+        "argument --mean: mean (124.0, 116.0, 104.0) is on the 0..255 scale"
+        in capsys.readouterr().err
+    )

@@ -357,7 +357,8 @@ def preprocessing_for(args: argparse.Namespace, loaded: LoadedModel) -> ImagePre
     try:
         return own.replace(**changes)
     except ValueError as error:
-        raise CLIError(f"argument --crop: {error}") from error
+        option = "--mean" if str(error).startswith("mean") else "--crop"
+        raise CLIError(f"argument {option}: {error}") from error
 
 
 def resolve_device(text: str) -> torch.device:
