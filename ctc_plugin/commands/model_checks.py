@@ -23,14 +23,25 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def check_input_channels(loaded: LoadedModel) -> None:
-    """Refuse a model whose first convolution does not take the 3 channels of an RGB image."""
-    from torch import nn
+    """Refuse a model whose first convolution does not take the 3 channels of an RGB image.
 
-    first = next((m for m in loaded.network.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is not None and first.in_channels != 3:
+    A ``torchvision.transforms.Grayscale()`` in front of it makes it take RGB.
+    """
+    from torch import nn
+    from torchvision.transforms import Grayscale
+
+    layers = (nn.Conv2d, Grayscale)  # a model behind Grayscale() takes RGB
+    first = next((m for m in loaded.network.modules() if isinstance(m, layers)), None)
+    if isinstance(first, nn.Conv2d) and first.in_channels != 3:
+        advice = (
+            "; for a grayscale model, build it behind a conversion in your module: "
+            "return torch.nn.Sequential(torchvision.transforms.Grayscale(), model)"
+            if first.in_channels == 1
+            else ""
+        )
         raise CLIError(
             f"--model {loaded.name} takes {first.in_channels}-channel images; explain reads "
-            "every image as 3-channel RGB"
+            f"every image as 3-channel RGB{advice}"
         )
 
 

@@ -389,7 +389,27 @@ def test_a_model_taking_other_than_three_channels_is_one_line(tmp_path):
         "--out",
         str(tmp_path / "f.png"),
     ]
-    assert_one_line_error("explain", argv, "takes 1-channel images", "3-channel RGB")
+    assert_one_line_error(
+        "explain", argv, "takes 1-channel images", "3-channel RGB",
+        "torch.nn.Sequential(torchvision.transforms.Grayscale(), model)",
+    )  # fmt: skip
+
+
+def tiny_gray_model_behind_grayscale():
+    """The advice followed: the grayscale model behind torchvision's conversion."""
+    import torchvision
+    from torch import nn
+
+    return nn.Sequential(torchvision.transforms.Grayscale(), tiny_gray_model())
+
+
+def test_a_grayscale_model_behind_the_advised_conversion_is_explained(tmp_path, capsys):
+    argv = [
+        "explain", "--model", f"{__name__}:tiny_gray_model_behind_grayscale", *FAST, "--out",
+        str(tmp_path / "f.png"),
+    ]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (tmp_path / "f.png").exists()
 
 
 def test_internal_errors_keep_their_traceback(monkeypatch):
