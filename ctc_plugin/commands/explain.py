@@ -645,11 +645,21 @@ def _label(loaded: LoadedModel, index: int) -> str:
     return f"{index} ({loaded.classes[index]})" if loaded.classes else str(index)
 
 
+def prediction(logits: torch.Tensor) -> tuple[int, float]:
+    """The predicted class and its probability.
+
+    The softmax over the classes, or the sigmoid of a model with one output (a binary
+    classifier's logit, whose softmax would always be 1).
+    """
+    if logits.numel() == 1:
+        return 0, float(logits.float().sigmoid().reshape(()))
+    return int(logits.argmax()), float(logits.float().softmax(0).max())
+
+
 def _print_report(
     loaded: LoadedModel, preprocessing: ImagePreprocessing, item: Explained, top: int
 ) -> None:
-    probability = item.logits.softmax(0)
-    predicted = int(item.logits.argmax())
+    predicted, probability = prediction(item.logits)
     height, width = item.image.size
     original = item.image.original_size or item.image.size
     print(
@@ -657,7 +667,7 @@ def _print_report(
     )
     print(
         f"model {loaded.name}: predicted {_label(loaded, predicted)} "
-        f"p={probability[predicted]:.3f}; explaining target {_label(loaded, item.target)} "
+        f"p={probability:.3f}; explaining target {_label(loaded, item.target)} "
         f"(logit {item.logits[item.target]:.3f})"
     )
     mask = item.feature_mask[0, 0]
@@ -784,7 +794,7 @@ def save_results(
                     for rank, k in enumerate(order, start=1)
                 ],
             }
-        predicted = int(item.logits.argmax())
+        predicted, probability = prediction(item.logits)
         images.append(
             {
                 "key": key,
@@ -794,7 +804,7 @@ def save_results(
                 "predicted": {
                     "index": predicted,
                     "name": loaded.classes[predicted] if loaded.classes else None,
-                    "probability": float(item.logits.softmax(0)[predicted]),
+                    "probability": probability,
                 },
                 "target": {
                     "index": item.target,

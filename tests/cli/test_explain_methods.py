@@ -250,3 +250,28 @@ def test_explain_and_demo_run_on_the_threads_asked_for(command, monkeypatch, tmp
     assert main([command, *images, "--threads", "1"]) == 0
     assert main([command, *images]) == 0
     assert seen == [1, before] and torch.get_num_threads() == before
+
+
+def single_logit() -> torch.nn.Module:
+    """A binary classifier with one output (its logit), for ``--model module:callable``."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(2, 1),
+    )  # fmt: skip
+
+
+def test_a_single_logit_model_reports_the_sigmoid_not_a_softmax_of_one(tmp_path, capsys):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+        image
+    )
+    argv = ["explain", str(image), "--model", f"{__name__}:single_logit", "--method", "gradcam",
+            "--segmenter", "grid", "--segments", "4", "--out", str(tmp_path / "f.png"),
+            "--save", str(tmp_path / "run.npz"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    saved = json.loads((tmp_path / "run.json").read_text())["images"][0]
+    logit = saved["target"]["logit"]
+    assert saved["predicted"]["probability"] == pytest.approx(1 / (1 + math.exp(-logit)))
+    assert f"p={1 / (1 + math.exp(-logit)):.3f}" in text and "p=1.000" not in text
