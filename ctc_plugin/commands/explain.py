@@ -131,7 +131,7 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
         metavar="METHOD",
         help=f"one or more methods, drawn side by side (default: ctc). {methods}",
     )
-    add_model_options(parser)
+    add_model_options(parser, default=None)  # left out: DEFAULT_MODEL, with a note on photos
     add_preprocessing_options(parser)
     parser.add_argument(
         "--target",
@@ -169,13 +169,21 @@ def _add_options(parser: argparse.ArgumentParser, default_out: str) -> None:
 
 
 # ------------------------------------------------------- options shared with explain-dataset
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """``--model`` and ``--weights``, as ``explain`` and ``explain-dataset`` take them."""
+#: The ``--model`` of a command that is given none: the zoo's ResNet (bundled images).
+DEFAULT_MODEL = "resnet"
+
+
+def add_model_options(parser: argparse.ArgumentParser, default: str | None = DEFAULT_MODEL) -> None:
+    """``--model`` and ``--weights``, as ``explain`` and ``explain-dataset`` take them.
+
+    ``default=None`` lets the command tell a ``--model`` left out (it then uses
+    `DEFAULT_MODEL`) from one given.
+    """
     from ctc_plugin.zoo.settings import FAMILIES
 
     parser.add_argument(
         "--model",
-        default="resnet",
+        default=default,
         help=f"a zoo family ({', '.join(FAMILIES)}; add -composite for the composite "
         "weights, e.g. resnet-composite), a torchvision architecture (e.g. resnet50, needs "
         "--weights; its ImageNet preprocessing and class names come from torchvision's "
@@ -852,6 +860,16 @@ def _sample_path(split: str, kind: str) -> Path:
 
 def run_explain(args: argparse.Namespace) -> int:
     """Entry point of ``ctc-plugin explain``."""
+    if args.model is None:
+        from ctc_plugin.datasets.splits import SPLITS
+
+        args.model = DEFAULT_MODEL
+        if args.images:  # the user's images, explained by a model of synthetic shapes
+            print(
+                f"note: no --model given: the zoo's {DEFAULT_MODEL} trained on the synthetic "
+                f"shapes ({', '.join(SPLITS['shapes'])}) explains these images; give --model "
+                "for your classifier (ctc-plugin explain --help)"
+            )
     with torch_threads(args.threads):
         return explain(args)
 
@@ -862,7 +880,7 @@ def run_demo(args: argparse.Namespace) -> int:
     Raises:
         CLIError: For a zoo ``--model`` trained on another split than ``--split``'s sample.
     """
-    args.model, args.split = model_for_split(args.model, args.split, _split_option)
+    args.model, args.split = model_for_split(args.model or DEFAULT_MODEL, args.split, _split_option)
     with torch_threads(args.threads):
         return explain(args, evidence_path=_sample_path(args.split, "evidence"))
 

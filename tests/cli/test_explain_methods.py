@@ -275,3 +275,17 @@ def test_a_single_logit_model_reports_the_sigmoid_not_a_softmax_of_one(tmp_path,
     logit = saved["target"]["logit"]
     assert saved["predicted"]["probability"] == pytest.approx(1 / (1 + math.exp(-logit)))
     assert f"p={1 / (1 + math.exp(-logit)):.3f}" in text and "p=1.000" not in text
+
+
+def test_a_photo_explained_without_model_says_which_model_explains_it(tmp_path, capsys):
+    image = tmp_path / "a.png"
+    Image.new("RGB", (24, 24)).save(image)
+    quick = ["--method", "gradcam", "--segmenter", "grid", "--segments", "4", "--no-progress"]
+    assert main(["explain", str(image), *quick, "--out", str(tmp_path / "f.png")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("note: no --model given: the zoo's resnet trained on the synthetic")
+    given = ["explain", str(image), "--model", "resnet", *quick, "--out", str(tmp_path / "g.png")]
+    assert main(given) == 0
+    assert "no --model given" not in capsys.readouterr().out  # named: no note
+    assert main(["explain", *quick, "--out", str(tmp_path / "h.png")]) == 0  # the bundled image
+    assert "no --model given" not in capsys.readouterr().out
