@@ -242,16 +242,23 @@ def target_class(
     """
     if spec is None:
         return int(logits.argmax())
+    text = spec.strip()
     # int() also takes "²" or Arabic digits; one minus sign at most ("--3" is no number)
-    if spec.isascii() and spec.removeprefix("-").isdigit():
-        target = int(spec)
-    elif loaded.classes is not None and spec in loaded.classes:
-        target = _named_class(spec, loaded.classes, option)
+    if text.isascii() and text.removeprefix("-").isdigit():
+        target = int(text)
+    elif loaded.classes is not None and _class_name(text, loaded.classes) is not None:
+        target = _named_class(_class_name(text, loaded.classes), loaded.classes, option)
     else:
         names = f" (0 to {logits.numel() - 1}); this model has no class names"
         if loaded.classes:
+            import difflib
+
+            lower = {known.lower(): known for known in loaded.classes}
+            close = [lower[c] for c in difflib.get_close_matches(text.lower(), lower, cutoff=0.75)]
             shown = loaded.classes if len(loaded.classes) <= 10 else loaded.classes[:5] + ["..."]
             names = f" or a class name ({', '.join(shown)})"
+            if close:
+                names += f"; did you mean {', '.join(repr(c) for c in close)}?"
         raise CLIError(f"{option} {spec!r}: give a class index{names}")
     count = logits.numel()
     if not -count <= target < count:
@@ -261,6 +268,14 @@ def target_class(
             f"or -{count} to -1 counting from the end)"
         )
     return target % count  # a negative index counts from the end, as in Python and Captum
+
+
+def _class_name(text: str, classes: list[str]) -> str | None:
+    """The class name ``text`` spells: exactly, or in another case (``Tabby`` is ``tabby``)."""
+    if text in classes:
+        return text
+    same = {known for known in classes if known.lower() == text.lower()}
+    return same.pop() if len(same) == 1 else None
 
 
 def _named_class(name: str, classes: list[str], option: str) -> int:

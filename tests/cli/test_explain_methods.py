@@ -289,3 +289,20 @@ def test_a_photo_explained_without_model_says_which_model_explains_it(tmp_path, 
     assert "no --model given" not in capsys.readouterr().out  # named: no note
     assert main(["explain", *quick, "--out", str(tmp_path / "h.png")]) == 0  # the bundled image
     assert "no --model given" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("target", "status", "expected"),
+    [
+        (" 2", 0, "explaining target 2 (triangle)"),
+        ("Triangle", 0, "explaining target 2 (triangle)"),
+        ("triangel", 2, "did you mean 'triangle'?"),
+    ],
+)
+def test_targets_are_read_as_typed_loosely_and_misspelt_names_get_the_close_ones(
+    tmp_path, capsys, target, status, expected
+):
+    quick = ["--method", "gradcam", "--segmenter", "grid", "--segments", "4", "--no-progress"]
+    assert main(["explain", "--target", target, *quick, "--out", str(tmp_path / "f.png")]) == status
+    captured = capsys.readouterr()
+    assert expected in (captured.err if status else captured.out)
