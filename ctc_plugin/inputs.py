@@ -472,7 +472,8 @@ def _check_image_shape(x: torch.Tensor, name: str, channels: int | None, context
     hint = ""
     if x.dim() == 4 and (channels is None or shape[1] == channels):
         return
-    if x.dim() == 4 and shape[-1] == channels:
+    gray_last = x.dim() == 4 and channels == 3 and shape[-1] == 1 and shape[1] > 4  # (N, H, W, 1)
+    if x.dim() == 4 and (shape[-1] == channels or gray_last):
         hint = "; it looks channels-last: x.permute(0, 3, 1, 2)"
     elif x.dim() == 4 and channels == 3 and shape[1] == 1:
         hint = "; for grayscale images, repeat their channel: x.expand(-1, 3, -1, -1)"

@@ -340,8 +340,12 @@ def _npz_file(text: str) -> Path:
     return path
 
 
-def preprocessing_for(args: argparse.Namespace, loaded: LoadedModel) -> ImagePreprocessing:
+def preprocessing_for(
+    args: argparse.Namespace, loaded: LoadedModel | ImagePreprocessing
+) -> ImagePreprocessing:
     """The model's own preprocessing with ``--resize``, ``--crop``, ``--mean``, ``--std``.
+
+    ``loaded`` is the model, or its own preprocessing (``loaded.preprocessing``).
 
     The one builder of ``explain``, ``demo`` and ``explain-dataset`` (whose runs pass their
     [`RunConfig`][ctc_plugin.runs.plan.RunConfig]'s values as ``args``). Given ``--resize``
@@ -352,7 +356,9 @@ def preprocessing_for(args: argparse.Namespace, loaded: LoadedModel) -> ImagePre
         CLIError: For ``--mean`` without ``--std`` (or the reverse) and a crop that does not
             fit.
     """
-    own = loaded.preprocessing
+    from ctc_plugin.images import ImagePreprocessing
+
+    own = loaded if isinstance(loaded, ImagePreprocessing) else loaded.preprocessing
     changes: dict[str, Any] = {}
     if args.resize is not None:
         changes["resize"] = args.resize

@@ -448,16 +448,9 @@ class CTC(Attribution):
         if segmenter is None:
             segmenter = self.segmenter = SuperpixelSegmenter()
         images = inputs[0]
-        if images.shape[1] == 1:  # grayscale: segmenters take RGB, the model the channel
+        channels = images.shape[1]
+        if channels == 1:  # grayscale: segmenters take RGB, the model its one channel
             images = images.expand(-1, 3, -1, -1)
-        elif images.shape[1] != 3 and images.shape[-1] != 3:  # channels-last: the segmenter says
-            raise ValueError(
-                f"without a feature_mask, CTC segments the images with its segmenter, which "
-                f"takes RGB (or grayscale) images, and these have {images.shape[1]} channels: "
-                "segment an RGB view of them and pass feature_mask=, e.g. "
-                "feature_mask=SuperpixelSegmenter()(x[:, :3]) for RGBA images "
-                "(ctc_plugin.features)"
-            )
         try:
             return segmenter(images)
         except ValueRangeError as error:
@@ -465,6 +458,18 @@ class CTC(Attribution):
                 f"{error}. If a wrapper perturbed the images (NoiseTunnel, sensitivity_max, "
                 "infidelity), segment the clean images once and pass feature_mask=: the "
                 "features then stay the same for every perturbed copy"
+            ) from error
+        except ValueError as error:
+            channels_last = images.shape[-1] in (1, 3, 4) and channels not in (1, 3, 4)
+            if channels in (1, 3) or channels_last:  # the segmenter's own hint fits
+                raise
+            # its hint (drop the alpha channel) would make the model fail: segment a view
+            raise ValueError(
+                f"without a feature_mask, CTC segments the images with its segmenter, which "
+                f"takes RGB (or grayscale) images, and these have {channels} channels: "
+                "segment an RGB view of them and pass feature_mask=, e.g. "
+                "feature_mask=SuperpixelSegmenter()(x[:, :3]) for RGBA images "
+                "(ctc_plugin.features)"
             ) from error
 
     def _chunk_size(self, perturbations_per_eval: int | None, count: int) -> int:

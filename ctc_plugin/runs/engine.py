@@ -167,17 +167,26 @@ class ExplainJob:
         from ctc_plugin.commands.explain import preprocessing_for
 
         try:
-            return preprocessing_for(_options(config), self._loaded_model)
+            own = self._own_preprocessing
+            return None if own is None else preprocessing_for(_options(config), own)
         except (CLIError, OSError, ValueError):
             return None
 
     @functools.cached_property
-    def _loaded_model(self) -> Any:
-        """The model as ``--model`` loads it, for its own preprocessing (loaded once a job)."""
+    def _own_preprocessing(self) -> Any:
+        """The model's own preprocessing, or ``None`` when the model does not load.
+
+        The model is loaded for it once a job and then let go: the job, sent to Ray workers as
+        it is, keeps only this.
+        """
+        from ctc_plugin.commands import CLIError
         from ctc_plugin.commands.models import load_model
 
         weights = Path(self.config.weights) if self.config.weights else None
-        return load_model(self.config.model, weights)
+        try:
+            return load_model(self.config.model, weights).preprocessing
+        except (CLIError, OSError, ValueError):
+            return None
 
     def plan(self) -> dict[str, Any]:
         """The image list, ``{"images": [[name, label, size, mtime_ns], ...]}`` (``plan.json``).

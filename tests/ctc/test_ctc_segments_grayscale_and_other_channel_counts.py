@@ -37,3 +37,17 @@ def test_a_grayscale_model_is_segmented_on_its_channel_repeated():
 def test_other_channel_counts_are_refused_with_the_way_to_segment_them():
     with pytest.raises(ValueError, match=r"these have 4 channels: segment an RGB view.*x\[:, :3\]"):
         CTC(model(4)).attribute(torch.rand(1, 4, 16, 16), 0)
+
+
+def test_a_segmenter_that_takes_any_channels_keeps_taking_them():
+    """GridSegmenter reads the shape only: four-channel (multispectral) images are segmented."""
+    from ctc_plugin.features import GridSegmenter
+
+    got = CTC(model(4), segmenter=GridSegmenter()).attribute(torch.rand(1, 4, 16, 16), 0)
+    assert got.shape == (1, 4, 16, 16)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_channels_last_batch_keeps_the_segmenters_permute_hint(channels):
+    with pytest.raises(ValueError, match=r"got shape \(2, 28, 28, %d\).*permute" % channels):
+        CTC(model(channels)).attribute(torch.rand(2, 28, 28, channels), 0)

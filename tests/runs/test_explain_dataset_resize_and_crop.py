@@ -215,3 +215,18 @@ def test_the_models_own_preprocessing_spelled_out_is_the_same_run(
     assert main([*argv, "--resize", "96", "--crop", "90"]) == 2
     error = capsys.readouterr().err
     assert "holds a run with a different configuration" in error and "crop: " in error, error
+
+
+def test_a_job_compared_with_its_stored_preprocessing_keeps_no_model(photos, tmp_path):
+    """The job goes to Ray workers as it is (pickled): the comparison keeps only the model's
+    own preprocessing, not the model it loaded to learn it."""
+    import pickle
+
+    from ctc_plugin.runs import ExplainJob
+
+    options = dict(methods=("gradcam",), segmenter="grid", segments=4)  # the zoo resnet
+    stored = {"config": RunConfig(**options).to_dict()}
+    job = ExplainJob(RunConfig(**options, resize=96, crop=96), resolve_source(photos))
+    small = len(pickle.dumps(job))
+    assert job.manifest(stored)["config"] == stored["config"]  # the same run: stored values
+    assert len(pickle.dumps(job)) < small + 2_000  # a preprocessing, not a 1 MB model
