@@ -136,18 +136,7 @@ def _import_attribute(spec: str, module_name: str, attribute: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        inner = error.name is not None and error.name != module_name
-        if inner and not module_name.startswith(error.name + "."):  # found, but it imports
-            raise CLIError(  # a package this environment lacks
-                f"--model {spec!r}: the module {module_name!r} imports {error.name!r}, which "
-                "is not installed here; install it in this environment (pip install ...)"
-            ) from error
-        raise CLIError(
-            f"--model {spec!r}: cannot import the module {module_name!r} ({error}); it is "
-            f"looked for in the current folder ({os.getcwd()}) first, then in the installed "
-            "packages: run the command in the folder that holds it, or add its folder to "
-            "PYTHONPATH"
-        ) from error
+        raise CLIError(_import_failure(spec, module_name, error)) from error
     except SyntaxError as error:
         where = f"{error.filename}, line {error.lineno}" if error.filename else module_name
         raise CLIError(
@@ -155,10 +144,7 @@ def _import_attribute(spec: str, module_name: str, attribute: str) -> Any:
             f"{error.msg}); fix it, then run the command again"
         ) from error
     except Exception as error:  # raised by the module's own code while it is imported
-        raise CLIError(
-            f"--model {spec!r}: importing the module {module_name!r} raised "
-            f"{type(error).__name__}: {error}"
-        ) from error
+        raise CLIError(_module_raised(spec, module_name, error)) from error
     finally:
         sys.path[:] = saved
     try:
@@ -168,6 +154,50 @@ def _import_attribute(spec: str, module_name: str, attribute: str) -> Any:
             f"--model {spec!r}: the module {module_name!r} ({module.__file__}) has no "
             f"{attribute!r}; name a function or class in it that returns the nn.Module"
         ) from error
+
+
+def _import_failure(spec: str, module_name: str, error: ImportError) -> str:
+    """What an ImportError while importing ``--model``'s module means, and what to do.
+
+    The module itself not found: where it is looked for. A package it imports that is not
+    installed: install it. Anything else (a name the package does not have, an ImportError
+    the module raises itself): the error as it is.
+    """
+    import os
+
+    missing = error.name if isinstance(error, ModuleNotFoundError) else None
+    if missing is not None and (missing == module_name or module_name.startswith(missing + ".")):
+        return (
+            f"--model {spec!r}: cannot import the module {module_name!r} ({error}); it is "
+            f"looked for in the current folder ({os.getcwd()}) first, then in the installed "
+            "packages: run the command in the folder that holds it, or add its folder to "
+            "PYTHONPATH"
+        )
+    top = (missing or "").partition(".")[0]
+    if top and _not_installed(top):
+        return (
+            f"--model {spec!r}: the module {module_name!r} imports {missing!r}, which is not "
+            "installed here; install it in this environment (pip install ...)"
+        )
+    return _module_raised(spec, module_name, error)
+
+
+def _not_installed(package: str) -> bool:
+    """Whether no top-level ``package`` can be found to import."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def _module_raised(spec: str, module_name: str, error: BaseException) -> str:
+    """The error the module's own code raised while it was imported, in one line."""
+    return (
+        f"--model {spec!r}: importing the module {module_name!r} raised "
+        f"{type(error).__name__}: {error}"
+    )
 
 
 def _call_factory(spec: str, factory: Any) -> Any:

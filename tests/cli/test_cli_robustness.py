@@ -160,8 +160,30 @@ def test_a_module_that_is_not_there_names_the_folders_searched(no_current_folder
             "def build():\n    raise ValueError('bad size 7')\n",
             "building the model raised ValueError: bad size 7",
         ),
+        (
+            "from torch import no_such_name\n",
+            "importing the module 'user_broken' raised ImportError: cannot import name "
+            "'no_such_name' from 'torch'",
+        ),
+        (
+            "import numpy.no_such_sub\n",
+            "importing the module 'user_broken' raised ModuleNotFoundError: No module named "
+            "'numpy.no_such_sub'",
+        ),
+        (
+            "raise ImportError('needs the CUDA build')\n",
+            "importing the module 'user_broken' raised ImportError: needs the CUDA build",
+        ),
     ],
-    ids=["missing-package", "syntax-error", "raises-on-import", "build-raises"],
+    ids=[
+        "missing-package",
+        "syntax-error",
+        "raises-on-import",
+        "build-raises",
+        "missing-name",
+        "missing-submodule",
+        "module-raises-import-error",
+    ],  # fmt: skip
 )
 def test_errors_of_the_users_module_are_one_line_naming_what_to_fix(
     no_current_folder_on_path, capsys, source, message

@@ -49,5 +49,5 @@ def test_a_segmenter_that_takes_any_channels_keeps_taking_them():
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_a_channels_last_batch_keeps_the_segmenters_permute_hint(channels):
-    with pytest.raises(ValueError, match=r"got shape \(2, 28, 28, %d\).*permute" % channels):
+    with pytest.raises(ValueError, match=rf"got shape \(2, 28, 28, {channels}\).*permute"):
         CTC(model(channels)).attribute(torch.rand(2, 28, 28, channels), 0)
