@@ -376,16 +376,25 @@ def check_gradient_weights(forward_func: Callable[..., Any], method: str) -> Non
     if model is None:
         return
     named = (*model.named_parameters(), *model.named_buffers())
-    found = next((name for name, tensor in named if tensor.is_inference()), None)
-    if found is not None:
-        raise ValueError(
-            f"{method} needs gradients through the model, and its weights are inference tensors "
-            f"(made under torch.inference_mode(): {found!r} is one), which autograd cannot "
-            "use; build or load the model outside inference mode (torch.no_grad() saves the "
-            "same memory), or make its weights ordinary tensors once, outside inference mode: "
-            "model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, "
-            "assign=True)"
-        )
+    found = [name for name, tensor in named if tensor.is_inference()]
+    if not found:
+        return
+    left_out = [name for name in found if name not in model.state_dict()]  # non-persistent
+    way = (
+        ", or make its weights ordinary tensors once, outside inference mode: "
+        "model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, "
+        "assign=True)"
+        if not left_out
+        else f" ({', '.join(map(repr, left_out))} "
+        + ("is a buffer" if len(left_out) == 1 else "are buffers")
+        + " that the state dict leaves out, so reloading it does not replace them)"
+    )
+    raise ValueError(
+        f"{method} needs gradients through the model, and its weights are inference tensors "
+        f"(made under torch.inference_mode(): {found[0]!r} is one), which autograd cannot "
+        "use; build or load the model outside inference mode (torch.no_grad() saves the "
+        f"same memory){way}"
+    )
 
 
 #: The functional dropouts: the identity in eval mode (``training=False``), random otherwise.

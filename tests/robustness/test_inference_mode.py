@@ -75,3 +75,17 @@ def test_methods_explain_a_model_made_under_inference_mode(method: str, where: s
         with torch.inference_mode():
             actual = explain(method, served, x.clone())
     torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_integrative_cam_does_not_advise_reloading_buffers_the_state_dict_leaves_out():
+    """timm's relative_position_index is such a buffer: reloading the state dict keeps it."""
+    with torch.inference_mode():
+        served = RandomCNN(seed=1)
+        served.register_buffer("scale", torch.ones(1), persistent=False)
+    served.load_state_dict({k: v.clone() for k, v in served.state_dict().items()}, assign=True)
+    x = torch.rand(1, 3, SIZE, SIZE)
+    with pytest.raises(
+        ValueError, match=r"'scale' is one.*'scale' is a buffer that the state dict leaves out"
+    ) as info:
+        IntegrativeCAM(served).attribute(x, target=0)
+    assert "assign=True" not in str(info.value)
