@@ -323,20 +323,23 @@ def output_not_a_tensor(output: Any) -> ValueError:
 
 
 def captum_targets(
-    indices: torch.Tensor, output_shape: tuple[int, ...]
-) -> torch.Tensor | list[tuple[int, ...]]:
+    indices: torch.Tensor, output_shape: tuple[int, ...] | None
+) -> torch.Tensor | list[tuple[int, ...]] | None:
     """Flat output indices (`resolve_targets`) back in Captum's target form.
 
     Args:
         indices: (N,) flat index of each example's target in its output.
-        output_shape: The shape of one example's output.
+        output_shape: The shape of one example's output (``None``: not known).
 
     Returns:
-        ``indices`` themselves (one class index per example) for outputs of one dimension per
-        example, or one index tuple per example for outputs of more (what Captum takes as
-        ``target=`` for them).
+        ``None`` for a model with one value per example (Captum takes no other target
+        there), ``indices`` themselves (one class index per example) for outputs of one
+        dimension per example or of an unknown shape, or one index tuple per example for
+        outputs of more (what Captum takes as ``target=`` for them).
     """
-    if len(output_shape) <= 1:
+    if output_shape is not None and len(output_shape) == 0:
+        return None
+    if output_shape is None or len(output_shape) == 1:
         return indices
     unravelled = torch.stack(torch.unravel_index(indices.cpu(), output_shape), dim=1)
     return [tuple(row) for row in unravelled.tolist()]

@@ -73,7 +73,8 @@ class FeatureScores:
             input. [`distribute_within_features`][ctc_plugin.distribute_within_features] reads
             it.
         output_shape: The shape of one example's model output (``(classes,)`` for a
-            classifier), which ``target``'s flat indices point into.
+            classifier, ``()`` for one value per example), which ``target``'s flat indices
+            point into; ``None`` where it is not known.
     """
 
     scores: torch.Tensor
@@ -83,14 +84,15 @@ class FeatureScores:
     output: torch.Tensor
     target: torch.Tensor
     feature_mask: tuple[torch.Tensor, ...]
-    output_shape: tuple[int, ...] = ()
+    output_shape: tuple[int, ...] | None = None
 
     @property
-    def captum_target(self) -> torch.Tensor | list[tuple[int, ...]]:
+    def captum_target(self) -> torch.Tensor | list[tuple[int, ...]] | None:
         """Each example's target in Captum's form, as another Captum method takes it.
 
-        ``target`` itself (class indices) for a classifier's ``(N, classes)`` outputs, or one
-        index tuple per example for outputs of more dimensions, to explain the same outputs
+        ``target`` itself (class indices) for a classifier's ``(N, classes)`` outputs, one
+        index tuple per example for outputs of more dimensions, or ``None`` for a model with
+        one value per example (``(N,)`` outputs), to explain the same outputs
         with another method
         ([`distribute_within_features`][ctc_plugin.distribute_within_features] passes it).
         """

@@ -333,3 +333,18 @@ def test_a_failing_composite_leaves_the_model_as_it_was() -> None:
         assert torch.equal(value, state[name])
     again = distribute_within_features(x, scores, EpsilonPlusFlat(), model=model)
     assert torch.isfinite(again).all()
+
+
+def test_a_model_of_one_value_per_example_gives_captum_no_target() -> None:
+    """Captum takes only ``target=None`` for (N,) outputs; a tensor of zeros fails there."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(2, 1), torch.nn.Flatten(0),
+    ).double()  # fmt: skip
+    _, x, mask = case(6)
+    _, scores = CTC(net).attribute(x, None, feature_mask=mask, return_feature_scores=True)
+    assert scores.output_shape == () and scores.captum_target is None
+    got = distribute_within_features(x, scores, InputXGradient(net))
+    expected = oracle(scores, mask, InputXGradient(net).attribute(x.clone(), target=None))
+    torch.testing.assert_close(got, expected)
