@@ -120,7 +120,7 @@ def _config(args: argparse.Namespace) -> BenchmarkConfig:
         "families": _once(args.families),
         "splits": _once(args.splits),
         "feature_sources": _once(args.features),
-        "methods": _once(args.methods),
+        "methods": _once(_as_the_benchmark_spells(args.methods)),
         "lime_samples": args.lime_samples,
     }
     changes = {key: value for key, value in overrides.items() if value is not None}
@@ -138,6 +138,23 @@ def _config(args: argparse.Namespace) -> BenchmarkConfig:
             f"({where}): give --robustness-images {images} or less, or more --images"
         )
     return replace(config, **changes)
+
+
+def _as_the_benchmark_spells(names: list[str] | None) -> list[str] | None:
+    """``--methods`` as the benchmark names them (``gradcam`` is ``GradCAM``).
+
+    Two spellings of one method then count once.
+
+    Raises:
+        ValueError: For an unknown or ambiguous name (`known_name`).
+    """
+    if not names:
+        return names
+    from ctc_plugin.harness.methods import method_names
+    from ctc_plugin.wording import known_name
+
+    known = method_names()
+    return [known_name(name, known, "method") for name in names]
 
 
 def _once(names: list[str] | None) -> tuple[str, ...] | None:

@@ -532,4 +532,9 @@ def test_benchmark_and_explain_take_each_others_spelling_of_a_method():
         "feature-ablation", "gradcam", "integrative-cam", "ctc", "lime",
     ]  # fmt: skip
     with pytest.raises(ValueError, match=r"names \['GradCAM'\] more than once"):
-        BenchmarkConfig(methods=["gradcam", "GradCAM"])
+        BenchmarkConfig(methods=["gradcam", "GradCAM"])  # the Python API refuses repeats
+    from ctc_plugin.cli import build_parser
+    from ctc_plugin.commands.benchmark import _config
+
+    args = build_parser().parse_args(["benchmark", "--methods", "gradcam", "GradCAM", "Lime"])
+    assert _config(args).methods == ("GradCAM", "Lime")  # the command takes each once
