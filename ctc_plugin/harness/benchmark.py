@@ -928,7 +928,16 @@ def run_benchmark(
         RayUnavailableError: When ``ray`` is given and Ray is not installed.
         RayConnectionError: If ``ray`` is the address of a Ray cluster that cannot be
             reached.
+        PermissionError: When ``out_dir`` is a folder this process cannot write (the report
+            is written there, also for a finished run).
     """
+    folder = Path(out_dir)
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):  # the report goes there
+        raise PermissionError(
+            f"cannot write into {folder} (read-only, or not yours), where the benchmark writes "
+            "its report: make it writable, or give another out_dir (a finished run's "
+            "results.md and results.csv there are read as they are)"
+        )
     if ray:  # before the run folder is set up: a missing Ray is one clear error
         from ctc_plugin.resumable.cluster import import_ray
 

@@ -100,3 +100,16 @@ def test_another_run_there_is_named_as_another_configuration(photos, tmp_path, c
     assert main(["explain-dataset", str(photos), *FAST, "--segments", "9", "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert "holds a run with a different configuration" in error and "segments: 4 there" in error
+
+
+def test_the_benchmark_which_writes_its_report_refuses_a_folder_it_cannot_write(
+    tmp_path, monkeypatch
+):
+    from ctc_plugin.harness.benchmark import BenchmarkConfig, run_benchmark
+
+    out = tmp_path / "bench"
+    out.mkdir()
+    _read_only(monkeypatch, out)
+    with pytest.raises(PermissionError, match=f"cannot write into {out} .* writes its report"):
+        run_benchmark(BenchmarkConfig.quick(), out, show_progress=False)
+    assert not any(out.iterdir())
