@@ -190,13 +190,16 @@ def documented_layers(text: str) -> tuple[dict[str, int], dict[str, set[str]]]:
         if not match:
             continue
         layer, parts, listed = int(match[1]), match[2], match[3]
-        for part in re.findall(r"`(\w+)`", parts):
+        row = re.findall(r"`(\w+)`", parts)
+        for part in row:
             assert part not in layers, f"{part} is in two rows of the layer table"
             layers[part] = layer
         for entry in listed.split(";"):
             name, _, names = entry.strip().partition(":")
-            targets = {n.strip() for n in names.split(",")} - {"nothing"}
-            imports[name.strip().strip("`")] = targets
+            name = name.strip().strip("`")
+            assert name in row, f"the imports of {name} are listed in the row of {row}"
+            assert name not in imports, f"the imports of {name} are listed twice"
+            imports[name] = {n.strip() for n in names.split(",")} - {"nothing"}
     return layers, imports
 
 
@@ -217,9 +220,13 @@ def test_the_architecture_pages_layer_table_is_the_import_graph():
     real = {
         short.get(a, a): {short.get(b, b) for b in targets} for a, targets in import_graph().items()
     }
-    parts = {module_name(p) for p in ROOT.rglob("*.py")}
-    missing = sorted({node(m) for m in parts} - set(short))
+    parts = {node(module_name(p)) for p in ROOT.rglob("*.py")}
+    missing = sorted(parts - set(short))
     assert not missing, f"parts missing from the layer table of docs/architecture.md: {missing}"
+    ghosts = sorted(set(short) - parts)
+    assert not ghosts, f"the layer table of docs/architecture.md names no such parts: {ghosts}"
+    unlisted = sorted(set(layers) - set(imports))
+    assert not unlisted, f"the layer table lists no imports for {unlisted}"
     wrong = {
         part: (sorted(imports.get(part, set())), sorted(real.get(part, set())))
         for part in layers

@@ -3,6 +3,7 @@ the progress bar, ``--version`` and a ``--help`` that imports no torch."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -219,7 +220,8 @@ def test_grad_cams_title_names_the_layer_of_the_users_network_not_of_the_wrapper
 
 
 def test_explain_and_explain_dataset_take_each_others_spelling_of_methods_and_targets(tmp_path):
-    """``explain --methods`` and ``explain-dataset --method ... --target`` (once prefix matches)."""
+    """``explain --methods``, and ``explain-dataset --method ... --target`` as options of their
+    own (not only through argparse's prefix matching, which a parser may turn off)."""
     from ctc_plugin.cli import build_parser
 
     image = tmp_path / "a.png"
@@ -227,11 +229,12 @@ def test_explain_and_explain_dataset_take_each_others_spelling_of_methods_and_ta
     parser = build_parser()
     args = parser.parse_args(["explain", str(image), "--methods", "ctc", "FeatureAblation"])
     assert args.methods == ["ctc", "feature-ablation"]
-    args = parser.parse_args(
-        ["explain-dataset", str(tmp_path), "--method", "gradcam", "--target", "1", "--out",
-         str(tmp_path / "run")]
-    )  # fmt: skip
-    assert (args.methods, args.targets) == (["gradcam"], ["1"])
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    strings = {s for a in commands.choices["explain-dataset"]._actions for s in a.option_strings}
+    assert {"--methods", "--method", "--targets", "--target"} <= strings
+    assert {"--method", "--methods"} <= {
+        s for a in commands.choices["explain"]._actions for s in a.option_strings
+    }
 
 
 @pytest.mark.parametrize("command", ["explain", "demo"])
