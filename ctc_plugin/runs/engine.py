@@ -815,9 +815,11 @@ def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
         names = first_names([name for name, _ in changed])
         shards = sorted({shard for _, shard in changed})
         parquet = ", ".join(str(store.table_path(shard)) for shard in shards[:3])
+        one = len(changed) == 1
         raise CLIError(
-            f"--out {out}: {'the image' if len(changed) == 1 else 'the images'} {names} changed "
-            "since their shards were finished; put them back as they were (the same content), "
+            f"--out {out}: {'the image' if one else 'the images'} {names} changed since "
+            f"{'its shard was' if one else 'their shards were'} finished; put "
+            f"{'it back as it was' if one else 'them back as they were'} (the same content), "
             f"or delete {parquet} to compute "
             f"{'those shards' if len(shards) > 1 else 'that shard'} again"
         )

@@ -59,9 +59,11 @@ def imagenet_classes(folders: Sequence[str], count: int) -> list[int] | None:
     if not known:
         return None
     if others:
+        classes = "an ImageNet-1k class" if len(known) == 1 else "ImageNet-1k classes"
         raise ValueError(
-            f"{are(len(known), 'class folder')} ImageNet-1k classes (WordNet IDs such as "
-            f"{known[0]}) but {are(len(others), '')} not ({first_names(others)}): move them out "
-            "of the folder, or name every folder by its ImageNet-1k WordNet ID"
+            f"{are(len(known), 'class folder')} {classes} (WordNet IDs such as {known[0]}) but "
+            f"{are(len(others))} not ({first_names(others)}): move "
+            f"{'it' if len(others) == 1 else 'them'} out of the folder, or name every folder by "
+            "its ImageNet-1k WordNet ID"
         )
     return [positions[folder] for folder in folders]

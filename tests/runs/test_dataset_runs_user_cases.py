@@ -250,8 +250,8 @@ def test_an_image_of_a_finished_shard_rewritten_before_the_resume_is_noticed(tmp
     capsys.readouterr()
     status = main(_explain(folder, out, *TINY))
     error = capsys.readouterr().err
-    assert status == 2 and "a.png" in error, error
-    assert "put them back as they were (the same content)" in error
+    assert status == 2 and "the image a.png changed since its shard was finished" in error, error
+    assert "put it back as it was (the same content)" in error
 
 
 def test_an_image_put_back_with_its_content_but_another_time_resumes(tmp_path, capsys):

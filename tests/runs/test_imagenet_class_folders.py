@@ -97,6 +97,9 @@ def test_a_stray_folder_beside_imagenet_folders_is_named(tmp_path, capsys):
 
 
 def test_imagenet_classes_of_mixed_folders():
-    with pytest.raises(ValueError, match=r"1 class folder is ImageNet-1k .* but 1 is not \(cat\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 class folder is an ImageNet-1k class .* but 1 is not \(cat\): move it out",
+    ):
         imagenet_classes(["n01440764", "cat"], 1000)
     assert imagenet_classes(["cat", "dog"], 1000) is None  # no ImageNet folder at all
