@@ -1,6 +1,6 @@
 """How messages count, list and match names: ``1 file``, ``a, b, c and 2 more``.
 
-A name typed is matched to the names known whatever its case, dashes and underscores
+A name typed is matched to the names known whatever its case, dashes, underscores and spaces
 (``feature-ablation`` is ``FeatureAblation``). Every layer's messages use these, so this
 module imports nothing of the package.
 """
@@ -33,10 +33,11 @@ def first_names(names: Sequence[str]) -> str:
 
 
 def known_name(given: str, known: Sequence[str], what: str) -> str:
-    """``given`` as ``known`` spells it, where it differs only in case, dashes and underscores.
+    """``given`` as ``known`` spells it, where it differs only in case and separators.
 
-    The command's ``explain --method feature-ablation`` and the benchmark's
-    ``FeatureAblation`` name one method; either spelling is taken where the other is known.
+    Separators are dashes, underscores and spaces. The command's
+    ``explain --method feature-ablation`` and the benchmark's ``FeatureAblation`` name one
+    method; either spelling is taken where the other is known.
 
     Args:
         given: The name typed.

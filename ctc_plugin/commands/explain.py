@@ -287,7 +287,10 @@ def method_name(text: str) -> str:
     except ValueError:
         pass
     hint = ""
-    if Path(text).suffix or Path(text).exists():
+    mode = text.lower().removeprefix("ctc").lstrip("-_")
+    if text.lower().startswith("ctc") and mode in BIAS_SHARING_MODES:  # the benchmark's CTC-none
+        hint = f"; for CTC with {mode} sharing give --method ctc --bias-sharing {mode}"
+    elif Path(text).suffix or Path(text).exists():
         hint = "; give the images before --method (explain IMAGE ... --method M ...)"
     raise argparse.ArgumentTypeError(
         f"invalid choice: {text!r} (choose from {', '.join(METHODS)}){hint}"
