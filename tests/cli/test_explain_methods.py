@@ -309,3 +309,10 @@ def test_targets_are_read_as_typed_loosely_and_misspelt_names_get_the_close_ones
     assert main(["explain", "--target", target, *quick, "--out", str(tmp_path / "f.png")]) == status
     captured = capsys.readouterr()
     assert expected in (captured.err if status else captured.out)
+
+
+def test_the_benchmarks_ctc_variants_point_to_bias_sharing():
+    from ctc_plugin.commands.explain import method_name
+
+    with pytest.raises(argparse.ArgumentTypeError, match="give --method ctc --bias-sharing none"):
+        method_name("CTC-none")
