@@ -135,6 +135,23 @@ def calibrate(channel_map: Tensor, contribution: Tensor) -> Tensor:
     return channel_map * scale.reshape(-1, 1, 1)
 
 
+#: Roundings (machine epsilons of the sum of magnitudes) within which a stage's rest is 0.
+ROUNDINGS = 1
+
+
+def _cancelled_to_zero(rest: Tensor, magnitude: Tensor) -> Tensor:
+    """``rest`` with the values that are rounding noise of a sum that cancels set to 0.
+
+    ``sum(g * A) - sum(B)`` is exactly 0 for a stage whose output only feeds a normalisation
+    (ConvNeXt's stem before its LayerNorm); in float32 it comes out as noise far below
+    ``eps * sum(|g * A| + |B|)``, and calibrating by it would make the stage's map depend on
+    the batch and the score's scale. A rest within a few roundings (``ROUNDINGS``) of the
+    magnitude of its terms cannot be told from 0 in the dtype, and is taken as 0.
+    """
+    tolerance = ROUNDINGS * torch.finfo(rest.dtype).eps * magnitude
+    return torch.where(rest.abs() <= tolerance, torch.zeros_like(rest), rest)
+
+
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """Per-example dot product of two (N, ...) tensors, without a temporary product tensor."""
     n = a.shape[0]
@@ -745,7 +762,10 @@ class _Run:
             if self.cam.bias and stage.bias is not None:
                 relu_output = act if stage.relu else None
                 bias = bias_map(grad, stage.bias, relu_output)
-                rest = _dot(grad, act) - bias.sum(dim=(1, 2))  # the stage's score minus its bias
+                rest = _cancelled_to_zero(
+                    _dot(grad, act) - bias.sum(dim=(1, 2)),  # the stage's score minus its bias
+                    _dot(grad.abs(), act.abs()) + bias.abs().sum(dim=(1, 2)),
+                )
                 cam = calibrate(cam, rest) + terms.sign.reshape(-1, 1, 1) * bias
             layer_map = minmax(torch.relu(cam).unsqueeze(1))
             self.fusion.add(stage.index, layer_map, score)
