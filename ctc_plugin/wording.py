@@ -1,15 +1,19 @@
-"""How messages count, list and match names: ``1 file``, ``a, b, c and 2 more``.
+"""How messages word things: counts, lists, names typed, and the line a warning points at.
 
-A name typed is matched to the names known whatever its case, dashes, underscores and spaces
-(``feature-ablation`` is ``FeatureAblation``). Every layer's messages use these, so this
-module imports nothing of the package.
+Counts and lists read ``1 file``, ``a, b, c and 2 more``. A name typed is matched to the names
+known whatever its case, dashes, underscores and spaces (``feature-ablation`` is
+``FeatureAblation``). Warnings point at the user's line, past the package's own frames
+(`caller_stacklevel`). Every layer's messages use these, so this module imports nothing of the
+package.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["are", "counted", "first_names", "known_name"]
+__all__ = ["are", "caller_stacklevel", "counted", "first_names", "known_name"]
 
 
 def counted(count: int, noun: str, plural: str | None = None) -> str:
@@ -63,3 +67,21 @@ def known_name(given: str, known: Sequence[str], what: str) -> str:
 def _letters(name: str) -> str:
     """``name`` in lower case without dashes, underscores and spaces (``+`` counts)."""
     return "".join(character for character in name.lower() if character not in "-_ ")
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside this package, for `warnings.warn`.
+
+    A warning raised deep in a call (past decorators and helpers, Captum's ``log_usage``
+    wrapper of ``attribute`` included) then points at the user's line that made the call.
+    """
+    package = Path(__file__).resolve().parent
+    frame, level = sys._getframe(1), 1
+    while frame is not None and _ours(Path(frame.f_code.co_filename).resolve(), package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _ours(path: Path, package: Path) -> bool:
+    """Whether a frame of ``path`` belongs to the call: the package, or Captum's decorator."""
+    return path.is_relative_to(package) or path.parent.parts[-2:] == ("captum", "log")

@@ -19,6 +19,8 @@ stage's gradient has arrived (no weight gradients, no gradient for the image its
 
 from __future__ import annotations
 
+import collections
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -66,6 +68,7 @@ from ctc_plugin.inputs import (
 from ctc_plugin.targets import TargetType as Target
 from ctc_plugin.targets import check_finite_target_outputs, check_target, output_not_a_tensor
 from ctc_plugin.targets import target_scores as select_scores
+from ctc_plugin.wording import caller_stacklevel
 
 #: A layer score: ``score(grad, act) -> (N,)`` tensor of non-negative weights.
 LayerScore = Callable[[Tensor, Tensor], Tensor]
@@ -194,6 +197,26 @@ def _record_layer(
     if isinstance(reshape, TupleOutput) and reshape.grid_arguments:
         arguments = call_arguments(module, args, kwargs)
     tracer.add_layer_output(name, output, module, reshape, arguments)
+
+
+def _warn_of_layers_run_again(names: list[str]) -> None:
+    """Warn where a chosen layer ran more than once in the forward pass (a shared ReLU).
+
+    Every call is a stage, and all are fused, where Captum's layer methods explain the last
+    call and pytorch-grad-cam's the first.
+    """
+    counts = collections.Counter(names)
+    again = {name: count for name, count in counts.items() if count > 1}
+    if again:
+        listed = ", ".join(f"{name!r} ({count} calls)" for name, count in again.items())
+        warnings.warn(
+            f"layers run more than once in one forward pass: {listed}; Integrative CAM fuses "
+            "the map of every call (Captum's layer methods explain the last call, "
+            "pytorch-grad-cam's the first); to explain one output, choose a module that runs "
+            "once (torchvision's BasicBlock calls its relu twice: choose the block)",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
 
 
 def _refuse_training_module(cam: IntegrativeCAM, module: nn.Module, _inputs: Any) -> None:
@@ -661,6 +684,8 @@ class IntegrativeCAM(Attribution):
         self, tracer: StageTracer, chosen: list[tuple[nn.Module, BlockReshape | None]] | None
     ) -> None:
         stages = tracer.stages
+        if chosen is not None:
+            _warn_of_layers_run_again([stage.name for stage in stages])
         if chosen is None and tracer.saw_attention:
             refused = refused_blocks(self._model) if self._model is not None else []
             if refused:  # blocks known, and known not to make maps of the image here

@@ -13,8 +13,10 @@ sees every torch function the forward pass calls, functional ones included (``F.
   normalisation such a map is constant and carries no location.
 
 With explicit layers, each call of a chosen module is a stage whose feature map is the module's
-output (as in Captum's and pytorch-grad-cam's layer methods); its bias is that of the chain
-ending in that output, if any.
+output; its bias is that of the chain ending in that output, if any. A module that runs more
+than once (torchvision's BasicBlock calls its ``relu`` twice) gives a stage per call, all fused,
+where Captum's layer methods explain its last call and pytorch-grad-cam's its first; Integrative
+CAM warns of it.
 
 No tensor is cloned. The tracer keeps a reference to each stage's tensor and watches in-place
 operations: before an in-place call overwrites a stage's tensor (``out += identity``, an in-place

@@ -31,7 +31,7 @@ from ctc_plugin.inputs import (
 )
 from ctc_plugin.module_state import state_digest, state_dtypes
 from ctc_plugin.resumable.atomic import remove_stale_temporaries
-from ctc_plugin.wording import counted
+from ctc_plugin.wording import caller_stacklevel, counted
 
 #: Tag stored in checkpoints written during
 #: [`fit_explainer`][ctc_plugin.explainer.training.fit_explainer].
@@ -230,19 +230,8 @@ def _warn_if_probabilities(scores: Tensor) -> None:
             "like probabilities, and the explainer objective takes logits (it applies the "
             "softmax itself); train against the model without its final softmax",
             UserWarning,
-            stacklevel=_caller_outside_package(),
+            stacklevel=caller_stacklevel(),
         )
-
-
-def _caller_outside_package() -> int:
-    """The ``stacklevel`` of the first frame outside this package, for `warnings.warn`."""
-    import sys
-
-    package = Path(__file__).resolve().parents[1]
-    frame, level = sys._getframe(1), 1
-    while frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(package):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def _check_baseline_fits(baseline: Tensor, images: Tensor) -> None:
