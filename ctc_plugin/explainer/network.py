@@ -623,7 +623,7 @@ def _what_file(payload: Any) -> str:
 
     A training checkpoint of [`fit`][ctc_plugin.Explainer.fit] is the file given most often.
     """
-    from ctc_plugin.explainer.training import CHECKPOINT_FORMAT
+    from ctc_plugin.explainer.checkpoints import CHECKPOINT_FORMAT
 
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         return ""

@@ -19,9 +19,18 @@ from tqdm.auto import tqdm
 from ctc_plugin._moved import moved_keywords
 from ctc_plugin.concurrency import exclusive
 from ctc_plugin.explainer import losses
+from ctc_plugin.explainer.checkpoints import (
+    check_checkpoint_path,
+    check_resume,
+    check_resumed_epochs,
+    load_checkpoint,
+    loader_generators,
+    loader_settings,
+    plain_baseline,
+    save_checkpoint,
+)
 from ctc_plugin.explainer.network import Explainer, classifier_record
 from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
-from ctc_plugin.files import read_data_file, write_torch_file
 from ctc_plugin.inputs import (
     broadcasts_to,
     check_images,
@@ -30,18 +39,7 @@ from ctc_plugin.inputs import (
     is_integer,
 )
 from ctc_plugin.module_state import state_digest, state_dtypes
-from ctc_plugin.resumable.atomic import remove_stale_temporaries
-from ctc_plugin.wording import caller_stacklevel, counted
-
-#: Tag stored in checkpoints written during
-#: [`fit_explainer`][ctc_plugin.explainer.training.fit_explainer].
-CHECKPOINT_FORMAT = "ctc-plugin-explainer-checkpoint/1"
-
-#: Entries every checkpoint of `fit_explainer` holds (the first version's; later ones add more).
-CHECKPOINT_ENTRIES = (
-    "epoch", "explainer", "optimizer", "rng", "best_state", "best_epoch", "best_loss",
-    "bad_epochs", "history", "hyperparameters",
-)  # fmt: skip
+from ctc_plugin.wording import caller_stacklevel
 
 #: Names of the unweighted loss terms recorded in the history and shown by the progress bar.
 TERMS = ("classification", "entropy", "tv", "area", "target_area", "nontarget_area")
@@ -457,177 +455,6 @@ def _check_loop_settings(
         raise ValueError(f"multilabel must be True, False or None, got {multilabel!r}")
 
 
-def _plain_baseline(baseline: float | Tensor) -> float | list[Any]:
-    """``baseline`` as plain data, for comparing a resumed run's with the checkpoint's."""
-    return baseline.detach().cpu().tolist() if isinstance(baseline, Tensor) else float(baseline)
-
-
-def _loader_settings(loader: Iterable[Any]) -> dict[str, Any]:
-    """What a loader's batches depend on: batch size, data length, sampler, ``drop_last``.
-
-    Values a loader does not have (a plain list of batches) are ``None``; its length then is
-    the number of batches.
-    """
-    dataset = getattr(loader, "dataset", None)
-    sampler = getattr(loader, "sampler", None)
-    length = dataset if dataset is not None else loader
-    settings = {
-        "batch_size": getattr(loader, "batch_size", None),
-        "length": len(length) if hasattr(length, "__len__") else None,
-        "sampler": None if sampler is None else type(sampler).__name__,
-        "drop_last": getattr(loader, "drop_last", None),
-    }
-    generators = loader_generators(loader)
-    if generators:  # only then: checkpoints of loaders without one stay comparable
-        settings["generators"] = len(generators)
-    return settings
-
-
-def loader_generators(loader: Iterable[Any]) -> list[torch.Generator]:
-    """The loader's own random generators: ``DataLoader(generator=...)`` and its samplers'.
-
-    A loader that shuffles with its own generator (not torch's default one, whose state every
-    checkpoint holds) gives another order after a resume unless the generator's state is saved
-    and restored with the checkpoint.
-    """
-    found: dict[int, torch.Generator] = {}
-    sampler = getattr(loader, "sampler", None)
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    for owner in (loader, sampler, batch_sampler, getattr(batch_sampler, "sampler", None)):
-        generator = getattr(owner, "generator", None)
-        if isinstance(generator, torch.Generator):
-            found.setdefault(id(generator), generator)
-    return list(found.values())
-
-
-def _check_resume(
-    state: dict[str, Any],
-    explainer: Explainer,
-    settings: dict[str, Any],
-    resume: str | Path,
-    digest: str | None,
-    dtypes: list[str] | None,
-) -> None:
-    """Raise unless the checkpoint ``state`` fits ``explainer`` and was made with ``settings``.
-
-    Checked before anything is loaded, so a refused resume leaves the explainer unchanged.
-    ``digest`` and ``dtypes`` are this run's classifier's `state_digest` and
-    `state_dtypes` (`ctc_plugin.module_state`).
-    Checkpoints of older versions are checked only for what they record: without recorded
-    settings, only for their architecture; without a classifier digest, not for the classifier.
-    """
-    missing = [key for key in CHECKPOINT_ENTRIES if key not in state]
-    if missing:
-        raise ValueError(
-            f"checkpoint {str(resume)!r} is incomplete: it lacks {', '.join(missing)}, which "
-            "every checkpoint of fit holds; resume from a checkpoint fit wrote, or train afresh "
-            "without resume"
-        )
-    own = explainer.state_dict()
-    for name in ("explainer", "best_state"):
-        added = {key: own[key] for key in Explainer.ADDED_STATE}  # older checkpoints lack them
-        theirs = {**added, **state.get(name, {})}
-        mismatched = sorted(
-            key
-            for key in set(own) | set(theirs)
-            if key not in own or key not in theirs or own[key].shape != theirs[key].shape
-        )
-        if mismatched:
-            shown = ", ".join(mismatched[:5]) + (", ..." if len(mismatched) > 5 else "")
-            raise ValueError(
-                f"checkpoint {str(resume)!r} was written for an explainer of another "
-                f"architecture ({len(mismatched)} tensors differ in name or shape: {shown}); "
-                "resume with an explainer built as the one that wrote it"
-            )
-    trained_against = state.get("classifier_digest")  # older checkpoints: unknown
-    if trained_against is not None and digest is not None and dtypes is not None:
-        dtypes_there = state.get("classifier_dtypes", dtypes)
-        dtype_note = f"dtype {', '.join(dtypes_there)} there, {', '.join(dtypes)} now"
-        if trained_against != digest:
-            also = f"; their {dtype_note}" if dtypes_there != dtypes else ""
-            raise ValueError(
-                f"checkpoint {str(resume)!r} was trained against another classifier (its "
-                f"parameters and buffers differ: state-dict digest {trained_against[:12]} "
-                f"there, {digest[:12]} now{also}); resume with the classifier (model and "
-                "weights) it was trained against, or train afresh without resume"
-            )
-        if dtypes_there != dtypes:
-            raise ValueError(
-                f"checkpoint {str(resume)!r} was trained against this classifier in another "
-                f"dtype (its parameters and buffers hold the same values, but in {dtype_note});"
-                f" cast the classifier back (e.g. classifier.to(torch.{dtypes_there[0]})) to "
-                "resume, or train afresh without resume"
-            )
-    stored = state.get("settings")
-    if stored is None:  # an older checkpoint: its settings are unknown
-        return
-    differ = [
-        f"{key}: {stored[key]!r} there, {value!r} now"
-        for key, value in settings.items()
-        if key in stored  # older checkpoints lack some (input_scale): unknown, not checked
-        and stored[key] != value
-        and not (key == "seed" and value is None)
-    ]  # the seed only starts a run: a resume may leave it out (the checkpoint holds the RNG)
-    if differ:
-        raise ValueError(
-            f"checkpoint {str(resume)!r} was trained with other settings ({'; '.join(differ)}); "
-            "resume with the same settings, or train afresh without resume"
-        )
-
-
-def _check_resumed_epochs(state: dict[str, Any], epochs: int, resume: str | Path) -> None:
-    """Refuse to resume with fewer ``epochs`` than the checkpoint ``state`` already holds.
-
-    ``epochs`` counts the resumed run's epochs too: fewer would train nothing and give a result
-    of more epochs than asked for.
-
-    Raises:
-        ValueError: Naming the epochs the checkpoint holds.
-    """
-    done = int(state["epoch"])
-    if epochs < done:
-        raise ValueError(
-            f"checkpoint {str(resume)!r} already holds {counted(done, 'epoch')}, more than "
-            f"epochs={epochs} (--epochs): resume with {counted(done, 'epoch')} or more (more to "
-            "train on), or train afresh without resume"
-        )
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically, as [`write_atomic`][ctc_plugin.resumable.atomic.write_atomic].
-
-    A failed write leaves the previous checkpoint as it was and no temporary file; the
-    temporary files of killed writes (whose processes are gone) are removed before each write.
-    """
-    payload = {"format": CHECKPOINT_FORMAT, **state}
-    remove_stale_temporaries(path.parent)
-    write_torch_file(path, payload)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by `fit_explainer` (data-only loading).
-
-    Raises:
-        FileNotFoundError: If the file does not exist.
-        ValueError: If it is not such a checkpoint.
-    """
-    state = read_data_file(path, "training checkpoint")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        from ctc_plugin.explainer.network import FILE_FORMAT
-
-        what = (
-            "it is an explainer written by Explainer.save (load it with Explainer.load)"
-            if isinstance(state, dict) and state.get("format") == FILE_FORMAT
-            else "it was not written by fit"
-        )
-        raise ValueError(
-            f"{str(path)!r} is not an explainer training checkpoint: {what}; resume from the "
-            "file fit wrote as checkpoint= (the command line's --checkpoint, by default the "
-            "output file's name plus .ckpt)"
-        )
-    return state
-
-
 def _check_loader(loader: Any, name: str) -> None:
     """Refuse what is not an iterable of batches, saying what to pass instead.
 
@@ -671,15 +498,6 @@ def _check_reiterable(loader: Iterable[Any], name: str, passes: int) -> None:
             f"{name} is a one-shot iterator ({type(loader).__name__}): fit reads it {passes} "
             "times (once per epoch, a validation loader once more before training), and it is "
             "used up after the first; pass a DataLoader or a list of batches"
-        )
-
-
-def _check_checkpoint_path(checkpoint: str | Path | None) -> None:
-    """Refuse a ``checkpoint`` path that is a folder, before the first epoch is spent."""
-    if checkpoint is not None and Path(checkpoint).is_dir():
-        raise ValueError(
-            f"checkpoint {str(checkpoint)!r} is a folder; give the path of a file to write, "
-            f"e.g. {str(Path(checkpoint) / 'explainer.ckpt')!r}"
         )
 
 
@@ -842,21 +660,21 @@ def fit_explainer(
         )
     _check_loader(train_loader, "train_loader")
     _check_reiterable(train_loader, "train_loader", epochs)
-    _check_checkpoint_path(checkpoint)
+    check_checkpoint_path(checkpoint)
     if val_loader is not None:
         _check_loader(val_loader, "val_loader")
         _check_reiterable(val_loader, "val_loader", 2)
         _check_validation(val_loader, explainer.num_classes, multilabel, explainer.in_channels)
     settings = {
-        "baseline": _plain_baseline(baseline),
+        "baseline": plain_baseline(baseline),
         "max_steps_per_epoch": max_steps_per_epoch,
         "patience": patience,
         "min_delta": min_delta,
         "seed": seed,
         "multilabel": multilabel,
         "input_scale": explainer.input_scale,  # not in the state dict: weights fit one scale
-        "train_loader": _loader_settings(train_loader),
-        "val_loader": None if val_loader is None else _loader_settings(val_loader),
+        "train_loader": loader_settings(train_loader),
+        "val_loader": None if val_loader is None else loader_settings(val_loader),
     }
     optimizer = torch.optim.Adam(explainer.parameters(), lr=hp.lr)
     result = FitResult(hyperparameters=hp)
@@ -865,8 +683,8 @@ def fit_explainer(
     recorded = classifier_record(classifier, digest)  # what the explainer records of it
     if resume is not None:
         state = load_checkpoint(resume)
-        _check_resume(state, explainer, settings, resume, digest, dtypes)
-        _check_resumed_epochs(state, epochs, resume)
+        check_resume(state, explainer, settings, resume, digest, dtypes)
+        check_resumed_epochs(state, epochs, resume)
         if seed is None:  # the run keeps the seed it started with
             settings["seed"] = state.get("settings", {}).get("seed")
         if state["hyperparameters"] != hp.as_dict():
@@ -925,7 +743,7 @@ def fit_explainer(
                 else:
                     bad_epochs += 1
                 if checkpoint is not None:
-                    _save_checkpoint(
+                    save_checkpoint(
                         Path(checkpoint),
                         {
                             "epoch": epoch + 1,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ctc_plugin.explainer.presets import ExplainerHyperparameters
-from ctc_plugin.explainer.training import load_checkpoint
+from ctc_plugin.explainer.checkpoints import load_checkpoint
 from tests.explainer.helpers import tiny_classifier, tiny_explainer, tuple_loader
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctc_plugin.explainer.training import load_checkpoint
+from ctc_plugin.explainer.checkpoints import load_checkpoint
 
 from .helpers import FAST, tiny_classifier, tiny_explainer, tuple_loader
 
