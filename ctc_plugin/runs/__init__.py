@@ -15,12 +15,12 @@ from ctc_plugin.resumable import ConfigMismatchError, RayUnavailableError, RunSt
 from ctc_plugin.runs.engine import (
     ExplainJob,
     RunResult,
-    ShardRunner,
     explain_dataset,
     explained_pixels,
     read_results,
 )
 from ctc_plugin.runs.plan import RunConfig, plan_shards
+from ctc_plugin.runs.runner import ShardRunner
 from ctc_plugin.runs.sources import ImageRef, Source, SourceError, resolve_source
 
 __all__ = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctc_plugin.explainer.presets import ExplainerHyperparameters
 from ctc_plugin.explainer.checkpoints import load_checkpoint
+from ctc_plugin.explainer.presets import ExplainerHyperparameters
 from tests.explainer.helpers import tiny_classifier, tiny_explainer, tuple_loader
 
 

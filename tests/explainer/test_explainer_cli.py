@@ -7,8 +7,8 @@ import torch
 
 from ctc_plugin.cli import main
 from ctc_plugin.explainer.backbones import build_backbone
-from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.checkpoints import load_checkpoint
+from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.module_state import state_digest
 from ctc_plugin.zoo import weights_path
 

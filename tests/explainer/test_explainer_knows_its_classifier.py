@@ -16,9 +16,9 @@ from torch import nn
 from ctc_plugin import ExplainerAttribution
 from ctc_plugin.explainer.attribution import ClassifierMismatchWarning
 from ctc_plugin.explainer.backbones import build_backbone
+from ctc_plugin.explainer.checkpoints import load_checkpoint
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.student_unet import distil_student_unet
-from ctc_plugin.explainer.checkpoints import load_checkpoint
 from ctc_plugin.module_state import state_digest
 
 from .helpers import (

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from ctc_plugin.explainer import losses
-from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters, get_preset
 from ctc_plugin.explainer.checkpoints import load_checkpoint
+from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters, get_preset
 from ctc_plugin.explainer.training import objective
 
 from .helpers import NUM_CLASSES, data, dict_loader, tiny_classifier, tiny_explainer, tuple_loader

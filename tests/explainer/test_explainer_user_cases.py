@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ctc_plugin import ExplainerAttribution
 from ctc_plugin.explainer.backbones import build_backbone
-from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.explainer.checkpoints import load_checkpoint
+from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.inputs import TrainingModeError
 
 from .helpers import (

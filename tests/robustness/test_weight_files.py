@@ -29,8 +29,8 @@ from ctc_plugin import files, weights, zoo
 from ctc_plugin.adapters.sam import load_sam
 from ctc_plugin.cli import main
 from ctc_plugin.explainer.backbones import build_backbone
-from ctc_plugin.explainer.network import FILE_FORMAT, Explainer
 from ctc_plugin.explainer.checkpoints import load_checkpoint
+from ctc_plugin.explainer.network import FILE_FORMAT, Explainer
 from ctc_plugin.files import read_state_dict
 
 REPO = Path(__file__).resolve().parents[2]

@@ -29,7 +29,7 @@ from ctc_plugin.runs import (
     read_results,
     resolve_source,
 )
-from ctc_plugin.runs.engine import TIMING_COLUMNS
+from ctc_plugin.runs.results import TIMING_COLUMNS
 from tests.killing import kill_when
 
 ROOT = Path(__file__).resolve().parents[2]

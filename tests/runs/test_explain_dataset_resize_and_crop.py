@@ -16,7 +16,7 @@ from PIL import Image
 
 from ctc_plugin.cli import build_parser, main
 from ctc_plugin.runs import ConfigMismatchError, RunConfig, RunStore, explain_dataset
-from ctc_plugin.runs.engine import ShardRunner
+from ctc_plugin.runs.runner import ShardRunner
 from ctc_plugin.runs.sources import resolve_source
 
 #: A classifier built for 16 x 16 images only (a linear layer on the flat pixels).

@@ -14,7 +14,7 @@ import pytest
 from ctc_plugin.cli import main
 from ctc_plugin.resumable import RayUnavailableError
 from ctc_plugin.runs import RunStore, explain_dataset, read_results
-from ctc_plugin.runs.engine import TIMING_COLUMNS
+from ctc_plugin.runs.results import TIMING_COLUMNS
 
 METHODS = ["ctc", "gradcam", "lime"]
 OPTIONS = dict(images=4, shard_size=1, lime_samples=8, show_progress=False)

@@ -1,0 +1,117 @@
+"""The results table of an ``explain-dataset`` run, and what it records of each image.
+
+One row per image, target and method (`table_schema`); each shard's table records the content
+sha256 of its images (`IMAGE_SHA256_KEY`), so that a resume can tell an image rewritten since
+its shard was explained (`image_sha256`, `explained_contents`, `image_stat`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ctc_plugin.resumable import RunStore
+from ctc_plugin.runs.sources import ImageRef, Source
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+__all__ = [
+    "IMAGE_SHA256_KEY",
+    "TIMING_COLUMNS",
+    "explained_contents",
+    "image_sha256",
+    "image_stat",
+    "table_schema",
+]
+
+
+#: Columns that hold wall-clock times: everything else repeats bit for bit.
+TIMING_COLUMNS = ("seconds", "segment_seconds")
+
+#: Key of a shard table's metadata: JSON ``{image name: content sha256}`` of a folder's images.
+IMAGE_SHA256_KEY = "image_sha256"
+
+
+def table_schema() -> pa.Schema:
+    """The Parquet schema of a run's table (one row per image, target and method).
+
+    Columns: ``image`` (index in the plan), ``name`` (path relative to the folder, or
+    ``shapes-<i>``), ``label`` (class index from the source, null when unknown), ``shard``,
+    ``target_spec`` (``predicted``, ``label``, or the index/name given), ``target`` (the class
+    explained), ``predicted`` (the model's class), ``method``, ``title``, ``per_segment``
+    (scores are the method's own segment scores, not means of a per-pixel map), ``segments``
+    (``K``), ``feature_ids`` (``0..K-1``, the ids of the shard's ``feature_mask``), ``scores``
+    (one per feature id), ``seconds`` (the method's time) and ``segment_seconds`` (the image's
+    segmentation time, shared by its rows). Each shard's file also holds, in its metadata under
+    `IMAGE_SHA256_KEY`, the content sha256 of the folder images it explained.
+    """
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("image", pa.int64()),
+            ("name", pa.string()),
+            ("label", pa.int64()),
+            ("shard", pa.int64()),
+            ("target_spec", pa.string()),
+            ("target", pa.int64()),
+            ("predicted", pa.int64()),
+            ("method", pa.string()),
+            ("title", pa.string()),
+            ("per_segment", pa.bool_()),
+            ("segments", pa.int64()),
+            ("feature_ids", pa.list_(pa.int64())),
+            ("scores", pa.list_(pa.float64())),
+            ("seconds", pa.float64()),
+            ("segment_seconds", pa.float64()),
+        ]
+    )
+
+
+def _image_file(source: Source, ref: ImageRef) -> Path | None:
+    """The file of image ``ref``; ``None`` for a generated image (the shapes sources)."""
+    path = source.read(ref) if source.kind == "folder" else None
+    return path if isinstance(path, Path) else None
+
+
+def image_sha256(source: Source, ref: ImageRef) -> str | None:
+    """An image file's content sha256 now; ``None`` for a generated image or a missing file."""
+    from ctc_plugin.weights import content_sha256
+
+    path = _image_file(source, ref)
+    if path is None:
+        return None
+    try:
+        return content_sha256(path)
+    except OSError:  # gone or unreadable: reading it for the run says so
+        return None
+
+
+def explained_contents(store: RunStore, shard: str) -> dict[str, str]:
+    """The content sha256 of each image of the finished ``shard`` when it was explained.
+
+    Read from its table's metadata (``image_sha256``); empty for a shard of a version that did
+    not record them, or a table that does not parse.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(store.table_path(shard)).metadata or {}
+        contents = json.loads(metadata.get(IMAGE_SHA256_KEY.encode(), b"{}"))
+    except (OSError, ValueError):
+        return {}
+    return contents if isinstance(contents, dict) else {}
+
+
+def image_stat(source: Source, ref: ImageRef) -> tuple[int | None, int | None]:
+    """An image file's ``(size, mtime_ns)``: what tells it was rewritten; ``None`` unless a file."""
+    path = _image_file(source, ref)
+    if path is None:
+        return None, None
+    try:
+        stat = path.stat()
+    except OSError:  # gone: the image list says so
+        return None, None
+    return stat.st_size, stat.st_mtime_ns

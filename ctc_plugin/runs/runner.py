@@ -1,0 +1,387 @@
+"""Explain the shards of an ``explain-dataset`` run: the model, segmenter and methods loaded once.
+
+A [`ShardRunner`][ctc_plugin.runs.runner.ShardRunner] holds what a shard needs, loaded from the
+run's [`RunConfig`][ctc_plugin.runs.plan.RunConfig]; the embedded engine makes one, a Ray
+worker one per part (segmentation, methods).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from argparse import Namespace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ctc_plugin.resumable import Shard
+from ctc_plugin.runs.imagenet import imagenet_classes
+from ctc_plugin.runs.plan import RunConfig
+from ctc_plugin.runs.results import IMAGE_SHA256_KEY, image_sha256, table_schema
+from ctc_plugin.runs.sources import ImageRef, Source
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pyarrow as pa
+
+__all__ = ["ShardRunner"]
+
+
+class ShardRunner:
+    """Explains shards: loads the model, the segmenter and the methods' inputs once.
+
+    The embedded engine uses one runner for everything; on Ray, segmentation and the methods
+    run in different workers, each with a runner that loads only its part.
+
+    Args:
+        config: The run's configuration.
+        source: The run's images.
+        segment: Load the segmenter (for [`segment`][ctc_plugin.runs.runner.ShardRunner.segment]
+            and for [`run`][ctc_plugin.runs.runner.ShardRunner.run] without masks).
+        explain: Load the model's methods (for ``run``).
+        device: Where the model runs (``None``: the configuration's ``device``).
+
+    Raises:
+        CLIError: For a model, weights, device or segmenter that cannot be used (the message
+            names the option to fix).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        source: Source,
+        *,
+        segment: bool = True,
+        explain: bool = True,
+        device: str | None = None,
+    ) -> None:
+        from ctc_plugin.commands.explain import (
+            explainer_for,
+            make_segmenter,
+            preprocessing_for,
+            resolve_device,
+        )
+        from ctc_plugin.commands.model_checks import (
+            check_input_channels,
+            check_torchscript,
+            check_weights_present,
+            run_in_float32,
+        )
+        from ctc_plugin.commands.models import load_model
+
+        self.config = config
+        self.source = source
+        self._label_classes: dict[int, int] | None = None  # see label_classes
+        self.device = resolve_device(config.device if device is None else device)
+        weights = Path(config.weights) if config.weights else None
+        self.loaded = load_model(config.model, weights)  # also for its preprocessing
+        if self.loaded.note:  # a guessed preprocessing (a Hugging Face folder without one)
+            warnings.warn(self.loaded.note, UserWarning, stacklevel=2)
+        check_input_channels(self.loaded)
+        check_torchscript(self.loaded, list(config.methods) if explain else [])
+        check_weights_present(self.loaded)
+        note = run_in_float32(self.loaded)  # the images are float32
+        if note:
+            warnings.warn(note, UserWarning, stacklevel=2)
+        options = options_of(config)
+        self.preprocessing = preprocessing_for(options, self.loaded)
+        self.segmenter = make_segmenter(options) if segment else None
+        if explain:
+            self.explainer = explainer_for(self.loaded, options, option="--methods")
+            self.model = self.preprocessing.wrap(self.loaded.network).to(self.device).eval()
+
+    def check(self) -> None:
+        """Read and classify the run's first image and find each target's class for it.
+
+        A run starts with it, before its folder is set up, so that what would stop the run at
+        its first image (a target the model does not have, ``label`` without labels, an image
+        size the model or the Explainer cannot take) is refused before anything is written.
+        Needs ``explain=True``.
+
+        Raises:
+            CLIError: Naming the option to fix.
+        """
+        from ctc_plugin.commands import torch_threads
+
+        ref = self.source.images[0]
+        with torch_threads(self.config.threads):
+            _, logits = self.classify(ref, self.read(ref))
+        for spec in self.config.targets:
+            self.target(spec, ref, logits)
+
+    def classify(self, ref: ImageRef, image: Any) -> tuple[Any, Any]:
+        """``(pixels on the device, logits)`` of the prepared ``image`` of ``ref``.
+
+        Raises:
+            CLIError: If the model cannot take the image's size or gives scores that are not
+                finite, or the Explainer of ``--methods explainer`` was trained on another size.
+        """
+        from ctc_plugin.commands import CLIError
+        from ctc_plugin.commands.explain import explainer_size_refusal
+        from ctc_plugin.commands.model_checks import (
+            check_finite_scores,
+            fit_class_names,
+            is_own_size,
+            model_logits,
+        )
+
+        pixels = image.pixels.to(self.device)
+        own = is_own_size(self.loaded.preprocessing, image.size)
+        logits = model_logits(self.model, self.loaded, pixels, own, self.size_advice(ref))
+        check_finite_scores(logits, self.loaded, ref.name)
+        fit_class_names(self.loaded, logits)  # before the targets and labels are read
+        refusal = explainer_size_refusal(self.explainer, ref.name, image.size)
+        if refusal is not None:
+            raise CLIError(f"--methods explainer: {refusal}")
+        return pixels, logits
+
+    def segment(self, shard: Shard) -> dict[int, tuple[Any, float]]:
+        """Segment every image of ``shard``: ``{image index: (mask, seconds)}``.
+
+        Masks are ``(1, 1, H, W)`` int64 ids ``0..K-1``; ``run(shard, prepared=...)`` takes them.
+        """
+        from ctc_plugin.commands import torch_threads
+
+        with torch_threads(self.config.threads):
+            return {
+                index: self.segment_image(self.source.images[index])[1:] for index in shard.images
+            }
+
+    def segment_image(self, ref: ImageRef) -> tuple[Any, Any, float]:
+        """Read one image and segment it: ``(prepared image, mask, seconds)``."""
+        from ctc_plugin.commands.explain import segment_pixels
+
+        image = self.read(ref)
+        if self.segmenter is None:
+            raise RuntimeError("this ShardRunner was made with segment=False")
+        start = time.perf_counter()
+        mask = segment_pixels(self.segmenter, image.pixels)
+        return image, mask, time.perf_counter() - start
+
+    def read(self, ref: ImageRef) -> Any:
+        """The image ``ref``, prepared with the run's preprocessing (the model's own by default)."""
+        from ctc_plugin.commands import CLIError
+
+        try:
+            return self.preprocessing(self.source.read(ref))
+        except (ValueError, FileNotFoundError) as error:
+            reason = str(error).rstrip()
+            stop = "" if reason.endswith((".", "?", "!")) else "."
+            raise CLIError(
+                f"{reason}{stop} Replace it with a readable image and run the same command "
+                "again (finished shards are kept)"
+            ) from error
+
+    prepare = segment  # the job's preparation stage
+
+    def run(
+        self,
+        shard: Shard,
+        progress: Any = None,
+        prepared: dict[int, tuple[Any, float]] | None = None,
+    ) -> tuple[pa.Table, dict[str, np.ndarray]]:
+        """Explain every image of ``shard``; return its table and its arrays.
+
+        The arrays are, per image ``i`` (its plan index): ``image{i}/feature_mask`` (H, W)
+        int32 segment ids ``0..K-1``, ``image{i}/logits`` float32 and, per target spec ``T`` and
+        method ``M``, ``image{i}/{T}/{M}/attribution`` (H, W) float32.
+
+        Args:
+            shard: The shard.
+            progress: A tqdm bar advanced by one per image.
+            prepared: The shard's masks from
+                [`segment`][ctc_plugin.runs.runner.ShardRunner.segment] (computed elsewhere);
+                ``None`` segments here.
+        """
+        import pyarrow as pa
+        import torch
+
+        from ctc_plugin.commands import torch_threads
+
+        rows: list[dict[str, Any]] = []
+        arrays: dict[str, np.ndarray] = {}
+        contents: dict[str, str] = {}
+        with torch_threads(self.config.threads), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed + shard.index)
+            for index in shard.images:
+                ref = self.source.images[index]
+                content = image_sha256(self.source, ref)
+                if content is not None:
+                    contents[ref.name] = content
+                given = prepared[index] if prepared is not None else None
+                image_rows, image_arrays = self.explain_image(ref, shard, given)
+                rows.extend(image_rows)
+                arrays.update(image_arrays)
+                if progress is not None:
+                    progress.update(1)
+        table = pa.Table.from_pylist(rows, schema=table_schema())
+        return table.replace_schema_metadata({IMAGE_SHA256_KEY: json.dumps(contents)}), arrays
+
+    def explain_image(
+        self, ref: ImageRef, shard: Shard, mask: tuple[Any, float] | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+        """Explain one image with every method and target; its segments are computed once.
+
+        ``mask`` is a ``(mask, seconds)`` pair computed elsewhere; ``None`` segments here.
+        """
+        import numpy as np
+
+        from ctc_plugin.commands.methods import Request, run_for_command
+
+        if mask is None:
+            image, ids, segment_seconds = self.segment_image(ref)
+        else:
+            image = self.read(ref)
+            ids, segment_seconds = mask
+        pixels, logits = self.classify(ref, image)
+        mask = ids
+        key = f"image{ref.index}"
+        arrays = {
+            f"{key}/feature_mask": mask[0, 0].numpy().astype(np.int32),
+            f"{key}/logits": logits.numpy().astype(np.float32),
+        }
+        rows = []
+        count = int(mask.max()) + 1
+        for spec in self.config.targets:
+            target = self.target(spec, ref, logits)
+            request = Request(
+                model=self.model,
+                pixels=pixels,
+                target=target,
+                feature_mask=mask.to(self.device),
+                bias_sharing=self.config.bias_sharing,
+                lime_samples=self.config.lime_samples,
+                perturbations_per_eval=self.config.perturbations_per_eval,
+                show_progress=False,
+                explainer=self.explainer,
+            )
+            for name in self.config.methods:
+                start = time.perf_counter()
+                result = run_for_command(name, request, self.config.model, "--methods", ref.name)
+                seconds = time.perf_counter() - start
+                arrays[f"{key}/{spec}/{name}/attribution"] = result.attribution.numpy()
+                rows.append(
+                    {
+                        "image": ref.index,
+                        "name": ref.name,
+                        "label": ref.label,
+                        "shard": shard.index,
+                        "target_spec": spec,
+                        "target": target,
+                        "predicted": int(logits.argmax()),
+                        "method": name,
+                        "title": result.title,
+                        "per_segment": result.per_segment,
+                        "segments": count,
+                        "feature_ids": list(range(count)),
+                        "scores": result.scores.double().tolist(),
+                        "seconds": seconds,
+                        "segment_seconds": segment_seconds,
+                    }
+                )
+        return rows, arrays
+
+    def size_advice(self, ref: ImageRef) -> str:
+        """What to do when the model cannot take ``ref`` at the size it is read at."""
+        from ctc_plugin.commands.model_checks import size_advice
+
+        return (
+            f"{ref.name} is read at {self.preprocessing.describe()}: "
+            f"{size_advice(self.loaded.preprocessing)}, or give a model that takes any size "
+            "(one that ends in adaptive pooling, say)"
+        )
+
+    def target(self, spec: str, ref: ImageRef, logits: Any) -> int:
+        """The class ``spec`` names for this image (``predicted``, ``label``, index or name).
+
+        ``label`` is the image's class (see `label_classes`): by name when the model's class
+        names hold every folder (a folder ``cat/`` is the model's class ``"cat"``), else
+        ImageNet-1k's class for folders named by its WordNet IDs and a model of 1000 classes
+        (`ctc_plugin.runs.imagenet`), else by name or the source's label index.
+        """
+        from ctc_plugin.commands import CLIError
+        from ctc_plugin.commands.model_checks import target_class
+
+        if spec == "predicted":
+            return int(logits.argmax())
+        if spec == "label":
+            if ref.label is None:
+                raise CLIError(
+                    f"--targets label: {ref.name} has no label (the folder has no class "
+                    "subfolders); use predicted or a class index"
+                )
+            return self.label_classes(logits.numel())[ref.label]
+        return target_class(spec, self.loaded, logits, option="--targets")
+
+    def label_classes(self, count: int) -> dict[int, int]:
+        """The model's class for each label of the run's images, for ``--targets label``.
+
+        Every label is checked at the first image (the model has ``count`` classes), so a
+        class folder the model does not know stops the run before its first shard, not hours
+        later at that folder's images. The model's own class names come first; then
+        ImageNet's WordNet-ID folders (`ctc_plugin.runs.imagenet`); then the folders' order.
+
+        Raises:
+            CLIError: Naming the first image of a class the model does not know, or the
+                folders that are not ImageNet classes beside some that are.
+        """
+        from ctc_plugin.commands import CLIError
+
+        if self._label_classes is None:
+            first: dict[int, str] = {}  # label: its first image
+            for ref in self.source.images:
+                if ref.label is not None:
+                    first.setdefault(ref.label, ref.name)
+            folders, names = self.source.classes or (), self.loaded.classes or ()
+            imagenet = None
+            if not (names and set(folders) <= set(names)):  # the model's own names first
+                try:
+                    imagenet = imagenet_classes(folders, count)
+                except ValueError as error:
+                    raise CLIError(f"--targets label: {error}") from error
+            self._label_classes = {
+                label: imagenet[label] if imagenet else self._label_class(label, image, count)
+                for label, image in first.items()
+            }
+        return self._label_classes
+
+    def _label_class(self, label: int, image: str, count: int) -> int:
+        """The model's class for the source's class ``label`` (``image`` is one of its images).
+
+        Raises:
+            CLIError: If the model has class names and not this class's, or fewer classes.
+        """
+        from ctc_plugin.commands import CLIError
+
+        classes = self.source.classes
+        name = classes[label] if classes is not None else str(label)
+        if classes is not None and self.loaded.classes:
+            if name not in self.loaded.classes:
+                raise CLIError(
+                    f"--targets label: {image} is in class {name!r}, which the model does not "
+                    f"know ({', '.join(self.loaded.classes[:10])}); name the class folders "
+                    "after the model's classes, or use predicted"
+                )
+            return self.loaded.classes.index(name)
+        if label >= count:
+            raise CLIError(
+                f"--targets label: {image} has label {label} (class {name!r}) and the model "
+                f"only {count} classes; use predicted or a class index"
+            )
+        return label
+
+
+def options_of(config: RunConfig) -> Namespace:
+    """The ``explain`` command's options that its helpers read, from ``config``."""
+    return Namespace(
+        segmenter=config.segmenter,
+        segments=config.segments,
+        sam_checkpoint=Path(config.sam_checkpoint) if config.sam_checkpoint else None,
+        sam_model_type=config.sam_model_type,
+        methods=list(config.methods),
+        weights=config.weights,
+        resize=config.resize,
+        crop=config.crop,
+        mean=config.mean,
+        std=config.std,
+    )
