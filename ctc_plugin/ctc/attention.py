@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ctc_plugin.ctc.deferred import Replay, defer
 from ctc_plugin.ctc.errors import UnsupportedOperationError
-from ctc_plugin.ctc.handlers import _arg, operation_name
+from ctc_plugin.ctc.handlers import arg, operation_name
 from ctc_plugin.ctc.rules import GatedPass
 
 
@@ -118,7 +118,10 @@ def uniform_product(
 
 def matrix_product(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     """``matmul``/``bmm``/``@``: linear with constants and gate tensors; of signals, a gate."""
-    first, second = args[0], _arg(args, kwargs, 1, "other", _arg(args, kwargs, 1, "mat2"))
+    first, second = (
+        args[0],
+        arg(args, kwargs, 1, "other", arg(args, kwargs, 1, "mat2")),
+    )
     if getattr(func, "__name__", "") == "__rmatmul__":
         first, second = second, first
 
@@ -188,10 +191,14 @@ def scaled_dot_product_attention(
     the input. A propagated value is linear in the copies; a constant value gives the full pass's
     output, a gate-only tensor.
     """
-    query, key, value = args[0], _arg(args, kwargs, 1, "key"), _arg(args, kwargs, 2, "value")
-    mask = _arg(args, kwargs, 3, "attn_mask")
-    dropout = _arg(args, kwargs, 4, "dropout_p", 0.0)
-    causal = _arg(args, kwargs, 5, "is_causal", False)
+    query, key, value = (
+        args[0],
+        arg(args, kwargs, 1, "key"),
+        arg(args, kwargs, 2, "value"),
+    )
+    mask = arg(args, kwargs, 3, "attn_mask")
+    dropout = arg(args, kwargs, 4, "dropout_p", 0.0)
+    causal = arg(args, kwargs, 5, "is_causal", False)
     scale = kwargs.get("scale")
     if dropout:
         raise UnsupportedOperationError(

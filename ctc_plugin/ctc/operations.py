@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from ctc_plugin.ctc import attention as a
+from ctc_plugin.ctc import gate_handlers as g
 from ctc_plugin.ctc import handlers as h
+from ctc_plugin.ctc import norm_handlers as n
 from ctc_plugin.ctc import recurrent as r
 from ctc_plugin.ctc.handlers import Handler, operation_name
 from ctc_plugin.inputs import FUNCTIONAL_DROPOUTS
@@ -175,7 +177,7 @@ def _last_dim(args: tuple, kwargs: dict) -> int:
 
 def _normalised_dims(args: tuple, kwargs: dict) -> int:
     """``layer_norm`` and ``rms_norm`` act on the dims of ``normalized_shape``."""
-    return len(h._normalized_shape(args, kwargs))
+    return len(n.normalized_shape(args, kwargs))
 
 
 _SUMS = (
@@ -267,21 +269,21 @@ def _rows() -> list[OperationRule]:
             "normalisation",
             "each copy centred on its own mean, divided by the gate copy's standard deviation "
             "and multiplied by the weight; the shift is a shared bias",
-            h.layer_norm,
+            n.layer_norm,
             (F.layer_norm, torch.layer_norm),
             trailing_dims=_normalised_dims,
         ),
         OperationRule(
             "normalisation",
             "as `layer_norm`, per group of channels",
-            h.group_norm,
+            n.group_norm,
             (F.group_norm, torch.group_norm),
         ),
         OperationRule(
             "normalisation",
             "as `layer_norm`, per channel over positions; with running statistics (eval mode) "
             "as `batch_norm`",
-            h.instance_norm,
+            n.instance_norm,
             (F.instance_norm,),
         ),
         *(
@@ -289,7 +291,7 @@ def _rows() -> list[OperationRule]:
                 OperationRule(
                     "normalisation",
                     "each copy divided by the gate copy's root mean square, times the weight",
-                    h.rms_norm,
+                    n.rms_norm,
                     (F.rms_norm,),
                     trailing_dims=_normalised_dims,
                 )
@@ -301,7 +303,7 @@ def _rows() -> list[OperationRule]:
             "normalisation",
             "`F.normalize`: each copy divided by the gate copy's norm (SwiftFormer's queries; Swin "
             "v2's cosine attention multiplies two of them, a product of two signals)",
-            h.normalize,
+            n.normalize,
             (F.normalize,),
         ),
         OperationRule(
@@ -310,7 +312,7 @@ def _rows() -> list[OperationRule]:
             "a gate-only tensor computed for the gate copy, which, with what is computed from "
             "it alone (`+ eps`, `sqrt`, `rsqrt`, a mean), may only divide or multiply the "
             "signal (normalisations written out); over dim 0 it is refused",
-            h.statistic,
+            n.statistic,
             _STATISTICS,
             makes_gate=True,
         ),
@@ -321,7 +323,7 @@ def _rows() -> list[OperationRule]:
             "so a normalisation written out (`(x - u).pow(2).mean(1)`, then `+ eps`, `sqrt`) "
             "may divide the signal by what it computes; of a gate tensor: a gate-only tensor of "
             "the full pass; an input-dependent exponent is refused",
-            h.power,
+            n.power,
             _POWERS,
             trailing_dims=_elementwise,
             makes_gate=True,
@@ -329,42 +331,42 @@ def _rows() -> list[OperationRule]:
         OperationRule(
             "normalisation",
             "the variance (standard deviation) as `var`, the mean of every copy its own (linear)",
-            h.statistic_and_mean,
+            n.statistic_and_mean,
             (torch.var_mean, torch.std_mean),
             makes_gate=True,
         ),
         OperationRule(
             "gate",
             "the gate copy's activation pattern `1[x > 0]` on every copy",
-            h.relu(),
+            g.relu(),
             (F.relu, torch.relu, T.relu),
             trailing_dims=_elementwise,
         ),
         OperationRule(
             "gate",
             "the gate copy's activation pattern `1[x > 0]` on every copy",
-            h.relu(inplace_default=True),
+            g.relu(inplace_default=True),
             (F.relu_, T.relu_),  # torch.relu_ is F.relu_
             trailing_dims=_elementwise,
         ),
         OperationRule(
             "gate",
             "slope 1 where the gate copy is positive, the negative slope elsewhere",
-            h.leaky_relu(),
+            g.leaky_relu(),
             (F.leaky_relu,),
             trailing_dims=_elementwise,
         ),
         OperationRule(
             "gate",
             "slope 1 where the gate copy is positive, the negative slope elsewhere",
-            h.leaky_relu(inplace_default=True),
+            g.leaky_relu(inplace_default=True),
             (F.leaky_relu_,),
             trailing_dims=_elementwise,
         ),
         OperationRule(
             "gate",
             "as `leaky_relu`, with the learned slope of each channel (`nn.PReLU`)",
-            h.prelu,
+            g.prelu,
             (F.prelu, T.prelu),
         ),
         OperationRule(
@@ -373,14 +375,14 @@ def _rows() -> list[OperationRule]:
             "copy, and with both bounds the output is a gate tensor (`clamp(0, 6)` is `relu6`, "
             "`(x + 3).clamp(0, 6) / 6` is `hardsigmoid`; `clamp(min=0)` is `relu`'s pattern); "
             "a bound that depends on the input is refused",
-            h.clamp,
+            g.clamp,
             _CLAMPS,
             trailing_dims=_elementwise,
         ),
         OperationRule(
             "gate",
             _MAXIMUM,
-            h.maximum_or_minimum(largest=True),
+            g.maximum_or_minimum(largest=True),
             (torch.maximum, T.maximum),
             keeps_gate=True,
             trailing_dims=_elementwise,
@@ -388,7 +390,7 @@ def _rows() -> list[OperationRule]:
         OperationRule(
             "gate",
             _MAXIMUM,
-            h.maximum_or_minimum(largest=False),
+            g.maximum_or_minimum(largest=False),
             (torch.minimum, T.minimum),
             keeps_gate=True,
             trailing_dims=_elementwise,
@@ -399,7 +401,7 @@ def _rows() -> list[OperationRule]:
             "`torch.sign(x)`, `1 / x`): what the full image decides, a gate-only tensor computed "
             "for the gate copy that may serve as a gate (`x * (x > 0)`, `y * (1 / x)`) or a "
             "condition",
-            h.decided_by_full_pass,
+            g.decided_by_full_pass,
             _COMPARISONS,
             from_gate_copy=True,
             trailing_dims=_elementwise,
@@ -411,7 +413,7 @@ def _rows() -> list[OperationRule]:
             "its own entries of the operand selected, and a constant operand is a bias shared "
             "where it is taken (`torch.where(x > 0, x, 0.1 * x)`, `x.masked_fill(x < 0, 0)`); a "
             "condition carried by the copies is refused",
-            h.where,
+            g.where,
             _WHERE,
             takes_gate_only=True,
             keeps_gate=True,
@@ -420,59 +422,59 @@ def _rows() -> list[OperationRule]:
         OperationRule(
             "gate",
             _ABS,
-            h.rescale(),
+            g.rescale(),
             (torch.abs, T.abs, torch.absolute, T.absolute),
             trailing_dims=_elementwise,
         ),
         OperationRule(
             "gate",
             _ABS,
-            h.rescale(inplace_default=True),
+            g.rescale(inplace_default=True),
             (torch.abs_, T.abs_, T.absolute_),
             trailing_dims=_elementwise,
         ),
         OperationRule(
             "gate",
             "every copy gathered at the gate copy's argmax positions (switches)",
-            h.max_pool,
+            g.max_pool,
             _MAX_POOLS,
         ),
         OperationRule(
             "gate",
             _REDUCED_MAX,
-            h.max_or_min(largest=True, returns_indices=False),
+            g.max_or_min(largest=True, returns_indices=False),
             (torch.amax, T.amax),
         ),
         OperationRule(
             "gate",
             _REDUCED_MAX,
-            h.max_or_min(largest=False, returns_indices=False),
+            g.max_or_min(largest=False, returns_indices=False),
             (torch.amin, T.amin),
         ),
         OperationRule(
             "gate",
             _REDUCED_MAX,
-            h.max_or_min(largest=True, returns_indices=True),
+            g.max_or_min(largest=True, returns_indices=True),
             (torch.max, T.max),
         ),
         OperationRule(
             "gate",
             _REDUCED_MAX,
-            h.max_or_min(largest=False, returns_indices=True),
+            g.max_or_min(largest=False, returns_indices=True),
             (torch.min, T.min),
         ),
         OperationRule(
             "rescale",
             "every copy multiplied by `y / x` of the gate copy (0 where `x = 0`); the gate copy "
             "gets the exact activation",
-            h.rescale(),
+            g.rescale(),
             (F.silu, F.gelu, F.hardswish, F.mish, F.elu, F.selu, F.celu, F.softplus),
             trailing_dims=_elementwise,
         ),
         OperationRule(
             "gate tensor",
             "rescale gates, and the output is a *gate tensor* that may multiply the signal",
-            h.rescale(gate=True),
+            g.rescale(gate=True),
             _SQUASHING,
             trailing_dims=_elementwise,
             makes_gate=True,
@@ -480,7 +482,7 @@ def _rows() -> list[OperationRule]:
         OperationRule(
             "gate tensor",
             "rescale gates, and the output is a *gate tensor* that may multiply the signal",
-            h.rescale(gate=True, inplace_default=True),
+            g.rescale(gate=True, inplace_default=True),
             _IN_PLACE_SQUASHING,
             trailing_dims=_elementwise,
             makes_gate=True,
@@ -489,13 +491,13 @@ def _rows() -> list[OperationRule]:
             "gate tensor",
             "the first half times the `sigmoid` of the second (a gate tensor), as `a * "
             "sigmoid(b)`; split along the copies' dim it is refused",
-            h.glu,
+            g.glu,
             (F.glu,),
         ),
         OperationRule(
             "gate tensor",
             "a gate tensor of the full pass only: it may multiply the signal and nothing else",
-            h.softmax,
+            g.softmax,
             (F.softmax, torch.softmax, T.softmax),
             from_gate_copy=True,
             makes_gate=True,
@@ -833,7 +835,7 @@ def register_rule(
                 "register_rule returned"
             )
         handle = RegisteredRule(function, like)
-        rescaled = h.rescale(gate=row.makes_gate, inplace_default=inplace, read_inplace=False)
+        rescaled = g.rescale(gate=row.makes_gate, inplace_default=inplace, read_inplace=False)
         _REGISTERED[function] = (dataclasses.replace(row, handler=rescaled), handle)
     return handle
 

@@ -79,7 +79,7 @@ from typing import Any
 import torch
 
 from ctc_plugin.ctc.errors import UnsupportedOperationError
-from ctc_plugin.ctc.handlers import _arg, operation_name
+from ctc_plugin.ctc.handlers import arg, operation_name
 from ctc_plugin.ctc.recurrent_steps import Steps, TensorSteps, per_direction_linear
 from ctc_plugin.ctc.rules import GatedPass
 
@@ -288,7 +288,7 @@ def recurrent(
             "its input is a packed sequence (PackedSequence): its rows mix the examples and "
             f"their feature copies by length; give {layer.module} the padded batch instead",
         )
-    call = {n: _arg(args, kwargs, i, n) for i, n in enumerate(RECURRENT_ARGUMENTS)}
+    call = {n: arg(args, kwargs, i, n) for i, n in enumerate(RECURRENT_ARGUMENTS)}
     layers, directions = int(call["num_layers"]), 2 if call["bidirectional"] else 1
     _check_call(ctx, name, call, layers)
     batch_first = bool(call["batch_first"])
