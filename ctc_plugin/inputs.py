@@ -379,21 +379,22 @@ def check_gradient_weights(forward_func: Callable[..., Any], method: str) -> Non
     found = [name for name, tensor in named if tensor.is_inference()]
     if not found:
         return
-    left_out = [name for name in found if name not in model.state_dict()]  # non-persistent
-    way = (
-        ", or make its weights ordinary tensors once, outside inference mode: "
-        "model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, "
-        "assign=True)"
-        if not left_out
-        else f" ({', '.join(map(repr, left_out))} "
-        + ("is a buffer" if len(left_out) == 1 else "are buffers")
-        + " that the state dict leaves out, so reloading it does not replace them)"
+    saved = set(model.state_dict())
+    left_out = [name for name in found if name not in saved]  # non-persistent buffers
+    buffers = (
+        f"; then, for the buffers the state dict leaves out ({', '.join(map(repr, left_out))}): "
+        "for m in model.modules(): [setattr(m, n, b.clone()) for n, b in "
+        "m.named_buffers(recurse=False)]"
+        if left_out
+        else ""
     )
     raise ValueError(
-        f"{method} needs gradients through the model, and its weights are inference tensors "
-        f"(made under torch.inference_mode(): {found[0]!r} is one), which autograd cannot "
-        "use; build or load the model outside inference mode (torch.no_grad() saves the "
-        f"same memory){way}"
+        f"{method} needs gradients through the model, and its tensors (parameters or buffers) "
+        f"are inference tensors (made under torch.inference_mode(): {found[0]!r} is one), "
+        "which autograd cannot use; build or load the model outside inference mode "
+        "(torch.no_grad() saves the same memory), or make them ordinary tensors once, outside "
+        "inference mode: model.load_state_dict({k: v.clone() for k, v in "
+        f"model.state_dict().items()}}, assign=True){buffers}"
     )
 
 
@@ -481,9 +482,13 @@ def _check_image_shape(x: torch.Tensor, name: str, channels: int | None, context
     hint = ""
     if x.dim() == 4 and (channels is None or shape[1] == channels):
         return
-    gray_last = x.dim() == 4 and channels == 3 and shape[-1] == 1 and shape[1] > 4  # (N, H, W, 1)
-    if x.dim() == 4 and (shape[-1] == channels or gray_last):
+    last = x.dim() == 4 and channels == 3 and shape[1] > 4  # (N, H, W, C) of other channels
+    if x.dim() == 4 and shape[-1] == channels:
         hint = "; it looks channels-last: x.permute(0, 3, 1, 2)"
+    elif last and shape[-1] == 1:
+        hint = "; it looks like channels-last gray: x.permute(0, 3, 1, 2).expand(-1, 3, -1, -1)"
+    elif last and shape[-1] == 4:
+        hint = "; it looks like channels-last RGBA: x.permute(0, 3, 1, 2)[:, :3]"
     elif x.dim() == 4 and channels == 3 and shape[1] == 1:
         hint = "; for grayscale images, repeat their channel: x.expand(-1, 3, -1, -1)"
     elif x.dim() == 4 and channels == 3 and shape[1] == 4:

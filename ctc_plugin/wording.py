@@ -69,19 +69,35 @@ def _letters(name: str) -> str:
     return "".join(character for character in name.lower() if character not in "-_ ")
 
 
+#: Packages whose frames stand between the user's line and the package's code: Captum's
+#: wrappers (``log_usage``, ``NoiseTunnel``) and pytorch-grad-cam's (``IntegrativeGradCAM``).
+WRAPPER_PACKAGES = ("captum", "pytorch_grad_cam")
+
+
 def caller_stacklevel() -> int:
     """The ``stacklevel`` of the first frame outside this package, for `warnings.warn`.
 
-    A warning raised deep in a call (past decorators and helpers, Captum's ``log_usage``
-    wrapper of ``attribute`` included) then points at the user's line that made the call.
+    A warning raised deep in a call (past decorators and helpers, and past the frames of the
+    `WRAPPER_PACKAGES` a user's call may go through) then points at the user's line that made
+    the call.
     """
     package = Path(__file__).resolve().parent
     frame, level = sys._getframe(1), 1
-    while frame is not None and _ours(Path(frame.f_code.co_filename).resolve(), package):
+    while frame is not None and _ours(frame.f_code.co_filename, package):
         frame, level = frame.f_back, level + 1
     return level
 
 
-def _ours(path: Path, package: Path) -> bool:
-    """Whether a frame of ``path`` belongs to the call: the package, or Captum's decorator."""
-    return path.is_relative_to(package) or path.parent.parts[-2:] == ("captum", "log")
+def _ours(filename: str, package: Path) -> bool:
+    """Whether a frame of ``filename`` belongs to the call: the package, or a wrapper's."""
+    if filename.startswith("<"):  # exec'd or interactive code: the user's
+        return False
+    path = Path(filename).resolve()
+    if path.is_relative_to(package):
+        return True
+    parts = path.parts  # an installed wrapper: .../site-packages/captum/...
+    return any(
+        name in WRAPPER_PACKAGES and parts[i - 1].endswith("-packages")
+        for i, name in enumerate(parts)
+        if i > 0
+    )

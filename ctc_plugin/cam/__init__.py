@@ -6,7 +6,7 @@
 """
 
 from ctc_plugin.cam.alpha import Phi
-from ctc_plugin.cam.integrative import IntegrativeCAM, LayerMaps
+from ctc_plugin.cam.integrative import IntegrativeCAM, LayerCalledAgainWarning, LayerMaps
 from ctc_plugin.cam.known_blocks import BLOCK_RESHAPES
 from ctc_plugin.cam.reshapes import (
     PatchTokens,
@@ -20,6 +20,7 @@ from ctc_plugin.cam.transformers import grad_cam_layer, transformer_stages
 __all__ = [
     "BLOCK_RESHAPES",
     "IntegrativeCAM",
+    "LayerCalledAgainWarning",
     "LayerMaps",
     "PatchTokens",
     "Phi",

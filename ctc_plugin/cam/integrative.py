@@ -138,21 +138,28 @@ def calibrate(channel_map: Tensor, contribution: Tensor) -> Tensor:
     return channel_map * scale.reshape(-1, 1, 1)
 
 
-#: Roundings (machine epsilons of the sum of magnitudes) within which a stage's rest is 0.
+#: Roundings (machine epsilons of the stage's dtype, of the sum of magnitudes) within which a
+#: stage's rest is 0.
 ROUNDINGS = 1
 
 
-def _cancelled_to_zero(rest: Tensor, magnitude: Tensor) -> Tensor:
-    """``rest`` with the values that are rounding noise of a sum that cancels set to 0.
+def _stage_rest(grad: Tensor, act: Tensor, bias: Tensor) -> Tensor:
+    """``sum(g * A) - sum(B)`` per example, where a rest that cancels is 0.
 
-    ``sum(g * A) - sum(B)`` is exactly 0 for a stage whose output only feeds a normalisation
-    (ConvNeXt's stem before its LayerNorm); in float32 it comes out as noise far below
-    ``eps * sum(|g * A| + |B|)``, and calibrating by it would make the stage's map depend on
-    the batch and the score's scale. A rest within a few roundings (``ROUNDINGS``) of the
-    magnitude of its terms cannot be told from 0 in the dtype, and is taken as 0.
+    The rest is exactly 0 for a stage whose output only feeds a normalisation and that has no
+    bias (ConvNeXt's stem before its LayerNorm, as freshly built); summed in the stage's dtype
+    it comes out as rounding noise that depends on the batch (how the sum is blocked), and
+    calibrating by it made the stage's map depend on the other images of the batch. The sums
+    are taken in float64, where that noise is far below one rounding of the stage's dtype, and
+    a rest within ``ROUNDINGS`` roundings of ``sum(|g * A|) + sum(|B|)`` is taken as the 0 it
+    cannot be told from.
     """
-    tolerance = ROUNDINGS * torch.finfo(rest.dtype).eps * magnitude
-    return torch.where(rest.abs() <= tolerance, torch.zeros_like(rest), rest)
+    wide = torch.float64 if grad.device.type != "mps" else torch.float32  # MPS has no float64
+    g, a, b = grad.to(wide), act.to(wide), bias.to(wide)
+    rest = _dot(g, a) - b.sum(dim=(1, 2))
+    magnitude = _dot(g.abs(), a.abs()) + b.abs().sum(dim=(1, 2))
+    tolerance = ROUNDINGS * torch.finfo(grad.dtype).eps * magnitude
+    return torch.where(rest.abs() <= tolerance, torch.zeros_like(rest), rest).to(grad.dtype)
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -199,22 +206,32 @@ def _record_layer(
     tracer.add_layer_output(name, output, module, reshape, arguments)
 
 
-def _warn_of_layers_run_again(names: list[str]) -> None:
-    """Warn where a chosen layer ran more than once in the forward pass (a shared ReLU).
+class LayerCalledAgainWarning(UserWarning):
+    """A layer of ``layers=[...]`` ran more than once in one forward pass: every call is fused.
 
-    Every call is a stage, and all are fused, where Captum's layer methods explain the last
-    call and pytorch-grad-cam's the first.
+    Captum's layer methods explain its last call and pytorch-grad-cam's its first. Where the
+    forward function runs the model more than once on purpose (test-time augmentation, an
+    ensemble), fusing every call is what it asks for: silence it with
+    ``warnings.filterwarnings("ignore", category=LayerCalledAgainWarning)``.
     """
-    counts = collections.Counter(names)
-    again = {name: count for name, count in counts.items() if count > 1}
+
+
+def _warn_of_layers_called_again(modules: list[nn.Module], names: dict[int, str]) -> None:
+    """Warn where a module of ``layers=[...]`` ran more than once (``names``: by ``id``)."""
+    counts = collections.Counter(id(module) for module in modules)
+    again = {key: count for key, count in counts.items() if count > 1}
     if again:
-        listed = ", ".join(f"{name!r} ({count} calls)" for name, count in again.items())
+        listed = ", ".join(
+            f"{names.get(key, '?')!r} ({count} calls)" for key, count in again.items()
+        )
         warnings.warn(
             f"layers run more than once in one forward pass: {listed}; Integrative CAM fuses "
             "the map of every call (Captum's layer methods explain the last call, "
-            "pytorch-grad-cam's the first); to explain one output, choose a module that runs "
-            "once (torchvision's BasicBlock calls its relu twice: choose the block)",
-            UserWarning,
+            "pytorch-grad-cam's the first): to explain one output, choose a module that runs "
+            "once (torchvision's BasicBlock calls its relu twice: choose the block); where "
+            "your forward function runs the model more than once on purpose (test-time "
+            "augmentation), every call is fused as intended (LayerCalledAgainWarning)",
+            LayerCalledAgainWarning,
             stacklevel=caller_stacklevel(),
         )
 
@@ -684,8 +701,9 @@ class IntegrativeCAM(Attribution):
         self, tracer: StageTracer, chosen: list[tuple[nn.Module, BlockReshape | None]] | None
     ) -> None:
         stages = tracer.stages
-        if chosen is not None:
-            _warn_of_layers_run_again([stage.name for stage in stages])
+        if self.layers is not None:  # the user's layers (not the blocks found): each named
+            names = {id(module): self._layer_name(module) for module in self.layers}
+            _warn_of_layers_called_again(tracer.modules, names)
         if chosen is None and tracer.saw_attention:
             refused = refused_blocks(self._model) if self._model is not None else []
             if refused:  # blocks known, and known not to make maps of the image here
@@ -787,10 +805,7 @@ class _Run:
             if self.cam.bias and stage.bias is not None:
                 relu_output = act if stage.relu else None
                 bias = bias_map(grad, stage.bias, relu_output)
-                rest = _cancelled_to_zero(
-                    _dot(grad, act) - bias.sum(dim=(1, 2)),  # the stage's score minus its bias
-                    _dot(grad.abs(), act.abs()) + bias.abs().sum(dim=(1, 2)),
-                )
+                rest = _stage_rest(grad, act, bias)  # the stage's score minus its bias
                 cam = calibrate(cam, rest) + terms.sign.reshape(-1, 1, 1) * bias
             layer_map = minmax(torch.relu(cam).unsqueeze(1))
             self.fusion.add(stage.index, layer_map, score)

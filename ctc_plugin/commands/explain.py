@@ -287,7 +287,7 @@ def method_name(text: str) -> str:
     except ValueError:
         pass
     hint = ""
-    mode = text.lower().removeprefix("ctc").lstrip("-_")
+    mode = text.lower().removeprefix("ctc").lstrip("-_ ")
     if text.lower().startswith("ctc") and mode in BIAS_SHARING_MODES:  # the benchmark's CTC-none
         hint = f"; for CTC with {mode} sharing give --method ctc --bias-sharing {mode}"
     elif Path(text).suffix or Path(text).exists():

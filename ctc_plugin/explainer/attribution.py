@@ -15,6 +15,7 @@ from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.inputs import check_eval_mode, check_inputs, example_rows, floating_dtype
 from ctc_plugin.module_state import DigestMemo
 from ctc_plugin.targets import TargetType, class_indices, output_not_a_tensor
+from ctc_plugin.wording import caller_stacklevel
 
 
 class ClassifierMismatchWarning(UserWarning):
@@ -88,7 +89,7 @@ class ExplainerAttribution(Attribution):
                 "the explainer has not been trained (call Explainer.fit or load trained "
                 "weights): its masks are meaningless",
                 UserWarning,
-                stacklevel=5,  # the caller of attribute, past its two decorators
+                stacklevel=caller_stacklevel(),
             )
 
     def _warn_if_other_classifier(self) -> None:
@@ -108,7 +109,7 @@ class ExplainerAttribution(Attribution):
                     "it was trained for, or train an explainer for this one (Explainer.fit); "
                     "check_classifier=False silences this for a deliberate pairing"
                 ),
-                stacklevel=5,  # the caller of attribute, past its two decorators
+                stacklevel=caller_stacklevel(),
             )
 
     def _expected_digests(self) -> tuple[str, ...]:

@@ -935,8 +935,8 @@ def run_benchmark(
     if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):  # the report goes there
         raise PermissionError(
             f"cannot write into {folder} (read-only, or not yours), where the benchmark writes "
-            "its report: make it writable, or give another out_dir (a finished run's "
-            "results.md and results.csv there are read as they are)"
+            "its report: make it writable, or give another out_dir (a finished run's report is "
+            "there already: read its results.md and results.csv)"
         )
     if ray:  # before the run folder is set up: a missing Ray is one clear error
         from ctc_plugin.resumable.cluster import import_ray

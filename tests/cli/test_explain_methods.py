@@ -229,6 +229,11 @@ def test_explain_and_explain_dataset_take_each_others_spelling_of_methods_and_ta
     parser = build_parser()
     args = parser.parse_args(["explain", str(image), "--methods", "ctc", "FeatureAblation"])
     assert args.methods == ["ctc", "feature-ablation"]
+    args = parser.parse_args(
+        ["explain-dataset", str(tmp_path), "--method", "gradcam", "--target", "1", "--out",
+         str(tmp_path / "run")]
+    )  # fmt: skip
+    assert (args.methods, args.targets) == (["gradcam"], ["1"])
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     strings = {s for a in commands.choices["explain-dataset"]._actions for s in a.option_strings}
     assert {"--methods", "--method", "--targets", "--target"} <= strings

@@ -47,7 +47,14 @@ def test_a_segmenter_that_takes_any_channels_keeps_taking_them():
     assert got.shape == (1, 4, 16, 16)
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_a_channels_last_batch_keeps_the_segmenters_permute_hint(channels):
-    with pytest.raises(ValueError, match=rf"got shape \(2, 28, 28, {channels}\).*permute"):
+@pytest.mark.parametrize(
+    ("channels", "hint"),
+    [
+        (1, r"x\.permute\(0, 3, 1, 2\)\.expand\(-1, 3, -1, -1\)"),
+        (3, r"x\.permute\(0, 3, 1, 2\)$"),
+        (4, r"x\.permute\(0, 3, 1, 2\)\[:, :3\]"),
+    ],
+)
+def test_a_channels_last_batch_keeps_the_segmenters_permute_hint(channels, hint):
+    with pytest.raises(ValueError, match=rf"got shape \(2, 28, 28, {channels}\).*{hint}"):
         CTC(model(channels)).attribute(torch.rand(2, 28, 28, channels), 0)
