@@ -6,7 +6,7 @@ import pytest
 import torch
 from captum._utils.common import _select_targets
 
-from ctc_plugin.targets import output_not_a_tensor
+from ctc_plugin.targets import output_not_a_tensor, resolve_targets
 from ctc_plugin.targets import target_scores as select_scores
 
 OUTPUT_2D = torch.randn(3, 5)
@@ -56,3 +56,11 @@ def test_a_backbones_output_is_said_to_hold_no_scores() -> None:
     message = str(output_not_a_tensor(output))
     assert "[0]" not in message and "'last_hidden_state', 'pooler_output'" in message
     assert "ForImageClassification" in message
+
+
+def test_negative_targets_count_from_the_end_of_each_examples_output():
+    output = torch.zeros(2, 6)
+    assert resolve_targets(-1, output).tolist() == [5, 5]
+    assert resolve_targets([-6, -2], output).tolist() == [0, 4]
+    tuples = torch.zeros(2, 2, 3)  # flat indices into (2, 3) per example
+    assert resolve_targets([(-1, -1), (0, -3)], tuples).tolist() == [5, 0]

@@ -176,3 +176,18 @@ def test_the_zennit_attributor_equals_the_captum_class(kind: str, mode: str) -> 
 )
 def test_a_statistic_used_as_a_signal_is_refused_by_name(operation, message: str) -> None:
     assert_refused(OperationAfterConv(operation, C).double().eval(), message)
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [nn.GroupNorm(2, C), nn.GroupNorm(1, C), nn.InstanceNorm2d(C, affine=True)],
+    ids=["GroupNorm", "LayerNorm over C, H, W", "InstanceNorm"],
+)
+def test_torchs_normalisations_add_up_to_the_models_logit(norm: nn.Module) -> None:
+    """torch's own normalisations (GatedPass.normalise): the population variance, as torch's.
+
+    A sample variance (``correction=1``) in the rule would give the gate copy another value
+    than the model's own normalisation, and the scores another sum than the model's logit.
+    """
+    model, x, mask = random_case(lambda: OperationAfterConv(norm, channels=C), add=True)
+    assert_proportional_adds_up(model, x, mask, 1, relative=1e-10)

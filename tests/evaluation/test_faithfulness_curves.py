@@ -242,3 +242,21 @@ def test_feature_mask_of_another_size_is_a_clear_error():
 def test_numpy_number_baseline():
     images = torch.rand(1, 3, 4, 4)
     assert torch.equal(resolve_baseline(np.float32(0.25), images), torch.full_like(images, 0.25))
+
+
+@pytest.mark.parametrize("pixels", [9, 15, 35, 64])
+@pytest.mark.parametrize("steps", [2, 4, 5, 6, 9, 10])
+def test_the_pixel_counts_of_the_steps_are_symmetric(pixels, steps):
+    """``counts[k] + counts[steps - k] == pixels``, so LeRF deletion mirrors MoRF insertion.
+
+    Half-pixel steps (an odd pixel count, an even step count) are where rounding half to even
+    would break it; the middle step of an odd count is the one exception.
+    """
+    from ctc_plugin.evaluation.faithfulness import _pixel_counts
+
+    counts = _pixel_counts(pixels, steps)
+    assert counts[0] == 0 and counts[-1] == pixels
+    for k in range(steps + 1):
+        if 2 * k == steps and pixels % 2:
+            continue
+        assert counts[k] + counts[steps - k] == pixels, (k, counts.tolist())

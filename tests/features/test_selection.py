@@ -227,3 +227,27 @@ def test_bad_inputs_are_clear_errors():
         select_features(partition, images)
     with pytest.raises(ValueError, match="k must be"):
         select_features(partition, images, blob_relevance()[None], config=SelectionConfig(k=0))
+
+
+def test_pixels_at_the_percentile_are_not_kept():
+    """An LRP-like map is 0 almost everywhere, so its 95th percentile is 0: zeros stay out."""
+    from ctc_plugin.features.selection import relevant_pixels
+
+    relevance = np.zeros((32, 32))
+    relevance[4:8, 4:8] = np.linspace(1.0, 2.0, 16).reshape(4, 4)
+    keep = relevant_pixels(relevance, SelectionConfig())
+    assert np.percentile(relevance, 95) == 0
+    assert keep.any() and not keep[relevance == 0].any()
+
+
+def test_a_pixel_at_the_jenks_break_is_not_kept():
+    """Jenks breaks are values of the data: the pixel on the cut is below it, not above."""
+    from ctc_plugin.features.selection import relevant_pixels
+
+    relevance = np.arange(64, dtype=np.float64).reshape(8, 8) ** 1.5
+    config = SelectionConfig(grid=1, percentile=0.0)
+    breaks = jenkspy.jenks_breaks(relevance.ravel(), n_classes=config.jenks_classes)
+    cut = breaks[config.jenks_break]
+    assert (relevance == cut).any()
+    keep = relevant_pixels(relevance, config)
+    np.testing.assert_array_equal(keep, (relevance > cut) & (relevance > relevance.min()))

@@ -156,3 +156,11 @@ def test_options_a_chosen_method_reads_are_another_run(methods, segmenter, read)
 def test_unknown_values_are_refused_even_where_no_method_reads_them(options, message):
     with pytest.raises(ValueError, match=message):
         RunConfig(methods=("gradcam",), **options)
+
+
+def test_the_stored_preprocessing_is_adopted_only_where_it_prepares_the_same_images():
+    config = RunConfig(methods=("ctc",), resize=64)
+    stored = RunConfig(methods=("ctc",), resize=96).to_dict()
+    assert config.adopting_preprocessing(stored, lambda c: None) is config  # cannot be told
+    assert config.adopting_preprocessing(stored, lambda c: c.resize) is config  # differ
+    assert config.adopting_preprocessing(stored, lambda c: "same").resize == 96
