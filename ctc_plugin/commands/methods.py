@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
 from ctc_plugin.wording import counted
@@ -283,7 +283,7 @@ def run_for_command(
     try:
         return run_method(name, request)
     except UnsupportedOperationError as error:
-        raise CLIError(f"--model {model}: {error}") from error
+        raise CLIError(f"--model {model}: {_unsupported(error)}") from error
     except (MethodError, ValueError) as error:
         raise CLIError(f"{prefix}{error}") from error
     except (RuntimeError, MemoryError) as error:
@@ -292,3 +292,24 @@ def run_for_command(
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         advice = memory_advice(name, request)
         raise CLIError(f"{prefix}out of memory ({first}); {advice}") from error
+
+
+def _unsupported(error: Any) -> str:
+    """An `UnsupportedOperationError` for the command line, in one short line.
+
+    The operation and why, without the table of supported operations that ends the Python
+    message, and the methods that take any model; a model that ends in a softmax in one
+    sentence.
+    """
+    where = f" in {error.module}" if error.module else ""
+    any_model = "feature-ablation and lime take any model"
+    if error.operation.endswith("softmax") and "output comes out of it" in error.reason:
+        return (
+            f"the model's output comes out of {error.operation}{where} (probabilities), and "
+            "CTC explains the logits before it: return the logits from the model (leave the "
+            f"final softmax out); {any_model}"
+        )
+    return (
+        f"CTC cannot propagate feature copies through {error.operation}{where}: {error.reason}; "
+        f"{any_model} (the operations CTC supports: docs, How CTC works)"
+    )

@@ -321,3 +321,26 @@ def test_the_benchmarks_ctc_variants_point_to_bias_sharing():
 
     with pytest.raises(argparse.ArgumentTypeError, match="give --method ctc --bias-sharing none"):
         method_name("CTC-none")
+
+
+def ends_in_softmax() -> torch.nn.Module:
+    """A classifier returning probabilities, for ``--model module:callable``."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(4, 3), torch.nn.Softmax(dim=1),
+    )  # fmt: skip
+
+
+def test_a_model_ending_in_a_softmax_is_one_short_line_for_ctc(tmp_path, capsys):
+    image = tmp_path / "a.png"
+    Image.new("RGB", (16, 16)).save(image)
+    argv = [
+        "explain", str(image), "--model", f"{__name__}:ends_in_softmax", "--segmenter", "grid",
+        "--segments", "4", "--out", str(tmp_path / "f.png"), "--no-progress",
+    ]  # fmt: skip
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and len(error) < 400, error
+    assert "CTC explains the logits before it: return the logits" in error
+    assert "feature-ablation and lime take any model" in error
