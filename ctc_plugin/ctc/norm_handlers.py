@@ -39,6 +39,21 @@ def _input_and_rest(args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
     return kwargs[name], (), {key: value for key, value in kwargs.items() if key != name}
 
 
+def _with_constant_arguments(
+    ctx: GatedPass, name: str, args: tuple, kwargs: dict, refusal: str
+) -> tuple[Any, tuple, dict]:
+    """A call's input and its other arguments.
+
+    Refused with ``refusal`` unless the input is the propagated signal and the other arguments
+    are constants (an exponent, dims).
+    """
+    x, rest, rest_kwargs = _input_and_rest(args, kwargs)
+    others, _ = tree_flatten((rest, rest_kwargs))
+    if not ctx.is_propagated(x) or any(ctx.is_propagated(other) for other in others):
+        raise UnsupportedOperationError(name, refusal)
+    return x, rest, rest_kwargs
+
+
 def power(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     """``x ** p`` (``pow``, ``square``, in place too) with a constant exponent ``p``.
 
@@ -49,14 +64,10 @@ def power(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Te
     value, gate-only (a statistic; refused in place). An input-dependent exponent is refused.
     """
     name = operation_name(func)
-    x, rest, rest_kwargs = _input_and_rest(args, kwargs)
-    others, _ = tree_flatten((rest, rest_kwargs))
-    if not ctx.is_propagated(x) or any(ctx.is_propagated(other) for other in others):
-        raise UnsupportedOperationError(
-            name,
-            "it raises to an input-dependent exponent (only x.pow(number) is an activation of "
-            "the signal)",
-        )
+    x, rest, rest_kwargs = _with_constant_arguments(
+        ctx, name, args, kwargs, "it raises to an input-dependent exponent (only x.pow(number) "
+        "is an activation of the signal)",
+    )  # fmt: skip
     if ctx.gate_mark(x) is not None:
         if is_inplace(func):
             raise UnsupportedOperationError(
@@ -84,14 +95,10 @@ def statistic(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torc
     ``p``) it is refused.
     """
     name = operation_name(func)
-    x, rest, rest_kwargs = _input_and_rest(args, kwargs)
-    others, _ = tree_flatten((rest, rest_kwargs))
-    if not ctx.is_propagated(x) or any(ctx.is_propagated(other) for other in others):
-        raise UnsupportedOperationError(
-            name,
-            "it raises to an input-dependent exponent (not a statistic of the signal: only "
-            "x.pow(number) is one)",
-        )
+    x, rest, rest_kwargs = _with_constant_arguments(
+        ctx, name, args, kwargs, "it raises to an input-dependent exponent (not a statistic of "
+        "the signal: only x.pow(number) is one)",
+    )  # fmt: skip
     return ctx.statistic(x, lambda rows: func(rows, *rest, **rest_kwargs), name)
 
 
