@@ -243,11 +243,12 @@ def target_class(
     if spec is None:
         return int(logits.argmax())
     text = spec.strip()
+    name = _class_name(text, loaded.classes) if loaded.classes is not None else None
     # int() also takes "²" or Arabic digits; one minus sign at most ("--3" is no number)
     if text.isascii() and text.removeprefix("-").isdigit():
         target = int(text)
-    elif loaded.classes is not None and _class_name(text, loaded.classes) is not None:
-        target = _named_class(_class_name(text, loaded.classes), loaded.classes, option)
+    elif name is not None:
+        target = _named_class(name, loaded.classes, option)
     else:
         names = f" (0 to {logits.numel() - 1}); this model has no class names"
         if loaded.classes:
