@@ -76,6 +76,7 @@ from ctc_plugin.harness.store import (
     run_order,
 )
 from ctc_plugin.resumable import Shard, json_values, run_job
+from ctc_plugin.resumable.atomic import read_only_folder
 from ctc_plugin.wording import known_name
 from ctc_plugin.zoo.settings import FAMILIES
 
@@ -931,10 +932,9 @@ def run_benchmark(
         PermissionError: When ``out_dir`` is a folder this process cannot write (the report
             is written there, also for a finished run).
     """
-    folder = Path(out_dir)
-    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):  # the report goes there
+    if read_only_folder(Path(out_dir)):  # the report goes there
         raise PermissionError(
-            f"cannot write into {folder} (read-only, or not yours), where the benchmark writes "
+            f"cannot write into {out_dir} (read-only, or not yours), where the benchmark writes "
             "its report: make it writable, or give another out_dir (a finished run's report is "
             "there already: read its results.md and results.csv)"
         )

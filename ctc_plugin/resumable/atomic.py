@@ -18,6 +18,7 @@ __all__ = [
     "claim",
     "folder_lock",
     "is_stale_temporary",
+    "read_only_folder",
     "remove_stale_temporaries",
     "write_atomic",
     "write_atomic_group",
@@ -119,6 +120,14 @@ def write_atomic_group(writes: Sequence[tuple[Path, Callable[[Any], None]]]) -> 
     finally:
         for backup in backups.values():
             backup.unlink(missing_ok=True)
+
+
+def read_only_folder(folder: Path) -> bool:
+    """Whether ``folder`` exists and this process cannot write into it.
+
+    Its permissions, or a read-only mount.
+    """
+    return folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK)
 
 
 def check_destination(path: Path) -> None:

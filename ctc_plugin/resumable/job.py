@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ctc_plugin.resumable.atomic import read_only_folder
 from ctc_plugin.resumable.store import MANIFEST, RunStore
 from ctc_plugin.resumable.threads import torch_threads
 from ctc_plugin.wording import counted
@@ -261,7 +262,7 @@ def check_start(job: Job, out: str | os.PathLike[str]) -> None:
 
 def _read_only(store: RunStore) -> bool:
     """Whether ``store``'s folder exists and this process cannot write into it."""
-    return store.root.is_dir() and not os.access(store.root, os.W_OK | os.X_OK)
+    return read_only_folder(store.root)
 
 
 def _check_finished_read_only(job: Job, store: RunStore, shards: list[Shard]) -> None:
