@@ -309,7 +309,4 @@ def _unsupported(error: Any) -> str:
             "CTC explains the logits before it: return the logits from the model (leave the "
             f"final softmax out); {any_model}"
         )
-    return (
-        f"CTC cannot propagate feature copies through {error.operation}{where}: {error.reason}; "
-        f"{any_model} (the operations CTC supports: docs, How CTC works)"
-    )
+    return f"{error.headline}; {any_model} (the operations CTC supports: docs, How CTC works)"

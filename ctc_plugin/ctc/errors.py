@@ -18,6 +18,8 @@ class UnsupportedOperationError(RuntimeError):
         operation: The torch function.
         reason: Why CTC cannot propagate copies through it.
         module: ``"path (Type)"`` of the module that called it, when known.
+        headline: The message's first sentence: the operation, where, and why (without the
+            list of what is supported that follows).
     """
 
     def __init__(self, operation: str, reason: str, module: str | None = None) -> None:
@@ -27,11 +29,12 @@ class UnsupportedOperationError(RuntimeError):
         self.reason = reason
         self.module = module
         where = f" in {module}" if module else ""
+        self.headline = f"CTC cannot propagate feature copies through {operation}{where}: {reason}"
         super().__init__(
-            f"CTC cannot propagate feature copies through {operation}{where}: {reason}. "
-            f"Supported: {supported_summary()}. See the docs page 'How CTC works' for the "
-            "full table; an elementwise activation that computes what one of them computes "
-            "takes its rule with ctc_plugin.ctc.operations.register_rule(function, like=...)."
+            f"{self.headline}. Supported: {supported_summary()}. See the docs page 'How CTC "
+            "works' for the full table; an elementwise activation that computes what one of "
+            "them computes takes its rule with "
+            "ctc_plugin.ctc.operations.register_rule(function, like=...)."
         )
 
     def in_module(self, module: str | None) -> UnsupportedOperationError:
