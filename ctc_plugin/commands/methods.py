@@ -303,7 +303,7 @@ def _unsupported(error: Any) -> str:
     """
     where = f" in {error.module}" if error.module else ""
     any_model = "feature-ablation and lime take any model"
-    if error.operation.endswith("softmax") and "output comes out of it" in error.reason:
+    if error.at_output and error.operation.endswith("softmax"):
         return (
             f"the model's output comes out of {error.operation}{where} (probabilities), and "
             "CTC explains the logits before it: return the logits from the model (leave the "

@@ -770,7 +770,7 @@ def check_pass_output(gated: GatedPass, logits: Any) -> torch.Tensor:
     logits = materialise(logits)
     mark = gated.gate_mark(logits)
     if mark is not None and mark.only:
-        raise UnsupportedOperationError(mark.origin, _gate_only_output(mark.origin))
+        raise UnsupportedOperationError(mark.origin, _gate_only_output(mark.origin), at_output=True)
     return logits
 
 

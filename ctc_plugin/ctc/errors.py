@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class UnsupportedOperationError(RuntimeError):
     """The model called an operation the CTC rules do not know.
@@ -20,14 +22,19 @@ class UnsupportedOperationError(RuntimeError):
         module: ``"path (Type)"`` of the module that called it, when known.
         headline: The message's first sentence: the operation, where, and why (without the
             list of what is supported that follows).
+        at_output: Whether the refused tensor is the model's output itself (a gate tensor such
+            as a final softmax), rather than an operation inside the model.
     """
 
-    def __init__(self, operation: str, reason: str, module: str | None = None) -> None:
+    def __init__(
+        self, operation: str, reason: str, module: str | None = None, *, at_output: bool = False
+    ) -> None:
         from ctc_plugin.ctc.operations import supported_summary  # the table imports this module
 
         self.operation = operation
         self.reason = reason
         self.module = module
+        self.at_output = at_output
         where = f" in {module}" if module else ""
         self.headline = f"CTC cannot propagate feature copies through {operation}{where}: {reason}"
         super().__init__(
@@ -37,9 +44,22 @@ class UnsupportedOperationError(RuntimeError):
             "ctc_plugin.ctc.operations.register_rule(function, like=...)."
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by the constructor's arguments, so the error crosses processes (Ray workers)."""
+        return (_rebuild_unsupported, (self.operation, self.reason, self.module, self.at_output))
+
     def in_module(self, module: str | None) -> UnsupportedOperationError:
         """The same error, saying which module called the operation."""
-        return UnsupportedOperationError(self.operation, self.reason, module)
+        return UnsupportedOperationError(
+            self.operation, self.reason, module, at_output=self.at_output
+        )
+
+
+def _rebuild_unsupported(
+    operation: str, reason: str, module: str | None, at_output: bool
+) -> UnsupportedOperationError:
+    """An unpickled `UnsupportedOperationError` (its keyword-only argument needs a function)."""
+    return UnsupportedOperationError(operation, reason, module, at_output=at_output)
 
 
 def constant_shape_error(

@@ -1,0 +1,58 @@
+"""`UnsupportedOperationError` pickles (Ray and multiprocessing send errors between processes)
+and says whether the refused tensor is the model's output."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from ctc_plugin import CTC, UnsupportedOperationError
+
+
+def _refusal(model: nn.Module) -> UnsupportedOperationError:
+    x = torch.rand(1, 3, 6, 6)
+    mask = torch.arange(4).repeat_interleave(9).reshape(1, 1, 6, 6)
+    with pytest.raises(UnsupportedOperationError) as caught:
+        CTC(model).attribute(x, target=0, feature_mask=mask)
+    return caught.value
+
+
+def _ends_in_softmax() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(108, 3), nn.Softmax(dim=1))
+
+
+class _Sorts(nn.Module):
+    """An operation CTC has no rule for, inside the model."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sort(x, dim=1).values
+
+
+def _unknown_inside() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(108, 3), _Sorts(), nn.Linear(3, 2))
+
+
+def test_a_final_softmax_is_refused_at_the_output_and_an_unknown_operation_inside_is_not():
+    at_the_end, inside = _refusal(_ends_in_softmax()), _refusal(_unknown_inside())
+    assert at_the_end.at_output and at_the_end.operation.endswith("softmax")
+    assert not inside.at_output and "sort" in inside.operation
+
+
+@pytest.mark.parametrize("build", [_ends_in_softmax, _unknown_inside])
+def test_the_error_survives_pickling_with_its_message_and_attributes(build):
+    error = _refusal(build())
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is UnsupportedOperationError
+    assert str(again) == str(error)
+    for name in ("operation", "reason", "module", "headline", "at_output"):
+        assert getattr(again, name) == getattr(error, name)
+
+
+def test_in_module_keeps_whether_it_is_the_output():
+    error = UnsupportedOperationError("torch.softmax", "why", at_output=True)
+    moved = error.in_module("head (Linear)")
+    assert moved.at_output and moved.module == "head (Linear)"
+    assert "in head (Linear)" in str(moved)
