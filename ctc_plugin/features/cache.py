@@ -47,6 +47,8 @@ from urllib.parse import quote
 import diskcache
 import numpy as np
 
+from ctc_plugin.wording import caller_stacklevel
+
 if TYPE_CHECKING:  # pragma: no cover
     from ctc_plugin.features.base import FeatureTable
 
@@ -419,7 +421,7 @@ class MaskCache:
             f"mask cache entry {key!r} in {self.directory} is damaged ({reason}); it was "
             "removed and counts as a miss (a segmenter recomputes and stores it again)",
             CorruptCacheEntryWarning,
-            stacklevel=3,
+            stacklevel=caller_stacklevel(),
         )
         if index is not None:
             with contextlib.suppress(diskcache.Timeout, sqlite3.Error, OSError, _CorruptEntry):

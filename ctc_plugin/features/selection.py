@@ -38,7 +38,7 @@ from ctc_plugin._moved import moved_keywords
 from ctc_plugin.features.base import ImageNormalisation
 from ctc_plugin.features.relevance import RelevanceMethod, as_heatmap, relevance_heatmap
 from ctc_plugin.inputs import is_integer
-from ctc_plugin.wording import counted
+from ctc_plugin.wording import caller_stacklevel, counted
 
 __all__ = [
     "FeatureSelection",
@@ -369,7 +369,7 @@ def select_features(
                 "steps; using the last step (raise SelectionConfig.max_search_steps or change "
                 "its eps/min_samples)",
                 RuntimeWarning,
-                stacklevel=3,  # the caller of select_features (past its wrapper)
+                stacklevel=caller_stacklevel(),
             )
         agreement = cluster_agreement(partition, clusters)
         area = np.bincount(partition.ravel(), minlength=len(ids))

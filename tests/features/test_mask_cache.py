@@ -125,8 +125,9 @@ def test_damaged_entry_is_recomputed_with_a_warning(tmp_path: Path):
     first = segmenter(images)
     (entry,) = entries(tmp_path)
     entry.write_bytes(b"not a zip file")
-    with pytest.warns(CorruptCacheEntryWarning, match="damaged"):
+    with pytest.warns(CorruptCacheEntryWarning, match="damaged") as caught:
         assert torch.equal(segmenter(images), first)
+    assert caught[0].filename == __file__  # the warning points at the caller's line
     assert segmenter.calls == 2
     segmenter(images)
     assert segmenter.calls == 2 and cache.hits == 1

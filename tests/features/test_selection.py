@@ -108,8 +108,9 @@ def test_dbscan_search_is_bounded_and_warns(dbscan_fits):
     assert [f["min_samples"] for f in fits] == [20, 22, 24, 26, 28]
     partition = grid_partition()[None, None]
     image = torch.zeros(1, 3, 32, 32)
-    with pytest.warns(RuntimeWarning, match="did not reach"):
+    with pytest.warns(RuntimeWarning, match="did not reach") as caught:
         select_features(partition, image, blob_relevance()[None], config=config)
+    assert caught[0].filename == __file__  # the warning points at the caller's line
 
 
 def test_the_relevant_feature_ranks_first_and_the_rest_is_merged():
