@@ -102,7 +102,8 @@ def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
     """``--resize``, ``--crop``, ``--mean`` and ``--std``: how each image becomes the model's input.
 
     Each defaults to ``None``, the model's own preprocessing;
-    [`preprocessing_for`][ctc_plugin.commands.explain.preprocessing_for] applies what is given.
+    [`preprocessing_for`][ctc_plugin.commands.explain_setup.preprocessing_for] applies what is
+    given.
     """
     parser.add_argument(
         "--resize",

@@ -14,7 +14,7 @@ from ctc_plugin.commands.arguments import (
     positive_int,
     run_folder,
 )
-from ctc_plugin.commands.explain import (
+from ctc_plugin.commands.explain_setup import (
     add_method_options,
     add_model_options,
     add_segmenter_options,

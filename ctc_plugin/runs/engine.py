@@ -119,7 +119,7 @@ class ExplainJob:
     def _preprocessing(self, config: RunConfig) -> object | None:
         """The images' preprocessing under ``config`` (``None``: the model does not load)."""
         from ctc_plugin.commands import CLIError
-        from ctc_plugin.commands.explain import preprocessing_for
+        from ctc_plugin.commands.explain_setup import preprocessing_for
 
         try:
             own = self._own_preprocessing
@@ -481,7 +481,7 @@ def explain_dataset(
         >>> run = explain_dataset("shapes", ["ctc", "gradcam"], "out/run", images=16)
         >>> run.table().to_pandas().groupby("method").seconds.mean()
     """
-    from ctc_plugin.commands.explain import check_sam_checkpoint
+    from ctc_plugin.commands.explain_setup import check_sam_checkpoint
 
     check_sam_checkpoint(segmenter, sam_checkpoint)  # it would be ignored
     model = model_for_source(model, source)
@@ -507,7 +507,7 @@ def explain_dataset(
         device=device,
     )
     if not ray:  # a device this machine lacks is named first (on Ray the workers check it)
-        from ctc_plugin.commands.explain import resolve_device
+        from ctc_plugin.commands.explain_setup import resolve_device
 
         resolve_device(config.device)
     resolved = resolve_source(source, images=images, seed=seed)

@@ -128,7 +128,7 @@ class RunConfig:
 
     def _check_choices(self) -> None:
         """Refuse an unknown SAM model type (a bias sharing mode is checked before)."""
-        from ctc_plugin.commands.explain import SAM_MODEL_TYPES
+        from ctc_plugin.commands.explain_setup import SAM_MODEL_TYPES
 
         if self.sam_model_type not in SAM_MODEL_TYPES:
             raise ValueError(

@@ -55,7 +55,7 @@ class ShardRunner:
         explain: bool = True,
         device: str | None = None,
     ) -> None:
-        from ctc_plugin.commands.explain import (
+        from ctc_plugin.commands.explain_setup import (
             explainer_for,
             make_segmenter,
             preprocessing_for,
@@ -117,7 +117,7 @@ class ShardRunner:
                 finite, or the Explainer of ``--methods explainer`` was trained on another size.
         """
         from ctc_plugin.commands import CLIError
-        from ctc_plugin.commands.explain import explainer_size_refusal
+        from ctc_plugin.commands.explain_setup import explainer_size_refusal
         from ctc_plugin.commands.model_checks import (
             check_finite_scores,
             fit_class_names,
@@ -149,7 +149,7 @@ class ShardRunner:
 
     def segment_image(self, ref: ImageRef) -> tuple[Any, Any, float]:
         """Read one image and segment it: ``(prepared image, mask, seconds)``."""
-        from ctc_plugin.commands.explain import segment_pixels
+        from ctc_plugin.commands.explain_setup import segment_pixels
 
         image = self.read(ref)
         if self.segmenter is None:

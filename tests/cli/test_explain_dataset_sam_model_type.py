@@ -7,7 +7,7 @@ after the run folder was set up.
 import pytest
 
 from ctc_plugin.cli import main
-from ctc_plugin.commands.explain import SAM_MODEL_TYPES
+from ctc_plugin.commands.explain_setup import SAM_MODEL_TYPES
 from tests.cli.parser_options import option_action
 
 

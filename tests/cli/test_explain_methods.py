@@ -317,7 +317,7 @@ def test_targets_are_read_as_typed_loosely_and_misspelt_names_get_the_close_ones
 
 
 def test_the_benchmarks_ctc_variants_point_to_bias_sharing():
-    from ctc_plugin.commands.explain import method_name
+    from ctc_plugin.commands.explain_setup import method_name
 
     with pytest.raises(argparse.ArgumentTypeError, match="give --method ctc --bias-sharing none"):
         method_name("CTC-none")

@@ -520,7 +520,7 @@ def test_unknown_benchmark_methods_are_refused_before_anything_is_written(
 
 
 def test_benchmark_and_explain_take_each_others_spelling_of_a_method():
-    from ctc_plugin.commands.explain import method_name
+    from ctc_plugin.commands.explain_setup import method_name
     from ctc_plugin.harness.benchmark import BenchmarkConfig
 
     given = ["feature-ablation", "gradcam", "GradCAM++", "integrative-cam", "ctc_reference"]

@@ -7,7 +7,7 @@ message themselves (two wordings for the same mistake).
 import pytest
 
 from ctc_plugin.cli import main
-from ctc_plugin.commands.explain import check_sam_checkpoint
+from ctc_plugin.commands.explain_setup import check_sam_checkpoint
 from ctc_plugin.datasets import sample_path
 
 
