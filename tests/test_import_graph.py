@@ -243,3 +243,57 @@ def test_the_architecture_pages_layer_table_is_the_import_graph():
     assert not upward, f"imports from a higher layer: {upward}"
     importers = sorted(a for a, targets in real.items() if PACKAGE in targets)
     assert importers == ["cli"], f"only cli.py may import the public API, not {importers}"
+
+
+def private_imports_across_parts(path: Path) -> list[str]:
+    """Private modules or names of another part that ``path`` imports (``_name``).
+
+    Inside a part its modules may share private helpers; another part uses only what the part
+    makes public. A part whose own name is private (``_moved``) is a part like any other.
+    """
+    tree = ast.parse(path.read_text(), filename=str(path))
+    source = node(module_name(path))
+    found = []
+    for item in ast.walk(tree):
+        if isinstance(item, ast.ImportFrom) and not item.level and item.module:
+            modules, names = [item.module], [alias.name for alias in item.names]
+        elif isinstance(item, ast.Import):
+            modules, names = [alias.name for alias in item.names], []
+        else:
+            continue
+        for module in modules:
+            if not module.startswith(f"{PACKAGE}.") or node(module) == source:
+                continue
+            inner = module.split(".")[2:]  # the part's own name may be private
+            private = [part for part in inner if part.startswith("_")]
+            private += [name for name in names if name.startswith("_")]
+            if private:
+                found.append(f"{module_name(path)} imports {', '.join(private)} of {module}")
+    return found
+
+
+def test_no_part_imports_a_private_module_or_name_of_another():
+    found = [
+        line for path in sorted(ROOT.rglob("*.py")) for line in private_imports_across_parts(path)
+    ]
+    assert not found, "private names used outside their part:\n  " + "\n  ".join(found)
+
+
+def test_private_imports_across_parts_are_found(tmp_path):
+    global ROOT
+    saved, ROOT = ROOT, tmp_path / PACKAGE
+    source = ROOT / "a" / "m.py"
+    source.parent.mkdir(parents=True)
+    source.write_text(
+        f"from {PACKAGE}.b._inner import helper\n"
+        f"from {PACKAGE}.b.outer import _helper, fine\n"
+        f"from {PACKAGE}.a._own import shared\n"
+        f"from {PACKAGE}._moved import moved_keywords\n"
+    )
+    try:
+        assert private_imports_across_parts(source) == [
+            f"{PACKAGE}.a.m imports _inner of {PACKAGE}.b._inner",
+            f"{PACKAGE}.a.m imports _helper of {PACKAGE}.b.outer",
+        ]
+    finally:
+        ROOT = saved

@@ -127,7 +127,7 @@ def explain_func(
         TrainingModeError: The model has BatchNorm or dropout in training mode (an explanation
             would update its statistics or be random); nothing has run (call ``model.eval()``).
     """
-    from ctc_plugin.evaluation._inputs import as_targets
+    from ctc_plugin.evaluation.arguments import as_targets
     from ctc_plugin.harness.methods import registry
     from ctc_plugin.inputs import check_eval_mode, check_inputs, device_of, floating_dtype
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ctc_plugin.adapters._optional import SAM_HINT, require
+from ctc_plugin.adapters.optional import SAM_HINT, require
 from ctc_plugin.adapters.sam import SAMSegmenter, load_sam
 
 __all__ = ["SAM2Segmenter"]

@@ -527,7 +527,7 @@ def _optional_module(name: str, spec: str) -> Any:
         CLIError: If it is not installed (saying ``pip install name``), or is but fails to
             import (saying what failed).
     """
-    from ctc_plugin.adapters._optional import require
+    from ctc_plugin.adapters.optional import require
 
     try:
         return require(name, name, f"--model {spec}")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import as_maps, check_count, check_images, model_targets
+from ctc_plugin.evaluation.arguments import as_maps, check_count, check_images, model_targets
 
 __all__ = ["PerturbationCurve", "perturbation_curve", "resolve_baseline"]
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import Method, check_images, explain, model_targets
+from ctc_plugin.evaluation.arguments import Method, check_images, explain, model_targets
 from ctc_plugin.inputs import is_finite_number
 
 __all__ = [

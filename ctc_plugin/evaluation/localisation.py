@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ctc_plugin.evaluation._inputs import as_maps, as_masks
+from ctc_plugin.evaluation.arguments import as_maps, as_masks
 from ctc_plugin.inputs import is_integer
 
 __all__ = [

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from ctc_plugin.evaluation._inputs import check_images
+from ctc_plugin.evaluation.arguments import check_images
 
 __all__ = ["SEVERITIES", "gaussian_blur", "gaussian_noise", "uniform_noise", "perturb"]
 

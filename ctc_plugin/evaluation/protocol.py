@@ -25,7 +25,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import Method, as_maps, explain, model_targets, predict
+from ctc_plugin.evaluation.arguments import Method, as_maps, explain, model_targets, predict
 from ctc_plugin.evaluation.perturbations import perturb
 
 __all__ = [

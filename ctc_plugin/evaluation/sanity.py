@@ -17,7 +17,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import (
+from ctc_plugin.evaluation.arguments import (
     Method,
     check_count,
     check_images,

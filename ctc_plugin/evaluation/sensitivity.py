@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import (
+from ctc_plugin.evaluation.arguments import (
     Method,
     check_count,
     check_images,

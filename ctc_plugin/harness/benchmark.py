@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import Method, predict
+from ctc_plugin.evaluation.arguments import Method, predict
 from ctc_plugin.evaluation.faithfulness import PerturbationCurve, perturbation_curve
 from ctc_plugin.evaluation.invariance import input_invariance
 from ctc_plugin.evaluation.localisation import (

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation._inputs import Method
+from ctc_plugin.evaluation.arguments import Method
 
 __all__ = [
     "MethodSpec",

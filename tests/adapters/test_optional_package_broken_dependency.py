@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ctc_plugin.adapters._optional import require
+from ctc_plugin.adapters.optional import require
 
 
 def _sam2_modules() -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ctc_plugin.adapters._optional import require
+from ctc_plugin.adapters.optional import require
 
 PACKAGE = "ctc_plugin_test_guarded_pkg"
 

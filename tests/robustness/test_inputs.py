@@ -27,7 +27,7 @@ from torch import nn
 
 from ctc_plugin import CTC, CTCAttributor, ExplainerAttribution, IntegrativeCAM
 from ctc_plugin.ctc.speedups import Speedups
-from ctc_plugin.evaluation._inputs import as_targets
+from ctc_plugin.evaluation.arguments import as_targets
 from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.features import GridSegmenter, SuperpixelSegmenter

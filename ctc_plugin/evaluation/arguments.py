@@ -1,4 +1,8 @@
-"""Shape checks shared by the evaluation metrics (one place, one set of error messages).
+"""The metrics' arguments: shape checks, conversions and the method call they share.
+
+One place and one set of error messages for every metric (and for the benchmark and the
+Quantus adapter that call methods the same way): the `Method` type, how a method is called
+(`explain`) and how the model's targets are read (`predict`, `model_targets`).
 
 The metrics compute on the CPU and return their scores there, wherever the maps and masks
 come from (maps on a GPU, masks loaded from disk): `as_maps` and `as_masks` move them there.
