@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ctc_plugin.harness import benchmark
+from ctc_plugin.harness import benchmark, scoring
 from ctc_plugin.harness.benchmark import BenchmarkConfig, run_benchmark
 from ctc_plugin.harness.report import write_stored_report
 from ctc_plugin.harness.store import BenchmarkStore, ConfigMismatchError, Piece
@@ -187,7 +187,7 @@ def test_failed_piece_is_stored_reported_and_not_retried(tmp_path, monkeypatch):
         calls.append(variant.label)
         raise RuntimeError("broken method\nsecond line")
 
-    monkeypatch.setattr(benchmark, "_run_variant", failing)
+    monkeypatch.setattr(benchmark, "score_variant", failing)
     with pytest.raises(ValueError, match="no benchmark piece"):
         write_stored_report(BenchmarkStore(tmp_path, config))
     run_benchmark(config, tmp_path, models=_models(), show_progress=False)
@@ -279,7 +279,7 @@ def test_segmentations_are_remembered_by_content():
         calls.append(targets)
         return torch.zeros(len(images), 1, *images.shape[2:], dtype=torch.long)
 
-    remembered = benchmark._by_content(segmenter)
+    remembered = scoring._by_content(segmenter)
     images = torch.rand(2, 3, 8, 8)
     first = remembered(images)
     first += 1  # callers get their own copy

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ctc_plugin.explainer.attribution import ClassifierMismatchWarning
-from ctc_plugin.harness import benchmark
+from ctc_plugin.harness import benchmark, scoring
 from ctc_plugin.harness.methods import explainer_method
 from tests.explainer.helpers import data, tiny_classifier, tiny_explainer, tuple_loader
 
@@ -32,7 +32,7 @@ def test_the_sanity_column_explains_randomised_copies_without_the_warning(traine
     images, labels = data(4)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ClassifierMismatchWarning)
-        rho = benchmark._sanity_rho(
+        rho = scoring.sanity_rho(
             explainer_method(explainer), classifier, images, labels, None,
             benchmark.BenchmarkConfig(),
         )  # fmt: skip

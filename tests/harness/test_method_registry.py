@@ -135,7 +135,7 @@ def test_grad_cam_on_a_transformer_uses_its_last_block_with_a_reshape(vit):
 
 
 def test_zennit_lrp_is_for_cnns_and_attn_lrp_selects_a_transformers_features(vit, monkeypatch):
-    from ctc_plugin.harness import benchmark
+    from ctc_plugin.harness import benchmark, scoring
     from ctc_plugin.harness.benchmark import BenchmarkConfig
 
     model, images, targets = vit
@@ -155,7 +155,7 @@ def test_zennit_lrp_is_for_cnns_and_attn_lrp_selects_a_transformers_features(vit
         return attn_lrp(*args)
 
     monkeypatch.setattr(
-        benchmark,
+        scoring,
         "peer_methods",
         lambda: [
             spec if spec.name != "AttnLRP" else type(spec)(**{**vars(spec), "fn": recording})
@@ -163,7 +163,7 @@ def test_zennit_lrp_is_for_cnns_and_attn_lrp_selects_a_transformers_features(vit
             if spec.source in ("captum", "zennit", "pytorch-grad-cam", "lxt")
         ],
     )
-    masks = benchmark._feature_makers(model)["selected"](images, targets)
+    masks = scoring.feature_makers(model)["selected"](images, targets)
     assert calls and torch.equal(calls[0], targets)
     assert masks.shape == (2, 1, 96, 96)
 
