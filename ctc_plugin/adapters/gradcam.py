@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from ctc_plugin.cam.alpha import Phi
-from ctc_plugin.cam.integrative import IntegrativeCAM, LayerScore
+from ctc_plugin.cam.calibration import LayerScore
+from ctc_plugin.cam.integrative import IntegrativeCAM
 from ctc_plugin.concurrency import CallScope, PerThread, exclusive, shared
 from ctc_plugin.wording import counted
 

@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 from ctc_plugin import IntegrativeCAM
-from ctc_plugin.cam.integrative import _stage_rest
+from ctc_plugin.cam.calibration import stage_rest
 
 
 def convnext() -> torch.nn.Module:
@@ -38,9 +38,9 @@ def test_a_rest_that_cancels_is_zero_and_a_small_real_one_is_kept():
     act = torch.cat([half, -half], dim=1)  # sum(g * A) = 0 exactly for g = 1
     grad = torch.ones_like(act)
     bias = torch.zeros(1, 8, 8)
-    assert _stage_rest(grad, act, bias).tolist() == [0.0]
+    assert stage_rest(grad, act, bias).tolist() == [0.0]
     magnitude = float(act.abs().sum())
     shifted = act.clone()
     shifted[0, 0, 0, 0] += 4 * torch.finfo(torch.float32).eps * magnitude  # 4 roundings: real
-    kept = float(_stage_rest(grad, shifted, bias))
+    kept = float(stage_rest(grad, shifted, bias))
     assert kept == pytest.approx(float(shifted.double().sum()), rel=1e-3) and kept != 0

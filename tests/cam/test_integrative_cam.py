@@ -385,7 +385,7 @@ def test_target_independent_of_the_layers_is_a_clear_error() -> None:
 
 
 def test_calibrate_scales_each_map_to_its_contribution() -> None:
-    from ctc_plugin.cam.integrative import calibrate
+    from ctc_plugin.cam.calibration import calibrate
 
     maps = torch.rand(3, 4, 5)
     maps[2] = 0
