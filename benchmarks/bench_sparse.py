@@ -55,12 +55,13 @@ import torchvision
 from captum.attr import FeatureAblation
 
 from ctc_plugin import CTC
+from ctc_plugin.ctc import fused_sharing as fused_sharing_module
 from ctc_plugin.ctc import native as native_module
 from ctc_plugin.ctc import sparse as sparse_module
-from ctc_plugin.ctc import speedups as speedups_module
 from ctc_plugin.ctc import workspace
+from ctc_plugin.ctc.fused_sharing import FusedProportionalSharing, FusedReferenceSharing
 from ctc_plugin.ctc.sparse import SparseGatedPass
-from ctc_plugin.ctc.speedups import DEFAULT, FusedProportionalSharing, FusedReferenceSharing
+from ctc_plugin.ctc.speedups import DEFAULT
 from ctc_plugin.ctc.workspace import SPARE_CHUNKS, fresh_memory
 
 MODES = ("proportional", "reference")
@@ -256,8 +257,8 @@ PARTS = {
     "convolutions (sparse_conv2d)": (sparse_module, "sparse_conv2d"),
     "BatchNorm, with its sharing": (SparseGatedPass, "fold_batch_norm"),
     "bias sharing (affine)": (SparseGatedPass, "affine"),
-    "  its 'reference' formula (share_factors)": (speedups_module, "share_factors"),
-    "  the full copy's statistics": (speedups_module, "full_copy_statistics"),
+    "  its 'reference' formula (share_factors)": (fused_sharing_module, "share_factors"),
+    "  the full copy's statistics": (fused_sharing_module, "full_copy_statistics"),
     "  packed boxes, their formula included": (FusedReferenceSharing, "_add_packed_shares"),
     "  its compiled formula (native)": (native_module, "add_reference_shares"),
     "ReLU gates": (SparseGatedPass, "relu_gate"),

@@ -2,7 +2,7 @@
 
 A feature's copy is zero outside the receptive field of the feature, which in a network's first
 layers is a small part of the image. The fused ``"reference"`` sharing
-([`FusedReferenceSharing`][ctc_plugin.ctc.speedups.FusedReferenceSharing]) computes its formula
+([`FusedReferenceSharing`][ctc_plugin.ctc.fused_sharing.FusedReferenceSharing]) computes its formula
 only on boxes holding every nonzero value of a copy, found in each layer by
 [`support_boxes`][ctc_plugin.ctc.boxes.support_boxes] (or carried by the sparse pass) and packed
 into blocks of boxes of about one size ([`size_groups`][ctc_plugin.ctc.boxes.size_groups]),

@@ -1,6 +1,6 @@
 """The ``"reference"`` formula compiled for the CPU: one loop nest per copy and channel.
 
-Torch computes the formula of [`share_factors`][ctc_plugin.ctc.speedups.share_factors] as some
+Torch computes the formula of [`share_factors`][ctc_plugin.ctc.fused_sharing.share_factors] as some
 twenty elementwise passes over cache-sized blocks (about 6 ns a value on the Intel Xeon these
 numbers come from). The C loop in ``reference_formula.c`` does the same float32 arithmetic on
 one (copy, channel) group at a time inside the L1 cache, reading each value once, and works on

@@ -1,6 +1,6 @@
 /* The "reference" bias sharing of CTC, one copy and channel at a time, for float32 on a CPU.
 
-   The same arithmetic as ctc_plugin.ctc.speedups.share_factors followed by its multiply-add
+   The same arithmetic as ctc_plugin.ctc.fused_sharing.share_factors followed by its multiply-add
    (the spec is ctc_plugin.ctc.sharing.reference_shares), fused into one loop nest: the values
    of one (copy, channel) group are read once from memory, their ratios, logarithms and shares
    stay in a small scratch buffer in the L1 cache, and the shares are added in place.

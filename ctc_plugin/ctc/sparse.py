@@ -279,7 +279,7 @@ class SparseGatedPass(GatedPass):
 
         No sharing gives a feature's copy a share where it is zero, except ``"proportional"``
         where every sharing copy is zero (its
-        [`add_bias_with_boxes`][ctc_plugin.ctc.speedups.FusedProportionalSharing.add_bias_with_boxes]
+        [`add_bias_with_boxes`][ctc_plugin.ctc.fused_sharing.FusedProportionalSharing.add_bias_with_boxes]
         says where); the other copies (the gate copy gets the whole bias) may be nonzero
         anywhere.
         """

@@ -15,9 +15,10 @@ from torch import nn
 
 from ctc_plugin import CTC
 from ctc_plugin.ctc.boxes import packed_volume, rounded_extent, size_groups, support_boxes
+from ctc_plugin.ctc.fused_sharing import FusedReferenceSharing
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.sharing import ReferenceSharing
-from ctc_plugin.ctc.speedups import SPEC, FusedReferenceSharing, Speedups
+from ctc_plugin.ctc.speedups import SPEC, Speedups
 from ctc_plugin.testing import random_partition
 from tests.ctc.test_sparse import sam_like_mask
 from tests.strategies import cases

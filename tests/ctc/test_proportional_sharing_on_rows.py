@@ -13,9 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ctc_plugin.ctc.fused_sharing import FusedProportionalSharing
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.sharing import make_sharing
-from ctc_plugin.ctc.speedups import FusedProportionalSharing
 
 
 @st.composite
