@@ -23,6 +23,7 @@ Targets are checked by [`ctc_plugin.targets`][ctc_plugin.targets].
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import math
@@ -56,11 +57,13 @@ __all__ = [
     "device_of",
     "dtype_mismatch_explained",
     "example_rows",
+    "holds_per_example",
     "floating_dtype",
     "FUNCTIONAL_DROPOUTS",
     "is_finite_number",
     "is_integer",
     "is_per_example",
+    "map_per_example",
     "PATCH_SEQUENCE_MODELS",
     "RANDOM_FUNCTIONS",
     "outside_inference_mode",
@@ -101,9 +104,37 @@ def is_per_example(value: Any, n: int) -> bool:
     return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n
 
 
+def map_per_example(value: Any, n: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with ``fn`` applied to every per-example tensor in it (`is_per_example`).
+
+    Tensors are found at any depth of tuples (named ones too), lists and dicts, so a model that
+    takes its per-example extras as a dict or a list gets them treated as a bare tensor would
+    be; the containers are rebuilt with the same types, and everything else is kept as is.
+    """
+    if is_per_example(value, n):
+        return fn(value)
+    if isinstance(value, dict):
+        mapped = copy.copy(value)  # keeps a dict subclass (OrderedDict, defaultdict) and its order
+        for key, item in value.items():
+            mapped[key] = map_per_example(item, n, fn)
+        return mapped
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(map_per_example(item, n, fn) for item in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(map_per_example(item, n, fn) for item in value)
+    return value
+
+
+def holds_per_example(value: Any, n: int) -> bool:
+    """Whether ``value`` is or contains a per-example tensor (where `map_per_example` looks)."""
+    found = []
+    map_per_example(value, n, lambda tensor: found.append(tensor) or tensor)
+    return bool(found)
+
+
 def example_rows(value: Any, n: int, part: slice) -> Any:
-    """Examples ``part`` of a per-example tensor (`is_per_example`), anything else as is."""
-    return value[part] if is_per_example(value, n) else value
+    """Examples ``part`` of the per-example tensors in ``value`` (`map_per_example`)."""
+    return map_per_example(value, n, lambda tensor: tensor[part])
 
 
 def device_of(model: torch.nn.Module) -> torch.device:
@@ -202,7 +233,20 @@ def check_inputs(
                 f"(N, ...); add it with x.reshape(1, -1) or x.unsqueeze(0)"
             )
     if images:
-        _check_image_shape(members[0], names[0], channels, context)
+        first = members[0]
+        batch_of_values = (
+            len(members) > 1
+            and first.dim() < 4
+            and any(x.dim() == 4 and x.shape[0] == first.shape[0] for x in members[1:])
+        )
+        if batch_of_values:  # (N, D) values beside an image batch: an input out of place
+            raise ValueError(
+                f"{names[0]} must be {_wanted_images(channels)}, got shape {tuple(first.shape)}: "
+                "it looks like a batch of other values beside the images; give the images "
+                "first, or pass the other values as additional_forward_args"
+                f"{context}"
+            )
+        _check_image_shape(first, names[0], channels, context)
     sizes = [x.shape[0] for x in members]
     if sizes[0] == 0:
         raise ValueError(f"{names[0]} is an empty batch (N = 0); give at least one example")
@@ -474,10 +518,14 @@ def training_mode_error(module: torch.nn.Module, name: str) -> TrainingModeError
 
 
 # ---------------------------------------------------------------------------- helpers
+def _wanted_images(channels: int | None) -> str:
+    """What an image batch is, in the messages: ``a batch of images (N, C, H, W)``."""
+    return f"a batch of images (N, {'C' if channels is None else channels}, H, W)"
+
+
 def _check_image_shape(x: torch.Tensor, name: str, channels: int | None, context: str) -> None:
     """Refuse anything but ``(N, C, H, W)`` (with ``channels`` channels), with the fix."""
-    c = "C" if channels is None else str(channels)
-    wanted = f"a batch of images (N, {c}, H, W)"
+    wanted = _wanted_images(channels)
     shape = tuple(x.shape)
     hint = ""
     if x.dim() == 4 and (channels is None or shape[1] == channels):

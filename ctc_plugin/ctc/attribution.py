@@ -33,8 +33,9 @@ from ctc_plugin.inputs import (
     check_takes_images,
     dtype_mismatch_explained,
     example_rows,
+    holds_per_example,
     is_integer,
-    is_per_example,
+    map_per_example,
     outside_inference_mode,
 )
 from ctc_plugin.targets import (
@@ -568,7 +569,7 @@ class CTC(Attribution):
                 reference=reference,
                 baseline_copy=with_baseline,  # it travels with the first batch only
             )
-            logits = self._copies_pass(layout, copies, _repeat_extra(extra, n, layout.copies))
+            logits = self._copies_pass(layout, copies, extra)
             grouped = layout.group(logits)
             if indices is None:
                 output_full = grouped[:, 0]
@@ -697,10 +698,22 @@ class CTC(Attribution):
     def _copies_pass(
         self, layout: CopyLayout, copies: Callable[[GatedPass], tuple], extra: tuple
     ) -> torch.Tensor:
-        """One CTC pass over the batch ``copies`` builds; return the model's outputs."""
+        """One CTC pass over the batch ``copies`` builds; return the model's outputs.
+
+        Raises:
+            RuntimeError: torch's, from the forward function, with a note on the extra
+                arguments it was given repeated per copy where there were such (a tensor
+                with one row per example by chance, such as class weights when there are as
+                many examples as classes, fails in the model this way).
+        """
         gated = self._speedups.gated_pass(layout, self._sharing())
         try:
-            return self._forward(gated, copies(gated), extra)
+            repeated = _repeat_extra(extra, layout.examples, layout.copies)
+            return self._forward(gated, copies(gated), repeated)
+        except RuntimeError as error:
+            if type(error) is not RuntimeError or not holds_per_example(extra, layout.examples):
+                raise
+            raise RuntimeError(f"{error}{_repeated_extra_note(layout)}") from error
         finally:
             gated.close()
 
@@ -920,7 +933,25 @@ def _feature_rows(
 
 
 def _repeat_extra(extra: tuple, n: int, copies: int) -> tuple:
-    return tuple(a.repeat_interleave(copies, dim=0) if is_per_example(a, n) else a for a in extra)
+    """The extra arguments of a pass of ``copies`` copies per example.
+
+    Every tensor with one row per example (at any depth of tuples, lists and dicts) is repeated
+    once per copy, as Captum repeats the top-level ones for its perturbed batches.
+    """
+    return map_per_example(extra, n, lambda tensor: tensor.repeat_interleave(copies, dim=0))
+
+
+def _repeated_extra_note(layout: CopyLayout) -> str:
+    """What `_copies_pass` adds to torch's error when it repeated extra arguments per copy."""
+    n = layout.examples
+    return (
+        f" (CTC ran the forward function on {layout.batch} copies, {layout.copies} per "
+        f"example, and repeated every tensor of additional_forward_args whose first dimension "
+        f"is the number of examples, {n}, once per copy, as Captum does for its perturbed "
+        f"batches; a tensor with {n} rows that does not belong to the examples, such as "
+        "weights of as many classes, is repeated too: give it a first dimension of 1 "
+        "(w[None]), or bind it in the forward function instead of passing it)"
+    )
 
 
 def _select_per_copy(grouped: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -53,9 +53,11 @@ def masks_from_boolean_list(masks: Sequence[torch.Tensor], like: torch.Tensor) -
     for i, mask in enumerate(masks):
         mask = torch.as_tensor(mask, device=like.device)
         if mask.dtype != torch.bool or tuple(mask.shape) != spatial:
+            ids = not mask.is_floating_point() and mask.dtype != torch.bool
+            hint = "; an integer mask of feature ids is given as it is, not in a list" * ids
             raise ValueError(
                 f"mask {i} of the list must be a boolean tensor of shape {spatial}; got "
-                f"{mask.dtype} {tuple(mask.shape)}"
+                f"{mask.dtype} {tuple(mask.shape)}{hint}"
             )
         if not mask.any():
             raise ValueError(f"mask {i} of the list is empty: every feature needs a pixel")
@@ -80,7 +82,14 @@ def prepare_features(
     """
     if isinstance(feature_mask, list):
         if len(inputs) != 1:
-            raise ValueError("a list of boolean masks is only accepted for a single input")
+            integer = [isinstance(m, torch.Tensor) and m.dtype != torch.bool for m in feature_mask]
+            hint = (
+                f"; for {counted(len(inputs), 'input')}, give one integer mask per input as a "
+                "tuple (Captum's form): feature_mask=(mask_1, mask_2, ...)"
+                if feature_mask and all(integer)
+                else ""
+            )
+            raise ValueError(f"a list of boolean masks is only accepted for a single input{hint}")
         feature_mask = masks_from_boolean_list(feature_mask, inputs[0])
     masks = feature_mask if isinstance(feature_mask, tuple) else (feature_mask,)
     if len(masks) != len(inputs):

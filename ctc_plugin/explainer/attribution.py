@@ -12,7 +12,13 @@ from torch import Tensor, nn
 
 from ctc_plugin.concurrency import eval_mode, holds_model
 from ctc_plugin.explainer.network import Explainer
-from ctc_plugin.inputs import check_eval_mode, check_inputs, example_rows, floating_dtype
+from ctc_plugin.inputs import (
+    check_eval_mode,
+    check_inputs,
+    dtype_mismatch_explained,
+    example_rows,
+    floating_dtype,
+)
 from ctc_plugin.module_state import DigestMemo
 from ctc_plugin.targets import TargetType, class_indices, output_not_a_tensor
 from ctc_plugin.wording import caller_stacklevel
@@ -160,6 +166,7 @@ class ExplainerAttribution(Attribution):
 
     @log_usage()
     @holds_model()
+    @dtype_mismatch_explained
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor],
@@ -194,6 +201,8 @@ class ExplainerAttribution(Attribution):
                 from the end, as in Captum).
             TrainingModeError: The classifier has BatchNorm or dropout in training mode; nothing
                 has run (call ``classifier.eval()``).
+            DtypeMismatchError: The classifier fails on the inputs' float dtype (float64 images,
+                a float32 classifier): both dtypes and the conversion that fixes it.
         """
         as_tuple = isinstance(inputs, tuple)
         if as_tuple and len(inputs) > 1:

@@ -28,3 +28,21 @@ def test_float64_images_and_classifier_give_float64_masks():
     expected = explainer.masks(images.float())[:, 1:2].expand_as(images).double()
     torch.testing.assert_close(attribution.attribute(images, target=1), expected)
     assert next(explainer.parameters()).dtype == torch.float32  # the explainer is not converted
+
+
+def test_float64_images_for_a_float32_classifier_name_both_dtypes_and_the_fix():
+    from ctc_plugin import DtypeMismatchError
+
+    classifier = tiny_classifier().eval()
+    attribution = ExplainerAttribution(classifier, _trained_explainer())
+    images = torch.rand(2, 3, SIZE, SIZE, dtype=torch.float64)
+    for target in (None, 1):
+        try:
+            attribution.attribute(images, target=target)
+        except DtypeMismatchError as error:
+            message = str(error)
+        else:
+            raise AssertionError("float64 images ran through a float32 classifier")
+        assert "the inputs are torch.float64 and the model computes in torch.float32" in message
+        assert "x.to(torch.float32)" in message
+    assert not any(m._forward_hooks for m in classifier.modules())

@@ -1,0 +1,125 @@
+"""Per-example tensors inside containers of ``additional_forward_args`` follow their examples.
+
+A model may take its per-example extras as a dict, a list or a named tuple. CTC repeats each
+such tensor once per copy (and slices it when it explains the examples in groups) as it does a
+bare tensor, in every sharing mode; a tensor whose rows only by chance equal the number of
+examples makes the model fail with torch's error and a note saying what was repeated.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from ctc_plugin import CTC
+from ctc_plugin.ctc.speedups import DEFAULT
+from ctc_plugin.inputs import example_rows, holds_per_example, map_per_example
+
+Scales = collections.namedtuple("Scales", ["scale", "label"])
+
+
+class ScaledByExtras(nn.Module):
+    """Logits scaled per example by an extra tensor that arrives in one of several forms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten())
+        self.head = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor, extra) -> torch.Tensor:
+        if isinstance(extra, dict):
+            scale = extra["scale"]
+        elif isinstance(extra, Scales):
+            scale = extra.scale
+        elif isinstance(extra, list):
+            scale = extra[0]
+        else:
+            scale = extra
+        return self.head(self.body(x)) * scale
+
+
+FORMS = {
+    "bare": lambda s: s,
+    "dict": lambda s: {"scale": s, "note": "kept"},
+    "list": lambda s: [s, 7],
+    "named tuple": lambda s: Scales(s, "kept"),
+    "ordered dict": lambda s: collections.OrderedDict(scale=s),
+}
+
+
+@pytest.fixture(scope="module")
+def setting():
+    model = ScaledByExtras().eval()
+    x = torch.rand(3, 3, 8, 8)
+    scale = torch.tensor([[1.0], [2.0], [-0.5]])
+    mask = torch.arange(16).reshape(4, 4).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    return model, x, scale, mask[None, None]
+
+
+@pytest.mark.parametrize("mode", ["none", "proportional", "reference"])
+@pytest.mark.parametrize("form", [name for name in FORMS if name != "bare"])
+def test_a_per_example_tensor_in_a_container_equals_it_bare(setting, mode, form):
+    model, x, scale, mask = setting
+    ctc = CTC(model, bias_sharing=mode)
+    expected = ctc.attribute(x, target=1, feature_mask=mask, additional_forward_args=(scale,))
+    got = ctc.attribute(
+        x, target=1, feature_mask=mask, additional_forward_args=(FORMS[form](scale),)
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_examples_explained_in_groups_get_their_own_rows_of_a_nested_tensor(setting):
+    model, x, scale, mask = setting
+    ctc = CTC(model, bias_sharing="proportional")
+    together = ctc.attribute(x, target=1, feature_mask=mask, additional_forward_args=(scale,))
+    ctc._speedups = dataclasses.replace(DEFAULT, copies_per_pass=1)  # one example per pass
+    nested = ctc.attribute(
+        x, target=1, feature_mask=mask, additional_forward_args=({"scale": scale},)
+    )
+    torch.testing.assert_close(nested, together, rtol=1e-6, atol=1e-7)
+    for i in range(3):  # each example as if explained alone
+        alone = ctc.attribute(
+            x[i : i + 1], target=1, feature_mask=mask, additional_forward_args=(scale[i : i + 1],)
+        )
+        torch.testing.assert_close(nested[i : i + 1], alone, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["proportional", "reference"])
+def test_a_constant_with_as_many_rows_as_examples_fails_with_a_note(mode):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
+
+    def weighted(x, class_weights):
+        return model(x) * class_weights
+
+    x = torch.rand(3, 3, 2, 2)  # three examples and three classes: the weights look per example
+    mask = torch.arange(4).reshape(1, 1, 2, 2)
+    with pytest.raises(RuntimeError, match=r"repeated every tensor .* first dimension of 1"):
+        CTC(weighted, bias_sharing=mode).attribute(
+            x, target=0, feature_mask=mask, additional_forward_args=(torch.ones(3),)
+        )
+    # given as the note says, it is the same constant for every copy
+    got = CTC(weighted, bias_sharing=mode).attribute(
+        x, target=0, feature_mask=mask, additional_forward_args=(torch.ones(3)[None],)
+    )
+    plain = CTC(model, bias_sharing=mode).attribute(x, target=0, feature_mask=mask)
+    torch.testing.assert_close(got, plain)
+
+
+def test_map_per_example_rebuilds_containers_of_their_own_types():
+    n = 2
+    rows, other = torch.zeros(n, 3), torch.zeros(5)
+    default = collections.defaultdict(list, {"a": rows})
+    value = (rows, [rows, other], {"b": (rows, "text")}, Scales(rows, 1), default, other)
+    doubled = map_per_example(value, n, lambda t: t + 1)
+    assert type(doubled[3]) is Scales and type(doubled[4]) is collections.defaultdict
+    assert doubled[4].default_factory is list
+    ones = [doubled[0], doubled[1][0], doubled[2]["b"][0], doubled[3].scale, doubled[4]["a"]]
+    assert all(torch.equal(t, torch.ones(n, 3)) for t in ones)
+    assert doubled[1][1] is other and doubled[5] is other and doubled[2]["b"][1] == "text"
+    assert holds_per_example(value, n) and not holds_per_example((other, [other]), n)
+    assert example_rows({"a": rows}, n, slice(1, 2))["a"].shape == (1, 3)
