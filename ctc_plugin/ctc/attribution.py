@@ -390,7 +390,10 @@ class CTC(Attribution):
         chunk = self._chunk_size(perturbations_per_eval, features.count)
 
         fast = None
-        if self.bias_sharing == "none" and self._speedups.gradient_shortcut:
+        # the gradient of float16 or bfloat16 inputs is rounded to their format, while the pass
+        # of copies computes as the model does (in float32 behind a float32 normalisation)
+        wide_inputs = all(x.dtype in (torch.float32, torch.float64) for x in inputs_tuple)
+        if self.bias_sharing == "none" and self._speedups.gradient_shortcut and wide_inputs:
             fast = self._run_gradient_with_progress(
                 inputs_tuple, baselines_tuple, features, extra, target, show_progress
             )

@@ -195,6 +195,11 @@ def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
         if not inplace:  # in place, the result keeps the signal's shape (torch checks)
             broadcast = _broadcast_by(signal, constant)
             signal, fresh = broadcast, broadcast is not signal
+            # and out of place, torch's type promotion: float16 copies minus a float32 buffer
+            # (a normalisation in front of a float32 model) are float32, as the model computes
+            promoted = torch.result_type(first, second)
+            if signal.dtype != promoted:
+                signal, fresh = signal.to(promoted), True
         # result = sign_signal * signal + sign_constant * constant
         if reverse:  # rsub: other - alpha * self, with self = first
             sign_signal, sign_constant = (-alpha, 1.0) if signal_first else (1.0, -alpha)
