@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ctc_plugin import __version__
 from ctc_plugin.commands import CLIError, benchmark, explain, explainer, os_error_text, zoo
@@ -50,6 +51,10 @@ class UsageError(CLIError):
     def __init__(self, prog: str, message: str) -> None:
         super().__init__(message)
         self.prog = prog
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by the constructor's arguments (its message is its one ``args`` entry)."""
+        return (type(self), (self.prog, self.args[0]))
 
 
 class Parser(argparse.ArgumentParser):

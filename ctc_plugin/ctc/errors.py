@@ -135,6 +135,10 @@ class CompositeOutsideAttributorError(RuntimeError):
             "is removed: outside the `with CTCAttributor(...)` block"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by the constructor's argument, so the error crosses processes."""
+        return (type(self), (self.module,))
+
 
 class UntracedOutputError(ValueError):
     """The forward function's output was not computed from the feature copies CTC gave it.
@@ -175,6 +179,10 @@ class UntracedOutputError(ValueError):
             "model(x)[:, :10], and convert the attributions afterwards"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by the constructor's arguments, so the error crosses processes."""
+        return (type(self), (self.reason, self.module))
+
     def in_module(self, module: str | None) -> UntracedOutputError:
         """The same error, saying in which module it was found."""
         return UntracedOutputError(self.reason, module)
@@ -192,3 +200,7 @@ class GraphCutError(RuntimeError):
     def __init__(self, operation: str) -> None:
         self.operation = operation
         super().__init__(f"{operation} cut the gradient of the CTC pass")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by the constructor's argument, so the error crosses processes."""
+        return (type(self), (self.operation,))

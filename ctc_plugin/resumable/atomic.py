@@ -50,11 +50,15 @@ class ConfigMismatchError(ValueError):
         advice: str = "to resume it, give the options it was started with (the values "
         "there), or choose another --out",
     ) -> None:
-        self.differences = differences
+        self.root, self.differences, self.kind, self.advice = root, differences, kind, advice
         listed = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, old, new in differences)
         super().__init__(
             f"{root} holds a {kind} with a different configuration ({listed}); {advice}"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle by the constructor's arguments, so the error crosses processes (Ray workers)."""
+        return (type(self), (self.root, self.differences, self.kind, self.advice))
 
 
 def write_atomic(path: Path, write: Callable[[Any], None]) -> None:

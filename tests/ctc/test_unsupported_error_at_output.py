@@ -1,9 +1,7 @@
-"""`UnsupportedOperationError` pickles (Ray and multiprocessing send errors between processes)
-and says whether the refused tensor is the model's output."""
+"""`UnsupportedOperationError` says whether the refused tensor is the model's output (its pickling
+is tested with every error of the package, in tests/robustness/test_errors_cross_processes.py)."""
 
 from __future__ import annotations
-
-import pickle
 
 import pytest
 import torch
@@ -39,16 +37,6 @@ def test_a_final_softmax_is_refused_at_the_output_and_an_unknown_operation_insid
     at_the_end, inside = _refusal(_ends_in_softmax()), _refusal(_unknown_inside())
     assert at_the_end.at_output and at_the_end.operation.endswith("softmax")
     assert not inside.at_output and "sort" in inside.operation
-
-
-@pytest.mark.parametrize("build", [_ends_in_softmax, _unknown_inside])
-def test_the_error_survives_pickling_with_its_message_and_attributes(build):
-    error = _refusal(build())
-    again = pickle.loads(pickle.dumps(error))
-    assert type(again) is UnsupportedOperationError
-    assert str(again) == str(error)
-    for name in ("operation", "reason", "module", "headline", "at_output"):
-        assert getattr(again, name) == getattr(error, name)
 
 
 def test_in_module_keeps_whether_it_is_the_output():
