@@ -502,6 +502,32 @@ def ctc_layer_map() -> list[tuple[tuple[type[nn.Module], ...], Hook]]:
 
 
 # ---------------------------------------------------------------------------- composite
+#: The per-module hook tables of torch, and the tables keyed by the same handle ids.
+_HOOK_TABLES = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+_HOOK_ID_TABLES = (
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+
+
+def remove_hooks_of(model: nn.Module, hooks: Sequence[object]) -> None:
+    """Remove from every module of ``model`` the hooks that are methods of ``hooks``' objects.
+
+    For hooks registered without a handle to remove them by: a registration interrupted
+    between two of its calls.
+    """
+    owners = {id(hook) for hook in hooks}
+    for module in model.modules():
+        for table in _HOOK_TABLES:
+            entries = getattr(module, table, None) or {}
+            for key, function in list(entries.items()):
+                if id(getattr(function, "__self__", None)) in owners:
+                    del entries[key]
+                    for id_table in _HOOK_ID_TABLES:
+                        (getattr(module, id_table, None) or {}).pop(key, None)
+
+
 @register_composite("ctc")
 class CTCComposite(LayerMapComposite):
     """The CTC rules as a Zennit composite.
@@ -589,7 +615,11 @@ class CTCComposite(LayerMapComposite):
         try:
             super().register(module)
         except BaseException:
+            # a hook cut off inside its own register (Ctrl-C between Zennit's two
+            # registrations) returned no handles: its hooks are found on the modules
+            cut_off = list(self.hook_refs)
             super().remove()
+            remove_hooks_of(module, cut_off)
             restore_tensors(saved)
             raise
         self._own_tensors = (module, saved, registered_tensors(module))

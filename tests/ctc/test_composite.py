@@ -351,6 +351,46 @@ def test_a_registration_that_fails_halfway_leaves_no_hooks(use: str) -> None:
     assert torch.equal(model(x), before)
 
 
+def test_ctrl_c_at_any_hook_registration_leaves_no_hooks(monkeypatch) -> None:
+    """A KeyboardInterrupt at the k-th hook registration, for every k the composite makes.
+
+    Zennit's ``Hook.register`` makes two registrations before it returns their handles, and
+    the CTC rules one more: an interrupt between them left hooks that no handle removed (the
+    model then refused every later CTCAttributor call and broke plain backward passes).
+    """
+    names = ("register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook")
+    originals = {name: getattr(nn.Module, name) for name in names}
+    calls = {"count": 0, "interrupt_at": None}
+
+    def counting(name):
+        def register(module, *args, **kwargs):
+            calls["count"] += 1
+            if calls["count"] == calls["interrupt_at"]:
+                raise KeyboardInterrupt(f"Ctrl-C in {name}")
+            return originals[name](module, *args, **kwargs)
+
+        return register
+
+    for name in names:
+        monkeypatch.setattr(nn.Module, name, counting(name))
+    model = module_net()
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    before = model(x)
+    attributor = CTCAttributor(model, CTCComposite(bias_sharing="proportional"), grid_mask(8, 2))
+    _, expected = attributor(x, one_hot(0, 3))
+    registrations, calls["count"] = calls["count"], 0
+    assert registrations > 6
+    for at in range(1, registrations + 1):
+        calls["count"], calls["interrupt_at"] = 0, at
+        with pytest.raises(KeyboardInterrupt):
+            attributor(x, one_hot(0, 3))
+        assert hook_counts(model) == 0, f"hooks left after an interrupt at registration {at}"
+    calls["interrupt_at"] = None
+    assert torch.equal(model(x), before)
+    _, relevance = attributor(x, one_hot(0, 3))  # and the model is explained again
+    assert torch.equal(relevance, expected)
+
+
 @pytest.mark.parametrize("mask", [grid_mask(8, 2), (grid_mask(8, 2),), [torch.ones(8, 8) > 0]])
 def test_the_composite_holds_no_feature_mask(mask) -> None:
     with pytest.raises(TypeError, match=r"CTCAttributor\(model, composite, feature_mask=mask\)"):
