@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "CTC": "ctc_plugin.ctc.attribution",
-    "FeatureScores": "ctc_plugin.ctc.attribution",
+    "FeatureScores": "ctc_plugin.ctc.feature_scores",
     "distribute_within_features": "ctc_plugin.ctc.within",
     "UnsupportedOperationError": "ctc_plugin.ctc.errors",
     "TrainingModeError": "ctc_plugin.inputs",
@@ -50,10 +50,11 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ctc_plugin import zoo
     from ctc_plugin.cam.integrative import IntegrativeCAM
-    from ctc_plugin.ctc.attribution import CTC, FeatureScores
+    from ctc_plugin.ctc.attribution import CTC
     from ctc_plugin.ctc.attributor import CTCAttributor
     from ctc_plugin.ctc.composite import CTCComposite
     from ctc_plugin.ctc.errors import UnsupportedOperationError, UntracedOutputError
+    from ctc_plugin.ctc.feature_scores import FeatureScores
     from ctc_plugin.ctc.within import distribute_within_features
     from ctc_plugin.explainer.attribution import ExplainerAttribution
     from ctc_plugin.explainer.network import Explainer

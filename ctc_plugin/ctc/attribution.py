@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, overload
 
 import torch
@@ -13,8 +12,8 @@ from captum.log import log_usage
 from tqdm.auto import tqdm
 
 from ctc_plugin.concurrency import holds_model
-from ctc_plugin.ctc.deferred import materialise
-from ctc_plugin.ctc.errors import GraphCutError, UnsupportedOperationError, UntracedOutputError
+from ctc_plugin.ctc.errors import GraphCutError
+from ctc_plugin.ctc.feature_scores import FeatureScores
 from ctc_plugin.ctc.interception import CTCMode
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.masks import (
@@ -24,6 +23,7 @@ from ctc_plugin.ctc.masks import (
     prepare_features,
     spread_scores,
 )
+from ctc_plugin.ctc.pass_output import check_finite_scores, check_pass_output
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharing, BiasSharingMode, check_mode
 from ctc_plugin.ctc.speedups import DEFAULT, Speedups
@@ -40,10 +40,7 @@ from ctc_plugin.inputs import (
 )
 from ctc_plugin.targets import (
     TargetType,
-    captum_targets,
-    check_finite_target_outputs,
     example_targets,
-    output_not_a_tensor,
     resolve_targets,
     select_targets,
     slice_targets,
@@ -55,70 +52,6 @@ TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
 #: What the passes give: (N, K) scores, the baseline's (N,) share or ``None``, the (N,) target
 #: outputs, their (N,) flat indices and the shape of one example's output.
 _PassResult = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, tuple[int, ...]]
-
-
-@dataclass(frozen=True)
-class FeatureScores:
-    """Per-feature CTC scores, returned beside the attributions on request.
-
-    Attributes:
-        scores: (N, K) score of each feature for each example (0 where a feature is absent).
-        ids: (K,) the feature ids, sorted, in the order of ``scores``' columns.
-        present: (N, K) whether each example has each feature.
-        baseline: (N,) the baseline's own share, or ``None`` when the baseline is zero.
-        output: (N,) the model's target output on the unmasked input (the target logit).
-        target: (N,) flat index of each example's target in the model's output (the class index
-            for (N, classes) outputs).
-        feature_mask: The integer feature mask of each input, as the call used it (made by the
-            segmenter when the call gave none), broadcastable to that input: one tensor per
-            input. [`distribute_within_features`][ctc_plugin.distribute_within_features] reads
-            it.
-        output_shape: The shape of one example's model output (``(classes,)`` for a
-            classifier, ``()`` for one value per example), which ``target``'s flat indices
-            point into; ``None`` where it is not known.
-    """
-
-    scores: torch.Tensor
-    ids: torch.Tensor
-    present: torch.Tensor
-    baseline: torch.Tensor | None
-    output: torch.Tensor
-    target: torch.Tensor
-    feature_mask: tuple[torch.Tensor, ...]
-    output_shape: tuple[int, ...] | None = None
-
-    @property
-    def captum_target(self) -> torch.Tensor | list[tuple[int, ...]] | None:
-        """Each example's target in Captum's form, as another Captum method takes it.
-
-        ``target`` itself (class indices) for a classifier's ``(N, classes)`` outputs, one
-        index tuple per example for outputs of more dimensions, or ``None`` for a model with
-        one value per example (``(N,)`` outputs), to explain the same outputs
-        with another method
-        ([`distribute_within_features`][ctc_plugin.distribute_within_features] passes it).
-        """
-        return captum_targets(self.target, self.output_shape)
-
-    @property
-    def convergence_delta(self) -> torch.Tensor:
-        """(N,) the scores' sum (with the baseline's share) minus the target output.
-
-        Captum's sign: what the attributions add up to minus what they should add up to. Zero
-        up to float rounding in ``"proportional"`` sharing on a model CTC is exact on; in
-        ``"reference"`` sharing the gap its quantisation and spread capping leave; in ``"none"``
-        the biases' part of the output (no bias is shared).
-        """
-        total = self.scores.sum(dim=1)
-        if self.baseline is not None:
-            total = total + self.baseline
-        return total - self.output
-
-    def ranked(self, example: int = 0) -> list[tuple[int, float]]:
-        """The present features of one example as ``(id, score)``, highest score first."""
-        row = self.scores[example]
-        keep = self.present[example]
-        pairs = zip(self.ids[keep].tolist(), row[keep].tolist())
-        return sorted(pairs, key=lambda pair: pair[1], reverse=True)
 
 
 class CTC(Attribution):
@@ -728,66 +661,6 @@ class CTC(Attribution):
 
 
 # ---------------------------------------------------------------------------- helpers
-def check_finite_scores(scores: torch.Tensor, output: torch.Tensor) -> None:
-    """Refuse scores that are NaN or infinite where the model's target output is finite.
-
-    Finite inputs (checked) and a finite output leave no reason for such a score but the
-    arithmetic of the pass in a narrow format (a float16 share out of its range), so it is
-    raised rather than returned.
-
-    A target output that is itself NaN or infinite is refused first
-    ([`check_finite_target_outputs`][ctc_plugin.targets.check_finite_target_outputs]), as
-    Integrative CAM refuses it.
-
-    Raises:
-        ValueError: For target outputs that are not finite.
-        FloatingPointError: Naming the examples, with what to do.
-    """
-    check_finite_target_outputs(output)
-    bad = ~torch.isfinite(scores).all(dim=1) & torch.isfinite(output)
-    if bool(bad.any()):
-        examples = bad.nonzero().flatten().tolist()
-        raise FloatingPointError(
-            f"CTC's scores of examples {examples[:10]} are NaN or infinite while the model's "
-            f"target outputs are finite ({scores.dtype}): the pass left the format's range. "
-            "Explain a float32 copy of the model and inputs (model.float(), x.float()), or use "
-            "bfloat16"
-        )
-
-
-def check_pass_output(gated: GatedPass, logits: Any) -> torch.Tensor:
-    """A pass's output as per-copy values; refused (with what to change) where it is none.
-
-    The output must have come out of the operations the pass followed on the copies (it carries
-    the pass's tag): otherwise it was computed outside torch, from something else than the
-    copies, or by code the pass could not see, and holds no feature's contribution. An output
-    that is a product of two signals with its copies deferred (bilinear pooling, see
-    [`ctc_plugin.ctc.deferred`][ctc_plugin.ctc.deferred]) gets them computed now.
-
-    Returns:
-        The output, its copies computed where they were deferred.
-
-    Raises:
-        ValueError: No tensor, or the batch dimension is not first.
-        UntracedOutputError: The output was not computed from the copies.
-        UnsupportedOperationError: The output is a gate tensor of the full pass (a softmax).
-    """
-    if not isinstance(logits, torch.Tensor):
-        raise output_not_a_tensor(logits)
-    if not gated.is_propagated(logits):
-        raise UntracedOutputError(_untraced_reason(gated, logits))
-    axis = gated.copy_axis(logits)
-    if axis or logits.shape[0] != gated.layout.batch:
-        where = f" (the copies along dim {axis})" if axis else ""
-        raise ValueError(
-            f"forward_func returned {tuple(logits.shape)}{where} for a batch of "
-            f"{gated.layout.batch}; its output must keep the batch dimension first"
-        )
-    logits = materialise(logits)
-    mark = gated.gate_mark(logits)
-    if mark is not None and mark.only:
-        raise UnsupportedOperationError(mark.origin, _gate_only_output(mark.origin), at_output=True)
-    return logits
 
 
 def check_segmenter(segmenter: Any) -> None:
@@ -808,52 +681,6 @@ def check_segmenter(segmenter: Any) -> None:
     raise TypeError(
         f"CTC's second argument is the segmenter, a callable that makes feature masks; got a "
         f"{given}: {hint}"
-    )
-
-
-def _gate_only_output(origin: str) -> str:
-    """Why an output that is a gate-only tensor made by ``origin`` is refused, and what to do."""
-    reason = (
-        "the model's output comes out of it, a gate tensor computed for the full image only "
-        "(a softmax, a product of two gate tensors such as tanh(h) * tanh(h), a square, "
-        "variance or norm of the signal, a comparison, or the signal plus one of these), so "
-        "every copy holds the full image's value, not the "
-        "feature's contribution; such a tensor may only multiply or divide the signal, or be "
-        "the condition of torch.where"
-    )
-    if origin.endswith("softmax"):
-        return (
-            f"{reason}: explain the logits before the softmax (for example with a forward "
-            "function that leaves the softmax out)"
-        )
-    return (
-        f"{reason}: it is not linear in the input, so explain the output of the layer "
-        "before it, or a model in which it only scales the signal (as a gate)"
-    )
-
-
-def _untraced_reason(gated: GatedPass, logits: torch.Tensor) -> str:
-    """Why a pass's output that carries no tag of the pass was not traced, in words."""
-    batch = gated.layout.batch
-    rows = logits.shape[0] if logits.dim() else 0
-    if gated.exits:
-        return (
-            "the forward function's output was not computed from the feature copies it was given: "
-            f"{gated.exits[0]} took their values out of torch and the output was rebuilt "
-            "from them"
-        )
-    if rows != batch:
-        return (
-            f"the forward function's output has {rows} row{'s' * (rows != 1)} where the batch of "
-            f"feature copies it was given has {batch}: it was not computed from its argument "
-            "(an output computed before the call, or from a tensor captured in a closure such "
-            "as a clone of the input)"
-        )
-    return (
-        f"the forward function's output (shape {tuple(logits.shape)}) was not computed from "
-        "the feature copies it was given: it ignores its argument (a constant, "
-        "model(torch.zeros_like(x))), uses a tensor captured from outside, or runs code CTC "
-        "cannot see (TorchScript)"
     )
 
 

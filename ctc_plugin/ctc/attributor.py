@@ -21,7 +21,7 @@ from zennit.core import Composite, Hook
 
 from ctc_plugin.canonizers import batch_norms_valid, check_canonizers, tensors_restored
 from ctc_plugin.concurrency import PerThread, exclusive
-from ctc_plugin.ctc.attribution import CTC, check_pass_output
+from ctc_plugin.ctc.attribution import CTC
 from ctc_plugin.ctc.composite import (
     FUNCTIONAL_POLICIES,
     CTCComposite,
@@ -30,6 +30,7 @@ from ctc_plugin.ctc.composite import (
     hooked_pass,
 )
 from ctc_plugin.ctc.errors import CompositeOutsideAttributorError
+from ctc_plugin.ctc.pass_output import check_pass_output
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.inputs import (
     check_eval_mode,

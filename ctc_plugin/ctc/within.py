@@ -29,7 +29,8 @@ from collections.abc import Callable
 
 import torch
 
-from ctc_plugin.ctc.attribution import FeatureScores, TensorOrTuple
+from ctc_plugin.ctc.attribution import TensorOrTuple
+from ctc_plugin.ctc.feature_scores import FeatureScores
 from ctc_plugin.ctc.masks import FeatureSet, broadcast_to_inputs
 from ctc_plugin.inputs import check_inputs
 from ctc_plugin.relevance import Relevance, compute_relevance

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ctc_plugin import CTC
-from ctc_plugin.ctc.attribution import check_finite_scores
+from ctc_plugin.ctc.pass_output import check_finite_scores
 from ctc_plugin.ctc.speedups import SPEC
 from ctc_plugin.testing import random_partition
 
