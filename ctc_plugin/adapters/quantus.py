@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ctc_plugin.evaluation.arguments import is_probability_output
+
 __all__ = ["explain_func"]
 
 #: Keyword arguments of Quantus's own explanation functions that ``explain_func`` accepts: Quantus's
@@ -52,12 +54,7 @@ def _check_softmax(model: nn.Module, images: Tensor, softmax: Any) -> None:
     if softmax is None:
         return
     with torch.no_grad():
-        output = model(images)
-    probabilities = bool(
-        output.dim() == 2
-        and (output >= 0).all()
-        and torch.allclose(output.sum(dim=1), torch.ones_like(output[:, 0]), atol=1e-4)
-    )
+        probabilities = is_probability_output(model(images))
     if softmax and not probabilities:
         raise ValueError(
             "explain_func got softmax=True, but the model's output is no softmax (its rows are "

@@ -154,6 +154,19 @@ def model_targets(
     return resolve_targets(labels.tolist(), torch.empty(len(images), classes)).to(labels.device)
 
 
+def is_probability_output(output: Tensor) -> bool:
+    """Whether a model's ``(N, classes)`` output is already a softmax: rows >= 0 summing to 1.
+
+    Read from the output itself (not from the model's last module), to 1e-4 per row.
+    """
+    return bool(
+        output.dim() == 2
+        and output.shape[1] > 1
+        and (output >= 0).all()
+        and torch.allclose(output.sum(dim=1), torch.ones_like(output[:, 0]), atol=1e-4)
+    )
+
+
 def check_count(value: object, name: str, least: int = 1) -> int:
     """``value`` as an int of at least ``least``, or a ``ValueError`` naming ``name``."""
     if not is_integer(value) or int(value) < least:  # type: ignore[call-overload]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctc_plugin.evaluation.arguments import Method, check_images, explain, model_targets
-from ctc_plugin.inputs import is_finite_number
+from ctc_plugin.inputs import check_eval_mode, is_finite_number
 
 __all__ = [
     "InvarianceResult",
@@ -70,7 +70,10 @@ def first_layer_shift(model: nn.Module, shift: float, example: Tensor) -> tuple[
 
     Raises:
         ValueError: when the shift does not reach the first layer as a per-channel constant.
+        TrainingModeError: A BatchNorm, dropout or tracked InstanceNorm in training mode: the
+            forward passes that measure the shift would change its running statistics.
     """
+    check_eval_mode(model)
     name, plain = _first_layer_input(model, example)
     name_shifted, moved = _first_layer_input(model, example + shift)
     delta = moved - plain
@@ -116,6 +119,10 @@ def shifted_model(model: nn.Module, shift: float, example: Tensor) -> nn.Module:
 
     Returns:
         A new module (same train/eval mode); ``model`` is not modified.
+
+    Raises:
+        TrainingModeError: A BatchNorm, dropout or tracked InstanceNorm in training mode: the
+            forward pass that finds the first layer would change its running statistics.
     """
     name, delta = first_layer_shift(model, shift, example)
     shifted = copy.deepcopy(model)

@@ -107,8 +107,13 @@ def relevance_rank_accuracy(
 ) -> Tensor:
     """Relevance rank accuracy (Arras et al., 2022): share of the top-K pixels inside the evidence.
 
-    K is the size of each image's mask. Ties at the K-th value are broken by pixel order
-    (row-major, earlier first), so a constant map scores as its first K pixels would.
+    K is the size of each image's mask. Pixels tied at the K-th value share the places left
+    among the top K in proportion: each place counts the share of the tied pixels inside the
+    evidence, the expected score under a random order of the ties. A map constant over
+    segments (CTC's, any feature-level method's) then scores the same when the image and its
+    mask are flipped, where an order by pixel position would favour evidence near the top;
+    a constant map scores the evidence's share of the image. Without ties it is the plain
+    share of the top K, as Quantus computes it.
 
     Args:
         attributions: Attribution maps.
@@ -126,8 +131,11 @@ def relevance_rank_accuracy(
         if k == 0:
             scores[i] = float("nan")
             continue
-        order = torch.sort(values, descending=True, stable=True).indices[:k]
-        scores[i] = inside[order].sum() / k
+        kth = torch.topk(values, k).values[-1]
+        above, tied = values > kth, values == kth
+        places = k - int(above.sum())  # places of the top K that the tied pixels share
+        tied_inside = inside[tied].double().sum() / int(tied.sum())
+        scores[i] = (inside[above].double().sum() + places * tied_inside) / k
     return scores
 
 

@@ -24,6 +24,7 @@ from ctc_plugin.evaluation.arguments import (
     explain,
     model_targets,
 )
+from ctc_plugin.inputs import check_eval_mode
 
 __all__ = ["RandomisationStep", "parameter_layers", "cascading_randomisation", "rank_correlation"]
 
@@ -72,7 +73,12 @@ def parameter_layers(model: nn.Module, example: Tensor) -> list[str]:
     submodules the pass never calls; every parameter of the model belongs to exactly one
     layer (parameters held by the model itself, such as a class token, make the model, ``""``,
     a layer).
+
+    Raises:
+        TrainingModeError: A BatchNorm, dropout or tracked InstanceNorm in training mode: the
+            forward pass that finds the layers would change its running statistics.
     """
+    check_eval_mode(model)
     return list(_owners(model, example))
 
 

@@ -38,7 +38,11 @@ COLUMNS: dict[str, tuple[str, str]] = {
         "the mean, where the pointing game counts it as a miss",
         "higher",
     ),
-    "rank": ("relevance rank accuracy", "higher"),
+    "rank": (
+        "relevance rank accuracy; pixels tied at the K-th value count by their share inside "
+        "the evidence",
+        "higher",
+    ),
     "iou": ("IoU of the map thresholded at 50% of its maximum", "higher"),
     "f1": ("F1 of the same thresholded map", "higher"),
     "deletion_px": ("MoRF deletion AUC, pixels, probability", "lower"),
@@ -52,7 +56,11 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "welch_t": ("Welch t, changed vs kept", "higher"),
     "input_shift": ("relative L1 change under a compensated input shift", "lower"),
     "max_sens": ("max-sensitivity, radius 0.02", "lower"),
-    "sanity_rho": ("Spearman rho after randomising all layers", "nearer 0"),
+    "sanity_rho": (
+        "Spearman rho after randomising all layers; an image whose map is constant (no "
+        "ranking) is left out of the mean",
+        "nearer 0",
+    ),
 }
 
 #: How ``results.md`` splits the columns into tables narrow enough to read on one screen

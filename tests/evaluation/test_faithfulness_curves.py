@@ -179,6 +179,19 @@ def test_probability_output_and_good_beats_bad():
     assert ((curve.scores >= 0) & (curve.scores <= 1)).all()
 
 
+def test_a_model_that_outputs_probabilities_is_refused_for_probability_curves():
+    weight = torch.randn(1, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(3, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    probabilities = nn.Sequential(Linear(weight), nn.Softmax(dim=1))
+    maps = (weight * images).sum(1)
+    with pytest.raises(ValueError, match=r"already probabilities .* output='logit'"):
+        perturbation_curve(probabilities, images, 0, maps, steps=4)
+    # read as it is, the curve is the logits' softmax, the probability curve of the logits
+    as_is = perturbation_curve(probabilities, images, 0, maps, steps=4, output="logit")
+    of_logits = perturbation_curve(Linear(weight), images, 0, maps, steps=4)
+    torch.testing.assert_close(as_is.scores, of_logits.scores)
+
+
 def test_callable_and_tensor_baselines():
     images = torch.rand(2, 3, 4, 4)
     assert torch.equal(

@@ -74,6 +74,28 @@ def test_relevance_rank_hand_made():
     assert relevance_rank_accuracy(maps, mask).item() == pytest.approx(0.75)
 
 
+def test_relevance_rank_splits_ties_at_the_kth_value_by_their_share_inside():
+    mask = square_mask(size=2)  # 4 pixels at rows 2-3, columns 2-3
+    maps = torch.zeros(1, 8, 8)
+    maps[0, 2, 2] = 5.0  # one inside above the tie
+    maps[0, 2, 3] = maps[0, 3, 2] = maps[0, 0, 0] = maps[0, 7, 7] = 2.0  # 2 of 4 tied inside
+    # three places of the top 4 left to four tied pixels, half of them inside: 1 + 3/2 of 4
+    assert relevance_rank_accuracy(maps, mask).item() == pytest.approx(2.5 / 4)
+    constant = torch.ones(1, 8, 8)  # every pixel tied: the evidence's share of the image
+    assert relevance_rank_accuracy(constant, mask).item() == pytest.approx(4 / 64)
+
+
+def test_relevance_rank_of_a_map_constant_over_segments_does_not_change_when_flipped():
+    """The top-left quarter of a segment that covers the left half: pixel order gave 1 or 0."""
+    maps = torch.zeros(1, 8, 8)
+    maps[0, :, :4] = 1.0
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[0, :4, :4] = True
+    upright = relevance_rank_accuracy(maps, mask).item()
+    flipped = relevance_rank_accuracy(maps.flip(1), mask.flip(1)).item()
+    assert upright == flipped == pytest.approx(0.5)
+
+
 def test_binarize_and_overlap_hand_made():
     maps = torch.tensor([[[0.0, 1.0], [0.6, 0.4]]])
     pred = binarize(maps, 0.5)

@@ -1,4 +1,5 @@
-"""Every metric that runs the model refuses one in training mode, before it runs.
+"""Every metric that runs the model refuses one in training mode, before it runs (and so do the
+public helpers that run it: the shifted copy and the layers of the cascade).
 
 A BatchNorm in training mode normalises with each forward's own batch statistics and updates
 its running ones: a metric would change the model, and its numbers would depend on the batch
@@ -11,9 +12,9 @@ import pytest
 import torch
 
 from ctc_plugin.evaluation.faithfulness import perturbation_curve
-from ctc_plugin.evaluation.invariance import input_invariance
+from ctc_plugin.evaluation.invariance import first_layer_shift, input_invariance, shifted_model
 from ctc_plugin.evaluation.protocol import run_protocol
-from ctc_plugin.evaluation.sanity import cascading_randomisation
+from ctc_plugin.evaluation.sanity import cascading_randomisation, parameter_layers
 from ctc_plugin.evaluation.sensitivity import max_sensitivity
 from ctc_plugin.inputs import TrainingModeError
 from ctc_plugin.testing import RandomCNN
@@ -31,6 +32,9 @@ METRICS = {
     "run_protocol": lambda m, x: run_protocol(_saliency, m, x, perturbations=[("gaussian", 0.01)]),
     "max_sensitivity": lambda m, x: max_sensitivity(_saliency, m, x, n_samples=2),
     "cascading_randomisation": lambda m, x: cascading_randomisation(_saliency, m, x, max_steps=1),
+    "shifted_model": lambda m, x: shifted_model(m, 0.1, x),
+    "first_layer_shift": lambda m, x: first_layer_shift(m, 0.1, x),
+    "parameter_layers": lambda m, x: parameter_layers(m, x),
 }
 
 
