@@ -115,6 +115,15 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
         "--lime-samples", type=positive_int, default=100, help="samples of the lime method (100)"
     )
     parser.add_argument(
+        "--explainer",
+        type=input_file,
+        default=None,
+        metavar="FILE",
+        help="the Explainer of --method explainer: a file written by ctc-plugin explainer "
+        "train or Explainer.save, trained for this model (default: the one shipped with a "
+        "zoo model)",
+    )
+    parser.add_argument(
         "--perturbations-per-eval",
         type=positive_int,
         default=16,
@@ -295,21 +304,45 @@ def segment_pixels(segmenter, pixels: torch.Tensor) -> torch.Tensor:
 def explainer_for(
     loaded: LoadedModel, args: argparse.Namespace, option: str = "--method"
 ) -> nn.Module | None:
-    """The shipped Explainer of a zoo model when ``option`` (``--method``) asks for one."""
+    """The Explainer that ``option`` (``--method``) asks for, or ``None`` where it asks for none.
+
+    The file of ``--explainer``, loaded for this model (a class-specific explainer takes its
+    architecture), or else the one shipped with a zoo model.
+
+    Raises:
+        CLIError: ``--explainer`` without the explainer method, a file that is no explainer
+            (or one for another architecture), or a model that is no zoo model without it.
+    """
+    path = getattr(args, "explainer", None)
     if "explainer" not in args.methods:
+        if path is not None:
+            raise CLIError(
+                f"--explainer {path} is the Explainer of {option} explainer, which is not "
+                f"among the methods: add explainer to {option}, or leave --explainer out"
+            )
         return None
+    if path is not None:
+        from ctc_plugin.explainer.network import Explainer
+
+        try:
+            return Explainer.load(path, classifier=loaded.network).eval()
+        except (OSError, ValueError) as error:
+            raise CLIError(f"argument --explainer: {error}") from error
     if loaded.family is None:
         raise CLIError(
-            f"{option} explainer: {loaded.name} has no trained Explainer; the shipped ones "
-            "belong to the zoo models (--model resnet, vgg-composite, ...). Train one for "
-            "your classifier with the ctc_plugin.Explainer API, or choose other methods"
+            f"{option} explainer: {loaded.name} has no shipped Explainer (they belong to the "
+            "zoo models: --model resnet, vgg-composite, ...); train one for it with ctc-plugin "
+            "explainer train or the ctc_plugin.Explainer API and give its file with "
+            "--explainer FILE, or choose other methods"
         )
     from ctc_plugin import zoo
 
     if args.weights is not None:
         print(
             f"note: {option} explainer uses the Explainer shipped for {loaded.family} "
-            f"({loaded.split}), trained against the shipped weights, not {args.weights}"
+            f"({loaded.split}), trained against the shipped weights, not {args.weights}; give "
+            "one trained against them with --explainer FILE (ctc-plugin explainer train "
+            f"--model {loaded.family} --weights {args.weights})"
         )
     return zoo.load_explainer(loaded.family, loaded.split or "shapes")
 

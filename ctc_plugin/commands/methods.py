@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
 METHODS: dict[str, str] = {
     "ctc": "CTC (ctc_plugin.CTC): segment scores from scaled partial forward passes",
     "integrative-cam": "Integrative CAM (ctc_plugin.IntegrativeCAM): a per-pixel map",
-    "explainer": "the shipped Explainer of a zoo model (zoo families only): a mask in one pass",
+    "explainer": "a trained Explainer (--explainer FILE; without it, the one shipped with a zoo "
+    "model): a mask in one pass",
     "feature-ablation": "Captum FeatureAblation: each segment replaced by 0 (black)",
     "lime": "Captum Lime over the same segments (seeded: the same run gives the same scores)",
     "gradcam": "Grad-CAM (Captum LayerGradCam) on the last convolutional feature map",
@@ -61,7 +62,7 @@ class Request:
         lime_samples: Lime's samples.
         perturbations_per_eval: Copies per forward pass of CTC, FeatureAblation and Lime.
         show_progress: Show the methods' progress bars.
-        explainer: The zoo model's trained Explainer, for ``explainer``.
+        explainer: The trained Explainer of ``explainer`` (``--explainer``, or a zoo model's).
     """
 
     model: nn.Module

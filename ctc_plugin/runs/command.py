@@ -135,6 +135,7 @@ def _explain(args: argparse.Namespace):
         images=args.images,
         model=args.model,
         weights=args.weights,
+        explainer=args.explainer,
         resize=args.resize,
         crop=args.crop,
         mean=args.mean,

@@ -381,6 +381,7 @@ def explain_dataset(
     images: int | None = None,
     model: str = "resnet",
     weights: str | os.PathLike[str] | None = None,
+    explainer: str | os.PathLike[str] | None = None,
     resize: int | None = None,
     crop: int | str | None = None,
     mean: Sequence[float] | None = None,
@@ -425,6 +426,9 @@ def explain_dataset(
             weights (``resnet``: ``resnet-composite``), as ``ctc-plugin demo`` does
             (`model_for_source`).
         weights: State-dict file for the model.
+        explainer: The Explainer file of the ``explainer`` method (written by ``ctc-plugin
+            explainer train`` or ``Explainer.save``, trained for the model); ``None``: the
+            one shipped with a zoo model.
         resize: The images' shorter side after resizing, the aspect ratio kept (``None``: the
             model's own: 96 for zoo models, the weights' for torchvision, timm's data config,
             the folder's image processor, 224 for ``module:callable``). A
@@ -489,6 +493,7 @@ def explain_dataset(
         methods=(methods,) if isinstance(methods, str) else tuple(methods),
         model=model,
         weights=os.fspath(weights) if weights is not None else None,
+        explainer=os.fspath(explainer) if explainer is not None else None,
         resize=resize,
         crop=crop,
         mean=mean,

@@ -49,6 +49,9 @@ class RunConfig:
         weights_sha256: The sha256 of the weights file's content, or of an ``hf:`` folder's
             files (computed, not given): weights changed under the same path are another
             configuration.
+        explainer: The Explainer file of the ``explainer`` method (``--explainer``), or
+            ``None`` for the one shipped with a zoo model; stored as its resolved absolute path.
+        explainer_sha256: The sha256 of the Explainer file's content (computed, not given).
         targets: What to explain per image: ``"predicted"``, ``"label"``, a class index or a
             class name; each gives one row per image and method.
         segmenter: ``"superpixel"``, ``"grid"`` or ``"sam"``.
@@ -78,6 +81,8 @@ class RunConfig:
     model: str = "resnet"
     weights: str | None = None
     weights_sha256: str | None = field(default=None, init=False)
+    explainer: str | None = None
+    explainer_sha256: str | None = field(default=None, init=False)
     targets: tuple[str, ...] = ("predicted",)
     segmenter: str = "superpixel"
     segments: int = 25
@@ -121,7 +126,13 @@ class RunConfig:
             raise ValueError(f"seed must be non-negative, got {self.seed}")
         check_mode(self.bias_sharing)
         self._check_choices()
+        if self.explainer is not None and "explainer" not in self.methods:
+            raise ValueError(
+                "explainer (--explainer) is the file of the explainer method, which is not "
+                "among the methods: add it, or leave the file out"
+            )
         self._pin_file("weights")
+        self._pin_file("explainer")
         self._pin_model_folder()
         self._pin_file("sam_checkpoint")
         self._check_preprocessing()

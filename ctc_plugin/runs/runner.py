@@ -380,6 +380,7 @@ def options_of(config: RunConfig) -> Namespace:
         sam_model_type=config.sam_model_type,
         methods=list(config.methods),
         weights=config.weights,
+        explainer=Path(config.explainer) if config.explainer else None,
         resize=config.resize,
         crop=config.crop,
         mean=config.mean,

@@ -159,7 +159,8 @@ def test_methods_that_do_not_fit_the_model_are_one_line(photos, resnet18_file, t
     argv = ["explain", str(photos["wide"]), "--model", "resnet18", "--weights"]
     assert main([*argv, str(resnet18_file), "--resize", "32", "--method", "explainer", *out]) == 2
     err = capsys.readouterr().err
-    assert "--method explainer: resnet18 has no trained Explainer" in err and "zoo" in err
+    assert "--method explainer: resnet18 has no shipped Explainer" in err
+    assert "give its file with --explainer FILE" in err
     assert main(["explain", "--model", "vit", "--method", "gradcam", *out]) == 2
     assert "--method gradcam:" in capsys.readouterr().err
     assert not (tmp_path / "f.png").exists()

@@ -257,7 +257,7 @@ def test_image_folder_with_and_without_class_subfolders(tmp_path, classes):
                 "--model",
                 "tests.runs.test_explain_dataset:tiny",
             ],
-            "has no trained Explainer",
+            "has no shipped Explainer",
         ),  # fmt: skip
     ],
 )

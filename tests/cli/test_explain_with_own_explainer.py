@@ -1,0 +1,100 @@
+"""``--explainer FILE``: the command line explains with an Explainer trained for the user's model.
+
+The file is one written by ``Explainer.save`` (or ``ctc-plugin explainer train``); ``explain``
+and ``explain-dataset`` load it for ``--method explainer`` and give the masks that
+``ExplainerAttribution`` gives in Python. A run of ``explain-dataset`` pins the file's content,
+so resuming with another explainer under the same path is refused.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ctc_plugin import Explainer, ExplainerAttribution
+from ctc_plugin.cli import main
+from ctc_plugin.resumable import ConfigMismatchError
+from tests.explainer.helpers import SIZE, tiny_classifier, tiny_explainer
+
+MODULE = "own_classifier_for_explainer_tests"
+
+
+def build() -> torch.nn.Module:
+    """The user's classifier, as ``--model MODULE:build`` imports it."""
+    return tiny_classifier().eval()
+
+
+@pytest.fixture
+def setting(tmp_path, monkeypatch):
+    """An image, the user's model importable by name, and an explainer file trained for it."""
+    monkeypatch.setitem(sys.modules, MODULE, sys.modules[__name__])
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    generator = np.random.default_rng(0)
+    for name in ("a", "b"):
+        pixels = generator.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(photos / f"{name}.png")
+    explainer = tiny_explainer(seed=3).eval()
+    explainer.trained_steps.fill_(1)
+    explainer.image_size.copy_(torch.tensor([SIZE, SIZE]))
+    path = explainer.save(tmp_path / "mine.pt")
+    return photos, path, explainer
+
+
+def _options(path):
+    return ["--model", f"{MODULE}:build", "--method", "explainer", "--explainer", str(path),
+            "--resize", str(SIZE), "--crop", str(SIZE), "--segmenter", "grid", "--segments", "4",
+            "--no-progress"]  # fmt: skip
+
+
+def test_explain_gives_the_masks_of_explainer_attribution(setting, tmp_path):
+    photos, path, explainer = setting
+    save = tmp_path / "run.npz"
+    argv = ["explain", str(photos / "a.png"), *_options(path), "--out", str(tmp_path / "f.png")]
+    assert main([*argv, "--save", str(save)]) == 0
+    with np.load(save) as data:
+        key = next(k.rsplit("/", 2)[0] for k in data.files if k.endswith("explainer/attribution"))
+        pixels, target = torch.from_numpy(data[f"{key}/pixels"]), int(data[f"{key}/target"])
+        saved = torch.from_numpy(data[f"{key}/explainer/attribution"])
+    expected = ExplainerAttribution(build(), explainer).attribute(pixels[None], target=target)
+    torch.testing.assert_close(saved.float(), expected[0, 0])  # the mask, the same per channel
+
+
+def test_a_file_that_is_no_explainer_and_one_without_the_method_are_refused(
+    setting, tmp_path, capsys
+):
+    photos, path, _ = setting
+    image, out = str(photos / "a.png"), ["--out", str(tmp_path / "f.png")]
+    other = tmp_path / "weights.pt"
+    torch.save(build().state_dict(), other)
+    assert main(["explain", image, *_options(other), *out]) == 2
+    assert "argument --explainer: " in capsys.readouterr().err
+    without = [a if a != "explainer" else "feature-ablation" for a in _options(path)]
+    assert main(["explain", image, *without, *out]) == 2
+    assert "add explainer to --method" in capsys.readouterr().err
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_explain_dataset_pins_the_explainer_file(setting, tmp_path):
+    photos, path, _ = setting
+    options = [a if a != "--method" else "--methods" for a in _options(path)]
+    run = ["explain-dataset", str(photos), "--out", str(tmp_path / "run"), *options]
+    assert main(run) == 0
+    manifest = (tmp_path / "run" / "manifest.json").read_text()
+    assert str(path.resolve()) in manifest and "explainer_sha256" in manifest
+    retrained = tiny_explainer(seed=4).eval()
+    retrained.trained_steps.fill_(1)
+    retrained.image_size.copy_(torch.tensor([SIZE, SIZE]))
+    retrained.save(path)  # another explainer under the same path
+    from ctc_plugin.runs import explain_dataset
+
+    with pytest.raises(ConfigMismatchError, match="explainer_sha256"):
+        explain_dataset(
+            photos, ["explainer"], tmp_path / "run", model=f"{MODULE}:build", explainer=path,
+            resize=SIZE, crop=SIZE, segmenter="grid", segments=4, show_progress=False,
+        )  # fmt: skip
+    assert Explainer.load(path) is not None
