@@ -565,7 +565,7 @@ def _check_finite(x: torch.Tensor, name: str) -> None:
     shown = ", ".join(map(str, examples[:5])) + (", ..." if len(examples) > 5 else "")
     where = f"example {shown}" if len(examples) == 1 else f"examples {shown}"
     raise ValueError(
-        f"{name} contains {count} NaN or infinite value{'s' if count != 1 else ''} (in {where}); "
+        f"{name}: {count} NaN or infinite value{'s' if count != 1 else ''} (in {where}); "
         "an explanation of them is undefined: clean the input first "
         "((~torch.isfinite(x)).nonzero() lists them)"
     )

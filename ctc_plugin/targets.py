@@ -60,6 +60,14 @@ def _integer_suggestion(value: Any) -> str:
         return "0"
 
 
+def _is_multi_hot(target: torch.Tensor, n: int) -> bool:
+    """Whether ``target`` is ``(n, classes)`` multi-hot labels (only 0 and 1, classes > 1)."""
+    if target.dim() != 2 or target.shape[0] != n or target.shape[1] < 2 or target.is_complex():
+        return False
+    values = target.detach()
+    return bool(((values == 0) | (values == 1)).all())
+
+
 def _wrong_count(count: int, n: int) -> ValueError:
     """The error for ``count`` targets given for ``n`` examples."""
     return ValueError(
@@ -133,6 +141,13 @@ def example_targets(target: TargetType, n: int) -> list[tuple[int, ...]] | None:
     if target is None:
         return None
     if isinstance(target, torch.Tensor):
+        if _is_multi_hot(target, n):
+            raise ValueError(
+                f"target of shape {tuple(target.shape)} holds only 0 and 1: multi-hot labels, "
+                "several classes per example; an attribution explains one class per example: "
+                "explain each class in a call of its own (target=c for c in range(classes)), or "
+                "one chosen class per example (target=labels.argmax(1))"
+            )
         if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
             raise _not_integer(target, target, None)
         if target.numel() == 1:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from captum._utils.common import _select_targets
 
-from ctc_plugin.targets import output_not_a_tensor, resolve_targets
+from ctc_plugin.targets import example_targets, output_not_a_tensor, resolve_targets
 from ctc_plugin.targets import target_scores as select_scores
 
 OUTPUT_2D = torch.randn(3, 5)
@@ -64,3 +64,13 @@ def test_negative_targets_count_from_the_end_of_each_examples_output():
     assert resolve_targets([-6, -2], output).tolist() == [0, 4]
     tuples = torch.zeros(2, 2, 3)  # flat indices into (2, 3) per example
     assert resolve_targets([(-1, -1), (0, -3)], tuples).tolist() == [5, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.bool])
+def test_multi_hot_labels_given_as_a_target_say_to_explain_one_class_per_call(dtype):
+    labels = torch.tensor([[0, 0, 1], [0, 1, 1], [1, 0, 0], [0, 1, 1]]).to(dtype)
+    with pytest.raises(ValueError, match=r"multi-hot labels.*target=c for c in range"):
+        example_targets(labels, 4)
+    # a (N, 2) tensor of other values is not taken for labels
+    with pytest.raises(ValueError, match="one class or one per example"):
+        example_targets(torch.tensor([[0, 2], [1, 3]]), 2)

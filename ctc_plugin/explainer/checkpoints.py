@@ -124,7 +124,8 @@ def check_resume(
                 f"checkpoint {str(resume)!r} was trained against another classifier (its "
                 f"parameters and buffers differ: state-dict digest {trained_against[:12]} "
                 f"there, {digest[:12]} now{also}); resume with the classifier (model and "
-                "weights) it was trained against, or train afresh without resume"
+                "weights: --model and --weights on the command line) it was trained against, "
+                "or train afresh without resume"
             )
         if dtypes_there != dtypes:
             raise ValueError(

@@ -568,8 +568,10 @@ class Explainer(nn.Module):
         if "classifier" in takes:
             if classifier is None:
                 raise ValueError(
-                    "it holds a copy of its classifier: pass classifier= (a model of the "
-                    "explained architecture, e.g. ctc_plugin.zoo.build(family, num_classes))"
+                    "it holds a copy of its classifier: pass classifier=, a model of the "
+                    "explained architecture (an instance of your classifier's class, whose "
+                    "weights do not matter: the file holds them; for a zoo model "
+                    "ctc_plugin.zoo.build(family, num_classes))"
                 )
             settings["classifier"] = classifier
         backbone = build_backbone(name, num_classes, **settings)

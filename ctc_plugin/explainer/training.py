@@ -39,7 +39,7 @@ from ctc_plugin.inputs import (
     is_integer,
 )
 from ctc_plugin.module_state import state_digest, state_dtypes
-from ctc_plugin.wording import caller_stacklevel
+from ctc_plugin.wording import caller_stacklevel, counted
 
 #: Names of the unweighted loss terms recorded in the history and shown by the progress bar.
 TERMS = ("classification", "entropy", "tv", "area", "target_area", "nontarget_area")
@@ -121,11 +121,11 @@ def multi_hot(labels: Tensor, num_classes: int) -> tuple[Tensor, bool]:
         if not ((targets == 0) | (targets == 1)).all():
             raise ValueError("multi-label targets must be 0/1 (multi-hot)")
         return targets, True
-    hint = (
-        "; class indices must be integers: labels.long()"
-        if labels.dim() == 1 and labels.is_floating_point()
-        else ""
-    )
+    hint = ""
+    if labels.dim() == 1 and labels.is_floating_point():
+        hint = "; class indices must be integers: labels.long()"
+    elif labels.dim() == 2 and labels.shape[1] == 1:
+        hint = "; for one class index per example, drop the last dimension: labels.squeeze(1)"
     raise ValueError(
         f"labels must be class indices (N,) or multi-hot (N, {num_classes}), "
         f"got shape {tuple(labels.shape)} ({labels.dtype}){hint}"
@@ -202,6 +202,14 @@ def class_scores(output: Any, num_classes: int) -> Tensor:
             "(N, classes); fit needs an nn.Module whose forward returns the scores alone: wrap "
             "the model in one (its forward returning model(x)[0], or model(x)['logits'])"
         )
+    trailing_ones = output.dim() > 2 and all(size == 1 for size in output.shape[2:])
+    if trailing_ones and output.shape[1] == num_classes:
+        raise ValueError(
+            f"the classifier returns outputs shaped {tuple(output.shape)}: {num_classes} class "
+            "scores per example with dimensions of size 1 after them (a head that ends in a "
+            "1 x 1 convolution); fit needs (N, classes): wrap the model so that its forward "
+            "returns model(x).flatten(1)"
+        )
     if output.dim() != 2 or output.shape[1] != num_classes:
         raise ValueError(
             f"class-count mismatch: the explainer has {num_classes} classes but the "
@@ -211,15 +219,28 @@ def class_scores(output: Any, num_classes: int) -> Tensor:
     return output
 
 
-def _warn_if_probabilities(scores: Tensor) -> None:
-    """Warn when every row of the classifier's ``scores`` is non-negative and sums to 1.
+def _warn_if_probabilities(scores: Tensor, multilabel: bool = False) -> None:
+    """Warn when the classifier's ``scores`` look like probabilities rather than logits.
 
-    The objective takes logits: it applies the softmax itself. Probabilities given as scores
-    are squashed a second time, which flattens the entropy term (the inverse-masked image then
-    looks uncertain whatever the mask leaves out) and trains masks that keep too much.
+    The objective takes logits: it applies the softmax (the sigmoid, for multi-label targets)
+    itself. Probabilities given as scores are squashed a second time, which flattens the
+    entropy term (the inverse-masked image then looks uncertain whatever the mask leaves out)
+    and the classification term, and trains masks that keep too much. Softmax outputs are
+    rows that are non-negative and sum to 1; with multi-label targets, sigmoid outputs are
+    scores that all lie in [0, 1].
     """
     detached = scores.detach()
     if not len(detached) or not bool((detached >= 0).all()):
+        return
+    if multilabel and bool((detached <= 1).all()):
+        warnings.warn(
+            "the classifier's outputs all lie in [0, 1] with multi-label targets: they look "
+            "like sigmoid probabilities, and the explainer objective takes logits (it applies "
+            "the sigmoid itself, in its binary cross-entropy); train against the model "
+            "without its final sigmoid",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
         return
     sums = detached.sum(dim=1, dtype=torch.float64)
     if bool(((sums - 1).abs() < 1e-4).all()):
@@ -270,7 +291,7 @@ def objective(
     dtype = floating_dtype(classifier)
     output = classifier(both if dtype is None else both.to(dtype))
     scores = class_scores(output, explainer.num_classes)
-    _warn_if_probabilities(scores)
+    _warn_if_probabilities(scores, multilabel)
     masked, inverse = scores.to(logits.dtype).chunk(2)
     terms = {
         "classification": losses.classification_loss(masked, targets, multilabel),
@@ -356,11 +377,18 @@ def _checked_batch(
     given = images.shape[1] if isinstance(images, Tensor) and images.dim() == 4 else None
     if given in (1, 3) and given != channels:  # gray for an RGB explainer, or the reverse
         raise ValueError(
-            f"the images of {where} have {given} channels, the explainer takes {channels}: "
+            f"the images of {where} have {counted(given, 'channel')}, the explainer takes "
+            f"{channels}: "
             f"build it for the images the classifier takes (build_backbone(..., "
             f"in_channels={given}))"
         )
     images = check_images(images, name=f"the images of {where}", channels=channels)
+    rows = len(labels) if isinstance(labels, (Tensor, list, tuple)) and len(labels) else None
+    if rows is not None and rows != len(images):
+        raise ValueError(
+            f"{where} holds {counted(len(images), 'image')} and {counted(rows, 'label')}: "
+            "give one label (or one multi-hot row) per image"
+        )
     try:
         targets, is_multi = _targets(labels, num_classes, multilabel)
     except ValueError as error:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -68,7 +70,7 @@ def test_gray_images_for_an_rgb_explainer_name_in_channels():
     classifier = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                nn.Linear(4, NUM_CLASSES)).eval()  # fmt: skip
     images, labels = data(4)
-    with pytest.raises(ValueError, match=r"have 1 channels, .* takes 3: .*in_channels=1"):
+    with pytest.raises(ValueError, match=r"have 1 channel, .* takes 3: .*in_channels=1"):
         tiny_explainer().fit(classifier, [(images[:, :1], labels)], **FAST)
 
 
@@ -77,6 +79,27 @@ def test_a_classifier_returning_probabilities_is_warned_about_at_the_callers_lin
     with pytest.warns(UserWarning, match="look like probabilities") as caught:
         tiny_explainer().fit(probabilities, tuple_loader(), epochs=1, **FAST)
     assert {warning.filename for warning in caught} == {__file__}
+
+
+def test_a_multilabel_classifier_ending_in_a_sigmoid_is_warned_about():
+    sigmoid = nn.Sequential(tiny_classifier(), nn.Sigmoid()).eval()
+    multilabel = tuple_loader(multilabel=True)
+    with pytest.warns(UserWarning, match="look like sigmoid probabilities") as caught:
+        tiny_explainer().fit(sigmoid, multilabel, epochs=1, **FAST)
+    assert {warning.filename for warning in caught} == {__file__}
+    with warnings.catch_warnings():  # its logits: no warning
+        warnings.simplefilter("error", UserWarning)
+        tiny_explainer().fit(tiny_classifier().eval(), multilabel, epochs=1, **FAST)
+
+
+def test_labels_of_one_column_and_outputs_of_size_one_dimensions_get_the_fix():
+    images, labels = data(4)
+    with pytest.raises(ValueError, match=r"labels\.squeeze\(1\)"):
+        tiny_explainer().fit(tiny_classifier(), [(images, labels[:, None])], **FAST)
+    four_d = nn.Sequential(tiny_classifier(), nn.Unflatten(1, (NUM_CLASSES, 1, 1))).eval()
+    with pytest.raises(ValueError, match=r"model\(x\)\.flatten\(1\)") as caught:
+        tiny_explainer().fit(four_d, [(images, labels)], **FAST)
+    assert "class-count mismatch" not in str(caught.value)
 
 
 def test_an_iterable_dataset_that_streams_batches_is_a_loader():
@@ -168,3 +191,11 @@ def test_a_resume_with_the_loaders_own_generator_equals_an_uninterrupted_run(tmp
     with pytest.raises(ValueError, match="generators"):  # a loader without it: another order
         tiny_explainer().fit(tiny_classifier(), tuple_loader(), epochs=3, resume=checkpoint,
                              **FAST)  # fmt: skip
+
+
+def test_a_batch_with_more_images_than_labels_is_named():
+    images, labels = data(4)
+    with pytest.raises(ValueError, match=r"batch 0 of epoch 1 holds 4 images and 3 labels"):
+        tiny_explainer().fit(tiny_classifier(), [(images, labels[:3])], **FAST)
+    with pytest.raises(ValueError, match=r"validation batch 0 holds 4 images and 3 labels"):
+        tiny_explainer().fit(tiny_classifier(), [(images, labels)], [(images, labels[:3])], **FAST)

@@ -25,7 +25,7 @@ def _loader(images, labels):
 def test_nan_training_image_is_refused_naming_the_example():
     images, labels = data(8)
     images[5, 0, 2, 2] = float("nan")
-    with pytest.raises(ValueError, match=r"batch 1 of epoch 1 contains 1 NaN .*example 1\)"):
+    with pytest.raises(ValueError, match=r"batch 1 of epoch 1: 1 NaN .*example 1\)"):
         tiny_explainer().fit(tiny_classifier().eval(), _loader(images, labels), None, HP, **FAST)
 
 
@@ -36,7 +36,7 @@ def test_nan_validation_image_is_refused_before_training(monkeypatch):
     monkeypatch.setattr(
         "ctc_plugin.explainer.training._train_epoch", lambda *a, **k: steps.append(1) or {}
     )
-    with pytest.raises(ValueError, match="of validation batch 0 contains .* NaN or inf"):
+    with pytest.raises(ValueError, match="of validation batch 0: .* NaN or inf"):
         tiny_explainer().fit(
             tiny_classifier().eval(), tuple_loader(), _loader(images, labels), HP, **FAST
         )

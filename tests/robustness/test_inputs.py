@@ -272,9 +272,9 @@ def test_non_finite_inputs_are_refused_with_their_count(data, bad, dtype):
     )
     for method in METHODS:
         name = "input" if method == "CTCAttributor" else "inputs"
-        message = refuses(method, x, 1, ValueError, f"{name} contains {count} NaN or infinite")
+        message = refuses(method, x, 1, ValueError, f"{name}: {count} NaN or infinite")
         assert f"(in {where})" in message
-    with pytest.raises(ValueError, match=f"images contains {count} NaN or infinite"):
+    with pytest.raises(ValueError, match=f"images: {count} NaN or infinite"):
         SuperpixelSegmenter()(x)
 
 
