@@ -87,8 +87,9 @@ class ExplainerAttribution(Attribution):
         if size is not None and tuple(images.shape[-2:]) != size:
             raise ValueError(
                 f"the explainer was trained on {size[0]}x{size[1]} images but got "
-                f"{images.shape[-2]}x{images.shape[-1]}; resize the inputs to the training size "
-                "or train an explainer for this size"
+                f"{images.shape[-2]}x{images.shape[-1]}; resize the inputs to the training size, "
+                "or train an explainer for this size (one trained on images of several sizes "
+                "takes any size)"
             )
         if not self.explainer.is_trained:
             warnings.warn(

@@ -46,3 +46,16 @@ def test_float64_images_for_a_float32_classifier_name_both_dtypes_and_the_fix():
         assert "the inputs are torch.float64 and the model computes in torch.float32" in message
         assert "x.to(torch.float32)" in message
     assert not any(m._forward_hooks for m in classifier.modules())
+
+
+def test_images_of_another_size_are_refused_with_both_ways_forward():
+    attribution = ExplainerAttribution(tiny_classifier().eval(), _trained_explainer())
+    larger = torch.rand(1, 3, SIZE * 2, SIZE * 2)
+    try:
+        attribution.attribute(larger, target=0)
+    except ValueError as error:
+        message = str(error)
+    else:
+        raise AssertionError("an image of another size than the training images was explained")
+    assert f"trained on {SIZE}x{SIZE} images but got {2 * SIZE}x{2 * SIZE}" in message
+    assert "resize the inputs" in message and "several sizes takes any size" in message
