@@ -53,8 +53,8 @@ class UsageError(CLIError):
         self.prog = prog
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle by the constructor's arguments (its message is its one ``args`` entry)."""
-        return (type(self), (self.prog, self.args[0]))
+        """Pickle by the constructor's arguments (the message is ``args[0]``) and its state."""
+        return (type(self), (self.prog, self.args[0]), vars(self))
 
 
 class Parser(argparse.ArgumentParser):

@@ -109,26 +109,53 @@ def map_per_example(value: Any, n: int, fn: Callable[[torch.Tensor], torch.Tenso
 
     Tensors are found at any depth of tuples (named ones too), lists and dicts, so a model that
     takes its per-example extras as a dict or a list gets them treated as a bare tensor would
-    be; the containers are rebuilt with the same types, and everything else is kept as is.
+    be. Only a container that holds such a tensor is rebuilt, with its own type; any other
+    value, a container without one included, is passed on as the same object (a dict the model
+    writes into stays the caller's).
+
+    Raises:
+        TypeError: For a container that holds a per-example tensor but cannot be rebuilt (a
+            tuple subclass with a constructor of its own): pass the tensor at the top level.
     """
+    return _map_per_example(value, n, fn, set())
+
+
+def _map_per_example(
+    value: Any, n: int, fn: Callable[[torch.Tensor], torch.Tensor], open_: set[int]
+) -> Any:
     if is_per_example(value, n):
         return fn(value)
-    if isinstance(value, dict):
-        mapped = copy.copy(value)  # keeps a dict subclass (OrderedDict, defaultdict) and its order
-        for key, item in value.items():
-            mapped[key] = map_per_example(item, n, fn)
-        return mapped
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
-        return type(value)(*(map_per_example(item, n, fn) for item in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(map_per_example(item, n, fn) for item in value)
-    return value
+    if not isinstance(value, (dict, list, tuple)) or id(value) in open_:  # a cycle: as it is
+        return value
+    open_.add(id(value))
+    try:
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        mapped = {key: _map_per_example(item, n, fn, open_) for key, item in items}
+    finally:
+        open_.discard(id(value))
+    original = value.items() if isinstance(value, dict) else enumerate(value)
+    if all(mapped[key] is item for key, item in original):
+        return value
+    try:
+        if isinstance(value, dict):
+            rebuilt = copy.copy(value)  # keeps a dict subclass (OrderedDict, defaultdict)
+            rebuilt.update(mapped)
+            return rebuilt
+        if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+            return type(value)(*mapped.values())
+        return type(value)(mapped.values())
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"additional_forward_args holds a {type(value).__name__} with tensors of one row "
+            f"per example, which are repeated for every copy, and it cannot be rebuilt with "
+            f"them ({error}); pass those tensors as arguments of their own"
+        ) from error
 
 
 def holds_per_example(value: Any, n: int) -> bool:
     """Whether ``value`` is or contains a per-example tensor (where `map_per_example` looks)."""
-    found = []
-    map_per_example(value, n, lambda tensor: found.append(tensor) or tensor)
+    found: list[torch.Tensor] = []
+    _map_per_example(value, n, lambda tensor: found.append(tensor) or tensor, set())
     return bool(found)
 
 

@@ -146,7 +146,8 @@ def example_targets(target: TargetType, n: int) -> list[tuple[int, ...]] | None:
                 f"target of shape {tuple(target.shape)} holds only 0 and 1: multi-hot labels, "
                 "several classes per example; an attribution explains one class per example: "
                 "explain each class in a call of its own (target=c for c in range(classes)), or "
-                "one chosen class per example (target=labels.argmax(1))"
+                "one chosen class per example (target=labels.argmax(1)); index pairs into "
+                "outputs of more dimensions are given as a list of tuples"
             )
         if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
             raise _not_integer(target, target, None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,7 @@ from ctc_plugin.commands.explain_setup import (
     explainer_size_refusal,
     make_segmenter,
     method_name,
+    model_for_split,
     preprocessing_for,
     resolve_device,
     sam_checkpoint_option,
@@ -601,40 +602,3 @@ def run_demo(args: argparse.Namespace) -> int:
 def _split_option(split: str) -> str:
     """The option of ``demo`` that chooses ``split``."""
     return f"--split {split}"
-
-
-def model_for_split(
-    model: str, split: str | None, chooses: Callable[[str], str]
-) -> tuple[str, str]:
-    """The ``--model`` and the bundled split it explains, each following the other.
-
-    A zoo model named with its split (``resnet-composite``) gives the split where none is
-    chosen; a zoo family (``resnet``) takes the chosen split's weights (``resnet-composite`` on
-    ``composite``); any other model is kept as given. The one rule of ``demo`` and of
-    ``explain-dataset`` on the bundled images.
-
-    Args:
-        model: ``--model`` as given.
-        split: The split chosen, or ``None`` (then the model's, else ``shapes``).
-        chooses: The words that choose a split on this command (``--split composite``,
-            ``SOURCE shapes:composite``), for the message.
-
-    Raises:
-        CLIError: For a zoo model trained on another split than the one chosen.
-    """
-    from ctc_plugin.datasets.splits import SPLITS
-    from ctc_plugin.zoo.settings import FAMILIES
-
-    family, _, named = model.partition("-")
-    if ":" in model or family not in FAMILIES or named not in SPLITS:
-        split = split or "shapes"
-    elif split is None:
-        split = named
-    elif split != named:
-        raise CLIError(
-            f"--model {model} is trained on the {named} split, but {chooses(split)} explains "
-            f"{split} images: give --model {family} (with {chooses(split)}) or {chooses(named)}"
-        )
-    if split == "composite" and model in FAMILIES:  # a zoo family: its composite weights
-        model = f"{model}-composite"
-    return model, split

@@ -13,6 +13,7 @@ torch.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,7 +120,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
         type=input_file,
         default=None,
         metavar="FILE",
-        help="the Explainer of --method explainer: a file written by ctc-plugin explainer "
+        help="the Explainer of the explainer method: a file written by ctc-plugin explainer "
         "train or Explainer.save, trained for this model (default: the one shipped with a "
         "zoo model)",
     )
@@ -360,12 +361,49 @@ def explainer_size_refusal(
         return None
     height, width = size
     fix = (
-        f"give --resize {trained[0]} --crop {trained[0]} (the zoo model's own input)"
+        f"give --resize {trained[0]} --crop {trained[0]} (the size it was trained on)"
         if trained[0] == trained[1]
         else f"resize and crop the images to {trained[1]}x{trained[0]}"
     )
     return (
-        f"{name} becomes a {width}x{height} image but the shipped Explainer was trained on "
-        f"{trained[1]}x{trained[0]} images and takes no other size; {fix}, or choose other "
-        "methods"
+        f"{name} becomes a {width}x{height} image but the Explainer was trained on "
+        f"{trained[1]}x{trained[0]} images and takes no other size; {fix}, give an explainer "
+        "trained on images of several sizes (--explainer FILE), or choose other methods"
     )
+
+
+def model_for_split(
+    model: str, split: str | None, chooses: Callable[[str], str]
+) -> tuple[str, str]:
+    """The ``--model`` and the bundled split it explains, each following the other.
+
+    A zoo model named with its split (``resnet-composite``) gives the split where none is
+    chosen; a zoo family (``resnet``) takes the chosen split's weights (``resnet-composite`` on
+    ``composite``); any other model is kept as given. The one rule of ``demo`` and of
+    ``explain-dataset`` on the bundled images.
+
+    Args:
+        model: ``--model`` as given.
+        split: The split chosen, or ``None`` (then the model's, else ``shapes``).
+        chooses: The words that choose a split on this command (``--split composite``,
+            ``SOURCE shapes:composite``), for the message.
+
+    Raises:
+        CLIError: For a zoo model trained on another split than the one chosen.
+    """
+    from ctc_plugin.datasets.splits import SPLITS
+    from ctc_plugin.zoo.settings import FAMILIES
+
+    family, _, named = model.partition("-")
+    if ":" in model or family not in FAMILIES or named not in SPLITS:
+        split = split or "shapes"
+    elif split is None:
+        split = named
+    elif split != named:
+        raise CLIError(
+            f"--model {model} is trained on the {named} split, but {chooses(split)} explains "
+            f"{split} images: give --model {family} (with {chooses(split)}) or {chooses(named)}"
+        )
+    if split == "composite" and model in FAMILIES:  # a zoo family: its composite weights
+        model = f"{model}-composite"
+    return model, split

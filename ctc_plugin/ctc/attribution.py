@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Any, Literal, NoReturn, overload
 
@@ -11,7 +12,7 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from tqdm.auto import tqdm
 
-from ctc_plugin.concurrency import holds_model
+from ctc_plugin.concurrency import holds_model, model_of
 from ctc_plugin.ctc.errors import GraphCutError
 from ctc_plugin.ctc.feature_scores import FeatureScores
 from ctc_plugin.ctc.interception import CTCMode
@@ -33,6 +34,7 @@ from ctc_plugin.inputs import (
     check_takes_images,
     dtype_mismatch_explained,
     example_rows,
+    floating_dtype,
     holds_per_example,
     is_integer,
     map_per_example,
@@ -323,10 +325,10 @@ class CTC(Attribution):
         chunk = self._chunk_size(perturbations_per_eval, features.count)
 
         fast = None
-        # the gradient of float16 or bfloat16 inputs is rounded to their format, while the pass
-        # of copies computes as the model does (in float32 behind a float32 normalisation)
-        wide_inputs = all(x.dtype in (torch.float32, torch.float64) for x in inputs_tuple)
-        if self.bias_sharing == "none" and self._speedups.gradient_shortcut and wide_inputs:
+        shortcut = self.bias_sharing == "none" and self._speedups.gradient_shortcut
+        if shortcut and _gradient_rounded(self.forward_func, inputs_tuple):
+            shortcut = False  # the pass of copies computes as the model does
+        if shortcut:
             fast = self._run_gradient_with_progress(
                 inputs_tuple, baselines_tuple, features, extra, target, show_progress
             )
@@ -644,12 +646,14 @@ class CTC(Attribution):
         """
         gated = self._speedups.gated_pass(layout, self._sharing())
         try:
+            batch = copies(gated)
             repeated = _repeat_extra(extra, layout.examples, layout.copies)
-            return self._forward(gated, copies(gated), repeated)
-        except RuntimeError as error:
-            if type(error) is not RuntimeError or not holds_per_example(extra, layout.examples):
-                raise
-            raise RuntimeError(f"{error}{_repeated_extra_note(layout)}") from error
+            try:
+                return self._forward(gated, batch, repeated)
+            except RuntimeError as error:
+                if not _about_repeated_extras(error, extra, layout.examples):
+                    raise
+                raise RuntimeError(f"{error}\n{_repeated_extra_note(layout)}") from error
         finally:
             gated.close()
 
@@ -762,6 +766,21 @@ def _feature_rows(
     )
 
 
+def _gradient_rounded(forward_func: Any, inputs: tuple[torch.Tensor, ...]) -> bool:
+    """Whether the gradient of ``inputs`` is in a narrower format than the model computes in.
+
+    The gradient of a float16 or bfloat16 input is rounded to that format, while a float32 model
+    (behind a float32 normalisation, which promotes its input) computes in float32; a model of
+    the inputs' own format loses nothing. A model whose dtype cannot be told counts as wider.
+    """
+    narrow = [x.dtype for x in inputs if x.dtype in (torch.float16, torch.bfloat16)]
+    if not narrow:
+        return False
+    model = model_of(forward_func)
+    wanted = floating_dtype(model) if model is not None else None
+    return wanted is None or any(torch.finfo(wanted).bits > torch.finfo(d).bits for d in narrow)
+
+
 def _repeat_extra(extra: tuple, n: int, copies: int) -> tuple:
     """The extra arguments of a pass of ``copies`` copies per example.
 
@@ -771,11 +790,32 @@ def _repeat_extra(extra: tuple, n: int, copies: int) -> tuple:
     return map_per_example(extra, n, lambda tensor: tensor.repeat_interleave(copies, dim=0))
 
 
+#: torch's messages for operands whose sizes do not match (what a repeated extra argument that
+#: belongs to no example makes the model raise).
+_SIZE_MISMATCH = re.compile(
+    r"size of tensor|must match the size|shape .* is invalid|mat\d and mat\d"
+)
+
+
+def _about_repeated_extras(error: RuntimeError, extra: tuple, n: int) -> bool:
+    """Whether torch's ``error`` may come from extra arguments that the pass repeated per copy.
+
+    Only torch's own error for sizes that do not match (not a subclass, not a dtype error) and
+    only where ``extra`` holds a tensor with one row per example.
+    """
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return (
+        type(error) is RuntimeError
+        and bool(_SIZE_MISMATCH.search(first))
+        and holds_per_example(extra, n)
+    )
+
+
 def _repeated_extra_note(layout: CopyLayout) -> str:
     """What `_copies_pass` adds to torch's error when it repeated extra arguments per copy."""
     n = layout.examples
     return (
-        f" (CTC ran the forward function on {layout.batch} copies, {layout.copies} per "
+        f"(CTC ran the forward function on {layout.batch} copies, {layout.copies} per "
         f"example, and repeated every tensor of additional_forward_args whose first dimension "
         f"is the number of examples, {n}, once per copy, as Captum does for its perturbed "
         f"batches; a tensor with {n} rows that does not belong to the examples, such as "

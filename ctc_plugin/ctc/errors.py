@@ -45,8 +45,12 @@ class UnsupportedOperationError(RuntimeError):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle by the constructor's arguments, so the error crosses processes (Ray workers)."""
-        return (_rebuild_unsupported, (self.operation, self.reason, self.module, self.at_output))
+        """Pickle by the constructor's arguments and the attributes set since (notes included)."""
+        return (
+            _rebuild_unsupported,
+            (self.operation, self.reason, self.module, self.at_output),
+            vars(self),
+        )
 
     def in_module(self, module: str | None) -> UnsupportedOperationError:
         """The same error, saying which module called the operation."""
@@ -136,8 +140,8 @@ class CompositeOutsideAttributorError(RuntimeError):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle by the constructor's argument, so the error crosses processes."""
-        return (type(self), (self.module,))
+        """Pickle by the constructor's argument and the attributes set since (notes included)."""
+        return (type(self), (self.module,), vars(self))
 
 
 class UntracedOutputError(ValueError):
@@ -180,8 +184,8 @@ class UntracedOutputError(ValueError):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle by the constructor's arguments, so the error crosses processes."""
-        return (type(self), (self.reason, self.module))
+        """Pickle by the constructor's arguments and the attributes set since (notes included)."""
+        return (type(self), (self.reason, self.module), vars(self))
 
     def in_module(self, module: str | None) -> UntracedOutputError:
         """The same error, saying in which module it was found."""
@@ -202,5 +206,5 @@ class GraphCutError(RuntimeError):
         super().__init__(f"{operation} cut the gradient of the CTC pass")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle by the constructor's argument, so the error crosses processes."""
-        return (type(self), (self.operation,))
+        """Pickle by the constructor's argument and the attributes set since (notes included)."""
+        return (type(self), (self.operation,), vars(self))

@@ -15,7 +15,7 @@ Calls whose arguments carry no copies run untouched. Anything else that would re
 tensor raises [`UnsupportedOperationError`][ctc_plugin.UnsupportedOperationError] naming it. Calls
 that take the copies' values out of torch (``numpy``, ``tolist``, ``item``) are recorded, to be
 named should the output not be traced
-([`check_pass_output`][ctc_plugin.ctc.attribution.check_pass_output]).
+([`check_pass_output`][ctc_plugin.ctc.pass_output.check_pass_output]).
 """
 
 from __future__ import annotations

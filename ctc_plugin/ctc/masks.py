@@ -53,8 +53,14 @@ def masks_from_boolean_list(masks: Sequence[torch.Tensor], like: torch.Tensor) -
     for i, mask in enumerate(masks):
         mask = torch.as_tensor(mask, device=like.device)
         if mask.dtype != torch.bool or tuple(mask.shape) != spatial:
-            ids = not mask.is_floating_point() and mask.dtype != torch.bool
-            hint = "; an integer mask of feature ids is given as it is, not in a list" * ids
+            hint = ""
+            if not mask.is_floating_point() and mask.dtype != torch.bool:
+                binary = tuple(mask.shape) == spatial and bool(((mask == 0) | (mask == 1)).all())
+                hint = (
+                    "; make a 0/1 mask boolean with mask.bool()"
+                    if binary
+                    else "; an integer mask of feature ids is given as it is, not in a list"
+                )
             raise ValueError(
                 f"mask {i} of the list must be a boolean tensor of shape {spatial}; got "
                 f"{mask.dtype} {tuple(mask.shape)}{hint}"

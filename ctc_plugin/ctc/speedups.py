@@ -83,8 +83,8 @@ class Speedups:
     Attributes:
         gradient_shortcut: ``"none"`` sharing as gradient x input of the network linearised at
             its gates: one forward and one backward pass instead of K + 1 forward-equivalents.
-            Not for float16 or bfloat16 inputs, whose gradient is rounded to their format
-            where the model may compute in float32 (behind a float32 normalisation).
+            Not for float16 or bfloat16 inputs to a model that computes in a wider format
+            (behind a float32 normalisation): their gradient would be rounded to theirs.
         copies_per_pass: On a CPU, explain the examples of a batch in groups so that one pass
             carries at most about this many copies (a group holds one example at least);
             ``None``: the whole batch in one pass. On other devices the batch is one group.

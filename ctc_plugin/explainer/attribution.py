@@ -223,12 +223,9 @@ class ExplainerAttribution(Attribution):
                 elif additional_forward_args is not None or self._checked_inputs != checked:
                     # one example, and its rows of side inputs: a call gives the classifier the
                     # same arguments whether or not an earlier call ran
-                    extra = additional_forward_args
-                    if isinstance(extra, tuple):
-                        extra = tuple(example_rows(a, n, slice(0, 1)) for a in extra)
-                    else:
-                        extra = example_rows(extra, n, slice(0, 1))
-                    self._classify(images[:1], extra)
+                    self._classify(
+                        images[:1], example_rows(additional_forward_args, n, slice(0, 1))
+                    )
                 if additional_forward_args is None:
                     self._checked_inputs = checked
                 self._warn_if_other_classifier()  # once the classifier fits the explainer

@@ -383,7 +383,11 @@ def _checked_batch(
             f"in_channels={given}))"
         )
     images = check_images(images, name=f"the images of {where}", channels=channels)
-    rows = len(labels) if isinstance(labels, (Tensor, list, tuple)) and len(labels) else None
+    rows = None
+    if isinstance(labels, Tensor) and labels.dim() > 0:
+        rows = labels.shape[0]
+    elif isinstance(labels, (list, tuple)) and labels:
+        rows = len(labels)
     if rows is not None and rows != len(images):
         raise ValueError(
             f"{where} holds {counted(len(images), 'image')} and {counted(rows, 'label')}: "

@@ -57,8 +57,8 @@ class ConfigMismatchError(ValueError):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle by the constructor's arguments, so the error crosses processes (Ray workers)."""
-        return (type(self), (self.root, self.differences, self.kind, self.advice))
+        """Pickle by the constructor's arguments and the attributes set since (notes included)."""
+        return (type(self), (self.root, self.differences, self.kind, self.advice), vars(self))
 
 
 def write_atomic(path: Path, write: Callable[[Any], None]) -> None:

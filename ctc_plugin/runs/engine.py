@@ -197,13 +197,21 @@ def _restated_mismatch(
         kept = [d for d in error.differences if d[0] not in ("plan", "shards")]
         error = ConfigMismatchError(Path(out), kept)
         keys = [key for key, _, _ in kept]
-    if keys and all(key.endswith("weights_sha256") for key in keys):
+    files = {
+        "weights_sha256": ("weights", "--weights"),
+        "explainer_sha256": ("explainer", "--explainer"),
+        "sam_checkpoint_sha256": ("SAM checkpoint", "--sam-checkpoint"),
+    }
+    if keys and all(key in files for key in keys):
+        named = " and ".join(f"the {files[key][0]} file" for key in keys)
+        options = " and ".join(files[key][1] for key in keys)
         return ConfigMismatchError(
             Path(out),
             error.differences,
-            advice="the weights file has other contents than when this run started (retrained "
-            "or replaced under the same name): put the run's weights back to resume it, or "
-            "choose another --out for the new weights",
+            advice=f"{named} {'has' if len(keys) == 1 else 'have'} other contents than when "
+            "this run started "
+            "(retrained or replaced under the same name): put the run's file back to resume "
+            f"it, or choose another --out for the new {options}",
         )
     if source.kind != "folder" or "image_list" not in keys or "source.spec" in keys:
         return error
@@ -249,7 +257,7 @@ def model_for_source(model: str, source: str | os.PathLike[str]) -> str:
     """``model`` for the images of ``source``: on the bundled ones, the split's zoo weights.
 
     As ``ctc-plugin demo`` chooses them
-    ([`model_for_split`][ctc_plugin.commands.explain.model_for_split]): a zoo family explains
+    ([`model_for_split`][ctc_plugin.commands.explain_setup.model_for_split]): a zoo family explains
     ``shapes:composite`` with its composite weights (``resnet``: ``resnet-composite``). A
     folder's model is kept as given.
 
@@ -257,7 +265,7 @@ def model_for_source(model: str, source: str | os.PathLike[str]) -> str:
         CLIError: For a zoo model trained on the other split (``resnet-composite`` on
             ``shapes``).
     """
-    from ctc_plugin.commands.explain import model_for_split
+    from ctc_plugin.commands.explain_setup import model_for_split
 
     split = shapes_split(source)
     if split is None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ctc_plugin import Explainer, ExplainerAttribution
+from ctc_plugin import ExplainerAttribution
 from ctc_plugin.cli import main
 from ctc_plugin.resumable import ConfigMismatchError
 from tests.explainer.helpers import SIZE, tiny_classifier, tiny_explainer
@@ -92,9 +92,22 @@ def test_explain_dataset_pins_the_explainer_file(setting, tmp_path):
     retrained.save(path)  # another explainer under the same path
     from ctc_plugin.runs import explain_dataset
 
-    with pytest.raises(ConfigMismatchError, match="explainer_sha256"):
+    with pytest.raises(ConfigMismatchError, match="explainer_sha256") as caught:
         explain_dataset(
             photos, ["explainer"], tmp_path / "run", model=f"{MODULE}:build", explainer=path,
             resize=SIZE, crop=SIZE, segmenter="grid", segments=4, show_progress=False,
         )  # fmt: skip
-    assert Explainer.load(path) is not None
+    assert "the explainer file has other contents than when this run started" in str(caught.value)
+    assert "new --explainer" in str(caught.value)
+
+
+def test_an_image_of_another_size_than_the_files_explainer_is_refused_with_the_size(
+    setting, tmp_path, capsys
+):
+    photos, path, _ = setting
+    options = [a if a != str(SIZE) else str(2 * SIZE) for a in _options(path)]
+    argv = ["explain", str(photos / "a.png"), *options, "--out", str(tmp_path / "f.png")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"the Explainer was trained on {SIZE}x{SIZE} images" in err
+    assert f"--resize {SIZE} --crop {SIZE}" in err and "shipped" not in err

@@ -123,3 +123,58 @@ def test_map_per_example_rebuilds_containers_of_their_own_types():
     assert doubled[1][1] is other and doubled[5] is other and doubled[2]["b"][1] == "text"
     assert holds_per_example(value, n) and not holds_per_example((other, [other]), n)
     assert example_rows({"a": rows}, n, slice(1, 2))["a"].shape == (1, 3)
+
+
+class _Pair(tuple):
+    """A tuple subclass with a constructor of its own (not rebuilt from an iterable)."""
+
+    def __new__(cls, first, second):
+        return super().__new__(cls, (first, second))
+
+
+def test_containers_without_per_example_tensors_reach_the_model_as_the_same_objects(setting):
+    model, x, scale, mask = setting
+    log: dict[str, list] = {"calls": []}
+    pair = _Pair(torch.ones(1), "kept")
+    cyclic: list = [1]
+    cyclic.append(cyclic)
+
+    def forward(images, extra, state, pair_, cycle):
+        state["calls"].append(len(images))  # the caller's dict, written by the model
+        assert pair_ is pair and cycle is cyclic
+        return model(images, extra)
+
+    ctc = CTC(forward, bias_sharing="proportional")
+    ctc.attribute(
+        x, target=1, feature_mask=mask, additional_forward_args=(scale, log, pair, cyclic)
+    )
+    assert log["calls"], "the model wrote into a copy of the caller's dict"
+    value = ({"a": [pair, "text"]}, cyclic)
+    assert map_per_example(value, 3, lambda t: t + 1) is value
+
+
+def test_a_container_that_cannot_be_rebuilt_with_repeated_tensors_is_named():
+    with pytest.raises(TypeError, match=r"holds a _Pair .* pass those tensors as arguments"):
+        map_per_example((_Pair(torch.zeros(3, 2), "x"),), 3, lambda t: t + 1)
+
+
+def test_without_the_gradient_shortcut_none_repeats_nested_tensors_too(setting):
+    model, x, scale, mask = setting
+    ctc = CTC(model, bias_sharing="none")
+    ctc._speedups = dataclasses.replace(DEFAULT, gradient_shortcut=False)
+    bare = ctc.attribute(x, target=1, feature_mask=mask, additional_forward_args=(scale,))
+    nested = ctc.attribute(
+        x, target=1, feature_mask=mask, additional_forward_args=({"scale": scale},)
+    )
+    torch.testing.assert_close(nested, bare, rtol=1e-6, atol=1e-7)
+
+
+def test_a_dtype_error_with_per_example_extras_gets_no_note_on_them(setting):
+    from ctc_plugin import DtypeMismatchError
+
+    model, x, scale, mask = setting
+    with pytest.raises(DtypeMismatchError) as caught:
+        CTC(model, bias_sharing="proportional").attribute(
+            x.double(), target=1, feature_mask=mask, additional_forward_args=(scale.double(),)
+        )
+    assert "additional_forward_args" not in str(caught.value)

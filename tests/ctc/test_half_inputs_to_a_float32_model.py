@@ -36,3 +36,23 @@ def test_scores_are_those_of_the_same_values_in_float32(mode, dtype):
     _, wide = ctc.attribute(x.float(), target=1, feature_mask=mask, return_feature_scores=True)
     scale = wide.scores.abs().max()
     assert (low.scores.float() - wide.scores).abs().max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_none_keeps_its_gradient_shortcut_for_a_model_of_the_inputs_format(dtype, monkeypatch):
+    calls = []
+    original = CTC._run_gradient_with_progress
+
+    def counting(self, *args, **kwargs):
+        calls.append(dtype)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CTC, "_run_gradient_with_progress", counting)
+    narrow = RandomCNN(CNNSpec(residual=True), seed=3).eval().to(dtype)
+    x = torch.rand(2, 3, 8, 8).to(dtype)
+    mask = random_partition(8, 8, 5, seed=1)
+    CTC(narrow, bias_sharing="none").attribute(x, target=1, feature_mask=mask)
+    assert calls == [dtype]
+    wide = nn.Sequential(_Normalise(), RandomCNN(CNNSpec(residual=True), seed=3)).eval()
+    CTC(wide, bias_sharing="none").attribute(x, target=1, feature_mask=mask)
+    assert calls == [dtype]  # the float32 model took the pass of copies

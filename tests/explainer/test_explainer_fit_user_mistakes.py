@@ -199,3 +199,5 @@ def test_a_batch_with_more_images_than_labels_is_named():
         tiny_explainer().fit(tiny_classifier(), [(images, labels[:3])], **FAST)
     with pytest.raises(ValueError, match=r"validation batch 0 holds 4 images and 3 labels"):
         tiny_explainer().fit(tiny_classifier(), [(images, labels)], [(images, labels[:3])], **FAST)
+    with pytest.raises(ValueError, match=r"labels must be class indices .* got shape \(\)"):
+        tiny_explainer().fit(tiny_classifier(), [(images, labels[0])], **FAST)  # one 0-d label

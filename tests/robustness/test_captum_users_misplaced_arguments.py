@@ -49,3 +49,11 @@ def test_a_batch_of_values_before_the_images_is_not_told_to_add_dimensions():
     # one 2-d tensor alone is still an image without its batch and channel dimensions
     with pytest.raises(ValueError, match=r"x\[None, None\]"):
         IntegrativeCAM(_ImagesAndValues().eval()).attribute(torch.rand(8, 8), target=0)
+
+
+def test_a_zero_one_integer_mask_in_a_list_is_told_to_be_made_boolean():
+    x = torch.rand(2, 3, 8, 8)
+    binary = torch.zeros(8, 8, dtype=torch.uint8)
+    binary[:4] = 1
+    with pytest.raises(ValueError, match=r"make a 0/1 mask boolean with mask\.bool\(\)"):
+        CTC(RandomCNN(CNNSpec(), seed=0)).attribute(x, target=0, feature_mask=[binary])

@@ -94,7 +94,9 @@ def test_every_class_of_the_package_has_an_example():
 @pytest.mark.parametrize("name", sorted(_examples()))
 def test_an_error_comes_back_from_pickling_as_it_was(name):
     error = _examples()[name]
+    error.__notes__ = ["while explaining shard 3"]  # set after construction (add_note)
     again = pickle.loads(pickle.dumps(error))
+    assert again.__notes__ == ["while explaining shard 3"]
     assert type(again) is type(error)
     assert str(again) == str(error)
     assert vars(again) == vars(error)  # its attributes (operation, module, prog, ...)
