@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 from typing import Any, Literal, NoReturn, overload
 
@@ -14,6 +13,11 @@ from tqdm.auto import tqdm
 
 from ctc_plugin.concurrency import holds_model, model_of
 from ctc_plugin.ctc.errors import GraphCutError
+from ctc_plugin.ctc.extra_arguments import (
+    about_repeated_extras,
+    repeat_extra,
+    repeated_extra_note,
+)
 from ctc_plugin.ctc.feature_scores import FeatureScores
 from ctc_plugin.ctc.interception import CTCMode
 from ctc_plugin.ctc.layout import CopyLayout
@@ -35,9 +39,7 @@ from ctc_plugin.inputs import (
     dtype_mismatch_explained,
     example_rows,
     floating_dtype,
-    holds_per_example,
     is_integer,
-    map_per_example,
     outside_inference_mode,
 )
 from ctc_plugin.targets import (
@@ -647,13 +649,13 @@ class CTC(Attribution):
         gated = self._speedups.gated_pass(layout, self._sharing())
         try:
             batch = copies(gated)
-            repeated = _repeat_extra(extra, layout.examples, layout.copies)
+            repeated = repeat_extra(extra, layout.examples, layout.copies)
             try:
                 return self._forward(gated, batch, repeated)
             except RuntimeError as error:
-                if not _about_repeated_extras(error, extra, layout.examples):
+                if not about_repeated_extras(error, extra, layout.examples):
                     raise
-                raise RuntimeError(f"{error}\n{_repeated_extra_note(layout)}") from error
+                raise RuntimeError(f"{error}\n{repeated_extra_note(layout)}") from error
         finally:
             gated.close()
 
@@ -779,49 +781,6 @@ def _gradient_rounded(forward_func: Any, inputs: tuple[torch.Tensor, ...]) -> bo
     model = model_of(forward_func)
     wanted = floating_dtype(model) if model is not None else None
     return wanted is None or any(torch.finfo(wanted).bits > torch.finfo(d).bits for d in narrow)
-
-
-def _repeat_extra(extra: tuple, n: int, copies: int) -> tuple:
-    """The extra arguments of a pass of ``copies`` copies per example.
-
-    Every tensor with one row per example (at any depth of tuples, lists and dicts) is repeated
-    once per copy, as Captum repeats the top-level ones for its perturbed batches.
-    """
-    return map_per_example(extra, n, lambda tensor: tensor.repeat_interleave(copies, dim=0))
-
-
-#: torch's messages for operands whose sizes do not match (what a repeated extra argument that
-#: belongs to no example makes the model raise).
-_SIZE_MISMATCH = re.compile(
-    r"size of tensor|must match the size|shape .* is invalid|mat\d and mat\d"
-)
-
-
-def _about_repeated_extras(error: RuntimeError, extra: tuple, n: int) -> bool:
-    """Whether torch's ``error`` may come from extra arguments that the pass repeated per copy.
-
-    Only torch's own error for sizes that do not match (not a subclass, not a dtype error) and
-    only where ``extra`` holds a tensor with one row per example.
-    """
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return (
-        type(error) is RuntimeError
-        and bool(_SIZE_MISMATCH.search(first))
-        and holds_per_example(extra, n)
-    )
-
-
-def _repeated_extra_note(layout: CopyLayout) -> str:
-    """What `_copies_pass` adds to torch's error when it repeated extra arguments per copy."""
-    n = layout.examples
-    return (
-        f"(CTC ran the forward function on {layout.batch} copies, {layout.copies} per "
-        f"example, and repeated every tensor of additional_forward_args whose first dimension "
-        f"is the number of examples, {n}, once per copy, as Captum does for its perturbed "
-        f"batches; a tensor with {n} rows that does not belong to the examples, such as "
-        "weights of as many classes, is repeated too: give it a first dimension of 1 "
-        "(w[None]), or bind it in the forward function instead of passing it)"
-    )
 
 
 def _select_per_copy(grouped: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,58 @@
+"""``additional_forward_args`` in a CTC pass: repeated for every copy, as Captum repeats them.
+
+A pass runs the forward function on one copy of each example per feature; every tensor of the
+extra arguments with one row per example (at any depth of tuples, lists and dicts) is repeated
+once per copy (`repeat_extra`). A tensor that only by chance has as many rows as there are
+examples (weights of as many classes) is repeated too and makes the model fail on sizes: torch's
+error then gets a line saying what was repeated and what to do (`repeated_extra_note`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ctc_plugin.ctc.layout import CopyLayout
+from ctc_plugin.inputs import holds_per_example, map_per_example
+
+
+def repeat_extra(extra: tuple, n: int, copies: int) -> tuple:
+    """The extra arguments of a pass of ``copies`` copies per example.
+
+    Every tensor with one row per example (at any depth of tuples, lists and dicts) is repeated
+    once per copy, as Captum repeats the top-level ones for its perturbed batches.
+    """
+    return map_per_example(extra, n, lambda tensor: tensor.repeat_interleave(copies, dim=0))
+
+
+#: torch's messages for operands whose sizes do not match (what a repeated extra argument that
+#: belongs to no example makes the model raise).
+_SIZE_MISMATCH = re.compile(
+    r"size of tensor|must match the size|shape .* is invalid|mat\d and mat\d"
+)
+
+
+def about_repeated_extras(error: RuntimeError, extra: tuple, n: int) -> bool:
+    """Whether torch's ``error`` may come from extra arguments that the pass repeated per copy.
+
+    Only torch's own error for sizes that do not match (not a subclass, not a dtype error) and
+    only where ``extra`` holds a tensor with one row per example.
+    """
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return (
+        type(error) is RuntimeError
+        and bool(_SIZE_MISMATCH.search(first))
+        and holds_per_example(extra, n)
+    )
+
+
+def repeated_extra_note(layout: CopyLayout) -> str:
+    """The line a CTC pass adds to torch's size error when it repeated extra arguments."""
+    n = layout.examples
+    return (
+        f"(CTC ran the forward function on {layout.batch} copies, {layout.copies} per "
+        f"example, and repeated every tensor of additional_forward_args whose first dimension "
+        f"is the number of examples, {n}, once per copy, as Captum does for its perturbed "
+        f"batches; a tensor with {n} rows that does not belong to the examples, such as "
+        "weights of as many classes, is repeated too: give it a first dimension of 1 "
+        "(w[None]), or bind it in the forward function instead of passing it)"
+    )
