@@ -6,7 +6,7 @@ import copy
 import math
 import numbers
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,12 @@ from tqdm.auto import tqdm
 from ctc_plugin._moved import moved_keywords
 from ctc_plugin.concurrency import exclusive
 from ctc_plugin.explainer import losses
+from ctc_plugin.explainer.batches import (
+    batch_on_device,
+    check_loader,
+    check_reiterable,
+    checked_batch,
+)
 from ctc_plugin.explainer.checkpoints import (
     check_checkpoint_path,
     check_resume,
@@ -33,13 +39,12 @@ from ctc_plugin.explainer.network import Explainer, classifier_record
 from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
 from ctc_plugin.inputs import (
     broadcasts_to,
-    check_images,
     floating_dtype,
     is_finite_number,
     is_integer,
 )
 from ctc_plugin.module_state import state_digest, state_dtypes
-from ctc_plugin.wording import caller_stacklevel, counted
+from ctc_plugin.wording import caller_stacklevel
 
 #: Names of the unweighted loss terms recorded in the history and shown by the progress bar.
 TERMS = ("classification", "entropy", "tv", "area", "target_area", "nontarget_area")
@@ -77,59 +82,6 @@ class FitResult:
     stopped_early: bool = False
     steps: int = 0
     hyperparameters: ExplainerHyperparameters = field(default_factory=ExplainerHyperparameters)
-
-
-def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
-    """Return ``(images, labels)`` from a dict batch (``"image"``, ``"label"``) or a tuple.
-
-    Raises:
-        ValueError: If the batch has neither form.
-    """
-    if isinstance(batch, Mapping):
-        if "image" not in batch or "label" not in batch:
-            raise ValueError(
-                f"dict batches need 'image' and 'label' entries, got keys {sorted(batch)}"
-            )
-        return batch["image"], batch["label"]
-    if isinstance(batch, list | tuple) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise ValueError(
-        "batches must be dicts with 'image' and 'label' (like ShapesDataset items) or "
-        f"(image, label) tuples, got {type(batch).__name__}"
-    )
-
-
-def multi_hot(labels: Tensor, num_classes: int) -> tuple[Tensor, bool]:
-    """Return multi-hot float targets ``(N, C)`` and whether the labels were multi-label.
-
-    Args:
-        labels: Class indices ``(N,)`` (single-label) or multi-hot ``(N, C)`` (multi-label).
-        num_classes: ``C``.
-
-    Raises:
-        ValueError: For labels out of range or of the wrong shape.
-    """
-    if labels.dim() == 1 and not labels.is_floating_point():
-        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(
-                f"labels must be class indices in [0, {num_classes}), got values "
-                f"from {int(labels.min())} to {int(labels.max())}"
-            )
-        return torch.nn.functional.one_hot(labels.long(), num_classes).float(), False
-    if labels.dim() == 2 and labels.shape[1] == num_classes:
-        targets = labels.float()
-        if not ((targets == 0) | (targets == 1)).all():
-            raise ValueError("multi-label targets must be 0/1 (multi-hot)")
-        return targets, True
-    hint = ""
-    if labels.dim() == 1 and labels.is_floating_point():
-        hint = "; class indices must be integers: labels.long()"
-    elif labels.dim() == 2 and labels.shape[1] == 1:
-        hint = "; for one class index per example, drop the last dimension: labels.squeeze(1)"
-    raise ValueError(
-        f"labels must be class indices (N,) or multi-hot (N, {num_classes}), "
-        f"got shape {tuple(labels.shape)} ({labels.dtype}){hint}"
-    )
 
 
 @contextmanager
@@ -312,94 +264,6 @@ def objective(
     return loss, terms
 
 
-def _targets(labels: Any, num_classes: int, multilabel: bool | None) -> tuple[Tensor, bool]:
-    """Return multi-hot targets and whether the classification loss treats them as multi-label.
-
-    ``multilabel=None`` follows the labels (class indices: single-label, multi-hot:
-    multi-label); ``True`` uses binary cross-entropy on class indices too (as one-hot targets);
-    ``False`` uses cross-entropy on multi-hot labels that hold exactly one class per image.
-
-    Raises:
-        ValueError: For invalid labels, a multi-hot label without a class, or
-            ``multilabel=False`` with an image of several classes.
-    """
-    targets, is_multi = multi_hot(torch.as_tensor(labels), num_classes)
-    empty = (targets.sum(dim=1) == 0).nonzero()
-    if len(empty):
-        raise ValueError(
-            f"example {int(empty[0])} has no class in its multi-hot label ({len(empty)} of "
-            f"{len(targets)} in the batch): the explainer masks the classes an image holds, "
-            "so every image needs at least one; leave such images out of the loader"
-        )
-    if multilabel is None:
-        return targets, is_multi
-    if not multilabel and is_multi:
-        counts = targets.sum(dim=1)
-        if not bool((counts == 1).all()):
-            example = int((counts != 1).nonzero()[0])
-            raise ValueError(
-                f"multilabel=False (cross-entropy) needs one class per image, but example "
-                f"{example} has {int(counts[example])} classes in its multi-hot label; use "
-                "multilabel=True or None for multi-label data"
-            )
-    return targets, bool(multilabel)
-
-
-def _to_device(
-    batch: Any, explainer: Explainer, multilabel: bool | None, where: str
-) -> tuple[Tensor, Tensor, bool]:
-    """Split a batch and return ``(images, targets, multilabel)`` on the explainer's device.
-
-    The images come in the explainer's dtype (float32 unless it was converted).
-
-    Raises:
-        ValueError: For images that are not a finite floating-point batch of the explainer's
-            channels (``where`` names the loader), or invalid labels.
-    """
-    images, targets, is_multi = _checked_batch(
-        batch, explainer.num_classes, multilabel, explainer.in_channels, where
-    )
-    device = next(explainer.parameters()).device
-    dtype = floating_dtype(explainer) or torch.float32
-    return images.to(device=device, dtype=dtype), targets.to(device), is_multi
-
-
-def _checked_batch(
-    batch: Any, num_classes: int, multilabel: bool | None, channels: int, where: str
-) -> tuple[Tensor, Tensor, bool]:
-    """Split ``batch``; return its checked images, multi-hot targets and whether multi-label.
-
-    Raises:
-        ValueError: For images that are not a finite floating-point batch of ``channels``
-            channels, or invalid labels; the message names ``where`` (the loader and batch).
-    """
-    images, labels = split_batch(batch)
-    given = images.shape[1] if isinstance(images, Tensor) and images.dim() == 4 else None
-    if given in (1, 3) and given != channels:  # gray for an RGB explainer, or the reverse
-        raise ValueError(
-            f"the images of {where} have {counted(given, 'channel')}, the explainer takes "
-            f"{channels}: "
-            f"build it for the images the classifier takes (build_backbone(..., "
-            f"in_channels={given}))"
-        )
-    images = check_images(images, name=f"the images of {where}", channels=channels)
-    rows = None
-    if isinstance(labels, Tensor) and labels.dim() > 0:
-        rows = labels.shape[0]
-    elif isinstance(labels, (list, tuple)) and labels:
-        rows = len(labels)
-    if rows is not None and rows != len(images):
-        raise ValueError(
-            f"{where} holds {counted(len(images), 'image')} and {counted(rows, 'label')}: "
-            "give one label (or one multi-hot row) per image"
-        )
-    try:
-        targets, is_multi = _targets(labels, num_classes, multilabel)
-    except ValueError as error:
-        raise ValueError(f"the labels of {where}: {error}") from error
-    return images, targets, is_multi
-
-
 def _check_finite_loss(loss: Tensor, terms: dict[str, Tensor], where: str) -> None:
     """Raise if the loss of a batch is NaN or infinite, naming the terms that are.
 
@@ -431,7 +295,7 @@ def _evaluate(
     with torch.no_grad():
         for index, batch in enumerate(loader):
             where = f"validation batch {index}"
-            images, targets, multi = _to_device(batch, explainer, multilabel, where)
+            images, targets, multi = batch_on_device(batch, explainer, multilabel, where)
             loss, terms = objective(explainer, classifier, images, targets, multi, hp, baseline)
             _check_finite_loss(loss, terms, where)
             total += float(loss) * len(images)
@@ -451,7 +315,7 @@ def _check_validation(
     """
     count = 0
     for index, batch in enumerate(loader):
-        _checked_batch(batch, num_classes, multilabel, channels, f"validation batch {index}")
+        checked_batch(batch, num_classes, multilabel, channels, f"validation batch {index}")
         count += 1
     if count == 0:
         raise ValueError(
@@ -485,52 +349,6 @@ def _check_loop_settings(
         raise ValueError(f"seed must be an integer or None, got {seed!r}")
     if multilabel is not None and not isinstance(multilabel, bool):
         raise ValueError(f"multilabel must be True, False or None, got {multilabel!r}")
-
-
-def _check_loader(loader: Any, name: str) -> None:
-    """Refuse what is not an iterable of batches, saying what to pass instead.
-
-    Raises:
-        TypeError: For hyper-parameters given in the loader's place, a map-style dataset of
-            single examples (not batches), or one ``(images, labels)`` batch given as the
-            loader.
-    """
-    if isinstance(loader, ExplainerHyperparameters):
-        raise TypeError(
-            f"{name} got an ExplainerHyperparameters; pass the hyper-parameters as config=... "
-            "(fit(classifier, train_loader, val_loader, config=...))"
-        )
-    if isinstance(loader, torch.utils.data.Dataset) and not isinstance(
-        loader, torch.utils.data.IterableDataset
-    ):  # a map-style dataset holds examples; an iterable one may stream whole batches
-        raise TypeError(
-            f"{name} is a dataset ({type(loader).__name__}) of single examples; fit reads "
-            "batches: pass torch.utils.data.DataLoader(dataset, batch_size=..., shuffle=True)"
-        )
-    if isinstance(loader, list | tuple) and loader and isinstance(loader[0], Tensor):
-        raise TypeError(
-            f"{name} holds tensors, not batches: to train on one batch (images, labels), "
-            "pass a list of batches, [(images, labels)]"
-        )
-    if not isinstance(loader, Iterable):
-        raise TypeError(
-            f"{name} must be an iterable of batches (a DataLoader, a list of (images, labels) "
-            f"tuples or of dicts), got {type(loader).__name__}"
-        )
-
-
-def _check_reiterable(loader: Iterable[Any], name: str, passes: int) -> None:
-    """Refuse a one-shot iterator (a generator) that fit would have to read ``passes`` times.
-
-    Its second pass would find it used up: an empty epoch, reported after the first epoch has
-    already trained the explainer.
-    """
-    if passes > 1 and isinstance(loader, Iterator):  # not iter(loader): it starts workers
-        raise ValueError(
-            f"{name} is a one-shot iterator ({type(loader).__name__}): fit reads it {passes} "
-            "times (once per epoch, a validation loader once more before training), and it is "
-            "used up after the first; pass a DataLoader or a list of batches"
-        )
 
 
 def _record_image_size(explainer: Explainer, images: Tensor) -> None:
@@ -690,12 +508,12 @@ def fit_explainer(
             f"baseline must be a finite number or a tensor broadcastable to the images, got "
             f"{baseline!r}"
         )
-    _check_loader(train_loader, "train_loader")
-    _check_reiterable(train_loader, "train_loader", epochs)
+    check_loader(train_loader, "train_loader")
+    check_reiterable(train_loader, "train_loader", epochs)
     check_checkpoint_path(checkpoint)
     if val_loader is not None:
-        _check_loader(val_loader, "val_loader")
-        _check_reiterable(val_loader, "val_loader", 2)
+        check_loader(val_loader, "val_loader")
+        check_reiterable(val_loader, "val_loader", 2)
         _check_validation(val_loader, explainer.num_classes, multilabel, explainer.in_channels)
     settings = {
         "baseline": plain_baseline(baseline),
@@ -871,7 +689,7 @@ def _train_epoch(
         if max_steps is not None and step >= max_steps:
             break
         where = f"training batch {step} of epoch {epoch + 1}"
-        images, targets, multi = _to_device(batch, explainer, multilabel, where)
+        images, targets, multi = batch_on_device(batch, explainer, multilabel, where)
         loss, terms = objective(explainer, classifier, images, targets, multi, hp, baseline)
         _check_finite_loss(loss, terms, where)
         optimizer.zero_grad(set_to_none=True)
