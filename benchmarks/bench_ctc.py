@@ -52,6 +52,7 @@ OTHER_DEVICES = dataclasses.replace(
     packed_boxes=0.0,
     host_checks=False,
     sparse_copies=False,
+    native_formula=False,  # the compiled formula is the CPU's own (float32, x86-64 Linux)
 )
 #: The bias-sharing modes, each a row of the table.
 MODES = ("none", "proportional", "reference")

@@ -34,8 +34,11 @@ def check_finite_scores(scores: torch.Tensor, output: torch.Tensor) -> None:
         ValueError: For target outputs that are not finite.
         FloatingPointError: Naming the examples, with what to do.
     """
+    finite_output = torch.isfinite(output.detach())
+    bad = ~torch.isfinite(scores.detach()).all(dim=1) & finite_output
+    if not bool((bad | ~finite_output).any()):  # one host sync where all is well
+        return
     check_finite_target_outputs(output)
-    bad = ~torch.isfinite(scores).all(dim=1) & torch.isfinite(output)
     if bool(bad.any()):
         examples = bad.nonzero().flatten().tolist()
         raise FloatingPointError(
