@@ -40,7 +40,7 @@ demo: $(STAMP)
 test: $(STAMP) $(ZENNIT1_STAMP) chromium
 	$(BIN)/ruff check ctc_plugin tests benchmarks
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
-	CTC_DOCS_SITE=site $(BIN)/python -m pytest -n 2 -q
+	CTC_DOCS_SITE=site $(BIN)/python -m pytest -n 2 --dist worksteal -q
 	CTC_EXPECT_ZENNIT=1.0.0 PYTHONPATH=$(ZENNIT1) $(BIN)/python -m pytest -n 2 -q $(ZENNIT1_TESTS)
 
 test-slow: $(STAMP) $(ZENNIT1_STAMP)

@@ -1,5 +1,6 @@
 """Exported file names sort in index order, whatever the size of the data set."""
 
+import pytest
 import torch
 
 import ctc_plugin.datasets.export as export
@@ -18,6 +19,7 @@ class ManyTinyItems(ShapesDataset):
         }
 
 
+@pytest.mark.slow  # 100,001 items: seconds; the five-digit names below run in make test
 def test_more_than_100000_images_get_names_that_sort_by_index(tmp_path, monkeypatch):
     written = []
     monkeypatch.setattr(export, "_to_png", lambda array, path: written.append(path))
