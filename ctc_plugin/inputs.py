@@ -59,6 +59,7 @@ __all__ = [
     "example_rows",
     "holds_per_example",
     "floating_dtype",
+    "forward_dtype",
     "FUNCTIONAL_DROPOUTS",
     "is_finite_number",
     "is_integer",
@@ -183,6 +184,16 @@ def floating_dtype(model: torch.nn.Module) -> torch.dtype | None:
         if tensor.is_floating_point():
             return tensor.dtype
     return None
+
+
+def forward_dtype(forward_func: Any) -> torch.dtype | None:
+    """The dtype the model behind ``forward_func`` computes in (`floating_dtype`), if known.
+
+    ``None`` where no model can be found behind it (`model_of`) or the model holds no
+    floating-point tensor.
+    """
+    model = model_of(forward_func)
+    return floating_dtype(model) if model is not None else None
 
 
 class TrainingModeError(ValueError):
@@ -358,8 +369,7 @@ def _dtype_mismatch(
     error: RuntimeError, forward_func: Any, inputs: Any
 ) -> DtypeMismatchError | None:
     """The `DtypeMismatchError` that explains ``error``, or ``None`` if the dtypes agree."""
-    model = model_of(forward_func)
-    wanted = floating_dtype(model) if model is not None else None
+    wanted = forward_dtype(forward_func)
     members = inputs if isinstance(inputs, tuple) else (inputs,)
     given = sorted(
         {str(x.dtype) for x in members if isinstance(x, torch.Tensor) and x.is_floating_point()}

@@ -11,7 +11,7 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from tqdm.auto import tqdm
 
-from ctc_plugin.concurrency import holds_model, model_of
+from ctc_plugin.concurrency import holds_model
 from ctc_plugin.ctc.errors import GraphCutError
 from ctc_plugin.ctc.extra_arguments import (
     about_repeated_extras,
@@ -38,7 +38,7 @@ from ctc_plugin.inputs import (
     check_takes_images,
     dtype_mismatch_explained,
     example_rows,
-    floating_dtype,
+    forward_dtype,
     is_integer,
     outside_inference_mode,
 )
@@ -327,10 +327,11 @@ class CTC(Attribution):
         chunk = self._chunk_size(perturbations_per_eval, features.count)
 
         fast = None
-        shortcut = self.bias_sharing == "none" and self._speedups.gradient_shortcut
-        if shortcut and _gradient_rounded(self.forward_func, inputs_tuple):
-            shortcut = False  # the pass of copies computes as the model does
-        if shortcut:
+        if (
+            self.bias_sharing == "none"
+            and self._speedups.gradient_shortcut
+            and not _gradient_rounded(self.forward_func, inputs_tuple)  # else: pass of copies
+        ):
             fast = self._run_gradient_with_progress(
                 inputs_tuple, baselines_tuple, features, extra, target, show_progress
             )
@@ -778,8 +779,7 @@ def _gradient_rounded(forward_func: Any, inputs: tuple[torch.Tensor, ...]) -> bo
     narrow = [x.dtype for x in inputs if x.dtype in (torch.float16, torch.bfloat16)]
     if not narrow:
         return False
-    model = model_of(forward_func)
-    wanted = floating_dtype(model) if model is not None else None
+    wanted = forward_dtype(forward_func)
     return wanted is None or any(torch.finfo(wanted).bits > torch.finfo(d).bits for d in narrow)
 
 

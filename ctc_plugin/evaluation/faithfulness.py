@@ -168,27 +168,24 @@ def _feature_masks(feature_mask: Tensor, n: int, height: int, width: int) -> Ten
     return feature_mask.expand(n, 1, height, width)[:, 0].cpu()
 
 
-def _check_logits(model: nn.Module, images: Tensor) -> None:
-    """Refuse a model whose output is already probabilities where the curve adds a softmax.
+def _score(model: nn.Module, batch: Tensor, target: int, output: str) -> Tensor:
+    """The target's probability (the softmax of the logits) or logit of each image of ``batch``.
 
-    A second softmax of probabilities squeezes every curve towards ``1 / classes``.
+    Raises:
+        ValueError: With ``output="probability"``, for a model whose output is already
+            probabilities: a second softmax would squeeze every curve towards ``1 / classes``.
     """
-    with torch.no_grad():
-        scores = model(images)
-    if isinstance(scores, Tensor) and is_probability_output(scores):
+    logits = model(batch)
+    if output != "probability":
+        return logits[:, target]
+    if is_probability_output(logits):
         raise ValueError(
             "the model's output is already probabilities (its rows are non-negative and sum "
             "to 1), and output='probability' takes the softmax of the model's logits: a "
             "second one would squeeze every curve towards 1 / classes; pass the model "
             "without its final softmax, or output='logit' to read its output as it is"
         )
-
-
-def _score(model: nn.Module, batch: Tensor, target: int, output: str) -> Tensor:
-    logits = model(batch)
-    if output == "probability":
-        return torch.softmax(logits, dim=1)[:, target]
-    return logits[:, target]
+    return torch.softmax(logits, dim=1)[:, target]
 
 
 def perturbation_curve(
@@ -251,8 +248,6 @@ def perturbation_curve(
     steps, batch_size = check_count(steps, "steps"), check_count(batch_size, "batch_size")
     seed = check_count(seed, "seed", least=0)
     labels = model_targets(model, images, targets)
-    if output == "probability":
-        _check_logits(model, images[:batch_size])
     masks = None if feature_mask is None else _feature_masks(feature_mask, n, height, width)
     base = resolve_baseline(baseline, images)
     grid = _pixel_counts(height * width, steps).double() / (height * width)  # the moved area

@@ -144,20 +144,15 @@ def checked_batch(
             f"in_channels={given}))"
         )
     images = check_images(images, name=f"the images of {where}", channels=channels)
-    rows = None
-    if isinstance(labels, Tensor) and labels.dim() > 0:
-        rows = labels.shape[0]
-    elif isinstance(labels, (list, tuple)) and labels:
-        rows = len(labels)
-    if rows is not None and rows != len(images):
-        raise ValueError(
-            f"{where} holds {counted(len(images), 'image')} and {counted(rows, 'label')}: "
-            "give one label (or one multi-hot row) per image"
-        )
     try:
         targets, is_multi = _targets(labels, num_classes, multilabel)
     except ValueError as error:
         raise ValueError(f"the labels of {where}: {error}") from error
+    if len(targets) != len(images):
+        raise ValueError(
+            f"{where} holds {counted(len(images), 'image')} and "
+            f"{counted(len(targets), 'label')}: give one label (or one multi-hot row) per image"
+        )
     return images, targets, is_multi
 
 

@@ -214,7 +214,7 @@ def run_job(
     start = time.perf_counter()
     shards = job.shards()
     store = RunStore(out)
-    if _read_only(store):  # a finished run there is done: nothing to write, nothing written
+    if read_only_folder(store.root):  # a finished run: nothing to write, nothing written
         _check_finished_read_only(job, store, shards)
         total = sum(len(shard.images) for shard in shards)
         return JobResult(store.root, total, len(shards), 0, time.perf_counter() - start)
@@ -254,15 +254,10 @@ def check_start(job: Job, out: str | os.PathLike[str]) -> None:
             shards left.
     """
     store = RunStore(out)
-    if _read_only(store):
+    if read_only_folder(store.root):
         _check_finished_read_only(job, store, job.shards())
         return
     store.check_start(_manifest(job, store), restart_unfinished=True)
-
-
-def _read_only(store: RunStore) -> bool:
-    """Whether ``store``'s folder exists and this process cannot write into it."""
-    return read_only_folder(store.root)
 
 
 def _check_finished_read_only(job: Job, store: RunStore, shards: list[Shard]) -> None:

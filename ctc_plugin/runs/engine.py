@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
 from ctc_plugin.resumable import ConfigMismatchError, JobResult, RunStore, Shard, run_job
 from ctc_plugin.resumable.job import check_start
-from ctc_plugin.runs.plan import RunConfig, digest, plan_shards
+from ctc_plugin.runs.plan import PINNED_FILES, RunConfig, digest, plan_shards
 from ctc_plugin.runs.results import (
     explained_contents,
     image_sha256,
@@ -197,11 +197,7 @@ def _restated_mismatch(
         kept = [d for d in error.differences if d[0] not in ("plan", "shards")]
         error = ConfigMismatchError(Path(out), kept)
         keys = [key for key, _, _ in kept]
-    files = {
-        "weights_sha256": ("weights", "--weights"),
-        "explainer_sha256": ("explainer", "--explainer"),
-        "sam_checkpoint_sha256": ("SAM checkpoint", "--sam-checkpoint"),
-    }
+    files = {f"{name}_sha256": words for name, words in PINNED_FILES.items()}
     if keys and all(key in files for key in keys):
         named = " and ".join(f"the {files[key][0]} file" for key in keys)
         options = " and ".join(files[key][1] for key in keys)

@@ -28,6 +28,14 @@ TARGET_KINDS = ("predicted", "label")
 #: The options that say how images are prepared (``None``: the model's own).
 PREPROCESSING_OPTIONS = ("resize", "crop", "mean", "std")
 
+#: The file options whose content a run pins (as ``<option>_sha256``): what each file is, in
+#: words, and its command-line flag.
+PINNED_FILES = {
+    "weights": ("weights", "--weights"),
+    "explainer": ("explainer", "--explainer"),
+    "sam_checkpoint": ("SAM checkpoint", "--sam-checkpoint"),
+}
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -131,10 +139,9 @@ class RunConfig:
                 "explainer (--explainer) is the file of the explainer method, which is not "
                 "among the methods: add it, or leave the file out"
             )
-        self._pin_file("weights")
-        self._pin_file("explainer")
+        for name in PINNED_FILES:
+            self._pin_file(name)
         self._pin_model_folder()
-        self._pin_file("sam_checkpoint")
         self._check_preprocessing()
 
     def _check_choices(self) -> None:
