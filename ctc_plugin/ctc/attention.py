@@ -103,7 +103,7 @@ def uniform_product(
     Copy ``k`` is the mean, over the signals, of the product with that signal's copy ``k`` and
     every other operand as the full pass has it (the gate copy's value, held fixed): for two,
     ``(a_k b_0 + a_0 b_k) / 2``, as
-    [`GatedPass.signal_product`][ctc_plugin.ctc.rules.GatedPass.signal_product] computes
+    [`GatedPass.signal_product`][ctc_plugin.ctc.gate_rules.GateRules.signal_product] computes
     elementwise. Linear in the copies; the gate copy gets the model's product exactly, and
     where each signal's copies add up to its gate copy, so do the product's.
     """

@@ -65,7 +65,7 @@ class CTC(Attribution):
     feature mask) is scored by a *scaled partial forward pass*: the input restricted to the
     feature is propagated through the model with the gates of the original pass fixed
     (ReLU patterns, max-pooling switches, normalisation statistics, squeeze-excitation
-    scales: see [`ctc_plugin.ctc.operations`][ctc_plugin.ctc.operations]), and every bias is shared
+    scales: see [the table][ctc_plugin.ctc.operation_table]), and every bias is shared
     among the features. The feature's score is the target output of its copy.
 
     The gates come from the unmasked input travelling in the same batch as the masked copies,

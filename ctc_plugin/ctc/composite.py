@@ -14,15 +14,15 @@ module itself then runs on an empty batch so that no work is done twice:
   [`GatedPass.fold_batch_norm`][ctc_plugin.ctc.rules.GatedPass.fold_batch_norm] (eval mode only);
 - [`ReLURule`][ctc_plugin.ctc.composite.ReLURule],
   [`LeakyReLURule`][ctc_plugin.ctc.composite.LeakyReLURule] (also ``PReLU``):
-  [`GatedPass.relu_gate`][ctc_plugin.ctc.rules.GatedPass.relu_gate] and
-  [`GatedPass.leaky_relu_gate`][ctc_plugin.ctc.rules.GatedPass.leaky_relu_gate];
+  [`GatedPass.relu_gate`][ctc_plugin.ctc.gate_rules.GateRules.relu_gate] and
+  [`GatedPass.leaky_relu_gate`][ctc_plugin.ctc.gate_rules.GateRules.leaky_relu_gate];
 - [`RescaleRule`][ctc_plugin.ctc.composite.RescaleRule]: smooth activations (SiLU, GELU, Tanh, ...)
   as rescale gates;
 - [`MaxPoolRule`][ctc_plugin.ctc.composite.MaxPoolRule]:
-  [`GatedPass.max_pool_switches`][ctc_plugin.ctc.rules.GatedPass.max_pool_switches];
+  [`GatedPass.max_pool_switches`][ctc_plugin.ctc.gate_rules.GateRules.max_pool_switches];
 - [`NormRule`][ctc_plugin.ctc.composite.NormRule]: LayerNorm, GroupNorm, InstanceNorm and RMSNorm
   with their statistics as gates
-  ([`GatedPass.layer_norm`][ctc_plugin.ctc.rules.GatedPass.layer_norm] and its siblings).
+  ([`layer_norm`][ctc_plugin.ctc.norm_rules.NormalisationRules.layer_norm] and its siblings).
 
 The hooks only act while a CTC pass runs ([`hooked_pass`][ctc_plugin.ctc.composite.hooked_pass],
 used by [`CTCAttributor`][ctc_plugin.CTCAttributor]) and only on tensors carrying that pass's
@@ -339,7 +339,7 @@ class ReLURule(_GateRule):
     """ReLU: every copy passes where the original pre-activation was positive."""
 
     def gate(self, gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """[`GatedPass.relu_gate`][ctc_plugin.ctc.rules.GatedPass.relu_gate] on a new tensor."""
+        """[`relu_gate`][ctc_plugin.ctc.gate_rules.GateRules.relu_gate] on a new tensor."""
         return gated.relu_gate(x)
 
 
@@ -371,10 +371,11 @@ class NormRule(_GateRule):
     """LayerNorm, GroupNorm, InstanceNorm and RMSNorm: normalisation statistics as gates.
 
     Each copy is centred on its own mean and divided by the gate copy's standard deviation
-    ([`GatedPass.layer_norm`][ctc_plugin.ctc.rules.GatedPass.layer_norm],
-    [`GatedPass.group_norm`][ctc_plugin.ctc.rules.GatedPass.group_norm],
-    [`GatedPass.instance_norm`][ctc_plugin.ctc.rules.GatedPass.instance_norm]); an InstanceNorm with
-    running statistics in eval mode is an affine map like BatchNorm.
+    ([`layer_norm`][ctc_plugin.ctc.norm_rules.NormalisationRules.layer_norm],
+    [`group_norm`][ctc_plugin.ctc.norm_rules.NormalisationRules.group_norm],
+    [`instance_norm`][ctc_plugin.ctc.norm_rules.NormalisationRules.instance_norm] of
+    `GatedPass`); an InstanceNorm with running statistics in eval mode is an affine map like
+    BatchNorm.
     """
 
     def placeholder(self, x: torch.Tensor) -> torch.Tensor:

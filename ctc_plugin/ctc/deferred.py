@@ -6,7 +6,7 @@ gate copy alone (a gate-only tensor, see [`GateMark`][ctc_plugin.ctc.rules.GateM
 a product can be a signal too: CoaT's factorised attention ``q @ (softmax(k)^T v)``, linear
 attention's ``q @ (k^T v)``, bilinear pooling. There its copies follow the uniform rule, as
 elementwise products of two signals do
-([`GatedPass.signal_product`][ctc_plugin.ctc.rules.GatedPass.signal_product]): each factor's
+([`GatedPass.signal_product`][ctc_plugin.ctc.gate_rules.GateRules.signal_product]): each factor's
 copies times the other factors' full-pass values, averaged over the factors. Computing those
 copies for every attention score would cost a vision transformer several per cent for nothing,
 so the product is computed for the gate copy and carries a

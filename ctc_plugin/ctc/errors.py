@@ -14,7 +14,7 @@ class UnsupportedOperationError(RuntimeError):
     statistics, elementwise smooth activations as rescale gates, products with the output of a
     squashing activation). Anything else is refused by name, with the module that called it, instead
     of giving silently wrong numbers. The list of what is supported comes from the operation -> rule
-    table ([`ctc_plugin.ctc.operations`][ctc_plugin.ctc.operations]).
+    table ([`ctc_plugin.ctc.operation_table`][ctc_plugin.ctc.operation_table]).
 
     Attributes:
         operation: The torch function.
@@ -29,7 +29,9 @@ class UnsupportedOperationError(RuntimeError):
     def __init__(
         self, operation: str, reason: str, module: str | None = None, *, at_output: bool = False
     ) -> None:
-        from ctc_plugin.ctc.operations import supported_summary  # the table imports this module
+        from ctc_plugin.ctc.operation_table import (
+            supported_summary,
+        )  # the table imports this module
 
         self.operation = operation
         self.reason = reason

@@ -4,7 +4,8 @@ ReLU and its kin, clamping, max and min (also max pooling), ``where``, softmax a
 their decision (which unit is open, which element wins, which weights) from the gate copy and
 apply it to every copy of the pass. Like [`ctc_plugin.ctc.handlers`][ctc_plugin.ctc.handlers],
 each takes ``(gated_pass, func, args, kwargs)``;
-[`ctc_plugin.ctc.operations`][ctc_plugin.ctc.operations] lists the torch functions each serves.
+the operation -> rule table ([the table][ctc_plugin.ctc.operation_table]) lists
+the torch functions each serves.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def maximum_or_minimum(largest: bool) -> Handler:
     ``torch.maximum(x, torch.zeros_like(x))`` is ``relu``; the constant is a lower (upper)
     bound, a rescale gate of the gate copy as ``clamp(min=c)``. Of two input-dependent
     tensors every copy takes the operand the full image selected
-    ([`GatedPass.switch`][ctc_plugin.ctc.rules.GatedPass.switch]), as
+    ([`GatedPass.switch`][ctc_plugin.ctc.gate_rules.GateRules.switch]), as
     ``torch.stack([a, b], 1).amax(1)`` does.
     """
 
@@ -172,7 +173,7 @@ def where(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Te
 
     The condition is a constant or the full pass's decision (``x > 0``, a gate-only tensor);
     every copy takes its own entries of the operand selected, and a constant operand is a bias
-    where it is taken ([`GatedPass.select`][ctc_plugin.ctc.rules.GatedPass.select]).
+    where it is taken ([`GatedPass.select`][ctc_plugin.ctc.gate_rules.GateRules.select]).
     ``masked_fill(x, mask, v)`` is ``torch.where(mask, v, x)``; in place it is written into
     ``x``. A gate-only operand beside the signal is refused.
     """
@@ -216,7 +217,7 @@ def max_or_min(largest: bool, returns_indices: bool) -> Handler:
     """``amax``/``amin`` and ``max``/``min`` over dims of one example: the full pass's switches.
 
     Every copy takes its entries where the gate copy's maximum (minimum) lies
-    ([`GatedPass.max_switches`][ctc_plugin.ctc.rules.GatedPass.max_switches]), as max
+    ([`GatedPass.max_switches`][ctc_plugin.ctc.gate_rules.GateRules.max_switches]), as max
     pooling's switches. ``torch.max(x, dim)`` returns the gate copy's indices beside the
     values; reading them is refused. Over dim 0 (or every dim) it is refused; ``torch.max(a,
     b)`` of two tensors is ``torch.maximum``.
@@ -287,7 +288,8 @@ def softmax(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.
     """``softmax``: a gate tensor of the full pass (attention probabilities, soft gates).
 
     Its copies would be no linear copies of anything, so it is computed for the gate copy only
-    and may serve as a gate only ([`gate_product`][ctc_plugin.ctc.rules.GatedPass.gate_product]).
+    and may serve as a gate only
+    ([`gate_product`][ctc_plugin.ctc.gate_rules.GateRules.gate_product]).
     """
     return ctx.full_pass_gate(
         args[0], lambda gate: func(gate, *args[1:], **kwargs), operation_name(func)

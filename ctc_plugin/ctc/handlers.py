@@ -3,7 +3,7 @@
 Each handler takes ``(gated_pass, func, args, kwargs)`` for a call whose arguments carry copies of
 the pass, reads the call's arguments the way torch does (by position or keyword), and applies the
 matching rule of [`GatedPass`][ctc_plugin.ctc.rules.GatedPass] (or the operation itself, for
-operations linear in the signal). [`ctc_plugin.ctc.operations`][ctc_plugin.ctc.operations] says
+operations linear in the signal). [The operation -> rule table][ctc_plugin.ctc.operation_table] says
 which torch functions each handler serves; [`CTCMode`][ctc_plugin.ctc.attribution.CTCMode]
 dispatches to them.
 """
@@ -358,7 +358,7 @@ def multiply_or_divide(divide: bool) -> Handler:
     multiplied by the gate copy's value. A product of two gate tensors is itself a gate tensor
     (of the full pass only); a signal times itself is its square (as ``pow``); a product of
     two other signals takes half from each
-    ([`GatedPass.signal_product`][ctc_plugin.ctc.rules.GatedPass.signal_product]). A quotient
+    ([`GatedPass.signal_product`][ctc_plugin.ctc.gate_rules.GateRules.signal_product]). A quotient
     by a signal is nonlinear in it, so the divisor is a gate, as a normalisation's statistic
     is: every copy of the numerator divided by the gate copy's divisor (linear attention's
     normaliser); the quotient of a gate tensor or a constant by a signal is a gate-only tensor

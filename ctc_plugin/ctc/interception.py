@@ -57,14 +57,14 @@ from ctc_plugin.ctc.errors import (
     copies_off_dim_zero,
 )
 from ctc_plugin.ctc.handlers import operation_name
-from ctc_plugin.ctc.operations import (
+from ctc_plugin.ctc.operation_table import (
     EXIT_FUNCTIONS,
     SUMS,
     TEMPLATE_FUNCTIONS,
     ZERO_FACTORIES,
     OperationRule,
-    rule_for,
 )
+from ctc_plugin.ctc.operations import rule_for
 from ctc_plugin.ctc.rules import REFUSED_ATTRIBUTE, BatchDimensionError, GatedPass
 from ctc_plugin.inputs import RANDOM_FUNCTIONS, changes_in_training, training_mode_error
 
@@ -166,7 +166,7 @@ class CTCMode(TorchFunctionMode):
             logits = model(gated_pass.tag(batch))
 
     Every call is looked up in the operation -> rule table
-    ([`ctc_plugin.ctc.operations`][ctc_plugin.ctc.operations]). Gate tensors
+    ([`ctc_plugin.ctc.operation_table`][ctc_plugin.ctc.operation_table]). Gate tensors
     ([`GateMark`][ctc_plugin.ctc.rules.GateMark]) are followed: reshaping a gate tensor, or
     combining it with constants, makes a gate tensor (rows with ``keeps_gate``); any operation on
     gate-only tensors (a softmax) makes a gate-only tensor, and a gate-only tensor met by the signal

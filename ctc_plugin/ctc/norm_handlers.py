@@ -2,11 +2,11 @@
 
 A statistic of the signal (a mean, a variance, a norm, ``x ** p``) is decided by the full input:
 the gate copy's value is the gate and every copy is rescaled by it (the rules'
-[`rescale_gate`][ctc_plugin.ctc.rules.GatedPass.rescale_gate]); the normalisations (LayerNorm,
+[`rescale_gate`][ctc_plugin.ctc.gate_rules.GateRules.rescale_gate]); the normalisations (LayerNorm,
 RMSNorm, GroupNorm, InstanceNorm, ``F.normalize``) divide by such a statistic of the gate copy.
 Like [`ctc_plugin.ctc.handlers`][ctc_plugin.ctc.handlers], each takes
-``(gated_pass, func, args, kwargs)``; [`ctc_plugin.ctc.operations`][ctc_plugin.ctc.operations]
-lists the torch functions each serves.
+``(gated_pass, func, args, kwargs)``; the operation -> rule table
+([the table][ctc_plugin.ctc.operation_table]) lists the torch functions each serves.
 """
 
 from __future__ import annotations

@@ -23,16 +23,16 @@ them*) reads them as LRP for LSTMs does (Arras et al. 2017, the "signal-take-all
   ([`GatedPass.affine`][ctc_plugin.ctc.rules.GatedPass.affine]);
 - the sigmoid gates (the LSTM's ``i``, ``f``, ``o``, the GRU's ``r`` and ``z``) are gates: every
   copy of what they multiply is multiplied by the gate copy's gate value
-  ([`GatedPass.gate_product`][ctc_plugin.ctc.rules.GatedPass.gate_product]); they carry no
+  ([`GatedPass.gate_product`][ctc_plugin.ctc.gate_rules.GateRules.gate_product]); they carry no
   contribution of their own. The GRU's reset gate ``r`` multiplies the hidden part
   ``W_hn h + b_hn`` of the candidate's pre-activation: every copy's ``W_hn h`` times the gate
   copy's ``r``, and ``r * b_hn`` (with ``r * W_hn h_0`` of a constant ``h_0``), a bias times a
   gate, a bias shared with ``b_in``;
 - ``tanh`` (the LSTM's ``g`` and ``tanh(c_t)``, the GRU's ``n``, ``torch.rnn_tanh``) is a
   rescale gate: every copy times ``y / x`` of the gate copy
-  ([`GatedPass.rescale_gate`][ctc_plugin.ctc.rules.GatedPass.rescale_gate]); ``relu``
+  ([`GatedPass.rescale_gate`][ctc_plugin.ctc.gate_rules.GateRules.rescale_gate]); ``relu``
   (``torch.rnn_relu``) is the ReLU gate
-  ([`GatedPass.relu_gate`][ctc_plugin.ctc.rules.GatedPass.relu_gate]);
+  ([`GatedPass.relu_gate`][ctc_plugin.ctc.gate_rules.GateRules.relu_gate]);
 - a gate times a constant initial state (the LSTM's ``f * c_0``, the GRU's ``z * h_0``) is
   input-independent: a bias shared among the copies. Initial states given by the caller as
   constants (or the zeros the modules make without them) are constants; initial states computed

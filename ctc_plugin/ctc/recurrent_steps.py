@@ -16,7 +16,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ctc_plugin.ctc.rules import GatedPass, exact_with_linear_gradient
+from ctc_plugin.ctc.gate_rules import exact_with_linear_gradient
+from ctc_plugin.ctc.rules import GatedPass
 
 
 class Steps:
@@ -193,7 +194,7 @@ class TensorSteps(Steps):
         """Every copy times ``y / x`` of the gate copy (0 where its ``x`` is 0).
 
         The gate copy gets its exact ``y``, as
-        [`rescale_gate`][ctc_plugin.ctc.rules.GatedPass.rescale_gate] gives it.
+        [`rescale_gate`][ctc_plugin.ctc.gate_rules.GateRules.rescale_gate] gives it.
         """
         original = _gate_copy(x).detach()
         y = activation(original)

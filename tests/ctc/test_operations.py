@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ctc_plugin.ctc.errors import UnsupportedOperationError
-from ctc_plugin.ctc.operations import KINDS, ROWS, rule_for, rules_table_markdown
+from ctc_plugin.ctc.operation_table import KINDS, ROWS, rules_table_markdown
+from ctc_plugin.ctc.operations import rule_for
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

@@ -2,10 +2,10 @@
 
 The rescale gate multiplies every copy by ``y / x`` of the gate copy; the gate copy itself gets
 ``y = tanh(x)``, not ``x * (y / x)``, which rounds differently (the rule
-[`rescale_gate`][ctc_plugin.ctc.rules.GatedPass.rescale_gate] does the same). So the gate copy of
-a recurrent layer computes the model's own step, and one direction at a time the tensor steps
-agree with the rules to the bit. Checked in float32, where ``x * (y / x)`` differs from ``y`` in
-many elements, with and without autograd (the ``"none"`` gradient path).
+[`rescale_gate`][ctc_plugin.ctc.gate_rules.GateRules.rescale_gate] does the same). So the gate
+copy of a recurrent layer computes the model's own step, and one direction at a time the tensor
+steps agree with the rules to the bit. Checked in float32, where ``x * (y / x)`` differs from
+``y`` in many elements, with and without autograd (the ``"none"`` gradient path).
 """
 
 from __future__ import annotations
