@@ -27,7 +27,7 @@ from zennit.canonizers import (
     NamedMergeBatchNorm,
     SequentialMergeBatchNorm,
 )
-from zennit.core import Composite
+from zennit.core import Composite, Hook
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.concurrency import exclusive
@@ -156,39 +156,55 @@ def check_canonizers(composite: Composite) -> None:
 
     A ``MixedComposite`` joins the canonizers of its composites, so
     ``MixedComposite([CTCComposite(canonizers=[ResNetCanonizer()]),
-    EpsilonPlusFlat(canonizers=[ResNetCanonizer()])])`` merges every BatchNorm twice; Zennit
-    cannot undo that (its ``remove`` fails halfway and leaves hooks and merged weights on the
-    model). A subclass counts as its base (``PositiveEpsMergeBatchNorm`` beside Zennit's
-    ``SequentialMergeBatchNorm`` merges twice too). Classes in
-    [`TARGETED_CANONIZERS`][ctc_plugin.canonizers.TARGETED_CANONIZERS] themselves may repeat;
-    their subclasses (``ResNetBasicBlockCanonizer``) may not.
+    EpsilonPlusFlat(canonizers=[ResNetCanonizer()])])`` merges every BatchNorm twice, and so does
+    ``canonizers=[ResNetCanonizer(), SequentialMergeBatchNorm()]`` (``ResNetCanonizer`` holds a
+    ``SequentialMergeBatchNorm``); Zennit cannot undo that (its ``remove`` fails halfway and
+    leaves hooks and merged weights on the model). A subclass counts as its base
+    (``PositiveEpsMergeBatchNorm`` beside Zennit's ``SequentialMergeBatchNorm`` merges twice too).
+    Classes in [`TARGETED_CANONIZERS`][ctc_plugin.canonizers.TARGETED_CANONIZERS] themselves may
+    repeat; their subclasses (``ResNetBasicBlockCanonizer``) may not.
 
     Raises:
-        ValueError: Naming the canonizer class applied twice and what to do.
+        ValueError: Naming the canonizer class applied twice, what holds each, and what to do.
     """
-    seen: list[type] = []
-    for canonizer in _flat_canonizers(getattr(composite, "canonizers", None) or ()):
+    seen: list[tuple[type, str]] = []
+    for canonizer, given in _flat_canonizers(getattr(composite, "canonizers", None) or ()):
         kind = type(canonizer)
         if kind in TARGETED_CANONIZERS:
             continue
-        twin = next((s for s in seen if issubclass(kind, s) or issubclass(s, kind)), None)
-        if twin is not None:
-            name = kind.__name__ if twin is kind else f"{kind.__name__} and {twin.__name__}"
-            raise ValueError(
-                f"the composite applies {name} twice (a MixedComposite joins the canonizers of "
-                "its composites): Zennit would canonize the model twice and could not undo it; "
-                "give the canonizers to one of the composites, or to the MixedComposite itself"
-            )
-        seen.append(kind)
+        twin = next((s for s in seen if issubclass(kind, s[0]) or issubclass(s[0], kind)), None)
+        if twin is None:
+            seen.append((kind, given))
+            continue
+        name = kind.__name__ if twin[0] is kind else f"{kind.__name__} and {twin[0].__name__}"
+        where = f"two {given}" if given == twin[1] else f"{twin[1]} and {given}"
+        joined = (
+            " (a MixedComposite joins the canonizers of its composites)"
+            if getattr(composite, "composites", None)
+            else ""
+        )
+        raise ValueError(
+            f"the composite applies {name} twice, from {where}{joined}: Zennit would canonize "
+            "the model twice and could not undo it; give each canonizer once (ResNetCanonizer "
+            "and VGGCanonizer hold a SequentialMergeBatchNorm already)"
+            + (", to one of the composites or to the MixedComposite itself" if joined else "")
+        )
 
 
-def _flat_canonizers(canonizers: Iterator[Canonizer] | tuple | list) -> Iterator[Canonizer]:
-    """Every canonizer of ``canonizers``, those inside a ``CompositeCanonizer`` too."""
+def _flat_canonizers(
+    canonizers: Iterator[Canonizer] | tuple | list, given: str | None = None
+) -> Iterator[tuple[Canonizer, str]]:
+    """Every canonizer of ``canonizers`` (inside a ``CompositeCanonizer`` too) and its holder.
+
+    The holder is the class name of the canonizer given that holds it (its own, for one given
+    as it is).
+    """
     for canonizer in canonizers:
+        holder = given or type(canonizer).__name__
         if isinstance(canonizer, CompositeCanonizer):
-            yield from _flat_canonizers(canonizer.canonizers)
+            yield from _flat_canonizers(canonizer.canonizers, holder)
         else:
-            yield canonizer
+            yield canonizer, holder
 
 
 def held_composites(composite: Any) -> Iterator[Any]:
@@ -249,3 +265,28 @@ def composite_registered(composite: Composite, model: nn.Module) -> Iterator[Com
         yield composite
     finally:
         composite.remove()
+
+
+def holds_a_composite(model: nn.Module) -> bool:
+    """Whether a Zennit composite is registered on ``model``.
+
+    Its rules are forward hooks bound to Zennit ``Hook`` objects; its attribute canonizers
+    (``ResNetCanonizer``) set a module's ``forward`` on the instance, which a composite of
+    canonizers alone leaves as its only trace (a ``forward`` set there by other code, such as
+    an offloading library's, is not one).
+    """
+    for module in model.modules():
+        if _canonizer_forward(vars(module).get("forward")):
+            return True
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for hook in list(hooks.values()):
+                if isinstance(getattr(hook, "__self__", None), Hook):
+                    return True
+    return False
+
+
+def _canonizer_forward(forward: Any) -> bool:
+    """Whether an instance's ``forward`` was set by a canonizer of Zennit's or of this package."""
+    function = getattr(forward, "__func__", forward)
+    module = getattr(function, "__module__", None) or ""
+    return module.partition(".")[0] in ("zennit", "ctc_plugin")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import types
 
 import pytest
 import torch
@@ -10,10 +11,16 @@ import torchvision
 from torch import nn
 from zennit.canonizers import NamedMergeBatchNorm, SequentialMergeBatchNorm
 from zennit.composites import EpsilonPlusFlat, MixedComposite
+from zennit.core import Composite
 from zennit.torchvision import ResNetCanonizer
 
 from ctc_plugin import CTCAttributor, CTCComposite
-from ctc_plugin.canonizers import TINY_EPS, PositiveEpsMergeBatchNorm, check_canonizers
+from ctc_plugin.canonizers import (
+    TINY_EPS,
+    PositiveEpsMergeBatchNorm,
+    check_canonizers,
+    holds_a_composite,
+)
 from ctc_plugin.features import GridSegmenter
 from ctc_plugin.features.relevance import zennit_relevance
 from tests.ctc.test_composite import version_of_imported_zennit
@@ -226,3 +233,40 @@ def test_a_subclass_of_a_canonizer_beside_it_is_the_same_canonizer_twice():
     ):
         CTCAttributor(model, composite, feature_mask=GridSegmenter(2)(torch.rand(1, 3, 32, 32)))
     assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
+
+
+@pytest.mark.parametrize("use", ["context", "attributor"])
+def test_a_canonizer_held_by_another_given_beside_it_is_refused_by_name(use):
+    """``ResNetCanonizer`` holds a ``SequentialMergeBatchNorm``: given both, a bare composite's
+    ``context`` merged every BatchNorm twice and left 204 hooks (zennit 0.5) or ``eps = 0``
+    (zennit 1.0) on the model; the message blamed a MixedComposite that was not there."""
+    model, state = _resnet_and_state()
+    composite = CTCComposite(canonizers=[ResNetCanonizer(), SequentialMergeBatchNorm()])
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError) as raised:
+        if use == "context":
+            with composite.context(model):
+                model(x)
+        else:
+            CTCAttributor(model, composite, feature_mask=GridSegmenter(2)(x))
+    message = str(raised.value)
+    assert "from ResNetCanonizer and SequentialMergeBatchNorm" in message
+    assert "MixedComposite" not in message
+    assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert all(m.eps == 1e-5 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_holds_a_composite_sees_canonizers_and_rules_not_a_forward_set_by_other_code():
+    model, _ = _resnet_and_state()
+    assert not holds_a_composite(model)
+    model.layer1.forward = types.MethodType(lambda self, x: x, model.layer1)  # an offloader's
+    assert not holds_a_composite(model)
+    del model.layer1.forward
+    for composite in (
+        Composite(module_map=lambda ctx, name, module: None, canonizers=[ResNetCanonizer()]),
+        EpsilonPlusFlat(),
+    ):
+        with composite.context(model):
+            assert holds_a_composite(model)
+        assert not holds_a_composite(model)

@@ -17,9 +17,14 @@ from typing import Any
 
 import torch
 from zennit.attribution import Attributor
-from zennit.core import Composite, Hook
+from zennit.core import Composite
 
-from ctc_plugin.canonizers import batch_norms_valid, check_canonizers, tensors_restored
+from ctc_plugin.canonizers import (
+    batch_norms_valid,
+    check_canonizers,
+    holds_a_composite,
+    tensors_restored,
+)
 from ctc_plugin.concurrency import PerThread, exclusive
 from ctc_plugin.ctc.attribution import CTC
 from ctc_plugin.ctc.composite import (
@@ -48,23 +53,6 @@ AttrOutput = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 _OPEN_BLOCKS: weakref.WeakKeyDictionary[torch.nn.Module, list[CTCAttributor]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-def _holds_a_composite(model: torch.nn.Module) -> bool:
-    """Whether a Zennit composite is registered on ``model``.
-
-    Its rules are forward hooks bound to Zennit ``Hook`` objects; its attribute canonizers
-    (``ResNetCanonizer``) set a module's ``forward`` on the instance, which a composite of
-    canonizers alone leaves as its only trace.
-    """
-    for module in model.modules():
-        if "forward" in vars(module):
-            return True
-        for hooks in (module._forward_pre_hooks, module._forward_hooks):
-            for hook in list(hooks.values()):
-                if isinstance(getattr(hook, "__self__", None), Hook):
-                    return True
-    return False
 
 
 class CTCAttributor(Attributor):
@@ -289,7 +277,7 @@ class CTCAttributor(Attributor):
                     "hooks would stack and Zennit's canonizers cannot be taken off one another); "
                     "end that block first, or call that attributor"
                 )
-        if not self.composite.handles and _holds_a_composite(self.model):
+        if not self.composite.handles and holds_a_composite(self.model):
             raise RuntimeError(
                 "a Zennit composite is registered on this model (a `with composite.context("
                 "model)` block or a Zennit attributor's `with` block is open): two composites "

@@ -59,14 +59,21 @@ from zennit.core import Hook, RemovableHandleList
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.canonizers import (
     RegisteredTensors,
+    check_canonizers,
     held_composites,
+    holds_a_composite,
     registered_tensors,
     restore_tensors,
 )
 from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
 from ctc_plugin.ctc.gate_handlers import prelu_slope
 from ctc_plugin.ctc.handlers import refuse_batch_statistics
-from ctc_plugin.ctc.interception import CTCMode, operation_name
+from ctc_plugin.ctc.interception import (
+    CTCMode,
+    operation_name,
+    running_module,
+    running_module_object,
+)
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharingMode, check_mode
 
@@ -565,12 +572,16 @@ class CTCComposite(LayerMapComposite):
             are left to the guard too.
         canonizers: Zennit canonizers applied before the hooks are registered; `remove` (the
             end of ``composite.context(model)``) puts the model's own parameters and buffers
-            back.
+            back. Inside a ``MixedComposite``, the ``MixedComposite``'s own ``context`` is
+            Zennit's, which zennit 1.0 ends with the merged BatchNorms' zero biases still
+            registered; a [`CTCAttributor`][ctc_plugin.CTCAttributor] puts the model's tensors
+            back whatever composite it holds.
 
     Raises:
         ValueError: An unknown ``bias_sharing``.
         TypeError: A tensor where ``bias_sharing`` goes (a feature mask: give it to the
-            attributor).
+            attributor), or a ``layer_map`` entry that is no ``(module types, rule)`` pair (a
+            canonizer given second: ``canonizers=`` is the third argument).
     """
 
     #: Its rules give no gradient relevance (they act only in `CTCAttributor`'s pass): read by
@@ -591,6 +602,7 @@ class CTCComposite(LayerMapComposite):
                 "attr_output, feature_mask=mask)"
             )
         check_mode(bias_sharing)
+        _check_layer_map(layer_map)
         self.bias_sharing = bias_sharing
         #: The model, its tensors before and after registration (`register`), or ``None``.
         self._own_tensors: tuple[nn.Module, RegisteredTensors, RegisteredTensors] | None = None
@@ -610,8 +622,23 @@ class CTCComposite(LayerMapComposite):
         registration keeps the new one. A registration that fails halfway (a canonizer that
         raises) removes what it registered before the exception leaves, since
         ``with composite.context(model)`` never reaches its end then.
+
+        Raises:
+            ValueError: The canonizers apply one canonizer twice
+                ([`check_canonizers`][ctc_plugin.canonizers.check_canonizers]).
+            RuntimeError: Another composite is registered on the model (an open ``with``
+                block of its): the two would stack their hooks, and Zennit cannot take their
+                canonizers off one another. Nothing is registered.
         """
         self.remove()
+        check_canonizers(self)
+        if holds_a_composite(module):
+            raise RuntimeError(
+                "a Zennit composite is registered on this model already (another composite's "
+                "`with composite.context(model)` or attributor's `with` block is open): two "
+                "composites on one model would stack their hooks, and Zennit cannot take their "
+                "canonizers off one another; end that block first"
+            )
         saved = registered_tensors(module)
         try:
             super().register(module)
@@ -642,6 +669,29 @@ class CTCComposite(LayerMapComposite):
         if isinstance(hook, CTCHook) and not has_standard_forward(module):
             return None
         return hook
+
+
+def _check_layer_map(layer_map: Any) -> None:
+    """Refuse a ``layer_map`` that is no sequence of ``(module types, Zennit hook)`` pairs.
+
+    Raises:
+        TypeError: Naming the entry, and the keyword for canonizers (the third argument, easily
+            given second).
+    """
+    if layer_map is None:
+        return
+    for entry in layer_map:
+        if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], Hook):
+            continue
+        hint = (
+            ": it is a canonizer; give canonizers by keyword, CTCComposite(canonizers=[...])"
+            if isinstance(entry, Canonizer)
+            else ""
+        )
+        raise TypeError(
+            "layer_map takes (module types, Zennit rule) pairs, such as "
+            f"((torch.nn.Conv2d,), zennit.rules.Epsilon()); got {type(entry).__name__}{hint}"
+        )
 
 
 def find_ctc_composites(composite: Any) -> list[CTCComposite]:
@@ -730,17 +780,42 @@ class GuardMode(CTCMode):
         try:
             return super().__torch_function__(func, types, args, kwargs)
         except _Refused as refusal:
+            module = running_module_object()
+            rule = _other_rule(module)
+            if rule is not None:
+                reason = (
+                    f"{refusal}, and its module has the Zennit rule {type(rule).__name__} (from "
+                    "the composite's layer_map or a composite before it), which does not act in "
+                    "a CTC pass. Use CTCAttributor(..., functional='intercept'), which applies "
+                    "the CTC rule to it, or leave the module to the CTC rules"
+                )
+            else:
+                reason = (
+                    f"{refusal} and it runs outside every module with a CTC hook. Use "
+                    "CTCAttributor(..., functional='intercept') or the Captum entry point "
+                    "ctc_plugin.CTC, which route functional calls to the CTC rules, or, where "
+                    "a module of the composite computes the same, replace the call by that "
+                    "module (a canonizer such as zennit.torchvision.ResNetCanonizer, or nn.ReLU "
+                    "instead of F.relu; modules without a CTC hook, such as nn.LSTM, need "
+                    "'intercept')"
+                )
             raise UnsupportedOperationError(
-                operation_name(func),
-                f"{refusal} and it runs outside every module with a CTC hook. Use "
-                "CTCAttributor(..., functional='intercept') or the Captum entry point "
-                "ctc_plugin.CTC, which route functional calls to the CTC rules, or, where a "
-                "module of the composite computes the same, replace the call by that module (a "
-                "canonizer such as zennit.torchvision.ResNetCanonizer, or nn.ReLU instead of "
-                "F.relu; modules without a CTC hook, such as nn.LSTM, need 'intercept')",
+                operation_name(func), reason, running_module(self.model)
             ) from None
         finally:
             self.gated_pass = self.state.gated
+
+
+def _other_rule(module: nn.Module | None) -> Hook | None:
+    """A Zennit rule other than CTC's registered on ``module`` (its first), or ``None``."""
+    if module is None:
+        return None
+    for hooks in (module._forward_pre_hooks, module._forward_hooks):
+        for hook in hooks.values():
+            owner = getattr(hook, "__self__", None)
+            if isinstance(owner, Hook) and not isinstance(owner, CTCHook):
+                return owner
+    return None
 
 
 @contextmanager

@@ -77,6 +77,7 @@ __all__ = [
     "copies_off_dim_zero",
     "operation_name",
     "running_module",
+    "running_module_object",
 ]
 
 
@@ -747,14 +748,20 @@ def running_module(model: Any = None) -> str | None:
         model: The model the pass runs (or a bound method of it); module paths are relative to
             it. Without one, only the module's type is named.
     """
+    return module_name(model, running_module_object())
 
-    def callers() -> Iterator[FrameType]:
-        frame = sys._getframe(2)
-        while frame is not None:
-            yield frame
-            frame = frame.f_back
 
-    return module_in_frames(model, callers())
+def running_module_object() -> nn.Module | None:
+    """The innermost module whose code is running (read off the stack), or ``None``."""
+    return module_of_frames(_callers())
+
+
+def _callers() -> Iterator[FrameType]:
+    """The frames of the stack, innermost first (from the caller of this one's caller)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
 
 
 def module_in_frames(model: Any, frames: Iterable[FrameType]) -> str | None:
@@ -763,16 +770,31 @@ def module_in_frames(model: Any, frames: Iterable[FrameType]) -> str | None:
     See [`running_module`][ctc_plugin.ctc.interception.running_module]; this one reads any
     frames, such as those of an exception's traceback.
     """
-    root = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
-    names = {id(m): name for name, m in root.named_modules()} if isinstance(root, nn.Module) else {}
+    return module_name(model, module_of_frames(frames))
+
+
+def module_of_frames(frames: Iterable[FrameType]) -> nn.Module | None:
+    """The first module whose code (a method of it) runs in ``frames``, or ``None``."""
     for frame in frames:
         code = frame.f_code
         if code.co_argcount and code.co_varnames[0] == "self":
             owner = frame.f_locals.get("self")
             if isinstance(owner, nn.Module):
-                kind = type(owner).__name__
-                name = names.get(id(owner))
-                if name is None:
-                    return f"a {kind} module"
-                return f"{name} ({kind})" if name else f"the model ({kind})"
+                return owner
     return None
+
+
+def module_name(model: Any, module: nn.Module | None) -> str | None:
+    """``module`` as ``"path (Type)"`` within ``model`` (a module or a bound method of one).
+
+    ``"a Type module"`` where it is not in ``model``; ``None`` for no module.
+    """
+    if module is None:
+        return None
+    root = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
+    kind = type(module).__name__
+    if isinstance(root, nn.Module):
+        for name, candidate in root.named_modules():
+            if candidate is module:
+                return f"{name} ({kind})" if name else f"the model ({kind})"
+    return f"a {kind} module"

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm
 from zennit.composites import COMPOSITES, EpsilonPlusFlat, MixedComposite
+from zennit.rules import Epsilon
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
 from ctc_plugin.ctc.attribution import CTC
@@ -762,3 +763,59 @@ def test_an_attributor_inside_another_composites_context_is_refused(outer) -> No
     assert hook_counts(model) == hooks
     torch.testing.assert_close(model(x), output)
     attributor(x, torch.eye(5)[[2]])  # outside the block
+
+
+@pytest.mark.parametrize("outer", ["context", "attributor"])
+def test_a_second_composites_context_inside_an_open_block_is_refused(outer) -> None:
+    """``with d.context(model)`` inside another CTCComposite's context (or an attributor's
+    ``with``) stacked the hooks; with ``ResNetCanonizer`` its end deleted the outer ``forward``
+    and left 204 hooks and changed ``state_dict`` keys on a ResNet-18 for good."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    x = torch.rand(1, 3, 32, 32)
+    before, output, hooks = _registered_tensors(model), model(x), hook_counts(model)
+    first = CTCComposite(canonizers=[ResNetCanonizer()])
+    second = CTCComposite(canonizers=[ResNetCanonizer()])
+    block = (
+        first.context(model)
+        if outer == "context"
+        else CTCAttributor(model, first, feature_mask=grid_mask(32, 4))
+    )
+    with block:
+        registered = hook_counts(model)
+        with pytest.raises(RuntimeError, match="a Zennit composite is registered on this model"):
+            with second.context(model):
+                pass
+        assert hook_counts(model) == registered  # the refusal registered nothing
+        with first.context(model):  # the same composite again: fine
+            pass
+    _assert_same_tensors(before, _registered_tensors(model))
+    assert hook_counts(model) == hooks and torch.equal(model(x), output)
+    with second.context(model):  # once the first block has ended
+        pass
+    assert hook_counts(model) == hooks
+
+
+def test_a_canonizer_given_where_the_layer_map_goes_is_refused_at_construction() -> None:
+    """``CTCComposite("proportional", [SequentialMergeBatchNorm()])`` was accepted and failed in
+    Zennit's ``register`` with "cannot unpack non-iterable SequentialMergeBatchNorm object"."""
+    with pytest.raises(TypeError, match="it is a canonizer; give canonizers by keyword"):
+        CTCComposite("proportional", [SequentialMergeBatchNorm()])
+    with pytest.raises(TypeError, match=r"layer_map takes \(module types, Zennit rule\) pairs"):
+        CTCComposite(layer_map=[(nn.Conv2d, Epsilon(), "extra")])
+    CTCComposite(layer_map=[((nn.Conv2d,), Epsilon())])
+
+
+def test_functional_raise_names_the_module_a_zennit_rule_of_the_layer_map_took() -> None:
+    """The refusal said the convolution ran "outside every module with a CTC hook" and advised
+    replacing the call by a module: it is a module's, which the user's layer_map gave Epsilon."""
+    model = module_net()
+    composite = CTCComposite(layer_map=[((nn.Conv2d,), Epsilon())])
+    attributor = CTCAttributor(model, composite, feature_mask=grid_mask(8, 2), functional="raise")
+    x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(UnsupportedOperationError) as raised:
+        attributor(x, one_hot(1, 3))
+    message = str(raised.value)
+    assert "conv2d in 0 (Conv2d)" in message
+    assert "the Zennit rule Epsilon" in message and "outside every module" not in message
+    assert raised.value.module == "0 (Conv2d)"
