@@ -39,6 +39,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.utils.parametrizations import _SpectralNorm
 from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
+from torchvision.ops import StochasticDepth
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.concurrency import model_of
@@ -530,19 +531,37 @@ def check_takes_images(forward_func: Callable[..., Any]) -> None:
 def changes_in_training(module: torch.nn.Module) -> bool:
     """Whether ``module`` runs in training mode and would then change itself or be random.
 
-    BatchNorm, dropout (``p > 0``; ``p = 0`` is the identity), InstanceNorm with running
-    statistics, recurrent layers (LSTM, GRU, RNN) with dropout between their layers, and
-    spectral normalisation (its power iteration updates its vectors:
+    BatchNorm, dropout (``p > 0``; ``p = 0`` is the identity), stochastic depth (torchvision's
+    ``StochasticDepth``, timm's and Hugging Face's ``DropPath`` classes, with a nonzero rate),
+    InstanceNorm with running statistics, recurrent layers (LSTM, GRU, RNN) with dropout between
+    their layers, and spectral normalisation (its power iteration updates its vectors:
     ``parametrizations.spectral_norm`` or the older hook form).
     """
     stateful = (
         isinstance(module, (*BATCH_NORM_TYPES, _SpectralNorm))
         or (isinstance(module, _DropoutNd) and module.p > 0)  # p = 0: the identity
+        or _drops_paths(module)
         or (isinstance(module, _InstanceNorm) and module.track_running_stats)
         or (isinstance(module, torch.nn.RNNBase) and module.dropout > 0 and module.num_layers > 1)
         or any(isinstance(hook, SpectralNormHook) for hook in module._forward_pre_hooks.values())
     )
     return module.training and stateful
+
+
+def _drops_paths(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is stochastic depth with a nonzero rate (random in training mode).
+
+    torchvision's ``StochasticDepth`` (``p``), and the ``DropPath`` classes of timm and of
+    Hugging Face's models (``ConvNextDropPath``, ``SwinDropPath``, ...: ``drop_prob``), read by
+    name since neither library is a dependency.
+    """
+    if isinstance(module, StochasticDepth):
+        rate = module.p
+    elif type(module).__name__.endswith("DropPath"):
+        rate = getattr(module, "drop_prob", None)
+    else:
+        return False
+    return isinstance(rate, numbers.Real) and rate > 0
 
 
 def training_mode_error(module: torch.nn.Module, name: str) -> TrainingModeError:
