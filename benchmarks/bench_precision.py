@@ -13,6 +13,10 @@ can move a value across a step; the other modes are linear in the rounding.
 A second table does the same within float32 for what changes the roundings of the model's own
 arithmetic: the copies in chunks of 4 (``perturbations_per_eval=4``) against one pass, and the
 first image explained alone against in the batch of two.
+
+A third table shows how well the model conditions the scores, in float64: how far they move when
+the images are multiplied by ``1 + 1e-12`` (a change far below any image format's resolution),
+relative to the largest score. Where it is large, the float64 scores carry that much noise too.
 """
 
 from __future__ import annotations
@@ -79,6 +83,14 @@ def main() -> None:
             chunked = f"{relative(scores.scores, one):24.1e}"
         alone = ctc.attribute(x32[:1], target, feature_mask=mask, return_feature_scores=True)[1]
         print(f"        {mode:14s} {chunked:>24s} {relative(alone.scores, one[:1]):18.1e}")
+    print(f"\nfloat64 {'mode':14s} {'images x (1 + 1e-12)':>24s}")
+    for mode in ("proportional", "reference", "none"):
+        ctc = CTC(model64, bias_sharing=mode)
+        exact = ctc.attribute(x, target, feature_mask=mask, return_feature_scores=True)[1].scores
+        moved = ctc.attribute(
+            x * (1 + 1e-12), target, feature_mask=mask, return_feature_scores=True
+        )[1].scores
+        print(f"        {mode:14s} {relative(moved, exact):24.1e}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from ctc_plugin import __version__
@@ -99,9 +101,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     through ``SystemExit(0)``, as argparse does.
     """
     parser = build_parser()
+    shown = argparse.Namespace(prog=parser.prog)  # the command that warnings name
+    with _one_line_warnings(lambda: shown.prog):
+        return _run(parser, argv, shown)
+
+
+@contextmanager
+def _one_line_warnings(prog: Callable[[], str]) -> Iterator[None]:
+    """Show each warning as one line, ``ctc-plugin COMMAND: warning: MESSAGE``, in the block.
+
+    Python's own form names a file and line of the package and repeats its source line, which
+    means nothing to a command's user. Only how a shown warning reads changes: filters, and
+    code that records warnings (``pytest.warns``), see them as before.
+    """
+    previous = warnings.formatwarning
+
+    def one_line(message: Any, category: Any, filename: str, lineno: int, line: Any = None) -> str:
+        return f"{prog()}: warning: {' '.join(str(message).split())}\n"
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
+def _run(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, shown: argparse.Namespace
+) -> int:
+    """Parse ``argv`` and run its command (``main`` but for the warnings' form).
+
+    ``shown.prog`` is set to the command's name once it is known.
+    """
     args = argparse.Namespace(prog=parser.prog)
     try:
         args, extra = parser.parse_known_args(argv)
+        shown.prog = args.prog
         if not getattr(args, "func", None):
             commands = ", ".join(_command_names(parser))
             raise UsageError(

@@ -43,10 +43,10 @@ def os_error_text(error: OSError, name_file: bool = True) -> str:
 
 
 def add_threads_option(parser: argparse.ArgumentParser, default: int | None, text: str) -> None:
-    """Add ``--threads N`` (torch CPU threads, 1 or more) to ``parser``; ``None`` keeps torch's."""
-    from ctc_plugin.commands.arguments import positive_int
+    """Add ``--threads N`` (torch CPU threads, 1 to 1024) to ``parser``; ``None`` keeps torch's."""
+    from ctc_plugin.commands.arguments import thread_count
 
-    parser.add_argument("--threads", type=positive_int, default=default, help=text)
+    parser.add_argument("--threads", type=thread_count, default=default, help=text)
 
 
 def add_ray_options(parser: argparse.ArgumentParser, workers: str) -> None:

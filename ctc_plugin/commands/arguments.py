@@ -72,8 +72,13 @@ def real(
     return parse
 
 
-#: Counts, sizes, epochs, threads: 1 or more.
+#: Counts, sizes, epochs: 1 or more.
 positive_int = integer(1)
+#: The most CPU threads ``--threads`` takes: far more than any machine's cores (torch crashes
+#: starting some hundred thousand).
+MAX_THREADS = 1024
+#: ``--threads``: 1 to `MAX_THREADS`.
+thread_count = integer(1, MAX_THREADS)
 #: Counts that may be zero.
 non_negative_int = integer(0)
 #: Random seeds: 0 to 2**32 - 1.

@@ -332,8 +332,9 @@ def explainer_for(
     if loaded.family is None:
         raise CLIError(
             f"{option} explainer: {loaded.name} has no shipped Explainer (they belong to the "
-            "zoo models: --model resnet, vgg-composite, ...); train one for it with ctc-plugin "
-            "explainer train or the ctc_plugin.Explainer API and give its file with "
+            "zoo models: --model resnet, vgg-composite, ...); train one for it in Python "
+            "(ctc_plugin.Explainer(backbone, classes).fit(model, ...), then .save(FILE); "
+            "`ctc-plugin explainer train` trains for the zoo's models only) and give its file with "
             "--explainer FILE, or choose other methods"
         )
     from ctc_plugin import zoo

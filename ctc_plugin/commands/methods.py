@@ -13,6 +13,7 @@ command line is parsed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,10 @@ METHODS: dict[str, str] = {
     "model): a mask in one pass",
     "feature-ablation": "Captum FeatureAblation: each segment replaced by 0 (black)",
     "lime": "Captum Lime over the same segments (seeded: the same run gives the same scores)",
-    "gradcam": "Grad-CAM (Captum LayerGradCam) on the last convolutional feature map",
+    "gradcam": (
+        "Grad-CAM (Captum LayerGradCam) on the last convolutional feature map with more than "
+        "one position (the title names it)"
+    ),
 }
 
 #: Methods whose scores are their own per-segment scores (the others: map means per segment).
@@ -145,14 +149,35 @@ def _integrative_cam(request: Request) -> tuple[str, Tensor]:
 
 
 def _explainer(request: Request) -> tuple[str, Tensor]:
-    from ctc_plugin.explainer.attribution import ExplainerAttribution
+    """The Explainer's masks, with a warning in the command's terms for another classifier.
+
+    An explainer trained for other weights is said in terms of ``--explainer`` (the Python
+    warning names ``Explainer.fit`` and ``check_classifier``).
+    """
+    from ctc_plugin.explainer.attribution import ClassifierMismatchWarning, ExplainerAttribution
 
     if request.explainer is None:  # the command loads it; a direct call must pass one
         raise MethodError("the explainer method needs a trained Explainer")
     explainer = request.explainer.to(request.pixels.device)
-    maps = ExplainerAttribution(request.model, explainer).attribute(
-        request.pixels, target=request.target
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ClassifierMismatchWarning)
+        maps = ExplainerAttribution(request.model, explainer).attribute(
+            request.pixels, target=request.target
+        )
+    for warning in caught:
+        if issubclass(warning.category, ClassifierMismatchWarning):
+            warnings.warn(
+                "the --explainer file was trained for a classifier with other weights: its "
+                "masks show what that classifier uses, not this model; give the file trained "
+                "for these weights (ctc-plugin explainer train makes one for a zoo model, "
+                "ctc_plugin.Explainer.fit in Python for your own)",
+                ClassifierMismatchWarning,
+                stacklevel=2,
+            )
+        else:  # shown as it would have been
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     return "Explainer", maps[:, :1]
 
 

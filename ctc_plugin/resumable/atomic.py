@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -266,7 +267,7 @@ def folder_lock(folder: Path, exclusive: bool) -> Iterator[None]:
 
 
 @contextmanager
-def claim(path: Path, wait: bool) -> Iterator[bool]:
+def claim(path: Path, wait: bool, remove: bool = False) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on the file ``path`` (created when missing) within the block.
 
     Yields whether this process holds it: with ``wait=False`` the block runs at once and gets
@@ -275,24 +276,49 @@ def claim(path: Path, wait: bool) -> Iterator[bool]:
     [`folder_lock`][ctc_plugin.resumable.atomic.folder_lock], the system drops the lock when
     its holder dies. Where files cannot be locked, every claim is held (``True``): processes
     then do the same work side by side, as they would without claims.
+
+    With ``remove``, a holder deletes the file at the end of its block, before it lets go: a
+    claim that got the lock of a file deleted meanwhile (it waited on it, or opened it just
+    before) sees that ``path`` is another file or none, and claims ``path`` anew, so that two
+    processes never both hold it.
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not a POSIX system
         yield True
         return
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            held = True
-        except BlockingIOError:  # another holder, and wait=False
-            held = False
-        except OSError:  # pragma: no cover - a file system that cannot lock
-            held = True
-        yield held
-    finally:
-        os.close(descriptor)  # lets go of the lock
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:  # another holder, and wait=False
+                yield False
+                return
+            except OSError:  # pragma: no cover - a file system that cannot lock
+                yield True
+                return
+            if not _names_file(path, descriptor):  # deleted by its last holder: claim anew
+                continue
+            try:
+                yield True
+            finally:
+                if remove:
+                    with contextlib.suppress(OSError):  # read-only storage: the file stays
+                        path.unlink(missing_ok=True)
+            return
+        finally:
+            os.close(descriptor)  # lets go of the lock
+
+
+def _names_file(path: Path, descriptor: int) -> bool:
+    """Whether ``path`` names the file open as ``descriptor`` (not deleted or replaced)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

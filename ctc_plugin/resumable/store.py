@@ -174,7 +174,7 @@ class RunStore:
     def _computing(self) -> bool:
         """Whether a process holds a shard's claim now: it is computing that shard."""
         for path in sorted(self.shards.glob(".claim-*")):
-            with claim(path, wait=False) as held:
+            with claim(path, wait=False, remove=True) as held:  # a killed holder's is removed
                 if not held:
                     return True
         return False
@@ -277,16 +277,12 @@ class RunStore:
         (or its process died). Once the claim is held, check
         [`is_finished`][ctc_plugin.resumable.store.RunStore.is_finished]. The claim is the lock
         of ``shards/.claim-<name>`` (see [`claim`][ctc_plugin.resumable.atomic.claim]), removed
-        once the shard is finished.
+        by its holder when the block ends, the shard finished or not (an interrupted run
+        leaves none behind).
         """
         self.shards.mkdir(parents=True, exist_ok=True)
-        path = self.shards / f".claim-{name}"
-        with claim(path, wait) as held:
-            try:
-                yield held
-            finally:
-                if held and self.is_finished(name):  # a later claim finds it finished anyway
-                    path.unlink(missing_ok=True)
+        with claim(self.shards / f".claim-{name}", wait, remove=True) as held:
+            yield held
 
     def write_shard(self, name: str, table: pa.Table, arrays: dict[str, np.ndarray]) -> None:
         """Write one finished shard: the arrays first, the table last, each atomically.

@@ -13,6 +13,7 @@ from ctc_plugin.commands.arguments import (
     add_preprocessing_options,
     positive_int,
     run_folder,
+    thread_count,
 )
 from ctc_plugin.commands.explain_setup import (
     add_method_options,
@@ -95,7 +96,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=positive_int,
+        type=thread_count,
         default=1,
         help="torch CPU threads per shard; results repeat bit for bit on the same count (1)",
     )

@@ -161,6 +161,8 @@ def test_methods_that_do_not_fit_the_model_are_one_line(photos, resnet18_file, t
     err = capsys.readouterr().err
     assert "--method explainer: resnet18 has no shipped Explainer" in err
     assert "give its file with --explainer FILE" in err
+    # `explainer train` takes zoo families only: the way for your own model is Python's
+    assert "train one for it in Python" in err and "trains for the zoo's models only" in err
     assert main(["explain", "--model", "vit", "--method", "gradcam", *out]) == 2
     assert "--method gradcam:" in capsys.readouterr().err
     assert not (tmp_path / "f.png").exists()

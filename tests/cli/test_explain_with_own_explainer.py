@@ -9,6 +9,7 @@ so resuming with another explainer under the same path is refused.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -111,3 +112,28 @@ def test_an_image_of_another_size_than_the_files_explainer_is_refused_with_the_s
     err = capsys.readouterr().err
     assert f"the Explainer was trained on {SIZE}x{SIZE} images" in err
     assert f"--resize {SIZE} --crop {SIZE}" in err and "shipped" not in err
+
+
+def test_an_explainer_of_other_weights_is_one_warning_line_in_the_commands_terms(
+    setting, tmp_path, capsys
+):
+    """The Python warning reached stderr with a source line of the package and advice only
+    Python can follow (``check_classifier=False``)."""
+    photos, _, explainer = setting
+    explainer.record_classifier(tiny_classifier(seed=9).eval())  # trained for other weights
+    path = explainer.save(tmp_path / "other.pt")
+    argv = ["explain", str(photos / "a.png"), *_options(path), "--out", str(tmp_path / "f.png")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        # shown as Python shows a warning (pytest records them instead): through formatwarning
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: (
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+        )
+        assert main(argv) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert lines == [
+        "ctc-plugin explain: warning: the --explainer file was trained for a classifier with "
+        "other weights: its masks show what that classifier uses, not this model; give the file "
+        "trained for these weights (ctc-plugin explainer train makes one for a zoo model, "
+        "ctc_plugin.Explainer.fit in Python for your own)"
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 from ctc_plugin.cli import main
 from ctc_plugin.commands import torch_threads
@@ -39,6 +40,19 @@ def test_every_training_and_benchmark_command_checks_threads(command, tmp_path, 
     err = capsys.readouterr().err
     assert "argument --threads: must be at least 1, got 0" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # refused before any work
+    # torch crashed the process (a segfault) on 100000 threads
+    assert main([*command, "--threads", "100000", "--out", str(tmp_path / "out")]) == 2
+    assert "argument --threads: must be at most 1024, got 100000" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["explain", "explain-dataset"])
+def test_the_explaining_commands_refuse_more_threads_than_any_machine_has(
+    command, capsys, tmp_path
+):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert main([command, str(image), "--threads", "100000"]) == 2
+    assert "argument --threads: must be at most 1024, got 100000" in capsys.readouterr().err
 
 
 def test_explainer_train_runs_on_threads_records_them_and_restores_the_count(tmp_path):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from ctc_plugin.resumable import ConfigMismatchError, RunStore
+from ctc_plugin.resumable import ConfigMismatchError, RunStore, atomic
 
 
 def _opened(tmp_path, config=None, **options):
@@ -72,17 +74,47 @@ def test_reading_a_run_with_no_finished_shard_says_so(tmp_path):
         store.read_table()
 
 
-def test_a_claim_stays_until_its_shard_is_finished(tmp_path):
+def test_a_claim_is_removed_when_its_block_ends_finished_or_not(tmp_path):
+    """A run stopped by Ctrl-C or an unreadable image left ``shards/.claim-<name>`` behind."""
     store = _opened(tmp_path)
     claim = store.shards / ".claim-shard-00000"
-    with store.claim("shard-00000", wait=False) as held:
-        assert held
-    assert claim.exists()  # a failed shard: the next claimant locks the same file
+    with pytest.raises(KeyboardInterrupt):
+        with store.claim("shard-00000", wait=False) as held:
+            assert held and claim.exists()
+            raise KeyboardInterrupt
+    assert not claim.exists()
     with store.claim("shard-00000", wait=False) as held:
         assert held
         store.write_shard("shard-00000", pa.table({"a": [1]}), {})
     assert not claim.exists()
     assert store.finished() == ["shard-00000"]
+
+
+def test_a_claim_that_waited_on_a_removed_file_claims_the_path_anew(tmp_path):
+    """The holder removes the claim's file as it lets go: a claim waiting on that file gets a
+    deleted file's lock, and must not hold the claim beside one that locks the new file."""
+    path = tmp_path / ".claim-x"
+    waiting, holding, done = threading.Event(), threading.Event(), threading.Event()
+
+    def wait_for_it():
+        waiting.set()
+        with atomic.claim(path, wait=True, remove=True) as held:
+            assert held
+            holding.set()
+            done.wait(10)
+
+    with atomic.claim(path, wait=False, remove=True) as first:
+        assert first
+        thread = threading.Thread(target=wait_for_it)
+        thread.start()
+        waiting.wait(10)
+        time.sleep(0.2)  # the thread has opened the file and waits on its lock
+    assert holding.wait(10)
+    with atomic.claim(path, wait=False, remove=True) as third:
+        assert not third  # the waiting thread holds the claim of the path
+    done.set()
+    thread.join(10)
+    assert not path.exists()
 
 
 def test_the_plan_is_written_on_every_start_and_cleared_with_an_unfinished_run(tmp_path):
