@@ -289,4 +289,4 @@ def _canonizer_forward(forward: Any) -> bool:
     """Whether an instance's ``forward`` was set by a canonizer of Zennit's or of this package."""
     function = getattr(forward, "__func__", forward)
     module = getattr(function, "__module__", None) or ""
-    return module.partition(".")[0] in ("zennit", "ctc_plugin")
+    return module.partition(".")[0] in ("zennit", __name__.partition(".")[0])

@@ -136,7 +136,7 @@ def _run(
     args = argparse.Namespace(prog=parser.prog)
     try:
         args, extra = parser.parse_known_args(argv)
-        shown.prog = args.prog
+        shown.prog = getattr(args, "prog", parser.prog)  # no command: the parser's
         if not getattr(args, "func", None):
             commands = ", ".join(_command_names(parser))
             raise UsageError(

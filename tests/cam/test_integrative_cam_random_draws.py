@@ -33,7 +33,7 @@ def test_stochastic_depth_in_training_mode_is_refused_and_the_model_left_as_it_w
     model = _Net(StochasticDepth(0.5, "row")).eval()
     model.drop.train()
     x = torch.rand(2, 3, 8, 8)
-    with pytest.raises(TrainingModeError, match="draws random numbers"):
+    with pytest.raises(TrainingModeError, match="StochasticDepth 'drop' is in training mode"):
         IntegrativeCAM(model).attribute(x, 1)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     model.drop.eval()

@@ -408,7 +408,8 @@ def test_zennit_with_functional_raise_refuses_the_lstm_by_name_and_restores_the_
         logits = model(x)
     one_hot = torch.eye(3, dtype=x.dtype)[[1] * x.shape[0]]
     composite = CTCComposite(bias_sharing="proportional")
-    with pytest.raises(UnsupportedOperationError, match=r"through torch\.lstm: .* it runs outside "
+    with pytest.raises(UnsupportedOperationError, match=r"through torch\.lstm in .*\(LSTM\): "
+                       r".* it runs outside "
                        r"every module with a CTC hook\. Use CTCAttributor\(\.\.\., "
                        r"functional='intercept'\)"):  # fmt: skip
         with CTCAttributor(model, composite, feature_mask=mask, functional="raise") as zennit:
