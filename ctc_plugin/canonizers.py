@@ -167,7 +167,14 @@ def check_canonizers(composite: Composite) -> None:
     Raises:
         ValueError: Naming the canonizer class applied twice, what holds each, and what to do.
     """
-    seen: list[tuple[type, str]] = []
+    # the composite that holds each canonizer given (the innermost: a MixedComposite's own
+    # list repeats its composites')
+    holder = {
+        id(given): inner
+        for inner in held_composites(composite)
+        for given in getattr(inner, "canonizers", None) or ()
+    }
+    seen: list[tuple[type, Canonizer]] = []
     for canonizer, given in _flat_canonizers(getattr(composite, "canonizers", None) or ()):
         kind = type(canonizer)
         if kind in TARGETED_CANONIZERS:
@@ -177,30 +184,28 @@ def check_canonizers(composite: Composite) -> None:
             seen.append((kind, given))
             continue
         name = kind.__name__ if twin[0] is kind else f"{kind.__name__} and {twin[0].__name__}"
-        where = f"two {given}" if given == twin[1] else f"{twin[1]} and {given}"
-        joined = (
-            " (a MixedComposite joins the canonizers of its composites)"
-            if getattr(composite, "composites", None)
-            else ""
-        )
+        first, second = type(twin[1]).__name__, type(given).__name__
+        where = f"two {first}" if first == second else f"{first} and {second}"
+        joined = holder.get(id(given)) is not holder.get(id(twin[1]))
         raise ValueError(
-            f"the composite applies {name} twice, from {where}{joined}: Zennit would canonize "
-            "the model twice and could not undo it; give each canonizer once (ResNetCanonizer "
-            "and VGGCanonizer hold a SequentialMergeBatchNorm already)"
+            f"the composite applies {name} twice, from {where}"
+            + (" (a MixedComposite joins the canonizers of its composites)" if joined else "")
+            + ": Zennit would canonize the model twice and could not undo it; give each "
+            "canonizer once (ResNetCanonizer and VGGCanonizer hold a SequentialMergeBatchNorm "
+            "already)"
             + (", to one of the composites or to the MixedComposite itself" if joined else "")
         )
 
 
 def _flat_canonizers(
-    canonizers: Iterator[Canonizer] | tuple | list, given: str | None = None
-) -> Iterator[tuple[Canonizer, str]]:
+    canonizers: Iterator[Canonizer] | tuple | list, given: Canonizer | None = None
+) -> Iterator[tuple[Canonizer, Canonizer]]:
     """Every canonizer of ``canonizers`` (inside a ``CompositeCanonizer`` too) and its holder.
 
-    The holder is the class name of the canonizer given that holds it (its own, for one given
-    as it is).
+    The holder is the canonizer given that holds it (itself, for one given as it is).
     """
     for canonizer in canonizers:
-        holder = given or type(canonizer).__name__
+        holder = given or canonizer
         if isinstance(canonizer, CompositeCanonizer):
             yield from _flat_canonizers(canonizer.canonizers, holder)
         else:
@@ -267,16 +272,17 @@ def composite_registered(composite: Composite, model: nn.Module) -> Iterator[Com
         composite.remove()
 
 
-def holds_a_composite(model: nn.Module) -> bool:
-    """Whether a Zennit composite is registered on ``model``.
+def holds_a_composite(model: nn.Module, canonizers: bool = True) -> bool:
+    """Whether a Zennit composite (or a canonizer) is registered on ``model``.
 
-    Its rules are forward hooks bound to Zennit ``Hook`` objects; its attribute canonizers
-    (``ResNetCanonizer``) set a module's ``forward`` on the instance, which a composite of
-    canonizers alone leaves as its only trace (a ``forward`` set there by other code, such as
-    an offloading library's, is not one).
+    A composite's rules are forward hooks bound to Zennit ``Hook`` objects. Attribute canonizers
+    (``ResNetCanonizer``, or a user's ``AttributeCanonizer``) set a module's ``forward`` on the
+    instance, a method of the canonizer's class, which a composite of canonizers alone (or a
+    canonizer applied by hand) leaves as its only trace; a ``forward`` set there by other code,
+    such as an offloading library's, is not one. ``canonizers=False`` looks for the rules only.
     """
     for module in model.modules():
-        if _canonizer_forward(vars(module).get("forward")):
+        if canonizers and _canonizer_forward(vars(module).get("forward")):
             return True
         for hooks in (module._forward_pre_hooks, module._forward_hooks):
             for hook in list(hooks.values()):
@@ -286,7 +292,8 @@ def holds_a_composite(model: nn.Module) -> bool:
 
 
 def _canonizer_forward(forward: Any) -> bool:
-    """Whether an instance's ``forward`` was set by a canonizer of Zennit's or of this package."""
+    """Whether an instance's ``forward`` is a method of a Zennit ``Canonizer`` class."""
     function = getattr(forward, "__func__", forward)
-    module = getattr(function, "__module__", None) or ""
-    return module.partition(".")[0] in ("zennit", __name__.partition(".")[0])
+    qualname = getattr(function, "__qualname__", "")
+    owner = getattr(function, "__globals__", {}).get(qualname.partition(".")[0])
+    return isinstance(owner, type) and issubclass(owner, Canonizer)

@@ -31,8 +31,9 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -101,42 +102,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     through ``SystemExit(0)``, as argparse does.
     """
     parser = build_parser()
-    shown = argparse.Namespace(prog=parser.prog)  # the command that warnings name
-    with _one_line_warnings(lambda: shown.prog):
-        return _run(parser, argv, shown)
+    with _one_line_warnings(parser.prog):
+        return _run(parser, argv)
+
+
+#: The command each thread's `main` runs, which its warnings name (see `_one_line_warnings`).
+_COMMAND = threading.local()
+#: How many `main` calls show one-line warnings now, and the form they replaced.
+_ONE_LINE_USERS = {"count": 0, "previous": warnings.formatwarning}
+_ONE_LINE_LOCK = threading.Lock()
 
 
 @contextmanager
-def _one_line_warnings(prog: Callable[[], str]) -> Iterator[None]:
-    """Show each warning as one line, ``ctc-plugin COMMAND: warning: MESSAGE``, in the block.
+def _one_line_warnings(prog: str) -> Iterator[None]:
+    """Show this thread's warnings as one line in the block: ``PROG: warning: MESSAGE (Kind)``.
 
     Python's own form names a file and line of the package and repeats its source line, which
-    means nothing to a command's user. Only how a shown warning reads changes: filters, and
-    code that records warnings (``pytest.warns``), see them as before.
+    means nothing to a command's user; the warning's class stays, for ``-W`` and
+    ``PYTHONWARNINGS``. Only how a shown warning reads changes: filters, and code that records
+    warnings (``pytest.warns``), see them as before. Other threads' warnings keep the form they
+    had; ``main`` in several threads at once puts it back when the last one ends.
     """
-    previous = warnings.formatwarning
-
-    def one_line(message: Any, category: Any, filename: str, lineno: int, line: Any = None) -> str:
-        return f"{prog()}: warning: {' '.join(str(message).split())}\n"
-
-    warnings.formatwarning = one_line
+    _COMMAND.prog = prog
+    with _ONE_LINE_LOCK:
+        if _ONE_LINE_USERS["count"] == 0:
+            _ONE_LINE_USERS["previous"] = warnings.formatwarning
+            warnings.formatwarning = _one_line
+        _ONE_LINE_USERS["count"] += 1
     try:
         yield
     finally:
-        warnings.formatwarning = previous
+        _COMMAND.prog = None
+        with _ONE_LINE_LOCK:
+            _ONE_LINE_USERS["count"] -= 1
+            if _ONE_LINE_USERS["count"] == 0:
+                warnings.formatwarning = _ONE_LINE_USERS["previous"]
 
 
-def _run(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, shown: argparse.Namespace
-) -> int:
-    """Parse ``argv`` and run its command (``main`` but for the warnings' form).
+def _one_line(message: Any, category: Any, filename: str, lineno: int, line: Any = None) -> str:
+    """A warning in the form of `_one_line_warnings`; Python's in a thread outside ``main``."""
+    prog = getattr(_COMMAND, "prog", None)
+    if prog is None:
+        return _ONE_LINE_USERS["previous"](message, category, filename, lineno, line)
+    return f"{prog}: warning: {' '.join(str(message).split())} ({category.__name__})\n"
 
-    ``shown.prog`` is set to the command's name once it is known.
-    """
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and run its command (``main`` but for the warnings' form)."""
     args = argparse.Namespace(prog=parser.prog)
     try:
         args, extra = parser.parse_known_args(argv)
-        shown.prog = getattr(args, "prog", parser.prog)  # no command: the parser's
+        _COMMAND.prog = getattr(args, "prog", parser.prog)  # no command: the parser's
         if not getattr(args, "func", None):
             commands = ", ".join(_command_names(parser))
             raise UsageError(

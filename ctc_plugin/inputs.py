@@ -39,7 +39,6 @@ from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.utils.parametrizations import _SpectralNorm
 from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
-from torchvision.ops import StochasticDepth
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.concurrency import model_of
@@ -425,7 +424,10 @@ def check_images(
 
 
 def check_eval_mode(forward_func: Callable[..., Any]) -> None:
-    """Refuse a model with BatchNorm, dropout or tracked InstanceNorm in training mode.
+    """Refuse a model with a module that `changes_in_training`, in training mode.
+
+    BatchNorm, dropout, stochastic depth, tracked InstanceNorm and the others
+    [`changes_in_training`][ctc_plugin.inputs.changes_in_training] names.
 
     Their forward pass in training mode updates running statistics (the model changes) or is
     random, so an explanation would change the model or not be reproducible. ``forward_func``
@@ -553,11 +555,13 @@ def _drops_paths(module: torch.nn.Module) -> bool:
 
     torchvision's ``StochasticDepth`` (``p``), and the ``DropPath`` classes of timm and of
     Hugging Face's models (``ConvNextDropPath``, ``SwinDropPath``, ...: ``drop_prob``), read by
-    name since neither library is a dependency.
+    name: neither library is a dependency, and importing torchvision's ops here would slow down
+    importing the package.
     """
-    if isinstance(module, StochasticDepth):
-        rate = module.p
-    elif type(module).__name__.endswith("DropPath"):
+    kind = type(module)
+    if kind.__name__ == "StochasticDepth" and kind.__module__.startswith("torchvision."):
+        rate = getattr(module, "p", None)
+    elif kind.__name__.endswith("DropPath"):
         rate = getattr(module, "drop_prob", None)
     else:
         return False

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from zennit.canonizers import NamedMergeBatchNorm, SequentialMergeBatchNorm
+from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm, SequentialMergeBatchNorm
 from zennit.composites import EpsilonPlusFlat, MixedComposite
 from zennit.core import Composite
-from zennit.torchvision import ResNetCanonizer
+from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
 from ctc_plugin import CTCAttributor, CTCComposite
 from ctc_plugin.canonizers import (
@@ -257,12 +257,34 @@ def test_a_canonizer_held_by_another_given_beside_it_is_refused_by_name(use):
     assert all(m.eps == 1e-5 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
+class IdentityBlockCanonizer(AttributeCanonizer):
+    """A user's own attribute canonizer: it sets ``forward`` on the model's first block."""
+
+    def __init__(self) -> None:
+        super().__init__(self._attribute_map)
+
+    @classmethod
+    def _attribute_map(cls, name, module):
+        if name == "layer1.0":
+            return {"forward": types.MethodType(cls.forward, module)}
+        return None
+
+    @staticmethod
+    def forward(self, x):
+        return x
+
+
 def test_holds_a_composite_sees_canonizers_and_rules_not_a_forward_set_by_other_code():
     model, _ = _resnet_and_state()
     assert not holds_a_composite(model)
     model.layer1.forward = types.MethodType(lambda self, x: x, model.layer1)  # an offloader's
     assert not holds_a_composite(model)
     del model.layer1.forward
+    for canonizer in (ResNetCanonizer(), IdentityBlockCanonizer()):
+        handles = canonizer.apply(model)  # by hand, as Zennit's docs show
+        assert holds_a_composite(model) and not holds_a_composite(model, canonizers=False)
+        for handle in handles:
+            handle.remove()
     for composite in (
         Composite(module_map=lambda ctx, name, module: None, canonizers=[ResNetCanonizer()]),
         EpsilonPlusFlat(),
@@ -270,3 +292,39 @@ def test_holds_a_composite_sees_canonizers_and_rules_not_a_forward_set_by_other_
         with composite.context(model):
             assert holds_a_composite(model)
         assert not holds_a_composite(model)
+
+
+def test_a_canonizer_applied_by_hand_takes_a_composite_without_canonizers_only():
+    """``ResNetCanonizer().apply(model)`` then a CTC composite of rules alone is Zennit's own
+    pattern: accepted; a composite that canonizes again is refused, naming the hand."""
+    model, state = _resnet_and_state()
+    x = torch.rand(1, 3, 32, 32)
+    handles = ResNetCanonizer().apply(model)
+    with CTCComposite().context(model):
+        pass
+    CTCAttributor(model, CTCComposite(), feature_mask=GridSegmenter(2)(x))(x, torch.eye(5)[[1]])
+    with pytest.raises(RuntimeError, match="or a canonizer was applied by hand"):
+        with CTCComposite(canonizers=[SequentialMergeBatchNorm()]).context(model):
+            pass
+    for handle in handles:
+        handle.remove()
+    # (zennit 1.0's own canonizer leaves a zero bias registered where there was none)
+    after = model.state_dict()
+    assert all(torch.equal(after[key], value) for key, value in state.items())
+
+
+def test_the_mixed_composite_is_named_only_where_it_joined_the_two():
+    inside_one = MixedComposite(
+        [
+            CTCComposite(canonizers=[ResNetCanonizer(), SequentialMergeBatchNorm()]),
+            EpsilonPlusFlat(),
+        ]
+    )
+    with pytest.raises(ValueError) as raised:
+        check_canonizers(inside_one)
+    assert "MixedComposite" not in str(raised.value)
+    across_two = MixedComposite(
+        [CTCComposite(canonizers=[ResNetCanonizer()]), EpsilonPlusFlat(canonizers=[VGGCanonizer()])]
+    )
+    with pytest.raises(ValueError, match="a MixedComposite joins the canonizers"):
+        check_canonizers(across_two)

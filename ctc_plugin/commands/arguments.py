@@ -23,6 +23,8 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from ctc_plugin.resumable.threads import MAX_THREADS
+
 #: Largest seed: every random generator the commands seed (torch, NumPy) takes 32 bits.
 MAX_SEED = 2**32 - 1
 
@@ -74,10 +76,7 @@ def real(
 
 #: Counts, sizes, epochs: 1 or more.
 positive_int = integer(1)
-#: The most CPU threads ``--threads`` takes: far more than any machine's cores (torch crashes
-#: starting some hundred thousand).
-MAX_THREADS = 1024
-#: ``--threads``: 1 to `MAX_THREADS`.
+#: ``--threads``: 1 to [`MAX_THREADS`][ctc_plugin.resumable.threads.MAX_THREADS].
 thread_count = integer(1, MAX_THREADS)
 #: Counts that may be zero.
 non_negative_int = integer(0)

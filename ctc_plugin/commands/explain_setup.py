@@ -326,9 +326,11 @@ def explainer_for(
         from ctc_plugin.explainer.network import Explainer
 
         try:
-            return Explainer.load(path, classifier=loaded.network).eval()
+            explainer = Explainer.load(path, classifier=loaded.network).eval()
         except (OSError, ValueError) as error:
             raise CLIError(f"argument --explainer: {error}") from error
+        _warn_if_trained_for_other_weights(explainer, loaded)
+        return explainer
     if loaded.family is None:
         raise CLIError(
             f"{option} explainer: {loaded.name} has no shipped Explainer (they belong to the "
@@ -347,6 +349,25 @@ def explainer_for(
             f"--model {loaded.family} --weights {args.weights})"
         )
     return zoo.load_explainer(loaded.family, loaded.split or "shapes")
+
+
+def _warn_if_trained_for_other_weights(explainer: nn.Module, loaded: LoadedModel) -> None:
+    """Warn, once for the command, when ``--explainer``'s file was trained for other weights."""
+    import warnings
+
+    from ctc_plugin.explainer.attribution import ClassifierMismatchWarning
+    from ctc_plugin.module_state import state_digest
+
+    trained_for = explainer.trained_for_digests()
+    if trained_for and state_digest(loaded.network) not in trained_for:
+        warnings.warn(
+            "the --explainer file was trained for a classifier with other weights: its masks "
+            "show what that classifier uses, not this model; give the file trained for these "
+            "weights (ctc-plugin explainer train makes one for a zoo model, "
+            "ctc_plugin.Explainer.fit in Python for your own)",
+            ClassifierMismatchWarning,
+            stacklevel=2,
+        )
 
 
 def explainer_size_refusal(

@@ -13,7 +13,6 @@ command line is parsed.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -149,35 +148,19 @@ def _integrative_cam(request: Request) -> tuple[str, Tensor]:
 
 
 def _explainer(request: Request) -> tuple[str, Tensor]:
-    """The Explainer's masks, with a warning in the command's terms for another classifier.
+    """The Explainer's masks.
 
-    An explainer trained for other weights is said in terms of ``--explainer`` (the Python
-    warning names ``Explainer.fit`` and ``check_classifier``).
+    Whether the explainer was trained for this model's weights is checked once, where the
+    command loads it ([`explainer_for`][ctc_plugin.commands.explain_setup.explainer_for]), in
+    the command's terms, not on every image.
     """
-    from ctc_plugin.explainer.attribution import ClassifierMismatchWarning, ExplainerAttribution
+    from ctc_plugin.explainer.attribution import ExplainerAttribution
 
     if request.explainer is None:  # the command loads it; a direct call must pass one
         raise MethodError("the explainer method needs a trained Explainer")
     explainer = request.explainer.to(request.pixels.device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ClassifierMismatchWarning)
-        maps = ExplainerAttribution(request.model, explainer).attribute(
-            request.pixels, target=request.target
-        )
-    for warning in caught:
-        if issubclass(warning.category, ClassifierMismatchWarning):
-            warnings.warn(
-                "the --explainer file was trained for a classifier with other weights: its "
-                "masks show what that classifier uses, not this model; give the file trained "
-                "for these weights (ctc-plugin explainer train makes one for a zoo model, "
-                "ctc_plugin.Explainer.fit in Python for your own)",
-                ClassifierMismatchWarning,
-                stacklevel=2,
-            )
-        else:  # shown as it would have been
-            warnings.warn_explicit(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
+    attribution = ExplainerAttribution(request.model, explainer, check_classifier=False)
+    maps = attribution.attribute(request.pixels, target=request.target)
     return "Explainer", maps[:, :1]
 
 

@@ -277,7 +277,8 @@ class CTCAttributor(Attributor):
                     "hooks would stack and Zennit's canonizers cannot be taken off one another); "
                     "end that block first, or call that attributor"
                 )
-        if not self.composite.handles and holds_a_composite(self.model):
+        canonizes = bool(getattr(self.composite, "canonizers", None))
+        if not self.composite.handles and holds_a_composite(self.model, canonizers=canonizes):
             raise RuntimeError(
                 "a Zennit composite is registered on this model (a `with composite.context("
                 "model)` block or a Zennit attributor's `with` block is open): two composites "

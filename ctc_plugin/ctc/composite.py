@@ -602,12 +602,12 @@ class CTCComposite(LayerMapComposite):
                 "attr_output, feature_mask=mask)"
             )
         check_mode(bias_sharing)
-        _check_layer_map(layer_map)
+        own_rules = _checked_layer_map(layer_map)
         self.bias_sharing = bias_sharing
         #: The model, its tensors before and after registration (`register`), or ``None``.
         self._own_tensors: tuple[nn.Module, RegisteredTensors, RegisteredTensors] | None = None
         super().__init__(
-            layer_map=[*(layer_map or []), *ctc_layer_map()],
+            layer_map=[*own_rules, *ctc_layer_map()],
             canonizers=list(canonizers) if canonizers is not None else None,
         )
 
@@ -627,17 +627,19 @@ class CTCComposite(LayerMapComposite):
             ValueError: The canonizers apply one canonizer twice
                 ([`check_canonizers`][ctc_plugin.canonizers.check_canonizers]).
             RuntimeError: Another composite is registered on the model (an open ``with``
-                block of its): the two would stack their hooks, and Zennit cannot take their
-                canonizers off one another. Nothing is registered.
+                block of its), or, where this composite has canonizers, a canonizer is applied
+                (also one applied by hand): the two would stack their hooks, and Zennit cannot
+                take their canonizers off one another. Nothing is registered.
         """
         self.remove()
         check_canonizers(self)
-        if holds_a_composite(module):
+        if holds_a_composite(module, canonizers=bool(self.canonizers)):
             raise RuntimeError(
                 "a Zennit composite is registered on this model already (another composite's "
-                "`with composite.context(model)` or attributor's `with` block is open): two "
-                "composites on one model would stack their hooks, and Zennit cannot take their "
-                "canonizers off one another; end that block first"
+                "`with composite.context(model)` or attributor's `with` block is open"
+                + (", or a canonizer was applied by hand" if self.canonizers else "")
+                + "): two composites on one model would stack their hooks, and Zennit cannot "
+                "take their canonizers off one another; end that block first"
             )
         saved = registered_tensors(module)
         try:
@@ -671,17 +673,17 @@ class CTCComposite(LayerMapComposite):
         return hook
 
 
-def _check_layer_map(layer_map: Any) -> None:
-    """Refuse a ``layer_map`` that is no sequence of ``(module types, Zennit hook)`` pairs.
+def _checked_layer_map(layer_map: Any) -> list[Any]:
+    """``layer_map``'s entries as a list (read once: it may be a generator), each checked.
 
     Raises:
-        TypeError: Naming the entry, and the keyword for canonizers (the third argument, easily
-            given second).
+        TypeError: An entry that is no ``(module types, Zennit hook)`` pair (a tuple or list of
+            two), naming it, and the keyword for canonizers (the third argument, easily given
+            second).
     """
-    if layer_map is None:
-        return
-    for entry in layer_map:
-        if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], Hook):
+    entries = list(layer_map or [])
+    for entry in entries:
+        if isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[1], Hook):
             continue
         hint = (
             ": it is a canonizer; give canonizers by keyword, CTCComposite(canonizers=[...])"
@@ -692,6 +694,7 @@ def _check_layer_map(layer_map: Any) -> None:
             "layer_map takes (module types, Zennit rule) pairs, such as "
             f"((torch.nn.Conv2d,), zennit.rules.Epsilon()); got {type(entry).__name__}{hint}"
         )
+    return entries
 
 
 def find_ctc_composites(composite: Any) -> list[CTCComposite]:

@@ -303,7 +303,9 @@ def claim(path: Path, wait: bool, remove: bool = False) -> Iterator[bool]:
             try:
                 yield True
             finally:
-                if remove:
+                # only its own file: another process may have removed it (a takeover clears
+                # a folder's leftovers) and a later claim made the path anew
+                if remove and _names_file(path, descriptor):
                     with contextlib.suppress(OSError):  # read-only storage: the file stays
                         path.unlink(missing_ok=True)
             return

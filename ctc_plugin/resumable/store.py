@@ -133,6 +133,7 @@ class RunStore:
             self._opened = manifest
             self.shards.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.shards)
+            self._claims_held()  # removes those a killed process left
         if plan is not None:
             text = json.dumps(plan, indent=1) + "\n"
             write_atomic(self.root / PLAN, lambda stream: stream.write(text.encode()))
@@ -173,11 +174,19 @@ class RunStore:
 
     def _computing(self) -> bool:
         """Whether a process holds a shard's claim now: it is computing that shard."""
+        return self._claims_held()
+
+    def _claims_held(self) -> bool:
+        """Whether a process holds one of the shards' claims; remove every claim nobody holds.
+
+        A process killed while it held a claim leaves its file (after its shard was written,
+        no later claim would take it); the system let go of its lock, so it is removed here.
+        """
+        held_elsewhere = False
         for path in sorted(self.shards.glob(".claim-*")):
-            with claim(path, wait=False, remove=True) as held:  # a killed holder's is removed
-                if not held:
-                    return True
-        return False
+            with claim(path, wait=False, remove=True) as held:
+                held_elsewhere = held_elsewhere or not held
+        return held_elsewhere
 
     def _check_stored(self, manifest: dict[str, Any]) -> None:
         """Refuse ``manifest`` unless the stored one is the same job's with no difference.
@@ -278,7 +287,7 @@ class RunStore:
         [`is_finished`][ctc_plugin.resumable.store.RunStore.is_finished]. The claim is the lock
         of ``shards/.claim-<name>`` (see [`claim`][ctc_plugin.resumable.atomic.claim]), removed
         by its holder when the block ends, the shard finished or not (an interrupted run
-        leaves none behind).
+        leaves none behind; the next start removes those of a killed one).
         """
         self.shards.mkdir(parents=True, exist_ok=True)
         with claim(self.shards / f".claim-{name}", wait, remove=True) as held:

@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{counted(result.images, 'image')} in {counted(result.shards, 'shard')} "
         f"({result.computed} computed now, "
-        f"{before} finished before) in {result.out}; {result.seconds:.1f} s"
+        f"{before} finished before or by another process) in {result.out}; "
+        f"{result.seconds:.1f} s"
     )
     return 0
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from ctc_plugin import ExplainerAttribution
 from ctc_plugin.cli import main
+from ctc_plugin.explainer.attribution import ClassifierMismatchWarning
 from ctc_plugin.resumable import ConfigMismatchError
 from tests.explainer.helpers import SIZE, tiny_classifier, tiny_explainer
 
@@ -118,22 +119,45 @@ def test_an_explainer_of_other_weights_is_one_warning_line_in_the_commands_terms
     setting, tmp_path, capsys
 ):
     """The Python warning reached stderr with a source line of the package and advice only
-    Python can follow (``check_classifier=False``)."""
-    photos, _, explainer = setting
+    Python can follow (``check_classifier=False``); reworded per image, it came once per image."""
+    photos, right, explainer = setting
     explainer.record_classifier(tiny_classifier(seed=9).eval())  # trained for other weights
-    path = explainer.save(tmp_path / "other.pt")
-    argv = ["explain", str(photos / "a.png"), *_options(path), "--out", str(tmp_path / "f.png")]
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        # shown as Python shows a warning (pytest records them instead): through formatwarning
-        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: (
-            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+    other = explainer.save(tmp_path / "other.pt")
+    expected = (
+        "warning: the --explainer file was trained for a classifier with other weights: its "
+        "masks show what that classifier uses, not this model; give the file trained for these "
+        "weights (ctc-plugin explainer train makes one for a zoo model, ctc_plugin.Explainer.fit "
+        "in Python for your own)"
+    )
+    explain = ["explain", str(photos / "a.png"), "--out", str(tmp_path / "f.png")]
+    dataset = ["explain-dataset", str(photos), "--out", str(tmp_path / "run")]
+    options = [a if a != "--method" else "--methods" for a in _options(other)]
+    original = warnings.formatwarning
+    for argv, prog in (
+        (explain + _options(other), "explain"),
+        (dataset + options, "explain-dataset"),
+    ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            # shown as Python shows a warning (pytest records them instead): through formatwarning
+            warnings.showwarning = lambda message, category, filename, lineno, *rest: (
+                sys.stderr.write(warnings.formatwarning(message, category, filename, lineno))
+            )
+            assert main(argv) == 0
+        lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+        assert lines == [f"ctc-plugin {prog}: {expected} (ClassifierMismatchWarning)"]  # once
+        assert warnings.formatwarning is original  # put back when the command ends
+    with warnings.catch_warnings():  # the file trained for this model's weights: no warning
+        warnings.simplefilter("error", ClassifierMismatchWarning)
+        assert (
+            main(
+                [
+                    "explain",
+                    str(photos / "a.png"),
+                    *_options(right),
+                    "--out",
+                    str(tmp_path / "g.png"),
+                ]
+            )
+            == 0
         )
-        assert main(argv) == 0
-    lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert lines == [
-        "ctc-plugin explain: warning: the --explainer file was trained for a classifier with "
-        "other weights: its masks show what that classifier uses, not this model; give the file "
-        "trained for these weights (ctc-plugin explainer train makes one for a zoo model, "
-        "ctc_plugin.Explainer.fit in Python for your own)"
-    ]

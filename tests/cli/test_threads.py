@@ -23,6 +23,8 @@ def test_torch_threads_sets_the_count_inside_and_restores_it_after():
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="--threads must be at least 1, got 0"), torch_threads(0):
         pass
+    with pytest.raises(ValueError, match="at most 1024, got 100000"), torch_threads(100000):
+        pass  # the Python entry points (RunPlan's threads) too: torch crashed the process
     assert torch.get_num_threads() == before
 
 

@@ -803,7 +803,14 @@ def test_a_canonizer_given_where_the_layer_map_goes_is_refused_at_construction()
         CTCComposite("proportional", [SequentialMergeBatchNorm()])
     with pytest.raises(TypeError, match=r"layer_map takes \(module types, Zennit rule\) pairs"):
         CTCComposite(layer_map=[(nn.Conv2d, Epsilon(), "extra")])
-    CTCComposite(layer_map=[((nn.Conv2d,), Epsilon())])
+    # a generator is read once, and a list pair is a pair (Zennit unpacks both)
+    for layer_map in (
+        (pair for pair in [((nn.Conv2d,), Epsilon())]),
+        [[(nn.Conv2d,), Epsilon()]],
+    ):
+        composite = CTCComposite(layer_map=layer_map)
+        assert isinstance(composite.layer_map[0][1], Epsilon)
+        assert len(composite.layer_map) == len(CTCComposite().layer_map) + 1
 
 
 def test_functional_raise_names_the_module_a_zennit_rule_of_the_layer_map_took() -> None:

@@ -60,7 +60,10 @@ def test_a_finished_run_is_run_again_as_a_no_op_writing_nothing(
     _read_only(monkeypatch, out)
     capsys.readouterr()
     assert main(_argv(photos, out)) == 0, capsys.readouterr().err
-    assert "2 images in 2 shards (0 computed now, 2 finished before)" in capsys.readouterr().out
+    assert (
+        "2 images in 2 shards (0 computed now, 2 finished before or by another process)"
+        in capsys.readouterr().out
+    )
     assert _files(out) == before  # plan.json not rewritten, no claim or temporary file
     assert RunStore(out).read_table().num_rows > 0  # and it reads as before
 

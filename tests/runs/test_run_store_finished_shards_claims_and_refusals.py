@@ -11,6 +11,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -90,6 +91,34 @@ def test_a_claim_is_removed_when_its_block_ends_finished_or_not(tmp_path):
     assert store.finished() == ["shard-00000"]
 
 
+def test_a_start_removes_the_claims_a_killed_process_left(tmp_path):
+    """Killed between writing its shard and ending its claim, a process left the claim's file,
+    which no later claim would take (its shard is finished): the next start removes it, and
+    keeps the claim of a process that computes now."""
+    store = _opened(tmp_path)
+    with store.claim("shard-00000", wait=False) as held:
+        assert held
+        store.write_shard("shard-00000", pa.table({"a": [1]}), {})
+    left = store.shards / ".claim-shard-00000"
+    left.touch()  # as the killed process left it: no lock held on it
+    with store.claim("shard-00001", wait=False) as held:  # another process computes shard 1
+        assert held
+        _opened(tmp_path)  # a start of the same run
+        assert not left.exists() and (store.shards / ".claim-shard-00001").exists()
+
+
+def _until_a_lock_request_waits(timeout: float = 10.0) -> None:
+    """Return once Linux lists a blocked ``flock`` request (``->`` in ``/proc/locks``)."""
+    locks = Path("/proc/locks")
+    if not locks.exists():  # another system: give the thread time to reach the lock
+        time.sleep(0.5)
+        return
+    deadline = time.monotonic() + timeout
+    while "->" not in locks.read_text():
+        assert time.monotonic() < deadline, "the waiting claim never asked for the lock"
+        time.sleep(0.01)
+
+
 def test_a_claim_that_waited_on_a_removed_file_claims_the_path_anew(tmp_path):
     """The holder removes the claim's file as it lets go: a claim waiting on that file gets a
     deleted file's lock, and must not hold the claim beside one that locks the new file."""
@@ -108,7 +137,7 @@ def test_a_claim_that_waited_on_a_removed_file_claims_the_path_anew(tmp_path):
         thread = threading.Thread(target=wait_for_it)
         thread.start()
         waiting.wait(10)
-        time.sleep(0.2)  # the thread has opened the file and waits on its lock
+        _until_a_lock_request_waits()  # the thread has opened the file and waits on its lock
     assert holding.wait(10)
     with atomic.claim(path, wait=False, remove=True) as third:
         assert not third  # the waiting thread holds the claim of the path
