@@ -186,7 +186,11 @@ def check_canonizers(composite: Composite) -> None:
         name = kind.__name__ if twin[0] is kind else f"{kind.__name__} and {twin[0].__name__}"
         first, second = type(twin[1]).__name__, type(given).__name__
         where = f"two {first}" if first == second else f"{first} and {second}"
-        joined = holder.get(id(given)) is not holder.get(id(twin[1]))
+        # joined by a MixedComposite: given to two of its composites (one instance to both, or
+        # one each)
+        joined = bool(getattr(composite, "composites", None)) and (
+            given is twin[1] or holder.get(id(given)) is not holder.get(id(twin[1]))
+        )
         raise ValueError(
             f"the composite applies {name} twice, from {where}"
             + (" (a MixedComposite joins the canonizers of its composites)" if joined else "")
@@ -276,10 +280,12 @@ def holds_a_composite(model: nn.Module, canonizers: bool = True) -> bool:
     """Whether a Zennit composite (or a canonizer) is registered on ``model``.
 
     A composite's rules are forward hooks bound to Zennit ``Hook`` objects. Attribute canonizers
-    (``ResNetCanonizer``, or a user's ``AttributeCanonizer``) set a module's ``forward`` on the
-    instance, a method of the canonizer's class, which a composite of canonizers alone (or a
-    canonizer applied by hand) leaves as its only trace; a ``forward`` set there by other code,
-    such as an offloading library's, is not one. ``canonizers=False`` looks for the rules only.
+    (``ResNetCanonizer``, or a user's ``AttributeCanonizer`` class defined at the top of a
+    module) set a module's ``forward`` on the instance, a method of the canonizer's class, which
+    a composite of canonizers alone (or a canonizer applied by hand) leaves as its only trace;
+    a ``forward`` set there by other code, such as an offloading library's, is not one, and
+    neither is one of a canonizer class defined inside a function (its class cannot be found
+    from the method). ``canonizers=False`` looks for the rules only.
     """
     for module in model.modules():
         if canonizers and _canonizer_forward(vars(module).get("forward")):

@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 #: The command each thread's `main` runs, which its warnings name (see `_one_line_warnings`).
 _COMMAND = threading.local()
 #: How many `main` calls show one-line warnings now, and the form they replaced.
-_ONE_LINE_USERS = {"count": 0, "previous": warnings.formatwarning}
+_ONE_LINE_USERS = {"count": 0, "previous": warnings.formatwarning, "latest": "ctc-plugin"}
 _ONE_LINE_LOCK = threading.Lock()
 
 
@@ -120,19 +120,20 @@ def _one_line_warnings(prog: str) -> Iterator[None]:
     Python's own form names a file and line of the package and repeats its source line, which
     means nothing to a command's user; the warning's class stays, for ``-W`` and
     ``PYTHONWARNINGS``. Only how a shown warning reads changes: filters, and code that records
-    warnings (``pytest.warns``), see them as before. Other threads' warnings keep the form they
-    had; ``main`` in several threads at once puts it back when the last one ends.
+    warnings (``pytest.warns``), see them as before. ``main`` in several threads at once puts
+    Python's form back when the last one ends.
     """
-    _COMMAND.prog = prog
+    outer, _COMMAND.prog = getattr(_COMMAND, "prog", None), prog
     with _ONE_LINE_LOCK:
         if _ONE_LINE_USERS["count"] == 0:
             _ONE_LINE_USERS["previous"] = warnings.formatwarning
             warnings.formatwarning = _one_line
         _ONE_LINE_USERS["count"] += 1
+        _ONE_LINE_USERS["latest"] = prog
     try:
         yield
     finally:
-        _COMMAND.prog = None
+        _COMMAND.prog = outer  # a main called inside another: the outer's again
         with _ONE_LINE_LOCK:
             _ONE_LINE_USERS["count"] -= 1
             if _ONE_LINE_USERS["count"] == 0:
@@ -140,10 +141,11 @@ def _one_line_warnings(prog: str) -> Iterator[None]:
 
 
 def _one_line(message: Any, category: Any, filename: str, lineno: int, line: Any = None) -> str:
-    """A warning in the form of `_one_line_warnings`; Python's in a thread outside ``main``."""
-    prog = getattr(_COMMAND, "prog", None)
-    if prog is None:
-        return _ONE_LINE_USERS["previous"](message, category, filename, lineno, line)
+    """A warning in the form of `_one_line_warnings`.
+
+    A thread that a command started (a pool of workers) names the command that started last.
+    """
+    prog = getattr(_COMMAND, "prog", None) or _ONE_LINE_USERS["latest"]
     return f"{prog}: warning: {' '.join(str(message).split())} ({category.__name__})\n"
 
 

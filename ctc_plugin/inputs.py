@@ -553,15 +553,17 @@ def changes_in_training(module: torch.nn.Module) -> bool:
 def _drops_paths(module: torch.nn.Module) -> bool:
     """Whether ``module`` is stochastic depth with a nonzero rate (random in training mode).
 
-    torchvision's ``StochasticDepth`` (``p``), and the ``DropPath`` classes of timm and of
-    Hugging Face's models (``ConvNextDropPath``, ``SwinDropPath``, ...: ``drop_prob``), read by
-    name: neither library is a dependency, and importing torchvision's ops here would slow down
-    importing the package.
+    torchvision's ``StochasticDepth`` (``p``, subclasses too), and the ``DropPath`` classes of
+    timm and of Hugging Face's models (``ConvNextDropPath``, ``SwinDropPath``, ...:
+    ``drop_prob``), read by name: timm and transformers are no dependencies, and importing
+    torchvision's ops here would slow down importing the package.
     """
-    kind = type(module)
-    if kind.__name__ == "StochasticDepth" and kind.__module__.startswith("torchvision."):
+    if any(
+        kind.__name__ == "StochasticDepth" and kind.__module__.startswith("torchvision.")
+        for kind in type(module).__mro__
+    ):
         rate = getattr(module, "p", None)
-    elif kind.__name__.endswith("DropPath"):
+    elif type(module).__name__.endswith("DropPath"):
         rate = getattr(module, "drop_prob", None)
     else:
         return False

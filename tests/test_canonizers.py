@@ -328,3 +328,10 @@ def test_the_mixed_composite_is_named_only_where_it_joined_the_two():
     )
     with pytest.raises(ValueError, match="a MixedComposite joins the canonizers"):
         check_canonizers(across_two)
+    shared = ResNetCanonizer()  # one instance given to two composites
+    with pytest.raises(ValueError, match="a MixedComposite joins the canonizers"):
+        check_canonizers(
+            MixedComposite(
+                [CTCComposite(canonizers=[shared]), EpsilonPlusFlat(canonizers=[shared])]
+            )
+        )

@@ -238,7 +238,7 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     preprocessing = preprocessing_for(args, loaded)
     images = [_prepare(preprocessing, path) for path in paths]  # every file read first
     segmenter = make_segmenter(args)
-    explainer = explainer_for(loaded, args)
+    explainer = explainer_for(loaded, args, preprocessing=preprocessing)
     model = preprocessing.wrap(loaded.network).to(device).eval()
     # every image classified (its size, its target checked) and segmented before any method runs
     explained = [

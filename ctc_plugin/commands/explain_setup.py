@@ -303,12 +303,17 @@ def segment_pixels(segmenter, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def explainer_for(
-    loaded: LoadedModel, args: argparse.Namespace, option: str = "--method"
+    loaded: LoadedModel,
+    args: argparse.Namespace,
+    option: str = "--method",
+    preprocessing: ImagePreprocessing | None = None,
 ) -> nn.Module | None:
     """The Explainer that ``option`` (``--method``) asks for, or ``None`` where it asks for none.
 
     The file of ``--explainer``, loaded for this model (a class-specific explainer takes its
-    architecture), or else the one shipped with a zoo model.
+    architecture), or else the one shipped with a zoo model. A file trained for other weights
+    than the model's (the network, or the network behind ``preprocessing``'s normalisation, as
+    the command runs it) is warned about here, once for the command.
 
     Raises:
         CLIError: ``--explainer`` without the explainer method, a file that is no explainer
@@ -329,7 +334,7 @@ def explainer_for(
             explainer = Explainer.load(path, classifier=loaded.network).eval()
         except (OSError, ValueError) as error:
             raise CLIError(f"argument --explainer: {error}") from error
-        _warn_if_trained_for_other_weights(explainer, loaded)
+        _warn_if_trained_for_other_weights(explainer, loaded.network, preprocessing)
         return explainer
     if loaded.family is None:
         raise CLIError(
@@ -351,15 +356,25 @@ def explainer_for(
     return zoo.load_explainer(loaded.family, loaded.split or "shapes")
 
 
-def _warn_if_trained_for_other_weights(explainer: nn.Module, loaded: LoadedModel) -> None:
-    """Warn, once for the command, when ``--explainer``'s file was trained for other weights."""
+def _warn_if_trained_for_other_weights(
+    explainer: nn.Module, network: nn.Module, preprocessing: ImagePreprocessing | None
+) -> None:
+    """Warn when ``--explainer``'s file was trained for neither ``network`` nor it normalised.
+
+    ``Explainer.fit`` records the classifier it was given: the network itself, or the network
+    behind the normalisation (``preprocessing.wrap``), which takes images as the command gives
+    them; either is this model.
+    """
     import warnings
 
     from ctc_plugin.explainer.attribution import ClassifierMismatchWarning
     from ctc_plugin.module_state import state_digest
 
     trained_for = explainer.trained_for_digests()
-    if trained_for and state_digest(loaded.network) not in trained_for:
+    if not trained_for:
+        return
+    models = [network] + ([preprocessing.wrap(network)] if preprocessing is not None else [])
+    if not any(state_digest(model) in trained_for for model in models):
         warnings.warn(
             "the --explainer file was trained for a classifier with other weights: its masks "
             "show what that classifier uses, not this model; give the file trained for these "

@@ -25,6 +25,7 @@ a run in the middle of a shard.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -133,7 +134,8 @@ class RunStore:
             self._opened = manifest
             self.shards.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.shards)
-            self._claims_held()  # removes those a killed process left
+            with contextlib.suppress(OSError):  # claims this user may not lock: kept
+                self._claims_held()  # removes those a killed process left
         if plan is not None:
             text = json.dumps(plan, indent=1) + "\n"
             write_atomic(self.root / PLAN, lambda stream: stream.write(text.encode()))

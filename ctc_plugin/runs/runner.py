@@ -87,7 +87,9 @@ class ShardRunner:
         self.preprocessing = preprocessing_for(options, self.loaded)
         self.segmenter = make_segmenter(options) if segment else None
         if explain:
-            self.explainer = explainer_for(self.loaded, options, option="--methods")
+            self.explainer = explainer_for(
+                self.loaded, options, option="--methods", preprocessing=self.preprocessing
+            )
             self.model = self.preprocessing.wrap(self.loaded.network).to(self.device).eval()
 
     def check(self) -> None:

@@ -19,6 +19,7 @@ from PIL import Image
 from ctc_plugin import ExplainerAttribution
 from ctc_plugin.cli import main
 from ctc_plugin.explainer.attribution import ClassifierMismatchWarning
+from ctc_plugin.images import ImagePreprocessing
 from ctc_plugin.resumable import ConfigMismatchError
 from tests.explainer.helpers import SIZE, tiny_classifier, tiny_explainer
 
@@ -161,3 +162,26 @@ def test_an_explainer_of_other_weights_is_one_warning_line_in_the_commands_terms
             )
             == 0
         )
+
+
+@pytest.mark.parametrize("recorded", ["normalised", "bare"])
+def test_an_explainer_fit_behind_the_commands_normalisation_is_this_models(
+    setting, tmp_path, capsys, recorded
+):
+    """With ``--mean/--std`` the command runs ``Sequential(Normalize, network)``, which the docs
+    tell to fit the explainer against (images as the command gives them); the bare network is
+    the same model too. Neither is warned about."""
+    photos, _, explainer = setting
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    network = build()
+    explainer.record_classifier(
+        ImagePreprocessing(mean=mean, std=std).wrap(network)
+        if recorded == "normalised"
+        else network
+    )
+    path = explainer.save(tmp_path / f"{recorded}.pt")
+    statistics = ["--mean", *map(str, mean), "--std", *map(str, std)]
+    argv = ["explain", str(photos / "a.png"), *_options(path), *statistics]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClassifierMismatchWarning)
+        assert main([*argv, "--out", str(tmp_path / "f.png")]) == 0

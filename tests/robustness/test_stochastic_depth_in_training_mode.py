@@ -47,8 +47,15 @@ METHODS = {
     "CTC": lambda model, x: CTC(model).attribute(x, 1, feature_mask=GridSegmenter(2)(x)),
     "IntegrativeCAM": lambda model, x: IntegrativeCAM(model).attribute(x, 1),
 }
+
+
+class MyDepth(StochasticDepth):
+    """A user's subclass of torchvision's stochastic depth."""
+
+
 DROPS = {
     "StochasticDepth": lambda rate: StochasticDepth(rate, "row"),
+    "MyDepth": lambda rate: MyDepth(rate, "row"),
     "DropPath": DropPath,
 }
 
