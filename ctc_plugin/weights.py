@@ -109,8 +109,8 @@ def read_manifest(folder: str | Path | None = None) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(
             f"the weights manifest {path} is missing; reinstall ctc-plugin "
-            f"(pip install --force-reinstall ctc-plugin) or, if you (re)trained the weights in "
-            f"this folder, regenerate it with `{MANIFEST_COMMAND}`"
+            f"(pip install --force-reinstall . in the package's clone) or, if you (re)trained "
+            f"the weights in this folder, regenerate it with `{MANIFEST_COMMAND}`"
         )
     key = file_identity(path)
     if key not in _MANIFESTS:
@@ -199,12 +199,12 @@ def verify_shipped(path: str | Path) -> None:
             f"shipped weight file {path} is not listed in the weights manifest "
             f"{MANIFEST_NAME}; if you wrote it there on purpose, record it with "
             f"`{MANIFEST_COMMAND}`, otherwise reinstall ctc-plugin "
-            f"(pip install --force-reinstall ctc-plugin)"
+            f"(pip install --force-reinstall . in the package's clone)"
         )
     if actual != expected:
         raise ValueError(
             f"shipped weight file {path} is damaged: its sha256 is {actual}, the manifest "
             f"{MANIFEST_NAME} expects {expected}; reinstall ctc-plugin "
-            f"(pip install --force-reinstall ctc-plugin), or if you retrained it on purpose, "
-            f"regenerate the manifest with `{MANIFEST_COMMAND}`"
+            f"(pip install --force-reinstall . in the package's clone), or if you retrained it "
+            f"on purpose, regenerate the manifest with `{MANIFEST_COMMAND}`"
         )

@@ -62,7 +62,8 @@ def feature_makers(model: nn.Module) -> dict[str, Callable[..., Tensor]]:
         if "AttnLRP" not in peers:
             raise ValueError(
                 "the 'selected' features of a transformer need AttnLRP relevance: install lxt "
-                "(pip install 'ctc-plugin[bench]'), or leave 'selected' out of --features"
+                "(pip install lxt, or the extra: pip install '.[bench]' in the package's "
+                "clone), or leave 'selected' out of --features"
             )
         lrp = peers["AttnLRP"]
     lrp = lrp.fn

@@ -21,7 +21,7 @@ is none left helps with the largest group under way. The driver writes every fin
 (atomically, as the embedded engine) and advances the progress bar, so a Ray run resumes an
 embedded one and the other way round.
 
-Ray is an optional extra: ``pip install 'ctc-plugin[ray]'``.
+Ray is an optional extra: ``pip install '.[ray]'`` in the package's clone.
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def import_ray() -> Any:
         import ray
     except ImportError as error:
         raise RayUnavailableError(
-            "--ray needs Ray, which is not installed: pip install 'ctc-plugin[ray]' (or pip "
-            "install ray), or run without --ray (the embedded engine needs no service)"
+            "--ray needs Ray, which is not installed: pip install 'ray>=2.9' (or the extra, "
+            "pip install '.[ray]' in the package's clone), or run without --ray (the "
+            "embedded engine needs no service)"
         ) from error
     return ray
 

@@ -178,7 +178,7 @@ def test_ray_options_are_checked_and_a_missing_ray_is_one_clear_error(tmp_path, 
     original = sys.modules.get("ray")
     sys.modules["ray"] = None  # import ray now raises ImportError
     try:
-        with pytest.raises(RayUnavailableError, match="pip install 'ctc-plugin\\[ray\\]'"):
+        with pytest.raises(RayUnavailableError, match=r"pip install 'ray>=2\.9'"):
             _run(tmp_path / "no-ray", ray=True)
         assert _pieces_on_disk(tmp_path / "no-ray") == 0  # refused before any work
         assert not (tmp_path / "no-ray").exists()  # and before the run folder was set up
@@ -192,7 +192,7 @@ def test_ray_options_are_checked_and_a_missing_ray_is_one_clear_error(tmp_path, 
 @pytest.mark.slow  # starting Ray and its workers (each imports torch) takes about 30 s
 def test_ray_on_a_local_two_worker_cluster_equals_the_embedded_run(embedded, tmp_path):
     ray = pytest.importorskip(
-        "ray", reason="Ray is not installed (pip install 'ctc-plugin[ray]'): --ray not tested"
+        "ray", reason="Ray is not installed (pip install 'ray>=2.9'): --ray not tested"
     )
     reference, _ = embedded
     out = tmp_path / "ray"

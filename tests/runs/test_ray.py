@@ -27,7 +27,7 @@ def comparable(out):
 @pytest.mark.slow  # starting Ray and its workers (each imports torch) takes about 30 s
 def test_ray_on_a_local_two_worker_cluster_equals_the_single_process_run(tmp_path):
     ray = pytest.importorskip(
-        "ray", reason="Ray is not installed (pip install 'ctc-plugin[ray]'): --ray not tested"
+        "ray", reason="Ray is not installed (pip install 'ray>=2.9'): --ray not tested"
     )
     single = explain_dataset("shapes", METHODS, tmp_path / "single", **OPTIONS)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -58,7 +58,7 @@ def test_ray_missing_is_one_clear_error(tmp_path, monkeypatch, capsys):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
-    with pytest.raises(RayUnavailableError, match="pip install 'ctc-plugin\\[ray\\]'"):
+    with pytest.raises(RayUnavailableError, match=r"pip install 'ray>=2\.9'"):
         explain_dataset("shapes", ["gradcam"], tmp_path / "run", images=2, ray=True)
     assert not (tmp_path / "run").exists()  # refused before the run folder was set up
     argv = ["explain-dataset", "shapes", "--images", "2", "--methods", "gradcam"]
