@@ -359,7 +359,7 @@ def explainer_for(
 def _warn_if_trained_for_other_weights(
     explainer: nn.Module, network: nn.Module, preprocessing: ImagePreprocessing | None
 ) -> None:
-    """Warn when ``--explainer``'s file was trained for neither ``network`` nor it normalised.
+    """Warn when ``--explainer``'s file was trained for other weights than ``network``'s.
 
     ``Explainer.fit`` records the classifier it was given: the network itself, or the network
     behind the normalisation (``preprocessing.wrap``), which takes images as the command gives
