@@ -213,13 +213,15 @@ class SparseGatedPass(GatedPass):
     def _sum(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """A sum or difference of two propagated tensors, with the union of their boxes.
 
-        An in-place one (a residual ``out += identity``) adds only on the rows of the second
-        tensor's boxes (it is zero elsewhere).
+        Only of two maps of one size: a map plus one broadcast over it (a global-context term,
+        ``y + F.adaptive_avg_pool2d(y, 1)``) is nonzero wherever the broadcast one is, so the
+        result carries no boxes. An in-place one (a residual ``out += identity``) adds only on
+        the rows of the second tensor's boxes (it is zero elsewhere).
         """
         first = args[0] if args else kwargs.get("input")
         second = args[1] if len(args) > 1 else kwargs.get("other")
         second_boxes = self.boxes(second)
-        boxes = _union(self.boxes(first), second_boxes)
+        boxes = _union(self.boxes(first), second_boxes) if _same_map(first, second) else None
         if boxes is not None and func in IN_PLACE_SUMS and len(args) == 2 and not kwargs:
             if first.shape == second.shape and first.dtype == second.dtype:
                 subtract = func in SUBTRACTIONS
@@ -474,6 +476,15 @@ def _output_range(call: ConvCall, axis: int, start: int, stop: int) -> tuple[int
     low = max(0, -((reach - p - start) // s))  # ceil((start + p - reach) / s)
     high = min(call.output_size(axis), (stop - 1 + p) // s + 1)
     return (low, max(low, high))
+
+
+def _same_map(first: Any, second: Any) -> bool:
+    """Whether two tensors' maps have one size (neither is broadcast over the other's)."""
+    return (
+        isinstance(first, torch.Tensor)
+        and isinstance(second, torch.Tensor)
+        and tuple(first.shape[2:]) == tuple(second.shape[2:])
+    )
 
 
 def _union(
