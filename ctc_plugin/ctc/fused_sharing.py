@@ -39,6 +39,7 @@ from ctc_plugin.ctc.sharing import (
     statistic_dims,
     statistics_dtype,
 )
+from ctc_plugin.ctc.sharing import spread_mean as spread_mean_of
 from ctc_plugin.ctc.sparse import whole_outside_features
 from ctc_plugin.ctc.workspace import RowRange, Workspace, row_runs
 
@@ -616,7 +617,7 @@ def full_copy_statistics(
     # n = q(z_F) + b and r = ceil(1000 |n / mean(n)|) / 1000, in place
     torch.mul(z_full, quantum, out=ceil_full).ceil_()
     torch.div(ceil_full, quantum, out=spread).add_(bias_full)
-    spread_mean = spread.mean(dim=dims, keepdim=True)
+    spread_mean = spread_mean_of(ceil_full, bias_full, dims)  # the same in any layout
     no_mean = spread_mean == 0  # r is not finite in such a group: no usable entry, sigma = 0
     spread.div_(spread_mean.masked_fill(no_mean, 1.0)).abs_()
     r = spread.mul_(ratio_quantum).ceil_().div_(ratio_quantum)

@@ -25,6 +25,7 @@ dimensions (a per-example constant).
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
@@ -177,12 +178,34 @@ def reference_spread(
     ``n = q(z_F) + b``, ``r = ceil(1000 |n / mean(n)|) / 1000``; entries with ``r = 0`` are
     left out, and a group whose ``mean(n)`` is 0 has ``sigma = 0``.
     """
-    n = tenfold_quantised(z_full) / 10.0 + bias_full
-    mean = n.mean(dim=dims, keepdim=True)
+    tenfold = tenfold_quantised(z_full)
+    n = tenfold / 10.0 + bias_full
+    mean = spread_mean(tenfold, bias_full, dims)
     r = ((n / torch.where(mean == 0, 1.0, mean)).abs() * 1000.0).ceil() / 1000.0
     log_r = torch.where(r > 0, r, 1.0).log10()
     _, sigma = masked_mean_std(log_r, r > 0, dims)
     return torch.where(mean == 0, 0.0, sigma)
+
+
+def spread_mean(tenfold: torch.Tensor, bias: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``mean(n)`` over ``dims`` of ``n = tenfold / 10 + bias``, whatever the memory layout.
+
+    Where some ``n`` equal their mean, ``n / mean(n)`` is 1 give or take an ulp that depends on
+    the order of the mean's sum, which depends on how the maps lie in memory (channels-last or
+    not, packed copies), and ``ceil`` turns that ulp into a ratio of 1.001. So the sum is taken
+    over the whole numbers ``tenfold``, which add up exactly in any order (in
+    `statistics_dtype`), and a bias that is constant along ``dims`` (a layer's bias per
+    channel) is its own mean. Returned in ``tenfold``'s dtype, size 1 along ``dims``.
+    """
+    wide = statistics_dtype(tenfold)
+    count = math.prod([tenfold.shape[d] for d in dims])  # a list: torch.compile traces it
+    total = tenfold.sum(dim=dims, keepdim=True, dtype=wide)
+    offset = tenfold.dim() - bias.dim()  # the bias's dims are aligned to the trailing ones
+    if all([d < offset or bias.shape[d - offset] == 1 for d in dims]):
+        bias_mean = bias.to(wide)  # constant along dims: its own mean, exactly
+    else:
+        bias_mean = torch.broadcast_to(bias, tenfold.shape).mean(dim=dims, keepdim=True, dtype=wide)
+    return (total / (10.0 * count) + bias_mean).to(tenfold.dtype)
 
 
 def reference_shares(
@@ -270,6 +293,7 @@ __all__ = [
     "make_sharing",
     "reference_shares",
     "reference_spread",
+    "spread_mean",
     "masked_mean_std",
     "statistic_dims",
     "statistics_dtype",
