@@ -25,7 +25,6 @@ dimensions (a per-example constant).
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 import torch
@@ -190,22 +189,18 @@ def reference_spread(
 def spread_mean(tenfold: torch.Tensor, bias: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """``mean(n)`` over ``dims`` of ``n = tenfold / 10 + bias``, whatever the memory layout.
 
-    Where some ``n`` equal their mean, ``n / mean(n)`` is 1 give or take an ulp that depends on
-    the order of the mean's sum, which depends on how the maps lie in memory (channels-last or
-    not, packed copies), and ``ceil`` turns that ulp into a ratio of 1.001. So the sum is taken
-    over the whole numbers ``tenfold``, which add up exactly in any order (in
-    `statistics_dtype`), and a bias that is constant along ``dims`` (a layer's bias per
-    channel) is its own mean. Returned in ``tenfold``'s dtype, size 1 along ``dims``.
+    Where some ``n`` equal their mean, ``n / mean(n)`` was 1 give or take an ulp that depended
+    on the order of the mean's sum, which follows how the maps lie in memory (channels-last or
+    not, packed copies), and ``ceil`` turned that ulp into a ratio of 1.001. The mean is taken of
+    the whole numbers ``tenfold``, whose sum is exact in any order (below 2**24 in float32), and
+    then divided and shifted as ``n`` is, so an ``n`` that equals it gives exactly 1. A bias
+    constant along ``dims`` (a layer's bias per channel) is its own mean.
     """
-    wide = statistics_dtype(tenfold)
-    count = math.prod([tenfold.shape[d] for d in dims])  # a list: torch.compile traces it
-    total = tenfold.sum(dim=dims, keepdim=True, dtype=wide)
+    mean = tenfold.mean(dim=dims, keepdim=True) / 10.0
     offset = tenfold.dim() - bias.dim()  # the bias's dims are aligned to the trailing ones
-    if all([d < offset or bias.shape[d - offset] == 1 for d in dims]):
-        bias_mean = bias.to(wide)  # constant along dims: its own mean, exactly
-    else:
-        bias_mean = torch.broadcast_to(bias, tenfold.shape).mean(dim=dims, keepdim=True, dtype=wide)
-    return (total / (10.0 * count) + bias_mean).to(tenfold.dtype)
+    if all([d < offset or bias.shape[d - offset] == 1 for d in dims]):  # a list: compiles
+        return mean + bias
+    return mean + torch.broadcast_to(bias, tenfold.shape).mean(dim=dims, keepdim=True)
 
 
 def reference_shares(
