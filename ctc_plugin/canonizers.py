@@ -290,11 +290,18 @@ def holds_a_composite(model: nn.Module, canonizers: bool = True) -> bool:
     for module in model.modules():
         if canonizers and _canonizer_forward(vars(module).get("forward")):
             return True
-        for hooks in (module._forward_pre_hooks, module._forward_hooks):
-            for hook in list(hooks.values()):
-                if isinstance(getattr(hook, "__self__", None), Hook):
-                    return True
+        if any(True for _ in rule_hooks(module)):
+            return True
     return False
+
+
+def rule_hooks(module: nn.Module) -> Iterator[Hook]:
+    """The Zennit ``Hook`` objects (rules) whose forward hooks are registered on ``module``."""
+    for hooks in (module._forward_pre_hooks, module._forward_hooks):
+        for hook in list(hooks.values()):
+            owner = getattr(hook, "__self__", None)
+            if isinstance(owner, Hook):
+                yield owner
 
 
 def _canonizer_forward(forward: Any) -> bool:

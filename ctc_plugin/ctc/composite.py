@@ -64,6 +64,7 @@ from ctc_plugin.canonizers import (
     holds_a_composite,
     registered_tensors,
     restore_tensors,
+    rule_hooks,
 )
 from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
 from ctc_plugin.ctc.gate_handlers import prelu_slope
@@ -813,12 +814,7 @@ def _other_rule(module: nn.Module | None) -> Hook | None:
     """A Zennit rule other than CTC's registered on ``module`` (its first), or ``None``."""
     if module is None:
         return None
-    for hooks in (module._forward_pre_hooks, module._forward_hooks):
-        for hook in hooks.values():
-            owner = getattr(hook, "__self__", None)
-            if isinstance(owner, Hook) and not isinstance(owner, CTCHook):
-                return owner
-    return None
+    return next((rule for rule in rule_hooks(module) if not isinstance(rule, CTCHook)), None)
 
 
 @contextmanager

@@ -39,7 +39,7 @@ from ctc_plugin.ctc.sharing import (
     statistic_dims,
     statistics_dtype,
 )
-from ctc_plugin.ctc.sharing import spread_mean as spread_mean_of
+from ctc_plugin.ctc.sharing import spread_mean as spread_mean_of  # a local name is spread_mean
 from ctc_plugin.ctc.sparse import whole_outside_features
 from ctc_plugin.ctc.workspace import RowRange, Workspace, row_runs
 

@@ -171,12 +171,8 @@ class RunStore:
             (self.root / MANIFEST).exists()
             and not self._holds(manifest)  # the same run: its claims stay (see claim)
             and self._nothing_finished(manifest.get("job"))
-            and not self._computing()
+            and not self._claims_held()  # a process holding a claim computes that shard
         )
-
-    def _computing(self) -> bool:
-        """Whether a process holds a shard's claim now: it is computing that shard."""
-        return self._claims_held()
 
     def _claims_held(self) -> bool:
         """Whether a process holds one of the shards' claims; remove every claim nobody holds.
