@@ -68,6 +68,7 @@ __all__ = [
     "PATCH_SEQUENCE_MODELS",
     "RANDOM_FUNCTIONS",
     "outside_inference_mode",
+    "with_gradients",
     "training_mode_error",
 ]
 
@@ -314,6 +315,25 @@ def outside_inference_mode(method: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         with torch.inference_mode(False):
             return method(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
+
+
+def with_gradients(function: F) -> F:
+    """Decorate a training function to run with inference mode off and gradients on.
+
+    Called inside ``torch.no_grad()`` or ``torch.inference_mode()`` (a notebook cell left in
+    such a block, serving code), training would fail in ``backward`` with autograd's "element
+    0 of tensors does not require grad"; as Lightning's training loop does, the call turns
+    both on for itself. Its inputs are copied where they are inference tensors
+    (`check_inputs`); a network whose own weights are inference tensors is refused by
+    `check_gradient_weights`.
+    """
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(False), torch.enable_grad():
+            return function(*args, **kwargs)
 
     return run  # type: ignore[return-value]
 

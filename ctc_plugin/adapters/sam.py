@@ -37,7 +37,7 @@ from ctc_plugin.features.cache import MaskCache
 from ctc_plugin.features.partition import check_partition_options, to_partition
 from ctc_plugin.files import read_state_dict, short_load_error, unwrapped_state
 from ctc_plugin.inputs import is_finite_number, is_integer
-from ctc_plugin.module_state import DigestMemo, weights_state
+from ctc_plugin.module_state import DigestMemo, WeightsWatch
 from ctc_plugin.weights import file_identity
 
 __all__ = ["SAM_MODEL_TYPES", "SAMSegmenter", "build_tiny_sam", "load_sam"]
@@ -372,7 +372,7 @@ class SAMSegmenter(Segmenter):
             )
         check_partition_options(dilation, min_area, remainder)
         _check_generator_options(generator_options)
-        self._checkpoint_source: tuple[tuple[tuple[int, int], ...], str] | None = None
+        self._checkpoint_source: tuple[WeightsWatch | None, str] | None = None
         if model is not None:
             if checkpoint is not None:
                 raise ValueError(
@@ -388,7 +388,7 @@ class SAMSegmenter(Segmenter):
         self._model = model.eval()
         if checkpoint is not None:  # the file names the weights until they are changed
             identity = _file_identity(Path(checkpoint).expanduser())
-            self._checkpoint_source = (weights_state(self.model), identity)
+            self._checkpoint_source = (WeightsWatch(self.model), identity)
         self._digests = DigestMemo()  # the model's weights digest, again only when they change
         self._generate_lock = threading.Lock()
         self.model_type = model_type if checkpoint is not None else None  # else: model's own
@@ -451,13 +451,13 @@ class SAMSegmenter(Segmenter):
         module, or the checkpoint's model once a tensor of it was written or replaced
         (``load_state_dict``, ``.to()``), by the sha256 of its weights
         ([`state_digest`][ctc_plugin.module_state.state_digest]), computed again whenever
-        they change (as `weights_state` sees changes: also re-initialisations through
-        ``.data``), so masks of other weights are not served from the cache.
+        they change (as a [`WeightsWatch`][ctc_plugin.module_state.WeightsWatch] sees changes:
+        also re-initialisations through ``.data``), so masks of other weights are not served
+        from the cache.
         """
-        if self._checkpoint_source is not None and self._checkpoint_source[0] == weights_state(
-            self.model
-        ):
-            return self._checkpoint_source[1]
+        source = self._checkpoint_source
+        if source is not None and source[0] is not None and source[0].unchanged(self.model):
+            return source[1]
         return f"model:{self._digests.digest(self.model)[:32]}"
 
     def __getstate__(self) -> dict[str, Any]:
@@ -466,7 +466,7 @@ class SAMSegmenter(Segmenter):
         state["_generate_lock"] = None
         source = self._checkpoint_source
         if source is not None:  # tensor addresses do not survive pickling; the identity does
-            unchanged = source[0] == weights_state(self.model)
+            unchanged = source[0] is not None and source[0].unchanged(self.model)
             state["_checkpoint_source"] = (None, source[1]) if unchanged else None
         return state
 
@@ -474,7 +474,7 @@ class SAMSegmenter(Segmenter):
         self.__dict__.update(state)
         self._generate_lock = threading.Lock()
         if self._checkpoint_source is not None:
-            self._checkpoint_source = (weights_state(self.model), self._checkpoint_source[1])
+            self._checkpoint_source = (WeightsWatch(self.model), self._checkpoint_source[1])
 
     def settings(self) -> dict[str, Any]:
         """Return every option that changes the result (the cache key)."""

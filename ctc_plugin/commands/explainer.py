@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
 
     from ctc_plugin.explainer.network import Explainer
+    from ctc_plugin.explainer.training import FitResult
 
 #: Seed of the validation images (the training images use ``TRAIN_SEED``; tests use others).
 VAL_SEED = 1000
@@ -419,14 +420,11 @@ def _train(args: argparse.Namespace) -> int:
         "threads": args.threads,
     }
     explainer.save(out, metadata)
-    last = result.history[-1]
     # a resume with as many epochs as its checkpoint holds trains nothing and writes no new one
     holding = checkpoint if checkpoint.exists() or args.resume is None else args.resume
     print(
-        f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): best epoch {result.best_epoch} of "
-        f"{len(result.history)}, val loss {result.best_loss:.4f}, "
-        f"masked-classification loss {last['classification']:.4f}; its training checkpoint "
-        f"is {holding} (--resume it with more --epochs to train on)"
+        f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): {trained_summary(result)}; its "
+        f"training checkpoint is {holding} (--resume it with more --epochs to train on)"
     )
     return 0
 
@@ -633,6 +631,19 @@ def _check_student_options(args: argparse.Namespace) -> None:
 def _dest(flag: str) -> str:
     """The argparse attribute of a ``--long-flag``."""
     return flag.removeprefix("--").replace("-", "_")
+
+
+def trained_summary(result: FitResult) -> str:
+    """The epoch the written explainer holds, with its losses (those of that epoch, not the last).
+
+    E.g. ``best epoch 2 of 3 (the one written), val loss 0.4000, masked-classification loss
+    0.1000``.
+    """
+    best = result.history[result.best_epoch - 1] if result.best_epoch else result.history[-1]
+    return (
+        f"best epoch {result.best_epoch} of {len(result.history)} (the one written), val loss "
+        f"{result.best_loss:.4f}, masked-classification loss {best['classification']:.4f}"
+    )
 
 
 def distillation_image_count(split: str, count: int) -> int:

@@ -33,8 +33,10 @@ class ExplainerAttribution(Attribution):
 
     One explainer forward pass per batch, under ``torch.no_grad``: the mask of any class
     (not only the predicted one) is ``sigmoid`` of that class's logit map, broadcast over the
-    input's channels. The explainer is fed a channels-last copy of the images (faster thin
-    convolutions and bilinear upsampling on CPU; the same values up to float rounding).
+    input's channels. The explainer is fed the images in the memory format its backbone runs
+    fastest in ([`Explainer.input_memory_format`][ctc_plugin.Explainer.input_memory_format]:
+    channels-last for classifier-based backbones, contiguous for the small U-Net; the same
+    values up to float rounding).
 
     Threads: one instance, classifier and explainer may serve several threads at once; each
     call gives exactly what it gives alone. Calls only read the classifier and run
@@ -122,9 +124,13 @@ class ExplainerAttribution(Attribution):
     def _expected_digests(self) -> tuple[str, ...]:
         """The explainer's `trained_for_digests`, read again only after its record changes.
 
-        The record may sit on a GPU: reading it every call would wait for the device.
+        The record may sit on a GPU: reading it every call would wait for the device. One made
+        under ``torch.inference_mode()`` (an explainer loaded there) keeps no version counter and
+        is read every call.
         """
         record = self.explainer.classifier_digest
+        if record.is_inference():
+            return self.explainer.trained_for_digests()
         key = (record.data_ptr(), record._version)
         if self._expected is None or self._expected[0] != key:
             self._expected = (key, self.explainer.trained_for_digests())

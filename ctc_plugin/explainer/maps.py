@@ -8,6 +8,7 @@ alone, so selecting maps before resizing gives the same values as resizing all o
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch.nn.functional as F
@@ -15,13 +16,14 @@ from torch import Tensor, nn
 
 
 def check_scale(name: str, value: float) -> float:
-    """Return ``value`` as a float if it lies in (0, 1].
+    """Return ``value`` as a float if it is a number in (0, 1].
 
     Raises:
-        ValueError: Naming the argument, if it lies outside (0, 1].
+        ValueError: Naming the argument, if it is no number (a string, a bool) or lies outside
+            (0, 1].
     """
-    if not 0 < value <= 1:
-        raise ValueError(f"{name} must lie in (0, 1], got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
     return float(value)
 
 

@@ -112,9 +112,27 @@ _BUILD_THE_BACKBONE = (
 )
 
 
+#: The old constructor's keyword arguments that are the backbone's settings now.
+_BACKBONE_SETTINGS = (
+    "in_channels", "width", "depth", "classifier", "head", "mask_scale", "student_width",
+    "backbone_weights",
+)  # fmt: skip
+
+
 def _old_explainer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-    """Recognise ``Explainer(num_classes, backbone="name", ...)``, the constructor's old form."""
+    """Recognise ``Explainer(num_classes, backbone="name", ...)``, the constructor's old form.
+
+    The advice spells out the new call with the old call's backbone settings (a module given
+    as ``classifier=`` appears as ``classifier=classifier``), so that pasting it builds the
+    same network.
+    """
     first = args[1] if len(args) > 1 else kwargs.get("backbone")  # args[0] is self
+    settings = "".join(
+        f", {key}={key if isinstance(kwargs[key], nn.Module) else repr(kwargs[key])}"
+        for key in _BACKBONE_SETTINGS
+        if key in kwargs
+    )
+    channels = f", in_channels={kwargs['in_channels']!r}" if "in_channels" in kwargs else ""
     if isinstance(first, str) or (isinstance(first, int) and not isinstance(first, bool)):
         if isinstance(first, int):
             count: Any = first
@@ -125,13 +143,13 @@ def _old_explainer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | 
             return f"it takes the backbone module first: Explainer(backbone, {count})"
         return (
             f"it takes the backbone module first, then num_classes: {_BUILD_THE_BACKBONE}, e.g. "
-            f"Explainer(build_backbone({name!r}, {count}), {count})"
+            f"Explainer(build_backbone({name!r}, {count}{settings}), {count}{channels})"
         )
     if first is None and "num_classes" in kwargs:
         count = kwargs["num_classes"]
         return (
             f"it needs the backbone module: {_BUILD_THE_BACKBONE}, e.g. "
-            f"Explainer(build_backbone('unet-small', {count}), {count})"
+            f"Explainer(build_backbone('unet-small', {count}{settings}), {count}{channels})"
         )
     return None
 
@@ -246,7 +264,8 @@ class Explainer(nn.Module):
         self.in_channels = in_channels
         self.input_scale = check_scale("input_scale", input_scale)
         #: Plain data stored with the weights by [`save`][ctc_plugin.Explainer.save] (e.g. how it
-        #: was trained).
+        #: was trained): what [`load`][ctc_plugin.Explainer.load] read from its file, the
+        #: hyper-parameters [`fit`][ctc_plugin.Explainer.fit] trained it with.
         self.metadata: dict[str, Any] = {}
         self.backbone = backbone
         # Persisted with the weights: how many optimisation steps trained it, and on which size.
@@ -468,7 +487,10 @@ class Explainer(nn.Module):
 
         Args:
             path: File to write (parent folders are created).
-            metadata: Plain data stored alongside, e.g. how the explainer was trained: ``str``,
+            metadata: Plain data stored alongside, added to the explainer's own
+                [`metadata`][ctc_plugin.Explainer] (what its file or ``fit`` recorded; a key
+                given here replaces it there), which then holds what was written. E.g. how
+                the explainer was trained: ``str``,
                 ``int``, ``float``, ``bool``, ``None``, tensors, and lists, tuples and
                 ``str``-keyed dicts of them. NumPy scalars and arrays are stored as Python
                 numbers and lists.
@@ -481,14 +503,16 @@ class Explainer(nn.Module):
                 its type); nothing is written then.
         """
         path = Path(path)
+        written = plain_metadata({**self.metadata, **(metadata or {})})
         state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
         payload = {
             "format": FILE_FORMAT,
             "config": self.config(),
             "state_dict": state,
-            "metadata": plain_metadata(metadata or {}),
+            "metadata": written,
         }
         write_torch_file(path, payload)
+        self.metadata = written
         record_in_manifest(path)  # a file written into the shipped weights folder stays listed
         return path
 
@@ -578,7 +602,10 @@ class Explainer(nn.Module):
         return cls(backbone, num_classes, in_channels=in_channels, input_scale=input_scale)
 
     def hyperparameters(self) -> ExplainerHyperparameters | None:
-        """Return the hyper-parameters it was trained with, when loaded from a file."""
+        """Return the hyper-parameters it was trained with (by ``fit``, or read from its file).
+
+        ``None`` where unknown: an untrained explainer, a distilled one, a file without them.
+        """
         from ctc_plugin.explainer.presets import ExplainerHyperparameters
 
         values = getattr(self, "metadata", {}).get("hyperparameters")

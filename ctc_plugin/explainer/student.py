@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ctc_plugin.explainer.classifier_backbone import class_map_encoder
 from ctc_plugin.explainer.maps import resize_maps
-from ctc_plugin.inputs import check_images
+from ctc_plugin.inputs import check_gradient_weights, check_images, is_integer, with_gradients
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
@@ -57,6 +57,7 @@ class ClassMapStudent(nn.Module):
         super().__init__()
         if width < 1 or stages < 1:
             raise ValueError(f"width and stages must be >= 1, got {width} and {stages}")
+        self.in_channels = in_channels
         layers: list[nn.Module] = []
         channels = in_channels
         for stage in range(stages):
@@ -72,6 +73,7 @@ class ClassMapStudent(nn.Module):
         return self.classes(self.features(images))
 
 
+@with_gradients
 def distil_class_maps(
     student: nn.Module,
     classifier: nn.Module,
@@ -113,8 +115,9 @@ def distil_class_maps(
             a student with another class count than the classifier's head (from
             [`class_map_encoder`][ctc_plugin.explainer.classifier_backbone.class_map_encoder]).
     """
-    images = check_images(images)
+    images = check_images(images, channels=getattr(student, "in_channels", None))
     check_schedule(epochs, batch_size, len(images))
+    check_gradient_weights(student, "distil_class_maps (training the student)")
     with torch.no_grad():
         probe = student.eval()(images[:1])
         targets = class_map_targets(classifier, head, images, probe.shape[1], probe.shape[-2:])
@@ -159,21 +162,28 @@ def mark_trained(
     Its ``trained_steps`` grow by ``steps``, its ``image_size`` (``trained_image_size``)
     becomes ``image_size`` and ``classifier`` is recorded as the model it explains
     (``record_classifier``), so that it counts as trained (``is_trained``) and saves and loads
-    as such.
+    as such. Its ``metadata`` is emptied: what an earlier training or file recorded (a command,
+    hyper-parameters) no longer describes the weights.
     """
+    explainer.metadata = {}
     explainer.record_classifier(classifier)
     explainer.trained_steps += int(steps)
     explainer.image_size.copy_(torch.tensor([int(v) for v in image_size[-2:]]))
 
 
 def check_schedule(epochs: int, batch_size: int, count: int) -> None:
-    """Raise a clear error unless ``count`` images give at least one batch for ``epochs >= 1``."""
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    """Raise a clear error unless ``count`` images give at least one batch for ``epochs >= 1``.
+
+    ``epochs`` and ``batch_size`` must be integers >= 1 (not bools).
+    """
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not is_integer(value) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if count < batch_size:
         raise ValueError(f"distillation needs at least one batch ({batch_size}) of images")
 
 
+@with_gradients
 def fit_to_teachers(
     network: nn.Module,
     loss: Callable[[Tensor], Tensor],

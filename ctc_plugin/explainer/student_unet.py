@@ -31,7 +31,7 @@ from ctc_plugin.explainer.student import (
     mark_trained,
 )
 from ctc_plugin.explainer.training import frozen
-from ctc_plugin.inputs import check_images
+from ctc_plugin.inputs import check_gradient_weights, check_images, with_gradients
 
 #: Stride-2 blocks of the encoder: a 96x96 image gives 6x6 class maps (the zoo classifiers').
 STAGES = 4
@@ -81,6 +81,7 @@ class StudentUNet(nn.Module):
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
         self.num_classes = num_classes
+        self.in_channels = in_channels
         widths = [width * 2 ** min(stage, 2) for stage in range(STAGES)]
         self.encoder = nn.ModuleList(
             nn.Sequential(*conv_bn_relu(before, after, stride=2))
@@ -121,6 +122,7 @@ class StudentUNet(nn.Module):
         return gate_logits(cam, mask, target, mask.shape[-2:], self.sharpness, self.threshold)
 
 
+@with_gradients
 def distil_student_unet(
     network: StudentUNet | Explainer,
     classifier: nn.Module,
@@ -175,10 +177,12 @@ def distil_student_unet(
             the examples with NaN), fewer images than one batch, non-positive epochs, or a
             network with another class count than the classifier's head or the mask explainer.
     """
-    images = check_images(images)
-    check_schedule(epochs, batch_size, len(images))
     explainer = network if isinstance(network, Explainer) else None
     student = network.backbone if explainer is not None else network
+    channels = explainer.in_channels if explainer is not None else student.in_channels
+    images = check_images(images, channels=channels)
+    check_schedule(epochs, batch_size, len(images))
+    check_gradient_weights(network, "distil_student_unet (training the student)")
     seen = (
         images if explainer is None else run_at_scale(nn.Identity(), images, explainer.input_scale)
     )

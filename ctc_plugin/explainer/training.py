@@ -39,9 +39,11 @@ from ctc_plugin.explainer.network import Explainer, classifier_record
 from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
 from ctc_plugin.inputs import (
     broadcasts_to,
+    check_gradient_weights,
     floating_dtype,
     is_finite_number,
     is_integer,
+    with_gradients,
 )
 from ctc_plugin.module_state import state_digest, state_dtypes
 from ctc_plugin.wording import caller_stacklevel
@@ -374,6 +376,7 @@ def _record_image_size(explainer: Explainer, images: Tensor) -> None:
         "ctc_plugin call)",
     },
 )
+@with_gradients
 def fit_explainer(
     explainer: Explainer,
     classifier: nn.Module,
@@ -412,7 +415,8 @@ def fit_explainer(
 
     The classifier is put in eval mode with ``requires_grad=False`` for the duration and
     restored afterwards, also when training fails; only the explainer's parameters are given to
-    Adam. The images are used as they come (masking blends towards ``baseline``).
+    Adam. The images are used as they come (masking blends towards ``baseline``). The call
+    trains with gradients on, also inside ``torch.no_grad()`` or ``torch.inference_mode()``.
 
     Args:
         explainer: The explainer to train (in place).
@@ -471,7 +475,9 @@ def fit_explainer(
             ``ExplainerHyperparameters`` (a preset name: pass ``get_preset(name)``), or for a
             keyword argument this function no longer takes (``lr=``, the loss weights and area
             bounds are fields of the config; ``preset=`` is ``config=get_preset(name)``).
-        ValueError: For a class-count mismatch, bad labels, settings that are not what they
+        ValueError: For a classifier or explainer whose weights are inference tensors (built or
+            loaded under ``torch.inference_mode()``: autograd cannot use them), a class-count
+            mismatch, bad labels, settings that are not what they
             should be (``epochs``, ``patience`` and ``max_steps_per_epoch`` integers >= 1,
             ``min_delta`` finite and >= 0, ``seed`` an integer), images that are not a finite
             floating-point batch or a loss that is NaN or infinite (the message names the
@@ -499,6 +505,8 @@ def fit_explainer(
             f"classifier must be an nn.Module (it is frozen for the training), got "
             f"{type(classifier).__name__}"
         )
+    check_gradient_weights(classifier, "Explainer.fit")  # the masks' gradients flow through it
+    check_gradient_weights(explainer, "Explainer.fit (training the explainer)")
     _check_loop_settings(epochs, patience, max_steps_per_epoch, min_delta, seed, multilabel)
     if (isinstance(baseline, Tensor) and not bool(torch.isfinite(baseline).all())) or (
         not isinstance(baseline, Tensor)
@@ -613,13 +621,13 @@ def fit_explainer(
                             "classifier_dtypes": dtypes,
                         },
                     )
-            result.steps = _settle(explainer, optimizer, best_state, classifier, recorded)
+            result.steps = _settle(explainer, optimizer, best_state, classifier, recorded, hp)
         except KeyboardInterrupt:
             # Ctrl-C keeps the work of the finished epochs: the explainer settles on the best
             # of them, as a run that stopped there would have returned it (kept only once it
             # has settled: an interrupt during the settling puts it back as it was)
             if result.history:
-                _settle(explainer, optimizer, best_state, classifier, recorded)
+                _settle(explainer, optimizer, best_state, classifier, recorded, hp)
                 restoring.keep = True
             raise
     return result
@@ -631,11 +639,15 @@ def _settle(
     best_state: dict[str, Tensor],
     classifier: nn.Module,
     recorded: Any,
+    hp: ExplainerHyperparameters,
 ) -> int:
     """Load the best epoch's weights into ``explainer``, in eval mode; return its steps.
 
-    The steps count every optimiser step taken, also after the best epoch.
+    The steps count every optimiser step taken, also after the best epoch. Its ``metadata``
+    becomes this training's hyper-parameters: what an earlier training or file recorded (a
+    command, a data set) no longer describes the weights.
     """
+    explainer.metadata = {"hyperparameters": hp.as_dict()}
     optimizer.zero_grad(set_to_none=True)
     steps = int(explainer.trained_steps)
     explainer.load_state_dict(best_state)

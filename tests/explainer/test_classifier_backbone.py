@@ -163,7 +163,7 @@ def test_gated_masks_are_the_unet_mask_times_the_class_map_gate():
         # a class whose map is negative everywhere gets an empty mask
         model.head[-1].bias.data[0] = -1e3
         assert gated_backbone(model)(x).sigmoid()[:, 0].max() < 1e-3
-    with pytest.raises(ValueError, match="mask_scale must lie in"):
+    with pytest.raises(ValueError, match=r"mask_scale must be a number in \(0, 1\]"):
         gated_backbone(model, mask_scale=0.0)
 
 

@@ -204,3 +204,20 @@ def test_train_with_other_classifier_weights_records_them_in_the_command(tmp_pat
     argv = ["explainer", "train", "--model", "resnet", "--weights", str(weights), *SMALL]
     assert main([*argv, "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
     assert f"--weights {weights}" in Explainer.load(out).metadata["command"]
+
+
+def test_the_summary_gives_the_losses_of_the_epoch_written_not_the_last():
+    """It printed the best epoch's validation loss beside the last epoch's classification loss
+    (0.2962 of epoch 3 where the written epoch 2 had 0.0764)."""
+    from ctc_plugin.commands.explainer import trained_summary
+    from ctc_plugin.explainer.training import FitResult
+
+    history = [
+        {"classification": 0.30, "val_loss": 0.50},
+        {"classification": 0.0764, "val_loss": 0.4210},
+        {"classification": 0.2962, "val_loss": 0.45},
+    ]
+    summary = trained_summary(FitResult(history, best_epoch=2, best_loss=0.4210))
+    assert summary == (
+        "best epoch 2 of 3 (the one written), val loss 0.4210, masked-classification loss 0.0764"
+    )

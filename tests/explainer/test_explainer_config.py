@@ -64,8 +64,18 @@ def test_old_constructor_calls_say_how_to_build_the_backbone():
     new_form = r"is called differently now: it takes the backbone module first"
     with pytest.raises(TypeError, match=rf"{new_form}.*build_backbone\('unet-small', 6\), 6\)"):
         Explainer(6)
-    with pytest.raises(TypeError, match=r"build_backbone\('classifier', 6\), 6\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"build_backbone\('classifier', 6, classifier=classifier, head='head'\), 6\)",
+    ):
         Explainer(6, backbone="classifier", classifier=classifier_with_head(), head="head")
+    # the old call's settings go along: pasted, the advice builds the same network
+    with pytest.raises(
+        TypeError,
+        match=r"Explainer\(build_backbone\('unet-small', 6, in_channels=1, width=4, depth=4\), 6, "
+        r"in_channels=1\)",
+    ):
+        Explainer(6, width=4, depth=4, in_channels=1)
     with pytest.raises(TypeError, match=r"build_backbone\('unet-small', 6\), 6\)"):
         Explainer(num_classes=6)
     with pytest.raises(TypeError, match=r"build_backbone\('student-unet', 6\)"):

@@ -210,3 +210,34 @@ def test_a_shipped_explainer_knows_its_zoo_model(kind):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ClassifierMismatchWarning)
         ExplainerAttribution(zoo.load("vgg"), explainer).attribute(images, target=0)
+
+
+@pytest.mark.parametrize("made_there", ["explainer", "classifier", "both"])
+def test_an_explainer_or_classifier_made_under_inference_mode_is_checked(made_there):
+    """Serving code loads models under ``torch.inference_mode()``; an explainer loaded there
+    failed every call ("Inference tensors do not track version counter")."""
+    classifier = tiny_classifier(seed=0).eval()
+    explainer = _trained(classifier)
+    state, other = explainer.state_dict(), tiny_classifier(seed=1).eval()
+    if made_there in ("explainer", "both"):
+        with torch.inference_mode():
+            explainer = tiny_explainer()
+            explainer.load_state_dict(state)
+            explainer.record_classifier(classifier)
+        assert explainer.classifier_digest.is_inference()
+    if made_there in ("classifier", "both"):
+        with torch.inference_mode():
+            copies = tiny_classifier(seed=0).eval(), tiny_classifier(seed=1).eval()
+        assert next(copies[0].parameters()).is_inference()
+        classifier, other = copies
+    assert _explain(classifier, explainer) == []
+    assert len(_explain(other, explainer)) == 1
+    images, _ = data(2)
+    attribution = ExplainerAttribution(classifier, explainer)
+    attribution.attribute(images, target=0)
+    with torch.inference_mode():  # inference tensors are written only there
+        next(classifier.parameters()).mul_(2.0)
+        explainer.record_classifier(classifier)  # the record follows, in place or not
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClassifierMismatchWarning)
+        attribution.attribute(images, target=0)

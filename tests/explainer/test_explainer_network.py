@@ -48,8 +48,8 @@ def test_input_scale_runs_the_backbone_on_smaller_images(tmp_path):
     assert loaded.input_scale == 0.25
     images = torch.rand(1, 3, 32, 32)
     torch.testing.assert_close(loaded(images), explainer(images))
-    for bad in (0.0, 1.5):
-        with pytest.raises(ValueError, match="input_scale"):
+    for bad in (0.0, 1.5, float("nan"), True, "0.5"):  # a string failed inside the comparison
+        with pytest.raises(ValueError, match=r"input_scale must be a number in \(0, 1\], got "):
             Explainer(build_backbone("unet-small", 3), 3, input_scale=bad)
 
 

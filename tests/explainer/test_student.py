@@ -59,7 +59,7 @@ def test_distillation_is_deterministic_with_a_seed():
 def test_distillation_errors_name_the_problem():
     model = classifier_with_head()
     images = torch.rand(8, 3, SIZE, SIZE)
-    with pytest.raises(ValueError, match="epochs must be >= 1"):
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
         distil_class_maps(ClassMapStudent(NUM_CLASSES), model, "head", images, epochs=0)
     with pytest.raises(ValueError, match="at least one batch"):
         distil_class_maps(ClassMapStudent(NUM_CLASSES), model, "head", images, batch_size=16)

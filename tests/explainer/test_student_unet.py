@@ -127,7 +127,7 @@ def test_distillation_is_deterministic_with_a_seed():
 def test_distillation_errors_name_the_problem():
     model, teacher = classifier_with_head(), mask_teacher()
     few = images(8)
-    with pytest.raises(ValueError, match="epochs must be >= 1"):
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
         distil_student_unet(StudentUNet(NUM_CLASSES), model, "head", teacher, few, epochs=0)
     with pytest.raises(ValueError, match="at least one batch"):
         distil_student_unet(StudentUNet(NUM_CLASSES), model, "head", teacher, few, batch_size=16)
