@@ -1,7 +1,7 @@
 """Shipped explainers: per-image speed against CTC, localisation against Grad-CAM.
 
 Run: ``python benchmarks/bench_explainer.py [--quick] [--families vgg resnet ...]
-[--kind default|class-specific|distilled]``.
+[--kind default|class-specific|distilled] [--speed-only]``.
 
 Speed:
 For each zoo model with a shipped explainer, every method explains the same images (the target
@@ -136,6 +136,9 @@ def main() -> None:
     parser.add_argument(
         "--kind", choices=KINDS, default="default", help="which shipped explainers (default: fast)"
     )
+    parser.add_argument(
+        "--speed-only", action="store_true", help="the speed table only (no IoU, no specificity)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     count = 8 if args.quick else 32
@@ -152,6 +155,8 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     speed(families, images, labels, mask, kind)
+    if args.speed_only:
+        return
     localisation(families, 50 if args.quick else 200, kind=kind)
     composite = [f for f, s in shipped_explainers(kind) if s == "composite" and f in families]
     if composite:

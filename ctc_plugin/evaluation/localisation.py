@@ -40,7 +40,10 @@ def pointing_game(
 
     When several pixels share the maximum, a hit on any of them counts (as in Quantus). A
     constant map (all zero, say) has no maximum to point with and scores a miss, 0 (Quantus
-    would count it a hit, since every pixel ties for the maximum).
+    would count it a hit, since every pixel ties for the maximum), and so does a map without
+    a positive value: it points at no evidence for the class (a map that is 0 but for a
+    negative blob would otherwise hit wherever a 0 lies on the evidence, and a sparse
+    surrogate's maps are often such).
 
     Args:
         attributions: Attribution maps.
@@ -49,8 +52,8 @@ def pointing_game(
             original paper used 15 pixels at ImageNet resolution, Quantus uses 0.
 
     Returns:
-        ``(N,)`` float64 tensor of 0/1 hits (0 for a constant map), NaN where a mask is
-        empty.
+        ``(N,)`` float64 tensor of 0/1 hits (0 for a constant map and one without a positive
+        value), NaN where a mask is empty.
 
     Raises:
         ValueError: For maps and masks of different shapes, maps holding NaN or infinity, or a
@@ -70,7 +73,8 @@ def pointing_game(
     flat = maps.flatten(1)
     peak = flat.max(dim=1, keepdim=True).values
     at_max = flat == peak
-    points = (flat != peak).any(dim=1)  # a constant map points nowhere
+    # a constant map points nowhere, nor does one with no positive value
+    points = (flat != peak).any(dim=1) & (peak[:, 0] > 0)
     hits = ((at_max & grown.flatten(1)).any(dim=1) & points).to(torch.float64)
     return _nan_where_empty(hits, gt)
 

@@ -12,6 +12,7 @@ generator draws on its GPU, as ``torch.randn`` would).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Literal
 
@@ -21,7 +22,14 @@ from torchvision.transforms.v2 import functional as TF
 
 from ctc_plugin.evaluation.arguments import check_images
 
-__all__ = ["SEVERITIES", "gaussian_blur", "gaussian_noise", "uniform_noise", "perturb"]
+__all__ = [
+    "SEVERITIES",
+    "gaussian_blur",
+    "gaussian_noise",
+    "uniform_noise",
+    "perturb",
+    "severity_value",
+]
 
 Kind = Literal["blur", "gaussian", "uniform"]
 
@@ -99,6 +107,27 @@ def uniform_noise(
     return (images + amplitude * noise).clamp(0, 1)
 
 
+def severity_value(kind: str, severity: str | float) -> float:
+    """The parameter of a perturbation: a `SEVERITIES` level's, or the number given.
+
+    Raises:
+        ValueError: An unknown kind or level, or a severity that is neither a level name nor a
+            number.
+    """
+    if kind not in SEVERITIES:
+        raise ValueError(f"kind must be one of {sorted(SEVERITIES)}, got {kind!r}")
+    levels = SEVERITIES[kind]
+    if isinstance(severity, str):
+        if severity not in levels:
+            raise ValueError(f"severity for {kind!r} must be one of {sorted(levels)} or a number")
+        return levels[severity]
+    if isinstance(severity, bool) or not isinstance(severity, numbers.Real):
+        raise ValueError(
+            f"severity for {kind!r} must be one of {sorted(levels)} or a number, got {severity!r}"
+        )
+    return float(severity)
+
+
 def perturb(
     images: Tensor,
     kind: Kind,
@@ -118,15 +147,7 @@ def perturb(
     Returns:
         The perturbed images, float, in [0, 1].
     """
-    if kind not in SEVERITIES:
-        raise ValueError(f"kind must be one of {sorted(SEVERITIES)}, got {kind!r}")
-    if isinstance(severity, str):
-        levels = SEVERITIES[kind]
-        if severity not in levels:
-            raise ValueError(f"severity for {kind!r} must be one of {sorted(levels)} or a number")
-        value = levels[severity]
-    else:
-        value = float(severity)
+    value = severity_value(kind, severity)
     if kind == "blur":
         return gaussian_blur(images, value)
     if kind == "gaussian":

@@ -16,6 +16,7 @@ reuse of the original masks flattered.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -26,19 +27,24 @@ from scipy import stats
 from torch import Tensor, nn
 
 from ctc_plugin.evaluation.arguments import Method, as_maps, explain, model_targets, predict
-from ctc_plugin.evaluation.perturbations import perturb
+from ctc_plugin.evaluation.perturbations import perturb, severity_value
 
 __all__ = [
     "DEFAULT_PERTURBATIONS",
+    "NORMALISATIONS",
     "ProtocolResult",
     "WelchResult",
     "normalise_explanations",
     "explanation_distance",
+    "image_generator",
     "run_protocol",
     "welch_test",
 ]
 
 Normalisation = Literal["l1", "sum", "max"]
+
+#: The values of ``normalisation`` (`normalise_explanations`' modes).
+NORMALISATIONS: tuple[str, ...] = ("l1", "sum", "max")
 
 #: The reference's five perturbations: blur, small/big Gaussian noise, small/big uniform noise.
 DEFAULT_PERTURBATIONS: tuple[tuple[str, str], ...] = (
@@ -157,22 +163,44 @@ def run_protocol(
             its original (with explicit ``targets`` that differ from the predictions, a kept
             image would otherwise compare explanations of two classes). ``"original"``: every
             perturbed image for the original target (the reference's choice).
-        seed: Seed of the noise generator.
+        seed: Seed of the noise. Each image draws its noise from a generator of its own, seeded
+            with ``seed`` and the image's values: its perturbed copies, and so its distances,
+            do not depend on the other images of the call, its place among them or how a data
+            set is split into calls, and two different images get different noise.
 
     Returns:
         One `ProtocolResult` per perturbation.
+
+    Raises:
+        ValueError: For ``perturbed_target`` or ``normalisation`` not among their values, no
+            perturbations, or an unknown perturbation kind or severity: before anything is
+            explained.
     """
     if perturbed_target not in ("predicted", "original"):
         raise ValueError(
             f"perturbed_target must be 'predicted' or 'original', got {perturbed_target!r}"
         )
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"normalisation must be 'l1', 'sum' or 'max', got {normalisation!r}")
+    perturbations = tuple(perturbations)  # read twice: checked first, then run
+    if not perturbations:
+        raise ValueError(
+            "perturbations is empty; give (kind, severity) pairs, e.g. DEFAULT_PERTURBATIONS"
+        )
+    for kind, severity in perturbations:
+        severity_value(kind, severity)
     labels = model_targets(model, images, targets)  # refuses a model in training mode first
     original_pred = labels if targets is None else predict(model, images)
     reference = explain(method, model, images, labels, feature_mask)
-    generator = torch.Generator().manual_seed(seed)
+    generators = [image_generator(image, seed) for image in images]
     results = []
     for kind, severity in perturbations:
-        changed_images = perturb(images, kind, severity, generator=generator)
+        changed_images = torch.cat(
+            [
+                perturb(images[i : i + 1], kind, severity, generator=generator)
+                for i, generator in enumerate(generators)
+            ]
+        )
         pred = predict(model, changed_images)
         kept = pred == original_pred
         # a kept prediction keeps the class explained (also when ``targets`` are not the
@@ -194,11 +222,26 @@ def run_protocol(
     return results
 
 
+def image_generator(image: Tensor, seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` and the values of ``image`` (one ``(C, H, W)``).
+
+    The values are hashed as float64, so a float32 image and its float64 copy get one seed.
+    """
+    values = image.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()
+    digest = hashlib.sha256(f"{int(seed)}\0".encode() + values).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
 def welch_test(results: Sequence[ProtocolResult]) -> WelchResult:
     """Pool protocol results into kept and changed groups and compare them with Welch's t-test.
 
     Uses ``scipy.stats.ttest_ind(changed, kept, equal_var=False)``.
+
+    Raises:
+        ValueError: For no results.
     """
+    if not results:
+        raise ValueError("welch_test needs the results of run_protocol; got none")
     distances = torch.cat([r.distances for r in results]).numpy()
     kept = torch.cat([r.kept for r in results]).numpy().astype(bool)
     kept_values, changed_values = distances[kept], distances[~kept]

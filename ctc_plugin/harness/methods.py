@@ -272,6 +272,9 @@ def _grad_cam(cls_name: str) -> Method:
         else:
             layer, reshape = last_spatial_layer(model, images), None
         was_training = model.training
+        # its model.zero_grad() and loss.backward() set every parameter's .grad: they are put
+        # back as they were (a later optimiser step would use them; memory would stay held)
+        grads = [(parameter, parameter.grad) for parameter in model.parameters()]
         cam = getattr(pytorch_grad_cam, cls_name)(
             model=model, target_layers=[layer], reshape_transform=reshape
         )
@@ -284,6 +287,8 @@ def _grad_cam(cls_name: str) -> Method:
         finally:
             cam.activations_and_grads.release()
             model.train(was_training)
+            for parameter, grad in grads:
+                parameter.grad = grad
         return torch.from_numpy(maps).to(images)[:, None]
 
     method.__name__ = cls_name

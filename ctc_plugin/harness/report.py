@@ -229,6 +229,47 @@ def _means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+#: The quality columns measured per image (localisation and faithfulness), whose standard
+#: errors the report gives.
+PER_IMAGE_QUALITY = list(COLUMNS)[:9]
+
+#: What the standard-error table of a report says.
+STANDARD_ERROR_NOTE = (
+    "The standard error of each method's mean above over its images (the images of all the "
+    "models pooled: sample standard deviation / √n). Two methods whose means differ by less "
+    "than about twice these are not told apart by these images (their paired difference on "
+    "the same images varies somewhat less). The deletion and insertion AUCs also move with the "
+    "seed that breaks ties in relevance."
+)
+
+
+def standard_errors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The standard error of each method's mean over its images, per `PER_IMAGE_QUALITY` column.
+
+    Args:
+        rows: Per-image rows (those of ``per_image.csv``) with ``"method"`` and the columns;
+            values that are not finite (a NaN mass accuracy) are left out.
+
+    Returns:
+        One row per method, in order of first appearance: ``"method"`` and the sample standard
+        deviation (``ddof=1``) of each column over its images divided by the square root of
+        their number (NaN with fewer than two values).
+    """
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        grouped[str(row["method"])].append(row)
+    out = []
+    for method, group in grouped.items():
+        entry: dict[str, Any] = {"method": method}
+        for key in PER_IMAGE_QUALITY:
+            values = np.asarray([float(r.get(key, math.nan)) for r in group], dtype=float)
+            values = values[np.isfinite(values)]
+            error = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+            entry[key] = float(error)
+        out.append(entry)
+    return out
+
+
 #: How each direction of `COLUMNS` is marked in a table's header.
 ARROWS = {"higher": "↑", "lower": "↓", "nearer 0": "→0"}
 
@@ -275,6 +316,15 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None)
             if count and models and count < models:  # the other models have no value
                 text += f" ({count} of {models})"
             cells.append(text)
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plain_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Render method rows as a Markdown table of two significant digits, nothing in bold."""
+    lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row in rows:
+        cells = [f"{row[c]:.2g}" if math.isfinite(row[c]) else "–" for c in columns]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -468,6 +518,15 @@ def write_report(
     scope = f"the {len(whole)} complete models" if partial else "all models and splits"
     if whole:
         parts += [f"## Mean over {scope}", "", MEAN_NOTE, "", markdown_tables(means), ""]
+        errors_of_means = standard_errors([row for run in whole for row in run.rows])
+        parts += [
+            "### Standard errors of these means over the images",
+            "",
+            STANDARD_ERROR_NOTE,
+            "",
+            _plain_table(errors_of_means, PER_IMAGE_QUALITY),
+            "",
+        ]
         for split in dict.fromkeys(run.split for run in whole):
             rows = [row for row in whole_summary if row["split"] == split]
             parts += [f"## Split `{split}` (mean over families)", "", markdown_tables(_means(rows))]

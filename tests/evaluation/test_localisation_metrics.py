@@ -38,6 +38,18 @@ def test_pointing_game_hand_made():
     assert pointing_game(outside, mask, tolerance=3).item() == 1.0
 
 
+def test_a_map_without_a_positive_value_points_nowhere():
+    """0 everywhere but a negative blob away from the evidence scored a hit (the 0s on the
+    evidence tied for the maximum); one 1e-9 pixel elsewhere turned it into a miss."""
+    mask = square_mask()
+    blob = torch.zeros(1, 1, 8, 8)
+    blob[0, 0, 6:, 6:] = -1.0
+    assert pointing_game(blob, mask).item() == 0.0
+    assert pointing_game(blob - 1.0, mask).item() == 0.0  # all negative, its top on the square
+    blob[0, 0, 3, 3] = 1e-9
+    assert pointing_game(blob, mask).item() == 1.0
+
+
 def test_empty_mask_is_nan():
     maps = torch.rand(2, 1, 4, 4)
     masks = torch.zeros(2, 4, 4, dtype=torch.bool)

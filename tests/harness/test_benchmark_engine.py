@@ -2,7 +2,9 @@
 
 The numbers through the engine equal those the benchmark computed before it ran on the engine
 (``data/tinyA_results_before_engine.csv``: the ``results.csv`` rows of ``tinyA`` from the
-benchmark's own planner and store, on one torch thread); every piece recomputed alone, in
+benchmark's own planner and store, on one torch thread; the columns of a metric whose
+definition changed since were re-made with it, e.g. ``dist_kept`` when the protocol's noise
+became each image's own); every piece recomputed alone, in
 another order and another runner, equals the stored one bit for bit; a run killed with SIGKILL
 and resumed equals an uninterrupted run; ``--ray`` on a local two-worker cluster (slow tier)
 equals the embedded run.

@@ -31,7 +31,10 @@ def test_two_methods_two_images_through_the_benchmark(tmp_path):
     assert [row["method"] for row in summary] == ["Saliency", "CTC-proportional [oracle]"]
     for name in ("results.md", "results.csv", "per_image.csv", "curves.png"):
         assert (tmp_path / name).stat().st_size > 0
-    assert "## Failures\n\nNone." in (tmp_path / "results.md").read_text()
+    report = (tmp_path / "results.md").read_text()
+    assert "## Failures\n\nNone." in report
+    assert "### Standard errors of these means over the images" in report
+    assert "| method | pointing | mass | rank | iou | f1 | deletion_px |" in report
     rows = list(csv.DictReader((tmp_path / "per_image.csv").open()))
     assert len(rows) == 4
     # the pointing game column equals a direct computation on the method's own maps

@@ -181,3 +181,21 @@ def test_a_zennit_failure_keeps_its_cause(setup, monkeypatch):
     with pytest.raises(RuntimeError, match=r"could not explain .*out of memory \(simulated\)") as e:
         registry()["LRP-EpsilonPlusFlat"].fn(model, images, targets, None)
     assert isinstance(e.value.__cause__, RuntimeError)
+
+
+def test_every_method_leaves_the_parameters_gradients_as_they_were(setup):
+    """pytorch-grad-cam's zero_grad() and backward() set .grad on every parameter (38 of 38 on
+    a ResNet): a later optimiser step would use them, and gradients already there were lost."""
+    model, images, targets, mask = setup
+    marked = next(model.parameters())
+    marked.grad = torch.full_like(marked, 7.0)  # the user's own, accumulated before
+    try:
+        for name, spec in registry(n_samples=8, ig_steps=2).items():
+            if spec.applies_to is not None and not spec.applies_to(model):
+                continue
+            spec.fn(model, images, targets, mask if spec.uses_features else None)
+            with_grad = [n for n, p in model.named_parameters() if p.grad is not None]
+            assert with_grad == [next(iter(dict(model.named_parameters())))], name
+            assert torch.equal(marked.grad, torch.full_like(marked, 7.0)), name
+    finally:
+        marked.grad = None

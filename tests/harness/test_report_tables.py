@@ -1,6 +1,13 @@
 import math
 
-from ctc_plugin.harness.report import finite_mean, markdown_table
+import pytest
+
+from ctc_plugin.harness.report import (
+    PER_IMAGE_QUALITY,
+    finite_mean,
+    markdown_table,
+    standard_errors,
+)
 
 
 def test_best_value_per_column_is_bold_in_the_right_direction():
@@ -101,3 +108,21 @@ def test_the_best_sanity_rho_is_the_one_nearest_zero():
     lines = markdown_table(rows).splitlines()
     assert lines[0] == "| method | sanity_rho →0 |"
     assert lines[2:] == ["| A | -0.790 |", "| B | **0.020** |", "| C | 0.300 |"]
+
+
+def test_standard_errors_are_the_spread_of_each_methods_images_over_root_n():
+    """The report gave means only: differences of 0.003 between methods were ranked with no
+    way to see that one image set moves a mean AUC by about 0.005."""
+    rows = [
+        {"method": "A", "pointing": 1.0, "mass": 0.2, "deletion_px": 0.1},
+        {"method": "A", "pointing": 0.0, "mass": math.nan, "deletion_px": 0.3},
+        {"method": "A", "pointing": 1.0, "mass": 0.4, "deletion_px": 0.2},
+        {"method": "B", "pointing": 1.0, "mass": 0.5, "deletion_px": 0.2},
+    ]
+    errors = {row["method"]: row for row in standard_errors(rows)}
+    assert list(errors) == ["A", "B"]
+    assert errors["A"]["pointing"] == pytest.approx(math.sqrt(1 / 3) / math.sqrt(3))
+    assert errors["A"]["mass"] == pytest.approx(math.sqrt(0.02) / math.sqrt(2))  # NaN left out
+    assert errors["A"]["deletion_px"] == pytest.approx(0.1 / math.sqrt(3))
+    assert math.isnan(errors["B"]["pointing"])  # one image: no spread to measure
+    assert set(PER_IMAGE_QUALITY) <= set(errors["A"])
