@@ -460,8 +460,11 @@ def check_eval_mode(forward_func: Callable[..., Any]) -> None:
     model = model_of(forward_func)  # the model, or the owner of a bound method (model.forward)
     if model is None:
         return
-    for name, module in model.named_modules():
-        if changes_in_training(module):
+    # a model in eval mode is the common case: its modules' flags alone are read (names only
+    # for a refusal)
+    for module in model.modules():
+        if module.training and changes_in_training(module):
+            name = next(name for name, held in model.named_modules() if held is module)
             raise training_mode_error(module, repr(name or "(the model)"))
 
 
@@ -559,6 +562,8 @@ def changes_in_training(module: torch.nn.Module) -> bool:
     their layers, and spectral normalisation (its power iteration updates its vectors:
     ``parametrizations.spectral_norm`` or the older hook form).
     """
+    if not module.training:
+        return False
     stateful = (
         isinstance(module, (*BATCH_NORM_TYPES, _SpectralNorm))
         or (isinstance(module, _DropoutNd) and module.p > 0)  # p = 0: the identity
@@ -567,7 +572,7 @@ def changes_in_training(module: torch.nn.Module) -> bool:
         or (isinstance(module, torch.nn.RNNBase) and module.dropout > 0 and module.num_layers > 1)
         or any(isinstance(hook, SpectralNormHook) for hook in module._forward_pre_hooks.values())
     )
-    return module.training and stateful
+    return stateful
 
 
 def _drops_paths(module: torch.nn.Module) -> bool:
