@@ -61,6 +61,8 @@ def state_digest(module: nn.Module, cast: torch.dtype | None = None) -> str:
             digest.update(_serialised(value))
             continue
         value = value.detach()
+        if value.layout != torch.strided and not value.is_nested:  # a sparse buffer
+            value = value.to_dense()
         if value.is_floating_point():
             value = (value if cast is None else value.to(cast)).double()
         digest.update(f"{tuple(value.shape)}\0".encode())
@@ -105,7 +107,10 @@ class WeightsWatch:
     (``p.data.copy_(other)``, ``p.data.normal_()``, ``p.data += 1``) move no counter, but a
     re-initialisation or a copy of other weights changes those values; a write through
     ``.data`` to a few single values between them is not seen. Entries that are not tensors (a
-    module's extra state, a quantized layer's dtype) count by their ``repr``.
+    module's extra state, a quantized layer's dtype and packed weights) count by their
+    ``repr``; tensors that every ``state_dict`` call makes anew (a quantized layer's scale and
+    zero point) by their values; sparse and nested tensors by identity and version counter,
+    and quantized ones by address and version counter (no values of these are kept).
 
     A look ([`unchanged`][ctc_plugin.module_state.WeightsWatch.unchanged]) reads the state
     dict's entries and then all kept values with one concatenation per device and dtype,
@@ -121,53 +126,84 @@ class WeightsWatch:
 
     def __init__(self, module: nn.Module) -> None:
         self._module_id = id(module)
-        self._entries, samples = _state_entries(module)
+        first = list(module.state_dict(keep_vars=True).values())
+        again = module.state_dict(keep_vars=True).values()
+        #: Entries that every ``state_dict`` call makes anew (a quantized layer's scale and
+        #: zero point): compared by their values, as their addresses change.
+        self._fresh = frozenset(
+            i for i, (a, b) in enumerate(zip(first, again)) if isinstance(a, Tensor) and a is not b
+        )
+        self._entries, samples = _state_entries(first, self._fresh)
         self._samples: dict[tuple[torch.device, torch.dtype], list[Tensor]] | None = samples
         self._values = _read_samples(samples)
+        #: Sparse and nested tensors count by identity: held, so that no other takes their id.
+        self._held = [v for v in first if isinstance(v, Tensor) and not _is_plain(v)]
 
     def unchanged(self, module: nn.Module) -> bool:
         """True while ``module`` is the watched module and no tensor of it was seen to change."""
         samples, values = self._samples, self._values
         if samples is None or values is None:
             return False
+        state = list(module.state_dict(keep_vars=True).values())
         same = (
             id(module) == self._module_id
-            and _state_entries(module, sampled=False)[0] == self._entries
+            and _state_entries(state, self._fresh, sampled=False)[0] == self._entries
             and all(
                 torch.equal(now, values[group]) for group, now in _read_samples(samples).items()
             )
         )
         if not same:
             self._samples = self._values = None
+            self._held = []
         return same
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled or copied without the views (they would carry whole storages along)."""
-        return {**self.__dict__, "_samples": None, "_values": None}
+        return {**self.__dict__, "_samples": None, "_values": None, "_held": []}
 
 
 def _state_entries(
-    module: nn.Module, sampled: bool = True
+    values: list[Any], fresh: frozenset[int] = frozenset(), sampled: bool = True
 ) -> tuple[tuple[Any, ...], dict[tuple[torch.device, torch.dtype], list[Tensor]]]:
-    """The state entries' addresses and version counters, and views of their values.
+    """What the state entries ``values`` (a ``state_dict``'s, in order) count by, and views.
 
-    Each entry counts by its address and version counter (a non-tensor by its ``repr``); with
-    ``sampled``, views of `SAMPLED_VALUES` values of each tensor come too, grouped by device
-    and dtype.
+    A tensor counts by its address and version counter; one of the ``fresh`` positions (made
+    anew by every ``state_dict`` call) by its values; a sparse or nested one by its identity
+    and version counter; a non-tensor by its ``repr``. With ``sampled``, views of
+    `SAMPLED_VALUES` values of each strided tensor come too, grouped by device and dtype.
     """
     entries: list[Any] = []
     samples: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for value in module.state_dict(keep_vars=True).values():
+    for index, value in enumerate(values):
         if not isinstance(value, Tensor):
             entries.append(repr(value))
             continue
         # inference tensors keep no version counter: their values alone tell their writes
         version = None if value.is_inference() else value._version
+        if index in fresh:
+            entries.append(_values_of(value))
+            continue
+        if not _is_plain(value):
+            entries.append((id(value), version))
+            continue
         entries.append((value.data_ptr(), version))
         view = _spread_view(value) if sampled else None
         if view is not None:
             samples.setdefault((view.device, view.dtype), []).append(view)
     return tuple(entries), samples
+
+
+def _is_plain(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is strided and not nested (it has an address and can be viewed)."""
+    return tensor.layout == torch.strided and not tensor.is_nested
+
+
+def _values_of(tensor: Tensor) -> Any:
+    """What a tensor made anew by every ``state_dict`` call is compared by: its values."""
+    if not _is_plain(tensor) or tensor.is_quantized or tensor.is_meta:
+        return repr(tensor)
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return str(tensor.dtype), tuple(tensor.shape), flat.view(torch.uint8).numpy().tobytes()
 
 
 def _read_samples(
@@ -190,12 +226,7 @@ def _spread_view(tensor: Tensor) -> Tensor | None:
     format (channels-last weights) is read in its memory order; one that is not dense (an
     expanded or sliced buffer) at the first and last index of each dimension.
     """
-    if (
-        tensor.layout != torch.strided
-        or tensor.is_meta
-        or tensor.is_quantized
-        or not tensor.numel()
-    ):
+    if not _is_plain(tensor) or tensor.is_meta or tensor.is_quantized or not tensor.numel():
         return None
     tensor = tensor.detach()
     order = sorted(range(tensor.dim()), key=lambda dim: -tensor.stride(dim))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gc
 import pickle
+import warnings
 import weakref
 
 import pytest
@@ -126,4 +127,34 @@ def test_a_copied_memo_carries_no_weights_and_digests_again(copier):
         copied = pickle.loads(copier(memo))
     else:
         copied = copier(memo)
+    watch = copied._memo[0]
+    assert watch._samples is None and watch._values is None  # no views, no storages copied
     assert copied.digest(model) == digest
+
+
+def test_entries_every_state_dict_makes_anew_are_compared_by_value():
+    """A quantized layer's state dict makes its scale and zero point anew at every call: the
+    watch found every look changed, and the classifier check hashed the model on every call."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation of quantize_dynamic
+        model = torch.ao.quantization.quantize_dynamic(
+            nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)), {nn.Linear}
+        )
+    memo = DigestMemo()
+    first = memo.digest(model)
+    watch = WeightsWatch(model)
+    assert watch.unchanged(model) and watch.unchanged(model)
+    with _CountedOperations() as counted:
+        assert memo.digest(model) == first
+    assert counted.operations < 100, counted.operations  # no hash of every value
+
+
+def test_sparse_buffers_are_watched_and_digested():
+    model = nn.Module()
+    model.register_buffer("sparse", torch.eye(4).to_sparse())
+    watch = WeightsWatch(model)
+    assert watch.unchanged(model)
+    digest = state_digest(model)
+    model.sparse = torch.eye(4).mul(2).to_sparse()
+    assert not watch.unchanged(model)
+    assert state_digest(model) != digest

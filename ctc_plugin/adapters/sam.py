@@ -453,7 +453,8 @@ class SAMSegmenter(Segmenter):
         ([`state_digest`][ctc_plugin.module_state.state_digest]), computed again whenever
         they change (as a [`WeightsWatch`][ctc_plugin.module_state.WeightsWatch] sees changes:
         also re-initialisations through ``.data``), so masks of other weights are not served
-        from the cache.
+        from the cache. The watch keeps views of a few values of each weight tensor, which hold
+        its memory: weights replaced (``.to()``) are let go when this is next read.
         """
         source = self._checkpoint_source
         if source is not None and source[0] is not None and source[0].unchanged(self.model):

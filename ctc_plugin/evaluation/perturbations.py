@@ -112,7 +112,7 @@ def severity_value(kind: str, severity: str | float) -> float:
 
     Raises:
         ValueError: An unknown kind or level, or a severity that is neither a level name nor a
-            number.
+            finite number (> 0 for a blur's sigma, >= 0 for noise).
     """
     if kind not in SEVERITIES:
         raise ValueError(f"kind must be one of {sorted(SEVERITIES)}, got {kind!r}")
@@ -125,7 +125,11 @@ def severity_value(kind: str, severity: str | float) -> float:
         raise ValueError(
             f"severity for {kind!r} must be one of {sorted(levels)} or a number, got {severity!r}"
         )
-    return float(severity)
+    value = float(severity)
+    least = "> 0" if kind == "blur" else ">= 0"  # a blur of sigma 0 has no kernel
+    if not math.isfinite(value) or value < 0 or (kind == "blur" and value == 0):
+        raise ValueError(f"severity for {kind!r} must be a finite number {least}, got {severity!r}")
+    return value
 
 
 def perturb(

@@ -26,7 +26,14 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation.arguments import Method, as_maps, explain, model_targets, predict
+from ctc_plugin.evaluation.arguments import (
+    Method,
+    as_maps,
+    check_images,
+    explain,
+    model_targets,
+    predict,
+)
 from ctc_plugin.evaluation.perturbations import perturb, severity_value
 
 __all__ = [
@@ -36,7 +43,8 @@ __all__ = [
     "WelchResult",
     "normalise_explanations",
     "explanation_distance",
-    "image_generator",
+    "image_key",
+    "noise_generator",
     "run_protocol",
     "welch_test",
 ]
@@ -163,18 +171,21 @@ def run_protocol(
             its original (with explicit ``targets`` that differ from the predictions, a kept
             image would otherwise compare explanations of two classes). ``"original"``: every
             perturbed image for the original target (the reference's choice).
-        seed: Seed of the noise. Each image draws its noise from a generator of its own, seeded
-            with ``seed`` and the image's values: its perturbed copies, and so its distances,
-            do not depend on the other images of the call, its place among them or how a data
-            set is split into calls, and two different images get different noise.
+        seed: Seed of the noise. Each image draws its noise for each perturbation from a
+            generator of its own, seeded with ``seed``, the image's values and the perturbation
+            (`noise_generator`): its perturbed copies, and so its distances, do not depend on
+            the other images of the call, its place among them, how a data set is split into
+            calls or which other perturbations run, and two different images get different
+            noise.
 
     Returns:
         One `ProtocolResult` per perturbation.
 
     Raises:
         ValueError: For ``perturbed_target`` or ``normalisation`` not among their values, no
-            perturbations, or an unknown perturbation kind or severity: before anything is
-            explained.
+            perturbations, an unknown perturbation kind or a severity that is no level name nor
+            a finite number in range, or images that are no non-empty finite image batch:
+            before anything is explained.
     """
     if perturbed_target not in ("predicted", "original"):
         raise ValueError(
@@ -189,16 +200,22 @@ def run_protocol(
         )
     for kind, severity in perturbations:
         severity_value(kind, severity)
+    images = check_images(images)
     labels = model_targets(model, images, targets)  # refuses a model in training mode first
     original_pred = labels if targets is None else predict(model, images)
     reference = explain(method, model, images, labels, feature_mask)
-    generators = [image_generator(image, seed) for image in images]
+    keys = [image_key(image, seed) for image in images]
     results = []
     for kind, severity in perturbations:
         changed_images = torch.cat(
             [
-                perturb(images[i : i + 1], kind, severity, generator=generator)
-                for i, generator in enumerate(generators)
+                perturb(
+                    images[i : i + 1],
+                    kind,
+                    severity,
+                    generator=noise_generator(key, kind, severity),
+                )
+                for i, key in enumerate(keys)
             ]
         )
         pred = predict(model, changed_images)
@@ -222,13 +239,19 @@ def run_protocol(
     return results
 
 
-def image_generator(image: Tensor, seed: int) -> torch.Generator:
-    """A CPU generator seeded with ``seed`` and the values of ``image`` (one ``(C, H, W)``).
-
-    The values are hashed as float64, so a float32 image and its float64 copy get one seed.
-    """
+def image_key(image: Tensor, seed: int) -> bytes:
+    """A SHA-256 digest of ``seed`` and the values of ``image`` (one ``(C, H, W)``, as float64)."""
     values = image.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()
-    digest = hashlib.sha256(f"{int(seed)}\0".encode() + values).digest()
+    return hashlib.sha256(f"{int(seed)}\0".encode() + values).digest()
+
+
+def noise_generator(key: bytes, kind: str, severity: str | float) -> torch.Generator:
+    """The CPU generator of one image's noise for one perturbation.
+
+    Seeded with the image's `image_key` and the perturbation, so the noise of an image under
+    one perturbation is the same whatever else the call perturbs or explains.
+    """
+    digest = hashlib.sha256(key + f"{kind}\0{severity!r}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 

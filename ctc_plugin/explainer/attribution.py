@@ -58,7 +58,11 @@ class ExplainerAttribution(Attribution):
             ``DistributedDataParallel`` or ``torch.compile``, is the same classifier.
             Checked at the first call and again after the weights change; explainers whose
             classifier is unknown (files of older versions) are not checked. ``False`` for
-            a deliberate pairing (e.g. a sanity check's randomised copies).
+            a deliberate pairing (e.g. a sanity check's randomised copies). The check keeps
+            views of a few values of each weight tensor
+            ([`WeightsWatch`][ctc_plugin.module_state.WeightsWatch]), which hold that tensor's
+            memory: after ``classifier.to(...)`` or ``.half()`` the old copy is let go at the
+            next call (or with this object); ``False`` keeps nothing.
 
     Raises:
         TypeError: If ``explainer`` is not an [`Explainer`][ctc_plugin.Explainer].

@@ -119,6 +119,10 @@ _BACKBONE_SETTINGS = (
 )  # fmt: skip
 
 
+#: The old constructor's names of backbone settings that `build_backbone` calls otherwise.
+_RENAMED_SETTINGS = {"backbone_weights": "weights"}
+
+
 def _old_explainer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     """Recognise ``Explainer(num_classes, backbone="name", ...)``, the constructor's old form.
 
@@ -128,11 +132,14 @@ def _old_explainer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | 
     """
     first = args[1] if len(args) > 1 else kwargs.get("backbone")  # args[0] is self
     settings = "".join(
-        f", {key}={key if isinstance(kwargs[key], nn.Module) else repr(kwargs[key])}"
+        f", {_RENAMED_SETTINGS.get(key, key)}="
+        f"{key if isinstance(kwargs[key], nn.Module) else repr(kwargs[key])}"
         for key in _BACKBONE_SETTINGS
         if key in kwargs
     )
-    channels = f", in_channels={kwargs['in_channels']!r}" if "in_channels" in kwargs else ""
+    channels = "".join(  # the explainer's own settings, beside the backbone
+        f", {key}={kwargs[key]!r}" for key in ("in_channels", "input_scale") if key in kwargs
+    )
     if isinstance(first, str) or (isinstance(first, int) and not isinstance(first, bool)):
         if isinstance(first, int):
             count: Any = first

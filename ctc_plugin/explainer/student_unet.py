@@ -179,7 +179,9 @@ def distil_student_unet(
     """
     explainer = network if isinstance(network, Explainer) else None
     student = network.backbone if explainer is not None else network
-    channels = explainer.in_channels if explainer is not None else student.in_channels
+    channels = (
+        explainer.in_channels if explainer is not None else getattr(student, "in_channels", None)
+    )
     images = check_images(images, channels=channels)
     check_schedule(epochs, batch_size, len(images))
     check_gradient_weights(network, "distil_student_unet (training the student)")

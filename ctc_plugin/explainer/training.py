@@ -95,16 +95,18 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
     mode) waits until the model is back as it was, instead of seeing it switched.
     """
     with exclusive(model):
-        flags = [(p, p.requires_grad) for p in model.parameters()]
+        # only the flags that are on are switched, and not those of inference tensors (made
+        # under inference mode, which cannot get theirs back outside it, nor enter autograd)
+        trainable = [p for p in model.parameters() if p.requires_grad and not p.is_inference()]
         modes = [(m, m.training) for m in model.modules()]
         try:
-            for p, _ in flags:
+            for p in trainable:
                 p.requires_grad_(False)
             model.eval()
             yield model
         finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
+            for p in trainable:
+                p.requires_grad_(True)
             for m, mode in modes:
                 m.training = mode
 

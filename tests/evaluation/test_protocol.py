@@ -151,6 +151,8 @@ def test_an_images_distances_do_not_depend_on_the_other_images_of_the_call():
     assert not torch.equal(whole[0, :2], whole[1, :2])  # other images, other noise
     other_seed = run_protocol(identity_method, Threshold(), images, perturbations=perturbations,
                               seed=1)  # fmt: skip
+    alone = run_protocol(identity_method, Threshold(), images, perturbations=perturbations[1:2])
+    torch.testing.assert_close(alone[0].distances, whole[:, 1], rtol=0, atol=0)  # order too
     assert not torch.equal(torch.stack([r.distances for r in other_seed], 1), whole)
 
 
@@ -162,14 +164,20 @@ def test_an_images_distances_do_not_depend_on_the_other_images_of_the_call():
         ({"perturbations": [("blur", "huge")]}, "severity for 'blur' must be one of"),
         ({"perturbations": [("blur", None)]}, "severity for 'blur' must be one of .*got None"),
         ({"normalisation": "L2"}, "normalisation must be 'l1', 'sum' or 'max', got 'L2'"),
+        ({"perturbations": [("blur", float("nan"))]}, "'blur' must be a finite number > 0"),
+        ({"perturbations": [("blur", 0.0)]}, "'blur' must be a finite number > 0, got 0.0"),
+        ({"perturbations": [("gaussian", float("inf"))]}, "'gaussian' must be a finite number >="),
+        ({"perturbations": [("uniform", -0.1)]}, "'uniform' must be a finite number >= 0"),
+        ({"images": torch.rand(0, 3, 8, 8)}, "images is an empty batch"),
     ],
 )
 def test_bad_protocol_settings_are_refused_before_anything_is_explained(options, message):
     def method(model, images, targets, mask):
         raise AssertionError("nothing is explained before the arguments are checked")
 
+    images = options.pop("images", torch.rand(2, 3, 8, 8))
     with pytest.raises(ValueError, match=message):
-        run_protocol(method, Threshold(), torch.rand(2, 3, 8, 8), **options)
+        run_protocol(method, Threshold(), images, **options)
 
 
 def test_welch_test_of_no_results_says_so():

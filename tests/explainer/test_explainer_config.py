@@ -76,6 +76,10 @@ def test_old_constructor_calls_say_how_to_build_the_backbone():
         r"in_channels=1\)",
     ):
         Explainer(6, width=4, depth=4, in_channels=1)
+    with pytest.raises(  # a setting renamed since, and the explainer's own input_scale
+        TypeError, match=r"build_backbone\('unet-small', 6, weights='w.pt'\), 6, input_scale=0.5\)"
+    ):
+        Explainer(6, backbone_weights="w.pt", input_scale=0.5)
     with pytest.raises(TypeError, match=r"build_backbone\('unet-small', 6\), 6\)"):
         Explainer(num_classes=6)
     with pytest.raises(TypeError, match=r"build_backbone\('student-unet', 6\)"):

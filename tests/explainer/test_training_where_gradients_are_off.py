@@ -45,6 +45,8 @@ def _fit(context) -> Explainer:
     explainer = tiny_explainer()
     with context():
         explainer.fit(classifier, tuple_loader(), epochs=1, seed=0, **FAST)
+        modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+    assert modes == (context is contextlib.nullcontext, context is torch.inference_mode)
     return explainer
 
 
@@ -55,7 +57,6 @@ def test_fit_trains_where_gradients_are_off_as_it_does_elsewhere(off):
     assert got.is_trained
     for name, value in expected.state_dict().items():
         assert torch.equal(got.state_dict()[name], value), name
-    assert not torch.is_grad_enabled() or not torch.is_inference_mode_enabled()
 
 
 @pytest.mark.parametrize("off", GRADIENTS_OFF)
@@ -136,3 +137,26 @@ def test_the_distillations_refuse_epochs_and_batch_sizes_that_are_no_integers(
             student, classifier_with_head(), "head", _images(), epochs=epochs,
             batch_size=batch_size,
         )  # fmt: skip
+
+
+def test_a_teacher_made_under_inference_mode_teaches_and_is_left_as_it_was():
+    """The teacher runs without gradients only; freezing it set requires_grad on its inference
+    tensors ("not allowed outside InferenceMode") and left its flags and modes switched."""
+    with torch.inference_mode():
+        teacher = tiny_explainer()
+    teacher.train()
+    flags = [p.requires_grad for p in teacher.parameters()]
+    torch.manual_seed(0)
+    network = _student_explainer()
+    history = distil_student_unet(
+        network, classifier_with_head(), "head", teacher, _images(), epochs=1, batch_size=8
+    )
+    assert len(history) == 1 and network.is_trained
+    assert teacher.training and all(module.training for module in teacher.modules())
+    assert [p.requires_grad for p in teacher.parameters()] == flags
+    trainable = tiny_explainer()
+    distil_student_unet(
+        _student_explainer(), classifier_with_head(), "head", trainable, _images(), epochs=1,
+        batch_size=8,
+    )  # fmt: skip
+    assert all(p.requires_grad for p in trainable.parameters())  # switched back on
