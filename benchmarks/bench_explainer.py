@@ -80,14 +80,14 @@ def mask_iou(masks: torch.Tensor, evidence: torch.Tensor) -> float:
 def grad_cam_iou(
     model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, evidence: torch.Tensor
 ) -> float:
-    """:func:`mask_iou` of pytorch-grad-cam's GradCAM on the model's last convolution (a
-    transformer's last block, its tokens reshaped to the patch grid)."""
+    """:func:`mask_iou` of pytorch-grad-cam's GradCAM on the model's last feature map (a
+    transformer's last block, its tokens reshaped to the patch grid; ``grad_cam_layer``)."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from ctc_plugin.cam.transformers import grad_cam_layer
 
-    layer, reshape = grad_cam_layer(model)
+    layer, reshape = grad_cam_layer(model, images)
     with GradCAM(model, [layer], reshape_transform=reshape) as cam:
         maps = cam(images, targets=[ClassifierOutputTarget(int(c)) for c in labels])
     return mask_iou(torch.from_numpy(maps), evidence)

@@ -28,6 +28,7 @@ from zennit.core import Composite
 
 from ctc_plugin.canonizers import gradient_attributor, held_composites
 from ctc_plugin.concurrency import exclusive, model_of
+from ctc_plugin.inputs import check_gradient_weights
 from ctc_plugin.targets import TargetType, captum_targets, resolve_targets
 
 #: What [`compute_relevance`][ctc_plugin.relevance.compute_relevance] accepts: a tensor (or a
@@ -69,14 +70,23 @@ def run_composite(
             [`one_hot_of`][ctc_plugin.relevance.one_hot_of]).
 
     Returns:
-        The model's output and the relevance shaped like ``x``, both detached.
+        The model's output and the relevance shaped like ``x``, both detached. The pass runs
+        with gradients on, also where the caller turned them off (``torch.no_grad()``,
+        ``torch.inference_mode()``).
 
     Raises:
-        ValueError: The composite holds a ``CTCComposite`` (see `check_gives_relevance`).
+        ValueError: The composite holds a ``CTCComposite`` (see `check_gives_relevance`), or
+            the model's weights are inference tensors (see
+            ``ctc_plugin.inputs.check_gradient_weights``).
     """
     check_gives_relevance(composite)
-    with gradient_attributor(model, composite) as attributor:
-        output, relevance = attributor(x.detach(), attr_output)
+    check_gradient_weights(model, "a Zennit composite's relevance")
+    # a gradient pass: with gradients on also for a caller under torch.no_grad() or
+    # torch.inference_mode(), on an ordinary copy of images made under inference mode
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x.detach().clone() if x.is_inference() else x.detach()
+        with gradient_attributor(model, composite) as attributor:
+            output, relevance = attributor(x, attr_output)
     return output.detach(), relevance.detach()
 
 

@@ -15,7 +15,7 @@ from ctc_plugin.cam.reshapes import (
     channels_last_to_grid,
     tokens_to_grid,
 )
-from ctc_plugin.cam.transformers import grad_cam_layer, transformer_stages
+from ctc_plugin.cam.transformers import grad_cam_layer, last_spatial_layer, transformer_stages
 
 __all__ = [
     "BLOCK_RESHAPES",
@@ -28,6 +28,7 @@ __all__ = [
     "UnrolledTokens",
     "channels_last_to_grid",
     "grad_cam_layer",
+    "last_spatial_layer",
     "tokens_to_grid",
     "transformer_stages",
 ]

@@ -237,7 +237,7 @@ def _layer_list(layers: Sequence[nn.Module]) -> list[nn.Module]:
 
     Raises:
         TypeError: A single module, or items that are no modules (names included).
-        ValueError: An empty list.
+        ValueError: An empty list, or one that lists a module more than once.
     """
     if isinstance(layers, nn.Module) and not isinstance(layers, nn.ModuleList):
         each = "list(module)" if isinstance(layers, nn.Sequential) else "list(module.children())"
@@ -260,6 +260,15 @@ def _layer_list(layers: Sequence[nn.Module]) -> list[nn.Module]:
     bad = [type(m).__name__ for m in layers if not isinstance(m, nn.Module)]
     if bad:
         raise TypeError(f"layers must be torch.nn.Module instances, got {bad}")
+    repeated = [
+        f"{type(m).__name__} at positions {[i for i, n in enumerate(layers) if n is m]}"
+        for i, m in enumerate(layers)
+        if any(n is m for n in layers[:i]) and not any(n is m for n in layers[i + 1 :])
+    ]
+    if repeated:  # it would be a stage twice, weighing double in the fusion
+        raise ValueError(
+            f"layers lists a module more than once ({'; '.join(repeated)}); list each once"
+        )
     return layers
 
 

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ctc_plugin.cam.known_blocks import (
     _FIRST_NORMS,
@@ -305,7 +306,9 @@ def _token_reshape(model: nn.Module, block: nn.Module, reshape: BlockReshape) ->
     return reshape if entry is None and not isinstance(reshape, TupleOutput) else None
 
 
-def grad_cam_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
+def grad_cam_layer(
+    model: nn.Module, example: Tensor | None = None
+) -> tuple[nn.Module, Reshape | None]:
     """The layer Grad-CAM conventionally explains, with the reshape pytorch-grad-cam needs.
 
     A vision transformer's last block (see
@@ -318,12 +321,22 @@ def grad_cam_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
     outputs reach no score, so their gradient, and a Grad-CAM map of them, is zero. The first
     LayerNorm also for a ViT whose last block returns a tuple (Hugging Face's BEiT, Data2Vec
     vision, CLIP, MetaCLIP 2): pytorch-grad-cam hooks the tensor a layer returns, and that
-    norm's tokens are on the block's grid. Otherwise the model's last ``nn.Conv2d`` and ``None``.
+    norm's tokens are on the block's grid. For a CNN, the module that returns its last feature
+    map ([`last_spatial_layer`][ctc_plugin.cam.last_spatial_layer]: ``layer4`` of a
+    ResNet, ``features`` of a VGG, DenseNet or EfficientNet, ``Mixed_7c`` of Inception v3), found
+    by running ``example``, and ``None``.
     The token reshapes assume square patch grids where the model says no grid, as
     pytorch-grad-cam's do (a `PatchTokens` refuses a patch count that is no square).
 
+    Args:
+        model: The classifier.
+        example: An input batch the model takes (its first image is run): needed for a CNN,
+            whose last feature map only its forward pass shows (the last ``nn.Conv2d``
+            registered can be a shortcut projection or one branch of the last block).
+
     Raises:
-        ValueError: If the model has neither known transformer blocks nor a ``Conv2d``, or its
+        ValueError: If the model has neither known transformer blocks nor a spatial feature
+            map, a CNN comes without ``example``, or its
             last block returns a tuple and is no ViT block with a first LayerNorm (TNT, MViTv2,
             Hugging Face's Swin, Hiera, PVT, EfficientFormer): no submodule returns that
             block's feature map.
@@ -349,14 +362,52 @@ def grad_cam_layer(model: nn.Module) -> tuple[nn.Module, Reshape | None]:
                 "the feature map out of the tuple (ctc_plugin.cam.transformers.TupleOutput)"
             )
         return last, reshape
-    convolutions = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if not convolutions:
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         raise ValueError("the model has no Conv2d and no known transformer block for Grad-CAM")
-    return convolutions[-1], None
+    if example is None:
+        raise ValueError(
+            f"{type(model).__name__} is a CNN: its last feature map is found by running it; "
+            "pass an input batch, grad_cam_layer(model, example=images) (the last Conv2d "
+            "registered can be a shortcut or one branch of the last block, not its output)"
+        )
+    return last_spatial_layer(model, example), None
+
+
+def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
+    """Return the module whose output is the last feature map with more than one position.
+
+    This is the layer Grad-CAM conventionally explains (the last convolutional stage, e.g.
+    ``layer4`` of a ResNet): among the model's submodules, in the order their forward calls
+    finish, the last one returning an ``(N, C, H, W)`` tensor with ``H * W > 1``.
+
+    Raises:
+        ValueError: when no submodule returns such a tensor.
+    """
+    finished: list[nn.Module] = []
+
+    def hook(module: nn.Module, inputs: object, output: object) -> None:
+        if (
+            isinstance(output, Tensor)
+            and output.dim() == 4
+            and output.shape[2] * output.shape[3] > 1
+        ):
+            finished.append(module)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not finished:
+        raise ValueError("the model has no submodule returning a spatial (N, C, H, W) map")
+    return finished[-1]
 
 
 __all__ = [
     "BLOCK_RESHAPES",
+    "last_spatial_layer",
     "HUGGINGFACE_BLOCKS",
     "HUGGINGFACE_REFUSED",
     "TIMM_BLOCKS",

@@ -197,8 +197,7 @@ def _lime(request: Request) -> tuple[str, Tensor]:
 def _gradcam(request: Request) -> tuple[str, Tensor]:
     from captum.attr import LayerAttribution, LayerGradCam
 
-    from ctc_plugin.cam.transformers import transformer_stages
-    from ctc_plugin.harness.methods import last_spatial_layer
+    from ctc_plugin.cam.transformers import last_spatial_layer, transformer_stages
 
     if transformer_stages(request.model):
         raise MethodError(

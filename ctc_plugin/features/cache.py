@@ -186,6 +186,8 @@ def _decode(data: bytes, shape: tuple[int, ...]) -> tuple[np.ndarray, FeatureTab
         raise ValueError(f"label map of shape {labels.shape} ({labels.dtype}), expected {shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= count):
         raise ValueError(f"label ids outside 0..{count - 1}")
+    if labels.size and not np.bincount(labels.ravel(), minlength=count).all():
+        raise ValueError(f"label ids are not 0..{count - 1}, each on some pixel")
     lengths = {len(table.bbox), len(table.source), *(len(s) for s in table.scores.values())}
     if lengths - {count}:
         raise ValueError("feature table columns of different lengths")

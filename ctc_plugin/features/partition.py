@@ -304,6 +304,8 @@ def as_feature_mask(
             )
         if shape is not None and array.shape[2:] != tuple(shape):
             raise ValueError(f"label map has shape {array.shape[2:]} but the images are {shape}")
+        # in int64: a signed 8- or 16-bit map's ids minus its minimum can overflow its dtype
+        array = array.astype(np.int64)
         relabelled = [relabel_sequential(item - item.min())[0] for item in array]
         return torch.from_numpy(np.stack(relabelled).astype(np.int64))
     if isinstance(masks, Sequence) and masks and not isinstance(masks, str):

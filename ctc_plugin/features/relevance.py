@@ -26,7 +26,7 @@ from zennit.types import Convolution
 
 from ctc_plugin.canonizers import PositiveEpsMergeBatchNorm
 from ctc_plugin.concurrency import exclusive
-from ctc_plugin.inputs import check_eval_mode
+from ctc_plugin.inputs import check_eval_mode, outside_inference_mode
 from ctc_plugin.relevance import Relevance, compute_relevance, one_hot_of, run_composite
 from ctc_plugin.targets import class_indices
 
@@ -82,6 +82,7 @@ def resolve_target(
     return class_indices(target, images.shape[0], device=images.device)
 
 
+@outside_inference_mode  # the copy it merges BatchNorm on must be able to take gradients
 def zennit_relevance(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -93,7 +94,8 @@ def zennit_relevance(
     The composite's hooks and canonizers are removed when the call ends, also on error, so the
     model is left as it was. A model with BatchNorm or dropout in training mode is refused
     before anything runs (its statistics would change and the heatmap would depend on the rest
-    of the batch): pass it in eval mode.
+    of the batch): pass it in eval mode. It runs with gradients on, also where the caller
+    turned them off (``torch.no_grad()``, ``torch.inference_mode()``).
 
     Args:
         model: The classifier.

@@ -240,9 +240,14 @@ def cluster_agreement(partition: np.ndarray, clusters: np.ndarray) -> np.ndarray
 
 
 def _as_label_maps(feature_mask: torch.Tensor, n: int, shape: tuple[int, int]) -> torch.Tensor:
-    if not isinstance(feature_mask, torch.Tensor) or feature_mask.is_floating_point():
+    if (
+        not isinstance(feature_mask, torch.Tensor)
+        or feature_mask.is_floating_point()
+        or feature_mask.dtype == torch.bool
+    ):
         raise TypeError(
-            "feature_mask must be an integer tensor; convert other mask forms with "
+            "feature_mask must be an integer tensor of feature ids; convert other mask forms "
+            "(boolean masks, a stack of one image's masks, SAM's dicts) with "
             "ctc_plugin.features.as_feature_mask"
         )
     mask = feature_mask

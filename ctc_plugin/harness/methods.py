@@ -33,7 +33,6 @@ __all__ = [
     "explainer_method",
     "registry",
     "method_names",
-    "last_spatial_layer",
 ]
 
 
@@ -216,38 +215,6 @@ def _alpha1beta0(canonizers: list) -> object:
     return lrp_alpha1beta0(canonizers=canonizers)
 
 
-def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
-    """Return the module whose output is the last feature map with more than one position.
-
-    This is the layer Grad-CAM conventionally explains (the last convolutional stage, e.g.
-    ``layer4`` of a ResNet): among the model's submodules, in the order their forward calls
-    finish, the last one returning an ``(N, C, H, W)`` tensor with ``H * W > 1``.
-
-    Raises:
-        ValueError: when no submodule returns such a tensor.
-    """
-    finished: list[nn.Module] = []
-
-    def hook(module: nn.Module, inputs: object, output: object) -> None:
-        if (
-            isinstance(output, Tensor)
-            and output.dim() == 4
-            and output.shape[2] * output.shape[3] > 1
-        ):
-            finished.append(module)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
-    try:
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not finished:
-        raise ValueError("the model has no submodule returning a spatial (N, C, H, W) map")
-    return finished[-1]
-
-
 def _grad_cam(cls_name: str) -> Method:
     """A pytorch-grad-cam method on the model's last feature map.
 
@@ -256,7 +223,7 @@ def _grad_cam(cls_name: str) -> Method:
     [`grad_cam_layer`][ctc_plugin.cam.grad_cam_layer] names (the last block, or its first norm
     where only the class token is classified, as pytorch-grad-cam's ViT tutorial takes it), with
     pytorch-grad-cam's ``reshape_transform`` turning its tokens into a map; otherwise
-    [`last_spatial_layer`][ctc_plugin.harness.methods.last_spatial_layer].
+    [`last_spatial_layer`][ctc_plugin.cam.last_spatial_layer].
     """
 
     def method(
@@ -265,12 +232,9 @@ def _grad_cam(cls_name: str) -> Method:
         import pytorch_grad_cam
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        from ctc_plugin.cam.transformers import grad_cam_layer, transformer_stages
+        from ctc_plugin.cam.transformers import grad_cam_layer
 
-        if transformer_stages(model):
-            layer, reshape = grad_cam_layer(model)
-        else:
-            layer, reshape = last_spatial_layer(model, images), None
+        layer, reshape = grad_cam_layer(model, images)
         was_training = model.training
         # its model.zero_grad() and loss.backward() set every parameter's .grad: they are put
         # back as they were (a later optimiser step would use them; memory would stay held)

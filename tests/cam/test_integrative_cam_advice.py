@@ -60,3 +60,11 @@ def test_a_bound_forward_method_is_explained_as_its_module() -> None:
     vit, x = _vit(), torch.rand(1, 3, 16, 16)
     expected = IntegrativeCAM(vit).attribute(x, target=1)
     torch.testing.assert_close(IntegrativeCAM(vit.forward).attribute(x, target=1), expected)
+
+
+def test_a_layer_listed_twice_is_refused_by_its_positions() -> None:
+    """It was a stage twice (weighing double in the fusion; the map moved by 0.10 on a
+    ResNet-18) and the warning said it had run twice in one forward pass."""
+    model = torchvision.models.resnet18(weights=None).eval()
+    with pytest.raises(ValueError, match=r"more than once \(Sequential at positions \[0, 1\]\)"):
+        IntegrativeCAM(model, layers=[model.layer3, model.layer3, model.layer4])

@@ -178,3 +178,24 @@ def test_settings_that_hold_arrays_are_keyed_by_their_content(tmp_path: Path):
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     a(x)
     torch.testing.assert_close(b(x), SuperpixelSegmenter(mask=second)(x), rtol=0, atol=0)
+
+
+def test_an_entry_whose_ids_have_gaps_is_recomputed_with_a_warning(tmp_path: Path):
+    """Ids {0, 2} with a table of several rows were served: no 0..K-1 mask (Lime needs one)."""
+    import io
+
+    cache = MaskCache(tmp_path)
+    segmenter = CountingSegmenter(cache=cache)
+    images = torch.rand(1, 3, 8, 8)
+    first = segmenter(images)
+    assert first.max() >= 2
+    (entry,) = entries(tmp_path)
+    arrays = dict(np.load(entry))
+    arrays["labels"] = np.zeros_like(arrays["labels"])
+    arrays["labels"][0, 0] = 2
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    entry.write_bytes(buffer.getvalue())
+    with pytest.warns(CorruptCacheEntryWarning, match="not 0..3, each on some pixel"):
+        assert torch.equal(segmenter(images), first)
+    assert segmenter.calls == 2

@@ -244,3 +244,11 @@ def test_as_feature_mask_accepts_captum_image_mask_input():
     assert torch.equal(as_feature_mask(masks), expected)
     labels = torch.arange(36).reshape(6, 6) // 12
     assert as_feature_mask(ImageMaskInput(image, mask=labels)).unique().tolist() == [0, 1, 2]
+
+
+def test_signed_small_integer_label_maps_are_relabelled():
+    """int8 ids minus their minimum overflowed int8: skimage refused 'negative values'."""
+    from ctc_plugin.features import as_feature_mask
+
+    labels = np.array([[-100, 100], [0, 5]], dtype=np.int8)
+    assert as_feature_mask(labels).flatten().tolist() == [0, 3, 1, 2]

@@ -140,3 +140,26 @@ def test_default_lrp_falls_back_when_batchnorm_merging_changes_the_model():
     assert relevance.shape == (2, 96, 96) and torch.isfinite(relevance).all()
     assert any("SequentialMergeBatchNorm" in str(w.message) for w in caught)
     assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))
+
+
+@pytest.mark.parametrize("off", [torch.no_grad, torch.inference_mode])
+def test_the_relevance_is_computed_where_the_caller_turned_gradients_off(off):
+    """Evaluation code runs under no_grad: the LRP relevance (and so the default feature
+    selection) failed inside Zennit ("'NoneType' object has no attribute 'register_hook'")."""
+    from ctc_plugin.features import select_features
+    from ctc_plugin.testing import RandomCNN
+
+    model = RandomCNN(seed=0).eval()
+    images = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    mask = torch.arange(16).reshape(4, 4).repeat_interleave(10, 0).repeat_interleave(10, 1)
+    mask = mask.expand(2, 1, 40, 40)
+    expected = zennit_relevance(model, images, 0)
+    kept = select_features(mask, images, model=model, target=0)
+    with off():
+        got = zennit_relevance(model, images, 0)
+        got_composite = zennit_relevance(model, images, 0, composite=EpsilonPlusFlat())
+        selected = select_features(mask, images, model=model, target=0)
+    torch.testing.assert_close(got, expected)
+    assert torch.isfinite(got_composite).all()
+    assert torch.equal(selected.mask, kept.mask)
+    assert [list(ids) for ids in selected.selected] == [list(ids) for ids in kept.selected]

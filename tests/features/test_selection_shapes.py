@@ -83,3 +83,14 @@ def test_model_left_in_eval_mode_and_unchanged():
         select_features(partition, item["image"][None], model=model)
     assert not model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_boolean_masks_are_refused_with_the_conversion():
+    """Two boolean masks of one image, given beside two images, were read as one label map per
+    image (two features each), silently."""
+    from ctc_plugin.features import select_features
+
+    masks = torch.zeros(2, 48, 48, dtype=torch.bool)
+    masks[0, :24], masks[1, 24:] = True, True
+    with pytest.raises(TypeError, match=r"integer tensor of feature ids; .*as_feature_mask"):
+        select_features(masks, torch.rand(2, 3, 48, 48), relevance=torch.rand(2, 48, 48))

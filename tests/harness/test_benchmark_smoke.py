@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
+from ctc_plugin.cam.transformers import last_spatial_layer
 from ctc_plugin.evaluation.localisation import pointing_game
 from ctc_plugin.harness.benchmark import BenchmarkConfig, run_benchmark
-from ctc_plugin.harness.methods import last_spatial_layer, registry
+from ctc_plugin.harness.methods import registry
 from ctc_plugin.zoo import weights_path
 
 needs_zoo = pytest.mark.skipif(
