@@ -345,17 +345,25 @@ class StageTracer(TorchFunctionMode):
             )
         if reshape is not None:
             reshape = at_call(reshape, output)  # on the patch grid of this call
-        shaped = output if reshape is None else reshape(output)
+        try:
+            shaped = output if reshape is None else reshape(output)
+        except (RuntimeError, IndexError, TypeError) as error:  # torch's, from a user's reshape
+            raise ValueError(
+                f"the reshape_transform failed on the output of layer {name!r}, shaped "
+                f"{tuple(output.shape)}: {error}; give one that maps it to (N, C, H, W)"
+            ) from error
         if not isinstance(shaped, Tensor) or shaped.dim() != 4:
             shape = tuple(shaped.shape) if isinstance(shaped, Tensor) else type(shaped).__name__
-            advice = (
-                "give a reshape_transform that returns one"
-                if reshape is not None
-                else "give a reshape_transform for token maps (N, T, D) or channels-last maps"
-            )
+            if reshape is not None:
+                raise ValueError(
+                    f"the reshape_transform returned {shape} for the output of layer {name!r}, "
+                    f"shaped {tuple(output.shape)}; IntegrativeCAM needs a 4-D feature map "
+                    "(N, C, H, W) from each layer: give a reshape_transform that returns one"
+                )
             raise ValueError(
                 f"layer {name!r} returned {shape}; IntegrativeCAM needs a 4-D feature map "
-                f"(N, C, H, W) from each layer: {advice}"
+                "(N, C, H, W) from each layer: give a reshape_transform for token maps "
+                "(N, T, D) or channels-last maps"
             )
         grid = (int(shaped.shape[-2]), int(shaped.shape[-1]))
         if reshape is None and self.image_size is not None and grid not in self.conv_grids:

@@ -68,3 +68,36 @@ def test_a_layer_listed_twice_is_refused_by_its_positions() -> None:
     model = torchvision.models.resnet18(weights=None).eval()
     with pytest.raises(ValueError, match=r"more than once \(Sequential at positions \[0, 1\]\)"):
         IntegrativeCAM(model, layers=[model.layer3, model.layer3, model.layer4])
+
+
+class _TokenNet(nn.Module):
+    """A class token and 2 x 4 patch tokens from a 4-pixel patch embedding, pooled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, 4)
+        self.token = nn.Parameter(torch.randn(1, 1, 8))
+        self.block = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.token.expand(len(x), -1, -1), tokens], 1)
+        return self.head(self.block(tokens)[:, 1:].mean(1))
+
+
+def test_a_reshape_transform_that_fails_or_returns_no_map_is_named_with_its_layer() -> None:
+    """Torch's bare "shape '[5, -1]' is invalid" came through, naming neither the layer nor the
+    reshape; a reshape returning no 4-D map was reported as what the layer returned."""
+    torch.manual_seed(0)
+    model, images = _TokenNet().eval(), torch.rand(2, 3, 8, 16)
+    failing = IntegrativeCAM(
+        model, layers=[model.block], reshape_transform=lambda t: t.reshape(5, -1)
+    )
+    message = r"failed on the output of layer 'block', shaped \(2, 9, 8\): shape '\[5, -1\]'"
+    with pytest.raises(ValueError, match=message):
+        failing.attribute(images, target=0)
+    flat = IntegrativeCAM(model, layers=[model.block], reshape_transform=lambda t: t[:, 1:])
+    with pytest.raises(ValueError, match=r"reshape_transform returned \(2, 8, 8\) for the output "
+                       r"of layer 'block', shaped \(2, 9, 8\)"):  # fmt: skip
+        flat.attribute(images, target=0)
