@@ -460,10 +460,8 @@ def check_eval_mode(forward_func: Callable[..., Any]) -> None:
     model = model_of(forward_func)  # the model, or the owner of a bound method (model.forward)
     if model is None:
         return
-    # a model in eval mode is the common case: its modules' flags alone are read (names only
-    # for a refusal)
-    for module in model.modules():
-        if module.training and changes_in_training(module):
+    for module in model.modules():  # names only for a refusal
+        if changes_in_training(module):
             name = next(name for name, held in model.named_modules() if held is module)
             raise training_mode_error(module, repr(name or "(the model)"))
 
@@ -562,7 +560,7 @@ def changes_in_training(module: torch.nn.Module) -> bool:
     their layers, and spectral normalisation (its power iteration updates its vectors:
     ``parametrizations.spectral_norm`` or the older hook form).
     """
-    if not module.training:
+    if not module.training:  # first: a model in eval mode is the common case
         return False
     stateful = (
         isinstance(module, (*BATCH_NORM_TYPES, _SpectralNorm))

@@ -28,7 +28,7 @@ from zennit.core import Composite
 
 from ctc_plugin.canonizers import gradient_attributor, held_composites
 from ctc_plugin.concurrency import exclusive, model_of
-from ctc_plugin.inputs import check_gradient_weights
+from ctc_plugin.inputs import check_gradient_weights, with_gradients
 from ctc_plugin.targets import TargetType, captum_targets, resolve_targets
 
 #: What [`compute_relevance`][ctc_plugin.relevance.compute_relevance] accepts: a tensor (or a
@@ -48,6 +48,7 @@ FORMS = (
 )
 
 
+@with_gradients  # a gradient pass, also for a caller under no_grad or inference_mode
 def run_composite(
     model: torch.nn.Module,
     composite: Composite,
@@ -81,12 +82,9 @@ def run_composite(
     """
     check_gives_relevance(composite)
     check_gradient_weights(model, "a Zennit composite's relevance")
-    # a gradient pass: with gradients on also for a caller under torch.no_grad() or
-    # torch.inference_mode(), on an ordinary copy of images made under inference mode
-    with torch.inference_mode(False), torch.enable_grad():
-        x = x.detach().clone() if x.is_inference() else x.detach()
-        with gradient_attributor(model, composite) as attributor:
-            output, relevance = attributor(x, attr_output)
+    x = x.detach().clone() if x.is_inference() else x.detach()  # an ordinary copy: autograd
+    with gradient_attributor(model, composite) as attributor:
+        output, relevance = attributor(x, attr_output)
     return output.detach(), relevance.detach()
 
 

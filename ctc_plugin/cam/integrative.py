@@ -260,10 +260,13 @@ def _layer_list(layers: Sequence[nn.Module]) -> list[nn.Module]:
     bad = [type(m).__name__ for m in layers if not isinstance(m, nn.Module)]
     if bad:
         raise TypeError(f"layers must be torch.nn.Module instances, got {bad}")
+    positions: dict[int, list[int]] = {}
+    for i, module in enumerate(layers):
+        positions.setdefault(id(module), []).append(i)
     repeated = [
-        f"{type(m).__name__} at positions {[i for i, n in enumerate(layers) if n is m]}"
-        for i, m in enumerate(layers)
-        if any(n is m for n in layers[:i]) and not any(n is m for n in layers[i + 1 :])
+        f"{type(layers[at[0]]).__name__} at positions {at}"
+        for at in positions.values()
+        if len(at) > 1
     ]
     if repeated:  # it would be a stage twice, weighing double in the fusion
         raise ValueError(

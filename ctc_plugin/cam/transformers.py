@@ -407,7 +407,6 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
 
 __all__ = [
     "BLOCK_RESHAPES",
-    "last_spatial_layer",
     "HUGGINGFACE_BLOCKS",
     "HUGGINGFACE_REFUSED",
     "TIMM_BLOCKS",
@@ -421,6 +420,7 @@ __all__ = [
     "channels_last_to_grid",
     "check_square_grid",
     "grad_cam_layer",
+    "last_spatial_layer",
     "patch_grid_arguments",
     "reads_patch_grid",
     "refused_blocks",

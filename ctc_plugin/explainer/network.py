@@ -137,7 +137,7 @@ def _old_explainer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | 
         for key in _BACKBONE_SETTINGS
         if key in kwargs
     )
-    channels = "".join(  # the explainer's own settings, beside the backbone
+    own = "".join(  # the explainer's own settings, beside the backbone
         f", {key}={kwargs[key]!r}" for key in ("in_channels", "input_scale") if key in kwargs
     )
     if isinstance(first, str) or (isinstance(first, int) and not isinstance(first, bool)):
@@ -150,13 +150,13 @@ def _old_explainer_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | 
             return f"it takes the backbone module first: Explainer(backbone, {count})"
         return (
             f"it takes the backbone module first, then num_classes: {_BUILD_THE_BACKBONE}, e.g. "
-            f"Explainer(build_backbone({name!r}, {count}{settings}), {count}{channels})"
+            f"Explainer(build_backbone({name!r}, {count}{settings}), {count}{own})"
         )
     if first is None and "num_classes" in kwargs:
         count = kwargs["num_classes"]
         return (
             f"it needs the backbone module: {_BUILD_THE_BACKBONE}, e.g. "
-            f"Explainer(build_backbone('unet-small', {count}{settings}), {count}{channels})"
+            f"Explainer(build_backbone('unet-small', {count}{settings}), {count}{own})"
         )
     return None
 

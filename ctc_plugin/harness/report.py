@@ -213,13 +213,18 @@ def finite_mean(values: np.ndarray) -> float:
     return float(finite.mean()) if len(finite) else math.nan
 
 
-def _means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean of each column per method, over the given summary rows (NaN-aware)."""
+def _by_method(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The rows of each method, methods in order of first appearance."""
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         grouped[str(row["method"])].append(row)
+    return grouped
+
+
+def _means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean of each column per method, over the given summary rows (NaN-aware)."""
     out = []
-    for method, group in grouped.items():
+    for method, group in _by_method(rows).items():
         entry: dict[str, Any] = {"method": method, "models": len(group), "counts": {}}
         for key in COLUMNS:
             values = [float(r.get(key, math.nan)) for r in group]
@@ -258,11 +263,8 @@ def standard_errors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         deviation (``ddof=1``) of each column over its images divided by the square root of
         their number (NaN with fewer than two values).
     """
-    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        grouped[str(row["method"])].append(row)
     out = []
-    for method, group in grouped.items():
+    for method, group in _by_method(rows).items():
         entry: dict[str, Any] = {"method": method}
         for key in PER_IMAGE_QUALITY:
             values = np.asarray([float(r.get(key, math.nan)) for r in group], dtype=float)
