@@ -114,8 +114,9 @@ class WeightsWatch:
 
     A look ([`unchanged`][ctc_plugin.module_state.WeightsWatch.unchanged]) reads the state
     dict's entries and then all kept values with one concatenation per device and dtype,
-    compared bit for bit (NaN weights stay unchanged): about 0.6 ms for a torchvision ResNet-50's
-    320 tensors on one CPU thread, where hashing them takes 150 ms. The views keep the storage of
+    compared bit for bit (NaN weights stay unchanged): about 0.8 ms for a torchvision ResNet-50's
+    320 tensors on one CPU thread, where hashing them takes 150 ms (docs/explainer.md gives the
+    command). The views keep the storage of
     the weights they watch alive until a look finds them changed (then they are let go), so
     addresses are never those of other, newer tensors. Pickled or copied, a watch keeps no
     views and finds every module changed.
