@@ -13,7 +13,12 @@ Behaviour:
 - **Only its own entries.** Eviction and [`clear`][ctc_plugin.features.cache.MaskCache.clear]
   remove only files the index lists, and only names of the entry pattern above; other files in
   the folder (your own ``.npz`` files, notes, subfolders) are never read, changed or removed. A
-  folder whose ``cache.db`` is not a mask-cache index is refused rather than written to.
+  cache folder holds a marker file, ``ctc-plugin-mask-cache.txt``, written before its index: a
+  folder whose ``cache.db`` is not a diskcache index, or is another program's diskcache index (no
+  marker, and entries that are not masks), is refused rather than written to, so that neither
+  eviction nor ``clear`` can remove that program's entries. A mask cache of an earlier version
+  (no marker, every entry a mask) gets its marker and is used; one without marker and without
+  entries is refused with a message that says to delete its ``cache.db``.
 - **Size cap.** The folder (index plus entries) is kept under ``max_bytes`` by removing the least
   recently used entries; the index itself takes a few tens of KiB.
 - **Shared use.** Several threads and processes may use one folder at the same time; an entry
@@ -68,6 +73,15 @@ _INDEX_TABLES = frozenset({"Settings", "Cache"})
 _INDEX_SETTINGS = frozenset(diskcache.core.DEFAULT_SETTINGS) | frozenset(diskcache.core.METADATA)
 #: The file names diskcache's ``Disk.filename`` gives entries (relative to the folder).
 _ENTRY_FILE = re.compile(r"[0-9a-f]{2}[/\\][0-9a-f]{2}[/\\][0-9a-f]{28}\.val")
+#: The file that makes a folder a mask cache; written before the index, never removed.
+_MARKER_NAME = "ctc-plugin-mask-cache.txt"
+_MARKER_TEXT = (
+    "This folder is a ctc-plugin mask cache (segmentations keyed by image and segmenter "
+    "settings).\nEmpty it with ctc_plugin.features.MaskCache(<this folder>).clear(); files of "
+    "your own here are never touched.\n"
+)
+#: The keys ``MaskCache.key_for`` gives: 40 hexadecimal digits, a dash, the settings key.
+_ENTRY_KEY = re.compile(r"[0-9a-f]{40}-.+", re.DOTALL)
 #: Seconds a process waits for another one's write lock before the folder counts as unusable.
 _LOCK_TIMEOUT = 60.0
 
@@ -104,6 +118,17 @@ def image_digest(image: np.ndarray) -> str:
 
 def _own_file(filename: object) -> bool:
     return isinstance(filename, str) and _ENTRY_FILE.fullmatch(filename) is not None
+
+
+def _mask_entry(key: object, raw: object, mode: object, filename: object) -> bool:
+    """Whether a row of a diskcache index is a mask entry (as ``MaskCache.store`` writes them)."""
+    return (
+        isinstance(key, str)
+        and raw == 1
+        and _ENTRY_KEY.fullmatch(key) is not None
+        and mode == diskcache.core.MODE_BINARY
+        and _own_file(filename)
+    )
 
 
 class _EntryDisk(diskcache.Disk):
@@ -360,6 +385,7 @@ class MaskCache:
             if not os.access(self.directory, os.W_OK | os.X_OK):
                 raise self._unusable(PermissionError(), "the folder is not writable")
             self._check_index()
+            self._mark()
             try:
                 self._index = diskcache.Cache(
                     str(self.directory),
@@ -382,7 +408,12 @@ class MaskCache:
             return self._index
 
     def _check_index(self) -> None:
-        """Refuse a ``cache.db`` that is not a mask-cache index (it is never written to)."""
+        """Refuse a ``cache.db`` that is not a mask-cache index (it is never written to).
+
+        An index is a mask cache's when the folder has the marker file, or, for a cache of an
+        earlier version (which wrote no marker), when it has entries and every one of them is a
+        mask entry (a key of ``key_for``'s form stored in an entry file).
+        """
         path = self.directory / _INDEX_NAME
         if not path.exists():
             return
@@ -392,6 +423,7 @@ class MaskCache:
         )
         if not path.is_file():
             raise self._unusable(IsADirectoryError(), foreign)
+        marked = self._marked()
         try:
             uri = f"file:{quote(str(path.resolve()))}?mode=ro"
             with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=_LOCK_TIMEOUT)) as db:
@@ -403,6 +435,11 @@ class MaskCache:
                     {row[0] for row in db.execute("SELECT key FROM Settings")}
                     if "Settings" in tables
                     else set()
+                )
+                entries = (
+                    db.execute("SELECT key, raw, mode, filename FROM Cache").fetchall()
+                    if "Cache" in tables and not marked
+                    else []
                 )
         except sqlite3.DatabaseError as error:
             if isinstance(error, sqlite3.OperationalError) and "not a database" not in str(error):
@@ -417,6 +454,36 @@ class MaskCache:
             raise self._unusable(error, foreign) from error
         if tables - _INDEX_TABLES or settings - _INDEX_SETTINGS:
             raise self._unusable(ValueError(), foreign)
+        if marked:
+            return
+        strangers = [entry for entry in entries if not _mask_entry(*entry)]
+        if strangers:
+            raise self._unusable(
+                ValueError(),
+                f"its {_INDEX_NAME} is another program's diskcache index (no {_MARKER_NAME}, and "
+                f"entries such as {strangers[0][0]!r} that are not masks), and is left alone; "
+                "choose another folder for the cache",
+            )
+        if not entries:
+            raise self._unusable(
+                ValueError(),
+                f"its {_INDEX_NAME} holds no entries and the folder has no mask cache marker "
+                f"{_MARKER_NAME}: if it is an empty mask cache of an earlier "
+                f"ctc-plugin, delete {path} (it holds no masks); otherwise choose another folder "
+                "for the cache",
+            )
+
+    def _marked(self) -> bool:
+        return (self.directory / _MARKER_NAME).is_file()
+
+    def _mark(self) -> None:
+        """Write the marker file unless it is there (before the index is created)."""
+        if self._marked():
+            return
+        try:
+            (self.directory / _MARKER_NAME).write_text(_MARKER_TEXT)
+        except OSError as error:
+            raise self._unusable(error, f"its marker file cannot be written ({error})") from error
 
     def _discard(self, index: diskcache.Cache | None, key: str, reason: str) -> None:
         warnings.warn(

@@ -149,6 +149,84 @@ def test_foreign_index_file_is_refused_and_left_alone(tmp_path: Path):
         assert after == before, name
 
 
+def _folder_contents(folder: Path) -> list[tuple[str, bytes]]:
+    """Names and bytes in a folder, without SQLite's ``-wal``/``-shm`` files (any reader of a
+    write-ahead-log database makes them)."""
+    return sorted(
+        (p.relative_to(folder).as_posix(), p.read_bytes() if p.is_file() else b"")
+        for p in folder.rglob("*")
+        if not p.name.endswith(("-wal", "-shm"))
+    )
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        {"settings": {"theme": "dark"}, "count": 3},  # pickled values, plain keys
+        {"a" * 40 + "-settings": b"x" * 100},  # a mask-like key, its value kept in the index
+        {("tuple", "key"): b"bytes"},
+    ],
+    ids=["pickled", "mask-like-key", "tuple-key"],
+)
+def test_another_programs_diskcache_is_refused_and_left_alone(tmp_path: Path, entries: dict):
+    """Its clear() would remove that program's entries: the folder is refused, not adopted."""
+    import diskcache
+
+    folder = tmp_path / "theirs"
+    with diskcache.Cache(str(folder)) as theirs:
+        for key, value in entries.items():
+            theirs[key] = value
+    before = _folder_contents(folder)
+    cache = MaskCache(folder)
+    for call in (cache.clear, lambda: cache.store(image_of(0), "settings", *entry_of(0))):
+        with pytest.raises(MaskCacheError, match="another program's diskcache index") as error:
+            call()
+        assert str(folder) in str(error.value)
+    assert _folder_contents(folder) == before
+    with diskcache.Cache(str(folder)) as theirs:
+        assert {key: theirs[key] for key in entries} == entries
+
+
+def test_a_new_cache_folder_is_marked_and_keeps_its_marker(tmp_path: Path):
+    folder = tmp_path / "cache"
+    cache = MaskCache(folder)
+    fill(cache, 2)
+    marker = folder / "ctc-plugin-mask-cache.txt"
+    assert "ctc-plugin mask cache" in marker.read_text()
+    cache.clear()
+    assert marker.is_file()
+    cache.close()
+    assert MaskCache(folder).load(image_of(0), "settings") is None  # still its own folder
+
+
+def test_a_cache_of_an_earlier_version_is_adopted(tmp_path: Path):
+    """Earlier versions wrote no marker: an index whose entries are all masks is still ours."""
+    folder = tmp_path / "cache"
+    cache = MaskCache(folder)
+    fill(cache, 3)
+    cache.close()
+    (folder / "ctc-plugin-mask-cache.txt").unlink()
+    earlier = MaskCache(folder)
+    assert same_entry(earlier.load(image_of(1), "settings"), 1)
+    assert (folder / "ctc-plugin-mask-cache.txt").is_file()
+    earlier.clear()
+    assert entry_files(folder) == []
+
+
+def test_an_unmarked_empty_index_is_refused_with_the_file_to_delete(tmp_path: Path):
+    import diskcache
+
+    folder = tmp_path / "cache"
+    diskcache.Cache(str(folder)).close()
+    with pytest.raises(MaskCacheError, match=r"no entries .*delete .*cache\.db"):
+        MaskCache(folder).store(image_of(0), "settings", *entry_of(0))
+    assert not (folder / "ctc-plugin-mask-cache.txt").exists()
+    (folder / "cache.db").unlink()  # as the message says
+    fresh = MaskCache(folder)
+    fresh.store(image_of(0), "settings", *entry_of(0))
+    assert same_entry(fresh.load(image_of(0), "settings"), 0)
+
+
 def test_a_truncated_index_names_the_file_to_delete_and_is_left_alone(tmp_path: Path):
     """A crash mid-write truncates cache.db: once reported as "not a mask cache index"."""
     folder = tmp_path / "cache"
