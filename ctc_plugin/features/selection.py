@@ -37,7 +37,7 @@ from sklearn.cluster import DBSCAN
 from ctc_plugin._moved import moved_keywords
 from ctc_plugin.features.base import ImageNormalisation
 from ctc_plugin.features.relevance import RelevanceMethod, as_heatmap, relevance_heatmap
-from ctc_plugin.inputs import is_integer
+from ctc_plugin.inputs import check_images, is_integer
 from ctc_plugin.wording import caller_stacklevel, counted
 
 __all__ = [
@@ -270,6 +270,31 @@ def _as_label_maps(feature_mask: torch.Tensor, n: int, shape: tuple[int, int]) -
     return mask[:, 0].cpu()
 
 
+def _colour_view(
+    images: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[torch.Tensor, tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The RGB images the colour coordinates are read from, with their normalisation.
+
+    A grayscale batch is read as the RGB images of its channel repeated (its normalisation may
+    give one value or three); the model still gets the one channel.
+    """
+    mean = None if mean is None else tuple(mean)
+    std = None if std is None else tuple(std)
+    channels = images.shape[1]
+    if channels == 1:
+        mean = mean * 3 if mean is not None and len(mean) == 1 else mean
+        std = std * 3 if std is not None and len(std) == 1 else std
+        return images.expand(-1, 3, -1, -1), mean, std
+    if channels != 3:
+        raise ValueError(
+            f"select_features reads colours from RGB (or grayscale) images, and these have "
+            f"{channels} channels: compute the relevance on your images and pass it with an RGB "
+            "view of them, e.g. select_features(mask, x[:, :3], relevance=heatmap) for RGBA "
+            "images, where heatmap is (N, H, W) (a Captum or Zennit attribution of x)"
+        )
+    return images, mean, std
+
+
 @moved_keywords(
     config=(SelectionConfig, "config"),
     hints={
@@ -308,7 +333,10 @@ def select_features(
         feature_mask: Integer partition ``(N, 1, H, W)`` (or ``(1, 1, H, W)``, ``(N, H, W)``,
             ``(H, W)``), e.g. from [`to_partition`][ctc_plugin.features.partition.to_partition] or a
             segmenter.
-        images: The classifier's input batch ``(N, 3, H, W)``.
+        images: The classifier's input batch ``(N, 3, H, W)``, or ``(N, 1, H, W)`` for a
+            grayscale classifier (the colour coordinates read it as its channel repeated; the
+            model gets the one channel). For other channel counts pass an RGB view of the
+            images with the relevance computed on the images themselves.
         relevance: A heatmap tensor (``(N, H, W)``, ``(N, 1, H, W)`` or ``(N, C, H, W)``), or the
             method to compute one: ``None`` for LRP-alpha1-beta0 through Zennit, a Zennit
             composite, a Captum attribution object, or a callable ``(images, target) -> Tensor``.
@@ -316,7 +344,8 @@ def select_features(
         model: The classifier (needed unless ``relevance`` is a tensor or a Captum object).
         target: Class per image, one class for all, or ``None`` for the predicted class.
         value_range: Range of the (un-normalised) image values, for the colour coordinates.
-        mean: Per-channel mean the images were normalised with, if any.
+        mean: Per-channel mean the images were normalised with, if any (one value or three for
+            grayscale images).
         std: Per-channel standard deviation the images were normalised with, if any.
 
     Returns:
@@ -331,7 +360,8 @@ def select_features(
             function no longer takes (``k=``, ``eps=``, ... are fields of the config;
             ``return_details=`` is gone, the details are always returned).
         ValueError: A mask or heatmap that does not fit the images, images outside the declared
-            value range, or a heatmap with NaN or infinite values.
+            value range, images of neither 1 nor 3 channels, or a heatmap with NaN or infinite
+            values.
     """
     if not isinstance(config, SelectionConfig):
         raise TypeError(
@@ -339,12 +369,14 @@ def select_features(
             "SelectionConfig(k=..., eps=...)"
         )
     k = config.k
+    colour_images, mean, std = _colour_view(check_images(images), mean, std)
     normalisation = ImageNormalisation(
         value_range=value_range if value_range == "auto" else tuple(value_range),
-        mean=None if mean is None else tuple(mean),
-        std=None if std is None else tuple(std),
+        mean=mean,
+        std=std,
     )
-    rgb = normalisation.to_unit(images).permute(0, 2, 3, 1).cpu().numpy().astype(np.float64)
+    rgb = normalisation.to_unit(colour_images).permute(0, 2, 3, 1).cpu().numpy()
+    rgb = rgb.astype(np.float64)
     n, _, height, width = images.shape
     labels = _as_label_maps(feature_mask, n, (height, width))
     if isinstance(relevance, torch.Tensor):

@@ -252,3 +252,38 @@ def test_a_pixel_at_the_jenks_break_is_not_kept():
     assert (relevance == cut).any()
     keep = relevant_pixels(relevance, config)
     np.testing.assert_array_equal(keep, (relevance > cut) & (relevance > relevance.min()))
+
+
+@pytest.mark.filterwarnings("ignore:image .* DBSCAN search:RuntimeWarning")
+@pytest.mark.parametrize("normalised", [False, True])
+def test_a_grayscale_classifier_gets_its_one_channel_and_colours_read_it_as_gray(normalised):
+    """As CTC segments grayscale: colours of the channel repeated, the model its one channel."""
+    from ctc_plugin.features.relevance import relevance_heatmap
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 3),
+    ).eval()
+    gray = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    scaling = {"mean": (0.5,), "std": (0.25,)} if normalised else {}
+    if normalised:
+        gray = (gray - 0.5) / 0.25
+    partition = grid_partition()[None, None]
+    selection = select_features(partition, gray, model=model, target=1, **scaling)
+    heatmap = relevance_heatmap(None, model, gray, 1)
+    rgb_scaling = {name: values * 3 for name, values in scaling.items()}
+    expected = select_features(
+        partition, gray.expand(-1, 3, -1, -1), heatmap, config=SelectionConfig(), **rgb_scaling
+    )
+    assert torch.equal(selection.mask, expected.mask)
+    assert torch.equal(selection.relevance, expected.relevance)
+
+
+def test_images_of_other_channel_counts_are_refused_with_the_rgb_view_to_pass():
+    partition = grid_partition()[None, None]
+    with pytest.raises(ValueError, match=r"4 channels: .*x\[:, :3\], relevance=heatmap"):
+        select_features(partition, torch.rand(1, 4, 32, 32), blob_relevance()[None])
