@@ -200,14 +200,22 @@ def _refuse_other_channel_counts(
 
 
 def _record_conv_grid(
-    grids: list[tuple[int, int]], module: nn.Module, _inputs: Any, output: Any
+    grids: list[tuple[int, int]], examples: int, module: nn.Module, _inputs: Any, output: Any
 ) -> None:
-    """Global forward hook of a call: keep the output size of the last ``nn.Conv2d`` that ran.
+    """Global forward hook of a call: keep the output size of the last image ``nn.Conv2d``.
 
-    For a ViT that is its patch embedding's grid, which the square default of
-    [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] must match.
+    An image convolution is one over a batch of ``examples``. For a ViT that is its patch
+    embedding's grid, which the square default of
+    [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] and a grid told by hand must match. A
+    convolution over a batch of another size runs on pieces of the images (TNT embeds the
+    pixels of each patch with one): its grid is no grid of the image, and is not kept.
     """
-    if isinstance(module, nn.Conv2d) and isinstance(output, Tensor) and output.dim() >= 3:
+    if (
+        isinstance(module, nn.Conv2d)
+        and isinstance(output, Tensor)
+        and output.dim() == 4
+        and output.shape[0] == examples
+    ):
         grids[:] = [(int(output.shape[-2]), int(output.shape[-1]))]
 
 
@@ -527,7 +535,7 @@ class IntegrativeCAM(Attribution):
             hook = scope.only(partial(_refuse_other_channel_counts, inputs, []))
             handles.append(register_module_forward_pre_hook(hook))
             if guessed:  # the square default's guess is checked against the patch grid
-                hook = scope.only(partial(_record_conv_grid, patch_grids))
+                hook = scope.only(partial(_record_conv_grid, patch_grids, len(leaves[0])))
                 handles.append(register_module_forward_hook(hook))
                 for module, argument in patch_grid_arguments(self._model):
                     hook = scope.only(partial(_record_said_grid, patch_grids, argument))

@@ -137,15 +137,38 @@ class PatchTokens:
 
 
 def reads_patch_grid(reshape: BlockReshape | None) -> bool:
-    """Whether ``reshape`` guesses the patch grid, which the patch embedding's grid must check.
+    """Whether ``reshape`` guesses or is told the patch grid, which the embedding's must check.
 
-    True for [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] itself (its square default), a
-    `PatchTokens` without a grid, and a `TupleOutput` reshaping its tensor with one of these
-    (without a grid said by each call); see `check_square_grid`.
+    True for [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] itself (its square default) or
+    told a grid (``functools.partial(tokens_to_grid, grid=...)``), a `PatchTokens`, and a
+    `TupleOutput` reshaping its tensor with one of these (without a grid said by each call); see
+    `check_square_grid`.
     """
     if isinstance(reshape, TupleOutput):
         return not reshape.carries_grid and reads_patch_grid(reshape.reshape)
-    return reshape is tokens_to_grid or (isinstance(reshape, PatchTokens) and reshape.grid is None)
+    return (
+        reshape is tokens_to_grid
+        or isinstance(reshape, PatchTokens)
+        or told_grid(reshape) is not None
+    )
+
+
+def told_grid(reshape: object) -> tuple[int, int] | None:
+    """The patch grid a reshape is told; ``None`` for a reshape told none.
+
+    ``PatchTokens(grid=...)``'s, or the ``grid=`` of ``functools.partial(tokens_to_grid, ...)``.
+    """
+    if isinstance(reshape, PatchTokens):
+        grid = reshape.grid
+    elif isinstance(reshape, partial) and reshape.func is tokens_to_grid:
+        grid = reshape.keywords.get("grid")
+    else:
+        return None
+    try:
+        rows, columns = (int(v) for v in grid)
+    except (TypeError, ValueError):
+        return None  # no grid, or a malformed one that the reshape itself refuses
+    return rows, columns
 
 
 def _patch_tokens_on(
@@ -233,14 +256,62 @@ class _OnThePatchGrid:
         return self.fixed(tokens)(tokens)
 
 
+@dataclass(frozen=True)
+class _ToldGrid:
+    """A reshape told its patch grid, checked against the patch embedding's at each call.
+
+    A grid told by hand can contradict the model: rows and columns swapped (``grid=(4, 2)`` for
+    a 2 x 4 grid), another factorisation of the patch count, or fewer cells than there are
+    patches (the reshape would drop the first patches as if they were extra tokens). Each puts
+    patches in the wrong cells of every map without an error. `fixed` refuses a told grid that
+    differs from the grid seen (the output size of the last convolution that ran) and has as
+    many cells, or fewer cells than the seen grid while the tokens hold the seen grid; a told
+    grid with more cells than the seen one is left alone (patches merged or subsampled since,
+    or an attention's own spatial-reduction convolution ran last).
+
+    Attributes:
+        reshape: The reshape as given.
+        grid: The grid it is told.
+        patch_grid: The grid of the last convolution that ran, ``None`` if none did.
+    """
+
+    reshape: Reshape
+    grid: tuple[int, int]
+    patch_grid: Callable[[], tuple[int, int] | None] | None
+
+    def fixed(self, tokens: Tensor) -> Reshape:
+        """The reshape as given, after its grid was checked against the grid seen now.
+
+        Raises:
+            ValueError: Where the told grid contradicts the patch embedding's (see above).
+        """
+        seen = self.patch_grid() if self.patch_grid is not None else None
+        if seen is None or tuple(seen) == self.grid or tokens.dim() != 3:
+            return self.reshape
+        told_cells, seen_cells = self.grid[0] * self.grid[1], seen[0] * seen[1]
+        if told_cells == seen_cells or told_cells < seen_cells <= tokens.shape[1]:
+            how = "as many patches" if told_cells == seen_cells else f"{seen_cells} patches"
+            raise ValueError(
+                f"the reshape is told a {self.grid[0]} x {self.grid[1]} patch grid, but the "
+                f"model's patch embedding made a {seen[0]} x {seen[1]} grid of {how} (tokens "
+                f"of shape {tuple(tokens.shape)}): the maps would put patches in the wrong "
+                f"places; pass grid=({seen[0]}, {seen[1]})"
+            )
+        return self.reshape
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        """``tokens`` on the told grid, (N, C, rows, columns), once it was checked."""
+        return self.fixed(tokens)(tokens)
+
+
 def at_call(reshape: Reshape, tokens: Tensor) -> Reshape:
     """The reshape to keep for one call of a block that returned ``tokens``.
 
     A reshape `check_square_grid` returned reads the patch grid of the convolution that ran
-    last: it is fixed on the grid seen at the block's call (see `_OnThePatchGrid`). Any other
-    reshape is returned as it is.
+    last: it is fixed on (or checked against) the grid seen at the block's call (see
+    `_OnThePatchGrid` and `_ToldGrid`). Any other reshape is returned as it is.
     """
-    return reshape.fixed(tokens) if isinstance(reshape, _OnThePatchGrid) else reshape
+    return reshape.fixed(tokens) if isinstance(reshape, (_OnThePatchGrid, _ToldGrid)) else reshape
 
 
 def check_square_grid(
@@ -263,7 +334,9 @@ def check_square_grid(
     A `PatchTokens` without a grid (the number of
     leading tokens known) takes ``patch_grid()`` where it has as many cells as there are patch
     tokens, a non-square image included; otherwise its square, for a square image only. A
-    `TupleOutput` whose calls do not say the grid has its own reshape checked so.
+    `TupleOutput` whose calls do not say the grid has its own reshape checked so. A reshape
+    told its grid (``functools.partial(tokens_to_grid, grid=...)``, ``PatchTokens(grid=...)``)
+    is checked against ``patch_grid()`` at each call (see `_ToldGrid`).
 
     The returned reshape reads ``patch_grid()`` when it is called; `at_call` fixes it on the
     grid seen when a block returns, for that call's output and its gradient (the convolutions
@@ -279,6 +352,9 @@ def check_square_grid(
         return replace(reshape, reshape=check_square_grid(reshape.reshape, size, patch_grid))
     if isinstance(reshape, PatchTokens) and reshape.grid is None:
         return _OnThePatchGrid(reshape, size, patch_grid)
+    told = told_grid(reshape)
+    if told is not None:
+        return _ToldGrid(reshape, told, patch_grid)
     if reshape is not tokens_to_grid:
         return reshape
     if size[0] != size[1]:

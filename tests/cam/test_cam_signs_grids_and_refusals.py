@@ -156,6 +156,51 @@ def test_a_partial_tokens_to_grid_explains_a_non_square_grid() -> None:
     torch.testing.assert_close(ours, theirs)
 
 
+@pytest.mark.parametrize(
+    ("told", "why"),
+    [((4, 2), "as many patches"), ((1, 8), "as many patches"), ((2, 3), "8 patches")],
+    ids=["transposed", "other-factors", "too-few-cells"],
+)
+@pytest.mark.parametrize("kind", ["partial", "PatchTokens"])
+def test_a_told_grid_that_contradicts_the_patch_embedding_is_refused(told, why, kind) -> None:
+    """Each put the patches of a 2 x 4 grid in the wrong cells of every map, without an error."""
+    from ctc_plugin.cam.transformers import PatchTokens as Tokens
+
+    model = PatchTokens().eval()
+    reshape = (
+        functools.partial(tokens_to_grid, grid=told)
+        if kind == "partial"
+        else Tokens(prefix=9 - told[0] * told[1], grid=told)
+    )
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"told a {told[0]} x {told[1]} .*2 x 4 grid of {why}"):
+        IntegrativeCAM(model, reshape_transform=reshape).attribute(torch.rand(2, 3, 8, 16), 0)
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+    assert not any(module._forward_hooks for module in model.modules())
+
+
+def test_a_told_grid_with_more_cells_than_the_last_convolution_is_left_alone() -> None:
+    """An attention's spatial-reduction convolution runs after the patch embedding (Twins)."""
+
+    class Reduced(PatchTokens):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reduce = nn.Conv2d(8, 8, 2, stride=2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            grid = self.patches(x)
+            tokens = grid.flatten(2).transpose(1, 2)
+            tokens = torch.cat([self.class_token.expand(len(x), -1, -1), tokens], dim=1)
+            reduced = self.reduce(grid).mean()  # the last convolution before the block
+            tokens = self.block(tokens) + reduced
+            return self.head(tokens[:, 1:].mean(dim=1))
+
+    model = Reduced().eval()
+    reshape = functools.partial(tokens_to_grid, grid=(2, 4))
+    cam = IntegrativeCAM(model, [model.block], phi="identity", reshape_transform=reshape)
+    assert cam.attribute(torch.rand(2, 3, 8, 16), target=0).shape == (2, 1, 8, 16)
+
+
 def test_tuple_outputs_are_refused_with_a_message_that_fits() -> None:
     class Pair(nn.Module):
         def __init__(self) -> None:
