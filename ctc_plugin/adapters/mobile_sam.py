@@ -45,6 +45,8 @@ class MobileSAMSegmenter(SAMSegmenter):
         ImportError: If the ``mobile_sam`` package is not installed (the message says how).
     """
 
+    result_libraries = ("mobile_sam", "torch", "torchvision")
+
     def __init__(
         self,
         checkpoint: str | os.PathLike[str] | None = None,

@@ -345,6 +345,8 @@ class SAMSegmenter(Segmenter):
         ```
     """
 
+    result_libraries = ("segment-anything", "torch", "torchvision")
+
     def __init__(
         self,
         checkpoint: str | os.PathLike[str] | None = None,

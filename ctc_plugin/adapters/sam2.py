@@ -53,6 +53,8 @@ class SAM2Segmenter(SAMSegmenter):
         ImportError: If the ``sam2`` package is not installed (the message names it).
     """
 
+    result_libraries = ("sam2", "torch", "torchvision")
+
     def __init__(
         self,
         checkpoint: str | os.PathLike[str] | None = None,

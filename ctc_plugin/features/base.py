@@ -16,7 +16,9 @@ values are an error, never silently clipped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 import numbers
 from abc import ABC, abstractmethod
@@ -262,6 +264,19 @@ def _setting_text(value: Any) -> str:
     return str(value)
 
 
+@functools.cache
+def installed_version(name: str) -> str:
+    """The installed version of a distribution, ``"absent"`` if it is not installed.
+
+    Read once per process (a lookup scans the installed packages' metadata, about 1 ms);
+    ``installed_version.cache_clear()`` reads again.
+    """
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
 class Segmenter(ABC):
     """Base class of the segmenters: normalisation, batching, caching and the protocol.
 
@@ -304,15 +319,25 @@ class Segmenter(ABC):
     def settings(self) -> dict[str, Any]:
         """Return every option that changes the result, as JSON-able values."""
 
-    def settings_key(self) -> str:
-        """Return a stable hash of the class name and settings.
+    #: The distributions whose versions can change a segmentation (besides ``ctc-plugin`` and
+    #: ``numpy``, always counted): their versions are part of the cache key, so that an upgrade
+    #: computes the masks again instead of serving the old library's.
+    result_libraries: tuple[str, ...] = ()
 
-        The normalisation is not part of it: the cache is keyed by the RGB ``uint8`` image the
-        segmenter actually sees.
+    def settings_key(self) -> str:
+        """Return a stable hash of the class name, settings and library versions.
+
+        The versions are those of ``ctc-plugin``, ``numpy`` and the segmenter's
+        ``result_libraries``. The normalisation is not part of it: the cache is keyed by the RGB
+        ``uint8`` image the segmenter actually sees.
         """
         payload = {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "settings": self.settings(),
+            "versions": {
+                name: installed_version(name)
+                for name in ("ctc-plugin", "numpy", *self.result_libraries)
+            },
         }
         text = json.dumps(payload, sort_keys=True, default=_setting_text)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]

@@ -1,4 +1,4 @@
-"""On-disk cache of segmentations, keyed by image content and segmenter settings.
+"""On-disk cache of segmentations, keyed by image content, segmenter settings and versions.
 
 Segment Anything takes seconds to minutes per image on a CPU, and explaining the same image twice
 (another target class, another bias-sharing mode, a perturbation study reusing the masks) should

@@ -84,6 +84,8 @@ class SuperpixelSegmenter(Segmenter):
         (torch.Size([2, 1, 96, 96]), torch.int64)
     """
 
+    result_libraries = ("scikit-image",)
+
     def __init__(
         self,
         method: SuperpixelMethod = "slic",

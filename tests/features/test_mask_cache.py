@@ -24,6 +24,7 @@ from ctc_plugin.features import (
     default_cache_dir,
     feature_table,
 )
+from ctc_plugin.features.base import installed_version
 
 
 def entries(folder: Path) -> list[Path]:
@@ -199,3 +200,45 @@ def test_an_entry_whose_ids_have_gaps_is_recomputed_with_a_warning(tmp_path: Pat
     with pytest.warns(CorruptCacheEntryWarning, match="not 0..3, each on some pixel"):
         assert torch.equal(segmenter(images), first)
     assert segmenter.calls == 2
+
+
+@pytest.mark.parametrize(
+    ("make", "library"),
+    [
+        (lambda cache: SuperpixelSegmenter(cache=cache), "scikit-image"),
+        (lambda cache: SuperpixelSegmenter(cache=cache), "ctc-plugin"),
+        (lambda cache: CountingSegmenter(cache=cache), "numpy"),
+    ],
+    ids=["skimage-slic", "own-version", "numpy"],
+)
+def test_an_upgrade_of_a_library_that_makes_the_masks_segments_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, make, library: str
+):
+    """Masks of the old library's algorithm were served after an upgrade."""
+    import importlib.metadata
+
+    installed = importlib.metadata.version
+    segmenter = make(tmp_path)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    segmenter(x)
+    before = segmenter.settings_key()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(
+                importlib.metadata,
+                "version",
+                lambda name: "999.0" if name == library else installed(name),
+            )
+            assert segmenter.settings_key() == before  # versions are read once per process
+            installed_version.cache_clear()  # as after a restart
+            assert segmenter.settings_key() != before
+            segmenter(x)
+            assert segmenter.cache.misses == 2 and segmenter.cache.hits == 0
+    finally:
+        installed_version.cache_clear()  # the real versions for the tests after this one
+
+
+def test_sam_keys_count_the_libraries_that_make_its_masks():
+    from ctc_plugin.adapters.sam import SAMSegmenter
+
+    assert {"segment-anything", "torch", "torchvision"} <= set(SAMSegmenter.result_libraries)
