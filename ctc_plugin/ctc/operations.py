@@ -17,8 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ctc_plugin.ctc import gate_handlers as g
-from ctc_plugin.ctc.handlers import operation_name
+from ctc_plugin.ctc.handlers import is_inplace, operation_name
 from ctc_plugin.ctc.operation_table import OperationRule, rules_table_markdown, table_row
 
 #: What `register_rule` gave to functions of the user's (consulted after the table): the row
@@ -47,17 +49,22 @@ class RegisteredRule:
     Attributes:
         function: The function that took a rule.
         like: The function of the table whose rule it took.
+        forms: Every callable the pass sees that the registration covers: ``function`` and
+            its other forms (``torch.atan`` also covers ``x.atan()`` and ``x.atan_()``; a custom
+            operator covers its overloads).
     """
 
     function: Any
     like: Any
+    forms: tuple[Any, ...] = ()
 
     def remove(self) -> None:
         """Take the rule away again (nothing happens if it is gone already)."""
         with _REGISTERING:
-            registered = _REGISTERED.get(self.function)
-            if registered is not None and registered[1] is self:
-                del _REGISTERED[self.function]
+            for form in self.forms:
+                registered = _REGISTERED.get(form)
+                if registered is not None and registered[1] is self:
+                    del _REGISTERED[form]
 
     def __enter__(self) -> RegisteredRule:
         return self
@@ -66,8 +73,46 @@ class RegisteredRule:
         self.remove()
 
 
+def _writes_nothing(overload: Any) -> bool:
+    """Whether an operator overload writes into none of its arguments (no ``out=`` form)."""
+    return not any(
+        argument.alias_info is not None and argument.alias_info.is_write
+        for argument in overload._schema.arguments
+    )
+
+
+def seen_forms(function: Callable[..., Any]) -> dict[Any, bool]:
+    """The callables a CTC pass sees for ``function``, each with whether it writes in place.
+
+    An operator (``torch.ops.lib.name``, or what ``torch.library.custom_op`` made) is seen as
+    itself where the model calls ``torch.ops.lib.name(...)`` and as an overload
+    (``torch.ops.lib.name.default``) where it calls the custom operator's function: both are
+    covered (overloads that write into an argument, such as ``out=`` forms, are not), and an
+    overload covers the operator where it is its only one. A function of the
+    ``torch`` namespace or a tensor method is seen as each of ``torch.name``, ``x.name()``,
+    ``torch.name_`` and ``x.name_()`` that exists (the last two in place); anything else as
+    itself, in place when its name ends in one ``_``.
+    """
+    if isinstance(function, torch._library.custom_ops.CustomOpDef):
+        function = function._opoverload.overloadpacket
+    if isinstance(function, torch._ops.OpOverloadPacket):
+        overloads = [getattr(function, name) for name in function.overloads()]
+        return dict.fromkeys([function, *filter(_writes_nothing, overloads)], False)
+    if isinstance(function, torch._ops.OpOverload):
+        packet = function.overloadpacket
+        return dict.fromkeys([function, *([packet] if len(packet.overloads()) == 1 else [])], False)
+    name = getattr(function, "__name__", "")
+    base = name[:-1] if is_inplace(function) else name
+    family = [
+        getattr(owner, base + end, None) for end in ("", "_") for owner in (torch, torch.Tensor)
+    ]
+    if base and function in family:
+        return {form: is_inplace(form) for form in family if callable(form)}
+    return {function: is_inplace(function)}
+
+
 def register_rule(
-    function: Callable[..., Any], *, like: Callable[..., Any], inplace: bool = False
+    function: Callable[..., Any], *, like: Callable[..., Any], inplace: bool | None = None
 ) -> RegisteredRule:
     """Let CTC propagate copies through ``function`` with the rule of the table's ``like``.
 
@@ -80,7 +125,10 @@ def register_rule(
     like=torch.nn.functional.silu)`` (a custom operator, see ``torch.library``). ``like``'s rule
     multiplies every copy by ``y / x`` of the gate copy, calling ``function`` for ``y``. Every
     later CTC pass, in every thread, uses it (also through
-    [`CTCAttributor`][ctc_plugin.CTCAttributor]'s functional rules). Other kinds of operations
+    [`CTCAttributor`][ctc_plugin.CTCAttributor]'s functional rules), in every form the pass sees
+    (see [`seen_forms`][ctc_plugin.ctc.operations.seen_forms]): ``torch.atan`` covers
+    ``x.atan()`` and the in-place ``x.atan_()`` too, a custom operator its overloads, however
+    the model calls it. Forms with a rule of their own keep it. Other kinds of operations
     read their arguments by name or identity in their handlers, so they need a row of their own
     in the table (the architecture page's "How to support a new operation").
 
@@ -99,7 +147,9 @@ def register_rule(
             the squashing "gate tensor" activations: ``python -m ctc_plugin.ctc.operations``
             prints the table).
         inplace: ``function`` writes its result into its input (as ``x.sigmoid_()`` does);
-            its arguments are not read for it.
+            its arguments are not read for it. Default: a name ending in one ``_``
+            (``torch.Tensor.atan_``) is in place, other names are not; a custom operator that
+            writes into its input needs ``inplace=True``.
 
     Returns:
         A [`RegisteredRule`][ctc_plugin.ctc.operations.RegisteredRule], whose ``remove()``
@@ -108,8 +158,9 @@ def register_rule(
     Raises:
         TypeError: ``function`` is not callable, or a Python function outside torch (the pass
             never sees it called).
-        ValueError: ``like`` is no elementwise activation of the table, or ``function`` has
-            a rule already (of the table, or registered: remove that first).
+        ValueError: ``like`` is no elementwise activation of the table, ``function`` has
+            a rule already (of the table, or registered: remove that first), or
+            ``inplace=False`` is said of a function whose name says it writes in place.
     """
     if not callable(function):
         raise TypeError(f"function must be callable, got {type(function).__name__}")
@@ -131,18 +182,36 @@ def register_rule(
             "(torch.nn.functional.silu, gelu, ... for a smooth one; torch.sigmoid, torch.tanh "
             "for a squashing one); python -m ctc_plugin.ctc.operations prints the table"
         )
+    forms = seen_forms(function)
+    if inplace is False and is_inplace(function):
+        raise ValueError(
+            f"{operation_name(function)} writes its result into its input (its name ends in "
+            "'_'), and inplace=False would give each copy's result to the full pass's tensor "
+            "only: leave inplace out (or pass inplace=True)"
+        )
     with _REGISTERING:
-        existing = rule_for(function)
+        taken = {form: rule_for(form) for form in forms}
+        # the function itself, or for an operator seen only as its overloads a free one
+        named = (
+            function
+            if function in taken
+            else next((form for form, rule in taken.items() if rule is None), next(iter(taken)))
+        )
+        existing = taken[named]
         if existing is not None:
-            where = "registered" if function in _REGISTERED else "in the table"
+            where = "registered" if named in _REGISTERED else "in the table"
             raise ValueError(
-                f"{operation_name(function)} has a CTC rule already ({where}: {existing.kind}, "
+                f"{operation_name(named)} has a CTC rule already ({where}: {existing.kind}, "
                 f"{existing.rule}); remove a registered one first with the handle "
                 "register_rule returned"
             )
-        handle = RegisteredRule(function, like)
-        rescaled = g.rescale(gate=row.makes_gate, inplace_default=inplace, read_inplace=False)
-        _REGISTERED[function] = (dataclasses.replace(row, handler=rescaled), handle)
+        free = {form: writes for form, writes in forms.items() if taken[form] is None}
+        handle = RegisteredRule(function, like, tuple(free))
+        for form, writes in free.items():
+            rescaled = g.rescale(
+                gate=row.makes_gate, inplace_default=bool(inplace) or writes, read_inplace=False
+            )
+            _REGISTERED[form] = (dataclasses.replace(row, handler=rescaled), handle)
     return handle
 
 
