@@ -170,7 +170,7 @@ class SparseGatedPass(GatedPass):
             return None
         if x.dim() != 4 or x.shape[0] != self.layout.batch or x.requires_grad:
             return None
-        if x._version != carried.version or tuple(x.shape[2:]) != carried.size:
+        if x.is_inference() or x._version != carried.version or tuple(x.shape[2:]) != carried.size:
             return None
         return carried.boxes
 
@@ -178,6 +178,8 @@ class SparseGatedPass(GatedPass):
         self, x: torch.Tensor, boxes: tuple[MapBox, ...] | list[MapBox] | None
     ) -> torch.Tensor:
         """Record that each row of ``x`` is zero outside its box (``None``: no boxes); return it."""
+        if x.is_inference():  # made under torch.inference_mode(): no version to check later
+            return x
         if boxes is not None and x.dim() == 4 and x.shape[0] == self.layout.batch:
             carried = CarriedBoxes(tuple(boxes), (x.shape[2], x.shape[3]), x._version)
             setattr(x, BOXES_ATTRIBUTE, carried)
