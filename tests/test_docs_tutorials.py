@@ -114,9 +114,31 @@ def check_your_model_command(page: Path, namespace: dict) -> None:
         )
 
 
+def check_modern_cnns(_page: Path, namespace: dict) -> None:
+    """The refused example is refused as the page says, and the registration it names works;
+    ConvNeXt has biases to share, so its two modes differ."""
+    import torch
+
+    from ctc_plugin import CTC
+    from ctc_plugin.ctc.operations import register_rule
+
+    refusal = namespace.get("refusal")
+    assert refusal is not None, "the page's refused example ran without a refusal"
+    assert "torch.atan in 0 (Arctan)" in str(refusal) and "register_rule" in str(refusal)
+    model, image, grid = namespace["model"], namespace["image"], namespace["grid"]
+    with register_rule(torch.atan, like=torch.tanh):
+        _, scores = CTC(model).attribute(
+            image, target=0, feature_mask=grid, return_feature_scores=True
+        )
+    torch.testing.assert_close(scores.scores.sum(1), model(image)[:, 0].detach())
+    proportional, linear = namespace["shared"].scores, namespace["linear"].scores
+    assert (proportional - linear).abs().max() > 1e-3 * proportional.abs().max()
+
+
 #: Checks that run after a page's blocks, in its folder, with its namespace.
 AFTER_PAGE: dict[str, Callable[[Path, dict], None]] = {
     "your-model-your-photo": check_your_model_command,
+    "modern-cnns": check_modern_cnns,
 }
 
 PAGES = sorted(TUTORIALS.glob("*.md")) + [

@@ -2,11 +2,15 @@
 
 For the smallest model of every family in ``torchvision.models`` (random weights; every
 BatchNorm's running statistics, every bias and every normalisation weight set to random values,
-so that the biases CTC shares are not zero), in float64 on a 2 x 2 grid of features:
+so that the biases CTC shares are not zero, and every weight torchvision starts at zero, ViT's
+head and class token, drawn from N(0, 0.02²), so that the logit depends on the image), in
+float64 on a 2 x 2 grid of features:
 
 - ``CTC "proportional"``: the largest relative difference between the sum of the feature scores
   and the target logit over two images (exact propagation gives float64 rounding, ~1e-15), or
-  the first line of the error when CTC refuses the model;
+  the first line of the error when CTC refuses the model, or ``degenerate`` when the four
+  scores of an image are all equal (a logit that does not depend on the image makes the sum
+  trivially right);
 - ``CTC "reference"``: whether the published formula runs and gives finite scores;
 - ``IntegrativeCAM``: how many stages it found and fused, or the first line of its error.
 
@@ -62,6 +66,11 @@ def build(name: str, size: int) -> nn.Module:
         options = {"aux_logits": False, "init_weights": True}
     model = getattr(torchvision.models, name)(weights=None, **options)
     randomise_statistics_and_biases(model, seed=1)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2 and not parameter.any():  # ViT's head and class token
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
     return model.eval().double()
 
 
@@ -90,7 +99,9 @@ def ctc_cells(model: nn.Module, x: torch.Tensor, target: int) -> tuple[str, str]
         with torch.no_grad():
             logits = model(x)[:, target]
         error = ((scores.scores.sum(1) - logits).abs() / logits.abs()).max().item()
-        proportional = f"{error:.0e}"
+        spread = (scores.scores.amax(1) - scores.scores.amin(1)) / logits.abs()
+        degenerate = bool((spread < 1e-12).any())
+        proportional = "degenerate: equal scores" if degenerate else f"{error:.0e}"
     except Exception as failure:  # noqa: BLE001 - reported in the table
         proportional = "refused: " + first_line(failure)
     try:
