@@ -15,6 +15,7 @@ figures of the docs site; commit them with the tutorial that changed them.
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import re
@@ -41,6 +42,29 @@ MAX_FIGURE_BYTES = 200_000
 def python_blocks(page: Path) -> list[str]:
     """Return the Python blocks of a Markdown page, in order."""
     return BLOCK.findall(page.read_text(encoding="utf-8"))
+
+
+class _ExamplesMustRaise(ast.NodeTransformer):
+    """Give every ``try``/``except`` of a page without an ``else`` one that fails.
+
+    A page shows a refusal with ``try: ... except SomeError as error: print(error)``; without
+    this, an example that stopped raising (the code learnt to handle the case) still ran, and the
+    page went on claiming a refusal that no longer happens.
+    """
+
+    def visit_Try(self, node: ast.Try) -> ast.Try:
+        self.generic_visit(node)
+        if node.handlers and not node.orelse:
+            caught = ", ".join(ast.unparse(h.type) for h in node.handlers if h.type is not None)
+            message = f"line {node.lineno}: the example did not raise ({caught}) as the page says"
+            node.orelse = ast.parse(f"raise AssertionError({message!r})").body
+        return node
+
+
+def compiled_block(block: str, name: str):
+    """A page's block compiled, with every ``try`` required to raise (`_ExamplesMustRaise`)."""
+    tree = ast.fix_missing_locations(_ExamplesMustRaise().visit(ast.parse(block)))
+    return compile(tree, name, "exec")
 
 
 def embedded_figures(page: Path) -> list[str]:
@@ -158,7 +182,7 @@ def test_tutorial_runs(page: Path, tmp_path: Path) -> None:
     os.chdir(tmp_path)  # tutorials write their figures into a scratch folder
     try:
         for index, block in enumerate(blocks):
-            code = compile(block, f"{page.name}[block {index}]", "exec")
+            code = compiled_block(block, f"{page.name}[block {index}]")
             exec(code, namespace)  # noqa: S102 - executing our own documentation is the test
         written = sorted(path.name for path in tmp_path.glob("*.png"))
         shown = embedded_figures(page)
