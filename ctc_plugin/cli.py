@@ -70,7 +70,23 @@ class Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str):  # type: ignore[override]
-        """Raise `UsageError` (argparse would print the usage block and exit)."""
+        """Raise `UsageError` (argparse would print the usage block and exit).
+
+        A missing positional argument where the parser has options that take several values
+        gets a hint: such an option took it (``--targets label photos/``).
+        """
+        missing = message.partition("the following arguments are required: ")[2]
+        positional = [word for word in missing.split(", ") if word.isupper()]
+        several = [
+            action.option_strings[0]
+            for action in self._actions
+            if action.option_strings and action.nargs in ("+", "*")
+        ]
+        if positional and several:
+            message += (
+                f"; give {positional[0]} before {' and '.join(several)}, which take every "
+                "word after them"
+            )
         raise UsageError(self.prog, message)
 
     def set_defaults(self, **kwargs) -> None:

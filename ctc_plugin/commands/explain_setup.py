@@ -154,7 +154,10 @@ def method_name(text: str) -> str:
     if text.lower().startswith("ctc") and mode in BIAS_SHARING_MODES:  # the benchmark's CTC-none
         hint = f"; for CTC with {mode} sharing give --method ctc --bias-sharing {mode}"
     elif Path(text).suffix or Path(text).exists():
-        hint = "; give the images before --method (explain IMAGE ... --method M ...)"
+        hint = (
+            f"; {text!r} looks like images: give them before the methods (the option takes "
+            "every word after it)"
+        )
     raise argparse.ArgumentTypeError(
         f"invalid choice: {text!r} (choose from {', '.join(METHODS)}){hint}"
     )

@@ -292,7 +292,9 @@ def run_for_command(
         return run_method(name, request)
     except UnsupportedOperationError as error:
         raise CLIError(f"--model {model}: {_unsupported(error)}") from error
-    except (MethodError, ValueError) as error:
+    except MethodError as error:  # the method and the model: no image is to blame
+        raise CLIError(f"{option} {name}: {error}") from error
+    except ValueError as error:
         raise CLIError(f"{prefix}{error}") from error
     except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error):

@@ -93,23 +93,42 @@ class ShardRunner:
             self.model = self.preprocessing.wrap(self.loaded.network).to(self.device).eval()
 
     def check(self) -> None:
-        """Read and classify the run's first image and find each target's class for it.
+        """Read and classify the run's first image, find each target's class, try each method.
 
         A run starts with it, before its folder is set up, so that what would stop the run at
         its first image (a target the model does not have, ``label`` without labels, an image
-        size the model or the Explainer cannot take) is refused before anything is written.
-        Needs ``explain=True``.
+        size the model or the Explainer cannot take, a method that cannot explain the model:
+        Grad-CAM on a vision transformer, CTC on a model ending in a softmax) is refused before
+        anything is written. Each method is tried on the image cut into two halves (few
+        copies, and no segmenter), with Lime on a few samples. Needs ``explain=True``.
 
         Raises:
             CLIError: Naming the option to fix.
         """
+        import torch
+
         from ctc_plugin.commands import torch_threads
+        from ctc_plugin.commands.methods import Request, run_for_command
 
         ref = self.source.images[0]
-        with torch_threads(self.config.threads):
-            _, logits = self.classify(ref, self.read(ref))
-        for spec in self.config.targets:
-            self.target(spec, ref, logits)
+        with torch_threads(self.config.threads), torch.random.fork_rng(devices=[]):
+            pixels, logits = self.classify(ref, self.read(ref))
+            targets = [self.target(spec, ref, logits) for spec in self.config.targets]
+            halves = torch.zeros(1, 1, *pixels.shape[-2:], dtype=torch.long, device=self.device)
+            halves[..., pixels.shape[-1] // 2 :] = 1
+            request = Request(
+                model=self.model,
+                pixels=pixels,
+                target=targets[0],
+                feature_mask=halves,
+                bias_sharing=self.config.bias_sharing,
+                lime_samples=min(self.config.lime_samples, 4),
+                perturbations_per_eval=self.config.perturbations_per_eval,
+                show_progress=False,
+                explainer=self.explainer,
+            )
+            for name in self.config.methods:
+                run_for_command(name, request, self.config.model, "--methods", ref.name)
 
     def classify(self, ref: ImageRef, image: Any) -> tuple[Any, Any]:
         """``(pixels on the device, logits)`` of the prepared ``image`` of ``ref``.

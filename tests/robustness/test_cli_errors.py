@@ -283,7 +283,17 @@ def test_default_output_paths_are_checked_too(tmp_path, monkeypatch):
         ("explain", ["explain", "--segmenter", "slic"], "invalid choice: 'slic'"),
         ("explain", ["explain", "--method", "ctc", "shap"], "invalid choice: 'shap'"),
         ("explain", ["explain", "--method"], "expected at least one argument"),
-        ("explain", ["explain", "--method", "ctc", SAMPLE], "give the images before --method"),
+        ("explain", ["explain", "--method", "ctc", SAMPLE], "give them before the methods"),
+        (
+            "explain-dataset",
+            ["explain-dataset", "--methods", "gradcam", SAMPLE, "--out", "x"],
+            "looks like images: give them before the methods",
+        ),
+        (
+            "explain-dataset",
+            ["explain-dataset", "--targets", "label", "photos", "--methods", "ctc", "--out", "x"],
+            "required: SOURCE; give SOURCE before --methods and --targets, which take every",
+        ),
         ("explain", ["explain", "--device", "cuda!"], "--device: expected cpu, cuda or mps"),
         ("explain", ["explain", "--device", "CUDA"], "--device: expected cpu, cuda or mps"),
         ("explain", ["explain", "--save", "out.png"], "argument --save: give a file name"),
