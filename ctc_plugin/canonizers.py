@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import nn
 from zennit.attribution import Gradient
 from zennit.canonizers import (
@@ -84,7 +85,9 @@ def tensors_restored(model: nn.Module) -> Iterator[nn.Module]:
 
     The same tensor objects are registered again under their names and any instance attribute
     that shadows them is dropped, whatever a composite or canonizer did in between (also when
-    the block raises). Attributes that are not tensors (such as ``eps``) are not touched.
+    the block raises); instance attributes that shadowed them on entry (a canonizer applied by
+    hand: zennit 1.0 merges a BatchNorm into attributes over its parameters) are put back.
+    Attributes that are not tensors (such as ``eps``) are not touched.
     """
     saved = registered_tensors(model)
     try:
@@ -96,17 +99,27 @@ def tensors_restored(model: nn.Module) -> Iterator[nn.Module]:
 #: The registries of a module's tensors: its parameters and its buffers.
 _REGISTRIES = ("_parameters", "_buffers")
 
+#: The key of `RegisteredTensors` that holds the instance attributes shadowing those names.
+_SHADOWS = "shadows"
+
 #: The tensors registered on each module of a model: ``(module, {registry: {name: tensor}})``
-#: for both `_REGISTRIES` (`registered_tensors`).
+#: for both `_REGISTRIES`, and under `_SHADOWS` the instance attributes over those names
+#: (`registered_tensors`).
 RegisteredTensors = list[tuple[nn.Module, dict[str, dict[str, Any]]]]
 
 
 def registered_tensors(model: nn.Module) -> RegisteredTensors:
-    """The parameters and buffers registered on every module of ``model`` now, by name."""
-    return [
-        (module, {registry: dict(getattr(module, registry)) for registry in _REGISTRIES})
-        for module in model.modules()
-    ]
+    """The parameters and buffers registered on every module of ``model`` now, by name.
+
+    With them, the instance attributes that shadow those names.
+    """
+    saved = []
+    for module in model.modules():
+        entry = {registry: dict(getattr(module, registry)) for registry in _REGISTRIES}
+        names = [name for registry in _REGISTRIES for name in entry[registry]]
+        entry[_SHADOWS] = {name: vars(module)[name] for name in names if name in vars(module)}
+        saved.append((module, entry))
+    return saved
 
 
 def restore_tensors(
@@ -114,7 +127,7 @@ def restore_tensors(
     registered: RegisteredTensors | None = None,
     now: RegisteredTensors | None = None,
 ) -> None:
-    """Register ``saved``'s tensors again, dropping any instance attribute that shadows them.
+    """Register ``saved``'s tensors again, with the instance attributes that shadowed them then.
 
     With ``registered`` (taken when a composite had just registered) and ``now`` (taken before
     it is removed), a name whose tensor changed between the two keeps ``now``'s: that is the
@@ -122,8 +135,9 @@ def restore_tensors(
     ``load_state_dict(..., assign=True)`` the parameters), not the composite's.
     """
     for index, (module, originals) in enumerate(saved):
-        for registry_name, original in originals.items():
-            kept = original
+        unchanged = []  # names registered as on entry, whose shadows on entry come back
+        for registry_name in _REGISTRIES:
+            original = kept = originals[registry_name]
             if registered is not None and now is not None:
                 then, current = registered[index][1][registry_name], now[index][1][registry_name]
                 kept = _with_changes(original, then, current)
@@ -132,6 +146,10 @@ def restore_tensors(
                 module.__dict__.pop(name, None)
             registry.clear()
             registry.update(kept)
+            unchanged += [name for name in kept if kept[name] is original.get(name)]
+        for name in unchanged:
+            if name in originals[_SHADOWS]:
+                module.__dict__[name] = originals[_SHADOWS][name]
 
 
 def _with_changes(original: dict, then: dict, current: dict) -> dict:
@@ -285,14 +303,58 @@ def holds_a_composite(model: nn.Module, canonizers: bool = True) -> bool:
     a composite of canonizers alone (or a canonizer applied by hand) leaves as its only trace;
     a ``forward`` set there by other code, such as an offloading library's, is not one, and
     neither is one of a canonizer class defined inside a function (its class cannot be found
-    from the method). ``canonizers=False`` looks for the rules only.
+    from the method). zennit 1.0's ``MergeBatchNorm`` sets the merged tensors as instance
+    attributes over the registered parameters and buffers, which no other code does; zennit
+    0.5's writes the merged values into them, indistinguishable from an untrained model's (a
+    BatchNorm at identity), and is not seen. ``canonizers=False`` looks for the rules only.
     """
     for module in model.modules():
         if canonizers and _canonizer_forward(vars(module).get("forward")):
             return True
+        if canonizers and _merged_tensors(module):
+            return True
         if any(True for _ in rule_hooks(module)):
             return True
     return False
+
+
+def _merged_tensors(module: nn.Module) -> bool:
+    """Whether an instance attribute holds another tensor than the one registered by its name.
+
+    zennit 1.0's ``remove()`` leaves the registered tensors themselves (and ``None`` over the
+    zero bias it registered) as instance attributes: those are no merge.
+    """
+    for registry in _REGISTRIES:
+        for name, registered in getattr(module, registry).items():
+            shadow = vars(module).get(name)
+            if isinstance(shadow, torch.Tensor) and shadow is not registered:
+                return True
+    return False
+
+
+def refuse_a_second_composite(model: nn.Module, canonizes: bool) -> None:
+    """Refuse to register a composite where one is registered (`holds_a_composite`).
+
+    Args:
+        model: The model.
+        canonizes: The composite to register has canonizers (a canonizer applied by hand is
+            then refused too; rules alone may join one).
+
+    Raises:
+        RuntimeError: Saying what is registered and what to do; nothing is registered.
+    """
+    if holds_a_composite(model, canonizers=canonizes):
+        raise RuntimeError(
+            "a Zennit composite is registered on this model already (another composite's "
+            "`with composite.context(model)` or a Zennit attributor's `with` block is open"
+            + (
+                ", or a canonizer was applied by hand: then give the composite no canonizers"
+                if canonizes
+                else ""
+            )
+            + "): two composites on one model would stack their hooks, and Zennit cannot take "
+            "their canonizers off one another; end that block first, or call outside it"
+        )
 
 
 def rule_hooks(module: nn.Module) -> Iterator[Hook]:

@@ -22,7 +22,7 @@ from zennit.core import Composite
 from ctc_plugin.canonizers import (
     batch_norms_valid,
     check_canonizers,
-    holds_a_composite,
+    refuse_a_second_composite,
     tensors_restored,
 )
 from ctc_plugin.concurrency import PerThread, exclusive
@@ -277,15 +277,9 @@ class CTCAttributor(Attributor):
                     "hooks would stack and Zennit's canonizers cannot be taken off one another); "
                     "end that block first, or call that attributor"
                 )
-        canonizes = bool(getattr(self.composite, "canonizers", None))
-        if not self.composite.handles and holds_a_composite(self.model, canonizers=canonizes):
-            raise RuntimeError(
-                "a Zennit composite is registered on this model (a `with composite.context("
-                "model)` block or a Zennit attributor's `with` block is open): two composites "
-                "cannot be registered on one model at once (their hooks would stack, and taking "
-                "the canonizers off one another leaves the model changed); call this attributor "
-                "outside that block"
-            )
+        if not self.composite.handles:
+            canonizes = bool(getattr(self.composite, "canonizers", None))
+            refuse_a_second_composite(self.model, canonizes)
 
     def _unregister(self) -> None:
         """Remove a registration the composite holds; put back the tensors this attributor saved.

@@ -61,7 +61,7 @@ from ctc_plugin.canonizers import (
     RegisteredTensors,
     check_canonizers,
     held_composites,
-    holds_a_composite,
+    refuse_a_second_composite,
     registered_tensors,
     restore_tensors,
     rule_hooks,
@@ -634,14 +634,7 @@ class CTCComposite(LayerMapComposite):
         """
         self.remove()
         check_canonizers(self)
-        if holds_a_composite(module, canonizers=bool(self.canonizers)):
-            raise RuntimeError(
-                "a Zennit composite is registered on this model already (another composite's "
-                "`with composite.context(model)` or attributor's `with` block is open"
-                + (", or a canonizer was applied by hand" if self.canonizers else "")
-                + "): two composites on one model would stack their hooks, and Zennit cannot "
-                "take their canonizers off one another; end that block first"
-            )
+        refuse_a_second_composite(module, canonizes=bool(self.canonizers))
         saved = registered_tensors(module)
         try:
             super().register(module)
