@@ -28,7 +28,7 @@ from zennit.core import Composite
 
 from ctc_plugin.canonizers import gradient_attributor, held_composites
 from ctc_plugin.concurrency import exclusive, model_of
-from ctc_plugin.inputs import check_gradient_weights, with_gradients
+from ctc_plugin.inputs import check_eval_mode, check_gradient_weights, with_gradients
 from ctc_plugin.targets import TargetType, captum_targets, resolve_targets
 
 #: What [`compute_relevance`][ctc_plugin.relevance.compute_relevance] accepts: a tensor (or a
@@ -151,10 +151,15 @@ def compute_relevance(
 
     Raises:
         ValueError: A composite without a ``torch.nn.Module`` model, or with a tuple of inputs.
+        TrainingModeError: The model (or the Captum method's ``forward_func``) has BatchNorm or
+            dropout in training mode; nothing has run (call ``model.eval()``).
         TypeError: A method of none of the accepted forms.
     """
     if isinstance(method, (torch.Tensor, tuple)):
         return method
+    # every method runs the model (a composite or Captum's, and the predicted class's pass):
+    # in training mode each pass would move its BatchNorm statistics
+    check_eval_mode(model if model is not None else getattr(method, "forward_func", None))
     single = inputs if isinstance(inputs, torch.Tensor) else None
     if isinstance(inputs, tuple) and len(inputs) == 1:
         single = inputs[0]

@@ -348,3 +348,27 @@ def test_a_model_of_one_value_per_example_gives_captum_no_target() -> None:
     got = distribute_within_features(x, scores, InputXGradient(net))
     expected = oracle(scores, mask, InputXGradient(net).attribute(x.clone(), target=None))
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("form", ["composite", "captum", "captum-without-model"])
+def test_a_model_in_training_mode_is_refused_before_its_statistics_move(form) -> None:
+    """A composite (or Captum method) ran the model in training mode: every BatchNorm's running
+    statistics changed, and the relevance used batch statistics."""
+    from ctc_plugin.inputs import TrainingModeError
+
+    torch.manual_seed(0)
+    model = RandomCNN(CNNSpec(batch_norm=True)).eval()
+    x = torch.rand(2, 3, 16, 16)
+    mask = random_partition(16, 16, 4)
+    _, scores = CTC(model).attribute(x, 1, feature_mask=mask, return_feature_scores=True)
+    model.train()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    method = {
+        "composite": EpsilonPlusFlat(),
+        "captum": InputXGradient(model),
+        "captum-without-model": InputXGradient(model),
+    }[form]
+    given = {} if form == "captum-without-model" else {"model": model}
+    with pytest.raises(TrainingModeError, match=r"model\.eval\(\)"):
+        distribute_within_features(x, scores, method, **given)
+    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
