@@ -15,6 +15,7 @@ from ctc_plugin.concurrency import holds_model
 from ctc_plugin.ctc.errors import GraphCutError
 from ctc_plugin.ctc.extra_arguments import (
     about_repeated_extras,
+    other_rows_noted,
     repeat_extra,
     repeated_extra_note,
 )
@@ -327,18 +328,19 @@ class CTC(Attribution):
         chunk = self._chunk_size(perturbations_per_eval, features.count)
 
         fast = None
-        if (
-            self.bias_sharing == "none"
-            and self._speedups.gradient_shortcut
-            and not _gradient_rounded(self.forward_func, inputs_tuple)  # else: pass of copies
-        ):
-            fast = self._run_gradient_with_progress(
-                inputs_tuple, baselines_tuple, features, extra, target, show_progress
-            )
-        if fast is None:
-            fast = self._run(
-                inputs_tuple, baselines_tuple, features, extra, target, chunk, show_progress
-            )
+        with other_rows_noted(extra, inputs_tuple[0].shape[0]):
+            if (
+                self.bias_sharing == "none"
+                and self._speedups.gradient_shortcut
+                and not _gradient_rounded(self.forward_func, inputs_tuple)  # else: copies
+            ):
+                fast = self._run_gradient_with_progress(
+                    inputs_tuple, baselines_tuple, features, extra, target, show_progress
+                )
+            if fast is None:
+                fast = self._run(
+                    inputs_tuple, baselines_tuple, features, extra, target, chunk, show_progress
+                )
         scores, baseline_share, output, target_index, output_shape = fast
         scores = scores.masked_fill(~features.presence, 0.0)
         check_finite_scores(scores, output)

@@ -4,13 +4,19 @@ A pass runs the forward function on one copy of each example per feature; every 
 extra arguments with one row per example (at any depth of tuples, lists and dicts) is repeated
 once per copy (`repeat_extra`). A tensor that only by chance has as many rows as there are
 examples (weights of as many classes) is repeated too and makes the model fail on sizes: torch's
-error then gets a line saying what was repeated and what to do (`repeated_extra_note`).
+error then gets a line saying what was repeated and what to do (`repeated_extra_note`). A tensor
+of another number of rows is passed to every copy as it is (a constant, such as class weights);
+where one was meant per example, CTC's refusal of a constant that does not fit the copies names
+it (`other_rows_noted`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.inputs import holds_per_example, map_per_example
 
@@ -56,3 +62,43 @@ def repeated_extra_note(layout: CopyLayout) -> str:
         "weights of as many classes, is repeated too: give it a first dimension of 1 "
         "(w[None]), or bind it in the forward function instead of passing it)"
     )
+
+
+def _tensor_shapes(value: object, open_: set[int]) -> list[tuple[int, ...]]:
+    """The shapes of the tensors in ``value``, at any depth of tuples, lists and dicts."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [tuple(value.shape)]
+    if not isinstance(value, (dict, list, tuple)) or id(value) in open_:
+        return []
+    open_.add(id(value))
+    items = value.values() if isinstance(value, dict) else value
+    shapes = [shape for item in items for shape in _tensor_shapes(item, open_)]
+    open_.discard(id(value))
+    return shapes
+
+
+@contextmanager
+def other_rows_noted(extra: tuple, n: int) -> Iterator[None]:
+    """Add a note to CTC's refusal of a constant operand inside the block where it may be ours.
+
+    That is where ``extra`` holds a tensor whose first dimension is neither the number of
+    examples ``n`` nor 1. CTC gives such a tensor to every copy as it is (a constant); one
+    meant per example with a wrong number of rows then fails where it meets the copies, as a
+    constant that does not broadcast, which reads as if the model were unsupported.
+    """
+    try:
+        yield
+    except UnsupportedOperationError as error:
+        others = [s for s in _tensor_shapes(extra, set()) if s and s[0] not in (1, n)]
+        if not error.reason.startswith("a constant of shape") or not others:
+            raise
+        note = (
+            f"; additional_forward_args holds a tensor of shape {others[0]}, whose first "
+            f"dimension is not the number of examples, {n}: CTC gives it to every copy as it "
+            "is (a constant); if it belongs to the examples, give it one row per example"
+        )
+        raise UnsupportedOperationError(
+            error.operation, error.reason + note, error.module, at_output=error.at_output
+        ) from error

@@ -178,3 +178,36 @@ def test_a_dtype_error_with_per_example_extras_gets_no_note_on_them(setting):
             x.double(), target=1, feature_mask=mask, additional_forward_args=(scale.double(),)
         )
     assert "additional_forward_args" not in str(caught.value)
+
+
+class _Conditioned(nn.Module):
+    """An image and a per-example condition vector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.embed, self.head = (
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.Linear(2, 4),
+            nn.Linear(4, 3),
+        )
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)) + self.embed(condition))
+
+
+@pytest.mark.parametrize("mode", ["proportional", "none", "reference"])
+@pytest.mark.parametrize("in_a_dict", [False, True], ids=["bare", "dict"])
+def test_a_per_example_argument_with_the_wrong_rows_is_named(mode, in_a_dict) -> None:
+    """It read as a model CTC does not support ("a constant of shape (3, 4) ...")."""
+    torch.manual_seed(0)
+    model = _Conditioned().eval()
+    condition = torch.rand(3, 2)  # 3 rows for 2 images
+    forward, extra = model, (condition,)
+    if in_a_dict:
+        forward, extra = (lambda x, named: model(x, **named)), ({"condition": condition},)
+    mask = torch.arange(64).view(1, 1, 8, 8) // 16
+    expected = r"additional_forward_args holds a tensor of shape \(3, 2\), whose first dimension"
+    with pytest.raises(RuntimeError, match=expected + " is not the number of examples, 2"):
+        CTC(forward, bias_sharing=mode).attribute(
+            torch.rand(2, 3, 8, 8), 1, feature_mask=mask, additional_forward_args=extra
+        )
