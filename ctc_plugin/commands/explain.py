@@ -114,6 +114,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
         "demo",
         help="explain a bundled synthetic sample and draw its ground-truth evidence",
+        description="Explain a bundled synthetic sample (a shapes or composite image the zoo "
+        "models were trained on, nothing downloaded) with the chosen methods, and draw the "
+        "explanations beside the sample's ground-truth evidence: the pixels that decide its "
+        "class. Takes the options of explain.",
     )
     demo.add_argument(
         "--split",
@@ -180,6 +184,13 @@ def image_file(text: str) -> Path:
     """``IMAGE``: a file to read (`input_file`); a folder is told how to give its images."""
     path = Path(text).expanduser()
     if text.strip() and path.is_dir():
+        from ctc_plugin.runs.sources import IMAGE_SUFFIXES
+
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir() if p.is_file()):
+            raise argparse.ArgumentTypeError(
+                f"{text} is a folder, not a file, and holds no images (files ending in "
+                f"{', '.join(IMAGE_SUFFIXES)}): give image files"
+            )
         raise argparse.ArgumentTypeError(
             f"{text} is a folder, not a file: give the images in it "
             f"({Path(text) / '*.jpg'}), or explain every image of the folder with "

@@ -68,7 +68,8 @@ def import_ray() -> Any:
         import ray
     except ImportError as error:
         raise RayUnavailableError(
-            "--ray needs Ray, which is not installed: pip install 'ray>=2.9' (or the extra, "
+            "running on Ray (--ray, or ray= in Python) needs Ray, which is not installed: pip "
+            "install 'ray>=2.9' (or the extra, "
             "pip install '.[ray]' in the package's clone), or run without --ray (the "
             "embedded engine needs no service)"
         ) from error

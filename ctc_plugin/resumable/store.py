@@ -342,6 +342,8 @@ class RunStore:
             self._read(name, pq.read_table, self.table_path(name)) for name in self.finished()
         ]
         if not tables:
+            if not self.root.is_dir():
+                raise FileNotFoundError(f"{self.root}: no such run folder (give a run's --out)")
             raise FileNotFoundError(f"{self.root} holds no finished shard yet")
         return pa.concat_tables(tables)
 

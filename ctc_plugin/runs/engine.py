@@ -210,6 +210,10 @@ def _restated_mismatch(
             f"it, or choose another --out for the new {options}",
         )
     if source.kind != "folder" or "image_list" not in keys or "source.spec" in keys:
+        # the digests of the image list and the plan follow from the options named beside
+        options = [d for d in error.differences if d[0] not in ("image_list", "plan", "shards")]
+        if options and len(options) < len(error.differences):
+            return ConfigMismatchError(Path(out), options, advice=error.advice)
         return error
     now = {name: label for name, label in source.describe()["images"]}
     try:

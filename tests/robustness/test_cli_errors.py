@@ -223,6 +223,10 @@ def test_files_to_read_must_exist_be_files_and_be_readable(command, words, place
     assert_one_line_error(command, [*argv, missing], "file not found", missing)
     folder = str(places / "folder")
     assert_one_line_error(command, [*argv, folder], "is a folder, not a file")
+    if command == "explain" and not words:  # IMAGE, an empty folder: no images to point to
+        empty = places / "empty"
+        empty.mkdir(exist_ok=True)
+        assert_one_line_error(command, [*argv, str(empty)], "holds no images (files ending")
     unreadable = places / "file"
     real_access = os.access
     monkeypatch.setattr(  # a file we may not read (chmod does not stop root)

@@ -58,13 +58,18 @@ def test_ray_missing_is_one_clear_error(tmp_path, monkeypatch, capsys):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
-    with pytest.raises(RayUnavailableError, match=r"pip install 'ray>=2\.9'"):
+    with pytest.raises(
+        RayUnavailableError, match=r"ray= in Python\) needs Ray.*pip install 'ray>=2\.9'"
+    ):
         explain_dataset("shapes", ["gradcam"], tmp_path / "run", images=2, ray=True)
     assert not (tmp_path / "run").exists()  # refused before the run folder was set up
     argv = ["explain-dataset", "shapes", "--images", "2", "--methods", "gradcam"]
     assert main([*argv, "--out", str(tmp_path / "run"), "--ray"]) == 2
     error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "--ray needs Ray, which is not installed" in error
+    assert (
+        len(error.splitlines()) == 1
+        and "(--ray, or ray= in Python) needs Ray, which is not installed" in error
+    )
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,8 @@ def test_reading_a_run_with_no_finished_shard_says_so(tmp_path):
     store = _opened(tmp_path)
     with pytest.raises(FileNotFoundError, match="holds no finished shard yet"):
         store.read_table()
+    with pytest.raises(FileNotFoundError, match=r"missing: no such run folder \(give a run's"):
+        RunStore(tmp_path / "missing").read_table()
 
 
 def test_a_claim_is_removed_when_its_block_ends_finished_or_not(tmp_path):
