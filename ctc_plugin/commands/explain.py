@@ -184,7 +184,7 @@ def image_file(text: str) -> Path:
     """``IMAGE``: a file to read (`input_file`); a folder is told how to give its images."""
     path = Path(text).expanduser()
     if text.strip() and path.is_dir():
-        from ctc_plugin.runs.sources import IMAGE_SUFFIXES
+        from ctc_plugin.images import IMAGE_SUFFIXES
 
         if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir() if p.is_file()):
             raise argparse.ArgumentTypeError(

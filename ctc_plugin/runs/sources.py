@@ -22,17 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ctc_plugin.images import IMAGE_SUFFIXES
 from ctc_plugin.wording import first_names
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
-__all__ = ["IMAGE_SUFFIXES", "ImageRef", "Source", "SourceError", "resolve_source"]
-
-#: File name endings read as images (case-insensitive); other files in the folder are ignored.
-IMAGE_SUFFIXES = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
-)  # fmt: skip
+__all__ = ["ImageRef", "Source", "SourceError", "resolve_source"]
 
 #: The bundled synthetic data sets a SOURCE may name.
 SHAPES_SOURCES = ("shapes", "shapes:composite")

@@ -289,6 +289,7 @@ def test_a_pattern_the_shell_did_not_expand_says_so(tmp_path, capsys):
 
 
 def test_a_folder_given_as_an_image_points_to_its_images_and_explain_dataset(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     error = _error(capsys, ["explain", str(tmp_path), *FAST])
     assert "is a folder" in error and "explain-dataset" in error, error
 
