@@ -9,19 +9,12 @@ from __future__ import annotations
 import torch
 
 from ctc_plugin.cli import main
+from tests.runs.test_explain_dataset import tiny
 
 
 def probabilities(classes: int = 3) -> torch.nn.Module:
     """A classifier that ends in a softmax, for ``--model module:callable``."""
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4, classes),
-        torch.nn.Softmax(dim=1),
-    )
+    return torch.nn.Sequential(tiny(classes), torch.nn.Softmax(dim=1))
 
 
 def _run(out, methods, model):
