@@ -276,9 +276,13 @@ def rescale(
         )
         # The activation runs on a clone: an in-place variant must not overwrite the signal.
         origin = operation_name(func) if gate else None
-        return ctx.rescale_gate(
-            x, lambda t: func(t.clone(), *rest, **kwargs), origin, inplace=inplace
-        )
+
+        def activation(t: torch.Tensor) -> torch.Tensor:
+            clone = t.clone()
+            result = func(clone, *rest, **kwargs)
+            return clone if result is None else result  # a custom operator that writes only
+
+        return ctx.rescale_gate(x, activation, origin, inplace=inplace)
 
     handle.elementwise = True  # type: ignore[attr-defined]  # calls func as it is: registrable
     return handle

@@ -73,22 +73,14 @@ class RegisteredRule:
         self.remove()
 
 
-def _writes_nothing(overload: Any) -> bool:
-    """Whether an operator overload writes into none of its arguments (no ``out=`` form)."""
-    return not any(
-        argument.alias_info is not None and argument.alias_info.is_write
-        for argument in overload._schema.arguments
-    )
-
-
 def seen_forms(function: Callable[..., Any]) -> dict[Any, bool]:
     """The callables a CTC pass sees for ``function``, each with whether it writes in place.
 
     An operator (``torch.ops.lib.name``, or what ``torch.library.custom_op`` made) is seen as
     itself where the model calls ``torch.ops.lib.name(...)`` and as an overload
     (``torch.ops.lib.name.default``) where it calls the custom operator's function: both are
-    covered (overloads that write into an argument, such as ``out=`` forms, are not), and an
-    overload covers the operator where it is its only one. A function of the
+    covered (the ``out=`` overloads are not), and an overload covers the operator where it is
+    its only one. A function of the
     ``torch`` namespace or a tensor method is seen as each of ``torch.name``, ``x.name()``,
     ``torch.name_`` and ``x.name_()`` that exists (the last two in place); anything else as
     itself, in place when its name ends in one ``_``.
@@ -96,8 +88,12 @@ def seen_forms(function: Callable[..., Any]) -> dict[Any, bool]:
     if isinstance(function, torch._library.custom_ops.CustomOpDef):
         function = function._opoverload.overloadpacket
     if isinstance(function, torch._ops.OpOverloadPacket):
-        overloads = [getattr(function, name) for name in function.overloads()]
-        return dict.fromkeys([function, *filter(_writes_nothing, overloads)], False)
+        overloads = [  # not the out= forms, which write into a buffer of the caller's
+            getattr(function, name)
+            for name in function.overloads()
+            if name != "out" and not name.endswith("_out")
+        ]
+        return dict.fromkeys([function, *overloads], False)
     if isinstance(function, torch._ops.OpOverload):
         packet = function.overloadpacket
         return dict.fromkeys([function, *([packet] if len(packet.overloads()) == 1 else [])], False)
@@ -149,7 +145,8 @@ def register_rule(
         inplace: ``function`` writes its result into its input (as ``x.sigmoid_()`` does);
             its arguments are not read for it. Default: a name ending in one ``_``
             (``torch.Tensor.atan_``) is in place, other names are not; a custom operator that
-            writes into its input needs ``inplace=True``.
+            writes into its input needs ``inplace=True``. The other forms of a torch function
+            (``x.atan_()`` for ``torch.atan``) are in place where their names say so.
 
     Returns:
         A [`RegisteredRule`][ctc_plugin.ctc.operations.RegisteredRule], whose ``remove()``
@@ -208,8 +205,11 @@ def register_rule(
         free = {form: writes for form, writes in forms.items() if taken[form] is None}
         handle = RegisteredRule(function, like, tuple(free))
         for form, writes in free.items():
+            # inplace= speaks of the function given (and of an operator's forms), the other
+            # forms of a torch function write in place where their names say so
+            told = inplace is not None and (form is function or function not in forms)
             rescaled = g.rescale(
-                gate=row.makes_gate, inplace_default=bool(inplace) or writes, read_inplace=False
+                gate=row.makes_gate, inplace_default=inplace if told else writes, read_inplace=False
             )
             _REGISTERED[form] = (dataclasses.replace(row, handler=rescaled), handle)
     return handle

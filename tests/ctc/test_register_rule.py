@@ -205,3 +205,26 @@ def test_an_in_place_function_said_not_in_place_is_refused():
     with pytest.raises(ValueError, match=r"torch.Tensor.atan_ writes its result into its input"):
         register_rule(torch.Tensor.atan_, like=torch.tanh, inplace=False)
     assert rule_for(torch.Tensor.atan_) is None
+
+
+@torch.library.custom_op("ctc_plugin_tests::atan_in_place", mutates_args=("x",))
+def _atan_in_place_op(x: torch.Tensor) -> None:
+    """atan written into its input, returning nothing, as a mutating custom operator does."""
+    x.atan_()
+
+
+def _calls_the_mutating_operator(h: torch.Tensor) -> torch.Tensor:
+    _atan_in_place_op(h)
+    return h
+
+
+@pytest.mark.parametrize("mode", ["none", "proportional"])
+def test_a_custom_operator_that_writes_its_input_and_returns_nothing(setting, mode):
+    """The rule divided its None result by the input: a TypeError from inside the pass."""
+    model, x, mask = setting
+    with register_rule(torch.atan, like=torch.tanh):
+        expected = CTC(model, bias_sharing=mode).attribute(x, 1, feature_mask=mask)
+    model.activation = _calls_the_mutating_operator
+    with register_rule(_atan_in_place_op, like=torch.tanh, inplace=True):
+        got = CTC(model, bias_sharing=mode).attribute(x, 1, feature_mask=mask)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
