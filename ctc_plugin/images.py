@@ -52,7 +52,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "ImagePreprocessing",
     "Normalize",
     "PreparedImage",
@@ -60,12 +59,6 @@ __all__ = [
     "read_image",
     "to_rgb",
 ]
-
-#: File name endings read as images (case-insensitive): the commands take these files of a folder
-#: and ignore the others.
-IMAGE_SUFFIXES = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
-)  # fmt: skip
 
 #: Interpolation modes a resize may use (torchvision's ``InterpolationMode`` names, lower case).
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")

@@ -184,9 +184,9 @@ def image_file(text: str) -> Path:
     """``IMAGE``: a file to read (`input_file`); a folder is told how to give its images."""
     path = Path(text).expanduser()
     if text.strip() and path.is_dir():
-        from ctc_plugin.images import IMAGE_SUFFIXES
+        from ctc_plugin.image_files import IMAGE_SUFFIXES, is_image_file
 
-        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir() if p.is_file()):
+        if not any(is_image_file(p.name) for p in path.iterdir() if p.is_file()):
             raise argparse.ArgumentTypeError(
                 f"{text} is a folder, not a file, and holds no images (files ending in "
                 f"{', '.join(IMAGE_SUFFIXES)}): give image files"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ctc_plugin.images import IMAGE_SUFFIXES
+from ctc_plugin.image_files import IMAGE_SUFFIXES, is_image_file
 from ctc_plugin.wording import first_names
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -285,7 +285,7 @@ def _image_files(root: Path) -> Iterator[Path]:
         subfolders[:] = kept
         for name in names:
             path = Path(folder, name)
-            if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES:
+            if not name.startswith(".") and is_image_file(name):
                 yield path  # a dangling link too: resolve_source names it
 
 
