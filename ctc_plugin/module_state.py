@@ -10,18 +10,46 @@ Two questions about a model's parameters and buffers, asked by several parts of 
 - [`WeightsWatch`][ctc_plugin.module_state.WeightsWatch]: were the weights written or replaced
   since? Each tensor's storage address and version counter, and a few of its values (the SAM
   segmenter's cache, and `DigestMemo`).
+
+And one thing a call must leave as it found it: [`modes_kept`][ctc_plugin.module_state.modes_kept]
+puts every submodule's training flag back (a model fine-tuned with its BatchNorms frozen in eval
+mode stays so after code that calls ``model.eval()`` and ``model.train()``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DigestMemo", "WeightsWatch", "state_digest", "state_dtypes", "unwrapped"]
+__all__ = [
+    "DigestMemo",
+    "WeightsWatch",
+    "modes_kept",
+    "state_digest",
+    "state_dtypes",
+    "unwrapped",
+]
+
+
+@contextmanager
+def modes_kept(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule's training flag back as it was on entry, on exit (also on errors).
+
+    ``model.train(was_training)`` restores one flag for all: BatchNorms kept in eval mode inside
+    a model in training mode would come back training.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
 
 
 def unwrapped(module: nn.Module) -> nn.Module:

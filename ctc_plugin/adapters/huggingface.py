@@ -54,6 +54,7 @@ class HuggingFaceClassifier(nn.Module):
                 f"HuggingFaceClassifier wraps a torch module; got {type(model).__name__}"
             )
         self.model = model
+        self.training = model.training  # its own flag only: the wrapped modules keep theirs
         self.inputs = inputs
         self.patch_size = patch_sequence_size(model)
         given = sorted(set(inputs) & {"pixel_values", "spatial_shapes", "pixel_attention_mask"})

@@ -45,7 +45,7 @@ from ctc_plugin.inputs import (
     is_integer,
     with_gradients,
 )
-from ctc_plugin.module_state import state_digest, state_dtypes
+from ctc_plugin.module_state import modes_kept, state_digest, state_dtypes
 from ctc_plugin.wording import caller_stacklevel
 
 #: Names of the unweighted loss terms recorded in the history and shown by the progress bar.
@@ -98,17 +98,15 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         # only the flags that are on are switched, and not those of inference tensors (made
         # under inference mode, which cannot get theirs back outside it, nor enter autograd)
         trainable = [p for p in model.parameters() if p.requires_grad and not p.is_inference()]
-        modes = [(m, m.training) for m in model.modules()]
-        try:
-            for p in trainable:
-                p.requires_grad_(False)
-            model.eval()
-            yield model
-        finally:
-            for p in trainable:
-                p.requires_grad_(True)
-            for m, mode in modes:
-                m.training = mode
+        with modes_kept(model):
+            try:
+                for p in trainable:
+                    p.requires_grad_(False)
+                model.eval()
+                yield model
+            finally:
+                for p in trainable:
+                    p.requires_grad_(True)
 
 
 class _Restoring:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctc_plugin.evaluation.arguments import Method
+from ctc_plugin.module_state import modes_kept
 
 __all__ = [
     "MethodSpec",
@@ -235,24 +236,25 @@ def _grad_cam(cls_name: str) -> Method:
         from ctc_plugin.cam.transformers import grad_cam_layer
 
         layer, reshape = grad_cam_layer(model, images)
-        was_training = model.training
         # its model.zero_grad() and loss.backward() set every parameter's .grad: they are put
-        # back as they were (a later optimiser step would use them; memory would stay held)
+        # back as they were (a later optimiser step would use them; memory would stay held);
+        # its model.eval() is undone module by module (BatchNorms frozen in a training model)
         grads = [(parameter, parameter.grad) for parameter in model.parameters()]
-        cam = getattr(pytorch_grad_cam, cls_name)(
-            model=model, target_layers=[layer], reshape_transform=reshape
-        )
-        # not its with block: its __exit__ prints and swallows an IndexError (a target out of
-        # range), and the caller then met an unassigned result instead of the error
-        try:
-            maps = cam(
-                input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets]
+        with modes_kept(model):
+            cam = getattr(pytorch_grad_cam, cls_name)(
+                model=model, target_layers=[layer], reshape_transform=reshape
             )
-        finally:
-            cam.activations_and_grads.release()
-            model.train(was_training)
-            for parameter, grad in grads:
-                parameter.grad = grad
+            # not its with block: its __exit__ prints and swallows an IndexError (a target out
+            # of range), and the caller then met an unassigned result instead of the error
+            try:
+                maps = cam(
+                    input_tensor=images,
+                    targets=[ClassifierOutputTarget(int(t)) for t in targets],
+                )
+            finally:
+                cam.activations_and_grads.release()
+                for parameter, grad in grads:
+                    parameter.grad = grad
         return torch.from_numpy(maps).to(images)[:, None]
 
     method.__name__ = cls_name

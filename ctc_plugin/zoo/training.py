@@ -9,6 +9,7 @@ from torch import nn
 from ctc_plugin.datasets import TRAIN_SEED, ShapesDataset
 from ctc_plugin.datasets.scene import check_split
 from ctc_plugin.inputs import device_of
+from ctc_plugin.module_state import modes_kept
 from ctc_plugin.zoo.settings import FAMILY_TRAINING as FAMILY_TRAINING
 from ctc_plugin.zoo.settings import TrainConfig, training_config
 
@@ -144,10 +145,9 @@ def evaluate(
     data = ShapesDataset(split, size=size, seed=seed)
     images, labels = data.tensors(show_progress)
     device = device_of(model)
-    was_training = model.training
-    model.eval()
     correct = 0
-    try:
+    with modes_kept(model):  # every module's flag back (BatchNorms frozen in a training model)
+        model.eval()
         for i in range(0, size, batch_size):
             logits = model(images[i : i + batch_size].to(device))
             if logits.dim() != 2 or logits.shape[1] != data.num_classes:
@@ -157,6 +157,4 @@ def evaluate(
                     f"{data.num_classes} classes; evaluate a model trained on {split!r}"
                 )
             correct += int((logits.argmax(1).cpu() == labels[i : i + batch_size]).sum())
-    finally:
-        model.train(was_training)
     return correct / size

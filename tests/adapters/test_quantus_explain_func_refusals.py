@@ -107,3 +107,35 @@ def test_a_float64_model_is_explained_in_its_dtype():
     expected = explain_func(_cnn(), x, y, method="Saliency")
     assert maps.shape == (2, 1, 8, 8)
     np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_grad_cam_leaves_every_module_in_its_own_mode():
+    """Fine-tuning with frozen BatchNorms: pytorch-grad-cam's model.eval() was undone with one
+    model.train(True), which set the frozen BatchNorms training (the next step moved their
+    statistics)."""
+    model = _cnn(batchnorm=True).train()
+    model[1].eval()  # the BatchNorm frozen
+    x, y = _batch()
+    explain_func(model, x, y, method="GradCAM")
+    assert model.training and not model[1].training
+
+
+def test_a_hugging_face_classifier_takes_the_mode_of_the_model_it_wraps():
+    """The wrapper was in training mode around a model in eval mode: Grad-CAM put the whole
+    model in training mode (drop path on), Quantus refused it."""
+    transformers = pytest.importorskip("transformers")
+    from ctc_plugin.adapters.huggingface import HuggingFaceClassifier
+
+    config = transformers.ConvNextConfig(
+        hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=5, drop_path_rate=0.1
+    )
+    torch.manual_seed(0)
+    inner = transformers.ConvNextForImageClassification(config).eval()
+    model = HuggingFaceClassifier(inner)
+    assert not model.training
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)).numpy()
+    explain_func(model, x, np.array([0, 1]), method="GradCAM")
+    assert not any(module.training for module in model.modules())
+    mixed = transformers.ConvNextForImageClassification(config).train()
+    mixed.convnext.eval()  # a mixed model: the wrapper takes its flag and changes no other
+    assert HuggingFaceClassifier(mixed).training and not mixed.convnext.training
