@@ -127,6 +127,7 @@ def explain_func(
     from ctc_plugin.evaluation.arguments import as_targets
     from ctc_plugin.harness.methods import registry
     from ctc_plugin.inputs import check_eval_mode, check_inputs, device_of, floating_dtype
+    from ctc_plugin.targets import output_not_a_tensor
 
     unknown = set(kwargs) - _QUANTUS_KEYS
     if unknown:
@@ -149,6 +150,10 @@ def explain_func(
     if images.dim() != 4:
         raise ValueError(f"inputs must be (N, C, H, W) channels-first, got {tuple(images.shape)}")
     check_inputs(images, tuples=False)  # NaN or infinite values: no method may pass them on
+    with torch.no_grad():  # a Hugging Face model's output object, say: every method needs scores
+        output = model(images[:1])
+    if not isinstance(output, Tensor):
+        raise output_not_a_tensor(output)
     _check_softmax(model, images, kwargs.get("softmax"))
     labels = as_targets(targets, len(images)).to(device)  # integers only, never truncated
     mask = None

@@ -43,6 +43,7 @@ from ctc_plugin.inputs import (
     check_takes_images,
     outside_inference_mode,
 )
+from ctc_plugin.targets import output_not_a_tensor
 
 #: Zennit's output weighting: a tensor shaped like the output (a one-hot row), or a function
 #: of the output that returns one.
@@ -399,6 +400,8 @@ class _HookedCTC(CTC):
         """
         with torch.no_grad():
             self.model_output = self.forward_func(*inputs, *extra)
+        if not isinstance(self.model_output, torch.Tensor):  # a Hugging Face model's output
+            raise output_not_a_tensor(self.model_output)
         self.batch_weights = self.weights_for(self.model_output)
         return super()._run(inputs, baselines, features, extra, *args)
 

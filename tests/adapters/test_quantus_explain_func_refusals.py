@@ -139,3 +139,32 @@ def test_a_hugging_face_classifier_takes_the_mode_of_the_model_it_wraps():
     mixed = transformers.ConvNextForImageClassification(config).train()
     mixed.convnext.eval()  # a mixed model: the wrapper takes its flag and changes no other
     assert HuggingFaceClassifier(mixed).training and not mixed.convnext.training
+
+
+def _hugging_face_vit():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, num_hidden_layers=1, hidden_size=16,
+        num_attention_heads=2, intermediate_size=32, num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.ViTForImageClassification(config).eval()
+
+
+@pytest.mark.parametrize("method", ["Saliency", "GradCAM", "CTC-proportional"])
+def test_an_unwrapped_hugging_face_model_is_told_to_wrap(method):
+    """'ImageClassifierOutput' object has no attribute 'shape' (or 'str' ...) came through."""
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)).numpy()
+    with pytest.raises(ValueError, match=r"\.logits .*HuggingFaceClassifier\(model\)"):
+        explain_func(_hugging_face_vit(), x, np.array([0, 1]), method=method)
+
+
+def test_an_attributor_on_an_unwrapped_hugging_face_model_is_told_to_wrap():
+    from ctc_plugin import CTCAttributor, CTCComposite
+    from ctc_plugin.testing import random_partition
+
+    model = _hugging_face_vit()
+    attributor = CTCAttributor(model, CTCComposite(), feature_mask=random_partition(32, 32, 4))
+    with pytest.raises(ValueError, match=r"\.logits .*HuggingFaceClassifier\(model\)"):
+        attributor(torch.rand(1, 3, 32, 32), torch.eye(3)[[1]])
+    assert not any(module._forward_hooks for module in model.modules())
