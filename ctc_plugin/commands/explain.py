@@ -230,7 +230,7 @@ def _npz_file(text: str) -> Path:
 # ---------------------------------------------------------------------- the job
 def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     """Run the explanation described by ``args``; print the rankings, write figure and data."""
-    from ctc_plugin.commands.methods import Request, run_for_command
+    from ctc_plugin.commands.methods import Request, run_for_command, try_methods
 
     args.methods = list(dict.fromkeys(args.methods))  # each once, in the order given
     paths = list(args.images) or [_sample_path(getattr(args, "split", "shapes"), "image")]
@@ -261,7 +261,7 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
         item.feature_mask = _segmented(segmenter, item, args)
         if evidence_path is not None:
             item.evidence = _evidence(evidence_path, preprocessing)
-    for item in explained:
+    for index, item in enumerate(explained):
         request = Request(
             model=model,
             pixels=item.image.pixels.to(device),
@@ -273,6 +273,8 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
             show_progress=not args.no_progress,
             explainer=explainer,
         )
+        if index == 0:  # a method that cannot explain the model stops before any runs
+            try_methods(args.methods, request, args.model, "--method")
         item.results = [
             run_for_command(name, request, args.model, "--method") for name in args.methods
         ]

@@ -268,6 +268,36 @@ def memory_advice(name: str, request: Request) -> str:
     return advice + ", or a smaller --perturbations-per-eval"  # they pass copies of the image
 
 
+def try_methods(
+    names: list[str] | tuple[str, ...], request: Request, model: str, option: str, where: str = ""
+) -> None:
+    """Run each method once on ``request``'s image cut in two halves, to refuse early.
+
+    A command runs it before its real work, so that a method that cannot explain the model
+    (Grad-CAM on a vision transformer, CTC on a model that ends in a softmax) stops it before a
+    long run of the other methods, or before a run folder is set up. The halves make the trial
+    cheap (two copies of the image, no segmenter), and Lime takes four samples.
+
+    Raises:
+        CLIError: As `run_for_command`.
+    """
+    import dataclasses
+
+    import torch
+
+    height, width = request.pixels.shape[-2:]
+    halves = (torch.arange(width, device=request.pixels.device) >= width // 2).long()
+    trial = dataclasses.replace(
+        request,
+        feature_mask=halves.expand(1, 1, height, width),
+        lime_samples=min(request.lime_samples, 4),
+        show_progress=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        for name in names:
+            run_for_command(name, trial, model, option, where)
+
+
 def run_for_command(
     name: str, request: Request, model: str, option: str, where: str = ""
 ) -> Result:

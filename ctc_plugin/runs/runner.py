@@ -99,8 +99,7 @@ class ShardRunner:
         its first image (a target the model does not have, ``label`` without labels, an image
         size the model or the Explainer cannot take, a method that cannot explain the model:
         Grad-CAM on a vision transformer, CTC on a model ending in a softmax) is refused before
-        anything is written. Each method is tried on the image cut into two halves (few
-        copies, and no segmenter), with Lime on a few samples. Needs ``explain=True``.
+        anything is written (`try_methods`). Needs ``explain=True``.
 
         Raises:
             CLIError: Naming the option to fix.
@@ -108,27 +107,24 @@ class ShardRunner:
         import torch
 
         from ctc_plugin.commands import torch_threads
-        from ctc_plugin.commands.methods import Request, run_for_command
+        from ctc_plugin.commands.methods import Request, try_methods
 
         ref = self.source.images[0]
-        with torch_threads(self.config.threads), torch.random.fork_rng(devices=[]):
+        with torch_threads(self.config.threads):
             pixels, logits = self.classify(ref, self.read(ref))
             targets = [self.target(spec, ref, logits) for spec in self.config.targets]
-            halves = torch.zeros(1, 1, *pixels.shape[-2:], dtype=torch.long, device=self.device)
-            halves[..., pixels.shape[-1] // 2 :] = 1
             request = Request(
                 model=self.model,
                 pixels=pixels,
                 target=targets[0],
-                feature_mask=halves,
+                feature_mask=torch.zeros(1, 1, 1, 1, dtype=torch.long),  # try_methods sets it
                 bias_sharing=self.config.bias_sharing,
-                lime_samples=min(self.config.lime_samples, 4),
+                lime_samples=self.config.lime_samples,
                 perturbations_per_eval=self.config.perturbations_per_eval,
                 show_progress=False,
                 explainer=self.explainer,
             )
-            for name in self.config.methods:
-                run_for_command(name, request, self.config.model, "--methods", ref.name)
+            try_methods(self.config.methods, request, self.config.model, "--methods", ref.name)
 
     def classify(self, ref: ImageRef, image: Any) -> tuple[Any, Any]:
         """``(pixels on the device, logits)`` of the prepared ``image`` of ``ref``.

@@ -347,3 +347,24 @@ def test_a_model_ending_in_a_softmax_is_one_short_line_for_ctc(tmp_path, capsys)
     assert len(error.splitlines()) == 1 and len(error) < 400, error
     assert "CTC explains the logits before it: return the logits" in error
     assert "feature-ablation and lime take any model" in error
+
+
+def test_a_method_that_cannot_explain_the_model_stops_before_the_others_run(
+    tmp_path, capsys, monkeypatch
+):
+    """Grad-CAM on a vision transformer was refused after CTC had run on every segment."""
+    from ctc_plugin.commands import methods
+
+    segments_seen = []
+    real = methods.run_method
+
+    def recording(name, request):
+        segments_seen.append((name, int(request.feature_mask.max()) + 1))
+        return real(name, request)
+
+    monkeypatch.setattr(methods, "run_method", recording)
+    argv = ["explain", "--model", "vit", "--method", "ctc", "gradcam", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "x.png")]) == 2
+    assert "--method gradcam: Grad-CAM needs a convolutional" in capsys.readouterr().err
+    assert segments_seen == [("ctc", 2), ("gradcam", 2)]  # the trial on two halves only
+    assert not (tmp_path / "x.png").exists()
