@@ -325,14 +325,17 @@ def grad_cam_layer(
     map ([`last_spatial_layer`][ctc_plugin.cam.last_spatial_layer]: ``layer4`` of a
     ResNet, ``features`` of a VGG, DenseNet or EfficientNet, ``Mixed_7c`` of Inception v3), found
     by running ``example``, and ``None``.
-    The token reshapes assume square patch grids where the model says no grid, as
+    With ``example``, a token reshape that would guess the patch grid takes the grid the
+    patch embedding makes of it (a ViT of dynamic image size on a non-square image); without,
+    the token reshapes assume square patch grids where the model says no grid, as
     pytorch-grad-cam's do (a `PatchTokens` refuses a patch count that is no square).
 
     Args:
         model: The classifier.
         example: An input batch the model takes (its first image is run): needed for a CNN,
             whose last feature map only its forward pass shows (the last ``nn.Conv2d``
-            registered can be a shortcut projection or one branch of the last block).
+            registered can be a shortcut projection or one branch of the last block), and for
+            a vision transformer's patch grid on images that are not square.
 
     Raises:
         ValueError: If the model has neither known transformer blocks nor a spatial feature
@@ -353,7 +356,7 @@ def grad_cam_layer(
         tuple_output = isinstance(reshape, TupleOutput)
         if tokens is not None and norm is not None:
             if tuple_output or _classifies_prefix_tokens(model, last):
-                return norm, tokens
+                return norm, _on_the_grid_of(tokens, model, last, example)
         if tuple_output:
             raise ValueError(
                 f"the last block of {type(model).__name__} ({_qualified(last)}) returns a tuple, "
@@ -361,7 +364,7 @@ def grad_cam_layer(
                 "this block's feature map); explain the model with IntegrativeCAM, which picks "
                 "the feature map out of the tuple (ctc_plugin.cam.transformers.TupleOutput)"
             )
-        return last, reshape
+        return last, _on_the_grid_of(reshape, model, last, example)
     if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         raise ValueError("the model has no Conv2d and no known transformer block for Grad-CAM")
     if example is None:
@@ -371,6 +374,46 @@ def grad_cam_layer(
             "registered can be a shortcut or one branch of the last block, not its output)"
         )
     return last_spatial_layer(model, example), None
+
+
+def _on_the_grid_of(
+    reshape: Reshape, model: nn.Module, block: nn.Module, example: Tensor | None
+) -> Reshape:
+    """``reshape`` on the patch grid the model makes of ``example``, where it would guess it.
+
+    A reshape that guesses the grid (a square) is checked against, or given, the grid of the
+    patch embedding, as Integrative CAM does (`check_square_grid`): the output size of the last
+    convolution over the whole image that ran before ``block``, found by running ``example``'s
+    first image. So a model that takes images of other sizes (timm's ``dynamic_img_size``,
+    Hugging Face's ``interpolate_pos_encoding``) is explained on a non-square image too.
+    Without ``example``, or for a reshape told its grid, ``reshape`` as it is.
+    """
+    if example is None or not reads_patch_grid(reshape):
+        return reshape
+    grids: list[tuple[int, int]] = []
+    at_block: list[tuple[int, int] | None] = [None]
+
+    def conv(module: nn.Module, inputs: object, output: object) -> None:
+        if isinstance(output, Tensor) and output.dim() == 4 and output.shape[0] == 1:
+            grids[:] = [(int(output.shape[-2]), int(output.shape[-1]))]
+
+    def entered(module: nn.Module, inputs: object) -> None:
+        at_block[0] = grids[0] if grids else None
+
+    handles = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles.append(block.register_forward_pre_hook(entered))
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    seen = at_block[0]
+    if reshape is tokens_to_grid and seen is not None:  # the last h * w tokens, on that grid
+        return partial(tokens_to_grid, grid=seen)
+    return check_square_grid(
+        reshape, (int(example.shape[-2]), int(example.shape[-1])), lambda: seen
+    )
 
 
 def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
