@@ -20,6 +20,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
 from ctc_plugin.explainer.maps import resize_maps
+from ctc_plugin.module_state import modes_kept
 
 #: Modules a classifier head may hold (after its global pooling and flattening): each acts on
 #: one position's feature vector alone.
@@ -158,21 +159,18 @@ def _head_on_the_feature_map(
     # traced in eval mode: Python code that reads ``self.training`` outside torch's layers
     # (torchvision's stochastic depth) is fixed in the graph as it runs when traced, and an
     # explainer must give the same masks in every call; the layers keep their modes
-    modes = [(module, module.training) for module in encoder.modules()]
-    encoder.eval()
-    try:
-        traced = torch.fx.GraphModule(
-            encoder, HeadTracer().trace(encoder), class_name=type(encoder).__name__
-        )
-    except Exception as error:
-        raise TypeError(
-            f"the head {head!r} takes pooled features and torch.fx cannot trace the "
-            f"classifier's forward to find the feature map it pools ({type(error).__name__}: "
-            f"{error})" + advice
-        ) from error
-    finally:
-        for module, mode in modes:
-            module.training = mode
+    with modes_kept(encoder):
+        encoder.eval()
+        try:
+            traced = torch.fx.GraphModule(
+                encoder, HeadTracer().trace(encoder), class_name=type(encoder).__name__
+            )
+        except Exception as error:
+            raise TypeError(
+                f"the head {head!r} takes pooled features and torch.fx cannot trace the "
+                f"classifier's forward to find the feature map it pools ({type(error).__name__}:"
+                f" {error})" + advice
+            ) from error
     # the graph module and the containers fx made for the module tree take the copy's modes
     for name, module in traced.named_modules():
         if module is traced or type(module) is nn.Module:
@@ -225,15 +223,16 @@ def _before_global_pooling(node: object, root: nn.Module) -> tuple[object | None
 
     Accepted on the way back from the head's input: ``nn.Flatten``, ``torch.flatten`` and
     ``.flatten/.view/.reshape/.squeeze``, ``nn.Dropout`` and ``F.dropout`` (timm's
-    ``drop_rate``), then a global pooling: ``nn.AdaptiveAvgPool2d(1)`` /
-    ``nn.AdaptiveMaxPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)`` (max too) or
+    ``drop_rate``), ``nn.Identity`` (timm's ``pre_logits``), then a global pooling:
+    ``nn.AdaptiveAvgPool2d(1)`` / ``nn.AdaptiveMaxPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)``
+    (max too) or
     ``x.mean((2, 3))`` / ``x.mean((-2, -1))``. Returns ``(None, description)`` of the first
     other operation met.
     """
     while True:
         op, target = getattr(node, "op", None), getattr(node, "target", None)
         module = root.get_submodule(target) if op == "call_module" else None
-        found = _describe(op, target, module)
+        found = _describe(op, target, module) + _inside(node)
         if isinstance(module, GLOBAL_POOLS):
             if module.output_size in (1, (1, 1)):
                 return node.args[0], found
@@ -248,7 +247,7 @@ def _before_global_pooling(node: object, root: nn.Module) -> tuple[object | None
                 return node.args[0], found
             return None, found
         passing = (
-            isinstance(module, (nn.Flatten, nn.Dropout))
+            isinstance(module, (nn.Flatten, nn.Dropout, nn.Identity))
             or (op == "call_function" and target is torch.flatten)
             or (op == "call_method" and target in _FLATTENING_METHODS)
             or (op == "call_function" and target in _PASSING_FUNCTIONS)
@@ -267,6 +266,18 @@ def _describe(op: object, target: object, module: nn.Module | None) -> str:
     if op == "call_function":
         return f"the function {getattr(target, '__name__', target)}"
     return f"the {op} {target!r}"
+
+
+def _inside(node: object) -> str:
+    """Where an fx node was made: `` inside the module 'head.norm' (LayerNorm2d)``, or ``""``.
+
+    torch.fx records the stack of modules whose forward made each node.
+    """
+    stack = getattr(node, "meta", {}).get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    name, (_, kind) = list(stack.items())[-1]
+    return f" inside the module {name!r} ({getattr(kind, '__name__', kind)})"
 
 
 def _argument(node: object, position: int, name: str) -> object:

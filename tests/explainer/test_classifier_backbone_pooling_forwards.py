@@ -140,3 +140,12 @@ def test_a_timm_head_with_functional_dropout_is_found():
     torch.manual_seed(0)
     model = timm.create_model("resnet18", pretrained=False, num_classes=3, drop_rate=0.2).eval()
     _logits_are_the_mean_of_the_maps(model, "fc", 3)
+
+
+def test_a_timm_head_that_normalises_the_pooled_vector_is_refused_naming_the_norm():
+    """The refusal named timm's pre_logits (an Identity, harmless), not the LayerNorm after
+    the pooling that makes the head read the positions together."""
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("convnext_atto", pretrained=False, num_classes=3).eval()
+    with pytest.raises(TypeError, match=r"inside the module 'head.norm' \(LayerNorm2d\)"):
+        build_backbone("classifier", 3, classifier=model, head="head.fc")
