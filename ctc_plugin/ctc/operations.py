@@ -73,6 +73,25 @@ class RegisteredRule:
         self.remove()
 
 
+def _is_operator(function: object) -> bool:
+    """Whether ``function`` is an operator: ``torch.ops`` packet or overload, or a custom op."""
+    kinds = (
+        torch._library.custom_ops.CustomOpDef,
+        torch._ops.OpOverloadPacket,
+        torch._ops.OpOverload,
+    )
+    return isinstance(function, kinds)
+
+
+def _packet(operator: Any) -> Any:
+    """The ``torch.ops`` packet of an operator (`_is_operator`)."""
+    if isinstance(operator, torch._library.custom_ops.CustomOpDef):
+        return operator._opoverload.overloadpacket
+    if isinstance(operator, torch._ops.OpOverload):
+        return operator.overloadpacket
+    return operator
+
+
 def seen_forms(function: Callable[..., Any]) -> dict[Any, bool]:
     """The callables a CTC pass sees for ``function``, each with whether it writes in place.
 
@@ -80,23 +99,23 @@ def seen_forms(function: Callable[..., Any]) -> dict[Any, bool]:
     itself where the model calls ``torch.ops.lib.name(...)`` and as an overload
     (``torch.ops.lib.name.default``) where it calls the custom operator's function: both are
     covered (the ``out=`` overloads are not), and an overload covers the operator where it is
-    its only one. A function of the
-    ``torch`` namespace or a tensor method is seen as each of ``torch.name``, ``x.name()``,
-    ``torch.name_`` and ``x.name_()`` that exists (the last two in place); anything else as
-    itself, in place when its name ends in one ``_``.
+    its only one; all in place where the operator's name ends in one ``_`` (``aten::atan_``).
+    A function of the ``torch`` namespace or a tensor method is seen as each of ``torch.name``,
+    ``x.name()``, ``torch.name_`` and ``x.name_()`` that exists (the last two in place);
+    anything else as itself, in place when its name ends in one ``_``.
     """
-    if isinstance(function, torch._library.custom_ops.CustomOpDef):
-        function = function._opoverload.overloadpacket
-    if isinstance(function, torch._ops.OpOverloadPacket):
+    if _is_operator(function):
+        packet = _packet(function)
+        writes = is_inplace(packet)  # aten::atan_ writes in place, as its forms do
+        if isinstance(function, torch._ops.OpOverload):
+            single = len(packet.overloads()) == 1
+            return dict.fromkeys([function, *([packet] if single else [])], writes)
         overloads = [  # not the out= forms, which write into a buffer of the caller's
-            getattr(function, name)
-            for name in function.overloads()
+            getattr(packet, name)
+            for name in packet.overloads()
             if name != "out" and not name.endswith("_out")
         ]
-        return dict.fromkeys([function, *overloads], False)
-    if isinstance(function, torch._ops.OpOverload):
-        packet = function.overloadpacket
-        return dict.fromkeys([function, *([packet] if len(packet.overloads()) == 1 else [])], False)
+        return dict.fromkeys([packet, *overloads], writes)
     name = getattr(function, "__name__", "")
     base = name[:-1] if is_inplace(function) else name
     family = [
@@ -180,7 +199,7 @@ def register_rule(
             "for a squashing one); python -m ctc_plugin.ctc.operations prints the table"
         )
     forms = seen_forms(function)
-    if inplace is False and is_inplace(function):
+    if inplace is False and is_inplace(_packet(function) if _is_operator(function) else function):
         raise ValueError(
             f"{operation_name(function)} writes its result into its input (its name ends in "
             "'_'), and inplace=False would give each copy's result to the full pass's tensor "
@@ -205,9 +224,9 @@ def register_rule(
         free = {form: writes for form, writes in forms.items() if taken[form] is None}
         handle = RegisteredRule(function, like, tuple(free))
         for form, writes in free.items():
-            # inplace= speaks of the function given (and of an operator's forms), the other
-            # forms of a torch function write in place where their names say so
-            told = inplace is not None and (form is function or function not in forms)
+            # inplace= speaks of the function given and of all forms of an operator (one
+            # computation); the other forms of a torch function are as their names say
+            told = inplace is not None and (form is function or _is_operator(function))
             rescaled = g.rescale(
                 gate=row.makes_gate, inplace_default=inplace if told else writes, read_inplace=False
             )
