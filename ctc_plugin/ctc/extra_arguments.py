@@ -79,20 +79,29 @@ def _tensor_shapes(value: object, open_: set[int]) -> list[tuple[int, ...]]:
     return shapes
 
 
+#: CTC's refusal of a constant operand, with the constant's first dimension.
+_REFUSED_CONSTANT = re.compile(r"a constant of shape \((\d+)[,)]")
+
+
 @contextmanager
 def other_rows_noted(extra: tuple, n: int) -> Iterator[None]:
     """Add a note to CTC's refusal of a constant operand inside the block where it may be ours.
 
     That is where ``extra`` holds a tensor whose first dimension is neither the number of
-    examples ``n`` nor 1. CTC gives such a tensor to every copy as it is (a constant); one
-    meant per example with a wrong number of rows then fails where it meets the copies, as a
-    constant that does not broadcast, which reads as if the model were unsupported.
+    examples ``n`` nor 1, and is the refused constant's. CTC gives such a tensor to every copy
+    as it is (a constant); one meant per example with a wrong number of rows then fails where
+    it meets the copies, as a constant that does not broadcast, which reads as if the model
+    were unsupported.
     """
     try:
         yield
     except UnsupportedOperationError as error:
+        refused = _REFUSED_CONSTANT.match(error.reason)
+        rows = int(refused.group(1)) if refused else None
+        # a tensor whose rows the refused constant kept (what the model made of it)
         others = [s for s in _tensor_shapes(extra, set()) if s and s[0] not in (1, n)]
-        if not error.reason.startswith("a constant of shape") or not others:
+        others = [s for s in others if s[0] == rows]
+        if not others:
             raise
         note = (
             f"; additional_forward_args holds a tensor of shape {others[0]}, whose first "

@@ -211,3 +211,21 @@ def test_a_per_example_argument_with_the_wrong_rows_is_named(mode, in_a_dict) ->
         CTC(forward, bias_sharing=mode).attribute(
             torch.rand(2, 3, 8, 8), 1, feature_mask=mask, additional_forward_args=extra
         )
+
+
+def test_a_tensor_that_is_not_the_refused_constant_is_not_blamed() -> None:
+    """A condition bound in a closure with one row too many was refused; the note blamed the
+    class weights of shape (3,) passed beside it, whose first dimension the constant lacks."""
+    torch.manual_seed(0)
+    model = _Conditioned().eval()
+    condition = torch.rand(4, 2)  # 4 rows for 2 images, bound in the forward function
+
+    def forward(x, class_weights):
+        return model(x, condition) * class_weights
+
+    mask = torch.arange(64).view(1, 1, 8, 8) // 16
+    with pytest.raises(RuntimeError, match=r"a constant of shape \(4, 4\)") as raised:
+        CTC(forward).attribute(
+            torch.rand(2, 3, 8, 8), 1, feature_mask=mask, additional_forward_args=(torch.rand(3),)
+        )
+    assert "additional_forward_args" not in str(raised.value)
