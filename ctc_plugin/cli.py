@@ -69,24 +69,31 @@ class Parser(argparse.ArgumentParser):
     errors raised while the command runs are reported under.
     """
 
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        """argparse's, keeping the words it was given for `error`'s hint."""
+        self._words = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):  # type: ignore[override]
         """Raise `UsageError` (argparse would print the usage block and exit).
 
-        A missing positional argument where the parser has options that take several values
-        gets a hint: such an option took it (``--targets label photos/``).
+        A missing positional argument where an option that takes several values was given
+        gets a hint: that option took it (``--targets label photos/``).
         """
         missing = message.partition("the following arguments are required: ")[2]
         positional = [word for word in missing.split(", ") if word.isupper()]
+        words = getattr(self, "_words", [])
         several = [
             action.option_strings[0]
             for action in self._actions
-            if action.option_strings and action.nargs in ("+", "*")
+            if action.nargs in ("+", "*")
+            and any(word.split("=")[0] in action.option_strings for word in words)
         ]
         if positional and several:
-            message += (
-                f"; give {positional[0]} before {' and '.join(several)}, which take every "
-                "word after them"
+            takes = (
+                "takes every word after it" if len(several) == 1 else "take every word after them"
             )
+            message += f"; give {positional[0]} before {' and '.join(several)}, which {takes}"
         raise UsageError(self.prog, message)
 
     def set_defaults(self, **kwargs) -> None:

@@ -552,3 +552,14 @@ def test_benchmark_and_explain_take_each_others_spelling_of_a_method():
 
     args = build_parser().parse_args(["benchmark", "--methods", "gradcam", "GradCAM", "Lime"])
     assert _config(args).methods == ("GradCAM", "Lime")  # the command takes each once
+
+
+@pytest.mark.usefixtures("no_command_runs")
+def test_the_missing_source_hint_names_only_the_options_given():
+    """``explain-dataset --out x`` was told to give SOURCE before --methods and --targets."""
+    line = assert_one_line_error("explain-dataset", ["explain-dataset", "--out", "x"], "SOURCE")
+    assert "give SOURCE before" not in line
+    line = assert_one_line_error(
+        "explain-dataset", ["explain-dataset", "--methods", "ctc", "--out", "x"], "SOURCE"
+    )
+    assert line.endswith("give SOURCE before --methods, which takes every word after it")
