@@ -310,32 +310,39 @@ def check_finite_target_outputs(scores: torch.Tensor) -> None:
         )
 
 
-def output_not_a_tensor(output: Any) -> ValueError:
+def output_not_a_tensor(output: Any, modules_only: bool = False) -> ValueError:
     """The error for a forward function whose output is no tensor of scores, saying what to do.
 
     A Hugging Face model's output (``ImageClassifierOutput``) carries the logits in ``.logits``:
     the message names the wrapper. A dict (or a backbone's output, which holds features, no
-    scores) is told its keys; a tuple to return the scores alone.
+    scores) is told its keys; a tuple to return the scores alone. ``modules_only``: the caller
+    takes a ``torch.nn.Module`` (``explain_func``, ``CTCAttributor``), so the advice is a module
+    (the wrapper, or one returning the scores), not a function.
     """
     kind = type(output).__name__
+    who, alone = "forward_func", "lambda x: model(x)[key]"
+    if modules_only:
+        who, alone = "the model", "a module whose forward returns model(x)[key]"
     if isinstance(getattr(output, "logits", None), torch.Tensor):
         advice = (
             "it holds them in .logits (a Hugging Face model's output): wrap the model, "
-            "ctc_plugin.adapters.huggingface.HuggingFaceClassifier(model), or pass "
-            "lambda x: model(pixel_values=x).logits"
+            "ctc_plugin.adapters.huggingface.HuggingFaceClassifier(model)"
+            + ("" if modules_only else ", or pass lambda x: model(pixel_values=x).logits")
         )
     elif isinstance(output, Mapping):  # a dict, or a Hugging Face backbone's output
         keys = ", ".join(repr(key) for key in output)
         advice = (
-            f"it holds {keys}; return the class scores, (N, classes), alone (lambda x: "
-            "model(x)[key]); a backbone's features are no scores: add a classification head "
-            "(a Hugging Face ...ForImageClassification model has one)"
+            f"it holds {keys}; return the class scores, (N, classes), alone ({alone}); a "
+            "backbone's features are no scores: add a classification head (a Hugging Face "
+            "...ForImageClassification model has one)"
         )
     elif isinstance(output, (tuple, list)):
-        advice = "return the scores alone, (N, classes), e.g. lambda x: model(x)[0]"
+        advice = "return the scores alone, (N, classes), " + (
+            "from a module wrapping the model" if modules_only else "e.g. lambda x: model(x)[0]"
+        )
     else:
         advice = "return the model's scores, (N, classes)"
-    return ValueError(f"forward_func returned {kind}, not a tensor of scores; {advice}")
+    return ValueError(f"{who} returned {kind}, not a tensor of scores; {advice}")
 
 
 def captum_targets(

@@ -153,7 +153,7 @@ def explain_func(
     with torch.no_grad():  # a Hugging Face model's output object, say: every method needs scores
         output = model(images[:1])
     if not isinstance(output, Tensor):
-        raise output_not_a_tensor(output)
+        raise output_not_a_tensor(output, modules_only=True)
     _check_softmax(model, images, kwargs.get("softmax"))
     labels = as_targets(targets, len(images)).to(device)  # integers only, never truncated
     mask = None

@@ -401,7 +401,7 @@ class _HookedCTC(CTC):
         with torch.no_grad():
             self.model_output = self.forward_func(*inputs, *extra)
         if not isinstance(self.model_output, torch.Tensor):  # a Hugging Face model's output
-            raise output_not_a_tensor(self.model_output)
+            raise output_not_a_tensor(self.model_output, modules_only=True)
         self.batch_weights = self.weights_for(self.model_output)
         return super()._run(inputs, baselines, features, extra, *args)
 
