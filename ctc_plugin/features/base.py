@@ -268,13 +268,23 @@ def _setting_text(value: Any) -> str:
 def installed_version(name: str) -> str:
     """The installed version of a distribution, ``"absent"`` if it is not installed.
 
-    Read once per process (a lookup scans the installed packages' metadata, about 1 ms);
+    ``name`` is a distribution's name (``segment-anything``) or, where the distribution is
+    named otherwise (``segment-anything-py``; SAM 2 installed from its clone as ``SAM 2``),
+    the name of the package it installs (``segment_anything``, ``sam2``). Read once per
+    process (a lookup scans the installed packages' metadata, about 1 ms);
     ``installed_version.cache_clear()`` reads again.
     """
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
-        return "absent"
+        pass
+    package = name.replace("-", "_")
+    for distribution in importlib.metadata.packages_distributions().get(package, []):
+        try:
+            return f"{distribution} {importlib.metadata.version(distribution)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "absent"
 
 
 class Segmenter(ABC):

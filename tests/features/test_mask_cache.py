@@ -242,3 +242,32 @@ def test_sam_keys_count_the_libraries_that_make_its_masks():
     from ctc_plugin.adapters.sam import SAMSegmenter
 
     assert {"segment-anything", "torch", "torchvision"} <= set(SAMSegmenter.result_libraries)
+
+
+def test_a_library_installed_under_another_distribution_name_is_found(monkeypatch):
+    """SAM 2 installed from its clone is the distribution 'SAM 2': its version was 'absent'
+    for the name 'sam2', so an upgrade kept serving the old masks."""
+    import importlib.metadata
+
+    real_version, real_packages = (
+        importlib.metadata.version,
+        importlib.metadata.packages_distributions,
+    )
+
+    def version(name):
+        if name == "SAM 2":
+            return "1.1"
+        return real_version(name)  # 'sam2' is not installed under that name
+
+    def packages():
+        return {**real_packages(), "sam2": ["SAM 2"]}
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(importlib.metadata, "version", version)
+            patch.setattr(importlib.metadata, "packages_distributions", packages)
+            installed_version.cache_clear()
+            assert installed_version("sam2") == "SAM 2 1.1"
+            assert installed_version("no-such-library") == "absent"
+    finally:
+        installed_version.cache_clear()
