@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from ctc_plugin.commands.methods import Result
+    from ctc_plugin.commands.methods import Request, Result
     from ctc_plugin.images import ImagePreprocessing, PreparedImage
 
 #: Figure files ``--out`` writes, in the format its suffix names (matplotlib writes each).
@@ -184,9 +184,9 @@ def image_file(text: str) -> Path:
     """``IMAGE``: a file to read (`input_file`); a folder is told how to give its images."""
     path = Path(text).expanduser()
     if text.strip() and path.is_dir():
-        from ctc_plugin.image_files import IMAGE_SUFFIXES, is_image_file
+        from ctc_plugin.image_files import IMAGE_SUFFIXES, holds_images
 
-        if not any(is_image_file(p.name) for p in path.iterdir() if p.is_file()):
+        if not holds_images(path):
             raise argparse.ArgumentTypeError(
                 f"{text} is a folder, not a file, and holds no images (files ending in "
                 f"{', '.join(IMAGE_SUFFIXES)}): give image files"
@@ -230,7 +230,7 @@ def _npz_file(text: str) -> Path:
 # ---------------------------------------------------------------------- the job
 def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     """Run the explanation described by ``args``; print the rankings, write figure and data."""
-    from ctc_plugin.commands.methods import Request, run_for_command, try_methods
+    from ctc_plugin.commands.methods import run_for_command, try_methods
 
     args.methods = list(dict.fromkeys(args.methods))  # each once, in the order given
     paths = list(args.images) or [_sample_path(getattr(args, "split", "shapes"), "image")]
@@ -257,24 +257,15 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
         for path, image in zip(paths, images)
     ]
     check_explainer_size(explainer, explained)
+    # a method that cannot explain the model stops before anything is segmented or explained
+    trial = _request(model, explained[0], args, explainer, device)
+    try_methods(args.methods, trial, args.model, "--method")
     for item in explained:
         item.feature_mask = _segmented(segmenter, item, args)
         if evidence_path is not None:
             item.evidence = _evidence(evidence_path, preprocessing)
-    for index, item in enumerate(explained):
-        request = Request(
-            model=model,
-            pixels=item.image.pixels.to(device),
-            target=item.target,
-            feature_mask=item.feature_mask.to(device),
-            bias_sharing=args.bias_sharing,
-            lime_samples=args.lime_samples,
-            perturbations_per_eval=args.perturbations_per_eval,
-            show_progress=not args.no_progress,
-            explainer=explainer,
-        )
-        if index == 0:  # a method that cannot explain the model stops before any runs
-            try_methods(args.methods, request, args.model, "--method")
+    for item in explained:
+        request = _request(model, item, args, explainer, device)
         item.results = [
             run_for_command(name, request, args.model, "--method") for name in args.methods
         ]
@@ -287,6 +278,35 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
             json_path = save_results(args.save, explained, loaded, preprocessing, args)
         print(f"data written to {args.save} and {json_path}")
     return 0
+
+
+def _request(
+    model: nn.Module,
+    item: Explained,
+    args: argparse.Namespace,
+    explainer: Any,
+    device: Any,
+) -> Request:
+    """What the methods get for ``item``.
+
+    Its feature mask once it is segmented; before, a placeholder that `try_methods` replaces.
+    """
+    import torch
+
+    from ctc_plugin.commands.methods import Request
+
+    mask = item.feature_mask if item.feature_mask is not None else torch.zeros(1, 1, 1, 1)
+    return Request(
+        model=model,
+        pixels=item.image.pixels.to(device),
+        target=item.target,
+        feature_mask=mask.long().to(device),
+        bias_sharing=args.bias_sharing,
+        lime_samples=args.lime_samples,
+        perturbations_per_eval=args.perturbations_per_eval,
+        show_progress=not args.no_progress,
+        explainer=explainer,
+    )
 
 
 def _segmented(segmenter: Any, item: Explained, args: argparse.Namespace) -> torch.Tensor:

@@ -368,3 +368,27 @@ def test_a_method_that_cannot_explain_the_model_stops_before_the_others_run(
     assert "--method gradcam: Grad-CAM needs a convolutional" in capsys.readouterr().err
     assert segments_seen == [("ctc", 2), ("gradcam", 2)]  # the trial on two halves only
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_refused_method_stops_before_any_image_is_segmented(tmp_path, capsys, monkeypatch):
+    """The trial ran after every image had been segmented (minutes with SAM)."""
+    from ctc_plugin.commands import explain as explain_command
+
+    segmented = []
+    real = explain_command._segmented
+    monkeypatch.setattr(
+        explain_command, "_segmented", lambda *a, **k: segmented.append(1) or real(*a, **k)
+    )
+    argv = ["explain", "--model", "vit", "--method", "gradcam", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "x.png")]) == 2
+    assert "Grad-CAM needs a convolutional" in capsys.readouterr().err
+    assert segmented == []
+
+
+def test_a_folder_of_class_folders_given_as_an_image_points_to_explain_dataset(tmp_path, capsys):
+    """Its images are in subfolders: it was told it holds no images."""
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "a.jpg")
+    assert main(["explain", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "is a folder, not a file" in error and "explain-dataset" in error, error
