@@ -164,11 +164,7 @@ def told_grid(reshape: object) -> tuple[int, int] | None:
         grid = reshape.keywords.get("grid")
     else:
         return None
-    try:
-        rows, columns = (int(v) for v in grid)
-    except (TypeError, ValueError):
-        return None  # no grid, or a malformed one that the reshape itself refuses
-    return rows, columns
+    return _grid_pair(grid)  # None for a malformed one, which the reshape itself refuses
 
 
 def _patch_tokens_on(

@@ -57,6 +57,7 @@ from ctc_plugin.cam.reshapes import (
     tokens_to_grid,
     with_reshape_transform,
 )
+from ctc_plugin.module_state import modes_kept
 
 
 def _qualified(module: nn.Module) -> str:
@@ -402,8 +403,9 @@ def _on_the_grid_of(
 
     handles = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
     handles.append(block.register_forward_pre_hook(entered))
-    try:
-        with torch.no_grad():
+    try:  # in eval mode: a BatchNorm of a model in training must not take this image's statistics
+        with modes_kept(model), torch.no_grad():
+            model.eval()
             model(example[:1])
     finally:
         for handle in handles:
@@ -437,8 +439,9 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
             finished.append(module)
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
-    try:
-        with torch.no_grad():
+    try:  # in eval mode, as `_on_the_grid_of` runs the model
+        with modes_kept(model), torch.no_grad():
+            model.eval()
             model(example[:1])
     finally:
         for handle in handles:

@@ -237,3 +237,11 @@ def test_grad_cam_layer_of_a_class_token_vit_has_a_gradient() -> None:
     with GradCAM(model, [layer], reshape_transform=reshape) as cam:
         maps = cam(x, targets=[ClassifierOutputTarget(0)] * 2)
     assert maps.max() > 0.5
+
+
+def test_a_told_grid_of_no_cells_gets_the_reshapes_own_error() -> None:
+    """grid=(0, 4) was taken for a grid and refused as putting patches in the wrong places."""
+    model = PatchTokens().eval()
+    reshape = functools.partial(tokens_to_grid, grid=(0, 4))
+    with pytest.raises(ValueError, match=r"a patch grid of 0 x 4 does not fit"):
+        IntegrativeCAM(model, reshape_transform=reshape).attribute(torch.rand(2, 3, 8, 16), 0)

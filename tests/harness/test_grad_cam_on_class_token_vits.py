@@ -51,3 +51,16 @@ def test_a_vit_of_dynamic_image_size_on_a_non_square_image_gets_its_patch_grid()
     expected = cam(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in (1, 3)])
     cam.activations_and_grads.release()
     torch.testing.assert_close(maps[:, 0], torch.from_numpy(expected))
+
+
+def test_finding_the_layer_leaves_a_training_model_s_statistics_alone() -> None:
+    """grad_cam_layer runs the example: in training mode its BatchNorms took its statistics."""
+    import torchvision
+
+    from ctc_plugin.cam.transformers import grad_cam_layer
+
+    model = torchvision.models.resnet18(num_classes=3).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grad_cam_layer(model, torch.rand(2, 3, 32, 32))
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
