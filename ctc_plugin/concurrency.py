@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from ctc_plugin.module_state import modes_kept
+
 __all__ = [
     "CallScope",
     "ModelLock",
@@ -256,13 +258,9 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
             if not training:
                 yield module
                 return
-            modes = [(sub, sub.training) for sub in module.modules()]
-            module.eval()
-            try:
+            with modes_kept(module):
+                module.eval()
                 yield module
-            finally:
-                for sub, mode in modes:
-                    sub.training = mode
             return
 
 
