@@ -27,6 +27,7 @@ from functools import partial
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from ctc_plugin.cam.known_blocks import (
     _FIRST_NORMS,
@@ -403,19 +404,28 @@ def _on_the_grid_of(
 
     handles = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
     handles.append(block.register_forward_pre_hook(entered))
-    try:  # in eval mode: a BatchNorm of a model in training must not take this image's statistics
-        with modes_kept(model), torch.no_grad():
-            model.eval()
-            model(example[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
+    _probe(model, example, handles)
     seen = at_block[0]
     if reshape is tokens_to_grid and seen is not None:  # the last h * w tokens, on that grid
         return partial(tokens_to_grid, grid=seen)
     return check_square_grid(
         reshape, (int(example.shape[-2]), int(example.shape[-1])), lambda: seen
     )
+
+
+def _probe(model: nn.Module, example: Tensor, handles: list[RemovableHandle]) -> None:
+    """Run ``example``'s first image through ``model`` for the hooks of ``handles``; remove them.
+
+    In eval mode, every flag put back after: a BatchNorm of a model in training must not take
+    this image's statistics.
+    """
+    try:
+        with modes_kept(model), torch.no_grad():
+            model.eval()
+            model(example[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
@@ -438,14 +448,9 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
         ):
             finished.append(module)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
-    try:  # in eval mode, as `_on_the_grid_of` runs the model
-        with modes_kept(model), torch.no_grad():
-            model.eval()
-            model(example[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
+    _probe(
+        model, example, [m.register_forward_hook(hook) for m in model.modules() if m is not model]
+    )
     if not finished:
         raise ValueError("the model has no submodule returning a spatial (N, C, H, W) map")
     return finished[-1]
