@@ -251,7 +251,8 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     segmenter = make_segmenter(args)
     explainer = explainer_for(loaded, args, preprocessing=preprocessing)
     model = preprocessing.wrap(loaded.network).to(device).eval()
-    # every image classified (its size, its target checked) and segmented before any method runs
+    # every image classified (its size, its target checked) and segmented before any method
+    # runs on its segments
     explained = [
         _classified(model, loaded, args.target, path, image, device)
         for path, image in zip(paths, images)
