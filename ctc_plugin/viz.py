@@ -207,7 +207,7 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
 
     from ctc_plugin.resumable.atomic import write_atomic
 
-    path = Path(path)
+    path = Path(path).expanduser()
     kind = path.suffix.lstrip(".").lower() or "png"
     try:
         write_atomic(path, lambda stream: figure.savefig(stream, dpi=dpi, format=kind))
@@ -224,8 +224,10 @@ def _numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
         array = array[0]
     if array.ndim != 3 or array.shape[0] != 3:
         raise ValueError(f"expected an image shaped (3, H, W), got {tuple(array.shape)}")
+    if not array.size:
+        raise ValueError(f"the image is empty ({tuple(array.shape)}): there is nothing to draw")
     array = array.astype(np.float64)
-    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 1.0)
+    low, high = float(array.min()), float(array.max())
     if not (low >= -0.01 and high <= 1.01):  # rounding aside; NaN too
         raise ValueError(
             f"the image's values lie in [{low:.3g}, {high:.3g}], but it is drawn as RGB in "
@@ -286,7 +288,11 @@ def _paint(value: Any, segments: np.ndarray, ids: Any, name: str) -> tuple[np.nd
         by_id = dict(zip(feature_ids.tolist(), feature_scores.tolist()))
     elif isinstance(value, Mapping):
         by_id = {int(k): float(v) for k, v in value.items()}
-    elif isinstance(value, tuple) and len(value) == 2:  # (ids, scores), as segment_means gives
+    elif (  # (ids, scores), as segment_means gives; a tuple of two numbers is two scores
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(np.ndim(_to_list(part)) == 1 for part in value)
+    ):
         keys, values = (np.asarray(_to_list(part), dtype=float) for part in value)
         if keys.ndim != 1 or keys.shape != values.shape:
             raise ValueError(f"{name}: (ids, scores) must be two 1-D sequences of one length")
@@ -295,6 +301,8 @@ def _paint(value: Any, segments: np.ndarray, ids: Any, name: str) -> tuple[np.nd
         array = (
             value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         )
+        if array.ndim == 0:  # one number: the score of an image of one segment
+            array = array.reshape(1)
         if array.ndim == 1:
             keys = (
                 present

@@ -159,3 +159,33 @@ def test_shapes_that_do_not_fit_are_refused(scene):
             image, mask, {"a": torch.arange(6.0), "b": torch.arange(6.0)}, axes=axes
         )
     plt.close("all")
+
+
+def _score_panel(figure) -> np.ndarray:
+    """The painted values of the figure's second panel (the scores)."""
+    return np.asarray(figure.axes[1].images[0].get_array())
+
+
+def test_two_scores_in_a_tuple_are_two_scores_and_one_number_is_one():
+    """(0.5, 0.7) was read as (ids, scores) and refused; a 0-d tensor as a map of shape ()."""
+    image = torch.rand(3, 8, 12)
+    halves = torch.zeros(8, 12, dtype=torch.long)
+    halves[:, 6:] = 1
+    as_tuple = plot_segment_scores(image, halves, (0.5, 0.7))
+    as_list = plot_segment_scores(image, halves, [0.5, 0.7])
+    np.testing.assert_array_equal(_score_panel(as_tuple), _score_panel(as_list))
+    one = plot_segment_scores(image, torch.zeros(8, 12, dtype=torch.long), torch.tensor(1.0))
+    assert np.isfinite(_score_panel(one)).all()
+    plt.close("all")
+
+
+def test_an_empty_image_is_refused_saying_so():
+    with pytest.raises(ValueError, match="the image is empty"):
+        plot_segment_scores(torch.rand(3, 0, 0), torch.zeros(0, 0, dtype=torch.long), [])
+
+
+def test_a_figure_path_with_a_tilde_goes_to_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    figure = plt.figure()
+    written = save_figure(figure, "~/figures/x.png")
+    assert written == tmp_path / "figures" / "x.png" and written.is_file()

@@ -73,7 +73,7 @@ def write_split(dataset: ShapesDataset, directory: str | Path, show_progress: bo
             "its data set by split, seed, size and image size, so write "
             "ShapesDataset(split, size=N, seed=S) (its first N items) instead of a subset"
         )
-    root = Path(directory)
+    root = Path(directory).expanduser()
     identity = _identity(dataset)
     _check_folder(root, identity)
     root.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,6 @@ SPLITS: dict[str, tuple[str, ...]] = {
 
 def check_split(split: str) -> tuple[str, ...]:
     """Return the class names of ``split``; raise ValueError naming the valid splits otherwise."""
-    if split not in SPLITS:
+    if not isinstance(split, str) or split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
     return SPLITS[split]

@@ -28,3 +28,13 @@ def test_numpy_integers_are_whole_numbers():
     assert len(data) == 2 and data.image_size == 32
     assert data[1]["image"].shape == (3, 32, 32)
     assert data.scene(1) == ShapesDataset("shapes", size=2, seed=3, image_size=32).scene(1)
+
+
+def test_a_split_that_is_no_string_is_the_documented_value_error():
+    """ShapesDataset(["shapes"]) raised TypeError: unhashable type: 'list'."""
+    import pytest
+
+    from ctc_plugin.datasets import ShapesDataset
+
+    with pytest.raises(ValueError, match=r"unknown split \['shapes'\]"):
+        ShapesDataset(["shapes"])

@@ -75,3 +75,10 @@ def test_an_export_killed_before_its_marker_was_renamed_can_be_done_again(tmp_pa
     write_split(dataset, out)
     assert (out / "labels.csv").exists()
     assert not list(out.glob(".tmp-*"))
+
+
+def test_a_folder_with_a_tilde_goes_to_the_home_folder(tmp_path, monkeypatch):
+    """A folder named '~' was made in the working directory (the loaders expand '~')."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = write_split(ShapesDataset("shapes", size=1, seed=3), "~/export", show_progress=False)
+    assert root == tmp_path / "export" and (root / "export.json").is_file()
