@@ -6,7 +6,12 @@
 """
 
 from ctc_plugin.cam.alpha import Phi
-from ctc_plugin.cam.integrative import IntegrativeCAM, LayerCalledAgainWarning, LayerMaps
+from ctc_plugin.cam.integrative import (
+    EmptyMapWarning,
+    IntegrativeCAM,
+    LayerCalledAgainWarning,
+    LayerMaps,
+)
 from ctc_plugin.cam.known_blocks import BLOCK_RESHAPES
 from ctc_plugin.cam.reshapes import (
     PatchTokens,
@@ -19,6 +24,7 @@ from ctc_plugin.cam.transformers import grad_cam_layer, last_spatial_layer, tran
 
 __all__ = [
     "BLOCK_RESHAPES",
+    "EmptyMapWarning",
     "IntegrativeCAM",
     "LayerCalledAgainWarning",
     "LayerMaps",

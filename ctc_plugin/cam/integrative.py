@@ -232,6 +232,31 @@ def _record_said_grid(
         grids[:] = [(int(value[0, 0]), int(value[0, 1]))]
 
 
+class EmptyMapWarning(UserWarning):
+    """A fused map is zero everywhere: no stage gave the example a positive weighted CAM."""
+
+
+def _warn_of_empty_maps(maps: Tensor) -> None:
+    """Warn (`EmptyMapWarning`) of the examples whose fused map is zero everywhere.
+
+    A stage's map is its ReLU'd weighted activations; where every stage's is zero (signed token
+    maps whose Grad-CAM++ weights cancel, a last block whose patch tokens reach no score), the
+    map says nothing, which an all-zero array alone does not tell.
+    """
+    empty = (maps.flatten(1).amax(1) <= 0).nonzero().flatten().tolist()
+    if empty:
+        warnings.warn(
+            f"IntegrativeCAM's map of example(s) {empty[:10]} is zero everywhere: no stage's "
+            "weighted CAM is positive there. On a vision transformer's signed token maps the "
+            "Grad-CAM++ weights of the default phi can cancel (phi='identity' gives Grad-CAM "
+            "weights), and a last block whose patch tokens reach no score has none (explain "
+            "its first norm instead: ctc_plugin.cam.grad_cam_layer); see the Integrative CAM "
+            "decisions page",
+            EmptyMapWarning,
+            stacklevel=caller_stacklevel(),
+        )
+
+
 def _last_grid(grids: list[tuple[int, int]]) -> tuple[int, int] | None:
     """The grid `_record_conv_grid` kept last, ``None`` if no convolution ran."""
     return grids[0] if grids else None
@@ -575,6 +600,7 @@ class IntegrativeCAM(Attribution):
                 )
             dtype = inputs_tuple[0].dtype
             result = run.fusion.result().to(dtype)
+            _warn_of_empty_maps(result)
             if not return_layer_maps:
                 return result
             return result, run.layer_maps(tracer.stages, len(scores), dtype)

@@ -64,3 +64,31 @@ def test_finding_the_layer_leaves_a_training_model_s_statistics_alone() -> None:
     grad_cam_layer(model, torch.rand(2, 3, 32, 32))
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_an_integrative_cam_that_is_zero_everywhere_says_so() -> None:
+    """On the layer grad_cam_layer names, the default phi's Grad-CAM++ weights of the signed
+    tokens cancelled: an all-zero map came back without a word."""
+    import warnings
+
+    from ctc_plugin.cam import EmptyMapWarning, IntegrativeCAM
+    from ctc_plugin.cam.transformers import grad_cam_layer
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32)
+    model = randomise_statistics_and_biases(model, seed=1, noise=0.05).eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    layer, reshape = grad_cam_layer(model, images)
+    cam = IntegrativeCAM(model, layers=[layer], reshape_transform=reshape)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        maps = cam.attribute(images, target=0)
+    empty = [i for i in range(2) if maps[i].amax() == 0]
+    warned = [w for w in caught if issubclass(w.category, EmptyMapWarning)]
+    assert empty == [1] and len(warned) == 1  # this seed's second image: all zero
+    assert "example(s) [1]" in str(warned[0].message)
+    assert "phi='identity'" in str(warned[0].message)
+    identity = IntegrativeCAM(model, layers=[layer], reshape_transform=reshape, phi="identity")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EmptyMapWarning)
+        assert identity.attribute(images, target=0).amax() > 0
