@@ -57,7 +57,7 @@ def tokens_to_grid(tokens: Tensor, grid: tuple[int, int] | None = None) -> Tenso
         ValueError: If ``tokens`` is no (N, T, D) tensor, or has fewer than ``h * w`` tokens.
     """
     if tokens.dim() != 3:
-        raise ValueError(f"expected (N, tokens, channels) token maps, got {tuple(tokens.shape)}")
+        raise ValueError(_not_tokens(tokens))
     count = tokens.shape[1]
     if grid is None:
         side = math.isqrt(count)
@@ -70,6 +70,17 @@ def tokens_to_grid(tokens: Tensor, grid: tuple[int, int] | None = None) -> Tenso
         )
     patches = tokens[:, count - height * width :]
     return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+
+
+def _not_tokens(tokens: Tensor) -> str:
+    """The refusal of a token reshape given something else; a 4-D map is told its reshape."""
+    message = f"expected (N, tokens, channels) token maps, got {tuple(tokens.shape)}"
+    if tokens.dim() == 4:
+        message += (
+            "; a 4-D map (N, H, W, C) is channels-last (Swin's blocks): pass "
+            "reshape_transform=ctc_plugin.cam.channels_last_to_grid"
+        )
+    return message
 
 
 @dataclass(frozen=True)
@@ -105,9 +116,7 @@ class PatchTokens:
             ValueError: If ``tokens`` is no (N, T, D) tensor with more than ``prefix`` tokens.
         """
         if tokens.dim() != 3:
-            raise ValueError(
-                f"expected (N, tokens, channels) token maps, got {tuple(tokens.shape)}"
-            )
+            raise ValueError(_not_tokens(tokens))
         count = int(tokens.shape[1]) - self.prefix
         if count < 1:
             raise ValueError(
@@ -128,10 +137,19 @@ class PatchTokens:
             side = math.isqrt(patches)
             grid = (side, side)
         if grid[0] * grid[1] != patches:
+            extra = int(tokens.shape[1]) - grid[0] * grid[1]
+            advice = (
+                f"if {grid[0]} x {grid[1]} is the model's patch grid, the tokens start with "
+                f"{extra} extra tokens (class token, registers): PatchTokens(prefix={extra}, "
+                f"grid={grid})"
+                if self.grid is not None and extra >= 0
+                else "pass the model's patch grid, PatchTokens(prefix=..., grid=(rows, "
+                "columns)), or let Integrative CAM or grad_cam_layer(model, example=images) "
+                "read the grid from the patch embedding"
+            )
             raise ValueError(
                 f"the {patches} patch tokens (after {self.prefix} leading tokens) do not fill a "
-                f"{grid[0]} x {grid[1]} grid; pass the model's patch grid: "
-                f"PatchTokens(prefix={self.prefix}, grid=(rows, columns))"
+                f"{grid[0]} x {grid[1]} grid; {advice}"
             )
         return tokens_to_grid(tokens, grid)
 
@@ -179,6 +197,14 @@ def _patch_tokens_on(
     patches = reshape.patches(tokens)
     if seen is not None and seen[0] * seen[1] == patches:
         return replace(reshape, grid=(int(seen[0]), int(seen[1])))
+    extra = int(tokens.shape[1]) - seen[0] * seen[1] if seen is not None else -1
+    if extra >= 0 and math.isqrt(patches) ** 2 != patches:  # the square guess fails too
+        raise ValueError(
+            f"the {tokens.shape[1]} tokens are the {seen[0]} x {seen[1]} patches the patch "
+            f"embedding made and {extra} leading tokens (class token, registers), not "
+            f"{reshape.prefix}: pass reshape_transform=ctc_plugin.cam.transformers."
+            f"PatchTokens(prefix={extra})"
+        )
     if size[0] != size[1]:
         raise ValueError(
             f"the input is {size[0]} x {size[1]} pixels, and the {patches} patch tokens of "

@@ -245,3 +245,37 @@ def test_a_told_grid_of_no_cells_gets_the_reshapes_own_error() -> None:
     reshape = functools.partial(tokens_to_grid, grid=(0, 4))
     with pytest.raises(ValueError, match=r"a patch grid of 0 x 4 does not fit"):
         IntegrativeCAM(model, reshape_transform=reshape).attribute(torch.rand(2, 3, 8, 16), 0)
+
+
+def _small_vit() -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+        num_classes=5,
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("grid", [None, (4, 4)], ids=["grid-read", "grid-told"])
+def test_a_wrong_prefix_is_told_the_prefix_not_the_grid(grid) -> None:
+    """17 tokens of a 4 x 4 grid and a class token, read with prefix=0: the advice was to pass
+    a grid, which cannot be right (the grid given then failed otherwise)."""
+    from ctc_plugin.cam.transformers import PatchTokens as Tokens
+
+    reshape = Tokens(prefix=0, grid=grid)
+    with pytest.raises(ValueError, match=r"PatchTokens\(prefix=1"):
+        IntegrativeCAM(_small_vit(), reshape_transform=reshape).attribute(
+            torch.rand(1, 3, 32, 32), target=0
+        )
+
+
+def test_a_token_reshape_on_swin_blocks_is_told_the_channels_last_one() -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    swin = torchvision.models.swin_t(num_classes=5).eval()
+    with pytest.raises(ValueError, match=r"channels-last .*channels_last_to_grid"):
+        IntegrativeCAM(swin, reshape_transform=tokens_to_grid).attribute(
+            torch.rand(1, 3, 64, 64), target=0
+        )
