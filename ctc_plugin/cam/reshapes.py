@@ -143,7 +143,7 @@ class PatchTokens:
                 f"{extra} extra tokens (class token, registers): PatchTokens(prefix={extra}, "
                 f"grid={grid})"
                 if self.grid is not None and extra >= 0
-                else "pass the model's patch grid, PatchTokens(prefix=..., grid=(rows, "
+                else f"pass the model's patch grid, PatchTokens(prefix={self.prefix}, grid=(rows, "
                 "columns)), or let Integrative CAM or grad_cam_layer(model, example=images) "
                 "read the grid from the patch embedding"
             )
