@@ -33,7 +33,11 @@ def _package_exception_classes() -> set[type[BaseException]]:
 
 def _examples() -> dict[str, BaseException]:
     """A realistically built instance of each class, by qualified name."""
-    from ctc_plugin.cam.integrative import LayerCalledAgainWarning, UnknownBlocksError
+    from ctc_plugin.cam.integrative import (
+        EmptyMapWarning,
+        LayerCalledAgainWarning,
+        UnknownBlocksError,
+    )
     from ctc_plugin.cli import UsageError
     from ctc_plugin.commands import CLIError
     from ctc_plugin.commands.methods import MethodError
@@ -73,6 +77,7 @@ def _examples() -> dict[str, BaseException]:
         RayConnectionError("no Ray cluster at ray://head:10001"),
         SourceError("no images in photos/"),
         LayerCalledAgainWarning("layer1.0.relu ran twice"),
+        EmptyMapWarning("the map of example 1 is zero everywhere"),
         ClassifierMismatchWarning("the explainer was trained against other weights"),
         CorruptCacheEntryWarning("mask cache entry ab12 is damaged"),
     ]
