@@ -107,24 +107,31 @@ class ShardRunner:
         import torch
 
         from ctc_plugin.commands import torch_threads
-        from ctc_plugin.commands.methods import Request, try_methods
+        from ctc_plugin.commands.methods import try_methods
 
         ref = self.source.images[0]
         with torch_threads(self.config.threads):
             pixels, logits = self.classify(ref, self.read(ref))
             targets = [self.target(spec, ref, logits) for spec in self.config.targets]
-            request = Request(
-                model=self.model,
-                pixels=pixels,
-                target=targets[0],
-                feature_mask=torch.zeros(1, 1, 1, 1, dtype=torch.long),  # try_methods sets it
-                bias_sharing=self.config.bias_sharing,
-                lime_samples=self.config.lime_samples,
-                perturbations_per_eval=self.config.perturbations_per_eval,
-                show_progress=False,
-                explainer=self.explainer,
-            )
+            placeholder = torch.zeros(1, 1, 1, 1, dtype=torch.long)  # try_methods sets it
+            request = self.request(pixels, targets[0], placeholder)
             try_methods(self.config.methods, request, self.config.model, "--methods", ref.name)
+
+    def request(self, pixels: Any, target: int, feature_mask: Any) -> Any:
+        """What the methods get for one image and target (a `commands.methods.Request`)."""
+        from ctc_plugin.commands.methods import Request
+
+        return Request(
+            model=self.model,
+            pixels=pixels,
+            target=target,
+            feature_mask=feature_mask.to(self.device),
+            bias_sharing=self.config.bias_sharing,
+            lime_samples=self.config.lime_samples,
+            perturbations_per_eval=self.config.perturbations_per_eval,
+            show_progress=False,
+            explainer=self.explainer,
+        )
 
     def classify(self, ref: ImageRef, image: Any) -> tuple[Any, Any]:
         """``(pixels on the device, logits)`` of the prepared ``image`` of ``ref``.
@@ -243,7 +250,7 @@ class ShardRunner:
         """
         import numpy as np
 
-        from ctc_plugin.commands.methods import Request, run_for_command
+        from ctc_plugin.commands.methods import run_for_command
 
         if mask is None:
             image, ids, segment_seconds = self.segment_image(ref)
@@ -261,17 +268,7 @@ class ShardRunner:
         count = int(mask.max()) + 1
         for spec in self.config.targets:
             target = self.target(spec, ref, logits)
-            request = Request(
-                model=self.model,
-                pixels=pixels,
-                target=target,
-                feature_mask=mask.to(self.device),
-                bias_sharing=self.config.bias_sharing,
-                lime_samples=self.config.lime_samples,
-                perturbations_per_eval=self.config.perturbations_per_eval,
-                show_progress=False,
-                explainer=self.explainer,
-            )
+            request = self.request(pixels, target, mask)
             for name in self.config.methods:
                 start = time.perf_counter()
                 result = run_for_command(name, request, self.config.model, "--methods", ref.name)
