@@ -59,6 +59,7 @@ from ctc_plugin.cam.reshapes import (
 )
 from ctc_plugin.cam.transformers import (
     patch_grid_arguments,
+    record_conv_grid,
     refused_blocks,
     transformer_stages,
 )
@@ -199,32 +200,12 @@ def _refuse_other_channel_counts(
         check_inputs(inputs, images=True, channels=channels, finite=False)  # the message
 
 
-def _record_conv_grid(
-    grids: list[tuple[int, int]], examples: int, module: nn.Module, _inputs: Any, output: Any
-) -> None:
-    """Global forward hook of a call: keep the output size of the last image ``nn.Conv2d``.
-
-    An image convolution is one over a batch of ``examples``. For a ViT that is its patch
-    embedding's grid, which the square default of
-    [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] and a grid told by hand must match. A
-    convolution over a batch of another size runs on pieces of the images (TNT embeds the
-    pixels of each patch with one): its grid is no grid of the image, and is not kept.
-    """
-    if (
-        isinstance(module, nn.Conv2d)
-        and isinstance(output, Tensor)
-        and output.dim() == 4
-        and output.shape[0] == examples
-    ):
-        grids[:] = [(int(output.shape[-2]), int(output.shape[-1]))]
-
-
 def _record_said_grid(
     grids: list[tuple[int, int]], argument: str, module: nn.Module, args: tuple, kwargs: dict
 ) -> None:
     """Forward pre-hook of a patch embedding whose call says the patch grid (``argument``).
 
-    Keeps the first image's (rows, columns) as `_record_conv_grid` keeps a convolution's output
+    Keeps the first image's (rows, columns) as `record_conv_grid` keeps a convolution's output
     size: SigLIP 2's ``spatial_shapes`` (the images of one call share their size).
     """
     value = call_arguments(module, args, kwargs).get(argument)
@@ -258,7 +239,7 @@ def _warn_of_empty_maps(maps: Tensor) -> None:
 
 
 def _last_grid(grids: list[tuple[int, int]]) -> tuple[int, int] | None:
-    """The grid `_record_conv_grid` kept last, ``None`` if no convolution ran."""
+    """The grid `record_conv_grid` kept last, ``None`` if no convolution ran."""
     return grids[0] if grids else None
 
 
@@ -560,7 +541,7 @@ class IntegrativeCAM(Attribution):
             hook = scope.only(partial(_refuse_other_channel_counts, inputs, []))
             handles.append(register_module_forward_pre_hook(hook))
             if guessed:  # the square default's guess is checked against the patch grid
-                hook = scope.only(partial(_record_conv_grid, patch_grids, len(leaves[0])))
+                hook = scope.only(partial(record_conv_grid, patch_grids, len(leaves[0])))
                 handles.append(register_module_forward_hook(hook))
                 for module, argument in patch_grid_arguments(self._model):
                     hook = scope.only(partial(_record_said_grid, patch_grids, argument))

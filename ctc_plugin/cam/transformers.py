@@ -378,6 +378,26 @@ def grad_cam_layer(
     return last_spatial_layer(model, example), None
 
 
+def record_conv_grid(
+    grids: list[tuple[int, int]], examples: int, module: nn.Module, _inputs: object, output: object
+) -> None:
+    """Forward hook: keep the output size of the last image ``nn.Conv2d`` that ran in ``grids``.
+
+    An image convolution is one over a batch of ``examples``. For a ViT that is its patch
+    embedding's grid, which the square default of
+    [`tokens_to_grid`][ctc_plugin.cam.tokens_to_grid] and a grid told by hand must match. A
+    convolution over a batch of another size runs on pieces of the images (TNT embeds the
+    pixels of each patch with one): its grid is no grid of the image, and is not kept.
+    """
+    if (
+        isinstance(module, nn.Conv2d)
+        and isinstance(output, Tensor)
+        and output.dim() == 4
+        and output.shape[0] == examples
+    ):
+        grids[:] = [(int(output.shape[-2]), int(output.shape[-1]))]
+
+
 def _on_the_grid_of(
     reshape: Reshape, model: nn.Module, block: nn.Module, example: Tensor | None
 ) -> Reshape:
@@ -395,13 +415,10 @@ def _on_the_grid_of(
     grids: list[tuple[int, int]] = []
     at_block: list[tuple[int, int] | None] = [None]
 
-    def conv(module: nn.Module, inputs: object, output: object) -> None:
-        if isinstance(output, Tensor) and output.dim() == 4 and output.shape[0] == 1:
-            grids[:] = [(int(output.shape[-2]), int(output.shape[-1]))]
-
     def entered(module: nn.Module, inputs: object) -> None:
         at_block[0] = grids[0] if grids else None
 
+    conv = partial(record_conv_grid, grids, 1)  # the probe runs one image
     handles = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
     handles.append(block.register_forward_pre_hook(entered))
     _probe(model, example, handles)
@@ -473,6 +490,7 @@ __all__ = [
     "grad_cam_layer",
     "last_spatial_layer",
     "patch_grid_arguments",
+    "record_conv_grid",
     "reads_patch_grid",
     "refused_blocks",
     "tokens_to_grid",
