@@ -36,6 +36,7 @@ def test_first_call_reads_the_peak_and_the_seconds_of_a_fresh_process(bench_spar
     assert command[command.index("--features") + 1] == "16"
 
 
+@pytest.mark.slow
 def test_only_prints_the_peak_and_the_seconds_of_one_call():
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("--memory reads Linux's /proc/self/status")

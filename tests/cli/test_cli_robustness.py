@@ -238,6 +238,7 @@ def test_model_and_device_mistakes_are_one_line(tmp_path, capsys, recwarn, optio
     assert not [w for w in recwarn if "TorchScript" in str(w.message)]
 
 
+@pytest.mark.slow
 def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path):
     command = [sys.executable, "-m", "ctc_plugin.cli", *QUICK, "--out", str(tmp_path / "f.png")]
     process = subprocess.Popen(

@@ -37,6 +37,7 @@ def test_a_dynamo_error_in_the_pass_names_the_module_and_the_way_out():
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
+@pytest.mark.slow
 def test_hugging_face_flex_attention_compiled_before_the_call_is_refused_by_name():
     transformers = pytest.importorskip("transformers")
     from ctc_plugin.adapters.huggingface import HuggingFaceClassifier

@@ -5,8 +5,8 @@ The numbers through the engine equal those the benchmark computed before it ran 
 benchmark's own planner and store, on one torch thread; the columns of a metric whose
 definition changed since were re-made with it, e.g. ``dist_kept`` when the protocol's noise
 became each image's own); every piece recomputed alone, in
-another order and another runner, equals the stored one bit for bit; a run killed with SIGKILL
-and resumed equals an uninterrupted run; ``--ray`` on a local two-worker cluster (slow tier)
+another order and another runner, equals the stored one bit for bit; slow tier: a run killed
+with SIGKILL and resumed equals an uninterrupted run, and ``--ray`` on a local two-worker cluster
 equals the embedded run.
 """
 
@@ -134,6 +134,7 @@ def _pieces_on_disk(out: Path) -> int:
     return len(list((out / "shards").glob("*.parquet"))) if (out / "shards").exists() else 0
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_equals_an_uninterrupted_run(embedded, tmp_path):
     reference, _ = embedded
     out = tmp_path / "run"
