@@ -256,3 +256,25 @@ def test_numpy_savez_writes_to_an_open_stream_without_a_second_suffix(tmp_path):
     with np.load(tmp_path / "d.npz", allow_pickle=False) as data:
         assert "image0/gradcam/scores" in data.files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "d.npz", "f.png"]
+
+
+class _ClosedPipe:
+    """A stdout whose reader has gone: every write raises as a closed pipe does."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    def fileno(self) -> int:
+        raise ValueError("no file descriptor")
+
+
+def test_a_closed_stdout_ends_the_command_with_status_141_and_no_message(
+    tmp_path, capsys, monkeypatch
+):
+    """The in-process peer of the subprocess test above (slow tier): same status, silence."""
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert main([*QUICK, "--out", str(tmp_path / "f.png")]) == 141
+    assert capsys.readouterr().err == ""
