@@ -297,14 +297,12 @@ def _request(
     from ctc_plugin.commands.methods import Request
 
     mask = item.feature_mask if item.feature_mask is not None else torch.zeros(1, 1, 1, 1)
-    return Request(
+    return Request.with_options_of(
+        args,
         model=model,
         pixels=item.image.pixels.to(device),
         target=item.target,
         feature_mask=mask.long().to(device),
-        bias_sharing=args.bias_sharing,
-        lime_samples=args.lime_samples,
-        perturbations_per_eval=args.perturbations_per_eval,
         show_progress=not args.no_progress,
         explainer=explainer,
     )

@@ -78,6 +78,43 @@ class Request:
     show_progress: bool = True
     explainer: nn.Module | None = None
 
+    @classmethod
+    def with_options_of(
+        cls,
+        options: Any,
+        *,
+        model: nn.Module,
+        pixels: Tensor,
+        target: int,
+        feature_mask: Tensor,
+        show_progress: bool,
+        explainer: nn.Module | None,
+    ) -> Request:
+        """A request whose method options are read from ``options``.
+
+        Args:
+            options: Anything with ``bias_sharing``, ``lime_samples`` and
+                ``perturbations_per_eval``: the ``explain`` command's arguments or a data-set
+                run's config.
+            model: The classifier (the attribute of that name).
+            pixels: The image (the attribute of that name).
+            target: The class to explain.
+            feature_mask: The image's segment ids.
+            show_progress: Show the methods' progress bars.
+            explainer: The trained Explainer, or None.
+        """
+        return cls(
+            model=model,
+            pixels=pixels,
+            target=target,
+            feature_mask=feature_mask,
+            bias_sharing=options.bias_sharing,
+            lime_samples=options.lime_samples,
+            perturbations_per_eval=options.perturbations_per_eval,
+            show_progress=show_progress,
+            explainer=explainer,
+        )
+
 
 @dataclass(frozen=True)
 class Result:

@@ -121,14 +121,12 @@ class ShardRunner:
         """What the methods get for one image and target (a `commands.methods.Request`)."""
         from ctc_plugin.commands.methods import Request
 
-        return Request(
+        return Request.with_options_of(
+            self.config,
             model=self.model,
             pixels=pixels,
             target=target,
             feature_mask=feature_mask.to(self.device),
-            bias_sharing=self.config.bias_sharing,
-            lime_samples=self.config.lime_samples,
-            perturbations_per_eval=self.config.perturbations_per_eval,
             show_progress=False,
             explainer=self.explainer,
         )
