@@ -20,7 +20,12 @@ from ctc_plugin.cam.reshapes import (
     channels_last_to_grid,
     tokens_to_grid,
 )
-from ctc_plugin.cam.transformers import grad_cam_layer, last_spatial_layer, transformer_stages
+from ctc_plugin.cam.transformers import (
+    UnknownBlocksError,
+    grad_cam_layer,
+    last_spatial_layer,
+    transformer_stages,
+)
 
 __all__ = [
     "BLOCK_RESHAPES",
@@ -31,6 +36,7 @@ __all__ = [
     "PatchTokens",
     "Phi",
     "TupleOutput",
+    "UnknownBlocksError",
     "UnrolledTokens",
     "channels_last_to_grid",
     "grad_cam_layer",

@@ -58,6 +58,7 @@ from ctc_plugin.cam.reshapes import (
     with_reshape_transform,
 )
 from ctc_plugin.cam.transformers import (
+    UnknownBlocksError,
     patch_grid_arguments,
     record_conv_grid,
     refused_blocks,
@@ -287,10 +288,6 @@ def _layer_list(layers: Sequence[nn.Module]) -> list[nn.Module]:
             f"layers lists a module more than once ({'; '.join(repeated)}); list each once"
         )
     return layers
-
-
-class UnknownBlocksError(ValueError):
-    """The model computes attention in blocks IntegrativeCAM does not know: give ``layers=``."""
 
 
 class _BackwardDone(Exception):

@@ -146,6 +146,17 @@ def _attention_scores(args: tuple) -> bool:
     return scores is not None and scores.dim() >= 3 and scores.shape[-1] == scores.shape[-2] > 1
 
 
+def computes_attention(func: Callable[..., Any], args: tuple) -> bool:
+    """Whether the torch function ``func`` called with ``args`` computes attention.
+
+    ``F.scaled_dot_product_attention``, ``F.multi_head_attention_forward`` (what
+    ``nn.MultiheadAttention`` calls), or a softmax of scores shaped (..., tokens, tokens).
+    """
+    return func in _ATTENTION or (
+        getattr(func, "__name__", "") == "softmax" and _attention_scores(args)
+    )
+
+
 _DROPOUT = frozenset(FUNCTIONAL_DROPOUTS)
 
 
@@ -413,7 +424,7 @@ class StageTracer(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in _NEUTRAL:
             return func(*args, **kwargs)
-        if func in _ATTENTION or (name == "softmax" and _attention_scores(args)):
+        if computes_attention(func, args):
             self.saw_attention = True
         if func in _DROPOUT:
             _refuse_training_dropout(func, name, args, kwargs)

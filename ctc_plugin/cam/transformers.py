@@ -27,6 +27,7 @@ from functools import partial
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from ctc_plugin.cam.known_blocks import (
@@ -42,6 +43,7 @@ from ctc_plugin.cam.known_blocks import (
     _Count,
     _known_blocks,
 )
+from ctc_plugin.cam.layers import computes_attention
 from ctc_plugin.cam.reshapes import (
     BlockReshape,
     PatchTokens,
@@ -59,6 +61,16 @@ from ctc_plugin.cam.reshapes import (
     with_reshape_transform,
 )
 from ctc_plugin.module_state import modes_kept
+from ctc_plugin.wording import counted
+
+
+class UnknownBlocksError(ValueError):
+    """The model computes attention in blocks of no type this package knows: name the layers.
+
+    Raised by `IntegrativeCAM` (give ``layers=``) and by
+    [`last_spatial_layer`][ctc_plugin.cam.last_spatial_layer] (give pytorch-grad-cam the layer),
+    or register the block type in [`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES].
+    """
 
 
 def _qualified(module: nn.Module) -> str:
@@ -445,6 +457,22 @@ def _probe(model: nn.Module, example: Tensor, handles: list[RemovableHandle]) ->
             handle.remove()
 
 
+class _AttentionCount(TorchFunctionMode):
+    """Count the attention computations and the convolutions of a forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = 0
+        self.convolutions = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        if computes_attention(func, args):
+            self.attention += 1
+        elif getattr(func, "__name__", "") == "conv2d":
+            self.convolutions += 1
+        return func(*args, **(kwargs or {}))
+
+
 def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
     """Return the module whose output is the last feature map with more than one position.
 
@@ -452,10 +480,20 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
     ``layer4`` of a ResNet): among the model's submodules, in the order their forward calls
     finish, the last one returning an ``(N, C, H, W)`` tensor with ``H * W > 1``.
 
+    A model that computes attention after that map, more than once or after its only
+    convolution, is a vision transformer whose blocks are of no type
+    [`transformer_stages`][ctc_plugin.cam.transformer_stages] knows: the map is its patch
+    embedding's, and a Grad-CAM map of it would not explain the blocks. It is refused. One
+    attention after a CNN's convolutions (an attention-pooling head, as in CLIP's ResNets) is
+    not.
+
     Raises:
         ValueError: when no submodule returns such a tensor.
+        UnknownBlocksError: when attention follows the map as a transformer's blocks follow its
+            patch embedding.
     """
-    finished: list[nn.Module] = []
+    finished: list[tuple[nn.Module, int, tuple[int, ...]]] = []
+    count = _AttentionCount()
 
     def hook(module: nn.Module, inputs: object, output: object) -> None:
         if (
@@ -463,14 +501,28 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
             and output.dim() == 4
             and output.shape[2] * output.shape[3] > 1
         ):
-            finished.append(module)
+            finished.append((module, count.attention, tuple(output.shape)))
 
-    _probe(
-        model, example, [m.register_forward_hook(hook) for m in model.modules() if m is not model]
-    )
+    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
+    with count:
+        _probe(model, example, handles)
     if not finished:
         raise ValueError("the model has no submodule returning a spatial (N, C, H, W) map")
-    return finished[-1]
+    layer, attention_before, shape = finished[-1]
+    after = count.attention - attention_before
+    if after > 1 or (after == 1 and count.convolutions == 1):
+        name = next(name for name, module in model.named_modules() if module is layer)
+        raise UnknownBlocksError(
+            f"{type(model).__name__} computes attention {counted(after, 'time')} after its last "
+            f"feature map ({name}, {type(layer).__name__}, shape {shape}), as a vision "
+            "transformer's blocks follow its patch embedding: Grad-CAM on that map would not "
+            "explain the blocks, whose type the package does not know. Register the block type "
+            "in ctc_plugin.cam.transformers.BLOCK_RESHAPES (then grad_cam_layer and "
+            "IntegrativeCAM find the blocks), or give pytorch-grad-cam the layer yourself: "
+            "target_layers=[the last block's first norm], "
+            "reshape_transform=ctc_plugin.cam.tokens_to_grid"
+        )
+    return layer
 
 
 __all__ = [
@@ -482,6 +534,7 @@ __all__ = [
     "BlockReshape",
     "PatchTokens",
     "TupleOutput",
+    "UnknownBlocksError",
     "UnrolledTokens",
     "blocks_of_blocks_to_grid",
     "call_arguments",

@@ -169,17 +169,29 @@ def _ctc(request: Request) -> tuple[str, Tensor]:
     return f"CTC ({request.bias_sharing})", attributions[:, :1]
 
 
+def _blocks_unknown(method: str, in_python: str) -> MethodError:
+    """The refusal of ``method`` on a transformer whose blocks are of no known type.
+
+    ``in_python`` ends the message: how to run the method from Python with the blocks named.
+    """
+    return MethodError(
+        f"{method} cannot find this transformer's blocks, and the command has no option to "
+        f"name them: leave {method} out of --method (ctc and feature-ablation run), or call "
+        f"{in_python}"
+    )
+
+
 def _integrative_cam(request: Request) -> tuple[str, Tensor]:
-    from ctc_plugin.cam.integrative import IntegrativeCAM, UnknownBlocksError
+    from ctc_plugin.cam.integrative import IntegrativeCAM
+    from ctc_plugin.cam.transformers import UnknownBlocksError
 
     try:
         maps = IntegrativeCAM(request.model).attribute(request.pixels, target=request.target)
     except UnknownBlocksError as error:
-        raise MethodError(
-            "integrative-cam cannot find this transformer's blocks, and the command has no "
-            "option to name them: leave integrative-cam out of --method (ctc and "
-            "feature-ablation run), or call ctc_plugin.IntegrativeCAM from Python "
-            "with the blocks and a reshape of their tokens (docs: Integrative CAM decisions)"
+        raise _blocks_unknown(
+            "integrative-cam",
+            "ctc_plugin.IntegrativeCAM from Python with the blocks and a reshape of their "
+            "tokens (docs: Integrative CAM decisions)",
         ) from error
     return "Integrative CAM", maps
 
@@ -234,14 +246,26 @@ def _lime(request: Request) -> tuple[str, Tensor]:
 def _gradcam(request: Request) -> tuple[str, Tensor]:
     from captum.attr import LayerAttribution, LayerGradCam
 
-    from ctc_plugin.cam.transformers import last_spatial_layer, transformer_stages
+    from ctc_plugin.cam.transformers import (
+        UnknownBlocksError,
+        last_spatial_layer,
+        transformer_stages,
+    )
 
     if transformer_stages(request.model):
         raise MethodError(
             "Grad-CAM needs a convolutional feature map and this model is a vision "
             "transformer; use integrative-cam, which reads the transformer's blocks"
         )
-    layer = last_spatial_layer(request.model, request.pixels)
+    try:
+        layer = last_spatial_layer(request.model, request.pixels)
+    except UnknownBlocksError as error:
+        raise _blocks_unknown(
+            "gradcam",
+            "pytorch-grad-cam from Python with target_layers=[the last block's first norm] "
+            "and reshape_transform=ctc_plugin.cam.tokens_to_grid "
+            "(docs: CTC on a vision transformer)",
+        ) from error
     name = _layer_name(request.model, layer)
     cam = LayerGradCam(request.model, layer).attribute(
         request.pixels, target=request.target, relu_attributions=True

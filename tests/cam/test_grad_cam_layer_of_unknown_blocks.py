@@ -1,0 +1,129 @@
+"""Grad-CAM's layer on a transformer whose blocks are of no known type is refused, not guessed.
+
+Such a model's last (N, C, H, W) map is its patch embedding's: Grad-CAM there would explain the
+stem, not the blocks. `last_spatial_layer` (what ``grad_cam_layer`` and the command's
+``gradcam`` use) raises `UnknownBlocksError` when attention follows the last map more than once,
+or after the model's only convolution. One attention after a CNN (an attention-pooling head,
+as CLIP's ResNets have) and attention inside the last stage are a CNN's, and keep their layer.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctc_plugin.cam import (
+    BLOCK_RESHAPES,
+    UnknownBlocksError,
+    grad_cam_layer,
+    last_spatial_layer,
+    tokens_to_grid,
+)
+from ctc_plugin.cli import main
+from ctc_plugin.testing import RandomTransformer, TransformerSpec
+
+
+def _flags(model: nn.Module) -> list[bool]:
+    return [module.training for module in model.modules()]
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "mha", "explicit", "einsum", "window"])
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_transformer_of_unknown_blocks_is_refused_naming_its_patch_embedding(attention, depth):
+    spec = TransformerSpec(depth=depth, attention=attention, class_token=attention != "window")
+    model = RandomTransformer(spec, seed=0).train()
+    flags = _flags(model)
+    x = torch.rand(1, 3, 8, 8)
+    for find in (last_spatial_layer, grad_cam_layer):
+        with pytest.raises(UnknownBlocksError) as caught:
+            find(model, x)
+        message = str(caught.value)
+        assert f"computes attention {depth} time" in message
+        assert "Conv2d, shape (1, 8, 4, 4)" in message
+        assert "BLOCK_RESHAPES" in message and "tokens_to_grid" in message
+        assert _flags(model) == flags and _hooks(model) == 0
+
+
+def test_a_registered_block_type_gets_its_last_block(monkeypatch):
+    model = RandomTransformer(TransformerSpec(depth=2, class_token=False), seed=0).eval()
+    monkeypatch.setitem(BLOCK_RESHAPES, type(model.blocks[0]), tokens_to_grid)
+    layer, reshape = grad_cam_layer(model, torch.rand(1, 3, 8, 8))
+    assert layer is model.blocks[-1]
+    assert (reshape.func, reshape.keywords) == (tokens_to_grid, {"grid": (4, 4)})
+
+
+class _AttentionPool(nn.Module):
+    """CLIP's ResNet head: the map's positions as tokens, one attention with a mean query."""
+
+    def __init__(self, channels: int, classes: int) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(channels, 2, batch_first=True)
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        tokens = maps.flatten(2).transpose(1, 2)
+        query = tokens.mean(1, keepdim=True)
+        pooled, _ = self.attention(query, tokens, tokens, need_weights=False)
+        return self.head(pooled[:, 0])
+
+
+class _SpatialSelfAttention(nn.Module):
+    """Attention over a map's positions that returns a map (a non-local block, BoTNet's)."""
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = maps.shape
+        tokens = maps.flatten(2).transpose(1, 2)
+        mixed = F.scaled_dot_product_attention(tokens, tokens, tokens)
+        return maps + mixed.transpose(1, 2).reshape(n, c, h, w)
+
+
+def _stem() -> list[nn.Module]:
+    return [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1)]
+
+
+def test_one_attention_after_a_cnns_convolutions_keeps_its_last_stage():
+    torch.manual_seed(0)
+    model = nn.Sequential(*_stem(), _AttentionPool(8, 4)).eval()
+    assert grad_cam_layer(model, torch.rand(1, 3, 8, 8)) == (model[2], None)
+
+
+def test_attention_inside_the_last_stage_keeps_that_stage():
+    torch.manual_seed(0)
+    stage = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), _SpatialSelfAttention())
+    model = nn.Sequential(
+        *_stem(), stage, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
+    ).eval()
+    assert last_spatial_layer(model, torch.rand(1, 3, 8, 8)) is stage
+
+
+def hand_written_vit() -> nn.Module:
+    """A ``--model`` for the command: a ViT of blocks no table knows, taking 32 x 32 images."""
+    return RandomTransformer(TransformerSpec(depth=2, patch=8), size=32, seed=0).eval()
+
+
+@pytest.mark.parametrize(
+    ("method", "python_way"),
+    [("gradcam", "pytorch-grad-cam from Python"), ("integrative-cam", "ctc_plugin.IntegrativeCAM")],
+)
+def test_the_command_refuses_the_method_in_one_line_before_any_work(
+    tmp_path, capsys, method, python_way
+):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(tmp_path / "red.png")
+    model = "tests.cam.test_grad_cam_layer_of_unknown_blocks:hand_written_vit"
+    argv = ["explain", str(tmp_path / "red.png"), "--model", model, "--method", method]
+    argv += ["--resize", "32", "--crop", "32", "--segmenter", "grid", "--segments", "4"]
+    argv += ["--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "f.png")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert f"{method} cannot find this transformer's blocks" in error
+    assert python_way in error and "leave" in error
+    assert not (tmp_path / "f.png").exists()
