@@ -26,8 +26,10 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.hooks import RemovableHandle
 
 from ctc_plugin.cam.known_blocks import (
@@ -457,20 +459,106 @@ def _probe(model: nn.Module, example: Tensor, handles: list[RemovableHandle]) ->
             handle.remove()
 
 
-class _AttentionCount(TorchFunctionMode):
-    """Count the attention computations and the convolutions of a forward pass."""
+_PRODUCTS = frozenset({"matmul", "__matmul__", "__rmatmul__", "bmm", "einsum", "baddbmm"})
+
+
+class _ProbeTrace(TorchFunctionMode):
+    """What `last_spatial_layer` reads of a forward pass besides the modules' outputs.
+
+    How many attention computations and convolutions ran, and which tensors belong to attention:
+    attention probabilities (a softmax of scores, and what keeps their shape after it, e.g.
+    their dropout); the queries and keys whose product made the scores, followed back through
+    what kept their number of dimensions and elements (``k.transpose(-2, -1)``, a scale, a
+    norm); and the queries, keys and values given to ``scaled_dot_product_attention`` or
+    ``multi_head_attention_forward``. Those are (N, heads, T, T) or (N, heads, T, d), no
+    feature map, however four-dimensional. Every tensor of at least three dimensions is held
+    until the probe ends (what a backward pass would hold), so that ids are not reused.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.attention = 0
         self.convolutions = 0
+        self._of_attention: dict[int, Tensor] = {}
+        self._token_counts: set[int] = set()
+        self._made_from: dict[int, tuple[Tensor, list[Tensor]]] = {}
+        self._scores: dict[int, tuple[Tensor, Tensor]] = {}  # a product, or computed from one
+
+    def of_attention(self, tensor: Tensor) -> bool:
+        """Whether ``tensor`` is an attention tensor of the pass.
+
+        Also a (N, T, T, x) tensor for a token count T that attention ran over: a pair-wise
+        tensor of the tokens (ConViT's relative positions), not a map.
+        """
+        pairwise = tensor.dim() == 4 and tensor.shape[1] == tensor.shape[2]
+        return self._of_attention.get(id(tensor)) is tensor or (
+            pairwise and int(tensor.shape[1]) in self._token_counts
+        )
+
+    def _mark(self, tensor: object) -> None:
+        if isinstance(tensor, Tensor):
+            self._of_attention[id(tensor)] = tensor
+
+    def _mark_operands(self, scores: Tensor) -> None:
+        """Mark the product ``scores`` come from, and its operands.
+
+        Each operand is followed back to where it changed its number of dimensions or elements
+        (a split of q, k and v; the tokens of a map).
+        """
+        entry = self._scores.get(id(scores))
+        if entry is None or entry[0] is not scores:
+            return
+        product = entry[1]
+        self._mark(product)
+        made = self._made_from.get(id(product))
+        pending = list(made[1]) if made is not None and made[0] is product else []
+        while pending:
+            tensor = pending.pop()
+            if self._of_attention.get(id(tensor)) is tensor:
+                continue
+            self._mark(tensor)
+            made = self._made_from.get(id(tensor))
+            if made is not None and made[0] is tensor:
+                pending.extend(
+                    t for t in made[1]
+                    if t.dim() == tensor.dim() and t.numel() == tensor.numel()
+                )  # fmt: skip
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
         if computes_attention(func, args):
             self.attention += 1
-        elif getattr(func, "__name__", "") == "conv2d":
+            if name == "softmax":
+                self._mark(result)
+                self._mark_operands(args[0])
+                self._token_counts.add(int(result.shape[-1]))
+            else:  # its query, key and value
+                # (..., T, E) for scaled_dot_product_attention, (T, [N,] E) for multi-head
+                tokens = 0 if func is F.multi_head_attention_forward else -2
+                for tensor in (*args[:3], *(kwargs.get(k) for k in ("query", "key", "value"))):
+                    self._mark(tensor)
+                    if isinstance(tensor, Tensor) and tensor.dim() >= 2:
+                        self._token_counts.add(int(tensor.shape[tokens]))
+            return result
+        if name == "conv2d":
             self.convolutions += 1
-        return func(*args, **(kwargs or {}))
+        if not isinstance(result, Tensor) or result.dim() < 3:
+            return result
+        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)]
+        self._made_from[id(result)] = (result, inputs)
+        if name in _PRODUCTS:
+            self._scores[id(result)] = (result, result)
+        for tensor in inputs:
+            if tensor.shape != result.shape:
+                continue
+            if self._of_attention.get(id(tensor)) is tensor:  # after the probabilities
+                self._mark(result)
+            scores = self._scores.get(id(tensor))
+            if scores is not None and scores[0] is tensor:  # scaled, biased: still scores
+                self._scores[id(result)] = (result, scores[1])
+        return result
 
 
 def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
@@ -478,7 +566,9 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
 
     This is the layer Grad-CAM conventionally explains (the last convolutional stage, e.g.
     ``layer4`` of a ResNet): among the model's submodules, in the order their forward calls
-    finish, the last one returning an ``(N, C, H, W)`` tensor with ``H * W > 1``.
+    finish, the last one returning an ``(N, C, H, W)`` tensor with ``H * W > 1`` that is no
+    attention tensor (attention probabilities, and the queries, keys and values of
+    ``scaled_dot_product_attention``, are four-dimensional too).
 
     A model that computes attention after that map, more than once or after its only
     convolution, is a vision transformer whose blocks are of no type
@@ -492,8 +582,8 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
         UnknownBlocksError: when attention follows the map as a transformer's blocks follow its
             patch embedding.
     """
-    finished: list[tuple[nn.Module, int, tuple[int, ...]]] = []
-    count = _AttentionCount()
+    finished: list[tuple[nn.Module, int, Tensor]] = []
+    count = _ProbeTrace()
 
     def hook(module: nn.Module, inputs: object, output: object) -> None:
         if (
@@ -501,14 +591,16 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
             and output.dim() == 4
             and output.shape[2] * output.shape[3] > 1
         ):
-            finished.append((module, count.attention, tuple(output.shape)))
+            finished.append((module, count.attention, output))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
     with count:
         _probe(model, example, handles)
+    finished = [found for found in finished if not count.of_attention(found[2])]
     if not finished:
         raise ValueError("the model has no submodule returning a spatial (N, C, H, W) map")
-    layer, attention_before, shape = finished[-1]
+    layer, attention_before, output = finished[-1]
+    shape = tuple(output.shape)
     after = count.attention - attention_before
     if after > 1 or (after == 1 and count.convolutions == 1):
         name = next(name for name, module in model.named_modules() if module is layer)

@@ -74,12 +74,23 @@ class _AttentionPool(nn.Module):
 
 
 class _SpatialSelfAttention(nn.Module):
-    """Attention over a map's positions that returns a map (a non-local block, BoTNet's)."""
+    """Attention over a map's positions that returns a map (a non-local block, BoTNet's).
+
+    ``explicit``: the scores of the map's own tokens written out (``q @ k^T``, softmax), whose
+    queries and keys are views of the map; the map stays a feature map.
+    """
+
+    def __init__(self, explicit: bool) -> None:
+        super().__init__()
+        self.explicit = explicit
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         n, c, h, w = maps.shape
         tokens = maps.flatten(2).transpose(1, 2)
-        mixed = F.scaled_dot_product_attention(tokens, tokens, tokens)
+        if self.explicit:
+            mixed = (tokens @ tokens.transpose(1, 2)).softmax(-1) @ tokens
+        else:
+            mixed = F.scaled_dot_product_attention(tokens, tokens, tokens)
         return maps + mixed.transpose(1, 2).reshape(n, c, h, w)
 
 
@@ -93,9 +104,10 @@ def test_one_attention_after_a_cnns_convolutions_keeps_its_last_stage():
     assert grad_cam_layer(model, torch.rand(1, 3, 8, 8)) == (model[2], None)
 
 
-def test_attention_inside_the_last_stage_keeps_that_stage():
+@pytest.mark.parametrize("explicit", [False, True])
+def test_attention_inside_the_last_stage_keeps_that_stage(explicit):
     torch.manual_seed(0)
-    stage = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), _SpatialSelfAttention())
+    stage = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), _SpatialSelfAttention(explicit))
     model = nn.Sequential(
         *_stem(), stage, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
     ).eval()
@@ -127,3 +139,53 @@ def test_the_command_refuses_the_method_in_one_line_before_any_work(
     assert f"{method} cannot find this transformer's blocks" in error
     assert python_way in error and "leave" in error
     assert not (tmp_path / "f.png").exists()
+
+
+class _PairwiseBlock(nn.Module):
+    """A ViT block whose modules return four-dimensional tensors that are no feature map.
+
+    Queries and keys through ``nn.Identity`` norms, (N, heads, T, d); attention probabilities
+    through an ``nn.Dropout``, (N, heads, T, T); relative-position features of ConViT's kind
+    through an ``nn.Linear``, (N, T, T, heads).
+    """
+
+    def __init__(self, dim: int = 8, heads: int = 2, tokens: int = 16) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm, self.k_norm = nn.Identity(), nn.Identity()
+        self.attn_drop = nn.Dropout(0.1)
+        self.pos_proj = nn.Linear(3, heads)
+        self.register_buffer("rel", torch.rand(1, tokens, tokens, 3))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        n, t, d = tokens.shape
+        q, k, v = self.qkv(tokens).reshape(n, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        positions = self.pos_proj(self.rel).permute(0, 3, 1, 2)
+        attention = ((q @ k.transpose(-2, -1)) + positions).softmax(dim=-1)
+        mixed = self.attn_drop(attention) @ v
+        return tokens + self.proj(mixed.transpose(1, 2).reshape(n, t, d))
+
+
+class _PairwiseViT(nn.Module):
+    def __init__(self, stem: list[nn.Module]) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*stem)
+        self.blocks = nn.Sequential(_PairwiseBlock(), _PairwiseBlock())
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(images).flatten(2).transpose(1, 2)
+        return self.head(self.blocks(tokens).mean(1))
+
+
+@pytest.mark.parametrize("stem", ["patch embedding", "convolutional stem"])
+def test_attention_tensors_of_four_dimensions_are_no_feature_map(stem):
+    """They had been taken for the last map (the last block's dropout of its probabilities)."""
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 8, 2, stride=2)] if stem == "patch embedding" else _stem()
+    model = _PairwiseViT(layers).eval()
+    with pytest.raises(UnknownBlocksError, match=r"\(stem, Sequential, shape \(1, 8, 4, 4\)\)"):
+        last_spatial_layer(model, torch.rand(1, 3, 8, 8))
