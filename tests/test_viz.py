@@ -189,3 +189,19 @@ def test_a_figure_path_with_a_tilde_goes_to_the_home_folder(tmp_path, monkeypatc
     figure = plt.figure()
     written = save_figure(figure, "~/figures/x.png")
     assert written == tmp_path / "figures" / "x.png" and written.is_file()
+
+
+def test_a_float_mask_of_whole_numbers_draws_as_its_integer_mask_and_fractions_are_refused(scene):
+    """A float mask was truncated to ids: 1.5 became 1, merging two segments without a word."""
+    image, mask = scene
+    scores = torch.arange(6.0)
+    as_float = plot_segment_scores(image, mask.double(), scores)
+    as_integer = plot_segment_scores(image, mask, scores)
+    np.testing.assert_array_equal(painted(as_float.axes[1]), painted(as_integer.axes[1]))
+    plt.close("all")
+    for bad in (0.5, float("nan")):
+        fractional = mask.double()
+        fractional[0, 0, 0, 0] = bad
+        with pytest.raises(ValueError, match="feature_mask must hold integer segment ids"):
+            plot_segment_scores(image, fractional, scores)
+    plt.close("all")
