@@ -76,7 +76,9 @@ def plot_segment_scores(
     given). Then one panel per method: the grayscale image under the method's values, on
     ``cmap`` with a symmetric range ``[-m, m]`` (``m`` the largest finite absolute value of
     that panel), with a colour bar in the values' units and the ranks of the ``top_k`` highest
-    scoring segments written inside them (at the pixel farthest from their border). A NaN or
+    scoring segments written inside them (at the pixel farthest from their border). Tied
+    scores share a rank (1, 2, 2, 4); a tie that crosses the ``top_k`` cut gets no rank (a
+    panel of all-equal scores gets none). A NaN or
     infinite score gets no rank; NaN is left blank, an infinite score drawn at the range's end.
 
     Args:
@@ -166,7 +168,7 @@ def plot_segment_scores(
         shown = axis.imshow(heat, cmap=cmap, vmin=-limit, vmax=limit, alpha=alpha)
         figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03)
         axis.set_title(name)
-        for rank, feature in enumerate(ranking[:top_k], start=1):
+        for feature, rank in _ranks_to_write(ranking, top_k):
             row, col = _inside_point(segments == feature)
             axis.text(
                 col,
@@ -348,11 +350,31 @@ def _paint(value: Any, segments: np.ndarray, ids: Any, name: str) -> tuple[np.nd
     return heat, _ranked(by_id, present)
 
 
-def _ranked(by_id: dict[int, float], present: np.ndarray) -> list[int]:
-    """The segments of ``present`` with a finite score, best first (ties in id order).
+def _ranked(by_id: dict[int, float], present: np.ndarray) -> list[tuple[int, int]]:
+    """``(segment, rank)`` of the segments of ``present`` with a finite score, best first.
 
-    A NaN or infinite score has no rank: sorting with NaN puts it anywhere.
+    Tied scores share a rank, and the next rank counts them (1, 2, 2, 4). A NaN or infinite
+    score has no rank: sorting with NaN puts it anywhere.
     """
     shown = set(present.tolist())
-    finite = [f for f, score in by_id.items() if f in shown and np.isfinite(score)]
-    return sorted(finite, key=lambda f: (-by_id[f], f))
+    finite = sorted(
+        (f for f, score in by_id.items() if f in shown and np.isfinite(score)),
+        key=lambda f: (-by_id[f], f),
+    )
+    ranked: list[tuple[int, int]] = []
+    for place, feature in enumerate(finite, start=1):
+        tied = ranked and by_id[ranked[-1][0]] == by_id[feature]
+        ranked.append((feature, ranked[-1][1] if tied else place))
+    return ranked
+
+
+def _ranks_to_write(ranked: list[tuple[int, int]], top_k: int) -> list[tuple[int, int]]:
+    """The ranks of the ``top_k`` best segments; a tie that crosses the cut gets none.
+
+    Which of the tied segments to write would be arbitrary: a panel of all-equal scores (all
+    zero, say) gets no rank at all.
+    """
+    counts: dict[int, int] = {}
+    for _, rank in ranked:
+        counts[rank] = counts.get(rank, 0) + 1
+    return [(f, rank) for f, rank in ranked if rank - 1 + counts[rank] <= top_k]

@@ -109,3 +109,23 @@ def test_an_infinite_score_is_drawn_at_the_end_of_the_range_not_blank():
         assert not np.ma.is_masked(drawn[0, 12])
     finally:
         plt.close(figure)
+
+
+@pytest.mark.parametrize(
+    ("scores", "top_k", "drawn"),
+    [
+        # all equal (a method that found nothing): which segments got 1..5 was arbitrary
+        ({f: 0.0 for f in range(6)}, 5, []),
+        # a tie shares its rank, and the next rank counts it
+        ({0: 2.0, 1: 1.0, 2: 1.0, 3: 0.5, 4: 0.0, 5: -1.0}, 4, [(1, 0), (2, 1), (2, 2), (4, 3)]),
+        # a tie crossing the cut: neither of the two
+        ({0: 2.0, 1: 1.0, 2: 1.0, 3: 0.5, 4: 0.0, 5: -1.0}, 2, [(1, 0)]),
+    ],
+)
+def test_tied_scores_share_a_rank_and_a_tie_across_the_cut_gets_none(scores, top_k, drawn):
+    segments = torch.arange(6).repeat_interleave(8).reshape(1, 48).expand(8, 48)
+    figure = plot_segment_scores(torch.rand(3, 8, 48), segments, {"m": scores}, top_k=top_k)
+    try:
+        assert _ranks_drawn(figure, segments.numpy()) == drawn
+    finally:
+        plt.close(figure)
