@@ -26,10 +26,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["PANEL_SIDE", "figure_width", "panel_width", "plot_segment_scores", "save_figure"]
+__all__ = [
+    "PANELS_PER_ROW",
+    "PANEL_SIDE",
+    "figure_width",
+    "panel_width",
+    "plot_segment_scores",
+    "save_figure",
+]
 
 #: Height of one panel in inches (the width of a square image's panel).
 PANEL_SIDE = 3.6
+
+#: Most panels in one row of a figure `plot_segment_scores` makes (the image and four methods);
+#: more methods continue on further rows.
+PANELS_PER_ROW = 5
 
 #: Width to height of the widest and of the narrowest panel: a panorama is drawn as a strip in
 #: a panel this wide (its titles stay readable), a tall image in one this narrow.
@@ -73,7 +84,7 @@ def plot_segment_scores(
     """Draw segment scores over an image; several methods side by side.
 
     The first panel is the image with the segment outlines (and the ``evidence`` contour when
-    given). Then one panel per method: the grayscale image under the method's values, on
+    given). Then one panel per method, `PANELS_PER_ROW` panels to a row: the grayscale image under the method's values, on
     ``cmap`` with a symmetric range ``[-m, m]`` (``m`` the largest finite absolute value of
     that panel), with a colour bar in the values' units and the ranks of the ``top_k`` highest
     scoring segments written inside them (at the pixel farthest from their border). Tied
@@ -133,14 +144,19 @@ def plot_segment_scores(
 
     own_figure = axes is None
     if axes is None:
+        columns = min(1 + len(panels), PANELS_PER_ROW)
+        rows = -(-(1 + len(panels)) // columns)
         figure, created = plt.subplots(
-            1,
-            1 + len(panels),
-            figsize=(figure_width(panel_width(*shape), len(panels)), PANEL_SIDE + 0.6),
+            rows,
+            columns,
+            figsize=(figure_width(panel_width(*shape), columns - 1), rows * (PANEL_SIDE + 0.6)),
             squeeze=False,
             layout="constrained",
         )
-        axes = list(created[0])
+        axes = list(created.flat)
+        for unused in axes[1 + len(panels) :]:  # the last row's empty places
+            unused.remove()
+        axes = axes[: 1 + len(panels)]
     else:
         axes = list(axes)
         figure = axes[0].figure

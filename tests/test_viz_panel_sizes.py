@@ -129,3 +129,29 @@ def test_tied_scores_share_a_rank_and_a_tie_across_the_cut_gets_none(scores, top
         assert _ranks_drawn(figure, segments.numpy()) == drawn
     finally:
         plt.close(figure)
+
+
+def test_many_methods_continue_on_further_rows_at_the_same_panel_size():
+    """A dozen methods made one row thirteen panels wide (57 inches)."""
+    from ctc_plugin.viz import PANELS_PER_ROW
+
+    image = torch.rand(1, 3, 30, 40)
+    mask = GridSegmenter(cells=2)(image)
+    panels = {f"method {i}": torch.arange(4.0) * (i + 1) for i in range(12)}
+    figure = plot_segment_scores(image[0], mask[0, 0], panels)
+    five = plot_segment_scores(image[0], mask[0, 0], dict(list(panels.items())[:4]))
+    try:
+        drawn = [axis for axis in figure.axes if axis.images]  # colour bars have none
+        assert len(drawn) == 13 and [a.get_title() for a in drawn[1:]] == list(panels)
+        width, height = figure.get_size_inches()
+        assert width == pytest.approx(five.get_size_inches()[0])  # as wide as one full row
+        assert height == pytest.approx(3 * five.get_size_inches()[1])  # 13 panels: 3 rows
+        figure.canvas.draw()
+        boxes = [axis.get_window_extent() for axis in drawn]
+        rows = sorted({round(box.y0) for box in boxes}, reverse=True)
+        assert len(rows) == 3 and PANELS_PER_ROW == 5
+        sizes = {(round(box.width), round(box.height)) for box in boxes}
+        assert len(sizes) == 1, sizes  # every panel the same size
+    finally:
+        plt.close(figure)
+        plt.close(five)
