@@ -85,12 +85,12 @@ def plot_segment_scores(
 
     The first panel is the image with the segment outlines (and the ``evidence`` contour when
     given). Then one panel per method (`PANELS_PER_ROW` panels to a row): the grayscale image
-    under the method's values, on ``cmap`` with a symmetric range ``[-m, m]`` (``m`` the largest finite absolute value of
-    that panel), with a colour bar in the values' units and the ranks of the ``top_k`` highest
-    scoring segments written inside them (at the pixel farthest from their border). Tied
-    scores share a rank (1, 2, 2, 4); a tie that crosses the ``top_k`` cut gets no rank (a
-    panel of all-equal scores gets none). A NaN or
-    infinite score gets no rank; NaN is left blank, an infinite score drawn at the range's end.
+    under the method's values, on ``cmap`` with a symmetric range ``[-m, m]`` (``m`` the
+    largest finite absolute value of that panel), with a colour bar in the values' units and
+    the ranks of the ``top_k`` highest scoring segments written inside them (at the pixel
+    farthest from their border). Tied scores share a rank (1, 2, 2, 4); a tie that crosses the
+    ``top_k`` cut gets no rank (a panel of all-equal scores gets none). A NaN or infinite score
+    gets no rank; NaN is left blank, an infinite score drawn at the range's end.
 
     Args:
         image: ``(3, H, W)`` (or ``(1, 3, H, W)``) RGB in [0, 1]: what the segmenter saw, e.g.
