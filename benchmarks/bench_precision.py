@@ -17,6 +17,10 @@ first image explained alone against in the batch of two.
 A third table shows how well the model conditions the scores, in float64: how far they move when
 the images are multiplied by ``1 + 1e-12`` (a change far below any image format's resolution),
 relative to the largest score. Where it is large, the float64 scores carry that much noise too.
+
+``--formulas`` prints instead how far the float32 ``"reference"`` scores of the compiled
+formula (`Speedups.native_formula`, whose ``log10`` and ``exp2`` round as the C library's do)
+lie from those of torch's formula and of the spec pass, on the same images with a 4 x 4 grid.
 """
 
 from __future__ import annotations
@@ -36,12 +40,54 @@ def relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
 
 
+def compare_formulas(name: str, size: int) -> None:
+    """Print the compiled and torch's float32 ``"reference"`` formulas against each other."""
+    import dataclasses
+
+    from ctc_plugin.ctc import native
+    from ctc_plugin.ctc.speedups import DEFAULT, SPEC
+
+    reason = native.unavailable_reason()
+    if reason is not None:
+        raise SystemExit(f"the compiled formula is not available here: {reason}")
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    model = randomise_statistics_and_biases(model).eval()
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    rows = torch.arange(size) * 4 // size
+    mask = (rows.view(-1, 1) * 4 + rows.view(1, -1)).view(1, 1, size, size)
+    scores = {}
+    for label, speedups in (
+        ("compiled", dataclasses.replace(DEFAULT, native_formula=True)),
+        ("torch", dataclasses.replace(DEFAULT, native_formula=False)),
+        ("spec", SPEC),
+    ):
+        ctc = CTC(model, bias_sharing="reference")
+        ctc._speedups = speedups
+        scores[label] = ctc.attribute(x, 3, feature_mask=mask, return_feature_scores=True)[1]
+    print(f'{name}, 2 images of {size}x{size}, 16 features, float32 "reference"')
+    for label, first, second in (
+        ("compiled vs torch's formula", "compiled", "torch"),
+        ("compiled vs spec pass", "compiled", "spec"),
+        ("torch's vs spec pass", "torch", "spec"),
+    ):
+        print(f"{label:28s} {relative(scores[first].scores, scores[second].scores):.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18", help="a torchvision builder")
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--quick", action="store_true", help="the same run (it takes seconds)")
+    parser.add_argument(
+        "--formulas",
+        action="store_true",
+        help='compiled against torch\'s float32 "reference" formula, instead of the dtypes',
+    )
     args = parser.parse_args()
+    if args.formulas:
+        compare_formulas(args.model, args.size)
+        return
     torch.manual_seed(0)
     model64 = torchvision.models.get_model(args.model, weights=None, num_classes=10)
     model64 = randomise_statistics_and_biases(model64).eval().double()

@@ -36,7 +36,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=24, help="test images (default: 24)")
     parser.add_argument("--samples", type=int, default=100, help="Lime/KernelShap samples")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--quick", action="store_true", help="4 images and 20 samples")
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.samples = 4, 20
 
     model = zoo.load(args.family, split=args.split)
     data = ShapesDataset(split=args.split, size=args.images, seed=BenchmarkConfig.seed)

@@ -152,17 +152,28 @@ def tables(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("out/bench-sanity"), help="folder")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder (default: out/bench-sanity[-quick])"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="resnet on shapes, 4 images (seconds to a minute; its own default folder)",
+    )
     parser.add_argument("--families", nargs="+", default=list(FULL_RUN_FAMILIES))
     parser.add_argument("--splits", nargs="+", default=None, help="default: the config's")
     parser.add_argument("--methods", nargs="+", default=None, help="default: every method")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--tables-only", action="store_true", help="only print the tables")
     args = parser.parse_args(argv)
+    if args.out is None:  # a quick run's rows must not resume into the full run's table
+        args.out = Path("out/bench-sanity-quick" if args.quick else "out/bench-sanity")
     path = args.out / "sanity.csv"
     if not args.tables_only:
         config = BenchmarkConfig()  # the full run's defaults
         changes: dict[str, object] = {"families": tuple(args.families)}
+        if args.quick:
+            changes.update(families=("resnet",), splits=("shapes",), images=4, robustness_images=4)
         if args.splits:
             changes["splits"] = tuple(args.splits)
         if args.methods:

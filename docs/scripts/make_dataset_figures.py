@@ -5,6 +5,7 @@ Run from the repository root: ``python docs/scripts/make_dataset_figures.py``.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import matplotlib
@@ -42,6 +43,7 @@ def draw(split: str, columns: int = 6, seed: int = 3) -> Path:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     for split in ("shapes", "composite"):
         print(draw(split))

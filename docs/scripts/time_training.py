@@ -8,6 +8,7 @@ run (5,000 images, 4 epochs of batch 64). Run: ``python docs/scripts/time_traini
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -55,4 +56,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     main()
