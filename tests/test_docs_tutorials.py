@@ -177,8 +177,11 @@ PAGES = sorted(TUTORIALS.glob("*.md")) + [
 def test_tutorial_runs(page: Path, tmp_path: Path) -> None:
     blocks = python_blocks(page)
     assert blocks, f"{page.name} has no ```python block to run"
+    from ctc_plugin.cam import BLOCK_RESHAPES
+
     namespace: dict = {"__name__": f"tutorial_{page.stem}"}
     cwd = os.getcwd()
+    registered = dict(BLOCK_RESHAPES)  # a page's registration must not reach later tests
     os.chdir(tmp_path)  # tutorials write their figures into a scratch folder
     try:
         for index, block in enumerate(blocks):
@@ -197,6 +200,8 @@ def test_tutorial_runs(page: Path, tmp_path: Path) -> None:
             AFTER_PAGE[page.stem](page, namespace)
     finally:
         os.chdir(cwd)
+        BLOCK_RESHAPES.clear()
+        BLOCK_RESHAPES.update(registered)
         import matplotlib.pyplot as plt
 
         plt.close("all")

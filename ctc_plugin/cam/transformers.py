@@ -20,10 +20,12 @@ cannot be found soundly (a Hiera block outside its Hiera) are named with the rea
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -359,6 +361,9 @@ def grad_cam_layer(
             last block returns a tuple and is no ViT block with a first LayerNorm (TNT, MViTv2,
             Hugging Face's Swin, Hiera, PVT, EfficientFormer): no submodule returns that
             block's feature map.
+        UnknownBlocksError: If the model has blocks of no known type, one convolution (its
+            patch embedding) and attention (see
+            [`last_spatial_layer`][ctc_plugin.cam.last_spatial_layer]).
     """
     from torchvision.models.vision_transformer import VisionTransformer
 
@@ -385,9 +390,10 @@ def grad_cam_layer(
         raise ValueError("the model has no Conv2d and no known transformer block for Grad-CAM")
     if example is None:
         raise ValueError(
-            f"{type(model).__name__} is a CNN: its last feature map is found by running it; "
-            "pass an input batch, grad_cam_layer(model, example=images) (the last Conv2d "
-            "registered can be a shortcut or one branch of the last block, not its output)"
+            f"{type(model).__name__} has no transformer block of a known type: its last feature "
+            "map is found by running it; pass an input batch, grad_cam_layer(model, "
+            "example=images) (the last Conv2d registered can be a shortcut or one branch of the "
+            "last block, not its output)"
         )
     return last_spatial_layer(model, example), None
 
@@ -460,104 +466,124 @@ def _probe(model: nn.Module, example: Tensor, handles: list[RemovableHandle]) ->
 
 
 _PRODUCTS = frozenset({"matmul", "__matmul__", "__rmatmul__", "bmm", "einsum", "baddbmm"})
+#: Torch functions that give a view or a reshaped copy of their one tensor (``.mT``/``.T`` are
+#: ``__get__``), and elementwise operations that scale it: queries and keys pass through them
+#: between the module that returns them and the product of the scores.
+_VIEWS = frozenset(
+    {"transpose", "permute", "reshape", "view", "contiguous", "flatten", "unflatten",
+     "swapaxes", "movedim", "expand", "__get__", "float", "to", "type_as",
+     "mul", "__mul__", "__rmul__", "div", "__truediv__"}
+)  # fmt: skip
 
 
 class _ProbeTrace(TorchFunctionMode):
     """What `last_spatial_layer` reads of a forward pass besides the modules' outputs.
 
-    How many attention computations and convolutions ran, and which tensors belong to attention:
-    attention probabilities (a softmax of scores, and what keeps their shape after it, e.g.
-    their dropout); the queries and keys whose product made the scores, followed back through
-    what kept their number of dimensions and elements (``k.transpose(-2, -1)``, a scale, a
-    norm); and the queries, keys and values given to ``scaled_dot_product_attention`` or
-    ``multi_head_attention_forward``. Those are (N, heads, T, T) or (N, heads, T, d), no
-    feature map, however four-dimensional. Every tensor of at least three dimensions is held
-    until the probe ends (what a backward pass would hold), so that ids are not reused.
+    How many convolutions and attention computations ran, and which four-dimensional tensors
+    are attention's rather than feature maps. Attention is what
+    `ctc_plugin.cam.layers.computes_attention` sees, and also a softmax over the last
+    dimension of scores a product made (``q @ k^T``), whatever their shape (class attention's
+    one query, keys fewer than queries). Its tensors are those given to it or made by it
+    (queries and keys, followed back through views and scalings to the modules that returned
+    them through views of as many dimensions and scalings; the probabilities), and any
+    four-dimensional tensor but a convolution's output whose third dimension is a token count
+    that attention ran over: (N, heads, T, d) queries, keys and values, also after a rotary
+    embedding, and (N, heads, T, T) probabilities, also mixed with others (ConViT). (N, T, T, x)
+    pair-wise tensors of the tokens (ConViT's relative positions) are too. A feature map that is
+    no convolution's output and whose height is such a count (attention along a map's columns)
+    would be taken for one as well.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.attention = 0
         self.convolutions = 0
+        # each dict holds its tensors until the probe ends, so that an id is not reused
         self._of_attention: dict[int, Tensor] = {}
         self._token_counts: set[int] = set()
-        self._made_from: dict[int, tuple[Tensor, list[Tensor]]] = {}
-        self._scores: dict[int, tuple[Tensor, Tensor]] = {}  # a product, or computed from one
+        self._viewed_from: dict[int, tuple[Tensor, Tensor]] = {}
+        self._scores: dict[int, tuple[Tensor, Tensor]] = {}  # a product, or scaled from one
+        self._operands: dict[int, tuple[Tensor, list[Tensor]]] = {}  # of each product
+        self._convolved: dict[int, Tensor] = {}
+
+    def clear(self) -> None:
+        """Let go of every tensor held (a refusal's traceback keeps the trace)."""
+        held = (
+            self._of_attention,
+            self._viewed_from,
+            self._scores,
+            self._operands,
+            self._convolved,
+        )
+        for table in held:
+            table.clear()
 
     def of_attention(self, tensor: Tensor) -> bool:
-        """Whether ``tensor`` is an attention tensor of the pass.
-
-        Also a (N, T, T, x) tensor for a token count T that attention ran over: a pair-wise
-        tensor of the tokens (ConViT's relative positions), not a map.
-        """
-        pairwise = tensor.dim() == 4 and tensor.shape[1] == tensor.shape[2]
-        return self._of_attention.get(id(tensor)) is tensor or (
-            pairwise and int(tensor.shape[1]) in self._token_counts
-        )
+        """Whether the four-dimensional ``tensor`` is an attention tensor of the pass."""
+        if self._of_attention.get(id(tensor)) is tensor:
+            return True
+        if self._convolved.get(id(tensor)) is tensor:  # a convolution's map, whatever its size
+            return False
+        tokens = self._token_counts
+        pairwise = tensor.shape[1] == tensor.shape[2] and int(tensor.shape[1]) in tokens
+        return int(tensor.shape[2]) in tokens or pairwise
 
     def _mark(self, tensor: object) -> None:
-        if isinstance(tensor, Tensor):
+        """Mark ``tensor`` and what it is a view or a scaling of."""
+        while isinstance(tensor, Tensor) and self._of_attention.get(id(tensor)) is not tensor:
             self._of_attention[id(tensor)] = tensor
+            entry = self._viewed_from.get(id(tensor))
+            tensor = entry[1] if entry is not None and entry[0] is tensor else None
 
-    def _mark_operands(self, scores: Tensor) -> None:
-        """Mark the product ``scores`` come from, and its operands.
-
-        Each operand is followed back to where it changed its number of dimensions or elements
-        (a split of q, k and v; the tokens of a map).
-        """
-        entry = self._scores.get(id(scores))
-        if entry is None or entry[0] is not scores:
-            return
-        product = entry[1]
-        self._mark(product)
-        made = self._made_from.get(id(product))
-        pending = list(made[1]) if made is not None and made[0] is product else []
-        while pending:
-            tensor = pending.pop()
-            if self._of_attention.get(id(tensor)) is tensor:
-                continue
-            self._mark(tensor)
-            made = self._made_from.get(id(tensor))
-            if made is not None and made[0] is tensor:
-                pending.extend(
-                    t for t in made[1]
-                    if t.dim() == tensor.dim() and t.numel() == tensor.numel()
-                )  # fmt: skip
+    def _product_of(self, scores: object) -> Tensor | None:
+        entry = self._scores.get(id(scores)) if isinstance(scores, Tensor) else None
+        return entry[1] if entry is not None and entry[0] is scores else None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
-        if computes_attention(func, args):
+        if name == "conv2d":
+            self.convolutions += 1
+            if isinstance(result, Tensor):
+                self._convolved[id(result)] = result
+            return result
+        product = self._product_of(args[0]) if name == "softmax" and args else None
+        last = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if product is not None and last not in (-1, getattr(args[0], "ndim", 0) - 1):
+            product = None  # a softmax over another dimension of a product: no attention
+        if computes_attention(func, args) or product is not None:
             self.attention += 1
             if name == "softmax":
                 self._mark(result)
-                self._mark_operands(args[0])
-                self._token_counts.add(int(result.shape[-1]))
-            else:  # its query, key and value
-                # (..., T, E) for scaled_dot_product_attention, (T, [N,] E) for multi-head
+                if product is not None:
+                    self._mark(product)
+                    for operand in self._operands.pop(id(product), (None, []))[1]:
+                        self._mark(operand)
+                self._token_counts.update(int(n) for n in result.shape[-2:])
+            else:  # its query, key and value: (..., T, E), or (T, [N,] E) for multi-head
                 tokens = 0 if func is F.multi_head_attention_forward else -2
                 for tensor in (*args[:3], *(kwargs.get(k) for k in ("query", "key", "value"))):
-                    self._mark(tensor)
                     if isinstance(tensor, Tensor) and tensor.dim() >= 2:
+                        self._mark(tensor)
                         self._token_counts.add(int(tensor.shape[tokens]))
             return result
-        if name == "conv2d":
-            self.convolutions += 1
         if not isinstance(result, Tensor) or result.dim() < 3:
             return result
-        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)]
-        self._made_from[id(result)] = (result, inputs)
+        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor) and t.dim()]
         if name in _PRODUCTS:
             self._scores[id(result)] = (result, result)
-        for tensor in inputs:
-            if tensor.shape != result.shape:
-                continue
-            if self._of_attention.get(id(tensor)) is tensor:  # after the probabilities
-                self._mark(result)
-            scores = self._scores.get(id(tensor))
-            if scores is not None and scores[0] is tensor:  # scaled, biased: still scores
-                self._scores[id(result)] = (result, scores[1])
+            self._operands[id(result)] = (result, inputs)
+        elif name in _VIEWS and len(inputs) == 1 and inputs[0].dim() == result.dim():
+            # a view of as many dimensions (q split into heads and viewed: not the tokens of a map)
+            self._viewed_from[id(result)] = (result, inputs[0])
+            product = self._product_of(inputs[0])
+            if product is not None:  # scaled scores: still the scores of that product
+                self._scores[id(result)] = (result, product)
+        elif len(inputs) == 2 and inputs[0].shape == result.shape:
+            product = self._product_of(inputs[0])
+            if product is not None:  # scores plus a bias (relative positions, a mask)
+                self._scores[id(result)] = (result, product)
         return result
 
 
@@ -567,23 +593,25 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
     This is the layer Grad-CAM conventionally explains (the last convolutional stage, e.g.
     ``layer4`` of a ResNet): among the model's submodules, in the order their forward calls
     finish, the last one returning an ``(N, C, H, W)`` tensor with ``H * W > 1`` that is no
-    attention tensor (attention probabilities, and the queries, keys and values of
-    ``scaled_dot_product_attention``, are four-dimensional too).
+    attention tensor (attention probabilities and the queries, keys and values of attention are
+    four-dimensional too; see ``_ProbeTrace``).
 
-    A model that computes attention after that map, more than once or after its only
-    convolution, is a vision transformer whose blocks are of no type
-    [`transformer_stages`][ctc_plugin.cam.transformer_stages] knows: the map is its patch
-    embedding's, and a Grad-CAM map of it would not explain the blocks. It is refused. One
-    attention after a CNN's convolutions (an attention-pooling head, as in CLIP's ResNets) is
-    not.
+    A model with one convolution that computes attention is a vision transformer: its last map
+    is its patch embedding's (or a tensor of its blocks), and a Grad-CAM map of it would not
+    explain the blocks. It is refused. A CNN with attention (inside its stages, an
+    attention-pooling head as in CLIP's ResNets, or a transformer head over its last map) keeps
+    its last map, as Grad-CAM explains such models; so does a transformer with convolutions
+    besides its patch embedding (a convolutional stem, convolutional projections), whose blocks
+    `grad_cam_layer` takes where their type is known. Compiled submodules run eagerly for the
+    probe where torch can (``torch.compiler.set_stance``).
 
     Raises:
         ValueError: when no submodule returns such a tensor.
-        UnknownBlocksError: when attention follows the map as a transformer's blocks follow its
-            patch embedding.
+        UnknownBlocksError: when the model has one convolution and computes attention; for
+            blocks of a known type it names `grad_cam_layer`, which takes them.
     """
-    finished: list[tuple[nn.Module, int, Tensor]] = []
-    count = _ProbeTrace()
+    finished: list[tuple[nn.Module, Tensor]] = []
+    trace = _ProbeTrace()
 
     def hook(module: nn.Module, inputs: object, output: object) -> None:
         if (
@@ -591,30 +619,52 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
             and output.dim() == 4
             and output.shape[2] * output.shape[3] > 1
         ):
-            finished.append((module, count.attention, output))
+            finished.append((module, output))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
-    with count:
-        _probe(model, example, handles)
-    finished = [found for found in finished if not count.of_attention(found[2])]
-    if not finished:
+    try:
+        with _eager(), trace:
+            _probe(model, example, handles)
+        maps = [(m, output.shape) for m, output in finished if not trace.of_attention(output)]
+        shapes = {id(m): tuple(shape) for m, shape in maps}
+    finally:
+        finished.clear()
+        trace.clear()
+    if not maps:
         raise ValueError("the model has no submodule returning a spatial (N, C, H, W) map")
-    layer, attention_before, output = finished[-1]
-    shape = tuple(output.shape)
-    after = count.attention - attention_before
-    if after > 1 or (after == 1 and count.convolutions == 1):
-        name = next(name for name, module in model.named_modules() if module is layer)
+    layer = maps[-1][0]
+    if trace.attention and trace.convolutions == 1:
         raise UnknownBlocksError(
-            f"{type(model).__name__} computes attention {counted(after, 'time')} after its last "
-            f"feature map ({name}, {type(layer).__name__}, shape {shape}), as a vision "
-            "transformer's blocks follow its patch embedding: Grad-CAM on that map would not "
-            "explain the blocks, whose type the package does not know. Register the block type "
-            "in ctc_plugin.cam.transformers.BLOCK_RESHAPES (then grad_cam_layer and "
-            "IntegrativeCAM find the blocks), or give pytorch-grad-cam the layer yourself: "
-            "target_layers=[the last block's first norm], "
-            "reshape_transform=ctc_plugin.cam.tokens_to_grid"
+            _patch_embedding_only(model, layer, shapes[id(layer)], trace.attention)
         )
     return layer
+
+
+def _patch_embedding_only(
+    model: nn.Module, layer: nn.Module, shape: tuple[int, ...], attention: int
+) -> str:
+    """The refusal of `last_spatial_layer` for a transformer: what to do instead."""
+    subject = getattr(model, "_orig_mod", model)  # a compiled model: the model's own name
+    name = next(name for name, module in model.named_modules() if module is layer)
+    seen = (
+        f"{type(subject).__name__} has one convolution, a vision transformer's patch embedding, "
+        f"and computes attention {counted(attention, 'time')}: Grad-CAM on its last map ({name}, "
+        f"{type(layer).__name__}, shape {shape}) would not explain the blocks"
+    )
+    if transformer_stages(model):
+        return f"{seen}; grad_cam_layer(model, example) takes its blocks, which are of known types"
+    return (
+        f"{seen}, whose type the package does not know. Register the block type in "
+        "ctc_plugin.cam.transformers.BLOCK_RESHAPES (then grad_cam_layer and IntegrativeCAM find "
+        "the blocks), or give pytorch-grad-cam the layer yourself: target_layers=[the last "
+        "block's first norm], reshape_transform=ctc_plugin.cam.tokens_to_grid"
+    )
+
+
+def _eager() -> Any:
+    """A context in which compiled code runs eagerly, where this torch can say so."""
+    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 __all__ = [

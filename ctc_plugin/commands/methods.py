@@ -176,8 +176,9 @@ def _blocks_unknown(method: str, in_python: str) -> MethodError:
     """
     return MethodError(
         f"{method} cannot find this transformer's blocks, and the command has no option to "
-        f"name them: leave {method} out of --method (ctc and feature-ablation run), or call "
-        f"{in_python}"
+        f"name them: leave {method} out of --method (explain-dataset: --methods; ctc and "
+        f"feature-ablation run), or "
+        f"call {in_python}"
     )
 
 

@@ -2,9 +2,10 @@
 
 Such a model's last (N, C, H, W) map is its patch embedding's: Grad-CAM there would explain the
 stem, not the blocks. `last_spatial_layer` (what ``grad_cam_layer`` and the command's
-``gradcam`` use) raises `UnknownBlocksError` when attention follows the last map more than once,
-or after the model's only convolution. One attention after a CNN (an attention-pooling head,
-as CLIP's ResNets have) and attention inside the last stage are a CNN's, and keep their layer.
+``gradcam`` use) raises `UnknownBlocksError` for a model with one convolution that computes
+attention. Attention after a CNN (an attention-pooling head, as CLIP's ResNets have, a
+transformer head) and attention inside the last stage are a CNN's, and keep their layer.
+Attention tensors of four dimensions are never taken for the last map.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def test_a_transformer_of_unknown_blocks_is_refused_naming_its_patch_embedding(a
         with pytest.raises(UnknownBlocksError) as caught:
             find(model, x)
         message = str(caught.value)
-        assert f"computes attention {depth} time" in message
+        assert f"computes attention {depth} time" in message and "has one convolution" in message
         assert "Conv2d, shape (1, 8, 4, 4)" in message
         assert "BLOCK_RESHAPES" in message and "tokens_to_grid" in message
         assert _flags(model) == flags and _hooks(model) == 0
@@ -137,7 +138,7 @@ def test_the_command_refuses_the_method_in_one_line_before_any_work(
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
     assert f"{method} cannot find this transformer's blocks" in error
-    assert python_way in error and "leave" in error
+    assert python_way in error and f"leave {method} out of --method" in error
     assert not (tmp_path / "f.png").exists()
 
 
@@ -181,11 +182,84 @@ class _PairwiseViT(nn.Module):
         return self.head(self.blocks(tokens).mean(1))
 
 
-@pytest.mark.parametrize("stem", ["patch embedding", "convolutional stem"])
-def test_attention_tensors_of_four_dimensions_are_no_feature_map(stem):
-    """They had been taken for the last map (the last block's dropout of its probabilities)."""
+def test_attention_tensors_of_four_dimensions_are_no_feature_map():
+    """They had been taken for the last map (the last block's dropout of its probabilities).
+
+    After a patch embedding the model is refused; after a convolutional stem (a CNN with a
+    transformer head) the stem's map is the layer, as Grad-CAM explains such models.
+    """
     torch.manual_seed(0)
-    layers = [nn.Conv2d(3, 8, 2, stride=2)] if stem == "patch embedding" else _stem()
-    model = _PairwiseViT(layers).eval()
+    model = _PairwiseViT([nn.Conv2d(3, 8, 2, stride=2)]).eval()
+    x = torch.rand(1, 3, 8, 8)
     with pytest.raises(UnknownBlocksError, match=r"\(stem, Sequential, shape \(1, 8, 4, 4\)\)"):
-        last_spatial_layer(model, torch.rand(1, 3, 8, 8))
+        last_spatial_layer(model, x)
+    hybrid = _PairwiseViT(_stem()).eval()
+    assert last_spatial_layer(hybrid, x) is hybrid.stem
+
+
+class _ConvSelfAttention(nn.Module):
+    """BoTNet's self-attention over a map written out: q, k, v by C -> C 1 x 1 convolutions,
+    viewed as (N, heads, d, H W), and the result added to the map."""
+
+    def __init__(self, channels: int, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value = (nn.Conv2d(channels, channels, 1) for _ in range(3))
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = maps.shape
+        q, k, v = (f(maps).view(n, self.heads, c // self.heads, -1) for f in self.projections)
+        attention = torch.matmul(q.permute(0, 1, 3, 2), k).softmax(dim=-1)
+        return maps + torch.matmul(v, attention.permute(0, 1, 3, 2)).view(n, c, h, w)
+
+    @property
+    def projections(self) -> tuple[nn.Module, ...]:
+        """The query, key and value convolutions."""
+        return self.query, self.key, self.value
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_a_cnn_whose_last_stage_ends_in_convolutional_self_attention_keeps_that_stage(blocks):
+    """Its queries and keys, followed back through the 1 x 1 convolutions, had marked the map
+    itself as attention: a convolution of the attention was taken, or the CNN refused."""
+    torch.manual_seed(0)
+    stage = nn.Sequential(
+        nn.Conv2d(8, 8, 3, padding=1), *(_ConvSelfAttention(8) for _ in range(blocks))
+    )
+    model = nn.Sequential(
+        *_stem(), stage, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
+    ).eval()
+    assert last_spatial_layer(model, torch.rand(1, 3, 8, 8)) is stage
+
+
+def test_a_cnn_with_a_transformer_head_keeps_its_last_map():
+    """A DETR- or Query2Label-style head over the CNN's last map: Grad-CAM explains the CNN."""
+    torch.manual_seed(0)
+
+    class _Headed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = nn.Sequential(*_stem())
+            layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+            self.head = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.out = nn.Linear(8, 4)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            tokens = self.trunk(images).flatten(2).transpose(1, 2)
+            return self.out(self.head(tokens).mean(1))
+
+    model = _Headed().eval()
+    assert grad_cam_layer(model, torch.rand(1, 3, 8, 8)) == (model.trunk, None)
+
+
+def test_a_submodule_compiled_with_fullgraph_is_probed_eagerly():
+    """Dynamo traced the probe's torch function mode and failed with its own error."""
+    if not hasattr(torch.compiler, "set_stance"):
+        pytest.skip("this torch cannot run compiled code eagerly on request")
+    torch.manual_seed(0)
+    model = nn.Sequential(*_stem(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    model[2] = torch.compile(model[2], fullgraph=True, backend="eager")
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        model(x)  # compiled before the probe
+    assert last_spatial_layer(model, x) is model[2]
