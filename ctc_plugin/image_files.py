@@ -13,7 +13,8 @@ __all__ = ["IMAGE_SUFFIXES", "holds_images", "is_image_file"]
 #: File name endings read as images (case-insensitive): the commands take these files of a folder
 #: and ignore the others.
 IMAGE_SUFFIXES = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+    ".pgm", ".pbm", ".pnm", ".tga",
 )  # fmt: skip
 
 

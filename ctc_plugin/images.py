@@ -494,8 +494,9 @@ def read_image(path: str | Path) -> Tensor:
                 image = opened.copy()
     except Image.DecompressionBombError as error:
         raise ValueError(
-            f"{path} is too large to read safely ({error}); if you trust the file, raise the "
-            "limit first: PIL.Image.MAX_IMAGE_PIXELS = None"
+            f"{path} is too large to read safely ({error}); downscale it first (on the command "
+            "line: with an image tool), or, in Python and if you trust the file, raise the limit: "
+            "PIL.Image.MAX_IMAGE_PIXELS = None"
         ) from error
     except PermissionError as error:
         raise PermissionError(

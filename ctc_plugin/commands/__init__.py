@@ -26,6 +26,8 @@ _OS_ADVICE = {
     errno.EPERM: "check the permissions, or write somewhere else",
     errno.EROFS: "the file system is read-only: write somewhere else",
     errno.EIO: "the disk reported an input/output error: check it, or write somewhere else",
+    errno.ENOMEM: "the machine ran out of memory: explain smaller images or fewer segments, or "
+    "free memory",
 }
 
 

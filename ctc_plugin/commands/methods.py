@@ -303,11 +303,19 @@ _RUNNERS: dict[str, Callable[[Request], tuple[str, Tensor]]] = {
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` says that memory ran out (Python's, torch's CPU or GPU allocator)."""
+    """Whether ``error`` says that memory ran out.
+
+    Python's, torch's CPU or GPU allocator, or the system's: an ``OSError`` ENOMEM, as from
+    CTC's ``mmap`` of its workspace.
+    """
+    import errno
+
     import torch
 
     if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
         return True
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOMEM
     text = str(error)
     return "can't allocate memory" in text or "out of memory" in text.lower()
 
@@ -388,7 +396,7 @@ def run_for_command(
         raise CLIError(f"{option} {name}: {error}") from error
     except ValueError as error:
         raise CLIError(f"{prefix}{error}") from error
-    except (RuntimeError, MemoryError) as error:
+    except (RuntimeError, MemoryError, OSError) as error:
         if not is_out_of_memory(error):
             raise
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]

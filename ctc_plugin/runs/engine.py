@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -524,6 +525,8 @@ def explain_dataset(
 
         resolve_device(config.device)
     resolved = resolve_source(source, images=images, seed=seed)
+    if resolved.skipped_note():
+        warnings.warn(resolved.skipped_note(), UserWarning, stacklevel=2)
     job = ExplainJob(config, resolved)
     check_finished_images(job, out)
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ctc_plugin.image_files import IMAGE_SUFFIXES, is_image_file
-from ctc_plugin.wording import first_names
+from ctc_plugin.wording import counted, first_names
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -68,6 +68,8 @@ class Source:
         root: The folder (``kind == "folder"``).
         split: The shapes split (``kind == "shapes"``).
         seed: The shapes seed (``kind == "shapes"``).
+        skipped: The folder's files (not hidden) whose names end in none of
+            ``IMAGE_SUFFIXES``, relative to it: not read (`skipped_note` says so).
     """
 
     spec: str
@@ -77,6 +79,17 @@ class Source:
     root: Path | None = None
     split: str | None = None
     seed: int = 1
+    skipped: tuple[str, ...] = ()
+
+    def skipped_note(self) -> str | None:
+        """What a run says of the files it does not read (``None``: there are none)."""
+        if not self.skipped:
+            return None
+        return (
+            f"SOURCE {self.spec!r}: {counted(len(self.skipped), 'file')} not read "
+            f"({first_names(list(self.skipped))}): only names ending in "
+            f"{', '.join(IMAGE_SUFFIXES)} are images; convert or rename them to include them"
+        )
 
     def read(self, image: ImageRef) -> Path | Tensor:
         """What [`ImagePreprocessing`][ctc_plugin.images.ImagePreprocessing] is called on."""
@@ -130,7 +143,8 @@ def resolve_source(
         )
     if not root.is_dir():
         raise SourceError(f"SOURCE {text!r} is a file; give the folder that holds the images")
-    files = sorted(_image_files(root), key=lambda path: path.relative_to(root).as_posix())
+    others: list[Path] = []
+    files = sorted(_image_files(root, others), key=lambda path: path.relative_to(root).as_posix())
     dangling = [path.relative_to(root).as_posix() for path in files if not path.is_file()]
     if dangling:
         raise SourceError(
@@ -163,7 +177,8 @@ def resolve_source(
         refs = refs[:images]
     _check_names(text, refs)
     _check_readable(text, root, refs)
-    return Source(text, "folder", refs, classes, root=root.resolve())
+    skipped = tuple(sorted(path.relative_to(root).as_posix() for path in others))
+    return Source(text, "folder", refs, classes, root=root.resolve(), skipped=skipped)
 
 
 def _class_folders(root: Path, with_images: set[str]) -> tuple[str, ...]:
@@ -266,10 +281,11 @@ def _shapes(text: str, images: int | None, seed: int) -> Source:
     return Source(text, "shapes", refs, tuple(SPLITS[split]), split=split, seed=seed)
 
 
-def _image_files(root: Path) -> Iterator[Path]:
+def _image_files(root: Path, others: list[Path]) -> Iterator[Path]:
     """Every image file under ``root``, symbolic links to folders followed (as ImageFolder).
 
-    Hidden files and folders (``.name``) are skipped. A link back to a folder above it (a
+    The other files (not hidden) are appended to ``others``. Hidden files and folders
+    (``.name``) are skipped. A link back to a folder above it (a
     cycle) is not followed again, so the walk ends; two links to one folder are both read, as
     torchvision's ``ImageFolder`` reads them.
     """
@@ -285,8 +301,12 @@ def _image_files(root: Path) -> Iterator[Path]:
         subfolders[:] = kept
         for name in names:
             path = Path(folder, name)
-            if not name.startswith(".") and is_image_file(name):
+            if name.startswith("."):
+                continue
+            if is_image_file(name):
                 yield path  # a dangling link too: resolve_source names it
+            else:
+                others.append(path)
 
 
 def _key(folder: Path) -> tuple[int, int]:

@@ -7,6 +7,7 @@ module:callable``.
 
 from __future__ import annotations
 
+import errno
 import warnings
 
 import numpy as np
@@ -141,6 +142,21 @@ def out_of_memory_model() -> nn.Module:
     return OutOfMemory()
 
 
+class SystemOutOfMemory(Net):
+    """``Net`` on whose copies the system refuses memory, as ``mmap`` does (``OSError``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores of one image; several raise ENOMEM."""
+        if x.shape[0] > 1:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        return super().forward(x)
+
+
+def system_out_of_memory_model() -> nn.Module:
+    """A model on whose copies the system runs out of memory."""
+    return SystemOutOfMemory()
+
+
 @pytest.fixture
 def photo(tmp_path):
     """A 40x30 photo."""
@@ -220,8 +236,10 @@ def test_a_float64_model_runs_in_float32_with_a_note(photo, capsys):
     )
 
 
-def test_running_out_of_memory_is_one_line_with_what_to_do(photo, capsys):
-    error = _error(capsys, _explain(photo, "out_of_memory_model"))
+@pytest.mark.parametrize("model", ["out_of_memory_model", "system_out_of_memory_model"])
+def test_running_out_of_memory_is_one_line_with_what_to_do(photo, capsys, model):
+    """The system's ENOMEM (CTC's workspace mmap) had said "check the path"."""
+    error = _error(capsys, _explain(photo, model))
     assert error.startswith("ctc-plugin explain: error: --method ctc: out of memory"), error
     assert "--segments" in error and "--bias-sharing reference" in error  # was: a traceback
 

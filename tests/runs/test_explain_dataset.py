@@ -320,3 +320,21 @@ def test_progress_bar_counts_finished_shards_on_resume(reference, capsys):
     assert "2 computed now, 6 finished before" in captured.out
     assert "12/16" in captured.err and "16/16" in captured.err
     assert comparable(read_results(reference.out)) == before
+
+
+def test_files_of_other_names_are_named_in_a_note_and_jfif_is_an_image(tmp_path):
+    """A .jfif (a JPEG) was left out, and every file of another name, without a word."""
+    folder = tmp_path / "images"
+    _write_images(folder, 2, classes=False)
+    Image.open(folder / "img00.png").convert("RGB").save(folder / "img02.jfif", format="JPEG")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "scan").write_bytes(b"no suffix")
+    (folder / ".hidden").write_text("hidden files are left out silently")
+    source = resolve_source(folder)
+    assert [ref.name for ref in source.images] == ["img00.png", "img01.png", "img02.jfif"]
+    assert source.skipped == ("notes.txt", "scan")
+    with pytest.warns(UserWarning, match=r"2 files not read \(notes.txt, scan\): only names"):
+        explain_dataset(
+            folder, ["integrative-cam"], tmp_path / "run", targets=["predicted"],
+            show_progress=False,
+        )  # fmt: skip
