@@ -89,12 +89,21 @@ def _torchvision_model(name: str, weights: Path | None) -> LoadedModel:
     weights = _needed_weights(name, weights, "a torchvision architecture")
     network = zoo.load_torchvision(name, weights)  # GoogLeNet and Inception as for weights
     described = get_model_weights(name).DEFAULT  # metadata only: no download
+    note = ""
+    if getattr(network, "transform_input", False):
+        note = (
+            f"{name} is built with transform_input=True, as torchvision's published weights and "
+            "models fine-tuned from them expect; for weights trained from scratch with "
+            f"torchvision's default (transform_input=False), give --model module:callable "
+            f"returning torchvision.models.{name}(num_classes=..., transform_input=False)"
+        )
     return LoadedModel(
         network,
         name,
         ImagePreprocessing.from_weights(described),
         list(described.meta.get("categories") or []) or None,
         source=f"torchvision {type(described).__name__}.{described.name}",
+        note=note,
     )
 
 

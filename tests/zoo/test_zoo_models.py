@@ -304,3 +304,22 @@ def test_googlenet_and_inception_load_as_torchvision_builds_them_for_weights(tmp
         torch.testing.assert_close(model(x), tuned(x))
     plain = zoo.load_torchvision(arch, path, transform_input=False)  # weights trained without
     assert not plain.transform_input
+
+
+def test_the_command_says_how_googlenet_is_built_and_how_to_build_it_otherwise(tmp_path):
+    """A GoogLeNet trained from scratch (transform_input=False) was explained as another
+    function, without a word: the command now says which it built and how to choose."""
+    import torchvision
+
+    from ctc_plugin.commands.models import load_model
+
+    torch.manual_seed(0)
+    scratch = torchvision.models.googlenet(weights=None, num_classes=3, aux_logits=False)
+    path = tmp_path / "googlenet.pth"
+    torch.save(scratch.state_dict(), path)
+    loaded = load_model("googlenet", path)
+    assert "transform_input=True" in loaded.note and "transform_input=False" in loaded.note
+    assert "--model module:callable" in loaded.note
+    resnet = torchvision.models.resnet18(weights=None, num_classes=3)
+    torch.save(resnet.state_dict(), tmp_path / "resnet18.pth")
+    assert load_model("resnet18", tmp_path / "resnet18.pth").note == ""
