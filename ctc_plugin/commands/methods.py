@@ -66,6 +66,8 @@ class Request:
         perturbations_per_eval: Copies per forward pass of CTC, FeatureAblation and Lime.
         show_progress: Show the methods' progress bars.
         explainer: The trained Explainer of ``explainer`` (``--explainer``, or a zoo model's).
+        trial: A trial run of `try_methods`: what the methods warn of in their results is
+            left unsaid (its two halves and four Lime samples are no real explanation).
     """
 
     model: nn.Module
@@ -77,6 +79,7 @@ class Request:
     perturbations_per_eval: int = 16
     show_progress: bool = True
     explainer: nn.Module | None = None
+    trial: bool = False
 
     @classmethod
     def with_options_of(
@@ -241,6 +244,17 @@ def _lime(request: Request) -> tuple[str, Tensor]:
             perturbations_per_eval=request.perturbations_per_eval,
             show_progress=request.show_progress,
         )
+    if not request.trial and not bool(attributions.any()):
+        import warnings
+
+        warnings.warn(
+            "lime: every segment's score is 0: Captum's Lime fits a Lasso (alpha 0.01) to the "
+            "model's scores on the perturbed images, and it kept no segment (the score moved "
+            "too little between them); these scores say nothing of the image: use ctc or "
+            "feature-ablation",
+            UserWarning,
+            stacklevel=2,
+        )
     return f"Lime ({counted(request.lime_samples, 'sample')})", attributions[:, :1]
 
 
@@ -362,6 +376,7 @@ def try_methods(
         feature_mask=halves.expand(1, 1, height, width),
         lime_samples=min(request.lime_samples, 4),
         show_progress=False,
+        trial=True,
     )
     with torch.random.fork_rng(devices=[]):
         for name in names:

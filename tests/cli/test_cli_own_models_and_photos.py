@@ -388,3 +388,42 @@ def test_the_advice_for_a_method_of_one_pass_does_not_name_the_segments(method: 
     advice = memory_advice(method, request)
     assert "--resize" in advice, advice
     assert "--segments" not in advice, advice
+
+
+class Constant(Net):
+    """``Net`` whose scores hardly depend on the image: Lime's Lasso keeps no segment."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, 3) that move by about 1e-4 with the image."""
+        return super().forward(x) * 1e-4 + torch.tensor([1.0, 0.0, 0.0])
+
+
+def constant_model() -> nn.Module:
+    """A model whose scores hardly move."""
+    return Constant()
+
+
+class Loud(Net):
+    """``Net`` whose scores move by whole units with the image: Lime keeps segments."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, 3), a thousand times ``Net``'s."""
+        return super().forward(x) * 1000
+
+
+def loud_model() -> nn.Module:
+    """A model whose scores move by whole units."""
+    return Loud()
+
+
+def test_lime_scores_all_zero_get_a_warning_saying_what_they_mean(photo, capsys):
+    """All-zero Lime scores were drawn and ranked as if they said something."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(_explain(photo, "constant_model", "--method", "lime", "ctc")) == 0
+    said = [str(w.message) for w in caught if "every segment's score is 0" in str(w.message)]
+    assert len(said) == 1, said  # the image's run, not the trial of the methods before it
+    assert said[0].startswith("lime: every segment's score is 0") and "use ctc or" in said[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert main(_explain(photo, "loud_model", "--method", "lime")) == 0
