@@ -604,6 +604,16 @@ def _sample_path(split: str, kind: str) -> Path:
     return sample_path(split, kind)
 
 
+def _is_zoo_model(name: str) -> bool:
+    """Whether ``--model`` names a zoo model (``resnet``, ``resnet-composite``).
+
+    The bundled sample is of such a model's own synthetic images.
+    """
+    from ctc_plugin.zoo.settings import FAMILIES
+
+    return name.split("-", 1)[0] in FAMILIES
+
+
 def run_explain(args: argparse.Namespace) -> int:
     """Entry point of ``ctc-plugin explain``."""
     if args.model is None:
@@ -616,6 +626,12 @@ def run_explain(args: argparse.Namespace) -> int:
                 f"shapes ({', '.join(SPLITS['shapes'])}) explains these images; give --model "
                 "for your classifier (ctc-plugin explain --help)"
             )
+    elif not args.images and not _is_zoo_model(args.model):
+        print(
+            f"note: no IMAGE given: {args.model} explains the bundled synthetic sample; give "
+            "the paths of your images before the options (ctc-plugin explain IMAGE ... --model "
+            f"{args.model} ...)"
+        )
     with torch_threads(args.threads):
         return explain(args)
 

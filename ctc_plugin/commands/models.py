@@ -563,6 +563,12 @@ def _weights_errors(spec: str, weights: Path) -> Iterator[None]:
         raise CLIError(f"--model {spec} --weights {weights}: {error}") from error
 
 
+def is_callable_spec(name: str) -> bool:
+    """Whether ``--model`` names ``module:callable`` (not ``timm:``/``hf:`` or a model name)."""
+    prefix, colon, _ = name.partition(":")
+    return bool(colon) and prefix not in PREFIXED_SOURCES
+
+
 def load_model(name: str, weights: Path | None) -> LoadedModel:
     """Resolve ``--model`` / ``--weights``.
 
@@ -578,7 +584,7 @@ def load_model(name: str, weights: Path | None) -> LoadedModel:
     prefix, colon, rest = name.partition(":")
     if colon and prefix in PREFIXED_SOURCES:  # before module:callable: timm:, hf: are ours
         return PREFIXED_SOURCES[prefix](name, rest, weights)
-    if colon:
+    if is_callable_spec(name):
         return _callable_model(name, weights)
     if name.partition("-")[0] in FAMILIES:
         return _zoo_model(name, weights)

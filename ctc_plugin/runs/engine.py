@@ -382,6 +382,33 @@ def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
         )
 
 
+def _warn_of_drawn_weights(config: RunConfig, model: Any) -> None:
+    """Warn where ``--model module:callable`` without weights gives other weights each call.
+
+    A resumed run calls it again, and its shards would then be of another model (code is not
+    part of the run's configuration). It is called once more here and the weights compared.
+    """
+    import torch
+
+    from ctc_plugin.commands.models import is_callable_spec, load_model
+
+    if config.weights is not None or not is_callable_spec(config.model):
+        return
+    again = load_model(config.model, None).network.state_dict()
+    first = model.state_dict()
+    same = first.keys() == again.keys() and all(
+        torch.equal(first[key].cpu(), again[key].cpu()) for key in first
+    )
+    if not same:
+        warnings.warn(
+            f"--model {config.model} gives other weights each time it is called, and a resumed "
+            "run calls it again: its shards would be of another model; load or seed the weights "
+            "in the callable, or give --weights",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def explain_dataset(
     source: str | os.PathLike[str],
     methods: str | list[str] | tuple[str, ...],
@@ -532,6 +559,8 @@ def explain_dataset(
     try:
         check_start(job, out)  # another run in out is named first
         runner = checked_runner(job, ray)  # before the run folder is set up
+        if runner is not None:
+            _warn_of_drawn_weights(config, runner.loaded.network)
         result = run_job(
             job, out, show_progress=show_progress, ray=ray,
             ray_workers=ray_workers, runner=None if ray else runner,

@@ -392,3 +392,14 @@ def test_a_folder_of_class_folders_given_as_an_image_points_to_explain_dataset(t
     assert main(["explain", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "is a folder, not a file" in error and "explain-dataset" in error, error
+
+
+def test_your_model_without_images_says_it_explains_the_bundled_sample(tmp_path, capsys):
+    """Forgetting IMAGE explained the synthetic sample with your ImageNet model, unsaid."""
+    quick = ["--method", "gradcam", "--segmenter", "grid", "--segments", "4", "--no-progress"]
+    model = ["--model", "tests.cli.test_explain_cli:tiny_model"]
+    assert main(["explain", *model, *quick, "--out", str(tmp_path / "f.png")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("note: no IMAGE given: tests.cli.test_explain_cli:tiny_model explains")
+    assert main(["explain", "--model", "resnet", *quick, "--out", str(tmp_path / "g.png")]) == 0
+    assert "no IMAGE given" not in capsys.readouterr().out  # a zoo model: its own sample

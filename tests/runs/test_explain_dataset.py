@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -338,3 +339,29 @@ def test_files_of_other_names_are_named_in_a_note_and_jfif_is_an_image(tmp_path)
             folder, ["integrative-cam"], tmp_path / "run", targets=["predicted"],
             show_progress=False,
         )  # fmt: skip
+
+
+def drawn_model() -> torch.nn.Module:
+    """A ``--model`` callable whose weights are drawn anew at each call (no seed)."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("drawn", [True, False])
+def test_a_callable_that_draws_its_weights_anew_is_warned_of(tmp_path, drawn):
+    """A resume calls it again: shards of two models in one run, unsaid (a seeded one is fine)."""
+    folder = tmp_path / "images"
+    _write_images(folder, 1, classes=False)
+    model = "tests.runs.test_explain_dataset:drawn_model" if drawn else (
+        "tests.cli.test_explain_cli:tiny_model"
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explain_dataset(
+            folder, ["gradcam"], tmp_path / "run", model=model, resize=32, crop=32,
+            show_progress=False,
+        )  # fmt: skip
+    said = [str(w.message) for w in caught if "gives other weights each time" in str(w.message)]
+    assert len(said) == int(drawn), said
