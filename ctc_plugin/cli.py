@@ -184,7 +184,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
                 parser.prog, f"choose a COMMAND ({commands}); `ctc-plugin --help` describes them"
             )
         if extra:
-            raise UsageError(args.prog, f"unrecognized arguments: {' '.join(extra)}")
+            raise UsageError(args.prog, f"unrecognized arguments: {' '.join(extra)}" + _hint(extra))
         status = int(args.func(args) or 0)
         sys.stdout.flush()  # here, not at exit: a closed pipe is seen below
         return status
@@ -201,6 +201,19 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         return _report(args.prog, os_error_text(error) + kept)
     except KeyboardInterrupt:
         return _interrupted(args)
+
+
+def _hint(extra: Sequence[str]) -> str:
+    """What to do about arguments left over that name images: give them first."""
+    from ctc_plugin.image_files import is_image_file
+
+    images = [word for word in extra if is_image_file(word) or os.path.isdir(word)]
+    if not images:
+        return ""
+    return (
+        f"; {', '.join(map(repr, images))} looks like images: give them before the options "
+        "(an option that takes several values takes every word after it)"
+    )
 
 
 def _report(prog: str, error: Exception) -> int:

@@ -63,6 +63,7 @@ def _zoo_model(name: str, weights: Path | None) -> LoadedModel:
     if split not in SPLITS:
         raise CLIError(
             f"--model {name!r}: unknown split {split!r}; use {family} or {family}-composite"
+            + _did_you_mean(name)
         )
     try:
         model = zoo.load(family, split, weights=weights)
@@ -563,6 +564,22 @@ def _weights_errors(spec: str, weights: Path) -> Iterator[None]:
         raise CLIError(f"--model {spec} --weights {weights}: {error}") from error
 
 
+def _did_you_mean(name: str) -> str:
+    """``" (did you mean 'resnet18'?)"`` for a name close to a zoo or torchvision model name."""
+    import difflib
+
+    import torchvision.models
+
+    from ctc_plugin.zoo.settings import FAMILIES
+
+    names = [*FAMILIES, *torchvision.models.list_models(module=torchvision.models)]
+    plain = {known.replace("_", "").lower(): known for known in names}
+    spelled = name.replace("-", "").replace("_", "").lower()
+    close = [plain[spelled]] if spelled in plain else []
+    close = close or difflib.get_close_matches(name.lower(), names, n=2, cutoff=0.75)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+
+
 def is_callable_spec(name: str) -> bool:
     """Whether ``--model`` names ``module:callable`` (not ``timm:``/``hf:`` or a model name)."""
     prefix, colon, _ = name.partition(":")
@@ -590,8 +607,15 @@ def load_model(name: str, weights: Path | None) -> LoadedModel:
         return _zoo_model(name, weights)
     if name in torchvision.models.list_models(module=torchvision.models):
         return _torchvision_model(name, weights)
+    if Path(name).is_file():
+        raise CLIError(
+            f"--model {name!r} is a file: name the architecture with --model and give the "
+            f"file with --weights (e.g. --model resnet18 --weights {name}), or build the model "
+            "in --model module:callable"
+        )
     raise CLIError(
-        f"--model: unknown model {name!r}; use a zoo family ({', '.join(FAMILIES)}), "
+        f"--model: unknown model {name!r}{_did_you_mean(name)}; use a zoo family "
+        f"({', '.join(FAMILIES)}), "
         "a torchvision architecture with --weights PATH, timm:NAME with --weights PATH, "
         "hf:FOLDER, or module:callable"
     )

@@ -278,3 +278,40 @@ def test_a_closed_stdout_ends_the_command_with_status_141_and_no_message(
     monkeypatch.setattr(sys, "stdout", _ClosedPipe())
     assert main([*QUICK, "--out", str(tmp_path / "f.png")]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_an_image_after_the_options_gets_a_hint(tmp_path, capsys):
+    """``explain a.png --model M b.png``: a bare "unrecognized arguments: b.png" before."""
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    for path in (first, second):
+        Image.new("RGB", (8, 8)).save(path)
+    error = _error(capsys, ["explain", str(first), "--model", TINY, str(second), "--no-progress"])
+    assert f"unrecognized arguments: {second}; '{second}' looks like images: give them" in error
+    error = _error(capsys, ["explain", "--model", TINY, "--no-progress", "--verbose"])
+    assert "unrecognized arguments: --verbose" in error and "looks like images" not in error
+
+
+@pytest.mark.parametrize(
+    ("model", "said"),
+    [
+        ("ResNet18", "unknown model 'ResNet18' (did you mean 'resnet18'?)"),
+        (
+            "resnet-18",
+            "unknown split '18'; use resnet or resnet-composite (did you mean 'resnet18'?)",
+        ),
+        ("vgg16-bn", "(did you mean 'vgg16_bn'?)"),
+    ],
+)
+def test_a_mistyped_model_name_gets_the_name_meant(tmp_path, capsys, model, said):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"unread")
+    error = _error(capsys, ["explain", "--model", model, "--weights", str(weights)])
+    assert said in error
+
+
+def test_a_weights_file_given_as_the_model_is_told_to_use_weights(tmp_path, capsys):
+    weights = tmp_path / "resnet18_5.pth"
+    weights.write_bytes(b"unread")
+    error = _error(capsys, ["explain", "--model", str(weights)])
+    assert f"--model '{weights}' is a file: name the architecture with --model" in error
+    assert f"--weights {weights}" in error
