@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_formulas_prints_three_finite_differences(capsys, monkeypatch):
     from ctc_plugin.ctc import native
 

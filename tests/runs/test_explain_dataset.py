@@ -1,7 +1,8 @@
 """``explain-dataset`` / ``ctc_plugin.runs.explain_dataset``: whole data sets, resumable.
 
 One run over 16 shapes images (module fixture) is the reference: it must equal per-image calls
-of the methods, and a run killed twice with SIGKILL and resumed must equal it bit for bit.
+of the methods, and a run killed twice with SIGKILL and resumed must equal it bit for bit (slow
+tier; in the fast tier a run with shards removed resumes to the same table).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ def _kill_after_first_new_shard(out: Path) -> None:
     assert _shard_files(out) < 8, "the run finished before the kill"
 
 
+@pytest.mark.slow
 def test_killed_twice_and_resumed_equals_an_uninterrupted_run(tmp_path, reference, capsys):
     out = tmp_path / "run"
     _kill_after_first_new_shard(out)
