@@ -483,10 +483,10 @@ class _ProbeTrace(TorchFunctionMode):
     are attention's rather than feature maps. Attention is what
     `ctc_plugin.cam.layers.computes_attention` sees, and also a softmax over the last
     dimension of scores a product made (``q @ k^T``), whatever their shape (class attention's
-    one query, keys fewer than queries). Its tensors are those given to it or made by it
-    (queries and keys, followed back through views and scalings to the modules that returned
-    them through views of as many dimensions and scalings; the probabilities), and any
-    four-dimensional tensor but a convolution's output whose third dimension is a token count
+    one query, keys fewer than queries). Its tensors are those given to it or made by it (the
+    queries and keys, followed back through views of as many dimensions and through scalings to
+    the modules that returned them; the probabilities), and any four-dimensional tensor but a
+    convolution's output whose third dimension is a token count
     that attention ran over: (N, heads, T, d) queries, keys and values, also after a rotary
     embedding, and (N, heads, T, T) probabilities, also mixed with others (ConViT). (N, T, T, x)
     pair-wise tensors of the tokens (ConViT's relative positions) are too. A feature map that is
