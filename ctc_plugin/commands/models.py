@@ -89,8 +89,17 @@ def _torchvision_model(name: str, weights: Path | None) -> LoadedModel:
 
     weights = _needed_weights(name, weights, "a torchvision architecture")
     network = zoo.load_torchvision(name, weights)  # GoogLeNet and Inception as for weights
-    described = get_model_weights(name).DEFAULT  # metadata only: no download
+    size = getattr(network, "image_size", None)  # a ViT's own input size
+    described = _weights_of_size(get_model_weights(name), size)
+    preprocessing = ImagePreprocessing.from_weights(described)
     note = ""
+    if size is not None and preprocessing.crop != size:  # no published weights of that size
+        preprocessing = preprocessing.replace(resize=size, crop=size)
+        note = (
+            f"{name} takes {size}x{size} images (its weights' position embedding): resized and "
+            f"cropped to {size} with the normalisation of {type(described).__name__}."
+            f"{described.name}; give --resize and --crop to read them otherwise"
+        )
     if getattr(network, "transform_input", False):
         note = (
             f"{name} is built with transform_input=True, as torchvision's published weights and "
@@ -101,11 +110,25 @@ def _torchvision_model(name: str, weights: Path | None) -> LoadedModel:
     return LoadedModel(
         network,
         name,
-        ImagePreprocessing.from_weights(described),
+        preprocessing,
         list(described.meta.get("categories") or []) or None,
         source=f"torchvision {type(described).__name__}.{described.name}",
         note=note,
     )
+
+
+def _weights_of_size(enum: Any, size: int | None) -> Any:
+    """The member of a torchvision weights ``enum`` whose images are ``size`` pixels wide.
+
+    A ViT fine-tuned at 384 pixels (as SWAG's end-to-end weights are) takes their resize, crop
+    and normalisation; the default member for any other model (metadata only: no download).
+    """
+    if size is None:
+        return enum.DEFAULT
+    for member in enum:
+        if member.transforms().crop_size == [size]:
+            return member
+    return enum.DEFAULT
 
 
 def _callable_model(spec: str, weights: Path | None) -> LoadedModel:

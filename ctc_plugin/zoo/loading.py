@@ -201,12 +201,33 @@ def load_torchvision(arch: str, weights_path: str | Path, **kwargs: Any) -> nn.M
         heads = _AUXILIARY_HEADS[arch]  # at the top, or under a wrapper's prefix (module.)
         holds = any(part in heads for key in state for part in key.split(".")[:3])
         kwargs = {"transform_input": True, "init_weights": False, "aux_logits": holds, **kwargs}
+    if arch.startswith("vit_") and "image_size" not in kwargs:
+        size = _vit_image_size(state)
+        if size is not None:  # a ViT fine-tuned at another size (384, as SWAG's weights are)
+            kwargs = {"image_size": size, **kwargs}
     model = torchvision.models.get_model(arch, weights=None, **kwargs)
     state = unwrapped_state(model, state)
     classes = None if "num_classes" in kwargs else head_classes(model, state)
     if classes is not None:
         model = torchvision.models.get_model(arch, weights=None, num_classes=classes, **kwargs)
     return load_state_into(model, state, path)
+
+
+def _vit_image_size(state: dict[str, Any]) -> int | None:
+    """The image side a torchvision ViT's state dict was made for, from its position embedding.
+
+    ``None`` where the keys are not there or the token count is no square plus a class token.
+    """
+    import math
+
+    position = next((v for k, v in state.items() if k.endswith("encoder.pos_embedding")), None)
+    patches = next((v for k, v in state.items() if k.endswith("conv_proj.weight")), None)
+    if position is None or patches is None or position.dim() != 3 or patches.dim() != 4:
+        return None
+    side = math.isqrt(int(position.shape[1]) - 1)
+    if side * side != int(position.shape[1]) - 1:
+        return None
+    return side * int(patches.shape[-1])
 
 
 #: The auxiliary classifiers of the torchvision architectures that have them.

@@ -323,3 +323,41 @@ def test_the_command_says_how_googlenet_is_built_and_how_to_build_it_otherwise(t
     resnet = torchvision.models.resnet18(weights=None, num_classes=3)
     torch.save(resnet.state_dict(), tmp_path / "resnet18.pth")
     assert load_model("resnet18", tmp_path / "resnet18.pth").note == ""
+
+
+def test_a_vits_image_size_is_read_from_its_position_embedding():
+    """A ViT fine-tuned at 384 pixels could not be loaded as ``vit_b_16`` (224 built)."""
+    from torchvision.models import ViT_B_16_Weights
+
+    from ctc_plugin.commands.models import _weights_of_size
+    from ctc_plugin.zoo.loading import _vit_image_size
+
+    state = {
+        "module.encoder.pos_embedding": torch.zeros(1, 1 + 24 * 24, 8),
+        "module.conv_proj.weight": torch.zeros(8, 3, 16, 16),
+    }
+    assert _vit_image_size(state) == 384
+    assert _vit_image_size({"encoder.pos_embedding": torch.zeros(1, 7, 8), **state}) is None
+    assert _vit_image_size({"conv_proj.weight": torch.zeros(8, 3, 16, 16)}) is None
+    assert _weights_of_size(ViT_B_16_Weights, 384) is ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1
+    assert _weights_of_size(ViT_B_16_Weights, None) is ViT_B_16_Weights.DEFAULT
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [384, 320])
+def test_a_vit_fine_tuned_at_another_size_loads_with_its_preprocessing(tmp_path, size):
+    """384: SWAG's resize, crop and normalisation; 320 (no published weights): its own size."""
+    import torchvision
+
+    from ctc_plugin.commands.models import load_model
+
+    torch.manual_seed(0)
+    tuned = torchvision.models.vit_b_16(image_size=size, num_classes=4).eval()
+    path = tmp_path / "vit.pth"
+    torch.save(tuned.state_dict(), path)
+    loaded = load_model("vit_b_16", path)
+    assert loaded.network.image_size == size and loaded.preprocessing.crop == size
+    assert ("SWAG" in loaded.source) == (size == 384) and bool(loaded.note) == (size != 384)
+    x = torch.rand(1, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.network(x), tuned(x))
