@@ -419,11 +419,17 @@ def _print_report(
     print(
         f"{item.path}: {original[1]}x{original[0]} -> {width}x{height} ({preprocessing.describe()})"
     )
-    print(
-        f"model {loaded.name}: predicted {_label(loaded, predicted)} "
-        f"p={probability:.3f}; explaining target {_label(loaded, item.target)} "
-        f"(logit {item.logits[item.target]:.3f})"
-    )
+    if item.logits.numel() == 1:  # a binary classifier's one logit: no class is "predicted"
+        print(
+            f"model {loaded.name}: one output, logit {float(item.logits.reshape(())):.3f}, "
+            f"sigmoid p={probability:.3f}; explaining it"
+        )
+    else:
+        print(
+            f"model {loaded.name}: predicted {_label(loaded, predicted)} "
+            f"p={probability:.3f}; explaining target {_label(loaded, item.target)} "
+            f"(logit {item.logits[item.target]:.3f})"
+        )
     mask = item.feature_mask[0, 0]
     evidence = item.evidence
     for result in item.results:

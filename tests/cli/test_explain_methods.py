@@ -286,6 +286,8 @@ def test_a_single_logit_model_reports_the_sigmoid_not_a_softmax_of_one(tmp_path,
     logit = saved["target"]["logit"]
     assert saved["predicted"]["probability"] == pytest.approx(1 / (1 + math.exp(-logit)))
     assert f"p={1 / (1 + math.exp(-logit)):.3f}" in text and "p=1.000" not in text
+    # "predicted 0" was printed whatever p said: the one output is no class to predict
+    assert f"one output, logit {logit:.3f}, sigmoid p=" in text and "predicted 0" not in text
 
 
 def test_a_photo_explained_without_model_says_which_model_explains_it(tmp_path, capsys):
