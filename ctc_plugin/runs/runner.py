@@ -19,6 +19,7 @@ from ctc_plugin.runs.imagenet import imagenet_classes
 from ctc_plugin.runs.plan import RunConfig
 from ctc_plugin.runs.results import IMAGE_SHA256_KEY, image_sha256, table_schema
 from ctc_plugin.runs.sources import ImageRef, Source
+from ctc_plugin.wording import counted
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -346,7 +347,8 @@ class ShardRunner:
                     first.setdefault(ref.label, ref.name)
             folders, names = self.source.classes or (), self.loaded.classes or ()
             imagenet = None
-            if not (names and set(folders) <= set(names)):  # the model's own names first
+            lower = {name.lower() for name in names}
+            if not (names and {folder.lower() for folder in folders} <= lower):  # its own first
                 try:
                     imagenet = imagenet_classes(folders, count)
                 except ValueError as error:
@@ -368,17 +370,25 @@ class ShardRunner:
         classes = self.source.classes
         name = classes[label] if classes is not None else str(label)
         if classes is not None and self.loaded.classes:
-            if name not in self.loaded.classes:
-                raise CLIError(
-                    f"--targets label: {image} is in class {name!r}, which the model does not "
-                    f"know ({', '.join(self.loaded.classes[:10])}); name the class folders "
-                    "after the model's classes, or use predicted"
-                )
-            return self.loaded.classes.index(name)
+            known = self.loaded.classes
+            if name in known:
+                return known.index(name)
+            same = [
+                index
+                for index, known_name in enumerate(known)
+                if known_name.lower() == name.lower()
+            ]
+            if len(same) == 1:  # as --target matches a class name: in any case
+                return same[0]
+            raise CLIError(
+                f"--targets label: {image} is in class {name!r}, which the model does not "
+                f"know ({', '.join(known[:10])}); name the class folders "
+                "after the model's classes, or use predicted"
+            )
         if label >= count:
             raise CLIError(
                 f"--targets label: {image} has label {label} (class {name!r}) and the model "
-                f"only {count} classes; use predicted or a class index"
+                f"has only {counted(count, 'class', 'classes')}; use predicted or a class index"
             )
         return label
 

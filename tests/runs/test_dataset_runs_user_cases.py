@@ -27,7 +27,7 @@ from PIL import Image
 
 from ctc_plugin.cli import main
 from ctc_plugin.resumable import RunStore, run_job
-from ctc_plugin.runs import Shard
+from ctc_plugin.runs import Shard, read_results
 from tests.runs.test_run_identity import _image
 
 #: A fast run: the tiny ``module:callable`` model (3 classes), a 2 x 2 grid, one image a shard.
@@ -55,7 +55,11 @@ def _one_error_line(capsys) -> str:
         # the zoo model knows circle and cross, not zebra (sorted last: its images come last)
         (("circle", "cross", "zebra"), [], "zebra/x.png is in class 'zebra', which the model"),
         # the tiny model has 3 classes: a fourth class folder has no class to explain
-        (("a", "b", "c", "d"), TINY, "d/x.png has label 3 (class 'd') and the model only 3"),
+        (
+            ("a", "b", "c", "d"),
+            TINY,
+            "d/x.png has label 3 (class 'd') and the model has only 3 classes",
+        ),
     ],
     ids=["class-name", "class-index"],
 )
@@ -382,3 +386,16 @@ def test_a_device_this_machine_lacks_is_named_before_another_runs_options(tmp_pa
     assert main([*_explain(folder, out, *TINY), "--device", "cuda"]) == 2
     error = _one_error_line(capsys)
     assert "argument --device: cuda is not available on this machine; use cpu" in error, error
+
+
+def test_class_folders_match_the_models_class_names_in_any_case(tmp_path, capsys):
+    """``Circle/`` was refused for the zoo model's ``circle``, though ``--target Circle`` is
+    taken in any case."""
+    for name in ("Circle", "CROSS"):
+        _image(tmp_path / "photos" / name / "x.png", 12, 12)
+    out = tmp_path / "run"
+    assert main(_explain(tmp_path / "photos", out, "--targets", "label")) == 0
+    capsys.readouterr()
+    rows = read_results(out).to_pylist()
+    targets = {row["name"].split("/")[0]: row["target"] for row in rows}
+    assert targets == {"Circle": 0, "CROSS": 4}  # the zoo model's circle and cross
