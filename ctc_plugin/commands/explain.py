@@ -54,6 +54,7 @@ from ctc_plugin.commands.model_checks import (
     fit_class_names,
     is_own_size,
     model_logits,
+    output_function,
     run_in_float32,
     target_class,
 )
@@ -258,6 +259,17 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
         for path, image in zip(paths, images)
     ]
     check_explainer_size(explainer, explained)
+    args.probabilities = output_function(model, explained[0].image.pixels.to(device)) in (
+        "sigmoid",
+        "sigmoid_",
+    )
+    if args.probabilities:  # a multi-label head: its outputs are no logits
+        print(
+            f"note: --model {args.model} ends in a sigmoid: its outputs are probabilities of "
+            "independent classes, not logits; the methods explain them as given (CTC's "
+            "proportional scores add up to them), and the report gives each class's own "
+            "probability"
+        )
     # a method that cannot explain the model stops before anything is segmented or explained
     trial = _request(model, explained[0], args, explainer, device)
     try_methods(args.methods, trial, args.model, "--method")
@@ -270,7 +282,7 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
         item.results = [
             run_for_command(name, request, args.model, "--method") for name in args.methods
         ]
-        _print_report(loaded, preprocessing, item, args.top)
+        _print_report(loaded, preprocessing, item, args.top, args.probabilities)
     with _writing("--out", args.out):
         _write_figure(explained, loaded, args)
     print(f"figure written to {args.out}")
@@ -399,27 +411,40 @@ def _label(loaded: LoadedModel, index: int) -> str:
     return f"{index} ({loaded.classes[index]})" if loaded.classes else str(index)
 
 
-def prediction(logits: torch.Tensor) -> tuple[int, float]:
+def prediction(logits: torch.Tensor, probabilities: bool = False) -> tuple[int, float]:
     """The predicted class and its probability.
 
     The softmax over the classes, or the sigmoid of a model with one output (a binary
-    classifier's logit, whose softmax would always be 1).
+    classifier's logit, whose softmax would always be 1); for a model whose outputs are
+    ``probabilities`` already (it ends in a sigmoid), the highest and its own value.
     """
+    if probabilities:
+        return int(logits.argmax()), float(logits.float().max())
     if logits.numel() == 1:
         return 0, float(logits.float().sigmoid().reshape(()))
     return int(logits.argmax()), float(logits.float().softmax(0).max())
 
 
 def _print_report(
-    loaded: LoadedModel, preprocessing: ImagePreprocessing, item: Explained, top: int
+    loaded: LoadedModel,
+    preprocessing: ImagePreprocessing,
+    item: Explained,
+    top: int,
+    probabilities: bool = False,
 ) -> None:
-    predicted, probability = prediction(item.logits)
+    predicted, probability = prediction(item.logits, probabilities)
     height, width = item.image.size
     original = item.image.original_size or item.image.size
     print(
         f"{item.path}: {original[1]}x{original[0]} -> {width}x{height} ({preprocessing.describe()})"
     )
-    if item.logits.numel() == 1:  # a binary classifier's one logit: no class is "predicted"
+    if probabilities:  # a sigmoid's outputs: no logits, no softmax over them
+        print(
+            f"model {loaded.name}: highest {_label(loaded, predicted)} p={probability:.3f}; "
+            f"explaining target {_label(loaded, item.target)} "
+            f"(p={float(item.logits[item.target]):.3f})"
+        )
+    elif item.logits.numel() == 1:  # a binary classifier's one logit: no class is "predicted"
         print(
             f"model {loaded.name}: one output, logit {float(item.logits.reshape(())):.3f}, "
             f"sigmoid p={probability:.3f}; explaining it"
@@ -554,7 +579,7 @@ def save_results(
                     for rank, k in enumerate(order, start=1)
                 ],
             }
-        predicted, probability = prediction(item.logits)
+        predicted, probability = prediction(item.logits, getattr(args, "probabilities", False))
         images.append(
             {
                 "key": key,

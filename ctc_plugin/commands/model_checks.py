@@ -310,3 +310,29 @@ __all__ = [
     "size_advice",
     "target_class",
 ]
+
+
+def output_function(model: nn.Module, pixels: torch.Tensor) -> str | None:
+    """The name of the torch function whose result the model returns (``"sigmoid"``, ...).
+
+    ``None`` where the output is no torch function's result as it is (a tuple, an attribute of
+    an output object).
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class _Last(TorchFunctionMode):
+        last: tuple[object, str] | None = None
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+            result = func(*args, **(kwargs or {}))
+            if isinstance(result, torch.Tensor):
+                self.last = (result, getattr(func, "__name__", ""))
+            return result
+
+    trace = _Last()
+    with torch.no_grad(), trace:
+        output = model(pixels)
+    if trace.last is None or trace.last[0] is not output:
+        return None
+    return trace.last[1]

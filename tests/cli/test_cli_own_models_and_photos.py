@@ -8,6 +8,7 @@ module:callable``.
 from __future__ import annotations
 
 import errno
+import json
 import warnings
 
 import numpy as np
@@ -427,3 +428,35 @@ def test_lime_scores_all_zero_get_a_warning_saying_what_they_mean(photo, capsys)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         assert main(_explain(photo, "loud_model", "--method", "lime")) == 0
+
+
+class Sigmoid(Net):
+    """``Net`` with a multi-label head: its outputs are sigmoids."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, 3) of independent classes."""
+        return super().forward(x).sigmoid()
+
+
+def sigmoid_model() -> nn.Module:
+    """A model that ends in a sigmoid."""
+    return Sigmoid()
+
+
+def test_a_model_ending_in_a_sigmoid_is_reported_with_probabilities(photo, capsys):
+    """Its outputs were printed as "logit", and "p" was a softmax over sigmoids."""
+    save = photo.parent / "run.npz"
+    argv = _explain(photo, "sigmoid_model", "--method", "ctc", "gradcam", "--save", str(save))
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"note: --model {HERE}:sigmoid_model ends in a sigmoid" in out
+    data = np.load(save)
+    outputs = data["image0/logits"]
+    target = int(data["image0/target"])
+    assert f"highest {int(outputs.argmax())} p={outputs.max():.3f}; explaining target" in out
+    assert f"(p={outputs[target]:.3f})" in out
+    assert "(logit " not in out
+    saved = json.loads(save.with_suffix(".json").read_text())["images"][0]
+    assert saved["predicted"]["probability"] == pytest.approx(float(outputs.max()))
+    assert main(_explain(photo, "net_model", "--method", "gradcam")) == 0
+    assert "ends in a sigmoid" not in capsys.readouterr().out
