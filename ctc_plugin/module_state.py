@@ -13,11 +13,14 @@ Two questions about a model's parameters and buffers, asked by several parts of 
 
 And one thing a call must leave as it found it: [`modes_kept`][ctc_plugin.module_state.modes_kept]
 puts every submodule's training flag back (a model fine-tuned with its BatchNorms frozen in eval
-mode stays so after code that calls ``model.eval()`` and ``model.train()``).
+mode stays so after code that calls ``model.eval()`` and ``model.train()``). A probe that runs a
+model under a torch function mode runs its compiled code eagerly
+([`compiled_code_eager`][ctc_plugin.module_state.compiled_code_eager]).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from collections.abc import Iterator
@@ -30,6 +33,7 @@ from torch import Tensor, nn
 __all__ = [
     "DigestMemo",
     "WeightsWatch",
+    "compiled_code_eager",
     "modes_kept",
     "state_digest",
     "state_dtypes",
@@ -50,6 +54,17 @@ def modes_kept(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, mode in modes:
             module.training = mode
+
+
+def compiled_code_eager() -> Any:
+    """A context in which ``torch.compile``'d code runs eagerly, where this torch can say so.
+
+    A model probed under a torch function mode would otherwise have dynamo trace the mode
+    (``fullgraph=True`` code fails there); ``torch.compiler.set_stance("force_eager")``, torch
+    2.6 and later, and a context that does nothing before.
+    """
+    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 def unwrapped(module: nn.Module) -> nn.Module:

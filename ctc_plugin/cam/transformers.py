@@ -20,12 +20,10 @@ cannot be found soundly (a Hiera block outside its Hiera) are named with the rea
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +62,7 @@ from ctc_plugin.cam.reshapes import (
     tokens_to_grid,
     with_reshape_transform,
 )
-from ctc_plugin.module_state import modes_kept
+from ctc_plugin.module_state import compiled_code_eager, modes_kept
 from ctc_plugin.wording import counted
 
 
@@ -623,7 +621,7 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
     try:
-        with _eager(), trace:
+        with compiled_code_eager(), trace:
             _probe(model, example, handles)
         maps = [(m, output.shape) for m, output in finished if not trace.of_attention(output)]
         shapes = {id(m): tuple(shape) for m, shape in maps}
@@ -659,12 +657,6 @@ def _patch_embedding_only(
         "the blocks), or give pytorch-grad-cam the layer yourself: target_layers=[the last "
         "block's first norm], reshape_transform=ctc_plugin.cam.tokens_to_grid"
     )
-
-
-def _eager() -> Any:
-    """A context in which compiled code runs eagerly, where this torch can say so."""
-    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
-    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 __all__ = [

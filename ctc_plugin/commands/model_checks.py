@@ -316,10 +316,13 @@ def output_function(model: nn.Module, pixels: torch.Tensor) -> str | None:
     """The name of the torch function whose result the model returns (``"sigmoid"``, ...).
 
     ``None`` where the output is no torch function's result as it is (a tuple, an attribute of
-    an output object).
+    an output object), or where the model cannot run under a torch function mode (compiled
+    code that this torch cannot run eagerly): the name only words the report.
     """
     import torch
     from torch.overrides import TorchFunctionMode
+
+    from ctc_plugin.module_state import compiled_code_eager
 
     class _Last(TorchFunctionMode):
         last: tuple[object, str] | None = None
@@ -331,8 +334,11 @@ def output_function(model: nn.Module, pixels: torch.Tensor) -> str | None:
             return result
 
     trace = _Last()
-    with torch.no_grad(), trace:
-        output = model(pixels)
+    try:
+        with torch.no_grad(), compiled_code_eager(), trace:
+            output = model(pixels)
+    except Exception:  # noqa: BLE001 - the model ran before this: nothing to report here
+        return None
     if trace.last is None or trace.last[0] is not output:
         return None
     return trace.last[1]

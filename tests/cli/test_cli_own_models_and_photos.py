@@ -460,3 +460,26 @@ def test_a_model_ending_in_a_sigmoid_is_reported_with_probabilities(photo, capsy
     assert saved["predicted"]["probability"] == pytest.approx(float(outputs.max()))
     assert main(_explain(photo, "net_model", "--method", "gradcam")) == 0
     assert "ends in a sigmoid" not in capsys.readouterr().out
+
+
+def test_the_output_function_is_read_also_through_compiled_code():
+    """The report's probe runs compiled code eagerly; where it cannot run, it says nothing."""
+    from ctc_plugin.commands.model_checks import output_function
+
+    x = torch.rand(1, 3, 8, 8)
+    assert output_function(Sigmoid().eval(), x) == "sigmoid"
+    assert output_function(Net().eval(), x) == "linear"
+    if hasattr(torch.compiler, "set_stance"):
+        model = Sigmoid().eval()
+        model.conv = torch.compile(model.conv, fullgraph=True, backend="eager")
+        with torch.no_grad():
+            model(x)  # compiled before the probe
+        assert output_function(model, x) == "sigmoid"
+
+    class Fails(Net):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if torch._C._is_torch_function_mode_enabled():
+                raise RuntimeError("no torch function mode here")
+            return super().forward(x)
+
+    assert output_function(Fails().eval(), x) is None
