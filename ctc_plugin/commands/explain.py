@@ -58,7 +58,7 @@ from ctc_plugin.commands.model_checks import (
     run_in_float32,
     target_class,
 )
-from ctc_plugin.commands.models import LoadedModel, load_model
+from ctc_plugin.commands.models import LoadedModel, is_zoo_spec, load_model
 from ctc_plugin.wording import counted
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -635,16 +635,6 @@ def _sample_path(split: str, kind: str) -> Path:
     return sample_path(split, kind)
 
 
-def _is_zoo_model(name: str) -> bool:
-    """Whether ``--model`` names a zoo model (``resnet``, ``resnet-composite``).
-
-    The bundled sample is of such a model's own synthetic images.
-    """
-    from ctc_plugin.zoo.settings import FAMILIES
-
-    return name.split("-", 1)[0] in FAMILIES
-
-
 def run_explain(args: argparse.Namespace) -> int:
     """Entry point of ``ctc-plugin explain``."""
     if args.model is None:
@@ -657,7 +647,7 @@ def run_explain(args: argparse.Namespace) -> int:
                 f"shapes ({', '.join(SPLITS['shapes'])}) explains these images; give --model "
                 "for your classifier (ctc-plugin explain --help)"
             )
-    elif not args.images and not _is_zoo_model(args.model):
+    elif not args.images and not is_zoo_spec(args.model):  # the sample is a zoo model's image
         print(
             f"note: no IMAGE given: {args.model} explains the bundled synthetic sample; give "
             "the paths of your images before the options (ctc-plugin explain IMAGE ... --model "

@@ -243,7 +243,7 @@ def target_class(
     if spec is None:
         return int(logits.argmax())
     text = spec.strip()
-    name = _class_name(text, loaded.classes) if loaded.classes is not None else None
+    name = class_name(text, loaded.classes) if loaded.classes is not None else None
     # int() also takes "²" or Arabic digits; one minus sign at most ("--3" is no number)
     if text.isascii() and text.removeprefix("-").isdigit():
         target = int(text)
@@ -271,7 +271,7 @@ def target_class(
     return target % count  # a negative index counts from the end, as in Python and Captum
 
 
-def _class_name(text: str, classes: list[str]) -> str | None:
+def class_name(text: str, classes: list[str]) -> str | None:
     """The class name ``text`` spells: exactly, or in another case (``Tabby`` is ``tabby``)."""
     if text in classes:
         return text
@@ -296,20 +296,6 @@ def _named_class(name: str, classes: list[str], option: str) -> int:
             "the one to explain"
         )
     return indices[0]
-
-
-__all__ = [
-    "check_finite_scores",
-    "check_input_channels",
-    "check_torchscript",
-    "check_weights_present",
-    "is_own_size",
-    "model_logits",
-    "run_in_float32",
-    "scores_row",
-    "size_advice",
-    "target_class",
-]
 
 
 def output_function(model: nn.Module, pixels: torch.Tensor) -> str | None:
@@ -342,3 +328,19 @@ def output_function(model: nn.Module, pixels: torch.Tensor) -> str | None:
     if trace.last is None or trace.last[0] is not output:
         return None
     return trace.last[1]
+
+
+__all__ = [
+    "check_finite_scores",
+    "check_input_channels",
+    "check_torchscript",
+    "check_weights_present",
+    "class_name",
+    "is_own_size",
+    "model_logits",
+    "output_function",
+    "run_in_float32",
+    "scores_row",
+    "size_advice",
+    "target_class",
+]

@@ -603,6 +603,13 @@ def _did_you_mean(name: str) -> str:
     return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
+def is_zoo_spec(name: str) -> bool:
+    """Whether ``--model`` names a zoo model (``resnet``, ``resnet-composite``)."""
+    from ctc_plugin.zoo.settings import FAMILIES
+
+    return name.partition("-")[0] in FAMILIES
+
+
 def is_callable_spec(name: str) -> bool:
     """Whether ``--model`` names ``module:callable`` (not ``timm:``/``hf:`` or a model name)."""
     prefix, colon, _ = name.partition(":")
@@ -626,7 +633,7 @@ def load_model(name: str, weights: Path | None) -> LoadedModel:
         return PREFIXED_SOURCES[prefix](name, rest, weights)
     if is_callable_spec(name):
         return _callable_model(name, weights)
-    if name.partition("-")[0] in FAMILIES:
+    if is_zoo_spec(name):
         return _zoo_model(name, weights)
     if name in torchvision.models.list_models(module=torchvision.models):
         return _torchvision_model(name, weights)

@@ -552,15 +552,15 @@ def explain_dataset(
 
         resolve_device(config.device)
     resolved = resolve_source(source, images=images, seed=seed)
-    if resolved.skipped_note():
-        warnings.warn(resolved.skipped_note(), UserWarning, stacklevel=2)
+    skipped = resolved.skipped_note()
+    if skipped:
+        warnings.warn(skipped, UserWarning, stacklevel=2)
     job = ExplainJob(config, resolved)
     check_finished_images(job, out)
     try:
         check_start(job, out)  # another run in out is named first
         runner = checked_runner(job, ray)  # before the run folder is set up
-        if runner is not None:
-            _warn_of_drawn_weights(config, runner.loaded.network)
+        _warn_of_drawn_weights(config, runner.loaded.network)
         result = run_job(
             job, out, show_progress=show_progress, ray=ray,
             ray_workers=ray_workers, runner=None if ray else runner,

@@ -366,20 +366,15 @@ class ShardRunner:
             CLIError: If the model has class names and not this class's, or fewer classes.
         """
         from ctc_plugin.commands import CLIError
+        from ctc_plugin.commands.model_checks import class_name
 
         classes = self.source.classes
         name = classes[label] if classes is not None else str(label)
         if classes is not None and self.loaded.classes:
             known = self.loaded.classes
-            if name in known:
-                return known.index(name)
-            same = [
-                index
-                for index, known_name in enumerate(known)
-                if known_name.lower() == name.lower()
-            ]
-            if len(same) == 1:  # as --target matches a class name: in any case
-                return same[0]
+            spelled = class_name(name, known)  # in any case, as --target reads a class name
+            if spelled is not None:
+                return known.index(spelled)
             raise CLIError(
                 f"--targets label: {image} is in class {name!r}, which the model does not "
                 f"know ({', '.join(known[:10])}); name the class folders "
