@@ -36,6 +36,7 @@ from ctc_plugin.ctc.rules import checks_host
 from ctc_plugin.ctc.sharing import (
     copy_part,
     equal_weights,
+    formula_dtype,
     statistic_dims,
     statistics_dtype,
 )
@@ -173,7 +174,7 @@ class FusedProportionalSharing:
             copies = sharing[example]  # (S, channels, H, W)
             pieces = self._pieces(copies, example_rows)
             (total,) = self.workspace.buffers(
-                copies, 1, slot="total", shape=unit_shape, dtype=sum_dtype(copies)
+                copies, 1, slot="total", shape=unit_shape, dtype=formula_dtype(copies)
             )
             total.zero_()
             for piece in pieces:
@@ -237,7 +238,7 @@ class FusedProportionalSharing:
         for block, block_bias in blocks:
             (magnitude,) = self.workspace.buffers(block, 1)
             torch.abs(block, out=magnitude)
-            total = magnitude.sum(dim=1, keepdim=True, dtype=sum_dtype(block))
+            total = magnitude.sum(dim=1, keepdim=True, dtype=formula_dtype(block))
             empty = total == 0
             if not checks:  # equal shares where every copy has z = 0, without asking where
                 self._add_equal_shares(block, block_bias, magnitude, total, empty, layout)
@@ -289,21 +290,11 @@ class FusedProportionalSharing:
         sharing[(example, slice(None), *unit)] += bias_at * weights
 
 
-def sum_dtype(copies: torch.Tensor) -> torch.dtype:
-    """The dtype of the proportional sharing's sum ``sum_j |z_j|`` and quotient for ``copies``.
-
-    float32 for float16 copies: large magnitudes that cancel in the signal can sum past
-    float16's range (65504; the bias's factor would be 0), and small ones give a quotient
-    ``bias / sum`` past it (``|z_k| * inf`` would be infinite or NaN), while every share,
-    ``bias * |z_k| / sum``, is at most the bias. Other dtypes as they are.
-    """
-    return torch.float32 if copies.dtype == torch.float16 else copies.dtype
-
-
 def bias_per_magnitude(bias: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     """``bias / total``, the factor of each copy's ``|z_k|`` in its proportional share.
 
-    In ``total``'s dtype (float32 for float16 copies, `sum_dtype`).
+    In ``total``'s dtype (float32 for float16 copies,
+    [`formula_dtype`][ctc_plugin.ctc.sharing.formula_dtype]).
     """
     return bias.to(total.dtype) / total
 
@@ -388,7 +379,13 @@ class FusedReferenceSharing:
         """`add_bias`, with the carried boxes of ``z``'s rows when they are known."""
         if not layout.reference_full:
             raise ValueError("reference sharing needs the reference full copy in the layout")
-        self._add_shares_in_blocks(z, bias, layout.first_feature, carried)
+        wide = formula_dtype(z)
+        if wide == z.dtype:
+            self._add_shares_in_blocks(z, bias, layout.first_feature, carried)
+        else:  # float16: ceil(10 z_k) * 1000 leaves the format's range from z_k > 6.55 on
+            widened = z.to(wide)
+            self._add_shares_in_blocks(widened, bias.to(wide), layout.first_feature, carried)
+            z.copy_(widened)
         z[:, :1].add_(copy_part(bias, z, 0, 1))
         return z
 

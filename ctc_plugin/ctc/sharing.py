@@ -102,8 +102,7 @@ class ProportionalSharing(SpecSharing):
         float16: every share is at most 1.
         """
         magnitude = z[:, 1:].abs()
-        if magnitude.dtype == torch.float16:
-            magnitude = magnitude.float()
+        magnitude = magnitude.to(formula_dtype(magnitude))
         total = magnitude.sum(dim=1, keepdim=True)
         proportional = magnitude / torch.where(total == 0, 1.0, total)
         shares = torch.where(total == 0, equal_shares(z, layout), proportional)
@@ -164,6 +163,18 @@ class ReferenceSharing(SpecSharing):
         return reference_shares(z[:, 1:], z_full, sigma, dims)
 
 
+def formula_dtype(values: torch.Tensor) -> torch.dtype:
+    """The dtype the sharing formulas compute ``values``' shares in: float32 for float16.
+
+    float16's range ends at 65504, which both formulas pass with values of a finite pass: the
+    proportional sum ``sum_j |z_j|`` of large magnitudes that cancel in the signal (and the
+    quotient ``bias / sum`` of small ones), and the reference ratio's ``ceil(10 z_k) * 1000``
+    from ``z_k > 6.55`` on. Every share is at most the bias (proportional) or a ratio of the
+    copies' values (reference), so it is rounded back to float16. Other dtypes as they are.
+    """
+    return torch.float32 if values.dtype == torch.float16 else values.dtype
+
+
 def tenfold_quantised(u: torch.Tensor) -> torch.Tensor:
     """``10 q(u) = ceil(10 u)``, a whole number."""
     return (u * 10.0).ceil()
@@ -175,8 +186,10 @@ def reference_spread(
     """``sigma = std(log10 r)`` of the reference full copy, with size 1 along ``dims`` (float64).
 
     ``n = q(z_F) + b``, ``r = ceil(1000 |n / mean(n)|) / 1000``; entries with ``r = 0`` are
-    left out, and a group whose ``mean(n)`` is 0 has ``sigma = 0``.
+    left out, and a group whose ``mean(n)`` is 0 has ``sigma = 0``. Float16 values in float32
+    (`formula_dtype`).
     """
+    z_full, bias_full = z_full.to(formula_dtype(z_full)), bias_full.to(formula_dtype(bias_full))
     tenfold = tenfold_quantised(z_full)
     n = tenfold / 10.0 + bias_full
     mean = spread_mean(tenfold, bias_full, dims)
@@ -206,8 +219,12 @@ def spread_mean(tenfold: torch.Tensor, bias: torch.Tensor, dims: tuple[int, ...]
 def reference_shares(
     z_copies: torch.Tensor, z_full: torch.Tensor, sigma: torch.Tensor, dims: tuple[int, ...]
 ) -> torch.Tensor:
-    """The shares ``s_k`` of the (N, S, *rest) copies ``z_copies`` (see `ReferenceSharing`)."""
-    a, b = tenfold_quantised(z_copies), tenfold_quantised(z_full)
+    """The shares ``s_k`` of the (N, S, *rest) copies ``z_copies`` (see `ReferenceSharing`).
+
+    Float16 copies in float32 (`formula_dtype`), the shares rounded back.
+    """
+    wide = formula_dtype(z_copies)
+    a, b = tenfold_quantised(z_copies.to(wide)), tenfold_quantised(z_full.to(wide))
     rho = torch.where(b != 0, (a * 1000.0 / b).abs().ceil() / 1000.0, 0.0)
     log_ratio = torch.where(rho > 0, rho, 1.0).log10()  # l_k, 0 where rho_k = 0
     valid = (z_copies != 0) | (z_full == 0)
@@ -286,6 +303,7 @@ __all__ = [
     "ReferenceSharing",
     "SpecSharing",
     "make_sharing",
+    "formula_dtype",
     "reference_shares",
     "reference_spread",
     "spread_mean",

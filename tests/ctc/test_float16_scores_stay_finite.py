@@ -98,3 +98,46 @@ def test_float16_magnitudes_that_sum_past_the_range_still_share_the_bias(speedup
     )
     assert scores.scores.tolist() == [[40512.0, -39488.0]]  # 40000 + 512, -40000 + 512
     assert delta.tolist() == [0.0]
+
+
+@pytest.mark.parametrize("speedups", ["default", "spec"])
+def test_float16_reference_shares_of_values_past_six_and_a_half(speedups):
+    """``ceil(10 z_k) * 1000`` left float16's range from ``z_k > 6.55`` on: NaN shares.
+
+    A finite float16 pass of ordinary values (a trained ResNet's) was refused with a
+    ``FloatingPointError``. The formula computes float16 copies in float32; the scores equal
+    the float32 model's, whose values here are exact in float16.
+    """
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 2)
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([8.0, 12.0, 20.0]).view(3, 1, 1, 1))
+        net[0].bias.fill_(0.5)
+        net[3].weight.copy_(torch.randint(-4, 5, (2, 48)) / 4)
+    x = torch.randint(1, 5, (1, 1, 4, 4)) / 2.0  # z = 4 .. 40
+    mask = random_partition(4, 4, 4)
+    scores = {}
+    for dtype in (torch.float32, torch.float16):
+        ctc = CTC(net.to(dtype), bias_sharing="reference")
+        if speedups == "spec":
+            ctc._speedups = SPEC
+        _, scores[dtype] = ctc.attribute(
+            x.to(dtype), 0, feature_mask=mask, return_feature_scores=True
+        )
+    assert torch.isfinite(scores[torch.float16].scores).all()
+    torch.testing.assert_close(
+        scores[torch.float16].scores.float(), scores[torch.float32].scores, rtol=2e-3, atol=1e-2
+    )
+
+
+def test_the_reference_formula_of_a_float16_value_past_six_and_a_half():
+    from ctc_plugin.ctc.sharing import reference_shares
+
+    z_full = torch.tensor([7.0], dtype=torch.float16).view(1, 1, 1)
+    z_copies = torch.tensor([7.0, 3.5], dtype=torch.float16).view(1, 2, 1)
+    sigma = torch.tensor(10.0, dtype=torch.float64)
+    shares = reference_shares(z_copies, z_full, sigma, (2,))
+    assert shares.dtype == torch.float16
+    assert shares.flatten().tolist() == [1.0, 0.5]
