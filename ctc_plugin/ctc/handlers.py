@@ -460,6 +460,7 @@ def reshape_copies(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) ->
     """A shape operation: applied as it is; the copies are followed to wherever they lie."""
     x = args[0]
     axis = ctx.copy_axis(x)
+    pending = ctx.pending_fold(x) if func in VALUE_COPIES else None
     out = func(*args, **kwargs)
     for leaf in tree_flatten(out)[0]:
         if isinstance(leaf, torch.Tensor):
@@ -469,7 +470,19 @@ def reshape_copies(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) ->
                     f"it converts the signal to {leaf.dtype}, which rounds it (not linear)",
                 )
             ctx.tag(leaf, follow_copy_axis(func, args, kwargs, x, axis, leaf, ctx.layout.batch))
+            ctx.carry_fold(pending, x, leaf)
     return out
+
+
+_T = torch.Tensor
+#: Shape operations that copy or convert their input without moving a value: where the result
+#: keeps the input's shape and dtype, a BatchNorm after it still folds into the layer before.
+VALUE_COPIES = frozenset(
+    [
+        _T.contiguous, _T.clone, torch.clone, _T.to, _T.float, _T.double, _T.type_as, _T.type,
+        _T.detach, _T.cpu, _T.cuda,
+    ]
+)  # fmt: skip
 
 
 def concatenate(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:

@@ -386,6 +386,33 @@ class GatedPass(GateRules, NormalisationRules):
             setattr(out, FOLD_ATTRIBUTE, (bias_free, bias))
         return out
 
+    def pending_fold(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The parts of the biased layer a BatchNorm after ``x`` would fold into, if any."""
+        return getattr(x, FOLD_ATTRIBUTE, None)
+
+    def carry_fold(
+        self,
+        pending: tuple[torch.Tensor, torch.Tensor] | None,
+        source: torch.Tensor,
+        result: torch.Tensor,
+    ) -> None:
+        """Let a BatchNorm after ``result`` fold into the layer ``source`` came from.
+
+        For operations that copy or convert their input without moving a value (``clone``,
+        ``contiguous``, ``.float()`` of float32), given ``source``'s `pending_fold` from before
+        the operation (tagging its result, which may be ``source`` itself, ends the fold).
+        Where ``result`` has ``source``'s shape, dtype and device it holds the same values at
+        the same places, so the fold holds for it as well; before, `fold_batch_norm` shared
+        the BatchNorm's shift as a bias of its own after such an operation.
+        """
+        if (
+            pending is not None
+            and result.shape == source.shape
+            and result.dtype == source.dtype
+            and result.device == source.device
+        ):
+            setattr(result, FOLD_ATTRIBUTE, pending)
+
     def fold_batch_norm(
         self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
     ) -> torch.Tensor:
