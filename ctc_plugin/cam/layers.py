@@ -50,7 +50,15 @@ _INPLACE_DUNDERS = frozenset(
 ) | {"__setitem__"}
 #: Calls that read metadata or register hooks: they neither consume nor modify a tensor.
 _NEUTRAL = frozenset(
-    {"__get__", "dim", "size", "numel", "register_hook", "is_contiguous", "stride", "__len__"}
+    {
+        "__get__", "dim", "size", "numel", "register_hook", "retain_grad", "is_contiguous",
+        "stride", "__len__",
+    }
+)  # fmt: skip
+#: Calls that copy or convert a tensor without computing on it (a recording hook's
+#: ``output.cpu().detach()``): their result reads the map as it does.
+_COPIES = frozenset(
+    {"cpu", "cuda", "to", "clone", "contiguous", "float", "double", "half", "bfloat16", "type_as"}
 )
 
 
@@ -256,6 +264,8 @@ class StageTracer(TorchFunctionMode):
         self.stages: list[Stage] = []
         self._chains: list[Stage] = []
         self._by_tensor: dict[int, list[Stage]] = {}
+        #: Copies of stage tensors that only read them so far, by ``id``: (the copy, its stages).
+        self._reads: dict[int, tuple[Tensor, list[Stage]]] = {}
         self._counts: dict[str, int] = {}
         #: The chosen modules that ran, in call order.
         self.modules: list[nn.Module] = []
@@ -435,10 +445,11 @@ class StageTracer(TorchFunctionMode):
                 "model.eval() first"
             )
         tracked = [t for t in _tensors(args, kwargs) if id(t) in self._by_tensor]
+        read = [t for t in _tensors(args, kwargs) if id(t) in self._reads]
         kind = "conv" if name == "conv2d" else "bn" if func is F.batch_norm else None
         if name in ("relu", "relu_"):
             kind = "relu"
-        if not tracked and kind is None:
+        if not tracked and not read and kind is None:
             return func(*args, **kwargs)
 
         first = args[0] if args and isinstance(args[0], Tensor) else None
@@ -459,7 +470,13 @@ class StageTracer(TorchFunctionMode):
 
         inplace = _is_inplace(func, name, args, kwargs)
         written = kwargs.get("out", first) if inplace else None
-        for tensor in tracked:
+        used = [
+            stage
+            for tensor in tracked
+            for stage in self._by_tensor.get(id(tensor), [])
+            if stage is not extending
+        ] + [stage for tensor in read for stage in self._reads[id(tensor)][1]]
+        for tensor in tracked if inplace else ():
             for stage in self._by_tensor.get(id(tensor), []):
                 if stage is extending:
                     continue
@@ -470,6 +487,9 @@ class StageTracer(TorchFunctionMode):
                     stage.snapshot = tensor.detach().clone()
 
         out = func(*args, **kwargs)
+
+        if used and not inplace:
+            self._note_use(used, [*tracked, *read], name, out)
 
         if extending is not None and isinstance(out, Tensor):
             if kind == "bn" and self.fold_bias:
@@ -488,6 +508,27 @@ class StageTracer(TorchFunctionMode):
                 shift = self._bn_affine(bn_args)[1]
             self._new_chain(out, self._label(bn_args["running_mean"], "batch_norm"), "bn", shift)
         return out
+
+    def _note_use(self, stages: list[Stage], inputs: list[Tensor], name: str, out: Any) -> None:
+        """End the chains of ``stages``, whose ``inputs`` a call used, unless it only read them.
+
+        The BatchNorm and ReLU of a chain must be the only users of the tensors before them. A
+        call that passes on no gradient of them (``detach``, ``isfinite``, a comparison) is no
+        use, nor is one that returns an input as it is (``cpu()`` of a CPU tensor); a copy
+        (``output.cpu()`` on a GPU) is followed, as a user of the copy uses the map: a recording
+        hook of the user's or of pytorch-grad-cam changes no map. Calls under ``no_grad`` pass
+        on no gradient either, but neither do the stages' own tensors there: they are used.
+        """
+        results = list(_tensors((out,), {}))
+        graded = any(t.requires_grad for t in inputs)
+        passed_on = [t for t in results if t.requires_grad and all(t is not i for i in inputs)]
+        if graded and not passed_on:
+            return
+        if graded and name in _COPIES and len(results) == 1:
+            self._reads[id(results[0])] = (results[0], stages)
+            return
+        for stage in stages:
+            stage.extendable = False
 
     def _refuse_training_batchnorm(self, bn_args: dict[str, Any], first: Tensor | None) -> None:
         """Refuse a BatchNorm call in training mode before it runs (see the class docstring).

@@ -1,0 +1,110 @@
+"""Hooks and checks that only read a layer's output leave Integrative CAM's maps as they are.
+
+A stage is a convolution with the BatchNorm and ReLU that are the only users of its output.
+Any call on the output counted as a use, so a forward hook that recorded ``o.detach()`` (or a
+live pytorch-grad-cam object, whose hook records ``output.cpu().detach()``), or an
+``assert torch.isfinite(h).all()`` in ``forward``, split a conv/BN/ReLU stage in two and
+moved the fused map by up to 0.9 on maps in [0, 1].
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ctc_plugin import IntegrativeCAM
+from ctc_plugin.testing import RandomCNN
+
+RECORDINGS = {
+    "the output itself": lambda stored, o: stored.append(o),
+    "detach": lambda stored, o: stored.append(o.detach()),
+    "cpu then detach": lambda stored, o: stored.append(o.cpu().detach()),
+    "a copy then detach": lambda stored, o: stored.append(o.to(torch.float64).detach()),
+    "retain_grad": lambda stored, o: o.retain_grad(),
+    "a finiteness check": lambda stored, o: stored.append(bool(torch.isfinite(o).all())),
+    "a comparison": lambda stored, o: stored.append((o > 0).float().mean().item()),
+    "under no_grad": lambda stored, o: stored.append(_no_grad_mean(o)),
+}
+
+
+def _no_grad_mean(o: torch.Tensor) -> float:
+    with torch.no_grad():
+        return o.mean().item()
+
+
+def _maps(model: nn.Module, x: torch.Tensor):
+    return IntegrativeCAM(model).attribute(x, 1, return_layer_maps=True)
+
+
+@pytest.mark.parametrize("layer", ["stem", "blocks.0.conv"])
+@pytest.mark.parametrize("recording", sorted(RECORDINGS))
+def test_a_recording_forward_hook_changes_no_map(layer, recording):
+    model = RandomCNN(seed=0)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain, plain_layers = _maps(model, x)
+    stored: list = []
+    handle = model.get_submodule(layer).register_forward_hook(
+        lambda module, inputs, output: RECORDINGS[recording](stored, output)
+    )
+    try:
+        hooked, hooked_layers = _maps(model, x)
+    finally:
+        handle.remove()
+    assert stored or recording == "retain_grad"
+    assert hooked_layers.steps == plain_layers.steps
+    torch.testing.assert_close(hooked, plain, rtol=0, atol=0)
+
+
+def test_a_live_pytorch_grad_cam_object_changes_no_map():
+    from pytorch_grad_cam import GradCAM
+
+    model = RandomCNN(seed=0)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = IntegrativeCAM(model).attribute(x, 1)
+    grad_cam = GradCAM(model=model, target_layers=[model.stem, model.blocks[0].conv])
+    try:
+        torch.testing.assert_close(IntegrativeCAM(model).attribute(x, 1), plain, rtol=0, atol=0)
+    finally:
+        grad_cam.activations_and_grads.release()
+
+
+class _Checked(nn.Module):
+    """A conv/BN/ReLU stage whose forward checks the convolution's output for NaN."""
+
+    def __init__(self, check: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.norm = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 3)
+        self.check = check
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        if self.check:
+            assert torch.isfinite(h).all()
+        return self.head(torch.relu(self.norm(h)).mean((2, 3)))
+
+
+def test_a_check_in_forward_changes_no_map():
+    x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    plain, plain_layers = _maps(_Checked(False).eval(), x)
+    checked, checked_layers = _maps(_Checked(True).eval(), x)
+    assert checked_layers.steps == plain_layers.steps == [("conv", "bn", "relu")]
+    torch.testing.assert_close(checked, plain, rtol=0, atol=0)
+
+
+def test_a_computation_with_gradient_on_the_output_is_a_use():
+    """The documented boundary: ``o.mean()`` passes the output's gradient on, as a second
+    branch of the model would; the convolution is a stage of its own (record ``o.detach()``)."""
+    model = RandomCNN(seed=0)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    stored: list = []
+    handle = model.blocks[0].conv.register_forward_hook(
+        lambda module, inputs, output: stored.append(output.mean())
+    )
+    try:
+        _, layers = _maps(model, x)
+    finally:
+        handle.remove()
+    assert ("conv",) in layers.steps and ("bn", "relu") in layers.steps
