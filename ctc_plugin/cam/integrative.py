@@ -670,9 +670,11 @@ class IntegrativeCAM(Attribution):
             )
         if chosen is None and not stages:
             raise ValueError(
-                f"no convolution ran in {self._subject()}; IntegrativeCAM explains "
-                "2-D convolutional feature maps (pass layers=[...] to choose modules with "
-                "(N, C, H, W) outputs, and reshape_transform=... for other outputs)"
+                f"no convolution ran in {self._subject()} in the thread that called "
+                "attribute; IntegrativeCAM explains 2-D convolutional feature maps (pass "
+                "layers=[...] to choose modules with (N, C, H, W) outputs, and "
+                "reshape_transform=... for other outputs). A model that a thread pool or a "
+                "serving wrapper runs in another thread is not seen: call it in this thread"
             )
         if chosen is not None:
             ran = {id(module) for module in tracer.modules}

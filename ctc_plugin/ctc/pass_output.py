@@ -125,6 +125,8 @@ def _untraced_reason(gated: GatedPass, logits: torch.Tensor) -> str:
     return (
         f"the forward function's output (shape {tuple(logits.shape)}) was not computed from "
         "the feature copies it was given: it ignores its argument (a constant, "
-        "model(torch.zeros_like(x))), uses a tensor captured from outside, or runs code CTC "
-        "cannot see (TorchScript)"
+        "model(torch.zeros_like(x))), uses a tensor captured from outside, runs code CTC "
+        "cannot see (TorchScript), or runs the model in another thread (a thread pool or a "
+        "serving wrapper: CTC follows the operations of the thread that calls attribute, so "
+        "call the model in that thread)"
     )
