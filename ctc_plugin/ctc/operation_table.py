@@ -193,7 +193,9 @@ _COMPARISONS = (
     torch.less, _T.less, torch.ge, _T.ge, _T.__ge__, torch.greater_equal, _T.greater_equal,
     torch.le, _T.le, _T.__le__, torch.less_equal, _T.less_equal, torch.eq, _T.eq, _T.__eq__,
     torch.ne, _T.ne, _T.__ne__, torch.not_equal, _T.not_equal, torch.sign, _T.sign,
-    torch.signbit, _T.signbit, _T.__rdiv__, torch.reciprocal, _T.reciprocal,
+    torch.signbit, _T.signbit, _T.__rdiv__, torch.reciprocal, _T.reciprocal, torch.isfinite,
+    _T.isfinite, torch.isnan, _T.isnan, torch.isinf, _T.isinf, torch.isposinf, _T.isposinf,
+    torch.isneginf, _T.isneginf,
 )  # fmt: skip
 _WHERE = (torch.where, _T.where, _T.masked_fill, _T.masked_fill_, torch.masked_fill)
 _ABS = "the gate copy's sign on every copy (`abs(x) = sign(x) · x`, 0 where `x = 0`)"
@@ -394,9 +396,9 @@ def _rows() -> list[OperationRule]:
         OperationRule(
             "gate",
             "comparisons, signs and reciprocals of the signal (`x > 0`, `a >= b`, "
-            "`torch.sign(x)`, `1 / x`): what the full image decides, a gate-only tensor computed "
-            "for the gate copy that may serve as a gate (`x * (x > 0)`, `y * (1 / x)`) or a "
-            "condition",
+            "`torch.sign(x)`, `1 / x`, `torch.isfinite(x)`): what the full image decides, a "
+            "gate-only tensor computed for the gate copy that may serve as a gate "
+            "(`x * (x > 0)`, `y * (1 / x)`) or a condition",
             g.decided_by_full_pass,
             _COMPARISONS,
             from_gate_copy=True,
