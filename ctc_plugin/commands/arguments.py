@@ -204,6 +204,11 @@ def output_folder(text: str) -> Path:
     existing file or under a folder that cannot be written.
     """
     path = Path(_named(text, "the folder's name (. for the current one)")).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise argparse.ArgumentTypeError(
+            f"{text} is a link to {os.readlink(path)}, which does not exist; create that "
+            "folder, or give another"
+        )
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
     if path.is_dir():

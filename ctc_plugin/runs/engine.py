@@ -33,6 +33,7 @@ from ctc_plugin.runs.results import (
 from ctc_plugin.runs.runner import ShardRunner, options_of
 from ctc_plugin.runs.sources import (
     Source,
+    SourceError,
     resolve_source,
     shapes_source,
     shapes_split,
@@ -145,12 +146,12 @@ class ExplainJob:
             return None
 
     def plan(self) -> dict[str, Any]:
-        """The image list, ``{"images": [[name, label, size, mtime_ns], ...]}`` (``plan.json``).
+        """The image list, ``{"images": [[name, label, *stat], ...]}`` (``plan.json``).
 
         The manifest holds only the list's digest (names and labels); with the list, a start
         refused because the folder's images changed can name the images added and removed, and
-        a resume can tell an image of a finished shard rewritten in place (its size and time,
-        `image_stat`; ``None`` for generated images).
+        a resume can tell an image of a finished shard rewritten in place (its size, times and
+        inode, `image_stat`; ``None`` for generated images).
         """
         return {
             "images": [
@@ -160,7 +161,7 @@ class ExplainJob:
         }
 
     @functools.cached_property
-    def image_stats(self) -> list[tuple[int | None, int | None]]:
+    def image_stats(self) -> list[tuple[int | None, ...]]:
         """Each image's `image_stat` now, read once per start (`plan`, `check_finished_images`)."""
         return [image_stat(self.source, ref) for ref in self.source.images]
 
@@ -324,21 +325,63 @@ def explained_pixels(out: str | os.PathLike[str], image: int | Sequence[int]) ->
         **{field: stored[field] for field in RunConfig.__dataclass_fields__ if field in stored
            and RunConfig.__dataclass_fields__[field].init}
     )  # fmt: skip
+    _check_explained_contents(store, source, config, wanted, out)
     runner = ShardRunner(config, source, segment=False, explain=False)
     pixels = [runner.read(source.images[index]).pixels for index in wanted]
     return pixels[0] if isinstance(image, numbers.Integral) else pixels
 
 
+def _check_explained_contents(
+    store: RunStore,
+    source: Source,
+    config: RunConfig,
+    wanted: list[int],
+    out: str | os.PathLike[str],
+) -> None:
+    """Refuse images whose files hold other pictures than their shards explained.
+
+    Each finished shard's table records the content sha256 of its images; an image rewritten
+    since (another picture under its name) would give pixels under which its stored mask and
+    maps do not lie.
+
+    Raises:
+        ValueError: Naming the images.
+    """
+    of_image = {index: shard.name for shard in plan_shards(len(source.images), config.shard_size)
+                for index in shard.images}  # fmt: skip
+    contents: dict[str, dict[str, str]] = {}
+    changed = []
+    for index in wanted:
+        shard = of_image[index]
+        if shard not in contents:
+            contents[shard] = explained_contents(store, shard)
+        ref = source.images[index]
+        recorded = contents[shard].get(ref.name)
+        if recorded is not None and recorded != image_sha256(source, ref):
+            changed.append(ref.name)
+    if changed:
+        raise ValueError(
+            f"the {'image' if len(changed) == 1 else 'images'} {first_names(changed)} of "
+            f"{source.spec} changed since the run in {out} explained "
+            f"{'it' if len(changed) == 1 else 'them'}; put "
+            f"{'it' if len(changed) == 1 else 'them'} back as "
+            f"{'it was' if len(changed) == 1 else 'they were'} to read the pixels it explained"
+        )
+
+
 def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
     """Refuse to resume a run whose finished shards read images that were rewritten since.
 
-    The manifest pins the image list by names and labels; ``plan.json`` also holds each image's
-    size and time when the run started, and each finished shard's table the content sha256 of
-    its images when they were explained. An image of a finished shard whose file changed since
-    (another picture under the same name) would leave that shard's results of the old image
-    beside the others' of the new folder, which no uninterrupted run gives. Only the images
-    whose size or time changed are read again: one put back with the same content (copied
-    back from a backup, with another time) is the same image.
+    The manifest pins the image list by names and labels; each finished shard's table holds the
+    content sha256 of its images when they were explained, and ``plan.json`` each image's file
+    stat (size, times, inode) when the run last started. An image of a finished shard whose
+    file changed since (another picture under the same name) would leave that shard's results
+    of the old image beside the others' of the new folder, which no uninterrupted run gives.
+    Only the images whose stat changed are read again (all of them where ``plan.json`` is
+    missing): a picture copied over another keeps neither its change time nor, mostly, its
+    inode, even where the copy keeps the size and modification time (``cp -p``), and one put
+    back with the same content is the same image. The shards are those the run made (by the
+    images their tables name), whatever shard size the new command gives.
 
     Raises:
         CLIError: Naming the images, and what to do (put them back, or compute their shards
@@ -348,26 +391,35 @@ def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
 
     store = RunStore(out)
     try:
-        planned = {row[0]: row[2:4] for row in (store.plan() or {}).get("images") or []}
-        finished = set(store.finished()) if planned else set()
-    except (ValueError, TypeError, IndexError, OSError):  # no list of this version: nothing known
+        finished = store.finished()
+    except OSError:  # an unreadable folder: the start says so
         return
-    refs, now = job.source.images, job.image_stats
-    touched = [
-        (refs[index], shard.name)
-        for shard in job.shards()
-        if shard.name in finished
-        for index in shard.images
-        if None not in planned.get(refs[index].name, [None])  # known then
-        and list(now[index]) != list(planned[refs[index].name])
-    ]
-    contents = {shard: explained_contents(store, shard) for shard in {s for _, s in touched}}
-    changed = [
-        (ref.name, shard)
-        for ref, shard in touched
-        if contents[shard].get(ref.name) is None  # not recorded: size or time must do
-        or contents[shard][ref.name] != image_sha256(job.source, ref)
-    ]
+    if not finished:
+        return
+    try:
+        rows = (store.plan() or {}).get("images") or []
+        planned = {row[0]: list(row[2:]) for row in rows}
+    except (ValueError, TypeError, IndexError, AttributeError, OSError):  # unreadable: not known
+        rows, planned = [], {}
+    now = {ref.name: (ref, list(stat)) for ref, stat in zip(job.source.images, job.image_stats)}
+    suspect = {
+        name
+        for name, (_, stat) in now.items()
+        if None not in stat and (not planned or (name in planned and stat != planned[name]))
+    }
+    if not suspect:
+        return
+    stored_shards = _stored_shard_images(store, [row[0] for row in rows])
+    changed = []
+    for shard in finished:
+        recorded = explained_contents(store, shard)
+        for name in recorded or stored_shards.get(shard, ()):
+            if name not in suspect:
+                continue
+            if recorded.get(name) is None:  # not recorded: the stat must do
+                changed.append((name, shard))
+            elif recorded[name] != image_sha256(job.source, now[name][0]):
+                changed.append((name, shard))
     if changed:
         names = first_names([name for name, _ in changed])
         shards = sorted({shard for _, shard in changed})
@@ -379,6 +431,41 @@ def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
             f"{'it back as it was' if one else 'them back as they were'} (the same content), "
             f"or delete {parquet} to compute "
             f"{'those shards' if len(shards) > 1 else 'that shard'} again"
+        )
+
+
+def _stored_shard_images(store: RunStore, planned: list[str]) -> dict[str, list[str]]:
+    """The image names of each shard of the run in ``store``, from its plan and shard size.
+
+    For finished shards whose tables record no contents (written by an earlier version); empty
+    where the run's ``plan.json`` or manifest cannot be read.
+    """
+    try:
+        size = int(store.manifest()["config"]["shard_size"])
+        shards = plan_shards(len(planned), size)
+    except (ValueError, TypeError, KeyError, OSError):
+        return {}
+    return {shard.name: [planned[index] for index in shard.images] for shard in shards}
+
+
+def _refuse_out_inside(source: Source, out: str | os.PathLike[str]) -> None:
+    """Refuse a run folder inside the image folder it explains.
+
+    The run's folder would be listed with the images: as a class folder (a new, empty class
+    on the next start, which then refuses to resume) or beside the images (its files named as
+    skipped on every start).
+
+    Raises:
+        SourceError: Naming both folders.
+    """
+    if source.kind != "folder" or source.root is None:
+        return
+    folder = Path(out).expanduser().resolve()
+    if folder == source.root or source.root in folder.parents:
+        raise SourceError(
+            f"--out {out} lies inside SOURCE {source.spec}: the run's folder would be read "
+            "with the images (as a class folder of its own on the next start, which could "
+            "then not resume); choose an --out outside the image folder"
         )
 
 
@@ -552,6 +639,7 @@ def explain_dataset(
 
         resolve_device(config.device)
     resolved = resolve_source(source, images=images, seed=seed)
+    _refuse_out_inside(resolved, out)
     skipped = resolved.skipped_note()
     if skipped:
         warnings.warn(skipped, UserWarning, stacklevel=2)

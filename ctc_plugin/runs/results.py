@@ -105,13 +105,23 @@ def explained_contents(store: RunStore, shard: str) -> dict[str, str]:
     return contents if isinstance(contents, dict) else {}
 
 
-def image_stat(source: Source, ref: ImageRef) -> tuple[int | None, int | None]:
-    """An image file's ``(size, mtime_ns)``: what tells it was rewritten; ``None`` unless a file."""
+#: What `image_stat` gives where it knows nothing (a generated image, a missing file).
+NO_STAT: tuple[None, None, None, None] = (None, None, None, None)
+
+
+def image_stat(source: Source, ref: ImageRef) -> tuple[int | None, ...]:
+    """An image file's ``(size, mtime_ns, ctime_ns, inode)``: what tells it was rewritten.
+
+    The change time and the inode too: a picture copied over another with ``cp -p`` or
+    ``rsync -a`` keeps the size (fixed for BMPs of one size) and the modification time of the
+    one it replaced, but writing it sets the change time, which no user can set back.
+    `NO_STAT` unless a file.
+    """
     path = _image_file(source, ref)
     if path is None:
-        return None, None
+        return NO_STAT
     try:
         stat = path.stat()
     except OSError:  # gone: the image list says so
-        return None, None
-    return stat.st_size, stat.st_mtime_ns
+        return NO_STAT
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino

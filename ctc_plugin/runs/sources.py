@@ -10,8 +10,9 @@ A SOURCE is either
   ``seed``.
 
 Symbolic links to folders are followed, as ``ImageFolder`` follows them (a link back to a folder
-above it is not followed again). Images are always listed in the same order (class, then path,
-compared as text), so the same SOURCE gives the same plan on every machine.
+above it is not followed again). Images are always listed in the same order (by their path
+below SOURCE, compared as text: ``circle sub/b.png`` comes before ``circle/a.png``), so the same
+SOURCE gives the same plan on every machine.
 """
 
 from __future__ import annotations

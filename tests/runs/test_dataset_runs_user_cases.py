@@ -6,7 +6,7 @@ before the first shard (not hours later at that folder's images); shards past ``
 read back in plan order; an image that fails in its shard and a failed write end with one line
 that says the finished shards are kept; a folder whose images changed names them; and two runs
 started together on one folder share its shards instead of both computing all of them; an
-image of a finished shard rewritten before the resume is named (its size and time in
+image of a finished shard rewritten before the resume is named (its file stat in
 ``plan.json``, then its content against the sha256 its shard recorded).
 """
 

@@ -1,0 +1,144 @@
+"""Images rewritten under their names are found in the shards that explained them; run folders.
+
+The audit found the check of rewritten images working out shards from the new command's
+``--shard-size`` (naming the wrong shard, or an image as changed where only the shard size
+differed), skipped where ``plan.json`` was gone, and blind to a copy that kept the size and
+modification time (``cp -p`` of a BMP); ``explained_pixels`` returned a replaced image's new
+pixels. An ``--out`` inside SOURCE made a run that could never resume, and a dangling link as
+``--out`` looped on "run the same command again to resume".
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ctc_plugin.cli import main
+from ctc_plugin.runs import explained_pixels
+
+FAST = [
+    "--methods", "gradcam", "--segmenter", "grid", "--segments", "4", "--no-progress",
+    "--model", "tests.runs.test_explain_dataset:tiny",
+]  # fmt: skip
+
+
+def _bmp(path, seed: int) -> None:
+    """A 12 x 12 BMP: every picture of that size has the same file size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 255, (12, 12, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def _folder(tmp_path, count: int = 6):
+    folder = tmp_path / "photos"
+    for i in range(count):
+        _bmp(folder / f"{i:02d}.bmp", i)
+    return folder
+
+
+def _explain(folder, out, shard_size: int = 2) -> list[str]:
+    return [
+        "explain-dataset",
+        str(folder),
+        *FAST,
+        "--shard-size",
+        str(shard_size),
+        "--out",
+        str(out),
+    ]
+
+
+def _error(capsys) -> str:
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    return error
+
+
+def _replace_keeping_size_and_times(path, seed: int) -> None:
+    """Another picture copied over ``path`` as ``cp -p`` copies it: same size, same mtime."""
+    stat = path.stat()
+    _bmp(path, seed)
+    assert path.stat().st_size == stat.st_size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_touched_image_under_another_shard_size_is_the_shard_size_mismatch(tmp_path, capsys):
+    folder, out = _folder(tmp_path), tmp_path / "run"
+    assert main(_explain(folder, out, shard_size=4)) == 0
+    # touched, the same picture: image 2, in shard-00000 of 4 images, shard-00001 of 2, which
+    # the run finished too (with images 4 and 5)
+    os.utime(folder / "02.bmp", ns=(1, 1))
+    capsys.readouterr()
+    assert main(_explain(folder, out, shard_size=2)) == 2
+    error = _error(capsys)
+    assert "changed since" not in error and "shard_size" in error, error
+
+
+def test_a_replaced_image_is_named_with_the_shard_that_explained_it(tmp_path, capsys):
+    folder, out = _folder(tmp_path), tmp_path / "run"
+    assert main(_explain(folder, out, shard_size=4)) == 0
+    _bmp(folder / "05.bmp", 99)  # image 5: in shard-00001 of 4 images, shard-00002 of 2
+    capsys.readouterr()
+    assert main(_explain(folder, out, shard_size=2)) == 2
+    error = _error(capsys)
+    assert "the image 05.bmp changed since its shard was finished" in error, error
+    assert "shard-00001.parquet" in error and "shard-00002" not in error, error
+
+
+def test_a_replaced_image_is_found_without_plan_json(tmp_path, capsys):
+    folder, out = _folder(tmp_path, 4), tmp_path / "run"
+    assert main(_explain(folder, out)) == 0
+    (out / "plan.json").unlink()
+    _bmp(folder / "00.bmp", 99)
+    capsys.readouterr()
+    assert main(_explain(folder, out)) == 2
+    assert "the image 00.bmp changed since its shard was finished" in _error(capsys)
+    _bmp(folder / "00.bmp", 0)  # put back
+    assert main(_explain(folder, out)) == 0
+    assert "0 computed now, 2 finished before" in capsys.readouterr().out
+
+
+def test_a_copy_keeping_the_size_and_modification_time_is_found(tmp_path, capsys):
+    folder, out = _folder(tmp_path, 4), tmp_path / "run"
+    assert main(_explain(folder, out)) == 0
+    _replace_keeping_size_and_times(folder / "01.bmp", 99)
+    capsys.readouterr()
+    assert main(_explain(folder, out)) == 2
+    assert "the image 01.bmp changed since its shard was finished" in _error(capsys)
+
+
+def test_explained_pixels_refuses_an_image_replaced_since_it_was_explained(tmp_path):
+    folder, out = _folder(tmp_path, 4), tmp_path / "run"
+    assert main(_explain(folder, out)) == 0
+    before = explained_pixels(out, 2)
+    _replace_keeping_size_and_times(folder / "02.bmp", 99)
+    with pytest.raises(ValueError, match=r"the image 02.bmp of .* changed since the run in"):
+        explained_pixels(out, [1, 2])
+    explained_pixels(out, 3)  # the others read as before
+    _bmp(folder / "02.bmp", 2)  # put back
+    assert np.array_equal(explained_pixels(out, 2).numpy(), before.numpy())
+
+
+@pytest.mark.parametrize("layout", ["class folders", "flat"])
+def test_an_out_inside_source_is_refused_before_any_work(tmp_path, capsys, layout):
+    folder = tmp_path / "photos"
+    for i in range(2):
+        _bmp(folder / ("cat" if layout == "class folders" else "") / f"{i}.bmp", i)
+    out = folder / "run"
+    assert main(_explain(folder, out)) == 2
+    assert "lies inside SOURCE" in _error(capsys)
+    assert not out.exists()
+    assert main(_explain(folder, folder)) == 2
+    assert "lies inside SOURCE" in _error(capsys)
+
+
+def test_a_dangling_link_as_out_is_named(tmp_path, capsys):
+    folder, link = _folder(tmp_path, 2), tmp_path / "out"
+    link.symlink_to(tmp_path / "missing")
+    assert main(_explain(folder, link)) == 2
+    error = _error(capsys)
+    assert "is a link to" in error and "which does not exist" in error, error
+    assert "resume" not in error
