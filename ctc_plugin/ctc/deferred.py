@@ -47,7 +47,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ctc_plugin.ctc.errors import UnsupportedOperationError
-from ctc_plugin.ctc.handlers import is_inplace
+from ctc_plugin.ctc.calls import is_inplace
 from ctc_plugin.ctc.rules import DEFERRED_ATTRIBUTE, GATE_ATTRIBUTE
 
 #: The most operations a deferral is carried through: past it the copies are computed, so a

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
+from ctc_plugin.ctc.calls import arg, is_inplace, operation_name, with_arg
 from ctc_plugin.ctc.copy_axis import (
     REDUCTIONS,
-    attribute_name,
     follow_copy_axis,
     reduced_copy_axis,
 )
@@ -31,50 +31,6 @@ from ctc_plugin.ctc.errors import (
 from ctc_plugin.ctc.rules import GatedPass
 
 Handler = Callable[[GatedPass, Callable[..., Any], tuple, dict], Any]
-
-
-def arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
-    """A call's argument by position or keyword."""
-    if len(args) > index:
-        return args[index]
-    return kwargs.get(name, default)
-
-
-def _with_arg(args: tuple, kwargs: dict, index: int, name: str, value: Any) -> tuple[tuple, dict]:
-    """The call's arguments with one argument replaced (by position or keyword)."""
-    if len(args) > index:
-        args = (*args[:index], value, *args[index + 1 :])
-    else:
-        kwargs = {**kwargs, name: value}
-    return args, kwargs
-
-
-def operation_name(func: Callable[..., Any]) -> str:
-    """A readable name for a torch function, tensor method or attribute (``x.mT``)."""
-    attribute = attribute_name(func)
-    if attribute is not None:  # an attribute read: x.mT, x.T, x.H
-        return f"torch.Tensor.{attribute}"
-    if isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
-        return f"torch.ops.{func}"  # aten.gelu.default, mylib.swish
-    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
-    module = getattr(func, "__module__", None)
-    if name.startswith(("TensorBase.", "Tensor.")):
-        return "torch.Tensor." + name.split(".", 1)[1]
-    if name.startswith("_VariableFunctionsClass."):
-        return "torch." + name.split(".", 1)[1]
-    if "boolean_dispatch" in name:
-        return f"torch.nn.functional.{getattr(func, '__name__', 'max_pool')}"
-    if module in (None, "torch._C._nn"):
-        return f"torch.nn.functional.{name}"
-    return f"{module}.{name}"
-
-
-def is_inplace(func: Callable[..., Any]) -> bool:
-    """Whether a torch function writes its result into its first argument (``add_``, ``+=``)."""
-    name = getattr(func, "__name__", "")
-    if name.startswith("__i") and name.endswith("__"):  # __iadd__, not __invert__
-        return hasattr(torch.Tensor, "__" + name[3:])
-    return name.endswith("_") and not name.endswith("__")
 
 
 # ---------------------------------------------------------------------------- affine handlers
@@ -95,7 +51,7 @@ def conv_like(bias_index: int, channels_first: bool) -> Handler:
         x = arg(args, kwargs, 0, "input")
         if channels_first and isinstance(x, torch.Tensor) and x.dim() == weight.dim() - 1:
             raise unbatched_input_error(operation_name(func), tuple(x.shape))
-        args, kwargs = _with_arg(args, kwargs, bias_index, "bias", None)
+        args, kwargs = with_arg(args, kwargs, bias_index, "bias", None)
         bias_free = ctx.linear(func, args, kwargs)
         if bias is not None and channels_first:  # align (C,) to (C, 1, ...)
             bias = bias.view(-1, *([1] * (bias_free.dim() - 2)))

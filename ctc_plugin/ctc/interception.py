@@ -56,7 +56,7 @@ from ctc_plugin.ctc.errors import (
     UntracedOutputError,
     copies_off_dim_zero,
 )
-from ctc_plugin.ctc.handlers import operation_name
+from ctc_plugin.ctc.calls import operation_name
 from ctc_plugin.ctc.operation_table import (
     EXIT_FUNCTIONS,
     SUMS,

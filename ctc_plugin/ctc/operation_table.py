@@ -31,7 +31,8 @@ from ctc_plugin.ctc import gate_handlers as g
 from ctc_plugin.ctc import handlers as h
 from ctc_plugin.ctc import norm_handlers as n
 from ctc_plugin.ctc import recurrent as r
-from ctc_plugin.ctc.handlers import Handler, operation_name
+from ctc_plugin.ctc.calls import operation_name
+from ctc_plugin.ctc.handlers import Handler
 from ctc_plugin.inputs import FUNCTIONAL_DROPOUTS
 
 

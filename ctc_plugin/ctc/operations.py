@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ctc_plugin.ctc import gate_handlers as g
-from ctc_plugin.ctc.handlers import is_inplace, operation_name
+from ctc_plugin.ctc.calls import is_inplace, operation_name
 from ctc_plugin.ctc.operation_table import OperationRule, rules_table_markdown, table_row
 
 #: What `register_rule` gave to functions of the user's (consulted after the table): the row
