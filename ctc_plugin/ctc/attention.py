@@ -29,9 +29,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ctc_plugin.ctc.calls import arg, operation_name
 from ctc_plugin.ctc.deferred import Replay, defer
 from ctc_plugin.ctc.errors import UnsupportedOperationError
-from ctc_plugin.ctc.calls import arg, operation_name
 from ctc_plugin.ctc.rules import GatedPass
 
 

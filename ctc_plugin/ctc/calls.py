@@ -44,7 +44,7 @@ def operation_name(func: Callable[..., Any]) -> str:
     if name.startswith("_VariableFunctionsClass."):
         return "torch." + name.split(".", 1)[1]
     if module == "torch._C._special" and name.startswith("special_"):  # torch.special.expit
-        return f"torch.special.{name[len('special_'):]}"
+        return f"torch.special.{name[len('special_') :]}"
     if "boolean_dispatch" in name:
         return f"torch.nn.functional.{getattr(func, '__name__', 'max_pool')}"
     if module in (None, "torch._C._nn"):

@@ -46,8 +46,8 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.calls import is_inplace
+from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.rules import DEFERRED_ATTRIBUTE, GATE_ATTRIBUTE
 
 #: The most operations a deferral is carried through: past it the copies are computed, so a
@@ -66,11 +66,16 @@ class Replay:
         watched: Propagated tensors ``compute`` reads as they are, with their versions when the
             deferral was made: written in place since, they would no longer be what the
             operation read.
+        gate: The result stands for a product of two gate tensors (a ReLU6 output times a
+            squeeze-excitation's sigmoid): where it multiplies the signal (a row that
+            ``takes_gate_only``, sums aside) it is a gate, the full pass's value, as before it
+            was deferred; read as a signal anywhere else, its copies are computed.
     """
 
     compute: Callable[[], Any] | None
     operation: str
     watched: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    gate: bool = False
     _out: Any = None
 
     def result(self) -> Any:

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ctc_plugin.ctc.errors import UnsupportedOperationError, over_dim_zero
 from ctc_plugin.ctc.calls import arg, is_inplace, operation_name
+from ctc_plugin.ctc.errors import UnsupportedOperationError, over_dim_zero
 from ctc_plugin.ctc.handlers import Handler, gate_only_operand
 from ctc_plugin.ctc.rules import REFUSED_ATTRIBUTE, GatedPass
 

@@ -23,6 +23,7 @@ from ctc_plugin.ctc.copy_axis import (
     follow_copy_axis,
     reduced_copy_axis,
 )
+from ctc_plugin.ctc.deferred import Replay, defer
 from ctc_plugin.ctc.errors import (
     UnsupportedOperationError,
     constant_shape_error,
@@ -306,6 +307,30 @@ def _gate_by_gate(
     return ctx.mark_gate(ctx.tag(func(*full, **rest)), operation_name(func), only=True)
 
 
+def _standing_for_signal_product(
+    ctx: GatedPass, out: torch.Tensor, first: torch.Tensor, second: torch.Tensor, name: str
+) -> torch.Tensor:
+    """``out``, the full pass's product of two gate tensors that carry copies, deferred.
+
+    Both factors came out of activations that are gates in a product (a ReLU6 or tanh output
+    and a squeeze-excitation's sigmoid, an LSTM cell's input and candidate written out). Where
+    the product serves as a gate, it is the full pass's value; where the model reads it as a
+    signal (a convolution after the squeeze-excitation), its copies are those of a product of
+    two signals ([`signal_product`][ctc_plugin.ctc.gate_rules.GateRules.signal_product]: half
+    to each factor), computed then ([`ctc_plugin.ctc.deferred`][ctc_plugin.ctc.deferred]).
+    Before, such a product could only be a gate, and a model that read it as a signal was
+    refused at its output.
+    """
+    if ctx.copy_axis(first) or ctx.copy_axis(second):
+        return out
+
+    def copies() -> torch.Tensor:
+        return ctx.signal_product(first, second)
+
+    watched = [(first, first._version), (second, second._version)]
+    return defer(out, Replay(copies, name, watched, gate=True), depth=1)
+
+
 def multiply_or_divide(divide: bool) -> Handler:
     """Products and quotients: linear with a constant, a gate with a gate tensor.
 
@@ -332,7 +357,12 @@ def multiply_or_divide(divide: bool) -> Handler:
         if ctx.is_propagated(first) and ctx.is_propagated(second):
             first_gate, second_gate = ctx.gate_mark(first), ctx.gate_mark(second)
             if first_gate is not None and second_gate is not None:
-                return _gate_by_gate(ctx, func, first, second, kwargs)
+                out = _gate_by_gate(ctx, func, first, second, kwargs)
+                if divide or is_inplace(func) or first_gate.only or second_gate.only:
+                    return out
+                if _same_signal(first, second):  # tanh(h) * tanh(h): a square, as tanh(h) ** 2
+                    return out
+                return _standing_for_signal_product(ctx, out, first, second, name)
             if second_gate is not None:
                 return ctx.gate_product(first, second, divide=divide, inplace=is_inplace(func))
             if first_gate is not None and not divide and not is_inplace(func):

@@ -37,6 +37,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from torch.utils.hooks import RemovableHandle
 
 from ctc_plugin.concurrency import inert_here
+from ctc_plugin.ctc.calls import operation_name
 from ctc_plugin.ctc.copy_axis import REDUCTIONS
 from ctc_plugin.ctc.deferred import (
     MAX_DEPTH,
@@ -56,7 +57,6 @@ from ctc_plugin.ctc.errors import (
     UntracedOutputError,
     copies_off_dim_zero,
 )
-from ctc_plugin.ctc.calls import operation_name
 from ctc_plugin.ctc.operation_table import (
     EXIT_FUNCTIONS,
     SUMS,
@@ -410,7 +410,8 @@ class CTCMode(TorchFunctionMode):
         place, an operation without a rule such as ``exp``): then the deferral ends. A view
         without a rule (``diagonal``, ``select``) still holds the product's entries: it carries the
         deferral, and its replay is refused where its copies are needed, as it is on the
-        signal. Anywhere else (the product meets the signal, or the deferral was carried
+        signal. A product of two gate tensors (`Replay.gate`) multiplying the signal is a gate
+        there. Anywhere else (the product meets the signal, or the deferral was carried
         `MAX_DEPTH` operations) the copies are computed and the call runs on them; a call that
         writes into a deferred tensor writes the result back into it.
         """
@@ -420,6 +421,9 @@ class CTCMode(TorchFunctionMode):
         meets_signal = any(not (mark := ctx.gate_mark(t)) or not mark.only for t in propagated)
         makes_gate = row is None or row.makes_gate
         within = depth <= MAX_DEPTH
+        gates = all(slot.signal.replay.gate for slot in slots(template))
+        if gates and row is not None and row.takes_gate_only and func not in SUMS:
+            return ended(self._apply(func, row, args, kwargs, propagated))  # x * (g1 * g2)
         if makes_gate and not meets_signal:
             out = self._apply(func, row, args, kwargs, propagated)
             if row is not None or writes_first(func) or not _views_deferred(out, propagated):
@@ -488,7 +492,8 @@ class CTCMode(TorchFunctionMode):
         kept = tree_flatten(template)[0]
         watched = [(t, t._version) for t in propagated if any(t is leaf for leaf in kept)]
         written = args[0] if func is torch.Tensor.__setitem__ else out
-        defer(written, Replay(replay, operation_name(func), watched), depth)
+        gate = all(slot.signal.replay.gate for slot in slots(template))
+        defer(written, Replay(replay, operation_name(func), watched, gate=gate), depth)
         return out
 
     def _gate_only_reading(

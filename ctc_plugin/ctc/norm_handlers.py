@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
-from ctc_plugin.ctc.errors import UnsupportedOperationError, over_dim_zero
 from ctc_plugin.ctc.calls import arg, is_inplace, operation_name
+from ctc_plugin.ctc.errors import UnsupportedOperationError, over_dim_zero
 from ctc_plugin.ctc.handlers import running_norm_args
 from ctc_plugin.ctc.rules import GatedPass
 

@@ -507,7 +507,9 @@ def _rows() -> list[OperationRule]:
             "gate copy's value (squeeze-excitation, `x * sigmoid(x)`); a signal times itself "
             "(`(x - u) * (x - u)`, equal values): its square, as `pow`; two other "
             "signals (SwiGLU's `silu(a) * b`): half of the product to each factor's copies, "
-            "`(a_k b_0 + a_0 b_k) / 2` (AttnLRP's uniform rule)",
+            "`(a_k b_0 + a_0 b_k) / 2` (AttnLRP's uniform rule); two gate tensors (a ReLU6 "
+            "output and a squeeze-excitation's sigmoid): the full pass's product where it "
+            "multiplies the signal, a product of two signals where it is read as one",
             h.multiply_or_divide(divide=False),
             (torch.mul, T.mul, T.__mul__, T.__rmul__, T.mul_, T.__imul__, torch.multiply),
             takes_gate_only=True,

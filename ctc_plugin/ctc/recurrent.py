@@ -78,8 +78,8 @@ from typing import Any
 
 import torch
 
-from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.calls import arg, operation_name
+from ctc_plugin.ctc.errors import UnsupportedOperationError
 from ctc_plugin.ctc.recurrent_steps import Steps, TensorSteps, per_direction_linear
 from ctc_plugin.ctc.rules import GatedPass
 
