@@ -10,6 +10,7 @@ more feature.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from ctc_plugin.inputs import broadcasts_to
-from ctc_plugin.wording import counted
+from ctc_plugin.wording import caller_stacklevel, counted
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,16 @@ def prepare_features(
                 f"feature_mask {i} has shape {tuple(mask.shape)}, more dimensions than its "
                 f"input {tuple(x.shape)}; if that input is one example without its batch "
                 "dimension, add it: x.unsqueeze(0)"
+            )
+        if mask.dim() == x.dim() - 1 == 3 and mask.shape[0] == x.shape[0] == x.shape[1] > 1:
+            warnings.warn(
+                f"feature_mask {i} of shape {tuple(mask.shape)} is read as one map per channel, "
+                f"shared by the examples of its input {tuple(x.shape)} (Captum's broadcasting); "
+                "if it holds one label map per example, stacked, give it as (N, 1, H, W) "
+                "(mask.unsqueeze(1)); give (1, C, H, W) (mask.unsqueeze(0)) to say it is per "
+                "channel and silence this warning",
+                UserWarning,
+                stacklevel=caller_stacklevel(),
             )
         if not broadcasts_to(mask.shape, x.shape):
             raise ValueError(

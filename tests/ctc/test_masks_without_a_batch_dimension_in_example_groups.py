@@ -40,9 +40,10 @@ def test_a_per_channel_mask_with_as_many_channels_as_examples_is_shared(model, m
     images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     per_channel = _many_features(8) + 100 * torch.arange(3).view(3, 1, 1)  # (C, H, W), C == N
     ctc = CTC(model, bias_sharing=mode)
-    attributions, scores = ctc.attribute(
-        images, 1, feature_mask=per_channel, return_feature_scores=True
-    )
+    with pytest.warns(UserWarning, match=r"one map per channel.*mask\.unsqueeze\(1\)"):
+        attributions, scores = ctc.attribute(
+            images, 1, feature_mask=per_channel, return_feature_scores=True
+        )
     shared = ctc.attribute(images, 1, feature_mask=per_channel.unsqueeze(0))
     torch.testing.assert_close(attributions, shared)
     assert scores.feature_mask[0].shape == per_channel.shape
