@@ -112,6 +112,10 @@ def follow_copy_axis(
         return axis - sum(1 for d in removed if d < axis and x.shape[d] == 1)
     if name in ("expand", "expand_as"):
         return axis + out.dim() - rank
+    if name == "unfold":  # Tensor.unfold: windows along one dim, in a new last dim
+        if _normalised(_argument(args, kwargs, 1, "dimension"), rank) == axis:
+            raise UnsupportedOperationError(refusal, "it slides windows along the copies")
+        return axis
     if name == "__getitem__":
         return _through_index(args[1], x, axis, refusal)
     if name == "__iter__":  # iterating a tensor unbinds its dim 0

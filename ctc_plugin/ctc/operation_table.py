@@ -119,7 +119,7 @@ _MAX_POOLS = (
     torch.max_pool2d, torch.max_pool3d,
 )  # fmt: skip
 _SQUASHING = (
-    F.relu6, F.hardtanh, F.hardsigmoid, torch.sigmoid, _T.sigmoid, F.sigmoid,
+    F.relu6, F.hardtanh, F.hardsigmoid, torch.sigmoid, _T.sigmoid, F.sigmoid, torch.special.expit,
     torch.tanh, _T.tanh, F.tanh, torch.erf, _T.erf, torch.special.erf, torch.erfc, _T.erfc,
     torch.special.erfc,
 )  # fmt: skip
@@ -153,6 +153,7 @@ _SHAPE_OPERATIONS = (
     _T.unflatten, torch.unflatten, _T.movedim, torch.movedim, _T.moveaxis, torch.moveaxis,
     _T.narrow, torch.narrow, _T.roll, torch.roll, _T.flip, torch.flip, _T.type_as, _T.detach,
     _T.cpu, _T.cuda, _T.__iter__, _T.t, torch.t, _T.repeat, _T.type, torch.repeat_interleave,
+    _T.unfold,
     _T.repeat_interleave, _T.mT.__get__, _T.mH.__get__, _T.T.__get__, _T.H.__get__,
 )  # fmt: skip
 _CONCATENATIONS = (torch.cat, torch.concat, torch.concatenate, torch.stack)
