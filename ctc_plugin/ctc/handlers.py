@@ -568,8 +568,28 @@ def make_constant(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> 
 
 
 def set_item(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> None:
-    """``x[i] = v`` of two propagated tensors (linear); a constant written in is refused."""
+    """``x[i] = v`` of two propagated tensors (linear); a constant written in is refused.
+
+    The signal written into zeros (``out = torch.zeros_like(x); out[..., 1:] = x[..., :-1]``,
+    ShiftViT's and TSM's shifts) is linear too: the zeros left around it are no bias. The
+    index must keep the copies apart (``out[0] = ...`` is refused).
+    """
     target, value = args[0], args[2]
+    if (
+        ctx.is_propagated(value)
+        and isinstance(target, torch.Tensor)
+        and not ctx.is_propagated(target)
+        and target.dim() == value.dim()
+        and ctx.copy_axis(value) == 0
+        and ctx.gate_mark(value) is None  # a gate tensor's marks would not pass on to target
+        and (ctx.known_zeros(target) or not bool(target.any()))
+    ):
+        follow_copy_axis(
+            torch.Tensor.__getitem__, args[:2], {}, target, 0, target[args[1]], ctx.layout.batch
+        )
+        func(*args, **kwargs)
+        ctx.tag(target)
+        return
     if not (ctx.is_propagated(target) and ctx.is_propagated(value)):
         raise UnsupportedOperationError(
             operation_name(func), "it mixes a constant and the input-dependent signal in place"

@@ -671,7 +671,9 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "linear",
-            "writing one propagated tensor into another (a constant written in is refused)",
+            "writing one propagated tensor into another, or into zeros (a shift: `out = "
+            "torch.zeros_like(x); out[..., 1:] = x[..., :-1]`); a constant written in is "
+            "refused",
             h.set_item,
             (T.__setitem__,),
         ),
