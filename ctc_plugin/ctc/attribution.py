@@ -393,6 +393,8 @@ class CTC(Attribution):
 
         if segmenter is None:
             segmenter = self.segmenter = SuperpixelSegmenter()
+            self._made_segmenter = segmenter
+        made = segmenter is getattr(self, "_made_segmenter", None)
         images = inputs[0]
         channels = images.shape[1]
         if channels == 1:  # grayscale: segmenters take RGB, the model its one channel
@@ -400,10 +402,18 @@ class CTC(Attribution):
         try:
             return segmenter(images)
         except ValueRangeError as error:
+            made_here = (
+                ". CTC made that segmenter itself (neither segmenter= nor feature_mask= was "
+                "given): for normalised images give CTC(model, segmenter=SuperpixelSegmenter("
+                "mean=..., std=...)) with the normalisation's mean and std (value_range=(0, 255) "
+                "for 8-bit values), or pass feature_mask="
+                if made
+                else ""
+            )
             raise ValueRangeError(
-                f"{error}. If a wrapper perturbed the images (NoiseTunnel, sensitivity_max, "
-                "infidelity), segment the clean images once and pass feature_mask=: the "
-                "features then stay the same for every perturbed copy"
+                f"{error}{made_here}. If a wrapper perturbed the images (NoiseTunnel, "
+                "sensitivity_max, infidelity), segment the clean images once and pass "
+                "feature_mask=: the features then stay the same for every perturbed copy"
             ) from error
         except ValueError as error:
             channels_last = images.shape[-1] in (1, 3, 4) and channels not in (1, 3, 4)

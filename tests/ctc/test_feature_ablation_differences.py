@@ -192,3 +192,19 @@ def test_wrappers_that_perturb_the_images_are_told_to_give_the_clean_mask(model,
 
     with pytest.raises(ValueRangeError, match="segment the clean images once and pass"):
         NoiseTunnel(CTC(model)).attribute(images.clamp(0, 1), nt_samples=2, stdevs=0.5, target=1)
+
+
+def test_a_segmenter_ctc_made_itself_is_named_with_how_to_give_one(model) -> None:
+    """Normalised images without segmenter= or feature_mask=: the error was about a
+    segmenter "told value_range=(0.0, 1.0)" that the user never made or configured."""
+    from ctc_plugin.features import SuperpixelSegmenter, ValueRangeError
+
+    normalised = (torch.rand(1, 3, 8, 8, dtype=torch.float64) - 0.45) / 0.225
+    with pytest.raises(ValueRangeError, match=r"CTC made that segmenter itself.*mean=\.\.\."):
+        CTC(model).attribute(normalised, 1)
+    own = CTC(model, segmenter=SuperpixelSegmenter())
+    with pytest.raises(ValueRangeError) as error:
+        own.attribute(normalised, 1)
+    assert "CTC made that segmenter itself" not in str(error.value)
+    ctc = CTC(model, segmenter=SuperpixelSegmenter(mean=(0.45,) * 3, std=(0.225,) * 3))
+    ctc.attribute(normalised, 1)
