@@ -59,6 +59,7 @@ from ctc_plugin.ctc.errors import (
 )
 from ctc_plugin.ctc.operation_table import (
     EXIT_FUNCTIONS,
+    MODEL_BATCH_QUERIES,
     SUMS,
     TEMPLATE_FUNCTIONS,
     ZERO_FACTORIES,
@@ -325,6 +326,9 @@ class CTCMode(TorchFunctionMode):
         if func in EXIT_FUNCTIONS:
             ctx.left_torch(operation_name(func))
             return func(*args, **kwargs)
+        propagated = [t for t in tensors if ctx.is_propagated(t)]
+        if func in MODEL_BATCH_QUERIES and all(ctx.copy_axis(t) == 0 for t in propagated):
+            return func(*tree_map(lambda t: ctx.gate_rows(t) if ctx.is_propagated(t) else t, args))
         if kwargs.get("out") is not None:
             raise UnsupportedOperationError(
                 operation_name(func),
@@ -333,7 +337,6 @@ class CTCMode(TorchFunctionMode):
                 "call it without out= (y = f(x))",
             )
         row = rule_for(func)
-        propagated = [t for t in tensors if ctx.is_propagated(t)]
         if any(deferral(t) is not None for t in propagated):
             return self._with_deferred(func, row, args, kwargs, propagated)
         return self._apply(func, row, args, kwargs, propagated)

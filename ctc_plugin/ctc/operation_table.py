@@ -699,6 +699,12 @@ TEMPLATE_FUNCTIONS: frozenset[Any] = frozenset(
 #: reading them back (on a GPU a wait for the device at every layer call).
 ZERO_FACTORIES: frozenset[Any] = frozenset((torch.zeros, torch.zeros_like, torch.Tensor.new_zeros))
 
+#: Questions about the model's own batch that torch's modules ask of the signal (whether a
+#: padding mask is left-aligned: ``nn.TransformerEncoder``'s check for its nested-tensor fast
+#: path, asked before it looks for a torch function mode). They are answered for the gate
+#: copy's rows, the model's batch, which the mask they take is sized for.
+MODEL_BATCH_QUERIES: frozenset[Any] = frozenset((torch._nested_tensor_from_mask_left_aligned,))
+
 #: Tensor methods that take a tensor's values out of torch (to numpy, Python lists or numbers).
 #: Called on the copies they are recorded (and named should the output not be traced); a
 #: gradient pass cannot follow them ([`left_torch`][ctc_plugin.ctc.rules.GatedPass.left_torch]).
