@@ -269,8 +269,11 @@ def _gradcam(request: Request) -> tuple[str, Tensor]:
 
     if transformer_stages(request.model):
         raise MethodError(
-            "Grad-CAM needs a convolutional feature map and this model is a vision "
-            "transformer; use integrative-cam, which reads the transformer's blocks"
+            "the command's Grad-CAM is Captum's LayerGradCam, which explains (N, C, H, W) "
+            "maps, and this model's last map is its transformer blocks' tokens, which it "
+            "cannot put on the patch grid; use integrative-cam, which reads the blocks, or "
+            "Grad-CAM from Python: pytorch-grad-cam with ctc_plugin.cam.grad_cam_layer (as the "
+            "benchmark does)"
         )
     try:
         layer = last_spatial_layer(request.model, request.pixels)

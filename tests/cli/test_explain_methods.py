@@ -367,7 +367,10 @@ def test_a_method_that_cannot_explain_the_model_stops_before_the_others_run(
     monkeypatch.setattr(methods, "run_method", recording)
     argv = ["explain", "--model", "vit", "--method", "ctc", "gradcam", "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "x.png")]) == 2
-    assert "--method gradcam: Grad-CAM needs a convolutional" in capsys.readouterr().err
+    assert (
+        "--method gradcam: the command's Grad-CAM is Captum's LayerGradCam"
+        in capsys.readouterr().err
+    )
     assert segments_seen == [("ctc", 2), ("gradcam", 2)]  # the trial on two halves only
     assert not (tmp_path / "x.png").exists()
 
@@ -383,7 +386,7 @@ def test_a_refused_method_stops_before_any_image_is_segmented(tmp_path, capsys, 
     )
     argv = ["explain", "--model", "vit", "--method", "gradcam", "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "x.png")]) == 2
-    assert "Grad-CAM needs a convolutional" in capsys.readouterr().err
+    assert "cannot put on the patch grid" in capsys.readouterr().err
     assert segmented == []
 
 
