@@ -384,7 +384,9 @@ def check_square_grid(
             f"the input is {size[0]} x {size[1]} pixels, but tokens_to_grid assumes a square "
             "patch grid and would put the wrong tokens on it; pass reshape_transform="
             "functools.partial(ctc_plugin.cam.tokens_to_grid, grid=(rows, columns)) with the "
-            "model's patch grid"
+            "model's patch grid, if the model takes images of this shape (torchvision's ViT "
+            "and the zoo's take square images of their training size only: resize the image "
+            "to it)"
         )
     return _OnThePatchGrid(None, size, patch_grid)
 

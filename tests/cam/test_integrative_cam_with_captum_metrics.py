@@ -15,15 +15,17 @@ PAGE = Path(__file__).parents[2] / "docs" / "reference" / "cam.md"
 
 
 def _recipe() -> str:
-    """The page's first Python block: ``cam_like_inputs`` and its call."""
-    return re.search(r"```python\n(def cam_like_inputs.*?)```", PAGE.read_text(), re.S).group(1)
+    """The page's block of ``cam_like_inputs``: its import, the ``cam`` it makes, the call."""
+    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
+    return next(block for block in blocks if "def cam_like_inputs" in block)
 
 
 def test_the_pages_recipe_feeds_infidelity_and_sensitivity_max():
     model = RandomCNN(seed=0).eval()
     images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    scope = {"cam": IntegrativeCAM(model), "images": images, "sensitivity_max": sensitivity_max}
-    exec(_recipe(), scope)  # runs the page's sensitivity_max call as written
+    scope = {"IntegrativeCAM": IntegrativeCAM, "model": model, "images": images}
+    exec(_recipe(), scope)  # runs the page's block as written: import, cam, the call
+    assert isinstance(scope["cam"], IntegrativeCAM) and scope["sensitivity_max"] is sensitivity_max
     cam_like_inputs = scope["cam_like_inputs"]
     maps = cam_like_inputs(images, 1)
     assert maps.shape == images.shape
