@@ -307,8 +307,8 @@ class IntegrativeCAM(Attribution):
         layers: A list of modules whose outputs to explain (an ``nn.ModuleList`` counts as
             one; a single module, e.g. an ``nn.Sequential``, is refused: wrap it in a list),
             called with gradients on; ``None`` finds them: the blocks of a known
-            vision transformer (torchvision's ViT, Swin v1/v2, MaxViT, the zoo's ViT, timm's and
-            Hugging Face's families; see
+            vision transformer (PyTorch's ``nn.TransformerEncoderLayer``, torchvision's ViT,
+            Swin v1/v2, MaxViT, the zoo's ViT, timm's and Hugging Face's families; see
             [`transformer_stages`][ctc_plugin.cam.transformer_stages]), otherwise every
             convolutional stage (convolution, folded BatchNorm, ReLU) in the forward pass,
             functional calls included. A model that computes attention but whose blocks are
@@ -653,7 +653,8 @@ class IntegrativeCAM(Attribution):
                 )
             raise UnknownBlocksError(
                 f"{self._subject()} computes attention, but none of its modules is a "
-                "transformer block IntegrativeCAM knows (torchvision's ViT, Swin, MaxViT, the "
+                "transformer block IntegrativeCAM knows (PyTorch's batch-first "
+                "nn.TransformerEncoderLayer in a ViT, torchvision's ViT, Swin, MaxViT, the "
                 "zoo's ViT, the timm and Hugging Face blocks in ctc_plugin.cam.transformers."
                 "TIMM_BLOCKS and HUGGINGFACE_BLOCKS), so its convolutional stages alone would "
                 "be a partial map; pass "

@@ -209,14 +209,25 @@ def _found_blocks(
     tables: _Tables,
     said: _Said,
     seen: set[int],
+    encoder_layers: bool = False,
 ) -> Iterator[tuple[nn.Module, BlockReshape]]:
-    """The known blocks in ``module`` in module order; a found block is not searched further."""
+    """The known blocks in ``module`` in module order; a found block is not searched further.
+
+    ``encoder_layers``: PyTorch's ``nn.TransformerEncoderLayer`` (batch first) is a block too.
+    """
     if id(module) in seen:
         return
     seen.add(id(module))
     kind = type(module)
     if kind in known:
         yield module, known[kind]
+        return
+    if (
+        encoder_layers
+        and isinstance(module, nn.TransformerEncoderLayer)
+        and module.self_attn.batch_first
+    ):
+        yield module, _resolved(None, said)  # PyTorch's own block: (N, T, D) tokens
         return
     if id(module) in said.blocks:
         yield module, said.blocks[id(module)]
@@ -229,13 +240,16 @@ def _found_blocks(
         return
     said = _said_by(module, said, tables)
     for child in module.children():
-        yield from _found_blocks(child, known, tables, said, seen)
+        yield from _found_blocks(child, known, tables, said, seen, encoder_layers)
 
 
 def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, BlockReshape]]:
     """The transformer blocks of ``model``, in module order, each with its output's reshape.
 
-    The known blocks: torchvision's ViT ``EncoderBlock``, Swin
+    The known blocks: PyTorch's ``nn.TransformerEncoderLayer`` with ``batch_first=True`` (the
+    block of ViTs written by hand; sequence-first layers are not found, nor layers in a model
+    with more convolutions than a patch embedding: a CNN's transformer head), torchvision's ViT
+    ``EncoderBlock``, Swin
     ``SwinTransformerBlock``/``SwinTransformerBlockV2``, MaxViT ``MaxVitLayer``, the types in
     [`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES] (these first), timm's in ``TIMM_BLOCKS``:
     ViT and its variants (DeiT, DINOv2 with registers, CLIP, EVA, BEiT, PiT, CrossViT), CaiT,
@@ -255,7 +269,12 @@ def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, BlockReshape]]
     Empty for a model without known blocks.
     """
     known = {**_known_blocks(), **BLOCK_RESHAPES}
-    return list(_found_blocks(model, known, _tables(model), _Said(), set()))
+    # PyTorch's layers are a ViT's blocks where the model has no convolution besides a patch
+    # embedding; over a CNN's maps they are its head (DETR, Query2Label), and the CNN's maps
+    # are the stages
+    convolutions = sum(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    found = _found_blocks(model, known, _tables(model), _Said(), set(), convolutions <= 1)
+    return list(found)
 
 
 def refused_blocks(model: object) -> list[str]:
