@@ -28,8 +28,8 @@ def test_grad_cam_on_a_vision_transformer(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_run(out, ["ctc", "gradcam"], "vit")) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("ctc-plugin explain-dataset: error: --methods gradcam: Grad-CAM ")
-    assert "vision transformer" in error and "shapes-0" not in error
+    assert error.startswith("ctc-plugin explain-dataset: error: --methods gradcam: the ")
+    assert "transformer blocks' tokens" in error and "shapes-0" not in error
     assert not out.exists()
 
 
