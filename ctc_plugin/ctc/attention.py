@@ -204,9 +204,9 @@ def scaled_dot_product_attention(
         raise UnsupportedOperationError(
             operation_name(func), "attention dropout is random; call model.eval() first"
         )
-    if kwargs.get("enable_gqa", False):
-        raise UnsupportedOperationError(operation_name(func), "grouped-query attention")
     name = operation_name(func)
+    if kwargs.get("enable_gqa", False):
+        key, value = (_shared_heads(ctx, t, query, name) for t in (key, value))
     reference = next(t for t in (query, key, value, mask) if ctx.is_propagated(t))
 
     def full(operand: Any) -> Any:
@@ -227,6 +227,26 @@ def scaled_dot_product_attention(
     if not ctx.is_propagated(value):
         return ctx.broadcast_gate(torch.matmul(full_probabilities, full(value)), name)
     return _attend(ctx, ctx.broadcast_gate(full_probabilities, name), value, name)
+
+
+def _shared_heads(ctx: GatedPass, t: Any, query: torch.Tensor, name: str) -> Any:
+    """A grouped-query key or value with its heads repeated to the query's (``enable_gqa``).
+
+    As ``scaled_dot_product_attention`` repeats them: each of the key's heads serves
+    ``query heads / key heads`` consecutive query heads. A propagated operand keeps its copies
+    and marks; one whose heads lie along the copies' dim (unbatched) is refused.
+    """
+    if not isinstance(t, torch.Tensor) or t.dim() < 3 or t.shape[-3] == query.shape[-3]:
+        return t
+    heads = t.dim() - 3
+    if ctx.is_propagated(t) and ctx.copy_axis(t) == heads:
+        raise UnsupportedOperationError(name, "its heads lie along the copies' dim (unbatched)")
+    repeated = t.repeat_interleave(query.shape[-3] // t.shape[-3], dim=heads)
+    if not ctx.is_propagated(t):
+        return repeated
+    out = ctx.tag(repeated, ctx.copy_axis(t))
+    mark = ctx.gate_mark(t)
+    return out if mark is None else ctx.mark_gate(out, mark.origin, mark.only)
 
 
 def _attend(

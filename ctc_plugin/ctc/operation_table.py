@@ -598,7 +598,8 @@ def _rows() -> list[OperationRule]:
         OperationRule(
             "attention",
             "`softmax(q k^T * scale + mask)` of the gate copy (a gate) times every copy's "
-            "values; dropout is refused",
+            "values (grouped-query keys and values repeated to the query's heads, "
+            "`enable_gqa`); dropout is refused",
             a.scaled_dot_product_attention,
             (F.scaled_dot_product_attention,),
             takes_gate_only=True,
