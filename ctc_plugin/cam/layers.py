@@ -264,8 +264,12 @@ class StageTracer(TorchFunctionMode):
         self.stages: list[Stage] = []
         self._chains: list[Stage] = []
         self._by_tensor: dict[int, list[Stage]] = {}
-        #: Copies of stage tensors that only read them so far, by ``id``: (the copy, its stages).
-        self._reads: dict[int, tuple[Tensor, list[Stage]]] = {}
+        #: Copies of stage tensors that only read them so far, by ``id``: (the copy, each stage
+        #: with its steps when the copy was made).
+        self._reads: dict[int, tuple[Tensor, list[tuple[Stage, tuple[str, ...]]]]] = {}
+        #: Tensors a chain took a step past (a convolution's output its BatchNorm consumed), by
+        #: ``id``: (the tensor, its stage, the steps up to it). A later use is refused.
+        self._passed: dict[int, tuple[Tensor, Stage, tuple[str, ...]]] = {}
         self._counts: dict[str, int] = {}
         #: The chosen modules that ran, in call order.
         self.modules: list[nn.Module] = []
@@ -314,6 +318,8 @@ class StageTracer(TorchFunctionMode):
             self.point_maps += 1
 
     def _extend(self, stage: Stage, out: Tensor, step: str) -> None:
+        if stage.tensor is not None and stage.tensor is not out:
+            self._passed[id(stage.tensor)] = (stage.tensor, stage, stage.steps)
         self._untrack(stage)
         self._track(stage, out)
         stage.steps = (*stage.steps, step)
@@ -446,10 +452,11 @@ class StageTracer(TorchFunctionMode):
             )
         tracked = [t for t in _tensors(args, kwargs) if id(t) in self._by_tensor]
         read = [t for t in _tensors(args, kwargs) if id(t) in self._reads]
+        passed = [t for t in _tensors(args, kwargs) if self._passed.get(id(t), (None,))[0] is t]
         kind = "conv" if name == "conv2d" else "bn" if func is F.batch_norm else None
         if name in ("relu", "relu_"):
             kind = "relu"
-        if not tracked and not read and kind is None:
+        if not tracked and not read and not passed and kind is None:
             return func(*args, **kwargs)
 
         first = args[0] if args and isinstance(args[0], Tensor) else None
@@ -471,11 +478,13 @@ class StageTracer(TorchFunctionMode):
         inplace = _is_inplace(func, name, args, kwargs)
         written = kwargs.get("out", first) if inplace else None
         used = [
-            stage
+            (stage, stage.steps)
             for tensor in tracked
             for stage in self._by_tensor.get(id(tensor), [])
             if stage is not extending
-        ] + [stage for tensor in read for stage in self._reads[id(tensor)][1]]
+        ]
+        used += [pair for tensor in read for pair in self._reads[id(tensor)][1]]
+        used += [self._passed[id(tensor)][1:] for tensor in passed]
         for tensor in tracked if inplace else ():
             for stage in self._by_tensor.get(id(tensor), []):
                 if stage is extending:
@@ -488,8 +497,8 @@ class StageTracer(TorchFunctionMode):
 
         out = func(*args, **kwargs)
 
-        if used and not inplace:
-            self._note_use(used, [*tracked, *read], name, out)
+        if used:
+            self._note_use(used, [*tracked, *read, *passed], name, out, inplace)
 
         if extending is not None and isinstance(out, Tensor):
             if kind == "bn" and self.fold_bias:
@@ -509,25 +518,46 @@ class StageTracer(TorchFunctionMode):
             self._new_chain(out, self._label(bn_args["running_mean"], "batch_norm"), "bn", shift)
         return out
 
-    def _note_use(self, stages: list[Stage], inputs: list[Tensor], name: str, out: Any) -> None:
+    def _note_use(
+        self,
+        stages: list[tuple[Stage, tuple[str, ...]]],
+        inputs: list[Tensor],
+        name: str,
+        out: Any,
+        inplace: bool = False,
+    ) -> None:
         """End the chains of ``stages``, whose ``inputs`` a call used, unless it only read them.
 
-        The BatchNorm and ReLU of a chain must be the only users of the tensors before them. A
-        call that passes on no gradient of them (``detach``, ``isfinite``, a comparison) is no
-        use, nor is one that returns an input as it is (``cpu()`` of a CPU tensor); a copy
-        (``output.cpu()`` on a GPU) is followed, as a user of the copy uses the map: a recording
-        hook of the user's or of pytorch-grad-cam changes no map. Calls under ``no_grad`` pass
-        on no gradient either, but neither do the stages' own tensors there: they are used.
+        ``stages`` pairs each stage with its steps up to the tensor used. The BatchNorm and
+        ReLU of a chain must be the only users of the tensors before them. A call that passes
+        on no gradient of them (``detach``, ``isfinite``, a comparison) is no use, nor is one
+        that returns an input as it is (``cpu()`` of a CPU tensor); a copy (``output.cpu()`` on
+        a GPU) is followed, as a user of the copy uses the map: a recording hook of the user's
+        or of pytorch-grad-cam changes no map. Calls under ``no_grad`` pass on no gradient
+        either, but neither do the stages' own tensors there: they are used. An in-place call
+        uses its inputs (the stages' tensors it writes are ended before it runs).
+
+        Raises:
+            ValueError: A tensor a chain has taken a step past (a convolution's output after
+                its BatchNorm), or a copy of it made before, is used: the stage would have to
+                be split after the fact.
         """
         results = list(_tensors((out,), {}))
         graded = any(t.requires_grad for t in inputs)
         passed_on = [t for t in results if t.requires_grad and all(t is not i for i in inputs)]
-        if graded and not passed_on:
+        if not inplace and graded and not passed_on:
             return
-        if graded and name in _COPIES and len(results) == 1:
+        if not inplace and graded and name in _COPIES and len(results) == 1:
             self._reads[id(results[0])] = (results[0], stages)
             return
-        for stage in stages:
+        for stage, steps in stages:
+            if stage.steps != steps:
+                raise ValueError(
+                    f"the map of {stage.name} after {', '.join(steps)} is used again, by "
+                    f"{name}, after {', '.join(stage.steps[len(steps) :])} made it part of the "
+                    f"stage ({', '.join(stage.steps)}); IntegrativeCAM cannot split a stage "
+                    "once it has followed it: choose the maps to explain with layers=[...]"
+                )
             stage.extendable = False
 
     def _refuse_training_batchnorm(self, bn_args: dict[str, Any], first: Tensor | None) -> None:

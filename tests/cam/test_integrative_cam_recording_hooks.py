@@ -108,3 +108,30 @@ def test_a_computation_with_gradient_on_the_output_is_a_use():
     finally:
         handle.remove()
     assert ("conv",) in layers.steps and ("bn", "relu") in layers.steps
+
+
+class _UsedAgain(nn.Module):
+    """conv -> BN -> ReLU, the convolution's output (or a copy of it) used again afterwards."""
+
+    def __init__(self, again) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.norm = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.head, self.again = nn.Linear(4, 3), again
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        side = self.again(h)
+        out = torch.relu(self.norm(h))
+        return self.head((out + torch.relu(side)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "again", [lambda h: h, lambda h: h.clone(), lambda h: h.to(torch.float64).float()]
+)
+def test_a_map_used_again_after_its_batch_norm_took_it_is_refused(again):
+    """Was: the conv, BN and ReLU one stage (a copy made before the BN was followed as a read,
+    and a direct use after it was not seen), the map of a model that is no such chain."""
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"the map of .* is used again, by .*layers=\["):
+        IntegrativeCAM(_UsedAgain(again).eval()).attribute(x, 1)

@@ -142,3 +142,35 @@ def test_a_dangling_link_as_out_is_named(tmp_path, capsys):
     error = _error(capsys)
     assert "is a link to" in error and "which does not exist" in error, error
     assert "resume" not in error
+
+
+def test_a_run_of_an_earlier_version_resumes(tmp_path, capsys):
+    """Its plan.json holds (size, mtime) per image and its tables no contents: every image was
+    suspect (2 fields never equal 4) and, unrecorded, refused as changed."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from ctc_plugin.runs.results import IMAGE_SHA256_KEY
+
+    folder, out = _folder(tmp_path, 4), tmp_path / "run"
+    assert main(_explain(folder, out)) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    plan["images"] = [row[:4] for row in plan["images"]]  # name, label, size, mtime
+    (out / "plan.json").write_text(json.dumps(plan))
+    for path in out.rglob("*.parquet"):
+        table = pq.read_table(path)
+        metadata = {
+            key: value
+            for key, value in (table.schema.metadata or {}).items()
+            if key != IMAGE_SHA256_KEY.encode()
+        }
+        pq.write_table(table.replace_schema_metadata(metadata), path)
+    capsys.readouterr()
+    assert main(_explain(folder, out)) == 0, capsys.readouterr().err
+    _replace_keeping_size_and_times(folder / "00.bmp", 99)  # what such a run could not see
+    _bmp(folder / "01.bmp", 98)  # a rewrite it could: another mtime
+    os.utime(folder / "01.bmp", ns=(5, 5))
+    capsys.readouterr()
+    assert main(_explain(folder, out)) == 2
+    assert "01.bmp" in _error(capsys)
