@@ -313,7 +313,8 @@ def _standing_for_signal_product(
     """``out``, the full pass's product of two gate tensors that carry copies, deferred.
 
     Both factors came out of activations that are gates in a product (a ReLU6 or tanh output
-    and a squeeze-excitation's sigmoid, an LSTM cell's input and candidate written out). Where
+    and a squeeze-excitation's sigmoid, an LSTM cell's input and candidate written out);
+    ``first`` as it was before an in-place product wrote into it (`_kept`). Where
     the product serves as a gate, it is the full pass's value; where the model reads it as a
     signal (a convolution after the squeeze-excitation), its copies are those of a product of
     two signals ([`signal_product`][ctc_plugin.ctc.gate_rules.GateRules.signal_product]: half
@@ -329,6 +330,13 @@ def _standing_for_signal_product(
 
     watched = [(first, first._version), (second, second._version)]
     return defer(out, Replay(copies, name, watched, gate=True), depth=1)
+
+
+def _kept(ctx: GatedPass, t: torch.Tensor) -> torch.Tensor:
+    """A copy of the propagated ``t`` with its copies and marks, before a call writes into it."""
+    kept = ctx.tag(t.clone(), ctx.copy_axis(t))
+    mark = ctx.gate_mark(t)
+    return kept if mark is None else ctx.mark_gate(kept, mark.origin, mark.only)
 
 
 def multiply_or_divide(divide: bool) -> Handler:
@@ -357,12 +365,15 @@ def multiply_or_divide(divide: bool) -> Handler:
         if ctx.is_propagated(first) and ctx.is_propagated(second):
             first_gate, second_gate = ctx.gate_mark(first), ctx.gate_mark(second)
             if first_gate is not None and second_gate is not None:
+                # tanh(h) * tanh(h) is a square, as tanh(h) ** 2: the full pass's
+                deferred = not (divide or first_gate.only or second_gate.only) and not (
+                    _same_signal(first, second)
+                )
+                kept = _kept(ctx, first) if deferred and is_inplace(func) else first
                 out = _gate_by_gate(ctx, func, first, second, kwargs)
-                if divide or is_inplace(func) or first_gate.only or second_gate.only:
+                if not deferred:
                     return out
-                if _same_signal(first, second):  # tanh(h) * tanh(h): a square, as tanh(h) ** 2
-                    return out
-                return _standing_for_signal_product(ctx, out, first, second, name)
+                return _standing_for_signal_product(ctx, out, kept, second, name)
             if second_gate is not None:
                 return ctx.gate_product(first, second, divide=divide, inplace=is_inplace(func))
             if first_gate is not None and not divide and not is_inplace(func):

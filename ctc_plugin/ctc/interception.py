@@ -425,8 +425,10 @@ class CTCMode(TorchFunctionMode):
         makes_gate = row is None or row.makes_gate
         within = depth <= MAX_DEPTH
         gates = all(slot.signal.replay.gate for slot in slots(template))
-        if gates and row is not None and row.takes_gate_only and func not in SUMS:
-            return ended(self._apply(func, row, args, kwargs, propagated))  # x * (g1 * g2)
+        plain_signal = any(not ctx.gate_mark(t) for t in propagated)
+        if gates and plain_signal and row is not None and row.takes_gate_only:
+            if func not in SUMS:
+                return ended(self._apply(func, row, args, kwargs, propagated))  # x * (g1 * g2)
         if makes_gate and not meets_signal:
             out = self._apply(func, row, args, kwargs, propagated)
             if row is not None or writes_first(func) or not _views_deferred(out, propagated):
@@ -495,7 +497,11 @@ class CTCMode(TorchFunctionMode):
         kept = tree_flatten(template)[0]
         watched = [(t, t._version) for t in propagated if any(t is leaf for leaf in kept)]
         written = args[0] if func is torch.Tensor.__setitem__ else out
-        gate = all(slot.signal.replay.gate for slot in slots(template))
+        # still a gate where it meets the signal: through what keeps a gate (scaling, reshaping,
+        # masking), not through a convolution or a sum with the signal
+        row = rule_for(func)
+        keeps = row is not None and row.keeps_gate and func not in SUMS
+        gate = keeps and all(slot.signal.replay.gate for slot in slots(template))
         defer(written, Replay(replay, operation_name(func), watched, gate=gate), depth)
         return out
 

@@ -101,3 +101,87 @@ def test_the_zennit_attributor_equals_the_captum_class(mode):
     attributor = CTCAttributor(model, CTCComposite(bias_sharing=mode), feature_mask=_mask())
     _, zennit = attributor(x, torch.eye(3, dtype=torch.float64)[[1, 1]])
     torch.testing.assert_close(zennit, captum, rtol=1e-10, atol=1e-15)
+
+
+def _at_once(ctx, out, first, second, name):
+    """The product's copies computed at once, as a product of two signals."""
+    return ctx.signal_product(first, second)
+
+
+class AfterTheProduct(nn.Module):
+    """``g = relu6(conv(x)) * sigmoid(se)``, then one of the ways models go on with it."""
+
+    def __init__(self, variant: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.conv2, self.conv3 = nn.Conv2d(8, 8, 1), nn.Conv2d(3, 8, 3, padding=1)
+        self.spatial, self.scale = nn.Conv2d(1, 1, 3, padding=1), nn.Parameter(torch.rand(8, 1, 1))
+        self.head, self.variant = nn.Linear(8, 3), variant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = nn.functional.relu6(self.conv(x))
+        gate = torch.sigmoid(self.fc(a.mean((2, 3), keepdim=True)))
+        g = a.mul_(gate) if self.variant == "in place" else a * gate
+        h = torch.relu(self.conv3(x))
+        y = {
+            "in place": lambda: g,
+            "times a constant": lambda: g * 0.5,
+            "layer scale": lambda: self.scale * g,
+            "divided by a constant": lambda: g / 2,
+            "scaled in place": lambda: g.mul_(0.5),
+            "a second gate (CBAM)": lambda: g * torch.sigmoid(self.spatial(g.mean(1, True))),
+            "a signal times its convolution": lambda: h * self.conv2(g),
+            "a signal times its sum with a signal": lambda: h * (g + self.conv3(x)),
+        }[self.variant]()
+        return self.head(y.mean((2, 3)))
+
+
+VARIANTS = [
+    "in place", "times a constant", "layer scale", "divided by a constant", "scaled in place",
+    "a signal times its convolution", "a signal times its sum with a signal",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["proportional", "none"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_what_follows_the_product_reads_it_as_computed_at_once(variant, mode, monkeypatch):
+    """Scaling and a second gate were refused (the product ended as a gate-only tensor); a
+    convolution of it or its sum with the signal was read as a gate where it met the signal."""
+    from ctc_plugin.ctc import handlers
+
+    model = AfterTheProduct(variant).double().eval()
+    x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _, deferred = CTC(model, bias_sharing=mode).attribute(
+        x, 1, feature_mask=_mask(), return_feature_scores=True
+    )
+    monkeypatch.setattr(handlers, "_standing_for_signal_product", _at_once)
+    spec = CTC(model, bias_sharing=mode)
+    spec._speedups = SPEC
+    _, at_once = spec.attribute(x, 1, feature_mask=_mask(), return_feature_scores=True)
+    torch.testing.assert_close(deferred.scores, at_once.scores, rtol=1e-10, atol=1e-14)
+    if mode == "proportional":
+        with torch.no_grad():
+            output = model(x)[:, 1]
+        torch.testing.assert_close(deferred.scores.sum(1), output, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
+def test_a_second_gate_multiplies_the_product_as_the_signal(mode):
+    """CBAM's spatial gate after its channel gate: ``g * sigmoid(conv(mean(g)))`` was refused
+    (two gate-only tensors at the output). The product is the signal the second gate scales:
+    its copies, each times the full pass's second gate (computed at once, the product would be
+    a gate tensor itself, and the two halved as two signals)."""
+    model = AfterTheProduct("a second gate (CBAM)").double().eval()
+    x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _, scores = CTC(model, bias_sharing=mode).attribute(
+        x, 1, feature_mask=_mask(), return_feature_scores=True
+    )
+    spec = CTC(model, bias_sharing=mode)
+    spec._speedups = SPEC
+    _, expected = spec.attribute(x, 1, feature_mask=_mask(), return_feature_scores=True)
+    torch.testing.assert_close(scores.scores, expected.scores, rtol=1e-10, atol=1e-14)
+    if mode == "proportional":
+        with torch.no_grad():
+            output = model(x)[:, 1]
+        torch.testing.assert_close(scores.scores.sum(1), output, rtol=1e-10, atol=1e-12)
