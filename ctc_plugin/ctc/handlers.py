@@ -472,12 +472,14 @@ def reshape_copies(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) ->
 
 
 _T = torch.Tensor
-#: Shape operations that copy or convert their input without moving a value: where the result
-#: keeps the input's shape and dtype, a BatchNorm after it still folds into the layer before.
+#: Shape operations that copy, convert or view their input without moving a value where the
+#: result keeps the input's shape and dtype (a reshape to the same shape is the identity): a
+#: BatchNorm after one still folds into the layer before.
 VALUE_COPIES = frozenset(
     [
         _T.contiguous, _T.clone, torch.clone, _T.to, _T.float, _T.double, _T.type_as, _T.type,
-        _T.detach, _T.cpu, _T.cuda,
+        _T.detach, _T.cpu, _T.cuda, _T.view, _T.view_as, _T.reshape, torch.reshape,
+        _T.reshape_as, _T.flatten, torch.flatten,
     ]
 )  # fmt: skip
 
@@ -590,6 +592,7 @@ def set_item(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> None:
         ctx.is_propagated(value)
         and isinstance(target, torch.Tensor)
         and not ctx.is_propagated(target)
+        and target._base is None  # a view of zeros: the tensor it views would hold the copies
         and target.dim() == value.dim()
         and ctx.copy_axis(value) == 0
         and ctx.gate_mark(value) is None  # a gate tensor's marks would not pass on to target

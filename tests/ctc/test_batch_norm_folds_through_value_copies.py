@@ -20,6 +20,9 @@ BETWEEN = {
     "float": lambda h: h.float(),  # the same object
     "to": lambda h: h.to(torch.float32),
     "clone then contiguous": lambda h: h.clone().contiguous(),
+    "view_as itself": lambda h: h.view_as(h),
+    "reshape to its shape": lambda h: h.reshape(h.shape),
+    "flatten none": lambda h: h.flatten(-1),
 }
 
 

@@ -89,3 +89,19 @@ def test_a_write_into_chosen_copies_is_refused():
         CTC(Shifted(between).eval()).attribute(
             torch.rand(1, 3, 8, 8), 1, feature_mask=random_partition(8, 8, 3)
         )
+
+
+def test_a_write_through_a_view_of_zeros_is_refused_as_mixing():
+    """The zeros buffer behind the view would hold the copies untracked: refused as before, not
+    with a message about an untraced output."""
+
+    def between(x: torch.Tensor) -> torch.Tensor:
+        out = x.new_zeros(x.shape[0], 2 * x.shape[1], *x.shape[2:])
+        left = out[:, : x.shape[1]]
+        left[...] = x
+        return out[:, x.shape[1] :] + out[:, : x.shape[1]]
+
+    with pytest.raises(UnsupportedOperationError, match="mixes a constant and the"):
+        CTC(Shifted(between).eval()).attribute(
+            torch.rand(1, 3, 8, 8), 1, feature_mask=random_partition(8, 8, 3)
+        )
