@@ -248,7 +248,8 @@ def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, BlockReshape]]
 
     The known blocks: PyTorch's ``nn.TransformerEncoderLayer`` with ``batch_first=True`` (the
     block of ViTs written by hand; sequence-first layers are not found, nor layers in a model
-    with more convolutions than a patch embedding: a CNN's transformer head), torchvision's ViT
+    with convolutions other than patch embeddings and depthwise position convolutions: a CNN's
+    transformer head), torchvision's ViT
     ``EncoderBlock``, Swin
     ``SwinTransformerBlock``/``SwinTransformerBlockV2``, MaxViT ``MaxVitLayer``, the types in
     [`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES] (these first), timm's in ``TIMM_BLOCKS``:
@@ -269,12 +270,26 @@ def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, BlockReshape]]
     Empty for a model without known blocks.
     """
     known = {**_known_blocks(), **BLOCK_RESHAPES}
-    # PyTorch's layers are a ViT's blocks where the model has no convolution besides a patch
-    # embedding; over a CNN's maps they are its head (DETR, Query2Label), and the CNN's maps
-    # are the stages
-    convolutions = sum(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    found = _found_blocks(model, known, _tables(model), _Said(), set(), convolutions <= 1)
+    found = _found_blocks(model, known, _tables(model), _Said(), set(), _patches_only(model))
     return list(found)
+
+
+def _patches_only(model: nn.Module) -> bool:
+    """Whether ``model``'s convolutions are patch embeddings and position convolutions only.
+
+    Then PyTorch's ``nn.TransformerEncoderLayer`` are its blocks (a ViT written by hand). A
+    patch embedding cuts the image into patches (kernel and stride equal, larger than 1); a
+    position convolution (CPVT's PEG) is depthwise. Over a CNN's maps, convolutions of any
+    other kind, the layers are its head (DETR, Query2Label), not its stages.
+    """
+    for module in model.modules():
+        if not isinstance(module, nn.modules.conv._ConvNd):
+            continue
+        patches = module.kernel_size == module.stride and max(module.kernel_size) > 1
+        depthwise = module.groups == module.in_channels == module.out_channels > 1
+        if not (patches or depthwise):
+            return False
+    return True
 
 
 def refused_blocks(model: object) -> list[str]:
@@ -613,7 +628,8 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
     attention tensor (attention probabilities and the queries, keys and values of attention are
     four-dimensional too; see ``_ProbeTrace``).
 
-    A model with one convolution that computes attention is a vision transformer: its last map
+    A model with one convolution, a patch embedding (kernel and stride equal), that computes
+    attention is a vision transformer: its last map
     is its patch embedding's (or a tensor of its blocks), and a Grad-CAM map of it would not
     explain the blocks. It is refused. A CNN with attention (inside its stages, an
     attention-pooling head as in CLIP's ResNets, or a transformer head over its last map) keeps
@@ -624,7 +640,8 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
 
     Raises:
         ValueError: when no submodule returns such a tensor.
-        UnknownBlocksError: when the model has one convolution and computes attention; for
+        UnknownBlocksError: when the model has one convolution, a patch embedding, and
+            computes attention; for
             blocks of a known type it names `grad_cam_layer`, which takes them.
     """
     finished: list[tuple[nn.Module, Tensor]] = []
@@ -650,7 +667,7 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
     if not maps:
         raise ValueError("the model has no submodule returning a spatial (N, C, H, W) map")
     layer = maps[-1][0]
-    if trace.attention and trace.convolutions == 1:
+    if trace.attention and trace.convolutions == 1 and _patches_only(model):
         raise UnknownBlocksError(
             _patch_embedding_only(model, layer, shapes[id(layer)], trace.attention)
         )

@@ -75,3 +75,46 @@ def test_over_a_cnns_maps_they_are_its_head_not_its_stages():
     with pytest.raises(UnknownBlocksError, match="computes attention"):
         IntegrativeCAM(model).attribute(torch.rand(1, 3, 8, 8), 1)
     assert grad_cam_layer(model, torch.rand(1, 3, 8, 8))[0] is model.trunk
+
+
+class PositionConvolutionViT(HandWrittenViT):
+    """CPVT's position generator: a depthwise convolution over the patch grid between blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.position = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = self.embed(x)
+        tokens = (grid + self.position(grid)).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], 1) + self.pos
+        return self.head(self.encoder(tokens)[:, 0])
+
+
+def test_a_depthwise_position_convolution_is_no_cnn():
+    _, layers = IntegrativeCAM(PositionConvolutionViT().eval()).attribute(
+        torch.rand(1, 3, 32, 32), 1, return_layer_maps=True
+    )
+    assert layers.names == ["encoder.layers.0", "encoder.layers.1"]
+
+
+def test_one_stem_convolution_under_a_transformer_head_keeps_its_map_for_grad_cam():
+    """A 3 x 3 stride-1 stem is no patch embedding: Grad-CAM explains its map (was refused as a
+    vision transformer's patch embedding), and the layers are no stages."""
+    torch.manual_seed(0)
+
+    class Stem(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+            self.head = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.head(self.stem(x).flatten(2).transpose(1, 2)).mean(1))
+
+    model = Stem().eval()
+    assert grad_cam_layer(model, torch.rand(1, 3, 8, 8))[0] is model.stem
+    with pytest.raises(UnknownBlocksError, match="whose convolutions are patch embeddings"):
+        IntegrativeCAM(model).attribute(torch.rand(1, 3, 8, 8), 1)
