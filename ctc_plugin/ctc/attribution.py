@@ -404,9 +404,9 @@ class CTC(Attribution):
         except ValueRangeError as error:
             made_here = (
                 ". CTC made that segmenter itself (neither segmenter= nor feature_mask= was "
-                "given): for normalised images give CTC(model, segmenter=SuperpixelSegmenter("
-                "mean=..., std=...)) with the normalisation's mean and std (value_range=(0, 255) "
-                "for 8-bit values), or pass feature_mask="
+                "given): for normalised images give CTC(model, segmenter=ctc_plugin.features."
+                "SuperpixelSegmenter(mean=..., std=...)) with the normalisation's mean and std "
+                "(value_range=(0, 255) for 8-bit values), or pass a feature_mask"
                 if made
                 else ""
             )

@@ -293,7 +293,7 @@ class FusedProportionalSharing:
 def bias_per_magnitude(bias: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     """``bias / total``, the factor of each copy's ``|z_k|`` in its proportional share.
 
-    In ``total``'s dtype (float32 for float16 copies,
+    In ``total``'s dtype (float32 for 16-bit float copies,
     [`formula_dtype`][ctc_plugin.ctc.sharing.formula_dtype]).
     """
     return bias.to(total.dtype) / total
@@ -382,7 +382,7 @@ class FusedReferenceSharing:
         wide = formula_dtype(z)
         if wide == z.dtype:
             self._add_shares_in_blocks(z, bias, layout.first_feature, carried)
-        else:  # float16: ceil(10 z_k) * 1000 leaves the format's range from z_k > 6.55 on
+        else:  # 16-bit floats: ceil(10 z_k) * 1000 leaves float16's range, bfloat16's precision
             widened = z.to(wide)
             self._add_shares_in_blocks(widened, bias.to(wide), layout.first_feature, carried)
             z.copy_(widened)

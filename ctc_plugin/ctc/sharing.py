@@ -98,8 +98,8 @@ class ProportionalSharing(SpecSharing):
     ) -> torch.Tensor:
         """``s_k = |z_k| / sum_j |z_j|``; equal shares of the present copies where the sum is 0.
 
-        For float16 copies in float32 (their sum may exceed float16's range), then rounded to
-        float16: every share is at most 1.
+        For 16-bit float copies in float32 (`formula_dtype`: a float16 sum may exceed its
+        range), then rounded back: every share is at most 1.
         """
         magnitude = z[:, 1:].abs()
         magnitude = magnitude.to(formula_dtype(magnitude))
@@ -164,15 +164,18 @@ class ReferenceSharing(SpecSharing):
 
 
 def formula_dtype(values: torch.Tensor) -> torch.dtype:
-    """The dtype the sharing formulas compute ``values``' shares in: float32 for float16.
+    """The dtype the sharing formulas compute ``values``' shares in: float32 for 16-bit floats.
 
     float16's range ends at 65504, which both formulas pass with values of a finite pass: the
     proportional sum ``sum_j |z_j|`` of large magnitudes that cancel in the signal (and the
     quotient ``bias / sum`` of small ones), and the reference ratio's ``ceil(10 z_k) * 1000``
     from ``z_k > 6.55`` on. Every share is at most the bias (proportional) or a ratio of the
-    copies' values (reference), so it is rounded back to float16. Other dtypes as they are.
+    copies' values (reference), so it is rounded back to float16. bfloat16 has float32's
+    range but 8 bits of precision: ``ceil(10 z) * 1000`` (70000 for ``z = 7``) is not exact
+    in it, and the reference full copy's own ratio came out 1.0078, not 1. Other dtypes as they
+    are.
     """
-    return torch.float32 if values.dtype == torch.float16 else values.dtype
+    return torch.float32 if values.dtype in (torch.float16, torch.bfloat16) else values.dtype
 
 
 def tenfold_quantised(u: torch.Tensor) -> torch.Tensor:

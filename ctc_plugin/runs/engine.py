@@ -462,8 +462,12 @@ def _refuse_out_inside(source: Source, out: str | os.PathLike[str]) -> None:
     """
     if source.kind != "folder" or source.root is None:
         return
-    folder = Path(out).expanduser().resolve()
-    if folder == source.root or source.root in folder.parents:
+    given = Path(out).expanduser()
+    folders = {given.absolute(), given.resolve()}
+    # the listing follows links to folders: a class folder that is a link holds its target
+    listed = {source.root, Path(source.spec).expanduser().absolute()}
+    listed |= {entry.resolve() for entry in source.root.iterdir() if entry.is_dir()}
+    if any(folder == root or root in folder.parents for folder in folders for root in listed):
         raise SourceError(
             f"--out {out} lies inside SOURCE {source.spec}: the run's folder would be read "
             "with the images (as a class folder of its own on the next start, which could "

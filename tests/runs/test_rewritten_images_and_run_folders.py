@@ -174,3 +174,15 @@ def test_a_run_of_an_earlier_version_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main(_explain(folder, out)) == 2
     assert "01.bmp" in _error(capsys)
+
+
+def test_an_out_inside_a_linked_class_folder_is_refused(tmp_path, capsys):
+    """The listing follows a class folder that is a link: its target is inside SOURCE too."""
+    folder, elsewhere = tmp_path / "photos", tmp_path / "elsewhere" / "dog"
+    _bmp(folder / "cat" / "0.bmp", 0)
+    _bmp(elsewhere / "1.bmp", 1)
+    (folder / "dog").symlink_to(elsewhere, target_is_directory=True)
+    for out in (elsewhere / "run", folder / "dog" / "run"):
+        assert main(_explain(folder, out)) == 2
+        assert "lies inside SOURCE" in _error(capsys)
+        assert not out.exists()
