@@ -23,13 +23,15 @@ Targets are checked by [`ctc_plugin.targets`][ctc_plugin.targets].
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
 import math
 import numbers
 import re
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -37,6 +39,7 @@ import torch
 from torch.nn import functional
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
+from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.nn.utils.parametrizations import _SpectralNorm
 from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
 
@@ -70,6 +73,7 @@ __all__ = [
     "outside_inference_mode",
     "with_gradients",
     "training_mode_error",
+    "training_modules_refused",
 ]
 
 #: The channel counts that make a trailing dimension look like channels (channels-last layout).
@@ -591,6 +595,30 @@ def _drops_paths(module: torch.nn.Module) -> bool:
     else:
         return False
     return isinstance(rate, numbers.Real) and rate > 0
+
+
+@contextlib.contextmanager
+def training_modules_refused(name: str = "(a module of the forward function)") -> Iterator[None]:
+    """Refuse, in the calling thread, any module about to run in training mode.
+
+    For forward functions whose modules cannot be inspected beforehand (a lambda, a
+    ``functools.partial``): a global forward pre-hook raises before the module's forward runs,
+    so BatchNorm's statistics and batch counter stay untouched. Other threads' passes are let be.
+
+    Raises:
+        TrainingModeError: Naming the module's type (as ``name``).
+    """
+    thread = threading.get_ident()
+
+    def check(module: torch.nn.Module, _args: Any) -> None:
+        if threading.get_ident() == thread and changes_in_training(module):
+            raise training_mode_error(module, name)
+
+    handle = register_module_forward_pre_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def training_mode_error(module: torch.nn.Module, name: str) -> TrainingModeError:

@@ -10,7 +10,7 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from ctc_plugin.concurrency import eval_mode, holds_model
+from ctc_plugin.concurrency import eval_mode, holds_model, model_of
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.inputs import (
     check_eval_mode,
@@ -18,6 +18,7 @@ from ctc_plugin.inputs import (
     dtype_mismatch_explained,
     example_rows,
     floating_dtype,
+    training_modules_refused,
 )
 from ctc_plugin.module_state import DigestMemo
 from ctc_plugin.targets import TargetType, class_indices, output_not_a_tensor
@@ -110,9 +111,10 @@ class ExplainerAttribution(Attribution):
         if not self.check_classifier:
             return
         expected = self._expected_digests()
-        if not expected:
+        model = model_of(self.classifier)  # a lambda's or a partial's model is unknown
+        if not expected or model is None:
             return
-        digest = self._digest.digest(self.classifier)
+        digest = self._digest.digest(model)
         if digest not in expected:
             warnings.warn(
                 ClassifierMismatchWarning(
@@ -222,26 +224,29 @@ class ExplainerAttribution(Attribution):
         check_eval_mode(self.classifier)
         self._check_fits(images)
         n, num_classes = len(images), self.explainer.num_classes
-        indices = None
-        if target is not None:  # checked before anything runs
-            indices = class_indices(target, n, num_classes, device=images.device)
-        with eval_mode(self.explainer):  # switched (and held exclusively) only when needed
-            with torch.no_grad():
-                checked = (images.dtype, images.device)
-                if indices is None:
-                    indices = self._predicted(images, additional_forward_args)
-                elif additional_forward_args is not None or self._checked_inputs != checked:
-                    # one example, and its rows of side inputs: a call gives the classifier the
-                    # same arguments whether or not an earlier call ran
+        if target is not None:  # its form is checked before anything runs
+            class_indices(target, n, device=images.device)
+        with eval_mode(self.explainer), training_modules_refused(), torch.no_grad():
+            # the explainer is switched (and held exclusively) only when needed; a classifier
+            # behind a function is refused in training mode before its first module runs
+            checked = (images.dtype, images.device)
+            if target is None:
+                indices = self._predicted(images, additional_forward_args)
+            else:
+                if additional_forward_args is not None or self._checked_inputs != checked:
+                    # one example, and its rows of side inputs: a call gives the classifier
+                    # the same arguments whether or not an earlier call ran
                     self._classify(
                         images[:1], example_rows(additional_forward_args, n, slice(0, 1))
                     )
-                if additional_forward_args is None:
-                    self._checked_inputs = checked
-                self._warn_if_other_classifier()  # once the classifier fits the explainer
-                fast = images.to(self._explainer_dtype(images)).contiguous(
-                    memory_format=self.explainer.input_memory_format
-                )
-                masks = self.explainer.target_logits(fast, indices).sigmoid()
+                # the range after the class counts: a foreign explainer is named as such
+                indices = class_indices(target, n, num_classes, device=images.device)
+            if additional_forward_args is None:
+                self._checked_inputs = checked
+            self._warn_if_other_classifier()  # once the classifier fits the explainer
+            fast = images.to(self._explainer_dtype(images)).contiguous(
+                memory_format=self.explainer.input_memory_format
+            )
+            masks = self.explainer.target_logits(fast, indices).sigmoid()
         result = masks.expand_as(images).to(images.dtype).contiguous()
         return (result,) if as_tuple else result
