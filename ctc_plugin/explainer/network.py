@@ -559,7 +559,8 @@ class Explainer(nn.Module):
                 "write it again with Explainer.save (or the command that trained it)"
             )
         try:
-            explainer = cls._from_config(config, classifier)
+            mismatch = _state_dict_mismatch(cls, config, classifier, payload["state_dict"])
+            explainer = None if mismatch else cls._from_config(config, classifier)
         except TypeError as error:
             raise ValueError(
                 f"explainer file {str(path)!r} has a config this version cannot build ({error}); "
@@ -569,6 +570,8 @@ class Explainer(nn.Module):
             hint = _classifier_hint(config, classifier, payload)
             raise ValueError(f"explainer file {str(path)!r}: {error}{hint}") from error
         try:
+            if explainer is None:  # refused by the shapes, before the real build
+                raise RuntimeError(f"Error(s) in loading state_dict:\n{mismatch}")
             explainer.load_state_dict(payload["state_dict"])
         except RuntimeError as error:
             detail = " ".join(line.strip() for line in str(error).splitlines()[1:4])
@@ -712,3 +715,52 @@ def plain_metadata(value: Any, key: str = "metadata") -> Any:
         "cannot read back; store plain data (str, int, float, bool, None, tensors, and lists, "
         "tuples and dicts of them), e.g. str(value) for a path"
     )
+
+
+def _state_dict_mismatch(
+    cls: type[Explainer],
+    config: dict[str, Any],
+    classifier: nn.Module | None,
+    state_dict: dict[str, Any],
+) -> str | None:
+    """How a config's network differs from the file's state dict, found before building it.
+
+    The network is built on the meta device first (no memory), so a config that would build a
+    huge network (``num_classes`` of twenty million in a file of a few kilobytes) is refused by
+    its shapes instead of allocating them. ``None`` where they fit, or where the builder cannot
+    run on the meta device (the real build and ``load_state_dict`` then decide).
+
+    Raises:
+        TypeError: A config entry that ``save`` never writes (an object argument such as
+            ``weights``, which would have the builder open another file).
+    """
+    from ctc_plugin.explainer.backbones import OBJECT_ARGUMENTS
+
+    written = sorted(key for key in config if key in OBJECT_ARGUMENTS)
+    if written:
+        raise TypeError(
+            f"its config holds {', '.join(written)}, which Explainer.save never writes (the "
+            "file holds the weights itself)"
+        )
+    try:
+        with torch.device("meta"):
+            probe = cls._from_config(config, classifier)
+    except (NotImplementedError, RuntimeError):
+        return None
+    wanted = {key: tuple(value.shape) for key, value in probe.state_dict().items()}
+    given = {
+        key: tuple(value.shape) for key, value in state_dict.items() if hasattr(value, "shape")
+    }
+    # what files of older versions lack and loading leaves at its unknown value
+    optional = {key for key in wanted if key.rsplit(".", 1)[-1] in cls.ADDED_STATE}
+    differ = sorted(
+        key
+        for key in wanted.keys() | given.keys()
+        if wanted.get(key) != given.get(key) and not (key in optional and key not in given)
+    )
+    if not differ:
+        return None
+    return "; ".join(
+        f"{key}: {given.get(key, 'missing')} in the file, {wanted.get(key, 'none')} in the config"
+        for key in differ[:3]
+    ) + (f"; {len(differ) - 3} more" if len(differ) > 3 else "")
