@@ -9,10 +9,12 @@ anything is loaded).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -56,6 +58,49 @@ def loader_settings(loader: Iterable[Any]) -> dict[str, Any]:
     if generators:  # only then: checkpoints of loaders without one stay comparable
         settings["generators"] = len(generators)
     return settings
+
+
+def host_rng_states() -> dict[str, list[Any]]:
+    """NumPy's and Python's global random states as plain data (a checkpoint's ``host_rng``).
+
+    A data set that draws its augmentations with ``numpy.random`` or ``random`` (the
+    albumentations style) in the main process (``num_workers=0``) would see other draws after a
+    resume than in an uninterrupted run, were they not saved with torch's. Workers are seeded by
+    torch's generator, which every checkpoint holds.
+    """
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
+    }
+
+
+def set_host_rng_states(states: dict[str, list[Any]]) -> None:
+    """Restore what `host_rng_states` saved."""
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def check_resumable_loaders(loaders: Iterable[Any]) -> None:
+    """Refuse loaders whose batches after a resume would differ from an uninterrupted run's.
+
+    A ``DataLoader`` with ``persistent_workers=True`` draws its workers' seeds from torch's
+    generator once, at its first epoch; a resumed run draws them at the resumed epoch, which
+    moves the shuffling and the workers' random transforms.
+
+    Raises:
+        ValueError: Naming the option to change.
+    """
+    for loader in loaders:
+        if getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0):
+            raise ValueError(
+                "a DataLoader with persistent_workers=True draws its workers' seeds once, at "
+                "its first epoch, so a resumed run would see other batches than an "
+                "uninterrupted one; use persistent_workers=False with checkpoint= or resume="
+            )
 
 
 def loader_generators(loader: Iterable[Any]) -> list[torch.Generator]:

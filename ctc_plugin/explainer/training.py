@@ -27,13 +27,16 @@ from ctc_plugin.explainer.batches import (
 )
 from ctc_plugin.explainer.checkpoints import (
     check_checkpoint_path,
+    check_resumable_loaders,
     check_resume,
     check_resumed_epochs,
+    host_rng_states,
     load_checkpoint,
     loader_generators,
     loader_settings,
     plain_baseline,
     save_checkpoint,
+    set_host_rng_states,
 )
 from ctc_plugin.explainer.network import Explainer, classifier_record
 from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
@@ -519,6 +522,8 @@ def fit_explainer(
     check_loader(train_loader, "train_loader")
     check_reiterable(train_loader, "train_loader", epochs)
     check_checkpoint_path(checkpoint)
+    if checkpoint is not None or resume is not None:
+        check_resumable_loaders([train_loader, val_loader])
     if val_loader is not None:
         check_loader(val_loader, "val_loader")
         check_reiterable(val_loader, "val_loader", 2)
@@ -609,6 +614,7 @@ def fit_explainer(
                             "optimizer": optimizer.state_dict(),
                             "rng": torch.get_rng_state(),
                             "loader_rng": [generator.get_state() for generator in generators],
+                            "host_rng": host_rng_states(),
                             "best_state": best_state,
                             "best_epoch": result.best_epoch,
                             "best_loss": result.best_loss,
@@ -666,14 +672,17 @@ def _continue_from(
 ) -> tuple[int, int, dict[str, Tensor]]:
     """Load a checked checkpoint ``state``; return ``(start_epoch, bad_epochs, best_state)``.
 
-    The explainer, the optimiser, torch's random generator, the loaders' own ``generators``
-    and ``result``'s history and best epoch continue where the checkpointed run stopped.
+    The explainer, the optimiser, torch's random generator (and NumPy's and Python's, where the
+    checkpoint holds them), the loaders' own ``generators`` and ``result``'s history and best
+    epoch continue where the checkpointed run stopped.
     """
     explainer.load_state_dict(state["explainer"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
     for generator, generator_state in zip(generators, state.get("loader_rng", [])):
         generator.set_state(generator_state)
+    if "host_rng" in state:  # checkpoints of earlier versions hold torch's alone
+        set_host_rng_states(state["host_rng"])
     result.history = list(state["history"])
     result.best_epoch, result.best_loss = int(state["best_epoch"]), float(state["best_loss"])
     return int(state["epoch"]), int(state["bad_epochs"]), state["best_state"]
