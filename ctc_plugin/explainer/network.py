@@ -760,7 +760,13 @@ def _state_dict_mismatch(
     )
     if not differ:
         return None
-    return "; ".join(
-        f"{key}: {given.get(key, 'missing')} in the file, {wanted.get(key, 'none')} in the config"
-        for key in differ[:3]
-    ) + (f"; {len(differ) - 3} more" if len(differ) > 3 else "")
+
+    def difference(key: str) -> str:
+        if key not in given:
+            return f"missing {key} {wanted[key]}"
+        if key not in wanted:
+            return f"unexpected {key} {given[key]}"
+        return f"size mismatch for {key}: {given[key]} in the file, {wanted[key]} in the config"
+
+    shown = "; ".join(difference(key) for key in differ[:3])
+    return shown + (f"; {len(differ) - 3} more" if len(differ) > 3 else "")
