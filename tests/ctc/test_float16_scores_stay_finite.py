@@ -132,25 +132,15 @@ def test_float16_reference_shares_of_values_past_six_and_a_half(speedups):
     )
 
 
-def test_the_reference_formula_of_a_float16_value_past_six_and_a_half():
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_reference_formula_of_a_16_bit_value_is_exact_in_its_ratio(dtype):
+    """``ceil(10 * 7) * 1000 = 70000`` is past float16's range (NaN shares) and not exact in
+    bfloat16 (the full copy's own share came out 1.0078): both are computed in float32."""
     from ctc_plugin.ctc.sharing import reference_shares
 
-    z_full = torch.tensor([7.0], dtype=torch.float16).view(1, 1, 1)
-    z_copies = torch.tensor([7.0, 3.5], dtype=torch.float16).view(1, 2, 1)
+    z_full = torch.tensor([7.0], dtype=dtype).view(1, 1, 1)
+    z_copies = torch.tensor([7.0, 3.5], dtype=dtype).view(1, 2, 1)
     sigma = torch.tensor(10.0, dtype=torch.float64)
     shares = reference_shares(z_copies, z_full, sigma, (2,))
-    assert shares.dtype == torch.float16
-    assert shares.flatten().tolist() == [1.0, 0.5]
-
-
-def test_the_reference_formula_of_a_bfloat16_value_is_exact_in_its_ratio():
-    """``ceil(10 * 7) * 1000 = 70000`` is not exact in bfloat16: the full copy's own share came
-    out 1.0078. The formula computes bfloat16 copies in float32, as float16 ones."""
-    from ctc_plugin.ctc.sharing import reference_shares
-
-    z_full = torch.tensor([7.0], dtype=torch.bfloat16).view(1, 1, 1)
-    z_copies = torch.tensor([7.0, 3.5], dtype=torch.bfloat16).view(1, 2, 1)
-    sigma = torch.tensor(10.0, dtype=torch.float64)
-    shares = reference_shares(z_copies, z_full, sigma, (2,))
-    assert shares.dtype == torch.bfloat16
+    assert shares.dtype == dtype
     assert shares.flatten().tolist() == [1.0, 0.5]

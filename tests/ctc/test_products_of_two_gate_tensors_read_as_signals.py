@@ -47,7 +47,12 @@ def _mask() -> torch.Tensor:
 @pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_squeeze_excitation_after_a_bounded_activation_is_explained(activation, mode):
-    model = SqueezeExcitationAfter(ACTIVATIONS[activation]).double().eval()
+    _assert_equals_the_spec_and_adds_up(SqueezeExcitationAfter(ACTIVATIONS[activation]), mode)
+
+
+def _assert_equals_the_spec_and_adds_up(model: nn.Module, mode: str) -> None:
+    """The default speed-ups give the spec pass's scores; ``"proportional"`` adds up."""
+    model = model.double().eval()
     x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     _, scores = CTC(model, bias_sharing=mode).attribute(
         x, 1, feature_mask=_mask(), return_feature_scores=True
@@ -57,7 +62,9 @@ def test_squeeze_excitation_after_a_bounded_activation_is_explained(activation, 
     _, expected = spec.attribute(x, 1, feature_mask=_mask(), return_feature_scores=True)
     torch.testing.assert_close(scores.scores, expected.scores, rtol=1e-10, atol=1e-12)
     if mode == "proportional":
-        torch.testing.assert_close(scores.scores.sum(1), model(x)[:, 1], rtol=1e-10, atol=1e-12)
+        with torch.no_grad():
+            output = model(x)[:, 1]
+        torch.testing.assert_close(scores.scores.sum(1), output, rtol=1e-10, atol=1e-12)
 
 
 class GatedByTwoGates(nn.Module):
@@ -172,16 +179,4 @@ def test_a_second_gate_multiplies_the_product_as_the_signal(mode):
     (two gate-only tensors at the output). The product is the signal the second gate scales:
     its copies, each times the full pass's second gate (computed at once, the product would be
     a gate tensor itself, and the two halved as two signals)."""
-    model = AfterTheProduct("a second gate (CBAM)").double().eval()
-    x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    _, scores = CTC(model, bias_sharing=mode).attribute(
-        x, 1, feature_mask=_mask(), return_feature_scores=True
-    )
-    spec = CTC(model, bias_sharing=mode)
-    spec._speedups = SPEC
-    _, expected = spec.attribute(x, 1, feature_mask=_mask(), return_feature_scores=True)
-    torch.testing.assert_close(scores.scores, expected.scores, rtol=1e-10, atol=1e-14)
-    if mode == "proportional":
-        with torch.no_grad():
-            output = model(x)[:, 1]
-        torch.testing.assert_close(scores.scores.sum(1), output, rtol=1e-10, atol=1e-12)
+    _assert_equals_the_spec_and_adds_up(AfterTheProduct("a second gate (CBAM)"), mode)
