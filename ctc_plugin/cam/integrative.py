@@ -654,8 +654,8 @@ class IntegrativeCAM(Attribution):
             raise UnknownBlocksError(
                 f"{self._subject()} computes attention, but none of its modules is a "
                 "transformer block IntegrativeCAM knows (PyTorch's batch-first "
-                "nn.TransformerEncoderLayer in a model whose convolutions are patch "
-                "embeddings, torchvision's ViT, Swin, MaxViT, the "
+                "nn.TransformerEncoderLayer in a model whose one convolution is a patch "
+                "embedding, torchvision's ViT, Swin, MaxViT, the "
                 "zoo's ViT, the timm and Hugging Face blocks in ctc_plugin.cam.transformers."
                 "TIMM_BLOCKS and HUGGINGFACE_BLOCKS), so its convolutional stages alone would "
                 "be a partial map; pass "

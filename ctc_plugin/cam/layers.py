@@ -483,8 +483,8 @@ class StageTracer(TorchFunctionMode):
             for stage in self._by_tensor.get(id(tensor), [])
             if stage is not extending
         ]
-        used += [pair for tensor in read for pair in self._reads[id(tensor)][1]]
         used += [self._passed[id(tensor)][1:] for tensor in passed]
+        copies = [pair for tensor in read for pair in self._reads[id(tensor)][1]]
         for tensor in tracked if inplace else ():
             for stage in self._by_tensor.get(id(tensor), []):
                 if stage is extending:
@@ -498,7 +498,9 @@ class StageTracer(TorchFunctionMode):
         out = func(*args, **kwargs)
 
         if used:
-            self._note_use(used, [*tracked, *read, *passed], name, out, inplace)
+            self._note_use(used, [*tracked, *passed], name, out, inplace)
+        if copies:  # a copy written in place (a hook's clamp_ of its own copy) is still a copy
+            self._note_use(copies, read, name, out)
 
         if extending is not None and isinstance(out, Tensor):
             if kind == "bn" and self.fold_bias:

@@ -248,8 +248,8 @@ def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, BlockReshape]]
 
     The known blocks: PyTorch's ``nn.TransformerEncoderLayer`` with ``batch_first=True`` (the
     block of ViTs written by hand; sequence-first layers are not found, nor layers in a model
-    with convolutions other than patch embeddings and depthwise position convolutions: a CNN's
-    transformer head), torchvision's ViT
+    with convolutions other than one patch embedding and depthwise position convolutions: a
+    CNN's transformer head), torchvision's ViT
     ``EncoderBlock``, Swin
     ``SwinTransformerBlock``/``SwinTransformerBlockV2``, MaxViT ``MaxVitLayer``, the types in
     [`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES] (these first), timm's in ``TIMM_BLOCKS``:
@@ -275,13 +275,15 @@ def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, BlockReshape]]
 
 
 def _patches_only(model: nn.Module) -> bool:
-    """Whether ``model``'s convolutions are patch embeddings and position convolutions only.
+    """Whether ``model``'s convolutions are one patch embedding and position convolutions only.
 
     Then PyTorch's ``nn.TransformerEncoderLayer`` are its blocks (a ViT written by hand). A
     patch embedding cuts the image into patches (kernel and stride equal, larger than 1); a
-    position convolution (CPVT's PEG) is depthwise. Over a CNN's maps, convolutions of any
-    other kind, the layers are its head (DETR, Query2Label), not its stages.
+    position convolution (CPVT's PEG) is depthwise. Over a CNN's maps (convolutions of any
+    other kind, or several that patchify and downsample, as ConvNeXt's stem and downsampling
+    layers do) the layers are its head (DETR, Query2Label), not its stages.
     """
+    embeddings = 0
     for module in model.modules():
         if not isinstance(module, nn.modules.conv._ConvNd):
             continue
@@ -289,7 +291,8 @@ def _patches_only(model: nn.Module) -> bool:
         depthwise = module.groups == module.in_channels == module.out_channels > 1
         if not (patches or depthwise):
             return False
-    return True
+        embeddings += patches and not depthwise
+    return embeddings <= 1  # a CNN that patchifies and downsamples so (ConvNeXt) has several
 
 
 def refused_blocks(model: object) -> list[str]:

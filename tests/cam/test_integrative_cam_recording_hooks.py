@@ -135,3 +135,28 @@ def test_a_map_used_again_after_its_batch_norm_took_it_is_refused(again):
     x = torch.rand(1, 3, 8, 8)
     with pytest.raises(ValueError, match=r"the map of .* is used again, by .*layers=\["):
         IntegrativeCAM(_UsedAgain(again).eval()).attribute(x, 1)
+
+
+def test_a_hook_that_changes_its_own_copy_in_place_changes_no_map():
+    """``c = out.clone(); c.clamp_(min=0)`` in a hook, or a copy stored before the BatchNorm and
+    scaled in place after it: a write into the hook's own copy counted as a use of the map."""
+    model = RandomCNN(seed=0)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = IntegrativeCAM(model).attribute(x, 1)
+    stored: list = []
+
+    def scale_the_copy(module, inputs, output) -> None:
+        stored[-1].mul_(2)
+
+    handles = [
+        model.blocks[0].conv.register_forward_hook(
+            lambda m, i, o: stored.append(o.clone().clamp_(min=0))
+        ),
+        model.blocks[0].norm.register_forward_hook(scale_the_copy),
+    ]
+    try:
+        hooked = IntegrativeCAM(model).attribute(x, 1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(hooked, plain, rtol=0, atol=0)

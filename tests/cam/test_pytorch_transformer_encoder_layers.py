@@ -116,5 +116,29 @@ def test_one_stem_convolution_under_a_transformer_head_keeps_its_map_for_grad_ca
 
     model = Stem().eval()
     assert grad_cam_layer(model, torch.rand(1, 3, 8, 8))[0] is model.stem
-    with pytest.raises(UnknownBlocksError, match="whose convolutions are patch embeddings"):
+    with pytest.raises(UnknownBlocksError, match="whose one convolution is a patch embedding"):
         IntegrativeCAM(model).attribute(torch.rand(1, 3, 8, 8), 1)
+
+
+def test_a_cnn_that_patchifies_and_downsamples_so_keeps_its_head_apart():
+    """ConvNeXt's 4 x 4 stem and 2 x 2 downsamplings are kernel-equals-stride convolutions and
+    its 7 x 7 ones depthwise: an encoder head over its maps was taken for a ViT's blocks."""
+    torch.manual_seed(0)
+
+    class Patchified(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = nn.Sequential(
+                nn.Conv2d(3, 8, 4, 4), nn.Conv2d(8, 8, 7, padding=3, groups=8), nn.ReLU(),
+                nn.Conv2d(8, 16, 2, 2), nn.Conv2d(16, 16, 7, padding=3, groups=16), nn.ReLU(),
+            )  # fmt: skip
+            layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+            self.head = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+            self.out = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.head(self.trunk(x).flatten(2).transpose(1, 2)).mean(1))
+
+    from ctc_plugin.cam import transformer_stages
+
+    assert transformer_stages(Patchified().eval()) == []
