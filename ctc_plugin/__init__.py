@@ -4,7 +4,7 @@ The public API is re-exported here and imported lazily, so ``import ctc_plugin``
 and a subpackage's optional dependencies are only needed when that subpackage is used:
 
     from ctc_plugin import CTC, CTCComposite, CTCAttributor, IntegrativeCAM
-    from ctc_plugin import distribute_within_features
+    from ctc_plugin import distribute_within_features, register_rule
     from ctc_plugin import Explainer, ExplainerAttribution
 """
 
@@ -23,6 +23,9 @@ _EXPORTS = {
     "TrainingModeError": "ctc_plugin.inputs",
     "DtypeMismatchError": "ctc_plugin.inputs",
     "UntracedOutputError": "ctc_plugin.ctc.errors",
+    "CompositeOutsideAttributorError": "ctc_plugin.ctc.errors",
+    "register_rule": "ctc_plugin.ctc.operations",
+    "ClassifierMismatchWarning": "ctc_plugin.explainer.attribution",
     "CTCComposite": "ctc_plugin.ctc.composite",
     "CTCAttributor": "ctc_plugin.ctc.attributor",
     "IntegrativeCAM": "ctc_plugin.cam.integrative",
@@ -34,6 +37,8 @@ __all__ = [
     "CTC",
     "CTCAttributor",
     "CTCComposite",
+    "ClassifierMismatchWarning",
+    "CompositeOutsideAttributorError",
     "DtypeMismatchError",
     "Explainer",
     "ExplainerAttribution",
@@ -44,6 +49,7 @@ __all__ = [
     "UntracedOutputError",
     "__version__",
     "distribute_within_features",
+    "register_rule",
     "zoo",
 ]
 
@@ -53,10 +59,15 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ctc_plugin.ctc.attribution import CTC
     from ctc_plugin.ctc.attributor import CTCAttributor
     from ctc_plugin.ctc.composite import CTCComposite
-    from ctc_plugin.ctc.errors import UnsupportedOperationError, UntracedOutputError
+    from ctc_plugin.ctc.errors import (
+        CompositeOutsideAttributorError,
+        UnsupportedOperationError,
+        UntracedOutputError,
+    )
     from ctc_plugin.ctc.feature_scores import FeatureScores
+    from ctc_plugin.ctc.operations import register_rule
     from ctc_plugin.ctc.within import distribute_within_features
-    from ctc_plugin.explainer.attribution import ExplainerAttribution
+    from ctc_plugin.explainer.attribution import ClassifierMismatchWarning, ExplainerAttribution
     from ctc_plugin.explainer.network import Explainer
     from ctc_plugin.inputs import DtypeMismatchError, TrainingModeError
 

@@ -74,7 +74,7 @@ REFUSED = object()
 
 __all__ = [
     "CTCMode",
-    "compiled_code_eager",
+    "compiled_code_stance",
     "copies_off_dim_zero",
     "operation_name",
     "running_module",
@@ -223,7 +223,7 @@ class CTCMode(TorchFunctionMode):
         _PASS_HOOKS.add(self._module_hook.id)
         self._eager = contextlib.ExitStack()
         try:
-            self._eager.enter_context(compiled_code_eager(True))
+            self._eager.enter_context(compiled_code_stance(True))
             return super().__enter__()
         except BaseException:
             self._eager.close()
@@ -277,7 +277,7 @@ class CTCMode(TorchFunctionMode):
         stack while they run, so nothing of theirs is intercepted).
         """
         if getattr(_eager_switch(), "depth", 0):
-            with compiled_code_eager(False):
+            with compiled_code_stance(False):
                 return self._named(func, args, kwargs or {})
         return self._named(func, args, kwargs or {})
 
@@ -722,7 +722,7 @@ def _shares_memory(result: Tensor, operand: Tensor) -> bool:
 
 
 @contextlib.contextmanager
-def compiled_code_eager(eager: bool) -> Iterator[None]:
+def compiled_code_stance(eager: bool) -> Iterator[None]:
     """Run ``torch.compile``'d code eagerly (``eager``) or compiled, in this thread, inside.
 
     A compiled model (``torch.compile(model)``) would hand its forward to dynamo, which traces
