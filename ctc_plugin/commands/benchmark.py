@@ -188,8 +188,7 @@ def run(args: argparse.Namespace) -> int:
     """Run (or resume) the benchmark, or write the report so far, and print where it is."""
     from ctc_plugin.commands import CLIError
     from ctc_plugin.harness.benchmark import run_benchmark
-    from ctc_plugin.harness.store import ConfigMismatchError
-    from ctc_plugin.resumable import RayError
+    from ctc_plugin.resumable import ConfigMismatchError, RayError
 
     if args.report_only:
         return _report_only(args)

@@ -35,7 +35,8 @@ from urllib.parse import quote
 import numpy as np
 
 from ctc_plugin import resumable
-from ctc_plugin.resumable import ConfigMismatchError, json_values, read_json
+from ctc_plugin.resumable import ConfigMismatchError as ConfigMismatchError  # its old home
+from ctc_plugin.resumable import json_values, read_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -43,7 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "JOB",
     "BenchmarkStore",
-    "ConfigMismatchError",
     "ModelInfo",
     "Piece",
     "convert_legacy_run",
@@ -221,7 +221,8 @@ class BenchmarkStore:
             [`open`][ctc_plugin.harness.store.BenchmarkStore.open]).
 
     Raises:
-        ConfigMismatchError: When ``root`` already holds a run with another configuration.
+        ctc_plugin.resumable.ConfigMismatchError: When ``root`` already holds a run with another
+            configuration.
         ValueError: When ``root`` holds another kind of run, files but no run, or a manifest
             that does not parse.
     """

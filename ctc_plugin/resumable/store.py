@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
 
-__all__ = ["ConfigMismatchError", "RunStore", "json_values", "read_json", "write_atomic"]
+__all__ = ["RunStore", "json_values", "read_json"]
 
 
 _FORMAT = 2

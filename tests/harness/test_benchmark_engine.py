@@ -27,11 +27,10 @@ from ctc_plugin.cli import main
 from ctc_plugin.harness.benchmark import BenchmarkJob, run_benchmark
 from ctc_plugin.harness.store import (
     BenchmarkStore,
-    ConfigMismatchError,
     piece_from_shard,
     piece_name,
 )
-from ctc_plugin.resumable import RayUnavailableError, RunStore, ShardQueue
+from ctc_plugin.resumable import ConfigMismatchError, RayUnavailableError, RunStore, ShardQueue
 from tests.harness.test_benchmark_resume import CONFIG, TIMING, _models, _table
 from tests.killing import kill_when
 

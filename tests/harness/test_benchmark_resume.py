@@ -11,7 +11,8 @@ from torch import nn
 from ctc_plugin.harness import benchmark, scoring
 from ctc_plugin.harness.benchmark import BenchmarkConfig, run_benchmark
 from ctc_plugin.harness.report import write_stored_report
-from ctc_plugin.harness.store import BenchmarkStore, ConfigMismatchError, Piece
+from ctc_plugin.harness.store import BenchmarkStore, Piece
+from ctc_plugin.resumable import ConfigMismatchError
 
 TIMING = {"seconds", "memory_mib"}  # measured, so they differ between any two runs
 
