@@ -335,7 +335,7 @@ class IntegrativeCAM(Attribution):
             reshapes of the transformer blocks found, and is refused where none are. For a
             found block that returns a tuple (TNT, MViTv2) it reshapes the tensor picked out
             of the tuple; for chosen layers that return tuples, pass a
-            `ctc_plugin.cam.transformers.TupleOutput` naming it.
+            `ctc_plugin.cam.TupleOutput` naming it.
 
     Threads: one instance and one model may serve several threads at once; each call gives
     exactly what it gives alone. A call only reads the model: the layer hooks it registers
@@ -370,7 +370,7 @@ class IntegrativeCAM(Attribution):
         ):
             raise TypeError(
                 "reshape_transform must be a callable (N, ...) -> (N, C, H, W), or a "
-                "ctc_plugin.cam.transformers.TupleOutput for layers that return tuples"
+                "ctc_plugin.cam.TupleOutput for layers that return tuples"
             )
         self.reshape_transform = reshape_transform
         self.layers = None if layers is None else _layer_list(layers)
@@ -649,7 +649,7 @@ class IntegrativeCAM(Attribution):
                     f"explain: {'; '.join(refused)}; to explain other layers, pass layers=["
                     "modules returning (N, T, D) tokens or (N, C, H, W) maps] with a "
                     "reshape_transform, or register a block type in "
-                    f"ctc_plugin.cam.transformers.BLOCK_RESHAPES{self._function_hint()}"
+                    f"ctc_plugin.cam.BLOCK_RESHAPES{self._function_hint()}"
                 )
             raise UnknownBlocksError(
                 f"{self._subject()} computes attention, but none of its modules is a "
@@ -661,7 +661,7 @@ class IntegrativeCAM(Attribution):
                 "be a partial map; pass "
                 "layers=[modules returning (N, T, D) tokens or (N, C, H, W) maps] and "
                 "reshape_transform=ctc_plugin.cam.tokens_to_grid (or your own), or register "
-                "the block type in ctc_plugin.cam.transformers.BLOCK_RESHAPES"
+                "the block type in ctc_plugin.cam.BLOCK_RESHAPES"
                 f"{self._function_hint()}"
             )
         if chosen is None and not stages and tracer.point_maps:

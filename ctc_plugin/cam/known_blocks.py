@@ -186,7 +186,7 @@ TIMM_REFUSED: dict[str, str] = {
     "timm.models.hiera.HieraBlock": (
         "Hiera's blocks hold their tokens in mask-unit order, which only a 2-D timm Hiera "
         "around them says (its reroll schedule): outside one their grid is unknown (pass their "
-        "order as ctc_plugin.cam.transformers.UnrolledTokens(strides, grid))"
+        "order as ctc_plugin.cam.UnrolledTokens(strides, grid))"
     ),
 }
 
@@ -320,7 +320,7 @@ HUGGINGFACE_REFUSED: dict[str, str] = {
     _HIERA_LAYER: (
         "Hugging Face Hiera's layers hold their tokens in mask-unit order, which only the 2-D "
         "HieraEncoder around them says (its schedule): outside one their grid is unknown (pass "
-        "layers=[...] and reshape_transform=ctc_plugin.cam.transformers.TupleOutput(0, "
+        "layers=[...] and reshape_transform=ctc_plugin.cam.TupleOutput(0, "
         "UnrolledTokens(strides, grid)))"
     ),
 }

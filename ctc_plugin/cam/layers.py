@@ -347,7 +347,7 @@ class StageTracer(TorchFunctionMode):
             module: The module, recorded in [`modules`][ctc_plugin.cam.layers.StageTracer.modules].
             reshape: Turns the output (and its gradient) into an (N, C, H, W) map, as
                 pytorch-grad-cam's ``reshape_transform`` does; None: the output is one. A
-                `ctc_plugin.cam.transformers.TupleOutput` first picks the tensor out of a tuple
+                `ctc_plugin.cam.TupleOutput` first picks the tensor out of a tuple
                 the module returns: that tensor is the stage (its gradient is hooked), reshaped
                 as the TupleOutput says.
             arguments: The module's call arguments by name, where a `TupleOutput` reads the
@@ -367,7 +367,7 @@ class StageTracer(TorchFunctionMode):
                 f"layer {name!r} returned a {type(output).__name__}, not a tensor; IntegrativeCAM "
                 "explains the tensor a layer returns (a reshape_transform receives that tensor "
                 "and its gradient): choose the submodule that computes the feature map, or, for "
-                "a tuple, pass reshape_transform=ctc_plugin.cam.transformers.TupleOutput(item, "
+                "a tuple, pass reshape_transform=ctc_plugin.cam.TupleOutput(item, "
                 "reshape) naming the tensor to explain"
             )
         if reshape is not None:

@@ -202,7 +202,7 @@ def _patch_tokens_on(
         raise ValueError(
             f"the {tokens.shape[1]} tokens are the {seen[0]} x {seen[1]} patches the patch "
             f"embedding made and {extra} leading tokens (class token, registers), not "
-            f"{reshape.prefix}: pass reshape_transform=ctc_plugin.cam.transformers."
+            f"{reshape.prefix}: pass reshape_transform=ctc_plugin.cam."
             f"PatchTokens(prefix={extra})"
         )
     if size[0] != size[1]:

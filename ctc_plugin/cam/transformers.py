@@ -418,7 +418,7 @@ def grad_cam_layer(
                 f"the last block of {type(model).__name__} ({_qualified(last)}) returns a tuple, "
                 "and pytorch-grad-cam hooks the tensor a layer returns (no submodule returns "
                 "this block's feature map); explain the model with IntegrativeCAM, which picks "
-                "the feature map out of the tuple (ctc_plugin.cam.transformers.TupleOutput)"
+                "the feature map out of the tuple (ctc_plugin.cam.TupleOutput)"
             )
         return last, _on_the_grid_of(reshape, model, last, example)
     if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
@@ -692,7 +692,7 @@ def _patch_embedding_only(
         return f"{seen}; grad_cam_layer(model, example) takes its blocks, which are of known types"
     return (
         f"{seen}, whose type the package does not know. Register the block type in "
-        "ctc_plugin.cam.transformers.BLOCK_RESHAPES (then grad_cam_layer and IntegrativeCAM find "
+        "ctc_plugin.cam.BLOCK_RESHAPES (then grad_cam_layer and IntegrativeCAM find "
         "the blocks), or give pytorch-grad-cam the layer yourself: target_layers=[the last "
         "block's first norm], reshape_transform=ctc_plugin.cam.tokens_to_grid"
     )
