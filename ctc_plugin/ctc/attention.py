@@ -242,11 +242,7 @@ def _shared_heads(ctx: GatedPass, t: Any, query: torch.Tensor, name: str) -> Any
     if ctx.is_propagated(t) and ctx.copy_axis(t) == heads:
         raise UnsupportedOperationError(name, "its heads lie along the copies' dim (unbatched)")
     repeated = t.repeat_interleave(query.shape[-3] // t.shape[-3], dim=heads)
-    if not ctx.is_propagated(t):
-        return repeated
-    out = ctx.tag(repeated, ctx.copy_axis(t))
-    mark = ctx.gate_mark(t)
-    return out if mark is None else ctx.mark_gate(out, mark.origin, mark.only)
+    return ctx.tag_like(repeated, t) if ctx.is_propagated(t) else repeated
 
 
 def _attend(

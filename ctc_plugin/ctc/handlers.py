@@ -314,7 +314,7 @@ def _standing_for_signal_product(
 
     Both factors came out of activations that are gates in a product (a ReLU6 or tanh output
     and a squeeze-excitation's sigmoid, an LSTM cell's input and candidate written out);
-    ``first`` as it was before an in-place product wrote into it (`_kept`). Where
+    ``first`` as it was before an in-place product wrote into it. Where
     the product serves as a gate, it is the full pass's value; where the model reads it as a
     signal (a convolution after the squeeze-excitation), its copies are those of a product of
     two signals ([`signal_product`][ctc_plugin.ctc.gate_rules.GateRules.signal_product]: half
@@ -330,13 +330,6 @@ def _standing_for_signal_product(
 
     watched = [(first, first._version), (second, second._version)]
     return defer(out, Replay(copies, name, watched, gate=True), depth=1)
-
-
-def _kept(ctx: GatedPass, t: torch.Tensor) -> torch.Tensor:
-    """A copy of the propagated ``t`` with its copies and marks, before a call writes into it."""
-    kept = ctx.tag(t.clone(), ctx.copy_axis(t))
-    mark = ctx.gate_mark(t)
-    return kept if mark is None else ctx.mark_gate(kept, mark.origin, mark.only)
 
 
 def multiply_or_divide(divide: bool) -> Handler:
@@ -369,7 +362,10 @@ def multiply_or_divide(divide: bool) -> Handler:
                 deferred = not (divide or first_gate.only or second_gate.only) and not (
                     _same_signal(first, second)
                 )
-                kept = _kept(ctx, first) if deferred and is_inplace(func) else first
+                # first as it is before an in-place product writes into it
+                kept = (
+                    ctx.tag_like(first.clone(), first) if deferred and is_inplace(func) else first
+                )
                 out = _gate_by_gate(ctx, func, first, second, kwargs)
                 if not deferred:
                     return out

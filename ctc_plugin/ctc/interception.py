@@ -426,21 +426,20 @@ class CTCMode(TorchFunctionMode):
         within = depth <= MAX_DEPTH
         gates = all(slot.signal.replay.gate for slot in slots(template))
         plain_signal = any(not ctx.gate_mark(t) for t in propagated)
-        if gates and plain_signal and row is not None and row.takes_gate_only:
-            if func not in SUMS:
-                return ended(self._apply(func, row, args, kwargs, propagated))  # x * (g1 * g2)
+        if gates and plain_signal and row is not None and row.takes_gate_only and func not in SUMS:
+            return ended(self._apply(func, row, args, kwargs, propagated))  # x * (g1 * g2)
         if makes_gate and not meets_signal:
             out = self._apply(func, row, args, kwargs, propagated)
             if row is not None or writes_first(func) or not _views_deferred(out, propagated):
                 return ended(out)
             if within:
-                return self._carried(func, template, args, out, propagated, depth)
+                return self._carried(func, row, template, args, out, propagated, depth)
         sum_out_of_place = func in SUMS and not writes_first(func)
         if not makes_gate and within and (not meets_signal or sum_out_of_place):
             template = self._before_write(func, template)
             out = self._gate_only_reading(func, row, args, kwargs, propagated)
             if out is not REFUSED:
-                return self._carried(func, template, args, out, propagated, depth)
+                return self._carried(func, row, template, args, out, propagated, depth)
         replayed_args, replayed_kwargs = materialised(template)
         first = template[0][0] if template[0] else None
         if not (writes_first(func) and isinstance(first, Slot)):
@@ -462,17 +461,14 @@ class CTCMode(TorchFunctionMode):
             return template
         ctx, first = self.gated_pass, args[0]
         kept = first.clone()  # the mode is off while a call is routed: a plain clone
-        if not ctx.is_propagated(first):
-            return (kept, *args[1:]), kwargs
-        ctx.tag(kept, ctx.copy_axis(first))
-        mark = ctx.gate_mark(first)
-        if mark is not None:
-            ctx.mark_gate(kept, mark.origin, mark.only)
+        if ctx.is_propagated(first):
+            ctx.tag_like(kept, first)
         return (kept, *args[1:]), kwargs
 
     def _carried(
         self,
         func: Callable[..., Any],
+        row: OperationRule | None,
         template: tuple[tuple, dict],
         args: tuple,
         out: Any,
@@ -483,7 +479,8 @@ class CTCMode(TorchFunctionMode):
 
         Its replay runs ``func`` on the copies of the deferred operands (`template`, see
         [`slotted`][ctc_plugin.ctc.deferred.slotted]) and on the other operands as they are,
-        which must not be written in place before it runs (they are watched).
+        which must not be written in place before it runs (they are watched). ``row`` is
+        ``func``'s rule: a gate product stays one through a row that keeps a gate.
         """
 
         def replay() -> Any:
@@ -499,7 +496,6 @@ class CTCMode(TorchFunctionMode):
         written = args[0] if func is torch.Tensor.__setitem__ else out
         # still a gate where it meets the signal: through what keeps a gate (scaling, reshaping,
         # masking), not through a convolution or a sum with the signal
-        row = rule_for(func)
         keeps = row is not None and row.keeps_gate and func not in SUMS
         gate = keeps and all(slot.signal.replay.gate for slot in slots(template))
         defer(written, Replay(replay, operation_name(func), watched, gate=gate), depth)
@@ -525,11 +521,8 @@ class CTCMode(TorchFunctionMode):
 
     def _written_back(self, deferred: Tensor, written: Tensor) -> Tensor:
         """``deferred`` given the values and marks of ``written`` (its copies, written in place)."""
-        ctx = self.gated_pass
         deferred.copy_(written)
-        ctx.tag(deferred, ctx.copy_axis(written))
-        mark = ctx.gate_mark(written)
-        return deferred if mark is None else ctx.mark_gate(deferred, mark.origin, mark.only)
+        return self.gated_pass.tag_like(deferred, written)
 
     def _on_moved_copies(
         self, func: Callable[..., Any], trailing: int, args: tuple, kwargs: dict

@@ -240,6 +240,17 @@ class GatedPass(GateRules, NormalisationRules):
         setattr(tensor, GATE_ATTRIBUTE, GateMark(origin=origin, only=only))
         return tensor
 
+    def tag_like(self, result: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """Tag ``result`` as holding ``source``'s copies, along its dim, with its gate mark.
+
+        For a tensor that stands for ``source`` (a copy kept before an in-place call writes
+        into ``source``, the copies an in-place call wrote back, heads repeated). Both are read
+        before ``result`` is tagged, so ``result`` may be ``source`` itself.
+        """
+        axis, mark = self.copy_axis(source), self.gate_mark(source)
+        self.tag(result, axis)
+        return result if mark is None else self.mark_gate(result, mark.origin, mark.only)
+
     # ------------------------------------------------------------------ provenance
     def left_torch(self, operation: str) -> None:
         """Record a call that takes the copies' values out of torch (``numpy``, ``item``, ...).

@@ -189,8 +189,8 @@ def reference_spread(
     """``sigma = std(log10 r)`` of the reference full copy, with size 1 along ``dims`` (float64).
 
     ``n = q(z_F) + b``, ``r = ceil(1000 |n / mean(n)|) / 1000``; entries with ``r = 0`` are
-    left out, and a group whose ``mean(n)`` is 0 has ``sigma = 0``. Float16 values in float32
-    (`formula_dtype`).
+    left out, and a group whose ``mean(n)`` is 0 has ``sigma = 0``. 16-bit float values in
+    float32 (`formula_dtype`).
     """
     z_full, bias_full = z_full.to(formula_dtype(z_full)), bias_full.to(formula_dtype(bias_full))
     tenfold = tenfold_quantised(z_full)
@@ -224,7 +224,7 @@ def reference_shares(
 ) -> torch.Tensor:
     """The shares ``s_k`` of the (N, S, *rest) copies ``z_copies`` (see `ReferenceSharing`).
 
-    Float16 copies in float32 (`formula_dtype`), the shares rounded back.
+    16-bit float copies in float32 (`formula_dtype`), the shares rounded back.
     """
     wide = formula_dtype(z_copies)
     a, b = tenfold_quantised(z_copies.to(wide)), tenfold_quantised(z_full.to(wide))

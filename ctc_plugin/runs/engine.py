@@ -416,11 +416,10 @@ def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
     for shard in finished:
         recorded = explained_contents(store, shard)
         for name in recorded or stored_shards.get(shard, ()):
-            if name not in suspect:
-                continue
-            if recorded.get(name) is None:  # not recorded: the stat must do
-                changed.append((name, shard))
-            elif recorded[name] != image_sha256(job.source, now[name][0]):
+            if name in suspect and (  # not recorded: the stat must do
+                recorded.get(name) is None
+                or recorded[name] != image_sha256(job.source, now[name][0])
+            ):
                 changed.append((name, shard))
     if changed:
         names = first_names([name for name, _ in changed])

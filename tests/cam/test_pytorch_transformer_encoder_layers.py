@@ -53,25 +53,29 @@ def test_sequence_first_layers_stay_unknown():
         )
 
 
+class EncoderHead(nn.Module):
+    """A convolutional ``trunk`` of ``width`` channels under a DETR- or Query2Label-style head."""
+
+    def __init__(self, trunk: nn.Module, width: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = trunk
+        layer = nn.TransformerEncoderLayer(width, 2, 2 * width, dropout=0.0, batch_first=True)
+        self.head = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.out = nn.Linear(width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.head(self.trunk(x).flatten(2).transpose(1, 2)).mean(1))
+
+
 def test_over_a_cnns_maps_they_are_its_head_not_its_stages():
     """A DETR- or Query2Label-style head is no ViT's blocks: not taken for the stages (the CNN
     with its attention head is refused, as before), and Grad-CAM keeps the CNN's last map."""
     torch.manual_seed(0)
-
-    class Headed(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.trunk = nn.Sequential(
-                nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
-            )
-            layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
-            self.head = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
-            self.out = nn.Linear(8, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.out(self.head(self.trunk(x).flatten(2).transpose(1, 2)).mean(1))
-
-    model = Headed().eval()
+    trunk = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+    )
+    model = EncoderHead(trunk, 8).eval()
     with pytest.raises(UnknownBlocksError, match="computes attention"):
         IntegrativeCAM(model).attribute(torch.rand(1, 3, 8, 8), 1)
     assert grad_cam_layer(model, torch.rand(1, 3, 8, 8))[0] is model.trunk
@@ -102,20 +106,8 @@ def test_one_stem_convolution_under_a_transformer_head_keeps_its_map_for_grad_ca
     """A 3 x 3 stride-1 stem is no patch embedding: Grad-CAM explains its map (was refused as a
     vision transformer's patch embedding), and the layers are no stages."""
     torch.manual_seed(0)
-
-    class Stem(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem = nn.Conv2d(3, 8, 3, padding=1)
-            layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
-            self.head = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
-            self.out = nn.Linear(8, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.out(self.head(self.stem(x).flatten(2).transpose(1, 2)).mean(1))
-
-    model = Stem().eval()
-    assert grad_cam_layer(model, torch.rand(1, 3, 8, 8))[0] is model.stem
+    model = EncoderHead(nn.Conv2d(3, 8, 3, padding=1), 8).eval()
+    assert grad_cam_layer(model, torch.rand(1, 3, 8, 8))[0] is model.trunk
     with pytest.raises(UnknownBlocksError, match="whose one convolution is a patch embedding"):
         IntegrativeCAM(model).attribute(torch.rand(1, 3, 8, 8), 1)
 
@@ -124,21 +116,10 @@ def test_a_cnn_that_patchifies_and_downsamples_so_keeps_its_head_apart():
     """ConvNeXt's 4 x 4 stem and 2 x 2 downsamplings are kernel-equals-stride convolutions and
     its 7 x 7 ones depthwise: an encoder head over its maps was taken for a ViT's blocks."""
     torch.manual_seed(0)
-
-    class Patchified(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.trunk = nn.Sequential(
-                nn.Conv2d(3, 8, 4, 4), nn.Conv2d(8, 8, 7, padding=3, groups=8), nn.ReLU(),
-                nn.Conv2d(8, 16, 2, 2), nn.Conv2d(16, 16, 7, padding=3, groups=16), nn.ReLU(),
-            )  # fmt: skip
-            layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
-            self.head = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
-            self.out = nn.Linear(16, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.out(self.head(self.trunk(x).flatten(2).transpose(1, 2)).mean(1))
-
+    trunk = nn.Sequential(
+        nn.Conv2d(3, 8, 4, 4), nn.Conv2d(8, 8, 7, padding=3, groups=8), nn.ReLU(),
+        nn.Conv2d(8, 16, 2, 2), nn.Conv2d(16, 16, 7, padding=3, groups=16), nn.ReLU(),
+    )  # fmt: skip
     from ctc_plugin.cam import transformer_stages
 
-    assert transformer_stages(Patchified().eval()) == []
+    assert transformer_stages(EncoderHead(trunk, 16).eval()) == []
