@@ -45,7 +45,7 @@ from ctc_plugin.runs import command as explain_dataset
 #: add sets ``func`` (a callable taking the parsed namespace and returning an exit status).
 SUBCOMMAND_MODULES = (explain, zoo, explainer, benchmark, explain_dataset)
 
-__all__ = ["CLIError", "Parser", "UsageError", "build_parser", "main"]
+__all__ = ["Parser", "UsageError", "build_parser", "main"]
 
 
 class UsageError(CLIError):

@@ -92,6 +92,9 @@ class Normalize(nn.Module):
     Args:
         mean: Per-channel mean (one value per input channel).
         std: Per-channel standard deviation (positive).
+
+    Raises:
+        ValueError: ``mean`` and ``std`` differ in length, or a ``std`` is not positive.
     """
 
     def __init__(self, mean: Sequence[float] = (0.5,) * 3, std: Sequence[float] = (0.25,) * 3):

@@ -211,7 +211,7 @@ def _patch_tokens_on(
             f"shape {tuple(tokens.shape)} do not fill the grid the patch embedding made "
             f"({seen}: the output of the last convolution, or the grid a known embedding's call "
             "says): their grid is unknown; pass reshape_transform=ctc_plugin.cam."
-            f"transformers.PatchTokens(prefix={reshape.prefix}, grid=(rows, columns))"
+            f"PatchTokens(prefix={reshape.prefix}, grid=(rows, columns))"
         )
     return reshape
 

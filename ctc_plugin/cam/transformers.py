@@ -3,8 +3,9 @@
 A vision transformer has one convolution (its patch embedding); its feature maps are the token
 maps its blocks output, each turned into an (N, C, H, W) map by a reshape of
 [`reshapes`][ctc_plugin.cam.reshapes] that the tables of
-[`known_blocks`][ctc_plugin.cam.known_blocks] name for its block. The public names of both are
-importable from here too.
+[`known_blocks`][ctc_plugin.cam.known_blocks] name for its block. Those two modules are the
+home of their names (the documented ones are importable from ``ctc_plugin.cam``); this module's
+``__all__`` lists only its own.
 
 [`transformer_stages`][ctc_plugin.cam.transformer_stages] finds the blocks of torchvision's ViT,
 Swin (v1 and v2) and MaxViT, of the zoo's ViT, of the timm families in ``TIMM_BLOCKS`` and the
@@ -37,11 +38,7 @@ from ctc_plugin.cam.known_blocks import (
     _HUGGINGFACE_TOKEN_HEADS,
     _LIBRARIES,
     BLOCK_RESHAPES,
-    HUGGINGFACE_BLOCKS,
-    HUGGINGFACE_REFUSED,
     PATCH_GRID_ARGUMENTS,
-    TIMM_BLOCKS,
-    TIMM_REFUSED,
     _Count,
     _known_blocks,
 )
@@ -51,16 +48,11 @@ from ctc_plugin.cam.reshapes import (
     PatchTokens,
     Reshape,
     TupleOutput,
-    UnrolledTokens,
     _grid_pair,
     _identity,
-    blocks_of_blocks_to_grid,
-    call_arguments,
-    channels_last_to_grid,
     check_square_grid,
     reads_patch_grid,
     tokens_to_grid,
-    with_reshape_transform,
 )
 from ctc_plugin.module_state import compiled_code_eager, modes_kept
 from ctc_plugin.wording import counted
@@ -699,27 +691,11 @@ def _patch_embedding_only(
 
 
 __all__ = [
-    "BLOCK_RESHAPES",
-    "HUGGINGFACE_BLOCKS",
-    "HUGGINGFACE_REFUSED",
-    "TIMM_BLOCKS",
-    "TIMM_REFUSED",
-    "BlockReshape",
-    "PatchTokens",
-    "TupleOutput",
     "UnknownBlocksError",
-    "UnrolledTokens",
-    "blocks_of_blocks_to_grid",
-    "call_arguments",
-    "channels_last_to_grid",
-    "check_square_grid",
     "grad_cam_layer",
     "last_spatial_layer",
     "patch_grid_arguments",
     "record_conv_grid",
-    "reads_patch_grid",
     "refused_blocks",
-    "tokens_to_grid",
     "transformer_stages",
-    "with_reshape_transform",
 ]

@@ -296,7 +296,12 @@ class CTCAttributor(Attributor):
     def forward(
         self, input: torch.Tensor, attr_output_fn: Callable[[torch.Tensor], torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the CTC pass with the registered composite (Zennit's ``Attributor.forward``)."""
+        """Run the CTC pass with the registered composite (Zennit's ``Attributor.forward``).
+
+        Raises:
+            RuntimeError: The segmenter takes a gradient of the model inside the ``with`` block
+                (make the feature mask before the block and pass it).
+        """
         check_inputs(input, name="input", tuples=False)
         check_eval_mode(self.model)
         check_takes_images(self.model)

@@ -66,15 +66,11 @@ from ctc_plugin.canonizers import (
     restore_tensors,
     rule_hooks,
 )
+from ctc_plugin.ctc.calls import operation_name
 from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
 from ctc_plugin.ctc.gate_handlers import prelu_slope
 from ctc_plugin.ctc.handlers import refuse_batch_statistics
-from ctc_plugin.ctc.interception import (
-    CTCMode,
-    operation_name,
-    running_module,
-    running_module_object,
-)
+from ctc_plugin.ctc.interception import CTCMode, running_module, running_module_object
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharingMode, check_mode
 

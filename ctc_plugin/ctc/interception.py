@@ -75,8 +75,6 @@ REFUSED = object()
 __all__ = [
     "CTCMode",
     "compiled_code_stance",
-    "copies_off_dim_zero",
-    "operation_name",
     "running_module",
     "running_module_object",
 ]

@@ -159,6 +159,9 @@ def binarize(
 
     Returns:
         Boolean ``(N, H, W)`` tensor.
+
+    Raises:
+        ValueError: ``threshold`` outside [0, 1] or an unknown ``mode``.
     """
     maps = as_maps(attributions)
     if not 0.0 <= threshold <= 1.0:

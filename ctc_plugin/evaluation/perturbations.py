@@ -60,6 +60,9 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     Borders are reflected, so the image keeps its mean brightness. Reflection reaches at most
     one image side less a pixel, so on images smaller than the kernel it is cut to
     ``2 * (side - 1) + 1`` (the Gaussian's tails beyond the image are left out).
+
+    Raises:
+        ValueError: ``sigma`` is not positive.
     """
     images = _check_unit_range(images)
     if sigma <= 0:
@@ -86,6 +89,9 @@ def gaussian_noise(images: Tensor, std: float, generator: torch.Generator | None
     """Add i.i.d. Gaussian noise of standard deviation ``std`` and clip to [0, 1].
 
     ``generator`` (CPU or CUDA) draws the noise on its own device; see the module's notes.
+
+    Raises:
+        ValueError: ``std`` is negative.
     """
     images = _check_unit_range(images)
     if std < 0:
@@ -99,6 +105,9 @@ def uniform_noise(
     """Add i.i.d. noise uniform in [-amplitude, amplitude] and clip to [0, 1] (no wrap-around).
 
     ``generator`` (CPU or CUDA) draws the noise on its own device; see the module's notes.
+
+    Raises:
+        ValueError: ``amplitude`` is negative.
     """
     images = _check_unit_range(images)
     if amplitude < 0:

@@ -95,7 +95,11 @@ def normalise_explanations(maps: Tensor | np.ndarray, mode: Normalisation = "l1"
 def explanation_distance(
     first: Tensor | np.ndarray, second: Tensor | np.ndarray, mode: Normalisation = "l1"
 ) -> Tensor:
-    """L2 distance between two batches of explanations, each normalised on its own, ``(N,)``."""
+    """L2 distance between two batches of explanations, each normalised on its own, ``(N,)``.
+
+    Raises:
+        ValueError: The two batches differ in shape.
+    """
     a, b = normalise_explanations(first, mode), normalise_explanations(second, mode)
     if a.shape != b.shape:
         raise ValueError(f"explanations differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")

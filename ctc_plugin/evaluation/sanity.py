@@ -168,6 +168,9 @@ def cascading_randomisation(
 
     Returns:
         One `RandomisationStep` per explained step, from the top layer down.
+
+    Raises:
+        ValueError: The model has no layer with parameters to randomise.
     """
     images = check_images(images)
     if max_steps is not None:

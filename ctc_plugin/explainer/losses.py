@@ -31,6 +31,9 @@ def target_masks(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
 
     Returns:
         ``(m, n)``, each ``(N, H, W)`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: An image has no present class in its target.
     """
     present = targets.bool()
     if not present.any(dim=1).all():

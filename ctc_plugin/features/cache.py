@@ -328,7 +328,11 @@ class MaskCache:
         return key
 
     def size_bytes(self) -> int:
-        """Return the size of the cache on disk (index plus entries); 0 before first use."""
+        """Return the size of the cache on disk (index plus entries); 0 before first use.
+
+        Raises:
+            MaskCacheError: The folder cannot be read (what to pass instead is in the message).
+        """
         index = self._open(create=False)
         if index is None:
             return 0
@@ -338,7 +342,11 @@ class MaskCache:
             raise self._unusable(error) from error
 
     def clear(self) -> None:
-        """Remove every entry of this cache; other files and the folder itself stay."""
+        """Remove every entry of this cache; other files and the folder itself stay.
+
+        Raises:
+            MaskCacheError: The folder cannot be read or an entry cannot be removed.
+        """
         index = self._open(create=False)
         if index is None:
             return

@@ -20,7 +20,7 @@ from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING, check_mode
 from ctc_plugin.resumable.job import Shard
 from ctc_plugin.resumable.store import json_values
 
-__all__ = ["TARGET_KINDS", "RunConfig", "Shard", "digest", "plan_shards"]
+__all__ = ["TARGET_KINDS", "RunConfig", "digest", "plan_shards"]
 
 #: Targets besides a class index or name: the model's predicted class, the image's label.
 TARGET_KINDS = ("predicted", "label")
@@ -294,6 +294,9 @@ def plan_shards(count: int, shard_size: int) -> list[Shard]:
     """Cut ``count`` images into shards of ``shard_size`` consecutive images (the last smaller).
 
     Shards are [`Shard`][ctc_plugin.resumable.job.Shard]s named ``shard-<index>``.
+
+    Raises:
+        ValueError: ``shard_size`` is below 1.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")

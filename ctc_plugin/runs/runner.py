@@ -171,7 +171,12 @@ class ShardRunner:
             }
 
     def segment_image(self, ref: ImageRef) -> tuple[Any, Any, float]:
-        """Read one image and segment it: ``(prepared image, mask, seconds)``."""
+        """Read one image and segment it: ``(prepared image, mask, seconds)``.
+
+        Raises:
+            RuntimeError: This runner was made with ``segment=False``.
+            CLIError: The image cannot be read (see `read`).
+        """
         from ctc_plugin.commands.explain_setup import segment_pixels
 
         image = self.read(ref)
@@ -182,7 +187,12 @@ class ShardRunner:
         return image, mask, time.perf_counter() - start
 
     def read(self, ref: ImageRef) -> Any:
-        """The image ``ref``, prepared with the run's preprocessing (the model's own by default)."""
+        """The image ``ref``, prepared with the run's preprocessing (the model's own by default).
+
+        Raises:
+            CLIError: The file is no readable image (missing, damaged, of an unknown format);
+                the message says to replace it and run the same command again.
+        """
         from ctc_plugin.commands import CLIError
 
         try:
@@ -311,6 +321,10 @@ class ShardRunner:
         names hold every folder (a folder ``cat/`` is the model's class ``"cat"``), else
         ImageNet-1k's class for folders named by its WordNet IDs and a model of 1000 classes
         (`ctc_plugin.runs.imagenet`), else by name or the source's label index.
+
+        Raises:
+            CLIError: ``label`` for an image without a label, or a class index or name the model
+                does not have.
         """
         from ctc_plugin.commands import CLIError
         from ctc_plugin.commands.model_checks import target_class

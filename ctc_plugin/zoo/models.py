@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctc_plugin.cam.transformers import tokens_to_grid
+from ctc_plugin.cam.reshapes import tokens_to_grid
 from ctc_plugin.images import Normalize
 
 

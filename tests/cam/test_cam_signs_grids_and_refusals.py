@@ -164,7 +164,7 @@ def test_a_partial_tokens_to_grid_explains_a_non_square_grid() -> None:
 @pytest.mark.parametrize("kind", ["partial", "PatchTokens"])
 def test_a_told_grid_that_contradicts_the_patch_embedding_is_refused(told, why, kind) -> None:
     """Each put the patches of a 2 x 4 grid in the wrong cells of every map, without an error."""
-    from ctc_plugin.cam.transformers import PatchTokens as Tokens
+    from ctc_plugin.cam.reshapes import PatchTokens as Tokens
 
     model = PatchTokens().eval()
     reshape = (
@@ -261,7 +261,7 @@ def _small_vit() -> nn.Module:
 def test_a_wrong_prefix_is_told_the_prefix_not_the_grid(grid) -> None:
     """17 tokens of a 4 x 4 grid and a class token, read with prefix=0: the advice was to pass
     a grid, which cannot be right (the grid given then failed otherwise)."""
-    from ctc_plugin.cam.transformers import PatchTokens as Tokens
+    from ctc_plugin.cam.reshapes import PatchTokens as Tokens
 
     reshape = Tokens(prefix=0, grid=grid)
     with pytest.raises(ValueError, match=r"PatchTokens\(prefix=1"):

@@ -27,14 +27,13 @@ from ctc_plugin import IntegrativeCAM
 from ctc_plugin.adapters.huggingface import HuggingFaceClassifier
 from ctc_plugin.cam import grad_cam_layer, transformer_stages
 from ctc_plugin.cam.integrative import UnknownBlocksError
-from ctc_plugin.cam.known_blocks import HUGGINGFACE_REFUSED, PATCH_GRID_ARGUMENTS
-from ctc_plugin.cam.transformers import (
+from ctc_plugin.cam.known_blocks import (
     HUGGINGFACE_BLOCKS,
-    PatchTokens,
-    TupleOutput,
-    call_arguments,
-    refused_blocks,
+    HUGGINGFACE_REFUSED,
+    PATCH_GRID_ARGUMENTS,
 )
+from ctc_plugin.cam.reshapes import PatchTokens, TupleOutput, call_arguments
+from ctc_plugin.cam.transformers import refused_blocks
 from ctc_plugin.model_families import HUGGINGFACE_FAMILIES, huggingface_classifier
 from ctc_plugin.testing import randomise_statistics_and_biases
 

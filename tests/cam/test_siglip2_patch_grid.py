@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from ctc_plugin import IntegrativeCAM
-from ctc_plugin.cam.transformers import PatchTokens, transformer_stages
+from ctc_plugin.cam.reshapes import PatchTokens
+from ctc_plugin.cam.transformers import transformer_stages
 from ctc_plugin.model_families import huggingface_classifier
 
 pytest.importorskip("transformers")

@@ -17,7 +17,7 @@ from torch import nn
 from ctc_plugin import IntegrativeCAM
 from ctc_plugin.cam import grad_cam_layer, tokens_to_grid, transformer_stages
 from ctc_plugin.cam.integrative import UnknownBlocksError
-from ctc_plugin.cam.transformers import PatchTokens, TupleOutput, check_square_grid
+from ctc_plugin.cam.reshapes import PatchTokens, TupleOutput, check_square_grid
 from ctc_plugin.testing import randomise_statistics_and_biases
 
 timm = pytest.importorskip("timm")

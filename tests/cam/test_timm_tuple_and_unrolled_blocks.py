@@ -23,13 +23,8 @@ from torch import Tensor, nn
 from ctc_plugin import IntegrativeCAM
 from ctc_plugin.cam import grad_cam_layer, tokens_to_grid, transformer_stages
 from ctc_plugin.cam.integrative import UnknownBlocksError
-from ctc_plugin.cam.transformers import (
-    PatchTokens,
-    TupleOutput,
-    UnrolledTokens,
-    channels_last_to_grid,
-    refused_blocks,
-)
+from ctc_plugin.cam.reshapes import PatchTokens, TupleOutput, UnrolledTokens, channels_last_to_grid
+from ctc_plugin.cam.transformers import refused_blocks
 from ctc_plugin.testing import randomise_statistics_and_biases
 
 from .stage_maps import received_stage_maps

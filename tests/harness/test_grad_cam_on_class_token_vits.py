@@ -35,7 +35,8 @@ def test_a_vit_of_dynamic_image_size_on_a_non_square_image_gets_its_patch_grid()
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from ctc_plugin.cam.transformers import PatchTokens, grad_cam_layer
+    from ctc_plugin.cam.reshapes import PatchTokens
+    from ctc_plugin.cam.transformers import grad_cam_layer
 
     torch.manual_seed(0)
     model = timm.create_model(
