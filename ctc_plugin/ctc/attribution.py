@@ -20,7 +20,7 @@ from ctc_plugin.ctc.extra_arguments import (
     repeated_extra_note,
 )
 from ctc_plugin.ctc.feature_scores import FeatureScores
-from ctc_plugin.ctc.interception import CTCMode
+from ctc_plugin.ctc.interception import CTCMode, own_backward
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.masks import (
     FeatureSet,
@@ -597,7 +597,9 @@ class CTC(Attribution):
         made under ``torch.inference_mode()`` (inference tensors, which autograd cannot save
         for the backward pass: serving code's models); the caller then runs
         the forward pass of the copies, which gives the same scores or refuses what it cannot
-        follow.
+        follow. A forward function that sets a gradient of its own (a custom
+        ``autograd.Function``, ``Tensor.register_hook``) is sent there too: its gradient is not
+        the linearised network's, and its hooks would run.
         """
         n = inputs[0].shape[0]
         layout = CopyLayout(examples=n, features=0, reference_full=False, baseline=False)
@@ -618,6 +620,8 @@ class CTC(Attribution):
                     raise
                 return None  # weights made under torch.inference_mode(): no graph through them
             logits = check_pass_output(gated, logits)
+            if own_backward(None, [logits]) is not None:
+                return None  # a custom autograd.Function made the output
             indices = resolve_targets(target, logits.detach())
             selected = select_targets(logits, indices)
             try:

@@ -24,12 +24,13 @@ import contextlib
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import BackwardCFunction
 from torch.nn.modules import module as module_hooks_registry
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
@@ -75,9 +76,27 @@ REFUSED = object()
 __all__ = [
     "CTCMode",
     "compiled_code_stance",
+    "own_backward",
     "running_module",
     "running_module_object",
 ]
+
+
+def own_backward(func: Callable[..., Any] | None, tensors: Sequence[Tensor]) -> str | None:
+    """What in a forward function sets a gradient of its own, or ``None``.
+
+    A custom ``autograd.Function`` (gradient reversal, a straight-through estimator) whose
+    result is among ``tensors``, or ``func`` being ``Tensor.register_hook``: either changes the
+    gradient without changing a forward value, so the gradient of the ``"none"`` pass would no
+    longer be the linearised network's (`GraphCutError` sends that pass to the copies).
+    """
+    if func is Tensor.register_hook:
+        return "a hook on a tensor (Tensor.register_hook)"
+    for tensor in tensors:
+        if isinstance(tensor.grad_fn, BackwardCFunction):
+            name = type(tensor.grad_fn).__name__.removesuffix("Backward")
+            return f"the autograd.Function {name}, whose backward is its own,"
+    return None
 
 
 def module_hooks(module: nn.Module) -> bool:
@@ -309,6 +328,10 @@ class CTCMode(TorchFunctionMode):
             return out
         if ctx.gradient and _other_hooks(saved_tensor_hooks(), self._outer_saved_hooks):
             raise GraphCutError("torch.utils.checkpoint (or another saved-tensor hook)")
+        if ctx.gradient:
+            own = own_backward(func, [t for t in tensors if ctx.is_propagated(t)])
+            if own is not None:
+                raise GraphCutError(own)
         refused = [
             getattr(t, REFUSED_ATTRIBUTE)
             for t in tensors

@@ -1,0 +1,90 @@
+"""An explainer built from the classifier's own modules, not from a copy of them.
+
+``create_feature_extractor(classifier, ...)`` or ``classifier.stem`` in the explainer shares the
+classifier's modules: ``Explainer.fit`` put the explainer in training mode, which put the shared
+BatchNorm in training mode too, so the frozen classifier's running statistics changed and its
+class scores in the loss came from batch statistics, without a word.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from ctc_plugin import Explainer
+from ctc_plugin.explainer.presets import ExplainerHyperparameters
+
+
+def _classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
+
+
+class _Backbone(nn.Module):
+    def __init__(self, stem: nn.Module) -> None:
+        super().__init__()
+        self.stem = stem
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stem(x))
+
+
+def _loader() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    return [
+        (
+            torch.rand(4, 3, 32, 32, generator=generator),
+            torch.randint(0, 4, (4,), generator=generator),
+        )
+        for _ in range(2)
+    ]
+
+
+def _fit(explainer: Explainer, classifier: nn.Module) -> None:
+    explainer.fit(
+        classifier, _loader(), config=ExplainerHyperparameters(lr=1e-2), epochs=1,
+        show_progress=False,
+    )  # fmt: skip
+
+
+def test_an_explainer_that_shares_the_classifier_s_modules_is_refused_before_training():
+    classifier = _classifier()
+    before = {k: v.clone() for k, v in classifier.state_dict().items()}
+    explainer = Explainer(_Backbone(classifier[:3]), 4)
+    explainer_before = copy.deepcopy(explainer.state_dict())
+    with pytest.raises(ValueError, match=r"shares.*classifier.*copy\.deepcopy") as caught:
+        _fit(explainer, classifier)
+    assert "backbone.stem.0" in str(caught.value) and "classifier's 0" in str(caught.value)
+    for key, value in classifier.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    for key, value in explainer.state_dict().items():
+        assert torch.equal(value, explainer_before[key]), key
+
+
+def test_a_copy_of_the_classifier_s_modules_trains_and_leaves_the_classifier_as_it_was():
+    classifier = _classifier()
+    before = {k: v.clone() for k, v in classifier.state_dict().items()}
+    _fit(Explainer(_Backbone(copy.deepcopy(classifier[:3])), 4), classifier)
+    for key, value in classifier.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_a_shared_parameter_alone_is_refused_too():
+    """Tied weights: no module in common, one parameter (frozen for the classifier, so it would
+    have been left untrained in the explainer)."""
+    classifier = _classifier()
+    stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    stem[0].weight = classifier[0].weight
+    with pytest.raises(ValueError, match=r"shares"):
+        _fit(Explainer(_Backbone(stem), 4), classifier)
