@@ -54,6 +54,7 @@ __all__ = [
     "broadcasts_to",
     "changes_in_training",
     "check_eval_mode",
+    "check_has_values",
     "check_images",
     "check_inputs",
     "check_takes_images",
@@ -248,8 +249,9 @@ def check_inputs(
 
     Raises:
         TypeError: Not a tensor (nor, with ``tuples``, a tuple); the message says how to convert.
-        ValueError: An empty tuple, a dtype that is not floating point, no batch dimension, not
-            an image batch, an empty batch, batch sizes that differ, NaN or infinite values.
+        ValueError: An empty tuple, a tensor on the meta device (no values), a dtype that is not
+            floating point, no batch dimension, not an image batch, an empty batch, batch sizes
+            that differ, NaN or infinite values.
     """
     is_tuple = isinstance(inputs, tuple)
     if is_tuple and not tuples:
@@ -264,6 +266,7 @@ def check_inputs(
     for label, x in zip(names, members):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{label} must be a torch.Tensor, got {_describe_object(x)}")
+        check_has_values(x, label)
     for label, x in zip(names, members):
         if floating and not x.is_floating_point():
             raise ValueError(
@@ -303,6 +306,20 @@ def check_inputs(
         for label, x in zip(names, members):
             _check_finite(x, label)
     return tuple(x.clone() if x.is_inference() else x for x in members)
+
+
+def check_has_values(tensor: torch.Tensor, name: str) -> None:
+    """Refuse a tensor on the ``meta`` device, which has a shape and a dtype but no values.
+
+    Raises:
+        ValueError: Naming ``name`` and what to give instead.
+    """
+    if tensor.is_meta:
+        raise ValueError(
+            f"{name} is on the meta device: it has a shape but no values (made with "
+            "device='meta', or by a model built or loaded there); give a tensor with values "
+            "on the model's device"
+        )
 
 
 def outside_inference_mode(method: F) -> F:

@@ -400,7 +400,7 @@ class CTC(Attribution):
         if channels == 1:  # grayscale: segmenters take RGB, the model its one channel
             images = images.expand(-1, 3, -1, -1)
         try:
-            return segmenter(images)
+            mask = segmenter(images)
         except ValueRangeError as error:
             made_here = (
                 ". CTC made that segmenter itself (neither segmenter= nor feature_mask= was "
@@ -427,6 +427,15 @@ class CTC(Attribution):
                 "feature_mask=SuperpixelSegmenter()(x[:, :3]) for RGBA images "
                 "(ctc_plugin.features)"
             ) from error
+        try:
+            prepare_features(inputs, mask)
+        except ValueError as error:  # its words say feature_mask, which the user did not give
+            raise ValueError(
+                f"the segmenter ({type(segmenter).__name__}) returned a mask CTC cannot use, "
+                f"read as the feature_mask: {error}. A segmenter returns (N, 1, H, W) integer "
+                "feature ids (ctc_plugin.features.SegmenterProtocol)"
+            ) from error
+        return mask
 
     def _chunk_size(self, perturbations_per_eval: int | None, count: int) -> int:
         if perturbations_per_eval is None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ctc_plugin.inputs import broadcasts_to
+from ctc_plugin.inputs import broadcasts_to, check_has_values
 from ctc_plugin.wording import caller_stacklevel, counted
 
 
@@ -109,6 +109,7 @@ def prepare_features(
     for i, (mask, x) in enumerate(zip(masks, inputs)):
         if not isinstance(mask, torch.Tensor):
             raise ValueError(f"feature_mask {i} must be a torch.Tensor, got {type(mask).__name__}")
+        check_has_values(mask, f"feature_mask {i}")
         if mask.is_floating_point() or mask.is_complex() or mask.dtype == torch.bool:
             raise ValueError(
                 f"feature_mask {i} must hold integer feature ids; got dtype {mask.dtype}. "
@@ -194,6 +195,29 @@ def spread_scores(
     return scores.gather(1, positions).view(x.shape)
 
 
+def _as_real_tensor(value: Any, name: str) -> torch.Tensor:
+    """``value`` (a tensor, number or array) as a tensor of real values, or a clear error."""
+    tensor = None
+    if not isinstance(value, str | bytes):  # torch would read neither as numbers
+        try:
+            tensor = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    if tensor is None:
+        shown = f" {value!r}" if isinstance(value, str | bytes) else ""
+        raise TypeError(
+            f"{name} must be a number or a tensor broadcastable to its input, got "
+            f"{type(value).__name__}{shown}"
+        )
+    check_has_values(tensor, name)
+    if tensor.is_complex():
+        raise TypeError(
+            f"{name} is complex ({tensor.dtype}); give real values (its real part, x.real, if "
+            "that is what you mean)"
+        )
+    return tensor
+
+
 def broadcast_to_inputs(
     values: Any, inputs: tuple[torch.Tensor, ...], what: str
 ) -> tuple[torch.Tensor, ...]:
@@ -205,14 +229,16 @@ def broadcast_to_inputs(
         what: What the values are, for error messages (e.g. ``"baseline"``).
 
     Raises:
-        ValueError: a wrong count, a shape that does not broadcast, or NaN/infinite values.
+        TypeError: a value that is no number or tensor, or a complex one.
+        ValueError: a wrong count, a shape that does not broadcast, a tensor on the meta device
+            or NaN/infinite values.
     """
     values = values if isinstance(values, tuple) else (values,) * len(inputs)
     if len(values) != len(inputs):
         raise ValueError(f"got {len(values)} {what}s for {len(inputs)} inputs; give one per input")
     out = []
     for i, (value, x) in enumerate(zip(values, inputs)):
-        value = torch.as_tensor(value).detach().to(device=x.device, dtype=x.dtype)
+        value = _as_real_tensor(value, f"{what} {i}").detach().to(device=x.device, dtype=x.dtype)
         try:
             value = value.expand(x.shape)
         except RuntimeError:
