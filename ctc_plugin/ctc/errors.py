@@ -73,14 +73,21 @@ def constant_shape_error(
 ) -> UnsupportedOperationError:
     """The error for a constant operand that does not broadcast per example to the copies.
 
-    A constant with more dimensions than the copies most often means that the inputs were one
-    example without its batch dimension: the message then says how to add it.
+    A constant with more dimensions than the copies, or as many and not of size 1 along the
+    copies (a per-channel ``(C, 1, 1)`` normalisation meeting ``(copies, H, W)``), most often
+    means that the inputs were one example without its batch dimension: the message then says
+    how to add it.
     """
     hint = ""
     if len(constant) > len(copies):
         hint = (
             f" (the copies, of shape {copies}, have fewer dimensions: if the inputs are one "
             "example without its batch dimension, add it: x.unsqueeze(0))"
+        )
+    elif len(constant) == len(copies) and constant and constant[0] != 1:
+        hint = (
+            f" (it meets the copies, of shape {copies}, along their first dimension: if the "
+            "inputs are one example without its batch dimension, add it: x.unsqueeze(0))"
         )
     return UnsupportedOperationError(
         operation, f"a constant of shape {constant} that does not broadcast per example{hint}"

@@ -285,6 +285,32 @@ def test_one_image_without_its_batch_dimension_is_told_to_add_it(normalise):
     _assert_untouched(model, x, *before)
 
 
+class _PerChannelShift(nn.Module):
+    """``x - mean`` with a ``(C, 1, 1)`` buffer, as torchvision's transforms hold it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.full((3, 1, 1), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.mean
+
+
+@pytest.mark.parametrize("front", ["the package's Normalize", "a (C, 1, 1) constant"])
+def test_one_image_without_its_batch_dimension_meets_a_normalisation_first(front):
+    """The package's ``Normalize`` (every zoo model, ``ImagePreprocessing.wrap``) refused the
+    copies' shape without the fix, and a ``(C, 1, 1)`` mean as many dimensions as the copies
+    was refused as a constant that does not broadcast, without it either."""
+    from ctc_plugin.images import Normalize
+
+    first = Normalize() if front == "the package's Normalize" else _PerChannelShift()
+    model = nn.Sequential(first, RandomCNN(CNNSpec(), seed=1)).eval()
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises((ValueError, UnsupportedOperationError)) as error:
+        CTC(model).attribute(x[0], target=0, feature_mask=random_partition(8, 8, 4)[0, 0])
+    assert error.match(r"add the batch dimension: x\.unsqueeze\(0\)|add it: x\.unsqueeze\(0\)")
+
+
 @pytest.mark.parametrize("method", ["ctc", "integrative-cam"])
 def test_inputs_of_another_dtype_than_the_model_are_named_with_the_fix(setting, method):
     from ctc_plugin import DtypeMismatchError, IntegrativeCAM
