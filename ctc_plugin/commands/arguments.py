@@ -244,11 +244,23 @@ def existing_folder(text: str) -> Path:
 
 
 def _named(text: str, wanted: str) -> str:
-    """``text``, refused when empty: ``Path("")`` is the current folder (an unset variable?)."""
+    """``text``, refused when empty or not valid UTF-8.
+
+    ``Path("")`` is the current folder (an unset variable?). A name with bytes that are not
+    UTF-8 (written on another system) cannot be shown in a figure's title or stored as text,
+    so a command would fail at its end; ``explain-dataset`` refuses such image names too.
+    """
     if not text.strip():
         raise argparse.ArgumentTypeError(
             f"the name {text!r} is empty, and so is a folder (the current one): give {wanted}"
         )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        raise argparse.ArgumentTypeError(
+            f"the name {shown} is not valid UTF-8 (written on another system?); rename it"
+        ) from None
     return text
 
 

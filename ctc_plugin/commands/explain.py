@@ -259,17 +259,10 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
         for path, image in zip(paths, images)
     ]
     check_explainer_size(explainer, explained)
-    args.probabilities = output_function(model, explained[0].image.pixels.to(device)) in (
-        "sigmoid",
-        "sigmoid_",
-    )
-    if args.probabilities:  # a multi-label head: its outputs are no logits
-        print(
-            f"note: --model {args.model} ends in a sigmoid: its outputs are probabilities of "
-            "independent classes, not logits; the methods explain them as given (CTC's "
-            "proportional scores add up to them), and the report gives each class's own "
-            "probability"
-        )
+    ending = output_function(model, explained[0].image.pixels.to(device))
+    args.probabilities = ending in PROBABILITY_OUTPUTS
+    if args.probabilities:  # a multi-label head or a softmax: its outputs are no logits
+        print(f"note: --model {args.model} {PROBABILITY_OUTPUTS[ending]}")
     # a method that cannot explain the model stops before anything is segmented or explained
     trial = _request(model, explained[0], args, explainer, device)
     try_methods(args.methods, trial, args.model, "--method")
@@ -411,12 +404,26 @@ def _label(loaded: LoadedModel, index: int) -> str:
     return f"{index} ({loaded.classes[index]})" if loaded.classes else str(index)
 
 
+#: The functions a model may end in whose outputs are probabilities, with the report's note.
+PROBABILITY_OUTPUTS = dict.fromkeys(
+    ("sigmoid", "sigmoid_"),
+    "ends in a sigmoid: its outputs are probabilities of independent classes, not logits; the "
+    "methods explain them as given (CTC's proportional scores add up to them), and the report "
+    "gives each class's own probability",
+) | {
+    "softmax": "ends in a softmax: its outputs are class probabilities, not logits; the "
+    "perturbation and gradient methods explain them as given (CTC needs the logits: give the "
+    "model without its softmax), and the report gives each class's own probability",
+}
+
+
 def prediction(logits: torch.Tensor, probabilities: bool = False) -> tuple[int, float]:
     """The predicted class and its probability.
 
     The softmax over the classes, or the sigmoid of a model with one output (a binary
     classifier's logit, whose softmax would always be 1); for a model whose outputs are
-    ``probabilities`` already (it ends in a sigmoid), the highest and its own value.
+    ``probabilities`` already (it ends in a sigmoid or a softmax), the highest and its own
+    value.
     """
     if probabilities:
         return int(logits.argmax()), float(logits.float().max())
@@ -438,7 +445,7 @@ def _print_report(
     print(
         f"{item.path}: {original[1]}x{original[0]} -> {width}x{height} ({preprocessing.describe()})"
     )
-    if probabilities:  # a sigmoid's outputs: no logits, no softmax over them
+    if probabilities:  # a sigmoid's or softmax's outputs: no logits, no softmax over them
         print(
             f"model {loaded.name}: highest {_label(loaded, predicted)} p={probability:.3f}; "
             f"explaining target {_label(loaded, item.target)} "
@@ -579,7 +586,8 @@ def save_results(
                     for rank, k in enumerate(order, start=1)
                 ],
             }
-        predicted, probability = prediction(item.logits, getattr(args, "probabilities", False))
+        probabilities = getattr(args, "probabilities", False)
+        predicted, probability = prediction(item.logits, probabilities)
         images.append(
             {
                 "key": key,
@@ -594,7 +602,8 @@ def save_results(
                 "target": {
                     "index": item.target,
                     "name": loaded.classes[item.target] if loaded.classes else None,
-                    "logit": float(item.logits[item.target]),
+                    # the model's output for it, named for what it is
+                    "probability" if probabilities else "logit": float(item.logits[item.target]),
                 },
                 "segments": int(mask.max()) + 1,
                 "methods": methods,

@@ -464,8 +464,8 @@ def processor_preprocessing(processor: Any) -> ImagePreprocessing:
     each image into a budget of patches (SigLIP 2's ``max_num_patches`` of ``patch_size``
     pixels, keeping its aspect ratio) gives the square that budget fills: the image's centre
     square resized to ``patch_size * isqrt(max_num_patches)`` pixels (what it makes of a square
-    image). ``image_mean`` and ``image_std`` apply with ``do_normalize``; ``resample`` gives the
-    interpolation.
+    image). The rescale and normalisation become one mean and std on pixels in [0, 1]
+    (`_processor_normalisation`); ``resample`` gives the interpolation.
     """
     from ctc_plugin.images import ImagePreprocessing
 
@@ -483,16 +483,42 @@ def processor_preprocessing(processor: Any) -> ImagePreprocessing:
         fixed = (crop["height"], crop["width"])
     if fixed and resize:
         resize = max(resize, *fixed)
-    normalize = getattr(processor, "do_normalize", False) and processor.image_mean is not None
+    mean, std = _processor_normalisation(processor)
     return ImagePreprocessing(
         resize=resize,
         crop=None if fixed is None else fixed[0] if fixed[0] == fixed[1] else fixed,
-        mean=_three(processor.image_mean) if normalize else None,
-        std=_three(processor.image_std) if normalize else None,
+        mean=mean,
+        std=std,
         interpolation=RESAMPLING.get(
             _int_or_none(getattr(processor, "resample", None)), "bilinear"
         ),
     )
+
+
+def _processor_normalisation(processor: Any) -> tuple[Any, Any]:
+    """A processor's rescale and normalisation as ``(mean, std)`` on pixels in [0, 1].
+
+    The processor computes ``((v * rescale_factor - offset) - image_mean) / image_std`` from
+    8-bit values ``v = 255 p`` (``do_rescale``, ``rescale_offset``: EfficientNet's ``- 1``;
+    ``do_normalize``), and EfficientNet's ``include_top`` divides by ``image_std`` once more.
+    That is ``(p - mean) / std`` with ``mean = (image_mean + offset) / (255 rescale_factor)``
+    and ``std = image_std * (image_std if include_top) / (255 rescale_factor)``; ``(None,
+    None)`` where it leaves the pixels as they are.
+    """
+    normalize = getattr(processor, "do_normalize", False) and (
+        getattr(processor, "image_mean", None) is not None
+    )
+    mean = _three(processor.image_mean) if normalize else (0.0, 0.0, 0.0)
+    std = _three(processor.image_std) if normalize else (1.0, 1.0, 1.0)
+    rescale = getattr(processor, "do_rescale", True)
+    factor = float(getattr(processor, "rescale_factor", 1 / 255)) if rescale else 1.0
+    offset = 1.0 if rescale and getattr(processor, "rescale_offset", False) else 0.0
+    if getattr(processor, "include_top", False) and getattr(processor, "image_std", None):
+        std = tuple(s * t for s, t in zip(std, _three(processor.image_std)))
+    scale = 255 * factor
+    if not normalize and offset == 0 and std == (1.0, 1.0, 1.0) and math.isclose(scale, 1):
+        return None, None
+    return tuple((m + offset) / scale for m in mean), tuple(s / scale for s in std)
 
 
 def _patch_budget_side(processor: Any) -> int | None:

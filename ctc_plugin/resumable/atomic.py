@@ -161,7 +161,15 @@ def _temporary_name(path: Path) -> Path:
     """
     suffix = f"-{_writer()}-{secrets.token_hex(4)}"
     room = 255 - len(".tmp-") - len(suffix.encode())
-    name = path.name.encode()[:room].decode(errors="ignore")
+    cut = os.fsencode(path.name)[:room]
+    for end in range(len(cut), max(len(cut) - 4, -1), -1):  # a character cut in two: left out
+        try:
+            name = cut[:end].decode()
+            break
+        except UnicodeDecodeError:
+            continue
+    else:  # a name that is not UTF-8 (from another system): its bytes as they are
+        name = os.fsdecode(cut)
     return path.parent / f".tmp-{name}{suffix}"
 
 

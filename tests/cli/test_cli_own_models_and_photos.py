@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import warnings
 
 import numpy as np
@@ -462,6 +463,35 @@ def test_a_model_ending_in_a_sigmoid_is_reported_with_probabilities(photo, capsy
     assert "ends in a sigmoid" not in capsys.readouterr().out
 
 
+class Softmax(Net):
+    """``Net`` ending in a softmax: its outputs are class probabilities."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, 3) that add up to 1."""
+        return torch.nn.functional.softmax(super().forward(x), dim=1)
+
+
+def softmax_model() -> nn.Module:
+    """A model that ends in a softmax."""
+    return Softmax()
+
+
+def test_a_model_ending_in_a_softmax_is_reported_with_its_own_probabilities(photo, capsys):
+    """ "p" was a softmax of the probabilities, and the explained output was called a logit."""
+    save = photo.parent / "run.npz"
+    argv = _explain(photo, "softmax_model", "--method", "feature-ablation", "--save", str(save))
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"note: --model {HERE}:softmax_model ends in a softmax" in out
+    outputs = np.load(save)["image0/logits"]
+    assert f"highest {int(outputs.argmax())} p={outputs.max():.3f}; explaining target" in out
+    assert "(logit " not in out
+    saved = json.loads(save.with_suffix(".json").read_text())["images"][0]
+    assert saved["predicted"]["probability"] == pytest.approx(float(outputs.max()))
+    assert saved["target"]["probability"] == pytest.approx(float(outputs[saved["target"]["index"]]))
+    assert "logit" not in saved["target"]
+
+
 def test_the_output_function_is_read_also_through_compiled_code():
     """The report's probe runs compiled code eagerly; where it cannot run, it says nothing."""
     from ctc_plugin.commands.model_checks import output_function
@@ -483,3 +513,33 @@ def test_the_output_function_is_read_also_through_compiled_code():
             return super().forward(x)
 
     assert output_function(Fails().eval(), x) is None
+
+
+@pytest.mark.parametrize("which", ["IMAGE", "--save", "--out"])
+def test_a_name_that_is_not_utf8_is_refused_before_any_work(photo, capsys, which):
+    """``explain`` explained a photo named ``caf\\xe9.png`` and then failed in matplotlib's
+    title with a traceback, writing nothing; ``--save caf\\xe9.npz`` failed after the work."""
+    odd = os.fsdecode(b"caf\xe9")
+    argv = _explain(photo, "net_model", "--method", "gradcam")
+    if which == "IMAGE":
+        renamed = photo.parent / f"{odd}.png"
+        photo.rename(renamed)
+        argv[1] = str(renamed)
+    elif which == "--save":
+        argv += ["--save", str(photo.parent / f"{odd}.npz")]
+    else:
+        argv[argv.index("--out") + 1] = str(photo.parent / f"{odd}.png")
+    error = _error(capsys, argv)
+    assert "caf\\xe9" in error and "is not valid UTF-8" in error and "rename it" in error
+    assert sorted(p.name for p in photo.parent.iterdir()) == sorted(
+        [photo.name if which != "IMAGE" else f"{odd}.png"]
+    )
+
+
+def test_an_atomic_write_takes_a_name_that_is_not_utf8(tmp_path):
+    """From Python: the temporary's name was made with str.encode, which refuses such names."""
+    from ctc_plugin.resumable import write_atomic
+
+    target = tmp_path / os.fsdecode(b"caf\xe9.txt")
+    write_atomic(target, lambda file: file.write(b"kept"))
+    assert target.read_bytes() == b"kept" and os.listdir(tmp_path) == [target.name]
