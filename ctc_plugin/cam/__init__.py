@@ -11,6 +11,7 @@ from ctc_plugin.cam.integrative import (
     IntegrativeCAM,
     LayerCalledAgainWarning,
     LayerMaps,
+    NoFeatureMapsError,
 )
 from ctc_plugin.cam.known_blocks import BLOCK_RESHAPES
 from ctc_plugin.cam.reshapes import (
@@ -33,6 +34,7 @@ __all__ = [
     "IntegrativeCAM",
     "LayerCalledAgainWarning",
     "LayerMaps",
+    "NoFeatureMapsError",
     "PatchTokens",
     "Phi",
     "TupleOutput",

@@ -83,6 +83,15 @@ from ctc_plugin.wording import caller_stacklevel
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
 
+class NoFeatureMapsError(ValueError):
+    """No convolution ran and no known transformer block: Integrative CAM has no map to fuse.
+
+    Raised by [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM] without ``layers=`` (give the
+    modules whose (N, C, H, W) outputs it should fuse), also where the model ran in another
+    thread than the one that called ``attribute``.
+    """
+
+
 @dataclass
 class LayerMaps:
     """The per-layer maps behind a fused Integrative CAM.
@@ -478,7 +487,8 @@ class IntegrativeCAM(Attribution):
             ValueError: Inputs that are not a finite float image batch (a channels-last batch
                 (N, H, W, C) is refused when the first ``nn.Conv2d`` that runs takes C
                 channels, before it runs), a model without
-                convolutional stages (or chosen layers that never ran), stages computed with
+                convolutional stages (`NoFeatureMapsError`, a ``ValueError``; or chosen layers
+                that never ran), stages computed with
                 gradients off (``torch.no_grad()`` inside the model, reentrant
                 ``torch.utils.checkpoint``), a ``reshape_transform`` with no layers to apply it
                 to, an output that is not differentiable or has no row per example, a target
@@ -671,7 +681,7 @@ class IntegrativeCAM(Attribution):
                 "fields); give larger images, or layers=[modules with larger (N, C, H, W) maps]"
             )
         if chosen is None and not stages:
-            raise ValueError(
+            raise NoFeatureMapsError(
                 f"no convolution ran in {self._subject()} in the thread that called "
                 "attribute; IntegrativeCAM explains 2-D convolutional feature maps (pass "
                 "layers=[...] to choose modules with (N, C, H, W) outputs, and "

@@ -186,11 +186,18 @@ def _blocks_unknown(method: str, in_python: str) -> MethodError:
 
 
 def _integrative_cam(request: Request) -> tuple[str, Tensor]:
-    from ctc_plugin.cam.integrative import IntegrativeCAM
+    from ctc_plugin.cam.integrative import IntegrativeCAM, NoFeatureMapsError
     from ctc_plugin.cam.transformers import UnknownBlocksError
 
     try:
         maps = IntegrativeCAM(request.model).attribute(request.pixels, target=request.target)
+    except NoFeatureMapsError as error:
+        raise MethodError(
+            "integrative-cam fuses the maps of a model's convolutions (or of a known "
+            "transformer's blocks), and this model runs none: leave integrative-cam out of "
+            "--method (explain-dataset: --methods); ctc, feature-ablation and lime explain any "
+            "model"
+        ) from error
     except UnknownBlocksError as error:
         raise _blocks_unknown(
             "integrative-cam",

@@ -170,7 +170,7 @@ def scores_row(output: Any, loaded: LoadedModel) -> torch.Tensor:
     from ctc_plugin.targets import output_not_a_tensor
 
     if not isinstance(output, torch.Tensor):
-        raise CLIError(f"--model {loaded.name}: {output_not_a_tensor(output)}")
+        raise CLIError(f"--model {loaded.name}: {output_not_a_tensor(output, modules_only=True)}")
     if output.dim() != 2 or output.shape[0] != 1 or not output.is_floating_point():
         flat = output.dim() > 2 and all(size == 1 for size in output.shape[2:])
         advice = (

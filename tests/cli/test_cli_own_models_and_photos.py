@@ -543,3 +543,30 @@ def test_an_atomic_write_takes_a_name_that_is_not_utf8(tmp_path):
     target = tmp_path / os.fsdecode(b"caf\xe9.txt")
     write_atomic(target, lambda file: file.write(b"kept"))
     assert target.read_bytes() == b"kept" and os.listdir(tmp_path) == [target.name]
+
+
+def no_convolution_model() -> nn.Module:
+    """A classifier of flattened 32 x 32 pixels, with no convolution."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))
+
+
+def tuple_model() -> nn.Module:
+    """``Net`` returning ``(scores, features)``."""
+
+    class Pair(Net):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return super().forward(x), x
+
+    return Pair()
+
+
+def test_command_line_refusals_are_worded_for_the_command_line(photo, capsys):
+    """Integrative CAM on a model without convolutions said to pass layers=[...] and spoke of
+    "the thread that called attribute"; a model returning a tuple was told to pass a lambda."""
+    error = _error(capsys, _explain(photo, "no_convolution_model", "--crop", "32",
+                                    "--method", "integrative-cam"))  # fmt: skip
+    assert "leave integrative-cam out of --method" in error
+    assert "layers=" not in error and "thread" not in error
+    error = _error(capsys, _explain(photo, "tuple_model", "--method", "gradcam"))
+    assert "the model returned tuple" in error and "lambda" not in error

@@ -36,6 +36,7 @@ def _examples() -> dict[str, BaseException]:
     from ctc_plugin.cam.integrative import (
         EmptyMapWarning,
         LayerCalledAgainWarning,
+        NoFeatureMapsError,
         UnknownBlocksError,
     )
     from ctc_plugin.cli import UsageError
@@ -68,6 +69,7 @@ def _examples() -> dict[str, BaseException]:
         MethodError("lime failed: out of memory"),
         BatchDimensionError("the batch dimension is not first"),
         UnknownBlocksError("no transformer blocks found"),
+        NoFeatureMapsError("no convolution ran in the model"),
         ValueRangeError("the images lie in [-2, 2], outside [0, 1]"),
         MaskCacheError("the cache folder is not writable"),
         TrainingModeError("call model.eval() first"),
