@@ -338,7 +338,9 @@ def output_not_a_tensor(output: Any, modules_only: bool = False) -> ValueError:
         )
     elif isinstance(output, (tuple, list)):
         advice = "return the scores alone, (N, classes), " + (
-            "from a module wrapping the model" if modules_only else "e.g. lambda x: model(x)[0]"
+            "from a module wrapping the model (its forward returning model(x)[0])"
+            if modules_only
+            else "e.g. lambda x: model(x)[0]"
         )
     else:
         advice = "return the model's scores, (N, classes)"

@@ -551,16 +551,6 @@ def no_convolution_model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))
 
 
-def tuple_model() -> nn.Module:
-    """``Net`` returning ``(scores, features)``."""
-
-    class Pair(Net):
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return super().forward(x), x
-
-    return Pair()
-
-
 def test_command_line_refusals_are_worded_for_the_command_line(photo, capsys):
     """Integrative CAM on a model without convolutions said to pass layers=[...] and spoke of
     "the thread that called attribute"; a model returning a tuple was told to pass a lambda."""
