@@ -39,6 +39,7 @@ import torch._dynamo.utils
 import torch._inductor.metrics
 import torchvision
 from captum.attr import FeatureAblation
+from quick_defaults import parse_with_quick
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ctc_plugin import CTC
@@ -158,9 +159,7 @@ def main() -> None:
         choices=("none", "proportional", "reference"),
         help="also print a torch.profiler table of one call in this bias-sharing mode",
     )
-    args = parser.parse_args()
-    if args.quick:
-        args.size, args.repeats = 112, 3
+    args = parse_with_quick(parser, size=112, repeats=3)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -276,14 +275,15 @@ def print_launches(runs: dict, model, x, target, mask, k: int, device: torch.dev
         counted[f"CTC {mode}"] = lambda ctc=ctc: ctc.attribute(
             x, target=target, feature_mask=mask, perturbations_per_eval=k
         )
-    fa = None
-    print(f"{'one call of':32s} {'launches':>9s} {'/ FeatureAblation':>18s} {'host syncs':>11s}")
-    for name, fn in counted.items():
+    counts = {}
+    for name, fn in counted.items():  # all counted first: every ratio has its peer
         with LaunchCount() as count:
             fn()
-        fa = count.launches if name == "captum FeatureAblation" else fa
-        ratio = f"{count.launches / fa:18.2f}" if fa else f"{'':18s}"
-        print(f"{name:32s} {count.launches:9d} {ratio} {count.syncs:11d}")
+        counts[name] = (count.launches, count.syncs)
+    fa = counts["captum FeatureAblation"][0]
+    print(f"{'one call of':32s} {'launches':>9s} {'/ FeatureAblation':>18s} {'host syncs':>11s}")
+    for name, (launches, syncs) in counts.items():
+        print(f"{name:32s} {launches:9d} {launches / fa:18.2f} {syncs:11d}")
 
 
 if __name__ == "__main__":

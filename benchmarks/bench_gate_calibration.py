@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from bench_explainer import evidence_images, grad_cam_iou, mask_iou
+from quick_defaults import parse_with_quick
 
 from ctc_plugin import zoo
 from ctc_plugin.cli import main as cli
@@ -77,11 +78,8 @@ def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="*", default=list(zoo.FAMILIES))
     parser.add_argument("--quick", action="store_true", help="50 and 40 images, resnet only")
-    args = parser.parse_args()
-    if args.quick:
-        args.families, counts = ["resnet"], (50, 40)
-    else:
-        counts = (200, 100)
+    args = parse_with_quick(parser, families=["resnet"])
+    counts = (50, 40) if args.quick else (200, 100)
     torch.set_num_threads(1)
     columns = ("t", 4), ("offset", 6), ("IoU", 6), ("Grad-CAM", 9), ("min own/unmasked", 14)
     print(f"{'model':<10} " + " ".join(f"{name:>{width}}" for name, width in columns), "other/own")

@@ -47,8 +47,11 @@ def main() -> None:
     target = 3
     cam_all = IntegrativeCAM(model)
     cam_all_plain = IntegrativeCAM(model, bias=False, layer_weights="uniform")
-    gradcampp = GradCAMPlusPlus(model, target_layers=[model.layer4[-1]])
     targets = [ClassifierOutputTarget(target)] * args.batch
+
+    def gradcampp() -> None:  # its hooks stay only for its own call, as IntegrativeCAM's do
+        with GradCAMPlusPlus(model, target_layers=[model.layer4[-1]]) as cam:
+            cam(x, targets=targets)
 
     def forward() -> None:
         with torch.no_grad():
@@ -56,7 +59,7 @@ def main() -> None:
 
     methods: dict[str, Callable[[], object]] = {
         "forward pass (no_grad)": forward,
-        "GradCAM++ layer4[-1] (pytorch-grad-cam)": lambda: gradcampp(x, targets=targets),
+        "GradCAM++ layer4[-1] (pytorch-grad-cam)": gradcampp,
         "IntegrativeCAM all stages": lambda: cam_all.attribute(x, target=target),
         "IntegrativeCAM all stages, bias=False, uniform": lambda: cam_all_plain.attribute(
             x, target=target

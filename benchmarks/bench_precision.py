@@ -11,8 +11,10 @@ largest difference of the scores from float64's, relative to float64's largest s
 can move a value across a step; the other modes are linear in the rounding.
 
 A second table does the same within float32 for what changes the roundings of the model's own
-arithmetic: the copies in chunks of 4 (``perturbations_per_eval=4``) against one pass, and the
-first image explained alone against in the batch of two.
+arithmetic: the copies in chunks of 4 (``perturbations_per_eval=4``) against one pass (in
+``"reference"`` mode only: ``"proportional"`` takes every copy in one pass and ``"none"`` is one
+forward and one backward pass, whatever ``perturbations_per_eval`` says), and the first image
+explained alone against in the batch of two.
 
 A third table shows how well the model conditions the scores, in float64: how far they move when
 the images are multiplied by ``1 + 1e-12`` (a change far below any image format's resolution),
@@ -121,8 +123,10 @@ def main() -> None:
     for mode in ("proportional", "reference", "none"):
         ctc = CTC(model, bias_sharing=mode)
         one = ctc.attribute(x32, target, feature_mask=mask, return_feature_scores=True)[1].scores
-        chunked = "" if mode == "proportional" else f"{0:24.1e}"  # needs every copy in one pass
-        if mode != "proportional":
+        # "proportional" takes every copy in one pass and "none" is one forward and one backward
+        # pass, whatever perturbations_per_eval says: only "reference" has chunks to compare
+        chunked = "one pass"
+        if mode == "reference":
             _, scores = ctc.attribute(
                 x32, target, feature_mask=mask, perturbations_per_eval=4, return_feature_scores=True
             )

@@ -22,6 +22,7 @@ import statistics
 import time
 
 import torch
+from quick_defaults import parse_with_quick
 from torch import nn
 
 from ctc_plugin import CTC
@@ -103,9 +104,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="LSTM, 16 units, 16 columns")
-    args = parser.parse_args()
-    if args.quick:
-        args.kind, args.hidden, args.length, args.repeats = ["lstm"], [16], [16], 2
+    args = parse_with_quick(parser, kind=["lstm"], hidden=[16], length=[16], repeats=2)
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), float32, 1 image, "

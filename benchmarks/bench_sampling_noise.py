@@ -18,6 +18,7 @@ import argparse
 import time
 
 import torch
+from quick_defaults import parse_with_quick
 
 from ctc_plugin import zoo
 from ctc_plugin.datasets import ShapesDataset
@@ -37,9 +38,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100, help="Lime/KernelShap samples")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="4 images and 20 samples")
-    args = parser.parse_args()
-    if args.quick:
-        args.images, args.samples = 4, 20
+    args = parse_with_quick(parser, images=4, samples=20)
 
     model = zoo.load(args.family, split=args.split)
     data = ShapesDataset(split=args.split, size=args.images, seed=BenchmarkConfig.seed)

@@ -53,6 +53,7 @@ import time
 import torch
 import torchvision
 from captum.attr import FeatureAblation
+from quick_defaults import parse_with_quick
 
 from ctc_plugin import CTC
 from ctc_plugin.ctc import fused_sharing as fused_sharing_module
@@ -186,9 +187,7 @@ def main() -> None:
         help="the 'reference' formula in torch's operations, not the compiled kernel",
     )
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one method, for --memory
-    args = parser.parse_args()
-    if args.quick:
-        args.model, args.size, args.features, args.repeats = "resnet18", 112, 16, 1
+    args = parse_with_quick(parser, model="resnet18", size=112, features=16, repeats=1)
     torch.set_num_threads(args.threads)
     SPARE_CHUNKS.most = args.spare_chunks
     model, x, mask, target, k = setup(args)
@@ -360,8 +359,8 @@ def first_call(args, name: str) -> tuple[float, float]:
     """``name`` run once in a fresh process: its peak resident memory (MiB) above the process's
     RSS before, and its seconds (the first call of a process, on memory no call used before)."""
     command = [sys.executable, __file__, "--only", name]
-    for option in ("model", "size", "features", "mask", "threads"):
-        command += [f"--{option}", str(getattr(args, option))]
+    for option in ("model", "size", "features", "mask", "threads", "spare_chunks"):
+        command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     if args.torch_formula:
         command.append("--torch-formula")
     result = subprocess.run(command, capture_output=True, text=True, check=True)

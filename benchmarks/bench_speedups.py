@@ -21,6 +21,7 @@ import time
 
 import torch
 import torchvision
+from quick_defaults import parse_with_quick
 
 from ctc_plugin import CTC
 from ctc_plugin.ctc.speedups import DEFAULT, SPEC, Speedups
@@ -64,9 +65,7 @@ def main() -> None:
     parser.add_argument("--modes", default="reference,proportional,none")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="model:size:K:batch,...")
     parser.add_argument("--quick", action="store_true", help="one small setting, 3 repeats")
-    args = parser.parse_args()
-    if args.quick:
-        args.settings, args.repeats = "resnet18:112:16:1", 3
+    args = parse_with_quick(parser, settings="resnet18:112:16:1", repeats=3)
     torch.set_num_threads(args.threads)
     print(f"threads={args.threads}, repeats={args.repeats}, torch {torch.__version__}")
     for setting in args.settings.split(","):

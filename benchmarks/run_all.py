@@ -5,12 +5,17 @@ python benchmarks/run_all.py [--quick]
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
+    """Run the scripts with ``argv`` (``--quick`` only); return 1 if any failed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="each script on a small setting")
+    argv = ["--quick"] if parser.parse_args(argv).quick else []
     here = Path(__file__).resolve().parent
     failed = []
     for script in sorted(here.glob("bench_*.py")):

@@ -28,12 +28,14 @@ def test_first_call_reads_the_peak_and_the_seconds_of_a_fresh_process(bench_spar
 
     monkeypatch.setattr(bench_sparse.subprocess, "run", run)
     args = argparse.Namespace(
-        model="resnet18", size=112, features=16, mask="grid", threads=1, torch_formula=False
-    )
+        model="resnet18", size=112, features=16, mask="grid", threads=1, torch_formula=False,
+        spare_chunks=0,
+    )  # fmt: skip
     assert bench_sparse.first_call(args, "CTC reference, sparse") == (20.0, 3.25)
     (command,) = commands
     assert command[2:4] == ["--only", "CTC reference, sparse"]
     assert command[command.index("--features") + 1] == "16"
+    assert command[command.index("--spare-chunks") + 1] == "0"  # the header says what ran
 
 
 @pytest.mark.slow
