@@ -271,6 +271,7 @@ def test_failed_call_leaves_the_model_as_it_was(failure: str) -> None:
     if failure == "target":
         call = IntegrativeCAM(model).attribute
         kwargs = {"target": 99}
+        raised, said = ValueError, r"target 99 .*out of range"
     elif failure == "score":
 
         def broken(grad: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -278,10 +279,12 @@ def test_failed_call_leaves_the_model_as_it_was(failure: str) -> None:
 
         call = IntegrativeCAM(model, layer_weights=broken).attribute
         kwargs = {"target": 1}
+        raised, said = RuntimeError, "boom"
     else:
         call = IntegrativeCAM(model, layers=[model.head[1]]).attribute
         kwargs = {"target": 1}
-    with pytest.raises((IndexError, RuntimeError, ValueError)):
+        raised, said = ValueError, r"needs a 4-D feature map"
+    with pytest.raises(raised, match=said):
         call(x, **kwargs)
     assert _forward_hook_count(model) == 0
     assert torch.equal(model(x), before_out)
@@ -335,9 +338,14 @@ def test_bad_arguments() -> None:
 
 
 def test_model_is_deep_copy_safe() -> None:
+    """A deep copy explains its own copy of the model as the original explains the model."""
     model = tiny_cnn()
     cam = IntegrativeCAM(model)
-    copy.deepcopy(cam).attribute(images(), target=0)
+    copied = copy.deepcopy(cam)
+    assert copied.forward_func is not model
+    torch.testing.assert_close(
+        copied.attribute(images(), target=0), cam.attribute(images(), target=0)
+    )
 
 
 # -- memory and coverage ----------------------------------------------------------------------

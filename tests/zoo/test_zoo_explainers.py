@@ -131,7 +131,9 @@ def _localisation_cases() -> list:
             marks=[
                 *case.marks,
                 pytest.mark.xfail(
-                    strict=True, reason="0.093 above Grad-CAM on its last feature map (docs)"
+                    strict=True,
+                    raises=AssertionError,  # the bar missed; a crash is no known limitation
+                    reason="0.093 above Grad-CAM on its last feature map (docs)",
                 ),
             ],
         )
@@ -182,12 +184,13 @@ def test_class_specific_explainers_are_class_specific_on_two_object_images(famil
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,  # specificity missed; a crash is no known limitation
     reason="measured: the small U-Net's absent-class maps cover the object as much as the "
     "present class's, and 570-step, deeper-U-Net and lambda_nc=20 runs did not change that "
     "(docs/design-notes/explainer.md, 'Attempts to make the small U-Net class-specific'); the "
     "class-specific and distilled kinds are the answer",
 )
-def test_default_explainers_are_not_class_specific():
+def test_class_specificity_of_the_default_explainers():
     specificity_holds(SHIPPED_SHAPES[0][0], "default")
 
 
