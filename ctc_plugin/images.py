@@ -229,7 +229,9 @@ class ImagePreprocessing:
                 raise ValueError(f"mean and std need 3 values (R, G, B), got {mean} and {std}")
             if not all(np.isfinite(mean + std)) or any(s <= 0 for s in std):
                 raise ValueError(f"std must be positive and both finite, got mean={mean} std={std}")
-            if max(mean) > 1:  # the 0..255 scale of 8-bit images: (255x - m) / s, x in [0, 1]
+            # the 0..255 scale of 8-bit images, (255x - m) / s for x in [0, 1]: both above 1
+            # (a mean above 1 alone is a shift to negative values, EfficientNet's [-1, 0])
+            if max(mean) > 1 and max(std) > 1:
                 scaled = ", ".join(f"{v / 255:.3f}" for v in mean)
                 spread = ", ".join(f"{v / 255:.3f}" for v in std)
                 raise ValueError(

@@ -55,6 +55,7 @@ __all__ = [
     "changes_in_training",
     "check_eval_mode",
     "check_has_values",
+    "check_nothing_shared",
     "check_images",
     "check_inputs",
     "check_takes_images",
@@ -636,6 +637,66 @@ def training_modules_refused(name: str = "(a module of the forward function)") -
         yield
     finally:
         handle.remove()
+
+
+def check_nothing_shared(
+    trained: torch.nn.Module,
+    kept: torch.nn.Module,
+    trained_name: str,
+    kept_name: str,
+    copies: str = "",
+) -> None:
+    """Refuse a model about to be trained that holds parts of a model that must stay as it is.
+
+    A shared parameter would be trained for both (or, frozen for the kept model, stay untrained
+    in the other); a shared module that `changes_in_training` (a BatchNorm, dropout) would run
+    in training mode with the trained model and change the kept one's statistics. A shared
+    buffer of another module (a constant, tied) is let be: training does not change it.
+
+    Args:
+        trained: The model to be trained (an explainer, a student).
+        kept: The model that must not change (the explained classifier, a teacher).
+        trained_name: ``trained`` in the message (``"the explainer"``).
+        kept_name: ``kept`` in the message (``"the classifier"``).
+        copies: What else makes a copy, added to the message's advice.
+
+    Raises:
+        ValueError: Naming the first shared part in both models and saying to build from a copy.
+    """
+    theirs = {id(m): (name, "a module") for name, m in kept.named_modules() if _trains(m)}
+    theirs |= {id(p): (name, "a parameter") for name, p in kept.named_parameters()}
+    shared = next(
+        (
+            (mine, *theirs[id(part)])
+            for mine, part in itertools.chain(trained.named_modules(), trained.named_parameters())
+            if id(part) in theirs
+        ),
+        None,
+    )
+    if shared is None:
+        return
+    mine, their, what = shared
+    whose = f"{kept_name}'s {their}" if their else f"{kept_name} itself"
+    harm = (
+        "run it in training mode (its running statistics would change)"
+        if what == "a module"
+        else f"change that weight of {kept_name} (or, frozen there, leave it untrained)"
+    )
+    raise ValueError(
+        f"{trained_name} shares {what} with {kept_name} (its {mine or 'whole self'} is "
+        f"{whose}): training {trained_name} would {harm}; build it from a copy "
+        f"(copy.deepcopy(...) of {kept_name}'s part{'; ' + copies if copies else ''})"
+    )
+
+
+def _trains(module: torch.nn.Module) -> bool:
+    """Whether ``module`` `changes_in_training` once in training mode."""
+    was = module.training
+    module.training = True  # this module's own flag only, put back at once
+    try:
+        return changes_in_training(module)
+    finally:
+        module.training = was
 
 
 def training_mode_error(module: torch.nn.Module, name: str) -> TrainingModeError:

@@ -9,11 +9,12 @@ package.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["are", "caller_stacklevel", "counted", "first_names", "known_name"]
+__all__ = ["are", "caller_stacklevel", "counted", "first_names", "known_name", "not_utf8"]
 
 
 def counted(count: int, noun: str, plural: str | None = None) -> str:
@@ -22,6 +23,19 @@ def counted(count: int, noun: str, plural: str | None = None) -> str:
     ``plural`` is the noun's plural where it is not ``noun + "s"``.
     """
     return f"{count} {noun}" if count == 1 else f"{count} {plural or noun + 's'}"
+
+
+def not_utf8(name: str) -> str | None:
+    r"""``name`` as messages show it where it is not valid UTF-8, else ``None``.
+
+    A file name written on another system may hold bytes that are not UTF-8; they are shown as
+    ``\xNN``.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return None
 
 
 def are(count: int, noun: str = "") -> str:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ctc_plugin.resumable.threads import MAX_THREADS
+from ctc_plugin.wording import not_utf8
 
 #: Largest seed: every random generator the commands seed (torch, NumPy) takes 32 bits.
 MAX_SEED = 2**32 - 1
@@ -254,13 +255,11 @@ def _named(text: str, wanted: str) -> str:
         raise argparse.ArgumentTypeError(
             f"the name {text!r} is empty, and so is a folder (the current one): give {wanted}"
         )
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+    shown = not_utf8(text)
+    if shown is not None:
         raise argparse.ArgumentTypeError(
             f"the name {shown} is not valid UTF-8 (written on another system?); rename it"
-        ) from None
+        )
     return text
 
 

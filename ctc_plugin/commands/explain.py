@@ -260,7 +260,9 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     ]
     check_explainer_size(explainer, explained)
     ending = output_function(model, explained[0].image.pixels.to(device))
-    args.probabilities = ending in PROBABILITY_OUTPUTS
+    args.probabilities = ending in PROBABILITY_OUTPUTS and (
+        ending != "softmax" or _sum_to_one(item.logits for item in explained)
+    )
     if args.probabilities:  # a multi-label head or a softmax: its outputs are no logits
         print(f"note: --model {args.model} {PROBABILITY_OUTPUTS[ending]}")
     # a method that cannot explain the model stops before anything is segmented or explained
@@ -402,6 +404,11 @@ def _evidence(path: Path, preprocessing: ImagePreprocessing) -> torch.Tensor:
 
 def _label(loaded: LoadedModel, index: int) -> str:
     return f"{index} ({loaded.classes[index]})" if loaded.classes else str(index)
+
+
+def _sum_to_one(rows: Iterator[torch.Tensor]) -> bool:
+    """Whether every row of outputs adds up to 1: a softmax over the classes, not another dim."""
+    return all(abs(float(row.double().sum()) - 1) < 1e-3 for row in rows)
 
 
 #: The functions a model may end in whose outputs are probabilities, with the report's note.

@@ -195,8 +195,8 @@ def _integrative_cam(request: Request) -> tuple[str, Tensor]:
         raise MethodError(
             "integrative-cam fuses the maps of a model's convolutions (or of a known "
             "transformer's blocks), and this model runs none: leave integrative-cam out of "
-            "--method (explain-dataset: --methods); ctc, feature-ablation and lime explain any "
-            "model"
+            "--method (explain-dataset: --methods); feature-ablation and lime take any model, "
+            "and ctc most"
         ) from error
     except UnknownBlocksError as error:
         raise _blocks_unknown(

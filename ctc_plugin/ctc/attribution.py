@@ -303,7 +303,8 @@ class CTC(Attribution):
 
         Raises:
             TypeError: inputs that are not tensors (see
-                [`ctc_plugin.inputs.check_inputs`][ctc_plugin.inputs.check_inputs]).
+                [`ctc_plugin.inputs.check_inputs`][ctc_plugin.inputs.check_inputs]), or
+                baselines that are neither numbers nor tensors (text, complex values).
             ValueError: inputs, masks, targets or options that do not fit, with what to fix.
             TrainingModeError: the model has BatchNorm or dropout in training mode; nothing
                 has run (call ``model.eval()``).

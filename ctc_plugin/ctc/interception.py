@@ -88,7 +88,9 @@ def own_backward(func: Callable[..., Any] | None, tensors: Sequence[Tensor]) -> 
     A custom ``autograd.Function`` (gradient reversal, a straight-through estimator) whose
     result is among ``tensors``, or ``func`` being ``Tensor.register_hook``: either changes the
     gradient without changing a forward value, so the gradient of the ``"none"`` pass would no
-    longer be the linearised network's (`GraphCutError` sends that pass to the copies).
+    longer be the linearised network's (`GraphCutError` sends that pass to the copies). A hook
+    put on autograd's node itself (``h.grad_fn.register_hook``) is not seen: torch shows no
+    node's hooks.
     """
     if func is Tensor.register_hook:
         return "a hook on a tensor (Tensor.register_hook)"

@@ -197,14 +197,14 @@ def spread_scores(
 
 def _as_real_tensor(value: Any, name: str) -> torch.Tensor:
     """``value`` (a tensor, number or array) as a tensor of real values, or a clear error."""
-    tensor = None
+    tensor, why = None, ""
     if not isinstance(value, str | bytes):  # torch would read neither as numbers
         try:
             tensor = torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError):
-            pass
+        except (TypeError, ValueError, RuntimeError) as error:
+            why = f" that torch cannot read ({error})"
     if tensor is None:
-        shown = f" {value!r}" if isinstance(value, str | bytes) else ""
+        shown = f" {value!r}" if isinstance(value, str | bytes) else why
         raise TypeError(
             f"{name} must be a number or a tensor broadcastable to its input, got "
             f"{type(value).__name__}{shown}"

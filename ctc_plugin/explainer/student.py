@@ -17,7 +17,13 @@ from torch import Tensor, nn
 
 from ctc_plugin.explainer.classifier_backbone import class_map_encoder
 from ctc_plugin.explainer.maps import resize_maps
-from ctc_plugin.inputs import check_gradient_weights, check_images, is_integer, with_gradients
+from ctc_plugin.inputs import (
+    check_gradient_weights,
+    check_images,
+    check_nothing_shared,
+    is_integer,
+    with_gradients,
+)
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
@@ -113,11 +119,13 @@ def distil_class_maps(
         ValueError: For images that are not a finite floating-point batch (the message
             names the examples with NaN), fewer images than one batch, non-positive epochs, or
             a student with another class count than the classifier's head (from
-            [`class_map_encoder`][ctc_plugin.explainer.classifier_backbone.class_map_encoder]).
+            [`class_map_encoder`][ctc_plugin.explainer.classifier_backbone.class_map_encoder]),
+            or a student that shares a parameter or a BatchNorm with the classifier.
     """
     images = check_images(images, channels=getattr(student, "in_channels", None))
     check_schedule(epochs, batch_size, len(images))
     check_gradient_weights(student, "distil_class_maps (training the student)")
+    check_nothing_shared(student, classifier, "the student", "the classifier")
     with torch.no_grad():
         probe = student.eval()(images[:1])
         targets = class_map_targets(classifier, head, images, probe.shape[1], probe.shape[-2:])

@@ -31,7 +31,12 @@ from ctc_plugin.explainer.student import (
     mark_trained,
 )
 from ctc_plugin.explainer.training import frozen
-from ctc_plugin.inputs import check_gradient_weights, check_images, with_gradients
+from ctc_plugin.inputs import (
+    check_gradient_weights,
+    check_images,
+    check_nothing_shared,
+    with_gradients,
+)
 
 #: Stride-2 blocks of the encoder: a 96x96 image gives 6x6 class maps (the zoo classifiers').
 STAGES = 4
@@ -175,7 +180,8 @@ def distil_student_unet(
     Raises:
         ValueError: For images that are not a finite floating-point batch (the message names
             the examples with NaN), fewer images than one batch, non-positive epochs, or a
-            network with another class count than the classifier's head or the mask explainer.
+            network with another class count than the classifier's head or the mask explainer,
+            or a student that shares a parameter or a BatchNorm with either.
     """
     explainer = network if isinstance(network, Explainer) else None
     student = network.backbone if explainer is not None else network
@@ -185,6 +191,8 @@ def distil_student_unet(
     images = check_images(images, channels=channels)
     check_schedule(epochs, batch_size, len(images))
     check_gradient_weights(network, "distil_student_unet (training the student)")
+    check_nothing_shared(student, classifier, "the student", "the classifier")
+    check_nothing_shared(student, mask_explainer, "the student", "the mask explainer")
     seen = (
         images if explainer is None else run_at_scale(nn.Identity(), images, explainer.input_scale)
     )

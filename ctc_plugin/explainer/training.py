@@ -43,6 +43,7 @@ from ctc_plugin.explainer.presets import PRESETS, ExplainerHyperparameters
 from ctc_plugin.inputs import (
     broadcasts_to,
     check_gradient_weights,
+    check_nothing_shared,
     floating_dtype,
     is_finite_number,
     is_integer,
@@ -356,47 +357,6 @@ def _check_loop_settings(
         raise ValueError(f"multilabel must be True, False or None, got {multilabel!r}")
 
 
-def _check_nothing_shared(explainer: nn.Module, classifier: nn.Module) -> None:
-    """Refuse an explainer that holds a module, parameter or buffer of the classifier.
-
-    Training puts the explainer's modules in training mode, a shared BatchNorm with them (the
-    frozen classifier's statistics would change, its scores in the loss come from the batch),
-    and the classifier's frozen parameters would stay untrained in the explainer.
-    """
-    theirs = {id(m): name for name, m in classifier.named_modules() if _has_state(m)}
-    tensors = dict(classifier.named_parameters()) | dict(classifier.named_buffers())
-    theirs |= {id(tensor): name for name, tensor in tensors.items()}
-    for name, module in explainer.named_modules():
-        if id(module) in theirs:
-            shared, what = (name, theirs[id(module)]), "a module"
-            break
-    else:
-        ours = dict(explainer.named_parameters()) | dict(explainer.named_buffers())
-        found = [(n, theirs[id(v)]) for n, v in ours.items() if v is not None and id(v) in theirs]
-        if not found:
-            return
-        shared, what = found[0], "a parameter or buffer"
-    mine, their = shared
-    whose = f"the classifier's {their}" if their else "the classifier itself"
-    raise ValueError(
-        f"the explainer shares {what} with the classifier (its {mine} is {whose}): "
-        "training the explainer would run it in training "
-        "mode (the frozen classifier's BatchNorm statistics would change) and leave the "
-        "classifier's frozen weights untrained in it; build the explainer from a copy "
-        '(copy.deepcopy(...) of the classifier\'s part; build_backbone("classifier", '
-        "num_classes, classifier=model, head=...) copies the whole classifier itself)"
-    )
-
-
-def _has_state(module: nn.Module) -> bool:
-    """Whether ``module`` holds anything training could change (parameters, buffers, dropout)."""
-    return (
-        any(True for _ in module.parameters())
-        or any(b is not None for b in module.buffers())
-        or any(isinstance(m, nn.modules.dropout._DropoutNd) for m in module.modules())
-    )
-
-
 def _record_image_size(explainer: Explainer, images: Tensor) -> None:
     """Record the size of the images ``explainer`` trains on; ``-1 x -1`` once sizes differ.
 
@@ -552,7 +512,14 @@ def fit_explainer(
         )
     check_gradient_weights(classifier, "Explainer.fit")  # the masks' gradients flow through it
     check_gradient_weights(explainer, "Explainer.fit (training the explainer)")
-    _check_nothing_shared(explainer, classifier)
+    check_nothing_shared(
+        explainer,
+        classifier,
+        "the explainer",
+        "the classifier",
+        'build_backbone("classifier", num_classes, classifier=model, head=...) copies the '
+        "whole classifier itself",
+    )
     _check_loop_settings(epochs, patience, max_steps_per_epoch, min_delta, seed, multilabel)
     if (isinstance(baseline, Tensor) and not bool(torch.isfinite(baseline).all())) or (
         not isinstance(baseline, Tensor)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ctc_plugin.image_files import IMAGE_SUFFIXES, is_image_file
-from ctc_plugin.wording import counted, first_names
+from ctc_plugin.wording import counted, first_names, not_utf8
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -209,12 +209,7 @@ def _check_names(text: str, refs: tuple[ImageRef, ...]) -> None:
     The results table stores each image's name as text; a name with bytes that are not UTF-8
     (written on another system, say) would stop the run at that image's shard.
     """
-    bad = []
-    for ref in refs:
-        try:
-            ref.name.encode("utf-8")
-        except UnicodeEncodeError:
-            bad.append(os.fsencode(ref.name).decode("utf-8", "backslashreplace"))
+    bad = [shown for shown in map(not_utf8, (ref.name for ref in refs)) if shown is not None]
     if bad:
         raise SourceError(
             f"SOURCE {text!r}: {len(bad)} of its {len(refs)} image files have names that are not "

@@ -492,6 +492,26 @@ def test_a_model_ending_in_a_softmax_is_reported_with_its_own_probabilities(phot
     assert "logit" not in saved["target"]
 
 
+class SoftmaxOverTheBatch(Net):
+    """``Net`` ending in a softmax over the batch dimension: no class probabilities."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Scores (N, 3), each column a softmax over the batch."""
+        return super().forward(x).softmax(0)
+
+
+def softmax_over_the_batch_model() -> nn.Module:
+    """A model that ends in a softmax over another dimension than the classes."""
+    return SoftmaxOverTheBatch()
+
+
+def test_a_softmax_over_another_dimension_is_no_class_probability(photo, capsys):
+    """Its one-image outputs are all 1: reported as probabilities, "p=1.000" of class 0."""
+    assert main(_explain(photo, "softmax_over_the_batch_model", "--method", "gradcam")) == 0
+    out = capsys.readouterr().out
+    assert "ends in a softmax" not in out and "(logit " in out
+
+
 def test_the_output_function_is_read_also_through_compiled_code():
     """The report's probe runs compiled code eagerly; where it cannot run, it says nothing."""
     from ctc_plugin.commands.model_checks import output_function

@@ -45,3 +45,15 @@ def test_the_prepared_input_equals_the_processor_s(name):
     theirs = processor(images=photo, return_tensors="pt")["pixel_values"].float()
     ours = processor_preprocessing(processor)(photo).normalized
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_a_shift_past_1_with_a_small_std_is_no_0_to_255_scale():
+    """EfficientNet's rescale_offset at the default 1/255 folds into mean 1.5, std 0.5: the
+    statistics were refused as "on the 0..255 scale" with advice that would change the pixels."""
+    processor = transformers.EfficientNetImageProcessor(
+        do_resize=False, do_center_crop=False, rescale_offset=True, include_top=False
+    )
+    photo = Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8))
+    theirs = processor(images=photo, return_tensors="pt")["pixel_values"].float()
+    ours = processor_preprocessing(processor)(photo).normalized
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)

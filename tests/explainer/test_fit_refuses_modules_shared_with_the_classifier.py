@@ -65,7 +65,7 @@ def test_an_explainer_that_shares_the_classifier_s_modules_is_refused_before_tra
     explainer_before = copy.deepcopy(explainer.state_dict())
     with pytest.raises(ValueError, match=r"shares.*classifier.*copy\.deepcopy") as caught:
         _fit(explainer, classifier)
-    assert "backbone.stem.0" in str(caught.value) and "classifier's 0" in str(caught.value)
+    assert "its backbone.stem.1 is the classifier's 1" in str(caught.value)  # the BatchNorm
     for key, value in classifier.state_dict().items():
         assert torch.equal(value, before[key]), key
     for key, value in explainer.state_dict().items():
@@ -86,5 +86,37 @@ def test_a_shared_parameter_alone_is_refused_too():
     classifier = _classifier()
     stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
     stem[0].weight = classifier[0].weight
-    with pytest.raises(ValueError, match=r"shares"):
+    with pytest.raises(ValueError, match=r"shares a parameter .*is the classifier's 0.weight"):
         _fit(Explainer(_Backbone(stem), 4), classifier)
+
+
+def test_a_shared_constant_buffer_is_no_sharing_that_matters():
+    """Two normalisations registering one module-level constant: training changes neither."""
+    mean = torch.full((1, 3, 1, 1), 0.5)
+
+    class Shift(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", mean)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x - self.mean
+
+    classifier = nn.Sequential(Shift(), *_classifier())
+    stem = nn.Sequential(Shift(), nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    _fit(Explainer(_Backbone(stem), 4), classifier.eval())
+
+
+def test_a_student_that_shares_the_classifier_s_modules_is_refused_before_distilling():
+    """distil_class_maps trained a student built on the classifier's own stem: the classifier's
+    convolution and BatchNorm statistics changed (it is not frozen there at all)."""
+    from ctc_plugin.explainer.student import distil_class_maps
+
+    classifier = _classifier()
+    before = {k: v.clone() for k, v in classifier.state_dict().items()}
+    student = nn.Sequential(classifier[:3], nn.Conv2d(8, 4, 1))
+    images = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with pytest.raises(ValueError, match=r"the student shares .* with the classifier"):
+        distil_class_maps(student, classifier, "5", images, epochs=1, batch_size=8)
+    for key, value in classifier.state_dict().items():
+        assert torch.equal(value, before[key]), key
