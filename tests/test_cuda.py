@@ -256,3 +256,26 @@ def test_zoo_train_and_evaluate_run_a_cuda_model_there():
     assert zoo.train(model, "shapes", config, show_progress=False) is model
     assert all(p.device.type == "cuda" for p in model.parameters())
     assert 0.0 <= zoo.evaluate(model, "shapes", size=40, seed=2, batch_size=16) <= 1.0
+
+
+def test_explainer_fit_and_its_specificity_table_take_cpu_baselines_and_pairs():
+    """A tensor baseline given on the CPU (batches go to the explainer's device, the baseline
+    did not) and the CPU class pairs and sums of the specificity table."""
+    from ctc_plugin.datasets import ShapesDataset
+    from ctc_plugin.explainer.specificity import specificity_table, two_object_images
+    from ctc_plugin.zoo.explainers import load_explainer
+
+    classifier = zoo.load("resnet").to(CUDA)
+    explainer = load_explainer("resnet", "shapes").to(CUDA)
+    data = ShapesDataset("shapes", size=200, seed=7)
+    loader = [(data[i]["image"][None], torch.tensor([data[i]["label"]])) for i in range(4)]
+    baseline = torch.full((3, 1, 1), 0.5)  # on the CPU, as a CPU run takes it
+    result = explainer.fit(classifier, loader, epochs=1, baseline=baseline, show_progress=False)
+    assert len(result.history) == 1  # an epoch of four CUDA batches
+    images, pairs = two_object_images(data, 8)
+    on_cuda = specificity_table(classifier, explainer, images.to(CUDA), pairs, data.classes)
+    on_cpu = specificity_table(classifier.cpu(), explainer.cpu(), images, pairs, data.classes)
+    torch.testing.assert_close(
+        on_cuda.own_mask, on_cpu.own_mask, atol=1e-3, rtol=1e-3, equal_nan=True
+    )
+    assert torch.equal(on_cuda.counts, on_cpu.counts)

@@ -190,6 +190,9 @@ class AlphaTerms:
         all_positive: Whether ``sign`` is +1 for every example.
         all_gradcam: Whether every example uses Grad-CAM weights.
         any_gradcam: Whether some example does.
+        opposite: ``(N, 1, 1, 1)``: where ``phi''`` and ``phi'''`` have other signs along the
+            evidence (`gradcampp_weights` clamps those examples' alphas).
+        any_opposite: Whether some example is such.
     """
 
     sign: Tensor
@@ -199,12 +202,20 @@ class AlphaTerms:
     all_positive: bool = field(init=False)
     all_gradcam: bool = field(init=False)
     any_gradcam: bool = field(init=False)
+    opposite: Tensor = field(init=False)
+    any_opposite: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        # Summaries read by every layer's hook, computed once per call.
+        # Summaries read by every layer's hook, computed once per call (each bool() waits for
+        # the device: in a layer's hook it would stall the backward pass at every stage).
         object.__setattr__(self, "all_positive", bool((self.sign > 0).all()))
         object.__setattr__(self, "all_gradcam", bool(self.gradcam.all()))
         object.__setattr__(self, "any_gradcam", bool(self.gradcam.any()))
+        # the second and third derivative of other signs along the evidence, whose gradients
+        # have the sign of the first (exp(-S) is the mirror of exp(S): not one of them)
+        opposite = self.p2 * self.p3 * self.sign < 0
+        object.__setattr__(self, "opposite", opposite)
+        object.__setattr__(self, "any_opposite", bool(opposite.any()))
 
     def to(self, dtype: torch.dtype) -> AlphaTerms:
         """These terms in ``dtype`` (that of a stage's map), ``self`` where they are already."""
@@ -308,11 +319,8 @@ def gradcampp_weights(
             computed; it is overwritten.
     """
     positive = positive_part(grad, terms) if positive is None else positive
-    # (N, 1, 1, 1): the second and third derivative of other signs along the evidence, whose
-    # gradients have the sign of the first (exp(-S) is the mirror of exp(S): not one of them)
-    opposite = terms.p2 * terms.p3 * terms.sign < 0
-    if bool(opposite.any()):
-        return _clamped_alpha_weights(grad, act, terms, positive, opposite)
+    if terms.any_opposite:
+        return _clamped_alpha_weights(grad, act, terms, positive, terms.opposite)
     numerator = positive.mul_(grad).mul_(grad)
     denominator = _alpha_denominator(grad, act, terms)
     # Where the numerator is 0 (no positive gradient) the term is 0, whatever the denominator:

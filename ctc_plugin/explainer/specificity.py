@@ -140,10 +140,11 @@ def specificity_table(
     with frozen(classifier), frozen(explainer):
         masks = explainer(images).sigmoid()
         unmasked = classifier(images).softmax(dim=1)
-        rows = torch.arange(len(images))
+        device = unmasked.device  # the accumulators where the probabilities are (a GPU)
+        rows, pairs = torch.arange(len(images), device=device), pairs.to(device)
         num = len(classes)
-        sums = {k: torch.zeros(num) for k in ("unmasked", "own", "other")}
-        counts = torch.zeros(num)
+        sums = {k: torch.zeros(num, device=device) for k in ("unmasked", "own", "other")}
+        counts = torch.zeros(num, device=device)
         for side in (0, 1):
             k, other = pairs[:, side], pairs[:, 1 - side]
             own_probs = classifier(apply_mask(images, masks[rows, k], baseline)).softmax(dim=1)
@@ -153,12 +154,12 @@ def specificity_table(
             sums["unmasked"].index_add_(0, k, unmasked[rows, k])
             sums["own"].index_add_(0, k, own_probs[rows, k])
             sums["other"].index_add_(0, k, other_probs[rows, k])
-            counts.index_add_(0, k, torch.ones(len(k)))
+            counts.index_add_(0, k, torch.ones(len(k), device=device))
     scale = 100.0 / counts
-    return SpecificityTable(
+    return SpecificityTable(  # a table to read: on the CPU, wherever the models ran
         classes=list(classes),
-        unmasked=sums["unmasked"] * scale,
-        own_mask=sums["own"] * scale,
-        other_mask=sums["other"] * scale,
-        counts=counts.long(),
+        unmasked=(sums["unmasked"] * scale).cpu(),
+        own_mask=(sums["own"] * scale).cpu(),
+        other_mask=(sums["other"] * scale).cpu(),
+        counts=counts.long().cpu(),
     )

@@ -241,6 +241,7 @@ def objective(
     """
     if isinstance(baseline, Tensor):
         _check_baseline_fits(baseline, images)
+        baseline = baseline.to(images.device)  # given on the CPU, the batches on a GPU
     logits = explainer(images)
     m, n = losses.target_masks(logits, targets)
     both = torch.cat(

@@ -101,7 +101,9 @@ def seeded_draws(seed: int, device: torch.device) -> Iterator[None]:
     Inside ``torch.random.fork_rng``: the caller's random state is as it was afterwards. A
     method that samples (Lime, KernelShap) then draws the same samples in every call.
     """
-    devices = [device.index or 0] if device.type == "cuda" else []
+    devices = []
+    if device.type == "cuda":  # a bare "cuda" is the current device, not always the first
+        devices = [torch.cuda.current_device() if device.index is None else device.index]
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
