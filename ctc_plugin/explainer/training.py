@@ -271,17 +271,22 @@ def objective(
     return loss, terms
 
 
-def _check_finite_loss(loss: Tensor, terms: dict[str, Tensor], where: str) -> None:
-    """Raise if the loss of a batch is NaN or infinite, naming the terms that are.
+def _read_loss(loss: Tensor, terms: dict[str, Tensor], where: str) -> dict[str, float]:
+    """The batch's loss and terms as numbers (one transfer from the device); raise if not finite.
 
-    Such a loss would make every later monitored loss NaN and leave the explainer with its
-    initial weights; stopping names the batch instead.
+    A NaN or infinite loss would make every later monitored loss NaN and leave the explainer with
+    its initial weights; stopping names the batch and the terms that are not finite instead.
+
+    Raises:
+        ValueError: The loss is NaN or infinite.
     """
-    if bool(torch.isfinite(loss)):
-        return
-    bad = [name for name, value in terms.items() if not bool(torch.isfinite(value))]
+    values = torch.stack([loss.detach().double(), *(v.detach().double() for v in terms.values())])
+    read = dict(zip(("loss", *terms), values.tolist(), strict=True))
+    if math.isfinite(read["loss"]):
+        return read
+    bad = [name for name in terms if not math.isfinite(read[name])]
     raise ValueError(
-        f"the explainer loss of {where} is {loss.item()} (non-finite terms: "
+        f"the explainer loss of {where} is {read['loss']} (non-finite terms: "
         f"{', '.join(bad) or 'none; the weighted sum overflowed'}): the classifier's outputs "
         "or the baseline hold NaN or infinite values, or training diverged (lower the learning "
         "rate)"
@@ -304,8 +309,7 @@ def _evaluate(
             where = f"validation batch {index}"
             images, targets, multi = batch_on_device(batch, explainer, multilabel, where)
             loss, terms = objective(explainer, classifier, images, targets, multi, hp, baseline)
-            _check_finite_loss(loss, terms, where)
-            total += float(loss) * len(images)
+            total += _read_loss(loss, terms, where)["loss"] * len(images)
             count += len(images)
     if count == 0:
         raise ValueError("the validation loader yielded no batches")
@@ -364,12 +368,12 @@ def _record_image_size(explainer: Explainer, images: Tensor) -> None:
     [`trained_image_size`][ctc_plugin.Explainer.trained_image_size] is then ``None`` and the
     explainer explains every size, since it was trained on several.
     """
-    size = torch.tensor(images.shape[-2:])
-    recorded = explainer.image_size
-    if int(recorded[0]) == 0 or bool((recorded == size.to(recorded.device)).all()):
-        recorded.copy_(size)
-    elif int(recorded[0]) > 0:
-        recorded.fill_(-1)
+    size = list(images.shape[-2:])
+    recorded = explainer.image_size.tolist()  # one read of the (device) buffer
+    if recorded[0] == 0:
+        explainer.image_size.copy_(torch.tensor(size))
+    elif recorded[0] > 0 and recorded != size:
+        explainer.image_size.fill_(-1)
 
 
 @moved_keywords(
@@ -723,7 +727,7 @@ def _train_epoch(
         where = f"training batch {step} of epoch {epoch + 1}"
         images, targets, multi = batch_on_device(batch, explainer, multilabel, where)
         loss, terms = objective(explainer, classifier, images, targets, multi, hp, baseline)
-        _check_finite_loss(loss, terms, where)
+        read = _read_loss(loss, terms, where)  # the step's one wait for the device
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -731,9 +735,8 @@ def _train_epoch(
         _record_image_size(explainer, images)
         n = len(images)
         count += n
-        sums["loss"] += loss.item() * n
-        for key, value in terms.items():
-            sums[key] += value.item() * n
+        for key, value in read.items():
+            sums[key] += value * n
         bar.set_postfix({SHORT[k]: f"{v / count:.3g}" for k, v in sums.items()}, refresh=False)
     bar.close()
     if count == 0:
