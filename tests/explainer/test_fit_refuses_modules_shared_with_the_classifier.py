@@ -15,26 +15,20 @@ import torch
 from torch import nn
 
 from ctc_plugin import Explainer
-from ctc_plugin.explainer.presets import ExplainerHyperparameters
+
+from .helpers import FAST, tiny_classifier
 
 
 def _classifier() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    ).eval()
+    """Conv, BatchNorm, ReLU, pooling, dropout and a linear head of four classes, eval mode."""
+    return tiny_classifier(num_classes=4).eval()
 
 
 class _Backbone(nn.Module):
     def __init__(self, stem: nn.Module) -> None:
         super().__init__()
         self.stem = stem
-        self.head = nn.Conv2d(8, 4, 1)
+        self.head = nn.Conv2d(4, 4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stem(x))
@@ -52,10 +46,7 @@ def _loader() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _fit(explainer: Explainer, classifier: nn.Module) -> None:
-    explainer.fit(
-        classifier, _loader(), config=ExplainerHyperparameters(lr=1e-2), epochs=1,
-        show_progress=False,
-    )  # fmt: skip
+    explainer.fit(classifier, _loader(), epochs=1, **FAST)
 
 
 def test_an_explainer_that_shares_the_classifier_s_modules_is_refused_before_training():
@@ -84,7 +75,7 @@ def test_a_shared_parameter_alone_is_refused_too():
     """Tied weights: no module in common, one parameter (frozen for the classifier, so it would
     have been left untrained in the explainer)."""
     classifier = _classifier()
-    stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
     stem[0].weight = classifier[0].weight
     with pytest.raises(ValueError, match=r"shares a parameter .*is the classifier's 0.weight"):
         _fit(Explainer(_Backbone(stem), 4), classifier)
@@ -103,7 +94,7 @@ def test_a_shared_constant_buffer_is_no_sharing_that_matters():
             return x - self.mean
 
     classifier = nn.Sequential(Shift(), *_classifier())
-    stem = nn.Sequential(Shift(), nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    stem = nn.Sequential(Shift(), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
     _fit(Explainer(_Backbone(stem), 4), classifier.eval())
 
 
@@ -114,9 +105,9 @@ def test_a_student_that_shares_the_classifier_s_modules_is_refused_before_distil
 
     classifier = _classifier()
     before = {k: v.clone() for k, v in classifier.state_dict().items()}
-    student = nn.Sequential(classifier[:3], nn.Conv2d(8, 4, 1))
+    student = nn.Sequential(classifier[:3], nn.Conv2d(4, 4, 1))
     images = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     with pytest.raises(ValueError, match=r"the student shares .* with the classifier"):
-        distil_class_maps(student, classifier, "5", images, epochs=1, batch_size=8)
+        distil_class_maps(student, classifier, "6", images, epochs=1, batch_size=8)
     for key, value in classifier.state_dict().items():
         assert torch.equal(value, before[key]), key
