@@ -279,3 +279,42 @@ def test_explainer_fit_and_its_specificity_table_take_cpu_baselines_and_pairs():
         on_cuda.own_mask, on_cpu.own_mask, atol=1e-3, rtol=1e-3, equal_nan=True
     )
     assert torch.equal(on_cuda.counts, on_cpu.counts)
+
+
+def test_a_resumed_fit_on_cuda_draws_the_dropout_of_an_uninterrupted_one(tmp_path):
+    """Dropout on a GPU draws from that device's generator, which checkpoints did not hold."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ctc_plugin import Explainer
+    from ctc_plugin.explainer.backbones import build_backbone
+    from ctc_plugin.explainer.presets import ExplainerHyperparameters
+
+    def explainer() -> Explainer:
+        torch.manual_seed(0)
+        backbone = torch.nn.Sequential(
+            torch.nn.Dropout(0.5), build_backbone("unet-small", 3, width=2)
+        )
+        return Explainer(backbone, 3).to(CUDA)
+
+    def loader() -> DataLoader:
+        images = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+        generator = torch.Generator().manual_seed(5)
+        return DataLoader(TensorDataset(images, labels), batch_size=4, shuffle=True,
+                          generator=generator)  # fmt: skip
+
+    torch.manual_seed(0)
+    classifier = torchvision_model("resnet18").float().to(CUDA)
+    classifier.fc = torch.nn.Linear(512, 3).to(CUDA)
+    options = {"config": ExplainerHyperparameters(lr=1e-2), "show_progress": False, "seed": 1}
+    whole = explainer()
+    torch.cuda.manual_seed(3)
+    whole.fit(classifier.eval(), loader(), epochs=2, **options)
+    first, checkpoint = explainer(), tmp_path / "run.ckpt"
+    torch.cuda.manual_seed(3)
+    first.fit(classifier.eval(), loader(), epochs=1, checkpoint=checkpoint, **options)
+    resumed = explainer()
+    torch.cuda.manual_seed(11)  # another state: the checkpoint's must be restored
+    resumed.fit(classifier.eval(), loader(), epochs=2, resume=checkpoint, **options)
+    for key, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=1e-4, atol=1e-5)

@@ -84,6 +84,23 @@ def set_host_rng_states(states: dict[str, list[Any]]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
+def device_rng_state(model: torch.nn.Module) -> Tensor | None:
+    """The random state of the CUDA device ``model`` trains on, or ``None`` elsewhere.
+
+    Dropout in a network on a GPU draws from that device's generator, not from torch's CPU
+    generator that every checkpoint holds: without it a resumed run would draw other masks.
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_device_rng_state(model: torch.nn.Module, state: Tensor | None) -> None:
+    """Restore what `device_rng_state` saved, on the device ``model`` is on now (a GPU)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if state is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+
+
 def check_resumable_loaders(loaders: Iterable[Any]) -> None:
     """Refuse loaders whose batches after a resume would differ from an uninterrupted run's.
 

@@ -30,12 +30,14 @@ from ctc_plugin.explainer.checkpoints import (
     check_resumable_loaders,
     check_resume,
     check_resumed_epochs,
+    device_rng_state,
     host_rng_states,
     load_checkpoint,
     loader_generators,
     loader_settings,
     plain_baseline,
     save_checkpoint,
+    set_device_rng_state,
     set_host_rng_states,
 )
 from ctc_plugin.explainer.network import Explainer, classifier_record
@@ -630,6 +632,7 @@ def fit_explainer(
                             "rng": torch.get_rng_state(),
                             "loader_rng": [generator.get_state() for generator in generators],
                             "host_rng": host_rng_states(),
+                            "device_rng": device_rng_state(explainer),
                             "best_state": best_state,
                             "best_epoch": result.best_epoch,
                             "best_loss": result.best_loss,
@@ -687,9 +690,10 @@ def _continue_from(
 ) -> tuple[int, int, dict[str, Tensor]]:
     """Load a checked checkpoint ``state``; return ``(start_epoch, bad_epochs, best_state)``.
 
-    The explainer, the optimiser, torch's random generator (and NumPy's and Python's, where the
-    checkpoint holds them), the loaders' own ``generators`` and ``result``'s history and best
-    epoch continue where the checkpointed run stopped.
+    The explainer, the optimiser, torch's random generator (and NumPy's and Python's, and the
+    GPU's the explainer trains on, where the checkpoint holds them), the loaders' own
+    ``generators`` and ``result``'s history and best epoch continue where the checkpointed run
+    stopped.
     """
     explainer.load_state_dict(state["explainer"])
     optimizer.load_state_dict(state["optimizer"])
@@ -698,6 +702,7 @@ def _continue_from(
         generator.set_state(generator_state)
     if "host_rng" in state:  # checkpoints of earlier versions hold torch's alone
         set_host_rng_states(state["host_rng"])
+    set_device_rng_state(explainer, state.get("device_rng"))
     result.history = list(state["history"])
     result.best_epoch, result.best_loss = int(state["best_epoch"]), float(state["best_loss"])
     return int(state["epoch"]), int(state["bad_epochs"]), state["best_state"]
