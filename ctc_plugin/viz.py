@@ -213,6 +213,11 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
     created; the figure is written to a temporary file beside ``path`` and renamed into place,
     so a failed or killed write leaves a previous file at ``path`` as it was.
 
+    Args:
+        figure: The matplotlib figure.
+        path: Where to write it.
+        dpi: Pixels per inch of raster formats.
+
     Returns:
         The path written.
 

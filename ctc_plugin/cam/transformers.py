@@ -633,6 +633,10 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
     `grad_cam_layer` takes where their type is known. Compiled submodules run eagerly for the
     probe where torch can (``torch.compiler.set_stance``).
 
+    Args:
+        model: The model (its modes are kept).
+        example: An input batch it takes, run once to see the maps.
+
     Raises:
         ValueError: when no submodule returns such a tensor.
         UnknownBlocksError: when the model has one convolution, a patch embedding, and

@@ -179,18 +179,23 @@ def explain(
 ) -> Tensor:
     """Call ``method`` and check that it returned ``(N, 1, H, W)`` finite maps.
 
+    ``(N, H, W)`` maps (what [`relevance_heatmap`][ctc_plugin.features.relevance_heatmap] and
+    the localisation metrics take) are read as ``(N, 1, H, W)``.
+
     Raises:
         ValueError: naming the wrong shape, or the images whose maps hold NaN or infinity, so
             a broken method fails loudly instead of turning a metric into NaN.
     """
     maps = method(model, images, targets, feature_mask)
     n, _, height, width = images.shape
+    if isinstance(maps, Tensor) and tuple(maps.shape) == (n, height, width):
+        maps = maps.unsqueeze(1)  # one map per image without its channel dimension
     name = getattr(method, "__name__", method)
     if not isinstance(maps, Tensor) or tuple(maps.shape) != (n, 1, height, width):
         shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
         raise ValueError(
-            f"explanation method {name!r} must return a tensor of shape {(n, 1, height, width)}, "
-            f"got {shape}"
+            f"explanation method {name!r} must return a tensor of shape {(n, 1, height, width)} "
+            f"(or {(n, height, width)}), got {shape}"
         )
     maps = maps.detach()
     broken = (~torch.isfinite(maps)).flatten(1).any(dim=1)

@@ -97,6 +97,11 @@ def explanation_distance(
 ) -> Tensor:
     """L2 distance between two batches of explanations, each normalised on its own, ``(N,)``.
 
+    Args:
+        first: ``(N, ...)`` explanations.
+        second: Explanations of the same shape.
+        mode: How each is normalised (``"l1"``, see `normalise_explanations`).
+
     Raises:
         ValueError: The two batches differ in shape.
     """

@@ -115,6 +115,11 @@ def rank_correlation(first: Tensor, second: Tensor, absolute: bool = True) -> Te
     """Spearman rank correlation per image between two ``(N, 1, H, W)`` map batches, ``(N,)``.
 
     A constant map has no ranking; its correlation is NaN.
+
+    Args:
+        first: ``(N, 1, H, W)`` maps.
+        second: Maps of the same shape.
+        absolute: Rank the maps' absolute values (as the sanity check does).
     """
     a = first.detach().flatten(1).double().cpu().numpy()
     b = second.detach().flatten(1).double().cpu().numpy()

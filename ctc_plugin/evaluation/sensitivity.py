@@ -41,6 +41,17 @@ def max_sensitivity(
     divides by 1); ``normalise=False`` drops the denominator. The same targets and features are
     used for the noisy inputs. Noisy inputs are not clipped (as in Captum and Quantus).
 
+    Args:
+        method: ``method(model, images, targets, feature_mask)`` returning ``(N, 1, H, W)`` maps.
+        model: The explained model, in eval mode.
+        images: ``(N, C, H, W)`` float images.
+        targets: One class per image, one for all, or ``None`` for the predicted classes.
+        feature_mask: Passed on to ``method`` for the clean and the noisy inputs alike.
+        radius: Half-width of the uniform noise.
+        n_samples: Noisy copies per image.
+        normalise: Divide by the clean map's norm.
+        seed: Seed of the noise.
+
     Returns:
         ``(N,)`` float64 tensor (0 = the explanation never moved).
 
@@ -114,10 +125,21 @@ def measure_cost(
     method: Method,
     model: nn.Module,
     images: Tensor,
-    targets: Tensor,
+    targets: Tensor | int | list[int] | None = None,
     feature_mask: Tensor | None = None,
 ) -> tuple[Tensor, Cost]:
     """Explain once and measure time per image and peak memory.
+
+    Peak memory is the process's resident memory above its level before the call (on a GPU, the
+    device's allocated memory); memory a method keeps between its calls counts only where the
+    call allocates it.
+
+    Args:
+        method: ``method(model, images, targets, feature_mask)`` returning ``(N, 1, H, W)`` maps.
+        model: The explained model, in eval mode.
+        images: ``(N, C, H, W)`` float images.
+        targets: One class per image, one for all, or ``None`` for the predicted classes.
+        feature_mask: Passed on to ``method`` (segment methods need one).
 
     Returns:
         The maps ``(N, 1, H, W)`` and their `Cost`.

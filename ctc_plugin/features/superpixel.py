@@ -177,6 +177,8 @@ class GridSegmenter(Segmenter):
         value_range: Accepted for the same signature as the other segmenters; ignored.
         mean: Accepted for the same signature as the other segmenters; ignored.
         std: Accepted for the same signature as the other segmenters; ignored.
+        cache: Accepted for the same signature as the other segmenters; ignored (a grid costs
+            less to make than to look up).
 
     Raises:
         ValueError: ``cells`` neither a positive int nor a pair of them (at construction); at
@@ -191,6 +193,7 @@ class GridSegmenter(Segmenter):
         value_range: tuple[float, float] | Literal["auto"] = (0.0, 1.0),
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        cache: Any = None,
     ) -> None:
         super().__init__(value_range=value_range, mean=mean, std=std, cache=None)
         pair = (cells, cells) if isinstance(cells, numbers.Integral) else cells

@@ -575,7 +575,8 @@ def explain_dataset(
         sam_model_type: Its architecture.
         bias_sharing: CTC's bias sharing.
         lime_samples: Lime's samples.
-        perturbations_per_eval: Copies per forward pass of CTC, FeatureAblation and Lime.
+        perturbations_per_eval: Copies per forward pass of FeatureAblation, Lime and CTC with
+            ``"reference"`` sharing (``"proportional"`` takes every copy in one pass).
         shard_size: Images per shard: the unit that is written, and redone after a kill.
         seed: Seed of each shard's random state and of the shapes images.
         threads: Torch CPU threads per shard (part of the configuration: results repeat bit

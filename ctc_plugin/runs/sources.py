@@ -17,6 +17,7 @@ SOURCE gives the same plan on every machine.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -130,8 +131,14 @@ def resolve_source(
             folder mixing images and class subfolders at its top level, image names that are
             no files (links to nothing), image files that are not images (their headers are
             read), floating-point images (mode F) or names that are not valid UTF-8, or
-            ``shapes`` without a positive ``images``.
+            ``shapes`` without a positive ``images``, or ``images`` that is no count (a tensor).
     """
+    counts = isinstance(images, numbers.Integral) and not isinstance(images, bool)
+    if images is not None and not counts:
+        raise SourceError(  # a tensor of images here failed with "Boolean value of Tensor"
+            f"images is how many images to explain (an int, or None for all), got "
+            f"{type(images).__name__}; the images themselves come from SOURCE (a folder)"
+        )
     text = os.fspath(spec)
     if text in SHAPES_SOURCES:
         return _shapes(text, images, seed)
