@@ -12,14 +12,11 @@ import torch
 from torch import nn
 
 from ctc_plugin import CTC
+from ctc_plugin.testing import CNNSpec, RandomCNN
 
 
 def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(4, 3),
-    ).eval()  # fmt: skip
+    return RandomCNN(CNNSpec(), seed=1).eval()
 
 
 def _mask() -> torch.Tensor:
