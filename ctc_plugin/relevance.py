@@ -153,10 +153,18 @@ def compute_relevance(
         ValueError: A composite without a ``torch.nn.Module`` model, or with a tuple of inputs.
         TrainingModeError: The model (or the Captum method's ``forward_func``) has BatchNorm or
             dropout in training mode; nothing has run (call ``model.eval()``).
-        TypeError: A method of none of the accepted forms.
+        TypeError: A method of none of the accepted forms, or a model given by position (as
+            ``relevance_heatmap`` takes it).
     """
     if isinstance(method, (torch.Tensor, tuple)):
         return method
+    misplaced = next((v for v in (inputs, target) if isinstance(v, torch.nn.Module)), None)
+    if misplaced is not None:  # relevance_heatmap(method, model, images, ...) takes it second
+        raise TypeError(
+            "compute_relevance(method, inputs, target, *, model=...) takes the model by keyword, "
+            f"and got a {type(misplaced).__name__} where the inputs or the target go: pass "
+            "model=model"
+        )
     # every method runs the model (a composite or Captum's, and the predicted class's pass):
     # in training mode each pass would move its BatchNorm statistics
     check_eval_mode(model if model is not None else getattr(method, "forward_func", None))

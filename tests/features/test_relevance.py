@@ -163,3 +163,15 @@ def test_the_relevance_is_computed_where_the_caller_turned_gradients_off(off):
     assert torch.isfinite(got_composite).all()
     assert torch.equal(selected.mask, kept.mask)
     assert [list(ids) for ids in selected.selected] == [list(ids) for ids in kept.selected]
+
+
+def test_compute_relevance_names_a_model_given_where_the_inputs_go():
+    """relevance_heatmap takes the model second, compute_relevance by keyword: the model given
+    by position was taken for the inputs and refused with "pass model=" for the composite."""
+    from zennit.composites import EpsilonPlusFlat
+
+    from ctc_plugin.relevance import compute_relevance
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten()).eval()
+    with pytest.raises(TypeError, match=r"takes the model by keyword, and got a Sequential"):
+        compute_relevance(EpsilonPlusFlat(), model, torch.rand(1, 3, 8, 8))
