@@ -254,10 +254,17 @@ def _lime(request: Request) -> tuple[str, Tensor]:
     if not request.trial and not bool(attributions.any()):
         import warnings
 
+        segments = int(request.feature_mask.max()) + 1
+        few = (
+            f"; {counted(request.lime_samples, 'sample')} for {segments} segments are too few to "
+            f"fit one score each: give --lime-samples above {segments}"
+            if request.lime_samples <= segments
+            else ""
+        )
         warnings.warn(
             "lime: every segment's score is 0: Captum's Lime fits a Lasso (alpha 0.01) to the "
             "model's scores on the perturbed images, and it kept no segment (the score moved "
-            "too little between them); these scores say nothing of the image: use ctc or "
+            f"too little between them){few}; these scores say nothing of the image: use ctc or "
             "feature-ablation",
             UserWarning,
             stacklevel=2,

@@ -431,6 +431,16 @@ def test_lime_scores_all_zero_get_a_warning_saying_what_they_mean(photo, capsys)
         assert main(_explain(photo, "loud_model", "--method", "lime")) == 0
 
 
+def test_lime_with_fewer_samples_than_segments_is_told_to_take_more(photo):
+    """``--lime-samples 1`` gave all-zero scores blamed on the model's flat scores alone."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        argv = _explain(photo, "loud_model", "--method", "lime", "--lime-samples", "1")
+        assert main(argv) == 0
+    said = [str(w.message) for w in caught if "every segment's score is 0" in str(w.message)]
+    assert len(said) == 1 and "give --lime-samples above" in said[0], said
+
+
 class Sigmoid(Net):
     """``Net`` with a multi-label head: its outputs are sigmoids."""
 
