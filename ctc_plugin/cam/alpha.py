@@ -221,7 +221,14 @@ class AlphaTerms:
         """These terms in ``dtype`` (that of a stage's map), ``self`` where they are already."""
         if self.sign.dtype == dtype:
             return self
-        return AlphaTerms(self.sign.to(dtype), self.p2.to(dtype), self.p3.to(dtype), self.gradcam)
+        # the summaries as this call computed them (reading them again from the device in
+        # every stage's hook would wait for it there)
+        converted = object.__new__(AlphaTerms)
+        for name, value in vars(self).items():
+            if name in ("sign", "p2", "p3"):
+                value = value.to(dtype)
+            object.__setattr__(converted, name, value)
+        return converted
 
 
 def alpha_terms(phi: Phi, scores: Tensor) -> AlphaTerms:

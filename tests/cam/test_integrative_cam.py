@@ -404,3 +404,21 @@ def test_calibrate_scales_each_map_to_its_contribution() -> None:
         out[:2] / maps[:2], out[:2, :1, :1] / maps[:2, :1, :1].expand(2, 4, 5)
     )
     assert torch.equal(out[2], maps[2])
+
+
+def test_alpha_terms_in_another_dtype_keep_the_call_s_summaries_without_reading_them_again(
+    monkeypatch,
+) -> None:
+    """Each stage's hook converts the per-call terms to its map's dtype: the conversion built
+    new terms and read five summaries from the device again, in every stage's hook."""
+    from ctc_plugin.cam.alpha import AlphaTerms, alpha_terms, resolve_phi
+
+    terms = alpha_terms(resolve_phi("exp"), torch.tensor([-2.0, 0.5, 3.0]))
+    reads = []
+    monkeypatch.setattr(AlphaTerms, "__post_init__", lambda self: reads.append(self))
+    converted = terms.to(torch.float64)
+    assert reads == [] and converted.sign.dtype == torch.float64
+    for name in ("all_positive", "all_gradcam", "any_gradcam", "any_opposite"):
+        assert getattr(converted, name) == getattr(terms, name)
+    assert torch.equal(converted.opposite, terms.opposite)
+    torch.testing.assert_close(converted.p2, terms.p2.double())
