@@ -2,7 +2,7 @@
 
 Every loader of the package ([`ctc_plugin.zoo.load`][ctc_plugin.zoo.load],
 [`ctc_plugin.zoo.load_torchvision`][ctc_plugin.zoo.load_torchvision],
-`ctc_plugin.explainer.Explainer.load`, training checkpoints, SAM checkpoints) reads its file through
+`ctc_plugin.Explainer.load`, training checkpoints, SAM checkpoints) reads its file through
 [`read_data_file`][ctc_plugin.files.read_data_file], so a damaged file gives the same kind of
 message everywhere: ``could not read <what> from <path>: <what is wrong>``. The reasons are: a
 missing file, a folder, an empty file, a truncated or corrupt archive (the CRC-32 of every record of

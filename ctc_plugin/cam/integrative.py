@@ -666,7 +666,7 @@ class IntegrativeCAM(Attribution):
                 "transformer block IntegrativeCAM knows (PyTorch's batch-first "
                 "nn.TransformerEncoderLayer in a model whose one convolution is a patch "
                 "embedding, torchvision's ViT, Swin, MaxViT, the "
-                "zoo's ViT, the timm and Hugging Face blocks in ctc_plugin.cam.transformers."
+                "zoo's ViT, the timm and Hugging Face blocks in ctc_plugin.cam.known_blocks."
                 "TIMM_BLOCKS and HUGGINGFACE_BLOCKS), so its convolutional stages alone would "
                 "be a partial map; pass "
                 "layers=[modules returning (N, T, D) tokens or (N, C, H, W) maps] and "
