@@ -328,16 +328,15 @@ class CTCMode(TorchFunctionMode):
             if func in ZERO_FACTORIES and kwargs.get("out") is None:
                 ctx.note_zeros(out)
             return out
-        if ctx.gradient and _other_hooks(saved_tensor_hooks(), self._outer_saved_hooks):
-            raise GraphCutError("torch.utils.checkpoint (or another saved-tensor hook)")
+        propagated = [t for t in tensors if ctx.is_propagated(t)]
         if ctx.gradient:
-            own = own_backward(func, [t for t in tensors if ctx.is_propagated(t)])
+            if _other_hooks(saved_tensor_hooks(), self._outer_saved_hooks):
+                raise GraphCutError("torch.utils.checkpoint (or another saved-tensor hook)")
+            own = own_backward(func, propagated)
             if own is not None:
                 raise GraphCutError(own)
         refused = [
-            getattr(t, REFUSED_ATTRIBUTE)
-            for t in tensors
-            if ctx.is_propagated(t) and hasattr(t, REFUSED_ATTRIBUTE)
+            getattr(t, REFUSED_ATTRIBUTE) for t in propagated if hasattr(t, REFUSED_ATTRIBUTE)
         ]
         if refused:  # the indices beside x.max(1)'s values: only their size may be read
             out = func(*args, **kwargs)
@@ -349,7 +348,6 @@ class CTCMode(TorchFunctionMode):
         if func in EXIT_FUNCTIONS:
             ctx.left_torch(operation_name(func))
             return func(*args, **kwargs)
-        propagated = [t for t in tensors if ctx.is_propagated(t)]
         if func in MODEL_BATCH_QUERIES and all(ctx.copy_axis(t) == 0 for t in propagated):
             return func(*tree_map(lambda t: ctx.gate_rows(t) if ctx.is_propagated(t) else t, args))
         if kwargs.get("out") is not None:
