@@ -582,9 +582,13 @@ def changes_in_training(module: torch.nn.Module) -> bool:
     their layers, and spectral normalisation (its power iteration updates its vectors:
     ``parametrizations.spectral_norm`` or the older hook form).
     """
-    if not module.training:  # first: a model in eval mode is the common case
-        return False
-    stateful = (
+    # first: a model in eval mode is the common case
+    return module.training and _changes_when_training(module)
+
+
+def _changes_when_training(module: torch.nn.Module) -> bool:
+    """Whether ``module`` would change itself or be random in training mode (whatever it is in)."""
+    return (
         isinstance(module, (*BATCH_NORM_TYPES, _SpectralNorm))
         or (isinstance(module, _DropoutNd) and module.p > 0)  # p = 0: the identity
         or _drops_paths(module)
@@ -592,7 +596,6 @@ def changes_in_training(module: torch.nn.Module) -> bool:
         or (isinstance(module, torch.nn.RNNBase) and module.dropout > 0 and module.num_layers > 1)
         or any(isinstance(hook, SpectralNormHook) for hook in module._forward_pre_hooks.values())
     )
-    return stateful
 
 
 def _drops_paths(module: torch.nn.Module) -> bool:
@@ -649,9 +652,10 @@ def check_nothing_shared(
     """Refuse a model about to be trained that holds parts of a model that must stay as it is.
 
     A shared parameter would be trained for both (or, frozen for the kept model, stay untrained
-    in the other); a shared module that `changes_in_training` (a BatchNorm, dropout) would run
-    in training mode with the trained model and change the kept one's statistics. A shared
-    buffer of another module (a constant, tied) is let be: training does not change it.
+    in the other); a shared module that changes in training mode (a BatchNorm, dropout: see
+    `changes_in_training`) would run in training mode with the trained model and change the kept
+    one's statistics. A shared buffer of another module (a constant, tied) is let be: training
+    does not change it. The modules are read, never switched.
 
     Args:
         trained: The model to be trained (an explainer, a student).
@@ -663,7 +667,9 @@ def check_nothing_shared(
     Raises:
         ValueError: Naming the first shared part in both models and saying to build from a copy.
     """
-    theirs = {id(m): (name, "a module") for name, m in kept.named_modules() if _trains(m)}
+    theirs = {
+        id(m): (name, "a module") for name, m in kept.named_modules() if _changes_when_training(m)
+    }
     theirs |= {id(p): (name, "a parameter") for name, p in kept.named_parameters()}
     shared = next(
         (
@@ -687,16 +693,6 @@ def check_nothing_shared(
         f"{whose}): training {trained_name} would {harm}; build it from a copy "
         f"(copy.deepcopy(...) of {kept_name}'s part{'; ' + copies if copies else ''})"
     )
-
-
-def _trains(module: torch.nn.Module) -> bool:
-    """Whether ``module`` `changes_in_training` once in training mode."""
-    was = module.training
-    module.training = True  # this module's own flag only, put back at once
-    try:
-        return changes_in_training(module)
-    finally:
-        module.training = was
 
 
 def training_mode_error(module: torch.nn.Module, name: str) -> TrainingModeError:
