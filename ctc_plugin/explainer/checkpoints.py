@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.files import read_data_file, write_torch_file
+from ctc_plugin.inputs import device_of
 from ctc_plugin.resumable.atomic import remove_stale_temporaries
 from ctc_plugin.wording import counted
 
@@ -90,13 +91,13 @@ def device_rng_state(model: torch.nn.Module) -> Tensor | None:
     Dropout in a network on a GPU draws from that device's generator, not from torch's CPU
     generator that every checkpoint holds: without it a resumed run would draw other masks.
     """
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 def set_device_rng_state(model: torch.nn.Module, state: Tensor | None) -> None:
     """Restore what `device_rng_state` saved, on the device ``model`` is on now (a GPU)."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
     if state is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state, device)
 

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ctc_plugin.wording import not_utf8
+
 __all__ = [
     "STALE_AFTER",
     "ConfigMismatchError",
@@ -162,14 +164,8 @@ def _temporary_name(path: Path) -> Path:
     suffix = f"-{_writer()}-{secrets.token_hex(4)}"
     room = 255 - len(".tmp-") - len(suffix.encode())
     cut = os.fsencode(path.name)[:room]
-    for end in range(len(cut), max(len(cut) - 4, -1), -1):  # a character cut in two: left out
-        try:
-            name = cut[:end].decode()
-            break
-        except UnicodeDecodeError:
-            continue
-    else:  # a name that is not UTF-8 (from another system): its bytes as they are
-        name = os.fsdecode(cut)
+    # a character cut in two is left out; a name that is not UTF-8 keeps its bytes as they are
+    name = cut.decode(errors="ignore") if not_utf8(path.name) is None else os.fsdecode(cut)
     return path.parent / f".tmp-{name}{suffix}"
 
 
