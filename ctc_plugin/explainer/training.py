@@ -495,8 +495,9 @@ def fit_explainer(
             batch; the explainer is then put back as it was before the call), an empty
             validation loader or one with bad images or labels (checked before training), a
             one-shot iterator that would be read more than once, a ``checkpoint`` path that
-            is a folder, an explainer that shares a module, parameter or buffer with the
-            classifier (build it from a copy), or a checkpoint made with other hyper-parameters or
+            is a folder, an explainer that shares a parameter or a BatchNorm (a module that
+            changes in training mode) with the classifier (build it from a copy), or a
+            checkpoint made with other hyper-parameters or
             settings, for another architecture or against another classifier, or holding
             more epochs than ``epochs`` (the message names what differs; the explainer is left
             unchanged).

@@ -306,8 +306,8 @@ def _cost_of_the_call(
 
     CTC's sparse pass keeps spare chunks for its next call (`SPARE_CHUNKS`); resident after the
     warm-up and the batch before, they were in `measure_cost`'s starting level, so the call's
-    use of them never counted and CTC's ``memory_mib`` came out about half of what its call
-    needs. Let go, every method pays for the memory its call uses.
+    use of them never counted and CTC's ``memory_mib`` came out as little as half of what its
+    call needs. Let go, every method pays for the memory its call uses.
     """
     SPARE_CHUNKS.release()
     return measure_cost(method, model, images, labels, mask)
