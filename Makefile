@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 ZENNIT1 := .zennit1
 ZENNIT1_STAMP := $(ZENNIT1)/zennit/__init__.py
 ZENNIT1_TESTS := tests/ctc/test_composite.py tests/ctc/test_within.py tests/test_canonizers.py \
+	tests/test_canonizers_on_the_model.py \
 	tests/features/test_relevance.py tests/ctc/test_zennit_user_combinations.py
 
 .PHONY: setup chromium demo test test-slow docs bench lint clean

@@ -28,7 +28,7 @@ from zennit.canonizers import (
     NamedMergeBatchNorm,
     SequentialMergeBatchNorm,
 )
-from zennit.core import Composite, Hook
+from zennit.core import Composite, Hook, RemovableHandleList, collect_leaves
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.concurrency import exclusive
@@ -169,7 +169,7 @@ def _with_changes(original: dict, then: dict, current: dict) -> dict:
 TARGETED_CANONIZERS = (AttributeCanonizer, CompositeCanonizer, NamedMergeBatchNorm)
 
 
-def check_canonizers(composite: Composite) -> None:
+def check_canonizers(composite: Composite, model: nn.Module | None = None) -> None:
     """Refuse a composite that would apply the same canonizer twice.
 
     A ``MixedComposite`` joins the canonizers of its composites, so
@@ -182,8 +182,14 @@ def check_canonizers(composite: Composite) -> None:
     Classes in [`TARGETED_CANONIZERS`][ctc_plugin.canonizers.TARGETED_CANONIZERS] themselves may
     repeat; their subclasses (``ResNetBasicBlockCanonizer``) may not.
 
+    With ``model``, canonizers that would change the same module of it are refused too
+    ([`check_canonizers_on`][ctc_plugin.canonizers.check_canonizers_on]): two
+    ``NamedMergeBatchNorm`` naming one BatchNorm, one beside a ``SequentialMergeBatchNorm`` that
+    merges that BatchNorm as well, two ``AttributeCanonizer`` setting one module's ``forward``.
+
     Raises:
-        ValueError: Naming the canonizer class applied twice, what holds each, and what to do.
+        ValueError: Naming the canonizer class applied twice (or the module changed twice),
+            what holds each, and what to do.
     """
     # the composite that holds each canonizer given (the innermost: a MixedComposite's own
     # list repeats its composites')
@@ -216,6 +222,131 @@ def check_canonizers(composite: Composite) -> None:
             "canonizer once (ResNetCanonizer and VGGCanonizer hold a SequentialMergeBatchNorm "
             "already)"
             + (", to one of the composites or to the MixedComposite itself" if joined else "")
+        )
+    if model is not None:
+        check_canonizers_on(composite, model)
+
+
+def check_canonizers_on(composite: Composite, model: nn.Module) -> None:
+    """Refuse canonizers of ``composite`` that would change the same module of ``model`` twice.
+
+    What each canonizer changes is read without applying it: the BatchNorms a
+    ``NamedMergeBatchNorm`` names, those a ``SequentialMergeBatchNorm`` (or a subclass, also inside
+    ``ResNetCanonizer``) finds right after a linear layer by Zennit's rule, and the attributes an
+    ``AttributeCanonizer``'s ``attribute_map`` sets on each module. Zennit would apply both, and
+    its removal puts back what the second one saw, which is the first one's change: the model
+    stays merged (or loses its own ``forward``) after the block.
+
+    Raises:
+        ValueError: Naming the module, the change and the two canonizers.
+    """
+    names = {id(module): name or type(module).__name__ for name, module in model.named_modules()}
+    first: dict[tuple[int, str], Canonizer] = {}
+    for canonizer, given in _flat_canonizers(getattr(composite, "canonizers", None) or ()):
+        for module, change in _changes(canonizer, model):
+            key = (id(module), change)
+            if key not in first:
+                first[key] = given
+                continue
+            earlier, later = type(first[key]).__name__, type(given).__name__
+            where = f"two {earlier}" if earlier == later else f"{earlier} and {later}"
+            what = "merge BatchNorm" if change == _MERGE else f"set {change!r} of module"
+            raise ValueError(
+                f"the composite's canonizers {what} {names.get(id(module))!r} twice, from "
+                f"{where}: Zennit would change it twice and could not undo it; give each "
+                "module to one canonizer (ResNetCanonizer and VGGCanonizer merge every BatchNorm "
+                "right after a linear layer already)"
+            )
+
+
+#: The change `_changes` reports for a BatchNorm merged into the layer before it.
+_MERGE = "merge"
+
+
+def _changes(canonizer: Canonizer, model: nn.Module) -> Iterator[tuple[nn.Module, str]]:
+    """The modules of ``model`` that ``canonizer`` changes, each with what it changes."""
+    if isinstance(canonizer, NamedMergeBatchNorm):
+        modules = dict(model.named_modules())
+        for _, batch_norm in canonizer.name_map:
+            if batch_norm in modules:
+                yield modules[batch_norm], _MERGE
+    elif isinstance(canonizer, SequentialMergeBatchNorm):
+        last = None  # Zennit's rule: a BatchNorm right after a linear layer among the leaves
+        for leaf in collect_leaves(model):
+            if isinstance(last, canonizer.linear_type) and isinstance(
+                leaf, canonizer.batch_norm_type
+            ):
+                yield leaf, _MERGE
+            last = leaf
+    elif isinstance(canonizer, AttributeCanonizer):
+        for name, module in model.named_modules():
+            for attribute in canonizer.attribute_map(name, module) or ():
+                yield module, attribute
+
+
+def remove_composite(composite: Composite) -> None:
+    """Remove ``composite`` from the model it is registered on, every hook and canonizer of it.
+
+    Its handles are removed by [`remove_handles`][ctc_plugin.canonizers.remove_handles] (all of
+    them, the last registered first), then the composite's own ``remove`` runs for what it keeps
+    besides (a [`CTCComposite`][ctc_plugin.CTCComposite] puts the model's tensors back).
+    """
+    try:
+        remove_handles(composite)
+    finally:
+        composite.remove()
+
+
+def remove_handles(composite: Composite) -> None:
+    """Remove every hook and canonizer handle of ``composite``, the last registered first.
+
+    Zennit's own ``remove`` goes through them in the order they were registered and stops at
+    the first that raises (an ``AttributeCanonizer`` whose attribute is gone), leaving every
+    later hook on the model. Here each is removed whatever the others do, in the reverse order
+    of registration (each canonizer puts back what it found), and the first exception is raised
+    once all are removed.
+    """
+    handles = getattr(composite, "handles", None) or []
+    failure: BaseException | None = None
+    for handle in reversed(list(handles)):
+        try:
+            handle.remove()
+        except BaseException as error:  # noqa: BLE001 (raised below, once all are removed)
+            failure = failure or error
+    composite.handles = RemovableHandleList()
+    hook_refs = getattr(composite, "hook_refs", None)
+    if hook_refs is not None:
+        hook_refs.clear()
+    if failure is not None:
+        raise failure
+
+
+def registered_on(composite: Composite, model: nn.Module) -> bool | None:
+    """Whether ``composite`` is registered on ``model``; ``None`` when it is registered nowhere.
+
+    A registration is on ``model`` when the composite's rules (its ``hook_refs``) are hooked on a
+    module of it; one of canonizers alone, which leaves no rule, counts as on ``model``.
+    """
+    if not getattr(composite, "handles", None):
+        return None
+    refs = getattr(composite, "hook_refs", None)
+    if not refs:
+        return True
+    return any(hook in refs for module in model.modules() for hook in rule_hooks(module))
+
+
+def refuse_registered_elsewhere(composite: Composite, model: nn.Module) -> None:
+    """Refuse ``composite`` while it is registered on another model than ``model``.
+
+    Raises:
+        RuntimeError: Saying where it is registered and what to do; nothing is changed.
+    """
+    if registered_on(composite, model) is False:
+        raise RuntimeError(
+            f"this {type(composite).__name__} is registered on another model (an open `with "
+            "composite.context(other_model)` or attributor block): its rules and canonizers are "
+            "there, not on this model; end that block first, or give this model a composite of "
+            "its own"
         )
 
 
@@ -255,18 +386,25 @@ def gradient_attributor(model: nn.Module, composite: Composite) -> Iterator[Grad
     of this package wait instead of seeing the composite on the model, or removing it from under
     this call.
 
-    A composite that is registered already (inside ``with composite.context(model)``) is removed
-    first, as Zennit's ``register`` does before it registers again, so that the tensors recorded
-    for the end of the block are the model's own, not the canonized ones; it is not registered
-    when the block ends.
+    A composite registered on ``model`` already (inside the user's ``with
+    composite.context(model)``) is used as it is and stays registered when the block ends, as
+    with Zennit's own attributors.
 
     Raises:
         ValueError: The composite applies a canonizer twice
             ([`check_canonizers`][ctc_plugin.canonizers.check_canonizers]).
+        RuntimeError: The composite is registered on another model
+            ([`refuse_registered_elsewhere`][ctc_plugin.canonizers.refuse_registered_elsewhere]).
     """
-    check_canonizers(composite)
+    check_canonizers(composite, model)
     with exclusive(model), exclusive(composite):
-        composite.remove()
+        refuse_registered_elsewhere(composite, model)
+        if registered_on(composite, model):
+            # zennit 1.0's parameter-modifying rules drop the merged tensors that shadow a
+            # merged layer's own: they are put back as they were
+            with tensors_restored(model), batch_norms_valid(model):
+                yield Gradient(model=model, composite=composite)
+            return
         with (
             tensors_restored(model),
             composite_registered(composite, model),
@@ -286,12 +424,12 @@ def composite_registered(composite: Composite, model: nn.Module) -> Iterator[Com
     try:
         composite.register(model)
     except BaseException:
-        composite.remove()
+        remove_composite(composite)
         raise
     try:
         yield composite
     finally:
-        composite.remove()
+        remove_composite(composite)
 
 
 def holds_a_composite(model: nn.Module, canonizers: bool = True) -> bool:

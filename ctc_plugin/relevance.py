@@ -59,7 +59,8 @@ def run_composite(
 
     The model and the composite are held exclusively while it runs; the composite's hooks and
     canonizers are removed when the call ends, also on an exception, and every parameter and
-    buffer is back as registered (see
+    buffer is back as registered; inside the caller's own ``with composite.context(model)`` that
+    registration is used and kept (see
     [`gradient_attributor`][ctc_plugin.canonizers.gradient_attributor]).
 
     Args:

@@ -144,10 +144,12 @@ def test_ctc_attributor_with_a_canonizer_leaves_the_tensors_as_registered():
     assert _tensor_layout(model) == before
 
 
-def test_a_composite_registered_already_is_removed_before_the_tensors_are_recorded():
+def test_a_composite_registered_already_is_used_and_the_model_left_as_the_context_leaves_it():
     """``run_composite`` (pixel-level CTC, feature selection) inside ``composite.context(model)``
-    of the same composite: it used to register it again, record the merged tensors as the model's
-    own and put them back after the context had ended, so the model computed something else."""
+    of the same composite: it once registered it again, recorded the merged tensors as the
+    model's own and put them back after the context had ended, so the model computed something
+    else. It uses the registration as it is (as Zennit's attributors do) and keeps it; zennit
+    1.0's parameter-modifying rules drop the merged tensors, which are put back."""
     from zennit.composites import EpsilonPlusFlat
 
     from ctc_plugin.relevance import run_composite
@@ -164,8 +166,10 @@ def test_a_composite_registered_already_is_removed_before_the_tensors_are_record
         _, expected = run_composite(model, composite, x, one_hot)
         with composite.context(model):
             if inside:
+                handles = list(composite.handles)
                 _, relevance = run_composite(model, composite, x, one_hot)
                 torch.testing.assert_close(relevance, expected)
+                assert list(composite.handles) == handles
         assert not composite.handles
         assert torch.equal(model(x), output)
         states.append(model.state_dict())

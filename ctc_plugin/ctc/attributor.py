@@ -23,6 +23,9 @@ from ctc_plugin.canonizers import (
     batch_norms_valid,
     check_canonizers,
     refuse_a_second_composite,
+    refuse_registered_elsewhere,
+    registered_on,
+    remove_composite,
     tensors_restored,
 )
 from ctc_plugin.concurrency import PerThread, exclusive
@@ -114,6 +117,7 @@ class CTCAttributor(Attributor):
 
     Raises:
         ValueError: A composite without a ``CTCComposite``, one that applies a canonizer twice
+            or whose canonizers would change one module of the model twice
             ([`check_canonizers`][ctc_plugin.canonizers.check_canonizers]), or an unknown
             ``functional``.
     """
@@ -147,7 +151,7 @@ class CTCAttributor(Attributor):
                 f"{type(composite).__name__}. Pass CTCComposite(...) or "
                 "MixedComposite([CTCComposite(...), ...])"
             )
-        check_canonizers(composite)
+        check_canonizers(composite, model)
         if functional not in FUNCTIONAL_POLICIES:
             raise ValueError(
                 f"functional must be one of {', '.join(map(repr, FUNCTIONAL_POLICIES))}; "
@@ -160,6 +164,8 @@ class CTCAttributor(Attributor):
         self.segmenter = segmenter
         self.baselines = baselines
         self.functional = functional
+        #: For each open ``with`` block of this attributor, whether it registered the composite.
+        self._block_registrations: list[bool] = []
 
     @outside_inference_mode
     def __call__(
@@ -191,9 +197,12 @@ class CTCAttributor(Attributor):
                 [`ctc_plugin.inputs.check_inputs`][ctc_plugin.inputs.check_inputs]), or as
                 ``CTC.attribute``.
             TrainingModeError: The model has BatchNorm or dropout in training mode.
+            RuntimeError: The composite is registered on another model (an open ``with`` block
+                there).
         """
         weighting = self.default_attr_output if attr_output is None else attr_output
         with exclusive(self.model), exclusive(self.composite):
+            refuse_registered_elsewhere(self.composite, self.model)
             mask = feature_mask if feature_mask is not None else self.feature_mask
             if mask is None and not self.composite.handles:
                 # before the composite is registered: a segmenter may take the model's gradient
@@ -222,38 +231,52 @@ class CTCAttributor(Attributor):
     def __enter__(self) -> CTCAttributor:
         """Register the composite (once no other call of this package uses the model).
 
-        A registration the composite still holds (a nested ``with`` of this attributor, another
-        attributor's ``with`` on the same composite, ``composite.context(model)``) is removed
-        first, as Zennit's ``register`` does, and the model's tensors are put back before they are
-        recorded, so that the end of this block restores the model's own tensors, not a canonized
-        copy of them.
+        A block inside an open one of the same composite on this model (a nested ``with`` of
+        this attributor, another attributor's on the same composite, ``composite.context(model)``)
+        uses that registration and leaves it in place when it ends. Otherwise the model's tensors
+        are recorded before the composite is registered, so that the end of this block restores
+        the model's own tensors, not a canonized copy of them.
+
+        Raises:
+            RuntimeError: Another composite is registered on the model, or this composite on
+                another model; nothing is registered.
         """
         with exclusive(self.model), exclusive(self.composite):
-            self._refuse_another_composite()
-            self._unregister()
-            restored = ExitStack()
-            restored.enter_context(tensors_restored(self.model))
-            try:
-                result = super().__enter__()
-            except BaseException:  # a registration that failed halfway: undo what it did
-                self.composite.remove()
-                restored.close()
-                raise
-            self._restored = restored
-            blocks = _OPEN_BLOCKS.setdefault(self.model, [])
-            if self in blocks:
-                blocks.remove(self)
-            blocks.append(self)
-            return result
+            refuse_registered_elsewhere(self.composite, self.model)
+            nested = bool(registered_on(self.composite, self.model))
+            if not nested:
+                self._refuse_another_composite()
+                self._unregister()
+                restored = ExitStack()
+                restored.enter_context(tensors_restored(self.model))
+                try:
+                    super().__enter__()
+                except BaseException:  # a registration that failed halfway: undo what it did
+                    remove_composite(self.composite)
+                    restored.close()
+                    raise
+                self._restored = restored
+            self._block_registrations.append(not nested)
+            _OPEN_BLOCKS.setdefault(self.model, []).append(self)
+            return self
 
     def __exit__(self, *exc_info: object) -> bool:
-        """Remove the composite and put the model's own tensors back (see ``__call__``)."""
+        """Remove the composite and put the model's own tensors back (see ``__call__``).
+
+        A block that found the composite registered (see `__enter__`) leaves it registered.
+        Every hook and canonizer is removed, also when one of them raises
+        ([`remove_composite`][ctc_plugin.canonizers.remove_composite]).
+        """
         with exclusive(self.model), exclusive(self.composite):
             blocks = _OPEN_BLOCKS.get(self.model, [])
             if self in blocks:
                 blocks.remove(self)
+            entries = self._block_registrations
+            if entries and not entries.pop():
+                return False
             restored, self._restored = getattr(self, "_restored", None), None
             try:
+                remove_composite(self.composite)
                 return super().__exit__(*exc_info)
             finally:
                 if restored is not None:

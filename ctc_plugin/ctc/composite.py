@@ -63,6 +63,7 @@ from ctc_plugin.canonizers import (
     held_composites,
     refuse_a_second_composite,
     registered_tensors,
+    remove_handles,
     restore_tensors,
     rule_hooks,
 )
@@ -629,7 +630,7 @@ class CTCComposite(LayerMapComposite):
                 take their canonizers off one another. Nothing is registered.
         """
         self.remove()
-        check_canonizers(self)
+        check_canonizers(self, module)
         refuse_a_second_composite(module, canonizes=bool(self.canonizers))
         saved = registered_tensors(module)
         try:
@@ -638,22 +639,41 @@ class CTCComposite(LayerMapComposite):
             # a hook cut off inside its own register (Ctrl-C between Zennit's two
             # registrations) returned no handles: its hooks are found on the modules
             cut_off = list(self.hook_refs)
-            super().remove()
+            remove_handles(self)
             remove_hooks_of(module, cut_off)
             restore_tensors(saved)
             raise
         self._own_tensors = (module, saved, registered_tensors(module))
 
     def remove(self) -> None:
-        """Remove the hooks and canonizers; put the model's own tensors back (see `register`)."""
+        """Remove the hooks and canonizers; put the model's own tensors back (see `register`).
+
+        Every hook and canonizer is removed, the last registered first, also when one of them
+        raises ([`remove_handles`][ctc_plugin.canonizers.remove_handles]).
+        """
         own, self._own_tensors = self._own_tensors, None
         now = registered_tensors(own[0]) if own is not None else None
         try:
-            super().remove()
+            remove_handles(self)
         finally:
             if own is not None:
                 _, saved, registered = own
                 restore_tensors(saved, registered, now)
+
+    @contextmanager
+    def context(self, module: nn.Module) -> Iterator[nn.Module]:
+        """Register the composite on ``module`` for the block (Zennit's ``context``).
+
+        A block inside an open one of this composite on the same module (its ``context``, or a
+        [`CTCAttributor`][ctc_plugin.CTCAttributor]'s ``with``) keeps that registration and leaves
+        it in place when it ends; in Zennit the inner block's end removes the outer's hooks and
+        canonizers.
+        """
+        if self._own_tensors is not None and self._own_tensors[0] is module:
+            yield module
+            return
+        with super().context(module) as modified:
+            yield modified
 
     def mapping(self, ctx: dict, name: str, module: nn.Module) -> Hook | None:
         """The hook for ``module``: the first matching entry; no CTC rule for custom forwards."""

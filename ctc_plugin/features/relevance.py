@@ -92,10 +92,12 @@ def zennit_relevance(
     """Run a Zennit composite on the classifier and return the relevance heatmap.
 
     The composite's hooks and canonizers are removed when the call ends, also on error, so the
-    model is left as it was. A model with BatchNorm or dropout in training mode is refused
-    before anything runs (its statistics would change and the heatmap would depend on the rest
-    of the batch): pass it in eval mode. It runs with gradients on, also where the caller
-    turned them off (``torch.no_grad()``, ``torch.inference_mode()``).
+    model is left as it was; called inside the caller's own ``with composite.context(model)``,
+    it uses that registration and leaves it in place, as Zennit's attributors do. A model with
+    BatchNorm or dropout in training mode is refused before anything runs (its statistics would
+    change and the heatmap would depend on the rest of the batch): pass it in eval mode. It
+    runs with gradients on, also where the caller turned them off (``torch.no_grad()``,
+    ``torch.inference_mode()``).
 
     Args:
         model: The classifier.
@@ -113,6 +115,10 @@ def zennit_relevance(
     Raises:
         TrainingModeError: The model has BatchNorm or dropout in training mode (call
             ``model.eval()``); nothing has run.
+        RuntimeError: The composite is registered on another model (an open ``with`` block
+            there); nothing has run.
+        ValueError: The composite's canonizers would change one module twice
+            ([`check_canonizers`][ctc_plugin.canonizers.check_canonizers]).
     """
     check_eval_mode(model)
     with exclusive(model):  # its composites change the model; other calls wait
