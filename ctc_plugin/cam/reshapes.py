@@ -192,12 +192,27 @@ def _patch_tokens_on(
 
     Otherwise (patches merged or subsampled since, as in LeViT or PiT, or an attention's
     spatial-reduction convolution ran last, as in Twins) the square grid, which is right for a
-    square image only: a non-square one is refused.
+    square image only: a non-square one is refused, and so are, for a square one, fewer patch
+    tokens than the embedding made that make no square (tokens pruned on the way).
     """
     patches = reshape.patches(tokens)
     if seen is not None and seen[0] * seen[1] == patches:
         return replace(reshape, grid=(int(seen[0]), int(seen[1])))
     extra = int(tokens.shape[1]) - seen[0] * seen[1] if seen is not None else -1
+    if (
+        seen is not None
+        and extra < 0
+        and size[0] == size[1]
+        and math.isqrt(patches) ** 2 != patches
+    ):
+        raise ValueError(
+            f"the block's output holds {patches} patch tokens (after {reshape.prefix} leading "
+            f"tokens), fewer than the {seen[0]} x {seen[1]} patches the patch embedding made, "
+            "and no square: tokens were dropped on the way (token pruning, as in EViT or "
+            "DynamicViT), so they have no place on a grid; leave out the blocks after the "
+            "pruning: IntegrativeCAM(model, layers=[the blocks before it], reshape_transform="
+            f"ctc_plugin.cam.PatchTokens(prefix={reshape.prefix}))"
+        )
     if extra >= 0 and math.isqrt(patches) ** 2 != patches:  # the square guess fails too
         raise ValueError(
             f"the {tokens.shape[1]} tokens are the {seen[0]} x {seen[1]} patches the patch "

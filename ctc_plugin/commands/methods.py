@@ -33,7 +33,8 @@ METHODS: dict[str, str] = {
     "lime": "Captum Lime over the same segments (seeded: the same run gives the same scores)",
     "gradcam": (
         "Grad-CAM (Captum LayerGradCam) on the last convolutional feature map with more than "
-        "one position (the title names it)"
+        "one position (the title names it); refused for vision transformers (use "
+        "integrative-cam)"
     ),
 }
 

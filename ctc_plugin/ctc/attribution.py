@@ -12,12 +12,11 @@ from captum.log import log_usage
 from tqdm.auto import tqdm
 
 from ctc_plugin.concurrency import holds_model
-from ctc_plugin.ctc.errors import GraphCutError
+from ctc_plugin.ctc.errors import GraphCutError, UntracedOutputError
 from ctc_plugin.ctc.extra_arguments import (
-    about_repeated_extras,
     other_rows_noted,
     repeat_extra,
-    repeated_extra_note,
+    repeated_extras_noted,
 )
 from ctc_plugin.ctc.feature_scores import FeatureScores
 from ctc_plugin.ctc.interception import CTCMode, own_backward
@@ -672,6 +671,9 @@ class CTC(Attribution):
                 arguments it was given repeated per copy where there were such (a tensor
                 with one row per example by chance, such as class weights when there are as
                 many examples as classes, fails in the model this way).
+            UntracedOutputError: A tensor differs between the copies of one example; with
+                the same note where the extra arguments hold a tensor with one row per example
+                (an attention mask shared by as many images as it has rows).
         """
         gated = self._speedups.gated_pass(layout, self._sharing())
         try:
@@ -679,10 +681,11 @@ class CTC(Attribution):
             repeated = repeat_extra(extra, layout.examples, layout.copies)
             try:
                 return self._forward(gated, batch, repeated)
-            except RuntimeError as error:
-                if not about_repeated_extras(error, extra, layout.examples):
+            except (RuntimeError, UntracedOutputError) as error:
+                noted = repeated_extras_noted(error, extra, layout)
+                if noted is None:
                     raise
-                raise RuntimeError(f"{error}\n{repeated_extra_note(layout)}") from error
+                raise noted from error
         finally:
             gated.close()
 

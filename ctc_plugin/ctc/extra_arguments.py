@@ -4,7 +4,8 @@ A pass runs the forward function on one copy of each example per feature; every 
 extra arguments with one row per example (at any depth of tuples, lists and dicts) is repeated
 once per copy (`repeat_extra`). A tensor that only by chance has as many rows as there are
 examples (weights of as many classes) is repeated too and makes the model fail on sizes: torch's
-error then gets a line saying what was repeated and what to do (`repeated_extra_note`). A tensor
+error then gets a line saying what was repeated and what to do (`repeated_extra_note`), and so
+does CTC's refusal of a tensor that differs between the copies (`repeated_extras_noted`). A tensor
 of another number of rows is passed to every copy as it is (a constant, such as class weights);
 where one was meant per example, CTC's refusal of a constant that does not fit the copies names
 it (`other_rows_noted`).
@@ -16,7 +17,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ctc_plugin.ctc.errors import UnsupportedOperationError
+from ctc_plugin.ctc.errors import UnsupportedOperationError, UntracedOutputError
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.inputs import holds_per_example, map_per_example
 
@@ -49,6 +50,25 @@ def about_repeated_extras(error: RuntimeError, extra: tuple, n: int) -> bool:
         and bool(_SIZE_MISMATCH.search(first))
         and holds_per_example(extra, n)
     )
+
+
+def repeated_extras_noted(error: Exception, extra: tuple, layout: CopyLayout) -> Exception | None:
+    """``error`` with `repeated_extra_note` where the repeated extra arguments may have caused it.
+
+    That is torch's error for sizes that do not match (`about_repeated_extras`), and CTC's
+    refusal of a tensor that differs between the copies of one example
+    ([`UntracedOutputError`][ctc_plugin.ctc.errors.UntracedOutputError]) where ``extra`` holds
+    a tensor with one row per example: an attention mask shared by every image, with as many
+    rows as there are images, is repeated per copy and then differs between them. ``None``
+    for any other error.
+    """
+    if isinstance(error, UntracedOutputError):
+        if not holds_per_example(extra, layout.examples):
+            return None
+        return UntracedOutputError(f"{error.reason} {repeated_extra_note(layout)}", error.module)
+    if isinstance(error, RuntimeError) and about_repeated_extras(error, extra, layout.examples):
+        return RuntimeError(f"{error}\n{repeated_extra_note(layout)}")
+    return None
 
 
 def repeated_extra_note(layout: CopyLayout) -> str:

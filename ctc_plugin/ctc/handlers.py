@@ -449,9 +449,26 @@ def apply_linear(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> A
     raise copies_off_dim_zero(operation_name(func), axis)
 
 
+def computed_indices_reason(dtype: torch.dtype) -> str:
+    """Why an integer tensor computed in the pass (indices) cannot select from the signal."""
+    return (
+        f"it reads a {dtype} tensor computed in the pass (indices, such as those of topk, sort "
+        "or argmax): CTC cannot follow a selection at positions that depend on the input "
+        "(token pruning, a gather or index at such indices); explain the model without that "
+        "selection"
+    )
+
+
+def is_index_tensor(value: torch.Tensor) -> bool:
+    """Whether ``value`` holds integers (not floats, not booleans): indices."""
+    return not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
+
+
 def reshape_copies(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
     """A shape operation: applied as it is; the copies are followed to wherever they lie."""
     x = args[0]
+    if is_index_tensor(x):  # topk's indices of a gate, reshaped to gather with them
+        raise UnsupportedOperationError(operation_name(func), computed_indices_reason(x.dtype))
     axis = ctx.copy_axis(x)
     pending = ctx.pending_fold(x) if func in VALUE_COPIES else None
     out = func(*args, **kwargs)

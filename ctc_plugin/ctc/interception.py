@@ -58,6 +58,7 @@ from ctc_plugin.ctc.errors import (
     UntracedOutputError,
     copies_off_dim_zero,
 )
+from ctc_plugin.ctc.handlers import computed_indices_reason, is_index_tensor
 from ctc_plugin.ctc.operation_table import (
     EXIT_FUNCTIONS,
     MODEL_BATCH_QUERIES,
@@ -382,9 +383,12 @@ class CTCMode(TorchFunctionMode):
                 raise copies_off_dim_zero(operation_name(func), moved)
             return self._on_moved_copies(func, row.trailing_dims(args, kwargs), args, kwargs)
         if gate_only is not None and not all_gates and not (row and row.takes_gate_only):
+            indices = next((t for t in propagated if is_index_tensor(t)), None)
             raise UnsupportedOperationError(
                 operation_name(func),
-                f"it reads the output of {gate_only.origin}, a gate tensor of the full pass "
+                computed_indices_reason(indices.dtype)
+                if indices is not None
+                else f"it reads the output of {gate_only.origin}, a gate tensor of the full pass "
                 "that may only multiply or divide the signal (or be a torch.where condition), as "
                 "a signal",
             )
