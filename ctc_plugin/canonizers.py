@@ -290,6 +290,10 @@ def remove_composite(composite: Composite) -> None:
     Its handles are removed by [`remove_handles`][ctc_plugin.canonizers.remove_handles] (all of
     them, the last registered first), then the composite's own ``remove`` runs for what it keeps
     besides (a [`CTCComposite`][ctc_plugin.CTCComposite] puts the model's tensors back).
+
+    Raises:
+        Exception: The first one a handle's removal raised, after every handle is removed and
+            the composite's own ``remove`` has run.
     """
     try:
         remove_handles(composite)
@@ -305,6 +309,9 @@ def remove_handles(composite: Composite) -> None:
     later hook on the model. Here each is removed whatever the others do, in the reverse order
     of registration (each canonizer puts back what it found), and the first exception is raised
     once all are removed.
+
+    Raises:
+        Exception: The first one a handle's removal raised, after every handle is removed.
     """
     handles = getattr(composite, "handles", None) or []
     failure: BaseException | None = None
