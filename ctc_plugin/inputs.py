@@ -61,6 +61,7 @@ __all__ = [
     "check_takes_images",
     "device_of",
     "dtype_mismatch_explained",
+    "dtype_mismatch_named",
     "example_rows",
     "holds_per_example",
     "floating_dtype",
@@ -79,7 +80,7 @@ __all__ = [
 ]
 
 #: The channel counts that make a trailing dimension look like channels (channels-last layout).
-_CHANNEL_COUNTS = (1, 3, 4)
+CHANNEL_COUNTS = (1, 3, 4)
 
 
 def is_integer(value: object) -> bool:
@@ -382,17 +383,34 @@ def dtype_mismatch_explained(method: F) -> F:
 
     @functools.wraps(method)
     def run(self: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
+        with dtype_mismatch_named(self.forward_func, inputs):
             return method(self, inputs, *args, **kwargs)
-        except DtypeMismatchError:
-            raise
-        except RuntimeError as error:
-            mismatch = _dtype_mismatch(error, self.forward_func, inputs)
-            if mismatch is None:
-                raise
-            raise mismatch from error
 
     return run  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def dtype_mismatch_named(forward_func: Any, inputs: Any) -> Iterator[None]:
+    """Within the block, torch's dtype errors of ``forward_func`` on ``inputs`` say what to do.
+
+    As [`dtype_mismatch_explained`][ctc_plugin.inputs.dtype_mismatch_explained], for code that
+    is no ``attribute`` method (the evaluation's metrics): a ``RuntimeError`` that names a type,
+    while the inputs' floating-point dtype differs from the model's, becomes a
+    [`DtypeMismatchError`][ctc_plugin.inputs.DtypeMismatchError]; any other error passes
+    unchanged.
+
+    Raises:
+        DtypeMismatchError: Naming both dtypes and the conversion to make.
+    """
+    try:
+        yield
+    except DtypeMismatchError:
+        raise
+    except RuntimeError as error:
+        mismatch = _dtype_mismatch(error, forward_func, inputs)
+        if mismatch is None:
+            raise
+        raise mismatch from error
 
 
 #: This package's name: its own errors are never taken for torch's dtype errors.
@@ -728,7 +746,7 @@ def _check_image_shape(x: torch.Tensor, name: str, channels: int | None, context
         hint = "; for grayscale images, repeat their channel: x.expand(-1, 3, -1, -1)"
     elif x.dim() == 4 and channels == 3 and shape[1] == 4:
         hint = "; for RGBA images, drop the alpha channel: x[:, :3]"
-    elif x.dim() == 3 and (shape[0] == channels or shape[0] in _CHANNEL_COUNTS):
+    elif x.dim() == 3 and (shape[0] == channels or shape[0] in CHANNEL_COUNTS):
         hint = "; add the batch dimension: x.unsqueeze(0)"
     elif x.dim() == 3 and channels in (None, 1):
         hint = (
@@ -775,9 +793,9 @@ def _describe_object(value: Any) -> str:
     if isinstance(value, np.ndarray):
         expression = "torch.from_numpy(x)"
         shape = value.shape
-        if value.ndim == 4 and shape[-1] in _CHANNEL_COUNTS and shape[1] not in _CHANNEL_COUNTS:
+        if value.ndim == 4 and shape[-1] in CHANNEL_COUNTS and shape[1] not in CHANNEL_COUNTS:
             expression += ".permute(0, 3, 1, 2)"  # (N, H, W, C) -> (N, C, H, W)
-        elif value.ndim == 3 and shape[-1] in _CHANNEL_COUNTS and shape[0] not in _CHANNEL_COUNTS:
+        elif value.ndim == 3 and shape[-1] in CHANNEL_COUNTS and shape[0] not in CHANNEL_COUNTS:
             expression += ".permute(2, 0, 1).unsqueeze(0)"  # one (H, W, C) image
         if value.dtype == np.uint8:
             expression += ".float() / 255"

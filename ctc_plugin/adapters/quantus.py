@@ -126,7 +126,13 @@ def explain_func(
     """
     from ctc_plugin.evaluation.arguments import as_targets
     from ctc_plugin.harness.methods import registry
-    from ctc_plugin.inputs import check_eval_mode, check_inputs, device_of, floating_dtype
+    from ctc_plugin.inputs import (
+        CHANNEL_COUNTS,
+        check_eval_mode,
+        check_inputs,
+        device_of,
+        floating_dtype,
+    )
     from ctc_plugin.targets import output_not_a_tensor
 
     unknown = set(kwargs) - _QUANTUS_KEYS
@@ -149,6 +155,12 @@ def explain_func(
     images = _tensor(inputs, "inputs", floating_dtype(model) or torch.float32, device)
     if images.dim() != 4:
         raise ValueError(f"inputs must be (N, C, H, W) channels-first, got {tuple(images.shape)}")
+    if images.shape[1] not in CHANNEL_COUNTS and images.shape[-1] in CHANNEL_COUNTS:
+        raise ValueError(
+            f"inputs must be (N, C, H, W) channels-first, got {tuple(images.shape)}, which looks "
+            "channels-last: give x_batch.transpose(0, 3, 1, 2) (Quantus passes a torch model's "
+            "batches channels-first)"
+        )
     check_inputs(images, tuples=False)  # NaN or infinite values: no method may pass them on
     with torch.no_grad():  # a Hugging Face model's output object, say: every method needs scores
         output = model(images[:1])

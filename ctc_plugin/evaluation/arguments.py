@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ctc_plugin.inputs import check_eval_mode, is_integer
+from ctc_plugin.inputs import check_eval_mode, dtype_mismatch_named, is_integer
 from ctc_plugin.inputs import check_images as shared_check_images
 from ctc_plugin.targets import class_indices, resolve_targets
 
@@ -37,10 +37,15 @@ def as_maps(attributions: Tensor | np.ndarray, name: str = "attributions") -> Te
     and Quantus' image visualisations do).
 
     Raises:
-        ValueError: for any other shape, channels-last maps ``(N, H, W, 1 or 3)``, or for maps
-            that contain NaN or infinity.
+        ValueError: for any other shape, channels-last maps ``(N, H, W, 1 or 3)``, complex
+            maps, or maps that contain NaN or infinity.
     """
     maps = as_tensor(attributions, name).detach()
+    if maps.is_complex():
+        raise ValueError(
+            f"{name} are complex ({maps.dtype}); give real maps (maps.real, or maps.abs() for "
+            "their magnitude)"
+        )
     if maps.dim() == 4 and maps.shape[-1] in (1, 3) and maps.shape[1] not in (1, 3):
         raise ValueError(
             f"{name} of shape {tuple(maps.shape)} look channels-last (N, H, W, C); give them "
@@ -143,14 +148,16 @@ def model_targets(
     Raises:
         TrainingModeError: A BatchNorm, dropout or tracked InstanceNorm in training mode: the
             metric would change its running statistics and depend on the batch size.
+        DtypeMismatchError: Images of another floating-point dtype than the model computes in.
         ValueError: Targets that are not integer class indices, or out of range.
     """
     check_eval_mode(model)
-    if targets is None:
-        return predict(model, images)
-    labels = as_targets(targets, len(images))
-    with torch.no_grad():
-        classes = model(images[:1]).shape[1]
+    with dtype_mismatch_named(model, images):  # the metric's first call of the model
+        if targets is None:
+            return predict(model, images)
+        labels = as_targets(targets, len(images))
+        with torch.no_grad():
+            classes = model(images[:1]).shape[1]
     return resolve_targets(labels.tolist(), torch.empty(len(images), classes)).to(labels.device)
 
 

@@ -57,12 +57,12 @@ def pointing_game(
 
     Raises:
         ValueError: For maps and masks of different shapes, maps holding NaN or infinity, or a
-            tolerance that is not a non-negative whole number.
+            tolerance that is not a non-negative int.
     """
     maps = as_maps(attributions)
     gt = as_masks(masks, maps.shape)
     if not is_integer(tolerance):
-        raise ValueError(f"tolerance must be a whole number of pixels, got {tolerance!r}")
+        raise ValueError(f"tolerance must be an int number of pixels, got {tolerance!r}")
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
     tolerance = int(tolerance)

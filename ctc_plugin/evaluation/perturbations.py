@@ -44,7 +44,12 @@ SEVERITIES: dict[str, dict[str, float]] = {
 }
 
 
-def _check_unit_range(images: Tensor) -> Tensor:
+def check_unit_range(images: Tensor) -> Tensor:
+    """Check that ``images`` is a finite float image batch with values in [0, 1]; return it.
+
+    Raises:
+        ValueError: Values outside [0, 1] (normalised images), or as `check_images`.
+    """
     images = check_images(images)
     if images.numel() and (images.min() < 0 or images.max() > 1):
         raise ValueError(
@@ -64,7 +69,7 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     Raises:
         ValueError: ``sigma`` is not positive.
     """
-    images = _check_unit_range(images)
+    images = check_unit_range(images)
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
     side = min(images.shape[-2:])
@@ -93,7 +98,7 @@ def gaussian_noise(images: Tensor, std: float, generator: torch.Generator | None
     Raises:
         ValueError: ``std`` is negative.
     """
-    images = _check_unit_range(images)
+    images = check_unit_range(images)
     if std < 0:
         raise ValueError(f"std must be >= 0, got {std}")
     return (images + std * _noise(torch.randn, images, generator)).clamp(0, 1)
@@ -109,7 +114,7 @@ def uniform_noise(
     Raises:
         ValueError: ``amplitude`` is negative.
     """
-    images = _check_unit_range(images)
+    images = check_unit_range(images)
     if amplitude < 0:
         raise ValueError(f"amplitude must be >= 0, got {amplitude}")
     noise = _noise(torch.rand, images, generator) * 2 - 1

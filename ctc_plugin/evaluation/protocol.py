@@ -29,12 +29,12 @@ from torch import Tensor, nn
 from ctc_plugin.evaluation.arguments import (
     Method,
     as_maps,
-    check_images,
+    check_count,
     explain,
     model_targets,
     predict,
 )
-from ctc_plugin.evaluation.perturbations import perturb, severity_value
+from ctc_plugin.evaluation.perturbations import check_unit_range, perturb, severity_value
 
 __all__ = [
     "DEFAULT_PERTURBATIONS",
@@ -193,8 +193,10 @@ def run_protocol(
     Raises:
         ValueError: For ``perturbed_target`` or ``normalisation`` not among their values, no
             perturbations, an unknown perturbation kind or a severity that is no level name nor
-            a finite number in range, or images that are no non-empty finite image batch:
-            before anything is explained.
+            a finite number in range, a seed that is no integer of at least 0, or images that
+            are no non-empty finite image batch with values in [0, 1]: before anything is
+            explained.
+        TypeError: A ``segmenter`` that cannot be called, before anything is explained.
     """
     if perturbed_target not in ("predicted", "original"):
         raise ValueError(
@@ -209,7 +211,13 @@ def run_protocol(
         )
     for kind, severity in perturbations:
         severity_value(kind, severity)
-    images = check_images(images)
+    if segmenter is not None and not callable(segmenter):
+        raise TypeError(
+            f"segmenter must be a callable segmenter(images) -> (N, 1, H, W) feature ids, such "
+            f"as ctc_plugin.features.SuperpixelSegmenter(); got {type(segmenter).__name__}"
+        )
+    seed = check_count(seed, "seed", least=0)
+    images = check_unit_range(images)  # the perturbations need pixels in [0, 1]
     labels = model_targets(model, images, targets)  # refuses a model in training mode first
     original_pred = labels if targets is None else predict(model, images)
     reference = explain(method, model, images, labels, feature_mask)

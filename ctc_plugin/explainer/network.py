@@ -550,6 +550,12 @@ class Explainer(nn.Module):
                 f"(expected format {FILE_FORMAT!r}){_what_file(payload)}"
             )
         missing = [k for k in ("config", "state_dict") if not isinstance(payload.get(k), dict)]
+        metadata = payload.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise ValueError(
+                f"explainer file {str(path)!r}: its metadata is no dict (it holds "
+                f"{type(metadata).__name__}); write it again with Explainer.save"
+            )
         config = {} if "config" in missing else dict(payload["config"])
         if "config" not in missing:
             missing += [f"config[{k!r}]" for k in ("num_classes", "backbone") if k not in config]
@@ -580,7 +586,7 @@ class Explainer(nn.Module):
                 f"the state dict in explainer file {str(path)!r} does not fit its config "
                 f"{config}{hint}: {detail or error}"
             ) from error
-        explainer.metadata = dict(payload.get("metadata", {}))
+        explainer.metadata = dict(metadata)
         return explainer.eval()
 
     @classmethod
@@ -762,6 +768,9 @@ def _state_dict_mismatch(
         return None
 
     def difference(key: str) -> str:
+        if key not in given and key in state_dict:
+            kind = type(state_dict[key]).__name__
+            return f"{key} is no tensor of {wanted[key]} (it holds {kind})"
         if key not in given:
             return f"missing {key} {wanted[key]}"
         if key not in wanted:

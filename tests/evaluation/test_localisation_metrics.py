@@ -2,7 +2,6 @@ import warnings
 
 import numpy as np
 import pytest
-import quantus
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -154,6 +153,7 @@ masks_strategy = arrays(np.bool_, (3, 6, 6)).filter(lambda m: m.reshape(3, -1).a
 @settings(max_examples=25, deadline=None)
 @given(maps=maps_strategy, masks=masks_strategy)
 def test_agrees_with_quantus(maps, masks):
+    quantus = pytest.importorskip("quantus")  # an extra (bench)
     kw = {"disable_warnings": True, "normalise": False, "abs": False}
     ours = pointing_game(maps, masks).numpy()
     np.testing.assert_allclose(ours, quantus_scores(quantus.PointingGame(**kw), maps, masks))
