@@ -14,7 +14,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["are", "caller_stacklevel", "counted", "first_names", "known_name", "not_utf8"]
+__all__ = [
+    "agreeing",
+    "are",
+    "caller_stacklevel",
+    "counted",
+    "first_names",
+    "known_name",
+    "not_utf8",
+]
 
 
 def counted(count: int, noun: str, plural: str | None = None) -> str:
@@ -40,8 +48,19 @@ def not_utf8(name: str) -> str | None:
 
 def are(count: int, noun: str = "") -> str:
     """``count`` (and ``noun``) with its verb: ``1 folder is``, ``3 folders are``, ``2 are``."""
-    verb = "is" if count == 1 else "are"
-    return f"{counted(count, noun) if noun else count} {verb}"
+    return f"{counted(count, noun) if noun else count} {agreeing(count, 'is', 'are')}"
+
+
+def agreeing(count: int, one: str, several: str) -> str:
+    """``one`` where ``count`` is 1, else ``several``: the words that agree with a count.
+
+    Examples:
+        >>> f"1 file {agreeing(1, 'has a name', 'have names')}"
+        '1 file has a name'
+        >>> f"2 files {agreeing(2, 'has a name', 'have names')}"
+        '2 files have names'
+    """
+    return one if count == 1 else several
 
 
 def first_names(names: Sequence[str]) -> str:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ctc_plugin.wording import are, counted, first_names, known_name
+from ctc_plugin.wording import agreeing, are, counted, first_names, known_name
 
 
 def test_counted_is_singular_for_one_only():
@@ -34,4 +34,10 @@ def test_counted_with_an_irregular_plural_and_are():
     )
     assert [are(1, "folder"), are(3, "folder"), are(1), are(2)] == [
         "1 folder is", "3 folders are", "1 is", "2 are",
+    ]  # fmt: skip
+
+
+def test_agreeing_takes_the_singular_for_one_only():
+    assert [agreeing(n, "has a name", "have names") for n in (0, 1, 2)] == [
+        "have names", "has a name", "have names",
     ]  # fmt: skip

@@ -8,7 +8,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -58,6 +58,15 @@ class ConfigMismatchError(ValueError):
         super().__init__(
             f"{root} holds a {kind} with a different configuration ({listed}); {advice}"
         )
+
+    def naming(self, names: Mapping[str, str]) -> ConfigMismatchError:
+        """The same error with each difference's key named as ``names`` names it.
+
+        The command line names its options (``--shard-size``) where the manifest has keys
+        (``shard_size``); a key ``names`` lacks is kept.
+        """
+        differences = [(names.get(key, key), old, new) for key, old, new in self.differences]
+        return type(self)(self.root, differences, self.kind, self.advice)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle by the constructor's arguments and the attributes set since (notes included)."""

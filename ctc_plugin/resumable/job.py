@@ -191,7 +191,10 @@ def run_job(
             or this run with shards left; this run finished there is done, and nothing is
             written (a read-only archive of a finished run can be run again).
         ValueError: For ``ray_workers`` below 1, or given without ``ray=True`` (a cluster's
-            address has its own workers), before any work.
+            address has its own workers), and for finished shards whose files cannot be read
+            (deleted or cut short: see
+            [`RunStore.check_readable`][ctc_plugin.resumable.store.RunStore.check_readable]),
+            before any work.
         RayUnavailableError: If ``ray`` is given and Ray is not installed (before any work).
         RayConnectionError: If ``ray`` is the address of a Ray cluster that cannot be
             reached.
@@ -218,8 +221,12 @@ def run_job(
         _check_finished_read_only(job, store, shards)
         total = sum(len(shard.images) for shard in shards)
         return JobResult(store.root, total, len(shards), 0, time.perf_counter() - start)
-    # a start that finished no shard (a wrong option) gives way to this one
-    store.open(_manifest(job, store), plan=job.plan(), restart_unfinished=True)
+    manifest = _manifest(job, store)
+    # another run is named first, then a finished shard that cannot be read (before the
+    # start rewrites plan.json); a start that finished no shard (a wrong option) gives way
+    store.check_start(manifest, restart_unfinished=True)
+    _check_finished_readable(store, shards)
+    store.open(manifest, plan=job.plan(), restart_unfinished=True)
     left = [shard for shard in shards if not store.is_finished(shard.name)]
     total = sum(len(shard.images) for shard in shards)
     computed = len(left)
@@ -249,7 +256,8 @@ def check_start(job: Job, out: str | os.PathLike[str]) -> None:
     Raises:
         ConfigMismatchError: If ``out`` holds a run with another manifest (that finished a
             shard).
-        ValueError: If it holds another kind of job's run, or one of another version.
+        ValueError: If it holds another kind of job's run, or one of another version (or,
+            on read-only storage, this run finished with shard files that cannot be read).
         PermissionError: If ``out`` cannot be written and holds no run, or this run with
             shards left.
     """
@@ -269,6 +277,7 @@ def _check_finished_read_only(job: Job, store: RunStore, shards: list[Shard]) ->
     Raises:
         ConfigMismatchError: If the folder holds another run.
         PermissionError: If it holds no run, or this run with shards left to compute.
+        ValueError: If this run's finished shards have files that cannot be read.
     """
     store.check_start(_manifest(job, store))  # another run is named first, as always
     if not (store.root / MANIFEST).exists():
@@ -276,12 +285,27 @@ def _check_finished_read_only(job: Job, store: RunStore, shards: list[Shard]) ->
     else:
         count = sum(not store.is_finished(shard.name) for shard in shards)
         if not count:
+            _check_finished_readable(store, shards)
             return
         left = f"holds this run with {counted(count, 'shard')} left to compute"
     raise PermissionError(
         f"cannot write into {store.root} (read-only, or not yours), and it {left}: make it "
         "writable, or give another --out"
     )
+
+
+def _check_finished_readable(store: RunStore, shards: list[Shard]) -> None:
+    """Refuse a resume over finished shards of the plan whose files cannot be read.
+
+    A resumed run that says it is done must be readable: a shard file deleted or cut short
+    since it was written is named (see
+    [`RunStore.check_readable`][ctc_plugin.resumable.store.RunStore.check_readable]) before
+    any work, instead of being counted as finished.
+
+    Raises:
+        ValueError: Naming the shards and the ``.parquet`` files to delete to compute them again.
+    """
+    store.check_readable([shard.name for shard in shards if store.is_finished(shard.name)])
 
 
 def _manifest(job: Job, store: RunStore) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import re
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -43,7 +44,7 @@ from ctc_plugin.resumable.atomic import (
     remove_stale_temporaries,
     write_atomic,
 )
-from ctc_plugin.wording import first_names
+from ctc_plugin.wording import counted, first_names
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -373,10 +374,61 @@ class RunStore:
 
         return self._read(name, pq.read_table, self.table_path(name)), self.read_arrays(name)
 
+    def check_readable(self, names: list[str]) -> None:
+        """Refuse finished shards whose files cannot be read, checking only their ends (cheap).
+
+        A resumed run that says it is done must be readable: each shard's ``.parquet`` footer
+        (its schema and row groups) is read and its ``.npz``'s list of arrays (the zip's
+        central directory, at its end), not the data. A file deleted, emptied or cut short
+        (a bad copy, a full disk elsewhere) is found; a byte changed inside the data is found
+        only when it is read
+        ([`read_shard`][ctc_plugin.resumable.store.RunStore.read_shard]).
+
+        Args:
+            names: Finished shards.
+
+        Raises:
+            ValueError: Naming each shard that cannot be read, its file and why, and the
+                ``.parquet`` files to delete so that the next run computes them again (for one
+                shard, the message of
+                [`read_shard`][ctc_plugin.resumable.store.RunStore.read_shard]).
+        """
+        import pyarrow.parquet as pq
+
+        def npz_listing(path: Path) -> None:
+            with zipfile.ZipFile(path):
+                pass
+
+        damaged = []
+        for name in names:
+            for read, path in ((pq.read_metadata, self.table_path(name)),
+                               (npz_listing, self.arrays_path(name))):  # fmt: skip
+                try:
+                    read(path)
+                except _READ_ERRORS as error:
+                    damaged.append((name, path, error))
+                    break
+        if len(damaged) == 1:
+            raise ValueError(self._unreadable(*damaged[0]))
+        if damaged:
+            shards = [f"{name} ({path.name}: {_why(error)})" for name, path, error in damaged]
+            tables = [str(self.table_path(name)) for name, _, _ in damaged]
+            more = len(damaged) > 3
+            raise ValueError(
+                f"cannot read {counted(len(damaged), 'finished shard')} of {self.root}: "
+                f"{first_names(shards)}; delete {first_names(tables)} to compute them again"
+                + ("; the same command then names the others" if more else "")
+            )
+
+    def _unreadable(self, name: str, path: Path, error: BaseException) -> str:
+        """The message for the file ``path`` of shard ``name`` that ``error`` stopped reading."""
+        return (
+            f"cannot read the shard {name} of {self.root}: {path.name}: {_why(error)}; delete "
+            f"{self.table_path(name)} to compute it again"
+        )
+
     def _read(self, name: str, read: Any, path: Path) -> Any:
         """``read(path)``, a file of shard ``name``, with one clear error for a damaged file."""
-        import zipfile
-
         if not self.is_finished(name):
             finished = self.finished()
             raise ValueError(
@@ -386,11 +438,17 @@ class RunStore:
             )
         try:
             return read(path)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # pyarrow's, numpy's
-            raise ValueError(
-                f"cannot read the shard {name} of {self.root}: {path.name}: {error}; delete "
-                f"{self.table_path(name)} to compute it again"
-            ) from error
+        except _READ_ERRORS as error:
+            raise ValueError(self._unreadable(name, path, error)) from error
+
+
+#: What reading a damaged or missing shard file raises (pyarrow's, numpy's and zipfile's errors).
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def _why(error: BaseException) -> str:
+    """Why a shard file could not be read: ``error``, or that the file is missing."""
+    return "the file is missing" if isinstance(error, FileNotFoundError) else str(error)
 
 
 def json_values(value: Any) -> Any:

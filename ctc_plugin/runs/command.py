@@ -108,7 +108,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ctc-plugin explain-dataset``."""
     from ctc_plugin.commands import CLIError
-    from ctc_plugin.resumable import RayError
+    from ctc_plugin.resumable import ConfigMismatchError, RayError
 
     sam_checkpoint_option(args)  # before DIR is made
     ray_options(args)
@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         result = _explain(args)
     except RayError as error:  # Ray missing, or its cluster unreachable
         raise CLIError(str(error)) from error
+    except ConfigMismatchError as error:  # the options as the command line spells them
+        raise CLIError(str(error.naming(option_names(args.source)))) from error
     before = result.shards - result.computed
     print(
         f"{counted(result.images, 'image')} in {counted(result.shards, 'shard')} "
@@ -124,6 +126,25 @@ def run(args: argparse.Namespace) -> int:
         f"{result.seconds:.1f} s"
     )
     return 0
+
+
+def option_names(source: str) -> dict[str, str]:
+    """The command-line option of each configuration key of a run of ``source`` (SOURCE).
+
+    Every option of [`RunConfig`][ctc_plugin.runs.plan.RunConfig] is ``--`` and its name with
+    dashes (``shard_size``: ``--shard-size``); on the bundled images ``images`` (their count)
+    is ``--images`` too, where on a folder it counts the folder's images. Computed keys
+    (``weights_sha256``) and the source's (``source.spec``) keep their names.
+    """
+    from dataclasses import fields
+
+    from ctc_plugin.runs.plan import RunConfig
+    from ctc_plugin.runs.sources import shapes_split
+
+    names = {f.name: "--" + f.name.replace("_", "-") for f in fields(RunConfig) if f.init}
+    if shapes_split(source) is not None:
+        names["images"] = "--images"
+    return names
 
 
 def _explain(args: argparse.Namespace):

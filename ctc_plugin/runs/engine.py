@@ -146,18 +146,21 @@ class ExplainJob:
             return None
 
     def plan(self) -> dict[str, Any]:
-        """The image list, ``{"images": [[name, label, *stat], ...]}`` (``plan.json``).
+        """The image list, ``{"images": [[name, label, *stat], ...], "limit": N}`` (``plan.json``).
 
         The manifest holds only the list's digest (names and labels); with the list, a start
         refused because the folder's images changed can name the images added and removed, and
         a resume can tell an image of a finished shard rewritten in place (its size, times and
-        inode, `image_stat`; ``None`` for generated images).
+        inode, `image_stat`; ``None`` for generated images). ``limit`` is the ``images``
+        (``--images``) that cut a folder's list (`Source.limit`), so that a resume without it
+        is told to give it, not that images were added.
         """
         return {
             "images": [
                 [ref.name, ref.label, *stat]
                 for ref, stat in zip(self.source.images, self.image_stats, strict=True)
-            ]
+            ],
+            "limit": self.source.limit,
         }
 
     @functools.cached_property
@@ -221,8 +224,8 @@ def _restated_mismatch(
     try:
         planned = RunStore(out).plan() or {}
         there = {row[0]: row[1] for row in planned.get("images") or []}
-    except (ValueError, TypeError, IndexError):  # no readable list (an older version's)
-        there = {}
+    except (ValueError, TypeError, IndexError, AttributeError):  # no readable list
+        planned, there = {}, {}
     changes = [
         ("added", [name for name in now if name not in there]),
         ("removed", [name for name in there if name not in now]),
@@ -231,10 +234,15 @@ def _restated_mismatch(
     listed = "; ".join(
         f"{what}: {first_names(names)}" for what, names in changes if names and there
     )
-    derived = ("image_list", "plan")  # digests: the advice says what changed
+    # digests: the advice says what changed; the shard count follows from the image count
+    derived = ("image_list", "plan", "shards") if "images" in keys else ("image_list", "plan")
     shown = [d for d in error.differences if d[0] not in derived]
     differences = shown or [d for d in error.differences if d[0] == "image_list"]
     names_there, names_now = list(there), list(now)
+    if there and len(names_now) > len(names_there) and names_now[: len(there)] == names_there:
+        more = _more_images_advice(planned, names_there, names_now, source)
+        if more is not None:
+            return ConfigMismatchError(Path(out), differences, advice=more)
     if there and len(names_now) < len(names_there) and names_there[: len(names_now)] == names_now:
         # the first images of the run: --images limits them, or the last files were removed
         return ConfigMismatchError(
@@ -252,6 +260,32 @@ def _restated_mismatch(
         advice=f"the images of {source.root} changed since this run started"
         + (f" ({listed})" if listed else "")
         + ": put them back as they were to resume it, or choose another --out",
+    )
+
+
+def _more_images_advice(
+    planned: dict[str, Any], names_there: list[str], names_now: list[str], source: Source
+) -> str | None:
+    """What to do where the command takes the run's images and more after them.
+
+    The run's ``plan.json`` records the ``--images`` that cut its list (``limit``): where it
+    did, the run was started with it (and is resumed without it, or with another); where it
+    records none (a run of an earlier version), either that or files added since. ``None``:
+    the list was not cut, so the images after the run's were added (the caller says so).
+    """
+    count = len(names_there)
+    if planned.get("limit", count) != count:
+        return None
+    if "limit" in planned:
+        return (
+            f"this run was started with --images {count}; give --images {count} to resume it, "
+            "or choose another --out"
+        )
+    return (
+        f"this command takes {len(names_now)} images of {source.root}, the run's {count} "
+        f"and {len(names_now) - count} more after them: if the run was started with --images "
+        f"{count}, give --images {count} to resume it; if the files were added since "
+        f"({first_names(names_now[count:])}), remove them; or choose another --out"
     )
 
 
@@ -387,6 +421,8 @@ def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
     Raises:
         CLIError: Naming the images, and what to do (put them back, or compute their shards
             again).
+        ValueError: If a finished shard's files cannot be read (where images are compared):
+            naming the ``.parquet`` to delete.
     """
     from ctc_plugin.commands import CLIError
 
@@ -411,6 +447,7 @@ def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
     }  # a plan.json of an earlier version holds (size, mtime) only: those are compared
     if not suspect:
         return
+    store.check_readable(finished)  # a table that does not parse records no contents
     stored_shards = _stored_shard_images(store, [row[0] for row in rows])
     changed = []
     for shard in finished:
@@ -603,8 +640,10 @@ def explain_dataset(
             reached.
         ValueError: For unknown methods and invalid numbers (a ``crop`` larger than
             ``resize``, ``mean`` without ``std``), ``ray_workers`` without
-            ``ray=True``, ``sam_checkpoint`` with another segmenter than ``"sam"``, or an
-            ``out`` that holds another kind of run.
+            ``ray=True``, ``sam_checkpoint`` with another segmenter than ``"sam"``, an
+            ``out`` that holds another kind of run, or finished shards of this run whose
+            files cannot be read (deleted or cut short; the message names the ``.parquet``
+            files to delete so that the same call computes them again).
         CLIError: For a model, device, segmenter or target that cannot be used, or a zoo
             model of the other split on the bundled images; checked on the first image before
             ``out`` is set up (`checked_runner`).
@@ -650,9 +689,9 @@ def explain_dataset(
     if skipped:
         warnings.warn(skipped, UserWarning, stacklevel=2)
     job = ExplainJob(config, resolved)
-    check_finished_images(job, out)
     try:
         check_start(job, out)  # another run in out is named first
+        check_finished_images(job, out)
         runner = checked_runner(job, ray)  # before the run folder is set up
         _warn_of_drawn_weights(config, runner.loaded.network)
         result = run_job(

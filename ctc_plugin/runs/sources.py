@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ctc_plugin.image_files import IMAGE_SUFFIXES, is_image_file
-from ctc_plugin.wording import counted, first_names, not_utf8
+from ctc_plugin.wording import agreeing, counted, first_names, not_utf8
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -72,6 +72,9 @@ class Source:
         seed: The shapes seed (``kind == "shapes"``).
         skipped: The folder's files (not hidden) whose names end in none of
             ``IMAGE_SUFFIXES``, relative to it: not read (`skipped_note` says so).
+        limit: The ``images`` (``--images``) a folder's list was cut to, or ``None`` (all its
+            images; and for the shapes sources, whose ``images`` is their count). Not part of
+            `describe`: the image list says which images a run explains.
     """
 
     spec: str
@@ -82,6 +85,7 @@ class Source:
     split: str | None = None
     seed: int = 1
     skipped: tuple[str, ...] = ()
+    limit: int | None = None
 
     def skipped_note(self) -> str | None:
         """What a run says of the files it does not read (``None``: there are none)."""
@@ -167,10 +171,11 @@ def resolve_source(
     top = [path for path in files if path.parent == root]
     nested = [path for path in files if path.parent != root]
     if top and nested:
+        folders = sorted({path.relative_to(root).parts[0] + "/" for path in nested})
         raise SourceError(
-            f"SOURCE {text!r} mixes images at its top level ({top[0].name}, ...) with class "
-            f"subfolders ({nested[0].relative_to(root).parts[0]}/, ...); put every image in a "
-            "class subfolder, or all of them at the top level"
+            f"SOURCE {text!r} mixes images at its top level ({first_names([p.name for p in top])}) "
+            f"with class subfolders ({first_names(folders)}); put every image in a class "
+            "subfolder, or all of them at the top level"
         )
     classes: tuple[str, ...] | None = None
     labels: list[int | None] = [None] * len(files)
@@ -186,7 +191,7 @@ def resolve_source(
     _check_names(text, refs)
     _check_readable(text, root, refs)
     skipped = tuple(sorted(path.relative_to(root).as_posix() for path in others))
-    return Source(text, "folder", refs, classes, root=root.resolve(), skipped=skipped)
+    return Source(text, "folder", refs, classes, root=root.resolve(), skipped=skipped, limit=images)
 
 
 def _class_folders(root: Path, with_images: set[str]) -> tuple[str, ...]:
@@ -219,8 +224,10 @@ def _check_names(text: str, refs: tuple[ImageRef, ...]) -> None:
     bad = [shown for shown in map(not_utf8, (ref.name for ref in refs)) if shown is not None]
     if bad:
         raise SourceError(
-            f"SOURCE {text!r}: {len(bad)} of its {len(refs)} image files have names that are not "
-            f"valid UTF-8 ({first_names(bad)}); rename them, then run the command again"
+            f"SOURCE {text!r}: {len(bad)} of its {len(refs)} image files "
+            f"{agreeing(len(bad), 'has a name that is', 'have names that are')} not valid UTF-8 "
+            f"({first_names(bad)}); rename {agreeing(len(bad), 'it', 'them')}, then run the "
+            "command again"
         )
 
 
@@ -248,9 +255,15 @@ def _check_readable(text: str, root: Path, refs: tuple[ImageRef, ...]) -> None:
         )
     if floating:
         raise SourceError(
-            f"SOURCE {text!r}: {len(floating)} of its {len(refs)} image files are floating-point "
-            f"images (mode F: {first_names(floating)}), which have no fixed range of colours; "
-            "save them as 8- or 16-bit images, then run the command again"
+            f"SOURCE {text!r}: {len(floating)} of its {len(refs)} image files "
+            + agreeing(
+                len(floating),
+                f"is a floating-point image (mode F: {floating[0]}), which has no fixed range "
+                "of colours; save it as an 8- or 16-bit image",
+                f"are floating-point images (mode F: {first_names(floating)}), which have no "
+                "fixed range of colours; save them as 8- or 16-bit images",
+            )
+            + ", then run the command again"
         )
 
 

@@ -93,8 +93,8 @@ def test_a_file_name_that_is_not_utf8_is_refused_before_any_work(tmp_path, capsy
     out = tmp_path / "run"
     assert main(_explain(folder, out, *TINY)) == 2
     error = _one_error_line(capsys)
-    assert "1 of its 3 image files have names that are not valid UTF-8 (caf\\xe9.png)" in error
-    assert "rename them" in error
+    assert "1 of its 3 image files has a name that is not valid UTF-8 (caf\\xe9.png)" in error
+    assert "rename it" in error
     assert not (out / "shards").exists()
 
 
@@ -370,7 +370,7 @@ def test_another_shard_size_is_named_alone_with_how_to_resume(tmp_path, capsys):
     capsys.readouterr()
     assert main([*_explain(folder, out, *TINY), "--shard-size", "2"]) == 2
     error = _one_error_line(capsys)
-    assert "(shard_size: 1 there, 2 now)" in error, error
+    assert "(--shard-size: 1 there, 2 now)" in error, error
     assert "to resume it, give the options it was started with (the values there)" in error
 
 

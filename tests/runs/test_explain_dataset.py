@@ -155,10 +155,10 @@ def test_finished_run_is_not_computed_again(reference, capsys):
 @pytest.mark.parametrize(
     ("change", "option"),
     [
-        (["--lime-samples", "9"], "lime_samples"),
-        (["--threads", "2"], "threads"),
-        (["--seed", "2"], "seed"),
-        (["--segments", "16"], "segments"),
+        (["--lime-samples", "9"], "--lime-samples"),
+        (["--threads", "2"], "--threads"),
+        (["--seed", "2"], "--seed"),
+        (["--segments", "16"], "--segments"),
     ],
 )
 def test_another_configuration_in_an_existing_folder_is_refused(reference, capsys, change, option):
@@ -175,7 +175,7 @@ def test_other_image_list_is_refused(reference, capsys):
     argv = ["explain-dataset", "shapes", "--images", "14", "--out", str(reference.out), *OPTIONS]
     assert main(argv) == 2
     error = capsys.readouterr().err
-    assert "images: 16 there, 14 now" in error
+    assert "--images: 16 there, 14 now" in error
     # the digests that follow from the options are not listed beside them
     assert "image_list" not in error and "plan:" not in error and "shards:" not in error
 

@@ -62,13 +62,13 @@ def test_explain_dataset_reads_the_images_at_the_size_asked_for(photos, tmp_path
 @pytest.mark.parametrize(
     ("change", "why"),
     [
-        (["--resize", "20", "--crop", "16"], "resize: 16 there, 20 now"),
-        (["--resize", "16", "--crop", "none"], "crop: 16 there, 'none' now"),
+        (["--resize", "20", "--crop", "16"], "--resize: 16 there, 20 now"),
+        (["--resize", "16", "--crop", "none"], "--crop: 16 there, 'none' now"),
         (
             ["--resize", "16", "--crop", "16", "--mean", "0", "0", "0", "--std", "1", "1", "1"],
-            "mean: None there, [0.0, 0.0, 0.0] now",
+            "--mean: None there, [0.0, 0.0, 0.0] now",
         ),
-        ([], "resize: 16 there, None now"),
+        ([], "--resize: 16 there, None now"),
     ],
 )
 def test_resuming_with_another_preprocessing_is_refused(photos, tmp_path, capsys, change, why):

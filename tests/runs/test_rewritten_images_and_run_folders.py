@@ -74,7 +74,7 @@ def test_a_touched_image_under_another_shard_size_is_the_shard_size_mismatch(tmp
     capsys.readouterr()
     assert main(_explain(folder, out, shard_size=2)) == 2
     error = _error(capsys)
-    assert "changed since" not in error and "shard_size" in error, error
+    assert "changed since" not in error and "--shard-size: 4 there, 2 now" in error, error
 
 
 def test_a_replaced_image_is_named_with_the_shard_that_explained_it(tmp_path, capsys):
@@ -82,7 +82,11 @@ def test_a_replaced_image_is_named_with_the_shard_that_explained_it(tmp_path, ca
     assert main(_explain(folder, out, shard_size=4)) == 0
     _bmp(folder / "05.bmp", 99)  # image 5: in shard-00001 of 4 images, shard-00002 of 2
     capsys.readouterr()
+    # another shard size is another run: named first, as any other option that differs
     assert main(_explain(folder, out, shard_size=2)) == 2
+    error = _error(capsys)
+    assert "--shard-size: 4 there, 2 now" in error and "changed since" not in error, error
+    assert main(_explain(folder, out, shard_size=4)) == 2
     error = _error(capsys)
     assert "the image 05.bmp changed since its shard was finished" in error, error
     assert "shard-00001.parquet" in error and "shard-00002" not in error, error

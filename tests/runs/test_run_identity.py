@@ -189,5 +189,8 @@ def test_floating_point_images_are_refused_before_any_work(tmp_path):
     root = tmp_path / "photos"
     root.mkdir()
     Image.fromarray(np.zeros((4, 4), np.float32)).save(root / "depth.tiff")
-    with pytest.raises(SourceError, match=r"floating-point images \(mode F: depth.tiff\)"):
+    with pytest.raises(
+        SourceError,
+        match=r"1 of its 1 image files is a floating-point image \(mode F: depth.tiff\), which has",
+    ):
         resolve_source(root)
