@@ -8,6 +8,7 @@ defaults give 10 to 30 segments (mostly 15 to 25) on 96 x 96 and 224 x 224 natur
 
 from __future__ import annotations
 
+import heapq
 import inspect
 import numbers
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from skimage import color, filters, segmentation
+from skimage import color, filters, graph, segmentation
 
 from ctc_plugin.features.base import FeatureTable, Segmentation, Segmenter, feature_table
 from ctc_plugin.features.cache import MaskCache
@@ -49,6 +50,56 @@ def _method_defaults(method: str, n_segments: int) -> dict[str, Any]:
     return {"markers": n_segments, "compactness": 0.001}
 
 
+def _add_border_lengths(rag: graph.RAG, src: int, dst: int, neighbour: int) -> dict[str, int]:
+    """The border a merged segment shares with ``neighbour``: the two borders together."""
+    return {
+        "count": sum(
+            rag.edges[node, neighbour]["count"]
+            for node in (src, dst)
+            if rag.has_edge(node, neighbour)
+        )
+    }
+
+
+def _merge_small_segments(labels: np.ndarray, min_pixels: float) -> np.ndarray:
+    """Merge each segment smaller than ``min_pixels`` into a neighbour, smallest first.
+
+    The smallest segment under ``min_pixels`` joins the adjacent segment (4-connected) with which
+    it shares the longest border (ties: the lowest id); the union keeps that neighbour's id and,
+    if still too small, waits its turn again. It goes on until every segment has at least
+    ``min_pixels`` pixels or one segment is left. The adjacency and border lengths come from
+    scikit-image's region adjacency graph (``skimage.graph.rag_boundary``).
+
+    Args:
+        labels: Integer label map ``(H, W)`` with non-negative ids.
+        min_pixels: The smallest area kept as it is, in pixels.
+
+    Returns:
+        The label map with every merged segment carrying the id of the one it joined.
+    """
+    ids, counts = np.unique(labels, return_counts=True)
+    areas = dict(zip(ids.tolist(), counts.tolist()))
+    if len(areas) < 2 or counts.min() >= min_pixels:
+        return labels
+    # only the border lengths ("count") are used, not the mean edge value along each border
+    rag = graph.rag_boundary(labels, np.zeros(labels.shape), connectivity=1)
+    waiting = [(area, node) for node, area in areas.items() if area < min_pixels]
+    heapq.heapify(waiting)
+    while waiting and len(areas) > 1:
+        area, node = heapq.heappop(waiting)
+        if areas.get(node) != area:  # merged away, or grown since it was queued
+            continue
+        into = max(rag.neighbors(node), key=lambda n: (rag.edges[node, n]["count"], -n))
+        rag.merge_nodes(node, into, weight_func=_add_border_lengths)
+        areas[into] += areas.pop(node)
+        if areas[into] < min_pixels:
+            heapq.heappush(waiting, (areas[into], into))
+    lookup = np.arange(int(ids.max()) + 1)
+    for node in rag.nodes:
+        lookup[rag.nodes[node]["labels"]] = node
+    return lookup[labels]
+
+
 class SuperpixelSegmenter(Segmenter):
     """Superpixels from scikit-image as features.
 
@@ -58,7 +109,9 @@ class SuperpixelSegmenter(Segmenter):
         n_segments: Target number of segments (used by ``slic`` and ``watershed``; the other
             methods are steered by their own options).
         min_area: Segments smaller than this (fraction of the image when below 1, else pixels)
-            are merged into their nearest neighbour. ``felzenszwalb`` defaults its ``min_size``
+            are merged into a neighbour: the smallest first, into the adjacent segment it
+            shares the longest border with, again and again until every segment has at least
+            ``min_area`` (or one segment is left). ``felzenszwalb`` defaults its ``min_size``
             to the same area. ``None`` (default): 0.5% of the image, or a quarter of the mean
             area of ``n_segments`` segments where that is smaller (above 50 segments), so that
             asking for many segments gives many, not a few remainders.
@@ -146,21 +199,17 @@ class SuperpixelSegmenter(Segmenter):
     def segment_image(self, image: np.ndarray) -> tuple[np.ndarray, FeatureTable]:
         """Segment one RGB ``uint8`` image ``(H, W, 3)``."""
         raw = self._raw_labels(image)
-        ids, areas = np.unique(raw, return_counts=True)
         min_pixels = self.min_area * raw.size if self.min_area < 1 else self.min_area
-        # Superpixels below min_area are left out; to_partition turns what they covered into
-        # remainder features (or merges it into the nearest superpixel) and makes ids contiguous.
-        kept = ids[areas >= min_pixels]
+        merged = _merge_small_segments(raw, min_pixels)
+        kept = np.unique(merged)  # each the id of a raw superpixel (with those merged into it)
         labels, sources = to_partition(
-            raw[None] == kept[:, None, None],
+            merged[None] == kept[:, None, None],
             shape=raw.shape,
             dilation=0,
-            min_area=self.min_area,
+            min_area=0,
             return_sources=True,
         )
-        raw_ids = np.full(sources.shape, -1, dtype=np.int64)
-        raw_ids[sources >= 0] = kept[sources[sources >= 0]]
-        return labels.numpy(), feature_table(labels.numpy(), source=raw_ids)
+        return labels.numpy(), feature_table(labels.numpy(), source=kept[sources])
 
 
 class GridSegmenter(Segmenter):

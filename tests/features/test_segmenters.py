@@ -80,10 +80,43 @@ def test_many_segments_asked_for_are_many_given(n_segments):
     assert all(0.7 * n_segments <= c <= 1.3 * n_segments for c in counts), counts
 
 
-def test_small_superpixels_are_merged():
+@pytest.mark.parametrize("method", ["slic", "felzenszwalb", "quickshift", "watershed"])
+@pytest.mark.parametrize(("n_segments", "min_area"), [(200, 0.01), (60, 0.02)])
+def test_small_superpixels_are_merged_into_neighbours(method, n_segments, min_area):
+    """Each superpixel below ``min_area`` joins a neighbour: many features, none a union of
+    left-out superpixels (was: they were dropped, and the pieces of their union at least
+    ``min_area`` became features; SLIC at 200 segments gave one feature, the whole image)."""
     images = natural_images(96)[:1]
-    mask = SuperpixelSegmenter(n_segments=200, min_area=0.01)(images)
-    assert torch.bincount(mask.flatten()).min() >= 0.01 * 96 * 96
+    segmenter = SuperpixelSegmenter(method, n_segments=n_segments, min_area=min_area)
+    result = segmenter.segment(images)
+    labels, table = result.mask[0, 0].numpy(), result.features[0]
+    assert table.area.min() >= min_area * 96 * 96
+    assert len(table) >= 10, table.area.tolist()
+    assert table.area.max() <= 0.25 * 96 * 96, table.area.tolist()
+    assert (table.source >= 0).all()  # every feature is a superpixel (with those it took in)
+    rgb = (images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    raw = segmenter._raw_labels(rgb)
+    for raw_id, feature in enumerate(table.source):  # each feature holds its raw superpixel
+        assert (labels[raw == feature] == raw_id).all()
+    pairs = np.unique(np.stack([raw.ravel(), labels.ravel()]), axis=1)
+    assert len(np.unique(pairs[0])) == pairs.shape[1]  # no superpixel is split between features
+
+
+def test_small_segments_merge_smallest_first_until_each_is_large_enough():
+    """A chain of small segments: merged one at a time, smallest first, each into the neighbour
+    with the longest shared border, until all reach ``min_pixels`` or one segment is left."""
+    from ctc_plugin.features.superpixel import _merge_small_segments
+
+    tiles = np.arange(16).reshape(4, 4).repeat(2, axis=0).repeat(2, axis=1)  # 16 tiles of 4 px
+    merged = _merge_small_segments(tiles, 8)
+    ids, areas = np.unique(merged, return_counts=True)
+    assert areas.min() >= 8 and 2 <= len(ids) <= 8
+    assert all(len(np.unique(merged[tiles == tile])) == 1 for tile in range(16))
+    assert len(np.unique(_merge_small_segments(tiles, 1000))) == 1  # one segment left
+    strip = np.array([[0, 0, 0, 0, 1, 2, 3, 3, 3]])  # 1 and 2: one pixel each, side by side
+    assert _merge_small_segments(strip, 2).tolist() == [[0, 0, 0, 0, 0, 0, 3, 3, 3]]
+    assert _merge_small_segments(strip, 0).tolist() == strip.tolist()
+    assert np.array_equal(_merge_small_segments(np.zeros((3, 3), int), 50), np.zeros((3, 3)))
 
 
 def test_grid_matches_independent_cells():
