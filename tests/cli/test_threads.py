@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from PIL import Image
@@ -26,6 +28,92 @@ def test_torch_threads_sets_the_count_inside_and_restores_it_after():
     with pytest.raises(ValueError, match="at most 1024, got 100000"), torch_threads(100000):
         pass  # the Python entry points (RunPlan's threads) too: torch crashed the process
     assert torch.get_num_threads() == before
+
+
+def _in_a_thread(count, leave):
+    """A thread in ``torch_threads(count)`` until ``leave`` is set; returned once inside."""
+    entered = threading.Event()
+
+    def run():
+        with torch_threads(count):
+            entered.set()
+            leave.wait(60)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert entered.wait(60)
+    return thread
+
+
+def _process_count():
+    """The count the process runs on: what a thread started now gets (a thread's own OpenMP
+    count is set for it, not for the others, by its own ``torch.set_num_threads``)."""
+    counts = []
+    thread = threading.Thread(target=lambda: counts.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return counts[0]
+
+
+@pytest.mark.parametrize("first_ends_first", [True, False])
+def test_overlapping_thread_counts_give_back_the_count_from_before_them(first_ends_first):
+    """``main`` in two threads with --threads 1 and --threads 2: torch's count is one for the
+    process. While both run it is the later one's; when one ends, the other's again; when both
+    have ended, the count from before them (was: whichever call's saved count came back last,
+    1 in both orders)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    leave = {1: threading.Event(), 2: threading.Event()}
+    threads = {}
+    try:
+        threads[1] = _in_a_thread(1, leave[1])
+        assert _process_count() == 1
+        threads[2] = _in_a_thread(2, leave[2])
+        assert _process_count() == 2  # the one that started last
+        first, second = (1, 2) if first_ends_first else (2, 1)
+        leave[first].set()
+        threads[first].join()
+        assert _process_count() == second  # the one still running
+        leave[second].set()
+        threads[second].join()
+        assert _process_count() == 3
+    finally:
+        for count, thread in threads.items():
+            leave[count].set()
+            thread.join()
+        torch.set_num_threads(before)
+
+
+def test_a_block_that_ends_gives_back_the_latest_running_count_even_if_equal_to_its_own():
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    leave = [threading.Event() for _ in range(3)]
+    threads = []
+    try:
+        for count, event in zip((2, 1, 2), leave):
+            threads.append(_in_a_thread(count, event))
+        for index, expected in ((2, 1), (1, 2), (0, 3)):  # the newest ends first
+            leave[index].set()
+            threads[index].join()
+            assert _process_count() == expected
+    finally:
+        for thread, event in zip(threads, leave):
+            event.set()
+            thread.join()
+        torch.set_num_threads(before)
+
+
+def test_nested_thread_counts_in_one_thread_unwind_in_order():
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with torch_threads(1):
+            with torch_threads(2), torch_threads(None) as count:
+                assert count == 2 == torch.get_num_threads()
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(
