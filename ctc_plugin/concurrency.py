@@ -13,7 +13,8 @@ Each model gets a readers-writer lock ([`lock_for`][ctc_plugin.concurrency.lock_
 read hold it shared and run at the same time; calls that change the model hold it exclusively, so no
 other call of this package sees the model half changed. Both are re-entrant within a thread (a call
 that changes the model may run one that reads it). The result of every call then equals its result
-in some sequential order of the calls.
+in some sequential order of the calls. In a forked child the locks keep only the forking thread's
+holds: the other threads' calls did not survive the fork and would never give theirs back.
 
 What the lock cannot cover: code outside this package that runs the model (a plain
 ``model(x)`` in another thread) takes no lock, and a composite registered outside a call
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -84,6 +86,22 @@ class ModelLock:
         self._writer_depth = 0
         self._waiting_writers = 0
         self._suspended_reads = 0  # the writer's reads, given back when its write ends
+        _MODEL_LOCKS.add(self)
+
+    def _forget_other_threads(self) -> None:
+        """In a forked child: drop what the threads that did not survive the fork held.
+
+        Only the forking thread lives on in the child; its own reads and write stay (it gives
+        them back as usual). Another thread's entry would never be given back, and the child's
+        first call that needs the model alone would wait for it forever. The mutex is made
+        anew: another thread may have held it at the fork.
+        """
+        me = threading.get_ident()
+        self._condition = threading.Condition(threading.Lock())
+        self._readers = {me: self._readers[me]} if me in self._readers else {}
+        if self._writer != me:
+            self._writer, self._writer_depth, self._suspended_reads = None, 0, 0
+        self._waiting_writers = 0  # the forking thread was not waiting
 
     def acquire_shared(self) -> None:
         """Take the lock for reading (wait while another thread writes or waits to)."""
@@ -166,6 +184,8 @@ class ModelLock:
 
 _LOCKS: dict[int, ModelLock] = {}
 _LOCKS_GUARD = threading.Lock()
+_MODEL_LOCKS: weakref.WeakSet[ModelLock] = weakref.WeakSet()  # every lock, for a forked child
+_PER_THREAD: weakref.WeakSet[PerThread] = weakref.WeakSet()
 
 
 def lock_for(obj: Any) -> ModelLock:
@@ -337,6 +357,7 @@ class PerThread:
         self._values: weakref.WeakKeyDictionary[Any, threading.local] = weakref.WeakKeyDictionary()
         self._guard = threading.Lock()
         self.name = "value"
+        _PER_THREAD.add(self)
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -353,3 +374,23 @@ class PerThread:
             if local is None:
                 local = self._values[obj] = threading.local()
         local.value = value
+
+
+def _after_fork_in_child() -> None:
+    """Free in a forked child what threads that did not survive the fork held.
+
+    Each `ModelLock` keeps only the forking thread's reads and write (another thread's would
+    never be given back: the child's first call that needs its model alone would wait
+    forever), and every mutex of this module is made anew (another thread may have held one at
+    the fork).
+    """
+    global _LOCKS_GUARD
+    _LOCKS_GUARD = threading.Lock()
+    for lock in list(_MODEL_LOCKS):
+        lock._forget_other_threads()
+    for attribute in list(_PER_THREAD):
+        attribute._guard = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
