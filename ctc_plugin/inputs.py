@@ -231,7 +231,8 @@ def check_inputs(
     ``tuples``, a non-empty tuple of tensors); that each is floating point; that each has a batch
     dimension; with ``images``, that the first is an image batch ``(N, C, H, W)`` (with
     ``channels`` channels, when given); that the batch is not empty and every tensor of a tuple
-    has the same batch size; and that no value is NaN or infinite.
+    has the same batch size; that each example holds values (an image at least one pixel); and
+    that no value is NaN or infinite.
 
     Args:
         inputs: What the user passed.
@@ -253,7 +254,8 @@ def check_inputs(
         TypeError: Not a tensor (nor, with ``tuples``, a tuple); the message says how to convert.
         ValueError: An empty tuple, a tensor on the meta device (no values), a dtype that is not
             floating point, no batch dimension, not an image batch, an empty batch, batch sizes
-            that differ, NaN or infinite values.
+            that differ, examples without values (a dimension of size 0: images of height or
+            width 0), NaN or infinite values.
     """
     is_tuple = isinstance(inputs, tuple)
     if is_tuple and not tuples:
@@ -304,10 +306,33 @@ def check_inputs(
                 f"all inputs must share dimension 0 (the batch): {names[0]} has {sizes[0]} "
                 f"examples but {label} has {size}"
             )
+    for index, (label, x) in enumerate(zip(names, members)):
+        if x.numel() == 0:  # the batch is not empty: each example is
+            raise _no_values_error(x, label, images and index == 0)
     if finite:
         for label, x in zip(names, members):
             _check_finite(x, label)
     return tuple(x.clone() if x.is_inference() else x for x in members)
+
+
+def _no_values_error(x: torch.Tensor, name: str, image: bool) -> ValueError:
+    """The refusal of a non-empty batch whose examples hold no value (an image of 0 pixels)."""
+    shape = tuple(x.shape)
+    if image:
+        _, channels, height, width = shape
+        what = (
+            f"has no pixels (height {height}, width {width})"
+            if height == 0 or width == 0
+            else f"has no channels (C = {channels})"
+        )
+        return ValueError(
+            f"{name} {what}, shape {shape}: every image needs at least one pixel in each of its "
+            "channels; check the crop or resize that made the images"
+        )
+    return ValueError(
+        f"{name} has no values, shape {shape}: every example needs at least one value (a "
+        "dimension of size 0 leaves none); check how the inputs were made"
+    )
 
 
 def check_has_values(tensor: torch.Tensor, name: str) -> None:

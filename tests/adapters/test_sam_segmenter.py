@@ -268,3 +268,11 @@ def test_a_model_not_in_float32_is_refused_when_built_and_a_given_model_has_no_t
     segmenter = SAMSegmenter(model=build_tiny_sam(), cache=None, model_type="vit_h")
     assert segmenter.model_type is None  # not read from a model given as it is
     assert "model_type=None" in repr(segmenter)
+
+
+def test_images_without_pixels_are_refused_before_sam_runs():
+    """Was: torch's ``min(): Expected reduction dim to be specified`` from the normalisation."""
+    segmenter = SAMSegmenter(model=build_tiny_sam(), cache=None, **GENERATOR)
+    for shape in ((1, 3, 0, 5), (1, 3, 5, 0)):
+        with pytest.raises(ValueError, match=r"images has no pixels \(height \d+, width \d+\)"):
+            segmenter(torch.rand(shape))

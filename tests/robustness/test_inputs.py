@@ -248,6 +248,45 @@ def test_segmenters_refuse_an_empty_batch_the_same_way(segmenter):
         SEGMENTERS[segmenter](images(2)[:0])
 
 
+#: Image batches of one or more images without a pixel (a crop or resize to nothing).
+NO_PIXELS = [(1, 3, 0, 5), (2, 3, 5, 0), (1, 3, 0, 0)]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_images_without_pixels_are_refused(method):
+    """Was: torch's errors from deep inside (``min(): Expected reduction dim to be specified``,
+    ``range() arg 3 must not be zero``)."""
+    for shape in NO_PIXELS:
+        # CTC and CTCAttributor check inputs of any shape: no values per example
+        refuses(method, torch.rand(shape), 1, ValueError, r"has no (pixels \(height \d+|values)")
+
+
+@pytest.mark.parametrize(
+    "segmenter",
+    [
+        *(SuperpixelSegmenter(method) for method in ("slic", "felzenszwalb", "quickshift")),
+        SuperpixelSegmenter("watershed"),
+        SuperpixelSegmenter(value_range="auto"),
+        GridSegmenter(2),
+    ],
+    ids=["slic", "felzenszwalb", "quickshift", "watershed", "slic-auto", "grid"],
+)
+def test_segmenters_refuse_images_without_pixels_the_same_way(segmenter):
+    for shape in NO_PIXELS:
+        with pytest.raises(ValueError, match=r"images has no pixels \(height \d+, width \d+\)"):
+            segmenter(torch.rand(shape))
+
+
+def test_inputs_without_values_are_refused_where_any_shape_is_taken():
+    """CTC with a feature mask takes inputs of any shape (N, ...): an example must hold a
+    value."""
+    for shape in ((2, 0), (1, 3, 0, 5)):
+        refuses("CTC-mask", torch.rand(shape), 1, ValueError, r"has no values")
+    for shape in ((2, 0), (2, 4, 0)):
+        with pytest.raises(ValueError, match=r"inputs\[1\] has no values"):
+            CTC(MODEL).attribute((images(2), torch.rand(shape)), target=1, feature_mask=MASK)
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=st.data(),
