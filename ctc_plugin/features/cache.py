@@ -18,7 +18,8 @@ Behaviour:
   marker, and entries that are not masks), is refused rather than written to, so that neither
   eviction nor ``clear`` can remove that program's entries. A mask cache of an earlier version
   (no marker, every entry a mask) gets its marker and is used; one without marker and without
-  entries is refused with a message that says to delete its ``cache.db``.
+  entries is refused with a message that says to delete its ``cache.db``, and so is a folder
+  with the marker whose ``cache.db`` is damaged (truncated, overwritten, not an index).
 - **Size cap.** The folder (index plus entries) is kept under ``max_bytes`` by removing the least
   recently used entries; the index itself takes a few tens of KiB.
 - **Shared use.** Several threads and processes may use one folder at the same time; an entry
@@ -425,13 +426,22 @@ class MaskCache:
         path = self.directory / _INDEX_NAME
         if not path.exists():
             return
+        marked = self._marked()
         foreign = (
-            f"its {_INDEX_NAME} is not a mask cache index, and is left alone; choose another "
-            "folder for the cache"
+            (
+                f"its {_INDEX_NAME} is not a mask cache index, though the folder's "
+                f"{_MARKER_NAME} shows it is a mask cache: the index is damaged and is left "
+                f"alone; delete {path} and the cache starts afresh (its masks are computed "
+                "again when next asked for), or choose another folder"
+            )
+            if marked
+            else (
+                f"its {_INDEX_NAME} is not a mask cache index, and is left alone; choose "
+                "another folder for the cache"
+            )
         )
         if not path.is_file():
             raise self._unusable(IsADirectoryError(), foreign)
-        marked = self._marked()
         try:
             uri = f"file:{quote(str(path.resolve()))}?mode=ro"
             with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=_LOCK_TIMEOUT)) as db:

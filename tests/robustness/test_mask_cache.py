@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import pickle
 import re
+import shutil
 import sqlite3
 import tempfile
 import warnings
@@ -240,6 +241,36 @@ def test_a_truncated_index_names_the_file_to_delete_and_is_left_alone(tmp_path: 
         MaskCache(folder).store(image_of(0), "settings", *entry_of(0))
     assert index.read_bytes() == damaged
     index.unlink()  # as the message says: the cache starts afresh
+    fresh = MaskCache(folder)
+    fresh.store(image_of(0), "settings", *entry_of(0))
+    assert same_entry(fresh.load(image_of(0), "settings"), 0)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda p: p.write_bytes(b"garbage" * 10), id="not-sqlite"),
+        pytest.param(_user_database, id="other-tables"),
+        pytest.param(lambda p: (p.mkdir(), (p / "inside.txt").write_text("x")), id="a-folder"),
+    ],
+)
+def test_a_damaged_index_in_a_marked_folder_names_the_file_to_delete(tmp_path: Path, damage):
+    """The marker shows the folder is a mask cache: its cache.db is the cache's own, damaged
+    (was: "not a mask cache index ... choose another folder", as for another program's)."""
+    folder = tmp_path / "cache"
+    cache = MaskCache(folder)
+    fill(cache, 3)
+    cache.close()
+    index = folder / "cache.db"
+    index.unlink()
+    for companion in folder.glob("cache.db-*"):
+        companion.unlink()
+    damage(index)
+    before = _folder_contents(folder)
+    with pytest.raises(MaskCacheError, match=r"ctc-plugin-mask-cache\.txt.*delete .*cache\.db"):
+        MaskCache(folder).store(image_of(0), "settings", *entry_of(0))
+    assert _folder_contents(folder) == before  # left alone until the user deletes it
+    shutil.rmtree(index) if index.is_dir() else index.unlink()
     fresh = MaskCache(folder)
     fresh.store(image_of(0), "settings", *entry_of(0))
     assert same_entry(fresh.load(image_of(0), "settings"), 0)
