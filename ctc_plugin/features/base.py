@@ -294,6 +294,13 @@ class Segmenter(ABC):
     RGB ``uint8`` image and [`settings`][ctc_plugin.features.base.Segmenter.settings] (everything
     that changes the result, used in cache keys).
 
+    A cache key (see [`settings_key`][ctc_plugin.features.base.Segmenter.settings_key]) knows a
+    subclass by its module and qualified name and its ``settings()``, not by its code: after
+    the code of a subclass of your own changes, a cache that holds its masks serves those of the
+    old code. Empty the cache then (``segmenter.cache.clear()``), or put a version in
+    ``settings()`` (``{"version": 2, ...}``) and raise it with each change that changes the
+    masks.
+
     Args:
         value_range: Range of the (un-normalised) pixel values, or ``"auto"``.
         mean: Per-channel mean the images were normalised with, if any.
@@ -339,7 +346,9 @@ class Segmenter(ABC):
 
         The versions are those of ``ctc-plugin``, ``numpy`` and the segmenter's
         ``result_libraries``. The normalisation is not part of it: the cache is keyed by the RGB
-        ``uint8`` image the segmenter actually sees.
+        ``uint8`` image the segmenter actually sees. Nor is the subclass's code: a change to it
+        that changes the masks needs a changed ``settings()`` (a version entry) or an emptied
+        cache.
         """
         payload = {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
