@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ctc_plugin.ctc.calls import arg, is_inplace, operation_name
 from ctc_plugin.ctc.errors import UnsupportedOperationError, over_dim_zero
@@ -269,6 +270,7 @@ def rescale(
         inplace = inplace_default or (
             read_inplace and (bool(kwargs.get("inplace", False)) or any(a is True for a in rest))
         )
+        rest, kwargs = _constant_arguments(ctx, func, args, kwargs, registered=not read_inplace)
         # The activation runs on a clone: an in-place variant must not overwrite the signal.
         origin = operation_name(func) if gate else None
 
@@ -281,6 +283,42 @@ def rescale(
 
     handle.elementwise = True  # type: ignore[attr-defined]  # calls func as it is: registrable
     return handle
+
+
+def _constant_arguments(
+    ctx: GatedPass, func: Callable, args: tuple, kwargs: dict, registered: bool
+) -> tuple[tuple, dict]:
+    """The arguments after the signal of a rescale gate's call, tensors aligned to the gate copy.
+
+    A rescale gate computes its activation of one signal, the first argument: the gate copy's
+    rows go in, and a constant tensor with one row per copy (``torch.ones_like(x)``) gives its
+    gate copy's rows (`_signal_and_constants`).
+
+    Raises:
+        UnsupportedOperationError: The first argument is no signal, or another one is (a
+            function of two signals, ``torch.atan2(a(x), b(x))``, registered like an
+            activation), naming the function and saying its other arguments must be constants.
+    """
+    x = args[0]
+    leaves, spec = tree_flatten((args[1:], kwargs))
+    if not ctx.is_propagated(x) or any(ctx.is_propagated(leaf) for leaf in leaves):
+        where = (
+            "another argument carries the feature copies too"
+            if ctx.is_propagated(x)
+            else "the feature copies are in another argument than the first"
+        )
+        raise UnsupportedOperationError(
+            operation_name(func),
+            f"{'a rule given with register_rule' if registered else 'its rule'} takes one "
+            f"signal argument, its first, and here {where}; other arguments must be constants "
+            "(numbers, parameters, buffers). A function of two signals needs a row of its own in "
+            "the table (the architecture page's 'How to support a new operation')",
+        )
+    at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+    _, aligned = _signal_and_constants(ctx, func, x, tuple(leaves[i] for i in at), "other argument")
+    for i, constant in zip(at, aligned):
+        leaves[i] = constant
+    return tree_unflatten(leaves, spec)
 
 
 def softmax(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:

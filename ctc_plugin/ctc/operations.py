@@ -11,8 +11,10 @@ rule there, from the user's own code; ``python -m ctc_plugin.ctc.operations`` pr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import threading
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -126,15 +128,114 @@ def seen_forms(function: Callable[..., Any]) -> dict[Any, bool]:
     return {function: is_inplace(function)}
 
 
+@functools.cache
+def _overridable() -> frozenset[Any]:
+    """The Python functions of torch (and tensor methods) that dispatch to a torch function mode."""
+    listed = torch.overrides.get_overridable_functions()
+    return frozenset(f for functions in listed.values() for f in functions)
+
+
+def _seen(function: Any) -> bool:
+    """Whether a CTC pass sees ``function`` called (its torch function mode is given it).
+
+    An operator, or a function of torch's that dispatches to torch function modes:
+    ``torch.atan``, ``torch.atan_``, ``Tensor.atan_``, ``F.silu``, ``Tensor.split``.
+    """
+    if _is_operator(function):
+        return True
+    if isinstance(function, types.BuiltinFunctionType):  # torch.atan, torch.atan_, torch._C._nn
+        owner = getattr(function, "__self__", None)
+        return not isinstance(owner, torch.Tensor) and (function.__module__ or "").startswith(
+            "torch"
+        )
+    objclass = getattr(function, "__objclass__", None)  # Tensor.atan, Tensor.__mul__
+    if isinstance(objclass, type) and issubclass(objclass, torch._C.TensorBase):
+        return True
+    try:
+        return function in _overridable()  # F.silu, Tensor.split: Python functions of torch's
+    except TypeError:  # unhashable
+        return False
+
+
+def _torch_function_named(name: str) -> str:
+    """How to write the torch function called ``name``: ``torch.tanh``, or ``F``'s full name."""
+    if callable(getattr(torch, name, None)):
+        return f"torch.{name}"
+    if callable(getattr(torch.nn.functional, name, None)):
+        return f"torch.nn.functional.{name}"
+    return f"the torch function {name}"
+
+
+_SEE_CALLS = (
+    "the pass sees the torch functions {it} calls, never {what} itself; register those (for "
+    "one that calls torch.atan: register_rule(torch.atan, like=torch.tanh)), or make "
+    "the computation a custom operator (torch.library.custom_op) and register that"
+)
+
+
+def _unseen(function: Any) -> str | None:
+    """Why a CTC pass never sees ``function`` called, with what to register; ``None`` if it does."""
+    if _seen(function):
+        return None
+    name = getattr(function, "__qualname__", None) or getattr(function, "__name__", None)
+    if isinstance(function, torch.nn.Module):
+        return f"{type(function).__name__} is a module: " + _SEE_CALLS.format(
+            it="its forward", what="the module"
+        )
+    if isinstance(function, type) and issubclass(function, torch.nn.Module):
+        return f"{name} is a module class: " + _SEE_CALLS.format(
+            it="its forward", what="the module"
+        )
+    if isinstance(function, functools.partial):
+        wrapped = function.func
+        if _seen(wrapped):
+            wrapped = operation_name(wrapped)
+            return (
+                f"the function given is a functools.partial of {wrapped}: the pass sees {wrapped} "
+                f"called, never the partial; register {wrapped} (its rule serves every call)"
+            )
+        return "the function given is a functools.partial: " + _SEE_CALLS.format(
+            it="it", what="the partial"
+        )
+    owner = getattr(function, "__self__", None)
+    if isinstance(owner, torch.Tensor):  # x.atan: a method bound to one tensor
+        return (
+            f"{function!r} is a method of one tensor: register torch.Tensor.{function.__name__}, "
+            "which serves every tensor's"
+        )
+    if inspect.ismethod(function):
+        what = "a module" if isinstance(owner, torch.nn.Module) else "an object"
+        return f"{name} is a method of {what}: " + _SEE_CALLS.format(it="it", what="the method")
+    module = getattr(function, "__module__", None) or type(function).__module__
+    if not module.startswith("torch"):
+        if inspect.isfunction(function):
+            return f"{name} is a Python function: " + _SEE_CALLS.format(
+                it="it", what="the function"
+            )
+        shown = f"{module}.{name}" if name else repr(function)
+        return (
+            f"{shown} computes outside torch (the pass sees only torch functions called on its "
+            "tensors): call its torch equivalent in the model and register that "
+            f"({_torch_function_named(getattr(function, '__name__', '?'))})"
+        )
+    return (
+        f"{module}.{name} is no function a CTC pass sees called (it does not dispatch to torch's "
+        "function modes): register the torch functions it calls, or a torch function, tensor "
+        "method or torch.library custom operator"
+    )
+
+
 def register_rule(
     function: Callable[..., Any], *, like: Callable[..., Any], inplace: bool | None = None
 ) -> RegisteredRule:
     """Let CTC propagate copies through ``function`` with the rule of the table's ``like``.
 
     For an elementwise activation without a row, a torch function, tensor method or
-    ``torch.library`` custom operator (what the pass sees: a Python function of your own is
-    not seen, only the torch calls inside it) that computes
-    what an activation of the table computes, with its arguments in the same places:
+    ``torch.library`` custom operator (what the pass sees: a Python function, module or
+    ``functools.partial`` of your own is not seen, only the torch calls inside it) that computes
+    what an activation of the table computes, of one signal, its first argument (the others
+    must be constants: numbers, parameters, buffers; a call with the feature copies in another
+    argument is refused by the pass), with its arguments in the same places:
     ``register_rule(torch.atan, like=torch.tanh)`` (a squashing activation: a rescale gate,
     and a gate tensor for the products it enters), ``register_rule(torch.ops.mylib.swish,
     like=torch.nn.functional.silu)`` (a custom operator, see ``torch.library``). ``like``'s rule
@@ -172,19 +273,24 @@ def register_rule(
         takes the rule away (or use it as a context manager).
 
     Raises:
-        TypeError: ``function`` is not callable, or a Python function outside torch (the pass
-            never sees it called).
+        TypeError: ``function`` is not callable, or not seen called by the pass: a Python
+            function or method, an ``nn.Module`` or its class (register the torch functions its
+            forward calls), a ``functools.partial`` (register the function it wraps), a
+            function of ``math`` or NumPy (register its torch equivalent), a method bound to one
+            tensor (register the ``torch.Tensor`` method); or ``like`` is a name, not the
+            function (``like=torch.tanh``, not ``"tanh"``).
         ValueError: ``like`` is no elementwise activation of the table, ``function`` has
             a rule already (of the table, or registered: remove that first), or
             ``inplace=False`` is said of a function whose name says it writes in place.
     """
     if not callable(function):
         raise TypeError(f"function must be callable, got {type(function).__name__}")
-    if inspect.isfunction(function) and not function.__module__.partition(".")[0] == "torch":
+    unseen = _unseen(function)
+    if unseen is not None:
+        raise TypeError(unseen)
+    if isinstance(like, str):
         raise TypeError(
-            f"{function.__qualname__} is a Python function: the pass sees the torch functions "
-            "it calls, never the function itself; register those, or make it a custom operator "
-            "(torch.library.custom_op) and register that"
+            f"like= takes the function ({_torch_function_named(like)}), not its name {like!r}"
         )
     row = table_row(like)
     if row is None or not getattr(row.handler, "elementwise", False):

@@ -8,6 +8,10 @@ full input's value. Wrong registrations are refused with what to do, and a remov
 
 from __future__ import annotations
 
+import functools
+import math
+
+import numpy
 import pytest
 import torch
 from torch import nn
@@ -255,3 +259,97 @@ def test_an_aten_in_place_operator_is_in_place_by_its_name():
     assert set(seen_forms(torch.ops.aten.atan).values()) == {False}
     with pytest.raises(ValueError, match="writes its result into its input"):
         register_rule(torch.ops.aten.atan_.default, like=torch.tanh, inplace=False)
+
+
+class _AtanModule(nn.Module):
+    """atan as a module: the pass sees ``torch.atan`` called in its forward, never the module."""
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.atan(t)
+
+
+_UNSEEN = {
+    "module": (_AtanModule(), r"_AtanModule is a module: the pass sees the torch functions its"),
+    "module-class": (_AtanModule, r"_AtanModule is a module class: the pass sees the torch"),
+    "bound-forward": (_AtanModule().forward, r"_AtanModule.forward is a method of a module"),
+    "partial": (functools.partial(torch.atan), r"partial of torch.atan: .*; register torch.atan"),
+    "math": (math.atan, r"math.atan computes outside torch.*register that \(torch.atan\)"),
+    "numpy": (numpy.arctan, r"numpy.arctan computes outside torch.*that \(torch.arctan\)"),
+    "tensor-method": (torch.zeros(1).atan, r"method of one tensor: register torch.Tensor.atan"),
+    "torch-python-function": (
+        torch.nn.init.calculate_gain,
+        r"torch.nn.init.calculate_gain is no function a CTC pass",
+    ),
+}
+
+
+@pytest.mark.parametrize(("unseen", "advice"), list(_UNSEEN.values()), ids=list(_UNSEEN))
+def test_callables_the_pass_never_sees_are_refused_with_what_to_register(unseen, advice):
+    """They were accepted, and a model calling them still failed at attribute."""
+    with pytest.raises(TypeError, match=advice):
+        register_rule(unseen, like=torch.tanh)
+    assert rule_for(unseen) is None
+
+
+def test_like_takes_the_function_not_its_name():
+    with pytest.raises(TypeError, match=r"like= takes the function \(torch.tanh\), not its name"):
+        register_rule(torch.atan, like="tanh")
+    with pytest.raises(TypeError, match=r"like= takes the function \(torch.nn.functional.silu\)"):
+        register_rule(torch.atan, like="silu")
+    assert rule_for(torch.atan) is None
+
+
+class _TwoSignals(nn.Module):
+    """``torch.atan2`` of two convolutions of the input (or of one and ``second``'s tensor)."""
+
+    def __init__(self, second: str = "signal") -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.head, self.second = nn.Linear(4, 2), second
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        other = {
+            "signal": lambda: self.b(x),
+            "ones": lambda: torch.ones_like(h),
+            "keyword": lambda: self.b(x),
+        }[self.second]()
+        if self.second == "keyword":
+            return self.head(torch.atan2(h, other=other).mean(dim=(2, 3)))
+        return self.head(torch.atan2(h, other).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("shortcut", [True, False], ids=["gradient-shortcut", "copies"])
+@pytest.mark.parametrize("mode", ["none", "proportional", "reference"])
+@pytest.mark.parametrize("second", ["signal", "keyword"])
+def test_a_registered_function_of_two_signals_is_refused(setting, mode, shortcut, second):
+    """``atan2(a(x), b(x))`` registered like tanh: "none" returned scores (the second signal's
+    copies passed to the gate copy's activation), "proportional" a batch-size ValueError."""
+    from ctc_plugin.ctc.speedups import Speedups
+
+    _, x, mask = setting
+    torch.manual_seed(0)
+    model = _TwoSignals(second).double().eval()
+    ctc = CTC(model, bias_sharing=mode)
+    ctc._speedups = Speedups(gradient_shortcut=shortcut)
+    with register_rule(torch.atan2, like=torch.tanh):
+        with pytest.raises(
+            UnsupportedOperationError, match=r"through torch\.atan2 in the model"
+        ) as error:
+            ctc.attribute(x, 1, feature_mask=mask)
+    assert "takes one signal argument, its first" in str(error.value)
+    assert "other arguments must be constants" in str(error.value)
+
+
+@pytest.mark.parametrize("mode", ["none", "proportional", "reference"])
+def test_a_constant_second_argument_with_one_row_per_copy_is_read_at_the_gate_copy(setting, mode):
+    """``atan2(h, torch.ones_like(h))`` is ``atan(h)``: its constant has one row per copy."""
+    _, x, mask = setting
+    torch.manual_seed(0)
+    model = _TwoSignals("ones").double().eval()
+    with register_rule(torch.atan2, like=torch.tanh):
+        got = CTC(model, bias_sharing=mode).attribute(x, 1, feature_mask=mask)
+    model.forward = lambda t: model.head(torch.atan(model.a(t)).mean(dim=(2, 3)))
+    with register_rule(torch.atan, like=torch.tanh):
+        expected = CTC(model, bias_sharing=mode).attribute(x, 1, feature_mask=mask)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
