@@ -619,7 +619,8 @@ def check_takes_images(forward_func: Callable[..., Any]) -> None:
 def changes_in_training(module: torch.nn.Module) -> bool:
     """Whether ``module`` runs in training mode and would then change itself or be random.
 
-    BatchNorm, dropout (``p > 0``; ``p = 0`` is the identity), stochastic depth (torchvision's
+    BatchNorm (with running statistics: one without computes the same in either mode),
+    dropout (``p > 0``; ``p = 0`` is the identity), stochastic depth (torchvision's
     ``StochasticDepth``, timm's and Hugging Face's ``DropPath`` classes, with a nonzero rate),
     InstanceNorm with running statistics, recurrent layers (LSTM, GRU, RNN) with dropout between
     their layers, and spectral normalisation (its power iteration updates its vectors:
@@ -632,12 +633,29 @@ def changes_in_training(module: torch.nn.Module) -> bool:
 def _changes_when_training(module: torch.nn.Module) -> bool:
     """Whether ``module`` would change itself or be random in training mode (whatever it is in)."""
     return (
-        isinstance(module, (*BATCH_NORM_TYPES, _SpectralNorm))
+        (isinstance(module, BATCH_NORM_TYPES) and not _batch_statistics_only(module))
+        or isinstance(module, _SpectralNorm)
         or (isinstance(module, _DropoutNd) and module.p > 0)  # p = 0: the identity
         or _drops_paths(module)
         or (isinstance(module, _InstanceNorm) and module.track_running_stats)
         or (isinstance(module, torch.nn.RNNBase) and module.dropout > 0 and module.num_layers > 1)
         or any(isinstance(hook, SpectralNormHook) for hook in module._forward_pre_hooks.values())
+    )
+
+
+def _batch_statistics_only(module: torch.nn.Module) -> bool:
+    """Whether a BatchNorm has no running statistics: it computes the same in either mode.
+
+    Without them (``track_running_stats=False``) it normalises every batch by that batch's own
+    statistics in eval mode too, and has nothing to update in training mode: ``model.eval()``
+    changes nothing, so its training mode is not refused (each method says what it makes of
+    batch statistics). ``SyncBatchNorm`` is not spared: in training mode it gathers the
+    statistics of every process.
+    """
+    return (
+        module.running_mean is None
+        and module.running_var is None
+        and not isinstance(module, torch.nn.SyncBatchNorm)
     )
 
 

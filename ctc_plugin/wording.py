@@ -18,6 +18,7 @@ __all__ = [
     "agreeing",
     "are",
     "caller_stacklevel",
+    "with_article",
     "counted",
     "first_names",
     "known_name",
@@ -61,6 +62,15 @@ def agreeing(count: int, one: str, several: str) -> str:
         '2 files have names'
     """
     return one if count == 1 else several
+
+
+def with_article(noun: str) -> str:
+    """``noun`` after ``a``, or ``an`` where it starts with a vowel: ``a Conv2d``, ``an Atan``.
+
+    By the letter, not the sound (``an Unfold``, ``a Upsample`` would need a dictionary): names
+    of classes read well enough so.
+    """
+    return f"{'an' if noun[:1].lower() in 'aeiou' and noun else 'a'} {noun}"
 
 
 def first_names(names: Sequence[str]) -> str:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ctc_plugin.wording import agreeing, are, counted, first_names, known_name
+from ctc_plugin.wording import agreeing, are, counted, first_names, known_name, with_article
 
 
 def test_counted_is_singular_for_one_only():
@@ -41,3 +41,8 @@ def test_agreeing_takes_the_singular_for_one_only():
     assert [agreeing(n, "has a name", "have names") for n in (0, 1, 2)] == [
         "have names", "has a name", "have names",
     ]  # fmt: skip
+
+
+def test_with_article_takes_an_before_a_vowel():
+    assert with_article("Atan") == "an Atan" and with_article("Conv2d") == "a Conv2d"
+    assert with_article("identity") == "an identity"

@@ -628,7 +628,7 @@ class CTC(Attribution):
                 if not _is_inference_tensor_error(error):
                     raise
                 return None  # weights made under torch.inference_mode(): no graph through them
-            logits = check_pass_output(gated, logits)
+            logits = check_pass_output(gated, logits, self.forward_func)
             if own_backward(None, [logits]) is not None:
                 return None  # a custom autograd.Function made the output
             indices = resolve_targets(target, logits.detach())
@@ -693,7 +693,7 @@ class CTC(Attribution):
         with torch.no_grad():
             with CTCMode(gated, self.forward_func):
                 logits = self.forward_func(*batch, *extra)
-            return check_pass_output(gated, logits)
+            return check_pass_output(gated, logits, self.forward_func)
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -442,7 +442,7 @@ class _HookedCTC(CTC):
         with torch.no_grad():
             with hooked_pass(gated, self.functional, self.forward_func):
                 logits = self.forward_func(*batch, *extra)
-            logits = check_pass_output(gated, logits)
+            logits = check_pass_output(gated, logits, self.forward_func)
         grouped = gated.layout.group(logits)
         weights = self.batch_weights[self._group].to(grouped.dtype)
         weighted = (grouped * weights.unsqueeze(1)).flatten(2).sum(dim=2)

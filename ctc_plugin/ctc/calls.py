@@ -6,6 +6,7 @@ registration of rules need to know of a call, before any rule applies.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +50,19 @@ def operation_name(func: Callable[..., Any]) -> str:
         return f"torch.nn.functional.{getattr(func, '__name__', 'max_pool')}"
     if module in (None, "torch._C._nn"):
         return f"torch.nn.functional.{name}"
-    return f"{module}.{name}"
+    return f"{module}.{_public(name, func, module)}"
+
+
+def _public(name: str, func: Callable[..., Any], module: str) -> str:
+    """``name`` without its leading ``_`` where the module holds ``func`` under that name too.
+
+    ``F.threshold`` is the function ``F._threshold``: messages name what users call.
+    """
+    public = name[1:]
+    if name.startswith("_") and not name.startswith("__") and public.isidentifier():
+        if getattr(sys.modules.get(module), public, None) is func:
+            return public
+    return name
 
 
 def is_inplace(func: Callable[..., Any]) -> bool:

@@ -324,7 +324,7 @@ def _running_norm(gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch
     mean = getattr(module, "running_mean", None)
     var = getattr(module, "running_var", None)
     running = mean is not None and var is not None
-    refuse_batch_statistics(type(module).__name__, module.training, running)
+    refuse_batch_statistics(type(module).__name__, module.training, running, module)
     return gated.running_norm(x, mean, var, module.weight, module.bias, module.eps)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
+from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.ctc.calls import arg, is_inplace, operation_name, with_arg
 from ctc_plugin.ctc.copy_axis import (
     REDUCTIONS,
@@ -98,33 +99,80 @@ def batch_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> tor
     x = args[0]
     mean, var, weight, bias, training, eps = running_norm_args(args, kwargs, "training", False)
     refuse_batch_statistics(
-        "torch.nn.functional.batch_norm", training, running=mean is not None and var is not None
+        "torch.nn.functional.batch_norm",
+        training,
+        running=mean is not None and var is not None,
+        module=_calling_module(),
     )
     return ctx.running_norm(x, mean, var, weight, bias, eps)
 
 
-def refuse_batch_statistics(operation: str, training: bool, running: bool) -> None:
+def _calling_module() -> torch.nn.Module | None:
+    """The module whose code made the call a handler serves (read off the stack), or ``None``."""
+    from ctc_plugin.ctc.interception import running_module_object  # it dispatches to handlers
+
+    return running_module_object()
+
+
+def refuse_batch_statistics(
+    operation: str, training: bool, running: bool, module: torch.nn.Module | None
+) -> None:
     """Refuse a normalisation by the batch's statistics, saying what to do.
 
-    Without running statistics (``track_running_stats=False``) it normalises by the batch's
-    even in eval mode: ``model.eval()`` does not help. With them, in training mode it does.
+    A BatchNorm module without running statistics (``track_running_stats=False``) normalises by
+    the batch's even in eval mode: ``model.eval()`` does not help; a functional call without
+    them (``running_mean=None``) is told to pass them. With them, a BatchNorm in training mode
+    is told to call ``model.eval()``, and any other call with ``training=True`` (a forward
+    that passes it itself) that ``model.eval()`` does not change it.
+
+    Args:
+        operation: The operation's name, for the message.
+        training: The call normalises by the batch's statistics (``training=True``).
+        running: It was given running statistics.
+        module: The module that made the call (a BatchNorm module, or ``None`` for none).
 
     Raises:
         UnsupportedOperationError: Where ``training`` or not ``running``.
     """
+    is_batch_norm = isinstance(module, BATCH_NORM_TYPES)
+    mixes = "the statistics of the batch, which mix the examples and the copies"
+    if not running and is_batch_norm:
+        raise UnsupportedOperationError(
+            operation,
+            f"it has no running statistics (track_running_stats=False), so even in eval mode it "
+            f"normalises with {mixes}; give it running statistics (track_running_stats=True, "
+            "estimated on training data), or use a normalisation per example (GroupNorm, "
+            "LayerNorm, InstanceNorm)",
+        )
     if not running:
         raise UnsupportedOperationError(
             operation,
-            "it has no running statistics (track_running_stats=False), so even in eval mode it "
-            "normalises with the statistics of the batch, which mix the examples and the copies; "
-            "give it running statistics (track_running_stats=True, estimated on training data), "
-            "or use a normalisation per example (GroupNorm, LayerNorm, InstanceNorm)",
+            "it is called without running statistics (running_mean and running_var None), so "
+            f"it normalises with {mixes}, in any mode; pass running statistics (buffers "
+            "estimated on training data) with training=False, or use a normalisation per "
+            "example (F.group_norm, F.layer_norm, F.instance_norm)",
         )
     if training:
         raise UnsupportedOperationError(
             operation,
-            "it normalises with batch statistics in training mode; call model.eval() first",
+            training_call_refusal("normalises with batch statistics", module),
         )
+
+
+def training_call_refusal(what: str, module: torch.nn.Module | None) -> str:
+    """Why a call with ``training=True`` is refused (``what`` it does then), and what to do.
+
+    The call of a module in training mode (``nn.Dropout``, or ``training=self.training``) is
+    told to call ``model.eval()``; one made in a module in eval mode, or outside any module,
+    passes ``training=True`` itself, which ``model.eval()`` does not change.
+    """
+    if module is not None and module.training:
+        return f"it {what} in training mode; call model.eval() first"
+    return (
+        f"it is called with training=True, so it {what} whatever the model's mode "
+        "(model.eval() does not change it); call it with training=self.training, as torch's "
+        "modules do, or leave it out"
+    )
 
 
 def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
@@ -540,10 +588,17 @@ def concatenate(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> to
 
 
 def dropout(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    """Dropout in eval mode (or of ``p = 0``) is the identity; in training mode it is refused."""
+    """Dropout in eval mode (or of ``p = 0``) is the identity; in training mode it is refused.
+
+    Raises:
+        UnsupportedOperationError: ``training=True`` (``F.dropout``'s default) and ``p > 0``:
+            a module in training mode is told to call ``model.eval()``, a call that passes
+            ``training=True`` itself that ``model.eval()`` does not change it.
+    """
     if arg(args, kwargs, 2, "training", True) and arg(args, kwargs, 1, "p", 0.5) > 0:
         raise UnsupportedOperationError(
-            operation_name(func), "dropout is random in training mode; call model.eval() first"
+            operation_name(func),
+            training_call_refusal("drops units at random", _calling_module()),
         )
     return args[0]
 

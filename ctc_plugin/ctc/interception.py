@@ -25,6 +25,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
@@ -70,6 +71,7 @@ from ctc_plugin.ctc.operation_table import (
 from ctc_plugin.ctc.operations import rule_for
 from ctc_plugin.ctc.rules import REFUSED_ATTRIBUTE, BatchDimensionError, GatedPass
 from ctc_plugin.inputs import RANDOM_FUNCTIONS, changes_in_training, training_mode_error
+from ctc_plugin.wording import with_article
 
 #: What `CTCMode._gate_only_reading` returns where a rule refuses gate-only operands.
 REFUSED = object()
@@ -371,7 +373,44 @@ class CTCMode(TorchFunctionMode):
         kwargs: dict,
         propagated: list[Tensor],
     ) -> Any:
-        """Apply ``row``'s rule to a call with ``propagated`` operands (or refuse it)."""
+        """Apply ``row``'s rule to a call with ``propagated`` operands (or refuse it).
+
+        Each gate-only tensor of the result is noted where it was made (`_placed`).
+        """
+        marks = [self.gated_pass.gate_mark(t) for t in propagated]
+        out = self._apply_rule(func, row, args, kwargs, propagated)
+        return self._placed(func, out, marks)
+
+    def _placed(self, func: Callable[..., Any], out: Any, marks: list[Any]) -> Any:
+        """``out``, its new gate-only marks noting where their origin ran (`GateMark`).
+
+        A mark of an operand's origin carried on by ``func`` keeps that origin's module and
+        names ``func`` as the last operation it went through; a mark ``func`` made itself
+        takes the module whose code called ``func``. Marks passed on as they were (a view,
+        the identity) stay as they are.
+        """
+        ctx = self.gated_pass
+        source = next((mark for mark in marks if mark is not None and mark.only), None)
+        for leaf in tree_flatten(out)[0]:
+            mark = ctx.gate_mark(leaf)
+            if mark is None or not mark.only or mark.module is not None or mark.through:
+                continue
+            if source is not None and source.origin == mark.origin:
+                placed = replace(mark, module=source.module, through=operation_name(func))
+            else:
+                placed = replace(mark, module=running_module_object())
+            ctx.keep_mark(leaf, placed)
+        return out
+
+    def _apply_rule(
+        self,
+        func: Callable[..., Any],
+        row: OperationRule | None,
+        args: tuple,
+        kwargs: dict,
+        propagated: list[Tensor],
+    ) -> Any:
+        """`_apply` without noting where gate-only marks were made."""
         ctx = self.gated_pass
         marks = [ctx.gate_mark(t) for t in propagated]
         all_gates = all(mark is not None for mark in marks)
@@ -592,7 +631,7 @@ class CTCMode(TorchFunctionMode):
                 return value[(None,) * (rank - value.dim())].movedim(axis, 0)
             moved = ctx.tag(value[(None,) * (rank - value.dim())].movedim(axis, 0))
             mark = ctx.gate_mark(value)
-            return moved if mark is None else ctx.mark_gate(moved, mark.origin, mark.only)
+            return ctx.keep_mark(moved, mark)
 
         moved_args, moved_kwargs = tree_map(to_front, (args, kwargs))
         out = self._route(func, moved_args, moved_kwargs)
@@ -606,7 +645,7 @@ class CTCMode(TorchFunctionMode):
                 result = ctx.tag(args[0], ctx.copy_axis(args[0]))
             else:  # contiguous, as the operation returns it
                 result = ctx.tag(value.movedim(0, axis).contiguous(), axis)
-            return result if mark is None else ctx.mark_gate(result, mark.origin, mark.only)
+            return ctx.keep_mark(result, mark)
 
         return tree_map(back, out)
 
@@ -819,7 +858,7 @@ def module_of_frames(frames: Iterable[FrameType]) -> nn.Module | None:
 def module_name(model: Any, module: nn.Module | None) -> str | None:
     """``module`` as ``"path (Type)"`` within ``model`` (a module or a bound method of one).
 
-    ``"a Type module"`` where it is not in ``model``; ``None`` for no module.
+    ``"a Type module"`` (``"an Atan module"``) where it is not in ``model``; ``None`` for no module.
     """
     if module is None:
         return None
@@ -829,4 +868,4 @@ def module_name(model: Any, module: nn.Module | None) -> str | None:
         for name, candidate in root.named_modules():
             if candidate is module:
                 return f"{name} ({kind})" if name else f"the model ({kind})"
-    return f"a {kind} module"
+    return f"{with_article(kind)} module"

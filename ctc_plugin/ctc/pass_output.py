@@ -49,7 +49,7 @@ def check_finite_scores(scores: torch.Tensor, output: torch.Tensor) -> None:
         )
 
 
-def check_pass_output(gated: GatedPass, logits: Any) -> torch.Tensor:
+def check_pass_output(gated: GatedPass, logits: Any, model: Any = None) -> torch.Tensor:
     """A pass's output as per-copy values; refused (with what to change) where it is none.
 
     The output must have come out of the operations the pass followed on the copies (it carries
@@ -80,20 +80,38 @@ def check_pass_output(gated: GatedPass, logits: Any) -> torch.Tensor:
     logits = materialise(logits)
     mark = gated.gate_mark(logits)
     if mark is not None and mark.only:
-        raise UnsupportedOperationError(mark.origin, _gate_only_output(mark.origin), at_output=True)
+        from ctc_plugin.ctc.interception import module_name  # it imports the rules here
+
+        raise UnsupportedOperationError(
+            mark.origin,
+            _gate_only_output(mark.origin, mark.through),
+            module_name(model, mark.module),
+            at_output=mark.through is None,
+        )
     return logits
 
 
-def _gate_only_output(origin: str) -> str:
-    """Why an output that is a gate-only tensor made by ``origin`` is refused, and what to do."""
-    reason = (
-        "the model's output comes out of it, a gate tensor computed for the full image only "
-        "(a softmax, a product of two gate tensors such as tanh(h) * tanh(h), a square, "
-        "variance or norm of the signal, a comparison, or the signal plus one of these), so "
-        "every copy holds the full image's value, not the "
-        "feature's contribution; such a tensor may only multiply or divide the signal, or be "
-        "the condition of torch.where"
+def _gate_only_output(origin: str, through: str | None) -> str:
+    """Why an output that is a gate-only tensor made by ``origin`` is refused, and what to do.
+
+    ``through``: the last operation between ``origin``'s output and the model's, ``None``
+    where the output is ``origin``'s own.
+    """
+    kinds = (
+        "a gate tensor computed for the full image only (a softmax, a product of two gate "
+        "tensors such as tanh(h) * tanh(h), a square, variance or norm of the signal, a "
+        "comparison, or the signal plus one of these), so every copy holds the full image's "
+        "value, not the feature's contribution; such a tensor may only multiply or divide the "
+        "signal, or be the condition of torch.where"
     )
+    if through is not None:
+        return (
+            f"the model's output is computed from its output (last through {through}), {kinds}, "
+            "and here the layers after it read it as their input: CTC cannot explain this "
+            "model as it is; explain it with a method that takes any model (feature ablation, "
+            "LIME), or one in which it only scales the signal (as a gate)"
+        )
+    reason = f"the model's output comes out of it, {kinds}"
     if origin.endswith("softmax"):
         return (
             f"{reason}: explain the logits before the softmax (for example with a forward "

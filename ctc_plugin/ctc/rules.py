@@ -108,10 +108,18 @@ class GateMark:
             rows are no copies of a signal, so it may serve as a gate and as nothing else, unless
             it stands for a product of two signals whose copies are computed when read as a
             signal ([`ctc_plugin.ctc.deferred`][ctc_plugin.ctc.deferred]).
+        module: For a gate-only tensor, the module whose code ran ``origin`` (named where the
+            model's output is refused), once [`CTCMode`][ctc_plugin.ctc.attribution.CTCMode]
+            noted it; ``None`` before or where none ran it.
+        through: For a gate-only tensor computed from ``origin``'s output by later operations
+            (a convolution after ``nn.Softmax2d``), the last of them; ``None`` for ``origin``'s
+            own output.
     """
 
     origin: str
     only: bool = False
+    module: Any = field(default=None, compare=False)
+    through: str | None = None
 
 
 class BatchDimensionError(ValueError):
@@ -240,6 +248,12 @@ class GatedPass(GateRules, NormalisationRules):
         setattr(tensor, GATE_ATTRIBUTE, GateMark(origin=origin, only=only))
         return tensor
 
+    def keep_mark(self, tensor: torch.Tensor, mark: GateMark | None) -> torch.Tensor:
+        """Give ``tensor`` (which stands for the tensor that carried ``mark``) that mark."""
+        if mark is not None:
+            setattr(tensor, GATE_ATTRIBUTE, mark)
+        return tensor
+
     def tag_like(self, result: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """Tag ``result`` as holding ``source``'s copies, along its dim, with its gate mark.
 
@@ -249,7 +263,7 @@ class GatedPass(GateRules, NormalisationRules):
         """
         axis, mark = self.copy_axis(source), self.gate_mark(source)
         self.tag(result, axis)
-        return result if mark is None else self.mark_gate(result, mark.origin, mark.only)
+        return self.keep_mark(result, mark)
 
     # ------------------------------------------------------------------ provenance
     def left_torch(self, operation: str) -> None:

@@ -3,7 +3,7 @@
 ``scaled_dot_product_attention(q(h), k(h), v)`` with a learned ``v`` is the full pass's
 probabilities times a constant: no copy carries a part of it of its own, so it is a gate-only
 tensor (every copy the full pass's value), like the product of gate tensors and constants. A
-model whose output comes out of it is refused by name (its logit has no feature contributions
+model whose output is computed from it is refused by name (its logit has no feature contributions
 to add up to); one that multiplies the signal by it gets the full pass's factor in every copy.
 """
 
@@ -45,7 +45,7 @@ def _case(gated: bool):
 
 def test_an_output_from_the_attention_of_a_constant_value_is_refused_by_name() -> None:
     model, x, mask = _case(gated=False)
-    assert_refused(model, "the model's output comes out of it", x=x, mask=mask)
+    assert_refused(model, "the model's output is computed from its output", x=x, mask=mask)
 
 
 def test_the_attention_of_a_constant_value_gates_the_signal_and_adds_up() -> None:

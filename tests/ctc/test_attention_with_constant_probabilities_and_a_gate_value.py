@@ -7,7 +7,7 @@ tensor that is also a signal (its copies are the rule's rescaled copies, as a li
 them): the attention of it must mix each copy's rows, so the ``"proportional"`` scores add up to
 the logit, as they do for the same model without the attention. A softmax of the signal is
 gate-only (every copy holds the full pass's value): the attention of it is gate-only too, and
-a model whose output comes out of it is refused by name, not given scores that do not add up.
+a model whose output is computed from it is refused by name, not given scores that do not add up.
 """
 
 from __future__ import annotations
@@ -79,4 +79,4 @@ def test_the_attention_of_a_sigmoid_of_the_signal_adds_up(activation, queries) -
 @pytest.mark.parametrize("queries", list(QUERIES))
 def test_the_attention_of_a_softmax_of_the_signal_is_gate_only_and_refused_as_the_output(queries):
     model, x, mask = _case(lambda h: torch.softmax(h, dim=-1), queries)
-    assert_refused(model, "the model's output comes out of it", x=x, mask=mask)
+    assert_refused(model, "the model's output is computed from its output", x=x, mask=mask)

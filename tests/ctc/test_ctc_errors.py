@@ -172,12 +172,17 @@ class _Einsum(nn.Module):
         (_Rounding("trunc"), r"torch.div .*rounds the quotient \(rounding_mode='trunc'\)"),
         (_Rounding("int"), r"torch.Tensor.to .*converts the signal to torch.int32"),
         (_Rounding("type_as"), r"torch.Tensor.type_as .*converts the signal to torch.int64"),
-        (_Quotient(), r"torch.Tensor.__rdiv__: the model's output comes out of it"),
+        (
+            _Quotient(),
+            r"torch.Tensor.__rdiv__ in the model \(_Quotient\): the model's output is computed "
+            r"from its output \(last through torch.nn.functional.linear\)",
+        ),
         (_Nested(), r"torch.exp in stages.1.0 \(_Block\): no CTC rule"),
         (
             _SoftmaxAsSignal(),
-            r"torch.Tensor.add \(the signal and torch.Tensor.softmax\): the model's output comes "
-            r"out of it.*explain the output of the layer before it",
+            r"torch.Tensor.add \(the signal and torch.Tensor.softmax\) in the model "
+            r"\(_SoftmaxAsSignal\): the model's output is computed from its output.*only scales "
+            r"the signal",
         ),
         (
             _CopiesOffDimZero(),
@@ -359,3 +364,113 @@ def test_a_log_softmax_head_is_told_to_explain_the_logits():
     x = torch.rand(2, 3, 2, 2)
     with pytest.raises(UnsupportedOperationError, match="explain the logits before it"):
         CTC(model).attribute(x, 1, feature_mask=random_partition(2, 2, 2))
+
+
+class _Between(nn.Module):
+    """A convolution, ``body`` (a module, or a function of the map), pooling and a linear head."""
+
+    def __init__(self, body) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.body, self.head = nn.Conv2d(3, 8, 3, padding=1), body, nn.Linear(8, 2)
+        self.register_buffer("mean", torch.zeros(8))
+        self.register_buffer("var", torch.ones(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.conv(x)).mean(dim=(2, 3)))
+
+
+def _refusal(forward, error=UnsupportedOperationError, mode="proportional") -> str:
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(error) as caught:
+        CTC(forward, bias_sharing=mode).attribute(
+            x, target=0, feature_mask=random_partition(8, 8, 3)
+        )
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("mode", ["none", "proportional"])
+@pytest.mark.parametrize("behind", ["model", "lambda"])
+def test_a_batch_norm_without_running_statistics_says_so_in_training_mode_too(mode, behind):
+    """In training mode it was told to call model.eval(), then refused again in eval mode."""
+    model = _Between(nn.BatchNorm2d(8, track_running_stats=False)).train()
+    message = _refusal(model if behind == "model" else (lambda t: model(t)), mode=mode)
+    where = "body (BatchNorm2d)" if behind == "model" else "a BatchNorm2d module"
+    assert f"batch_norm in {where}: it has no running statistics" in message
+    assert "track_running_stats=True" in message and "model.eval()" not in message
+
+
+@pytest.mark.parametrize("mode", ["none", "proportional"])
+def test_dropout_called_with_training_true_in_an_eval_model_says_eval_cannot_help(mode):
+    model = _Between(lambda h: nn.functional.dropout(h, 0.3, training=True)).eval()
+    message = _refusal(model, mode=mode)
+    assert "dropout in the model (_Between): it is called with training=True" in message
+    assert "training=self.training" in message and "call model.eval() first" not in message
+
+
+class _OwnDropout(nn.Module):
+    """Dropout as a module of the user's (no ``nn.Dropout``): random in training mode only."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(h, 0.3, training=self.training)
+
+
+def test_dropout_of_a_module_in_training_mode_is_still_told_to_call_eval():
+    message = _refusal(_Between(_OwnDropout()).train())
+    assert "dropout in body (_OwnDropout): " in message and "call model.eval() first" in message
+
+
+def test_a_functional_batch_norm_without_statistics_names_its_arguments_not_a_module_flag():
+    model = _Between(lambda h: nn.functional.batch_norm(h, None, None, training=True)).eval()
+    message = _refusal(model)
+    assert "it is called without running statistics (running_mean and running_var None)" in message
+    assert "track_running_stats" not in message
+
+
+def test_a_functional_batch_norm_in_training_mode_in_an_eval_model_says_eval_cannot_help():
+    model = _Between(None).eval()
+    model.body = lambda h: nn.functional.batch_norm(h, model.mean, model.var, training=True)
+    message = _refusal(model)
+    assert "it is called with training=True" in message
+    assert "model.eval() does not change it" in message and "call model.eval()" not in message
+
+
+def test_a_softmax_inside_the_model_is_named_where_it_runs_and_not_called_the_output():
+    """``nn.Softmax2d`` between two convolutions: the message said the output came out of it
+    and to explain the logits before it, and named no module."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.Softmax2d(), nn.Conv2d(8, 8, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2),
+    ).eval()  # fmt: skip
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(UnsupportedOperationError) as caught:
+        CTC(model).attribute(x, target=0, feature_mask=random_partition(8, 8, 3))
+    message, error = str(caught.value), caught.value
+    assert "softmax in 1 (Softmax2d)" in message and error.module == "1 (Softmax2d)"
+    assert "the layers after it read it" in message and "before the softmax" not in message
+    assert not error.at_output
+
+
+def test_a_final_softmax_is_named_where_it_runs():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 3), nn.Softmax(dim=1)).eval()
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(UnsupportedOperationError) as caught:
+        CTC(model).attribute(x, target=0, feature_mask=random_partition(8, 8, 3))
+    assert "softmax in 2 (Softmax): the model's output comes out of it" in str(caught.value)
+    assert caught.value.at_output and "explain the logits before the softmax" in str(caught.value)
+
+
+def test_a_threshold_is_named_by_its_public_name():
+    message = _refusal(_Between(nn.Threshold(0.1, 0.0)).eval())
+    assert "torch.nn.functional.threshold in body (Threshold)" in message
+
+
+class Atan(nn.Module):
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.atan(t)
+
+
+def test_a_module_outside_the_model_takes_an_before_a_vowel():
+    atan = Atan()
+    message = _refusal(lambda t: atan(t).mean(dim=(1, 2, 3)).unsqueeze(1))
+    assert "torch.atan in an Atan module" in message

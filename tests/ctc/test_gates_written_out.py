@@ -367,12 +367,13 @@ def test_float32_scores_add_up_within_rounding() -> None:
         ),
         (
             lambda a, b: a + (a > 0),
-            r"torch\.Tensor\.add \(the signal and torch\.Tensor\.gt\): the model's output comes "
-            r"out of it",
+            r"torch\.Tensor\.add \(the signal and torch\.Tensor\.gt\) in the model "
+            r"\(TwoBranches\): the model's output is computed from its output",
         ),
         (
             lambda a, b: (a > b).to(a.dtype),
-            r"torch\.Tensor\.gt: the model's output comes out of it",
+            r"torch\.Tensor\.gt in the model \(TwoBranches\): the model's output is computed from "
+            r"its output",
         ),
     ],
 )
