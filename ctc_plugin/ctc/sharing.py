@@ -144,9 +144,10 @@ class ReferenceSharing(SpecSharing):
     BatchNorm) and over all units when the bias differs per unit (dense layers). Standard
     deviations are population (ddof = 0) ones, as in NumPy, computed in float64
     ([`statistics_dtype`][ctc_plugin.ctc.sharing.statistics_dtype]). ``rho_k`` is computed as
-    ``ceil(1000 |a| / |b|) / 1000`` with the whole numbers ``a = ceil(10 z_k)`` and
-    ``b = ceil(10 z_F)``, so that a ratio which is a multiple of 1/1000 gives exactly that
-    value (dividing the rounded ``q`` values first can step over it).
+    ``ceil(1000 |a_k| / |a_F|) / 1000`` with the whole numbers ``a_k = ceil(10 z_k)`` and
+    ``a_F = ceil(10 z_F)`` (not to be confused with the bias ``b``), so that a ratio which is a
+    multiple of 1/1000 gives exactly that value (dividing the rounded ``q`` values first can
+    step over it).
     """
 
     name = "reference"
