@@ -620,8 +620,9 @@ def changes_in_training(module: torch.nn.Module) -> bool:
     """Whether ``module`` runs in training mode and would then change itself or be random.
 
     BatchNorm (with running statistics: one without computes the same in either mode),
-    dropout (``p > 0``; ``p = 0`` is the identity), stochastic depth (torchvision's
-    ``StochasticDepth``, timm's and Hugging Face's ``DropPath`` classes, with a nonzero rate),
+    dropout (``p > 0``; ``p = 0`` is the identity), ``RReLU`` (random slopes), stochastic
+    depth (torchvision's ``StochasticDepth``, timm's and Hugging Face's ``DropPath`` classes,
+    with a nonzero rate),
     InstanceNorm with running statistics, recurrent layers (LSTM, GRU, RNN) with dropout between
     their layers, and spectral normalisation (its power iteration updates its vectors:
     ``parametrizations.spectral_norm`` or the older hook form).
@@ -634,7 +635,7 @@ def _changes_when_training(module: torch.nn.Module) -> bool:
     """Whether ``module`` would change itself or be random in training mode (whatever it is in)."""
     return (
         (isinstance(module, BATCH_NORM_TYPES) and not _batch_statistics_only(module))
-        or isinstance(module, _SpectralNorm)
+        or isinstance(module, (_SpectralNorm, torch.nn.RReLU))  # RReLU: random slopes
         or (isinstance(module, _DropoutNd) and module.p > 0)  # p = 0: the identity
         or _drops_paths(module)
         or (isinstance(module, _InstanceNorm) and module.track_running_stats)

@@ -21,7 +21,12 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ctc_plugin.ctc.calls import arg, is_inplace, operation_name
 from ctc_plugin.ctc.errors import UnsupportedOperationError, over_dim_zero
-from ctc_plugin.ctc.handlers import Handler, gate_only_operand
+from ctc_plugin.ctc.handlers import (
+    Handler,
+    calling_module,
+    gate_only_operand,
+    training_call_refusal,
+)
 from ctc_plugin.ctc.rules import REFUSED_ATTRIBUTE, GatedPass
 
 
@@ -43,6 +48,33 @@ def leaky_relu(inplace_default: bool = False) -> Handler:
         slope = arg(args, kwargs, 1, "negative_slope", 0.01)
         inplace = bool(arg(args, kwargs, 2, "inplace", inplace_default)) or inplace_default
         return ctx.leaky_relu_gate(args[0], float(slope), inplace=inplace)
+
+    return handle
+
+
+def rrelu(inplace_default: bool = False) -> Handler:
+    """``rrelu`` in eval mode: ``leaky_relu``'s gate with the mean slope ``(lower + upper) / 2``.
+
+    That is what torch computes in eval mode (``nn.RReLU``); in training mode it draws each
+    negative slope at random, and is refused.
+
+    Raises:
+        UnsupportedOperationError: ``training=True``.
+    """
+
+    def handle(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+        lower = float(arg(args, kwargs, 1, "lower", 1.0 / 8))
+        upper = float(arg(args, kwargs, 2, "upper", 1.0 / 3))
+        if arg(args, kwargs, 3, "training", False):
+            raise UnsupportedOperationError(
+                operation_name(func),
+                training_call_refusal("draws its negative slopes at random", calling_module()),
+            )
+        # F.rrelu's fifth argument is inplace; torch.rrelu's is a generator
+        inplace = inplace_default or (
+            func is F.rrelu and bool(arg(args, kwargs, 4, "inplace", False))
+        )
+        return ctx.leaky_relu_gate(args[0], (lower + upper) / 2, inplace=inplace)
 
     return handle
 

@@ -102,12 +102,12 @@ def batch_norm(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> tor
         "torch.nn.functional.batch_norm",
         training,
         running=mean is not None and var is not None,
-        module=_calling_module(),
+        module=calling_module(),
     )
     return ctx.running_norm(x, mean, var, weight, bias, eps)
 
 
-def _calling_module() -> torch.nn.Module | None:
+def calling_module() -> torch.nn.Module | None:
     """The module whose code made the call a handler serves (read off the stack), or ``None``."""
     from ctc_plugin.ctc.interception import running_module_object  # it dispatches to handlers
 
@@ -598,7 +598,7 @@ def dropout(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.
     if arg(args, kwargs, 2, "training", True) and arg(args, kwargs, 1, "p", 0.5) > 0:
         raise UnsupportedOperationError(
             operation_name(func),
-            training_call_refusal("drops units at random", _calling_module()),
+            training_call_refusal("drops units at random", calling_module()),
         )
     return args[0]
 

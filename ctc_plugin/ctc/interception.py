@@ -152,15 +152,25 @@ def _live_hooks(*hook_dicts: dict[int, Any]) -> bool:
     )
 
 
+#: What to do instead of an operation without a row, by the end of its name.
+_NO_RULE_ADVICE = {
+    "log_softmax": "a log-softmax of the logits is no contribution of the features; explain the "
+    "logits before it (for example with a forward function that leaves it out)",
+    "lp_pool1d": "a power mean over windows ((sum of x ** p) ** (1 / p)), whose parts do not add "
+    "up to it; use max pooling or average pooling instead, or a method that takes any model "
+    "(feature ablation, LIME)",
+    "local_response_norm": "each value divided by a power of the sum of squares of its "
+    "neighbouring channels; use a normalisation CTC supports instead (BatchNorm, GroupNorm, "
+    "LayerNorm), or a method that takes any model (feature ablation, LIME)",
+}
+_NO_RULE_ADVICE["lp_pool2d"] = _NO_RULE_ADVICE["lp_pool3d"] = _NO_RULE_ADVICE["lp_pool1d"]
+
+
 def _no_rule_reason(func: Callable[..., Any]) -> str:
     """Why ``func`` is refused (it has no row), with advice where the operation is a known one."""
-    reason = "no CTC rule is defined for it"
-    if operation_name(func).endswith("log_softmax"):
-        reason += (
-            ": a log-softmax of the logits is no contribution of the features; explain the "
-            "logits before it (for example with a forward function that leaves it out)"
-        )
-    return reason
+    name = operation_name(func)
+    advice = next((text for end, text in _NO_RULE_ADVICE.items() if name.endswith(end)), None)
+    return "no CTC rule is defined for it" + (f": {advice}" if advice else "")
 
 
 def _other_hooks(now: Any, outer: Any) -> bool:

@@ -94,13 +94,13 @@ KINDS: dict[str, str] = {
         "square, var, std or norm (statistics as gates)"
     ),
     "gate": (
-        "ReLU/LeakyReLU/PReLU, clamp, abs, comparisons, where, maximum, and max pooling or a "
-        "max over dims of one example (gates of the full pass)"
+        "ReLU/LeakyReLU/PReLU/RReLU (eval mode), clamp, abs, comparisons, where, maximum, and "
+        "max pooling or a max over dims of one example (gates of the full pass)"
     ),
     "rescale": "smooth elementwise activations (rescale gates)",
     "gate tensor": (
-        "products with a gate tensor: sigmoid, hardsigmoid, tanh, erf, clamp or softmax "
-        "outputs (squeeze-excitation, gated units, recurrent layers); products of two "
+        "products with a gate tensor: sigmoid, hardsigmoid, tanh, softsign, erf, clamp or "
+        "softmax outputs (squeeze-excitation, gated units, recurrent layers); products of two "
         "signals (SwiGLU)"
     ),
     "attention": (
@@ -121,7 +121,7 @@ _MAX_POOLS = (
 _SQUASHING = (
     F.relu6, F.hardtanh, F.hardsigmoid, torch.sigmoid, _T.sigmoid, F.sigmoid, torch.special.expit,
     torch.tanh, _T.tanh, F.tanh, torch.erf, _T.erf, torch.special.erf, torch.erfc, _T.erfc,
-    torch.special.erfc,
+    torch.special.erfc, F.softsign,
 )  # fmt: skip
 _IN_PLACE_SQUASHING = (
     torch.sigmoid_, _T.sigmoid_, torch.tanh_, _T.tanh_, F.hardtanh_, torch.erf_, _T.erf_,
@@ -143,6 +143,7 @@ _LINEAR_OPERATIONS = (
     F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, _T.mean, torch.mean, _T.sum, torch.sum,
     torch.neg, _T.neg, F.pixel_shuffle, F.pixel_unshuffle, F.unfold, F.fold,
+    torch.channel_shuffle,
 )  # fmt: skip
 _SHAPE_OPERATIONS = (
     torch.flatten, _T.flatten, _T.view, _T.reshape, torch.reshape, _T.contiguous, _T.permute,
@@ -361,6 +362,22 @@ def _rows() -> list[OperationRule]:
             "slope 1 where the gate copy is positive, the negative slope elsewhere",
             g.leaky_relu(inplace_default=True),
             (F.leaky_relu_,),
+            trailing_dims=_elementwise,
+        ),
+        OperationRule(
+            "gate",
+            "in eval mode as `leaky_relu` with the mean slope `(lower + upper) / 2` (`nn.RReLU`, "
+            "as torch computes it there); in training mode refused (random slopes)",
+            g.rrelu(),
+            (F.rrelu, torch.rrelu),
+            trailing_dims=_elementwise,
+        ),
+        OperationRule(
+            "gate",
+            "in eval mode as `leaky_relu` with the mean slope `(lower + upper) / 2` (`nn.RReLU`, "
+            "as torch computes it there); in training mode refused (random slopes)",
+            g.rrelu(inplace_default=True),
+            (torch.rrelu_,),  # F.rrelu_ is torch.rrelu_
             trailing_dims=_elementwise,
         ),
         OperationRule(

@@ -239,7 +239,10 @@ def register_rule(
     ``register_rule(torch.atan, like=torch.tanh)`` (a squashing activation: a rescale gate,
     and a gate tensor for the products it enters), ``register_rule(torch.ops.mylib.swish,
     like=torch.nn.functional.silu)`` (a custom operator, see ``torch.library``). ``like``'s rule
-    multiplies every copy by ``y / x`` of the gate copy, calling ``function`` for ``y``. Every
+    multiplies every copy by ``y / x`` of the gate copy, calling ``function`` for ``y``: a ReLU
+    written as a custom operator may take ``like=torch.nn.functional.silu``, whose ``y / x`` is
+    then ReLU's pattern ``1[x > 0]`` (0 at ``x = 0``), the scores of ``F.relu`` (tested); a
+    leaky ReLU would not (its slope at ``x = 0`` is lost). Every
     later CTC pass, in every thread, uses it (also through
     [`CTCAttributor`][ctc_plugin.CTCAttributor]'s functional rules), in every form the pass sees
     (see [`seen_forms`][ctc_plugin.ctc.operations.seen_forms]): ``torch.atan`` covers

@@ -353,3 +353,27 @@ def test_a_constant_second_argument_with_one_row_per_copy_is_read_at_the_gate_co
     with register_rule(torch.atan, like=torch.tanh):
         expected = CTC(model, bias_sharing=mode).attribute(x, 1, feature_mask=mask)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+@torch.library.custom_op("ctc_plugin_tests::own_relu", mutates_args=())
+def _own_relu(x: torch.Tensor) -> torch.Tensor:
+    """ReLU written as a custom operator."""
+    return torch.relu(x)
+
+
+@_own_relu.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@pytest.mark.parametrize("mode", ["reference", "proportional", "none"])
+def test_a_relu_custom_operator_registered_like_silu_gives_relu_s_scores(setting, mode):
+    """What the docstring says: ``y / x`` of a ReLU is its pattern ``1[x > 0]`` (0 at 0)."""
+    _, x, mask = setting
+    torch.manual_seed(0)
+    model = _Net(_own_relu).double().eval()
+    with register_rule(_own_relu, like=nn.functional.silu):
+        got = CTC(model, bias_sharing=mode).attribute(x - 0.5, 1, feature_mask=mask)
+    model.activation = nn.functional.relu
+    expected = CTC(model, bias_sharing=mode).attribute(x - 0.5, 1, feature_mask=mask)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
