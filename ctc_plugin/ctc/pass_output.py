@@ -106,10 +106,11 @@ def _gate_only_output(origin: str, through: str | None) -> str:
     )
     if through is not None:
         return (
-            f"the model's output is computed from its output (last through {through}), {kinds}, "
-            "and here the layers after it read it as their input: CTC cannot explain this "
-            "model as it is; explain it with a method that takes any model (feature ablation, "
-            "LIME), or one in which it only scales the signal (as a gate)"
+            f"the model's output is computed from its output (last through {through}), {kinds}; "
+            "it is not linear in the input, and here the layers after it read it as their "
+            "input: CTC cannot explain this model as it is; explain it with a method that takes "
+            "any model (feature ablation, LIME), or a model in which it only scales the signal "
+            "(as a gate)"
         )
     reason = f"the model's output comes out of it, {kinds}"
     if origin.endswith("softmax"):

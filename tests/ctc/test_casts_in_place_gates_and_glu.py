@@ -149,7 +149,8 @@ def test_the_zennit_attributor_equals_the_captum_class(kind: str, mode: str) -> 
         (lambda s: s.type(torch.int32), r"torch\.Tensor\.type .*rounds"),
         (
             lambda s: torch.tanh(s) * torch.tanh(s),
-            r"torch\.Tensor\.mul: .*product of two gate tensors such as tanh\(h\) \* tanh\(h\)"
+            r"torch\.Tensor\.mul in the model \(OperationAfterConv\): .*product of two gate "
+            r"tensors such as tanh\(h\) \* tanh\(h\)"
             r".*not linear in the input",
         ),
     ],
