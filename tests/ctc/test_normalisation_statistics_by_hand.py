@@ -159,15 +159,18 @@ def test_the_zennit_attributor_equals_the_captum_class(kind: str, mode: str) -> 
     [
         (
             lambda s: s + s.norm(dim=1, keepdim=True),
-            r"torch\.Tensor\.add \(the signal and torch\.Tensor\.norm\): the model's output",
+            r"torch\.Tensor\.add \(the signal and torch\.Tensor\.norm\) in the model "
+            r"\(OperationAfterConv\): the model's output is computed from its output",
         ),
         (
             lambda s: s - s.var(1, keepdim=True),
-            r"torch\.Tensor\.sub \(the signal and torch\.Tensor\.var\): the model's output",
+            r"torch\.Tensor\.sub \(the signal and torch\.Tensor\.var\) in the model "
+            r"\(OperationAfterConv\): the model's output is computed from its output",
         ),
         (
             lambda s: s.var(1, keepdim=True).expand_as(s),
-            r"torch\.Tensor\.var: .*not the feature.s contribution",
+            r"torch\.Tensor\.var in the model \(OperationAfterConv\): .*not the feature.s "
+            "contribution",
         ),
         (lambda s: s.pow(s), r"torch\.Tensor\.pow .*input-dependent exponent"),
         (lambda s: s / s.norm(), r"torch\.Tensor\.norm .*over dim 0"),
