@@ -250,6 +250,8 @@ def check_canonizers_on(composite: Composite, model: nn.Module) -> None:
                 continue
             earlier, later = type(first[key]).__name__, type(given).__name__
             where = f"two {earlier}" if earlier == later else f"{earlier} and {later}"
+            if first[key] is given:
+                where = f"one {earlier} given twice or naming it twice"
             what = "merge BatchNorm" if change == _MERGE else f"set {change!r} of module"
             raise ValueError(
                 f"the composite's canonizers {what} {names.get(id(module))!r} twice, from "
@@ -332,14 +334,32 @@ def registered_on(composite: Composite, model: nn.Module) -> bool | None:
     """Whether ``composite`` is registered on ``model``; ``None`` when it is registered nowhere.
 
     A registration is on ``model`` when the composite's rules (its ``hook_refs``) are hooked on a
-    module of it; one of canonizers alone, which leaves no rule, counts as on ``model``.
+    module of it, or, for one of canonizers alone, when a module a canonizer changed (a merged
+    BatchNorm or layer, a module whose attributes it set) is one of ``model``'s; where neither
+    says (canonizers of another kind), it counts as on ``model``.
     """
-    if not getattr(composite, "handles", None):
+    handles = getattr(composite, "handles", None)
+    if not handles:
         return None
     refs = getattr(composite, "hook_refs", None)
-    if not refs:
+    if refs:
+        return any(hook in refs for module in model.modules() for hook in rule_hooks(module))
+    changed = [module for handle in handles for module in _changed_modules(handle)]
+    if not changed:
         return True
-    return any(hook in refs for module in model.modules() for hook in rule_hooks(module))
+    own = {id(module) for module in model.modules()}
+    return any(id(module) in own for module in changed)
+
+
+def _changed_modules(canonizer: Any) -> list[nn.Module]:
+    """The modules a registered canonizer changed.
+
+    A merge (``MergeBatchNorm``) changed its ``linears`` and ``batch_norm``; an
+    ``AttributeCanonizer`` the ``module`` whose attributes it set.
+    """
+    found = [getattr(canonizer, "batch_norm", None), getattr(canonizer, "module", None)]
+    found += list(getattr(canonizer, "linears", None) or ())
+    return [module for module in found if isinstance(module, nn.Module)]
 
 
 def refuse_registered_elsewhere(composite: Composite, model: nn.Module) -> None:

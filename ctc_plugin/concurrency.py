@@ -14,7 +14,8 @@ read hold it shared and run at the same time; calls that change the model hold i
 other call of this package sees the model half changed. Both are re-entrant within a thread (a call
 that changes the model may run one that reads it). The result of every call then equals its result
 in some sequential order of the calls. In a forked child the locks keep only the forking thread's
-holds: the other threads' calls did not survive the fork and would never give theirs back.
+holds: the other threads' calls did not survive the fork and would never give theirs back; a
+model that one of them was changing at the fork is refused in the child (it may be half changed).
 
 What the lock cannot cover: code outside this package that runs the model (a plain
 ``model(x)`` in another thread) takes no lock, and a composite registered outside a call
@@ -86,6 +87,7 @@ class ModelLock:
         self._writer_depth = 0
         self._waiting_writers = 0
         self._suspended_reads = 0  # the writer's reads, given back when its write ends
+        self._torn = False  # forked while another thread's call was changing the model
         _MODEL_LOCKS.add(self)
 
     def _forget_other_threads(self) -> None:
@@ -94,17 +96,43 @@ class ModelLock:
         Only the forking thread lives on in the child; its own reads and write stay (it gives
         them back as usual). Another thread's entry would never be given back, and the child's
         first call that needs the model alone would wait for it forever. The mutex is made
-        anew: another thread may have held it at the fork.
+        anew: another thread may have held it at the fork. Another thread's write was changing
+        the model (a composite registered, a bias taken off a layer) and will never put it back
+        here: the lock is torn, and every later call on the model is refused
+        (`check_not_torn`).
         """
         me = threading.get_ident()
         self._condition = threading.Condition(threading.Lock())
         self._readers = {me: self._readers[me]} if me in self._readers else {}
+        if self._writer not in (None, me):
+            self._torn = True
         if self._writer != me:
             self._writer, self._writer_depth, self._suspended_reads = None, 0, 0
         self._waiting_writers = 0  # the forking thread was not waiting
 
+    def check_not_torn(self) -> None:
+        """Refuse a model another thread's call was changing when this process forked.
+
+        Raises:
+            RuntimeError: Saying why the model may be half changed and what to do.
+        """
+        if self._torn:
+            raise RuntimeError(
+                f"{self.name} was being changed by another thread's call of ctc_plugin when this "
+                "process forked (a composite registered, a bias taken off a layer, BatchNorm "
+                "merged): that call will never put it back in this child, so the model here "
+                "may be half changed; load or copy the model again in the child, fork before "
+                "such calls start, or use the 'spawn' start method"
+            )
+
     def acquire_shared(self) -> None:
-        """Take the lock for reading (wait while another thread writes or waits to)."""
+        """Take the lock for reading (wait while another thread writes or waits to).
+
+        Raises:
+            RuntimeError: The process forked while another thread changed the model
+                (`check_not_torn`).
+        """
+        self.check_not_torn()
         me = threading.get_ident()
         with self._condition:
             if self._writer != me and me not in self._readers:
@@ -126,7 +154,13 @@ class ModelLock:
             self._condition.notify_all()
 
     def acquire_exclusive(self) -> None:
-        """Take the lock for writing (wait until no other thread reads or writes)."""
+        """Take the lock for writing (wait until no other thread reads or writes).
+
+        Raises:
+            RuntimeError: The process forked while another thread changed the model
+                (`check_not_torn`).
+        """
+        self.check_not_torn()
         me = threading.get_ident()
         with self._condition:
             if self._writer == me:

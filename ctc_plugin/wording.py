@@ -18,11 +18,11 @@ __all__ = [
     "agreeing",
     "are",
     "caller_stacklevel",
-    "with_article",
     "counted",
     "first_names",
     "known_name",
     "not_utf8",
+    "with_article",
 ]
 
 

@@ -211,3 +211,36 @@ def test_a_composite_registered_on_another_model_is_refused_by_name():
             zennit_relevance(second, X, target=1, composite=lrp)
         assert hooks_on(first) == hooks
         assert hooks_on(second) == 0
+
+
+def test_the_context_is_zennit_s_composite_context_and_can_be_used_again():
+    """It had become a generator's context manager: a second `with` of it failed."""
+    from zennit.core import CompositeContext
+
+    model = small_model()
+    composite = CTCComposite()
+    context = composite.context(model)
+    assert isinstance(context, CompositeContext)
+    for _ in range(2):
+        with context as modified:
+            assert modified is model and hooks_on(model) > 0
+        assert hooks_on(model) == 0
+
+
+def test_a_composite_of_canonizers_alone_registered_on_another_model_is_refused():
+    """It counted as registered on every model: the relevance ran on the second model without
+    its canonizer."""
+    from zennit.core import Composite
+
+    first, second = small_model(), small_model()
+    composite = Composite(canonizers=[SequentialMergeBatchNorm()])
+    with composite.context(first):
+        with pytest.raises(RuntimeError, match="registered on another model"):
+            zennit_relevance(second, X, target=1, composite=composite)
+
+
+def test_one_named_merge_naming_a_batch_norm_twice_is_refused_as_one():
+    model = small_model()
+    composite = CTCComposite(canonizers=[NamedMergeBatchNorm([(["0"], "1"), (["5"], "1")])])
+    with pytest.raises(ValueError, match="from one NamedMergeBatchNorm given twice or naming"):
+        check_canonizers(composite, model)

@@ -97,7 +97,8 @@ class LayerMaps:
     """The per-layer maps behind a fused Integrative CAM.
 
     Attributes:
-        names: The stages' names, in forward order.
+        names: The stages' names, in forward order; a module that is a stage at several calls
+            (one module run twice in ``forward``) has its calls numbered, ``"c#1"``, ``"c#2"``.
         steps: The operations of each stage, e.g. ``("conv", "bn", "relu")`` or ``("layer",)``.
         maps: Each stage's normalised map at input resolution, shape (N, L, H, W) (zeros for a
             stage that received no gradient).
@@ -224,7 +225,11 @@ def _record_said_grid(
 
 
 class EmptyMapWarning(UserWarning):
-    """A fused map is zero everywhere: no stage gave the example a positive weighted CAM."""
+    """A fused map is zero everywhere, or so faint that it is at the scale of rounding.
+
+    Zero: no stage gave the example a positive weighted CAM. Faint: its peak stays below 1/2
+    after min-max (its range before was below the normalisation's ``1e-7``).
+    """
 
 
 def _warn_of_empty_maps(maps: Tensor) -> None:
@@ -232,9 +237,22 @@ def _warn_of_empty_maps(maps: Tensor) -> None:
 
     A stage's map is its ReLU'd weighted activations; where every stage's is zero (signed token
     maps whose Grad-CAM++ weights cancel, a last block whose patch tokens reach no score), the
-    map says nothing, which an all-zero array alone does not tell.
+    map says nothing, which an all-zero array alone does not tell. So does a map whose peak
+    stays below 1/2: the range it had before the last min-max was below that normalisation's
+    ``1e-7`` (an untrained model, logits near 0, whose stage maps and weights are tiny).
     """
-    empty = (maps.flatten(1).amax(1) <= 0).nonzero().flatten().tolist()
+    peaks = maps.flatten(1).amax(1)
+    faint = ((peaks > 0) & (peaks < 0.5)).nonzero().flatten().tolist()
+    if faint:
+        warnings.warn(
+            f"IntegrativeCAM's map of example(s) {faint[:10]} peaks at "
+            f"{float(peaks[faint[0]]):.2g}, not 1: before the last min-max its range was below "
+            "1e-7 (the stages' maps and weights are tiny, as for an untrained model or logits "
+            "near 0), so it is at the scale of rounding and explains nothing",
+            EmptyMapWarning,
+            stacklevel=caller_stacklevel(),
+        )
+    empty = (peaks <= 0).nonzero().flatten().tolist()
     if empty:
         warnings.warn(
             f"IntegrativeCAM's map of example(s) {empty[:10]} is zero everywhere: no stage's "
@@ -772,11 +790,22 @@ class _Run:
         maps = [self.fusion.layer_map(i) for i in indices]
         maps = [torch.zeros_like(template) if m is None else m for m in maps]
         return LayerMaps(
-            names=[stage.name for stage in stages],
+            names=_numbered_repeats([stage.name for stage in stages]),
             steps=[stage.steps for stage in stages],
             maps=torch.cat(maps, dim=1).to(dtype),
             weights=self.fusion.layer_weights(indices, n).to(dtype),
         )
+
+
+def _numbered_repeats(names: list[str]) -> list[str]:
+    """``names`` with each name that occurs more than once numbered by its occurrence (``#1``)."""
+    totals = collections.Counter(names)
+    seen: collections.Counter[str] = collections.Counter()
+    numbered = []
+    for name in names:
+        seen[name] += 1
+        numbered.append(f"{name}#{seen[name]}" if totals[name] > 1 else name)
+    return numbered
 
 
 def _refuse_replaced_outputs(

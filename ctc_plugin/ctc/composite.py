@@ -54,7 +54,7 @@ import torch
 from torch import nn
 from zennit.canonizers import Canonizer
 from zennit.composites import LayerMapComposite, register_composite
-from zennit.core import Hook, RemovableHandleList
+from zennit.core import CompositeContext, Hook, RemovableHandleList
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.canonizers import (
@@ -660,20 +660,15 @@ class CTCComposite(LayerMapComposite):
                 _, saved, registered = own
                 restore_tensors(saved, registered, now)
 
-    @contextmanager
-    def context(self, module: nn.Module) -> Iterator[nn.Module]:
-        """Register the composite on ``module`` for the block (Zennit's ``context``).
+    def context(self, module: nn.Module) -> CompositeContext:
+        """Register the composite on ``module`` for a ``with`` block (Zennit's ``context``).
 
         A block inside an open one of this composite on the same module (its ``context``, or a
         [`CTCAttributor`][ctc_plugin.CTCAttributor]'s ``with``) keeps that registration and leaves
         it in place when it ends; in Zennit the inner block's end removes the outer's hooks and
-        canonizers.
+        canonizers. The returned object is Zennit's ``CompositeContext``, reusable as Zennit's.
         """
-        if self._own_tensors is not None and self._own_tensors[0] is module:
-            yield module
-            return
-        with super().context(module) as modified:
-            yield modified
+        return _KeepingContext(module, self)
 
     def mapping(self, ctx: dict, name: str, module: nn.Module) -> Hook | None:
         """The hook for ``module``: the first matching entry; no CTC rule for custom forwards."""
@@ -681,6 +676,21 @@ class CTCComposite(LayerMapComposite):
         if isinstance(hook, CTCHook) and not has_standard_forward(module):
             return None
         return hook
+
+
+class _KeepingContext(CompositeContext):
+    """Zennit's ``CompositeContext`` that leaves an open registration on the module as it is."""
+
+    def __enter__(self) -> nn.Module:
+        own = self.composite._own_tensors
+        self.kept = own is not None and own[0] is self.module
+        return self.module if self.kept else super().__enter__()
+
+    def __exit__(self, *exc_info: object) -> bool:
+        if self.kept:
+            self.kept = False
+            return False
+        return super().__exit__(*exc_info)
 
 
 def _checked_layer_map(layer_map: Any) -> list[Any]:

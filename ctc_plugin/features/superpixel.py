@@ -174,11 +174,17 @@ class SuperpixelSegmenter(Segmenter):
         return f"SuperpixelSegmenter(method={self.method!r}, n_segments={self.n_segments})"
 
     def settings(self) -> dict[str, Any]:
-        """Return every option that changes the result."""
+        """Return every option that changes the result.
+
+        ``"version"`` counts changes of the code's result at the same options, so that a mask
+        cache never serves masks of an earlier version (2: small superpixels merged into
+        neighbours instead of dropped).
+        """
         return {
             "method": self.method,
             "min_area": self.min_area,
             "options": self.method_options,
+            "version": 2,
         }
 
     def _raw_labels(self, image: np.ndarray) -> np.ndarray:

@@ -413,11 +413,11 @@ class RunStore:
         if damaged:
             shards = [f"{name} ({path.name}: {_why(error)})" for name, path, error in damaged]
             tables = [str(self.table_path(name)) for name, _, _ in damaged]
-            more = len(damaged) > 3
+            others = [name for name, _, _ in damaged[3:]]
             raise ValueError(
                 f"cannot read {counted(len(damaged), 'finished shard')} of {self.root}: "
                 f"{first_names(shards)}; delete {first_names(tables)} to compute them again"
-                + ("; the same command then names the others" if more else "")
+                + (f" (the others: {', '.join(others)}, each its .parquet)" if others else "")
             )
 
     def _unreadable(self, name: str, path: Path, error: BaseException) -> str:

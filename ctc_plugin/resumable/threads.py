@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,8 +15,9 @@ __all__ = ["MAX_THREADS", "torch_threads"]
 MAX_THREADS = 1024
 
 #: The counts of the `torch_threads` blocks running now in any thread, by block, oldest first,
-#: and the count from before the first of them; changed only under ``_GUARD``.
-_RUNNING: dict[object, int] = {}
+#: with the thread that runs each, and the count from before the first of them; changed only
+#: under ``_GUARD``.
+_RUNNING: dict[object, tuple[int, int]] = {}
 _BEFORE: list[int] = []
 _GUARD = threading.Lock()
 
@@ -50,13 +52,31 @@ def torch_threads(count: int | None) -> Iterator[int]:
     with _GUARD:
         if not _RUNNING:
             _BEFORE[:] = [torch.get_num_threads()]
-        _RUNNING[block] = count
+        _RUNNING[block] = (count, threading.get_ident())
         torch.set_num_threads(count)
         in_use = torch.get_num_threads()
     try:
         yield in_use
     finally:
         with _GUARD:
-            del _RUNNING[block]
+            _RUNNING.pop(block, None)  # gone in a forked child whose other thread ran it
             latest = next(reversed(_RUNNING.values()), None)
-            torch.set_num_threads(_BEFORE[0] if latest is None else latest)
+            torch.set_num_threads(_BEFORE[0] if latest is None else latest[0])
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child, forget the blocks of the threads that did not survive the fork.
+
+    Their counts would come back when the child's own blocks end (they never end there), and
+    the guard may have been held by one of them at the fork.
+    """
+    global _GUARD
+    _GUARD = threading.Lock()
+    me = threading.get_ident()
+    for block, (_, owner) in list(_RUNNING.items()):
+        if owner != me:
+            del _RUNNING[block]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -23,7 +23,7 @@ def test_a_layer_called_twice_is_named_with_its_calls():
         _, maps = IntegrativeCAM(model, layers=[model.layer1[0].relu]).attribute(
             x, target=0, return_layer_maps=True
         )
-    assert maps.names == ["layer1.0.relu", "layer1.0.relu"]
+    assert maps.names == ["layer1.0.relu#1", "layer1.0.relu#2"]  # its calls numbered
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the block runs once: no warning
         IntegrativeCAM(model, layers=[model.layer1[0]]).attribute(x, target=0)

@@ -271,3 +271,16 @@ def test_a_library_installed_under_another_distribution_name_is_found(monkeypatc
             assert installed_version("no-such-library") == "absent"
     finally:
         installed_version.cache_clear()
+
+
+def test_the_superpixel_segmenter_s_version_is_part_of_its_key(monkeypatch):
+    """Small superpixels are merged into neighbours since version 2; a cache written before
+    (dropped superpixels, rebuilt from the remainder) must not serve its masks."""
+    segmenter = SuperpixelSegmenter()
+    assert segmenter.settings()["version"] == 2
+    key = segmenter.settings_key()
+    settings = SuperpixelSegmenter.settings
+    monkeypatch.setattr(
+        SuperpixelSegmenter, "settings", lambda self: {**settings(self), "version": 1}
+    )
+    assert segmenter.settings_key() != key

@@ -96,8 +96,8 @@ def test_small_superpixels_are_merged_into_neighbours(method, n_segments, min_ar
     assert (table.source >= 0).all()  # every feature is a superpixel (with those it took in)
     rgb = (images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     raw = segmenter._raw_labels(rgb)
-    for raw_id, feature in enumerate(table.source):  # each feature holds its raw superpixel
-        assert (labels[raw == feature] == raw_id).all()
+    for feature, raw_id in enumerate(table.source):  # each feature holds its raw superpixel
+        assert (labels[raw == raw_id] == feature).all()
     pairs = np.unique(np.stack([raw.ravel(), labels.ravel()]), axis=1)
     assert len(np.unique(pairs[0])) == pairs.shape[1]  # no superpixel is split between features
 
@@ -117,6 +117,10 @@ def test_small_segments_merge_smallest_first_until_each_is_large_enough():
     assert _merge_small_segments(strip, 2).tolist() == [[0, 0, 0, 0, 0, 0, 3, 3, 3]]
     assert _merge_small_segments(strip, 0).tolist() == strip.tolist()
     assert np.array_equal(_merge_small_segments(np.zeros((3, 3), int), 50), np.zeros((3, 3)))
+    # segment 1 borders 2 along its side and top, 0 along its side only: it joins 2, not the
+    # lower id 0
+    bar = np.array([[2, 2, 2, 2, 2], [2, 1, 0, 0, 0], [2, 1, 0, 0, 0], [2, 1, 0, 0, 0]])
+    assert _merge_small_segments(bar, 4)[1:, 1].tolist() == [2, 2, 2]
 
 
 def test_grid_matches_independent_cells():

@@ -1,4 +1,5 @@
-"""A child forked while other threads hold a model's lock: the lock is free in the child.
+"""A child forked while other threads hold a model's lock: the lock is free in the child, and a
+model another thread was changing is refused there.
 
 Only the forking thread lives on in a forked child. A reader or writer entry of another thread
 (one inside ``CTC.attribute`` at the fork, say) would never be given back there, and the child's
@@ -9,6 +10,7 @@ that the child's call ends; the same for the guard of a `PerThread` attribute.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ import torch
 from ctc_plugin import CTCAttributor, CTCComposite
 from ctc_plugin.concurrency import PerThread, exclusive, lock_for, shared
 from ctc_plugin.features import GridSegmenter
+from ctc_plugin.resumable.threads import torch_threads
 from ctc_plugin.testing import RandomCNN
 
 pytestmark = pytest.mark.skipif(
@@ -83,10 +86,22 @@ def take_the_model_shared_in_the_child() -> None:
         pass
 
 
-def test_a_write_of_another_thread_is_not_inherited():
-    lock = lock_for(MODEL)
+def refused_in_the_child(model: torch.nn.Module) -> None:
+    with pytest.raises(RuntimeError, match="was being changed by another thread's call"):
+        with shared(model):
+            pass
+    attributor = CTCAttributor(model, CTCComposite(bias_sharing="proportional"))
+    with pytest.raises(RuntimeError, match="load or copy the model again in the child"):
+        attributor(IMAGES, torch.eye(4)[[1]], feature_mask=GridSegmenter(4)(IMAGES))
+
+
+def test_a_model_another_thread_was_changing_is_refused_in_the_child():
+    """The child does not wait for the write, and does not run on a model that call left half
+    changed (a composite registered, a merged BatchNorm): it was free and ran silently."""
+    model = RandomCNN(seed=2)
+    lock = lock_for(model)
     with held_by_another_thread(lock.acquire_exclusive, lock.release_exclusive):
-        ends_in_a_forked_child(take_the_model_shared_in_the_child)
+        ends_in_a_forked_child(functools.partial(refused_in_the_child, model))
 
 
 def test_the_lock_s_own_mutex_held_at_the_fork_is_free_in_the_child():
@@ -125,3 +140,21 @@ def test_a_per_thread_attribute_s_guard_held_at_the_fork_is_free_in_the_child():
     guard = Holder.__dict__["value"]._guard  # every set takes it for a moment
     with held_by_another_thread(guard.acquire, guard.release):
         ends_in_a_forked_child(set_a_per_thread_value_in_the_child)
+
+
+def threads_of_the_child_s_own_block_come_back() -> None:
+    torch.set_num_threads(1)
+    with torch_threads(1):
+        pass
+    assert torch.get_num_threads() == 1
+
+
+def test_a_thread_count_block_of_another_thread_is_forgotten_in_the_child():
+    """The child's block ended on the dead thread's count (2), not on the child's (1)."""
+    before = torch.get_num_threads()
+    block = torch_threads(2)
+    try:
+        with held_by_another_thread(block.__enter__, lambda: block.__exit__(None, None, None)):
+            ends_in_a_forked_child(threads_of_the_child_s_own_block_come_back)
+    finally:
+        torch.set_num_threads(before)
