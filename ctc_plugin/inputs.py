@@ -802,7 +802,7 @@ def _check_image_shape(x: torch.Tensor, name: str, channels: int | None, context
     elif x.dim() == 3:  # also CTC's copies of one unbatched image, stacked along dim 0
         hint = "; if the input is one image (C, H, W), add the batch dimension: x.unsqueeze(0)"
     elif x.dim() == 2 and channels in (None, 1):
-        hint = "; add the batch and channel dimensions: x[None, None]"
+        hint = "; if it is one image (H, W), add the batch and channel dimensions: x[None, None]"
     raise ValueError(f"{name} must be {wanted}, got shape {shape}{hint}{context}")
 
 

@@ -376,6 +376,11 @@ class IntegrativeCAM(Attribution):
         >>> maps = cam.attribute(images, target=labels)        # (N, 1, H, W) in [0, 1]
     """
 
+    @classmethod
+    def get_name(cls) -> str:
+        """The method's name in Captum's summaries and plots (its default spells "C A M")."""
+        return "Integrative CAM"
+
     def __init__(
         self,
         forward_func: Callable[..., Tensor],

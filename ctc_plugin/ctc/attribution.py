@@ -135,6 +135,21 @@ class CTC(Attribution):
         self._speedups: Speedups = DEFAULT
         self._sharings: dict[Speedups, BiasSharing] = {}
 
+    @classmethod
+    def get_name(cls) -> str:
+        """The method's name in Captum's summaries and plots (its default spells "C T C")."""
+        return "CTC"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The state to copy or pickle, without the bias sharings' scratch buffers.
+
+        They hold per-thread workspaces (which no pickle takes) and are made again at the
+        copy's first call, so a used ``CTC`` copies and pickles as a new one does.
+        """
+        state = dict(self.__dict__)
+        state["_sharings"] = {}
+        return state
+
     def _sharing(self) -> BiasSharing:
         """The bias sharing of the mode under the speed-ups (kept: it holds scratch buffers)."""
         sharing = self._sharings.get(self._speedups)
