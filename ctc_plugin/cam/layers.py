@@ -185,8 +185,10 @@ def _refuse_training_dropout(
     bound.apply_defaults()
     if bound.arguments["training"] and bound.arguments["p"] > 0:
         raise TrainingModeError(
-            f"{name} runs in training mode (p={bound.arguments['p']}): it drops units at random, "
-            "so the map would change from call to call; call model.eval() first"
+            f"{name} runs with training=True (p={bound.arguments['p']}): it drops units at "
+            "random, so the map would change from call to call; call model.eval() first, or, "
+            "where the forward passes training=True itself (model.eval() does not change that), "
+            "pass training=self.training as torch's modules do"
         )
 
 
@@ -583,14 +585,14 @@ class StageTracer(TorchFunctionMode):
             raise TrainingModeError(
                 f"BatchNorm {label!r} keeps no running statistics, so it normalises with the "
                 "batch's and cannot be folded into a bias; pass bias=False, or give it running "
-                "statistics (track_running_stats=True) and call model.eval()"
+                "statistics (track_running_stats=True, estimated on training data)"
             )
         if self.examples > 1 and first is not None and first.dim() >= 2 and first.shape[0] > 1:
             raise TrainingModeError(
                 f"BatchNorm {label!r} keeps no running statistics, so it normalises the batch "
                 "with the batch's own statistics: each example's map would depend on the other "
                 "examples; explain one example at a time (a batch of 1), or give it running "
-                "statistics (track_running_stats=True) and call model.eval()"
+                "statistics (track_running_stats=True, estimated on training data)"
             )
 
     @staticmethod

@@ -232,10 +232,26 @@ def _feature_ablation(request: Request) -> tuple[str, Tensor]:
         request.pixels,
         target=request.target,
         feature_mask=request.feature_mask,
-        perturbations_per_eval=request.perturbations_per_eval,
+        perturbations_per_eval=_perturbations_per_eval(request),
         show_progress=request.show_progress,
     )
     return "FeatureAblation", attributions[:, :1]
+
+
+def _perturbations_per_eval(request: Request) -> int:
+    """The perturbed images per forward pass of feature ablation and Lime.
+
+    1 for a model with a BatchNorm that keeps no running statistics: it normalises with the
+    statistics of the batch, which would mix the perturbed images; alone, each is what the
+    model computes for it.
+    """
+    from ctc_plugin.batchnorm import BATCH_NORM_TYPES
+
+    batch_statistics = any(
+        isinstance(module, BATCH_NORM_TYPES) and module.running_mean is None
+        for module in request.model.modules()
+    )
+    return 1 if batch_statistics else request.perturbations_per_eval
 
 
 def _lime(request: Request) -> tuple[str, Tensor]:
@@ -249,7 +265,7 @@ def _lime(request: Request) -> tuple[str, Tensor]:
             target=request.target,
             feature_mask=request.feature_mask,
             n_samples=request.lime_samples,
-            perturbations_per_eval=request.perturbations_per_eval,
+            perturbations_per_eval=_perturbations_per_eval(request),
             show_progress=request.show_progress,
         )
     if not request.trial and not bool(attributions.any()):
@@ -446,6 +462,10 @@ def _unsupported(error: Any) -> str:
     """
     where = f" in {error.module}" if error.module else ""
     any_model = "feature-ablation and lime take any model"
+    if "statistics of the batch" in error.reason:  # the model's own batch statistics
+        any_model = "feature-ablation and lime explain it with one perturbed image per pass"
+    elif "at random" in error.reason:  # a random draw: every method's scores would be random
+        return error.headline
     if error.at_output and error.operation.endswith("softmax"):
         return (
             f"the model's output comes out of {error.operation}{where} (probabilities), and "

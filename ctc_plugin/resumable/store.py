@@ -448,7 +448,9 @@ _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
 def _why(error: BaseException) -> str:
     """Why a shard file could not be read: ``error``, or that the file is missing."""
-    return "the file is missing" if isinstance(error, FileNotFoundError) else str(error)
+    if isinstance(error, FileNotFoundError):
+        return "the file is missing"
+    return str(error).strip().rstrip(".")  # pyarrow's end in a full stop; the message goes on
 
 
 def json_values(value: Any) -> Any:

@@ -61,3 +61,29 @@ def test_a_module_run_twice_has_its_stages_numbered():
         torch.rand(1, 3, 8, 8), target=1, return_layer_maps=True
     )
     assert layer_maps.names == ["stem", "c#1", "c#2"]
+
+
+def test_refusals_of_the_model_s_own_batch_statistics_and_draws_do_not_ask_for_eval():
+    """They said 'call model.eval()', which changes neither a BatchNorm without running
+    statistics nor a dropout the forward calls with training=True."""
+    from ctc_plugin.inputs import TrainingModeError
+
+    class Draws(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            hidden = nn.functional.dropout(torch.relu(self.conv(x)), 0.2, training=True)
+            return self.head(hidden.mean((2, 3)))
+
+    statistics = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(TrainingModeError, match=r"estimated on training data\)$"):
+        IntegrativeCAM(statistics).attribute(x, target=1)
+    with pytest.raises(TrainingModeError, match="training=self.training"):
+        IntegrativeCAM(Draws().eval()).attribute(x, target=1)

@@ -590,3 +590,54 @@ def test_command_line_refusals_are_worded_for_the_command_line(photo, capsys):
     assert "layers=" not in error and "thread" not in error
     error = _error(capsys, _explain(photo, "tuple_model", "--method", "gradcam"))
     assert "the model returned tuple" in error and "lambda" not in error
+
+
+# ------------------------------------------------------------ models that depend on the batch
+class BatchStatisticsNet(nn.Module):
+    """A BatchNorm that keeps no running statistics: it normalises with the batch's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4, track_running_stats=False)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.norm(self.conv(x))).mean((2, 3)))
+
+
+class RandomDropoutNet(Net):
+    """Dropout called with training=True: random whatever the model's mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(nn.functional.dropout(x, 0.2, training=True))
+
+
+def batch_statistics_model() -> nn.Module:
+    return BatchStatisticsNet()
+
+
+def random_dropout_model() -> nn.Module:
+    return RandomDropoutNet()
+
+
+def test_ctc_s_refusal_of_batch_statistics_sends_to_methods_that_do_not_mix_images(photo, capsys):
+    """CTC said 'feature-ablation and lime take any model'; they ran with several perturbed
+    images per pass, whose batch statistics mixed them: the scores (and the ranking) changed
+    with --perturbations-per-eval."""
+    error = _error(capsys, _explain(photo, "batch_statistics_model", "--method", "ctc"))
+    assert "explain it with one perturbed image per pass" in error, error
+    scores = []
+    for per_eval in ("1", "16"):
+        save = photo.parent / f"run{per_eval}.npz"
+        argv = _explain(photo, "batch_statistics_model", "--method", "feature-ablation")
+        assert main([*argv, "--perturbations-per-eval", per_eval, "--save", str(save)]) == 0
+        scores.append(np.load(save)["image0/feature-ablation/scores"])
+    np.testing.assert_array_equal(*scores)
+
+
+def test_a_random_draw_of_the_model_s_own_is_not_sent_to_other_methods(photo, capsys):
+    """Every method's scores would be random there: 'take any model' was wrong advice."""
+    error = _error(capsys, _explain(photo, "random_dropout_model", "--method", "ctc"))
+    assert "training=True" in error and "take any model" not in error, error
