@@ -44,6 +44,9 @@ def draw_case(
 ) -> tuple[nn.Module, torch.Tensor, torch.Tensor, int]:
     """Draw (model, inputs, feature_mask, target): a seeded model, a batch and a partition.
 
+    With per-example masks, example 0 may lack a feature the others have (its score must be 0
+    and absent, the others' unchanged), and the inputs may have a black half.
+
     Args:
         draw: Hypothesis's draw function.
         build: ``build(seed, size)`` returns the model for inputs of side ``size``.
@@ -60,6 +63,12 @@ def draw_case(
     generator = torch.Generator().manual_seed(seed + 1)
     x = torch.rand(batch, 3, size, size, generator=generator, dtype=dtype)
     mask = random_partition(size, size, features, seed=seed, batch=batch if per_example else 1)
+    if per_example and batch > 1 and features > 1 and draw(st.booleans()):
+        ids = mask[0].unique()
+        mask = mask.clone()
+        mask[0][mask[0] == ids[-1]] = ids[0]  # example 0 lacks a feature the others have
+    if draw(st.booleans()):
+        x[..., : size // 2] = 0  # a black half: closed gates, copies that are zero everywhere
     return model, x, mask, draw(st.integers(0, classes - 1))
 
 

@@ -47,7 +47,9 @@ def oracle_gradient_x_input(model, x, target):
 @given(data=st.data(), with_baseline=st.booleans())
 def test_proportional_scores_add_up_to_the_target_logit(family, data, with_baseline):
     model, x, mask, target = data.draw(FAMILIES[family]())
-    baselines = 0.3 * torch.ones_like(x[:1]) if with_baseline else None
+    # one baseline per example, each its own (negative ones too): not one row for the batch
+    steps = torch.linspace(-0.3, 0.3, len(x), dtype=x.dtype).view(-1, 1, 1, 1)
+    baselines = steps * torch.ones_like(x) if with_baseline else None
     _, scores = CTC(model, bias_sharing="proportional").attribute(
         x, target, feature_mask=mask, baselines=baselines, return_feature_scores=True
     )
