@@ -1,5 +1,6 @@
-"""A fused map whose range before the last min-max is below its 1e-7 peaks below 1: it gets an
-EmptyMapWarning instead of reading as an explanation."""
+"""Integrative CAM: a fused map whose range before the last min-max is below its 1e-7 warns
+(EmptyMapWarning) instead of reading as an explanation; a module run twice has its stages
+numbered; refusals of a model's own batch statistics and draws do not ask for model.eval()."""
 
 from __future__ import annotations
 
