@@ -388,7 +388,7 @@ class CTCMode(TorchFunctionMode):
         Each gate-only tensor of the result is noted where it was made (`_placed`).
         """
         marks = [self.gated_pass.gate_mark(t) for t in propagated]
-        out = self._apply_rule(func, row, args, kwargs, propagated)
+        out = self._apply_rule(func, row, args, kwargs, propagated, marks)
         return self._placed(func, out, marks)
 
     def _placed(self, func: Callable[..., Any], out: Any, marks: list[Any]) -> Any:
@@ -419,10 +419,10 @@ class CTCMode(TorchFunctionMode):
         args: tuple,
         kwargs: dict,
         propagated: list[Tensor],
+        marks: list[Any],
     ) -> Any:
-        """`_apply` without noting where gate-only marks were made."""
+        """`_apply` without noting where gate-only marks were made (``marks``: the operands')."""
         ctx = self.gated_pass
-        marks = [ctx.gate_mark(t) for t in propagated]
         all_gates = all(mark is not None for mark in marks)
         gate_only = next((m for m in marks if m is not None and m.only), None)
         moved = next((ctx.copy_axis(t) for t in propagated if ctx.copy_axis(t)), 0)
