@@ -362,19 +362,24 @@ def _changed_modules(canonizer: Any) -> list[nn.Module]:
     return [module for module in found if isinstance(module, nn.Module)]
 
 
-def refuse_registered_elsewhere(composite: Composite, model: nn.Module) -> None:
+def refuse_registered_elsewhere(composite: Composite, model: nn.Module) -> bool | None:
     """Refuse ``composite`` while it is registered on another model than ``model``.
+
+    Returns:
+        ``True`` where it is registered on ``model``, ``None`` where nowhere (`registered_on`).
 
     Raises:
         RuntimeError: Saying where it is registered and what to do; nothing is changed.
     """
-    if registered_on(composite, model) is False:
+    here = registered_on(composite, model)
+    if here is False:
         raise RuntimeError(
             f"this {type(composite).__name__} is registered on another model (an open `with "
             "composite.context(other_model)` or attributor block): its rules and canonizers are "
             "there, not on this model; end that block first, or give this model a composite of "
             "its own"
         )
+    return here
 
 
 def _flat_canonizers(
@@ -425,8 +430,7 @@ def gradient_attributor(model: nn.Module, composite: Composite) -> Iterator[Grad
     """
     check_canonizers(composite, model)
     with exclusive(model), exclusive(composite):
-        refuse_registered_elsewhere(composite, model)
-        if registered_on(composite, model):
+        if refuse_registered_elsewhere(composite, model):
             # zennit 1.0's parameter-modifying rules drop the merged tensors that shadow a
             # merged layer's own: they are put back as they were
             with tensors_restored(model), batch_norms_valid(model):

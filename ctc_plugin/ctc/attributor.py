@@ -24,7 +24,6 @@ from ctc_plugin.canonizers import (
     check_canonizers,
     refuse_a_second_composite,
     refuse_registered_elsewhere,
-    registered_on,
     remove_composite,
     tensors_restored,
 )
@@ -242,8 +241,7 @@ class CTCAttributor(Attributor):
                 another model; nothing is registered.
         """
         with exclusive(self.model), exclusive(self.composite):
-            refuse_registered_elsewhere(self.composite, self.model)
-            nested = bool(registered_on(self.composite, self.model))
+            nested = bool(refuse_registered_elsewhere(self.composite, self.model))
             if not nested:
                 self._refuse_another_composite()
                 self._unregister()
