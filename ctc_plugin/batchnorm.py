@@ -1,5 +1,7 @@
 """BatchNorm in one place: which modules are BatchNorms, and the affine map of one in eval mode.
 
+Also which BatchNorms keep no running statistics (`keeps_no_running_statistics`).
+
 Every part of the package that treats BatchNorm specially (the training-mode check of
 [`ctc_plugin.inputs`][ctc_plugin.inputs], CTC's rules and composite, Integrative CAM's bias
 maps, the Zennit canonizers of [`ctc_plugin.canonizers`][ctc_plugin.canonizers]) asks this module.
@@ -14,6 +16,19 @@ from torch.nn.modules.batchnorm import _BatchNorm
 #: The BatchNorm module types: ``BatchNorm1d/2d/3d``, ``SyncBatchNorm`` and the lazy variants
 #: (their common base class, as ``zennit.types.BatchNorm`` uses it).
 BATCH_NORM_TYPES: tuple[type[nn.Module], ...] = (_BatchNorm,)
+
+
+def keeps_no_running_statistics(module: nn.Module) -> bool:
+    """Whether ``module`` is a BatchNorm without running statistics (``track_running_stats=False``).
+
+    Such a BatchNorm normalises every batch with that batch's own statistics, in eval mode too:
+    what it computes for an example depends on the other examples of the batch.
+    """
+    return (
+        isinstance(module, BATCH_NORM_TYPES)
+        and module.running_mean is None
+        and module.running_var is None
+    )
 
 
 def batch_norm_affine(

@@ -43,7 +43,7 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.nn.utils.parametrizations import _SpectralNorm
 from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
 
-from ctc_plugin.batchnorm import BATCH_NORM_TYPES
+from ctc_plugin.batchnorm import BATCH_NORM_TYPES, keeps_no_running_statistics
 from ctc_plugin.concurrency import model_of
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -653,11 +653,7 @@ def _batch_statistics_only(module: torch.nn.Module) -> bool:
     batch statistics). ``SyncBatchNorm`` is not spared: in training mode it gathers the
     statistics of every process.
     """
-    return (
-        module.running_mean is None
-        and module.running_var is None
-        and not isinstance(module, torch.nn.SyncBatchNorm)
-    )
+    return keeps_no_running_statistics(module) and not isinstance(module, torch.nn.SyncBatchNorm)
 
 
 def _drops_paths(module: torch.nn.Module) -> bool:

@@ -245,12 +245,9 @@ def _perturbations_per_eval(request: Request) -> int:
     statistics of the batch, which would mix the perturbed images; alone, each is what the
     model computes for it.
     """
-    from ctc_plugin.batchnorm import BATCH_NORM_TYPES
+    from ctc_plugin.batchnorm import keeps_no_running_statistics
 
-    batch_statistics = any(
-        isinstance(module, BATCH_NORM_TYPES) and module.running_mean is None
-        for module in request.model.modules()
-    )
+    batch_statistics = any(map(keeps_no_running_statistics, request.model.modules()))
     return 1 if batch_statistics else request.perturbations_per_eval
 
 
