@@ -1,19 +1,27 @@
-"""One clear ``TypeError`` for keyword arguments that moved into a config object or elsewhere.
+"""Keyword arguments that moved: one clear ``TypeError``, or for a plain rename one warning.
 
-The package is unreleased (0.1), so old keyword arguments are not kept as aliases; a call that
-still uses one fails at once with a message that says where the setting lives now, instead of
-Python's bare ``unexpected keyword argument``. The wrapped function keeps its signature and
-docstring (``functools.wraps``), so the documentation shows only the new API.
+The package is unreleased (0.1), so old keyword arguments are mostly not kept as aliases; a
+call that still uses one fails at once with a message that says where the setting lives now,
+instead of Python's bare ``unexpected keyword argument`` (`moved_keywords`). A parameter that
+only changed its name to the one the libraries around it use (the metrics' ``targets=``, now
+Captum's ``target=``) keeps the old name working for a while, with a ``FutureWarning``
+(`renamed_keywords`). Either way the wrapped function keeps its signature and docstring
+(``functools.wraps``), so ``help()``, ``inspect.signature`` and the documentation show only
+the new API.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-__all__ = ["moved_keywords"]
+from ctc_plugin.wording import caller_stacklevel
+
+__all__ = ["moved_keywords", "renamed_keywords"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,6 +71,73 @@ def moved_keywords(
                         f"(or dataclasses.replace(an_existing_config, {values}))",
                     )
                 raise TypeError(f"{name}() no longer takes {given}: {'; '.join(reasons)}")
+            return function(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def renamed_keywords(renames: Mapping[str, str], why: str = "") -> Callable[[F], F]:
+    """Keep old names of renamed parameters working, with a ``FutureWarning`` naming the new one.
+
+    The decorated function is written with the new names only. A call that passes an old name
+    as a keyword runs as if it had passed the new one, and warns (pointing at the caller's
+    line) that the old name is deprecated and the new one is to be used. A call that gives
+    both, the new name by keyword or by position, is a ``TypeError`` naming both. Calls by
+    position and with the new name run unchanged and silently.
+
+    Args:
+        renames: ``{old name: new name}``, e.g. ``{"targets": "target"}``.
+        why: Why the new name, appended to the warning (e.g. ``"the name Captum uses"``).
+
+    Returns:
+        A decorator for functions.
+
+    Raises:
+        ValueError: On decoration, where a new name is no parameter of the function or an old
+            name still is one.
+    """
+    renames = dict(renames)
+
+    def decorate(function: F) -> F:
+        name = function.__qualname__
+        parameters = list(inspect.signature(function).parameters.values())
+        named = {p.name for p in parameters}
+        positional = [
+            p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        for old, new in renames.items():
+            if new not in named or old in named:
+                raise ValueError(
+                    f"renamed_keywords({old!r} -> {new!r}) on {name}(): the function must take "
+                    f"{new!r} and not {old!r}"
+                )
+        # how many positional arguments reach each new name (None: it is keyword-only)
+        place = {
+            new: positional.index(new) if new in positional else None for new in renames.values()
+        }
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in renames.items():
+                if old not in kwargs:
+                    continue
+                index = place[new]
+                by_position = index is not None and len(args) > index
+                if new in kwargs or by_position:
+                    how = "by position" if by_position else f"as {new}="
+                    raise TypeError(
+                        f"{name}() got both {new} ({how}) and {old}=, the old name of {new}: "
+                        f"give only {new}="
+                    )
+                warnings.warn(
+                    f"{name}({old}=...) is deprecated and will be removed: use {new}=... "
+                    f"instead{f' ({why})' if why else ''}",
+                    FutureWarning,
+                    stacklevel=caller_stacklevel(),
+                )
+                kwargs[new] = kwargs.pop(old)
             return function(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

@@ -237,7 +237,7 @@ def test_the_sanity_check_leaves_the_cuda_random_state_as_it_was():
     x = torch.rand(2, 3, 6, 6, device=CUDA)
     state = torch.cuda.get_rng_state(CUDA)
     cascading_randomisation(
-        lambda m, images, t, f: images.sum(1, keepdim=True), model, x, targets=[0, 1]
+        lambda m, images, t, f: images.sum(1, keepdim=True), model, x, target=[0, 1]
     )
     assert torch.equal(torch.cuda.get_rng_state(CUDA), state)
 

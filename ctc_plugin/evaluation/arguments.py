@@ -4,6 +4,10 @@ One place and one set of error messages for every metric (and for the benchmark 
 Quantus adapter that call methods the same way): the `Method` type, how a method is called
 (`explain`) and how the model's targets are read (`predict`, `model_targets`).
 
+The class explained is ``target=`` in every metric, as in Captum's ``attribute`` methods and
+metrics (``infidelity``, ``sensitivity_max``) and in CTC and Integrative CAM; the metrics'
+earlier ``targets=`` still works, with a ``FutureWarning`` (`target_renamed`).
+
 The metrics compute on the CPU and return their scores there, wherever the maps and masks
 come from (maps on a GPU, masks loaded from disk): `as_maps` and `as_masks` move them there.
 """
@@ -16,9 +20,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ctc_plugin._moved import renamed_keywords
 from ctc_plugin.inputs import check_eval_mode, dtype_mismatch_named, is_integer
 from ctc_plugin.inputs import check_images as shared_check_images
 from ctc_plugin.targets import class_indices, resolve_targets
+
+#: The decorator of every function of the evaluation that takes the class explained: the
+#: parameter is ``target`` (Captum's name); ``targets=``, its name before, still works and
+#: warns (``FutureWarning``), and giving both is a ``TypeError``.
+target_renamed = renamed_keywords(
+    {"targets": "target"}, why="the name Captum's attribute methods and metrics use"
+)
 
 
 def as_tensor(value: Tensor | np.ndarray, name: str) -> Tensor:
@@ -105,7 +117,8 @@ def check_images(images: Tensor, name: str = "images") -> Tensor:
     return shared_check_images(images, name=name)
 
 
-def as_targets(targets: Tensor | int | list[int] | np.ndarray, n: int) -> Tensor:
+@target_renamed
+def as_targets(target: Tensor | int | list[int] | np.ndarray, n: int) -> Tensor:
     """Return class targets as a long ``(N,)`` tensor (one class is repeated for every image).
 
     Any Captum target form ([`ctc_plugin.targets.class_indices`][ctc_plugin.targets.class_indices]),
@@ -115,17 +128,18 @@ def as_targets(targets: Tensor | int | list[int] | np.ndarray, n: int) -> Tensor
         ValueError: when the targets are not integer class indices, or their number does not
             match the number of images.
     """
-    if isinstance(targets, np.ndarray):
-        targets = torch.from_numpy(targets)
-    device = targets.device if isinstance(targets, Tensor) else None
-    if isinstance(targets, Tensor) and targets.numel() == n:
-        targets = targets.reshape(-1)
-    return class_indices(targets, n, device=device)
+    if isinstance(target, np.ndarray):
+        target = torch.from_numpy(target)
+    device = target.device if isinstance(target, Tensor) else None
+    if isinstance(target, Tensor) and target.numel() == n:
+        target = target.reshape(-1)
+    return class_indices(target, n, device=device)
 
 
-#: An explanation method as the evaluation sees it: ``method(model, images, targets,
-#: feature_mask) -> (N, 1, H, W)`` maps (``feature_mask`` may be ``None`` for methods that do not
-#: use features). See `ctc_plugin.harness.methods` for the registry of such functions.
+#: An explanation method as the evaluation sees it: ``method(model, images, target,
+#: feature_mask) -> (N, 1, H, W)`` maps, called by position (``feature_mask`` may be ``None``
+#: for methods that do not use features). See `ctc_plugin.harness.methods` for the registry
+#: of such functions.
 Method = Callable[[nn.Module, Tensor, Tensor, "Tensor | None"], Tensor]
 
 
@@ -135,12 +149,13 @@ def predict(model: nn.Module, images: Tensor, batch_size: int = 64) -> Tensor:
         return torch.cat([model(chunk).argmax(dim=1) for chunk in images.split(batch_size)])
 
 
+@target_renamed
 def model_targets(
-    model: nn.Module, images: Tensor, targets: Tensor | int | list[int] | np.ndarray | None
+    model: nn.Module, images: Tensor, target: Tensor | int | list[int] | np.ndarray | None
 ) -> Tensor:
     """The class of each image a metric explains, after refusing a model in training mode.
 
-    The model's predictions where ``targets`` is ``None``; else ``targets`` (see `as_targets`),
+    The model's predictions where ``target`` is ``None``; else ``target`` (see `as_targets`),
     checked against the number of classes the model gives for the first image (negative ones
     count from the end), so an index out of range is the same ``ValueError`` as in every
     attribution method, not an ``IndexError`` in the middle of a metric.
@@ -153,9 +168,9 @@ def model_targets(
     """
     check_eval_mode(model)
     with dtype_mismatch_named(model, images):  # the metric's first call of the model
-        if targets is None:
+        if target is None:
             return predict(model, images)
-        labels = as_targets(targets, len(images))
+        labels = as_targets(target, len(images))
         with torch.no_grad():
             classes = model(images[:1]).shape[1]
     return resolve_targets(labels.tolist(), torch.empty(len(images), classes)).to(labels.device)
@@ -181,8 +196,9 @@ def check_count(value: object, name: str, least: int = 1) -> int:
     return int(value)  # type: ignore[call-overload]
 
 
+@target_renamed
 def explain(
-    method: Method, model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+    method: Method, model: nn.Module, images: Tensor, target: Tensor, feature_mask: Tensor | None
 ) -> Tensor:
     """Call ``method`` and check that it returned ``(N, 1, H, W)`` finite maps.
 
@@ -193,7 +209,7 @@ def explain(
         ValueError: naming the wrong shape, or the images whose maps hold NaN or infinity, so
             a broken method fails loudly instead of turning a metric into NaN.
     """
-    maps = method(model, images, targets, feature_mask)
+    maps = method(model, images, target, feature_mask)
     n, _, height, width = images.shape
     if isinstance(maps, Tensor) and tuple(maps.shape) == (n, height, width):
         maps = maps.unsqueeze(1)  # one map per image without its channel dimension

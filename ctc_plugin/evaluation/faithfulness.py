@@ -28,6 +28,7 @@ from ctc_plugin.evaluation.arguments import (
     check_images,
     is_probability_output,
     model_targets,
+    target_renamed,
 )
 
 __all__ = ["PerturbationCurve", "perturbation_curve", "resolve_baseline"]
@@ -188,10 +189,11 @@ def _score(model: nn.Module, batch: Tensor, target: int, output: str) -> Tensor:
     return torch.softmax(logits, dim=1)[:, target]
 
 
+@target_renamed
 def perturbation_curve(
     model: nn.Module,
     images: Tensor,
-    targets: Tensor | int | list[int],
+    target: Tensor | int | list[int],
     attributions: Tensor | np.ndarray,
     mode: Literal["deletion", "insertion"] = "deletion",
     order: Literal["morf", "lerf"] = "morf",
@@ -207,7 +209,7 @@ def perturbation_curve(
     Args:
         model: Classifier returning logits ``(N, classes)``; called under ``torch.no_grad``.
         images: ``(N, C, H, W)`` inputs, in the space the model takes.
-        targets: Class explained per image (an int for all).
+        target: Class explained per image (an int for all).
         attributions: Maps ``(N, [C,] H, W)``; channels are summed.
         mode: ``"deletion"`` replaces image content by the baseline; ``"insertion"`` starts from
             the baseline and reveals the image.
@@ -247,7 +249,7 @@ def perturbation_curve(
         raise ValueError(f"output must be 'probability' or 'logit', got {output!r}")
     steps, batch_size = check_count(steps, "steps"), check_count(batch_size, "batch_size")
     seed = check_count(seed, "seed", least=0)
-    labels = model_targets(model, images, targets)
+    labels = model_targets(model, images, target)
     masks = None if feature_mask is None else _feature_masks(feature_mask, n, height, width)
     base = resolve_baseline(baseline, images)
     grid = _pixel_counts(height * width, steps).double() / (height * width)  # the moved area

@@ -20,7 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation.arguments import Method, check_images, explain, model_targets
+from ctc_plugin.evaluation.arguments import (
+    Method,
+    check_images,
+    explain,
+    model_targets,
+    target_renamed,
+)
 from ctc_plugin.inputs import check_eval_mode, is_finite_number
 
 __all__ = [
@@ -192,21 +198,22 @@ class InvarianceResult:
     model_gap: float
 
 
+@target_renamed
 def input_invariance(
     method: Method,
     model: nn.Module,
     images: Tensor,
-    targets: Tensor | int | list[int] | None = None,
+    target: Tensor | int | list[int] | None = None,
     feature_mask: Tensor | None = None,
     shift: float = -0.5,
 ) -> InvarianceResult:
     """Explain ``model`` at ``images`` and its shifted copy at ``images + shift``; compare.
 
     Args:
-        method: ``method(model, images, targets, feature_mask) -> (N, 1, H, W)``.
+        method: ``method(model, images, target, feature_mask) -> (N, 1, H, W)``.
         model: The classifier.
         images: ``(N, C, H, W)`` inputs.
-        targets: Classes to explain; ``None`` = predicted classes.
+        target: Classes to explain; ``None`` = predicted classes.
         feature_mask: Features, reused for the shifted input (the segments are the same).
         shift: The constant input shift (Kindermans et al. used -1 on [0, 1] MNIST).
 
@@ -220,7 +227,7 @@ def input_invariance(
     images = check_images(images)
     if not is_finite_number(shift):
         raise ValueError(f"shift must be a finite number, got {shift!r}")
-    labels = model_targets(model, images, targets)
+    labels = model_targets(model, images, target)
     other = shifted_model(model, shift, images)
     moved = images + shift
     with torch.no_grad():

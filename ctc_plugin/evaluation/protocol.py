@@ -33,6 +33,7 @@ from ctc_plugin.evaluation.arguments import (
     explain,
     model_targets,
     predict,
+    target_renamed,
 )
 from ctc_plugin.evaluation.perturbations import check_unit_range, perturb, severity_value
 
@@ -150,11 +151,12 @@ class WelchResult:
     n_changed: int
 
 
+@target_renamed
 def run_protocol(
     method: Method,
     model: nn.Module,
     images: Tensor,
-    targets: Tensor | int | list[int] | None = None,
+    target: Tensor | int | list[int] | None = None,
     feature_mask: Tensor | None = None,
     perturbations: Sequence[tuple[str, str | float]] = DEFAULT_PERTURBATIONS,
     segmenter: Callable[[Tensor], Tensor] | None = None,
@@ -165,10 +167,10 @@ def run_protocol(
     """Run the invariance/sensitivity protocol for one method.
 
     Args:
-        method: ``method(model, images, targets, feature_mask) -> (N, 1, H, W)``.
+        method: ``method(model, images, target, feature_mask) -> (N, 1, H, W)``.
         model: The classifier (inputs in [0, 1], since perturbations clip to that range).
         images: ``(N, C, H, W)`` float images in [0, 1].
-        targets: Classes explained for the originals; ``None`` = predicted classes.
+        target: Classes explained for the originals; ``None`` = predicted classes.
         feature_mask: Features for the originals (and the perturbed images unless
             ``segmenter`` is given); ``None`` for methods without features.
         perturbations: ``(kind, severity)`` pairs, see `ctc_plugin.evaluation.perturbations`.
@@ -177,7 +179,7 @@ def run_protocol(
         normalisation: Per-explanation normalisation before the L2 distance.
         perturbed_target: ``"predicted"``: explain a perturbed image whose prediction changed
             for its new prediction, and one whose prediction was kept for the same target as
-            its original (with explicit ``targets`` that differ from the predictions, a kept
+            its original (with an explicit ``target`` that differs from the predictions, a kept
             image would otherwise compare explanations of two classes). ``"original"``: every
             perturbed image for the original target (the reference's choice).
         seed: Seed of the noise. Each image draws its noise for each perturbation from a
@@ -218,8 +220,8 @@ def run_protocol(
         )
     seed = check_count(seed, "seed", least=0)
     images = check_unit_range(images)  # the perturbations need pixels in [0, 1]
-    labels = model_targets(model, images, targets)  # refuses a model in training mode first
-    original_pred = labels if targets is None else predict(model, images)
+    labels = model_targets(model, images, target)  # refuses a model in training mode first
+    original_pred = labels if target is None else predict(model, images)
     reference = explain(method, model, images, labels, feature_mask)
     keys = [image_key(image, seed) for image in images]
     results = []
@@ -237,14 +239,14 @@ def run_protocol(
         )
         pred = predict(model, changed_images)
         kept = pred == original_pred
-        # a kept prediction keeps the class explained (also when ``targets`` are not the
-        # predictions), so the kept group compares explanations of one class
+        # a kept prediction keeps the class explained (also when ``target`` is not the
+        # prediction), so the kept group compares explanations of one class
         if perturbed_target == "predicted":
-            target = torch.where(kept, labels.to(pred.device), pred)
+            explained = torch.where(kept, labels.to(pred.device), pred)
         else:
-            target = labels
+            explained = labels
         mask = feature_mask if segmenter is None else segmenter(changed_images)
-        maps = explain(method, model, changed_images, target, mask)
+        maps = explain(method, model, changed_images, explained, mask)
         results.append(
             ProtocolResult(
                 kind=kind,

@@ -23,6 +23,7 @@ from ctc_plugin.evaluation.arguments import (
     check_images,
     explain,
     model_targets,
+    target_renamed,
 )
 from ctc_plugin.inputs import check_eval_mode
 
@@ -147,11 +148,12 @@ class RandomisationStep:
     correlation: Tensor
 
 
+@target_renamed
 def cascading_randomisation(
     method: Method,
     model: nn.Module,
     images: Tensor,
-    targets: Tensor | int | list[int] | None = None,
+    target: Tensor | int | list[int] | None = None,
     feature_mask: Tensor | None = None,
     max_steps: int | None = None,
     seed: int = 0,
@@ -160,10 +162,10 @@ def cascading_randomisation(
     """Randomise layers from the top down, cumulatively, and track the rank correlation.
 
     Args:
-        method: ``method(model, images, targets, feature_mask) -> (N, 1, H, W)``.
+        method: ``method(model, images, target, feature_mask) -> (N, 1, H, W)``.
         model: The classifier (left unchanged: a copy is randomised).
         images: ``(N, C, H, W)`` inputs.
-        targets: Classes explained at every step; ``None`` = the original model's predictions.
+        target: Classes explained at every step; ``None`` = the original model's predictions.
         feature_mask: Features, reused at every step.
         max_steps: Explain after at most this many evenly spaced steps, the last of which
             has every layer randomised (``max_steps=1``: only that one); ``None`` explains
@@ -181,7 +183,7 @@ def cascading_randomisation(
     if max_steps is not None:
         max_steps = check_count(max_steps, "max_steps")
     seed = check_count(seed, "seed", least=0)
-    labels = model_targets(model, images, targets)
+    labels = model_targets(model, images, target)
     original = explain(method, model, images, labels, feature_mask)
     layers = _owners(model, images)
     names = list(layers)[::-1]

@@ -17,17 +17,19 @@ from ctc_plugin.evaluation.arguments import (
     check_images,
     explain,
     model_targets,
+    target_renamed,
 )
 from ctc_plugin.inputs import is_finite_number
 
 __all__ = ["max_sensitivity", "Cost", "measure_cost"]
 
 
+@target_renamed
 def max_sensitivity(
     method: Method,
     model: nn.Module,
     images: Tensor,
-    targets: Tensor | int | list[int] | None = None,
+    target: Tensor | int | list[int] | None = None,
     feature_mask: Tensor | None = None,
     radius: float = 0.02,
     n_samples: int = 8,
@@ -38,14 +40,14 @@ def max_sensitivity(
 
     ``max_j ||a(x + d_j) - a(x)|| / ||a(x)||`` (Frobenius norms) with ``d_j`` uniform in
     ``[-radius, radius]``, as ``captum.metrics.sensitivity_max`` computes it (a map of norm 0
-    divides by 1); ``normalise=False`` drops the denominator. The same targets and features are
-    used for the noisy inputs. Noisy inputs are not clipped (as in Captum and Quantus).
+    divides by 1); ``normalise=False`` drops the denominator. The same classes and features
+    are used for the noisy inputs. Noisy inputs are not clipped (as in Captum and Quantus).
 
     Args:
-        method: ``method(model, images, targets, feature_mask)`` returning ``(N, 1, H, W)`` maps.
+        method: ``method(model, images, target, feature_mask)`` returning ``(N, 1, H, W)`` maps.
         model: The explained model, in eval mode.
         images: ``(N, C, H, W)`` float images.
-        targets: One class per image, one for all, or ``None`` for the predicted classes.
+        target: One class per image, one for all, or ``None`` for the predicted classes.
         feature_mask: Passed on to ``method`` for the clean and the noisy inputs alike.
         radius: Half-width of the uniform noise.
         n_samples: Noisy copies per image.
@@ -65,7 +67,7 @@ def max_sensitivity(
         raise ValueError(f"radius must be a finite number >= 0, got {radius!r}")
     n_samples = check_count(n_samples, "n_samples")
     seed = check_count(seed, "seed", least=0)
-    labels = model_targets(model, images, targets)
+    labels = model_targets(model, images, target)
     reference = explain(method, model, images, labels, feature_mask).double()
     generator = torch.Generator().manual_seed(seed)
     worst = torch.zeros(len(images), dtype=torch.float64)
@@ -121,11 +123,12 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+@target_renamed
 def measure_cost(
     method: Method,
     model: nn.Module,
     images: Tensor,
-    targets: Tensor | int | list[int] | None = None,
+    target: Tensor | int | list[int] | None = None,
     feature_mask: Tensor | None = None,
 ) -> tuple[Tensor, Cost]:
     """Explain once and measure time per image and peak memory.
@@ -135,10 +138,10 @@ def measure_cost(
     call allocates it.
 
     Args:
-        method: ``method(model, images, targets, feature_mask)`` returning ``(N, 1, H, W)`` maps.
+        method: ``method(model, images, target, feature_mask)`` returning ``(N, 1, H, W)`` maps.
         model: The explained model, in eval mode.
         images: ``(N, C, H, W)`` float images.
-        targets: One class per image, one for all, or ``None`` for the predicted classes.
+        target: One class per image, one for all, or ``None`` for the predicted classes.
         feature_mask: Passed on to ``method`` (segment methods need one).
 
     Returns:
@@ -150,7 +153,7 @@ def measure_cost(
         ValueError: Images that are not a finite float batch, or targets out of range.
     """
     images = check_images(images)
-    targets = model_targets(model, images, targets)
+    labels = model_targets(model, images, target)
     cuda = images.is_cuda
     if cuda:
         torch.cuda.synchronize(images.device)
@@ -160,7 +163,7 @@ def measure_cost(
         tracked = _reset_peak_rss()
         before = _rss_kib("VmRSS") * 1024 if tracked else 0
     start = time.perf_counter()
-    maps = explain(method, model, images, targets, feature_mask)
+    maps = explain(method, model, images, labels, feature_mask)
     if cuda:
         torch.cuda.synchronize(images.device)
     seconds = time.perf_counter() - start

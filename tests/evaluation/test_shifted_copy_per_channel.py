@@ -53,7 +53,7 @@ def test_differences_are_the_relative_l1_change_of_the_maps():
     def channel_sum(model, images, targets, feature_mask):
         return images.sum(1, keepdim=True)
 
-    result = input_invariance(channel_sum, model, x, targets=0, shift=-0.5)
+    result = input_invariance(channel_sum, model, x, target=0, shift=-0.5)
     expected = (3 * 0.5 * 25) / x.sum(1).abs().flatten(1).sum(1)
     torch.testing.assert_close(result.differences, expected, rtol=1e-12, atol=0)
     assert result.model_gap < 1e-10
