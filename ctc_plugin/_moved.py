@@ -123,16 +123,20 @@ def renamed_keywords(renames: Mapping[str, str], why: str = "") -> Callable[[F],
             for old, new in renames.items():
                 if old not in kwargs:
                     continue
+                # read now: a function built in a factory is often given its name afterwards
+                shown = wrapper.__qualname__
+                if "<locals>" in shown:
+                    shown = wrapper.__name__
                 index = place[new]
                 by_position = index is not None and len(args) > index
                 if new in kwargs or by_position:
                     how = "by position" if by_position else f"as {new}="
                     raise TypeError(
-                        f"{name}() got both {new} ({how}) and {old}=, the old name of {new}: "
+                        f"{shown}() got both {new} ({how}) and {old}=, the old name of {new}: "
                         f"give only {new}="
                     )
                 warnings.warn(
-                    f"{name}({old}=...) is deprecated and will be removed: use {new}=... "
+                    f"{shown}({old}=...) is deprecated and will be removed: use {new}=... "
                     f"instead{f' ({why})' if why else ''}",
                     FutureWarning,
                     stacklevel=caller_stacklevel(),

@@ -1,6 +1,8 @@
 """The explanation methods the benchmark compares, behind one signature.
 
-Every entry is a function ``method(model, images, targets, feature_mask) -> (N, 1, H, W)``.
+Every entry is a function ``method(model, images, target, feature_mask) -> (N, 1, H, W)``
+(``target``: the class per image, as in Captum; ``targets=``, its earlier name, still works
+with a ``FutureWarning``).
 Peers are the real library calls (Captum, Zennit, pytorch-grad-cam), not re-implementations;
 feature-based methods (Captum's FeatureAblation, Lime, KernelShap and CTC) receive the same
 ``feature_mask``. Methods that return one value per input channel are reduced to one map:
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctc_plugin.evaluation.arguments import Method
+from ctc_plugin.evaluation.arguments import Method, target_renamed
 from ctc_plugin.module_state import modes_kept
 
 __all__ = [
@@ -47,7 +49,7 @@ class MethodSpec:
             ``"pytorch-grad-cam"``, ``"ctc-plugin"``).
         uses_features: True when the method reads ``feature_mask`` (it then runs once per
             feature source).
-        fn: ``fn(model, images, targets, feature_mask) -> (N, 1, H, W)``.
+        fn: ``fn(model, images, target, feature_mask) -> (N, 1, H, W)``.
         applies_to: Whether the method explains a given model (``None``: every model); a
             method for transformers only is left out of a CNN's run, not reported as failed.
     """
@@ -75,13 +77,14 @@ def _first_channel(attributions: Tensor) -> Tensor:
 
 
 def _captum_gradient(cls_name: str, reduce: str, **options: object) -> Method:
+    @target_renamed
     def method(
-        model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+        model: nn.Module, images: Tensor, target: Tensor, feature_mask: Tensor | None
     ) -> Tensor:
         from captum import attr
 
         explainer = getattr(attr, cls_name)(model)
-        out = explainer.attribute(_leaf(images), target=targets, **options).detach()
+        out = explainer.attribute(_leaf(images), target=target, **options).detach()
         if reduce == "max":
             return out.abs().amax(dim=1, keepdim=True)
         return out.sum(dim=1, keepdim=True)
@@ -129,18 +132,19 @@ def _captum_features(
         with drawing:
             return explainer.attribute(images, baselines=0.0, **arguments, **options)
 
+    @target_renamed
     def method(
-        model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+        model: nn.Module, images: Tensor, target: Tensor, feature_mask: Tensor | None
     ) -> Tensor:
         from captum import attr
 
         mask = _require_mask(feature_mask, cls_name).expand(len(images), -1, -1, -1)
         explainer = getattr(attr, cls_name)(model)
         if not per_image:
-            return _first_channel(explain(explainer, images, target=targets, feature_mask=mask))
+            return _first_channel(explain(explainer, images, target=target, feature_mask=mask))
         maps = [
             explain(
-                explainer, images[i : i + 1], target=int(targets[i]), feature_mask=mask[i : i + 1]
+                explainer, images[i : i + 1], target=int(target[i]), feature_mask=mask[i : i + 1]
             )
             for i in range(len(images))
         ]
@@ -161,8 +165,9 @@ def _zennit(composite_factory: Callable[[list], object], name: str) -> Method:
     and warns once.
     """
 
+    @target_renamed
     def method(
-        model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+        model: nn.Module, images: Tensor, target: Tensor, feature_mask: Tensor | None
     ) -> Tensor:
         from zennit.attribution import Gradient
 
@@ -170,7 +175,7 @@ def _zennit(composite_factory: Callable[[list], object], name: str) -> Method:
 
         with torch.no_grad():
             expected = model(images)
-        one_hot = F.one_hot(targets, expected.shape[1]).to(expected.dtype)
+        one_hot = F.one_hot(target, expected.shape[1]).to(expected.dtype)
         failure: RuntimeError | None = None
         for canonizers in ([PositiveEpsMergeBatchNorm()], []):
             working = copy.deepcopy(model)  # a failed canonizer must not touch the caller's model
@@ -229,8 +234,9 @@ def _grad_cam(cls_name: str) -> Method:
     [`last_spatial_layer`][ctc_plugin.cam.last_spatial_layer].
     """
 
+    @target_renamed
     def method(
-        model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+        model: nn.Module, images: Tensor, target: Tensor, feature_mask: Tensor | None
     ) -> Tensor:
         import pytorch_grad_cam
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -251,7 +257,7 @@ def _grad_cam(cls_name: str) -> Method:
             try:
                 maps = cam(
                     input_tensor=images,
-                    targets=[ClassifierOutputTarget(int(t)) for t in targets],
+                    targets=[ClassifierOutputTarget(int(t)) for t in target],
                 )
             finally:
                 cam.activations_and_grads.release()
@@ -283,8 +289,9 @@ def _without_attention(model: nn.Module) -> bool:
     )
 
 
+@target_renamed
 def _attn_lrp(
-    model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+    model: nn.Module, images: Tensor, target: Tensor, feature_mask: Tensor | None
 ) -> Tensor:
     """AttnLRP (Achtibat et al., ICML 2024) through ``lxt`` on torchvision's ViT blocks.
 
@@ -302,7 +309,7 @@ def _attn_lrp(
         monkey_patch(vision_transformer, cp_LRP)
         leaf = _leaf(images)
         with torch.enable_grad():
-            selected = model(leaf).gather(1, targets.view(-1, 1)).sum()
+            selected = model(leaf).gather(1, target.view(-1, 1)).sum()
             (gradient,) = torch.autograd.grad(selected, leaf)
         return (gradient * leaf).sum(dim=1, keepdim=True).detach()
     finally:
@@ -398,25 +405,27 @@ def _available(module: str) -> bool:
 
 
 def _ctc(mode: str) -> Method:
+    @target_renamed
     def method(
-        model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+        model: nn.Module, images: Tensor, target: Tensor, feature_mask: Tensor | None
     ) -> Tensor:
         from ctc_plugin.ctc.attribution import CTC
 
         mask = _require_mask(feature_mask, "CTC")
-        out = CTC(model, bias_sharing=mode).attribute(images, target=targets, feature_mask=mask)
+        out = CTC(model, bias_sharing=mode).attribute(images, target=target, feature_mask=mask)
         return _first_channel(out)
 
     method.__name__ = f"CTC_{mode}"
     return method
 
 
+@target_renamed
 def _integrative_cam(
-    model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+    model: nn.Module, images: Tensor, target: Tensor, feature_mask: Tensor | None
 ) -> Tensor:
     from ctc_plugin.cam.integrative import IntegrativeCAM
 
-    return IntegrativeCAM(model).attribute(images, target=targets).detach()
+    return IntegrativeCAM(model).attribute(images, target=target).detach()
 
 
 def explainer_method(explainer: nn.Module, name: str = "Explainer") -> Method:
@@ -425,12 +434,13 @@ def explainer_method(explainer: nn.Module, name: str = "Explainer") -> Method:
     The Explainer belongs to one classifier, so this method is built per model.
     """
 
+    @target_renamed
     def method(
-        model: nn.Module, images: Tensor, targets: Tensor, feature_mask: Tensor | None
+        model: nn.Module, images: Tensor, target: Tensor, feature_mask: Tensor | None
     ) -> Tensor:
         from ctc_plugin.explainer.attribution import ExplainerAttribution
 
-        maps = ExplainerAttribution(model, explainer).attribute(images, target=targets)
+        maps = ExplainerAttribution(model, explainer).attribute(images, target=target)
         return maps[:, :1].detach()
 
     method.__name__ = name

@@ -1,8 +1,9 @@
 """The class a metric explains is ``target=``, as in Captum; ``targets=`` still works and warns.
 
-The evaluation named it ``targets=`` where Captum's ``attribute`` methods and metrics
-(``infidelity``, ``sensitivity_max``), CTC and Integrative CAM say ``target=``: a Captum user's
-``max_sensitivity(method, model, x, target=y)`` was a ``TypeError``.
+The evaluation (and the benchmark's methods, which it calls) named it ``targets=`` where
+Captum's ``attribute`` methods and metrics (``infidelity``, ``sensitivity_max``), CTC and
+Integrative CAM say ``target=``: a Captum user's ``max_sensitivity(method, model, x, target=y)``
+was a ``TypeError``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ctc_plugin.evaluation.invariance import input_invariance
 from ctc_plugin.evaluation.protocol import run_protocol
 from ctc_plugin.evaluation.sanity import cascading_randomisation
 from ctc_plugin.evaluation.sensitivity import max_sensitivity, measure_cost
+from ctc_plugin.harness.methods import registry
 
 CLASSES = torch.tensor([0, 2])
 
@@ -78,6 +80,21 @@ CALLS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
     "model_targets": (model_targets, lambda m, x, **kw: model_targets(m, x, **kw)),
     "explain": (explain, lambda m, x, **kw: explain(saliency, m, x, feature_mask=None, **kw)),
 }
+
+#: The benchmark's methods, each with a 2 x 2 grid of features (AttnLRP is for ViTs only).
+METHODS = {
+    name: spec.fn
+    for name, spec in registry(n_samples=8, ig_steps=4).items()
+    if spec.applies_to is None or spec.applies_to(_model())
+}
+GRID = (torch.arange(64).view(8, 8) // 4 % 2 + torch.arange(64).view(8, 8) // 32 * 2).expand(
+    2, 1, 8, 8
+)
+for _name, _fn in METHODS.items():
+    CALLS[f"registry {_name}"] = (
+        _fn,
+        lambda m, x, _fn=_fn, **kw: _fn(m, x, feature_mask=GRID, **kw),
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -151,4 +168,13 @@ def test_no_function_of_the_evaluation_takes_targets_any_more():
             if "target" in parameters:
                 taking_target.add(attribute)
     assert not taking_targets
-    assert taking_target == set(CALLS)
+    assert taking_target == {name for name in CALLS if not name.startswith("registry ")}
+
+
+def test_every_method_of_the_benchmark_takes_target():
+    every = registry(n_samples=8, ig_steps=4)  # AttnLRP too, where lxt is installed
+    assert [
+        name
+        for name, spec in every.items()
+        if "target" not in inspect.signature(spec.fn).parameters
+    ] == []
