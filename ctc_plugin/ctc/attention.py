@@ -13,7 +13,9 @@ the signal any other way is refused.
 
 Handlers here: ``matmul``/``bmm``/``@``/``einsum``
 ([`matrix_product`][ctc_plugin.ctc.attention.matrix_product],
-[`einsum`][ctc_plugin.ctc.attention.einsum]), ``scaled_dot_product_attention``
+[`einsum`][ctc_plugin.ctc.attention.einsum]), ``baddbmm``/``addmm`` and their kind written out
+([`add_matrix_product`][ctc_plugin.ctc.attention.add_matrix_product]),
+``scaled_dot_product_attention``
 ([`scaled_dot_product_attention`][ctc_plugin.ctc.attention.scaled_dot_product_attention]),
 ``nn.MultiheadAttention``'s ``multi_head_attention_forward``
 ([`multi_head_attention`][ctc_plugin.ctc.attention.multi_head_attention], decomposed into the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from numbers import Number
 from typing import Any
 
 import torch
@@ -142,6 +145,74 @@ def matrix_product(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) ->
     return _product(
         ctx, func, [first, second], lambda ops: torch.matmul(*ops), check_linear, aligned
     )
+
+
+def add_matrix_product(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> Any:
+    """``baddbmm``/``addbmm``/``addmm``/``addmv``: ``beta * input + alpha * (m1 @ m2)``.
+
+    The call runs as the model written with ``@``, ``*`` and ``+`` would (``addbmm`` sums the
+    products over dim 0, ``.sum(0)``), each step routed by its own rule inside a CTC mode of
+    this pass (the row is ``written_out``): ``torch.baddbmm(bias, q, k^T, alpha=scale)`` is
+    ``bias + scale * (q @ k^T)``, scores a gate-only tensor (or a deferred product of two
+    signals), and ``torch.addmm(b, x, w)`` is a linear layer whose bias is shared, as
+    ``x @ w + b`` is. ``beta = 0`` leaves ``input`` out, as torch does (its NaNs too). A step
+    the rules refuse is refused naming the call and the step.
+
+    Raises:
+        UnsupportedOperationError: ``out_dtype`` (a different accumulation), or a step of the
+            written-out form refused.
+    """
+    from ctc_plugin.ctc.interception import CTCMode  # the mode dispatches to this module
+
+    name = operation_name(func)
+    base, first, second, beta, alpha = _add_matrix_product_arguments(name, args, kwargs)
+    try:
+        with CTCMode(ctx):
+            product = torch.matmul(first, second)
+            if getattr(func, "__name__", "") == "addbmm":
+                product = torch.sum(product, 0)
+            if alpha != 1:
+                product = torch.mul(product, alpha)
+            if beta == 0:
+                return product
+            return torch.add(base if beta == 1 else torch.mul(base, beta), product)
+    except UnsupportedOperationError as error:
+        raise UnsupportedOperationError(  # the pass names the module, with its path
+            f"{name} (written out: {error.operation})", error.reason, at_output=error.at_output
+        ) from None
+
+
+#: The tensor arguments of each ``baddbmm``-like call, by the names torch gives them.
+_OPERAND_NAMES = {
+    "baddbmm": ("input", "batch1", "batch2"),
+    "addbmm": ("input", "batch1", "batch2"),
+    "addmm": ("input", "mat1", "mat2"),
+    "addmv": ("input", "mat", "vec"),
+}
+
+
+def _add_matrix_product_arguments(
+    name: str, args: tuple, kwargs: dict
+) -> tuple[Any, Any, Any, Any, Any]:
+    """``(input, m1, m2, beta, alpha)`` of a ``baddbmm``-like call.
+
+    Also of the deprecated signatures torch still accepts, with the scales among the tensors
+    (``addmm(beta, input, alpha, mat1, mat2)``, ``input.addmm(beta, mat1, mat2)``): the numbers
+    are ``beta`` and ``alpha`` in that order, the tensors ``input, m1, m2``.
+    """
+    if any(isinstance(value, torch.dtype) for value in args) or "out_dtype" in kwargs:
+        raise UnsupportedOperationError(
+            name,
+            "out_dtype computes the product in another dtype than its operands'; cast the "
+            "operands to that dtype before the call instead",
+        )
+    numbers = [value for value in args if isinstance(value, Number)]
+    tensors = [value for value in args if not isinstance(value, Number)]
+    names = _OPERAND_NAMES[name.rsplit(".", 1)[-1]]
+    base, first, second = (arg(tuple(tensors), kwargs, i, key) for i, key in enumerate(names))
+    beta = numbers[0] if numbers else kwargs.get("beta", 1)
+    alpha = numbers[1] if len(numbers) > 1 else kwargs.get("alpha", 1)
+    return base, first, second, beta, alpha
 
 
 def einsum(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:

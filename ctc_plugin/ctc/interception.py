@@ -371,6 +371,8 @@ class CTCMode(TorchFunctionMode):
                 "call it without out= (y = f(x))",
             )
         row = rule_for(func)
+        if row is not None and row.written_out:  # each step of it is routed by its own rule
+            return row.handler(ctx, func, args, kwargs)
         if any(deferral(t) is not None for t in propagated):
             return self._with_deferred(func, row, args, kwargs, propagated)
         return self._apply(func, row, args, kwargs, propagated)

@@ -67,6 +67,10 @@ class OperationRule:
             the copies off dim 0 to a dim before those (OpenAI CLIP's sequence-first
             transformer: ``(L, N, D)``), the rule runs with the copies moved back to dim 0;
             ``None``: such a rule needs the copies along dim 0.
+        written_out: The handler writes the call out in operations of the table (``baddbmm``
+            as ``@``, ``*`` and ``+``), each routed by its own row, before anything else of
+            the pass looks at it: the call scores, defers products of two signals and refuses
+            exactly as the model written out would, and the other flags do not apply.
     """
 
     kind: str
@@ -79,6 +83,7 @@ class OperationRule:
     from_gate_copy: bool = False
     makes_gate: bool = False
     trailing_dims: Callable[[tuple, dict], int] | None = None
+    written_out: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -104,8 +109,8 @@ KINDS: dict[str, str] = {
         "signals (SwiGLU)"
     ),
     "attention": (
-        "attention (scaled_dot_product_attention, nn.MultiheadAttention, matmul/einsum of "
-        "queries and keys: the full pass's probabilities applied to every copy's values)"
+        "attention (scaled_dot_product_attention, nn.MultiheadAttention, matmul/einsum/baddbmm "
+        "of queries and keys: the full pass's probabilities applied to every copy's values)"
     ),
     "linear": "residual adds, average pooling, products with constants and dropout in eval mode",
     "reshaping": "reshaping, permuting, indexing and concatenation that keep the copies apart",
@@ -604,6 +609,26 @@ def _rows() -> list[OperationRule]:
             takes_gate_only=True,
             from_gate_copy=True,
         ),
+        OperationRule(
+            "attention",
+            "`beta · input + alpha · (batch1 @ batch2)` (`addbmm`: the products summed over "
+            "dim 0), written out as `@`, `*` and `+`, each by its own rule: a relative position "
+            "bias added to attention logits (`torch.baddbmm(bias, q, k^T, alpha=scale)`) is "
+            "part of the gate, `addmm(b, x, w)` a linear layer whose bias is shared; where the "
+            "written-out form is refused, so is the call; in place (`baddbmm_`) it is refused",
+            a.add_matrix_product,
+            (
+                torch.baddbmm,
+                _T.baddbmm,
+                torch.addbmm,
+                _T.addbmm,
+                torch.addmm,
+                _T.addmm,
+                torch.addmv,
+                _T.addmv,
+            ),
+            written_out=True,
+        ),  # fmt: skip
         OperationRule(
             "attention",
             "as `matmul`; the signal's first index must lead the output",
