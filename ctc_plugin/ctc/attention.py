@@ -357,9 +357,17 @@ def multi_head_attention(ctx: GatedPass, func: Callable, args: tuple, kwargs: di
 
     The projections run as ``F.linear`` calls (their biases shared like any other), the attention as
     [`scaled_dot_product_attention`][ctc_plugin.ctc.attention.scaled_dot_product_attention], all
-    through the same rules: the decomposition runs inside a CTC mode of this pass. Returns the
-    output in the sequence-first layout of the torch function, and the attention weights (a
-    gate-only tensor) when asked for.
+    through the same rules: the decomposition runs inside a CTC mode of this pass. The learned
+    key and value rows of ``add_bias_kv`` (``bias_k``, ``bias_v``) and the zero rows of
+    ``add_zero_attn`` are appended to every sequence's keys and values with ``torch.cat``, as
+    torch appends them: constants concatenated to the signal, so a value row is a bias shared
+    among the copies (as a class token is) and a key row takes part in the full pass's
+    probabilities, a gate. Returns the output in the sequence-first layout of the torch
+    function, and the attention weights (a gate-only tensor) when asked for.
+
+    Raises:
+        UnsupportedOperationError: ``static_k``/``static_v`` (keys and values given per
+            example and head, sized for the model's batch), attention dropout in training.
     """
     from ctc_plugin.ctc.interception import CTCMode  # the mode dispatches to this module
 
@@ -369,14 +377,13 @@ def multi_head_attention(ctx: GatedPass, func: Callable, args: tuple, kwargs: di
         "out_proj_bias",
     )  # fmt: skip
     call = {**dict(zip(names, args)), **kwargs}
-    unsupported = [
-        option
-        for option in ("bias_k", "bias_v", "static_k", "static_v")
-        if call.get(option) is not None
-    ] + [option for option in ("add_zero_attn",) if call.get(option)]
-    if unsupported:
+    static = [option for option in ("static_k", "static_v") if call.get(option) is not None]
+    if static:
         raise UnsupportedOperationError(
-            operation_name(func), f"the options {', '.join(unsupported)} are not supported"
+            operation_name(func),
+            f"{' and '.join(static)} hold keys or values per example and head, sized for the "
+            "model's batch (N * num_heads rows), which the feature copies of the batch do not "
+            "follow; compute them in the model from its input and pass them as key and value",
         )
     if call.get("training", True) and call.get("dropout_p", 0.0):
         raise UnsupportedOperationError(
@@ -395,11 +402,10 @@ def _decomposed_attention(call: dict) -> tuple[torch.Tensor, torch.Tensor | None
     else:
         weights = call["in_proj_weight"].chunk(3)
     biases = (None,) * 3 if call["in_proj_bias"] is None else call["in_proj_bias"].chunk(3)
-    q, k, v = (
-        F.linear(x, w, b).unflatten(-1, (heads, -1)).transpose(1, 2)
-        for x, w, b in zip((query, key, value), weights, biases)
-    )
-    mask = _attention_mask(call, q)
+    q, k, v = (F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
+    k, v, appended = _appended_rows(call, k, v)
+    q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
+    mask = _attention_mask(call, q, appended)
     attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
     out = F.linear(
         attended.transpose(1, 2).flatten(2), call["out_proj_weight"], call["out_proj_bias"]
@@ -416,8 +422,41 @@ def _decomposed_attention(call: dict) -> tuple[torch.Tensor, torch.Tensor | None
     return out.transpose(0, 1), weights_out
 
 
-def _attention_mask(call: dict, q: torch.Tensor) -> torch.Tensor | None:
-    """The attention mask and key padding mask as one additive float mask (or ``None``)."""
+def _appended_rows(
+    call: dict, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The projected ``(N, S, E)`` keys and values with the rows torch appends to each sequence.
+
+    ``add_bias_kv``: the learned ``bias_k`` and ``bias_v`` (``(1, 1, E)``), then
+    ``add_zero_attn``: a row of zeros; concatenated along the sequence (constants, shared
+    among the copies as biases). Returns them and how many rows were appended (the masks get
+    as many columns, not masked).
+    """
+    appended = 0
+    bias_k, bias_v = call.get("bias_k"), call.get("bias_v")
+    if (bias_k is None) != (bias_v is None):  # as torch checks it
+        raise ValueError(
+            "multi_head_attention_forward: bias_k and bias_v are given together or not at all "
+            f"(bias_k is {'None' if bias_k is None else 'set'}, bias_v "
+            f"{'None' if bias_v is None else 'set'})"
+        )
+    if bias_k is not None:
+        k = torch.cat([k, bias_k.expand(k.shape[0], -1, -1)], dim=1)
+        v = torch.cat([v, bias_v.expand(v.shape[0], -1, -1)], dim=1)
+        appended += 1
+    if call.get("add_zero_attn"):
+        k = torch.cat([k, k.new_zeros(k.shape[0], 1, k.shape[2])], dim=1)
+        v = torch.cat([v, v.new_zeros(v.shape[0], 1, v.shape[2])], dim=1)
+        appended += 1
+    return k, v, appended
+
+
+def _attention_mask(call: dict, q: torch.Tensor, appended: int = 0) -> torch.Tensor | None:
+    """The attention mask and key padding mask as one additive float mask (or ``None``).
+
+    Each gets ``appended`` columns of zeros (keys appended by ``add_bias_kv`` and
+    ``add_zero_attn``, which every query may attend to, as torch pads them).
+    """
     mask = call.get("attn_mask")
     padding = call.get("key_padding_mask")
     if call.get("is_causal", False) and mask is None:
@@ -439,6 +478,8 @@ def _attention_mask(call: dict, q: torch.Tensor) -> torch.Tensor | None:
         if part.dtype == torch.bool:
             # on the mask's device, as torch builds it (a CUDA mask meets no CPU tensor)
             part = torch.zeros_like(part, dtype=q.dtype).masked_fill(part, float("-inf"))
+        if appended:
+            part = F.pad(part, (0, appended))
         if shape == "padding":  # (N, S) -> (N, 1, 1, S)
             part = part[:, None, None, :]
         total = part if total is None else total + part

@@ -649,7 +649,11 @@ def _rows() -> list[OperationRule]:
         OperationRule(
             "attention",
             "decomposed into `linear` (biases shared), reshapes and "
-            "`scaled_dot_product_attention`; the attention weights it returns are gate-only",
+            "`scaled_dot_product_attention`; the attention weights it returns are gate-only; "
+            "`add_bias_kv`'s learned key and value rows and `add_zero_attn`'s zeros are "
+            "concatenated to the keys and values, as torch appends them (constants: a value "
+            "row is a bias shared among the copies, a key row part of the gate); `static_k` "
+            "and `static_v` (per example and head) are refused",
             a.multi_head_attention,
             (F.multi_head_attention_forward,),
             follows_copies=True,  # its inputs are sequence-first: the copies along dim 1
