@@ -77,19 +77,24 @@ class _AttentionPool(nn.Module):
 class _SpatialSelfAttention(nn.Module):
     """Attention over a map's positions that returns a map (a non-local block, BoTNet's).
 
-    ``explicit``: the scores of the map's own tokens written out (``q @ k^T``, softmax), whose
-    queries and keys are views of the map; the map stays a feature map.
+    ``form``: ``"sdpa"``; ``"explicit"``: the scores of the map's own tokens written out
+    (``q @ k^T``, softmax), whose queries and keys are views of the map; ``"baddbmm"``: the
+    same with a relative position bias, ``torch.baddbmm(bias, q, k^T)``. The map stays a
+    feature map.
     """
 
-    def __init__(self, explicit: bool) -> None:
+    def __init__(self, form: str, positions: int = 16) -> None:
         super().__init__()
-        self.explicit = explicit
+        self.form = form
+        self.bias = nn.Parameter(torch.randn(1, positions, positions))
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         n, c, h, w = maps.shape
         tokens = maps.flatten(2).transpose(1, 2)
-        if self.explicit:
+        if self.form == "explicit":
             mixed = (tokens @ tokens.transpose(1, 2)).softmax(-1) @ tokens
+        elif self.form == "baddbmm":
+            mixed = torch.baddbmm(self.bias, tokens, tokens.transpose(1, 2)).softmax(-1) @ tokens
         else:
             mixed = F.scaled_dot_product_attention(tokens, tokens, tokens)
         return maps + mixed.transpose(1, 2).reshape(n, c, h, w)
@@ -105,10 +110,10 @@ def test_one_attention_after_a_cnns_convolutions_keeps_its_last_stage():
     assert grad_cam_layer(model, torch.rand(1, 3, 8, 8)) == (model[2], None)
 
 
-@pytest.mark.parametrize("explicit", [False, True])
-def test_attention_inside_the_last_stage_keeps_that_stage(explicit):
+@pytest.mark.parametrize("form", ["sdpa", "explicit", "baddbmm"])
+def test_attention_inside_the_last_stage_keeps_that_stage(form):
     torch.manual_seed(0)
-    stage = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), _SpatialSelfAttention(explicit))
+    stage = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), _SpatialSelfAttention(form))
     model = nn.Sequential(
         *_stem(), stage, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
     ).eval()
@@ -140,6 +145,41 @@ def test_the_command_refuses_the_method_in_one_line_before_any_work(
     assert f"{method} cannot find this transformer's blocks" in error
     assert python_way in error and f"leave {method} out of --method" in error
     assert not (tmp_path / "f.png").exists()
+
+
+class _ClassAttentionViT(nn.Module):
+    """CaiT's class attention written with ``torch.baddbmm``: a patch embedding, then the class
+    token's one query reads the patch tokens, a learned bias per key added in the same call.
+
+    The scores (N * heads, 1, T) are not square: the probe knows them as attention by the
+    product that made them.
+    """
+
+    def __init__(self, dim: int = 8, heads: int = 2, tokens: int = 16) -> None:
+        super().__init__()
+        self.heads = heads
+        self.stem = nn.Conv2d(3, dim, 2, stride=2)
+        self.class_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.query, self.key_value = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim)
+        self.bias = nn.Parameter(torch.randn(1, 1, tokens))
+        self.head = nn.Linear(dim, 4)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(images).flatten(2).transpose(1, 2)  # (N, T, D)
+        n, t, d = tokens.shape
+        split = lambda x: x.reshape(n, -1, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        q = split(self.query(self.class_token.expand(n, -1, -1))).flatten(0, 1)
+        k, v = (split(x).flatten(0, 1) for x in self.key_value(tokens).chunk(2, dim=-1))
+        scores = torch.baddbmm(self.bias, q, k.transpose(1, 2), alpha=(d // self.heads) ** -0.5)
+        pooled = (scores.softmax(-1) @ v).view(n, self.heads, -1).flatten(1)
+        return self.head(pooled)
+
+
+def test_class_attention_written_with_baddbmm_is_counted_as_attention():
+    """One query against the tokens: no square scores, the ``baddbmm`` that made them tells."""
+    torch.manual_seed(0)
+    with pytest.raises(UnknownBlocksError, match="computes attention 1 time"):
+        last_spatial_layer(_ClassAttentionViT().eval(), torch.rand(1, 3, 8, 8))
 
 
 class _PairwiseBlock(nn.Module):
