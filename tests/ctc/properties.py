@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from contextlib import nullcontext
 
 import torch
 
@@ -53,7 +54,31 @@ def per_feature(values: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor) -> 
 
 def linearised_gradient_x_input(model, x, target):
     """Gradient x input of the model's plain-torch linearisation at its gates (the oracle)."""
+    return linearised_gradient(model, x, [target] * x.shape[0]) * x
+
+
+def linearised_gradient(model, x, targets) -> torch.Tensor:
+    """The gradient at ``x`` of the model linearised at its gates, one target class per example.
+
+    Models of `ctc_plugin.testing` with parts autograd does not linearise (normalisation
+    statistics, smooth activations, attention) run their plain-torch linearisation
+    (``model.linearised()``); a ReLU CNN's linearisation at its gates is autograd's own.
+    """
     leaf = x.clone().requires_grad_(True)
-    with model.linearised():
-        (gradient,) = torch.autograd.grad(model(leaf)[:, target].sum(), leaf)
-    return gradient * x
+    linearised = model.linearised() if hasattr(model, "linearised") else nullcontext()
+    with linearised:
+        chosen = model(leaf).gather(1, torch.as_tensor(targets).view(-1, 1))
+        (gradient,) = torch.autograd.grad(chosen.sum(), leaf)
+    return gradient
+
+
+def per_example_targets(target: int, classes: int, n: int) -> list[int]:
+    """One target class per example, ``target`` for the first and the next classes after it."""
+    return [(target + i) % classes for i in range(n)]
+
+
+def per_example_baselines(x: torch.Tensor, seed: int, low: float, high: float) -> torch.Tensor:
+    """A baseline of its own for every example: uniform noise in ``[low, high)``, like ``x``."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype)
+    return low + (high - low) * noise
