@@ -167,6 +167,72 @@ def transformer_cases(draw: st.DrawFn, dtype: torch.dtype = torch.float64):
     )
 
 
+class CircularCNN(nn.Module):
+    """A CNN that commutes with whole-pixel translations of its input (`circular_cases`).
+
+    Stride-1 convolutions padded circularly (``padding_mode="circular"``), BatchNorm, an
+    activation, an optional residual block and global average pooling before a linear head:
+    every layer but the pooling commutes with ``torch.roll`` over the image axes, and the
+    pooling forgets where a value was, so ``model(torch.roll(x, shift, (2, 3))) == model(x)``.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        width: int,
+        kernel: int,
+        dilation: int,
+        activation: Callable[[], nn.Module],
+        residual: bool,
+    ) -> None:
+        super().__init__()
+
+        def conv(inputs: int) -> nn.Conv2d:
+            padding = dilation * (kernel // 2)  # the same side out as in
+            return nn.Conv2d(
+                inputs, width, kernel, padding=padding, dilation=dilation, padding_mode="circular"
+            )
+
+        self.stem = nn.Sequential(conv(3), nn.BatchNorm2d(width), activation())
+        self.block = (
+            nn.Sequential(conv(width), nn.BatchNorm2d(width), activation()) if residual else None
+        )
+        self.head = nn.Linear(width, CLASSES)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_((torch.rand(parameter.shape, generator=generator) * 2 - 1) * 0.6)
+            for norm in self.modules():
+                if isinstance(norm, nn.BatchNorm2d):
+                    norm.running_mean.copy_(torch.rand(width, generator=generator) - 0.5)
+                    norm.running_var.copy_(0.5 + torch.rand(width, generator=generator))
+                    norm.weight.add_(1.0)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits (N, `CLASSES`)."""
+        x = self.stem(x)
+        if self.block is not None:
+            x = x + self.block(x)
+        return self.head(x.mean((2, 3)))
+
+
+@st.composite
+def circular_cases(draw: st.DrawFn, dtype: torch.dtype = torch.float64):
+    """(model, inputs, feature_mask, target) with a random `CircularCNN`, batch and partition."""
+    width = draw(st.integers(2, 4))
+    kernel = draw(st.sampled_from([1, 3, 5]))
+    dilation = draw(st.integers(1, 2))
+    activation = draw(st.sampled_from([nn.ReLU, lambda: nn.LeakyReLU(0.1), nn.SiLU]))
+    residual = draw(st.booleans())
+    return draw_case(
+        draw,
+        lambda seed, size: CircularCNN(seed, width, kernel, dilation, activation, residual),
+        CLASSES,
+        dtype,
+    )
+
+
 # --- Masks ---
 
 
