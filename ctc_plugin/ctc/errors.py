@@ -73,10 +73,13 @@ def constant_shape_error(
 ) -> UnsupportedOperationError:
     """The error for a constant operand that does not broadcast per example to the copies.
 
-    A constant with more dimensions than the copies, or as many and not of size 1 along the
-    copies (a per-channel ``(C, 1, 1)`` normalisation meeting ``(copies, H, W)``), most often
-    means that the inputs were one example without its batch dimension: the message then says
-    how to add it.
+    A constant with more dimensions than the copies most often means that the inputs were one
+    example without its batch dimension: the message then says how to add it. One with as many
+    and not of size 1 along the copies is either that (a per-channel ``(C, 1, 1)``
+    normalisation meeting ``(copies, H, W)``) or sized for the model's own batch (a relative
+    position bias repeated a fixed number of times, ``bias.repeat(batch, 1, 1)``, meeting the
+    heads merged into the batch): the pass stacks every example's copies along dim 0, so the
+    message says how to make such a constant fit them as well.
     """
     hint = ""
     if len(constant) > len(copies):
@@ -86,8 +89,14 @@ def constant_shape_error(
         )
     elif len(constant) == len(copies) and constant and constant[0] != 1:
         hint = (
-            f" (it meets the copies, of shape {copies}, along their first dimension: if the "
-            "inputs are one example without its batch dimension, add it: x.unsqueeze(0))"
+            f" (it meets the copies, of shape {copies}, along their first dimension, where CTC "
+            "stacks the copies of every example: a constant sized for the model's own batch "
+            "does not fit them. Keep it broadcastable instead, of size 1 along dim 0 (a "
+            "per-head bias of shape (1, heads, L, L), or (heads, L, L) added after reshaping "
+            "the signal to (B, heads, L, L)), or read the batch size from the tensors of the "
+            "pass (bias.repeat(x.shape[0], 1, 1), x the block's input, not a number fixed "
+            "beforehand); if the inputs are one example without its batch dimension, add it: "
+            "x.unsqueeze(0))"
         )
     return UnsupportedOperationError(
         operation, f"a constant of shape {constant} that does not broadcast per example{hint}"

@@ -316,12 +316,25 @@ def _add_product_arguments(args: tuple, kwargs: dict) -> tuple[Any, Any, Any, An
 
 
 def _as_bias(ctx: GatedPass, constant: Any, signal: torch.Tensor, name: str) -> torch.Tensor:
-    """A constant operand as a bias broadcastable to the grouped (N, C, *rest) signal."""
+    """A constant operand as a bias broadcastable to the grouped (N, C, *rest) signal.
+
+    A constant with the signal's rows along dim 0, made from the pass's batch size, is one
+    bias per copy: one row per copy, or ``m`` rows per copy where the signal merged its copies
+    with the next dim (``bias.repeat(B, 1, 1)`` of a relative position bias, with ``B`` read
+    from the signal, meeting ``(B * heads, L, L)``). Its rows must be the same for every copy
+    of an example ([`check_constant`][ctc_plugin.ctc.rules.GatedPass.check_constant]); then it
+    is the bias the model adds to each example, grouped as the signal is.
+    """
     if isinstance(constant, numbers.Number):
         return signal.new_tensor(constant)
     if not isinstance(constant, torch.Tensor):
         raise UnsupportedOperationError(name, f"an operand of type {type(constant).__name__}")
-    if constant.dim() == signal.dim() and constant.shape[0] == ctx.layout.batch:
+    if (
+        constant.dim() == signal.dim()
+        and constant.shape[0] == signal.shape[0]
+        and constant.shape[0] % ctx.layout.batch == 0
+        and ctx.copy_axis(signal) == 0
+    ):
         ctx.check_constant(constant, signal, name)
         return ctx.layout.group(constant)
     if constant.dim() == signal.dim() and constant.shape[0] == 1:

@@ -186,7 +186,9 @@ def _normalised_dims(args: tuple, kwargs: dict) -> int:
 
 _SUMS = (
     "sums of propagated tensors are linear (residual adds); a constant added to the signal is a "
-    "bias shared among the copies (e.g. `(x - mean) / std` in the model); the signal plus a "
+    "bias shared among the copies (e.g. `(x - mean) / std` in the model; a per-head bias "
+    "repeated to the batch with the heads merged into it, `bias.repeat(B, 1, 1)` meeting "
+    "`(B * heads, L, d)`, is one bias per example); the signal plus a "
     "gate-only tensor (`x + 0.044715 * x ** 3` inside a GELU written out) is a gate-only tensor "
     "of the full pass"
 )
