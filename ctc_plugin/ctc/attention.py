@@ -162,24 +162,19 @@ def add_matrix_product(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict
         UnsupportedOperationError: ``out_dtype`` (a different accumulation), or a step of the
             written-out form refused.
     """
-    from ctc_plugin.ctc.interception import CTCMode  # the mode dispatches to this module
+    from ctc_plugin.ctc.interception import decomposed  # the mode dispatches to this module
 
     name = operation_name(func)
     base, first, second, beta, alpha = _add_matrix_product_arguments(name, args, kwargs)
-    try:
-        with CTCMode(ctx):
-            product = torch.matmul(first, second)
-            if getattr(func, "__name__", "") == "addbmm":
-                product = torch.sum(product, 0)
-            if alpha != 1:
-                product = torch.mul(product, alpha)
-            if beta == 0:
-                return product
-            return torch.add(base if beta == 1 else torch.mul(base, beta), product)
-    except UnsupportedOperationError as error:
-        raise UnsupportedOperationError(  # the pass names the module, with its path
-            f"{name} (written out: {error.operation})", error.reason, at_output=error.at_output
-        ) from None
+    with decomposed(ctx, name):
+        product = torch.matmul(first, second)
+        if getattr(func, "__name__", "") == "addbmm":
+            product = torch.sum(product, 0)
+        if alpha != 1:
+            product = torch.mul(product, alpha)
+        if beta == 0:
+            return product
+        return torch.add(base if beta == 1 else torch.mul(base, beta), product)
 
 
 #: The tensor arguments of each ``baddbmm``-like call, by the names torch gives them.
@@ -369,7 +364,7 @@ def multi_head_attention(ctx: GatedPass, func: Callable, args: tuple, kwargs: di
         UnsupportedOperationError: ``static_k``/``static_v`` (keys and values given per
             example and head, sized for the model's batch), attention dropout in training.
     """
-    from ctc_plugin.ctc.interception import CTCMode  # the mode dispatches to this module
+    from ctc_plugin.ctc.interception import decomposed  # the mode dispatches to this module
 
     names = (
         "query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight",
@@ -389,7 +384,7 @@ def multi_head_attention(ctx: GatedPass, func: Callable, args: tuple, kwargs: di
         raise UnsupportedOperationError(
             operation_name(func), "attention dropout is random; call model.eval() first"
         )
-    with CTCMode(ctx):
+    with decomposed(ctx, operation_name(func)):
         return _decomposed_attention(call)
 
 

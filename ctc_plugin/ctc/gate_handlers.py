@@ -372,7 +372,7 @@ def glu(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tens
     decomposition runs inside a CTC mode of this pass): every copy of ``a`` times the gate
     copy's ``sigmoid(b)``.
     """
-    from ctc_plugin.ctc.interception import CTCMode  # the mode dispatches to this module
+    from ctc_plugin.ctc.interception import decomposed  # the mode dispatches to this module
 
     x = args[0]
     dim = int(arg(args, kwargs, 1, "dim", -1))
@@ -384,7 +384,7 @@ def glu(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tens
         raise ValueError(
             f"Halving dimension must be even, but dimension {dim} is size {x.shape[dim]}"
         )
-    with CTCMode(ctx):
+    with decomposed(ctx, operation_name(func)):
         first, second = x.chunk(2, dim)
         return first * torch.sigmoid(second)
 

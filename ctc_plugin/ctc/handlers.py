@@ -286,13 +286,14 @@ def add_product(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> to
     ``torch.addcmul(beta, alpha, x)``, and its ``GlobalResponseNorm``): decomposed into ``*``
     (``/``) and ``+``, which run inside a CTC mode of this pass, so each step is routed and
     marked as it would be written out (``addcmul(x, p, w)`` of a gate-only ``p`` is
-    ``x + p * w``, gate-only).
+    ``x + p * w``, gate-only). A step the rules refuse is refused naming the call and the
+    step.
     """
-    from ctc_plugin.ctc.interception import CTCMode  # the mode dispatches to this module
+    from ctc_plugin.ctc.interception import decomposed  # the mode dispatches to this module
 
     divide = getattr(func, "__name__", "") == "addcdiv"
     base, first, second, value = _add_product_arguments(args, kwargs)
-    with CTCMode(ctx):
+    with decomposed(ctx, operation_name(func)):
         product = torch.div(first, second) if divide else torch.mul(first, second)
         if value != 1:
             product = torch.mul(product, value)

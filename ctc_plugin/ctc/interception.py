@@ -79,6 +79,7 @@ REFUSED = object()
 __all__ = [
     "CTCMode",
     "compiled_code_stance",
+    "decomposed",
     "own_backward",
     "running_module",
     "running_module_object",
@@ -771,6 +772,38 @@ class CTCMode(TorchFunctionMode):
         for leaf in tensors:
             ctx.mark_gate(ctx.tag(leaf), origin, only=True)
         return out
+
+
+@contextlib.contextmanager
+def decomposed(gated_pass: GatedPass, operation: str) -> Iterator[None]:
+    """Run a handler's decomposition of ``operation`` inside a CTC mode of its pass.
+
+    The handlers that write a call out in operations of the table (``baddbmm`` as ``@``, ``*``
+    and ``+``, ``addcmul``, ``F.glu``, ``nn.MultiheadAttention``) run those operations in
+    this mode, so each is routed by its own rule. A step refused is refused naming the call
+    and the step, ``torch.addcmul (written out: torch.mul)`` (a refusal of the handler's own
+    keeps the call's name), and without a module: the mode that routed the call names the
+    module whose code made it, with its path in the model (``blocks.0.attn
+    (MultiheadAttention)``), as for any other refusal, where this mode, which does not know
+    the model, could name only its type.
+
+    Args:
+        gated_pass: The rules and state of the pass the call belongs to.
+        operation: The call's name, as the pass names it (``torch.addcmul``).
+
+    Raises:
+        UnsupportedOperationError: A step refused (or the handler's own refusal), as above.
+        UntracedOutputError: A step met a constant taken out of torch, without a module.
+    """
+    try:
+        with CTCMode(gated_pass):
+            yield
+    except UnsupportedOperationError as error:
+        step = error.operation
+        named = step if step == operation else f"{operation} (written out: {step})"
+        raise UnsupportedOperationError(named, error.reason, at_output=error.at_output) from None
+    except UntracedOutputError as error:
+        raise error.in_module(None) from None
 
 
 def _views_deferred(out: Any, propagated: list[Tensor]) -> bool:
