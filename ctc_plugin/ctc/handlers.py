@@ -283,11 +283,16 @@ def add_product(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> to
     """``addcmul``/``addcdiv``: ``input + value * tensor1 * tensor2`` (``/ tensor2``).
 
     The product (quotient) and the sum, each by its own rule (timm's ``Affine`` of ResMLP,
-    ``torch.addcmul(beta, alpha, x)``, and its ``GlobalResponseNorm``): decomposed into ``*``
-    (``/``) and ``+``, which run inside a CTC mode of this pass, so each step is routed and
-    marked as it would be written out (``addcmul(x, p, w)`` of a gate-only ``p`` is
-    ``x + p * w``, gate-only). A step the rules refuse is refused naming the call and the
-    step.
+    ``torch.addcmul(beta, alpha, x)``, and its ``GlobalResponseNorm``): written out as ``*``
+    (``/``) and ``+`` inside a CTC mode of this pass (the row is ``written_out``: nothing else
+    of the pass looks at the call first), so each step is routed, marked and deferred as it
+    would be written out (``addcmul(x, p, w)`` of a gate-only ``p`` is ``x + p * w``,
+    gate-only; ``addcmul(x, sigmoid(a) * tanh(b), w)`` a sum with a product of two gate
+    tensors, whose copies are computed where the model reads it as a signal). A step the rules
+    refuse is refused naming the call and the step.
+
+    Raises:
+        UnsupportedOperationError: A step of the written-out form refused.
     """
     from ctc_plugin.ctc.interception import decomposed  # the mode dispatches to this module
 

@@ -543,13 +543,12 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "gate tensor",
-            "`input + value · tensor1 · tensor2` (`/ tensor2`): the product (quotient) and the "
-            "sum, each by its own rule (ResMLP's `Affine`)",
+            "`input + value · tensor1 · tensor2` (`/ tensor2`), written out as `*` (`/`) and "
+            "`+`, each by its own rule (ResMLP's `Affine`); where the written-out form is "
+            "refused, so is the call",
             h.add_product,
             (torch.addcmul, _T.addcmul, torch.addcdiv, _T.addcdiv),
-            takes_gate_only=True,
-            keeps_gate=True,
-            trailing_dims=_elementwise,
+            written_out=True,
         ),
         OperationRule(
             "gate tensor",
