@@ -32,6 +32,7 @@ from zennit.core import Composite, Hook, RemovableHandleList, collect_leaves
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES
 from ctc_plugin.concurrency import exclusive
+from ctc_plugin.module_paths import named_modules_as_given
 
 #: The merged BatchNorm's ``eps`` instead of 0: ``1 + TINY_EPS`` is exactly 1 in float16, 32
 #: and 64, so the BatchNorm stays exactly the identity, and torch accepts it.
@@ -240,7 +241,9 @@ def check_canonizers_on(composite: Composite, model: nn.Module) -> None:
     Raises:
         ValueError: Naming the module, the change and the two canonizers.
     """
-    names = {id(module): name or type(module).__name__ for name, module in model.named_modules()}
+    names = {
+        id(module): name or type(module).__name__ for name, module in named_modules_as_given(model)
+    }
     first: dict[tuple[int, str], Canonizer] = {}
     for canonizer, given in _flat_canonizers(getattr(composite, "canonizers", None) or ()):
         for module, change in _changes(canonizer, model):

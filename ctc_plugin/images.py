@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from ctc_plugin.inputs import check_inputs, is_integer
+from ctc_plugin.module_paths import WrappedModel
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
@@ -308,7 +309,9 @@ class ImagePreprocessing:
 
         Returns ``model`` itself when there is no normalisation. The normalisation follows the
         model's device and dtype (taken from its first parameter or buffer) and its mode; the
-        model's own modules keep theirs.
+        model's own modules keep theirs. The ``nn.Sequential`` is a
+        [`WrappedModel`][ctc_plugin.module_paths.WrappedModel]: the methods' messages name the
+        model's modules by its own paths (``features.3``, not ``1.features.3``).
         """
         if self.mean is None:
             return model
@@ -316,7 +319,7 @@ class ImagePreprocessing:
         reference = next(iter([*model.parameters(), *model.buffers()]), None)
         if reference is not None:
             normalize = normalize.to(device=reference.device, dtype=reference.dtype)
-        wrapped = nn.Sequential(normalize, model)
+        wrapped = WrappedModel(normalize, model)
         wrapped.training = model.training  # the model's own modes stay as they are
         normalize.train(model.training)
         return wrapped

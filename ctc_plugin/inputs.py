@@ -45,6 +45,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES, keeps_no_running_statistics
 from ctc_plugin.concurrency import model_of
+from ctc_plugin.module_paths import module_path, path_as_given
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -527,7 +528,7 @@ def check_eval_mode(forward_func: Callable[..., Any]) -> None:
         return
     for module in model.modules():  # names only for a refusal
         if changes_in_training(module):
-            name = next(name for name, held in model.named_modules() if held is module)
+            name = module_path(model, module)  # the user's path, behind a normalisation too
             raise training_mode_error(module, repr(name or "(the model)"))
 
 
@@ -551,6 +552,9 @@ def check_gradient_weights(forward_func: Callable[..., Any], method: str) -> Non
         return
     saved = set(model.state_dict())
     left_out = [name for name in found if name not in saved]  # non-persistent buffers
+    found, left_out = (
+        [path_as_given(model, name) for name in names] for names in (found, left_out)
+    )
     buffers = (
         f"; then, for the buffers the state dict leaves out ({', '.join(map(repr, left_out))}): "
         "for m in model.modules(): [setattr(m, n, b.clone()) for n, b in "

@@ -75,6 +75,7 @@ from ctc_plugin.inputs import (
     outside_inference_mode,
     training_mode_error,
 )
+from ctc_plugin.module_paths import module_path, named_modules_as_given
 from ctc_plugin.targets import TargetType as Target
 from ctc_plugin.targets import check_finite_target_outputs, check_target, output_not_a_tensor
 from ctc_plugin.targets import target_scores as select_scores
@@ -450,11 +451,8 @@ class IntegrativeCAM(Attribution):
         return module_names(self._model) if self._model is not None else {}
 
     def _layer_name(self, module: nn.Module) -> str:
-        if self._model is not None:
-            for name, candidate in self._model.named_modules():
-                if candidate is module:
-                    return name or type(module).__name__
-        return type(module).__name__
+        name = module_path(self._model, module) if self._model is not None else None
+        return name or type(module).__name__  # the user's path, behind a normalisation too
 
     @overload
     def attribute(
@@ -829,7 +827,7 @@ def _refuse_replaced_outputs(
     convolution chain, whose bias term the hook would not change. Modules that have forward
     hooks get one hook first, which notes the output, and one last, which compares.
     """
-    for name, module in model.named_modules():
+    for name, module in named_modules_as_given(model):
         if not module._forward_hooks:
             continue
         computed: dict[str, Any] = {}

@@ -43,6 +43,7 @@ from ctc_plugin.batchnorm import BATCH_NORM_TYPES, batch_norm_affine
 from ctc_plugin.cam.bias import fold_batchnorm
 from ctc_plugin.cam.reshapes import TupleOutput, at_call
 from ctc_plugin.inputs import FUNCTIONAL_DROPOUTS, RANDOM_FUNCTIONS, TrainingModeError
+from ctc_plugin.module_paths import named_modules_as_given
 
 _INPLACE_DUNDERS = frozenset(
     f"__i{op}__"
@@ -574,7 +575,10 @@ class StageTracer(TorchFunctionMode):
         weight standardisation runs ``batch_norm`` on its convolutions' weights, (1, out,
         fan-in): a batch of one, which no stage reads.
         """
+        # named by its running mean, or by its weight where it keeps no statistics
         label = self._label(bn_args["running_mean"], "batch_norm")
+        if bn_args["running_mean"] is None and bn_args.get("weight") is not None:
+            label = self._label(bn_args["weight"], "batch_norm")
         if bn_args["running_mean"] is not None:
             raise TrainingModeError(
                 f"BatchNorm {label!r} runs in training mode: it would update its running "
@@ -632,11 +636,18 @@ def looks_channels_last(shape: tuple[int, ...], size: tuple[int, int]) -> bool:
 
 
 def module_names(model: nn.Module) -> dict[int, str]:
-    """Map the ``id`` of each conv weight and BatchNorm running mean to its module's name."""
+    """Map the ``id`` of each conv weight and BatchNorm running mean to its module's name.
+
+    A BatchNorm without running statistics is found by its weight (where it has one). The
+    names are the paths of the user's model, also behind the package's normalisation
+    (`ctc_plugin.module_paths.named_modules_as_given`).
+    """
     names: dict[int, str] = {}
-    for name, module in model.named_modules():
+    for name, module in named_modules_as_given(model):
         if isinstance(module, nn.Conv2d):
             names[id(module.weight)] = name
         elif isinstance(module, BATCH_NORM_TYPES) and module.running_mean is not None:
             names[id(module.running_mean)] = name
+        elif isinstance(module, BATCH_NORM_TYPES) and module.weight is not None:
+            names[id(module.weight)] = name
     return names

@@ -54,6 +54,7 @@ from ctc_plugin.cam.reshapes import (
     reads_patch_grid,
     tokens_to_grid,
 )
+from ctc_plugin.module_paths import module_path
 from ctc_plugin.module_state import compiled_code_eager, modes_kept
 from ctc_plugin.wording import counted
 
@@ -678,7 +679,7 @@ def _patch_embedding_only(
 ) -> str:
     """The refusal of `last_spatial_layer` for a transformer: what to do instead."""
     subject = getattr(model, "_orig_mod", model)  # a compiled model: the model's own name
-    name = next(name for name, module in model.named_modules() if module is layer)
+    name = module_path(model, layer)  # the user's path, behind a normalisation too
     seen = (
         f"{type(subject).__name__} has one convolution, a vision transformer's patch embedding, "
         f"and computes attention {counted(attention, 'time')}: Grad-CAM on its last map ({name}, "

@@ -294,6 +294,7 @@ def _gradcam(request: Request) -> tuple[str, Tensor]:
         last_spatial_layer,
         transformer_stages,
     )
+    from ctc_plugin.module_paths import module_path
 
     if transformer_stages(request.model):
         raise MethodError(
@@ -312,29 +313,13 @@ def _gradcam(request: Request) -> tuple[str, Tensor]:
             "and reshape_transform=ctc_plugin.cam.tokens_to_grid "
             "(docs: CTC on a vision transformer)",
         ) from error
-    name = _layer_name(request.model, layer)
+    name = module_path(request.model, layer)  # the user's path, not the wrapper's 1.xxx
     cam = LayerGradCam(request.model, layer).attribute(
         request.pixels, target=request.target, relu_attributions=True
     )
     size = tuple(request.pixels.shape[-2:])
     maps = LayerAttribution.interpolate(cam, size, interpolate_mode="bilinear")
     return f"Grad-CAM ({name})", maps
-
-
-def _layer_name(model: nn.Module, layer: nn.Module) -> str:
-    """``layer``'s name in the user's network: without the ``1.`` of the normalisation wrapper.
-
-    A model that ``ImagePreprocessing.wrap`` wrapped is ``Sequential(Normalize, network)``.
-    """
-    from torch import nn
-
-    from ctc_plugin.images import Normalize
-
-    name = next(n for n, m in model.named_modules() if m is layer)
-    wrapped = isinstance(model, nn.Sequential) and len(model) == 2
-    if wrapped and isinstance(model[0], Normalize) and name.startswith("1."):
-        return name.removeprefix("1.")
-    return name
 
 
 _RUNNERS: dict[str, Callable[[Request], tuple[str, Tensor]]] = {

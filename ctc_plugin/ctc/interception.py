@@ -71,6 +71,7 @@ from ctc_plugin.ctc.operation_table import (
 from ctc_plugin.ctc.operations import rule_for
 from ctc_plugin.ctc.rules import REFUSED_ATTRIBUTE, BatchDimensionError, GatedPass
 from ctc_plugin.inputs import RANDOM_FUNCTIONS, changes_in_training, training_mode_error
+from ctc_plugin.module_paths import module_path
 from ctc_plugin.wording import with_article
 
 #: What `CTCMode._gate_only_reading` returns where a rule refuses gate-only operands.
@@ -903,14 +904,15 @@ def module_of_frames(frames: Iterable[FrameType]) -> nn.Module | None:
 def module_name(model: Any, module: nn.Module | None) -> str | None:
     """``module`` as ``"path (Type)"`` within ``model`` (a module or a bound method of one).
 
+    The path is the one the user's model gives it (`ctc_plugin.module_paths.module_path`).
+
     ``"a Type module"`` (``"an Atan module"``) where it is not in ``model``; ``None`` for no module.
     """
     if module is None:
         return None
     root = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
     kind = type(module).__name__
-    if isinstance(root, nn.Module):
-        for name, candidate in root.named_modules():
-            if candidate is module:
-                return f"{name} ({kind})" if name else f"the model ({kind})"
+    name = module_path(root, module) if isinstance(root, nn.Module) else None
+    if name is not None:  # the user's own path, also behind the package's normalisation
+        return f"{name} ({kind})" if name else f"the model ({kind})"
     return f"{with_article(kind)} module"
