@@ -52,6 +52,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from zennit.canonizers import Canonizer
 from zennit.composites import LayerMapComposite, register_composite
 from zennit.core import CompositeContext, Hook, RemovableHandleList
@@ -68,10 +69,19 @@ from ctc_plugin.canonizers import (
     rule_hooks,
 )
 from ctc_plugin.ctc.calls import operation_name
-from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
+from ctc_plugin.ctc.errors import (
+    CompositeOutsideAttributorError,
+    UnsupportedOperationError,
+    UntracedOutputError,
+)
 from ctc_plugin.ctc.gate_handlers import prelu_slope
 from ctc_plugin.ctc.handlers import refuse_batch_statistics
-from ctc_plugin.ctc.interception import CTCMode, running_module, running_module_object
+from ctc_plugin.ctc.interception import (
+    CTCMode,
+    named_in,
+    running_module,
+    running_module_object,
+)
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharingMode, check_mode
 
@@ -89,6 +99,7 @@ class _PassState:
 
     Attributes:
         gated: The rules and state of the pass.
+        model: The model the pass runs (or a bound method of it), to name modules in errors.
         depth: How many hooked modules are running (the guard leaves their insides alone).
         pending: Results prepared before a module ran, per hook (a stack per call).
         removed_biases: ``(module, previous)`` for every bias taken off a module; restored after
@@ -97,6 +108,7 @@ class _PassState:
     """
 
     gated: GatedPass
+    model: Any = None
     depth: int = 0
     pending: dict[int, list[Any]] = field(default_factory=dict)
     removed_biases: list[tuple[nn.Module, Any]] = field(default_factory=list)
@@ -214,6 +226,12 @@ class CTCHook(Hook):
         state.hooked_calls += 1
         try:
             prepared = self.before(state, module, x)
+        except (UnsupportedOperationError, UntracedOutputError) as error:
+            state.depth -= 1
+            named = named_in(error, state.model, module)  # the module's path, as CTC's route
+            if named is error:
+                raise
+            raise named from None
         except BaseException:
             state.depth -= 1
             raise
@@ -231,6 +249,11 @@ class CTCHook(Hook):
         mark = state.gated.gate_mark(x)  # read first: an in-place module's rule re-tags x
         try:
             out = self.after(state, module, x, output, prepared)
+        except (UnsupportedOperationError, UntracedOutputError) as error:
+            named = named_in(error, state.model, module)
+            if named is error:
+                raise
+            raise named from None
         finally:
             state.depth -= 1
         if mark is not None and mark.only:  # as CTCMode: what a gate-only tensor makes is one
@@ -324,7 +347,9 @@ def _running_norm(gated: GatedPass, module: nn.Module, x: torch.Tensor) -> torch
     mean = getattr(module, "running_mean", None)
     var = getattr(module, "running_var", None)
     running = mean is not None and var is not None
-    refuse_batch_statistics(type(module).__name__, module.training, running, module)
+    # the function the module calls, as CTC's own route names it in the same refusal
+    function = F.batch_norm if isinstance(module, BATCH_NORM_TYPES) else F.instance_norm
+    refuse_batch_statistics(operation_name(function), module.training, running, module)
     return gated.running_norm(x, mean, var, module.weight, module.bias, module.eps)
 
 
@@ -854,7 +879,7 @@ def hooked_pass(
     Yields:
         The pass state (``hooked_calls`` counts the module calls the hooks handled).
     """
-    state = _PassState(gated=gated)
+    state = _PassState(gated=gated, model=model)
     guard = GuardMode(state, functional, model)
     token = _ACTIVE.set(state)
     try:

@@ -320,10 +320,10 @@ class CTCMode(TorchFunctionMode):
         try:
             return self._route(func, args, kwargs)
         except (UnsupportedOperationError, UntracedOutputError) as error:
-            module = None if error.module is not None else running_module(self.model)
-            if module is None:
+            named = named_in(error, self.model, running_module_object())
+            if named is error:
                 raise
-            raise error.in_module(module) from None
+            raise named from None
 
     def _route(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         ctx = self.gated_pass
@@ -899,6 +899,21 @@ def module_of_frames(frames: Iterable[FrameType]) -> nn.Module | None:
             if isinstance(owner, nn.Module):
                 return owner
     return None
+
+
+def named_in(
+    error: UnsupportedOperationError | UntracedOutputError, model: Any, module: nn.Module | None
+) -> UnsupportedOperationError | UntracedOutputError:
+    """``error``, saying that ``module`` (its path within ``model``) made the call it refuses.
+
+    The one place that puts the module into a refusal of the pass, for both routes: an
+    operation [`CTCMode`][ctc_plugin.ctc.attribution.CTCMode] intercepts (the running module)
+    and a module a [`CTCComposite`][ctc_plugin.CTCComposite] rule handles (that module).
+    ``error`` itself where it names a module already or ``module`` is ``None``.
+    """
+    if error.module is not None or module is None:
+        return error
+    return error.in_module(module_name(model, module))
 
 
 def module_name(model: Any, module: nn.Module | None) -> str | None:

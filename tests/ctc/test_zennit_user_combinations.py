@@ -215,6 +215,19 @@ def test_a_batch_norm_without_running_statistics_is_refused_with_what_to_do() ->
     assert hook_counts(model) == 0
 
 
+def test_the_zennit_route_names_the_batch_norm_as_ctc_s_route_does() -> None:
+    """CTCAttributor said "through BatchNorm2d", without the module's path."""
+    model = _batch_statistics_model()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(UnsupportedOperationError) as zennit:
+        CTCAttributor(model, feature_mask=grid_mask(8, 2))(x, torch.eye(3, dtype=x.dtype)[[0, 1]])
+    with pytest.raises(UnsupportedOperationError) as captum:
+        CTC(model).attribute(x, target=0, feature_mask=grid_mask(8, 2))
+    assert zennit.value.module == "1 (BatchNorm2d)" == captum.value.module
+    assert zennit.value.headline == captum.value.headline
+    assert hook_counts(model) == 0
+
+
 # ---------------------------------------------------------------------------- relevance
 @pytest.mark.parametrize("kind", ["CTCComposite", "MixedComposite"])
 @pytest.mark.parametrize("where", ["distribute_within_features", "zennit_relevance"])
