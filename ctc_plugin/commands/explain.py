@@ -43,7 +43,7 @@ from ctc_plugin.commands.explain_setup import (
     preprocessing_for,
     resolve_device,
     sam_checkpoint_option,
-    segment_pixels,
+    segment_image,
 )
 from ctc_plugin.commands.methods import METHODS
 from ctc_plugin.commands.model_checks import (
@@ -254,8 +254,9 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     model = preprocessing.wrap(loaded.network).to(device).eval()
     # every image classified (its size, its target checked) and segmented before any method
     # runs on its segments
+    several = len(paths) > 1  # a refusal names the image it stopped at
     explained = [
-        _classified(model, loaded, args.target, path, image, device)
+        _classified(model, loaded, args.target, path, image, device, several)
         for path, image in zip(paths, images)
     ]
     check_explainer_size(explainer, explained)
@@ -267,15 +268,16 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
         print(f"note: --model {args.model} {PROBABILITY_OUTPUTS[ending]}")
     # a method that cannot explain the model stops before anything is segmented or explained
     trial = _request(model, explained[0], args, explainer, device)
-    try_methods(args.methods, trial, args.model, "--method")
+    try_methods(args.methods, trial, args.model, "--method", _where(explained[0], several))
     for item in explained:
-        item.feature_mask = _segmented(segmenter, item, args)
+        item.feature_mask = segment_image(segmenter, item.image.pixels, args, str(item.path))
         if evidence_path is not None:
             item.evidence = _evidence(evidence_path, preprocessing)
     for item in explained:
         request = _request(model, item, args, explainer, device)
+        where = _where(item, several)
         item.results = [
-            run_for_command(name, request, args.model, "--method") for name in args.methods
+            run_for_command(name, request, args.model, "--method", where) for name in args.methods
         ]
         _print_report(loaded, preprocessing, item, args.top, args.probabilities)
     with _writing("--out", args.out):
@@ -286,6 +288,11 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
             json_path = save_results(args.save, explained, loaded, preprocessing, args)
         print(f"data written to {args.save} and {json_path}")
     return 0
+
+
+def _where(item: Explained, several: bool) -> str:
+    """The image a refusal names: ``item``'s path among several images, none for one."""
+    return str(item.path) if several else ""
 
 
 def _request(
@@ -315,24 +322,6 @@ def _request(
     )
 
 
-def _segmented(segmenter: Any, item: Explained, args: argparse.Namespace) -> torch.Tensor:
-    """``item``'s segment ids; a grid with more cells than the image has pixels is refused.
-
-    Raises:
-        CLIError: For ``--segmenter grid``, naming ``--segments`` and the most this image takes.
-    """
-    try:
-        return segment_pixels(segmenter, item.image.pixels)
-    except ValueError as error:
-        if args.segmenter != "grid":
-            raise
-        side = min(item.image.size)
-        raise CLIError(
-            f"--segments {args.segments}: {item.path}: {error}; give at most --segments "
-            f"{side * side} (a {side}x{side} grid) for this image, or a larger --resize"
-        ) from error
-
-
 def _classified(
     model: nn.Module,
     loaded: LoadedModel,
@@ -340,15 +329,19 @@ def _classified(
     path: Path,
     image: PreparedImage,
     device: torch.device,
+    several: bool = False,
 ) -> Explained:
     """``image`` with the model's logits and the ``--target`` class (no segments yet).
+
+    ``several``: the image is one of several, which a refusal of the model names.
 
     Raises:
         CLIError: If the model cannot take the image's size, gives scores that are not finite
             (NaN or infinite: nothing to explain), or ``--target`` does not fit it.
     """
     own_size = is_own_size(loaded.preprocessing, image.size)
-    logits = model_logits(model, loaded, image.pixels.to(device), own_size)
+    where = str(path) if several else ""
+    logits = model_logits(model, loaded, image.pixels.to(device), own_size, where=where)
     check_finite_scores(logits, loaded, str(path))
     fit_class_names(loaded, logits)  # weights with other classes than the metadata's
     target = target_class(spec, loaded, logits)

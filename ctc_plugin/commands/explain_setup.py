@@ -305,6 +305,28 @@ def segment_pixels(segmenter, pixels: torch.Tensor) -> torch.Tensor:
     return contiguous.reshape(mask.shape).to(torch.int64)
 
 
+def segment_image(segmenter, pixels: torch.Tensor, options: Any, name: str) -> torch.Tensor:
+    """`segment_pixels` for a command: a segmenter's refusal names the image ``name``.
+
+    The one segmentation of ``explain`` and ``explain-dataset``; ``options`` has their
+    ``segmenter`` and ``segments``. A grid with more cells than the image has pixels is told
+    the most ``--segments`` the image takes.
+
+    Raises:
+        CLIError: For a ``ValueError`` of the segmenter, naming the option and the image.
+    """
+    try:
+        return segment_pixels(segmenter, pixels)
+    except ValueError as error:
+        if options.segmenter != "grid":
+            raise CLIError(f"--segmenter {options.segmenter}: {name}: {error}") from error
+        side = min(pixels.shape[-2:])
+        raise CLIError(
+            f"--segments {options.segments}: {name}: {error}; give at most --segments "
+            f"{side * side} (a {side}x{side} grid) for this image, or a larger --resize"
+        ) from error
+
+
 def explainer_for(
     loaded: LoadedModel,
     args: argparse.Namespace,

@@ -409,7 +409,9 @@ def run_for_command(
         request: What to explain.
         model: ``--model`` as given, for the refusals of the model.
         option: The option that names the method (``--method``, ``--methods``).
-        where: The image's name, for a command that explains many (``""``: none).
+        where: The image's name, for a command that explains many (``""``: none): every
+            refusal but the method's own of the model (`MethodError`) names it, CTC's of an
+            operation too (a model may run it on some images only).
 
     Raises:
         CLIError: For a model the method cannot explain, inputs it refuses, and memory that
@@ -418,11 +420,12 @@ def run_for_command(
     from ctc_plugin.commands import CLIError
     from ctc_plugin.ctc.errors import UnsupportedOperationError
 
-    prefix = f"{option} {name}: {where}: " if where else f"{option} {name}: "
+    image = f"{where}: " if where else ""
+    prefix = f"{option} {name}: {image}"
     try:
         return run_method(name, request)
     except UnsupportedOperationError as error:
-        raise CLIError(f"--model {model}: {_unsupported(error)}") from error
+        raise CLIError(f"--model {model}: {image}{_unsupported(error)}") from error
     except MethodError as error:  # the method and the model: no image is to blame
         raise CLIError(f"{option} {name}: {error}") from error
     except ValueError as error:

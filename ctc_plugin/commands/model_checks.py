@@ -118,6 +118,7 @@ def model_logits(
     pixels: torch.Tensor,
     own_size: bool,
     advice: str | None = None,
+    where: str = "",
 ) -> torch.Tensor:
     """The model's logits for ``pixels``; a size the model cannot take is a user error.
 
@@ -128,6 +129,7 @@ def model_logits(
         own_size: Whether ``pixels`` has the model's own input size.
         advice: What to do about another size (``None``: ``explain``'s ``--resize`` and
             ``--crop``).
+        where: The image, for a refusal among several (``""``: none named).
 
     Raises:
         CLIError: If the model returns no row of class scores (`scores_row`), or fails on an
@@ -149,8 +151,9 @@ def model_logits(
         first = lines[0] if lines else type(error).__name__
         option = "--resize/--crop: " if advice is None else ""
         advice = advice if advice is not None else size_advice(loaded.preprocessing)
+        image = f"{where}: " if where else ""
         raise CLIError(
-            f"{option}{loaded.name} cannot take {width}x{height} images ({first}); {advice}"
+            f"{option}{image}{loaded.name} cannot take {width}x{height} images ({first}); {advice}"
         ) from error
     return scores_row(output, loaded)
 

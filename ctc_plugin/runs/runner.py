@@ -84,7 +84,7 @@ class ShardRunner:
         note = run_in_float32(self.loaded)  # the images are float32
         if note:
             warnings.warn(note, UserWarning, stacklevel=2)
-        options = options_of(config)
+        options = self._options = options_of(config)
         self.preprocessing = preprocessing_for(options, self.loaded)
         self.segmenter = make_segmenter(options) if segment else None
         if explain:
@@ -175,15 +175,16 @@ class ShardRunner:
 
         Raises:
             RuntimeError: This runner was made with ``segment=False``.
-            CLIError: The image cannot be read (see `read`).
+            CLIError: The image cannot be read (see `read`), or the segmenter refuses it
+                (the message names the image).
         """
-        from ctc_plugin.commands.explain_setup import segment_pixels
+        from ctc_plugin.commands.explain_setup import segment_image
 
         image = self.read(ref)
         if self.segmenter is None:
             raise RuntimeError("this ShardRunner was made with segment=False")
         start = time.perf_counter()
-        mask = segment_pixels(self.segmenter, image.pixels)
+        mask = segment_image(self.segmenter, image.pixels, self._options, ref.name)
         return image, mask, time.perf_counter() - start
 
     def read(self, ref: ImageRef) -> Any:

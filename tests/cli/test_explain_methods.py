@@ -380,9 +380,9 @@ def test_a_refused_method_stops_before_any_image_is_segmented(tmp_path, capsys, 
     from ctc_plugin.commands import explain as explain_command
 
     segmented = []
-    real = explain_command._segmented
+    real = explain_command.segment_image
     monkeypatch.setattr(
-        explain_command, "_segmented", lambda *a, **k: segmented.append(1) or real(*a, **k)
+        explain_command, "segment_image", lambda *a, **k: segmented.append(1) or real(*a, **k)
     )
     argv = ["explain", "--model", "vit", "--method", "gradcam", "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "x.png")]) == 2

@@ -1,0 +1,115 @@
+"""A refusal partway through several images names the image it stopped at.
+
+``explain a.png b.png c.png`` and ``explain-dataset FOLDER`` stopped at the third image with
+CTC's refusal of an operation the model runs on that image only, or a method's refusal of the
+image, without saying which image it was.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from ctc_plugin.cli import main
+
+HERE = "tests.cli.test_refusals_partway_name_the_image"
+FAST = ["--resize", "32", "--segmenter", "grid", "--segments", "4", "--no-progress"]
+
+
+class Net(nn.Module):
+    """A convolution, mean pooling and a linear head; takes any size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, 3)."""
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+class SortsWideImages(Net):
+    """Sorts the pixels of wide images (an operation CTC refuses); others go straight through."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, 3)."""
+        if x.shape[-1] > 64:
+            x = torch.sort(x, dim=-1).values
+        return super().forward(x)
+
+
+class RefusesWideCopies(Net):
+    """Raises a ValueError on several copies of a wide image (a method's pass)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, 3)."""
+        if x.shape[0] > 1 and x.shape[-1] > 64:
+            raise ValueError("no copies of wide images")
+        return super().forward(x)
+
+
+def sorts_wide_images() -> nn.Module:
+    """``SortsWideImages``."""
+    return SortsWideImages()
+
+
+def refuses_wide_copies() -> nn.Module:
+    """``RefusesWideCopies``."""
+    return RefusesWideCopies()
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """A folder of two 40x30 photos and, third, a wide 80x20 one."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in (("a.png", (30, 40, 3)), ("b.png", (30, 40, 3)), ("c.png", (20, 80, 3))):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    return error
+
+
+@pytest.mark.parametrize(
+    ("model", "said"),
+    [("sorts_wide_images", "CTC cannot propagate"), ("refuses_wide_copies", "no copies of wide")],
+)
+def test_explain_names_the_image_it_stopped_at(photos, capsys, model, said):
+    out = photos.parent / "fig.png"
+    images = [str(photos / name) for name in ("a.png", "b.png", "c.png")]
+    argv = ["explain", *images, "--model", f"{HERE}:{model}", *FAST, "--out", str(out)]
+    error = _error(capsys, argv)
+    assert said in error and f"{photos / 'c.png'}: " in error, error
+    assert "a.png" not in error and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "said"),
+    [("sorts_wide_images", "CTC cannot propagate"), ("refuses_wide_copies", "no copies of wide")],
+)
+def test_explain_dataset_names_the_image_it_stopped_at(photos, capsys, model, said):
+    argv = ["explain-dataset", str(photos), "--methods", "ctc", "--model", f"{HERE}:{model}",
+            *FAST, "--out", str(photos.parent / "run")]  # fmt: skip
+    error = _error(capsys, argv)
+    assert said in error and "c.png: " in error, error
+
+
+def test_a_segmenter_refusal_names_the_image_in_explain_dataset(photos, capsys):
+    model = f"{HERE}:sorts_wide_images"
+    argv = ["explain-dataset", str(photos), "--methods", "ctc", "--model", model,
+            "--resize", "32", "--segmenter", "grid", "--segments", "2000", "--no-progress",
+            "--out", str(photos.parent / "run")]  # fmt: skip
+    error = _error(capsys, argv)
+    # was: "a 45x45 grid does not fit a 32x42 image", neither the image nor the option named
+    assert "--segments 2000: a.png: " in error and "at most --segments 1024" in error, error
