@@ -13,7 +13,7 @@ command line is parsed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,8 +67,6 @@ class Request:
         perturbations_per_eval: Copies per forward pass of CTC, FeatureAblation and Lime.
         show_progress: Show the methods' progress bars.
         explainer: The trained Explainer of ``explainer`` (``--explainer``, or a zoo model's).
-        trial: A trial run of `try_methods`: what the methods warn of in their results is
-            left unsaid (its two halves and four Lime samples are no real explanation).
     """
 
     model: nn.Module
@@ -80,7 +78,6 @@ class Request:
     perturbations_per_eval: int = 16
     show_progress: bool = True
     explainer: nn.Module | None = None
-    trial: bool = False
 
     @classmethod
     def with_options_of(
@@ -265,25 +262,49 @@ def _lime(request: Request) -> tuple[str, Tensor]:
             perturbations_per_eval=_perturbations_per_eval(request),
             show_progress=request.show_progress,
         )
-    if not request.trial and not bool(attributions.any()):
-        import warnings
-
-        segments = int(request.feature_mask.max()) + 1
-        few = (
-            f"; {counted(request.lime_samples, 'sample')} for {segments} segments are too few to "
-            f"fit one score each: give --lime-samples above {segments}"
-            if request.lime_samples <= segments
-            else ""
-        )
-        warnings.warn(
-            "lime: every segment's score is 0: Captum's Lime fits a Lasso (alpha 0.01) to the "
-            "model's scores on the perturbed images, and it kept no segment (the score moved "
-            f"too little between them){few}; these scores say nothing of the image: use ctc or "
-            "feature-ablation",
-            UserWarning,
-            stacklevel=2,
-        )
     return f"Lime ({counted(request.lime_samples, 'sample')})", attributions[:, :1]
+
+
+def warn_of_lime_zeros(
+    rows: Iterable[tuple[str, str, Any, int]], images: int, lime_samples: int
+) -> None:
+    """Warn once for a command's run where Lime scored every segment 0 on some images.
+
+    Such scores say nothing of the image; a run of many images is told once, with how many
+    and the first, not once per image. The one warning of ``explain`` and ``explain-dataset``.
+
+    Args:
+        rows: ``(image, method, scores, segments)`` of every result of the run, in order (the
+            rows of several targets name an image several times).
+        images: How many images the run explained.
+        lime_samples: ``--lime-samples``.
+    """
+    import warnings
+
+    zero = {
+        image: segments
+        for image, method, scores, segments in rows
+        if method == "lime" and not any(float(score) for score in scores)
+    }
+    if not zero:
+        return
+    first = next(iter(zero))
+    where = "" if images == 1 else f" on {len(zero)} of {images} images (the first: {first})"
+    segments = max(zero.values())
+    few = (
+        f"; {counted(lime_samples, 'sample')} for {segments} segments are too few to "
+        f"fit one score each: give --lime-samples above {segments}"
+        if lime_samples <= segments
+        else ""
+    )
+    warnings.warn(
+        f"lime: every segment's score is 0{where}: Captum's Lime fits a Lasso (alpha 0.01) to "
+        "the model's scores on the perturbed images, and it kept no segment (the score moved "
+        f"too little between them){few}; these scores say nothing of the "
+        f"{'image' if len(zero) == 1 else 'images'}: use ctc or feature-ablation",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def _gradcam(request: Request) -> tuple[str, Tensor]:
@@ -392,7 +413,6 @@ def try_methods(
         feature_mask=halves.expand(1, 1, height, width),
         lime_samples=min(request.lime_samples, 4),
         show_progress=False,
-        trial=True,
     )
     with torch.random.fork_rng(devices=[]):
         for name in names:

@@ -538,6 +538,21 @@ def _warn_of_drawn_weights(config: RunConfig, model: Any) -> None:
         )
 
 
+def _warn_of_lime_zeros(config: RunConfig, result: JobResult) -> None:
+    """Warn once for the run, not once per image, where Lime scored every segment 0.
+
+    The run's rows are read back (only with ``lime`` among the methods): they are written by
+    whichever engine ran them, this process or Ray's workers, now or before a resumption.
+    """
+    if "lime" not in config.methods:
+        return
+    from ctc_plugin.commands.methods import warn_of_lime_zeros
+
+    columns = ["name", "method", "scores", "segments"]
+    table = read_results(result.out).select(columns).to_pydict()
+    warn_of_lime_zeros(zip(*(table[c] for c in columns)), result.images, config.lime_samples)
+
+
 def explain_dataset(
     source: str | os.PathLike[str],
     methods: str | list[str] | tuple[str, ...],
@@ -700,4 +715,5 @@ def explain_dataset(
         )  # fmt: skip
     except ConfigMismatchError as error:
         raise _restated_mismatch(error, out, resolved) from None
+    _warn_of_lime_zeros(config, result)
     return RunResult(result.out, result.images, result.shards, result.computed, result.seconds)

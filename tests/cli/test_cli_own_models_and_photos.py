@@ -431,6 +431,35 @@ def test_lime_scores_all_zero_get_a_warning_saying_what_they_mean(photo, capsys)
         assert main(_explain(photo, "loud_model", "--method", "lime")) == 0
 
 
+def _lime_zero_warnings(argv: list[str]) -> list[str]:
+    """The all-zero Lime warnings of the command ``argv``, which succeeds."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(argv) == 0
+    return [str(w.message) for w in caught if "every segment's score is 0" in str(w.message)]
+
+
+def test_lime_scores_all_zero_on_many_images_are_warned_of_once_with_a_count(photo, tmp_path):
+    """explain-dataset said it once per image (and explain once per image too)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (folder / name).write_bytes(photo.read_bytes())
+    argv = ["explain-dataset", str(folder), "--methods", "lime", "ctc", "--model",
+            f"{HERE}:constant_model", "--resize", "32", *FAST, "--shard-size", "2",
+            "--targets", "predicted", "1", "--out", str(tmp_path / "run")]  # fmt: skip
+    said = _lime_zero_warnings(argv)
+    assert len(said) == 1, said
+    assert said[0].startswith(
+        "lime: every segment's score is 0 on 3 of 3 images (the first: a.png)"
+    )
+    images = [str(folder / name) for name in ("a.png", "b.png")]
+    argv = ["explain", *images, "--model", f"{HERE}:constant_model", "--resize", "32", *FAST,
+            "--method", "lime", "--out", str(tmp_path / "fig.png")]  # fmt: skip
+    said = _lime_zero_warnings(argv)
+    assert len(said) == 1 and f"on 2 of 2 images (the first: {images[0]})" in said[0], said
+
+
 def test_lime_with_fewer_samples_than_segments_is_told_to_take_more(photo):
     """``--lime-samples 1`` gave all-zero scores blamed on the model's flat scores alone."""
     with warnings.catch_warnings(record=True) as caught:
