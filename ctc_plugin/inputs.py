@@ -68,6 +68,7 @@ __all__ = [
     "floating_dtype",
     "forward_dtype",
     "FUNCTIONAL_DROPOUTS",
+    "is_dtype_error",
     "is_finite_number",
     "is_integer",
     "is_per_example",
@@ -451,6 +452,21 @@ _TORCH_DTYPE_ERROR = re.compile(
 )
 
 
+def is_dtype_error(error: BaseException) -> bool:
+    """Whether ``error`` is torch's error for operands of two dtypes (its first line says so).
+
+    ``expected scalar type Double but found Float``, ``Input type (double) and bias type
+    (float) should be the same``, ...; never an error of this package's own.
+    """
+    text = str(error).strip()
+    first_line = text.splitlines()[0] if text else ""
+    return (
+        isinstance(error, RuntimeError)
+        and type(error).__module__.partition(".")[0] != _PACKAGE  # its own, meant as they are
+        and bool(_TORCH_DTYPE_ERROR.search(first_line))
+    )
+
+
 def _dtype_mismatch(
     error: RuntimeError, forward_func: Any, inputs: Any
 ) -> DtypeMismatchError | None:
@@ -461,13 +477,7 @@ def _dtype_mismatch(
         {str(x.dtype) for x in members if isinstance(x, torch.Tensor) and x.is_floating_point()}
     )
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if (
-        wanted is None
-        or not given
-        or given == [str(wanted)]
-        or type(error).__module__.partition(".")[0] == _PACKAGE  # its own, meant as they are
-        or not _TORCH_DTYPE_ERROR.search(first_line)
-    ):
+    if wanted is None or not given or given == [str(wanted)] or not is_dtype_error(error):
         return None
     return DtypeMismatchError(
         f"the inputs are {' and '.join(given)} and the model computes in {wanted} (torch: "

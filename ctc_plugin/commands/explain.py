@@ -51,11 +51,12 @@ from ctc_plugin.commands.model_checks import (
     check_input_channels,
     check_torchscript,
     check_weights_present,
+    choose_precision,
     fit_class_names,
     is_own_size,
     model_logits,
+    model_pixels,
     output_function,
-    run_in_float32,
     target_class,
 )
 from ctc_plugin.commands.models import LoadedModel, is_zoo_spec, load_model
@@ -244,7 +245,7 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     check_input_channels(loaded)
     check_torchscript(loaded, args.methods)
     check_weights_present(loaded)
-    note = run_in_float32(loaded)
+    note = choose_precision(loaded, device)
     if note:
         print(f"note: {note}")
     preprocessing = preprocessing_for(args, loaded)
@@ -260,21 +261,21 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
         for path, image in zip(paths, images)
     ]
     check_explainer_size(explainer, explained)
-    ending = output_function(model, explained[0].image.pixels.to(device))
+    ending = output_function(model, model_pixels(loaded, explained[0].image.pixels, device))
     args.probabilities = ending in PROBABILITY_OUTPUTS and (
         ending != "softmax" or _sum_to_one(item.logits for item in explained)
     )
     if args.probabilities:  # a multi-label head or a softmax: its outputs are no logits
         print(f"note: --model {args.model} {PROBABILITY_OUTPUTS[ending]}")
     # a method that cannot explain the model stops before anything is segmented or explained
-    trial = _request(model, explained[0], args, explainer, device)
+    trial = _request(model, loaded, explained[0], args, explainer, device)
     try_methods(args.methods, trial, args.model, "--method", _where(explained[0], several))
     for item in explained:
         item.feature_mask = segment_image(segmenter, item.image.pixels, args, str(item.path))
         if evidence_path is not None:
             item.evidence = _evidence(evidence_path, preprocessing)
     for item in explained:
-        request = _request(model, item, args, explainer, device)
+        request = _request(model, loaded, item, args, explainer, device)
         where = _where(item, several)
         item.results = [
             run_for_command(name, request, args.model, "--method", where) for name in args.methods
@@ -303,6 +304,7 @@ def _where(item: Explained, several: bool) -> str:
 
 def _request(
     model: nn.Module,
+    loaded: LoadedModel,
     item: Explained,
     args: argparse.Namespace,
     explainer: Any,
@@ -320,7 +322,7 @@ def _request(
     return Request.with_options_of(
         args,
         model=model,
-        pixels=item.image.pixels.to(device),
+        pixels=model_pixels(loaded, item.image.pixels, device),
         target=item.target,
         feature_mask=mask.long().to(device),
         show_progress=not args.no_progress,
@@ -347,7 +349,8 @@ def _classified(
     """
     own_size = is_own_size(loaded.preprocessing, image.size)
     where = str(path) if several else ""
-    logits = model_logits(model, loaded, image.pixels.to(device), own_size, where=where)
+    pixels = model_pixels(loaded, image.pixels, device)
+    logits = model_logits(model, loaded, pixels, own_size, where=where)
     check_finite_scores(logits, loaded, str(path))
     fit_class_names(loaded, logits)  # weights with other classes than the metadata's
     target = target_class(spec, loaded, logits)

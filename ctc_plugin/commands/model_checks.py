@@ -1,7 +1,7 @@
 """What a loaded model gives for one image, and whether the methods can take it.
 
 ``ctc-plugin explain`` and ``explain-dataset`` check a model before any method runs (its input
-channels, TorchScript, weights without values, a dtype other than float32) and read its output
+channels, TorchScript, weights without values, half-precision weights) and read its output
 for each image: one row of finite class scores, or a refusal saying what the model must return;
 the ``--target`` class by index or name. A model that fails on an image of another size than its
 own gets the ``--resize``/``--crop`` advice.
@@ -88,12 +88,19 @@ def check_weights_present(loaded: LoadedModel) -> None:
         )
 
 
-def run_in_float32(loaded: LoadedModel) -> str:
-    """Cast a model with float64 or half-precision weights to float32; return a note, or ``""``.
+#: Floating-point types the command runs in float32 (half precision, computed more exactly).
+NARROW_TYPES = ("float16", "bfloat16")
 
-    The images are float32 pixels, which a float64 or float16 layer refuses ("Input type
-    (float) and bias type (double) should be the same"); in float32 every method runs as it is
-    tested, and half precision is computed more exactly.
+
+def choose_precision(loaded: LoadedModel, device: torch.device | None = None) -> str:
+    """Cast a model with half-precision weights to float32; return a note, or ``""``.
+
+    A float16 or bfloat16 model runs in float32 (exact for its weights; its half-precision
+    kernels are missing or slow on a CPU, and float32 computes the explanation more exactly). A
+    float64 model keeps its weights, which float32 would round, and gets its images in float64
+    (`model_pixels`: exact), so that a forward that converts its input itself
+    (``x = x.double()``) runs as it was written; on ``mps``, which has no float64, it runs in
+    float32 too.
     """
     import torch
 
@@ -103,13 +110,29 @@ def run_in_float32(loaded: LoadedModel) -> str:
         for tensor in tensors
         if tensor.is_floating_point() and tensor.dtype != torch.float32
     }
-    if not kinds:
+    no_float64 = device is not None and device.type == "mps"
+    if not kinds.intersection(NARROW_TYPES) and not (no_float64 and kinds):
         return ""
     loaded.network = loaded.network.float()
+    loaded.cast_from = tuple(sorted(kinds))
+    why = " (mps has no float64)" if no_float64 and "float64" in kinds else ""
     return (
-        f"--model {loaded.name} has {' and '.join(sorted(kinds))} weights; it runs in "
-        "float32, the type of the images"
+        f"--model {loaded.name} has {' and '.join(sorted(kinds))} weights; it runs in float32{why}"
     )
+
+
+def model_pixels(loaded: LoadedModel, pixels: torch.Tensor, device: Any) -> torch.Tensor:
+    """``pixels`` as the model takes them: on ``device``, in its weights' floating-point type.
+
+    float32, or float64 for a float64 model (`choose_precision`); a model without floating-point
+    weights takes float32.
+    """
+    import torch
+
+    from ctc_plugin.inputs import floating_dtype
+
+    dtype = floating_dtype(loaded.network) or torch.float32
+    return pixels.to(device=device, dtype=dtype)
 
 
 def model_logits(
@@ -132,30 +155,60 @@ def model_logits(
         where: The image, for a refusal among several (``""``: none named).
 
     Raises:
-        CLIError: If the model returns no row of class scores (`scores_row`), or fails on an
-            image of another size than its own input (a RuntimeError from its layers, the
+        CLIError: If the model returns no row of class scores (`scores_row`), fails with
+            torch's error for operands of two floating-point types (`_dtype_refusal`), or fails
+            on an image of another size than its own input (a RuntimeError from its layers, the
             ValueError of a ``transformers`` model, the AssertionError of a timm model's patch
             embedding). At its own size such an error is raised as it is (a RuntimeError is
             then a bug: a traceback).
     """
     import torch
 
+    from ctc_plugin.inputs import is_dtype_error
+
     try:
         with torch.no_grad():
             output = model(pixels)
     except (RuntimeError, ValueError, AssertionError) as error:  # see Raises
+        lines = str(error).strip().splitlines()
+        first = lines[0] if lines else type(error).__name__
+        image = f"{where}: " if where else ""
+        if is_dtype_error(error):  # its types, whatever the image's size
+            raise CLIError(
+                f"--model {loaded.name}: {image}{_dtype_refusal(loaded, pixels, first)}"
+            ) from error
         if own_size:
             raise
         height, width = pixels.shape[-2:]
-        lines = str(error).strip().splitlines()
-        first = lines[0] if lines else type(error).__name__
         option = "--resize/--crop: " if advice is None else ""
         advice = advice if advice is not None else size_advice(loaded.preprocessing)
-        image = f"{where}: " if where else ""
         raise CLIError(
             f"{option}{image}{loaded.name} cannot take {width}x{height} images ({first}); {advice}"
         ) from error
     return scores_row(output, loaded)
+
+
+def _dtype_refusal(loaded: LoadedModel, pixels: torch.Tensor, first: str) -> str:
+    """Why a model failed with torch's dtype error (``first``) on ``pixels``, and what to do.
+
+    The command gives a model its images in its weights' type (`model_pixels`), float32 for
+    half-precision weights it cast (`choose_precision`); a forward that converts them to
+    another type, or layers of several types, meet in one operation.
+    """
+    dtype = str(pixels.dtype).removeprefix("torch.")
+    weights = (
+        f"its {' and '.join(loaded.cast_from)} weights cast to {dtype} (the command runs half "
+        "precision in float32)"
+        if loaded.cast_from
+        else "its weights' type"
+    )
+    return (
+        f"it fails on {dtype} images, {weights}, with torch's error for two floating-point "
+        f"types ({first}), not on their size: a conversion in its forward (x.double(), "
+        "x.half()) or layers of several types meet in one operation; convert the input to the "
+        "type of the layer that takes it (x = x.to(self.conv.weight.dtype), which follows a "
+        "cast), or build every layer in one type (model.double() or model.float())"
+    )
 
 
 def scores_row(output: Any, loaded: LoadedModel) -> torch.Tensor:
@@ -203,7 +256,7 @@ def check_finite_scores(logits: torch.Tensor, loaded: LoadedModel, name: str) ->
     raise CLIError(
         f"--model {loaded.name} gives scores that are not finite for {name} ({values}): there "
         "is nothing to explain; check its weights (--weights), the normalisation it expects "
-        "(--mean/--std) and that it runs in float32"
+        "(--mean/--std) and the floating-point type it computes in"
     )
 
 
@@ -342,7 +395,8 @@ __all__ = [
     "is_own_size",
     "model_logits",
     "output_function",
-    "run_in_float32",
+    "choose_precision",
+    "model_pixels",
     "scores_row",
     "size_advice",
     "target_class",

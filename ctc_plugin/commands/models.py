@@ -41,6 +41,8 @@ class LoadedModel:
         source: Where the preprocessing and class names come from, for the report.
         note: What the user should know about the preprocessing chosen (printed by
             ``explain``), or ``""``.
+        cast_from: The floating-point types of the weights as loaded, where the command casts
+            them to float32 (`ctc_plugin.commands.model_checks.choose_precision`), else ``()``.
     """
 
     network: nn.Module
@@ -51,6 +53,7 @@ class LoadedModel:
     split: str | None = None
     source: str = ""
     note: str = ""
+    cast_from: tuple[str, ...] = ()
 
 
 def _zoo_model(name: str, weights: Path | None) -> LoadedModel:

@@ -66,7 +66,7 @@ class ShardRunner:
             check_input_channels,
             check_torchscript,
             check_weights_present,
-            run_in_float32,
+            choose_precision,
         )
         from ctc_plugin.commands.models import load_model
 
@@ -81,7 +81,7 @@ class ShardRunner:
         check_input_channels(self.loaded)
         check_torchscript(self.loaded, list(config.methods) if explain else [])
         check_weights_present(self.loaded)
-        note = run_in_float32(self.loaded)  # the images are float32
+        note = choose_precision(self.loaded, self.device)  # float16 runs in float32
         if note:
             warnings.warn(note, UserWarning, stacklevel=2)
         options = self._options = options_of(config)
@@ -146,9 +146,10 @@ class ShardRunner:
             fit_class_names,
             is_own_size,
             model_logits,
+            model_pixels,
         )
 
-        pixels = image.pixels.to(self.device)
+        pixels = model_pixels(self.loaded, image.pixels, self.device)  # float64 for float64
         own = is_own_size(self.loaded.preprocessing, image.size)
         logits = model_logits(self.model, self.loaded, pixels, own, self.size_advice(ref))
         check_finite_scores(logits, self.loaded, ref.name)

@@ -126,6 +126,40 @@ def double_model() -> nn.Module:
     return Net().double()
 
 
+class DoubleInside(Net):
+    """``Net`` in float64 whose forward converts its input itself, as float64 code often does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, 3), computed in float64."""
+        return super().forward(x.double())
+
+
+class HalfInside(Net):
+    """``Net`` in float16 whose forward converts its input to float16 itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, 3)."""
+        return super().forward(x.half())
+
+
+def double_inside_model() -> nn.Module:
+    """A float64 model that converts its input to float64 in its forward."""
+    return DoubleInside()
+
+
+def half_inside_model() -> nn.Module:
+    """A float16 model that converts its input to float16 in its forward."""
+    return HalfInside()
+
+
 def scripted_model() -> nn.Module:
     """``Net`` compiled by TorchScript (as ``torch.jit.load`` gives it back)."""
     with warnings.catch_warnings():
@@ -226,16 +260,35 @@ def test_an_assert_on_the_input_size_gets_the_size_advice(photo, capsys):
     assert "cannot take 42x32 images" in error and "--resize N --crop N" in error, error
 
 
-def test_a_float64_model_runs_in_float32_with_a_note(photo, capsys):
+@pytest.mark.parametrize("model", ["double_model", "double_inside_model"])
+@pytest.mark.parametrize("normalised", [False, True])
+def test_a_float64_model_runs_in_float64(photo, capsys, model, normalised):
+    """A forward with ``x = x.double()`` failed ("cannot take 42x32 images (Input type
+    (double) and bias type (float) ...)"): the command had cast its weights to float32."""
     save = photo.parent / "run.npz"
-    assert main(_explain(photo, "double_model", "--save", str(save))) == 0
-    out = capsys.readouterr().out
-    assert "float64" in out and "float32" in out  # was: "cannot take 42x32 images (... type)"
+    methods = ["--method", "ctc", "integrative-cam", "feature-ablation", "gradcam"]
+    mean = ["--mean", "0.5", "0.5", "0.5", "--std", "0.2", "0.2", "0.2"] if normalised else []
+    assert main(_explain(photo, model, *methods, *mean, "--save", str(save))) == 0
+    assert "float32" not in capsys.readouterr().out  # no note: it runs as it is
     data = np.load(save)
     target = int(data["image0/target"])
-    np.testing.assert_allclose(
-        data["image0/ctc/scores"].sum(), data["image0/logits"][target], rtol=1e-4, atol=1e-5
-    )
+    pixels = torch.from_numpy(data["image0/pixels"])[None].double()
+    network = globals()[model]()
+    if normalised:
+        pixels = (pixels - 0.5) / 0.2
+    with torch.no_grad():
+        own = network(pixels)[0, target]  # in float64, with the weights as they are
+    assert data["image0/logits"][target] == np.float32(own)
+    np.testing.assert_allclose(data["image0/ctc/scores"].sum(), float(own), rtol=1e-6, atol=1e-7)
+
+
+def test_a_model_converting_its_input_to_another_type_is_told_so_not_of_the_size(photo, capsys):
+    """Its dtype error was blamed on the image size ("cannot take 42x32 images")."""
+    out = photo.parent / "fig.png"
+    error = _error(capsys, _explain(photo, "half_inside_model"))
+    assert "it fails on float32 images, its float16 weights cast to float32" in error, error
+    assert "x = x.to(self.conv.weight.dtype)" in error and "cannot take" not in error
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("model", ["out_of_memory_model", "system_out_of_memory_model"])
@@ -336,9 +389,10 @@ def _one_line_error(capsys, argv: list[str]) -> str:
     return error
 
 
-def test_explain_dataset_runs_a_float64_model_in_float32(photo, tmp_path, capsys):
-    with pytest.warns(UserWarning, match="has float64 weights; it runs in float32"):
-        assert main(_explain_dataset(photo, tmp_path / "run", "double_model")) == 0
+def test_explain_dataset_runs_a_float64_model_in_float64(photo, tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no note: it runs as it is
+        assert main(_explain_dataset(photo, tmp_path / "run", "double_inside_model")) == 0
 
 
 def test_explain_dataset_refuses_a_torchscript_model_for_gradcam(photo, tmp_path, capsys):

@@ -17,9 +17,10 @@ from ctc_plugin.commands.model_checks import (
     check_input_channels,
     check_torchscript,
     check_weights_present,
+    choose_precision,
     is_own_size,
     model_logits,
-    run_in_float32,
+    model_pixels,
     scores_row,
     size_advice,
     target_class,
@@ -60,18 +61,34 @@ def test_any_tensor_on_the_meta_device_is_refused(on_meta):
         check_weights_present(_loaded(network))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_weights_of_another_float_type_run_in_float32(dtype):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_run_in_float32(dtype):
     loaded = _loaded(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).to(dtype))
-    note = run_in_float32(loaded)
+    note = choose_precision(loaded)
     assert str(dtype).removeprefix("torch.") in note and "runs in float32" in note
     assert {p.dtype for p in loaded.network.parameters()} == {torch.float32}
+    assert loaded.cast_from == (str(dtype).removeprefix("torch."),)
+    assert model_pixels(loaded, torch.rand(1, 3, 4, 4), "cpu").dtype == torch.float32
+
+
+def test_float64_weights_are_kept_and_take_float64_images():
+    """They were cast to float32, rounding the weights (and breaking x = x.double())."""
+    network = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).double()
+    weight = network[0].weight.detach().clone()
+    loaded = _loaded(network)
+    assert choose_precision(loaded, torch.device("cpu")) == ""
+    assert loaded.network is network and torch.equal(network[0].weight, weight)
+    pixels = torch.rand(1, 3, 4, 4)
+    assert torch.equal(model_pixels(loaded, pixels, "cpu"), pixels.double())  # exact
+    mps = _loaded(nn.Sequential(nn.Conv2d(3, 4, 3)).double())  # mps has no float64
+    assert "runs in float32 (mps has no float64)" in choose_precision(mps, torch.device("mps"))
+    assert {p.dtype for p in mps.network.parameters()} == {torch.float32}
 
 
 def test_a_float32_model_with_integer_buffers_is_left_as_it_is():
     network = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))  # num_batches_tracked: int64
     loaded = _loaded(network)
-    assert run_in_float32(loaded) == ""
+    assert choose_precision(loaded) == ""
     assert loaded.network is network
     assert network[1].num_batches_tracked.dtype == torch.int64
 
