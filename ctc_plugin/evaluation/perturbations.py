@@ -35,7 +35,8 @@ Kind = Literal["blur", "gaussian", "uniform"]
 
 #: Named severity levels: blur sigma in pixels, Gaussian noise standard deviation, uniform noise
 #: half-width (all in units of the [0, 1] intensity range). ``blur/small`` has the sigma of the
-#: reference's 5x5 OpenCV blur (1.1), on `gaussian_blur`'s 9x9 kernel (OpenCV cut it at 5x5);
+#: reference's 5x5 OpenCV blur (1.1, what OpenCV derives for that size), on `gaussian_blur`'s
+#: 9x9 kernel (OpenCV's 5x5 blur uses a fixed binomial kernel when it derives sigma itself);
 #: ``uniform`` small/big are the reference's +-2% and +-30%.
 SEVERITIES: dict[str, dict[str, float]] = {
     "blur": {"small": 1.1, "big": 2.5},
