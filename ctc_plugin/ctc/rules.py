@@ -309,7 +309,9 @@ class GatedPass(GateRules, NormalisationRules):
         product with its rows an ulp apart. Rounding is judged value by value, 100 ulps of the
         larger of the two values, with a floor of 100 ulps of the example's median magnitude
         (a value a sum cancelled to almost zero): one large value (a ``-1e9`` mask fill) or
-        one example of large values loosens nothing else.
+        one example of large values loosens nothing else. An infinity is alike only to the
+        same infinity (a ``-inf`` mask fill in one copy and a finite value in another differ:
+        the bound of an infinite value would be infinite).
         """
         grouped = self.layout.group(constant.detach())
         first = grouped[:, :1]
@@ -322,7 +324,8 @@ class GatedPass(GateRules, NormalisationRules):
         typical = finite.flatten(1).nanmedian(dim=1).values.nan_to_num(0.0)
         floor = (ulps * typical).view(-1, *([1] * (grouped.dim() - 1)))
         bound = ulps * torch.maximum(grouped.abs(), first.abs()) + floor
-        return bool((equal | ((grouped - first).abs() <= bound)).all())
+        rounded = torch.isfinite(grouped) & torch.isfinite(first)  # infinities: equal or not
+        return bool((equal | (rounded & ((grouped - first).abs() <= bound))).all())
 
     def check_constant(self, constant: Any, signal: torch.Tensor, operation: str) -> None:
         """Refuse a constant operand with one row per copy whose rows differ within an example.

@@ -92,3 +92,50 @@ def test_rows_alike_up_to_rounding_and_through_infinities_and_nans() -> None:
     assert _rows_alike(integers)
     integers[2, 0] = 5
     assert not _rows_alike(integers)
+
+
+def test_an_infinity_is_alike_only_to_the_same_infinity() -> None:
+    """A ``-inf`` in one copy and a finite value (or ``+inf``) in another differ: the bound of
+    rounding, relative to the larger value, was infinite there, so any value matched it."""
+    rows = torch.zeros(6, 3, dtype=torch.float64)
+    rows[:, 2] = float("-inf")  # the same in every copy: alike
+    assert _rows_alike(rows)
+    for other in (0.0, -1e300, float("inf")):
+        differing = rows.clone()
+        differing[4, 0] = float("-inf")
+        differing[3, 0] = other  # the gate copy of example 1 holds another value
+        assert not _rows_alike(differing), other
+
+
+class _TiledMask(nn.Module):
+    """Attention with a float mask of ``-inf`` per example, tiled to the batch it is given.
+
+    ``mask.repeat(n // 2, 1, 1)`` fits the model's own batch of two images; in the pass it
+    gives the copies of one example the two examples' masks in turn, rows that differ between
+    the copies (as a mask taken out of torch would): refused. The same mask filled with
+    ``-1e9`` was refused; with ``-inf`` the copies took one mask silently, and the scores of
+    the second image did not add up to its logit.
+    """
+
+    def __init__(self, fill: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+        blocked = torch.zeros(2, 1, 5, dtype=torch.bool)
+        blocked[0, 0, -2:], blocked[1, 0, 0] = True, True
+        self.register_buffer("mask", torch.zeros(2, 1, 5).masked_fill(blocked, fill))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        mask = self.mask.repeat(x.shape[0] // 2, 1, 1)
+        return self.head(F.scaled_dot_product_attention(h, h, h, attn_mask=mask).mean(1))
+
+
+@pytest.mark.parametrize("fill", [-1e9, float("-inf")])
+def test_a_mask_that_differs_between_the_copies_is_refused_with_infinities_too(fill) -> None:
+    model = _TiledMask(fill).double().eval()
+    x = torch.randn(2, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    mask = torch.tensor([0, 0, 1, 2, 2]).view(1, 5, 1).expand(1, 5, 3)
+    for mode in ("proportional", "reference"):
+        with pytest.raises(UntracedOutputError, match="differs between the copies"):
+            CTC(model, bias_sharing=mode).attribute(x, 0, feature_mask=mask)
