@@ -575,11 +575,11 @@ class StageTracer(TorchFunctionMode):
         weight standardisation runs ``batch_norm`` on its convolutions' weights, (1, out,
         fan-in): a batch of one, which no stage reads.
         """
-        # named by its running mean, or by its weight where it keeps no statistics
-        label = self._label(bn_args["running_mean"], "batch_norm")
-        if bn_args["running_mean"] is None and bn_args.get("weight") is not None:
-            label = self._label(bn_args["weight"], "batch_norm")
-        if bn_args["running_mean"] is not None:
+        # named by its running mean, or by its weight where it keeps no statistics (one label:
+        # an unnamed call takes the next number once)
+        running = bn_args["running_mean"]
+        label = self._label(running if running is not None else bn_args.get("weight"), "batch_norm")
+        if running is not None:
             raise TrainingModeError(
                 f"BatchNorm {label!r} runs in training mode: it would update its running "
                 "statistics (the model would change) and normalise with the batch's statistics "
