@@ -2,9 +2,10 @@
 
 [`ImagePreprocessing.wrap`][ctc_plugin.images.ImagePreprocessing.wrap] (and so the
 ``ctc-plugin`` command, which runs every model that way) makes a model take pixels in [0, 1] by
-running it as ``nn.Sequential(Normalize, model)``, a [`WrappedModel`][ctc_plugin.module_paths.
-WrappedModel]. Inside it every module path would carry the wrapper's index (``1.features.3``
-for the model's ``features.3``), a path the user's model does not have. The methods name
+running it as ``nn.Sequential(Normalize, model)``, a
+[`WrappedModel`][ctc_plugin.module_paths.WrappedModel]. Inside it every module path would carry
+the wrapper's index (``1.features.3`` for the model's ``features.3``), a path the user's model
+does not have. The methods name
 modules in their messages through [`path_as_given`][ctc_plugin.module_paths.path_as_given]
 (CTC's refusals, Integrative CAM's layers, the eval-mode check, Grad-CAM's layer): the paths
 of the model that was wrapped.
