@@ -45,6 +45,26 @@ from ctc_plugin.cam.reshapes import TupleOutput, at_call
 from ctc_plugin.inputs import FUNCTIONAL_DROPOUTS, RANDOM_FUNCTIONS, TrainingModeError
 from ctc_plugin.module_paths import named_modules_as_given
 
+#: What to do about a BatchNorm without running statistics, in every refusal of one.
+RUNNING_STATISTICS = (
+    "give it running statistics (track_running_stats=True, estimated on training data)"
+)
+
+
+class BatchNormBiasError(TrainingModeError):
+    """A BatchNorm without running statistics in a stage whose bias ``bias=True`` folds.
+
+    It normalises with the batch's statistics, so its shift is no constant bias term. The
+    message says to pass ``bias=False`` (or to give it running statistics); ``reason`` is the
+    message without that advice, for callers that offer other ways out (the command line, which
+    has no ``bias`` option).
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
 _INPLACE_DUNDERS = frozenset(
     f"__i{op}__"
     for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor")
@@ -586,17 +606,18 @@ class StageTracer(TorchFunctionMode):
                 "(each map would depend on the other examples); call model.eval() first"
             )
         if self.fold_bias and first is not None and first.dim() == 4:
-            raise TrainingModeError(
+            reason = (
                 f"BatchNorm {label!r} keeps no running statistics, so it normalises with the "
-                "batch's and cannot be folded into a bias; pass bias=False, or give it running "
-                "statistics (track_running_stats=True, estimated on training data)"
+                "batch's and cannot be folded into a bias"
+            )
+            raise BatchNormBiasError(
+                f"{reason}; pass bias=False, or {RUNNING_STATISTICS}", reason=reason
             )
         if self.examples > 1 and first is not None and first.dim() >= 2 and first.shape[0] > 1:
             raise TrainingModeError(
                 f"BatchNorm {label!r} keeps no running statistics, so it normalises the batch "
                 "with the batch's own statistics: each example's map would depend on the other "
-                "examples; explain one example at a time (a batch of 1), or give it running "
-                "statistics (track_running_stats=True, estimated on training data)"
+                f"examples; explain one example at a time (a batch of 1), or {RUNNING_STATISTICS}"
             )
 
     @staticmethod

@@ -170,21 +170,40 @@ def _ctc(request: Request) -> tuple[str, Tensor]:
     return f"CTC ({request.bias_sharing})", attributions[:, :1]
 
 
+def _python_only(method: str, why: str, runs: str, in_python: str, fix: str = "") -> MethodError:
+    """The refusal of ``method`` on a model that only an argument the command lacks explains.
+
+    Args:
+        method: The ``--method`` name.
+        why: What stops the method, ending in the option the command does not have.
+        runs: The methods that do take the model.
+        in_python: How to run the method from Python with that argument.
+        fix: A change to the model that lets the command run the method (``""``: none).
+    """
+    change = f"{fix}, " if fix else ""
+    return MethodError(
+        f"{why}: {change}leave {method} out of --method (explain-dataset: --methods; {runs} "
+        f"run), or call {in_python}"
+    )
+
+
 def _blocks_unknown(method: str, in_python: str) -> MethodError:
     """The refusal of ``method`` on a transformer whose blocks are of no known type.
 
     ``in_python`` ends the message: how to run the method from Python with the blocks named.
     """
-    return MethodError(
-        f"{method} cannot find this transformer's blocks, and the command has no option to "
-        f"name them: leave {method} out of --method (explain-dataset: --methods; ctc and "
-        f"feature-ablation run), or "
-        f"call {in_python}"
+    return _python_only(
+        method,
+        f"{method} cannot find this transformer's blocks, and the command has no option to name "
+        "them",
+        "ctc and feature-ablation",
+        in_python,
     )
 
 
 def _integrative_cam(request: Request) -> tuple[str, Tensor]:
     from ctc_plugin.cam.integrative import IntegrativeCAM, NoFeatureMapsError
+    from ctc_plugin.cam.layers import RUNNING_STATISTICS, BatchNormBiasError
     from ctc_plugin.cam.transformers import UnknownBlocksError
 
     try:
@@ -201,6 +220,15 @@ def _integrative_cam(request: Request) -> tuple[str, Tensor]:
             "integrative-cam",
             "ctc_plugin.IntegrativeCAM from Python with the blocks and a reshape of their "
             "tokens (docs: Integrative CAM decisions)",
+        ) from error
+    except BatchNormBiasError as error:  # its advice, bias=False, is no option of the command
+        raise _python_only(
+            "integrative-cam",
+            f"{error.reason}, and the command has no option to leave Integrative CAM's bias "
+            "terms out",
+            "gradcam, feature-ablation and lime",
+            "ctc_plugin.IntegrativeCAM(model, bias=False) from Python",
+            fix=RUNNING_STATISTICS,
         ) from error
     return "Integrative CAM", maps
 

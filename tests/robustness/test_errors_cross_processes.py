@@ -39,6 +39,7 @@ def _examples() -> dict[str, BaseException]:
         NoFeatureMapsError,
         UnknownBlocksError,
     )
+    from ctc_plugin.cam.layers import BatchNormBiasError
     from ctc_plugin.cli import UsageError
     from ctc_plugin.commands import CLIError
     from ctc_plugin.commands.methods import MethodError
@@ -73,6 +74,7 @@ def _examples() -> dict[str, BaseException]:
         ValueRangeError("the images lie in [-2, 2], outside [0, 1]"),
         MaskCacheError("the cache folder is not writable"),
         TrainingModeError("call model.eval() first"),
+        BatchNormBiasError("BatchNorm 'bn' ...; pass bias=False", reason="BatchNorm 'bn' ..."),
         DtypeMismatchError("the inputs are torch.float64 and the model computes in float32"),
         RayError("ray failed"),
         RayUnavailableError("install ray"),
