@@ -135,11 +135,20 @@ def _weights_of_size(enum: Any, size: int | None) -> Any:
 
 
 def _callable_model(spec: str, weights: Path | None) -> LoadedModel:
-    """``--model module:callable``: the module imported as ``python -m`` would find it."""
+    """``--model module:callable``: the module imported as ``python -m`` would find it.
+
+    A model returned inside ``nn.DataParallel``, ``DistributedDataParallel`` or
+    ``torch.compile`` is explained as the model inside (`ctc_plugin.module_state.unwrapped`):
+    on the command's one device it computes the same (the methods run a compiled model's Python
+    code anyway, and DataParallel's threads would run the copies outside the methods' tracing),
+    messages name its own module paths (``features.3``, not ``_orig_mod.features.3``), and
+    ``--weights`` saved from the bare model or from a wrapped one load into it.
+    """
     from torch import nn
 
     from ctc_plugin.files import read_state_dict
     from ctc_plugin.images import ImagePreprocessing
+    from ctc_plugin.module_state import unwrapped
     from ctc_plugin.zoo.loading import load_state_into
 
     module_name, _, attribute = spec.partition(":")
@@ -150,6 +159,7 @@ def _callable_model(spec: str, weights: Path | None) -> LoadedModel:
             f"--model {spec!r} must name an nn.Module or a callable returning one, "
             f"got {type(model).__name__}"
         )
+    model = unwrapped(model)
     if weights is not None:
         with _weights_errors(spec, weights):  # the zoo's loading and its message
             model = load_state_into(model, read_state_dict(weights), weights)
