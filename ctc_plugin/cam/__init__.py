@@ -12,6 +12,7 @@ from ctc_plugin.cam.integrative import (
     LayerCalledAgainWarning,
     LayerMaps,
     NoFeatureMapsError,
+    ZeroMapWarning,
 )
 from ctc_plugin.cam.known_blocks import BLOCK_RESHAPES
 from ctc_plugin.cam.reshapes import (
@@ -40,6 +41,7 @@ __all__ = [
     "TupleOutput",
     "UnknownBlocksError",
     "UnrolledTokens",
+    "ZeroMapWarning",
     "channels_last_to_grid",
     "grad_cam_layer",
     "last_spatial_layer",

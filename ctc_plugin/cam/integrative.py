@@ -228,9 +228,21 @@ def _record_said_grid(
 class EmptyMapWarning(UserWarning):
     """A fused map is zero everywhere, or so faint that it is at the scale of rounding.
 
-    Zero: no stage gave the example a positive weighted CAM. Faint: its peak stays below 1/2
-    after min-max (its range before was below the normalisation's ``1e-7``).
+    Zero (`ZeroMapWarning`): no stage gave the example a positive weighted CAM. Faint: its peak
+    stays below 1/2 after min-max (its range before was below the normalisation's ``1e-7``).
     """
+
+
+class ZeroMapWarning(EmptyMapWarning):
+    """A fused map is zero everywhere: no stage gave the example a positive weighted CAM.
+
+    A caller that explains many images one at a time (``ctc-plugin explain-dataset``) can
+    silence it and say it once, from the maps (or their segment means) being zero.
+    """
+
+
+#: Why a fused map is zero everywhere, in the warnings of the library and of the command.
+ZERO_MAP_REASON = "no stage's weighted CAM is positive there"
 
 
 def _warn_of_empty_maps(maps: Tensor) -> None:
@@ -256,13 +268,12 @@ def _warn_of_empty_maps(maps: Tensor) -> None:
     empty = (peaks <= 0).nonzero().flatten().tolist()
     if empty:
         warnings.warn(
-            f"IntegrativeCAM's map of example(s) {empty[:10]} is zero everywhere: no stage's "
-            "weighted CAM is positive there. On a vision transformer's signed token maps the "
-            "Grad-CAM++ weights of the default phi can cancel (phi='identity' gives Grad-CAM "
-            "weights), and a last block whose patch tokens reach no score has none (explain "
-            "its first norm instead: ctc_plugin.cam.grad_cam_layer); see the Integrative CAM "
-            "decisions page",
-            EmptyMapWarning,
+            f"IntegrativeCAM's map of example(s) {empty[:10]} is zero everywhere: "
+            f"{ZERO_MAP_REASON}. On a vision transformer's signed token maps the Grad-CAM++ "
+            "weights of the default phi can cancel (phi='identity' gives Grad-CAM weights), and "
+            "a last block whose patch tokens reach no score has none (explain its first norm "
+            "instead: ctc_plugin.cam.grad_cam_layer); see the Integrative CAM decisions page",
+            ZeroMapWarning,
             stacklevel=caller_stacklevel(),
         )
 

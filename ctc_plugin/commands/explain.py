@@ -232,7 +232,7 @@ def _npz_file(text: str) -> Path:
 # ---------------------------------------------------------------------- the job
 def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     """Run the explanation described by ``args``; print the rankings, write figure and data."""
-    from ctc_plugin.commands.methods import run_for_command, try_methods, warn_of_lime_zeros
+    from ctc_plugin.commands.methods import run_for_command, try_methods, warn_of_empty_results
 
     args.methods = list(dict.fromkeys(args.methods))  # each once, in the order given
     paths = list(args.images) or [_sample_path(getattr(args, "split", "shapes"), "image")]
@@ -286,7 +286,7 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
         for item in explained
         for result in item.results
     ]
-    warn_of_lime_zeros(rows, len(explained), args.lime_samples)  # once, not once per image
+    warn_of_empty_results(rows, len(explained), args.lime_samples)  # once, not per image
     with _writing("--out", args.out):
         _write_figure(explained, loaded, args)
     print(f"figure written to {args.out}")

@@ -202,12 +202,16 @@ def _blocks_unknown(method: str, in_python: str) -> MethodError:
 
 
 def _integrative_cam(request: Request) -> tuple[str, Tensor]:
-    from ctc_plugin.cam.integrative import IntegrativeCAM, NoFeatureMapsError
+    import warnings
+
+    from ctc_plugin.cam.integrative import IntegrativeCAM, NoFeatureMapsError, ZeroMapWarning
     from ctc_plugin.cam.layers import RUNNING_STATISTICS, BatchNormBiasError
     from ctc_plugin.cam.transformers import UnknownBlocksError
 
     try:
-        maps = IntegrativeCAM(request.model).attribute(request.pixels, target=request.target)
+        with warnings.catch_warnings():  # said once for the run: warn_of_empty_results
+            warnings.simplefilter("ignore", ZeroMapWarning)
+            maps = IntegrativeCAM(request.model).attribute(request.pixels, target=request.target)
     except NoFeatureMapsError as error:
         raise MethodError(
             "integrative-cam fuses the maps of a model's convolutions (or of a known "
@@ -293,13 +297,14 @@ def _lime(request: Request) -> tuple[str, Tensor]:
     return f"Lime ({counted(request.lime_samples, 'sample')})", attributions[:, :1]
 
 
-def warn_of_lime_zeros(
+def warn_of_empty_results(
     rows: Iterable[tuple[str, str, Any, int]], images: int, lime_samples: int
 ) -> None:
-    """Warn once for a command's run where Lime scored every segment 0 on some images.
+    """Warn once for a command's run of each method whose results say nothing on some images.
 
-    Such scores say nothing of the image; a run of many images is told once, with how many
-    and the first, not once per image. The one warning of ``explain`` and ``explain-dataset``.
+    Lime's scores all 0 (its Lasso kept no segment), and Integrative CAM's map zero everywhere
+    (its segment means all 0). A run of many images is told once per method, with how many and
+    the first, not once per image: the warnings of ``explain`` and ``explain-dataset``.
 
     Args:
         rows: ``(image, method, scores, segments)`` of every result of the run, in order (the
@@ -309,15 +314,38 @@ def warn_of_lime_zeros(
     """
     import warnings
 
-    zero = {
-        image: segments
-        for image, method, scores, segments in rows
-        if method == "lime" and not any(float(score) for score in scores)
-    }
-    if not zero:
-        return
+    from ctc_plugin.cam.integrative import ZeroMapWarning
+
+    rows = list(rows)
+    for method, kind in (("lime", UserWarning), ("integrative-cam", ZeroMapWarning)):
+        zero = {
+            image: segments
+            for image, name, scores, segments in rows
+            if name == method and not any(float(score) for score in scores)
+        }
+        if zero:
+            warnings.warn(_says_nothing(method, zero, images, lime_samples), kind, stacklevel=2)
+
+
+def _says_nothing(method: str, zero: dict[str, int], images: int, lime_samples: int) -> str:
+    """The warning of `warn_of_empty_results` for ``method``, zero on the images ``zero``.
+
+    ``zero`` maps each such image to its number of segments.
+    """
+    from ctc_plugin.cam.integrative import ZERO_MAP_REASON
+
     first = next(iter(zero))
     where = "" if images == 1 else f" on {len(zero)} of {images} images (the first: {first})"
+    nothing = f"these scores say nothing of the {'image' if len(zero) == 1 else 'images'}"
+    if method == "integrative-cam":
+        return (
+            f"integrative-cam: the map is zero everywhere{where}: {ZERO_MAP_REASON} (on a vision "
+            "transformer, the Grad-CAM++ weights of its signed token maps can cancel, and a "
+            f"last block whose patch tokens reach no score has none); {nothing}: use ctc or "
+            "feature-ablation, or from Python ctc_plugin.IntegrativeCAM with phi='identity' "
+            "(Grad-CAM weights) or the layers to explain, layers=[...] (docs: Integrative CAM "
+            "decisions)"
+        )
     segments = max(zero.values())
     few = (
         f"; {counted(lime_samples, 'sample')} for {segments} segments are too few to "
@@ -325,13 +353,10 @@ def warn_of_lime_zeros(
         if lime_samples <= segments
         else ""
     )
-    warnings.warn(
+    return (
         f"lime: every segment's score is 0{where}: Captum's Lime fits a Lasso (alpha 0.01) to "
         "the model's scores on the perturbed images, and it kept no segment (the score moved "
-        f"too little between them){few}; these scores say nothing of the "
-        f"{'image' if len(zero) == 1 else 'images'}: use ctc or feature-ablation",
-        UserWarning,
-        stacklevel=2,
+        f"too little between them){few}; {nothing}: use ctc or feature-ablation"
     )
 
 

@@ -538,19 +538,21 @@ def _warn_of_drawn_weights(config: RunConfig, model: Any) -> None:
         )
 
 
-def _warn_of_lime_zeros(config: RunConfig, result: JobResult) -> None:
-    """Warn once for the run, not once per image, where Lime scored every segment 0.
+def _warn_of_empty_results(config: RunConfig, result: JobResult) -> None:
+    """Warn once for the run, not once per image, of results that say nothing.
 
-    The run's rows are read back (only with ``lime`` among the methods): they are written by
-    whichever engine ran them, this process or Ray's workers, now or before a resumption.
+    Lime's scores all 0, Integrative CAM's map zero everywhere (`warn_of_empty_results`). The
+    run's rows are read back (only with ``lime`` or ``integrative-cam`` among the methods): they
+    are written by whichever engine ran them, this process or Ray's workers, now or before a
+    resumption.
     """
-    if "lime" not in config.methods:
+    if not {"lime", "integrative-cam"} & set(config.methods):
         return
-    from ctc_plugin.commands.methods import warn_of_lime_zeros
+    from ctc_plugin.commands.methods import warn_of_empty_results
 
     columns = ["name", "method", "scores", "segments"]
     table = read_results(result.out).select(columns).to_pydict()
-    warn_of_lime_zeros(zip(*(table[c] for c in columns)), result.images, config.lime_samples)
+    warn_of_empty_results(zip(*(table[c] for c in columns)), result.images, config.lime_samples)
 
 
 def explain_dataset(
@@ -715,5 +717,5 @@ def explain_dataset(
         )  # fmt: skip
     except ConfigMismatchError as error:
         raise _restated_mismatch(error, out, resolved) from None
-    _warn_of_lime_zeros(config, result)
+    _warn_of_empty_results(config, result)
     return RunResult(result.out, result.images, result.shards, result.computed, result.seconds)

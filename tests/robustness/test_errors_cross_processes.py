@@ -38,6 +38,7 @@ def _examples() -> dict[str, BaseException]:
         LayerCalledAgainWarning,
         NoFeatureMapsError,
         UnknownBlocksError,
+        ZeroMapWarning,
     )
     from ctc_plugin.cam.layers import BatchNormBiasError
     from ctc_plugin.cli import UsageError
@@ -81,7 +82,8 @@ def _examples() -> dict[str, BaseException]:
         RayConnectionError("no Ray cluster at ray://head:10001"),
         SourceError("no images in photos/"),
         LayerCalledAgainWarning("layer1.0.relu ran twice"),
-        EmptyMapWarning("the map of example 1 is zero everywhere"),
+        EmptyMapWarning("the map of example 1 peaks at 1e-08, not 1"),
+        ZeroMapWarning("the map of example 1 is zero everywhere"),
         ClassifierMismatchWarning("the explainer was trained against other weights"),
         CorruptCacheEntryWarning("mask cache entry ab12 is damaged"),
     ]
