@@ -69,17 +69,19 @@ def _rebuild_unsupported(
 
 
 def constant_shape_error(
-    operation: str, constant: tuple[int, ...], copies: tuple[int, ...]
+    operation: str, constant: tuple[int, ...], copies: tuple[int, ...], batch: int | None = None
 ) -> UnsupportedOperationError:
     """The error for a constant operand that does not broadcast per example to the copies.
 
     A constant with more dimensions than the copies most often means that the inputs were one
     example without its batch dimension: the message then says how to add it. One with as many
-    and not of size 1 along the copies is either that (a per-channel ``(C, 1, 1)``
-    normalisation meeting ``(copies, H, W)``) or sized for the model's own batch (a relative
-    position bias repeated a fixed number of times, ``bias.repeat(batch, 1, 1)``, meeting the
-    heads merged into the batch): the pass stacks every example's copies along dim 0, so the
-    message says how to make such a constant fit them as well.
+    and not of size 1 along the copies most often means that too (a per-channel ``(C, 1, 1)``
+    normalisation meeting ``(copies, H, W)``), else that it was sized for the model's own batch
+    (a batch size fixed beforehand): the pass stacks every example's copies along dim 0, so the
+    message says how to make such a constant fit them. Where the copies hold ``m > 1`` rows per
+    copy (``batch``, the pass's batch, given: the heads merged into the batch) and the
+    constant's rows are a multiple of ``m``, it is most likely a per-head bias repeated a fixed
+    number of times (``bias.repeat(batch, 1, 1)``), and the message opens with that advice.
     """
     hint = ""
     if len(constant) > len(copies):
@@ -88,19 +90,40 @@ def constant_shape_error(
             "example without its batch dimension, add it: x.unsqueeze(0))"
         )
     elif len(constant) == len(copies) and constant and constant[0] != 1:
-        hint = (
+        meets = (
             f" (it meets the copies, of shape {copies}, along their first dimension, where CTC "
-            "stacks the copies of every example: a constant sized for the model's own batch "
-            "does not fit them. Keep it broadcastable instead, of size 1 along dim 0 (a "
-            "per-head bias of shape (1, heads, L, L), or (heads, L, L) added after reshaping "
-            "the signal to (B, heads, L, L)), or read the batch size from the tensors of the "
-            "pass (bias.repeat(x.shape[0], 1, 1), x the block's input, not a number fixed "
-            "beforehand); if the inputs are one example without its batch dimension, add it: "
-            "x.unsqueeze(0))"
+            "stacks the copies of every example"
         )
+        unbatched = (
+            "if the inputs are one example without its batch dimension, add it: x.unsqueeze(0)"
+        )
+        rows = _rows_per_copy(copies[0], batch)
+        if rows > 1 and constant[0] % rows == 0:
+            hint = (
+                f"{meets}, {rows} rows per copy: a constant sized for the model's own batch "
+                "does not fit them. Keep it broadcastable instead, of size 1 along dim 0 (a "
+                "per-head bias of shape (1, heads, L, L), or (heads, L, L) added after "
+                "reshaping the signal to (B, heads, L, L)), or read the batch size from the "
+                "tensors of the pass (bias.repeat(x.shape[0], 1, 1), x the block's input, not a "
+                f"number fixed beforehand); {unbatched})"
+            )
+        else:
+            hint = (
+                f"{meets}: {unbatched}. Otherwise it was sized for the model's own batch, "
+                "which does not fit the copies: keep it of size 1 along dim 0, or read the "
+                "batch size from the tensors of the pass (x.shape[0], not a number fixed "
+                "beforehand))"
+            )
     return UnsupportedOperationError(
         operation, f"a constant of shape {constant} that does not broadcast per example{hint}"
     )
+
+
+def _rows_per_copy(rows: int, batch: int | None) -> int:
+    """How many rows of a propagated tensor with ``rows`` rows each copy holds (1 if unknown)."""
+    if not batch or rows % batch:
+        return 1
+    return rows // batch
 
 
 def copies_off_dim_zero(operation: str, axis: int) -> UnsupportedOperationError:

@@ -313,7 +313,9 @@ class GateRules:
         if value.dim() == signal.dim() and value.shape[0] == 1:
             return value[0]
         if value.dim() > signal.dim() or value.shape[0] % self.layout.batch:
-            raise constant_shape_error(operation, tuple(value.shape), tuple(signal.shape))
+            raise constant_shape_error(
+                operation, tuple(value.shape), tuple(signal.shape), self.layout.batch
+            )
         grouped = self.layout.group(value)
         if value.is_floating_point():
             self.check_constant(value, signal, operation)

@@ -347,7 +347,7 @@ def _as_bias(ctx: GatedPass, constant: Any, signal: torch.Tensor, name: str) -> 
         return constant[0]
     if constant.dim() < signal.dim():
         return constant
-    raise constant_shape_error(name, tuple(constant.shape), tuple(signal.shape))
+    raise constant_shape_error(name, tuple(constant.shape), tuple(signal.shape), ctx.layout.batch)
 
 
 def _gate_by_gate(

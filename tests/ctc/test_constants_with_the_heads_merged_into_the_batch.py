@@ -102,9 +102,30 @@ def test_a_constant_sized_for_the_models_own_batch_is_refused_saying_what_to_do(
         model,
         r"torch\.Tensor\.add in the model \(_MergedHeads\): a constant of shape \(2, 16, 4\) "
         r"that does not broadcast per example \(it meets the copies, of shape \(\d+, 16, 4\), "
-        r"along their first dimension, where CTC stacks the copies of every example: a "
-        r"constant sized for the model's own batch does not fit them",
+        r"along their first dimension, where CTC stacks the copies of every example, 2 rows "
+        r"per copy: a constant sized for the model's own batch does not fit them",
         modes=("proportional", "reference"),
     )
     assert "(1, heads, L, L)" in error.reason
     assert "bias.repeat(x.shape[0], 1, 1)" in error.reason
+    # the per-head advice first, where it applies; the unbatched input last
+    assert error.reason.index("per-head") < error.reason.index("x.unsqueeze(0)")
+
+
+@pytest.mark.parametrize(
+    ("constant", "opening"),
+    [
+        ((2, 16, 4), ", 2 rows per copy: a constant sized for the model's own batch"),
+        ((3, 16, 4), ": if the inputs are one example without its batch dimension"),
+    ],
+)
+def test_the_per_head_advice_comes_first_only_for_rows_that_are_a_multiple_of_the_heads(
+    constant: tuple[int, ...], opening: str
+) -> None:
+    """Copies holding 2 rows each (the heads merged into a pass batch of 5) meet a constant of
+    2 rows (a per-head bias repeated for a batch of one) or of 3 (no number of heads)."""
+    from ctc_plugin.ctc.errors import constant_shape_error
+
+    reason = constant_shape_error("torch.add", constant, (10, 16, 4), 5).reason
+    assert f"stacks the copies of every example{opening}" in reason
+    assert ("per-head" in reason) == (constant[0] == 2)

@@ -316,6 +316,23 @@ def test_one_image_without_its_batch_dimension_meets_a_normalisation_first(front
     assert error.match(r"add the batch dimension: x\.unsqueeze\(0\)|add it: x\.unsqueeze\(0\)")
 
 
+def test_a_per_channel_constant_meeting_unbatched_copies_is_told_first_to_add_the_batch():
+    """A ``(C, 1, 1)`` mean meeting one image's copies, ``(copies, H, W)``, one row per copy:
+    the hint opens with adding the batch dimension and says nothing of per-head biases, which
+    only fit copies holding several rows each (the heads merged into the batch)."""
+    model = nn.Sequential(_PerChannelShift(), RandomCNN(CNNSpec(), seed=1)).eval()
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(UnsupportedOperationError) as error:
+        CTC(model).attribute(x[0], target=0, feature_mask=random_partition(8, 8, 4)[0, 0])
+    assert error.match(
+        r"a constant of shape \(3, 1, 1\) that does not broadcast per example \(it meets the "
+        r"copies, of shape \(\d+, 8, 8\), along their first dimension, where CTC stacks the "
+        r"copies of every example: if the inputs are one example without its batch dimension, "
+        r"add it: x\.unsqueeze\(0\)\. Otherwise it was sized for the model's own batch"
+    )
+    assert "heads" not in error.value.reason
+
+
 @pytest.mark.parametrize("method", ["ctc", "integrative-cam"])
 def test_inputs_of_another_dtype_than_the_model_are_named_with_the_fix(setting, method):
     from ctc_plugin import DtypeMismatchError, IntegrativeCAM
