@@ -203,7 +203,9 @@ class UntracedOutputError(ValueError):
 
     The same holds inside the model: a tensor that differs between the copies of one example
     but was not computed from them by traced operations (an activation taken through numpy and
-    back, then added to or multiplied with the signal) is refused where it meets the signal.
+    back, then added to or multiplied with the signal) is refused where it meets the signal, as
+    is one that depends on the batch layout (a mask the model tiles to its own batch, or builds
+    from the row index).
 
     Attributes:
         reason: What was wrong, in words.
@@ -231,6 +233,36 @@ class UntracedOutputError(ValueError):
     def in_module(self, module: str | None) -> UntracedOutputError:
         """The same error, saying in which module it was found."""
         return UntracedOutputError(self.reason, module)
+
+
+def rows_differ_error(operation: str, exits: list[str]) -> UntracedOutputError:
+    """The error for a constant whose rows differ between the copies of one example.
+
+    CTC stacks the copies of every example along dim 0, so a constant built from the batch
+    size or the row index (``mask.repeat(n // 2, 1)`` tiling the model's own batch,
+    ``torch.arange(x.shape[0])``) gives the copies of one example different rows, as one
+    whose values were taken out of torch and back does. ``exits`` are the calls that took the
+    copies' values out of torch in this pass (``GatedPass.exits``): where there are such,
+    the round trip is named first.
+    """
+    layout = (
+        "it depends on the batch layout, built from the batch size or the row index "
+        "(mask.repeat(n // 2, 1), torch.arange(x.shape[0])), where CTC stacks the copies of "
+        "every example along dim 0"
+    )
+    round_trip = (
+        f"{exits[0]} took the copies' values out of torch and back"
+        if exits
+        else "it was taken out of torch and back (an activation through numpy)"
+    )
+    first, second = (round_trip, layout) if exits else (layout, round_trip)
+    return UntracedOutputError(
+        "the forward function's output was not computed from the feature copies it was given "
+        f"alone: {operation} combines them with a tensor that differs between the copies of "
+        f"one example (its rows for them are not the same): {first}, or {second}. Build it "
+        "from one example's shape and keep it broadcastable along dim 0 (of size 1 there, or "
+        "with fewer dims), or compute it from the copies with torch operations"
+    )
 
 
 class GraphCutError(RuntimeError):

@@ -17,8 +17,8 @@ import torch
 
 from ctc_plugin.ctc.errors import (
     UnsupportedOperationError,
-    UntracedOutputError,
     constant_shape_error,
+    rows_differ_error,
 )
 from ctc_plugin.ctc.layout import CopyLayout
 
@@ -39,11 +39,13 @@ def exact_with_linear_gradient(exact: torch.Tensor, linear: torch.Tensor) -> tor
 class GateRules:
     """The gate rules of [`GatedPass`][ctc_plugin.ctc.rules.GatedPass].
 
-    A part of `GatedPass`, not used on its own: the rules read the pass's ``layout`` and call its
-    ``tag``, ``affine``, ``mark_gate``, ``is_propagated`` and ``check_constant``.
+    A part of `GatedPass`, not used on its own: the rules read the pass's ``layout`` and
+    ``exits`` and call its ``tag``, ``affine``, ``mark_gate``, ``is_propagated`` and
+    ``check_constant``.
     """
 
     layout: CopyLayout
+    exits: list[str]
 
     def _apply_gate(self, x: torch.Tensor, gate: torch.Tensor, inplace: bool) -> torch.Tensor:
         """Every copy times ``gate`` (broadcast over the copies); into ``x`` with ``inplace``."""
@@ -320,8 +322,5 @@ class GateRules:
         if value.is_floating_point():
             self.check_constant(value, signal, operation)
         elif not bool((grouped == grouped[:, :1]).all()):
-            raise UntracedOutputError(
-                f"{operation} reads a constant that differs between the copies of one example "
-                "but was not computed from them by torch operations"
-            )
+            raise rows_differ_error(operation, self.exits)
         return grouped[:, :1]

@@ -53,8 +53,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 from ctc_plugin.batchnorm import batch_norm_affine
 from ctc_plugin.ctc.errors import (
     GraphCutError,
-    UntracedOutputError,
     over_dim_zero,
+    rows_differ_error,
 )
 from ctc_plugin.ctc.gate_rules import GateRules
 from ctc_plugin.ctc.layout import CopyLayout
@@ -333,10 +333,12 @@ class GatedPass(GateRules, NormalisationRules):
         The constants a model meets hold the same rows for every copy of an example: CTC
         repeats per-example arguments for every copy, and what the model makes itself (an
         expanded class token, ``zeros_like``) does not depend on the copies. Rows that differ
-        were computed from the copies by something the pass did not see (a numpy round trip
-        of an activation); used as a bias or factor they would give each copy a value no rule
-        accounts for. Checked only where the constant's dim 0 meets the signal's copies (same
-        rank, same leading size); a constant expanded along dim 0 is accepted without reading.
+        depend on the batch layout (a mask tiled to the model's own batch,
+        ``mask.repeat(n // 2, 1)``, or a tensor built from the row index) or were computed from
+        the copies by something the pass did not see (a numpy round trip of an activation); used
+        as a bias or factor they would give each copy a value no rule accounts for. Checked only
+        where the constant's dim 0 meets the signal's copies (same rank, same leading size); a
+        constant expanded along dim 0 is accepted without reading.
 
         In a gradient pass (one copy per example: no rows to compare), a constant whose
         autograd graph reaches the pass's inputs was computed from them where the pass did not
@@ -369,14 +371,7 @@ class GatedPass(GateRules, NormalisationRules):
         ):
             return
         if not self.rows_alike(constant):
-            how = f"{self.exits[0]} took" if self.exits else "something took"
-            raise UntracedOutputError(
-                "the forward function's output was not computed from the feature copies it was "
-                f"given alone: {operation} combines them with a tensor that differs between the "
-                "copies of one example but was not computed from them by torch operations "
-                f"({how} their values out of torch and back, as an activation taken through "
-                "numpy does)"
-            )
+            raise rows_differ_error(operation, self.exits)
 
     def close(self) -> None:
         """Let go of what the pass keeps for its rules once its output is read (nothing here)."""
@@ -545,13 +540,7 @@ class GatedPass(GateRules, NormalisationRules):
             )
             if not untraced or rows == self.gate_rows(reference).shape[0]:
                 raise
-            raise UntracedOutputError(
-                "the forward function's output was not computed from the feature copies it was "
-                f"given alone: {operation} combines them with a tensor that differs between the "
-                "copies of one example but was not computed from them by torch operations (its "
-                "values were taken out of torch and back, as an activation taken through numpy "
-                "is)"
-            ) from error
+            raise rows_differ_error(operation, self.exits) from error
 
     def broadcast_gate(self, value: torch.Tensor, origin: str) -> torch.Tensor:
         """A gate-only tensor: ``value`` (the gate copy's rows) given to every copy.

@@ -139,3 +139,52 @@ def test_a_mask_that_differs_between_the_copies_is_refused_with_infinities_too(f
     for mode in ("proportional", "reference"):
         with pytest.raises(UntracedOutputError, match="differs between the copies"):
             CTC(model, bias_sharing=mode).attribute(x, 0, feature_mask=mask)
+
+
+class _RowIndex(nn.Module):
+    """A per-row offset built from the batch it is given: ``torch.arange(x.shape[0])``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        offset = torch.arange(x.shape[0], dtype=h.dtype).view(-1, 1, 1)
+        return self.head((h + offset).mean(1))
+
+
+@pytest.mark.parametrize("model", ["mask.repeat(n // 2, 1, 1)", "torch.arange(x.shape[0])"])
+def test_a_constant_built_from_the_batch_is_told_to_depend_on_one_example(model) -> None:
+    """The model built the differing rows itself, from the batch it was given: no round trip
+    took place, and the message says what was seen (rows that depend on the batch layout)
+    and what to do, without blaming a numpy round trip."""
+    model = (_TiledMask(-1e9) if model.startswith("mask") else _RowIndex()).double().eval()
+    x = torch.randn(2, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    mask = torch.tensor([0, 0, 1, 2, 2]).view(1, 5, 1).expand(1, 5, 3)
+    with pytest.raises(UntracedOutputError) as error:
+        CTC(model).attribute(x, 0, feature_mask=mask)
+    reason = error.value.reason
+    assert "a tensor that differs between the copies of one example" in reason
+    assert reason.index("it depends on the batch layout, built from the batch size or the row") < (
+        reason.index("taken out of torch and back")
+    )
+    assert "Build it from one example's shape and keep it broadcastable along dim 0" in reason
+    assert "took the copies' values" not in reason  # nothing left torch
+
+
+def test_a_round_trip_is_named_first_where_the_pass_saw_one() -> None:
+    """An activation taken through numpy and added back: the round trip is named first."""
+
+    def forward(t: torch.Tensor) -> torch.Tensor:
+        return (t + torch.from_numpy(t.detach().numpy())).sum((1, 2))[:, None]
+
+    x = torch.randn(2, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    mask = torch.tensor([0, 0, 1, 2, 2]).view(1, 5, 1).expand(1, 5, 3)
+    with pytest.raises(UntracedOutputError) as error:
+        CTC(forward).attribute(x, 0, feature_mask=mask)
+    reason = error.value.reason
+    assert reason.index("torch.Tensor.numpy took the copies' values out of torch and back") < (
+        reason.index("it depends on the batch layout")
+    )
