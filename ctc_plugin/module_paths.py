@@ -30,12 +30,13 @@ class WrappedModel(nn.Sequential):
 
     It computes, saves and loads exactly as the ``nn.Sequential`` it is (its state dict's keys
     are ``0.mean``, ``1.conv.weight``, ...); only the module paths messages give differ: those
-    of the model, its last child (`path_as_given`).
+    of the model, its last child (`path_as_given`). A model wrapped twice (a loader's own
+    ``ImagePreprocessing.wrap`` wrapped again by the command) is named through both.
     """
 
     @property
     def model(self) -> nn.Module:
-        """The wrapped model: the last child."""
+        """The wrapped model: the last child (itself a `WrappedModel` where wrapped twice)."""
         return self[-1]
 
 
@@ -45,24 +46,36 @@ def path_as_given(root: object, path: str) -> str:
     Within a [`WrappedModel`][ctc_plugin.module_paths.WrappedModel], the paths of the wrapped
     model's own modules lose the wrapper's index (``1.features.3`` is ``features.3``, ``1`` is
     the model itself: ``""``) and the steps in front are ``(input step)`` (numbered where there
-    are several). Any other ``root`` (a model, a bound method, a function) keeps ``path``.
+    are several). Wrappers within wrappers lose every index, their steps numbered in the order
+    the input meets them (``1.1.features.3`` is ``features.3``, ``1.0`` is ``(input step 2)``).
+    Any other ``root`` (a model, a bound method, a function) keeps ``path``.
     """
-    if not isinstance(root, WrappedModel):
-        return path
-    head, dot, rest = path.partition(".")
-    if not head.isdigit():
-        return path  # the wrapper itself ("") or a name it does not give
-    index = int(head)
-    if index == len(root) - 1:  # the model
-        return rest
-    step = INPUT_STEP if len(root) == 2 else f"(input step {index + 1})"
-    return f"{step}{dot}{rest}"
+    steps, numbered = 0, _input_steps(root) > 1
+    while isinstance(root, WrappedModel):
+        head, dot, rest = path.partition(".")
+        if not head.isdigit():
+            return path  # a wrapper itself ("") or a name it does not give
+        index = int(head)
+        if index == len(root) - 1:  # the model, or the wrapper within
+            steps, root, path = steps + index, root.model, rest
+            continue
+        step = f"(input step {steps + index + 1})" if numbered else INPUT_STEP
+        return f"{step}{dot}{rest}"
+    return path
+
+
+def _input_steps(root: object) -> int:
+    """How many input steps the wrappers of ``root`` put in front of the model, in all."""
+    steps = 0
+    while isinstance(root, WrappedModel):
+        steps, root = steps + len(root) - 1, root.model
+    return steps
 
 
 def named_modules_as_given(root: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``root.named_modules()``, each path as given (`path_as_given`).
 
-    A wrapper and the model it wraps are both ``""``; the wrapper comes first.
+    A wrapper and the model it wraps are all ``""``; the outermost wrapper comes first.
     """
     for path, module in root.named_modules():
         yield path_as_given(root, path), module

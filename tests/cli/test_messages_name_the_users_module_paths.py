@@ -100,3 +100,21 @@ def test_wrap_keeps_the_state_dict_of_a_sequential_and_renders_the_models_paths(
     three = WrappedModel(nn.Identity(), nn.Identity(), network)
     assert path_as_given(three, "1") == "(input step 2)"
     assert path_as_given(three, "2.head") == "head"
+
+
+def test_a_model_wrapped_twice_is_named_by_its_own_paths_with_every_step_numbered():
+    """A loader that wraps its model itself, wrapped again by the command: ``1.1.features.3``
+    was named ``1.features.3``, the inner wrapper's index left in."""
+    network = BatchStatistics()
+    network.features[3] = nn.BatchNorm2d(4).train()
+    twice = _wrapped(_wrapped(network))
+    assert isinstance(twice.model, WrappedModel) and twice.model.model is network
+    assert module_path(twice, network.features[3]) == "features.3"
+    assert module_path(twice, network) == "" and module_path(twice, twice.model) == ""
+    assert module_path(twice, twice[0]) == "(input step 1)"
+    assert module_path(twice, twice.model[0]) == "(input step 2)"
+    assert path_as_given(twice, "1.1.features.0.weight") == "features.0.weight"
+    assert path_as_given(twice, "1.0.mean") == "(input step 2).mean"
+    with pytest.raises(ValueError, match="'features.3'") as caught:
+        CTC(twice).attribute(torch.rand(1, 3, 8, 8), target=0)
+    assert "1.features" not in str(caught.value)
