@@ -72,13 +72,12 @@ from ctc_plugin.ctc.calls import operation_name
 from ctc_plugin.ctc.errors import (
     CompositeOutsideAttributorError,
     UnsupportedOperationError,
-    UntracedOutputError,
 )
 from ctc_plugin.ctc.gate_handlers import prelu_slope
 from ctc_plugin.ctc.handlers import refuse_batch_statistics
 from ctc_plugin.ctc.interception import (
     CTCMode,
-    named_in,
+    RefusalsNamed,
     running_module,
     running_module_object,
 )
@@ -225,13 +224,8 @@ class CTCHook(Hook):
         state.depth += 1
         state.hooked_calls += 1
         try:
-            prepared = self.before(state, module, x)
-        except (UnsupportedOperationError, UntracedOutputError) as error:
-            state.depth -= 1
-            named = named_in(error, state.model, module)  # the module's path, as CTC's route
-            if named is error:
-                raise
-            raise named from None
+            with RefusalsNamed(state.model, module):  # the module's path, as CTC's route
+                prepared = self.before(state, module, x)
         except BaseException:
             state.depth -= 1
             raise
@@ -248,12 +242,8 @@ class CTCHook(Hook):
         x, prepared = entry
         mark = state.gated.gate_mark(x)  # read first: an in-place module's rule re-tags x
         try:
-            out = self.after(state, module, x, output, prepared)
-        except (UnsupportedOperationError, UntracedOutputError) as error:
-            named = named_in(error, state.model, module)
-            if named is error:
-                raise
-            raise named from None
+            with RefusalsNamed(state.model, module):
+                out = self.after(state, module, x, output, prepared)
         finally:
             state.depth -= 1
         if mark is not None and mark.only:  # as CTCMode: what a gate-only tensor makes is one

@@ -79,8 +79,11 @@ REFUSED = object()
 
 __all__ = [
     "CTCMode",
+    "RefusalsNamed",
     "compiled_code_stance",
     "decomposed",
+    "module_name",
+    "named_in",
     "own_backward",
     "running_module",
     "running_module_object",
@@ -317,13 +320,8 @@ class CTCMode(TorchFunctionMode):
 
     def _named(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """`_route`, with the running module named in its refusals."""
-        try:
+        with RefusalsNamed(self.model):
             return self._route(func, args, kwargs)
-        except (UnsupportedOperationError, UntracedOutputError) as error:
-            named = named_in(error, self.model, running_module_object())
-            if named is error:
-                raise
-            raise named from None
 
     def _route(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         ctx = self.gated_pass
@@ -914,6 +912,40 @@ def named_in(
     if error.module is not None or module is None:
         return error
     return error.in_module(module_name(model, module))
+
+
+#: `RefusalsNamed`'s ``module`` for the running module, read off the stack on a refusal.
+_RUNNING: Any = object()
+
+
+class RefusalsNamed:
+    """A block whose refusals say which module made the call (`named_in`), re-raised as such.
+
+    ``with RefusalsNamed(model, module): ...`` re-raises an `UnsupportedOperationError` or
+    `UntracedOutputError` from the block as ``named_in(error, model, module)`` (the original
+    suppressed as context); any other exception, and a refusal that names a module already,
+    pass unchanged. Without ``module``, the module whose code runs (`running_module_object`)
+    is read off the stack only when a refusal is raised: entering costs no stack walk on
+    every intercepted call.
+    """
+
+    __slots__ = ("model", "module")
+
+    def __init__(self, model: Any, module: nn.Module | None = _RUNNING) -> None:
+        self.model = model
+        self.module = module
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> bool:
+        if not isinstance(error, (UnsupportedOperationError, UntracedOutputError)):
+            return False
+        module = running_module_object() if self.module is _RUNNING else self.module
+        named = named_in(error, self.model, module)
+        if named is error:
+            return False
+        raise named from None
 
 
 def module_name(model: Any, module: nn.Module | None) -> str | None:
