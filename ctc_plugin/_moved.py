@@ -96,7 +96,8 @@ def renamed_keywords(renames: Mapping[str, str], why: str = "") -> Callable[[F],
 
     Raises:
         ValueError: On decoration, where a new name is no parameter of the function or an old
-            name still is one.
+            name still is one, or where a new name takes no keyword (positional-only, or
+            ``*args``/``**kwargs``): the old keyword could never map to it.
     """
     renames = dict(renames)
 
@@ -112,6 +113,16 @@ def renamed_keywords(renames: Mapping[str, str], why: str = "") -> Callable[[F],
                 raise ValueError(
                     f"renamed_keywords({old!r} -> {new!r}) on {name}(): the function must take "
                     f"{new!r} and not {old!r}"
+                )
+            kind = next(p.kind for p in parameters if p.name == new)
+            if kind not in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                inspect.Parameter.KEYWORD_ONLY,
+            ):
+                raise ValueError(
+                    f"renamed_keywords({old!r} -> {new!r}) on {name}(): {new!r} is "
+                    f"{kind.description}, so {old}= could never reach it: make {new!r} a "
+                    "parameter a keyword can give"
                 )
         # how many positional arguments reach each new name (None: it is keyword-only)
         place = {
