@@ -363,6 +363,7 @@ def multi_head_attention(ctx: GatedPass, func: Callable, args: tuple, kwargs: di
     Raises:
         UnsupportedOperationError: ``static_k``/``static_v`` (keys and values given per
             example and head, sized for the model's batch), attention dropout in training.
+        ValueError: ``bias_k`` without ``bias_v`` or the other way round, as torch refuses it.
     """
     from ctc_plugin.ctc.interception import decomposed  # the mode dispatches to this module
 
