@@ -146,16 +146,16 @@ def _reusing(
     """
 
     def method(
-        candidate: nn.Module, inputs: Tensor, targets: Tensor, feature_mask: Tensor | None
+        candidate: nn.Module, inputs: Tensor, target: Tensor, feature_mask: Tensor | None
     ) -> Tensor:
         same = (
             candidate is model
             and inputs.shape == images.shape
             and torch.equal(inputs, images)
-            and torch.equal(targets.long(), labels.long())
+            and torch.equal(target.long(), labels.long())
             and (feature_mask is mask or (mask is not None and torch.equal(feature_mask, mask)))
         )
-        return maps.clone() if same else fn(candidate, inputs, targets, feature_mask)
+        return maps.clone() if same else fn(candidate, inputs, target, feature_mask)
 
     method.__name__ = getattr(fn, "__name__", "method")
     return method

@@ -178,3 +178,21 @@ def test_every_method_of_the_benchmark_takes_target():
         for name, spec in every.items()
         if "target" not in inspect.signature(spec.fn).parameters
     ] == []
+
+
+def test_the_benchmarks_method_that_reuses_its_maps_takes_target_as_the_methods_it_wraps():
+    """The robustness metrics call the method through ``harness.scoring._reusing``, which
+    still named the class ``targets``: a call with ``target=`` was a ``TypeError``."""
+    from ctc_plugin.harness.scoring import _reusing
+
+    model, images = _model(), _images()
+    maps = saliency(model, images, CLASSES, None)
+    method = _reusing(saliency, model, images, CLASSES, None, maps)
+    assert "target" in inspect.signature(method).parameters
+    assert method(model, images, target=CLASSES, feature_mask=None) is not maps  # reused, a copy
+    torch.testing.assert_close(method(model, images, target=CLASSES, feature_mask=None), maps)
+    other = images.flip(-1)
+    torch.testing.assert_close(
+        method(model, other, target=CLASSES, feature_mask=None),
+        saliency(model, other, CLASSES, None),
+    )
