@@ -232,7 +232,12 @@ def _npz_file(text: str) -> Path:
 # ---------------------------------------------------------------------- the job
 def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     """Run the explanation described by ``args``; print the rankings, write figure and data."""
-    from ctc_plugin.commands.methods import run_for_command, try_methods, warn_of_empty_results
+    from ctc_plugin.commands.methods import (
+        EMPTY_RESULT_METHODS,
+        run_for_command,
+        try_methods,
+        warn_of_empty_results,
+    )
 
     args.methods = list(dict.fromkeys(args.methods))  # each once, in the order given
     paths = list(args.images) or [_sample_path(getattr(args, "split", "shapes"), "image")]
@@ -281,12 +286,13 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
             run_for_command(name, request, args.model, "--method", where) for name in args.methods
         ]
         _print_report(loaded, preprocessing, item, args.top, args.probabilities)
-    rows = [
-        (str(item.path), result.name, result.scores.tolist(), len(result.scores))
+    zero = {
+        (str(item.path), result.name): len(result.scores)
         for item in explained
         for result in item.results
-    ]
-    warn_of_empty_results(rows, len(explained), args.lime_samples)  # once, not per image
+        if result.name in EMPTY_RESULT_METHODS and not bool(result.scores.any())  # NaN is no 0
+    }
+    warn_of_empty_results(zero, len(explained), args.lime_samples)  # once, not per image
     with _writing("--out", args.out):
         _write_figure(explained, loaded, args)
     print(f"figure written to {args.out}")

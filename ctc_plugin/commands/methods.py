@@ -13,12 +13,12 @@ command line is parsed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
-from ctc_plugin.wording import counted
+from ctc_plugin.wording import caller_stacklevel, counted
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
@@ -297,8 +297,13 @@ def _lime(request: Request) -> tuple[str, Tensor]:
     return f"Lime ({counted(request.lime_samples, 'sample')})", attributions[:, :1]
 
 
+#: The methods whose results can say nothing of an image (`warn_of_empty_results`): Lime's
+#: scores all 0, Integrative CAM's map zero everywhere.
+EMPTY_RESULT_METHODS = ("lime", "integrative-cam")
+
+
 def warn_of_empty_results(
-    rows: Iterable[tuple[str, str, Any, int]], images: int, lime_samples: int
+    zero: Mapping[tuple[str, str], int], images: int, lime_samples: int
 ) -> None:
     """Warn once for a command's run of each method whose results say nothing on some images.
 
@@ -307,8 +312,9 @@ def warn_of_empty_results(
     the first, not once per image: the warnings of ``explain`` and ``explain-dataset``.
 
     Args:
-        rows: ``(image, method, scores, segments)`` of every result of the run, in order (the
-            rows of several targets name an image several times).
+        zero: ``{(image, method): segments}`` of the results that are all 0, in the run's
+            order (``explain-dataset`` reads them from its table:
+            [`all_zero_rows`][ctc_plugin.runs.results.all_zero_rows]); empty: no warning.
         images: How many images the run explained.
         lime_samples: ``--lime-samples``.
     """
@@ -316,15 +322,14 @@ def warn_of_empty_results(
 
     from ctc_plugin.cam.integrative import ZeroMapWarning
 
-    rows = list(rows)
-    for method, kind in (("lime", UserWarning), ("integrative-cam", ZeroMapWarning)):
-        zero = {
-            image: segments
-            for image, name, scores, segments in rows
-            if name == method and not any(float(score) for score in scores)
-        }
-        if zero:
-            warnings.warn(_says_nothing(method, zero, images, lime_samples), kind, stacklevel=2)
+    for method in EMPTY_RESULT_METHODS:
+        said = {image: segments for (image, name), segments in zero.items() if name == method}
+        if said:
+            warnings.warn(
+                _says_nothing(method, said, images, lime_samples),
+                ZeroMapWarning if method == "integrative-cam" else UserWarning,
+                stacklevel=caller_stacklevel(),
+            )
 
 
 def _says_nothing(method: str, zero: dict[str, int], images: int, lime_samples: int) -> str:

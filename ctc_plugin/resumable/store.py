@@ -26,6 +26,7 @@ a run in the middle of a shard.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -337,16 +338,33 @@ class RunStore:
                 delete so that the next run computes the shard again).
         """
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        tables = [
-            self._read(name, pq.read_table, self.table_path(name)) for name in self.finished()
-        ]
+        tables = list(self.iter_tables())
         if not tables:
             if not self.root.is_dir():
                 raise FileNotFoundError(f"{self.root}: no such run folder (give a run's --out)")
             raise FileNotFoundError(f"{self.root} holds no finished shard yet")
         return pa.concat_tables(tables)
+
+    def iter_tables(
+        self, columns: list[str] | None = None, filters: Any = None
+    ) -> Iterator[pa.Table]:
+        """Each finished shard's rows, in shard order, one ``pyarrow.Table`` at a time.
+
+        Only ``columns`` are read (``None``: every column), and only the rows ``filters``
+        keeps (``pyarrow.parquet.read_table``'s, ``[("method", "==", "lime")]``; it may name
+        columns left out of ``columns``): a pass over a large run holds one shard's part at a
+        time, not the whole table.
+
+        Raises:
+            ValueError: If a shard's table does not parse (the message says which file to
+                delete so that the next run computes the shard again).
+        """
+        import pyarrow.parquet as pq
+
+        for name in self.finished():
+            read = functools.partial(pq.read_table, columns=columns, filters=filters)
+            yield self._read(name, read, self.table_path(name))
 
     def read_arrays(self, name: str) -> dict[str, np.ndarray]:
         """The arrays of shard ``name`` (read with ``allow_pickle=False``).

@@ -26,6 +26,7 @@ from ctc_plugin.resumable import ConfigMismatchError, JobResult, RunStore, Shard
 from ctc_plugin.resumable.job import check_start
 from ctc_plugin.runs.plan import PINNED_FILES, RunConfig, digest, plan_shards
 from ctc_plugin.runs.results import (
+    all_zero_rows,
     explained_contents,
     image_sha256,
     image_stat,
@@ -542,17 +543,24 @@ def _warn_of_empty_results(config: RunConfig, result: JobResult) -> None:
     """Warn once for the run, not once per image, of results that say nothing.
 
     Lime's scores all 0, Integrative CAM's map zero everywhere (`warn_of_empty_results`). The
-    run's rows are read back (only with ``lime`` or ``integrative-cam`` among the methods): they
-    are written by whichever engine ran them, this process or Ray's workers, now or before a
-    resumption.
+    run's rows of those methods are read back (only with ``lime`` or ``integrative-cam`` among
+    the methods): they are written by whichever engine ran them, this process or Ray's workers,
+    now or before a resumption. Only their all-zero rows' names and segment counts are read into
+    Python ([`all_zero_rows`][ctc_plugin.runs.results.all_zero_rows]), shard by shard.
     """
-    if not {"lime", "integrative-cam"} & set(config.methods):
-        return
-    from ctc_plugin.commands.methods import warn_of_empty_results
+    from ctc_plugin.commands.methods import EMPTY_RESULT_METHODS, warn_of_empty_results
 
-    columns = ["name", "method", "scores", "segments"]
-    table = read_results(result.out).select(columns).to_pydict()
-    warn_of_empty_results(zip(*(table[c] for c in columns)), result.images, config.lime_samples)
+    if not set(EMPTY_RESULT_METHODS) & set(config.methods):
+        return
+
+    store = RunStore(result.out)
+    zero = {
+        (image, method): segments
+        for method in EMPTY_RESULT_METHODS
+        if method in config.methods
+        for image, segments in all_zero_rows(store, method).items()
+    }
+    warn_of_empty_results(zero, result.images, config.lime_samples)
 
 
 def explain_dataset(

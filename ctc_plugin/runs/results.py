@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "IMAGE_SHA256_KEY",
     "TIMING_COLUMNS",
+    "all_zero_rows",
     "explained_contents",
     "image_sha256",
     "image_stat",
@@ -68,6 +69,36 @@ def table_schema() -> pa.Schema:
             ("segment_seconds", pa.float64()),
         ]
     )
+
+
+def all_zero_rows(store: RunStore, method: str) -> dict[str, int]:
+    """``{image name: segments}`` of the images whose rows of ``method`` scored every segment 0.
+
+    In the run's order (the first image first). Read shard by shard, only the rows of
+    ``method`` and the columns ``name``, ``scores`` and ``segments``
+    ([`RunStore.iter_tables`][ctc_plugin.resumable.store.RunStore.iter_tables]); the scores are
+    compared with 0 in Arrow, so only the all-zero rows' names and segment counts become Python
+    objects, not the run's table. A NaN score is no 0.
+
+    Raises:
+        ValueError: If a finished shard's table does not parse (naming the file to delete).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    zero: dict[str, int] = {}
+    columns, rows = ["name", "scores", "segments"], [("method", "==", method)]
+    for table in store.iter_tables(columns, filters=rows):
+        if not table.num_rows:
+            continue
+        scores = table.column("scores").combine_chunks()
+        nonzero = pc.not_equal(pc.list_flatten(scores), 0.0)
+        scored = pc.filter(pc.list_parent_indices(scores), nonzero)  # rows with a score not 0
+        all_zero = pc.invert(pc.is_in(pa.array(range(table.num_rows)), value_set=scored))
+        kept = table.filter(all_zero).select(["name", "segments"]).to_pydict()
+        for name, segments in zip(kept["name"], kept["segments"], strict=True):
+            zero[name] = segments
+    return zero
 
 
 def _image_file(source: Source, ref: ImageRef) -> Path | None:
