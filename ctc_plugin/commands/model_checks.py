@@ -185,7 +185,7 @@ def model_logits(
         raise CLIError(
             f"{option}{image}{loaded.name} cannot take {width}x{height} images ({first}); {advice}"
         ) from error
-    return scores_row(output, loaded)
+    return scores_row(output, loaded, where)
 
 
 def _dtype_refusal(loaded: LoadedModel, pixels: torch.Tensor, first: str) -> str:
@@ -211,22 +211,26 @@ def _dtype_refusal(loaded: LoadedModel, pixels: torch.Tensor, first: str) -> str
     )
 
 
-def scores_row(output: Any, loaded: LoadedModel) -> torch.Tensor:
+def scores_row(output: Any, loaded: LoadedModel, where: str = "") -> torch.Tensor:
     """The class scores ``(classes,)`` (float32, on the CPU) of a model's output for one image.
 
     Every method takes the model's output as a float tensor ``(N, classes)``; anything else is
     refused here, before any method runs, instead of failing inside one (a tuple or a dict) or
-    being misread (scores without their batch dimension, class indices).
+    being misread (scores without their batch dimension, class indices). ``where``: the image,
+    for a refusal among several (``""``: none named), as `model_logits` names it.
 
     Raises:
-        CLIError: Naming ``--model``, what it returned and what to return instead.
+        CLIError: Naming ``--model``, the image (with ``where``), what it returned and what to
+            return instead.
     """
     import torch
 
     from ctc_plugin.targets import output_not_a_tensor
 
+    image = f"{where}: " if where else ""
     if not isinstance(output, torch.Tensor):
-        raise CLIError(f"--model {loaded.name}: {output_not_a_tensor(output, modules_only=True)}")
+        refusal = output_not_a_tensor(output, modules_only=True)
+        raise CLIError(f"--model {loaded.name}: {image}{refusal}")
     if output.dim() != 2 or output.shape[0] != 1 or not output.is_floating_point():
         flat = output.dim() > 2 and all(size == 1 for size in output.shape[2:])
         advice = (
@@ -235,8 +239,10 @@ def scores_row(output: Any, loaded: LoadedModel) -> torch.Tensor:
             else "return the logits of the classification head, not class indices nor a row "
             "without its batch dimension"
         )
+        returns = f": {image}it returns" if where else " returns"
         raise CLIError(
-            f"--model {loaded.name} returns a tensor of {str(output.dtype).removeprefix('torch.')} "
+            f"--model {loaded.name}{returns} a tensor of "
+            f"{str(output.dtype).removeprefix('torch.')} "
             f"shaped {tuple(output.shape)} for one image; the methods need its class scores, "
             f"floats shaped (1, classes), one row per image: {advice}"
         )

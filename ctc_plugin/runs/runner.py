@@ -151,7 +151,8 @@ class ShardRunner:
 
         pixels = model_pixels(self.loaded, image.pixels, self.device)  # float64 for float64
         own = is_own_size(self.loaded.preprocessing, image.size)
-        logits = model_logits(self.model, self.loaded, pixels, own, self.size_advice(ref))
+        advice = self.size_advice()
+        logits = model_logits(self.model, self.loaded, pixels, own, advice, where=ref.name)
         check_finite_scores(logits, self.loaded, ref.name)
         fit_class_names(self.loaded, logits)  # before the targets and labels are read
         refusal = explainer_size_refusal(self.explainer, ref.name, image.size)
@@ -306,12 +307,15 @@ class ShardRunner:
                 )
         return rows, arrays
 
-    def size_advice(self, ref: ImageRef) -> str:
-        """What to do when the model cannot take ``ref`` at the size it is read at."""
+    def size_advice(self) -> str:
+        """What to do when the model cannot take an image at the size it is read at.
+
+        The refusal names the image before it (`model_logits`'s ``where``).
+        """
         from ctc_plugin.commands.model_checks import size_advice
 
         return (
-            f"{ref.name} is read at {self.preprocessing.describe()}: "
+            f"it is read at {self.preprocessing.describe()}: "
             f"{size_advice(self.loaded.preprocessing)}, or give a model that takes any size "
             "(one that ends in adaptive pooling, say)"
         )

@@ -53,6 +53,41 @@ class RefusesWideCopies(Net):
         return super().forward(x)
 
 
+class ChangesOnWideImages(Net):
+    """Fails on wide images only: converts them to float64 (``kind="double"``: torch's dtype
+    error on its float32 layers), or returns their scores without the batch dimension
+    (``"unbatched"``) or in a tuple (``"tuple"``)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor):
+        """Class scores (N, 3); for a wide image, what ``kind`` says."""
+        wide = x.shape[-1] > 64
+        if wide and self.kind == "double":
+            x = x.double()
+        scores = super().forward(x)
+        if wide and self.kind == "unbatched":
+            return scores[0]
+        return (scores,) if wide and self.kind == "tuple" else scores
+
+
+def doubles_wide_images() -> nn.Module:
+    """``ChangesOnWideImages("double")``."""
+    return ChangesOnWideImages("double")
+
+
+def unbatches_wide_images() -> nn.Module:
+    """``ChangesOnWideImages("unbatched")``."""
+    return ChangesOnWideImages("unbatched")
+
+
+def tuples_wide_images() -> nn.Module:
+    """``ChangesOnWideImages("tuple")``."""
+    return ChangesOnWideImages("tuple")
+
+
 def sorts_wide_images() -> nn.Module:
     """``SortsWideImages``."""
     return SortsWideImages()
@@ -113,3 +148,29 @@ def test_a_segmenter_refusal_names_the_image_in_explain_dataset(photos, capsys):
     error = _error(capsys, argv)
     # was: "a 45x45 grid does not fit a 32x42 image", neither the image nor the option named
     assert "--segments 2000: a.png: " in error and "at most --segments 1024" in error, error
+
+
+@pytest.mark.parametrize(
+    ("model", "said"),
+    [
+        ("doubles_wide_images", "with torch's error for two floating-point types"),
+        ("unbatches_wide_images", "returns a tensor of float32 shaped (3,) for one image"),
+        ("tuples_wide_images", "the model returned tuple, not a tensor of scores"),
+    ],
+)
+@pytest.mark.parametrize("command", ["explain", "explain-dataset"])
+def test_a_models_refused_output_or_dtype_names_the_image(photos, capsys, command, model, said):
+    """explain-dataset named no image for torch's dtype error, and neither command for an
+    output that is no row of class scores (``scores_row``)."""
+    model = f"{HERE}:{model}"
+    if command == "explain":
+        images = [str(photos / name) for name in ("a.png", "b.png", "c.png")]
+        argv = ["explain", *images, "--model", model, *FAST, "--out", str(photos.parent / "f.png")]
+        image = str(photos / "c.png")
+    else:
+        argv = ["explain-dataset", str(photos), "--methods", "ctc", "--model", model, *FAST,
+                "--out", str(photos.parent / "run")]  # fmt: skip
+        image = "c.png"
+    error = _error(capsys, argv)
+    assert said in error and f"--model {model}: {image}: " in error, error
+    assert "a.png" not in error, error

@@ -127,7 +127,8 @@ def test_a_model_that_cannot_take_the_images_size_is_one_line(tmp_path, capsys):
     assert main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1, error
-    assert "cannot take 336x224 images" in error and "a.png is read at shorter side 224" in error
+    assert "a.png: " in error and "cannot take 336x224 images" in error, error
+    assert "it is read at shorter side 224" in error and error.count("a.png") == 1, error
     assert "explain --resize" not in error and "--resize N --crop N" in error
 
 
