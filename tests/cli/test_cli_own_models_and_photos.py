@@ -514,6 +514,24 @@ def test_lime_scores_all_zero_on_many_images_are_warned_of_once_with_a_count(pho
     assert len(said) == 1 and f"on 2 of 2 images (the first: {images[0]})" in said[0], said
 
 
+def test_the_lime_warning_of_explain_dataset_from_python_points_at_the_callers_line(
+    photo, tmp_path
+):
+    """It pointed at ctc_plugin/runs/engine.py (``stacklevel=2`` from the function it is in)."""
+    from ctc_plugin.runs import explain_dataset
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(photo.read_bytes())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explain_dataset(folder, ["lime"], tmp_path / "run", model=f"{HERE}:constant_model",
+                        resize=32, segmenter="grid", segments=4, show_progress=False)  # fmt: skip
+    said = [w for w in caught if "every segment's score is 0" in str(w.message)]
+    assert len(said) == 1, [str(w.message) for w in caught]
+    assert said[0].filename == __file__, said[0].filename
+
+
 def test_lime_with_fewer_samples_than_segments_is_told_to_take_more(photo):
     """``--lime-samples 1`` gave all-zero scores blamed on the model's flat scores alone."""
     with warnings.catch_warnings(record=True) as caught:
