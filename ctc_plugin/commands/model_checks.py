@@ -92,7 +92,7 @@ def check_weights_present(loaded: LoadedModel) -> None:
 NARROW_TYPES = ("float16", "bfloat16")
 
 
-def choose_precision(loaded: LoadedModel, device: torch.device | None = None) -> str:
+def choose_precision(loaded: LoadedModel, device: torch.device | str | None = None) -> str:
     """Cast a model with half-precision weights to float32; return a note, or ``""``.
 
     A float16 or bfloat16 model runs in float32 (exact for its weights; its half-precision
@@ -100,25 +100,64 @@ def choose_precision(loaded: LoadedModel, device: torch.device | None = None) ->
     float64 model keeps its weights, which float32 would round, and gets its images in float64
     (`model_pixels`: exact), so that a forward that converts its input itself
     (``x = x.double()``) runs as it was written; on ``mps``, which has no float64, it runs in
-    float32 too.
+    float32 too. `run_precision` says which type a model runs in, without casting it.
+    """
+    kinds = _other_floating_types(loaded.network)
+    if not _runs_in_float32(kinds, device):
+        return ""
+    loaded.network = loaded.network.float()
+    loaded.cast_from = tuple(sorted(kinds))
+    why = " (mps has no float64)" if _has_no_float64(device) and "float64" in kinds else ""
+    return (
+        f"--model {loaded.name} has {' and '.join(sorted(kinds))} weights; it runs in float32{why}"
+    )
+
+
+def run_precision(network: nn.Module, device: torch.device | str | None = None) -> str:
+    """The floating-point type the commands run ``network`` in on ``device`` (``"float64"``).
+
+    What `choose_precision` makes of it and `model_pixels` gives it: ``"float32"`` for
+    half-precision weights (and for float64 ones on ``mps``), otherwise its weights' own type
+    (``"float64"`` for a float64 model), ``"float32"`` for a model without floating-point
+    weights. ``network`` is not changed. An ``explain-dataset`` run records it (its results
+    depend on it) and refuses a resume in another.
     """
     import torch
 
-    tensors = [*loaded.network.parameters(), *loaded.network.buffers()]
-    kinds = {
+    from ctc_plugin.inputs import floating_dtype
+
+    if _runs_in_float32(_other_floating_types(network), device):
+        return "float32"
+    return str(floating_dtype(network) or torch.float32).removeprefix("torch.")
+
+
+def _other_floating_types(network: nn.Module) -> set[str]:
+    """The floating-point types of ``network``'s weights and buffers other than float32."""
+    import torch
+
+    tensors = [*network.parameters(), *network.buffers()]
+    return {
         str(tensor.dtype).removeprefix("torch.")
         for tensor in tensors
         if tensor.is_floating_point() and tensor.dtype != torch.float32
     }
-    no_float64 = device is not None and device.type == "mps"
-    if not kinds.intersection(NARROW_TYPES) and not (no_float64 and kinds):
-        return ""
-    loaded.network = loaded.network.float()
-    loaded.cast_from = tuple(sorted(kinds))
-    why = " (mps has no float64)" if no_float64 and "float64" in kinds else ""
-    return (
-        f"--model {loaded.name} has {' and '.join(sorted(kinds))} weights; it runs in float32{why}"
-    )
+
+
+def _runs_in_float32(kinds: set[str], device: torch.device | str | None) -> bool:
+    """Whether a model of the weight types ``kinds`` (besides float32) is cast to float32."""
+    return bool(kinds.intersection(NARROW_TYPES)) or (_has_no_float64(device) and bool(kinds))
+
+
+def _has_no_float64(device: torch.device | str | None) -> bool:
+    """Whether ``device`` has no float64 (``mps``); ``None`` or a name torch does not know: no."""
+    import torch
+
+    if device is None:
+        return False
+    try:
+        return torch.device(device).type == "mps"
+    except (RuntimeError, TypeError, ValueError):
+        return False
 
 
 def model_pixels(loaded: LoadedModel, pixels: torch.Tensor, device: Any) -> torch.Tensor:
@@ -403,6 +442,7 @@ __all__ = [
     "output_function",
     "choose_precision",
     "model_pixels",
+    "run_precision",
     "scores_row",
     "size_advice",
     "target_class",

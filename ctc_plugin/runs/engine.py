@@ -106,18 +106,23 @@ class ExplainJob:
         return plan_shards(len(self.source.images), self.config.shard_size)
 
     def manifest(self, stored: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Configuration, source (with a digest of its image list) and a digest of the plan.
+        """Configuration, source (with a digest of its image list), plan digest and precision.
 
         Against a ``stored`` manifest, the options no method reads take its values
         ([`RunConfig.adopting_unread`][ctc_plugin.runs.plan.RunConfig.adopting_unread]), and
         so do preprocessing options that prepare the images as the stored ones do
         ([`RunConfig.adopting_preprocessing`][ctc_plugin.runs.plan.RunConfig.adopting_preprocessing]).
+        ``precision`` is the floating-point type the model runs in
+        (`ctc_plugin.commands.model_checks.run_precision`: ``"float64"`` for a
+        float64 model, ``"float32"`` otherwise), see `precision_entry`.
         """
         config = self.config
         if stored is not None and isinstance(stored.get("config"), dict):
             config = config.adopting_unread(stored["config"])
             config = config.adopting_preprocessing(stored["config"], self._preprocessing)
-        return manifest_for(config, self.source, self.shards())
+        manifest = manifest_for(config, self.source, self.shards())
+        own = self._own_model
+        return {**manifest, **precision_entry(None if own is None else own[1], stored)}
 
     def _preprocessing(self, config: RunConfig) -> object | None:
         """The images' preprocessing under ``config`` (``None``: the model does not load)."""
@@ -125,26 +130,30 @@ class ExplainJob:
         from ctc_plugin.commands.explain_setup import preprocessing_for
 
         try:
-            own = self._own_preprocessing
-            return None if own is None else preprocessing_for(options_of(config), own)
+            own = self._own_model
+            return None if own is None else preprocessing_for(options_of(config), own[0])
         except (CLIError, OSError, ValueError):
             return None
 
     @functools.cached_property
-    def _own_preprocessing(self) -> Any:
-        """The model's own preprocessing, or ``None`` when the model does not load.
+    def _own_model(self) -> tuple[Any, str] | None:
+        """The model's own preprocessing and its precision, or ``None`` when it does not load.
 
-        The model is loaded for it once a job and then let go: the job, sent to Ray workers as
-        it is, keeps only this.
+        The precision is the floating-point type it runs in on the configuration's device
+        (`ctc_plugin.commands.model_checks.run_precision`). The model is
+        loaded for them once a job and then let go: the job, sent to Ray workers as it is,
+        keeps only these.
         """
         from ctc_plugin.commands import CLIError
+        from ctc_plugin.commands.model_checks import run_precision
         from ctc_plugin.commands.models import load_model
 
         weights = Path(self.config.weights) if self.config.weights else None
         try:
-            return load_model(self.config.model, weights).preprocessing
+            loaded = load_model(self.config.model, weights)
         except (CLIError, OSError, ValueError):
             return None
+        return loaded.preprocessing, run_precision(loaded.network, self.config.device)
 
     def plan(self) -> dict[str, Any]:
         """The image list, ``{"images": [[name, label, *stat], ...], "limit": N}`` (``plan.json``).
@@ -187,6 +196,69 @@ def manifest_for(config: RunConfig, source: Source, shards: list[Shard]) -> dict
     }
 
 
+#: The precision of a run whose manifest records none: the versions before it was recorded
+#: ran every model in float32 (a float64 one cast to it).
+UNRECORDED_PRECISION = "float32"
+
+
+def precision_entry(precision: str | None, stored: dict[str, Any] | None) -> dict[str, str]:
+    """The manifest's ``precision`` entry for a run computing in ``precision``.
+
+    A run's results depend on the floating-point type its model runs in, so a resume in another
+    type (a float64 model resumed by a version that runs it in float64, on a run started in
+    float32) is refused instead of mixing both in one table. A ``stored`` manifest without the
+    entry (a run of an earlier version) computed in `UNRECORDED_PRECISION`: a start in float32
+    then leaves it out too, so that such a run resumes; a start in float64 records it, and is
+    refused (`_restated_mismatch` says why).
+
+    Args:
+        precision: ``"float32"``, ``"float64"``; ``None`` where the model does not load here
+            (its start refuses it): the stored entry is kept, so that another run in the folder
+            is named first.
+        stored: The folder's manifest, or ``None``.
+    """
+    recorded = stored is not None and "precision" in stored
+    if precision is None:
+        return {"precision": stored["precision"]} if recorded else {}
+    if stored is not None and not recorded and precision == UNRECORDED_PRECISION:
+        return {}
+    return {"precision": precision}
+
+
+def _restated_precision(
+    error: ConfigMismatchError, out: str | os.PathLike[str]
+) -> ConfigMismatchError:
+    """``error`` with a precision its run did not record given as `UNRECORDED_PRECISION`.
+
+    Where the precision is all that differs, the advice says what it is and how to resume.
+    """
+    unrecorded = any(key == "precision" and old is None for key, old, _ in error.differences)
+    differences = [
+        (key, UNRECORDED_PRECISION if key == "precision" and old is None else old, new)
+        for key, old, new in error.differences
+    ]
+    if [key for key, _, _ in differences] != ["precision"]:
+        return ConfigMismatchError(Path(out), differences, advice=error.advice)
+    _, there, now = differences[0]
+    earlier = (
+        " (it was started by an earlier version of ctc-plugin, which recorded no precision "
+        "and ran every model in float32)"
+        if unrecorded
+        else ""
+    )
+    conversion = {"float32": "model.float()", "float64": "model.double()"}.get(
+        there, f"model.to(torch.{there})"
+    )
+    return ConfigMismatchError(
+        Path(out),
+        differences,
+        advice=f"this run computes in {there}{earlier} and --model runs in {now} now (a model "
+        "runs in the type of its weights; float16 and bfloat16 ones, and any on --device mps, "
+        f"in float32); its table would mix both: give --model in {there} ({conversion} in its "
+        f"callable, or {there} weights) to resume the run, or choose another --out",
+    )
+
+
 def _restated_mismatch(
     error: ConfigMismatchError, out: str | os.PathLike[str], source: Source
 ) -> ConfigMismatchError:
@@ -194,9 +266,15 @@ def _restated_mismatch(
 
     The same command on a folder with images added, removed or moved to another class folder
     is another image list: the error then names those images (from the ``plan.json`` of the
-    run in ``out``) and says to put them back, instead of showing the list's digests. Any
-    other ``error`` is returned as it is.
+    run in ``out``) and says to put them back, instead of showing the list's digests. A
+    precision that differs is given as the run's and this start's floating-point types (the
+    run's as `UNRECORDED_PRECISION` where its manifest records none), with what to do where it
+    alone differs (`_restated_precision`). Any other ``error`` is returned as it is.
     """
+    if any(key == "precision" for key, _, _ in error.differences):
+        error = _restated_precision(error, out)
+        if len(error.differences) == 1:
+            return error
     keys = [key for key, _, _ in error.differences]
     if "shard_size" in keys and any(key in ("plan", "shards") for key in keys):
         # the plan and the shard count follow from the shard size: only it is named
