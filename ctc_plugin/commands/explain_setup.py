@@ -22,7 +22,7 @@ from ctc_plugin.commands.arguments import input_file, positive_int
 from ctc_plugin.commands.methods import METHODS
 from ctc_plugin.commands.models import LoadedModel
 from ctc_plugin.ctc.modes import BIAS_SHARING_MODES, DEFAULT_BIAS_SHARING
-from ctc_plugin.wording import known_name
+from ctc_plugin.wording import caller_stacklevel, known_name
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -406,7 +406,7 @@ def _warn_if_trained_for_other_weights(
             "weights (ctc-plugin explainer train makes one for a zoo model, "
             "ctc_plugin.Explainer.fit in Python for your own)",
             ClassifierMismatchWarning,
-            stacklevel=2,
+            stacklevel=caller_stacklevel(),
         )
 
 

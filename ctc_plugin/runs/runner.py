@@ -19,7 +19,7 @@ from ctc_plugin.runs.imagenet import imagenet_classes
 from ctc_plugin.runs.plan import RunConfig
 from ctc_plugin.runs.results import IMAGE_SHA256_KEY, image_sha256, table_schema
 from ctc_plugin.runs.sources import ImageRef, Source
-from ctc_plugin.wording import counted
+from ctc_plugin.wording import caller_stacklevel, counted
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -77,13 +77,13 @@ class ShardRunner:
         weights = Path(config.weights) if config.weights else None
         self.loaded = load_model(config.model, weights)  # also for its preprocessing
         if self.loaded.note:  # a guessed preprocessing (a Hugging Face folder without one)
-            warnings.warn(self.loaded.note, UserWarning, stacklevel=2)
+            warnings.warn(self.loaded.note, UserWarning, stacklevel=caller_stacklevel())
         check_input_channels(self.loaded)
         check_torchscript(self.loaded, list(config.methods) if explain else [])
         check_weights_present(self.loaded)
         note = choose_precision(self.loaded, self.device)  # float16 runs in float32
         if note:
-            warnings.warn(note, UserWarning, stacklevel=2)
+            warnings.warn(note, UserWarning, stacklevel=caller_stacklevel())
         options = self._options = options_of(config)
         self.preprocessing = preprocessing_for(options, self.loaded)
         self.segmenter = make_segmenter(options) if segment else None

@@ -164,6 +164,22 @@ def test_an_explainer_of_other_weights_is_one_warning_line_in_the_commands_terms
         )
 
 
+def test_the_warning_of_an_explainer_of_other_weights_points_at_the_callers_line(setting, tmp_path):
+    """From Python it pointed at ctc_plugin/commands/explain_setup.py (``stacklevel=2``)."""
+    from ctc_plugin.runs import explain_dataset
+
+    photos, _, explainer = setting
+    explainer.record_classifier(tiny_classifier(seed=9).eval())  # trained for other weights
+    other = explainer.save(tmp_path / "other.pt")
+    with pytest.warns(ClassifierMismatchWarning) as caught:
+        explain_dataset(
+            photos, ["explainer"], tmp_path / "run", model=f"{MODULE}:build", explainer=other,
+            resize=SIZE, crop=SIZE, segmenter="grid", segments=4, show_progress=False,
+        )  # fmt: skip
+    said = [w for w in caught if issubclass(w.category, ClassifierMismatchWarning)]
+    assert said and all(w.filename == __file__ for w in said), [w.filename for w in said]
+
+
 @pytest.mark.parametrize("recorded", ["normalised", "bare"])
 def test_an_explainer_fit_behind_the_commands_normalisation_is_this_models(
     setting, tmp_path, capsys, recorded

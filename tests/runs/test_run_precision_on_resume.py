@@ -138,3 +138,11 @@ def test_a_run_in_one_precision_is_refused_in_another(tmp_path, monkeypatch):
     assert "earlier version" not in message and "model.float()" in message, message
     monkeypatch.delenv("CTC_TEST_FLOAT64")
     assert _run(out, "env_model").computed == 0
+
+
+def test_the_half_precision_note_of_explain_dataset_points_at_the_callers_line(tmp_path):
+    """It pointed at ctc_plugin/runs/engine.py (``stacklevel=2`` from ShardRunner)."""
+    with pytest.warns(UserWarning, match="float16 weights; it runs in float32") as caught:
+        _run(tmp_path / "run", "float16_model")
+    notes = [w for w in caught if "runs in float32" in str(w.message)]
+    assert notes and all(w.filename == __file__ for w in notes), [w.filename for w in notes]
