@@ -25,23 +25,10 @@ from ctc_plugin.commands.model_checks import target_class
 from ctc_plugin.commands.models import LoadedModel
 from ctc_plugin.images import ImagePreprocessing
 from ctc_plugin.resumable import atomic
+from tests.cli.own_models import Net
 
 HERE = "tests.cli.test_cli_own_models_and_photos"
 FAST = ["--segmenter", "grid", "--segments", "4", "--no-progress"]
-
-
-class Net(nn.Module):
-    """A small classifier that takes any size: a convolution, mean pooling, a linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores (N, 3)."""
-        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
 
 
 class Outputs(Net):

@@ -14,23 +14,10 @@ from PIL import Image
 from torch import nn
 
 from ctc_plugin.cli import main
+from tests.cli.own_models import Net
 
 HERE = "tests.cli.test_refusals_partway_name_the_image"
 FAST = ["--resize", "32", "--segmenter", "grid", "--segments", "4", "--no-progress"]
-
-
-class Net(nn.Module):
-    """A convolution, mean pooling and a linear head; takes any size."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores (N, 3)."""
-        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
 
 
 class SortsWideImages(Net):

@@ -21,23 +21,10 @@ from ctc_plugin.cli import main
 from ctc_plugin.commands.model_checks import run_precision
 from ctc_plugin.resumable import ConfigMismatchError
 from ctc_plugin.runs import explain_dataset
+from tests.cli.own_models import Net
 
 HERE = "tests.runs.test_run_precision_on_resume"
 OPTIONS = {"images": 2, "resize": 32, "segmenter": "grid", "segments": 4, "show_progress": False}
-
-
-class Net(nn.Module):
-    """A convolution, mean pooling and a linear head; takes any size."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores (N, 3)."""
-        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
 
 
 def float32_model() -> nn.Module:
