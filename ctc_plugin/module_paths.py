@@ -10,6 +10,12 @@ modules in their messages through [`path_as_given`][ctc_plugin.module_paths.path
 (CTC's refusals, Integrative CAM's layers, the eval-mode check, Grad-CAM's layer): the paths
 of the model that was wrapped.
 
+torch's own wrappers hold the model one level down too: ``nn.DataParallel`` and
+``DistributedDataParallel`` as ``module``, ``torch.compile``'s ``OptimizedModule`` as
+``_orig_mod`` ([`held_inside`][ctc_plugin.module_paths.held_inside]). Their level is left out of
+the paths given, wherever in the model such a wrapper sits (``backbone._orig_mod.layer1`` is
+``backbone.layer1``).
+
 Only torch is imported: every method's checks import this module.
 """
 
@@ -19,7 +25,13 @@ from collections.abc import Iterator
 
 from torch import nn
 
-__all__ = ["WrappedModel", "module_path", "named_modules_as_given", "path_as_given"]
+__all__ = [
+    "WrappedModel",
+    "held_inside",
+    "module_path",
+    "named_modules_as_given",
+    "path_as_given",
+]
 
 #: How the steps in front of a wrapped model are named in messages.
 INPUT_STEP = "(input step)"
@@ -40,35 +52,69 @@ class WrappedModel(nn.Sequential):
         return self[-1]
 
 
+def held_inside(module: object) -> str | None:
+    """The child in which ``module``, a wrapper torch puts around a model, holds that model.
+
+    ``"module"`` for ``nn.DataParallel`` and ``DistributedDataParallel``, ``"_orig_mod"`` for
+    the ``OptimizedModule`` that ``torch.compile(model)`` returns; ``None`` for anything else
+    (also a model compiled in place, ``model.compile()``, which wraps nothing).
+    """
+    if isinstance(module, nn.DataParallel | nn.parallel.DistributedDataParallel):
+        return "module"
+    if isinstance(getattr(module, "_orig_mod", None), nn.Module):  # torch.compile
+        return "_orig_mod"
+    return None
+
+
 def path_as_given(root: object, path: str) -> str:
     """``path``, a name from ``root.named_modules()`` (or its parameters, buffers), as given.
 
-    Within a [`WrappedModel`][ctc_plugin.module_paths.WrappedModel], the paths of the wrapped
-    model's own modules lose the wrapper's index (``1.features.3`` is ``features.3``, ``1`` is
-    the model itself: ``""``) and the steps in front are ``(input step)`` (numbered where there
-    are several). Wrappers within wrappers lose every index, their steps numbered in the order
-    the input meets them (``1.1.features.3`` is ``features.3``, ``1.0`` is ``(input step 2)``).
-    Any other ``root`` (a model, a bound method, a function) keeps ``path``.
+    The level of torch's wrappers ([`held_inside`][ctc_plugin.module_paths.held_inside]) is
+    left out wherever they sit (``module.features.3`` and ``_orig_mod.features.3`` are
+    ``features.3``). Within a [`WrappedModel`][ctc_plugin.module_paths.WrappedModel] (``root``
+    or inside such a wrapper), the paths of the wrapped model's own modules lose the wrapper's
+    index (``1.features.3`` is ``features.3``, ``1`` is the model itself: ``""``) and the steps
+    in front are ``(input step)`` (numbered where there are several). Wrappers within wrappers
+    lose every index, their steps numbered in the order the input meets them
+    (``1.1.features.3`` is ``features.3``, ``1.0`` is ``(input step 2)``). Any other ``root``
+    (a model, a bound method, a function) keeps ``path``.
     """
-    steps, numbered = 0, _input_steps(root) > 1
-    while isinstance(root, WrappedModel):
-        head, dot, rest = path.partition(".")
-        if not head.isdigit():
-            return path  # a wrapper itself ("") or a name it does not give
-        index = int(head)
-        if index == len(root) - 1:  # the model, or the wrapper within
-            steps, root, path = steps + index, root.model, rest
-            continue
-        step = f"(input step {steps + index + 1})" if numbered else INPUT_STEP
-        return f"{step}{dot}{rest}"
-    return path
+    if not isinstance(root, nn.Module) or not path:
+        return path
+    numbered = _input_steps(root) > 1
+    steps = 0  # the input steps of the wrappers passed so far
+    given: list[str] = []
+    module: nn.Module | None = root
+    parts = path.split(".")
+    for index, part in enumerate(parts):
+        if module is None:  # a parameter's or buffer's name, or a name the model does not give
+            given.extend(parts[index:])
+            break
+        children = module._modules  # a mapping (TorchScript's has no .get)
+        child = children[part] if part in children else None
+        if part == held_inside(module):
+            pass  # torch's wrapper: its model's paths are the model's own
+        elif isinstance(module, WrappedModel) and not given and part.isdigit():
+            if int(part) == len(module) - 1:  # the model, or the wrapper within
+                steps += int(part)
+            else:  # a step in front of the model
+                given.append(f"(input step {steps + int(part) + 1})" if numbered else INPUT_STEP)
+        else:
+            given.append(part)
+        module = child
+    return ".".join(given)
 
 
 def _input_steps(root: object) -> int:
     """How many input steps the wrappers of ``root`` put in front of the model, in all."""
     steps = 0
-    while isinstance(root, WrappedModel):
-        steps, root = steps + len(root) - 1, root.model
+    while isinstance(root, nn.Module):
+        if isinstance(root, WrappedModel):
+            steps, root = steps + len(root) - 1, root.model
+        elif held_inside(root):
+            root = getattr(root, held_inside(root))
+        else:
+            break
     return steps
 
 

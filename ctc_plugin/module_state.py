@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ctc_plugin.module_paths import held_inside
+
 __all__ = [
     "DigestMemo",
     "WeightsWatch",
@@ -67,19 +69,17 @@ def compiled_code_eager() -> Any:
     return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
-def unwrapped(module: nn.Module) -> nn.Module:
+def unwrapped(module: Any) -> Any:
     """The model inside ``nn.DataParallel``, ``DistributedDataParallel`` and ``torch.compile``.
 
     These wrappers hold the same parameters under prefixed keys (``module.``, ``_orig_mod.``);
-    the digest hashes the wrapped model's own keys, so a wrapped model is the same one.
+    the digest hashes the wrapped model's own keys, so a wrapped model is the same one. Anything
+    else (a model, a function) is returned as it is (see
+    [`held_inside`][ctc_plugin.module_paths.held_inside]).
     """
-    while True:
-        if isinstance(module, nn.DataParallel | nn.parallel.DistributedDataParallel):
-            module = module.module
-        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):  # torch.compile
-            module = module._orig_mod
-        else:
-            return module
+    while (inside := held_inside(module)) is not None:
+        module = getattr(module, inside)
+    return module
 
 
 def state_digest(module: nn.Module, cast: torch.dtype | None = None) -> str:
