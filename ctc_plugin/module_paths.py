@@ -22,6 +22,7 @@ Only torch is imported: every method's checks import this module.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from torch import nn
 
@@ -31,6 +32,7 @@ __all__ = [
     "module_path",
     "named_modules_as_given",
     "path_as_given",
+    "unwrapped",
 ]
 
 #: How the steps in front of a wrapped model are named in messages.
@@ -64,6 +66,22 @@ def held_inside(module: object) -> str | None:
     if isinstance(getattr(module, "_orig_mod", None), nn.Module):  # torch.compile
         return "_orig_mod"
     return None
+
+
+def unwrapped(forward_func: Any) -> Any:
+    """The model inside ``nn.DataParallel``, ``DistributedDataParallel`` and ``torch.compile``.
+
+    Each method takes its model through this: the model inside computes what the wrapper
+    computes on one device (a compiled model's numbers are meant to be its eager model's;
+    ``DataParallel`` on one device, or on none, calls the model it holds), and the methods run
+    its Python code anyway (the wrappers hold the same parameters, under prefixed keys:
+    ``module.``, ``_orig_mod.``). Anything else (a model, a model compiled in place with
+    ``model.compile()``, a bound method, a function) is returned as it is (see
+    [`held_inside`][ctc_plugin.module_paths.held_inside]).
+    """
+    while (inside := held_inside(forward_func)) is not None:
+        forward_func = getattr(forward_func, inside)
+    return forward_func
 
 
 def path_as_given(root: object, path: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ctc_plugin.module_paths import held_inside
+from ctc_plugin.module_paths import unwrapped
 
 __all__ = [
     "DigestMemo",
@@ -39,7 +39,6 @@ __all__ = [
     "modes_kept",
     "state_digest",
     "state_dtypes",
-    "unwrapped",
 ]
 
 
@@ -67,19 +66,6 @@ def compiled_code_eager() -> Any:
     """
     set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
     return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
-
-
-def unwrapped(module: Any) -> Any:
-    """The model inside ``nn.DataParallel``, ``DistributedDataParallel`` and ``torch.compile``.
-
-    These wrappers hold the same parameters under prefixed keys (``module.``, ``_orig_mod.``);
-    the digest hashes the wrapped model's own keys, so a wrapped model is the same one. Anything
-    else (a model, a function) is returned as it is (see
-    [`held_inside`][ctc_plugin.module_paths.held_inside]).
-    """
-    while (inside := held_inside(module)) is not None:
-        module = getattr(module, inside)
-    return module
 
 
 def state_digest(module: nn.Module, cast: torch.dtype | None = None) -> str:

@@ -29,6 +29,7 @@ from zennit.core import Composite
 from ctc_plugin.canonizers import gradient_attributor, held_composites
 from ctc_plugin.concurrency import exclusive, model_of
 from ctc_plugin.inputs import check_eval_mode, check_gradient_weights, with_gradients
+from ctc_plugin.module_paths import unwrapped
 from ctc_plugin.targets import TargetType, captum_targets, resolve_targets
 
 #: What [`compute_relevance`][ctc_plugin.relevance.compute_relevance] accepts: a tensor (or a
@@ -81,6 +82,7 @@ def run_composite(
             the model's weights are inference tensors (see
             ``ctc_plugin.inputs.check_gradient_weights``).
     """
+    model = unwrapped(model)  # the model inside torch's wrappers: its hooks
     check_gives_relevance(composite)
     check_gradient_weights(model, "a Zennit composite's relevance")
     x = x.detach().clone() if x.is_inference() else x.detach()  # an ordinary copy: autograd
@@ -166,6 +168,7 @@ def compute_relevance(
             f"and got a {type(misplaced).__name__} where the inputs or the target go: pass "
             "model=model"
         )
+    model = unwrapped(model)  # the model inside torch's wrappers
     # every method runs the model (a composite or Captum's, and the predicted class's pass):
     # in training mode each pass would move its BatchNorm statistics
     check_eval_mode(model if model is not None else getattr(method, "forward_func", None))

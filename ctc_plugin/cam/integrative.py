@@ -75,7 +75,7 @@ from ctc_plugin.inputs import (
     outside_inference_mode,
     training_mode_error,
 )
-from ctc_plugin.module_paths import module_path, named_modules_as_given
+from ctc_plugin.module_paths import module_path, named_modules_as_given, unwrapped
 from ctc_plugin.targets import TargetType as Target
 from ctc_plugin.targets import check_finite_target_outputs, check_target, output_not_a_tensor
 from ctc_plugin.targets import target_scores as select_scores
@@ -408,7 +408,7 @@ class IntegrativeCAM(Attribution):
                 "or torch.jit.trace): its operations run outside Python, where IntegrativeCAM "
                 "can neither see its stages nor hook its layers; pass the original nn.Module"
             )
-        super().__init__(forward_func)
+        super().__init__(unwrapped(forward_func))  # the model inside torch's wrappers
         if reshape_transform is not None and not (
             callable(reshape_transform) or isinstance(reshape_transform, TupleOutput)
         ):

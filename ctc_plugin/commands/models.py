@@ -138,7 +138,7 @@ def _callable_model(spec: str, weights: Path | None) -> LoadedModel:
     """``--model module:callable``: the module imported as ``python -m`` would find it.
 
     A model returned inside ``nn.DataParallel``, ``DistributedDataParallel`` or
-    ``torch.compile`` is explained as the model inside (`ctc_plugin.module_state.unwrapped`):
+    ``torch.compile`` is explained as the model inside (`ctc_plugin.module_paths.unwrapped`):
     on the command's one device it computes the same (the methods run a compiled model's Python
     code anyway, and DataParallel's threads would run the copies outside the methods' tracing),
     messages name its own module paths (``features.3``, not ``_orig_mod.features.3``), and
@@ -148,7 +148,7 @@ def _callable_model(spec: str, weights: Path | None) -> LoadedModel:
 
     from ctc_plugin.files import read_state_dict
     from ctc_plugin.images import ImagePreprocessing
-    from ctc_plugin.module_state import unwrapped
+    from ctc_plugin.module_paths import unwrapped
     from ctc_plugin.zoo.loading import load_state_into
 
     module_name, _, attribute = spec.partition(":")

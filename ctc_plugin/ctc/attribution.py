@@ -42,6 +42,7 @@ from ctc_plugin.inputs import (
     is_integer,
     outside_inference_mode,
 )
+from ctc_plugin.module_paths import unwrapped
 from ctc_plugin.targets import (
     TargetType,
     example_targets,
@@ -125,7 +126,7 @@ class CTC(Attribution):
         segmenter: Callable[[torch.Tensor], torch.Tensor] | None = None,
         bias_sharing: BiasSharingMode = DEFAULT_BIAS_SHARING,
     ) -> None:
-        super().__init__(forward_func)
+        super().__init__(unwrapped(forward_func))  # the model inside torch's wrappers
         check_segmenter(segmenter)
         check_mode(bias_sharing)
         self.bias_sharing = bias_sharing

@@ -45,6 +45,7 @@ from ctc_plugin.inputs import (
     check_takes_images,
     outside_inference_mode,
 )
+from ctc_plugin.module_paths import unwrapped
 from ctc_plugin.targets import output_not_a_tensor
 
 #: Zennit's output weighting: a tensor shaped like the output (a one-hot row), or a function
@@ -142,6 +143,7 @@ class CTCAttributor(Attributor):
                 f"model must be a torch.nn.Module (hooks attach to modules); got "
                 f"{type(model).__name__}. For any forward function use ctc_plugin.CTC"
             )
+        model = unwrapped(model)  # the model inside torch's wrappers: its hooks
         composite = CTCComposite() if composite is None else composite
         found = find_ctc_composites(composite)
         if len(found) != 1:

@@ -20,6 +20,7 @@ from ctc_plugin.inputs import (
     floating_dtype,
     training_modules_refused,
 )
+from ctc_plugin.module_paths import unwrapped
 from ctc_plugin.module_state import DigestMemo
 from ctc_plugin.targets import TargetType, class_indices, output_not_a_tensor
 from ctc_plugin.wording import caller_stacklevel
@@ -72,8 +73,10 @@ class ExplainerAttribution(Attribution):
     def __init__(
         self, classifier: nn.Module, explainer: Explainer, check_classifier: bool = True
     ) -> None:
+        explainer = unwrapped(explainer)  # also a compiled one: its own module
         if not isinstance(explainer, Explainer):
             raise TypeError(f"explainer must be an Explainer, got {type(explainer).__name__}")
+        classifier = unwrapped(classifier)  # the model inside torch's wrappers
         super().__init__(classifier)
         self.classifier = classifier
         self.explainer = explainer

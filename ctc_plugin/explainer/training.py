@@ -51,6 +51,7 @@ from ctc_plugin.inputs import (
     is_integer,
     with_gradients,
 )
+from ctc_plugin.module_paths import unwrapped
 from ctc_plugin.module_state import modes_kept, state_digest, state_dtypes
 from ctc_plugin.wording import caller_stacklevel
 
@@ -518,6 +519,7 @@ def fit_explainer(
             f"classifier must be an nn.Module (it is frozen for the training), got "
             f"{type(classifier).__name__}"
         )
+    classifier = unwrapped(classifier)  # the model inside torch's wrappers
     check_gradient_weights(classifier, "Explainer.fit")  # the masks' gradients flow through it
     check_gradient_weights(explainer, "Explainer.fit (training the explainer)")
     check_nothing_shared(

@@ -27,6 +27,7 @@ from zennit.types import Convolution
 from ctc_plugin.canonizers import PositiveEpsMergeBatchNorm
 from ctc_plugin.concurrency import exclusive
 from ctc_plugin.inputs import check_eval_mode, outside_inference_mode
+from ctc_plugin.module_paths import unwrapped
 from ctc_plugin.relevance import Relevance, compute_relevance, one_hot_of, run_composite
 from ctc_plugin.targets import class_indices
 
@@ -120,6 +121,7 @@ def zennit_relevance(
         ValueError: The composite's canonizers would change one module twice
             ([`check_canonizers`][ctc_plugin.canonizers.check_canonizers]).
     """
+    model = unwrapped(model)  # the model inside torch's wrappers: its hooks, its copy
     check_eval_mode(model)
     with exclusive(model):  # its composites change the model; other calls wait
         targets = resolve_target(model, images, target)
@@ -185,6 +187,7 @@ def relevance_heatmap(
             not class indices, or a heatmap that does not fit the images.
         TypeError: A method of none of the accepted forms.
     """
+    model = unwrapped(model)  # the model inside torch's wrappers
     if method is None:
         if not isinstance(model, torch.nn.Module):
             raise ValueError(

@@ -11,8 +11,11 @@ them, nothing is generated), which shows every effect of tracing without a compi
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+import torch._dynamo
 from torch import nn
 
 from ctc_plugin import CTC, IntegrativeCAM, TrainingModeError, UnsupportedOperationError
@@ -24,6 +27,15 @@ WRAPPERS = {
     "torch.compile": lambda model: torch.compile(model, backend="eager"),
     "DataParallel": nn.DataParallel,
 }
+
+
+@pytest.fixture(autouse=True)
+def _dynamo_afresh():
+    """Each test compiles afresh: dynamo caches per code object (every ``RandomCNN.forward``),
+    and after its recompile limit it runs that code uncompiled, counting nothing."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
 
 
 def _model() -> RandomCNN:
@@ -85,3 +97,137 @@ def test_paths_leave_out_torch_wrappers_wherever_they_sit():
     assert path_as_given(outside, "module.0") == "(input step)"
     assert path_as_given(model, "blocks.0._orig_mod") == "blocks.0"
     assert path_as_given(model, "not.a.path") == "not.a.path"
+
+
+class Compiles:
+    """A ``torch.compile`` backend that counts the graphs it is given and runs them as traced."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        """Count one compilation; run the graph as it is."""
+        self.count += 1
+        return graph.forward
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        + len(m._backward_pre_hooks)
+        for m in model.modules()
+    )  # fmt: skip
+
+
+def _explainer() -> object:
+    from ctc_plugin import Explainer
+    from ctc_plugin.explainer.backbones import build_backbone
+
+    torch.manual_seed(0)
+    return Explainer(build_backbone("unet-small", 4, width=2), 4)
+
+
+def _attributor(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from ctc_plugin import CTCAttributor
+
+    with CTCAttributor(model, feature_mask=random_partition(8, 8, 4, seed=1)) as attributor:
+        return attributor(x, torch.eye(4)[[1]])[1]
+
+
+def _ctc(mode: str) -> object:
+    mask = random_partition(8, 8, 4, seed=1)
+    return lambda model, x: CTC(model, bias_sharing=mode).attribute(x, 1, feature_mask=mask)
+
+
+def _relevance(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from zennit.composites import EpsilonPlusFlat
+
+    from ctc_plugin.features.relevance import relevance_heatmap, zennit_relevance
+
+    return torch.stack(
+        [zennit_relevance(model, x, 1), relevance_heatmap(EpsilonPlusFlat(), model, x, None)]
+    )
+
+
+def _explainer_attribution(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from ctc_plugin import ExplainerAttribution
+
+    explanation = ExplainerAttribution(model, _explainer(), check_classifier=False)
+    with pytest.warns(UserWarning, match="has not been trained"):
+        return explanation.attribute(x, None)
+
+
+CALLS = {
+    "CTC proportional": _ctc("proportional"),
+    "CTC reference": _ctc("reference"),
+    "CTC none": _ctc("none"),
+    "CTCAttributor": _attributor,
+    "IntegrativeCAM": lambda model, x: IntegrativeCAM(model).attribute(x, 1),
+    "relevance": _relevance,
+    "ExplainerAttribution": _explainer_attribution,
+}
+
+
+@pytest.mark.parametrize("call", CALLS.values(), ids=CALLS)
+def test_a_compiled_model_is_explained_as_its_model_with_no_compilation_and_no_warning(call):
+    """``torch.compile(model)`` warned of the methods' global hooks (naming the package's
+    files), Integrative CAM and the Zennit routes had dynamo trace their hooks (compiling again
+    and again, warning of ``lru_cache`` in ``cam/layers.py``). Each method now explains the
+    compiled model's own model: its numbers, nothing compiled, and the compiled model is left
+    as it was (no hook; it runs the graph compiled before the call)."""
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    model, backend = _model(), Compiles()
+    compiled = torch.compile(model, backend=backend)
+    before = compiled(x)
+    assert backend.count == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = call(compiled, x)
+    assert [str(w.message) for w in caught] == []
+    assert backend.count == 1  # nothing traced or compiled during the call
+    torch.testing.assert_close(got, call(_model(), x), rtol=0, atol=0)
+    assert _hooks(compiled) == 0 and compiled._orig_mod is model
+    assert torch.equal(compiled(x), before) and backend.count == 1  # no recompilation
+
+
+@pytest.mark.parametrize("call", CALLS.values(), ids=CALLS)
+def test_a_data_parallel_model_is_explained_as_the_model_it_holds(call):
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    model = _model()
+    parallel = nn.DataParallel(model)
+    torch.testing.assert_close(call(parallel, x), call(_model(), x), rtol=0, atol=0)
+    assert _hooks(parallel) == 0 and parallel.module is model
+
+
+@pytest.mark.parametrize("wrap", WRAPPERS.values(), ids=WRAPPERS)
+def test_the_methods_hold_the_model_inside_a_wrapper(wrap):
+    """On several GPUs ``DataParallel`` runs copies of the model in other threads, outside the
+    methods' tracing (a torch function mode is per thread): each method holds the model
+    inside, which runs in the calling thread."""
+    from ctc_plugin import CTCAttributor, ExplainerAttribution
+
+    model = _model()
+    assert CTC(wrap(model)).forward_func is model
+    assert IntegrativeCAM(wrap(model)).forward_func is model
+    assert CTCAttributor(wrap(model)).model is model
+    explainer = _explainer()
+    explanation = ExplainerAttribution(wrap(model), wrap(explainer))
+    assert explanation.forward_func is model and explanation.explainer is explainer
+
+
+def test_fitting_an_explainer_to_a_compiled_classifier_fits_it_to_the_classifier():
+    """The classifier ran compiled, with dynamo tracing the training-mode guard (a global
+    hook: torch warned about it, naming the package's file)."""
+    images = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    batches = [(images[:4], torch.tensor([0, 1, 2, 3])), (images[4:], torch.tensor([3, 2, 1, 0]))]
+    backend = Compiles()
+    fitted = []
+    for classifier in (torch.compile(_model(), backend=backend), _model()):
+        explainer = _explainer()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            explainer.fit(classifier, batches, epochs=1, seed=0, show_progress=False)
+        assert [str(w.message) for w in caught] == []
+        fitted.append(explainer.state_dict())
+    assert backend.count == 0
+    assert all(torch.equal(fitted[0][k], fitted[1][k]) for k in fitted[1])
