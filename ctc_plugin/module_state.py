@@ -13,9 +13,10 @@ Two questions about a model's parameters and buffers, asked by several parts of 
 
 And one thing a call must leave as it found it: [`modes_kept`][ctc_plugin.module_state.modes_kept]
 puts every submodule's training flag back (a model fine-tuned with its BatchNorms frozen in eval
-mode stays so after code that calls ``model.eval()`` and ``model.train()``). A probe that runs a
-model under a torch function mode runs its compiled code eagerly
-([`compiled_code_eager`][ctc_plugin.module_state.compiled_code_eager]).
+mode stays so after code that calls ``model.eval()`` and ``model.train()``). A method or a probe
+that runs a model runs its compiled code as Python code
+([`compiled_code_eager`][ctc_plugin.module_state.compiled_code_eager]): a model compiled in place
+gives the numbers of the model it compiles, and nothing compiles during the call.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,6 +38,8 @@ __all__ = [
     "DigestMemo",
     "WeightsWatch",
     "compiled_code_eager",
+    "compiled_code_stance",
+    "eager_switch",
     "modes_kept",
     "state_digest",
     "state_dtypes",
@@ -57,13 +61,52 @@ def modes_kept(model: nn.Module) -> Iterator[nn.Module]:
             module.training = mode
 
 
+@contextlib.contextmanager
+def compiled_code_stance(eager: bool) -> Iterator[None]:
+    """Run ``torch.compile``'d code eagerly (``eager``) or compiled, in this thread, inside.
+
+    A compiled model (``model.compile()``, a submodule compiled on its own, compiled code a
+    forward function calls) would hand its forward to dynamo, which traces what the methods
+    put around it (CTC's rules, Integrative CAM's stage tracing, Zennit's hooks) and compiles
+    again at every call, or fails inside the rules. While a method runs the model, its
+    compiled code runs as the original Python code instead, whose every torch call the method
+    sees, so a compiled model gives the numbers of the model it compiles. Code inside that must
+    stay compiled (CTC's own rules) runs with ``eager=False``. Nothing happens where dynamo was
+    never imported (nothing is compiled) or where this torch has no thread-local switch for it
+    (`eager_switch`).
+    """
+    state = eager_switch()
+    if state is None:
+        yield
+        return
+    prior = getattr(state, "depth", 0)
+    state.depth = (prior + 1) if eager else 0
+    try:
+        yield
+    finally:
+        state.depth = prior
+
+
+def eager_switch() -> Any:
+    """Dynamo's thread-local switch that runs compiled code eagerly, or ``None`` without one."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if not hasattr(eval_frame, "_is_eager_on_nested_compile"):
+        return None
+    return getattr(eval_frame, "_force_eager_nested_compile", None)
+
+
 def compiled_code_eager() -> Any:
     """A context in which ``torch.compile``'d code runs eagerly, where this torch can say so.
 
-    A model probed under a torch function mode would otherwise have dynamo trace the mode
-    (``fullgraph=True`` code fails there); ``torch.compiler.set_stance("force_eager")``, torch
-    2.6 and later, and a context that does nothing before.
+    The methods run a model compiled in place (``model.compile()``) this way, and a probe that
+    runs a model under a torch function mode too (dynamo would trace the mode; ``fullgraph=True``
+    code fails there): [`compiled_code_stance`][ctc_plugin.module_state.compiled_code_stance]
+    where this torch has the thread-local switch, else ``torch.compiler.set_stance(
+    "force_eager")`` (torch 2.6 and later: for every thread meanwhile), and a context that does
+    nothing before.
     """
+    if eager_switch() is not None or "torch._dynamo.eval_frame" not in sys.modules:
+        return compiled_code_stance(True)  # nothing compiled yet where dynamo is not imported
     set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
     return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 

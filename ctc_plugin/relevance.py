@@ -30,6 +30,7 @@ from ctc_plugin.canonizers import gradient_attributor, held_composites
 from ctc_plugin.concurrency import exclusive, model_of
 from ctc_plugin.inputs import check_eval_mode, check_gradient_weights, with_gradients
 from ctc_plugin.module_paths import unwrapped
+from ctc_plugin.module_state import compiled_code_eager
 from ctc_plugin.targets import TargetType, captum_targets, resolve_targets
 
 #: What [`compute_relevance`][ctc_plugin.relevance.compute_relevance] accepts: a tensor (or a
@@ -86,7 +87,8 @@ def run_composite(
     check_gives_relevance(composite)
     check_gradient_weights(model, "a Zennit composite's relevance")
     x = x.detach().clone() if x.is_inference() else x.detach()  # an ordinary copy: autograd
-    with gradient_attributor(model, composite) as attributor:
+    # a model compiled in place runs its Python code, which the composite's hooks see
+    with gradient_attributor(model, composite) as attributor, compiled_code_eager():
         output, relevance = attributor(x, attr_output)
     return output.detach(), relevance.detach()
 
@@ -206,7 +208,7 @@ def compute_relevance(
 
 def _predicted(forward: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...]) -> Any:
     """Each example's predicted output in Captum's target form (one forward pass)."""
-    with torch.no_grad():
+    with torch.no_grad(), compiled_code_eager():  # the model's prediction, not its graph's
         output = forward(*inputs)
     return captum_targets(resolve_targets(None, output), tuple(output.shape[1:]))
 

@@ -76,6 +76,7 @@ from ctc_plugin.inputs import (
     training_mode_error,
 )
 from ctc_plugin.module_paths import module_path, named_modules_as_given, unwrapped
+from ctc_plugin.module_state import compiled_code_eager
 from ctc_plugin.targets import TargetType as Target
 from ctc_plugin.targets import check_finite_target_outputs, check_target, output_not_a_tensor
 from ctc_plugin.targets import target_scores as select_scores
@@ -593,7 +594,7 @@ class IntegrativeCAM(Attribution):
                 hook = scope.only(partial(_record_layer, tracer, name, reshape))
                 handles.append(module.register_forward_hook(hook, with_kwargs=True))
             with torch.enable_grad():
-                with tracer, scope:
+                with compiled_code_eager(), tracer, scope:  # compiled code: its Python code
                     # copies: a model may normalise its input in place, which torch refuses
                     # on a leaf that requires grad (and which would change the caller's tensor)
                     output = self.forward_func(*(leaf.clone() for leaf in leaves), *extra)

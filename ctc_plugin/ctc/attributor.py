@@ -46,6 +46,7 @@ from ctc_plugin.inputs import (
     outside_inference_mode,
 )
 from ctc_plugin.module_paths import unwrapped
+from ctc_plugin.module_state import compiled_code_eager
 from ctc_plugin.targets import output_not_a_tensor
 
 #: Zennit's output weighting: a tensor shaped like the output (a one-hot row), or a function
@@ -215,7 +216,7 @@ class CTCAttributor(Attributor):
             restored = nullcontext() if self.composite.handles else tensors_restored(self.model)
             self._call_mask = mask
             try:
-                with restored:
+                with restored, compiled_code_eager():  # a model compiled in place: its code
                     return super().__call__(
                         input, weighting if weighting is not None else _predicted
                     )

@@ -72,6 +72,7 @@ from ctc_plugin.ctc.operations import rule_for
 from ctc_plugin.ctc.rules import REFUSED_ATTRIBUTE, BatchDimensionError, GatedPass
 from ctc_plugin.inputs import RANDOM_FUNCTIONS, changes_in_training, training_mode_error
 from ctc_plugin.module_paths import module_path
+from ctc_plugin.module_state import compiled_code_stance, eager_switch
 from ctc_plugin.wording import with_article
 
 #: What `CTCMode._gate_only_reading` returns where a rule refuses gate-only operands.
@@ -80,7 +81,6 @@ REFUSED = object()
 __all__ = [
     "CTCMode",
     "RefusalsNamed",
-    "compiled_code_stance",
     "decomposed",
     "module_name",
     "named_in",
@@ -313,7 +313,7 @@ class CTCMode(TorchFunctionMode):
         The rules run with compiled code compiling as outside the pass (the mode is off the
         stack while they run, so nothing of theirs is intercepted).
         """
-        if getattr(_eager_switch(), "depth", 0):
+        if getattr(eager_switch(), "depth", 0):
             with compiled_code_stance(False):
                 return self._named(func, args, kwargs or {})
         return self._named(func, args, kwargs or {})
@@ -820,38 +820,6 @@ def _shares_memory(result: Tensor, operand: Tensor) -> bool:
     """Whether ``result`` is a view of ``operand``'s memory (``diagonal``, ``select``, ...)."""
     storage = operand.untyped_storage()
     return storage.nbytes() > 0 and result.untyped_storage().data_ptr() == storage.data_ptr()
-
-
-@contextlib.contextmanager
-def compiled_code_stance(eager: bool) -> Iterator[None]:
-    """Run ``torch.compile``'d code eagerly (``eager``) or compiled, in this thread, inside.
-
-    A compiled model (``torch.compile(model)``) would hand its forward to dynamo, which traces
-    the CTC mode's rules on fake tensors and fails inside them. While a pass runs the model,
-    its compiled code runs as the original Python code instead, whose every torch call the
-    mode sees, so a compiled model gives the scores of the model it compiles. The rules
-    themselves run with ``eager=False`` (compiled code of theirs stays compiled). Nothing
-    happens where dynamo was never imported (nothing is compiled) or where this torch has no
-    thread-local switch for it.
-    """
-    state = _eager_switch()
-    if state is None:
-        yield
-        return
-    prior = getattr(state, "depth", 0)
-    state.depth = (prior + 1) if eager else 0
-    try:
-        yield
-    finally:
-        state.depth = prior
-
-
-def _eager_switch() -> Any:
-    """Dynamo's thread-local switch that runs compiled code eagerly, or ``None`` without one."""
-    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
-    if not hasattr(eval_frame, "_is_eager_on_nested_compile"):
-        return None
-    return getattr(eval_frame, "_force_eager_nested_compile", None)
 
 
 def running_module(model: Any = None) -> str | None:

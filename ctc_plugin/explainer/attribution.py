@@ -21,7 +21,7 @@ from ctc_plugin.inputs import (
     training_modules_refused,
 )
 from ctc_plugin.module_paths import unwrapped
-from ctc_plugin.module_state import DigestMemo
+from ctc_plugin.module_state import DigestMemo, compiled_code_eager
 from ctc_plugin.targets import TargetType, class_indices, output_not_a_tensor
 from ctc_plugin.wording import caller_stacklevel
 
@@ -153,7 +153,8 @@ class ExplainerAttribution(Attribution):
         """Run the classifier and check its class count against the explainer's."""
         extra = () if additional_forward_args is None else additional_forward_args
         extra = extra if isinstance(extra, tuple) else (extra,)
-        scores = self.forward_func(images, *extra)
+        with compiled_code_eager():  # a classifier compiled in place: the model's numbers
+            scores = self.forward_func(images, *extra)
         if not isinstance(scores, Tensor):
             raise output_not_a_tensor(scores)
         if scores.dim() != 2 or scores.shape[1] != self.explainer.num_classes:

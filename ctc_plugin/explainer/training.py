@@ -52,7 +52,7 @@ from ctc_plugin.inputs import (
     with_gradients,
 )
 from ctc_plugin.module_paths import unwrapped
-from ctc_plugin.module_state import modes_kept, state_digest, state_dtypes
+from ctc_plugin.module_state import compiled_code_eager, modes_kept, state_digest, state_dtypes
 from ctc_plugin.wording import caller_stacklevel
 
 #: Names of the unweighted loss terms recorded in the history and shown by the progress bar.
@@ -251,7 +251,8 @@ def objective(
         [losses.apply_mask(images, m, baseline), losses.apply_mask(images, 1 - m, baseline)]
     )
     dtype = floating_dtype(classifier)
-    output = classifier(both if dtype is None else both.to(dtype))
+    with compiled_code_eager():  # a classifier compiled in place: the model's numbers
+        output = classifier(both if dtype is None else both.to(dtype))
     scores = class_scores(output, explainer.num_classes)
     _warn_if_probabilities(scores, multilabel)
     masked, inverse = scores.to(logits.dtype).chunk(2)

@@ -28,6 +28,7 @@ from ctc_plugin.canonizers import PositiveEpsMergeBatchNorm
 from ctc_plugin.concurrency import exclusive
 from ctc_plugin.inputs import check_eval_mode, outside_inference_mode
 from ctc_plugin.module_paths import unwrapped
+from ctc_plugin.module_state import compiled_code_eager
 from ctc_plugin.relevance import Relevance, compute_relevance, one_hot_of, run_composite
 from ctc_plugin.targets import class_indices
 
@@ -78,7 +79,7 @@ def resolve_target(
             image.
     """
     if target is None:
-        with torch.no_grad():
+        with torch.no_grad(), compiled_code_eager():  # the model's prediction, not its graph's
             return model(images).argmax(dim=1)
     return class_indices(target, images.shape[0], device=images.device)
 
@@ -123,7 +124,8 @@ def zennit_relevance(
     """
     model = unwrapped(model)  # the model inside torch's wrappers: its hooks, its copy
     check_eval_mode(model)
-    with exclusive(model):  # its composites change the model; other calls wait
+    # its composites change the model, other calls wait; compiled code runs as Python code
+    with exclusive(model), compiled_code_eager():
         targets = resolve_target(model, images, target)
         if composite is not None:
             return _run_composite(model, images, targets, composite)[1]
