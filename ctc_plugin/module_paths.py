@@ -32,6 +32,7 @@ __all__ = [
     "module_path",
     "named_modules_as_given",
     "path_as_given",
+    "path_without_wrappers",
     "unwrapped",
 ]
 
@@ -97,6 +98,22 @@ def path_as_given(root: object, path: str) -> str:
     (``1.1.features.3`` is ``features.3``, ``1.0`` is ``(input step 2)``). Any other ``root``
     (a model, a bound method, a function) keeps ``path``.
     """
+    return _given(root, path, name_steps=True)
+
+
+def path_without_wrappers(root: object, path: str) -> str:
+    """``path`` within ``root`` with the level of torch's wrappers left out, nothing else.
+
+    As in [`path_as_given`][ctc_plugin.module_paths.path_as_given], wherever such a wrapper
+    sits (``blocks.0._orig_mod.conv.weight`` is ``blocks.0.conv.weight``), but the indices of a
+    [`WrappedModel`][ctc_plugin.module_paths.WrappedModel] are kept: the state-dict keys a
+    model has whether or not parts of it are compiled or wrapped (its weights' digest).
+    """
+    return _given(root, path, name_steps=False)
+
+
+def _given(root: object, path: str, name_steps: bool) -> str:
+    """`path_as_given` (``name_steps``: a WrappedModel's steps named), `path_without_wrappers`."""
     if not isinstance(root, nn.Module) or not path:
         return path
     numbered = _input_steps(root) > 1
@@ -112,7 +129,7 @@ def path_as_given(root: object, path: str) -> str:
         child = children[part] if part in children else None
         if part == held_inside(module):
             pass  # torch's wrapper: its model's paths are the model's own
-        elif isinstance(module, WrappedModel) and not given and part.isdigit():
+        elif name_steps and isinstance(module, WrappedModel) and not given and part.isdigit():
             if int(part) == len(module) - 1:  # the model, or the wrapper within
                 steps += int(part)
             else:  # a step in front of the model

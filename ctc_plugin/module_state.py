@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ctc_plugin.module_paths import unwrapped
+from ctc_plugin.module_paths import path_without_wrappers, unwrapped
 
 __all__ = [
     "DigestMemo",
@@ -118,7 +118,8 @@ def state_digest(module: nn.Module, cast: torch.dtype | None = None) -> str:
     values as float64, which every float dtype casts to exactly), so two modules have the same
     digest exactly when their state dicts hold equal values tensor for tensor: the device,
     memory format, dtype (see `state_dtypes`) and wrappers (``nn.DataParallel``,
-    ``DistributedDataParallel``, ``torch.compile``) do not count. One tensor at a time is copied
+    ``DistributedDataParallel``, ``torch.compile``) do not count, around the model or around a
+    part of it (``model.backbone = torch.compile(model.backbone)``). One tensor at a time is copied
     to the CPU.
 
     Args:
@@ -127,7 +128,9 @@ def state_digest(module: nn.Module, cast: torch.dtype | None = None) -> str:
             of a half-precision copy, without making one).
     """
     digest = hashlib.sha256()
-    for key, value in unwrapped(module).state_dict().items():
+    module = unwrapped(module)
+    for key, value in module.state_dict().items():
+        key = path_without_wrappers(module, key)  # a compiled block's keys are the block's
         digest.update(f"{key}\0".encode())
         if not isinstance(value, Tensor):  # extra state, a quantized layer's packed weights
             digest.update(_serialised(value))

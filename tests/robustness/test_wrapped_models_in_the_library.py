@@ -292,6 +292,23 @@ def test_fitting_an_explainer_runs_a_classifier_compiled_in_place_as_its_python_
     for classifier in (compile_(_model(), backend), _model()):
         explainer = _explainer()
         explainer.fit(classifier, batches, epochs=1, seed=0, show_progress=False)
-        fitted.append(dict(explainer.named_parameters()))
+        fitted.append(explainer.state_dict())  # the classifier's digest too
     assert backend.count == 0
     assert all(torch.equal(fitted[0][k], fitted[1][k]) for k in fitted[1])
+
+
+def test_a_compiled_or_wrapped_part_leaves_the_weights_digest_as_it_is():
+    """An explainer fitted to a model with a compiled block recorded the digest of keys such as
+    ``blocks.0._orig_mod.conv.weight``: explaining the same model uncompiled then warned that
+    the classifier had other weights (and the other way round)."""
+    from ctc_plugin.module_state import state_digest
+
+    bare = state_digest(_model())
+    model = _model()
+    model.blocks[0] = torch.compile(model.blocks[0], backend="eager")
+    assert state_digest(model) == bare
+    model.blocks[1] = nn.DataParallel(model.blocks[1])
+    assert state_digest(nn.DataParallel(model)) == bare
+    step = ImagePreprocessing(mean=(0.5,) * 3, std=(0.2,) * 3)
+    normalised = nn.Sequential(step.wrap(_model())[0], _model())  # a WrappedModel's own keys
+    assert state_digest(step.wrap(model)) == state_digest(normalised) != bare
