@@ -559,7 +559,8 @@ def save_results(
 
     The ``.npz`` holds, for image ``i`` (in the order given) and each method ``M``:
     ``image{i}/pixels`` (3, H, W) float32 in [0, 1], ``image{i}/feature_mask`` (H, W) int64
-    segment ids ``0..K-1``, ``image{i}/logits`` (classes,), ``image{i}/target`` (),
+    segment ids ``0..K-1``, ``image{i}/logits`` (classes,) float32 (float64 for a model that
+    computes in float64), ``image{i}/target`` (),
     ``image{i}/{M}/scores`` (K,) float64 (segment ``k``'s score at index ``k``) and
     ``image{i}/{M}/attribution`` (H, W) float32. Read it with
     ``numpy.load(path, allow_pickle=False)``. Both files are written under temporary names in

@@ -125,7 +125,8 @@ class Result:
         name: The ``--method`` name.
         title: What figures and tables call it, e.g. ``"CTC (reference)"``.
         attribution: ``(H, W)`` float32 map on the CPU.
-        scores: ``(K,)`` float64 score of segments ``0..K-1``.
+        scores: ``(K,)`` float64 score of segments ``0..K-1`` (the means of the map in its own
+            type: a float64 model's CTC scores add up to its logit to float64 rounding).
         per_segment: True when the scores are the method's own segment scores, False when
             they are the means of a per-pixel map.
     """
@@ -144,16 +145,20 @@ def run_method(name: str, request: Request) -> Result:
         MethodError: The method cannot explain this model (e.g. Grad-CAM on a transformer).
         ValueError: Inputs the method refuses (the library's message).
     """
+    import torch
+
     from ctc_plugin.features.partition import segment_means
 
     title, attribution = _RUNNERS[name](request)
-    flat = attribution.detach().float().cpu()
+    flat = attribution.detach().cpu()
+    if flat.dtype != torch.float64:  # a float64 model's map stays so for its scores' means
+        flat = flat.float()
     while flat.dim() > 2:
         flat = flat[0] if flat.shape[0] == 1 else flat.sum(0)
     ids, scores = segment_means(flat, request.feature_mask.cpu())
     count = int(request.feature_mask.max()) + 1
     full = scores.new_zeros(count).index_copy_(0, ids, scores)
-    return Result(name, title, flat, full, name in SEGMENT_METHODS)
+    return Result(name, title, flat.float(), full, name in SEGMENT_METHODS)
 
 
 def _ctc(request: Request) -> tuple[str, Tensor]:

@@ -251,7 +251,11 @@ def _dtype_refusal(loaded: LoadedModel, pixels: torch.Tensor, first: str) -> str
 
 
 def scores_row(output: Any, loaded: LoadedModel, where: str = "") -> torch.Tensor:
-    """The class scores ``(classes,)`` (float32, on the CPU) of a model's output for one image.
+    """The class scores ``(classes,)`` (on the CPU) of a model's output for one image.
+
+    float32, or float64 where the model computes in float64: saved as the model gave them, so
+    that CTC's float64 scores add up to the saved logit to float64 rounding (float32 logits
+    were 1e-8 off). Half-precision outputs (a forward that casts itself) become float32.
 
     Every method takes the model's output as a float tensor ``(N, classes)``; anything else is
     refused here, before any method runs, instead of failing inside one (a tuple or a dict) or
@@ -285,7 +289,8 @@ def scores_row(output: Any, loaded: LoadedModel, where: str = "") -> torch.Tenso
             f"shaped {tuple(output.shape)} for one image; the methods need its class scores, "
             f"floats shaped (1, classes), one row per image: {advice}"
         )
-    return output[0].float().cpu()
+    row = output[0].detach().cpu()
+    return row if row.dtype == torch.float64 else row.float()
 
 
 def check_finite_scores(logits: torch.Tensor, loaded: LoadedModel, name: str) -> None:

@@ -219,7 +219,8 @@ class ShardRunner:
         """Explain every image of ``shard``; return its table and its arrays.
 
         The arrays are, per image ``i`` (its plan index): ``image{i}/feature_mask`` (H, W)
-        int32 segment ids ``0..K-1``, ``image{i}/logits`` float32 and, per target spec ``T`` and
+        int32 segment ids ``0..K-1``, ``image{i}/logits`` float32 (float64 for a model computing
+        in float64: `ctc_plugin.commands.model_checks.scores_row`) and, per target spec ``T`` and
         method ``M``, ``image{i}/{T}/{M}/attribution`` (H, W) float32.
 
         Args:
@@ -274,7 +275,7 @@ class ShardRunner:
         key = f"image{ref.index}"
         arrays = {
             f"{key}/feature_mask": mask[0, 0].numpy().astype(np.int32),
-            f"{key}/logits": logits.numpy().astype(np.float32),
+            f"{key}/logits": logits.numpy(),  # float32, float64 for a float64 model
         }
         rows = []
         count = int(mask.max()) + 1

@@ -138,9 +138,18 @@ def test_an_output_that_is_no_row_of_float_scores_is_refused(output, advice):
     assert f"shaped {tuple(output.shape)}" in str(caught.value)
 
 
-def test_scores_of_a_float64_model_are_float32():
-    row = scores_row(torch.arange(3, dtype=torch.float64)[None], _loaded())
-    assert row.dtype == torch.float32 and row.tolist() == [0.0, 1.0, 2.0]
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        (torch.float64, torch.float64),
+        (torch.float16, torch.float32),
+        (torch.bfloat16, torch.float32),
+    ],
+)
+def test_scores_keep_a_float64_models_type_and_half_precision_becomes_float32(given, kept):
+    """A float64 model's scores were rounded to float32 (saved 1e-8 off its CTC scores' sum)."""
+    row = scores_row(torch.arange(3, dtype=given)[None], _loaded())
+    assert row.dtype == kept and row.tolist() == [0.0, 1.0, 2.0]
 
 
 @pytest.mark.parametrize("scores", [[1.0, float("nan")], [float("inf"), 2.0, float("nan")]])
