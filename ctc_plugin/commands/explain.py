@@ -57,6 +57,7 @@ from ctc_plugin.commands.model_checks import (
     model_logits,
     model_pixels,
     output_function,
+    run_precision,
     target_class,
 )
 from ctc_plugin.commands.models import LoadedModel, is_zoo_spec, load_model
@@ -628,6 +629,10 @@ def save_results(
     summary = {
         "model": loaded.name,
         "weights": str(args.weights) if args.weights else None,
+        "precision": {  # a half-precision model ran in float32 (choose_precision)
+            "ran_in": str(run_precision(loaded)).removeprefix("torch."),
+            "cast_from": list(loaded.cast_from),
+        },
         "preprocessing": {
             "resize": preprocessing.resize,
             "crop": preprocessing.crop,

@@ -160,18 +160,25 @@ def _has_no_float64(device: torch.device | str | None) -> bool:
         return False
 
 
-def model_pixels(loaded: LoadedModel, pixels: torch.Tensor, device: Any) -> torch.Tensor:
-    """``pixels`` as the model takes them: on ``device``, in its weights' floating-point type.
+def run_precision(loaded: LoadedModel) -> torch.dtype:
+    """The floating-point type the model runs in: its weights' (after `choose_precision`).
 
-    float32, or float64 for a float64 model (`choose_precision`); a model without floating-point
-    weights takes float32.
+    float32, or float64 for a float64 model; a model without floating-point weights runs in
+    float32.
     """
     import torch
 
     from ctc_plugin.inputs import floating_dtype
 
-    dtype = floating_dtype(loaded.network) or torch.float32
-    return pixels.to(device=device, dtype=dtype)
+    return floating_dtype(loaded.network) or torch.float32
+
+
+def model_pixels(loaded: LoadedModel, pixels: torch.Tensor, device: Any) -> torch.Tensor:
+    """``pixels`` as the model takes them: on ``device``, in the type it runs in.
+
+    See `run_precision`: float32, or float64 for a float64 model.
+    """
+    return pixels.to(device=device, dtype=run_precision(loaded))
 
 
 def model_logits(

@@ -746,3 +746,23 @@ def test_a_random_draw_of_the_model_s_own_is_not_sent_to_other_methods(photo, ca
     """Every method's scores would be random there: 'take any model' was wrong advice."""
     error = _error(capsys, _explain(photo, "random_dropout_model", "--method", "ctc"))
     assert "training=True" in error and "take any model" not in error, error
+
+
+def half_model() -> nn.Module:
+    """``Net`` in float16 (the command runs it in float32)."""
+    return Net().half()
+
+
+@pytest.mark.parametrize(
+    ("model", "precision"),
+    [
+        ("half_model", {"ran_in": "float32", "cast_from": ["float16"]}),
+        ("double_model", {"ran_in": "float64", "cast_from": []}),
+        ("net_model", {"ran_in": "float32", "cast_from": []}),
+    ],
+)
+def test_the_json_says_which_precision_the_model_ran_in(photo, capsys, model, precision):
+    """A float16 model ran in float32 with a note on stdout, which the saved files left out."""
+    save = photo.parent / "run.npz"
+    assert main(_explain(photo, model, "--save", str(save))) == 0
+    assert json.loads(save.with_suffix(".json").read_text())["precision"] == precision
