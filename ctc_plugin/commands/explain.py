@@ -54,10 +54,10 @@ from ctc_plugin.commands.model_checks import (
     choose_precision,
     fit_class_names,
     is_own_size,
+    loaded_dtype,
     model_logits,
     model_pixels,
     output_function,
-    run_precision,
     target_class,
 )
 from ctc_plugin.commands.models import LoadedModel, is_zoo_spec, load_model
@@ -630,7 +630,7 @@ def save_results(
         "model": loaded.name,
         "weights": str(args.weights) if args.weights else None,
         "precision": {  # a half-precision model ran in float32 (choose_precision)
-            "ran_in": str(run_precision(loaded)).removeprefix("torch."),
+            "ran_in": str(loaded_dtype(loaded)).removeprefix("torch."),
             "cast_from": list(loaded.cast_from),
         },
         "preprocessing": {

@@ -160,11 +160,11 @@ def _has_no_float64(device: torch.device | str | None) -> bool:
         return False
 
 
-def run_precision(loaded: LoadedModel) -> torch.dtype:
-    """The floating-point type the model runs in: its weights' (after `choose_precision`).
+def loaded_dtype(loaded: LoadedModel) -> torch.dtype:
+    """The floating-point type a loaded model runs in: its weights' (after `choose_precision`).
 
     float32, or float64 for a float64 model; a model without floating-point weights runs in
-    float32.
+    float32. What `run_precision` foretells of the model before it is loaded and cast.
     """
     import torch
 
@@ -176,9 +176,9 @@ def run_precision(loaded: LoadedModel) -> torch.dtype:
 def model_pixels(loaded: LoadedModel, pixels: torch.Tensor, device: Any) -> torch.Tensor:
     """``pixels`` as the model takes them: on ``device``, in the type it runs in.
 
-    See `run_precision`: float32, or float64 for a float64 model.
+    See `loaded_dtype`: float32, or float64 for a float64 model.
     """
-    return pixels.to(device=device, dtype=run_precision(loaded))
+    return pixels.to(device=device, dtype=loaded_dtype(loaded))
 
 
 def model_logits(
@@ -454,6 +454,7 @@ __all__ = [
     "output_function",
     "choose_precision",
     "model_pixels",
+    "loaded_dtype",
     "run_precision",
     "scores_row",
     "size_advice",
