@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from ctc_plugin.commands import methods
 
@@ -19,3 +21,12 @@ def methods_run(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(methods, "run_method", recording)
     return calls
+
+
+@pytest.fixture
+def photo(tmp_path):
+    """A 40x30 photo (random pixels), ``tmp_path / "photo.png"``."""
+    array = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    path = tmp_path / "photo.png"
+    Image.fromarray(array).save(path)
+    return path

@@ -180,15 +180,6 @@ def system_out_of_memory_model() -> nn.Module:
     return SystemOutOfMemory()
 
 
-@pytest.fixture
-def photo(tmp_path):
-    """A 40x30 photo."""
-    array = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
-    path = tmp_path / "photo.png"
-    Image.fromarray(array).save(path)
-    return path
-
-
 def _explain(photo, model: str, *options: str) -> list[str]:
     """``explain PHOTO --model HERE:model`` at 32 pixels, with ``options``."""
     out = photo.parent / "fig.png"

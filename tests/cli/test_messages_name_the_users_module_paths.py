@@ -7,10 +7,8 @@ model)``; CTC's refusals, Integrative CAM's and the eval-mode check named the mo
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from ctc_plugin import CTC, IntegrativeCAM
@@ -45,15 +43,6 @@ class BatchStatistics(nn.Module):
 def batch_statistics_model() -> nn.Module:
     """``BatchStatistics``."""
     return BatchStatistics()
-
-
-@pytest.fixture
-def photo(tmp_path):
-    """A 40x30 photo."""
-    array = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
-    path = tmp_path / "photo.png"
-    Image.fromarray(array).save(path)
-    return path
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from ctc_plugin.cli import main
@@ -58,15 +57,6 @@ def data_parallel_batch_statistics() -> nn.Module:
 
 def compiled_batch_statistics() -> nn.Module:
     return torch.compile(Net(running_statistics=False))
-
-
-@pytest.fixture
-def photo(tmp_path):
-    """A 40x30 photo."""
-    array = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
-    path = tmp_path / "photo.png"
-    Image.fromarray(array).save(path)
-    return path
 
 
 @pytest.mark.parametrize("wrapper", ["data_parallel", "compiled"])
