@@ -129,6 +129,19 @@ def assert_proportional_is_exact(model, x, mask, target):
     return scores
 
 
+def assert_same_scores_in_every_mode(model, other, x, mask, target, **tol) -> None:
+    """``model`` and ``other`` (one network written two ways) give the same feature scores.
+
+    In each of the three bias-sharing modes; ``tol`` goes to ``torch.testing.assert_close``.
+    """
+    for mode in ("none", "proportional", "reference"):
+        torch.testing.assert_close(
+            feature_scores(model, x, mask, target, mode).scores,
+            feature_scores(other, x, mask, target, mode).scores,
+            **tol,
+        )
+
+
 def assert_exact_in_every_mode(model, x, mask, target) -> None:
     """``"proportional"`` exact (`assert_proportional_is_exact`); ``"reference"`` and
     ``"none"`` give their spec's scores."""

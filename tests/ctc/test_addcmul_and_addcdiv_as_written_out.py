@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .exactness import assert_refused, feature_scores, random_case
+from .exactness import assert_refused, assert_same_scores_in_every_mode, random_case
 
 D = 8
 MODES = ("none", "proportional", "reference")
@@ -122,12 +122,7 @@ def _pair(body: Callable) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Ten
 @pytest.mark.parametrize("kind", BODIES)
 def test_the_call_scores_as_written_out_in_every_mode(kind: str) -> None:
     called, written, x, mask = _pair(BODIES[kind])
-    for mode in MODES:
-        torch.testing.assert_close(
-            feature_scores(called, x, mask, 0, mode).scores,
-            feature_scores(written, x, mask, 0, mode).scores,
-            **TIGHT,
-        )
+    assert_same_scores_in_every_mode(called, written, x, mask, 0, **TIGHT)
 
 
 @pytest.mark.parametrize("kind", REFUSED)

@@ -25,7 +25,7 @@ from torch import nn
 from .exactness import (
     assert_exact_in_every_mode,
     assert_refused,
-    feature_scores,
+    assert_same_scores_in_every_mode,
     random_case,
 )
 
@@ -114,19 +114,10 @@ def _pair(build: Callable[[bool], nn.Module]):
     return called, written, x, mask
 
 
-def _assert_same_scores(called, written, x, mask) -> None:
-    for mode in MODES:
-        torch.testing.assert_close(
-            feature_scores(called, x, mask, 0, mode).scores,
-            feature_scores(written, x, mask, 0, mode).scores,
-            **TIGHT,
-        )
-
-
 @pytest.mark.parametrize("kind", ATTENTIONS)
 def test_attention_with_the_call_scores_as_written_out_in_every_mode(kind: str) -> None:
     called, written, x, mask = _pair(lambda call: _RelativeAttention(kind, call))
-    _assert_same_scores(called, written, x, mask)
+    assert_same_scores_in_every_mode(called, written, x, mask, 0, **TIGHT)
     assert_exact_in_every_mode(called, x, mask, 0)
 
 
@@ -171,12 +162,12 @@ class _Conv1D(nn.Module):
 @pytest.mark.parametrize("vector", [False, True], ids=["addmm", "addmm and addmv"])
 def test_addmm_scores_as_written_out_and_as_a_linear_layer(vector: bool) -> None:
     called, written, x, mask = _pair(lambda call: _Conv1D("addmm" if call else "written", vector))
-    _assert_same_scores(called, written, x, mask)
+    assert_same_scores_in_every_mode(called, written, x, mask, 0, **TIGHT)
     assert_exact_in_every_mode(called, x, mask, 0)
     if not vector:
         linear = _Conv1D("linear").double().eval()
         linear.load_state_dict(called.state_dict())
-        _assert_same_scores(called, linear, x, mask)
+        assert_same_scores_in_every_mode(called, linear, x, mask, 0, **TIGHT)
 
 
 @pytest.mark.filterwarnings("ignore:This overload of addmm is deprecated")
@@ -193,7 +184,7 @@ def test_the_deprecated_signature_with_the_scales_first_is_read_in_order() -> No
             return self.head(h.view(x.shape[0], -1, 2 * D).mean(1))
 
     called, written, x, mask = _pair(lambda call: Scaled("addmm" if call else "written"))
-    _assert_same_scores(called, written, x, mask)
+    assert_same_scores_in_every_mode(called, written, x, mask, 0, **TIGHT)
 
 
 class _Refused(nn.Module):

@@ -18,10 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .exactness import assert_exact_in_every_mode, assert_refused, feature_scores, random_case
+from .exactness import (
+    assert_exact_in_every_mode,
+    assert_refused,
+    assert_same_scores_in_every_mode,
+    random_case,
+)
 
 D, HEADS, TOKENS = 8, 2, 16
-MODES = ("none", "proportional", "reference")
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}
 
 
@@ -83,12 +87,7 @@ def test_a_repeated_constant_scores_as_the_same_constant_broadcast(place: str) -
     broadcast = _MergedHeads(values and "broadcast", logits and "broadcast").double().eval()
     broadcast.load_state_dict(repeated.state_dict())
     torch.testing.assert_close(repeated(x), broadcast(x), **TIGHT)
-    for mode in MODES:
-        torch.testing.assert_close(
-            feature_scores(repeated, x, mask, 0, mode).scores,
-            feature_scores(broadcast, x, mask, 0, mode).scores,
-            **TIGHT,
-        )
+    assert_same_scores_in_every_mode(repeated, broadcast, x, mask, 0, **TIGHT)
     assert_exact_in_every_mode(repeated, x, mask, 0)
 
 

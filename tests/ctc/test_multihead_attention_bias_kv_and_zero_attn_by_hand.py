@@ -25,11 +25,11 @@ from ctc_plugin import CTC, UnsupportedOperationError
 from .exactness import (
     assert_none_is_gradient_x_input,
     assert_proportional_adds_up,
+    assert_same_scores_in_every_mode,
     feature_scores,
 )
 
 TOKENS, WIDTH, HEADS = 5, 8, 2
-MODES = ("none", "proportional", "reference")
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}
 
 
@@ -142,12 +142,7 @@ def test_the_module_scores_as_the_network_written_out_in_every_mode(name: str) -
     model, x, mask = _case(name)
     by_hand = _as(model, "by hand")
     torch.testing.assert_close(model(x), by_hand(x), **TIGHT)
-    for mode in MODES:
-        torch.testing.assert_close(
-            feature_scores(model, x, mask, 0, mode).scores,
-            feature_scores(by_hand, x, mask, 0, mode).scores,
-            **TIGHT,
-        )
+    assert_same_scores_in_every_mode(model, by_hand, x, mask, 0, **TIGHT)
 
 
 @pytest.mark.parametrize("name", CASES)
