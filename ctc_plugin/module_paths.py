@@ -116,7 +116,7 @@ def _given(root: object, path: str, name_steps: bool) -> str:
     """`path_as_given` (``name_steps``: a WrappedModel's steps named), `path_without_wrappers`."""
     if not isinstance(root, nn.Module) or not path:
         return path
-    numbered = _input_steps(root) > 1
+    numbered = name_steps and _input_steps(root) > 1  # only named steps are numbered
     steps = 0  # the input steps of the wrappers passed so far
     given: list[str] = []
     module: nn.Module | None = root
