@@ -69,7 +69,8 @@ def _zoo_model(name: str, weights: Path | None) -> LoadedModel:
             + _did_you_mean(name)
         )
     try:
-        model = zoo.load(family, split, weights=weights)
+        with _weights_errors(name, weights):
+            model = zoo.load(family, split, weights=weights)
     except FileNotFoundError as error:
         raise CLIError(f"--model {name}: {error}") from error
     size = 96  # the zoo's training images (TrainConfig.image_size); the models normalise
@@ -91,7 +92,8 @@ def _torchvision_model(name: str, weights: Path | None) -> LoadedModel:
     from ctc_plugin.images import ImagePreprocessing
 
     weights = _needed_weights(name, weights, "a torchvision architecture")
-    network = zoo.load_torchvision(name, weights)  # GoogLeNet and Inception as for weights
+    with _weights_errors(name, weights):  # GoogLeNet and Inception built as for weights
+        network = zoo.load_torchvision(name, weights)
     size = getattr(network, "image_size", None)  # a ViT's own input size
     described = _weights_of_size(get_model_weights(name), size)
     preprocessing = ImagePreprocessing.from_weights(described)
@@ -618,11 +620,16 @@ def _needed_weights(spec: str, weights: Path | None, what: str) -> Path:
 
 
 @contextmanager
-def _weights_errors(spec: str, weights: Path) -> Iterator[None]:
-    """Weights that cannot be read or do not fit, as one line naming both options."""
+def _weights_errors(spec: str, weights: Path | None) -> Iterator[None]:
+    """Weights that cannot be read or do not fit, as one line naming both options.
+
+    Without ``--weights`` (a zoo model's shipped file) errors pass through unchanged.
+    """
     try:
         yield
     except ValueError as error:
+        if weights is None:
+            raise
         raise CLIError(f"--model {spec} --weights {weights}: {error}") from error
 
 

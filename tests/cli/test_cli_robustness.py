@@ -207,12 +207,31 @@ def _torchscript(path: Path) -> str:
     return str(path)
 
 
+def _truncated(path: Path) -> str:
+    torch.save(torch.nn.Linear(40, 40).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:1000])
+    return str(path)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         (
             ["--model", TINY, "--weights", "{other}"],
             "--weights {other}: weights in {other} do not fit the model: Error(s) in loading",
+        ),
+        (
+            ["--model", "resnet18", "--weights", "{other}"],
+            "error: --model resnet18 --weights {other}: weights in {other} do not fit the model",
+        ),
+        (
+            ["--model", "resnet", "--weights", "{other}"],
+            "error: --model resnet --weights {other}: weights in {other} do not fit the model",
+        ),
+        (
+            ["--model", "resnet18", "--weights", "{cut}"],
+            "error: --model resnet18 --weights {cut}: could not read weights from {cut}: it is a "
+            "truncated or corrupt zip archive",
         ),
         (["--model", "torch.nn:Linear"], "--model 'torch.nn:Linear' needs arguments"),
         (["--device", "xla"], "argument --device: expected cpu, cuda or mps"),
@@ -229,6 +248,7 @@ def test_model_and_device_mistakes_are_one_line(tmp_path, capsys, recwarn, optio
     files = {
         "{other}": _state(torch.nn.Linear(2, 2), tmp_path / "other.pt"),
         "{script}": _torchscript(tmp_path / "scripted.pt"),
+        "{cut}": _truncated(tmp_path / "cut.pt"),
     }
     options = [files.get(option, option) for option in options]
     for name, path in files.items():

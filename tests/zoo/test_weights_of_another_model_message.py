@@ -66,6 +66,7 @@ def test_explain_names_an_explainer_file_given_as_weights(tmp_path, capsys):
     args = ["explain", "--model", "resnet", "--weights", str(path), "--no-progress"]
     assert main([*args, "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
-    assert "\n" not in error and error.startswith("ctc-plugin explain: error: weights in ")
+    prefix = f"ctc-plugin explain: error: --model resnet --weights {path}: weights in "
+    assert "\n" not in error and error.startswith(prefix), error
     assert "is an Explainer file" in error and len(error) < 900
     assert not out.exists()
