@@ -109,7 +109,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="IMAGE",
         help="image files (PNG, JPEG, WebP, TIFF, ...; the EXIF orientation is applied, and "
         "palette, grayscale, 16-bit and CMYK images are read as RGB, transparent pixels "
-        "composited on white); default: a bundled synthetic sample",
+        "composited on white; a file named twice is explained once); default: a bundled "
+        "synthetic sample",
     )
     _add_options(explain, default_out="explanation.png")
     explain.set_defaults(func=run_explain)
@@ -241,7 +242,9 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
     )
 
     args.methods = list(dict.fromkeys(args.methods))  # each once, in the order given
-    paths = list(args.images) or [_sample_path(getattr(args, "split", "shapes"), "image")]
+    paths = _distinct_files(args.images) or [
+        _sample_path(getattr(args, "split", "shapes"), "image")
+    ]
     check_outputs_spare_inputs("--out", args.out, "the figure", [("IMAGE", p) for p in paths])
     sam_checkpoint_option(args)
     device = resolve_device(args.device)
@@ -302,6 +305,22 @@ def explain(args: argparse.Namespace, evidence_path: Path | None = None) -> int:
             json_path = save_results(args.save, explained, loaded, preprocessing, args)
         print(f"data written to {args.save} and {json_path}")
     return 0
+
+
+def _distinct_files(paths: list[Path]) -> list[Path]:
+    """``paths`` with each file once, as first named; a note for each file named again.
+
+    ``a.png ./a.png`` name one file: explaining it twice would draw two identical rows, save
+    them twice and count it twice in the once-per-run warnings.
+    """
+    names: dict[Path, list[Path]] = {}
+    for path in paths:
+        names.setdefault(path.resolve(), []).append(path)
+    for first, *again in (given for given in names.values() if len(given) > 1):
+        spellings = list(dict.fromkeys(str(path) for path in again if str(path) != str(first)))
+        as_ = f" (as {', '.join(spellings)})" if spellings else ""
+        print(f"note: {first} is given {counted(1 + len(again), 'time')}{as_}: explained once")
+    return [given[0] for given in names.values()]
 
 
 def _where(item: Explained, several: bool) -> str:
