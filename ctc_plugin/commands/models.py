@@ -161,11 +161,37 @@ def _callable_model(spec: str, weights: Path | None) -> LoadedModel:
             f"--model {spec!r} must name an nn.Module or a callable returning one, "
             f"got {type(model).__name__}"
         )
+    note = _unwrapping_note(spec, model)
     model = unwrapped(model)
     if weights is not None:
         with _weights_errors(spec, weights):  # the zoo's loading and its message
             model = load_state_into(model, read_state_dict(weights), weights)
-    return LoadedModel(model.eval(), spec, ImagePreprocessing(resize=224), None, source=spec)
+    return LoadedModel(
+        model.eval(), spec, ImagePreprocessing(resize=224), None, source=spec, note=note
+    )
+
+
+def _unwrapping_note(spec: str, model: nn.Module) -> str:
+    """The note that ``--model spec`` is explained as the model inside torch's wrappers, or ""."""
+    from torch import nn
+
+    from ctc_plugin.module_paths import held_inside
+
+    wrappers = []
+    while (inside := held_inside(model)) is not None:
+        if isinstance(model, nn.DataParallel):
+            wrappers.append("nn.DataParallel")
+        elif inside == "module":
+            wrappers.append(type(model).__name__)
+        else:
+            wrappers.append("torch.compile(...)")
+        model = getattr(model, inside)
+    if not wrappers:
+        return ""
+    return (
+        f"--model {spec} returns the model inside {' inside '.join(wrappers)}: it is explained "
+        "as that model (the same numbers on one device)"
+    )
 
 
 def _import_attribute(spec: str, module_name: str, attribute: str) -> Any:

@@ -93,3 +93,20 @@ def test_weights_of_the_bare_model_load_and_explain_as_it(photo, capsys, recwarn
     assert titles["gradcam"]["title"] == "Grad-CAM (features)"
     torch_noise = [w for w in recwarn if "global hooks" in str(w.message)]
     assert not torch_noise, torch_noise[0].message
+
+
+@pytest.mark.parametrize(
+    ("wrapper", "named"),
+    [("data_parallel", "nn.DataParallel"), ("compiled", "torch.compile(...)")],
+)
+def test_the_command_says_it_explains_the_model_inside(photo, capsys, wrapper, named):
+    argv = ["explain", str(photo), "--model", f"{HERE}:{wrapper}", *FAST,
+            "--method", "ctc", "--out", str(photo.parent / "fig.png")]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"note: --model {HERE}:{wrapper} returns the model inside {named}: it is explained "
+        "as that model (the same numbers on one device)" in printed
+    ), printed
+    assert main([*argv[:3], f"{HERE}:plain", *argv[4:]]) == 0
+    assert "returns the model inside" not in capsys.readouterr().out
