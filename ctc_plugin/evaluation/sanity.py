@@ -170,7 +170,9 @@ def cascading_randomisation(
         max_steps: Explain after at most this many evenly spaced steps, the last of which
             has every layer randomised (``max_steps=1``: only that one); ``None`` explains
             after every layer.
-        seed: Seed of the re-initialisation.
+        seed: Seed of the re-initialisation. The layers are drawn from it alone: a method
+            that draws random numbers itself does not change the randomised models, so
+            every method is explained on the same ones.
         absolute: Correlate absolute values (Adebayo et al.) instead of signed maps.
 
     Returns:
@@ -201,7 +203,10 @@ def cascading_randomisation(
             for owner in layers[name]:
                 _randomise(randomised.get_submodule(owner))
             if index in checkpoints:
-                maps = explain(method, randomised, images, labels, feature_mask)
+                # the method's own draws (SmoothGrad, an unseeded Lime) are forgotten after
+                # it: the next layers are drawn from the seed's stream, whatever it explained with
+                with torch.random.fork_rng(devices=cuda):
+                    maps = explain(method, randomised, images, labels, feature_mask)
                 steps.append(RandomisationStep(name, rank_correlation(original, maps, absolute)))
     return steps
 

@@ -1,0 +1,53 @@
+"""The cascade's random layers are the same whatever the method explains with.
+
+A method that draws from torch's generator (SmoothGrad, a Lime without a fixed seed) must not
+move the stream the next layers are re-initialised from: else two methods compared step by step
+would be explaining differently randomised models.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ctc_plugin.evaluation.sanity import cascading_randomisation
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 3),
+    ).eval()
+
+
+def _recording_gradient(seen: list[list[torch.Tensor]], draws: int):
+    """Input gradients; records the parameters of every model it explains; draws ``draws``."""
+
+    def method(model, images, target, feature_mask):
+        torch.rand(draws)  # the method's own randomness, unused by its maps
+        seen.append([p.detach().clone() for p in model.parameters()])
+        leaf = images.detach().clone().requires_grad_(True)
+        score = model(leaf).gather(1, target[:, None]).sum()
+        (gradient,) = torch.autograd.grad(score, leaf)
+        return gradient.sum(1, keepdim=True)
+
+    return method
+
+
+def test_the_randomised_layers_do_not_depend_on_the_methods_own_draws():
+    images = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    quiet: list[list[torch.Tensor]] = []
+    drawing: list[list[torch.Tensor]] = []
+    plain = cascading_randomisation(_recording_gradient(quiet, 0), _model(), images, 0, seed=3)
+    noisy = cascading_randomisation(_recording_gradient(drawing, 100), _model(), images, 0, seed=3)
+    assert len(quiet) == len(drawing) == 4  # the original model, then after each of 3 layers
+    for step, (first, second) in enumerate(zip(quiet, drawing)):
+        assert all(torch.equal(a, b) for a, b in zip(first, second)), f"step {step} differs"
+    for a, b in zip(plain, noisy):
+        assert a.layer == b.layer
+        torch.testing.assert_close(a.correlation, b.correlation, rtol=0, atol=0)
