@@ -121,7 +121,15 @@ def rank_correlation(first: Tensor, second: Tensor, absolute: bool = True) -> Te
         first: ``(N, 1, H, W)`` maps.
         second: Maps of the same shape.
         absolute: Rank the maps' absolute values (as the sanity check does).
+
+    Raises:
+        ValueError: The two batches differ in shape (one correlation per image pair).
     """
+    if tuple(first.shape) != tuple(second.shape):
+        raise ValueError(
+            f"maps to correlate must have the same shape, got {tuple(first.shape)} and "
+            f"{tuple(second.shape)}"
+        )
     a = first.detach().flatten(1).double().cpu().numpy()
     b = second.detach().flatten(1).double().cpu().numpy()
     if absolute:

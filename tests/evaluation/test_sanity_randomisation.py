@@ -205,3 +205,10 @@ def test_parameters_that_reset_parameters_does_not_write_are_random_too(wrap):
     last = dict(seen[-1].named_parameters())
     kept = [n for n, p in model.named_parameters() if torch.equal(p, last[n])]
     assert kept == [], f"left trained by the cascade: {kept}"
+
+
+@pytest.mark.parametrize("other", [(2, 1, 4, 4), (3, 1, 4, 5)])
+def test_rank_correlation_of_maps_of_other_shapes_is_refused(other):
+    """Three maps against two gave two correlations (zip dropped the third) instead of an error."""
+    with pytest.raises(ValueError, match=r"same shape.*\(3, 1, 4, 4\)"):
+        rank_correlation(torch.rand(3, 1, 4, 4), torch.rand(*other))
