@@ -268,9 +268,12 @@ def noise_generator(key: bytes, kind: str, severity: str | float) -> torch.Gener
     """The CPU generator of one image's noise for one perturbation.
 
     Seeded with the image's `image_key` and the perturbation, so the noise of an image under
-    one perturbation is the same whatever else the call perturbs or explains.
+    one perturbation is the same whatever else the call perturbs or explains. A numeric
+    severity counts by its value as a Python float: ``0.05``, ``np.float64(0.05)`` (from
+    ``np.linspace``, say) and ``1`` / ``1.0`` draw the same noise; a level name by its name.
     """
-    digest = hashlib.sha256(key + f"{kind}\0{severity!r}".encode()).digest()
+    level = severity if isinstance(severity, str) else float(severity)
+    digest = hashlib.sha256(key + f"{kind}\0{level!r}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 

@@ -183,3 +183,21 @@ def test_bad_protocol_settings_are_refused_before_anything_is_explained(options,
 def test_welch_test_of_no_results_says_so():
     with pytest.raises(ValueError, match="welch_test needs the results of run_protocol; got none"):
         welch_test([])
+
+
+def test_a_severity_draws_the_same_noise_whatever_type_holds_its_number():
+    """The noise was seeded with the severity's repr: ``np.float64(0.05)`` (a value from
+    ``np.linspace``) drew other noise than ``0.05``, and ``1`` other noise than ``1.0``."""
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def distances(severity):
+        results = run_protocol(
+            identity_method, Threshold(), images, perturbations=[("gaussian", severity)]
+        )
+        return results[0].distances
+
+    reference = distances(0.05)
+    for same in (np.float64(0.05), np.linspace(0, 0.1, 3)[1]):
+        torch.testing.assert_close(distances(same), reference, rtol=0, atol=0)
+    torch.testing.assert_close(distances(np.int64(1)), distances(1.0), rtol=0, atol=0)
+    torch.testing.assert_close(distances(1), distances(1.0), rtol=0, atol=0)
