@@ -117,3 +117,21 @@ def test_a_model_that_reads_its_raw_input_again_voids_the_test_and_is_refused():
     torch.manual_seed(0)
     with pytest.raises(ValueError, match="not the same function: its logits at images -0.5"):
         input_invariance(captum_method(Saliency), Skip().eval(), torch.rand(2, 3, 8, 8))
+
+
+def test_integrative_cam_is_invariant_only_without_its_bias_terms():
+    """The page said every CAM is invariant by construction; Integrative CAM's FullGrad bias
+    terms read the first layer's bias, which the shifted copy changes to absorb the shift."""
+    from ctc_plugin.cam.integrative import IntegrativeCAM
+
+    def cam(bias):
+        def method(model, images, target, feature_mask):
+            return IntegrativeCAM(model, bias=bias).attribute(images, target=target).detach()
+
+        return method
+
+    torch.manual_seed(0)
+    model = Normalised(nn.Conv2d(3, 4, 3, padding=1)).eval()
+    x = torch.rand(2, 3, 8, 8)
+    assert input_invariance(cam(False), model, x, shift=-0.5).differences.max() < 1e-4
+    assert input_invariance(cam(True), model, x, shift=-0.5).differences.min() > 1e-3
