@@ -174,11 +174,18 @@ def _score(model: nn.Module, batch: Tensor, target: int, output: str) -> Tensor:
 
     Raises:
         ValueError: With ``output="probability"``, for a model whose output is already
-            probabilities: a second softmax would squeeze every curve towards ``1 / classes``.
+            probabilities: a second softmax would squeeze every curve towards ``1 / classes``;
+            and for a model with one output, whose softmax is 1 for every image.
     """
     logits = model(batch)
     if output != "probability":
         return logits[:, target]
+    if logits.shape[1] == 1:
+        raise ValueError(
+            "the model has one output, and output='probability' takes the softmax over the "
+            "outputs, which is 1 for every image: every curve would be flat at 1; pass "
+            "output='logit' (or a model with one output per class)"
+        )
     if is_probability_output(logits):
         raise ValueError(
             "the model's output is already probabilities (its rows are non-negative and sum "
@@ -231,7 +238,8 @@ def perturbation_curve(
 
     Raises:
         ValueError: For bad arguments, and with ``output="probability"`` for a model whose
-            output is already probabilities (a softmax of them would be taken again).
+            output is already probabilities (a softmax of them would be taken again) or that
+            has one output (its softmax is 1 for every image).
     """
     images = check_images(images)
     maps = as_maps(attributions)  # on the CPU, where the moved pixel sets are built

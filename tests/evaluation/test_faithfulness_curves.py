@@ -192,6 +192,24 @@ def test_a_model_that_outputs_probabilities_is_refused_for_probability_curves():
     torch.testing.assert_close(as_is.scores, of_logits.scores)
 
 
+def test_a_model_with_one_output_is_refused_for_probability_curves():
+    """The softmax of a single logit is 1 whatever the image: every curve was flat at 1 and
+    every method's AUC 1, silently."""
+    weight = torch.randn(1, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+
+    class OneLogit(nn.Module):
+        def forward(self, x):
+            return (x * weight).flatten(1).sum(1, keepdim=True)
+
+    maps = (weight * images).sum(1)
+    with pytest.raises(ValueError, match=r"has one output.*output='logit'"):
+        perturbation_curve(OneLogit(), images, 0, maps, steps=4)
+    logit = perturbation_curve(OneLogit(), images, 0, maps, steps=4, output="logit")
+    torch.testing.assert_close(logit.scores[:, 0], OneLogit()(images)[:, 0].double())
+    assert (logit.scores[:, -1] == 0).all()
+
+
 def test_callable_and_tensor_baselines():
     images = torch.rand(2, 3, 4, 4)
     assert torch.equal(
