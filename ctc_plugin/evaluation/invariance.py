@@ -147,6 +147,7 @@ def shifted_model(model: nn.Module, shift: float, example: Tensor) -> nn.Module:
         top, left = _padding(layer)
         layer.padding = (0, 0)
         replacement = nn.Sequential(ShiftPad2d((left, left, top, top), delta), layer)
+        replacement.train(layer.training)  # new modules start in training mode: take the layer's
         parent_name, _, child = name.rpartition(".")
         setattr(shifted.get_submodule(parent_name) if parent_name else shifted, child, replacement)
     return shifted

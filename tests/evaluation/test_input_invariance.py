@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from ctc_plugin.evaluation.invariance import input_invariance, shifted_model
+from ctc_plugin.evaluation.invariance import ShiftPad2d, input_invariance, shifted_model
 
 
 class Normalised(nn.Module):
@@ -135,3 +135,13 @@ def test_integrative_cam_is_invariant_only_without_its_bias_terms():
     x = torch.rand(2, 3, 8, 8)
     assert input_invariance(cam(False), model, x, shift=-0.5).differences.max() < 1e-4
     assert input_invariance(cam(True), model, x, shift=-0.5).differences.min() > 1e-3
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_shifted_copy_keeps_every_modules_mode(training):
+    """The padding module and its wrapper were new modules in training mode inside a copy of a
+    model in eval mode: the copy was not, as documented, in the model's mode."""
+    model = Normalised(nn.Conv2d(3, 4, 3, padding=1)).train(training)
+    copy = shifted_model(model, -0.5, torch.rand(1, 3, 6, 6))
+    assert any(isinstance(module, ShiftPad2d) for module in copy.modules())
+    assert all(module.training == training for module in copy.modules())
