@@ -136,7 +136,8 @@ def shifted_model(model: nn.Module, shift: float, example: Tensor) -> nn.Module:
     with torch.no_grad():
         total = _weight_times_shift(layer, delta)
         bias = layer.bias.clone() if layer.bias is not None else torch.zeros_like(total)
-        layer.bias = nn.Parameter(bias - total)
+        trained = (layer.bias if layer.bias is not None else layer.weight).requires_grad
+        layer.bias = nn.Parameter(bias - total, requires_grad=trained)  # a frozen model stays so
     # reflect, replicate and circular padding pad x + shift with the shifted values: the bias
     # alone compensates; zero padding would pad with 0, not with the shift
     if (

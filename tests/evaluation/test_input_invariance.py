@@ -145,3 +145,11 @@ def test_the_shifted_copy_keeps_every_modules_mode(training):
     copy = shifted_model(model, -0.5, torch.rand(1, 3, 6, 6))
     assert any(isinstance(module, ShiftPad2d) for module in copy.modules())
     assert all(module.training == training for module in copy.modules())
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_shifted_copy_of_a_frozen_model_stays_frozen(bias):
+    """The new first-layer bias was a fresh parameter requiring gradients in a frozen model."""
+    model = Normalised(nn.Conv2d(3, 4, 3, padding=1, bias=bias)).eval().requires_grad_(False)
+    copy = shifted_model(model, -0.5, torch.rand(1, 3, 6, 6))
+    assert not any(parameter.requires_grad for parameter in copy.parameters())
