@@ -7,6 +7,7 @@ would be explaining differently randomised models.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -29,7 +30,7 @@ def _recording_gradient(seen: list[list[torch.Tensor]], draws: int):
     """Input gradients; records the parameters of every model it explains; draws ``draws``."""
 
     def method(model, images, target, feature_mask):
-        torch.rand(draws)  # the method's own randomness, unused by its maps
+        torch.rand(draws, device=images.device)  # the method's own randomness, unused
         seen.append([p.detach().clone() for p in model.parameters()])
         leaf = images.detach().clone().requires_grad_(True)
         score = model(leaf).gather(1, target[:, None]).sum()
@@ -39,12 +40,20 @@ def _recording_gradient(seen: list[list[torch.Tensor]], draws: int):
     return method
 
 
-def test_the_randomised_layers_do_not_depend_on_the_methods_own_draws():
-    images = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_the_randomised_layers_do_not_depend_on_the_methods_own_draws(device):
+    images = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(1)).to(device)
     quiet: list[list[torch.Tensor]] = []
     drawing: list[list[torch.Tensor]] = []
-    plain = cascading_randomisation(_recording_gradient(quiet, 0), _model(), images, 0, seed=3)
-    noisy = cascading_randomisation(_recording_gradient(drawing, 100), _model(), images, 0, seed=3)
+
+    def cascade(seen, draws):
+        method = _recording_gradient(seen, draws)
+        return cascading_randomisation(method, _model().to(device), images, 0, seed=3)
+
+    plain, noisy = cascade(quiet, 0), cascade(drawing, 100)
     assert len(quiet) == len(drawing) == 4  # the original model, then after each of 3 layers
     for step, (first, second) in enumerate(zip(quiet, drawing)):
         assert all(torch.equal(a, b) for a, b in zip(first, second)), f"step {step} differs"
