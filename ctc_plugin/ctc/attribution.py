@@ -50,6 +50,7 @@ from ctc_plugin.targets import (
     select_targets,
     slice_targets,
 )
+from ctc_plugin.wording import counted
 
 #: One input tensor, or a tuple of them (Captum's ``TensorOrTupleOfTensorsGeneric``).
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
@@ -443,6 +444,7 @@ class CTC(Attribution):
                 "feature_mask=SuperpixelSegmenter()(x[:, :3]) for RGBA images "
                 "(ctc_plugin.features)"
             ) from error
+        _check_one_map_per_image(mask, inputs[0], segmenter)
         try:
             prepare_features(inputs, mask)
         except ValueError as error:  # its words say feature_mask, which the user did not give
@@ -733,6 +735,33 @@ def check_segmenter(segmenter: Any) -> None:
     raise TypeError(
         f"CTC's second argument is the segmenter, a callable that makes feature masks; got a "
         f"{given}: {hint}"
+    )
+
+
+def _check_one_map_per_image(mask: Any, images: torch.Tensor, segmenter: Any) -> None:
+    """Refuse a segmenter's mask that is not ``(N, 1, H, W)`` (or ``(1, 1, H, W)``, shared).
+
+    As a ``feature_mask``, an ``(N, H, W)`` mask of as many images as channels would be read
+    per channel (Captum's broadcasting), each image's map becoming one channel's features of
+    every image; a segmenter's masks are per image, never per channel.
+
+    Raises:
+        ValueError: A tensor of another rank or with more than one channel, naming the
+            segmenter, the shape it returned and the form expected.
+    """
+    if not isinstance(mask, torch.Tensor) or (mask.dim() == 4 and mask.shape[1] == 1):
+        return  # prepare_features names what else is wrong
+    count = images.shape[0]
+    fix = (
+        "return mask.unsqueeze(1)"
+        if mask.dim() == 3 and mask.shape[0] == count
+        else "a map shared by every image is (1, 1, H, W)"
+    )
+    raise ValueError(
+        f"the segmenter ({type(segmenter).__name__}) returned a mask of shape "
+        f"{tuple(mask.shape)} for {counted(count, 'image')} {tuple(images.shape)}: a segmenter "
+        f"returns one map per image, (N, 1, H, W) integer feature ids "
+        f"(ctc_plugin.features.SegmenterProtocol), never per channel; {fix}"
     )
 
 
