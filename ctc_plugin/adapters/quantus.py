@@ -69,13 +69,40 @@ def _check_softmax(model: nn.Module, images: Tensor, softmax: Any) -> None:
         )
 
 
-def _tensor(value: Any, name: str, dtype: torch.dtype, device: torch.device) -> Tensor:
+def _tensor(value: Any, name: str, dtype: torch.dtype | None, device: torch.device) -> Tensor:
+    """``value`` (an array or tensor) on ``device``, in ``dtype`` (``None``: its own)."""
     if isinstance(value, Tensor):
         return value.to(device=device, dtype=dtype)
     try:
         return torch.as_tensor(np.asarray(value), dtype=dtype, device=device)
     except (TypeError, ValueError) as error:
         raise TypeError(f"{name} must be an array or tensor, got {type(value).__name__}") from error
+
+
+def _feature_ids(value: Any, device: torch.device) -> Tensor:
+    """``feature_mask`` as integer ids; floats only where they hold whole numbers.
+
+    Quantus hands NumPy arrays, whose label maps are often floats; their whole numbers are
+    the ids. A fractional value is no id (a label map resized with bilinear interpolation
+    holds them along every border), and truncated it would join another feature.
+
+    Raises:
+        ValueError: NaN, infinite or fractional values, saying how to resize label maps.
+    """
+    mask = _tensor(value, "feature_mask", None, device)
+    if mask.is_floating_point():
+        fractional = ~(torch.isfinite(mask) & (mask == mask.round()))
+        if fractional.any():
+            example = mask[fractional].flatten()[0].item()
+            raise ValueError(
+                f"feature_mask holds {int(fractional.sum())} non-integer values (e.g. "
+                f"{example:.4g}): feature ids are whole numbers, and a fraction would be "
+                "truncated into another feature. A label map resized with "
+                "mode='bilinear' invents such values along its borders: resize it with "
+                "mode='nearest' (torch.nn.functional.interpolate(mask.float(), size, "
+                "mode='nearest').long())"
+            )
+    return mask.long()
 
 
 def explain_func(
@@ -171,7 +198,7 @@ def explain_func(
     mask = None
     if spec.uses_features:
         if feature_mask is not None:
-            mask = _tensor(feature_mask, "feature_mask", torch.long, device)
+            mask = _feature_ids(feature_mask, device)
         else:
             if segmenter is None:
                 from ctc_plugin.features import SuperpixelSegmenter

@@ -168,3 +168,22 @@ def test_an_attributor_on_an_unwrapped_hugging_face_model_is_told_to_wrap():
     with pytest.raises(ValueError, match=r"\.logits .*HuggingFaceClassifier\(model\)"):
         attributor(torch.rand(1, 3, 32, 32), torch.eye(3)[[1]])
     assert not any(module._forward_hooks for module in model.modules())
+
+
+@pytest.mark.parametrize("method", ["CTC-proportional", "FeatureAblation"])
+def test_a_feature_mask_of_fractional_ids_is_refused_not_truncated(method):
+    """A label map resized with bilinear interpolation holds fractional ids along the borders
+    (0.083, 0.25, ...): cast to integers they were truncated into features the mask never had
+    (a strip of 0.75s joined feature 0), and every method ran on them. Float masks of whole
+    numbers (as NumPy keeps them) are taken as they are."""
+    x, y = _batch()
+    cells = torch.arange(4.0).view(1, 1, 2, 2)
+    resized = torch.nn.functional.interpolate(cells, size=(8, 8), mode="bilinear").numpy()
+    with pytest.raises(ValueError, match=r"feature_mask holds .*non-integer.*mode='nearest'"):
+        explain_func(_cnn(), x, y, method=method, feature_mask=resized)
+    nearest = torch.nn.functional.interpolate(cells, size=(8, 8), mode="nearest").numpy()
+    as_floats = explain_func(_cnn(), x, y, method=method, feature_mask=nearest)
+    as_integers = explain_func(_cnn(), x, y, method=method, feature_mask=nearest.astype(np.int64))
+    np.testing.assert_array_equal(as_floats, as_integers)
+    with pytest.raises(ValueError, match="non-integer"):
+        explain_func(_cnn(), x, y, method=method, feature_mask=np.full((1, 1, 8, 8), np.nan))
