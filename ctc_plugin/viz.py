@@ -134,11 +134,13 @@ def plot_segment_scores(
     import matplotlib.pyplot as plt
     from skimage.segmentation import mark_boundaries
 
+    from ctc_plugin.features.partition import segment_ids
+
     if top_k < 0:
         raise ValueError(f"top_k must be 0 (no ranks written) or more, got {top_k}")
     rgb = _numpy_image(image)
     shape = rgb.shape[:2]
-    segments = _segment_ids(_numpy_map(feature_mask, shape, "feature_mask"))
+    segments = segment_ids(_numpy_map(feature_mask, shape, "feature_mask"))
     panels = dict(scores) if _is_panel_mapping(scores) else {"scores": scores}
     painted = {name: _paint(value, segments, ids, name) for name, value in panels.items()}
 
@@ -258,28 +260,6 @@ def _numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
             "image / 255 for 8-bit values"
         )
     return np.clip(array.transpose(1, 2, 0), 0.0, 1.0)
-
-
-def _segment_ids(mask: np.ndarray) -> np.ndarray:
-    """``mask`` as int64 segment ids; a float mask must hold whole numbers.
-
-    Raises:
-        ValueError: If a float mask holds a fraction or a value that is not finite (its ids
-            would have been truncated, merging segments without a word), or the mask is
-            neither integer, boolean nor float.
-    """
-    if mask.dtype.kind in "iub":
-        return mask.astype(np.int64)
-    if mask.dtype.kind != "f":
-        raise ValueError(f"feature_mask must hold integer segment ids, got dtype {mask.dtype}")
-    bad = ~np.isfinite(mask) | (mask != np.round(mask))
-    if bad.any():
-        value = mask[bad].flat[0]
-        raise ValueError(
-            f"feature_mask must hold integer segment ids, got {value!r} in a float mask; pass "
-            "the segmenter's integer mask (or round it yourself if rounding is meant)"
-        )
-    return mask.astype(np.int64)
 
 
 def _numpy_map(values: Any, shape: tuple[int, int], name: str) -> np.ndarray:

@@ -372,6 +372,30 @@ def _is_per_image(item: Any) -> bool:
     return isinstance(item, Sequence)
 
 
+def segment_ids(mask: np.ndarray) -> np.ndarray:
+    """``mask`` as int64 segment ids; a float mask must hold whole numbers.
+
+    Raises:
+        ValueError: If a float mask holds a fraction or a value that is not finite (its ids
+            would have been truncated, merging segments without a word), or the mask is
+            neither integer, boolean nor float.
+    """
+    if mask.dtype.kind in "iub":
+        return mask.astype(np.int64)
+    if mask.dtype.kind != "f":
+        raise ValueError(f"feature_mask must hold integer segment ids, got dtype {mask.dtype}")
+    bad = ~np.isfinite(mask) | (mask != np.round(mask))
+    if bad.any():
+        value = mask[bad].flat[0]
+        raise ValueError(
+            f"feature_mask must hold integer segment ids, got {value!r} in a float mask; a "
+            "label map resized with mode='bilinear' holds such values along its borders (resize "
+            "it with mode='nearest'). Pass the segmenter's integer mask (or round it yourself if "
+            "rounding is meant)"
+        )
+    return mask.astype(np.int64)
+
+
 def _without_leading_ones(tensor: torch.Tensor, rank: int) -> torch.Tensor:
     """``tensor`` without its leading dims of size 1 beyond ``rank`` (a 1 x 1 map keeps both)."""
     while tensor.dim() > rank and tensor.shape[0] == 1:
@@ -393,16 +417,18 @@ def segment_means(
         values: ``(H, W)`` map; ``(1, H, W)``, ``(1, 1, H, W)`` and ``(C, H, W)`` are accepted
             too (channels are summed: for a feature method, whose attributions repeat the
             score in every channel, pass one channel, ``attributions[0, 0]``).
-        feature_mask: ``(H, W)`` integer feature ids (or ``(1, H, W)`` / ``(1, 1, H, W)``).
+        feature_mask: ``(H, W)`` integer feature ids (or ``(1, H, W)`` / ``(1, 1, H, W)``); a
+            float mask of whole numbers is read as its integers.
 
     Returns:
         ``(ids, means)``: the sorted feature ids present in the mask, and the float64 mean of
         ``values`` over each.
 
     Raises:
-        ValueError: If the map and the mask do not have the same height and width.
+        ValueError: If the map and the mask do not have the same height and width, or a float
+            mask holds a fraction or a value that is not finite.
     """
-    mask = _without_leading_ones(torch.as_tensor(_to_numpy(feature_mask)), 2)
+    mask = _without_leading_ones(torch.from_numpy(segment_ids(_to_numpy(feature_mask))), 2)
     array = _without_leading_ones(torch.as_tensor(_to_numpy(values), dtype=torch.float64), 3)
     if array.dim() == 3:
         array = array.sum(0)
@@ -411,7 +437,7 @@ def segment_means(
             f"values {tuple(array.shape)} and feature_mask {tuple(mask.shape)} must both be "
             "(H, W) maps of the same size"
         )
-    ids, inverse = torch.unique(mask.to(torch.int64), return_inverse=True)
+    ids, inverse = torch.unique(mask, return_inverse=True)
     sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(
         0, inverse.flatten(), array.flatten()
     )
