@@ -251,8 +251,15 @@ def as_feature_mask(
       image's label map, a boolean one a mask; a list mixing the two is refused, and so is a
       list of integer arrays that all hold only 0 and 1 or 0 and 255, see Raises).
 
-    Overlapping masks go through [`to_partition`][ctc_plugin.features.partition.to_partition] with
-    ``options``.
+    Boolean masks (a stack, a list, SAM's dicts, an ``ImageMaskInput``'s ``mask_list``), disjoint
+    or overlapping, go through [`to_partition`][ctc_plugin.features.partition.to_partition] with
+    ``options``, the published post-processing: the ids follow the masks' areas, largest first,
+    not their order in the list (Captum's ``ImageMaskInput`` numbers ``mask_list[i]`` as feature
+    ``i``); each mask is first dilated with a ``ceil(W / 100)`` square kernel (``dilation=0``
+    keeps the masks as they are); the pixels no mask covers become features of their own.
+    ``to_partition(masks, return_sources=True)`` tells which mask each id came from. A list of
+    disjoint boolean masks given to ``CTC.attribute`` as its ``feature_mask`` keeps mask ``i``
+    as id ``i``, undilated, and the pixels no mask covers as id ``len(masks)``.
 
     Args:
         masks: The masks.
