@@ -137,8 +137,12 @@ def prepare_features(
                 f"of shape {tuple(x.shape)}: each dimension must be 1 or equal to the input's, "
                 "e.g. (1, 1, H, W) for all examples or (N, 1, H, W) per example"
             )
-        if mask.numel() and int(mask.min()) < 0:
-            raise ValueError(f"feature_mask {i} has negative ids; feature ids must be >= 0")
+        smallest = int(mask.min()) if mask.numel() else 0
+        if smallest < 0:
+            raise ValueError(
+                f"feature_mask {i} has negative ids (the smallest is {smallest}); feature ids "
+                "must be >= 0: shift them with mask - mask.min(), which keeps every feature"
+            )
         checked.append(mask.to(device=x.device, dtype=torch.long))
     ids = torch.unique(torch.cat([m.flatten() for m in checked]))
     presence = torch.zeros(n, ids.numel(), dtype=torch.bool, device=ids.device)
