@@ -42,13 +42,23 @@ class FeatureSet:
 
 
 def masks_from_boolean_list(masks: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """Turn a list of disjoint boolean (H, W) masks into a (1, 1, H, W) integer feature mask.
+    """Turn a list of disjoint boolean (H, W) masks into an integer feature mask.
 
-    Mask ``i`` becomes feature ``i``; pixels no mask covers become feature ``len(masks)``.
+    The masks cover the last two dimensions of ``like`` (an image batch's (H, W), a sequence
+    batch's (L, D)); the result has ``like``'s rank, (1, 1, H, W) for images. Mask ``i`` becomes
+    feature ``i``; pixels no mask covers become feature ``len(masks)``.
 
     Raises:
-        ValueError: an empty mask, overlapping masks, or masks of the wrong shape.
+        ValueError: an empty mask, overlapping masks, masks of the wrong shape, or an input of
+            fewer than 3 dimensions (rows of features: their masks are integer ids).
     """
+    if like.dim() < 3:
+        raise ValueError(
+            f"a list of boolean masks covers the two last dimensions of each example (H, W) "
+            f"and the input {tuple(like.shape)} has one per example: for rows of features "
+            "(N, F) give integer feature ids, e.g. one feature per column: "
+            "feature_mask=torch.arange(x.shape[1]).unsqueeze(0)"
+        )
     spatial = tuple(like.shape[-2:])
     label = torch.full(spatial, -1, dtype=torch.long, device=like.device)
     for i, mask in enumerate(masks):
@@ -75,7 +85,7 @@ def masks_from_boolean_list(masks: Sequence[torch.Tensor], like: torch.Tensor) -
             )
         label[mask] = i
     label[label < 0] = len(masks)
-    return label.view(1, 1, *spatial)
+    return label.view(*([1] * (like.dim() - 2)), *spatial)
 
 
 def prepare_features(
