@@ -119,8 +119,10 @@ def plot_segment_scores(
 
     Raises:
         ValueError: If the shapes do not fit together, ``axes`` has the wrong length,
-            ``top_k`` is negative, or the image's values are not in [0, 1] (a normalised or
-            8-bit image would be drawn clipped).
+            ``top_k`` is negative, the image's values are not in [0, 1] (a normalised or
+            8-bit image would be drawn clipped), or ``FeatureScores`` whose first example's
+            feature mask is not ``feature_mask`` (another example's scores are
+            ``dict(scores.ranked(i))``).
 
     Examples:
         >>> from ctc_plugin.viz import plot_segment_scores, save_figure
@@ -305,6 +307,7 @@ def _paint(value: Any, segments: np.ndarray, ids: Any, name: str) -> tuple[np.nd
 
     present = np.unique(segments)
     if hasattr(value, "scores") and hasattr(value, "ids"):  # FeatureScores
+        _check_first_example_mask(value, segments, name)
         keep = value.present[0] if getattr(value, "present", None) is not None else None
         feature_ids = value.ids if keep is None else value.ids[keep.cpu()]
         feature_scores = (
@@ -349,6 +352,34 @@ def _paint(value: Any, segments: np.ndarray, ids: Any, name: str) -> tuple[np.nd
     for feature, score in by_id.items():
         heat[segments == feature] = score
     return heat, _ranked(by_id, present)
+
+
+def _check_first_example_mask(scores: Any, segments: np.ndarray, name: str) -> None:
+    """Refuse `FeatureScores` whose first example's feature mask is not ``segments``.
+
+    A `FeatureScores` panel shows the first example of its call, by feature id: on another
+    example's mask those ids name other segments. Scores without a mask of their own, of a
+    tuple of inputs, or with a mask per channel are not checked.
+
+    Raises:
+        ValueError: The first example's mask differs from ``segments``, saying how to pass
+            another example's scores.
+    """
+    masks = getattr(scores, "feature_mask", None)
+    if not isinstance(masks, tuple) or len(masks) != 1:
+        return
+    first = masks[0]
+    if first.dim() == 4 and first.shape[1] == 1:
+        first = first[0, 0]
+    if first.dim() != 2 or tuple(first.shape) != segments.shape:
+        return
+    if not np.array_equal(first.detach().cpu().numpy(), segments):
+        raise ValueError(
+            f"{name}: FeatureScores are drawn for the first example of their call, whose "
+            "feature mask differs from the feature_mask given here (another example's?); for "
+            "example i pass its scores by id, dict(scores.ranked(i)), with its mask "
+            "(feature_mask[i, 0])"
+        )
 
 
 def _ranked(by_id: dict[int, float], present: np.ndarray) -> list[tuple[int, int]]:
