@@ -79,17 +79,36 @@ def _tensor(value: Any, name: str, dtype: torch.dtype | None, device: torch.devi
         raise TypeError(f"{name} must be an array or tensor, got {type(value).__name__}") from error
 
 
-def _feature_ids(value: Any, device: torch.device) -> Tensor:
-    """``feature_mask`` as integer ids; floats only where they hold whole numbers.
+def _feature_ids(value: Any, images: Tensor) -> Tensor:
+    """``feature_mask`` as integer ids ``(N or 1, 1 or C, H, W)`` for ``images``.
 
     Quantus hands NumPy arrays, whose label maps are often floats; their whole numbers are
     the ids. A fractional value is no id (a label map resized with bilinear interpolation
-    holds them along every border), and truncated it would join another feature.
+    holds them along every border), and truncated it would join another feature. An
+    ``(H, W)`` map is one map for every image.
 
     Raises:
-        ValueError: NaN, infinite or fractional values, saying how to resize label maps.
+        ValueError: NaN, infinite or fractional values, saying how to resize label maps; a
+            shape that does not fit the batch, naming the shapes that do.
     """
-    mask = _tensor(value, "feature_mask", None, device)
+    mask = _tensor(value, "feature_mask", None, images.device)
+    count, channels, height, width = images.shape
+    given = tuple(mask.shape)
+    if mask.dim() == 2:
+        mask = mask[None, None]
+    fits = (
+        mask.dim() == 4
+        and mask.shape[0] in (1, count)
+        and mask.shape[1] in (1, channels)
+        and tuple(mask.shape[2:]) == (height, width)
+    )
+    if not fits:
+        raise ValueError(
+            f"feature_mask of shape {given} does not fit the batch {tuple(images.shape)}: "
+            f"give {(1, 1, height, width)} (or {(height, width)}) for every image, or "
+            f"{(count, 1, height, width)} per image (for batches of another size, pass "
+            "segmenter= to segment each batch)"
+        )
     if mask.is_floating_point():
         fractional = ~(torch.isfinite(mask) & (mask == mask.round()))
         if fractional.any():
@@ -126,7 +145,8 @@ def explain_func(
         method: A name from `ctc_plugin.harness.methods.registry`, e.g. ``"CTC-reference"``,
             ``"IntegrativeCAM"``, ``"Explainer"`` (needs ``explainer``) or a peer such as
             ``"IntegratedGradients"``.
-        feature_mask: Fixed features ``(N or 1, 1, H, W)`` for feature-based methods.
+        feature_mask: Fixed features ``(N or 1, 1, H, W)`` for feature-based methods (an
+            ``(H, W)`` map serves every image); integer ids, or floats holding whole numbers.
         segmenter: Makes features for each batch when no ``feature_mask`` is given; default
             ``SuperpixelSegmenter(value_range="auto")`` (see the module docstring).
         explainer: The trained Explainer of ``model`` for ``method="Explainer"``.
@@ -147,7 +167,8 @@ def explain_func(
         ValueError: For an unknown method or keyword, a method that does not apply to the
             model (e.g. ``"AttnLRP"`` on a CNN, Zennit's LRP on a transformer), a method that
             needs what is missing, inputs with NaN or infinite values, a ``softmax`` the model's
-            output does not match, or targets that are not one integer class per image.
+            output does not match, targets that are not one integer class per image, or a
+            ``feature_mask`` that does not fit the batch or holds fractional ids.
         TrainingModeError: The model has BatchNorm or dropout in training mode (an explanation
             would update its statistics or be random); nothing has run (call ``model.eval()``).
     """
@@ -198,7 +219,7 @@ def explain_func(
     mask = None
     if spec.uses_features:
         if feature_mask is not None:
-            mask = _feature_ids(feature_mask, device)
+            mask = _feature_ids(feature_mask, images)
         else:
             if segmenter is None:
                 from ctc_plugin.features import SuperpixelSegmenter

@@ -187,3 +187,25 @@ def test_a_feature_mask_of_fractional_ids_is_refused_not_truncated(method):
     np.testing.assert_array_equal(as_floats, as_integers)
     with pytest.raises(ValueError, match="non-integer"):
         explain_func(_cnn(), x, y, method=method, feature_mask=np.full((1, 1, 8, 8), np.nan))
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 4, 4), (3, 1, 8, 8), (2, 2, 8, 8), (1, 8, 8, 1), (1, 1, 1, 8, 8)]
+)
+def test_a_feature_mask_that_does_not_fit_the_batch_is_refused_for_every_method(shape):
+    """Captum's methods got the mask as it was and failed in torch's expand or in the
+    ablation ("The expanded size of the tensor (2) must match ..."); CTC named its own rule.
+    Every method now gets one message with the forms that fit, and an (H, W) map is one map
+    for every image, as CTC took it already."""
+    x, y = _batch()
+    for method in ("CTC-proportional", "FeatureAblation"):
+        with pytest.raises(
+            ValueError, match=r"feature_mask of shape .* \(1, 1, 8, 8\).*\(2, 1, 8, 8\)"
+        ):
+            explain_func(_cnn(), x, y, method=method, feature_mask=np.zeros(shape, np.int64))
+    cells = np.arange(64).reshape(8, 8) // 16
+    for method in ("CTC-proportional", "FeatureAblation"):
+        np.testing.assert_array_equal(
+            explain_func(_cnn(), x, y, method=method, feature_mask=cells),
+            explain_func(_cnn(), x, y, method=method, feature_mask=cells[None, None]),
+        )
