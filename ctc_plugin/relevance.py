@@ -82,9 +82,13 @@ def run_composite(
         ValueError: The composite holds a ``CTCComposite`` (see `check_gives_relevance`), or
             the model's weights are inference tensors (see
             ``ctc_plugin.inputs.check_gradient_weights``).
+        TrainingModeError: The model has BatchNorm or dropout in training mode; nothing has
+            run (call ``model.eval()``): the pass would update its running statistics, and
+            the relevance would come from the batch's statistics or dropped units.
     """
     model = unwrapped(model)  # the model inside torch's wrappers: its hooks
     check_gives_relevance(composite)
+    check_eval_mode(model)
     check_gradient_weights(model, "a Zennit composite's relevance")
     x = x.detach().clone() if x.is_inference() else x.detach()  # an ordinary copy: autograd
     # a model compiled in place runs its Python code, which the composite's hooks see

@@ -22,6 +22,8 @@ from ctc_plugin.ctc.composite import CTCComposite
 from ctc_plugin.ctc.errors import CompositeOutsideAttributorError, UnsupportedOperationError
 from ctc_plugin.ctc.within import distribute_within_features
 from ctc_plugin.features.relevance import zennit_relevance
+from ctc_plugin.inputs import TrainingModeError
+from ctc_plugin.relevance import run_composite
 from tests.ctc.test_composite import FailingCanonizer, grid_mask, hook_counts, module_net
 
 TOL = {"rtol": 1e-9, "atol": 1e-12}
@@ -318,3 +320,18 @@ def test_a_parameter_assigned_inside_the_context_stays() -> None:
     with CTCComposite().context(model):
         model[5].weight = new
     assert model[5].weight is new
+
+
+# ---------------------------------------------------------------------------- run_composite
+def test_run_composite_refuses_a_model_in_training_mode_and_leaves_its_statistics() -> None:
+    """``run_composite`` (public, on the CTC reference page) ran a model in training mode: the
+    pass moved every BatchNorm's running statistics and the relevance came from the batch's
+    statistics, silently. The other relevance entry points refuse it; so does this one."""
+    model = module_net().train()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    composite = EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+    with pytest.raises(TrainingModeError, match=r"BatchNorm2d '1' is in training mode"):
+        run_composite(model, composite, x, torch.eye(3, dtype=x.dtype)[[0, 1]])
+    assert all(torch.equal(value, state[name]) for name, value in model.state_dict().items())
+    assert model.training and hook_counts(model) == 0
