@@ -423,13 +423,18 @@ def gradient_attributor(model: nn.Module, composite: Composite) -> Iterator[Grad
 
     A composite registered on ``model`` already (inside the user's ``with
     composite.context(model)``) is used as it is and stays registered when the block ends, as
-    with Zennit's own attributors.
+    with Zennit's own attributors. Another composite registered on ``model`` (the user's ``with
+    other.context(model)``, a [`CTCAttributor`][ctc_plugin.CTCAttributor]'s ``with`` block) is
+    refused: its rules would act in this gradient too.
 
     Raises:
         ValueError: The composite applies a canonizer twice
             ([`check_canonizers`][ctc_plugin.canonizers.check_canonizers]).
         RuntimeError: The composite is registered on another model
-            ([`refuse_registered_elsewhere`][ctc_plugin.canonizers.refuse_registered_elsewhere]).
+            ([`refuse_registered_elsewhere`][ctc_plugin.canonizers.refuse_registered_elsewhere]),
+            or another composite is registered on ``model`` (where this one has canonizers,
+            also a canonizer applied by hand: `refuse_a_second_composite`);
+            nothing is registered.
     """
     check_canonizers(composite, model)
     with exclusive(model), exclusive(composite):
@@ -439,6 +444,10 @@ def gradient_attributor(model: nn.Module, composite: Composite) -> Iterator[Grad
             with tensors_restored(model), batch_norms_valid(model):
                 yield Gradient(model=model, composite=composite)
             return
+        # another composite's hooks on the model would act in this gradient too (a mixture of
+        # both rules' relevance, silently; a CTC composite's refuse it), and a second canonizer
+        # of one Zennit cannot take off the other's
+        refuse_a_second_composite(model, bool(getattr(composite, "canonizers", None)))
         with (
             tensors_restored(model),
             composite_registered(composite, model),

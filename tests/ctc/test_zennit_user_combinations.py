@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from zennit.attribution import Gradient
 from zennit.canonizers import SequentialMergeBatchNorm
-from zennit.composites import EpsilonPlusFlat, MixedComposite
+from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat, MixedComposite
 from zennit.rules import Epsilon
 
 from ctc_plugin.ctc.attribution import CTC
@@ -335,3 +335,35 @@ def test_run_composite_refuses_a_model_in_training_mode_and_leaves_its_statistic
         run_composite(model, composite, x, torch.eye(3, dtype=x.dtype)[[0, 1]])
     assert all(torch.equal(value, state[name]) for name, value in model.state_dict().items())
     assert model.training and hook_counts(model) == 0
+
+
+def _in_a_ctc_block(model, x, relevance):
+    with CTCAttributor(model, CTCComposite(), feature_mask=grid_mask(8, 2)) as attributor:
+        attributor(x)
+        relevance()
+
+
+def _in_an_lrp_context(model, x, relevance):
+    with EpsilonGammaBox(low=0.0, high=1.0).context(model):  # other rules than the call's
+        relevance()
+
+
+@pytest.mark.parametrize("outer", [_in_a_ctc_block, _in_an_lrp_context])
+@pytest.mark.parametrize("canonizers", [False, True])
+def test_a_relevance_call_inside_another_composites_block_is_refused(outer, canonizers) -> None:
+    """A relevance composite was registered on top of the one open on the model: inside an LRP
+    composite's context the two rule sets mixed into another relevance, silently; inside a CTC
+    block the gradient met the CTC rules (advice to use the CTCAttributor in use) or, with
+    canonizers, Zennit's second canonizer failed (``'Sequential' object has no attribute``)."""
+    model = module_net()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    before, tensors = model(x), own_tensors(model)
+    composite = EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()] if canonizers else None)
+
+    def relevance():
+        with pytest.raises(RuntimeError, match="registered on this model already.*end that"):
+            zennit_relevance(model, x, target=[0, 1], composite=composite)
+
+    outer(model, x, relevance)
+    assert not composite.handles
+    assert_the_model_s_own(model, tensors, x, before)
