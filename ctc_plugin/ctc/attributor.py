@@ -125,7 +125,8 @@ class CTCAttributor(Attributor):
 
     #: The per-feature scores of this thread's last call (`FeatureScores`), or None. Their
     #: ``output`` is the weighted output ``sum_c attr_output[c] * f_c(x)`` and their ``target``
-    #: the output the weighting weights most (the class of a one-hot ``attr_output``).
+    #: the output whose weight is largest in magnitude (the class of a one-hot
+    #: ``attr_output``, and of a negated one, which scores the evidence against it).
     feature_scores = PerThread()
     _call_mask = PerThread()
 
@@ -359,7 +360,8 @@ class CTCAttributor(Attributor):
                 return_feature_scores=True,
             )
         output, weights = engine.model_output, engine.batch_weights
-        weighted_most = weights.flatten(1).argmax(dim=1)
+        # by magnitude: a negated one-hot weights its class by -1 and every other by 0
+        weighted_most = weights.flatten(1).abs().argmax(dim=1)
         self.feature_scores = dataclasses.replace(scores, target=weighted_most)
         return output, relevance
 

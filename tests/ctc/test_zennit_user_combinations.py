@@ -367,3 +367,25 @@ def test_a_relevance_call_inside_another_composites_block_is_refused(outer, cano
     outer(model, x, relevance)
     assert not composite.handles
     assert_the_model_s_own(model, tensors, x, before)
+
+
+# ---------------------------------------------------------------------------- feature_scores
+def test_the_scores_of_a_negated_one_hot_name_its_class_as_their_target() -> None:
+    """``-one_hot`` (the evidence against a class) scored that class, negated, but the scores'
+    target was the argmax of the weights, a class weighted 0 (class 0 here): a relevance for
+    ``distribute_within_features`` was then computed for that other class, silently."""
+    model = module_net()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    mask = grid_mask(8, 2)
+    attributor = CTCAttributor(model, CTCComposite(bias_sharing="none"), feature_mask=mask)
+    attributor(x, -torch.eye(3, dtype=x.dtype)[[2, 1]])
+    scores = attributor.feature_scores
+    _, expected = CTC(model, bias_sharing="none").attribute(
+        x, [2, 1], feature_mask=mask, return_feature_scores=True
+    )
+    torch.testing.assert_close(scores.scores, -expected.scores, **TOL)
+    assert scores.target.tolist() == [2, 1]
+    lrp = EpsilonPlusFlat()
+    pixels = distribute_within_features(x, scores, lrp, model=model)
+    against = distribute_within_features(x, expected, lrp, model=model)
+    torch.testing.assert_close(pixels, -against, **TOL)
