@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from collections.abc import Callable
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import torch
@@ -20,11 +21,14 @@ from zennit.attribution import Attributor
 from zennit.core import Composite
 
 from ctc_plugin.canonizers import (
+    RegisteredTensors,
     batch_norms_valid,
     check_canonizers,
     refuse_a_second_composite,
     refuse_registered_elsewhere,
+    registered_tensors,
     remove_composite,
+    restore_tensors,
     tensors_restored,
 )
 from ctc_plugin.concurrency import PerThread, exclusive
@@ -237,8 +241,10 @@ class CTCAttributor(Attributor):
         A block inside an open one of the same composite on this model (a nested ``with`` of
         this attributor, another attributor's on the same composite, ``composite.context(model)``)
         uses that registration and leaves it in place when it ends. Otherwise the model's tensors
-        are recorded before the composite is registered, so that the end of this block restores
-        the model's own tensors, not a canonized copy of them.
+        are recorded before the composite is registered and right after, so that the end of this
+        block restores the model's own tensors, not a canonized copy of them, and keeps what the
+        user changed inside the block (``model.double()``, a parameter assigned), as
+        ``composite.context(model)`` does.
 
         Raises:
             RuntimeError: Another composite is registered on the model, or this composite on
@@ -249,15 +255,14 @@ class CTCAttributor(Attributor):
             if not nested:
                 self._refuse_another_composite()
                 self._unregister()
-                restored = ExitStack()
-                restored.enter_context(tensors_restored(self.model))
+                saved = registered_tensors(self.model)
                 try:
                     super().__enter__()
                 except BaseException:  # a registration that failed halfway: undo what it did
                     remove_composite(self.composite)
-                    restored.close()
+                    restore_tensors(saved)
                     raise
-                self._restored = restored
+                self._restored = (saved, registered_tensors(self.model))
             self._block_registrations.append(not nested)
             _OPEN_BLOCKS.setdefault(self.model, []).append(self)
             return self
@@ -276,13 +281,8 @@ class CTCAttributor(Attributor):
             entries = self._block_registrations
             if entries and not entries.pop():
                 return False
-            restored, self._restored = getattr(self, "_restored", None), None
-            try:
-                remove_composite(self.composite)
-                return super().__exit__(*exc_info)
-            finally:
-                if restored is not None:
-                    restored.close()
+            self._restore_after(partial(remove_composite, self.composite))
+            return super().__exit__(*exc_info)
 
     def _refuse_another_composite(self) -> None:
         """Refuse a block while another attributor's, with another composite, is open on the model.
@@ -313,10 +313,23 @@ class CTCAttributor(Attributor):
         Zennit's ``register`` removes the composite's previous registration before it applies the
         canonizers again; done here first, the tensors recorded next are the model's own.
         """
-        self.composite.remove()
-        pending, self._restored = getattr(self, "_restored", None), None
-        if pending is not None:
-            pending.close()
+        self._restore_after(self.composite.remove)
+
+    def _restore_after(self, remove: Callable[[], None]) -> None:
+        """``remove()`` the composite, then the tensors recorded by `__enter__` back on the model.
+
+        A name whose tensor the user replaced inside the block keeps the new one
+        (`ctc_plugin.canonizers.restore_tensors`); also when ``remove``
+        raises.
+        """
+        recorded: tuple[RegisteredTensors, RegisteredTensors] | None
+        recorded, self._restored = getattr(self, "_restored", None), None
+        now = registered_tensors(self.model) if recorded is not None else None
+        try:
+            remove()
+        finally:
+            if recorded is not None:
+                restore_tensors(*recorded, now)
 
     def forward(
         self, input: torch.Tensor, attr_output_fn: Callable[[torch.Tensor], torch.Tensor]

@@ -24,7 +24,13 @@ from ctc_plugin.ctc.within import distribute_within_features
 from ctc_plugin.features.relevance import zennit_relevance
 from ctc_plugin.inputs import TrainingModeError
 from ctc_plugin.relevance import run_composite
-from tests.ctc.test_composite import FailingCanonizer, grid_mask, hook_counts, module_net
+from tests.ctc.test_composite import (
+    FailingCanonizer,
+    grid_mask,
+    hook_counts,
+    module_net,
+    version_of_imported_zennit,
+)
 
 TOL = {"rtol": 1e-9, "atol": 1e-12}
 
@@ -320,6 +326,33 @@ def test_a_parameter_assigned_inside_the_context_stays() -> None:
     with CTCComposite().context(model):
         model[5].weight = new
     assert model[5].weight is new
+
+
+# zennit 0.5.1's merge writes into the parameters' data, and its removal writes the float32 data
+# back whatever happened in between (the same in Zennit's own context): 1.0's merge only
+MERGES = [None] + (
+    [SequentialMergeBatchNorm] if version_of_imported_zennit().startswith("1.") else []
+)
+
+
+@pytest.mark.parametrize("merge", MERGES, ids=lambda merge: "merge" if merge else "rules")
+def test_the_user_s_changes_inside_an_attributor_block_stay(merge) -> None:
+    """The attributor's ``with`` put back every tensor recorded on entry: ``model.double()``
+    inside the block left float32 buffers beside float64 parameters (the model failed on any
+    input after the block), and a parameter assigned there was dropped, unlike the composite's
+    own ``context`` (above)."""
+    model = _bn_model()
+    new = nn.Parameter(torch.zeros(3, 4, dtype=torch.float64))
+    composite = CTCComposite(canonizers=[merge()] if merge else None)
+    mask = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    with CTCAttributor(model, composite, feature_mask=mask):
+        model.double()
+        model[5].weight = new
+    floating = {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
+    assert floating == {torch.float64}
+    assert model[5].weight is new
+    assert model(torch.rand(1, 3, 8, 8, dtype=torch.float64)).dtype == torch.float64
+    assert hook_counts(model) == 0
 
 
 # ---------------------------------------------------------------------------- run_composite
