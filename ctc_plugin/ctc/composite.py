@@ -27,7 +27,8 @@ module itself then runs on an empty batch so that no work is done twice:
 The hooks only act while a CTC pass runs ([`hooked_pass`][ctc_plugin.ctc.composite.hooked_pass],
 used by [`CTCAttributor`][ctc_plugin.CTCAttributor]) and only on tensors carrying that pass's
 copies; at any other time a model inside ``composite.context(model)`` computes exactly what it
-computes without the composite, and a gradient through a hooked module raises
+computes without the composite's rules (its canonizers change the model: zennit 0.5.1's BatchNorm
+merge moves the output by its ``eps``), and a gradient through a hooked module raises
 [`CompositeOutsideAttributorError`][ctc_plugin.ctc.errors.CompositeOutsideAttributorError] (Zennit's
 gradient attributors would otherwise return the plain gradient).
 
@@ -565,9 +566,10 @@ class CTCComposite(LayerMapComposite):
             output, relevance = attributor(images, one_hot)
 
     While the composite is registered and no CTC pass runs, the model's forward computes exactly
-    what it computes without it. CTC relevance is not a modified gradient, so a gradient through the
-    hooked model (Zennit's ``Gradient``, ``SmoothGrad``, ``IntegratedGradients``, or
-    ``output.backward()`` inside ``composite.context(model)``) raises
+    what it computes without the rules (canonizers change the model: zennit 0.5.1's BatchNorm
+    merge moves the output by its ``eps``). CTC relevance is not a modified gradient, so a
+    gradient through the hooked model (Zennit's ``Gradient``, ``SmoothGrad``,
+    ``IntegratedGradients``, or ``output.backward()`` inside ``composite.context(model)``) raises
     [`CompositeOutsideAttributorError`][ctc_plugin.ctc.errors.CompositeOutsideAttributorError]
     instead of returning the plain gradient; Zennit's ``Occlusion`` ignores composites, this one
     included. Registered in Zennit's registry as ``"ctc"``.
