@@ -62,37 +62,54 @@ def _product(
 
     - one propagated signal, the rest constants or gate tensors: linear in the copies (gate
       tensors enter with the full pass's value);
-    - only gate tensors: a gate-only tensor, computed for the gate copy;
+    - no signal but one gate tensor that carries copies (a sigmoid or tanh of the signal), the
+      rest constants or gate-only tensors: that tensor is the signal, as a linear layer reads
+      it (``sigmoid(h) @ w``; attention probabilities times values ``sigmoid(v)``, as
+      `scaled_dot_product_attention` takes them);
+    - only gate-only tensors: a gate-only tensor, computed for the gate copy;
     - two or more signals of which none is a gate (queries and keys): a gate-only tensor
       computed for the gate copy, which stands for the product of the signals (its copies
       computed by the uniform rule, `uniform_product`, when the model reads it as a signal:
-      [`ctc_plugin.ctc.deferred`][ctc_plugin.ctc.deferred]).
+      [`ctc_plugin.ctc.deferred`][ctc_plugin.ctc.deferred]); so does a product of two or more
+      gate tensors that carry copies and no signal, which stays a gate where it multiplies the
+      signal (as an elementwise product of two such gate tensors does).
     """
     name = operation_name(func)
     signals = [i for i, t in enumerate(operands) if ctx.is_propagated(t) and not ctx.gate_mark(t)]
-    if len(signals) == 1:
-        check_linear(signals[0])
-        signal = operands[signals[0]]
+    carrying = [i for i, t in enumerate(operands) if _carries_copies(ctx, t)]
+    readers = signals or carrying
+
+    def check(index: int) -> None:
+        check_linear(index)
         for constant in operands:
-            if aligned(constant, signal):
-                ctx.check_constant(constant, signal, name)
+            if aligned(constant, operands[index]):
+                ctx.check_constant(constant, operands[index], name)
+
+    if len(signals) == 1:
+        check(signals[0])
         ready = [_as_full_pass(ctx, t) if ctx.gate_mark(t) else t for t in operands]
         return ctx.tag(call(ready))
+    if len(readers) == 1:  # a gate tensor that carries copies, read as the signal
+        check(readers[0])
+        return uniform_product(ctx, call, operands, readers)
     gate_rows = [ctx.gate_rows(t) if ctx.is_propagated(t) else t for t in operands]
     out = ctx.broadcast_gate(call(gate_rows), name)
-    if len(signals) < 2:
+    if len(readers) < 2:
         return out
 
     def copies() -> torch.Tensor:
-        for index in signals:
-            check_linear(index)
-            for constant in operands:
-                if aligned(constant, operands[index]):
-                    ctx.check_constant(constant, operands[index], name)
-        return uniform_product(ctx, call, operands, signals)
+        for index in readers:
+            check(index)
+        return uniform_product(ctx, call, operands, readers)
 
     watched = [(t, t._version) for t in operands if ctx.is_propagated(t)]
-    return defer(out, Replay(copies, name, watched), depth=1)
+    return defer(out, Replay(copies, name, watched, gate=not signals), depth=1)
+
+
+def _carries_copies(ctx: GatedPass, tensor: Any) -> bool:
+    """Whether ``tensor`` is a gate tensor whose rows are copies of a signal (not gate-only)."""
+    mark = ctx.gate_mark(tensor)
+    return mark is not None and not mark.only
 
 
 def uniform_product(
@@ -111,10 +128,13 @@ def uniform_product(
     where each signal's copies add up to its gate copy, so do the product's.
     """
     full = [_as_full_pass(ctx, t) if ctx.gate_mark(t) else t for t in operands]
-    fixed = {i: ctx.broadcast_gate(ctx.gate_rows(operands[i]), "") for i in signals}
+    others = signals if len(signals) > 1 else []  # one signal: no other to hold fixed
+    fixed = {i: ctx.broadcast_gate(ctx.gate_rows(operands[i]), "") for i in others}
     total = None
-    for index in signals:
-        term = call([full[j] if j == index else fixed.get(j, full[j]) for j in range(len(full))])
+    for index in signals:  # the signal's own copies (a gate tensor's too), the others fixed
+        term = call(
+            [operands[j] if j == index else fixed.get(j, full[j]) for j in range(len(full))]
+        )
         total = term if total is None else total + term
     return ctx.tag(total / len(signals))
 

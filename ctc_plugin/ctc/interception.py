@@ -462,7 +462,7 @@ class CTCMode(TorchFunctionMode):
             raise UnsupportedOperationError(operation_name(func), str(error)) from None
         if ctx.gradient:
             ctx.check_gradient(operation_name(func), propagated, tree_flatten(out)[0])
-        if all_gates and (gate_only is not None or row.keeps_gate):
+        if all_gates and (gate_only is not None or row.keeps_gate) and not row.gate_as_signal:
             origin = next(mark.origin for mark in marks if mark is not None)
             for leaf in tree_flatten(out)[0]:
                 if not ctx.is_propagated(leaf):

@@ -71,6 +71,10 @@ class OperationRule:
             as ``@``, ``*`` and ``+``), each routed by its own row, before anything else of
             the pass looks at it: the call scores, defers products of two signals and refuses
             exactly as the model written out would, and the other flags do not apply.
+        gate_as_signal: The handler may read a gate tensor that carries copies (a sigmoid's
+            output) as its signal beside gate-only operands (attention probabilities times
+            values ``sigmoid(v)``): its result is what the handler marks it, not gate-only
+            because a gate-only operand took part.
     """
 
     kind: str
@@ -84,6 +88,7 @@ class OperationRule:
     makes_gate: bool = False
     trailing_dims: Callable[[tuple, dict], int] | None = None
     written_out: bool = False
+    gate_as_signal: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -600,15 +605,18 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "attention",
-            "with a constant or a gate tensor: linear in the signal (`attention @ values`); of "
-            "two signals (`queries @ keys^T`): a gate-only tensor computed for the gate copy, "
-            "whose copies take the uniform rule `(a_k b_0 + a_0 b_k) / 2`, computed when the "
-            "model reads it as a signal (factorised and linear attention); a product over the "
-            "copies' dimension is refused",
+            "with a constant or a gate tensor: linear in the signal (`attention @ values`); "
+            "with no other signal, a sigmoid or tanh of the signal is the signal, as a linear "
+            "layer reads it (`sigmoid(h) @ w`, `attention @ sigmoid(v)`); of two signals "
+            "(`queries @ keys^T`): a gate-only tensor computed for the gate copy, whose copies "
+            "take the uniform rule `(a_k b_0 + a_0 b_k) / 2`, computed when the model reads it "
+            "as a signal (factorised and linear attention); a product over the copies' "
+            "dimension is refused",
             a.matrix_product,
             (torch.matmul, _T.matmul, _T.__matmul__, _T.__rmatmul__, torch.bmm, _T.bmm),
             takes_gate_only=True,
             from_gate_copy=True,
+            gate_as_signal=True,
         ),
         OperationRule(
             "attention",
@@ -637,6 +645,7 @@ def _rows() -> list[OperationRule]:
             (torch.einsum,),
             takes_gate_only=True,
             from_gate_copy=True,
+            gate_as_signal=True,
         ),
         OperationRule(
             "attention",
