@@ -137,6 +137,26 @@ def copies_off_dim_zero(operation: str, axis: int) -> UnsupportedOperationError:
     )
 
 
+def examples_combined(operation: str, axes: list[int]) -> UnsupportedOperationError:
+    """The error for an operation whose operands hold the batch along different ``axes``.
+
+    Dim 0 of each propagated tensor holds the examples and their feature copies; where a
+    shape operation moved it in one operand and not in the other (``q @ k.transpose(-1, -2)``
+    of (B, N) tensors), the operation pairs every example with every other.
+    """
+    dims = " and ".join(str(axis) for axis in sorted(set(axes)))
+    return UnsupportedOperationError(
+        operation,
+        f"its operands hold the examples of the batch (and their feature copies) along "
+        f"different dims ({dims}): it combines each example with the other examples (a "
+        "(B, N) @ (N, B) matrix product is (B, B)), so an example's output would depend on "
+        "the rest of the batch, and CTC explains each example on its own. Where the model "
+        "means to mix its examples, explain it with a method that takes any model (feature "
+        "ablation, LIME); where it does not, keep the batch dim first in every operand "
+        "(q.unsqueeze(-1) @ k.unsqueeze(-2) for a (B, N, N) product)",
+    )
+
+
 def over_dim_zero(operation: str, what: str, example: str) -> UnsupportedOperationError:
     """The error for a maximum, mean or statistic asked to run over dim 0 (``what`` does it).
 

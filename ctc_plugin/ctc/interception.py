@@ -58,6 +58,7 @@ from ctc_plugin.ctc.errors import (
     UnsupportedOperationError,
     UntracedOutputError,
     copies_off_dim_zero,
+    examples_combined,
 )
 from ctc_plugin.ctc.handlers import computed_indices_reason, is_index_tensor
 from ctc_plugin.ctc.operation_table import (
@@ -430,6 +431,9 @@ class CTCMode(TorchFunctionMode):
         moved = next((ctx.copy_axis(t) for t in propagated if ctx.copy_axis(t)), 0)
         reduction = func in REDUCTIONS and gate_only is None  # its handler follows the copies
         if moved and row is not None and not row.follows_copies and not reduction:
+            axes = _aligned_copy_axes(ctx, propagated)
+            if len(set(axes)) > 1:
+                raise examples_combined(operation_name(func), axes)
             if row.trailing_dims is None or gate_only is not None:
                 raise copies_off_dim_zero(operation_name(func), moved)
             return self._on_moved_copies(func, row.trailing_dims(args, kwargs), args, kwargs)
@@ -618,11 +622,9 @@ class CTCMode(TorchFunctionMode):
         leaves, _ = tree_flatten((args, kwargs))
         propagated = [t for t in leaves if ctx.is_propagated(t)]
         rank = max(t.dim() for t in propagated)
-        axes = {ctx.copy_axis(t) + rank - t.dim() for t in propagated}
+        axes = set(_aligned_copy_axes(ctx, propagated))
         if len(axes) != 1:
-            raise UnsupportedOperationError(
-                name, "its tensors hold the copies along different dims"
-            )
+            raise examples_combined(name, sorted(axes))
         (axis,) = axes
         if axis >= rank - trailing:
             raise copies_off_dim_zero(name, axis)
@@ -803,6 +805,16 @@ def decomposed(gated_pass: GatedPass, operation: str) -> Iterator[None]:
         raise UnsupportedOperationError(named, error.reason, at_output=error.at_output) from None
     except UntracedOutputError as error:
         raise error.in_module(None) from None
+
+
+def _aligned_copy_axes(ctx: GatedPass, propagated: list[Tensor]) -> list[int]:
+    """The dim each of ``propagated`` holds its copies along, counted in the largest rank.
+
+    Operands are padded in front to the largest rank, as broadcasting aligns them: (L, N, D)
+    and (N, D) hold their copies along the same dim, 1.
+    """
+    rank = max(t.dim() for t in propagated)
+    return [ctx.copy_axis(t) + rank - t.dim() for t in propagated]
 
 
 def _views_deferred(out: Any, propagated: list[Tensor]) -> bool:
