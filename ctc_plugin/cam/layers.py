@@ -7,7 +7,10 @@ sees every torch function the forward pass calls, functional ones included (``F.
 - a 2-D convolution starts a stage; a BatchNorm that is the first consumer of the stage's output
   is folded into it; a ReLU that is the next consumer ends it. The stage's feature map ``A`` is
   the last tensor of that chain (post-activation where there is a ReLU), and its bias is the
-  convolution's bias with the BatchNorm folded in;
+  convolution's bias with the BatchNorm folded in. Where the map before the ReLU is read again
+  afterwards (NASNet's and PNASNet's cells give each branch its own ReLU of one map), the ReLU
+  leaves the stage: its map is the one all the branches read, as it is where the other reader
+  comes first;
 - a BatchNorm that does not directly follow a convolution starts a stage of its own;
 - chains whose maps are 1x1 (squeeze-and-excitation convolutions) are not stages: after min-max
   normalisation such a map is constant and carries no location.
@@ -562,10 +565,13 @@ class StageTracer(TorchFunctionMode):
         either, but neither do the stages' own tensors there: they are used. An in-place call
         uses its inputs (the stages' tensors it writes are ended before it runs).
 
+        A use of the tensor before a stage's ReLU (out of place) takes the ReLU out of the
+        stage (`_without_relu`): the map several branches read is the stage's.
+
         Raises:
-            ValueError: A tensor a chain has taken a step past (a convolution's output after
-                its BatchNorm), or a copy of it made before, is used: the stage would have to
-                be split after the fact.
+            ValueError: A tensor a chain has taken another step past (a convolution's output
+                after its BatchNorm), or a copy of it made before, is used: the stage would have
+                to be split after the fact.
         """
         results = list(_tensors((out,), {}))
         graded = any(t.requires_grad for t in inputs)
@@ -576,7 +582,7 @@ class StageTracer(TorchFunctionMode):
             self._reads[id(results[0])] = (results[0], stages)
             return
         for stage, steps in stages:
-            if stage.steps != steps:
+            if stage.steps != steps and not (not inplace and self._without_relu(stage, steps)):
                 raise ValueError(
                     f"the map of {stage.name} after {', '.join(steps)} is used again, by "
                     f"{name}, after {', '.join(stage.steps[len(steps) :])} made it part of the "
@@ -584,6 +590,30 @@ class StageTracer(TorchFunctionMode):
                     "once it has followed it: choose the maps to explain with layers=[...]"
                 )
             stage.extendable = False
+
+    def _without_relu(self, stage: Stage, steps: tuple[str, ...]) -> bool:
+        """Take a stage's last step, its ReLU, out of it, back to the tensor of ``steps``.
+
+        For a tensor that a chain passed on to its ReLU and that is read again (another
+        branch's ReLU, a max pooling): the stage's map becomes that tensor, which every reader
+        shares. Not where other steps came after ``steps`` or the stage's tensor is hooked or
+        kept already (an in-place write into it). Returns whether it was taken out.
+        """
+        kept = next(
+            (t for t, s, past in self._passed.values() if s is stage and past == steps), None
+        )
+        if (
+            kept is None
+            or stage.steps != (*steps, "relu")
+            or stage.handle is not None
+            or stage.snapshot is not None
+        ):
+            return False
+        del self._passed[id(kept)]
+        self._untrack(stage)
+        self._track(stage, kept)
+        stage.steps, stage.relu = steps, False
+        return True
 
     def _refuse_training_batchnorm(self, bn_args: dict[str, Any], first: Tensor | None) -> None:
         """Refuse a BatchNorm call in training mode before it runs (see the class docstring).
