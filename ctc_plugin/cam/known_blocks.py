@@ -113,15 +113,46 @@ TIMM_BLOCKS: dict[str, BlockReshape | None] = {
     "timm.models.mobilevit.MobileVitBlock": _identity,
     "timm.models.mobilevit.MobileVitV2Block": _identity,
     "timm.models.visformer.Block": _identity,
+    # (N, C, H, W): convolutional networks with attention inside some of their blocks, every
+    # block of their stages: CPUBone, LowFormer (their residual blocks, in the stem too, and the
+    # attention blocks built of them), SHViT, iFormer, CSATv2, MobileNetV4's hybrids and
+    # MobileNetV5 (their convolutional blocks alongside MobileAttention, below)
+    "timm.models.cpubone.ResidualBlock": _identity,
+    "timm.models.cpubone.CPUBoneBlock": _identity,
+    "timm.models.lowformer.ResidualBlock": _identity,
+    "timm.models.lowformer.LowFormerBlock": _identity,
+    "timm.models.shvit.BasicBlock": _identity,
+    "timm.models.iformer.ConvBlock": _identity,
+    "timm.models.iformer.RepCPE": _identity,
+    "timm.models.iformer.SHMABlock": _identity,
+    "timm.models.iformer.FFN": _identity,
+    "timm.models.csatv2.Block": _identity,
+    "timm.models.csatv2.TransformerBlock": _identity,
+    "timm.models._efficientnet_blocks.MobileAttention": _identity,
 }
 
+_MOBILE_ATTENTION = ("timm.models._efficientnet_blocks.MobileAttention",)
+
 #: timm blocks that are stages only beside others: MobileViT's convolutional blocks (byobnet's,
-#: shared with CNNs such as RepVGG) in a model that has MobileViT blocks.
+#: shared with CNNs such as RepVGG) in a model that has MobileViT blocks; the convolutional
+#: blocks of MobileNetV4's hybrids and MobileNetV5 (EfficientNet's, shared with the
+#: convolutional MobileNets, whose stages are their convolutions) in a model that has
+#: MobileAttention blocks.
 _TIMM_ALONGSIDE: dict[str, tuple[str, ...]] = {
     "timm.models.byobnet.BottleneckBlock": (
         "timm.models.mobilevit.MobileVitBlock",
         "timm.models.mobilevit.MobileVitV2Block",
     ),
+    **{
+        f"timm.models._efficientnet_blocks.{block}": _MOBILE_ATTENTION
+        for block in (
+            "ConvBnAct",
+            "DepthwiseSeparableConv",
+            "EdgeResidual",
+            "InvertedResidual",
+            "UniversalInvertedResidual",
+        )
+    },
 }
 
 #: How many extra tokens a model says lead its blocks' tokens: a number fixed by the model's code,

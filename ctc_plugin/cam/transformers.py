@@ -251,7 +251,9 @@ def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, BlockReshape]]
     EfficientFormer v1/v2, EdgeNeXt, MobileViT v1/v2, Visformer, MLP-Mixer, ResMLP, gMLP, TNT
     (its patch tokens, picked out of the (pixel tokens, patch tokens) tuple its blocks return,
     on the patch grid the model says) and MViTv2 (the tokens of its blocks' (tokens, grid)
-    tuples, on that grid); the blocks of timm's 2-D Hiera, their tokens put back from mask-unit
+    tuples, on that grid), and every block of the stages of its convolutional networks with
+    attention in some blocks (CPUBone, LowFormer, SHViT, iFormer, CSATv2, MobileNetV4's hybrids,
+    MobileNetV5); the blocks of timm's 2-D Hiera, their tokens put back from mask-unit
     order (`UnrolledTokens`); and Hugging Face's in ``HUGGINGFACE_BLOCKS``: ViT, DeiT, BEiT,
     Data2Vec vision, DINOv2 (with registers), I-JEPA, ViT MSN, CLIP, MetaCLIP 2 and SigLIP (their
     vision transformers), Swin v1/v2 and Donut's Swin, PVT (these two on the grid each layer is

@@ -118,6 +118,37 @@ def test_a_timm_cnn_has_no_transformer_stages() -> None:
     assert all(step != ("layer",) for step in layers.steps)  # its convolutional stages
 
 
+#: convolutional networks with attention in some blocks: input side, their blocks (timm's class
+#: names, in order of first appearance); every block of their stages is a stage
+HYBRID_CNNS = {
+    "cpubone_nano": (64, ["ResidualBlock", "CPUBoneBlock"]),
+    "lowformer_b0": (64, ["ResidualBlock", "LowFormerBlock"]),
+    "shvit_s1": (128, ["BasicBlock"]),
+    "iformer_t": (64, ["ConvBlock", "RepCPE", "SHMABlock", "FFN"]),
+    "csatv2": (128, ["Block", "TransformerBlock"]),
+    "mobilenetv4_hybrid_medium": (
+        64,
+        ["EdgeResidual", "UniversalInvertedResidual", "MobileAttention", "ConvBnAct"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", HYBRID_CNNS)
+def test_the_blocks_of_a_cnn_with_attention_blocks_are_its_stages(name: str) -> None:
+    """They compute attention, so their convolutions were not taken for their stages and
+    Integrative CAM refused them (no block of theirs was known)."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=3).eval()
+    found = [type(block).__name__ for block, _ in transformer_stages(model)]
+    assert list(dict.fromkeys(found)) == HYBRID_CNNS[name][1]
+
+
+def test_efficientnet_blocks_are_stages_only_beside_mobile_attention() -> None:
+    """MobileNetV4's convolutional models keep their convolutional stages."""
+    model = timm.create_model("mobilenetv4_conv_small", pretrained=False, num_classes=3)
+    assert transformer_stages(model) == []
+
+
 def _picked(output: object, reshape: object) -> tuple[torch.Tensor, object]:
     """The tensor a found block's reshape reads in its output, and the reshape of that tensor."""
     return reshape.select(output) if isinstance(reshape, TupleOutput) else (output, reshape)
@@ -313,6 +344,13 @@ FAMILIES = {
     "tnt_s_patch16_224": (64, 12),
     "mvitv2_tiny": (64, 10),
     "hiera_tiny_224": (64, 12),
+    "cpubone_nano": (64, 7),
+    "lowformer_b0": (64, 11),
+    "shvit_s1": (128, 11),
+    "iformer_t": (64, 26),
+    "csatv2": (128, 18),
+    "mobilenetv4_hybrid_medium": (64, 32),
+    "mobilenetv5_base": (64, 40),
 }
 
 
@@ -329,13 +367,20 @@ def _family(name: str, size: int) -> nn.Module:
 @pytest.mark.parametrize("name", FAMILIES)
 def test_each_timm_family_is_found_on_timms_own_grids(name: str) -> None:
     """Each map of ``forward_intermediates`` that is not a stem or head (a stage's output,
-    after its norm where it has one) is the reshape of a found block's output."""
+    after its norm where it has one, or the norm that ends a stage's blocks: CSATv2's) is the
+    reshape of a found block's output."""
     size, count = FAMILIES[name]
     model = _family(name, size)
     assert len(transformer_stages(model)) == count
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(5)).double()
     outputs = _block_outputs(model, x)
     norms = [m.norm for m in model.modules() if hasattr(m, "blocks") and hasattr(m, "norm")]
+    stages = getattr(model, "stages", [])
+    norms += [
+        s[-1]
+        for s in stages
+        if isinstance(s, nn.Sequential) and len(s) and "Norm" in type(s[-1]).__name__
+    ]
     maps = []
     for tokens, reshape in outputs:
         reshape = check_square_grid(reshape, (size, size))
