@@ -14,7 +14,8 @@ features, two images:
 
 Used on the "Choose a method" page. Needs ``pip install timm`` (the ``dev`` extra has it). Run:
 ``python docs/scripts/timm_support.py [--models seresnet18 eva02_tiny_patch14_224]`` (about
-100 s on one CPU thread).
+4.5 minutes on one CPU thread; NASNet, PNASNet, MobileNetV5, ConvMixer and VGG take 15 to 20 s
+each).
 """
 
 from __future__ import annotations
@@ -55,6 +56,33 @@ FAMILIES: dict[str, tuple[str, int, str]] = {
     "RepVGG": ("repvgg_a0", 64, "re-parameterisable branches"),
     "MobileOne": ("mobileone_s0", 64, "re-parameterisable branches"),
     "FasterNet": ("fasternet_t0", 64, "partial convolutions"),
+    "VGG": ("vgg11", 64, "plain convolutions, a convolutional pre-logits block"),
+    "Inception v3": ("inception_v3", 80, "factorised convolutions, concatenations"),
+    "Inception v4": ("inception_v4", 80, "inception blocks, concatenations"),
+    "Inception-ResNet v2": ("inception_resnet_v2", 80, "scaled residual inception blocks"),
+    "Xception": ("legacy_xception", 64, "depthwise separable convolutions"),
+    "Xception (aligned)": ("xception41p", 64, "pre-activation separable blocks"),
+    "DenseNet": ("densenet121", 64, "dense concatenations, pre-activation BatchNorm"),
+    "DPN": ("dpn48b", 64, "dual paths: a residual sum and a dense concatenation"),
+    "ResNetV2": ("resnetv2_18", 64, "pre-activation residual blocks"),
+    "SENet (legacy)": ("legacy_seresnet18", 64, "squeeze-excitation, the original layout"),
+    "TResNet": ("tresnet_m", 64, "space-to-depth stem, anti-aliased downsampling, SE"),
+    "HRNet": ("hrnet_w18_small", 64, "parallel resolutions exchanged by upsampling"),
+    "NASNet": ("nasnetalarge", 64, "searched cells: a ReLU in each branch of a map"),
+    "PNASNet": ("pnasnet5large", 64, "searched cells: a ReLU in each branch of a map"),
+    "HardCoRe-NAS": ("hardcorenas_b", 64, "searched inverted residuals, hard-sigmoid SE"),
+    "CSPNeXt": ("cspnext_tiny", 64, "5 x 5 depthwise CSP blocks, spatial pyramid pooling"),
+    "LCNetV2": ("lcnetv2_small", 64, "re-parameterisable multi-scale depthwise branches"),
+    "RepViT": ("repvit_m1", 64, "re-parameterisable depthwise token mixer, SE"),
+    "ConvMixer": ("convmixer_768_32", 64, "patch embedding, depthwise mixing, GELU then BN"),
+    "SwiftFormer": ("swiftformer_xs", 64, "additive attention of normalised queries, keys"),
+    "EfficientViM": ("efficientvim_m1", 64, "hidden-state mixer (softmax over the tokens)"),
+    "CPUBone": ("cpubone_nano", 64, "attention on convolutional maps"),
+    "LowFormer": ("lowformer_b0", 64, "attention on downsampled convolutional maps"),
+    "SHViT": ("shvit_s1", 128, "single-head attention on part of the channels"),
+    "iFormer": ("iformer_t", 64, "modulation attention: sigmoid values and gate"),
+    "MobileNetV5": ("mobilenetv5_base", 64, "multi-query attention, multi-scale fusion"),
+    "CSATv2": ("csatv2", 128, "DCT stem, spatial attention across the batch"),
     "ConvNeXt": ("convnext_atto", 64, "LayerNorm, layer scale"),
     "ConvNeXt V2": ("convnextv2_atto", 64, "global response normalisation"),
     "InceptionNeXt": ("inception_next_atto", 64, "split depthwise convolutions"),

@@ -3,12 +3,15 @@
 One small model per mechanism that older networks lack (squeeze-excitation and its variants,
 split attention, GRN, StarReLU, ResMLP's affine, gated products, SwiGLU with rotary embeddings,
 registers, relative position bias, cosine attention, cross-covariance attention, unfold,
-repeated global queries, mask-unit attention, factorised and linear attention, LSTMs), with
+repeated global queries, mask-unit attention, factorised and linear attention, LSTMs,
+modulation, additive and partial-channel attention, a state-space mixer), with
 random weights (statistics, biases and norm weights drawn, every parameter moved by noise, so
 no logit is the bias alone), in float64 on a 2 x 2 grid: ``"proportional"`` scores add up to
 the target logit, the fast pass equals the spec, and one image alone gives its scores in the
 batch. The full table of timm families is ``docs/scripts/timm_support.py`` (page "Choose a
-method"), where CTC is exact on every family.
+method"), where CTC is exact on every family but CSATv2 (refused: its spatial attention pairs
+the images of a batch). iFormer's sigmoid values have rescale gates up to 2e4 near 0: its
+scores reach 1e3 and cancel to its logit to about 2e-11, inside the 1e-10 checked here.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ MODELS = {
     "coat_lite_tiny": "factorised attention: q @ (softmax(k)^T v), a product of two signals",
     "efficientvit_b0": "linear attention: ReLU kernels, ones padded in, divided by a normaliser",
     "sequencer2d_s": "bidirectional LSTMs over rows and columns",
+    "iformer_t": "modulation attention: sigmoid values, a sigmoid gate after",
+    "swiftformer_xs": "additive attention of normalised queries and keys",
+    "efficientvim_m1": "hidden-state mixer: a softmax over the tokens, matrix products",
+    "shvit_s1": "single-head attention on part of the channels",
 }
 
 #: models that compute in float32 inside whatever the input's dtype (their scores add up to
