@@ -183,9 +183,15 @@ class FusedProportionalSharing:
                 total[piece[1:]].add_(magnitude.sum(dim=0, dtype=total.dtype))
             torch.eq(total, 0, out=empty[example, 0])
             factor = bias_per_magnitude(bias, total.masked_fill_(empty[example, 0], 1.0))
+            overflow, scale = factor.isinf(), None
+            if bool(overflow.any()):
+                factor, scale = rescaled_factor(bias, total, overflow)
             for piece in pieces:
                 (magnitude,) = self.workspace.buffers(copies[piece], 1)
-                copies[piece].addcmul_(torch.abs(copies[piece], out=magnitude), factor[piece[1:]])
+                torch.abs(copies[piece], out=magnitude)
+                if scale is not None:
+                    magnitude.mul_(scale[piece[1:]])
+                copies[piece].addcmul_(magnitude, factor[piece[1:]])
         if not bool(empty.any()):
             return None
         self._add_fallback(sharing, bias, empty, layout)  # every copy zero: split equally
@@ -244,10 +250,15 @@ class FusedProportionalSharing:
                 self._add_equal_shares(block, block_bias, magnitude, total, empty, layout)
                 any_empty = True
             else:
-                block.addcmul_(
-                    magnitude, bias_per_magnitude(block_bias, total.masked_fill_(empty, 1.0))
-                )
-                if bool(empty.any()):  # every copy has z = 0 here: split equally
+                factor = bias_per_magnitude(block_bias, total.masked_fill_(empty, 1.0))
+                overflow = factor.isinf()
+                found = int(empty.any() + 2 * overflow.any())  # one read of the device
+                some_empty, some_overflow = bool(found & 1), bool(found & 2)
+                if some_overflow:
+                    factor, scale = rescaled_factor(block_bias, total, overflow)
+                    magnitude.mul_(scale)
+                block.addcmul_(magnitude, factor)
+                if some_empty:  # every copy has z = 0 here: split equally
                     self._add_fallback(block, block_bias, empty, layout)
                     any_empty = True
             empties.append(empty)
@@ -268,10 +279,14 @@ class FusedProportionalSharing:
 
         Where every copy is zero, ``magnitude`` and ``total`` are zero, so adding the equal
         weights to the one and 1 to the other there turns ``|z_k| / sum_j |z_j|`` into them.
+        Not knowing where ``bias / total`` overflows (`rescaled_factor`), the magnitudes are
+        multiplied by the scale everywhere (by 1 where it does not).
         """
         where_empty = empty.to(block.dtype)
-        magnitude.addcmul_(where_empty, equal_weights(block, layout))
-        block.addcmul_(magnitude, bias_per_magnitude(bias, total.add_(where_empty)))
+        total.add_(where_empty)
+        factor, scale = rescaled_factor(bias, total, bias_per_magnitude(bias, total).isinf())
+        magnitude.mul_(scale).addcmul_(where_empty, equal_weights(block, layout))
+        block.addcmul_(magnitude, factor)
 
     @staticmethod
     def _add_fallback(
@@ -297,6 +312,24 @@ def bias_per_magnitude(bias: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     [`formula_dtype`][ctc_plugin.ctc.sharing.formula_dtype]).
     """
     return bias.to(total.dtype) / total
+
+
+def rescaled_factor(
+    bias: torch.Tensor, total: torch.Tensor, overflow: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factor of each copy's ``|z_k|`` where `bias_per_magnitude` ``overflow``s, and its scale.
+
+    ``bias / total`` leaves the format's range where the copies are all far smaller than the
+    bias (their sum ``total`` subnormal: HaloNet's attention on its zero padding), though each
+    share ``bias * |z_k| / total`` lies within it, as the spec computes it. There the magnitudes
+    and their sum are scaled by ``2 ** (e // 2)``, ``2 ** e`` beyond the format's largest
+    number (exact: a power of two): ``|z_k| * scale`` times the factor ``bias / (total *
+    scale)`` is the share. Returns the factor and the scale (per unit, 1 where no overflow) to
+    multiply the magnitudes by.
+    """
+    large = 2.0 ** (math.frexp(torch.finfo(total.dtype).max)[1] // 2)
+    scale = torch.where(overflow, total.new_tensor(large), total.new_tensor(1.0))
+    return bias_per_magnitude(bias, total * scale), scale
 
 
 def _channel_block(bias: torch.Tensor, z: torch.Tensor, first: int, count: int) -> torch.Tensor:
