@@ -120,20 +120,27 @@ class GateRules:
         """Max pooling: every copy takes the values at the original pass's argmax positions.
 
         Args:
-            x: (N*C, channels, *spatial) propagated input.
+            x: (N*C, channels, *spatial) propagated input, or (N*C*m, channels, *spatial) with
+                each copy's rows merged with another dim (windows: SAM 2's HieraDet pools the
+                queries of its windows), each of the ``m`` rows taking the switches of the gate
+                copy's same row.
             pool_with_indices: The pooling operation with ``return_indices=True`` bound, taking
-                an (N, channels, *spatial) tensor and returning ``(values, indices)``.
+                an (N[*m], channels, *spatial) tensor and returning ``(values, indices)``.
         """
-        if x.shape[0] != self.layout.batch:
+        if x.shape[0] % self.layout.batch:
             raise UnsupportedOperationError(
                 "max pooling", "its input merges the copies with another dimension"
             )
-        grouped = self.layout.group(x)
-        _, indices = pool_with_indices(grouped[:, 0])
-        flat = grouped.flatten(3) if grouped.dim() > 3 else grouped.unsqueeze(-1)
-        index = indices.flatten(2).unsqueeze(1).expand(-1, grouped.shape[1], -1, -1)
-        pooled = flat.gather(3, index).reshape(*grouped.shape[:3], *indices.shape[2:])
-        return self.tag(pooled.flatten(0, 1))
+        grouped = self.layout.group(x)  # (N, C, [m,] channels, *spatial)
+        rows = grouped.dim() - x.dim()  # 1, or 2 with the copies' rows merged
+        gate = grouped[:, 0]
+        _, indices = pool_with_indices(gate.flatten(0, rows - 1))
+        indices = indices.unflatten(0, gate.shape[:rows])  # (N, [m,] channels, *out)
+        flat = grouped.flatten(rows + 2) if x.dim() > 2 else grouped.unsqueeze(-1)
+        index = indices.flatten(rows + 1).unsqueeze(1)  # (N, 1, [m,] channels, out)
+        index = index.expand(flat.shape[0], flat.shape[1], *index.shape[2:])
+        pooled = flat.gather(-1, index)
+        return self.tag(pooled.reshape(-1, *indices.shape[rows:]))
 
     def max_switches(
         self, x: torch.Tensor, dims: tuple[int, ...], keepdim: bool, largest: bool = True

@@ -464,7 +464,9 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "gate",
-            "every copy gathered at the gate copy's argmax positions (switches)",
+            "every copy gathered at the gate copy's argmax positions (switches), window by "
+            "window where windows are merged into the batch (SAM 2's HieraDet pools its "
+            "queries so)",
             g.max_pool,
             _MAX_POOLS,
         ),
