@@ -80,7 +80,7 @@ from ctc_plugin.module_state import compiled_code_eager
 from ctc_plugin.targets import TargetType as Target
 from ctc_plugin.targets import check_finite_target_outputs, check_target, output_not_a_tensor
 from ctc_plugin.targets import target_scores as select_scores
-from ctc_plugin.wording import caller_stacklevel
+from ctc_plugin.wording import caller_stacklevel, counted
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -352,7 +352,9 @@ class IntegrativeCAM(Attribution):
             [`transformer_stages`][ctc_plugin.cam.transformer_stages]), otherwise every
             convolutional stage (convolution, folded BatchNorm, ReLU) in the forward pass,
             functional calls included. A model that computes attention but whose blocks are
-            of no known type is refused rather than explained by its patch embedding alone.
+            of no known type is refused rather than explained by its patch embedding alone,
+            unless every attention's output reaches a convolutional stage (a CNN with
+            attention inside its stages: BoTNet, NextViT; `ctc_plugin.cam.attention_reach`).
         phi: The smooth function of the score whose derivatives set the channel weights:
             ``"exp"`` (Grad-CAM++), ``"softplus"``, ``"sigmoid"``, ``"identity"`` (Grad-CAM
             weights), a [`Phi`][ctc_plugin.cam.Phi] with explicit derivatives, or a scalar
@@ -684,7 +686,8 @@ class IntegrativeCAM(Attribution):
         if self.layers is not None:  # the user's layers (not the blocks found): each named
             names = {id(module): self._layer_name(module) for module in self.layers}
             _warn_of_layers_called_again(tracer.modules, names)
-        if chosen is None and tracer.saw_attention:
+        unreached = tracer.reach.unreached if tracer.reach is not None else 0
+        if chosen is None and unreached:  # attention inside the stages is shown by them
             refused = refused_blocks(self._model) if self._model is not None else []
             if refused:  # blocks known, and known not to make maps of the image here
                 raise UnknownBlocksError(
@@ -700,8 +703,10 @@ class IntegrativeCAM(Attribution):
                 "nn.TransformerEncoderLayer in a model whose one convolution is a patch "
                 "embedding, torchvision's ViT, Swin, MaxViT, the "
                 "zoo's ViT, the timm and Hugging Face blocks in ctc_plugin.cam.known_blocks."
-                "TIMM_BLOCKS and HUGGINGFACE_BLOCKS), so its convolutional stages alone would "
-                "be a partial map; pass "
+                "TIMM_BLOCKS and HUGGINGFACE_BLOCKS), and the output of its attention reaches "
+                f"no convolutional stage ({unreached} of {counted(tracer.reach.calls, 'call')}; "
+                "attention inside a CNN's stages, followed by a convolution or a BatchNorm, is "
+                "shown by them), so its convolutional stages alone would be a partial map; pass "
                 "layers=[modules returning (N, T, D) tokens or (N, C, H, W) maps] and "
                 "reshape_transform=ctc_plugin.cam.tokens_to_grid (or your own), or register "
                 "the block type in ctc_plugin.cam.BLOCK_RESHAPES"

@@ -43,6 +43,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from ctc_plugin.batchnorm import BATCH_NORM_TYPES, batch_norm_affine
+from ctc_plugin.cam.attention_reach import AttentionReach
 from ctc_plugin.cam.bias import fold_batchnorm
 from ctc_plugin.cam.reshapes import TupleOutput, at_call
 from ctc_plugin.inputs import FUNCTIONAL_DROPOUTS, RANDOM_FUNCTIONS, TrainingModeError
@@ -305,6 +306,8 @@ class StageTracer(TorchFunctionMode):
         self.point_maps = 0
         #: The (H, W) of every 2-d convolution's output so far: grids a layer's map may have.
         self.conv_grids: set[tuple[int, int]] = set()
+        #: Whether each attention's output reaches a stage (``discover`` only).
+        self.reach = AttentionReach() if discover else None
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _label(self, key: Tensor | None, kind: str) -> str:
@@ -465,9 +468,11 @@ class StageTracer(TorchFunctionMode):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         if name in _NEUTRAL:
-            return func(*args, **kwargs)
-        if computes_attention(func, args):
-            self.saw_attention = True
+            out = func(*args, **kwargs)
+            self._follow(args, kwargs, out)  # .mT, .T: views of an attention's output
+            return out
+        attention = computes_attention(func, args)
+        self.saw_attention = self.saw_attention or attention
         if func in _DROPOUT:
             _refuse_training_dropout(func, name, args, kwargs)
         if func in RANDOM_FUNCTIONS:
@@ -483,7 +488,9 @@ class StageTracer(TorchFunctionMode):
         if name in ("relu", "relu_"):
             kind = "relu"
         if not tracked and not read and not passed and kind is None:
-            return func(*args, **kwargs)
+            out = func(*args, **kwargs)
+            self._follow(args, kwargs, out, attention)
+            return out
 
         first = args[0] if args and isinstance(args[0], Tensor) else None
         extending = None
@@ -528,6 +535,7 @@ class StageTracer(TorchFunctionMode):
         if copies:  # a copy written in place (a hook's clamp_ of its own copy) is still a copy
             self._note_use(copies, read, name, out)
 
+        stages_before = len(self.stages)
         if extending is not None and isinstance(out, Tensor):
             if kind == "bn" and self.fold_bias:
                 scale, shift = self._bn_affine(bn_args)
@@ -544,7 +552,18 @@ class StageTracer(TorchFunctionMode):
             if self.fold_bias:
                 shift = self._bn_affine(bn_args)[1]
             self._new_chain(out, self._label(bn_args["running_mean"], "batch_norm"), "bn", shift)
+        self._follow(args, kwargs, out, attention, len(self.stages) > stages_before)
         return out
+
+    def _follow(
+        self, args: tuple, kwargs: dict, out: Any, attention: bool = False, started: bool = False
+    ) -> None:
+        """Follow the attention's outputs through a call (`AttentionReach`; discovery only).
+
+        ``started``: the call started a stage (a convolution or BatchNorm whose map is one).
+        """
+        if self.reach is not None:
+            self.reach.follow((args, kwargs), out, attention, started)
 
     def _note_use(
         self,
