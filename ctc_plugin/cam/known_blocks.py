@@ -72,6 +72,11 @@ TIMM_BLOCKS: dict[str, BlockReshape | None] = {
     "timm.models.beit.Block": None,
     "timm.models.vision_transformer_relpos.RelPosBlock": None,
     "timm.models.vision_transformer_relpos.ResPostRelPosBlock": None,
+    # ConViT (inside a ConVit, its blocks before the class token joins hold patch tokens alone:
+    # ``_TIMM_MODEL_BLOCKS``), Gemma 4's and DeepSeek's vision encoders
+    "timm.models.convit.Block": None,
+    "timm.models.gemma4_vit.Gemma4Block": None,
+    "timm.models.deepseek_vit.DeepseekVitBlock": None,
     # (N, H*W, C) patch tokens alone: CaiT's and XCiT's patch blocks (their class-attention
     # blocks, which update the class token alone, are left out), Twins, PVT v2, LeViT, the
     # attention stage of EfficientFormer, MLP-Mixer, ResMLP, gMLP
@@ -84,12 +89,18 @@ TIMM_BLOCKS: dict[str, BlockReshape | None] = {
     "timm.models.mlp_mixer.MixerBlock": _PATCHES,
     "timm.models.mlp_mixer.ResBlock": _PATCHES,
     "timm.models.mlp_mixer.SpatialGatingBlock": _PATCHES,
-    # (N, H, W, C): Swin v1/v2, GCViT, TinyViT, SAM's ViT
+    # (N, H, W, C): Swin v1/v2 and v2-CR, GCViT, TinyViT, SAM's ViT, SAM 2's HieraDet, VOLO's
+    # outlooker and transformer blocks (its class-attention blocks, which update the class token
+    # alone, are left out)
     "timm.models.swin_transformer.SwinTransformerBlock": channels_last_to_grid,
     "timm.models.swin_transformer_v2.SwinTransformerV2Block": channels_last_to_grid,
+    "timm.models.swin_transformer_v2_cr.SwinTransformerV2CrBlock": channels_last_to_grid,
     "timm.models.gcvit.GlobalContextVitBlock": channels_last_to_grid,
     "timm.models.tiny_vit.TinyVitBlock": channels_last_to_grid,
     "timm.models.vision_transformer_sam.Block": channels_last_to_grid,
+    "timm.models.hieradet_sam2.MultiScaleBlock": channels_last_to_grid,
+    "timm.models.volo.Outlooker": channels_last_to_grid,
+    "timm.models.volo.Transformer": channels_last_to_grid,
     # (N, T, S, C) blocks of tokens: NesT
     "timm.models.nest.TransformerLayer": blocks_of_blocks_to_grid,
     # tuples: TNT's (pixel tokens, patch tokens), its patch tokens led by the class token;
@@ -97,8 +108,9 @@ TIMM_BLOCKS: dict[str, BlockReshape | None] = {
     # stage pools inside; its output is on the pooled grid it returns)
     "timm.models.tnt.Block": TupleOutput(item=1),
     "timm.models.mvitv2.MultiScaleBlock": TupleOutput(item=0, grid_item=1),
-    # (N, C, H, W): MaxViT, CoAtNet, DaViT, TinyViT's and EfficientFormer's convolutional
-    # stages, EfficientFormerV2, EdgeNeXt, MobileViT (v1, v2: its transformer is inside), Visformer
+    # (N, C, H, W): MaxViT, CoAtNet, DaViT, TinyViT's, EfficientFormer's and ViTamin's
+    # convolutional stages, EfficientFormerV2, EdgeNeXt, MobileViT (v1, v2: its transformer is
+    # inside), Visformer
     "timm.models.maxxvit.MaxxVitBlock": _identity,
     "timm.models.maxxvit.ParallelMaxxVitBlock": _identity,
     "timm.models.maxxvit.MbConvBlock": _identity,
@@ -106,6 +118,7 @@ TIMM_BLOCKS: dict[str, BlockReshape | None] = {
     "timm.models.davit.SpatialBlock": _identity,
     "timm.models.davit.ChannelBlock": _identity,
     "timm.models.tiny_vit.MBConv": _identity,
+    "timm.models.vitamin.MbConvLNBlock": _identity,
     "timm.models.efficientformer.MetaBlock2d": _identity,
     "timm.models.efficientformer_v2.EfficientFormerV2Block": _identity,
     "timm.models.edgenext.ConvBlock": _identity,
@@ -206,10 +219,48 @@ def _hiera_blocks(model: nn.Module) -> dict[int, BlockReshape]:
     return found
 
 
-#: timm models whose blocks' token order only the model says, and the reshape of each of its
-#: blocks' outputs (by ``id``): Hiera's blocks hold their tokens in mask-unit order.
+def _convit_blocks(model: nn.Module) -> dict[int, BlockReshape]:
+    """The blocks of a timm ``ConVit`` by ``id``, each with the tokens its output holds.
+
+    ConViT puts its class token before the patch tokens only after its first
+    ``local_up_to_layer`` blocks (its gated positional attention ones), so those hold the patch
+    tokens alone and the others are led by the class token (none where the model has none).
+    """
+    blocks, local = getattr(model, "blocks", None), getattr(model, "local_up_to_layer", None)
+    if not isinstance(blocks, nn.ModuleList) or not isinstance(local, int):
+        return {}
+    joined = 0 if getattr(model, "cls_token", None) is None else 1
+    return {id(block): PatchTokens(0 if i < local else joined) for i, block in enumerate(blocks)}
+
+
+def _metaformer_blocks(model: nn.Module) -> dict[int, BlockReshape]:
+    """The blocks of a timm ``MetaFormer`` with attention stages (CAFormer) by ``id``.
+
+    A stage whose token mixer is attention runs its blocks on (N, H*W, C) patch tokens (its
+    ``use_nchw`` is false), the others on (N, C, H, W) maps; all its blocks are stages, as
+    EfficientFormer's. A MetaFormer without attention (PoolFormer, ConvFormer) has none: its
+    convolutional stages are found.
+    """
+    stages = getattr(model, "stages", None)
+    if not isinstance(stages, nn.Sequential):
+        return {}
+    modes = [getattr(stage, "use_nchw", None) for stage in stages]
+    if False not in modes or None in modes:
+        return {}
+    return {
+        id(block): _identity if stage.use_nchw else _PATCHES
+        for stage in stages
+        for block in getattr(stage, "blocks", ())
+    }
+
+
+#: timm models whose blocks' reshapes only the model says, by block (``id``): Hiera's blocks
+#: hold their tokens in mask-unit order, ConViT's class token joins after its first blocks, and
+#: MetaFormer's blocks hold maps or tokens by stage (and are stages only beside attention).
 _TIMM_MODEL_BLOCKS: dict[str, Callable[[nn.Module], dict[int, BlockReshape]]] = {
     "timm.models.hiera.Hiera": _hiera_blocks,
+    "timm.models.convit.ConVit": _convit_blocks,
+    "timm.models.metaformer.MetaFormer": _metaformer_blocks,
 }
 
 #: timm blocks that cannot be found soundly, and why; named when Integrative CAM refuses.

@@ -246,9 +246,12 @@ def transformer_stages(model: nn.Module) -> list[tuple[nn.Module, BlockReshape]]
     ``EncoderBlock``, Swin
     ``SwinTransformerBlock``/``SwinTransformerBlockV2``, MaxViT ``MaxVitLayer``, the types in
     [`BLOCK_RESHAPES`][ctc_plugin.cam.BLOCK_RESHAPES] (these first), timm's in ``TIMM_BLOCKS``:
-    ViT and its variants (DeiT, DINOv2 with registers, CLIP, EVA, BEiT, PiT, CrossViT), CaiT,
-    XCiT, Twins, PVT v2, Swin v1/v2, NesT, DaViT, GCViT, MaxViT, CoAtNet, TinyViT, LeViT,
-    EfficientFormer v1/v2, EdgeNeXt, MobileViT v1/v2, Visformer, MLP-Mixer, ResMLP, gMLP, TNT
+    ViT and its variants (DeiT, DINOv2 with registers, CLIP, EVA, BEiT, PiT, CrossViT, hybrids,
+    relative positions, NaFlexViT, Qwen3's, Gemma 4's, DeepSeek's), ConViT (its class token
+    joins after its first blocks), CaiT, XCiT, Twins, PVT v2, Swin v1/v2/v2-CR, SAM's ViT, SAM
+    2's HieraDet, VOLO, NesT, DaViT, GCViT, MaxViT, CoAtNet, ViTamin, TinyViT, LeViT,
+    EfficientFormer v1/v2, CAFormer (MetaFormer's blocks beside attention), EdgeNeXt, MobileViT
+    v1/v2, Visformer, MLP-Mixer, ResMLP, gMLP, TNT
     (its patch tokens, picked out of the (pixel tokens, patch tokens) tuple its blocks return,
     on the patch grid the model says) and MViTv2 (the tokens of its blocks' (tokens, grid)
     tuples, on that grid), and every block of the stages of its convolutional networks with

@@ -351,6 +351,19 @@ FAMILIES = {
     "csatv2": (128, 18),
     "mobilenetv4_hybrid_medium": (64, 32),
     "mobilenetv5_base": (64, 40),
+    "vit_tiny_r_s16_p8_224": (64, 12),
+    "vit_relpos_small_patch16_224": (64, 12),
+    "convit_tiny": (64, 12),
+    "caformer_s18": (64, 18),
+    "volo_d1_224": (64, 18),
+    "vitamin_small_224": (64, 20),
+    "swinv2_cr_tiny_ns_224": (64, 12),
+    "sam2_hiera_tiny": (64, 12),
+    "qwen3_vit_88m": (64, 12),
+    "naflexvit_base_patch16_gap": (64, 12),
+    "samvit_base_patch16": (64, 12),
+    "gemma4_vit_167m": (64, 16),
+    "deepseek_vit_412m": (56, 32),
 }
 
 
@@ -363,14 +376,10 @@ def _family(name: str, size: int) -> nn.Module:
     return _ready(model)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", FAMILIES)
-def test_each_timm_family_is_found_on_timms_own_grids(name: str) -> None:
+def _assert_found_on_timms_own_grids(model: nn.Module, size: int, count: int) -> None:
     """Each map of ``forward_intermediates`` that is not a stem or head (a stage's output,
     after its norm where it has one, or the norm that ends a stage's blocks: CSATv2's) is the
-    reshape of a found block's output."""
-    size, count = FAMILIES[name]
-    model = _family(name, size)
+    reshape of a found block's output, and Integrative CAM fuses the ``count`` blocks."""
     assert len(transformer_stages(model)) == count
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(5)).double()
     outputs = _block_outputs(model, x)
@@ -397,6 +406,107 @@ def test_each_timm_family_is_found_on_timms_own_grids(name: str) -> None:
     assert sum(found) >= len(timms) - 1 and any(found)
     _, layers = IntegrativeCAM(model).attribute(x, target=1, return_layer_maps=True)
     assert len(layers.names) == count
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILIES)
+def test_each_timm_family_is_found_on_timms_own_grids(name: str) -> None:
+    size, count = FAMILIES[name]
+    _assert_found_on_timms_own_grids(_family(name, size), size, count)
+
+
+def _metaformer() -> nn.Module:
+    """CAFormer: two stages of separable convolutions, two of attention on patch tokens."""
+    from timm.models.metaformer import Attention, LayerNorm2dNoBias, LayerNormNoBias, SepConv
+
+    return timm.models.metaformer.MetaFormer(
+        num_classes=5, depths=(1, 1, 1, 1), dims=(8, 8, 32, 32),
+        token_mixers=(SepConv, SepConv, Attention, Attention),
+        norm_layers=[LayerNorm2dNoBias] * 2 + [LayerNormNoBias] * 2,
+    )  # fmt: skip
+
+
+#: tiny models of the families whose blocks were added with the transformer and hybrid modules
+#: of timm 1.0.31: builder, input side, stages found
+TINY_FAMILIES = {
+    "ConViT (class token after 2 of 3 blocks)": (
+        lambda: timm.create_model(
+            "convit_tiny", num_classes=5, img_size=32, embed_dim=16, depth=3, num_heads=2,
+            local_up_to_layer=2, patch_size=8,
+        ),
+        32,
+        3,
+    ),
+    "CAFormer": (_metaformer, 32, 4),
+    "VOLO": (
+        lambda: timm.models.volo.VOLO(
+            num_classes=5, img_size=32, layers=(1, 1, 1, 1), embed_dims=(16, 32, 32, 32),
+            num_heads=(1, 2, 2, 2),
+        ),
+        32,
+        4,
+    ),
+    "Swin v2 CR": (
+        lambda: timm.create_model(
+            "swinv2_cr_tiny_ns_224", num_classes=5, img_size=32, embed_dim=8, depths=(1, 1),
+            num_heads=(1, 2), window_size=4,
+        ),
+        32,
+        2,
+    ),
+    "SAM 2 HieraDet": (
+        lambda: timm.models.hieradet_sam2.HieraDet(
+            num_classes=5, embed_dim=8, num_heads=1, stages=(1, 1, 2, 1), global_att_blocks=(3,)
+        ),
+        64,
+        5,
+    ),
+    "Gemma 4 ViT": (
+        lambda: timm.create_model(
+            "gemma4_vit_167m", num_classes=5, img_size=32, embed_dim=32, depth=2, num_heads=2,
+            head_dim=16, intermediate_size=64,
+        ),
+        32,
+        2,
+    ),
+    "DeepSeek ViT": (
+        lambda: timm.create_model(
+            "deepseek_vit_412m", num_classes=5, img_size=28, embed_dim=32, depth=2, num_heads=2
+        ),
+        28,
+        2,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_the_blocks_of_a_tiny_model_of_each_family_are_on_timms_own_grids(name: str) -> None:
+    build, size, count = TINY_FAMILIES[name]
+    torch.manual_seed(0)
+    _assert_found_on_timms_own_grids(_ready(build()), size, count)
+
+
+def test_convits_blocks_before_its_class_token_joins_hold_patch_tokens_alone() -> None:
+    torch.manual_seed(0)
+    model = _ready(TINY_FAMILIES["ConViT (class token after 2 of 3 blocks)"][0]())
+    assert [reshape for _, reshape in transformer_stages(model)] == [
+        PatchTokens(0),
+        PatchTokens(0),
+        PatchTokens(1),
+    ]
+
+
+def test_metaformers_without_attention_keep_their_convolutional_stages() -> None:
+    """PoolFormer's and ConvFormer's blocks are found only beside attention (CAFormer)."""
+    from timm.models.metaformer import MetaFormer, SepConv
+
+    torch.manual_seed(0)
+    model = MetaFormer(num_classes=5, depths=(1, 1), dims=(8, 16), token_mixers=SepConv).eval()
+    assert transformer_stages(model) == []
+    _, layers = IntegrativeCAM(model).attribute(
+        torch.rand(1, 3, 32, 32), target=0, return_layer_maps=True
+    )
+    assert all(step != ("layer",) for step in layers.steps)  # its convolutional stages
 
 
 def test_weight_standardisation_is_no_batchnorm_of_the_maps() -> None:
