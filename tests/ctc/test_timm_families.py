@@ -4,7 +4,9 @@ One small model per mechanism that older networks lack (squeeze-excitation and i
 split attention, GRN, StarReLU, ResMLP's affine, gated products, SwiGLU with rotary embeddings,
 registers, relative position bias, cosine attention, cross-covariance attention, unfold,
 repeated global queries, mask-unit attention, factorised and linear attention, LSTMs,
-modulation, additive and partial-channel attention, a state-space mixer), with
+modulation, additive and partial-channel attention, a state-space mixer, gated
+positional attention, attention in ResNet bottlenecks, lambda layers, cascaded group attention;
+with make test-slow also outlook attention, halo attention and SAM 2's pooled windows), with
 random weights (statistics, biases and norm weights drawn, every parameter moved by noise, so
 no logit is the bias alone), in float64 on a 2 x 2 grid: ``"proportional"`` scores add up to
 the target logit, the fast pass equals the spec, and one image alone gives its scores in the
@@ -54,6 +56,10 @@ MODELS = {
     "swiftformer_xs": "additive attention of normalised queries and keys",
     "efficientvim_m1": "hidden-state mixer: a softmax over the tokens, matrix products",
     "shvit_s1": "single-head attention on part of the channels",
+    "convit_tiny": "gated positional self-attention: a sigmoid gate mixing two softmaxes",
+    "botnet26t_256": "self-attention with relative position logits in a ResNet bottleneck",
+    "lambda_resnet26t": "lambda layers: softmax(k)^T v applied to the queries",
+    "efficientvit_m0": "cascaded group attention",
 }
 
 #: models that compute in float32 inside whatever the input's dtype (their scores add up to
@@ -64,14 +70,20 @@ FLOAT32_INSIDE = {"efficientvit_b0": 1e-6}  # LiteMLA's attention runs .float()
 SLOW = {
     "eca_nfnet_l0": "weight standardisation, scaled activations",
     "beit_base_patch16_224": "relative position bias",
+    "volo_d1_224": "outlook attention: unfolded windows folded back",
+    "halonet26t": "halo attention, whose queries can weigh the zero padding alone",
+    "sam2_hiera_tiny": "max pooling of queries in windows merged into the batch",
 }
 
 SIZE = 64
 
+#: models built for another input side (HaloNet's blocks must divide its maps)
+SIZES = {"halonet26t": 256}
 
-def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)).double()
-    rows = torch.arange(SIZE) * 2 // SIZE
+
+def _inputs(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(3)).double()
+    rows = torch.arange(size) * 2 // size
     return x, (rows.view(1, 1, -1, 1) * 2 + rows.view(1, 1, 1, -1))
 
 
@@ -79,7 +91,8 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     "name", [*MODELS, *(pytest.param(name, marks=pytest.mark.slow) for name in SLOW)]
 )
 def test_proportional_adds_up_and_equals_the_spec(name: str) -> None:
-    model, (x, mask) = timm_classifier(name, SIZE), _inputs()
+    size = SIZES.get(name, SIZE)
+    model, (x, mask) = timm_classifier(name, size), _inputs(size)
     relative = FLOAT32_INSIDE.get(name, 1e-10)
     scores = assert_proportional_adds_up(model, x, mask, 1, relative=relative)
     assert scores.scores.std() > 1e-3  # the features differ: no logit is the bias alone
