@@ -14,8 +14,7 @@ features, two images:
 
 Used on the "Choose a method" page. Needs ``pip install timm`` (the ``dev`` extra has it). Run:
 ``python docs/scripts/timm_support.py [--models seresnet18 eva02_tiny_patch14_224]`` (about
-4.5 minutes on one CPU thread; NASNet, PNASNet, MobileNetV5, ConvMixer and VGG take 15 to 20 s
-each).
+RUNTIME minutes on one CPU thread).
 """
 
 from __future__ import annotations
@@ -130,6 +129,29 @@ FAMILIES: dict[str, tuple[str, int, str]] = {
     "CoaT Lite": ("coat_lite_tiny", 64, "factorised attention: q @ (softmax(k)^T v)"),
     "EfficientViT (MIT)": ("efficientvit_b0", 64, "ReLU linear attention"),
     "Sequencer": ("sequencer2d_s", 64, "bidirectional LSTMs"),
+    "BoTNet": ("botnet26t_256", 64, "self-attention in place of a bottleneck's 3 × 3 convolution"),
+    "HaloNet": (
+        "halonet26t",
+        256,
+        "blocked attention with halos (its blocks must divide the maps)",
+    ),
+    "LambdaNet": ("lambda_resnet26t", 64, "lambda layers: softmax(k)ᵀ v applied to the queries"),
+    "NextViT": ("nextvit_small", 64, "attention on tokens of a map, then convolutions"),
+    "EfficientViT (MSRA)": ("efficientvit_m0", 64, "cascaded group attention"),
+    "ConvFormer": ("convformer_s18", 64, "separable convolutions as token mixer"),
+    "CAFormer": ("caformer_s18", 64, "convolution stages, then attention stages"),
+    "ConViT": ("convit_tiny", 64, "gated positional self-attention"),
+    "VOLO": ("volo_d1_224", 64, "outlook attention"),
+    "ViT hybrid": ("vit_tiny_r_s16_p8_224", 64, "a ResNet stem under the ViT"),
+    "ViT, relative positions": ("vit_relpos_small_patch16_224", 64, "relative position MLP"),
+    "ViTamin": ("vitamin_small_224", 64, "MBConv stages, GeGLU"),
+    "Swin v2 CR": ("swinv2_cr_tiny_ns_224", 64, "post-norm blocks, cosine attention"),
+    "SAM ViT": ("samvit_base_patch16", 64, "windowed attention, decomposed relative positions"),
+    "SAM 2 HieraDet": ("sam2_hiera_tiny", 64, "max pooling of windowed queries"),
+    "NaFlexViT": ("naflexvit_base_patch16_gap", 64, "variable patch grids, registers"),
+    "Qwen3 ViT": ("qwen3_vit_88m", 64, "learned grid resampled, 2-D RoPE"),
+    "Gemma 4 ViT": ("gemma4_vit_167m", 64, "clipped linear layers, 2-D RoPE"),
+    "DeepSeek ViT": ("deepseek_vit_412m", 56, "RMSNorm in float32, 2-D RoPE, SwiGLU"),
 }
 
 
