@@ -183,6 +183,24 @@ def input_file(text: str) -> Path:
     return path
 
 
+#: What a missing ``--weights`` file is told: the file it takes, and that nothing is downloaded.
+WEIGHTS_FILE_ADVICE = (
+    "give a state-dict file, what torch.save(model.state_dict(), PATH) writes; nothing is "
+    "downloaded, so to try a torchvision, timm or module:callable model without trained weights, "
+    "save its random ones that way"
+)
+
+
+def weights_file(text: str) -> Path:
+    """An option type for ``--weights``: an `input_file`, and a missing one is told what to give."""
+    try:
+        return input_file(text)
+    except argparse.ArgumentTypeError as error:
+        if Path(text).expanduser().exists():
+            raise
+        raise argparse.ArgumentTypeError(f"{error}; {WEIGHTS_FILE_ADVICE}") from None
+
+
 def output_file(text: str) -> Path:
     """An option type for a file to write (missing folders above it are created).
 

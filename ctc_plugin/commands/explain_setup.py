@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctc_plugin.commands import CLIError
-from ctc_plugin.commands.arguments import input_file, positive_int
+from ctc_plugin.commands.arguments import input_file, positive_int, weights_file
 from ctc_plugin.commands.methods import METHODS
 from ctc_plugin.commands.models import LoadedModel
 from ctc_plugin.ctc.modes import BIAS_SHARING_MODES, DEFAULT_BIAS_SHARING
@@ -67,7 +67,7 @@ def add_model_options(parser: argparse.ArgumentParser, default: str | None = DEF
     )
     parser.add_argument(
         "--weights",
-        type=input_file,
+        type=weights_file,
         default=None,
         help="state-dict file (torch.save) to load into the model",
     )

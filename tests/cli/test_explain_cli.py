@@ -254,3 +254,17 @@ def test_explain_with_a_sam_checkpoint(tmp_path, capsys):
     assert main(args) == 0
     assert "figure written" in capsys.readouterr().out
     assert read_png(out).format == "PNG"
+
+
+def test_a_missing_weights_file_says_what_to_give(tmp_path, capsys):
+    """A newcomer copying the tutorial's command without the weight file is told what the file
+    is and how to make one (nothing is downloaded), not only that it is missing."""
+    missing = str(tmp_path / "resnet18-f37072fd.pth")
+    for command in (["explain", str(sample_path())], ["explain-dataset", str(tmp_path)]):
+        error = _error(
+            capsys,
+            [*command, "--model", "resnet18", "--weights", missing, "--out", str(tmp_path / "o")],
+        )
+        assert "--weights: file not found" in error, error
+        assert "torch.save(model.state_dict(), PATH)" in error and "nothing is downloaded" in error
+        assert error.count("\n") <= 3, error  # usage lines and one error line
