@@ -103,16 +103,21 @@ def publish(figure: Path) -> Path:
     return target
 
 
-def explain_command(page: Path) -> list[str]:
-    """The arguments of the page's one ``ctc-plugin explain`` command (in a ```bash block)."""
-    lines = [
-        line.strip()
+def bash_commands(page: Path, command: str) -> list[list[str]]:
+    """The arguments of each ``ctc-plugin COMMAND`` line of the page's ```bash blocks."""
+    return [
+        shlex.split(line.strip(), comments=True)[1:]
         for block in BASH.findall(page.read_text(encoding="utf-8"))
         for line in block.replace("\\\n", " ").splitlines()  # join continued lines
-        if line.strip().startswith("ctc-plugin explain ")
+        if line.strip().startswith(f"ctc-plugin {command} ")
     ]
+
+
+def explain_command(page: Path) -> list[str]:
+    """The arguments of the page's one ``ctc-plugin explain`` command (in a ```bash block)."""
+    lines = bash_commands(page, "explain")
     assert len(lines) == 1, f"{page.name}: expected one `ctc-plugin explain` line, got {lines}"
-    return shlex.split(lines[0])[1:]
+    return lines[0]
 
 
 def check_your_model_command(page: Path, namespace: dict) -> None:
@@ -159,10 +164,30 @@ def check_modern_cnns(_page: Path, namespace: dict) -> None:
     assert (proportional - linear).abs().max() > 1e-3 * proportional.abs().max()
 
 
+def check_dataset_run_command(page: Path, _namespace: dict) -> None:
+    """The page's command writing ``--out run`` is the run its Python twin made: as the page says,
+    started on that folder it finds the run finished and computes nothing (a command of other
+    options, or other defaults than ``explain_dataset``'s, would be refused)."""
+    from ctc_plugin.cli import main
+
+    commands = [argv for argv in bash_commands(page, "explain-dataset") if "run" in argv]
+    assert len(commands) == 1, f"{page.name}: expected one command with --out run: {commands}"
+    argv = commands[0]
+    assert argv[argv.index("--out") + 1] == "run", argv
+    shards = sorted(Path("run").rglob("shard-*"))
+    assert shards, "the page's Python run wrote no shard"
+    written = {path: path.stat().st_mtime_ns for path in shards}
+    assert main([*argv, "--no-progress"]) == 0
+    assert {
+        path: path.stat().st_mtime_ns for path in sorted(Path("run").rglob("shard-*"))
+    } == written
+
+
 #: Checks that run after a page's blocks, in its folder, with its namespace.
 AFTER_PAGE: dict[str, Callable[[Path, dict], None]] = {
     "your-model-your-photo": check_your_model_command,
     "modern-cnns": check_modern_cnns,
+    "dataset-runs": check_dataset_run_command,
 }
 
 PAGES = sorted(TUTORIALS.glob("*.md")) + [
