@@ -14,7 +14,7 @@ features, two images:
 
 Used on the "Choose a method" page. Needs ``pip install timm`` (the ``dev`` extra has it). Run:
 ``python docs/scripts/timm_support.py [--models seresnet18 eva02_tiny_patch14_224]`` (about
-RUNTIME minutes on one CPU thread).
+7 minutes on one CPU thread).
 """
 
 from __future__ import annotations
