@@ -293,7 +293,8 @@ def _restated_mismatch(
             "(retrained or replaced under the same name): put the run's file back to resume "
             f"it, or choose another --out for the new {options}",
         )
-    if source.kind != "folder" or "image_list" not in keys or "source.spec" in keys:
+    folder_changed = "image_list" in keys or "source.classes" in keys
+    if source.kind != "folder" or not folder_changed or "source.spec" in keys:
         # the digests of the image list and the plan follow from the options named beside
         options = [d for d in error.differences if d[0] not in ("image_list", "plan", "shards")]
         if options and len(options) < len(error.differences):
@@ -310,8 +311,10 @@ def _restated_mismatch(
         ("removed", [name for name in there if name not in now]),
         ("in another class", [name for name in now if name in there and there[name] != now[name]]),
     ]
+    empty = [(what, names) for what, names in _empty_class_changes(error, now, there) if names]
     listed = "; ".join(
-        f"{what}: {first_names(names)}" for what, names in changes if names and there
+        [f"{what}: {first_names(names)}" for what, names in empty]
+        + [f"{what}: {first_names(names)}" for what, names in changes if names and there]
     )
     # digests: the advice says what changed; the shard count follows from the image count
     derived = ("image_list", "plan", "shards") if "images" in keys else ("image_list", "plan")
@@ -336,10 +339,44 @@ def _restated_mismatch(
     return ConfigMismatchError(
         Path(out),
         differences,
-        advice=f"the images of {source.root} changed since this run started"
+        advice=f"the {'images' if 'image_list' in keys else 'class folders'} of {source.root} "
+        "changed since this run started"
         + (f" ({listed})" if listed else "")
+        + (
+            "; a class folder counts even when empty, as its place among the sorted class "
+            "folders numbers the labels"
+            if empty
+            else ""
+        )
         + ": put them back as they were to resume it, or choose another --out",
     )
+
+
+def _empty_class_changes(
+    error: ConfigMismatchError, now: dict[str, Any], there: dict[str, Any]
+) -> list[tuple[str, list[str]]]:
+    """The empty class folders added to and removed from SOURCE since the run started.
+
+    An empty class folder changes no image's name, but its place numbers the labels of the
+    folders after it, so a run is refused for it: the refusal names it (``zzz/``). A class
+    folder with images is named by its images (added, removed). ``now`` and ``there`` are the
+    images (by name) of this start and of the run's ``plan.json``; ``error`` gives the classes.
+    """
+    for key, old, new in error.differences:
+        if key == "source.classes":
+            before = old if isinstance(old, list) else []
+            after = new if isinstance(new, list) else []
+
+            def empty(folder: str, images: dict[str, Any]) -> bool:
+                return not any(name.startswith(f"{folder}/") for name in images)
+
+            return [
+                ("empty class folders added",
+                 [f"{c}/" for c in after if c not in before and empty(c, now)]),
+                ("empty class folders removed",
+                 [f"{c}/" for c in before if c not in after and empty(c, there)]),
+            ]  # fmt: skip
+    return []
 
 
 def _more_images_advice(
