@@ -21,7 +21,7 @@ from ctc_plugin.resumable.cluster import (
     ShardQueue,
     run_on_ray,
 )
-from ctc_plugin.resumable.job import Job, JobResult, Runner, Shard, run_job
+from ctc_plugin.resumable.job import Job, JobResult, Runner, Shard, ShardInputError, run_job
 from ctc_plugin.resumable.store import RunStore, json_values, read_json
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "RunStore",
     "Runner",
     "Shard",
+    "ShardInputError",
     "ShardQueue",
     "json_values",
     "read_json",

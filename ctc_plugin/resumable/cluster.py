@@ -99,6 +99,8 @@ def run_on_ray(
     Raises:
         RayUnavailableError: If Ray is not installed.
         RayConnectionError: If the cluster at ``address`` cannot be reached.
+        ShardInputError: After every other shard was written, where shards were stopped by
+            their own input (see `shards_left_by_their_input`).
         Exception: What a runner raised on a worker (its own exception, the worker's
             traceback chained to it), after the shards finished before it were written.
     """
@@ -191,6 +193,8 @@ def task_error(error: BaseException) -> BaseException:
 def _run(ray: Any, job: Job, shards: list[Shard], store: RunStore, progress: Any) -> None:
     from ray.exceptions import RayTaskError
 
+    from ctc_plugin.resumable.job import ShardInputError, shards_left_by_their_input
+
     resources = ray.cluster_resources()
     cpus = float(resources.get("CPU", 1))
     gpus = int(resources.get("GPU", 0))
@@ -221,16 +225,23 @@ def _run(ray: Any, job: Job, shards: list[Shard], store: RunStore, progress: Any
 
     for worker in range(running):
         give(worker)
+    stopped: list[ShardInputError] = []  # shards left undone by their own input
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         shard, worker = pending.pop(done[0])
         try:
             table, arrays = ray.get(done[0])
         except RayTaskError as error:
-            raise task_error(error) from error
-        store.write_shard(shard.name, table, arrays)
-        progress.update(len(shard.images))
+            cause = task_error(error)
+            if not isinstance(cause, ShardInputError):
+                raise cause from error
+            stopped.append(cause)  # the other shards go on, as in the embedded engine
+        else:
+            store.write_shard(shard.name, table, arrays)
+            progress.update(len(shard.images))
         give(worker)
+    if stopped:
+        raise shards_left_by_their_input(stopped)
 
 
 class _Worker:

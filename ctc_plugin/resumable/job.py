@@ -30,13 +30,29 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ctc_plugin.resumable.atomic import read_only_folder
 from ctc_plugin.resumable.store import MANIFEST, RunStore
 from ctc_plugin.resumable.threads import torch_threads
-from ctc_plugin.wording import counted
+from ctc_plugin.wording import counted, first_names
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
 
-__all__ = ["Job", "JobResult", "Runner", "Shard", "run_job"]
+__all__ = ["Job", "JobResult", "Runner", "Shard", "ShardInputError", "run_job"]
+
+
+class ShardInputError(Exception):
+    """A shard's own input cannot be used (an image file damaged past its header).
+
+    A runner raises it where only this shard is stopped by it: the engine leaves the shard
+    undone, computes the others, and raises it at the end
+    (`shards_left_by_their_input`), so the same command, once the input is fixed, computes only
+    that shard. Any other exception a runner raises stops the run at once.
+
+    Attributes:
+        item: The input that stopped the shard (an image's name), for the message that names
+            every shard left so; ``None`` where not given.
+    """
+
+    item: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +214,9 @@ def run_job(
         RayUnavailableError: If ``ray`` is given and Ray is not installed (before any work).
         RayConnectionError: If ``ray`` is the address of a Ray cluster that cannot be
             reached.
+        ShardInputError: Once every other shard is finished, where a runner raised it for a
+            shard (an image damaged past its header): that shard is left for the same call to
+            compute once its input is fixed.
     """
     from tqdm.auto import tqdm
 
@@ -334,6 +353,7 @@ def _run_embedded(
     elsewhere meanwhile is not computed again. Returns how many shards this process computed.
     """
     made: list[Runner] = [runner] if runner is not None else []  # made for the first shard
+    stopped: list[ShardInputError] = []  # shards left undone by their own input
 
     def run(shard: Shard, wait: bool) -> bool | None:
         """Compute ``shard`` if claimed and unfinished: ``None`` when another holds it."""
@@ -345,12 +365,36 @@ def _run_embedded(
                 return False
             if not made:
                 made.append(job.runner())
-            with torch_threads(job.threads):
-                table, arrays = made[0].run(shard, progress)
+            try:
+                with torch_threads(job.threads):
+                    table, arrays = made[0].run(shard, progress)
+            except ShardInputError as error:  # the other shards go on; raised at the end
+                stopped.append(error)
+                return False
             store.write_shard(shard.name, table, arrays)
             return True
 
     outcomes = [run(shard, wait=False) for shard in left]
     passed_over = [shard for shard, outcome in zip(left, outcomes) if outcome is None]
     outcomes += [run(shard, wait=True) for shard in passed_over]
+    if stopped:
+        raise shards_left_by_their_input(stopped)
     return sum(outcome is True for outcome in outcomes)
+
+
+def shards_left_by_their_input(errors: list[ShardInputError]) -> ShardInputError:
+    """The one error a run raises for the shards its input left undone (the others finished).
+
+    The first shard's error, as its runner raised it (its message says what to do); where
+    several shards were stopped, one of its type that also names the others' inputs.
+    """
+    first, others = errors[0], errors[1:]
+    if not others:
+        return first
+    items = [error.item or str(error) for error in others]
+    combined = type(first)(
+        f"{first}; {counted(len(others), 'more shard')} stopped on its input too "
+        f"({first_names(items)}): fix {'it' if len(others) == 1 else 'them'} as well"
+    )
+    combined.item = first.item
+    return combined

@@ -786,7 +786,10 @@ def explain_dataset(
             files to delete so that the same call computes them again).
         CLIError: For a model, device, segmenter or target that cannot be used, or a zoo
             model of the other split on the bundled images; checked on the first image before
-            ``out`` is set up (`checked_runner`).
+            ``out`` is set up (`checked_runner`); and, once every other shard is finished,
+            [`UnreadableImageError`][ctc_plugin.runs.runner.UnreadableImageError] for images
+            that cannot be read (damaged past their headers, or removed meanwhile), naming
+            each: their shards are left for the same call to compute once they are replaced.
 
     Examples:
         >>> from ctc_plugin.runs import explain_dataset

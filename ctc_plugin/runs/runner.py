@@ -14,7 +14,9 @@ from argparse import Namespace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ctc_plugin.commands import CLIError
 from ctc_plugin.resumable import Shard
+from ctc_plugin.resumable.job import ShardInputError
 from ctc_plugin.runs.imagenet import imagenet_classes
 from ctc_plugin.runs.plan import RunConfig
 from ctc_plugin.runs.results import IMAGE_SHA256_KEY, image_sha256, table_schema
@@ -25,7 +27,16 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
 
-__all__ = ["ShardRunner"]
+__all__ = ["ShardRunner", "UnreadableImageError"]
+
+
+class UnreadableImageError(CLIError, ShardInputError):
+    """An image of the run cannot be read (missing, or damaged past its header).
+
+    It stops only its shard: the run computes the others and then reports it
+    ([`ShardInputError`][ctc_plugin.resumable.job.ShardInputError]); ``item`` is the image's
+    name.
+    """
 
 
 class ShardRunner:
@@ -193,20 +204,20 @@ class ShardRunner:
         """The image ``ref``, prepared with the run's preprocessing (the model's own by default).
 
         Raises:
-            CLIError: The file is no readable image (missing, damaged, of an unknown format);
-                the message says to replace it and run the same command again.
+            UnreadableImageError: The file is no readable image (missing, damaged, of an
+                unknown format); the message says to replace it and run the same command again.
         """
-        from ctc_plugin.commands import CLIError
-
         try:
             return self.preprocessing(self.source.read(ref))
         except (ValueError, FileNotFoundError) as error:
             reason = str(error).rstrip()
             stop = "" if reason.endswith((".", "?", "!")) else "."
-            raise CLIError(
+            unreadable = UnreadableImageError(
                 f"{reason}{stop} Replace it with a readable image and run the same command "
                 "again (finished shards are kept)"
-            ) from error
+            )
+            unreadable.item = ref.name
+            raise unreadable from error
 
     prepare = segment  # the job's preparation stage
 

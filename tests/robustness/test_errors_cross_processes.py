@@ -57,6 +57,8 @@ def _examples() -> dict[str, BaseException]:
     from ctc_plugin.inputs import DtypeMismatchError, TrainingModeError
     from ctc_plugin.resumable.atomic import ConfigMismatchError
     from ctc_plugin.resumable.cluster import RayConnectionError, RayError, RayUnavailableError
+    from ctc_plugin.resumable.job import ShardInputError
+    from ctc_plugin.runs.runner import UnreadableImageError
     from ctc_plugin.runs.sources import SourceError
 
     examples = [
@@ -81,6 +83,8 @@ def _examples() -> dict[str, BaseException]:
         RayUnavailableError("install ray"),
         RayConnectionError("no Ray cluster at ray://head:10001"),
         SourceError("no images in photos/"),
+        ShardInputError("cannot read the table of piece 3"),
+        _with_item(UnreadableImageError("cannot read cat/1.png as an image"), "cat/1.png"),
         LayerCalledAgainWarning("layer1.0.relu ran twice"),
         EmptyMapWarning("the map of example 1 peaks at 1e-08, not 1"),
         ZeroMapWarning("the map of example 1 is zero everywhere"),
@@ -93,6 +97,12 @@ def _examples() -> dict[str, BaseException]:
         if cls.__qualname__ in private:
             by_name[f"{cls.__module__}.{cls.__qualname__}"] = cls("internal")
     return by_name
+
+
+def _with_item(error: BaseException, item: str) -> BaseException:
+    """``error`` with the ``item`` a shard's runner sets after building it."""
+    error.item = item
+    return error
 
 
 def test_every_class_of_the_package_has_an_example():

@@ -174,3 +174,30 @@ def test_a_workers_error_is_the_commands_one_error_line_and_finished_shards_stay
     fake_ray.cpus, fake_ray.shut_down = None, False
     assert main([*argv, "--ray", "--ray-workers", "4"]) == 0
     assert "1 computed now, 3 finished before" in capsys.readouterr().out
+
+
+def test_on_ray_a_damaged_image_stops_only_its_shard(tmp_path, fake_ray, capsys):
+    """As in the embedded engine: the shards after a damaged image are computed too."""
+    folder, out = tmp_path / "photos", tmp_path / "run"
+    for name in "abcde":
+        _image(folder / f"{name}.png", 12, 12)
+    kept = {}
+    for name in ("b.png", "d.png"):  # shards 1 and 3
+        kept[name] = (folder / name).read_bytes()
+        (folder / name).write_bytes(kept[name][: len(kept[name]) // 2])
+    argv = [
+        "explain-dataset", str(folder), "--methods", "gradcam", "--segmenter", "grid",
+        "--segments", "4", "--shard-size", "1", "--no-progress",
+        "--model", "tests.runs.test_explain_dataset:tiny", "--out", str(out),
+        "--ray", "--ray-workers", "2",
+    ]  # fmt: skip
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert "b.png" in error and "d.png" in error, error
+    assert RunStore(out).finished() == ["shard-00000", "shard-00002", "shard-00004"]
+    for name, data in kept.items():
+        (folder / name).write_bytes(data)
+    fake_ray.cpus, fake_ray.shut_down = None, False
+    assert main(argv) == 0
+    assert "2 computed now, 3 finished before" in capsys.readouterr().out
