@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     except RayError as error:  # Ray missing, or its cluster unreachable
         raise CLIError(str(error)) from error
     except ConfigMismatchError as error:  # the options as the command line spells them
-        raise CLIError(str(error.naming(option_names(args.source)))) from error
+        names = {**option_names(args.source), "source.spec": "SOURCE"}
+        raise CLIError(str(error.naming(names))) from error
     before = result.shards - result.computed
     print(
         f"{counted(result.images, 'image')} in {counted(result.shards, 'shard')} "

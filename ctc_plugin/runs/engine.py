@@ -297,6 +297,14 @@ def _restated_mismatch(
     if source.kind != "folder" or not folder_changed or "source.spec" in keys:
         # the digests of the image list and the plan follow from the options named beside
         options = [d for d in error.differences if d[0] not in ("image_list", "plan", "shards")]
+        moved = [old for key, old, _ in options if key == "source.spec"]
+        if moved and len(options) == 1 and source.kind == "folder":  # only the folder's path
+            return ConfigMismatchError(
+                Path(out),
+                options,
+                advice=f"this run explains the images of another folder: give SOURCE "
+                f"{moved[0]} (move the folder back if it was moved), or choose another --out",
+            )
         if options and len(options) < len(error.differences):
             return ConfigMismatchError(Path(out), options, advice=error.advice)
         return error
