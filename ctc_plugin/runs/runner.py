@@ -105,7 +105,7 @@ class ShardRunner:
             self.model = self.preprocessing.wrap(self.loaded.network).to(self.device).eval()
 
     def check(self) -> None:
-        """Read and classify the run's first image, find each target's class, try each method.
+        """Classify the run's first readable image, find each target's class, try each method.
 
         A run starts with it, before its folder is set up, so that what would stop the run at
         its first image (a target the model does not have, ``label`` without labels, an image
@@ -121,13 +121,31 @@ class ShardRunner:
         from ctc_plugin.commands import torch_threads
         from ctc_plugin.commands.methods import try_methods
 
-        ref = self.source.images[0]
         with torch_threads(self.config.threads):
-            pixels, logits = self.classify(ref, self.read(ref))
+            ref, image = self._first_readable()
+            pixels, logits = self.classify(ref, image)
             targets = [self.target(spec, ref, logits) for spec in self.config.targets]
             placeholder = torch.zeros(1, 1, 1, 1, dtype=torch.long)  # try_methods sets it
             request = self.request(pixels, targets[0], placeholder)
             try_methods(self.config.methods, request, self.config.model, "--methods", ref.name)
+
+    def _first_readable(self) -> tuple[ImageRef, Any]:
+        """The run's first image that can be read, and the image read.
+
+        An image damaged past its header stops only its own shard (`UnreadableImageError`),
+        so the checks before any work do not stop on it either: they take the next one.
+
+        Raises:
+            UnreadableImageError: The first image's, where no image can be read.
+        """
+        first: UnreadableImageError | None = None
+        for ref in self.source.images:
+            try:
+                return ref, self.read(ref)
+            except UnreadableImageError as error:
+                first = first or error
+        assert first is not None  # a source has at least one image
+        raise first
 
     def request(self, pixels: Any, target: int, feature_mask: Any) -> Any:
         """What the methods get for one image and target (a `commands.methods.Request`)."""

@@ -64,3 +64,14 @@ def test_one_damaged_image_is_named_with_what_to_do(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert "05.png" in error and "image file is truncated" in error, error
     assert RunStore(out).finished() == ["shard-00000", "shard-00001", "shard-00003"]
+
+
+def test_a_damaged_first_image_stops_only_its_shard_too(tmp_path, capsys):
+    """The run's checks read its first image before any work: a damaged one stopped the start,
+    so none of the other shards was computed. The checks now read the first readable image."""
+    folder, out = _folder(tmp_path / "photos"), tmp_path / "run"
+    _cut_short(folder / "00.png")
+    assert main(_explain(folder, out)) == 2
+    error = capsys.readouterr().err.strip()
+    assert "00.png" in error and "image file is truncated" in error, error
+    assert RunStore(out).finished() == ["shard-00001", "shard-00002", "shard-00003"]
