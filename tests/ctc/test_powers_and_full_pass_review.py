@@ -324,7 +324,7 @@ def test_timm_families_are_exact(name: str) -> None:
     pytest.importorskip("timm")
     from .test_timm_families import SIZE, _inputs
 
-    model, (x, mask) = timm_classifier(name, SIZE), _inputs()
+    model, (x, mask) = timm_classifier(name, SIZE), _inputs(SIZE)
     before = {key: value.clone() for key, value in model.state_dict().items()}
     scores = assert_proportional_adds_up(model, x, mask, 1, relative=1e-10)
     assert_equals_the_spec(model, x, mask, 1, scores, relative=1e-9)
