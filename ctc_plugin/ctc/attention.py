@@ -107,9 +107,13 @@ def _product(
 
 
 def _carries_copies(ctx: GatedPass, tensor: Any) -> bool:
-    """Whether ``tensor`` is a gate tensor whose rows are copies of a signal (not gate-only)."""
+    """Whether ``tensor`` is a gate tensor whose rows are copies of a signal, read as one.
+
+    Not a gate-only tensor, nor a power of the signal: ``x.pow(2) @ w`` with ``w = 1 / D`` is a
+    normalisation's statistic, as ``x.pow(2).mean(-1)`` is (`GateMark.power`).
+    """
     mark = ctx.gate_mark(tensor)
-    return mark is not None and not mark.only
+    return mark is not None and not mark.only and not mark.power
 
 
 def uniform_product(

@@ -446,7 +446,7 @@ def multiply_or_divide(divide: bool) -> Handler:
             if first_gate is None:  # SwiGLU's silu(a) * b, or a square
                 square = _same_signal(first, second)  # read before an in-place product
                 product = ctx.signal_product(first, second, inplace=is_inplace(func))
-                return ctx.mark_gate(product, name) if square else product  # as x.pow(2)
+                return ctx.mark_gate(product, name, power=True) if square else product  # x.pow(2)
             if divide:  # a gate tensor divided by a signal: the full pass's quotient
                 return _gate_by_gate(ctx, func, first, second, kwargs)
             raise UnsupportedOperationError(

@@ -468,13 +468,15 @@ class CTCMode(TorchFunctionMode):
             ctx.check_gradient(operation_name(func), propagated, tree_flatten(out)[0])
         if all_gates and (gate_only is not None or row.keeps_gate) and not row.gate_as_signal:
             origin = next(mark.origin for mark in marks if mark is not None)
+            # a view of a power of the signal (a scaled one) is one too (`GateMark.power`)
+            power = gate_only is None and all(m.power for m in marks if m is not None)
             for leaf in tree_flatten(out)[0]:
                 if not ctx.is_propagated(leaf):
                     continue
                 mark = ctx.gate_mark(leaf)
                 # what a gate-only tensor makes is gate-only, whatever its rule marked it
                 if mark is None or (gate_only is not None and not mark.only):
-                    ctx.mark_gate(leaf, origin, only=gate_only is not None)
+                    ctx.mark_gate(leaf, origin, only=gate_only is not None, power=power)
         return out
 
     def _with_deferred(

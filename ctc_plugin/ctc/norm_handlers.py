@@ -73,12 +73,10 @@ def power(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Te
                 "x.pow(2) (out of place)",
             )
         return ctx.statistic(x, lambda rows: func(rows, *rest, **rest_kwargs), name)
-    return ctx.rescale_gate(
-        x,
-        lambda t: func(t.clone(), *rest, **rest_kwargs),
-        gate_origin=name,
-        inplace=is_inplace(func),
+    out = ctx.rescale_gate(
+        x, lambda t: func(t.clone(), *rest, **rest_kwargs), inplace=is_inplace(func)
     )
+    return ctx.mark_gate(out, name, power=True)  # a statistic once reduced (`GateMark.power`)
 
 
 def statistic(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:

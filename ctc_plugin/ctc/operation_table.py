@@ -609,7 +609,8 @@ def _rows() -> list[OperationRule]:
             "attention",
             "with a constant or a gate tensor: linear in the signal (`attention @ values`); "
             "with no other signal, a sigmoid or tanh of the signal is the signal, as a linear "
-            "layer reads it (`sigmoid(h) @ w`, `attention @ sigmoid(v)`); of two signals "
+            "layer reads it (`sigmoid(h) @ w`, `attention @ sigmoid(v)`), while a power of "
+            "the signal stays a statistic (`(x - u).pow(2) @ w`, as under a mean); of two signals "
             "(`queries @ keys^T`): a gate-only tensor computed for the gate copy, whose copies "
             "take the uniform rule `(a_k b_0 + a_0 b_k) / 2`, computed when the model reads it "
             "as a signal (factorised and linear attention); a product over the copies' "

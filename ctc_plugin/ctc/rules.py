@@ -114,12 +114,16 @@ class GateMark:
         through: For a gate-only tensor computed from ``origin``'s output by later operations
             (a convolution after ``nn.Softmax2d``), the last of them; ``None`` for ``origin``'s
             own output.
+        power: A power of the signal (``x ** p``, ``x * x``) and its views: reduced (a mean, or a
+            matrix product with ``1 / D``) it is a normalisation's statistic, so a matrix
+            product does not read it as the signal, as it reads a sigmoid's output.
     """
 
     origin: str
     only: bool = False
     module: Any = field(default=None, compare=False)
     through: str | None = None
+    power: bool = False
 
 
 class BatchDimensionError(ValueError):
@@ -243,9 +247,11 @@ class GatedPass(GateRules, NormalisationRules):
             return None
         return getattr(value, GATE_ATTRIBUTE, None)
 
-    def mark_gate(self, tensor: torch.Tensor, origin: str, only: bool = False) -> torch.Tensor:
+    def mark_gate(
+        self, tensor: torch.Tensor, origin: str, only: bool = False, power: bool = False
+    ) -> torch.Tensor:
         """Record that a propagated tensor is a gate tensor (see `GateMark`); return it."""
-        setattr(tensor, GATE_ATTRIBUTE, GateMark(origin=origin, only=only))
+        setattr(tensor, GATE_ATTRIBUTE, GateMark(origin=origin, only=only, power=power))
         return tensor
 
     def keep_mark(self, tensor: torch.Tensor, mark: GateMark | None) -> torch.Tensor:
