@@ -128,7 +128,8 @@ def rank_correlation(first: Tensor, second: Tensor, absolute: bool = True) -> Te
     if tuple(first.shape) != tuple(second.shape):
         raise ValueError(
             f"maps to correlate must have the same shape, got {tuple(first.shape)} and "
-            f"{tuple(second.shape)}"
+            f"{tuple(second.shape)}: pass maps of the same images, one (1, H, W) map each, in "
+            "the same order and at the same size (explain both at the input's resolution)"
         )
     a = first.detach().flatten(1).double().cpu().numpy()
     b = second.detach().flatten(1).double().cpu().numpy()

@@ -210,5 +210,6 @@ def test_parameters_that_reset_parameters_does_not_write_are_random_too(wrap):
 @pytest.mark.parametrize("other", [(2, 1, 4, 4), (3, 1, 4, 5)])
 def test_rank_correlation_of_maps_of_other_shapes_is_refused(other):
     """Three maps against two gave two correlations (zip dropped the third) instead of an error."""
-    with pytest.raises(ValueError, match=r"same shape.*\(3, 1, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"same shape.*\(3, 1, 4, 4\)") as refused:
         rank_correlation(torch.rand(3, 1, 4, 4), torch.rand(*other))
+    assert "same images" in str(refused.value)  # what to do: one map per image, in both
