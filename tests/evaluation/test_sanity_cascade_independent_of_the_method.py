@@ -9,21 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from ctc_plugin.evaluation.sanity import cascading_randomisation
 
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4 * 6 * 6, 3),
-    ).eval()
+from .test_sanity_randomisation import tiny_model as _model
 
 
 def _recording_gradient(seen: list[list[torch.Tensor]], draws: int):
