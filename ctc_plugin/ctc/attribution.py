@@ -324,6 +324,8 @@ class CTC(Attribution):
             ValueError: inputs, masks, targets or options that do not fit, with what to fix.
             TrainingModeError: the model has BatchNorm or dropout in training mode; nothing
                 has run (call ``model.eval()``).
+            TypeError: ``return_feature_scores=True`` given through Captum's ``NoiseTunnel``,
+                which averages tensors only (the averaged map holds each feature's score).
             UnsupportedOperationError: the model calls an operation without a CTC rule.
             UntracedOutputError: forward_func's output was not computed from the copies it was
                 given by torch operations (a numpy round trip, an ignored argument, ...).
@@ -332,6 +334,8 @@ class CTC(Attribution):
             FloatingPointError: a score came out NaN or infinite where the model's output is
                 finite (a float16 pass out of its range).
         """
+        if return_feature_scores:
+            _check_not_in_noise_tunnel()
         is_tuple = isinstance(inputs, tuple)
         inputs_tuple = check_inputs(inputs)
         check_eval_mode(self.forward_func)
@@ -871,3 +875,29 @@ def _safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Ten
     return torch.where(
         zero, torch.ones_like(numerator), numerator / denominator.masked_fill(zero, 1)
     )
+
+
+#: The module of Captum's ``NoiseTunnel``, whose averaging takes tensors only.
+_NOISE_TUNNEL_MODULE = "captum.attr._core.noise_tunnel"
+
+
+def _check_not_in_noise_tunnel() -> None:
+    """Refuse ``return_feature_scores=True`` in a call made by Captum's ``NoiseTunnel``.
+
+    NoiseTunnel averages what the method returns as tensors; a `FeatureScores` failed inside
+    it (``'FeatureScores' object has no attribute 'shape'``). The frames of the call are
+    searched for NoiseTunnel's module.
+    """
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == _NOISE_TUNNEL_MODULE:
+            raise TypeError(
+                "return_feature_scores=True cannot pass through Captum's NoiseTunnel, which "
+                "averages tensors only: call NoiseTunnel(ctc).attribute(...) without it and read "
+                "each feature's averaged score off the averaged map (CTC writes a feature's "
+                "score on every one of its pixels), or call ctc.attribute(noisy_images, ..., "
+                "return_feature_scores=True) on noisy copies you make and average their scores"
+            )
+        frame = frame.f_back
