@@ -79,6 +79,11 @@ from ctc_plugin.wording import with_article
 #: What `CTCMode._gate_only_reading` returns where a rule refuses gate-only operands.
 REFUSED = object()
 
+#: Reductions of a gate-only tensor over the batch that are the model's own checks of it
+#: (``assert (x >= 0).all()``, ``if (x < 0).any(): raise ...``): the full pass's value, kept
+#: as a constant of the pass whatever dims they keep.
+BATCH_CHECKS = frozenset({torch.all, torch.any, torch.Tensor.all, torch.Tensor.any})
+
 __all__ = [
     "CTCMode",
     "RefusalsNamed",
@@ -691,11 +696,14 @@ class CTCMode(TorchFunctionMode):
         (``scores.diagonal(...)``, so that a write through the view reaches the tensor); a view
         must keep the copies' rows. Refused: a result without the batch's rows and copies a
         shape operation moved off dim 0 (``out=`` is refused for every operation, earlier).
-        With ``signal_rows`` (some operand is a gate tensor whose other rows are a signal's, a
-        sigmoid's output), writing in place and taking a view are refused too: the full image's
-        value would land in rows the model reads as the signal. A constant with one row per
-        copy whose rows differ (taken out of torch) is refused where the full pass cannot use
-        it.
+        A number of the whole batch (a 0-dim result: ``(h > 0).sum()``) and ``all``/``any``
+        over the batch (``assert (x >= 0).all()``, ``torch.isfinite(x).all()``) are the model's
+        own values on its batch: plain constants of the pass (`BATCH_CHECKS`), so input checks
+        pass or fail as in the model. With ``signal_rows`` (some operand is a gate tensor whose
+        other rows are a signal's, a sigmoid's output), writing in place and taking a view are
+        refused too: the full image's value would land in rows the model reads as the signal. A
+        constant with one row per copy whose rows differ (taken out of torch) is refused where
+        the full pass cannot use it.
         """
         ctx = self.gated_pass
         name = operation_name(func)
@@ -736,6 +744,8 @@ class CTCMode(TorchFunctionMode):
                 )
             return self._view_of_gate_only(func, args, kwargs, reference, origin)
         if any(leaf.dim() == 0 or leaf.shape[0] != rows for leaf in tensors):
+            if all(leaf.dim() == 0 for leaf in tensors) or func in BATCH_CHECKS:
+                return out  # the model's own value on its batch, a constant of the pass
             raise UnsupportedOperationError(
                 name,
                 f"it combines the copies of {origin}, a gate tensor of the full pass, along dim 0",
