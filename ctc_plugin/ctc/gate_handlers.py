@@ -247,8 +247,9 @@ def max_or_min(largest: bool, returns_indices: bool) -> Handler:
     Every copy takes its entries where the gate copy's maximum (minimum) lies
     ([`GatedPass.max_switches`][ctc_plugin.ctc.gate_rules.GateRules.max_switches]), as max
     pooling's switches. ``torch.max(x, dim)`` returns the gate copy's indices beside the
-    values; reading them is refused. Over dim 0 (or every dim) it is refused; ``torch.max(a,
-    b)`` of two tensors is ``torch.maximum``.
+    values; reading them is refused. Over dim 0 (or every dim: ``x.max()``, whose refusal
+    points an input check at ``(x >= 0).all()``) it is refused; ``torch.max(a, b)`` of two
+    tensors is ``torch.maximum``.
     """
     pairwise = maximum_or_minimum(largest)
 
@@ -260,7 +261,15 @@ def max_or_min(largest: bool, returns_indices: bool) -> Handler:
             return pairwise(ctx, func, args, kwargs)  # torch.max(a, b)
         keepdim = bool(arg(args, kwargs, 2, "keepdim", False))
         dims = () if dims is None else (dims,) if isinstance(dims, int) else tuple(dims)
-        if not dims or any(d % x.dim() == 0 for d in dims):
+        if not dims:  # x.max(): the batch's, mixing the examples (an input check, often)
+            raise UnsupportedOperationError(
+                name,
+                "it takes the maximum or minimum over dim 0 and every other dim (dim 0 holds "
+                "the examples and their feature copies); for an input check compare instead, "
+                "assert (x >= 0).all(), which CTC takes (the full images decide it), and for a "
+                "statistic of each example give its dims (x.amax((1, 2, 3), keepdim=True))",
+            )
+        if any(d % x.dim() == 0 for d in dims):
             raise over_dim_zero(
                 name,
                 "it takes the maximum or minimum",

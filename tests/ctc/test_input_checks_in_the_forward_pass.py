@@ -2,9 +2,10 @@
 
 A comparison of the signal is what the full image decides (a gate-only tensor); reducing it over
 the whole batch (``.all()``, ``.any()``, a 0-dim ``.sum()``) was refused as combining the copies
-along dim 0, so a model that asserts its input range could not be explained. The reduction is the
-model's own value on its batch, a constant of the pass: the checks pass or fail as in the model,
-and the scores equal those of the same model without them.
+along dim 0, so a model that asserts its input range could not be explained (``x.min() >= 0``
+stays refused, a maximum over the batch, and its refusal now says to compare instead). The
+reduction is the model's own value on its batch, a constant of the pass: the checks pass or
+fail as in the model, and the scores equal those of the same model without them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Net(nn.Module):
             assert (x >= 0).all(), "pixels must be in [0, 1]"
         elif self.check == "isfinite":
             assert torch.isfinite(x).all()
+        elif self.check == "range":
+            assert x.min() >= 0 and x.amax() <= 1, "pixels must be in [0, 1]"
         elif self.check == "any":
             if (x < 0).any():
                 raise ValueError("negative pixels")
@@ -60,6 +63,14 @@ def test_a_failing_check_fails_as_in_the_model():
     x, mask = _inputs()
     with pytest.raises(AssertionError, match=r"pixels must be in \[0, 1\]"):
         CTC(Net("all").double().eval()).attribute(x - 0.5, target=1, feature_mask=mask)
+
+
+def test_a_check_of_the_batch_s_minimum_is_pointed_at_a_comparison():
+    """``x.min()`` over the batch mixes the examples (as a gate it would be refused): the
+    refusal says how to write the check so that CTC takes it."""
+    x, mask = _inputs()
+    with pytest.raises(Exception, match=r"for an input check compare instead, assert \(x >= 0\)"):
+        CTC(Net("range").double().eval()).attribute(x, target=1, feature_mask=mask)
 
 
 def test_other_results_without_the_copies_rows_stay_refused():
