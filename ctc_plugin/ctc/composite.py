@@ -377,6 +377,9 @@ class LeakyReLURule(_GateRule):
 class RescaleRule(_GateRule):
     """Smooth elementwise activations as rescale gates ``y / x`` of the original pass.
 
+    Where ``f(0) != 0`` (sigmoid, softplus), ``(y - f(0)) / x``, with ``f(0)`` a bias shared
+    among the copies ([`rescale_gate`][ctc_plugin.ctc.gate_rules.GateRules.rescale_gate]).
+
     The outputs of squashing activations
     ([`SQUASHING_TYPES`][ctc_plugin.ctc.composite.SQUASHING_TYPES]) are also gate tensors that may
     multiply the signal (squeeze-excitation).

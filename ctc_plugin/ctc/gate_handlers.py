@@ -298,6 +298,9 @@ def rescale(
 ) -> Handler:
     """Smooth elementwise activations as rescale gates ``y / x`` of the gate copy.
 
+    Where ``f(0) != 0`` (sigmoid, softplus), ``(y - f(0)) / x``, with ``f(0)`` a shared bias
+    ([`rescale_gate`][ctc_plugin.ctc.gate_rules.GateRules.rescale_gate]).
+
     With ``gate``, a squashing activation (sigmoid, hardsigmoid, tanh, hardtanh): its output
     is also a gate tensor that may multiply the signal (squeeze-excitation). With
     ``inplace_default``, the in-place variants (``x.sigmoid_()``, timm's

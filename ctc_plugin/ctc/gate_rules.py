@@ -36,6 +36,25 @@ def exact_with_linear_gradient(exact: torch.Tensor, linear: torch.Tensor) -> tor
     return exact.detach() + (linear - linear.detach())
 
 
+def value_at_zero(
+    activation: Callable[[torch.Tensor], torch.Tensor], original: torch.Tensor
+) -> torch.Tensor | None:
+    """An activation's finite ``f(0)`` at the gate copy's units, or ``None`` where it is 0.
+
+    ``activation`` is applied to zeros of ``original``'s shape (its constant arguments may
+    differ per unit: ``clamp`` with tensor bounds). The value is a 0-dim tensor where it is the
+    same at every unit (sigmoid's 0.5), else of ``original``'s shape; a non-finite ``f(0)``
+    (``x ** -1``) counts as 0 (the activation is not split there). ``None`` where it is 0 at
+    every unit (ReLU's family, SiLU, GELU, tanh, ...), so nothing changes for them.
+    """
+    at_zero = activation(torch.zeros_like(original)).detach().to(original.dtype)
+    at_zero = torch.where(at_zero.isfinite(), at_zero, 0.0).expand(original.shape)
+    flat = at_zero.flatten()
+    if not flat.numel() or not bool(flat.any()):
+        return None
+    return flat[0] if bool((flat == flat[0]).all()) else at_zero
+
+
 class GateRules:
     """The gate rules of [`GatedPass`][ctc_plugin.ctc.rules.GatedPass].
 
@@ -86,15 +105,21 @@ class GateRules:
         gate_origin: str | None = None,
         inplace: bool = False,
     ) -> torch.Tensor:
-        """Smooth elementwise activation as the rescale gate ``y / x`` of the original pass.
+        """Smooth elementwise activation as a rescale gate of the original pass.
 
-        The gate copy gets the activation's exact output; other copies are multiplied by
-        ``y / x`` (0 where the original input is exactly 0).
+        The gate copy gets the activation's exact output ``y = f(x)``. Where ``f(0) = 0``
+        (ReLU's family, SiLU, GELU, tanh, ...) every other copy is multiplied by ``y / x``
+        (0 where the original input is exactly 0). Where ``f(0) != 0`` (sigmoid, softplus,
+        erfc, ...) the activation is split into ``f(0) + (f(x) - f(0))``: every copy is
+        multiplied by the bounded ``(y - f(0)) / x`` (0 where ``x`` is 0), and ``f(0)``, an
+        input-independent term, is a bias shared among the copies as any other
+        ([`affine`][ctc_plugin.ctc.rules.GatedPass.affine]), as it is in the same activation
+        written ``0.5 + 0.5 * tanh(x / 2)``. A non-finite ``f(0)`` (``x ** -1``) is not split.
 
         Args:
             x: The propagated pre-activation.
-            activation: The activation, applied to (a view of) the gate copy; it must not
-                change its argument.
+            activation: The activation, applied to (a view of) the gate copy and to zeros of
+                its shape; it must not change its argument.
             gate_origin: For a squashing activation (sigmoid, tanh, ...), its name: the result
                 is then also a gate tensor that may multiply the signal
                 ([`gate_product`][ctc_plugin.ctc.gate_rules.GateRules.gate_product]).
@@ -103,13 +128,19 @@ class GateRules:
         grouped = self.layout.group(x)
         original = grouped[:, 0]
         y = activation(original)
+        at_zero = value_at_zero(activation, original)
+        rise = y if at_zero is None else y - at_zero
         nonzero = original != 0
-        gate = torch.where(nonzero, y / torch.where(nonzero, original, 1.0), 0.0).detach()
+        gate = torch.where(nonzero, rise / torch.where(nonzero, original, 1.0), 0.0).detach()
         if inplace:
             out, scaled = x, grouped.mul_(gate.unsqueeze(1))
         else:
             scaled = grouped * gate.unsqueeze(1)
             out = self.layout.ungroup(scaled, x)
+        if at_zero is not None:  # f(0): a bias, the gate copy's whole (its value is set below)
+            shared = self.affine(out, at_zero if at_zero.dim() == 0 else at_zero.unsqueeze(1))
+            out = out.copy_(shared) if inplace and shared is not out else shared
+            scaled = self.layout.group(out)
         scaled[:, 0] = exact_with_linear_gradient(y, scaled[:, 0])
         out = self.tag(out)
         return out if gate_origin is None else self.mark_gate(out, gate_origin)

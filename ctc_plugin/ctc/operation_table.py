@@ -496,8 +496,9 @@ def _rows() -> list[OperationRule]:
         ),
         OperationRule(
             "rescale",
-            "every copy multiplied by `y / x` of the gate copy (0 where `x = 0`); the gate copy "
-            "gets the exact activation",
+            "every copy multiplied by `y / x` of the gate copy (0 where `x = 0`); where "
+            "`f(0) != 0` (`softplus`), by `(y - f(0)) / x`, and `f(0)` is a bias shared among the "
+            "copies; the gate copy gets the exact activation",
             g.rescale(),
             (F.silu, F.gelu, F.hardswish, F.mish, F.elu, F.selu, F.celu, F.softplus),
             trailing_dims=_elementwise,

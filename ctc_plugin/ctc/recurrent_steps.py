@@ -194,7 +194,8 @@ class TensorSteps(Steps):
         """Every copy times ``y / x`` of the gate copy (0 where its ``x`` is 0).
 
         The gate copy gets its exact ``y``, as
-        [`rescale_gate`][ctc_plugin.ctc.gate_rules.GateRules.rescale_gate] gives it.
+        [`rescale_gate`][ctc_plugin.ctc.gate_rules.GateRules.rescale_gate] gives it. Only
+        ``tanh`` comes here, whose ``f(0)`` is 0: there is no constant to share as a bias.
         """
         original = _gate_copy(x).detach()
         y = activation(original)

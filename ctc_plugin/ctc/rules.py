@@ -17,7 +17,8 @@ linear in the copies, and input-independent terms are biases shared among them.*
   activation pattern applied to every copy;
 - [`rescale_gate`][ctc_plugin.ctc.gate_rules.GateRules.rescale_gate]: smooth elementwise
   activations as the ratio ``y / x`` of the original pass (exact for the gate copy, zero where the
-  original input is zero);
+  original input is zero); where ``f(0) != 0`` (sigmoid, softplus), ``(y - f(0)) / x`` and the
+  constant ``f(0)`` a shared bias;
 - [`max_pool_switches`][ctc_plugin.ctc.gate_rules.GateRules.max_pool_switches],
   [`max_switches`][ctc_plugin.ctc.gate_rules.GateRules.max_switches]: every copy
   routed through the original argmax positions (of a pooling window, or over dims of one

@@ -53,9 +53,13 @@ def _half_each(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b.detach() + a.detach() * b) / 2
 
 
-def _rescaled(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``x`` times the fixed factor ``y / x`` of an activation's output ``y`` (a rescale gate)."""
-    return x * (y / x).detach()
+def _rescaled(x: torch.Tensor, y: torch.Tensor, at_zero: float = 0.0) -> torch.Tensor:
+    """``x`` times the fixed factor ``y / x`` of an activation's output ``y`` (a rescale gate).
+
+    For an activation with ``f(0) = at_zero != 0``, ``at_zero + x * ((y - at_zero) / x)``: the
+    constant is a bias, the factor the rise from it.
+    """
+    return at_zero + x * ((y - at_zero) / x).detach()
 
 
 def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +91,7 @@ KINDS: dict[str, tuple[Operation, Operation]] = {
     ),
     "(a + 1).clamp(min=1) * a": (
         lambda a, b: (a + 1.0).clamp(min=1.0) * a,
-        lambda a, b: _half_each(_rescaled(a + 1.0, (a + 1.0).clamp(min=1.0)), a),
+        lambda a, b: _half_each(_rescaled(a + 1.0, (a + 1.0).clamp(min=1.0), 1.0), a),
     ),
     "(a + 1).clip(max=1) * a": (
         lambda a, b: (a + 1.0).clip(max=1.0) * a,
