@@ -50,9 +50,12 @@ def value_at_zero(
     at_zero = activation(torch.zeros_like(original)).detach().to(original.dtype)
     at_zero = torch.where(at_zero.isfinite(), at_zero, 0.0).expand(original.shape)
     flat = at_zero.flatten()
-    if not flat.numel() or not bool(flat.any()):
+    if not flat.numel():
         return None
-    return flat[0] if bool((flat == flat[0]).all()) else at_zero
+    nonzero, uniform = torch.stack([flat.any(), (flat == flat[0]).all()]).tolist()  # one sync
+    if not nonzero:
+        return None
+    return flat[0] if uniform else at_zero
 
 
 class GateRules:

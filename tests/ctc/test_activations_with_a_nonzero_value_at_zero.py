@@ -131,6 +131,27 @@ def test_none_is_gradient_x_input_of_the_split_linearisation(activation):
     )
 
 
+class _BoundPerChannel(nn.Module):
+    """``torch.maximum(h, c)`` with a constant ``c`` per channel: ``f(0) = max(0, c)`` differs
+    per unit, a bias per unit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+        self.register_buffer("bound", torch.linspace(-0.5, 1.0, 4).view(4, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.maximum(self.stem(x), self.bound.expand(4, 8, 8))
+        return self.head(h.mean((2, 3)))
+
+
+def test_a_value_at_zero_that_differs_per_unit_is_a_bias_per_unit():
+    model, x, mask = random_case(_BoundPerChannel)
+    model.bound = model.bound.double()
+    assert _largest_relative_gap(model, x, mask) < 1e-12
+    assert_exact_in_every_mode(model, x, mask, 1)
+
+
 class _Cancelling(nn.Module):
     """``3 * sigmoid(x_0 + x_1 * c)``: the two features cancel to ``0`` or to ``c - 1``."""
 
