@@ -12,8 +12,8 @@ no logit is the bias alone), in float64 on a 2 x 2 grid: ``"proportional"`` scor
 the target logit, the fast pass equals the spec, and one image alone gives its scores in the
 batch. The full table of timm families is ``docs/scripts/timm_support.py`` (page "Choose a
 method"), where CTC is exact on every family but CSATv2 (refused: its spatial attention pairs
-the images of a batch). iFormer's sigmoid values have rescale gates up to 2e4 near 0: its
-scores reach 1e3 and cancel to its logit to about 2e-11, inside the 1e-10 checked here.
+the images of a batch). iFormer's sigmoid values are split into sigmoid(0), a shared bias, and
+a bounded rescale gate: its scores stay near 1 and add up to float64 rounding.
 """
 
 from __future__ import annotations
