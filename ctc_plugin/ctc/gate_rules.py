@@ -41,13 +41,19 @@ def value_at_zero(
 ) -> torch.Tensor | None:
     """An activation's finite ``f(0)`` at the gate copy's units, or ``None`` where it is 0.
 
-    ``activation`` is applied to zeros of ``original``'s shape (its constant arguments may
-    differ per unit: ``clamp`` with tensor bounds). The value is a 0-dim tensor where it is the
+    ``activation`` is applied to one zero, which it broadcasts with its constant arguments
+    (they may differ per unit: ``clamp`` with tensor bounds), or, where it needs the shape, to
+    zeros of ``original``'s shape. The value is a 0-dim tensor where it is the
     same at every unit (sigmoid's 0.5), else of ``original``'s shape; a non-finite ``f(0)``
     (``x ** -1``) counts as 0 (the activation is not split there). ``None`` where it is 0 at
     every unit (ReLU's family, SiLU, GELU, tanh, ...), so nothing changes for them.
     """
-    at_zero = activation(torch.zeros_like(original)).detach().to(original.dtype)
+    try:  # one zero first: an elementwise activation broadcasts it with its own constants
+        at_zero = activation(original.new_zeros(()))
+        at_zero.expand(original.shape)
+    except (RuntimeError, TypeError, ValueError, IndexError):  # one that needs the shape
+        at_zero = activation(torch.zeros_like(original))
+    at_zero = at_zero.detach().to(original.dtype)
     at_zero = torch.where(at_zero.isfinite(), at_zero, 0.0).expand(original.shape)
     flat = at_zero.flatten()
     if not flat.numel():
