@@ -300,8 +300,6 @@ class StageTracer(TorchFunctionMode):
         self._counts: dict[str, int] = {}
         #: The chosen modules that ran, in call order.
         self.modules: list[nn.Module] = []
-        #: Whether the forward pass computed attention (a model whose stages are no convolutions).
-        self.saw_attention = False
         #: The chains left out of the stages because their maps are 1x1 (``discover`` only).
         self.point_maps = 0
         #: The (H, W) of every 2-d convolution's output so far: grids a layer's map may have.
@@ -471,8 +469,8 @@ class StageTracer(TorchFunctionMode):
             out = func(*args, **kwargs)
             self._follow(args, kwargs, out)  # .mT, .T: views of an attention's output
             return out
-        attention = computes_attention(func, args)
-        self.saw_attention = self.saw_attention or attention
+        # only discovery follows the attention (`AttentionReach`)
+        attention = self.reach is not None and computes_attention(func, args)
         if func in _DROPOUT:
             _refuse_training_dropout(func, name, args, kwargs)
         if func in RANDOM_FUNCTIONS:
