@@ -109,18 +109,10 @@ def _feature_ids(value: Any, images: Tensor) -> Tensor:
             f"{(count, 1, height, width)} per image (for batches of another size, pass "
             "segmenter= to segment each batch)"
         )
-    if mask.is_floating_point():
-        fractional = ~(torch.isfinite(mask) & (mask == mask.round()))
-        if fractional.any():
-            example = mask[fractional].flatten()[0].item()
-            raise ValueError(
-                f"feature_mask holds {int(fractional.sum())} non-integer values (e.g. "
-                f"{example:.4g}): feature ids are whole numbers, and a fraction would be "
-                "truncated into another feature. A label map resized with "
-                "mode='bilinear' invents such values along its borders: resize it with "
-                "mode='nearest' (torch.nn.functional.interpolate(mask.float(), size, "
-                "mode='nearest').long())"
-            )
+    if mask.is_floating_point():  # whole numbers only (`segment_ids` says what else to do)
+        from ctc_plugin.features.partition import segment_ids
+
+        return torch.from_numpy(segment_ids(mask.cpu().numpy())).to(images.device)
     return mask.long()
 
 

@@ -393,12 +393,14 @@ def segment_ids(mask: np.ndarray) -> np.ndarray:
         raise ValueError(f"feature_mask must hold integer segment ids, got dtype {mask.dtype}")
     bad = ~np.isfinite(mask) | (mask != np.round(mask))
     if bad.any():
-        value = mask[bad].flat[0]
+        value = float(mask[bad].flat[0])
         raise ValueError(
-            f"feature_mask must hold integer segment ids, got {value!r} in a float mask; a "
-            "label map resized with mode='bilinear' holds such values along its borders (resize "
-            "it with mode='nearest'). Pass the segmenter's integer mask (or round it yourself if "
-            "rounding is meant)"
+            f"feature_mask must hold integer segment ids; this float feature_mask holds "
+            f"{int(bad.sum())} non-integer values (e.g. {value:.4g}), which truncated would join "
+            "other segments. A label map resized with mode='bilinear' holds such values along "
+            "its borders: resize it with mode='nearest' (torch.nn.functional.interpolate("
+            "mask.float(), size, mode='nearest').long()), or pass the segmenter's integer mask "
+            "(round it yourself if rounding is meant)"
         )
     return mask.astype(np.int64)
 
