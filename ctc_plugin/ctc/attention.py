@@ -11,9 +11,10 @@ two signals gets its copies by the uniform rule when they are needed
 ([`ctc_plugin.ctc.deferred`][ctc_plugin.ctc.deferred]). Any other gate-only tensor that meets
 the signal any other way is refused.
 
-Handlers here: ``matmul``/``bmm``/``@``/``einsum``
+Handlers here: ``matmul``/``mm``/``mv``/``bmm``/``@``/``einsum``/``tensordot``
 ([`matrix_product`][ctc_plugin.ctc.attention.matrix_product],
-[`einsum`][ctc_plugin.ctc.attention.einsum]), ``baddbmm``/``addmm`` and their kind written out
+[`einsum`][ctc_plugin.ctc.attention.einsum],
+[`tensordot`][ctc_plugin.ctc.attention.tensordot]), ``baddbmm``/``addmm`` and their kind written out
 ([`add_matrix_product`][ctc_plugin.ctc.attention.add_matrix_product]),
 ``scaled_dot_product_attention``
 ([`scaled_dot_product_attention`][ctc_plugin.ctc.attention.scaled_dot_product_attention]),
@@ -144,7 +145,7 @@ def uniform_product(
 
 
 def matrix_product(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    """``matmul``/``bmm``/``@``: linear with constants and gate tensors; of signals, a gate."""
+    """``matmul``, ``mm``, ``mv``, ``bmm``, ``@``: linear in a signal; of two signals, a gate."""
     first, second = (
         args[0],
         arg(args, kwargs, 1, "other", arg(args, kwargs, 1, "mat2")),
@@ -232,6 +233,61 @@ def _add_matrix_product_arguments(
     beta = numbers[0] if numbers else kwargs.get("beta", 1)
     alpha = numbers[1] if len(numbers) > 1 else kwargs.get("alpha", 1)
     return base, first, second, beta, alpha
+
+
+def tensordot(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``tensordot``: written out as the ``einsum`` it computes, routed by that rule.
+
+    ``torch.tensordot(a, b, dims)`` sums ``a``'s dims ``dims[0]`` against ``b``'s ``dims[1]``
+    (an integer ``n``: ``a``'s last ``n`` against ``b``'s first ``n``) and keeps ``a``'s other
+    dims, then ``b``'s, in order: the ``einsum`` with those letters. So a signal ``a`` whose
+    copies' dim is not summed keeps its copies leading the output (``tensordot(h, w, 1)`` is a
+    linear layer without bias), and a signal ``b`` is refused as ``einsum`` refuses it.
+
+    Raises:
+        UnsupportedOperationError: ``out=`` (the result would be written into a tensor CTC
+            does not carry), or the written-out ``einsum`` refused.
+    """
+    first, second = args[0], arg(args, kwargs, 1, "b")
+    dims = arg(args, kwargs, 2, "dims", 2)
+    name = operation_name(func)
+    if kwargs.get("out") is not None:
+        raise UnsupportedOperationError(name, "out= writes the result into another tensor")
+    equation = _tensordot_equation(first.dim(), second.dim(), dims)
+    subscripts, output = equation.split("->")
+    for letters, operand in zip(subscripts.split(","), (first, second), strict=True):
+        if ctx.is_propagated(operand) and letters[:1] != output[:1]:
+            raise UnsupportedOperationError(
+                name,
+                "its output does not start with the batch dim of the input-dependent operand "
+                "(the output holds the first operand's kept dims, then the second's): pass "
+                "that tensor first and keep its dim 0, then permute the result",
+            )
+    from ctc_plugin.ctc.interception import decomposed  # the mode dispatches to this module
+
+    with decomposed(ctx, name):
+        return torch.einsum(equation, first, second)
+
+
+def _tensordot_equation(first_dims: int, second_dims: int, dims: Any) -> str:
+    """The ``einsum`` equation of ``tensordot`` of tensors of these ranks over ``dims``."""
+    if isinstance(dims, torch.Tensor):
+        dims = dims.tolist()
+    if isinstance(dims, int):
+        summed_first = list(range(first_dims - dims, first_dims))
+        summed_second = list(range(dims))
+    else:
+        summed_first, summed_second = ([d] if isinstance(d, int) else list(d) for d in dims)
+    summed_first = [d % first_dims for d in summed_first]
+    summed_second = [d % second_dims for d in summed_second]
+    letters = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    first = [next(letters) for _ in range(first_dims)]
+    second = [next(letters) for _ in range(second_dims)]
+    for a, b in zip(summed_first, summed_second, strict=True):
+        second[b] = first[a]
+    kept = [c for i, c in enumerate(first) if i not in summed_first]
+    kept += [c for i, c in enumerate(second) if i not in summed_second]
+    return f"{''.join(first)},{''.join(second)}->{''.join(kept)}"
 
 
 def einsum(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:

@@ -617,7 +617,18 @@ def _rows() -> list[OperationRule]:
             "as a signal (factorised and linear attention); a product over the copies' "
             "dimension is refused",
             a.matrix_product,
-            (torch.matmul, _T.matmul, _T.__matmul__, _T.__rmatmul__, torch.bmm, _T.bmm),
+            (
+                torch.matmul,
+                _T.matmul,
+                _T.__matmul__,
+                _T.__rmatmul__,
+                torch.mm,
+                _T.mm,
+                torch.mv,
+                _T.mv,
+                torch.bmm,
+                _T.bmm,
+            ),
             takes_gate_only=True,
             from_gate_copy=True,
             gate_as_signal=True,
@@ -650,6 +661,14 @@ def _rows() -> list[OperationRule]:
             takes_gate_only=True,
             from_gate_copy=True,
             gate_as_signal=True,
+        ),
+        OperationRule(
+            "attention",
+            "written out as the `einsum` it computes (`a`'s kept dims, then `b`'s): "
+            "`tensordot(h, w, dims=1)` is a linear layer without bias",
+            a.tensordot,
+            (torch.tensordot,),
+            written_out=True,
         ),
         OperationRule(
             "attention",
