@@ -31,6 +31,7 @@ from ctc_plugin.ctc.errors import (
     copies_off_dim_zero,
 )
 from ctc_plugin.ctc.rules import GatedPass
+from ctc_plugin.ctc.sharing import unexpanded
 
 Handler = Callable[[GatedPass, Callable[..., Any], tuple, dict], Any]
 
@@ -212,7 +213,7 @@ def add_or_subtract(sign_other: float, reverse: bool = False) -> Handler:
             sign_signal, sign_constant = 1.0, sign_other * alpha
         else:
             sign_signal, sign_constant = sign_other * alpha, 1.0
-        bias = _as_bias(ctx, constant, signal, operation_name(func)) * sign_constant
+        bias = unexpanded(_as_bias(ctx, constant, signal, operation_name(func))) * sign_constant
         if inplace:  # the model's x += c: x must hold the result
             if sign_signal != 1.0:
                 signal.mul_(sign_signal)

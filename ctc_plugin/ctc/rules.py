@@ -60,7 +60,7 @@ from ctc_plugin.ctc.errors import (
 from ctc_plugin.ctc.gate_rules import GateRules
 from ctc_plugin.ctc.layout import CopyLayout
 from ctc_plugin.ctc.norm_rules import NormalisationRules
-from ctc_plugin.ctc.sharing import BiasSharing
+from ctc_plugin.ctc.sharing import BiasSharing, unexpanded
 
 #: Attribute set on a propagated tensor that came out of a biased affine rule, holding
 #: ``(bias_free, bias)`` so a following BatchNorm can fold itself into that layer.
@@ -410,7 +410,7 @@ class GatedPass(GateRules, NormalisationRules):
             return self.tag(bias_free)
         z = bias_free.clone() if foldable and self.sharing.in_place else bias_free
         grouped = self.layout.group(z)
-        shared = self.sharing.add_bias(grouped, bias.to(z.dtype), self.layout)
+        shared = self.sharing.add_bias(grouped, unexpanded(bias).to(z.dtype), self.layout)
         out = self.tag(z if shared is grouped else self.layout.ungroup(shared, z))
         if foldable and self.sharing.name != "none":
             setattr(out, FOLD_ATTRIBUTE, (bias_free, bias))

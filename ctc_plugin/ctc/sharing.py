@@ -265,6 +265,26 @@ def statistics_dtype(values: torch.Tensor) -> torch.dtype:
     return values.dtype if values.device.type == "mps" else torch.float64
 
 
+def unexpanded(bias: torch.Tensor) -> torch.Tensor:
+    """``bias`` with size 1 along every dim it was expanded along (stride 0): the same bias.
+
+    ``b.expand(B, T, C)`` of a ``(C,)`` bias (as ``torch.baddbmm(b.expand(...), x, w)`` takes
+    it) holds one value per channel, as ``b`` does; read from its shape, `statistic_dims` would
+    run the reference statistics over every unit instead of per channel, so the same layer
+    written with ``@`` and ``+ b`` got other ``"reference"`` shares. A view, nothing copied.
+    """
+    if bias.dim() == 0 or all(
+        stride or size == 1 for stride, size in zip(bias.stride(), bias.shape)
+    ):
+        return bias
+    return bias[
+        tuple(
+            slice(0, 1) if not s and n > 1 else slice(None)
+            for s, n in zip(bias.stride(), bias.shape)
+        )
+    ]
+
+
 def statistic_dims(bias: torch.Tensor, rank: int) -> tuple[int, ...]:
     """Dims of a grouped (N, C, *rest) tensor over which the reference statistics run.
 
@@ -313,6 +333,7 @@ __all__ = [
     "spread_mean",
     "masked_mean_std",
     "statistic_dims",
+    "unexpanded",
     "statistics_dtype",
     "tenfold_quantised",
     "equal_shares",
