@@ -23,6 +23,7 @@ from ctc_plugin.cam.reshapes import (
     tokens_to_grid,
 )
 from ctc_plugin.cam.transformers import (
+    NoSpatialMapError,
     UnknownBlocksError,
     grad_cam_layer,
     last_spatial_layer,
@@ -36,6 +37,7 @@ __all__ = [
     "LayerCalledAgainWarning",
     "LayerMaps",
     "NoFeatureMapsError",
+    "NoSpatialMapError",
     "PatchTokens",
     "Phi",
     "TupleOutput",

@@ -68,6 +68,15 @@ class UnknownBlocksError(ValueError):
     """
 
 
+class NoSpatialMapError(ValueError):
+    """No submodule of the model returns an (N, C, H, W) map with more than one position.
+
+    Raised by [`last_spatial_layer`][ctc_plugin.cam.last_spatial_layer]: Grad-CAM has no map to
+    weight (a model of linear layers over tokens, say); Integrative CAM with ``layers=``, or a
+    perturbation method (Captum's FeatureAblation, Lime, or CTC), explains such a model.
+    """
+
+
 def _qualified(module: nn.Module) -> str:
     kind = type(module)
     return f"{kind.__module__}.{kind.__qualname__}"
@@ -644,7 +653,7 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
         example: An input batch it takes, run once to see the maps.
 
     Raises:
-        ValueError: when no submodule returns such a tensor.
+        NoSpatialMapError: when no submodule returns such a tensor (a ``ValueError``).
         UnknownBlocksError: when the model has one convolution, a patch embedding, and
             computes attention; for
             blocks of a known type it names `grad_cam_layer`, which takes them.
@@ -670,7 +679,7 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
         finished.clear()
         trace.clear()
     if not maps:
-        raise ValueError("the model has no submodule returning a spatial (N, C, H, W) map")
+        raise NoSpatialMapError("the model has no submodule returning a spatial (N, C, H, W) map")
     layer = maps[-1][0]
     if trace.attention and trace.convolutions == 1 and _patches_only(model):
         raise UnknownBlocksError(

@@ -374,6 +374,7 @@ def _gradcam(request: Request) -> tuple[str, Tensor]:
     from captum.attr import LayerAttribution, LayerGradCam
 
     from ctc_plugin.cam.transformers import (
+        NoSpatialMapError,
         UnknownBlocksError,
         last_spatial_layer,
         transformer_stages,
@@ -396,6 +397,11 @@ def _gradcam(request: Request) -> tuple[str, Tensor]:
             "pytorch-grad-cam from Python with target_layers=[the last block's first norm] "
             "and reshape_transform=ctc_plugin.cam.tokens_to_grid "
             "(docs: CTC on a vision transformer)",
+        ) from error
+    except NoSpatialMapError as error:
+        raise MethodError(
+            f"{error}: Grad-CAM weights a convolutional map, and this model has none; use "
+            "integrative-cam, feature-ablation or lime"
         ) from error
     name = module_path(request.model, layer)  # the user's path, not the wrapper's 1.xxx
     cam = LayerGradCam(request.model, layer).attribute(
@@ -460,7 +466,9 @@ def try_methods(
     A command runs it before its real work, so that a method that cannot explain the model
     (Grad-CAM on a vision transformer, CTC on a model that ends in a softmax) stops it before a
     long run of the other methods, or before a run folder is set up. The halves make the trial
-    cheap (two copies of the image, no segmenter), and Lime takes four samples.
+    cheap (two copies of the image, no segmenter), and Lime takes four samples. Where a method
+    refuses the model, the others are tried all the same, and the message names those that
+    refuse it too and says how to run those that can.
 
     Raises:
         CLIError: As `run_for_command`.
@@ -477,9 +485,28 @@ def try_methods(
         lime_samples=min(request.lime_samples, 4),
         show_progress=False,
     )
+    from ctc_plugin.commands import CLIError
+    from ctc_plugin.ctc.errors import UnsupportedOperationError
+
+    refusals: list[tuple[str, CLIError]] = []
     with torch.random.fork_rng(devices=[]):
         for name in names:
-            run_for_command(name, trial, model, option, where)
+            try:
+                run_for_command(name, trial, model, option, where)
+            except CLIError as error:
+                if not isinstance(error.__cause__, UnsupportedOperationError | MethodError):
+                    raise
+                refusals.append((name, error))
+    if not refusals:
+        return
+    error, refused = refusals[0][1], [name for name, _ in refusals]
+    message = str(error)
+    if len(refused) > 1:
+        message += f"; {', '.join(refused[1:])} refused it too (give each alone to see why)"
+    working = [name for name in names if name not in refused]
+    if working:
+        message += f"; {', '.join(working)} can: give {option} {' '.join(working)}"
+    raise CLIError(message) from error.__cause__
 
 
 def run_for_command(

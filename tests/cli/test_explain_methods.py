@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -408,3 +409,53 @@ def test_your_model_without_images_says_it_explains_the_bundled_sample(tmp_path,
     assert first.startswith("note: no IMAGE given: tests.cli.test_explain_cli:tiny_model explains")
     assert main(["explain", "--model", "resnet", *quick, "--out", str(tmp_path / "g.png")]) == 0
     assert "no IMAGE given" not in capsys.readouterr().out  # a zoo model: its own sample
+
+
+def tokens_only() -> torch.nn.Module:
+    """Linear layers over pixel tokens with a running sum: CTC and Grad-CAM refuse it."""
+
+    class CumulativeTokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = torch.relu(self.embed(x.flatten(2).transpose(1, 2)))
+            return self.head((tokens * torch.cumsum(tokens, 1)).mean(1))
+
+    torch.manual_seed(0)
+    return CumulativeTokens().eval()
+
+
+@pytest.mark.parametrize(
+    ("methods", "expected"),
+    [
+        (["ctc", "lime"], "torch.cumsum .*; lime can: give --method lime$"),
+        (
+            ["ctc", "gradcam", "feature-ablation", "lime"],
+            "torch.cumsum .*; gradcam refused it too \\(give each alone to see why\\); "
+            "feature-ablation, lime can: give --method feature-ablation lime$",
+        ),
+        (["ctc"], "torch.cumsum .*How CTC works\\)$"),
+        (
+            ["gradcam"],
+            "--method gradcam: the model has no submodule returning a spatial .*; use "
+            "integrative-cam, feature-ablation or lime$",
+        ),
+    ],
+)
+def test_a_method_that_refuses_the_model_names_the_methods_that_can(
+    tmp_path, capsys, methods, expected
+):
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    argv = [
+        "explain", str(image), "--model", f"{__name__}:tokens_only", "--segmenter", "grid",
+        "--segments", "4", "--out", str(tmp_path / "f.png"), "--no-progress",
+        "--method", *methods,
+    ]  # fmt: skip
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert re.search(expected, error), error
+    assert not (tmp_path / "f.png").exists()

@@ -41,6 +41,7 @@ def _examples() -> dict[str, BaseException]:
         ZeroMapWarning,
     )
     from ctc_plugin.cam.layers import BatchNormBiasError
+    from ctc_plugin.cam.transformers import NoSpatialMapError
     from ctc_plugin.cli import UsageError
     from ctc_plugin.commands import CLIError
     from ctc_plugin.commands.methods import MethodError
@@ -74,6 +75,7 @@ def _examples() -> dict[str, BaseException]:
         BatchDimensionError("the batch dimension is not first"),
         UnknownBlocksError("no transformer blocks found"),
         NoFeatureMapsError("no convolution ran in the model"),
+        NoSpatialMapError("the model has no submodule returning a spatial (N, C, H, W) map"),
         ValueRangeError("the images lie in [-2, 2], outside [0, 1]"),
         MaskCacheError("the cache folder is not writable"),
         TrainingModeError("call model.eval() first"),
