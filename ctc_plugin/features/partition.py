@@ -47,24 +47,37 @@ def _decode_sam_record(record: Mapping[str, Any]) -> np.ndarray:
             "a mask given as a dict must have a 'segmentation' entry (SAM's output format)"
         )
     segmentation = record["segmentation"]
-    if isinstance(segmentation, Mapping):  # SAM output_mode="uncompressed_rle"
+    if isinstance(segmentation, Mapping):  # SAM output_mode="uncompressed_rle" or "coco_rle"
+        if isinstance(segmentation.get("counts"), str | bytes):
+            return _decode_coco_rle(segmentation)
         from segment_anything.utils.amg import rle_to_mask
 
-        if not isinstance(segmentation.get("counts"), list):
-            raise ValueError(
-                "compressed COCO RLE masks are not supported: run SamAutomaticMaskGenerator with "
-                "output_mode='binary_mask' or 'uncompressed_rle'"
-            )
         return rle_to_mask(dict(segmentation))
     return _to_numpy(segmentation)
+
+
+def _decode_coco_rle(segmentation: Mapping[str, Any]) -> np.ndarray:
+    """A compressed COCO RLE mask (SAM's ``output_mode="coco_rle"``), decoded by pycocotools.
+
+    SAM encodes such masks with pycocotools, so whoever has them has it installed.
+    """
+    try:
+        from pycocotools import mask as coco_mask
+    except ImportError as error:
+        raise ValueError(
+            "compressed COCO RLE masks (SAM's output_mode='coco_rle') are decoded by "
+            "pycocotools, which is not installed: pip install pycocotools, or run "
+            "SamAutomaticMaskGenerator with output_mode='binary_mask' or 'uncompressed_rle'"
+        ) from error
+    return coco_mask.decode(dict(segmentation)).astype(bool)
 
 
 def mask_stack(masks: MaskInput, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Convert masks in any supported form to a boolean stack ``(M, H, W)``.
 
     Accepted: an ``(M, H, W)`` array or tensor (bool or 0/1), a single ``(H, W)`` mask, a list of
-    ``(H, W)`` arrays or tensors, or SAM's list of dicts (``"segmentation"`` as a binary mask or
-    uncompressed RLE).
+    ``(H, W)`` arrays or tensors, or SAM's list of dicts (``"segmentation"`` as a binary mask,
+    uncompressed RLE, or compressed COCO RLE, decoded with pycocotools).
 
     Args:
         masks: The masks.

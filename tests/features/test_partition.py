@@ -156,6 +156,26 @@ def test_sam_uncompressed_rle_is_decoded():
     assert torch.equal(to_partition(stack), to_partition([{"segmentation": r} for r in rles]))
 
 
+def test_sam_compressed_coco_rle_is_decoded():
+    from segment_anything.utils.amg import coco_encode_rle, mask_to_rle_pytorch
+
+    stack = np.random.default_rng(2).random((3, 12, 10)) > 0.5
+    records = [
+        {"segmentation": coco_encode_rle(r)} for r in mask_to_rle_pytorch(torch.from_numpy(stack))
+    ]
+    assert all(isinstance(r["segmentation"]["counts"], str) for r in records)
+    assert torch.equal(to_partition(stack), to_partition(records))
+
+
+def test_compressed_coco_rle_without_pycocotools_says_what_to_install(monkeypatch):
+    import sys
+
+    record = {"segmentation": {"size": [2, 2], "counts": "04"}}
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    with pytest.raises(ValueError, match="pip install pycocotools, or run SamAutomaticMask"):
+        to_partition([record])
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [
