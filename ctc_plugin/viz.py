@@ -324,6 +324,12 @@ def _paint(value: Any, segments: np.ndarray, ids: Any, name: str) -> tuple[np.nd
         keys, values = (np.asarray(_to_list(part), dtype=float) for part in value)
         if keys.ndim != 1 or keys.shape != values.shape:
             raise ValueError(f"{name}: (ids, scores) must be two 1-D sequences of one length")
+        if not np.all(np.isfinite(keys) & (keys == np.round(keys))):
+            raise ValueError(
+                f"{name}: the ids of (ids, scores) must be whole numbers, got "
+                f"{keys[:3].tolist()}...; give the segment ids first, as segment_means returns "
+                "them"
+            )
         by_id = dict(zip(keys.astype(np.int64).tolist(), values.tolist()))
     else:
         array = (

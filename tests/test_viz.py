@@ -179,6 +179,18 @@ def test_two_scores_in_a_tuple_are_two_scores_and_one_number_is_one():
     plt.close("all")
 
 
+def test_ids_and_scores_given_the_wrong_way_round_are_refused():
+    """(scores, ids) had its fractional "ids" truncated: 0.7 painted on segment 0, silently."""
+    image = torch.rand(3, 8, 12)
+    halves = torch.zeros(8, 12, dtype=torch.long)
+    halves[:, 6:] = 1
+    right = plot_segment_scores(image, halves, (np.array([0, 1]), np.array([0.7, 0.2])))
+    np.testing.assert_array_equal(painted(right.axes[1]), np.where(halves == 0, 0.7, 0.2))
+    with pytest.raises(ValueError, match="ids of \\(ids, scores\\) must be whole numbers"):
+        plot_segment_scores(image, halves, (np.array([0.7, 0.2]), np.array([0, 1])))
+    plt.close("all")
+
+
 def test_an_empty_image_is_refused_saying_so():
     with pytest.raises(ValueError, match="the image is empty"):
         plot_segment_scores(torch.rand(3, 0, 0), torch.zeros(0, 0, dtype=torch.long), [])
