@@ -477,6 +477,9 @@ def try_methods(
 
     import torch
 
+    from ctc_plugin.commands import CLIError
+    from ctc_plugin.ctc.errors import UnsupportedOperationError
+
     height, width = request.pixels.shape[-2:]
     halves = (torch.arange(width, device=request.pixels.device) >= width // 2).long()
     trial = dataclasses.replace(
@@ -485,9 +488,6 @@ def try_methods(
         lime_samples=min(request.lime_samples, 4),
         show_progress=False,
     )
-    from ctc_plugin.commands import CLIError
-    from ctc_plugin.ctc.errors import UnsupportedOperationError
-
     refusals: list[tuple[str, CLIError]] = []
     with torch.random.fork_rng(devices=[]):
         for name in names:
