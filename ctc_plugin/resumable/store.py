@@ -329,8 +329,11 @@ class RunStore:
         )
         return sorted(names, key=_numbers_as_numbers)
 
-    def read_table(self) -> pa.Table:
+    def read_table(self, names: list[str] | None = None) -> pa.Table:
         """Every finished shard's rows, in shard order, as one ``pyarrow.Table``.
+
+        ``names``: only these finished shards, in this order (``None``: every one, see
+        [`finished`][ctc_plugin.resumable.store.RunStore.finished]).
 
         Raises:
             FileNotFoundError: If no shard is finished yet.
@@ -339,7 +342,7 @@ class RunStore:
         """
         import pyarrow as pa
 
-        tables = list(self.iter_tables())
+        tables = list(self.iter_tables(names=names))
         if not tables:
             if not self.root.is_dir():
                 raise FileNotFoundError(f"{self.root}: no such run folder (give a run's --out)")
@@ -347,14 +350,19 @@ class RunStore:
         return pa.concat_tables(tables)
 
     def iter_tables(
-        self, columns: list[str] | None = None, filters: Any = None
+        self,
+        columns: list[str] | None = None,
+        filters: Any = None,
+        names: list[str] | None = None,
     ) -> Iterator[pa.Table]:
         """Each finished shard's rows, in shard order, one ``pyarrow.Table`` at a time.
 
         Only ``columns`` are read (``None``: every column), and only the rows ``filters``
         keeps (``pyarrow.parquet.read_table``'s, ``[("method", "==", "lime")]``; it may name
         columns left out of ``columns``): a pass over a large run holds one shard's part at a
-        time, not the whole table.
+        time, not the whole table. ``names``: only these finished shards, in this order
+        (``None``: every one; a job that knows its shards' names gives them, so that another
+        ``.parquet`` file put in the shards folder is not read as a shard).
 
         Raises:
             ValueError: If a shard's table does not parse (the message says which file to
@@ -362,7 +370,7 @@ class RunStore:
         """
         import pyarrow.parquet as pq
 
-        for name in self.finished():
+        for name in self.finished() if names is None else names:
             read = functools.partial(pq.read_table, columns=columns, filters=filters)
             yield self._read(name, read, self.table_path(name))
 

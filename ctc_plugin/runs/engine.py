@@ -30,6 +30,7 @@ from ctc_plugin.runs.results import (
     explained_contents,
     image_sha256,
     image_stat,
+    run_shards,
 )
 from ctc_plugin.runs.runner import ShardRunner, options_of
 from ctc_plugin.runs.sources import (
@@ -74,10 +75,16 @@ class RunResult(JobResult):
 def read_results(out: str | os.PathLike[str]) -> pa.Table:
     """The rows of every finished shard in the run folder ``out``, in plan order.
 
+    Only the run's shards are read: another ``.parquet`` file in its shards folder (a copy of
+    a shard, say) is left out, with a warning naming it
+    ([`run_shards`][ctc_plugin.runs.results.run_shards]).
+
     Raises:
         FileNotFoundError: If ``out`` holds no finished shard.
     """
-    return RunStore(out).read_table().replace_schema_metadata(None)  # no one shard's metadata
+    store = RunStore(out)
+    table = store.read_table(run_shards(store))
+    return table.replace_schema_metadata(None)  # no one shard's metadata
 
 
 @dataclass(frozen=True)
@@ -552,7 +559,7 @@ def check_finished_images(job: ExplainJob, out: str | os.PathLike[str]) -> None:
 
     store = RunStore(out)
     try:
-        finished = store.finished()
+        finished = run_shards(store)  # other .parquet files are named, and not compared
     except OSError:  # an unreadable folder: the start says so
         return
     if not finished:

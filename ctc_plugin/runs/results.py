@@ -8,11 +8,14 @@ its shard was explained (`image_sha256`, `explained_contents`, `image_stat`).
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ctc_plugin.resumable import RunStore
 from ctc_plugin.runs.sources import ImageRef, Source
+from ctc_plugin.wording import agreeing, caller_stacklevel, counted, first_names
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -24,6 +27,7 @@ __all__ = [
     "explained_contents",
     "image_sha256",
     "image_stat",
+    "run_shards",
     "table_schema",
 ]
 
@@ -33,6 +37,41 @@ TIMING_COLUMNS = ("seconds", "segment_seconds")
 
 #: Key of a shard table's metadata: JSON ``{image name: content sha256}`` of a folder's images.
 IMAGE_SHA256_KEY = "image_sha256"
+
+#: The name of a run's shard: ``shard-`` and its number in the plan, five digits at least.
+SHARD_NAME = re.compile(r"shard-(\d{5,})")
+
+
+def run_shards(store: RunStore, warn: bool = True) -> list[str]:
+    """The finished shards of the ``explain-dataset`` run in ``store``, in plan order.
+
+    Only the run's own shards count: ``shard-NNNNN`` (`SHARD_NAME`) numbered within its plan
+    (below its manifest's shard count, where the manifest can be read). Any other ``.parquet``
+    file in its shards folder (a user's copy of a shard, another tool's file) is no shard: it
+    is left out, and ``warn`` names it in a warning, so that its rows are never read as the
+    run's.
+    """
+    try:
+        planned: int | None = int(store.manifest()["shards"])
+    except (OSError, ValueError, KeyError, TypeError):  # no run, or no readable manifest
+        planned = None
+    ours, others = [], []
+    for name in store.finished():
+        match = SHARD_NAME.fullmatch(name)
+        number = int(match[1]) if match else -1
+        own = match is not None and name == f"shard-{number:05d}"  # not shard-000001
+        (ours if own and (planned is None or number < planned) else others).append(name)
+    if others and warn:
+        files = [f"{name}.parquet" for name in others]
+        warnings.warn(
+            f"{store.shards} holds {counted(len(others), 'file')} that "
+            f"{agreeing(len(others), 'is no shard', 'are no shards')} of this run "
+            f"({first_names(files)}): left out of its results; move "
+            f"{agreeing(len(others), 'it', 'them')} out of that folder",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
+    return ours
 
 
 def table_schema() -> pa.Schema:
@@ -74,8 +113,9 @@ def table_schema() -> pa.Schema:
 def all_zero_rows(store: RunStore, method: str) -> dict[str, int]:
     """``{image name: segments}`` of the images whose rows of ``method`` scored every segment 0.
 
-    In the run's order (the first image first). Read shard by shard, only the rows of
-    ``method`` and the columns ``name``, ``scores`` and ``segments``
+    In the run's order (the first image first). Read shard by shard (the run's own,
+    `run_shards`), only the rows of ``method`` and the columns ``name``, ``scores`` and
+    ``segments``
     ([`RunStore.iter_tables`][ctc_plugin.resumable.store.RunStore.iter_tables]); the scores are
     compared with 0 in Arrow, so only the all-zero rows' names and segment counts become Python
     objects, not the run's table. A NaN score is no 0.
@@ -88,7 +128,7 @@ def all_zero_rows(store: RunStore, method: str) -> dict[str, int]:
 
     zero: dict[str, int] = {}
     columns, rows = ["name", "scores", "segments"], [("method", "==", method)]
-    for table in store.iter_tables(columns, filters=rows):
+    for table in store.iter_tables(columns, filters=rows, names=run_shards(store, warn=False)):
         if not table.num_rows:
             continue
         scores = table.column("scores").combine_chunks()
