@@ -617,6 +617,48 @@ def _stored_shard_images(store: RunStore, planned: list[str]) -> dict[str, list[
     return {shard.name: [planned[index] for index in shard.images] for shard in shards}
 
 
+def _resolve_run_source(
+    source: str | os.PathLike[str], images: int | None, seed: int, out: str | os.PathLike[str]
+) -> Source:
+    """``resolve_source(source, images, seed)``, naming the run in ``out`` where SOURCE is gone.
+
+    A run records the resolved path of its image folder (and none of its own folder, so ``out``
+    moved elsewhere resumes there). The same command after the image folder was moved gives a
+    SOURCE that is no folder now: where it is the folder of the run in ``out``, the refusal
+    says so, and where the run's images must be to resume it.
+
+    Raises:
+        SourceError: As `resolve_source` raises it.
+    """
+    try:
+        return resolve_source(source, images=images, seed=seed)
+    except SourceError:
+        spec = _gone_folder_of_run(source, out)
+        if spec is None:
+            raise
+        raise SourceError(
+            f"SOURCE {os.fspath(source)!r} is no folder now, and the run in --out {out} explains "
+            "the images that were there: a run records the path of its image folder, so move "
+            f"the folder back to {spec} to resume the run, or choose another --out to start a "
+            "new run of the folder where it is now"
+        ) from None
+
+
+def _gone_folder_of_run(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> str | None:
+    """The image folder of the run in ``out`` where SOURCE names it and it is gone (or ``None``)."""
+    given = Path(os.fspath(source)).expanduser()
+    if shapes_split(source) is not None or given.exists():
+        return None
+    try:
+        manifest = RunStore(out).manifest()
+    except (OSError, ValueError):  # no run there, or none this version reads
+        return None
+    described = manifest.get("source")
+    spec = described.get("spec") if isinstance(described, dict) else None
+    same = spec in (str(given.absolute()), str(given.resolve()))
+    return spec if manifest.get("job") == ExplainJob.name and same else None
+
+
 def _refuse_out_inside(source: Source, out: str | os.PathLike[str]) -> None:
     """Refuse a run folder inside the image folder it explains.
 
@@ -841,7 +883,7 @@ def explain_dataset(
         from ctc_plugin.commands.explain_setup import resolve_device
 
         resolve_device(config.device)
-    resolved = resolve_source(source, images=images, seed=seed)
+    resolved = _resolve_run_source(source, images, seed, out)
     _refuse_out_inside(resolved, out)
     skipped = resolved.skipped_note()
     if skipped:
