@@ -126,7 +126,7 @@ class RunStore:
             if path.exists():
                 self._check_stored(manifest)
             else:
-                if not adopt and any(self.root.iterdir()):
+                if not adopt and not all(map(_system_entry, self.root.iterdir())):
                     raise ValueError(
                         f"--out {self.root} is a folder with other files and no {MANIFEST}; "
                         "give an empty or new folder for the run's results"
@@ -215,7 +215,8 @@ class RunStore:
     def _nothing_finished(self, job: Any) -> bool:
         """Whether the folder holds only the files of a run of ``job`` that finished no shard."""
         ours = {MANIFEST, PLAN, self.shards.name}
-        if self.finished() or any(entry.name not in ours for entry in self.root.iterdir()):
+        others = (entry for entry in self.root.iterdir() if entry.name not in ours)
+        if self.finished() or not all(map(_system_entry, others)):
             return False
         if self.shards.is_dir() and any(map(_live_temporary, self.shards.iterdir())):
             return False  # a writer that takes no lock is under way: its run stays
@@ -517,6 +518,26 @@ def _numbers_as_numbers(name: str) -> list[Any]:
     compare text with text and numbers with numbers.
     """
     return [int(piece) if i % 2 else piece for i, piece in enumerate(_DIGITS.split(name))]
+
+
+#: Files a system or its file browser puts in folders (besides hidden ones: `_system_entry`).
+_SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
+
+
+def _system_entry(path: Path) -> bool:
+    """Whether ``path`` is no one's results: hidden (``.DS_Store``, ``.Trashes``) or the system's.
+
+    A new folder holding only such entries is empty to a run, which leaves them as they are
+    (a file browser that showed the folder, a drive's own folders at its top). The temporary
+    files of a writer (``.tmp-*``) are not: a run does not start beside a writer under way.
+
+    Examples:
+        >>> [_system_entry(Path(name)) for name in (".DS_Store", "Thumbs.db", ".tmp-x", "a.txt")]
+        [True, True, False, False]
+    """
+    name = path.name
+    hidden = name.startswith(".") and not name.startswith(".tmp-")
+    return hidden or name.lower() in _SYSTEM_FILES
 
 
 def _live_temporary(path: Path) -> bool:
