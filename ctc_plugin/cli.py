@@ -22,12 +22,15 @@ stops reading (``ctc-plugin explain ... | head -1``) ends it quietly with status
 
 Building the parser imports no heavy module (torch, torchvision, captum, zennit): the command
 modules import them inside the functions that run a command, so ``ctc-plugin --help``,
-``ctc-plugin COMMAND --help`` and ``--version`` answer at once.
+``ctc-plugin COMMAND --help`` and ``--version`` answer at once. Importing this module imports
+none of the command modules either: `main` imports them while it builds the parser, so that a
+Ctrl-C at the very start of a command (while they load) ends it as cleanly as later.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -38,12 +41,18 @@ from contextlib import contextmanager
 from typing import Any
 
 from ctc_plugin import __version__
-from ctc_plugin.commands import CLIError, benchmark, explain, explainer, os_error_text, zoo
-from ctc_plugin.runs import command as explain_dataset
+from ctc_plugin.commands import CLIError, os_error_text
 
 #: The modules that contribute subcommands, each with ``add_parser(subparsers)``; the parser they
 #: add sets ``func`` (a callable taking the parsed namespace and returning an exit status).
-SUBCOMMAND_MODULES = (explain, zoo, explainer, benchmark, explain_dataset)
+#: Imported by `build_parser`.
+SUBCOMMAND_MODULES = (
+    "ctc_plugin.commands.explain",
+    "ctc_plugin.commands.zoo",
+    "ctc_plugin.commands.explainer",
+    "ctc_plugin.commands.benchmark",
+    "ctc_plugin.runs.command",
+)
 
 __all__ = ["Parser", "UsageError", "build_parser", "main"]
 
@@ -112,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in SUBCOMMAND_MODULES:
-        module.add_parser(subparsers)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
     return parser
 
 
@@ -122,9 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     A user error returns 2 after one line on stderr, ``ctc-plugin COMMAND: error: MESSAGE``
     (also with no COMMAND, and for arguments no command knows). ``--help`` still exits
-    through ``SystemExit(0)``, as argparse does.
+    through ``SystemExit(0)``, as argparse does. A Ctrl-C while the command modules load
+    (building the parser) returns 130 after ``ctc-plugin: interrupted``, as later.
     """
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except KeyboardInterrupt:
+        return _interrupted(argparse.Namespace(prog="ctc-plugin"))
     with _one_line_warnings(parser.prog):
         return _run(parser, argv)
 

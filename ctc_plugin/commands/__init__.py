@@ -9,8 +9,23 @@ from __future__ import annotations
 
 import argparse
 import errno
+from typing import TYPE_CHECKING, Any
 
-from ctc_plugin.resumable.threads import torch_threads as torch_threads  # the commands' home
+if TYPE_CHECKING:  # pragma: no cover
+    from ctc_plugin.resumable.threads import torch_threads as torch_threads
+
+
+def __getattr__(name: str) -> Any:
+    """``torch_threads``, the commands' home of it, imported when first asked for.
+
+    Importing this package (for `CLIError`, which ``ctc_plugin.cli`` needs at once) then loads
+    none of ``ctc_plugin.resumable``.
+    """
+    if name == "torch_threads":
+        from ctc_plugin.resumable.threads import torch_threads
+
+        return torch_threads
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CLIError(Exception):
