@@ -26,7 +26,7 @@ from ctc_plugin.resumable import ConfigMismatchError, JobResult, RunStore, Shard
 from ctc_plugin.resumable.job import check_start
 from ctc_plugin.runs.plan import PINNED_FILES, RunConfig, digest, plan_shards
 from ctc_plugin.runs.results import (
-    all_zero_rows,
+    all_zero_rows_of,
     explained_contents,
     image_sha256,
     image_stat,
@@ -718,19 +718,19 @@ def _warn_of_empty_results(config: RunConfig, result: JobResult) -> None:
     run's rows of those methods are read back (only with ``lime`` or ``integrative-cam`` among
     the methods): they are written by whichever engine ran them, this process or Ray's workers,
     now or before a resumption. Only their all-zero rows' names and segment counts are read into
-    Python ([`all_zero_rows`][ctc_plugin.runs.results.all_zero_rows]), shard by shard.
+    Python ([`all_zero_rows_of`][ctc_plugin.runs.results.all_zero_rows_of]), every shard read
+    once for both methods.
     """
     from ctc_plugin.commands.methods import EMPTY_RESULT_METHODS, warn_of_empty_results
 
     if not set(EMPTY_RESULT_METHODS) & set(config.methods):
         return
 
-    store = RunStore(result.out)
+    wanted = [method for method in EMPTY_RESULT_METHODS if method in config.methods]
     zero = {
         (image, method): segments
-        for method in EMPTY_RESULT_METHODS
-        if method in config.methods
-        for image, segments in all_zero_rows(store, method).items()
+        for method, images in all_zero_rows_of(RunStore(result.out), wanted).items()
+        for image, segments in images.items()
     }
     warn_of_empty_results(zero, result.images, config.lime_samples)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ __all__ = [
     "IMAGE_SHA256_KEY",
     "TIMING_COLUMNS",
     "all_zero_rows",
+    "all_zero_rows_of",
     "explained_contents",
     "image_sha256",
     "image_stat",
@@ -113,9 +115,21 @@ def table_schema() -> pa.Schema:
 def all_zero_rows(store: RunStore, method: str) -> dict[str, int]:
     """``{image name: segments}`` of the images whose rows of ``method`` scored every segment 0.
 
-    In the run's order (the first image first). Read shard by shard (the run's own,
-    `run_shards`), only the rows of ``method`` and the columns ``name``, ``scores`` and
-    ``segments``
+    In the run's order (the first image first): ``method``'s part of `all_zero_rows_of`. A NaN
+    score is no 0.
+
+    Raises:
+        ValueError: If a finished shard's table does not parse (naming the file to delete).
+    """
+    return all_zero_rows_of(store, [method])[method]
+
+
+def all_zero_rows_of(store: RunStore, methods: Sequence[str]) -> dict[str, dict[str, int]]:
+    """``{method: {image name: segments}}``: the images whose rows scored every segment 0.
+
+    Each method's images are in the run's order (the first image first). Read in one pass,
+    shard by shard (the run's own, `run_shards`), only the rows of ``methods`` and the columns
+    ``name``, ``method``, ``scores`` and ``segments``
     ([`RunStore.iter_tables`][ctc_plugin.resumable.store.RunStore.iter_tables]); the scores are
     compared with 0 in Arrow, so only the all-zero rows' names and segment counts become Python
     objects, not the run's table. A NaN score is no 0.
@@ -126,8 +140,10 @@ def all_zero_rows(store: RunStore, method: str) -> dict[str, int]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    zero: dict[str, int] = {}
-    columns, rows = ["name", "scores", "segments"], [("method", "==", method)]
+    zero: dict[str, dict[str, int]] = {method: {} for method in methods}
+    if not zero:
+        return zero
+    columns, rows = ["name", "method", "scores", "segments"], [("method", "in", list(zero))]
     for table in store.iter_tables(columns, filters=rows, names=run_shards(store, warn=False)):
         if not table.num_rows:
             continue
@@ -135,9 +151,11 @@ def all_zero_rows(store: RunStore, method: str) -> dict[str, int]:
         nonzero = pc.not_equal(pc.list_flatten(scores), 0.0)
         scored = pc.filter(pc.list_parent_indices(scores), nonzero)  # rows with a score not 0
         all_zero = pc.invert(pc.is_in(pa.array(range(table.num_rows)), value_set=scored))
-        kept = table.filter(all_zero).select(["name", "segments"]).to_pydict()
-        for name, segments in zip(kept["name"], kept["segments"], strict=True):
-            zero[name] = segments
+        kept = table.filter(all_zero).select(["name", "method", "segments"]).to_pydict()
+        for name, method, segments in zip(
+            kept["name"], kept["method"], kept["segments"], strict=True
+        ):
+            zero[method][name] = segments
     return zero
 
 

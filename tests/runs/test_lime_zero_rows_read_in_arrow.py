@@ -88,4 +88,41 @@ def test_the_warning_reads_only_the_lime_rows_and_the_columns_it_needs(tmp_path,
         run = explain_dataset("shapes", ["lime", "ctc"], tmp_path / "run", **options)
     assert run.shards == 2
     # one read per shard (was one read of every column of every row, then to_pydict)
-    assert reads == [(["name", "scores", "segments"], [("method", "==", "lime")])] * 2, reads
+    columns = ["name", "method", "scores", "segments"]
+    assert reads == [(columns, [("method", "in", ["lime"])])] * 2, reads
+
+
+def test_lime_and_integrative_cam_rows_are_read_in_one_pass(tmp_path, monkeypatch):
+    """With both methods that can say nothing, the warning read every shard once per method."""
+    from ctc_plugin.cam.integrative import ZeroMapWarning
+    from ctc_plugin.resumable import JobResult
+    from ctc_plugin.runs.engine import _warn_of_empty_results
+    from ctc_plugin.runs.plan import RunConfig
+
+    store = RunStore(tmp_path / "run")
+    store.shards.mkdir(parents=True)
+    shards = [
+        _rows(("a.png", "lime", [0.0, 0.0]), ("a.png", "integrative-cam", [1.0, 0.0])),
+        _rows(("b.png", "lime", [0.5, 0.0]), ("b.png", "integrative-cam", [0.0, 0.0, 0.0])),
+    ]
+    for index, table in enumerate(shards):
+        pq.write_table(table, store.table_path(f"shard-{index:05d}"))
+    reads = []
+    read_table = pq.read_table
+
+    def spy(source, *args, **kwargs):
+        reads.append(source)
+        return read_table(source, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", spy)
+    config = RunConfig(methods=("lime", "integrative-cam", "ctc"), lime_samples=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _warn_of_empty_results(config, JobResult(store.root, 2, 2, 2, 0.0))
+    assert len(reads) == 2, reads  # one read a shard (was one a shard and method)
+    said = {(w.category, str(w.message).split(":")[0]) for w in caught}
+    assert said == {(UserWarning, "lime"), (ZeroMapWarning, "integrative-cam")}, caught
+    lime = next(str(w.message) for w in caught if w.category is UserWarning)
+    assert "(the first: a.png)" in lime, lime
+    icam = next(str(w.message) for w in caught if w.category is ZeroMapWarning)
+    assert "(the first: b.png)" in icam, icam
