@@ -148,19 +148,43 @@ class ExplainJob:
 
         The precision is the floating-point type it runs in on the configuration's device
         (`ctc_plugin.commands.model_checks.run_precision`). The model is
-        loaded for them once a job and then let go: the job, sent to Ray workers as it is,
-        keeps only these.
+        loaded for them once a job (`_loaded_model`) and then handed to the start's runner
+        (`loaded_model`): the job, sent to Ray workers as it is, keeps only these.
         """
-        from ctc_plugin.commands import CLIError
         from ctc_plugin.commands.model_checks import run_precision
+
+        loaded = self._loaded_model
+        if loaded is None:
+            return None
+        return loaded.preprocessing, run_precision(loaded.network, self.config.device)
+
+    @functools.cached_property
+    def _loaded_model(self) -> Any | None:
+        """The model loaded (a ``LoadedModel``), or ``None`` when it does not load here."""
+        from ctc_plugin.commands import CLIError
         from ctc_plugin.commands.models import load_model
 
         weights = Path(self.config.weights) if self.config.weights else None
         try:
-            loaded = load_model(self.config.model, weights)
-        except (CLIError, OSError, ValueError):
+            return load_model(self.config.model, weights)
+        except (CLIError, OSError, ValueError):  # the runner loads it again, and says why
             return None
-        return loaded.preprocessing, run_precision(loaded.network, self.config.device)
+
+    def loaded_model(self) -> Any | None:
+        """The model this job loaded for its manifest, handed over once (``None``: none).
+
+        The start's runner takes it instead of loading the model again (`checked_runner`);
+        a runner changes it (its device, float16 to float32), so its preprocessing and
+        precision are read first and the job lets go of it.
+        """
+        _ = self._own_model  # read before the runner changes the model
+        return self.__dict__.pop("_loaded_model", None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What is pickled (for Ray workers): the job's data, never a loaded model."""
+        state = dict(self.__dict__)
+        state.pop("_loaded_model", None)
+        return state
 
     def plan(self) -> dict[str, Any]:
         """The image list, ``{"images": [[name, label, *stat], ...], "limit": N}`` (``plan.json``).
@@ -452,7 +476,13 @@ def checked_runner(job: ExplainJob, ray: bool | str | None) -> ShardRunner:
     Raises:
         CLIError: Naming the option to fix.
     """
-    runner = ShardRunner(job.config, job.source, segment=not ray, device="cpu" if ray else None)
+    runner = ShardRunner(
+        job.config,
+        job.source,
+        segment=not ray,
+        device="cpu" if ray else None,
+        loaded=job.loaded_model(),  # the model the manifest loaded: not loaded again
+    )
     runner.check()
     return runner
 

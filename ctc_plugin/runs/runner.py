@@ -52,6 +52,9 @@ class ShardRunner:
             and for [`run`][ctc_plugin.runs.runner.ShardRunner.run] without masks).
         explain: Load the model's methods (for ``run``).
         device: Where the model runs (``None``: the configuration's ``device``).
+        loaded: The configuration's model, loaded already (a ``LoadedModel`` of
+            ``ctc_plugin.commands.models.load_model``; the runner moves it to ``device``), or
+            ``None``: loaded here.
 
     Raises:
         CLIError: For a model, weights, device or segmenter that cannot be used (the message
@@ -66,6 +69,7 @@ class ShardRunner:
         segment: bool = True,
         explain: bool = True,
         device: str | None = None,
+        loaded: Any = None,
     ) -> None:
         from ctc_plugin.commands.explain_setup import (
             explainer_for,
@@ -86,7 +90,8 @@ class ShardRunner:
         self._label_classes: dict[int, int] | None = None  # see label_classes
         self.device = resolve_device(config.device if device is None else device)
         weights = Path(config.weights) if config.weights else None
-        self.loaded = load_model(config.model, weights)  # also for its preprocessing
+        # also for its preprocessing
+        self.loaded = loaded if loaded is not None else load_model(config.model, weights)
         if self.loaded.note:  # a guessed preprocessing (a Hugging Face folder without one)
             warnings.warn(self.loaded.note, UserWarning, stacklevel=caller_stacklevel())
         check_input_channels(self.loaded)
