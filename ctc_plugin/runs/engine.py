@@ -501,6 +501,7 @@ def explained_pixels(out: str | os.PathLike[str], image: int | Sequence[int]) ->
     Raises:
         FileNotFoundError: If ``out`` holds no run.
         IndexError: If an image is not in the run's plan.
+        SourceError: If the run's image folder is no folder now (moved: move it back).
         ValueError: If the source's images changed since the run started (put them back).
     """
     store = RunStore(out)
@@ -510,7 +511,14 @@ def explained_pixels(out: str | os.PathLike[str], image: int | Sequence[int]) ->
     for index in wanted:
         if not 0 <= index < manifest["images"]:
             raise IndexError(f"{out} explained images 0 to {manifest['images'] - 1}, not {index}")
-    source = resolve_source(described["spec"], images=manifest["images"], seed=stored["seed"])
+    spec = described["spec"]
+    if described.get("kind") == "folder" and not Path(spec).exists():
+        raise SourceError(
+            f"the run in {out} explains the images of {spec}, which is no folder now (a run "
+            f"records the path of its image folder): move the folder back to {spec} to read "
+            "the pixels it explained"
+        )
+    source = resolve_source(spec, images=manifest["images"], seed=stored["seed"])
     if digest(source.describe()["images"]) != manifest["image_list"]:
         raise ValueError(
             f"the images of {described['spec']} changed since the run in {out} started; put "

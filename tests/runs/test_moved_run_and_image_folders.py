@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from ctc_plugin.cli import main
-from ctc_plugin.runs import explained_pixels, read_results
+from ctc_plugin.runs import SourceError, explained_pixels, read_results
 from tests.runs.test_resume_refusals_name_the_cause import _error, _explain, _folder
 
 
@@ -46,3 +48,14 @@ def test_the_same_command_after_the_image_folder_moved_says_to_move_it_back(tmp_
     # where it is now, SOURCE is named with the run's folder, as before
     assert main(_explain(moved, out)) == 2
     assert f"give SOURCE {folder} (move the folder back if it was moved)" in _error(capsys)
+
+
+def test_explained_pixels_of_a_run_whose_image_folder_moved_says_to_move_it_back(tmp_path):
+    folder, out = _folder(tmp_path), tmp_path / "run"
+    assert main(_explain(folder, out)) == 0
+    folder.rename(tmp_path / "moved")
+    with pytest.raises(SourceError) as refused:
+        explained_pixels(out, 0)
+    message = str(refused.value)
+    assert f"the run in {out} explains the images of {folder}, which is no folder now" in message
+    assert f"move the folder back to {folder} to read the pixels it explained" in message
