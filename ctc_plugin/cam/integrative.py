@@ -527,7 +527,9 @@ class IntegrativeCAM(Attribution):
                 gradients off (``torch.no_grad()`` inside the model, reentrant
                 ``torch.utils.checkpoint``), a ``reshape_transform`` with no layers to apply it
                 to, an output that is not differentiable or has no row per example, a target
-                score that is NaN or infinite, a target that does not fit (not integer class
+                score that is NaN or infinite, a gradient of it that is not finite at a stage
+                (an infinite derivative after it, ``torch.sqrt`` at 0: the message names the
+                stages), a target that does not fit (not integer class
                 indices, out of range, or of the wrong length), or weights that are inference
                 tensors (a model made under ``torch.inference_mode()``; the message gives the
                 line that makes them ordinary tensors).
@@ -616,6 +618,7 @@ class IntegrativeCAM(Attribution):
                     torch.autograd.grad(scores.sum(), differentiate, allow_unused=True)
                 except _BackwardDone:
                     pass
+            run.check_finite()
             if run.fusion.count == 0:
                 raise ValueError(
                     "no gradient of the target score reached any stage: the target does not "
@@ -759,6 +762,9 @@ class _Run:
         self.terms: AlphaTerms | None = None
         self.stages: list[Stage] = []
         self.pending = 0
+        #: Per stage that got its gradient: its index, name, and (N,) flags of the examples
+        #: whose map or weight is not finite (read once, after the backward pass).
+        self.nonfinite: list[tuple[int, str, Tensor]] = []
 
     def start(self, stages: list[Stage], terms: AlphaTerms) -> None:
         self.terms = terms
@@ -797,11 +803,44 @@ class _Run:
                 rest = stage_rest(grad, act, bias)  # the stage's score minus its bias
                 cam = calibrate(cam, rest) + terms.sign.reshape(-1, 1, 1) * bias
             layer_map = minmax(torch.relu(cam).unsqueeze(1))
+            bad = ~torch.isfinite(layer_map).flatten(1).all(1)
+            self.nonfinite.append(
+                (stage.index, stage.name, bad if score is None else bad | ~torch.isfinite(score))
+            )
             self.fusion.add(stage.index, layer_map, score)
         stage.release()
         self.pending -= 1
         if self.pending == 0:
             raise _BackwardDone
+
+    def check_finite(self) -> None:
+        """Refuse the call where a stage's map or weight is not finite (one device sync).
+
+        The target score is finite (checked before the backward pass), but its gradient need
+        not be: an operation after a stage whose derivative is infinite where it is evaluated
+        (``torch.sqrt`` or ``torch.log`` at 0) makes the stage's map NaN, and the fused map
+        with it.
+
+        Raises:
+            ValueError: Naming the stages (in forward order) and the examples.
+        """
+        if not self.nonfinite:
+            return
+        bad = torch.stack([flags for _, _, flags in self.nonfinite])  # (stages, N)
+        if not bool(bad.any()):
+            return
+        rows = bad.any(dim=1).tolist()
+        names = [
+            name for (_, name, _), row in sorted(zip(self.nonfinite, rows), key=_first_index) if row
+        ]
+        examples = bad.any(dim=0).nonzero().flatten().tolist()
+        raise ValueError(
+            f"the gradient of the target score is not finite at the stage(s) "
+            f"{list(dict.fromkeys(names))} for example(s) {examples[:10]}, so their maps "
+            "would be NaN: an operation after them has an infinite derivative where it is "
+            "evaluated (torch.sqrt or torch.log at 0, a division by 0, an overflow); make it "
+            "finite (e.g. torch.sqrt(x + 1e-12)), or pass layers=[modules after it]"
+        )
 
     def layer_maps(self, stages: list[Stage], n: int, dtype: torch.dtype) -> LayerMaps:
         """Collect the kept per-stage maps and weights in forward order, in ``dtype``."""
@@ -874,3 +913,8 @@ def _refuse_replaced_outputs(
 
         handles.append(module.register_forward_hook(scope.only(note), prepend=True))
         handles.append(module.register_forward_hook(scope.only(compare)))
+
+
+def _first_index(item: tuple[tuple[int, str, Tensor], bool]) -> int:
+    """The stage index of a ``((index, name, flags), row)`` pair: stages in forward order."""
+    return item[0][0]
