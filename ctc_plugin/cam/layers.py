@@ -424,6 +424,8 @@ class StageTracer(TorchFunctionMode):
             self._refuse_channels_last_output(name, shaped, self.image_size)
         if module is not None:
             self.modules.append(module)
+        if torch.is_grad_enabled() and output.is_floating_point() and not output.requires_grad:
+            output.requires_grad_()  # a frozen layer on a cut input (`_differentiable`): Captum's
         chain = next((s for s in self._by_tensor.get(id(output), []) if s in self._chains), None)
         stage = Stage(index=len(self.stages), name=name, steps=("layer",), tensor=None, version=0)
         stage.extendable, stage.without_grad = False, not torch.is_grad_enabled()
@@ -540,12 +542,14 @@ class StageTracer(TorchFunctionMode):
                 extending.bias = fold_batchnorm(extending.bias, scale, shift)
             self._extend(extending, out, kind)
         elif kind == "conv" and isinstance(out, Tensor) and out.dim() == 4:
+            out = _differentiable(out)
             self.conv_grids.add((int(out.shape[-2]), int(out.shape[-1])))
             weight = args[1] if len(args) > 1 else kwargs["weight"]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             bias = torch.zeros(out.shape[1], dtype=out.dtype) if bias is None else bias.detach()
             self._new_chain(out, self._label(weight, "conv2d"), "conv", bias.to(out.device))
         elif kind == "bn" and isinstance(out, Tensor) and out.dim() == 4:
+            out = _differentiable(out)
             shift = torch.zeros(out.shape[1], dtype=out.dtype, device=out.device)
             if self.fold_bias:
                 shift = self._bn_affine(bn_args)[1]
@@ -679,6 +683,21 @@ class StageTracer(TorchFunctionMode):
         with torch.no_grad():
             tensors = [a[key] for key in ("running_mean", "running_var", "weight", "bias")]
             return batch_norm_affine(*(_at_least_float32(t) for t in tensors), a["eps"])
+
+
+def _differentiable(out: Tensor) -> Tensor:
+    """``out``, or a copy of it that requires grad where it has none while gradients are on.
+
+    A frozen layer (``requires_grad=False`` weights) on an input the model cut from the graph
+    (preprocessing under ``torch.no_grad()``, ``x.detach()``) computes a map the target score
+    depends on, with no gradient path to it; Captum's layer methods make their layers' outputs
+    require grad, and so is a stage's map made here. The copy is no leaf, so that an in-place
+    ReLU may still write into it. Under ``torch.no_grad()`` (gradients off) ``out`` is kept:
+    such stages are refused by name.
+    """
+    if out.requires_grad or not torch.is_grad_enabled() or not out.is_floating_point():
+        return out
+    return out.detach().requires_grad_().clone()
 
 
 def _at_least_float32(tensor: Tensor | None) -> Tensor | None:

@@ -1,0 +1,89 @@
+"""A frozen model that cuts its input from the graph (preprocessing under ``torch.no_grad()``).
+
+Neither the input nor the weights carry a gradient to the stages, yet the target score depends
+on every stage's map, and its gradient there is defined: Captum's layer methods make the
+layer outputs require grad, and so does Integrative CAM. The maps are those of the same
+network given the preprocessed image, whole and with a frozen first convolution alike (that
+stage was left out of the fusion before, silently).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ctc_plugin import IntegrativeCAM
+
+
+def _network(inplace: bool) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(inplace=inplace),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3, padding=1),
+        nn.ReLU(inplace=inplace),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 3),
+    ).eval()
+
+
+class _NormalisesWithoutGradient(nn.Module):
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.net = _network(inplace)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x = (x - 0.5) / 0.25
+        return self.net(x)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("frozen", ["all", "first convolution"])
+@pytest.mark.parametrize("chosen", [False, True])
+def test_stages_of_a_frozen_model_cut_from_its_input_get_their_gradient(
+    inplace: bool, frozen: str, chosen: bool
+) -> None:
+    model = _NormalisesWithoutGradient(inplace)
+    frozen_part = model if frozen == "all" else model.net[0]
+    frozen_part.requires_grad_(False)
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    layers = [model.net[1], model.net[4]] if chosen else None
+    maps, info = IntegrativeCAM(model, layers=layers).attribute(x, target=1, return_layer_maps=True)
+    reference = _network(inplace)
+    layers = [reference[1], reference[4]] if chosen else None
+    expected, expected_info = IntegrativeCAM(reference, layers=layers).attribute(
+        (x - 0.5) / 0.25, target=1, return_layer_maps=True
+    )
+    assert len(info.names) == 2
+    torch.testing.assert_close(info.weights, expected_info.weights)
+    torch.testing.assert_close(maps, expected)
+    assert [p.requires_grad for p in frozen_part.parameters()] == [False] * len(
+        list(frozen_part.parameters())
+    )
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_chosen_layer_before_any_convolution_gets_its_gradient() -> None:
+    """A chosen layer no convolution computed (here a Hardtanh on the cut input) too."""
+    torch.manual_seed(0)
+    layers = nn.Sequential(nn.Hardtanh(-1.0, 3.0), *_network(False)).eval()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = IntegrativeCAM(layers, layers=[layers[0]]).attribute((x - 0.5) / 0.25, target=1)
+
+    class Cut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = layers
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                images = (images - 0.5) / 0.25
+            return self.layers(images)
+
+    model = Cut().eval().requires_grad_(False)
+    maps = IntegrativeCAM(model, layers=[layers[0]]).attribute(x, target=1)
+    torch.testing.assert_close(maps, expected)
