@@ -12,7 +12,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -134,12 +134,19 @@ class IntegrativeGradCAM(BaseCAM):
             eigen_smooth: Not supported (the fused map has no channel dimension to project).
 
         Raises:
+            TypeError: If ``targets`` is no list (a single target, a class index).
             ValueError: If ``eigen_smooth`` is set, ``targets`` does not give one target per
                 example, or a target fails on its output row or returns more than one value.
         """
         if eigen_smooth:
             raise ValueError("IntegrativeGradCAM does not support eigen_smooth")
         input_tensor = input_tensor.to(self.device)
+        if targets is not None and (callable(targets) or not isinstance(targets, Iterable)):
+            raise TypeError(
+                f"targets must be a list with one pytorch-grad-cam target per image, got a "
+                f"{type(targets).__name__}: pass [ClassifierOutputTarget(c) for c in classes] "
+                "(one per image), or targets=None for each image's top class"
+            )
         target = None if targets is None else list(targets)
         if target is not None and len(target) != len(input_tensor):
             raise ValueError(
