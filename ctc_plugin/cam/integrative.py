@@ -523,7 +523,7 @@ class IntegrativeCAM(Attribution):
                 (N, H, W, C) is refused when the first ``nn.Conv2d`` that runs takes C
                 channels, before it runs), a model without
                 convolutional stages (`NoFeatureMapsError`, a ``ValueError``; or chosen layers
-                that never ran), stages computed with
+                that never ran, or whose map is 1 x 1), stages computed with
                 gradients off (``torch.no_grad()`` inside the model, reentrant
                 ``torch.utils.checkpoint``), a ``reshape_transform`` with no layers to apply it
                 to, an output that is not differentiable or has no row per example, a target
@@ -574,6 +574,7 @@ class IntegrativeCAM(Attribution):
             names=self._names(),
             image_size=size,
             examples=len(leaves[0]),
+            refuse_point_maps=self.layers is not None,
         )
         handles = []
         scope = CallScope()  # the layer hooks record this call's forward pass only

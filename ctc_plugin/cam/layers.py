@@ -265,6 +265,8 @@ class StageTracer(TorchFunctionMode):
             dims are the grid of a convolution's output (a map of that convolution's kind).
         examples: How many examples the call explains: a BatchNorm without running statistics
             is refused on several (it mixes them), not on one image's rows (LeViT's tokens).
+        refuse_point_maps: Refuse a layer output whose map is 1 x 1 (the user's own layers;
+            a found block's is kept: its map is 0 and changes no fused map).
 
     A BatchNorm in training mode with running statistics, and a dropout that drops units, are
     errors (``TrainingModeError``) raised before they run, with or without ``fold_bias``: the
@@ -280,9 +282,11 @@ class StageTracer(TorchFunctionMode):
         names: dict[int, str] | None = None,
         image_size: tuple[int, int] | None = None,
         examples: int = 1,
+        refuse_point_maps: bool = False,
     ) -> None:
         super().__init__()
         self.image_size = image_size
+        self.refuse_point_maps = refuse_point_maps
         self.examples = examples
         self.on_grad = on_grad
         self.discover = discover
@@ -381,7 +385,8 @@ class StageTracer(TorchFunctionMode):
                 grid of its tokens from them (``grid_arguments``).
 
         Raises:
-            ValueError: If the output (picked, reshaped) is not a 4-D tensor (N, C, H, W), or,
+            ValueError: If the output (picked, reshaped) is not a 4-D tensor (N, C, H, W), is
+                1 x 1 with ``refuse_point_maps`` (a global pooling's: it shows no location), or,
                 without a reshape, looks channels-last (N, H, W, C) for ``image_size``.
         """
         if isinstance(reshape, TupleOutput):
@@ -420,6 +425,12 @@ class StageTracer(TorchFunctionMode):
                 "(N, T, D) or channels-last maps"
             )
         grid = (int(shaped.shape[-2]), int(shaped.shape[-1]))
+        if grid == (1, 1) and self.refuse_point_maps:  # alone, the fused map would be 0
+            raise ValueError(
+                f"layer {name!r} returned a 1 x 1 map {tuple(shaped.shape)}, which shows no "
+                "location (min-max normalisation makes it 0): choose a layer before the "
+                "pooling, whose (N, C, H, W) map is larger than 1 x 1"
+            )
         if reshape is None and self.image_size is not None and grid not in self.conv_grids:
             self._refuse_channels_last_output(name, shaped, self.image_size)
         if module is not None:
