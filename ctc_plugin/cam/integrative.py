@@ -636,6 +636,7 @@ class IntegrativeCAM(Attribution):
                 handle.remove()
             for stage in tracer.stages:
                 stage.release()
+            tracer.restore_flags()
 
     @staticmethod
     def _scores(output: Any, target: Target, examples: int) -> Tensor:

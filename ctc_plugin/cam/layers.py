@@ -287,6 +287,8 @@ class StageTracer(TorchFunctionMode):
         super().__init__()
         self.image_size = image_size
         self.refuse_point_maps = refuse_point_maps
+        #: Chosen layers' outputs made to require grad here (`restore_flags`).
+        self.flagged: list[Tensor] = []
         self.examples = examples
         self.on_grad = on_grad
         self.discover = discover
@@ -437,6 +439,7 @@ class StageTracer(TorchFunctionMode):
             self.modules.append(module)
         if torch.is_grad_enabled() and output.is_floating_point() and not output.requires_grad:
             output.requires_grad_()  # a frozen layer on a cut input (`_differentiable`): Captum's
+            self.flagged.append(output)  # a model's own tensor, maybe: `restore_flags`
         chain = next((s for s in self._by_tensor.get(id(output), []) if s in self._chains), None)
         stage = Stage(index=len(self.stages), name=name, steps=("layer",), tensor=None, version=0)
         stage.extendable, stage.without_grad = False, not torch.is_grad_enabled()
@@ -462,6 +465,16 @@ class StageTracer(TorchFunctionMode):
                 "reshape_transform=ctc_plugin.cam.channels_last_to_grid (or, if it is "
                 "(N, C, H, W) after all, reshape_transform=lambda t: t)"
             )
+
+    def restore_flags(self) -> None:
+        """Turn ``requires_grad`` off again on the layer outputs it was turned on for.
+
+        A chosen layer may return a tensor of the model itself (a buffer, a frozen parameter),
+        whose flag must be as it was after the call.
+        """
+        for tensor in self.flagged:
+            tensor.requires_grad_(False)
+        self.flagged.clear()
 
     def finish(self) -> None:
         """Hook the gradient of every stage not hooked yet; call once the forward pass is done.

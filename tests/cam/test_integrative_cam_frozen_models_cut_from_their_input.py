@@ -87,3 +87,30 @@ def test_a_chosen_layer_before_any_convolution_gets_its_gradient() -> None:
     model = Cut().eval().requires_grad_(False)
     maps = IntegrativeCAM(model, layers=[layers[0]]).attribute(x, target=1)
     torch.testing.assert_close(maps, expected)
+
+
+def test_a_chosen_layer_returning_a_frozen_tensor_of_the_model_keeps_its_flag() -> None:
+    """The output made to require grad for the call is the model's own buffer: reset after."""
+
+    class Prior(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("prior", torch.rand(1, 3, 8, 8))
+
+        def forward(self) -> torch.Tensor:
+            return self.prior
+
+    class Weighted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.prior = Prior()
+            self.net = _network(False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x * self.prior())
+
+    model = Weighted().eval().requires_grad_(False)
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    maps = IntegrativeCAM(model, layers=[model.prior]).attribute(x, target=1)
+    assert maps.amax() > 0.99
+    assert not model.prior.prior.requires_grad
