@@ -246,8 +246,12 @@ class ZeroMapWarning(EmptyMapWarning):
 ZERO_MAP_REASON = "no stage's weighted CAM is positive there"
 
 
-def _warn_of_empty_maps(maps: Tensor) -> None:
+def _warn_of_empty_maps(maps: Tensor, weighted: Tensor | None = None) -> None:
     """Warn (`EmptyMapWarning`) of the examples whose fused map is zero everywhere.
+
+    ``weighted``: (N,) whether some stage gave the example a nonzero channel weight; a zero
+    map without one is told apart (the score's gradient is 0 at every stage, as for a
+    classifier head of zeros), since the other reasons' advice (another ``phi``) cannot help.
 
     A stage's map is its ReLU'd weighted activations; where every stage's is zero (signed token
     maps whose Grad-CAM++ weights cancel, a last block whose patch tokens reach no score), the
@@ -266,7 +270,20 @@ def _warn_of_empty_maps(maps: Tensor) -> None:
             EmptyMapWarning,
             stacklevel=caller_stacklevel(),
         )
-    empty = (peaks <= 0).nonzero().flatten().tolist()
+    zero = peaks <= 0
+    if weighted is not None and bool((zero & ~weighted).any()):
+        unweighted = (zero & ~weighted).nonzero().flatten().tolist()
+        zero = zero & weighted
+        warnings.warn(
+            f"IntegrativeCAM's map of example(s) {unweighted[:10]} is zero everywhere: every "
+            "stage's channel weights are 0 there, as the gradient of the target score is 0 at "
+            "every unit (or, for the Grad-CAM++ weights of the default phi, nowhere positive); "
+            "an untrained classifier whose head is initialised to zeros (torchvision's "
+            "VisionTransformer) has such a gradient: explain a trained model",
+            ZeroMapWarning,
+            stacklevel=caller_stacklevel(),
+        )
+    empty = zero.nonzero().flatten().tolist()
     if empty:
         warnings.warn(
             f"IntegrativeCAM's map of example(s) {empty[:10]} is zero everywhere: "
@@ -627,7 +644,7 @@ class IntegrativeCAM(Attribution):
                 )
             dtype = inputs_tuple[0].dtype
             result = run.fusion.result().to(dtype)
-            _warn_of_empty_maps(result)
+            _warn_of_empty_maps(result, run.weighted)
             if not return_layer_maps:
                 return result
             return result, run.layer_maps(tracer.stages, len(scores), dtype)
@@ -767,6 +784,8 @@ class _Run:
         #: Per stage that got its gradient: its index, name, and (N,) flags of the examples
         #: whose map or weight is not finite (read once, after the backward pass).
         self.nonfinite: list[tuple[int, str, Tensor]] = []
+        #: (N,): whether some stage gave the example a nonzero channel weight.
+        self.weighted: Tensor | None = None
 
     def start(self, stages: list[Stage], terms: AlphaTerms) -> None:
         self.terms = terms
@@ -798,6 +817,8 @@ class _Run:
                     check_layer_score(score, stage.name, act.shape[0])
                 score = score.reshape(-1).to(dtype)
             weights = channel_weights(grad, act, terms, positive)
+            nonzero = (weights != 0).any(dim=1)
+            self.weighted = nonzero if self.weighted is None else self.weighted | nonzero
             cam = torch.einsum("nc,nchw->nhw", weights, act)
             if self.cam.bias and stage.bias is not None:
                 relu_output = act if stage.relu else None
