@@ -117,6 +117,25 @@ def _letters(name: str) -> str:
 WRAPPER_PACKAGES = ("captum", "pytorch_grad_cam")
 
 
+#: The module of Captum's ``NoiseTunnel``, whose averaging takes tensors only.
+NOISE_TUNNEL_MODULE = "captum.attr._core.noise_tunnel"
+
+
+def called_from(module: str) -> bool:
+    """Whether a frame of the module named ``module`` is among the callers of this call.
+
+    E.g. `NOISE_TUNNEL_MODULE`: a method's return form that holds more than tensors (CTC's
+    ``FeatureScores``, Integrative CAM's ``LayerMaps``) cannot pass through NoiseTunnel's
+    averaging, and is refused there with what to do instead.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == module:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def caller_stacklevel() -> int:
     """The ``stacklevel`` of the first frame outside this package, for `warnings.warn`.
 

@@ -80,7 +80,7 @@ from ctc_plugin.module_state import compiled_code_eager
 from ctc_plugin.targets import TargetType as Target
 from ctc_plugin.targets import check_finite_target_outputs, check_target, output_not_a_tensor
 from ctc_plugin.targets import target_scores as select_scores
-from ctc_plugin.wording import caller_stacklevel, counted
+from ctc_plugin.wording import NOISE_TUNNEL_MODULE, called_from, caller_stacklevel, counted
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
 
@@ -534,7 +534,8 @@ class IntegrativeCAM(Attribution):
             ``(maps, LayerMaps)``.
 
         Raises:
-            TypeError: Inputs that are not tensors (see
+            TypeError: ``return_layer_maps=True`` given through Captum's ``NoiseTunnel``
+                (it averages tensors only), or inputs that are not tensors (see
                 [`ctc_plugin.inputs.check_inputs`][ctc_plugin.inputs.check_inputs]).
             ValueError: Inputs that are not a finite float image batch (a channels-last batch
                 (N, H, W, C) is refused when the first ``nn.Conv2d`` that runs takes C
@@ -555,6 +556,13 @@ class IntegrativeCAM(Attribution):
                 has run (call ``model.eval()``). For a plain function, raised when such a module
                 (or a functional dropout or batch norm in training mode) is about to run.
         """
+        if return_layer_maps and called_from(NOISE_TUNNEL_MODULE):
+            raise TypeError(
+                "return_layer_maps=True cannot pass through Captum's NoiseTunnel, which "
+                "averages tensors only: call NoiseTunnel(cam).attribute(...) without it, or "
+                "call cam.attribute(noisy_images, ..., return_layer_maps=True) on noisy copies "
+                "you make and average their LayerMaps.maps"
+            )
         inputs_tuple = check_inputs(inputs, images=True)
         check_eval_mode(self.forward_func)  # before the forward pass can update statistics
         check_gradient_weights(self.forward_func, "Integrative CAM")

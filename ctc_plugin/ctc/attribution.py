@@ -50,7 +50,7 @@ from ctc_plugin.targets import (
     select_targets,
     slice_targets,
 )
-from ctc_plugin.wording import counted
+from ctc_plugin.wording import NOISE_TUNNEL_MODULE, called_from, counted
 
 #: One input tensor, or a tuple of them (Captum's ``TensorOrTupleOfTensorsGeneric``).
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
@@ -877,27 +877,17 @@ def _safe_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Ten
     )
 
 
-#: The module of Captum's ``NoiseTunnel``, whose averaging takes tensors only.
-_NOISE_TUNNEL_MODULE = "captum.attr._core.noise_tunnel"
-
-
 def _check_not_in_noise_tunnel() -> None:
     """Refuse ``return_feature_scores=True`` in a call made by Captum's ``NoiseTunnel``.
 
     NoiseTunnel averages what the method returns as tensors; a `FeatureScores` failed inside
-    it (``'FeatureScores' object has no attribute 'shape'``). The frames of the call are
-    searched for NoiseTunnel's module.
+    it (``'FeatureScores' object has no attribute 'shape'``).
     """
-    import sys
-
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_globals.get("__name__") == _NOISE_TUNNEL_MODULE:
-            raise TypeError(
-                "return_feature_scores=True cannot pass through Captum's NoiseTunnel, which "
-                "averages tensors only: call NoiseTunnel(ctc).attribute(...) without it and read "
-                "each feature's averaged score off the averaged map (CTC writes a feature's "
-                "score on every one of its pixels), or call ctc.attribute(noisy_images, ..., "
-                "return_feature_scores=True) on noisy copies you make and average their scores"
-            )
-        frame = frame.f_back
+    if called_from(NOISE_TUNNEL_MODULE):
+        raise TypeError(
+            "return_feature_scores=True cannot pass through Captum's NoiseTunnel, which "
+            "averages tensors only: call NoiseTunnel(ctc).attribute(...) without it and read "
+            "each feature's averaged score off the averaged map (CTC writes a feature's "
+            "score on every one of its pixels), or call ctc.attribute(noisy_images, ..., "
+            "return_feature_scores=True) on noisy copies you make and average their scores"
+        )
