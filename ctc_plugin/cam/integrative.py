@@ -308,7 +308,8 @@ def _layer_list(layers: Sequence[nn.Module]) -> list[nn.Module]:
     layer methods take one, and an ``nn.Sequential`` would otherwise be read as its children.
 
     Raises:
-        TypeError: A single module, or items that are no modules (names included).
+        TypeError: A single module, or items that are no modules (names included) or
+            containers that are never called (an ``nn.ModuleList`` inside the list).
         ValueError: An empty list, or one that lists a module more than once.
     """
     if isinstance(layers, nn.Module) and not isinstance(layers, nn.ModuleList):
@@ -332,6 +333,17 @@ def _layer_list(layers: Sequence[nn.Module]) -> list[nn.Module]:
     bad = [type(m).__name__ for m in layers if not isinstance(m, nn.Module)]
     if bad:
         raise TypeError(f"layers must be torch.nn.Module instances, got {bad}")
+    containers = [
+        f"a {type(m).__name__} at position {i}"
+        for i, m in enumerate(layers)
+        if isinstance(m, (nn.ModuleList, nn.ModuleDict))
+    ]
+    if containers:  # no forward: never called, and the call would say only that
+        raise TypeError(
+            f"layers holds {', '.join(containers)}, a container that is never called (it has "
+            "no forward); pass its modules: layers=list(blocks) for a ModuleList, "
+            "layers=list(blocks.values()) for a ModuleDict, or layers=[blocks[-1]] for the last"
+        )
     positions: dict[int, list[int]] = {}
     for i, module in enumerate(layers):
         positions.setdefault(id(module), []).append(i)
