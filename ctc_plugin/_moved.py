@@ -31,8 +31,12 @@ def moved_keywords(
     config: tuple[type, str] | None = None,
     hints: Mapping[str, str] | None = None,
     old_call: Callable[[tuple[Any, ...], dict[str, Any]], str | None] | None = None,
+    foreign: Mapping[str, str] | None = None,
 ) -> Callable[[F], F]:
     """Refuse the keyword arguments a function no longer takes, saying where each went.
+
+    Also those it never took that its peers take (``foreign``): a Captum or pytorch-grad-cam
+    user's keyword is told what it comes to here, not Python's bare ``unexpected keyword``.
 
     Args:
         config: ``(ConfigClass, parameter)``: keywords named like a field of the dataclass
@@ -41,12 +45,15 @@ def moved_keywords(
         hints: Other retired keywords, each with the sentence that says what to do instead.
         old_call: Recognises a retired calling form from ``(args, kwargs)`` (e.g. arguments in
             their old order) and returns what to do instead, or ``None`` for a current call.
+        foreign: Keywords of the peers' methods (Captum's ``relu_attributions=``), each with
+            the sentence that says what to do here.
 
     Returns:
         A decorator for functions and ``__init__`` methods.
     """
     fields = {f.name for f in dataclasses.fields(config[0])} if config is not None else set()
     other = dict(hints or {})
+    peers = dict(foreign or {})
 
     def decorate(function: F) -> F:
         name = function.__qualname__.removesuffix(".__init__")
@@ -56,6 +63,11 @@ def moved_keywords(
             advice = old_call(args, kwargs) if old_call is not None else None
             if advice is not None:
                 raise TypeError(f"{name}() is called differently now: {advice}")
+            theirs = [k for k in kwargs if k in peers]
+            if theirs:
+                given = ", ".join(f"{k}=" for k in theirs)
+                reasons = "; ".join(dict.fromkeys(peers[k] for k in theirs))
+                raise TypeError(f"{name}() does not take {given}: {reasons}")
             moved = {k: v for k, v in kwargs.items() if k in fields and k not in other}
             retired = [k for k in kwargs if k in other]
             if moved or retired:

@@ -37,6 +37,7 @@ from torch.nn.modules.module import (
     register_module_forward_pre_hook,
 )
 
+from ctc_plugin._moved import moved_keywords
 from ctc_plugin.cam.alpha import AlphaTerms, Phi, alpha_terms, channel_weights, resolve_phi
 from ctc_plugin.cam.bias import bias_map
 from ctc_plugin.cam.calibration import (
@@ -359,6 +360,23 @@ def _layer_list(layers: Sequence[nn.Module]) -> list[nn.Module]:
     return layers
 
 
+#: Keywords of Captum's ``LayerGradCam.attribute``, with what each comes to here.
+_PEER_ATTRIBUTE_KEYWORDS = {
+    "relu_attributions": "Integrative CAM's maps are ReLU'd and min-max normalised, in [0, 1] "
+    "already: drop it",
+    "attribute_to_layer_input": "pass layers=[the module that computes that input], whose "
+    "output is explained",
+    "attr_dim_summation": "the maps are (N, 1, H, W), one channel already: drop it",
+}
+
+#: Keywords of Captum's ``LayerGradCam`` and pytorch-grad-cam's constructors.
+_PEER_CONSTRUCTOR_KEYWORDS = {
+    "layer": "pass layers=[module] (a list: Integrative CAM fuses several)",
+    "target_layers": "pass layers=[module] (ctc_plugin.adapters.gradcam.IntegrativeGradCAM, "
+    "the pytorch-grad-cam face, takes target_layers)",
+}
+
+
 class _BackwardDone(Exception):
     """Raised by the last stage hook to stop the backward pass early."""
 
@@ -425,6 +443,7 @@ class IntegrativeCAM(Attribution):
         """The method's name in Captum's summaries and plots (its default spells "C A M")."""
         return "Integrative CAM"
 
+    @moved_keywords(foreign=_PEER_CONSTRUCTOR_KEYWORDS)
     def __init__(
         self,
         forward_func: Callable[..., Tensor],
@@ -520,6 +539,7 @@ class IntegrativeCAM(Attribution):
     @holds_model()
     @outside_inference_mode
     @dtype_mismatch_explained
+    @moved_keywords(foreign=_PEER_ATTRIBUTE_KEYWORDS)
     def attribute(
         self,
         inputs: TensorOrTuple,
