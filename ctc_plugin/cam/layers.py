@@ -48,6 +48,7 @@ from ctc_plugin.cam.bias import fold_batchnorm
 from ctc_plugin.cam.reshapes import TupleOutput, at_call
 from ctc_plugin.inputs import FUNCTIONAL_DROPOUTS, RANDOM_FUNCTIONS, TrainingModeError
 from ctc_plugin.module_paths import named_modules_as_given
+from ctc_plugin.wording import counted
 
 #: What to do about a BatchNorm without running statistics, in every refusal of one.
 RUNNING_STATISTICS = (
@@ -264,7 +265,9 @@ class StageTracer(TorchFunctionMode):
             looks channels-last for it (`looks_channels_last`) is refused, unless its last two
             dims are the grid of a convolution's output (a map of that convolution's kind).
         examples: How many examples the call explains: a BatchNorm without running statistics
-            is refused on several (it mixes them), not on one image's rows (LeViT's tokens).
+            is refused on several (it mixes them), not on one image's rows (LeViT's tokens),
+            and a stage's map without one row per example is refused; None: one, and the
+            stages' rows are not checked.
         refuse_point_maps: Refuse a layer output whose map is 1 x 1 (the user's own layers;
             a found block's is kept: its map is 0 and changes no fused map).
 
@@ -281,7 +284,7 @@ class StageTracer(TorchFunctionMode):
         fold_bias: bool,
         names: dict[int, str] | None = None,
         image_size: tuple[int, int] | None = None,
-        examples: int = 1,
+        examples: int | None = None,
         refuse_point_maps: bool = False,
     ) -> None:
         super().__init__()
@@ -289,7 +292,8 @@ class StageTracer(TorchFunctionMode):
         self.refuse_point_maps = refuse_point_maps
         #: Chosen layers' outputs made to require grad here (`restore_flags`).
         self.flagged: list[Tensor] = []
-        self.examples = examples
+        self.examples = 1 if examples is None else examples
+        self._rows = examples  # None: the stages' rows are not checked
         self.on_grad = on_grad
         self.discover = discover
         self.fold_bias = fold_bias
@@ -345,6 +349,7 @@ class StageTracer(TorchFunctionMode):
         self._track(stage, out)
         self._chains.append(stage)
         if self.discover and out.shape[-2] * out.shape[-1] > 1:  # a 1x1 map has no "where"
+            self._check_rows(name, out.shape[0])
             stage.index = len(self.stages)
             self.stages.append(stage)
         elif self.discover:
@@ -359,6 +364,22 @@ class StageTracer(TorchFunctionMode):
         if step == "relu":
             stage.relu = True
             stage.extendable = False
+
+    def _check_rows(self, name: str, rows: int) -> None:
+        """Refuse a stage's map without one row per example (``examples``, where given).
+
+        Raises:
+            ValueError: Naming the stage, where the model runs it on part of the batch (a
+                loop over the images) or it is a tensor of the model's own (a learned prior).
+        """
+        if self._rows is not None and rows != self._rows:
+            raise ValueError(
+                f"the map of {name!r} has {counted(rows, 'row')} for "
+                f"{counted(self.examples, 'example')}: the model runs it on part of the batch "
+                "(a loop over the images), or it is a tensor of the model's own, so it is no "
+                "map per example; explain one image at a time (a batch of 1), or choose "
+                "layers=[modules that take the whole batch]"
+            )
 
     def in_chain(self, tensor: Tensor) -> bool:
         """Whether ``tensor`` is the end of a traced convolution chain (a stage with its bias)."""
@@ -426,6 +447,7 @@ class StageTracer(TorchFunctionMode):
                 "(N, C, H, W) from each layer: give a reshape_transform for token maps "
                 "(N, T, D) or channels-last maps"
             )
+        self._check_rows(name, shaped.shape[0])
         grid = (int(shaped.shape[-2]), int(shaped.shape[-1]))
         if grid == (1, 1) and self.refuse_point_maps:  # alone, the fused map would be 0
             raise ValueError(
