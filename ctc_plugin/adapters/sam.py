@@ -384,9 +384,11 @@ class SAMSegmenter(Segmenter):
             self._check_model(model)
         else:
             model = self._load_model(checkpoint, model_type)
+        _check_float32(model)
+        # built before the model is moved or put in eval mode: a refused option leaves it as given
+        generator = self._make_generator(model, dict(generator_options))
         if device is not None:
             model = model.to(device)
-        _check_float32(model)
         self._model = model.eval()
         if checkpoint is not None:  # the file names the weights until they are changed
             identity = _file_identity(Path(checkpoint).expanduser())
@@ -401,7 +403,7 @@ class SAMSegmenter(Segmenter):
             "remainder": remainder,
         }
         self.generator_options = dict(generator_options)
-        self.generator = self._make_generator(self.model, self.generator_options)
+        self.generator = generator
 
     @property
     def model(self) -> Any:
