@@ -84,6 +84,5 @@ class MobileSAMSegmenter(SAMSegmenter):
             model_type_hint=_MODEL_TYPE_HINT,
         )
 
-    def _make_generator(self, model: Any, options: dict[str, Any]) -> Any:
-        generator_class = require("mobile_sam", _PIP, _PURPOSE, SAM_HINT).SamAutomaticMaskGenerator
-        return generator_class(model, **options)
+    def _generator_class(self) -> Any:
+        return require("mobile_sam", _PIP, _PURPOSE, SAM_HINT).SamAutomaticMaskGenerator

@@ -13,6 +13,7 @@ empty, truncated or corrupt file is one clear error naming it); nothing is downl
 
 from __future__ import annotations
 
+import inspect
 import os
 import textwrap
 import threading
@@ -297,6 +298,26 @@ def _check_generator_options(options: dict[str, Any]) -> None:
             ) from error
 
 
+def _check_option_names(generator_class: Any, options: Mapping[str, Any]) -> None:
+    """Refuse options that the mask generator class does not name among its parameters.
+
+    SAM 2's ``SAM2AutomaticMaskGenerator`` takes any keyword and ignores those it does not know,
+    so without this a misspelt option would be accepted and change nothing but the cache key.
+
+    Raises:
+        TypeError: An option that is no parameter of ``generator_class`` (the message lists the
+            ones it takes).
+    """
+    parameters = list(inspect.signature(generator_class).parameters.values())[1:]  # the model
+    named = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(named))
+    if unknown:
+        raise TypeError(
+            f"{generator_class.__name__} has no option {', '.join(map(repr, unknown))}; its "
+            f"options are {', '.join(named)}"
+        )
+
+
 def _check_float32(model: torch.nn.Module) -> None:
     """Refuse a model whose floating parameters are not float32: SAM runs on float32 images."""
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
@@ -337,6 +358,9 @@ class SAMSegmenter(Segmenter):
     Raises:
         ValueError: Without checkpoint or model (the message names ``checkpoint=`` and
             ``--sam-checkpoint``), with both, or with a checkpoint that does not load.
+        TypeError: A ``model`` that is no SAM, or a generator option the mask generator does
+            not name (SAM 2's would otherwise ignore it); the given model is then left as it
+            was (not moved, not put in eval mode).
 
     Examples:
         ```python
@@ -433,12 +457,15 @@ class SAMSegmenter(Segmenter):
         """Build the architecture and load the checkpoint (adapters override this)."""
         return load_sam(checkpoint, model_type)
 
+    def _generator_class(self) -> Any:
+        """The automatic mask generator's class (adapters for SAM variants override this)."""
+        return SamAutomaticMaskGenerator
+
     def _make_generator(self, model: Any, options: dict[str, Any]) -> Any:
-        """Build the automatic mask generator (adapters for SAM variants override this)."""
-        try:
-            return SamAutomaticMaskGenerator(model, **options)
-        except TypeError as error:
-            raise TypeError(f"invalid SamAutomaticMaskGenerator option: {error}") from error
+        """Build the automatic mask generator, refusing options it does not name."""
+        generator_class = self._generator_class()
+        _check_option_names(generator_class, options)
+        return generator_class(model, **options)
 
     def __repr__(self) -> str:
         return (

@@ -97,6 +97,6 @@ class SAM2Segmenter(SAMSegmenter):
             model_type_hint=_MODEL_TYPE_HINT,
         )
 
-    def _make_generator(self, model: Any, options: dict[str, Any]) -> Any:
+    def _generator_class(self) -> Any:
         module = require("sam2.automatic_mask_generator", "sam2", _PURPOSE, SAM_HINT)
-        return module.SAM2AutomaticMaskGenerator(model, **options)
+        return module.SAM2AutomaticMaskGenerator
