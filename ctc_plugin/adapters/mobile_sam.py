@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ctc_plugin.adapters.optional import SAM_HINT, require
-from ctc_plugin.adapters.sam import SAMSegmenter, load_sam
+from ctc_plugin.adapters.sam import SAMSegmenter, load_sam, wrong_model_message
 
 __all__ = ["MobileSAMSegmenter"]
 
@@ -71,7 +71,7 @@ class MobileSAMSegmenter(SAMSegmenter):
     def _check_model(self, model: Any) -> None:
         sam_class = require("mobile_sam.modeling", _PIP, _PURPOSE, SAM_HINT).Sam
         if not isinstance(model, sam_class):
-            raise TypeError(f"model must be a mobile_sam Sam, got {type(model).__name__}")
+            raise TypeError(wrong_model_message(model, "a mobile_sam Sam"))
 
     def _load_model(self, checkpoint: str | os.PathLike[str] | None, model_type: str) -> Any:
         registry = require("mobile_sam", _PIP, _PURPOSE, SAM_HINT).sam_model_registry

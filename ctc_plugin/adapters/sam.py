@@ -318,6 +318,26 @@ def _check_option_names(generator_class: Any, options: Mapping[str, Any]) -> Non
         )
 
 
+#: The segmenter that takes the models of each SAM package (their model classes share names).
+SEGMENTER_OF_PACKAGE = {
+    "segment_anything": "SAMSegmenter",
+    "mobile_sam": "MobileSAMSegmenter",
+    "sam2": "SAM2Segmenter",
+}
+
+
+def wrong_model_message(model: Any, expected: str) -> str:
+    """The message for a ``model`` that is not ``expected``: its class by module and name.
+
+    segment-anything's and MobileSAM's model classes are both called ``Sam``; the message names
+    the package and, for another SAM package's model, the segmenter that takes it.
+    """
+    kind = type(model)
+    segmenter = SEGMENTER_OF_PACKAGE.get(kind.__module__.partition(".")[0])
+    advice = f"; {segmenter} takes it" if segmenter else ""
+    return f"model must be {expected}, got {kind.__module__}.{kind.__qualname__}{advice}"
+
+
 def _check_float32(model: torch.nn.Module) -> None:
     """Refuse a model whose floating parameters are not float32: SAM runs on float32 images."""
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
@@ -449,9 +469,7 @@ class SAMSegmenter(Segmenter):
     def _check_model(self, model: Any) -> None:
         """Raise a TypeError unless ``model`` is a SAM model (adapters override this)."""
         if not isinstance(model, Sam):
-            raise TypeError(
-                f"model must be a segment_anything.modeling.Sam, got {type(model).__name__}"
-            )
+            raise TypeError(wrong_model_message(model, "a segment_anything.modeling.Sam"))
 
     def _load_model(self, checkpoint: str | os.PathLike[str] | None, model_type: str) -> Any:
         """Build the architecture and load the checkpoint (adapters override this)."""

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ctc_plugin.adapters.optional import SAM_HINT, require
-from ctc_plugin.adapters.sam import SAMSegmenter, load_sam
+from ctc_plugin.adapters.sam import SAMSegmenter, load_sam, wrong_model_message
 
 __all__ = ["SAM2Segmenter"]
 
@@ -80,7 +80,7 @@ class SAM2Segmenter(SAMSegmenter):
     def _check_model(self, model: Any) -> None:
         base = require("sam2.modeling.sam2_base", "sam2", _PURPOSE, SAM_HINT).SAM2Base
         if not isinstance(model, base):
-            raise TypeError(f"model must be a sam2 SAM2Base, got {type(model).__name__}")
+            raise TypeError(wrong_model_message(model, "a sam2 SAM2Base"))
 
     def _load_model(self, checkpoint: str | os.PathLike[str] | None, model_type: str) -> Any:
         build_sam2 = require("sam2.build_sam", "sam2", _PURPOSE, SAM_HINT).build_sam2
