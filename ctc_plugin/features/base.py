@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 _RANGE_TOLERANCE = 1e-3
+#: Values at most this fraction of the range past it overshoot it (bicubic resizing, noise):
+#: the advice is to clamp them, not to declare another range.
+_OVERSHOOT = 0.25
 
 
 @runtime_checkable
@@ -141,12 +144,22 @@ class ImageNormalisation:
         span = high - low
         found_low, found_high = float(x.min()), float(x.max())
         if found_low < low - _RANGE_TOLERANCE * span or found_high > high + _RANGE_TOLERANCE * span:
+            if found_low >= low - _OVERSHOOT * span and found_high <= high + _OVERSHOOT * span:
+                advice = (  # a wider range would darken them: (0, 255) makes [0, 1] black
+                    "they overshoot it a little, as images resized with bicubic interpolation "
+                    f"or given noise do: clamp them (x.clamp({low:g}, {high:g})); if they were "
+                    "normalised, declare it (mean=/std=)"
+                )
+            else:
+                advice = (
+                    "declare how the images were normalised (value_range=(0, 255), "
+                    "mean=/std= for normalised inputs, or value_range='auto')"
+                )
             raise ValueRangeError(
                 f"image values lie in [{found_low:.3g}, {found_high:.3g}] but the segmenter "
                 f"was told value_range={self.value_range}"
                 + ("" if self.mean is None else f" after undoing mean={self.mean}, std={self.std}")
-                + "; declare how the images were normalised (value_range=(0, 255), "
-                "mean=/std= for normalised inputs, or value_range='auto')"
+                + f"; {advice}"
             )
         return ((x - low) / span).clamp(0.0, 1.0)
 

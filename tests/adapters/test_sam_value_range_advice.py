@@ -1,0 +1,48 @@
+"""What a segmenter says about images outside its value range fits how far outside they are.
+
+Was: images in [0, 1] resized with torchvision's bicubic ``Resize`` (which overshoots to about
+[-0.06, 1.06]) were refused with the advice to declare ``value_range=(0, 255)`` (SAM then sees
+a black image) or ``mean=``/``std=``; the fix is to clamp them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torchvision.transforms.v2 as transforms
+
+from ctc_plugin.adapters.sam import SAMSegmenter, build_tiny_sam
+from ctc_plugin.features import ValueRangeError
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> SAMSegmenter:
+    return SAMSegmenter(model=build_tiny_sam(), cache=None, points_per_side=4)
+
+
+def bicubic_resized() -> torch.Tensor:
+    """A [0, 1] image with sharp edges enlarged as torchvision does with bicubic interpolation."""
+    image = torch.zeros(1, 3, 16, 16)
+    image[..., 4:12, 4:12] = 1.0
+    resize = transforms.Resize((40, 40), interpolation=transforms.InterpolationMode.BICUBIC)
+    resized = resize(image)
+    assert resized.min() < -0.01 and resized.max() > 1.01  # it overshoots [0, 1]
+    return resized
+
+
+def test_values_a_little_past_the_range_are_told_to_be_clamped(segmenter):
+    with pytest.raises(ValueRangeError, match=r"x\.clamp\(0, 1\)") as caught:
+        segmenter(bicubic_resized())
+    assert "255" not in str(caught.value)  # (0, 255) would make the image black
+    segmenter(bicubic_resized().clamp(0, 1))  # the advice works
+
+
+@pytest.mark.parametrize(
+    ("images", "advice"),
+    [(torch.full((1, 3, 8, 8), 200.0), "value_range=(0, 255)"), (torch.randn(1, 3, 8, 8), "mean=")],
+)
+def test_values_far_past_the_range_still_get_the_normalisation_advice(segmenter, images, advice):
+    with pytest.raises(ValueRangeError, match=re.escape(advice)):
+        segmenter(images)
