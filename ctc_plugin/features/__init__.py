@@ -16,6 +16,7 @@ from ctc_plugin.features.base import (
     Segmenter,
     SegmenterProtocol,
     ValueRangeError,
+    ValueRangeWarning,
     feature_table,
 )
 from ctc_plugin.features.cache import (
@@ -48,6 +49,7 @@ __all__ = [
     "SegmenterProtocol",
     "SuperpixelSegmenter",
     "ValueRangeError",
+    "ValueRangeWarning",
     "as_feature_mask",
     "default_cache_dir",
     "feature_table",

@@ -21,6 +21,7 @@ import hashlib
 import importlib.metadata
 import json
 import numbers
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 _RANGE_TOLERANCE = 1e-3
+#: Images whose values vary within this fraction of the declared range are warned about: in
+#: 8 bits they are at most three levels (images in [0, 1] declared as (0, 255) are black).
+_SLIVER = 2 / 255
 #: Values at most this fraction of the range past it overshoot it (bicubic resizing, noise):
 #: the advice is to clamp them, not to declare another range.
 _OVERSHOOT = 0.25
@@ -78,6 +82,10 @@ def _finite_numbers(values: Any, count: int) -> bool:
 
 class ValueRangeError(ValueError):
     """Images whose values leave the range a segmenter was told they lie in."""
+
+
+class ValueRangeWarning(UserWarning):
+    """Images that vary within a sliver of their declared range: the segmenter sees them flat."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,11 @@ class ImageNormalisation:
             TypeError: If ``images`` is not a tensor.
             ValueError: If the images are not a finite float batch ``(N, 3, H, W)``, or their
                 values fall outside the declared range (the message says which option to set).
+
+        Warns:
+            ValueRangeWarning: If the batch is not flat but its values vary within 2/255 of the
+                declared range (in 8 bits, at most three levels: images in [0, 1] declared as
+                ``(0, 255)``).
         """
         check_images(images, channels=3)
         x = images.detach().to(torch.float32)
@@ -160,6 +173,17 @@ class ImageNormalisation:
                 f"was told value_range={self.value_range}"
                 + ("" if self.mean is None else f" after undoing mean={self.mean}, std={self.std}")
                 + f"; {advice}"
+            )
+        if found_low < found_high <= found_low + _SLIVER * span:
+            warnings.warn(
+                ValueRangeWarning(
+                    f"image values lie in [{found_low:.3g}, {found_high:.3g}], "
+                    f"{(found_high - found_low) / span:.2%} of value_range={self.value_range}: "
+                    "the segmenter sees them as at most three of 256 levels, a nearly flat "
+                    "image. Declare the range they were scaled to (value_range=(0, 1) for "
+                    "images in [0, 1])"
+                ),
+                stacklevel=2,
             )
         return ((x - low) / span).clamp(0.0, 1.0)
 

@@ -46,3 +46,28 @@ def test_values_a_little_past_the_range_are_told_to_be_clamped(segmenter):
 def test_values_far_past_the_range_still_get_the_normalisation_advice(segmenter, images, advice):
     with pytest.raises(ValueRangeError, match=re.escape(advice)):
         segmenter(images)
+
+
+def test_images_that_fill_a_sliver_of_the_declared_range_are_warned_about():
+    """Was silent: images in [0, 1] declared as (0, 255) reached SAM as 8-bit values 0 and 1,
+    a black image, and gave one feature."""
+    from ctc_plugin.features import ValueRangeWarning
+
+    declared_255 = SAMSegmenter(
+        model=build_tiny_sam(), cache=None, value_range=(0, 255), points_per_side=4
+    )
+    images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(ValueRangeWarning, match=r"value_range=\(0, 1\)"):
+        declared_255(images)
+
+
+@pytest.mark.parametrize("images", [torch.rand(1, 3, 16, 16) * 255, torch.zeros(1, 3, 16, 16)])
+def test_images_that_use_their_range_or_are_flat_are_not_warned_about(images):
+    import warnings
+
+    declared_255 = SAMSegmenter(
+        model=build_tiny_sam(), cache=None, value_range=(0, 255), points_per_side=4
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        declared_255(images)

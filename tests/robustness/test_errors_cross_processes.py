@@ -53,7 +53,7 @@ def _examples() -> dict[str, BaseException]:
     )
     from ctc_plugin.ctc.rules import BatchDimensionError
     from ctc_plugin.explainer.attribution import ClassifierMismatchWarning
-    from ctc_plugin.features.base import ValueRangeError
+    from ctc_plugin.features.base import ValueRangeError, ValueRangeWarning
     from ctc_plugin.features.cache import CorruptCacheEntryWarning, MaskCacheError
     from ctc_plugin.inputs import DtypeMismatchError, TrainingModeError
     from ctc_plugin.resumable.atomic import ConfigMismatchError
@@ -77,6 +77,7 @@ def _examples() -> dict[str, BaseException]:
         NoFeatureMapsError("no convolution ran in the model"),
         NoSpatialMapError("the model has no submodule returning a spatial (N, C, H, W) map"),
         ValueRangeError("the images lie in [-2, 2], outside [0, 1]"),
+        ValueRangeWarning("the images lie in [0, 1], 0.39% of value_range=(0, 255)"),
         MaskCacheError("the cache folder is not writable"),
         TrainingModeError("call model.eval() first"),
         BatchNormBiasError("BatchNorm 'bn' ...; pass bias=False", reason="BatchNorm 'bn' ..."),
