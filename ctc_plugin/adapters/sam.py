@@ -511,9 +511,14 @@ class SAMSegmenter(Segmenter):
         return f"model:{self._digests.digest(self.model)[:32]}"
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle without the lock (a new one is made on unpickling)."""
+        """Pickle without the lock and the mask generator (both are made anew on unpickling).
+
+        The generator is rebuilt from the model and the options: SAM 2's holds TorchScript
+        modules, which do not pickle.
+        """
         state = self.__dict__.copy()
         state["_generate_lock"] = None
+        state["generator"] = None
         source = self._checkpoint_source
         if source is not None:  # tensor addresses do not survive pickling; the identity does
             unchanged = source[0] is not None and source[0].unchanged(self.model)
@@ -523,6 +528,7 @@ class SAMSegmenter(Segmenter):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._generate_lock = threading.Lock()
+        self.generator = self._make_generator(self.model, self.generator_options)
         if self._checkpoint_source is not None:
             self._checkpoint_source = (WeightsWatch(self.model), self._checkpoint_source[1])
 
