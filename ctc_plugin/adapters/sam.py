@@ -254,9 +254,9 @@ def _check_generator_options(options: dict[str, Any]) -> None:
             ``crop_n_points_downscale_factor`` below 1 (or not ints), a threshold or ratio
             (`GENERATOR_THRESHOLDS`) that is not a finite number, or not in [0, 1] for the
             fractions among them (`FRACTION_THRESHOLDS`), a negative
-            ``min_mask_region_area``, or an ``output_mode`` other than ``"binary_mask"``,
-            ``"uncompressed_rle"`` and ``"coco_rle"`` (the last one without ``pycocotools``
-            installed).
+            ``min_mask_region_area`` (or a positive one without OpenCV), or an ``output_mode``
+            other than ``"binary_mask"``, ``"uncompressed_rle"`` and ``"coco_rle"`` (the last
+            one without ``pycocotools`` installed).
     """
     for name in ("points_per_side", "points_per_batch"):
         value = options.get(name)
@@ -283,6 +283,15 @@ def _check_generator_options(options: dict[str, Any]) -> None:
     area = options.get("min_mask_region_area")
     if area is not None and not (is_finite_number(area) and area >= 0):
         raise ValueError(f"min_mask_region_area must be a number of at least 0, got {area!r}")
+    if area:
+        try:
+            import cv2  # noqa: F401
+        except ImportError as error:
+            raise ValueError(
+                f"min_mask_region_area={area!r} needs OpenCV, with which the mask generator "
+                "removes small regions (pip install opencv-python-headless); or leave it 0 "
+                "(the default): min_area= merges small uncovered fragments without it"
+            ) from error
     mode = options.get("output_mode", "binary_mask")
     if mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
         raise ValueError(
