@@ -13,6 +13,8 @@ package is imported only when a ``SAM2Segmenter`` is built.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +37,19 @@ _MODEL_TYPE_HINT = (
 )
 
 
+def _packaged_configs() -> list[str]:
+    """The model configs the installed ``sam2`` package ships, as ``model_type`` names them."""
+    location = getattr(sys.modules.get("sam2"), "__file__", None)
+    if location is None:
+        return []
+    root = Path(location).parent
+    return sorted(
+        path.relative_to(root).as_posix()
+        for path in (root / "configs").rglob("*.yaml")
+        if "training" not in path.parent.name
+    )
+
+
 class SAM2Segmenter(SAMSegmenter):
     """Segment Anything 2's automatic masks as features.
 
@@ -51,6 +66,8 @@ class SAM2Segmenter(SAMSegmenter):
 
     Raises:
         ImportError: If the ``sam2`` package is not installed (the message names it).
+        ValueError: A ``model_type`` that names no config sam2 can find (the message lists
+            the configs it ships), and as for ``SAMSegmenter``.
     """
 
     result_libraries = ("sam2", "torch", "torchvision")
@@ -86,7 +103,18 @@ class SAM2Segmenter(SAMSegmenter):
         build_sam2 = require("sam2.build_sam", "sam2", _PURPOSE, SAM_HINT).build_sam2
 
         def build(checkpoint: None = None) -> Any:  # the config names the architecture
-            return build_sam2(model_type, ckpt_path=None, device=str(self._device), mode="eval")
+            try:
+                return build_sam2(model_type, ckpt_path=None, device=str(self._device), mode="eval")
+            except Exception as error:
+                missing = getattr(sys.modules.get("hydra.errors"), "MissingConfigException", ())
+                if not isinstance(error, missing):
+                    raise
+                configs = ", ".join(_packaged_configs())
+                raise ValueError(
+                    f"model_type={model_type!r} is no SAM 2 config that sam2 can find"
+                    + (f" (it ships {configs})" if configs else "")
+                    + f"; {_MODEL_TYPE_HINT}"
+                ) from error
 
         return load_sam(
             checkpoint,
