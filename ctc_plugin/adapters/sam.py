@@ -250,8 +250,10 @@ def _check_generator_options(options: dict[str, Any]) -> None:
 
     Raises:
         ValueError: ``points_per_side`` or ``points_per_batch`` that is not an int of at least
-            1 (``points_per_side=None`` without ``point_grids``), ``crop_n_layers`` below 0 or
-            ``crop_n_points_downscale_factor`` below 1 (or not ints), a threshold or ratio
+            1 (``points_per_side=None`` without ``point_grids``, ``point_grids`` without
+            ``points_per_side=None``, or grids refused by `_check_point_grids`),
+            ``crop_n_layers`` below 0 or ``crop_n_points_downscale_factor`` below 1 (or not
+            ints), a threshold or ratio
             (`GENERATOR_THRESHOLDS`) that is not a finite number, or not in [0, 1] for the
             fractions among them (`FRACTION_THRESHOLDS`), a negative
             ``min_mask_region_area`` (or a positive one without OpenCV), or an ``output_mode``
@@ -272,6 +274,13 @@ def _check_generator_options(options: dict[str, Any]) -> None:
         value = options.get(name)
         if value is not None and (not is_integer(value) or value < least):
             raise ValueError(f"{name} must be an int of at least {least}, got {value!r}")
+    if options.get("point_grids") is not None:
+        if options.get("points_per_side", "default") is not None:
+            raise ValueError(
+                "point_grids= replaces points_per_side: pass points_per_side=None with it (the "
+                "generator takes one or the other, and points_per_side has a default)"
+            )
+        _check_point_grids(options["point_grids"], int(options.get("crop_n_layers") or 0))
     for name in GENERATOR_THRESHOLDS:
         value = options.get(name)
         if value is not None and not is_finite_number(value):
@@ -305,6 +314,38 @@ def _check_generator_options(options: dict[str, Any]) -> None:
                 "output_mode='coco_rle' needs pycocotools (pip install pycocotools); the "
                 "default 'binary_mask' gives the same features without it"
             ) from error
+
+
+def _check_point_grids(grids: Any, crop_n_layers: int) -> None:
+    """Refuse ``point_grids`` that are not one grid of points in the unit square per crop layer.
+
+    Raises:
+        ValueError: ``grids`` is no list of ``(n, 2)`` arrays of finite values in [0, 1] (points
+            ``x, y`` as fractions of the image's width and height), or holds another number of
+            grids than ``crop_n_layers + 1``.
+    """
+    wanted = (
+        "point_grids must be a list of (n, 2) arrays, one per crop layer, of points (x, y) as "
+        "fractions of the image's width and height, in [0, 1]"
+    )
+    if not isinstance(grids, list | tuple):
+        raise ValueError(f"{wanted}; got {type(grids).__name__} (wrap one grid in a list)")
+    for index, grid in enumerate(grids):
+        try:
+            array = np.asarray(grid, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{wanted}; grid {index} is no array of numbers") from error
+        if array.ndim != 2 or array.shape[1] != 2 or not len(array):
+            raise ValueError(f"{wanted}; grid {index} has shape {array.shape}")
+        if not (np.isfinite(array).all() and 0 <= array.min() and array.max() <= 1):
+            raise ValueError(
+                f"{wanted}; grid {index} holds values from {array.min():.4g} to {array.max():.4g}"
+            )
+    if len(grids) != crop_n_layers + 1:
+        raise ValueError(
+            f"point_grids holds one grid per crop layer, {crop_n_layers + 1} for "
+            f"crop_n_layers={crop_n_layers}, got {len(grids)}"
+        )
 
 
 def _check_option_names(generator_class: Any, options: Mapping[str, Any]) -> None:
