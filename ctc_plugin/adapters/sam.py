@@ -253,7 +253,7 @@ def _check_generator_options(options: dict[str, Any]) -> None:
             1 (``points_per_side=None`` without ``point_grids``, ``point_grids`` without
             ``points_per_side=None``, or grids refused by `_check_point_grids`),
             ``crop_n_layers`` below 0 or ``crop_n_points_downscale_factor`` below 1 (or not
-            ints), a threshold or ratio
+            ints, or leaving the last crop layer without points), a threshold or ratio
             (`GENERATOR_THRESHOLDS`) that is not a finite number, or not in [0, 1] for the
             fractions among them (`FRACTION_THRESHOLDS`), a negative
             ``min_mask_region_area`` (or a positive one without OpenCV), or an ``output_mode``
@@ -274,6 +274,14 @@ def _check_generator_options(options: dict[str, Any]) -> None:
         value = options.get(name)
         if value is not None and (not is_integer(value) or value < least):
             raise ValueError(f"{name} must be an int of at least {least}, got {value!r}")
+    side, layers = options.get("points_per_side", 32), options.get("crop_n_layers") or 0
+    factor = options.get("crop_n_points_downscale_factor") or 1
+    if side is not None and int(side / factor**layers) < 1:  # SAM's grid builder divides by it
+        raise ValueError(
+            f"crop layer {layers} would get int(points_per_side / "
+            f"crop_n_points_downscale_factor**{layers}) = 0 points per side: raise "
+            "points_per_side, or lower crop_n_layers or crop_n_points_downscale_factor"
+        )
     if options.get("point_grids") is not None:
         if options.get("points_per_side", "default") is not None:
             raise ValueError(
