@@ -184,15 +184,41 @@ def load_sam(
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist: {hint}")
     state = read_state_dict(path, what)
     sam = registry[model_type](checkpoint=None)
+    state = unwrapped_state(sam, state)
     try:
-        sam.load_state_dict(unwrapped_state(sam, state), strict=True)
+        sam.load_state_dict(state, strict=True)
     except RuntimeError as error:
         detail = short_load_error(str(error)).split(":", 1)[-1].strip()
+        advice = _checkpoint_advice(state, what, model_type) or model_type_hint
         raise ValueError(
             f"{what} {str(path)!r} does not match model_type={model_type!r} "
-            f"({textwrap.shorten(detail, 500, placeholder=' ...')}); {model_type_hint}"
+            f"({textwrap.shorten(detail, 500, placeholder=' ...')}); {advice}"
         ) from error
     return sam.eval()
+
+
+#: segment-anything's ViT image encoders by width (``patch_embed.proj`` output channels).
+_VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+
+
+def _checkpoint_advice(state: Mapping[str, Any], what: str, model_type: str) -> str | None:
+    """What the keys of a checkpoint that did not load say it is, where that tells what to do.
+
+    A SAM 2 or MobileSAM checkpoint (keys only those hold) given to another segmenter: the
+    segmenter that loads it. A segment-anything ViT: the ``model_type`` of its width.
+    """
+    if any(key.startswith("image_encoder.trunk.") or key == "maskmem_tpos_enc" for key in state):
+        kind, segmenter = "SAM 2 checkpoint", "SAM2Segmenter"
+    elif any(key.startswith("image_encoder.layers.") for key in state):
+        kind, segmenter = "MobileSAM checkpoint", "MobileSAMSegmenter (model_type='vit_t')"
+    else:
+        patch = state.get("image_encoder.patch_embed.proj.weight")
+        size = _VIT_WIDTHS.get(patch.shape[0]) if isinstance(patch, torch.Tensor) else None
+        if size is None or size == model_type:
+            return None
+        where = "; SAMSegmenter loads it" if what == "SAM 2 checkpoint" else ""
+        return f"it holds an image encoder {patch.shape[0]} wide: model_type={size!r}{where}"
+    return None if kind == what else f"it looks like a {kind}: {segmenter} loads it"
 
 
 def _file_identity(path: Path) -> str:
