@@ -160,8 +160,12 @@ class ImageNormalisation:
             if found_low >= low - _OVERSHOOT * span and found_high <= high + _OVERSHOOT * span:
                 advice = (  # a wider range would darken them: (0, 255) makes [0, 1] black
                     "they overshoot it a little, as images resized with bicubic interpolation "
-                    f"or given noise do: clamp them (x.clamp({low:g}, {high:g})); if they were "
-                    "normalised, declare it (mean=/std=)"
+                    f"or given noise do: clamp them (x.clamp({low:g}, {high:g})"
+                    + (
+                        "); if they were normalised, declare it (mean=/std=)"
+                        if self.mean is None
+                        else " before normalising them)"
+                    )
                 )
             else:
                 advice = (

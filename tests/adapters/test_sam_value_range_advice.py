@@ -71,3 +71,14 @@ def test_images_that_use_their_range_or_are_flat_are_not_warned_about(images):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         declared_255(images)
+
+
+def test_declared_normalised_images_are_told_to_clamp_before_normalising():
+    """Clamping the normalised tensor itself to [0, 1] would cut most of its colours."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    segmenter = SAMSegmenter(model=build_tiny_sam(), cache=None, mean=mean, std=std)
+    shift = torch.tensor(mean).view(1, 3, 1, 1)
+    normalised = (bicubic_resized() - shift) / torch.tensor(std).view(1, 3, 1, 1)
+    with pytest.raises(ValueRangeError, match=r"x\.clamp\(0, 1\) before normalising") as caught:
+        segmenter(normalised)
+    assert "declare it (mean=/std=)" not in str(caught.value)  # they are declared
