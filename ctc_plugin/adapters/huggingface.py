@@ -23,6 +23,7 @@ as ``spatial_shapes``, so it too maps (N, C, H, W) pixel values to logits.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -42,9 +43,10 @@ class HuggingFaceClassifier(nn.Module):
             for images of another size than the model was trained on).
 
     Raises:
-        TypeError: If ``model`` is no module, or ``inputs`` holds what the wrapper passes
+        TypeError: If ``model`` is no module or its forward takes no ``pixel_values`` (a model
+            that returns logits needs no wrapper), or ``inputs`` holds what the wrapper passes
             itself (``pixel_values``, SigLIP 2's ``spatial_shapes``) or ``return_dict=False``;
-            at a call, if the model's output has no ``logits`` tensor.
+            at a call, if the model's output is a tensor or has no ``logits`` tensor.
     """
 
     def __init__(self, model: nn.Module, **inputs: Any) -> None:
@@ -52,6 +54,12 @@ class HuggingFaceClassifier(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"HuggingFaceClassifier wraps a torch module; got {type(model).__name__}"
+            )
+        if not _takes_pixel_values(model):
+            raise TypeError(
+                f"{type(model).__name__}.forward takes no pixel_values (HuggingFaceClassifier "
+                "calls model(pixel_values=...)): a model that returns its logits as a tensor "
+                "needs no wrapper; pass the model itself to the methods"
             )
         self.model = model
         self.training = model.training  # its own flag only: the wrapped modules keep theirs
@@ -78,6 +86,12 @@ class HuggingFaceClassifier(nn.Module):
         """
         output = self.model(**self.model_inputs(pixel_values), **self.inputs)
         logits = getattr(output, "logits", None)
+        if isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"{type(self.model).__name__} already returns a tensor {tuple(output.shape)}, "
+                "not an output object with logits: pass the model itself to the methods, "
+                "without HuggingFaceClassifier (it is for transformers models)"
+            )
         if not isinstance(logits, torch.Tensor):
             raise TypeError(
                 f"{type(self.model).__name__} returned {type(output).__name__}, which has no "
@@ -99,6 +113,20 @@ class HuggingFaceClassifier(nn.Module):
         if self.patch_size is None:
             return {"pixel_values": pixel_values}
         return patch_sequence(pixel_values, self.patch_size)
+
+
+def _takes_pixel_values(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``pixel_values`` (by name, or among any keywords).
+
+    ``True`` where its signature cannot be read: the call then tells.
+    """
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return True
+    return "pixel_values" in parameters or any(
+        parameter.kind is parameter.VAR_KEYWORD for parameter in parameters.values()
+    )
 
 
 def patch_sequence_size(model: nn.Module) -> int | None:
