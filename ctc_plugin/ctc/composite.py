@@ -69,6 +69,7 @@ from ctc_plugin.canonizers import (
     restore_tensors,
     rule_hooks,
 )
+from ctc_plugin.concurrency import exclusive
 from ctc_plugin.ctc.calls import operation_name
 from ctc_plugin.ctc.errors import (
     CompositeOutsideAttributorError,
@@ -649,36 +650,46 @@ class CTCComposite(LayerMapComposite):
                 (also one applied by hand): the two would stack their hooks, and Zennit cannot
                 take their canonizers off one another. Nothing is registered.
         """
-        self.remove()
-        check_canonizers(self, module)
-        refuse_a_second_composite(module, canonizes=bool(self.canonizers))
-        saved = registered_tensors(module)
-        try:
-            super().register(module)
-        except BaseException:
-            # a hook cut off inside its own register (Ctrl-C between Zennit's two
-            # registrations) returned no handles: its hooks are found on the modules
-            cut_off = list(self.hook_refs)
-            remove_handles(self)
-            remove_hooks_of(module, cut_off)
-            restore_tensors(saved)
-            raise
-        self._own_tensors = (module, saved, registered_tensors(module))
+        # once no other call of this package uses the model (a CTC call in another thread
+        # would see its BatchNorms merged halfway), as a CTCAttributor's registration; a model
+        # it is registered on now (removed first) is taken first too, before the composite, in
+        # the order every caller takes them (model, composite)
+        own = self._own_tensors
+        previous = own[0] if own is not None and own[0] is not module else None
+        with exclusive(previous), exclusive(module), exclusive(self):
+            self.remove()
+            check_canonizers(self, module)
+            refuse_a_second_composite(module, canonizes=bool(self.canonizers))
+            saved = registered_tensors(module)
+            try:
+                super().register(module)
+            except BaseException:
+                # a hook cut off inside its own register (Ctrl-C between Zennit's two
+                # registrations) returned no handles: its hooks are found on the modules
+                cut_off = list(self.hook_refs)
+                remove_handles(self)
+                remove_hooks_of(module, cut_off)
+                restore_tensors(saved)
+                raise
+            self._own_tensors = (module, saved, registered_tensors(module))
 
     def remove(self) -> None:
         """Remove the hooks and canonizers; put the model's own tensors back (see `register`).
 
         Every hook and canonizer is removed, the last registered first, also when one of them
-        raises ([`remove_handles`][ctc_plugin.canonizers.remove_handles]).
+        raises ([`remove_handles`][ctc_plugin.canonizers.remove_handles]). Waits, as
+        `register`, until no other call of this package uses the model.
         """
-        own, self._own_tensors = self._own_tensors, None
-        now = registered_tensors(own[0]) if own is not None else None
-        try:
-            remove_handles(self)
-        finally:
-            if own is not None:
-                _, saved, registered = own
-                restore_tensors(saved, registered, now)
+        own = self._own_tensors
+        with exclusive(own[0] if own is not None else None), exclusive(self):
+            own, self._own_tensors = self._own_tensors, None
+            now = registered_tensors(own[0]) if own is not None else None
+            try:
+                remove_handles(self)
+            finally:
+                if own is not None:
+                    _, saved, registered = own
+                    restore_tensors(saved, registered, now)
 
     def context(self, module: nn.Module) -> CompositeContext:
         """Register the composite on ``module`` for a ``with`` block (Zennit's ``context``).

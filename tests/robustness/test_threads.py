@@ -545,3 +545,64 @@ def test_another_calls_scoped_hooks_leave_none_sharing_on_its_gradient_pass():
         for handle in handles:
             handle.remove()
     assert torch.equal(beside, alone)
+
+
+class Pausing(nn.Module):
+    """A model whose first armed forward pass waits (at most a second) for ``resume``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+        self.armed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.armed:
+            self.armed = False
+            self.paused.set()
+            self.resume.wait(1.0)  # in vain where the registration waits for this call
+        return self.inner(x)
+
+
+def test_a_composite_context_waits_for_running_calls():
+    """``composite.context(model)`` registers once no call of the package uses the model.
+
+    It merged a running CTC call's BatchNorms halfway through (the docs' "the registration
+    waits for running calls"): that call's scores then came from two models.
+    """
+    model = Pausing(cnn(seed=12)).eval()
+    images, target, mask = examples(1)[0]
+    ctc = CTC(model, bias_sharing="reference")
+    alone = ctc.attribute(images, target, feature_mask=mask)
+    composite = CTCComposite(bias_sharing="reference", canonizers=[PositiveEpsMergeBatchNorm()])
+    model.armed = True
+    explained = run_in_background(lambda: ctc.attribute(images, target, feature_mask=mask))
+    assert model.paused.wait(TIMEOUT)
+    with composite.context(model):
+        model.resume.set()
+        during = explained()
+    assert_identical(during, alone)
+
+
+def run_in_background(call: Callable[[], Any]) -> Callable[[], Any]:
+    """Start ``call`` in a thread; the function returned waits for its result (or error)."""
+    out: list[Any] = []
+
+    def work() -> None:
+        try:
+            out.append((True, call()))
+        except BaseException as error:  # handed to the test's thread
+            out.append((False, error))
+
+    thread = _in_thread(work)
+
+    def result() -> Any:
+        thread.join(TIMEOUT)
+        assert out, "the call did not end: a deadlock"
+        ok, value = out[0]
+        if not ok:
+            raise value
+        return value
+
+    return result
