@@ -792,7 +792,12 @@ class IntegrativeCAM(Attribution):
             ran = {id(module) for module in tracer.modules}
             missing = [self._layer_name(m) for m, _ in chosen if id(m) not in ran]
             if missing:
-                raise ValueError(f"layers {missing} were not called by the forward pass")
+                raise ValueError(
+                    f"layers {missing} were not called by the forward pass in the thread that "
+                    "called attribute; pass layers that the forward function runs. A model that "
+                    "a thread pool or a serving wrapper runs in another thread is not seen: "
+                    "call it in this thread"
+                )
         without_grad = list(dict.fromkeys(stage.name for stage in stages if stage.without_grad))
         if without_grad:
             raise ValueError(

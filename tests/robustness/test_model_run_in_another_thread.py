@@ -34,9 +34,11 @@ def test_ctc_names_the_other_thread(pool, mode):
         )
 
 
-def test_integrative_cam_names_the_other_thread(pool):
+@pytest.mark.parametrize("chosen", [False, True], ids=["found-stages", "chosen-layers"])
+def test_integrative_cam_names_the_other_thread(pool, chosen):
+    """Also with ``layers`` chosen: they ran, in the other thread, not "were not called"."""
     model = RandomCNN(seed=0)
+    layers = [model.stem] if chosen else None
+    forward = lambda inputs: pool.submit(model, inputs).result()  # noqa: E731
     with pytest.raises(ValueError, match="in the thread that called attribute.*another thread"):
-        IntegrativeCAM(lambda inputs: pool.submit(model, inputs).result()).attribute(
-            torch.rand(2, 3, 16, 16), 1
-        )
+        IntegrativeCAM(forward, layers=layers).attribute(torch.rand(2, 3, 16, 16), 1)
