@@ -588,7 +588,7 @@ def write_stored_report(
     runs: list[ModelRun] = []
     coverage: list[Coverage] = []
     seconds = 0.0
-    machines: list[str] = []
+    machines: dict[str, list[str]] = defaultdict(list)  # machine line -> its pieces
     costs: dict[str, list[Piece]] = defaultdict(list)
     preparation: list[float] = []
     for family, split in run_order(settings["families"], settings["splits"]):
@@ -607,7 +607,7 @@ def write_stored_report(
             piece = store.load(family, split, label)
             finished += 1
             seconds += piece.seconds
-            machines.append(piece.machine)
+            machines[piece.machine].append(f"{family}/{split} {label}")
             if piece.error is not None:
                 run.errors.append(piece.error)
                 continue
@@ -622,7 +622,7 @@ def write_stored_report(
     if not runs:
         raise ValueError(_nothing_to_report(store))
     notes = [f"{name}: {reason}" for name, reason in skipped.items()]
-    machine = "; ".join(dict.fromkeys(machines))
+    machine = _machines(machines)
     cost_rows = [_cost_row(label, pieces, settings) for label, pieces in costs.items()]
     prepared = float(np.mean(preparation))
     cost_rows.append(
@@ -635,6 +635,26 @@ def write_stored_report(
         }
     )
     return write_report(runs, settings, store.root, seconds, machine, notes, coverage, cost_rows)
+
+
+def _machines(pieces_by_machine: Mapping[str, list[str]]) -> str:
+    """The report's machine line: the one machine, or each machine with the pieces it measured.
+
+    A run resumed on another machine or with another ``--threads`` measured its pieces' seconds
+    and memory under other conditions; the line says so and which piece ran where, since the
+    cost columns (and their bold best values) then compare across them.
+    """
+    if len(pieces_by_machine) <= 1:
+        return next(iter(pieces_by_machine), "")
+    where = "; ".join(
+        f"{machine} ({counted(len(pieces), 'piece')}: {', '.join(pieces)})"
+        for machine, pieces in pieces_by_machine.items()
+    )
+    return (
+        f"the pieces were measured on {len(pieces_by_machine)} machines or thread counts (a run "
+        "resumed elsewhere or with another --threads), so their seconds and memory_mib compare "
+        f"only within one of them: {where}"
+    )
 
 
 def _nothing_to_report(store: BenchmarkStore) -> str:

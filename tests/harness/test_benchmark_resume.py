@@ -310,3 +310,31 @@ def test_damaged_files_are_clear_errors(tmp_path):
     manifest.write_text("{half")
     with pytest.raises(ValueError, match="cannot read"):
         BenchmarkStore(tmp_path, CONFIG)
+
+
+def test_a_run_resumed_on_another_machine_says_which_piece_ran_where(tmp_path, monkeypatch):
+    """The cost columns compare pieces: the report names each machine's pieces when several.
+
+    A run resumed with another ``--threads`` (not part of the configuration) or elsewhere had
+    one machine line joining both, and its cost tables set each piece's seconds beside the
+    others' (the best in bold) as if measured alike.
+    """
+    config = BenchmarkConfig(
+        **{
+            **CONFIG.__dict__,
+            "families": ("tinyA",),
+            "methods": ("Saliency", "InputXGradient"),
+            "robustness_images": 0,
+        }
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr(benchmark, "machine_description", lambda: "CPU X (1 threads)")
+        _interrupt_after(patch, 1)
+        with pytest.raises(Interrupt):
+            run_benchmark(config, tmp_path, models=_models(), show_progress=False)
+    monkeypatch.setattr(benchmark, "machine_description", lambda: "CPU X (2 threads)")
+    run_benchmark(config, tmp_path, models=_models(), show_progress=False)
+    line = (tmp_path / "results.md").read_text().splitlines()[2]
+    assert "2 machines or thread counts" in line and "compare only within one" in line
+    assert "CPU X (1 threads) (1 piece: tinyA/shapes Saliency)" in line
+    assert "CPU X (2 threads) (1 piece: tinyA/shapes InputXGradient)" in line
