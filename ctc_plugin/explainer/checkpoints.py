@@ -61,6 +61,29 @@ def loader_settings(loader: Iterable[Any]) -> dict[str, Any]:
     return settings
 
 
+def data_digest(loader: Iterable[Any]) -> str | None:
+    """SHA-256 of the tensors a loader's ``TensorDataset`` holds (``None`` for other data).
+
+    Two loaders of equal length can hold other images or labels (the command line's
+    ``--train-size 40 --two-object-fraction 0.5`` and ``--train-size 30 --two-object-fraction
+    1``); a resume on other data would not equal an uninterrupted run. Each tensor's dtype,
+    shape and bytes are hashed, a few rows at a time (a data set on a GPU is not copied whole).
+    """
+    import hashlib
+
+    dataset = getattr(loader, "dataset", None)
+    if not isinstance(dataset, torch.utils.data.TensorDataset):
+        return None
+    digest = hashlib.sha256()
+    for tensor in dataset.tensors:
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}\0".encode())
+        rows = max(1, (1 << 24) // max(1, tensor[:1].numel() * tensor.element_size()))
+        for part in tensor.detach().split(rows) if tensor.dim() else [tensor.detach()]:
+            flat = part.cpu().contiguous().reshape(-1)
+            digest.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
 def host_rng_states() -> dict[str, list[Any]]:
     """NumPy's and Python's global random states as plain data (a checkpoint's ``host_rng``).
 
@@ -201,17 +224,35 @@ def check_resume(
     if stored is None:  # an older checkpoint: its settings are unknown
         return
     differ = [
-        f"{key}: {stored[key]!r} there, {value!r} now"
+        key
         for key, value in settings.items()
         if key in stored  # older checkpoints lack some (input_scale): unknown, not checked
         and stored[key] != value
         and not (key == "seed" and value is None)
     ]  # the seed only starts a run: a resume may leave it out (the checkpoint holds the RNG)
     if differ:
-        raise ValueError(
-            f"checkpoint {str(resume)!r} was trained with other settings ({'; '.join(differ)}); "
-            "resume with the same settings, or train afresh without resume"
+        listed = "; ".join(_difference(key, stored[key], settings[key]) for key in differ)
+        data = (
+            " and data (on the command line: the same --split, --train-size, --val-size and "
+            "--two-object-fraction)"
+            if any(key in DATA_SETTINGS for key in differ)
+            else ""
         )
+        raise ValueError(
+            f"checkpoint {str(resume)!r} was trained with other settings ({listed}); resume "
+            f"with the same settings{data}, or train afresh without resume"
+        )
+
+
+#: Settings that are digests of the loaders' data (`data_digest`).
+DATA_SETTINGS = ("train_data", "val_data")
+
+
+def _difference(key: str, there: Any, now: Any) -> str:
+    """One setting that differs, for `check_resume`'s message (a data digest shortened)."""
+    if key in DATA_SETTINGS and isinstance(there, str) and isinstance(now, str):
+        return f"{key}: other tensors (SHA-256 {there[:12]} there, {now[:12]} now)"
+    return f"{key}: {there!r} there, {now!r} now"
 
 
 def check_resumed_epochs(state: dict[str, Any], epochs: int, resume: str | Path) -> None:

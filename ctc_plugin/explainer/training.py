@@ -30,6 +30,7 @@ from ctc_plugin.explainer.checkpoints import (
     check_resumable_loaders,
     check_resume,
     check_resumed_epochs,
+    data_digest,
     device_rng_state,
     host_rng_states,
     load_checkpoint,
@@ -465,10 +466,10 @@ def fit_explainer(
             ``max_steps_per_epoch``, ``patience``, ``min_delta``, ``seed`` (when given),
             ``multilabel``, the explainer's ``input_scale``,
             whether there is a validation loader, and each loader's batch size, data length,
-            sampler, ``drop_last`` and own random generators, whose states the checkpoints
-            hold): everything the result depends on, so that the resumed run equals an
-            uninterrupted one. ``epochs`` may grow, not shrink below the
-            epochs the checkpoint holds.
+            sampler, ``drop_last``, own random generators, whose states the checkpoints
+            hold, and the tensors of a ``TensorDataset``, by digest): everything the result
+            depends on, so that the resumed run equals an uninterrupted one. ``epochs`` may
+            grow, not shrink below the epochs the checkpoint holds.
         baseline: Value the masked-out pixels blend towards (0, as the original).
         multilabel: Force single- (False: cross-entropy; multi-hot labels must then hold one
             class per image) or multi-label (True: binary cross-entropy, class indices too)
@@ -560,6 +561,9 @@ def fit_explainer(
         "train_loader": loader_settings(train_loader),
         "val_loader": None if val_loader is None else loader_settings(val_loader),
     }
+    if checkpoint is not None or resume is not None:  # the loaders' tensors (a TensorDataset's)
+        settings["train_data"] = data_digest(train_loader)
+        settings["val_data"] = None if val_loader is None else data_digest(val_loader)
     optimizer = torch.optim.Adam(explainer.parameters(), lr=hp.lr)
     result = FitResult(hyperparameters=hp)
     # The classifier is recorded on the explainer, and checked against checkpoints.
