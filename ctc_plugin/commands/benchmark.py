@@ -119,7 +119,7 @@ def _config(args: argparse.Namespace) -> BenchmarkConfig:
         "robustness_images": args.robustness_images,
         "families": _once(args.families),
         "splits": _once(args.splits),
-        "feature_sources": _once(args.features),
+        "feature_sources": _once(_feature_sources(args.features)),
         "methods": _once(_as_the_benchmark_spells(args.methods)),
         "lime_samples": args.lime_samples,
     }
@@ -155,6 +155,20 @@ def _as_the_benchmark_spells(names: list[str] | None) -> list[str] | None:
 
     known = method_names()
     return [known_name(name, known, "method") for name in names]
+
+
+def _feature_sources(names: list[str] | None) -> list[str] | None:
+    """``--features`` as the benchmark spells them (``Oracle`` is ``oracle``), as ``--methods``.
+
+    Raises:
+        ValueError: For an unknown name, naming the option and the sources (`known_name`).
+    """
+    if not names:
+        return names
+    from ctc_plugin.harness.benchmark import FEATURE_SOURCES
+    from ctc_plugin.wording import known_name
+
+    return [known_name(name, FEATURE_SOURCES, "--features source") for name in names]
 
 
 def _once(names: list[str] | None) -> tuple[str, ...] | None:

@@ -90,6 +90,6 @@ def test_command_reports_bad_input_in_one_line(tmp_path, capsys):
     from ctc_plugin.cli import main
 
     assert main(["benchmark", "--features", "sam", "--out", str(tmp_path)]) == 2
-    assert "unknown feature sources" in capsys.readouterr().err
+    assert "unknown --features source 'sam'" in capsys.readouterr().err
     assert main(["benchmark", "--families", "alexnet", "--out", str(tmp_path)]) == 2
     assert "--families: invalid choice: 'alexnet'" in capsys.readouterr().err
