@@ -138,21 +138,31 @@ def _completeness(coverage: list[Coverage], settings: Mapping[str, Any]) -> list
     robust = settings.get("robustness_images")
     done = sum(c.complete and c.skipped is None for c in coverage)
     lines = ["## Completeness", ""]
+    covered = _images_covered(images, robust)
     if all(c.complete for c in coverage):
         lines.append(
-            f"Complete: {counted(done, 'model')}, every planned method variant on all {images} "
-            f"images (robustness metrics on the first {robust})."
+            f"Complete: {counted(done, 'model')}, every planned method variant on {covered}."
         )
     else:
         lines.append(
             f"**Partial report.** {done} of {len(coverage)} models are complete; the mean tables "
             "cover the complete models only, and each model still in progress has a table of "
-            f"its finished variants. Every finished variant covers all {images} images "
-            f"(robustness metrics on the first {robust}). Resume the run to complete it."
+            f"its finished variants. Every finished variant covers {covered}. Resume the run to "
+            "complete it."
         )
     lines += ["", "| model | split | status |", "|---|---|---|"]
     lines += [f"| {c.family} | {c.split} | {c.status} |" for c in coverage]
     return lines + [""]
+
+
+def _images_covered(images: Any, robust: Any) -> str:
+    """``all 24 images (robustness metrics on the first 8)``, or its words for 1 and 0."""
+    if images == 1:
+        where = "it" if robust else "none"
+        return f"the 1 image (robustness metrics on {where})"
+    if not robust:
+        return f"all {images} images (robustness metrics on none)"
+    return f"all {images} images (robustness metrics on the first {robust})"
 
 
 def _cost_table(costs: list[dict[str, Any]]) -> list[str]:
