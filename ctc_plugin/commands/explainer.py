@@ -615,7 +615,8 @@ def _check_student_options(args: argparse.Namespace) -> None:
     if args.gate not in STUDENT_GATES:
         if given:
             gates = " and ".join(STUDENT_GATES)
-            raise ValueError(f"{', '.join(given)} apply to --gate {gates} only")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ValueError(f"{', '.join(given)} {verb} to --gate {gates} only")
         return
     for flag, fallback, *_ in STUDENT_OPTIONS:
         if getattr(args, _dest(flag)) is None:
