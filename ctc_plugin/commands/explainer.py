@@ -362,7 +362,8 @@ def _train(args: argparse.Namespace) -> int:
             f"{0.5 / args.train_size:.2g} or more --train-size"
         )
     out, checkpoint = _train_outputs(args)
-    args.interrupt_hint = partial(_resume_hint, checkpoint, time.time())
+    started = time.time()
+    args.interrupt_hint = partial(_resume_hint, checkpoint, started)
     classifier = zoo.load(args.model, args.split, weights=args.weights)
     progress = not args.no_progress
     train = ShapesDataset(args.split, size=args.train_size, seed=TRAIN_SEED)
@@ -421,7 +422,9 @@ def _train(args: argparse.Namespace) -> int:
     }
     explainer.save(out, metadata)
     # a resume with as many epochs as its checkpoint holds trains nothing and writes no new one
-    holding = checkpoint if checkpoint.exists() or args.resume is None else args.resume
+    # (a file of that name may be another run's)
+    written = args.resume is None or _written_since(checkpoint, started)
+    holding = checkpoint if written else args.resume
     print(
         f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): {trained_summary(result)}; its "
         f"training checkpoint is {holding} (--resume it with more --epochs to train on)"
@@ -682,12 +685,16 @@ def _preset_name(text: str) -> str:
     return key
 
 
+def _written_since(path: Path, started: float) -> bool:
+    """Whether ``path`` was written at or after ``started`` (a ``time.time()``)."""
+    try:
+        return path.stat().st_mtime >= started
+    except OSError:
+        return False
+
+
 def _resume_hint(checkpoint: Path, started: float) -> str:
     """What to say after Ctrl-C: the checkpoint this run wrote, if it wrote one yet."""
-    try:
-        written = checkpoint.stat().st_mtime >= started
-    except OSError:
-        written = False
-    if not written:
+    if not _written_since(checkpoint, started):
         return "; no epoch had finished (nothing to resume)"
     return f"; the finished epochs are in {checkpoint}: add --resume {checkpoint} to continue"
