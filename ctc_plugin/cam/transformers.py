@@ -54,8 +54,9 @@ from ctc_plugin.cam.reshapes import (
     reads_patch_grid,
     tokens_to_grid,
 )
+from ctc_plugin.concurrency import CallScope, eval_mode
 from ctc_plugin.module_paths import module_path
-from ctc_plugin.module_state import compiled_code_eager, modes_kept
+from ctc_plugin.module_state import compiled_code_eager
 from ctc_plugin.wording import counted
 
 
@@ -480,10 +481,11 @@ def _on_the_grid_of(
     def entered(module: nn.Module, inputs: object) -> None:
         at_block[0] = grids[0] if grids else None
 
-    conv = partial(record_conv_grid, grids, 1)  # the probe runs one image
+    scope = CallScope()  # the probe's pass, not other threads' passes through the model
+    conv = scope.only(partial(record_conv_grid, grids, 1))  # the probe runs one image
     handles = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    handles.append(block.register_forward_pre_hook(entered))
-    _probe(model, example, handles)
+    handles.append(block.register_forward_pre_hook(scope.only(entered)))
+    _probe(model, example, handles, scope)
     seen = at_block[0]
     if reshape is tokens_to_grid and seen is not None:  # the last h * w tokens, on that grid
         return partial(tokens_to_grid, grid=seen)
@@ -492,15 +494,18 @@ def _on_the_grid_of(
     )
 
 
-def _probe(model: nn.Module, example: Tensor, handles: list[RemovableHandle]) -> None:
+def _probe(
+    model: nn.Module, example: Tensor, handles: list[RemovableHandle], scope: CallScope
+) -> None:
     """Run ``example``'s first image through ``model`` for the hooks of ``handles``; remove them.
 
-    In eval mode, every flag put back after: a BatchNorm of a model in training must not take
-    this image's statistics.
+    The hooks are ``scope``'s (`CallScope.only`): the pass runs inside it, so another thread's
+    pass through the model meanwhile is not recorded. In eval mode, every flag put back after
+    (`eval_mode`, which other threads' calls do not see): a BatchNorm of a model in training
+    must not take this image's statistics.
     """
     try:
-        with modes_kept(model), torch.no_grad():
-            model.eval()
+        with scope, eval_mode(model), torch.no_grad():
             model(example[:1])
     finally:
         for handle in handles:
@@ -669,10 +674,12 @@ def last_spatial_layer(model: nn.Module, example: Tensor) -> nn.Module:
         ):
             finished.append((module, output))
 
+    scope = CallScope()  # the probe's pass, not other threads' passes through the model
+    hook = scope.only(hook)
     handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
     try:
         with compiled_code_eager(), trace:
-            _probe(model, example, handles)
+            _probe(model, example, handles, scope)
         maps = [(m, output.shape) for m, output in finished if not trace.of_attention(output)]
         shapes = {id(m): tuple(shape) for m, shape in maps}
     finally:
