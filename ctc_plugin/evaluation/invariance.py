@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctc_plugin.concurrency import CallScope
 from ctc_plugin.evaluation.arguments import (
     Method,
     check_images,
@@ -39,8 +40,12 @@ __all__ = [
 
 
 def _first_layer_input(model: nn.Module, example: Tensor) -> tuple[str, Tensor]:
-    """Name and input of the first ``Conv2d`` or ``Linear`` module the model calls."""
+    """Name and input of the first ``Conv2d`` or ``Linear`` module the model calls.
+
+    Only this pass is recorded (a `CallScope`), not another thread's through the same model.
+    """
     calls: list[tuple[str, Tensor]] = []
+    scope = CallScope()
 
     def record(name: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
@@ -49,12 +54,12 @@ def _first_layer_input(model: nn.Module, example: Tensor) -> tuple[str, Tensor]:
         return hook
 
     handles = [
-        module.register_forward_pre_hook(record(name))
+        module.register_forward_pre_hook(scope.only(record(name)))
         for name, module in model.named_modules()
         if isinstance(module, nn.Conv2d | nn.Linear)
     ]
     try:
-        with torch.no_grad():
+        with scope, torch.no_grad():
             model(example)
     finally:
         for handle in handles:

@@ -17,6 +17,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
+from ctc_plugin.concurrency import CallScope
 from ctc_plugin.evaluation.arguments import (
     Method,
     check_count,
@@ -31,14 +32,18 @@ __all__ = ["RandomisationStep", "parameter_layers", "cascading_randomisation", "
 
 
 def _call_order(model: nn.Module, example: Tensor) -> list[str]:
-    """Names of the modules one forward pass of ``example`` calls, in order of first call."""
+    """Names of the modules one forward pass of ``example`` calls, in order of first call.
+
+    Only this pass is recorded (a `CallScope`), not another thread's through the same model.
+    """
     order: list[str] = []
+    scope = CallScope()
     handles = [
-        module.register_forward_pre_hook(lambda *_, name=name: order.append(name))
+        module.register_forward_pre_hook(scope.only(lambda *_, name=name: order.append(name)))
         for name, module in model.named_modules()
     ]
     try:
-        with torch.no_grad():
+        with scope, torch.no_grad():
             model(example)
     finally:
         for handle in handles:
