@@ -92,6 +92,8 @@ class IntegrativeGradCAM(BaseCAM):
     ) -> None:
         # Checks every argument before BaseCAM switches the model to eval mode, so that a
         # refused construction leaves the model as it was.
+        if isinstance(target_layers, list | tuple) and not target_layers:
+            raise ValueError("target_layers is empty; pass None to fuse every convolutional stage")
         integrative = IntegrativeCAM(
             model,
             layers=target_layers,

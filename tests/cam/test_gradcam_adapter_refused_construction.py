@@ -31,3 +31,8 @@ def test_an_unknown_keyword_raises_only_the_type_error(keyword, monkeypatch):
         IntegrativeGradCAM(tiny_cnn(), **{keyword: True})
     gc.collect()
     assert [str(u.exc_value) for u in unraisable] == []
+
+
+def test_empty_target_layers_are_named_as_pytorch_grad_cam_names_them():
+    with pytest.raises(ValueError, match="^target_layers is empty; pass None"):
+        IntegrativeGradCAM(tiny_cnn(), target_layers=[])
