@@ -75,6 +75,11 @@ class IntegrativeGradCAM(BaseCAM):
     Attributes:
         outputs: The model's output on this thread's last batch, (N, classes), or None before
             any call.
+
+    Raises:
+        ValueError: ``target_layers=[]``, and the arguments
+            [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM] refuses (as it says).
+        TypeError: As [`IntegrativeCAM`][ctc_plugin.IntegrativeCAM] says.
     """
 
     outputs = PerThread()
