@@ -423,10 +423,14 @@ def _prepare(preprocessing: ImagePreprocessing, path: Path) -> PreparedImage:
 
 
 def _evidence(path: Path, preprocessing: ImagePreprocessing) -> torch.Tensor:
-    """The sample's ground-truth evidence, resized and cropped like the image."""
+    """The sample's ground-truth evidence, resized and cropped like the image.
+
+    ``nearest-exact`` keeps the pixel centres where the image's resize puts them (``nearest``
+    would take each output pixel's top-left corner, half an output pixel off the image).
+    """
     from ctc_plugin.images import read_image
 
-    exact = preprocessing.replace(interpolation="nearest", mean=None, std=None)
+    exact = preprocessing.replace(interpolation="nearest-exact", mean=None, std=None)
     return exact.transform(read_image(path))[0] > 0.5
 
 
