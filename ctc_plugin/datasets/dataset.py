@@ -13,6 +13,9 @@ _SPLIT_CODES = {"shapes": 1, "composite": 2}
 
 #: The seed the shipped zoo models were trained on (for every split). Evaluate with any other.
 TRAIN_SEED = 0
+#: Seeds are 32-bit: NumPy's ``SeedSequence`` reads a larger one as two words and pads short
+#: entropy with zeros, so ``[2**32, split, 0]`` would draw the item ``[0, split, 1]`` draws.
+_SEED_LIMIT = 2**32
 
 
 class ShapesDataset(Dataset):
@@ -41,12 +44,12 @@ class ShapesDataset(Dataset):
     Args:
         split: ``"shapes"`` or ``"composite"``.
         size: Number of images.
-        seed: Seed of the sample.
+        seed: Seed of the sample, 0 to 2**32 - 1.
         image_size: Side of the square images in pixels (at least 32).
 
     Raises:
         ValueError: For an unknown split, a size, seed or image size that is not a whole number,
-            a negative size or seed, or images under 32 pixels.
+            a negative size or seed, a seed of 2**32 or more, or images under 32 pixels.
     """
 
     def __init__(
@@ -59,6 +62,11 @@ class ShapesDataset(Dataset):
         size, seed, image_size = int(size), int(seed), int(image_size)
         if size < 0 or seed < 0:
             raise ValueError(f"size and seed must be non-negative, got size={size}, seed={seed}")
+        if seed >= _SEED_LIMIT:
+            raise ValueError(
+                f"seed must be below 2**32 (a larger one repeats the items of a smaller seed, "
+                f"the zoo's training images among them), got {seed}"
+            )
         if image_size < 32:
             raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
         self.split = split
