@@ -31,7 +31,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_models(train, "train")
     train.add_argument(
-        "--seed", type=seed, default=defaults.seed, help="training seed (default: %(default)s)"
+        "--seed",
+        type=seed,
+        default=defaults.seed,
+        help="seed of the initialisation, the shuffling and the flips (the training images are "
+        "always seed 0's; default: %(default)s)",
     )
     train.add_argument(
         "--size",
