@@ -126,7 +126,8 @@ def evaluate(
         size: Number of test images.
         seed: Seed of the test sample; must differ from the training seed.
         batch_size: Images per forward pass.
-        show_progress: Show a tqdm progress bar while rendering.
+        show_progress: Show a tqdm progress bar of the images drawn (one batch at a time, so
+            a large sample does not have to fit in memory at once).
 
     Returns:
         The fraction of images whose arg-max is their label.
@@ -142,19 +143,26 @@ def evaluate(
         )
     if seed == TRAIN_SEED:
         raise ValueError(f"seed {TRAIN_SEED} is the training sample; evaluate with another seed")
+    from tqdm.auto import tqdm
+
     data = ShapesDataset(split, size=size, seed=seed)
-    images, labels = data.tensors(show_progress)
     device = device_of(model)
     correct = 0
+    progress = tqdm(total=size, desc=f"{split} images", disable=not show_progress)
     with modes_kept(model):  # every module's flag back (BatchNorms frozen in a training model)
         model.eval()
-        for i in range(0, size, batch_size):
-            logits = model(images[i : i + batch_size].to(device))
+        for i in range(0, size, batch_size):  # one batch drawn at a time, not the whole sample
+            items = [data[j] for j in range(i, min(i + batch_size, size))]
+            images = torch.stack([item["image"] for item in items])
+            labels = torch.tensor([item["label"] for item in items])
+            progress.update(len(items))
+            logits = model(images.to(device))
             if logits.dim() != 2 or logits.shape[1] != data.num_classes:
                 raise ValueError(
                     f"the model returns {logits.shape[1] if logits.dim() == 2 else 'no'} class "
                     f"scores per image (output {tuple(logits.shape)}), but split {split!r} has "
                     f"{data.num_classes} classes; evaluate a model trained on {split!r}"
                 )
-            correct += int((logits.argmax(1).cpu() == labels[i : i + batch_size]).sum())
+            correct += int((logits.argmax(1).cpu() == labels).sum())
+    progress.close()
     return correct / size
