@@ -119,7 +119,8 @@ def _add_models(parser: argparse.ArgumentParser, verb: str) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train each requested family on ``--threads``; return the exit status."""
+    """Train each requested family (once, however often named) on ``--threads``."""
+    args.families = list(dict.fromkeys(args.families))
     with torch_threads(args.threads):
         return _train(args)
 
@@ -197,9 +198,10 @@ def _check_shipped_recipe(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Print the test accuracy of each requested family."""
+    """Print the test accuracy of each requested family (once, however often named)."""
     from ctc_plugin.zoo import evaluate, load
 
+    args.families = list(dict.fromkeys(args.families))
     if args.weights is not None and len(args.families) != 1:
         raise ValueError("--weights needs exactly one FAMILY")
     for family in args.families:
