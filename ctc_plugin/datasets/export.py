@@ -111,10 +111,12 @@ def _check_folder(root: Path, identity: dict[str, object]) -> None:
     """Raise unless ``root`` is missing, empty or an export of the data set ``identity``."""
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} is a file; give a folder to write the split to")
-    if root.exists():
-        remove_stale_temporaries(root)  # an export killed before its marker was in place
-    if not root.exists() or not any(root.iterdir()):
+    if not root.exists():
         return
+    if all(entry.name.startswith(".tmp-") for entry in root.iterdir()):
+        remove_stale_temporaries(root)  # an export killed before its marker was in place
+        if not any(root.iterdir()):
+            return
     marker = root / EXPORT_FILE
     try:
         stored = json.loads(marker.read_text())
@@ -135,6 +137,7 @@ def _check_folder(root: Path, identity: dict[str, object]) -> None:
             f"{root} holds an export of another data set ({differ}); give a new or empty "
             "folder, or delete this one first"
         )
+    remove_stale_temporaries(root)  # only in a folder taken: another's files stay as they were
 
 
 def sample_item(split: str = "shapes") -> dict:
