@@ -35,7 +35,7 @@ from segment_anything.modeling import (
 
 from ctc_plugin.features.base import FeatureTable, Segmenter, feature_table
 from ctc_plugin.features.cache import MaskCache
-from ctc_plugin.features.partition import check_partition_options, to_partition
+from ctc_plugin.features.partition import check_partition_options, decode_coco_rle, to_partition
 from ctc_plugin.files import read_state_dict, short_load_error, unwrapped_state
 from ctc_plugin.inputs import is_finite_number, is_integer
 from ctc_plugin.module_state import DigestMemo, WeightsWatch
@@ -238,11 +238,7 @@ def _mask_of(record: dict[str, Any]) -> np.ndarray:
             from segment_anything.utils.amg import rle_to_mask
 
             return rle_to_mask(segmentation).astype(bool)
-        from pycocotools import (
-            mask as coco_mask,
-        )  # "coco_rle"; checked when the segmenter was built
-
-        return coco_mask.decode(segmentation).astype(bool)
+        return decode_coco_rle(segmentation)  # "coco_rle"; pycocotools checked when built
     return np.asarray(segmentation, dtype=bool)
 
 

@@ -18,6 +18,7 @@ Segment Anything's masks (see the reference notes, section 1), with the referenc
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, overload
 
@@ -49,17 +50,21 @@ def _decode_sam_record(record: Mapping[str, Any]) -> np.ndarray:
     segmentation = record["segmentation"]
     if isinstance(segmentation, Mapping):  # SAM output_mode="uncompressed_rle" or "coco_rle"
         if isinstance(segmentation.get("counts"), str | bytes):
-            return _decode_coco_rle(segmentation)
+            return decode_coco_rle(segmentation)
         from segment_anything.utils.amg import rle_to_mask
 
         return rle_to_mask(dict(segmentation))
     return _to_numpy(segmentation)
 
 
-def _decode_coco_rle(segmentation: Mapping[str, Any]) -> np.ndarray:
-    """A compressed COCO RLE mask (SAM's ``output_mode="coco_rle"``), decoded by pycocotools.
+def decode_coco_rle(segmentation: Mapping[str, Any]) -> np.ndarray:
+    """A compressed COCO RLE mask (SAM's ``output_mode="coco_rle"``) as a boolean (H, W) array.
 
-    SAM encodes such masks with pycocotools, so whoever has them has it installed.
+    Decoded by pycocotools, with which SAM encodes such masks (so whoever has them has it);
+    its NumPy 2 ``DeprecationWarning`` about ``copy=False`` is not passed on.
+
+    Raises:
+        ValueError: pycocotools is not installed (saying what to install or use instead).
     """
     try:
         from pycocotools import mask as coco_mask
@@ -69,7 +74,9 @@ def _decode_coco_rle(segmentation: Mapping[str, Any]) -> np.ndarray:
             "pycocotools, which is not installed: pip install pycocotools, or run "
             "SamAutomaticMaskGenerator with output_mode='binary_mask' or 'uncompressed_rle'"
         ) from error
-    return coco_mask.decode(dict(segmentation)).astype(bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return coco_mask.decode(dict(segmentation)).astype(bool)
 
 
 def mask_stack(masks: MaskInput, shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -230,11 +230,10 @@ def test_new_weights_of_a_given_model_are_a_new_cache_key(tmp_path: Path, images
     assert torch.equal(segmenter(images), fresh(images))
 
 
-def test_rle_output_modes_give_the_binary_masks_features(images):
+@pytest.mark.parametrize("mode", ["uncompressed_rle", "coco_rle"])
+def test_rle_output_modes_give_the_binary_masks_features(images, mode):
     binary = SAMSegmenter(model=build_tiny_sam(), cache=None, **GENERATOR)(images)
-    rle = SAMSegmenter(
-        model=build_tiny_sam(), cache=None, output_mode="uncompressed_rle", **GENERATOR
-    )
+    rle = SAMSegmenter(model=build_tiny_sam(), cache=None, output_mode=mode, **GENERATOR)
     assert torch.equal(rle(images), binary)
 
 
