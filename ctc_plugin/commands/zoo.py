@@ -86,6 +86,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--weights", type=input_file, default=None, help="a weight file to evaluate"
     )
+    add_threads_option(
+        evaluate,
+        None,
+        "torch CPU threads (default: torch.get_num_threads(), which OMP_NUM_THREADS sets)",
+    )
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     evaluate.set_defaults(func=run_eval)
 
@@ -198,19 +203,27 @@ def _check_shipped_recipe(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Print the test accuracy of each requested family (once, however often named)."""
+    """Print the test accuracy of each requested family (once, however often named).
+
+    On ``--threads`` torch threads (default: torch's own count).
+    """
     from ctc_plugin.zoo import evaluate, load
 
     args.families = list(dict.fromkeys(args.families))
     if args.weights is not None and len(args.families) != 1:
         raise ValueError("--weights needs exactly one FAMILY")
-    for family in args.families:
-        model = load(family, args.split, weights=args.weights)
-        accuracy = evaluate(
-            model, args.split, size=args.size, seed=args.seed, show_progress=not args.no_progress
-        )
-        images = counted(args.size, "image")
-        print(f"{family}-{args.split}: {accuracy:.1%} ({images}, seed {args.seed})")
+    with torch_threads(args.threads):
+        for family in args.families:
+            model = load(family, args.split, weights=args.weights)
+            accuracy = evaluate(
+                model,
+                args.split,
+                size=args.size,
+                seed=args.seed,
+                show_progress=not args.no_progress,
+            )
+            images = counted(args.size, "image")
+            print(f"{family}-{args.split}: {accuracy:.1%} ({images}, seed {args.seed})")
     return 0
 
 

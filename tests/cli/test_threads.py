@@ -157,3 +157,21 @@ def test_explainer_train_runs_on_threads_records_them_and_restores_the_count(tmp
     assert torch.get_num_threads() == before
     assert main([*argv, "--depth", "1", "--threads", str(before + 1)]) == 2  # a failed call
     assert torch.get_num_threads() == before
+
+
+def test_zoo_eval_runs_on_threads_and_restores_the_count(monkeypatch, capsys):
+    """``zoo eval`` had no --threads: it ran on torch's count whatever the other commands took."""
+    import ctc_plugin.zoo as zoo
+
+    before, seen = torch.get_num_threads(), []
+    measure = zoo.evaluate
+
+    def evaluate(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(zoo, "evaluate", evaluate)
+    assert main(["zoo", "eval", "vgg", "--size", "2", "--threads", str(before + 1)]) == 0
+    assert seen == [before + 1] and torch.get_num_threads() == before
+    assert main(["zoo", "eval", "vgg", "--size", "2", "--threads", "0"]) == 2
+    assert "argument --threads: must be at least 1, got 0" in capsys.readouterr().err
