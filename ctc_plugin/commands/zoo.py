@@ -20,7 +20,7 @@ from ctc_plugin.wording import counted
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``ctc-plugin zoo train``, ``eval`` and ``manifest``."""
-    from ctc_plugin.zoo.settings import FAMILY_TRAINING, TrainConfig
+    from ctc_plugin.zoo.settings import FAMILY_TRAINING, SHIPPED_THREADS, TrainConfig
 
     defaults = TrainConfig()
     parser = subparsers.add_parser("zoo", help="train or evaluate the small model zoo")
@@ -54,7 +54,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"{defaults.epochs}; {shipped})",
     )
     add_threads_option(
-        train, 1, "torch threads (results are bitwise reproducible per thread count; default: 1)"
+        train,
+        SHIPPED_THREADS,
+        "torch threads (results are bitwise reproducible per thread count, so another count "
+        f"than the shipped files' needs --out; default: {SHIPPED_THREADS})",
     )
     train.add_argument(
         "--eval-size",
@@ -178,12 +181,15 @@ def _check_shipped_recipe(args: argparse.Namespace) -> None:
     Without ``--out`` the files go into the shipped weights folder, and the manifest takes
     their new sha256: a trial run (one epoch, fewer images) would replace a shipped model that
     every command then loads without a word. Only the shipped recipe (the defaults) writes there
-    by default; another is written there only when ``--out`` names the folder.
+    by default; another is written there only when ``--out`` names the folder. The thread count
+    is part of the recipe: training is bitwise reproducible per count only, so ``--threads 2``
+    would replace the shipped weights with others.
 
     Raises:
         CLIError: Naming the options that differ and what to give.
     """
     from ctc_plugin.weights import WEIGHTS_DIR
+    from ctc_plugin.zoo.settings import SHIPPED_THREADS
     from ctc_plugin.zoo.training import training_config
 
     for family in args.families:
@@ -194,6 +200,8 @@ def _check_shipped_recipe(args: argparse.Namespace) -> None:
             for name in ("epochs", "size", "seed")
             if getattr(asked, name) != getattr(recipe, name)
         ]
+        if args.threads != SHIPPED_THREADS:
+            differ.append(f"--threads {args.threads} (the recipe's: {SHIPPED_THREADS})")
         if differ:
             raise CLIError(
                 f"without --out, zoo train replaces the shipped {family}-{args.split}.pt, and "

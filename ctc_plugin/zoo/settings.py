@@ -42,6 +42,10 @@ class TrainConfig:
 #: small training set than a CNN).
 FAMILY_TRAINING: dict[str, dict[str, int | float]] = {"vit": {"epochs": 16, "lr": 2e-3}}
 
+#: Torch CPU threads the shipped files were trained on: training is bitwise reproducible per
+#: thread count, so another count gives other weights (``zoo train --threads``' default).
+SHIPPED_THREADS: int = 1
+
 
 def training_config(family: str, **overrides: float | None) -> TrainConfig:
     """Return the settings that reproduce ``family``'s shipped files, with ``overrides`` applied.

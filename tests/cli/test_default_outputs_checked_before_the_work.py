@@ -49,3 +49,38 @@ def test_zoo_train_does_not_replace_a_shipped_file_with_another_recipe(
     assert "\n" not in error and "replaces the shipped resnet-shapes.pt" in error
     assert "--epochs 1 (the recipe's: 4)" in error and "give --out FOLDER" in error
     assert not (tmp_path / "weights" / "resnet-shapes.pt").exists()
+
+
+def test_zoo_train_does_not_replace_a_shipped_file_on_another_thread_count(
+    tmp_path, capsys, monkeypatch
+):
+    """Training is bitwise reproducible per thread count: ``--threads 2`` gave other weights.
+
+    The shipped files were trained on one thread; before, ``--threads 2`` without ``--out``
+    replaced them (and their checksums) with weights that are not the shipped recipe's.
+    """
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(zoo, "train_family", _never)
+    assert main(["zoo", "train", "resnet", "--threads", "2"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "replaces the shipped resnet-shapes.pt" in error
+    assert "--threads 2 (the recipe's: 1)" in error and "give --out FOLDER" in error
+    assert not (tmp_path / "weights" / "resnet-shapes.pt").exists()
+
+
+def test_zoo_train_takes_another_thread_count_with_out(tmp_path, monkeypatch):
+    """``--out`` (here the shipped folder itself) lets another thread count write there."""
+    folder = tmp_path / "weights"
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", folder)
+    trained = []
+
+    def _stop(family, *args, **kwargs):
+        trained.append(family)
+        raise KeyboardInterrupt  # past the recipe check: the training would start here
+
+    monkeypatch.setattr(zoo, "train_family", _stop)
+    try:
+        main(["zoo", "train", "resnet", "--threads", "2", "--out", str(folder), "--no-progress"])
+    except KeyboardInterrupt:
+        pass
+    assert trained == ["resnet"]
