@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +19,20 @@ SAMPLES_DIR = Path(__file__).parent / "samples"
 SAMPLES: dict[str, tuple[int, int]] = {"shapes": (7, 3), "composite": (7, 0)}
 #: The file naming the data set an export folder holds (written first).
 EXPORT_FILE = "export.json"
+#: The export's folders of PNG files, one file per item each.
+IMAGE_FOLDERS: tuple[str, ...] = ("images", "evidence", "instances")
 
 
 def _to_png(array: np.ndarray, path: Path) -> None:
     """Write ``array`` as a PNG under a temporary name, then rename it: never half a file.
 
-    The temporary name is fixed (``.tmp-<name>``), so writing the export again replaces what a
-    killed run left; no ``fsync`` per image (a crash of the machine, unlike a killed run, may
-    lose the last images: write the export again).
+    The temporary name is the writer's own (`write_atomic`'s ``.tmp-<name>-<host>-<pid>-*``),
+    so two exports into one folder never rename each other's half-written files; what a killed
+    run left is removed when the export is written again. No ``fsync`` per image (a crash of
+    the machine, unlike a killed run, may lose the last images: write the export again).
     """
-    temporary = path.with_name(f".tmp-{path.name}")
-    Image.fromarray(array).save(temporary, format="PNG")
-    os.replace(temporary, path)
+    image = Image.fromarray(array)
+    write_atomic(path, lambda handle: image.save(handle, format="PNG"), sync=False)
 
 
 def write_split(dataset: ShapesDataset, directory: str | Path, show_progress: bool = True) -> Path:
@@ -79,8 +80,9 @@ def write_split(dataset: ShapesDataset, directory: str | Path, show_progress: bo
     root.mkdir(parents=True, exist_ok=True)
     marker = (json.dumps(identity, indent=1) + "\n").encode()
     write_atomic(root / EXPORT_FILE, lambda handle: handle.write(marker))
-    for name in ("images", "evidence", "instances"):
+    for name in IMAGE_FOLDERS:
         (root / name).mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(root / name)  # of killed writers; running ones' are kept
     rows = [["index", "label", "class"]]
     digits = max(5, len(str(len(dataset) - 1)))
     for i in tqdm(range(len(dataset)), desc="writing", disable=not show_progress):

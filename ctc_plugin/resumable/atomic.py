@@ -73,7 +73,7 @@ class ConfigMismatchError(ValueError):
         return (type(self), (self.root, self.differences, self.kind, self.advice), vars(self))
 
 
-def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Any], None], *, sync: bool = True) -> None:
     """Write ``path`` by calling ``write(handle)`` on a temporary file, then renaming it.
 
     A reader in another process never sees half a file, and a run killed mid-write (or a
@@ -84,12 +84,18 @@ def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
     if ``write`` fails. Its name carries the writing host and process
     (``.tmp-<name>-<host>-<pid>-<random>``), so that
     [`remove_stale_temporaries`][ctc_plugin.resumable.atomic.remove_stale_temporaries] never
-    removes the file of a writer that is still running.
+    removes the file of a writer that is still running, and two writers of one file (two
+    processes exporting into one folder) never share a temporary file.
+
+    ``sync=False`` leaves out the ``fsync`` (for many small files, such as the PNGs of an
+    export: a crash of the machine, unlike a killed run, may then lose the last files).
     """
-    write_atomic_group([(path, write)])
+    write_atomic_group([(path, write)], sync=sync)
 
 
-def write_atomic_group(writes: Sequence[tuple[Path, Callable[[Any], None]]]) -> None:
+def write_atomic_group(
+    writes: Sequence[tuple[Path, Callable[[Any], None]]], *, sync: bool = True
+) -> None:
     """Write several files as `write_atomic` writes one, renaming none before all are written.
 
     Every ``(path, write)`` pair's temporary file is written (and synced) first; only then are
@@ -98,6 +104,7 @@ def write_atomic_group(writes: Sequence[tuple[Path, Callable[[Any], None]]]) -> 
     are never left one new, one old by a failed write; an exception between the renames
     (Ctrl-C) puts the previous files back from backups (hard links, taken before the first
     rename). A process killed outright between two renames can still leave a mixed group.
+    ``sync=False`` leaves out the ``fsync`` of each temporary file, as for `write_atomic`.
     """
     written: list[tuple[Path, Path]] = []  # (temporary, path)
     backups: dict[Path, Path] = {}  # path -> its previous file, linked beside it
@@ -112,7 +119,8 @@ def write_atomic_group(writes: Sequence[tuple[Path, Callable[[Any], None]]]) -> 
             with stream:
                 write(stream)
                 stream.flush()
-                os.fsync(stream.fileno())
+                if sync:
+                    os.fsync(stream.fileno())
         if len(written) > 1:
             for _, path in written:  # one at a time: a failed backup leaves none behind
                 if path.exists():

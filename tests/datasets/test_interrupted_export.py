@@ -20,8 +20,7 @@ def test_an_interrupted_export_holds_only_whole_files_and_can_be_finished(tmp_pa
         nonlocal calls
         calls += 1
         if calls == 7:
-            with open(fp, "wb") as handle:
-                handle.write(b"\x89PNG\r\n\x1a\n")  # the first bytes, then Ctrl-C
+            fp.write(b"\x89PNG\r\n\x1a\n")  # the first bytes (of the temporary), then Ctrl-C
             raise KeyboardInterrupt
         return real_save(self, fp, *args, **kwargs)
 
