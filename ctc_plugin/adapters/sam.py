@@ -169,8 +169,11 @@ def load_sam(
             empty, truncated or corrupt, not a ``torch.save`` file, objects other than tensors, a
             folder, no state dict on its own or under ``"model"`` or ``"state_dict"``), or a
             checkpoint that does not match ``model_type`` (the message lists the missing and
-            unexpected keys). Keys prefixed by a wrapper (``module.``) or by the attribute of a
-            training module that held the model (Lightning's ``model.``) load (see
+            unexpected keys; a segment-anything ViT of another size than a ``vit_*`` or
+            ``"default"`` ``model_type`` is refused by its image encoder's width before the
+            architecture is built, and the message names the ``model_type`` of that width).
+            Keys prefixed by a wrapper (``module.``) or by the attribute of a training module
+            that held the model (Lightning's ``model.``) load (see
             [`unwrapped_state`][ctc_plugin.files.unwrapped_state]).
         FileNotFoundError: If the checkpoint file does not exist.
     """
@@ -183,6 +186,7 @@ def load_sam(
     if not path.exists():  # a folder or a damaged file gets read_state_dict's message
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist: {hint}")
     state = read_state_dict(path, what)
+    _check_vit_size(state, path, what, model_type)  # before a build of seconds and gigabytes
     sam = registry[model_type](checkpoint=None)
     state = unwrapped_state(sam, state)
     try:
@@ -199,6 +203,49 @@ def load_sam(
 
 #: segment-anything's ViT image encoders by width (``patch_embed.proj`` output channels).
 _VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+#: The ViT size each ``model_type`` of those builds (``"default"`` is segment-anything's vit_h).
+_VIT_SIZES = {"vit_b": "vit_b", "vit_l": "vit_l", "vit_h": "vit_h", "default": "vit_h"}
+#: The key of a segment-anything ViT's patch embedding, whose output channels are its width.
+_PATCH_KEY = "image_encoder.patch_embed.proj.weight"
+
+
+def _encoder_width(state: Mapping[str, Any]) -> int | None:
+    """The width of the segment-anything ViT image encoder in ``state``, if it holds one.
+
+    Read from the patch embedding's weight, also under a wrapper's prefix (``module.``).
+    """
+    for key, value in state.items():
+        if key == _PATCH_KEY or key.endswith(f".{_PATCH_KEY}"):
+            if isinstance(value, torch.Tensor) and value.ndim == 4:
+                return int(value.shape[0])
+    return None
+
+
+def _vit_advice(width: int, what: str) -> str:
+    """The advice for a checkpoint holding a segment-anything ViT ``width`` wide."""
+    where = "; SAMSegmenter loads it" if what == "SAM 2 checkpoint" else ""
+    return f"it holds an image encoder {width} wide: model_type={_VIT_WIDTHS[width]!r}{where}"
+
+
+def _check_vit_size(state: Mapping[str, Any], path: Path, what: str, model_type: str) -> None:
+    """Refuse a segment-anything ViT checkpoint of another size than ``model_type``'s.
+
+    Called before the architecture is built: a vit_b checkpoint given as ``vit_h`` would
+    otherwise build the 2.5 GB vit_h (seconds) only to fail loading into it.
+
+    Raises:
+        ValueError: The message the failed load gives, naming the ``model_type`` of the width.
+    """
+    asked = _VIT_SIZES.get(model_type)
+    width = _encoder_width(state)
+    held = _VIT_WIDTHS.get(width) if width is not None else None
+    if asked is None or held is None or held == asked:
+        return
+    expected = {size: wide for wide, size in _VIT_WIDTHS.items()}[asked]
+    raise ValueError(
+        f"{what} {str(path)!r} does not match model_type={model_type!r} ({asked}'s image "
+        f"encoder is {expected} wide); {_vit_advice(width, what)}"
+    )
 
 
 def _checkpoint_advice(state: Mapping[str, Any], what: str, model_type: str) -> str | None:
@@ -212,12 +259,11 @@ def _checkpoint_advice(state: Mapping[str, Any], what: str, model_type: str) -> 
     elif any(key.startswith("image_encoder.layers.") for key in state):
         kind, segmenter = "MobileSAM checkpoint", "MobileSAMSegmenter (model_type='vit_t')"
     else:
-        patch = state.get("image_encoder.patch_embed.proj.weight")
-        size = _VIT_WIDTHS.get(patch.shape[0]) if isinstance(patch, torch.Tensor) else None
-        if size is None or size == model_type:
+        width = _encoder_width(state)
+        size = _VIT_WIDTHS.get(width) if width is not None else None
+        if size is None or size == _VIT_SIZES.get(model_type, model_type):
             return None
-        where = "; SAMSegmenter loads it" if what == "SAM 2 checkpoint" else ""
-        return f"it holds an image encoder {patch.shape[0]} wide: model_type={size!r}{where}"
+        return _vit_advice(width, what)
     return None if kind == what else f"it looks like a {kind}: {segmenter} loads it"
 
 
