@@ -81,15 +81,21 @@ def models(n_images: int) -> Iterator[tuple[str, torch.nn.Module, torch.Tensor]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=16, help="images per model (default 16)")
+    parser.add_argument(
+        "--images", type=int, default=None, help="images per model (default 16; --quick: 2)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 images per model (a smoke run, as run_all passes)"
+    )
     args = parser.parse_args()
+    count = args.images if args.images is not None else 2 if args.quick else 16
     torch.set_num_threads(args.threads)
     print(
         f"{'model':<26} {'dtype':<9} {'bias':<6} {'fused':>7} {'median':>7} {'stage':>7}"
         "   the same, float64 arithmetic"
     )
-    for name, model, images in models(args.images):
+    for name, model, images in models(count):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             for bias in (True, False):
                 row = largest_differences(model, images, dtype, bias, wide=False)
