@@ -43,8 +43,9 @@ __all__ = [
 ]
 
 _RANGE_TOLERANCE = 1e-3
-#: Images whose values vary within this fraction of the declared range are warned about: in
-#: 8 bits they are at most three levels (images in [0, 1] declared as (0, 255) are black).
+#: Images whose values lie within this fraction of the declared range, at its low end, are
+#: warned about: in 8 bits they are at most three levels (images in [0, 1] declared as (0, 255)
+#: are black).
 _SLIVER = 2 / 255
 #: Values at most this fraction of the range past it overshoot it (bicubic resizing, noise):
 #: the advice is to clamp them, not to declare another range.
@@ -139,9 +140,11 @@ class ImageNormalisation:
                 values fall outside the declared range (the message says which option to set).
 
         Warns:
-            ValueRangeWarning: If the batch is not flat but its values vary within 2/255 of the
-                declared range (in 8 bits, at most three levels: images in [0, 1] declared as
-                ``(0, 255)``).
+            ValueRangeWarning: If the batch is not flat but its values lie within the lowest
+                2/255 of a declared range wider than [0, 1] (in 8 bits, at most three levels:
+                images in [0, 1] declared as ``(0, 255)``). A nearly uniform photo whose values
+                sit elsewhere in the range, or in the default ``(0, 1)``, is not warned about:
+                no declaration would change how it looks.
         """
         check_images(images, channels=3)
         x = images.detach().to(torch.float32)
@@ -178,7 +181,9 @@ class ImageNormalisation:
                 + ("" if self.mean is None else f" after undoing mean={self.mean}, std={self.std}")
                 + f"; {advice}"
             )
-        if found_low < found_high <= found_low + _SLIVER * span:
+        # at the low end of a range wider than [0, 1] (where images in [0, 1] land when the
+        # range is declared too wide), not any nearly uniform image (a grey sky is one)
+        if found_low < found_high <= low + _SLIVER * span and span > 1:
             warnings.warn(
                 ValueRangeWarning(
                     f"image values lie in [{found_low:.3g}, {found_high:.3g}], "

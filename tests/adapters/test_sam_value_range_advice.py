@@ -82,3 +82,18 @@ def test_declared_normalised_images_are_told_to_clamp_before_normalising():
     with pytest.raises(ValueRangeError, match=r"x\.clamp\(0, 1\) before normalising") as caught:
         segmenter(normalised)
     assert "declare it (mean=/std=)" not in str(caught.value)  # they are declared
+
+
+@pytest.mark.parametrize("value_range", [(0, 1), (0, 255)])
+def test_a_nearly_uniform_photo_in_its_declared_range_is_not_warned_about(value_range):
+    """Was warned, with the advice to declare value_range=(0, 1) it was declared in: a grey
+    sky varies within 2/255 of its range, but no declaration changes how it looks."""
+    import warnings
+
+    from ctc_plugin.features.base import ImageNormalisation
+
+    noise = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    grey = (0.5 + 0.002 * noise) * value_range[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ImageNormalisation(value_range=value_range).to_unit(grey)
