@@ -146,10 +146,10 @@ def uniform_product(
 
 def matrix_product(ctx: GatedPass, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
     """``matmul``, ``mm``, ``mv``, ``bmm``, ``@``: linear in a signal; of two signals, a gate."""
-    first, second = (
-        args[0],
-        arg(args, kwargs, 1, "other", arg(args, kwargs, 1, "mat2")),
-    )
+    first = args[0]
+    # the second operand's keyword: matmul's other=, mm's and bmm's mat2=, mv's vec=
+    second = next((kwargs[k] for k in ("other", "mat2", "vec") if k in kwargs), None)
+    second = args[1] if len(args) > 1 else second
     if getattr(func, "__name__", "") == "__rmatmul__":
         first, second = second, first
 

@@ -27,6 +27,8 @@ WRITTEN = {
     "Tensor.mm": lambda h, w: h.mm(w),
     "mv": lambda h, w: torch.stack([torch.mv(h, column) for column in w.unbind(1)], 1),
     "Tensor.mv": lambda h, w: torch.stack([h.mv(column) for column in w.unbind(1)], 1),
+    "mv vec=": lambda h, w: torch.stack([torch.mv(h, vec=column) for column in w.unbind(1)], 1),
+    "mm mat2=": lambda h, w: torch.mm(h, mat2=w),
     "tensordot dims=1": lambda h, w: torch.tensordot(h, w, dims=1),
     "tensordot dims=lists": lambda h, w: torch.tensordot(h, w, dims=([1], [0])),
     "tensordot negative dims": lambda h, w: torch.tensordot(h, w, dims=([-1], [-2])),
