@@ -122,8 +122,11 @@ def _record_layer(
     args: tuple,
     kwargs: dict[str, Any],
     output: Any,
-) -> None:
+) -> Tensor | None:
     """Forward hook (with kwargs) of a chosen layer: make its output a stage.
+
+    Returns the output that replaces the layer's, where the tracer makes one (a copy that
+    requires grad of a frozen layer's output on a cut input), else None.
 
     The call's arguments are bound to the layer's ``forward`` only where its reshape reads the
     grid from them (a `TupleOutput` with ``grid_arguments``: Hugging Face's Swin, PVT).
@@ -131,7 +134,7 @@ def _record_layer(
     arguments = None
     if isinstance(reshape, TupleOutput) and reshape.grid_arguments:
         arguments = call_arguments(module, args, kwargs)
-    tracer.add_layer_output(name, output, module, reshape, arguments)
+    return tracer.add_layer_output(name, output, module, reshape, arguments)
 
 
 class LayerCalledAgainWarning(UserWarning):
@@ -672,6 +675,7 @@ class IntegrativeCAM(Attribution):
                 differentiate = [t for t in leaves if t.requires_grad] + [
                     s.tensor for s in tracer.stages if s.handle is not None
                 ]
+                differentiate += tracer.roots  # stages copied to require grad, at their root
                 try:
                     torch.autograd.grad(scores.sum(), differentiate, allow_unused=True)
                 except _BackwardDone:

@@ -292,6 +292,10 @@ class StageTracer(TorchFunctionMode):
         self.refuse_point_maps = refuse_point_maps
         #: Chosen layers' outputs made to require grad here (`restore_flags`).
         self.flagged: list[Tensor] = []
+        #: The leaves behind the maps `_differentiable` copied: the backward pass must reach
+        #: them, as a copy overwritten in place after its hook (``torch.relu_``) is no longer
+        #: the version whose gradient the hook takes.
+        self.roots: list[Tensor] = []
         self.examples = 1 if examples is None else examples
         self._rows = examples  # None: the stages' rows are not checked
         self.on_grad = on_grad
@@ -392,7 +396,7 @@ class StageTracer(TorchFunctionMode):
         module: nn.Module | None = None,
         reshape: Callable[[Tensor], Tensor] | TupleOutput | None = None,
         arguments: Mapping[str, Any] | None = None,
-    ) -> None:
+    ) -> Tensor | None:
         """Make the output of a chosen module a stage (called from a module forward hook).
 
         Args:
@@ -407,12 +411,20 @@ class StageTracer(TorchFunctionMode):
             arguments: The module's call arguments by name, where a `TupleOutput` reads the
                 grid of its tokens from them (``grid_arguments``).
 
+        Returns:
+            The output the hook returns in place of the module's, or None to keep it: a tensor
+            without gradient while gradients are on (a frozen layer on a cut input) is replaced
+            by a copy that requires grad (`_differentiable`), no leaf, so an in-place operation
+            after the layer still works and a tensor of the model's own keeps its flag. A
+            tensor picked from a tuple is made to require grad where it is (`restore_flags`).
+
         Raises:
             ValueError: If the output (picked, reshaped) is not a 4-D tensor (N, C, H, W), is
                 1 x 1 with ``refuse_point_maps`` (a global pooling's: it shows no location), or,
                 without a reshape, looks channels-last (N, H, W, C) for ``image_size``.
         """
-        if isinstance(reshape, TupleOutput):
+        picked = isinstance(reshape, TupleOutput)
+        if picked:
             try:
                 output, reshape = reshape.select(output, arguments)
             except ValueError as error:
@@ -459,9 +471,13 @@ class StageTracer(TorchFunctionMode):
             self._refuse_channels_last_output(name, shaped, self.image_size)
         if module is not None:
             self.modules.append(module)
+        replaced = None
         if torch.is_grad_enabled() and output.is_floating_point() and not output.requires_grad:
-            output.requires_grad_()  # a frozen layer on a cut input (`_differentiable`): Captum's
-            self.flagged.append(output)  # a model's own tensor, maybe: `restore_flags`
+            if picked:  # a frozen layer on a cut input (`_differentiable`), as Captum's
+                output.requires_grad_()
+                self.flagged.append(output)  # a model's own tensor, maybe: `restore_flags`
+            else:
+                output = replaced = self._differentiable(output)
         chain = next((s for s in self._by_tensor.get(id(output), []) if s in self._chains), None)
         stage = Stage(index=len(self.stages), name=name, steps=("layer",), tensor=None, version=0)
         stage.extendable, stage.without_grad = False, not torch.is_grad_enabled()
@@ -470,6 +486,7 @@ class StageTracer(TorchFunctionMode):
             stage.bias, stage.relu = chain.bias, chain.relu
         self._track(stage, output)
         self.stages.append(stage)
+        return replaced
 
     @staticmethod
     def _refuse_channels_last_output(name: str, output: Tensor, size: tuple[int, int]) -> None:
@@ -487,6 +504,22 @@ class StageTracer(TorchFunctionMode):
                 "reshape_transform=ctc_plugin.cam.channels_last_to_grid (or, if it is "
                 "(N, C, H, W) after all, reshape_transform=lambda t: t)"
             )
+
+    def _differentiable(self, out: Tensor) -> Tensor:
+        """``out``, or a copy of it that requires grad where it has none while gradients are on.
+
+        A frozen layer (``requires_grad=False`` weights) on an input the model cut from the
+        graph (preprocessing under ``torch.no_grad()``, ``x.detach()``) computes a map the
+        target score depends on, with no gradient path to it; Captum's layer methods make their
+        layers' outputs require grad, and so is a stage's map made here. The copy is no leaf,
+        so that an in-place ReLU may still write into it; its leaf is kept in `roots`. Under
+        ``torch.no_grad()`` (gradients off) ``out`` is kept: such stages are refused by name.
+        """
+        if out.requires_grad or not torch.is_grad_enabled() or not out.is_floating_point():
+            return out
+        root = out.detach().requires_grad_()
+        self.roots.append(root)
+        return root.clone()
 
     def restore_flags(self) -> None:
         """Turn ``requires_grad`` off again on the layer outputs it was turned on for.
@@ -588,14 +621,14 @@ class StageTracer(TorchFunctionMode):
                 extending.bias = fold_batchnorm(extending.bias, scale, shift)
             self._extend(extending, out, kind)
         elif kind == "conv" and isinstance(out, Tensor) and out.dim() == 4:
-            out = _differentiable(out)
+            out = self._differentiable(out)
             self.conv_grids.add((int(out.shape[-2]), int(out.shape[-1])))
             weight = args[1] if len(args) > 1 else kwargs["weight"]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             bias = torch.zeros(out.shape[1], dtype=out.dtype) if bias is None else bias.detach()
             self._new_chain(out, self._label(weight, "conv2d"), "conv", bias.to(out.device))
         elif kind == "bn" and isinstance(out, Tensor) and out.dim() == 4:
-            out = _differentiable(out)
+            out = self._differentiable(out)
             shift = torch.zeros(out.shape[1], dtype=out.dtype, device=out.device)
             if self.fold_bias:
                 shift = self._bn_affine(bn_args)[1]
@@ -729,21 +762,6 @@ class StageTracer(TorchFunctionMode):
         with torch.no_grad():
             tensors = [a[key] for key in ("running_mean", "running_var", "weight", "bias")]
             return batch_norm_affine(*(_at_least_float32(t) for t in tensors), a["eps"])
-
-
-def _differentiable(out: Tensor) -> Tensor:
-    """``out``, or a copy of it that requires grad where it has none while gradients are on.
-
-    A frozen layer (``requires_grad=False`` weights) on an input the model cut from the graph
-    (preprocessing under ``torch.no_grad()``, ``x.detach()``) computes a map the target score
-    depends on, with no gradient path to it; Captum's layer methods make their layers' outputs
-    require grad, and so is a stage's map made here. The copy is no leaf, so that an in-place
-    ReLU may still write into it. Under ``torch.no_grad()`` (gradients off) ``out`` is kept:
-    such stages are refused by name.
-    """
-    if out.requires_grad or not torch.is_grad_enabled() or not out.is_floating_point():
-        return out
-    return out.detach().requires_grad_().clone()
 
 
 def _at_least_float32(tensor: Tensor | None) -> Tensor | None:

@@ -114,3 +114,40 @@ def test_a_chosen_layer_returning_a_frozen_tensor_of_the_model_keeps_its_flag() 
     maps = IntegrativeCAM(model, layers=[model.prior]).attribute(x, target=1)
     assert maps.amax() > 0.99
     assert not model.prior.prior.requires_grad
+
+
+class _OverwrittenAfter(nn.Module):
+    """A Hardtanh, then the network, whose first map is overwritten in place (``mul_``) after
+    the chosen layer or the first convolution; ``cut``: the input is detached first."""
+
+    def __init__(self, cut: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.cut, self.clip, self.net = cut, nn.Hardtanh(-1.0, 3.0), _network(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.clip(x.detach() if self.cut else x).mul_(2.0)
+        h = self.net[0](h).mul_(0.5)
+        return self.net[1:](h)
+
+
+@pytest.mark.parametrize("chosen", [True, False])
+def test_a_stage_overwritten_in_place_after_it_gets_its_gradient(chosen: bool) -> None:
+    """Was: the chosen layer's output made a leaf that requires grad, and the in-place op after
+    it torch's bare 'a leaf Variable that requires grad is being used in an in-place
+    operation'; a convolution's map overwritten in place (not by a ReLU joining its chain) got
+    no gradient (the backward pass stopped at its new version), and left the fusion."""
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    model, reference = _OverwrittenAfter(cut=True), _OverwrittenAfter(cut=False)
+    model.eval().requires_grad_(False)
+    reference.eval()
+    layers = (lambda m: [m.clip, m.net[3]]) if chosen else (lambda m: None)
+    maps, info = IntegrativeCAM(model, layers=layers(model)).attribute(
+        x, target=1, return_layer_maps=True
+    )
+    expected, expected_info = IntegrativeCAM(reference, layers=layers(reference)).attribute(
+        x, target=1, return_layer_maps=True
+    )
+    assert info.names == expected_info.names
+    torch.testing.assert_close(info.weights, expected_info.weights)
+    torch.testing.assert_close(maps, expected)
