@@ -401,7 +401,8 @@ def _gradcam(request: Request) -> tuple[str, Tensor]:
     except NoSpatialMapError as error:
         raise MethodError(
             f"{error}: Grad-CAM weights a convolutional map, and this model has none; use "
-            "integrative-cam, feature-ablation or lime"
+            "feature-ablation or lime (integrative-cam too where the model is a transformer "
+            "whose blocks it knows; it needs convolutions otherwise)"
         ) from error
     name = module_path(request.model, layer)  # the user's path, not the wrapper's 1.xxx
     cam = LayerGradCam(request.model, layer).attribute(

@@ -440,7 +440,12 @@ def tokens_only() -> torch.nn.Module:
         (
             ["gradcam"],
             "--method gradcam: the model has no submodule returning a spatial .*; use "
-            "integrative-cam, feature-ablation or lime$",
+            "feature-ablation or lime \\(integrative-cam too where the model is a transformer "
+            "whose blocks it knows; it needs convolutions otherwise\\)$",
+        ),
+        (  # was "use integrative-cam, feature-ablation or lime; integrative-cam refused it too"
+            ["gradcam", "integrative-cam", "lime"],
+            "; use feature-ablation or lime .*; integrative-cam refused it too .*; lime can",
         ),
     ],
 )
