@@ -651,12 +651,14 @@ class CTCComposite(LayerMapComposite):
                 take their canonizers off one another. Nothing is registered.
         """
         # once no other call of this package uses the model (a CTC call in another thread
-        # would see its BatchNorms merged halfway), as a CTCAttributor's registration; a model
-        # it is registered on now (removed first) is taken first too, before the composite, in
-        # the order every caller takes them (model, composite)
+        # would see its BatchNorms merged halfway), as a CTCAttributor's registration, in the
+        # order every caller takes them (model, composite). A model it is registered on now is
+        # let go of (`remove`, which holds that model) before this one is taken: holding both,
+        # two composites moved onto each other's models in two threads waited for each other
         own = self._own_tensors
-        previous = own[0] if own is not None and own[0] is not module else None
-        with exclusive(previous), exclusive(module), exclusive(self):
+        if own is not None and own[0] is not module:
+            self.remove()
+        with exclusive(module), exclusive(self):
             self.remove()
             check_canonizers(self, module)
             refuse_a_second_composite(module, canonizes=bool(self.canonizers))

@@ -606,3 +606,44 @@ def run_in_background(call: Callable[[], Any]) -> Callable[[], Any]:
         return value
 
     return result
+
+
+def test_composites_moved_onto_each_others_models_in_two_threads_do_not_deadlock(monkeypatch):
+    """Was a deadlock: ``register`` held the model a composite was on while it waited for the
+    new one, so composite 1 (on A) moved to B and composite 2 (on B) moved to A, each thread
+    holding its old model, waited for each other forever."""
+    import contextlib
+
+    import ctc_plugin.ctc.composite as composite_module
+
+    first = cnn(seed=12).eval(), cnn(seed=13).eval()
+    composites = [CTCComposite(bias_sharing="reference") for _ in first]
+    for composite, model in zip(composites, first, strict=True):
+        composite.register(model)
+    both_hold_one = threading.Barrier(2, timeout=2.0)
+    waited = threading.local()
+    real = composite_module.exclusive
+
+    @contextlib.contextmanager
+    def exclusive(obj):
+        with real(obj):
+            if isinstance(obj, nn.Module) and not getattr(waited, "done", False):
+                waited.done = True  # each thread, once it holds its first model
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    both_hold_one.wait()
+            yield
+
+    monkeypatch.setattr(composite_module, "exclusive", exclusive)
+
+    def move(composite: CTCComposite, model: nn.Module) -> None:
+        with contextlib.suppress(RuntimeError):  # the other composite may be there still
+            composite.register(model)
+
+    moved = [
+        run_in_background(lambda c=c, m=m: move(c, m))
+        for c, m in zip(composites, reversed(first), strict=True)
+    ]
+    for result in moved:
+        result()  # asserts that the call ended
+    for composite in composites:
+        composite.remove()
