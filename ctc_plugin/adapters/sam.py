@@ -396,7 +396,8 @@ def _check_point_grids(grids: Any, crop_n_layers: int) -> None:
     """Refuse ``point_grids`` that are not one grid of points in the unit square per crop layer.
 
     Raises:
-        ValueError: ``grids`` is no list of ``(n, 2)`` arrays of finite values in [0, 1] (points
+        ValueError: ``grids`` is no list of ``(n, 2)`` arrays (or one ``(layers, n, 2)`` array,
+            which segment-anything indexes as well) of finite values in [0, 1] (points
             ``x, y`` as fractions of the image's width and height), or holds another number of
             grids than ``crop_n_layers + 1``.
     """
@@ -404,6 +405,8 @@ def _check_point_grids(grids: Any, crop_n_layers: int) -> None:
         "point_grids must be a list of (n, 2) arrays, one per crop layer, of points (x, y) as "
         "fractions of the image's width and height, in [0, 1]"
     )
+    if isinstance(grids, np.ndarray) and grids.ndim == 3:  # (layers, n, 2), as SAM indexes it
+        grids = list(grids)
     if not isinstance(grids, list | tuple):
         raise ValueError(f"{wanted}; got {type(grids).__name__} (wrap one grid in a list)")
     for index, grid in enumerate(grids):

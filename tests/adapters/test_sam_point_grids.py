@@ -53,3 +53,11 @@ def test_good_grids_prompt_sam_where_they_say():
     assert segmenter(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     listed = build(points_per_side=None, point_grids=[CENTRE.tolist()])  # lists of lists too
     assert listed(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_one_array_of_grids_works_as_segment_anything_indexes_it():
+    """A (layers, n, 2) array was refused with 'wrap one grid in a list', wrong advice for it."""
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    stacked = build(points_per_side=None, point_grids=np.stack([CENTRE, CENTRE]), crop_n_layers=1)
+    listed = build(points_per_side=None, point_grids=[CENTRE, CENTRE], crop_n_layers=1)
+    assert torch.equal(stacked(images), listed(images))
