@@ -18,7 +18,6 @@ Segment Anything's masks (see the reference notes, section 1), with the referenc
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, overload
 
@@ -60,8 +59,7 @@ def _decode_sam_record(record: Mapping[str, Any]) -> np.ndarray:
 def decode_coco_rle(segmentation: Mapping[str, Any]) -> np.ndarray:
     """A compressed COCO RLE mask (SAM's ``output_mode="coco_rle"``) as a boolean (H, W) array.
 
-    Decoded by pycocotools, with which SAM encodes such masks (so whoever has them has it);
-    its NumPy 2 ``DeprecationWarning`` about ``copy=False`` is not passed on.
+    Decoded by pycocotools, with which SAM encodes such masks (so whoever has them has it).
 
     Raises:
         ValueError: pycocotools is not installed (saying what to install or use instead).
@@ -74,9 +72,7 @@ def decode_coco_rle(segmentation: Mapping[str, Any]) -> np.ndarray:
             "pycocotools, which is not installed: pip install pycocotools, or run "
             "SamAutomaticMaskGenerator with output_mode='binary_mask' or 'uncompressed_rle'"
         ) from error
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return coco_mask.decode(dict(segmentation)).astype(bool)
+    return coco_mask.decode(dict(segmentation)).astype(bool)
 
 
 def mask_stack(masks: MaskInput, shape: tuple[int, int] | None = None) -> np.ndarray:
