@@ -327,8 +327,8 @@ def _paint(value: Any, segments: np.ndarray, ids: Any, name: str) -> tuple[np.nd
         if not np.all(np.isfinite(keys) & (keys == np.round(keys))):
             raise ValueError(
                 f"{name}: the ids of (ids, scores) must be whole numbers, got "
-                f"{keys[:3].tolist()}...; give the segment ids first, as segment_means returns "
-                "them"
+                f"{keys[:3].tolist()}{'...' if len(keys) > 3 else ''}; give the segment ids "
+                "first, as segment_means returns them"
             )
         by_id = dict(zip(keys.astype(np.int64).tolist(), values.tolist()))
     else:
