@@ -118,7 +118,13 @@ def _assert_tensor_steps_equal_the_rules(
         )  # fmt: skip
 
 
-@pytest.mark.parametrize("speedups", [SPEC, DEFAULT], ids=["spec pass", "default pass"])
+@pytest.mark.parametrize(
+    "speedups",
+    [
+        pytest.param(SPEC, id="spec pass", marks=pytest.mark.slow),
+        pytest.param(DEFAULT, id="default pass"),
+    ],
+)
 @pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
 def test_tensor_steps_equal_the_rules(speedups: Speedups, mode: str) -> None:
     """Output, ``h_n`` and ``c_n`` of every copy, for every configuration and initial state,

@@ -2,11 +2,12 @@
 
 One small model per mechanism that older networks lack (squeeze-excitation and its variants,
 split attention, GRN, StarReLU, ResMLP's affine, gated products, SwiGLU with rotary embeddings,
-registers, relative position bias, cosine attention, cross-covariance attention, unfold,
-repeated global queries, mask-unit attention, factorised and linear attention, LSTMs,
+registers, relative position bias, cosine attention, cross-covariance attention,
+repeated global queries, mask-unit attention, factorised and linear attention,
 modulation, additive and partial-channel attention, a state-space mixer, gated
 positional attention, attention in ResNet bottlenecks, lambda layers, cascaded group attention;
-with make test-slow also outlook attention, halo attention and SAM 2's pooled windows), with
+with make test-slow also outlook attention, halo attention, SAM 2's pooled windows, LSTMs
+and unfold), with
 random weights (statistics, biases and norm weights drawn, every parameter moved by noise, so
 no logit is the bias alone), in float64 on a 2 x 2 grid: ``"proportional"`` scores add up to
 the target logit, the fast pass equals the spec, and one image alone gives its scores in the
@@ -44,14 +45,12 @@ MODELS = {
     "vit_small_patch14_reg4_dinov2": "registers, layer scale",
     "swinv2_tiny_window8_256": "cosine attention",
     "xcit_nano_12_p16_224": "cross-covariance attention",
-    "tnt_s_patch16_224": "pixel embedding by unfold",
     "gcvit_xxtiny": "global query repeated per window",
     "hiera_tiny_224": "mask-unit attention",
     "levit_128s": "attention bias, hard-swish",
     "mobilevitv2_050": "separable linear attention",
     "coat_lite_tiny": "factorised attention: q @ (softmax(k)^T v), a product of two signals",
     "efficientvit_b0": "linear attention: ReLU kernels, ones padded in, divided by a normaliser",
-    "sequencer2d_s": "bidirectional LSTMs over rows and columns",
     "iformer_t": "modulation attention: sigmoid values, a sigmoid gate after",
     "swiftformer_xs": "additive attention of normalised queries and keys",
     "efficientvim_m1": "hidden-state mixer: a softmax over the tokens, matrix products",
@@ -73,6 +72,8 @@ SLOW = {
     "volo_d1_224": "outlook attention: unfolded windows folded back",
     "halonet26t": "halo attention, whose queries can weigh the zero padding alone",
     "sam2_hiera_tiny": "max pooling of queries in windows merged into the batch",
+    "sequencer2d_s": "bidirectional LSTMs over rows and columns",
+    "tnt_s_patch16_224": "pixel embedding by unfold",
 }
 
 SIZE = 64
