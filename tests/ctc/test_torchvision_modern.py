@@ -17,8 +17,9 @@ from ctc_plugin.ctc.attributor import CTCAttributor
 from ctc_plugin.ctc.composite import CTCComposite
 from ctc_plugin.testing import randomise_statistics_and_biases
 
-BUILDERS = ["mobilenet_v3_small", "efficientnet_b0", "efficientnet_v2_s", "regnet_y_400mf"]
-BUILDERS += ["convnext_tiny"]
+BUILDERS = ["mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "convnext_tiny"]
+#: EfficientNet-V2's fused MBConv with SE, as EfficientNet-B0's: the largest, with make test-slow
+BUILDERS += [pytest.param("efficientnet_v2_s", marks=pytest.mark.slow)]
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
 
 
