@@ -680,18 +680,24 @@ class CTCComposite(LayerMapComposite):
 
         Every hook and canonizer is removed, the last registered first, also when one of them
         raises ([`remove_handles`][ctc_plugin.canonizers.remove_handles]). Waits, as
-        `register`, until no other call of this package uses the model.
+        `register`, until no other call of this package uses the model: the model it is
+        registered on once it holds that model (another thread may have registered it
+        elsewhere meanwhile).
         """
-        own = self._own_tensors
-        with exclusive(own[0] if own is not None else None), exclusive(self):
-            own, self._own_tensors = self._own_tensors, None
-            now = registered_tensors(own[0]) if own is not None else None
-            try:
-                remove_handles(self)
-            finally:
-                if own is not None:
-                    _, saved, registered = own
-                    restore_tensors(saved, registered, now)
+        while True:  # the model held is the one registered on once the locks are taken
+            own = self._own_tensors
+            with exclusive(own[0] if own is not None else None), exclusive(self):
+                if self._own_tensors is not own:  # registered elsewhere while waiting
+                    continue
+                self._own_tensors = None
+                now = registered_tensors(own[0]) if own is not None else None
+                try:
+                    remove_handles(self)
+                finally:
+                    if own is not None:
+                        _, saved, registered = own
+                        restore_tensors(saved, registered, now)
+                return
 
     def context(self, module: nn.Module) -> CompositeContext:
         """Register the composite on ``module`` for a ``with`` block (Zennit's ``context``).

@@ -647,3 +647,42 @@ def test_composites_moved_onto_each_others_models_in_two_threads_do_not_deadlock
         result()  # asserts that the call ended
     for composite in composites:
         composite.remove()
+
+
+def test_remove_takes_the_model_the_composite_is_on_when_it_holds_it(monkeypatch):
+    """``remove`` read the model it was registered on before it took the locks; registered
+    elsewhere meanwhile (by another thread), it then unhooked and restored that other model
+    while holding the first one only, under a CTC call that held the other model."""
+    import contextlib
+
+    import ctc_plugin.ctc.composite as composite_module
+    from ctc_plugin.concurrency import lock_for
+
+    first, other = cnn(seed=14).eval(), cnn(seed=15).eval()
+    composite = CTCComposite(bias_sharing="reference")
+    composite.register(first)
+    real_exclusive, real_registered = (
+        composite_module.exclusive,
+        composite_module.registered_tensors,
+    )
+    moved, unheld = [], []
+
+    @contextlib.contextmanager
+    def exclusive(obj):
+        if obj is first and not moved:  # another thread registers it elsewhere meanwhile
+            moved.append(True)
+            composite.register(other)
+        with real_exclusive(obj):
+            yield
+
+    def registered_tensors(module):
+        if lock_for(module)._writer != threading.get_ident():
+            unheld.append(module)
+        return real_registered(module)
+
+    monkeypatch.setattr(composite_module, "exclusive", exclusive)
+    monkeypatch.setattr(composite_module, "registered_tensors", registered_tensors)
+    composite.remove()
+    assert moved and not unheld
+    assert composite._own_tensors is None
+    assert not any(module._forward_hooks for module in other.modules())
