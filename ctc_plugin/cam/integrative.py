@@ -697,7 +697,6 @@ class IntegrativeCAM(Attribution):
                 handle.remove()
             for stage in tracer.stages:
                 stage.release()
-            tracer.restore_flags()
 
     @staticmethod
     def _scores(output: Any, target: Target, examples: int) -> Tensor:

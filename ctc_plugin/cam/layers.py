@@ -290,8 +290,6 @@ class StageTracer(TorchFunctionMode):
         super().__init__()
         self.image_size = image_size
         self.refuse_point_maps = refuse_point_maps
-        #: Chosen layers' outputs made to require grad here (`restore_flags`).
-        self.flagged: list[Tensor] = []
         #: The leaves behind the maps `_differentiable` copied: the backward pass must reach
         #: them, as a copy overwritten in place after its hook (``torch.relu_``) is no longer
         #: the version whose gradient the hook takes.
@@ -415,8 +413,8 @@ class StageTracer(TorchFunctionMode):
             The output the hook returns in place of the module's, or None to keep it: a tensor
             without gradient while gradients are on (a frozen layer on a cut input) is replaced
             by a copy that requires grad (`_differentiable`), no leaf, so an in-place operation
-            after the layer still works and a tensor of the model's own keeps its flag. A
-            tensor picked from a tuple is made to require grad where it is (`restore_flags`).
+            after the layer still works and a tensor of the model's own keeps its flag; a
+            tensor picked from a tuple is replaced so in the tuple (a list, a named tuple).
 
         Raises:
             ValueError: If the output (picked, reshaped) is not a 4-D tensor (N, C, H, W), is
@@ -424,6 +422,7 @@ class StageTracer(TorchFunctionMode):
                 without a reshape, looks channels-last (N, H, W, C) for ``image_size``.
         """
         picked = isinstance(reshape, TupleOutput)
+        whole, item = output, reshape.item if picked else None
         if picked:
             try:
                 output, reshape = reshape.select(output, arguments)
@@ -473,11 +472,9 @@ class StageTracer(TorchFunctionMode):
             self.modules.append(module)
         replaced = None
         if torch.is_grad_enabled() and output.is_floating_point() and not output.requires_grad:
-            if picked:  # a frozen layer on a cut input (`_differentiable`), as Captum's
-                output.requires_grad_()
-                self.flagged.append(output)  # a model's own tensor, maybe: `restore_flags`
-            else:
-                output = replaced = self._differentiable(output)
+            output = replaced = self._differentiable(output)  # a frozen layer on a cut input
+            if picked:  # the tuple with the copy at its item
+                replaced = _with_item(whole, item, output)
         chain = next((s for s in self._by_tensor.get(id(output), []) if s in self._chains), None)
         stage = Stage(index=len(self.stages), name=name, steps=("layer",), tensor=None, version=0)
         stage.extendable, stage.without_grad = False, not torch.is_grad_enabled()
@@ -520,16 +517,6 @@ class StageTracer(TorchFunctionMode):
         root = out.detach().requires_grad_()
         self.roots.append(root)
         return root.clone()
-
-    def restore_flags(self) -> None:
-        """Turn ``requires_grad`` off again on the layer outputs it was turned on for.
-
-        A chosen layer may return a tensor of the model itself (a buffer, a frozen parameter),
-        whose flag must be as it was after the call.
-        """
-        for tensor in self.flagged:
-            tensor.requires_grad_(False)
-        self.flagged.clear()
 
     def finish(self) -> None:
         """Hook the gradient of every stage not hooked yet; call once the forward pass is done.
@@ -802,3 +789,12 @@ def module_names(model: nn.Module) -> dict[int, str]:
         elif isinstance(module, BATCH_NORM_TYPES) and module.weight is not None:
             names[id(module.weight)] = name
     return names
+
+
+def _with_item(sequence: Any, item: int, value: Tensor) -> Any:
+    """``sequence`` (a tuple, a named tuple or a list) with ``value`` at ``item``."""
+    parts = list(sequence)
+    parts[item] = value
+    if isinstance(sequence, list):
+        return parts
+    return type(sequence)(*parts) if hasattr(sequence, "_fields") else type(sequence)(parts)

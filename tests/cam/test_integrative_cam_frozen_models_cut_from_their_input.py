@@ -151,3 +151,50 @@ def test_a_stage_overwritten_in_place_after_it_gets_its_gradient(chosen: bool) -
     assert info.names == expected_info.names
     torch.testing.assert_close(info.weights, expected_info.weights)
     torch.testing.assert_close(maps, expected)
+
+
+class _PairThenInPlace(nn.Module):
+    """A block returning ``(map, extra)`` as a tuple or a list, whose map the model then
+    overwrites in place; ``cut``: the input is detached first."""
+
+    def __init__(self, cut: bool, kind: type) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.cut, self.kind, self.net = cut, kind, _network(False)
+
+    class Pair(nn.Module):
+        """Four channels of the image (no convolution: nothing else makes it a stage)."""
+
+        def __init__(self, kind: type) -> None:
+            super().__init__()
+            self.kind = kind
+
+        def forward(self, x: torch.Tensor):
+            h = torch.cat([x, x[:, :1]], 1)
+            return self.kind([h, h.mean()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "pair"):
+            self.pair = self.Pair(self.kind)
+        h, _ = self.pair(x.detach() if self.cut else x)
+        return self.net[3:](h.mul_(0.5))
+
+
+@pytest.mark.parametrize("kind", [tuple, list])
+def test_a_tensor_picked_from_a_tuple_of_a_frozen_model_gets_its_gradient(kind: type) -> None:
+    """Was: the picked tensor was made a leaf that requires grad in place, so the model's
+    in-place operation after the block failed with torch's bare leaf-variable error."""
+    from ctc_plugin.cam import TupleOutput
+
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    model, reference = _PairThenInPlace(True, kind), _PairThenInPlace(False, kind)
+    model(x), reference(x)  # the blocks exist
+    model.eval().requires_grad_(False)
+    reshape = TupleOutput(item=0)
+    maps = IntegrativeCAM(model, layers=[model.pair], reshape_transform=reshape).attribute(
+        x, target=1
+    )
+    expected = IntegrativeCAM(
+        reference, layers=[reference.pair], reshape_transform=reshape
+    ).attribute(x, target=1)
+    torch.testing.assert_close(maps, expected)
