@@ -423,19 +423,26 @@ class CTC(Attribution):
         try:
             mask = segmenter(images)
         except ValueRangeError as error:
-            made_here = (
-                ". CTC made that segmenter itself (neither segmenter= nor feature_mask= was "
-                "given): for normalised images give CTC(model, segmenter=ctc_plugin.features."
-                "SuperpixelSegmenter(mean=..., std=...)) with the normalisation's mean and std "
-                "(value_range=(0, 255) for 8-bit values), or pass a feature_mask"
-                if made
-                else ""
-            )
-            raise ValueRangeError(
+            made_here = ""
+            if made:
+                advice = (
+                    "clamp the images as said, or pass a feature_mask"
+                    if error.overshoot
+                    else "for normalised images give CTC(model, segmenter=ctc_plugin.features."
+                    "SuperpixelSegmenter(mean=..., std=...)) with the normalisation's mean and "
+                    "std (value_range=(0, 255) for 8-bit values), or pass a feature_mask"
+                )
+                made_here = (
+                    ". CTC made that segmenter itself (neither segmenter= nor feature_mask= was "
+                    f"given): {advice}"
+                )
+            wrapped = ValueRangeError(
                 f"{error}{made_here}. If a wrapper perturbed the images (NoiseTunnel, "
                 "sensitivity_max, infidelity), segment the clean images once and pass "
                 "feature_mask=: the features then stay the same for every perturbed copy"
-            ) from error
+            )
+            wrapped.overshoot = error.overshoot
+            raise wrapped from error
         except ValueError as error:
             channels_last = images.shape[-1] in (1, 3, 4) and channels not in (1, 3, 4)
             if channels in (1, 3) or channels_last:  # the segmenter's own hint fits

@@ -82,7 +82,14 @@ def _finite_numbers(values: Any, count: int) -> bool:
 
 
 class ValueRangeError(ValueError):
-    """Images whose values leave the range a segmenter was told they lie in."""
+    """Images whose values leave the range a segmenter was told they lie in.
+
+    Attributes:
+        overshoot: Whether they leave it only a little (as bicubic resizing leaves [0, 1]
+            images), where the advice is to clamp them, not to declare another range.
+    """
+
+    overshoot: bool = False
 
 
 class ValueRangeWarning(UserWarning):
@@ -160,7 +167,10 @@ class ImageNormalisation:
         span = high - low
         found_low, found_high = float(x.min()), float(x.max())
         if found_low < low - _RANGE_TOLERANCE * span or found_high > high + _RANGE_TOLERANCE * span:
-            if found_low >= low - _OVERSHOOT * span and found_high <= high + _OVERSHOOT * span:
+            overshoot = (
+                found_low >= low - _OVERSHOOT * span and found_high <= high + _OVERSHOOT * span
+            )
+            if overshoot:
                 advice = (  # a wider range would darken them: (0, 255) makes [0, 1] black
                     "they overshoot it a little, as images resized with bicubic interpolation "
                     f"or given noise do: clamp them (x.clamp({low:g}, {high:g})"
@@ -175,12 +185,14 @@ class ImageNormalisation:
                     "declare how the images were normalised (value_range=(0, 255), "
                     "mean=/std= for normalised inputs, or value_range='auto')"
                 )
-            raise ValueRangeError(
+            error = ValueRangeError(
                 f"image values lie in [{found_low:.3g}, {found_high:.3g}] but the segmenter "
                 f"was told value_range={self.value_range}"
                 + ("" if self.mean is None else f" after undoing mean={self.mean}, std={self.std}")
                 + f"; {advice}"
             )
+            error.overshoot = overshoot
+            raise error
         # at the low end of a range wider than [0, 1] (where images in [0, 1] land when the
         # range is declared too wide), not any nearly uniform image (a grey sky is one)
         if found_low < found_high <= low + _SLIVER * span and span > 1:

@@ -208,3 +208,19 @@ def test_a_segmenter_ctc_made_itself_is_named_with_how_to_give_one(model) -> Non
     assert "CTC made that segmenter itself" not in str(error.value)
     ctc = CTC(model, segmenter=SuperpixelSegmenter(mean=(0.45,) * 3, std=(0.225,) * 3))
     ctc.attribute(normalised, 1)
+
+
+def test_images_a_little_past_the_range_are_told_to_clamp_not_to_declare_8_bit(model) -> None:
+    """Bicubic-resized [0, 1] images (about [-0.07, 1.13]) without segmenter=: CTC's note on
+    the segmenter it made advised value_range=(0, 255), which makes such images black."""
+    import pickle
+
+    from ctc_plugin.features import ValueRangeError
+
+    images = torch.rand(1, 3, 8, 8, dtype=torch.float64) * 1.1 - 0.05
+    with pytest.raises(ValueRangeError) as error:
+        CTC(model).attribute(images, 1)
+    message = str(error.value)
+    assert "CTC made that segmenter itself" in message and "clamp the images as said" in message
+    assert "value_range=(0, 255)" not in message
+    assert error.value.overshoot and pickle.loads(pickle.dumps(error.value)).overshoot
