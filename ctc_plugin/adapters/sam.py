@@ -35,7 +35,7 @@ from segment_anything.modeling import (
 
 from ctc_plugin.features.base import FeatureTable, Segmenter, feature_table
 from ctc_plugin.features.cache import MaskCache
-from ctc_plugin.features.partition import check_partition_options, decode_coco_rle, to_partition
+from ctc_plugin.features.partition import check_partition_options, sam_record_mask, to_partition
 from ctc_plugin.files import read_state_dict, short_load_error, unwrapped_state
 from ctc_plugin.inputs import is_finite_number, is_integer
 from ctc_plugin.module_state import DigestMemo, WeightsWatch
@@ -271,21 +271,6 @@ def _file_identity(path: Path) -> str:
     """Identify a checkpoint file cheaply (hashing a 2.5 GB ViT-H file would take seconds)."""
     resolved, size, modified, inode = file_identity(path)
     return f"file:{resolved}:{size}:{modified}:{inode}"
-
-
-def _mask_of(record: dict[str, Any]) -> np.ndarray:
-    """A generator record's ``segmentation`` as a boolean (H, W) array.
-
-    Whatever the generator's ``output_mode``: a binary mask, an uncompressed RLE or a COCO RLE.
-    """
-    segmentation = record["segmentation"]
-    if isinstance(segmentation, dict):
-        if isinstance(segmentation.get("counts"), list):  # "uncompressed_rle"
-            from segment_anything.utils.amg import rle_to_mask
-
-            return rle_to_mask(segmentation).astype(bool)
-        return decode_coco_rle(segmentation)  # "coco_rle"; pycocotools checked when built
-    return np.asarray(segmentation, dtype=bool)
 
 
 #: The automatic mask generator's options that are real numbers (thresholds and ratios).
@@ -700,7 +685,7 @@ class SAMSegmenter(Segmenter):
         height, width = image.shape[:2]
         records = self.raw_masks(image)
         if records:
-            stack = np.stack([_mask_of(r) for r in records])
+            stack = np.stack([np.asarray(sam_record_mask(r), dtype=bool) for r in records])
             if stack.shape[1:] != (height, width):
                 resized = torch.nn.functional.interpolate(
                     torch.from_numpy(stack)[:, None].float(),

@@ -41,7 +41,16 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _decode_sam_record(record: Mapping[str, Any]) -> np.ndarray:
+def sam_record_mask(record: Mapping[str, Any]) -> np.ndarray:
+    """The (H, W) mask of one of SAM's mask records, in any of the generator's output modes.
+
+    ``record["segmentation"]`` as a binary mask (an array or tensor, as it is), an
+    uncompressed RLE (segment-anything's ``rle_to_mask``) or a compressed COCO RLE
+    (`decode_coco_rle`).
+
+    Raises:
+        ValueError: A record without ``"segmentation"``, or a COCO RLE without pycocotools.
+    """
     if "segmentation" not in record:
         raise ValueError(
             "a mask given as a dict must have a 'segmentation' entry (SAM's output format)"
@@ -99,7 +108,7 @@ def mask_stack(masks: MaskInput, shape: tuple[int, int] | None = None) -> np.nda
         items = list(array)
     else:
         items = [
-            _decode_sam_record(item) if isinstance(item, Mapping) else _to_numpy(item)
+            sam_record_mask(item) if isinstance(item, Mapping) else _to_numpy(item)
             for item in masks
         ]
     if not items:
