@@ -471,8 +471,9 @@ class StageTracer(TorchFunctionMode):
         if module is not None:
             self.modules.append(module)
         replaced = None
-        if torch.is_grad_enabled() and output.is_floating_point() and not output.requires_grad:
-            output = replaced = self._differentiable(output)  # a frozen layer on a cut input
+        copy = self._differentiable(output)  # a frozen layer on a cut input
+        if copy is not output:
+            output = replaced = copy
             if picked:  # the tuple with the copy at its item
                 replaced = _with_item(whole, item, output)
         chain = next((s for s in self._by_tensor.get(id(output), []) if s in self._chains), None)
