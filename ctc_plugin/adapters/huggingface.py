@@ -23,7 +23,9 @@ as ``spatial_shapes``, so it too maps (N, C, H, W) pixel values to logits.
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import typing
 from typing import Any
 
 import torch
@@ -45,8 +47,10 @@ class HuggingFaceClassifier(nn.Module):
     Raises:
         TypeError: If ``model`` is no module or its forward takes no ``pixel_values`` (a model
             that returns logits needs no wrapper), or ``inputs`` holds what the wrapper passes
-            itself (``pixel_values``, SigLIP 2's ``spatial_shapes``) or ``return_dict=False``;
-            at a call, if the model's output is a tensor or has no ``logits`` tensor.
+            itself (``pixel_values``, SigLIP 2's ``spatial_shapes``) or ``return_dict=False``, or
+            names a keyword the model's forward does not take (``transformers`` models take
+            unknown keywords into ``**kwargs`` and ignore them, so a misspelt
+            ``interpolate_pos_encodings=True`` would change nothing); at a call, if the model's output is a tensor or has no ``logits`` tensor.
     """
 
     def __init__(self, model: nn.Module, **inputs: Any) -> None:
@@ -76,6 +80,7 @@ class HuggingFaceClassifier(nn.Module):
                 "HuggingFaceClassifier reads the logits off the model's output object; drop "
                 "return_dict=False from its keyword arguments (a tuple output has no logits)"
             )
+        _check_keywords(model, inputs)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The model's logits (N, classes) for ``pixel_values`` (N, C, H, W).
@@ -127,6 +132,69 @@ def _takes_pixel_values(model: nn.Module) -> bool:
     return "pixel_values" in parameters or any(
         parameter.kind is parameter.VAR_KEYWORD for parameter in parameters.values()
     )
+
+
+def _check_keywords(model: nn.Module, inputs: dict[str, Any]) -> None:
+    """Refuse keywords ``model.forward`` does not take (see `_forward_keywords`).
+
+    Where the forward also takes keywords it does not name (a plain ``**kwargs``), only a name
+    close to one it names is refused, as a likely misspelling: the others may be read.
+
+    Raises:
+        TypeError: For such a keyword, naming the ones the forward takes.
+    """
+    listed, accepted, takes_others = _forward_keywords(model)
+    for name in sorted(set(inputs) - accepted):
+        close = difflib.get_close_matches(name, sorted(accepted), n=1, cutoff=0.8)
+        if takes_others and not close:
+            continue
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise TypeError(
+            f"{type(model).__name__}.forward takes no keyword {name!r} ({hint}it names "
+            f"{', '.join(listed)}); HuggingFaceClassifier passes its keyword arguments to "
+            "every call of the model"
+        )
+
+
+def _forward_keywords(model: nn.Module) -> tuple[list[str], set[str], bool]:
+    """The keywords ``model.forward`` names, those it takes, and whether it takes any other.
+
+    A ``**kwargs: Unpack[SomeTypedDict]`` (``transformers``' ``TransformersKwargs``) takes its
+    keys; a plain ``**kwargs`` takes any keyword (``transformers`` models ignore the ones they
+    do not read, so only names close to a known one are refused), and so does a decorated
+    forward (``transformers``' decorators take ``return_dict`` and ``use_cache`` besides the
+    signature they show). Any keyword where the signature cannot be read.
+    """
+    try:
+        parameters = inspect.signature(model.forward, eval_str=True).parameters
+    except Exception:  # noqa: BLE001 - annotations that do not evaluate: read them unevaluated
+        try:
+            parameters = inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            return [], set(), True
+    listed = [
+        name
+        for name, parameter in parameters.items()
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    ]
+    accepted = set(listed)
+    takes_others = hasattr(model.forward, "__wrapped__")
+    for parameter in parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            typed = _typed_dict_keys(parameter.annotation)
+            takes_others = takes_others or typed is None
+            accepted |= typed or set()
+    return listed, accepted, takes_others
+
+
+def _typed_dict_keys(annotation: Any) -> set[str] | None:
+    """The keys of ``Unpack[SomeTypedDict]``, else ``None`` (any keyword)."""
+    if typing.get_origin(annotation) is not typing.Unpack:
+        return None
+    (typed_dict,) = typing.get_args(annotation)
+    if not typing.is_typeddict(typed_dict):
+        return None
+    return set(typed_dict.__required_keys__) | set(typed_dict.__optional_keys__)
 
 
 def patch_sequence_size(model: nn.Module) -> int | None:
