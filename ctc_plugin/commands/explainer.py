@@ -32,6 +32,7 @@ from ctc_plugin.commands.arguments import (
     positive_float,
     positive_int,
     real,
+    same_file,
     seed,
 )
 
@@ -446,7 +447,29 @@ def _train_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
     )
     # the checkpoint may be the one --resume names: it continues there
     check_outputs_spare_inputs("--checkpoint", checkpoint, "the checkpoint", inputs[1:])
+    _check_checkpoint_is_free(checkpoint, args.resume, given=args.checkpoint is not None)
     return out, checkpoint
+
+
+def _check_checkpoint_is_free(checkpoint: Path, resume: Path | None, given: bool) -> None:
+    """Refuse a checkpoint path that holds a file other than the one ``--resume`` continues.
+
+    Training writes its checkpoint after the first epoch, which would replace an earlier run's
+    checkpoint (the default ``OUT.ckpt`` of the same ``--out`` among them) and lose its epochs.
+
+    Raises:
+        CLIError: Saying how to continue that run, or to start another elsewhere.
+    """
+    from ctc_plugin.commands import CLIError
+
+    if not checkpoint.exists() or (resume is not None and same_file(checkpoint, resume)):
+        return
+    named = "--checkpoint" if given else "--checkpoint (OUT.ckpt by default)"
+    raise CLIError(
+        f"argument {named}: {checkpoint} already exists (an earlier run's checkpoint?) and "
+        f"training would replace it after its first epoch: add --resume {checkpoint} to "
+        "continue that run, or give another --checkpoint (or delete the file) to start over"
+    )
 
 
 def _check_image_size(explainer: Explainer, size: int) -> None:

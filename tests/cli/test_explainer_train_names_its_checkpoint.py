@@ -15,18 +15,46 @@ def test_train_prints_the_checkpoint_it_leaves(tmp_path, capsys):
 
 
 def test_a_resume_that_trains_nothing_names_its_checkpoint_not_another_runs(tmp_path, capsys):
-    """The default ``--checkpoint`` may hold another run's checkpoint: not the one to name.
+    """``--resume b.ckpt --epochs 1`` of a one-epoch run trains nothing and writes no checkpoint.
 
-    ``--resume b.ckpt --epochs 1`` of a one-epoch run trains nothing and writes no checkpoint;
-    it named ``OUT.ckpt`` whenever that file existed, here another run (seed 5) that the advice
-    "--resume it with more --epochs" would have continued.
+    It named ``--checkpoint`` whatever file was there, here one that does not exist (it named
+    another run's ``OUT.ckpt`` when that file existed, which is now refused before training).
     """
     args = ["explainer", "train", "--model", "resnet", "--train-size", "4", "--val-size", "2"]
     args += ["--epochs", "1", "--width", "2", "--depth", "2", "--no-progress", "--threads", "1"]
     out, other = tmp_path / "a.pt", tmp_path / "b.pt"
-    assert main([*args, "--seed", "5", "--out", str(out)]) == 0
     assert main([*args, "--out", str(other)]) == 0
     capsys.readouterr()
-    assert main([*args, "--resume", f"{other}.ckpt", "--out", str(out)]) == 0
+    fresh = ["--checkpoint", str(tmp_path / "new.ckpt")]
+    assert main([*args, "--resume", f"{other}.ckpt", "--out", str(out), *fresh]) == 0
     text = capsys.readouterr().out
     assert f"its training checkpoint is {other}.ckpt (" in text
+
+
+def test_a_checkpoint_file_of_another_run_is_not_replaced(tmp_path, capsys):
+    """Training again into an ``--out`` whose ``OUT.ckpt`` exists replaced that checkpoint.
+
+    An earlier run's epochs were lost after the new run's first epoch; the command is refused
+    before anything is loaded, saying to ``--resume`` it or to give another ``--checkpoint``.
+    A resume of that very file still continues there.
+    """
+    args = ["explainer", "train", "--model", "resnet", "--train-size", "4", "--val-size", "2"]
+    args += ["--width", "2", "--depth", "2", "--no-progress", "--threads", "1"]
+    out = tmp_path / "a.pt"
+    checkpoint = tmp_path / "a.pt.ckpt"
+    assert main([*args, "--epochs", "1", "--seed", "5", "--out", str(out)]) == 0
+    before = checkpoint.read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--epochs", "1", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert f"{checkpoint} already exists" in error
+    assert f"add --resume {checkpoint} to continue" in error and "another --checkpoint" in error
+    assert checkpoint.read_bytes() == before
+    elsewhere = tmp_path / "other.ckpt"
+    elsewhere.write_bytes(b"not mine")
+    assert main([*args, "--epochs", "1", "--out", str(out), "--checkpoint", str(elsewhere)]) == 2
+    assert "argument --checkpoint: " in capsys.readouterr().err
+    assert elsewhere.read_bytes() == b"not mine"
+    resume = ["--resume", str(checkpoint), "--seed", "5", "--out", str(out)]
+    assert main([*args, "--epochs", "2", *resume]) == 0
+    assert checkpoint.read_bytes() != before
