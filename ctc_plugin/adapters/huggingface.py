@@ -50,7 +50,8 @@ class HuggingFaceClassifier(nn.Module):
             itself (``pixel_values``, SigLIP 2's ``spatial_shapes``) or ``return_dict=False``, or
             names a keyword the model's forward does not take (``transformers`` models take
             unknown keywords into ``**kwargs`` and ignore them, so a misspelt
-            ``interpolate_pos_encodings=True`` would change nothing); at a call, if the model's output is a tensor or has no ``logits`` tensor.
+            ``interpolate_pos_encodings=True`` would change nothing); at a call, if the
+            model's output is a tensor or has no ``logits`` tensor.
     """
 
     def __init__(self, model: nn.Module, **inputs: Any) -> None:

@@ -39,6 +39,7 @@ from ctc_plugin.commands.arguments import (
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
 
+    from ctc_plugin.explainer.checkpoints import ResumeMismatchError
     from ctc_plugin.explainer.network import Explainer
     from ctc_plugin.explainer.training import FitResult
 
@@ -347,8 +348,10 @@ def _train(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader, TensorDataset
 
     from ctc_plugin import zoo
+    from ctc_plugin.commands import CLIError
     from ctc_plugin.datasets import TRAIN_SEED, ShapesDataset
     from ctc_plugin.explainer.backbones import build_backbone
+    from ctc_plugin.explainer.checkpoints import ResumeMismatchError
     from ctc_plugin.explainer.network import Explainer
     from ctc_plugin.explainer.presets import get_preset
     from ctc_plugin.explainer.specificity import two_object_training_data
@@ -389,19 +392,22 @@ def _train(args: argparse.Namespace) -> int:
     hyperparameters = get_preset(args.preset).updated(
         lr=args.lr, **{name: getattr(args, name) for name in WEIGHTS}
     )
-    result = explainer.fit(
-        classifier,
-        DataLoader(TensorDataset(train_images, train_labels), args.batch_size, shuffle=True),
-        DataLoader(TensorDataset(val_images, val_labels), args.batch_size),
-        hyperparameters,
-        epochs=args.epochs,
-        patience=args.patience,
-        seed=args.seed,
-        checkpoint=checkpoint,
-        resume=args.resume,
-        baseline=args.baseline,
-        show_progress=progress,
-    )
+    try:
+        result = explainer.fit(
+            classifier,
+            DataLoader(TensorDataset(train_images, train_labels), args.batch_size, shuffle=True),
+            DataLoader(TensorDataset(val_images, val_labels), args.batch_size),
+            hyperparameters,
+            epochs=args.epochs,
+            patience=args.patience,
+            seed=args.seed,
+            checkpoint=checkpoint,
+            resume=args.resume,
+            baseline=args.baseline,
+            show_progress=progress,
+        )
+    except ResumeMismatchError as error:
+        raise CLIError(resume_mismatch(error, args.resume)) from error
     metadata = {
         "command": _command_line(args),
         "model": args.model,
@@ -431,6 +437,54 @@ def _train(args: argparse.Namespace) -> int:
         f"training checkpoint is {holding} (--resume it with more --epochs to train on)"
     )
     return 0
+
+
+#: The ``explainer train`` option behind each setting ``fit`` checks on resume (the loss
+#: weights' and area bounds' options are their names with dashes).
+RESUME_OPTIONS = {
+    "patience": "--patience",
+    "seed": "--seed",
+    "baseline": "--baseline",
+    "input_scale": "--input-scale",
+    "multilabel": "--two-object-fraction",
+    "lr": "--lr",
+    **{name: f"--{name.replace('_', '-')}" for name in WEIGHTS},
+}
+
+
+def resume_mismatch(error: ResumeMismatchError, resume: Path) -> str:
+    """``explainer train``'s words for a ``--resume`` of another run: its options, not fit's.
+
+    Each difference is named by the options that set it (a loader's batch size by
+    ``--batch-size``, its images by the options that draw them); one the command has no
+    option for keeps ``fit``'s name.
+    """
+    drawn_by = {
+        "train": ("training", "--split, --train-size, --two-object-fraction"),
+        "val": ("validation", "--split, --val-size"),
+    }
+    parts = []
+    for name, there, now in error.differences:
+        which, options = drawn_by.get(name.split("_")[0], ("", ""))
+        if name.endswith("_loader") and isinstance(there, dict) and isinstance(now, dict):
+            for key in sorted(set(there) | set(now), key=str):
+                if there.get(key) == now.get(key):
+                    continue
+                if key == "batch_size":
+                    parts.append(f"--batch-size: {there[key]} there, {now[key]} now")
+                elif key == "length":
+                    parts.append(f"{which} images: {there[key]} there, {now[key]} now ({options})")
+                else:
+                    parts.append(f"{name} {key}: {there.get(key)!r} there, {now.get(key)!r} now")
+        elif name.endswith("_data") and not any(p.startswith(f"{which} images") for p in parts):
+            parts.append(f"other {which} images ({options})")
+        else:
+            parts.append(f"{RESUME_OPTIONS.get(name, name)}: {there!r} there, {now!r} now")
+    return (
+        f"argument --resume: {resume} was trained with other options "
+        f"({'; '.join(dict.fromkeys(parts))}); give the options the run was started with (and "
+        "more --epochs), or train afresh without --resume"
+    )
 
 
 def _train_outputs(args: argparse.Namespace) -> tuple[Path, Path]:

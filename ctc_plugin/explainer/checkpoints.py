@@ -24,6 +24,20 @@ from ctc_plugin.inputs import device_of
 from ctc_plugin.resumable.atomic import remove_stale_temporaries
 from ctc_plugin.wording import counted
 
+
+class ResumeMismatchError(ValueError):
+    """A checkpoint that ``fit(resume=...)`` refuses: trained with other settings.
+
+    Attributes:
+        differences: ``(name, there, now)`` of each setting or hyper-parameter that differs
+            (``fit``'s argument names, the loaders' settings as dicts, their data as SHA-256
+            digests), so that a caller can word them in its own terms (the command line names
+            its options).
+    """
+
+    differences: tuple[tuple[str, Any, Any], ...] = ()
+
+
 #: Tag stored in checkpoints written during
 #: [`fit_explainer`][ctc_plugin.explainer.training.fit_explainer].
 CHECKPOINT_FORMAT = "ctc-plugin-explainer-checkpoint/1"
@@ -238,10 +252,12 @@ def check_resume(
             if any(key in DATA_SETTINGS for key in differ)
             else ""
         )
-        raise ValueError(
+        error = ResumeMismatchError(
             f"checkpoint {str(resume)!r} was trained with other settings ({listed}); resume "
             f"with the same settings{data}, or train afresh without resume"
         )
+        error.differences = tuple((key, stored[key], settings[key]) for key in differ)
+        raise error
 
 
 #: Settings that are digests of the loaders' data (`data_digest`).

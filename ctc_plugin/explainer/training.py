@@ -26,6 +26,7 @@ from ctc_plugin.explainer.batches import (
     checked_batch,
 )
 from ctc_plugin.explainer.checkpoints import (
+    ResumeMismatchError,
     check_checkpoint_path,
     check_resumable_loaders,
     check_resume,
@@ -503,7 +504,9 @@ def fit_explainer(
             checkpoint made with other hyper-parameters or
             settings, for another architecture or against another classifier, or holding
             more epochs than ``epochs`` (the message names what differs; the explainer is left
-            unchanged).
+            unchanged). Other settings or hyper-parameters raise
+            [`ResumeMismatchError`][ctc_plugin.explainer.checkpoints.ResumeMismatchError], a
+            ``ValueError`` that lists them.
     """
     if not isinstance(config, ExplainerHyperparameters):
         hint = (
@@ -577,14 +580,17 @@ def fit_explainer(
             settings["seed"] = state.get("settings", {}).get("seed")
         if state["hyperparameters"] != hp.as_dict():
             differ = [
-                f"{k}: {state['hyperparameters'].get(k)!r} there, {v!r} now"
+                (k, state["hyperparameters"].get(k), v)
                 for k, v in sorted(hp.as_dict().items())
                 if state["hyperparameters"].get(k) != v
             ]
-            raise ValueError(
+            listed = "; ".join(f"{k}: {there!r} there, {now!r} now" for k, there, now in differ)
+            error = ResumeMismatchError(
                 f"checkpoint {str(resume)!r} was trained with other hyper-parameters "
-                f"({'; '.join(differ)}); resume with the same settings"
+                f"({listed}); resume with the same settings"
             )
+            error.differences = tuple(differ)
+            raise error
         threads = state.get("threads", torch.get_num_threads())  # older checkpoints: unknown
         if threads != torch.get_num_threads():
             raise ValueError(

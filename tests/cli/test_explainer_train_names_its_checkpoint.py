@@ -58,3 +58,28 @@ def test_a_checkpoint_file_of_another_run_is_not_replaced(tmp_path, capsys):
     resume = ["--resume", str(checkpoint), "--seed", "5", "--out", str(out)]
     assert main([*args, "--epochs", "2", *resume]) == 0
     assert checkpoint.read_bytes() != before
+
+
+def test_a_resume_of_another_run_names_the_options_that_differ(tmp_path, capsys):
+    """The refusal named ``fit``'s arguments (``train_loader: {'batch_size': 32, ...}``).
+
+    Each difference is named by the command's option now, a loader's settings split into
+    them; the library's error still names ``fit``'s arguments.
+    """
+    args = ["explainer", "train", "--model", "resnet", "--val-size", "2", "--no-progress"]
+    args += ["--width", "2", "--depth", "2", "--threads", "1"]
+    first = tmp_path / "a.pt"
+    assert main([*args, "--train-size", "4", "--epochs", "1", "--out", str(first)]) == 0
+    capsys.readouterr()
+    again = ["--epochs", "2", "--resume", f"{first}.ckpt", "--out", str(tmp_path / "b.pt")]
+    other = ["--train-size", "6", "--batch-size", "2", "--patience", "3", "--tv-weight", "2"]
+    assert main([*args, *other, *again]) == 2
+    error = capsys.readouterr().err
+    assert "was trained with other options (--patience: 2 there, 3 now;" in error
+    assert "--batch-size: 32 there, 2 now" in error and error.count("--batch-size:") == 1
+    assert "training images: 4 there, 6 now (--split, --train-size, --two-object-fraction)" in error
+    assert "other training images" not in error and "train_loader" not in error
+    assert "--tv-weight: 1.0 there, 2.0 now" not in error  # the settings are checked first
+    assert main([*args, "--train-size", "4", "--tv-weight", "2", "--lr", "0.1", *again]) == 2
+    error = capsys.readouterr().err
+    assert "(--lr: 0.01 there, 0.1 now; --tv-weight: 1.0 there, 2.0 now)" in error

@@ -21,7 +21,10 @@ def test_a_resume_on_other_images_of_the_same_number_is_refused(tmp_path, capsys
     resume = ["--epochs", "2", "--resume", f"{first}.ckpt", "--out", str(out)]
     assert main([*TRAIN, *three, *resume]) == 2
     error = capsys.readouterr().err.strip()
-    assert "\n" not in error and "train_data: other tensors" in error
+    assert (
+        "\n" not in error
+        and "other training images (--split, --train-size, --two-object-fraction)" in error
+    )
     assert "--train-size" in error and "--two-object-fraction" in error
     assert not out.exists()
     assert main([*TRAIN, *four, *resume]) == 0  # the same data resumes

@@ -33,7 +33,7 @@ def _refused(capsys, args: list[str], out) -> str:
 def test_resume_with_another_input_scale_is_refused(tmp_path, capsys, checkpoint):
     args = [*TRAIN, "--epochs", "3", "--resume", checkpoint, "--input-scale", "0.5"]
     error = _refused(capsys, args, tmp_path / "rescaled.pt")
-    assert "trained with other settings" in error and "input_scale: 1.0 there, 0.5 now" in error
+    assert "trained with other options" in error and "--input-scale: 1.0 there, 0.5 now" in error
 
 
 def test_resume_with_fewer_epochs_than_the_checkpoint_holds_is_refused(

@@ -53,6 +53,7 @@ def _examples() -> dict[str, BaseException]:
     )
     from ctc_plugin.ctc.rules import BatchDimensionError
     from ctc_plugin.explainer.attribution import ClassifierMismatchWarning
+    from ctc_plugin.explainer.checkpoints import ResumeMismatchError
     from ctc_plugin.features.base import ValueRangeError, ValueRangeWarning
     from ctc_plugin.features.cache import CorruptCacheEntryWarning, MaskCacheError
     from ctc_plugin.inputs import DtypeMismatchError, TrainingModeError
@@ -77,6 +78,10 @@ def _examples() -> dict[str, BaseException]:
         NoFeatureMapsError("no convolution ran in the model"),
         NoSpatialMapError("the model has no submodule returning a spatial (N, C, H, W) map"),
         ValueRangeError("the images lie in [-2, 2], outside [0, 1]"),
+        _with_differences(
+            ResumeMismatchError("checkpoint 'a.ckpt' was trained with other settings"),
+            (("patience", 2, 3),),
+        ),
         ValueRangeWarning("the images lie in [0, 1], 0.39% of value_range=(0, 255)"),
         MaskCacheError("the cache folder is not writable"),
         TrainingModeError("call model.eval() first"),
@@ -100,6 +105,12 @@ def _examples() -> dict[str, BaseException]:
         if cls.__qualname__ in private:
             by_name[f"{cls.__module__}.{cls.__qualname__}"] = cls("internal")
     return by_name
+
+
+def _with_differences(error: BaseException, differences: tuple) -> BaseException:
+    """``error`` with the ``differences`` a refused resume sets after building it."""
+    error.differences = differences
+    return error
 
 
 def _with_item(error: BaseException, item: str) -> BaseException:
