@@ -598,7 +598,7 @@ def write_stored_report(
     runs: list[ModelRun] = []
     coverage: list[Coverage] = []
     seconds = 0.0
-    machines: dict[str, list[str]] = defaultdict(list)  # machine line -> its pieces
+    machines: dict[str, list[tuple[str, str, int]]] = defaultdict(list)  # machine -> pieces
     costs: dict[str, list[Piece]] = defaultdict(list)
     preparation: list[float] = []
     for family, split in run_order(settings["families"], settings["splits"]):
@@ -617,7 +617,7 @@ def write_stored_report(
             piece = store.load(family, split, label)
             finished += 1
             seconds += piece.seconds
-            machines[piece.machine].append(f"{family}/{split} {label}")
+            machines[piece.machine].append((name, label, len(info.planned)))
             if piece.error is not None:
                 run.errors.append(piece.error)
                 continue
@@ -647,23 +647,36 @@ def write_stored_report(
     return write_report(runs, settings, store.root, seconds, machine, notes, coverage, cost_rows)
 
 
-def _machines(pieces_by_machine: Mapping[str, list[str]]) -> str:
+def _machines(pieces_by_machine: Mapping[str, list[tuple[str, str, int]]]) -> str:
     """The report's machine line: the one machine, or each machine with the pieces it measured.
 
-    A run resumed on another machine or with another ``--threads`` measured its pieces' seconds
-    and memory under other conditions; the line says so and which piece ran where, since the
-    cost columns (and their bold best values) then compare across them.
+    ``pieces_by_machine`` holds ``(model, method, methods planned for the model)`` of each
+    piece. A run resumed on another machine or with another ``--threads`` measured its pieces'
+    seconds and memory under other conditions; the line says so and which piece ran where, since
+    the cost columns (and their bold best values) then compare across them. A model whose
+    pieces all ran on one machine is named once (``resnet/shapes (all 9)``), its methods
+    otherwise.
     """
     if len(pieces_by_machine) <= 1:
         return next(iter(pieces_by_machine), "")
-    where = "; ".join(
-        f"{machine} ({counted(len(pieces), 'piece')}: {', '.join(pieces)})"
-        for machine, pieces in pieces_by_machine.items()
-    )
+    where = []
+    for machine, pieces in pieces_by_machine.items():
+        methods: dict[str, list[str]] = defaultdict(list)
+        planned = {}
+        for model, method, count in pieces:
+            methods[model].append(method)
+            planned[model] = count
+        models = [
+            f"{model} (all {len(labels)})"
+            if len(labels) == planned[model] > 1
+            else f"{model} {', '.join(labels)}"
+            for model, labels in methods.items()
+        ]
+        where.append(f"{machine} ({counted(len(pieces), 'piece')}: {'; '.join(models)})")
     return (
         f"the pieces were measured on {len(pieces_by_machine)} machines or thread counts (a run "
         "resumed elsewhere or with another --threads), so their seconds and memory_mib compare "
-        f"only within one of them: {where}"
+        f"only within one of them: {'; '.join(where)}"
     )
 
 

@@ -338,3 +338,19 @@ def test_a_run_resumed_on_another_machine_says_which_piece_ran_where(tmp_path, m
     assert "2 machines or thread counts" in line and "compare only within one" in line
     assert "CPU X (1 threads) (1 piece: tinyA/shapes Saliency)" in line
     assert "CPU X (2 threads) (1 piece: tinyA/shapes InputXGradient)" in line
+
+
+def test_the_machine_line_names_a_model_once_where_all_its_pieces_ran_on_one_machine():
+    """It listed every piece of every machine (a line of hundreds of names for a long run)."""
+    from ctc_plugin.harness.report import _machines
+
+    labels = ["CTC proportional", "CTC reference", "Lime"]
+    pieces = {
+        "CPU X (1 threads)": [("resnet/shapes", label, 3) for label in labels]
+        + [("vgg/shapes", "Lime", 3)],
+        "CPU X (2 threads)": [("vgg/shapes", "CTC reference", 3)],
+    }
+    line = _machines(pieces)
+    assert "CPU X (1 threads) (4 pieces: resnet/shapes (all 3); vgg/shapes Lime)" in line
+    assert "CPU X (2 threads) (1 piece: vgg/shapes CTC reference)" in line
+    assert _machines({"CPU X (1 threads)": pieces["CPU X (1 threads)"]}) == "CPU X (1 threads)"
