@@ -25,7 +25,8 @@ from ctc_plugin.datasets import ShapesDataset
 from ctc_plugin.evaluation.sensitivity import max_sensitivity
 from ctc_plugin.features import SuperpixelSegmenter
 from ctc_plugin.harness.benchmark import BenchmarkConfig
-from ctc_plugin.harness.methods import SAMPLING_SEED, _captum_features
+from ctc_plugin.harness.methods import _captum_features
+from ctc_plugin.method_calls import FEATURE_ABLATION, KERNEL_SHAP, LIME
 from ctc_plugin.resumable.threads import torch_threads
 
 
@@ -45,16 +46,12 @@ def main() -> None:
     images = torch.stack([data[i]["image"] for i in range(len(data))])
     labels = torch.tensor([int(data[i]["label"]) for i in range(len(data))])
     mask = SuperpixelSegmenter()(images)
-    options = {"n_samples": args.samples, "perturbations_per_eval": 32}
-    methods = {
-        ("Lime", "unseeded"): _captum_features("Lime", True, None, **options),
-        ("Lime", "seeded"): _captum_features("Lime", True, SAMPLING_SEED, **options),
-        ("KernelShap", "unseeded"): _captum_features("KernelShap", True, None, **options),
-        ("KernelShap", "seeded"): _captum_features("KernelShap", True, SAMPLING_SEED, **options),
-        ("FeatureAblation", "-"): _captum_features(
-            "FeatureAblation", False, perturbations_per_eval=16
-        ),
-    }
+    methods = {}
+    for sampler in (LIME, KERNEL_SHAP):  # the benchmark's settings, with --samples
+        seeded = sampler.but(n_samples=args.samples)
+        methods[(sampler.name, "unseeded")] = _captum_features(seeded.but(sampling_seed=None))
+        methods[(sampler.name, "seeded")] = _captum_features(seeded)
+    methods[("FeatureAblation", "-")] = _captum_features(FEATURE_ABLATION)
     print(f"{args.family}/{args.split}, {len(images)} images, {args.samples} samples")
     print("| method | drawing | max_sens, radius 0 | max_sens, radius 0.02 | seconds |")
     print("|---|---|---|---|---|")

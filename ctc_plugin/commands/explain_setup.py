@@ -22,6 +22,7 @@ from ctc_plugin.commands.arguments import input_file, positive_int, weights_file
 from ctc_plugin.commands.methods import METHODS
 from ctc_plugin.commands.models import LoadedModel
 from ctc_plugin.ctc.modes import BIAS_SHARING_MODES, DEFAULT_BIAS_SHARING
+from ctc_plugin.method_calls import PERTURBATIONS_PER_EVAL, SAMPLES
 from ctc_plugin.wording import caller_stacklevel, known_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -113,7 +114,10 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
         help=f"how CTC shares biases among the segments (default: {DEFAULT_BIAS_SHARING})",
     )
     parser.add_argument(
-        "--lime-samples", type=positive_int, default=100, help="samples of the lime method (100)"
+        "--lime-samples",
+        type=positive_int,
+        default=SAMPLES,
+        help=f"samples of the lime method ({SAMPLES})",
     )
     parser.add_argument(
         "--explainer",
@@ -127,9 +131,10 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--perturbations-per-eval",
         type=positive_int,
-        default=16,
+        default=PERTURBATIONS_PER_EVAL,
         help="segment copies per forward pass of ctc, feature-ablation and lime: bounds memory "
-        "and sets the progress bar's steps (16; CTC's proportional sharing takes all at once)",
+        f"and sets the progress bar's steps ({PERTURBATIONS_PER_EVAL}; CTC's proportional "
+        "sharing takes all at once)",
     )
     parser.add_argument(
         "--device",

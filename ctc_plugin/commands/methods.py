@@ -7,6 +7,10 @@ class and returns an ``(H, W)`` map; the segment scores are that map's mean over
 pixels, these are the methods' own scores; for the per-pixel methods (Integrative CAM, the
 Explainer, Grad-CAM) they rank the segments by the map's average.
 
+How each method is called (its library call and settings) is written once, in
+`ctc_plugin.method_calls`, which the benchmark's methods call too; the runners here pass the
+command's options and turn refusals into the command's advice.
+
 This module imports nothing heavy at the top: the names and help texts are read while the
 command line is parsed.
 """
@@ -17,7 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ctc_plugin import method_calls
 from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
+from ctc_plugin.method_calls import PERTURBATIONS_PER_EVAL, SAMPLES
 from ctc_plugin.wording import caller_stacklevel, counted
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,8 +51,23 @@ SEGMENT_METHODS = ("ctc", "feature-ablation", "lime")
 #: explain a TorchScript model.
 CALL_ONLY_METHODS = ("feature-ablation", "lime")
 
-#: Seed of Lime's random samples.
-LIME_SEED = 0
+#: Methods that send ``--perturbations-per-eval`` copies of the image per forward pass (CTC
+#: too, but for its proportional sharing: `reads_perturbations_per_eval`).
+CHUNKED_METHODS = ("feature-ablation", "lime")
+
+#: Seed of Lime's random samples (the benchmark's: `ctc_plugin.method_calls.SAMPLING_SEED`).
+LIME_SEED = method_calls.SAMPLING_SEED
+
+
+def reads_perturbations_per_eval(name: str, bias_sharing: str) -> bool:
+    """Whether the method ``name`` reads ``--perturbations-per-eval`` under ``bias_sharing``.
+
+    FeatureAblation and Lime do, and CTC but for its proportional sharing, which divides each
+    bias among all the segments and so sends every segment's copy in one pass.
+    """
+    if name == "ctc":
+        return bias_sharing != "proportional"
+    return name in CHUNKED_METHODS
 
 
 class MethodError(Exception):
@@ -74,8 +95,8 @@ class Request:
     target: int
     feature_mask: Tensor
     bias_sharing: str = DEFAULT_BIAS_SHARING
-    lime_samples: int = 100
-    perturbations_per_eval: int = 16
+    lime_samples: int = SAMPLES
+    perturbations_per_eval: int = PERTURBATIONS_PER_EVAL
     show_progress: bool = True
     explainer: nn.Module | None = None
 
@@ -162,14 +183,14 @@ def run_method(name: str, request: Request) -> Result:
 
 
 def _ctc(request: Request) -> tuple[str, Tensor]:
-    from ctc_plugin.ctc.attribution import CTC
-
-    chunk = None if request.bias_sharing == "proportional" else request.perturbations_per_eval
-    attributions = CTC(request.model, bias_sharing=request.bias_sharing).attribute(
+    chunked = reads_perturbations_per_eval("ctc", request.bias_sharing)
+    attributions = method_calls.ctc(
+        request.model,
         request.pixels,
-        target=request.target,
-        feature_mask=request.feature_mask,
-        perturbations_per_eval=chunk,
+        request.target,
+        request.feature_mask,
+        bias_sharing=request.bias_sharing,
+        perturbations_per_eval=request.perturbations_per_eval if chunked else None,
         show_progress=request.show_progress,
     )
     return f"CTC ({request.bias_sharing})", attributions[:, :1]
@@ -209,14 +230,14 @@ def _blocks_unknown(method: str, in_python: str) -> MethodError:
 def _integrative_cam(request: Request) -> tuple[str, Tensor]:
     import warnings
 
-    from ctc_plugin.cam.integrative import IntegrativeCAM, NoFeatureMapsError, ZeroMapWarning
+    from ctc_plugin.cam.integrative import NoFeatureMapsError, ZeroMapWarning
     from ctc_plugin.cam.layers import RUNNING_STATISTICS, BatchNormBiasError
     from ctc_plugin.cam.transformers import UnknownBlocksError
 
     try:
         with warnings.catch_warnings():  # said once for the run: warn_of_empty_results
             warnings.simplefilter("ignore", ZeroMapWarning)
-            maps = IntegrativeCAM(request.model).attribute(request.pixels, target=request.target)
+            maps = method_calls.integrative_cam(request.model, request.pixels, request.target)
     except NoFeatureMapsError as error:
         raise MethodError(
             "integrative-cam fuses the maps of a model's convolutions (or of a known "
@@ -249,24 +270,24 @@ def _explainer(request: Request) -> tuple[str, Tensor]:
     command loads it ([`explainer_for`][ctc_plugin.commands.explain_setup.explainer_for]), in
     the command's terms, not on every image.
     """
-    from ctc_plugin.explainer.attribution import ExplainerAttribution
-
     if request.explainer is None:  # the command loads it; a direct call must pass one
         raise MethodError("the explainer method needs a trained Explainer")
     explainer = request.explainer.to(request.pixels.device)
-    attribution = ExplainerAttribution(request.model, explainer, check_classifier=False)
-    maps = attribution.attribute(request.pixels, target=request.target)
+    maps = method_calls.explainer_maps(
+        request.model, explainer, request.pixels, request.target, check_classifier=False
+    )
     return "Explainer", maps[:, :1]
 
 
 def _feature_ablation(request: Request) -> tuple[str, Tensor]:
-    from captum.attr import FeatureAblation
-
-    attributions = FeatureAblation(request.model).attribute(
+    call = method_calls.FEATURE_ABLATION.but(
+        perturbations_per_eval=_perturbations_per_eval(request)
+    )
+    attributions = call.attribute(
+        request.model,
         request.pixels,
-        target=request.target,
-        feature_mask=request.feature_mask,
-        perturbations_per_eval=_perturbations_per_eval(request),
+        request.target,
+        request.feature_mask,
         show_progress=request.show_progress,
     )
     return "FeatureAblation", attributions[:, :1]
@@ -286,19 +307,16 @@ def _perturbations_per_eval(request: Request) -> int:
 
 
 def _lime(request: Request) -> tuple[str, Tensor]:
-    from captum.attr import Lime
-
-    from ctc_plugin.harness.methods import seeded_draws
-
-    with seeded_draws(LIME_SEED, request.pixels.device):
-        attributions = Lime(request.model).attribute(
-            request.pixels,
-            target=request.target,
-            feature_mask=request.feature_mask,
-            n_samples=request.lime_samples,
-            perturbations_per_eval=_perturbations_per_eval(request),
-            show_progress=request.show_progress,
-        )
+    call = method_calls.LIME.but(
+        n_samples=request.lime_samples, perturbations_per_eval=_perturbations_per_eval(request)
+    )
+    attributions = call.attribute(
+        request.model,
+        request.pixels,
+        request.target,
+        request.feature_mask,
+        show_progress=request.show_progress,
+    )
     return f"Lime ({counted(request.lime_samples, 'sample')})", attributions[:, :1]
 
 
@@ -371,8 +389,6 @@ def _says_nothing(method: str, zero: dict[str, int], images: int, lime_samples: 
 
 
 def _gradcam(request: Request) -> tuple[str, Tensor]:
-    from captum.attr import LayerAttribution, LayerGradCam
-
     from ctc_plugin.cam.transformers import (
         NoSpatialMapError,
         UnknownBlocksError,
@@ -405,11 +421,7 @@ def _gradcam(request: Request) -> tuple[str, Tensor]:
             "whose blocks it knows; it needs convolutions otherwise)"
         ) from error
     name = module_path(request.model, layer)  # the user's path, not the wrapper's 1.xxx
-    cam = LayerGradCam(request.model, layer).attribute(
-        request.pixels, target=request.target, relu_attributions=True
-    )
-    size = tuple(request.pixels.shape[-2:])
-    maps = LayerAttribution.interpolate(cam, size, interpolate_mode="bilinear")
+    maps = method_calls.captum_grad_cam(request.model, request.pixels, request.target, layer)
     return f"Grad-CAM ({name})", maps
 
 
@@ -451,7 +463,7 @@ def memory_advice(name: str, request: Request) -> str:
         f"the {width}x{height} image has {segments} segments: give fewer --segments or a "
         "smaller --resize"
     )
-    if name == "ctc" and request.bias_sharing == "proportional":
+    if not reads_perturbations_per_eval(name, request.bias_sharing):  # CTC, proportional
         return advice + (
             ", or --bias-sharing reference with a small --perturbations-per-eval (proportional "
             "sharing passes a copy of the image per segment at once)"

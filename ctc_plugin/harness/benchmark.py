@@ -65,6 +65,7 @@ from ctc_plugin.harness.store import (
     piece_shard,
     run_order,
 )
+from ctc_plugin.method_calls import SAMPLES
 from ctc_plugin.resumable import Shard, json_values, run_job
 from ctc_plugin.resumable.atomic import read_only_folder
 from ctc_plugin.wording import known_name
@@ -119,7 +120,7 @@ class BenchmarkConfig:
     robustness_images: int = 24
     feature_sources: tuple[str, ...] = FEATURE_SOURCES
     methods: tuple[str, ...] | None = None
-    lime_samples: int = 100
+    lime_samples: int = SAMPLES
     ig_steps: int = 32
     curve_steps: int = 20
     batch_size: int = 25

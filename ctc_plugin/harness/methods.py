@@ -10,6 +10,9 @@ gradient magnitudes by the maximum over channels (Simonyan et al.), signed relev
 
 Our methods are always in the registry: CTC in each bias-sharing mode, Integrative CAM and, for
 zoo models with a shipped Explainer, the Explainer (`explainer_method`).
+
+How each method that the ``explain`` command has too is called (its library call and settings)
+is written once, in `ctc_plugin.method_calls`; the entries here adapt it to the signature above.
 """
 
 from __future__ import annotations
@@ -17,17 +20,20 @@ from __future__ import annotations
 import copy
 import importlib
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctc_plugin import method_calls
 from ctc_plugin.evaluation.arguments import Method, target_renamed
-from ctc_plugin.module_state import modes_kept
+from ctc_plugin.method_calls import SAMPLES, CaptumFeatureMethod
+
+# named here too (the benchmark's page and scripts name them here); their home is method_calls
+from ctc_plugin.method_calls import SAMPLING_SEED as SAMPLING_SEED
+from ctc_plugin.method_calls import seeded_draws as seeded_draws
 
 __all__ = [
     "MethodSpec",
@@ -93,64 +99,27 @@ def _captum_gradient(cls_name: str, reduce: str, **options: object) -> Method:
     return method
 
 
-#: Seed of the samples Lime and KernelShap draw for each image (`_captum_features`).
-SAMPLING_SEED = 0
-
-
-@contextmanager
-def seeded_draws(seed: int, device: torch.device) -> Iterator[None]:
-    """Within the block, torch's random draws (on ``device`` too) start from ``seed``.
-
-    Inside ``torch.random.fork_rng``: the caller's random state is as it was afterwards. A
-    method that samples (Lime, KernelShap) then draws the same samples in every call.
-    """
-    devices = []
-    if device.type == "cuda":  # a bare "cuda" is the current device, not always the first
-        devices = [torch.cuda.current_device() if device.index is None else device.index]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def _captum_features(
-    cls_name: str, per_image: bool, sampling_seed: int | None = None, **options: object
-) -> Method:
+def _captum_features(call: CaptumFeatureMethod) -> Method:
     """A Captum feature method (FeatureAblation, Lime, KernelShap) on the given features.
 
-    ``sampling_seed``: a method that samples (Lime, KernelShap) draws its samples for each
-    image from torch's generator seeded with it, inside ``torch.random.fork_rng`` (the caller's
-    random state is left as it was): the same image and features give the same map in every
-    call, so the robustness metrics (max-sensitivity, the protocol's distances, the sanity
-    check) measure how the map follows the input and the model, not the sampling noise of two
-    draws (common random numbers). ``None`` draws from torch's generator as it stands.
+    ``call`` holds the method and its settings (`ctc_plugin.method_calls`); a method that
+    samples explains each image alone, from its seed (``call.per_image``).
     """
-
-    def explain(explainer: Any, images: Tensor, **arguments: Any) -> Tensor:
-        drawing = (
-            nullcontext() if sampling_seed is None else seeded_draws(sampling_seed, images.device)
-        )
-        with drawing:
-            return explainer.attribute(images, baselines=0.0, **arguments, **options)
 
     @target_renamed
     def method(
         model: nn.Module, images: Tensor, target: Tensor, feature_mask: Tensor | None
     ) -> Tensor:
-        from captum import attr
-
-        mask = _require_mask(feature_mask, cls_name).expand(len(images), -1, -1, -1)
-        explainer = getattr(attr, cls_name)(model)
-        if not per_image:
-            return _first_channel(explain(explainer, images, target=target, feature_mask=mask))
+        mask = _require_mask(feature_mask, call.name).expand(len(images), -1, -1, -1)
+        if not call.per_image:
+            return _first_channel(call.attribute(model, images, target, mask))
         maps = [
-            explain(
-                explainer, images[i : i + 1], target=int(target[i]), feature_mask=mask[i : i + 1]
-            )
+            call.attribute(model, images[i : i + 1], int(target[i]), mask[i : i + 1])
             for i in range(len(images))
         ]
         return _first_channel(torch.cat(maps))
 
-    method.__name__ = cls_name
+    method.__name__ = call.name
     return method
 
 
@@ -238,32 +207,7 @@ def _grad_cam(cls_name: str) -> Method:
     def method(
         model: nn.Module, images: Tensor, target: Tensor, feature_mask: Tensor | None
     ) -> Tensor:
-        import pytorch_grad_cam
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        from ctc_plugin.cam.transformers import grad_cam_layer
-
-        layer, reshape = grad_cam_layer(model, images)
-        # its model.zero_grad() and loss.backward() set every parameter's .grad: they are put
-        # back as they were (a later optimiser step would use them; memory would stay held);
-        # its model.eval() is undone module by module (BatchNorms frozen in a training model)
-        grads = [(parameter, parameter.grad) for parameter in model.parameters()]
-        with modes_kept(model):
-            cam = getattr(pytorch_grad_cam, cls_name)(
-                model=model, target_layers=[layer], reshape_transform=reshape
-            )
-            # not its with block: its __exit__ prints and swallows an IndexError (a target out
-            # of range), and the caller then met an unassigned result instead of the error
-            try:
-                maps = cam(
-                    input_tensor=images,
-                    targets=[ClassifierOutputTarget(int(t)) for t in target],
-                )
-            finally:
-                cam.activations_and_grads.release()
-                for parameter, grad in grads:
-                    parameter.grad = grad
-        return torch.from_numpy(maps).to(images)[:, None]
+        return method_calls.pytorch_grad_cam(cls_name, model, images, target)
 
     method.__name__ = cls_name
     return method
@@ -321,7 +265,7 @@ def _attn_lrp(
                     setattr(cls, name, value)
 
 
-def peer_methods(n_samples: int = 100, ig_steps: int = 32) -> list[MethodSpec]:
+def peer_methods(n_samples: int = SAMPLES, ig_steps: int = 32) -> list[MethodSpec]:
     """Return the established methods, each a real call into its library.
 
     Args:
@@ -339,35 +283,13 @@ def peer_methods(n_samples: int = 100, ig_steps: int = 32) -> list[MethodSpec]:
                 "IntegratedGradients", "sum", n_steps=ig_steps, internal_batch_size=ig_steps * 4
             ),
         ),
-        MethodSpec(
-            "FeatureAblation",
-            "captum",
-            True,
-            _captum_features("FeatureAblation", per_image=False, perturbations_per_eval=16),
-        ),
-        MethodSpec(
-            "Lime",
-            "captum",
-            True,
-            _captum_features(
-                "Lime",
-                per_image=True,
-                sampling_seed=SAMPLING_SEED,
-                n_samples=n_samples,
-                perturbations_per_eval=32,
-            ),
-        ),
-        MethodSpec(
-            "KernelShap",
-            "captum",
-            True,
-            _captum_features(
-                "KernelShap",
-                per_image=True,
-                sampling_seed=SAMPLING_SEED,
-                n_samples=n_samples,
-                perturbations_per_eval=32,
-            ),
+        *(
+            MethodSpec(call.name, "captum", True, _captum_features(call))
+            for call in (
+                method_calls.FEATURE_ABLATION,
+                method_calls.LIME.but(n_samples=n_samples),
+                method_calls.KERNEL_SHAP.but(n_samples=n_samples),
+            )
         ),
         MethodSpec(
             "LRP-EpsilonPlusFlat",
@@ -409,11 +331,8 @@ def _ctc(mode: str) -> Method:
     def method(
         model: nn.Module, images: Tensor, target: Tensor, feature_mask: Tensor | None
     ) -> Tensor:
-        from ctc_plugin.ctc.attribution import CTC
-
         mask = _require_mask(feature_mask, "CTC")
-        out = CTC(model, bias_sharing=mode).attribute(images, target=target, feature_mask=mask)
-        return _first_channel(out)
+        return _first_channel(method_calls.ctc(model, images, target, mask, bias_sharing=mode))
 
     method.__name__ = f"CTC_{mode}"
     return method
@@ -423,9 +342,7 @@ def _ctc(mode: str) -> Method:
 def _integrative_cam(
     model: nn.Module, images: Tensor, target: Tensor, feature_mask: Tensor | None
 ) -> Tensor:
-    from ctc_plugin.cam.integrative import IntegrativeCAM
-
-    return IntegrativeCAM(model).attribute(images, target=target).detach()
+    return method_calls.integrative_cam(model, images, target).detach()
 
 
 def explainer_method(explainer: nn.Module, name: str = "Explainer") -> Method:
@@ -438,10 +355,7 @@ def explainer_method(explainer: nn.Module, name: str = "Explainer") -> Method:
     def method(
         model: nn.Module, images: Tensor, target: Tensor, feature_mask: Tensor | None
     ) -> Tensor:
-        from ctc_plugin.explainer.attribution import ExplainerAttribution
-
-        maps = ExplainerAttribution(model, explainer).attribute(images, target=target)
-        return maps[:, :1].detach()
+        return method_calls.explainer_maps(model, explainer, images, target)[:, :1].detach()
 
     method.__name__ = name
     return method
@@ -490,7 +404,7 @@ def our_methods(
 
 def registry(
     explainer: nn.Module | None = None,
-    n_samples: int = 100,
+    n_samples: int = SAMPLES,
     ig_steps: int = 32,
     explainers: Mapping[str, nn.Module] | None = None,
 ) -> dict[str, MethodSpec]:

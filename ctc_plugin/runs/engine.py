@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING
+from ctc_plugin.method_calls import PERTURBATIONS_PER_EVAL, SAMPLES
 from ctc_plugin.resumable import ConfigMismatchError, JobResult, RunStore, Shard, run_job
 from ctc_plugin.resumable.job import check_start
 from ctc_plugin.runs.plan import PINNED_FILES, RunConfig, digest, plan_shards
@@ -792,8 +793,8 @@ def explain_dataset(
     sam_checkpoint: str | os.PathLike[str] | None = None,
     sam_model_type: str = "vit_b",
     bias_sharing: str = DEFAULT_BIAS_SHARING,
-    lime_samples: int = 100,
-    perturbations_per_eval: int = 16,
+    lime_samples: int = SAMPLES,
+    perturbations_per_eval: int = PERTURBATIONS_PER_EVAL,
     shard_size: int = 8,
     seed: int = 1,
     threads: int = 1,

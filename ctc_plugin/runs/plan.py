@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ctc_plugin.ctc.modes import DEFAULT_BIAS_SHARING, check_mode
+from ctc_plugin.method_calls import PERTURBATIONS_PER_EVAL, SAMPLES
 from ctc_plugin.resumable.job import Shard
 from ctc_plugin.resumable.store import json_values
 
@@ -98,8 +99,8 @@ class RunConfig:
     sam_checkpoint_sha256: str | None = field(default=None, init=False)
     sam_model_type: str = "vit_b"
     bias_sharing: str = DEFAULT_BIAS_SHARING
-    lime_samples: int = 100
-    perturbations_per_eval: int = 16
+    lime_samples: int = SAMPLES
+    perturbations_per_eval: int = PERTURBATIONS_PER_EVAL
     shard_size: int = 8
     seed: int = 1
     threads: int = 1
@@ -156,13 +157,15 @@ class RunConfig:
 
     def unread_options(self) -> tuple[str, ...]:
         """The options that no chosen method or segmenter reads (they change no result)."""
-        chunked = {"feature-ablation", "lime"} | (
-            {"ctc"} if self.bias_sharing != "proportional" else set()
-        )
+        from ctc_plugin.commands.methods import reads_perturbations_per_eval
+
+        chunked = [
+            name for name in self.methods if reads_perturbations_per_eval(name, self.bias_sharing)
+        ]
         unread = {
             "bias_sharing": "ctc" not in self.methods,
             "lime_samples": "lime" not in self.methods,
-            "perturbations_per_eval": not chunked & set(self.methods),
+            "perturbations_per_eval": not chunked,
             "sam_model_type": self.segmenter != "sam",
         }
         return tuple(name for name, is_unread in unread.items() if is_unread)
