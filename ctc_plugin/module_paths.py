@@ -34,6 +34,7 @@ __all__ = [
     "path_as_given",
     "path_without_wrappers",
     "unwrapped",
+    "unwrapping",
 ]
 
 #: How the steps in front of a wrapped model are named in messages.
@@ -80,9 +81,21 @@ def unwrapped(forward_func: Any) -> Any:
     ``model.compile()``, a bound method, a function) is returned as it is (see
     [`held_inside`][ctc_plugin.module_paths.held_inside]).
     """
+    return unwrapping(forward_func)[0]
+
+
+def unwrapping(forward_func: Any) -> tuple[Any, list[nn.Module]]:
+    """[`unwrapped`][ctc_plugin.module_paths.unwrapped] and the wrappers it took off.
+
+    Returns:
+        The model inside, and torch's wrappers around it, outermost first (``[]`` where
+        ``forward_func`` is no such wrapper): what a note that it was unwrapped names.
+    """
+    wrappers = []
     while (inside := held_inside(forward_func)) is not None:
+        wrappers.append(forward_func)
         forward_func = getattr(forward_func, inside)
-    return forward_func
+    return forward_func, wrappers
 
 
 def path_as_given(root: object, path: str) -> str:

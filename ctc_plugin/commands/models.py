@@ -150,7 +150,7 @@ def _callable_model(spec: str, weights: Path | None) -> LoadedModel:
 
     from ctc_plugin.files import read_state_dict
     from ctc_plugin.images import ImagePreprocessing
-    from ctc_plugin.module_paths import unwrapped
+    from ctc_plugin.module_paths import unwrapping
     from ctc_plugin.zoo.loading import load_state_into
 
     module_name, _, attribute = spec.partition(":")
@@ -161,8 +161,8 @@ def _callable_model(spec: str, weights: Path | None) -> LoadedModel:
             f"--model {spec!r} must name an nn.Module or a callable returning one, "
             f"got {type(model).__name__}"
         )
-    note = _unwrapping_note(spec, model)
-    model = unwrapped(model)
+    model, wrappers = unwrapping(model)
+    note = _unwrapping_note(spec, wrappers)
     if weights is not None:
         with _weights_errors(spec, weights):  # the zoo's loading and its message
             model = load_state_into(model, read_state_dict(weights), weights)
@@ -171,27 +171,32 @@ def _callable_model(spec: str, weights: Path | None) -> LoadedModel:
     )
 
 
-def _unwrapping_note(spec: str, model: nn.Module) -> str:
-    """The note that ``--model spec`` is explained as the model inside torch's wrappers, or ""."""
+def _unwrapping_note(spec: str, wrappers: list[nn.Module]) -> str:
+    """The note that ``--model spec`` is explained as the model inside ``wrappers``, or "".
+
+    ``wrappers``: torch's wrappers around it, outermost first
+    ([`unwrapping`][ctc_plugin.module_paths.unwrapping]).
+    """
+    if not wrappers:
+        return ""
+    names = " inside ".join(map(_wrapper_name, wrappers))
+    return (
+        f"--model {spec} returns the model inside {names}: it is explained as that model (the "
+        "same numbers on one device)"
+    )
+
+
+def _wrapper_name(wrapper: nn.Module) -> str:
+    """How the note names one of torch's wrappers."""
     from torch import nn
 
     from ctc_plugin.module_paths import held_inside
 
-    wrappers = []
-    while (inside := held_inside(model)) is not None:
-        if isinstance(model, nn.DataParallel):
-            wrappers.append("nn.DataParallel")
-        elif inside == "module":
-            wrappers.append(type(model).__name__)
-        else:
-            wrappers.append("torch.compile(...)")
-        model = getattr(model, inside)
-    if not wrappers:
-        return ""
-    return (
-        f"--model {spec} returns the model inside {' inside '.join(wrappers)}: it is explained "
-        "as that model (the same numbers on one device)"
-    )
+    if isinstance(wrapper, nn.DataParallel):
+        return "nn.DataParallel"
+    if held_inside(wrapper) == "module":  # DistributedDataParallel
+        return type(wrapper).__name__
+    return "torch.compile(...)"
 
 
 def _import_attribute(spec: str, module_name: str, attribute: str) -> Any:
