@@ -29,6 +29,8 @@ from ctc_plugin.wording import caller_stacklevel, counted
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
 
+    from ctc_plugin.method_calls import CaptumFeatureMethod
+
 #: ``--method`` names and what each runs (the help text of the option).
 METHODS: dict[str, str] = {
     "ctc": "CTC (ctc_plugin.CTC): segment scores from scaled partial forward passes",
@@ -280,17 +282,23 @@ def _explainer(request: Request) -> tuple[str, Tensor]:
 
 
 def _feature_ablation(request: Request) -> tuple[str, Tensor]:
-    call = method_calls.FEATURE_ABLATION.but(
-        perturbations_per_eval=_perturbations_per_eval(request)
-    )
-    attributions = call.attribute(
+    return "FeatureAblation", _captum_features(method_calls.FEATURE_ABLATION, request)
+
+
+def _captum_features(call: CaptumFeatureMethod, request: Request) -> Tensor:
+    """``call``'s ``(1, 1, H, W)`` map of the request's image and segments.
+
+    With the request's progress bar and `_perturbations_per_eval` copies per pass.
+    """
+    chunked = call.but(perturbations_per_eval=_perturbations_per_eval(request))
+    attributions = chunked.attribute(
         request.model,
         request.pixels,
         request.target,
         request.feature_mask,
         show_progress=request.show_progress,
     )
-    return "FeatureAblation", attributions[:, :1]
+    return attributions[:, :1]
 
 
 def _perturbations_per_eval(request: Request) -> int:
@@ -307,17 +315,8 @@ def _perturbations_per_eval(request: Request) -> int:
 
 
 def _lime(request: Request) -> tuple[str, Tensor]:
-    call = method_calls.LIME.but(
-        n_samples=request.lime_samples, perturbations_per_eval=_perturbations_per_eval(request)
-    )
-    attributions = call.attribute(
-        request.model,
-        request.pixels,
-        request.target,
-        request.feature_mask,
-        show_progress=request.show_progress,
-    )
-    return f"Lime ({counted(request.lime_samples, 'sample')})", attributions[:, :1]
+    lime = method_calls.LIME.but(n_samples=request.lime_samples)
+    return f"Lime ({counted(request.lime_samples, 'sample')})", _captum_features(lime, request)
 
 
 #: The methods whose results can say nothing of an image (`warn_of_empty_results`): Lime's
