@@ -88,3 +88,14 @@ def test_the_run_plan_asks_the_methods_which_read_perturbations_per_eval(monkeyp
             assert ("perturbations_per_eval" in unread) is not reads, (sharing, names)
     monkeypatch.setattr(methods, "reads_perturbations_per_eval", lambda name, sharing: False)
     assert "perturbations_per_eval" in RunConfig(methods=("lime",)).unread_options()
+
+
+def test_the_benchmarks_ctc_variants_are_the_bias_sharing_modes(monkeypatch):
+    """The benchmark listed CTC's modes itself; it now takes ``ctc.modes``' list."""
+    from ctc_plugin.ctc.modes import BIAS_SHARING_MODES
+    from ctc_plugin.harness import methods
+
+    ctc = [name for name in registry() if name.startswith("CTC-")]
+    assert ctc == [f"CTC-{mode}" for mode in BIAS_SHARING_MODES]
+    monkeypatch.setattr(methods, "BIAS_SHARING_MODES", ("none",))
+    assert [name for name in registry() if name.startswith("CTC-")] == ["CTC-none"]

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctc_plugin import method_calls
+from ctc_plugin.ctc.modes import BIAS_SHARING_MODES
 from ctc_plugin.evaluation.arguments import Method, target_renamed
 from ctc_plugin.method_calls import SAMPLES, CaptumFeatureMethod
 
@@ -384,10 +385,7 @@ def our_methods(
         ValueError: For a kind not in ``EXPLAINER_METHODS``.
     """
     specs = [
-        *(
-            MethodSpec(f"CTC-{mode}", "ctc-plugin", True, _ctc(mode))
-            for mode in ("reference", "proportional", "none")
-        ),
+        *(MethodSpec(f"CTC-{mode}", "ctc-plugin", True, _ctc(mode)) for mode in BIAS_SHARING_MODES),
         MethodSpec("IntegrativeCAM", "ctc-plugin", False, _integrative_cam),
     ]
     by_kind = {"default": explainer, **(explainers or {})}
