@@ -128,6 +128,11 @@ class CaptumFeatureMethod:
     ) -> Tensor:
         """Captum's attributions of ``images`` (shaped like them) with these settings.
 
+        A model with a BatchNorm that keeps no running statistics normalises each batch with
+        that batch's own statistics, which would mix the perturbed copies (and the images) of
+        one pass: each image is then explained alone, one copy per pass, so that each copy
+        gets what the model computes for it alone.
+
         Args:
             model: The classifier.
             images: The batch to explain.
@@ -135,6 +140,27 @@ class CaptumFeatureMethod:
             feature_mask: Feature ids, broadcastable to ``images``.
             show_progress: Show Captum's progress bar.
         """
+        import torch
+
+        from ctc_plugin.batchnorm import keeps_no_running_statistics
+
+        if self.perturbations_per_eval > 1 and any(
+            map(keeps_no_running_statistics, model.modules())
+        ):
+            alone = self.but(perturbations_per_eval=1)
+            masks = feature_mask.expand(len(images), *feature_mask.shape[1:])
+            return torch.cat(
+                [
+                    alone.attribute(
+                        model,
+                        images[i : i + 1],
+                        _target_of(target, i),
+                        masks[i : i + 1],
+                        show_progress=show_progress,
+                    )
+                    for i in range(len(images))
+                ]
+            )
         from captum import attr
 
         options: dict[str, Any] = {"perturbations_per_eval": self.perturbations_per_eval}
@@ -154,6 +180,17 @@ class CaptumFeatureMethod:
                 show_progress=show_progress,
                 **options,
             )
+
+
+def _target_of(target: Any, index: int) -> Any:
+    """Captum's ``target`` for image ``index`` alone.
+
+    One of a per-image list or tensor; an int, a tuple (one index into a many-dimensional
+    output) or a one-element tensor is every image's.
+    """
+    if isinstance(target, list) or (hasattr(target, "numel") and target.numel() > 1):
+        return target[index : index + 1]
+    return target
 
 
 #: Captum's FeatureAblation: each feature replaced by 0 (black).

@@ -288,9 +288,10 @@ def _feature_ablation(request: Request) -> tuple[str, Tensor]:
 def _captum_features(call: CaptumFeatureMethod, request: Request) -> Tensor:
     """``call``'s ``(1, 1, H, W)`` map of the request's image and segments.
 
-    With the request's progress bar and `_perturbations_per_eval` copies per pass.
+    With the request's progress bar and ``--perturbations-per-eval`` copies per pass (one for
+    a model whose BatchNorm keeps no running statistics: `CaptumFeatureMethod.attribute`).
     """
-    chunked = call.but(perturbations_per_eval=_perturbations_per_eval(request))
+    chunked = call.but(perturbations_per_eval=request.perturbations_per_eval)
     attributions = chunked.attribute(
         request.model,
         request.pixels,
@@ -299,19 +300,6 @@ def _captum_features(call: CaptumFeatureMethod, request: Request) -> Tensor:
         show_progress=request.show_progress,
     )
     return attributions[:, :1]
-
-
-def _perturbations_per_eval(request: Request) -> int:
-    """The perturbed images per forward pass of feature ablation and Lime.
-
-    1 for a model with a BatchNorm that keeps no running statistics: it normalises with the
-    statistics of the batch, which would mix the perturbed images; alone, each is what the
-    model computes for it.
-    """
-    from ctc_plugin.batchnorm import keeps_no_running_statistics
-
-    batch_statistics = any(map(keeps_no_running_statistics, request.model.modules()))
-    return 1 if batch_statistics else request.perturbations_per_eval
 
 
 def _lime(request: Request) -> tuple[str, Tensor]:
