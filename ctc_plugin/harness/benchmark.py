@@ -435,6 +435,8 @@ class BenchmarkJob:
             here and on every Ray worker, so that both engines give the same numbers.
 
     Raises:
+        ValueError: When a model of ``models`` has a BatchNorm that keeps no running
+            statistics (each image's numbers would depend on its batch), before anything runs.
         FileNotFoundError: When no model can be loaded.
     """
 
@@ -668,12 +670,40 @@ def run_benchmark(
         from ctc_plugin.resumable.cluster import import_ray
 
         import_ray()
+    for (family, split), model in (models or {}).items():
+        _check_batch_independent(model, f"{family}/{split}")
     # another configuration is refused before models load; a start that finished no piece
     # (its methods applied to no model, say) gives way
     BenchmarkStore(out_dir, config, restart_unfinished=True)
     job = BenchmarkJob(config, models, threads)
     run_job(job, out_dir, show_progress=show_progress, ray=ray, ray_workers=ray_workers)
     return write_stored_report(BenchmarkStore.open(out_dir))
+
+
+def _check_batch_independent(model: nn.Module, name: str) -> None:
+    """Refuse a model whose BatchNorm keeps no running statistics.
+
+    It normalises each batch with that batch's own statistics, in eval mode too, and the
+    benchmark classifies, explains and scores its images in batches: every number of an image
+    would depend on the other images of its batch.
+
+    Raises:
+        ValueError: Naming the model and the module, and what to do.
+    """
+    from ctc_plugin.batchnorm import keeps_no_running_statistics
+    from ctc_plugin.module_paths import module_path
+
+    for module in model.modules():
+        if keeps_no_running_statistics(module):
+            where = module_path(model, module) or "(the model)"
+            raise ValueError(
+                f"model {name}: its {type(module).__name__} {where!r} keeps no running "
+                "statistics (track_running_stats=False), so it normalises each batch with "
+                "that batch's own statistics, and the benchmark classifies, explains and "
+                "scores images in batches: each image's numbers would depend on the others; "
+                "give it running statistics (estimated on training data) or a normalisation "
+                "per example (GroupNorm, LayerNorm)"
+            )
 
 
 def machine_description() -> str:
