@@ -8,9 +8,9 @@ run over the previous layer's output, the copies along the batch dim (dim 0 with
 - an LSTM computes ``z = W x_t + U h + b`` (blocks i, f, g, o), ``i, f, o = sigmoid(.)``,
   ``g = tanh(z_g)``, ``c_t = f * c + i * g``, ``h_t = o * tanh(c_t)`` (times ``W_hr`` with
   ``proj_size``);
-- a GRU computes ``r = sigmoid(W_ir x_t + b_ir + W_hr h + b_hr)``, ``z = sigmoid(W_iz x_t + b_iz
-  + W_hz h + b_hz)``, ``n = tanh(W_in x_t + b_in + r * (W_hn h + b_hn))`` and
-  ``h_t = (1 - z) * n + z * h``;
+- a GRU computes ``r = sigmoid(W_ir x_t + b_ir + W_hr h + b_hr)``,
+  ``z = sigmoid(W_iz x_t + b_iz + W_hz h + b_hz)``,
+  ``n = tanh(W_in x_t + b_in + r * (W_hn h + b_hn))`` and ``h_t = (1 - z) * n + z * h``;
 - an Elman RNN computes ``h_t = act(W_ih x_t + b_ih + W_hh h + b_hh)`` with ``act`` ``tanh``
   (``torch.rnn_tanh``) or ``relu`` (``torch.rnn_relu``).
 

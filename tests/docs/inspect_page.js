@@ -15,6 +15,9 @@
   const ROLE = /:(?:py:)?(?:class|func|meth|attr|mod|data|exc|obj|const|ref|doc|term):/;
   // a Markdown table that did not become one (e.g. a separator row with another cell count)
   const RAW_TABLE = /\|\s*:?-{3,}:?\s*\|/;
+  // a code span that did not close (e.g. a line break inside it that starts with "+ " in a
+  // list item, read as a nested list)
+  const RAW_BACKTICK = /`/;
   const problems = [];
   const context = (node) => (node.parentElement.closest("p, li, td, th, h1, h2, h3, h4, h5, h6, div")
     || node.parentElement).textContent.replace(/\s+/g, " ").trim().slice(0, 160);
@@ -24,6 +27,7 @@
     if (TEX.test(node.data)) problems.push(["raw TeX", context(node)]);
     if (ROLE.test(node.data)) problems.push(["raw Sphinx role", context(node)]);
     if (RAW_TABLE.test(node.data)) problems.push(["table shown as raw pipes", context(node)]);
+    if (RAW_BACKTICK.test(node.data)) problems.push(["raw backtick", context(node)]);
   }
   for (const error of document.querySelectorAll("mjx-merror, [data-mjx-error]")) {
     problems.push(["formula MathJax rejected", error.getAttribute("data-mjx-error") || error.textContent]);

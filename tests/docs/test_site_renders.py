@@ -9,18 +9,18 @@ images have loaded; the test fails on text a reader would see raw:
 - an image that did not load (missing file, or not an image);
 - a ``>>>`` example run together as nested quotes instead of shown as code;
 - a table wider than the page at 1400 px (split it);
-- a Markdown table shown as raw pipes (its separator row has another cell count than its header).
+- a Markdown table shown as raw pipes (its separator row has another cell count than its header);
+- a backtick outside code: a code span that did not close (a docstring line inside one that
+  starts with ``+ `` reads as a nested list item).
 
 ``make test`` builds the site once into ``site/`` and passes it in ``CTC_DOCS_SITE``; run alone,
-the test builds its own copy. Without Chromium (``apt-get install -y chromium``; ``make setup``
-installs it) the test is skipped with that message.
+the tests build their own copy (the ``site`` fixture of ``conftest.py``). Without Chromium
+(``apt-get install -y chromium``; ``make setup`` installs it) the test is skipped with that
+message.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -49,28 +49,6 @@ def chromium() -> str:
             "Chromium not found: the browser docs test needs Debian's chromium "
             "(apt-get install -y chromium; `make setup` installs it) or CTC_CHROMIUM=/path"
         )
-    return path
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The built site: ``$CTC_DOCS_SITE`` if set (``make test`` builds it once), else built here."""
-    given = os.environ.get("CTC_DOCS_SITE")
-    if given:
-        path = Path(given).resolve()
-        assert (path / "index.html").is_file(), f"CTC_DOCS_SITE={given} holds no built site"
-        return path
-    pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install -e '.[docs]'")
-    path = tmp_path_factory.mktemp("site")
-    build = subprocess.run(  # noqa: S603 - our own build command
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(path)],
-        cwd=ROOT,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert build.returncode == 0, f"mkdocs build --strict failed:\n{build.stderr[-4000:]}"
     return path
 
 
@@ -135,6 +113,7 @@ def test_inspection_sees_each_kind_of_problem(chromium: str, tmp_path: Path) -> 
         <blockquote><blockquote><p>&gt; from x import y</p></blockquote></blockquote>
         <table><tr>WIDE_ROW</tr></table>
         <p>| a | b | c | |---|---| | 1 | 2 | 3 |</p>
+        <ul><li>A code span broken by a list: ``z = a</li><li>b``</li></ul>
         <pre><code>\\[ fine \\] $$ fine $$ :class:`Fine` \\frac |---|---| fine</code></pre>
         <p>Inline <code>:meth:`fine` \\(fine\\)</code> code is fine, and so is $5.</p>
         </body></html>""".replace("WIDE_ROW", wide_row),
@@ -151,5 +130,6 @@ def test_inspection_sees_each_kind_of_problem(chromium: str, tmp_path: Path) -> 
         + [">>> example shown as nested quotes"]
         + ["table wider than the page"]
         + ["table shown as raw pipes"]
+        + ["raw backtick"] * 2
     ), problems
     assert not [what for _, what in problems if "fine" in what], problems
