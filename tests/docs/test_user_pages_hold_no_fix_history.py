@@ -1,7 +1,8 @@
 """The user pages describe the code as it is; how it got there belongs in the design notes.
 
 A user page that quotes numbers "measured when the sharing formulas still computed bfloat16
-copies in bfloat16", or says a value "before the fix", describes code that no longer exists:
+copies in bfloat16", says a value "before the fix", or tells what "a review found and
+suspected" instead of what holds, describes code or an investigation that is over:
 the reader cannot reproduce those numbers and cannot tell what holds now. Such history goes to
 ``docs/design-notes/`` (or ``docs/renames.md`` for names); a user page states what the code does
 and, for each number, the command that measures it on the code of today.
@@ -16,7 +17,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 #: Phrases that narrate a change of the code rather than describe it.
 HISTORY = re.compile(
-    r"before the fix|was fixed|it had \w+ed only|now does\b"
+    r"before the fix|was fixed|it had \w+ed only|now does\b|a review (?:found|suspected)"
     r"|(?:when|while) (?:the|it|its) [\w ]{0,40}? still (?:\w+ed|ran|had|was|were|did|took|gave)\b",
     re.IGNORECASE,
 )
@@ -54,5 +55,6 @@ def test_the_phrases_are_seen_across_line_breaks() -> None:
     text = "gave (2026-12-06, when the sharing formulas\nstill computed bfloat16 copies) 8.2e-07"
     assert history_phrases(text) == ["when the sharing formulas still computed"]
     assert history_phrases("the 0.95 it had before the fix") == ["before the fix"]
+    assert history_phrases("A review found a map 0.57 away") == ["A review found"]
     assert history_phrases("the check randomises every parameter") == []
     assert history_phrases("stop it while the run is still running") == []
