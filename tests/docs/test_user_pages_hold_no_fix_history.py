@@ -17,7 +17,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 #: Phrases that narrate a change of the code rather than describe it.
 HISTORY = re.compile(
-    r"before the fix|was fixed|it had \w+ed only|now does\b|a review (?:found|suspected)"
+    r"before the fix|was fixed|it had \w+ed only|now does\b|used to return"
+    r"|a review (?:found|suspected)"
     r"|(?:when|while) (?:the|it|its) [\w ]{0,40}? still (?:\w+ed|ran|had|was|were|did|took|gave)\b",
     re.IGNORECASE,
 )
@@ -56,5 +57,6 @@ def test_the_phrases_are_seen_across_line_breaks() -> None:
     assert history_phrases(text) == ["when the sharing formulas still computed"]
     assert history_phrases("the 0.95 it had before the fix") == ["before the fix"]
     assert history_phrases("A review found a map 0.57 away") == ["A review found"]
+    assert history_phrases("what the call used to return") == ["used to return"]
     assert history_phrases("the check randomises every parameter") == []
     assert history_phrases("stop it while the run is still running") == []
