@@ -367,6 +367,20 @@ class StageTracer(TorchFunctionMode):
             stage.relu = True
             stage.extendable = False
 
+    def _alias(self, tensor: Tensor, alias: Tensor) -> None:
+        """Move the stages that end at ``tensor`` to ``alias``, a view of all of it.
+
+        ``x.view_as(x)`` is how autograd hands back a tensor that a custom function returns
+        unchanged: a module with a full backward hook (``register_full_backward_hook``, of the
+        module or global) passes its inputs and output through such a function. The next
+        BatchNorm or ReLU of the chain, and a chosen layer's map, then take the alias; without
+        the move the stage ended at the hook and its BatchNorm and ReLU became a stage of their
+        own (another map, another fused map).
+        """
+        for stage in list(self._by_tensor.get(id(tensor), [])):
+            self._untrack(stage)
+            self._track(stage, alias)
+
     def _check_rows(self, name: str, rows: int) -> None:
         """Refuse a stage's map without one row per example (``examples``, where given).
 
@@ -537,6 +551,11 @@ class StageTracer(TorchFunctionMode):
         if name in _NEUTRAL:
             out = func(*args, **kwargs)
             self._follow(args, kwargs, out)  # .mT, .T: views of an attention's output
+            return out
+        if name == "view_as" and len(args) == 2 and args[0] is args[1]:
+            out = func(*args, **kwargs)  # the same map under another name
+            self._alias(args[0], out)
+            self._follow(args, kwargs, out)
             return out
         # only discovery follows the attention (`AttentionReach`)
         attention = self.reach is not None and computes_attention(func, args)
