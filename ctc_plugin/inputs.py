@@ -55,6 +55,7 @@ __all__ = [
     "broadcasts_to",
     "changes_in_training",
     "check_eval_mode",
+    "check_float_model",
     "check_has_values",
     "check_nothing_shared",
     "check_images",
@@ -72,10 +73,13 @@ __all__ = [
     "is_finite_number",
     "is_integer",
     "is_per_example",
+    "is_quantized",
     "map_per_example",
+    "observes",
     "PATCH_SEQUENCE_MODELS",
     "RANDOM_FUNCTIONS",
     "outside_inference_mode",
+    "quantized_module_error",
     "with_gradients",
     "training_mode_error",
     "training_modules_refused",
@@ -536,10 +540,57 @@ def check_eval_mode(forward_func: Callable[..., Any]) -> None:
     model = model_of(forward_func)  # the model, or the owner of a bound method (model.forward)
     if model is None:
         return
+    idle = _observers_of_fake_quantizers(model)  # run only where their fake quantizer observes
     for module in model.modules():  # names only for a refusal
-        if changes_in_training(module):
+        if id(module) not in idle and changes_in_training(module):
             name = module_path(model, module)  # the user's path, behind a normalisation too
             raise training_mode_error(module, repr(name or "(the model)"))
+
+
+def check_float_model(forward_func: Callable[..., Any], method: str) -> None:
+    """Refuse a quantized model, for a method that follows the model's float operations.
+
+    ``forward_func`` is inspected as in [`check_eval_mode`][ctc_plugin.inputs.check_eval_mode];
+    the modules of a plain function are checked as they run (`quantized_module_error`).
+
+    Raises:
+        ValueError: Naming the first quantized module (`is_quantized`); nothing has run yet.
+    """
+    model = model_of(forward_func)
+    if model is None:
+        return
+    for module in model.modules():
+        if is_quantized(module):
+            raise quantized_module_error(module, repr(module_path(model, module)), method)
+
+
+def is_quantized(module: torch.nn.Module) -> bool:
+    """Whether ``module`` computes on quantized integers (``torch.ao.nn.quantized``).
+
+    The modules ``torch.ao.quantization.quantize_dynamic`` and ``convert`` put in a model
+    (``DynamicQuantizedLinear``, ``QuantizedConv2d``, ``Quantize``, ...): their operations take
+    no gradient and are no float operations a method can follow. ``FloatFunctional`` (the float
+    additions of a model written for quantization, torchvision's quantizable ResNet) and the
+    float reference modules are not. Read by module name, as `observes` reads classes.
+    """
+    where = type(module).__module__
+    return (
+        where.startswith(("torch.ao.nn.quantized.", "torch.ao.nn.intrinsic.quantized."))
+        and ".reference." not in where
+        and type(module).__name__ != "FloatFunctional"
+    )
+
+
+def quantized_module_error(module: torch.nn.Module, name: str, method: str) -> ValueError:
+    """The error for a module that `is_quantized`, named ``name``, refused by ``method``."""
+    return ValueError(
+        f"{method} follows the model's float operations, and {name} is a quantized "
+        f"{type(module).__name__} (torch.ao.nn.quantized, made by "
+        "torch.ao.quantization.quantize_dynamic or convert): it computes on integers, with no "
+        "gradient and no operation the method can follow; explain the float "
+        "model it was made from (quantize a copy to keep it: "
+        "quantize_dynamic(copy.deepcopy(model), ...))"
+    )
 
 
 def check_gradient_weights(forward_func: Callable[..., Any], method: str) -> None:
@@ -639,10 +690,48 @@ def changes_in_training(module: torch.nn.Module) -> bool:
     with a nonzero rate),
     InstanceNorm with running statistics, recurrent layers (LSTM, GRU, RNN) with dropout between
     their layers, and spectral normalisation (its power iteration updates its vectors:
-    ``parametrizations.spectral_norm`` or the older hook form).
+    ``parametrizations.spectral_norm`` or the older hook form). Also, in either mode, a
+    quantization observer that records what it sees (`observes`): it changes itself in eval
+    mode too.
     """
     # first: a model in eval mode is the common case
-    return module.training and _changes_when_training(module)
+    return (module.training and _changes_when_training(module)) or observes(module)
+
+
+def observes(module: torch.nn.Module) -> bool:
+    """Whether running ``module`` records the statistics of what it sees, in either mode.
+
+    The observers of a model prepared for quantization (``torch.ao.quantization.prepare`` or
+    ``prepare_qat``: ``MinMaxObserver``, ``HistogramObserver``, ...; those without state, such
+    as ``PlaceholderObserver``, record nothing) and fake quantizers whose observer is enabled
+    (``FakeQuantize``, ``FusedMovingAvgObsFakeQuantize``; ``disable_observer`` turns it off).
+    Read by class name: importing ``torch.ao.quantization`` here would slow down importing the
+    package.
+    """
+    kinds = {kind.__name__ for kind in type(module).__mro__ if _is_quantization_class(kind)}
+    if "FakeQuantizeBase" in kinds:
+        flag = getattr(module, "observer_enabled", None)
+        return not isinstance(flag, torch.Tensor) or flag.is_meta or bool(flag.flatten()[0])
+    return "ObserverBase" in kinds and next(module.buffers(recurse=False), None) is not None
+
+
+def _is_quantization_class(kind: type) -> bool:
+    """Whether ``kind`` is one of ``torch.ao.quantization``'s own classes."""
+    return kind.__module__.startswith("torch.ao.quantization.")
+
+
+def _observers_of_fake_quantizers(model: torch.nn.Module) -> set[int]:
+    """The ``id`` of each observer held by a fake quantizer of ``model``.
+
+    Such an observer runs only when its fake quantizer's own flag (`observes`) is on, and is
+    judged by that flag.
+    """
+    return {
+        id(child)
+        for module in model.modules()
+        if any(kind.__name__ == "FakeQuantizeBase" for kind in type(module).__mro__)
+        for child in module.children()
+    }
 
 
 def _changes_when_training(module: torch.nn.Module) -> bool:
@@ -769,6 +858,20 @@ def check_nothing_shared(
 
 def training_mode_error(module: torch.nn.Module, name: str) -> TrainingModeError:
     """The error for a module that `changes_in_training`, named ``name``."""
+    if observes(module):
+        fake = hasattr(module, "observer_enabled")  # a fake quantizer's flag (prepare_qat)
+        way_out = (
+            "turn the observers off first, model.apply(torch.ao.quantization.disable_observer) "
+            "(they keep the ranges recorded so far)"
+            if fake
+            else "convert the calibrated model first (torch.ao.quantization.convert)"
+        )
+        return TrainingModeError(
+            f"{type(module).__name__} {name} is a quantization observer that records the range "
+            "of every batch it sees, in eval mode too (a model prepared for quantization with "
+            f"torch.ao.quantization.{'prepare_qat' if fake else 'prepare'}): running it would "
+            f"change the model; {way_out}, or explain the float model before prepare"
+        )
     return TrainingModeError(
         f"{type(module).__name__} {name} is in training mode: running it would update its "
         "statistics (running statistics, spectral normalisation's vectors) or drop units at "

@@ -69,11 +69,14 @@ from ctc_plugin.concurrency import CallScope, holds_model, model_of
 from ctc_plugin.inputs import (
     changes_in_training,
     check_eval_mode,
+    check_float_model,
     check_gradient_weights,
     check_inputs,
     check_takes_images,
     dtype_mismatch_explained,
+    is_quantized,
     outside_inference_mode,
+    quantized_module_error,
     training_mode_error,
 )
 from ctc_plugin.module_paths import module_path, named_modules_as_given, unwrapped
@@ -170,11 +173,13 @@ def _warn_of_layers_called_again(modules: list[nn.Module], names: dict[int, str]
 def _refuse_training_module(cam: IntegrativeCAM, module: nn.Module, _inputs: Any) -> None:
     """Global forward pre-hook of a call: refuse a module about to run in training mode.
 
-    And a TorchScript module, whose stages would be lost silently.
+    And a TorchScript module, whose stages would be lost silently, and a quantized one, which
+    takes no gradient.
 
     Raises:
         TrainingModeError: Before the module's forward runs (BatchNorm counts its batches before
             its statistics: both stay untouched).
+        ValueError: Before a quantized module runs (`ctc_plugin.inputs.is_quantized`).
         TypeError: Before a TorchScript module runs.
     """
     if isinstance(module, torch.jit.ScriptModule):
@@ -184,6 +189,8 @@ def _refuse_training_module(cam: IntegrativeCAM, module: nn.Module, _inputs: Any
             "IntegrativeCAM can neither see its stages nor hook its layers; use the original "
             "nn.Module in its place"
         )
+    if is_quantized(module):
+        raise quantized_module_error(module, repr(cam._layer_name(module)), "Integrative CAM")
     if changes_in_training(module):
         raise training_mode_error(module, repr(cam._layer_name(module)))
 
@@ -599,6 +606,7 @@ class IntegrativeCAM(Attribution):
                 "you make and average their LayerMaps.maps"
             )
         inputs_tuple = check_inputs(inputs, images=True)
+        check_float_model(self.forward_func, "Integrative CAM")
         check_eval_mode(self.forward_func)  # before the forward pass can update statistics
         check_gradient_weights(self.forward_func, "Integrative CAM")
         check_takes_images(self.forward_func)

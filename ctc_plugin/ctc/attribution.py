@@ -34,6 +34,7 @@ from ctc_plugin.ctc.sharing import DEFAULT_BIAS_SHARING, BiasSharing, BiasSharin
 from ctc_plugin.ctc.speedups import DEFAULT, Speedups
 from ctc_plugin.inputs import (
     check_eval_mode,
+    check_float_model,
     check_inputs,
     check_takes_images,
     dtype_mismatch_explained,
@@ -338,6 +339,7 @@ class CTC(Attribution):
             _check_not_in_noise_tunnel()
         is_tuple = isinstance(inputs, tuple)
         inputs_tuple = check_inputs(inputs)
+        check_float_model(self.forward_func, "CTC")  # a quantized BatchNorm is no training one
         check_eval_mode(self.forward_func)
         check_takes_images(self.forward_func)
         example_targets(target, inputs_tuple[0].shape[0])  # the form; the range after the pass

@@ -45,6 +45,7 @@ from ctc_plugin.ctc.pass_output import check_pass_output
 from ctc_plugin.ctc.rules import GatedPass
 from ctc_plugin.inputs import (
     check_eval_mode,
+    check_float_model,
     check_inputs,
     check_takes_images,
     outside_inference_mode,
@@ -341,6 +342,7 @@ class CTCAttributor(Attributor):
                 (make the feature mask before the block and pass it).
         """
         check_inputs(input, name="input", tuples=False)
+        check_float_model(self.model, "CTC")
         check_eval_mode(self.model)
         check_takes_images(self.model)
         mask = self._call_mask if self._call_mask is not None else self.feature_mask

@@ -71,7 +71,13 @@ from ctc_plugin.ctc.operation_table import (
 )
 from ctc_plugin.ctc.operations import rule_for
 from ctc_plugin.ctc.rules import REFUSED_ATTRIBUTE, BatchDimensionError, GatedPass
-from ctc_plugin.inputs import RANDOM_FUNCTIONS, changes_in_training, training_mode_error
+from ctc_plugin.inputs import (
+    RANDOM_FUNCTIONS,
+    changes_in_training,
+    is_quantized,
+    quantized_module_error,
+    training_mode_error,
+)
 from ctc_plugin.module_paths import module_path
 from ctc_plugin.module_state import compiled_code_stance, eager_switch
 from ctc_plugin.wording import with_article
@@ -256,6 +262,8 @@ class CTCMode(TorchFunctionMode):
         def check_module(module: nn.Module, _args: Any) -> None:
             if threading.get_ident() != thread:
                 return
+            if is_quantized(module):
+                raise quantized_module_error(module, "(a module of the forward function)", "CTC")
             if changes_in_training(module):
                 raise training_mode_error(module, "(a module of the forward function)")
             if gradient and module_hooks(module):

@@ -1,0 +1,227 @@
+"""Every method on models prepared for quantization or quantized (``torch.ao.quantization``).
+
+- Observers (``prepare``) and fake quantizers with their observer on (``prepare_qat``) record
+  the range of every batch they see, in eval mode too: every method ran them (or ran the
+  modules before the first one it refused), so a refused call changed the model's recorded
+  ranges, and Integrative CAM and ``ExplainerAttribution`` explained such a model while changing
+  it. They are refused before anything runs, saying how to turn them off.
+- Quantized modules (``quantize_dynamic``, ``convert``) compute on integers: Integrative CAM
+  failed with ``AttributeError: 'NoneType' object has no attribute 'to'`` (dynamic) or
+  ``'float' object has no attribute 'detach'`` (int8), CTC named a torch operation it has no
+  rule for. CTC, ``CTCAttributor`` and Integrative CAM refuse them, naming the module and saying
+  to explain the float model; ``ExplainerAttribution``, which only reads the classifier's
+  scores, explains such a classifier.
+- A float model written for quantization (torchvision's quantizable ResNet: ``QuantStub``,
+  ``FloatFunctional``) is no quantized model: every method explains it as the plain ResNet.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.ao.quantization as quantization
+import torchvision
+from torch import nn
+
+from ctc_plugin import (
+    CTC,
+    CTCAttributor,
+    CTCComposite,
+    Explainer,
+    ExplainerAttribution,
+    IntegrativeCAM,
+    TrainingModeError,
+    UnsupportedOperationError,
+)
+from ctc_plugin.explainer.backbones import build_backbone
+from ctc_plugin.testing import random_partition
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:.*quant:UserWarning"),
+    pytest.mark.filterwarnings("ignore:the explainer has not been trained:UserWarning"),
+]
+
+CLASSES = 5
+SIZE = 16
+METHODS = ["ctc-none", "ctc-proportional", "ctc-reference", "attributor", "integrative-cam"]
+
+
+class Net(nn.Module):
+    """A small classifier written for eager-mode quantization."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.quant = quantization.QuantStub()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, CLASSES)
+        self.dequant = quantization.DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The class scores."""
+        x = self.relu(self.norm(self.conv(self.quant(x))))
+        x = self.pool(self.relu2(self.conv2(x)))
+        return self.dequant(self.fc(torch.flatten(x, 1)))
+
+
+def _images(n: int = 2) -> torch.Tensor:
+    return torch.rand(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+
+
+def _explain(method: str, model, images: torch.Tensor) -> torch.Tensor:
+    mask = random_partition(SIZE, SIZE, 6)
+    if method.startswith("ctc-"):
+        return CTC(model, bias_sharing=method[4:]).attribute(images, [0, 1], feature_mask=mask)
+    if method == "attributor":
+        with CTCAttributor(model, CTCComposite(), feature_mask=mask) as attributor:
+            return attributor(images, torch.eye(CLASSES)[[0, 1]])[1]
+    if method == "integrative-cam":
+        return IntegrativeCAM(model).attribute(images, [0, 1])
+    torch.manual_seed(0)
+    explainer = Explainer(build_backbone("unet-small", CLASSES), CLASSES).eval()
+    return ExplainerAttribution(model, explainer, check_classifier=False).attribute(images, [0, 1])
+
+
+def _state(model: nn.Module) -> tuple:
+    hooks = [
+        (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks), m.training)
+        for m in model.modules()
+    ]
+    return hooks, {k: _values(v) for k, v in model.state_dict().items()}
+
+
+def _values(value: object) -> object:
+    """A copy of a state entry: a tensor (quantized ones as floats), a tuple of them, a dtype."""
+    if isinstance(value, torch.Tensor):
+        return value.dequantize() if value.is_quantized else value.clone()
+    if isinstance(value, tuple):
+        return tuple(_values(item) for item in value)
+    return value
+
+
+def _assert_same_state(before: tuple, after: tuple) -> None:
+    assert before[0] == after[0]
+    assert before[1].keys() == after[1].keys()
+    for key, value in before[1].items():
+        if isinstance(value, torch.dtype):
+            assert after[1][key] == value, key
+        else:
+            torch.testing.assert_close(after[1][key], value, rtol=0, atol=0, msg=key)
+
+
+def _calibrated() -> nn.Module:
+    """``prepare``d and calibrated: observers, no quantized module yet."""
+    model = Net().eval()
+    model.qconfig = quantization.get_default_qconfig("fbgemm")
+    quantization.prepare(model, inplace=True)
+    model(_images())
+    return model
+
+
+def _qat(observing: bool) -> nn.Module:
+    """``prepare_qat``, one training step's ranges, then eval mode."""
+    model = Net().train()
+    model.qconfig = quantization.get_default_qat_qconfig("fbgemm")
+    quantization.prepare_qat(model, inplace=True)
+    model(_images())
+    model.eval()
+    if not observing:
+        model.apply(quantization.disable_observer)
+    return model
+
+
+def _converted() -> nn.Module:
+    return quantization.convert(_calibrated(), inplace=False).eval()
+
+
+def _dynamic() -> nn.Module:
+    return quantization.quantize_dynamic(Net().eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+@pytest.mark.parametrize("method", [*METHODS, "explainer"])
+@pytest.mark.parametrize(
+    ("build", "advice"),
+    [(_calibrated, r"convert the calibrated model"), (lambda: _qat(True), r"disable_observer")],
+    ids=["prepare", "prepare_qat"],
+)
+def test_observers_are_refused_before_they_record(method, build, advice):
+    model = build()
+    before = _state(model)
+    with pytest.raises(TrainingModeError, match=rf"quantization observer.*{advice}"):
+        _explain(method, model, _images())
+    _assert_same_state(before, _state(model))
+
+
+@pytest.mark.parametrize("method", ["ctc-proportional", "integrative-cam"])
+def test_observers_behind_a_plain_function_are_refused_as_they_run(method):
+    model = _calibrated()
+    before = _state(model)
+    with pytest.raises(TrainingModeError, match=r"quantization observer"):
+        _explain(method, lambda x: model(x), _images())
+    _assert_same_state(before, _state(model))
+
+
+def test_fake_quantizers_with_their_observers_off_are_no_observers():
+    """The advice works: the explainer's classifier runs; CTC names the fake quantization."""
+    model = _qat(observing=False)
+    before = _state(model)
+    assert _explain("explainer", model, _images()).shape == (2, 3, SIZE, SIZE)
+    with pytest.raises(UnsupportedOperationError, match="fake_quant"):
+        _explain("ctc-proportional", model, _images())
+    _assert_same_state(before, _state(model))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("build", [_converted, _dynamic], ids=["convert", "quantize_dynamic"])
+def test_quantized_models_are_refused_naming_the_module(method, build):
+    model = build()
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"'(quant|fc)' is a quantized .*explain the float model"):
+        _explain(method, model, _images())
+    _assert_same_state(before, _state(model))
+
+
+@pytest.mark.parametrize("method", ["ctc-none", "integrative-cam"])
+def test_quantized_modules_behind_a_plain_function_are_refused_as_they_run(method):
+    model = _dynamic()
+    with pytest.raises(ValueError, match=r"is a quantized Linear"):
+        _explain(method, lambda x: model(x), _images())
+
+
+def test_a_converted_model_left_in_training_mode_is_called_quantized():
+    """``convert`` makes its quantized BatchNorm in training mode, where it updates nothing."""
+    model = quantization.convert(_calibrated(), inplace=False)
+    assert model.norm.training
+    with pytest.raises(ValueError, match=r"is a quantized"):
+        _explain("ctc-none", model, _images())
+
+
+@pytest.mark.parametrize("build", [_converted, _dynamic], ids=["convert", "quantize_dynamic"])
+def test_the_explainer_explains_a_quantized_classifier(build):
+    model = build()
+    expected = _explain("explainer", copy.deepcopy(model), _images())
+    torch.testing.assert_close(_explain("explainer", model, _images()), expected)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_float_model_written_for_quantization_is_explained_as_the_plain_one(method):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        written = torchvision.models.quantization.resnet18(quantize=False, num_classes=CLASSES)
+    torch.manual_seed(0)
+    written.eval()
+    plain = torchvision.models.resnet18(num_classes=CLASSES).eval()
+    plain.load_state_dict(written.state_dict())
+    images = _images()
+    torch.testing.assert_close(
+        _explain(method, written, images), _explain(method, plain, images), rtol=1e-5, atol=1e-6
+    )
