@@ -60,6 +60,8 @@ __all__ = [
     "check_nothing_shared",
     "check_images",
     "check_inputs",
+    "check_not_exported",
+    "check_python_model",
     "check_takes_images",
     "device_of",
     "dtype_mismatch_explained",
@@ -562,6 +564,63 @@ def check_float_model(forward_func: Callable[..., Any], method: str) -> None:
     for module in model.modules():
         if is_quantized(module):
             raise quantized_module_error(module, repr(module_path(model, module)), method)
+
+
+def check_python_model(forward_func: Callable[..., Any], method: str) -> None:
+    """Refuse a model whose operations run where ``method`` cannot follow them.
+
+    A TorchScript module or function (``torch.jit.script``, ``torch.jit.trace``) runs outside
+    Python; the module of an exported program (``torch.export.export(...).module()``, or a
+    ``make_fx`` graph) calls ATen operators (``torch.ops.aten.conv2d.default``), which are no
+    layers and no torch functions the methods know, and it keeps the input shapes of the export
+    (a fixed batch size fails on the methods' batches with a bare ``Guard failed``).
+    ``torch.fx.symbolic_trace``'s graph modules call torch functions and are explained as the
+    model. ``forward_func`` is inspected as in
+    [`check_eval_mode`][ctc_plugin.inputs.check_eval_mode].
+
+    Raises:
+        TypeError: Saying to pass the original ``nn.Module``; nothing has run yet.
+    """
+    if isinstance(forward_func, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
+        raise TypeError(
+            f"the model given to {method} is a TorchScript {type(forward_func).__name__} "
+            "(torch.jit.script or torch.jit.trace): its operations run outside Python, where "
+            f"{method} can neither see its stages nor hook its layers; pass the original "
+            "nn.Module"
+        )
+    check_not_exported(forward_func, method)
+
+
+def check_not_exported(forward_func: Callable[..., Any], method: str) -> None:
+    """Refuse the module of an exported program: the second half of `check_python_model`.
+
+    Raises:
+        TypeError: Saying to pass the original ``nn.Module``; nothing has run yet.
+    """
+    model = model_of(forward_func)
+    graph = next((m for m in model.modules() if _runs_aten_operators(m)), None) if model else None
+    if graph is not None:
+        operator = next(node.target for node in graph.graph.nodes if _is_aten_call(node))
+        raise TypeError(
+            f"the model given to {method} is the module of an exported program "
+            f"(torch.export.export(...).module()): it calls ATen operators ({operator}), which "
+            f"{method} cannot follow as layers, and keeps the input shapes it was exported "
+            "with; pass the original nn.Module (a torch.fx.symbolic_trace GraphModule, which "
+            "calls torch functions, is explained as the model)"
+        )
+
+
+def _runs_aten_operators(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is an FX graph module whose graph calls ATen operators."""
+    graph = getattr(module, "graph", None)
+    return isinstance(module, torch.fx.GraphModule) and any(map(_is_aten_call, graph.nodes))
+
+
+def _is_aten_call(node: Any) -> bool:
+    """Whether an FX ``node`` calls an operator (``torch.ops.aten.conv2d.default``)."""
+    return node.op == "call_function" and isinstance(
+        node.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)
+    )
 
 
 def is_quantized(module: torch.nn.Module) -> bool:

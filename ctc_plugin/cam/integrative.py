@@ -72,6 +72,7 @@ from ctc_plugin.inputs import (
     check_float_model,
     check_gradient_weights,
     check_inputs,
+    check_python_model,
     check_takes_images,
     dtype_mismatch_explained,
     is_quantized,
@@ -463,12 +464,7 @@ class IntegrativeCAM(Attribution):
         layer_weights: Literal["adaptive", "uniform"] | LayerScore = "adaptive",
         reshape_transform: BlockReshape | None = None,
     ) -> None:
-        if isinstance(forward_func, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
-            raise TypeError(
-                f"forward_func is a TorchScript {type(forward_func).__name__} (torch.jit.script "
-                "or torch.jit.trace): its operations run outside Python, where IntegrativeCAM "
-                "can neither see its stages nor hook its layers; pass the original nn.Module"
-            )
+        check_python_model(forward_func, "IntegrativeCAM")
         super().__init__(unwrapped(forward_func))  # the model inside torch's wrappers
         if reshape_transform is not None and not (
             callable(reshape_transform) or isinstance(reshape_transform, TupleOutput)

@@ -47,6 +47,7 @@ from ctc_plugin.inputs import (
     check_eval_mode,
     check_float_model,
     check_inputs,
+    check_python_model,
     check_takes_images,
     outside_inference_mode,
 )
@@ -151,6 +152,7 @@ class CTCAttributor(Attributor):
                 f"{type(model).__name__}. For any forward function use ctc_plugin.CTC"
             )
         model = unwrapped(model)  # the model inside torch's wrappers: its hooks
+        check_python_model(model, "CTCAttributor")  # Zennit's hooks would fail on TorchScript
         composite = CTCComposite() if composite is None else composite
         found = find_ctc_composites(composite)
         if len(found) != 1:
