@@ -31,6 +31,7 @@ import torch
 from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
+from torch.nn.modules import module as module_registry
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.modules.module import (
     register_module_forward_hook,
@@ -655,9 +656,10 @@ class IntegrativeCAM(Attribution):
                 for module, argument in patch_grid_arguments(self._model):
                     hook = scope.only(partial(_record_said_grid, patch_grids, argument))
                     handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            chosen_modules = [module for module, _ in chosen or []]
             if self._model is not None:
-                chosen_modules = [module for module, _ in chosen or []]
                 _refuse_replaced_outputs(self._model, scope, handles, tracer, chosen_modules)
+            _refuse_globally_replaced_outputs(self, scope, handles, tracer, chosen_modules)
             for module, reshape in chosen or []:
                 name = self._layer_name(module)
                 hook = scope.only(partial(_record_layer, tracer, name, reshape))
@@ -976,18 +978,68 @@ def _refuse_replaced_outputs(
             recorded: bool = recorded,
         ) -> None:
             raw = computed.pop("output", output)
-            if output is raw or (recorded and not tracer.in_chain(raw)):
-                return
-            raise ValueError(
-                f"a forward hook on {name or 'the model'} ({type(module).__name__}) replaces "
-                "its output: Integrative CAM traces the operations the layers compute and "
-                "cannot see what the hook does (its maps would be those of the model without "
-                "it); remove the hook, or build what it does into the model (e.g. zero the "
-                "pruned channels' weights)"
-            )
+            if _replaced(output, raw, recorded, tracer):
+                raise _replaced_output_error(
+                    f"a forward hook on {name or 'the model'} ({type(module).__name__})"
+                )
 
         handles.append(module.register_forward_hook(scope.only(note), prepend=True))
         handles.append(module.register_forward_hook(scope.only(compare)))
+
+
+def _refuse_globally_replaced_outputs(
+    cam: IntegrativeCAM,
+    scope: CallScope,
+    handles: list[Any],
+    tracer: StageTracer,
+    chosen: list[nn.Module],
+) -> None:
+    """Refuse, as it runs, a global forward hook that replaces a module's output.
+
+    As `_refuse_replaced_outputs` does for a module's own hooks, for the hooks of
+    ``register_module_forward_hook``, which run before any module's own: one hook put first
+    among them notes the output, one put last compares.
+    """
+    hooks = module_registry._global_forward_hooks  # an OrderedDict, by handle id
+    if not hooks:
+        return
+    computed: dict[str, Any] = {}
+
+    def note(module: nn.Module, args: Any, output: Any) -> None:
+        computed["output"] = output
+
+    def compare(module: nn.Module, args: Any, output: Any) -> None:
+        raw = computed.pop("output", output)
+        if _replaced(output, raw, any(module is layer for layer in chosen), tracer):
+            raise _replaced_output_error(
+                f"a global forward hook (register_module_forward_hook) on "
+                f"{cam._layer_name(module)} ({type(module).__name__})"
+            )
+
+    first = register_module_forward_hook(scope.only(note))
+    handles.append(first)
+    hooks.move_to_end(first.id, last=False)  # before the user's: the output as computed
+    handles.append(register_module_forward_hook(scope.only(compare)))
+
+
+def _replaced(output: Any, raw: Any, recorded: bool, tracer: StageTracer) -> bool:
+    """Whether hooks made ``output`` of a module whose forward returned ``raw``, unseen.
+
+    A chosen layer's own output is recorded after every hook (its map is the hooked
+    output's), unless it ends a traced convolution chain, whose bias term a hook would not
+    change.
+    """
+    return output is not raw and not (recorded and not tracer.in_chain(raw))
+
+
+def _replaced_output_error(hook: str) -> ValueError:
+    """The error for ``hook`` (its description), which replaced a module's output."""
+    return ValueError(
+        f"{hook} replaces its output: Integrative CAM traces the operations the layers compute "
+        "and cannot see what the hook does (its maps would be those of the model without "
+        "it); remove the hook, or build what it does into the model (e.g. zero the pruned "
+        "channels' weights)"
+    )
 
 
 def _first_index(item: tuple[tuple[int, str, Tensor], bool]) -> int:
