@@ -157,6 +157,14 @@ class ExplainerAttribution(Attribution):
             scores = self.forward_func(images, *extra)
         if not isinstance(scores, Tensor):
             raise output_not_a_tensor(scores)
+        if scores.dim() < 2 and len(images) == 1:  # (C,): a squeeze() of a batch of one
+            raise ValueError(
+                f"the classifier returned shape {tuple(scores.shape)} for one image: it drops "
+                "the batch dimension of a batch of 1 (a squeeze() in its forward), and "
+                "ExplainerAttribution runs it on one image to read its class count (with a "
+                "target) or the predicted class; keep the batch dimension first, (1, classes) "
+                "(squeeze(-1) or flatten(1) in place of squeeze())"
+            )
         if scores.dim() != 2 or scores.shape[1] != self.explainer.num_classes:
             raise ValueError(
                 f"class-count mismatch: the explainer has {self.explainer.num_classes} classes "
