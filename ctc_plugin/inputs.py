@@ -624,15 +624,19 @@ def _is_aten_call(node: Any) -> bool:
 
 
 def is_quantized(module: torch.nn.Module) -> bool:
-    """Whether ``module`` computes on quantized integers (``torch.ao.nn.quantized``).
+    """Whether ``module`` computes on quantized integers, or rounds to them.
 
     The modules ``torch.ao.quantization.quantize_dynamic`` and ``convert`` put in a model
-    (``DynamicQuantizedLinear``, ``QuantizedConv2d``, ``Quantize``, ...): their operations take
-    no gradient and are no float operations a method can follow. ``FloatFunctional`` (the float
-    additions of a model written for quantization, torchvision's quantizable ResNet) and the
-    float reference modules are not. Read by module name, as `observes` reads classes.
+    (``torch.ao.nn.quantized``: ``DynamicQuantizedLinear``, ``QuantizedConv2d``, ``Quantize``,
+    ...), and the fake quantizers of ``prepare_qat`` with fake quantization on: their operations
+    take no gradient (or a straight-through one) and are no float operations a method can
+    follow. ``FloatFunctional`` (the float additions of a model written for quantization,
+    torchvision's quantizable ResNet) and the float reference modules are not. Read by module
+    name, as `observes` reads classes.
     """
     where = type(module).__module__
+    if "FakeQuantizeBase" in _quantization_classes(module):
+        return _flag_on(module, "fake_quant_enabled")
     return (
         where.startswith(("torch.ao.nn.quantized.", "torch.ao.nn.intrinsic.quantized."))
         and ".reference." not in where
@@ -642,13 +646,19 @@ def is_quantized(module: torch.nn.Module) -> bool:
 
 def quantized_module_error(module: torch.nn.Module, name: str, method: str) -> ValueError:
     """The error for a module that `is_quantized`, named ``name``, refused by ``method``."""
+    kind = type(module).__name__
+    what = (
+        f"a fake quantizer ({kind}, of torch.ao.quantization.prepare_qat): it rounds to "
+        "integer steps"
+        if "FakeQuantizeBase" in _quantization_classes(module)
+        else f"a quantized {kind} (torch.ao.nn.quantized, made by "
+        "torch.ao.quantization.quantize_dynamic or convert): it computes on integers"
+    )
     return ValueError(
-        f"{method} follows the model's float operations, and {name} is a quantized "
-        f"{type(module).__name__} (torch.ao.nn.quantized, made by "
-        "torch.ao.quantization.quantize_dynamic or convert): it computes on integers, with no "
-        "gradient and no operation the method can follow; explain the float "
-        "model it was made from (quantize a copy to keep it: "
-        "quantize_dynamic(copy.deepcopy(model), ...))"
+        f"{method} follows the model's float operations, and {name} is {what}, with no "
+        "gradient and no operation the method can follow; explain the float model it was "
+        "made from (quantize a copy to keep it: quantize_dynamic(copy.deepcopy(model), ...), "
+        "prepare_qat(copy.deepcopy(model)))"
     )
 
 
@@ -767,16 +777,25 @@ def observes(module: torch.nn.Module) -> bool:
     Read by class name: importing ``torch.ao.quantization`` here would slow down importing the
     package.
     """
-    kinds = {kind.__name__ for kind in type(module).__mro__ if _is_quantization_class(kind)}
+    kinds = _quantization_classes(module)
     if "FakeQuantizeBase" in kinds:
-        flag = getattr(module, "observer_enabled", None)
-        return not isinstance(flag, torch.Tensor) or flag.is_meta or bool(flag.flatten()[0])
+        return _flag_on(module, "observer_enabled")
     return "ObserverBase" in kinds and next(module.buffers(recurse=False), None) is not None
 
 
-def _is_quantization_class(kind: type) -> bool:
-    """Whether ``kind`` is one of ``torch.ao.quantization``'s own classes."""
-    return kind.__module__.startswith("torch.ao.quantization.")
+def _quantization_classes(module: torch.nn.Module) -> set[str]:
+    """The names of ``torch.ao.quantization``'s own classes among those of ``module``."""
+    return {
+        kind.__name__
+        for kind in type(module).__mro__
+        if kind.__module__.startswith("torch.ao.quantization.")
+    }
+
+
+def _flag_on(module: torch.nn.Module, flag: str) -> bool:
+    """Whether a fake quantizer's ``flag`` buffer (``observer_enabled``, ...) is on (or unread)."""
+    value = getattr(module, flag, None)
+    return not isinstance(value, torch.Tensor) or value.is_meta or bool(value.flatten()[0])
 
 
 def _observers_of_fake_quantizers(model: torch.nn.Module) -> set[int]:
@@ -788,7 +807,7 @@ def _observers_of_fake_quantizers(model: torch.nn.Module) -> set[int]:
     return {
         id(child)
         for module in model.modules()
-        if any(kind.__name__ == "FakeQuantizeBase" for kind in type(module).__mro__)
+        if "FakeQuantizeBase" in _quantization_classes(module)
         for child in module.children()
     }
 

@@ -5,12 +5,13 @@
   modules before the first one it refused), so a refused call changed the model's recorded
   ranges, and Integrative CAM and ``ExplainerAttribution`` explained such a model while changing
   it. They are refused before anything runs, saying how to turn them off.
-- Quantized modules (``quantize_dynamic``, ``convert``) compute on integers: Integrative CAM
-  failed with ``AttributeError: 'NoneType' object has no attribute 'to'`` (dynamic) or
-  ``'float' object has no attribute 'detach'`` (int8), CTC named a torch operation it has no
-  rule for. CTC, ``CTCAttributor`` and Integrative CAM refuse them, naming the module and saying
-  to explain the float model; ``ExplainerAttribution``, which only reads the classifier's
-  scores, explains such a classifier.
+- Quantized modules (``quantize_dynamic``, ``convert``) compute on integers, fake quantizers
+  (``prepare_qat``) round to them: Integrative CAM failed with ``AttributeError: 'NoneType'
+  object has no attribute 'to'`` (dynamic) or ``'float' object has no attribute 'detach'``
+  (int8), or blamed QAT's observer hooks ("remove the hook"); CTC named a torch operation it has
+  no rule for. CTC, ``CTCAttributor`` and Integrative CAM refuse them, naming the module and
+  saying to explain the float model; ``ExplainerAttribution``, which only reads the
+  classifier's scores, explains such a classifier.
 - A float model written for quantization (torchvision's quantizable ResNet: ``QuantStub``,
   ``FloatFunctional``) is no quantized model: every method explains it as the plain ResNet.
 """
@@ -34,7 +35,6 @@ from ctc_plugin import (
     ExplainerAttribution,
     IntegrativeCAM,
     TrainingModeError,
-    UnsupportedOperationError,
 )
 from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.testing import random_partition
@@ -148,16 +148,30 @@ def _dynamic() -> nn.Module:
 
 
 @pytest.mark.parametrize("method", [*METHODS, "explainer"])
-@pytest.mark.parametrize(
-    ("build", "advice"),
-    [(_calibrated, r"convert the calibrated model"), (lambda: _qat(True), r"disable_observer")],
-    ids=["prepare", "prepare_qat"],
-)
-def test_observers_are_refused_before_they_record(method, build, advice):
-    model = build()
+def test_observers_are_refused_before_they_record(method):
+    model = _calibrated()
     before = _state(model)
-    with pytest.raises(TrainingModeError, match=rf"quantization observer.*{advice}"):
+    with pytest.raises(TrainingModeError, match=r"quantization observer.*convert the calibrated"):
         _explain(method, model, _images())
+    _assert_same_state(before, _state(model))
+
+
+@pytest.mark.parametrize("observing", [True, False], ids=["observers on", "observers off"])
+@pytest.mark.parametrize("method", [*METHODS, "explainer"])
+def test_fake_quantizers_are_refused_before_they_record(method, observing):
+    """The explainer's classifier runs once the observers are off, as the message says."""
+    model = _qat(observing)
+    before = _state(model)
+    if method == "explainer" and observing:
+        with pytest.raises(TrainingModeError, match=r"quantization observer.*disable_observer"):
+            _explain(method, model, _images())
+    elif method == "explainer":
+        assert _explain(method, model, _images()).shape == (2, 3, SIZE, SIZE)
+    else:
+        with pytest.raises(
+            ValueError, match=r"'quant.activation_post_process' is a fake quantizer .*float model"
+        ):
+            _explain(method, model, _images())
     _assert_same_state(before, _state(model))
 
 
@@ -167,16 +181,6 @@ def test_observers_behind_a_plain_function_are_refused_as_they_run(method):
     before = _state(model)
     with pytest.raises(TrainingModeError, match=r"quantization observer"):
         _explain(method, lambda x: model(x), _images())
-    _assert_same_state(before, _state(model))
-
-
-def test_fake_quantizers_with_their_observers_off_are_no_observers():
-    """The advice works: the explainer's classifier runs; CTC names the fake quantization."""
-    model = _qat(observing=False)
-    before = _state(model)
-    assert _explain("explainer", model, _images()).shape == (2, 3, SIZE, SIZE)
-    with pytest.raises(UnsupportedOperationError, match="fake_quant"):
-        _explain("ctc-proportional", model, _images())
     _assert_same_state(before, _state(model))
 
 
