@@ -446,8 +446,8 @@ class _HookedCTC(CTC):
         The weighting is a function of that output (as in Zennit), computed once, before the
         groups of examples run.
         """
-        with torch.no_grad():
-            self.model_output = self.forward_func(*inputs, *extra)
+        with torch.no_grad():  # copies: a model may change its input in place (the caller's)
+            self.model_output = self.forward_func(*(x.clone() for x in inputs), *extra)
         if not isinstance(self.model_output, torch.Tensor):  # a Hugging Face model's output
             raise output_not_a_tensor(self.model_output, modules_only=True)
         self.batch_weights = self.weights_for(self.model_output)

@@ -154,7 +154,9 @@ class ExplainerAttribution(Attribution):
         extra = () if additional_forward_args is None else additional_forward_args
         extra = extra if isinstance(extra, tuple) else (extra,)
         with compiled_code_eager():  # a classifier compiled in place: the model's numbers
-            scores = self.forward_func(images, *extra)
+            # a copy: a model may change its input in place, which would change the caller's
+            # images and those the explainer reads next
+            scores = self.forward_func(images.clone(), *extra)
         if not isinstance(scores, Tensor):
             raise output_not_a_tensor(scores)
         if scores.dim() < 2 and len(images) == 1:  # (C,): a squeeze() of a batch of one
