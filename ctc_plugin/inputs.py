@@ -40,6 +40,7 @@ from torch.nn import functional
 from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.nn.parameter import is_lazy
 from torch.nn.utils.parametrizations import _SpectralNorm
 from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
 
@@ -60,6 +61,7 @@ __all__ = [
     "check_nothing_shared",
     "check_images",
     "check_inputs",
+    "check_model_has_values",
     "check_not_exported",
     "check_python_model",
     "check_takes_images",
@@ -547,6 +549,39 @@ def check_eval_mode(forward_func: Callable[..., Any]) -> None:
         if id(module) not in idle and changes_in_training(module):
             name = module_path(model, module)  # the user's path, behind a normalisation too
             raise training_mode_error(module, repr(name or "(the model)"))
+
+
+def check_model_has_values(forward_func: Callable[..., Any]) -> None:
+    """Refuse a model whose parameters or buffers hold no values yet.
+
+    A lazy module that never ran (``nn.LazyConv2d``, ``nn.LazyLinear``) makes its weights at
+    random on its first call, which the explanation would then explain (and the model would
+    change); a tensor on the ``meta`` device has a shape but no values (a model built under
+    ``torch.device("meta")`` whose weights were never loaded), and torch failed on it with a
+    bare device error. ``forward_func`` is inspected as in
+    [`check_eval_mode`][ctc_plugin.inputs.check_eval_mode].
+
+    Raises:
+        ValueError: Naming the first such tensor and how to give it values; nothing has run yet.
+    """
+    model = model_of(forward_func)
+    if model is None:
+        return
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if is_lazy(tensor):
+            raise ValueError(
+                f"the model's {path_as_given(model, name)!r} is not made yet (a lazy module, "
+                "nn.LazyConv2d or nn.LazyLinear, that never ran): its first call would make "
+                "its weights at random, and they would be explained; run the model once on a "
+                "batch of your images (model(images)), or load its weights, first"
+            )
+        if tensor.is_meta:
+            raise ValueError(
+                f"the model's {path_as_given(model, name)!r} is on the meta device: it has a "
+                "shape but no values (a model built under torch.device('meta') whose weights "
+                "were not loaded); load them first: model.load_state_dict(state, assign=True), "
+                "or model.to_empty(device='cpu') and then model.load_state_dict(state)"
+            )
 
 
 def check_float_model(forward_func: Callable[..., Any], method: str) -> None:

@@ -73,6 +73,7 @@ from ctc_plugin.inputs import (
     check_float_model,
     check_gradient_weights,
     check_inputs,
+    check_model_has_values,
     check_python_model,
     check_takes_images,
     dtype_mismatch_explained,
@@ -603,6 +604,7 @@ class IntegrativeCAM(Attribution):
                 "you make and average their LayerMaps.maps"
             )
         inputs_tuple = check_inputs(inputs, images=True)
+        check_model_has_values(self.forward_func)
         check_float_model(self.forward_func, "Integrative CAM")
         check_eval_mode(self.forward_func)  # before the forward pass can update statistics
         check_gradient_weights(self.forward_func, "Integrative CAM")

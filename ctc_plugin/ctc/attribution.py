@@ -36,6 +36,7 @@ from ctc_plugin.inputs import (
     check_eval_mode,
     check_float_model,
     check_inputs,
+    check_model_has_values,
     check_not_exported,
     check_takes_images,
     dtype_mismatch_explained,
@@ -341,6 +342,7 @@ class CTC(Attribution):
         is_tuple = isinstance(inputs, tuple)
         inputs_tuple = check_inputs(inputs)
         check_not_exported(self.forward_func, "CTC")  # TorchScript: UntracedOutputError
+        check_model_has_values(self.forward_func)
         check_float_model(self.forward_func, "CTC")  # a quantized BatchNorm is no training one
         check_eval_mode(self.forward_func)
         check_takes_images(self.forward_func)

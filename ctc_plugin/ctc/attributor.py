@@ -47,6 +47,7 @@ from ctc_plugin.inputs import (
     check_eval_mode,
     check_float_model,
     check_inputs,
+    check_model_has_values,
     check_python_model,
     check_takes_images,
     outside_inference_mode,
@@ -344,6 +345,7 @@ class CTCAttributor(Attributor):
                 (make the feature mask before the block and pass it).
         """
         check_inputs(input, name="input", tuples=False)
+        check_model_has_values(self.model)
         check_float_model(self.model, "CTC")
         check_eval_mode(self.model)
         check_takes_images(self.model)

@@ -15,6 +15,7 @@ from ctc_plugin.explainer.network import Explainer
 from ctc_plugin.inputs import (
     check_eval_mode,
     check_inputs,
+    check_model_has_values,
     dtype_mismatch_explained,
     example_rows,
     floating_dtype,
@@ -235,6 +236,7 @@ class ExplainerAttribution(Attribution):
         if as_tuple and len(inputs) > 1:
             raise ValueError(f"ExplainerAttribution takes one input tensor, got {len(inputs)}")
         (images,) = check_inputs(inputs, images=True, channels=self.explainer.in_channels)
+        check_model_has_values(self.classifier)
         check_eval_mode(self.classifier)
         self._check_fits(images)
         n, num_classes = len(images), self.explainer.num_classes
