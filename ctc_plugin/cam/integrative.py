@@ -662,6 +662,9 @@ class IntegrativeCAM(Attribution):
             if self._model is not None:
                 _refuse_replaced_outputs(self._model, scope, handles, tracer, chosen_modules)
             _refuse_globally_replaced_outputs(self, scope, handles, tracer, chosen_modules)
+            # after that check, which is needed only where other global hooks run
+            handles.append(register_module_forward_pre_hook(scope.only(tracer.enter_module)))
+            handles.append(register_module_forward_hook(scope.only(tracer.leave_module)))
             for module, reshape in chosen or []:
                 name = self._layer_name(module)
                 hook = scope.only(partial(_record_layer, tracer, name, reshape))

@@ -260,7 +260,9 @@ class StageTracer(TorchFunctionMode):
             [`add_layer_output`][ctc_plugin.cam.layers.StageTracer.add_layer_output] adds stages.
         fold_bias: Fold BatchNorm statistics into biases; a BatchNorm without running
             statistics is then an error.
-        names: Module names by ``id`` of their weight or running-mean tensor.
+        names: Module names by ``id`` of their weight or running-mean tensor, and of each
+            ``nn.Conv2d`` module (for a convolution whose weight is made at every call: see
+            `running_convs`).
         image_size: The input's (H, W): a chosen layer's 4-D output that, without a reshape,
             looks channels-last for it (`looks_channels_last`) is refused, unless its last two
             dims are the grid of a convolution's output (a map of that convolution's kind).
@@ -300,6 +302,10 @@ class StageTracer(TorchFunctionMode):
         self.discover = discover
         self.fold_bias = fold_bias
         self.names = names or {}
+        #: The ``nn.Conv2d`` modules running now, innermost last (kept by module hooks of the
+        #: caller's): a convolution whose weight is unknown by ``id`` (made at every call by a
+        #: parametrization, pruning's or weight norm's pre-hook) is named by its module.
+        self.running_convs: list[nn.Module] = []
         self.stages: list[Stage] = []
         self._chains: list[Stage] = []
         self._by_tensor: dict[int, list[Stage]] = {}
@@ -323,6 +329,9 @@ class StageTracer(TorchFunctionMode):
     def _label(self, key: Tensor | None, kind: str) -> str:
         if key is not None and id(key) in self.names:
             return self.names[id(key)]
+        module = self.running_convs[-1] if kind == "conv2d" and self.running_convs else None
+        if module is not None and id(module) in self.names:
+            return self.names[id(module)]
         self._counts[kind] = self._counts.get(kind, 0) + 1
         return f"{kind}#{self._counts[kind]}"
 
@@ -380,6 +389,16 @@ class StageTracer(TorchFunctionMode):
         for stage in list(self._by_tensor.get(id(tensor), [])):
             self._untrack(stage)
             self._track(stage, alias)
+
+    def enter_module(self, module: nn.Module, args: Any) -> None:
+        """Global forward pre-hook: note a ``nn.Conv2d`` that starts (`running_convs`)."""
+        if isinstance(module, nn.Conv2d):
+            self.running_convs.append(module)
+
+    def leave_module(self, module: nn.Module, args: Any, output: Any) -> None:
+        """Global forward hook: forget a ``nn.Conv2d`` that ended (`running_convs`)."""
+        if isinstance(module, nn.Conv2d) and self.running_convs:
+            self.running_convs.pop()
 
     def _check_rows(self, name: str, rows: int) -> None:
         """Refuse a stage's map without one row per example (``examples``, where given).
@@ -796,18 +815,25 @@ def looks_channels_last(shape: tuple[int, ...], size: tuple[int, int]) -> bool:
 def module_names(model: nn.Module) -> dict[int, str]:
     """Map the ``id`` of each conv weight and BatchNorm running mean to its module's name.
 
-    A BatchNorm without running statistics is found by its weight (where it has one). The
-    names are the paths of the user's model, also behind the package's normalisation
+    A BatchNorm without running statistics is found by its weight (where it has one). Each
+    ``nn.Conv2d`` module's own ``id`` is mapped too (`StageTracer.running_convs`). Only weights
+    the module holds as parameters are mapped: one made at every call (a parametrization,
+    pruning's or weight norm's pre-hook) is another tensor at each call, and the ``id`` of a
+    freed one may come back as that of any tensor. The names are the paths of the user's model,
+    also behind the package's normalisation
     (`ctc_plugin.module_paths.named_modules_as_given`).
     """
     names: dict[int, str] = {}
     for name, module in named_modules_as_given(model):
+        weight = module._parameters.get("weight")
         if isinstance(module, nn.Conv2d):
-            names[id(module.weight)] = name
+            names[id(module)] = name
+            if weight is not None:
+                names[id(weight)] = name
         elif isinstance(module, BATCH_NORM_TYPES) and module.running_mean is not None:
             names[id(module.running_mean)] = name
-        elif isinstance(module, BATCH_NORM_TYPES) and module.weight is not None:
-            names[id(module.weight)] = name
+        elif isinstance(module, BATCH_NORM_TYPES) and weight is not None:
+            names[id(weight)] = name
     return names
 
 
