@@ -818,13 +818,19 @@ def observes(module: torch.nn.Module) -> bool:
     return "ObserverBase" in kinds and next(module.buffers(recurse=False), None) is not None
 
 
-def _quantization_classes(module: torch.nn.Module) -> set[str]:
+def _quantization_classes(module: torch.nn.Module) -> frozenset[str]:
     """The names of ``torch.ao.quantization``'s own classes among those of ``module``."""
-    return {
-        kind.__name__
-        for kind in type(module).__mro__
-        if kind.__module__.startswith("torch.ao.quantization.")
-    }
+    return _quantization_classes_of(type(module))
+
+
+@functools.lru_cache(maxsize=1024)  # bounded: FX makes a class for every GraphModule
+def _quantization_classes_of(kind: type) -> frozenset[str]:
+    """`_quantization_classes` of a module class (read once per class: checks run per call)."""
+    return frozenset(
+        base.__name__
+        for base in kind.__mro__
+        if base.__module__.startswith("torch.ao.quantization.")
+    )
 
 
 def _flag_on(module: torch.nn.Module, flag: str) -> bool:
