@@ -633,7 +633,11 @@ def check_not_exported(forward_func: Callable[..., Any], method: str) -> None:
         TypeError: Saying to pass the original ``nn.Module``; nothing has run yet.
     """
     model = model_of(forward_func)
-    graph = next((m for m in model.modules() if _runs_aten_operators(m)), None) if model else None
+    graph = (
+        next((m for m in model.modules() if _runs_aten_operators(m)), None)
+        if model is not None
+        else None
+    )
     if graph is not None:
         operator = next(node.target for node in graph.graph.nodes if _is_aten_call(node))
         raise TypeError(
