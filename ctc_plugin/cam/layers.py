@@ -825,7 +825,8 @@ def module_names(model: nn.Module) -> dict[int, str]:
     """
     names: dict[int, str] = {}
     for name, module in named_modules_as_given(model):
-        weight = module._parameters.get("weight")
+        held = module._parameters  # a mapping without .get in a TorchScript module
+        weight = held["weight"] if "weight" in held else None
         if isinstance(module, nn.Conv2d):
             names[id(module)] = name
             if weight is not None:
