@@ -69,6 +69,7 @@ __all__ = [
     "dtype_mismatch_explained",
     "dtype_mismatch_named",
     "example_rows",
+    "exported_graph",
     "holds_per_example",
     "floating_dtype",
     "forward_dtype",
@@ -632,12 +633,7 @@ def check_not_exported(forward_func: Callable[..., Any], method: str) -> None:
     Raises:
         TypeError: Saying to pass the original ``nn.Module``; nothing has run yet.
     """
-    model = model_of(forward_func)
-    graph = (
-        next((m for m in model.modules() if _runs_aten_operators(m)), None)
-        if model is not None
-        else None
-    )
+    graph = exported_graph(forward_func)
     if graph is not None:
         operator = next(node.target for node in graph.graph.nodes if _is_aten_call(node))
         raise TypeError(
@@ -647,6 +643,19 @@ def check_not_exported(forward_func: Callable[..., Any], method: str) -> None:
             "with; pass the original nn.Module (a torch.fx.symbolic_trace GraphModule, which "
             "calls torch functions, is explained as the model)"
         )
+
+
+def exported_graph(forward_func: Callable[..., Any]) -> torch.fx.GraphModule | None:
+    """The first graph module of ``forward_func``'s model that calls ATen operators, or None.
+
+    The module of an exported program (``torch.export.export(...).module()``) or a ``make_fx``
+    graph; ``forward_func`` is inspected as in
+    [`check_eval_mode`][ctc_plugin.inputs.check_eval_mode].
+    """
+    model = model_of(forward_func)
+    if model is None:
+        return None
+    return next((m for m in model.modules() if _runs_aten_operators(m)), None)
 
 
 def _runs_aten_operators(module: torch.nn.Module) -> bool:

@@ -18,6 +18,7 @@ from ctc_plugin.inputs import (
     check_model_has_values,
     dtype_mismatch_explained,
     example_rows,
+    exported_graph,
     floating_dtype,
     training_modules_refused,
 )
@@ -157,7 +158,20 @@ class ExplainerAttribution(Attribution):
         with compiled_code_eager():  # a classifier compiled in place: the model's numbers
             # a copy: a model may change its input in place, which would change the caller's
             # images and those the explainer reads next
-            scores = self.forward_func(images.clone(), *extra)
+            try:
+                scores = self.forward_func(images.clone(), *extra)
+            except AssertionError as error:  # an exported program's guard on its input shapes
+                if exported_graph(self.forward_func) is None:
+                    raise
+                raise ValueError(
+                    f"the classifier, an exported program's module, refused images of shape "
+                    f"{tuple(images.shape)} ({error}): it keeps the input shapes it was exported "
+                    "with, and ExplainerAttribution runs it on one image where it reads the "
+                    "class count (with a target) or on the whole batch (without); export it with "
+                    "a dynamic batch dimension, torch.export.export(model, (x,), "
+                    "dynamic_shapes={'x': {0: torch.export.Dim('batch')}}), or pass the "
+                    "original model"
+                ) from error
         if not isinstance(scores, Tensor):
             raise output_not_a_tensor(scores)
         if scores.dim() < 2 and len(images) == 1:  # (C,): a squeeze() of a batch of one
@@ -224,9 +238,12 @@ class ExplainerAttribution(Attribution):
                 [`ctc_plugin.inputs.check_inputs`][ctc_plugin.inputs.check_inputs]).
             ValueError: Inputs that are not a finite float image batch of the explainer's
                 channels and size, a classifier output that is no ``(N, classes)`` tensor or
-                of another class count, scores that are NaN or infinite with ``target=None``,
-                or a target that is not integer class indices in range (negative ones count
-                from the end, as in Captum).
+                of another class count, an exported classifier (``torch.export``) whose input
+                shapes do not take the images (export it with a dynamic batch dimension),
+                scores that are NaN or infinite with ``target=None``, or a target that is not
+                integer class indices in range (negative ones count from the end, as in
+                Captum), or a classifier without values yet (a lazy module that never ran, the
+                meta device).
             TrainingModeError: The classifier has BatchNorm or dropout in training mode; nothing
                 has run (call ``classifier.eval()``).
             DtypeMismatchError: The classifier fails on the inputs' float dtype (float64 images,

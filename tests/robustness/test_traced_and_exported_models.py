@@ -19,7 +19,15 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ctc_plugin import CTC, CTCAttributor, CTCComposite, IntegrativeCAM
+from ctc_plugin import (
+    CTC,
+    CTCAttributor,
+    CTCComposite,
+    Explainer,
+    ExplainerAttribution,
+    IntegrativeCAM,
+)
+from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.testing import CNNSpec, RandomCNN, random_partition
 
 CLASSES = 4
@@ -88,6 +96,23 @@ def test_an_exported_module_behind_a_bound_method_is_refused_too():
     model = _exported(dynamic=True)
     with pytest.raises(TypeError, match=r"exported program"):
         _explain("ctc-proportional", model.forward, _images())
+
+
+@pytest.mark.filterwarnings("ignore:the explainer has not been trained:UserWarning")
+@pytest.mark.parametrize("target", [[0, 1], None], ids=["target", "predicted class"])
+def test_the_explainer_runs_an_exported_classifier_and_names_a_fixed_batch(target):
+    """It only reads the classifier's scores; it failed with torch's bare 'Guard failed'."""
+    torch.manual_seed(0)
+    explainer = Explainer(build_backbone("unet-small", CLASSES), CLASSES).eval()
+    images = _images()
+    expected = ExplainerAttribution(_model(), explainer, check_classifier=False).attribute(
+        images, target
+    )
+    dynamic = ExplainerAttribution(_exported(dynamic=True), explainer, check_classifier=False)
+    torch.testing.assert_close(dynamic.attribute(images, target), expected)
+    fixed = ExplainerAttribution(_exported(dynamic=False), explainer, check_classifier=False)
+    with pytest.raises(ValueError, match=r"exported program.*dynamic batch dimension"):
+        fixed.attribute(images[:1] if target is None else images, target)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
