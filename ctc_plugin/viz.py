@@ -9,10 +9,15 @@ Captum's ``visualize_image_attr`` and Zennit's ``imgify`` were considered: both 
 (Captum to its 98th percentile, Zennit to its extremes) and so cannot show a colour bar in the
 scores' units, which is what tells CTC's additive scores apart from a [0, 1] mask. The overlay
 here is plain matplotlib; the segment outlines are scikit-image's ``mark_boundaries``.
+
+Figures are made with matplotlib's object API (`new_figure`), not pyplot: drawing one leaves
+the matplotlib backend and pyplot's open figures of the caller as they were, keeps nothing
+alive after the figure is dropped, and two threads can draw and save figures at once.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +35,7 @@ __all__ = [
     "PANELS_PER_ROW",
     "PANEL_SIDE",
     "figure_width",
+    "new_figure",
     "panel_width",
     "plot_segment_scores",
     "save_figure",
@@ -66,6 +72,26 @@ def figure_width(width: float, methods: int) -> float:
     then shows its image at the same size, without a gap after the image's column.
     """
     return width * (1 + methods) + 0.8 * methods
+
+
+def new_figure(rows: int, columns: int, size: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A ``size`` inches figure of ``rows x columns`` axes with constrained layout.
+
+    Made with matplotlib's object API (``Figure``), not pyplot: no backend is chosen or
+    switched (a caller's interactive or notebook backend stays), pyplot does not hold on to it
+    (no "More than 20 figures" warning; it is freed once dropped), and no global state is
+    shared with another thread drawing a figure. Its canvas is Agg's, so that
+    ``figure.canvas.draw()`` lays it out and renders it, as pyplot's would.
+
+    Returns:
+        The figure and its axes, a ``(rows, columns)`` array.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(rows, columns, squeeze=False)
 
 
 def plot_segment_scores(
@@ -114,8 +140,10 @@ def plot_segment_scores(
             figure, e.g. a row of a larger grid.
 
     Returns:
-        The matplotlib figure (close it with ``matplotlib.pyplot.close``, or
-        [`save_figure`][ctc_plugin.viz.save_figure], when done).
+        The matplotlib figure: a new one made with `new_figure`, not registered with pyplot
+        (write it with [`save_figure`][ctc_plugin.viz.save_figure] or ``figure.savefig``; a
+        notebook shows it as a cell's value; ``plt.show()`` does not know it: draw into
+        ``axes`` of ``plt.subplots`` for a window), or the figure of the ``axes`` given.
 
     Raises:
         ValueError: If the shapes do not fit together, ``axes`` has the wrong length,
@@ -130,10 +158,6 @@ def plot_segment_scores(
         ...                              {"CTC": scores, "Grad-CAM": gradcam_map[0, 0]})
         >>> save_figure(figure, "explanation.png")
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     from skimage.segmentation import mark_boundaries
 
     from ctc_plugin.features.partition import segment_ids
@@ -150,12 +174,10 @@ def plot_segment_scores(
     if axes is None:
         columns = min(1 + len(panels), PANELS_PER_ROW)
         rows = -(-(1 + len(panels)) // columns)
-        figure, created = plt.subplots(
+        figure, created = new_figure(
             rows,
             columns,
-            figsize=(figure_width(panel_width(*shape), columns - 1), rows * (PANEL_SIDE + 0.6)),
-            squeeze=False,
-            layout="constrained",
+            (figure_width(panel_width(*shape), columns - 1), rows * (PANEL_SIDE + 0.6)),
         )
         axes = list(created.flat)
         for unused in axes[1 + len(panels) :]:  # the last row's empty places
@@ -212,6 +234,9 @@ def plot_segment_scores(
 def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
     """Save ``figure`` at ``path`` in the format its suffix names, and close it.
 
+    Closing concerns a figure made with pyplot (``plt.subplots``), which pyplot keeps open
+    until closed; one from `new_figure` (`plot_segment_scores`'s own) is freed once dropped.
+
     ``.png``, ``.pdf``, ``.svg``, ``.jpg`` / ``.jpeg`` and matplotlib's other formats are
     written as the suffix says; a name without a suffix is written as PNG. The folder is
     created; the figure is written to a temporary file beside ``path`` and renamed into place,
@@ -230,8 +255,6 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
             the formats it can).
         OSError: If the file cannot be written (disk full, no permission, ...).
     """
-    import matplotlib.pyplot as plt
-
     from ctc_plugin.resumable.atomic import write_atomic
 
     path = Path(path).expanduser()
@@ -239,7 +262,9 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
     try:
         write_atomic(path, lambda stream: figure.savefig(stream, dpi=dpi, format=kind))
     finally:
-        plt.close(figure)
+        pyplot = sys.modules.get("matplotlib.pyplot")  # imported by whoever made a pyplot figure
+        if pyplot is not None:
+            pyplot.close(figure)
     return path
 
 

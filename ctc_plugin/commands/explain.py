@@ -528,26 +528,20 @@ def _print_report(
 def _write_figure(
     explained: list[Explained], loaded: LoadedModel, args: argparse.Namespace
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     from ctc_plugin.viz import (
         PANEL_SIDE,
         figure_width,
+        new_figure,
         panel_width,
         plot_segment_scores,
         save_figure,
     )
 
     width = max(panel_width(*item.image.size) for item in explained)
-    figure, axes = plt.subplots(
+    figure, axes = new_figure(
         len(explained),
         1 + len(args.methods),
-        figsize=(figure_width(width, len(args.methods)), PANEL_SIDE * len(explained) + 0.4),
-        squeeze=False,
-        layout="constrained",
+        (figure_width(width, len(args.methods)), PANEL_SIDE * len(explained) + 0.4),
     )
     for row, item in zip(axes, explained):
         plot_segment_scores(
