@@ -553,11 +553,12 @@ def _write_figure(
             axes=list(row),
         )
         segments = len(item.results[0].scores) if item.results else 0
-        row[0].set_title(
+        row[0].set_title(  # a file or class name is drawn as written: "$" starts no mathtext
             f"{item.path.name}\n{_short(loaded, item.target)}, {counted(segments, 'segment')}",
             fontsize=9,
+            parse_math=False,
         )
-    figure.suptitle(f"{loaded.name}: {', '.join(args.methods)}")
+    figure.suptitle(f"{loaded.name}: {', '.join(args.methods)}", parse_math=False)
     save_figure(figure, args.out)
 
 
