@@ -39,6 +39,7 @@ __all__ = [
     "panel_width",
     "plot_segment_scores",
     "save_figure",
+    "wrap_to_width",
 ]
 
 #: Height of one panel in inches (the width of a square image's panel).
@@ -92,6 +93,48 @@ def new_figure(rows: int, columns: int, size: tuple[float, float]) -> tuple[Figu
     figure = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(figure)
     return figure, figure.subplots(rows, columns, squeeze=False)
+
+
+def wrap_to_width(text: str, inches: float, fontsize: float | str = "medium") -> str:
+    """``text`` broken into lines at most ``inches`` wide in matplotlib's font at ``fontsize``.
+
+    Lines break after a space, ``_``, ``-``, ``.``, ``/`` or ``,``, and inside a word longer than
+    a line (a long file name), so that a title stays over its own panel: matplotlib neither
+    wraps a title nor keeps it from running over its neighbour's or past the figure's edge.
+    Widths are measured with the font's metrics (no renderer needed), with a small margin for
+    the renderer's hinting.
+
+    Args:
+        text: The title; its own line breaks are kept.
+        inches: The width a line may take.
+        fontsize: Points, or a matplotlib size name (``"large"``, a title's default).
+    """
+    import re
+
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    font = FontProperties(size=fontsize)
+    limit = 0.92 * inches * 72  # points
+
+    def fits(piece: str) -> bool:
+        width = text_to_path.get_text_width_height_descent(piece, font, ismath=False)[0]
+        return width <= limit
+
+    lines: list[str] = []
+    for given in text.split("\n"):
+        line = ""
+        for word in re.split(r"(?<=[ _\-./,])", given):
+            if line and not fits(line + word):
+                lines.append(line.rstrip())
+                line = ""
+            line += word
+            while len(line) > 1 and not fits(line):  # a word longer than a line
+                cut = max((n for n in range(1, len(line)) if fits(line[:n])), default=1)
+                lines.append(line[:cut])
+                line = line[cut:]
+        lines.append(line.rstrip())
+    return "\n".join(lines)
 
 
 def plot_segment_scores(
@@ -158,6 +201,7 @@ def plot_segment_scores(
         ...                              {"CTC": scores, "Grad-CAM": gradcam_map[0, 0]})
         >>> save_figure(figure, "explanation.png")
     """
+    import matplotlib
     from skimage.segmentation import mark_boundaries
 
     from ctc_plugin.features.partition import segment_ids
@@ -189,11 +233,16 @@ def plot_segment_scores(
     if len(axes) != 1 + len(panels):
         raise ValueError(f"axes must hold {1 + len(panels)} axes (image + one per method)")
 
+    def set_title(axis: Axes, text: str) -> None:  # wrapped to stay over its own panel
+        inches = min(panel_width(*shape), _cell_width(axis))
+        axis.set_title(wrap_to_width(text, inches, matplotlib.rcParams["axes.titlesize"]))
+
     outlined = mark_boundaries(rgb, segments, color=(1, 1, 0), mode="inner")
     axes[0].imshow(outlined)
-    axes[0].set_title(
+    set_title(
+        axes[0],
         counted(len(np.unique(segments)), "segment")
-        + (" + evidence" if evidence is not None else "")
+        + (" + evidence" if evidence is not None else ""),
     )
     if evidence is not None:
         truth = _numpy_map(evidence, shape, "evidence").astype(float)
@@ -209,7 +258,7 @@ def plot_segment_scores(
         axis.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0)
         shown = axis.imshow(heat, cmap=cmap, vmin=-limit, vmax=limit, alpha=alpha)
         figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03)
-        axis.set_title(name)
+        set_title(axis, name)
         for feature, rank in _ranks_to_write(ranking, top_k):
             row, col = _inside_point(segments == feature)
             axis.text(
@@ -225,9 +274,9 @@ def plot_segment_scores(
     for axis in axes:
         axis.set_xticks([])
         axis.set_yticks([])
-    if own_figure:
-        if title:
-            figure.suptitle(title)
+    if own_figure and title:
+        size = matplotlib.rcParams["figure.titlesize"]
+        figure.suptitle(wrap_to_width(title, figure.get_figwidth(), size))
     return figure
 
 
@@ -269,6 +318,16 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
 
 
 # ---------------------------------------------------------------------- helpers
+def _cell_width(axis: Axes) -> float:
+    """Inches of the figure's width that ``axis``'s place in its grid takes (before layout)."""
+    spec = axis.get_subplotspec()
+    figure_inches = axis.figure.get_figwidth()
+    if spec is None:  # placed by hand: its own width
+        return axis.get_position().width * figure_inches
+    columns = spec.get_gridspec().ncols
+    return figure_inches * (spec.colspan.stop - spec.colspan.start) / columns
+
+
 def _numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
     """Return an ``(H, W, 3)`` float array in [0, 1] from a ``(3, H, W)`` tensor or array."""
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)

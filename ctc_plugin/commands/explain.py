@@ -528,6 +528,8 @@ def _print_report(
 def _write_figure(
     explained: list[Explained], loaded: LoadedModel, args: argparse.Namespace
 ) -> None:
+    import matplotlib
+
     from ctc_plugin.viz import (
         PANEL_SIDE,
         figure_width,
@@ -535,6 +537,7 @@ def _write_figure(
         panel_width,
         plot_segment_scores,
         save_figure,
+        wrap_to_width,
     )
 
     width = max(panel_width(*item.image.size) for item in explained)
@@ -553,12 +556,13 @@ def _write_figure(
             axes=list(row),
         )
         segments = len(item.results[0].scores) if item.results else 0
+        title = f"{item.path.name}\n{_short(loaded, item.target)}, {counted(segments, 'segment')}"
         row[0].set_title(  # a file or class name is drawn as written: "$" starts no mathtext
-            f"{item.path.name}\n{_short(loaded, item.target)}, {counted(segments, 'segment')}",
-            fontsize=9,
-            parse_math=False,
+            wrap_to_width(title, panel_width(*item.image.size), 9), fontsize=9, parse_math=False
         )
-    figure.suptitle(f"{loaded.name}: {', '.join(args.methods)}", parse_math=False)
+    title = f"{loaded.name}: {', '.join(args.methods)}"
+    size = matplotlib.rcParams["figure.titlesize"]
+    figure.suptitle(wrap_to_width(title, figure.get_figwidth(), size), parse_math=False)
     save_figure(figure, args.out)
 
 

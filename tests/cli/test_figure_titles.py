@@ -41,3 +41,21 @@ def test_a_file_name_with_dollar_signs_is_drawn_as_written_not_as_mathtext(
     title = figure.axes[0].title
     assert title.get_text().startswith(name)
     assert title.get_parse_math() is False
+
+
+def test_a_long_file_name_is_wrapped_within_the_figure_and_over_its_own_panel(
+    tmp_path, monkeypatch
+):
+    # the title of the photo's panel ran past the figure's left edge, cut off
+    name = "IMG_20240101_123456_" + "a_long_description_of_the_photo_" * 3 + "final.png"
+    figure = _explain(tmp_path, monkeypatch, name, "--method", "ctc", "gradcam")
+    renderer = figure.canvas.get_renderer()
+    edge = figure.bbox
+    titles = [axis.title for axis in figure.axes if axis.get_title()]
+    assert len(titles) == 3
+    assert "".join(titles[0].get_text().split("\n")).startswith(name)
+    boxes = [title.get_window_extent(renderer) for title in titles]
+    for box in boxes:
+        assert edge.x0 <= box.x0 and box.x1 <= edge.x1, (box, edge)
+    for left, right in zip(boxes, boxes[1:]):
+        assert left.x1 <= right.x0, (left, right)
