@@ -159,7 +159,10 @@ def plot_segment_scores(
     the ranks of the ``top_k`` highest scoring segments written inside them (at the pixel
     farthest from their border). Tied scores share a rank (1, 2, 2, 4); a tie that crosses the
     ``top_k`` cut gets no rank (a panel of all-equal scores gets none). A NaN or infinite score
-    gets no rank; NaN is left blank, an infinite score drawn at the range's end.
+    gets no rank; NaN is left blank, an infinite score drawn at the range's end. What the
+    colours cannot tell is written under the panel: how many segments (pixels, of a map) are
+    NaN or infinite, segments without a score, scores of ids the mask does not hold (not
+    drawn), and scores that are all 0 (drawn on the range ``[-1, 1]``).
 
     Args:
         image: ``(3, H, W)`` (or ``(1, 3, H, W)``) RGB in [0, 1]: what the segmenter saw, e.g.
@@ -250,7 +253,9 @@ def plot_segment_scores(
         axes[0].contour(truth, levels=[0.5], colors="black", linewidths=0.8, linestyles="--")
 
     gray = rgb.mean(2)
-    for axis, (name, (heat, ranking)) in zip(axes[1:], painted.items()):
+    present = np.unique(segments)
+    for axis, (name, (heat, by_id, per_pixel)) in zip(axes[1:], painted.items()):
+        note = _unshown(heat, by_id, present, per_pixel)
         finite = np.abs(heat[np.isfinite(heat)])
         limit = float(finite.max()) if finite.size else 0.0
         limit = limit or 1.0
@@ -259,7 +264,10 @@ def plot_segment_scores(
         shown = axis.imshow(heat, cmap=cmap, vmin=-limit, vmax=limit, alpha=alpha)
         figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03)
         set_title(axis, name)
-        for feature, rank in _ranks_to_write(ranking, top_k):
+        if note:  # what the colours cannot tell: under the panel
+            inches = min(panel_width(*shape), _cell_width(axis))
+            axis.set_xlabel(wrap_to_width(note, inches, 8), fontsize=8)
+        for feature, rank in _ranks_to_write(_ranked(by_id, present), top_k):
             row, col = _inside_point(segments == feature)
             axis.text(
                 col,
@@ -385,8 +393,14 @@ def _to_list(value: Any) -> Any:
     return value.detach().cpu().tolist() if isinstance(value, torch.Tensor) else value
 
 
-def _paint(value: Any, segments: np.ndarray, ids: Any, name: str) -> tuple[np.ndarray, list[int]]:
-    """A panel's per-pixel values and its segments ranked best first."""
+def _paint(
+    value: Any, segments: np.ndarray, ids: Any, name: str
+) -> tuple[np.ndarray, dict[int, float], bool]:
+    """A panel's per-pixel values, its score of each segment id, and whether it is a map.
+
+    The ids are those the scores name, also ids that ``segments`` does not hold; a per-pixel
+    map's scores are its segments' means.
+    """
     from ctc_plugin.features.partition import segment_means
 
     present = np.unique(segments)
@@ -436,12 +450,11 @@ def _paint(value: Any, segments: np.ndarray, ids: Any, name: str) -> tuple[np.nd
         else:
             heat = _numpy_map(array, segments.shape, name).astype(np.float64)
             means_ids, means = segment_means(heat, segments)
-            by_id = dict(zip(means_ids.tolist(), means.tolist()))
-            return heat, _ranked(by_id, present)
+            return heat, dict(zip(means_ids.tolist(), means.tolist())), True
     heat = np.full(segments.shape, np.nan)
     for feature, score in by_id.items():
         heat[segments == feature] = score
-    return heat, _ranked(by_id, present)
+    return heat, by_id, False
 
 
 def _check_first_example_mask(scores: Any, segments: np.ndarray, name: str) -> None:
@@ -488,6 +501,42 @@ def _ranked(by_id: dict[int, float], present: np.ndarray) -> list[tuple[int, int
         tied = ranked and by_id[ranked[-1][0]] == by_id[feature]
         ranked.append((feature, ranked[-1][1] if tied else place))
     return ranked
+
+
+def _unshown(
+    heat: np.ndarray, by_id: dict[int, float], present: np.ndarray, per_pixel: bool
+) -> str:
+    """What a panel's colours cannot tell about its values, or ``""``: a note under it.
+
+    A NaN value (of a segment, or of a pixel of a per-pixel map) and a segment without a score
+    are blank, like a 0 on the grayscale image; an infinite one is drawn as the range's end,
+    like the largest finite one; scores of ids that the feature mask does not hold are not
+    drawn; and a panel of zeros has a range of its own (``[-1, 1]``), not the scores'.
+    """
+    shown = set(present.tolist())
+    if per_pixel:
+        values, unit, missing, unknown = heat.ravel(), "pixel", 0, 0
+    else:
+        scores = [by_id.get(feature) for feature in present.tolist()]
+        values = np.array([score for score in scores if score is not None], dtype=float)
+        unit, missing = "segment", len(scores) - len(values)
+        unknown = sum(feature not in shown for feature in by_id)
+    parts = [
+        f"{what}: {counted(count, unit)}{how}"
+        for what, count, how in (
+            ("no score", missing, " (blank)"),
+            ("NaN", int(np.isnan(values).sum()), " (blank)"),
+            ("+inf", int(np.isposinf(values).sum()), " (drawn as the range's top)"),
+            ("-inf", int(np.isneginf(values).sum()), " (drawn as the range's bottom)"),
+        )
+        if count
+    ]
+    if unknown:
+        parts.append(f"{counted(unknown, 'score')} of ids not in the feature mask (not drawn)")
+    finite = values[np.isfinite(values)]
+    if finite.size and not finite.any():
+        parts.append("all 0" if finite.size == values.size and not missing else "the rest 0")
+    return "; ".join(parts)
 
 
 def _ranks_to_write(ranked: list[tuple[int, int]], top_k: int) -> list[tuple[int, int]]:
