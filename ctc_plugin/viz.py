@@ -338,7 +338,7 @@ def _cell_width(axis: Axes) -> float:
 
 def _numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
     """Return an ``(H, W, 3)`` float array in [0, 1] from a ``(3, H, W)`` tensor or array."""
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    array = _as_numpy(image)
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 3 or array.shape[0] != 3:
@@ -357,9 +357,7 @@ def _numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def _numpy_map(values: Any, shape: tuple[int, int], name: str) -> np.ndarray:
-    array = (
-        values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    )
+    array = _as_numpy(values)
     while array.ndim > 2 and array.shape[0] == 1:
         array = array[0]
     if array.ndim == 3:  # (C, H, W) attributions: sum the channels
@@ -389,6 +387,25 @@ def _is_panel_mapping(scores: Any) -> bool:
     return isinstance(scores, Mapping) and all(isinstance(key, str) for key in scores)
 
 
+def _as_numpy(value: Any) -> np.ndarray:
+    """``value`` as a NumPy array; a tensor detached, on the CPU, in a type NumPy has.
+
+    Detached: no autograd warning for a score that requires grad. A floating-point type NumPy
+    lacks (bfloat16, float8: a model run in bfloat16 gives its attributions in it) becomes
+    float32.
+    """
+    if not isinstance(value, torch.Tensor):
+        return np.asarray(value)
+    value = value.detach().cpu()
+    if value.is_floating_point() and value.dtype not in _NUMPY_FLOATS:
+        value = value.float()
+    return value.numpy()
+
+
+#: Torch's floating-point types that NumPy has too.
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
 def _to_list(value: Any) -> Any:
     return value.detach().cpu().tolist() if isinstance(value, torch.Tensor) else value
 
@@ -413,7 +430,7 @@ def _paint(
         )
         by_id = dict(zip(feature_ids.tolist(), feature_scores.tolist()))
     elif isinstance(value, Mapping):
-        by_id = {int(k): float(v) for k, v in value.items()}
+        by_id = {int(k): float(_as_numpy(v)) for k, v in value.items()}
     elif (  # (ids, scores), as segment_means gives; a tuple of two numbers is two scores
         isinstance(value, tuple)
         and len(value) == 2
@@ -430,17 +447,11 @@ def _paint(
             )
         by_id = dict(zip(keys.astype(np.int64).tolist(), values.tolist()))
     else:
-        array = (
-            value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-        )
+        array = _as_numpy(value)
         if array.ndim == 0:  # one number: the score of an image of one segment
             array = array.reshape(1)
         if array.ndim == 1:
-            keys = (
-                present
-                if ids is None
-                else np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids)
-            )
+            keys = present if ids is None else _as_numpy(ids)
             if len(keys) != len(array):
                 raise ValueError(
                     f"{name}: {len(array)} scores for {len(keys)} segments; pass ids= to say "
@@ -476,7 +487,7 @@ def _check_first_example_mask(scores: Any, segments: np.ndarray, name: str) -> N
         first = first[0, 0]
     if first.dim() != 2 or tuple(first.shape) != segments.shape:
         return
-    if not np.array_equal(first.detach().cpu().numpy(), segments):
+    if not np.array_equal(_as_numpy(first), segments):
         raise ValueError(
             f"{name}: FeatureScores are drawn for the first example of their call, whose "
             "feature mask differs from the feature_mask given here (another example's?); for "
