@@ -166,7 +166,7 @@ def plot_segment_scores(
 
     Args:
         image: ``(3, H, W)`` (or ``(1, 3, H, W)``) RGB in [0, 1]: what the segmenter saw, e.g.
-            ``PreparedImage.pixels``.
+            ``PreparedImage.pixels``; ``(1, H, W)`` or ``(H, W)`` for a grayscale image.
         feature_mask: ``(H, W)`` integer segment ids (``(1, H, W)`` and ``(1, 1, H, W)`` too).
         scores: One method's result or ``{panel title: result}`` for several. A result is
             ``FeatureScores`` (CTC's, first example), a mapping ``{segment id: score}``, a pair
@@ -337,12 +337,24 @@ def _cell_width(axis: Axes) -> float:
 
 
 def _numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Return an ``(H, W, 3)`` float array in [0, 1] from a ``(3, H, W)`` tensor or array."""
+    """Return an ``(H, W, 3)`` float array in [0, 1] from a ``(3, H, W)`` tensor or array.
+
+    A grayscale image, ``(1, H, W)`` or ``(H, W)`` (a one-channel model's input), is drawn in
+    gray. Other shapes are refused saying how to pass them.
+    """
     array = _as_numpy(image)
+    given = tuple(array.shape)
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = np.repeat(array, 3, axis=0)
     if array.ndim != 3 or array.shape[0] != 3:
-        raise ValueError(f"expected an image shaped (3, H, W), got {tuple(array.shape)}")
+        raise ValueError(
+            f"expected an image shaped (3, H, W), or (1, H, W) for grayscale, got {given}"
+            + _image_shape_hint(given)
+        )
     if not array.size:
         raise ValueError(f"the image is empty ({tuple(array.shape)}): there is nothing to draw")
     array = array.astype(np.float64)
@@ -354,6 +366,17 @@ def _numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
             "image / 255 for 8-bit values"
         )
     return np.clip(array.transpose(1, 2, 0), 0.0, 1.0)
+
+
+def _image_shape_hint(shape: tuple[int, ...]) -> str:
+    """How to pass an image shaped ``shape`` that `_numpy_image` refuses, or ``""``."""
+    if len(shape) == 4:
+        return f": a batch of {shape[0]}; pass one of its images, images[i]"
+    if len(shape) == 3 and shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4):
+        return ": channels last; pass image.permute(2, 0, 1) (a NumPy array: .transpose(2, 0, 1))"
+    if len(shape) == 3 and shape[0] == 4:
+        return ": 4 channels (RGBA?); pass the colour channels, image[:3]"
+    return ""
 
 
 def _numpy_map(values: Any, shape: tuple[int, int], name: str) -> np.ndarray:
