@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 __all__ = [
+    "MAX_PIXELS",
+    "MIN_DPI",
     "PANELS_PER_ROW",
     "PANEL_SIDE",
     "figure_width",
@@ -52,6 +54,13 @@ PANELS_PER_ROW = 5
 #: Width to height of the widest and of the narrowest panel: a panorama is drawn as a strip in
 #: a panel this wide (its titles stay readable), a tall image in one this narrow.
 PANEL_ASPECT_RANGE = (0.6, 3.0)
+
+#: The lowest ``dpi`` `save_figure` takes: below about 5, FreeType cannot size the text at all.
+MIN_DPI = 10
+
+#: The most pixels `save_figure` writes a figure in: matplotlib renders its images in float64,
+#: 32 bytes a pixel (about 3 GiB at this size); far more fails after minutes, out of memory.
+MAX_PIXELS = 100_000_000
 
 
 def panel_width(height: int, width: int, side: float = PANEL_SIDE) -> float:
@@ -308,14 +317,18 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
         The path written.
 
     Raises:
-        ValueError: If matplotlib cannot write the format the suffix names (the message lists
-            the formats it can).
+        ValueError: Before anything is written or a folder made: if matplotlib cannot write
+            the format the suffix names (the message lists the formats it can), or ``dpi`` is
+            not a number from `MIN_DPI` up or makes the figure more than `MAX_PIXELS` pixels
+            (the message gives the largest dpi that fits).
         OSError: If the file cannot be written (disk full, no permission, ...).
     """
     from ctc_plugin.resumable.atomic import write_atomic
 
     path = Path(path).expanduser()
     kind = path.suffix.lstrip(".").lower() or "png"
+    _check_format(kind, path)
+    _check_dpi(figure, dpi)
     try:
         write_atomic(path, lambda stream: figure.savefig(stream, dpi=dpi, format=kind))
     finally:
@@ -323,6 +336,44 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
         if pyplot is not None:
             pyplot.close(figure)
     return path
+
+
+def _check_format(kind: str, path: Path) -> None:
+    """Refuse a suffix naming no format matplotlib writes."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if kind not in formats:
+        raise ValueError(
+            f"cannot write a figure as {path.name}: its suffix .{kind} names no format "
+            f"matplotlib writes ({', '.join(sorted(formats))}); end the name in one of them, "
+            "e.g. .png, or give it no suffix for PNG"
+        )
+
+
+def _check_dpi(figure: Figure, dpi: Any) -> None:
+    """Refuse a ``dpi`` that is no number of `MIN_DPI` up or makes more than `MAX_PIXELS`."""
+    import math
+    import numbers
+
+    if (
+        isinstance(dpi, bool)
+        or not isinstance(dpi, numbers.Real)
+        or not math.isfinite(dpi)
+        or dpi < MIN_DPI
+    ):
+        raise ValueError(
+            f"dpi must be a number of pixels per inch from {MIN_DPI} up (100 for a screen, 300 "
+            f"for print), got {dpi!r}"
+        )
+    width, height = figure.get_size_inches()
+    if width * height * dpi**2 > MAX_PIXELS:
+        fits = int(math.sqrt(MAX_PIXELS / (width * height)))
+        raise ValueError(
+            f"dpi={dpi} makes this {width:.3g} x {height:.3g} inch figure "
+            f"{width * dpi:.0f} x {height * dpi:.0f} pixels, more than {MAX_PIXELS:,}: give a "
+            f"dpi of at most {fits}"
+        )
 
 
 # ---------------------------------------------------------------------- helpers
