@@ -445,15 +445,19 @@ def _inside_point(mask: np.ndarray) -> tuple[int, int]:
     """The pixel of ``mask`` farthest from its border: where a segment's rank is written.
 
     A segment's centroid can lie on another segment (a ring, the background around an
-    object), which would credit the rank to that one.
+    object), which would credit the rank to that one. Of the pixels equally far from the
+    border (the middle line of a strip), the one nearest the centroid: the first of them
+    would be at the strip's end, beside the label of the segment next to it.
     """
     from scipy.ndimage import distance_transform_edt, find_objects
 
     (box,) = find_objects(mask.astype(np.int8))  # the segment's bounding box: a small window
     window = mask[box]
     distance = distance_transform_edt(np.pad(window, 1))[1:-1, 1:-1]
-    row, col = np.unravel_index(int(np.argmax(distance)), window.shape)
-    return int(row) + box[0].start, int(col) + box[1].start
+    rows, cols = np.nonzero(distance == distance.max())
+    inside_rows, inside_cols = np.nonzero(window)
+    nearest = np.argmin((rows - inside_rows.mean()) ** 2 + (cols - inside_cols.mean()) ** 2)
+    return int(rows[nearest]) + box[0].start, int(cols[nearest]) + box[1].start
 
 
 def _is_panel_mapping(scores: Any) -> bool:

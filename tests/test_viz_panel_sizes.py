@@ -155,3 +155,16 @@ def test_many_methods_continue_on_further_rows_at_the_same_panel_size():
     finally:
         plt.close(figure)
         plt.close(five)
+
+
+def test_a_strip_s_rank_is_written_at_its_middle_not_at_its_end():
+    """Every pixel of a strip's middle line is as far from its border: the first was taken,
+    at the strip's top, beside the rank of the strip next to it."""
+    segments = torch.zeros(120, 20, dtype=torch.long)
+    segments[:, 10:] = 1  # two strips side by side, 120 x 10 each
+    figure = plot_segment_scores(torch.rand(3, 120, 20), segments, {"m": {0: 2.0, 1: 1.0}})
+    try:
+        rows = sorted(text.get_position()[1] for text in figure.axes[1].texts)
+        assert rows == [pytest.approx(59.5, abs=1)] * 2
+    finally:
+        plt.close(figure)
