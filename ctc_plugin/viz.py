@@ -38,6 +38,7 @@ __all__ = [
     "PANEL_SIDE",
     "figure_width",
     "new_figure",
+    "new_rows_figure",
     "panel_width",
     "plot_segment_scores",
     "save_figure",
@@ -102,6 +103,34 @@ def new_figure(rows: int, columns: int, size: tuple[float, float]) -> tuple[Figu
     figure = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(figure)
     return figure, figure.subplots(rows, columns, squeeze=False)
+
+
+def new_rows_figure(
+    widths: Sequence[float], methods: int, title_height: float = 0.4
+) -> tuple[Figure, list[list[Axes]]]:
+    """A figure of one row per image: its panel, then ``methods`` panels, each its own width.
+
+    ``widths`` are the images' `panel_width`. A row narrower than the widest is drawn from the
+    left at its own width (a `figure_width` subfigure): in one grid of equal columns, the
+    panels of a portrait photo under a panorama's floated apart, the photo alone on the left
+    and its maps far to the right. Made like `new_figure`, without pyplot.
+
+    Returns:
+        The figure and each row's axes, the image's first.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    total = figure_width(max(widths), methods)
+    figure = Figure(figsize=(total, PANEL_SIDE * len(widths) + title_height), layout="constrained")
+    FigureCanvasAgg(figure)
+    rows = []
+    for place, width in zip(figure.subfigures(len(widths), 1, squeeze=False)[:, 0], widths):
+        own = figure_width(width, methods)
+        if own < 0.99 * total:
+            place = place.subfigures(1, 2, width_ratios=[own, total - own])[0]
+        rows.append(list(place.subplots(1, 1 + methods, squeeze=False)[0]))
+    return figure, rows
 
 
 def wrap_to_width(text: str, inches: float, fontsize: float | str = "medium") -> str:
@@ -294,7 +323,7 @@ def plot_segment_scores(
     if own_figure and title:
         size = matplotlib.rcParams["figure.titlesize"]
         figure.suptitle(wrap_to_width(title, figure.get_figwidth(), size))
-    return figure
+    return figure.get_figure(root=True)  # not the subfigure of given axes
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
@@ -380,7 +409,8 @@ def _check_dpi(figure: Figure, dpi: Any) -> None:
 def _cell_width(axis: Axes) -> float:
     """Inches of the figure's width that ``axis``'s place in its grid takes (before layout)."""
     spec = axis.get_subplotspec()
-    figure_inches = axis.figure.get_figwidth()
+    holder = axis.get_figure(root=False)  # the figure, or the subfigure it is placed in
+    figure_inches = holder.bbox.width / holder.get_figure(root=True).dpi
     if spec is None:  # placed by hand: its own width
         return axis.get_position().width * figure_inches
     columns = spec.get_gridspec().ncols

@@ -531,21 +531,15 @@ def _write_figure(
     import matplotlib
 
     from ctc_plugin.viz import (
-        PANEL_SIDE,
-        figure_width,
-        new_figure,
+        new_rows_figure,
         panel_width,
         plot_segment_scores,
         save_figure,
         wrap_to_width,
     )
 
-    width = max(panel_width(*item.image.size) for item in explained)
-    figure, axes = new_figure(
-        len(explained),
-        1 + len(args.methods),
-        (figure_width(width, len(args.methods)), PANEL_SIDE * len(explained) + 0.4),
-    )
+    widths = [panel_width(*item.image.size) for item in explained]
+    figure, axes = new_rows_figure(widths, len(args.methods))
     for row, item in zip(axes, explained):
         plot_segment_scores(
             item.image.pixels[0],
