@@ -231,10 +231,10 @@ def plot_segment_scores(
 
     Raises:
         ValueError: If the shapes do not fit together, ``axes`` has the wrong length,
-            ``top_k`` is negative, the image's values are not in [0, 1] (a normalised or
-            8-bit image would be drawn clipped), or ``FeatureScores`` whose first example's
-            feature mask is not ``feature_mask`` (another example's scores are
-            ``dict(scores.ranked(i))``).
+            ``top_k`` is negative, the image's values lie beyond [0, 1] by more than a
+            resize's overshoot, 0.25 (a normalised or 8-bit image would be drawn clipped),
+            or ``FeatureScores`` whose first example's feature mask is not ``feature_mask``
+            (another example's scores are ``dict(scores.ranked(i))``).
 
     Examples:
         >>> from ctc_plugin.viz import plot_segment_scores, save_figure
@@ -440,13 +440,19 @@ def _numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
         raise ValueError(f"the image is empty ({tuple(array.shape)}): there is nothing to draw")
     array = array.astype(np.float64)
     low, high = float(array.min()), float(array.max())
-    if not (low >= -0.01 and high <= 1.01):  # rounding aside; NaN too
+    if not (low >= -IMAGE_OVERSHOOT and high <= 1 + IMAGE_OVERSHOOT):  # NaN too
         raise ValueError(
             f"the image's values lie in [{low:.3g}, {high:.3g}], but it is drawn as RGB in "
             "[0, 1]: pass the pixels before normalisation (PreparedImage.pixels), or "
             "image / 255 for 8-bit values"
         )
     return np.clip(array.transpose(1, 2, 0), 0.0, 1.0)
+
+
+#: How far outside [0, 1] an image's values may lie, drawn clipped: a bicubic resize of an image
+#: in [0, 1] overshoots (by up to 0.16 on noise); a normalised image (about [-2, 2.6]) or an
+#: 8-bit one lies farther out.
+IMAGE_OVERSHOOT = 0.25
 
 
 def _image_shape_hint(shape: tuple[int, ...]) -> str:

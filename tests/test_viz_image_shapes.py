@@ -40,3 +40,16 @@ def test_other_shapes_are_refused_saying_what_to_pass(image, hint):
     with pytest.raises(ValueError, match="expected an image shaped") as refused:
         plot_segment_scores(image, MASK, [1.0, -1.0])
     assert hint in str(refused.value)
+
+
+def test_a_bicubic_resize_s_overshoot_is_drawn_clipped_not_refused():
+    # an image in [0, 1] resized bicubically lies a little outside it; it was refused, told
+    # to pass "the pixels before normalisation"
+    small = torch.rand(1, 3, 8, 12)
+    image = torch.nn.functional.interpolate(small, size=(16, 24), mode="bicubic")[0]
+    assert float(image.min()) < -0.01 or float(image.max()) > 1.01
+    mask = torch.zeros(16, 24, dtype=torch.long)
+    mask[:, 12:] = 1
+    figure = plot_segment_scores(image, mask, [1.0, -1.0])
+    drawn = np.asarray(figure.axes[0].images[0].get_array())
+    assert drawn.min() >= 0.0 and drawn.max() <= 1.0
