@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 __all__ = [
+    "COLOUR_BAR_LABELS",
     "MAX_PIXELS",
     "MIN_DPI",
     "PANELS_PER_ROW",
@@ -55,6 +56,12 @@ PANELS_PER_ROW = 5
 #: Width to height of the widest and of the narrowest panel: a panorama is drawn as a strip in
 #: a panel this wide (its titles stay readable), a tall image in one this narrow.
 PANEL_ASPECT_RANGE = (0.6, 3.0)
+
+#: Inches beside a method's panel for its colour bar, tick labels and label.
+COLOUR_BAR_WIDTH = 1.0
+
+#: The label of a panel's colour bar, by whether it shows a per-pixel map: what one colour is.
+COLOUR_BAR_LABELS = {False: "score of the segment (0 white)", True: "value of the pixel (0 white)"}
 
 #: The lowest ``dpi`` `save_figure` takes: below about 5, FreeType cannot size the text at all.
 MIN_DPI = 10
@@ -82,7 +89,7 @@ def figure_width(width: float, methods: int) -> float:
     tick labels beside it. Drawn with constrained layout and equal column ratios, every panel
     then shows its image at the same size, without a gap after the image's column.
     """
-    return width * (1 + methods) + 0.8 * methods
+    return width * (1 + methods) + COLOUR_BAR_WIDTH * methods
 
 
 def new_figure(rows: int, columns: int, size: tuple[float, float]) -> tuple[Figure, np.ndarray]:
@@ -193,7 +200,8 @@ def plot_segment_scores(
     The first panel is the image with the segment outlines (and the ``evidence`` contour when
     given). Then one panel per method (`PANELS_PER_ROW` panels to a row): the grayscale image
     under the method's values, on ``cmap`` with a symmetric range ``[-m, m]`` (``m`` the
-    largest finite absolute value of that panel), with a colour bar in the values' units and
+    largest finite absolute value of that panel), with a colour bar in the values' units,
+    labelled with what one colour is (a segment's score, or a pixel's value of a map), and
     the ranks of the ``top_k`` highest scoring segments written inside them (at the pixel
     farthest from their border). Tied scores share a rank (1, 2, 2, 4); a tie that crosses the
     ``top_k`` cut gets no rank (a panel of all-equal scores gets none). A NaN or infinite score
@@ -300,7 +308,8 @@ def plot_segment_scores(
         heat = np.where(np.isinf(heat), np.sign(heat) * limit, heat)  # drawn at the range's end
         axis.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0)
         shown = axis.imshow(heat, cmap=cmap, vmin=-limit, vmax=limit, alpha=alpha)
-        figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03)
+        bar = figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03)
+        bar.set_label(COLOUR_BAR_LABELS[per_pixel], fontsize=8)
         set_title(axis, name)
         if note:  # what the colours cannot tell: under the panel
             inches = min(panel_width(*shape), _cell_width(axis))

@@ -544,7 +544,7 @@ def _write_figure(
         plot_segment_scores(
             item.image.pixels[0],
             item.feature_mask[0, 0],
-            {result.title: result.attribution for result in item.results},
+            {result.title: _drawn(result) for result in item.results},
             top_k=min(args.top, 5),
             evidence=item.evidence,
             axes=list(row),
@@ -558,6 +558,19 @@ def _write_figure(
     size = matplotlib.rcParams["figure.titlesize"]
     figure.suptitle(wrap_to_width(title, figure.get_figwidth(), size), parse_math=False)
     save_figure(figure, args.out)
+
+
+def _drawn(result: Result) -> Any:
+    """What a panel draws: a method's segment scores ``(ids, scores)``, or its per-pixel map.
+
+    Segment scores are labelled as such in the figure (the map of a feature method repeats
+    them in every pixel of a segment); ``scores[k]`` is segment ``k``'s.
+    """
+    if not result.per_segment:
+        return result.attribution
+    import torch
+
+    return torch.arange(len(result.scores)), result.scores
 
 
 def _short(loaded: LoadedModel, index: int) -> str:
