@@ -234,8 +234,9 @@ def plot_segment_scores(
     Returns:
         The matplotlib figure: a new one made with `new_figure`, not registered with pyplot
         (write it with [`save_figure`][ctc_plugin.viz.save_figure] or ``figure.savefig``; a
-        notebook shows it as a cell's value; ``plt.show()`` does not know it: draw into
-        ``axes`` of ``plt.subplots`` for a window), or the figure of the ``axes`` given.
+        notebook shows it as a cell's value; ``plt.show()``, ``plt.savefig`` and
+        ``plt.gcf()`` do not know it: draw into ``axes`` of ``plt.subplots`` for those), or
+        the figure of the ``axes`` given.
 
     Raises:
         ValueError: If the shapes do not fit together, ``axes`` has the wrong length,
