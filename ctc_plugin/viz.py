@@ -63,6 +63,10 @@ COLOUR_BAR_WIDTH = 1.0
 #: The label of a panel's colour bar, by whether it shows a per-pixel map: what one colour is.
 COLOUR_BAR_LABELS = {False: "score of the segment (0 white)", True: "value of the pixel (0 white)"}
 
+#: Drawn pixels of the longer side of the image's panel, at least: a smaller image is drawn
+#: with each pixel repeated, so that the segments' outlines (a drawn pixel wide) stay thin.
+OUTLINED_SIDE = 512
+
 #: The lowest ``dpi`` `save_figure` takes: below about 5, FreeType cannot size the text at all.
 MIN_DPI = 10
 
@@ -252,7 +256,6 @@ def plot_segment_scores(
         >>> save_figure(figure, "explanation.png")
     """
     import matplotlib
-    from skimage.segmentation import mark_boundaries
 
     from ctc_plugin.features.partition import segment_ids
 
@@ -287,8 +290,8 @@ def plot_segment_scores(
         inches = min(panel_width(*shape), _cell_width(axis))
         axis.set_title(wrap_to_width(text, inches, matplotlib.rcParams["axes.titlesize"]))
 
-    outlined = mark_boundaries(rgb, segments, color=(1, 1, 0), mode="inner")
-    axes[0].imshow(outlined)
+    height, width = shape  # the outlined image may be drawn finer, over the same pixels
+    axes[0].imshow(_outlined(rgb, segments), extent=(-0.5, width - 0.5, height - 0.5, -0.5))
     set_title(
         axes[0],
         counted(len(np.unique(segments)), "segment")
@@ -416,6 +419,25 @@ def _check_dpi(figure: Figure, dpi: Any) -> None:
 
 
 # ---------------------------------------------------------------------- helpers
+def _outlined(rgb: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """``rgb`` with its segments outlined in yellow, each pixel repeated so outlines are thin.
+
+    An outline is a drawn pixel of each segment wide: on a small image, or one of many small
+    segments (a thousand SAM masks), a pixel of the image each side of every border hid most
+    of the image. Each pixel is drawn as a block of ``k x k``, ``k`` making the longer side at
+    least `OUTLINED_SIDE` drawn pixels, so an outline takes ``1 / k`` of a pixel.
+    """
+    import math
+
+    from skimage.segmentation import mark_boundaries
+
+    repeat = math.ceil(OUTLINED_SIDE / max(rgb.shape[:2]))
+    if repeat > 1:
+        rgb = rgb.repeat(repeat, axis=0).repeat(repeat, axis=1)
+        segments = segments.repeat(repeat, axis=0).repeat(repeat, axis=1)
+    return mark_boundaries(rgb, segments, color=(1, 1, 0), mode="inner")
+
+
 def _cell_width(axis: Axes) -> float:
     """Inches of the figure's width that ``axis``'s place in its grid takes (before layout)."""
     spec = axis.get_subplotspec()
