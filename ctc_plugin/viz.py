@@ -292,13 +292,9 @@ def plot_segment_scores(
 
     height, width = shape  # the outlined image may be drawn finer, over the same pixels
     axes[0].imshow(_outlined(rgb, segments), extent=(-0.5, width - 0.5, height - 0.5, -0.5))
-    set_title(
-        axes[0],
-        counted(len(np.unique(segments)), "segment")
-        + (" + evidence" if evidence is not None else ""),
-    )
-    if evidence is not None:
-        truth = _numpy_map(evidence, shape, "evidence").astype(float)
+    truth = None if evidence is None else _numpy_map(evidence, shape, "evidence").astype(float)
+    set_title(axes[0], counted(len(np.unique(segments)), "segment") + _evidence_title(truth))
+    if truth is not None:
         axes[0].contour(truth, levels=[0.5], colors="white", linewidths=2.0)
         axes[0].contour(truth, levels=[0.5], colors="black", linewidths=0.8, linestyles="--")
 
@@ -436,6 +432,19 @@ def _outlined(rgb: np.ndarray, segments: np.ndarray) -> np.ndarray:
         rgb = rgb.repeat(repeat, axis=0).repeat(repeat, axis=1)
         segments = segments.repeat(repeat, axis=0).repeat(repeat, axis=1)
     return mark_boundaries(rgb, segments, color=(1, 1, 0), mode="inner")
+
+
+def _evidence_title(truth: np.ndarray | None) -> str:
+    """What the image's title adds for the evidence: its contour, or why none is drawn.
+
+    Evidence of no pixel, or of every pixel, has no border to draw.
+    """
+    if truth is None:
+        return ""
+    inside = truth > 0.5
+    if not inside.any():
+        return " + evidence (no pixel)"
+    return " + evidence (every pixel)" if inside.all() else " + evidence"
 
 
 def _cell_width(axis: Axes) -> float:
