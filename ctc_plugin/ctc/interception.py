@@ -509,9 +509,12 @@ class CTCMode(TorchFunctionMode):
         without a rule (``diagonal``, ``select``) still holds the product's entries: it carries the
         deferral, and its replay is refused where its copies are needed, as it is on the
         signal. A product of two gate tensors (`Replay.gate`) multiplying the signal is a gate
-        there. Anywhere else (the product meets the signal, or the deferral was carried
-        `MAX_DEPTH` operations) the copies are computed and the call runs on them; a call that
-        writes into a deferred tensor writes the result back into it.
+        there; read as a signal (by a rule that neither keeps a gate nor makes one: a
+        convolution, a linear layer, a sum) its copies are computed at once, so that a squashing
+        activation further on is one of a signal, not the end of attention scores. Anywhere
+        else (the product meets the signal, or the deferral was carried `MAX_DEPTH` operations)
+        the copies are computed and the call runs on them; a call that writes into a deferred
+        tensor writes the result back into it.
         """
         ctx = self.gated_pass
         template = slotted(propagated, args, kwargs)
@@ -523,6 +526,14 @@ class CTCMode(TorchFunctionMode):
         plain_signal = any(not ctx.gate_mark(t) for t in propagated)
         if gates and plain_signal and row is not None and row.takes_gate_only and func not in SUMS:
             return ended(self._apply(func, row, args, kwargs, propagated))  # x * (g1 * g2)
+        # a product of two gate tensors read as a signal (a convolution, a linear layer, a sum):
+        # its copies now, or a squashing activation further on would end it as a gate of the
+        # full pass only, as it ends attention scores
+        read_as_signal = (
+            gates and row is not None and not row.makes_gate and not _keeps_gate(func, row)
+        )
+        if read_as_signal:
+            makes_gate = within = False
         if makes_gate and not meets_signal:
             out = self._apply(func, row, args, kwargs, propagated)
             if row is not None or writes_first(func) or not _views_deferred(out, propagated):
@@ -591,7 +602,7 @@ class CTCMode(TorchFunctionMode):
         written = args[0] if func is torch.Tensor.__setitem__ else out
         # still a gate where it meets the signal: through what keeps a gate (scaling, reshaping,
         # masking), not through a convolution or a sum with the signal
-        keeps = row is not None and row.keeps_gate and func not in SUMS
+        keeps = row is not None and _keeps_gate(func, row)
         gate = keeps and all(slot.signal.replay.gate for slot in slots(template))
         defer(written, Replay(replay, operation_name(func), watched, gate=gate), depth)
         return out
@@ -825,6 +836,11 @@ def decomposed(gated_pass: GatedPass, operation: str) -> Iterator[None]:
         raise UnsupportedOperationError(named, error.reason, at_output=error.at_output) from None
     except UntracedOutputError as error:
         raise error.in_module(None) from None
+
+
+def _keeps_gate(func: Callable[..., Any], row: OperationRule) -> bool:
+    """Whether ``func`` keeps a gate tensor a gate (scaling, reshaping, masking; not a sum)."""
+    return row.keeps_gate and func not in SUMS
 
 
 def _aligned_copy_axes(ctx: GatedPass, propagated: list[Tensor]) -> list[int]:

@@ -176,3 +176,37 @@ def test_a_second_gate_multiplies_the_product_as_the_signal(mode):
     its copies, each times the full pass's second gate (computed at once, the product would be
     a gate tensor itself, and the two halved as two signals)."""
     _assert_equals_the_spec_and_adds_up(AfterTheProduct("a second gate (CBAM)"), mode)
+
+
+class SquashedAfterALayer(nn.Module):
+    """``g = relu6(conv(x)) * tanh(se)`` read by a layer (``"linear"``, ``"conv"``) or a
+    residual sum, then a squashing activation, and a linear layer reading that as a signal."""
+
+    def __init__(self, reader: str, squash) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+        self.conv2, self.conv3 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.hidden, self.head = nn.Linear(4 * 12 * 12, 5), nn.Linear(5, 3)
+        self.reader, self.squash = reader, squash
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = nn.functional.relu6(self.conv(x))
+        g = a * torch.tanh(self.fc(a.mean((2, 3), keepdim=True)))
+        if self.reader == "linear":
+            return self.head(self.squash(self.hidden(g.flatten(1))))
+        h = self.conv2(g) if self.reader == "conv" else g + self.conv3(x)
+        return self.head(self.squash(h).mean((2, 3)).repeat(1, 2)[:, :5])
+
+
+@pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
+@pytest.mark.parametrize("squash", ["tanh", "sigmoid", "hardtanh"])
+@pytest.mark.parametrize("reader", ["linear", "conv", "residual sum"])
+def test_a_squashing_activation_after_a_layer_reading_the_product_is_a_signal(reader, squash, mode):
+    """Found by the differential fuzzing (`tests/ctc/fuzz_models.py`, seed 24):
+    ``tanh(linear(relu6(a) * tanh(s)))`` read by a linear layer was refused at the output. The
+    layer carried the product's deferral on as if it were attention scores (losing that it is a
+    product of two gate tensors), and the tanh ended it as a gate of the full pass only; the
+    layer reads the product as a signal, so its copies are computed there."""
+    activation = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "hardtanh": nn.Hardtanh()}
+    _assert_equals_the_spec_and_adds_up(SquashedAfterALayer(reader, activation[squash]), mode)
