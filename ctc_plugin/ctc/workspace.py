@@ -96,6 +96,12 @@ class _Chunk:
             zero in them (the next pool that takes the chunk takes them too).
         loose: The stretches ``(start, stop)`` outside every buffer that may hold nonzero bytes,
             sorted and disjoint: the rest of the bytes outside buffers are zero.
+        narrowest: The byte width of the narrowest values whose zeros the chunk was told of
+            (`OutputPool.record`), ``None`` for none. Those are zeros of values: where a copy
+            value is negative, a ReLU pattern leaves -0.0, whose float32 bytes ``00 00 00 80``
+            read in a float64 are the subnormal 1.06e-314 (which ``"reference"`` sharing counts
+            as a value: ``ceil(10 z)`` is 1), so for wider values the chunk is all dirty
+            (`OutputPool._dirty_for`). In values as wide or narrower, -0.0 reads as 0 or -0.0.
     """
 
     memory: torch.Tensor
@@ -104,6 +110,7 @@ class _Chunk:
     live_peak: int = 0
     buffers: list[_Buffer] = field(default_factory=list)
     loose: list[tuple[int, int]] = field(default_factory=list)
+    narrowest: int | None = None
 
     @property
     def size(self) -> int:
@@ -408,6 +415,8 @@ class OutputPool:
                 if buffer.dirty_end <= _nbytes(result):
                     written = (result.dtype, tuple(result.shape), tuple(rows), result._version)
                     buffer.written, buffer.dirty_end = written, _nbytes(result)
+                    width, chunk = result.element_size(), buffer.chunk
+                    chunk.narrowest = min(width, chunk.narrowest or width)
                 else:  # the bytes after the result may hold anything
                     buffer.written = None
                 return
@@ -420,12 +429,14 @@ class OutputPool:
         if like.device.type != "cpu" or _storage_use_count is None or nbytes == 0:
             own = torch.empty(nbytes, dtype=torch.uint8, device=like.device)
             return _as_result(own, shape, like.dtype), None
+        self._dirty_for(like.element_size())
         buffer = self._free_buffer(nbytes)
         length = -(-nbytes // _ALIGNMENT) * _ALIGNMENT
         place = None if buffer is not None else self._unused_stretch(length)
         if buffer is None and place is None:
             self._let_go_of_unused_chunks()
             self._chunks.append(self._new_chunk(length))
+            self._dirty_for(like.element_size())  # a spare chunk's zeros may be narrower
             buffer = self._free_buffer(nbytes)  # one that a spare chunk brought
             place = (self._chunks[-1], 0)
         if buffer is not None:
@@ -437,6 +448,25 @@ class OutputPool:
         self._note_live()
         self._stay_within_live_peak()
         return out, buffer
+
+    def _dirty_for(self, width: int) -> None:
+        """Take every chunk told of zeros of values narrower than ``width`` bytes as dirty.
+
+        Its buffers lose their records and may be nonzero throughout, and the rest of what it
+        has touched is loose (see `_Chunk.narrowest`): their bytes are cleared before a result
+        of wider values is promised zero there. A pass of one dtype never comes here.
+        """
+        for chunk in self._chunks:
+            if chunk.narrowest is None or chunk.narrowest >= width:
+                continue
+            buffers = [buffer for buffer in self._held if buffer.chunk is chunk]
+            for buffer in buffers:
+                buffer.written, buffer.dirty_end = None, buffer.base.numel()
+            inside = _merged([(buffer.offset, buffer.end) for buffer in buffers])
+            for start, stop in chunk.resident:
+                for low, high in _outside_all(start, stop, inside):
+                    chunk.loosen(low, high)
+            chunk.narrowest = None
 
     def _free_buffer(self, nbytes: int) -> _Buffer | None:
         """The smallest free buffer that holds ``nbytes`` within ``slack``, or ``None``."""
@@ -588,6 +618,18 @@ def _as_result(base: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -
 def _nbytes(tensor: torch.Tensor) -> int:
     """How many bytes a contiguous tensor takes."""
     return tensor.numel() * tensor.element_size()
+
+
+def _outside_all(start: int, stop: int, stretches: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``[start, stop)`` outside every one of ``stretches`` (sorted, disjoint)."""
+    parts = []
+    for low, high in stretches:
+        if low > start:
+            parts.append((start, min(low, stop)))
+        start = max(start, high)
+        if start >= stop:
+            return parts
+    return [*parts, (start, stop)] if stop > start else parts
 
 
 def _merged(stretches: list[tuple[int, int]]) -> list[tuple[int, int]]:

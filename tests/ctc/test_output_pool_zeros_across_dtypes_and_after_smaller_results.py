@@ -9,7 +9,9 @@ their results) leaves out or rarely draws, each on memory that held another resu
 - a smaller zero result on memory that a larger result wrote everywhere: the bytes after it
   stay as they were until cleared, so a later larger result on the same memory must still be
   zero there;
-- a record with fewer rows than its result says nothing of the other rows: it is ignored.
+- a record with fewer rows than its result says nothing of the other rows: it is ignored;
+- a record's zeros are zeros of its values (-0.0 among them), not zero bytes: memory recorded
+  for float32 values is cleared before a float64 result is promised zero there.
 """
 
 from __future__ import annotations
@@ -81,3 +83,53 @@ def test_a_record_with_fewer_rows_than_the_result_is_ignored():
     again = pool.zeros((3, 1, 4, 4), like)
     assert again.data_ptr() == pointer
     assert not bool(again.any())
+
+
+def _negative_zeros_outside_a_float32_record(pool: OutputPool, shape, rows) -> int:
+    """A float32 result that holds -0.0 outside its recorded rows (zero as a value: a ReLU
+    pattern times a negative copy value), let go; returns where it lay."""
+    narrow = pool.zeros(shape, torch.zeros(1, dtype=torch.float32))
+    narrow.fill_(-0.0)
+    for row, (first, stop) in enumerate(rows):
+        narrow[row, :, first:stop] = 2.0
+    pool.record(narrow, rows)
+    pointer = narrow.data_ptr()
+    del narrow
+    return pointer
+
+
+def test_negative_zeros_of_a_narrower_record_are_cleared_for_a_wider_result():
+    """Found by the differential fuzzing (`tests/ctc/fuzz_models.py`, seed 264 after 263 other
+    models, some in float32): a float32 -0.0 that a record counts as zero is the bytes 00 00 00
+    80, which read in a float64 result are the subnormal 1.06e-314. The pool left them in a
+    float64 result that it promised zero, and ``"reference"`` sharing, which counts every
+    nonzero value (``ceil(10 z)`` is 1 for 1e-314), moved a score of the sparse pass by 0.05."""
+    pool = OutputPool(slack=4.0)
+    shape, rows = (2, 2, 4, 4), [(1, 2), (0, 0)]
+    pointer = _negative_zeros_outside_a_float32_record(pool, shape, rows)
+    wide = pool.zeros((2, 2, 4, 3), torch.zeros(1, dtype=torch.float64))
+    assert wide.data_ptr() == pointer
+    assert not bool(wide.view(torch.int64).any()), "nonzero bytes in a zero float64 result"
+
+
+def test_negative_zeros_of_a_narrower_record_are_cleared_where_a_new_buffer_is_carved():
+    """The same on memory carved anew: a recorded float32 buffer given up for a larger float64
+    one had only its recorded rows cleared, and the new buffer was taken for zero bytes."""
+    pool = OutputPool(slack=1.0)
+    shape, rows = (2, 2, 4, 4), [(1, 2), (0, 0)]
+    pointer = _negative_zeros_outside_a_float32_record(pool, shape, rows)
+    wide = pool.zeros((2, 2, 4, 5), torch.zeros(1, dtype=torch.float64))
+    assert wide.data_ptr() == pointer
+    assert not bool(wide.view(torch.int64).any()), "nonzero bytes in a zero float64 result"
+
+
+def test_negative_zeros_of_a_record_stay_zero_in_results_as_narrow_or_narrower():
+    """A record's rows serve a result of the same width (float32) or a narrower one (bfloat16):
+    -0.0 read there is 0 or -0.0, a zero."""
+    for dtype in (torch.float32, torch.bfloat16):
+        pool = OutputPool(slack=4.0)
+        shape, rows = (2, 2, 4, 4), [(1, 2), (0, 0)]
+        pointer = _negative_zeros_outside_a_float32_record(pool, shape, rows)
+        again = pool.zeros((2, 2, 4, 3), torch.zeros(1, dtype=dtype))
+        assert again.data_ptr() == pointer
+        assert not bool(again.any())
