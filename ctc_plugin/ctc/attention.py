@@ -94,9 +94,10 @@ def _product(
         check(readers[0])
         return uniform_product(ctx, call, operands, readers)
     gate_rows = [ctx.gate_rows(t) if ctx.is_propagated(t) else t for t in operands]
+    if not readers:  # gate-only operands alone: the gate is theirs, and refusals name its maker
+        origin = next(m.origin for t in operands if (m := ctx.gate_mark(t)) is not None)
+        return ctx.broadcast_gate(call(gate_rows), origin)
     out = ctx.broadcast_gate(call(gate_rows), name)
-    if len(readers) < 2:
-        return out
 
     def copies() -> torch.Tensor:
         for index in readers:
