@@ -54,7 +54,7 @@ def test_every_route_agrees_on_a_fuzzed_model(seed: int) -> None:
     check_case(random_case(seed), variants=FAST_VARIANTS, float32=False)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [2, 16])
 def test_an_operation_without_a_rule_is_refused_by_both_routes(seed: int) -> None:
     check_refusal(seed)
 
