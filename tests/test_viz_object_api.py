@@ -7,9 +7,6 @@ closed (a warning after 20) and shares pyplot's global state with other threads.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 import threading
 import warnings
 
@@ -19,22 +16,19 @@ from ctc_plugin.viz import plot_segment_scores, save_figure
 
 
 def test_the_backend_a_caller_chose_is_kept():
-    script = textwrap.dedent(
-        """
-        import matplotlib
-        matplotlib.use("svg")
-        import matplotlib.pyplot as plt
-        import torch
-        from ctc_plugin.viz import plot_segment_scores
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    chosen = matplotlib.get_backend()
+    plt.switch_backend("svg")  # a caller's choice (matplotlib.use), restored below
+    try:
         mine = plt.figure()
         plot_segment_scores(torch.rand(3, 8, 8), torch.zeros(8, 8, dtype=torch.long), [1.0])
-        print(matplotlib.get_backend(), plt.get_fignums() == [mine.number])
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    )
-    assert done.stdout.split() == ["svg", "True"], done.stdout + done.stderr
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == [mine.number]
+    finally:
+        plt.close("all")
+        plt.switch_backend(chosen)
 
 
 def test_figures_not_closed_are_not_kept_by_pyplot():

@@ -125,7 +125,9 @@ def _assert_tensor_steps_equal_the_rules(
         pytest.param(DEFAULT, id="default pass"),
     ],
 )
-@pytest.mark.parametrize("mode", ["proportional", "reference", "none"])
+@pytest.mark.parametrize(
+    "mode", ["proportional", pytest.param("reference", marks=pytest.mark.slow), "none"]
+)
 def test_tensor_steps_equal_the_rules(speedups: Speedups, mode: str) -> None:
     """Output, ``h_n`` and ``c_n`` of every copy, for every configuration and initial state,
     with one or two sequences per copy."""

@@ -36,37 +36,39 @@ MODELS = {
     "resnest14d": "split attention",
     "ghostnetv2_100": "DFC attention: a sigmoid gate, upsampled",
     "convnextv2_atto": "global response normalisation (addcmul)",
-    "poolformerv2_s12": "StarReLU: s * relu(x) ** 2 + b",
-    "resmlp_12_224": "affine normalisation (addcmul)",
     "gmlp_s16_224": "spatial gating: a product of two halves",
     "starnet_s1": "star operation: a product of two branches",
-    "mambaout_femto": "gated CNN",
     "eva02_tiny_patch14_224": "SwiGLU, rotary position embedding",
     "vit_small_patch14_reg4_dinov2": "registers, layer scale",
     "swinv2_tiny_window8_256": "cosine attention",
     "xcit_nano_12_p16_224": "cross-covariance attention",
-    "gcvit_xxtiny": "global query repeated per window",
     "hiera_tiny_224": "mask-unit attention",
     "levit_128s": "attention bias, hard-swish",
     "mobilevitv2_050": "separable linear attention",
     "coat_lite_tiny": "factorised attention: q @ (softmax(k)^T v), a product of two signals",
     "efficientvit_b0": "linear attention: ReLU kernels, ones padded in, divided by a normaliser",
     "iformer_t": "modulation attention: sigmoid values, a sigmoid gate after",
-    "swiftformer_xs": "additive attention of normalised queries and keys",
     "efficientvim_m1": "hidden-state mixer: a softmax over the tokens, matrix products",
-    "shvit_s1": "single-head attention on part of the channels",
     "convit_tiny": "gated positional self-attention: a sigmoid gate mixing two softmaxes",
     "botnet26t_256": "self-attention with relative position logits in a ResNet bottleneck",
-    "lambda_resnet26t": "lambda layers: softmax(k)^T v applied to the queries",
-    "efficientvit_m0": "cascaded group attention",
 }
 
 #: models that compute in float32 inside whatever the input's dtype (their scores add up to
 #: that precision): model name -> relative tolerance
 FLOAT32_INSIDE = {"efficientvit_b0": 1e-6}  # LiteMLA's attention runs .float()
 
-#: larger models of the same checks, run by make test-slow
+#: larger models of the same checks, and families whose mechanism a family above shares
+#: (addcmul, products of two branches, softmax(k)^T v, attention on part of the channels), run
+#: by make test-slow
 SLOW = {
+    "poolformerv2_s12": "StarReLU: s * relu(x) ** 2 + b",
+    "resmlp_12_224": "affine normalisation (addcmul)",
+    "mambaout_femto": "gated CNN",
+    "gcvit_xxtiny": "global query repeated per window",
+    "swiftformer_xs": "additive attention of normalised queries and keys",
+    "shvit_s1": "single-head attention on part of the channels",
+    "lambda_resnet26t": "lambda layers: softmax(k)^T v applied to the queries",
+    "efficientvit_m0": "cascaded group attention",
     "eca_nfnet_l0": "weight standardisation, scaled activations",
     "beit_base_patch16_224": "relative position bias",
     "volo_d1_224": "outlook attention: unfolded windows folded back",

@@ -99,6 +99,10 @@ BUILDERS = {
 }
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
 
+#: builders whose "reference" pass takes seconds: make test-slow runs them (ViT-B/16 and Swin V2
+#: bring no rule that the tiny models of this file, swin_t and the zoo ViT do not)
+LARGER = ("vit_b_16", "swin_v2_t")
+
 
 def grid(size: int, cells: int) -> torch.Tensor:
     rows = torch.arange(size) * cells // size
@@ -118,7 +122,9 @@ def _completeness(model: nn.Module, size: int, dtype: torch.dtype) -> None:
     assert relative.max() < TOLERANCE[dtype], relative
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "dtype", [torch.float64, pytest.param(torch.float32, marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("builder", BUILDERS)
 def test_torchvision_transformers_add_up_to_their_logits(builder: str, dtype: torch.dtype):
     make, size = BUILDERS[builder]
@@ -133,7 +139,10 @@ def test_maxvit_t_adds_up_to_its_logits(dtype: torch.dtype):
     _completeness(torchvision.models.maxvit_t(), 224, dtype)
 
 
-@pytest.mark.parametrize("builder", BUILDERS)
+@pytest.mark.parametrize(
+    "builder",
+    [pytest.param(name, marks=pytest.mark.slow) if name in LARGER else name for name in BUILDERS],
+)
 def test_reference_runs_and_the_attributor_agrees_on_torchvision(builder: str):
     make, size = BUILDERS[builder]
     torch.manual_seed(0)

@@ -52,9 +52,15 @@ def chromium() -> str:
     return path
 
 
-def test_every_page_renders(chromium: str, site: Path) -> None:
-    pages = sorted(site.rglob("*.html"))
-    assert len(pages) > 20, f"only {len(pages)} pages in {site}"
+#: The pages are checked in this many parts, so that the two test workers share them.
+PARTS = 2
+
+
+@pytest.mark.parametrize("part", range(PARTS))
+def test_every_page_renders(chromium: str, site: Path, part: int) -> None:
+    every = sorted(site.rglob("*.html"))
+    assert len(every) > 20, f"only {len(every)} pages in {site}"
+    pages = every[part::PARTS]
     report = []
     with Browser(chromium) as browser:
         for page in pages:

@@ -148,7 +148,10 @@ def test_images():
 
 
 @pytest.mark.parametrize("family", zoo.FAMILIES)
-@pytest.mark.parametrize(("split", "bar"), [("shapes", 0.95), ("composite", 0.90)])
+@pytest.mark.parametrize(
+    ("split", "bar"),
+    [("shapes", 0.95), pytest.param("composite", 0.90, marks=pytest.mark.slow)],
+)
 def test_shipped_models_meet_the_accuracy_bar(family, split, bar, test_images):
     images, labels = test_images[split]
     model = zoo.load(family, split)
