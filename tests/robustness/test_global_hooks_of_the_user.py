@@ -15,8 +15,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as module_registry
 
-from ctc_plugin import CTC, CTCAttributor, CTCComposite, IntegrativeCAM
-from ctc_plugin.testing import random_partition
+from .every_method import LIBRARY_METHODS, explain
 
 CLASSES = 4
 
@@ -42,27 +41,17 @@ class Doubled(nn.Module):
         return self.model[1:](self.model[0](x) * 2)
 
 
-def _explain(method: str, model, images: torch.Tensor) -> torch.Tensor:
-    mask = random_partition(16, 16, 6)
-    if method.startswith("ctc-"):
-        return CTC(model, bias_sharing=method[4:]).attribute(images, [0, 1], feature_mask=mask)
-    if method == "attributor":
-        with CTCAttributor(model, CTCComposite(), feature_mask=mask) as attributor:
-            return attributor(images, torch.eye(CLASSES)[[0, 1]])[1]
-    return IntegrativeCAM(model).attribute(images, [0, 1])
-
-
-METHODS = ["ctc-none", "ctc-proportional", "ctc-reference", "attributor", "integrative-cam"]
+METHODS = LIBRARY_METHODS
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_recording_global_hook_changes_no_result(method):
     model, images = _model(), torch.rand(2, 3, 16, 16)
-    expected = _explain(method, model, images)
+    expected = explain(method, model, images, CLASSES)
     seen = []
     handle = module_registry.register_module_forward_hook(lambda m, a, o: seen.append(type(m)))
     try:
-        actual = _explain(method, model, images)
+        actual = explain(method, model, images, CLASSES)
     finally:
         handle.remove()
     assert seen
@@ -80,11 +69,11 @@ def test_integrative_cam_refuses_a_global_hook_that_replaces_an_output():
     try:
         hooks = list(module_registry._global_forward_hooks)
         with pytest.raises(ValueError, match=r"global forward hook .* on 0 \(Conv2d\) replaces"):
-            _explain("integrative-cam", model, images)
+            explain("integrative-cam", model, images, CLASSES)
         assert list(module_registry._global_forward_hooks) == hooks  # ours are gone
         # CTC follows the hook's operations as the model's
-        expected = _explain("ctc-proportional", Doubled(_model()), images)
-        torch.testing.assert_close(_explain("ctc-proportional", model, images), expected)
+        expected = explain("ctc-proportional", Doubled(_model()), images, CLASSES)
+        torch.testing.assert_close(explain("ctc-proportional", model, images, CLASSES), expected)
     finally:
         handle.remove()
-    _explain("integrative-cam", model, images)  # and runs without it
+    explain("integrative-cam", model, images, CLASSES)  # and runs without it

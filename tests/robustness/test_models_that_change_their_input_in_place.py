@@ -14,16 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from ctc_plugin import (
-    CTC,
-    CTCAttributor,
-    CTCComposite,
-    Explainer,
-    ExplainerAttribution,
-    IntegrativeCAM,
-)
-from ctc_plugin.explainer.backbones import build_backbone
-from ctc_plugin.testing import random_partition
+from .every_method import METHODS, explain
 
 CLASSES = 4
 SIZE = 16
@@ -76,34 +67,17 @@ class _Normalise(nn.Module):
         return (x - 0.5) / 0.25
 
 
-def _explain(method: str, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    mask = random_partition(SIZE, SIZE, 6)
-    if method.startswith("ctc-"):
-        return CTC(model, bias_sharing=method[4:]).attribute(images, [0, 1], feature_mask=mask)
-    if method == "attributor":
-        with CTCAttributor(model, CTCComposite(), feature_mask=mask) as attributor:
-            return attributor(images, torch.eye(CLASSES)[[0, 1]])[1]
-    if method == "integrative-cam":
-        return IntegrativeCAM(model).attribute(images, [0, 1])
-    torch.manual_seed(0)
-    explainer = Explainer(build_backbone("unet-small", CLASSES), CLASSES).eval()
-    target = None if method == "explainer, predicted class" else [0, 1]
-    return ExplainerAttribution(model, explainer, check_classifier=False).attribute(images, target)
+#: every method, and the Explainer also for the classes the model predicts
+METHODS_AND_PREDICTED = [*METHODS, "explainer, predicted class"]
 
 
-METHODS = [
-    "ctc-none", "ctc-proportional", "ctc-reference", "attributor", "integrative-cam",
-    "explainer", "explainer, predicted class",
-]  # fmt: skip
-
-
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS_AND_PREDICTED)
 @pytest.mark.parametrize("build", [InPlace, _pre_hooked], ids=["in forward", "in a pre-hook"])
 def test_the_callers_images_stay_as_they_were(method, build):
     images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     given = images.clone()
     model = build()
-    expected = _explain(method, _reference_of(model), images.clone())
-    actual = _explain(method, model, given)
+    expected = explain(method, _reference_of(model), images.clone(), CLASSES)
+    actual = explain(method, model, given, CLASSES)
     torch.testing.assert_close(given, images, rtol=0, atol=0)
     torch.testing.assert_close(actual, expected)

@@ -16,22 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from ctc_plugin import (
-    CTC,
-    CTCAttributor,
-    CTCComposite,
-    Explainer,
-    ExplainerAttribution,
-    IntegrativeCAM,
-)
-from ctc_plugin.explainer.backbones import build_backbone
-from ctc_plugin.testing import random_partition
+from .every_method import METHODS, explain
 
 CLASSES = 4
 SIZE = 16
-METHODS = [
-    "ctc-none", "ctc-proportional", "ctc-reference", "attributor", "integrative-cam", "explainer",
-]  # fmt: skip
 
 pytestmark = pytest.mark.filterwarnings("ignore:the explainer has not been trained:UserWarning")
 
@@ -57,25 +45,11 @@ def _on_meta() -> nn.Module:
         ).eval()  # fmt: skip
 
 
-def _explain(method: str, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    mask = random_partition(SIZE, SIZE, 6)
-    if method.startswith("ctc-"):
-        return CTC(model, bias_sharing=method[4:]).attribute(images, [0, 1], feature_mask=mask)
-    if method == "attributor":
-        with CTCAttributor(model, CTCComposite(), feature_mask=mask) as attributor:
-            return attributor(images, torch.eye(CLASSES)[[0, 1]])[1]
-    if method == "integrative-cam":
-        return IntegrativeCAM(model).attribute(images, [0, 1])
-    torch.manual_seed(0)
-    explainer = Explainer(build_backbone("unet-small", CLASSES), CLASSES).eval()
-    return ExplainerAttribution(model, explainer, check_classifier=False).attribute(images, [0, 1])
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_a_lazy_module_that_never_ran_is_refused_and_left_lazy(method):
     model = Lazy().eval()
     with pytest.raises(ValueError, match=r"'conv.weight' is not made yet .*run the model once"):
-        _explain(method, model, torch.rand(2, 3, SIZE, SIZE))
+        explain(method, model, torch.rand(2, 3, SIZE, SIZE), CLASSES)
     assert type(model.conv) is nn.LazyConv2d and type(model.fc) is nn.LazyLinear
 
 
@@ -84,10 +58,10 @@ def test_a_lazy_model_that_ran_is_explained(method):
     model = Lazy().eval()
     images = torch.rand(2, 3, SIZE, SIZE)
     model(images)
-    assert _explain(method, model, images).shape[0] == 2
+    assert explain(method, model, images, CLASSES).shape[0] == 2
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_model_on_the_meta_device_is_refused(method):
     with pytest.raises(ValueError, match=r"'0.weight' is on the meta device.*assign=True"):
-        _explain(method, _on_meta(), torch.rand(2, 3, SIZE, SIZE))
+        explain(method, _on_meta(), torch.rand(2, 3, SIZE, SIZE), CLASSES)

@@ -21,21 +21,13 @@ from torch import nn
 from torch.nn.utils import parametrizations, prune
 
 from ctc_plugin import (
-    CTC,
-    CTCAttributor,
-    CTCComposite,
-    Explainer,
-    ExplainerAttribution,
     IntegrativeCAM,
 )
-from ctc_plugin.explainer.backbones import build_backbone
-from ctc_plugin.testing import random_partition
+
+from .every_method import METHODS, explain, model_state
 
 CLASSES = 5
 SIZE = 16
-METHODS = [
-    "ctc-none", "ctc-proportional", "ctc-reference", "attributor", "integrative-cam", "explainer",
-]  # fmt: skip
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:the explainer has not been trained:UserWarning",
@@ -96,38 +88,19 @@ def _changed(change: str, images: torch.Tensor) -> tuple[nn.Module, nn.Module]:
     return model, plain
 
 
-def _explain(method: str, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    mask = random_partition(SIZE, SIZE, 6)
-    if method.startswith("ctc-"):
-        return CTC(model, bias_sharing=method[4:]).attribute(images, [0, 1], feature_mask=mask)
-    if method == "attributor":
-        with CTCAttributor(model, CTCComposite(), feature_mask=mask) as attributor:
-            return attributor(images, torch.eye(CLASSES)[[0, 1]])[1]
-    if method == "integrative-cam":
-        return IntegrativeCAM(model).attribute(images, [0, 1])
-    torch.manual_seed(0)
-    explainer = Explainer(build_backbone("unet-small", CLASSES), CLASSES).eval()
-    return ExplainerAttribution(model, explainer, check_classifier=False).attribute(images, [0, 1])
-
-
-def _state(model: nn.Module) -> tuple:
-    hooks = [
-        (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks), m.training)
-        for m in model.modules()
-    ]
-    return hooks, {k: v.clone() for k, v in model.state_dict().items()}
-
-
 @pytest.mark.parametrize("change", CHANGES)
 @pytest.mark.parametrize("method", METHODS)
 def test_explained_as_the_plain_model_and_left_as_it_was(method, change):
     images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     model, plain = _changed(change, images)
-    before = _state(model)
+    before = model_state(model)
     torch.testing.assert_close(
-        _explain(method, model, images), _explain(method, plain, images), rtol=1e-5, atol=1e-6
+        explain(method, model, images, CLASSES),
+        explain(method, plain, images, CLASSES),
+        rtol=1e-5,
+        atol=1e-6,
     )
-    after = _state(model)
+    after = model_state(model)
     assert after[0] == before[0]
     for key, value in before[1].items():
         assert torch.equal(after[1][key], value), key

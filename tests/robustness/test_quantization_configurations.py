@@ -28,16 +28,10 @@ import torchvision
 from torch import nn
 
 from ctc_plugin import (
-    CTC,
-    CTCAttributor,
-    CTCComposite,
-    Explainer,
-    ExplainerAttribution,
-    IntegrativeCAM,
     TrainingModeError,
 )
-from ctc_plugin.explainer.backbones import build_backbone
-from ctc_plugin.testing import random_partition
+
+from .every_method import LIBRARY_METHODS, explain, model_state
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -47,7 +41,7 @@ pytestmark = [
 
 CLASSES = 5
 SIZE = 16
-METHODS = ["ctc-none", "ctc-proportional", "ctc-reference", "attributor", "integrative-cam"]
+METHODS = LIBRARY_METHODS
 
 
 class Net(nn.Module):
@@ -75,28 +69,6 @@ class Net(nn.Module):
 
 def _images(n: int = 2) -> torch.Tensor:
     return torch.rand(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-
-
-def _explain(method: str, model, images: torch.Tensor) -> torch.Tensor:
-    mask = random_partition(SIZE, SIZE, 6)
-    if method.startswith("ctc-"):
-        return CTC(model, bias_sharing=method[4:]).attribute(images, [0, 1], feature_mask=mask)
-    if method == "attributor":
-        with CTCAttributor(model, CTCComposite(), feature_mask=mask) as attributor:
-            return attributor(images, torch.eye(CLASSES)[[0, 1]])[1]
-    if method == "integrative-cam":
-        return IntegrativeCAM(model).attribute(images, [0, 1])
-    torch.manual_seed(0)
-    explainer = Explainer(build_backbone("unet-small", CLASSES), CLASSES).eval()
-    return ExplainerAttribution(model, explainer, check_classifier=False).attribute(images, [0, 1])
-
-
-def _state(model: nn.Module) -> tuple:
-    hooks = [
-        (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks), m.training)
-        for m in model.modules()
-    ]
-    return hooks, {k: _values(v) for k, v in model.state_dict().items()}
 
 
 def _values(value: object) -> object:
@@ -150,10 +122,10 @@ def _dynamic() -> nn.Module:
 @pytest.mark.parametrize("method", [*METHODS, "explainer"])
 def test_observers_are_refused_before_they_record(method):
     model = _calibrated()
-    before = _state(model)
+    before = model_state(model, _values)
     with pytest.raises(TrainingModeError, match=r"quantization observer.*convert the calibrated"):
-        _explain(method, model, _images())
-    _assert_same_state(before, _state(model))
+        explain(method, model, _images(), CLASSES)
+    _assert_same_state(before, model_state(model, _values))
 
 
 @pytest.mark.parametrize("observing", [True, False], ids=["observers on", "observers off"])
@@ -161,44 +133,44 @@ def test_observers_are_refused_before_they_record(method):
 def test_fake_quantizers_are_refused_before_they_record(method, observing):
     """The explainer's classifier runs once the observers are off, as the message says."""
     model = _qat(observing)
-    before = _state(model)
+    before = model_state(model, _values)
     if method == "explainer" and observing:
         with pytest.raises(TrainingModeError, match=r"quantization observer.*disable_observer"):
-            _explain(method, model, _images())
+            explain(method, model, _images(), CLASSES)
     elif method == "explainer":
-        assert _explain(method, model, _images()).shape == (2, 3, SIZE, SIZE)
+        assert explain(method, model, _images(), CLASSES).shape == (2, 3, SIZE, SIZE)
     else:
         with pytest.raises(
             ValueError, match=r"'quant.activation_post_process' is a fake quantizer .*float model"
         ):
-            _explain(method, model, _images())
-    _assert_same_state(before, _state(model))
+            explain(method, model, _images(), CLASSES)
+    _assert_same_state(before, model_state(model, _values))
 
 
 @pytest.mark.parametrize("method", ["ctc-proportional", "integrative-cam"])
 def test_observers_behind_a_plain_function_are_refused_as_they_run(method):
     model = _calibrated()
-    before = _state(model)
+    before = model_state(model, _values)
     with pytest.raises(TrainingModeError, match=r"quantization observer"):
-        _explain(method, lambda x: model(x), _images())
-    _assert_same_state(before, _state(model))
+        explain(method, lambda x: model(x), _images(), CLASSES)
+    _assert_same_state(before, model_state(model, _values))
 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("build", [_converted, _dynamic], ids=["convert", "quantize_dynamic"])
 def test_quantized_models_are_refused_naming_the_module(method, build):
     model = build()
-    before = _state(model)
+    before = model_state(model, _values)
     with pytest.raises(ValueError, match=r"'(quant|fc)' is a quantized .*explain the float model"):
-        _explain(method, model, _images())
-    _assert_same_state(before, _state(model))
+        explain(method, model, _images(), CLASSES)
+    _assert_same_state(before, model_state(model, _values))
 
 
 @pytest.mark.parametrize("method", ["ctc-none", "integrative-cam"])
 def test_quantized_modules_behind_a_plain_function_are_refused_as_they_run(method):
     model = _dynamic()
     with pytest.raises(ValueError, match=r"is a quantized Linear"):
-        _explain(method, lambda x: model(x), _images())
+        explain(method, lambda x: model(x), _images(), CLASSES)
 
 
 def test_a_converted_model_left_in_training_mode_is_called_quantized():
@@ -206,14 +178,14 @@ def test_a_converted_model_left_in_training_mode_is_called_quantized():
     model = quantization.convert(_calibrated(), inplace=False)
     assert model.norm.training
     with pytest.raises(ValueError, match=r"is a quantized"):
-        _explain("ctc-none", model, _images())
+        explain("ctc-none", model, _images(), CLASSES)
 
 
 @pytest.mark.parametrize("build", [_converted, _dynamic], ids=["convert", "quantize_dynamic"])
 def test_the_explainer_explains_a_quantized_classifier(build):
     model = build()
-    expected = _explain("explainer", copy.deepcopy(model), _images())
-    torch.testing.assert_close(_explain("explainer", model, _images()), expected)
+    expected = explain("explainer", copy.deepcopy(model), _images(), CLASSES)
+    torch.testing.assert_close(explain("explainer", model, _images(), CLASSES), expected)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -227,5 +199,8 @@ def test_a_float_model_written_for_quantization_is_explained_as_the_plain_one(me
     plain.load_state_dict(written.state_dict())
     images = _images()
     torch.testing.assert_close(
-        _explain(method, written, images), _explain(method, plain, images), rtol=1e-5, atol=1e-6
+        explain(method, written, images, CLASSES),
+        explain(method, plain, images, CLASSES),
+        rtol=1e-5,
+        atol=1e-6,
     )

@@ -20,19 +20,19 @@ from torch import nn
 from torch.func import functional_call
 
 from ctc_plugin import (
-    CTC,
     CTCAttributor,
     CTCComposite,
     Explainer,
     ExplainerAttribution,
-    IntegrativeCAM,
 )
 from ctc_plugin.explainer.backbones import build_backbone
 from ctc_plugin.testing import CNNSpec, RandomCNN, random_partition
 
+from .every_method import LIBRARY_METHODS, explain
+
 CLASSES = 4
 SIZE = 16
-METHODS = ["ctc-none", "ctc-proportional", "ctc-reference", "attributor", "integrative-cam"]
+METHODS = LIBRARY_METHODS
 
 
 def _model() -> RandomCNN:
@@ -41,16 +41,6 @@ def _model() -> RandomCNN:
 
 def _images() -> torch.Tensor:
     return torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-
-
-def _explain(method: str, model, images: torch.Tensor) -> torch.Tensor:
-    mask = random_partition(SIZE, SIZE, 6)
-    if method.startswith("ctc-"):
-        return CTC(model, bias_sharing=method[4:]).attribute(images, [0, 1], feature_mask=mask)
-    if method == "attributor":
-        with CTCAttributor(model, CTCComposite(), feature_mask=mask) as attributor:
-            return attributor(images, torch.eye(CLASSES)[[0, 1]])[1]
-    return IntegrativeCAM(model).attribute(images, [0, 1])
 
 
 class Functional(nn.Module):
@@ -74,8 +64,8 @@ class Functional(nn.Module):
 )
 def test_models_that_keep_torch_functions_are_explained_as_the_model(method, trace):
     model, images = _model(), _images()
-    expected = _explain(method, model, images)
-    torch.testing.assert_close(_explain(method, trace(_model()), images), expected)
+    expected = explain(method, model, images, CLASSES)
+    torch.testing.assert_close(explain(method, trace(_model()), images, CLASSES), expected)
 
 
 def _exported(dynamic: bool) -> nn.Module:
@@ -89,13 +79,13 @@ def _exported(dynamic: bool) -> nn.Module:
 def test_an_exported_programs_module_is_refused_before_it_runs(method, dynamic):
     model = _exported(dynamic)
     with pytest.raises(TypeError, match=r"exported program .*aten\..*pass the original nn.Module"):
-        _explain(method, model, _images())
+        explain(method, model, _images(), CLASSES)
 
 
 def test_an_exported_module_behind_a_bound_method_is_refused_too():
     model = _exported(dynamic=True)
     with pytest.raises(TypeError, match=r"exported program"):
-        _explain("ctc-proportional", model.forward, _images())
+        explain("ctc-proportional", model.forward, _images(), CLASSES)
 
 
 @pytest.mark.filterwarnings("ignore:the explainer has not been trained:UserWarning")
