@@ -617,10 +617,10 @@ def _paint(
             heat = _numpy_map(array, segments.shape, name).astype(np.float64)
             means_ids, means = segment_means(heat, segments)
             return heat, dict(zip(means_ids.tolist(), means.tolist())), True
-    heat = np.full(segments.shape, np.nan)
-    for feature, score in by_id.items():
-        heat[segments == feature] = score
-    return heat, by_id, False
+    # each pixel looks its segment's score up (NaN for a segment without one): one pass
+    held, index = np.unique(segments, return_inverse=True)
+    lookup = np.array([by_id.get(feature, np.nan) for feature in held.tolist()], dtype=float)
+    return lookup[index].reshape(segments.shape), by_id, False
 
 
 def _check_first_example_mask(scores: Any, segments: np.ndarray, name: str) -> None:
