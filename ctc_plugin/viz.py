@@ -508,13 +508,28 @@ def _image_shape_hint(shape: tuple[int, ...]) -> str:
 
 
 def _numpy_map(values: Any, shape: tuple[int, int], name: str) -> np.ndarray:
+    """``values`` as an ``(H, W)`` array of the image's ``shape`` (channels summed).
+
+    ``name``: ``feature_mask``, ``evidence`` or a panel's title, for the refusal.
+
+    Raises:
+        ValueError: For another height and width, saying how to resize.
+    """
     array = _as_numpy(values)
     while array.ndim > 2 and array.shape[0] == 1:
         array = array[0]
     if array.ndim == 3:  # (C, H, W) attributions: sum the channels
         array = array.sum(0)
     if array.shape != shape:
-        raise ValueError(f"{name} must be shaped {shape} (or (1, ...) of it), got {array.shape}")
+        masks = name in ("feature_mask", "evidence")
+        what = name if masks else f"the map of {name!r}"
+        mode = "nearest-exact" if masks else "bilinear"
+        raise ValueError(
+            f"{what} must be shaped {shape} (or (1, ...) of it), the image's height and width, "
+            f"got {array.shape}: give the image it was made for (the one explained, after "
+            f"its resizing), or resize it to the image's size "
+            f"(torch.nn.functional.interpolate(..., size={shape}, mode={mode!r}))"
+        )
     return array
 
 

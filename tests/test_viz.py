@@ -149,8 +149,12 @@ def test_shapes_that_do_not_fit_are_refused(scene):
     image, mask = scene
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
         plot_segment_scores(image[0, :2], mask, torch.arange(6.0))
-    with pytest.raises(ValueError, match="feature_mask must be shaped"):
+    with pytest.raises(ValueError, match=r"feature_mask must be shaped.*resize it to the image's "
+                       r"size \(torch.nn.functional.interpolate\(\.\.\., size=\(\d+, \d+\), "
+                       r"mode='nearest-exact'\)"):  # fmt: skip
         plot_segment_scores(image, mask[..., :10], torch.arange(6.0))
+    with pytest.raises(ValueError, match=r"the map of 'CTC' must be shaped.*mode='bilinear'"):
+        plot_segment_scores(image, mask, {"CTC": torch.rand(1, 1, 4, 4)})
     with pytest.raises(ValueError, match="pass ids="):
         plot_segment_scores(image, mask, torch.arange(4.0))
     figure, axes = plt.subplots(1, 2)
