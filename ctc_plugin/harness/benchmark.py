@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -70,6 +70,10 @@ from ctc_plugin.resumable import Shard, json_values, run_job
 from ctc_plugin.resumable.atomic import read_only_folder
 from ctc_plugin.wording import known_name
 from ctc_plugin.zoo.settings import FAMILIES
+
+if TYPE_CHECKING:  # pragma: no cover - the errors run_benchmark's Raises names, for the docs' links
+    from ctc_plugin.resumable import ConfigMismatchError, RayUnavailableError  # noqa: F401
+    from ctc_plugin.resumable.cluster import RayConnectionError  # noqa: F401
 
 __all__ = [
     "BenchmarkConfig",
@@ -435,8 +439,6 @@ class BenchmarkJob:
             here and on every Ray worker, so that both engines give the same numbers.
 
     Raises:
-        ValueError: When a model of ``models`` has a BatchNorm that keeps no running
-            statistics (each image's numbers would depend on its batch), before anything runs.
         FileNotFoundError: When no model can be loaded.
     """
 
@@ -652,6 +654,8 @@ def run_benchmark(
 
     Raises:
         ConfigMismatchError: When ``out_dir`` holds a run with another configuration.
+        ValueError: When a model of ``models`` has a BatchNorm that keeps no running
+            statistics (each image's numbers would depend on its batch), before anything runs.
         FileNotFoundError: When no model can be loaded. A single missing zoo weight file only
             skips that model, with a warning and a line under "Failures" in ``results.md``.
         RayUnavailableError: When ``ray`` is given and Ray is not installed.
