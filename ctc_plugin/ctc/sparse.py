@@ -610,9 +610,11 @@ def sparse_conv2d(
     shape = (batch, call.weight.shape[0], out_rows, out_cols)
     out = x.new_zeros(shape) if results is None else results.zeros(shape, x)
     for (rows, cols), members in groups.items():
-        if rows == out_rows and cols == out_cols:  # whole maps: no crop, runs of copies as views
+        if rows == out_rows and cols == out_cols:  # whole maps: no crop, runs of copies
             for first, stop in _runs(m[0] for m in members):
-                out[first:stop] = call.dense(slice(first, stop))
+                dense = call.dense(slice(first, stop))
+                for copy in range(first, stop):
+                    _write_box(out, copy, dense[copy - first], out_boxes[copy], 0, 0)
             continue
         # a few copies at a time: the crops and their products stay small (memory, caches)
         per_crop = x.shape[1] * _input_extent(call, 0, rows) * _input_extent(call, 1, cols)
@@ -621,8 +623,29 @@ def sparse_conv2d(
             chunk = members[start : start + per_chunk]
             result = _convolve_crops(call, _crops(call, chunk, rows, cols, scratch), scratch)
             for slot, (copy, r0, c0) in enumerate(chunk):
-                out[copy, :, r0 : r0 + rows, c0 : c0 + cols] = result[slot]
+                _write_box(out, copy, result[slot], out_boxes[copy], r0, c0)
     return out, out_boxes
+
+
+def _write_box(
+    out: torch.Tensor,
+    copy: int,
+    computed: torch.Tensor,
+    box: MapBox,
+    first_row: int,
+    first_col: int,
+) -> None:
+    """Write the part of ``computed`` inside ``box`` into row ``copy`` of ``out``.
+
+    ``computed`` holds the output rows from ``first_row`` and columns from ``first_col``. Only
+    the box is written: outside it a crop (rounded up in size, or a whole map) holds the
+    convolution of zeros, ``-0.0`` where the weights are negative (``nan`` where one is
+    infinite), and the result's memory is promised zero there (`OutputPool.record`, the
+    carried boxes).
+    """
+    r0, r1, c0, c1 = box
+    part = computed[:, r0 - first_row : r1 - first_row, c0 - first_col : c1 - first_col]
+    out[copy, :, r0:r1, c0:c1] = part
 
 
 def _runs(indices: Iterable[int]) -> list[tuple[int, int]]:
