@@ -218,7 +218,7 @@ def _random_batch_norm(model: nn.Module) -> nn.Module:
 @pytest.mark.parametrize(
     ("name", "size"),
     [
-        ("vgg16_bn", 32),
+        pytest.param("vgg16_bn", 32, marks=pytest.mark.slow),  # the zoo's VGG in make test
         ("resnet18", 32),
         ("resnet50", 32),
         ("densenet121", 32),

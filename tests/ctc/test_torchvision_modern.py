@@ -36,7 +36,9 @@ def grid(size: int, cells: int) -> torch.Tensor:
     return (rows.view(1, 1, -1, 1) * cells + rows.view(1, 1, 1, -1)) + 1
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "dtype", [torch.float64, pytest.param(torch.float32, marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("builder", BUILDERS)
 def test_proportional_scores_add_up_to_the_logit(builder: str, dtype: torch.dtype) -> None:
     model = randomised(builder, dtype)
