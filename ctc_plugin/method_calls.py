@@ -131,7 +131,8 @@ class CaptumFeatureMethod:
         A model with a BatchNorm that keeps no running statistics normalises each batch with
         that batch's own statistics, which would mix the perturbed copies (and the images) of
         one pass: each image is then explained alone, one copy per pass, so that each copy
-        gets what the model computes for it alone.
+        gets what the model computes for it alone (with one copy per pass too, Captum sends
+        every image of the batch in each pass).
 
         Args:
             model: The classifier.
@@ -144,7 +145,7 @@ class CaptumFeatureMethod:
 
         from ctc_plugin.batchnorm import keeps_no_running_statistics
 
-        if self.perturbations_per_eval > 1 and any(
+        if (self.perturbations_per_eval > 1 or len(images) > 1) and any(
             map(keeps_no_running_statistics, model.modules())
         ):
             alone = self.but(perturbations_per_eval=1)

@@ -92,3 +92,13 @@ def test_a_model_that_keeps_statistics_still_gets_its_copies_batched(setup, monk
     monkeypatch.setattr(FeatureAblation, "attribute", recording)
     method_calls.FEATURE_ABLATION.attribute(model, images, 0, mask)
     assert seen == [(3, method_calls.PERTURBATIONS_PER_EVAL)]
+
+
+def test_one_copy_per_pass_still_explains_each_image_alone(setup):
+    """With one copy per pass, Captum still sends every image of the batch in each pass (each
+    with the same feature ablated), and such a BatchNorm mixes them: the images are explained
+    one at a time there too (``perturbations_per_eval=1`` was taken for already alone)."""
+    model, images, mask = setup
+    one_copy = method_calls.FEATURE_ABLATION.but(perturbations_per_eval=1)
+    got = one_copy.attribute(model, images, [0, 1, 2], mask)
+    torch.testing.assert_close(got, alone(model, images, [0, 1, 2], mask), rtol=0, atol=1e-6)
