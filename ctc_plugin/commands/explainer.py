@@ -476,8 +476,9 @@ def resume_mismatch(error: ResumeMismatchError, resume: Path) -> str:
                     parts.append(f"{which} images: {there[key]} there, {now[key]} now ({options})")
                 else:
                     parts.append(f"{name} {key}: {there.get(key)!r} there, {now.get(key)!r} now")
-        elif name.endswith("_data") and not any(p.startswith(f"{which} images") for p in parts):
-            parts.append(f"other {which} images ({options})")
+        elif name.endswith("_data"):  # a count that differs already names the images
+            if not any(p.startswith(f"{which} images") for p in parts):
+                parts.append(f"other {which} images ({options})")
         else:
             parts.append(f"{RESUME_OPTIONS.get(name, name)}: {there!r} there, {now!r} now")
     return (

@@ -83,3 +83,29 @@ def test_a_resume_of_another_run_names_the_options_that_differ(tmp_path, capsys)
     assert main([*args, "--train-size", "4", "--tv-weight", "2", "--lr", "0.1", *again]) == 2
     error = capsys.readouterr().err
     assert "(--lr: 0.01 there, 0.1 now; --tv-weight: 1.0 there, 2.0 now)" in error
+
+
+def test_other_training_images_are_named_by_their_options_not_by_digests():
+    """A resume whose images differ in count and content named the content by fit's name.
+
+    ``training images: 16 there, 20 now (...)`` came with ``train_data: '91fa75d3...' there,
+    'e44157dc...' now``, two SHA-256 digests of 64 digits; images that differ only in content
+    are ``other training images``.
+    """
+    from pathlib import Path
+
+    from ctc_plugin.commands.explainer import resume_mismatch
+    from ctc_plugin.explainer.checkpoints import ResumeMismatchError
+
+    loader = {"batch_size": 8, "length": 16, "sampler": "RandomSampler", "drop_last": False}
+    error = ResumeMismatchError("other settings")
+    error.differences = (
+        ("train_loader", loader, {**loader, "length": 20}),
+        ("train_data", "a" * 64, "b" * 64),
+    )
+    message = resume_mismatch(error, Path("a.ckpt"))
+    assert "training images: 16 there, 20 now (--split, --train-size" in message
+    assert "train_data" not in message and "a" * 64 not in message
+    error.differences = (("val_data", "a" * 64, "b" * 64),)
+    message = resume_mismatch(error, Path("a.ckpt"))
+    assert "(other validation images (--split, --val-size))" in message
