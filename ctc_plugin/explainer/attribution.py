@@ -174,7 +174,8 @@ class ExplainerAttribution(Attribution):
                 ) from error
         if not isinstance(scores, Tensor):
             raise output_not_a_tensor(scores)
-        if scores.dim() < 2 and len(images) == 1:  # (C,): a squeeze() of a batch of one
+        # (C,) or (): a squeeze() of a batch of one; (1,) is one score per image, any batch
+        if scores.dim() < 2 and len(images) == 1 and tuple(scores.shape) != (1,):
             raise ValueError(
                 f"the classifier returned shape {tuple(scores.shape)} for one image: it drops "
                 "the batch dimension of a batch of 1 (a squeeze() in its forward), and "

@@ -52,6 +52,31 @@ def test_the_explainer_names_the_dropped_batch_dimension(n, target):
         attribution.attribute(images, target)
 
 
+class OneLogit(nn.Module):
+    """A classifier of one score per image, (N,) for every batch: it has no class dimension."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((1, 2, 3))
+
+
+@pytest.mark.parametrize(("n", "target"), [(2, [0, 1]), (1, 0), (1, None)])
+def test_a_classifier_without_a_class_dimension_is_not_called_a_squeeze(n, target):
+    """Its (1,) for one image was blamed on a squeeze() of the batch dimension.
+
+    A squeeze() of a batch of one gives (classes,), or () for one class; (1,) is one score per
+    image, for a batch of any size.
+    """
+    images = torch.rand(n, 3, 16, 16)
+    attribution = ExplainerAttribution(OneLogit().eval(), _explainer(), check_classifier=False)
+    with pytest.raises(ValueError, match=r"class-count mismatch.*shaped \((1|2),\)") as caught:
+        attribution.attribute(images, target)
+    assert "squeeze" not in str(caught.value)
+
+
 def test_the_other_methods_explain_larger_batches():
     model, images = Squeezing().eval(), torch.rand(2, 3, 16, 16)
     mask = random_partition(16, 16, 4)
