@@ -678,13 +678,16 @@ def is_quantized(module: torch.nn.Module) -> bool:
     (``torch.ao.nn.quantized``: ``DynamicQuantizedLinear``, ``QuantizedConv2d``, ``Quantize``,
     ...), and the fake quantizers of ``prepare_qat`` with fake quantization on: their operations
     take no gradient (or a straight-through one) and are no float operations a method can
-    follow. ``FloatFunctional`` (the float additions of a model written for quantization,
+    follow. A fused fake quantizer (``FusedMovingAvgObsFakeQuantize``, ``prepare_qat``'s
+    default) is one with fake quantization off too: its fused operation still runs, returning a
+    copy. ``FloatFunctional`` (the float additions of a model written for quantization,
     torchvision's quantizable ResNet) and the float reference modules are not. Read by module
     name, as `observes` reads classes.
     """
     where = type(module).__module__
-    if "FakeQuantizeBase" in _quantization_classes(module):
-        return _flag_on(module, "fake_quant_enabled")
+    kinds = _quantization_classes(module)
+    if "FakeQuantizeBase" in kinds:  # a fused one runs its operation whatever its flags say
+        return "FusedMovingAvgObsFakeQuantize" in kinds or _flag_on(module, "fake_quant_enabled")
     return (
         where.startswith(("torch.ao.nn.quantized.", "torch.ao.nn.intrinsic.quantized."))
         and ".reference." not in where
@@ -695,13 +698,22 @@ def is_quantized(module: torch.nn.Module) -> bool:
 def quantized_module_error(module: torch.nn.Module, name: str, method: str) -> ValueError:
     """The error for a module that `is_quantized`, named ``name``, refused by ``method``."""
     kind = type(module).__name__
-    what = (
-        f"a fake quantizer ({kind}, of torch.ao.quantization.prepare_qat): it rounds to "
-        "integer steps"
-        if "FakeQuantizeBase" in _quantization_classes(module)
-        else f"a quantized {kind} (torch.ao.nn.quantized, made by "
-        "torch.ao.quantization.quantize_dynamic or convert): it computes on integers"
-    )
+    kinds = _quantization_classes(module)
+    if "FakeQuantizeBase" not in kinds:
+        what = (
+            f"a quantized {kind} (torch.ao.nn.quantized, made by "
+            "torch.ao.quantization.quantize_dynamic or convert): it computes on integers"
+        )
+    elif "FusedMovingAvgObsFakeQuantize" in kinds and not _flag_on(module, "fake_quant_enabled"):
+        what = (
+            f"a fused fake quantizer ({kind}, of torch.ao.quantization.prepare_qat): with fake "
+            "quantization off it still runs torch.fused_moving_avg_obs_fake_quant"
+        )
+    else:
+        what = (
+            f"a fake quantizer ({kind}, of torch.ao.quantization.prepare_qat): it rounds to "
+            "integer steps"
+        )
     return ValueError(
         f"{method} follows the model's float operations, and {name} is {what}, with no "
         "gradient and no operation the method can follow; explain the float model it was "

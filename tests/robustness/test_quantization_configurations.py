@@ -204,3 +204,31 @@ def test_a_float_model_written_for_quantization_is_explained_as_the_plain_one(me
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fused_fake_quantizers_with_everything_off_are_refused_naming_them(method):
+    """``disable_observer`` and ``disable_fake_quant`` leave QAT's default fake quantizer
+    (``FusedMovingAvgObsFakeQuantize``) running its fused operation, which returns a copy.
+
+    CTC named ``torch.fused_moving_avg_obs_fake_quant`` as an operation without a rule;
+    Integrative CAM said a forward hook on ``quant`` (QuantStub) replaced its output and to
+    remove the hook, which is quantization's own.
+    """
+    model = _qat(observing=False)
+    model.apply(quantization.disable_fake_quant)
+    before = model_state(model, _values)
+    with pytest.raises(
+        ValueError,
+        match=r"'quant.activation_post_process' is a fused fake quantizer .*float model",
+    ):
+        explain(method, model, _images(), CLASSES)
+    _assert_same_state(before, model_state(model, _values))
+
+
+@pytest.mark.parametrize("method", ["ctc-none", "integrative-cam"])
+def test_fused_fake_quantizers_behind_a_plain_function_are_refused_as_they_run(method):
+    model = _qat(observing=False)
+    model.apply(quantization.disable_fake_quant)
+    with pytest.raises(ValueError, match=r"is a fused fake quantizer"):
+        explain(method, lambda x: model(x), _images(), CLASSES)
