@@ -459,6 +459,8 @@ def resume_mismatch(error: ResumeMismatchError, resume: Path) -> str:
     ``--batch-size``, its images by the options that draw them); one the command has no
     option for keeps ``fit``'s name.
     """
+    from ctc_plugin.wording import counted
+
     drawn_by = {
         "train": ("training", "--split, --train-size, --two-object-fraction"),
         "val": ("validation", "--split, --val-size"),
@@ -476,6 +478,11 @@ def resume_mismatch(error: ResumeMismatchError, resume: Path) -> str:
                     parts.append(f"{which} images: {there[key]} there, {now[key]} now ({options})")
                 else:
                     parts.append(f"{name} {key}: {there.get(key)!r} there, {now.get(key)!r} now")
+        elif name == "architecture":
+            parts.append(
+                f"the explainer's layers (--backbone, --width, --depth; --model for --backbone "
+                f"classifier): {counted(len(there), 'tensor')} differ in name or shape"
+            )
         elif name.endswith("_data"):  # a count that differs already names the images
             if not any(p.startswith(f"{which} images") for p in parts):
                 parts.append(f"other {which} images ({options})")

@@ -31,7 +31,9 @@ class ResumeMismatchError(ValueError):
     Attributes:
         differences: ``(name, there, now)`` of each setting or hyper-parameter that differs
             (``fit``'s argument names, the loaders' settings as dicts, their data as SHA-256
-            digests), so that a caller can word them in its own terms (the command line names
+            digests), or ``("architecture", there, now)`` for an explainer of another
+            architecture (the shape of each tensor that differs by name, ``None`` where it is
+            missing), so that a caller can word them in its own terms (the command line names
             its options).
     """
 
@@ -209,11 +211,19 @@ def check_resume(
         )
         if mismatched:
             shown = ", ".join(mismatched[:5]) + (", ..." if len(mismatched) > 5 else "")
-            raise ValueError(
+            error = ResumeMismatchError(
                 f"checkpoint {str(resume)!r} was written for an explainer of another "
                 f"architecture ({len(mismatched)} tensors differ in name or shape: {shown}); "
                 "resume with an explainer built as the one that wrote it"
             )
+            error.differences = (
+                (
+                    "architecture",
+                    {key: _shape(theirs.get(key)) for key in mismatched},
+                    {key: _shape(own.get(key)) for key in mismatched},
+                ),
+            )
+            raise error
     trained_against = state.get("classifier_digest")  # older checkpoints: unknown
     if trained_against is not None and digest is not None and dtypes is not None:
         dtypes_there = state.get("classifier_dtypes", dtypes)
@@ -258,6 +268,11 @@ def check_resume(
         )
         error.differences = tuple((key, stored[key], settings[key]) for key in differ)
         raise error
+
+
+def _shape(tensor: Any) -> tuple[int, ...] | None:
+    """A state entry's shape, or ``None`` where the state lacks it."""
+    return None if tensor is None else tuple(tensor.shape)
 
 
 #: Settings that are digests of the loaders' data (`data_digest`).

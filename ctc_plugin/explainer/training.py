@@ -504,7 +504,7 @@ def fit_explainer(
             checkpoint made with other hyper-parameters or
             settings, for another architecture or against another classifier, or holding
             more epochs than ``epochs`` (the message names what differs; the explainer is left
-            unchanged). Other settings or hyper-parameters raise
+            unchanged). Other settings or hyper-parameters, and another architecture, raise
             [`ResumeMismatchError`][ctc_plugin.explainer.checkpoints.ResumeMismatchError], a
             ``ValueError`` that lists them.
     """

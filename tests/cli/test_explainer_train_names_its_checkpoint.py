@@ -109,3 +109,18 @@ def test_other_training_images_are_named_by_their_options_not_by_digests():
     error.differences = (("val_data", "a" * 64, "b" * 64),)
     message = resume_mismatch(error, Path("a.ckpt"))
     assert "(other validation images (--split, --val-size))" in message
+
+
+def test_a_resume_into_another_architecture_names_the_options_that_build_it(tmp_path, capsys):
+    """It said to 'resume with an explainer built as the one that wrote it', fit's words: the
+    command builds the explainer from --backbone, --width and --depth."""
+    args = ["explainer", "train", "--model", "resnet", "--train-size", "4", "--val-size", "2"]
+    args += ["--depth", "2", "--no-progress", "--threads", "1"]
+    first = tmp_path / "a.pt"
+    assert main([*args, "--width", "2", "--epochs", "1", "--out", str(first)]) == 0
+    capsys.readouterr()
+    again = ["--epochs", "2", "--resume", f"{first}.ckpt", "--out", str(tmp_path / "b.pt")]
+    assert main([*args, "--width", "4", *again]) == 2
+    error = capsys.readouterr().err
+    assert "was trained with other options (the explainer's layers (--backbone, --width," in error
+    assert "tensors differ in name or shape)" in error and "built as" not in error
