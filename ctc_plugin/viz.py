@@ -217,7 +217,9 @@ def plot_segment_scores(
     Args:
         image: ``(3, H, W)`` (or ``(1, 3, H, W)``) RGB in [0, 1]: what the segmenter saw, e.g.
             ``PreparedImage.pixels``; ``(1, H, W)`` or ``(H, W)`` for a grayscale image.
-        feature_mask: ``(H, W)`` integer segment ids (``(1, H, W)`` and ``(1, 1, H, W)`` too).
+        feature_mask: ``(H, W)`` integer segment ids (``(1, H, W)`` and ``(1, 1, H, W)`` too;
+            ``(C, H, W)`` or ``(1, C, H, W)`` of the same ids in every channel, as Captum's
+            masks are often kept, is that one map).
         scores: One method's result or ``{panel title: result}`` for several. A result is
             ``FeatureScores`` (CTC's, first example), a mapping ``{segment id: score}``, a pair
             ``(ids, scores)`` (what `segment_means` returns), a 1-D
@@ -517,6 +519,14 @@ def _numpy_map(values: Any, shape: tuple[int, int], name: str) -> np.ndarray:
     """
     array = _as_numpy(values)
     while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3 and name == "feature_mask":  # Captum's mask, kept per channel
+        if not (array == array[:1]).all():
+            raise ValueError(
+                f"feature_mask holds {len(array)} channels that differ, {tuple(array.shape)}: "
+                "pass the segments' one map (H, W), e.g. feature_mask[0] (a channel's ids "
+                "summed with the others' would name other segments)"
+            )
         array = array[0]
     if array.ndim == 3:  # (C, H, W) attributions: sum the channels
         array = array.sum(0)
