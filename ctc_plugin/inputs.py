@@ -681,7 +681,8 @@ def is_quantized(module: torch.nn.Module) -> bool:
     follow. A fused fake quantizer (``FusedMovingAvgObsFakeQuantize``, ``prepare_qat``'s
     default) is one with fake quantization off too: its fused operation still runs, returning a
     copy. ``FloatFunctional`` (the float additions of a model written for quantization,
-    torchvision's quantizable ResNet) and the float reference modules are not. Read by module
+    torchvision's quantizable ResNet), ``FXFloatFunctional`` (what ``prepare_fx`` swaps them
+    for, in the model it is given too) and the float reference modules are not. Read by module
     name, as `observes` reads classes.
     """
     where = type(module).__module__
@@ -691,7 +692,7 @@ def is_quantized(module: torch.nn.Module) -> bool:
     return (
         where.startswith(("torch.ao.nn.quantized.", "torch.ao.nn.intrinsic.quantized."))
         and ".reference." not in where
-        and type(module).__name__ != "FloatFunctional"
+        and type(module).__name__ not in ("FloatFunctional", "FXFloatFunctional")
     )
 
 

@@ -232,3 +232,27 @@ def test_fused_fake_quantizers_behind_a_plain_function_are_refused_as_they_run(m
     model.apply(quantization.disable_fake_quant)
     with pytest.raises(ValueError, match=r"is a fused fake quantizer"):
         explain(method, lambda x: model(x), _images(), CLASSES)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_float_model_that_prepare_fx_swapped_is_explained_as_the_plain_one(method):
+    """``prepare_fx`` swaps the ``FloatFunctional`` modules of the model it is given for
+    ``FXFloatFunctional`` in place (the original model too): that float model was refused as
+    'a quantized FXFloatFunctional ... computes on integers'."""
+    from torch.ao.quantization import quantize_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        written = torchvision.models.quantization.resnet18(quantize=False, num_classes=CLASSES)
+        written.eval()
+        quantize_fx.prepare_fx(written, quantization.get_default_qconfig_mapping(), (_images(),))
+    assert type(written.layer1[0].add_relu).__name__ == "FXFloatFunctional"
+    plain = torchvision.models.resnet18(num_classes=CLASSES).eval()
+    plain.load_state_dict(written.state_dict())
+    images = _images()
+    torch.testing.assert_close(
+        explain(method, written, images, CLASSES),
+        explain(method, plain, images, CLASSES),
+        rtol=1e-5,
+        atol=1e-6,
+    )
