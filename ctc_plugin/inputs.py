@@ -665,9 +665,15 @@ def _runs_aten_operators(module: torch.nn.Module) -> bool:
 
 
 def _is_aten_call(node: Any) -> bool:
-    """Whether an FX ``node`` calls an operator (``torch.ops.aten.conv2d.default``)."""
-    return node.op == "call_function" and isinstance(
-        node.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)
+    """Whether an FX ``node`` calls an ATen operator (``torch.ops.aten.conv2d.default``).
+
+    Only ATen's: the graph of ``convert_fx`` calls quantized operators
+    (``torch.ops.quantized.add_relu``) among its quantized modules, refused as quantized.
+    """
+    return (
+        node.op == "call_function"
+        and isinstance(node.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket))
+        and str(node.target).startswith("aten.")
     )
 
 

@@ -256,3 +256,21 @@ def test_a_float_model_that_prepare_fx_swapped_is_explained_as_the_plain_one(met
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_model_quantized_by_convert_fx_is_called_quantized_not_exported(method):
+    """``convert_fx``'s graph calls quantized operators (``torch.ops.quantized.add_relu``):
+    it was refused as 'the module of an exported program (torch.export.export(...).module())'
+    that 'keeps the input shapes it was exported with'."""
+    from torch.ao.quantization import quantize_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        written = torchvision.models.quantization.resnet18(quantize=False, num_classes=CLASSES)
+        mapping = quantization.get_default_qconfig_mapping()
+        prepared = quantize_fx.prepare_fx(written.eval(), mapping, (_images(),))
+        prepared(_images())
+        model = quantize_fx.convert_fx(prepared)
+    with pytest.raises(ValueError, match=r"is a quantized .*explain the float model"):
+        explain(method, model, _images(), CLASSES)
