@@ -334,7 +334,7 @@ def plot_segment_scores(
     if own_figure and title:
         size = matplotlib.rcParams["figure.titlesize"]
         figure.suptitle(wrap_to_width(title, figure.get_figwidth(), size))
-    return figure.get_figure(root=True)  # not the subfigure of given axes
+    return figure.figure  # the figure at the top, not the subfigure of given axes
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
@@ -452,8 +452,10 @@ def _evidence_title(truth: np.ndarray | None) -> str:
 def _cell_width(axis: Axes) -> float:
     """Inches of the figure's width that ``axis``'s place in its grid takes (before layout)."""
     spec = axis.get_subplotspec()
-    holder = axis.get_figure(root=False)  # the figure, or the subfigure it is placed in
-    figure_inches = holder.bbox.width / holder.get_figure(root=True).dpi
+    # the figure, or the subfigure it is placed in, and the figure at the top (`.figure`:
+    # get_figure(root=...) is matplotlib 3.10's, and this package takes 3.7)
+    holder = axis.figure
+    figure_inches = holder.bbox.width / holder.figure.dpi
     if spec is None:  # placed by hand: its own width
         return axis.get_position().width * figure_inches
     columns = spec.get_gridspec().ncols
