@@ -189,11 +189,18 @@ def _forward_keywords(model: nn.Module) -> tuple[list[str], set[str], bool]:
 
 
 def _typed_dict_keys(annotation: Any) -> set[str] | None:
-    """The keys of ``Unpack[SomeTypedDict]``, else ``None`` (any keyword)."""
-    if typing.get_origin(annotation) is not typing.Unpack:
+    """The keys of ``Unpack[SomeTypedDict]``, else ``None`` (any keyword).
+
+    ``typing``'s or ``typing_extensions``' forms (Python 3.10 has no ``typing.Unpack``, and
+    ``typing_extensions.TypedDict`` is a class of its own there and in 3.11).
+    """
+    import typing_extensions
+
+    unpack = {typing_extensions.Unpack, getattr(typing, "Unpack", typing_extensions.Unpack)}
+    if typing_extensions.get_origin(annotation) not in unpack:
         return None
-    (typed_dict,) = typing.get_args(annotation)
-    if not typing.is_typeddict(typed_dict):
+    (typed_dict,) = typing_extensions.get_args(annotation)
+    if not typing_extensions.is_typeddict(typed_dict):
         return None
     return set(typed_dict.__required_keys__) | set(typed_dict.__optional_keys__)
 

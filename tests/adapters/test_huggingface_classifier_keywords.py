@@ -8,10 +8,11 @@ shape error, or ran at the trained size without a word.
 
 from __future__ import annotations
 
-from typing import TypedDict, Unpack
+import typing
 
 import pytest
 import torch
+from typing_extensions import TypedDict, Unpack  # typing's are Python 3.11's
 
 from ctc_plugin.adapters.huggingface import HuggingFaceClassifier
 
@@ -79,3 +80,17 @@ def test_a_plain_kwargs_forward_refuses_only_near_misses():
     assert torch.equal(HuggingFaceClassifier(AnyKeywords(), scale=2.0)(x), 2 * x.flatten(1)[:, :3])
     with pytest.raises(TypeError, match=r"'labls' \(did you mean 'labels'\?"):
         HuggingFaceClassifier(AnyKeywords(), labls=None)
+
+
+def test_a_typed_dicts_keys_are_read_without_typing_unpack(monkeypatch):
+    """Python 3.10, which the package takes, has no ``typing.Unpack`` (``transformers`` there
+    annotates ``**kwargs`` with ``typing_extensions.Unpack``): every model whose forward took
+    ``**kwargs`` failed with ``AttributeError: module 'typing' has no attribute 'Unpack'``."""
+    monkeypatch.delattr(typing, "Unpack", raising=False)
+    x = torch.rand(1, 3, 2, 2)
+    assert torch.equal(
+        HuggingFaceClassifier(TypedKeywords(), scale=2.0)(x), 2 * x.flatten(1)[:, :3]
+    )
+    with pytest.raises(TypeError, match=r"'scal' \(did you mean 'scale'\?"):
+        HuggingFaceClassifier(TypedKeywords(), scal=2.0)
+    assert torch.equal(HuggingFaceClassifier(AnyKeywords(), scale=2.0)(x), 2 * x.flatten(1)[:, :3])
