@@ -346,7 +346,7 @@ class CTCAttributor(Attributor):
         """
         check_inputs(input, name="input", tuples=False)
         check_model_has_values(self.model)
-        check_float_model(self.model, "CTC")
+        check_float_model(self.model, "CTCAttributor")
         check_eval_mode(self.model)
         check_takes_images(self.model)
         mask = self._call_mask if self._call_mask is not None else self.feature_mask

@@ -274,3 +274,12 @@ def test_a_model_quantized_by_convert_fx_is_called_quantized_not_exported(method
         model = quantize_fx.convert_fx(prepared)
     with pytest.raises(ValueError, match=r"is a quantized .*explain the float model"):
         explain(method, model, _images(), CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("method", "name"),
+    [("ctc-none", "CTC"), ("attributor", "CTCAttributor"), ("integrative-cam", "Integrative CAM")],
+)
+def test_the_refusal_of_a_quantized_model_names_the_method_called(method, name):
+    with pytest.raises(ValueError, match=rf"^{name} follows the model's float operations"):
+        explain(method, _dynamic(), _images(), CLASSES)
