@@ -62,6 +62,7 @@ from ctc_plugin.cam.reshapes import (
 from ctc_plugin.cam.transformers import (
     UnknownBlocksError,
     patch_grid_arguments,
+    patch_grid_outputs,
     record_conv_grid,
     refused_blocks,
     transformer_stages,
@@ -238,6 +239,19 @@ def _record_said_grid(
     value = call_arguments(module, args, kwargs).get(argument)
     if isinstance(value, Tensor) and value.dim() == 2 and value.shape[0] and value.shape[1] == 2:
         grids[:] = [(int(value[0, 0]), int(value[0, 1]))]
+
+
+def _record_returned_grid(
+    grids: list[tuple[int, int]], index: int, module: nn.Module, _inputs: Any, output: Any
+) -> None:
+    """Forward hook of a patch embedding that returns the patch grid at ``index`` of its output.
+
+    timm's NaFlexViT's (tokens, (rows, columns)); ``None`` there (patches given with their
+    coordinates) records nothing.
+    """
+    value = output[index] if isinstance(output, (tuple, list)) and len(output) > index else None
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        grids[:] = [(int(value[0]), int(value[1]))]
 
 
 class EmptyMapWarning(UserWarning):
@@ -658,6 +672,9 @@ class IntegrativeCAM(Attribution):
                 for module, argument in patch_grid_arguments(self._model):
                     hook = scope.only(partial(_record_said_grid, patch_grids, argument))
                     handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+                for module, index in patch_grid_outputs(self._model):
+                    hook = scope.only(partial(_record_returned_grid, patch_grids, index))
+                    handles.append(module.register_forward_hook(hook))
             chosen_modules = [module for module, _ in chosen or []]
             if self._model is not None:
                 _refuse_replaced_outputs(self._model, scope, handles, tracer, chosen_modules)

@@ -354,6 +354,13 @@ PATCH_GRID_ARGUMENTS: dict[str, str] = {
     f"{_HF}.siglip2.modeling_siglip2.Siglip2VisionEmbeddings": "spatial_shapes",
 }
 
+#: Patch embeddings that return the patch grid beside the tokens (by qualified class name): the
+#: index of the (rows, columns) in their output tuple. timm's NaFlexViT embeds with a linear
+#: layer by default (it cuts the image into patches itself, so no convolution shows the grid).
+PATCH_GRID_OUTPUTS: dict[str, int] = {
+    "timm.models.naflexvit.NaFlexEmbeds": 1,
+}
+
 #: Hugging Face modules whose blocks hold no image tokens: the text transformers of CLIP,
 #: MetaCLIP 2, SigLIP and SigLIP 2 (their layers are the vision transformers' classes), not
 #: searched.
@@ -479,6 +486,7 @@ __all__ = [
     "HUGGINGFACE_BLOCKS",
     "HUGGINGFACE_REFUSED",
     "PATCH_GRID_ARGUMENTS",
+    "PATCH_GRID_OUTPUTS",
     "TIMM_BLOCKS",
     "TIMM_REFUSED",
 ]

@@ -39,6 +39,7 @@ from ctc_plugin.cam.known_blocks import (
     _LIBRARIES,
     BLOCK_RESHAPES,
     PATCH_GRID_ARGUMENTS,
+    PATCH_GRID_OUTPUTS,
     _Count,
     _known_blocks,
 )
@@ -95,6 +96,21 @@ def patch_grid_arguments(model: object) -> list[tuple[nn.Module, str]]:
         (module, PATCH_GRID_ARGUMENTS[_qualified(module)])
         for module in model.modules()
         if _qualified(module) in PATCH_GRID_ARGUMENTS
+    ]
+
+
+def patch_grid_outputs(model: object) -> list[tuple[nn.Module, int]]:
+    """The modules of ``model`` that return the patch grid, with its index in their output.
+
+    Patch embeddings listed in ``PATCH_GRID_OUTPUTS`` (timm's NaFlexViT's); none for anything
+    but a module.
+    """
+    if not isinstance(model, nn.Module):
+        return []
+    return [
+        (module, PATCH_GRID_OUTPUTS[_qualified(module)])
+        for module in model.modules()
+        if _qualified(module) in PATCH_GRID_OUTPUTS
     ]
 
 
