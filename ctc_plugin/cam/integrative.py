@@ -64,6 +64,8 @@ from ctc_plugin.cam.transformers import (
     patch_grid_arguments,
     patch_grid_outputs,
     record_conv_grid,
+    record_returned_grid,
+    record_said_grid,
     refused_blocks,
     transformer_stages,
 )
@@ -226,32 +228,6 @@ def _refuse_other_channel_counts(
         return
     if images.shape[-1] == channels or images.shape[1] == given:
         check_inputs(inputs, images=True, channels=channels, finite=False)  # the message
-
-
-def _record_said_grid(
-    grids: list[tuple[int, int]], argument: str, module: nn.Module, args: tuple, kwargs: dict
-) -> None:
-    """Forward pre-hook of a patch embedding whose call says the patch grid (``argument``).
-
-    Keeps the first image's (rows, columns) as `record_conv_grid` keeps a convolution's output
-    size: SigLIP 2's ``spatial_shapes`` (the images of one call share their size).
-    """
-    value = call_arguments(module, args, kwargs).get(argument)
-    if isinstance(value, Tensor) and value.dim() == 2 and value.shape[0] and value.shape[1] == 2:
-        grids[:] = [(int(value[0, 0]), int(value[0, 1]))]
-
-
-def _record_returned_grid(
-    grids: list[tuple[int, int]], index: int, module: nn.Module, _inputs: Any, output: Any
-) -> None:
-    """Forward hook of a patch embedding that returns the patch grid at ``index`` of its output.
-
-    timm's NaFlexViT's (tokens, (rows, columns)); ``None`` there (patches given with their
-    coordinates) records nothing.
-    """
-    value = output[index] if isinstance(output, (tuple, list)) and len(output) > index else None
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        grids[:] = [(int(value[0]), int(value[1]))]
 
 
 class EmptyMapWarning(UserWarning):
@@ -670,10 +646,10 @@ class IntegrativeCAM(Attribution):
                 hook = scope.only(partial(record_conv_grid, patch_grids, len(leaves[0])))
                 handles.append(register_module_forward_hook(hook))
                 for module, argument in patch_grid_arguments(self._model):
-                    hook = scope.only(partial(_record_said_grid, patch_grids, argument))
+                    hook = scope.only(partial(record_said_grid, patch_grids, argument))
                     handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
                 for module, index in patch_grid_outputs(self._model):
-                    hook = scope.only(partial(_record_returned_grid, patch_grids, index))
+                    hook = scope.only(partial(record_returned_grid, patch_grids, index))
                     handles.append(module.register_forward_hook(hook))
             chosen_modules = [module for module, _ in chosen or []]
             if self._model is not None:

@@ -51,6 +51,7 @@ from ctc_plugin.cam.reshapes import (
     TupleOutput,
     _grid_pair,
     _identity,
+    call_arguments,
     check_square_grid,
     reads_patch_grid,
     tokens_to_grid,
@@ -477,6 +478,32 @@ def record_conv_grid(
         grids[:] = [(int(output.shape[-2]), int(output.shape[-1]))]
 
 
+def record_said_grid(
+    grids: list[tuple[int, int]], argument: str, module: nn.Module, args: tuple, kwargs: dict
+) -> None:
+    """Forward pre-hook of a patch embedding whose call says the patch grid (``argument``).
+
+    Keeps the first image's (rows, columns) as `record_conv_grid` keeps a convolution's output
+    size: SigLIP 2's ``spatial_shapes`` (the images of one call share their size).
+    """
+    value = call_arguments(module, args, kwargs).get(argument)
+    if isinstance(value, Tensor) and value.dim() == 2 and value.shape[0] and value.shape[1] == 2:
+        grids[:] = [(int(value[0, 0]), int(value[0, 1]))]
+
+
+def record_returned_grid(
+    grids: list[tuple[int, int]], index: int, module: nn.Module, _inputs: object, output: object
+) -> None:
+    """Forward hook of a patch embedding that returns the patch grid at ``index`` of its output.
+
+    timm's NaFlexViT's (tokens, (rows, columns)); ``None`` there (patches given with their
+    coordinates) records nothing.
+    """
+    value = output[index] if isinstance(output, (tuple, list)) and len(output) > index else None
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        grids[:] = [(int(value[0]), int(value[1]))]
+
+
 def _on_the_grid_of(
     reshape: Reshape, model: nn.Module, block: nn.Module, example: Tensor | None
 ) -> Reshape:
@@ -484,7 +511,8 @@ def _on_the_grid_of(
 
     A reshape that guesses the grid (a square) is checked against, or given, the grid of the
     patch embedding, as Integrative CAM does (`check_square_grid`): the output size of the last
-    convolution over the whole image that ran before ``block``, found by running ``example``'s
+    convolution over the whole image that ran before ``block``, or the grid a known linear
+    embedding's call says or returns (SigLIP 2's, NaFlexViT's), found by running ``example``'s
     first image. So a model that takes images of other sizes (timm's ``dynamic_img_size``,
     Hugging Face's ``interpolate_pos_encoding``) is explained on a non-square image too.
     Without ``example``, or for a reshape told its grid, ``reshape`` as it is.
@@ -500,6 +528,12 @@ def _on_the_grid_of(
     scope = CallScope()  # the probe's pass, not other threads' passes through the model
     conv = scope.only(partial(record_conv_grid, grids, 1))  # the probe runs one image
     handles = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    for module, argument in patch_grid_arguments(model):  # SigLIP 2's spatial_shapes
+        said = scope.only(partial(record_said_grid, grids, argument))
+        handles.append(module.register_forward_pre_hook(said, with_kwargs=True))
+    for module, index in patch_grid_outputs(model):  # NaFlexViT's embedding returns its grid
+        returned = scope.only(partial(record_returned_grid, grids, index))
+        handles.append(module.register_forward_hook(returned))
     handles.append(block.register_forward_pre_hook(scope.only(entered)))
     _probe(model, example, handles, scope)
     seen = at_block[0]
