@@ -208,6 +208,23 @@ def saved_tensor_hooks() -> Any:
     return torch._C._autograd._top_saved_tensors_default_hooks(False)
 
 
+def _random_draw_reason(model: Any) -> str:
+    """Why a random draw in the pass is refused, and what to do: eval mode, unless it is on."""
+    reason = "it draws random numbers during the pass, so the copies would not see the same model"
+    modules = list(model.modules()) if isinstance(model, nn.Module) else []
+    if modules and not any(module.training for module in modules):
+        return (
+            f"{reason}; {type(model).__name__} is in eval mode already, so the draw is its own "
+            "at inference too (noise it adds, say), which model.eval() does not stop: draw it "
+            "once and keep it (a buffer the model adds, shared by the copies as a bias), or "
+            "explain the model without the draw"
+        )
+    return (
+        f"{reason} (stochastic depth, drop path or dropout in training mode); call "
+        "model.eval() first"
+    )
+
+
 class CTCMode(TorchFunctionMode):
     """A torch function mode that turns a model's forward into a CTC pass.
 
@@ -340,12 +357,7 @@ class CTCMode(TorchFunctionMode):
     def _route(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         ctx = self.gated_pass
         if func in RANDOM_FUNCTIONS:
-            raise UnsupportedOperationError(
-                operation_name(func),
-                "it draws random numbers during the pass, so the copies would not see the same "
-                "model (stochastic depth, drop path or dropout in training mode); call "
-                "model.eval() first",
-            )
+            raise UnsupportedOperationError(operation_name(func), _random_draw_reason(self.model))
         leaves, _ = tree_flatten((args, kwargs))
         tensors = [leaf for leaf in leaves if isinstance(leaf, Tensor)]
         if func in TEMPLATE_FUNCTIONS:
