@@ -69,6 +69,7 @@ from ctc_plugin.cam.transformers import (
     refused_blocks,
     transformer_stages,
 )
+from ctc_plugin.canonizers import rule_hooks
 from ctc_plugin.concurrency import CallScope, holds_model, model_of
 from ctc_plugin.inputs import (
     changes_in_training,
@@ -179,15 +180,26 @@ def _warn_of_layers_called_again(modules: list[nn.Module], names: dict[int, str]
 def _refuse_training_module(cam: IntegrativeCAM, module: nn.Module, _inputs: Any) -> None:
     """Global forward pre-hook of a call: refuse a module about to run in training mode.
 
-    And a TorchScript module, whose stages would be lost silently, and a quantized one, which
-    takes no gradient.
+    And a TorchScript module, whose stages would be lost silently, a quantized one, which
+    takes no gradient, and one carrying a Zennit composite's rule, which replaces its gradient.
 
     Raises:
         TrainingModeError: Before the module's forward runs (BatchNorm counts its batches before
             its statistics: both stay untouched).
         ValueError: Before a quantized module runs (`ctc_plugin.inputs.is_quantized`).
         TypeError: Before a TorchScript module runs.
+        RuntimeError: Before a module with a Zennit rule (a composite registered on the model)
+            runs, or its rule's hooks.
     """
+    rule = next(rule_hooks(module), None)
+    if rule is not None:
+        raise RuntimeError(
+            f"{cam._layer_name(module)!r} carries the rule {type(rule).__name__} of a Zennit "
+            "composite registered on the model (an open `with composite.context(model)` or a "
+            "Zennit attributor's `with` block): the rules replace the gradients that Integrative "
+            "CAM weighs its maps by, so its maps would be neither its own nor the composite's; "
+            "call Integrative CAM outside that block"
+        )
     if isinstance(module, torch.jit.ScriptModule):
         raise TypeError(
             f"{cam._layer_name(module)!r} is a TorchScript {type(module).__name__} "
@@ -585,6 +597,10 @@ class IntegrativeCAM(Attribution):
                 statistics would change, and a BatchNorm cannot be folded into a bias); nothing
                 has run (call ``model.eval()``). For a plain function, raised when such a module
                 (or a functional dropout or batch norm in training mode) is about to run.
+            RuntimeError: A Zennit composite is registered on the model (inside ``with
+                composite.context(model)`` or a Zennit attributor's ``with`` block): its rules
+                replace the gradients the maps are weighed by. Raised before the first module
+                carrying a rule runs; call outside the block.
         """
         if return_layer_maps and called_from(NOISE_TUNNEL_MODULE):
             raise TypeError(
