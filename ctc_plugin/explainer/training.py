@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ctc_plugin._moved import moved_keywords
+from ctc_plugin.canonizers import holds_a_composite
 from ctc_plugin.concurrency import exclusive
 from ctc_plugin.explainer import losses
 from ctc_plugin.explainer.batches import (
@@ -507,6 +508,9 @@ def fit_explainer(
             unchanged). Other settings or hyper-parameters, and another architecture, raise
             [`ResumeMismatchError`][ctc_plugin.explainer.checkpoints.ResumeMismatchError], a
             ``ValueError`` that lists them.
+        RuntimeError: A Zennit composite is registered on the classifier (inside ``with
+            composite.context(classifier)``): its rules replace the gradients the masks are
+            trained through. Nothing has run; call outside the block.
     """
     if not isinstance(config, ExplainerHyperparameters):
         hint = (
@@ -527,6 +531,13 @@ def fit_explainer(
     classifier = unwrapped(classifier)  # the model inside torch's wrappers
     check_gradient_weights(classifier, "Explainer.fit")  # the masks' gradients flow through it
     check_gradient_weights(explainer, "Explainer.fit (training the explainer)")
+    if holds_a_composite(classifier, canonizers=False):
+        raise RuntimeError(
+            "a Zennit composite is registered on the classifier (an open `with "
+            "composite.context(classifier)` or a Zennit attributor's `with` block): its rules "
+            "replace the gradients through which the explainer's masks are trained; call "
+            "Explainer.fit outside that block"
+        )
     check_nothing_shared(
         explainer,
         classifier,
