@@ -61,11 +61,8 @@ from ctc_plugin.cam.reshapes import (
 )
 from ctc_plugin.cam.transformers import (
     UnknownBlocksError,
-    patch_grid_arguments,
-    patch_grid_outputs,
     record_conv_grid,
-    record_returned_grid,
-    record_said_grid,
+    record_embedding_grids,
     refused_blocks,
     transformer_stages,
 )
@@ -661,12 +658,7 @@ class IntegrativeCAM(Attribution):
             if guessed:  # the square default's guess is checked against the patch grid
                 hook = scope.only(partial(record_conv_grid, patch_grids, len(leaves[0])))
                 handles.append(register_module_forward_hook(hook))
-                for module, argument in patch_grid_arguments(self._model):
-                    hook = scope.only(partial(record_said_grid, patch_grids, argument))
-                    handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-                for module, index in patch_grid_outputs(self._model):
-                    hook = scope.only(partial(record_returned_grid, patch_grids, index))
-                    handles.append(module.register_forward_hook(hook))
+                handles += record_embedding_grids(self._model, patch_grids, scope)
             chosen_modules = [module for module, _ in chosen or []]
             if self._model is not None:
                 _refuse_replaced_outputs(self._model, scope, handles, tracer, chosen_modules)

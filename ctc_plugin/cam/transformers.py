@@ -504,6 +504,25 @@ def record_returned_grid(
         grids[:] = [(int(value[0]), int(value[1]))]
 
 
+def record_embedding_grids(
+    model: object, grids: list[tuple[int, int]], scope: CallScope
+) -> list[RemovableHandle]:
+    """Hooks that keep in ``grids`` the patch grid a known linear patch embedding gives.
+
+    The grid its call says (`patch_grid_arguments`: SigLIP 2's ``spatial_shapes``) or it returns
+    (`patch_grid_outputs`: timm's NaFlexViT's), recorded in ``scope``'s pass only; none for
+    anything but a module. The caller removes the handles.
+    """
+    handles = []
+    for module, argument in patch_grid_arguments(model):
+        said = scope.only(partial(record_said_grid, grids, argument))
+        handles.append(module.register_forward_pre_hook(said, with_kwargs=True))
+    for module, index in patch_grid_outputs(model):
+        returned = scope.only(partial(record_returned_grid, grids, index))
+        handles.append(module.register_forward_hook(returned))
+    return handles
+
+
 def _on_the_grid_of(
     reshape: Reshape, model: nn.Module, block: nn.Module, example: Tensor | None
 ) -> Reshape:
@@ -528,12 +547,7 @@ def _on_the_grid_of(
     scope = CallScope()  # the probe's pass, not other threads' passes through the model
     conv = scope.only(partial(record_conv_grid, grids, 1))  # the probe runs one image
     handles = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    for module, argument in patch_grid_arguments(model):  # SigLIP 2's spatial_shapes
-        said = scope.only(partial(record_said_grid, grids, argument))
-        handles.append(module.register_forward_pre_hook(said, with_kwargs=True))
-    for module, index in patch_grid_outputs(model):  # NaFlexViT's embedding returns its grid
-        returned = scope.only(partial(record_returned_grid, grids, index))
-        handles.append(module.register_forward_hook(returned))
+    handles += record_embedding_grids(model, grids, scope)  # SigLIP 2's, NaFlexViT's
     handles.append(block.register_forward_pre_hook(scope.only(entered)))
     _probe(model, example, handles, scope)
     seen = at_block[0]
